@@ -1,0 +1,5 @@
+"""``python -m voketag_ops`` runs the ``voke`` CLI."""
+
+from voketag_ops.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Thin wrappers over the google-cloud clients; imported only when a cloud environment is used."""

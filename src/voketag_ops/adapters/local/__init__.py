@@ -1,0 +1,1 @@
+"""The embedded `local` environment: real PostgreSQL servers under VOKE_HOME."""

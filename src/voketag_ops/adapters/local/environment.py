@@ -1,0 +1,702 @@
+"""The embedded `local` environment: a PostgreSQL primary with WAL archiving, a
+streaming replica on a replication slot, and base backups, all under VOKE_HOME.
+
+Layout (modes keep other users out; `pg/` belongs to the server user)::
+
+    VOKE_HOME/            0700 (0711 when root runs servers as another user)
+      state.json          0600  ports, socket directory, server user, version
+      env.lock            serialises up/down/destroy across voke processes
+      pg/                 0700  server user
+        primary/ replica/       data directories
+        archive/                WAL archive (archive_command copies here)
+        backups/<label>/        plain base backups with backup_manifest + voke-backup.json
+        run/                    Unix socket directory
+        logs/                   server logs
+
+Every step of `up` is idempotent and checks what is already there, so a second `up`
+changes nothing and an `up` after a crash (stale pid files, a killed postmaster)
+brings the servers back on their remembered ports.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from voketag_ops.adapters.local.postgres import (
+    OsUser,
+    PgBinaries,
+    PgNode,
+    PgRunner,
+    grant_traverse,
+    pick_free_port,
+)
+from voketag_ops.errors import BackendError, ConfigError, PreconditionError
+from voketag_ops.logs import get_logger
+
+if TYPE_CHECKING:
+    from voketag_ops.config import LocalSettings
+
+log = get_logger(__name__)
+
+STATE_VERSION = 1
+SLOT_NAME = "voke_replica"
+NODE_NAMES = ("primary", "replica")
+Progress = Callable[[str], None]
+
+
+def default_home() -> Path:
+    """The platform's user data directory for voke."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("voke", appauthor=False))
+
+
+def resolve_home(configured: Path | None) -> Path:
+    return (configured or default_home()).absolute()
+
+
+@dataclass
+class EnvState:
+    """What `up` decided once and must remember (state.json)."""
+
+    version: int = STATE_VERSION
+    created_at: str = ""
+    server_user: str = ""
+    pg_bin: str = ""
+    pg_version: str = ""
+    socket_dir: str = ""
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> EnvState | None:
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"{path}: unreadable environment state ({exc}); `voke env destroy --yes` resets it"
+            ) from None
+        if not isinstance(raw, dict) or raw.get("version") != STATE_VERSION:
+            raise ConfigError(f"{path}: unknown environment state format; `voke env destroy --yes` resets it")
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(asdict(self), fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+
+
+@dataclass(frozen=True)
+class BackupInfo:
+    """A finished base backup (plain format, with manifest)."""
+
+    label: str
+    path: str
+    started_at: str
+    finished_at: str
+    start_lsn: str
+    end_lsn: str
+    timeline: int
+    start_wal: str
+    size_bytes: int
+
+
+@dataclass
+class UpReport:
+    """What `env up` did."""
+
+    home: str
+    already_running: bool
+    started: list[str]
+    created: list[str]
+    ports: dict[str, int]
+    pg_version: str
+    duration_seconds: float
+    backup: str | None = None
+
+
+class LocalEnvironment:
+    """Controls the embedded environment described by LocalSettings."""
+
+    def __init__(self, settings: LocalSettings) -> None:
+        self.settings = settings
+        self.home = resolve_home(settings.home)
+        self.pg_dir = self.home / "pg"
+        self.state_file = self.home / "state.json"
+        self.archive_dir = self.pg_dir / "archive"
+        self.backups_dir = self.pg_dir / "backups"
+        self.logs_dir = self.pg_dir / "logs"
+
+    @classmethod
+    def from_settings(cls, settings: LocalSettings) -> LocalEnvironment:
+        return cls(settings)
+
+    # -- state and nodes ---------------------------------------------------------------
+    def state(self) -> EnvState | None:
+        return EnvState.load(self.state_file)
+
+    @property
+    def exists(self) -> bool:
+        return self.state_file.is_file()
+
+    def _runner(self, state: EnvState) -> PgRunner:
+        bins = PgBinaries(Path(state.pg_bin)) if state.pg_bin else PgBinaries.resolve(self.settings.pg_bin)
+        if self.settings.pg_bin and Path(state.pg_bin) != self.settings.pg_bin:
+            bins = PgBinaries.resolve(self.settings.pg_bin)
+        user = OsUser.for_servers(state.server_user or self.settings.system_user, create=False)
+        return PgRunner(bins, user)
+
+    def node(self, name: str, state: EnvState | None = None, runner: PgRunner | None = None) -> PgNode:
+        state = state or self.require_state()
+        runner = runner or self._runner(state)
+        return PgNode(
+            name=name,
+            data_dir=self.pg_dir / name,
+            port=int(state.ports[name]),
+            socket_dir=Path(state.socket_dir),
+            log_file=self.logs_dir / f"{name}.log",
+            runner=runner,
+        )
+
+    def require_state(self) -> EnvState:
+        state = self.state()
+        if state is None:
+            raise PreconditionError("the local environment does not exist; run `voke env up`")
+        return state
+
+    def primary(self) -> PgNode:
+        """The node that is currently writable (after a failover, that can be `replica`)."""
+        state = self.require_state()
+        runner = self._runner(state)
+        for name in NODE_NAMES:
+            node = self.node(name, state, runner)
+            if node.initialized and not (node.data_dir / "standby.signal").exists():
+                return node
+        return self.node("primary", state, runner)
+
+    # -- locking -------------------------------------------------------------------------
+    @contextmanager
+    def lock(self, *, timeout: float = 300) -> Iterator[None]:
+        """Serialise up/down/destroy across processes (waits for a concurrent `up`)."""
+        self._ensure_home()
+        fd = os.open(self.home / "env.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise PreconditionError(
+                            f"another voke process holds {self.home / 'env.lock'} for longer than {timeout:.0f} s"
+                        ) from None
+                    time.sleep(0.2)
+            yield
+        finally:
+            os.close(fd)
+
+    def _ensure_home(self) -> None:
+        if self.home.exists() and not self.home.is_dir():
+            raise ConfigError(f"VOKE_HOME {self.home} exists and is not a directory")
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.home.stat().st_uid != os.geteuid():
+            raise ConfigError(f"VOKE_HOME {self.home} is owned by uid {self.home.stat().st_uid}, not by you")
+
+    # -- up ----------------------------------------------------------------------------------
+    def up(self, progress: Progress = lambda _msg: None) -> UpReport:
+        """Create what is missing and start what is stopped. Idempotent."""
+        t0 = time.monotonic()
+        with self.lock():
+            state = self.state()
+            created: list[str] = []
+            started: list[str] = []
+            fresh = state is None
+            if state is None:
+                state = self._new_state(progress)
+                created.append("state")
+            runner = self._prepare(state, fresh=fresh)
+            nodes = {name: self.node(name, state, runner) for name in NODE_NAMES}
+            already = (
+                all(n.initialized and n.running for n in nodes.values() if self._wanted(n.name)) and not fresh
+            )
+            primary = nodes["primary"]
+            if not primary.initialized:
+                self._check_disk()
+                progress("initialising the primary (initdb)")
+                primary.initdb()
+                created.append("primary")
+            self._configure_primary(primary, state)
+            if not primary.running:
+                progress(f"starting the primary on port {primary.port}")
+                primary.start(timeout=self.settings.start_timeout)
+                started.append("primary")
+            self._ensure_slot(primary)
+            if self.settings.replica:
+                replica = nodes["replica"]
+                if not replica.initialized:
+                    progress("cloning the streaming replica (pg_basebackup)")
+                    self._clone_replica(primary, replica)
+                    created.append("replica")
+                self._configure_replica(replica, state)
+                if not replica.running:
+                    progress(f"starting the replica on port {replica.port}")
+                    replica.start(timeout=self.settings.start_timeout)
+                    started.append("replica")
+            backup_label = None
+            if not self.backups():
+                progress("taking the first base backup")
+                backup_label = self.take_base_backup(primary).label
+                created.append(f"backup {backup_label}")
+            state.save(self.state_file)
+        return UpReport(
+            home=str(self.home),
+            already_running=already and not created and not started,
+            started=started,
+            created=created,
+            ports=dict(state.ports),
+            pg_version=state.pg_version,
+            duration_seconds=round(time.monotonic() - t0, 3),
+            backup=backup_label,
+        )
+
+    def _wanted(self, name: str) -> bool:
+        return name == "primary" or self.settings.replica
+
+    def _new_state(self, progress: Progress) -> EnvState:
+        bins = PgBinaries.resolve(self.settings.pg_bin)
+        progress("checking PostgreSQL binaries")
+        ports: dict[str, int] = {}
+        for name in NODE_NAMES:
+            ports[name] = pick_free_port(avoid=list(ports.values()))
+        server_user = OsUser.for_servers(self.settings.system_user, create=True)
+        return EnvState(
+            created_at=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            server_user=server_user.name,
+            pg_bin=str(bins.bin_dir),
+            pg_version=bins.version(),
+            socket_dir=str(self._socket_dir()),
+            ports=ports,
+        )
+
+    def _socket_dir(self) -> Path:
+        # Unix socket paths are limited to 107 bytes; fall back to a short private path.
+        candidate = self.pg_dir / "run"
+        if len(str(candidate / ".s.PGSQL.65535")) < 100:
+            return candidate
+        digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:12]
+        return Path("/tmp") / f"voke-{digest}"
+
+    def _prepare(self, state: EnvState, *, fresh: bool) -> PgRunner:
+        """Directories with the right owners and modes; binaries reachable by the server user."""
+        bins = PgBinaries.resolve(Path(state.pg_bin) if state.pg_bin else self.settings.pg_bin)
+        user = OsUser.for_servers(state.server_user or self.settings.system_user, create=True)
+        if not user.is_me:
+            bins.make_reachable_by(user)
+            grant_traverse(self.home)
+            os.chmod(self.home, 0o711)
+        for directory in (
+            self.pg_dir,
+            self.archive_dir,
+            self.backups_dir,
+            self.logs_dir,
+            Path(state.socket_dir),
+        ):
+            if not directory.exists():
+                directory.mkdir(mode=0o700, parents=True)
+                if not user.is_me:
+                    os.chown(directory, user.uid, user.gid)
+            owner = directory.stat().st_uid
+            if owner != user.uid:
+                raise ConfigError(
+                    f"{directory} is owned by uid {owner}, not by the PostgreSQL user {user.name} "
+                    f"(uid {user.uid}); fix the owner or choose another VOKE_HOME"
+                )
+            os.chmod(directory, 0o700)
+        for name in NODE_NAMES:
+            data_dir = self.pg_dir / name
+            if data_dir.exists() and data_dir.stat().st_uid != user.uid:
+                raise ConfigError(
+                    f"data directory {data_dir} is owned by uid {data_dir.stat().st_uid}, "
+                    f"not by the PostgreSQL user {user.name}"
+                )
+        return PgRunner(bins, user)
+
+    def _check_disk(self) -> None:
+        free_mb = shutil.disk_usage(self.home).free // (1024 * 1024)
+        if free_mb < self.settings.min_free_disk_mb:
+            raise BackendError(
+                f"not enough disk space in {self.home}: {free_mb} MB free, "
+                f"need at least {self.settings.min_free_disk_mb} MB (local.min_free_disk_mb)"
+            )
+
+    def _common_settings(self, node: PgNode) -> dict[str, str | int | bool]:
+        archive_cmd = f"test ! -f '{self.archive_dir}/%f' && cp '%p' '{self.archive_dir}/%f.tmp' && mv '{self.archive_dir}/%f.tmp' '{self.archive_dir}/%f'"
+        return {
+            "listen_addresses": "127.0.0.1",
+            "port": node.port,
+            "unix_socket_directories": str(node.socket_dir),
+            "unix_socket_permissions": "0700",
+            "password_encryption": "scram-sha-256",
+            "max_connections": 60,
+            "shared_buffers": "64MB",
+            "wal_level": "replica",
+            "wal_log_hints": True,
+            "max_wal_senders": 10,
+            "max_replication_slots": 10,
+            "wal_keep_size": "64MB",
+            "archive_mode": "on",
+            "archive_command": archive_cmd,
+            "archive_timeout": self.settings.archive_timeout,
+            "hot_standby": True,
+            "hot_standby_feedback": True,
+            "track_commit_timestamp": True,
+            "logging_collector": False,
+            "log_line_prefix": "%m [%p] ",
+            "log_timezone": "UTC",
+            "timezone": "UTC",
+        }
+
+    @staticmethod
+    def _hba() -> list[str]:
+        return [
+            "# Written by voke. The socket directory is 0700, so local trust admits only the",
+            "# server user and root; TCP requires SCRAM passwords.",
+            "local   all          all                 trust",
+            "local   replication  all                 trust",
+            "host    all          all   127.0.0.1/32  scram-sha-256",
+            "host    replication  all   127.0.0.1/32  scram-sha-256",
+        ]
+
+    def _configure_primary(self, node: PgNode, state: EnvState) -> None:
+        node.write_config(self._common_settings(node), self._hba())
+
+    def _configure_replica(self, node: PgNode, state: EnvState) -> None:
+        settings = self._common_settings(node)
+        settings["primary_slot_name"] = SLOT_NAME
+        node.write_config(settings, self._hba())
+
+    def _ensure_slot(self, primary: PgNode) -> None:
+        with primary.connect() as conn:
+            if conn.execute("select pg_is_in_recovery()").fetchone()[0]:  # type: ignore[index]
+                return
+            conn.execute(
+                "select pg_create_physical_replication_slot(%s, true) "
+                "where not exists (select 1 from pg_replication_slots where slot_name = %s)",
+                (SLOT_NAME, SLOT_NAME),
+            )
+
+    def _clone_replica(self, primary: PgNode, replica: PgNode) -> None:
+        scratch = replica.data_dir.with_name(replica.data_dir.name + ".partial")
+        shutil.rmtree(scratch, ignore_errors=True)
+        try:
+            primary.runner.run(
+                "pg_basebackup",
+                [
+                    "-h",
+                    str(primary.socket_dir),
+                    "-p",
+                    str(primary.port),
+                    "-U",
+                    "postgres",
+                    "-D",
+                    str(scratch),
+                    "-X",
+                    "stream",
+                    "-S",
+                    SLOT_NAME,
+                    "-R",
+                    "-c",
+                    "fast",
+                    "--no-manifest",
+                ],
+                timeout=600,
+            )
+            (scratch / "postmaster.pid").unlink(missing_ok=True)
+            scratch.rename(replica.data_dir)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    # -- backups --------------------------------------------------------------------------
+    def take_base_backup(self, primary: PgNode | None = None) -> BackupInfo:
+        """A plain base backup with manifest, written aside and moved into place when complete."""
+        primary = primary or self.primary()
+        started = datetime.now(UTC)
+        label = "base-" + started.strftime("%Y%m%dT%H%M%S%fZ")
+        scratch = self.backups_dir / f".{label}.partial"
+        final = self.backups_dir / label
+        shutil.rmtree(scratch, ignore_errors=True)
+        try:
+            primary.runner.run(
+                "pg_basebackup",
+                [
+                    "-h",
+                    str(primary.socket_dir),
+                    "-p",
+                    str(primary.port),
+                    "-U",
+                    "postgres",
+                    "-D",
+                    str(scratch),
+                    "-X",
+                    "stream",
+                    "-c",
+                    "fast",
+                    "-l",
+                    label,
+                    "--manifest-checksums=CRC32C",
+                ],
+                timeout=3600,
+            )
+            finished = datetime.now(UTC)
+            manifest = json.loads((scratch / "backup_manifest").read_text())
+            ranges = manifest.get("WAL-Ranges") or [{}]
+            start_lsn = str(ranges[0].get("Start-LSN", ""))
+            end_lsn = str(ranges[-1].get("End-LSN", ""))
+            timeline = int(ranges[0].get("Timeline", 1))
+            start_wal = _wal_from_label(scratch / "backup_label")
+            size = sum(f.stat().st_size for f in scratch.rglob("*") if f.is_file())
+            info = BackupInfo(
+                label=label,
+                path=str(final),
+                started_at=_iso(started),
+                finished_at=_iso(finished),
+                start_lsn=start_lsn,
+                end_lsn=end_lsn,
+                timeline=timeline,
+                start_wal=start_wal,
+                size_bytes=size,
+            )
+            meta = scratch / "voke-backup.json"
+            meta.write_text(json.dumps(asdict(info), indent=2))
+            if not primary.runner.user.is_me:
+                os.chown(meta, primary.runner.user.uid, primary.runner.user.gid)
+            os.chmod(meta, 0o600)
+            scratch.rename(final)
+            return info
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def backups(self) -> list[BackupInfo]:
+        """Finished base backups, oldest first (a backup without its metadata never counts)."""
+        found: list[BackupInfo] = []
+        if not self.backups_dir.is_dir():
+            return found
+        for meta in sorted(self.backups_dir.glob("base-*/voke-backup.json")):
+            try:
+                raw = json.loads(meta.read_text())
+                found.append(BackupInfo(**raw))
+            except (OSError, ValueError, TypeError):
+                log.warning("ignoring unreadable backup metadata %s", meta)
+        return sorted(found, key=lambda b: b.finished_at)
+
+    # -- status ------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Roles, ports, liveness, replication lag, archiver and backups. Never starts anything."""
+        state = self.state()
+        report: dict[str, Any] = {
+            "environment": "local",
+            "home": str(self.home),
+            "initialized": state is not None,
+            "pg_version": state.pg_version if state else None,
+            "primary": None,
+            "replica": None,
+            "archive": None,
+            "backups": [],
+            "healthy": False,
+        }
+        if state is None:
+            return report
+        runner = self._runner(state)
+        nodes = {name: self.node(name, state, runner) for name in NODE_NAMES}
+        info = {name: _node_status(node) for name, node in nodes.items()}
+        report["primary"], report["replica"] = info["primary"], info["replica"]
+        writable = [n for n, i in info.items() if i["role"] == "primary"]
+        report["split_brain"] = len(writable) > 1
+        source = nodes[writable[0]] if writable else None
+        lag: dict[str, Any] = {"lag_bytes": None, "lag_seconds": None, "streaming": False}
+        if source is not None:
+            lag = _replication_lag(source)
+            report["archive"] = _archiver(source, self.archive_dir)
+        standby = next((i for i in info.values() if i["role"] == "replica"), info["replica"])
+        standby.update(lag)
+        report["backups"] = [
+            {
+                "label": b.label,
+                "finished_at": b.finished_at,
+                "started_at": b.started_at,
+                "start_lsn": b.start_lsn,
+                "end_lsn": b.end_lsn,
+                "timeline": b.timeline,
+                "size_bytes": b.size_bytes,
+            }
+            for b in self.backups()
+        ]
+        replica_ok = (not self.settings.replica) or (standby["running"] and lag["streaming"])
+        report["healthy"] = bool(
+            writable
+            and len(writable) == 1
+            and replica_ok
+            and report["backups"]
+            and report["archive"]
+            and not report["archive"]["failing"]
+        )
+        return report
+
+    # -- down / destroy ---------------------------------------------------------------------
+    def down(self, progress: Progress = lambda _msg: None) -> dict[str, Any]:
+        """Stop the servers, keeping every byte of data."""
+        with self.lock():
+            state = self.state()
+            if state is None:
+                return {"home": str(self.home), "stopped": [], "existed": False}
+            runner = self._runner(state)
+            stopped = []
+            for name in ("replica", "primary"):  # standby first, so it does not log a lost primary
+                node = self.node(name, state, runner)
+                if node.running:
+                    progress(f"stopping the {name}")
+                    node.stop()
+                    stopped.append(name)
+            return {"home": str(self.home), "stopped": stopped, "existed": True}
+
+    def destroy(self, progress: Progress = lambda _msg: None) -> dict[str, Any]:
+        """Stop everything and delete VOKE_HOME's environment (servers, archive, backups, state)."""
+        removed: list[str] = []
+        with self.lock():
+            state = self.state() if self.state_file.exists() else None
+            if state is not None:
+                try:
+                    runner = self._runner(state)
+                    for name in ("replica", "primary"):
+                        node = self.node(name, state, runner)
+                        if node.running:
+                            progress(f"stopping the {name}")
+                            node.stop(mode="immediate")
+                except ConfigError as exc:
+                    log.warning("could not stop servers cleanly: %s", exc)
+                if state.socket_dir and not Path(state.socket_dir).is_relative_to(self.home):
+                    shutil.rmtree(state.socket_dir, ignore_errors=True)
+            for path in (self.pg_dir, self.state_file):
+                if path.exists():
+                    progress(f"removing {path}")
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+                    removed.append(str(path))
+        return {"home": str(self.home), "removed": removed}
+
+    # -- on demand ----------------------------------------------------------------------------
+    def ensure_running(self, progress: Progress = lambda _msg: None) -> UpReport | None:
+        """Start the environment if it is not fully up (what commands call before using it)."""
+        state = self.state()
+        if state is not None:
+            runner = self._runner(state)
+            if all(self.node(n, state, runner).running for n in NODE_NAMES if self._wanted(n)):
+                return None
+        progress("starting the local environment (voke env up)")
+        return self.up(progress)
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _wal_from_label(label_file: Path) -> str:
+    try:
+        for line in label_file.read_text().splitlines():
+            if line.startswith("START WAL LOCATION:") and "(file " in line:
+                return line.split("(file ", 1)[1].rstrip(")").strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _node_status(node: PgNode) -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "name": node.name,
+        "role": "unknown",
+        "port": node.port,
+        "running": False,
+        "pid": None,
+        "initialized": node.initialized,
+        "data_dir": str(node.data_dir),
+        "timeline": None,
+    }
+    pid = node.pid()
+    if pid is None:
+        status["role"] = "stopped" if node.initialized else "absent"
+        return status
+    status["pid"] = pid
+    try:
+        with node.connect(timeout=3) as conn:
+            in_recovery, timeline = conn.execute(
+                "select pg_is_in_recovery(), (select timeline_id from pg_control_checkpoint())"
+            ).fetchone()  # type: ignore[misc]
+        status["running"] = True
+        status["role"] = "replica" if in_recovery else "primary"
+        status["timeline"] = timeline
+    except BackendError as exc:
+        status["error"] = exc.message
+    return status
+
+
+def _replication_lag(primary: PgNode) -> dict[str, Any]:
+    try:
+        with primary.connect(timeout=3) as conn:
+            row = conn.execute(
+                "select pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint, "
+                "extract(epoch from replay_lag)::float8, state "
+                "from pg_stat_replication where application_name <> 'pg_basebackup' "
+                "order by backend_start desc limit 1"
+            ).fetchone()
+    except BackendError:
+        return {"lag_bytes": None, "lag_seconds": None, "streaming": False}
+    if row is None:
+        return {"lag_bytes": None, "lag_seconds": None, "streaming": False}
+    lag_bytes, lag_seconds, state = row
+    if lag_seconds is None:  # replay_lag is NULL once caught up on an idle primary
+        lag_seconds = 0.0
+    return {
+        "lag_bytes": int(lag_bytes or 0),
+        "lag_seconds": float(lag_seconds),
+        "streaming": state == "streaming",
+    }
+
+
+def _archiver(primary: PgNode, archive_dir: Path) -> dict[str, Any]:
+    try:
+        with primary.connect(timeout=3) as conn:
+            row = conn.execute(
+                "select archived_count, last_archived_wal, last_archived_time, failed_count, "
+                "last_failed_wal, last_failed_time from pg_stat_archiver"
+            ).fetchone()
+    except BackendError:
+        return {"dir": str(archive_dir), "failing": None}
+    archived, last_wal, last_at, failed, last_failed_wal, last_failed_at = row  # type: ignore[misc]
+    failing = bool(last_failed_at and (last_at is None or last_failed_at > last_at))
+    return {
+        "dir": str(archive_dir),
+        "archived_count": archived,
+        "last_archived_wal": last_wal,
+        "last_archived_at": _iso(last_at) if last_at else None,
+        "failed_count": failed,
+        "last_failed_wal": last_failed_wal,
+        "last_failed_at": _iso(last_failed_at) if last_failed_at else None,
+        "failing": failing,
+    }

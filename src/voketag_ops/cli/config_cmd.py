@@ -1,0 +1,45 @@
+"""`voke config`: the effective configuration and where each value came from."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from voketag_ops.cli.common import use
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+app = typer.Typer(help="Show the effective configuration.", no_args_is_help=True)
+
+
+@app.command("show")
+def show(ctx: typer.Context) -> None:
+    """Print every effective setting (secrets redacted) and its source."""
+    from voketag_ops.config import effective_items
+
+    env = use(ctx)
+    loaded = env.loaded
+    items = effective_items(loaded)
+    env.out.result(
+        {
+            "file": str(loaded.file) if loaded.file else None,
+            "settings": {key: {"value": value, "source": source} for key, value, source in items},
+        },
+        render=_render,
+    )
+
+
+def _render(console: Console, report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"configuration ({report['file'] or 'no file: defaults'})", title_justify="left")
+    table.add_column("key")
+    table.add_column("value")
+    table.add_column("source")
+    for key, item in report["settings"].items():
+        table.add_row(
+            key, repr(item["value"]) if not isinstance(item["value"], str) else item["value"], item["source"]
+        )
+    console.print(table)

@@ -1,0 +1,155 @@
+"""`voke env`: start, inspect and stop the local environment."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from voketag_ops.cli.common import DryRun, Yes, use
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+app = typer.Typer(
+    help="Start, inspect and stop the local environment (PostgreSQL primary, replica, archive).",
+    no_args_is_help=True,
+)
+
+
+@app.command("up")
+def up(ctx: typer.Context, dry_run: DryRun = False) -> None:
+    """Start the local environment, creating what is missing. Safe to re-run."""
+    env = use(ctx)
+    local = env.local_environment()
+    if dry_run:
+        env.out.result(_up_plan(local), render=_render_plan)
+        return
+    with env.out.progress("starting the local environment") as update:
+        report = local.up(update)
+    env.out.result(report, render=_render_up)
+
+
+@app.command("status")
+def status(ctx: typer.Context) -> None:
+    """Show roles, ports, replication lag, WAL archiving and base backups."""
+    env = use(ctx)
+    env.out.result(env.local_environment().status(), render=_render_status)
+
+
+@app.command("down")
+def down(ctx: typer.Context, dry_run: DryRun = False) -> None:
+    """Stop the servers and keep all data (`voke env up` starts them again)."""
+    env = use(ctx)
+    local = env.local_environment()
+    if dry_run:
+        env.out.result(
+            {"plan": ["stop the replica", "stop the primary"], "home": str(local.home)}, render=_render_plan
+        )
+        return
+    with env.out.progress("stopping the local environment") as update:
+        report = local.down(update)
+    env.out.result(
+        report,
+        render=lambda c, r: c.print(
+            f"stopped: {', '.join(r['stopped']) or 'nothing was running'} (data kept in {r['home']})"
+        ),
+    )
+
+
+@app.command("destroy")
+def destroy(ctx: typer.Context, dry_run: DryRun = False, yes: Yes = False) -> None:
+    """Stop the servers and delete the environment's data, archive and backups."""
+    env = use(ctx)
+    local = env.local_environment()
+    if dry_run:
+        env.out.result(
+            {
+                "plan": [f"stop the servers and delete {local.pg_dir} and {local.state_file}"],
+                "home": str(local.home),
+            },
+            render=_render_plan,
+        )
+        return
+    env.out.confirm(f"Delete the local environment in {local.home}?", yes=yes)
+    with env.out.progress("destroying the local environment") as update:
+        report = local.destroy(update)
+    env.out.result(
+        report,
+        render=lambda c, r: c.print(
+            f"removed {len(r['removed'])} path(s) under {r['home']}" if r["removed"] else "nothing to remove"
+        ),
+    )
+
+
+def _up_plan(local: Any) -> dict[str, Any]:
+    state = local.state()
+    if state is None:
+        plan = [
+            "create the primary (initdb, data checksums, wal_level=replica, WAL archiving)",
+            "clone a streaming replica on replication slot voke_replica",
+            "take a first base backup with manifest",
+        ]
+    else:
+        plan = ["start whichever of primary and replica is stopped", "take a base backup if none exists"]
+    return {"home": str(local.home), "exists": state is not None, "plan": plan}
+
+
+def _render_plan(console: Console, report: dict[str, Any]) -> None:
+    console.print("[bold]dry run[/]: nothing will change")
+    for step in report["plan"]:
+        console.print(f"  • {step}")
+
+
+def _render_up(console: Console, report: Any) -> None:
+    if report.already_running:
+        console.print(f"the local environment is already running ({report.home}); nothing changed")
+        return
+    for name in ("primary", "replica"):
+        if name in report.ports:
+            verb = "started" if name in report.started else "running"
+            console.print(f"{name:8} {verb:8} 127.0.0.1:{report.ports[name]}")
+    if report.backup:
+        console.print(f"backup   {report.backup}")
+    console.print(f"PostgreSQL {report.pg_version}, state in {report.home} ({report.duration_seconds:.1f} s)")
+
+
+def _render_status(console: Console, report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    if not report["initialized"]:
+        console.print(f"the local environment does not exist ({report['home']}); `voke env up` creates it")
+        return
+    table = Table(title=f"local environment ({report['home']})", title_justify="left")
+    for col in ("node", "role", "port", "running", "timeline", "lag"):
+        table.add_column(col)
+    for name in ("primary", "replica"):
+        node = report[name]
+        lag = ""
+        if node.get("lag_bytes") is not None:
+            lag = f"{node['lag_bytes']} B / {node['lag_seconds']:.1f} s"
+        table.add_row(
+            name,
+            node["role"],
+            str(node["port"]),
+            "yes" if node["running"] else "[red]no[/]",
+            str(node["timeline"] or ""),
+            lag,
+        )
+    console.print(table)
+    archive = report.get("archive") or {}
+    if archive.get("dir"):
+        console.print(
+            f"archive: last {archive.get('last_archived_wal') or '-'} at {archive.get('last_archived_at') or '-'}, "
+            f"failed {archive.get('failed_count', '?')}"
+        )
+    if report["backups"]:
+        newest = report["backups"][-1]
+        console.print(
+            f"backups: {len(report['backups'])}, newest {newest['label']} ({newest['finished_at']})"
+        )
+    else:
+        console.print("backups: none")
+    if report.get("split_brain"):
+        console.print("[red bold]split brain: two writable primaries[/]")
+    console.print("healthy" if report["healthy"] else "[yellow]not healthy[/]")

@@ -1,0 +1,268 @@
+"""Settings: defaults < voke.toml / [tool.voke] < VOKE_* environment < flags.
+
+Every effective value remembers where it came from, so `voke config show` can say so
+and a validation error can name both the key and the file. Named cloud environments
+are kept raw and validated only when a command uses them (`Settings.environment`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from voketag_ops.errors import ConfigError
+
+DEFAULT_SERVICES = ("admin-service", "factory-service", "blockchain-service")
+CONFIG_FILE = "voke.toml"
+
+# Environment variables with a name of their own; any other key can be reached as
+# VOKE_<SECTION>__<KEY> (e.g. VOKE_LOCAL__ARCHIVE_TIMEOUT=30).
+ENV_VARS: dict[str, str] = {
+    "VOKE_ENV": "env",
+    "VOKE_HOME": "local.home",
+    "VOKE_PG_BIN": "local.pg_bin",
+    "VOKE_LOG_FORMAT": "log_format",
+    "VOKE_LOG_LEVEL": "log_level",
+}
+# Read elsewhere (before configuration exists), listed here so the README has one source.
+OTHER_ENV_VARS = {
+    "VOKE_CONFIG": "path of the configuration file (instead of searching for voke.toml)",
+    "VOKE_OUTPUT": "`json` makes every command print the JSON envelope, like --json",
+}
+
+_SECRET_KEY = re.compile(r"(password|passwd|token|private_key|api_key|credential)s?$", re.I)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LocalSettings(_Model):
+    """The embedded `local` environment."""
+
+    home: Path | None = Field(
+        default=None, description="state directory (default: the user data directory for voke)"
+    )
+    pg_bin: Path | None = Field(
+        default=None, description="directory with initdb, pg_ctl, postgres... (default: embedded wheel)"
+    )
+    system_user: str = Field(
+        default="voke-pg", description="unprivileged OS user that runs PostgreSQL when voke runs as root"
+    )
+    archive_timeout: int = Field(
+        default=60, ge=1, le=3600, description="seconds before a partly filled WAL segment is archived"
+    )
+    start_timeout: int = Field(default=60, ge=5, le=3600, description="seconds to wait for a server to start")
+    min_free_disk_mb: int = Field(default=256, ge=0, description="refuse `env up` below this much free disk")
+    replica: bool = Field(default=True, description="run a streaming replica beside the primary")
+
+    @field_validator("home", "pg_bin")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return None if value is None else Path(os.path.expanduser(str(value)))
+
+    @field_validator("system_user")
+    @classmethod
+    def _user_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", value):
+            raise ValueError("must be a valid system user name ([a-z_][a-z0-9_-]*, at most 32 characters)")
+        return value
+
+
+class GcpEnvironment(_Model):
+    """A named Google Cloud environment (`[environments.NAME]`, kind = "gcp")."""
+
+    kind: Literal["gcp"] = "gcp"
+    project: str = Field(min_length=1, description="Google Cloud project id")
+    region: str = Field(default="us-central1", description="primary region")
+    dr_region: str = Field(default="us-east1", description="region of the cross-region replica")
+    instance: str = Field(min_length=1, description="Cloud SQL primary instance name")
+    replica: str | None = Field(default=None, description="Cloud SQL cross-region replica name")
+    services: tuple[str, ...] = Field(default=DEFAULT_SERVICES, description="Cloud Run services")
+    secrets: dict[str, str] = Field(default_factory=dict, description="logical name -> Secret Manager id")
+
+
+class Settings(_Model):
+    """Effective configuration."""
+
+    env: str = Field(default="local", description="environment commands act on (`local` or a named one)")
+    log_format: Literal["auto", "human", "json"] = Field(
+        default="auto", description="stderr log format; auto = human on a terminal, JSON lines otherwise"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="warning", description="stderr log level"
+    )
+    services: tuple[str, ...] = Field(default=DEFAULT_SERVICES, description="the platform's services")
+    local: LocalSettings = Field(default_factory=LocalSettings)
+    environments: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="named cloud environments, validated when used"
+    )
+
+    def environment(self, name: str, *, source: str = "configuration") -> GcpEnvironment:
+        """Validate and return the named cloud environment."""
+        if name == "local":
+            raise ConfigError("`local` is the embedded environment, not a cloud one")
+        raw = self.environments.get(name)
+        if raw is None:
+            known = ", ".join(sorted(["local", *self.environments])) or "local"
+            raise ConfigError(f"unknown environment {name!r} (known: {known})")
+        try:
+            return GcpEnvironment.model_validate(raw)
+        except ValidationError as exc:
+            key, msg = _first_error(exc)
+            raise ConfigError(f"{source}: environments.{name}.{key}: {msg}") from None
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """Settings plus where each value came from."""
+
+    settings: Settings
+    sources: dict[str, str] = field(default_factory=dict)  # dotted key -> "default" | file | env var | flag
+    file: Path | None = None
+
+    def source_of(self, key: str) -> str:
+        while key:
+            if key in self.sources:
+                return self.sources[key]
+            key = key.rpartition(".")[0]
+        return "default"
+
+
+def find_config_file(start: Path) -> Path | None:
+    """The nearest voke.toml, or pyproject.toml with a [tool.voke] table, from START upwards."""
+    for directory in (start, *start.parents):
+        candidate = directory / CONFIG_FILE
+        if candidate.is_file():
+            return candidate
+        pyproject = directory / "pyproject.toml"
+        if pyproject.is_file():
+            try:
+                if "voke" in _read_toml(pyproject).get("tool", {}):
+                    return pyproject
+            except ConfigError:
+                continue
+    return None
+
+
+def load_config(
+    *,
+    config_path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    cwd: Path | None = None,
+) -> LoadedConfig:
+    """Layer the sources and validate. Raises ConfigError naming key and source."""
+    environ = os.environ if environ is None else environ
+    explicit = config_path or (Path(environ["VOKE_CONFIG"]) if environ.get("VOKE_CONFIG") else None)
+    if explicit is not None and not explicit.is_file():
+        raise ConfigError(f"configuration file not found: {explicit}")
+    path = explicit or find_config_file(cwd or Path.cwd())
+
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    if path is not None:
+        data = _read_toml(path)
+        if path.name == "pyproject.toml":
+            data = data.get("tool", {}).get("voke", {})
+            if not isinstance(data, dict):
+                raise ConfigError(f"{path}: [tool.voke] must be a table")
+        _merge(merged, data, sources, str(path))
+
+    env_layer: dict[str, Any] = {}
+    env_sources: dict[str, str] = {}
+    for name, value in environ.items():
+        if not name.startswith("VOKE_"):
+            continue
+        key = ENV_VARS.get(name)
+        if key is None and "__" in name:
+            key = name[len("VOKE_") :].lower().replace("__", ".")
+        if key is None:
+            continue
+        _set_dotted(env_layer, key, value)
+        env_sources[key] = f"env {name}"
+    _merge(merged, env_layer, sources, None, env_sources)
+
+    flag_layer: dict[str, Any] = {}
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(flag_layer, key, value)
+            sources[key] = "flag"
+    _merge(merged, flag_layer, sources, "flag")
+
+    try:
+        settings = Settings.model_validate(merged)
+    except ValidationError as exc:
+        key, msg = _first_error(exc)
+        where = LoadedConfig(Settings(), sources).source_of(key)
+        raise ConfigError(f"{where}: {key}: {msg}") from None
+    return LoadedConfig(settings=settings, sources=sources, file=path)
+
+
+def effective_items(loaded: LoadedConfig) -> list[tuple[str, Any, str]]:
+    """(dotted key, value with secrets redacted, source) for every effective leaf value."""
+    rows: list[tuple[str, Any, str]] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+            return
+        leaf = prefix.rpartition(".")[2]
+        shown = "***" if (_SECRET_KEY.search(leaf) and value not in (None, "")) else value
+        rows.append((prefix, shown, loaded.source_of(prefix)))
+
+    walk("", loaded.settings.model_dump(mode="json"))
+    return rows
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib messages already carry "(at line L, column C)".
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def _merge(
+    target: dict[str, Any],
+    layer: Mapping[str, Any],
+    sources: dict[str, str],
+    source: str | None,
+    per_key: Mapping[str, str] | None = None,
+    prefix: str = "",
+) -> None:
+    for key, value in layer.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            if not isinstance(target.get(key), dict):
+                target[key] = {}
+            _merge(target[key], value, sources, source, per_key, dotted + ".")
+            continue
+        target[key] = value
+        sources[dotted] = per_key[dotted] if per_key and dotted in per_key else (source or "default")
+
+
+def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = target
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def _first_error(exc: ValidationError) -> tuple[str, str]:
+    err = exc.errors()[0]
+    key = ".".join(str(part) for part in err["loc"])
+    msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+    return key, msg

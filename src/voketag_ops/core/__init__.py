@@ -1,0 +1,1 @@
+"""Pure logic with no I/O: imports neither typer, rich, psycopg nor google."""

@@ -1,0 +1,58 @@
+"""Logging to stderr: human lines on a terminal, JSON lines otherwise (or --log-format json).
+
+Every record passes through `redact` so a registered secret can never reach a log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import TextIO
+
+from voketag_ops.redact import redact
+
+LOGGER_NAME = "voke"
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": redact(record.getMessage()),
+        }
+        if record.exc_info and record.levelno >= logging.ERROR:
+            doc["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
+        return json.dumps(doc, ensure_ascii=False)
+
+
+class _HumanFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(f"voke: {record.levelname.lower()}: {record.getMessage()}")
+
+
+def setup_logging(*, fmt: str = "auto", level: str = "warning", stream: TextIO | None = None) -> None:
+    """Configure the `voke` logger once per invocation (idempotent)."""
+    stream = stream or sys.stderr
+    if fmt == "auto":
+        try:
+            fmt = "human" if stream.isatty() else "json"
+        except (AttributeError, ValueError):
+            fmt = "json"
+    logger = logging.getLogger(LOGGER_NAME)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else _HumanFormatter())
+    logger.addHandler(handler)
+    logger.setLevel(getattr(logging, level.upper()))
+    logger.propagate = False
+
+
+def get_logger(name: str) -> logging.Logger:
+    """A child of the `voke` logger (pass __name__)."""
+    short = name.removeprefix("voketag_ops.")
+    return logging.getLogger(f"{LOGGER_NAME}.{short}")

@@ -1,0 +1,233 @@
+"""Where every command's output goes: results on stdout, everything else on stderr.
+
+`--json` (or VOKE_OUTPUT=json) prints exactly one JSON envelope on stdout:
+``{"ok": true, "command": "env status", "result": {...}}`` or, on failure,
+``{"ok": false, "command": ..., "error": {"type", "message", "exit_code"}}`` (a
+check that answered "no" carries its `result` as well). On a terminal the same
+report is rendered with rich; colour follows NO_COLOR and whether the stream is a TTY.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from voketag_ops.errors import ExitCode, UsageError, VokeError
+from voketag_ops.redact import redact
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+Renderer = Callable[["Console", Any], None]
+
+
+class Cancelled(VokeError):
+    """The operator answered no at a confirmation prompt; nothing was changed."""
+
+    exit_code = ExitCode.NO
+
+
+def utc_iso(value: datetime) -> str:
+    """ISO 8601 in UTC with a Z suffix (naive datetimes are taken as UTC)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Plain JSON types from reports: dataclasses, pydantic models, datetimes, paths, enums."""
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    if isinstance(obj, datetime):
+        return utc_iso(obj)
+    if isinstance(obj, date):
+        return obj.isoformat()
+    if isinstance(obj, enum.Enum):
+        return to_jsonable(obj.value)
+    if isinstance(obj, Path):
+        return str(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if hasattr(obj, "model_dump"):
+        return to_jsonable(obj.model_dump(mode="json"))
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set | frozenset):
+        return [to_jsonable(v) for v in obj]
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class Output:
+    """One per invocation; commands hand it reports, the top level hands it errors."""
+
+    def __init__(
+        self,
+        *,
+        json_mode: bool = False,
+        command: str = "",
+        stdout: TextIO | None = None,
+        stderr: TextIO | None = None,
+        no_color: bool = False,
+        stdin: TextIO | None = None,
+    ) -> None:
+        self.json_mode = json_mode
+        self.command = command
+        self.stdout = stdout or sys.stdout
+        self.stderr = stderr or sys.stderr
+        self.stdin = stdin or sys.stdin
+        self.no_color = no_color or "NO_COLOR" in os.environ
+        self._out_console: Console | None = None
+        self._err_console: Console | None = None
+        self.emitted = False
+
+    # -- consoles -------------------------------------------------------------
+    def _console(self, stream: TextIO) -> Console:
+        from rich.console import Console
+
+        return Console(
+            file=stream,
+            no_color=self.no_color,
+            highlight=False,
+            soft_wrap=not _isatty(stream),
+            emoji=False,
+        )
+
+    @property
+    def out(self) -> Console:
+        if self._out_console is None:
+            self._out_console = self._console(_RedactingStream(self.stdout))
+        return self._out_console
+
+    @property
+    def err(self) -> Console:
+        if self._err_console is None:
+            self._err_console = self._console(_RedactingStream(self.stderr))
+        return self._err_console
+
+    @property
+    def interactive(self) -> bool:
+        """True when a person is at a terminal (stdin and stderr are TTYs)."""
+        return _isatty(self.stdin) and _isatty(self.stderr) and os.environ.get("CI", "") == ""
+
+    # -- results ----------------------------------------------------------------
+    def result(
+        self,
+        payload: Any,
+        *,
+        ok: bool = True,
+        render: Renderer | None = None,
+        failure: str | None = None,
+    ) -> int:
+        """Print a report. ok=False means "it ran and the answer is no" (exit 1).
+
+        FAILURE is the one-line summary used as the error message when ok is False.
+        """
+        data = to_jsonable(payload)
+        if self.json_mode:
+            doc: dict[str, Any] = {"ok": ok, "command": self.command, "result": data}
+            if not ok:
+                doc["error"] = {
+                    "type": "CheckFailed",
+                    "message": failure or "check failed",
+                    "exit_code": int(ExitCode.NO),
+                }
+            self._emit_json(doc)
+        else:
+            if render is not None:
+                render(self.out, payload)
+            else:
+                self.out.print_json(json.dumps(data))
+            if not ok and failure:
+                self.err.print(f"[red]✗[/] {failure}", markup=True)
+        self.emitted = True
+        return int(ExitCode.OK if ok else ExitCode.NO)
+
+    def error(self, exc: VokeError) -> int:
+        """Report a VokeError and return its exit code."""
+        message = redact(exc.message)
+        if self.json_mode:
+            error: dict[str, Any] = {
+                "type": exc.type_name,
+                "message": message,
+                "exit_code": int(exc.exit_code),
+            }
+            if exc.hint:
+                error["hint"] = redact(exc.hint)
+            self._emit_json({"ok": False, "command": self.command, "error": error})
+        else:
+            self.err.print(f"error: {message}", markup=False, highlight=False)
+            if exc.hint:
+                self.err.print(f"hint: {exc.hint}", markup=False, highlight=False)
+        self.emitted = True
+        return int(exc.exit_code)
+
+    def _emit_json(self, doc: Mapping[str, Any]) -> None:
+        self.stdout.write(redact(json.dumps(doc, ensure_ascii=False, sort_keys=False)) + "\n")
+        self.stdout.flush()
+
+    # -- stderr chatter -----------------------------------------------------------
+    def note(self, message: str) -> None:
+        """A one-line message for the operator on stderr."""
+        self.err.print(message, markup=False, highlight=False)
+
+    @contextmanager
+    def progress(self, message: str) -> Iterator[Callable[[str], None]]:
+        """Show MESSAGE while work runs: a spinner on a terminal, one line otherwise.
+
+        Yields a function that updates the message.
+        """
+        if _isatty(self.stderr) and not self.json_mode:
+            with self.err.status(message) as status:
+                yield lambda text: status.update(text)
+        else:
+            self.note(message)
+            yield lambda text: None
+
+    def confirm(self, question: str, *, yes: bool) -> None:
+        """Ask before a destructive change; without a TTY a missing --yes is a usage error."""
+        if yes:
+            return
+        if not self.interactive:
+            raise UsageError(f"{question.rstrip('?')}: refusing without --yes (no terminal to ask)")
+        from rich.prompt import Confirm
+
+        if not Confirm.ask(question, console=self.err, default=False):
+            raise Cancelled("cancelled; nothing was changed")
+
+
+class _RedactingStream:
+    """A text stream wrapper that masks registered secrets on the way out."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(redact(text))
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        return _isatty(self._stream)
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self._stream, "encoding", "utf-8") or "utf-8"

@@ -1,0 +1,41 @@
+"""Defence in depth for secrets: every secret value voke handles is registered here,
+and everything voke writes to stdout, stderr or a log passes through `redact`.
+
+Code must still never put a secret into a message; this catches the mistake that
+slips through (a library error quoting a connection string, say).
+"""
+
+from __future__ import annotations
+
+import threading
+
+_lock = threading.Lock()
+_values: set[str] = set()
+MASK = "***"
+_MIN_LEN = 6  # shorter strings would mask ordinary words
+
+
+def register(value: str | bytes) -> None:
+    """Remember VALUE as secret so it is masked wherever it would be printed."""
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    if len(text) >= _MIN_LEN:
+        with _lock:
+            _values.add(text)
+
+
+def redact(text: str) -> str:
+    """TEXT with every registered secret value replaced by ***."""
+    if not _values:
+        return text
+    with _lock:
+        values = sorted(_values, key=len, reverse=True)
+    for value in values:
+        if value in text:
+            text = text.replace(value, MASK)
+    return text
+
+
+def clear() -> None:
+    """Forget every registered value (tests)."""
+    with _lock:
+        _values.clear()

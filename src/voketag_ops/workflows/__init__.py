@@ -1,0 +1,1 @@
+"""One use case per command verb: core + ports -> a report object."""

