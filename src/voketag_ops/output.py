@@ -94,6 +94,7 @@ class Output:
         self._out_console: Console | None = None
         self._err_console: Console | None = None
         self.emitted = False
+        self.exit_code = int(ExitCode.OK)
 
     # -- consoles -------------------------------------------------------------
     def _console(self, stream: TextIO) -> Console:
@@ -155,7 +156,8 @@ class Output:
             if not ok and failure:
                 self.err.print(f"[red]✗[/] {failure}", markup=True)
         self.emitted = True
-        return int(ExitCode.OK if ok else ExitCode.NO)
+        self.exit_code = int(ExitCode.OK if ok else ExitCode.NO)
+        return self.exit_code
 
     def error(self, exc: VokeError) -> int:
         """Report a VokeError and return its exit code."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import traceback
@@ -156,6 +157,11 @@ def run(
         no_color="--no-color" in args or "NO_COLOR" in env_map,
     )
     debug = "--debug" in args
+    with contextlib.redirect_stdout(output.stdout), contextlib.redirect_stderr(output.stderr):
+        return _invoke(args, output, debug, environ, cwd)
+
+
+def _invoke(args: list[str], output: Output, debug: bool, environ: dict[str, str] | None, cwd: Path | None) -> int:
     command = typer.main.get_command(app)
     try:
         rv = command.main(
@@ -164,7 +170,11 @@ def run(
             standalone_mode=False,
             obj=_Holder(output, environ, cwd),
         )
-        return int(rv) if isinstance(rv, int) else 0
+        if rv == 130:  # Typer turns Ctrl-C inside a command into Exit(130)
+            return output.error(Interrupted("interrupted"))
+        if isinstance(rv, int) and rv != 0:  # typer.Exit(code)
+            return rv
+        return output.exit_code
     except VokeError as exc:
         if debug:
             _print_traceback(output.stderr)

@@ -1,0 +1,42 @@
+"""nox sessions: tests, lint, typecheck, bench."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite (starts its own PostgreSQL)."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and format check."""
+    session.install("ruff")
+    session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy over the package."""
+    session.install("-e", ".[test]", "mypy")
+    session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Every benchmark script under benchmarks/; each prints ratios against a baseline from the same run."""
+    session.install("-e", ".[test]", "pymerkle")
+    import pathlib
+
+    for script in sorted(pathlib.Path("benchmarks").glob("*.py")):
+        if script.name.startswith("_"):
+            continue
+        session.run("python", str(script), *session.posargs)

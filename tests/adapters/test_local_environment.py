@@ -1,0 +1,239 @@
+"""`voke env` against real PostgreSQL: up, idempotence, status, crash recovery, down,
+destroy, and the faults a fresh machine can throw at it. This module runs its own
+environment (the shared one must not be killed under other tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from voketag_ops.adapters.local.environment import LocalEnvironment
+from voketag_ops.config import LocalSettings
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    path = tmp_path_factory.mktemp("env-lifecycle") / "home"
+    yield path
+    LocalEnvironment(LocalSettings(home=path)).destroy()
+
+
+@pytest.fixture
+def env_of(make_environ):
+    return lambda home, **extra: make_environ(home, VOKE_LOCAL__ARCHIVE_TIMEOUT="5", **extra)
+
+
+def wait_for(predicate, what, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def local(home):
+    return LocalEnvironment(LocalSettings(home=home))
+
+
+def test_up_starts_primary_replica_archive_and_backup(voke, home, env_of):
+    result = voke("env", "up", "--json", environ=env_of(home))
+    assert result.exit_code == 0, result.stderr
+    up = result.json["result"]
+    assert up["started"] == ["primary", "replica"]
+    assert up["backup"].startswith("base-")
+    status = voke("env", "status", "--json", environ=env_of(home)).json["result"]
+    assert status["primary"]["role"] == "primary" and status["primary"]["running"] is True
+    assert status["replica"]["role"] == "replica" and status["replica"]["running"] is True
+    assert status["primary"]["port"] != status["replica"]["port"]
+    assert {"lag_bytes", "lag_seconds"} <= status["replica"].keys()
+    assert {"last_archived_wal", "last_archived_at", "failed_count"} <= status["archive"].keys()
+    assert status["archive"]["failed_count"] == 0
+    assert [b["label"] for b in status["backups"]] == [up["backup"]]
+    assert status["backups"][0]["finished_at"].endswith("Z")
+    assert status["healthy"] is True
+    backup_dir = home / "pg" / "backups" / up["backup"]
+    assert (backup_dir / "backup_manifest").is_file()
+
+
+def test_server_settings_and_replication_slot(home):
+    env = local(home)
+    with env.primary().connect() as conn:
+        settings = dict(conn.execute(
+            "select name, setting from pg_settings where name in "
+            "('data_checksums', 'wal_level', 'archive_mode', 'listen_addresses')"
+        ).fetchall())
+        slot = conn.execute("select active from pg_replication_slots where slot_name = 'voke_replica'").fetchone()
+    assert settings == {"data_checksums": "on", "wal_level": "replica", "archive_mode": "on",
+                        "listen_addresses": "127.0.0.1"}
+    assert slot == (True,)
+
+
+def test_state_is_private(home):
+    assert stat.S_IMODE(home.stat().st_mode) & 0o077 in (0, 0o011)  # 0711 when servers run as another user
+    assert stat.S_IMODE((home / "state.json").stat().st_mode) == 0o600
+    for sub in ("pg", "pg/primary", "pg/archive", "pg/backups"):
+        assert stat.S_IMODE((home / sub).stat().st_mode) == 0o700
+
+
+def test_second_up_changes_nothing(voke, home, env_of):
+    before = voke("env", "status", "--json", environ=env_of(home)).json["result"]
+    again = voke("env", "up", environ=env_of(home))
+    assert again.exit_code == 0
+    assert "already running" in again.stdout
+    after = voke("env", "status", "--json", environ=env_of(home)).json["result"]
+    assert after["primary"]["pid"] == before["primary"]["pid"]
+    assert after["replica"]["pid"] == before["replica"]["pid"]
+    assert after["backups"] == before["backups"]
+
+
+def test_writes_stream_to_the_replica(home):
+    env = local(home)
+    with env.primary().connect() as conn:
+        conn.execute("create table if not exists t_stream (id int primary key)")
+        conn.execute("insert into t_stream values (1) on conflict do nothing")
+    replica = env.node("replica")
+
+    def seen():
+        with replica.connect() as conn:
+            return conn.execute("select to_regclass('t_stream') is not null").fetchone()[0]
+
+    wait_for(seen, "the table on the replica")
+
+
+@pytest.mark.parametrize("node_name", ["primary", "replica"])
+def test_kill_9_is_reported_and_up_recovers_without_data_loss(voke, home, env_of, node_name):
+    env = local(home)
+    with env.primary().connect() as conn:
+        conn.execute("create table if not exists t_crash (id int primary key)")
+        conn.execute("insert into t_crash select coalesce(max(id), 0) + 1 from t_crash")
+        committed = conn.execute("select count(*) from t_crash").fetchone()[0]
+    pid = env.node(node_name).pid()
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not env.node(node_name).running, "the postmaster to die")
+    status = voke("env", "status", "--json", environ=env_of(home)).json["result"]
+    assert status[node_name]["running"] is False
+    assert status["healthy"] is False
+    result = voke("env", "up", "--json", environ=env_of(home))
+    assert result.exit_code == 0, result.stderr
+    assert node_name in result.json["result"]["started"]
+    with env.primary().connect() as conn:
+        assert conn.execute("select count(*) from t_crash").fetchone()[0] == committed
+
+    def streaming():
+        return voke("env", "status", "--json", environ=env_of(home)).json["result"]["replica"].get("streaming")
+
+    wait_for(streaming, "the replica to stream again")
+
+
+def test_down_keeps_data_and_up_restarts(voke, home, env_of):
+    result = voke("env", "down", "--json", environ=env_of(home))
+    assert result.exit_code == 0
+    assert result.json["result"]["stopped"] == ["replica", "primary"]
+    status = voke("env", "status", "--json", environ=env_of(home)).json["result"]
+    assert not status["primary"]["running"] and not status["replica"]["running"]
+    assert voke("env", "up", environ=env_of(home)).exit_code == 0
+    with local(home).primary().connect() as conn:
+        assert conn.execute("select count(*) from t_stream").fetchone()[0] == 1
+
+
+def test_port_taken_by_another_process_is_exit_4(voke, home, env_of):
+    env = local(home)
+    port = env.node("primary").port
+    assert voke("env", "down", environ=env_of(home)).exit_code == 0
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        result = voke("env", "up", environ=env_of(home))
+    assert result.exit_code == 4
+    assert f"port {port}" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2  # progress line + the error
+    assert voke("env", "up", environ=env_of(home)).exit_code == 0
+
+
+def test_interrupted_backup_leaves_nothing_half_written(home, monkeypatch):
+    from voketag_ops.adapters.local import postgres
+
+    env = local(home)
+    real_run = postgres.PgRunner.run
+
+    def interrupted(self, name, args, **kwargs):
+        if name == "pg_basebackup":
+            real_run(self, name, args, **kwargs)
+            raise KeyboardInterrupt
+        return real_run(self, name, args, **kwargs)
+
+    before = [b.label for b in env.backups()]
+    monkeypatch.setattr(postgres.PgRunner, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        env.take_base_backup()
+    monkeypatch.undo()
+    assert [b.label for b in env.backups()] == before
+    assert not list((home / "pg" / "backups").glob(".*partial"))
+
+
+def test_destroy_dry_run_changes_nothing_then_destroy(voke, home, env_of):
+    plan = voke("env", "destroy", "--dry-run", "--json", environ=env_of(home))
+    assert plan.exit_code == 0 and plan.json["result"]["plan"]
+    assert local(home).node("primary").running
+    result = voke("env", "destroy", "--yes", "--json", environ=env_of(home))
+    assert result.exit_code == 0
+    assert not (home / "pg").exists() and not (home / "state.json").exists()
+    status = voke("env", "status", "--json", environ=env_of(home)).json["result"]
+    assert status["initialized"] is False
+
+
+def test_missing_binaries_is_exit_3(voke, tmp_path, env_of):
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    result = voke("env", "up", environ=env_of(tmp_path / "h", VOKE_PG_BIN=str(empty)))
+    assert result.exit_code == 3
+    assert "PostgreSQL binaries missing" in result.stderr and "initdb" in result.stderr
+
+
+def test_not_enough_disk_is_exit_4(voke, tmp_path, env_of):
+    result = voke("env", "up", environ=env_of(tmp_path / "h", VOKE_LOCAL__MIN_FREE_DISK_MB="999999999"))
+    assert result.exit_code == 4
+    assert "not enough disk space" in result.stderr
+    assert not (tmp_path / "h" / "pg" / "primary").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand a directory to another user")
+def test_data_directory_owned_by_someone_else_is_exit_3(voke, tmp_path, env_of):
+    home = tmp_path / "h"
+    (home / "pg").mkdir(parents=True)
+    os.chown(home / "pg", 65534, 65534)  # nobody
+    result = voke("env", "up", environ=env_of(home))
+    assert result.exit_code == 3
+    assert "owned by uid 65534" in result.stderr
+
+
+def test_on_demand_start(tmp_path):
+    env = LocalEnvironment(LocalSettings(home=tmp_path / "h", replica=False))
+    messages: list[str] = []
+    try:
+        report = env.ensure_running(messages.append)
+        assert report is not None and report.started == ["primary"]
+        assert any("starting the local environment" in m for m in messages)
+        assert env.ensure_running(messages.append) is None  # already up: nothing to do
+    finally:
+        env.destroy()
+
+
+def test_home_path_too_long_for_a_socket_still_works(tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    env = LocalEnvironment(LocalSettings(home=deep, replica=False))
+    try:
+        env.up()
+        assert not Path(env.require_state().socket_dir).is_relative_to(deep)
+        with env.primary().connect() as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+    finally:
+        env.destroy()

@@ -1,0 +1,152 @@
+"""The frame every command shares: exit codes, the JSON envelope, usage errors,
+internal errors, start-up imports, colour."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from voketag_ops.errors import (
+    BackendError,
+    ConfigError,
+    ExitCode,
+    InputError,
+    Interrupted,
+    NeedsOperatorError,
+    PreconditionError,
+    RolledBackError,
+    UsageError,
+    VokeError,
+)
+
+
+def test_exit_code_table_matches_product():
+    assert {c.name: int(c) for c in ExitCode} == {
+        "OK": 0, "NO": 1, "USAGE": 2, "CONFIG": 3, "BACKEND": 4, "PRECONDITION": 5,
+        "ROLLED_BACK": 6, "NEEDS_OPERATOR": 7, "INTERNAL": 70, "INTERRUPTED": 130,
+    }
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [(UsageError, 2), (InputError, 1), (ConfigError, 3), (BackendError, 4), (PreconditionError, 5),
+     (RolledBackError, 6), (NeedsOperatorError, 7), (Interrupted, 130), (VokeError, 70)],
+)
+def test_each_error_maps_to_its_exit_code_and_envelope(voke, monkeypatch, error, code):
+    from voketag_ops.adapters.local import environment
+
+    def boom(self):
+        raise error("it went wrong")
+
+    monkeypatch.setattr(environment.LocalEnvironment, "status", boom)
+    result = voke("env", "status", "--json")
+    assert result.exit_code == code
+    doc = result.json
+    assert doc == {"ok": False, "command": "env status",
+                   "error": {"type": error.__name__, "message": "it went wrong", "exit_code": code}}
+    human = voke("env", "status")
+    assert human.exit_code == code
+    assert human.stdout == ""
+    assert human.stderr.strip() == "error: it went wrong"
+
+
+def test_version_and_help_list_groups(voke):
+    assert voke("--version").stdout == "voke 0.1.0\n"
+    out = voke("--help").stdout
+    for group in ("env", "config", "doctor"):
+        assert group in out
+
+
+def test_unknown_command_is_usage_error_with_suggestion(voke):
+    result = voke("env", "statsu")
+    assert result.exit_code == 2
+    assert "Did you mean" in result.stderr and "status" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_flag_is_usage_error_in_json_too(voke):
+    result = voke("env", "status", "--frobnicate", "--json")
+    assert result.exit_code == 2
+    doc = result.json
+    assert doc["ok"] is False and doc["error"]["type"] == "UsageError" and doc["error"]["exit_code"] == 2
+    assert "--frobnicate" in doc["error"]["message"]
+
+
+def test_json_flag_anywhere_and_from_environment(voke, make_environ, tmp_path):
+    first = voke("--json", "env", "status")
+    last = voke("env", "status", "--json")
+    assert first.json["result"] == last.json["result"]
+    env = make_environ(tmp_path / "home", VOKE_OUTPUT="json")
+    assert voke("env", "status", environ=env).json["command"] == "env status"
+
+
+def test_internal_error_is_one_line_without_traceback_and_redacted(voke, monkeypatch):
+    from voketag_ops import redact
+    from voketag_ops.adapters.local import environment
+
+    secret = "s3cr3t-Value-XYZ"
+    redact.register(secret)
+
+    def boom(self):
+        raise RuntimeError(f"password={secret} failed")
+
+    monkeypatch.setattr(environment.LocalEnvironment, "status", boom)
+    result = voke("env", "status")
+    assert result.exit_code == 70
+    assert "Traceback" not in result.stderr and secret not in result.stderr
+    assert "internal error (RuntimeError)" in result.stderr
+    debug = voke("env", "status", "--debug")
+    assert debug.exit_code == 70
+    assert "Traceback" in debug.stderr and secret not in debug.stderr
+
+
+def test_no_ansi_escapes_when_not_a_terminal(voke):
+    result = voke("env", "status")
+    assert "\x1b[" not in result.stdout + result.stderr
+
+
+def test_destroy_without_yes_and_without_tty_is_usage_error(voke):
+    result = voke("env", "destroy")
+    assert result.exit_code == 2
+    assert "--yes" in result.stderr
+
+
+def test_cli_import_does_not_load_cloud_or_database_clients():
+    code = (
+        "import sys, io\n"
+        "from voketag_ops.cli.main import main\n"
+        "import contextlib\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n"
+        "        main(['--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'psycopg') or m.startswith('google'))\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ""
+
+
+def test_version_fast_path_imports_nothing_heavy():
+    code = (
+        "import sys\n"
+        "from voketag_ops.cli.main import main\n"
+        "main(['--version'])\n"
+        "print(','.join(m for m in ('typer', 'rich', 'pydantic', 'psycopg') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["voke 0.1.0", ""] or out.splitlines()[-1] == ""
+
+
+def test_console_script_runs(tmp_path, make_environ):
+    proc = subprocess.run(
+        [sys.executable, "-m", "voketag_ops", "env", "status", "--json"],
+        capture_output=True, text=True, env=make_environ(tmp_path / "home"), cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] is True and doc["result"]["initialized"] is False

@@ -1,0 +1,86 @@
+"""Shared fixtures. One real local environment (primary + replica + archive) per test
+session; tests that need PostgreSQL isolate themselves with a database of their own."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from voketag_ops.cli.app import run
+
+
+@dataclass
+class Result:
+    """What one in-process `voke` invocation produced."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+def base_environ(home: Path, **extra: str) -> dict[str, str]:
+    """A clean environment: no VOKE_* or config leaking in from the developer's shell."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOKE_")}
+    env.update({"VOKE_HOME": str(home), "CI": "true"})
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def make_environ():
+    """base_environ as a fixture (test modules cannot import conftest)."""
+    return base_environ
+
+
+@pytest.fixture
+def voke(tmp_path: Path):
+    """Call voke in-process: voke("env", "status", "--json", environ=..., cwd=...)."""
+
+    def invoke(*args: str, environ: dict[str, str] | None = None, cwd: Path | None = None) -> Result:
+        out, err = io.StringIO(), io.StringIO()
+        environ = environ if environ is not None else base_environ(tmp_path / "home")
+        code = run(list(args), stdout=out, stderr=err, environ=environ, cwd=cwd or tmp_path)
+        return Result(code, out.getvalue(), err.getvalue())
+
+    return invoke
+
+
+@pytest.fixture(scope="session")
+def local_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The session's shared local environment, started once and destroyed at the end."""
+    from voketag_ops.adapters.local.environment import LocalEnvironment
+    from voketag_ops.config import LocalSettings
+
+    home = tmp_path_factory.mktemp("voke-home")
+    env = LocalEnvironment(LocalSettings(home=home, archive_timeout=5))
+    env.up()
+    try:
+        yield env
+    finally:
+        env.destroy()
+
+
+@pytest.fixture
+def pg_database(local_env: Any) -> Iterator[str]:
+    """A fresh database on the shared primary, dropped after the test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    primary = local_env.primary()
+    with primary.connect() as conn:
+        conn.execute(f'create database "{name}"')
+    try:
+        yield name
+    finally:
+        with primary.connect() as conn:
+            conn.execute(f'drop database if exists "{name}" with (force)')
