@@ -65,7 +65,7 @@ def to_jsonable(obj: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
 
 
-def _isatty(stream: TextIO) -> bool:
+def _isatty(stream: TextIO | _RedactingStream) -> bool:
     try:
         return stream.isatty()
     except (AttributeError, ValueError):
@@ -97,11 +97,11 @@ class Output:
         self.exit_code = int(ExitCode.OK)
 
     # -- consoles -------------------------------------------------------------
-    def _console(self, stream: TextIO) -> Console:
+    def _console(self, stream: TextIO | _RedactingStream) -> Console:
         from rich.console import Console
 
         return Console(
-            file=stream,
+            file=stream,  # type: ignore[arg-type]
             no_color=self.no_color,
             highlight=False,
             soft_wrap=not _isatty(stream),

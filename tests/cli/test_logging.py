@@ -1,0 +1,36 @@
+"""stderr logging: JSON lines when not a terminal (or --log-format json), secrets masked."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from voketag_ops import redact
+from voketag_ops.logs import get_logger, setup_logging
+
+
+def test_json_lines_when_not_a_tty_and_secrets_masked():
+    stream = io.StringIO()
+    setup_logging(fmt="auto", level="info", stream=stream)
+    redact.register("hunter2-secret")
+    get_logger("voketag_ops.test").info("connecting with %s", "hunter2-secret")
+    line = json.loads(stream.getvalue().splitlines()[-1])
+    assert line["level"] == "info" and line["logger"] == "voke.test"
+    assert line["msg"] == "connecting with ***" and line["ts"].endswith("Z")
+
+
+def test_human_format_and_level_filter():
+    stream = io.StringIO()
+    setup_logging(fmt="human", level="warning", stream=stream)
+    log = get_logger("voketag_ops.x")
+    log.info("hidden")
+    log.warning("shown")
+    assert stream.getvalue() == "voke: warning: shown\n"
+
+
+def test_log_flags_reach_the_logger(voke):
+    result = voke("config", "show", "--log-format", "json", "--log-level", "debug", "--json")
+    assert result.exit_code == 0
+    shown = result.json["result"]["settings"]
+    assert shown["log_format"] == {"value": "json", "source": "flag"}
+    assert shown["log_level"] == {"value": "debug", "source": "flag"}
