@@ -41,7 +41,7 @@ from voketag_ops.adapters.local.postgres import (
     grant_traverse,
     pick_free_port,
 )
-from voketag_ops.errors import BackendError, ConfigError, PreconditionError
+from voketag_ops.errors import BackendError, ConfigError, NeedsOperatorError, PreconditionError
 from voketag_ops.logs import get_logger
 
 if TYPE_CHECKING:
@@ -77,6 +77,11 @@ class EnvState:
     pg_version: str = ""
     socket_dir: str = ""
     ports: dict[str, int] = field(default_factory=dict)
+    leader: str = "primary"  # the node that should be writable; `voke dr failover` moves it
+
+    @property
+    def follower(self) -> str:
+        return "replica" if self.leader == "primary" else "primary"
 
     @classmethod
     def load(cls, path: Path) -> EnvState | None:
@@ -182,14 +187,23 @@ class LocalEnvironment:
         return state
 
     def primary(self) -> PgNode:
-        """The node that is currently writable (after a failover, that can be `replica`)."""
+        """The leader: the node that should be writable (after a failover, `replica`)."""
         state = self.require_state()
-        runner = self._runner(state)
-        for name in NODE_NAMES:
-            node = self.node(name, state, runner)
-            if node.initialized and not (node.data_dir / "standby.signal").exists():
-                return node
-        return self.node("primary", state, runner)
+        return self.node(state.leader, state)
+
+    def standby(self) -> PgNode:
+        """The follower: the node that streams from the leader."""
+        state = self.require_state()
+        return self.node(state.follower, state)
+
+    def set_leader(self, name: str) -> None:
+        """Record that NAME is now the writable node (used by failover and failback)."""
+        if name not in NODE_NAMES:
+            raise ValueError(name)
+        with self.lock():
+            state = self.require_state()
+            state.leader = name
+            state.save(self.state_file)
 
     # -- locking -------------------------------------------------------------------------
     @contextmanager
@@ -234,32 +248,42 @@ class LocalEnvironment:
                 created.append("state")
             runner = self._prepare(state, fresh=fresh)
             nodes = {name: self.node(name, state, runner) for name in NODE_NAMES}
-            already = (
-                all(n.initialized and n.running for n in nodes.values() if self._wanted(n.name)) and not fresh
+            already = not fresh and all(
+                n.initialized and n.running for n in nodes.values() if self._wanted(n.name, state)
             )
-            primary = nodes["primary"]
+            primary, replica = nodes[state.leader], nodes[state.follower]
             if not primary.initialized:
+                if state.leader != "primary":
+                    raise NeedsOperatorError(
+                        f"the leader's data directory {primary.data_dir} is missing; "
+                        "restore it with `voke dr restore` or start over with `voke env destroy --yes`"
+                    )
                 self._check_disk()
                 progress("initialising the primary (initdb)")
                 primary.initdb()
-                created.append("primary")
+                created.append(primary.name)
             self._configure_primary(primary, state)
             if not primary.running:
-                progress(f"starting the primary on port {primary.port}")
+                progress(f"starting the primary ({primary.name}) on port {primary.port}")
                 primary.start(timeout=self.settings.start_timeout)
-                started.append("primary")
+                started.append(primary.name)
             self._ensure_slot(primary)
             if self.settings.replica:
-                replica = nodes["replica"]
                 if not replica.initialized:
                     progress("cloning the streaming replica (pg_basebackup)")
                     self._clone_replica(primary, replica)
-                    created.append("replica")
+                    created.append(replica.name)
+                if not (replica.data_dir / "standby.signal").exists():
+                    # Starting it would give two writable primaries (split brain).
+                    raise NeedsOperatorError(
+                        f"{replica.name} is not a standby of {primary.name} (a fenced former primary?); "
+                        "rebuild it with `voke dr failback` before starting it"
+                    )
                 self._configure_replica(replica, state)
                 if not replica.running:
-                    progress(f"starting the replica on port {replica.port}")
+                    progress(f"starting the replica ({replica.name}) on port {replica.port}")
                     replica.start(timeout=self.settings.start_timeout)
-                    started.append("replica")
+                    started.append(replica.name)
             backup_label = None
             if not self.backups():
                 progress("taking the first base backup")
@@ -277,8 +301,8 @@ class LocalEnvironment:
             backup=backup_label,
         )
 
-    def _wanted(self, name: str) -> bool:
-        return name == "primary" or self.settings.replica
+    def _wanted(self, name: str, state: EnvState) -> bool:
+        return name == state.leader or self.settings.replica
 
     def _new_state(self, progress: Progress) -> EnvState:
         bins = PgBinaries.resolve(self.settings.pg_bin)
@@ -527,15 +551,17 @@ class LocalEnvironment:
         runner = self._runner(state)
         nodes = {name: self.node(name, state, runner) for name in NODE_NAMES}
         info = {name: _node_status(node) for name, node in nodes.items()}
-        report["primary"], report["replica"] = info["primary"], info["replica"]
+        # `primary` and `replica` describe the current topology; `name` says which data directory.
+        report["primary"], report["replica"] = info[state.leader], info[state.follower]
+        report["leader"] = state.leader
         writable = [n for n, i in info.items() if i["role"] == "primary"]
         report["split_brain"] = len(writable) > 1
-        source = nodes[writable[0]] if writable else None
+        source = nodes[state.leader] if state.leader in writable else (nodes[writable[0]] if writable else None)
         lag: dict[str, Any] = {"lag_bytes": None, "lag_seconds": None, "streaming": False}
         if source is not None:
             lag = _replication_lag(source)
             report["archive"] = _archiver(source, self.archive_dir)
-        standby = next((i for i in info.values() if i["role"] == "replica"), info["replica"])
+        standby = report["replica"]
         standby.update(lag)
         report["backups"] = [
             {
@@ -551,8 +577,7 @@ class LocalEnvironment:
         ]
         replica_ok = (not self.settings.replica) or (standby["running"] and lag["streaming"])
         report["healthy"] = bool(
-            writable
-            and len(writable) == 1
+            writable == [state.leader]
             and replica_ok
             and report["backups"]
             and report["archive"]
@@ -569,7 +594,7 @@ class LocalEnvironment:
                 return {"home": str(self.home), "stopped": [], "existed": False}
             runner = self._runner(state)
             stopped = []
-            for name in ("replica", "primary"):  # standby first, so it does not log a lost primary
+            for name in (state.follower, state.leader):  # standby first: it must not see a lost primary
                 node = self.node(name, state, runner)
                 if node.running:
                     progress(f"stopping the {name}")
@@ -607,7 +632,7 @@ class LocalEnvironment:
         state = self.state()
         if state is not None:
             runner = self._runner(state)
-            if all(self.node(n, state, runner).running for n in NODE_NAMES if self._wanted(n)):
+            if all(self.node(n, state, runner).running for n in NODE_NAMES if self._wanted(n, state)):
                 return None
         progress("starting the local environment (voke env up)")
         return self.up(progress)
