@@ -51,6 +51,7 @@ log = get_logger(__name__)
 
 STATE_VERSION = 1
 SLOT_NAME = "voke_replica"
+PLATFORM_DB = "voketag"
 NODE_NAMES = ("primary", "replica")
 Progress = Callable[[str], None]
 
@@ -204,6 +205,23 @@ class LocalEnvironment:
             state = self.require_state()
             state.leader = name
             state.save(self.state_file)
+
+    def platform_database(self, name: str = PLATFORM_DB) -> str:
+        """Conninfo of the platform's database on the leader (created on first use).
+
+        Ingestion, the chain store and the services' data live here; tests pass their own NAME.
+        """
+        primary = self.primary()
+        with primary.connect() as conn:
+            exists = conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone()
+            if not exists:
+                from psycopg import errors, sql
+
+                try:
+                    conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+                except errors.DuplicateDatabase:
+                    pass  # created concurrently by another voke
+        return primary.conninfo(name)
 
     # -- locking -------------------------------------------------------------------------
     @contextmanager
