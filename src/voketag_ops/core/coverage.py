@@ -1,0 +1,755 @@
+"""Coverage arithmetic that agrees with coverage.py to the digit. Pure: no I/O, stdlib only.
+
+coverage.py's total is (covered statements + covered branch exits) / (statements +
+branch exits), summed over files before one division, 100 when there is nothing to
+cover (`coverage.results.Numbers`). It is displayed with Python's `round` on that
+float, clamped so that only exact values show as 0 or 100 (`display_covered`), and the
+`fail_under` gate compares the rounded value (`should_fail_under`). These functions
+use the same float expressions on purpose: `Decimal` or `Fraction` would disagree
+with coverage.py on values such as 3001/4000 (75.025 as a double is 75.02500000000000568,
+which coverage.py shows as "75.03").
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+
+EXIT = -1  # destination of a branch exit that leaves the code object (coverage.py: any negative line)
+UNKNOWN = 0  # destination of a missed branch exit whose target the input does not name
+MODULE_LEVEL = "(module level)"
+
+
+# -- numbers ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Integer coverage counts; add them across files, divide once (`percent`)."""
+
+    statements: int = 0
+    missing: int = 0
+    branches: int = 0
+    missing_branches: int = 0
+    partial_branches: int = 0
+    excluded: int = 0
+    files: int = 0
+
+    @property
+    def covered(self) -> int:
+        return self.statements - self.missing
+
+    @property
+    def covered_branches(self) -> int:
+        return self.branches - self.missing_branches
+
+    @property
+    def numerator(self) -> int:
+        return self.covered + self.covered_branches
+
+    @property
+    def denominator(self) -> int:
+        return self.statements + self.branches
+
+    @property
+    def percent(self) -> float:
+        """The unrounded total, exactly coverage.py's `Numbers.pc_covered`."""
+        return percent(self.numerator, self.denominator)
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(
+            self.statements + other.statements,
+            self.missing + other.missing,
+            self.branches + other.branches,
+            self.missing_branches + other.missing_branches,
+            self.partial_branches + other.partial_branches,
+            self.excluded + other.excluded,
+            self.files + other.files,
+        )
+
+
+def total(counts: Iterable[Counts]) -> Counts:
+    """The sum of COUNTS (integer sums; no averaging of percentages)."""
+    acc = Counts()
+    for item in counts:
+        acc = acc + item
+    return acc
+
+
+def percent(numerator: int, denominator: int) -> float:
+    """coverage.py's `Numbers._percent`: 100 when there is nothing to cover."""
+    if denominator > 0:
+        return (100.0 * numerator) / denominator
+    return 100.0
+
+
+def display_covered(pc: float, precision: int) -> str:
+    """The string coverage.py prints for PC: never "0" or "100" unless exactly so."""
+    if precision < 0:
+        raise ValueError(f"precision={precision} is invalid: must not be negative")
+    near0 = 1.0 / 10**precision
+    if 0 < pc < near0:
+        pc = near0
+    elif (100.0 - near0) < pc < 100:
+        pc = 100.0 - near0
+    else:
+        pc = round(pc, precision)
+    return f"{pc:.{precision}f}"
+
+
+def format_target(target: float) -> str:
+    """A target as written: 80 -> "80", 80.25 -> "80.25"."""
+    return f"{target:g}" if target != int(target) else str(int(target))
+
+
+# -- the gate --------------------------------------------------------------------------------------
+class Rule(StrEnum):
+    """How a total is compared with a target."""
+
+    COVERAGE = "coverage"  # coverage.py >= 7.17: rounded to max(precision, decimals of the target)
+    COVERAGE_716 = "coverage-7.16"  # coverage.py <= 7.16: rounded to the precision
+    STRICT = "strict"  # the unrounded value must reach the target
+
+
+def check_target(target: float) -> None:
+    """Raise ValueError unless 0 <= TARGET <= 100 (as coverage.py does)."""
+    if not 0 <= target <= 100.0:
+        raise ValueError(f"target {target} is invalid: must be between 0 and 100")
+
+
+def gate_precision(target: float, precision: int, rule: Rule) -> int:
+    """Decimals the comparison rounds to under RULE (coverage.py's `_fail_under_precision`)."""
+    if rule is Rule.COVERAGE and target != int(target):
+        exponent = Decimal(str(target)).as_tuple().exponent
+        assert isinstance(exponent, int)
+        return max(precision, -exponent)
+    return precision
+
+
+def passes(pc: float, target: float, precision: int, rule: Rule = Rule.COVERAGE) -> bool:
+    """True when the total PC meets TARGET: `not coverage.results.should_fail_under` for the
+    coverage rules, `pc >= target` for STRICT. A target of 100 needs exactly 100 always."""
+    check_target(target)
+    if target == 100.0 and pc != 100.0:
+        return False
+    if rule is Rule.STRICT:
+        return pc >= target
+    return not round(pc, gate_precision(target, precision, rule)) < target
+
+
+def shown_for_gate(pc: float, target: float, precision: int, rule: Rule) -> str:
+    """The total as the comparison sees it (coverage.py's `format_fail_under_msg`)."""
+    p = gate_precision(target, precision, rule)
+    if rule is Rule.STRICT:
+        return repr(pc)
+    if target == 100.0 and pc != 100.0:
+        return display_covered(pc, p)
+    return f"{round(pc, p):.{p}f}"
+
+
+def _smallest_passing(counts: Counts, limit: int, target: float, precision: int, rule: Rule) -> int | None:
+    """Smallest k in [0, LIMIT] such that covering k more units passes; None if none does.
+
+    Passing is monotone in k (the percent is a correctly rounded quotient, `round` is
+    monotone), so a binary search finds the boundary.
+    """
+    num, den = counts.numerator, counts.denominator
+
+    def ok(k: int) -> bool:
+        return passes(percent(num + k, den), target, precision, rule)
+
+    if ok(0):
+        return 0
+    if not ok(limit):
+        return None
+    lo, hi = 0, limit  # ok(lo) is False, ok(hi) is True
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def lines_to_target(counts: Counts, target: float, precision: int, rule: Rule = Rule.COVERAGE) -> int | None:
+    """The smallest number of currently missed statements whose coverage makes the gate
+    pass; 0 when it passes already, None when covering every missed statement is not
+    enough (the missed branch exits alone keep it below target)."""
+    return _smallest_passing(counts, counts.missing, target, precision, rule)
+
+
+def units_to_target(counts: Counts, target: float, precision: int, rule: Rule = Rule.COVERAGE) -> int | None:
+    """Like `lines_to_target`, counting missed statements and missed branch exits alike."""
+    return _smallest_passing(counts, counts.missing + counts.missing_branches, target, precision, rule)
+
+
+# -- per-file data ---------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Region:
+    """A function or class of a file (coverage.json format 3); NAME "" is module level."""
+
+    name: str
+    kind: str  # "function" | "class"
+    start_line: int | None
+    lines: frozenset[int]  # its statements
+
+
+@dataclass(frozen=True, slots=True)
+class FileCoverage:
+    """What one input says about one source file.
+
+    `branches` maps each branch line to (number of exits, destinations of the missed
+    exits); destinations are line numbers, EXIT, or UNKNOWN when the input gives counts only.
+    """
+
+    path: str
+    executed: frozenset[int]
+    missing: frozenset[int]
+    excluded: frozenset[int] = frozenset()
+    branches: Mapping[int, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
+    regions: tuple[Region, ...] = ()
+    has_branches: bool = False
+
+    @property
+    def statements(self) -> frozenset[int]:
+        return self.executed | self.missing
+
+    @property
+    def counts(self) -> Counts:
+        n_branches = n_missing_br = n_partial = 0
+        for line, (exits, missed) in self.branches.items():
+            n_branches += exits
+            n_missing_br += len(missed)
+            if line not in self.missing:
+                n_partial += len(missed)
+        return Counts(
+            statements=len(self.executed) + len(self.missing),
+            missing=len(self.missing),
+            branches=n_branches,
+            missing_branches=n_missing_br,
+            partial_branches=n_partial,
+            excluded=len(self.excluded),
+            files=1,
+        )
+
+    def region_counts(self, region: Region) -> Counts:
+        missing = region.lines & self.missing
+        n_branches = n_missing_br = 0
+        for line in region.lines:
+            if line in self.branches:
+                exits, missed = self.branches[line]
+                n_branches += exits
+                n_missing_br += len(missed)
+        return Counts(len(region.lines), len(missing), n_branches, n_missing_br, files=1)
+
+
+def merge_files(a: FileCoverage, b: FileCoverage) -> FileCoverage:
+    """Two reports of the same file combined, like `coverage combine`: a line or branch
+    exit is covered when either report covered it."""
+    statements = a.statements | b.statements
+    executed = a.executed | b.executed
+    branches: dict[int, tuple[int, tuple[int, ...]]] = dict(a.branches)
+    for line, (exits_b, missed_b) in b.branches.items():
+        if line in branches:
+            exits_a, missed_a = branches[line]
+            # A missed exit stays missed only if both reports missed it (multiset: two
+            # exits to EXIT stay two); the total is the larger of the two views.
+            both = Counter(missed_a) & Counter(missed_b)
+            branches[line] = (max(exits_a, exits_b), tuple(sorted(both.elements())))
+        else:
+            branches[line] = (exits_b, missed_b)
+    regions = {(r.kind, r.name): r for r in a.regions}
+    for r in b.regions:
+        key = (r.kind, r.name)
+        regions[key] = (
+            r if key not in regions else Region(r.name, r.kind, r.start_line, regions[key].lines | r.lines)
+        )
+    return FileCoverage(
+        path=a.path,
+        executed=frozenset(executed),
+        missing=frozenset(statements - executed),
+        excluded=(a.excluded | b.excluded) - statements,
+        branches=branches,
+        regions=tuple(regions.values()),
+        has_branches=a.has_branches or b.has_branches,
+    )
+
+
+def combine(files: Iterable[FileCoverage]) -> dict[str, FileCoverage]:
+    """Files by path, merging repeated paths (several inputs measuring the same file)."""
+    out: dict[str, FileCoverage] = {}
+    for f in files:
+        out[f.path] = merge_files(out[f.path], f) if f.path in out else f
+    return out
+
+
+def line_ranges(statements: Iterable[int], lines: Iterable[int]) -> list[tuple[int, int]]:
+    """LINES as (first, last) runs, a run continuing over non-statement lines (as
+    coverage.py's "Missing" column does): statements 1..5, lines {2,3,5} -> (2,3), (5,5)."""
+    wanted = set(lines)
+    runs: list[tuple[int, int]] = []
+    start = end = None
+    for line in sorted(statements):
+        if line in wanted:
+            if start is None:
+                start = line
+            end = line
+        elif start is not None:
+            assert end is not None
+            runs.append((start, end))
+            start = end = None
+    if start is not None:
+        assert end is not None
+        runs.append((start, end))
+    return runs
+
+
+def format_ranges(runs: Sequence[tuple[int, int]]) -> str:
+    """ "5, 8-11, 18" from runs."""
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+# -- paths -----------------------------------------------------------------------------------------
+_DRIVE = re.compile(r"^[A-Za-z]:/")
+
+
+def normalize_path(path: str) -> str:
+    """Forward slashes, no "./" prefix, no doubled slashes (Windows keys become comparable)."""
+    p = path.replace("\\", "/")
+    while "//" in p[1:]:
+        p = p[0] + p[1:].replace("//", "/")
+    while p.startswith("./"):
+        p = p[2:]
+    return p
+
+
+def is_absolute(path: str) -> bool:
+    return path.startswith("/") or bool(_DRIVE.match(path))
+
+
+@dataclass(frozen=True)
+class PathMap:
+    """Prefix rewrites applied in order, first match wins, like coverage.py's `[paths]`.
+
+    A pattern is a path prefix; `*` matches within one path segment, so
+    "/home/runner/work/*/*/" maps any GitHub checkout. "/app/src/" -> "" makes
+    "/app/src/admin_service/a.py" into "admin_service/a.py".
+    """
+
+    rules: tuple[tuple[str, str], ...] = ()
+    _compiled: tuple[tuple[re.Pattern[str], str], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        compiled = []
+        for pattern, replacement in self.rules:
+            pat = normalize_path(pattern)
+            if pat and not pat.endswith("/"):
+                pat += "/"  # a prefix names a directory: "/app/src" must not match "/app/srcx/"
+            regex = "".join("[^/]*" if ch == "*" else re.escape(ch) for ch in pat)
+            repl = normalize_path(replacement)
+            if repl and not repl.endswith("/"):
+                repl += "/"
+            compiled.append((re.compile(regex), repl))
+        object.__setattr__(self, "_compiled", tuple(compiled))
+
+    def apply(self, path: str) -> str:
+        p = normalize_path(path)
+        for regex, repl in self._compiled:
+            m = regex.match(p)
+            if m:
+                return repl + p[m.end() :]
+        return p
+
+
+def relative_to(path: str, root: str) -> str:
+    """PATH relative to ROOT when it lies under it (both normalized), else PATH."""
+    root = normalize_path(root).rstrip("/") + "/"
+    return path[len(root) :] if path.startswith(root) else path
+
+
+# -- services --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A service: the path prefixes of its files, its target and optional baseline (percent)."""
+
+    name: str
+    prefixes: tuple[str, ...]
+    target: float
+    baseline: float | None = None
+
+
+UNASSIGNED = "unassigned"
+
+
+def _prefix_matches(path: str, prefix: str) -> bool:
+    prefix = normalize_path(prefix)
+    if prefix.endswith("/"):
+        return path.startswith(prefix)
+    return path == prefix or path.startswith(prefix + "/")
+
+
+def assign(path: str, services: Sequence[ServiceSpec]) -> str | None:
+    """The service whose longest prefix matches PATH; None when none does."""
+    best: tuple[int, str] | None = None
+    for spec in services:
+        for prefix in spec.prefixes:
+            if _prefix_matches(path, prefix):
+                length = len(normalize_path(prefix).rstrip("/"))
+                if best is None or length > best[0]:
+                    best = (length, spec.name)
+    return None if best is None else best[1]
+
+
+def group_by_service(
+    files: Iterable[FileCoverage], services: Sequence[ServiceSpec]
+) -> tuple[dict[str, list[FileCoverage]], list[FileCoverage]]:
+    """(files per service name, in SERVICES order; files that match no service)."""
+    grouped: dict[str, list[FileCoverage]] = {s.name: [] for s in services}
+    unassigned: list[FileCoverage] = []
+    for f in files:
+        name = assign(f.path, services)
+        (grouped[name] if name is not None else unassigned).append(f)
+    return grouped, unassigned
+
+
+# -- scores ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Score:
+    """One row of a report: a service or the overall total, judged against its target."""
+
+    name: str
+    files: int
+    statements: int
+    covered: int
+    missing: int
+    branches: int
+    covered_branches: int
+    missing_branches: int
+    partial_branches: int
+    percent: float  # unrounded
+    display: str  # as coverage.py prints it at the report's precision
+    target: float | None
+    baseline: float | None
+    delta: float | None  # percent - baseline, unrounded
+    passed: bool | None  # under the rule in force; None when there is no target
+    passed_strict: bool | None  # unrounded comparison
+    by_rounding: bool  # passes only because the rule rounds
+    lines_needed: int | None  # missed statements to cover to pass; None if statements cannot do it
+    units_needed: int | None  # missed statements or branch exits to cover to pass
+
+
+def score(
+    name: str,
+    counts: Counts,
+    *,
+    target: float | None,
+    baseline: float | None,
+    precision: int,
+    rule: Rule,
+) -> Score:
+    """Judge COUNTS against TARGET under RULE."""
+    pc = counts.percent
+    if target is None:
+        passed = strict = None
+        lines = units = None
+    else:
+        passed = passes(pc, target, precision, rule)
+        strict = passes(pc, target, precision, Rule.STRICT)
+        lines = lines_to_target(counts, target, precision, rule)
+        units = units_to_target(counts, target, precision, rule)
+    return Score(
+        name=name,
+        files=counts.files,
+        statements=counts.statements,
+        covered=counts.covered,
+        missing=counts.missing,
+        branches=counts.branches,
+        covered_branches=counts.covered_branches,
+        missing_branches=counts.missing_branches,
+        partial_branches=counts.partial_branches,
+        percent=pc,
+        display=display_covered(pc, precision),
+        target=target,
+        baseline=baseline,
+        delta=None if baseline is None else pc - baseline,
+        passed=passed,
+        passed_strict=strict,
+        by_rounding=bool(passed and not strict),
+        lines_needed=lines,
+        units_needed=units,
+    )
+
+
+def verdict(s: Score, precision: int, rule: Rule) -> str:
+    """One line saying whether S passed, and why in the borderline cases."""
+    if s.target is None:
+        return f"{s.name}: {s.display}% (no target)"
+    tgt = format_target(s.target)
+    if s.passed and s.by_rounding:
+        return (
+            f"{s.name}: {s.display}% passes {tgt} by rounding (exact {s.percent:.2f}%; "
+            f"--strict would fail it)"
+        )
+    if s.passed:
+        return f"{s.name}: {s.display}% meets target {tgt}"
+    shown = shown_for_gate(s.percent, s.target, precision, rule)
+    if rule is Rule.STRICT:
+        why = f"exact {s.percent:.4f}% < {tgt} (strict)"
+    elif s.target == 100.0:
+        why = f"{shown}% is not exactly 100"
+    else:
+        why = f"{shown}% < {tgt}" + (f" (exact {s.percent:.2f}%)" if shown != s.display else "")
+    if s.lines_needed is not None:
+        need = f"cover {s.lines_needed} more statement{'s' if s.lines_needed != 1 else ''}"
+    elif s.units_needed is not None:
+        extra = s.units_needed - s.missing
+        need = f"cover all {s.missing} missed statements and {extra} branch exits"
+    else:  # pragma: no cover - every target <= 100 is reachable by covering everything
+        need = "unreachable"
+    return f"{s.name}: {s.display}% fails target {tgt}: {why}; {need}"
+
+
+@dataclass(frozen=True)
+class FileGap:
+    """A file with missed code, for the gap list."""
+
+    path: str
+    service: str
+    missing: int
+    missing_branches: int
+    percent: float
+    display: str
+    missing_lines: str  # "5, 8-11"
+
+
+@dataclass(frozen=True)
+class FunctionGap:
+    """A function or class with missed code (coverage.json format 3 regions)."""
+
+    path: str
+    service: str
+    name: str
+    kind: str
+    start_line: int | None
+    missing: int
+    missing_branches: int
+    statements: int
+
+
+def file_gaps(files: Iterable[FileCoverage], service: str, precision: int, top: int) -> list[FileGap]:
+    """The TOP files with the most missed statements (then branch exits), worst first."""
+    rows = []
+    for f in files:
+        c = f.counts
+        if c.missing == 0 and c.missing_branches == 0:
+            continue
+        rows.append((c, f))
+    rows.sort(key=lambda cf: (-cf[0].missing, -cf[0].missing_branches, cf[1].path))
+    return [
+        FileGap(
+            path=f.path,
+            service=service,
+            missing=c.missing,
+            missing_branches=c.missing_branches,
+            percent=c.percent,
+            display=display_covered(c.percent, precision),
+            missing_lines=format_ranges(line_ranges(f.statements, f.missing)),
+        )
+        for c, f in rows[:top]
+    ]
+
+
+def function_gaps(files: Iterable[FileCoverage], service: str, top: int) -> list[FunctionGap]:
+    """The TOP functions ranked by missed statements + missed branch exits."""
+    rows = []
+    for f in files:
+        for region in f.regions:
+            if region.kind != "function":
+                continue
+            c = f.region_counts(region)
+            if c.missing + c.missing_branches == 0:
+                continue
+            rows.append(
+                FunctionGap(
+                    path=f.path,
+                    service=service,
+                    name=region.name or MODULE_LEVEL,
+                    kind=region.kind,
+                    start_line=region.start_line,
+                    missing=c.missing,
+                    missing_branches=c.missing_branches,
+                    statements=c.statements,
+                )
+            )
+    rows.sort(
+        key=lambda g: (-(g.missing + g.missing_branches), -g.missing, g.path, g.start_line or 0, g.name)
+    )
+    return rows[:top]
+
+
+# -- diff coverage ---------------------------------------------------------------------------------
+_HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+(\d+)(?:,(\d+))? @@")
+
+
+def parse_unified_diff(text: str) -> dict[str, set[int]]:
+    """Lines added or changed in the new version of each file of a unified diff."""
+    changed: dict[str, set[int]] = {}
+    current: set[int] | None = None
+    line_no = 0
+    for raw in text.splitlines():
+        if raw.startswith("+++ "):
+            target = raw[4:].split("\t", 1)[0]
+            if target == "/dev/null":
+                current = None
+                continue
+            if target.startswith('"') and target.endswith('"'):
+                target = target[1:-1].encode("latin-1", "backslashreplace").decode("unicode_escape")
+                target = target.encode("latin-1", "replace").decode("utf-8", "replace")
+            if target.startswith("b/"):
+                target = target[2:]
+            current = changed.setdefault(normalize_path(target), set())
+            continue
+        if raw.startswith("--- ") or raw.startswith("diff ") or current is None:
+            continue
+        m = _HUNK.match(raw)
+        if m:
+            line_no = int(m.group(1))
+            continue
+        if raw.startswith("+"):
+            current.add(line_no)
+            line_no += 1
+        elif raw.startswith(" "):
+            line_no += 1
+        # "-" lines and "\ No newline" do not advance the new file
+    return {path: lines for path, lines in changed.items() if lines}
+
+
+@dataclass(frozen=True)
+class DiffFile:
+    """Changed lines of one file that the coverage data measures."""
+
+    path: str
+    measured: int
+    covered: int
+    uncovered_lines: tuple[int, ...]
+    uncovered_ranges: tuple[tuple[int, int], ...]
+    display: str
+
+
+@dataclass(frozen=True)
+class DiffCoverage:
+    """Coverage of the changed lines; `percent` is None ("n/a") when nothing measurable changed."""
+
+    files: tuple[DiffFile, ...]
+    changed_files: int
+    changed_lines: int
+    measured: int
+    covered: int
+    percent: float | None
+    display: str
+
+
+def diff_coverage(
+    changed: Mapping[str, set[int]], files: Mapping[str, FileCoverage], precision: int
+) -> DiffCoverage:
+    """Coverage of CHANGED lines. Lines that are not statements in the report (comments,
+    files not measured) are not counted, as in diff-cover."""
+    out: list[DiffFile] = []
+    measured = covered = 0
+    for path in sorted(changed):
+        fc = files.get(path)
+        if fc is None:
+            continue
+        lines = changed[path]
+        statements = fc.statements
+        hit = lines & fc.executed
+        miss = lines & fc.missing
+        n = len(hit) + len(miss)
+        if n == 0:
+            continue
+        measured += n
+        covered += len(hit)
+        out.append(
+            DiffFile(
+                path=path,
+                measured=n,
+                covered=len(hit),
+                uncovered_lines=tuple(sorted(miss)),
+                uncovered_ranges=tuple(line_ranges(statements, miss)),
+                display=display_covered(percent(len(hit), n), precision),
+            )
+        )
+    pc = percent(covered, measured) if measured else None
+    return DiffCoverage(
+        files=tuple(out),
+        changed_files=len(changed),
+        changed_lines=sum(len(v) for v in changed.values()),
+        measured=measured,
+        covered=covered,
+        percent=pc,
+        display="n/a" if pc is None else display_covered(pc, precision),
+    )
+
+
+# -- badge colours ---------------------------------------------------------------------------------
+DEFAULT_BANDS: tuple[tuple[float, str], ...] = (
+    (90.0, "#4c1"),  # brightgreen
+    (80.0, "#97ca00"),  # green
+    (70.0, "#a4a61d"),  # yellowgreen
+    (60.0, "#dfb317"),  # yellow
+    (50.0, "#fe7d37"),  # orange
+    (0.0, "#e05d44"),  # red
+)
+NAMED_COLORS = {
+    "brightgreen": "#4c1",
+    "green": "#97ca00",
+    "yellowgreen": "#a4a61d",
+    "yellow": "#dfb317",
+    "orange": "#fe7d37",
+    "red": "#e05d44",
+    "blue": "#007ec6",
+    "lightgrey": "#9f9f9f",
+}
+
+
+def band_color(pc: float, bands: Sequence[tuple[float, str]] = DEFAULT_BANDS) -> str:
+    """The colour of the first band (highest minimum first) whose minimum PC reaches."""
+    for minimum, color in sorted(bands, key=lambda b: -b[0]):
+        if pc >= minimum:
+            return NAMED_COLORS.get(color, color)
+    return NAMED_COLORS["lightgrey"]
+
+
+def parse_bands(text: str) -> tuple[tuple[float, str], ...]:
+    """ "90:brightgreen,80:#97ca00,0:red" -> bands. Raises ValueError on bad input."""
+    bands = []
+    for part in text.split(","):
+        minimum, sep, color = part.strip().partition(":")
+        if not sep:
+            raise ValueError(f"bad colour band {part.strip()!r}: expected MIN:COLOUR")
+        value = float(minimum)
+        check_target(value)
+        color = color.strip()
+        if color not in NAMED_COLORS and not re.fullmatch(r"#[0-9a-fA-F]{3}(?:[0-9a-fA-F]{3})?", color):
+            raise ValueError(f"bad colour {color!r}: a name ({', '.join(NAMED_COLORS)}) or #rgb/#rrggbb")
+        bands.append((value, color))
+    return tuple(bands)
+
+
+# -- sparkline -------------------------------------------------------------------------------------
+_TICKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: Sequence[float], lo: float | None = None, hi: float | None = None) -> str:
+    """A one-line chart of VALUES scaled between LO and HI (default: their min and max)."""
+    if not values:
+        return ""
+    lo = min(values) if lo is None else lo
+    hi = max(values) if hi is None else hi
+    if hi <= lo:
+        return _TICKS[len(_TICKS) // 2] * len(values)
+    step = (hi - lo) / (len(_TICKS) - 1)
+    return "".join(_TICKS[max(0, min(len(_TICKS) - 1, round((v - lo) / step)))] for v in values)
