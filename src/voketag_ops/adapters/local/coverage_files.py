@@ -1,0 +1,480 @@
+"""Readers for coverage data: coverage.py's JSON report, Cobertura XML, and `.coverage` files.
+
+Each reader turns one input into `FileCoverage` records keyed by a normalized path
+(remapped with the configured `PathMap`, then made relative to the project root when
+it lies under it), so inputs of different formats and from different machines line up.
+The format is recognised from the content, not the file name. Every rejection is an
+`InputError` (or `UsageError` for a path that does not exist) with a one-line message.
+
+`.coverage` (SQLite) data holds only what ran: statements come from parsing the
+sources, so it is read through coverage.py's own API (imported only here) with the
+project's coverage configuration, in the project root, and needs the sources.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from voketag_ops.core.coverage import (
+    EXIT,
+    UNKNOWN,
+    FileCoverage,
+    PathMap,
+    Region,
+    is_absolute,
+    normalize_path,
+    relative_to,
+)
+from voketag_ops.errors import ConfigError, InputError, UsageError
+
+JSON_FORMATS = (1, 2, 3)  # coverage.json `meta.format` (absent = 1); 3 added regions (coverage.py 7.6)
+SQLITE_MAGIC = b"SQLite format 3\x00"
+DATA_FILE_HINT = (
+    "actions/upload-artifact >= 4.4 skips hidden files such as .coverage.*: "
+    "set `include-hidden-files: true` on the upload step"
+)
+
+
+@dataclass(frozen=True)
+class CoverageInput:
+    """One input file (or one set of combined `.coverage` files) as read."""
+
+    source: str  # what was given on the command line
+    format: str  # "json" | "cobertura" | "coverage-data"
+    tool_version: str | None  # the coverage.py version that wrote it, when known
+    branch: bool  # measured branches
+    files: tuple[FileCoverage, ...]
+
+
+@dataclass(frozen=True)
+class PathNormalizer:
+    """Raw keys -> comparable paths: remap first, then relative to ROOT when under it."""
+
+    root: str
+    remap: PathMap = field(default_factory=PathMap)
+
+    def __call__(self, raw: str) -> str:
+        path = self.remap.apply(raw)
+        if is_absolute(path):
+            path = relative_to(path, self.root)
+        return path
+
+
+def read_inputs(
+    paths: Sequence[Path], *, root: Path, remap: PathMap | None = None, regions: bool = False
+) -> list[CoverageInput]:
+    """Read every input; `.coverage` data files (given or found in a directory) are combined."""
+    if not paths:
+        raise UsageError("no coverage input given")
+    norm = PathNormalizer(normalize_path(str(root.resolve())), remap or PathMap())
+    inputs: list[CoverageInput] = []
+    data_files: list[Path] = []
+    for given in paths:
+        path = given if given.is_absolute() else root / given
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and _is_data_file_name(p.name))
+            if not found:
+                raise InputError(
+                    f"{given}: no coverage data files (.coverage, .coverage.*) here", hint=DATA_FILE_HINT
+                )
+            data_files.extend(found)
+            continue
+        if not path.exists():
+            raise UsageError(f"{given}: no such file")
+        head = _head(path)
+        stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+        if head.startswith(SQLITE_MAGIC):
+            data_files.append(path)
+        elif stripped.startswith((b"{", b"[")):
+            inputs.append(read_json(path, norm, regions=regions, label=str(given)))
+        elif stripped.startswith(b"<"):
+            inputs.append(read_cobertura(path, norm, label=str(given)))
+        elif not stripped:
+            raise InputError(
+                f"{given}: empty file; expected coverage.json, Cobertura XML or a .coverage file"
+            )
+        else:
+            raise InputError(
+                f"{given}: not coverage data (expected coverage.json, Cobertura XML or a .coverage file)"
+            )
+    if data_files:
+        inputs.append(read_data_files(data_files, root, norm, regions=regions))
+    return inputs
+
+
+def _is_data_file_name(name: str) -> bool:
+    return name == ".coverage" or (name.startswith(".coverage.") and not name.endswith((".json", ".xml")))
+
+
+def _head(path: Path) -> bytes:
+    try:
+        with path.open("rb") as fh:
+            return fh.read(64)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+# -- coverage.json ---------------------------------------------------------------------------------
+def read_json(
+    path: Path, norm: PathNormalizer, *, regions: bool = False, label: str | None = None
+) -> CoverageInput:
+    """Read coverage.py's JSON report (formats 1-3)."""
+    label = label or str(path)
+    try:
+        with path.open("rb") as fh:
+            doc = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"{label}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
+    except UnicodeDecodeError:
+        raise InputError(f"{label}: not valid JSON: not UTF-8 text") from None
+    except OSError as exc:
+        raise InputError(f"{label}: cannot read: {exc.strerror}") from None
+    return parse_json_report(doc, norm, regions=regions, label=label)
+
+
+def parse_json_report(
+    doc: Any, norm: PathNormalizer, *, regions: bool = False, label: str = "input"
+) -> CoverageInput:
+    """coverage.json already decoded."""
+    if (
+        not isinstance(doc, dict)
+        or not isinstance(doc.get("meta"), dict)
+        or not isinstance(doc.get("files"), dict)
+    ):
+        raise InputError(f"{label}: not a coverage.py JSON report (no 'meta' and 'files' objects)")
+    meta = doc["meta"]
+    fmt = meta.get("format", 1)
+    if fmt not in JSON_FORMATS or isinstance(fmt, bool):
+        raise InputError(
+            f"{label}: coverage.json format {fmt!r} is not supported "
+            f"(voke reads formats {JSON_FORMATS[0]}-{JSON_FORMATS[-1]}, written by coverage.py up to 7.17)"
+        )
+    version = meta.get("version")
+    branch = bool(meta.get("branch_coverage", False))
+    files = []
+    try:
+        for key, entry in doc["files"].items():
+            files.append(_json_file(norm(key), entry, branch, regions))
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise InputError(f"{label}: malformed coverage.json: {_short(exc)}") from None
+    return CoverageInput(label, "json", version if isinstance(version, str) else None, branch, tuple(files))
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]
+
+
+def _ints(value: Any, what: str) -> frozenset[int]:
+    if not isinstance(value, list) or not all(type(v) is int for v in value):
+        raise ValueError(f"{what} must be a list of line numbers")
+    return frozenset(value)
+
+
+def _json_file(path: str, entry: Any, branch: bool, want_regions: bool) -> FileCoverage:
+    if not isinstance(entry, dict):
+        raise ValueError(f"files[{path!r}] must be an object")
+    executed = _ints(entry.get("executed_lines", []), f"{path}: executed_lines")
+    missing = _ints(entry.get("missing_lines", []), f"{path}: missing_lines")
+    excluded = _ints(entry.get("excluded_lines", []), f"{path}: excluded_lines")
+    branches: dict[int, tuple[int, tuple[int, ...]]] = {}
+    if branch:
+        exits: dict[int, int] = {}
+        missed: dict[int, list[int]] = {}
+        for a, _b in entry.get("executed_branches", []):
+            exits[a] = exits.get(a, 0) + 1
+        for a, b in entry.get("missing_branches", []):
+            exits[a] = exits.get(a, 0) + 1
+            missed.setdefault(a, []).append(EXIT if b < 0 else b)
+        branches = {line: (n, tuple(sorted(missed.get(line, ())))) for line, n in exits.items()}
+    found: list[Region] = []
+    if want_regions:
+        for kind, plural in (("function", "functions"), ("class", "classes")):
+            for name, reg in (entry.get(plural) or {}).items():
+                lines = _ints(reg.get("executed_lines", []), f"{path}: {name}") | _ints(
+                    reg.get("missing_lines", []), f"{path}: {name}"
+                )
+                start = reg.get("start_line")
+                if not lines and name:
+                    continue
+                found.append(
+                    Region(
+                        name, kind, start if type(start) is int else (min(lines) if lines else None), lines
+                    )
+                )
+    return FileCoverage(path, executed, missing - executed, excluded, branches, tuple(found), branch)
+
+
+# -- Cobertura XML ---------------------------------------------------------------------------------
+_CONDITION = re.compile(r"\((\d+)/(\d+)\)")
+
+
+class _Refused(Exception):
+    pass
+
+
+class _CoberturaTarget:
+    """Streaming ElementTree target: keeps only what coverage needs, builds no tree."""
+
+    def __init__(self) -> None:
+        self.stack: list[str] = []
+        self.root_attrib: dict[str, str] | None = None
+        self.sources: list[str] = []
+        self._text: list[str] = []
+        self.files: dict[str, dict[int, tuple[bool, tuple[int, int] | None, tuple[int, ...] | None]]] = {}
+        self.current: dict[int, tuple[bool, tuple[int, int] | None, tuple[int, ...] | None]] | None = None
+        self.any_branch = False
+
+    def doctype(self, name: str, pubid: str | None, system: str | None) -> None:
+        raise _Refused("a DTD")
+
+    def start(self, tag: str, attrib: dict[str, str]) -> None:
+        if not self.stack:
+            if tag != "coverage":
+                raise _Refused(f"root <{tag}>")
+            self.root_attrib = dict(attrib)
+        elif tag == "source":
+            self._text = []
+        elif tag == "class" and self.stack[-1] == "classes":
+            filename = attrib.get("filename")
+            if not filename:
+                raise ValueError("<class> without a filename attribute")
+            self.current = self.files.setdefault(filename, {})
+        elif tag == "line" and self.current is not None and self.stack[-2:] == ["class", "lines"]:
+            self._line(attrib)
+        self.stack.append(tag)
+
+    def _line(self, attrib: dict[str, str]) -> None:
+        assert self.current is not None
+        number = int(attrib["number"])
+        hit = int(attrib.get("hits", "0")) > 0
+        cond = None
+        dests = None
+        if attrib.get("branch") == "true" and "condition-coverage" in attrib:
+            m = _CONDITION.search(attrib["condition-coverage"])
+            if m:
+                cond = (int(m.group(1)), int(m.group(2)))
+                self.any_branch = True
+                if "missing-branches" in attrib:
+                    dests = tuple(
+                        EXIT if d.strip() == "exit" else int(d)
+                        for d in attrib["missing-branches"].split(",")
+                        if d.strip()
+                    )
+        old = self.current.get(number)
+        if old is not None:  # the same line twice (several <class> for one file): covered if either says so
+            hit = hit or old[0]
+            if old[1] is not None and (cond is None or old[1][0] > cond[0]):
+                cond, dests = old[1], old[2]
+        self.current[number] = (hit, cond, dests)
+
+    def end(self, tag: str) -> None:
+        self.stack.pop()
+        if tag == "source":
+            text = "".join(self._text).strip()
+            if text:
+                self.sources.append(text)
+        elif tag == "class":
+            self.current = None
+
+    def data(self, text: str) -> None:
+        if self.stack and self.stack[-1] == "source":
+            self._text.append(text)
+
+    def close(self) -> None:
+        return None
+
+
+def read_cobertura(path: Path, norm: PathNormalizer, *, label: str | None = None) -> CoverageInput:
+    """Read a Cobertura XML report; totals come from per-line hits and condition counts
+    (the same integers as the root's lines-covered/lines-valid, never the rounded rates).
+    DTDs are refused, so no entity can be declared or expanded."""
+    import xml.etree.ElementTree as ET
+
+    label = label or str(path)
+    target = _CoberturaTarget()
+    parser = ET.XMLParser(target=target)
+    try:
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                parser.feed(chunk)
+        parser.close()
+    except _Refused as exc:
+        what = str(exc)
+        if what.startswith("root"):
+            raise InputError(f"{label}: not a Cobertura XML report ({what}, expected <coverage>)") from None
+        raise InputError(f"{label}: XML with {what} refused (DTDs and entities are not accepted)") from None
+    except ET.ParseError as exc:
+        raise InputError(f"{label}: not well-formed XML: {exc}") from None
+    except (ValueError, KeyError) as exc:
+        raise InputError(f"{label}: malformed Cobertura XML: {_short(exc)}") from None
+    except OSError as exc:
+        raise InputError(f"{label}: cannot read: {exc.strerror}") from None
+    attrib = target.root_attrib or {}
+    if "line-rate" not in attrib and "lines-valid" not in attrib:
+        raise InputError(f"{label}: not a Cobertura XML report (<coverage> has no line-rate or lines-valid)")
+    branch = target.any_branch or attrib.get("branches-valid", "0") not in ("0", "")
+    files = []
+    for filename, lines in target.files.items():
+        files.append(_cobertura_file(norm(_join_source(filename, target.sources)), lines, branch))
+    return CoverageInput(label, "cobertura", attrib.get("version") or None, branch, tuple(files))
+
+
+def _join_source(filename: str, sources: Sequence[str]) -> str:
+    name = normalize_path(filename)
+    if is_absolute(name) or not sources:
+        return name
+    if len(sources) > 1:
+        for src in sources:
+            if os.path.exists(os.path.join(src, filename)):
+                return normalize_path(src).rstrip("/") + "/" + name
+    return normalize_path(sources[0]).rstrip("/") + "/" + name
+
+
+def _cobertura_file(
+    path: str, lines: dict[int, tuple[bool, tuple[int, int] | None, tuple[int, ...] | None]], branch: bool
+) -> FileCoverage:
+    executed = frozenset(n for n, (hit, _, _) in lines.items() if hit)
+    missing = frozenset(n for n, (hit, _, _) in lines.items() if not hit)
+    branches: dict[int, tuple[int, tuple[int, ...]]] = {}
+    for n, (_, cond, dests) in lines.items():
+        if cond is None:
+            continue
+        taken, exits = cond
+        n_missed = exits - taken
+        if dests is None or len(dests) != n_missed:
+            dests = (UNKNOWN,) * n_missed  # counts only: merging keeps the smaller miss count
+        branches[n] = (exits, tuple(sorted(dests)))
+    return FileCoverage(path, executed, missing, frozenset(), branches, (), branch)
+
+
+# -- .coverage data files ------------------------------------------------------------------------
+def read_data_files(
+    data_files: Sequence[Path], root: Path, norm: PathNormalizer, *, regions: bool = False
+) -> CoverageInput:
+    """Read (and combine, when several) `.coverage` data files with coverage.py itself.
+
+    Runs in ROOT so that the project's coverage configuration ([run], [report], [paths])
+    and its relative paths apply, as they would for `coverage report` there.
+    """
+    try:
+        import coverage
+        from coverage.exceptions import CoverageException, DataError, NoDataError, NoSource
+    except ImportError:
+        raise ConfigError(
+            "reading .coverage files needs coverage.py, which is not installed",
+            hint="pip install coverage, or pass coverage.json (`coverage json`) instead",
+        ) from None
+
+    label = ", ".join(str(p) for p in data_files)
+    _check_combinable(data_files, coverage)
+    with tempfile.TemporaryDirectory(prefix="voke-coverage-") as tmp, _chdir(root):
+        try:
+            if len(data_files) == 1 and data_files[0].name == ".coverage":
+                cov = coverage.Coverage(data_file=str(data_files[0]), config_file=True)
+                cov.load()
+            else:
+                cov = coverage.Coverage(data_file=os.path.join(tmp, ".coverage"), config_file=True)
+                cov.combine([str(p) for p in data_files], strict=True, keep=True)
+            out = os.path.join(tmp, "coverage.json")
+            cov.json_report(outfile=out, ignore_errors=False)
+        except NoSource as exc:
+            raise InputError(
+                f"{label}: the sources are missing: {_short(exc)}",
+                hint="read .coverage where it was measured (same paths), map them with [paths] in the "
+                "coverage config, or pass coverage.json made with `coverage json` there",
+            ) from None
+        except NoDataError as exc:
+            raise InputError(f"{label}: no coverage data: {_short(exc)}", hint=DATA_FILE_HINT) from None
+        except (DataError, CoverageException) as exc:
+            raise InputError(f"{label}: cannot read coverage data: {_short(exc)}") from None
+        except Exception as exc:  # sqlite3 errors and the like from a damaged file
+            if type(exc).__module__.startswith(("sqlite3", "coverage")):
+                raise InputError(f"{label}: cannot read coverage data: {_short(exc)}") from None
+            raise
+        report = read_json(Path(out), norm, regions=regions, label=label)
+    return CoverageInput(label, "coverage-data", coverage.__version__, report.branch, report.files)
+
+
+def _check_combinable(data_files: Sequence[Path], coverage: Any) -> None:
+    """Name both files when branch data meets statement data (coverage.py names only one)."""
+    if len(data_files) < 2:
+        return
+    kinds: dict[bool, Path] = {}
+    for path in data_files:
+        data = coverage.CoverageData(basename=str(path))
+        try:
+            data.read()
+            if not data.measured_files():
+                continue
+            kinds.setdefault(data.has_arcs(), path)
+        except Exception as exc:
+            raise InputError(f"{path}: cannot read coverage data: {_short(exc)}") from None
+    if len(kinds) == 2:
+        raise InputError(
+            f"cannot combine {kinds[True]} (branch data) with {kinds[False]} (statement data only)",
+            hint="measure every run with the same [run] branch setting",
+        )
+
+
+@contextlib.contextmanager
+def _chdir(path: Path) -> Iterator[None]:
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+# -- coverage.py's own configuration ------------------------------------------------------------
+def coverage_precision(root: Path) -> int | None:
+    """`[report] precision` from the project's coverage configuration, found the way
+    coverage.py looks for it (.coveragerc, setup.cfg, tox.ini, pyproject.toml), or None."""
+    import configparser
+    import tomllib
+
+    rc = root / ".coveragerc"
+    candidates: Iterable[tuple[Path, str]] = (
+        (rc, ""),
+        (root / "setup.cfg", "coverage:"),
+        (root / "tox.ini", "coverage:"),
+    )
+    for path, prefix in candidates:
+        if not path.is_file():
+            continue
+        parser = configparser.RawConfigParser()
+        try:
+            parser.read(path, encoding="utf-8")
+        except (configparser.Error, UnicodeDecodeError):
+            continue
+        section = f"{prefix}report"
+        if parser.has_option(section, "precision"):
+            try:
+                return int(parser.get(section, "precision"))
+            except ValueError:
+                return None
+        if path == rc:
+            return None  # a .coveragerc wins even without the key, as in coverage.py
+    pyproject = root / "pyproject.toml"
+    if pyproject.is_file():
+        try:
+            with pyproject.open("rb") as fh:
+                value = (
+                    tomllib.load(fh).get("tool", {}).get("coverage", {}).get("report", {}).get("precision")
+                )
+        except (tomllib.TOMLDecodeError, OSError):
+            return None
+        if type(value) is int:
+            return value
+    return None

@@ -1,0 +1,82 @@
+"""The lines changed since a git ref, for diff coverage: `git diff --merge-base REF`, i.e.
+committed, staged and unstaged changes against the merge base, as diff-cover does
+(untracked files are not part of a diff). Paths are relative to the repository root."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from voketag_ops.core.coverage import parse_unified_diff
+from voketag_ops.errors import ConfigError, UsageError
+
+
+@dataclass(frozen=True)
+class ChangedLines:
+    """Changed lines per repository-relative path, and where the working directory sits."""
+
+    lines: dict[str, set[int]]
+    toplevel: Path
+    prefix: str  # the working directory relative to the toplevel, "" or "sub/dir/"
+    base: str
+
+
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    git = shutil.which("git")
+    if git is None:
+        raise ConfigError("git is not installed (needed for --base)", hint="install git, or pass --diff-file")
+    return subprocess.run(
+        [git, "-c", "core.quotePath=true", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        check=False,
+    )
+
+
+def _first_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[0].removeprefix("fatal: ") if lines else "git failed"
+
+
+def changed_lines(root: Path, base: str) -> ChangedLines:
+    """Lines added or modified since the merge base of BASE and HEAD, working tree included."""
+    if not base or base.startswith("-"):
+        raise UsageError(f"--base must name a git ref, not {base!r}")
+    top = _git(root, "rev-parse", "--show-toplevel", "--show-prefix")
+    if top.returncode != 0:
+        raise UsageError(f"--base needs a git repository: {_first_line(top.stderr)}")
+    toplevel, _, prefix = top.stdout.partition("\n")
+    verify = _git(root, "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}")
+    if verify.returncode != 0:
+        raise UsageError(f"unknown git ref {base!r}", hint="fetch it first (e.g. git fetch origin main)")
+    diff = _git(
+        root,
+        "diff",
+        "--merge-base",
+        base,
+        "--no-color",
+        "--no-ext-diff",
+        "--no-textconv",
+        "--unified=0",
+        "--src-prefix=a/",
+        "--dst-prefix=b/",
+    )
+    if diff.returncode != 0:
+        raise UsageError(f"git diff against {base!r} failed: {_first_line(diff.stderr)}")
+    return ChangedLines(parse_unified_diff(diff.stdout), Path(toplevel.strip()), prefix.strip(), base)
+
+
+def read_diff_file(path: Path) -> dict[str, set[int]]:
+    """Changed lines from a unified diff saved in PATH (paths relative to the project root)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_unified_diff(text)

@@ -1,0 +1,204 @@
+"""Coverage readers: coverage.json, Cobertura XML and .coverage agree with each other and with
+`coverage report` on real data; bad inputs are rejected with one clear message."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from voketag_ops.adapters.local.coverage_files import coverage_precision, read_inputs
+from voketag_ops.core.coverage import PathMap, combine, display_covered, total
+from voketag_ops.coverage_testing import Measured, coverage, coverage_json, measured_once
+from voketag_ops.errors import ConfigError, InputError, UsageError
+
+
+@pytest.fixture
+def measured(tmp_path_factory: pytest.TempPathFactory) -> Measured:
+    return measured_once(lambda: tmp_path_factory.mktemp("measured"))
+
+
+def totals_of(paths, root, **kw):
+    inputs = read_inputs([Path(p) for p in paths], root=root, **kw)
+    files = combine(f for i in inputs for f in i.files)
+    return inputs, files, total(f.counts for f in files.values())
+
+
+def per_file(files):
+    return {
+        p: (c.statements, c.missing, c.branches, c.missing_branches, c.partial_branches)
+        for p, c in ((p, f.counts) for p, f in files.items())
+    }
+
+
+def test_json_totals_equal_coverage_report(measured: Measured):
+    inputs, files, t = totals_of([measured.json], measured.root)
+    assert inputs[0].format == "json" and inputs[0].branch and inputs[0].tool_version
+    assert t.percent == measured.totals["percent_covered"]
+    assert display_covered(t.percent, 0) == measured.totals["percent_covered_display"]
+    assert display_covered(t.percent, 3) == measured.report_total
+    assert (t.statements, t.missing, t.branches, t.missing_branches, t.partial_branches) == (
+        measured.totals["num_statements"],
+        measured.totals["missing_lines"],
+        measured.totals["num_branches"],
+        measured.totals["missing_branches"],
+        measured.totals["num_partial_branches"],
+    )
+    doc = json.loads(measured.json.read_text())
+    for path, f in files.items():
+        s = doc["files"][path]["summary"]
+        c = f.counts
+        assert (c.statements, c.missing, c.branches, c.missing_branches, c.partial_branches) == (
+            s["num_statements"], s["missing_lines"], s["num_branches"], s["missing_branches"],
+            s["num_partial_branches"],
+        )  # fmt: skip
+
+
+def test_cobertura_and_data_file_agree_with_json(measured: Measured):
+    _, jfiles, jt = totals_of([measured.json], measured.root)
+    xinputs, xfiles, xt = totals_of([measured.xml], measured.root)
+    dinputs, dfiles, dt = totals_of([measured.data], measured.root)
+    assert xinputs[0].format == "cobertura" and dinputs[0].format == "coverage-data"
+    assert per_file(xfiles) == per_file(jfiles) == per_file(dfiles)
+    assert xt.percent == jt.percent == dt.percent
+    assert xfiles["admin_service/users.py"].missing == jfiles["admin_service/users.py"].missing
+
+
+def test_parallel_data_files_combine_to_the_union(measured: Measured):
+    _, jfiles, jt = totals_of([measured.json], measured.root)
+    _, pfiles, _ = totals_of(list(measured.parallel), measured.root)
+    assert per_file(pfiles) == per_file(jfiles)
+    _, dirfiles, _ = totals_of([measured.parallel[0].parent], measured.root)
+    assert per_file(dirfiles) == per_file(jfiles)
+    # one run alone covers less than the union
+    _, _, one = totals_of([measured.parallel[0]], measured.root)
+    assert one.missing > jt.missing
+
+
+def test_two_json_reports_of_the_same_files_are_combined(measured: Measured, tmp_path):
+    # Two partial reports (one per run) combine to the union, like `coverage combine`.
+    reports = []
+    for i, data in enumerate(measured.parallel):
+        out = tmp_path / f"part{i}.json"
+        coverage(measured.root, "json", "-q", f"--data-file={data}", "-o", str(out))
+        reports.append(out)
+    _, files, t = totals_of(reports, measured.root)
+    _, jfiles, jt = totals_of([measured.json], measured.root)
+    assert per_file(files) == per_file(jfiles)
+    assert t.percent == jt.percent
+
+
+def test_branch_and_statement_data_refuse_to_combine(measured: Measured):
+    with pytest.raises(InputError) as err:
+        read_inputs([measured.parallel[0], measured.statement_data], root=measured.root)
+    assert (
+        str(measured.parallel[0]) in err.value.message and str(measured.statement_data) in err.value.message
+    )
+
+
+def test_data_file_with_missing_sources(tmp_path):
+    (tmp_path / "gone.py").write_text("x = 1\n")
+    (tmp_path / "main.py").write_text("import gone\n")
+    coverage(tmp_path, "run", "--source=.", "main.py")
+    (tmp_path / "gone.py").unlink()
+    with pytest.raises(InputError, match="sources are missing") as err:
+        read_inputs([Path(".coverage")], root=tmp_path)
+    assert "gone.py" in err.value.message
+    assert err.value.hint
+
+
+def test_empty_directory_hints_at_hidden_files(tmp_path):
+    (tmp_path / "artifacts").mkdir()
+    with pytest.raises(InputError, match="no coverage data files") as err:
+        read_inputs([Path("artifacts")], root=tmp_path)
+    assert "include-hidden-files" in err.value.hint
+
+
+def test_remap_and_windows_separators(tmp_path):
+    doc = coverage_json(
+        {
+            "/app/src/admin_service/a.py": {"executed": [1], "missing": [2]},
+            "C:\\ci\\src\\admin_service\\b.py": {"executed": [1, 2], "missing": []},
+        }
+    )
+    (tmp_path / "c.json").write_text(json.dumps(doc))
+    inputs = read_inputs(
+        [Path("c.json")], root=tmp_path, remap=PathMap((("/app/src/", ""), ("C:/ci/src/", "")))
+    )
+    assert sorted(f.path for f in inputs[0].files) == ["admin_service/a.py", "admin_service/b.py"]
+
+
+def test_absolute_paths_under_the_root_become_relative(tmp_path):
+    doc = coverage_json({str(tmp_path / "pkg" / "m.py"): {"executed": [1], "missing": []}})
+    (tmp_path / "c.json").write_text(json.dumps(doc))
+    assert read_inputs([tmp_path / "c.json"], root=tmp_path)[0].files[0].path == "pkg/m.py"
+
+
+def test_regions_are_read_when_asked(measured: Measured):
+    inputs = read_inputs([measured.json], root=measured.root, regions=True)
+    users = next(f for f in inputs[0].files if f.path == "admin_service/users.py")
+    names = {r.name for r in users.regions if r.kind == "function"}
+    assert {"Users.add", "Users.purge", "greet", ""} <= names
+    assert read_inputs([measured.json], root=measured.root)[0].files[0].regions == ()
+
+
+# -- bad input -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("content", "error", "message"),
+    [
+        ('{"hello": 1}', InputError, "not a coverage.py JSON report"),
+        ("[1, 2]", InputError, "not a coverage.py JSON report"),
+        ('{"meta": {"format": 9}, "files": {}}', InputError, "format 9 is not supported"),
+        ('{"meta": {}, "files": {"a.py": {"executed_lines": "x"}}}', InputError, "malformed coverage.json"),
+        ("{oops", InputError, "not valid JSON"),
+        ("<html><body/></html>", InputError, "not a Cobertura XML report"),
+        ("<coverage><packages/></coverage>", InputError, "no line-rate"),
+        ("<coverage", InputError, "not well-formed XML"),
+        ('<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "b">]><coverage line-rate="1">&a;</coverage>', InputError,
+         "DTD"),
+        ("hello", InputError, "not coverage data"),
+        ("", InputError, "empty file"),
+    ],
+)  # fmt: skip
+def test_bad_inputs(tmp_path, content, error, message):
+    (tmp_path / "input").write_text(content)
+    with pytest.raises(error, match=message):
+        read_inputs([Path("input")], root=tmp_path)
+
+
+def test_missing_file_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="no such file"):
+        read_inputs([Path("nope.json")], root=tmp_path)
+
+
+def test_corrupt_sqlite(tmp_path):
+    (tmp_path / ".coverage").write_bytes(b"SQLite format 3\x00" + b"\x00" * 200)
+    with pytest.raises(InputError, match=r"cannot read coverage data|no coverage data"):
+        read_inputs([Path(".coverage")], root=tmp_path)
+
+
+def test_missing_coverage_library_is_a_config_error(tmp_path, monkeypatch, measured: Measured):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "coverage" or name.startswith("coverage."):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(ConfigError, match=r"needs coverage\.py"):
+        read_inputs([measured.data], root=measured.root)
+
+
+# -- coverage.py's own precision setting -----------------------------------------------------------
+def test_coverage_precision_from_project_config(tmp_path):
+    assert coverage_precision(tmp_path) is None
+    (tmp_path / "pyproject.toml").write_text("[tool.coverage.report]\nprecision = 2\n")
+    assert coverage_precision(tmp_path) == 2
+    (tmp_path / "setup.cfg").write_text("[coverage:report]\nprecision = 1\n")
+    assert coverage_precision(tmp_path) == 1
+    (tmp_path / ".coveragerc").write_text("[run]\nbranch = true\n")
+    assert coverage_precision(tmp_path) is None  # a .coveragerc wins, as in coverage.py
