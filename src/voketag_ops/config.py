@@ -89,6 +89,49 @@ class GcpEnvironment(_Model):
     secrets: dict[str, str] = Field(default_factory=dict, description="logical name -> Secret Manager id")
 
 
+class CoverageService(_Model):
+    """One service of `voke coverage` (`[coverage.services.NAME]`)."""
+
+    paths: tuple[str, ...] = Field(
+        default=(),
+        description="path prefixes of its files after remapping (default: NAME/, NAME_WITH_UNDERSCORES/, "
+        "services/NAME/, src/NAME_WITH_UNDERSCORES/); the longest matching prefix wins",
+    )
+    target: float | None = Field(default=None, ge=0, le=100, description="percent (default: coverage.target)")
+    baseline: float | None = Field(default=None, ge=0, le=100, description="percent the trend is compared with")
+
+
+class CoverageSettings(_Model):
+    """`voke coverage` (`[coverage]` in voke.toml, `[tool.voke.coverage]` in pyproject.toml)."""
+
+    target: float = Field(default=80.0, ge=0, le=100, description="overall target, and each service's default")
+    baseline: float | None = Field(default=68.0, ge=0, le=100, description="overall baseline (percent)")
+    services: dict[str, CoverageService] = Field(
+        default_factory=lambda: {
+            "admin-service": CoverageService(baseline=70.0),
+            "factory-service": CoverageService(baseline=65.0),
+            "blockchain-service": CoverageService(baseline=60.0),
+        },
+        description="services by name; a table here replaces the default three",
+    )
+    remap: dict[str, str] = Field(
+        default_factory=dict,
+        description="path prefix -> replacement, applied in order before matching (like coverage.py [paths]); "
+        '`*` matches one path segment, e.g. "/home/runner/work/*/*/" = ""',
+    )
+    precision: int | None = Field(
+        default=None, ge=0, le=10, description="decimals shown (default: coverage.py's [report] precision, else 0)"
+    )
+    rule: Literal["auto", "coverage", "coverage-7.16", "strict"] = Field(
+        default="auto",
+        description="gate rule: coverage (7.17: rounded to max(precision, target decimals)), coverage-7.16 "
+        "(rounded to precision), strict (unrounded); auto follows the coverage.py version of the input",
+    )
+    history: Path = Field(
+        default=Path(".voke/coverage-history.jsonl"), description="history file of `voke coverage history`"
+    )
+
+
 class Settings(_Model):
     """Effective configuration."""
 
@@ -101,6 +144,7 @@ class Settings(_Model):
     )
     services: tuple[str, ...] = Field(default=DEFAULT_SERVICES, description="the platform's services")
     local: LocalSettings = Field(default_factory=LocalSettings)
+    coverage: CoverageSettings = Field(default_factory=CoverageSettings)
     environments: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="named cloud environments, validated when used"
     )
