@@ -132,6 +132,43 @@ class CoverageSettings(_Model):
     )
 
 
+class DrSettings(_Model):
+    """`voke dr` and `voke drill` targets and thresholds (`[dr]`; PRODUCT.md's numbers)."""
+
+    rto_seconds: float = Field(default=300, gt=0, description="recovery time objective (default scenario)")
+    rto_regional_seconds: float = Field(
+        default=600, gt=0, description="RTO for a regional failure (failover)"
+    )
+    rto_network_seconds: float = Field(default=420, gt=0, description="RTO for a network outage")
+    rto_partial_seconds: float = Field(default=180, gt=0, description="RTO for partial degradation")
+    rpo_seconds: float = Field(default=60, ge=0, description="recovery point objective")
+    max_backup_age_hours: float = Field(
+        default=24, gt=0, description="`dr check` fails when the newest backup is older"
+    )
+    max_lag_seconds: float = Field(
+        default=60, gt=0, description="`dr check` fails when replication lags more"
+    )
+    min_pitr_window_hours: float = Field(
+        default=0,
+        ge=0,
+        description="`dr check` fails when the recoverable window is shorter (the platform keeps 7 days: 168)",
+    )
+    pitr_retention_days: float = Field(
+        default=7, gt=0, description="the platform's PITR retention (reported)"
+    )
+    archive_grace_seconds: float = Field(
+        default=60,
+        ge=0,
+        description="a WAL segment may wait archive_timeout plus this before archiving is stale",
+    )
+    lag_probe_seconds: float = Field(
+        default=2, gt=0, le=60, description="how long a heartbeat probe waits for the replica to replay it"
+    )
+    network_outage_seconds: float = Field(
+        default=5, gt=0, description="how long the network drill freezes the primary"
+    )
+
+
 class Settings(_Model):
     """Effective configuration."""
 
@@ -145,6 +182,7 @@ class Settings(_Model):
     services: tuple[str, ...] = Field(default=DEFAULT_SERVICES, description="the platform's services")
     local: LocalSettings = Field(default_factory=LocalSettings)
     coverage: CoverageSettings = Field(default_factory=CoverageSettings)
+    dr: DrSettings = Field(default_factory=DrSettings)
     environments: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="named cloud environments, validated when used"
     )
