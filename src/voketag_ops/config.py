@@ -169,6 +169,53 @@ class DrSettings(_Model):
     )
 
 
+class DbUserSettings(_Model):
+    """A managed database login (`[rotation.db_users.NAME]`)."""
+
+    secret: str = Field(default="db-app", description="secret holding the credential (JSON: username, password, host...)")
+    strategy: Literal["alternating", "single"] = Field(
+        default="alternating", description="alternating: two login roles in one owner role; single: one role"
+    )
+    roles: tuple[str, str] = Field(default=("app_a", "app_b"), description="the two login roles (single uses the first)")
+    owner: str = Field(default="app_owner", description="NOLOGIN role that owns the objects both logins use")
+    database: str = Field(default="voketag", description="database the credential is for")
+    services: tuple[str, ...] = Field(default=DEFAULT_SERVICES, description="services that read this secret")
+
+
+class RotationSchedule(_Model):
+    """When each kind of credential is due (cron, UTC)."""
+
+    db_password: str = Field(default="0 2 1 * *", description="DB passwords: monthly, 1st, 02:00")
+    api_key: str = Field(default="0 2 1 1,4,7,10 *", description="API keys: quarterly")
+    sa_key: str = Field(default="0 2 1 1,4,7,10 *", description="service-account keys: quarterly")
+    jwt: str = Field(default="0 2 1 1 *", description="JWT signing keys: yearly")
+
+    @field_validator("db_password", "api_key", "sa_key", "jwt")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from voketag_ops.core.rotation import validate_cron
+
+        validate_cron(value)
+        return value
+
+
+class RotationSettings(_Model):
+    """`voke rotate` (`[rotation]`)."""
+
+    db_users: dict[str, DbUserSettings] = Field(
+        default_factory=lambda: {"app": DbUserSettings()}, description="managed database logins by name"
+    )
+    schedule: RotationSchedule = Field(default_factory=RotationSchedule)
+    password_length: int = Field(default=32, ge=16, le=128, description="generated DB password length")
+    test_attempts: int = Field(default=3, ge=1, le=20, description="tries of the test step")
+    test_interval: float = Field(default=5.0, ge=0, le=300, description="seconds between test tries")
+    lease_seconds: int = Field(default=600, ge=10, description="how long a rotation's lock lease lasts")
+    health_timeout: float = Field(default=20.0, ge=1, description="seconds for a new service instance to be healthy")
+    keep_versions: int = Field(default=3, ge=1, description="newest versions cleanup never touches")
+    disable_after_hours: float = Field(default=24, ge=0, description="disable superseded versions after this")
+    destroy_after_days: float = Field(default=30, ge=0, description="destroy disabled versions after this")
+
+
 class Settings(_Model):
     """Effective configuration."""
 
@@ -183,6 +230,7 @@ class Settings(_Model):
     local: LocalSettings = Field(default_factory=LocalSettings)
     coverage: CoverageSettings = Field(default_factory=CoverageSettings)
     dr: DrSettings = Field(default_factory=DrSettings)
+    rotation: RotationSettings = Field(default_factory=RotationSettings)
     environments: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="named cloud environments, validated when used"
     )
