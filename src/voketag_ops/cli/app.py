@@ -12,7 +12,7 @@ from typing import Annotated, TextIO
 import typer
 
 from voketag_ops import __version__
-from voketag_ops.cli import config_cmd, doctor_cmd, env_cmd
+from voketag_ops.cli import config_cmd, coverage_cmd, doctor_cmd, env_cmd
 from voketag_ops.cli._click import ClickAbort, ClickException, ClickUsageError
 from voketag_ops.cli.common import GLOBAL_FLAGS, AppContext, GlobalOptions
 from voketag_ops.errors import Interrupted, UsageError, VokeError
@@ -32,6 +32,7 @@ app = typer.Typer(
 # A group is registered only once at least one of its commands works.
 app.add_typer(env_cmd.app, name="env")
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(coverage_cmd.app, name="coverage")
 app.command("doctor")(doctor_cmd.doctor)
 
 

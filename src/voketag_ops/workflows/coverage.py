@@ -1,0 +1,924 @@
+"""`voke coverage` use cases: coverage inputs + settings -> report objects.
+
+Each public function is one command verb. They read inputs through the local adapters,
+do the arithmetic in `core.coverage`, write the files the command is for (badge,
+history, the GitHub step summary) and return a frozen report that the CLI renders or
+prints as JSON. Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from voketag_ops.core import coverage as cov
+from voketag_ops.core.coverage import Counts, FileCoverage, Rule, Score
+from voketag_ops.errors import ConfigError, InputError, UsageError
+
+if TYPE_CHECKING:
+    from voketag_ops.config import CoverageSettings
+
+STEP_SUMMARY_LIMIT = 1024 * 1024  # GitHub drops a step summary larger than 1024k
+ANNOTATION_LIMIT = 10  # GitHub shows at most 10 warning annotations per step
+
+
+# -- options and inputs ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Options:
+    """What command-line flags can change; None means "from the configuration"."""
+
+    precision: int | None = None
+    fail_under: float | None = None
+    strict: bool = False
+    rule: Rule | None = None
+    services: tuple[str, ...] = ()
+    remap: tuple[tuple[str, str], ...] = ()
+    baseline_from: Path | None = None
+
+
+def parse_mapping(text: str) -> tuple[str, str]:
+    """ "FROM=TO" (TO may be empty) -> (FROM, TO)."""
+    src, sep, dst = text.partition("=")
+    if not sep or not src.strip():
+        raise UsageError(f"--map {text!r}: expected FROM=TO, e.g. /app/src/=")
+    return src.strip(), dst.strip()
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    """One input as read."""
+
+    source: str
+    format: str
+    coverage_version: str | None
+    branch: bool
+    files: int
+
+
+@dataclass
+class _Loaded:
+    inputs: list[InputInfo]
+    files: dict[str, FileCoverage]
+    precision: int
+    rule: Rule
+    branch: bool
+    coverage_version: str | None
+
+
+def default_prefixes(name: str) -> tuple[str, ...]:
+    """Where a service's files live when its `paths` are not configured."""
+    under = name.replace("-", "_")
+    return tuple(dict.fromkeys((f"{name}/", f"{under}/", f"services/{name}/", f"src/{under}/")))
+
+
+def _version_tuple(version: str | None) -> tuple[int, ...] | None:
+    if not version:
+        return None
+    m = re.match(r"(\d+)\.(\d+)", version)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def resolve_rule(setting: str, versions: Iterable[str | None]) -> Rule:
+    """The gate rule: explicit, or (auto) the rule of the newest coverage.py that wrote an input."""
+    if setting != "auto":
+        return Rule(setting)
+    known = [v for v in (_version_tuple(x) for x in versions) if v is not None]
+    if known and max(known) < (7, 17):
+        return Rule.COVERAGE_716
+    return Rule.COVERAGE
+
+
+def _load(
+    settings: CoverageSettings, paths: Sequence[Path], root: Path, options: Options, *, regions: bool = False
+) -> _Loaded:
+    from voketag_ops.adapters.local.coverage_files import coverage_precision, read_inputs
+
+    remap = cov.PathMap(tuple(options.remap) + tuple(settings.remap.items()))
+    inputs = read_inputs(list(paths), root=root, remap=remap, regions=regions)
+    with_files = [i for i in inputs if i.files]
+    kinds = {i.branch: i.source for i in with_files}
+    if len(kinds) == 2:
+        raise InputError(
+            f"cannot combine {kinds[True]} (branch data) with {kinds[False]} (statement data only)",
+            hint="measure every run with the same [run] branch setting",
+        )
+    files = cov.combine(f for i in inputs for f in i.files)
+    precision = options.precision
+    if precision is None:
+        precision = settings.precision
+    if precision is None:
+        precision = coverage_precision(root)
+    if precision is None or precision < 0:
+        precision = 0
+    versions = [i.tool_version for i in inputs]
+    if options.strict:
+        rule = Rule.STRICT
+    elif options.rule is not None:
+        rule = options.rule
+    else:
+        rule = resolve_rule(settings.rule, versions)
+    known = sorted((v for v in versions if v), key=lambda v: _version_tuple(v) or (0,))
+    return _Loaded(
+        inputs=[InputInfo(i.source, i.format, i.tool_version, i.branch, len(i.files)) for i in inputs],
+        files=files,
+        precision=precision,
+        rule=rule,
+        branch=any(i.branch for i in with_files),
+        coverage_version=known[-1] if known else None,
+    )
+
+
+def _specs(settings: CoverageSettings, options: Options) -> list[cov.ServiceSpec]:
+    if options.fail_under is not None:
+        cov.check_target(options.fail_under)
+    specs = []
+    for name, svc in settings.services.items():
+        target = options.fail_under if options.fail_under is not None else svc.target
+        specs.append(
+            cov.ServiceSpec(
+                name=name,
+                prefixes=svc.paths or default_prefixes(name),
+                target=settings.target if target is None else target,
+                baseline=svc.baseline,
+            )
+        )
+    unknown = [s for s in options.services if s not in settings.services]
+    if unknown:
+        known = ", ".join(settings.services) or "none configured"
+        raise UsageError(f"unknown service {unknown[0]!r} (configured: {known})")
+    return specs
+
+
+def _grouped(
+    loaded: _Loaded, specs: Sequence[cov.ServiceSpec], selected: Sequence[str], *, require: bool = True
+) -> tuple[dict[str, list[FileCoverage]], list[FileCoverage], list[str]]:
+    """Files per service (longest prefix wins), unassigned files, and warnings."""
+    grouped, unassigned = cov.group_by_service(loaded.files.values(), specs)
+    warnings = []
+    if unassigned:
+        sample = ", ".join(sorted(f.path for f in unassigned)[:3])
+        more = f" and {len(unassigned) - 3} more" if len(unassigned) > 3 else ""
+        warnings.append(
+            f"{len(unassigned)} file{'s' if len(unassigned) != 1 else ''} match no service "
+            f"(counted in the total only): {sample}{more}"
+        )
+    if require:
+        for spec in specs:
+            if selected and spec.name not in selected:
+                continue
+            if not grouped[spec.name]:
+                example = (
+                    f"; unassigned files look like {sorted(f.path for f in unassigned)[0]!r}"
+                    if unassigned
+                    else ""
+                )
+                raise ConfigError(
+                    f"service {spec.name}: no file in the coverage data matches its paths "
+                    f"({', '.join(spec.prefixes)}){example}",
+                    hint=f"set coverage.services.{spec.name}.paths, map CI paths with coverage.remap "
+                    "(or --map FROM=TO), or pick services with --service",
+                )
+    return grouped, unassigned, warnings
+
+
+# -- report and gate -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CoverageReport:
+    """`voke coverage report` / `gate`: every service and the total against its target."""
+
+    inputs: tuple[InputInfo, ...]
+    precision: int
+    rule: str
+    branch: bool
+    totals: Score
+    services: tuple[Score, ...]
+    unassigned: Score | None
+    passed: bool
+    failures: tuple[str, ...]
+    verdicts: tuple[str, ...]
+    warnings: tuple[str, ...]
+    baseline_from: str | None = None
+    step_summary: str | None = None
+
+
+def report(
+    settings: CoverageSettings,
+    paths: Sequence[Path],
+    *,
+    root: Path,
+    options: Options = Options(),
+    environ: Mapping[str, str] | None = None,
+    title: str = "voke coverage report",
+) -> CoverageReport:
+    """Totals per service and overall, judged against the targets; writes the GitHub step
+    summary when GITHUB_STEP_SUMMARY is set in ENVIRON."""
+    loaded = _load(settings, paths, root, options)
+    specs = _specs(settings, options)
+    grouped, unassigned, warnings = _grouped(loaded, specs, options.services)
+    baselines, overall_baseline, baseline_from = _baselines(settings, specs, loaded, options, root)
+    p, rule = loaded.precision, loaded.rule
+    rows = []
+    for spec in specs:
+        if options.services and spec.name not in options.services:
+            continue
+        rows.append(
+            cov.score(
+                spec.name,
+                cov.total(f.counts for f in grouped[spec.name]),
+                target=spec.target,
+                baseline=baselines.get(spec.name),
+                precision=p,
+                rule=rule,
+            )
+        )
+    overall_target = options.fail_under if options.fail_under is not None else settings.target
+    totals = cov.score(
+        "overall",
+        cov.total(f.counts for f in loaded.files.values()),
+        target=overall_target,
+        baseline=overall_baseline,
+        precision=p,
+        rule=rule,
+    )
+    extra = None
+    if unassigned:
+        extra = cov.score(
+            cov.UNASSIGNED,
+            cov.total(f.counts for f in unassigned),
+            target=None,
+            baseline=None,
+            precision=p,
+            rule=rule,
+        )
+    judged = [*rows, totals]
+    failures = tuple(cov.verdict(s, p, rule) for s in judged if s.passed is False)
+    result = CoverageReport(
+        inputs=tuple(loaded.inputs),
+        precision=p,
+        rule=rule.value,
+        branch=loaded.branch,
+        totals=totals,
+        services=tuple(rows),
+        unassigned=extra,
+        passed=not failures,
+        failures=failures,
+        verdicts=tuple(cov.verdict(s, p, rule) for s in judged),
+        warnings=tuple(warnings),
+        baseline_from=baseline_from,
+    )
+    written = write_step_summary(environ or {}, report_markdown(result, title))
+    return replace(result, step_summary=written) if written else result
+
+
+def _under(root: Path, path: Path) -> Path:
+    return path if path.is_absolute() else root / path
+
+
+def _baselines(
+    settings: CoverageSettings,
+    specs: Sequence[cov.ServiceSpec],
+    loaded: _Loaded,
+    options: Options,
+    root: Path,
+) -> tuple[dict[str, float | None], float | None, str | None]:
+    """Baseline percentages: configured, or computed from the counts of the last history entry."""
+    if options.baseline_from is None:
+        return {s.name: s.baseline for s in specs}, settings.baseline, None
+    entries = read_history(_under(root, options.baseline_from))
+    if not entries:
+        raise InputError(f"{options.baseline_from}: the history is empty; nothing to compare with")
+    last = entries[-1]
+    if bool(last.get("branch")) != loaded.branch:
+        now, then = ("branch", "statement-only") if loaded.branch else ("statement-only", "branch")
+        raise InputError(
+            f"cannot compare {now} coverage with the {then} baseline in {options.baseline_from} "
+            f"(recorded {last.get('at')}): branch exits change the denominator, so the delta would be meaningless",
+            hint="measure both with the same [run] branch setting",
+        )
+    services = last.get("services", {})
+    out = {s.name: _counts(services[s.name]).percent if s.name in services else None for s in specs}
+    label = f"{options.baseline_from} @ {last.get('at')}" + (f" ({last['ref']})" if last.get("ref") else "")
+    return out, _counts(last["totals"]).percent, label
+
+
+# -- gaps ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ServiceGaps:
+    """One service's shortfall and its worst files and functions."""
+
+    name: str
+    display: str
+    percent: float
+    target: float | None
+    passed: bool | None
+    lines_needed: int | None
+    units_needed: int | None
+    missing: int
+    missing_branches: int
+    files: tuple[cov.FileGap, ...]
+    functions: tuple[cov.FunctionGap, ...]
+
+
+@dataclass(frozen=True)
+class GapsReport:
+    """`voke coverage gaps`."""
+
+    precision: int
+    rule: str
+    regions: bool  # the input had function regions (coverage.json format 3)
+    top: int
+    totals: ServiceGaps
+    services: tuple[ServiceGaps, ...]
+    warnings: tuple[str, ...]
+
+
+def gaps(
+    settings: CoverageSettings,
+    paths: Sequence[Path],
+    *,
+    root: Path,
+    options: Options = Options(),
+    top: int = 10,
+) -> GapsReport:
+    """The files and functions with the most missed code, and what each service still needs."""
+    loaded = _load(settings, paths, root, options, regions=True)
+    specs = _specs(settings, options)
+    grouped, unassigned, warnings = _grouped(loaded, specs, options.services)
+    p, rule = loaded.precision, loaded.rule
+    has_regions = any(f.regions for f in loaded.files.values())
+
+    def one(
+        name: str, files: list[FileCoverage], target: float | None, *, detail: bool = True
+    ) -> ServiceGaps:
+        s = cov.score(
+            name, cov.total(f.counts for f in files), target=target, baseline=None, precision=p, rule=rule
+        )
+        return ServiceGaps(
+            name=name,
+            display=s.display,
+            percent=s.percent,
+            target=target,
+            passed=s.passed,
+            lines_needed=s.lines_needed,
+            units_needed=s.units_needed,
+            missing=s.missing,
+            missing_branches=s.missing_branches,
+            files=tuple(cov.file_gaps(files, name, p, top)) if detail else (),
+            functions=tuple(cov.function_gaps(files, name, top)) if detail and has_regions else (),
+        )
+
+    rows = [
+        one(s.name, grouped[s.name], s.target)
+        for s in specs
+        if not options.services or s.name in options.services
+    ]
+    if unassigned:
+        rows.append(one(cov.UNASSIGNED, unassigned, None))
+    overall_target = options.fail_under if options.fail_under is not None else settings.target
+    totals = one("overall", list(loaded.files.values()), overall_target, detail=False)
+    return GapsReport(p, rule.value, has_regions, top, totals, tuple(rows), tuple(warnings))
+
+
+# -- diff coverage ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DiffReport:
+    """`voke coverage diff`: coverage of the lines changed since a git ref."""
+
+    base: str | None
+    changed_files: int
+    changed_lines: int
+    measured: int
+    covered: int
+    percent: float | None
+    display: str
+    target: float | None
+    passed: bool
+    files: tuple[cov.DiffFile, ...]
+    annotations: int
+    annotations_omitted: int
+    precision: int
+    rule: str
+    warnings: tuple[str, ...] = ()
+    step_summary: str | None = None
+
+
+def diff(
+    settings: CoverageSettings,
+    paths: Sequence[Path],
+    *,
+    root: Path,
+    base: str | None,
+    diff_file: Path | None = None,
+    options: Options = Options(),
+    environ: Mapping[str, str] | None = None,
+    annotations: bool | None = None,
+    emit: Callable[[str], None] | None = None,
+) -> DiffReport:
+    """Diff coverage against BASE (or the unified diff in DIFF_FILE). With ANNOTATIONS (default:
+    in GitHub Actions), EMIT receives `::warning` lines for uncovered changed ranges, capped at
+    GitHub's per-step limit with one `::notice` saying how many were left out."""
+    from voketag_ops.adapters.local.git_diff import changed_lines, read_diff_file
+
+    environ = environ or {}
+    if annotations is None:
+        annotations = environ.get("GITHUB_ACTIONS") == "true"
+    annotate = emit if annotations else None
+
+    if (base is None) == (diff_file is None):
+        raise UsageError("give exactly one of --base REF or --diff-file FILE")
+    if options.fail_under is not None:
+        cov.check_target(options.fail_under)
+    loaded = _load(settings, paths, root, options)
+    if diff_file is not None:
+        changed = read_diff_file(_under(root, diff_file))
+        by_repo = dict(loaded.files)
+    else:
+        assert base is not None
+        found = changed_lines(root, base)
+        changed = found.lines
+        top = cov.normalize_path(str(found.toplevel.resolve()))
+        by_repo = {}
+        for key, fc in loaded.files.items():
+            repo_key = cov.relative_to(key, top) if cov.is_absolute(key) else found.prefix + key
+            if not cov.is_absolute(repo_key):
+                by_repo[repo_key] = fc
+    result = cov.diff_coverage(changed, by_repo, loaded.precision)
+    target = options.fail_under
+    passed = (
+        True
+        if target is None or result.percent is None
+        else cov.passes(result.percent, target, loaded.precision, loaded.rule)
+    )
+    warnings = []
+    if changed and result.percent is None:
+        warnings.append("no changed line is measured by the coverage data (n/a): nothing to judge")
+    ranges = [(f.path, a, b) for f in result.files for a, b in f.uncovered_ranges]
+    shown = ranges[:ANNOTATION_LIMIT] if annotate is not None else []
+    if annotate is not None:
+        for path, a, b in shown:
+            annotate(github_annotation(path, a, b))
+        if len(ranges) > len(shown):
+            annotate(
+                f"::notice title=voke coverage diff::{len(ranges) - len(shown)} more uncovered changed "
+                f"range{'s' if len(ranges) - len(shown) != 1 else ''} not annotated (GitHub shows at most "
+                f"{ANNOTATION_LIMIT} warnings per step); see the job summary"
+            )
+    report_ = DiffReport(
+        base=base,
+        changed_files=result.changed_files,
+        changed_lines=result.changed_lines,
+        measured=result.measured,
+        covered=result.covered,
+        percent=result.percent,
+        display=result.display,
+        target=target,
+        passed=passed,
+        files=result.files,
+        annotations=len(shown),
+        annotations_omitted=len(ranges) - len(shown) if annotate is not None else 0,
+        precision=loaded.precision,
+        rule=loaded.rule.value,
+        warnings=tuple(warnings),
+    )
+    written = write_step_summary(environ, diff_markdown(report_))
+    return replace(report_, step_summary=written) if written else report_
+
+
+def _escape_property(value: str) -> str:
+    return (
+        value.replace("%", "%25")
+        .replace("\r", "%0D")
+        .replace("\n", "%0A")
+        .replace(":", "%3A")
+        .replace(",", "%2C")
+    )
+
+
+def _escape_data(value: str) -> str:
+    return value.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def github_annotation(path: str, first: int, last: int) -> str:
+    """A `::warning` workflow command for uncovered changed lines FIRST..LAST of PATH."""
+    what = f"Line {first} is" if first == last else f"Lines {first}-{last} are"
+    return (
+        f"::warning file={_escape_property(path)},line={first},endLine={last},"
+        f"title={_escape_property('Uncovered change')}::{_escape_data(what + ' changed but not covered by tests')}"
+    )
+
+
+# -- badge -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BadgeReport:
+    """`voke coverage badge`."""
+
+    out: str
+    label: str
+    value: str
+    color: str
+    percent: float
+    service: str | None
+    bytes: int
+
+
+def badge(
+    settings: CoverageSettings,
+    paths: Sequence[Path],
+    *,
+    root: Path,
+    out: Path,
+    service: str | None = None,
+    label: str = "coverage",
+    bands: Sequence[tuple[float, str]] = cov.DEFAULT_BANDS,
+    options: Options = Options(),
+) -> BadgeReport:
+    """Write an offline SVG badge of the total (or of SERVICE) to OUT."""
+    from voketag_ops.core.coverage_svg import badge as svg_badge
+
+    selected = (service,) if service else ()
+    options = replace(options, services=selected)
+    loaded = _load(settings, paths, root, options)
+    if service is not None:
+        specs = _specs(settings, options)
+        grouped, _, _ = _grouped(loaded, specs, selected)
+        counts = cov.total(f.counts for f in grouped[service])
+    else:
+        counts = cov.total(f.counts for f in loaded.files.values())
+    pc = counts.percent
+    value = cov.display_covered(pc, loaded.precision) + "%"
+    color = cov.band_color(pc, bands)
+    text = svg_badge(label, value, color)
+    _write_atomic(_under(root, out), text)
+    return BadgeReport(str(out), label, value, color, pc, service, len(text.encode()))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write: {exc.strerror}") from None
+
+
+# -- history ---------------------------------------------------------------------------------------
+_COUNT_KEYS = ("statements", "missing", "branches", "missing_branches", "partial_branches", "files")
+
+
+def _counts_dict(c: Counts) -> dict[str, int]:
+    return {k: getattr(c, k) for k in _COUNT_KEYS}
+
+
+def _counts(d: Mapping[str, Any]) -> Counts:
+    return Counts(**{k: int(d.get(k, 0)) for k in _COUNT_KEYS})
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """The entries of a history file (JSON lines), oldest first."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(
+            f"{path}: no such history file", hint="record a run first: voke coverage history add PATH"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    entries = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            if not isinstance(entry, dict) or not isinstance(entry.get("totals"), dict):
+                raise ValueError("not a history entry")
+            _counts(entry["totals"])
+            for c in (entry.get("services") or {}).values():
+                _counts(c)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise InputError(f"{path}:{number}: not a voke coverage history entry ({_first(exc)})") from None
+        entries.append(entry)
+    return entries
+
+
+def _first(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+
+
+@dataclass(frozen=True)
+class HistoryAdd:
+    """`voke coverage history add`: the entry appended (or that would be, with --dry-run)."""
+
+    file: str
+    dry_run: bool
+    entry: dict[str, Any]
+    entries: int  # in the file afterwards
+
+
+def history_add(
+    settings: CoverageSettings,
+    paths: Sequence[Path],
+    *,
+    root: Path,
+    now: datetime,
+    file: Path | None = None,
+    ref: str | None = None,
+    dry_run: bool = False,
+    options: Options = Options(),
+) -> HistoryAdd:
+    """Append this run's counts (per service and overall) to the history file."""
+    loaded = _load(settings, paths, root, options)
+    specs = _specs(settings, options)
+    grouped, unassigned, _ = _grouped(loaded, specs, options.services, require=False)
+    services = {
+        name: _counts_dict(cov.total(f.counts for f in files)) for name, files in grouped.items() if files
+    }
+    if unassigned:
+        services[cov.UNASSIGNED] = _counts_dict(cov.total(f.counts for f in unassigned))
+    from voketag_ops.output import utc_iso
+
+    entry = {
+        "at": utc_iso(now),
+        "ref": ref,
+        "coverage_version": loaded.coverage_version,
+        "branch": loaded.branch,
+        "totals": _counts_dict(cov.total(f.counts for f in loaded.files.values())),
+        "services": services,
+    }
+    path = _history_path(settings, root, file)
+    existing = len(read_history(path)) if path.exists() else 0
+    if not dry_run:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(entry, sort_keys=True) + "\n")
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot write: {exc.strerror}") from None
+    return HistoryAdd(str(path), dry_run, entry, existing + (0 if dry_run else 1))
+
+
+def _history_path(settings: CoverageSettings, root: Path, file: Path | None) -> Path:
+    return _under(root, file or settings.history)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One run of one series."""
+
+    at: str
+    ref: str | None
+    percent: float | None
+    display: str | None
+    branch: bool
+
+
+@dataclass(frozen=True)
+class Trend:
+    """One series (a service or the total) over the recorded runs."""
+
+    name: str
+    points: tuple[Point, ...]
+    sparkline: str
+    latest: float | None
+    latest_display: str | None
+    change: float | None  # latest - previous comparable run
+    since_first: float | None  # latest - first comparable run
+    target: float | None
+    baseline: float | None
+    passed: bool | None
+
+
+@dataclass(frozen=True)
+class HistoryShow:
+    """`voke coverage history show`."""
+
+    file: str
+    entries: int
+    precision: int
+    series: tuple[Trend, ...]
+    notes: tuple[str, ...]
+    chart: str | None = None
+
+
+def history_show(
+    settings: CoverageSettings,
+    *,
+    root: Path,
+    file: Path | None = None,
+    last: int | None = None,
+    out: Path | None = None,
+    precision: int | None = None,
+) -> HistoryShow:
+    """The trend per service against target and baseline; an SVG chart written to OUT."""
+    from voketag_ops.core.coverage_svg import Series, chart
+
+    path = _history_path(settings, root, file)
+    entries = read_history(path)
+    if last is not None:
+        entries = entries[-last:] if last > 0 else []
+    p = precision if precision is not None else (settings.precision if settings.precision is not None else 0)
+    names = ["overall"]
+    for e in entries:
+        for name in e.get("services") or {}:
+            if name not in names:
+                names.append(name)
+    rule = resolve_rule(settings.rule, [e.get("coverage_version") for e in entries])
+    notes = []
+    for prev, cur in itertools.pairwise(entries):
+        if bool(prev.get("branch")) != bool(cur.get("branch")):
+            notes.append(
+                f"branch measurement {'started' if cur.get('branch') else 'stopped'} at {cur.get('at')}: "
+                "changes across that run are not comparable and are not computed"
+            )
+    trends = []
+    for name in names:
+        svc = settings.services.get(name)
+        if name == "overall":
+            target, baseline = settings.target, settings.baseline
+        elif svc is not None:
+            target = svc.target if svc.target is not None else settings.target
+            baseline = svc.baseline
+        else:
+            target = baseline = None
+        pts = []
+        for e in entries:
+            raw = e["totals"] if name == "overall" else (e.get("services") or {}).get(name)
+            pc = None if raw is None else _counts(raw).percent
+            pts.append(
+                Point(
+                    str(e.get("at")),
+                    e.get("ref"),
+                    pc,
+                    None if pc is None else cov.display_covered(pc, p),
+                    bool(e.get("branch")),
+                )
+            )
+        comparable = _comparable_tail(pts)
+        values = [pt.percent for pt in pts if pt.percent is not None]
+        latest = comparable[-1].percent if comparable else None
+        trends.append(
+            Trend(
+                name=name,
+                points=tuple(pts),
+                sparkline=cov.sparkline(values),
+                latest=latest,
+                latest_display=comparable[-1].display if comparable else None,
+                change=_delta(comparable[-1], comparable[-2]) if len(comparable) > 1 else None,
+                since_first=_delta(comparable[-1], comparable[0]) if len(comparable) > 1 else None,
+                target=target,
+                baseline=baseline,
+                passed=None if latest is None or target is None else cov.passes(latest, target, p, rule),
+            )
+        )
+    written = None
+    if out is not None:
+        labels = [str(e.get("at", ""))[:10] for e in entries]
+        svg = chart(
+            [Series(t.name, [pt.percent for pt in t.points], t.target, t.baseline) for t in trends],
+            labels,
+            title=f"coverage, {len(entries)} run{'s' if len(entries) != 1 else ''}",
+        )
+        _write_atomic(_under(root, out), svg)
+        written = str(out)
+    return HistoryShow(str(path), len(entries), p, tuple(trends), tuple(notes), written)
+
+
+def _comparable_tail(points: Sequence[Point]) -> list[Point]:
+    """The measured points since the last change of branch measurement (deltas stay within it)."""
+    measured = [pt for pt in points if pt.percent is not None]
+    if not measured:
+        return []
+    flag = measured[-1].branch
+    tail: list[Point] = []
+    for pt in reversed(measured):
+        if pt.branch != flag:
+            break
+        tail.append(pt)
+    return list(reversed(tail))
+
+
+def _delta(a: Point, b: Point) -> float | None:
+    return None if a.percent is None or b.percent is None else a.percent - b.percent
+
+
+# -- GitHub step summary ---------------------------------------------------------------------------
+def write_step_summary(environ: Mapping[str, str], markdown: _Markdown) -> str | None:
+    """Append MARKDOWN to $GITHUB_STEP_SUMMARY (when set), within GitHub's 1 MiB limit."""
+    target = environ.get("GITHUB_STEP_SUMMARY")
+    if not target:
+        return None
+    path = Path(target)
+    try:
+        used = path.stat().st_size if path.exists() else 0
+        text = markdown.fit(STEP_SUMMARY_LIMIT - used)
+        if text:
+            with path.open("a", encoding="utf-8") as fh:
+                fh.write(text)
+    except OSError as exc:
+        raise UsageError(f"GITHUB_STEP_SUMMARY {path}: cannot write: {exc.strerror}") from None
+    return str(path) if text else None
+
+
+@dataclass
+class _Markdown:
+    """A heading, rows that may be cut to fit, and a footer."""
+
+    head: list[str] = field(default_factory=list)
+    rows: list[str] = field(default_factory=list)
+    tail: list[str] = field(default_factory=list)
+
+    def fit(self, budget: int) -> str:
+        def size(lines: Iterable[str]) -> int:
+            return sum(len(line.encode()) + 1 for line in lines)
+
+        fixed = size(self.head) + size(self.tail) + 1
+        if fixed + 200 > budget:
+            return ""
+        rows, used = [], fixed
+        for i, row in enumerate(self.rows):
+            need = len(row.encode()) + 1
+            if used + need + 200 > budget:
+                rows.append(
+                    f"| … {len(self.rows) - i} more rows not shown (GitHub limits a step summary to 1 MiB) |"
+                )
+                break
+            rows.append(row)
+            used += need
+        return "\n".join([*self.head, *rows, *self.tail]) + "\n\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _pct(value: float | None, precision: int, *, sign: bool = False) -> str:
+    if value is None:
+        return "–"
+    shown = f"{round(value, precision):{'+' if sign else ''}.{precision}f}"
+    return shown + "%"
+
+
+def _status(s: Score) -> str:
+    if s.passed is None:
+        return "–"
+    if s.passed and s.by_rounding:
+        return f"✅ pass (by rounding; exact {s.percent:.2f}%)"
+    return "✅ pass" if s.passed else "❌ fail"
+
+
+def report_markdown(r: CoverageReport, title: str) -> _Markdown:
+    """The step-summary view of a report."""
+    p = r.precision
+    md = _Markdown()
+    md.head = [
+        f"### {title}: {'✅ passed' if r.passed else '❌ failed'}",
+        "",
+        "| service | coverage | target | Δ baseline | status |",
+        "|:--|--:|--:|--:|:--|",
+    ]
+    for s in [*r.services, r.totals]:
+        name = f"**{s.name}**" if s is r.totals else _cell(s.name)
+        target = "–" if s.target is None else cov.format_target(s.target) + "%"
+        md.rows.append(f"| {name} | {s.display}% | {target} | {_pct(s.delta, p, sign=True)} | {_status(s)} |")
+    if r.unassigned is not None:
+        md.rows.append(
+            f"| {cov.UNASSIGNED} ({r.unassigned.files} files) | {r.unassigned.display}% | – | – | – |"
+        )
+    tail = [""]
+    tail += [f"- {_cell(line)}" for line in r.failures]
+    tail += [f"- ⚠️ {_cell(w)}" for w in r.warnings]
+    inputs = ", ".join(f"{i.source} ({i.format}{', branch' if i.branch else ''})" for i in r.inputs)
+    tail.append("")
+    tail.append(f"<sub>rule: {r.rule} · precision {p} · inputs: {_cell(inputs)}</sub>")
+    md.tail = tail
+    return md
+
+
+def diff_markdown(r: DiffReport) -> _Markdown:
+    """The step-summary view of diff coverage."""
+    verdict = "✅ passed" if r.passed else "❌ failed"
+    target = "" if r.target is None else f" (target {cov.format_target(r.target)}%)"
+    shown = r.display if r.percent is None else r.display + "%"
+    md = _Markdown()
+    md.head = [
+        f"### voke coverage diff{'' if r.base is None else f' vs `{r.base}`'}: {shown}{target} {verdict}",
+        "",
+        f"{r.covered} of {r.measured} measured changed lines covered "
+        f"({r.changed_lines} changed lines in {r.changed_files} files).",
+        "",
+        "| file | changed & measured | covered | uncovered lines |",
+        "|:--|--:|--:|:--|",
+    ]
+    for f in r.files:
+        md.rows.append(
+            f"| {_cell(f.path)} | {f.measured} | {f.display}% | {cov.format_ranges(f.uncovered_ranges) or '–'} |"
+        )
+    md.tail = [f"\n- ⚠️ {_cell(w)}" for w in r.warnings]
+    return md

@@ -1,0 +1,496 @@
+"""`voke coverage` end to end: exit codes, the JSON envelope, stderr messages, files written."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from voketag_ops.coverage_testing import Measured, coverage, coverage_json, lines_file, measured_once
+
+TWO_SERVICES = """
+[coverage]
+target = 80
+baseline = 50
+[coverage.services.admin-service]
+paths = ["admin_service/"]
+baseline = 70
+[coverage.services.factory-service]
+paths = ["factory_service/"]
+baseline = 65
+"""
+
+
+@pytest.fixture
+def measured(tmp_path_factory: pytest.TempPathFactory) -> Measured:
+    return measured_once(lambda: tmp_path_factory.mktemp("measured"))
+
+
+@pytest.fixture
+def env(make_environ, tmp_path):
+    """A clean environment without GitHub Actions variables leaking in from a CI runner."""
+    base = make_environ(tmp_path / "home")
+    return {k: v for k, v in base.items() if not k.startswith("GITHUB_")}
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A working directory with a two-service voke.toml."""
+    root = tmp_path / "work"
+    root.mkdir()
+    (root / "voke.toml").write_text(TWO_SERVICES)
+    return root
+
+
+def write_json(root: Path, files: dict, name: str = "coverage.json", **kw) -> Path:
+    path = root / name
+    path.write_text(json.dumps(coverage_json(files, **kw)))
+    return path
+
+
+def no_traceback(result) -> None:
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+
+
+# -- report: parity with coverage.py on real data ---------------------------------------------------
+def test_report_matches_coverage_on_a_real_project(voke, env, measured: Measured, tmp_path):
+    (tmp_path / "cfg.toml").write_text(TWO_SERVICES)
+    for source in (measured.json, measured.xml, measured.data):
+        r = voke(
+            "coverage", "report", str(source), "--json", "--precision", "3",
+            "--config", str(tmp_path / "cfg.toml"), environ=env, cwd=measured.root,
+        )  # fmt: skip
+        assert r.exit_code == 0, r.stderr
+        doc = r.json
+        assert doc["ok"] is True and doc["command"] == "coverage report"
+        totals = doc["result"]["totals"]
+        assert totals["percent"] == measured.totals["percent_covered"]
+        assert totals["display"] == measured.report_total  # `coverage report --precision=3`
+        assert (totals["statements"], totals["covered"], totals["branches"], totals["covered_branches"]) == (
+            measured.totals["num_statements"],
+            measured.totals["covered_lines"],
+            measured.totals["num_branches"],
+            measured.totals["covered_branches"],
+        )
+        names = [s["name"] for s in doc["result"]["services"]]
+        assert names == ["admin-service", "factory-service"]
+        assert doc["result"]["unassigned"]["files"] == 2  # tools/ is counted in the total, with a warning
+        assert "match no service" in r.stderr
+
+
+def test_report_human_table(voke, env, project):
+    write_json(
+        project, {"admin_service/a.py": lines_file(90, 10), "factory_service/b.py": lines_file(70, 30)}
+    )
+    r = voke("coverage", "report", "coverage.json", environ=env, cwd=project)
+    assert r.exit_code == 0
+    assert re.search(r"admin-service\s+1\s+100\s+10\s+90%\s+80\s+70\s+\+20\s+pass", r.stdout)
+    assert "factory-service" in r.stdout and "FAIL" in r.stdout
+    assert "cover 10 more statements" in r.stdout  # 70 -> 80 of 100
+
+
+# -- the gate -------------------------------------------------------------------------------------
+def test_gate_passes_79_5_by_rounding_and_strict_fails_it(voke, env, project):
+    write_json(
+        project, {"admin_service/a.py": lines_file(795, 205), "factory_service/b.py": lines_file(1, 0)}
+    )
+    r = voke("coverage", "gate", "coverage.json", "--service", "admin-service", environ=env, cwd=project)
+    assert r.exit_code == 0, r.stderr
+    assert "admin-service: 80% passes 80 by rounding (exact 79.50%" in r.stdout
+    strict = voke(
+        "coverage",
+        "gate",
+        "coverage.json",
+        "-s",
+        "admin-service",
+        "--strict",
+        "--json",
+        environ=env,
+        cwd=project,
+    )
+    assert strict.exit_code == 1
+    doc = strict.json
+    assert doc["ok"] is False and doc["error"]["exit_code"] == 1
+    assert "admin-service" in doc["error"]["message"]
+    admin = doc["result"]["services"][0]
+    assert admin["passed"] is False and admin["lines_needed"] == 5 and doc["result"]["rule"] == "strict"
+
+
+def test_gate_80_5_fails_81(voke, env, project):
+    write_json(
+        project, {"admin_service/a.py": lines_file(805, 195), "factory_service/b.py": lines_file(1, 0)}
+    )
+    r = voke("coverage", "gate", "coverage.json", "--fail-under", "81", environ=env, cwd=project)
+    assert r.exit_code == 1
+    assert (
+        "admin-service: 80% fails target 81: 80% < 81; cover 1 more statement\n" in r.stdout
+    )  # 80.6 rounds to 81
+    assert r.stderr.strip().splitlines()[-1].startswith("✗ coverage gate failed: admin-service")
+
+
+@pytest.mark.parametrize(
+    ("version", "extra", "code"),
+    [
+        ("7.17.4", (), 0),
+        ("7.16.0", (), 1),
+        ("7.16.0", ("--rule", "coverage"), 0),
+        ("7.17.4", ("--strict",), 1),
+    ],
+)
+def test_target_decimals_follow_the_coverage_version(voke, env, project, version, extra, code):
+    write_json(project, {"admin_service/a.py": lines_file(8016, 1984)}, version=version)
+    r = voke(
+        "coverage", "gate", "coverage.json", "-s", "admin-service", "--fail-under", "80.2", *extra,
+        environ=env, cwd=project,
+    )  # fmt: skip
+    assert r.exit_code == code, r.stdout + r.stderr
+
+
+def test_every_service_is_judged_against_its_own_target(voke, env, project):
+    write_json(
+        project, {"admin_service/a.py": lines_file(90, 10), "factory_service/b.py": lines_file(10, 90)}
+    )
+    r = voke("coverage", "gate", "coverage.json", "--json", environ=env, cwd=project)
+    assert r.exit_code == 1
+    res = r.json["result"]
+    assert res["totals"]["percent"] == 50.0
+    assert [(s["name"], s["passed"]) for s in res["services"]] == [
+        ("admin-service", True),
+        ("factory-service", False),
+    ]
+    assert len(res["failures"]) == 2  # factory-service and overall
+    human = voke("coverage", "gate", "coverage.json", environ=env, cwd=project)
+    assert [line.split(":")[0] for line in human.stdout.splitlines()[:3]] == [
+        "admin-service",
+        "factory-service",
+        "overall",
+    ]
+
+
+def test_longest_prefix_wins(voke, env, tmp_path):
+    (tmp_path / "voke.toml").write_text(
+        '[coverage.services.platform]\npaths = ["services/"]\ntarget = 50\n'
+        '[coverage.services.admin]\npaths = ["services/admin/"]\ntarget = 95\n'
+    )
+    write_json(tmp_path, {"services/admin/x.py": lines_file(9, 1), "services/other/y.py": lines_file(6, 4)})
+    r = voke("coverage", "gate", "coverage.json", "--json", environ=env, cwd=tmp_path)
+    services = {s["name"]: s for s in r.json["result"]["services"]}
+    assert services["admin"]["statements"] == 10 and services["admin"]["target"] == 95.0
+    assert services["platform"]["statements"] == 10 and services["platform"]["passed"] is True
+    assert r.exit_code == 1  # admin 90 < 95
+
+
+def test_path_mapping_from_flag_and_config(voke, env, project):
+    write_json(
+        project,
+        {
+            "/app/src/admin_service/a.py": lines_file(1, 0),
+            "D:\\a\\src\\factory_service\\b.py": lines_file(1, 1),
+        },
+    )
+    r = voke("coverage", "report", "coverage.json", "--map", "/app/src/=", "--map", "D:/a/src/=", "--json",
+             environ=env, cwd=project)  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    assert [s["files"] for s in r.json["result"]["services"]] == [1, 1]
+    (project / "voke.toml").write_text(
+        TWO_SERVICES + '[coverage.remap]\n"/app/src/" = ""\n"D:\\\\a\\\\src\\\\" = ""\n'
+    )
+    r = voke("coverage", "report", "coverage.json", "--json", environ=env, cwd=project)
+    assert r.exit_code == 0, r.stderr
+
+
+# -- gaps -----------------------------------------------------------------------------------------
+def test_gaps_lines_needed_and_functions(voke, env, project):
+    funcs = {
+        "big": {"executed_lines": [], "missing_lines": list(range(781, 1000)), "start_line": 781},
+        "": {"executed_lines": list(range(1, 781)), "missing_lines": [1000], "start_line": 1},
+    }
+    files = {
+        "admin_service/a.py": {**lines_file(780, 220), "functions": funcs},
+        "factory_service/b.py": lines_file(1, 0),
+    }
+    write_json(project, files)
+    r = voke("coverage", "gaps", "coverage.json", "-s", "admin-service", "--json", environ=env, cwd=project)
+    assert r.exit_code == 0, r.stderr
+    admin = r.json["result"]["services"][0]
+    assert admin["lines_needed"] == 15
+    assert [f["name"] for f in admin["functions"]] == ["big", "(module level)"]
+    strict = voke("coverage", "gaps", "coverage.json", "-s", "admin-service", "--strict", "--json", environ=env,
+                  cwd=project)  # fmt: skip
+    assert strict.json["result"]["services"][0]["lines_needed"] == 20
+    human = voke("coverage", "gaps", "coverage.json", "-s", "admin-service", environ=env, cwd=project)
+    assert "cover 15 more statements to reach 80" in human.stdout
+    assert "admin_service/a.py:781" in human.stdout
+
+
+# -- GitHub step summary --------------------------------------------------------------------------
+def test_step_summary_written_only_when_set_and_kept_under_1_mib(voke, env, project, tmp_path):
+    write_json(
+        project, {"admin_service/a.py": lines_file(795, 205), "factory_service/b.py": lines_file(6, 4)}
+    )
+    r = voke("coverage", "gate", "coverage.json", environ=env, cwd=project)
+    assert r.exit_code == 1
+    assert not list(tmp_path.glob("**/summary*.md"))
+    summary = tmp_path / "summary.md"
+    gh = {**env, "GITHUB_STEP_SUMMARY": str(summary)}
+    r = voke("coverage", "gate", "coverage.json", environ=gh, cwd=project)
+    text = summary.read_text()
+    assert "| service | coverage | target | Δ baseline | status |" in text
+    assert "| admin-service | 80% | 80% | +10% | ✅ pass (by rounding; exact 79.50%) |" in text
+    assert "| factory-service | 60% | 80% | -5% | ❌ fail |" in text
+    assert "### voke coverage gate: ❌ failed" in text
+    # nearly full: what is appended keeps the file within GitHub's limit
+    summary.write_text("x" * (1024 * 1024 - 600))
+    voke("coverage", "report", "coverage.json", environ=gh, cwd=project)
+    assert summary.stat().st_size <= 1024 * 1024
+
+
+# -- diff coverage on a real git repository -------------------------------------------------------
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+        cwd=root, check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+
+
+MODULE_V1 = "def f(x):\n    return x + 1\n"
+MODULE_V2 = (
+    "def f(x):\n    return x + 1\n\n\n"
+    "def g(x):\n    if x > 0:\n        return 'pos'\n    y = -x\n    return y\n\n\n"
+    "def h():\n    a = 1\n    b = 2\n    return a + b\n"
+)
+
+
+@pytest.fixture
+def repo(tmp_path):
+    root = tmp_path / "repo"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "__init__.py").write_text("")
+    (root / "pkg" / "m.py").write_text(MODULE_V1)
+    (root / "README.md").write_text("hello\n")
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", ".")
+    git(root, "commit", "-q", "-m", "base")
+    git(root, "checkout", "-q", "-b", "feature")
+    (root / "pkg" / "m.py").write_text(MODULE_V2)
+    git(root, "commit", "-q", "-am", "add g and h")
+    (root / "README.md").write_text("hello\nworld\n")  # unstaged, not measured
+    (root / "run.py").write_text("from pkg.m import f, g\nf(1)\ng(1)\n")
+    coverage(root, "run", "--source=pkg", "run.py")
+    coverage(root, "json", "-q", "-o", "coverage.json")
+    return root
+
+
+def test_diff_coverage_against_a_git_ref(voke, env, repo):
+    r = voke("coverage", "diff", "coverage.json", "--base", "main", "--json", environ=env, cwd=repo)
+    assert r.exit_code == 0, r.stderr
+    res = r.json["result"]
+    # changed statements: def g, if, return 'pos', y = -x, return y, def h, a, b, return -> 9 measured
+    assert (res["measured"], res["covered"]) == (9, 4)
+    assert res["display"] == "44"
+    assert res["files"][0]["path"] == "pkg/m.py"
+    assert res["files"][0]["uncovered_ranges"] == [[8, 9], [13, 15]]
+    human = voke(
+        "coverage", "diff", "coverage.json", "--base", "main", "--fail-under", "50", environ=env, cwd=repo
+    )
+    assert human.exit_code == 1
+    assert "pkg/m.py" in human.stdout and "8-9, 13-15" in human.stdout
+
+
+def test_diff_annotations_in_github_actions(voke, env, repo):
+    gh = {**env, "GITHUB_ACTIONS": "true"}
+    r = voke("coverage", "diff", "coverage.json", "--base", "main", "--json", environ=gh, cwd=repo)
+    warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("::warning")]
+    assert warnings == [
+        "::warning file=pkg/m.py,line=8,endLine=9,title=Uncovered change::Lines 8-9 are changed but not covered by tests",
+        "::warning file=pkg/m.py,line=13,endLine=15,title=Uncovered change::Lines 13-15 are changed but not covered by tests",
+    ]
+    json.loads(r.stdout)  # stdout stays one JSON document
+    quiet = voke(
+        "coverage",
+        "diff",
+        "coverage.json",
+        "--base",
+        "main",
+        environ=gh,
+        cwd=repo,
+    )
+    assert "::warning" in quiet.stderr
+    off = voke(
+        "coverage", "diff", "coverage.json", "--base", "main", "--no-annotations", environ=gh, cwd=repo
+    )
+    assert "::warning" not in off.stderr
+
+
+def test_diff_annotations_are_capped(voke, env, project):
+    executed = list(range(1, 101, 2))  # odd lines covered, even lines missed: 50 one-line gaps
+    missing = list(range(2, 101, 2))
+    write_json(project, {"admin_service/a.py": {"executed": executed, "missing": missing}})
+    hunk = "".join(f"+l{i}\n" for i in range(1, 51))
+    (project / "change.diff").write_text(
+        "--- a/admin_service/a.py\n+++ b/admin_service/a.py\n@@ -0,0 +1,50 @@\n" + hunk
+    )
+    r = voke("coverage", "diff", "coverage.json", "--diff-file", "change.diff", "--annotations", environ=env,
+             cwd=project)  # fmt: skip
+    lines = r.stderr.splitlines()
+    assert len([ln for ln in lines if ln.startswith("::warning")]) == 10
+    notices = [ln for ln in lines if ln.startswith("::notice")]
+    assert len(notices) == 1 and "15 more uncovered changed ranges" in notices[0]
+
+
+def test_diff_with_nothing_measurable_is_na(voke, env, repo):
+    git(repo, "commit", "-q", "-am", "wip")  # README change committed; compare with HEAD
+    (repo / "README.md").write_text("changed again\n")
+    r = voke("coverage", "diff", "coverage.json", "--base", "HEAD", "--fail-under", "90", "--json", environ=env,
+             cwd=repo)  # fmt: skip
+    assert r.exit_code == 0
+    assert r.json["result"]["display"] == "n/a" and r.json["result"]["percent"] is None
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("--base", "no-such-ref"), 2, "unknown git ref 'no-such-ref'"),
+        ((), 2, "exactly one of --base"),
+    ],
+)
+def test_diff_usage_errors(voke, env, repo, args, code, message):
+    r = voke("coverage", "diff", "coverage.json", *args, environ=env, cwd=repo)
+    assert r.exit_code == code
+    assert message in r.stderr
+    no_traceback(r)
+
+
+# -- badge ----------------------------------------------------------------------------------------
+def test_badge_is_offline_and_byte_deterministic(voke, env, project):
+    write_json(project, {"admin_service/a.py": lines_file(75, 25), "factory_service/b.py": lines_file(0, 0)})
+    r1 = voke("coverage", "badge", "coverage.json", "--out", "b1.svg", "--json", environ=env, cwd=project)
+    r2 = voke("coverage", "badge", "coverage.json", "--out", "out/b2.svg", environ=env, cwd=project)
+    assert r1.exit_code == r2.exit_code == 0, r1.stderr
+    svg = (project / "b1.svg").read_bytes()
+    assert svg == (project / "out" / "b2.svg").read_bytes()
+    assert b">75%</text>" in svg and b"#a4a61d" in svg  # yellowgreen: 70 <= 75 < 80
+    assert r1.json["result"]["value"] == "75%"
+    custom = voke("coverage", "badge", "coverage.json", "--out", "c.svg", "--colors", "70:#123456,0:red",
+                  environ=env, cwd=project)  # fmt: skip
+    assert custom.exit_code == 0 and b"#123456" in (project / "c.svg").read_bytes()
+    one = voke("coverage", "badge", "coverage.json", "--out", "a.svg", "-s", "admin-service", "--label", "admin",
+               environ=env, cwd=project)  # fmt: skip
+    assert one.exit_code == 0 and b"admin: 75%" in (project / "a.svg").read_bytes()
+    bad = voke("coverage", "badge", "coverage.json", "--out", "x.svg", "--colors", "80-green", environ=env,
+               cwd=project)  # fmt: skip
+    assert bad.exit_code == 2 and "--colors" in bad.stderr
+
+
+# -- history --------------------------------------------------------------------------------------
+def test_history_add_show_and_chart(voke, env, project):
+    for i, (a, f) in enumerate([(60, 50), (70, 60), (85, 70)]):
+        write_json(
+            project,
+            {"admin_service/a.py": lines_file(a, 100 - a), "factory_service/b.py": lines_file(f, 100 - f)},
+        )
+        r = voke("coverage", "history", "add", "coverage.json", "--ref", f"c{i}", environ=env, cwd=project)
+        assert r.exit_code == 0, r.stderr
+    dry = voke("coverage", "history", "add", "coverage.json", "--dry-run", "--json", environ=env, cwd=project)
+    assert dry.json["result"]["dry_run"] is True and dry.json["result"]["entries"] == 3
+    hist = project / ".voke" / "coverage-history.jsonl"
+    assert len(hist.read_text().splitlines()) == 3
+    r = voke("coverage", "history", "show", "--out", "trend.svg", "--json", environ=env, cwd=project)
+    assert r.exit_code == 0, r.stderr
+    series = {s["name"]: s for s in r.json["result"]["series"]}
+    assert series["admin-service"]["sparkline"] == "▁▄█"
+    assert series["admin-service"]["change"] == pytest.approx(15.0)
+    assert series["admin-service"]["baseline"] == 70.0
+    assert series["overall"]["latest"] == 77.5
+    svg = (project / "trend.svg").read_text()
+    assert svg.startswith("<svg") and "admin-service 85.0%" in svg
+    human = voke("coverage", "history", "show", environ=env, cwd=project)
+    assert "▁▄█" in human.stdout and "admin-service" in human.stdout
+
+
+def test_baseline_from_history_and_branch_mismatch_refused(voke, env, project):
+    write_json(
+        project, {"admin_service/a.py": lines_file(60, 40), "factory_service/b.py": lines_file(50, 50)}
+    )
+    voke("coverage", "history", "add", "coverage.json", environ=env, cwd=project)
+    write_json(
+        project, {"admin_service/a.py": lines_file(70, 30), "factory_service/b.py": lines_file(50, 50)}
+    )
+    r = voke("coverage", "report", "coverage.json", "--baseline-from", ".voke/coverage-history.jsonl", "--json",
+             environ=env, cwd=project)  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    admin = r.json["result"]["services"][0]
+    assert admin["baseline"] == 60.0 and admin["delta"] == pytest.approx(10.0)
+    write_json(project, {"admin_service/a.py": lines_file(70, 30), "factory_service/b.py": lines_file(50, 50)},
+               branch=True)  # fmt: skip
+    refused = voke("coverage", "report", "coverage.json", "--baseline-from", ".voke/coverage-history.jsonl",
+                   environ=env, cwd=project)  # fmt: skip
+    assert refused.exit_code == 1
+    assert "cannot compare branch coverage with the statement-only baseline" in refused.stderr
+    no_traceback(refused)
+
+
+# -- bad input: one line, the right exit code, no traceback ---------------------------------------
+@pytest.mark.parametrize(
+    ("setup", "args", "code", "message"),
+    [
+        (None, ("nope.json",), 2, "error: nope.json: no such file"),
+        ('{"a": 1}', ("in.json",), 1, "not a coverage.py JSON report"),
+        ('{"meta": {"format": 4}, "files": {}}', ("in.json",), 1, "coverage.json format 4 is not supported"),
+        ("<report/>", ("in.json",), 1, "not a Cobertura XML report"),
+        ("GOOD", ("in.json", "--rule", "sometimes"), 2, "--rule 'sometimes'"),
+        ("GOOD", ("in.json", "--fail-under", "120"), 2, "less than or equal to 100"),
+        ("GOOD", ("in.json", "--map", "nothing"), 2, "expected FROM=TO"),
+        ("GOOD", ("in.json", "-s", "nosuch"), 2, "unknown service 'nosuch'"),
+        ("ADMIN_ONLY", ("in.json",), 3, "service factory-service: no file in the coverage data matches"),
+    ],
+)
+def test_bad_input(voke, env, project, setup, args, code, message):
+    if setup == "GOOD":
+        write_json(
+            project,
+            {"admin_service/a.py": lines_file(1, 0), "factory_service/b.py": lines_file(1, 0)},
+            "in.json",
+        )
+    elif setup == "ADMIN_ONLY":
+        write_json(project, {"admin_service/a.py": lines_file(1, 0)}, "in.json")
+    elif setup is not None:
+        (project / "in.json").write_text(setup)
+    r = voke("coverage", "gate", *args, environ=env, cwd=project)
+    assert r.exit_code == code, r.stdout + r.stderr
+    assert message in r.stderr
+    assert r.stdout == ""
+    no_traceback(r)
+    j = voke("coverage", "gate", *args, "--json", environ=env, cwd=project)
+    assert j.exit_code == code and j.json["ok"] is False and j.json["error"]["exit_code"] == code
+
+
+def test_missing_sources_of_a_data_file(voke, env, tmp_path):
+    (tmp_path / "gone.py").write_text("x = 1\n")
+    (tmp_path / "main.py").write_text("import gone\n")
+    coverage(tmp_path, "run", "--source=.", "main.py")
+    (tmp_path / "gone.py").unlink()
+    r = voke("coverage", "report", ".coverage", environ=env, cwd=tmp_path)
+    assert r.exit_code == 1
+    assert "the sources are missing" in r.stderr and "hint:" in r.stderr
+    no_traceback(r)
+
+
+def test_no_data_files_in_a_directory_hints_at_upload_artifact(voke, env, tmp_path):
+    (tmp_path / "artifacts").mkdir()
+    r = voke("coverage", "report", "artifacts", environ=env, cwd=tmp_path)
+    assert r.exit_code == 1 and "include-hidden-files" in r.stderr
+
+
+def test_startup_does_not_import_coverage_or_the_workflow():
+    code = (
+        "import sys, voketag_ops.cli.app;"
+        "print([m for m in ('coverage', 'voketag_ops.workflows.coverage', 'voketag_ops.core.coverage')"
+        " if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
