@@ -740,6 +740,8 @@ def history_show(
     trends = []
     for name in names:
         svc = settings.services.get(name)
+        target: float | None
+        baseline: float | None
         if name == "overall":
             target, baseline = settings.target, settings.baseline
         elif svc is not None:

@@ -1,0 +1,153 @@
+"""Coverage use cases on real files: diff coverage from a subdirectory, mixed inputs, history
+across a change of branch measurement, step-summary truncation, annotation escaping."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from voketag_ops.config import CoverageService, CoverageSettings
+from voketag_ops.core.coverage import Rule
+from voketag_ops.coverage_testing import coverage, coverage_json, lines_file
+from voketag_ops.errors import ConfigError, InputError
+from voketag_ops.workflows import coverage as wf
+
+SETTINGS = CoverageSettings(
+    services={"admin-service": CoverageService(paths=("admin_service/",), baseline=70.0)},
+)
+
+
+def write(root: Path, name: str, files: dict, **kw) -> Path:
+    path = root / name
+    path.write_text(json.dumps(coverage_json(files, **kw)))
+    return path
+
+
+def test_resolve_rule_and_default_prefixes():
+    assert wf.resolve_rule("auto", ["7.17.4"]) is Rule.COVERAGE
+    assert wf.resolve_rule("auto", ["7.16.1", None]) is Rule.COVERAGE_716
+    assert wf.resolve_rule("auto", []) is Rule.COVERAGE
+    assert wf.resolve_rule("auto", ["7.10.0", "7.17.0"]) is Rule.COVERAGE
+    assert wf.resolve_rule("strict", ["7.16.1"]) is Rule.STRICT
+    assert wf.default_prefixes("admin-service") == (
+        "admin-service/",
+        "admin_service/",
+        "services/admin-service/",
+        "src/admin_service/",
+    )
+
+
+def test_default_services_find_conventional_directories(tmp_path):
+    files = {
+        "admin_service/a.py": lines_file(7, 3),
+        "services/factory-service/b.py": lines_file(1, 1),
+        "src/blockchain_service/c.py": lines_file(1, 0),
+    }
+    write(tmp_path, "c.json", files)
+    r = wf.report(CoverageSettings(), [Path("c.json")], root=tmp_path)
+    assert [(s.name, s.files, s.baseline) for s in r.services] == [
+        ("admin-service", 1, 70.0),
+        ("factory-service", 1, 65.0),
+        ("blockchain-service", 1, 60.0),
+    ]
+    assert r.totals.baseline == 68.0 and r.unassigned is None
+
+
+def test_json_and_cobertura_of_the_same_run_combine_without_double_counting(tmp_path):
+    # Cobertura with the same lines as the JSON: the union is the same file, counted once.
+    write(tmp_path, "c.json", {"admin_service/a.py": {"executed": [1, 2], "missing": [3, 4]}})
+    (tmp_path / "c.xml").write_text(
+        f'<coverage line-rate="0.5" lines-valid="4" lines-covered="2"><sources><source>{tmp_path}</source>'
+        '</sources><packages><package name="a"><classes><class name="a.py" filename="admin_service/a.py">'
+        '<methods/><lines><line number="1" hits="1"/><line number="2" hits="0"/><line number="3" hits="1"/>'
+        '<line number="4" hits="0"/></lines></class></classes></package></packages></coverage>'
+    )
+    r = wf.report(SETTINGS, [Path("c.json"), Path("c.xml")], root=tmp_path)
+    assert (r.totals.statements, r.totals.missing, r.totals.files) == (4, 1, 1)
+    assert [i.format for i in r.inputs] == ["json", "cobertura"]
+
+
+def test_branch_and_statement_reports_refuse_to_combine(tmp_path):
+    write(tmp_path, "b.json", {"admin_service/a.py": lines_file(1, 0)}, branch=True)
+    write(tmp_path, "s.json", {"admin_service/a.py": lines_file(1, 0)})
+    with pytest.raises(InputError, match=r"b\.json \(branch data\) with s\.json"):
+        wf.report(SETTINGS, [Path("b.json"), Path("s.json")], root=tmp_path)
+
+
+def test_a_service_without_files_is_a_config_error_naming_its_paths(tmp_path):
+    write(tmp_path, "c.json", {"/ci/admin_service/a.py": lines_file(1, 0)})
+    with pytest.raises(ConfigError, match="admin_service/") as err:
+        wf.report(SETTINGS, [Path("c.json")], root=tmp_path)
+    assert "/ci/admin_service/a.py" in err.value.message and "remap" in err.value.hint
+    ok = wf.report(SETTINGS, [Path("c.json")], root=tmp_path, options=wf.Options(remap=(("/ci/", ""),)))
+    assert ok.services[0].files == 1
+
+
+def git(root: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=root, check=True,
+                   capture_output=True)  # fmt: skip
+
+
+def test_diff_from_a_subdirectory_of_the_repository(tmp_path):
+    repo = tmp_path / "repo"
+    proj = repo / "services" / "admin"
+    (proj / "admin_service").mkdir(parents=True)
+    (proj / "admin_service" / "__init__.py").write_text("")
+    (proj / "admin_service" / "m.py").write_text("def f():\n    return 1\n")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "base")
+    (proj / "admin_service" / "m.py").write_text(
+        "def f():\n    return 1\n\n\ndef g(x):\n    if x:\n        return 2\n    return 3\n"
+    )
+    (proj / "run.py").write_text("from admin_service.m import g\ng(1)\n")
+    coverage(proj, "run", "--source=admin_service", "run.py")
+    coverage(proj, "xml", "-q", "-o", "coverage.xml")  # absolute <source>, relative filenames
+    out = []
+    r = wf.diff(SETTINGS, [Path("coverage.xml")], root=proj, base="main", annotations=True, emit=out.append)
+    assert (r.measured, r.covered) == (4, 3)
+    assert r.files[0].path == "services/admin/admin_service/m.py"  # repository-relative, as GitHub wants
+    assert out == [
+        "::warning file=services/admin/admin_service/m.py,line=8,endLine=8,title=Uncovered change::"
+        "Line 8 is changed but not covered by tests"
+    ]
+
+
+def test_annotation_values_are_escaped():
+    line = wf.github_annotation("dir,with:odd%name.py", 3, 3)
+    assert line.startswith("::warning file=dir%2Cwith%3Aodd%25name.py,line=3,endLine=3,")
+
+
+def test_step_summary_rows_are_cut_to_fit(tmp_path):
+    md = wf._Markdown(head=["# h"], rows=[f"| row {i} | {'x' * 100} |" for i in range(100)], tail=["end"])
+    text = md.fit(3000)
+    assert len(text.encode()) <= 3000
+    assert "more rows not shown" in text and text.rstrip().endswith("end")
+    assert md.fit(100) == ""  # not even the heading fits: write nothing
+
+
+def test_history_notes_a_change_of_branch_measurement(tmp_path):
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    write(tmp_path, "s.json", {"admin_service/a.py": lines_file(60, 40)})
+    write(tmp_path, "b.json", {"admin_service/a.py": {**lines_file(70, 30), "executed_branches": [[1, 2], [1, 3]]}},
+          branch=True)  # fmt: skip
+    for name in ("s.json", "s.json", "b.json"):
+        wf.history_add(SETTINGS, [Path(name)], root=tmp_path, now=now)
+    shown = wf.history_show(SETTINGS, root=tmp_path)
+    assert shown.entries == 3
+    assert any("branch measurement started" in n for n in shown.notes)
+    admin = next(t for t in shown.series if t.name == "admin-service")
+    assert admin.change is None  # the only comparable run is the last one
+    entry = json.loads((tmp_path / ".voke" / "coverage-history.jsonl").read_text().splitlines()[-1])
+    assert entry["branch"] is True and entry["coverage_version"] == "7.17.4"
+    assert entry["services"]["admin-service"]["branches"] == 2
+
+
+def test_history_rejects_a_damaged_file(tmp_path):
+    (tmp_path / "h.jsonl").write_text('{"totals": {"statements": 1}}\nnot json\n')
+    with pytest.raises(InputError, match=r"h\.jsonl:2"):
+        wf.history_show(SETTINGS, root=tmp_path, file=Path("h.jsonl"))
