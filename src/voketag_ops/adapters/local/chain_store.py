@@ -1,0 +1,170 @@
+"""FileChainStore: the chain and its anchors as one JSON document (also the export form).
+
+``<VOKE_HOME>/chain/chain.json`` (directory 0700, file 0600)::
+
+    {"format": "voke-chain", "version": 1, "blocks": [Block.to_json()...],
+     "anchors": [Anchor.to_json()...]}
+
+Readers take a shared ``flock`` on ``chain.json.lock``, writers an exclusive one; a
+write goes to a temporary file that is fsynced and renamed over the old one, so a
+crash leaves either the old or the new document, never half of one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from voketag_ops.core import chain as ch
+
+FORMAT = "voke-chain"
+FORMAT_VERSION = 1
+
+
+def default_chain_path(home: Path) -> Path:
+    """Where the local chain lives under VOKE_HOME."""
+    return home / "chain" / "chain.json"
+
+
+def parse_document(text: str, source: str) -> ch.ChainState:
+    """Parse a chain document; raises ChainFormatError naming line/column or field."""
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ch.ChainFormatError(f"{source}:{exc.lineno}:{exc.colno}: not JSON: {exc.msg}") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ch.ChainFormatError(f"{source}: not a voke chain document (format must be {FORMAT!r})")
+    if doc.get("version") != FORMAT_VERSION:
+        raise ch.ChainFormatError(f"{source}: unsupported chain document version {doc.get('version')!r}")
+    blocks_raw, anchors_raw = doc.get("blocks"), doc.get("anchors")
+    if not isinstance(blocks_raw, list) or not isinstance(anchors_raw, list):
+        raise ch.ChainFormatError(f"{source}: blocks and anchors must be lists")
+    blocks = tuple(ch.Block.from_json(b, f"{source}: blocks[{i}]") for i, b in enumerate(blocks_raw))
+    anchors: dict[str, ch.Anchor] = {}
+    for i, raw in enumerate(anchors_raw):
+        anchor = ch.Anchor.from_json(raw, f"{source}: anchors[{i}]")
+        if anchor.id in anchors:
+            raise ch.ChainFormatError(f"{source}: anchors[{i}]: duplicate root {anchor.id}")
+        anchors[anchor.id] = anchor
+    return ch.ChainState(blocks=blocks, anchors=anchors)
+
+
+def render_document(state: ch.ChainState) -> str:
+    """The JSON document for STATE (stable key order, one block per line block)."""
+    doc: dict[str, Any] = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "blocks": [b.to_json() for b in state.blocks],
+        "anchors": [
+            a.to_json() for a in sorted(state.anchors.values(), key=lambda a: (a.requested_at, a.root))
+        ],
+    }
+    return json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
+
+
+class FileChainStore:
+    """A ChainStore in one JSON file, safe for concurrent voke processes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock_path = path.with_name(path.name + ".lock")
+
+    @contextmanager
+    def _locked(self, *, exclusive: bool) -> Iterator[None]:
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise ch.ChainStoreError(
+                f"{self.path.parent}: cannot open the chain store: {exc.strerror}"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _read(self) -> ch.ChainState:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return ch.ChainState()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ch.ChainStoreError(f"{self.path}: cannot read the chain store: {exc}") from None
+        return parse_document(text, str(self.path))
+
+    def _write(self, state: ch.ChainState) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(render_document(state))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise ch.ChainStoreError(f"{self.path}: cannot write the chain store: {exc.strerror}") from None
+
+    def load(self) -> ch.ChainState:
+        with self._locked(exclusive=False):
+            return self._read()
+
+    def commit(self, *, blocks: Sequence[ch.Block] = (), anchors: Sequence[ch.Anchor] = ()) -> None:
+        with self._locked(exclusive=True):
+            current = self._read()
+            check_commit(current, blocks, anchors)
+            merged = dict(current.anchors)
+            merged.update({a.id: a for a in anchors})
+            self._write(ch.ChainState(blocks=(*current.blocks, *blocks), anchors=merged))
+
+    def import_state(self, incoming: ch.ChainState) -> dict[str, int]:
+        """Merge INCOMING (an exported document, already validated) into the store.
+
+        The local chain must be a prefix of the incoming one; anchors are merged keeping
+        the higher version of each. Raises StoreConflictError when the chains diverge.
+        """
+        with self._locked(exclusive=True):
+            current = self._read()
+            ours = [b.hash for b in current.blocks]
+            theirs = [b.hash for b in incoming.blocks[: len(ours)]]
+            if ours != theirs:
+                raise ch.StoreConflictError(
+                    "the imported chain does not extend the local chain (they diverge); nothing was imported"
+                )
+            merged = dict(current.anchors)
+            for anchor in incoming.anchors.values():
+                if anchor.id not in merged or anchor.version > merged[anchor.id].version:
+                    merged[anchor.id] = anchor
+            self._write(ch.ChainState(blocks=incoming.blocks, anchors=merged))
+            return {
+                "blocks_added": len(incoming.blocks) - len(current.blocks),
+                "anchors_updated": sum(1 for k, a in merged.items() if current.anchors.get(k) is not a),
+            }
+
+
+def check_commit(current: ch.ChainState, blocks: Sequence[ch.Block], anchors: Sequence[ch.Anchor]) -> None:
+    """The optimistic-concurrency checks every ChainStore applies before a commit."""
+    prev = current.head
+    for block in blocks:
+        expected_index = 0 if prev is None else prev.index + 1
+        expected_prev = ch.ZERO_HASH if prev is None else prev.hash
+        if block.index != expected_index or block.prev_hash != expected_prev:
+            raise ch.StoreConflictError(
+                f"block {block.index} no longer extends the chain head (another run appended first)"
+            )
+        prev = block
+    for anchor in anchors:
+        stored = current.anchors.get(anchor.id)
+        stored_version = 0 if stored is None else stored.version
+        if anchor.version != stored_version + 1:
+            raise ch.StoreConflictError(f"anchor {anchor.id[:16]} was changed by another run")

@@ -1,0 +1,466 @@
+"""Use cases behind `voke chain`: Merkle roots and proofs over files, proof documents,
+anchor requests, anchoring pending roots into the next block, chain validation.
+
+Store access goes through the `ChainStore` port; transient store failures and
+concurrent writers are retried with capped exponential backoff (tenacity).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import IO, Any, TypeVar
+
+from voketag_ops.core import chain as ch
+from voketag_ops.core import merkle
+from voketag_ops.errors import InputError, UsageError
+from voketag_ops.ports import ChainStore
+
+log = logging.getLogger("voke.chain")
+T = TypeVar("T")
+
+
+class MalformedProofError(UsageError):
+    """A proof document is not one voke can read (exit 2, as `voke chain verify` documents)."""
+
+
+# -- leaves from files ------------------------------------------------------------------
+
+
+def read_leaves(stream: IO[bytes], *, hex_lines: bool, source: str) -> Iterator[bytes]:
+    """The lines of STREAM without their line ending (LF or CRLF), as leaves.
+
+    With HEX_LINES each line is the hex encoding of a leaf (an empty line is the empty
+    leaf). Raises InputError naming the line and column of bad hex.
+    """
+    for number, raw in enumerate(stream, start=1):
+        line = raw[:-1] if raw.endswith(b"\n") else raw
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not hex_lines:
+            yield line
+            continue
+        text = line.strip(b" \t")
+        try:
+            yield bytes.fromhex(text.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            column = _bad_hex_column(line)
+            raise InputError(f"{source}:{number}:{column}: not a hex-encoded leaf") from None
+
+
+def _bad_hex_column(line: bytes) -> int:
+    digits = 0
+    for column, byte in enumerate(line, start=1):
+        if byte in b" \t":
+            continue
+        if chr(byte) not in "0123456789abcdefABCDEF":
+            return column
+        digits += 1
+    return len(line) + 1 if digits % 2 else 1  # odd number of digits: the end of the line
+
+
+def tree_root(leaves: Iterable[bytes]) -> dict[str, Any]:
+    """{"tree_size", "root"} streaming over LEAVES in O(log n) memory."""
+    builder = merkle.MerkleBuilder().extend(leaves)
+    return {"tree_size": builder.size, "root": builder.root().hex()}
+
+
+def inclusion_document(leaves: Iterable[bytes], index: int) -> dict[str, Any]:
+    """The inclusion proof document for leaf INDEX."""
+    tree = merkle.MerkleTree.from_leaves(leaves)
+    if not 0 <= index < tree.size:
+        raise UsageError(f"--index {index} is out of range: the tree has {tree.size} leaves")
+    return {
+        "leaf_index": index,
+        "tree_size": tree.size,
+        "root": tree.root.hex(),
+        "leaf_hash": tree.leaf_hash(index).hex(),
+        "audit_path": [h.hex() for h in tree.inclusion_proof(index)],
+    }
+
+
+def consistency_document(leaves: Iterable[bytes], old_size: int) -> dict[str, Any]:
+    """The consistency proof document from the first OLD_SIZE leaves to all of them."""
+    tree = merkle.MerkleTree.from_leaves(leaves)
+    if not 1 <= old_size <= tree.size:
+        raise UsageError(f"--old-size {old_size} must be between 1 and the tree size ({tree.size})")
+    return {
+        "old_size": old_size,
+        "new_size": tree.size,
+        "old_root": tree.root_at(old_size).hex(),
+        "new_root": tree.root.hex(),
+        "proof": [h.hex() for h in tree.consistency_proof(old_size)],
+    }
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """The verdict on a proof document."""
+
+    valid: bool
+    kind: str  # "inclusion" | "consistency"
+    reason: str | None
+    tree_size: int
+    root: str
+    leaf_index: int | None = None
+    leaf_hash: str | None = None
+    old_size: int | None = None
+    old_root: str | None = None
+
+
+def verify_document(text: str, *, source: str, leaf: bytes | None = None) -> VerifyReport:
+    """Verify an inclusion or consistency proof document (as printed by prove/consistency).
+
+    Raises MalformedProofError (exit 2) when the document cannot be read; an invalid
+    proof is a report with valid=False. For inclusion, LEAF (when given) is hashed and
+    must match the document's leaf_hash, if it has one.
+    """
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MalformedProofError(f"{source}:{exc.lineno}:{exc.colno}: not JSON: {exc.msg}") from None
+    if isinstance(doc, dict) and doc.get("ok") is True and isinstance(doc.get("result"), dict):
+        doc = doc["result"]  # accept the whole --json envelope as printed by prove/consistency
+    if not isinstance(doc, dict):
+        raise MalformedProofError(f"{source}: expected a JSON object")
+    if "leaf_index" in doc or "audit_path" in doc:
+        return _verify_inclusion_doc(doc, source, leaf)
+    if "old_size" in doc or "proof" in doc:
+        if leaf is not None:
+            raise UsageError("--leaf/--leaf-hex apply to inclusion proofs, not consistency proofs")
+        return _verify_consistency_doc(doc, source)
+    raise MalformedProofError(
+        f"{source}: neither an inclusion proof (leaf_index, audit_path) nor a consistency proof (old_size, proof)"
+    )
+
+
+def _field_int(doc: dict[str, Any], key: str, source: str) -> int:
+    value = doc.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise MalformedProofError(f"{source}: {key}: expected a non-negative integer")
+    return value
+
+
+def _field_hash(doc: dict[str, Any], key: str, source: str, *, optional: bool = False) -> bytes | None:
+    value = doc.get(key)
+    if value is None and optional:
+        return None
+    return _hex_hash(value, f"{key}", source)
+
+
+def _hex_hash(value: object, where: str, source: str) -> bytes:
+    if not isinstance(value, str):
+        raise MalformedProofError(f"{source}: {where}: expected a hex string")
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raise MalformedProofError(f"{source}: {where}: not hex") from None
+    if len(raw) != merkle.HASH_SIZE:
+        raise MalformedProofError(f"{source}: {where}: a hash is 32 bytes (64 hex digits), got {len(raw)}")
+    return raw
+
+
+def _field_path(doc: dict[str, Any], key: str, source: str) -> list[bytes]:
+    value = doc.get(key)
+    if not isinstance(value, list):
+        raise MalformedProofError(f"{source}: {key}: expected a list of hex hashes")
+    return [_hex_hash(item, f"{key}[{i}]", source) for i, item in enumerate(value)]
+
+
+def _verify_inclusion_doc(doc: dict[str, Any], source: str, leaf: bytes | None) -> VerifyReport:
+    index = _field_int(doc, "leaf_index", source)
+    size = _field_int(doc, "tree_size", source)
+    root = _field_hash(doc, "root", source)
+    path = _field_path(doc, "audit_path", source)
+    stated = _field_hash(doc, "leaf_hash", source, optional=leaf is not None)
+    assert root is not None
+    report = dict(kind="inclusion", tree_size=size, root=root.hex(), leaf_index=index)
+    if leaf is not None:
+        computed = merkle.leaf_hash(leaf)
+        if stated is not None and computed != stated:
+            return VerifyReport(
+                False,
+                reason="the leaf does not hash to the document's leaf_hash",
+                leaf_hash=computed.hex(),
+                **report,
+            )  # type: ignore[arg-type]
+        lh = computed
+    else:
+        assert stated is not None
+        lh = stated
+    valid = merkle.verify_inclusion(lh, index, size, path, root)
+    reason = None if valid else _inclusion_reason(index, size, path)
+    return VerifyReport(valid, reason=reason, leaf_hash=lh.hex(), **report)  # type: ignore[arg-type]
+
+
+def _inclusion_reason(index: int, size: int, path: list[bytes]) -> str:
+    if index >= size:
+        return f"leaf_index {index} is not below tree_size {size}"
+    expected = merkle.inclusion_proof_length(index, size)
+    if len(path) != expected:
+        return f"audit_path has {len(path)} hashes; leaf {index} of {size} needs {expected}"
+    return "the audit path does not lead to the root"
+
+
+def _verify_consistency_doc(doc: dict[str, Any], source: str) -> VerifyReport:
+    old_size = _field_int(doc, "old_size", source)
+    new_size = _field_int(doc, "new_size", source)
+    old_root = _field_hash(doc, "old_root", source)
+    new_root = _field_hash(doc, "new_root", source)
+    proof = _field_path(doc, "proof", source)
+    assert old_root is not None and new_root is not None
+    valid = merkle.verify_consistency(old_size, new_size, old_root, new_root, proof)
+    reason = None
+    if not valid:
+        if old_size == 0 or old_size > new_size:
+            reason = f"old_size must be between 1 and new_size ({new_size}), got {old_size}"
+        elif len(proof) != merkle.consistency_proof_length(old_size, new_size):
+            expected = merkle.consistency_proof_length(old_size, new_size)
+            reason = f"proof has {len(proof)} hashes; {old_size} -> {new_size} needs {expected}"
+        else:
+            reason = "the proof does not lead to both roots"
+    return VerifyReport(
+        valid,
+        kind="consistency",
+        reason=reason,
+        tree_size=new_size,
+        root=new_root.hex(),
+        old_size=old_size,
+        old_root=old_root.hex(),
+    )
+
+
+# -- retries --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Capped exponential backoff for store errors and write conflicts."""
+
+    attempts: int = 5
+    initial: float = 1.0
+    maximum: float = 30.0
+    sleep: Callable[[float], None] = time.sleep
+
+
+def with_retries(policy: RetryPolicy, fn: Callable[[], T], retried: list[str] | None = None) -> T:
+    """Call FN, retrying ChainStoreError and StoreConflictError per POLICY (re-raises the last)."""
+    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+    def note(state: Any) -> None:
+        exc = state.outcome.exception()
+        message = f"{type(exc).__name__}: {exc}"
+        log.warning("chain store: %s; retrying in %.1f s", message, state.next_action.sleep)
+        if retried is not None:
+            retried.append(message)
+
+    retrying = Retrying(
+        stop=stop_after_attempt(policy.attempts),
+        wait=wait_exponential(multiplier=policy.initial, min=policy.initial, max=policy.maximum),
+        retry=retry_if_exception_type((ch.ChainStoreError, ch.StoreConflictError)),
+        sleep=policy.sleep,
+        before_sleep=note,
+        reraise=True,
+    )
+    return retrying(fn)
+
+
+# -- anchors ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AnchorRequestReport:
+    """What `request` did: created, existing (deduplicated) or reopened."""
+
+    outcome: str
+    anchor: dict[str, Any]
+
+
+def request_anchor(
+    store: ChainStore,
+    *,
+    root: bytes,
+    kind: str,
+    label: str,
+    now: datetime,
+    tree_size: int | None = None,
+    retry: RetryPolicy = RetryPolicy(),
+) -> AnchorRequestReport:
+    """Ask for ROOT to be anchored in the next block (the same root twice is one anchor)."""
+
+    def attempt() -> AnchorRequestReport:
+        state = store.load()
+        anchor, outcome = ch.request_anchor(
+            state.anchors.get(root.hex()), root=root, kind=kind, label=label, now=now, tree_size=tree_size
+        )
+        if outcome != "existing":
+            store.commit(anchors=[anchor])
+        return AnchorRequestReport(outcome, anchor.to_json())
+
+    return with_retries(retry, attempt)
+
+
+def cancel_anchor(
+    store: ChainStore, anchor_id: str, *, now: datetime, retry: RetryPolicy = RetryPolicy()
+) -> dict[str, Any]:
+    """Cancel a pending anchor (by id or an unambiguous prefix of at least 8 hex digits)."""
+
+    def attempt() -> dict[str, Any]:
+        state = store.load()
+        anchor = state.find_anchor(anchor_id)
+        cancelled = ch.cancel_anchor(anchor, now=now)
+        if cancelled is not anchor:
+            store.commit(anchors=[cancelled])
+        return cancelled.to_json()
+
+    return with_retries(retry, attempt)
+
+
+def list_anchors(store: ChainStore, *, state: str | None = None) -> dict[str, Any]:
+    """All anchors (optionally in one state), oldest request first."""
+    snapshot = store.load()
+    anchors = sorted(snapshot.anchors.values(), key=lambda a: (a.requested_at, a.root))
+    if state is not None:
+        anchors = [a for a in anchors if a.state.value == state]
+    counts: dict[str, int] = {s.value: 0 for s in ch.AnchorState}
+    for a in snapshot.anchors.values():
+        counts[a.state.value] += 1
+    return {"anchors": [a.to_json() for a in anchors], "counts": counts, "chain_length": len(snapshot.blocks)}
+
+
+@dataclass(frozen=True)
+class AnchorRunReport:
+    """What one `anchor run` did."""
+
+    ok: bool
+    outcome: str  # "anchored" | "nothing-pending" | "mining-bound-reached" | "dry-run"
+    pending: int
+    block: dict[str, Any] | None = None
+    anchored: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    attempts: int = 0
+    seconds: float = 0.0
+    hash_rate: float = 0.0
+    difficulty: int = 0
+    retries: list[str] = field(default_factory=list)
+    message: str = ""
+
+
+def run_anchors(
+    store: ChainStore,
+    *,
+    now: datetime,
+    difficulty: int = ch.DEFAULT_DIFFICULTY,
+    max_attempts: int | None = None,
+    time_limit: float | None = 60.0,
+    clock: Callable[[], float] = time.monotonic,
+    max_anchor_attempts: int = ch.DEFAULT_MAX_ATTEMPTS,
+    dry_run: bool = False,
+    retry: RetryPolicy = RetryPolicy(),
+) -> AnchorRunReport:
+    """Anchor every pending root into one new block (mined at DIFFICULTY bits).
+
+    Safe to re-run (cron): with nothing pending it does nothing. When the mining bound is
+    reached first, each pending anchor's attempt count rises and, after
+    MAX_ANCHOR_ATTEMPTS, it becomes ``failed``. Store errors and conflicts are retried.
+    """
+    retried: list[str] = []
+
+    def attempt() -> AnchorRunReport:
+        state = store.load()
+        pending = state.pending()
+        head = state.head
+        if not pending:
+            return AnchorRunReport(
+                True, "nothing-pending", 0, difficulty=difficulty, message="nothing to anchor"
+            )
+        index = 0 if head is None else head.index + 1
+        if dry_run:
+            return AnchorRunReport(
+                True,
+                "dry-run",
+                len(pending),
+                difficulty=difficulty,
+                message=f"would anchor {len(pending)} root(s) into block {index}",
+            )
+        # A block never goes back in time, even if this machine's clock does.
+        timestamp = now if head is None or now >= head.timestamp else head.timestamp
+        result = ch.mine(
+            index=index,
+            timestamp=timestamp,
+            prev_hash=ch.ZERO_HASH if head is None else head.hash,
+            records=ch.anchor_block_records(pending),
+            difficulty=difficulty,
+            max_attempts=max_attempts,
+            time_limit=time_limit,
+            clock=clock,
+        )
+        stats = dict(
+            attempts=result.attempts,
+            seconds=result.seconds,
+            hash_rate=result.hash_rate,
+            difficulty=difficulty,
+        )
+        if result.block is None:
+            error = (
+                f"no nonce found within the mining bound ({result.stopped_by}, {result.attempts} attempts)"
+            )
+            updated = [
+                ch.mark_attempt_failed(a, error=error, now=now, max_attempts=max_anchor_attempts)
+                for a in pending
+            ]
+            store.commit(anchors=updated)
+            failed = [a.id for a in updated if a.state is ch.AnchorState.FAILED]
+            return AnchorRunReport(
+                False,
+                "mining-bound-reached",
+                len(pending),
+                failed=failed,
+                message=error,
+                **stats,  # type: ignore[arg-type]
+            )
+        block = result.block
+        anchored = [ch.mark_anchored(a, block_index=block.index, now=now) for a in pending]
+        store.commit(blocks=[block], anchors=anchored)
+        return AnchorRunReport(
+            True,
+            "anchored",
+            len(pending),
+            block=block.to_json(),
+            anchored=[a.id for a in anchored],
+            message=f"anchored {len(anchored)} root(s) in block {block.index}",
+            **stats,  # type: ignore[arg-type]
+        )
+
+    report = with_retries(retry, attempt, retried)
+    if retried:
+        from dataclasses import replace
+
+        report = replace(report, retries=retried)
+    return report
+
+
+def validate(store: ChainStore, *, min_difficulty: int = 0) -> ch.ChainReport:
+    """Validate the whole stored chain, and check every anchored anchor is in its block."""
+    state = store.load()
+    report = ch.validate_chain(state.blocks, min_difficulty=min_difficulty)
+    if not report.ok:
+        return report
+    for anchor in sorted(state.anchors.values(), key=lambda a: (a.requested_at, a.root)):
+        if anchor.state is not ch.AnchorState.ANCHORED:
+            continue
+        index = anchor.block_index
+        if index is None or index >= len(state.blocks) or anchor.record() not in state.blocks[index].records:
+            return ch.ChainReport(
+                False,
+                report.length,
+                report.head,
+                index,
+                ch.Problem.CHANGED_RECORD,
+                f"anchor {anchor.id[:16]} is marked anchored in block {index}, but that block does not hold it",
+            )
+    return report

@@ -1,0 +1,302 @@
+"""Anchoring on a real FileChainStore, with failure-injecting wrappers; proof documents."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from voketag_ops.adapters.local.chain_store import FileChainStore
+from voketag_ops.core import chain as ch
+from voketag_ops.core import merkle
+from voketag_ops.errors import InputError, UsageError
+from voketag_ops.ports import ChainStore
+from voketag_ops.workflows import chain as wf
+
+T0 = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
+DIFF = 8
+
+
+def root_of(name: str) -> bytes:
+    return merkle.root([name.encode()])
+
+
+@dataclass
+class Sleeps:
+    calls: list[float] = field(default_factory=list)
+
+    def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+
+
+@dataclass
+class FlakyStore:
+    """Wraps a store; the next FAIL_LOADS loads and FAIL_COMMITS commits raise ChainStoreError."""
+
+    inner: ChainStore
+    fail_loads: int = 0
+    fail_commits: int = 0
+    commits: int = 0
+
+    def load(self) -> ch.ChainState:
+        if self.fail_loads:
+            self.fail_loads -= 1
+            raise ch.ChainStoreError("store unreachable (injected)")
+        return self.inner.load()
+
+    def commit(self, **kw: object) -> None:
+        if self.fail_commits:
+            self.fail_commits -= 1
+            raise ch.ChainStoreError("write failed (injected)")
+        self.commits += 1
+        self.inner.commit(**kw)  # type: ignore[arg-type]
+
+
+@dataclass
+class RacingStore:
+    """Before the first commit, another writer anchors a root of its own."""
+
+    inner: FileChainStore
+    raced: bool = False
+
+    def load(self) -> ch.ChainState:
+        return self.inner.load()
+
+    def commit(self, **kw: object) -> None:
+        if not self.raced and kw.get("blocks"):
+            self.raced = True
+            wf.request_anchor(self.inner, root=root_of("rival"), kind="batch", label="rival", now=T0)
+            wf.run_anchors(self.inner, now=T0, difficulty=DIFF)
+        self.inner.commit(**kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FileChainStore:
+    return FileChainStore(tmp_path / "chain" / "chain.json")
+
+
+def fast(sleeps: Sleeps | None = None, attempts: int = 5) -> wf.RetryPolicy:
+    return wf.RetryPolicy(attempts=attempts, sleep=sleeps or Sleeps())
+
+
+def test_store_satisfies_the_port(store: FileChainStore) -> None:
+    assert isinstance(store, ChainStore)
+
+
+def test_request_run_and_rerun(store: FileChainStore) -> None:
+    first = wf.request_anchor(store, root=root_of("b1"), kind="batch", label="b1", now=T0)
+    assert first.outcome == "created"
+    assert (
+        wf.request_anchor(store, root=root_of("b1"), kind="batch", label="b1", now=T0).outcome == "existing"
+    )
+    wf.request_anchor(store, root=root_of("b2"), kind="batch", label="b2", now=T0)
+
+    report = wf.run_anchors(store, now=T0 + timedelta(minutes=1), difficulty=DIFF)
+    assert report.ok and report.outcome == "anchored"
+    assert report.block is not None and report.block["index"] == 0
+    assert sorted(report.anchored) == sorted([root_of("b1").hex(), root_of("b2").hex()])
+    assert report.attempts >= 1 and report.difficulty == DIFF
+
+    again = wf.run_anchors(store, now=T0 + timedelta(minutes=2), difficulty=DIFF)
+    assert again.ok and again.outcome == "nothing-pending"
+
+    wf.request_anchor(store, root=root_of("b3"), kind="batch", label="b3", now=T0)
+    third = wf.run_anchors(store, now=T0 + timedelta(minutes=3), difficulty=DIFF)
+    assert third.block is not None and third.block["index"] == 1
+
+    state = store.load()
+    assert len(state.blocks) == 2 and state.blocks[1].prev_hash == state.blocks[0].hash
+    assert wf.validate(store).ok
+    listing = wf.list_anchors(store)
+    assert listing["counts"]["anchored"] == 3 and listing["chain_length"] == 2
+    assert sorted(a["block_index"] for a in listing["anchors"]) == [0, 0, 1]
+    assert wf.list_anchors(store, state="pending")["anchors"] == []
+
+
+def test_block_timestamp_never_goes_back(store: FileChainStore) -> None:
+    wf.request_anchor(store, root=root_of("a"), kind="batch", label="a", now=T0)
+    wf.run_anchors(store, now=T0, difficulty=DIFF)
+    wf.request_anchor(store, root=root_of("b"), kind="batch", label="b", now=T0)
+    report = wf.run_anchors(store, now=T0 - timedelta(hours=1), difficulty=DIFF)  # clock went back
+    assert report.ok and wf.validate(store).ok
+
+
+def test_dry_run_changes_nothing(store: FileChainStore) -> None:
+    wf.request_anchor(store, root=root_of("a"), kind="batch", label="a", now=T0)
+    report = wf.run_anchors(store, now=T0, difficulty=DIFF, dry_run=True)
+    assert report.outcome == "dry-run" and report.pending == 1 and "block 0" in report.message
+    assert store.load().blocks == ()
+
+
+def test_store_errors_are_retried_with_backoff(store: FileChainStore) -> None:
+    wf.request_anchor(store, root=root_of("a"), kind="batch", label="a", now=T0)
+    sleeps = Sleeps()
+    flaky = FlakyStore(store, fail_loads=1, fail_commits=1)
+    report = wf.run_anchors(flaky, now=T0, difficulty=DIFF, retry=fast(sleeps))
+    assert report.ok and report.outcome == "anchored"
+    assert sleeps.calls == [1.0, 2.0]
+    assert len(report.retries) == 2 and "injected" in report.retries[0]
+    assert len(store.load().blocks) == 1
+
+
+def test_store_errors_past_the_limit_raise_backend_error_and_change_nothing(store: FileChainStore) -> None:
+    wf.request_anchor(store, root=root_of("a"), kind="batch", label="a", now=T0)
+    sleeps = Sleeps()
+    flaky = FlakyStore(store, fail_commits=99)
+    with pytest.raises(ch.ChainStoreError) as info:
+        wf.run_anchors(flaky, now=T0, difficulty=DIFF, retry=fast(sleeps, attempts=4))
+    assert info.value.exit_code == 4
+    assert sleeps.calls == [1.0, 2.0, 4.0]
+    state = store.load()
+    assert state.blocks == () and state.pending()[0].attempts == 0
+
+
+def test_backoff_is_capped() -> None:
+    sleeps = Sleeps()
+    policy = wf.RetryPolicy(attempts=8, initial=1.0, maximum=5.0, sleep=sleeps)
+
+    def always() -> None:
+        raise ch.StoreConflictError("conflict")
+
+    with pytest.raises(ch.StoreConflictError):
+        wf.with_retries(policy, always)
+    assert sleeps.calls == [1.0, 2.0, 4.0, 5.0, 5.0, 5.0, 5.0]
+
+
+def test_a_concurrent_writer_causes_a_conflict_and_a_clean_retry(store: FileChainStore) -> None:
+    wf.request_anchor(store, root=root_of("mine"), kind="batch", label="mine", now=T0)
+    racing = RacingStore(store)
+    report = wf.run_anchors(racing, now=T0, difficulty=DIFF, retry=fast())
+    assert report.ok and report.retries and "StoreConflictError" in report.retries[0]
+    state = store.load()
+    # The rival's run anchored both pending roots in block 0; our retry found nothing left.
+    assert len(state.blocks) == 1 and not state.pending()
+    assert wf.validate(store).ok
+
+
+def test_cancel_pending_and_refuse_anchored(store: FileChainStore) -> None:
+    wf.request_anchor(store, root=root_of("a"), kind="batch", label="a", now=T0)
+    wf.request_anchor(store, root=root_of("b"), kind="batch", label="b", now=T0)
+    cancelled = wf.cancel_anchor(store, root_of("a").hex()[:10], now=T0)
+    assert cancelled["state"] == "cancelled"
+    report = wf.run_anchors(store, now=T0, difficulty=DIFF)
+    assert report.anchored == [root_of("b").hex()]
+    with pytest.raises(ch.AnchorStateError) as info:
+        wf.cancel_anchor(store, root_of("b").hex(), now=T0)
+    assert info.value.exit_code == 5
+    with pytest.raises(ch.AnchorNotFoundError):
+        wf.cancel_anchor(store, "0" * 64, now=T0)
+    # Requesting a cancelled root again reopens it.
+    assert wf.request_anchor(store, root=root_of("a"), kind="batch", label="a", now=T0).outcome == "reopened"
+
+
+def test_mining_bound_counts_attempts_then_fails(store: FileChainStore) -> None:
+    wf.request_anchor(store, root=root_of("a"), kind="batch", label="a", now=T0)
+    for attempt in range(1, 4):
+        report = wf.run_anchors(
+            store, now=T0, difficulty=200, max_attempts=50, time_limit=None, max_anchor_attempts=3
+        )
+        assert not report.ok and report.outcome == "mining-bound-reached" and report.attempts == 50
+        anchor = store.load().anchors[root_of("a").hex()]
+        assert anchor.attempts == attempt
+    assert anchor.state is ch.AnchorState.FAILED and report.failed == [anchor.id]
+    assert wf.run_anchors(store, now=T0, difficulty=DIFF).outcome == "nothing-pending"
+
+
+def test_validate_catches_an_anchor_missing_from_its_block(store: FileChainStore) -> None:
+    wf.request_anchor(store, root=root_of("a"), kind="batch", label="a", now=T0)
+    wf.run_anchors(store, now=T0, difficulty=DIFF)
+    doc = json.loads(store.path.read_text())
+    doc["anchors"][0]["label"] = "edited"
+    store.path.write_text(json.dumps(doc))
+    report = wf.validate(store)
+    assert not report.ok and report.problem is ch.Problem.CHANGED_RECORD and report.bad_index == 0
+
+
+def test_validate_reports_tampering_in_the_file(store: FileChainStore) -> None:
+    for i in range(3):
+        wf.request_anchor(store, root=root_of(f"r{i}"), kind="batch", label=f"r{i}", now=T0)
+        wf.run_anchors(store, now=T0 + timedelta(minutes=i), difficulty=DIFF)
+    doc = json.loads(store.path.read_text())
+    doc["blocks"][1]["records"][0] = doc["blocks"][1]["records"][0].replace("r1", "rX")
+    store.path.write_text(json.dumps(doc))
+    report = wf.validate(store)
+    assert (report.bad_index, report.problem) == (1, ch.Problem.CHANGED_RECORD)
+
+
+# -- proof documents --------------------------------------------------------------------------
+
+
+def test_read_leaves_strips_lf_and_crlf_and_decodes_hex() -> None:
+    text = io.BytesIO(b"alpha\r\nbeta\n\ngamma")
+    assert list(wf.read_leaves(text, hex_lines=False, source="f")) == [b"alpha", b"beta", b"", b"gamma"]
+    hexed = io.BytesIO(b"00ff\n\nABCD\r\n")
+    assert list(wf.read_leaves(hexed, hex_lines=True, source="f")) == [b"\x00\xff", b"", b"\xab\xcd"]
+
+
+@pytest.mark.parametrize(("data", "where"), [(b"00\n0g\n", "f:2:2"), (b"abc\n", "f:1:4"), (b"zz", "f:1:1")])
+def test_bad_hex_names_line_and_column(data: bytes, where: str) -> None:
+    with pytest.raises(InputError, match=where):
+        list(wf.read_leaves(io.BytesIO(data), hex_lines=True, source="f"))
+
+
+LEAVES = [f"tag-{i}".encode() for i in range(11)]
+
+
+def test_inclusion_document_verifies_and_rejects_tampering() -> None:
+    doc = wf.inclusion_document(LEAVES, 6)
+    assert set(doc) == {"leaf_index", "tree_size", "root", "leaf_hash", "audit_path"}
+    assert doc["root"] == wf.tree_root(LEAVES)["root"]
+    assert wf.verify_document(json.dumps(doc), source="p").valid
+    assert wf.verify_document(json.dumps(doc), source="p", leaf=b"tag-6").valid
+    wrong_leaf = wf.verify_document(json.dumps(doc), source="p", leaf=b"tag-7")
+    assert not wrong_leaf.valid and "leaf_hash" in (wrong_leaf.reason or "")
+    bad = dict(doc, leaf_index=5)
+    assert not wf.verify_document(json.dumps(bad), source="p").valid
+    short = dict(doc, audit_path=doc["audit_path"][:-1])
+    report = wf.verify_document(json.dumps(short), source="p")
+    assert not report.valid and "needs 4" in (report.reason or "")
+    envelope = {"ok": True, "command": "chain prove", "result": doc}
+    assert wf.verify_document(json.dumps(envelope), source="p").valid
+    with pytest.raises(UsageError):
+        wf.inclusion_document(LEAVES, 11)
+
+
+def test_consistency_document_verifies_and_rejects_tampering() -> None:
+    doc = wf.consistency_document(LEAVES, 4)
+    assert doc["old_root"] == wf.tree_root(LEAVES[:4])["root"]
+    assert wf.verify_document(json.dumps(doc), source="p").valid
+    flipped = dict(doc, old_root=doc["new_root"])
+    assert not wf.verify_document(json.dumps(flipped), source="p").valid
+    zero = dict(doc, old_size=0)
+    assert "old_size" in (wf.verify_document(json.dumps(zero), source="p").reason or "")
+    with pytest.raises(UsageError):
+        wf.consistency_document(LEAVES, 0)
+    with pytest.raises(UsageError):
+        wf.verify_document(json.dumps(doc), source="p", leaf=b"x")
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('{"leaf_index": 1,', "p:1:18: not JSON"),
+        ("[]", "expected a JSON object"),
+        ('{"foo": 1}', "neither an inclusion proof"),
+        ('{"leaf_index": -1, "tree_size": 2, "root": "", "audit_path": []}', "leaf_index"),
+        ('{"leaf_index": 0, "tree_size": 2, "root": "00", "audit_path": []}', "root: a hash is 32 bytes"),
+        ('{"leaf_index": 0, "tree_size": 2, "root": "' + "0" * 64 + '", "audit_path": "x"}', "audit_path"),
+        (
+            '{"leaf_index": 0, "tree_size": 2, "root": "' + "0" * 64 + '", "audit_path": ["zz"]}',
+            r"audit_path\[0\]: not hex",
+        ),
+        ('{"old_size": 1, "new_size": 2, "old_root": 5}', "old_root"),
+    ],
+)
+def test_malformed_documents_are_usage_errors(text: str, fragment: str) -> None:
+    with pytest.raises(wf.MalformedProofError, match=fragment) as info:
+        wf.verify_document(text, source="p")
+    assert info.value.exit_code == 2
