@@ -57,19 +57,40 @@ def voke(tmp_path: Path):
     return invoke
 
 
-@pytest.fixture(scope="session")
-def local_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """The session's shared local environment, started once and destroyed at the end."""
-    from voketag_ops.adapters.local.environment import LocalEnvironment
-    from voketag_ops.config import LocalSettings
+FAST_ROTATION = {"VOKE_ROTATION__TEST_INTERVAL": "0.2", "VOKE_ROTATION__HEALTH_TIMEOUT": "20"}
 
-    home = tmp_path_factory.mktemp("voke-home")
-    env = LocalEnvironment(LocalSettings(home=home, archive_timeout=5))
-    env.up()
+
+@pytest.fixture(scope="session")
+def platform_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("voke-home")
+
+
+@pytest.fixture(scope="session")
+def platform(platform_home: Path) -> Iterator[Any]:
+    """The session's shared local platform (PostgreSQL primary + replica + archive,
+    application logins, local services), started once and destroyed at the end."""
+    from voketag_ops.config import load_config
+    from voketag_ops.workflows.env import LocalPlatform
+
+    environ = base_environ(platform_home, VOKE_LOCAL__ARCHIVE_TIMEOUT="5", **FAST_ROTATION)
+    plat = LocalPlatform(load_config(environ=environ, cwd=platform_home).settings)
+    plat.up()
     try:
-        yield env
+        yield plat
     finally:
-        env.destroy()
+        plat.destroy()
+
+
+@pytest.fixture(scope="session")
+def platform_environ(platform: Any, platform_home: Path) -> dict[str, str]:
+    """Environment variables that point voke at the shared platform."""
+    return base_environ(platform_home, VOKE_LOCAL__ARCHIVE_TIMEOUT="5", **FAST_ROTATION)
+
+
+@pytest.fixture(scope="session")
+def local_env(platform: Any) -> Any:
+    """The shared platform's PostgreSQL environment (LocalEnvironment)."""
+    return platform.env
 
 
 @pytest.fixture

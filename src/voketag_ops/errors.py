@@ -86,3 +86,76 @@ class Interrupted(VokeError):
     """The user interrupted the run (Ctrl-C); what was done is recorded or rolled back."""
 
     exit_code = ExitCode.INTERRUPTED
+
+
+class NotFoundError(VokeError):
+    """A named resource (secret, version, service, rotation) does not exist."""
+
+    exit_code = ExitCode.BACKEND
+
+
+class EtagMismatchError(PreconditionError):
+    """A compare-and-swap lost: another writer changed the resource first."""
+
+
+class RotationFailure(VokeError):
+    """A classified failure inside a rotation step (PRODUCT.md's eight kinds).
+
+    The rotation engine catches these and applies the kind's recovery (retry, roll
+    back -> exit 6, or stop for a person -> exit 7); `kind` is the PRODUCT.md name.
+    """
+
+    exit_code = ExitCode.BACKEND
+    kind = "RotationFailure"
+    recovery = "rollback"  # rollback | retry | operator
+
+
+class ValidationError(RotationFailure):
+    """The request or the stored state is invalid (nothing was changed)."""
+
+    exit_code = ExitCode.USAGE
+    kind = "ValidationError"
+    recovery = "operator"
+
+
+class AuthenticationError(RotationFailure):
+    """A credential was rejected by its target."""
+
+    kind = "AuthenticationError"
+
+
+class DatabaseError(RotationFailure):
+    """The database refused a statement (ALTER ROLE, grants)."""
+
+    kind = "DatabaseError"
+
+
+class ConnectivityError(RotationFailure):
+    """The target could not be reached."""
+
+    kind = "ConnectivityError"
+    recovery = "retry"
+
+
+class SecretError(RotationFailure):
+    """The secret store refused or failed a call."""
+
+    kind = "SecretError"
+
+
+class RestartError(RotationFailure):
+    """A service instance could not be started on the new version."""
+
+    kind = "RestartError"
+
+
+class HealthCheckError(RotationFailure):
+    """A service did not become healthy on the new version."""
+
+    kind = "HealthCheckError"
+
+
+class StepTimeoutError(RotationFailure):
+    """A step did not finish within its time limit."""
+
+    kind = "TimeoutError"

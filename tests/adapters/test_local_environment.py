@@ -21,7 +21,10 @@ from voketag_ops.config import LocalSettings
 def home(tmp_path_factory):
     path = tmp_path_factory.mktemp("env-lifecycle") / "home"
     yield path
-    LocalEnvironment(LocalSettings(home=path)).destroy()
+    from voketag_ops.config import Settings
+    from voketag_ops.workflows.env import LocalPlatform
+
+    LocalPlatform(Settings(local=LocalSettings(home=path))).destroy()
 
 
 @pytest.fixture
@@ -48,6 +51,7 @@ def test_up_starts_primary_replica_archive_and_backup(voke, home, env_of):
     assert result.exit_code == 0, result.stderr
     up = result.json["result"]
     assert up["started"] == ["primary", "replica"]
+    assert up["services_started"] == ["admin-service", "factory-service", "blockchain-service"]
     assert up["backup"].startswith("base-")
     status = voke("env", "status", "--json", environ=env_of(home)).json["result"]
     assert status["primary"]["role"] == "primary" and status["primary"]["running"] is True
@@ -59,6 +63,10 @@ def test_up_starts_primary_replica_archive_and_backup(voke, home, env_of):
     assert [b["label"] for b in status["backups"]] == [up["backup"]]
     assert status["backups"][0]["finished_at"].endswith("Z")
     assert status["healthy"] is True
+    assert [s["name"] for s in status["services"]] == ["admin-service", "factory-service", "blockchain-service"]
+    for service in status["services"]:
+        assert service["healthy"] is True and service["secret"] == "db-app" and service["secret_version"] == 2
+        assert service["url"].startswith("http://127.0.0.1:") and service["url"].endswith("/health")
     backup_dir = home / "pg" / "backups" / up["backup"]
     assert (backup_dir / "backup_manifest").is_file()
 
@@ -136,7 +144,9 @@ def test_kill_9_is_reported_and_up_recovers_without_data_loss(voke, home, env_of
 def test_down_keeps_data_and_up_restarts(voke, home, env_of):
     result = voke("env", "down", "--json", environ=env_of(home))
     assert result.exit_code == 0
-    assert result.json["result"]["stopped"] == ["replica", "primary"]
+    assert result.json["result"]["stopped"] == [
+        "admin-service", "factory-service", "blockchain-service", "replica", "primary"
+    ]
     status = voke("env", "status", "--json", environ=env_of(home)).json["result"]
     assert not status["primary"]["running"] and not status["replica"]["running"]
     assert voke("env", "up", environ=env_of(home)).exit_code == 0
@@ -149,6 +159,7 @@ def test_port_taken_by_another_process_is_exit_4(voke, home, env_of):
     port = env.node("primary").port
     assert voke("env", "down", environ=env_of(home)).exit_code == 0
     with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT from service health checks
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
         result = voke("env", "up", environ=env_of(home))

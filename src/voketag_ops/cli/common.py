@@ -20,6 +20,7 @@ from voketag_ops.output import Output
 if TYPE_CHECKING:
     from voketag_ops.adapters.local.environment import LocalEnvironment
     from voketag_ops.config import LoadedConfig, Settings
+    from voketag_ops.workflows.env import LocalPlatform
 
 # Flags every command accepts; value = whether the flag takes a value.
 GLOBAL_FLAGS: dict[str, bool] = {
@@ -92,6 +93,12 @@ class AppContext:
         from voketag_ops.adapters.local.environment import LocalEnvironment
 
         return LocalEnvironment.from_settings(self.settings.local)
+
+    def platform(self) -> LocalPlatform:
+        """The local environment with its credentials and services."""
+        from voketag_ops.workflows.env import LocalPlatform
+
+        return LocalPlatform(self.settings)
 
 
 def use(ctx: typer.Context) -> AppContext:

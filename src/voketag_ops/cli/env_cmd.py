@@ -21,12 +21,12 @@ app = typer.Typer(
 def up(ctx: typer.Context, dry_run: DryRun = False) -> None:
     """Start the local environment, creating what is missing. Safe to re-run."""
     env = use(ctx)
-    local = env.local_environment()
+    platform = env.platform()
     if dry_run:
-        env.out.result(_up_plan(local), render=_render_plan)
+        env.out.result(_up_plan(platform.env), render=_render_plan)
         return
     with env.out.progress("starting the local environment") as update:
-        report = local.up(update)
+        report = platform.up(update)
     env.out.result(report, render=_render_up)
 
 
@@ -34,7 +34,7 @@ def up(ctx: typer.Context, dry_run: DryRun = False) -> None:
 def status(ctx: typer.Context) -> None:
     """Show roles, ports, replication lag, WAL archiving and base backups."""
     env = use(ctx)
-    env.out.result(env.local_environment().status(), render=_render_status)
+    env.out.result(env.platform().status(), render=_render_status)
 
 
 @app.command("down")
@@ -48,7 +48,7 @@ def down(ctx: typer.Context, dry_run: DryRun = False) -> None:
         )
         return
     with env.out.progress("stopping the local environment") as update:
-        report = local.down(update)
+        report = env.platform().down(update)
     env.out.result(
         report,
         render=lambda c, r: c.print(
@@ -73,7 +73,7 @@ def destroy(ctx: typer.Context, dry_run: DryRun = False, yes: Yes = False) -> No
         return
     env.out.confirm(f"Delete the local environment in {local.home}?", yes=yes)
     with env.out.progress("destroying the local environment") as update:
-        report = local.destroy(update)
+        report = env.platform().destroy(update)
     env.out.result(
         report,
         render=lambda c, r: c.print(
@@ -89,9 +89,14 @@ def _up_plan(local: Any) -> dict[str, Any]:
             "create the primary (initdb, data checksums, wal_level=replica, WAL archiving)",
             "clone a streaming replica on replication slot voke_replica",
             "take a first base backup with manifest",
+            "create application logins and their secret; start the local services",
         ]
     else:
-        plan = ["start whichever of primary and replica is stopped", "take a base backup if none exists"]
+        plan = [
+            "start whichever of primary and replica is stopped",
+            "take a base backup if none exists",
+            "start any local service that is not running",
+        ]
     return {"home": str(local.home), "exists": state is not None, "plan": plan}
 
 
@@ -111,6 +116,8 @@ def _render_up(console: Console, report: Any) -> None:
             console.print(f"{name:8} {verb:8} 127.0.0.1:{report.ports[name]}")
     if report.backup:
         console.print(f"backup   {report.backup}")
+    if report.services_started:
+        console.print(f"services started: {', '.join(report.services_started)}")
     console.print(f"PostgreSQL {report.pg_version}, state in {report.home} ({report.duration_seconds:.1f} s)")
 
 
@@ -150,6 +157,9 @@ def _render_status(console: Console, report: dict[str, Any]) -> None:
         )
     else:
         console.print("backups: none")
+    for svc in report.get("services", []):
+        mark = "healthy" if svc["healthy"] else "[red]unhealthy[/]"
+        console.print(f"service {svc['name']}: {mark}, {svc['secret']} v{svc['secret_version']}, {svc['url'] or '-'}")
     if report.get("split_brain"):
         console.print("[red bold]split brain: two writable primaries[/]")
     console.print("healthy" if report["healthy"] else "[yellow]not healthy[/]")

@@ -136,6 +136,7 @@ class UpReport:
     pg_version: str
     duration_seconds: float
     backup: str | None = None
+    services_started: list[str] = field(default_factory=list)
 
 
 class LocalEnvironment:
@@ -645,16 +646,20 @@ class LocalEnvironment:
         return {"home": str(self.home), "removed": removed}
 
     # -- on demand ----------------------------------------------------------------------------
-    def ensure_running(self, progress: Progress = lambda _msg: None) -> UpReport | None:
-        """Start the environment if it is not fully up (what commands call before using it)."""
+    def is_running(self) -> bool:
+        """True when the environment exists and every wanted server is up."""
         state = self.state()
-        if state is not None:
-            runner = self._runner(state)
-            if all(self.node(n, state, runner).running for n in NODE_NAMES if self._wanted(n, state)):
-                return None
+        if state is None:
+            return False
+        runner = self._runner(state)
+        return all(self.node(n, state, runner).running for n in NODE_NAMES if self._wanted(n, state))
+
+    def ensure_running(self, progress: Progress = lambda _msg: None) -> UpReport | None:
+        """Start the servers if they are not all up (what commands call before using them)."""
+        if self.is_running():
+            return None
         progress("starting the local environment (voke env up)")
         return self.up(progress)
-
 
 def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,118 @@
+"""Application database logins on the local primary: roles, passwords, login tests.
+
+Passwords are sent to PostgreSQL as SCRAM-SHA-256 verifiers computed here, so the
+plain value never reaches the server, its statement log or pg_stat_activity.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+from typing import TYPE_CHECKING, Any
+
+from voketag_ops.errors import AuthenticationError, ConnectivityError, DatabaseError
+
+if TYPE_CHECKING:
+    from voketag_ops.adapters.local.environment import LocalEnvironment
+
+SCRAM_ITERATIONS = 4096
+
+
+def scram_verifier(password: str, *, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS) -> str:
+    """The `SCRAM-SHA-256$...` string PostgreSQL stores for PASSWORD (RFC 5802 / 7677)."""
+    salt = salt or os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    b64 = lambda b: base64.b64encode(b).decode("ascii")  # noqa: E731
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+class LocalDbTarget:
+    """The rotation target for database passwords in the local environment."""
+
+    def __init__(self, env: LocalEnvironment) -> None:
+        self.env = env
+
+    def endpoint(self) -> tuple[str, int]:
+        return "127.0.0.1", self.env.primary().port
+
+    def ensure_roles(self, *, owner: str, roles: tuple[str, ...], database: str) -> None:
+        """Owner role (NOLOGIN) plus login roles that act as it, so objects either login
+        creates belong to the owner and stay usable by both (alternating-user drift)."""
+        from psycopg import sql
+
+        self.env.platform_database(database)
+        try:
+            with self.env.primary().connect() as conn:
+                for role, login in [(owner, False), *[(r, True) for r in roles]]:
+                    exists = conn.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone()
+                    if not exists:
+                        conn.execute(
+                            sql.SQL("create role {} {}").format(
+                                sql.Identifier(role), sql.SQL("login" if login else "nologin")
+                            )
+                        )
+                for role in roles:
+                    conn.execute(sql.SQL("grant {} to {}").format(sql.Identifier(owner), sql.Identifier(role)))
+                    conn.execute(
+                        sql.SQL("alter role {} set role = {}").format(sql.Identifier(role), sql.Identifier(owner))
+                    )
+                conn.execute(
+                    sql.SQL("grant connect, create, temporary on database {} to {}").format(
+                        sql.Identifier(database), sql.Identifier(owner)
+                    )
+                )
+            with self.env.primary().connect(database) as conn:
+                conn.execute(sql.SQL("grant all on schema public to {}").format(sql.Identifier(owner)))
+        except Exception as exc:  # psycopg errors: one line, no statement text
+            raise DatabaseError(f"cannot prepare roles {', '.join(roles)}: {_first_line(exc)}") from None
+
+    def set_password(self, role: str, password: str) -> None:
+        from psycopg import sql
+
+        try:
+            with self.env.primary().connect() as conn:
+                conn.execute(
+                    sql.SQL("alter role {} with login password {}").format(
+                        sql.Identifier(role), sql.Literal(scram_verifier(password))
+                    )
+                )
+        except DatabaseError:
+            raise
+        except Exception as exc:
+            raise DatabaseError(f"cannot set the password of {role}: {_first_line(exc)}") from None
+
+    def can_login(self, cred: dict[str, Any], *, timeout: float = 3) -> bool:
+        """A fresh TCP login with CRED plus a privilege probe. False when the password is
+        rejected; ConnectivityError when the server cannot be reached at all."""
+        import psycopg
+
+        try:
+            with psycopg.connect(
+                host=cred["host"],
+                port=int(cred["port"]),
+                user=cred["username"],
+                password=cred["password"],
+                dbname=cred["dbname"],
+                connect_timeout=max(1, int(timeout)),
+                application_name="voke-rotate-test",
+            ) as conn:
+                row = conn.execute(
+                    "select has_database_privilege(current_database(), 'CONNECT')"
+                ).fetchone()
+                return bool(row and row[0])
+        except psycopg.OperationalError as exc:
+            text = str(exc)
+            if "password authentication failed" in text or "does not exist" in text or "not permitted" in text:
+                return False
+            raise ConnectivityError(f"cannot reach the database at {cred['host']}:{cred['port']}: {_first_line(exc)}") from None
+        except psycopg.Error as exc:
+            raise AuthenticationError(f"{cred['username']}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

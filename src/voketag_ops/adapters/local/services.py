@@ -1,0 +1,343 @@
+"""Local services standing in for Cloud Run: one HTTP process per instance.
+
+The routing table (VOKE_HOME/services/registry.json) says which instance of each
+service receives traffic, like a Cloud Run service's traffic split. A deploy is
+blue-green: start a new instance pinned to an explicit secret version, wait until
+its `/health` (a fresh DB login) passes, move traffic, then tell the old instance to
+drain (it answers for a second more, then exits).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets as pysecrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from voketag_ops.adapters.local.postgres import pick_free_port
+from voketag_ops.errors import HealthCheckError, RestartError
+from voketag_ops.logs import get_logger
+from voketag_ops.ports import ServiceInfo
+
+log = get_logger(__name__)
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    if b"service_app" not in cmdline:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is not alive
+    except (OSError, IndexError):
+        return False
+
+
+def http_health(url: str, timeout: float = 3) -> tuple[bool, dict[str, Any]]:
+    """GET URL (a /health endpoint) with a new connection; (ok, body)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status == 200, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            body = json.loads(exc.read() or b"{}")
+        except ValueError:
+            body = {}
+        return False, body
+    except (OSError, ValueError) as exc:
+        return False, {"error": type(exc).__name__}
+
+
+class LocalServiceRuntime:
+    """ServiceRuntime for the local environment."""
+
+    def __init__(
+        self,
+        home: Path,
+        consumers: dict[str, str],
+        *,
+        start_timeout: float = 20,
+    ) -> None:
+        self.home = home
+        self.dir = home / "services"
+        self.registry_file = self.dir / "registry.json"
+        self.consumers = consumers  # service -> secret it reads
+        self.start_timeout = start_timeout
+
+    # -- registry -------------------------------------------------------------------
+    @contextmanager
+    def _registry(self) -> Iterator[dict[str, Any]]:
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.dir / "registry.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                doc = json.loads(self.registry_file.read_text())
+            except (FileNotFoundError, ValueError):
+                doc = {"services": {}}
+            yield doc
+            tmp = self.registry_file.with_name(".registry.json.tmp")
+            tmp.write_text(json.dumps(doc, indent=1))
+            os.chmod(tmp, 0o600)
+            tmp.replace(self.registry_file)
+        finally:
+            os.close(fd)
+
+    def _snapshot(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.registry_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return {"services": {}}
+
+    def _reap(self, entry: dict[str, Any]) -> None:
+        """Forget dead instances; stop instances whose starting voke process died."""
+        keep = []
+        for inst in entry.get("others", []):
+            if not _alive(inst["pid"]):
+                continue
+            if inst.get("role") == "starting" and not _pid_exists(inst.get("owner")):
+                log.info("stopping orphaned instance %s", inst["instance"])
+                _terminate(inst["pid"])
+                continue
+            keep.append(inst)
+        entry["others"] = keep
+        active = entry.get("active")
+        if active and not _alive(active["pid"]):
+            entry["active"] = None
+
+    # -- ServiceRuntime ---------------------------------------------------------------------
+    def services(self, *, check: bool = True) -> list[ServiceInfo]:
+        doc = self._snapshot()
+        out = []
+        for name, secret in self.consumers.items():
+            entry = doc["services"].get(name) or {}
+            active = entry.get("active") if entry.get("active") and _alive(entry["active"]["pid"]) else None
+            url = f"http://127.0.0.1:{active['port']}/health" if active else None
+            healthy = None
+            if check:
+                healthy = bool(url) and http_health(url)[0]
+            out.append(
+                ServiceInfo(
+                    name=name,
+                    url=url,
+                    secret=secret,
+                    secret_version=active["version"] if active else entry.get("version"),
+                    healthy=healthy,
+                    instance=active["instance"] if active else None,
+                )
+            )
+        return out
+
+    def url(self, service: str) -> str | None:
+        """The health URL of the instance that receives traffic (read per request by probes)."""
+        active = (self._snapshot()["services"].get(service) or {}).get("active")
+        return f"http://127.0.0.1:{active['port']}/health" if active else None
+
+    def health(self, service: str) -> bool:
+        url = self.url(service)
+        return bool(url) and http_health(url)[0]
+
+    def pinned_versions(self, secret: str) -> set[int]:
+        """Versions any live instance (serving or draining) is pinned to: never disable these."""
+        pinned: set[int] = set()
+        for name, entry in self._snapshot()["services"].items():
+            if self.consumers.get(name) != secret and entry.get("secret") != secret:
+                continue
+            for inst in [entry.get("active"), *entry.get("others", [])]:
+                if inst and _alive(inst["pid"]):
+                    pinned.add(int(inst["version"]))
+            if entry.get("version") is not None:
+                pinned.add(int(entry["version"]))
+        return pinned
+
+    def deploy(self, service: str, secret: str, version: int) -> ServiceInfo:
+        """Blue-green restart pinned to VERSION (a no-op when already serving it healthily)."""
+        with self._registry() as doc:
+            entry = doc["services"].setdefault(service, {"secret": secret, "active": None, "others": []})
+            self._reap(entry)
+            active = entry.get("active")
+        if active and active["version"] == version and http_health(_url(active))[0]:
+            return self._info(service, secret, active, healthy=True)
+        new = self._start(service, secret, version)
+        ok, body = self._wait_healthy(new)
+        if not ok:
+            _terminate(new["pid"])
+            with self._registry() as doc:
+                entry = doc["services"][service]
+                entry["others"] = [i for i in entry["others"] if i["instance"] != new["instance"]]
+            if not _alive(new["pid"]) and body.get("error") == "exited":
+                raise RestartError(f"{service}: the new instance pinned to version {version} exited at start")
+            raise HealthCheckError(
+                f"{service}: the new instance pinned to version {version} is not healthy ({body.get('detail') or body.get('error') or 'no answer'})"
+            )
+        with self._registry() as doc:
+            entry = doc["services"][service]
+            old = entry.get("active")
+            entry["others"] = [i for i in entry["others"] if i["instance"] != new["instance"]]
+            new["role"] = "serving"
+            entry["active"] = new
+            entry["secret"] = secret
+            entry["version"] = version
+            if old and _alive(old["pid"]):
+                old["role"] = "draining"
+                entry["others"].append(old)
+        if old:
+            _signal(old["pid"], signal.SIGTERM)  # graceful: it drains, then exits on its own
+        return self._info(service, secret, new, healthy=True)
+
+    def deploy_many(self, targets: dict[str, tuple[str, int]]) -> list[ServiceInfo]:
+        """Deploy several services in parallel; raises the first failure after all finished."""
+        with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
+            futures = {name: pool.submit(self.deploy, name, secret, version) for name, (secret, version) in targets.items()}
+        results, errors = [], []
+        for future in futures.values():
+            try:
+                results.append(future.result())
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+        return results
+
+    def ensure_started(self, versions: dict[str, int]) -> list[str]:
+        """Start every consumer that has no live instance, pinned to VERSIONS[secret] (env up)."""
+        started = []
+        doc = self._snapshot()
+        todo: dict[str, tuple[str, int]] = {}
+        for name, secret in self.consumers.items():
+            entry = doc["services"].get(name) or {}
+            active = entry.get("active")
+            if active and _alive(active["pid"]):
+                continue
+            version = entry.get("version") or versions[secret]
+            todo[name] = (secret, int(version))
+        if todo:
+            self.deploy_many(todo)
+            started = list(todo)
+        return started
+
+    def stop_all(self, timeout: float = 5) -> list[str]:
+        """Stop every instance (env down); waits for them to exit."""
+        stopped: list[str] = []
+        pids: list[int] = []
+        with self._registry() as doc:
+            for name, entry in doc["services"].items():
+                for inst in [entry.get("active"), *entry.get("others", [])]:
+                    if inst and _alive(inst["pid"]):
+                        pids.append(inst["pid"])
+                        if inst is entry.get("active"):
+                            stopped.append(name)
+                entry["active"] = None
+                entry["others"] = []
+        for pid in pids:
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.05)
+        for pid in pids:
+            if _alive(pid):
+                _signal(pid, signal.SIGKILL)
+        return stopped
+
+    # -- instances --------------------------------------------------------------------------
+    def _start(self, service: str, secret: str, version: int) -> dict[str, Any]:
+        instance = f"{service}-v{version}-{pysecrets.token_hex(3)}"
+        logs = self.dir / "logs"
+        logs.mkdir(mode=0o700, exist_ok=True)
+        with self._registry() as doc:
+            used = {i["port"] for e in doc["services"].values() for i in [e.get("active"), *e.get("others", [])] if i}
+            port = pick_free_port(avoid=list(used))
+            with (logs / f"{instance}.log").open("ab") as log_fh:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "voketag_ops.adapters.local.service_app", "--name", service,
+                     "--instance", instance, "--port", str(port), "--home", str(self.home), "--secret", secret,
+                     "--version", str(version)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_fh,
+                    stderr=log_fh,
+                    start_new_session=True,  # survives voke's exit and its Ctrl-C, like a real service
+                    close_fds=True,
+                )
+            record = {
+                "instance": instance,
+                "pid": proc.pid,
+                "port": port,
+                "version": version,
+                "secret": secret,
+                "role": "starting",
+                "owner": os.getpid(),
+                "started_at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+            }
+            entry = doc["services"].setdefault(service, {"secret": secret, "active": None, "others": []})
+            entry["others"].append(record)
+        self._procs = getattr(self, "_procs", {})
+        self._procs[proc.pid] = proc  # reap it if it exits while we wait
+        return record
+
+    def _wait_healthy(self, inst: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        deadline = time.monotonic() + self.start_timeout
+        body: dict[str, Any] = {}
+        proc = self._procs.get(inst["pid"])
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                return False, {"error": "exited"}
+            ok, body = http_health(_url(inst), timeout=2)
+            if ok:
+                return True, body
+            time.sleep(0.05)
+        return False, body
+
+    def _info(self, service: str, secret: str, inst: dict[str, Any], *, healthy: bool | None) -> ServiceInfo:
+        return ServiceInfo(
+            name=service, url=_url(inst), secret=secret, secret_version=int(inst["version"]), healthy=healthy,
+            instance=inst["instance"],
+        )
+
+
+def _url(inst: dict[str, Any]) -> str:
+    return f"http://127.0.0.1:{inst['port']}/health"
+
+
+def _pid_exists(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _terminate(pid: int) -> None:
+    _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+    if _alive(pid):
+        _signal(pid, signal.SIGKILL)

@@ -1,0 +1,185 @@
+"""Rotation protocol: steps, the record kept in the secret's annotations, passwords,
+schedules and the cleanup plan. Pure: no I/O, time is passed in.
+
+The record holds version numbers and step results, never values. It is written with
+a compare-and-swap after every step, so a rerun knows exactly where to continue and
+what a rollback has to undo.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import string
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Literal
+
+STEPS = ("lock", "create_pending", "set_target", "test", "commit", "deploy", "health", "finish")
+Step = Literal["lock", "create_pending", "set_target", "test", "commit", "deploy", "health", "finish"]
+Status = Literal["in_progress", "succeeded", "rolled_back", "needs_attention"]
+ANNOTATION = "voke-rotation"
+LAST_ANNOTATION = "voke-last-rotation"
+
+# Characters that survive shells, URLs and conninfo strings without quoting surprises.
+SYMBOLS = "!#%*+-=?@^_~"
+ALPHABET = string.ascii_letters + string.digits + SYMBOLS
+
+
+def generate_password(length: int = 32) -> str:
+    """LENGTH characters from `secrets`, with at least one lower, upper, digit and symbol."""
+    if length < 8:
+        raise ValueError("password length must be at least 8")
+    while True:
+        value = "".join(secrets.choice(ALPHABET) for _ in range(length))
+        if (
+            any(c.islower() for c in value)
+            and any(c.isupper() for c in value)
+            and any(c.isdigit() for c in value)
+            and any(c in SYMBOLS for c in value)
+        ):
+            return value
+
+
+def new_rotation_id(now: datetime) -> str:
+    return "rot-" + now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def iso(value: datetime) -> str:
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def parse_iso(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+@dataclass
+class StepRecord:
+    """What happened in one step."""
+
+    name: str
+    status: Literal["done", "skipped", "failed", "rolled_back"]
+    duration_seconds: float
+    detail: str = ""
+
+
+@dataclass
+class RotationRecord:
+    """The state of one rotation, stored as JSON in the secret's `voke-rotation` annotation."""
+
+    id: str
+    secret: str
+    kind: str  # db-password, api-key:stripe, jwt, ...
+    strategy: str  # alternating | single
+    target: str  # logical name (db user, provider)
+    owner: str  # host:pid of the process holding the lease
+    lease_until: str
+    started_at: str
+    status: Status = "in_progress"
+    step: str = ""  # the last step completed
+    old_current: int | None = None
+    old_previous: int | None = None
+    pending_version: int | None = None
+    finished_at: str | None = None
+    steps: list[StepRecord] = field(default_factory=list)
+    error: dict[str, str] | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RotationRecord:
+        raw: dict[str, Any] = json.loads(text)
+        raw["steps"] = [StepRecord(**s) for s in raw.get("steps", [])]
+        return cls(**raw)
+
+    def done(self, step: str) -> bool:
+        """True when STEP was completed in an earlier run (resume skips it)."""
+        return bool(self.step) and STEPS.index(self.step) >= STEPS.index(step)
+
+    def next_steps(self) -> tuple[str, ...]:
+        start = STEPS.index(self.step) + 1 if self.step else 0
+        return STEPS[start:]
+
+    def lease_expired(self, now: datetime) -> bool:
+        return parse_iso(self.lease_until) <= now
+
+    def summary(self) -> dict[str, Any]:
+        """The short record kept after the rotation ends (`voke-last-rotation`)."""
+        return {
+            "id": self.id,
+            "status": self.status,
+            "finished_at": self.finished_at,
+            "version": self.pending_version,
+            "kind": self.kind,
+        }
+
+
+def rollback_scope(last_step: str) -> Literal["discard_pending", "restore_target", "restore_aliases"]:
+    """What a rollback must undo, given the last completed step (the issue's recovery rules)."""
+    if not last_step or STEPS.index(last_step) < STEPS.index("set_target"):
+        return "discard_pending"
+    if STEPS.index(last_step) < STEPS.index("commit"):
+        return "restore_target"
+    return "restore_aliases"
+
+
+# -- schedule -------------------------------------------------------------------------------
+def next_due(cron: str, after: datetime) -> datetime:
+    """The first time CRON fires strictly after AFTER (UTC)."""
+    from cronsim import CronSim, CronSimError
+
+    try:
+        return next(CronSim(cron, after.astimezone(timezone.utc)))
+    except CronSimError as exc:
+        raise ValueError(f"invalid cron expression {cron!r}: {exc}") from None
+
+
+def validate_cron(cron: str) -> None:
+    next_due(cron, datetime(2026, 1, 1, tzinfo=timezone.utc))
+
+
+# -- cleanup ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CleanupAction:
+    """Disable or destroy one version, and why."""
+
+    secret: str
+    version: int
+    action: Literal["disable", "destroy"]
+    reason: str
+
+
+def plan_cleanup(
+    secret: str,
+    versions: list[tuple[int, str, str, str | None]],
+    protected: set[int],
+    now: datetime,
+    *,
+    keep: int = 3,
+    disable_after: timedelta = timedelta(hours=24),
+    destroy_after: timedelta = timedelta(days=30),
+) -> list[CleanupAction]:
+    """Versions to disable or destroy.
+
+    VERSIONS: (number, state, created_at, state_changed_at). PROTECTED: aliased or pinned
+    versions, never touched. The newest KEEP versions are never touched either. A version
+    is superseded when a newer one exists; it is disabled DISABLE_AFTER the newer one was
+    created, and destroyed DESTROY_AFTER it was disabled.
+    """
+    ordered = sorted(versions)
+    newest = {n for n, *_ in ordered[-keep:]} if keep else set()
+    created = {n: parse_iso(c) for n, _s, c, _ch in ordered}
+    actions: list[CleanupAction] = []
+    for number, state, _created, changed in ordered:
+        if number in protected or number in newest or state == "destroyed":
+            continue
+        later = [created[n] for n, *_ in ordered if n > number]
+        if not later:
+            continue
+        superseded_at = min(later)
+        if state == "enabled" and now - superseded_at >= disable_after:
+            actions.append(CleanupAction(secret, number, "disable", f"superseded since {iso(superseded_at)}"))
+        elif state == "disabled" and changed and now - parse_iso(changed) >= destroy_after:
+            actions.append(CleanupAction(secret, number, "destroy", f"disabled since {changed}"))
+    return actions

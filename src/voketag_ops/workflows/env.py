@@ -1,0 +1,149 @@
+"""The whole local environment: PostgreSQL (adapters/local/environment.py) plus the
+application logins, their secret, and the local services that consume it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from voketag_ops.adapters.local.environment import LocalEnvironment, Progress, UpReport
+from voketag_ops.config import Settings
+from voketag_ops.core.rotation import LAST_ANNOTATION, generate_password, iso
+from voketag_ops.logs import get_logger
+
+log = get_logger(__name__)
+
+
+def _quiet(_msg: str) -> None:
+    return None
+
+
+class LocalPlatform:
+    """The local environment as the platform sees it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.env = LocalEnvironment.from_settings(settings.local)
+
+    # -- parts --------------------------------------------------------------------------
+    def consumers(self) -> dict[str, str]:
+        """service -> the secret it reads."""
+        out: dict[str, str] = {}
+        for user in self.settings.rotation.db_users.values():
+            for service in user.services:
+                out[service] = user.secret
+        return out
+
+    def store(self) -> Any:
+        from voketag_ops.adapters.local.secrets import LocalSecretStore
+
+        return LocalSecretStore(self.env.home)
+
+    def runtime(self) -> Any:
+        from voketag_ops.adapters.local.services import LocalServiceRuntime
+
+        return LocalServiceRuntime(
+            self.env.home, self.consumers(), start_timeout=self.settings.rotation.health_timeout
+        )
+
+    def db_target(self) -> Any:
+        from voketag_ops.adapters.local.dbusers import LocalDbTarget
+
+        return LocalDbTarget(self.env)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def up(self, progress: Progress = _quiet) -> UpReport:
+        t0 = time.monotonic()
+        report = self.env.up(progress)
+        created = self.bootstrap_credentials(progress)
+        report.created.extend(created)
+        runtime = self.runtime()
+        versions = {u.secret: self.store().get(u.secret).aliases["current"] for u in self.settings.rotation.db_users.values()}
+        if any(s.instance is None for s in runtime.services(check=False)):
+            progress("starting the local services")
+        report.services_started = runtime.ensure_started(versions)
+        report.already_running = report.already_running and not created and not report.services_started
+        report.duration_seconds = round(time.monotonic() - t0, 3)
+        return report
+
+    def ensure_up(self, progress: Progress = _quiet) -> None:
+        """Start whatever is not running (commands that need the environment call this)."""
+        if self.env.is_running() and all(s.instance is not None for s in self.runtime().services(check=False)):
+            return
+        progress("starting the local environment (voke env up)")
+        self.up(progress)
+
+    def bootstrap_credentials(self, progress: Progress = _quiet) -> list[str]:
+        """Application roles and their first secret versions (idempotent).
+
+        Alternating users get two versions: `previous` for the second login and `current`
+        for the first, so both stored credentials work from the start.
+        """
+        import json
+
+        created = []
+        store, target = self.store(), self.db_target()
+        host, port = target.endpoint()
+        for user in self.settings.rotation.db_users.values():
+            roles = user.roles if user.strategy == "alternating" else user.roles[:1]
+            target.ensure_roles(owner=user.owner, roles=tuple(roles), database=user.database)
+            meta = store.create(user.secret)
+            if "current" in meta.aliases:
+                continue
+            progress(f"creating credentials for {', '.join(roles)} in secret {user.secret}")
+            versions = []
+            for role in reversed(roles):  # previous first, current last
+                password = generate_password(self.settings.rotation.password_length)
+                target.set_password(role, password)
+                payload = {"username": role, "password": password, "host": host, "port": port, "dbname": user.database}
+                versions.append(store.add_version(user.secret, json.dumps(payload).encode()).version)
+            aliases: dict[str, int | None] = {"current": versions[-1]}
+            if len(versions) > 1:
+                aliases["previous"] = versions[0]
+            meta = store.get(user.secret)
+            store.update(
+                user.secret,
+                etag=meta.etag,
+                aliases=aliases,
+                annotations={LAST_ANNOTATION: json.dumps({"id": None, "status": "created", "finished_at": iso_now()})},
+            )
+            created.append(f"secret {user.secret}")
+        return created
+
+    def status(self) -> dict[str, Any]:
+        report = self.env.status()
+        services = []
+        if report["initialized"]:
+            for info in self.runtime().services(check=True):
+                services.append(
+                    {"name": info.name, "url": info.url, "secret": info.secret, "secret_version": info.secret_version,
+                     "healthy": bool(info.healthy), "instance": info.instance}
+                )
+            report["healthy"] = bool(report["healthy"] and services and all(s["healthy"] for s in services))
+        report["services"] = services
+        return report
+
+    def down(self, progress: Progress = _quiet) -> dict[str, Any]:
+        services = self.runtime().stop_all() if self.env.exists else []
+        if services:
+            progress("stopped the local services")
+        report = self.env.down(progress)
+        report["stopped"] = services + report["stopped"]
+        return report
+
+    def destroy(self, progress: Progress = _quiet) -> dict[str, Any]:
+        import shutil
+
+        self.runtime().stop_all()
+        report = self.env.destroy(progress)
+        for path in (self.env.home / "services", self.env.home / "secrets", self.env.home / "secrets.key"):
+            if path.exists():
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+                report["removed"].append(str(path))
+        return report
+
+
+def iso_now() -> str:
+    from datetime import datetime, timezone
+
+    return iso(datetime.now(timezone.utc))
