@@ -357,3 +357,16 @@ def test_find_anchor_by_prefix() -> None:
         state.find_anchor("deadbeef" if not ROOT.hex().startswith("deadbeef") else "beefdead")
     with pytest.raises(ch.UsageError):
         state.find_anchor("abc")
+
+
+def test_core_modules_import_no_cli_or_backend_libraries() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, voketag_ops.core.chain, voketag_ops.core.audit, voketag_ops.core.merkle;"
+        "bad=[n for n in ('typer','rich','psycopg','google','pydantic','tenacity') if n in sys.modules];"
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

@@ -1,0 +1,449 @@
+"""The audit log on disk, and the small API every state-changing command calls.
+
+    from voketag_ops.audit import audited, record_event
+
+    with audited(home, event_type="rotate.db-password", env="local", target="app_user",
+                 details={"from_version": 3}) as event:
+        ...                                   # the operation
+        event.details["to_version"] = 4       # add details as you learn them
+        # leaving the block records result "success" (or "failure" with the error
+        # type, if it raised) and the duration
+
+Files under ``<VOKE_HOME>/audit/`` (directory 0700, files 0600):
+
+- ``audit.jsonl``: one canonical JSON entry per line (see ``core/audit.py``). Every
+  append holds an exclusive ``flock`` on the file, reads the last entry to link to,
+  writes the line with a single ``write`` and fsyncs, so concurrent voke processes
+  never interleave or lose entries.
+- ``checkpoints.jsonl``: every ``CHECKPOINT_EVERY`` entries, ``(size, Merkle root)``;
+  each checkpoint is also requested as an anchor on the chain (kind
+  ``audit-checkpoint``), so a log cut short below it is detected even if this file
+  is cut too.
+- ``torn/``: if a process died mid-write (kill -9), the next append moves the
+  incomplete last line here and records an ``audit.torn_write`` entry before its own;
+  until then `voke audit verify` reports the torn line. Nothing is glued onto it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import getpass
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from voketag_ops.core import audit as core
+from voketag_ops.errors import BackendError, NeedsOperatorError, VokeError
+
+log = logging.getLogger("voke.audit")
+
+CHECKPOINT_EVERY = 100
+_TAIL_BLOCK = 64 * 1024
+
+
+class AuditWriteError(BackendError):
+    """The audit log could not be written."""
+
+
+def audit_dir(home: Path) -> Path:
+    return home / "audit"
+
+
+def default_actor() -> str:
+    """``user@host`` of this process (VOKE_ACTOR overrides, e.g. for CI job names)."""
+    override = os.environ.get("VOKE_ACTOR")
+    if override:
+        return override
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class _Tail:
+    last: bytes | None  # the last complete line, without its newline
+    fragment: bytes  # bytes after the last newline (a torn write), usually empty
+    fragment_offset: int  # where the fragment starts (= end of the last complete line)
+
+
+def _read_tail(fd: int) -> _Tail:
+    """The last complete line and any torn fragment after it, reading backwards."""
+    size = os.fstat(fd).st_size
+    buf = b""
+    pos = size
+    while pos > 0:
+        step = min(_TAIL_BLOCK, pos)
+        pos -= step
+        buf = os.pread(fd, step, pos) + buf
+        end = buf.rfind(b"\n")
+        if end == -1:
+            continue
+        start = buf.rfind(b"\n", 0, end)
+        if start != -1 or pos == 0:
+            return _Tail(buf[start + 1 : end], buf[end + 1 :], pos + end + 1)
+    return _Tail(None, buf, 0)
+
+
+class AuditLog:
+    """The append-only log of one VOKE_HOME."""
+
+    def __init__(self, home: Path, *, checkpoint_every: int = CHECKPOINT_EVERY) -> None:
+        self.home = home
+        self.dir = audit_dir(home)
+        self.path = self.dir / "audit.jsonl"
+        self.checkpoints_path = self.dir / "checkpoints.jsonl"
+        self.torn_dir = self.dir / "torn"
+        self.checkpoint_every = checkpoint_every
+
+    # -- writing ------------------------------------------------------------------------
+    def _ensure_dir(self) -> None:
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if os.stat(self.dir).st_mode & 0o077:
+            os.chmod(self.dir, 0o700)
+
+    @contextmanager
+    def _locked(self) -> Iterator[int]:
+        try:
+            self._ensure_dir()
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise AuditWriteError(f"{self.path}: cannot open the audit log: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield fd
+        finally:
+            os.close(fd)
+
+    def append(
+        self,
+        *,
+        event_type: str,
+        actor: str,
+        env: str,
+        target: str,
+        result: str,
+        duration_seconds: float | None,
+        details: Mapping[str, Any] | None = None,
+        now: datetime | None = None,
+    ) -> core.AuditEntry:
+        """Append one event; returns the stored entry."""
+        now = now or _utcnow()
+        with self._locked() as fd:
+            try:
+                prev = self._repair_tail(fd, now)
+                entry = core.make_entry(
+                    seq=0 if prev is None else prev.seq + 1,
+                    prev_hash=core.ZERO if prev is None else prev.hash,
+                    now=now,
+                    event_type=event_type,
+                    actor=actor,
+                    env=env,
+                    target=target,
+                    result=result,
+                    duration_seconds=duration_seconds,
+                    details=details,
+                )
+                self._write(fd, entry.line())
+                checkpoint = None
+                if (entry.seq + 1) % self.checkpoint_every == 0:
+                    try:
+                        checkpoint = self._checkpoint(fd, now)
+                    except core.EntryFormatError as exc:
+                        log.warning("audit checkpoint skipped: %s (run `voke audit verify`)", exc)
+            except OSError as exc:
+                raise AuditWriteError(
+                    f"{self.path}: cannot append to the audit log: {exc.strerror}"
+                ) from None
+        if checkpoint is not None:
+            self._anchor(checkpoint, now)
+        return entry
+
+    @staticmethod
+    def _write(fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+
+    def _repair_tail(self, fd: int, now: datetime) -> core.AuditEntry | None:
+        """The last entry to link to, after dealing with a torn last line (lock held)."""
+        tail = _read_tail(fd)
+        prev = None
+        if tail.last is not None:
+            try:
+                prev = core.parse_entry(tail.last)
+            except core.EntryFormatError:
+                raise NeedsOperatorError(
+                    f"{self.path}: the last complete line is not a valid entry; "
+                    "run `voke audit verify` and restore the log before writing to it"
+                ) from None
+        if not tail.fragment:
+            return prev
+        # A write was interrupted. A fragment that is a whole, correctly linked entry only
+        # lost its newline; anything else is moved aside and the loss recorded.
+        try:
+            candidate = core.parse_entry(tail.fragment)
+            expected_seq = 0 if prev is None else prev.seq + 1
+            expected_prev = core.ZERO if prev is None else prev.hash
+            if (
+                candidate.seq == expected_seq
+                and candidate.prev_hash == expected_prev
+                and candidate.computed_hash() == candidate.hash
+            ):
+                self._write(fd, b"\n")
+                return candidate
+        except core.EntryFormatError:
+            pass
+        self.torn_dir.mkdir(mode=0o700, exist_ok=True)
+        digest = hashlib.sha256(tail.fragment).hexdigest()
+        aside = self.torn_dir / f"{now.strftime('%Y%m%dT%H%M%S%fZ')}-offset{tail.fragment_offset}.partial"
+        side_fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            self._write(side_fd, tail.fragment)
+        finally:
+            os.close(side_fd)
+        os.ftruncate(fd, tail.fragment_offset)
+        os.fsync(fd)
+        log.warning("audit log: moved a torn last line (%d bytes) to %s", len(tail.fragment), aside)
+        record = core.make_entry(
+            seq=0 if prev is None else prev.seq + 1,
+            prev_hash=core.ZERO if prev is None else prev.hash,
+            now=now,
+            event_type="audit.torn_write",
+            actor=default_actor(),
+            env="-",
+            target=str(self.path),
+            result="failure",
+            duration_seconds=None,
+            details={
+                "offset": tail.fragment_offset,
+                "length": len(tail.fragment),
+                "sha256": digest,
+                "moved_to": str(aside),
+            },
+        )
+        self._write(fd, record.line())
+        return record
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def checkpoints(self) -> list[core.Checkpoint]:
+        """The stored checkpoints. A torn last line there is ignored: checkpoints are derived
+        data, cross-checked against the log and the chain."""
+        try:
+            raw = self.checkpoints_path.read_bytes()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise AuditWriteError(f"{self.checkpoints_path}: cannot read: {exc.strerror}") from None
+        lines = raw.split(b"\n")
+        lines.pop()  # after the last newline: empty, or a torn write
+        result = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                result.append(core.Checkpoint.from_json(json.loads(line)))
+            except (ValueError, core.EntryFormatError):
+                raise core.EntryFormatError(f"{self.checkpoints_path}:{number}: not a checkpoint") from None
+        return result
+
+    def checkpoint(self, *, now: datetime | None = None) -> core.Checkpoint | None:
+        """Write a checkpoint for the log as it is now (None for an empty log)."""
+        now = now or _utcnow()
+        with self._locked() as fd:
+            self._repair_tail(fd, now)
+            cp = self._checkpoint(fd, now)
+        if cp is not None:
+            self._anchor(cp, now)
+        return cp
+
+    def _checkpoint(self, fd: int, now: datetime) -> core.Checkpoint | None:
+        previous = next(iter(reversed(self.checkpoints())), None)
+        end = os.fstat(fd).st_size
+        start = previous.offset if previous is not None else 0
+        if previous is not None and (start > end or previous.size <= 0):
+            previous, start = None, 0  # the log shrank: rebuild from the start; verify reports it
+        data = os.pread(fd, end - start, start) if end > start else b""
+        hashes = [core.parse_entry(line).hash for line in data.split(b"\n") if line]
+        if previous is None and not hashes:
+            return None
+        if previous is not None and not hashes:
+            return previous
+        cp = core.next_checkpoint(previous, hashes, offset=end, now=now)
+        cp_fd = os.open(self.checkpoints_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            self._write(
+                cp_fd, json.dumps(cp.to_json(), sort_keys=True, separators=(",", ":")).encode() + b"\n"
+            )
+        finally:
+            os.close(cp_fd)
+        return cp
+
+    def _anchor(self, cp: core.Checkpoint, now: datetime) -> None:
+        """Ask for the checkpoint to be anchored on the chain; never fails the caller."""
+        from voketag_ops.adapters.local.chain_store import FileChainStore, default_chain_path
+        from voketag_ops.workflows.chain import RetryPolicy, request_anchor
+
+        try:
+            request_anchor(
+                FileChainStore(default_chain_path(self.home)),
+                root=bytes.fromhex(cp.root),
+                kind="audit-checkpoint",
+                label=f"audit@{cp.size}",
+                tree_size=cp.size,
+                now=now,
+                retry=RetryPolicy(attempts=3, initial=0.05, maximum=0.2),
+            )
+        except VokeError as exc:
+            log.warning("audit checkpoint at %d not anchored: %s", cp.size, exc.message)
+
+    # -- reading ----------------------------------------------------------------------------
+    def raw_lines(self) -> Iterator[bytes]:
+        """Every line as stored, newline included (a torn last line has none)."""
+        try:
+            fh = open(self.path, "rb")  # noqa: SIM115 - closed below, generator
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise AuditWriteError(f"{self.path}: cannot read the audit log: {exc.strerror}") from None
+        with fh:
+            yield from fh
+
+    def entries(self, skipped: list[int] | None = None) -> Iterator[core.AuditEntry]:
+        """Parsed entries; unparseable lines are skipped (their line numbers go to SKIPPED)."""
+        for number, raw in enumerate(self.raw_lines(), start=1):
+            try:
+                yield core.parse_entry(raw.rstrip(b"\n"))
+            except core.EntryFormatError:
+                if skipped is not None:
+                    skipped.append(number)
+
+    def claims(self) -> list[core.Claim]:
+        """Checkpoints and chain anchors that say what the log's prefixes hash to."""
+        claims = [core.Claim(cp.size, cp.root, "checkpoint", cp.last_hash) for cp in self.checkpoints()]
+        from voketag_ops.adapters.local.chain_store import FileChainStore, default_chain_path
+
+        store_path = default_chain_path(self.home)
+        if store_path.exists():
+            for anchor in FileChainStore(store_path).load().anchors.values():
+                if anchor.kind == "audit-checkpoint" and anchor.tree_size:
+                    claims.append(core.Claim(anchor.tree_size, anchor.root.hex(), f"anchor {anchor.id[:16]}"))
+        return claims
+
+    def verify(self) -> core.VerifyReport:
+        """Walk the whole log against its checkpoints and anchors."""
+        try:
+            claims = self.claims()
+        except core.EntryFormatError as exc:
+            return core.VerifyReport(False, 0, core.ZERO, problem=core.Problem.CORRUPT_LINE, message=str(exc))
+        return core.verify_lines(self.raw_lines(), claims)
+
+
+# -- the API commands call ---------------------------------------------------------------------
+
+
+def record_event(
+    home: Path,
+    *,
+    event_type: str,
+    env: str,
+    target: str,
+    result: str,
+    duration_seconds: float | None = None,
+    details: Mapping[str, Any] | None = None,
+    actor: str | None = None,
+    now: datetime | None = None,
+) -> core.AuditEntry:
+    """Append one event to HOME's audit log (details are sanitized; no secret values)."""
+    return AuditLog(home).append(
+        event_type=event_type,
+        actor=actor or default_actor(),
+        env=env,
+        target=target,
+        result=result,
+        duration_seconds=duration_seconds,
+        details=details,
+        now=now,
+    )
+
+
+@dataclass
+class AuditedEvent:
+    """Handed to the body of `audited`: add details; set ``result`` for e.g. "dry-run"."""
+
+    details: dict[str, Any] = field(default_factory=dict)
+    result: str | None = None
+    entry: core.AuditEntry | None = None
+
+
+@contextmanager
+def audited(
+    home: Path,
+    *,
+    event_type: str,
+    env: str,
+    target: str,
+    details: Mapping[str, Any] | None = None,
+    actor: str | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    now: Callable[[], datetime] = _utcnow,
+) -> Iterator[AuditedEvent]:
+    """Time the block and record it: success, or failure with the error's type and message
+    (interrupted for Ctrl-C). The original exception always propagates. If the event
+    cannot be written after a successful operation, NeedsOperatorError says so."""
+    event = AuditedEvent(details=dict(details or {}))
+    started = clock()
+    try:
+        yield event
+    except BaseException as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        event.details["error"] = {
+            "type": getattr(exc, "type_name", type(exc).__name__),
+            "message": getattr(exc, "message", str(exc))[:500],
+        }
+        try:
+            event.entry = record_event(
+                home,
+                event_type=event_type,
+                env=env,
+                target=target,
+                result="interrupted" if interrupted else "failure",
+                duration_seconds=clock() - started,
+                details=event.details,
+                actor=actor,
+                now=now(),
+            )
+        except VokeError as audit_exc:
+            log.error("could not write the audit event for %s: %s", event_type, audit_exc.message)
+        raise
+    try:
+        event.entry = record_event(
+            home,
+            event_type=event_type,
+            env=env,
+            target=target,
+            result=event.result or "success",
+            duration_seconds=clock() - started,
+            details=event.details,
+            actor=actor,
+            now=now(),
+        )
+    except VokeError as exc:
+        raise NeedsOperatorError(
+            f"{event_type} on {target} succeeded, but its audit event could not be written: {exc.message}",
+            hint="fix the audit log (see `voke audit verify`), then record what happened",
+        ) from None

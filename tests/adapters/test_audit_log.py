@@ -1,0 +1,237 @@
+"""The audit log on disk: the API commands use, permissions, concurrent writers,
+torn writes after kill -9, checkpoints anchored on the chain, truncation."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, datetime, timedelta
+from itertools import count
+from pathlib import Path
+
+import pytest
+
+from voketag_ops import redact
+from voketag_ops.adapters.local.chain_store import FileChainStore, default_chain_path
+from voketag_ops.audit import AuditLog, audited, record_event
+from voketag_ops.core import audit as au
+from voketag_ops.errors import NeedsOperatorError, PreconditionError
+
+T0 = datetime(2026, 4, 1, tzinfo=UTC)
+
+
+def append_n(log: AuditLog, n: int, start: int = 0) -> None:
+    for i in range(start, start + n):
+        log.append(
+            event_type="test.event",
+            actor="tester",
+            env="local",
+            target=f"t{i}",
+            result="success",
+            duration_seconds=0.01,
+            details={"i": i},
+            now=T0 + timedelta(seconds=i),
+        )
+
+
+def test_record_event_and_permissions(tmp_path: Path) -> None:
+    entry = record_event(
+        tmp_path, event_type="chain.anchor.run", env="local", target="chain", result="success", actor="me"
+    )
+    log = AuditLog(tmp_path)
+    assert entry.seq == 0 and entry.prev_hash == au.ZERO
+    assert stat.S_IMODE(log.dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(log.path.stat().st_mode) == 0o600
+    assert list(log.entries()) == [entry]
+    assert log.verify().ok
+
+
+def test_audited_records_success_failure_and_interrupt(tmp_path: Path) -> None:
+    ticks = count(step=2)
+    clock = lambda: float(next(ticks))  # noqa: E731
+    redact.register("topsecret-pw-1")
+    try:
+        with audited(
+            tmp_path, event_type="rotate.db-password", env="local", target="app", actor="me", clock=clock
+        ) as event:
+            event.details["to_version"] = 4
+            event.details["password"] = "topsecret-pw-1"
+        with (
+            pytest.raises(PreconditionError),
+            audited(tmp_path, event_type="rotate.db-password", env="local", target="app", clock=clock),
+        ):
+            raise PreconditionError("lock held by topsecret-pw-1")
+        with (
+            pytest.raises(KeyboardInterrupt),
+            audited(tmp_path, event_type="dr.failover", env="local", target="pg", clock=clock),
+        ):
+            raise KeyboardInterrupt
+        with audited(
+            tmp_path, event_type="rotate.db-password", env="local", target="app", clock=clock
+        ) as event:
+            event.result = "dry-run"
+    finally:
+        redact.clear()
+    entries = list(AuditLog(tmp_path).entries())
+    assert [e.result for e in entries] == ["success", "failure", "interrupted", "dry-run"]
+    assert entries[0].details == {"to_version": 4, "password": "***"} and entries[0].duration_seconds == 2.0
+    assert entries[1].details["error"] == {"type": "PreconditionError", "message": "lock held by ***"}
+    assert "topsecret-pw-1" not in AuditLog(tmp_path).path.read_text()
+    assert AuditLog(tmp_path).verify().ok
+
+
+def test_audited_success_with_an_unwritable_log_needs_a_person(tmp_path: Path) -> None:
+    (tmp_path / "audit").write_text("not a directory")
+    with (
+        pytest.raises(NeedsOperatorError, match="succeeded, but its audit event could not be written"),
+        audited(tmp_path, event_type="x", env="local", target="t"),
+    ):
+        pass
+
+
+def _writer(home: str, worker: int, n: int) -> None:
+    for i in range(n):
+        record_event(
+            Path(home),
+            event_type="concurrent",
+            env="local",
+            target=f"w{worker}",
+            result="success",
+            details={"i": i, "pad": "x" * (worker * 500)},  # different line lengths
+        )
+
+
+def test_concurrent_processes_never_interleave_or_lose(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), w, 30)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    log = AuditLog(tmp_path)
+    report = log.verify()
+    assert report.ok and report.entries == 120
+    entries = list(log.entries())
+    assert sorted((e.target, e.details["i"]) for e in entries) == sorted(
+        (f"w{w}", i) for w in range(4) for i in range(30)
+    )
+    assert [cp.size for cp in log.checkpoints()] == [100]
+    assert report.checkpoints_checked == 1 and report.anchors_checked == 1
+
+
+def test_torn_last_line_is_reported_then_moved_aside_and_recorded(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path)
+    append_n(log, 5)
+    whole = log.path.read_bytes()
+    fragment = b'{"actor":"tester","details":{"i":5},"dura'
+    with open(log.path, "ab") as fh:  # what kill -9 in the middle of write() leaves
+        fh.write(fragment)
+    report = log.verify()
+    assert not report.ok and report.problem is au.Problem.TORN_TAIL and report.first_bad_entry == 5
+    assert report.line == 6
+
+    append_n(log, 1, start=6)
+    data = log.path.read_bytes()
+    assert data.startswith(whole) and fragment not in data  # nothing glued onto the torn line
+    entries = list(log.entries())
+    assert [e.event_type for e in entries[5:]] == ["audit.torn_write", "test.event"]
+    torn = entries[5].details
+    assert torn["length"] == len(fragment) and torn["offset"] == len(whole)
+    assert Path(torn["moved_to"]).read_bytes() == fragment
+    report = log.verify()
+    assert report.ok and report.torn_writes_recorded == 1
+
+
+def test_a_whole_entry_that_only_lost_its_newline_is_kept(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path)
+    append_n(log, 3)
+    log.path.write_bytes(log.path.read_bytes().rstrip(b"\n"))
+    assert log.verify().ok
+    append_n(log, 1, start=3)
+    assert [e.seq for e in log.entries()] == [0, 1, 2, 3]
+    assert log.verify().ok and log.verify().torn_writes_recorded == 0
+
+
+def test_a_corrupt_last_complete_line_stops_appends(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path)
+    append_n(log, 2)
+    with open(log.path, "ab") as fh:
+        fh.write(b"garbage\n")
+    with pytest.raises(NeedsOperatorError):
+        append_n(log, 1, start=2)
+
+
+_KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from voketag_ops.audit import record_event
+    home = Path(sys.argv[1])
+    i = 0
+    while True:
+        record_event(home, event_type="stress", env="local", target="t", result="success",
+                     details={"i": i, "pad": "y" * 20000})
+        i += 1
+        if i == 3:
+            print("ready", flush=True)
+    """
+)
+
+
+def test_kill_minus_9_mid_run_never_leaves_an_accepted_torn_line(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILL_SCRIPT, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    log = AuditLog(tmp_path)
+    report = log.verify()
+    # Either the kill landed between appends, or the torn line is reported; never silently fine.
+    assert report.ok or report.problem is au.Problem.TORN_TAIL
+    if report.ok:
+        assert log.path.read_bytes().endswith(b"\n")
+    record_event(tmp_path, event_type="after", env="local", target="t", result="success")
+    after = log.verify()
+    assert after.ok and list(log.entries())[-1].event_type == "after"
+
+
+def test_truncation_below_the_last_checkpoint_is_detected_even_without_checkpoints(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path, checkpoint_every=10)
+    append_n(log, 25)
+    assert [cp.size for cp in log.checkpoints()] == [10, 20]
+    anchors = FileChainStore(default_chain_path(tmp_path)).load().anchors.values()
+    assert sorted(a.label for a in anchors) == ["audit@10", "audit@20"]
+    assert log.verify().ok
+
+    data = log.path.read_bytes().splitlines(keepends=True)
+    log.path.write_bytes(b"".join(data[:15]))
+    report = log.verify()
+    assert report.problem is au.Problem.TRUNCATED and report.first_bad_entry == 15
+
+    log.checkpoints_path.write_bytes(b"")  # the attacker cuts the checkpoints too
+    report = log.verify()
+    assert report.problem is au.Problem.TRUNCATED and "anchor" in (report.message or "")
+
+
+def test_explicit_checkpoint_and_a_torn_checkpoint_line(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path)
+    assert log.checkpoint() is None  # empty log
+    append_n(log, 7)
+    cp = log.checkpoint(now=T0)
+    assert cp is not None and cp.size == 7
+    with open(log.checkpoints_path, "ab") as fh:
+        fh.write(b'{"size": 9')
+    assert [c.size for c in log.checkpoints()] == [7]
+    append_n(log, 2, start=7)
+    # The torn checkpoint line is ignored; the next checkpoint builds on the last good one.
+    log.checkpoints_path.write_bytes(log.checkpoints_path.read_bytes().rsplit(b"\n", 1)[0] + b"\n")
+    cp2 = log.checkpoint(now=T0)
+    assert cp2 is not None and cp2.size == 9
+    assert log.verify().ok and log.verify().checkpoints_checked == 2

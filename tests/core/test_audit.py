@@ -1,0 +1,295 @@
+"""The audit log's chain, checkpoints and verification, on lines built in memory."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from voketag_ops import redact
+from voketag_ops.core import audit as au
+from voketag_ops.core import merkle
+
+T0 = datetime(2026, 4, 1, 2, 0, tzinfo=UTC)
+
+
+def build(n: int, *, start: int = 0, prev: str = au.ZERO, tag: str = "") -> list[au.AuditEntry]:
+    entries = []
+    for i in range(start, start + n):
+        entry = au.make_entry(
+            seq=i,
+            prev_hash=prev,
+            now=T0 + timedelta(seconds=i),
+            event_type="rotate.db-password" if i % 2 else "dr.failover",
+            actor="sre@host",
+            env="local",
+            target=f"target-{i % 7}{tag}",
+            result="success" if i % 5 else "failure",
+            duration_seconds=i / 10,
+            details={"i": i},
+        )
+        entries.append(entry)
+        prev = entry.hash
+    return entries
+
+
+def lines(entries: list[au.AuditEntry]) -> list[bytes]:
+    return [e.line() for e in entries]
+
+
+def claims_every(entries: list[au.AuditEntry], step: int) -> list[au.Claim]:
+    out = []
+    for size in range(step, len(entries) + 1, step):
+        root = merkle.root(bytes.fromhex(e.hash) for e in entries[:size]).hex()
+        out.append(au.Claim(size, root, "checkpoint", entries[size - 1].hash))
+    return out
+
+
+@pytest.fixture(scope="module")
+def log1000() -> list[au.AuditEntry]:
+    return build(1000)
+
+
+@pytest.fixture(scope="module")
+def claims1000(log1000: list[au.AuditEntry]) -> list[au.Claim]:
+    return claims_every(log1000, 100)
+
+
+def verdict(raw: list[bytes], claims: list[au.Claim] = ()) -> tuple[int | None, au.Problem | None]:  # type: ignore[assignment]
+    report = au.verify_lines(raw, claims)
+    assert not report.ok and report.message
+    return report.first_bad_entry, report.problem
+
+
+def test_a_thousand_entries_verify(log1000: list[au.AuditEntry], claims1000: list[au.Claim]) -> None:
+    report = au.verify_lines(lines(log1000), claims1000)
+    assert report.ok and report.entries == 1000
+    assert report.checkpoints_checked == 10 and report.last_checkpoint_size == 1000
+    assert report.head_hash == log1000[-1].hash
+
+
+def test_edited_entry_is_named(log1000: list[au.AuditEntry], claims1000: list[au.Claim]) -> None:
+    raw = lines(log1000)
+    raw[500] = raw[500].replace(b'"target":"target-', b'"target":"TARGET-')
+    assert verdict(raw, claims1000) == (500, au.Problem.EDITED)
+
+
+def test_edited_and_rehashed_entry_is_named(log1000: list[au.AuditEntry]) -> None:
+    raw = lines(log1000)
+    forged = replace(log1000[500], target="somewhere-else")
+    raw[500] = replace(forged, hash=forged.computed_hash()).line()
+    assert verdict(raw) == (500, au.Problem.BROKEN_LINK)
+
+
+def test_deleted_entry_is_named(log1000: list[au.AuditEntry]) -> None:
+    raw = lines(log1000)
+    del raw[500]
+    assert verdict(raw) == (500, au.Problem.SEQUENCE)
+
+
+def test_reordered_entries_are_named(log1000: list[au.AuditEntry]) -> None:
+    raw = lines(log1000)
+    raw[500], raw[501] = raw[501], raw[500]
+    assert verdict(raw) == (500, au.Problem.SEQUENCE)
+
+
+def test_inserted_entry_is_named(log1000: list[au.AuditEntry]) -> None:
+    raw = lines(log1000)
+    forged = build(1, start=500, prev=log1000[499].hash, tag="-forged")[0]
+    raw.insert(500, forged.line())
+    assert verdict(raw) == (500, au.Problem.SEQUENCE)
+
+
+def test_consistent_rewrite_is_caught_by_the_next_checkpoint(
+    log1000: list[au.AuditEntry], claims1000: list[au.Claim]
+) -> None:
+    rewritten = log1000[:500] + build(500, start=500, prev=log1000[499].hash, tag="-rewritten")
+    assert au.verify_lines(lines(rewritten)).ok  # the chain alone cannot see it
+    bad, problem = verdict(lines(rewritten), claims1000)
+    assert (bad, problem) == (500, au.Problem.CHECKPOINT_MISMATCH)
+
+
+def test_truncation_below_the_last_checkpoint(
+    log1000: list[au.AuditEntry], claims1000: list[au.Claim]
+) -> None:
+    assert au.verify_lines(lines(log1000[:900])).ok  # the chain alone cannot see it
+    assert verdict(lines(log1000[:900]), claims1000) == (900, au.Problem.TRUNCATED)
+    # An anchor alone (no last_hash) is enough.
+    anchor = au.Claim(1000, claims1000[-1].root, "anchor abc")
+    report = au.verify_lines(lines(log1000[:950]), [anchor])
+    assert report.problem is au.Problem.TRUNCATED and "anchor abc" in (report.message or "")
+    assert au.verify_lines(lines(log1000), [anchor]).anchors_checked == 1
+
+
+def test_torn_last_line(log1000: list[au.AuditEntry]) -> None:
+    raw = lines(log1000[:10])
+    raw[-1] = raw[-1][:37]
+    report = au.verify_lines(raw)
+    assert (report.first_bad_entry, report.problem, report.line) == (9, au.Problem.TORN_TAIL, 10)
+    assert "incomplete write" in (report.message or "")
+
+
+def test_complete_last_line_without_newline_is_accepted(log1000: list[au.AuditEntry]) -> None:
+    raw = lines(log1000[:10])
+    raw[-1] = raw[-1].rstrip(b"\n")
+    assert au.verify_lines(raw).ok
+
+
+def test_corrupt_middle_line_and_bad_first_link(log1000: list[au.AuditEntry]) -> None:
+    raw = lines(log1000[:10])
+    raw[3] = b"{not json\n"
+    assert verdict(raw) == (3, au.Problem.CORRUPT_LINE)
+    forged = build(3, prev="1" * 64)
+    assert verdict(lines(forged)) == (0, au.Problem.BROKEN_LINK)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(2, 60),
+    data=st.data(),
+    field=st.sampled_from(
+        ["timestamp", "event_type", "actor", "env", "target", "result", "duration", "details"]
+    ),
+)
+def test_any_single_field_edit_is_detected_at_its_entry(n: int, data: st.DataObject, field: str) -> None:
+    entries = build(n)
+    i = data.draw(st.integers(0, n - 1))
+    doc = entries[i].to_json()
+    if field == "duration":
+        doc["duration_seconds"] = (doc["duration_seconds"] or 0) + 1
+    elif field == "details":
+        doc["details"] = {"i": -1}
+    elif field == "timestamp":
+        doc["timestamp"] = au.iso_now(T0 - timedelta(days=1))
+    else:
+        doc[field] = doc[field] + "x"
+    raw = lines(entries)
+    raw[i] = au.canonical(doc) + b"\n"
+    assert verdict(raw) == (i, au.Problem.EDITED)
+
+
+# -- what goes in ------------------------------------------------------------------------------
+
+
+def test_details_never_hold_secret_values() -> None:
+    redact.register("s3cr3t-value-123")
+    try:
+        entry = au.make_entry(
+            seq=0,
+            prev_hash=au.ZERO,
+            now=T0,
+            event_type="rotate.api-key",
+            actor="sre",
+            env="local",
+            target="stripe",
+            result="success",
+            duration_seconds=1,
+            details={
+                "password": "hunter2",
+                "nested": {"api_key": "k", "note": "was s3cr3t-value-123"},
+                "list": ["s3cr3t-value-123", 1, None],
+                "version": 4,
+                "when": T0,
+                "nan": float("nan"),
+            },
+        )
+    finally:
+        redact.clear()
+    text = entry.line().decode()
+    assert "hunter2" not in text and "s3cr3t-value-123" not in text
+    assert entry.details["password"] == "***" and entry.details["nested"]["api_key"] == "***"
+    assert entry.details["version"] == 4 and entry.details["when"] == "2026-04-01T02:00:00.000000Z"
+    assert entry.details["nan"] == "nan"
+    assert au.parse_entry(entry.line().rstrip()) == entry
+
+
+def test_make_entry_rejects_bad_input() -> None:
+    with pytest.raises(ValueError):
+        au.make_entry(
+            seq=0,
+            prev_hash=au.ZERO,
+            now=datetime(2026, 1, 1),
+            event_type="x",
+            actor="a",
+            env="e",
+            target="t",
+            result="success",
+            duration_seconds=None,
+            details=None,
+        )
+    with pytest.raises(TypeError):
+        au.make_entry(
+            seq=0,
+            prev_hash=au.ZERO,
+            now=T0,
+            event_type="x",
+            actor="a",
+            env="e",
+            target=3,  # type: ignore[arg-type]
+            result="success",
+            duration_seconds=None,
+            details=None,
+        )
+
+
+@pytest.mark.parametrize(
+    ("mutate", "fragment"),
+    [
+        (lambda d: d.pop("hash"), "missing: hash"),
+        (lambda d: d.update(extra=1), "unexpected: extra"),
+        (lambda d: d.update(seq=-1), "seq"),
+        (lambda d: d.update(prev_hash="XY"), "prev_hash"),
+        (lambda d: d.update(duration_seconds="1"), "duration_seconds"),
+        (lambda d: d.update(details=[]), "details"),
+        (lambda d: d.update(actor=None), "actor"),
+    ],
+)
+def test_parse_entry_says_what_is_wrong(mutate, fragment: str) -> None:
+    doc = build(1)[0].to_json()
+    mutate(doc)
+    with pytest.raises(au.EntryFormatError, match=fragment):
+        au.parse_entry(json.dumps(doc).encode())
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+def test_filters_and_pages(log1000: list[au.AuditEntry]) -> None:
+    flt = au.Filter(event_type="rotate.*", result="failure")
+    page, total = au.select(log1000, flt, limit=3, offset=2)
+    assert total == 100  # odd i (rotate) and i % 5 == 0 (failure): i = 5, 15, 25, ...
+    assert [e.seq for e in page] == [25, 35, 45]
+    window = au.Filter(since=T0 + timedelta(seconds=10), until=T0 + timedelta(seconds=20), target="target-3")
+    page, total = au.select(log1000, window, limit=None)
+    assert [e.seq for e in page] == [10, 17] and total == 2
+
+
+def test_csv_export_escapes_formula_cells() -> None:
+    entry = au.make_entry(
+        seq=0,
+        prev_hash=au.ZERO,
+        now=T0,
+        event_type="ingest.load",
+        actor="=cmd|' /C calc'!A0",
+        env="local",
+        target="+SUM(A1)",
+        result="success",
+        duration_seconds=0.5,
+        details={"note": "@x"},
+    )
+    text = "".join(au.to_csv([entry]))
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0] == list(au.FIELDS)
+    row = dict(zip(rows[0], rows[1], strict=True))
+    assert row["actor"] == "'=cmd|' /C calc'!A0"
+    assert row["target"] == "'+SUM(A1)"
+    assert row["details"] == '{"note": "@x"}'
+    for cell in ("-1", "@a", "\tx"):
+        assert au.csv_cell(cell).startswith("'")
+    assert au.csv_cell(-1) == "'-1" and au.csv_cell(0.5) == "0.5" and au.csv_cell(None) == ""
