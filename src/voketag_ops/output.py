@@ -133,30 +133,41 @@ class Output:
         ok: bool = True,
         render: Renderer | None = None,
         failure: str | None = None,
+        error: VokeError | None = None,
     ) -> int:
         """Print a report. ok=False means "it ran and the answer is no" (exit 1).
 
         FAILURE is the one-line summary used as the error message when ok is False.
+        ERROR, when given, is an operation failure that still has a report to show
+        (a rotation rolled back: exit 6); its exit code and message win.
         """
         data = to_jsonable(payload)
+        if error is not None:
+            ok, failure = False, error.message
         if self.json_mode:
             doc: dict[str, Any] = {"ok": ok, "command": self.command, "result": data}
             if not ok:
                 doc["error"] = {
-                    "type": "CheckFailed",
-                    "message": failure or "check failed",
-                    "exit_code": int(ExitCode.NO),
+                    "type": error.type_name if error else "CheckFailed",
+                    "message": redact(failure or "check failed"),
+                    "exit_code": int(error.exit_code if error else ExitCode.NO),
                 }
+                if error is not None and error.hint:
+                    doc["error"]["hint"] = redact(error.hint)
             self._emit_json(doc)
         else:
             if render is not None:
                 render(self.out, payload)
             else:
                 self.out.print_json(json.dumps(data))
-            if not ok and failure:
+            if error is not None:
+                self.err.print(f"error: {redact(error.message)}", markup=False, highlight=False)
+                if error.hint:
+                    self.err.print(f"hint: {redact(error.hint)}", markup=False, highlight=False)
+            elif not ok and failure:
                 self.err.print(f"[red]✗[/] {failure}", markup=True)
         self.emitted = True
-        self.exit_code = int(ExitCode.OK if ok else ExitCode.NO)
+        self.exit_code = int(error.exit_code if error else (ExitCode.OK if ok else ExitCode.NO))
         return self.exit_code
 
     def error(self, exc: VokeError) -> int:

@@ -12,7 +12,17 @@ from typing import Annotated, TextIO
 import typer
 
 from voketag_ops import __version__
-from voketag_ops.cli import config_cmd, coverage_cmd, doctor_cmd, env_cmd
+from voketag_ops.cli import (
+    audit_cmd,
+    chain_cmd,
+    config_cmd,
+    coverage_cmd,
+    doctor_cmd,
+    dr_cmd,
+    env_cmd,
+    rotate_cmd,
+    secrets_cmd,
+)
 from voketag_ops.cli._click import ClickAbort, ClickException, ClickUsageError
 from voketag_ops.cli.common import GLOBAL_FLAGS, AppContext, GlobalOptions
 from voketag_ops.errors import Interrupted, UsageError, VokeError
@@ -31,8 +41,12 @@ app = typer.Typer(
 )
 # A group is registered only once at least one of its commands works.
 app.add_typer(env_cmd.app, name="env")
+app.add_typer(rotate_cmd.app, name="rotate")
+app.add_typer(secrets_cmd.app, name="secrets")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(coverage_cmd.app, name="coverage")
+app.add_typer(chain_cmd.app, name="chain")
+app.add_typer(audit_cmd.app, name="audit")
 app.command("doctor")(doctor_cmd.doctor)
 
 

@@ -1,0 +1,195 @@
+"""`voke rotate`: rotate credentials without locking anyone out."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from voketag_ops.cli.common import DryRun, Yes, use
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+app = typer.Typer(help="Rotate credentials (crash-safe; resume or roll back), what is due, cleanup, history.",
+                  no_args_is_help=True)
+
+
+def _engine(env: Any) -> Any:
+    from voketag_ops.workflows.rotate import local_engine
+
+    with env.out.progress("preparing") as update:
+        return local_engine(env.settings, update)
+
+
+def _show(env: Any, outcome: Any) -> None:
+    report = outcome.report
+    if report is None:
+        env.out.result({"status": "nothing to do"}, render=lambda c, r: c.print("no unfinished rotation"))
+        return
+    env.out.result(report, render=_render_report, error=outcome.error)
+
+
+@app.command("db-password")
+def db_password(
+    ctx: typer.Context,
+    user: Annotated[str, typer.Option("--user", help="Managed database login (rotation.db_users).")] = "app",
+    strategy: Annotated[
+        str | None, typer.Option("--strategy", help="alternating or single (must match the configuration).")
+    ] = None,
+    dry_run: DryRun = False,
+    yes: Yes = False,
+) -> None:
+    """Rotate a database password: new version, ALTER ROLE, test, commit, restart services, health."""
+    env = use(ctx)
+    if strategy not in (None, "alternating", "single"):
+        from voketag_ops.errors import UsageError
+
+        raise UsageError(f"--strategy must be alternating or single, not {strategy!r}")
+    if not dry_run:
+        env.out.confirm(f"Rotate the database password of {user}?", yes=yes)
+    engine = _engine(env)
+    _show(env, engine.rotate_db_password(user, strategy=strategy, dry_run=dry_run))
+
+
+@app.command("resume")
+def resume(
+    ctx: typer.Context,
+    rotation_id: Annotated[str | None, typer.Argument(help="Rotation id (default: the unfinished one).")] = None,
+    yes: Yes = False,
+) -> None:
+    """Finish an interrupted rotation from the step after the last one recorded."""
+    env = use(ctx)
+    env.out.confirm(f"Resume rotation {rotation_id or '(the unfinished one)'}?", yes=yes)
+    _show(env, _engine(env).resume(rotation_id))
+
+
+@app.command("rollback")
+def rollback(
+    ctx: typer.Context,
+    rotation_id: Annotated[str, typer.Argument(help="Rotation id (see `voke rotate status`).")],
+    yes: Yes = False,
+) -> None:
+    """Undo an unfinished rotation: target, aliases and services back to the previous version."""
+    env = use(ctx)
+    env.out.confirm(f"Roll back rotation {rotation_id}?", yes=yes)
+    _show(env, _engine(env).rollback(rotation_id))
+
+
+@app.command("status")
+def status(ctx: typer.Context) -> None:
+    """Every managed secret: current version, age, next due date, rotations in progress."""
+    env = use(ctx)
+    env.out.result(_engine(env).status(), render=_render_status)
+
+
+@app.command("due")
+def due(
+    ctx: typer.Context,
+    run: Annotated[bool, typer.Option("--run", help="Rotate every due secret (for cron).")] = False,
+    dry_run: DryRun = False,
+    yes: Yes = False,
+) -> None:
+    """What is due by the schedule; with --run, rotate it (exit 6/7 if any rotation failed)."""
+    env = use(ctx)
+    engine = _engine(env)
+    due_now = engine.due()
+    if not run or dry_run or not due_now:
+        env.out.result({"due": due_now, "rotations": []}, render=_render_due)
+        return
+    env.out.confirm(f"Rotate {len(due_now)} due secret(s)?", yes=yes)
+    reports, worst = [], None
+    for item in due_now:
+        outcome = engine.rotate_db_password(engine.users_for(item["name"]))
+        reports.append(outcome.report)
+        if outcome.error is not None and (worst is None or outcome.error.exit_code > worst.exit_code):
+            worst = outcome.error
+    env.out.result({"due": due_now, "rotations": reports}, render=_render_due, error=worst)
+
+
+@app.command("cleanup")
+def cleanup(ctx: typer.Context, dry_run: DryRun = False, yes: Yes = False) -> None:
+    """Disable superseded versions after 24 h, destroy them after 30 days; never current,
+    previous, the newest 3, or a version any service is pinned to."""
+    env = use(ctx)
+    engine = _engine(env)
+    if not dry_run:
+        env.out.confirm("Disable/destroy old secret versions?", yes=yes)
+    env.out.result(engine.cleanup(dry_run=dry_run), render=_render_cleanup)
+
+
+@app.command("history")
+def history(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Newest N rotations.")] = 20,
+    secret: Annotated[str | None, typer.Option("--secret", help="Only this secret.")] = None,
+) -> None:
+    """Finished rotations, newest first."""
+    env = use(ctx)
+    records = _engine(env).history(limit=limit, secret=secret)
+    env.out.result({"rotations": records}, render=_render_history)
+
+
+def _render_report(console: Console, report: Any) -> None:
+    from rich.table import Table
+
+    if report.dry_run:
+        console.print(f"[bold]dry run[/]: rotation plan for {report.secret} ({report.strategy}); nothing will change")
+        for step in report.plan:
+            console.print(f"  • {step}")
+        return
+    table = Table(title=f"{report.rotation_id}: {report.secret} ({report.strategy})", title_justify="left")
+    for col in ("step", "status", "seconds", "detail"):
+        table.add_column(col)
+    for step in report.steps:
+        table.add_row(step.name, step.status, f"{step.duration_seconds:.2f}", step.detail)
+    console.print(table)
+    resumed = " (resumed)" if report.resumed else ""
+    console.print(
+        f"{report.status}{resumed}: version {report.previous_version} -> {report.new_version} "
+        f"in {report.duration_seconds:.2f} s"
+    )
+
+
+def _render_status(console: Console, report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title="managed secrets", title_justify="left")
+    for col in ("secret", "current", "previous", "age (days)", "next due", "due"):
+        table.add_column(col)
+    for s in report["secrets"]:
+        table.add_row(s["name"], str(s["current_version"]), str(s["previous_version"]), f"{s['age_days']:.1f}",
+                      s["next_due"], "[yellow]yes[/]" if s["due"] else "no")
+    console.print(table)
+    for r in report["in_progress"]:
+        console.print(f"[yellow]unfinished[/] {r['rotation_id']} on {r['secret']}: last step {r['step']} "
+                      f"({'running' if r['running'] else 'not running: voke rotate resume ' + r['rotation_id']})")
+
+
+def _render_due(console: Console, report: dict[str, Any]) -> None:
+    if not report["due"]:
+        console.print("nothing is due")
+    for s in report["due"]:
+        console.print(f"due: {s['name']} (since {s['next_due']})")
+    for r in report["rotations"]:
+        console.print(f"{r.rotation_id}: {r.status}, version {r.previous_version} -> {r.new_version}")
+
+
+def _render_cleanup(console: Console, report: dict[str, Any]) -> None:
+    verb = "would" if report["dry_run"] else "did"
+    if not report["actions"]:
+        console.print("nothing to clean up")
+    for a in report["actions"]:
+        console.print(f"{verb} {a.action} {a.secret} version {a.version} ({a.reason})")
+
+
+def _render_history(console: Console, report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title="rotations", title_justify="left")
+    for col in ("id", "secret", "status", "versions", "started", "finished", "error"):
+        table.add_column(col)
+    for r in report["rotations"]:
+        table.add_row(r.id, r.secret, r.status, f"{r.old_current} -> {r.pending_version}", r.started_at,
+                      r.finished_at or "", (r.error or {}).get("message", ""))
+    console.print(table)

@@ -1,0 +1,100 @@
+"""`voke secrets`: the versioned secret store (values only through `access`)."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from voketag_ops.cli.common import use
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+app = typer.Typer(help="List secrets and versions; `access` prints one value (operators only).", no_args_is_help=True)
+
+
+def _store(env: Any) -> Any:
+    from voketag_ops.workflows.env import LocalPlatform
+
+    if env.settings.env != "local":
+        from voketag_ops.errors import ConfigError
+
+        raise ConfigError(f"environment {env.settings.env!r}: this version of voke reads the local secret store only")
+    platform = LocalPlatform(env.settings)
+    return platform.store()
+
+
+def _versions(meta: Any) -> list[dict[str, Any]]:
+    return [
+        {"version": v.version, "state": v.state, "aliases": list(v.aliases), "created_at": v.created_at,
+         "state_changed_at": v.state_changed_at}
+        for v in meta.versions
+    ]
+
+
+@app.command("list")
+def list_(ctx: typer.Context) -> None:
+    """Every secret with its current version and versions (never values)."""
+    env = use(ctx)
+    secrets_out = [
+        {"name": m.name, "current_version": m.aliases.get("current"), "versions": _versions(m)}
+        for m in _store(env).list()
+    ]
+    env.out.result({"secrets": secrets_out}, render=_render_list)
+
+
+@app.command("versions")
+def versions(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Secret name.")]) -> None:
+    """A secret's versions: state, aliases, creation time."""
+    env = use(ctx)
+    meta = _store(env).get(name)
+    env.out.result({"name": meta.name, "etag": meta.etag, "aliases": meta.aliases, "versions": _versions(meta)},
+                   render=_render_versions)
+
+
+@app.command("access")
+def access(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Secret name.")],
+    version: Annotated[str, typer.Option("--version", help="Version number or alias.")] = "current",
+) -> None:
+    """Print the raw value and nothing else (the one command that shows a secret)."""
+    import time
+
+    from voketag_ops.audit import record_event
+
+    env = use(ctx)
+    t0 = time.monotonic()
+    value = _store(env).access(name, version)
+    record_event(env.local_environment().home, event_type="secret.access", env=env.settings.env, target=name,
+                 result="success", duration_seconds=round(time.monotonic() - t0, 3), details={"version": version})
+    stream = env.out.stdout
+    buffer = getattr(stream, "buffer", None)
+    if buffer is not None:
+        buffer.write(value)
+        buffer.flush()
+    else:
+        stream.write(value.decode("utf-8", "replace"))
+    env.out.emitted = True
+    if stream is sys.stdout and sys.stdout.isatty():
+        sys.stderr.write("\n")
+
+
+def _render_list(console: Console, report: dict[str, Any]) -> None:
+    if not report["secrets"]:
+        console.print("no secrets")
+    for s in report["secrets"]:
+        console.print(f"{s['name']}: current {s['current_version']}, {len(s['versions'])} version(s)")
+
+
+def _render_versions(console: Console, report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=report["name"], title_justify="left")
+    for col in ("version", "state", "aliases", "created"):
+        table.add_column(col)
+    for v in report["versions"]:
+        table.add_row(str(v["version"]), v["state"], ", ".join(v["aliases"]), v["created_at"])
+    console.print(table)

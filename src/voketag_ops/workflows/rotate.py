@@ -1,0 +1,810 @@
+"""`voke rotate`: the crash-safe rotation engine.
+
+Every step is recorded in the secret's `voke-rotation` annotation (compare-and-swap on
+the etag) before the next one starts, and every step is safe to run twice, so a run
+killed at any moment is finished by `voke rotate resume` or undone by `voke rotate
+rollback`. The new value is stored *before* the target changes; `current` moves in a
+single compare-and-swap; services are restarted pinned to explicit version numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from voketag_ops.config import DbUserSettings, RotationSettings
+from voketag_ops.core.rotation import (
+    ANNOTATION,
+    LAST_ANNOTATION,
+    CleanupAction,
+    RotationRecord,
+    StepRecord,
+    generate_password,
+    iso,
+    new_rotation_id,
+    next_due,
+    parse_iso,
+    plan_cleanup,
+    rollback_scope,
+)
+from voketag_ops.errors import (
+    AuthenticationError,
+    ConnectivityError,
+    EtagMismatchError,
+    HealthCheckError,
+    Interrupted,
+    NeedsOperatorError,
+    NotFoundError,
+    PreconditionError,
+    RolledBackError,
+    RotationFailure,
+    SecretError,
+    ValidationError,
+    VokeError,
+)
+from voketag_ops.logs import get_logger
+
+log = get_logger(__name__)
+
+FAULT_ENV = "VOKE_FAULT_CRASH_AFTER"
+FAULT_EXIT_CODE = 86
+Progress = Callable[[str], None]
+
+
+@dataclass
+class RotationReport:
+    """What `voke rotate ...` prints (`result` of --json)."""
+
+    rotation_id: str
+    status: str  # succeeded | rolled_back | needs_attention | in_progress
+    secret: str
+    kind: str
+    strategy: str
+    previous_version: int | None
+    new_version: int | None
+    steps: list[StepRecord]
+    duration_seconds: float
+    started_at: str
+    finished_at: str | None = None
+    resumed: bool = False
+    dry_run: bool = False
+    plan: list[str] = field(default_factory=list)
+    error: dict[str, str] | None = None
+
+    @classmethod
+    def of(cls, record: RotationRecord, *, t0: float, resumed: bool = False) -> RotationReport:
+        return cls(
+            rotation_id=record.id,
+            status=record.status,
+            secret=record.secret,
+            kind=record.kind,
+            strategy=record.strategy,
+            previous_version=record.old_current,
+            new_version=record.pending_version,
+            steps=list(record.steps),
+            duration_seconds=round(time.monotonic() - t0, 3),
+            started_at=record.started_at,
+            finished_at=record.finished_at,
+            resumed=resumed,
+            error=record.error,
+        )
+
+
+@dataclass
+class Outcome:
+    """A report plus the error that decides the exit code (None: success)."""
+
+    report: Any
+    error: VokeError | None = None
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class RotationEngine:
+    """Rotates the credentials described by RotationSettings through the given ports."""
+
+    def __init__(
+        self,
+        *,
+        store: Any,
+        runtime: Any,
+        target: Any,
+        settings: RotationSettings,
+        home: Path,
+        env_name: str = "local",
+        now: Callable[[], datetime] = _utcnow,
+        environ: Mapping[str, str] | None = None,
+        progress: Progress = lambda _m: None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.store = store
+        self.runtime = runtime
+        self.target = target
+        self.settings = settings
+        self.home = home
+        self.env_name = env_name
+        self.now = now
+        self.environ = os.environ if environ is None else environ
+        self.progress = progress
+        self.sleep = sleep
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+
+    # -- lookups ------------------------------------------------------------------------------
+    def db_user(self, name: str) -> DbUserSettings:
+        try:
+            return self.settings.db_users[name]
+        except KeyError:
+            known = ", ".join(sorted(self.settings.db_users)) or "none"
+            raise ValidationError(f"unknown database user {name!r} (managed: {known})") from None
+
+    def _user_of_secret(self, secret: str) -> DbUserSettings:
+        for user in self.settings.db_users.values():
+            if user.secret == secret:
+                return user
+        raise ValidationError(f"secret {secret!r} is not a managed credential")
+
+    def _cred(self, secret: str, version: int | None) -> dict[str, Any] | None:
+        if version is None:
+            return None
+        try:
+            return json.loads(self.store.access(secret, version))
+        except NotFoundError:
+            return None
+
+    def _record(self, secret: str) -> tuple[Any, RotationRecord | None]:
+        meta = self.store.get(secret)
+        raw = meta.annotations.get(ANNOTATION)
+        return meta, (RotationRecord.from_json(raw) if raw else None)
+
+    def _owner_alive(self, record: RotationRecord) -> bool:
+        host, _, pid = record.owner.rpartition(":")
+        if host != socket.gethostname():
+            return not record.lease_expired(self.now())  # another machine: trust the lease
+        try:
+            os.kill(int(pid), 0)
+        except (ProcessLookupError, ValueError):
+            return False
+        except PermissionError:
+            return True
+        return not record.lease_expired(self.now())
+
+    # -- rotate ---------------------------------------------------------------------------------
+    def rotate_db_password(self, user_name: str = "app", *, strategy: str | None = None, dry_run: bool = False) -> Outcome:
+        """Rotate the password of a managed database login (the whole protocol)."""
+        t0 = time.monotonic()
+        user = self.db_user(user_name)
+        strategy = strategy or user.strategy
+        if strategy != user.strategy:
+            raise ValidationError(
+                f"{user_name} is configured for the {user.strategy} strategy; change rotation.db_users.{user_name}.strategy "
+                "(and its roles) instead of overriding it for one run"
+            )
+        try:
+            meta, existing = self._record(user.secret)
+        except NotFoundError:
+            raise ValidationError(f"secret {user.secret!r} does not exist; `voke env up` creates it") from None
+        if existing and existing.status == "needs_attention":
+            raise PreconditionError(
+                f"rotation {existing.id} of {user.secret} stopped and needs a person; nothing was changed",
+                hint=f"voke rotate resume {existing.id}   or: voke rotate rollback {existing.id}",
+            )
+        if existing and existing.status == "in_progress":
+            if self._owner_alive(existing):
+                raise PreconditionError(
+                    f"rotation {existing.id} of {user.secret} is running (owner {existing.owner}, "
+                    f"lease until {existing.lease_until}); nothing was changed"
+                )
+            self.progress(f"finishing the unfinished rotation {existing.id} first")
+            return self._resume(existing, t0)
+        if "current" not in meta.aliases:
+            raise ValidationError(f"secret {user.secret!r} has no `current` version to rotate from")
+        if dry_run:
+            return Outcome(self._plan(user, strategy, meta, t0))
+        self._drift_check(user.secret, meta)
+        now = self.now()
+        record = RotationRecord(
+            id=new_rotation_id(now),
+            secret=user.secret,
+            kind="db-password",
+            strategy=strategy,
+            target=user_name,
+            owner=self.owner,
+            lease_until=iso(now + timedelta(seconds=self.settings.lease_seconds)),
+            started_at=iso(now),
+            step="lock",
+            old_current=meta.aliases.get("current"),
+            old_previous=meta.aliases.get("previous"),
+            steps=[StepRecord("lock", "done", 0.0)],
+        )
+        try:
+            self.store.update(user.secret, etag=meta.etag, annotations={ANNOTATION: record.to_json()})
+        except EtagMismatchError:
+            raise PreconditionError(f"another rotation of {user.secret} started at the same moment; nothing was changed") from None
+        self._audit("rotation.start", record, "started")
+        self._fault("lock")
+        return self._run(record, t0)
+
+    def _plan(self, user: DbUserSettings, strategy: str, meta: Any, t0: float) -> RotationReport:
+        current = self._cred(user.secret, meta.aliases.get("current")) or {}
+        role = _partner(user, current.get("username")) if strategy == "alternating" else current.get("username")
+        plan = [
+            f"lock {user.secret} (lease {self.settings.lease_seconds} s)",
+            f"create a new version of {user.secret} for role {role} (alias pending)",
+            f"ALTER ROLE {role} with the new password",
+            f"log in as {role} with the new value ({self.settings.test_attempts} tries, {self.settings.test_interval:g} s apart)",
+            f"move current -> new version, previous -> {meta.aliases.get('current')}",
+            f"restart {', '.join(user.services)} pinned to the new version (blue-green)",
+            "wait until every service is healthy on its new instance",
+            "record the audit event and the next due date",
+        ]
+        return RotationReport(
+            rotation_id="(dry run)", status="planned", secret=user.secret, kind="db-password", strategy=strategy,
+            previous_version=meta.aliases.get("current"), new_version=None, steps=[],
+            duration_seconds=round(time.monotonic() - t0, 3), started_at=iso(self.now()), dry_run=True, plan=plan,
+        )
+
+    def _drift_check(self, secret: str, meta: Any) -> None:
+        """At least one stored credential must log in, or a person has to look (exit 7, no change)."""
+        tried = []
+        for alias in ("current", "pending", "previous"):
+            cred = self._cred(secret, meta.aliases.get(alias))
+            if cred is None:
+                continue
+            tried.append(alias)
+            if self.target.can_login(cred):
+                if alias != "current":
+                    log.warning("the current credential of %s does not log in; %s does", secret, alias)
+                return
+        raise NeedsOperatorError(
+            f"no stored credential of {secret} ({', '.join(tried) or 'none'}) logs in to the database; "
+            "nothing was changed",
+            hint="find out who changed the password, then set it back or store a working one with `voke secrets`",
+        )
+
+    # -- running steps ----------------------------------------------------------------------------------
+    def _run(self, record: RotationRecord, t0: float, *, resumed: bool = False) -> Outcome:
+        user = self._user_of_secret(record.secret)
+        actions: dict[str, Callable[[RotationRecord, DbUserSettings], str]] = {
+            "create_pending": self._create_pending,
+            "set_target": self._set_target,
+            "test": self._test,
+            "commit": self._commit,
+            "deploy": self._deploy,
+            "health": self._health,
+            "finish": self._finish,
+        }
+        for step in record.next_steps():
+            self.progress(f"rotate {record.secret}: {step}")
+            started = time.monotonic()
+            try:
+                detail = actions[step](record, user)
+            except KeyboardInterrupt:
+                self._release(record)
+                raise Interrupted(
+                    f"rotation {record.id} interrupted during {step}; nothing is half-done",
+                    hint=f"voke rotate resume {record.id}   (or: voke rotate rollback {record.id})",
+                ) from None
+            except RotationFailure as exc:
+                return self._fail(record, step, exc, time.monotonic() - started, t0, resumed)
+            except (NotFoundError, EtagMismatchError, SecretError) as exc:
+                return self._fail(record, step, SecretError(exc.message), time.monotonic() - started, t0, resumed)
+            record.steps.append(
+                StepRecord(step, "skipped" if detail.startswith("skipped") else "done",
+                           round(time.monotonic() - started, 3), detail)
+            )
+            record.step = step
+            if step == "finish":
+                self._end(record)
+            else:
+                self._save(record)
+            self._fault(step)
+        return Outcome(RotationReport.of(record, t0=t0, resumed=resumed))
+
+    def _save(self, record: RotationRecord, *, aliases: dict[str, int | None] | None = None,
+              annotations: dict[str, str | None] | None = None) -> None:
+        """Record progress with a compare-and-swap; renews the lease."""
+        meta = self.store.get(record.secret)
+        raw = meta.annotations.get(ANNOTATION)
+        if raw:
+            stored = RotationRecord.from_json(raw)
+            if stored.id != record.id or stored.owner != record.owner:
+                raise NeedsOperatorError(
+                    f"rotation {record.id} lost its lease on {record.secret} to {stored.id} ({stored.owner})"
+                )
+        elif record.status == "in_progress":
+            raise NeedsOperatorError(f"rotation {record.id}: its record vanished from {record.secret}")
+        record.lease_until = iso(self.now() + timedelta(seconds=self.settings.lease_seconds))
+        changes: dict[str, str | None] = {ANNOTATION: record.to_json()}
+        changes.update(annotations or {})
+        self.store.update(record.secret, etag=meta.etag, aliases=aliases, annotations=changes)
+
+    def _fault(self, step: str) -> None:
+        """The documented fault switch: die abruptly (no cleanup, no finally) after STEP."""
+        if self.environ.get(FAULT_ENV) == step:
+            os._exit(FAULT_EXIT_CODE)
+
+    def _release(self, record: RotationRecord) -> None:
+        """Give up the lease at once (Ctrl-C) so `resume` can continue without waiting."""
+        try:
+            record.lease_until = iso(self.now())
+            meta = self.store.get(record.secret)
+            self.store.update(record.secret, etag=meta.etag, annotations={ANNOTATION: record.to_json()})
+        except VokeError as exc:
+            log.warning("could not release the lease of %s: %s", record.id, exc.message)
+
+    # -- the steps ------------------------------------------------------------------------------------------
+    def _create_pending(self, record: RotationRecord, user: DbUserSettings) -> str:
+        meta = self.store.get(record.secret)
+        found = self._find_pending(record, meta)
+        if found is not None:
+            record.pending_version = found
+            self._save(record, aliases={"pending": found})
+            return f"skipped: reusing version {found}"
+        current = self._cred(record.secret, record.old_current)
+        if current is None:
+            raise SecretError(f"{record.secret}: the current version {record.old_current} cannot be read")
+        role = _partner(user, current["username"]) if record.strategy == "alternating" else current["username"]
+        host, port = self.target.endpoint()
+        payload = {
+            "username": role,
+            "password": generate_password(self.settings.password_length),
+            "host": host,
+            "port": port,
+            "dbname": user.database,
+            "rotation_id": record.id,
+        }
+        version = self.store.add_version(record.secret, json.dumps(payload).encode()).version
+        record.pending_version = version
+        self._save(record, aliases={"pending": version})
+        return f"version {version} for {role}"
+
+    def _find_pending(self, record: RotationRecord, meta: Any) -> int | None:
+        """A version this rotation already stored (it may have died before recording it)."""
+        if record.pending_version and (v := meta.version(record.pending_version)) and v.state == "enabled":
+            return record.pending_version
+        for v in sorted(meta.versions, key=lambda v: v.version, reverse=True):
+            if record.old_current is not None and v.version <= record.old_current:
+                break
+            if v.state != "enabled":
+                continue
+            cred = self._cred(record.secret, v.version)
+            if cred and cred.get("rotation_id") == record.id:
+                return v.version
+        return None
+
+    def _pending(self, record: RotationRecord) -> dict[str, Any]:
+        cred = self._cred(record.secret, record.pending_version)
+        if cred is None:
+            raise SecretError(f"{record.secret}: pending version {record.pending_version} cannot be read")
+        return cred
+
+    def _set_target(self, record: RotationRecord, user: DbUserSettings) -> str:
+        pending = self._pending(record)
+        if self.target.can_login(pending):
+            return "skipped: the database already accepts the pending value"
+        if record.strategy == "alternating":
+            current = self._cred(record.secret, record.old_current) or {}
+            if pending["username"] == current.get("username"):
+                raise ValidationError(
+                    f"refusing to change {pending['username']}: it is the login `current` uses (alternating users)"
+                )
+        self.target.set_password(pending["username"], pending["password"])
+        return f"password of {pending['username']} set"
+
+    def _test(self, record: RotationRecord, user: DbUserSettings) -> str:
+        from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
+
+        pending = self._pending(record)
+        attempts = self.settings.test_attempts
+
+        def attempt() -> None:
+            if not self.target.can_login(pending):
+                raise AuthenticationError(f"{pending['username']} cannot log in with the pending value")
+
+        try:
+            tries = 0
+            for try_ in Retrying(
+                stop=stop_after_attempt(attempts),
+                wait=wait_fixed(self.settings.test_interval),
+                retry=retry_if_exception_type((AuthenticationError, ConnectivityError)),
+                sleep=self.sleep,
+            ):
+                with try_:
+                    tries = try_.retry_state.attempt_number
+                    attempt()
+        except RetryError as exc:
+            last = exc.last_attempt.exception()
+            message = last.message if isinstance(last, VokeError) else str(last)
+            kind = ConnectivityError if isinstance(last, ConnectivityError) else AuthenticationError
+            raise kind(f"{message} (after {attempts} tries)") from None
+        return f"fresh login as {pending['username']} ok (try {tries} of {attempts})"
+
+    def _commit(self, record: RotationRecord, user: DbUserSettings) -> str:
+        meta = self.store.get(record.secret)
+        if meta.aliases.get("current") == record.pending_version:
+            return "skipped: current already points at the new version"
+        self._save(
+            record,
+            aliases={"current": record.pending_version, "previous": record.old_current, "pending": None},
+        )
+        return f"current -> {record.pending_version}, previous -> {record.old_current}"
+
+    def _deploy(self, record: RotationRecord, user: DbUserSettings) -> str:
+        assert record.pending_version is not None
+        self.runtime.deploy_many({svc: (record.secret, record.pending_version) for svc in user.services})
+        return f"{len(user.services)} service(s) on version {record.pending_version}"
+
+    def _health(self, record: RotationRecord, user: DbUserSettings) -> str:
+        deadline = time.monotonic() + self.settings.health_timeout
+        pending = set(user.services)
+        while pending and time.monotonic() < deadline:
+            pending = {svc for svc in pending if not self._healthy_on(svc, record)}
+            if pending:
+                self.sleep(0.2)
+        if pending:
+            raise HealthCheckError(f"not healthy on version {record.pending_version}: {', '.join(sorted(pending))}")
+        return f"{len(user.services)} service(s) healthy"
+
+    def _healthy_on(self, service: str, record: RotationRecord) -> bool:
+        info = next((s for s in self.runtime.services(check=False) if s.name == service), None)
+        return bool(info and info.secret_version == record.pending_version and self.runtime.health(service))
+
+    def _finish(self, record: RotationRecord, user: DbUserSettings) -> str:
+        now = self.now()
+        record.status = "succeeded"
+        record.finished_at = iso(now)
+        due = next_due(self.settings.schedule.db_password, now)
+        return f"next due {iso(due)}"
+
+    def _end(self, record: RotationRecord) -> None:
+        """Clear the in-progress record, keep a summary, write history and the audit event."""
+        meta = self.store.get(record.secret)
+        self.store.update(
+            record.secret,
+            etag=meta.etag,
+            annotations={ANNOTATION: None, LAST_ANNOTATION: json.dumps(record.summary())},
+        )
+        self._history(record)
+        self._audit("rotation.finish", record, record.status)
+
+    # -- failure and rollback ---------------------------------------------------------------------------
+    def _fail(self, record: RotationRecord, step: str, exc: RotationFailure, took: float, t0: float,
+              resumed: bool) -> Outcome:
+        record.steps.append(StepRecord(step, "failed", round(took, 3), f"{exc.kind}: {exc.message}"))
+        record.error = {"step": step, "kind": exc.kind, "message": exc.message}
+        log.warning("rotation %s failed at %s: %s: %s", record.id, step, exc.kind, exc.message)
+        if exc.recovery == "operator":
+            return self._needs_attention(record, t0, resumed, f"{exc.kind} at {step}: {exc.message}")
+        try:
+            self._rollback(record)
+        except VokeError as rb_exc:
+            return self._needs_attention(
+                record, t0, resumed, f"{exc.kind} at {step}: {exc.message}; the rollback failed too: {rb_exc.message}"
+            )
+        error = RolledBackError(
+            f"rotation {record.id} of {record.secret} failed at {step} ({exc.kind}: {exc.message}); rolled back",
+            hint="safe to retry: voke rotate db-password --yes",
+        )
+        return Outcome(RotationReport.of(record, t0=t0, resumed=resumed), error)
+
+    def _needs_attention(self, record: RotationRecord, t0: float, resumed: bool, why: str) -> Outcome:
+        record.status = "needs_attention"
+        record.lease_until = iso(self.now())
+        try:
+            meta = self.store.get(record.secret)
+            self.store.update(record.secret, etag=meta.etag, annotations={ANNOTATION: record.to_json()})
+            self._audit("rotation.finish", record, "needs_attention")
+        except VokeError as exc:
+            log.error("could not record the state of %s: %s", record.id, exc.message)
+        error = NeedsOperatorError(
+            f"rotation {record.id} of {record.secret} stopped: {why}",
+            hint=f"fix the cause, then: voke rotate resume {record.id}   or: voke rotate rollback {record.id}",
+        )
+        return Outcome(RotationReport.of(record, t0=t0, resumed=resumed), error)
+
+    def _rollback(self, record: RotationRecord) -> None:
+        """Undo what the completed steps did (the issue's recovery rules)."""
+        scope = rollback_scope(record.step)
+        t = time.monotonic()
+        user = self._user_of_secret(record.secret)
+        pending = self._cred(record.secret, record.pending_version)
+        current = self._cred(record.secret, record.old_current)
+        previous = self._cred(record.secret, record.old_previous)
+        if scope in ("restore_target", "restore_aliases") and pending is not None:
+            # Give the changed login its last stored password back.
+            if record.strategy == "single" and current is not None:
+                self.target.set_password(current["username"], current["password"])
+            elif previous is not None and previous["username"] == pending["username"]:
+                self.target.set_password(previous["username"], previous["password"])
+        aliases: dict[str, int | None] = {"pending": None}
+        if scope == "restore_aliases":
+            aliases.update({"current": record.old_current, "previous": record.old_previous})
+        meta = self.store.get(record.secret)
+        self.store.update(record.secret, etag=meta.etag, aliases=aliases)
+        if scope == "restore_aliases" and record.old_current is not None:
+            back = {
+                svc: (record.secret, record.old_current)
+                for svc in user.services
+                if (s := next((x for x in self.runtime.services(check=False) if x.name == svc), None)) is None
+                or s.secret_version != record.old_current
+            }
+            if back:
+                self.runtime.deploy_many(back)
+        if record.pending_version is not None:
+            v = self.store.get(record.secret).version(record.pending_version)
+            if v is not None and v.state == "enabled":
+                self.store.set_state(record.secret, record.pending_version, "disabled")
+        record.steps.append(StepRecord("rollback", "rolled_back", round(time.monotonic() - t, 3), scope))
+        record.status = "rolled_back"
+        record.finished_at = iso(self.now())
+        self._end(record)
+
+    # -- resume / rollback commands -----------------------------------------------------------------------
+    def unfinished(self) -> list[RotationRecord]:
+        out = []
+        for meta in self.store.list():
+            raw = meta.annotations.get(ANNOTATION)
+            if raw:
+                out.append(RotationRecord.from_json(raw))
+        return out
+
+    def _find(self, rotation_id: str | None) -> RotationRecord | None:
+        records = self.unfinished()
+        if rotation_id is None:
+            return records[0] if records else None
+        for record in records:
+            if record.id == rotation_id:
+                return record
+        return None
+
+    def resume(self, rotation_id: str | None = None) -> Outcome:
+        t0 = time.monotonic()
+        record = self._find(rotation_id)
+        if record is None:
+            if rotation_id:
+                finished = self._from_history(rotation_id)
+                if finished is None:
+                    raise NotFoundError(f"no rotation {rotation_id}")
+                return Outcome(RotationReport.of(finished, t0=t0))
+            return Outcome(None)
+        if self._owner_alive(record) and record.status == "in_progress":
+            raise PreconditionError(f"rotation {record.id} is running (owner {record.owner}); nothing was changed")
+        return self._resume(record, t0)
+
+    def _resume(self, record: RotationRecord, t0: float) -> Outcome:
+        self._take_over(record)
+        self._audit("rotation.resume", record, "started")
+        return self._run(record, t0, resumed=True)
+
+    def _take_over(self, record: RotationRecord) -> None:
+        meta = self.store.get(record.secret)
+        old_owner = record.owner
+        record.owner = self.owner
+        record.status = "in_progress"
+        record.error = None
+        record.lease_until = iso(self.now() + timedelta(seconds=self.settings.lease_seconds))
+        stored = meta.annotations.get(ANNOTATION)
+        if not stored or RotationRecord.from_json(stored).owner != old_owner:
+            raise PreconditionError(f"rotation {record.id} changed hands while taking it over")
+        try:
+            self.store.update(record.secret, etag=meta.etag, annotations={ANNOTATION: record.to_json()})
+        except EtagMismatchError:
+            raise PreconditionError(f"another voke took over rotation {record.id} first") from None
+
+    def rollback(self, rotation_id: str) -> Outcome:
+        t0 = time.monotonic()
+        record = self._find(rotation_id)
+        if record is None:
+            done = self._from_history(rotation_id)
+            if done is None:
+                raise NotFoundError(f"no rotation {rotation_id}")
+            raise PreconditionError(f"rotation {rotation_id} already ended ({done.status}); nothing to roll back")
+        if self._owner_alive(record) and record.status == "in_progress":
+            raise PreconditionError(f"rotation {record.id} is running (owner {record.owner}); nothing was changed")
+        self._take_over(record)
+        try:
+            self._rollback(record)
+        except VokeError as exc:
+            return self._needs_attention(record, t0, False, f"rollback failed: {exc.message}")
+        return Outcome(RotationReport.of(record, t0=t0))
+
+    # -- status, due, cleanup, history -------------------------------------------------------------------
+    def managed(self) -> dict[str, str]:
+        """secret -> schedule key, for every credential voke rotates."""
+        return {u.secret: "db_password" for u in self.settings.db_users.values()}
+
+    def status(self) -> dict[str, Any]:
+        now = self.now()
+        secrets_out = []
+        for secret, kind in self.managed().items():
+            try:
+                meta = self.store.get(secret)
+            except NotFoundError:
+                continue
+            secrets_out.append(self._secret_status(meta, kind, now))
+        in_progress = [
+            {"rotation_id": r.id, "secret": r.secret, "step": r.step, "status": r.status, "owner": r.owner,
+             "lease_until": r.lease_until, "running": self._owner_alive(r)}
+            for r in self.unfinished()
+        ]
+        return {"secrets": secrets_out, "in_progress": in_progress}
+
+    def _secret_status(self, meta: Any, kind: str, now: datetime) -> dict[str, Any]:
+        current = meta.aliases.get("current")
+        cur_v = meta.version(current) if current else None
+        age = (now - parse_iso(cur_v.created_at)).total_seconds() / 86400 if cur_v else None
+        base = self._last_rotation_time(meta) or (parse_iso(cur_v.created_at) if cur_v else now)
+        due_at = next_due(getattr(self.settings.schedule, kind), base)
+        return {
+            "name": meta.name,
+            "current_version": current,
+            "previous_version": meta.aliases.get("previous"),
+            "age_days": round(age, 3) if age is not None else None,
+            "next_due": iso(due_at),
+            "due": due_at <= now,
+            "versions": [
+                {"version": v.version, "state": v.state, "aliases": list(v.aliases), "created_at": v.created_at}
+                for v in meta.versions
+            ],
+        }
+
+    @staticmethod
+    def _last_rotation_time(meta: Any) -> datetime | None:
+        raw = meta.annotations.get(LAST_ANNOTATION)
+        if not raw:
+            return None
+        try:
+            summary = json.loads(raw)
+            if summary.get("status") in ("succeeded", "created") and summary.get("finished_at"):
+                return parse_iso(summary["finished_at"])
+        except (ValueError, TypeError):
+            pass
+        return None
+
+    def due(self) -> list[dict[str, Any]]:
+        return [s for s in self.status()["secrets"] if s["due"]]
+
+    def users_for(self, secret: str) -> str:
+        for name, user in self.settings.db_users.items():
+            if user.secret == secret:
+                return name
+        raise ValidationError(f"secret {secret!r} is not managed")
+
+    def cleanup(self, *, dry_run: bool) -> dict[str, Any]:
+        now = self.now()
+        actions: list[CleanupAction] = []
+        for secret in self.managed():
+            try:
+                meta = self.store.get(secret)
+            except NotFoundError:
+                continue
+            if meta.annotations.get(ANNOTATION):
+                continue  # never clean a secret with a rotation in progress
+            protected = set(meta.aliases.values()) | set(self.runtime.pinned_versions(secret))
+            actions += plan_cleanup(
+                secret,
+                [(v.version, v.state, v.created_at, v.state_changed_at) for v in meta.versions],
+                protected,
+                now,
+                keep=self.settings.keep_versions,
+                disable_after=timedelta(hours=self.settings.disable_after_hours),
+                destroy_after=timedelta(days=self.settings.destroy_after_days),
+            )
+        if not dry_run:
+            for action in actions:
+                self.store.set_state(action.secret, action.version, "disabled" if action.action == "disable" else "destroyed")
+            if actions:
+                from voketag_ops.audit import record_event
+
+                record_event(
+                    self.home, event_type="rotation.cleanup", env=self.env_name,
+                    target=",".join(sorted({a.secret for a in actions})), result="success",
+                    details={"actions": [f"{a.action} {a.secret} v{a.version}" for a in actions]},
+                )
+        return {"dry_run": dry_run, "actions": actions}
+
+    # -- history and audit --------------------------------------------------------------------------------
+    @property
+    def history_file(self) -> Path:
+        return self.home / "rotations" / "history.jsonl"
+
+    def _history(self, record: RotationRecord) -> None:
+        import fcntl
+
+        self.history_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.history_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(fd, (record.to_json() + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def history(self, *, limit: int = 50, secret: str | None = None) -> list[RotationRecord]:
+        try:
+            lines = self.history_file.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        records = []
+        for line in reversed(lines):
+            try:
+                record = RotationRecord.from_json(line)
+            except (ValueError, TypeError):
+                continue  # a torn last line after a crash
+            if secret is None or record.secret == secret:
+                records.append(record)
+            if len(records) >= limit:
+                break
+        return records
+
+    def _from_history(self, rotation_id: str) -> RotationRecord | None:
+        return next((r for r in self.history(limit=10_000) if r.id == rotation_id), None)
+
+    def _audit(self, event_type: str, record: RotationRecord, result: str) -> None:
+        from voketag_ops.audit import record_event
+
+        details = {
+            "rotation_id": record.id,
+            "kind": record.kind,
+            "strategy": record.strategy,
+            "previous_version": record.old_current,
+            "new_version": record.pending_version,
+            "step": record.step,
+            "steps": [f"{s.name}:{s.status}" for s in record.steps],
+        }
+        if record.error:
+            details["error"] = dict(record.error)
+        started = parse_iso(record.started_at)
+        record_event(
+            self.home,
+            event_type=event_type,
+            env=self.env_name,
+            target=record.secret,
+            result=result,
+            duration_seconds=round((self.now() - started).total_seconds(), 3),
+            details=details,
+        )
+
+
+def _partner(user: DbUserSettings, username: str | None) -> str:
+    """The other login of an alternating pair."""
+    first, second = user.roles
+    if username == first:
+        return second
+    if username == second:
+        return first
+    raise ValidationError(f"the current login {username!r} is not one of {first}, {second}")
+
+
+
+def local_engine(settings: Any, progress: Progress = lambda _m: None) -> RotationEngine:
+    """The engine wired to the local platform, started on demand."""
+    from voketag_ops.errors import ConfigError
+    from voketag_ops.workflows.env import LocalPlatform
+
+    if settings.env != "local":
+        settings.environment(settings.env)  # validates the named environment (exit 3 if broken)
+        raise ConfigError(
+            f"environment {settings.env!r} is a Google Cloud environment; this version of voke rotates "
+            "credentials in the local environment only"
+        )
+    platform = LocalPlatform(settings)
+    platform.ensure_up(progress)
+    return RotationEngine(
+        store=platform.store(),
+        runtime=platform.runtime(),
+        target=platform.db_target(),
+        settings=settings.rotation,
+        home=platform.env.home,
+        env_name="local",
+        progress=progress,
+    )

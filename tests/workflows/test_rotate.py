@@ -1,0 +1,364 @@
+"""`voke rotate` against the real local platform: the protocol, crash safety at every
+step, rollbacks, drift, concurrency, cleanup, and no secret value anywhere in output."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from voketag_ops.core.rotation import ANNOTATION, STEPS
+from voketag_ops.workflows.rotate import FAULT_ENV, FAULT_EXIT_CODE, RotationEngine
+
+
+def make_engine(platform, **kw):
+    settings = platform.settings.rotation
+    target = kw.pop("target", None) or platform.db_target()
+    runtime = kw.pop("runtime", None) or platform.runtime()
+    if kw:
+        settings = settings.model_copy(update=kw)
+    return RotationEngine(
+        store=platform.store(), runtime=runtime, target=target, settings=settings, home=platform.env.home,
+        sleep=lambda s: time.sleep(min(s, 0.05)),
+    )
+
+
+def cred(platform, version):
+    return json.loads(platform.store().access("db-app", version))
+
+
+def assert_consistent(platform):
+    """The invariants after any rotation, crash or rollback: no lockout."""
+    store, target = platform.store(), platform.db_target()
+    meta = store.get("db-app")
+    assert ANNOTATION not in meta.annotations, meta.annotations.get(ANNOTATION)
+    assert "pending" not in meta.aliases
+    current = meta.aliases["current"]
+    assert target.can_login(cred(platform, current))
+    if "previous" in meta.aliases:
+        assert target.can_login(cred(platform, meta.aliases["previous"]))
+    runtime = platform.runtime()
+    deadline = time.monotonic() + 10
+    while True:
+        services = runtime.services(check=True)
+        if all(s.healthy and s.secret_version == current for s in services) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert [(s.name, s.secret_version, s.healthy) for s in services] == [
+        (s.name, current, True) for s in services
+    ]
+
+
+def voke_proc(environ, *args, **extra_env):
+    env = {**environ, **extra_env}
+    return subprocess.run([sys.executable, "-m", "voketag_ops", *args], capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+def test_rotation_succeeds_and_both_credentials_keep_working(voke, platform, platform_environ):
+    before = platform.store().get("db-app").aliases["current"]
+    old = cred(platform, before)
+    result = voke("rotate", "db-password", "--yes", "--json", environ=platform_environ)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    report = result.json["result"]
+    assert report["status"] == "succeeded" and report["secret"] == "db-app"
+    assert report["previous_version"] == before and report["new_version"] > before
+    assert [s["name"] for s in report["steps"]] == list(STEPS)
+    assert all(s["status"] in ("done", "skipped") for s in report["steps"])
+    new = cred(platform, report["new_version"])
+    assert new["username"] != old["username"]  # alternating users
+    assert len(new["password"]) == 32
+    assert platform.db_target().can_login(old)  # the old credential keeps working
+    assert_consistent(platform)
+
+
+def test_objects_created_by_either_login_are_usable_by_both(platform):
+    import psycopg
+
+    meta = platform.store().get("db-app")
+    a, b = cred(platform, meta.aliases["current"]), cred(platform, meta.aliases["previous"])
+
+    def conn(c):
+        return psycopg.connect(host=c["host"], port=c["port"], user=c["username"], password=c["password"],
+                               dbname=c["dbname"], autocommit=True)
+
+    with conn(a) as ca:
+        ca.execute("create table if not exists rot_shared (id int)")
+        ca.execute("insert into rot_shared values (1)")
+    with conn(b) as cb:
+        cb.execute("insert into rot_shared values (2)")
+        assert cb.execute("select count(*) from rot_shared").fetchone()[0] >= 2
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_crash_after_each_step_then_resume_leaves_no_lockout(platform, platform_environ, step):
+    crashed = voke_proc(platform_environ, "rotate", "db-password", "--yes", **{FAULT_ENV: step})
+    assert crashed.returncode == FAULT_EXIT_CODE, crashed.stderr
+    resumed = voke_proc(platform_environ, "rotate", "resume", "--yes", "--json")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    doc = json.loads(resumed.stdout)["result"]
+    if step == "finish":
+        assert doc == {"status": "nothing to do"}
+    else:
+        assert doc["status"] == "succeeded" and doc["resumed"] is True
+        done = [s["name"] for s in doc["steps"]]
+        assert done[: STEPS.index(step) + 1] == list(STEPS[: STEPS.index(step) + 1])
+    assert_consistent(platform)
+
+
+def test_sigkill_at_random_moments_then_resume(platform, platform_environ):
+    rng = random.Random(20261126)
+    for _ in range(4):
+        proc = subprocess.Popen([sys.executable, "-m", "voketag_ops", "rotate", "db-password", "--yes"],
+                                env=platform_environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, 1.6))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        resumed = voke_proc(platform_environ, "rotate", "resume", "--yes", "--json")
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        assert_consistent(platform)
+
+
+def test_a_live_rotation_blocks_a_second_one(platform, platform_environ, voke):
+    store = platform.store()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        meta = store.get("db-app")
+        record = {
+            "id": "rot-test-live", "secret": "db-app", "kind": "db-password", "strategy": "alternating",
+            "target": "app", "owner": f"{os.uname().nodename}:{sleeper.pid}",
+            "lease_until": "2999-01-01T00:00:00Z", "started_at": "2026-01-01T00:00:00Z", "status": "in_progress",
+            "step": "lock", "old_current": meta.aliases["current"], "old_previous": meta.aliases.get("previous"),
+            "pending_version": None, "finished_at": None, "steps": [], "error": None,
+        }
+        store.update("db-app", etag=meta.etag, annotations={ANNOTATION: json.dumps(record)})
+        versions = len(store.get("db-app").versions)
+        result = voke("rotate", "db-password", "--yes", "--json", environ=platform_environ)
+        assert result.exit_code == 5
+        assert "rot-test-live" in result.json["error"]["message"]
+        assert len(store.get("db-app").versions) == versions
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # The owner is gone: its rotation is taken over and rolled back cleanly.
+    result = voke("rotate", "rollback", "rot-test-live", "--yes", "--json", environ=platform_environ)
+    assert result.exit_code == 0, result.stdout
+    assert result.json["result"]["status"] == "rolled_back"
+    assert_consistent(platform)
+
+
+def test_two_rotations_at_once_exactly_one_proceeds_at_a_time(platform, platform_environ):
+    before = len(platform.store().get("db-app").versions)
+    procs = [subprocess.Popen([sys.executable, "-m", "voketag_ops", "rotate", "db-password", "--yes", "--json"],
+                              env=platform_environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    codes = [p.wait(timeout=120) for p in procs]
+    assert sorted(codes) in ([0, 0], [0, 5]), [p.stderr.read() for p in procs]
+    assert len(platform.store().get("db-app").versions) == before + codes.count(0)
+    assert_consistent(platform)
+
+
+class RejectingTarget:
+    """The real target, except that the pending login is refused (failure injection)."""
+
+    def __init__(self, real, reject_user):
+        self.real, self.reject_user = real, reject_user
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def can_login(self, c, **kw):
+        if c.get("rotation_id") and c["username"] == self.reject_user:
+            return False
+        return self.real.can_login(c, **kw)
+
+
+def test_failed_test_step_rolls_back_and_next_run_starts_clean(platform):
+    store = platform.store()
+    meta = store.get("db-app")
+    partner = cred(platform, meta.aliases["previous"])["username"]
+    engine = make_engine(platform, target=RejectingTarget(platform.db_target(), partner), test_attempts=2)
+    outcome = engine.rotate_db_password("app")
+    assert outcome.error is not None and outcome.error.exit_code == 6
+    assert outcome.report.status == "rolled_back"
+    assert [s.status for s in outcome.report.steps if s.name == "test"] == ["failed"]
+    after = store.get("db-app")
+    assert after.aliases["current"] == meta.aliases["current"]
+    assert after.version(outcome.report.new_version).state == "disabled"
+    assert_consistent(platform)
+    assert make_engine(platform).rotate_db_password("app").error is None
+
+
+class UnhealthyRuntime:
+    """The real runtime, but services report unhealthy on a given version."""
+
+    def __init__(self, real, bad_version):
+        self.real, self.bad_version = real, bad_version
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def health(self, service):
+        info = next(s for s in self.real.services(check=False) if s.name == service)
+        return info.secret_version != self.bad_version and self.real.health(service)
+
+
+def test_failed_health_after_deploy_rolls_services_back(platform):
+    store = platform.store()
+    meta = store.get("db-app")
+    next_version = max(v.version for v in meta.versions) + 1
+    engine = make_engine(platform, runtime=UnhealthyRuntime(platform.runtime(), next_version), health_timeout=1.0)
+    outcome = engine.rotate_db_password("app")
+    assert outcome.error is not None and outcome.error.exit_code == 6, outcome
+    assert outcome.report.new_version == next_version
+    assert store.get("db-app").aliases["current"] == meta.aliases["current"]
+    assert_consistent(platform)
+
+
+def test_drift_no_stored_credential_logs_in_changes_nothing(platform, voke, platform_environ):
+    target, store = platform.db_target(), platform.store()
+    meta = store.get("db-app")
+    for role in ("app_a", "app_b"):
+        target.set_password(role, "Drifted-Value-123456789!")
+    try:
+        result = voke("rotate", "db-password", "--yes", "--json", environ=platform_environ)
+        assert result.exit_code == 7
+        assert "no stored credential" in result.json["error"]["message"]
+        assert store.get("db-app").versions == meta.versions
+        assert ANNOTATION not in store.get("db-app").annotations
+    finally:  # give both logins their stored passwords back
+        cur, prev = cred(platform, meta.aliases["current"]), cred(platform, meta.aliases["previous"])
+        target.set_password(prev["username"], prev["password"])
+        target.set_password(cur["username"], cur["password"])
+    assert_consistent(platform)
+
+
+def test_single_user_strategy(platform):
+    from voketag_ops.config import DbUserSettings
+    from voketag_ops.workflows.env import LocalPlatform
+
+    users = dict(platform.settings.rotation.db_users)
+    users["solo"] = DbUserSettings(secret="db-solo", strategy="single", roles=("solo_user", "solo_unused"),
+                                   owner="solo_owner", services=())
+    settings = platform.settings.model_copy(
+        update={"rotation": platform.settings.rotation.model_copy(update={"db_users": users})}
+    )
+    solo = LocalPlatform(settings)
+    solo.bootstrap_credentials()
+    engine = RotationEngine(store=solo.store(), runtime=solo.runtime(), target=solo.db_target(),
+                            settings=settings.rotation, home=solo.env.home)
+    old = json.loads(solo.store().access("db-solo", "current"))
+    outcome = engine.rotate_db_password("solo")
+    assert outcome.error is None and outcome.report.strategy == "single"
+    new = json.loads(solo.store().access("db-solo", "current"))
+    assert new["username"] == old["username"] == "solo_user"
+    assert solo.db_target().can_login(new) and not solo.db_target().can_login(old)
+
+
+def test_cleanup_keeps_current_previous_pinned_and_newest(platform):
+    store = platform.store()
+    for _ in range(2):  # make sure there are more than 3 versions
+        assert make_engine(platform).rotate_db_password("app").error is None
+    meta = store.get("db-app")
+    later = datetime.now(timezone.utc) + timedelta(days=2)
+    engine = make_engine(platform)
+    engine.now = lambda: later
+    plan = engine.cleanup(dry_run=True)
+    assert plan["actions"], "expected superseded versions to disable"
+    assert store.get("db-app").versions == meta.versions  # dry run changed nothing
+    protected = set(meta.aliases.values()) | platform.runtime().pinned_versions("db-app")
+    newest = {v.version for v in sorted(meta.versions, key=lambda v: v.version)[-3:]}
+    for action in plan["actions"]:
+        assert action.version not in protected | newest and action.action == "disable"
+    engine.cleanup(dry_run=False)
+    states = {v.version: v.state for v in store.get("db-app").versions}
+    assert all(states[a.version] == "disabled" for a in plan["actions"])
+    engine.now = lambda: later + timedelta(days=31)
+    destroyed = engine.cleanup(dry_run=False)["actions"]
+    assert destroyed and all(a.action == "destroy" for a in destroyed)
+    assert_consistent(platform)
+
+
+def test_due_by_schedule_and_due_run(platform, voke, platform_environ):
+    engine = make_engine(platform)
+    assert engine.due() == []
+    engine.now = lambda: datetime.now(timezone.utc) + timedelta(days=40)
+    assert [d["name"] for d in engine.due()] == ["db-app"]
+    result = voke("rotate", "due", "--json", environ=platform_environ)
+    assert result.exit_code == 0 and result.json["result"]["due"] == []
+
+
+def test_rotation_under_load_probe_has_zero_failed_requests(platform):
+    runtime = platform.runtime()
+    failures, requests = [], [0]
+    stop = threading.Event()
+
+    def probe():
+        from voketag_ops.adapters.local.services import http_health
+
+        while not stop.is_set():
+            for service in ("admin-service", "factory-service", "blockchain-service"):
+                url = runtime.url(service)
+                ok, body = http_health(url) if url else (False, {"error": "no route"})
+                requests[0] += 1
+                if not ok:
+                    failures.append((service, body))
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    try:
+        outcome = make_engine(platform).rotate_db_password("app")
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        thread.join()
+    assert outcome.error is None
+    assert requests[0] > 10 and failures == []
+
+
+def test_no_secret_value_reaches_output_logs_audit_or_state(platform, voke, platform_environ):
+    outputs = []
+    for args in (("rotate", "db-password", "--yes", "--json"), ("rotate", "status", "--json"),
+                 ("rotate", "history", "--json"), ("secrets", "list", "--json"), ("secrets", "versions", "db-app"),
+                 ("env", "status", "--json"), ("rotate", "db-password", "--dry-run"), ("config", "show")):
+        result = voke(*args, environ={**platform_environ, "VOKE_LOG_LEVEL": "debug"})
+        outputs.append(result.stdout + result.stderr)
+    store = platform.store()
+    values = [
+        cred(platform, v.version)["password"] for v in store.get("db-app").versions if v.state == "enabled"
+    ]
+    assert len(values) >= 2
+    home = platform.env.home
+    files = [p for p in home.rglob("*") if p.is_file() and p.suffix in (".jsonl", ".json", ".log")
+             and "secrets" not in p.parts]
+    files += list((home / "pg" / "logs").glob("*.log"))
+    blobs = outputs + [p.read_text(errors="replace") for p in files]
+    for value in values:
+        for blob in blobs:
+            assert value not in blob
+
+
+def test_secrets_access_prints_the_raw_value_only(platform, platform_environ):
+    proc = voke_proc(platform_environ, "secrets", "access", "db-app", "--version", "current")
+    assert proc.returncode == 0
+    assert json.loads(proc.stdout) == cred(platform, "current")
+    assert proc.stderr == ""
+
+
+def test_cli_guards(voke, platform_environ):
+    assert voke("rotate", "db-password", environ=platform_environ).exit_code == 2  # no --yes, no TTY
+    assert voke("rotate", "db-password", "--user", "nobody", "--yes", environ=platform_environ).exit_code == 2
+    assert voke("rotate", "db-password", "--strategy", "weird", "--yes", environ=platform_environ).exit_code == 2
+    missing = voke("rotate", "rollback", "rot-nope", "--yes", environ=platform_environ)
+    assert missing.exit_code == 4 and "no rotation rot-nope" in missing.stderr
+    plan = voke("rotate", "db-password", "--dry-run", "--json", environ=platform_environ)
+    assert plan.exit_code == 0 and plan.json["result"]["dry_run"] is True and plan.json["result"]["plan"]
+    assert voke("secrets", "access", "nope", environ=platform_environ).exit_code == 4
