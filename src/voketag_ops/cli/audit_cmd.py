@@ -1,0 +1,208 @@
+"""`voke audit`: show, export and verify the tamper-evident audit log.
+
+Exit codes: 0 success; 1 `verify` found a problem (it names the first bad entry);
+2 bad flags; 4 the log could not be read.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from voketag_ops.cli.common import use
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from voketag_ops.cli.common import AppContext
+    from voketag_ops.core.audit import Filter
+
+app = typer.Typer(help="The tamper-evident audit log: show, export, verify.", no_args_is_help=True)
+
+Since = Annotated[
+    str | None, typer.Option("--since", help="From this time: ISO 8601 (naive = UTC) or an age like 24h, 7d.")
+]
+Until = Annotated[str | None, typer.Option("--until", help="Before this time (same forms as --since).")]
+EventType = Annotated[
+    str | None, typer.Option("--event-type", "-e", help="Event type, shell glob allowed (rotate.*).")
+]
+Target = Annotated[str | None, typer.Option("--target", "-t", help="Target, shell glob allowed.")]
+Result = Annotated[
+    str | None,
+    typer.Option("--result", "-r", help="success, failure, dry-run, cancelled or interrupted."),
+]
+
+
+def _home(env: AppContext) -> Path:
+    from voketag_ops.adapters.local.environment import resolve_home
+
+    return resolve_home(env.settings.local.home)
+
+
+def _filter(
+    since: str | None, until: str | None, event_type: str | None, target: str | None, result: str | None
+) -> Filter:
+    from voketag_ops.core.audit import RESULTS, Filter
+    from voketag_ops.errors import UsageError
+    from voketag_ops.workflows.audit import parse_when
+
+    now = datetime.now(UTC)
+    if result is not None and result not in RESULTS:
+        raise UsageError(f"--result must be one of {', '.join(RESULTS)}, not {result!r}")
+    return Filter(
+        since=parse_when(since, "--since", now=now) if since else None,
+        until=parse_when(until, "--until", now=now) if until else None,
+        event_type=event_type,
+        target=target,
+        result=result,
+    )
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context,
+    since: Since = None,
+    until: Until = None,
+    event_type: EventType = None,
+    target: Target = None,
+    result: Result = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="At most this many entries.")] = 50,
+    offset: Annotated[
+        int, typer.Option("--offset", min=0, help="Skip this many matching entries first.")
+    ] = 0,
+    newest_first: Annotated[bool, typer.Option("--newest-first", help="Latest entries first.")] = False,
+) -> None:
+    """Show audit events, filtered by time range, event type, target and result, a page at a time."""
+    from voketag_ops.workflows.audit import show as run_show
+
+    env = use(ctx)
+    flt = _filter(since, until, event_type, target, result)
+    report = run_show(_home(env), flt, limit=limit, offset=offset, newest_first=newest_first)
+    env.out.result(report, render=_render_show)
+
+
+@app.command("export")
+def export(
+    ctx: typer.Context,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="json or csv.")] = "json",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
+    ] = None,
+    since: Since = None,
+    until: Until = None,
+    event_type: EventType = None,
+    target: Target = None,
+    result: Result = None,
+) -> None:
+    """Export audit events as JSON or CSV (CSV cells starting with = + - @ are escaped)."""
+    import os
+
+    from voketag_ops.errors import InputError, UsageError
+    from voketag_ops.workflows.audit import export_chunks
+
+    env = use(ctx)
+    if fmt not in ("json", "csv"):
+        raise UsageError(f"--format must be json or csv, not {fmt!r}")
+    flt = _filter(since, until, event_type, target, result)
+    chunks = export_chunks(_home(env), flt, fmt)
+    if output is None and not env.out.json_mode:
+        for chunk in chunks:
+            env.out.stdout.write(chunk)
+        env.out.stdout.flush()
+        return
+    text = "".join(chunks)
+    if output is not None:
+        try:
+            fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+                fh.write(text)
+        except OSError as exc:
+            raise InputError(f"{output}: cannot write: {exc.strerror}") from None
+    summary: dict[str, Any] = {"format": fmt, "path": str(output) if output else None}
+    if output is None:
+        import json
+
+        summary["data"] = json.loads(text) if fmt == "json" else text
+    env.out.result(
+        summary, render=lambda c, r: c.print(f"exported the audit log as {r['format']} to {r['path']}")
+    )
+
+
+@app.command("verify")
+def verify(ctx: typer.Context) -> None:
+    """Check every entry's hash and link, and the log against its checkpoints and their
+    chain anchors; exit 1 naming the first bad entry (edited, deleted, inserted,
+    reordered, torn by a crash, or cut off below a checkpoint)."""
+    from voketag_ops.workflows.audit import verify as run_verify
+
+    env = use(ctx)
+    report = run_verify(_home(env))
+    env.out.result(report, ok=report.ok, failure=report.message, render=_render_verify)
+
+
+@app.command("checkpoint")
+def checkpoint(ctx: typer.Context) -> None:
+    """Checkpoint the log now (size + Merkle root) and request its anchoring on the chain."""
+    from voketag_ops.workflows.audit import checkpoint as run_checkpoint
+
+    env = use(ctx)
+    env.out.result(run_checkpoint(_home(env)), render=lambda c, r: c.print(r["message"]))
+
+
+def _render_show(console: Console, report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    entries = report["entries"]
+    if not entries:
+        console.print(f"no matching audit events ({report['total']} matched in all)")
+        return
+    table = Table("seq", "time (UTC)", "event", "actor", "env", "target", "result", "seconds", box=None)
+    for e in entries:
+        seconds = "" if e["duration_seconds"] is None else f"{e['duration_seconds']:.3f}"
+        style = "red" if e["result"] in ("failure", "interrupted") else None
+        table.add_row(
+            str(e["seq"]),
+            e["timestamp"][:19].replace("T", " "),
+            e["event_type"],
+            e["actor"],
+            e["env"],
+            e["target"],
+            e["result"],
+            seconds,
+            style=style,
+        )
+    _print_wide(console, table)
+    shown_to = report["offset"] + len(entries)
+    console.print(f"{report['offset'] + 1}-{shown_to} of {report['total']} matching")
+    if report["skipped_lines"]:
+        console.print(
+            f"[yellow]skipped unreadable line(s): {report['skipped_lines']} (see `voke audit verify`)[/]"
+        )
+
+
+def _render_verify(console: Console, report: Any) -> None:
+    if report.ok:
+        console.print(
+            f"audit log ok: {report.entries} entries, {report.checkpoints_checked} checkpoint(s) and "
+            f"{report.anchors_checked} anchor(s) agree"
+        )
+        if report.torn_writes_recorded:
+            console.print(f"{report.torn_writes_recorded} interrupted write(s) on record (audit.torn_write)")
+    else:
+        console.print(f"audit log INVALID: first bad entry {report.first_bad_entry} ({report.problem.value})")
+
+
+def _print_wide(console: Console, renderable: Any) -> None:
+    """Natural width when not on a terminal (rich would squeeze a table into 80 columns)."""
+    if console.is_terminal:
+        console.print(renderable)
+        return
+    saved = console.width
+    console.width = max(saved, 200)
+    try:
+        console.print(renderable)
+    finally:
+        console.width = saved

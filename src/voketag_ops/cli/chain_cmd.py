@@ -1,0 +1,495 @@
+"""`voke chain`: Merkle roots and proofs over files, proof verification, the hash chain
+and its anchors.
+
+Leaves are the lines of FILE (`-` for stdin) without their line ending; with `--hex`
+each line is the hex encoding of one leaf. Exit codes: 0 success or valid; 1 invalid
+proof, failed validation or a rejected input file; 2 bad usage or a malformed proof
+document; 4 the chain store failed; 5 an anchor in the wrong state.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from voketag_ops.cli.common import DryRun, Yes, use
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from voketag_ops.adapters.local.chain_store import FileChainStore
+    from voketag_ops.cli.common import AppContext
+
+app = typer.Typer(
+    help="Merkle roots and proofs, proof verification, the hash chain and its anchors.",
+    no_args_is_help=True,
+)
+anchor_app = typer.Typer(
+    help="Request, anchor and cancel anchors of roots on the chain.", no_args_is_help=True
+)
+app.add_typer(anchor_app, name="anchor")
+
+LeafFile = Annotated[str, typer.Argument(metavar="FILE", help="File of leaves, one per line (`-`: stdin).")]
+Hex = Annotated[bool, typer.Option("--hex", help="Each line is the hex encoding of one leaf.")]
+
+
+def _home(env: AppContext) -> Path:
+    from voketag_ops.adapters.local.environment import resolve_home
+
+    return resolve_home(env.settings.local.home)
+
+
+def _store(env: AppContext) -> FileChainStore:
+    from voketag_ops.adapters.local.chain_store import FileChainStore, default_chain_path
+
+    return FileChainStore(default_chain_path(_home(env)))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@contextmanager
+def _binary_input(name: str) -> Iterator[tuple[IO[bytes], str]]:
+    from voketag_ops.errors import InputError
+
+    if name == "-":
+        stream = getattr(sys.stdin, "buffer", None)
+        if stream is None:  # a text stream without a buffer (tests): re-encode
+            import io
+
+            stream = io.BytesIO(sys.stdin.read().encode("utf-8"))
+        yield stream, "<stdin>"
+        return
+    try:
+        fh = open(name, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise InputError(f"{name}: cannot read: {exc.strerror}") from None
+    with fh:
+        yield fh, name
+
+
+def _leaves(name: str, hex_lines: bool) -> Iterator[bytes]:
+    from voketag_ops.workflows.chain import read_leaves
+
+    with _binary_input(name) as (stream, source):
+        yield from read_leaves(stream, hex_lines=hex_lines, source=source)
+
+
+# -- Merkle trees over files ---------------------------------------------------------------
+
+
+@app.command("root")
+def root(ctx: typer.Context, file: LeafFile, hex_: Hex = False) -> None:
+    """Print the RFC 6962 Merkle root of FILE's lines, in hex (streams: O(log n) memory)."""
+    from voketag_ops.workflows.chain import tree_root
+
+    env = use(ctx)
+    env.out.result(tree_root(_leaves(file, hex_)), render=lambda c, r: c.print(r["root"]))
+
+
+@app.command("prove")
+def prove(
+    ctx: typer.Context,
+    file: LeafFile,
+    index: Annotated[int, typer.Option("--index", "-i", min=0, help="Leaf index (0-based line number).")],
+    hex_: Hex = False,
+) -> None:
+    """Print the inclusion proof (audit path) of leaf INDEX."""
+    from voketag_ops.workflows.chain import inclusion_document
+
+    env = use(ctx)
+    env.out.result(inclusion_document(_leaves(file, hex_), index), render=_render_fields)
+
+
+@app.command("consistency")
+def consistency(
+    ctx: typer.Context,
+    file: LeafFile,
+    old_size: Annotated[
+        int, typer.Option("--old-size", "-m", min=1, help="Size of the earlier tree (its first M leaves).")
+    ],
+    hex_: Hex = False,
+) -> None:
+    """Print the consistency proof from the tree of the first M leaves to the whole file."""
+    from voketag_ops.workflows.chain import consistency_document
+
+    env = use(ctx)
+    env.out.result(consistency_document(_leaves(file, hex_), old_size), render=_render_fields)
+
+
+@app.command("verify")
+def verify(
+    ctx: typer.Context,
+    proof: Annotated[
+        str, typer.Argument(metavar="PROOF", help="Proof document from prove/consistency (`-`: stdin).")
+    ],
+    leaf: Annotated[str | None, typer.Option("--leaf", help="The leaf itself, as text (UTF-8).")] = None,
+    leaf_hex: Annotated[str | None, typer.Option("--leaf-hex", help="The leaf itself, hex-encoded.")] = None,
+) -> None:
+    """Verify a proof document: exit 0 valid, 1 invalid, 2 malformed.
+
+    For an inclusion proof, --leaf/--leaf-hex give the leaf, which is hashed here (and
+    must match the document's leaf_hash); without them the document's leaf_hash is checked.
+    """
+    from voketag_ops.errors import UsageError
+    from voketag_ops.workflows.chain import MalformedProofError, verify_document
+
+    env = use(ctx)
+    if leaf is not None and leaf_hex is not None:
+        raise UsageError("give --leaf or --leaf-hex, not both")
+    data: bytes | None = leaf.encode("utf-8") if leaf is not None else None
+    if leaf_hex is not None:
+        try:
+            data = bytes.fromhex(leaf_hex)
+        except ValueError:
+            raise UsageError("--leaf-hex: not hex") from None
+    with _binary_input(proof) as (stream, source):
+        raw = stream.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedProofError(f"{source}: not UTF-8 (byte {exc.start})") from None
+    report = verify_document(text, source=source, leaf=data)
+    env.out.result(
+        report,
+        ok=report.valid,
+        failure=f"invalid {report.kind} proof: {report.reason}",
+        render=_render_verify,
+    )
+
+
+# -- the chain -------------------------------------------------------------------------------
+
+
+@app.command("validate")
+def validate(
+    ctx: typer.Context,
+    min_difficulty: Annotated[
+        int, typer.Option("--min-difficulty", min=0, max=256, help="Leading zero bits every block must have.")
+    ] = 0,
+) -> None:
+    """Check the whole chain; exit 1 naming the first bad block and why."""
+    from voketag_ops.workflows.chain import validate as run_validate
+
+    env = use(ctx)
+    report = run_validate(_store(env), min_difficulty=min_difficulty)
+    env.out.result(report, ok=report.ok, failure=report.message, render=_render_validate)
+
+
+@app.command("anchors")
+def anchors(
+    ctx: typer.Context,
+    state: Annotated[
+        str | None,
+        typer.Option("--state", help="Only anchors in this state: pending, anchored, cancelled or failed."),
+    ] = None,
+) -> None:
+    """List anchor requests and their status (anchored ones with their block index)."""
+    from voketag_ops.core.chain import AnchorState
+    from voketag_ops.errors import UsageError
+    from voketag_ops.workflows.chain import list_anchors
+
+    env = use(ctx)
+    if state is not None and state not in {s.value for s in AnchorState}:
+        raise UsageError(f"--state must be one of {', '.join(s.value for s in AnchorState)}, not {state!r}")
+    env.out.result(list_anchors(_store(env), state=state), render=_render_anchors)
+
+
+@app.command("export")
+def export(
+    ctx: typer.Context,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the document here instead of stdout.")
+    ] = None,
+) -> None:
+    """Export the chain and its anchors as one JSON document (the file form import reads)."""
+    from voketag_ops.adapters.local.chain_store import render_document
+
+    env = use(ctx)
+    state = _store(env).load()
+    text = render_document(state)
+    if output is None and not env.out.json_mode:
+        env.out.stdout.write(text)
+        env.out.stdout.flush()
+        return
+    if output is not None:
+        _write_private(output, text)
+    summary = {
+        "blocks": len(state.blocks),
+        "anchors": len(state.anchors),
+        "path": str(output) if output else None,
+    }
+    if output is None:
+        import json
+
+        summary["document"] = json.loads(text)
+    env.out.result(
+        summary,
+        render=lambda c, r: c.print(
+            f"exported {r['blocks']} block(s), {r['anchors']} anchor(s) to {r['path']}"
+        ),
+    )
+
+
+@app.command("import")
+def import_(
+    ctx: typer.Context,
+    file: Annotated[
+        str, typer.Argument(metavar="FILE", help="A document from `voke chain export` (`-`: stdin).")
+    ],
+    dry_run: DryRun = False,
+) -> None:
+    """Import an exported chain: it must be valid and extend the local one (anchors merge)."""
+    from voketag_ops.adapters.local.chain_store import parse_document
+    from voketag_ops.core.chain import ChainFormatError, validate_chain
+    from voketag_ops.errors import InputError
+
+    env = use(ctx)
+    with _binary_input(file) as (stream, source):
+        raw = stream.read()
+    try:
+        incoming = parse_document(raw.decode("utf-8"), source)
+    except UnicodeDecodeError as exc:
+        raise ChainFormatError(f"{source}: not UTF-8 (byte {exc.start})") from None
+    report = validate_chain(incoming.blocks)
+    if not report.ok:
+        raise InputError(f"{source}: the chain does not validate: {report.message}")
+    plan = {"blocks": len(incoming.blocks), "anchors": len(incoming.anchors), "source": source}
+    if dry_run:
+        env.out.result(
+            {**plan, "dry_run": True},
+            render=lambda c, r: c.print(
+                f"dry run: would import {r['blocks']} block(s) and {r['anchors']} anchor(s) from {r['source']}"
+            ),
+        )
+        return
+    with _audited(env, "chain.import", target=source, details=plan) as event:
+        counts = _store(env).import_state(incoming)
+        event.details.update(counts)
+    env.out.result(
+        {**plan, **counts},
+        render=lambda c, r: c.print(
+            f"imported: {r['blocks_added']} new block(s), {r['anchors_updated']} anchor(s) added or updated"
+        ),
+    )
+
+
+# -- anchors -------------------------------------------------------------------------------------
+
+
+@anchor_app.command("request")
+def anchor_request(
+    ctx: typer.Context,
+    root_hex: Annotated[str, typer.Argument(metavar="ROOT", help="The root to anchor (64 hex digits).")],
+    kind: Annotated[
+        str, typer.Option("--kind", help="What the root is: batch, audit-checkpoint, ...")
+    ] = "batch",
+    label: Annotated[str, typer.Option("--label", help="A name for it (batch id, ...).")] = "",
+    tree_size: Annotated[
+        int | None, typer.Option("--tree-size", min=1, help="Leaves in the tree the root is of.")
+    ] = None,
+    dry_run: DryRun = False,
+) -> None:
+    """Request that ROOT be anchored in the next block (the same root twice is one anchor)."""
+    from voketag_ops.errors import UsageError
+    from voketag_ops.workflows.chain import request_anchor
+
+    env = use(ctx)
+    try:
+        root_bytes = bytes.fromhex(root_hex)
+    except ValueError:
+        raise UsageError("ROOT: not hex") from None
+    if len(root_bytes) != 32:
+        raise UsageError(f"ROOT must be 32 bytes (64 hex digits), got {len(root_bytes)}")
+    if dry_run:
+        env.out.result(
+            {"dry_run": True, "root": root_bytes.hex(), "kind": kind, "label": label},
+            render=lambda c, r: c.print(f"dry run: would request an anchor for {r['root']}"),
+        )
+        return
+    details = {"kind": kind, "label": label, "tree_size": tree_size}
+    with _audited(env, "chain.anchor.request", target=root_bytes.hex(), details=details) as event:
+        report = request_anchor(
+            _store(env), root=root_bytes, kind=kind, label=label, tree_size=tree_size, now=_now()
+        )
+        event.details["outcome"] = report.outcome
+    env.out.result(
+        report,
+        render=lambda c, r: c.print(f"{r.outcome}: anchor {r.anchor['id'][:16]} is {r.anchor['state']}"),
+    )
+
+
+@anchor_app.command("run")
+def anchor_run(
+    ctx: typer.Context,
+    difficulty: Annotated[
+        int, typer.Option("--difficulty", min=0, max=64, help="Leading zero bits the block hash must have.")
+    ] = 16,
+    max_attempts: Annotated[
+        int | None, typer.Option("--max-attempts", min=1, help="Give up mining after this many nonces.")
+    ] = None,
+    time_limit: Annotated[
+        float, typer.Option("--time-limit", min=0.01, help="Give up mining after this many seconds.")
+    ] = 60.0,
+    dry_run: DryRun = False,
+) -> None:
+    """Anchor every pending root into one new block. Cron-friendly: with nothing pending it
+    does nothing; store errors are retried with backoff. Exit 1 if mining ran out of bounds."""
+    from voketag_ops.workflows.chain import run_anchors
+
+    env = use(ctx)
+    store = _store(env)
+    if dry_run:
+        report = run_anchors(store, now=_now(), difficulty=difficulty, dry_run=True)
+        env.out.result(report, render=_render_run)
+        return
+    with _audited(
+        env, "chain.anchor.run", target=str(store.path), details={"difficulty": difficulty}
+    ) as event:
+        with env.out.progress("mining the next block"):
+            report = run_anchors(
+                store, now=_now(), difficulty=difficulty, max_attempts=max_attempts, time_limit=time_limit
+            )
+        event.details.update(
+            outcome=report.outcome,
+            anchored=len(report.anchored),
+            block=report.block["index"] if report.block else None,
+            attempts=report.attempts,
+        )
+        if not report.ok:
+            event.result = "failure"
+    env.out.result(report, ok=report.ok, failure=report.message, render=_render_run)
+
+
+@anchor_app.command("cancel")
+def anchor_cancel(
+    ctx: typer.Context,
+    anchor_id: Annotated[
+        str, typer.Argument(metavar="ID", help="Anchor id (its root), or 8+ leading hex digits.")
+    ],
+    dry_run: DryRun = False,
+    yes: Yes = False,
+) -> None:
+    """Cancel a pending anchor (exit 5 if it is already anchored)."""
+    from voketag_ops.core.chain import AnchorState, AnchorStateError
+    from voketag_ops.workflows.chain import cancel_anchor
+
+    env = use(ctx)
+    store = _store(env)
+    anchor = store.load().find_anchor(anchor_id)
+    if anchor.state not in (AnchorState.PENDING, AnchorState.CANCELLED):
+        where = f" in block {anchor.block_index}" if anchor.block_index is not None else ""
+        raise AnchorStateError(
+            f"anchor {anchor.id[:16]} is {anchor.state.value}{where}; only pending anchors can be cancelled"
+        )
+    if dry_run:
+        env.out.result(
+            {"dry_run": True, "anchor": anchor.to_json()},
+            render=lambda c, r: c.print(f"dry run: would cancel anchor {r['anchor']['id'][:16]}"),
+        )
+        return
+    env.out.confirm(f"Cancel the anchor of {anchor.kind} {anchor.label or anchor.id[:16]}?", yes=yes)
+    with _audited(env, "chain.anchor.cancel", target=anchor.id, details={"label": anchor.label}):
+        result = cancel_anchor(store, anchor.id, now=_now())
+    env.out.result(result, render=lambda c, r: c.print(f"anchor {r['id'][:16]} is {r['state']}"))
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _audited(env: AppContext, event_type: str, *, target: str, details: dict[str, Any]) -> Iterator[Any]:
+    from voketag_ops.audit import audited
+
+    with audited(
+        _home(env), event_type=event_type, env=env.settings.env, target=target, details=details
+    ) as event:
+        yield event
+
+
+def _write_private(path: Path, text: str) -> None:
+    import os
+
+    from voketag_ops.errors import InputError
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write: {exc.strerror}") from None
+
+
+def _render_fields(console: Console, report: dict[str, Any]) -> None:
+    for key, value in report.items():
+        if isinstance(value, list):
+            console.print(f"{key}:")
+            for item in value:
+                console.print(f"  {item}")
+        else:
+            console.print(f"{key}: {value}")
+
+
+def _render_verify(console: Console, report: Any) -> None:
+    if report.kind == "inclusion":
+        what = f"inclusion of leaf {report.leaf_index} in the tree of {report.tree_size} (root {report.root[:16]}…)"
+    else:
+        what = (
+            f"consistency of tree {report.old_size} with tree {report.tree_size} (root {report.root[:16]}…)"
+        )
+    console.print(f"{'valid' if report.valid else 'INVALID'}: {what}")
+
+
+def _render_validate(console: Console, report: Any) -> None:
+    if report.ok:
+        head = f", head {report.head[:16]}…" if report.head else ""
+        console.print(f"chain ok: {report.length} block(s){head}")
+    else:
+        console.print(f"chain INVALID at block {report.bad_index}: {report.problem.value}")
+
+
+def _render_anchors(console: Console, report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    rows = report["anchors"]
+    if not rows:
+        console.print("no anchors")
+        return
+    table = Table("id", "kind", "label", "state", "block", "requested", box=None)
+    for a in rows:
+        block = "" if a["block_index"] is None else str(a["block_index"])
+        table.add_row(a["id"][:16], a["kind"], a["label"], a["state"], block, a["requested_at"][:19] + "Z")
+    _print_wide(console, table)
+    counts = ", ".join(f"{n} {state}" for state, n in report["counts"].items() if n)
+    console.print(f"{len(rows)} shown ({counts}); chain length {report['chain_length']}")
+
+
+def _render_run(console: Console, report: Any) -> None:
+    console.print(report.message)
+    if report.attempts:
+        console.print(
+            f"difficulty {report.difficulty} bits: {report.attempts} attempts in {report.seconds:.2f} s "
+            f"({report.hash_rate:,.0f} H/s)"
+        )
+    for note in report.retries:
+        console.print(f"retried after: {note}")
+
+
+def _print_wide(console: Console, renderable: Any) -> None:
+    """Natural width when not on a terminal (rich would squeeze a table into 80 columns)."""
+    if console.is_terminal:
+        console.print(renderable)
+        return
+    saved = console.width
+    console.width = max(saved, 200)
+    try:
+        console.print(renderable)
+    finally:
+        console.width = saved

@@ -1,0 +1,81 @@
+"""Use cases behind `voke audit`: show (filter and page), export (JSON or CSV), verify,
+checkpoint. Commands record events through `voketag_ops.audit` (record_event, audited)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from voketag_ops.audit import AuditLog
+from voketag_ops.core import audit as core
+from voketag_ops.errors import UsageError
+
+_RELATIVE = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_when(value: str, option: str, *, now: datetime) -> datetime:
+    """An ISO 8601 date or time (naive = UTC), or a relative age like 30m, 24h, 7d."""
+    text = value.strip()
+    match = _RELATIVE.match(text)
+    if match:
+        return now - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(
+            f"{option}: {value!r} is neither ISO 8601 (2026-05-01T02:00Z) nor an age (24h, 7d)"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def show(
+    home: Path, flt: core.Filter, *, limit: int | None, offset: int = 0, newest_first: bool = False
+) -> dict[str, Any]:
+    """A page of matching entries, plus how many matched and any unreadable lines."""
+    skipped: list[int] = []
+    entries: Any = AuditLog(home).entries(skipped)
+    if newest_first:
+        entries = list(entries)[::-1]
+    page, total = core.select(entries, flt, limit=limit, offset=offset)
+    return {
+        "entries": [e.to_json() for e in page],
+        "total": total,
+        "offset": offset,
+        "limit": limit,
+        "skipped_lines": skipped,
+    }
+
+
+def export_chunks(home: Path, flt: core.Filter, fmt: str) -> Iterator[str]:
+    """The matching entries as a JSON array or CSV, in chunks (the log may be large)."""
+    entries = (e for e in AuditLog(home).entries() if flt.matches(e))
+    if fmt == "csv":
+        yield from core.to_csv(entries)
+        return
+    if fmt != "json":
+        raise UsageError(f"--format must be json or csv, not {fmt!r}")
+    yield "["
+    for i, entry in enumerate(entries):
+        yield ("," if i else "") + "\n" + json.dumps(entry.to_json(), ensure_ascii=False, sort_keys=True)
+    yield "\n]\n"
+
+
+def verify(home: Path) -> core.VerifyReport:
+    """Verify the whole log against its checkpoints and the chain's anchors of them."""
+    return AuditLog(home).verify()
+
+
+def checkpoint(home: Path, *, now: datetime | None = None) -> dict[str, Any]:
+    """Checkpoint the log now and request its anchoring."""
+    cp = AuditLog(home).checkpoint(now=now)
+    if cp is None:
+        return {"checkpoint": None, "message": "the audit log is empty; nothing to checkpoint"}
+    return {
+        "checkpoint": {"size": cp.size, "root": cp.root, "timestamp": cp.timestamp},
+        "message": f"checkpoint at {cp.size} entries, root {cp.root[:16]}…; anchor requested",
+    }

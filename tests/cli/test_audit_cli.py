@@ -1,0 +1,114 @@
+"""`voke audit`: show with filters and pages, export (JSON, CSV), verify, checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from voketag_ops.audit import AuditLog, record_event
+
+T0 = datetime(2026, 5, 1, 2, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    for i in range(12):
+        record_event(
+            home,
+            event_type="rotate.db-password" if i % 3 else "dr.failover",
+            env="local",
+            target='=HYPERLINK("x")' if i == 4 else f"svc-{i % 2}",
+            result="failure" if i == 5 else "success",
+            duration_seconds=i * 0.5,
+            details={"i": i},
+            actor="sre",
+            now=T0 + timedelta(hours=i),
+        )
+    return home
+
+
+def test_show_filters_and_pages(voke, home: Path) -> None:
+    page = voke("audit", "show", "--json").json["result"]
+    assert page["total"] == 12 and len(page["entries"]) == 12 and page["skipped_lines"] == []
+    rotate = voke("audit", "show", "--event-type", "rotate.*", "--limit", "3", "--offset", "2", "--json")
+    result = rotate.json["result"]
+    assert result["total"] == 8 and [e["seq"] for e in result["entries"]] == [4, 5, 7]
+    window = voke(
+        "audit", "show", "--since", "2026-05-01T05:00", "--until", "2026-05-01T08:00Z", "--json"
+    ).json["result"]
+    assert [e["seq"] for e in window["entries"]] == [3, 4, 5]
+    failed = voke("audit", "show", "--result", "failure", "--target", "svc-*", "--json").json["result"]
+    assert [e["seq"] for e in failed["entries"]] == [5]
+    newest = voke("audit", "show", "--newest-first", "-n", "2", "--json").json["result"]
+    assert [e["seq"] for e in newest["entries"]] == [11, 10]
+    human = voke("audit", "show", "--limit", "2")
+    assert human.exit_code == 0 and "rotate.db-password" in human.stdout and "1-2 of 12" in human.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--since", "yesterday"], "--since"),
+        (["--result", "maybe"], "--result must be one of"),
+        (["--limit", "0"], "--limit"),
+    ],
+)
+def test_show_bad_flags_are_usage_errors(voke, home: Path, args: list[str], fragment: str) -> None:
+    result = voke("audit", "show", *args)
+    assert result.exit_code == 2 and fragment in result.stderr and "Traceback" not in result.stderr
+
+
+def test_export_json_and_csv(voke, home: Path, tmp_path: Path) -> None:
+    data = json.loads(voke("audit", "export", "--format", "json").stdout)
+    assert len(data) == 12 and data[0]["seq"] == 0 and "hash" in data[0]
+    text = voke("audit", "export", "--format", "csv", "--event-type", "rotate.*").stdout
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == 8
+    assert next(r for r in rows if r["seq"] == "4")["target"] == '\'=HYPERLINK("x")'
+    out = tmp_path / "audit.csv"
+    result = voke("audit", "export", "--format", "csv", "--output", str(out), "--json")
+    assert result.exit_code == 0 and result.json["result"]["path"] == str(out)
+    assert out.read_text().startswith("seq,timestamp,event_type")
+    enveloped = voke("audit", "export", "--json").json["result"]
+    assert len(enveloped["data"]) == 12
+    assert voke("audit", "export", "--format", "xml").exit_code == 2
+
+
+def test_verify_ok_then_names_the_tampered_entry(voke, home: Path) -> None:
+    ok = voke("audit", "verify", "--json")
+    assert ok.exit_code == 0 and ok.json["result"]["entries"] == 12
+    log = AuditLog(home)
+    lines = log.path.read_bytes().splitlines(keepends=True)
+    lines[7] = lines[7].replace(b'"result":"success"', b'"result":"failure"')
+    log.path.write_bytes(b"".join(lines))
+    bad = voke("audit", "verify", "--json")
+    assert bad.exit_code == 1
+    assert bad.json["result"]["first_bad_entry"] == 7 and bad.json["result"]["problem"] == "edited"
+    assert "entry 7 was edited" in bad.json["error"]["message"]
+    human = voke("audit", "verify")
+    assert human.exit_code == 1 and "first bad entry 7" in human.stdout
+
+
+def test_checkpoint_then_truncation_is_caught(voke, home: Path) -> None:
+    result = voke("audit", "checkpoint", "--json")
+    assert result.exit_code == 0 and result.json["result"]["checkpoint"]["size"] == 12
+    anchors = voke("chain", "anchors", "--json").json["result"]["anchors"]
+    assert [a["label"] for a in anchors] == ["audit@12"]
+    log = AuditLog(home)
+    lines = log.path.read_bytes().splitlines(keepends=True)
+    log.path.write_bytes(b"".join(lines[:10]))
+    bad = voke("audit", "verify", "--json")
+    assert bad.exit_code == 1 and bad.json["result"]["problem"] == "truncated"
+    assert bad.json["result"]["first_bad_entry"] == 10
+
+
+def test_empty_log(voke) -> None:
+    assert voke("audit", "show", "--json").json["result"]["total"] == 0
+    assert voke("audit", "verify").exit_code == 0
+    assert voke("audit", "checkpoint", "--json").json["result"]["checkpoint"] is None
