@@ -216,6 +216,21 @@ class RotationSettings(_Model):
     destroy_after_days: float = Field(default=30, ge=0, description="destroy disabled versions after this")
 
 
+class IngestSettings(_Model):
+    """`voke ingest` (`[ingest]` in voke.toml)."""
+
+    max_file_bytes: int = Field(
+        default=100 * 1024 * 1024, ge=1, description="largest batch file accepted (checked before reading it)"
+    )
+    max_errors: int = Field(default=100, ge=0, description="problems listed per rejected file (all are counted)")
+    require_final_newline: bool = Field(
+        default=True, description="reject a last row without a line break (an upload cut mid-row)"
+    )
+    lock_timeout: float = Field(
+        default=600.0, ge=0, description="seconds a load waits for another load of the same database"
+    )
+
+
 class Settings(_Model):
     """Effective configuration."""
 
@@ -229,6 +244,7 @@ class Settings(_Model):
     services: tuple[str, ...] = Field(default=DEFAULT_SERVICES, description="the platform's services")
     local: LocalSettings = Field(default_factory=LocalSettings)
     coverage: CoverageSettings = Field(default_factory=CoverageSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
     dr: DrSettings = Field(default_factory=DrSettings)
     rotation: RotationSettings = Field(default_factory=RotationSettings)
     environments: dict[str, dict[str, Any]] = Field(
