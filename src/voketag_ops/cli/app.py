@@ -41,6 +41,7 @@ app = typer.Typer(
 )
 # A group is registered only once at least one of its commands works.
 app.add_typer(env_cmd.app, name="env")
+app.add_typer(dr_cmd.app, name="dr")
 app.add_typer(rotate_cmd.app, name="rotate")
 app.add_typer(secrets_cmd.app, name="secrets")
 app.add_typer(config_cmd.app, name="config")

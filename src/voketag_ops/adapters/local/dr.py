@@ -1,0 +1,1610 @@
+"""Disaster recovery on the local environment: the PostgreSQL side of `voke dr` and `voke drill`.
+
+- heartbeat: one row on the leader (`voke_dr.heartbeat` in database `postgres`),
+  bumped by every probe; lag in seconds is how long the replica takes to replay it,
+  so an idle primary never looks lagged;
+- the WAL archive: listing, timeline histories, gap checks from a base backup, the
+  newest commit time reachable without crossing a gap (read with pg_waldump);
+- base backups checked with pg_verifybackup;
+- point-in-time restore into a new instance under pg/restores/NAME on a free port;
+- fencing, promotion, failover, pg_rewind (or a fresh clone), planned switchover;
+- a canary writer whose acknowledged commits measure RPO and the first write after a fault.
+
+Files voke creates inside pg/ are handed to the server user (see take_base_backup).
+Operations that can be interrupted record themselves in VOKE_HOME/dr/operation.json;
+every step is idempotent, so re-running the command resumes it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from voketag_ops.adapters.local.environment import SLOT_NAME, BackupInfo, LocalEnvironment
+from voketag_ops.adapters.local.postgres import PgNode, pick_free_port
+from voketag_ops.core import wal
+from voketag_ops.core.dr_checks import parse_iso
+from voketag_ops.errors import (
+    BackendError,
+    NeedsOperatorError,
+    PreconditionError,
+    RolledBackError,
+    UsageError,
+)
+from voketag_ops.logs import get_logger
+
+if TYPE_CHECKING:
+    import psycopg
+
+log = get_logger(__name__)
+
+Progress = Callable[[str], None]
+DR_DB = "postgres"
+RESTORE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
+_SCHEMA_SQL = (
+    "create schema if not exists voke_dr",
+    "create table if not exists voke_dr.heartbeat ("
+    " id int primary key default 1 check (id = 1), seq bigint not null, written_at timestamptz not null)",
+    "create table if not exists voke_dr.canary ("
+    " run_id text not null, seq bigint not null, written_at timestamptz not null default clock_timestamp(),"
+    " primary key (run_id, seq))",
+)
+
+
+def _noop(_msg: str) -> None:
+    return None
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def wait_until(predicate: Callable[[], Any], what: str, *, timeout: float, interval: float = 0.05) -> Any:
+    """Poll PREDICATE until it returns something truthy; BackendError after TIMEOUT seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise BackendError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+# -- files and locks -------------------------------------------------------------------------
+def dr_dir(env: LocalEnvironment) -> Path:
+    path = env.home / "dr"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+@contextmanager
+def dr_lock(env: LocalEnvironment, operation: str) -> Iterator[None]:
+    """One DR operation at a time (failover, failback, restore, drills)."""
+    path = dr_dir(env) / "dr.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another voke process"
+            raise PreconditionError(
+                f"another DR operation is running ({holder}); wait for it to finish"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{operation} pid {os.getpid()}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def unfinished_operation(env: LocalEnvironment) -> dict[str, Any] | None:
+    path = env.home / "dr" / "operation.json"
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+class OperationLog:
+    """VOKE_HOME/dr/operation.json: what an interruptible operation has done so far."""
+
+    def __init__(self, env: LocalEnvironment, operation: str, resume: str) -> None:
+        self.path = dr_dir(env) / "operation.json"
+        self.operation = operation
+        existing = unfinished_operation(env)
+        if existing and existing.get("operation") != operation:
+            raise PreconditionError(
+                f"an interrupted `voke dr {existing.get('operation')}` must be finished first: "
+                f"{existing.get('resume')}"
+            )
+        self.doc: dict[str, Any] = existing or {
+            "operation": operation,
+            "started_at": iso(utcnow()),
+            "resume": resume,
+            "done": [],
+        }
+        self.resumed = existing is not None
+        self._save()
+
+    def done(self, step: str) -> bool:
+        return step in self.doc["done"]
+
+    def mark(self, step: str, **detail: Any) -> None:
+        if step not in self.doc["done"]:
+            self.doc["done"].append(step)
+        if detail:
+            self.doc.setdefault("detail", {})[step] = detail
+        self._save()
+
+    def finish(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def _save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.doc, indent=2))
+        tmp.replace(self.path)
+
+
+def _chown_to_server(env: LocalEnvironment, path: Path) -> None:
+    state = env.require_state()
+    user = env._runner(state).user
+    if not user.is_me:
+        os.chown(path, user.uid, user.gid)
+
+
+# -- nodes -------------------------------------------------------------------------------------
+def query_one(node: PgNode, sql: str, params: tuple[Any, ...] = (), *, timeout: float = 3) -> Any:
+    with node.connect(DR_DB, timeout=timeout) as conn:
+        return conn.execute(sql, params).fetchone()
+
+
+def in_recovery(node: PgNode) -> bool | None:
+    """True on a standby, False on a writable primary, None when unreachable."""
+    if not node.running:
+        return None
+    try:
+        return bool(query_one(node, "select pg_is_in_recovery()")[0])
+    except BackendError:
+        return None
+
+
+def ensure_schema(conn: psycopg.Connection[Any]) -> None:
+    import psycopg
+
+    for statement in _SCHEMA_SQL:
+        # another session may create the same object concurrently
+        with suppress(psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject):
+            conn.execute(statement)
+
+
+def child_pids(pid: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if len(fields) > 1 and int(fields[1]) == pid:
+            children.append(int(entry.name))
+    return children
+
+
+def kill_node(node: PgNode, *, timeout: float = 30) -> bool:
+    """SIGKILL a postmaster and its children (works on a frozen server too)."""
+    pid = node.pid()
+    if pid is None:
+        return False
+    for target in [pid, *child_pids(pid)]:
+        with suppress(ProcessLookupError):
+            os.kill(target, signal.SIGKILL)
+    wait_until(lambda: not node.running, f"{node.name} to die", timeout=timeout)
+    return True
+
+
+def freeze_node(node: PgNode) -> list[int]:
+    """SIGSTOP a server and every process of it: it stops answering, as behind a partition."""
+    pid = node.pid()
+    if pid is None:
+        raise PreconditionError(f"{node.name} is not running")
+    pids = [pid, *child_pids(pid)]
+    for target in pids:
+        with suppress(ProcessLookupError):
+            os.kill(target, signal.SIGSTOP)
+    return pids
+
+
+def thaw(pids: list[int]) -> None:
+    for target in pids:
+        with suppress(ProcessLookupError):
+            os.kill(target, signal.SIGCONT)
+
+
+def probe_write(node: PgNode, *, timeout: float = 3) -> bool:
+    """A write only a primary can do: assigning a transaction id."""
+    try:
+        query_one(node, "select txid_current()", timeout=timeout)
+        return True
+    except BackendError:
+        return False
+    except Exception as exc:  # psycopg errors: read-only, shutting down
+        log.debug("write probe on %s failed: %s", node.name, exc)
+        return False
+
+
+# -- heartbeat and lag --------------------------------------------------------------------------
+def write_heartbeat(leader: PgNode) -> tuple[int, datetime]:
+    with leader.connect(DR_DB, timeout=3) as conn:
+        ensure_schema(conn)
+        row = conn.execute(
+            "insert into voke_dr.heartbeat (id, seq, written_at) values (1, 1, clock_timestamp()) "
+            "on conflict (id) do update set seq = voke_dr.heartbeat.seq + 1, written_at = clock_timestamp() "
+            "returning seq, written_at"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), row[1]
+
+
+def probe_lag(leader: PgNode, standby: PgNode, *, wait: float) -> dict[str, Any]:
+    """Byte lag from pg_stat_replication; seconds = how long the standby takes to replay a fresh heartbeat.
+
+    If it does not replay it within WAIT, the lag is the age of the newest transaction
+    it has replayed (the primary had the heartbeat to send, so it is at least WAIT).
+    """
+    result: dict[str, Any] = {
+        "lag_bytes": None,
+        "lag_seconds": None,
+        "streaming": False,
+        "heartbeat_seq": None,
+        "heartbeat_replayed": None,
+    }
+    try:
+        row = query_one(
+            leader,
+            "select pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint, state "
+            "from pg_stat_replication where application_name <> 'pg_basebackup' "
+            "order by backend_start desc limit 1",
+        )
+    except BackendError:
+        return result
+    if row is not None:
+        result["lag_bytes"] = int(row[0] or 0)
+        result["streaming"] = row[1] == "streaming"
+    if not standby.running:
+        return result
+    try:
+        seq, written_at = write_heartbeat(leader)
+    except BackendError:
+        return result
+    result["heartbeat_seq"] = seq
+    deadline = time.monotonic() + wait
+    try:
+        with standby.connect(DR_DB, timeout=3) as conn:
+            while True:
+                replayed = _standby_heartbeat(conn)
+                if replayed is not None and replayed[0] >= seq:
+                    result["lag_seconds"] = round(max(0.0, (utcnow() - written_at).total_seconds()), 3)
+                    result["heartbeat_replayed"] = True
+                    return result
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.02)
+            last = conn.execute("select pg_last_xact_replay_timestamp()").fetchone()
+    except BackendError:
+        return result
+    newest = max(
+        [t for t in (last[0] if last else None, replayed[1] if replayed else None) if t is not None],
+        default=None,
+    )
+    age = (utcnow() - newest).total_seconds() if newest else wait
+    result["lag_seconds"] = round(max(age, wait), 3)
+    result["heartbeat_replayed"] = False
+    return result
+
+
+def _standby_heartbeat(conn: psycopg.Connection[Any]) -> tuple[int, datetime] | None:
+    import psycopg
+
+    try:
+        row = conn.execute("select seq, written_at from voke_dr.heartbeat where id = 1").fetchone()
+    except psycopg.errors.UndefinedTable:
+        return None
+    except psycopg.Error as exc:  # e.g. replay conflicts
+        log.debug("heartbeat read failed: %s", exc)
+        return None
+    return (int(row[0]), row[1]) if row else None
+
+
+# -- the WAL archive --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LeaderWal:
+    """What the leader says about its WAL (None fields when it is unreachable)."""
+
+    reachable: bool
+    timeline: int | None = None
+    current_segno: int | None = None
+    current_lsn: str | None = None
+    segment_size: int = wal.DEFAULT_SEGMENT_SIZE
+    pending: tuple[str, ...] = ()
+    oldest_pending_seconds: float | None = None
+
+
+def leader_wal(leader: PgNode | None) -> LeaderWal:
+    if leader is None or not leader.running:
+        return LeaderWal(False)
+    try:
+        with leader.connect(DR_DB, timeout=3) as conn:
+            row = conn.execute(
+                "select pg_is_in_recovery(), (select setting from pg_settings where name = 'wal_segment_size')"
+            ).fetchone()
+            assert row is not None
+            if row[0]:
+                return LeaderWal(False)
+            seg_size = int(row[1])
+            name, lsn = conn.execute(
+                "select pg_walfile_name(pg_current_wal_lsn()), pg_current_wal_lsn()::text"
+            ).fetchone()  # type: ignore[misc]
+            pend = conn.execute(
+                "select name, extract(epoch from now() - modification)::float8 "
+                "from pg_ls_archive_statusdir() where name like '%.ready' order by modification"
+            ).fetchall()
+    except BackendError:
+        return LeaderWal(False)
+    tli, segno = wal.parse_segment_name(name, seg_size)
+    pending = tuple(p[0].removesuffix(".ready") for p in pend)
+    return LeaderWal(
+        True,
+        timeline=tli,
+        current_segno=segno,
+        current_lsn=lsn,
+        segment_size=seg_size,
+        pending=pending,
+        oldest_pending_seconds=round(float(pend[0][1]), 3) if pend else None,
+    )
+
+
+def archived_names(env: LocalEnvironment) -> set[str]:
+    try:
+        return {p.name for p in env.archive_dir.iterdir()}
+    except FileNotFoundError:
+        return set()
+
+
+def history_of(env: LocalEnvironment, timeline: int, names: set[str] | None = None) -> list[tuple[int, int]]:
+    if timeline <= 1:
+        return []
+    path = env.archive_dir / f"{timeline:08X}.history"
+    try:
+        return wal.parse_history(path.read_text())
+    except FileNotFoundError:
+        raise BackendError(f"timeline {timeline} has no history file in the archive ({path})") from None
+
+
+def newest_timeline(env: LocalEnvironment, names: set[str]) -> int:
+    tlis = [int(m.group(1), 16) for n in names if (m := wal.HISTORY_NAME.match(n))]
+    tlis += [int(n[:8], 16) for n in names if wal.SEGMENT_NAME.match(n)]
+    return max(tlis, default=1)
+
+
+def gaps_from(
+    env: LocalEnvironment,
+    backup: BackupInfo,
+    lw: LeaderWal,
+    names: set[str] | None = None,
+    *,
+    timeline: int | None = None,
+    end_segno: int | None = None,
+) -> wal.ArchiveGaps | None:
+    """Archive gaps between BACKUP and now on the current timeline; None if BACKUP is on another branch."""
+    names = archived_names(env) if names is None else names
+    tli = timeline or lw.timeline or newest_timeline(env, names)
+    path = wal.timeline_path(tli, history_of(env, tli, names))
+    start = wal.parse_lsn(backup.start_lsn)
+    if not any(
+        s.timeline == backup.timeline and s.begin <= start and (s.end is None or start < s.end) for s in path
+    ):
+        return None
+    current = end_segno + 1 if end_segno is not None else lw.current_segno if lw.reachable else None
+    return wal.find_gaps(
+        path=path,
+        start_segno=wal.segno_of(start, lw.segment_size),
+        archived=names,
+        current_segno=current,
+        pending=lw.pending,
+        segment_size=lw.segment_size,
+    )
+
+
+_COMMIT = re.compile(r"desc: (?:COMMIT|ABORT) (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) (UTC|[+-]\d\d)")
+
+
+def last_commit_time(env: LocalEnvironment, segments: list[str] | tuple[str, ...]) -> datetime | None:
+    """The newest commit (or abort) timestamp in the last of SEGMENTS that has one (newest last)."""
+    state = env.require_state()
+    runner = env._runner(state)
+    for name in reversed(segments):
+        if not (env.archive_dir / name).exists():
+            return None
+        result = runner.run("pg_waldump", ["-p", str(env.archive_dir), name, name], check=False, timeout=60)
+        stamps = _COMMIT.findall(result.stdout)
+        if stamps:
+            text, zone = stamps[-1]
+            return datetime.fromisoformat(text + ("+00:00" if zone == "UTC" else zone + ":00")).astimezone(
+                UTC
+            )
+    return None
+
+
+@dataclass(frozen=True)
+class Window:
+    """The recoverable window: any instant in [earliest, latest) can be restored.
+
+    LATEST is now while the leader is up and its archive has no gap (a restore first
+    commits a heartbeat and switches WAL); LATEST_ARCHIVED is the newest commit in the
+    archive alone, which is what is left if the leader's disk is lost right now.
+    """
+
+    earliest: datetime | None
+    latest: datetime | None
+    latest_archived: datetime | None
+    earliest_backup: str | None
+    newest_backup: str | None
+    gaps: wal.ArchiveGaps | None
+    timeline: int | None
+    live: bool = False
+
+    @property
+    def seconds(self) -> float | None:
+        if self.earliest is None or self.latest is None or self.latest <= self.earliest:
+            return None
+        return round((self.latest - self.earliest).total_seconds(), 3)
+
+    def as_dict(self) -> dict[str, Any]:
+        behind = None
+        if self.live and self.latest and self.latest_archived:
+            behind = round(max(0.0, (self.latest - self.latest_archived).total_seconds()), 3)
+        return {
+            "earliest": iso(self.earliest),
+            "latest": iso(self.latest),
+            "seconds": self.seconds,
+            "latest_archived": iso(self.latest_archived),
+            "archive_behind_seconds": behind,
+            "live": self.live,
+            "earliest_backup": self.earliest_backup,
+            "newest_backup": self.newest_backup,
+            "timeline": self.timeline,
+        }
+
+
+def recoverable_window(
+    env: LocalEnvironment,
+    lw: LeaderWal,
+    backups: list[BackupInfo] | None = None,
+    *,
+    now: datetime | None = None,
+) -> Window:
+    """Oldest backup with a gap-free chain .. now (leader up) or the newest archived commit."""
+    backups = env.backups() if backups is None else backups
+    names = archived_names(env)
+    tli = lw.timeline or newest_timeline(env, names)
+    usable = [(b, g) for b in backups if (g := gaps_from(env, b, lw, names, timeline=tli)) is not None]
+    if not usable:
+        return Window(None, None, None, None, None, None, tli)
+    newest, newest_gaps = usable[-1]
+    latest_archived = (
+        last_commit_time(env, newest_gaps.contiguous_tail)
+        if newest_gaps.last_contiguous is not None
+        else None
+    )
+    if lw.reachable and newest_gaps.ok:
+        live = True
+        latest = now or utcnow()
+        chain = [b for b, g in usable if g.ok]
+    else:
+        live = False
+        latest = latest_archived
+        if newest_gaps.last_contiguous is None:
+            return Window(None, None, None, None, newest.label, newest_gaps, tli)
+        last_segno = wal.parse_segment_name(newest_gaps.last_contiguous, lw.segment_size)[1]
+        chain = [
+            b
+            for b, _ in usable
+            if (g := gaps_from(env, b, lw, names, timeline=tli, end_segno=last_segno)) is not None and g.ok
+        ]
+    earliest_backup = chain[0] if chain else newest
+    return Window(
+        earliest=parse_iso(earliest_backup.finished_at),
+        latest=latest,
+        latest_archived=latest_archived,
+        earliest_backup=earliest_backup.label,
+        newest_backup=newest.label,
+        gaps=newest_gaps,
+        timeline=tli,
+        live=live,
+    )
+
+
+def seal_archive(env: LocalEnvironment, leader: PgNode, *, timeout: float = 60) -> datetime:
+    """Commit a heartbeat, switch WAL and wait until that segment is archived.
+
+    Afterwards every instant before the heartbeat's commit is reachable from the archive
+    alone (a restore stops at the first commit after its target, so one must exist).
+    """
+    _, committed_at = write_heartbeat(leader)
+    name = query_one(leader, "select pg_walfile_name(pg_current_wal_lsn()), pg_switch_wal()")[0]
+    wait_until(
+        lambda: (env.archive_dir / name).exists(), f"WAL segment {name} to be archived", timeout=timeout
+    )
+    return committed_at
+
+
+# -- status ----------------------------------------------------------------------------------------
+def snapshot(env: LocalEnvironment, *, lag_wait: float, replica_expected: bool = True) -> dict[str, Any]:
+    """Everything `dr status` shows and `dr check` judges. Never starts or stops anything."""
+    base = env.status()
+    report: dict[str, Any] = {
+        "environment": "local",
+        "home": str(env.home),
+        "initialized": base["initialized"],
+        "checked_at": iso(utcnow()),
+    }
+    if not base["initialized"]:
+        report.update(
+            leader=None,
+            standby=None,
+            split_brain=False,
+            writable_nodes=[],
+            archive=None,
+            newest_backup=None,
+            backups=0,
+            recoverable_window=None,
+            archive_gaps=None,
+            unfinished_operation=unfinished_operation(env),
+        )
+        return report
+    state = env.require_state()
+    leader_node, standby_node = env.node(state.leader, state), env.node(state.follower, state)
+    leader_info = {k: base["primary"].get(k) for k in ("name", "role", "running", "port", "timeline", "pid")}
+    standby_info = {k: base["replica"].get(k) for k in ("name", "role", "running", "port", "timeline", "pid")}
+    writable = [info["name"] for info in (base["primary"], base["replica"]) if info["role"] == "primary"]
+    report["leader"] = leader_info
+    report["standby"] = standby_info
+    report["writable_nodes"] = writable
+    report["split_brain"] = len(writable) > 1
+    if report["split_brain"]:
+        report["split_brain_detail"] = {
+            info["name"]: {"timeline": info["timeline"], "port": info["port"]}
+            for info in (base["primary"], base["replica"])
+            if info["role"] == "primary"
+        }
+    lw = leader_wal(leader_node if leader_info["role"] == "primary" else None)
+    if lw.reachable and replica_expected:
+        standby_info.update(probe_lag(leader_node, standby_node, wait=lag_wait))
+    else:
+        standby_info.update(lag_bytes=None, lag_seconds=None, streaming=False)
+    archive = dict(base.get("archive") or {"dir": str(env.archive_dir), "failing": None})
+    archive["pending"] = list(lw.pending)
+    archive["oldest_pending_seconds"] = lw.oldest_pending_seconds
+    archive["current_wal"] = (
+        wal.segment_name(lw.timeline, lw.current_segno, lw.segment_size)
+        if lw.current_segno is not None and lw.timeline
+        else None
+    )
+    report["archive"] = archive
+    backups = env.backups()
+    newest = backups[-1] if backups else None
+    report["backups"] = len(backups)
+    report["newest_backup"] = None
+    if newest is not None:
+        finished = parse_iso(newest.finished_at)
+        report["newest_backup"] = {
+            "label": newest.label,
+            "finished_at": newest.finished_at,
+            "age_seconds": round((utcnow() - finished).total_seconds(), 3) if finished else None,
+            "size_bytes": newest.size_bytes,
+            "timeline": newest.timeline,
+        }
+    window = recoverable_window(env, lw, backups)
+    report["recoverable_window"] = window.as_dict()
+    report["archive_gaps"] = (
+        {
+            "from_backup": window.newest_backup,
+            "missing": window.gaps.missing,
+            "pending": window.gaps.pending,
+            "last_contiguous": window.gaps.last_contiguous,
+        }
+        if window.gaps is not None
+        else None
+    )
+    report["restores"] = [r["name"] for r in list_restores(env)]
+    report["unfinished_operation"] = unfinished_operation(env)
+    return report
+
+
+# -- backups ---------------------------------------------------------------------------------------
+def find_backup(env: LocalEnvironment, label: str | None) -> BackupInfo:
+    backups = env.backups()
+    if not backups:
+        raise PreconditionError("there is no base backup; take one with `voke dr backup`")
+    if label is None:
+        return backups[-1]
+    for backup in backups:
+        if backup.label == label:
+            return backup
+    raise UsageError(f"no backup labelled {label!r} (have: {', '.join(b.label for b in backups)})")
+
+
+def verify_backup(env: LocalEnvironment, backup: BackupInfo) -> dict[str, Any]:
+    """pg_verifybackup (manifest checksums, WAL inside the backup) plus the archive gap check to now."""
+    state = env.require_state()
+    runner = env._runner(state)
+    t0 = time.monotonic()
+    proc = runner.run("pg_verifybackup", ["-i", "voke-backup.json", backup.path], check=False, timeout=3600)
+    problems = [
+        line.split("error:", 1)[1].strip() if "error:" in line else line.strip()
+        for line in (proc.stderr + proc.stdout).splitlines()
+        if line.strip() and "successfully verified" not in line
+    ]
+    leader = env.primary()
+    lw = leader_wal(leader)
+    gaps = gaps_from(env, backup, lw)
+    verified = proc.returncode == 0
+    result: dict[str, Any] = {
+        "backup": backup.label,
+        "path": backup.path,
+        "finished_at": backup.finished_at,
+        "timeline": backup.timeline,
+        "start_wal": backup.start_wal,
+        "pg_verifybackup": {"ok": verified, "exit_code": proc.returncode, "problems": problems[:50]},
+        "archive": None,
+        "duration_seconds": 0.0,
+    }
+    if gaps is None:
+        result["archive"] = {
+            "ok": False,
+            "missing": [],
+            "message": "backup is not on the current timeline's history",
+        }
+    else:
+        latest = None
+        if gaps.missing and gaps.last_contiguous:
+            latest = last_commit_time(env, gaps.contiguous_tail)
+        result["archive"] = {
+            "ok": gaps.ok,
+            "from": gaps.start,
+            "to": gaps.end,
+            "expected_segments": gaps.expected,
+            "missing": gaps.missing,
+            "pending": gaps.pending,
+            "last_contiguous": gaps.last_contiguous,
+            "latest_reachable": iso(latest),
+        }
+    result["ok"] = verified and bool(result["archive"]["ok"])
+    result["duration_seconds"] = round(time.monotonic() - t0, 3)
+    return result
+
+
+# -- point-in-time restore ---------------------------------------------------------------------------
+def restores_dir(env: LocalEnvironment) -> Path:
+    return env.pg_dir / "restores"
+
+
+def restore_node(env: LocalEnvironment, name: str, port: int) -> PgNode:
+    state = env.require_state()
+    return PgNode(
+        name=f"restore {name}",
+        data_dir=restores_dir(env) / name,
+        port=port,
+        socket_dir=Path(state.socket_dir),
+        log_file=env.logs_dir / f"restore-{name}.log",
+        runner=env._runner(state),
+    )
+
+
+def list_restores(env: LocalEnvironment) -> list[dict[str, Any]]:
+    found = []
+    base = restores_dir(env)
+    if not base.is_dir():
+        return found
+    for meta in sorted(base.glob("*.json")):
+        try:
+            doc = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            continue
+        node = restore_node(env, doc["name"], int(doc["port"]))
+        doc["running"] = node.running
+        found.append(doc)
+    return found
+
+
+def get_restore(env: LocalEnvironment, name: str) -> tuple[dict[str, Any], PgNode]:
+    meta = restores_dir(env) / f"{name}.json"
+    try:
+        doc = json.loads(meta.read_text())
+    except FileNotFoundError:
+        known = ", ".join(r["name"] for r in list_restores(env)) or "none"
+        raise UsageError(f"no restored instance named {name!r} (have: {known})") from None
+    return doc, restore_node(env, name, int(doc["port"]))
+
+
+def discard_restore(env: LocalEnvironment, name: str) -> dict[str, Any]:
+    _doc, node = get_restore(env, name)
+    stopped = node.stop(mode="immediate") if node.running else False
+    shutil.rmtree(node.data_dir, ignore_errors=True)
+    (restores_dir(env) / f"{name}.json").unlink(missing_ok=True)
+    return {"name": name, "stopped": stopped, "removed": str(node.data_dir)}
+
+
+def start_restore(env: LocalEnvironment, name: str) -> PgNode:
+    _doc, node = get_restore(env, name)
+    node.start(timeout=env.settings.start_timeout)
+    return node
+
+
+@dataclass
+class RestorePlan:
+    """What a restore will use, decided before anything is copied."""
+
+    target: datetime
+    name: str
+    backup: BackupInfo
+    window: Window
+    sealed_at: datetime | None
+
+
+def plan_restore(
+    env: LocalEnvironment, target: datetime, name: str, *, seal: bool, now: datetime
+) -> RestorePlan:
+    """Pick the base backup and check TARGET lies in the recoverable window (before copying anything)."""
+    if not RESTORE_NAME.match(name):
+        raise UsageError(f"restore name {name!r} must match [a-z0-9][a-z0-9_-]* (at most 41 characters)")
+    if (restores_dir(env) / name).exists() or (restores_dir(env) / f"{name}.json").exists():
+        raise PreconditionError(
+            f"a restored instance named {name!r} exists; discard it with "
+            f"`voke dr discard {name} --yes` or pick another --name"
+        )
+    if target > now:
+        raise PreconditionError(f"target {iso(target)} is in the future (now {iso(now)})")
+    leader = env.primary()
+    sealed_at = None
+    if seal and in_recovery(leader) is False:
+        sealed_at = seal_archive(env, leader)
+    lw = leader_wal(leader)
+    backups = env.backups()
+    if not backups:
+        raise PreconditionError("there is no base backup to restore from; take one with `voke dr backup`")
+    window = recoverable_window(env, lw, backups)
+    # After sealing, the archive alone must reach the target; a dry run may count on the seal.
+    bound = window.latest if (sealed_at is None and window.live) else window.latest_archived
+    if window.earliest is None or bound is None:
+        raise PreconditionError("nothing is recoverable: no usable base backup with archived WAL after it")
+    span = f"recoverable window {iso(window.earliest)} .. {iso(bound)}"
+    if target < window.earliest:
+        raise PreconditionError(
+            f"target {iso(target)} is before the {span} (oldest usable backup "
+            f"{window.earliest_backup} finished at {iso(window.earliest)})"
+        )
+    if target >= bound:
+        why = ""
+        if window.gaps is not None and window.gaps.missing:
+            why = f"; the archive misses {window.gaps.missing[0]} after {window.gaps.last_contiguous}"
+        raise PreconditionError(
+            f"target {iso(target)} is not before the newest recoverable commit: {span}{why}"
+        )
+    names = archived_names(env)
+    assert window.gaps is not None
+    last = window.gaps.last_contiguous
+    last_segno = wal.parse_segment_name(last, lw.segment_size)[1] if last and not window.live else None
+    candidates = [b for b in backups if (parse_iso(b.finished_at) or now) <= target]
+    for backup in reversed(candidates):
+        g = gaps_from(env, backup, lw, names, timeline=window.timeline, end_segno=last_segno)
+        if g is not None and g.ok:
+            return RestorePlan(target, name, backup, window, sealed_at)
+    raise PreconditionError(
+        f"no base backup finished before {iso(target)} reaches it without a WAL gap ({span})"
+    )
+
+
+_STOP = re.compile(
+    r"recovery stopping (before|after) (commit|abort) of transaction (\d+), time ([0-9:. +-]+)"
+)
+_REDO_DONE = re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+)")
+_LAST_TX = re.compile(r"last completed transaction was at log time ([0-9:. +-]+)")
+_NEW_TLI = re.compile(r"selected new timeline ID: (\d+)")
+_RESTORED = re.compile(r'restored log file "([0-9A-F]{24})" from archive')
+_NOT_REACHED = "recovery ended before configured recovery target was reached"
+
+
+def _pg_time(text: str) -> str | None:
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    return iso(value)
+
+
+def parse_recovery_log(text: str) -> dict[str, Any]:
+    """The stop point and the WAL used, from the restored server's log."""
+    stop = _STOP.search(text)
+    redo = _REDO_DONE.search(text)
+    last = _LAST_TX.search(text)
+    tli = _NEW_TLI.search(text)
+    files = _RESTORED.findall(text)
+    return {
+        "stopped": f"{stop.group(1)} {stop.group(2)} of transaction {stop.group(3)}" if stop else None,
+        "stop_xid": int(stop.group(3)) if stop else None,
+        "stop_time": _pg_time(stop.group(4)) if stop else None,
+        "redo_done_lsn": redo.group(1) if redo else None,
+        "last_transaction_at": _pg_time(last.group(1)) if last else None,
+        "new_timeline": int(tli.group(1)) if tli else None,
+        "wal_first": files[0] if files else None,
+        "wal_last": files[-1] if files else None,
+        "wal_files": len(files),
+        "target_not_reached": _NOT_REACHED in text,
+    }
+
+
+def restore(
+    env: LocalEnvironment, plan: RestorePlan, *, progress: Progress = _noop, timeout: float = 600
+) -> dict[str, Any]:
+    """Copy the backup into pg/restores/NAME, recover to the target, promote, check it takes writes.
+
+    Anything that fails (or Ctrl-C) stops the new server and removes its directory.
+    """
+    t0 = time.monotonic()
+    started_at = utcnow()
+    base = restores_dir(env)
+    if not base.exists():
+        base.mkdir(mode=0o700)
+        _chown_to_server(env, base)
+    state = env.require_state()
+    taken = {int(p) for p in state.ports.values()} | {int(r["port"]) for r in list_restores(env)}
+    port = pick_free_port(avoid=sorted(taken))
+    node = restore_node(env, plan.name, port)
+    scratch = base / f".{plan.name}.partial"
+    meta = base / f"{plan.name}.json"
+    shutil.rmtree(scratch, ignore_errors=True)
+    log_offset = node.log_file.stat().st_size if node.log_file.exists() else 0
+    timings: dict[str, float] = {}
+    try:
+        progress(f"copying base backup {plan.backup.label}")
+        t = time.monotonic()
+        subprocess.run(["cp", "-a", plan.backup.path, str(scratch)], check=True, capture_output=True)
+        for leftover in ("voke-backup.json", "backup_manifest", "postmaster.pid", "standby.signal"):
+            (scratch / leftover).unlink(missing_ok=True)
+        scratch.rename(node.data_dir)
+        timings["copy_seconds"] = round(time.monotonic() - t, 3)
+        settings = env._common_settings(node)
+        settings.update(
+            archive_mode="off",
+            restore_command=f"cp '{env.archive_dir}/%f' '%p'",
+            recovery_target_time=plan.target.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00"),
+            recovery_target_action="promote",
+            recovery_target_timeline="latest",
+            recovery_target_inclusive=True,
+        )
+        node.write_config(settings, env._hba())
+        signal_file = node.data_dir / "recovery.signal"
+        signal_file.write_text("")
+        _chown_to_server(env, signal_file)
+        meta.write_text(
+            json.dumps(
+                {
+                    "name": plan.name,
+                    "port": port,
+                    "target": iso(plan.target),
+                    "backup": plan.backup.label,
+                    "created_at": iso(started_at),
+                    "data_dir": str(node.data_dir),
+                    "state": "recovering",
+                },
+                indent=2,
+            )
+        )
+        progress(f"recovering to {iso(plan.target)} on port {port}")
+        t = time.monotonic()
+        with suppress(BackendError):  # a failed start is judged from the log below
+            node.start(timeout=timeout)
+        promoted = _wait_promoted(node, timeout=timeout, log_offset=log_offset)
+        timings["recovery_seconds"] = round(time.monotonic() - t, 3)
+        recovery = parse_recovery_log(node.log_tail(log_offset, limit=1_000_000))
+        if not promoted:
+            tail = node.log_tail(log_offset)
+            if recovery["target_not_reached"]:
+                raise RolledBackError(
+                    f"PostgreSQL ended recovery before the target {iso(plan.target)}: "
+                    f"{_NOT_REACHED} (log: {node.log_file}); the restored instance was removed"
+                )
+            raise RolledBackError(
+                f"the restored instance did not come up: {_fatal_line(tail)} (log: {node.log_file}); it was removed"
+            )
+        write_ok = probe_write(node)
+        if not write_ok:
+            raise RolledBackError("the restored instance is up but does not take writes; it was removed")
+        first_write_at = utcnow()
+    except BaseException:
+        with suppress(Exception):
+            kill_node(node) if node.running else None
+        shutil.rmtree(node.data_dir, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+        meta.unlink(missing_ok=True)
+        raise
+    doc = json.loads(meta.read_text())
+    doc.update(state="running", recovery=recovery)
+    meta.write_text(json.dumps(doc, indent=2))
+    return {
+        "name": plan.name,
+        "target": iso(plan.target),
+        "port": port,
+        "conninfo": node.conninfo(),
+        "data_dir": str(node.data_dir),
+        "backup": {
+            "label": plan.backup.label,
+            "finished_at": plan.backup.finished_at,
+            "timeline": plan.backup.timeline,
+            "start_wal": plan.backup.start_wal,
+        },
+        "window": plan.window.as_dict(),
+        "sealed_at": iso(plan.sealed_at),
+        "stop_point": recovery,
+        "writable": True,
+        "started_at": iso(started_at),
+        "promoted_at": iso(first_write_at),
+        "first_write_at": iso(first_write_at),
+        "timings": timings,
+        "duration_seconds": round(time.monotonic() - t0, 3),
+        "log": str(node.log_file),
+    }
+
+
+def _fatal_line(tail: str) -> str:
+    lines = [ln for ln in tail.splitlines() if "FATAL" in ln or "PANIC" in ln]
+    return (lines[-1] if lines else (tail.strip().splitlines() or ["no log output"])[-1]).strip()
+
+
+def _wait_promoted(node: PgNode, *, timeout: float, log_offset: int) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not node.running:
+            # pg_ctl may still be starting it; give the pid file a moment, then trust the log
+            tail = node.log_tail(log_offset, limit=20000)
+            if "FATAL" in tail or "PANIC" in tail or "database system is shut down" in tail:
+                return False
+        else:
+            state = in_recovery(node)
+            if state is False:
+                return True
+        time.sleep(0.05)
+    return False
+
+
+# -- fencing, promotion, failover ---------------------------------------------------------------------
+def fence_node(env: LocalEnvironment, node: PgNode, *, reason: str) -> dict[str, Any]:
+    """Make NODE stop accepting writes and stay down: a clean stop if it answers, SIGKILL otherwise.
+
+    It is not given standby.signal, so `voke env up` refuses to start it until `dr failback`
+    rebuilds it as a standby of the leader.
+    """
+    how = "already stopped"
+    pid = node.pid()
+    if pid is not None and _frozen(pid):
+        kill_node(node)  # a frozen server cannot shut down; it must not wake up writable
+        how = "killed (frozen)"
+    if node.running:
+        try:
+            node.stop(mode="fast", timeout=10)
+            how = "stopped (fast)"
+        except BackendError:
+            kill_node(node)
+            how = "killed"
+        if node.running:
+            kill_node(node)
+            how = "killed"
+    marker = dr_dir(env) / f"fenced-{node.name}.json"
+    marker.write_text(
+        json.dumps({"node": node.name, "fenced_at": iso(utcnow()), "reason": reason, "how": how})
+    )
+    return {"node": node.name, "how": how, "fenced_at": iso(utcnow())}
+
+
+def _frozen(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+    except (OSError, IndexError):
+        return False
+
+
+def fenced_nodes(env: LocalEnvironment) -> list[str]:
+    return sorted(p.stem.removeprefix("fenced-") for p in (env.home / "dr").glob("fenced-*.json"))
+
+
+def promote(node: PgNode, *, timeout: float = 60) -> float:
+    """pg_promote and wait until it takes writes; returns seconds taken."""
+    t0 = time.monotonic()
+    if in_recovery(node) is True:
+        query_one(node, f"select pg_promote(true, {int(timeout)})", timeout=timeout + 5)
+    wait_until(lambda: in_recovery(node) is False, f"{node.name} to leave recovery", timeout=timeout)
+    return round(time.monotonic() - t0, 3)
+
+
+def ensure_slot(node: PgNode) -> None:
+    query_one(
+        node,
+        "select pg_create_physical_replication_slot(%s, true) "
+        "where not exists (select 1 from pg_replication_slots where slot_name = %s)",
+        (SLOT_NAME, SLOT_NAME),
+    )
+
+
+def drop_slot_if_idle(node: PgNode) -> None:
+    with suppress(Exception):
+        query_one(
+            node,
+            "select pg_drop_replication_slot(slot_name) from pg_replication_slots "
+            "where slot_name = %s and not active",
+            (SLOT_NAME,),
+        )
+
+
+@dataclass
+class Step:
+    """One step of a DR operation, for reports and drill journals."""
+
+    name: str
+    ok: bool
+    duration_seconds: float
+    detail: dict[str, Any] = field(default_factory=dict)
+    started_at: str | None = None
+
+
+class Steps(list[Step]):
+    @contextmanager
+    def run(self, name: str, progress: Progress = _noop, **detail: Any) -> Iterator[dict[str, Any]]:
+        progress(name)
+        started = utcnow()
+        t0 = time.monotonic()
+        info: dict[str, Any] = dict(detail)
+        try:
+            yield info
+        except BaseException as exc:
+            info.setdefault("error", getattr(exc, "message", None) or type(exc).__name__)
+            self.append(Step(name, False, round(time.monotonic() - t0, 3), info, iso(started)))
+            raise
+        self.append(Step(name, True, round(time.monotonic() - t0, 3), info, iso(started)))
+
+    def as_list(self) -> list[dict[str, Any]]:
+        return [asdict(s) for s in self]
+
+
+Repoint = Callable[[PgNode], dict[str, Any]]
+
+
+def no_services(_leader: PgNode) -> dict[str, Any]:
+    return {"repointed": [], "redeployed": [], "note": "no services to repoint"}
+
+
+def failover(
+    env: LocalEnvironment,
+    *,
+    progress: Progress = _noop,
+    reason: str = "voke dr failover",
+    promote_timeout: float = 60,
+    repoint: Repoint = no_services,
+) -> dict[str, Any]:
+    """Fence the leader, promote the standby, make it the leader, repoint services, verify a write.
+
+    Interrupted, it leaves VOKE_HOME/dr/operation.json; running it again resumes.
+    """
+    t0 = time.monotonic()
+    steps = Steps()
+    state = env.require_state()
+    pending = unfinished_operation(env)
+    if pending is None or pending.get("operation") != "failover":
+        standby = env.node(state.follower, state)
+        if in_recovery(standby) is not True:
+            raise PreconditionError(
+                f"the standby {standby.name} is not running as a standby; nothing to promote "
+                f"(`voke dr status` shows the topology)"
+            )
+    oplog = OperationLog(env, "failover", "voke dr failover --yes")
+    if oplog.resumed and "old_leader" in oplog.doc:
+        old_name, new_name = oplog.doc["old_leader"], oplog.doc["new_leader"]
+    else:
+        old_name, new_name = state.leader, state.follower
+        oplog.doc.update(old_leader=old_name, new_leader=new_name)
+        oplog.mark("planned")
+    old, new = env.node(old_name, state), env.node(new_name, state)
+    detail: dict[str, Any] = {"old_leader": old_name, "new_leader": new_name, "resumed": oplog.resumed}
+    if not oplog.done("fenced"):
+        with steps.run(f"fence {old.name}", progress) as info:
+            info.update(fence_node(env, old, reason=reason))
+        oplog.mark("fenced")
+    if not oplog.done("promoted"):
+        with steps.run(f"promote {new.name}", progress) as info:
+            standby_lsn = query_one(
+                new, "select pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp()"
+            )
+            info["replayed_lsn"], info["last_replayed_commit"] = standby_lsn[0], iso(standby_lsn[1])
+            info["seconds"] = promote(new, timeout=promote_timeout)
+            info["timeline"] = query_one(new, "select timeline_id from pg_control_checkpoint()")[0]
+        oplog.mark("promoted")
+    promoted_at = utcnow()
+    if not oplog.done("leader"):
+        with steps.run(f"record {new.name} as the leader", progress):
+            env.set_leader(new.name)
+            ensure_slot(new)
+        oplog.mark("leader")
+    if not oplog.done("services"):
+        with steps.run("repoint services", progress) as info:
+            info.update(repoint(new))
+        oplog.mark("services")
+    with steps.run("verify a write on the new leader", progress) as info:
+        if not probe_write(new):
+            raise NeedsOperatorError(
+                f"{new.name} was promoted but does not take writes; check its log {new.log_file}"
+            )
+        write_heartbeat(new)
+        info["ok"] = True
+    first_write_at = utcnow()
+    oplog.finish()
+    detail.update(
+        steps=steps.as_list(),
+        promoted_at=iso(promoted_at),
+        first_write_at=iso(first_write_at),
+        duration_seconds=round(time.monotonic() - t0, 3),
+        next=f"`voke dr failback --yes` rebuilds {old_name} as a standby of {new_name} and switches back",
+    )
+    return detail
+
+
+def write_standby_config(env: LocalEnvironment, node: PgNode, upstream: PgNode) -> None:
+    """standby.signal plus primary_conninfo naming UPSTREAM, and voke's replica settings."""
+    state = env.require_state()
+    env._configure_replica(node, state)
+    auto = node.data_dir / "postgresql.auto.conf"
+    conninfo = f"host={upstream.socket_dir} port={upstream.port} user=postgres application_name={node.name}"
+    auto.write_text(
+        "# Written by voke dr: this node streams from the leader.\n"
+        f"primary_conninfo = '{conninfo}'\n"
+        f"restore_command = 'cp ''{env.archive_dir}/%f'' ''%p'''\n"
+    )
+    os.chmod(auto, 0o600)
+    _chown_to_server(env, auto)
+    signal_file = node.data_dir / "standby.signal"
+    signal_file.write_text("")
+    _chown_to_server(env, signal_file)
+
+
+def rebuild_standby(
+    env: LocalEnvironment,
+    node: PgNode,
+    leader: PgNode,
+    *,
+    progress: Progress = _noop,
+    force_clone: bool = False,
+) -> dict[str, Any]:
+    """Make NODE a streaming standby of LEADER: pg_rewind, or a fresh clone when rewind fails."""
+    info: dict[str, Any] = {"method": None}
+    if node.running:
+        node.stop(mode="fast")
+    ensure_slot(leader)
+    rewound = False
+    if not force_clone and node.initialized:
+        progress(f"rewinding {node.name} to the leader's timeline (pg_rewind)")
+        # pg_rewind may need WAL the target recycled; let it fetch it from the archive.
+        settings = env._common_settings(node)
+        settings["restore_command"] = f"cp '{env.archive_dir}/%f' '%p'"
+        node.write_config(settings, env._hba())
+        t = time.monotonic()
+        proc = node.runner.run(
+            "pg_rewind",
+            [
+                "--target-pgdata",
+                str(node.data_dir),
+                "--source-server",
+                leader.conninfo("postgres"),
+                "--restore-target-wal",
+                "--progress",
+            ],
+            check=False,
+            timeout=3600,
+        )
+        info["rewind_seconds"] = round(time.monotonic() - t, 3)
+        info["rewind_exit_code"] = proc.returncode
+        if proc.returncode == 0:
+            rewound = True
+            info["method"] = "pg_rewind"
+        else:
+            lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+            info["rewind_error"] = lines[-1] if lines else f"exit {proc.returncode}"
+            log.warning("pg_rewind failed (%s); cloning afresh", info["rewind_error"])
+    if not rewound:
+        progress(f"cloning {node.name} afresh from the leader (pg_basebackup)")
+        t = time.monotonic()
+        if node.data_dir.exists():
+            aside = node.data_dir.with_name(node.data_dir.name + ".old")
+            shutil.rmtree(aside, ignore_errors=True)
+            node.data_dir.rename(aside)
+            try:
+                env._clone_replica(leader, node)
+            except BaseException:
+                if not node.data_dir.exists():
+                    aside.rename(node.data_dir)
+                raise
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            env._clone_replica(leader, node)
+        info["clone_seconds"] = round(time.monotonic() - t, 3)
+        info["method"] = "clone"
+    (node.data_dir / "backup_label.old").unlink(missing_ok=True)
+    write_standby_config(env, node, leader)
+    node.start(timeout=env.settings.start_timeout)
+    drop_slot_if_idle(node)
+    return info
+
+
+def wait_caught_up(leader: PgNode, standby: PgNode, *, timeout: float) -> dict[str, Any]:
+    """Wait until STANDBY streams and has replayed everything LEADER had written when we started."""
+    t0 = time.monotonic()
+    target = query_one(leader, "select pg_current_wal_lsn()::text")[0]
+
+    def caught_up() -> bool:
+        try:
+            row = query_one(standby, "select pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,))
+        except BackendError:
+            return False
+        return bool(row and row[0])
+
+    wait_until(caught_up, f"{standby.name} to replay up to {target}", timeout=timeout)
+
+    def streaming() -> bool:
+        row = query_one(
+            leader,
+            "select count(*) from pg_stat_replication where state = 'streaming' "
+            "and application_name <> 'pg_basebackup'",
+        )
+        return bool(row and row[0])
+
+    wait_until(streaming, f"{standby.name} to stream from {leader.name}", timeout=timeout)
+    row = query_one(
+        leader,
+        "select coalesce(max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)), 0)::bigint "
+        "from pg_stat_replication where application_name <> 'pg_basebackup'",
+    )
+    return {"caught_up_to": target, "lag_bytes": int(row[0]), "seconds": round(time.monotonic() - t0, 3)}
+
+
+def switchover(
+    env: LocalEnvironment,
+    *,
+    progress: Progress = _noop,
+    timeout: float = 120,
+    repoint: Repoint = no_services,
+) -> dict[str, Any]:
+    """Planned: stop the leader cleanly, let the standby replay its last WAL, promote it, and make the
+    old leader its standby. Nothing acknowledged is lost; writes pause for the duration."""
+    steps = Steps()
+    state = env.require_state()
+    leader, standby = env.node(state.leader, state), env.node(state.follower, state)
+    with steps.run(f"check {standby.name} is caught up", progress) as info:
+        info.update(wait_caught_up(leader, standby, timeout=timeout))
+    writes_stopped_at = utcnow()
+    with steps.run(f"stop {leader.name} cleanly", progress) as info:
+        leader.stop(mode="fast", timeout=timeout)
+        checkpoint = _checkpoint_lsn(leader)
+        info["shutdown_checkpoint"] = checkpoint
+    with steps.run(f"wait for {standby.name} to replay the shutdown checkpoint", progress) as info:
+        wait_until(
+            lambda: bool(
+                query_one(standby, "select pg_last_wal_replay_lsn() >= %s::pg_lsn", (checkpoint,))[0]
+            ),
+            f"{standby.name} to replay {checkpoint}",
+            timeout=timeout,
+        )
+        info["replayed"] = checkpoint
+    with steps.run(f"promote {standby.name}", progress) as info:
+        info["seconds"] = promote(standby, timeout=timeout)
+        env.set_leader(standby.name)
+        ensure_slot(standby)
+        info["timeline"] = query_one(standby, "select timeline_id from pg_control_checkpoint()")[0]
+    with steps.run("verify a write on the new leader", progress):
+        if not probe_write(standby):
+            raise NeedsOperatorError(
+                f"{standby.name} was promoted but does not take writes ({standby.log_file})"
+            )
+    first_write_at = utcnow()
+    with steps.run(f"start {leader.name} as a standby of {standby.name}", progress) as info:
+        write_standby_config(env, leader, standby)
+        leader.start(timeout=env.settings.start_timeout)
+        try:
+            info.update(wait_caught_up(standby, leader, timeout=timeout))
+            info["method"] = "follow"
+        except BackendError:
+            info.update(rebuild_standby(env, leader, standby, progress=progress))
+            info.update(wait_caught_up(standby, leader, timeout=timeout))
+        drop_slot_if_idle(leader)
+    with steps.run("repoint services", progress) as info:
+        info.update(repoint(standby))
+    return {
+        "leader": standby.name,
+        "standby": leader.name,
+        "writes_stopped_at": iso(writes_stopped_at),
+        "first_write_at": iso(first_write_at),
+        "write_pause_seconds": round((first_write_at - writes_stopped_at).total_seconds(), 3),
+        "steps": steps.as_list(),
+    }
+
+
+def _checkpoint_lsn(node: PgNode) -> str:
+    proc = node.runner.run("pg_controldata", [str(node.data_dir)], timeout=30)
+    for line in proc.stdout.splitlines():
+        if line.startswith("Latest checkpoint location:"):
+            return line.split(":", 1)[1].strip()
+    raise BackendError(f"pg_controldata gave no checkpoint location for {node.data_dir}")
+
+
+def failback(
+    env: LocalEnvironment,
+    *,
+    progress: Progress = _noop,
+    force_clone: bool = False,
+    switch_back: bool = True,
+    timeout: float = 300,
+    repoint: Repoint = no_services,
+) -> dict[str, Any]:
+    """Rebuild the fenced former leader as a standby of the current one, wait for it to catch up,
+    and (SWITCH_BACK) switch over so it leads again."""
+    t0 = time.monotonic()
+    steps = Steps()
+    state = env.require_state()
+    leader, old = env.node(state.leader, state), env.node(state.follower, state)
+    if in_recovery(leader) is not False:
+        raise PreconditionError(
+            f"the leader {leader.name} is not a writable primary; nothing to fail back to"
+        )
+    old_role = in_recovery(old)
+    if old_role is False:
+        raise PreconditionError(
+            f"split brain: {old.name} is writable beside the leader {leader.name}; "
+            f"fence it first with `voke dr fence {old.name} --yes`"
+        )
+    oplog = OperationLog(env, "failback", "voke dr failback --yes")
+    rebuilt: dict[str, Any] = {"method": "already a streaming standby"}
+    streaming_now = old_role is True and _streams_from(leader, old)
+    if not streaming_now and not oplog.done("rebuilt"):
+        with steps.run(f"rebuild {old.name} as a standby of {leader.name}", progress) as info:
+            rebuilt = rebuild_standby(env, old, leader, progress=progress, force_clone=force_clone)
+            info.update(rebuilt)
+    oplog.mark("rebuilt", **rebuilt)
+    (env.home / "dr" / f"fenced-{old.name}.json").unlink(missing_ok=True)
+    with steps.run(f"wait for {old.name} to catch up", progress) as info:
+        info.update(wait_caught_up(leader, old, timeout=timeout))
+    oplog.mark("caught_up")
+    result: dict[str, Any] = {"rebuilt": rebuilt, "switched_back": False}
+    if switch_back:
+        swap = switchover(env, progress=progress, timeout=timeout, repoint=repoint)
+        steps.extend(Step(**s) for s in swap.pop("steps"))
+        result.update(switchover=swap, switched_back=True)
+    oplog.finish()
+    final = env.require_state()
+    result.update(
+        leader=final.leader,
+        standby=final.follower,
+        steps=steps.as_list(),
+        duration_seconds=round(time.monotonic() - t0, 3),
+    )
+    return result
+
+
+def _streams_from(leader: PgNode, standby: PgNode) -> bool:
+    try:
+        row = query_one(
+            leader,
+            "select count(*) from pg_stat_replication where state = 'streaming' "
+            "and application_name <> 'pg_basebackup'",
+        )
+    except BackendError:
+        return False
+    return bool(row and row[0])
+
+
+# -- canary writer ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CanaryWrite:
+    """One canary attempt: acknowledged (ok) or not."""
+
+    seq: int
+    sent_at: datetime
+    done_at: datetime
+    ok: bool
+    node: str | None
+    error: str | None = None
+
+
+class Canary:
+    """Writes (run_id, seq) to the leader every INTERVAL seconds on its own thread, reconnecting to
+    whichever node RESOLVE names, and records every acknowledged commit.
+
+    A write that takes longer than WRITE_TIMEOUT is cut off by shutting the socket down:
+    a frozen server keeps TCP alive, so only the client can give up.
+    """
+
+    def __init__(
+        self,
+        resolve: Callable[[], PgNode],
+        run_id: str,
+        *,
+        interval: float = 0.1,
+        write_timeout: float = 1.0,
+    ) -> None:
+        self.resolve = resolve
+        self.run_id = run_id
+        self.interval = interval
+        self.write_timeout = write_timeout
+        self.writes: list[CanaryWrite] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._seq = 0
+        self._lock = threading.Lock()
+
+    def prepare(self) -> None:
+        with self.resolve().connect(DR_DB) as conn:
+            ensure_schema(conn)
+
+    def start(self) -> Canary:
+        self.prepare()
+        self._thread = threading.Thread(target=self._loop, name="voke-canary", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[CanaryWrite]:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        return self.snapshot()
+
+    def snapshot(self) -> list[CanaryWrite]:
+        with self._lock:
+            return list(self.writes)
+
+    def acked(self) -> list[CanaryWrite]:
+        return [w for w in self.snapshot() if w.ok]
+
+    def first_ok_after(self, when: datetime) -> CanaryWrite | None:
+        return next((w for w in self.snapshot() if w.ok and w.sent_at >= when), None)
+
+    def _loop(self) -> None:
+        conn = None
+        node_name = None
+        next_tick = time.monotonic()
+        while not self._stop.is_set():
+            self._seq += 1
+            seq = self._seq
+            sent = utcnow()
+            try:
+                if conn is None:
+                    node = self.resolve()
+                    node_name = node.name
+                    conn = _connect_with_deadline(node, self.write_timeout)
+                _execute_with_deadline(
+                    conn,
+                    "insert into voke_dr.canary (run_id, seq) values (%s, %s)",
+                    (self.run_id, seq),
+                    self.write_timeout,
+                )
+                record = CanaryWrite(seq, sent, utcnow(), True, node_name)
+            except Exception as exc:
+                record = CanaryWrite(seq, sent, utcnow(), False, node_name, _short_error(exc))
+                if conn is not None:
+                    with suppress(Exception):
+                        conn.close()
+                conn = None
+            with self._lock:
+                self.writes.append(record)
+            next_tick += self.interval
+            delay = next_tick - time.monotonic()
+            if delay > 0:
+                self._stop.wait(delay)
+            else:
+                next_tick = time.monotonic()
+        if conn is not None:
+            with suppress(Exception):
+                conn.close()
+
+
+def _short_error(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text.strip().splitlines()[0][:160] if text.strip() else ''}"
+
+
+def _connect_with_deadline(node: PgNode, timeout: float) -> psycopg.Connection[Any]:
+    import psycopg
+
+    return psycopg.connect(
+        host=str(node.socket_dir),
+        port=node.port,
+        user="postgres",
+        dbname=DR_DB,
+        connect_timeout=max(2, int(timeout + 0.999)),
+        autocommit=True,
+        application_name="voke-canary",
+    )
+
+
+def _execute_with_deadline(
+    conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...], timeout: float
+) -> None:
+    fd = conn.pgconn.socket
+    timer = threading.Timer(timeout, _shutdown_fd, args=(fd,))
+    timer.start()
+    try:
+        conn.execute(sql, params)
+    finally:
+        timer.cancel()
+
+
+def _shutdown_fd(fd: int) -> None:
+    with suppress(OSError):
+        dup = socket.socket(fileno=os.dup(fd))
+        try:
+            dup.shutdown(socket.SHUT_RDWR)
+        finally:
+            dup.close()
+
+
+def canary_rows(node: PgNode, run_id: str, *, timeout: float = 10) -> dict[int, datetime]:
+    """seq -> commit time (pg_xact_commit_timestamp) of the canary rows NODE holds for RUN_ID."""
+    with node.connect(DR_DB, timeout=timeout) as conn:
+        rows = conn.execute(
+            "select seq, coalesce(pg_xact_commit_timestamp(xmin), written_at) from voke_dr.canary "
+            "where run_id = %s",
+            (run_id,),
+        ).fetchall()
+    return {int(seq): ts for seq, ts in rows}
+
+
+def detect_down(
+    node: PgNode, *, timeout: float, interval: float = 0.1, probe_timeout: float = 1.0
+) -> datetime:
+    """Probe NODE until it stops answering; returns when that was first seen."""
+    import psycopg
+
+    def failed() -> bool:
+        try:
+            conn = _connect_with_deadline(node, probe_timeout)
+        except psycopg.Error:
+            return True
+        try:
+            _execute_with_deadline(conn, "select 1", (), probe_timeout)
+            return False
+        except psycopg.Error:
+            return True
+        finally:
+            with suppress(Exception):
+                conn.close()
+
+    wait_until(failed, f"{node.name} to stop answering", timeout=timeout, interval=interval)
+    return utcnow()

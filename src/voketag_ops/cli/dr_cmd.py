@@ -1,0 +1,392 @@
+"""`voke dr`: DR status and checks, backups, point-in-time restore, failover, failback,
+fencing, table verification and runbooks."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from voketag_ops.cli.common import DryRun, Yes, use
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+app = typer.Typer(
+    help="Disaster recovery: status and checks, backups, point-in-time restore, failover, failback, verify.",
+    no_args_is_help=True,
+)
+
+
+def _local(ctx: typer.Context) -> tuple[Any, Any]:
+    from voketag_ops.workflows.dr import require_local
+
+    env = use(ctx)
+    require_local(env.settings)
+    return env, env.local_environment()
+
+
+@app.command("status")
+def status(ctx: typer.Context) -> None:
+    """Roles, replication lag (heartbeat), WAL archiving, newest backup, recoverable window, last drill."""
+    from voketag_ops.workflows import dr
+
+    env, local = _local(ctx)
+    env.out.result(dr.status(env.settings, local), render=_render_status)
+
+
+@app.command("check")
+def check(
+    ctx: typer.Context,
+    max_backup_age: Annotated[
+        str | None, typer.Option("--max-backup-age", help="Fail when the newest backup is older (e.g. 24h).")
+    ] = None,
+    max_lag: Annotated[
+        str | None, typer.Option("--max-lag", help="Fail when replication lags more (e.g. 60s).")
+    ] = None,
+    min_pitr_window: Annotated[
+        str | None,
+        typer.Option("--min-pitr-window", help="Fail when the recoverable window is shorter (e.g. 7d)."),
+    ] = None,
+) -> None:
+    """Judge `dr status` against thresholds; exit 1 with one line per failed check (for cron)."""
+    from voketag_ops.workflows import dr
+
+    env, local = _local(ctx)
+    limits = dr.thresholds(
+        env.settings, max_backup_age=max_backup_age, max_lag=max_lag, min_pitr_window=min_pitr_window
+    )
+    report = dr.check(env.settings, local, limits)
+    failed = [c for c in report["checks"] if not c["ok"]]
+    env.out.result(
+        report,
+        ok=report["ok"],
+        render=_render_check,
+        failure="; ".join(f"{c['name']}: {c['message']}" for c in failed) if failed else None,
+    )
+
+
+@app.command("backup")
+def backup(ctx: typer.Context, dry_run: DryRun = False, yes: Yes = False) -> None:
+    """Take a base backup of the leader now (pg_basebackup with a manifest)."""
+    from voketag_ops.workflows import dr
+
+    env, local = _local(ctx)
+    if not dry_run:
+        env.out.confirm("Take a base backup of the leader now?", yes=yes)
+    with env.out.progress("taking a base backup") as update:
+        report = dr.backup(env.settings, local, dry_run=dry_run, progress=update)
+    env.out.result(report, render=_render_backup)
+
+
+@app.command("verify-backup")
+def verify_backup(
+    ctx: typer.Context,
+    label: Annotated[
+        str | None, typer.Option("--label", help="Backup to verify (default: the newest).")
+    ] = None,
+) -> None:
+    """pg_verifybackup on a base backup, and the WAL archive checked for gaps from it to now."""
+    from voketag_ops.workflows import dr
+
+    env, local = _local(ctx)
+    with env.out.progress("verifying the backup"):
+        report = dr.verify_backup(env.settings, local, label=label)
+    failure = None
+    if not report["ok"]:
+        if not report["pg_verifybackup"]["ok"]:
+            failure = "pg_verifybackup: " + "; ".join(report["pg_verifybackup"]["problems"][:3])
+        else:
+            missing = report["archive"].get("missing") or []
+            failure = (
+                f"WAL archive gap: {missing[0]} is missing"
+                if missing
+                else report["archive"].get("message", "")
+            )
+    env.out.result(report, ok=report["ok"], render=_render_verify_backup, failure=failure)
+
+
+@app.command("restore")
+def restore(
+    ctx: typer.Context,
+    to: Annotated[
+        str,
+        typer.Option("--to", help="Point in time: ISO 8601 with an offset (…Z, …+02:00), or relative (-5m)."),
+    ],
+    name: Annotated[
+        str | None, typer.Option("--name", help="Name of the new instance (default: restore-<target>).")
+    ] = None,
+    dry_run: DryRun = False,
+    yes: Yes = False,
+) -> None:
+    """Point-in-time restore into a NEW instance (never over the primary), promoted and writable."""
+    from voketag_ops.workflows import dr
+
+    env, local = _local(ctx)
+    if not dry_run:
+        env.out.confirm(f"Restore to {to} into a new instance?", yes=yes)
+    with env.out.progress("point-in-time restore") as update:
+        report = dr.restore(env.settings, local, to=to, name=name, dry_run=dry_run, progress=update)
+    env.out.result(report, render=_render_restore)
+
+
+@app.command("restores")
+def restores(ctx: typer.Context) -> None:
+    """List the restored instances (running or stopped)."""
+    from voketag_ops.workflows import dr
+
+    env, local = _local(ctx)
+    env.out.result(dr.restores(env.settings, local), render=_render_restores)
+
+
+@app.command("discard")
+def discard(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Restored instance to stop and delete.")],
+    dry_run: DryRun = False,
+    yes: Yes = False,
+) -> None:
+    """Stop a restored instance and delete its data directory."""
+    from voketag_ops.workflows import dr
+
+    env, local = _local(ctx)
+    if not dry_run:
+        env.out.confirm(f"Stop and delete the restored instance {name}?", yes=yes)
+    report = dr.discard(env.settings, local, name=name, dry_run=dry_run)
+    env.out.result(
+        report, render=_render_plan_or(lambda c, r: c.print(f"discarded {r['name']} ({r['removed']})"))
+    )
+
+
+@app.command("failover")
+def failover(ctx: typer.Context, dry_run: DryRun = False, yes: Yes = False) -> None:
+    """Fence the leader, promote the standby, repoint the services, verify a write. Re-run to resume."""
+    from voketag_ops.workflows import dr
+
+    env, local = _local(ctx)
+    if not dry_run:
+        env.out.confirm("Fail over: fence the leader and promote the standby?", yes=yes)
+    with env.out.progress("failing over") as update:
+        report = dr.failover(env.settings, local, dry_run=dry_run, progress=update)
+    env.out.result(report, render=_render_plan_or(_render_failover))
+
+
+@app.command("failback")
+def failback(
+    ctx: typer.Context,
+    clone: Annotated[
+        bool, typer.Option("--clone", help="Re-clone instead of trying pg_rewind first.")
+    ] = False,
+    no_switch_back: Annotated[
+        bool, typer.Option("--no-switch-back", help="Rebuild the standby but keep the current leader.")
+    ] = False,
+    dry_run: DryRun = False,
+    yes: Yes = False,
+) -> None:
+    """Rebuild the old primary as a standby (pg_rewind or clone), wait for zero lag, switch back."""
+    from voketag_ops.workflows import dr
+
+    env, local = _local(ctx)
+    if not dry_run:
+        env.out.confirm("Fail back: rebuild the old primary and switch back to it?", yes=yes)
+    with env.out.progress("failing back") as update:
+        report = dr.failback(
+            env.settings, local, dry_run=dry_run, clone=clone, switch_back=not no_switch_back, progress=update
+        )
+    env.out.result(report, render=_render_plan_or(_render_failback))
+
+
+@app.command("fence")
+def fence(
+    ctx: typer.Context,
+    node: Annotated[str, typer.Argument(help="Node to fence: primary or replica (never the leader).")],
+    dry_run: DryRun = False,
+    yes: Yes = False,
+) -> None:
+    """Stop a writable node that is not the leader (split brain) and keep it down until failback."""
+    from voketag_ops.workflows import dr
+
+    env, local = _local(ctx)
+    if not dry_run:
+        env.out.confirm(f"Fence {node} (stop it and keep it down)?", yes=yes)
+    report = dr.fence(env.settings, local, node=node, dry_run=dry_run)
+    env.out.result(
+        report, render=_render_plan_or(lambda c, r: c.print(f"fenced {r['node']}: {r['how']}; {r['next']}"))
+    )
+
+
+@app.command("history")
+def history(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option("--limit", help="Newest N events.", min=1)] = 50,
+) -> None:
+    """DR operations run here: who, what, target, result, duration."""
+    from voketag_ops.workflows import dr
+
+    env, local = _local(ctx)
+    events = dr.history(local, limit=limit)
+
+    def render(console: Console, report: dict[str, Any]) -> None:
+        if not report["events"]:
+            console.print("no DR operations recorded")
+        for e in report["events"]:
+            console.print(
+                f"{e['at']}  {e['action']:<14} {e['target']:<24} {e['result']:<11} {e['duration_seconds'] or 0:>7.1f} s"
+                f"  {e['actor']}"
+            )
+
+    env.out.result({"events": events}, render=render)
+
+
+# -- renderers -------------------------------------------------------------------------------------------
+def _render_plan_or(render: Any) -> Any:
+    def inner(console: Console, report: dict[str, Any]) -> None:
+        if report.get("dry_run"):
+            console.print("[bold]dry run[/]: nothing will change")
+            for step in report["plan"]:
+                console.print(f"  • {step}")
+            return
+        render(console, report)
+
+    return inner
+
+
+def _render_status(console: Console, r: dict[str, Any]) -> None:
+    if not r["initialized"]:
+        console.print(f"the local environment does not exist ({r['home']}); `voke env up` creates it")
+        return
+    leader, standby = r["leader"], r["standby"]
+    console.print(
+        f"leader   {leader['name']:<8} {leader['role']:<8} port {leader['port']}  timeline {leader['timeline']}"
+    )
+    lag = (
+        f"lag {standby['lag_seconds']:.2f} s / {standby['lag_bytes']} B"
+        if standby.get("lag_seconds") is not None
+        else "lag unknown"
+    )
+    console.print(
+        f"standby  {standby['name']:<8} {standby['role']:<8} port {standby['port']}  "
+        f"{'streaming' if standby.get('streaming') else 'NOT streaming'}, {lag}"
+    )
+    if r["split_brain"]:
+        console.print(f"[red bold]split brain[/]: writable nodes {', '.join(r['writable_nodes'])}")
+    archive = r["archive"] or {}
+    state = "failing" if archive.get("failing") else ("ok" if archive.get("failing") is False else "unknown")
+    console.print(
+        f"archive  {state}: last {archive.get('last_archived_wal') or '-'} at {archive.get('last_archived_at') or '-'}, "
+        f"{len(archive.get('pending') or [])} waiting"
+    )
+    newest = r["newest_backup"]
+    if newest:
+        console.print(
+            f"backup   {newest['label']} ({newest['age_seconds'] / 3600:.1f} h old), {r['backups']} in total"
+        )
+    else:
+        console.print("backup   none")
+    window = r["recoverable_window"] or {}
+    if window.get("seconds") is not None:
+        console.print(
+            f"window   {window['earliest']} .. {window['latest']} ({window['seconds'] / 3600:.2f} h)"
+        )
+    else:
+        console.print("window   nothing recoverable yet")
+    gaps = r.get("archive_gaps") or {}
+    if gaps.get("missing"):
+        console.print(f"[red]archive gap[/]: {', '.join(gaps['missing'][:5])}")
+    if r.get("restores"):
+        console.print(f"restores {', '.join(r['restores'])}")
+    if r.get("fenced"):
+        console.print(f"fenced   {', '.join(r['fenced'])}")
+    if r.get("unfinished_operation"):
+        op = r["unfinished_operation"]
+        console.print(f"[yellow]unfinished[/] dr {op['operation']}: resume with `{op['resume']}`")
+    last = r.get("last_drill")
+    if last:
+        console.print(
+            f"drill    {last['scenario']} {last['status']} at {last['finished_at']} "
+            f"(RTO {last.get('rto_seconds')} s, run {last['run_id']})"
+        )
+
+
+def _render_check(console: Console, r: dict[str, Any]) -> None:
+    for c in r["checks"]:
+        mark = "ok  " if c["ok"] else "FAIL"
+        console.print(f"{mark} {c['name']}: {c['message']}", markup=False, highlight=False)
+
+
+def _render_backup(console: Console, r: dict[str, Any]) -> None:
+    if r.get("dry_run"):
+        _render_plan_or(None)(console, r)
+        return
+    b = r["backup"]
+    console.print(
+        f"backup {b['label']}: {b['size_bytes'] / 1e6:.1f} MB, WAL {b['start_lsn']}..{b['end_lsn']} "
+        f"timeline {b['timeline']} ({r['duration_seconds']:.1f} s)"
+    )
+
+
+def _render_verify_backup(console: Console, r: dict[str, Any]) -> None:
+    pv = r["pg_verifybackup"]
+    console.print(
+        f"{'ok  ' if pv['ok'] else 'FAIL'} pg_verifybackup {r['backup']}"
+        + ("" if pv["ok"] else ": " + "; ".join(pv["problems"][:5])),
+        markup=False,
+    )
+    a = r["archive"]
+    if a.get("missing"):
+        console.print(
+            f"FAIL WAL archive: missing {', '.join(a['missing'][:5])}; reachable up to {a.get('last_contiguous')} "
+            f"(latest commit {a.get('latest_reachable') or 'unknown'})",
+            markup=False,
+        )
+    elif a.get("ok"):
+        console.print(
+            f"ok   WAL archive: {a['expected_segments']} segment(s) {a['from']}..{a['to']} without a gap",
+            markup=False,
+        )
+    else:
+        console.print(f"FAIL WAL archive: {a.get('message')}", markup=False)
+
+
+def _render_restore(console: Console, r: dict[str, Any]) -> None:
+    if r.get("dry_run"):
+        console.print(f"[bold]dry run[/]: would restore {r['target']} from {r['backup']} as {r['name']}")
+        for step in r["plan"]:
+            console.print(f"  • {step}")
+        return
+    sp = r["stop_point"]
+    console.print(
+        f"restored {r['name']} to {r['target']} on port {r['port']} ({r['duration_seconds']:.1f} s)"
+    )
+    console.print(
+        f"stop point: {sp['stopped'] or 'end of WAL'}"
+        + (f" at {sp['stop_time']}" if sp.get("stop_time") else "")
+        + f"; last replayed transaction {sp['last_transaction_at']}; new timeline {sp['new_timeline']}"
+    )
+    console.print(f"base backup {r['backup']['label']}, WAL {sp['wal_first']}..{sp['wal_last']}")
+    console.print(f"connect: psql '{r['conninfo']}'   discard: voke dr discard {r['name']} --yes")
+
+
+def _render_restores(console: Console, r: dict[str, Any]) -> None:
+    if not r["restores"]:
+        console.print("no restored instances")
+    for doc in r["restores"]:
+        console.print(
+            f"{doc['name']:<28} port {doc['port']:<6} {'running' if doc['running'] else 'stopped':<8} "
+            f"target {doc['target']} from {doc['backup']}"
+        )
+
+
+def _render_failover(console: Console, r: dict[str, Any]) -> None:
+    for step in r["steps"]:
+        console.print(f"{'ok  ' if step['ok'] else 'FAIL'} {step['name']} ({step['duration_seconds']:.2f} s)")
+    console.print(f"{r['new_leader']} is the leader ({r['duration_seconds']:.1f} s). Next: {r['next']}")
+
+
+def _render_failback(console: Console, r: dict[str, Any]) -> None:
+    for step in r["steps"]:
+        console.print(f"{'ok  ' if step['ok'] else 'FAIL'} {step['name']} ({step['duration_seconds']:.2f} s)")
+    console.print(
+        f"leader {r['leader']}, standby {r['standby']} (rebuilt by {r['rebuilt'].get('method')}, "
+        f"{r['duration_seconds']:.1f} s)"
+    )

@@ -1,0 +1,257 @@
+"""Judging DR health against thresholds, and the inputs DR commands accept.
+
+Pure: the adapter gathers a snapshot (`dr status`), this module says which checks
+pass. Every check is one line an operator or a monitoring job can act on.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?", re.I)
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '5m', '1h30m', '1.5h', '2d' -> seconds. Raises ValueError."""
+    raw = text.strip().lower()
+    if not raw:
+        raise ValueError("empty duration")
+    pos = 0
+    total = 0.0
+    parts = 0
+    while pos < len(raw):
+        match = _DURATION.match(raw, pos)
+        if not match or match.end() == pos:
+            raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 5m, 1h30m, 24h, 2d)")
+        unit = match.group(2)
+        if unit is None and match.end() != len(raw):
+            raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 5m, 1h30m, 24h, 2d)")
+        total += float(match.group(1)) * _UNIT_SECONDS[unit]
+        parts += 1
+        pos = match.end()
+        while pos < len(raw) and raw[pos] == " ":
+            pos += 1
+    return total
+
+
+def parse_point_in_time(text: str, *, now: datetime) -> datetime:
+    """A restore target: ISO 8601 with an offset ('…Z', '…+02:00'), 'now', or relative ('-5m').
+
+    A timestamp without an offset is refused: guessing its zone is how restores land an
+    hour off (pgbackrest#2531).
+    """
+    raw = text.strip()
+    if raw.lower() == "now":
+        return now
+    if raw.startswith("-"):
+        return now - timedelta(seconds=parse_duration(raw[1:]))
+    try:
+        value = datetime.fromisoformat(raw.replace("z", "Z").replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"not a point in time: {text!r} (use ISO 8601 with an offset, e.g. 2024-06-01T12:00:00Z, or -5m)"
+        ) from None
+    if value.tzinfo is None:
+        raise ValueError(f"{text!r} has no UTC offset; add Z or +HH:MM so the instant is unambiguous")
+    return value.astimezone(UTC)
+
+
+def parse_iso(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What `dr check` holds the environment to."""
+
+    max_backup_age_seconds: float
+    max_lag_seconds: float
+    min_pitr_window_seconds: float
+    archive_stale_seconds: float
+    replica_expected: bool = True
+
+
+@dataclass(frozen=True)
+class Check:
+    """One judged check; MESSAGE is the line printed for it."""
+
+    name: str
+    ok: bool
+    message: str
+    value: Any = None
+    threshold: Any = None
+
+
+def _fmt_age(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.1f} s"
+
+
+def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -> list[Check]:
+    """Every check, passed or failed, in a fixed order."""
+    checks: list[Check] = []
+    leader = status.get("leader") or {}
+    standby = status.get("standby") or {}
+    archive = status.get("archive") or {}
+
+    op = status.get("unfinished_operation")
+    checks.append(
+        Check("unfinished_operation", True, "no unfinished DR operation")
+        if not op
+        else Check(
+            "unfinished_operation",
+            False,
+            f"an interrupted `voke dr {op.get('operation')}` must be resumed: {op.get('resume')}",
+            value=op.get("operation"),
+        )
+    )
+
+    writable = list(status.get("writable_nodes") or [])
+    if status.get("split_brain"):
+        checks.append(
+            Check(
+                "split_brain",
+                False,
+                f"split brain: {' and '.join(writable)} are both writable; "
+                f"fence the one that is not the leader ({leader.get('name')}) with `voke dr fence`",
+                value=writable,
+            )
+        )
+    else:
+        checks.append(Check("split_brain", True, "one writable primary", value=writable))
+
+    leader_ok = bool(leader.get("running")) and leader.get("role") == "primary"
+    checks.append(
+        Check(
+            "leader_writable",
+            leader_ok,
+            f"leader {leader.get('name')} is writable"
+            if leader_ok
+            else f"leader {leader.get('name')} is not writable (role {leader.get('role')})",
+            value=leader.get("role"),
+        )
+    )
+
+    if thresholds.replica_expected:
+        streaming = bool(standby.get("streaming"))
+        checks.append(
+            Check(
+                "replica_streaming",
+                streaming,
+                f"replica {standby.get('name')} is streaming"
+                if streaming
+                else f"replica {standby.get('name')} is not streaming from the leader "
+                f"(role {standby.get('role')}, running {standby.get('running')})",
+                value=streaming,
+            )
+        )
+        lag = standby.get("lag_seconds")
+        if lag is not None:
+            ok = float(lag) <= thresholds.max_lag_seconds
+            checks.append(
+                Check(
+                    "replication_lag",
+                    ok,
+                    f"replication lag {float(lag):.1f} s, {standby.get('lag_bytes')} bytes "
+                    f"({'within' if ok else 'over'} {thresholds.max_lag_seconds:g} s)",
+                    value=float(lag),
+                    threshold=thresholds.max_lag_seconds,
+                )
+            )
+
+    newest = status.get("newest_backup")
+    if not newest:
+        checks.append(Check("backup_age", False, "no successful base backup; take one with `voke dr backup`"))
+    else:
+        finished = parse_iso(newest.get("finished_at"))
+        age = (now - finished).total_seconds() if finished else float("inf")
+        ok = age <= thresholds.max_backup_age_seconds
+        checks.append(
+            Check(
+                "backup_age",
+                ok,
+                f"newest backup {newest.get('label')} is {_fmt_age(age)} old "
+                f"({'within' if ok else 'over'} {_fmt_age(thresholds.max_backup_age_seconds)})",
+                value=round(age, 3),
+                threshold=thresholds.max_backup_age_seconds,
+            )
+        )
+
+    if archive.get("failing") is None:
+        checks.append(Check("archiving", False, "WAL archiver state unknown (leader unreachable)"))
+    elif archive.get("failing"):
+        checks.append(
+            Check(
+                "archiving",
+                False,
+                f"WAL archiving is failing: {archive.get('last_failed_wal')} at {archive.get('last_failed_at')}",
+                value=archive.get("failed_count"),
+            )
+        )
+    else:
+        checks.append(Check("archiving", True, "WAL archiving succeeds", value=archive.get("failed_count")))
+    pending_age = archive.get("oldest_pending_seconds")
+    if pending_age is not None:
+        ok = float(pending_age) <= thresholds.archive_stale_seconds
+        checks.append(
+            Check(
+                "archive_fresh",
+                ok,
+                f"oldest WAL segment waiting to be archived: {float(pending_age):.1f} s "
+                f"({'within' if ok else 'over'} {thresholds.archive_stale_seconds:g} s)",
+                value=float(pending_age),
+                threshold=thresholds.archive_stale_seconds,
+            )
+        )
+    else:
+        checks.append(Check("archive_fresh", True, "no WAL segment waiting to be archived", value=0.0))
+
+    gaps = status.get("archive_gaps") or {}
+    if gaps.get("missing"):
+        checks.append(
+            Check(
+                "archive_continuity",
+                False,
+                f"WAL archive gap: {gaps['missing'][0]} is missing"
+                + (f" (+{len(gaps['missing']) - 1} more)" if len(gaps["missing"]) > 1 else "")
+                + "; take a new base backup with `voke dr backup`",
+                value=gaps["missing"],
+            )
+        )
+    elif gaps:
+        checks.append(Check("archive_continuity", True, "WAL archive has no gap since the oldest backup"))
+
+    window = status.get("recoverable_window") or {}
+    seconds = window.get("seconds")
+    if seconds is None:
+        checks.append(
+            Check(
+                "pitr_window",
+                False,
+                "no recoverable window (no backup, or no archived WAL after it)",
+                threshold=thresholds.min_pitr_window_seconds,
+            )
+        )
+    else:
+        ok = float(seconds) >= thresholds.min_pitr_window_seconds
+        checks.append(
+            Check(
+                "pitr_window",
+                ok,
+                f"recoverable window {_fmt_age(float(seconds))} ({window.get('earliest')} .. {window.get('latest')})"
+                + ("" if ok else f", shorter than {_fmt_age(thresholds.min_pitr_window_seconds)}"),
+                value=float(seconds),
+                threshold=thresholds.min_pitr_window_seconds,
+            )
+        )
+    return checks

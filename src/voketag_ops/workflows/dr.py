@@ -1,0 +1,388 @@
+"""`voke dr` use cases on the local environment: status, checks, backups, restore, failover,
+failback, fencing. Each returns a plain report; the CLI renders it.
+
+State-changing use cases take `dry_run` (return the plan, change nothing) and write an
+audit event (`dr.backup`, `dr.restore`, `dr.failover`, ...) through `voketag_ops.audit`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from voketag_ops.core.dr_checks import Thresholds, judge, parse_duration, parse_point_in_time
+from voketag_ops.errors import ConfigError, UsageError
+from voketag_ops.logs import get_logger
+
+if TYPE_CHECKING:
+    from voketag_ops.adapters.local.environment import LocalEnvironment
+    from voketag_ops.adapters.local.postgres import PgNode
+    from voketag_ops.config import Settings
+
+log = get_logger(__name__)
+Progress = Callable[[str], None]
+
+
+def _quiet(_msg: str) -> None:
+    return None
+
+
+def require_local(settings: Settings) -> None:
+    if settings.env != "local":
+        raise ConfigError(
+            f"`voke dr` and `voke drill` drive the local environment; {settings.env!r} is a cloud "
+            "environment and its Cloud SQL adapter is not available yet"
+        )
+
+
+def _now() -> datetime:
+    from voketag_ops.adapters.local.dr import utcnow
+
+    return utcnow()
+
+
+# -- audit ------------------------------------------------------------------------------------------
+@contextmanager
+def recorded(env: LocalEnvironment, action: str, target: str) -> Iterator[dict[str, Any]]:
+    """Write an audit event (who, what, target, result, duration) around a DR operation."""
+    from voketag_ops.audit import audited
+
+    with audited(env.home, event_type=action, env="local", target=target) as event:
+        yield event.details
+
+
+# -- status and checks ----------------------------------------------------------------------------------
+def status(settings: Settings, env: LocalEnvironment) -> dict[str, Any]:
+    from voketag_ops.adapters.local import dr
+
+    require_local(settings)
+    report = dr.snapshot(env, lag_wait=settings.dr.lag_probe_seconds, replica_expected=settings.local.replica)
+    report["targets"] = {
+        "rto_seconds": settings.dr.rto_seconds,
+        "rpo_seconds": settings.dr.rpo_seconds,
+        "pitr_retention_days": settings.dr.pitr_retention_days,
+    }
+    report["fenced"] = dr.fenced_nodes(env) if report["initialized"] else []
+    from voketag_ops.workflows.drill import last_result
+
+    report["last_drill"] = last_result(env)
+    return report
+
+
+def thresholds(
+    settings: Settings,
+    *,
+    max_backup_age: str | None = None,
+    max_lag: str | None = None,
+    min_pitr_window: str | None = None,
+) -> Thresholds:
+    def seconds(flag: str, value: str | None, default: float) -> float:
+        if value is None:
+            return default
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise UsageError(f"{flag}: {exc}") from None
+
+    return Thresholds(
+        max_backup_age_seconds=seconds(
+            "--max-backup-age", max_backup_age, settings.dr.max_backup_age_hours * 3600
+        ),
+        max_lag_seconds=seconds("--max-lag", max_lag, settings.dr.max_lag_seconds),
+        min_pitr_window_seconds=seconds(
+            "--min-pitr-window", min_pitr_window, settings.dr.min_pitr_window_hours * 3600
+        ),
+        archive_stale_seconds=settings.local.archive_timeout + settings.dr.archive_grace_seconds,
+        replica_expected=settings.local.replica,
+    )
+
+
+def check(settings: Settings, env: LocalEnvironment, limits: Thresholds) -> dict[str, Any]:
+    """`dr status` judged against LIMITS; `ok` is False when any check fails."""
+    snap = status(settings, env)
+    if not snap["initialized"]:
+        checks = [
+            {
+                "name": "environment",
+                "ok": False,
+                "message": "the local environment does not exist (voke env up)",
+            }
+        ]
+    else:
+        checks = [
+            {"name": c.name, "ok": c.ok, "message": c.message, "value": c.value, "threshold": c.threshold}
+            for c in judge(snap, limits, now=_now())
+        ]
+    failed = [c for c in checks if not c["ok"]]
+    return {
+        "ok": not failed,
+        "checked_at": snap["checked_at"],
+        "thresholds": {
+            "max_backup_age_seconds": limits.max_backup_age_seconds,
+            "max_lag_seconds": limits.max_lag_seconds,
+            "min_pitr_window_seconds": limits.min_pitr_window_seconds,
+            "archive_stale_seconds": limits.archive_stale_seconds,
+        },
+        "checks": checks,
+        "failed": [c["name"] for c in failed],
+        "status": snap,
+    }
+
+
+# -- backups ----------------------------------------------------------------------------------------
+def backup(
+    settings: Settings, env: LocalEnvironment, *, dry_run: bool, progress: Progress = _quiet
+) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    require_local(settings)
+    if dry_run:
+        return {
+            "dry_run": True,
+            "plan": [f"pg_basebackup (fast checkpoint, manifest) of the leader into {env.backups_dir}"],
+        }
+    env.ensure_running(progress)
+    with recorded(env, "dr.backup", "leader") as details:
+        progress("taking a base backup (pg_basebackup)")
+        t0 = time.monotonic()
+        info = env.take_base_backup()
+        details.update(label=info.label, size_bytes=info.size_bytes)
+    return {"dry_run": False, "backup": asdict(info), "duration_seconds": round(time.monotonic() - t0, 3)}
+
+
+def verify_backup(settings: Settings, env: LocalEnvironment, *, label: str | None) -> dict[str, Any]:
+    from voketag_ops.adapters.local import dr
+
+    require_local(settings)
+    env.require_state()
+    return dr.verify_backup(env, dr.find_backup(env, label))
+
+
+# -- restore ----------------------------------------------------------------------------------------
+def restore(
+    settings: Settings,
+    env: LocalEnvironment,
+    *,
+    to: str,
+    name: str | None,
+    dry_run: bool,
+    progress: Progress = _quiet,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    from voketag_ops.adapters.local import dr
+
+    require_local(settings)
+    env.require_state()
+    now = now or _now()
+    try:
+        target = parse_point_in_time(to, now=now)
+    except ValueError as exc:
+        raise UsageError(f"--to: {exc}") from None
+    name = name or "restore-" + target.strftime("%Y%m%dt%H%M%S")
+    with dr.dr_lock(env, "dr restore"):
+        plan = dr.plan_restore(env, target, name, seal=not dry_run, now=now)
+        if dry_run:
+            return {
+                "dry_run": True,
+                "name": name,
+                "target": dr.iso(target),
+                "backup": plan.backup.label,
+                "window": plan.window.as_dict(),
+                "plan": [
+                    "commit a heartbeat and switch WAL so the archive covers the target",
+                    f"copy base backup {plan.backup.label} into {dr.restores_dir(env) / name}",
+                    f"replay archived WAL to {dr.iso(target)} (recovery_target_action=promote) on a free port",
+                    "check it left recovery and takes writes; report the stop point",
+                ],
+            }
+        with recorded(env, "dr.restore", name) as details:
+            details.update(target=dr.iso(target), backup=plan.backup.label)
+            report = dr.restore(env, plan, progress=progress)
+            details.update(stop_point=report["stop_point"]["stopped"], port=report["port"])
+    report["dry_run"] = False
+    return report
+
+
+def restores(settings: Settings, env: LocalEnvironment) -> dict[str, Any]:
+    from voketag_ops.adapters.local import dr
+
+    require_local(settings)
+    return {"restores": dr.list_restores(env) if env.exists else []}
+
+
+def discard(settings: Settings, env: LocalEnvironment, *, name: str, dry_run: bool) -> dict[str, Any]:
+    from voketag_ops.adapters.local import dr
+
+    require_local(settings)
+    doc, node = dr.get_restore(env, name)
+    if dry_run:
+        return {
+            "dry_run": True,
+            "plan": [f"stop the restored instance {name} (port {doc['port']})", f"delete {node.data_dir}"],
+        }
+    with recorded(env, "dr.discard", name):
+        report = dr.discard_restore(env, name)
+    report["dry_run"] = False
+    return report
+
+
+# -- failover, failback, fence -------------------------------------------------------------------------
+def repoint_services(settings: Settings, env: LocalEnvironment, leader: PgNode) -> dict[str, Any]:
+    """New secret versions naming the leader's port, then a blue-green redeploy of the running services."""
+    from voketag_ops.workflows.env import LocalPlatform
+
+    platform = LocalPlatform(settings)
+    store = platform.store()
+    repointed: list[dict[str, Any]] = []
+    deploy: dict[str, tuple[str, int]] = {}
+    for user in settings.rotation.db_users.values():
+        if not store.exists(user.secret):
+            continue
+        meta = store.get(user.secret)
+        aliases: dict[str, int | None] = {}
+        for alias in ("current", "previous"):
+            number = meta.aliases.get(alias)
+            if number is None:
+                continue
+            payload = json.loads(store.access(user.secret, number))
+            if int(payload.get("port", 0)) == leader.port:
+                continue
+            payload["port"] = leader.port
+            aliases[alias] = store.add_version(user.secret, json.dumps(payload).encode()).version
+        if aliases:
+            store.update(user.secret, etag=meta.etag, aliases=aliases)
+            repointed.append({"secret": user.secret, "versions": aliases, "port": leader.port})
+        current = aliases.get("current") or meta.aliases.get("current")
+        if current is not None:
+            for service in user.services:
+                deploy[service] = (user.secret, int(current))
+    runtime = platform.runtime()
+    running = {s.name for s in runtime.services(check=False) if s.instance is not None}
+    targets = {name: target for name, target in deploy.items() if name in running}
+    if targets:
+        runtime.deploy_many(targets)
+    return {
+        "repointed": repointed,
+        "redeployed": sorted(targets),
+        "note": None if repointed or targets else "no service connection secret to repoint",
+    }
+
+
+def failover(
+    settings: Settings, env: LocalEnvironment, *, dry_run: bool, progress: Progress = _quiet
+) -> dict[str, Any]:
+    from voketag_ops.adapters.local import dr
+
+    require_local(settings)
+    state = env.require_state()
+    pending = dr.unfinished_operation(env)
+    if dry_run:
+        old, new = state.leader, state.follower
+        if pending and pending.get("operation") == "failover":
+            old, new = pending.get("old_leader", old), pending.get("new_leader", new)
+        return {
+            "dry_run": True,
+            "old_leader": old,
+            "new_leader": new,
+            "resumes": pending,
+            "plan": [
+                f"fence {old}: stop it (clean if it answers, SIGKILL if not); it will not start writable again",
+                f"promote {new} (pg_promote) and record it as the leader",
+                "give the services' connection secret a new version with the new port; redeploy them",
+                f"verify a write on {new}",
+            ],
+        }
+    with dr.dr_lock(env, "dr failover"), recorded(env, "dr.failover", state.follower) as details:
+        report = dr.failover(
+            env, progress=progress, repoint=lambda node: repoint_services(settings, env, node)
+        )
+        details.update(old_leader=report["old_leader"], new_leader=report["new_leader"])
+    report["dry_run"] = False
+    return report
+
+
+def failback(
+    settings: Settings,
+    env: LocalEnvironment,
+    *,
+    dry_run: bool,
+    clone: bool = False,
+    switch_back: bool = True,
+    progress: Progress = _quiet,
+) -> dict[str, Any]:
+    from voketag_ops.adapters.local import dr
+
+    require_local(settings)
+    state = env.require_state()
+    if dry_run:
+        plan = [
+            f"rebuild {state.follower} as a standby of {state.leader} "
+            + ("(fresh clone)" if clone else "(pg_rewind; a fresh clone if rewind fails)"),
+            f"wait until {state.follower} has replayed everything {state.leader} wrote",
+        ]
+        if switch_back:
+            plan += [
+                f"planned switchover: stop {state.leader} cleanly, let {state.follower} replay its last WAL",
+                f"promote {state.follower}, restart {state.leader} as its standby, repoint services",
+            ]
+        return {"dry_run": True, "leader": state.leader, "rebuild": state.follower, "plan": plan}
+    with dr.dr_lock(env, "dr failback"), recorded(env, "dr.failback", state.follower) as details:
+        report = dr.failback(
+            env,
+            progress=progress,
+            force_clone=clone,
+            switch_back=switch_back,
+            repoint=lambda node: repoint_services(settings, env, node),
+        )
+        details.update(leader=report["leader"], method=report["rebuilt"].get("method"))
+    report["dry_run"] = False
+    return report
+
+
+def fence(settings: Settings, env: LocalEnvironment, *, node: str, dry_run: bool) -> dict[str, Any]:
+    from voketag_ops.adapters.local import dr
+    from voketag_ops.adapters.local.environment import NODE_NAMES
+
+    require_local(settings)
+    state = env.require_state()
+    if node not in NODE_NAMES:
+        raise UsageError(f"unknown node {node!r} (primary or replica)")
+    if node == state.leader:
+        raise UsageError(
+            f"{node} is the leader; `voke dr failover` fences it and promotes the standby instead"
+        )
+    target = env.node(node, state)
+    if dry_run:
+        return {
+            "dry_run": True,
+            "plan": [f"stop {node} (clean if it answers, SIGKILL if not) and mark it fenced"],
+        }
+    with dr.dr_lock(env, "dr fence"), recorded(env, "dr.fence", node):
+        report = dr.fence_node(env, target, reason="voke dr fence")
+    report["dry_run"] = False
+    report["next"] = f"`voke dr failback --yes` rebuilds {node} as a standby of {state.leader}"
+    return report
+
+
+def history(env: LocalEnvironment, *, limit: int = 50) -> list[dict[str, Any]]:
+    """The newest DR events from the audit log (event types dr.* and drill.*)."""
+    from voketag_ops.audit import AuditLog
+
+    events = [
+        {
+            "at": e.timestamp,
+            "action": e.event_type,
+            "target": e.target,
+            "result": e.result,
+            "duration_seconds": e.duration_seconds,
+            "actor": e.actor,
+            "details": e.details,
+        }
+        for e in AuditLog(env.home).entries()
+        if e.event_type.startswith(("dr.", "drill."))
+    ]
+    return events[-limit:]
