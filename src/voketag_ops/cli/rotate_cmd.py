@@ -100,7 +100,7 @@ def due(
     env.out.confirm(f"Rotate {len(due_now)} due secret(s)?", yes=yes)
     reports, worst = [], None
     for item in due_now:
-        outcome = engine.rotate_db_password(engine.users_for(item["name"]))
+        outcome = engine.rotate(engine.name_of(item["name"]))
         reports.append(outcome.report)
         if outcome.error is not None and (worst is None or outcome.error.exit_code > worst.exit_code):
             worst = outcome.error

@@ -19,14 +19,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from voketag_ops.config import DbUserSettings, RotationSettings
+from voketag_ops.config import RotationSettings
 from voketag_ops.core.rotation import (
     ANNOTATION,
     LAST_ANNOTATION,
     CleanupAction,
     RotationRecord,
     StepRecord,
-    generate_password,
     iso,
     new_rotation_id,
     next_due,
@@ -50,6 +49,7 @@ from voketag_ops.errors import (
     VokeError,
 )
 from voketag_ops.logs import get_logger
+from voketag_ops.workflows.credentials import Credential, DbPassword
 
 log = get_logger(__name__)
 
@@ -119,6 +119,7 @@ class RotationEngine:
         runtime: Any,
         target: Any,
         settings: RotationSettings,
+        credentials: list[Credential] | None = None,
         home: Path,
         env_name: str = "local",
         now: Callable[[], datetime] = _utcnow,
@@ -137,19 +138,23 @@ class RotationEngine:
         self.progress = progress
         self.sleep = sleep
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        creds = list(credentials or [])
+        for name, user in settings.db_users.items():
+            creds.append(DbPassword(name, user, target, length=settings.password_length))
+        self.credentials: dict[str, Credential] = {c.name: c for c in creds}
 
     # -- lookups ------------------------------------------------------------------------------
-    def db_user(self, name: str) -> DbUserSettings:
+    def credential(self, name: str) -> Credential:
         try:
-            return self.settings.db_users[name]
+            return self.credentials[name]
         except KeyError:
-            known = ", ".join(sorted(self.settings.db_users)) or "none"
-            raise ValidationError(f"unknown database user {name!r} (managed: {known})") from None
+            known = ", ".join(sorted(self.credentials)) or "none"
+            raise ValidationError(f"unknown credential {name!r} (managed: {known})") from None
 
-    def _user_of_secret(self, secret: str) -> DbUserSettings:
-        for user in self.settings.db_users.values():
-            if user.secret == secret:
-                return user
+    def _credential_of_secret(self, secret: str) -> Credential:
+        for cred in self.credentials.values():
+            if cred.secret == secret:
+                return cred
         raise ValidationError(f"secret {secret!r} is not a managed credential")
 
     def _cred(self, secret: str, version: int | None) -> dict[str, Any] | None:
@@ -179,15 +184,21 @@ class RotationEngine:
 
     # -- rotate ---------------------------------------------------------------------------------
     def rotate_db_password(self, user_name: str = "app", *, strategy: str | None = None, dry_run: bool = False) -> Outcome:
-        """Rotate the password of a managed database login (the whole protocol)."""
-        t0 = time.monotonic()
-        user = self.db_user(user_name)
-        strategy = strategy or user.strategy
-        if strategy != user.strategy:
+        """Rotate the password of a managed database login."""
+        cred = self.credential(user_name)
+        if cred.kind != "db-password":
+            raise ValidationError(f"{user_name!r} is not a database login")
+        if strategy not in (None, cred.strategy):
             raise ValidationError(
-                f"{user_name} is configured for the {user.strategy} strategy; change rotation.db_users.{user_name}.strategy "
+                f"{user_name} is configured for the {cred.strategy} strategy; change rotation.db_users.{user_name}.strategy "
                 "(and its roles) instead of overriding it for one run"
             )
+        return self.rotate(user_name, dry_run=dry_run)
+
+    def rotate(self, name: str, *, dry_run: bool = False) -> Outcome:
+        """Rotate one managed credential (the whole protocol)."""
+        t0 = time.monotonic()
+        user = self.credential(name)
         try:
             meta, existing = self._record(user.secret)
         except NotFoundError:
@@ -208,15 +219,15 @@ class RotationEngine:
         if "current" not in meta.aliases:
             raise ValidationError(f"secret {user.secret!r} has no `current` version to rotate from")
         if dry_run:
-            return Outcome(self._plan(user, strategy, meta, t0))
-        self._drift_check(user.secret, meta)
+            return Outcome(self._plan(user, meta, t0))
+        self._drift_check(user, meta)
         now = self.now()
         record = RotationRecord(
             id=new_rotation_id(now),
             secret=user.secret,
-            kind="db-password",
-            strategy=strategy,
-            target=user_name,
+            kind=user.kind,
+            strategy=user.strategy,
+            target=name,
             owner=self.owner,
             lease_until=iso(now + timedelta(seconds=self.settings.lease_seconds)),
             started_at=iso(now),
@@ -233,34 +244,33 @@ class RotationEngine:
         self._fault("lock")
         return self._run(record, t0)
 
-    def _plan(self, user: DbUserSettings, strategy: str, meta: Any, t0: float) -> RotationReport:
-        current = self._cred(user.secret, meta.aliases.get("current")) or {}
-        role = _partner(user, current.get("username")) if strategy == "alternating" else current.get("username")
+    def _plan(self, cred: Credential, meta: Any, t0: float) -> RotationReport:
+        current = self._cred(cred.secret, meta.aliases.get("current"))
         plan = [
-            f"lock {user.secret} (lease {self.settings.lease_seconds} s)",
-            f"create a new version of {user.secret} for role {role} (alias pending)",
-            f"ALTER ROLE {role} with the new password",
-            f"log in as {role} with the new value ({self.settings.test_attempts} tries, {self.settings.test_interval:g} s apart)",
+            f"lock {cred.secret} (lease {self.settings.lease_seconds} s)",
+            *cred.plan(current),
+            f"test it ({self.settings.test_attempts} tries, {self.settings.test_interval:g} s apart)",
             f"move current -> new version, previous -> {meta.aliases.get('current')}",
-            f"restart {', '.join(user.services)} pinned to the new version (blue-green)",
+            f"restart {', '.join(cred.services) or 'no services'} pinned to the new version (blue-green)",
             "wait until every service is healthy on its new instance",
             "record the audit event and the next due date",
         ]
         return RotationReport(
-            rotation_id="(dry run)", status="planned", secret=user.secret, kind="db-password", strategy=strategy,
+            rotation_id="(dry run)", status="planned", secret=cred.secret, kind=cred.kind, strategy=cred.strategy,
             previous_version=meta.aliases.get("current"), new_version=None, steps=[],
             duration_seconds=round(time.monotonic() - t0, 3), started_at=iso(self.now()), dry_run=True, plan=plan,
         )
 
-    def _drift_check(self, secret: str, meta: Any) -> None:
+    def _drift_check(self, credential: Credential, meta: Any) -> None:
         """At least one stored credential must log in, or a person has to look (exit 7, no change)."""
         tried = []
+        secret = credential.secret
         for alias in ("current", "pending", "previous"):
             cred = self._cred(secret, meta.aliases.get(alias))
             if cred is None:
                 continue
             tried.append(alias)
-            if self.target.can_login(cred):
+            if credential.authenticates(cred):
                 if alias != "current":
                     log.warning("the current credential of %s does not log in; %s does", secret, alias)
                 return
@@ -272,8 +282,8 @@ class RotationEngine:
 
     # -- running steps ----------------------------------------------------------------------------------
     def _run(self, record: RotationRecord, t0: float, *, resumed: bool = False) -> Outcome:
-        user = self._user_of_secret(record.secret)
-        actions: dict[str, Callable[[RotationRecord, DbUserSettings], str]] = {
+        user = self._credential_of_secret(record.secret)
+        actions: dict[str, Callable[[RotationRecord, Credential], str]] = {
             "create_pending": self._create_pending,
             "set_target": self._set_target,
             "test": self._test,
@@ -342,7 +352,7 @@ class RotationEngine:
             log.warning("could not release the lease of %s: %s", record.id, exc.message)
 
     # -- the steps ------------------------------------------------------------------------------------------
-    def _create_pending(self, record: RotationRecord, user: DbUserSettings) -> str:
+    def _create_pending(self, record: RotationRecord, cred: Credential) -> str:
         meta = self.store.get(record.secret)
         found = self._find_pending(record, meta)
         if found is not None:
@@ -352,20 +362,13 @@ class RotationEngine:
         current = self._cred(record.secret, record.old_current)
         if current is None:
             raise SecretError(f"{record.secret}: the current version {record.old_current} cannot be read")
-        role = _partner(user, current["username"]) if record.strategy == "alternating" else current["username"]
-        host, port = self.target.endpoint()
-        payload = {
-            "username": role,
-            "password": generate_password(self.settings.password_length),
-            "host": host,
-            "port": port,
-            "dbname": user.database,
-            "rotation_id": record.id,
-        }
-        version = self.store.add_version(record.secret, json.dumps(payload).encode()).version
+        value = cred.existing(record.id) or cred.create(record.id, current)
+        value["rotation_id"] = record.id
+        version = self.store.add_version(record.secret, json.dumps(value).encode()).version
         record.pending_version = version
         self._save(record, aliases={"pending": version})
-        return f"version {version} for {role}"
+        who = value.get("username") or value.get("key_id") or value.get("kid") or cred.name
+        return f"version {version} for {who}"
 
     def _find_pending(self, record: RotationRecord, meta: Any) -> int | None:
         """A version this rotation already stored (it may have died before recording it)."""
@@ -387,28 +390,21 @@ class RotationEngine:
             raise SecretError(f"{record.secret}: pending version {record.pending_version} cannot be read")
         return cred
 
-    def _set_target(self, record: RotationRecord, user: DbUserSettings) -> str:
+    def _set_target(self, record: RotationRecord, cred: Credential) -> str:
         pending = self._pending(record)
-        if self.target.can_login(pending):
-            return "skipped: the database already accepts the pending value"
-        if record.strategy == "alternating":
-            current = self._cred(record.secret, record.old_current) or {}
-            if pending["username"] == current.get("username"):
-                raise ValidationError(
-                    f"refusing to change {pending['username']}: it is the login `current` uses (alternating users)"
-                )
-        self.target.set_password(pending["username"], pending["password"])
-        return f"password of {pending['username']} set"
+        if cred.authenticates(pending):
+            return "skipped: the target already accepts the pending value"
+        return cred.apply(pending, self._cred(record.secret, record.old_current))
 
-    def _test(self, record: RotationRecord, user: DbUserSettings) -> str:
+    def _test(self, record: RotationRecord, cred: Credential) -> str:
         from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
         pending = self._pending(record)
         attempts = self.settings.test_attempts
 
         def attempt() -> None:
-            if not self.target.can_login(pending):
-                raise AuthenticationError(f"{pending['username']} cannot log in with the pending value")
+            if not cred.authenticates(pending):
+                raise AuthenticationError(f"{cred.name}: the pending value is rejected by its target")
 
         try:
             tries = 0
@@ -426,9 +422,9 @@ class RotationEngine:
             message = last.message if isinstance(last, VokeError) else str(last)
             kind = ConnectivityError if isinstance(last, ConnectivityError) else AuthenticationError
             raise kind(f"{message} (after {attempts} tries)") from None
-        return f"fresh login as {pending['username']} ok (try {tries} of {attempts})"
+        return f"fresh login with the pending value ok (try {tries} of {attempts})"
 
-    def _commit(self, record: RotationRecord, user: DbUserSettings) -> str:
+    def _commit(self, record: RotationRecord, user: Credential) -> str:
         meta = self.store.get(record.secret)
         if meta.aliases.get("current") == record.pending_version:
             return "skipped: current already points at the new version"
@@ -438,12 +434,13 @@ class RotationEngine:
         )
         return f"current -> {record.pending_version}, previous -> {record.old_current}"
 
-    def _deploy(self, record: RotationRecord, user: DbUserSettings) -> str:
+    def _deploy(self, record: RotationRecord, user: Credential) -> str:
         assert record.pending_version is not None
-        self.runtime.deploy_many({svc: (record.secret, record.pending_version) for svc in user.services})
+        if user.services:
+            self.runtime.deploy_many({svc: (record.secret, record.pending_version) for svc in user.services})
         return f"{len(user.services)} service(s) on version {record.pending_version}"
 
-    def _health(self, record: RotationRecord, user: DbUserSettings) -> str:
+    def _health(self, record: RotationRecord, user: Credential) -> str:
         deadline = time.monotonic() + self.settings.health_timeout
         pending = set(user.services)
         while pending and time.monotonic() < deadline:
@@ -458,11 +455,11 @@ class RotationEngine:
         info = next((s for s in self.runtime.services(check=False) if s.name == service), None)
         return bool(info and info.secret_version == record.pending_version and self.runtime.health(service))
 
-    def _finish(self, record: RotationRecord, user: DbUserSettings) -> str:
+    def _finish(self, record: RotationRecord, user: Credential) -> str:
         now = self.now()
         record.status = "succeeded"
         record.finished_at = iso(now)
-        due = next_due(self.settings.schedule.db_password, now)
+        due = next_due(getattr(self.settings.schedule, user.schedule), now)
         return f"next due {iso(due)}"
 
     def _end(self, record: RotationRecord) -> None:
@@ -515,16 +512,11 @@ class RotationEngine:
         """Undo what the completed steps did (the issue's recovery rules)."""
         scope = rollback_scope(record.step)
         t = time.monotonic()
-        user = self._user_of_secret(record.secret)
+        user = self._credential_of_secret(record.secret)
         pending = self._cred(record.secret, record.pending_version)
         current = self._cred(record.secret, record.old_current)
         previous = self._cred(record.secret, record.old_previous)
-        if scope in ("restore_target", "restore_aliases") and pending is not None:
-            # Give the changed login its last stored password back.
-            if record.strategy == "single" and current is not None:
-                self.target.set_password(current["username"], current["password"])
-            elif previous is not None and previous["username"] == pending["username"]:
-                self.target.set_password(previous["username"], previous["password"])
+        user.restore(scope, pending, current, previous)
         aliases: dict[str, int | None] = {"pending": None}
         if scope == "restore_aliases":
             aliases.update({"current": record.old_current, "previous": record.old_previous})
@@ -620,7 +612,7 @@ class RotationEngine:
     # -- status, due, cleanup, history -------------------------------------------------------------------
     def managed(self) -> dict[str, str]:
         """secret -> schedule key, for every credential voke rotates."""
-        return {u.secret: "db_password" for u in self.settings.db_users.values()}
+        return {c.secret: c.schedule for c in self.credentials.values()}
 
     def status(self) -> dict[str, Any]:
         now = self.now()
@@ -673,11 +665,8 @@ class RotationEngine:
     def due(self) -> list[dict[str, Any]]:
         return [s for s in self.status()["secrets"] if s["due"]]
 
-    def users_for(self, secret: str) -> str:
-        for name, user in self.settings.db_users.items():
-            if user.secret == secret:
-                return name
-        raise ValidationError(f"secret {secret!r} is not managed")
+    def name_of(self, secret: str) -> str:
+        return self._credential_of_secret(secret).name
 
     def cleanup(self, *, dry_run: bool) -> dict[str, Any]:
         now = self.now()
@@ -773,17 +762,6 @@ class RotationEngine:
             duration_seconds=round((self.now() - started).total_seconds(), 3),
             details=details,
         )
-
-
-def _partner(user: DbUserSettings, username: str | None) -> str:
-    """The other login of an alternating pair."""
-    first, second = user.roles
-    if username == first:
-        return second
-    if username == second:
-        return first
-    raise ValidationError(f"the current login {username!r} is not one of {first}, {second}")
-
 
 
 def local_engine(settings: Any, progress: Progress = lambda _m: None) -> RotationEngine:
