@@ -199,6 +199,31 @@ class RotationSchedule(_Model):
         return value
 
 
+class ApiKeySettings(_Model):
+    """A third-party API key (`[rotation.api_keys.NAME]`, NAME = stripe | auth0 | maps | sendgrid)."""
+
+    provider: Literal["stripe", "auth0", "maps", "sendgrid"] = Field(description="the provider's API shape")
+    secret: str = Field(min_length=1, description="secret holding the key (JSON)")
+    endpoint: str | None = Field(default=None, description="provider API base URL (default: the provider's)")
+    admin_secret: str | None = Field(
+        default=None, description="secret holding the credential voke uses to call the provider's admin API"
+    )
+    options: dict[str, str] = Field(
+        default_factory=dict, description="provider specifics: auth0 client_id/domain, maps project, ..."
+    )
+    services: tuple[str, ...] = Field(default=(), description="services that read this secret")
+
+
+class JwtSettings(_Model):
+    """The JWT signing keyring (`[rotation.jwt]`)."""
+
+    secret: str = Field(default="jwt-signing", description="secret holding the keyring (next/current/previous)")
+    algorithm: Literal["ES256", "RS256", "EdDSA"] = Field(default="ES256", description="signing algorithm")
+    max_token_lifetime_seconds: int = Field(default=3600, ge=60, description="the old key stays this long")
+    verifier_refresh_seconds: int = Field(default=300, ge=0, description="publish this long before signing")
+    services: tuple[str, ...] = Field(default=(), description="services that sign or verify with the keyring")
+
+
 class RotationSettings(_Model):
     """`voke rotate` (`[rotation]`)."""
 
@@ -206,6 +231,11 @@ class RotationSettings(_Model):
         default_factory=lambda: {"app": DbUserSettings()}, description="managed database logins by name"
     )
     schedule: RotationSchedule = Field(default_factory=RotationSchedule)
+    api_keys: dict[str, ApiKeySettings] = Field(default_factory=dict, description="managed API keys by name")
+    jwt: JwtSettings | None = Field(default=None, description="the JWT signing keyring, when managed")
+    notify_webhook: str | None = Field(
+        default=None, description="Slack-compatible webhook told of each rotation's outcome (no secret values)"
+    )
     password_length: int = Field(default=32, ge=16, le=128, description="generated DB password length")
     test_attempts: int = Field(default=3, ge=1, le=20, description="tries of the test step")
     test_interval: float = Field(default=5.0, ge=0, le=300, description="seconds between test tries")
