@@ -1,0 +1,144 @@
+"""PgChainStore: the chain and its anchors in PostgreSQL (the local environment's platform
+database, `LocalEnvironment.platform_database()`), implementing the ChainStore port.
+
+Two tables, created on first use:
+
+- ``voke_chain_blocks``: one row per block; the timestamp as microseconds since the epoch
+  (lossless for the canonical header), the nonce as numeric (it is unsigned 64-bit),
+  records as ``text[]`` (order and bytes preserved).
+- ``voke_chain_anchors``: one row per anchor (id = root hex), its JSON form and version.
+
+Writers serialise on a transaction-scoped advisory lock and apply the same optimistic
+checks as the file store (`check_commit` semantics), so concurrent `anchor run`s and
+requests are safe across processes and machines.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from voketag_ops.core import chain as ch
+
+_LOCK_KEY = 0x766F6B65_63686E  # "vokechn": the advisory lock writers take
+_SCHEMA = """
+create table if not exists voke_chain_blocks (
+    idx bigint primary key check (idx >= 0),
+    ts_us bigint not null,
+    prev_hash bytea not null,
+    merkle_root bytea not null,
+    difficulty integer not null,
+    nonce numeric(20, 0) not null,
+    hash bytea not null unique,
+    records text[] not null
+);
+create table if not exists voke_chain_anchors (
+    id text primary key,
+    version integer not null,
+    doc jsonb not null
+);
+"""
+
+
+class PgChainStore:
+    """A ChainStore in PostgreSQL. CONNINFO is a libpq connection string."""
+
+    def __init__(self, conninfo: str, *, connect_timeout: int = 5) -> None:
+        self.conninfo = conninfo
+        self.connect_timeout = connect_timeout
+        self._schema_ready = False
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[Any]:
+        import psycopg
+
+        try:
+            with psycopg.connect(
+                self.conninfo, connect_timeout=self.connect_timeout, autocommit=True
+            ) as conn:
+                if not self._schema_ready:
+                    with conn.transaction():
+                        conn.execute("select pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+                        conn.execute(_SCHEMA)
+                    self._schema_ready = True
+                with conn.transaction():
+                    if write:
+                        conn.execute("select pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+                    else:  # one consistent snapshot of blocks and anchors
+                        conn.execute("set transaction isolation level repeatable read, read only")
+                    yield conn
+        except psycopg.OperationalError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ch.ChainStoreError(f"chain store (PostgreSQL): {first}") from None
+        except psycopg.Error as exc:
+            raise ch.ChainStoreError(f"chain store (PostgreSQL) failed: {type(exc).__name__}") from None
+
+    def load(self) -> ch.ChainState:
+        with self._transaction(write=False) as conn:
+            return ch.ChainState(blocks=tuple(self._blocks(conn)), anchors=self._anchors(conn))
+
+    def commit(self, *, blocks: Sequence[ch.Block] = (), anchors: Sequence[ch.Anchor] = ()) -> None:
+        with self._transaction(write=True) as conn:
+            row = conn.execute("select idx, hash from voke_chain_blocks order by idx desc limit 1").fetchone()
+            prev_index, prev_hash = (-1, ch.ZERO_HASH) if row is None else (row[0], bytes(row[1]))
+            for block in blocks:
+                if block.index != prev_index + 1 or block.prev_hash != prev_hash:
+                    raise ch.StoreConflictError(
+                        f"block {block.index} no longer extends the chain head (another run appended first)"
+                    )
+                prev_index, prev_hash = block.index, block.hash
+            for anchor in anchors:
+                found = conn.execute(
+                    "select version from voke_chain_anchors where id = %s for update", (anchor.id,)
+                ).fetchone()
+                stored = 0 if found is None else found[0]
+                if anchor.version != stored + 1:
+                    raise ch.StoreConflictError(f"anchor {anchor.id[:16]} was changed by another run")
+            for block in blocks:
+                conn.execute(
+                    "insert into voke_chain_blocks (idx, ts_us, prev_hash, merkle_root, difficulty, nonce, hash,"
+                    " records) values (%s, %s, %s, %s, %s, %s, %s, %s)",
+                    (
+                        block.index,
+                        ch.to_micros(block.timestamp),
+                        block.prev_hash,
+                        block.merkle_root,
+                        block.difficulty,
+                        block.nonce,
+                        block.hash,
+                        list(block.records),
+                    ),
+                )
+            for anchor in anchors:
+                conn.execute(
+                    "insert into voke_chain_anchors (id, version, doc) values (%s, %s, %s::jsonb)"
+                    " on conflict (id) do update set version = excluded.version, doc = excluded.doc",
+                    (anchor.id, anchor.version, json.dumps(anchor.to_json())),
+                )
+
+    @staticmethod
+    def _blocks(conn: Any) -> Iterator[ch.Block]:
+        rows = conn.execute(
+            "select idx, ts_us, prev_hash, merkle_root, difficulty, nonce, hash, records"
+            " from voke_chain_blocks order by idx"
+        )
+        for idx, ts_us, prev, root, difficulty, nonce, hash_, records in rows:
+            yield ch.Block(
+                index=idx,
+                timestamp=ch.from_micros(ts_us),
+                prev_hash=bytes(prev),
+                merkle_root=bytes(root),
+                difficulty=difficulty,
+                nonce=int(nonce),
+                hash=bytes(hash_),
+                records=tuple(records),
+            )
+
+    @staticmethod
+    def _anchors(conn: Any) -> dict[str, ch.Anchor]:
+        anchors = {}
+        for anchor_id, doc in conn.execute("select id, doc from voke_chain_anchors"):
+            anchors[anchor_id] = ch.Anchor.from_json(doc, f"voke_chain_anchors[{anchor_id[:16]}]")
+        return anchors

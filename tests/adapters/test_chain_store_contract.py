@@ -1,0 +1,116 @@
+"""One contract for every ChainStore: the JSON file and PostgreSQL (the shared local env)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from voketag_ops.adapters.local.chain_store import FileChainStore
+from voketag_ops.core import chain as ch
+from voketag_ops.core import merkle
+from voketag_ops.ports import ChainStore
+from voketag_ops.workflows import chain as wf
+
+T0 = datetime(2026, 6, 1, 2, 0, 0, 654321, tzinfo=UTC)
+NO_WAIT = wf.RetryPolicy(attempts=30, initial=0.001, maximum=0.01)
+
+
+@pytest.fixture(params=["file", pytest.param("postgres", marks=pytest.mark.pg)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ChainStore:
+    if request.param == "file":
+        return FileChainStore(tmp_path / "chain.json")
+    from voketag_ops.adapters.local.pg_chain_store import PgChainStore
+
+    local_env: Any = request.getfixturevalue("local_env")
+    database: str = request.getfixturevalue("pg_database")
+    return PgChainStore(local_env.primary().conninfo(database))
+
+
+def test_is_a_chain_store(store: ChainStore) -> None:
+    assert isinstance(store, ChainStore)
+    assert store.load() == ch.ChainState()
+
+
+def test_blocks_and_anchors_round_trip_exactly(store: ChainStore) -> None:
+    anchor, _ = ch.request_anchor(
+        None, root=merkle.root([b"a"]), kind="batch", label="ü-1", now=T0, tree_size=1
+    )
+    store.commit(anchors=[anchor])
+    genesis = ch.seal(
+        index=0,
+        timestamp=T0,
+        prev_hash=ch.ZERO_HASH,
+        records=[anchor.record(), "ünïcode ✓", ""],
+        difficulty=0,
+        nonce=ch.MAX_NONCE,
+    )
+    anchored = ch.mark_anchored(anchor, block_index=0, now=T0 + timedelta(microseconds=1))
+    store.commit(blocks=[genesis], anchors=[anchored])
+    state = store.load()
+    assert state.blocks == (genesis,)
+    assert state.anchors == {anchored.id: anchored}
+    assert ch.validate_chain(state.blocks).ok
+
+
+def test_conflicts_are_detected(store: ChainStore) -> None:
+    first = ch.mine(index=0, timestamp=T0, prev_hash=ch.ZERO_HASH, records=["x"], difficulty=4).block
+    rival = ch.mine(index=0, timestamp=T0, prev_hash=ch.ZERO_HASH, records=["y"], difficulty=4).block
+    assert first is not None and rival is not None
+    store.commit(blocks=[first])
+    with pytest.raises(ch.StoreConflictError):
+        store.commit(blocks=[rival])
+    skipping = ch.mine(index=2, timestamp=T0, prev_hash=first.hash, records=[], difficulty=4).block
+    assert skipping is not None
+    with pytest.raises(ch.StoreConflictError):
+        store.commit(blocks=[skipping])
+    anchor, _ = ch.request_anchor(None, root=merkle.root([b"a"]), kind="batch", label="a", now=T0)
+    store.commit(anchors=[anchor])
+    with pytest.raises(ch.StoreConflictError):
+        store.commit(anchors=[anchor])
+    # A failed commit changes nothing, not even its valid parts.
+    second = ch.mine(index=1, timestamp=T0, prev_hash=first.hash, records=["z"], difficulty=4).block
+    assert second is not None
+    with pytest.raises(ch.StoreConflictError):
+        store.commit(blocks=[second], anchors=[anchor])
+    assert len(store.load().blocks) == 1
+
+
+def test_concurrent_writers(store: ChainStore) -> None:
+    errors: list[BaseException] = []
+
+    def worker(w: int) -> None:
+        try:
+            for i in range(6):
+                root = merkle.root([f"{w}-{i}".encode()])
+                wf.request_anchor(store, root=root, kind="batch", label=f"{w}-{i}", now=T0, retry=NO_WAIT)
+                if i % 2:
+                    wf.run_anchors(store, now=T0, difficulty=4, retry=NO_WAIT)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    wf.run_anchors(store, now=T0, difficulty=4, retry=NO_WAIT)
+    state = store.load()
+    assert len(state.anchors) == 18 and not state.pending()
+    assert wf.validate(store).ok
+    records = [r for b in state.blocks for r in b.records]
+    assert len(records) == len(set(records)) == 18
+
+
+@pytest.mark.pg
+def test_unreachable_postgres_is_a_store_error(tmp_path: Path) -> None:
+    from voketag_ops.adapters.local.pg_chain_store import PgChainStore
+
+    store = PgChainStore(f"host={tmp_path} port=1 dbname=nope user=nobody", connect_timeout=1)
+    with pytest.raises(ch.ChainStoreError) as info:
+        store.load()
+    assert info.value.exit_code == 4
