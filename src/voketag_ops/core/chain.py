@@ -440,7 +440,7 @@ class Anchor:
         if not isinstance(doc, dict):
             raise ChainFormatError(f"{where}: expected an object")
         try:
-            state = AnchorState(doc.get("state"))
+            state = AnchorState(str(doc.get("state")))
         except ValueError:
             raise ChainFormatError(f"{where}.state: unknown state {doc.get('state')!r}") from None
         for key in ("kind", "label"):

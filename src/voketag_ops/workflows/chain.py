@@ -178,23 +178,19 @@ def _verify_inclusion_doc(doc: dict[str, Any], source: str, leaf: bytes | None) 
     path = _field_path(doc, "audit_path", source)
     stated = _field_hash(doc, "leaf_hash", source, optional=leaf is not None)
     assert root is not None
-    report = dict(kind="inclusion", tree_size=size, root=root.hex(), leaf_index=index)
     if leaf is not None:
-        computed = merkle.leaf_hash(leaf)
-        if stated is not None and computed != stated:
+        lh = merkle.leaf_hash(leaf)
+        if stated is not None and lh != stated:
+            reason: str | None = "the leaf does not hash to the document's leaf_hash"
             return VerifyReport(
-                False,
-                reason="the leaf does not hash to the document's leaf_hash",
-                leaf_hash=computed.hex(),
-                **report,
-            )  # type: ignore[arg-type]
-        lh = computed
+                False, "inclusion", reason, size, root.hex(), leaf_index=index, leaf_hash=lh.hex()
+            )
     else:
         assert stated is not None
         lh = stated
     valid = merkle.verify_inclusion(lh, index, size, path, root)
     reason = None if valid else _inclusion_reason(index, size, path)
-    return VerifyReport(valid, reason=reason, leaf_hash=lh.hex(), **report)  # type: ignore[arg-type]
+    return VerifyReport(valid, "inclusion", reason, size, root.hex(), leaf_index=index, leaf_hash=lh.hex())
 
 
 def _inclusion_reason(index: int, size: int, path: list[bytes]) -> str:
