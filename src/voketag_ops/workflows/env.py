@@ -52,7 +52,20 @@ class LocalPlatform:
         return LocalDbTarget(self.env)
 
     # -- lifecycle ------------------------------------------------------------------------
+    def _audited(self, event_type: str) -> Any:
+        from voketag_ops.audit import audited
+
+        return audited(self.env.home, event_type=event_type, env="local", target=str(self.env.home))
+
     def up(self, progress: Progress = _quiet) -> UpReport:
+        with self._audited("env.up") as event:
+            report = self._up(progress)
+            event.details.update(started=report.started, created=report.created, services=report.services_started)
+            if report.already_running:
+                event.result = "unchanged"
+        return report
+
+    def _up(self, progress: Progress) -> UpReport:
         t0 = time.monotonic()
         report = self.env.up(progress)
         created = self.bootstrap_credentials(progress)
@@ -124,22 +137,26 @@ class LocalPlatform:
         return report
 
     def down(self, progress: Progress = _quiet) -> dict[str, Any]:
-        services = self.runtime().stop_all() if self.env.exists else []
-        if services:
-            progress("stopped the local services")
-        report = self.env.down(progress)
-        report["stopped"] = services + report["stopped"]
+        with self._audited("env.down") as event:
+            services = self.runtime().stop_all() if self.env.exists else []
+            if services:
+                progress("stopped the local services")
+            report = self.env.down(progress)
+            report["stopped"] = services + report["stopped"]
+            event.details["stopped"] = report["stopped"]
         return report
 
     def destroy(self, progress: Progress = _quiet) -> dict[str, Any]:
         import shutil
 
-        self.runtime().stop_all()
-        report = self.env.destroy(progress)
-        for path in (self.env.home / "services", self.env.home / "secrets", self.env.home / "secrets.key"):
-            if path.exists():
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-                report["removed"].append(str(path))
+        with self._audited("env.destroy") as event:
+            self.runtime().stop_all()
+            report = self.env.destroy(progress)
+            for path in (self.env.home / "services", self.env.home / "secrets", self.env.home / "secrets.key"):
+                if path.exists():
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+                    report["removed"].append(str(path))
+            event.details["removed"] = report["removed"]
         return report
 
 
