@@ -118,12 +118,13 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
 
     writable = list(status.get("writable_nodes") or [])
     if status.get("split_brain"):
+        others = [n for n in writable if n != leader.get("name")]
         checks.append(
             Check(
                 "split_brain",
                 False,
-                f"split brain: {' and '.join(writable)} are both writable; "
-                f"fence the one that is not the leader ({leader.get('name')}) with `voke dr fence`",
+                f"split brain: {' and '.join(others)} writable beside the leader {leader.get('name')}; "
+                f"fence with `voke dr fence {others[0] if others else '<node>'} --yes`",
                 value=writable,
             )
         )

@@ -243,6 +243,21 @@ def thaw(pids: list[int]) -> None:
             os.kill(target, signal.SIGCONT)
 
 
+def current_timeline(node: PgNode) -> int | None:
+    """The timeline a node writes (primary) or receives (standby); the checkpoint's lags a promotion."""
+    try:
+        row = query_one(
+            node,
+            "select case when pg_is_in_recovery() then coalesce("
+            "(select received_tli from pg_stat_wal_receiver), "
+            "(select timeline_id from pg_control_checkpoint())) "
+            "else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int end",
+        )
+    except BackendError:
+        return None
+    return int(row[0]) if row and row[0] is not None else None
+
+
 def probe_write(node: PgNode, *, timeout: float = 3) -> bool:
     """A write only a primary can do: assigning a transaction id."""
     try:
@@ -590,6 +605,9 @@ def snapshot(env: LocalEnvironment, *, lag_wait: float, replica_expected: bool =
     leader_info = {k: base["primary"].get(k) for k in ("name", "role", "running", "port", "timeline", "pid")}
     standby_info = {k: base["replica"].get(k) for k in ("name", "role", "running", "port", "timeline", "pid")}
     writable = [info["name"] for info in (base["primary"], base["replica"]) if info["role"] == "primary"]
+    for info, node in ((leader_info, leader_node), (standby_info, standby_node)):
+        if info["running"]:
+            info["timeline"] = current_timeline(node) or info["timeline"]
     report["leader"] = leader_info
     report["standby"] = standby_info
     report["writable_nodes"] = writable
@@ -597,7 +615,7 @@ def snapshot(env: LocalEnvironment, *, lag_wait: float, replica_expected: bool =
     if report["split_brain"]:
         report["split_brain_detail"] = {
             info["name"]: {"timeline": info["timeline"], "port": info["port"]}
-            for info in (base["primary"], base["replica"])
+            for info in (leader_info, standby_info)
             if info["role"] == "primary"
         }
     lw = leader_wal(leader_node if leader_info["role"] == "primary" else None)
@@ -1041,6 +1059,39 @@ def fenced_nodes(env: LocalEnvironment) -> list[str]:
     return sorted(p.stem.removeprefix("fenced-") for p in (env.home / "dr").glob("fenced-*.json"))
 
 
+def settle_archive_status(env: LocalEnvironment, node: PgNode) -> list[str]:
+    """Mark as archived the files NODE would archive again although the archive holds them already.
+
+    A standby inherits `.ready` files from its clone (pg_basebackup's streamed copy of a
+    segment, which may differ from the complete one the leader archived). Once promoted,
+    its archiver would retry them against `test ! -f` forever and archive nothing newer.
+    The archive's copy came from the node that led at the time, so it wins. Call this
+    while NODE is still in recovery, before its archiver starts.
+    """
+    settled = []
+    wal_dir = node.data_dir / "pg_wal"
+    status_dir = wal_dir / "archive_status"
+    for ready in sorted(status_dir.glob("*.ready")):
+        name = ready.name.removesuffix(".ready")
+        if (env.archive_dir / name).is_file():
+            ready.rename(status_dir / f"{name}.done")
+            settled.append(name)
+    # A segment with no status file at all gets a `.ready` at the next checkpoint once
+    # the node leads; if the archive has it, say it is done now.
+    for path in sorted(wal_dir.iterdir()):
+        name = path.name
+        if not path.is_file() or not (wal.SEGMENT_NAME.match(name) or wal.HISTORY_NAME.match(name)):
+            continue
+        if (status_dir / f"{name}.ready").exists() or (status_dir / f"{name}.done").exists():
+            continue
+        if (env.archive_dir / name).is_file():
+            done = status_dir / f"{name}.done"
+            done.write_text("")
+            _chown_to_server(env, done)
+            settled.append(name)
+    return settled
+
+
 def promote(node: PgNode, *, timeout: float = 60) -> float:
     """pg_promote and wait until it takes writes; returns seconds taken."""
     t0 = time.monotonic()
@@ -1148,8 +1199,10 @@ def failover(
                 new, "select pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp()"
             )
             info["replayed_lsn"], info["last_replayed_commit"] = standby_lsn[0], iso(standby_lsn[1])
+            info["settled_archive_status"] = settle_archive_status(env, new)
             info["seconds"] = promote(new, timeout=promote_timeout)
-            info["timeline"] = query_one(new, "select timeline_id from pg_control_checkpoint()")[0]
+            info["settled_archive_status"] += settle_archive_status(env, new)
+            info["timeline"] = current_timeline(new)
         oplog.mark("promoted")
     promoted_at = utcnow()
     if not oplog.done("leader"):
@@ -1326,10 +1379,12 @@ def switchover(
         )
         info["replayed"] = checkpoint
     with steps.run(f"promote {standby.name}", progress) as info:
+        info["settled_archive_status"] = settle_archive_status(env, standby)
         info["seconds"] = promote(standby, timeout=timeout)
+        info["settled_archive_status"] += settle_archive_status(env, standby)
         env.set_leader(standby.name)
         ensure_slot(standby)
-        info["timeline"] = query_one(standby, "select timeline_id from pg_control_checkpoint()")[0]
+        info["timeline"] = current_timeline(standby)
     with steps.run("verify a write on the new leader", progress):
         if not probe_write(standby):
             raise NeedsOperatorError(
@@ -1381,6 +1436,11 @@ def failback(
     steps = Steps()
     state = env.require_state()
     leader, old = env.node(state.leader, state), env.node(state.follower, state)
+    pending = unfinished_operation(env)
+    if pending and pending.get("operation") != "failback":
+        raise PreconditionError(
+            f"an interrupted `voke dr {pending.get('operation')}` must be finished first: {pending.get('resume')}"
+        )
     if in_recovery(leader) is not False:
         raise PreconditionError(
             f"the leader {leader.name} is not a writable primary; nothing to fail back to"

@@ -1,0 +1,164 @@
+"""`voke dr failover`, split brain, `voke dr fence` and `voke dr failback` against real
+PostgreSQL, then the drills (which fail over and back themselves). The module runs its
+own environment and walks it through the scenarios in file order; every test leaves one
+writable leader with a streaming standby for the next."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from voketag_ops.adapters.local import dr
+from voketag_ops.adapters.local.environment import LocalEnvironment
+from voketag_ops.config import LocalSettings
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dr-topology") / "home"
+    env = LocalEnvironment(LocalSettings(home=path, archive_timeout=5))
+    try:
+        env.up()
+        yield path
+    finally:
+        for restored in dr.list_restores(env):
+            dr.discard_restore(env, restored["name"])
+        env.destroy()
+
+
+@pytest.fixture
+def env(home):
+    return LocalEnvironment(LocalSettings(home=home, archive_timeout=5))
+
+
+@pytest.fixture
+def environ(home, make_environ):
+    return make_environ(home, VOKE_LOCAL__ARCHIVE_TIMEOUT="5")
+
+
+def rows(node, table="orders"):
+    with node.connect() as conn:
+        return [r[0] for r in conn.execute(f"select id from {table} order by id")]
+
+
+def add_rows(node, first, count, table="orders"):
+    with node.connect() as conn:
+        conn.execute(f"create table if not exists {table} (id int primary key, note text)")
+        for i in range(first, first + count):
+            conn.execute(f"insert into {table} values (%s, 'acked')", (i,))
+
+
+def test_failover_needs_yes_and_dry_run_changes_nothing(voke, environ, env):
+    refused = voke("dr", "failover", environ=environ)
+    assert refused.exit_code == 2 and "--yes" in refused.stderr
+    plan = voke("dr", "failover", "--dry-run", "--json", environ=environ)
+    assert plan.exit_code == 0
+    assert plan.json["result"]["old_leader"] == "primary" and plan.json["result"]["new_leader"] == "replica"
+    assert env.require_state().leader == "primary" and env.node("primary").running
+
+
+def test_failover_fences_promotes_and_loses_no_acknowledged_write(voke, environ, env):
+    add_rows(env.primary(), 1, 20)
+    result = voke("dr", "failover", "--yes", "--json", environ=environ)
+    assert result.exit_code == 0, result.stderr
+    r = result.json["result"]
+    assert (r["old_leader"], r["new_leader"]) == ("primary", "replica")
+    assert [s["ok"] for s in r["steps"]] == [True] * len(r["steps"])
+    assert env.require_state().leader == "replica"
+    assert not env.node("primary").running
+    new = env.node("replica")
+    assert dr.in_recovery(new) is False
+    assert rows(new) == list(range(1, 21))
+    add_rows(new, 21, 5)  # the new leader takes writes
+    status = voke("dr", "status", "--json", environ=environ).json["result"]
+    assert status["leader"]["name"] == "replica" and status["leader"]["timeline"] >= 2
+    assert status["fenced"] == ["primary"] and status["split_brain"] is False
+    events = voke("dr", "history", "--json", environ=environ).json["result"]["events"]
+    assert events[-1]["action"] == "dr.failover" and events[-1]["result"] == "success"
+
+
+def test_env_up_refuses_to_start_the_fenced_primary(voke, environ, env):
+    result = voke("env", "up", environ=environ)
+    assert result.exit_code == 7 and "failback" in result.stderr
+    assert not env.node("primary").running
+
+
+def test_split_brain_is_detected_reported_and_fenced(voke, environ, env):
+    old = env.node("primary")
+    old.start()  # an operator starts the old primary by hand: it comes up writable
+    add_rows(old, 1000, 1)  # and takes a write the leader will never see
+    status = voke("dr", "status", "--json", environ=environ).json["result"]
+    assert status["split_brain"] is True
+    assert sorted(status["writable_nodes"]) == ["primary", "replica"]
+    detail = status["split_brain_detail"]
+    assert detail["primary"]["timeline"] != detail["replica"]["timeline"]
+    check = voke("dr", "check", environ=environ)
+    assert check.exit_code == 1
+    assert (
+        "FAIL split_brain: split brain: primary writable beside the leader replica; fence with `voke dr fence primary --yes`"
+        in check.stdout
+    )
+    failback = voke("dr", "failback", "--yes", environ=environ)
+    assert failback.exit_code == 5 and "voke dr fence primary" in failback.stderr
+    leader_refused = voke("dr", "fence", "replica", "--yes", environ=environ)
+    assert leader_refused.exit_code == 2 and "is the leader" in leader_refused.stderr
+    fenced = voke("dr", "fence", "primary", "--yes", "--json", environ=environ)
+    assert fenced.exit_code == 0, fenced.stderr
+    assert not old.running
+    assert voke("dr", "status", "--json", environ=environ).json["result"]["split_brain"] is False
+
+
+def test_failback_rewinds_the_diverged_primary_and_switches_back(voke, environ, env):
+    leader_rows = rows(env.node("replica"))
+    result = voke("dr", "failback", "--yes", "--json", environ=environ)
+    assert result.exit_code == 0, result.stderr
+    r = result.json["result"]
+    assert r["rebuilt"]["method"] == "pg_rewind"
+    assert r["switched_back"] is True and (r["leader"], r["standby"]) == ("primary", "replica")
+    assert r["switchover"]["write_pause_seconds"] >= 0
+    primary, replica = env.node("primary"), env.node("replica")
+    assert dr.in_recovery(primary) is False and dr.in_recovery(replica) is True
+    assert rows(primary) == leader_rows  # the split-brain write (id 1000) was rewound away
+    dr.wait_caught_up(primary, replica, timeout=30)
+    assert rows(replica) == leader_rows
+    status = voke("dr", "status", "--json", environ=environ).json["result"]
+    assert status["leader"]["name"] == "primary" and status["standby"]["streaming"] is True
+    assert status["leader"]["timeline"] >= 3 and status["fenced"] == []
+    check = voke("dr", "check", "--json", environ=environ)
+    assert check.exit_code == 0, check.stdout
+
+
+def test_an_interrupted_failover_is_recorded_and_resumed(voke, environ, env, monkeypatch):
+    real_promote = dr.promote
+
+    def interrupted(node, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dr, "promote", interrupted)
+    result = voke("dr", "failover", "--yes", "--json", environ=environ)
+    assert result.exit_code == 130
+    monkeypatch.setattr(dr, "promote", real_promote)
+    pending = json.loads((env.home / "dr" / "operation.json").read_text())
+    assert pending["operation"] == "failover" and pending["done"] == ["planned", "fenced"]
+    status = voke("dr", "status", "--json", environ=environ).json["result"]
+    assert status["unfinished_operation"]["resume"] == "voke dr failover --yes"
+    check = voke("dr", "check", environ=environ)
+    assert check.exit_code == 1 and "FAIL unfinished_operation" in check.stdout
+    blocked = voke("dr", "failback", "--yes", environ=environ)
+    assert blocked.exit_code == 5 and "voke dr failover --yes" in blocked.stderr
+    events = voke("dr", "history", "--json", environ=environ).json["result"]["events"]
+    assert [e["result"] for e in events if e["action"] == "dr.failover"][-1] == "interrupted"
+    assert events[-1]["action"] == "dr.failback" and events[-1]["result"] == "failure"
+    resumed = voke("dr", "failover", "--yes", "--json", environ=environ)
+    assert resumed.exit_code == 0, resumed.stderr
+    assert resumed.json["result"]["resumed"] is True
+    assert env.require_state().leader == "replica" and not (env.home / "dr" / "operation.json").exists()
+
+
+def test_failback_by_fresh_clone(voke, environ, env):
+    result = voke("dr", "failback", "--clone", "--yes", "--json", environ=environ)
+    assert result.exit_code == 0, result.stderr
+    assert result.json["result"]["rebuilt"]["method"] == "clone"
+    assert env.require_state().leader == "primary"
+    assert voke("dr", "check", environ=environ).exit_code == 0
