@@ -20,6 +20,7 @@ from voketag_ops.cli import (
     doctor_cmd,
     dr_cmd,
     env_cmd,
+    ingest_cmd,
     rotate_cmd,
     secrets_cmd,
 )
@@ -48,6 +49,7 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(coverage_cmd.app, name="coverage")
 app.add_typer(chain_cmd.app, name="chain")
 app.add_typer(audit_cmd.app, name="audit")
+app.add_typer(ingest_cmd.app, name="ingest")
 app.command("doctor")(doctor_cmd.doctor)
 
 

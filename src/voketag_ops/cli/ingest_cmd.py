@@ -1,0 +1,294 @@
+"""`voke ingest`: factory CSV batches: validate, load all-or-nothing, seal, prove.
+
+Exit codes: 0 loaded, duplicate or (dry run) valid; 1 the file was rejected, or a
+proof does not hold; 2 bad usage; 4 the database could not be reached or went away
+(nothing was loaded); 5 another load held the lock for longer than ingest.lock_timeout.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from voketag_ops.cli.common import DryRun, use
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from voketag_ops.cli.common import AppContext
+    from voketag_ops.output import Output
+    from voketag_ops.workflows.ingest import LoadProgress, LoadReport, TagProof
+
+app = typer.Typer(
+    help="Factory CSV batches: validate, load all-or-nothing, seal with a Merkle root, prove a tag.",
+    no_args_is_help=True,
+)
+
+Db = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        metavar="URL",
+        help="PostgreSQL URL or conninfo (default: the local environment's database, started on demand).",
+    ),
+]
+
+
+def _tty(out: Output) -> bool:
+    try:
+        return bool(out.stderr.isatty()) and not out.json_mode
+    except (AttributeError, ValueError):
+        return False
+
+
+def _home(env: AppContext) -> Path:
+    from voketag_ops.adapters.local.environment import resolve_home
+
+    return resolve_home(env.settings.local.home)
+
+
+def _conninfo(env: AppContext, db: str | None) -> str:
+    if db:
+        return db
+    local = env.local_environment()
+    if _tty(env.out):
+        with env.out.progress("checking the local environment") as update:
+            local.ensure_running(update)
+    else:
+        local.ensure_running()
+    return local.platform_database()
+
+
+@contextmanager
+def _progress_bar(out: Output, total: int) -> Iterator[Callable[[LoadProgress], None]]:
+    """A rich progress bar (bytes, rows, rows/s, ETA) on a terminal; nothing otherwise."""
+    if not _tty(out):
+        yield lambda _p: None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("{task.description:<10}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TextColumn("{task.fields[rows]:>12,} rows"),
+        TextColumn("{task.fields[rate]:>14}"),
+        TimeRemainingColumn(),
+        console=out.err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("hashing", total=max(total, 1), rows=0, rate="")
+        t0 = time.monotonic()
+
+        def update(p: LoadProgress) -> None:
+            elapsed = time.monotonic() - t0
+            rate = f"{p.rows / elapsed:,.0f} rows/s" if p.rows and elapsed > 0 else ""
+            bar.update(task, completed=p.bytes_done, description=p.phase, rows=p.rows, rate=rate)
+
+        yield update
+
+
+@app.command("load")
+def load(
+    ctx: typer.Context,
+    file: Annotated[
+        Path,
+        typer.Argument(
+            exists=True, dir_okay=False, readable=True, metavar="FILE", help="The batch CSV file."
+        ),
+    ],
+    partial: Annotated[
+        bool, typer.Option("--partial", help="Load the valid rows; write the rejected ones to --rejects.")
+    ] = False,
+    rejects: Annotated[
+        Path | None,
+        typer.Option("--rejects", metavar="FILE", help="With --partial: CSV of rejected rows and reasons."),
+    ] = None,
+    max_errors: Annotated[
+        int | None,
+        typer.Option("--max-errors", min=0, help="Problems to list (default: ingest.max_errors, 100)."),
+    ] = None,
+    db: Db = None,
+    dry_run: DryRun = False,
+) -> None:
+    """Validate FILE and load it as one batch, all-or-nothing, sealed with a Merkle root."""
+    from voketag_ops.workflows import ingest as wf
+
+    env = use(ctx)
+    now = datetime.now(UTC)
+    settings = env.settings.ingest
+    if partial and rejects is None:
+        from voketag_ops.errors import UsageError
+
+        raise UsageError("--partial needs --rejects FILE for the rows it leaves out")
+    conninfo = _conninfo(env, db)
+    home = _home(env)
+    with _progress_bar(env.out, file.stat().st_size) as progress:
+        report = wf.load_batch(
+            conninfo,
+            file,
+            settings=settings,
+            now=now,
+            audit_home=home,
+            env_name=env.settings.env,
+            partial=partial,
+            rejects=rejects,
+            dry_run=dry_run,
+            max_errors=max_errors,
+            actor=_actor(),
+            progress=progress,
+            anchorer=None if dry_run else wf.chain_anchorer(home, now),
+        )
+    if not _tty(env.out):
+        env.out.note(_summary(report))
+    env.out.result(
+        report,
+        ok=report.ok,
+        render=_render_load,
+        failure=f"{file.name} rejected: {report.error_count} problem(s)",
+    )
+
+
+def _actor() -> str:
+    from voketag_ops.audit import default_actor
+
+    return default_actor()
+
+
+def _summary(r: LoadReport) -> str:
+    name = Path(r.file).name
+    if r.status == "loaded":
+        return (
+            f"ingest: loaded {name} as batch {r.batch_id}: {r.rows_loaded:,} rows"
+            + (f", {r.rows_rejected:,} rejected" if r.rows_rejected else "")
+            + f" in {r.duration_seconds:.1f} s ({r.rows_per_second:,.0f} rows/s), root {r.merkle_root}, "
+            f"anchor {r.anchor}"
+        )
+    if r.status == "duplicate":
+        return f"ingest: {name} was already loaded as batch {r.batch_id}; nothing written"
+    if r.status == "valid":
+        return f"ingest: dry run: {name} is valid ({r.rows_loaded:,} rows would load); nothing written"
+    first = r.errors[0] if r.errors else None
+    where = f" (first: line {first['line']}: {first['message']})" if first else ""
+    return f"ingest: rejected {name}: {r.error_count} problem(s){where}; nothing written"
+
+
+def _render_load(console: Console, r: LoadReport) -> None:
+    console.print(_summary(r).removeprefix("ingest: "), markup=False, highlight=False)
+    for warning in r.warnings:
+        console.print(f"  warning: {warning}", markup=False, highlight=False)
+    for e in r.errors:
+        where = f"line {e['line']}" if e["line"] is not None else "file"
+        if e["column"] is not None:
+            where += f", column {e['column']}"
+        console.print(f"  {where}: {e['code']}: {e['message']}", markup=False, highlight=False)
+    if r.error_count > len(r.errors):
+        console.print(f"  ... and {r.error_count - len(r.errors)} more", markup=False, highlight=False)
+    if r.rejects_file:
+        console.print(f"  rejected rows written to {r.rejects_file}", markup=False, highlight=False)
+
+
+@app.command("batches")
+def batches(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="How many batches, newest first.")] = 50,
+    db: Db = None,
+) -> None:
+    """List the loaded batches, newest first."""
+    from voketag_ops.workflows import ingest as wf
+
+    env = use(ctx)
+    rows = wf.list_batches(_conninfo(env, db), limit=limit, anchor_states=wf.anchor_states(_home(env)))
+    env.out.result({"batches": rows}, render=_render_batches)
+
+
+def _render_batches(console: Console, report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    if not report["batches"]:
+        console.print("no batches loaded yet")
+        return
+    table = Table(title="batches", title_justify="left")
+    for col in ("batch", "loaded at", "file", "rows", "rejected", "root", "anchor"):
+        table.add_column(col)
+    for b in report["batches"]:
+        table.add_row(
+            str(b["batch_id"]),
+            b["loaded_at"].strftime("%Y-%m-%d %H:%M:%S"),
+            b["file_name"],
+            f"{b['rows_loaded']:,}",
+            f"{b['rows_rejected']:,}",
+            b["merkle_root"][:16] + "…",
+            b["anchor"],
+        )
+    console.print(table)
+
+
+@app.command("proof")
+def proof(
+    ctx: typer.Context,
+    tag_id: Annotated[str, typer.Argument(metavar="TAG_ID", help="The tag to prove.")],
+    db: Db = None,
+) -> None:
+    """Print the inclusion proof of TAG_ID's canonical row in its batch root
+    (check it with `voke chain verify`)."""
+    from voketag_ops.workflows import ingest as wf
+
+    env = use(ctx)
+    result = wf.prove_tag(_conninfo(env, db), tag_id, anchor_states=wf.anchor_states(_home(env)))
+    if not result.found:
+        failure = f"tag {tag_id!r} has not been loaded"
+    elif not result.intact:
+        failure = (
+            f"tag {tag_id!r}: the stored row no longer matches the leaf sealed in batch {result.batch_id}"
+        )
+    elif not result.valid:
+        failure = f"tag {tag_id!r}: the proof does not verify against batch {result.batch_id}'s root"
+    else:
+        failure = None
+    env.out.result(result, ok=failure is None, render=_render_proof, failure=failure)
+
+
+def _render_proof(console: Console, p: TagProof) -> None:
+    if not p.found:
+        return
+    console.print(
+        f"tag {p.tag_id}: leaf {p.leaf_index} of {p.tree_size} in batch {p.batch_id} ({p.file_name}), "
+        f"anchor {p.anchor}",
+        markup=False,
+        highlight=False,
+    )
+    console.print(f"root      {p.root}", markup=False, highlight=False)
+    console.print(f"leaf hash {p.leaf_hash}", markup=False, highlight=False)
+    for i, h in enumerate(p.audit_path):
+        console.print(f"path[{i:2}]  {h}", markup=False, highlight=False)
+    console.print("valid" if p.valid and p.intact else "NOT valid", markup=False, highlight=False)
+
+
+@app.command("sample")
+def sample(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("--out", metavar="FILE", help="Where to write the batch CSV.")],
+    rows: Annotated[int, typer.Option("--rows", min=1, help="Number of rows.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same file).")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite FILE if it exists.")] = False,
+) -> None:
+    """Write a realistic batch (for drills, benchmarks and demos)."""
+    from voketag_ops.workflows import ingest as wf
+
+    env = use(ctx)
+    report = wf.make_sample(out, rows=rows, seed=seed, force=force)
+    env.out.result(
+        report,
+        render=lambda c, r: c.print(
+            f"wrote {r['rows']:,} rows ({r['bytes']:,} bytes) to {r['path']} (seed {r['seed']})",
+            markup=False,
+            highlight=False,
+        ),
+    )

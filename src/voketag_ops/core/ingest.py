@@ -1,0 +1,841 @@
+"""Factory CSV batches: streaming validation, canonical rows and the batch's Merkle seal.
+
+Pure: no I/O beyond the bytes it is fed, no clock (``now`` is a parameter), no
+database. The workflow feeds the file in chunks and gets back, per chunk, the
+accepted rows already encoded for ``COPY ... FROM STDIN`` (text format), the
+rejected records with their reasons, and the leaf hashes of every completed
+Merkle chunk. Memory stays flat in the file size apart from two maps: tag_id ->
+line (duplicate detection, about 90 bytes per row) and sku -> product name.
+
+The file (see README, "voke ingest"):
+
+- UTF-8, an optional BOM, ``\\n`` or ``\\r\\n`` line endings, RFC 4180 quoting.
+- A header naming the required columns ``tag_id, sku, product_name, factory_id,
+  manufactured_at`` in any order, optionally ``lot, color, size``; other columns
+  are ignored with a warning.
+- One record per physical line. RFC 4180 allows line breaks inside quoted
+  fields, but fields may not contain control characters, so such a record could
+  never be accepted; a quote left open at the end of its line is reported as
+  ``unterminated_quote`` there and the next line is read as a new record. This
+  keeps every error local and every line bounded.
+- The last line must end with a line break (``require_final_newline``): an
+  upload cut mid-row is otherwise indistinguishable from a complete file.
+
+Canonical row (the Merkle leaf): the eight canonical columns, in the order of
+``CANONICAL_COLUMNS``, trimmed, absent optional values as the empty string,
+``manufactured_at`` as UTC ``YYYY-MM-DDTHH:MM:SS.ffffff+00:00``, joined with TAB
+and encoded as UTF-8. Fields cannot contain TAB (a control character), so the
+encoding is unambiguous. Leaves are in file order of the accepted rows.
+
+Seal: the RFC 6962 root over the leaves, computed as the root over the roots of
+aligned chunks of ``SEAL_CHUNK`` leaves (the same value, because the chunks are
+perfect subtrees of the tree). Keeping each chunk's leaf hashes lets a proof be
+built from one chunk plus the chunk roots instead of the whole batch.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+import random
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import IO
+
+from voketag_ops.core import merkle
+
+__all__ = [
+    "CANONICAL_COLUMNS",
+    "OPTIONAL_COLUMNS",
+    "REQUIRED_COLUMNS",
+    "SEAL_CHUNK",
+    "BatchValidator",
+    "Chunk",
+    "Problem",
+    "Rejected",
+    "Seal",
+    "canonical_leaf",
+    "canonical_timestamp",
+    "check_size",
+    "inclusion_proof",
+    "seal_leaves",
+    "write_sample",
+]
+
+REQUIRED_COLUMNS = ("tag_id", "sku", "product_name", "factory_id", "manufactured_at")
+OPTIONAL_COLUMNS = ("lot", "color", "size")
+CANONICAL_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+TAG_MAX = 64
+SKU_MAX = 64
+TEXT_MAX = 200
+SEAL_CHUNK = 1024  # leaves per stored chunk; a power of two, so chunks are subtrees
+
+_TAG_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# C0 controls, DEL and C1 controls; a CR is allowed only as part of a CRLF line ending.
+_CTRL_RE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]|\r(?!\n)")
+_FIELD_CTRL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_QUOTED_RE = re.compile(r'"(?:[^"]++|"")*+"')
+_UNQUOTED_RE = re.compile(r"[^,]*+")
+_FRACTION_RE = re.compile(r"[.,]\d{7}")
+_RFC_FIELD = r'(?:"(?:[^"]++|"")*+"|[^",]*+)'
+_RFC_LINE_RE = re.compile(f"{_RFC_FIELD}(?:,{_RFC_FIELD})*+")
+# Byte-level pre-check for control characters: deleting every other byte leaves the C0
+# controls (but LF and CR) and DEL; C1 controls are U+0080..U+009F, i.e. C2 80..C2 9F.
+_NOT_C0 = bytes(b for b in range(256) if not ((b < 32 and b not in (10, 13)) or b == 127))
+_C1_UTF8_RE = re.compile(rb"\xc2[\x80-\x9f]")
+_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason a file or a record is rejected.
+
+    LINE is the physical line (1-based; None for file-level problems) and COLUMN the
+    1-based character column in that line where the offending field or byte starts.
+    """
+
+    line: int | None
+    column: int | None
+    code: str
+    message: str
+
+    def as_dict(self) -> dict[str, int | str | None]:
+        return {"line": self.line, "column": self.column, "code": self.code, "message": self.message}
+
+
+_REPORTED = Problem(None, None, "reported", "already reported for this line")
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A rejected record: where, why, and its text (for --rejects)."""
+
+    line: int
+    problems: tuple[Problem, ...]
+    record: str
+
+
+@dataclass
+class Chunk:
+    """What one ``feed`` produced."""
+
+    copy_data: bytes = b""  # accepted rows: canonical rows, i.e. COPY text format of CANONICAL_COLUMNS
+    rejected: list[Rejected] = field(default_factory=list)
+    sealed: list[tuple[int, bytes]] = field(default_factory=list)  # (chunk number, its leaf hashes)
+    rows: int = 0  # records seen in this piece
+
+
+@dataclass(frozen=True)
+class Seal:
+    """The Merkle seal of a batch."""
+
+    size: int
+    root: bytes
+    chunk_roots: tuple[bytes, ...]
+
+
+def check_size(size: int, limit: int) -> Problem | None:
+    """A problem if SIZE bytes exceeds LIMIT (checked before the file is read)."""
+    if size > limit:
+        return Problem(
+            None,
+            None,
+            "file_too_large",
+            f"the file has {size:,} bytes, more than the limit of {limit:,} (ingest.max_file_bytes)",
+        )
+    return None
+
+
+def canonical_timestamp(value: datetime) -> str:
+    """The canonical text of an aware datetime: UTC, microseconds, ``+00:00``."""
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def canonical_leaf(values: Mapping[str, object]) -> bytes:
+    """The canonical row (Merkle leaf) of a row given by column name.
+
+    ``manufactured_at`` may be an aware datetime or its canonical text; missing
+    optional columns count as empty.
+    """
+    parts = []
+    for name in CANONICAL_COLUMNS:
+        value = values.get(name)
+        if isinstance(value, datetime):
+            value = canonical_timestamp(value)
+        parts.append("" if value is None else str(value))
+    return "\t".join(parts).encode()
+
+
+def seal_leaves(leaves: Iterable[bytes]) -> tuple[Seal, list[bytes]]:
+    """Seal raw leaves in order; returns the seal and each chunk's leaf hashes joined."""
+    chunks: list[bytes] = []
+    roots: list[bytes] = []
+    size = 0
+    buf: list[bytes] = []
+    for leaf in leaves:
+        buf.append(leaf)
+        if len(buf) == SEAL_CHUNK:
+            hashes, chunk_root = _hash_chunk(buf)
+            chunks.append(hashes)
+            roots.append(chunk_root)
+            size += len(buf)
+            buf = []
+    if buf:
+        hashes, chunk_root = _hash_chunk(buf)
+        chunks.append(hashes)
+        roots.append(chunk_root)
+        size += len(buf)
+    return Seal(size, merkle.root_of_leaf_hashes(roots), tuple(roots)), chunks
+
+
+def _hash_chunk(leaves: Sequence[bytes]) -> tuple[bytes, bytes]:
+    sha = hashlib.sha256
+    hashes = [sha(b"\x00" + leaf).digest() for leaf in leaves]
+    return b"".join(hashes), merkle.root_of_leaf_hashes(hashes)
+
+
+def inclusion_proof(
+    leaf_index: int, size: int, chunk_hashes: bytes, chunk_roots: Sequence[bytes]
+) -> list[bytes]:
+    """The RFC 6962 audit path of LEAF_INDEX in a sealed batch of SIZE leaves.
+
+    CHUNK_HASHES are the joined leaf hashes of the leaf's chunk, CHUNK_ROOTS the roots
+    of every chunk. The path inside the chunk (a perfect or final subtree) followed by
+    the chunk's path among the chunk roots is the path in the whole tree.
+    """
+    if not 0 <= leaf_index < size:
+        raise ValueError("leaf index out of range")
+    chunk_no, offset = divmod(leaf_index, SEAL_CHUNK)
+    hashes = [chunk_hashes[i : i + 32] for i in range(0, len(chunk_hashes), 32)]
+    expected = min(SEAL_CHUNK, size - chunk_no * SEAL_CHUNK)
+    if len(hashes) != expected or len(chunk_roots) != -(-size // SEAL_CHUNK):
+        raise ValueError("stored chunk does not match the batch size")
+    inner = merkle.MerkleTree.from_leaf_hashes(hashes).inclusion_proof(offset)
+    outer = merkle.MerkleTree.from_leaf_hashes(list(chunk_roots)).inclusion_proof(chunk_no)
+    return inner + outer
+
+
+@dataclass
+class _Header:
+    line: int
+    names: list[str]
+    index: dict[str, int]  # canonical column -> field position
+    width: int
+
+
+class BatchValidator:
+    """Streaming validator for one batch file.
+
+    Feed it bytes in any chunking (``feed``), then call ``finish``. Each call returns a
+    ``Chunk``; the attributes below hold the running totals and the capped problem list.
+    Rows are validated independently, so one bad row never hides the next one; in
+    all-or-nothing mode the caller simply discards the accepted rows when
+    ``error_count`` is non-zero.
+    """
+
+    def __init__(
+        self,
+        *,
+        now: datetime,
+        known_products: Mapping[str, str] | None = None,
+        max_errors: int = 100,
+        require_final_newline: bool = True,
+        keep_rejected: bool = False,
+    ) -> None:
+        if now.tzinfo is None:
+            raise ValueError("now must be timezone-aware")
+        self.now = now
+        self.known_products = dict(known_products or {})
+        self.max_errors = max_errors
+        self.require_final_newline = require_final_newline
+        self.keep_rejected = keep_rejected
+        self.header: _Header | None = None
+        self.problems: list[Problem] = []
+        self.warnings: list[str] = []
+        self.error_count = 0
+        self.rows_total = 0
+        self.rows_accepted = 0
+        self.rows_rejected = 0
+        self.bytes_fed = 0
+        self.fatal = False  # a file-level problem: no row can be accepted
+        self._seen: dict[str, int] = {}  # tag_id -> first line
+        self._skus: dict[str, tuple[str, int | None]] = {
+            sku: (name, None) for sku, name in self.known_products.items()
+        }
+        self._pending = b""
+        self._started = False
+        self._line = 0  # physical lines consumed
+        self._leaves: list[bytes] = []
+        self._chunk_roots: list[bytes] = []
+        self._finished = False
+
+    # -- public -------------------------------------------------------------------------
+    @property
+    def ok(self) -> bool:
+        return self.error_count == 0 and not self.fatal
+
+    def feed(self, data: bytes) -> Chunk:
+        """Validate the complete lines in DATA (plus what was left over last time)."""
+        if self._finished:
+            raise RuntimeError("feed after finish")
+        self.bytes_fed += len(data)
+        data = self._pending + data if self._pending else data
+        if not self._started:
+            if len(data) < len(_BOM) and _BOM.startswith(data):
+                self._pending = data
+                return Chunk()
+            self._started = True
+            if data.startswith(_BOM):
+                data = data[len(_BOM) :]
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            self._pending = data
+            return Chunk()
+        self._pending = data[cut + 1 :]
+        return self._process(data[: cut + 1], final=False)
+
+    def finish(self) -> Chunk:
+        """Validate what is left (a last line without a line break) and close the seal."""
+        if self._finished:
+            raise RuntimeError("finish called twice")
+        self._started = True
+        rest, self._pending = self._pending, b""
+        if rest.startswith(_BOM) and self._line == 0:
+            rest = rest[len(_BOM) :]
+        chunk = self._process(rest, final=True) if rest else Chunk()
+        self._finished = True
+        if self.header is None and not self.fatal:
+            self._fatal(Problem(1, None, "empty_file", "the file is empty: a header line is required"))
+        elif self.header is not None and self.rows_total == 0 and not self.fatal:
+            self._fatal(Problem(self.header.line + 1, None, "no_rows", "the file has a header but no rows"))
+        if self._leaves:
+            chunk.sealed.append(self._seal_chunk())
+        return chunk
+
+    def line_of(self, tag_id: str) -> int | None:
+        """The line where TAG_ID first appeared in the file (None if it did not)."""
+        return self._seen.get(tag_id)
+
+    @property
+    def seal(self) -> Seal:
+        """The seal over the accepted rows (after ``finish``)."""
+        if not self._finished:
+            raise RuntimeError("seal before finish")
+        roots = tuple(self._chunk_roots)
+        return Seal(self.rows_accepted, merkle.root_of_leaf_hashes(roots), roots)
+
+    # -- processing -------------------------------------------------------------------------
+    def _process(self, body: bytes, *, final: bool) -> Chunk:
+        first_line = self._line + 1
+        line_problems: dict[int, list[Problem]] = {}
+        if b"\x00" in body:
+            self._scan_nul(body, first_line, line_problems)
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            text = self._decode_lossy(body, first_line, line_problems)
+        flagged: set[int] = set(line_problems)
+        if (
+            body.translate(None, _NOT_C0)
+            or (b"\xc2" in body and _C1_UTF8_RE.search(body))
+            or (b"\r" in body and body.count(b"\r") != body.count(b"\r\n"))
+        ):
+            # Rare: find the lines; the slow path says which field and column.
+            line, pos = first_line, 0
+            for m in _CTRL_RE.finditer(text):
+                line += text.count("\n", pos, m.start())
+                pos = m.start()
+                flagged.add(line)
+        lines = text.split("\n")
+        if not final:
+            lines.pop()  # body ends with a line break: the last piece is empty
+        chunk = Chunk()
+        self._run(lines, first_line, final, flagged, line_problems, chunk)
+        return chunk
+
+    def _scan_nul(self, body: bytes, first_line: int, out: dict[int, list[Problem]]) -> None:
+        pos = body.find(b"\x00")
+        while pos >= 0:
+            line, column = _locate(body, pos, first_line)
+            out.setdefault(line, []).append(Problem(line, column, "nul_byte", "NUL byte"))
+            nxt = body.find(b"\n", pos)
+            pos = -1 if nxt < 0 else body.find(b"\x00", nxt)  # one report per line
+
+    def _decode_lossy(self, body: bytes, first_line: int, out: dict[int, list[Problem]]) -> str:
+        view = memoryview(body)
+        pos = 0
+        while pos < len(body):
+            try:
+                codecs.utf_8_decode(view[pos:], "strict", True)
+                break
+            except UnicodeDecodeError as exc:
+                at = pos + exc.start
+                line, column = _locate(body, at, first_line)
+                out.setdefault(line, []).append(
+                    Problem(line, column, "invalid_utf8", f"invalid UTF-8 (byte 0x{body[at]:02x})")
+                )
+                nxt = body.find(b"\n", at)  # one report per line
+                pos = len(body) if nxt < 0 else nxt + 1
+        return body.decode("utf-8", "replace")
+
+    def _run(
+        self,
+        lines: list[str],
+        first_line: int,
+        final: bool,
+        flagged: set[int],
+        line_problems: dict[int, list[Problem]],
+        chunk: Chunk,
+    ) -> None:
+        out: list[str] = []
+        lineno = first_line - 1
+        last = first_line + len(lines) - 1
+        header = self.header
+        require_nl = self.require_final_newline
+        if self.fatal:
+            self._line = last
+            return
+        # Hot loop: locals only. Any doubt sends the record to _slow, the single
+        # source of truth for problems and their columns.
+        seen = self._seen
+        skus = self._skus
+        leaves = self._leaves
+        now = self.now
+        fromiso = datetime.fromisoformat
+        tag_match = _TAG_RE.fullmatch
+        frac = _FRACTION_RE.search
+        rfc_line = _RFC_LINE_RE.fullmatch
+        csv_reader = csv.reader
+        if header is not None:
+            width = header.width
+            i_tag, i_sku, i_name, i_fac, i_ts = (header.index[c] for c in REQUIRED_COLUMNS)
+            i_lot, i_color, i_size = (header.index.get(c) for c in OPTIONAL_COLUMNS)
+        for raw in lines:
+            lineno += 1
+            line = raw[:-1] if raw[-1:] == "\r" else raw
+            if not line:
+                continue  # blank lines carry nothing
+            if header is None:
+                header = self._read_header(lineno, line, line_problems.get(lineno))
+                if header is None:
+                    break  # fatal header problem: no row can be interpreted
+                self.header = header
+                width = header.width
+                i_tag, i_sku, i_name, i_fac, i_ts = (header.index[c] for c in REQUIRED_COLUMNS)
+                i_lot, i_color, i_size = (header.index.get(c) for c in OPTIONAL_COLUMNS)
+                continue
+            self.rows_total += 1
+            chunk.rows += 1
+            values = None
+            fields = None
+            if (final and lineno == last and require_nl) or lineno in flagged:
+                pass
+            elif '"' in line:
+                if rfc_line(line) is not None:
+                    fields = next(csv_reader((line,)))
+            else:
+                fields = line.split(",")
+            if fields is not None and len(fields) == width:
+                tag = fields[i_tag].strip()
+                sku = fields[i_sku].strip()
+                name = fields[i_name].strip()
+                fac = fields[i_fac].strip()
+                ts = fields[i_ts].strip()
+                lot = fields[i_lot].strip() if i_lot is not None else ""
+                color = fields[i_color].strip() if i_color is not None else ""
+                size = fields[i_size].strip() if i_size is not None else ""
+                known = None
+                good = (
+                    tag_match(tag) is not None
+                    and tag not in seen
+                    and 0 < len(sku) <= SKU_MAX
+                    and 0 < len(name) <= TEXT_MAX
+                    and 0 < len(fac) <= TEXT_MAX
+                    and len(lot) <= TEXT_MAX
+                    and len(color) <= TEXT_MAX
+                    and len(size) <= TEXT_MAX
+                )
+                if good:
+                    known = skus.get(sku)
+                    good = known is None or known[0] == name
+                if good:
+                    try:
+                        dt = fromiso(ts)
+                    except ValueError:
+                        dt = None
+                    if dt is None or dt.tzinfo is None or dt > now:
+                        good = False
+                    elif not (len(ts) == 32 and ts[19] == "." and ts[10] == "T" and ts.endswith("+00:00")):
+                        if frac(ts):
+                            good = False
+                        try:
+                            ts = dt.astimezone(UTC).isoformat(timespec="microseconds")
+                        except OverflowError:
+                            good = False
+                if good:
+                    seen[tag] = lineno
+                    if known is None:
+                        skus[sku] = (name, lineno)
+                    values = (tag, sku, name, fac, ts, lot, color, size)
+            if values is None:
+                values = self._slow(
+                    lineno, line, line_problems.get(lineno, ()), final and lineno == last, chunk
+                )
+            if values is None:
+                continue
+            leaf = "\t".join(values).encode()
+            leaves.append(leaf)
+            out.append(leaf)
+            if len(leaves) == SEAL_CHUNK:
+                chunk.sealed.append(self._seal_chunk())
+        self._line = last
+        self.header = header
+        self.rows_accepted += len(out)
+        if out:
+            data = b"\n".join(out)
+            if b"\\" in data:  # COPY text format escapes backslashes, and only those can occur
+                data = data.replace(b"\\", b"\\\\")
+            chunk.copy_data = data + b"\n"
+
+    def _seal_chunk(self) -> tuple[int, bytes]:
+        hashes, root = _hash_chunk(self._leaves)
+        number = len(self._chunk_roots)
+        self._chunk_roots.append(root)
+        self._leaves.clear()  # in place: the hot loop holds a reference
+        return number, hashes
+
+    # -- header ---------------------------------------------------------------------------------
+    def _read_header(self, lineno: int, line: str, pre: list[Problem] | None) -> _Header | None:
+        problems = list(pre or ())
+        fields, structural = _tokenize(line, lineno)
+        problems.extend(structural)
+        names: list[str] = []
+        index: dict[str, int] = {}
+        for pos, (value, column) in enumerate(fields):
+            name = value.strip().lower()
+            names.append(name)
+            if name in CANONICAL_COLUMNS:
+                if name in index:
+                    problems.append(
+                        Problem(
+                            lineno,
+                            column,
+                            "duplicate_column",
+                            f"column {name!r} appears twice in the header (first at field {index[name] + 1})",
+                        )
+                    )
+                else:
+                    index[name] = pos
+        missing = [c for c in REQUIRED_COLUMNS if c not in index]
+        if missing:
+            problems.append(
+                Problem(
+                    lineno,
+                    None,
+                    "missing_column",
+                    f"the header lacks required column(s): {', '.join(missing)}"
+                    + (f" (found: {', '.join(n for n in names if n) or 'nothing'})" if names else ""),
+                )
+            )
+        unknown = [n for n in names if n not in CANONICAL_COLUMNS]
+        if unknown:
+            self.warnings.append(f"ignoring unknown column(s): {', '.join(repr(n) for n in unknown)}")
+        if problems:
+            for p in problems:
+                self._fatal(p)
+            return None
+        return _Header(lineno, names, index, len(fields))
+
+    def _fatal(self, problem: Problem) -> None:
+        self.fatal = True
+        self._record(problem)
+
+    def _record(self, problem: Problem) -> None:
+        self.error_count += 1
+        if len(self.problems) < self.max_errors:
+            self.problems.append(problem)
+
+    # -- the slow path ------------------------------------------------------------------------
+    def _slow(
+        self, lineno: int, line: str, pre: Sequence[Problem], truncated: bool, chunk: Chunk
+    ) -> tuple[str, ...] | None:
+        """Validate one record field by field, with columns; register and return its values."""
+        header = self.header
+        assert header is not None
+        problems: list[Problem] = list(pre)
+        if truncated and self.require_final_newline:
+            problems.append(
+                Problem(
+                    lineno,
+                    len(line) + 1,
+                    "truncated",
+                    "the file ends in the middle of a row (no line break after the last row); "
+                    "was the upload cut short?",
+                )
+            )
+        fields, structural = _tokenize(line, lineno)
+        problems.extend(structural)
+        values: dict[str, str] = {}
+        if any(p.code == "unterminated_quote" for p in structural):
+            pass  # the open quote swallowed the rest of the line: counting fields says nothing
+        elif len(fields) != header.width:
+            if len(fields) > header.width:
+                column = fields[header.width][1]
+                detail = f"{len(fields)} fields, the header has {header.width}"
+            else:
+                column = len(line) + 1
+                detail = f"{len(fields)} field(s), the header has {header.width}"
+            problems.append(Problem(lineno, column, "field_count", f"wrong number of fields: {detail}"))
+        else:
+            for name in CANONICAL_COLUMNS:
+                pos = header.index.get(name)
+                if pos is None:
+                    values[name] = ""
+                    continue
+                raw, column = fields[pos]
+                value, problem = self._check_field(name, raw, lineno, column)
+                if problem is None:
+                    values[name] = value
+                elif problem is not _REPORTED:
+                    problems.append(problem)
+            tag = values.get("tag_id")
+            if tag is not None:
+                first = self._seen.get(tag)
+                if first is not None:
+                    problems.append(
+                        Problem(
+                            lineno,
+                            fields[header.index["tag_id"]][1],
+                            "duplicate_tag_id",
+                            f"duplicate tag_id {tag!r} (first on line {first})",
+                        )
+                    )
+                else:
+                    self._seen[tag] = lineno
+            sku, name = values.get("sku"), values.get("product_name")
+            if sku is not None and name is not None:
+                known = self._skus.get(sku)
+                if known is None:
+                    self._skus[sku] = (name, lineno)
+                elif known[0] != name:
+                    where = f"line {known[1]}" if known[1] is not None else "the products already loaded"
+                    problems.append(
+                        Problem(
+                            lineno,
+                            fields[header.index["product_name"]][1],
+                            "sku_collision",
+                            f"SKU {sku!r} is named {name!r} here but {known[0]!r} on {where}",
+                        )
+                    )
+        if problems:
+            self.rows_rejected += 1
+            for p in problems:
+                self._record(p)
+            if self.keep_rejected:
+                chunk.rejected.append(Rejected(lineno, tuple(problems), line))
+            return None
+        return tuple(values[c] for c in CANONICAL_COLUMNS)
+
+    def _check_field(self, name: str, raw: str, lineno: int, column: int) -> tuple[str, Problem | None]:
+        m = _FIELD_CTRL_RE.search(raw)
+        if m is not None:
+            ch = raw[m.start()]
+            if ch == "\x00":
+                return raw, _REPORTED  # the byte scan has reported it for the whole line
+            return raw, Problem(
+                lineno,
+                column + m.start(),
+                "control_character",
+                f"{name}: control character U+{ord(ch):04X} is not allowed",
+            )
+        value = raw.strip()
+        if not value:
+            if name in REQUIRED_COLUMNS:
+                return value, Problem(lineno, column, "empty_field", f"{name} is empty")
+            return value, None
+        limit = TAG_MAX if name == "tag_id" else SKU_MAX if name == "sku" else TEXT_MAX
+        if len(value) > limit:
+            return value, Problem(
+                lineno, column, "too_long", f"{name} has {len(value)} characters, more than {limit}"
+            )
+        if name == "tag_id" and _TAG_RE.fullmatch(value) is None:
+            return value, Problem(
+                lineno,
+                column,
+                "bad_tag_id",
+                f"tag_id {value!r} may contain only letters, digits, '_' and '-'",
+            )
+        if name == "manufactured_at":
+            return self._check_timestamp(value, lineno, column)
+        return value, None
+
+    def _check_timestamp(self, value: str, lineno: int, column: int) -> tuple[str, Problem | None]:
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            return value, Problem(
+                lineno, column, "bad_timestamp", f"manufactured_at {value!r} is not an ISO 8601 date and time"
+            )
+        if dt.tzinfo is None:
+            return value, Problem(
+                lineno,
+                column,
+                "bad_timestamp",
+                f"manufactured_at {value!r} has no time zone (add Z or an offset such as +02:00)",
+            )
+        if _FRACTION_RE.search(value):
+            return value, Problem(
+                lineno,
+                column,
+                "bad_timestamp",
+                f"manufactured_at {value!r} is more precise than microseconds",
+            )
+        try:
+            canonical = canonical_timestamp(dt)
+        except OverflowError:
+            return value, Problem(
+                lineno, column, "bad_timestamp", f"manufactured_at {value!r} is out of range"
+            )
+        if dt > self.now:
+            return value, Problem(
+                lineno,
+                column,
+                "future_timestamp",
+                f"manufactured_at {value!r} is in the future (now is {canonical_timestamp(self.now)})",
+            )
+        return canonical, None
+
+
+def _locate(body: bytes, pos: int, first_line: int) -> tuple[int, int]:
+    """(line, 1-based character column) of byte offset POS in BODY."""
+    start = body.rfind(b"\n", 0, pos) + 1
+    line = first_line + body.count(b"\n", 0, start)
+    column = len(body[start:pos].decode("utf-8", "replace")) + 1
+    return line, column
+
+
+def _tokenize(line: str, lineno: int) -> tuple[list[tuple[str, int]], list[Problem]]:
+    """Split one physical line by RFC 4180; fields as (value, 1-based column)."""
+    fields: list[tuple[str, int]] = []
+    problems: list[Problem] = []
+    n = len(line)
+    pos = 0
+    while True:
+        if pos < n and line[pos] == '"':
+            m = _QUOTED_RE.match(line, pos)
+            if m is None:
+                problems.append(
+                    Problem(
+                        lineno,
+                        pos + 1,
+                        "unterminated_quote",
+                        "quoted field is not closed on this line (line breaks inside fields are not allowed)",
+                    )
+                )
+                fields.append((line[pos + 1 :].replace('""', '"'), pos + 1))
+                return fields, problems
+            value = m.group()[1:-1].replace('""', '"')
+            end = m.end()
+            if end < n and line[end] != ",":
+                problems.append(
+                    Problem(
+                        lineno,
+                        end + 1,
+                        "bad_quote",
+                        "unexpected character after a closing quote (expected ',')",
+                    )
+                )
+                comma = line.find(",", end)
+                value += line[end : n if comma < 0 else comma]
+                end = n if comma < 0 else comma
+        else:
+            m = _UNQUOTED_RE.match(line, pos)
+            assert m is not None
+            value = m.group()
+            end = m.end()
+            q = value.find('"')
+            if q >= 0:
+                problems.append(
+                    Problem(
+                        lineno,
+                        pos + q + 1,
+                        "bad_quote",
+                        "quote inside an unquoted field (quote the whole field and double the quote)",
+                    )
+                )
+        fields.append((value, pos + 1))
+        if end >= n:
+            return fields, problems
+        pos = end + 1
+
+
+# -- sample batches -------------------------------------------------------------------
+
+_ADJECTIVES = (
+    "Classic", "Urban", "Trail", "Coastal", "Alpine", "Studio", "Heritage", "Nordic",
+    "Summit", "Metro", "Harbor", "Canyon", "Prairie", "Atlas", "Pioneer", "Vista",
+)  # fmt: skip
+_NOUNS = (
+    "Runner", "Jacket", "Backpack", "Tote", "Sneaker", "Parka", "Boot", "Hoodie",
+    "Cap", "Duffel", "Vest", "Loafer", "Satchel", "Scarf", "Glove", "Sandal",
+)  # fmt: skip
+_COLORS = ("black", "white", "navy", "olive", "red", "grey", "sand", "teal")
+_SIZES = ("XS", "S", "M", "L", "XL", "36", "38", "40", "42", "44")
+SAMPLE_HEADER = "tag_id,sku,product_name,factory_id,manufactured_at,lot,color,size\n"
+SAMPLE_SKUS = 1000
+SAMPLE_FACTORIES = 20
+_SAMPLE_START = datetime(2024, 1, 1, tzinfo=UTC)
+_SAMPLE_SPAN = 366 * 86400
+
+
+def sample_product_name(sku_number: int) -> str:
+    """The product name of sample SKU number N: fixed, so samples never collide."""
+    a = _ADJECTIVES[sku_number % len(_ADJECTIVES)]
+    n = _NOUNS[(sku_number // len(_ADJECTIVES)) % len(_NOUNS)]
+    return f"{a} {n} {sku_number:03d}" if sku_number >= 256 else f"{a} {n}"
+
+
+def sample_rows(rows: int, seed: int) -> Iterator[str]:
+    """Lines (with line breaks) of a realistic batch: header, then ROWS rows, from SEED.
+
+    Tag ids are distinct within a sample (and, with 48 random bits, across seeds in
+    practice); every SKU always has the same product name; times lie in 2024 (UTC);
+    every tenth product name has a comma and so is quoted.
+    """
+    rng = random.Random(f"voke-sample:{seed}:{rows}")  # other sizes, other tags
+    yield SAMPLE_HEADER
+    tags = rng.sample(range(16**12), rows)
+    names = [sample_product_name(i) for i in range(SAMPLE_SKUS)]
+    names = [f'"{n}, limited"' if i % 10 == 9 else n for i, n in enumerate(names)]
+    rand = rng.random
+    randrange = rng.randrange
+    for tag in tags:
+        s = randrange(SAMPLE_SKUS)
+        fac = randrange(1, SAMPLE_FACTORIES + 1)
+        ts = _SAMPLE_START + timedelta(microseconds=int(rand() * _SAMPLE_SPAN * 1_000_000))
+        color = _COLORS[s % len(_COLORS)] if s % 3 else ""
+        size = _SIZES[randrange(len(_SIZES))]
+        yield (
+            f"T{tag:012X},SKU-{s:05d},{names[s]},FAC-{fac:02d},"
+            f"{ts.isoformat(timespec='microseconds')},L{ts:%y%m%d}-{fac:02d}{randrange(1000):03d},"
+            f"{color},{size}\n"
+        )
+
+
+def write_sample(out: IO[bytes], rows: int, seed: int) -> int:
+    """Write a sample batch to OUT (binary); returns the number of bytes written."""
+    written = 0
+    buf: list[str] = []
+    for line in sample_rows(rows, seed):
+        buf.append(line)
+        if len(buf) >= 8192:
+            data = "".join(buf).encode()
+            out.write(data)
+            written += len(data)
+            buf = []
+    data = "".join(buf).encode()
+    out.write(data)
+    return written + len(data)

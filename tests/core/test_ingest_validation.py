@@ -1,0 +1,400 @@
+"""core.ingest: every rule of the batch file, one test per bad input, pure (no database)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+import pytest
+
+from voketag_ops.core import ingest as ing
+from voketag_ops.core import merkle
+
+NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+HEADER = "tag_id,sku,product_name,factory_id,manufactured_at\n"
+TS = "2024-05-01T10:00:00+00:00"
+
+
+def row(tag: str = "T1", sku: str = "SKU-1", name: str = "Shoe", fac: str = "FAC-01", ts: str = TS) -> str:
+    return f"{tag},{sku},{name},{fac},{ts}\n"
+
+
+def run(data: bytes | str, *, chunk: int | None = None, **kw) -> ing.BatchValidator:
+    raw = data.encode() if isinstance(data, str) else data
+    v = ing.BatchValidator(now=NOW, keep_rejected=True, **kw)
+    v.copy = b""  # type: ignore[attr-defined]
+    v.rejected = []  # type: ignore[attr-defined]
+    step = chunk or max(len(raw), 1)
+    for i in range(0, len(raw), step):
+        piece = v.feed(raw[i : i + step])
+        v.copy += piece.copy_data  # type: ignore[attr-defined]
+        v.rejected += piece.rejected  # type: ignore[attr-defined]
+    piece = v.finish()
+    v.copy += piece.copy_data  # type: ignore[attr-defined]
+    v.rejected += piece.rejected  # type: ignore[attr-defined]
+    return v
+
+
+def only_problem(v: ing.BatchValidator) -> ing.Problem:
+    assert v.error_count == 1, v.problems
+    return v.problems[0]
+
+
+# -- accepted files ------------------------------------------------------------------------
+
+
+def test_a_good_file_is_accepted_and_sealed():
+    v = run(HEADER + row("T1") + row("T2", sku="SKU-2", name="Boot"))
+    assert v.ok and v.rows_total == 2 and v.rows_accepted == 2
+    leaves = [
+        f"T1\tSKU-1\tShoe\tFAC-01\t{TS.replace('+', '.000000+')}\t\t\t".encode(),
+        f"T2\tSKU-2\tBoot\tFAC-01\t{TS.replace('+', '.000000+')}\t\t\t".encode(),
+    ]
+    assert v.copy == b"\n".join(leaves) + b"\n"
+    assert v.seal.root == merkle.root(leaves) and v.seal.size == 2
+
+
+def test_columns_in_any_order_optional_columns_and_unknown_columns_warn():
+    text = (
+        "Lot, manufactured_at ,factory_id,notes,product_name,sku,tag_id,color\n"
+        f"L1,{TS},F1,anything,Shoe,S1,T1,red\n"
+    )
+    v = run(text)
+    assert v.ok, v.problems
+    assert v.warnings == ["ignoring unknown column(s): 'notes'"]
+    assert v.copy.decode().split("\t") == [
+        "T1",
+        "S1",
+        "Shoe",
+        "F1",
+        "2024-05-01T10:00:00.000000+00:00",
+        "L1",
+        "red",
+        "\n",
+    ]
+
+
+def test_bom_crlf_and_rfc4180_quoting():
+    text = '\ufefftag_id,sku,product_name,factory_id,manufactured_at\r\nT1,S1,"Shoe, ""red""",F1,2024-05-01T12:00:00+02:00\r\n'
+    v = run(text.encode("utf-8"))
+    assert v.ok, v.problems
+    assert v.copy == b'T1\tS1\tShoe, "red"\tF1\t2024-05-01T10:00:00.000000+00:00\t\t\t\n'
+
+
+def test_fields_are_trimmed_and_times_normalised_to_utc():
+    v = run(HEADER + " T1 ,  S1, Shoe ,F1 , 2024-05-01T10:00:00.5Z \n")
+    assert v.copy == b"T1\tS1\tShoe\tF1\t2024-05-01T10:00:00.500000+00:00\t\t\t\n"
+
+
+def test_blank_lines_are_skipped():
+    v = run("\n" + HEADER + "\n" + row("T1") + "\r\n" + row("T2"))
+    assert v.ok and v.rows_total == 2
+
+
+def test_feeding_byte_by_byte_gives_the_same_result():
+    text = (
+        "\ufeff"
+        + HEADER
+        + row("T1")
+        + row("T2", sku="S9", name='"Shoe, big"')
+        + "T3,S2,Ünïcode,F,2024-01-01T00:00:00Z\n"
+    ).encode()
+    whole = run(text)
+    tiny = run(text, chunk=1)
+    assert whole.ok and tiny.ok
+    assert whole.copy == tiny.copy and whole.seal == tiny.seal
+
+
+def test_backslashes_are_escaped_for_copy_but_not_in_the_leaf():
+    v = run(HEADER + row(name="a\\b"))
+    assert v.copy == f"T1\tSKU-1\ta\\\\b\tFAC-01\t{TS.replace('+', '.000000+')}\t\t\t\n".encode()
+    assert v.seal.root == merkle.root(
+        [f"T1\tSKU-1\ta\\b\tFAC-01\t{TS.replace('+', '.000000+')}\t\t\t".encode()]
+    )
+
+
+def test_a_sku_known_from_earlier_batches_with_the_same_name_is_fine():
+    v = run(HEADER + row(sku="S1", name="Shoe"), known_products={"S1": "Shoe"})
+    assert v.ok
+
+
+def test_without_require_final_newline_a_last_row_without_line_break_is_accepted():
+    v = run(HEADER + row().rstrip("\n"), require_final_newline=False)
+    assert v.ok and v.rows_accepted == 1
+
+
+# -- rejected files: one test per case ---------------------------------------------------
+
+
+def test_file_over_the_size_limit():
+    p = ing.check_size(101, 100)
+    assert p is not None and p.code == "file_too_large" and p.line is None
+    assert ing.check_size(100, 100) is None
+
+
+def test_empty_file():
+    p = only_problem(run(b""))
+    assert (p.line, p.code) == (1, "empty_file")
+
+
+def test_bom_only_is_an_empty_file():
+    assert only_problem(run(b"\xef\xbb\xbf")).code == "empty_file"
+
+
+def test_header_only():
+    v = run(HEADER)
+    p = only_problem(v)
+    assert (p.line, p.code) == (2, "no_rows")
+    assert not v.ok
+
+
+def test_missing_header_column():
+    p = only_problem(run("tag_id,sku,product_name,manufactured_at\n" + "T1,S,N,2024-01-01T00:00:00Z\n"))
+    assert (p.line, p.column, p.code) == (1, None, "missing_column")
+    assert "factory_id" in p.message
+
+
+def test_duplicated_header_column():
+    v = run("tag_id,sku,product_name,factory_id,manufactured_at,sku\n" + row().rstrip("\n") + ",X\n")
+    p = only_problem(v)
+    assert (p.line, p.column, p.code) == (1, 52, "duplicate_column")
+    assert v.fatal and v.rows_accepted == 0
+
+
+def test_wrong_field_count_too_many():
+    p = only_problem(run(HEADER + row().rstrip("\n") + ",extra\n"))
+    assert (p.line, p.code) == (2, "field_count")
+    assert p.column == len(row()) + 1  # where the extra field starts
+
+
+def test_wrong_field_count_too_few():
+    p = only_problem(run(HEADER + "T1,S,N,F\n"))
+    assert (p.line, p.column, p.code) == (2, 9, "field_count")
+
+
+def test_unterminated_quote():
+    p = only_problem(run(HEADER + 'T1,S,"Shoe,F,' + TS + "\n"))
+    assert (p.line, p.column, p.code) == (2, 6, "unterminated_quote")
+
+
+def test_quoted_field_spanning_lines_is_an_unterminated_quote_and_the_next_line_is_a_new_record():
+    v = run(HEADER + 'T1,S,"Shoe\nred",F,' + TS + "\n" + row("T9"))
+    assert [(p.line, p.code) for p in v.problems][:1] == [(2, "unterminated_quote")]
+    assert v.rows_accepted == 1  # T9 on line 4
+
+
+def test_stray_quote_in_an_unquoted_field():
+    p = only_problem(run(HEADER + 'T1,S,Sho"e,F,' + TS + "\n"))
+    assert (p.line, p.column, p.code) == (2, 9, "bad_quote")
+
+
+def test_text_after_a_closing_quote():
+    p = only_problem(run(HEADER + 'T1,S,"Shoe"x,F,' + TS + "\n"))
+    assert (p.line, p.column, p.code) == (2, 12, "bad_quote")
+
+
+def test_invalid_utf8():
+    v = run(HEADER.encode() + b"T1,S,Sh\xffoe,F," + TS.encode() + b"\n" + row("T2").encode())
+    p = only_problem(v)
+    assert (p.line, p.column, p.code) == (2, 8, "invalid_utf8")
+    assert v.rows_accepted == 1
+
+
+def test_invalid_utf8_column_counts_characters_not_bytes():
+    p = only_problem(run(HEADER.encode() + "T1,S,Ünï".encode() + b"\xc3(,F," + TS.encode() + b"\n"))
+    assert (p.line, p.column) == (2, 9)
+
+
+def test_nul_byte():
+    p = only_problem(run(HEADER.encode() + b"T1,S,Sh\x00oe,F," + TS.encode() + b"\n"))
+    assert (p.line, p.column, p.code) == (2, 8, "nul_byte")
+
+
+def test_nul_byte_in_the_header():
+    v = run(b"tag_id,sku\x00,product_name,factory_id,manufactured_at\n" + row().encode())
+    assert v.fatal and v.problems[0].code == "nul_byte" and v.problems[0].line == 1
+
+
+def test_control_character_in_a_field():
+    p = only_problem(run(HEADER + "T1,S,Sh\toe,F," + TS + "\n"))
+    assert (p.line, p.column, p.code) == (2, 8, "control_character")
+
+
+def test_c1_control_character_in_a_field():
+    p = only_problem(run(HEADER + "T1,S,Sh\x85oe,F," + TS + "\n"))
+    assert (p.line, p.column, p.code) == (2, 8, "control_character")
+
+
+def test_bare_carriage_return():
+    p = only_problem(run(HEADER + "T1,S,Sh\roe,F," + TS + "\n"))
+    assert (p.line, p.column, p.code) == (2, 8, "control_character")
+
+
+def test_truncated_last_row():
+    v = run(HEADER + row("T1") + "T2,S,Sho")
+    codes = [(p.line, p.code) for p in v.problems]
+    assert (3, "truncated") in codes
+    assert v.rows_accepted == 1
+
+
+def test_truncated_inside_a_quoted_field():
+    v = run(HEADER + row("T1") + 'T2,S,"Sho')
+    assert {p.code for p in v.problems} == {"truncated", "unterminated_quote"}
+    assert all(p.line == 3 for p in v.problems)
+
+
+def test_truncated_row_that_looks_complete_is_still_rejected():
+    p = only_problem(run(HEADER + row("T1") + row("T2").rstrip("\n")))
+    assert (p.line, p.code) == (3, "truncated")
+
+
+def test_duplicate_tag_id():
+    v = run(HEADER + row("T1") + row("T2") + row("T1"))
+    p = only_problem(v)
+    assert (p.line, p.column, p.code) == (4, 1, "duplicate_tag_id")
+    assert "first on line 2" in p.message
+
+
+def test_sku_collision_within_the_file():
+    p = only_problem(run(HEADER + row("T1", sku="S1", name="Shoe") + row("T2", sku="S1", name="Boot")))
+    assert (p.line, p.column, p.code) == (3, 7, "sku_collision")
+    assert "line 2" in p.message
+
+
+def test_sku_collision_with_products_already_loaded():
+    p = only_problem(run(HEADER + row("T1", sku="S1", name="Boot"), known_products={"S1": "Shoe"}))
+    assert (p.line, p.code) == (2, "sku_collision")
+    assert "already loaded" in p.message
+
+
+def test_bad_timestamp():
+    p = only_problem(run(HEADER + row(ts="yesterday")))
+    assert (p.line, p.column, p.code) == (2, 22, "bad_timestamp")
+
+
+def test_timestamp_without_time_zone():
+    p = only_problem(run(HEADER + row(ts="2024-05-01T10:00:00")))
+    assert p.code == "bad_timestamp" and "time zone" in p.message
+
+
+def test_timestamp_more_precise_than_microseconds():
+    assert only_problem(run(HEADER + row(ts="2024-05-01T10:00:00.1234567Z"))).code == "bad_timestamp"
+
+
+def test_future_timestamp():
+    p = only_problem(run(HEADER + row(ts="2025-06-01T12:00:01Z")))
+    assert (p.line, p.code) == (2, "future_timestamp")
+
+
+def test_over_long_text_field():
+    p = only_problem(run(HEADER + row(name="x" * 201)))
+    assert (p.line, p.column, p.code) == (2, 10, "too_long")
+
+
+def test_over_long_tag_id():
+    assert only_problem(run(HEADER + row(tag="T" * 65))).code == "too_long"
+
+
+def test_over_long_sku():
+    assert only_problem(run(HEADER + row(sku="S" * 65))).code == "too_long"
+
+
+def test_over_long_optional_field():
+    v = run(
+        "tag_id,sku,product_name,factory_id,manufactured_at,lot\n"
+        + row().rstrip("\n")
+        + ","
+        + "L" * 201
+        + "\n"
+    )
+    assert only_problem(v).code == "too_long"
+
+
+def test_empty_required_field():
+    p = only_problem(run(HEADER + row(fac="  ")))
+    assert (p.line, p.column, p.code) == (2, 15, "empty_field")
+
+
+def test_bad_tag_id_characters():
+    assert only_problem(run(HEADER + row(tag="T 1"))).code == "bad_tag_id"
+
+
+def test_several_problems_in_one_row_are_all_reported_and_counted_once_as_a_row():
+    v = run(HEADER + "T 1,,Shoe,F,never\n")
+    assert {p.code for p in v.problems} == {"bad_tag_id", "empty_field", "bad_timestamp"}
+    assert v.rows_rejected == 1 and v.rows_total == 1
+
+
+def test_problem_list_is_capped_but_every_problem_is_counted():
+    v = run(HEADER + "".join(row(f"T{i}", ts="bad") for i in range(10)), max_errors=3)
+    assert len(v.problems) == 3 and v.error_count == 10
+
+
+def test_rejected_records_keep_their_text_and_reasons():
+    v = run(HEADER + row("T1") + 'T2,S,Sho"e,F,' + TS + "\n")
+    assert len(v.rejected) == 1
+    assert v.rejected[0].line == 3 and v.rejected[0].record.startswith("T2,S,Sho")
+
+
+def test_a_binary_file_is_rejected_without_a_traceback():
+    junk = bytes(range(256)) * 50
+    v = run(junk)
+    assert not v.ok and v.fatal
+
+
+# -- proofs from sealed chunks --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [1, 2, 1023, 1024, 1025, 2048, 3001])
+def test_chunked_seal_matches_the_rfc_root_and_every_proof_verifies(size):
+    leaves = [f"leaf {i}".encode() for i in range(size)]
+    seal, chunks = ing.seal_leaves(leaves)
+    assert seal.root == merkle.root(leaves) and seal.size == size
+    tree = merkle.MerkleTree.from_leaves(leaves)
+    for i in sorted({0, size // 2, size - 1, min(1024, size - 1)}):
+        path = ing.inclusion_proof(i, size, chunks[i // ing.SEAL_CHUNK], seal.chunk_roots)
+        assert path == tree.inclusion_proof(i)
+        assert merkle.verify_leaf(leaves[i], i, size, path, seal.root)
+
+
+def test_validator_seal_matches_seal_leaves_across_chunk_boundaries():
+    text = HEADER + "".join(row(f"T{i}") for i in range(2500))
+    v = ing.BatchValidator(now=NOW)
+    sealed = []
+    for piece in (v.feed(text.encode()), v.finish()):
+        sealed += piece.sealed
+    leaves = [
+        f"T{i}\tSKU-1\tShoe\tFAC-01\t2024-05-01T10:00:00.000000+00:00\t\t\t".encode() for i in range(2500)
+    ]
+    seal, chunks = ing.seal_leaves(leaves)
+    assert v.seal == seal
+    assert [h for _, h in sealed] == chunks and [n for n, _ in sealed] == [0, 1, 2]
+
+
+# -- samples and purity ----------------------------------------------------------------------
+
+
+def test_sample_is_valid_deterministic_and_sized():
+    import io
+
+    a, b = io.BytesIO(), io.BytesIO()
+    ing.write_sample(a, 300, 7)
+    ing.write_sample(b, 300, 7)
+    assert a.getvalue() == b.getvalue()
+    v = run(a.getvalue())
+    assert v.ok and v.rows_accepted == 300
+    other = io.BytesIO()
+    ing.write_sample(other, 299, 7)
+    tags = lambda data: {ln.split(",")[0] for ln in data.decode().splitlines()[1:]}  # noqa: E731
+    assert not tags(a.getvalue()) & tags(other.getvalue())
+
+
+def test_core_imports_no_cli_or_database_libraries():
+    code = (
+        "import sys, voketag_ops.core.ingest;"
+        "bad = [m for m in ('typer', 'rich', 'psycopg', 'google') if m in sys.modules];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

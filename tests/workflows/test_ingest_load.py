@@ -1,0 +1,415 @@
+"""workflows.ingest on the real local PostgreSQL: atomic loads, idempotency, concurrency,
+the database going away, kill -9, --partial, proofs of every loaded tag."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from voketag_ops.config import IngestSettings
+from voketag_ops.core import ingest as core
+from voketag_ops.core import merkle
+from voketag_ops.errors import BackendError, UsageError
+from voketag_ops.workflows import ingest as wf
+
+pytestmark = pytest.mark.pg
+
+NOW = datetime(2025, 6, 1, tzinfo=UTC)
+SETTINGS = IngestSettings()
+HEADER = "tag_id,sku,product_name,factory_id,manufactured_at,lot\n"
+
+
+@pytest.fixture
+def db(local_env: Any, pg_database: str) -> str:
+    return local_env.primary().conninfo(pg_database)
+
+
+def sample(tmp_path: Path, rows: int, seed: int = 1, name: str = "batch.csv") -> Path:
+    path = tmp_path / name
+    wf.make_sample(path, rows=rows, seed=seed)
+    return path
+
+
+def write(tmp_path: Path, text: str, name: str = "batch.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8", newline="")
+    return path
+
+
+def load(db: str, path: Path, **kw: Any) -> wf.LoadReport:
+    return wf.load_batch(db, path, settings=kw.pop("settings", SETTINGS), now=NOW, **kw)
+
+
+def counts(db: str) -> tuple[int, int, int]:
+    with psycopg.connect(db) as conn:
+        if conn.execute("select to_regclass('ingest.batches')").fetchone()[0] is None:
+            return 0, 0, 0
+        return tuple(  # type: ignore[return-value]
+            conn.execute(f"select count(*) from ingest.{t}").fetchone()[0]
+            for t in ("batches", "tags", "products")
+        )
+
+
+def file_rows(path: Path) -> list[list[str]]:
+    """The file's rows as canonical values, read independently with the csv module."""
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        reader = csv.DictReader(fh)
+        out = []
+        for rec in reader:
+            values = [(rec.get(c) or "").strip() for c in core.CANONICAL_COLUMNS]
+            values[4] = core.canonical_timestamp(datetime.fromisoformat(values[4]))
+            out.append(values)
+    return out
+
+
+def _csv_line(values: list[str]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(values)
+    return buf.getvalue()
+
+
+def db_rows(db: str, batch_id: int) -> list[list[str]]:
+    with psycopg.connect(db) as conn:
+        rows = conn.execute(
+            f"select {', '.join(core.CANONICAL_COLUMNS)} from ingest.tags where batch_id = %s order by leaf_index",
+            (batch_id,),
+        ).fetchall()
+    return [[core.canonical_timestamp(v) if isinstance(v, datetime) else v for v in r] for r in rows]
+
+
+def assert_every_proof_verifies(db: str, batch_id: int) -> int:
+    """Prove every tag of the batch from the stored chunks, against the stored root."""
+    with psycopg.connect(db) as conn:
+        size, root, blob = conn.execute(
+            "select rows_loaded, merkle_root, chunk_roots from ingest.batches where batch_id = %s",
+            (batch_id,),
+        ).fetchone()
+        chunks = dict(
+            conn.execute(
+                "select chunk_no, leaf_hashes from ingest.tag_chunks where batch_id = %s", (batch_id,)
+            )
+        )
+        rows = conn.execute(
+            f"select leaf_index, {', '.join(core.CANONICAL_COLUMNS)} from ingest.tags where batch_id = %s",
+            (batch_id,),
+        ).fetchall()
+    chunk_roots = [bytes(blob[i : i + 32]) for i in range(0, len(blob), 32)]
+    assert sorted(r[0] for r in rows) == list(range(size))
+    for leaf_index, *values in rows:
+        leaf = core.canonical_leaf(dict(zip(core.CANONICAL_COLUMNS, values, strict=True)))
+        path = core.inclusion_proof(
+            leaf_index, size, bytes(chunks[leaf_index // core.SEAL_CHUNK]), chunk_roots
+        )
+        assert merkle.verify_leaf(leaf, leaf_index, size, path, bytes(root))
+    return len(rows)
+
+
+# -- the good path ------------------------------------------------------------------------------
+
+
+def test_load_round_trips_the_file_and_every_tag_proves(db, tmp_path):
+    path = sample(tmp_path, 2500)  # three sealed chunks
+    report = load(db, path)
+    assert report.status == "loaded" and report.ok
+    assert (report.rows_total, report.rows_loaded, report.rows_rejected) == (2500, 2500, 0)
+    assert db_rows(db, report.batch_id) == file_rows(path)
+    assert assert_every_proof_verifies(db, report.batch_id) == 2500
+    leaves = ["\t".join(r).encode() for r in file_rows(path)]
+    assert report.merkle_root == merkle.root(leaves).hex()
+    tag = file_rows(path)[1234][0]
+    proof = wf.prove_tag(db, tag)
+    assert proof.found and proof.valid and proof.intact
+    assert (proof.leaf_index, proof.tree_size, proof.root) == (1234, 2500, report.merkle_root)
+    assert proof.leaf == leaves[1234].decode()
+
+
+@st.composite
+def _small_batch(draw: st.DrawFn) -> str:
+    prefix = uuid.uuid4().hex[:8]
+    n = draw(st.integers(min_value=1, max_value=12))
+    text = st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=30)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator=draw(st.sampled_from(["\n", "\r\n"])))
+    w.writerow(["manufactured_at", "tag_id", "product_name", "sku", "factory_id", "lot"])
+    for i in range(n):
+        sku = f"{prefix}-{draw(st.integers(0, 2))}"
+        name = f"name of {sku}"
+        when = draw(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2025, 1, 1)))
+        tz = timezone(timedelta(minutes=draw(st.integers(-600, 600))))
+        w.writerow(
+            [
+                when.replace(tzinfo=tz).isoformat(),
+                f"{prefix}_{i}",
+                name,
+                sku,
+                draw(text.filter(str.strip)),
+                draw(text),
+            ]
+        )
+    return buf.getvalue()
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(_small_batch())
+def test_property_accepted_files_round_trip_through_the_database(db, tmp_path, text):
+    path = write(tmp_path, text, name=f"{uuid.uuid4().hex}.csv")
+    report = load(db, path)
+    assert report.status == "loaded", report.errors
+    assert db_rows(db, report.batch_id) == file_rows(path)
+    assert_every_proof_verifies(db, report.batch_id)
+
+
+def test_same_file_again_is_a_duplicate_and_writes_nothing(db, tmp_path):
+    path = sample(tmp_path, 50)
+    first = load(db, path)
+    before = counts(db)
+    again = load(db, path)
+    assert again.status == "duplicate" and again.ok
+    assert again.batch_id == first.batch_id and again.merkle_root == first.merkle_root
+    assert counts(db) == before
+
+
+def test_schema_is_created_once_and_versioned(db):
+    conn = wf.connect(db)
+    try:
+        assert wf.ensure_schema(conn) == wf.SCHEMA_VERSION
+        assert wf.ensure_schema(conn) == wf.SCHEMA_VERSION
+        rows = conn.execute("select version from ingest.schema_migrations").fetchall()
+    finally:
+        conn.close()
+    assert rows == [(1,)]
+
+
+def test_dry_run_validates_everything_and_writes_nothing(db, tmp_path):
+    report = load(db, sample(tmp_path, 30), dry_run=True)
+    assert report.status == "valid" and report.dry_run and report.batch_id is None
+    assert report.rows_loaded == 30 and report.merkle_root
+    assert counts(db)[:2] == (0, 0)
+
+
+# -- all or nothing -------------------------------------------------------------------------------
+
+
+def test_one_bad_row_rejects_the_batch_and_nothing_is_written(db, tmp_path):
+    text = HEADER + "T1,S1,Shoe,F1,2024-01-01T00:00:00Z,L\nT2,S1,Shoe,F1,not a time,L\n"
+    report = load(db, write(tmp_path, text))
+    assert report.status == "rejected" and not report.ok
+    assert report.errors == [
+        {"line": 3, "column": 15, "code": "bad_timestamp", "message": report.errors[0]["message"]}
+    ]
+    assert counts(db) == (0, 0, 0)
+
+
+def test_a_tag_loaded_by_an_earlier_batch_rejects_the_file(db, tmp_path):
+    load(db, write(tmp_path, HEADER + "T1,S1,Shoe,F1,2024-01-01T00:00:00Z,L\n", "a.csv"))
+    before = counts(db)
+    report = load(
+        db,
+        write(
+            tmp_path,
+            HEADER + "T9,S1,Shoe,F1,2024-01-01T00:00:00Z,L\nT1,S1,Shoe,F1,2024-01-01T00:00:00Z,L\n",
+            "b.csv",
+        ),
+    )
+    assert report.status == "rejected"
+    assert [(e["line"], e["code"]) for e in report.errors] == [(3, "tag_already_loaded")]
+    assert "batch 1" in report.errors[0]["message"]
+    assert counts(db) == before
+
+
+def test_sku_collision_with_products_in_the_database(db, tmp_path):
+    load(db, write(tmp_path, HEADER + "T1,S1,Shoe,F1,2024-01-01T00:00:00Z,L\n", "a.csv"))
+    report = load(db, write(tmp_path, HEADER + "T2,S1,Boot,F1,2024-01-01T00:00:00Z,L\n", "b.csv"))
+    assert [(e["line"], e["code"]) for e in report.errors] == [(2, "sku_collision")]
+    assert counts(db)[0] == 1
+
+
+def test_file_over_the_limit_is_rejected_before_it_is_read(db, tmp_path, monkeypatch):
+    path = sample(tmp_path, 20)
+    monkeypatch.setattr(wf, "file_sha256", lambda p: pytest.fail("the file was read"))
+    report = load(db, path, settings=IngestSettings(max_file_bytes=100))
+    assert report.status == "rejected" and report.errors[0]["code"] == "file_too_large"
+    assert counts(db) == (0, 0, 0)
+
+
+# -- partial -------------------------------------------------------------------------------------
+
+
+def test_partial_loads_the_good_rows_and_writes_the_rejects(db, tmp_path):
+    text = (
+        HEADER
+        + "T1,S1,Shoe,F1,2024-01-01T00:00:00Z,L\n"
+        + "T2,S1,Boot,F1,2024-01-01T00:00:00Z,L\n"  # sku collision
+        + "T3,S2,Hat,F1,2024-01-01T00:00:00Z,L\n"
+        + 'T4,S2,"Hat,F1,2024-01-01T00:00:00Z,L\n'  # unterminated quote
+        + "T5,S3,Cap,F1,2024-01-01T00:00:00Z,L\n"
+    )
+    rejects = tmp_path / "rejects.csv"
+    report = load(db, write(tmp_path, text), partial=True, rejects=rejects)
+    assert report.status == "loaded"
+    assert (report.rows_total, report.rows_loaded, report.rows_rejected) == (5, 3, 2)
+    assert {e["code"] for e in report.errors} == {"sku_collision", "unterminated_quote"}
+    assert [r[0] for r in db_rows(db, report.batch_id)] == ["T1", "T3", "T5"]
+    assert_every_proof_verifies(db, report.batch_id)
+    with rejects.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["line", "column", "code", "message", "record"]
+    assert [(r[0], r[2]) for r in rows[1:]] == [("3", "sku_collision"), ("5", "unterminated_quote")]
+    assert rows[2][4].startswith('T4,S2,"Hat')
+    assert not list(tmp_path.glob(".rejects.csv.*"))
+
+
+def test_partial_drops_tags_already_loaded_and_reseals(db, tmp_path):
+    first = load(db, sample(tmp_path, 40, seed=3, name="a.csv"))
+    old = file_rows(tmp_path / "a.csv")
+    new_rows = [f"N{i},SKU-X{i},Thing {i},F1,2024-01-01T00:00:00Z,L\n" for i in range(1100)]
+    mixed = new_rows[:500] + [_csv_line(r[:6]) for r in old[:7]] + new_rows[500:]
+    rejects = tmp_path / "rejects.csv"
+    report = load(db, write(tmp_path, HEADER + "".join(mixed), "b.csv"), partial=True, rejects=rejects)
+    assert report.status == "loaded", report.errors
+    assert (report.rows_loaded, report.rows_rejected) == (1100, 7)
+    assert [e["code"] for e in report.errors] == ["tag_already_loaded"] * 7
+    assert report.errors[0]["line"] == 502 and f"batch {first.batch_id}" in report.errors[0]["message"]
+    assert [r[0] for r in db_rows(db, report.batch_id)] == [f"N{i}" for i in range(1100)]
+    assert assert_every_proof_verifies(db, report.batch_id) == 1100
+    assert (
+        report.merkle_root
+        == merkle.root(
+            f"N{i}\tSKU-X{i}\tThing {i}\tF1\t2024-01-01T00:00:00.000000+00:00\tL\t\t".encode()
+            for i in range(1100)
+        ).hex()
+    )
+    assert len(rejects.read_text().splitlines()) == 8
+
+
+def test_partial_needs_a_rejects_file(db, tmp_path):
+    with pytest.raises(UsageError):
+        load(db, sample(tmp_path, 5), partial=True)
+
+
+# -- concurrency and failures ------------------------------------------------------------------------
+
+
+def test_two_loads_of_the_same_file_at_once_load_it_once(db, tmp_path):
+    path = sample(tmp_path, 20000)
+    barrier = threading.Barrier(2)
+    results: list[Any] = []
+
+    def run() -> None:
+        barrier.wait()
+        try:
+            results.append(load(db, path).status)
+        except Exception as exc:  # pragma: no cover - reported by the assert below
+            results.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["duplicate", "loaded"]
+    assert counts(db)[:2] == (1, 20000)
+
+
+def test_the_database_going_away_mid_load_rolls_back_and_a_rerun_loads(db, tmp_path, pg_database):
+    path = sample(tmp_path, 30000)  # several 1 MiB chunks: the kill lands mid-COPY
+    killed: list[int] = []
+
+    def progress(p: wf.LoadProgress) -> None:
+        if p.phase == "validating" and not killed:
+            with psycopg.connect(db, autocommit=True) as admin:
+                killed.extend(
+                    r[0]
+                    for r in admin.execute(
+                        "select pg_terminate_backend(pid) from pg_stat_activity"
+                        " where datname = %s and application_name = 'voke ingest'",
+                        (pg_database,),
+                    )
+                )
+
+    with pytest.raises(BackendError) as info:
+        load(db, path, progress=progress)
+    assert killed == [True]
+    assert info.value.exit_code == 4
+    assert "rolled back" in info.value.message
+    assert counts(db)[:2] == (0, 0)
+    report = load(db, path)
+    assert report.status == "loaded" and report.rows_loaded == 30000
+
+
+def test_kill_9_mid_load_leaves_no_partial_batch(db, tmp_path, pg_database, make_environ):
+    path = sample(tmp_path, 60000)
+    env = make_environ(tmp_path / "home")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "voketag_ops", "ingest", "load", str(path), "--db", db],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        with psycopg.connect(db, autocommit=True) as admin:
+            copying = False
+            while proc.poll() is None and not copying:
+                row = admin.execute(
+                    "select count(*) from pg_stat_activity where datname = %s and application_name = 'voke ingest'"
+                    " and query like 'COPY pg_temp%%'",
+                    (pg_database,),
+                ).fetchone()
+                copying = bool(row and row[0])
+            assert copying, "the load finished before it could be killed"
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            # The server notices the closed socket and rolls the transaction back.
+            while admin.execute(
+                "select count(*) from pg_stat_activity where datname = %s and application_name = 'voke ingest'",
+                (pg_database,),
+            ).fetchone()[0]:
+                pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert counts(db)[:2] == (0, 0)
+    report = load(db, path)
+    assert report.status == "loaded" and report.rows_loaded == 60000
+
+
+def test_unreachable_database_is_a_backend_error(tmp_path):
+    with pytest.raises(BackendError) as info:
+        load(
+            "host=127.0.0.1 port=1 dbname=x user=x password=hunter2secret connect_timeout=1",
+            sample(tmp_path, 3),
+        )
+    assert info.value.exit_code == 4
+    assert "hunter2secret" not in info.value.message
+
+
+# -- proofs ----------------------------------------------------------------------------------------
+
+
+def test_a_tampered_row_no_longer_proves(db, tmp_path):
+    path = sample(tmp_path, 10)
+    load(db, path)
+    tag = file_rows(path)[4][0]
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("update ingest.tags set lot = lot || 'x' where tag_id = %s", (tag,))
+    proof = wf.prove_tag(db, tag)
+    assert proof.found and not proof.intact and not proof.valid
+
+
+def test_unknown_tag_is_not_found(db):
+    assert not wf.prove_tag(db, "nope").found
