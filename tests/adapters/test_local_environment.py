@@ -199,6 +199,10 @@ def test_destroy_dry_run_changes_nothing_then_destroy(voke, home, env_of):
     assert not (home / "pg").exists() and not (home / "state.json").exists()
     status = voke("env", "status", "--json", environ=env_of(home)).json["result"]
     assert status["initialized"] is False
+    events = voke("audit", "show", "--json", "--limit", "1000", environ=env_of(home)).json["result"]["entries"]
+    kinds = {(e["event_type"], e["result"]) for e in events}
+    assert {("env.up", "success"), ("env.up", "unchanged"), ("env.down", "success"),
+            ("env.destroy", "success"), ("env.up", "failure")} <= kinds
 
 
 def test_missing_binaries_is_exit_3(voke, tmp_path, env_of):
