@@ -1,0 +1,234 @@
+"""`voke ingest` end to end: exit codes, the JSON envelope, stderr, and every bad input
+leaving the database unchanged."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import psycopg
+import pytest
+
+pytestmark = pytest.mark.pg
+
+HEADER = "tag_id,sku,product_name,factory_id,manufactured_at\n"
+GOOD = "T1,S1,Shoe,F1,2024-01-01T00:00:00Z\n"
+
+
+@pytest.fixture
+def db(local_env: Any, pg_database: str) -> str:
+    return local_env.primary().conninfo(pg_database)
+
+
+def tables(db: str) -> tuple[int, int]:
+    with psycopg.connect(db) as conn:
+        if conn.execute("select to_regclass('ingest.batches')").fetchone()[0] is None:
+            return 0, 0
+        return (
+            conn.execute("select count(*) from ingest.batches").fetchone()[0],
+            conn.execute("select count(*) from ingest.tags").fetchone()[0],
+        )
+
+
+# (id, file content, expected code, line, column); each is its own test.
+BAD_INPUTS = [
+    ("missing-header-column", b"tag_id,sku,product_name,manufactured_at\nT1,S1,Shoe,2024-01-01T00:00:00Z\n", "missing_column", 1, None),
+    ("duplicated-header-column", b"tag_id,sku,sku,product_name,factory_id,manufactured_at\nT1,S1,S1,Shoe,F1,2024-01-01T00:00:00Z\n", "duplicate_column", 1, 12),
+    ("wrong-field-count", (HEADER + "T1,S1,Shoe,F1\n").encode(), "field_count", 2, 14),
+    ("unterminated-quote", (HEADER + 'T1,S1,"Shoe,F1,2024-01-01T00:00:00Z\n').encode(), "unterminated_quote", 2, 7),
+    ("invalid-utf8", HEADER.encode() + b"T1,S1,Sh\xe9,F1,2024-01-01T00:00:00Z\n", "invalid_utf8", 2, 9),
+    ("nul-byte", HEADER.encode() + b"T1,S1,Sh\x00e,F1,2024-01-01T00:00:00Z\n", "nul_byte", 2, 9),
+    ("empty-file", b"", "empty_file", 1, None),
+    ("header-only", HEADER.encode(), "no_rows", 2, None),
+    ("duplicate-tag-id", (HEADER + GOOD + GOOD).encode(), "duplicate_tag_id", 3, 1),
+    ("sku-collision", (HEADER + GOOD + "T2,S1,Boot,F1,2024-01-01T00:00:00Z\n").encode(), "sku_collision", 3, 7),
+    ("bad-timestamp", (HEADER + "T1,S1,Shoe,F1,01/02/2024\n").encode(), "bad_timestamp", 2, 15),
+    ("future-timestamp", (HEADER + "T1,S1,Shoe,F1,2999-01-01T00:00:00Z\n").encode(), "future_timestamp", 2, 15),
+    ("over-long-field", (HEADER + "T1,S1," + "x" * 201 + ",F1,2024-01-01T00:00:00Z\n").encode(), "too_long", 2, 7),
+    ("empty-required-field", (HEADER + "T1,,Shoe,F1,2024-01-01T00:00:00Z\n").encode(), "empty_field", 2, 4),
+    ("truncated-file", (HEADER + GOOD + "T2,S1,Sh").encode(), "truncated", 3, 9),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("content", "code", "line", "column"), [c[1:] for c in BAD_INPUTS], ids=[c[0] for c in BAD_INPUTS]
+)
+def test_bad_input_is_rejected_with_line_and_column_and_nothing_is_written(
+    voke, db, tmp_path, content, code, line, column
+):
+    path = tmp_path / "batch.csv"
+    path.write_bytes(content)
+    before = tables(db)
+    result = voke("ingest", "load", str(path), "--db", db, "--json")
+    assert result.exit_code == 1, result.stderr
+    doc = result.json
+    assert doc["ok"] is False and doc["error"]["exit_code"] == 1
+    report = doc["result"]
+    assert report["status"] == "rejected" and report["batch_id"] is None and report["rows_loaded"] == 0
+    first = report["errors"][0]
+    assert (first["code"], first["line"], first["column"]) == (code, line, column)
+    assert set(first) == {"line", "column", "code", "message"}
+    assert report["error_count"] >= 1
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1  # one summary line off a terminal
+    assert tables(db) == before
+
+
+def test_file_over_the_size_limit(voke, db, tmp_path, make_environ):
+    path = tmp_path / "batch.csv"
+    path.write_text(HEADER + GOOD)
+    env = make_environ(tmp_path / "home", VOKE_INGEST__MAX_FILE_BYTES="20")
+    result = voke("ingest", "load", str(path), "--db", db, "--json", environ=env)
+    assert result.exit_code == 1
+    assert result.json["result"]["errors"][0]["code"] == "file_too_large"
+    assert "Traceback" not in result.stderr
+    assert tables(db) == (0, 0)
+
+
+def test_human_output_lists_the_problems(voke, db, tmp_path):
+    path = tmp_path / "batch.csv"
+    path.write_text(HEADER + "T1,S1,Shoe,F1,never\nT 2,S1,Shoe,F1,2024-01-01T00:00:00Z\n")
+    result = voke("ingest", "load", str(path), "--db", db)
+    assert result.exit_code == 1
+    assert "line 2, column 15: bad_timestamp" in result.stdout
+    assert "line 3, column 1: bad_tag_id" in result.stdout
+
+
+def test_max_errors_caps_the_list_but_counts_everything(voke, db, tmp_path):
+    path = tmp_path / "batch.csv"
+    path.write_text(HEADER + "".join(f"T{i},S1,Shoe,F1,never\n" for i in range(7)))
+    report = voke("ingest", "load", str(path), "--db", db, "--json", "--max-errors", "2").json["result"]
+    assert len(report["errors"]) == 2 and report["error_count"] == 7 and report["rows_rejected"] == 7
+
+
+def test_load_batches_proof_and_chain_verify(voke, db, tmp_path):
+    path = tmp_path / "batch.csv"
+    assert (
+        voke("ingest", "sample", "--rows", "1500", "--out", str(path), "--seed", "4", "--json").exit_code == 0
+    )
+    result = voke("ingest", "load", str(path), "--db", db, "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    report = result.json["result"]
+    assert report["status"] == "loaded" and report["rows_loaded"] == 1500 and report["error_count"] == 0
+    assert report["anchor"] == "pending" and report["anchor_id"] == report["merkle_root"]
+    assert {
+        "batch_id",
+        "status",
+        "rows_total",
+        "rows_loaded",
+        "rows_rejected",
+        "merkle_root",
+        "anchor",
+        "errors",
+    } <= set(report)
+    assert len(result.stderr.strip().splitlines()) == 1 and "loaded" in result.stderr
+
+    again = voke("ingest", "load", str(path), "--db", db, "--json")
+    assert again.exit_code == 0 and again.json["result"]["status"] == "duplicate"
+    assert again.json["result"]["batch_id"] == report["batch_id"]
+
+    listed = voke("ingest", "batches", "--db", db, "--json").json["result"]["batches"]
+    assert [b["batch_id"] for b in listed] == [report["batch_id"]]
+    assert listed[0]["merkle_root"] == report["merkle_root"] and listed[0]["anchor"] == "pending"
+
+    tag = path.read_text().splitlines()[1200].split(",")[0]
+    proof = voke("ingest", "proof", tag, "--db", db, "--json")
+    assert proof.exit_code == 0
+    doc = proof.json["result"]
+    assert (
+        doc["valid"] and doc["intact"] and doc["root"] == report["merkle_root"] and doc["leaf_index"] == 1199
+    )
+    proof_file = tmp_path / "proof.json"
+    proof_file.write_text(proof.stdout)
+    verified = voke("chain", "verify", str(proof_file), "--leaf", doc["leaf"], "--json")
+    assert verified.exit_code == 0, verified.stdout
+    tampered = voke("chain", "verify", str(proof_file), "--leaf", doc["leaf"] + "x", "--json")
+    assert tampered.exit_code == 1
+
+    missing = voke("ingest", "proof", "NOPE", "--db", db, "--json")
+    assert missing.exit_code == 1 and missing.json["result"]["found"] is False
+
+
+def test_audit_log_records_the_load(voke, db, tmp_path):
+    path = tmp_path / "batch.csv"
+    path.write_text(HEADER + GOOD)
+    assert voke("ingest", "load", str(path), "--db", db, "--json").exit_code == 0
+    shown = voke("audit", "show", "--json")
+    assert shown.exit_code == 0, shown.stdout
+    assert "ingest.load" in shown.stdout
+
+
+def test_partial_writes_rejects(voke, db, tmp_path):
+    path = tmp_path / "batch.csv"
+    path.write_text(HEADER + GOOD + "T2,S1,Shoe,F1,never\n")
+    rejects = tmp_path / "out" / "rejects.csv"
+    rejects.parent.mkdir()
+    result = voke("ingest", "load", str(path), "--db", db, "--partial", "--rejects", str(rejects), "--json")
+    assert result.exit_code == 0
+    report = result.json["result"]
+    assert (report["status"], report["rows_loaded"], report["rows_rejected"]) == ("loaded", 1, 1)
+    assert report["rejects_file"] == str(rejects)
+    assert "bad_timestamp" in rejects.read_text()
+
+
+def test_dry_run_writes_nothing(voke, db, tmp_path):
+    path = tmp_path / "batch.csv"
+    path.write_text(HEADER + GOOD)
+    result = voke("ingest", "load", str(path), "--db", db, "--dry-run", "--json")
+    assert result.exit_code == 0 and result.json["result"]["status"] == "valid"
+    assert tables(db) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ingest", "load", "missing.csv"],
+        ["ingest", "load", "batch.csv", "--partial"],
+        ["ingest", "load", "batch.csv", "--max-errors", "-1"],
+        ["ingest", "sample", "--rows", "0", "--out", "x.csv"],
+    ],
+    ids=["missing-file", "partial-without-rejects", "negative-max-errors", "zero-rows"],
+)
+def test_usage_errors_exit_2(voke, tmp_path, args):
+    (tmp_path / "batch.csv").write_text(HEADER + GOOD)
+    result = voke(*args, "--json")
+    assert result.exit_code == 2, result.stdout + result.stderr
+    assert result.json["error"]["exit_code"] == 2
+
+
+def test_unreachable_database_exits_4_without_the_password(voke, tmp_path):
+    (tmp_path / "batch.csv").write_text(HEADER + GOOD)
+    url = "postgresql://ops:s3cret-pass-word@127.0.0.1:1/voketag?connect_timeout=1"
+    result = voke("ingest", "load", str(tmp_path / "batch.csv"), "--db", url, "--json")
+    assert result.exit_code == 4
+    assert "s3cret-pass-word" not in result.stdout + result.stderr
+
+
+def test_sample_is_reproducible_and_refuses_to_overwrite(voke, tmp_path):
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    assert voke("ingest", "sample", "--rows", "50", "--seed", "9", "--out", str(a)).exit_code == 0
+    assert voke("ingest", "sample", "--rows", "50", "--seed", "9", "--out", str(b)).exit_code == 0
+    assert a.read_bytes() == b.read_bytes() and len(a.read_text().splitlines()) == 51
+    assert voke("ingest", "sample", "--rows", "50", "--out", str(a)).exit_code == 2
+    assert voke("ingest", "sample", "--rows", "5", "--out", str(a), "--force").exit_code == 0
+
+
+def test_local_environment_is_the_default_target(voke, local_env, tmp_path, make_environ):
+    path = tmp_path / "batch.csv"
+    path.write_text(HEADER + "LOCAL-" + GOOD)
+    env = make_environ(local_env.home)
+    result = voke("ingest", "load", str(path), "--json", environ=env)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert result.json["result"]["status"] in ("loaded", "duplicate")
+
+
+def test_cli_start_up_does_not_import_psycopg():
+    code = "import sys, voketag_ops.cli.app; sys.exit(1 if 'psycopg' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_help_lists_the_ingest_commands(voke):
+    out = voke("ingest", "--help").stdout
+    for command in ("load", "batches", "proof", "sample"):
+        assert command in out
