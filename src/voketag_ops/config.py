@@ -87,6 +87,24 @@ class GcpEnvironment(_Model):
     replica: str | None = Field(default=None, description="Cloud SQL cross-region replica name")
     services: tuple[str, ...] = Field(default=DEFAULT_SERVICES, description="Cloud Run services")
     secrets: dict[str, str] = Field(default_factory=dict, description="logical name -> Secret Manager id")
+    credentials: Literal["adc", "anonymous"] = Field(
+        default="adc", description="adc: Application Default Credentials; anonymous: only for fakes and emulators"
+    )
+    endpoints: dict[str, str] = Field(
+        default_factory=dict,
+        description="API -> base URL (secretmanager, sqladmin, run, monitoring, iam, cloudresourcemanager, "
+        "serviceusage); http:// means plain HTTP / an insecure gRPC channel (fakes, emulators)",
+    )
+    db_host: str | None = Field(
+        default=None, description="address voke logs in to for tests (default: the instance's private IP)"
+    )
+    db_port: int = Field(default=5432, ge=1, le=65535, description="PostgreSQL port at db_host")
+    health_path: str = Field(default="/health", description="path of each Cloud Run service's health endpoint")
+    timeout: float = Field(default=30.0, gt=0, le=600, description="seconds each API call may take")
+    operation_timeout: float = Field(
+        default=1800.0, gt=0, description="seconds to wait for a Cloud SQL / Cloud Run operation to finish"
+    )
+    poll_interval: float = Field(default=5.0, gt=0, le=60, description="seconds between operation polls")
 
 
 class CoverageService(_Model):
@@ -224,6 +242,14 @@ class JwtSettings(_Model):
     services: tuple[str, ...] = Field(default=(), description="services that sign or verify with the keyring")
 
 
+class SaKeySettings(_Model):
+    """A Google service-account key (`[rotation.sa_keys.NAME]`; cloud environments only)."""
+
+    service_account: str = Field(min_length=3, description="the service account's email")
+    secret: str = Field(min_length=1, description="secret holding the key file (JSON)")
+    services: tuple[str, ...] = Field(default=(), description="services that read this secret")
+
+
 class RotationSettings(_Model):
     """`voke rotate` (`[rotation]`)."""
 
@@ -232,6 +258,9 @@ class RotationSettings(_Model):
     )
     schedule: RotationSchedule = Field(default_factory=RotationSchedule)
     api_keys: dict[str, ApiKeySettings] = Field(default_factory=dict, description="managed API keys by name")
+    sa_keys: dict[str, SaKeySettings] = Field(
+        default_factory=dict, description="managed service-account keys by name (`voke rotate sa-key NAME`)"
+    )
     jwt: JwtSettings | None = Field(default=None, description="the JWT signing keyring, when managed")
     notify_webhook: str | None = Field(
         default=None, description="Slack-compatible webhook told of each rotation's outcome (no secret values)"
