@@ -724,11 +724,10 @@ def history_show(
     if last is not None:
         entries = entries[-last:] if last > 0 else []
     p = precision if precision is not None else (settings.precision if settings.precision is not None else 0)
-    names = ["overall"]
-    for e in entries:
-        for name in e.get("services") or {}:
-            if name not in names:
-                names.append(name)
+    recorded = {name for e in entries for name in e.get("services") or {}}
+    # configured services in their configured order, then any others recorded (sorted)
+    names = ["overall", *(n for n in settings.services if n in recorded)]
+    names += sorted(recorded - set(names))
     rule = resolve_rule(settings.rule, [e.get("coverage_version") for e in entries])
     notes = []
     for prev, cur in itertools.pairwise(entries):
