@@ -37,7 +37,7 @@ OTHER_ENV_VARS = {
     "VOKE_OUTPUT": "`json` makes every command print the JSON envelope, like --json",
 }
 
-_SECRET_KEY = re.compile(r"(password|passwd|token|private_key|api_key|credential)s?$", re.I)
+_SECRET_KEY = re.compile(r"(password|passwd|token|private_key|api_key|credential|webhook)s?$", re.I)
 
 
 class _Model(BaseModel):
@@ -261,7 +261,7 @@ class RotationSettings(_Model):
     sa_keys: dict[str, SaKeySettings] = Field(
         default_factory=dict, description="managed service-account keys by name (`voke rotate sa-key NAME`)"
     )
-    jwt: JwtSettings | None = Field(default=None, description="the JWT signing keyring, when managed")
+    jwt: JwtSettings = Field(default_factory=JwtSettings, description="the JWT signing keyring")
     notify_webhook: str | None = Field(
         default=None, description="Slack-compatible webhook told of each rotation's outcome (no secret values)"
     )

@@ -291,7 +291,7 @@ def test_due_by_schedule_and_due_run(platform, voke, platform_environ):
     engine = make_engine(platform)
     assert engine.due() == []
     engine.now = lambda: datetime.now(timezone.utc) + timedelta(days=40)
-    assert [d["name"] for d in engine.due()] == ["db-app"]
+    assert "db-app" in [d["name"] for d in engine.due()]  # (the yearly JWT keyring may be due too)
     result = voke("rotate", "due", "--json", environ=platform_environ)
     assert result.exit_code == 0 and result.json["result"]["due"] == []
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from voketag_ops.cli.common import DryRun, Yes, use
+from voketag_ops.errors import VokeError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -50,6 +51,79 @@ def db_password(
         env.out.confirm(f"Rotate the database password of {user}?", yes=yes)
     engine = _engine(env)
     _show(env, engine.rotate_db_password(user, strategy=strategy, dry_run=dry_run))
+
+
+@app.command("api-key")
+def api_key(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The key's name in rotation.api_keys: stripe, auth0, maps, sendgrid.")],
+    adopt: Annotated[
+        bool, typer.Option("--adopt", help="Store the key in use today (pasted) as the first version, verified.")
+    ] = False,
+    dry_run: DryRun = False,
+    yes: Yes = False,
+) -> None:
+    """Rotate an API key: Auth0 sets a new client secret; SendGrid and Maps mint a key beside the
+    old one (cleanup deletes the old one later); Stripe takes the key rolled in the Dashboard,
+    pasted on stdin or at a prompt that does not echo, and verifies it before storing it."""
+    from voketag_ops.workflows.api_keys import adopt_api_key, needs_pasted_key, rotate_api_key
+
+    env = use(ctx)
+    pasted = None
+    if not dry_run:
+        env.out.confirm(f"{'Adopt' if adopt else 'Rotate'} the API key {name}?", yes=yes)
+        if adopt or needs_pasted_key(env.settings.rotation, name):
+            pasted = _read_pasted(env, f"{'Current' if adopt else 'New'} {name} key")
+    engine = _engine(env)
+    if adopt:
+        env.out.result(adopt_api_key(engine, name, pasted or "", dry_run=dry_run), render=_render_adopt)
+        return
+    _show(env, rotate_api_key(engine, name, new_key=pasted, dry_run=dry_run))
+
+
+@app.command("jwt")
+def jwt(
+    ctx: typer.Context,
+    emergency: Annotated[
+        bool,
+        typer.Option("--emergency", help="Replace every key now; tokens signed before stop verifying (forced logouts)."),
+    ] = False,
+    dry_run: DryRun = False,
+    yes: Yes = False,
+) -> None:
+    """Rotate the JWT signing keyring: publish a next key; a run after rotation.jwt.verifier_refresh_seconds
+    switches signing to it (the old key stays in the JWKS for max_token_lifetime_seconds)."""
+    from voketag_ops.workflows.jwt import rotate_jwt
+
+    env = use(ctx)
+    if not dry_run:
+        question = "Replace every JWT signing key now (forced logouts)?" if emergency else "Rotate the JWT keyring?"
+        env.out.confirm(question, yes=yes)
+    _show(env, rotate_jwt(_engine(env), emergency=emergency, dry_run=dry_run))
+
+
+@app.command("jwks")
+def jwks(ctx: typer.Context) -> None:
+    """Print the public JWKS (next, current, previous until its tokens expire); never a private key."""
+    from voketag_ops.workflows.jwt import jwt_credential, public_jwks
+
+    env = use(ctx)
+    env.out.result(public_jwks(jwt_credential(_engine(env))), render=_render_jwks)
+
+
+def _read_pasted(env: Any, prompt: str) -> str:
+    """A key pasted by the operator: at a prompt that does not echo, or on stdin."""
+    from voketag_ops.errors import UsageError
+
+    if env.out.interactive:
+        from rich.prompt import Prompt
+
+        value = Prompt.ask(prompt, password=True, console=env.out.err)
+    else:
+        value = env.out.stdin.read(16384)
+    if not value.strip():
+        raise UsageError(f"{prompt}: nothing pasted (give it on stdin: ... --yes < key.txt)")
+    return value.strip()
 
 
 @app.command("resume")
@@ -100,7 +174,15 @@ def due(
     env.out.confirm(f"Rotate {len(due_now)} due secret(s)?", yes=yes)
     reports, worst = [], None
     for item in due_now:
-        outcome = engine.rotate(engine.name_of(item["name"]))
+        try:
+            outcome = engine.rotate(engine.name_of(item["name"]))
+        except VokeError as exc:
+            # One secret that cannot start (a Stripe key to paste) must not stop the others.
+            error = {"type": exc.type_name, "message": exc.message, "exit_code": int(exc.exit_code)}
+            reports.append({"secret": item["name"], "status": "not_started", "error": error})
+            if worst is None or exc.exit_code > worst.exit_code:
+                worst = exc
+            continue
         reports.append(outcome.report)
         if outcome.error is not None and (worst is None or outcome.error.exit_code > worst.exit_code):
             worst = outcome.error
@@ -172,7 +254,25 @@ def _render_due(console: Console, report: dict[str, Any]) -> None:
     for s in report["due"]:
         console.print(f"due: {s['name']} (since {s['next_due']})")
     for r in report["rotations"]:
-        console.print(f"{r.rotation_id}: {r.status}, version {r.previous_version} -> {r.new_version}")
+        if isinstance(r, dict):
+            console.print(f"{r['secret']}: not started ({r['error']['message']})")
+        else:
+            console.print(f"{r.rotation_id}: {r.status}, version {r.previous_version} -> {r.new_version}")
+
+
+def _render_adopt(console: Console, report: dict[str, Any]) -> None:
+    if report["status"] == "planned":
+        console.print(f"dry run: would verify the pasted {report['kind']} key and store it as the first version "
+                      f"of {report['secret']}")
+        return
+    key = f" (key {report['key_id']})" if report.get("key_id") else ""
+    console.print(f"adopted: {report['secret']} version {report['version']} is current{key}")
+
+
+def _render_jwks(console: Console, report: dict[str, Any]) -> None:
+    import json
+
+    console.print(json.dumps(report, indent=2), markup=False, highlight=False, soft_wrap=True)
 
 
 def _render_cleanup(console: Console, report: dict[str, Any]) -> None:

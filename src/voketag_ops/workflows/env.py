@@ -4,6 +4,7 @@ application logins, their secret, and the local services that consume it."""
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 from voketag_ops.adapters.local.environment import LocalEnvironment, Progress, UpReport
@@ -121,6 +122,12 @@ class LocalPlatform:
                 annotations={LAST_ANNOTATION: json.dumps({"id": None, "status": "created", "finished_at": iso_now()})},
             )
             created.append(f"secret {user.secret}")
+        from voketag_ops.workflows.jwt import bootstrap_keyring
+
+        jwt = self.settings.rotation.jwt
+        if bootstrap_keyring(store, jwt, datetime.now(timezone.utc)):
+            progress(f"created the JWT signing keyring in secret {jwt.secret}")
+            created.append(f"secret {jwt.secret}")
         return created
 
     def status(self) -> dict[str, Any]:

@@ -54,6 +54,7 @@ from voketag_ops.workflows.credentials import Credential, DbPassword
 log = get_logger(__name__)
 
 FAULT_ENV = "VOKE_FAULT_CRASH_AFTER"
+RETIRED_ANNOTATION = "voke-retired-keys"  # versions whose provider key cleanup deleted
 FAULT_EXIT_CODE = 86
 Progress = Callable[[str], None]
 
@@ -141,6 +142,16 @@ class RotationEngine:
         creds = list(credentials or [])
         for name, user in settings.db_users.items():
             creds.append(DbPassword(name, user, target, length=settings.password_length))
+        from voketag_ops.workflows.api_keys import api_key_credentials
+
+        creds += api_key_credentials(settings, store, local=env_name == "local", sleep=sleep)
+        from voketag_ops.workflows.jwt import JwtKeyring
+
+        if env_name == "local" and settings.jwt.services:
+            from voketag_ops.errors import ConfigError
+
+            raise ConfigError("rotation.jwt.services: the local services read only their database secret")
+        creds.append(JwtKeyring(settings.jwt, store, now=lambda: self.now(), published_at=self.published_at))
         self.credentials: dict[str, Credential] = {c.name: c for c in creds}
 
     # -- lookups ------------------------------------------------------------------------------
@@ -218,9 +229,15 @@ class RotationEngine:
             return self._resume(existing, t0)
         if "current" not in meta.aliases:
             raise ValidationError(f"secret {user.secret!r} has no `current` version to rotate from")
+        # Kind-specific conditions (configuration, a pasted key, a JWT key still waiting), before the lock.
+        precheck = getattr(user, "precheck", None)
+        if precheck is not None:
+            precheck(meta, dry_run=dry_run)
         if dry_run:
             return Outcome(self._plan(user, meta, t0))
-        self._drift_check(user, meta)
+        # A key the operator pasted is verified before it is stored; it needs no working old one.
+        if not getattr(user, "operator_supplies_value", False):
+            self._drift_check(user, meta)
         now = self.now()
         record = RotationRecord(
             id=new_rotation_id(now),
@@ -472,6 +489,7 @@ class RotationEngine:
         )
         self._history(record)
         self._audit("rotation.finish", record, record.status)
+        self._notify(record)
 
     # -- failure and rollback ---------------------------------------------------------------------------
     def _fail(self, record: RotationRecord, step: str, exc: RotationFailure, took: float, t0: float,
@@ -489,7 +507,7 @@ class RotationEngine:
             )
         error = RolledBackError(
             f"rotation {record.id} of {record.secret} failed at {step} ({exc.kind}: {exc.message}); rolled back",
-            hint="safe to retry: voke rotate db-password --yes",
+            hint=f"safe to retry: {retry_command(record)}",
         )
         return Outcome(RotationReport.of(record, t0=t0, resumed=resumed), error)
 
@@ -502,6 +520,7 @@ class RotationEngine:
             self._audit("rotation.finish", record, "needs_attention")
         except VokeError as exc:
             log.error("could not record the state of %s: %s", record.id, exc.message)
+        self._notify(record)
         error = NeedsOperatorError(
             f"rotation {record.id} of {record.secret} stopped: {why}",
             hint=f"fix the cause, then: voke rotate resume {record.id}   or: voke rotate rollback {record.id}",
@@ -531,6 +550,10 @@ class RotationEngine:
             }
             if back:
                 self.runtime.deploy_many(back)
+        # Provider-minted keys go last, once no service uses them any more.
+        discard = getattr(user, "discard", None)
+        if discard is not None:
+            discard(pending, record.id)
         if record.pending_version is not None:
             v = self.store.get(record.secret).version(record.pending_version)
             if v is not None and v.state == "enabled":
@@ -636,6 +659,9 @@ class RotationEngine:
         age = (now - parse_iso(cur_v.created_at)).total_seconds() / 86400 if cur_v else None
         base = self._last_rotation_time(meta) or (parse_iso(cur_v.created_at) if cur_v else now)
         due_at = next_due(getattr(self.settings.schedule, kind), base)
+        early = getattr(self._credential_of_secret(meta.name), "due_at", None)
+        if early is not None and (at := early(meta)) is not None:
+            due_at = at  # a published JWT key is due for promotion
         return {
             "name": meta.name,
             "current_version": current,
@@ -679,6 +705,7 @@ class RotationEngine:
             if meta.annotations.get(ANNOTATION):
                 continue  # never clean a secret with a rotation in progress
             protected = set(meta.aliases.values()) | set(self.runtime.pinned_versions(secret))
+            actions += self._plan_retire(meta, now)
             actions += plan_cleanup(
                 secret,
                 [(v.version, v.state, v.created_at, v.state_changed_at) for v in meta.versions],
@@ -690,6 +717,9 @@ class RotationEngine:
             )
         if not dry_run:
             for action in actions:
+                if action.action == "retire":
+                    self._retire(action)
+                    continue
                 self.store.set_state(action.secret, action.version, "disabled" if action.action == "disable" else "destroyed")
             if actions:
                 from voketag_ops.audit import record_event
@@ -700,6 +730,57 @@ class RotationEngine:
                     details={"actions": [f"{a.action} {a.secret} v{a.version}" for a in actions]},
                 )
         return {"dry_run": dry_run, "actions": actions}
+
+    def _plan_retire(self, meta: Any, now: datetime) -> list[CleanupAction]:
+        """Superseded provider keys to delete: enabled versions older than `current` that no
+        service is pinned to, once `current` has existed for disable_after_hours."""
+        cred = self._credential_of_secret(meta.name)
+        retire = getattr(cred, "retire", None)
+        current = meta.aliases.get("current")
+        cur_v = meta.version(current) if current is not None else None
+        if retire is None or cur_v is None:
+            return []
+        if now - parse_iso(cur_v.created_at) < timedelta(hours=self.settings.disable_after_hours):
+            return []
+        done = set(json.loads(meta.annotations.get(RETIRED_ANNOTATION, "[]")))
+        pinned = set(self.runtime.pinned_versions(meta.name))
+        actions = []
+        for v in meta.versions:
+            if v.version >= current or v.state != "enabled" or v.version in done | pinned:
+                continue
+            value = self._cred(meta.name, v.version)
+            if value is not None:
+                actions.append(CleanupAction(meta.name, v.version, "retire", retire(value, dry_run=True)))
+        return actions
+
+    def _retire(self, action: CleanupAction) -> None:
+        """Delete the provider key of one superseded version and remember that it is gone."""
+        cred = self._credential_of_secret(action.secret)
+        value = self._cred(action.secret, action.version)
+        if value is not None:
+            done_what = cred.retire(value)  # type: ignore[attr-defined]
+            log.info("cleanup %s v%s: %s", action.secret, action.version, done_what)
+        meta = self.store.get(action.secret)
+        done = set(json.loads(meta.annotations.get(RETIRED_ANNOTATION, "[]"))) | {action.version}
+        live = {v.version for v in meta.versions if v.state != "destroyed"}
+        kept = json.dumps(sorted(done & live))
+        self.store.update(action.secret, etag=meta.etag, annotations={RETIRED_ANNOTATION: kept})
+
+    def published_at(self, secret: str, version: int) -> datetime | None:
+        """When VERSION of SECRET became current everywhere: the finish of the rotation that made it."""
+        for record in self.history(limit=10_000, secret=secret):
+            if record.pending_version == version and record.status == "succeeded" and record.finished_at:
+                return parse_iso(record.finished_at)
+        return None
+
+    def _notify(self, record: RotationRecord) -> None:
+        """Tell the configured webhook how the rotation ended (never a value; failures only logged)."""
+        url = self.settings.notify_webhook
+        if not url:
+            return
+        from voketag_ops.adapters.webhook import post_webhook
+
+        post_webhook(url, notification_text(record, self.env_name))
 
     # -- history and audit --------------------------------------------------------------------------------
     @property
@@ -762,6 +843,31 @@ class RotationEngine:
             duration_seconds=round((self.now() - started).total_seconds(), 3),
             details=details,
         )
+
+
+def retry_command(record: RotationRecord) -> str:
+    """The command that starts RECORD's kind of rotation again."""
+    if record.kind == "db-password":
+        return f"voke rotate db-password --user {record.target} --yes"
+    if record.kind.startswith("api-key:"):
+        return f"voke rotate api-key {record.target} --yes"
+    if record.kind == "jwt":
+        return "voke rotate jwt --yes"
+    return f"voke rotate resume {record.id}"
+
+
+def notification_text(record: RotationRecord, env_name: str) -> str:
+    """The webhook message for how RECORD ended: ids, versions, steps, never values."""
+    head = f"voke rotate [{env_name}] {record.secret} ({record.kind}, {record.strategy}) rotation {record.id}"
+    versions = f"version {record.old_current} -> {record.pending_version}"
+    if record.status == "succeeded":
+        return f":white_check_mark: {head} succeeded: {versions}"
+    err = record.error or {}
+    why = f"{err.get('kind', 'error')} at {err.get('step', '?')}: {err.get('message', '')}".strip()
+    if record.status == "rolled_back":
+        return f":warning: {head} failed and was rolled back ({why}); safe to retry: {retry_command(record)}"
+    return (f":rotating_light: {head} needs a person ({why}); "
+            f"then: voke rotate resume {record.id}   or: voke rotate rollback {record.id}")
 
 
 def local_engine(settings: Any, progress: Progress = lambda _m: None) -> RotationEngine:
