@@ -162,3 +162,107 @@ def test_failback_by_fresh_clone(voke, environ, env):
     assert result.json["result"]["rebuilt"]["method"] == "clone"
     assert env.require_state().leader == "primary"
     assert voke("dr", "check", environ=environ).exit_code == 0
+
+
+# -- drills ---------------------------------------------------------------------------------------------
+def test_drill_dry_run_lists_the_plan_and_changes_nothing(voke, environ, env):
+    refused = voke("drill", "run", "failover", environ=environ)
+    assert refused.exit_code == 2 and "--yes" in refused.stderr
+    result = voke("drill", "run", "all", "--dry-run", "--json", environ=environ)
+    assert result.exit_code == 0
+    assert list(result.json["result"]["plan"]) == ["pitr", "failover", "failback", "network"]
+    assert not (env.home / "drills").exists() or not list((env.home / "drills").glob("*.json"))
+
+
+def test_drill_run_all_measures_every_scenario_and_restores_the_topology(voke, environ, env):
+    from voketag_ops.core.drill import validate
+
+    result = voke("drill", "run", "all", "--yes", "--json", environ=environ)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    runs = result.json["result"]["runs"]
+    assert [j["scenario"] for j in runs] == ["pitr", "failover", "failback", "network"]
+    for journal in runs:
+        assert validate(journal) == [], journal["run_id"]
+        assert journal["status"] == "completed", (journal["run_id"], journal["breaches"], journal["error"])
+        assert journal["rto_met"] and journal["rpo_met"] and journal["integrity_ok"]
+        assert journal["steady_state"]["before"]["ok"] and journal["steady_state"]["after"]["ok"]
+        assert all(journal["timeline"][k] for k in journal["timeline"])
+        assert 0 < journal["rto_seconds"] < journal["targets"]["rto_target_seconds"]
+        saved = json.loads((env.home / "drills" / f"{journal['run_id']}.json").read_text())
+        assert saved == journal
+    pitr, failover, failback, network = runs
+    assert [j["targets"]["rto_target_seconds"] for j in runs] == [300, 600, 300, 420]
+    assert {i["table"].split(" ")[0] for i in pitr["integrity"]} == {
+        "voke_dr.canary",
+        "ingest.tags",
+        "voke_dr.drill_data",
+    }
+    assert pitr["canary"]["committed_before_target"] > 0 and pitr["canary"]["committed_after_target"] > 0
+    assert pitr["details"]["repair"]["root_matches"] is True
+    assert failover["details"]["failover"]["new_leader"] == "replica"
+    assert failover["canary"]["acked_commits"] > 0 and failover["lost_commits"] is not None
+    assert (
+        failback["lost_commits"] == 0 and failback["details"]["failback"]["rebuilt"]["method"] == "pg_rewind"
+    )
+    assert network["details"]["service_errors"]["failed_writes"] >= 1
+    assert network["phases"]["detection"] is not None
+    state = env.require_state()
+    assert state.leader == "primary" and dr.in_recovery(env.node("replica")) is True
+    assert dr.list_restores(env) == []
+    status = voke("dr", "status", "--json", environ=environ).json["result"]
+    assert status["last_drill"]["run_id"] == network["run_id"]
+
+
+def test_drill_reports_and_history(voke, environ, env, tmp_path):
+    history = voke("drill", "history", "--json", environ=environ)
+    assert history.exit_code == 0
+    assert {r["scenario"] for r in history.json["result"]["runs"]} >= {
+        "pitr",
+        "failover",
+        "failback",
+        "network",
+    }
+    assert history.json["result"]["trend"]["failover"]["runs"] >= 1
+    run_id = history.json["result"]["runs"][0]["run_id"]
+    md = voke("drill", "report", run_id, "--format", "md", environ=environ)
+    assert md.exit_code == 0 and md.stdout.startswith(f"# DR drill {run_id}") and "| RTO |" in md.stdout
+    out = tmp_path / "report.html"
+    html = voke("drill", "report", run_id, "--format", "html", "--output", str(out), environ=environ)
+    assert html.exit_code == 0
+    page = out.read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<svg" in page and run_id in page
+    assert "<script" not in page and "<link" not in page and "src=" not in page and "url(" not in page
+    as_json = voke("drill", "report", "last", "--format", "json", "--json", environ=environ)
+    assert as_json.exit_code == 0 and as_json.json["result"]["scenario"] == "network"
+    missing = voke("drill", "report", "no-such-run", environ=environ)
+    assert missing.exit_code == 2
+
+
+def test_a_breached_target_fails_the_drill_with_exit_1(voke, make_environ, home, env):
+    environ = make_environ(home, VOKE_LOCAL__ARCHIVE_TIMEOUT="5", VOKE_DR__RTO_NETWORK_SECONDS="0.5")
+    result = voke("drill", "run", "network", "--outage", "1s", "--yes", "--json", environ=environ)
+    assert result.exit_code == 1
+    journal = result.json["result"]
+    assert journal["status"] == "failed" and journal["rto_met"] is False
+    assert journal["targets"]["rto_target_seconds"] == 0.5
+    assert "RTO" in journal["breaches"][0] and result.json["error"]["type"] == "CheckFailed"
+    assert journal["steady_state"]["after"]["ok"] is True
+
+
+def test_ctrl_c_mid_drill_cleans_up_and_records_interrupted(voke, environ, env, monkeypatch):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dr, "detect_down", interrupt)  # Ctrl-C right after the primary was stopped
+    result = voke("drill", "run", "failover", "--yes", "--json", environ=environ)
+    assert result.exit_code == 130
+    monkeypatch.undo()
+    journal = json.loads(
+        sorted((env.home / "drills").glob("failover-*.json"), key=lambda p: p.stat().st_mtime)[-1].read_text()
+    )
+    assert journal["status"] == "interrupted" and "interrupted" in journal["error"]
+    assert journal["timeline"]["fault_injected_at"] and journal["timeline"]["first_write_ok_at"] is None
+    assert any(step["name"].startswith("restore the topology") and step["ok"] for step in journal["cleanup"])
+    assert env.require_state().leader == "primary" and dr.in_recovery(env.node("primary")) is False
+    assert dr.in_recovery(env.node("replica")) is True
+    assert voke("dr", "check", environ=environ).exit_code == 0

@@ -19,6 +19,7 @@ from voketag_ops.cli import (
     coverage_cmd,
     doctor_cmd,
     dr_cmd,
+    drill_cmd,
     env_cmd,
     ingest_cmd,
     rotate_cmd,
@@ -43,6 +44,7 @@ app = typer.Typer(
 # A group is registered only once at least one of its commands works.
 app.add_typer(env_cmd.app, name="env")
 app.add_typer(dr_cmd.app, name="dr")
+app.add_typer(drill_cmd.app, name="drill")
 app.add_typer(rotate_cmd.app, name="rotate")
 app.add_typer(secrets_cmd.app, name="secrets")
 app.add_typer(config_cmd.app, name="config")

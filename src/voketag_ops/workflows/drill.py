@@ -1,15 +1,50 @@
-"""`voke drill`: run DR drills on the local environment and keep their journals."""
+"""`voke drill`: rehearse DR on the local environment and measure what was achieved.
+
+Every drill checks the steady state, starts a canary writer (a row with a sequence
+number every 100 ms, each acknowledged commit recorded), injects its fault, recovers
+through the same workflows `voke dr` runs, verifies, cleans up (one writable leader
+with a streaming standby is left behind, in the topology found at the start) and
+checks the steady state again. The journal (JSON, VOKE_HOME/drills/RUN_ID.json) is
+written even when the drill fails or is interrupted.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import platform
+import socket
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from voketag_ops.core import drill as core
+from voketag_ops.core.dr_checks import judge, parse_iso
+from voketag_ops.errors import UsageError, VokeError
+from voketag_ops.logs import get_logger
+
 if TYPE_CHECKING:
+    from voketag_ops.adapters.local.dr import Canary
     from voketag_ops.adapters.local.environment import LocalEnvironment
+    from voketag_ops.config import Settings
+
+log = get_logger(__name__)
+Progress = Callable[[str], None]
+STEADY_CHECKS = ("unfinished_operation", "split_brain", "leader_writable", "replica_streaming", "archiving")
+CANARY_INTERVAL = 0.1
+SEED_ROWS = 2000
 
 
+def _quiet(_msg: str) -> None:
+    return None
+
+
+# -- journals -------------------------------------------------------------------------------------------
 def journals_dir(env: LocalEnvironment) -> Path:
     return env.home / "drills"
 
@@ -21,8 +56,20 @@ def load_journals(env: LocalEnvironment) -> list[dict[str, Any]]:
         try:
             found.append(json.loads(path.read_text()))
         except (OSError, ValueError):
-            continue
+            log.warning("skipping unreadable drill journal %s", path)
     return sorted(found, key=lambda j: j.get("started_at") or "")
+
+
+def load_journal(env: LocalEnvironment, run_id: str) -> dict[str, Any]:
+    journals = load_journals(env)
+    if run_id in ("last", "latest"):
+        if not journals:
+            raise UsageError("no drill has run yet; `voke drill run all --yes` runs them")
+        return journals[-1]
+    for journal in journals:
+        if journal.get("run_id") == run_id:
+            return journal
+    raise UsageError(f"no drill run {run_id!r} (see `voke drill history`)")
 
 
 def last_result(env: LocalEnvironment) -> dict[str, Any] | None:
@@ -30,6 +77,823 @@ def last_result(env: LocalEnvironment) -> dict[str, Any] | None:
     if not journals:
         return None
     last = journals[-1]
+    keys = ("run_id", "scenario", "status", "finished_at", "rto_seconds", "rpo_seconds")
+    return {k: last.get(k) for k in keys}
+
+
+def save_journal(env: LocalEnvironment, journal: dict[str, Any]) -> Path:
+    directory = journals_dir(env)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = directory / f"{journal['run_id']}.json"
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(journal, fh, indent=2)
+    tmp.replace(path)
+    return path
+
+
+def history(env: LocalEnvironment, *, scenario: str | None = None, limit: int = 50) -> dict[str, Any]:
+    journals = [j for j in load_journals(env) if scenario is None or j.get("scenario") == scenario]
+    rows = [
+        {
+            k: j.get(k)
+            for k in (
+                "run_id",
+                "scenario",
+                "started_at",
+                "status",
+                "rto_seconds",
+                "rpo_seconds",
+                "lost_commits",
+                "rto_met",
+                "rpo_met",
+                "integrity_ok",
+            )
+        }
+        | {"rto_target_seconds": (j.get("targets") or {}).get("rto_target_seconds")}
+        for j in journals
+    ]
+    return {"runs": rows[-limit:], "trend": core.trend(journals)}
+
+
+# -- steady state -----------------------------------------------------------------------------------------
+def steady_state(settings: Settings, env: LocalEnvironment, *, wait: float = 0.0) -> dict[str, Any]:
+    """The checks a drill needs before it injects a fault (and after it cleans up); waits up to WAIT."""
+    from voketag_ops.adapters.local import dr
+    from voketag_ops.workflows.dr import thresholds
+
+    limits = thresholds(settings)
+    deadline = time.monotonic() + wait
+    while True:
+        snap = dr.snapshot(
+            env, lag_wait=settings.dr.lag_probe_seconds, replica_expected=settings.local.replica
+        )
+        checks = [c for c in judge(snap, limits, now=dr.utcnow()) if c.name in STEADY_CHECKS]
+        ok = snap["initialized"] and all(c.ok for c in checks)
+        if ok or time.monotonic() >= deadline:
+            return {
+                "ok": bool(ok),
+                "checked_at": snap["checked_at"],
+                "leader": (snap.get("leader") or {}).get("name"),
+                "lag_seconds": (snap.get("standby") or {}).get("lag_seconds"),
+                "checks": [{"name": c.name, "ok": c.ok, "message": c.message} for c in checks],
+            }
+        time.sleep(0.5)
+
+
+# -- one run ------------------------------------------------------------------------------------------------
+class DrillRun:
+    """The state of one drill while it runs; `journal()` turns it into the journal document."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        env: LocalEnvironment,
+        scenario: str,
+        progress: Progress,
+        options: dict[str, Any],
+    ) -> None:
+        from voketag_ops.adapters.local import dr
+
+        self.settings, self.env, self.scenario, self.progress, self.options = (
+            settings,
+            env,
+            scenario,
+            progress,
+            options,
+        )
+        started = dr.utcnow()
+        self.run_id = f"{scenario}-{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:4]}"
+        self.started_at = started
+        self.t0 = time.monotonic()
+        self.timeline: dict[str, datetime | None] = {k: None for k in core.TIMELINE_KEYS}
+        self.steps = dr.Steps()
+        self.cleanup_steps = dr.Steps()
+        self._cleanups: list[tuple[str, Callable[[], Any]]] = []
+        self.integrity: list[dict[str, Any]] = []
+        self.details: dict[str, Any] = {}
+        self.canary: Canary | None = None
+        self.canary_summary: dict[str, Any] = {}
+        self.rpo: float | None = None
+        self.lost: int | None = None
+        self.steady_before: dict[str, Any] | None = None
+        self.steady_after: dict[str, Any] | None = None
+        self.error: str | None = None
+        self.status: str | None = None
+        self.targets = core.targets_for(
+            scenario,
+            rto=settings.dr.rto_seconds,
+            rto_regional=settings.dr.rto_regional_seconds,
+            rto_network=settings.dr.rto_network_seconds,
+            rpo=settings.dr.rpo_seconds,
+            source="dr settings (voke config show)",
+        )
+
+    # helpers the scenarios use
+    @contextmanager
+    def step(self, name: str) -> Iterator[dict[str, Any]]:
+        with self.steps.run(name, self.progress) as info:
+            yield info
+
+    def mark(self, key: str, when: datetime | None = None) -> datetime:
+        from voketag_ops.adapters.local.dr import utcnow
+
+        value = when or utcnow()
+        self.timeline[key] = value
+        return value
+
+    def on_cleanup(self, name: str, action: Callable[[], Any]) -> None:
+        self._cleanups.append((name, action))
+
+    def start_canary(self, *, write_timeout: float = 1.0) -> Canary:
+        from voketag_ops.adapters.local.dr import Canary
+
+        self.canary = Canary(
+            self.env.primary, self.run_id, interval=CANARY_INTERVAL, write_timeout=write_timeout
+        ).start()
+        self.on_cleanup("stop the canary writer", self.stop_canary)
+        return self.canary
+
+    def stop_canary(self) -> list[Any]:
+        if self.canary is None:
+            return []
+        writes = self.canary.stop()
+        failed = [w for w in writes if not w.ok]
+        self.canary_summary.update(
+            interval_seconds=CANARY_INTERVAL,
+            writes=len(writes),
+            acked_commits=sum(1 for w in writes if w.ok),
+            failed_writes=len(failed),
+            first_seq=writes[0].seq if writes else None,
+            last_seq=writes[-1].seq if writes else None,
+            errors=sorted({w.error for w in failed if w.error})[:5],
+        )
+        return writes
+
+    def canary_writes(self) -> list[core.Write]:
+        assert self.canary is not None
+        return [core.Write(w.seq, w.sent_at, w.done_at, w.ok) for w in self.canary.snapshot()]
+
+    def wait_first_write(self, after: datetime, *, timeout: float = 60) -> core.Write:
+        from voketag_ops.adapters.local.dr import wait_until
+
+        return wait_until(
+            lambda: core.first_write_after(self.canary_writes(), after),
+            "the canary's first acknowledged write after the fault",
+            timeout=timeout,
+        )
+
+    def run_cleanups(self) -> None:
+        while self._cleanups:
+            name, action = self._cleanups.pop()
+            try:
+                with self.cleanup_steps.run(name, self.progress):
+                    action()
+            except KeyboardInterrupt:
+                self.error = self.error or "interrupted"
+                log.warning("clean-up step %r interrupted; continuing with the rest", name)
+            except Exception as exc:
+                log.warning("clean-up step %r failed: %s", name, getattr(exc, "message", exc))
+
+    def journal(self) -> dict[str, Any]:
+        from voketag_ops import __version__
+        from voketag_ops.adapters.local.dr import iso, utcnow
+
+        rto = core.rto_seconds(self.timeline)
+        interrupted = self.status == "interrupted"
+        if self.status in ("aborted", "interrupted"):
+            v = core.verdict(
+                rto=rto,
+                rpo=self.rpo,
+                targets=self.targets,
+                integrity=self.integrity,
+                steady_after_ok=None,
+                error=self.error,
+            )
+            v["status"] = self.status
+        else:
+            v = core.verdict(
+                rto=rto,
+                rpo=self.rpo,
+                targets=self.targets,
+                integrity=self.integrity,
+                steady_after_ok=(self.steady_after or {}).get("ok"),
+                error=self.error,
+            )
+        state = self.env.state()
+        finished = utcnow()
+        return {
+            "run_id": self.run_id,
+            "scenario": self.scenario,
+            "environment": "local",
+            "mode": "local",
+            "versions": {
+                "voke": __version__,
+                "postgres": state.pg_version if state else None,
+                "python": platform.python_version(),
+            },
+            "platform": platform.platform(),
+            "node": socket.gethostname(),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(finished),
+            "duration_seconds": round(time.monotonic() - self.t0, 3),
+            "targets": {
+                "rto_target_seconds": self.targets.rto_target_seconds,
+                "rpo_target_seconds": self.targets.rpo_target_seconds,
+                "disruption": self.targets.disruption,
+                "source": self.targets.source,
+            },
+            "timeline": {k: iso(v) for k, v in self.timeline.items()},
+            "phases": core.phases(self.timeline),
+            "rto_seconds": rto,
+            "rpo_seconds": self.rpo,
+            "lost_commits": self.lost,
+            "canary": self.canary_summary,
+            "integrity": self.integrity,
+            "steps": self.steps.as_list(),
+            "cleanup": self.cleanup_steps.as_list(),
+            "steady_state": {"before": self.steady_before, "after": self.steady_after},
+            "rto_met": v["rto_met"],
+            "rpo_met": v["rpo_met"],
+            "integrity_ok": v["integrity_ok"],
+            "status": v["status"] if not interrupted else "interrupted",
+            "breaches": v["breaches"],
+            "error": self.error,
+            "details": self.details,
+        }
+
+
+def _at(text: str | None) -> datetime | None:
+    return parse_iso(text)
+
+
+# -- shared pieces -------------------------------------------------------------------------------------------
+def _seed_drill_data(run: DrillRun, rows: int = 1000) -> dict[str, Any]:
+    """Deterministic rows written well before the fault; their checksum must survive recovery."""
+    from psycopg import sql
+
+    from voketag_ops.adapters.local import dr
+
+    leader = run.env.primary()
+    with leader.connect(dr.DR_DB) as conn:
+        dr.ensure_schema(conn)
+        conn.execute(
+            "create table if not exists voke_dr.drill_data ("
+            " run_id text not null, id int not null, payload text not null, primary key (run_id, id))"
+        )
+        conn.execute(
+            "insert into voke_dr.drill_data select %s, g, md5(%s || g) from generate_series(1, %s) g",
+            (run.run_id, run.run_id, rows),
+        )
+    where = sql.SQL("where run_id = {}").format(sql.Literal(run.run_id))
+    run.on_cleanup("delete the drill's rows", lambda: _delete_drill_rows(run))
+    return dr.table_checksum(leader, "voke_dr.drill_data", key="id", where=where)
+
+
+def _delete_drill_rows(run: DrillRun) -> None:
+    from voketag_ops.adapters.local import dr
+
+    with run.env.primary().connect(dr.DR_DB) as conn:
+        conn.execute("delete from voke_dr.drill_data where run_id = %s", (run.run_id,))
+        conn.execute("delete from voke_dr.canary where run_id = %s", (run.run_id,))
+
+
+def _drill_data_integrity(run: DrillRun, node: Any, before: dict[str, Any]) -> dict[str, Any]:
+    from psycopg import sql
+
+    from voketag_ops.adapters.local import dr
+
+    where = sql.SQL("where run_id = {}").format(sql.Literal(run.run_id))
+    after = dr.table_checksum(node, "voke_dr.drill_data", key="id", where=where)
+    match = after == before
     return {
-        k: last.get(k) for k in ("run_id", "scenario", "status", "finished_at", "rto_seconds", "rpo_seconds")
+        "table": "voke_dr.drill_data",
+        "rows": after["rows"],
+        "checksum": after["checksum"],
+        "match": match,
+        "expected_rows": before["rows"],
+        "expected_checksum": before["checksum"],
+        "node": node.name,
+        "detail": "rows written before the fault, checksummed before and after"
+        if match
+        else "checksum differs",
+    }
+
+
+def _canary_integrity(run: DrillRun, node: Any, rpo: dict[str, Any]) -> dict[str, Any]:
+    """The canary rows on NODE: each one a write the canary attempted (lost ones count in RPO)."""
+    from psycopg import sql
+
+    from voketag_ops.adapters.local import dr
+
+    where = sql.SQL("where run_id = {}").format(sql.Literal(run.run_id))
+    summary = dr.table_checksum(node, "voke_dr.canary", key="seq", where=where)
+    attempted = {w.seq for w in run.canary_writes()}
+    recovered = set(dr.canary_rows(node, run.run_id))
+    phantom = sorted(recovered - attempted)
+    return {
+        "table": "voke_dr.canary",
+        "rows": summary["rows"],
+        "checksum": summary["checksum"],
+        "match": not phantom,
+        "node": node.name,
+        "lost_acknowledged": rpo["lost_commits"],
+        "detail": (
+            f"{rpo['acked_commits']} acknowledged, {rpo['lost_commits']} lost"
+            + (f", {len(phantom)} rows never written" if phantom else "")
+        ),
+    }
+
+
+def _finish_canary_rpo(run: DrillRun, node: Any) -> dict[str, Any]:
+    from voketag_ops.adapters.local import dr
+
+    writes = run.canary_writes()
+    recovered = dr.canary_rows(node, run.run_id)
+    rpo = core.rpo_from_canary(writes, recovered)
+    run.rpo, run.lost = rpo["rpo_seconds"], rpo["lost_commits"]
+    run.canary_summary.update(
+        lost_commits=rpo["lost_commits"],
+        lost_seqs=rpo["lost_seqs"],
+        last_acked_seq=rpo["last_acked_seq"],
+        last_recovered_seq=rpo["last_recovered_seq"],
+    )
+    return rpo
+
+
+def _restore_original_topology(run: DrillRun, leader: str) -> None:
+    """Clean-up: whatever happened, end with LEADER writable and the other node streaming from it."""
+    from voketag_ops.adapters.local import dr
+    from voketag_ops.workflows import dr as dr_flow
+
+    env = run.env
+    pending = dr.unfinished_operation(env)
+    if pending and pending.get("operation") == "failover":
+        dr_flow.failover(run.settings, env, dry_run=False, progress=run.progress)
+    state = env.require_state()
+    current = env.node(state.leader, state)
+    if not current.running and state.leader not in dr.fenced_nodes(env):
+        env.up(run.progress)  # the fault stopped the leader and recovery never ran: start it again
+    standby = env.node(state.follower, state)
+    if state.leader == leader and dr.in_recovery(standby) is True:
+        with suppress(VokeError):
+            dr.wait_caught_up(env.primary(), standby, timeout=30)
+            return
+    dr_flow.failback(
+        run.settings, env, dry_run=False, switch_back=state.leader != leader, progress=run.progress
+    )
+
+
+# -- scenarios ------------------------------------------------------------------------------------------------
+def _pitr(run: DrillRun) -> None:
+    from voketag_ops.adapters.local import dr
+    from voketag_ops.workflows import dr as dr_flow
+
+    env, settings = run.env, run.settings
+    leader = env.primary()
+    with run.step("seed: load a sample factory batch (voke ingest) and drill rows") as info:
+        batch = _seed_batch(run)
+        info.update({k: batch[k] for k in ("batch_id", "rows", "merkle_root")})
+        data_before = _seed_drill_data(run)
+    run.details["seed"] = {k: v for k, v in batch.items() if k != "conninfo"}
+    run.start_canary()
+    time.sleep(1.0)
+    target = dr.utcnow()
+    run.details["target"] = dr.iso(target)
+    time.sleep(0.5)
+    with run.step(f"fault: delete batch {batch['batch_id']}'s tags (the corrupting statement)") as info:
+        with leader.connect(batch["dbname"]) as conn:
+            before = dr.utcnow()
+            conn.execute("delete from ingest.tags where batch_id = %s", (batch["batch_id"],))
+            run.mark("fault_injected_at", before)
+            left = conn.execute(
+                "select count(*) from ingest.tags where batch_id = %s", (batch["batch_id"],)
+            ).fetchone()
+        info["rows_left"] = left[0] if left else None
+    run.mark("detected_at")
+    time.sleep(0.3)
+    run.stop_canary()
+    name = f"drill-{run.run_id.rsplit('-', 1)[-1]}-{run.started_at:%H%M%S}"
+    run.mark("recovery_started_at")
+    with run.step("recover: voke dr restore --to TARGET into a new instance") as info:
+        report = dr_flow.restore(
+            settings, env, to=dr.iso(target), name=name, dry_run=False, progress=run.progress
+        )
+        info.update(
+            name=name,
+            port=report["port"],
+            stop_point=report["stop_point"]["stopped"],
+            backup=report["backup"]["label"],
+        )
+    if not run.options.get("keep_restore"):
+        run.on_cleanup(
+            f"discard the restored instance {name}",
+            lambda: dr_flow.discard(settings, env, name=name, dry_run=False),
+        )
+    run.on_cleanup(
+        f"repair batch {batch['batch_id']} on the leader from the restored instance",
+        lambda: _repair_batch(run, name, batch),
+    )
+    run.details["restore"] = {
+        k: report[k] for k in ("name", "port", "target", "stop_point", "backup", "timings")
+    }
+    run.mark("recovered_at", _at(report["promoted_at"]))
+    run.mark("first_write_ok_at", _at(report["first_write_at"]))
+    _, restored = dr.get_restore(env, name)
+    with run.step("verify: canary rows, the batch's rows and Merkle root, drill rows") as info:
+        commit_times = dr.canary_rows(leader, run.run_id)
+        check = core.pitr_canary_check(commit_times, dr.canary_rows(restored, run.run_id), target)
+        run.rpo, run.lost = check["rpo_seconds"], check["lost_commits"]
+        run.canary_summary.update(
+            lost_commits=check["lost_commits"],
+            committed_before_target=check["committed_before_target"],
+            committed_after_target=check["committed_after_target"],
+            present_after_target=check["present_after_target"],
+        )
+        run.integrity.append(
+            {
+                "table": "voke_dr.canary",
+                "rows": check["restored"],
+                "checksum": None,
+                "match": check["ok"],
+                "node": restored.name,
+                "detail": f"{check['committed_before_target']} committed before the target, all restored; "
+                f"{check['committed_after_target']} after, none restored"
+                if check["ok"]
+                else f"missing before the target {check['missing_before_target']}, "
+                f"present after {check['present_after_target']}",
+            }
+        )
+        run.integrity.append(_batch_integrity(restored, batch))
+        run.integrity.append(_drill_data_integrity(run, restored, data_before))
+        info["ok"] = all(i["match"] for i in run.integrity)
+    run.mark("verified_at")
+
+
+def _seed_batch(run: DrillRun) -> dict[str, Any]:
+    """A sample factory batch through `voke ingest`: validated, loaded and sealed."""
+    from voketag_ops.adapters.local.dr import utcnow
+    from voketag_ops.workflows import ingest
+
+    conninfo = run.env.platform_database()
+    dbname = conninfo.rsplit("dbname=", 1)[-1].split()[0]
+    seed = int(uuid.uuid4().int % 1_000_000)
+    with tempfile.TemporaryDirectory(prefix="voke-drill-") as tmp:
+        path = Path(tmp) / f"drill-{run.run_id}.csv"
+        ingest.make_sample(path, rows=SEED_ROWS, seed=seed)
+        report = ingest.load_batch(
+            conninfo, path, settings=run.settings.ingest, now=utcnow(), audit_home=run.env.home
+        )
+    if report.status != "loaded" or report.batch_id is None:
+        raise VokeError(f"seeding the drill failed: ingest {report.status} ({report.error_count} problems)")
+    return {
+        "batch_id": report.batch_id,
+        "rows": report.rows_loaded,
+        "merkle_root": report.merkle_root,
+        "dbname": dbname,
+        "conninfo": conninfo,
+        "sample_seed": seed,
+    }
+
+
+def batch_root(node: Any, dbname: str, batch_id: int) -> dict[str, Any]:
+    """Recompute a sealed batch's Merkle root from its rows on NODE; compare with the stored root."""
+    from voketag_ops.core import ingest as ingest_core
+
+    cols = ingest_core.CANONICAL_COLUMNS
+    with node.connect(dbname, timeout=10) as conn:
+        rows = conn.execute(
+            f"select {', '.join(cols)} from ingest.tags where batch_id = %s order by leaf_index", (batch_id,)
+        ).fetchall()
+        stored = conn.execute(
+            "select merkle_root from ingest.batches where batch_id = %s", (batch_id,)
+        ).fetchone()
+    seal, _ = ingest_core.seal_leaves(
+        ingest_core.canonical_leaf(dict(zip(cols, row, strict=True))) for row in rows
+    )
+    return {
+        "rows": len(rows),
+        "root": seal.root.hex(),
+        "stored_root": bytes(stored[0]).hex() if stored else None,
+    }
+
+
+def _batch_integrity(node: Any, batch: dict[str, Any]) -> dict[str, Any]:
+    got = batch_root(node, batch["dbname"], batch["batch_id"])
+    match = got["root"] == batch["merkle_root"] == got["stored_root"] and got["rows"] == batch["rows"]
+    return {
+        "table": f"ingest.tags (batch {batch['batch_id']})",
+        "rows": got["rows"],
+        "checksum": got["root"],
+        "match": match,
+        "node": node.name,
+        "expected_rows": batch["rows"],
+        "expected_checksum": batch["merkle_root"],
+        "detail": "Merkle root recomputed from the restored rows equals the sealed root"
+        if match
+        else f"recomputed root {got['root'][:16]}… vs sealed {batch['merkle_root'][:16]}…",
+    }
+
+
+def _repair_batch(run: DrillRun, name: str, batch: dict[str, Any]) -> None:
+    """What an operator does after PITR: copy the lost rows back from the restored instance."""
+    from voketag_ops.adapters.local import dr
+
+    _, restored = dr.get_restore(run.env, name)
+    leader = run.env.primary()
+    with restored.connect(batch["dbname"]) as src, leader.connect(batch["dbname"]) as dst, dst.transaction():
+        dst.execute("delete from ingest.tags where batch_id = %s", (batch["batch_id"],))
+        with (
+            src.cursor().copy(
+                "copy (select * from ingest.tags where batch_id = %s) to stdout", (batch["batch_id"],)
+            ) as out,
+            dst.cursor().copy("copy ingest.tags from stdin") as into,
+        ):
+            for data in out:
+                into.write(data)
+    check = _batch_integrity(leader, batch)
+    run.details["repair"] = {"rows": check["rows"], "root_matches": check["match"]}
+    if not check["match"]:
+        raise VokeError(f"the repaired batch on the leader does not match its seal: {check['detail']}")
+
+
+def _failover(run: DrillRun) -> None:
+    from voketag_ops.adapters.local import dr
+    from voketag_ops.workflows import dr as dr_flow
+
+    env, settings = run.env, run.settings
+    original = env.require_state().leader
+    with run.step("seed: drill rows written before the fault"):
+        data_before = _seed_drill_data(run)
+    run.on_cleanup(
+        f"restore the topology ({original} leads, the other streams)",
+        lambda: _restore_original_topology(run, original),
+    )
+    run.start_canary()
+    dr.wait_caught_up(env.primary(), env.standby(), timeout=30)
+    time.sleep(1.0)
+    leader = env.primary()
+    with run.step(f"fault: pg_ctl stop -m immediate on the leader ({leader.name})"):
+        run.mark("fault_injected_at")
+        leader.stop(mode="immediate")
+    with run.step("detect: probe the leader until it stops answering"):
+        run.mark("detected_at", dr.detect_down(leader, timeout=30))
+    run.mark("recovery_started_at")
+    with run.step("recover: voke dr failover") as info:
+        report = dr_flow.failover(settings, env, dry_run=False, progress=run.progress)
+        info.update(new_leader=report["new_leader"], steps=[s["name"] for s in report["steps"]])
+    run.details["failover"] = report
+    run.mark("recovered_at", _at(report["promoted_at"]))
+    first = run.wait_first_write(run.timeline["fault_injected_at"])  # type: ignore[arg-type]
+    run.mark("first_write_ok_at", first.done_at)
+    time.sleep(0.5)
+    run.stop_canary()
+    new = env.primary()
+    with run.step("verify: acknowledged commits and drill rows on the new leader") as info:
+        rpo = _finish_canary_rpo(run, new)
+        run.integrity.append(_canary_integrity(run, new, rpo))
+        run.integrity.append(_drill_data_integrity(run, new, data_before))
+        info.update(lost_commits=rpo["lost_commits"], rpo_seconds=rpo["rpo_seconds"])
+    run.mark("verified_at")
+
+
+def _failback(run: DrillRun) -> None:
+    from voketag_ops.adapters.local import dr
+    from voketag_ops.workflows import dr as dr_flow
+
+    env, settings = run.env, run.settings
+    original = env.require_state().leader
+    run.on_cleanup(
+        f"restore the topology ({original} leads, the other streams)",
+        lambda: _restore_original_topology(run, original),
+    )
+    with run.step("seed: drill rows"):
+        data_before = _seed_drill_data(run)
+    with run.step("setup: fail over first (voke dr failover)") as info:
+        report = dr_flow.failover(settings, env, dry_run=False, progress=run.progress)
+        info["new_leader"] = report["new_leader"]
+    run.start_canary()
+    time.sleep(1.0)
+    started = dr.utcnow()
+    with run.step("recover: voke dr failback (rebuild, catch up, planned switchover)") as info:
+        back = dr_flow.failback(settings, env, dry_run=False, progress=run.progress)
+        info.update(method=back["rebuilt"].get("method"), leader=back["leader"])
+    swap = back.get("switchover") or {}
+    run.details["failback"] = {
+        "rebuilt": back["rebuilt"],
+        "started_at": dr.iso(started),
+        "duration_seconds": back["duration_seconds"],
+        "write_pause_seconds": swap.get("write_pause_seconds"),
+        "steps": back["steps"],
+    }
+    stopped = _at(swap.get("writes_stopped_at")) or started
+    run.mark("fault_injected_at", stopped)  # the planned disruption: writes stop here
+    run.mark("detected_at", stopped)
+    run.mark("recovery_started_at", stopped)
+    run.mark("recovered_at", _at(swap.get("promoted_at")))
+    first = run.wait_first_write(stopped)
+    run.mark("first_write_ok_at", first.done_at)
+    time.sleep(0.5)
+    run.stop_canary()
+    leader, standby = env.primary(), env.standby()
+    with run.step("verify: nothing lost; leader and standby hold the same rows") as info:
+        rpo = _finish_canary_rpo(run, leader)
+        run.integrity.append(_canary_integrity(run, leader, rpo))
+        run.integrity.append(_drill_data_integrity(run, leader, data_before))
+        dr.wait_caught_up(leader, standby, timeout=60)
+        run.integrity.append(_same_on_standby(run, leader, standby))
+        info.update(lost_commits=rpo["lost_commits"], leader=leader.name)
+    run.mark("verified_at")
+
+
+def _same_on_standby(run: DrillRun, leader: Any, standby: Any) -> dict[str, Any]:
+    from psycopg import sql
+
+    from voketag_ops.adapters.local import dr
+
+    where = sql.SQL("where run_id = {}").format(sql.Literal(run.run_id))
+    a = dr.table_checksum(leader, "voke_dr.canary", key="seq", where=where)
+    b = dr.table_checksum(standby, "voke_dr.canary", key="seq", where=where)
+    return {
+        "table": "voke_dr.canary (leader vs standby)",
+        "rows": a["rows"],
+        "checksum": a["checksum"],
+        "match": a == b,
+        "node": f"{leader.name}/{standby.name}",
+        "detail": "standby identical to the leader"
+        if a == b
+        else f"standby has {b['rows']} rows, {b['checksum']}",
+    }
+
+
+def _network(run: DrillRun) -> None:
+    from voketag_ops.adapters.local import dr
+
+    env = run.env
+    outage = float(run.options.get("outage_seconds") or run.settings.dr.network_outage_seconds)
+    with run.step("seed: drill rows"):
+        data_before = _seed_drill_data(run)
+    run.start_canary(write_timeout=1.0)
+    time.sleep(1.0)
+    leader = env.primary()
+    with run.step(f"fault: freeze the leader ({leader.name}) for {outage:g} s (SIGSTOP)") as info:
+        run.mark("fault_injected_at")
+        pids = dr.freeze_node(leader)
+        info["pids"] = len(pids)
+    run.on_cleanup("thaw the leader (SIGCONT)", lambda: dr.thaw(pids))
+    with run.step("detect: probe the leader until it stops answering"):
+        run.mark("detected_at", dr.detect_down(leader, timeout=30, probe_timeout=1.0))
+    decision = (
+        f"outage planned for {outage:g} s, below the network RTO of {run.targets.rto_target_seconds:g} s: "
+        "wait for the network instead of failing over (a failover would split writes)"
+    )
+    run.details["decision"] = decision
+    remaining = outage - (dr.utcnow() - run.timeline["fault_injected_at"]).total_seconds()  # type: ignore[operator]
+    if remaining > 0:
+        time.sleep(remaining)
+    with run.step("recover: the network returns (SIGCONT)"):
+        run.mark("recovery_started_at")
+        dr.thaw(pids)
+    with run.step("reconnect: the leader answers a write again"):
+        dr.wait_until(lambda: dr.probe_write(leader, timeout=2), "the leader to take writes", timeout=60)
+        run.mark("recovered_at")
+    first = run.wait_first_write(run.timeline["recovery_started_at"])  # type: ignore[arg-type]
+    run.mark("first_write_ok_at", first.done_at)
+    time.sleep(0.5)
+    writes = run.stop_canary()
+    during = [w for w in writes if not w.ok and w.sent_at >= run.timeline["fault_injected_at"]]  # type: ignore[operator]
+    run.details["service_errors"] = {
+        "failed_writes": len(during),
+        "first_error_at": dr.iso(during[0].done_at) if during else None,
+        "last_error_at": dr.iso(during[-1].done_at) if during else None,
+        "reconnect_seconds": core.seconds_between(run.timeline["recovery_started_at"], first.done_at),
+    }
+    with run.step("verify: acknowledged commits and drill rows"):
+        rpo = _finish_canary_rpo(run, leader)
+        run.integrity.append(_canary_integrity(run, leader, rpo))
+        run.integrity.append(_drill_data_integrity(run, leader, data_before))
+    run.mark("verified_at")
+
+
+SCENARIO_RUNNERS: dict[str, Callable[[DrillRun], None]] = {
+    "pitr": _pitr,
+    "failover": _failover,
+    "failback": _failback,
+    "network": _network,
+}
+PLANS = {
+    "pitr": [
+        "check the steady state",
+        "load a sample factory batch with voke ingest (sealed Merkle root) and drill rows",
+        "start the canary writer (a row every 100 ms)",
+        "pick the target T, then delete the batch's tags (the corruption)",
+        "voke dr restore --to T into a new instance; measure RTO to its first write",
+        "verify canary rows (all before T, none after), the batch's Merkle root, drill rows",
+        "repair the batch on the leader from the restored instance; discard it",
+    ],
+    "failover": [
+        "check the steady state; seed drill rows; start the canary writer",
+        "pg_ctl stop -m immediate on the leader; detect it",
+        "voke dr failover (fence, promote, repoint, verify); measure RTO to the canary's first write",
+        "RPO from the canary log: acknowledged commits lost and the span they cover",
+        "clean up: voke dr failback (pg_rewind, catch up, switch back)",
+    ],
+    "failback": [
+        "check the steady state; voke dr failover (setup)",
+        "start the canary writer; voke dr failback: rebuild, catch up, planned switchover",
+        "RTO = write pause of the switchover; verify nothing lost and the standby matches the leader",
+    ],
+    "network": [
+        "check the steady state; seed drill rows; start the canary writer",
+        "SIGSTOP the leader for dr.network_outage_seconds; detect it; wait (no failover)",
+        "SIGCONT; measure reconnection and the canary's failed writes; verify nothing lost",
+    ],
+}
+
+
+def run_drill(
+    settings: Settings,
+    env: LocalEnvironment,
+    scenario: str,
+    *,
+    progress: Progress = _quiet,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run one drill end to end; returns its journal (also saved). Ctrl-C cleans up, saves the
+    journal as `interrupted` and re-raises."""
+    from voketag_ops.adapters.local import dr
+    from voketag_ops.audit import audited
+    from voketag_ops.workflows.dr import require_local
+
+    require_local(settings)
+    if scenario not in SCENARIO_RUNNERS:
+        raise UsageError(f"unknown drill {scenario!r} (one of {', '.join(core.SCENARIOS)}, all)")
+    env.ensure_running(progress)
+    interrupted = False
+    with (
+        dr.dr_lock(env, f"drill {scenario}"),
+        audited(env.home, event_type=f"drill.{scenario}", env="local", target=scenario) as event,
+    ):
+        run = DrillRun(settings, env, scenario, progress, options or {})
+        event.details["run_id"] = run.run_id
+        try:
+            progress(f"{scenario}: checking the steady state")
+            run.steady_before = steady_state(settings, env, wait=30)
+            if not run.steady_before["ok"]:
+                run.status = "aborted"
+                failed = [c["message"] for c in run.steady_before["checks"] if not c["ok"]]
+                run.error = "steady state before the drill: " + "; ".join(failed)
+            else:
+                SCENARIO_RUNNERS[scenario](run)
+        except KeyboardInterrupt:
+            interrupted = True
+            run.status = "interrupted"
+            run.error = "interrupted (Ctrl-C); clean-up ran"
+        except VokeError as exc:
+            run.error = f"{exc.type_name}: {exc.message}"
+        except Exception as exc:  # a bug mid-drill: still clean up and keep the journal
+            log.exception("drill %s failed unexpectedly", scenario)
+            run.error = f"internal error ({type(exc).__name__}): {exc}"
+        finally:
+            run.run_cleanups()
+            if run.status != "aborted":
+                with suppress(Exception):
+                    run.steady_after = steady_state(settings, env, wait=60)
+            journal = run.journal()
+            save_journal(env, journal)
+        event.details.update(
+            status=journal["status"], rto_seconds=journal["rto_seconds"], rpo_seconds=journal["rpo_seconds"]
+        )
+        event.result = "success" if journal["status"] == "completed" else journal["status"]
+        if interrupted:
+            raise KeyboardInterrupt
+    return journal
+
+
+def run(
+    settings: Settings,
+    env: LocalEnvironment,
+    scenario: str,
+    *,
+    dry_run: bool = False,
+    progress: Progress = _quiet,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """`voke drill run SCENARIO|all`: one journal, or {"runs": [...]} for all."""
+    from voketag_ops.workflows.dr import require_local
+
+    require_local(settings)
+    scenarios = list(core.SCENARIOS) if scenario == "all" else [scenario]
+    for name in scenarios:
+        if name not in SCENARIO_RUNNERS:
+            raise UsageError(f"unknown drill {name!r} (one of {', '.join(core.SCENARIOS)}, all)")
+    if dry_run:
+        return {"dry_run": True, "plan": {name: PLANS[name] for name in scenarios}}
+    journals = [run_drill(settings, env, name, progress=progress, options=options) for name in scenarios]
+    if scenario != "all":
+        return journals[0]
+    return {
+        "runs": journals,
+        "status": "completed" if all(j["status"] == "completed" for j in journals) else "failed",
     }

@@ -98,10 +98,30 @@ def dr_dir(env: LocalEnvironment) -> Path:
     return path
 
 
+_HELD: dict[str, int] = {}  # lock path -> depth, so a drill can call the dr operations it wraps
+_HELD_GUARD = threading.Lock()
+
+
 @contextmanager
 def dr_lock(env: LocalEnvironment, operation: str) -> Iterator[None]:
-    """One DR operation at a time (failover, failback, restore, drills)."""
-    path = dr_dir(env) / "dr.lock"
+    """One DR operation at a time across processes (failover, failback, restore, drills).
+
+    Re-entrant within a process: a drill holds it and runs `dr failover` inside.
+    """
+    path = str(dr_dir(env) / "dr.lock")
+    with _HELD_GUARD:
+        if _HELD.get(path):
+            _HELD[path] += 1
+            nested = True
+        else:
+            nested = False
+    if nested:
+        try:
+            yield
+        finally:
+            with _HELD_GUARD:
+                _HELD[path] -= 1
+        return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
@@ -113,7 +133,13 @@ def dr_lock(env: LocalEnvironment, operation: str) -> Iterator[None]:
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{operation} pid {os.getpid()}".encode(), 0)
-        yield
+        with _HELD_GUARD:
+            _HELD[path] = 1
+        try:
+            yield
+        finally:
+            with _HELD_GUARD:
+                _HELD.pop(path, None)
     finally:
         os.close(fd)
 
@@ -1381,6 +1407,7 @@ def switchover(
     with steps.run(f"promote {standby.name}", progress) as info:
         info["settled_archive_status"] = settle_archive_status(env, standby)
         info["seconds"] = promote(standby, timeout=timeout)
+        promoted_at = utcnow()
         info["settled_archive_status"] += settle_archive_status(env, standby)
         env.set_leader(standby.name)
         ensure_slot(standby)
@@ -1407,6 +1434,7 @@ def switchover(
         "leader": standby.name,
         "standby": leader.name,
         "writes_stopped_at": iso(writes_stopped_at),
+        "promoted_at": iso(promoted_at),
         "first_write_at": iso(first_write_at),
         "write_pause_seconds": round((first_write_at - writes_stopped_at).total_seconds(), 3),
         "steps": steps.as_list(),
@@ -1489,6 +1517,23 @@ def _streams_from(leader: PgNode, standby: PgNode) -> bool:
     except BackendError:
         return False
     return bool(row and row[0])
+
+
+def table_checksum(
+    node: PgNode, table: str, *, key: str, dbname: str = DR_DB, where: Any = None
+) -> dict[str, Any]:
+    """Row count and a checksum over TABLE's rows in KEY order, computed inside PostgreSQL.
+
+    TABLE and KEY are identifiers voke chose; WHERE is a psycopg `sql.Composable` or None.
+    """
+    from psycopg import sql
+
+    query = sql.SQL(
+        "select count(*), coalesce(md5(string_agg(md5(t::text), '' order by {key})), md5('')) from {table} t {where}"
+    ).format(key=sql.SQL(key), table=sql.SQL(table), where=where if where is not None else sql.SQL(""))
+    with node.connect(dbname, timeout=10) as conn:
+        count, digest = conn.execute(query).fetchone()  # type: ignore[misc]
+    return {"rows": int(count), "checksum": digest}
 
 
 # -- canary writer ----------------------------------------------------------------------------------

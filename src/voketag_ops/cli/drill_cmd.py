@@ -1,0 +1,194 @@
+"""`voke drill`: run DR drills on the local environment, their history, and reports."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from voketag_ops.cli.common import DryRun, Yes, use
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+app = typer.Typer(
+    help="Rehearse DR (pitr, failover, failback, network) and report the RTO and RPO achieved.",
+    no_args_is_help=True,
+)
+
+
+class Scenario(StrEnum):
+    pitr = "pitr"
+    failover = "failover"
+    failback = "failback"
+    network = "network"
+    all = "all"
+
+
+class Format(StrEnum):
+    md = "md"
+    html = "html"
+    json = "json"
+
+
+@app.command("run")
+def run(
+    ctx: typer.Context,
+    scenario: Annotated[
+        Scenario, typer.Argument(help="Drill to run: pitr, failover, failback, network or all.")
+    ],
+    outage: Annotated[
+        str | None, typer.Option("--outage", help="Network drill: how long the leader is frozen (e.g. 5s).")
+    ] = None,
+    keep_restore: Annotated[
+        bool, typer.Option("--keep-restore", help="PITR drill: keep the restored instance for inspection.")
+    ] = False,
+    dry_run: DryRun = False,
+    yes: Yes = False,
+) -> None:
+    """Run a drill end to end; exit 1 if a target is breached or integrity fails."""
+    from voketag_ops.core.dr_checks import parse_duration
+    from voketag_ops.errors import UsageError
+    from voketag_ops.workflows import drill
+
+    env = use(ctx)
+    options: dict[str, Any] = {"keep_restore": keep_restore}
+    if outage is not None:
+        try:
+            options["outage_seconds"] = parse_duration(outage)
+        except ValueError as exc:
+            raise UsageError(f"--outage: {exc}") from None
+    if not dry_run:
+        env.out.confirm(
+            f"Run the {scenario.value} drill on the local environment (it kills and restores servers)?",
+            yes=yes,
+        )
+    with env.out.progress(f"drill {scenario.value}") as update:
+        report = drill.run(
+            env.settings,
+            env.local_environment(),
+            scenario.value,
+            dry_run=dry_run,
+            progress=update,
+            options=options,
+        )
+    if report.get("dry_run"):
+        env.out.result(report, render=_render_plan)
+        return
+    runs = report.get("runs", [report])
+    failed = [j for j in runs if j["status"] != "completed"]
+    env.out.result(
+        report,
+        ok=not failed,
+        render=_render_runs,
+        failure="; ".join(
+            f"{j['scenario']} {j['status']}: {'; '.join(j.get('breaches') or [])}" for j in failed
+        )
+        or None,
+    )
+
+
+@app.command("history")
+def history(
+    ctx: typer.Context,
+    scenario: Annotated[str | None, typer.Option("--scenario", help="Only this drill.")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="Newest N runs.", min=1)] = 50,
+) -> None:
+    """Past drill runs with RTO/RPO per scenario, and the trend."""
+    from voketag_ops.workflows import drill
+
+    env = use(ctx)
+    env.out.result(
+        drill.history(env.local_environment(), scenario=scenario, limit=limit), render=_render_history
+    )
+
+
+@app.command("report")
+def report(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="Run id from `voke drill history` (or `last`).")],
+    format_: Annotated[
+        Format, typer.Option("--format", help="md, html (self-contained) or json.")
+    ] = Format.md,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the report to this file instead of stdout.")
+    ] = None,
+) -> None:
+    """The evidence of one drill run: Markdown, a self-contained HTML page, or the JSON journal."""
+    import json
+
+    from voketag_ops.core import drill_report
+    from voketag_ops.workflows import drill
+
+    env = use(ctx)
+    journal = drill.load_journal(env.local_environment(), run_id)
+    if format_ is Format.json and output is None:
+        env.out.result(journal, render=lambda c, j: c.print_json(json.dumps(j)))
+        return
+    text = {
+        Format.md: drill_report.markdown,
+        Format.html: drill_report.html_page,
+        Format.json: lambda j: json.dumps(j, indent=2) + "\n",
+    }[format_](journal)
+    if output is not None:
+        output.write_text(text)
+        env.out.result(
+            {"run_id": journal["run_id"], "format": format_.value, "output": str(output), "bytes": len(text)},
+            render=lambda c, r: c.print(f"wrote {r['output']} ({r['bytes']} bytes)"),
+        )
+        return
+    if env.out.json_mode:
+        env.out.result({"run_id": journal["run_id"], "format": format_.value, "report": text})
+        return
+    env.out.stdout.write(text)
+    env.out.emitted = True
+
+
+def _render_plan(console: Console, report: dict[str, Any]) -> None:
+    console.print("[bold]dry run[/]: nothing will change")
+    for name, steps in report["plan"].items():
+        console.print(f"[bold]{name}[/]")
+        for step in steps:
+            console.print(f"  • {step}")
+
+
+def _render_runs(console: Console, report: dict[str, Any]) -> None:
+    runs = report.get("runs", [report])
+    for j in runs:
+        t = j["targets"]
+        mark = "ok  " if j["status"] == "completed" else "FAIL"
+        rto = "–" if j["rto_seconds"] is None else f"{j['rto_seconds']:.2f} s"
+        rpo = "–" if j["rpo_seconds"] is None else f"{j['rpo_seconds']:.2f} s"
+        console.print(
+            f"{mark} {j['scenario']:<9} RTO {rto} (target {t['rto_target_seconds']:g} s)  "
+            f"RPO {rpo} (target {t['rpo_target_seconds']:g} s)  lost {j.get('lost_commits')}  "
+            f"integrity {'ok' if j['integrity_ok'] else 'FAILED'}  {j['status']}  run {j['run_id']}",
+            markup=False,
+        )
+        for breach in j.get("breaches") or []:
+            console.print(f"     {breach}", markup=False)
+    console.print("reports: voke drill report RUN_ID --format md|html", markup=False)
+
+
+def _render_history(console: Console, report: dict[str, Any]) -> None:
+    if not report["runs"]:
+        console.print("no drill has run yet; `voke drill run all --yes` runs them")
+        return
+    for r in report["runs"]:
+        rto = "–" if r["rto_seconds"] is None else f"{r['rto_seconds']:.2f}"
+        rpo = "–" if r["rpo_seconds"] is None else f"{r['rpo_seconds']:.2f}"
+        console.print(
+            f"{r['started_at']}  {r['scenario']:<9} {r['status']:<11} RTO {rto:>7} s  RPO {rpo:>6} s  "
+            f"lost {r['lost_commits']}  {r['run_id']}",
+            markup=False,
+        )
+    for scenario, t in report["trend"].items():
+        change = t["rto_change_seconds"]
+        arrow = "" if change is None else (f" ({'+' if change >= 0 else ''}{change:.2f} s vs previous)")
+        console.print(
+            f"trend {scenario:<9} {t['runs']} run(s), {t['passed']} passed, last RTO {t['last_rto_seconds']:.2f} s"
+            f"{arrow}, best {t['best_rto_seconds']:.2f} s, worst {t['worst_rto_seconds']:.2f} s",
+            markup=False,
+        )

@@ -1,0 +1,365 @@
+"""Drill evaluation: targets per scenario, RTO and RPO from timestamps and the canary log,
+verdicts, and the journal's schema. Pure: no I/O, no clocks (callers pass times in).
+
+A journal is one JSON document per drill run (Chaos Toolkit's journal is the model). RTO
+is fault injection to the first acknowledged write after it; RPO is the span of
+acknowledged commits that recovery lost (for PITR: how far short of the requested
+point the restored data ends).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+SCENARIOS = ("pitr", "failover", "failback", "network")
+STATUSES = ("completed", "failed", "aborted", "interrupted")
+TIMELINE_KEYS = (
+    "fault_injected_at",
+    "detected_at",
+    "recovery_started_at",
+    "recovered_at",
+    "first_write_ok_at",
+    "verified_at",
+)
+# Which of the platform's disruption types each drill rehearses (PRODUCT.md's RTO table).
+DISRUPTION = {
+    "pitr": "database corruption",
+    "failover": "regional failure",
+    "failback": "planned failback",
+    "network": "network outage",
+}
+
+
+@dataclass(frozen=True)
+class Targets:
+    rto_target_seconds: float
+    rpo_target_seconds: float
+    disruption: str
+    source: str
+
+
+def targets_for(
+    scenario: str,
+    *,
+    rto: float,
+    rto_regional: float,
+    rto_network: float,
+    rpo: float,
+    source: str = "dr settings",
+) -> Targets:
+    """RTO per disruption: failover is a regional failure, network an outage, the rest the default."""
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}")
+    rto_for = {"failover": rto_regional, "network": rto_network}.get(scenario, rto)
+    return Targets(float(rto_for), float(rpo), DISRUPTION[scenario], source)
+
+
+@dataclass(frozen=True)
+class Write:
+    """One canary write as the client saw it."""
+
+    seq: int
+    sent_at: datetime
+    done_at: datetime
+    ok: bool
+
+
+def seconds_between(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((end - start).total_seconds(), 3)
+
+
+def rto_seconds(timeline: Mapping[str, datetime | None]) -> float | None:
+    """Fault injection to the first acknowledged write after it."""
+    return seconds_between(timeline.get("fault_injected_at"), timeline.get("first_write_ok_at"))
+
+
+def phases(timeline: Mapping[str, datetime | None]) -> dict[str, float | None]:
+    """Durations of the phases between consecutive timeline marks."""
+    return {
+        "detection": seconds_between(timeline.get("fault_injected_at"), timeline.get("detected_at")),
+        "decision": seconds_between(timeline.get("detected_at"), timeline.get("recovery_started_at")),
+        "recovery": seconds_between(timeline.get("recovery_started_at"), timeline.get("recovered_at")),
+        "first_write": seconds_between(timeline.get("recovered_at"), timeline.get("first_write_ok_at")),
+        "verification": seconds_between(timeline.get("first_write_ok_at"), timeline.get("verified_at")),
+    }
+
+
+def first_write_after(writes: Iterable[Write], when: datetime) -> Write | None:
+    """The first acknowledged write sent at or after WHEN."""
+    return next((w for w in sorted(writes, key=lambda w: w.seq) if w.ok and w.sent_at >= when), None)
+
+
+def rpo_from_canary(writes: Sequence[Write], recovered: Iterable[int]) -> dict[str, Any]:
+    """Acknowledged commits missing after recovery, and the span of time they cover.
+
+    RPO is from the newest acknowledged commit that survived to the newest one lost
+    (0 when nothing acknowledged was lost).
+    """
+    have = set(recovered)
+    acked = sorted((w for w in writes if w.ok), key=lambda w: w.seq)
+    lost = [w for w in acked if w.seq not in have]
+    survivors = [w for w in acked if w.seq in have]
+    rpo = 0.0
+    if lost:
+        newest_lost = max(w.done_at for w in lost)
+        anchor = max((w.done_at for w in survivors if w.done_at <= newest_lost), default=None)
+        if anchor is None:
+            anchor = min(w.sent_at for w in lost)
+        rpo = round(max(0.0, (newest_lost - anchor).total_seconds()), 3)
+    return {
+        "acked_commits": len(acked),
+        "failed_writes": sum(1 for w in writes if not w.ok),
+        "lost_commits": len(lost),
+        "lost_seqs": [w.seq for w in lost][:50],
+        "rpo_seconds": rpo,
+        "last_acked_seq": acked[-1].seq if acked else None,
+        "last_recovered_seq": max(have) if have else None,
+    }
+
+
+def pitr_canary_check(
+    commit_times: Mapping[int, datetime], restored: Iterable[int], target: datetime
+) -> dict[str, Any]:
+    """Every canary row committed at or before TARGET must be restored and none after.
+
+    RPO here is how far short of TARGET the restored data ends: the gap between the
+    target and the newest restored commit (the canary's interval bounds it from below).
+    """
+    have = set(restored)
+    before = {s for s, ts in commit_times.items() if ts <= target}
+    after = {s for s in commit_times if s not in before}
+    missing = sorted(before - have)
+    extra = sorted(after & have)
+    newest = max((ts for s, ts in commit_times.items() if s in have and ts <= target), default=None)
+    lost_span = 0.0
+    if missing:
+        lost_span = round((max(commit_times[s] for s in missing) - (newest or target)).total_seconds(), 3)
+    return {
+        "committed_before_target": len(before),
+        "committed_after_target": len(after),
+        "restored": len(have & set(commit_times)),
+        "missing_before_target": missing[:50],
+        "present_after_target": extra[:50],
+        "lost_commits": len(missing),
+        "newest_restored_commit_at": newest,
+        "rpo_seconds": round(max(lost_span, (target - newest).total_seconds() if newest else 0.0), 3),
+        "ok": not missing and not extra,
+    }
+
+
+def verdict(
+    *,
+    rto: float | None,
+    rpo: float | None,
+    targets: Targets,
+    integrity: Sequence[Mapping[str, Any]],
+    steady_after_ok: bool | None,
+    error: str | None,
+) -> dict[str, Any]:
+    """rto_met, rpo_met, integrity_ok and the overall status (completed or failed)."""
+    rto_met = rto is not None and rto <= targets.rto_target_seconds
+    rpo_met = rpo is not None and rpo <= targets.rpo_target_seconds
+    integrity_ok = bool(integrity) and all(bool(item.get("match")) for item in integrity)
+    breaches = []
+    if not rto_met:
+        breaches.append(
+            "no first write after the fault"
+            if rto is None
+            else f"RTO {rto:g} s > {targets.rto_target_seconds:g} s"
+        )
+    if not rpo_met:
+        breaches.append("RPO unknown" if rpo is None else f"RPO {rpo:g} s > {targets.rpo_target_seconds:g} s")
+    if not integrity_ok:
+        bad = [str(item.get("table")) for item in integrity if not item.get("match")]
+        breaches.append("integrity: " + (", ".join(bad) if bad else "nothing verified"))
+    if steady_after_ok is False:
+        breaches.append("steady state not restored after the drill")
+    if error:
+        breaches.append(error)
+    return {
+        "rto_met": rto_met,
+        "rpo_met": rpo_met,
+        "integrity_ok": integrity_ok,
+        "status": "failed" if breaches else "completed",
+        "breaches": breaches,
+    }
+
+
+# -- the journal's schema ------------------------------------------------------------------------------
+_TS = {"type": ["string", "null"], "format": "date-time"}
+_NUM = {"type": ["number", "null"]}
+JOURNAL_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "voke drill journal",
+    "type": "object",
+    "required": [
+        "run_id",
+        "scenario",
+        "environment",
+        "mode",
+        "versions",
+        "started_at",
+        "finished_at",
+        "targets",
+        "timeline",
+        "phases",
+        "rto_seconds",
+        "rpo_seconds",
+        "lost_commits",
+        "integrity",
+        "steps",
+        "steady_state",
+        "rto_met",
+        "rpo_met",
+        "integrity_ok",
+        "status",
+    ],
+    "properties": {
+        "run_id": {"type": "string"},
+        "scenario": {"type": "string", "enum": list(SCENARIOS)},
+        "environment": {"type": "string"},
+        "mode": {"type": "string", "enum": ["local", "cloud", "dry-run"]},
+        "versions": {
+            "type": "object",
+            "required": ["voke", "postgres", "python"],
+            "properties": {"voke": {"type": "string"}, "postgres": {"type": ["string", "null"]}},
+        },
+        "started_at": {"type": "string", "format": "date-time"},
+        "finished_at": _TS,
+        "duration_seconds": _NUM,
+        "targets": {
+            "type": "object",
+            "required": ["rto_target_seconds", "rpo_target_seconds", "disruption"],
+            "properties": {
+                "rto_target_seconds": {"type": "number", "minimum": 0},
+                "rpo_target_seconds": {"type": "number", "minimum": 0},
+                "disruption": {"type": "string"},
+            },
+        },
+        "timeline": {
+            "type": "object",
+            "required": list(TIMELINE_KEYS),
+            "properties": {key: _TS for key in TIMELINE_KEYS},
+        },
+        "phases": {"type": "object"},
+        "rto_seconds": _NUM,
+        "rpo_seconds": _NUM,
+        "lost_commits": {"type": ["integer", "null"], "minimum": 0},
+        "canary": {"type": "object"},
+        "integrity": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["table", "rows", "checksum", "match"],
+                "properties": {
+                    "table": {"type": "string"},
+                    "rows": {"type": ["integer", "null"]},
+                    "checksum": {"type": ["string", "null"]},
+                    "match": {"type": "boolean"},
+                },
+            },
+        },
+        "steps": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "ok", "duration_seconds"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "ok": {"type": "boolean"},
+                    "duration_seconds": {"type": "number"},
+                },
+            },
+        },
+        "steady_state": {
+            "type": "object",
+            "required": ["before", "after"],
+            "properties": {"before": {"type": ["object", "null"]}, "after": {"type": ["object", "null"]}},
+        },
+        "rto_met": {"type": "boolean"},
+        "rpo_met": {"type": "boolean"},
+        "integrity_ok": {"type": "boolean"},
+        "status": {"type": "string", "enum": list(STATUSES)},
+        "breaches": {"type": "array", "items": {"type": "string"}},
+        "error": {"type": ["string", "null"]},
+        "cleanup": {"type": "array"},
+        "details": {"type": "object"},
+    },
+}
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "object": (dict,),
+    "array": (list,),
+    "string": (str,),
+    "number": (int, float),
+    "integer": (int,),
+    "boolean": (bool,),
+    "null": (type(None),),
+}
+
+
+def validate(doc: Any, schema: Mapping[str, Any] = JOURNAL_SCHEMA, path: str = "$") -> list[str]:
+    """Errors of DOC against the subset of JSON Schema used here (type, required, properties,
+    items, enum, minimum, date-time format). An empty list means valid."""
+    errors: list[str] = []
+    types = schema.get("type")
+    if types is not None:
+        names = [types] if isinstance(types, str) else list(types)
+        ok = False
+        for name in names:
+            kinds = _JSON_TYPES[name]
+            if isinstance(doc, bool) and name in ("number", "integer"):
+                continue
+            if isinstance(doc, kinds):
+                ok = True
+                break
+        if not ok:
+            return [f"{path}: expected {' or '.join(names)}, got {type(doc).__name__}"]
+    if "enum" in schema and doc not in schema["enum"]:
+        errors.append(f"{path}: {doc!r} is not one of {schema['enum']}")
+    number = isinstance(doc, int | float) and not isinstance(doc, bool)
+    if "minimum" in schema and number and doc < schema["minimum"]:
+        errors.append(f"{path}: {doc} is below {schema['minimum']}")
+    if schema.get("format") == "date-time" and isinstance(doc, str):
+        try:
+            datetime.fromisoformat(doc.replace("Z", "+00:00"))
+        except ValueError:
+            errors.append(f"{path}: {doc!r} is not an ISO 8601 date-time")
+    if isinstance(doc, dict):
+        for key in schema.get("required", []):
+            if key not in doc:
+                errors.append(f"{path}: missing {key!r}")
+        for key, sub in schema.get("properties", {}).items():
+            if key in doc:
+                errors.extend(validate(doc[key], sub, f"{path}.{key}"))
+    if isinstance(doc, list) and "items" in schema:
+        for i, item in enumerate(doc):
+            errors.extend(validate(item, schema["items"], f"{path}[{i}]"))
+    return errors
+
+
+# -- history ------------------------------------------------------------------------------------------
+def trend(journals: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per scenario: runs, the newest RTO/RPO, the change from the run before, the best and worst RTO."""
+    out: dict[str, dict[str, Any]] = {}
+    for scenario in SCENARIOS:
+        runs = [j for j in journals if j.get("scenario") == scenario and j.get("rto_seconds") is not None]
+        if not runs:
+            continue
+        rtos = [float(j["rto_seconds"]) for j in runs]
+        last, prev = runs[-1], (runs[-2] if len(runs) > 1 else None)
+        out[scenario] = {
+            "runs": len(runs),
+            "last_rto_seconds": last["rto_seconds"],
+            "last_rpo_seconds": last.get("rpo_seconds"),
+            "rto_change_seconds": round(rtos[-1] - rtos[-2], 3) if prev is not None else None,
+            "best_rto_seconds": min(rtos),
+            "worst_rto_seconds": max(rtos),
+            "passed": sum(1 for j in runs if j.get("status") == "completed"),
+        }
+    return out

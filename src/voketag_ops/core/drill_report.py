@@ -1,0 +1,274 @@
+"""Drill reports for the monthly DR evidence: Markdown and a self-contained HTML page
+(inline CSS and SVG, no external assets) rendered from a journal. Pure string building."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from voketag_ops.core.drill import TIMELINE_KEYS
+
+_PHASES = (
+    ("detection", "fault_injected_at", "detected_at", "#d9534f"),
+    ("decision", "detected_at", "recovery_started_at", "#f0ad4e"),
+    ("recovery", "recovery_started_at", "recovered_at", "#5bc0de"),
+    ("first write", "recovered_at", "first_write_ok_at", "#5cb85c"),
+    ("verification", "first_write_ok_at", "verified_at", "#777777"),
+)
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".") + unit
+    return f"{value}{unit}"
+
+
+def _mark(ok: Any) -> str:
+    return "met" if ok else "BREACHED"
+
+
+def markdown(j: Mapping[str, Any]) -> str:
+    """The journal as a Markdown report."""
+    t = j["targets"]
+    lines = [
+        f"# DR drill {j['run_id']}: {j['scenario']} ({t.get('disruption', '')})",
+        "",
+        f"- **Status: {j['status']}**"
+        + (f" ({'; '.join(j.get('breaches') or [])})" if j.get("breaches") else ""),
+        f"- Environment: {j['environment']} ({j['mode']}), voke {j['versions'].get('voke')}, "
+        f"PostgreSQL {j['versions'].get('postgres')}, node {j.get('node', '')}",
+        f"- Ran {j['started_at']} .. {j.get('finished_at')} ({_fmt(j.get('duration_seconds'), ' s')})",
+        "",
+        "## Targets",
+        "",
+        "| measure | achieved | target | verdict |",
+        "|---|---|---|---|",
+        f"| RTO | {_fmt(j.get('rto_seconds'), ' s')} | {_fmt(t['rto_target_seconds'], ' s')} | {_mark(j['rto_met'])} |",
+        f"| RPO | {_fmt(j.get('rpo_seconds'), ' s')} | {_fmt(t['rpo_target_seconds'], ' s')} | {_mark(j['rpo_met'])} |",
+        f"| integrity | {len(j.get('integrity') or [])} check(s) | all match | "
+        f"{'ok' if j['integrity_ok'] else 'FAILED'} |",
+        f"| lost acknowledged commits | {_fmt(j.get('lost_commits'))} | 0 | |",
+        "",
+        "## Timeline (UTC)",
+        "",
+        "| event | at | seconds after the fault |",
+        "|---|---|---|",
+    ]
+    offsets = _offsets(j)
+    for key in TIMELINE_KEYS:
+        lines.append(
+            f"| {key.removesuffix('_at').replace('_', ' ')} | {j['timeline'].get(key) or '–'} | "
+            f"{_fmt(offsets.get(key))} |"
+        )
+    lines += [
+        "",
+        "Phases: " + ", ".join(f"{k} {_fmt(v, ' s')}" for k, v in (j.get("phases") or {}).items()),
+        "",
+    ]
+    canary = j.get("canary") or {}
+    if canary:
+        lines += [
+            "## Canary writer",
+            "",
+            f"{canary.get('writes', 0)} writes every {_fmt(canary.get('interval_seconds'), ' s')}: "
+            f"{canary.get('acked_commits', 0)} acknowledged, {canary.get('failed_writes', 0)} failed, "
+            f"{canary.get('lost_commits', 0)} acknowledged but lost.",
+            "",
+        ]
+    lines += ["## Integrity", "", "| table | rows | checksum | match | detail |", "|---|---|---|---|---|"]
+    for item in j.get("integrity") or []:
+        lines.append(
+            f"| {item['table']} | {_fmt(item.get('rows'))} | `{(item.get('checksum') or '–')[:16]}` | "
+            f"{'yes' if item['match'] else 'NO'} | {item.get('detail') or ''} |"
+        )
+    lines += ["", "## Steps", "", "| step | ok | seconds |", "|---|---|---|"]
+    for step in j.get("steps") or []:
+        lines.append(
+            f"| {step['name']} | {'yes' if step['ok'] else 'NO'} | {_fmt(step['duration_seconds'])} |"
+        )
+    if j.get("cleanup"):
+        lines += ["", "## Clean-up", "", "| step | ok | seconds |", "|---|---|---|"]
+        for step in j["cleanup"]:
+            lines.append(
+                f"| {step['name']} | {'yes' if step['ok'] else 'NO'} | {_fmt(step['duration_seconds'])} |"
+            )
+    ss = j.get("steady_state") or {}
+    lines += [
+        "",
+        "## Steady state",
+        "",
+        f"- before: {'ok' if (ss.get('before') or {}).get('ok') else 'NOT ok'}"
+        + _failed_checks(ss.get("before")),
+        f"- after: {'ok' if (ss.get('after') or {}).get('ok') else 'NOT ok'}"
+        + _failed_checks(ss.get("after")),
+    ]
+    if j.get("error"):
+        lines += ["", f"**Error:** {j['error']}"]
+    return "\n".join(lines) + "\n"
+
+
+def _failed_checks(state: Mapping[str, Any] | None) -> str:
+    if not state:
+        return " (not checked)"
+    failed = [c["message"] for c in state.get("checks", []) if not c.get("ok")]
+    return f" ({'; '.join(failed)})" if failed else ""
+
+
+def _offsets(j: Mapping[str, Any]) -> dict[str, float | None]:
+    from datetime import datetime
+
+    def parse(text: str | None) -> datetime | None:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+
+    fault = parse(j["timeline"].get("fault_injected_at"))
+    out: dict[str, float | None] = {}
+    for key in TIMELINE_KEYS:
+        at = parse(j["timeline"].get(key))
+        out[key] = round((at - fault).total_seconds(), 3) if fault and at else None
+    return out
+
+
+def _svg_timeline(j: Mapping[str, Any], width: int = 760) -> str:
+    """Phases from the fault to verification as coloured segments, with the RTO mark."""
+    offsets = _offsets(j)
+    end = max([v for v in offsets.values() if v is not None] + [0.001])
+    scale = (width - 40) / end
+    bars = []
+    for label, start_key, end_key, colour in _PHASES:
+        a, b = offsets.get(start_key), offsets.get(end_key)
+        if a is None or b is None or b < a:
+            continue
+        x, w = 20 + a * scale, max(1.0, (b - a) * scale)
+        bars.append(
+            f'<rect x="{x:.1f}" y="20" width="{w:.1f}" height="28" fill="{colour}">'
+            f"<title>{html.escape(label)}: {b - a:.3f} s</title></rect>"
+        )
+    rto = j.get("rto_seconds")
+    marks = []
+    if rto is not None:
+        x = 20 + rto * scale
+        marks.append(
+            f'<line x1="{x:.1f}" y1="12" x2="{x:.1f}" y2="56" stroke="#000" stroke-width="2"/>'
+            f'<text x="{x:.1f}" y="70" text-anchor="middle" font-size="12">RTO {rto:.2f} s</text>'
+        )
+    axis = "".join(
+        f'<text x="{20 + end * f * scale:.1f}" y="90" text-anchor="middle" font-size="11">{end * f:.2f} s</text>'
+        for f in (0, 0.25, 0.5, 0.75, 1)
+    )
+    legend = "".join(
+        f'<rect x="{20 + i * 140}" y="100" width="12" height="12" fill="{c}"/>'
+        f'<text x="{36 + i * 140}" y="111" font-size="12">{html.escape(label)}</text>'
+        for i, (label, _, _, c) in enumerate(_PHASES)
+    )
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="120" role="img" '
+        f'aria-label="drill timeline">{"".join(bars)}{"".join(marks)}{axis}{legend}</svg>'
+    )
+
+
+def _svg_against_target(label: str, achieved: float | None, target: float, width: int = 760) -> str:
+    """Achieved versus target on one bar (the target at 100 % of the scale, or the achieved if larger)."""
+    top = max(target, achieved or 0.0) or 1.0
+    scale = (width - 220) / top
+    w = (achieved or 0.0) * scale
+    tx = 200 + target * scale
+    colour = "#5cb85c" if achieved is not None and achieved <= target else "#d9534f"
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="34" role="img" '
+        f'aria-label="{html.escape(label)}">'
+        f'<text x="0" y="21" font-size="13">{html.escape(label)}: {_fmt(achieved, " s")} of {_fmt(target, " s")}</text>'
+        f'<rect x="200" y="8" width="{max(w, 1):.1f}" height="18" fill="{colour}"/>'
+        f'<line x1="{tx:.1f}" y1="2" x2="{tx:.1f}" y2="32" stroke="#000" stroke-dasharray="4 2"/></svg>'
+    )
+
+
+def html_page(j: Mapping[str, Any]) -> str:
+    """A self-contained HTML page (inline CSS and SVG) for the journal."""
+    e = html.escape
+    t = j["targets"]
+    status_colour = "#2e7d32" if j["status"] == "completed" else "#c62828"
+
+    def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+        head = "".join(f"<th>{e(h)}</th>" for h in headers)
+        body = "".join("<tr>" + "".join(f"<td>{e(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    offsets = _offsets(j)
+    timeline_rows = [
+        (k.removesuffix("_at").replace("_", " "), j["timeline"].get(k) or "–", offsets.get(k))
+        for k in TIMELINE_KEYS
+    ]
+    integrity_rows = [
+        (
+            i["table"],
+            i.get("rows"),
+            (i.get("checksum") or "")[:16],
+            "yes" if i["match"] else "NO",
+            i.get("detail") or "",
+        )
+        for i in j.get("integrity") or []
+    ]
+    step_rows = [(s["name"], "yes" if s["ok"] else "NO", s["duration_seconds"]) for s in j.get("steps") or []]
+    cleanup_rows = [
+        (s["name"], "yes" if s["ok"] else "NO", s["duration_seconds"]) for s in j.get("cleanup") or []
+    ]
+    breaches = "".join(f"<li>{e(b)}</li>" for b in j.get("breaches") or [])
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>DR drill {e(j["run_id"])}</title>
+<style>
+body{{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:820px;color:#222}}
+h1{{font-size:1.4em}} h2{{font-size:1.1em;margin-top:1.6em;border-bottom:1px solid #ddd}}
+table{{border-collapse:collapse;width:100%;font-size:.92em}} td,th{{border:1px solid #ddd;padding:4px 8px;text-align:left}}
+th{{background:#f5f5f5}} .status{{color:#fff;background:{status_colour};padding:2px 10px;border-radius:3px}}
+</style></head><body>
+<h1>DR drill <code>{e(j["run_id"])}</code>: {e(j["scenario"])} ({e(t.get("disruption", ""))})
+<span class="status">{e(j["status"])}</span></h1>
+<p>{e(j["environment"])} ({e(j["mode"])}), voke {e(str(j["versions"].get("voke")))}, PostgreSQL
+{e(str(j["versions"].get("postgres")))}; {e(j["started_at"])} .. {e(str(j.get("finished_at")))}</p>
+{f"<ul>{breaches}</ul>" if breaches else ""}
+<h2>Against the targets</h2>
+{_svg_against_target("RTO", j.get("rto_seconds"), float(t["rto_target_seconds"]))}
+{_svg_against_target("RPO", j.get("rpo_seconds"), float(t["rpo_target_seconds"]))}
+{
+        table(
+            ["measure", "achieved", "target", "verdict"],
+            [
+                ("RTO (s)", j.get("rto_seconds"), t["rto_target_seconds"], _mark(j["rto_met"])),
+                ("RPO (s)", j.get("rpo_seconds"), t["rpo_target_seconds"], _mark(j["rpo_met"])),
+                ("lost acknowledged commits", j.get("lost_commits"), 0, ""),
+                (
+                    "integrity",
+                    len(j.get("integrity") or []),
+                    "all match",
+                    "ok" if j["integrity_ok"] else "FAILED",
+                ),
+            ],
+        )
+    }
+<h2>Timeline</h2>
+{_svg_timeline(j)}
+{table(["event", "at (UTC)", "seconds after the fault"], timeline_rows)}
+<h2>Integrity</h2>
+{table(["table", "rows", "checksum", "match", "detail"], integrity_rows)}
+<h2>Steps</h2>
+{table(["step", "ok", "seconds"], step_rows)}
+{("<h2>Clean-up</h2>" + table(["step", "ok", "seconds"], cleanup_rows)) if cleanup_rows else ""}
+{f"<h2>Error</h2><p>{e(j['error'])}</p>" if j.get("error") else ""}
+</body></html>
+"""
+
+
+def history_markdown(journals: Sequence[Mapping[str, Any]], trends: Mapping[str, Mapping[str, Any]]) -> str:
+    lines = ["| run | scenario | started | status | RTO s | RPO s | lost |", "|---|---|---|---|---|---|---|"]
+    for j in journals:
+        lines.append(
+            f"| {j['run_id']} | {j['scenario']} | {j['started_at']} | {j['status']} | "
+            f"{_fmt(j.get('rto_seconds'))} | {_fmt(j.get('rpo_seconds'))} | {_fmt(j.get('lost_commits'))} |"
+        )
+    return "\n".join(lines) + "\n"
