@@ -1,0 +1,316 @@
+"""Pure DR logic: WAL names and gaps across timelines, durations and restore targets,
+threshold judgement, RTO/RPO from the canary log, verdicts and the journal schema."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from voketag_ops.core import dr_checks, drill, wal
+from voketag_ops.core.drill_report import html_page, markdown
+
+T0 = datetime(2024, 6, 1, 12, 0, 0, tzinfo=UTC)
+
+
+# -- wal ----------------------------------------------------------------------------------------------
+@given(st.integers(1, 0xFFFF), st.integers(0, 2**40 - 1))
+def test_segment_names_round_trip(tli, segno):
+    assert wal.parse_segment_name(wal.segment_name(tli, segno)) == (tli, segno)
+
+
+@given(st.integers(0, 2**64 - 1))
+def test_lsn_round_trip(value):
+    assert wal.parse_lsn(wal.format_lsn(value)) == value
+
+
+def test_segment_name_layout_matches_postgresql():
+    assert wal.segment_name(1, 5) == "000000010000000000000005"
+    assert wal.segment_name(2, 256) == "000000020000000100000000"
+    assert wal.segno_of(wal.parse_lsn("0/50000A0")) == 5
+
+
+HISTORY_3 = "1\t0/50000A0\tno recovery target specified\n\n2\t0/7000000\tno recovery target specified\n"
+
+
+def test_expected_segments_follow_the_timeline_history():
+    path = wal.timeline_path(3, wal.parse_history(HISTORY_3))
+    assert [(s.timeline, s.end) for s in path] == [(1, 0x50000A0), (2, 0x7000000), (3, None)]
+    names = wal.expected_segments(path, 3, 8)
+    # the switch segment is read from the new timeline (the old copy lacks the promotion)
+    assert names == [
+        "000000010000000000000003",
+        "000000010000000000000004",
+        "000000020000000000000005",
+        "000000020000000000000006",
+        "000000030000000000000007",
+        "000000030000000000000008",
+    ]
+
+
+def test_find_gaps_names_the_hole_and_ignores_pending_segments():
+    path = wal.timeline_path(3, wal.parse_history(HISTORY_3))
+    archived = {
+        "000000010000000000000003",
+        "000000010000000000000004",
+        "000000010000000000000005.partial",
+        "000000020000000000000006",
+        "00000002.history",
+        "000000030000000000000007",
+    }
+    gaps = wal.find_gaps(
+        path=path, start_segno=3, archived=archived, current_segno=9, pending=["000000030000000000000008"]
+    )
+    assert gaps.missing == ["000000020000000000000005"]
+    assert gaps.pending == ["000000030000000000000008"]
+    assert gaps.last_contiguous == "000000010000000000000004"
+    assert gaps.contiguous_tail == ("000000010000000000000003", "000000010000000000000004")
+    assert not gaps.ok and gaps.start == "000000010000000000000003"
+
+
+def test_find_gaps_without_a_leader_ends_at_the_newest_archived_segment():
+    path = wal.timeline_path(1, [])
+    gaps = wal.find_gaps(path=path, start_segno=2, archived={wal.segment_name(1, n) for n in (2, 3, 4)})
+    assert gaps.ok and gaps.end == "000000010000000000000004" and gaps.expected == 3
+
+
+# -- inputs ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90", 90),
+        ("90s", 90),
+        ("5m", 300),
+        ("1h30m", 5400),
+        ("1.5h", 5400),
+        ("2d", 172800),
+        ("250ms", 0.25),
+        ("24h", 86400),
+        ("1w", 604800),
+    ],
+)
+def test_parse_duration(text, seconds):
+    assert dr_checks.parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "soon", "5x", "m5", "-5m", "3 5m"])
+def test_parse_duration_rejects(text):
+    with pytest.raises(ValueError):
+        dr_checks.parse_duration(text)
+
+
+def test_points_in_time_with_offsets_relative_and_naive():
+    now = T0
+    parse = dr_checks.parse_point_in_time
+    assert parse("2024-06-01T14:00:00+02:00", now=now) == parse("2024-06-01T12:00:00Z", now=now) == T0
+    assert parse("-5m", now=now) == T0 - timedelta(minutes=5)
+    assert parse("now", now=now) == T0
+    with pytest.raises(ValueError, match="no UTC offset"):
+        parse("2024-06-01T12:00:00", now=now)
+    with pytest.raises(ValueError, match="not a point in time"):
+        parse("yesterday", now=now)
+
+
+# -- judgement ----------------------------------------------------------------------------------------
+LIMITS = dr_checks.Thresholds(
+    max_backup_age_seconds=86400, max_lag_seconds=60, min_pitr_window_seconds=0, archive_stale_seconds=120
+)
+
+
+def healthy(**changes):
+    status = {
+        "leader": {"name": "primary", "role": "primary", "running": True},
+        "standby": {
+            "name": "replica",
+            "role": "replica",
+            "running": True,
+            "streaming": True,
+            "lag_seconds": 0.02,
+            "lag_bytes": 0,
+        },
+        "writable_nodes": ["primary"],
+        "split_brain": False,
+        "archive": {"failing": False, "failed_count": 0, "oldest_pending_seconds": None},
+        "newest_backup": {"label": "base-1", "finished_at": "2024-06-01T11:00:00Z"},
+        "archive_gaps": {"missing": []},
+        "recoverable_window": {
+            "earliest": "2024-06-01T11:00:00Z",
+            "latest": "2024-06-01T12:00:00Z",
+            "seconds": 3600.0,
+        },
+        "unfinished_operation": None,
+    }
+    status.update(changes)
+    return status
+
+
+def failed(status, limits=LIMITS):
+    return {c.name: c.message for c in dr_checks.judge(status, limits, now=T0) if not c.ok}
+
+
+def test_a_healthy_environment_passes_every_check():
+    assert failed(healthy()) == {}
+
+
+def test_each_breach_is_named():
+    assert list(failed(healthy(newest_backup={"label": "b", "finished_at": "2024-05-30T12:00:00Z"}))) == [
+        "backup_age"
+    ]
+    lagging = healthy()
+    lagging["standby"] = dict(lagging["standby"], lag_seconds=75.0)
+    assert "over 60 s" in failed(lagging)["replication_lag"]
+    brain = failed(healthy(split_brain=True, writable_nodes=["primary", "replica"]))
+    assert brain["split_brain"].startswith("split brain: replica writable beside the leader primary")
+    assert "voke dr fence replica --yes" in brain["split_brain"]
+    assert (
+        "missing"
+        in failed(healthy(archive_gaps={"missing": ["000000010000000000000007"]}))["archive_continuity"]
+    )
+    assert "failing" in failed(healthy(archive={"failing": True, "last_failed_wal": "x"}))["archiving"]
+    stale = healthy(archive={"failing": False, "oldest_pending_seconds": 500.0})
+    assert "over 120 s" in failed(stale)["archive_fresh"]
+    assert "no successful base backup" in failed(healthy(newest_backup=None))["backup_age"]
+    week = dr_checks.Thresholds(86400, 60, 7 * 86400, 120)
+    assert "shorter than 168.0 h" in failed(healthy(), week)["pitr_window"]
+    op = {"operation": "failover", "resume": "voke dr failover --yes"}
+    assert "voke dr failover --yes" in failed(healthy(unfinished_operation=op))["unfinished_operation"]
+
+
+# -- drills ---------------------------------------------------------------------------------------------
+def writes(*specs):
+    """(seq, seconds after T0, ok) -> Write."""
+    return [
+        drill.Write(seq, T0 + timedelta(seconds=s), T0 + timedelta(seconds=s + 0.01), ok)
+        for seq, s, ok in specs
+    ]
+
+
+def test_rpo_is_zero_when_every_acknowledged_commit_survives():
+    log = writes((1, 0, True), (2, 0.1, True), (3, 0.2, False), (4, 1.0, True))
+    result = drill.rpo_from_canary(log, {1, 2, 4})
+    assert result["lost_commits"] == 0 and result["rpo_seconds"] == 0 and result["failed_writes"] == 1
+
+
+def test_rpo_spans_from_the_last_survivor_to_the_last_lost_commit():
+    log = writes((1, 0, True), (2, 0.1, True), (3, 0.2, True), (4, 0.3, True))
+    result = drill.rpo_from_canary(log, {1, 2})
+    assert result["lost_commits"] == 2 and result["lost_seqs"] == [3, 4]
+    assert result["rpo_seconds"] == pytest.approx(0.2)
+
+
+def test_pitr_check_wants_everything_before_the_target_and_nothing_after():
+    commits = {i: T0 + timedelta(seconds=i / 10) for i in range(1, 11)}
+    target = T0 + timedelta(seconds=0.55)
+    good = drill.pitr_canary_check(commits, {1, 2, 3, 4, 5}, target)
+    assert good["ok"] and good["lost_commits"] == 0 and good["rpo_seconds"] == pytest.approx(0.05)
+    bad = drill.pitr_canary_check(commits, {1, 2, 3, 4, 6}, target)
+    assert not bad["ok"] and bad["missing_before_target"] == [5] and bad["present_after_target"] == [6]
+
+
+def test_rto_and_phases_from_the_timeline():
+    timeline = {k: T0 + timedelta(seconds=i) for i, k in enumerate(drill.TIMELINE_KEYS)}
+    assert drill.rto_seconds(timeline) == 4.0
+    assert drill.phases(timeline) == {
+        "detection": 1.0,
+        "decision": 1.0,
+        "recovery": 1.0,
+        "first_write": 1.0,
+        "verification": 1.0,
+    }
+
+
+def test_targets_per_scenario():
+    kw = {"rto": 300, "rto_regional": 600, "rto_network": 420, "rpo": 60}
+    assert [drill.targets_for(s, **kw).rto_target_seconds for s in drill.SCENARIOS] == [300, 600, 300, 420]
+    with pytest.raises(ValueError):
+        drill.targets_for("meteor", **kw)
+
+
+def test_verdicts():
+    targets = drill.Targets(300, 60, "regional failure", "test")
+    ok = [{"table": "t", "match": True}]
+    assert (
+        drill.verdict(rto=2, rpo=0, targets=targets, integrity=ok, steady_after_ok=True, error=None)["status"]
+        == "completed"
+    )
+    slow = drill.verdict(rto=301, rpo=0, targets=targets, integrity=ok, steady_after_ok=True, error=None)
+    assert slow["status"] == "failed" and not slow["rto_met"] and slow["breaches"] == ["RTO 301 s > 300 s"]
+    nothing = drill.verdict(
+        rto=None, rpo=None, targets=targets, integrity=[], steady_after_ok=False, error="x"
+    )
+    assert not nothing["integrity_ok"] and len(nothing["breaches"]) == 5
+
+
+def journal(**changes):
+    doc = {
+        "run_id": "failover-1",
+        "scenario": "failover",
+        "environment": "local",
+        "mode": "local",
+        "versions": {"voke": "0.1.0", "postgres": "18.6", "python": "3.11"},
+        "node": "vm",
+        "started_at": "2024-06-01T12:00:00Z",
+        "finished_at": "2024-06-01T12:00:10Z",
+        "duration_seconds": 10.0,
+        "targets": {"rto_target_seconds": 600, "rpo_target_seconds": 60, "disruption": "regional failure"},
+        "timeline": {k: f"2024-06-01T12:00:0{i}Z" for i, k in enumerate(drill.TIMELINE_KEYS)},
+        "phases": {"detection": 1.0},
+        "rto_seconds": 4.0,
+        "rpo_seconds": 0.0,
+        "lost_commits": 0,
+        "integrity": [{"table": "voke_dr.canary", "rows": 10, "checksum": "ab", "match": True}],
+        "steps": [{"name": "fault", "ok": True, "duration_seconds": 0.1}],
+        "cleanup": [],
+        "steady_state": {"before": {"ok": True, "checks": []}, "after": {"ok": True, "checks": []}},
+        "rto_met": True,
+        "rpo_met": True,
+        "integrity_ok": True,
+        "status": "completed",
+        "breaches": [],
+        "error": None,
+        "canary": {"writes": 10, "acked_commits": 10, "failed_writes": 0, "interval_seconds": 0.1},
+    }
+    doc.update(changes)
+    return doc
+
+
+def test_the_schema_accepts_a_journal_and_names_what_is_wrong():
+    assert drill.validate(journal()) == []
+    errors = drill.validate(journal(status="great", rto_seconds="fast", timeline={}))
+    assert "$.status: 'great' is not one of ['completed', 'failed', 'aborted', 'interrupted']" in errors
+    assert "$.rto_seconds: expected number or null, got str" in errors
+    assert "$.timeline: missing 'fault_injected_at'" in errors
+    assert drill.validate(journal(rto_met=1)) == ["$.rto_met: expected boolean, got int"]
+
+
+def test_reports_render_from_a_journal():
+    md = markdown(journal())
+    assert md.startswith("# DR drill failover-1: failover (regional failure)")
+    assert "| RTO | 4 s | 600 s | met |" in md
+    page = html_page(journal(status="failed", breaches=["RTO 700 s > 600 s"]))
+    assert "<svg" in page and "RTO 700 s &gt; 600 s" in page and "<script" not in page
+
+
+def test_trend_compares_with_the_previous_run():
+    runs = [journal(rto_seconds=5.0), journal(rto_seconds=3.5, status="failed")]
+    t = drill.trend(runs)["failover"]
+    assert (
+        t["runs"] == 2
+        and t["rto_change_seconds"] == -1.5
+        and t["best_rto_seconds"] == 3.5
+        and t["passed"] == 1
+    )
+
+
+def test_core_imports_no_cli_database_or_cloud_library():
+    code = (
+        "import sys; import voketag_ops.core.wal, voketag_ops.core.dr_checks, voketag_ops.core.drill, "
+        "voketag_ops.core.drill_report; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('typer', 'rich', 'psycopg', 'google')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
