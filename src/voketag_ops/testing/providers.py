@@ -1,4 +1,4 @@
-"""Test doubles with state and failure knobs, shipped with the package (like httpx's
+"""Fake API-key providers and a webhook receiver, shipped with the package (like httpx's
 MockTransport) so tests, benchmarks and operators can run voke against them.
 
 `FakeProviders` is one local HTTP server (a thread) that speaks the API shapes voke
