@@ -33,7 +33,7 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Every benchmark script under benchmarks/; each prints ratios against a baseline from the same run."""
-    session.install("-e", ".[test]", "pymerkle")
+    session.install("-e", ".[test]", "pymerkle", "pandas", "sqlalchemy")
     import pathlib
 
     for script in sorted(pathlib.Path("benchmarks").glob("*.py")):

@@ -413,3 +413,17 @@ def test_a_tampered_row_no_longer_proves(db, tmp_path):
 
 def test_unknown_tag_is_not_found(db):
     assert not wf.prove_tag(db, "nope").found
+
+
+def test_ctrl_c_mid_load_rolls_back_and_stops_the_stager(db, tmp_path):
+    path = sample(tmp_path, 30000)
+
+    def progress(p: wf.LoadProgress) -> None:
+        if p.phase == "validating":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        load(db, path, progress=progress)
+    assert not [t for t in threading.enumerate() if t.name == "voke-ingest-stager"]
+    assert counts(db)[:2] == (0, 0)
+    assert load(db, path).status == "loaded"

@@ -126,6 +126,7 @@ class Chunk:
     rejected: list[Rejected] = field(default_factory=list)
     sealed: list[tuple[int, bytes]] = field(default_factory=list)  # (chunk number, its leaf hashes)
     rows: int = 0  # records seen in this piece
+    accepted: int = 0  # rows in copy_data
 
 
 @dataclass(frozen=True)
@@ -390,7 +391,7 @@ class BatchValidator:
         line_problems: dict[int, list[Problem]],
         chunk: Chunk,
     ) -> None:
-        out: list[str] = []
+        out: list[bytes] = []
         lineno = first_line - 1
         last = first_line + len(lines) - 1
         header = self.header
@@ -429,7 +430,7 @@ class BatchValidator:
                 continue
             self.rows_total += 1
             chunk.rows += 1
-            values = None
+            values: tuple[str, ...] | None = None
             fields = None
             if (final and lineno == last and require_nl) or lineno in flagged:
                 pass
@@ -494,6 +495,7 @@ class BatchValidator:
         self._line = last
         self.header = header
         self.rows_accepted += len(out)
+        chunk.accepted = len(out)
         if out:
             data = b"\n".join(out)
             if b"\\" in data:  # COPY text format escapes backslashes, and only those can occur
@@ -615,19 +617,19 @@ class BatchValidator:
                     )
                 else:
                     self._seen[tag] = lineno
-            sku, name = values.get("sku"), values.get("product_name")
-            if sku is not None and name is not None:
-                known = self._skus.get(sku)
-                if known is None:
-                    self._skus[sku] = (name, lineno)
-                elif known[0] != name:
-                    where = f"line {known[1]}" if known[1] is not None else "the products already loaded"
+            sku, pname = values.get("sku"), values.get("product_name")
+            if sku is not None and pname is not None:
+                known_sku = self._skus.get(sku)
+                if known_sku is None:
+                    self._skus[sku] = (pname, lineno)
+                elif known_sku[0] != pname:
+                    where = f"line {known_sku[1]}" if known_sku[1] is not None else "the products already loaded"
                     problems.append(
                         Problem(
                             lineno,
                             fields[header.index["product_name"]][1],
                             "sku_collision",
-                            f"SKU {sku!r} is named {name!r} here but {known[0]!r} on {where}",
+                            f"SKU {sku!r} is named {pname!r} here but {known_sku[0]!r} on {where}",
                         )
                     )
         if problems:

@@ -1,0 +1,192 @@
+"""`voke ingest load` against PostgreSQL's own COPY and against pandas + to_sql.
+
+Same run, same file: a sample of BENCH_INGEST_ROWS rows (default 1,000,000, about
+100 MB) written by `voke ingest sample`, loaded into fresh databases of a local
+environment started for the benchmark (in a temporary VOKE_HOME):
+
+- (a) the limit: the raw file through ``COPY ... FROM STDIN (FORMAT csv)`` into an
+  unconstrained table of text columns;
+- voke: ``voke ingest load FILE --db ...`` (validation, staging, typed table with a
+  primary key, Merkle seal, commit), as a user runs it;
+- (b) the usual alternative: ``pandas.read_csv`` + ``DataFrame.to_sql`` into the same
+  kind of typed table (skipped when pandas/SQLAlchemy are missing; BENCH_PANDAS_ROWS
+  limits its rows, and the 1M figure is then extrapolated and labelled so).
+
+Each path runs in a child process of its own, so its peak RSS (getrusage) is its own.
+Goals (issue 4): voke within 3x of raw COPY, at least 5x faster than pandas + to_sql,
+peak memory under 300 MB. Prints figures; asserts nothing. The host is shared and
+noisy: compare the ratios of one run, not absolute times across runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROWS = int(os.environ.get("BENCH_INGEST_ROWS", "1000000"))
+RUNS = int(os.environ.get("BENCH_INGEST_RUNS", "1"))
+PANDAS_ROWS = int(os.environ.get("BENCH_PANDAS_ROWS", str(ROWS)))
+
+# Runs CMD as its only child and reports that child's peak RSS (KiB on Linux).
+_MEASURE = textwrap.dedent(
+    """
+    import resource, subprocess, sys, time
+    t0 = time.perf_counter()
+    done = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    elapsed = time.perf_counter() - t0
+    sys.stderr.write(done.stderr)
+    sys.stdout.write(done.stdout)
+    print("\\nMEASURE", elapsed, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, done.returncode)
+    """
+)
+
+_RAW_COPY = textwrap.dedent(
+    """
+    import sys, psycopg
+    conninfo, path = sys.argv[1:3]
+    with psycopg.connect(conninfo) as conn:
+        with conn.cursor() as cur:
+            cur.execute("CREATE TABLE t_raw (tag_id text, sku text, product_name text, factory_id text,"
+                        " manufactured_at text, lot text, color text, size text)")
+            with cur.copy("COPY t_raw FROM STDIN (FORMAT csv, HEADER true)") as copy, open(path, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    copy.write(chunk)
+        conn.commit()
+    """
+)
+
+_PANDAS = textwrap.dedent(
+    """
+    import sys
+    import pandas as pd
+    from sqlalchemy import create_engine, text
+    url, path, rows = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t_typed (tag_id text PRIMARY KEY, sku text NOT NULL,"
+                          " product_name text NOT NULL, factory_id text NOT NULL,"
+                          " manufactured_at timestamptz NOT NULL, lot text, color text, size text)"))
+    df = pd.read_csv(path, nrows=rows, parse_dates=["manufactured_at"], dtype={"size": str})
+    df.to_sql("t_typed", engine, if_exists="append", index=False, method="multi", chunksize=10000)
+    """
+)
+
+
+def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """(seconds, peak RSS in MB, stdout) of CMD run as the only child of a fresh interpreter."""
+    done = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *cmd], env=env, capture_output=True, text=True, check=False
+    )
+    tail = done.stdout.rstrip().splitlines()[-1].split()
+    seconds, rss_kb, code = float(tail[1]), int(tail[2]), int(tail[3])
+    if code != 0:
+        raise SystemExit(f"failed ({code}): {' '.join(cmd)}\n{done.stderr[-2000:]}")
+    return seconds, rss_kb / 1024, done.stdout
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="voke-bench-ingest-"))
+    env = {**os.environ, "VOKE_HOME": str(work / "home")}
+    env.pop("VOKE_CONFIG", None)
+    voke = shutil.which("voke") or str(Path(sys.executable).with_name("voke"))
+    sample = work / "sample.csv"
+    try:
+        subprocess.run(
+            [voke, "env", "up"], env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        t0 = time.perf_counter()
+        subprocess.run(
+            [voke, "ingest", "sample", "--rows", str(ROWS), "--out", str(sample), "--seed", "20240601"],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        size_mb = sample.stat().st_size / 1e6
+        print(
+            f"ingest: sample of {ROWS:,} rows, {size_mb:.1f} MB, written in {time.perf_counter() - t0:.1f} s"
+        )
+
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+        from voketag_ops.adapters.local.environment import LocalEnvironment
+        from voketag_ops.config import LocalSettings
+
+        local = LocalEnvironment(LocalSettings(home=work / "home"))
+
+        def fresh_db(name: str) -> str:
+            with local.primary().connect() as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                conn.execute("CHECKPOINT")
+            return local.platform_database(name)
+
+        raw_t, voke_t, voke_rss, raw_rss = [], [], [], []
+        for run in range(RUNS):
+            conninfo = fresh_db(f"bench_raw_{run}")
+            seconds, rss, _ = measure([sys.executable, "-c", _RAW_COPY, conninfo, str(sample)], env)
+            raw_t.append(seconds)
+            raw_rss.append(rss)
+            conninfo = fresh_db(f"bench_voke_{run}")
+            seconds, rss, out = measure(
+                [voke, "ingest", "load", str(sample), "--db", conninfo, "--json"], env
+            )
+            result = json.loads(out[: out.rindex("\nMEASURE")])["result"]
+            assert result["status"] == "loaded" and result["rows_loaded"] == ROWS, result
+            voke_t.append(seconds)
+            voke_rss.append(rss)
+            print(
+                f"ingest: run {run + 1}: raw COPY {raw_t[-1]:.2f} s, voke load {voke_t[-1]:.2f} s "
+                f"(ratio {voke_t[-1] / raw_t[-1]:.2f}x), voke peak RSS {rss:.0f} MB"
+            )
+        raw_med, voke_med = statistics.median(raw_t), statistics.median(voke_t)
+        print(
+            f"ingest: (a) raw COPY FROM STDIN, unconstrained text table: median {raw_med:.2f} s of {RUNS}, "
+            f"{ROWS / raw_med:,.0f} rows/s, peak RSS {max(raw_rss):.0f} MB"
+        )
+        print(
+            f"ingest: voke ingest load (validate + stage + typed table with PK + seal): median {voke_med:.2f} s, "
+            f"{ROWS / voke_med:,.0f} rows/s, peak RSS {max(voke_rss):.0f} MB (goal < 300 MB)"
+        )
+        print(f"ingest: voke / raw COPY = {voke_med / raw_med:.2f}x (goal within 3x)")
+
+        try:
+            import pandas  # noqa: F401
+            import sqlalchemy  # noqa: F401
+        except ImportError:
+            print(
+                "ingest: (b) pandas + to_sql skipped: pandas/SQLAlchemy not installed (the nox bench session has them)"
+            )
+            return
+        from psycopg.conninfo import conninfo_to_dict
+
+        conninfo = fresh_db("bench_pandas")
+        parts = conninfo_to_dict(conninfo)
+        url = f"postgresql+psycopg://{parts['user']}@/{parts['dbname']}?host={parts['host']}&port={parts['port']}"
+        rows = min(PANDAS_ROWS, ROWS)
+        seconds, rss, _ = measure([sys.executable, "-c", _PANDAS, url, str(sample), str(rows)], env)
+        full = seconds * ROWS / rows
+        label = "" if rows == ROWS else f" (measured on {rows:,} rows, extrapolated linearly: a lower bound)"
+        print(
+            f"ingest: (b) pandas read_csv + to_sql(method='multi', chunksize=10000): {full:.1f} s for {ROWS:,} rows"
+            f"{label}, {rows / seconds:,.0f} rows/s, peak RSS {rss:.0f} MB"
+        )
+        print(f"ingest: pandas + to_sql / voke = {full / voke_med:.1f}x (goal at least 5x)")
+    finally:
+        subprocess.run(
+            [voke, "env", "destroy", "--yes"],
+            env=env,
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
