@@ -427,3 +427,16 @@ def test_ctrl_c_mid_load_rolls_back_and_stops_the_stager(db, tmp_path):
     assert not [t for t in threading.enumerate() if t.name == "voke-ingest-stager"]
     assert counts(db)[:2] == (0, 0)
     assert load(db, path).status == "loaded"
+
+
+def test_a_load_waiting_past_the_lock_timeout_gives_up_with_exit_5(db, tmp_path):
+    from voketag_ops.errors import PreconditionError
+
+    path = sample(tmp_path, 5)
+    wf.connect(db).close()
+    with psycopg.connect(db) as holder:  # another load in progress holds the ingest lock
+        holder.execute("select pg_advisory_xact_lock(%s, %s)", (wf._LOCK_CLASS, wf._LOCK_LOAD))
+        with pytest.raises(PreconditionError) as info:
+            load(db, path, settings=IngestSettings(lock_timeout=0.2))
+    assert info.value.exit_code == 5
+    assert counts(db)[:2] == (0, 0)
