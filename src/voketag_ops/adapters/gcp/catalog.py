@@ -1,0 +1,95 @@
+"""Names voke uses on Google Cloud, in one place and without importing google.
+
+The Monitoring adapter writes under METRIC_PREFIX, the doctor checks REQUIRED_APIS and
+PERMISSIONS, and the Terraform tests compare `terraform/` against these same constants.
+"""
+
+from __future__ import annotations
+
+# voke's own metrics: one prefix, defined here only.
+METRIC_PREFIX = "custom.googleapis.com/voke/"
+ROTATION_RESULT = (
+    METRIC_PREFIX + "rotation/result"
+)  # INT64 gauge: 1 succeeded, 0 failed; labels secret, kind, status
+ROTATION_AGE = METRIC_PREFIX + "rotation/age_days"  # DOUBLE gauge: age of `current`; label secret
+DRILL_RTO = METRIC_PREFIX + "drill/rto_seconds"  # DOUBLE gauge; label scenario
+DRILL_RPO = METRIC_PREFIX + "drill/rpo_seconds"  # DOUBLE gauge; label scenario
+COVERAGE = METRIC_PREFIX + "coverage/percent"  # DOUBLE gauge; label service
+VOKE_METRICS = frozenset({ROTATION_RESULT, ROTATION_AGE, DRILL_RTO, DRILL_RPO, COVERAGE})
+
+# Cloud SQL metrics voke reads (resource cloudsql_database, database_id = "project:instance").
+REPLICA_LAG = "cloudsql.googleapis.com/database/replication/replica_lag"  # seconds, on the replica
+REPLICA_BYTE_LAG = (
+    "cloudsql.googleapis.com/database/postgresql/replication/replica_byte_lag"  # on the primary
+)
+LOG_ARCHIVE_FAILURES = "cloudsql.googleapis.com/database/replication/log_archive_failure_count"  # DELTA
+LOG_ARCHIVE_SUCCESSES = "cloudsql.googleapis.com/database/replication/log_archive_success_count"  # DELTA
+DATABASE_UP = "cloudsql.googleapis.com/database/up"
+CLOUDSQL_METRICS = frozenset(
+    {REPLICA_LAG, REPLICA_BYTE_LAG, LOG_ARCHIVE_FAILURES, LOG_ARCHIVE_SUCCESSES, DATABASE_UP}
+)
+
+# APIs a cloud environment needs enabled.
+REQUIRED_APIS = (
+    "secretmanager.googleapis.com",
+    "sqladmin.googleapis.com",
+    "run.googleapis.com",
+    "monitoring.googleapis.com",
+    "iam.googleapis.com",
+    "cloudresourcemanager.googleapis.com",
+    "serviceusage.googleapis.com",
+)
+
+# Every permission the adapters' calls need: the custom role in terraform/ grants exactly these.
+PERMISSIONS = (
+    # Secret Manager: versions, states, aliases, annotations
+    "secretmanager.secrets.create",
+    "secretmanager.secrets.get",
+    "secretmanager.secrets.list",
+    "secretmanager.secrets.update",
+    "secretmanager.versions.access",
+    "secretmanager.versions.add",
+    "secretmanager.versions.destroy",
+    "secretmanager.versions.disable",
+    "secretmanager.versions.enable",
+    "secretmanager.versions.get",
+    "secretmanager.versions.list",
+    # Cloud SQL Admin: users, instances, backups, DR operations
+    "cloudsql.backupRuns.get",
+    "cloudsql.backupRuns.list",
+    "cloudsql.instances.clone",
+    "cloudsql.instances.create",
+    "cloudsql.instances.failover",
+    "cloudsql.instances.get",
+    "cloudsql.instances.list",
+    "cloudsql.instances.promoteReplica",
+    "cloudsql.instances.update",
+    "cloudsql.users.list",
+    "cloudsql.users.update",
+    # Cloud Run: revisions pinned to versions, traffic; the scheduled job
+    "run.jobs.run",
+    "run.operations.get",
+    "run.revisions.get",
+    "run.revisions.list",
+    "run.services.get",
+    "run.services.list",
+    "run.services.update",
+    "iam.serviceAccounts.actAs",
+    # Cloud Monitoring
+    "monitoring.metricDescriptors.create",
+    "monitoring.metricDescriptors.list",
+    "monitoring.timeSeries.create",
+    "monitoring.timeSeries.list",
+    # IAM service-account keys (`voke rotate sa-key`)
+    "iam.serviceAccountKeys.create",
+    "iam.serviceAccountKeys.delete",
+    "iam.serviceAccountKeys.disable",
+    "iam.serviceAccountKeys.enable",
+    "iam.serviceAccountKeys.get",
+    "iam.serviceAccountKeys.list",
+    # doctor
+    "resourcemanager.projects.get",
+    "serviceusage.services.get",
+)
+
+PRIMITIVE_ROLES = frozenset({"roles/owner", "roles/editor", "roles/viewer"})

@@ -1,0 +1,870 @@
+"""In-process fakes of the Google Cloud APIs voke uses, spoken to by the REAL client libraries.
+
+One `http.server` answers the REST APIs (Secret Manager, Cloud SQL Admin v1beta4, Cloud
+Run v2, Resource Manager v3, Service Usage v1, and an OAuth token endpoint for key
+verification); one `grpc.server` with generic handlers answers the gRPC-only ones
+(Cloud Monitoring v3, IAM Admin v1). Each fake keeps state the way the service does:
+secret versions, etags and aliases; Cloud SQL users, backups and operations that go
+PENDING -> RUNNING -> DONE over successive polls; Cloud Run revisions, traffic and
+operations; service-account keys; time series.
+
+Use `FakeGcp` (all of them) as a context manager; `environment()` returns the
+`[environments.NAME]` table that points voke at it. Errors have the real wire shape
+(`{"error": {"code", "message", "status"}}`; a FAILED_PRECONDITION is HTTP 400), so the
+adapters' error translation is tested as it runs against Google.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs
+
+HTTP_STATUS = {
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "OUT_OF_RANGE": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "ABORTED": 409,
+    "RESOURCE_EXHAUSTED": 429,
+    "INTERNAL": 500,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
+}
+
+
+class ApiError(Exception):
+    """Raised by a fake handler: becomes the service's error document."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def ts(value: datetime | None = None) -> str:
+    """A google.protobuf.Timestamp in JSON form."""
+    value = value or datetime.now(timezone.utc)
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class Request:
+    """One REST request as a handler sees it."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    body: Any
+    match: re.Match[str]
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __getitem__(self, key: int | str) -> str:
+        return self.match[key]
+
+
+Route = tuple[str, str, Callable[[Request], Any]]
+
+
+@dataclass
+class Fault:
+    """A failure injected into the next matching calls."""
+
+    method: str
+    pattern: re.Pattern[str]
+    status: str
+    times: int
+
+
+class FakeRestServer:
+    """A threaded HTTP/1.1 server dispatching to (METHOD, path regex, handler) routes."""
+
+    def __init__(self) -> None:
+        self.routes: list[tuple[str, re.Pattern[str], Callable[[Request], Any]]] = []
+        self.calls: list[tuple[str, str]] = []
+        self.faults: list[Fault] = []
+        self.lock = threading.RLock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # requests keeps connections alive
+            # One buffered write per response, no Nagle: otherwise every call waits for a delayed ACK.
+            wbufsize = 1 << 16
+            disable_nagle_algorithm = True
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+            def _any(self) -> None:
+                path, _, raw_query = self.path.partition("?")
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                status, doc, ctype = fake.dispatch(self.command, path, raw_query, raw, dict(self.headers))
+                data = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _any
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self._thread: threading.Thread | None = None
+
+    def add(self, routes: list[Route]) -> None:
+        for method, rx, fn in routes:
+            self.routes.append((method, re.compile(rx), fn))
+
+    def fail(self, method: str, path_regex: str, status: str = "UNAVAILABLE", times: int = 1) -> None:
+        """Make the next TIMES calls of METHOD on a path matching PATH_REGEX fail with STATUS."""
+        with self.lock:
+            self.faults.append(Fault(method, re.compile(path_regex), status, times))
+
+    def dispatch(
+        self, method: str, path: str, raw_query: str, raw: bytes, headers: dict[str, str]
+    ) -> tuple[int, Any, str]:
+        query = {k: v[-1] for k, v in parse_qs(raw_query, keep_blank_values=True).items()}
+        with self.lock:
+            self.calls.append((method, path))
+            for fault in self.faults:
+                if fault.times > 0 and fault.method == method and fault.pattern.search(path):
+                    fault.times -= 1
+                    return _error(ApiError(fault.status, f"injected {fault.status}"))
+        ctype = headers.get("Content-Type", "")
+        if "x-www-form-urlencoded" in ctype:
+            body: Any = {k: v[-1] for k, v in parse_qs(raw.decode()).items()}
+        else:
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                body = None
+        for route_method, rx, fn in self.routes:
+            m = rx.fullmatch(path)
+            if m and route_method == method:
+                try:
+                    if getattr(fn, "unlocked", False):
+                        out = fn(Request(method, path, query, body, m, headers))
+                    else:
+                        with self.lock:
+                            out = fn(Request(method, path, query, body, m, headers))
+                except ApiError as exc:
+                    return _error(exc)
+                except Exception as exc:  # a bug in a fake: answer like a server would, keep serving
+                    return _error(ApiError("INTERNAL", f"fake failed: {type(exc).__name__}: {exc}"))
+                if isinstance(out, tuple):  # (status, document)
+                    return out[0], out[1], "application/json"
+                return 200, out, "application/json"
+        return _error(ApiError("NOT_FOUND", f"no route for {method} {path}"))
+
+    def start(self) -> FakeRestServer:
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _error(exc: ApiError) -> tuple[int, Any, str]:
+    code = HTTP_STATUS.get(exc.status, 500)
+    return code, {"error": {"code": code, "message": exc.message, "status": exc.status}}, "application/json"
+
+
+def _pick(body: dict[str, Any] | None, *names: str) -> Any:
+    for name in names:
+        if body and name in body:
+            return body[name]
+    return None
+
+
+# -- Secret Manager ---------------------------------------------------------------------------------------
+@dataclass
+class _Version:
+    number: int
+    payload: bytes
+    state: str = "ENABLED"
+    create_time: str = field(default_factory=ts)
+    destroy_time: str | None = None
+    scheduled_destroy_time: str | None = None
+    etag: str = field(default_factory=lambda: f'"{uuid.uuid4().hex[:14]}"')
+
+
+@dataclass
+class _Secret:
+    name: str
+    create_time: str = field(default_factory=ts)
+    etag: str = field(default_factory=lambda: f'"{uuid.uuid4().hex[:14]}"')
+    aliases: dict[str, int] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    destroy_ttl: str | None = None
+    versions: list[_Version] = field(default_factory=list)
+
+    def touch(self) -> None:
+        self.etag = f'"{uuid.uuid4().hex[:14]}"'
+
+
+ALIAS_RE = re.compile(r"[a-z][a-z0-9_-]{0,62}", re.I)
+
+
+class FakeSecretManager:
+    """Secret Manager v1 over REST: secrets, versions, states, aliases, annotations, etags."""
+
+    def __init__(self, project: str) -> None:
+        self.project = project
+        self.secrets: dict[str, _Secret] = {}
+
+    # -- helpers for tests ----------------------------------------------------------------------
+    def payload(self, secret: str, version: int | str) -> bytes:
+        """The stored value (as the service would serve it), for fakes that consume secrets."""
+        s = self._secret(secret)
+        return self._version(s, str(version)).payload
+
+    def _secret(self, secret_id: str) -> _Secret:
+        s = self.secrets.get(secret_id)
+        if s is None:
+            raise ApiError(
+                "NOT_FOUND",
+                f"Secret [projects/{self.project}/secrets/{secret_id}] not found or has no versions.",
+            )
+        return s
+
+    def _version(self, s: _Secret, ref: str) -> _Version:
+        if ref == "latest":
+            if not s.versions:
+                raise ApiError("NOT_FOUND", f"Secret [{s.name}] not found or has no versions.")
+            return s.versions[-1]
+        if ref.isdigit():
+            number = int(ref)
+        elif ref in s.aliases:
+            number = s.aliases[ref]
+        else:
+            raise ApiError("NOT_FOUND", f"Secret Version [{s.name}/versions/{ref}] not found.")
+        for v in s.versions:
+            if v.number == number:
+                return v
+        raise ApiError("NOT_FOUND", f"Secret Version [{s.name}/versions/{ref}] not found.")
+
+    def _secret_doc(self, s: _Secret) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "name": f"projects/{self.project}/secrets/{s.name}",
+            "replication": {"automatic": {}},
+            "createTime": s.create_time,
+            "etag": s.etag,
+            "versionAliases": {k: str(v) for k, v in s.aliases.items()},
+            "annotations": dict(s.annotations),
+            "labels": dict(s.labels),
+        }
+        if s.destroy_ttl:
+            doc["versionDestroyTtl"] = s.destroy_ttl
+        return doc
+
+    def _version_doc(self, s: _Secret, v: _Version) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "name": f"projects/{self.project}/secrets/{s.name}/versions/{v.number}",
+            "createTime": v.create_time,
+            "state": v.state,
+            "etag": v.etag,
+            "replicationStatus": {"automatic": {}},
+        }
+        if v.destroy_time:
+            doc["destroyTime"] = v.destroy_time
+        if v.scheduled_destroy_time:
+            doc["scheduledDestroyTime"] = v.scheduled_destroy_time
+        return doc
+
+    # -- handlers ----------------------------------------------------------------------------------
+    def routes(self) -> list[Route]:
+        p = r"/v1/projects/(?P<p>[^/]+)/secrets"
+        return [
+            ("POST", p, self.create),
+            ("GET", p, self.list_secrets),
+            ("GET", p + r"/(?P<s>[^/:]+)", self.get),
+            ("PATCH", p + r"/(?P<s>[^/:]+)", self.patch),
+            ("POST", p + r"/(?P<s>[^/:]+):addVersion", self.add_version),
+            ("GET", p + r"/(?P<s>[^/:]+)/versions", self.list_versions),
+            ("GET", p + r"/(?P<s>[^/:]+)/versions/(?P<v>[^/:]+)", self.get_version),
+            ("GET", p + r"/(?P<s>[^/:]+)/versions/(?P<v>[^/:]+):access", self.access),
+            (
+                "POST",
+                p + r"/(?P<s>[^/:]+)/versions/(?P<v>[^/:]+):(?P<op>enable|disable|destroy)",
+                self.change_state,
+            ),
+        ]
+
+    def create(self, r: Request) -> Any:
+        secret_id = r.query.get("secretId") or r.query.get("secret_id") or ""
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", secret_id):
+            raise ApiError("INVALID_ARGUMENT", f"invalid secret id {secret_id!r}")
+        if secret_id in self.secrets:
+            raise ApiError(
+                "ALREADY_EXISTS", f"Secret [projects/{self.project}/secrets/{secret_id}] already exists."
+            )
+        body = r.body or {}
+        s = _Secret(
+            secret_id,
+            labels=dict(body.get("labels") or {}),
+            annotations=dict(body.get("annotations") or {}),
+            destroy_ttl=_pick(body, "versionDestroyTtl", "version_destroy_ttl"),
+        )
+        self.secrets[secret_id] = s
+        return self._secret_doc(s)
+
+    def list_secrets(self, r: Request) -> Any:
+        return {
+            "secrets": [self._secret_doc(s) for s in self.secrets.values()],
+            "totalSize": len(self.secrets),
+        }
+
+    def get(self, r: Request) -> Any:
+        return self._secret_doc(self._secret(r["s"]))
+
+    def patch(self, r: Request) -> Any:
+        s = self._secret(r["s"])
+        body = r.body or {}
+        etag = body.get("etag")
+        if etag and etag != s.etag:
+            raise ApiError(
+                "FAILED_PRECONDITION", f"The etag provided {etag} does not match the current etag {s.etag}."
+            )
+        mask = {
+            m.strip() for m in (r.query.get("updateMask") or r.query.get("update_mask") or "").split(",") if m
+        }
+        if not mask:
+            raise ApiError("INVALID_ARGUMENT", "update_mask is required")
+        if mask & {"versionAliases", "version_aliases"}:
+            aliases = {k: int(v) for k, v in (_pick(body, "versionAliases", "version_aliases") or {}).items()}
+            if len(aliases) > 50:
+                raise ApiError("INVALID_ARGUMENT", "a secret can have at most 50 aliases")
+            for alias, number in aliases.items():
+                if not ALIAS_RE.fullmatch(alias) or alias.lower() in ("latest", "new"):
+                    raise ApiError("INVALID_ARGUMENT", f"invalid alias {alias!r}")
+                v = next((v for v in s.versions if v.number == number), None)
+                if v is None:
+                    raise ApiError("NOT_FOUND", f"Secret Version [{s.name}/versions/{number}] not found.")
+                if v.state == "DESTROYED" or v.scheduled_destroy_time:
+                    raise ApiError(
+                        "FAILED_PRECONDITION", f"cannot assign an alias to destroyed version {number}"
+                    )
+            s.aliases = aliases
+        if mask & {"annotations"}:
+            annotations = dict(body.get("annotations") or {})
+            if len(json.dumps(annotations)) > 16 * 1024:
+                raise ApiError("INVALID_ARGUMENT", "annotations exceed 16 KiB")
+            for key in annotations:
+                if not re.fullmatch(r"[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?", key):
+                    raise ApiError("INVALID_ARGUMENT", f"invalid annotation key {key!r}")
+            s.annotations = annotations
+        if mask & {"labels"}:
+            s.labels = dict(body.get("labels") or {})
+        s.touch()
+        return self._secret_doc(s)
+
+    def add_version(self, r: Request) -> Any:
+        s = self._secret(r["s"])
+        data = base64.b64decode(((r.body or {}).get("payload") or {}).get("data") or "")
+        if len(data) > 64 * 1024:
+            raise ApiError("INVALID_ARGUMENT", "payload exceeds 64 KiB")
+        v = _Version(len(s.versions) + 1, data)
+        s.versions.append(v)  # the secret's etag does not change (as in Secret Manager)
+        return self._version_doc(s, v)
+
+    def list_versions(self, r: Request) -> Any:
+        s = self._secret(r["s"])
+        docs = [self._version_doc(s, v) for v in reversed(s.versions)]  # newest first, like the API
+        return {"versions": docs, "totalSize": len(docs)}
+
+    def get_version(self, r: Request) -> Any:
+        s = self._secret(r["s"])
+        return self._version_doc(s, self._version(s, r["v"]))
+
+    def access(self, r: Request) -> Any:
+        s = self._secret(r["s"])
+        v = self._version(s, r["v"])
+        if v.state != "ENABLED":
+            raise ApiError(
+                "FAILED_PRECONDITION", f"Secret Version [{s.name}/versions/{v.number}] is in {v.state} state."
+            )
+        return {
+            "name": f"projects/{self.project}/secrets/{s.name}/versions/{v.number}",
+            "payload": {"data": base64.b64encode(v.payload).decode()},
+        }
+
+    def change_state(self, r: Request) -> Any:
+        s = self._secret(r["s"])
+        v = self._version(s, r["v"])
+        etag = (r.body or {}).get("etag")
+        if etag and etag != v.etag:
+            raise ApiError(
+                "FAILED_PRECONDITION", f"The etag provided {etag} does not match the current etag {v.etag}."
+            )
+        op = r["op"]
+        if v.state == "DESTROYED":
+            raise ApiError(
+                "FAILED_PRECONDITION", f"Secret Version [{s.name}/versions/{v.number}] is destroyed."
+            )
+        if op == "destroy":
+            if v.number in s.aliases.values():
+                raise ApiError("FAILED_PRECONDITION", f"version {v.number} has aliases; remove them first")
+            if s.destroy_ttl:
+                seconds = float(s.destroy_ttl.rstrip("s"))
+                v.state = "DISABLED"
+                v.scheduled_destroy_time = ts(now() + timedelta(seconds=seconds))
+            else:
+                v.state, v.payload, v.destroy_time = "DESTROYED", b"", ts()
+        elif op == "enable":
+            v.state, v.scheduled_destroy_time = "ENABLED", None
+        else:
+            v.state = "DISABLED"
+        v.etag = f'"{uuid.uuid4().hex[:14]}"'
+        return self._version_doc(s, v)
+
+
+# -- Cloud Run ------------------------------------------------------------------------------------------------
+TRAFFIC_TYPES = {
+    1: "LATEST",
+    2: "REVISION",
+    "LATEST": "LATEST",
+    "REVISION": "REVISION",
+    "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST": "LATEST",
+    "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION": "REVISION",
+}
+
+
+def unlocked(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run this handler outside the server lock (it probes something slow)."""
+    fn.unlocked = True  # type: ignore[attr-defined]
+    return fn
+
+
+def template_secret_refs(template: dict[str, Any]) -> list[tuple[str, str]]:
+    """(secret, version) pairs a revision template reads (env secretKeyRef and secret volumes)."""
+    out = []
+    for container in template.get("containers") or []:
+        for env in container.get("env") or []:
+            ref = ((env.get("valueSource") or {}).get("secretKeyRef")) or {}
+            if ref.get("secret"):
+                out.append((ref["secret"].rsplit("/", 1)[-1], str(ref.get("version") or "latest")))
+    for volume in template.get("volumes") or []:
+        sec = volume.get("secret") or {}
+        if sec.get("secret"):
+            for item in sec.get("items") or [{"version": "latest"}]:
+                out.append((sec["secret"].rsplit("/", 1)[-1], str(item.get("version") or "latest")))
+    return out
+
+
+def credential_login(payload: bytes) -> bool:
+    """The default health probe of a fake revision: a fresh PostgreSQL login when the secret
+    holds a database credential (JSON with username/password/host/port), else True."""
+    try:
+        cred = json.loads(payload)
+    except ValueError:
+        return True
+    if not isinstance(cred, dict) or not {"username", "password", "host", "port"} <= cred.keys():
+        return True
+    import psycopg
+
+    try:
+        with psycopg.connect(
+            host=cred["host"],
+            port=int(cred["port"]),
+            user=cred["username"],
+            password=cred["password"],
+            dbname=cred.get("dbname") or "postgres",
+            connect_timeout=3,
+        ) as conn:
+            conn.execute("select 1")
+        return True
+    except psycopg.Error:
+        return False
+
+
+@dataclass
+class _RunService:
+    name: str
+    template: dict[str, Any]
+    traffic: list[dict[str, Any]]
+    revisions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+    generation: int = 1
+
+
+class FakeCloudRun:
+    """Cloud Run Admin v2 over REST: services, revisions, traffic, operations, health URLs.
+
+    Each revision answers `GET <uri>/health` by reading the secret versions it is pinned
+    to from the Secret Manager fake and passing them to PROBE (default: a real PostgreSQL
+    login for database credentials), so an unusable version gives an unhealthy revision.
+    """
+
+    def __init__(
+        self,
+        project: str,
+        region: str,
+        secrets: FakeSecretManager,
+        base_url: Callable[[], str],
+        probe: Callable[[bytes], bool] = credential_login,
+    ) -> None:
+        self.project = project
+        self.region = region
+        self.secrets = secrets
+        self.base_url = base_url
+        self.probe = probe
+        self.services: dict[str, _RunService] = {}
+        self.operations: dict[str, dict[str, Any]] = {}
+        self.op_polls = 1  # polls an operation answers "not done" before it is done
+        self.unhealthy: set[tuple[str, str]] = set()  # (secret, version) that fail health (failure injection)
+        self.health_calls: list[str] = []
+
+    def _prefix(self) -> str:
+        return f"projects/{self.project}/locations/{self.region}"
+
+    def add_service(
+        self, name: str, secret: str, version: int | str, *, env_var: str = "DB_CREDENTIALS"
+    ) -> None:
+        """Create a service with one ready revision reading SECRET at VERSION."""
+        template = {
+            "containers": [
+                {
+                    "image": f"us-docker.pkg.dev/{self.project}/app/{name}:1",
+                    "env": [
+                        {
+                            "name": env_var,
+                            "valueSource": {"secretKeyRef": {"secret": secret, "version": str(version)}},
+                        }
+                    ],
+                }
+            ],
+        }
+        svc = _RunService(name, template, [{"type": "LATEST", "percent": 100}])
+        self._new_revision(svc, f"{name}-00001-abc")
+        self.services[name] = svc
+
+    def _new_revision(self, svc: _RunService, rev: str) -> None:
+        tmpl = json.loads(json.dumps(svc.template))
+        tmpl.pop("revision", None)
+        svc.revisions[rev] = {"template": tmpl, "createTime": ts(), "generation": svc.generation}
+        svc.order.append(rev)
+        svc.template["revision"] = rev
+
+    def _service(self, name: str) -> _RunService:
+        svc = self.services.get(name)
+        if svc is None:
+            raise ApiError(
+                "NOT_FOUND",
+                f"Resource '{name}' of kind 'SERVICE' in region '{self.region}' in project "
+                f"'{self.project}' does not exist.",
+            )
+        return svc
+
+    def _resolve(self, svc: _RunService, target: dict[str, Any]) -> str:
+        kind = TRAFFIC_TYPES.get(target.get("type", 2), "REVISION")
+        return svc.order[-1] if kind == "LATEST" else target.get("revision", "")
+
+    def serving(self, name: str) -> str:
+        svc = self._service(name)
+        best = max(svc.traffic, key=lambda t: t.get("percent", 0))
+        return self._resolve(svc, best)
+
+    def pinned(self, name: str, revision: str | None = None) -> list[tuple[str, str]]:
+        svc = self._service(name)
+        return template_secret_refs(svc.revisions[revision or self.serving(name)]["template"])
+
+    def _uri(self, name: str) -> str:
+        return f"{self.base_url()}/run/{name}"
+
+    def _service_doc(self, svc: _RunService) -> dict[str, Any]:
+        statuses = []
+        for t in svc.traffic:
+            status = {
+                "type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION",
+                "revision": self._resolve(svc, t),
+                "percent": t.get("percent", 0),
+            }
+            if t.get("tag"):
+                status["tag"] = t["tag"]
+                status["uri"] = f"{self._uri(svc.name)}/tag/{t['tag']}"
+            statuses.append(status)
+        prefix = f"{self._prefix()}/services/{svc.name}"
+        return {
+            "name": prefix,
+            "uri": self._uri(svc.name),
+            "generation": str(svc.generation),
+            "observedGeneration": str(svc.generation),
+            "template": json.loads(json.dumps(svc.template)),
+            "traffic": [
+                {
+                    k: (
+                        {
+                            "LATEST": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST",
+                            "REVISION": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION",
+                        }[TRAFFIC_TYPES.get(v, "REVISION")]
+                        if k == "type"
+                        else v
+                    )
+                    for k, v in t.items()
+                }
+                for t in svc.traffic
+            ],
+            "trafficStatuses": statuses,
+            "latestReadyRevision": f"{prefix}/revisions/{svc.order[-1]}",
+            "latestCreatedRevision": f"{prefix}/revisions/{svc.order[-1]}",
+            "terminalCondition": {"type": "Ready", "state": "CONDITION_SUCCEEDED"},
+            "etag": f'"{svc.generation}"',
+        }
+
+    def _revision_doc(self, svc: _RunService, rev: str) -> dict[str, Any]:
+        r = svc.revisions[rev]
+        return {
+            "name": f"{self._prefix()}/services/{svc.name}/revisions/{rev}",
+            "service": svc.name,
+            "generation": str(r["generation"]),
+            "createTime": r["createTime"],
+            "containers": r["template"].get("containers") or [],
+            "volumes": r["template"].get("volumes") or [],
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "state": "CONDITION_FAILED" if r.get("failed") else "CONDITION_SUCCEEDED",
+                    "message": r.get("failed", ""),
+                }
+            ],
+        }
+
+    # -- handlers --------------------------------------------------------------------------------------
+    def routes(self) -> list[Route]:
+        p = r"/v2/projects/(?P<p>[^/]+)/locations/(?P<l>[^/]+)"
+        return [
+            ("GET", p + r"/services/(?P<s>[^/:]+)", self.get),
+            ("PATCH", p + r"/services/(?P<s>[^/:]+)", self.patch),
+            ("GET", p + r"/services/(?P<s>[^/:]+)/revisions", self.list_revisions),
+            ("GET", p + r"/services/(?P<s>[^/:]+)/revisions/(?P<r>[^/:]+)", self.get_revision),
+            ("GET", p + r"/operations/(?P<o>[^/:]+)", self.get_operation),
+            ("GET", r"/run/(?P<s>[^/]+)(?:/tag/(?P<t>[^/]+))?/health", self.health),
+        ]
+
+    def get(self, r: Request) -> Any:
+        return self._service_doc(self._service(r["s"]))
+
+    def patch(self, r: Request) -> Any:
+        svc = self._service(r["s"])
+        body = r.body or {}
+        template = body.get("template") or svc.template
+        current = json.loads(json.dumps(svc.revisions[svc.order[-1]]["template"]))
+        wanted = {k: v for k, v in template.items() if k != "revision"}
+        name = template.get("revision") or ""
+        if name and name in svc.revisions:
+            if svc.revisions[name]["template"] != wanted:
+                raise ApiError(
+                    "ALREADY_EXISTS", f"Revision named '{name}' with different configuration already exists."
+                )
+        elif wanted != current or (name and name not in svc.revisions):
+            if name and not name.startswith(f"{svc.name}-"):
+                raise ApiError("INVALID_ARGUMENT", f"revision name must start with '{svc.name}-'")
+            svc.generation += 1
+            name = name or f"{svc.name}-{svc.generation:05d}-{uuid.uuid4().hex[:3]}"
+            problem = self._unusable_secret(template)
+            if problem:  # the revision is created but never becomes ready; traffic stays where it was
+                svc.revisions[name] = {
+                    "template": wanted,
+                    "createTime": ts(),
+                    "generation": svc.generation,
+                    "failed": problem,
+                }
+                op = f"{self._prefix()}/operations/{uuid.uuid4()}"
+                self.operations[op] = {
+                    "polls": self.op_polls,
+                    "service": svc.name,
+                    "error": f"Revision '{name}' is not ready and cannot serve traffic. {problem}",
+                }
+                return {"name": op, "done": False}
+            svc.template = json.loads(json.dumps(template))
+            self._new_revision(svc, name)
+        traffic = body.get("traffic")
+        if traffic is not None:
+            targets = []
+            for t in traffic:
+                kind = TRAFFIC_TYPES.get(t.get("type", 0))
+                if kind is None:
+                    raise ApiError("INVALID_ARGUMENT", "traffic target type is required")
+                entry = {"type": kind, "percent": int(t.get("percent", 0))}
+                if kind == "REVISION":
+                    if t.get("revision") not in svc.revisions:
+                        raise ApiError("INVALID_ARGUMENT", f"revision {t.get('revision')!r} does not exist")
+                    entry["revision"] = t["revision"]
+                if t.get("tag"):
+                    entry["tag"] = t["tag"]
+                targets.append(entry)
+            if sum(t["percent"] for t in targets) != 100:
+                raise ApiError("INVALID_ARGUMENT", "traffic percentages must add up to 100")
+            svc.traffic = targets
+        op = f"{self._prefix()}/operations/{uuid.uuid4()}"
+        self.operations[op] = {"polls": self.op_polls, "service": svc.name}
+        return {
+            "name": op,
+            "done": False,
+            "metadata": {
+                "@type": "type.googleapis.com/google.cloud.run.v2.Service",
+                "name": f"{self._prefix()}/services/{svc.name}",
+            },
+        }
+
+    def _unusable_secret(self, template: dict[str, Any]) -> str | None:
+        for secret, version in template_secret_refs(template):
+            sec = self.secrets.secrets.get(secret)
+            if sec is None:
+                return f"Secret {secret} was not found."
+            v = (
+                sec.versions[-1]
+                if version == "latest" and sec.versions
+                else next((v for v in sec.versions if str(v.number) == version), None)
+            )
+            if v is None:
+                return f"Secret {secret} version {version} was not found."
+            if v.state != "ENABLED":
+                return f"Secret {secret} version {version} is in {v.state} state."
+        return None
+
+    def list_revisions(self, r: Request) -> Any:
+        svc = self._service(r["s"])
+        return {"revisions": [self._revision_doc(svc, rev) for rev in reversed(svc.order)]}
+
+    def get_revision(self, r: Request) -> Any:
+        svc = self._service(r["s"])
+        if r["r"] not in svc.revisions:
+            raise ApiError("NOT_FOUND", f"Revision '{r['r']}' does not exist.")
+        return self._revision_doc(svc, r["r"])
+
+    def get_operation(self, r: Request) -> Any:
+        name = f"projects/{r['p']}/locations/{r['l']}/operations/{r['o']}"
+        op = self.operations.get(name)
+        if op is None:
+            raise ApiError("NOT_FOUND", f"operation {name} not found")
+        if op["polls"] > 0:
+            op["polls"] -= 1
+            return {"name": name, "done": False}
+        if op.get("error"):
+            return {"name": name, "done": True, "error": {"code": 9, "message": op["error"]}}
+        doc = self._service_doc(self.services[op["service"]])
+        return {
+            "name": name,
+            "done": True,
+            "response": {"@type": "type.googleapis.com/google.cloud.run.v2.Service", **doc},
+        }
+
+    @unlocked
+    def health(self, r: Request) -> Any:
+        svc = self._service(r["s"])
+        if r["t"]:
+            target = next((t for t in svc.traffic if t.get("tag") == r["t"]), None)
+            if target is None:
+                raise ApiError("NOT_FOUND", f"no tag {r['t']}")
+            revision = self._resolve(svc, target)
+        else:
+            revision = self.serving(r["s"])
+        self.health_calls.append(revision)
+        for secret, version in template_secret_refs(svc.revisions[revision]["template"]):
+            if (secret, version) in self.unhealthy:
+                return 503, {"status": "unhealthy", "revision": revision}
+            try:
+                payload = self.secrets.payload(secret, version)
+                sec = self.secrets.secrets[secret]
+                v = next(v for v in sec.versions if str(v.number) == version or version == "latest")
+                if version == "latest":
+                    v = sec.versions[-1]
+                if v.state != "ENABLED":
+                    return 503, {
+                        "status": "unhealthy",
+                        "revision": revision,
+                        "detail": "secret version not enabled",
+                    }
+            except (ApiError, StopIteration):
+                return 503, {"status": "unhealthy", "revision": revision, "detail": "secret version missing"}
+            if not self.probe(payload):
+                return 503, {"status": "unhealthy", "revision": revision, "detail": "login failed"}
+        return {"status": "ok", "revision": revision}
+
+
+# -- everything together -------------------------------------------------------------------------------------
+class FakeGcp:
+    """Every fake voke needs, on one REST server and one gRPC server."""
+
+    def __init__(self, project: str = "voke-test", region: str = "us-central1") -> None:
+        self.project = project
+        self.region = region
+        self.rest = FakeRestServer()
+        self.secretmanager = FakeSecretManager(project)
+        self.run = FakeCloudRun(project, region, self.secretmanager, lambda: self.rest.endpoint)
+        self.rest.add(self.secretmanager.routes())
+        self.rest.add(self.run.routes())
+
+    def __enter__(self) -> FakeGcp:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> FakeGcp:
+        self.rest.start()
+        return self
+
+    def stop(self) -> None:
+        self.rest.stop()
+
+    @property
+    def endpoints(self) -> dict[str, str]:
+        rest = self.rest.endpoint
+        return {"secretmanager": rest, "run": rest}
+
+    def environment(self, **extra: Any) -> dict[str, Any]:
+        """The `[environments.NAME]` table that points voke at these fakes."""
+        env: dict[str, Any] = {
+            "kind": "gcp",
+            "project": self.project,
+            "region": self.region,
+            "instance": "voke-db",
+            "credentials": "anonymous",
+            "endpoints": self.endpoints,
+            "timeout": 10.0,
+            "poll_interval": 0.02,
+        }
+        env.update(extra)
+        return env
+
+    def context(self, **overrides: Any) -> Any:
+        """A GcpContext for these fakes (adapters built in tests)."""
+        from voketag_ops.adapters.gcp._common import GcpContext
+
+        values: dict[str, Any] = {
+            "project": self.project,
+            "region": self.region,
+            "endpoints": self.endpoints,
+            "anonymous": True,
+            "timeout": 10.0,
+            "poll_interval": 0.01,
+            "backoff": 0.01,
+        }
+        values.update(overrides)
+        return GcpContext(**values)

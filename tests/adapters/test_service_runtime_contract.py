@@ -1,0 +1,120 @@
+"""One contract for the ServiceRuntime port, run against LocalServiceRuntime (real local
+service processes) and CloudRunRuntime talking, through the real google-cloud-run client,
+to the in-process Cloud Run fake. Health is real in both: a fresh PostgreSQL login with
+the credential the instance / revision is pinned to."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from voketag_ops.errors import HealthCheckError, RestartError
+from voketag_ops.ports import ServiceRuntime
+
+pytestmark = pytest.mark.pg
+SECRET = "db-contract"
+
+
+@dataclass
+class Setup:
+    runtime: Any
+    store: Any
+    fake: Any = None
+
+
+def _versions(store: Any, good: dict[str, Any]) -> None:
+    store.create(SECRET)
+    store.add_version(SECRET, json.dumps(good).encode())  # 1: works
+    store.add_version(
+        SECRET, json.dumps({**good, "password": "wrong-" + good["password"]}).encode()
+    )  # 2: rejected
+    store.add_version(SECRET, json.dumps(good).encode())  # 3: works
+    store.add_version(SECRET, json.dumps(good).encode())  # 4: disabled below
+    store.set_state(SECRET, 4, "disabled")
+
+
+@pytest.fixture(params=["local", "gcp"])
+def setup(request: pytest.FixtureRequest, platform: Any, tmp_path: Path) -> Iterator[Setup]:
+    good = json.loads(platform.store().access("db-app", "current"))
+    if request.param == "local":
+        from voketag_ops.adapters.local.secrets import LocalSecretStore
+        from voketag_ops.adapters.local.services import LocalServiceRuntime
+
+        home = tmp_path / "home"
+        store = LocalSecretStore(home)
+        _versions(store, good)
+        runtime = LocalServiceRuntime(home, {"svc-a": SECRET, "svc-b": SECRET}, start_timeout=5)
+        runtime.deploy_many({"svc-a": (SECRET, 1), "svc-b": (SECRET, 1)})
+        try:
+            yield Setup(runtime, store)
+        finally:
+            runtime.stop_all()
+        return
+    pytest.importorskip("google.cloud.run_v2")
+    from voketag_ops.adapters.gcp.run import CloudRunRuntime
+    from voketag_ops.adapters.gcp.secrets import GcpSecretStore
+    from voketag_ops.testing.gcp_fakes import FakeGcp
+
+    with FakeGcp() as fake:
+        ctx = fake.context()
+        store = GcpSecretStore(ctx)
+        _versions(store, good)
+        for name in ("svc-a", "svc-b"):
+            fake.run.add_service(name, SECRET, 1)
+        runtime = CloudRunRuntime(
+            ctx, {"svc-a": SECRET, "svc-b": SECRET}, health_timeout=1.0, sleep=lambda s: None
+        )
+        yield Setup(runtime, store, fake)
+
+
+def _state(runtime: Any) -> dict[str, tuple[int | None, bool | None]]:
+    return {s.name: (s.secret_version, s.healthy) for s in runtime.services()}
+
+
+def test_implements_the_port(setup):
+    assert isinstance(setup.runtime, ServiceRuntime)
+
+
+def test_services_report_their_pinned_version_and_health(setup):
+    assert _state(setup.runtime) == {"svc-a": (1, True), "svc-b": (1, True)}
+    assert setup.runtime.health("svc-a") is True
+    assert setup.runtime.pinned_versions(SECRET) >= {1}
+    assert all(s.url and s.instance for s in setup.runtime.services())
+
+
+def test_deploy_pins_a_new_version_and_moves_traffic(setup):
+    info = setup.runtime.deploy("svc-a", SECRET, 3)
+    assert info.secret_version == 3 and info.healthy is True and info.name == "svc-a"
+    assert _state(setup.runtime) == {"svc-a": (3, True), "svc-b": (1, True)}
+    assert 3 in setup.runtime.pinned_versions(SECRET)
+
+
+def test_deploying_the_serving_version_again_changes_nothing(setup):
+    before = {s.name: s.instance for s in setup.runtime.services(check=False)}
+    setup.runtime.deploy("svc-a", SECRET, 1)
+    after = {s.name: s.instance for s in setup.runtime.services(check=False)}
+    assert after == before
+
+
+def test_an_unhealthy_version_raises_and_the_old_one_keeps_serving(setup):
+    with pytest.raises(HealthCheckError):
+        setup.runtime.deploy("svc-a", SECRET, 2)
+    assert _state(setup.runtime)["svc-a"] == (1, True)
+
+
+def test_a_version_that_cannot_be_read_fails_the_start_and_the_old_one_keeps_serving(setup):
+    with pytest.raises(RestartError):
+        setup.runtime.deploy("svc-a", SECRET, 4)
+    assert _state(setup.runtime)["svc-a"] == (1, True)
+
+
+def test_deploy_many_and_back(setup):
+    setup.runtime.deploy_many({"svc-a": (SECRET, 3), "svc-b": (SECRET, 3)})
+    assert _state(setup.runtime) == {"svc-a": (3, True), "svc-b": (3, True)}
+    setup.runtime.deploy_many({"svc-a": (SECRET, 1), "svc-b": (SECRET, 1)})
+    assert _state(setup.runtime) == {"svc-a": (1, True), "svc-b": (1, True)}
