@@ -107,6 +107,103 @@ class ServiceRuntime(Protocol):
         ...
 
 
+# -- managed-database recovery (Cloud SQL; issue 8) ---------------------------------------------
+@dataclass(frozen=True)
+class DbInstanceInfo:
+    """A managed database instance as DR sees it."""
+
+    name: str
+    state: str  # RUNNABLE, SUSPENDED, MAINTENANCE, FAILED, ...
+    role: Literal["primary", "replica"]
+    region: str | None = None
+    primary: str | None = None  # the instance a replica replicates from
+    replicas: tuple[str, ...] = ()
+    pitr_enabled: bool = False
+    retention_days: int | None = None
+    settings_version: int | None = None
+    ip_address: str | None = None
+    dr_replica: str | None = None  # the designated DR replica (Enterprise Plus)
+    edition: str | None = None
+    availability: str | None = None  # ZONAL | REGIONAL (HA)
+
+
+@dataclass(frozen=True)
+class BackupInfo:
+    """One backup run; only status SUCCESSFUL counts as a backup."""
+
+    id: str
+    status: str
+    kind: str
+    started_at: str | None
+    finished_at: str | None
+
+
+@dataclass(frozen=True)
+class RecoveryWindow:
+    """The times a point-in-time restore can reach (ISO 8601 UTC)."""
+
+    earliest: str | None
+    latest: str | None
+
+
+@dataclass(frozen=True)
+class DbOperationInfo:
+    """A finished (DONE) database operation."""
+
+    name: str
+    kind: str  # CLONE, PROMOTE_REPLICA, FAILOVER, SWITCHOVER, UPDATE_USER, ...
+    target: str
+    status: str
+    started_at: str | None
+    finished_at: str | None
+
+
+@dataclass(frozen=True)
+class ReplicationInfo:
+    """Replication health from the monitoring backend (None: no recent sample)."""
+
+    replica: str
+    lag_seconds: float | None
+    lag_bytes: int | None
+    archive_failures: int | None
+
+
+@runtime_checkable
+class DatabaseRecovery(Protocol):
+    """DR operations on a managed PostgreSQL. Implementation: CloudSqlRecovery (adapters/gcp).
+
+    Every mutating call waits until its operation is DONE and raises BackendError when
+    the operation finished with an error; it returns the finished operation."""
+
+    def instance(self, name: str | None = None) -> DbInstanceInfo: ...
+
+    def backups(self, instance: str | None = None) -> list[BackupInfo]: ...
+
+    def newest_backup(self, instance: str | None = None) -> BackupInfo | None:
+        """The newest SUCCESSFUL backup (failed, running or skipped runs never count)."""
+        ...
+
+    def recovery_window(self, instance: str | None = None) -> RecoveryWindow: ...
+
+    def replication(self, replica: str | None = None) -> ReplicationInfo: ...
+
+    def clone_to_point_in_time(
+        self, point_in_time: str, destination: str, instance: str | None = None
+    ) -> DbOperationInfo:
+        """PITR into a NEW instance DESTINATION (never over the source)."""
+        ...
+
+    def promote_replica(self, replica: str | None = None, *, failover: bool = False) -> DbOperationInfo: ...
+
+    def failover(self, instance: str | None = None) -> DbOperationInfo:
+        """Zonal HA failover of the primary."""
+        ...
+
+    def switchover(self, replica: str | None = None) -> DbOperationInfo:
+        """Planned swap: the DR replica becomes primary, the primary its replica."""
+        ...
+
+
 # -- the hash chain (issue 3) -------------------------------------------------------------
 
 if TYPE_CHECKING:
