@@ -92,7 +92,7 @@ class _HttpServer:
         self.handle = handle
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     @property
@@ -125,6 +125,9 @@ class FakeProviders:
         # SendGrid: api_key_id -> {name, scopes, key}
         self.sendgrid_keys: dict[str, dict[str, Any]] = {}
         self.sendgrid_limit = 100
+        self.sendgrid_minted_keys_work = (
+            True  # False: keys minted through the API are refused (never propagate)
+        )
         # Google
         self.google_project = google_project
         self.google_tokens: set[str] = set()
@@ -391,6 +394,8 @@ class FakeProviders:
             return 401, {"errors": [{"field": None, "message": "authorization required"}]}
         forbidden = (403, {"errors": [{"field": None, "message": "access forbidden"}]})
         if path == "/v3/scopes" and method == "GET":
+            if caller.get("minted") and not self.sendgrid_minted_keys_work:
+                return 401, {"errors": [{"field": None, "message": "authorization required"}]}
             return 200, {"scopes": caller["scopes"]}
         if path == "/v3/api_keys":
             if method == "GET":
@@ -414,6 +419,7 @@ class FakeProviders:
                         "errors": [{"field": "scopes", "message": "cannot grant scopes you do not have"}]
                     }
                 key, key_id = self._mint_sendgrid(body["name"], scopes)
+                self.sendgrid_keys[key_id]["minted"] = True
                 return 201, {"api_key": key, "api_key_id": key_id, "name": body["name"], "scopes": scopes}
         if m := re.fullmatch(r"/v3/api_keys/([^/]+)", path):
             key_id = urllib.parse.unquote(m.group(1))

@@ -1,0 +1,496 @@
+"""`voke rotate api-key` against local fake provider servers that speak each provider's
+API (voketag_ops.testing.providers.FakeProviders): every provider end to end, failures and
+rollbacks, orphans found by a rerun, crash after every step + resume, cleanup
+retiring the old keys, notifications, and no key value in any output."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from voketag_ops.adapters.local.secrets import LocalSecretStore
+from voketag_ops.adapters.local.services import LocalServiceRuntime
+from voketag_ops.config import ApiKeySettings, RotationSettings
+from voketag_ops.core.rotation import ANNOTATION, STEPS, RotationRecord
+from voketag_ops.errors import (
+    AuthenticationError,
+    ConfigError,
+    ConnectivityError,
+    PreconditionError,
+    StepTimeoutError,
+    UsageError,
+)
+from voketag_ops.testing.providers import FakeProviders, WebhookReceiver
+from voketag_ops.workflows.api_keys import adopt_api_key, maps_key_id, minted_name, rotate_api_key
+from voketag_ops.workflows.rotate import FAULT_ENV, FAULT_EXIT_CODE, RotationEngine
+
+AUDIENCE = "https://api.voketag.test/"
+
+
+def put(store, name, value):
+    """A secret whose `current` version holds VALUE (JSON)."""
+    store.create(name)
+    version = store.add_version(name, json.dumps(value).encode()).version
+    store.update(name, etag=store.get(name).etag, aliases={"current": version})
+
+
+class World:
+    """A secret store in a temp dir, the fake providers, and the keys in use today."""
+
+    def __init__(self, home: Path, fake: FakeProviders) -> None:
+        self.home, self.fake = home, fake
+        self.store = LocalSecretStore(home)
+        self.sendgrid_key, self.sendgrid_id = fake.add_sendgrid_key()
+        self.maps_key, self.maps_name = fake.add_google_key(
+            "prod-maps", restrictions={"apiTargets": [{"service": "geocoding-backend.googleapis.com"}]}
+        )
+        self.auth0_id, self.auth0_secret = fake.add_auth0_client()
+        self.stripe_key = fake.add_stripe_key()
+        put(
+            self.store,
+            "auth0-admin",
+            {"client_id": fake.auth0_admin_id, "client_secret": fake.auth0_admin_secret},
+        )
+        put(self.store, "google-admin", {"access_token": fake.google_token()})
+        self.api_keys = {
+            "sendgrid": ApiKeySettings(provider="sendgrid", secret="sendgrid-key", endpoint=fake.url),
+            "maps": ApiKeySettings(
+                provider="maps",
+                secret="maps-key",
+                endpoint=fake.url,
+                admin_secret="google-admin",
+                options={"project": fake.google_project, "maps_endpoint": fake.url},
+            ),
+            "auth0": ApiKeySettings(
+                provider="auth0",
+                secret="auth0-client",
+                endpoint=fake.url,
+                admin_secret="auth0-admin",
+                options={"client_id": self.auth0_id, "audience": AUDIENCE},
+            ),
+            "stripe": ApiKeySettings(provider="stripe", secret="stripe-key", endpoint=fake.url),
+        }
+
+    def engine(self, **settings) -> RotationEngine:
+        rotation = RotationSettings(api_keys=self.api_keys, test_interval=0, test_attempts=3, **settings)
+        return RotationEngine(
+            store=self.store,
+            runtime=LocalServiceRuntime(self.home, {}),
+            target=None,
+            settings=rotation,
+            home=self.home,
+            sleep=lambda _s: None,
+        )
+
+    def adopt_all(self) -> RotationEngine:
+        engine = self.engine()
+        for name, raw in (
+            ("sendgrid", self.sendgrid_key),
+            ("maps", self.maps_key),
+            ("auth0", self.auth0_secret),
+            ("stripe", self.stripe_key),
+        ):
+            assert adopt_api_key(engine, name, raw)["status"] == "adopted"
+        return engine
+
+    def value(self, secret, version="current"):
+        return json.loads(self.store.access(secret, version))
+
+
+@pytest.fixture
+def fake():
+    with FakeProviders() as f:
+        yield f
+
+
+@pytest.fixture
+def world(tmp_path, fake):
+    return World(tmp_path / "home", fake)
+
+
+# -- each provider, end to end -------------------------------------------------------------------
+def test_sendgrid_mints_beside_the_old_key_with_its_scopes(world, fake):
+    engine = world.adopt_all()
+    outcome = rotate_api_key(engine, "sendgrid")
+    assert outcome.error is None, outcome.report.error
+    report = outcome.report
+    assert report.status == "succeeded" and report.strategy == "additive"
+    assert [s.name for s in report.steps] == list(STEPS)
+    new = world.value("sendgrid-key")
+    assert new["key_name"] == minted_name(report.rotation_id)
+    keys = fake.live_sendgrid_keys()
+    assert keys == {world.sendgrid_id: "production", new["key_id"]: minted_name(report.rotation_id)}
+    assert fake.sendgrid_keys[new["key_id"]]["scopes"] == fake.sendgrid_keys[world.sendgrid_id]["scopes"]
+    assert fake.sendgrid_keys[new["key_id"]]["key"] == new["api_key"]
+    # the old key keeps working until cleanup retires it
+    assert world.store.get("sendgrid-key").aliases == {"current": 2, "previous": 1}
+
+
+def test_maps_key_created_by_operation_with_the_old_restrictions(world, fake):
+    fake.operation_polls = 3  # the create operation is not done at once
+    engine = world.adopt_all()
+    outcome = rotate_api_key(engine, "maps")
+    assert outcome.error is None, outcome.report.error
+    new = world.value("maps-key")
+    assert new["key_id"] == maps_key_id(outcome.report.rotation_id)
+    made = fake.google_keys[new["key_name"]]
+    assert made["keyString"] == new["api_key"]
+    assert made["restrictions"] == fake.google_keys[world.maps_name]["restrictions"]
+    assert made["displayName"] == f"voke {outcome.report.rotation_id} (maps)"
+    assert set(fake.live_google_keys()) == {world.maps_name, new["key_name"]}
+    assert len(fake.calls("GET", r"^/v2/operations/")) >= 3
+
+
+def test_auth0_sets_a_known_secret_single_phase(world, fake):
+    engine = world.adopt_all()
+    fake.auth0_propagation = 2  # Auth0 takes a moment to accept a new secret everywhere
+    outcome = rotate_api_key(engine, "auth0")
+    assert outcome.error is None, outcome.report.error
+    assert outcome.report.strategy == "single-phase"
+    test_step = next(s for s in outcome.report.steps if s.name == "test")
+    assert "try 3 of 3" in test_step.detail
+    new = world.value("auth0-client")
+    assert fake.auth0_clients[world.auth0_id] == new["client_secret"] != world.auth0_secret
+    patch = fake.calls("PATCH", r"^/api/v2/clients/")
+    assert len(patch) == 1 and patch[0].headers["authorization"].startswith("Bearer ")
+
+
+def test_auth0_failed_test_sets_the_old_secret_back(world, fake):
+    engine = world.adopt_all()
+    fake.auth0_propagation = 10  # never settles within the three tries
+    outcome = rotate_api_key(engine, "auth0")
+    assert outcome.error is not None and outcome.error.exit_code == 6
+    assert outcome.report.status == "rolled_back"
+    assert fake.auth0_clients[world.auth0_id] == world.auth0_secret  # the stored current works again
+    assert world.store.get("auth0-client").aliases == {"current": 1}
+
+
+def test_stripe_pasted_key_is_verified_before_it_is_stored(world, fake):
+    engine = world.adopt_all()
+    versions = len(world.store.get("stripe-key").versions)
+    with pytest.raises(PreconditionError, match="no API that creates keys"):
+        rotate_api_key(engine, "stripe")
+    with pytest.raises(UsageError, match="is the current key"):
+        rotate_api_key(engine, "stripe", new_key=world.stripe_key)
+    with pytest.raises(UsageError, match="not a Stripe secret key"):
+        rotate_api_key(engine, "stripe", new_key="pk_test_publishable_is_not_secret")
+    with pytest.raises(AuthenticationError, match="rejected"):
+        rotate_api_key(engine, "stripe", new_key="sk_test_51" + "x" * 40)
+    assert len(world.store.get("stripe-key").versions) == versions  # nothing stored
+    new = fake.add_stripe_key()
+    fake.revoke_stripe_key(world.stripe_key)  # rolled in the Dashboard with "expire now"
+    outcome = rotate_api_key(engine, "stripe", new_key=new + "\n")
+    assert outcome.error is None, outcome.report.error
+    assert world.value("stripe-key")["api_key"] == new
+    assert fake.calls("GET", "/v1/balance")[-1].headers["authorization"] == f"Bearer {new}"
+
+
+def test_rotating_before_adopting_and_bad_configuration(world, fake):
+    engine = world.engine()
+    with pytest.raises(PreconditionError, match="adopt"):
+        rotate_api_key(engine, "sendgrid")
+    with pytest.raises(ConfigError, match="no API key named 'twilio'"):
+        rotate_api_key(engine, "twilio")
+    with pytest.raises(AuthenticationError):
+        adopt_api_key(engine, "sendgrid", "SG.nope.notakey")
+    assert not world.store.exists("sendgrid-key")
+    world.api_keys["auth0"] = world.api_keys["auth0"].model_copy(update={"admin_secret": None})
+    with pytest.raises(ConfigError, match="admin_secret is required"):
+        adopt_api_key(world.engine(), "auth0", world.auth0_secret)
+    world.api_keys["maps"] = world.api_keys["maps"].model_copy(update={"options": {}})
+    with pytest.raises(ConfigError, match=r"options\.project"):
+        adopt_api_key(world.engine(), "maps", world.maps_key)
+    assert adopt_api_key(engine, "sendgrid", world.sendgrid_key)["version"] == 1
+    with pytest.raises(PreconditionError, match="already holds"):
+        adopt_api_key(engine, "sendgrid", world.sendgrid_key)
+
+
+# -- failures, rollbacks, orphans -----------------------------------------------------------------------
+def test_failed_test_step_deletes_the_minted_key(world, fake):
+    engine = world.adopt_all()
+    fake.sendgrid_minted_keys_work = False  # the new key never authenticates
+    outcome = rotate_api_key(engine, "sendgrid")
+    assert outcome.error is not None and outcome.error.exit_code == 6
+    assert outcome.report.steps[-1].name == "rollback"
+    assert fake.live_sendgrid_keys() == {world.sendgrid_id: "production"}
+    meta = world.store.get("sendgrid-key")
+    assert meta.aliases == {"current": 1} and meta.version(2).state == "disabled"
+    assert ANNOTATION not in meta.annotations
+    fake.sendgrid_minted_keys_work = True
+    assert rotate_api_key(world.engine(), "sendgrid").error is None  # the next run starts clean
+
+
+def test_lost_reply_on_create_leaves_no_orphan(world, fake):
+    engine = world.adopt_all()
+    fake.fail("POST", r"^/v3/api_keys$", status=0, after=True)  # minted, but the answer never arrives
+    outcome = rotate_api_key(engine, "sendgrid")
+    assert outcome.error is not None and outcome.error.exit_code == 6
+    assert "ConnectivityError" in outcome.report.error["kind"]
+    assert fake.live_sendgrid_keys() == {world.sendgrid_id: "production"}  # the rollback found it by name
+    fake.fail("POST", r"^/v2/projects/.*/keys$", status=503, after=True)
+    outcome = rotate_api_key(engine, "maps")
+    assert outcome.error is not None and outcome.error.exit_code == 6
+    assert set(fake.live_google_keys()) == {world.maps_name}
+
+
+def _killed_after_lock(world, secret, rotation_id="rot-20261126T010203Z-abcdef"):
+    """The record a run leaves when it dies right after taking the lock (owner gone)."""
+    meta = world.store.get(secret)
+    record = RotationRecord(
+        id=rotation_id,
+        secret=secret,
+        kind=f"api-key:{secret.split('-')[0]}",
+        strategy="additive",
+        target=secret.split("-")[0],
+        owner="no-such-host:1",
+        lease_until="2000-01-01T00:00:00Z",
+        started_at="2026-11-26T01:02:03Z",
+        step="lock",
+        old_current=meta.aliases["current"],
+    )
+    world.store.update(secret, etag=meta.etag, annotations={ANNOTATION: record.to_json()})
+    return rotation_id
+
+
+def test_rerun_deletes_a_sendgrid_orphan_and_mints_exactly_one(world, fake):
+    engine = world.adopt_all()
+    rotation_id = _killed_after_lock(world, "sendgrid-key")
+    # the killed run had minted its key (it has the rotation's name) but never stored it
+    with fake.lock:
+        fake._mint_sendgrid(minted_name(rotation_id), ["mail.send"])
+    outcome = engine.resume(rotation_id)
+    assert outcome.error is None and outcome.report.resumed
+    new = world.value("sendgrid-key")
+    assert fake.live_sendgrid_keys() == {
+        world.sendgrid_id: "production",
+        new["key_id"]: minted_name(rotation_id),
+    }
+
+
+def test_rerun_adopts_a_maps_orphan(world, fake):
+    engine = world.adopt_all()
+    rotation_id = _killed_after_lock(world, "maps-key")
+    with fake.lock:
+        orphan = fake._make_google_key(fake.google_project, maps_key_id(rotation_id), "orphan", None)
+    outcome = engine.resume(rotation_id)
+    assert outcome.error is None
+    assert world.value("maps-key")["api_key"] == orphan["keyString"]  # adopted, not a second key
+    assert set(fake.live_google_keys()) == {world.maps_name, orphan["name"]}
+    assert not fake.calls("POST", r"/keys$")
+
+
+def test_unreachable_provider_changes_nothing(world, fake):
+    engine = world.adopt_all()
+    fake.stop()
+    with pytest.raises(ConnectivityError, match="cannot reach"):
+        rotate_api_key(engine, "sendgrid")
+    meta = world.store.get("sendgrid-key")
+    assert len(meta.versions) == 1 and ANNOTATION not in meta.annotations
+
+
+def test_http_errors_become_rotation_failure_kinds(fake):
+    from voketag_ops.adapters.providers import HttpClient
+
+    client = HttpClient(fake.url, provider="maps", timeout=2)
+    fake.fail("GET", "^/x$", status=401)
+    with pytest.raises(AuthenticationError):
+        client.call("GET", "/x", query={"key": "AIzaSECRETVALUE"})
+    fake.fail("GET", "^/x$", status=429)
+    with pytest.raises(ConnectivityError) as exc:
+        client.call("GET", "/x", query={"key": "AIzaSECRETVALUE"})
+    assert "AIzaSECRETVALUE" not in exc.value.message and "/x" in exc.value.message
+    slow = HttpClient(fake.url, provider="maps", timeout=0.2)
+    import socket
+
+    with socket.socket() as listener:  # accepts, never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        slow.base_url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        with pytest.raises(StepTimeoutError):
+            slow.call("GET", "/x")
+
+
+# -- cleanup retires superseded keys ----------------------------------------------------------------------
+def test_cleanup_deletes_old_provider_keys_a_day_later(world, fake):
+    engine = world.adopt_all()
+    for name in ("sendgrid", "maps"):
+        assert rotate_api_key(engine, name).error is None
+    assert engine.cleanup(dry_run=False)["actions"] == []  # too early: the old keys stay
+    assert len(fake.live_sendgrid_keys()) == 2
+    later = datetime.now(timezone.utc) + timedelta(days=2)
+    engine.now = lambda: later
+    plan = engine.cleanup(dry_run=True)["actions"]
+    assert {(a.secret, a.version, a.action) for a in plan} == {
+        ("sendgrid-key", 1, "retire"),
+        ("maps-key", 1, "retire"),
+    }
+    assert len(fake.live_sendgrid_keys()) == 2  # the dry run deleted nothing
+    engine.cleanup(dry_run=False)
+    last = engine.history(secret="sendgrid-key")[0].id
+    assert fake.live_sendgrid_keys() == {world.value("sendgrid-key")["key_id"]: minted_name(last)}
+    assert set(fake.live_google_keys()) == {world.value("maps-key")["key_name"]}
+    assert [a for a in engine.cleanup(dry_run=False)["actions"] if a.action == "retire"] == []  # idempotent
+
+
+# -- notifications -------------------------------------------------------------------------------------------
+def test_webhook_told_of_success_and_rollback_without_values(world, fake):
+    with WebhookReceiver() as hook:
+        engine = world.adopt_all()
+        engine = world.engine(notify_webhook=hook.url)
+        assert rotate_api_key(engine, "sendgrid").error is None
+        fake.sendgrid_minted_keys_work = False
+        assert rotate_api_key(engine, "sendgrid").error.exit_code == 6
+        fake.sendgrid_minted_keys_work = True
+        fake.fail("GET", r"^/v3/api_keys/", status=404)  # the current key's scopes cannot be read
+        stopped = rotate_api_key(engine, "sendgrid")
+        assert stopped.error.exit_code == 7
+        assert engine.rollback(stopped.report.rotation_id).error is None
+    texts = [b["text"] for b in hook.bodies]
+    assert len(texts) == 4 and all(set(b) == {"text"} for b in hook.bodies)
+    assert "succeeded" in texts[0] and "sendgrid-key" in texts[0]
+    assert "rolled back" in texts[1] and "voke rotate api-key sendgrid --yes" in texts[1]
+    assert "needs a person" in texts[2] and f"voke rotate rollback {stopped.report.rotation_id}" in texts[2]
+    assert "rolled back" in texts[3]
+    values = [k["key"] for k in fake.sendgrid_keys.values()] + [world.sendgrid_key]
+    values += [
+        json.loads(world.store.access("sendgrid-key", v.version))["api_key"]
+        for v in world.store.get("sendgrid-key").versions
+        if v.state == "enabled"
+    ]
+    for raw in hook.raw:
+        for value in values:
+            assert value not in raw.decode()
+
+
+def test_a_failing_webhook_never_fails_the_rotation(world, fake, caplog):
+    engine = world.adopt_all()
+    with WebhookReceiver(status=500) as hook:
+        engine = world.engine(notify_webhook=hook.url)
+        assert rotate_api_key(engine, "maps").error is None
+    assert len(hook.bodies) == 1
+    engine = world.engine(notify_webhook="http://127.0.0.1:9/unreachable")
+    assert rotate_api_key(engine, "maps").error is None
+
+
+# -- the CLI, on the shared local platform ---------------------------------------------------------------------
+def cli_environ(platform_environ, fake, secret):
+    return {
+        **platform_environ,
+        "VOKE_ROTATION__API_KEYS__SENDGRID__PROVIDER": "sendgrid",
+        "VOKE_ROTATION__API_KEYS__SENDGRID__SECRET": secret,
+        "VOKE_ROTATION__API_KEYS__SENDGRID__ENDPOINT": fake.url,
+        "VOKE_ROTATION__API_KEYS__STRIPE__PROVIDER": "stripe",
+        "VOKE_ROTATION__API_KEYS__STRIPE__SECRET": f"{secret}-stripe",
+        "VOKE_ROTATION__API_KEYS__STRIPE__ENDPOINT": fake.url,
+    }
+
+
+def voke_proc(environ, *args, stdin="", **extra):
+    return subprocess.run(
+        [sys.executable, "-m", "voketag_ops", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**environ, **extra},
+        timeout=120,
+    )
+
+
+@pytest.mark.pg
+def test_crash_after_each_step_then_resume_never_two_new_keys(platform, platform_environ, fake):
+    environ = cli_environ(platform_environ, fake, "sendgrid-crash")
+    key, key_id = fake.add_sendgrid_key()
+    adopted = voke_proc(environ, "rotate", "api-key", "sendgrid", "--adopt", "--yes", "--json", stdin=key)
+    assert adopted.returncode == 0, adopted.stdout + adopted.stderr
+    store = platform.store()
+    for step in STEPS:
+        before = set(fake.live_sendgrid_keys())
+        crashed = voke_proc(environ, "rotate", "api-key", "sendgrid", "--yes", **{FAULT_ENV: step})
+        assert crashed.returncode == FAULT_EXIT_CODE, crashed.stderr
+        resumed = voke_proc(environ, "rotate", "resume", "--yes", "--json")
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        meta = store.get("sendgrid-crash")
+        assert ANNOTATION not in meta.annotations and "pending" not in meta.aliases
+        current = json.loads(store.access("sendgrid-crash", "current"))
+        minted = set(fake.live_sendgrid_keys()) - before
+        assert minted == {current["key_id"]}, step  # exactly one new key, and it is the stored one
+        assert fake.sendgrid_keys[current["key_id"]]["key"] == current["api_key"]
+        assert key_id in fake.live_sendgrid_keys()  # the old key worked throughout
+
+
+@pytest.mark.pg
+def test_cli_api_key_commands_and_no_value_in_any_output(platform, platform_environ, fake, voke, monkeypatch):
+    environ = cli_environ(platform_environ, fake, "sendgrid-cli")
+    environ["VOKE_LOG_LEVEL"] = "debug"
+    key, _ = fake.add_sendgrid_key()
+    stripe_old, stripe_new = fake.add_stripe_key(), fake.add_stripe_key()
+
+    def run(*args, stdin=""):
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        return voke(*args, environ=environ)
+
+    runs = [
+        run("rotate", "api-key", "sendgrid", "--dry-run"),  # not adopted yet
+        run("rotate", "api-key", "sendgrid", "--adopt", "--yes", "--json", stdin=key + "\n"),
+        run("rotate", "api-key", "stripe", "--adopt", "--yes", "--json", stdin=stripe_old),
+        run("rotate", "api-key", "sendgrid", "--dry-run", "--json"),
+        run("rotate", "api-key", "sendgrid", "--yes", "--json"),
+        run("rotate", "api-key", "stripe", "--yes", "--json", stdin=stripe_new),
+        run("rotate", "status", "--json"),
+        run("rotate", "history", "--json"),
+        run("secrets", "list", "--json"),
+        run("config", "show"),
+        run("rotate", "api-key", "stripe", "--yes"),  # nothing pasted: usage error, nothing happens
+        run("rotate", "api-key", "stripe", stdin=stripe_new),  # no --yes and no terminal
+        run("rotate", "api-key", "twilio", "--yes"),  # not configured
+    ]
+    codes = [r.exit_code for r in runs]
+    assert codes == [5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 3], [r.stdout + r.stderr for r in runs]
+    assert "--adopt" in runs[0].stderr
+    assert runs[3].json["result"]["plan"][0].startswith("lock sendgrid-cli")
+    rotated = runs[4].json["result"]
+    assert rotated["status"] == "succeeded" and rotated["kind"] == "api-key:sendgrid"
+    assert runs[5].json["result"]["strategy"] == "assisted"
+    status = runs[6].json["result"]
+    assert {"sendgrid-cli", "sendgrid-cli-stripe", "db-app", "jwt-signing"} <= {
+        s["name"] for s in status["secrets"]
+    }
+    stored = json.loads(platform.store().access("sendgrid-cli-stripe", "current"))
+    assert stored["api_key"] == stripe_new
+    values = [key, stripe_old, stripe_new] + [k["key"] for k in fake.sendgrid_keys.values()]
+    home = platform.env.home
+    files = [
+        p
+        for p in home.rglob("*")
+        if p.is_file() and p.suffix in (".jsonl", ".json", ".log") and "secrets" not in p.parts
+    ]
+    blobs = [r.stdout + r.stderr for r in runs] + [p.read_text(errors="replace") for p in files]
+    for value in values:
+        for blob in blobs:
+            assert value not in blob
+
+
+@pytest.mark.pg
+def test_a_due_stripe_key_stops_before_the_lock(
+    platform, platform_environ, fake, voke, monkeypatch, tmp_path
+):
+    environ = cli_environ(platform_environ, fake, "sendgrid-due")
+    stripe = fake.add_stripe_key()
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stripe))
+    assert voke("rotate", "api-key", "stripe", "--adopt", "--yes", environ=environ).exit_code == 0
+    from voketag_ops.config import load_config
+    from voketag_ops.workflows.rotate import local_engine
+
+    engine = local_engine(load_config(environ=environ, cwd=tmp_path).settings)
+    engine.now = lambda: datetime.now(timezone.utc) + timedelta(days=200)
+    due = {d["name"] for d in engine.due()}
+    assert "sendgrid-due-stripe" in due
+    with pytest.raises(PreconditionError, match="no API that creates keys"):
+        engine.rotate("stripe")
+    assert ANNOTATION not in platform.store().get("sendgrid-due-stripe").annotations

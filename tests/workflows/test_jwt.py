@@ -1,0 +1,241 @@
+"""The JWT signing keyring: RFC 7638 kids, JWS tokens, publish-before-sign with a fake
+clock (old tokens verify until the max lifetime; signing switches only after the
+publication wait), --emergency, resume, and `voke rotate jwt` / `jwks` on the CLI."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from voketag_ops.adapters.local.secrets import LocalSecretStore
+from voketag_ops.adapters.local.services import LocalServiceRuntime
+from voketag_ops.config import JwtSettings, RotationSettings
+from voketag_ops.core import jwt_keys
+from voketag_ops.core.rotation import ANNOTATION, RotationRecord
+from voketag_ops.errors import PreconditionError
+from voketag_ops.workflows.jwt import (
+    bootstrap_keyring,
+    jwt_credential,
+    public_jwks,
+    rotate_jwt,
+    sign_token,
+    verify_token,
+)
+from voketag_ops.workflows.rotate import RotationEngine
+
+T0 = datetime(2027, 1, 1, 2, 0, tzinfo=timezone.utc)
+LIFETIME, REFRESH = 3600, 300
+
+
+def test_kid_is_the_rfc_7638_thumbprint():
+    # RFC 7638 section 3.1's example key and its thumbprint
+    jwk = {
+        "kty": "RSA",
+        "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3"
+        "oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu"
+        "6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awa"
+        "pJzKnqDKgw",
+        "e": "AQAB",
+        "alg": "RS256",
+        "kid": "2011-04-29",
+    }
+    assert jwt_keys.thumbprint(jwk) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+
+
+@pytest.mark.parametrize("algorithm", ["ES256", "RS256", "EdDSA"])
+def test_keys_sign_and_verify(algorithm):
+    key = jwt_keys.generate_key(algorithm, T0)
+    assert key["kid"] == jwt_keys.thumbprint(key["public_jwk"])
+    jwt_keys.check_key(key)
+    ring = jwt_keys.Keyring(algorithm, key)
+    jwks = ring.jwks(T0)
+    assert [k["kid"] for k in jwks["keys"]] == [key["kid"]]
+    assert all("d" not in k and "private_key" not in k for k in jwks["keys"])
+    token = jwt_keys.sign(key, {"sub": "u1", "exp": int((T0 + timedelta(hours=1)).timestamp())})
+    assert jwt_keys.verify(jwks, token, T0)["sub"] == "u1"
+    head, _claims, sig = token.split(".")
+    forged = jwt_keys.b64url(json.dumps({"sub": "admin", "exp": 2**31}).encode())
+    with pytest.raises(jwt_keys.TokenError, match="bad signature"):
+        jwt_keys.verify(jwks, f"{head}.{forged}.{sig}", T0)
+    with pytest.raises(jwt_keys.TokenError, match="expired"):
+        jwt_keys.verify(jwks, token, T0 + timedelta(hours=2))
+    other = jwt_keys.generate_key(algorithm, T0)
+    with pytest.raises(jwt_keys.TokenError, match="unknown kid"):
+        jwt_keys.verify(jwks, jwt_keys.sign(other, {"sub": "x"}), T0)
+
+
+def test_keyring_check_catches_a_wrong_kid():
+    ring = jwt_keys.new_keyring("ES256", T0)
+    ring.check()
+    bad = jwt_keys.Keyring("ES256", {**ring.current, "kid": "not-the-thumbprint"})
+    with pytest.raises(ValueError, match="thumbprint"):
+        bad.check()
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def keyring(tmp_path):
+    home = tmp_path / "home"
+    store = LocalSecretStore(home)
+    settings = RotationSettings(
+        test_interval=0,
+        jwt=JwtSettings(max_token_lifetime_seconds=LIFETIME, verifier_refresh_seconds=REFRESH),
+    )
+    clock = Clock(T0)
+    assert bootstrap_keyring(store, settings.jwt, clock())
+    assert not bootstrap_keyring(store, settings.jwt, clock())  # idempotent
+    engine = RotationEngine(
+        store=store,
+        runtime=LocalServiceRuntime(home, {}),
+        target=None,
+        settings=settings,
+        home=home,
+        sleep=lambda _s: None,
+    )
+    engine.now = clock
+    return engine, clock, store
+
+
+def kids(cred):
+    return [k["kid"] for k in public_jwks(cred)["keys"]]
+
+
+def claims(clock, sub):
+    return {"sub": sub, "iat": int(clock().timestamp()), "exp": int(clock().timestamp()) + LIFETIME}
+
+
+def test_publish_before_sign_then_keep_after_sign(keyring):
+    engine, clock, store = keyring
+    cred = jwt_credential(engine)
+    k1 = kids(cred)[0]
+    early = sign_token(cred, claims(clock, "early"))
+
+    # 1. publish: next is in the JWKS, signing stays on the old key
+    outcome = rotate_jwt(engine)
+    assert outcome.error is None and outcome.report.status == "succeeded"
+    published = kids(cred)
+    assert len(published) == 2 and published[0] == k1
+    k2 = published[1]
+    header = json.loads(jwt_keys.b64url_decode(sign_token(cred, claims(clock, "x")).split(".")[0]))
+    assert header["kid"] == k1
+
+    # 2. too early to switch: exit 5, nothing changed; not due yet
+    clock.advance(REFRESH - 10)
+    versions = len(store.get("jwt-signing").versions)
+    with pytest.raises(PreconditionError, match="signing switches to it at"):
+        rotate_jwt(engine)
+    assert len(store.get("jwt-signing").versions) == versions
+    assert "jwt-signing" not in [d["name"] for d in engine.due()]
+    last_old = sign_token(cred, claims(clock, "last-old"))  # signed by k1 just before the switch
+
+    # 3. the wait is over: due, and a second run promotes next
+    clock.advance(10)
+    assert "jwt-signing" in [d["name"] for d in engine.due()]
+    outcome = rotate_jwt(engine)
+    assert outcome.error is None, outcome.report.error
+    switched_at = clock()
+    assert kids(cred) == [k2, k1]  # current first, previous kept
+    header = json.loads(jwt_keys.b64url_decode(sign_token(cred, claims(clock, "y")).split(".")[0]))
+    assert header["kid"] == k2
+    ring = json.loads(store.access("jwt-signing", "current"))
+    assert ring["next"] is None and "private_key" not in ring["previous"]  # the old private key is gone
+
+    # 4. tokens signed with the old kid verify until the max lifetime has passed
+    assert verify_token(cred, early)["sub"] == "early"
+    clock.now = switched_at + timedelta(seconds=LIFETIME - 5)
+    assert verify_token(cred, last_old)["sub"] == "last-old"
+    assert "jwt-signing" not in [d["name"] for d in engine.due()]
+    clock.now = switched_at + timedelta(seconds=LIFETIME) + jwt_keys.CLOCK_SKEW + timedelta(seconds=1)
+    assert kids(cred) == [k2]
+    with pytest.raises(jwt_keys.TokenError, match="unknown kid"):
+        verify_token(cred, last_old)
+
+
+def test_emergency_revokes_every_old_key_at_once(keyring):
+    engine, clock, _store = keyring
+    cred = jwt_credential(engine)
+    assert rotate_jwt(engine).error is None  # a next key is published and waiting
+    before = kids(cred)
+    token = sign_token(cred, claims(clock, "u"))
+    outcome = rotate_jwt(engine, emergency=True)  # no wait for an emergency
+    assert outcome.error is None and outcome.report.strategy == "emergency"
+    after = kids(cred)
+    assert len(after) == 1 and after[0] not in before
+    with pytest.raises(jwt_keys.TokenError, match="unknown kid"):
+        verify_token(cred, token)
+    assert verify_token(cred, sign_token(cred, claims(clock, "new")))["sub"] == "new"
+
+
+def test_an_interrupted_emergency_resumes_as_an_emergency(keyring):
+    engine, _clock, store = keyring
+    cred = jwt_credential(engine)
+    before = kids(cred)
+    meta = store.get("jwt-signing")
+    record = RotationRecord(
+        id="rot-20270101T020000Z-e0e0e0",
+        secret="jwt-signing",
+        kind="jwt",
+        strategy="emergency",
+        target="jwt",
+        owner="gone-host:1",
+        lease_until="2000-01-01T00:00:00Z",
+        started_at="2027-01-01T02:00:00Z",
+        step="lock",
+        old_current=meta.aliases["current"],
+    )
+    store.update("jwt-signing", etag=meta.etag, annotations={ANNOTATION: record.to_json()})
+    outcome = engine.resume(record.id)  # a fresh process: the credential's own mode is the normal one
+    assert outcome.error is None and outcome.report.resumed
+    after = kids(cred)
+    assert len(after) == 1 and after[0] not in before
+
+
+@pytest.mark.pg
+def test_cli_rotate_jwt_and_jwks(platform, platform_environ, voke):
+    env = {**platform_environ, "VOKE_ROTATION__JWT__VERIFIER_REFRESH_SECONDS": "3600"}
+    jwks0 = voke("rotate", "jwks", environ=env)
+    assert jwks0.exit_code == 0, jwks0.stderr
+    kids0 = [k["kid"] for k in json.loads(jwks0.stdout)["keys"]]
+    plan = voke("rotate", "jwt", "--dry-run", "--json", environ=env)
+    assert plan.exit_code == 0 and "publish it in the JWKS" in plan.json["result"]["plan"][1]
+    published = voke("rotate", "jwt", "--yes", "--json", environ=env)
+    assert published.exit_code == 0, published.stdout + published.stderr
+    assert published.json["result"]["kind"] == "jwt"
+    kids1 = [k["kid"] for k in voke("rotate", "jwks", "--json", environ=env).json["result"]["keys"]]
+    assert kids1[0] == kids0[0] and len(kids1) == 2
+    waiting = voke("rotate", "jwt", "--yes", "--json", environ=env)
+    assert waiting.exit_code == 5 and "signing switches" in waiting.json["error"]["message"]
+    promoted = voke(
+        "rotate",
+        "jwt",
+        "--yes",
+        "--json",
+        environ={**env, "VOKE_ROTATION__JWT__VERIFIER_REFRESH_SECONDS": "0"},
+    )
+    assert promoted.exit_code == 0, promoted.stdout + promoted.stderr
+    jwks2 = json.loads(voke("rotate", "jwks", environ=env).stdout)
+    assert [k["kid"] for k in jwks2["keys"]] == [kids1[1], kids0[0]]
+    emergency = voke("rotate", "jwt", "--emergency", "--yes", "--json", environ=env)
+    assert emergency.exit_code == 0 and emergency.json["result"]["strategy"] == "emergency"
+    jwks3 = voke("rotate", "jwks", environ=env)
+    keys3 = json.loads(jwks3.stdout)["keys"]
+    assert len(keys3) == 1 and keys3[0]["kid"] not in kids1
+    assert voke("rotate", "jwt", "--emergency", environ=env).exit_code == 2  # no --yes, no terminal
+    ring = json.loads(platform.store().access("jwt-signing", "current"))
+    private = ring["current"]["private_key"]
+    body = private.split("-----")[2].strip().splitlines()[1]
+    for out in (jwks0, plan, published, waiting, promoted, emergency, jwks3):
+        assert "PRIVATE KEY" not in out.stdout + out.stderr and body not in out.stdout + out.stderr
+        assert '"d"' not in out.stdout
