@@ -3,6 +3,7 @@ threshold judgement, RTO/RPO from the canary log, verdicts and the journal schem
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -314,3 +315,75 @@ def test_core_imports_no_cli_database_or_cloud_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# -- table diff -------------------------------------------------------------------------------------------
+class DictSide:
+    """core.tablediff.Side over a dict of key -> row hash."""
+
+    def __init__(self, rows):
+        self.data = dict(rows)
+        self.keys = sorted(self.data)
+
+    def _in(self, lo, hi):
+        return [k for k in self.keys if (lo is None or k >= lo) and (hi is None or k < hi)]
+
+    def count(self):
+        return len(self.data)
+
+    def split(self, lo, hi, rows, parts):
+        keys = self._in(lo, hi)
+        step = max(2, -(-rows // parts))
+        return keys[step::step]
+
+    def sums(self, lo, hi, bounds):
+        edges = [lo, *bounds, hi]
+        out = []
+        for a, b in itertools.pairwise(edges):
+            keys = self._in(a, b)
+            digest = 0
+            for k in keys:
+                digest ^= self.data[k]
+            out.append((len(keys), digest))
+        return out
+
+    def rows(self, lo, hi):
+        return {k: self.data[k] for k in self._in(lo, hi)}
+
+
+@given(
+    st.dictionaries(st.integers(0, 5000), st.integers(1, 2**63), max_size=1500),
+    st.sets(st.integers(0, 5000), max_size=12),
+    st.sets(st.integers(0, 5000), max_size=12),
+)
+def test_table_diff_finds_exactly_the_differing_keys(base, touched, removed):
+    from voketag_ops.core.tablediff import Side, diff_table
+
+    target = dict(base)
+    for key in touched:
+        target[key] = target.get(key, 7) + 1  # a change, or an insert
+    for key in removed:
+        target.pop(key, None)
+    source_side, target_side = (
+        DictSide({(k,): v for k, v in base.items()}),
+        DictSide({(k,): v for k, v in target.items()}),
+    )
+    assert isinstance(source_side, Side)
+    found = diff_table("t", source_side, target_side, factor=4, leaf_rows=40, cap=10_000)
+    missing = sorted((k,) for k in base.keys() - target.keys())
+    extra = sorted((k,) for k in target.keys() - base.keys())
+    changed = sorted((k,) for k in base.keys() & target.keys() if base[k] != target[k])
+    assert found.missing_in_target == missing
+    assert found.extra_in_target == extra
+    assert found.changed == changed
+    assert found.equal == (not missing and not extra and not changed)
+    assert found.differences == len(missing) + len(extra) + len(changed)
+
+
+def test_table_diff_caps_the_listed_keys_but_counts_them_all():
+    from voketag_ops.core.tablediff import diff_table
+
+    source = DictSide({(k,): k + 1 for k in range(500)})
+    target = DictSide({(k,): k + 2 for k in range(500)})
+    found = diff_table("t", source, target, factor=4, leaf_rows=20, cap=5)
+    assert found.differences == 500 and len(found.changed) == 5 and found.capped

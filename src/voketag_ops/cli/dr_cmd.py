@@ -215,6 +215,46 @@ def fence(
     )
 
 
+@app.command("verify")
+def verify(
+    ctx: typer.Context,
+    source: Annotated[
+        str, typer.Option("--source", help="leader, standby, primary, replica or a restore name.")
+    ],
+    target: Annotated[str, typer.Option("--target", help="The instance compared with the source.")],
+    table: Annotated[
+        list[str] | None, typer.Option("--table", help="schema.table to compare (repeatable; default: all).")
+    ] = None,
+    database: Annotated[str, typer.Option("--database", help="Database on both instances.")] = "voketag",
+    max_keys: Annotated[int, typer.Option("--max-keys", help="Differing keys listed per kind.", min=1)] = 100,
+) -> None:
+    """Compare table contents of two instances by checksums over primary-key ranges; exit 1 on a difference."""
+    from voketag_ops.workflows import dr
+
+    env, local = _local(ctx)
+    with env.out.progress("comparing tables") as update:
+        report = dr.verify(
+            env.settings,
+            local,
+            source=source,
+            target=target,
+            tables=list(table or []),
+            database=database,
+            max_keys=max_keys,
+            progress=update,
+        )
+    differing = [t for t in report["tables"] if not t["equal"]]
+    env.out.result(
+        report,
+        ok=report["equal"],
+        render=_render_verify,
+        failure="; ".join(
+            f"{t['table']}: {t.get('differences', 'missing on the target')} difference(s)" for t in differing
+        )
+        or None,
+    )
+
+
 @app.command("history")
 def history(
     ctx: typer.Context,
@@ -390,3 +430,31 @@ def _render_failback(console: Console, r: dict[str, Any]) -> None:
         f"leader {r['leader']}, standby {r['standby']} (rebuilt by {r['rebuilt'].get('method')}, "
         f"{r['duration_seconds']:.1f} s)"
     )
+
+
+def _render_verify(console: Console, r: dict[str, Any]) -> None:
+    console.print(
+        f"{r['source']['name']} (at {r['source']['lsn']}) vs {r['target']['name']} (at {r['target']['lsn']}), "
+        f"database {r['database']}",
+        markup=False,
+    )
+    for t in r["tables"]:
+        if t.get("missing_on_target"):
+            console.print(f"DIFF {t['table']}: missing on the target", markup=False)
+            continue
+        mark = "ok  " if t["equal"] else "DIFF"
+        console.print(
+            f"{mark} {t['table']}: {t['source_rows']} / {t['target_rows']} rows, {t['ranges_compared']} range(s), "
+            f"{t['seconds']:.2f} s",
+            markup=False,
+        )
+        for kind in ("missing_in_target", "extra_in_target", "changed"):
+            if t[kind]:
+                keys = ", ".join("(" + ", ".join(map(str, k)) + ")" for k in t[kind][:10])
+                more = f" (+{len(t[kind]) - 10} more)" if len(t[kind]) > 10 else ""
+                console.print(f"     {kind.replace('_', ' ')}: {keys}{more}", markup=False)
+    if r["skipped_without_primary_key"]:
+        console.print(
+            f"skipped (no primary key): {', '.join(r['skipped_without_primary_key'])}", markup=False
+        )
+    console.print(f"{'equal' if r['equal'] else 'DIFFERENT'} ({r['duration_seconds']:.2f} s)", markup=False)
