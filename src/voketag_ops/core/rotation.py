@@ -146,7 +146,7 @@ class CleanupAction:
 
     secret: str
     version: int
-    action: Literal["disable", "destroy"]
+    action: Literal["disable", "destroy", "retire"]  # retire: delete a superseded provider key
     reason: str
 
 

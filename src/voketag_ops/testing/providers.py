@@ -247,8 +247,8 @@ class FakeProviders:
                     if fault.status == 0
                     else (fault.status, self._error(path, fault.status, "injected fault"))
                 )
-            token = headers.get("authorization", "")
-            token = token[7:] if token.lower().startswith("bearer ") else None
+            auth = headers.get("authorization", "")
+            token = auth[7:] if auth.lower().startswith("bearer ") else None
             status, reply = self._route(method, path, query, body, token, headers)
             if fault is not None:  # performed, but the answer is lost
                 seen.status = fault.status
@@ -342,7 +342,7 @@ class FakeProviders:
                 "error_description": f'Client is not authorized to access "{audience}".',
             }
         token = "eyJ" + _token(120)
-        self.auth0_tokens[token] = (client_id, audience)
+        self.auth0_tokens[token] = (str(client_id), str(audience))
         return 200, {"access_token": token, "token_type": "Bearer", "expires_in": 86400}
 
     def _auth0_client(self, method: str, client_id: str, body: dict[str, Any], token: str | None) -> Reply:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -57,7 +58,7 @@ def maps_key_id(rotation_id: str) -> str:
     return f"voke-{rotation_id.lower()}"
 
 
-class ApiKeyCredential:
+class ApiKeyCredential(ABC):
     """What every API-key kind shares: settings, the secret, the admin credential."""
 
     provider = ""
@@ -153,11 +154,21 @@ class ApiKeyCredential:
     ) -> None:
         return None
 
-    def authenticates(self, value: dict[str, Any]) -> bool:  # pragma: no cover - every kind overrides
-        raise NotImplementedError
+    @abstractmethod
+    def plan(self, current: dict[str, Any] | None) -> list[str]:
+        """Human lines for the create / apply / test steps of a dry run."""
 
-    def adopt_value(self, raw: str) -> dict[str, Any]:  # pragma: no cover - every kind overrides
-        raise NotImplementedError
+    @abstractmethod
+    def authenticates(self, value: dict[str, Any]) -> bool:
+        """A real call to the provider with VALUE."""
+
+    @abstractmethod
+    def create(self, rotation_id: str, current: dict[str, Any]) -> dict[str, Any]:
+        """The new value (made by voke, minted by the provider, or pasted)."""
+
+    @abstractmethod
+    def adopt_value(self, raw: str) -> dict[str, Any]:
+        """The stored form of RAW, the key in use today, verified with a real call."""
 
 
 # -- Stripe -------------------------------------------------------------------------------------------
