@@ -88,6 +88,19 @@ class AppContext:
     def settings(self) -> Settings:
         return self.loaded.settings
 
+    @property
+    def home(self) -> Path:
+        """VOKE_HOME as configured (nothing is created or started)."""
+        from voketag_ops.adapters.local.environment import resolve_home
+
+        return resolve_home(self.settings.local.home)
+
+    def audited(self, event_type: str, *, target: str, **details: Any) -> Any:
+        """Context manager recording one audit event for a state-changing command."""
+        from voketag_ops.audit import audited
+
+        return audited(self.home, event_type=event_type, env=self.settings.env, target=target, details=details)
+
     def local_environment(self) -> LocalEnvironment:
         """The embedded environment described by the settings."""
         from voketag_ops.adapters.local.environment import LocalEnvironment

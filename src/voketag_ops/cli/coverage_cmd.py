@@ -329,16 +329,19 @@ def history_add(
     from voketag_ops.workflows import coverage as wf
 
     env = use(ctx)
-    result = wf.history_add(
-        env.settings.coverage,
-        paths,
-        root=_root(env),
-        now=datetime.now(UTC),
-        file=file,
-        ref=ref or env.environ.get("GITHUB_SHA") or None,
-        dry_run=dry_run,
-        options=_options(service=service, map_=map_),
-    )
+    with env.audited("coverage.history_add", target=str(file or env.settings.coverage.history)) as event:
+        result = wf.history_add(
+            env.settings.coverage,
+            paths,
+            root=_root(env),
+            now=datetime.now(UTC),
+            file=file,
+            ref=ref or env.environ.get("GITHUB_SHA") or None,
+            dry_run=dry_run,
+            options=_options(service=service, map_=map_),
+        )
+        if dry_run:
+            event.result = "dry-run"
     env.out.result(result, render=_render_history_add)
 
 

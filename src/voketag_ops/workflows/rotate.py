@@ -871,16 +871,14 @@ def notification_text(record: RotationRecord, env_name: str) -> str:
 
 
 def local_engine(settings: Any, progress: Progress = lambda _m: None) -> RotationEngine:
-    """The engine wired to the local platform, started on demand."""
-    from voketag_ops.errors import ConfigError
+    """The engine wired to the environment the settings name: the local platform, started
+    on demand, or a Google Cloud environment through its adapters (workflows/cloud.py)."""
     from voketag_ops.workflows.env import LocalPlatform
 
     if settings.env != "local":
-        settings.environment(settings.env)  # validates the named environment (exit 3 if broken)
-        raise ConfigError(
-            f"environment {settings.env!r} is a Google Cloud environment; this version of voke rotates "
-            "credentials in the local environment only"
-        )
+        from voketag_ops.workflows.cloud import cloud_engine
+
+        return cloud_engine(settings, progress)
     platform = LocalPlatform(settings)
     platform.ensure_up(progress)
     return RotationEngine(
