@@ -63,9 +63,12 @@ def api_key(
     dry_run: DryRun = False,
     yes: Yes = False,
 ) -> None:
-    """Rotate an API key: Auth0 sets a new client secret; SendGrid and Maps mint a key beside the
-    old one (cleanup deletes the old one later); Stripe takes the key rolled in the Dashboard,
-    pasted on stdin or at a prompt that does not echo, and verifies it before storing it."""
+    """Rotate a third-party API key (Auth0, SendGrid, Google Maps, Stripe).
+
+    Auth0 gets a new client secret set through its Management API; SendGrid and Maps mint a key beside the old one (`voke rotate cleanup` deletes the old one a day later); Stripe takes the key rolled in the Dashboard, pasted on stdin or at a prompt that does not echo, and verifies it before storing it.
+
+    --adopt stores the key in use today as the first version.
+    """
     from voketag_ops.workflows.api_keys import adopt_api_key, needs_pasted_key, rotate_api_key
 
     env = use(ctx)
@@ -91,8 +94,10 @@ def jwt(
     dry_run: DryRun = False,
     yes: Yes = False,
 ) -> None:
-    """Rotate the JWT signing keyring: publish a next key; a run after rotation.jwt.verifier_refresh_seconds
-    switches signing to it (the old key stays in the JWKS for max_token_lifetime_seconds)."""
+    """Rotate the JWT signing keyring (publish before sign).
+
+    The first run publishes a next key; a run after rotation.jwt.verifier_refresh_seconds switches signing to it, and the old key stays in the JWKS for max_token_lifetime_seconds. --emergency replaces every key at once (forced logouts).
+    """
     from voketag_ops.workflows.jwt import rotate_jwt
 
     env = use(ctx)
