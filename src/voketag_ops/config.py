@@ -185,6 +185,9 @@ class DrSettings(_Model):
     network_outage_seconds: float = Field(
         default=5, gt=0, description="how long the network drill freezes the primary"
     )
+    runbooks_dir: Path | None = Field(
+        default=None, description="directory of the DR runbooks (default: runbooks/ of the voke checkout)"
+    )
 
 
 class DbUserSettings(_Model):

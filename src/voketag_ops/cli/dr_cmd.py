@@ -16,6 +16,10 @@ app = typer.Typer(
     help="Disaster recovery: status and checks, backups, point-in-time restore, failover, failback, verify.",
     no_args_is_help=True,
 )
+runbook_app = typer.Typer(
+    help="The DR runbooks: detection, decision, steps, verification, roll-back.", no_args_is_help=True
+)
+app.add_typer(runbook_app, name="runbook")
 
 
 def _local(ctx: typer.Context) -> tuple[Any, Any]:
@@ -276,6 +280,43 @@ def history(
             )
 
     env.out.result({"events": events}, render=render)
+
+
+@runbook_app.command("list")
+def runbook_list(ctx: typer.Context) -> None:
+    """The runbooks, one per disruption."""
+    from voketag_ops.workflows import dr
+
+    env = use(ctx)
+    found = dr.runbooks(env.settings)
+
+    def render(console: Console, r: dict[str, Any]) -> None:
+        for entry in r["runbooks"]:
+            console.print(f"{entry['name']:<22} {entry['title']}", markup=False)
+
+    env.out.result({"runbooks": found}, render=render)
+
+
+@runbook_app.command("show")
+def runbook_show(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Runbook name from `voke dr runbook list`.")],
+) -> None:
+    """Print a runbook (Markdown; rendered on a terminal)."""
+    from voketag_ops.workflows import dr
+
+    env = use(ctx)
+    found = dr.runbook(env.settings, name)
+
+    def render(console: Console, r: dict[str, Any]) -> None:
+        if console.is_terminal:
+            from rich.markdown import Markdown
+
+            console.print(Markdown(r["text"]))
+        else:
+            console.file.write(r["text"])
+
+    env.out.result(found, render=render)
 
 
 # -- renderers -------------------------------------------------------------------------------------------

@@ -8,10 +8,12 @@ audit event (`dr.backup`, `dr.restore`, `dr.failover`, ...) through `voketag_ops
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from voketag_ops.core.dr_checks import Thresholds, judge, parse_duration, parse_point_in_time
@@ -486,3 +488,36 @@ def verify(
         "equal": all(r["equal"] for r in results),
         "duration_seconds": round(time.monotonic() - t0, 3),
     }
+
+
+# -- runbooks ----------------------------------------------------------------------------------------------
+def runbooks_dir(settings: Settings) -> Path:
+    """dr.runbooks_dir, else runbooks/ of the checkout voke runs from."""
+    import voketag_ops
+
+    if settings.dr.runbooks_dir is not None:
+        return Path(os.path.expanduser(str(settings.dr.runbooks_dir)))
+    return Path(voketag_ops.__file__).resolve().parent.parent.parent / "runbooks"
+
+
+def runbooks(settings: Settings) -> list[dict[str, Any]]:
+    """Every runbook: name, title, first paragraph."""
+    directory = runbooks_dir(settings)
+    if not directory.is_dir():
+        raise ConfigError(f"no runbooks directory at {directory}; set dr.runbooks_dir")
+    found = []
+    for path in sorted(directory.glob("*.md")):
+        if path.name.lower() == "readme.md":
+            continue
+        text = path.read_text()
+        title = next((line[2:].strip() for line in text.splitlines() if line.startswith("# ")), path.stem)
+        found.append({"name": path.stem, "title": title, "path": str(path)})
+    return found
+
+
+def runbook(settings: Settings, name: str) -> dict[str, Any]:
+    known = runbooks(settings)
+    for entry in known:
+        if entry["name"] == name:
+            return entry | {"text": Path(entry["path"]).read_text()}
+    raise UsageError(f"no runbook {name!r} (have: {', '.join(e['name'] for e in known)})")
