@@ -494,3 +494,12 @@ def test_a_due_stripe_key_stops_before_the_lock(
     with pytest.raises(PreconditionError, match="no API that creates keys"):
         engine.rotate("stripe")
     assert ANNOTATION not in platform.store().get("sendgrid-due-stripe").annotations
+
+
+def test_config_show_masks_the_webhook(voke, make_environ, tmp_path):
+    hook = "https://hooks.slack.com/services/T000/B000/s3cr3tw3bh00kt0k3n"
+    result = voke(
+        "config", "show", "--json", environ=make_environ(tmp_path / "h", VOKE_ROTATION__NOTIFY_WEBHOOK=hook)
+    )
+    assert result.exit_code == 0 and "rotation.notify_webhook" in result.stdout
+    assert hook not in result.stdout + result.stderr
