@@ -806,6 +806,260 @@ class FakeCloudRun:
         return {"status": "ok", "revision": revision}
 
 
+# -- Cloud SQL Admin v1beta4 ---------------------------------------------------------------------------------
+class FakeCloudSql:
+    """Cloud SQL Admin (v1beta4, REST): instances, users, backup runs, the recovery window,
+    and operations that answer PENDING, then RUNNING, then DONE on successive polls (their
+    effect lands at DONE, and a DONE operation can carry an error).
+
+    `on_password(role, password)` is called when a users.update operation finishes: point
+    it at a real PostgreSQL (tests use the local environment's primary) so that a
+    rotation's login test is a real login.
+    """
+
+    def __init__(self, project: str, region: str) -> None:
+        self.project = project
+        self.region = region
+        self.instances: dict[str, dict[str, Any]] = {}
+        self.users: dict[tuple[str, str], str | None] = {}
+        self.backups: dict[str, list[dict[str, Any]]] = {}
+        self.operations: dict[str, dict[str, Any]] = {}
+        self.failures: dict[str, str] = {}  # operation type -> error message of its next run
+        self.on_password: Callable[[str, str], None] = lambda role, password: None
+        self.polls_per_step = 1
+
+    def add_instance(
+        self,
+        name: str,
+        *,
+        region: str | None = None,
+        replica_of: str | None = None,
+        ip: str = "10.20.0.3",
+        users: tuple[str, ...] = (),
+        dr_replica: str | None = None,
+    ) -> None:
+        self.instances[name] = {
+            "name": name,
+            "region": region or self.region,
+            "master": replica_of,
+            "replicas": [],
+            "settingsVersion": 1,
+            "state": "RUNNABLE",
+            "ip": ip,
+            "dr_replica": dr_replica,
+        }
+        if replica_of:
+            self.instances[replica_of]["replicas"].append(name)
+        for user in users:
+            self.users[(name, user)] = None
+        self.backups.setdefault(name, [])
+
+    def add_backup(self, instance: str, status: str, ended: datetime) -> None:
+        runs = self.backups.setdefault(instance, [])
+        runs.insert(
+            0,
+            {
+                "id": str(1_700_000_000_000 + len(runs)),
+                "status": status,
+                "type": "AUTOMATED",
+                "startTime": ts(ended - timedelta(minutes=4)),
+                "endTime": ts(ended),
+                "windowStartTime": ts(ended - timedelta(minutes=5)),
+                "backupKind": "SNAPSHOT",
+                "kind": "sql#backupRun",
+                "instance": instance,
+            },
+        )
+
+    def fail_next(self, operation_type: str, message: str) -> None:
+        self.failures[operation_type] = message
+
+    def _instance(self, name: str) -> dict[str, Any]:
+        inst = self.instances.get(name)
+        if inst is None:
+            raise ApiError("NOT_FOUND", "The Cloud SQL instance does not exist.")
+        return inst
+
+    def _instance_doc(self, inst: dict[str, Any]) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "kind": "sql#instance",
+            "name": inst["name"],
+            "project": self.project,
+            "state": inst["state"],
+            "databaseVersion": "POSTGRES_16",
+            "region": inst["region"],
+            "instanceType": "READ_REPLICA_INSTANCE" if inst["master"] else "CLOUD_SQL_INSTANCE",
+            "connectionName": f"{self.project}:{inst['region']}:{inst['name']}",
+            "ipAddresses": [{"type": "PRIVATE", "ipAddress": inst["ip"]}],
+            "replicaNames": list(inst["replicas"]),
+            "settings": {
+                "settingsVersion": str(inst["settingsVersion"]),
+                "tier": "db-perf-optimized-N-4",
+                "availabilityType": "REGIONAL",
+                "edition": "ENTERPRISE_PLUS",
+                "backupConfiguration": {
+                    "enabled": True,
+                    "pointInTimeRecoveryEnabled": True,
+                    "transactionLogRetentionDays": 7,
+                    "startTime": "03:00",
+                },
+            },
+        }
+        if inst["master"]:
+            doc["masterInstanceName"] = f"{self.project}:{inst['master']}"
+        if inst.get("dr_replica"):
+            doc["replicationCluster"] = {"failoverDrReplicaName": f"{self.project}:{inst['dr_replica']}"}
+        return doc
+
+    def _operation(self, kind: str, target: str, effect: Callable[[], None]) -> dict[str, Any]:
+        op_id = str(uuid.uuid4())
+        doc = {
+            "kind": "sql#operation",
+            "name": op_id,
+            "operationType": kind,
+            "status": "PENDING",
+            "targetId": target,
+            "targetProject": self.project,
+            "insertTime": ts(),
+            "selfLink": f"https://sqladmin.googleapis.com/sql/v1beta4/projects/{self.project}/operations/{op_id}",
+        }
+        self.operations[op_id] = {
+            "doc": doc,
+            "effect": effect,
+            "polls": 0,
+            "error": self.failures.pop(kind, None),
+        }
+        return dict(doc)
+
+    # -- handlers --------------------------------------------------------------------------------------
+    def routes(self) -> list[Route]:
+        p = r"/sql/v1beta4/projects/(?P<p>[^/]+)"
+        i = p + r"/instances/(?P<i>[^/]+)"
+        return [
+            ("GET", i, lambda r: self._instance_doc(self._instance(r["i"]))),
+            ("GET", i + "/users", self.list_users),
+            ("PUT", i + "/users", self.update_user),
+            ("GET", i + "/backupRuns", self.list_backups),
+            ("GET", i + "/getLatestRecoveryTime", self.recovery_time),
+            ("POST", i + "/clone", self.clone),
+            ("POST", i + "/promoteReplica", self.promote),
+            ("POST", i + "/failover", self.failover),
+            ("POST", i + "/switchover", self.switchover),
+            ("GET", p + r"/operations/(?P<o>[^/]+)", self.get_operation),
+        ]
+
+    def list_users(self, r: Request) -> Any:
+        self._instance(r["i"])
+        return {
+            "kind": "sql#usersList",
+            "items": [
+                {"kind": "sql#user", "name": u, "instance": i, "project": self.project}
+                for (i, u) in self.users
+                if i == r["i"]
+            ],
+        }
+
+    def update_user(self, r: Request) -> Any:
+        self._instance(r["i"])
+        name = r.query.get("name") or ""
+        if (r["i"], name) not in self.users:
+            raise ApiError("NOT_FOUND", f"The user {name} does not exist on instance {r['i']}.")
+        password = (r.body or {}).get("password")
+        if not password:
+            raise ApiError("INVALID_ARGUMENT", "password is required")
+
+        def effect() -> None:
+            self.users[(r["i"], name)] = password
+            self.on_password(name, password)
+
+        return self._operation("UPDATE_USER", r["i"], effect)
+
+    def list_backups(self, r: Request) -> Any:
+        self._instance(r["i"])
+        return {"kind": "sql#backupRunsList", "items": list(self.backups.get(r["i"], []))}
+
+    def recovery_time(self, r: Request) -> Any:
+        self._instance(r["i"])
+        return {
+            "kind": "sql#getLatestRecoveryTime",
+            "latestRecoveryTime": ts(now() - timedelta(seconds=30)),
+            "earliestRecoveryTime": ts(now() - timedelta(days=7)),
+        }
+
+    def clone(self, r: Request) -> Any:
+        self._instance(r["i"])
+        ctx = (r.body or {}).get("cloneContext") or {}
+        dest = ctx.get("destinationInstanceName")
+        if not dest:
+            raise ApiError("INVALID_ARGUMENT", "destinationInstanceName is required")
+        if dest in self.instances:
+            raise ApiError("ALREADY_EXISTS", f"instance {dest} already exists")
+        return self._operation("CLONE", r["i"], lambda: self.add_instance(dest, ip="10.20.0.9"))
+
+    def promote(self, r: Request) -> Any:
+        inst = self._instance(r["i"])
+        if not inst["master"]:
+            raise ApiError("FAILED_PRECONDITION", "The instance is not a read replica.")
+
+        def effect() -> None:
+            old = self.instances[inst["master"]]
+            old["replicas"].remove(inst["name"])
+            inst["master"] = None
+            inst["settingsVersion"] += 1
+            if r.query.get("failover") == "true":  # the old primary follows the promoted DR replica
+                old["master"], inst["replicas"] = inst["name"], [old["name"]]
+
+        return self._operation("PROMOTE_REPLICA", r["i"], effect)
+
+    def failover(self, r: Request) -> Any:
+        inst = self._instance(r["i"])
+        wanted = ((r.body or {}).get("failoverContext") or {}).get("settingsVersion")
+        if str(wanted) != str(inst["settingsVersion"]):
+            raise ApiError(
+                "FAILED_PRECONDITION",
+                "Input or retrieved settings version does not match current settings version.",
+            )
+
+        def effect() -> None:
+            inst["settingsVersion"] += 1
+
+        return self._operation("FAILOVER", r["i"], effect)
+
+    def switchover(self, r: Request) -> Any:
+        inst = self._instance(r["i"])
+        if not inst["master"]:
+            raise ApiError("FAILED_PRECONDITION", "switchover is called on the DR replica")
+
+        def effect() -> None:
+            old = self.instances[inst["master"]]
+            old["replicas"].remove(inst["name"])
+            inst["master"], inst["replicas"] = None, [old["name"]]
+            old["master"] = inst["name"]
+
+        return self._operation("SWITCHOVER", r["i"], effect)
+
+    def get_operation(self, r: Request) -> Any:
+        op = self.operations.get(r["o"])
+        if op is None:
+            raise ApiError("NOT_FOUND", f"The Cloud SQL operation {r['o']} does not exist.")
+        doc = op["doc"]
+        op["polls"] += 1
+        if doc["status"] == "PENDING" and op["polls"] >= self.polls_per_step:
+            doc["status"], doc["startTime"], op["polls"] = "RUNNING", ts(), 0
+        elif doc["status"] == "RUNNING" and op["polls"] >= self.polls_per_step:
+            if op["error"]:
+                doc["error"] = {
+                    "kind": "sql#operationErrors",
+                    "errors": [
+                        {"kind": "sql#operationError", "code": "INTERNAL_ERROR", "message": op["error"]}
+                    ],
+                }
+            else:
+                op["effect"]()
+            doc["status"], doc["endTime"] = "DONE", ts()
+        return dict(doc)
+
+
 # -- everything together -------------------------------------------------------------------------------------
 class FakeGcp:
     """Every fake voke needs, on one REST server and one gRPC server."""
@@ -816,7 +1070,9 @@ class FakeGcp:
         self.rest = FakeRestServer()
         self.secretmanager = FakeSecretManager(project)
         self.run = FakeCloudRun(project, region, self.secretmanager, lambda: self.rest.endpoint)
+        self.sql = FakeCloudSql(project, region)
         self.rest.add(self.secretmanager.routes())
+        self.rest.add(self.sql.routes())
         self.rest.add(self.run.routes())
 
     def __enter__(self) -> FakeGcp:
@@ -836,7 +1092,7 @@ class FakeGcp:
     @property
     def endpoints(self) -> dict[str, str]:
         rest = self.rest.endpoint
-        return {"secretmanager": rest, "run": rest}
+        return {"secretmanager": rest, "run": rest, "sqladmin": rest}
 
     def environment(self, **extra: Any) -> dict[str, Any]:
         """The `[environments.NAME]` table that points voke at these fakes."""

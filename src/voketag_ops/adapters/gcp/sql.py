@@ -1,0 +1,317 @@
+"""Cloud SQL Admin (module `sqladmin_v1beta4`, REST): the database target of password
+rotation and the DatabaseRecovery port.
+
+Mutating calls return a Cloud SQL Operation, not a google.longrunning one: voke polls
+`operations.get` itself until the status is DONE and then checks `error`, because a
+DONE operation can still have failed. Only backup runs with status SUCCESSFUL count as
+backups (a FAILED or SKIPPED run is not one, whatever its end time).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+from voketag_ops.adapters.gcp._common import (
+    CONFLICT,
+    DENIED,
+    FAILED,
+    INVALID,
+    NOT_FOUND,
+    PRECONDITION,
+    UNAVAILABLE,
+    GcpContext,
+    translating,
+)
+from voketag_ops.errors import (
+    AuthenticationError,
+    BackendError,
+    ConnectivityError,
+    DatabaseError,
+    NotFoundError,
+    PreconditionError,
+    StepTimeoutError,
+    UsageError,
+)
+from voketag_ops.logs import get_logger
+from voketag_ops.ports import BackupInfo, DbInstanceInfo, DbOperationInfo, RecoveryWindow, ReplicationInfo
+
+log = get_logger(__name__)
+DONE = 3  # Operation.SqlOperationStatus.DONE
+SUCCESSFUL = 5  # SqlBackupRunStatus.SUCCESSFUL
+
+
+def _iso(value: Any) -> str | None:
+    if not value:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return str(value)
+
+
+def _enum(value: Any) -> str:
+    return str(getattr(value, "name", value))
+
+
+class CloudSqlAdmin:
+    """The Cloud SQL Admin clients of one project, and operation polling."""
+
+    def __init__(self, ctx: GcpContext) -> None:
+        self.ctx = ctx
+        self._clients: dict[str, Any] = {}
+
+    def client(self, kind: str) -> Any:
+        if kind not in self._clients:
+            from google.cloud import sqladmin_v1beta4 as sql
+
+            cls = {
+                "instances": sql.SqlInstancesServiceClient,
+                "users": sql.SqlUsersServiceClient,
+                "backups": sql.SqlBackupRunsServiceClient,
+                "operations": sql.SqlOperationsServiceClient,
+            }[kind]
+            self._clients[kind] = self.ctx.rest_client(cls, "sqladmin")
+        return self._clients[kind]
+
+    @contextmanager
+    def translate(self, what: str, *, failure: type = BackendError) -> Iterator[None]:
+        """The one place Cloud SQL Admin errors become voke errors."""
+        errors = {
+            NOT_FOUND: NotFoundError,
+            CONFLICT: PreconditionError,  # another operation is running on the instance
+            PRECONDITION: PreconditionError,
+            INVALID: UsageError,
+            DENIED: BackendError,
+            UNAVAILABLE: failure if failure is not BackendError else BackendError,
+            FAILED: failure,
+        }
+        with translating(what, errors):
+            yield
+
+    def wait(self, operation: Any, what: str, *, failure: type = BackendError) -> DbOperationInfo:
+        """Poll OPERATION until DONE; raise FAILURE when DONE carries an error."""
+        deadline = self.ctx.deadline()
+        ops = self.client("operations")
+        op = operation
+        while int(op.status) != DONE:
+            if time.monotonic() >= deadline:
+                raise StepTimeoutError(
+                    f"{what}: operation {op.name} still {_enum(op.status)} after {self.ctx.operation_timeout:g} s",
+                    hint=f"gcloud sql operations describe {op.name}",
+                )
+            self.ctx.sleep(self.ctx.poll_interval)
+            with self.translate(what):
+                op = self.ctx.call(ops.get, request={"project": self.ctx.project, "operation": op.name})
+        errors = list(op.error.errors) if op.error else []
+        if errors:
+            detail = "; ".join(f"{e.code}: {e.message}" for e in errors)
+            raise failure(f"{what}: operation {op.name} failed: {detail}")
+        return DbOperationInfo(
+            name=op.name,
+            kind=_enum(op.operation_type),
+            target=op.target_id,
+            status="DONE",
+            started_at=_iso(op.start_time),
+            finished_at=_iso(op.end_time),
+        )
+
+
+def pg_login(cred: dict[str, Any], *, timeout: float = 5) -> bool:
+    """A fresh login with CRED: False when rejected, ConnectivityError when unreachable."""
+    import psycopg
+
+    try:
+        with psycopg.connect(
+            host=cred["host"],
+            port=int(cred["port"]),
+            user=cred["username"],
+            password=cred["password"],
+            dbname=cred["dbname"],
+            connect_timeout=max(1, int(timeout)),
+            application_name="voke-rotate-test",
+        ) as conn:
+            row = conn.execute("select has_database_privilege(current_database(), 'CONNECT')").fetchone()
+            return bool(row and row[0])
+    except psycopg.OperationalError as exc:
+        text = str(exc)
+        if "password authentication failed" in text or "does not exist" in text or "not permitted" in text:
+            return False
+        first = (text.strip().splitlines() or ["connection failed"])[0]
+        raise ConnectivityError(
+            f"cannot reach the database at {cred['host']}:{cred['port']}: {first}"
+        ) from None
+    except psycopg.Error as exc:
+        raise AuthenticationError(f"{cred['username']}: {type(exc).__name__}") from None
+
+
+class CloudSqlDbTarget:
+    """The rotation target for database passwords on Cloud SQL: users.update sets the
+    password (the Admin API hashes it; it never appears in SQL logs), a fresh login tests it."""
+
+    def __init__(
+        self, admin: CloudSqlAdmin, instance: str, *, host: str | None = None, port: int = 5432
+    ) -> None:
+        self.admin = admin
+        self.instance = instance
+        self.host = host
+        self.port = port
+
+    def endpoint(self) -> tuple[str, int]:
+        if self.host:
+            return self.host, self.port
+        info = CloudSqlRecovery(self.admin, self.instance).instance()
+        if not info.ip_address:
+            raise UsageError(f"instance {self.instance} has no IP address; set environments.NAME.db_host")
+        return info.ip_address, self.port
+
+    def ensure_roles(self, *, owner: str, roles: tuple[str, ...], database: str) -> None:
+        """Cloud SQL users come from Terraform; check that the login roles exist."""
+        with self.admin.translate(f"users of {self.instance}", failure=DatabaseError):
+            users = self.admin.ctx.call(
+                self.admin.client("users").list,
+                request={"project": self.admin.ctx.project, "instance": self.instance},
+            )
+        missing = set(roles) - {u.name for u in users.items}
+        if missing:
+            raise DatabaseError(f"instance {self.instance} has no user(s) {', '.join(sorted(missing))}")
+
+    def set_password(self, role: str, password: str) -> None:
+        admin = self.admin
+        with admin.translate(f"user {role} on {self.instance}", failure=DatabaseError):
+            op = admin.ctx.call(
+                admin.client("users").update,
+                request={
+                    "project": admin.ctx.project,
+                    "instance": self.instance,
+                    "name": role,
+                    "body": {"name": role, "password": password},
+                },
+            )
+        admin.wait(op, f"set the password of {role}", failure=DatabaseError)
+
+    def can_login(self, cred: dict[str, Any], *, timeout: float = 5) -> bool:
+        return pg_login(cred, timeout=timeout)
+
+
+class CloudSqlRecovery:
+    """DatabaseRecovery over the Cloud SQL Admin API (plus Monitoring for replication)."""
+
+    def __init__(
+        self, admin: CloudSqlAdmin, instance: str, replica: str | None = None, monitoring: Any = None
+    ) -> None:
+        self.admin = admin
+        self.primary = instance
+        self.replica = replica
+        self.monitoring = monitoring
+
+    @property
+    def ctx(self) -> GcpContext:
+        return self.admin.ctx
+
+    def _call(self, kind: str, method: str, what: str, **kwargs: Any) -> Any:
+        client = self.admin.client(kind)
+        with self.admin.translate(what):
+            return self.ctx.call(getattr(client, method), request={"project": self.ctx.project, **kwargs})
+
+    def instance(self, name: str | None = None) -> DbInstanceInfo:
+        name = name or self.primary
+        inst = self._call("instances", "get", f"instance {name}", instance=name)
+        settings = inst.settings
+        backup = settings.backup_configuration if settings else None
+        ip = next((a.ip_address for a in inst.ip_addresses if _enum(a.type_) == "PRIVATE"), None)
+        ip = ip or next((a.ip_address for a in inst.ip_addresses), None)
+        cluster = inst.replication_cluster if "replication_cluster" in inst else None
+        return DbInstanceInfo(
+            name=inst.name,
+            state=_enum(inst.state),
+            role="replica" if inst.master_instance_name else "primary",
+            region=inst.region or None,
+            primary=inst.master_instance_name.rsplit(":", 1)[-1] if inst.master_instance_name else None,
+            replicas=tuple(r.rsplit(":", 1)[-1] for r in inst.replica_names),
+            pitr_enabled=bool(backup and backup.point_in_time_recovery_enabled),
+            retention_days=int(backup.transaction_log_retention_days)
+            if backup and backup.transaction_log_retention_days
+            else None,
+            settings_version=int(settings.settings_version)
+            if settings and settings.settings_version
+            else None,
+            ip_address=ip,
+            dr_replica=(cluster.failover_dr_replica_name.rsplit(":", 1)[-1] or None) if cluster else None,
+            edition=_enum(settings.edition) if settings else None,
+            availability=_enum(settings.availability_type) if settings else None,
+        )
+
+    def backups(self, instance: str | None = None) -> list[BackupInfo]:
+        name = instance or self.primary
+        pager = self._call("backups", "list", f"backups of {name}", instance=name, max_results=100)
+        return [
+            BackupInfo(
+                id=str(run.id),
+                status=_enum(run.status),
+                kind=_enum(run.type_),
+                started_at=_iso(run.start_time),
+                finished_at=_iso(run.end_time),
+            )
+            for run in list(pager.items if hasattr(pager, "items") else pager)
+        ]
+
+    def newest_backup(self, instance: str | None = None) -> BackupInfo | None:
+        done = [b for b in self.backups(instance) if b.status == "SUCCESSFUL" and b.finished_at]
+        return max(done, key=lambda b: b.finished_at or "", default=None)
+
+    def recovery_window(self, instance: str | None = None) -> RecoveryWindow:
+        name = instance or self.primary
+        resp = self._call(
+            "instances", "get_latest_recovery_time", f"recovery window of {name}", instance=name
+        )
+        return RecoveryWindow(
+            earliest=_iso(resp.earliest_recovery_time), latest=_iso(resp.latest_recovery_time)
+        )
+
+    def replication(self, replica: str | None = None) -> ReplicationInfo:
+        replica = replica or self.replica
+        if not replica:
+            raise UsageError("no replica configured (environments.NAME.replica)")
+        if self.monitoring is None:
+            return ReplicationInfo(replica, None, None, None)
+        return self.monitoring.replication(self.primary, replica)
+
+    def _mutate(self, method: str, what: str, **kwargs: Any) -> DbOperationInfo:
+        client = self.admin.client("instances")
+        with self.admin.translate(what):
+            op = self.ctx.call(
+                getattr(client, method), request={"project": self.ctx.project, **kwargs}, idempotent=False
+            )
+        return self.admin.wait(op, what)
+
+    def clone_to_point_in_time(
+        self, point_in_time: str, destination: str, instance: str | None = None
+    ) -> DbOperationInfo:
+        name = instance or self.primary
+        body = {"clone_context": {"destination_instance_name": destination, "point_in_time": point_in_time}}
+        return self._mutate(
+            "clone", f"clone {name} at {point_in_time} into {destination}", instance=name, body=body
+        )
+
+    def promote_replica(self, replica: str | None = None, *, failover: bool = False) -> DbOperationInfo:
+        name = replica or self.replica
+        if not name:
+            raise UsageError("no replica configured (environments.NAME.replica)")
+        return self._mutate("promote_replica", f"promote {name}", instance=name, failover=failover)
+
+    def failover(self, instance: str | None = None) -> DbOperationInfo:
+        name = instance or self.primary
+        version = self.instance(name).settings_version  # must equal the current value
+        body = {"failover_context": {"settings_version": version}}
+        return self._mutate("failover", f"failover of {name}", instance=name, body=body)
+
+    def switchover(self, replica: str | None = None) -> DbOperationInfo:
+        name = replica or self.replica
+        if not name:
+            raise UsageError("no replica configured (environments.NAME.replica)")
+        return self._mutate("switchover", f"switchover to {name}", instance=name)

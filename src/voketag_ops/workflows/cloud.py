@@ -1,0 +1,164 @@
+"""A named Google Cloud environment as the workflows see it: the GCP adapters behind the
+ports (Secret Manager store, Cloud Run runtime, Cloud SQL target and recovery, Monitoring,
+IAM keys), built on first use so that nothing imports google until a command needs it.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from voketag_ops.config import GcpEnvironment, Settings
+from voketag_ops.logs import get_logger
+from voketag_ops.workflows.rotate import Progress, RotationEngine
+
+log = get_logger(__name__)
+
+
+def _quiet(_msg: str) -> None:
+    return None
+
+
+class CloudPlatform:
+    """The adapters of one cloud environment (`[environments.NAME]`)."""
+
+    def __init__(self, settings: Settings, name: str | None = None, **ctx_overrides: Any) -> None:
+        from voketag_ops.adapters.gcp._common import GcpContext
+
+        self.settings = settings
+        self.name = name or settings.env
+        self.env: GcpEnvironment = settings.environment(self.name)
+        self.ctx = GcpContext.from_environment(self.env, **ctx_overrides)
+
+    @property
+    def home(self) -> Path:
+        """Where voke keeps this environment's history and audit log on this machine."""
+        from voketag_ops.adapters.local.environment import LocalEnvironment
+
+        return LocalEnvironment.from_settings(self.settings.local).home / "cloud" / self.name
+
+    def consumers(self) -> dict[str, str]:
+        """Cloud Run service -> the secret it reads, for the services of this environment."""
+        out: dict[str, str] = {}
+        rotation = self.settings.rotation
+        groups = [(u.secret, u.services) for u in rotation.db_users.values()]
+        groups += [(k.secret, k.services) for k in rotation.sa_keys.values()]
+        for secret, services in groups:
+            for service in services:
+                if service in self.env.services:
+                    out[service] = secret
+        return out
+
+    def store(self) -> Any:
+        return self._store
+
+    @cached_property
+    def _store(self) -> Any:
+        from voketag_ops.adapters.gcp.secrets import GcpSecretStore
+
+        return GcpSecretStore(self.ctx, secret_ids=self.env.secrets)
+
+    @cached_property
+    def admin(self) -> Any:
+        from voketag_ops.adapters.gcp.sql import CloudSqlAdmin
+
+        return CloudSqlAdmin(self.ctx)
+
+    def runtime(self) -> Any:
+        from voketag_ops.adapters.gcp.run import CloudRunRuntime
+
+        return CloudRunRuntime(
+            self.ctx,
+            self.consumers(),
+            secret_ids=self.env.secrets,
+            health_path=self.env.health_path,
+            health_timeout=self.settings.rotation.health_timeout,
+        )
+
+    def db_target(self) -> Any:
+        from voketag_ops.adapters.gcp.sql import CloudSqlDbTarget
+
+        return CloudSqlDbTarget(self.admin, self.env.instance, host=self.env.db_host, port=self.env.db_port)
+
+    @cached_property
+    def monitoring(self) -> Any:
+        from voketag_ops.adapters.gcp.monitoring import CloudMonitoring
+
+        return CloudMonitoring(self.ctx)
+
+    def recovery(self) -> Any:
+        from voketag_ops.adapters.gcp.sql import CloudSqlRecovery
+
+        return CloudSqlRecovery(self.admin, self.env.instance, self.env.replica, self.monitoring)
+
+    def keys(self) -> Any:
+        from voketag_ops.adapters.gcp.iam import ServiceAccountKeys
+
+        return ServiceAccountKeys(self.ctx)
+
+
+class CloudRotationEngine(RotationEngine):
+    """The rotation engine on a cloud environment: refuses services that read `latest`,
+    and reports each rotation's result and the secret's age to Cloud Monitoring."""
+
+    def __init__(self, *args: Any, platform: CloudPlatform, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.platform = platform
+
+    def rotate(self, name: str, *, dry_run: bool = False) -> Any:
+        cred = self.credential(name)
+        check = getattr(self.runtime, "check_pinned", None)
+        meta = self.store.get(cred.secret)
+        raw = meta.annotations.get("voke-rotation")
+        if cred.services and check is not None and not raw:  # a resumed rotation already passed it
+            check(cred.secret, tuple(cred.services))
+        outcome = super().rotate(name, dry_run=dry_run)
+        if not dry_run and outcome.report is not None:
+            self._report_metrics(outcome.report)
+        return outcome
+
+    def resume(self, rotation_id: str | None = None) -> Any:
+        outcome = super().resume(rotation_id)
+        if outcome.report is not None:
+            self._report_metrics(outcome.report)
+        return outcome
+
+    def _report_metrics(self, report: Any) -> None:
+        from voketag_ops.adapters.gcp import catalog
+
+        status = getattr(report, "status", None)
+        if status not in ("succeeded", "rolled_back", "needs_attention"):
+            return
+        labels = {"secret": report.secret, "kind": report.kind, "status": status, "env": self.env_name}
+        monitoring = self.platform.monitoring
+        monitoring.write_quietly(catalog.ROTATION_RESULT, 1 if status == "succeeded" else 0, labels)
+        if status == "succeeded":
+            monitoring.write_quietly(
+                catalog.ROTATION_AGE, 0.0, {"secret": report.secret, "env": self.env_name}
+            )
+
+
+def cloud_engine(
+    settings: Settings, progress: Progress = _quiet, **ctx_overrides: Any
+) -> CloudRotationEngine:
+    """The rotation engine wired to the Google Cloud environment `settings.env`."""
+    platform = CloudPlatform(settings, **ctx_overrides)
+    credentials: list[Any] = []
+    if settings.rotation.sa_keys:
+        from voketag_ops.workflows.sa_keys import SaKey
+
+        keys = platform.keys()
+        credentials += [SaKey(n, s, keys, platform.store()) for n, s in settings.rotation.sa_keys.items()]
+    progress(f"connecting to {platform.name} (project {platform.env.project})")
+    return CloudRotationEngine(
+        store=platform.store(),
+        runtime=platform.runtime(),
+        target=platform.db_target(),
+        settings=settings.rotation,
+        credentials=credentials,
+        home=platform.home,
+        env_name=platform.name,
+        progress=progress,
+        platform=platform,
+    )
