@@ -232,3 +232,35 @@ def test_help_lists_the_ingest_commands(voke):
     out = voke("ingest", "--help").stdout
     for command in ("load", "batches", "proof", "sample"):
         assert command in out
+
+
+def test_database_going_away_mid_load_exits_4_and_a_rerun_loads(voke, db, pg_database, tmp_path, monkeypatch):
+    from contextlib import contextmanager
+
+    from voketag_ops.cli import ingest_cmd
+
+    path = tmp_path / "batch.csv"
+    assert voke("ingest", "sample", "--rows", "30000", "--out", str(path)).exit_code == 0
+
+    @contextmanager
+    def killer(out, total):
+        def progress(p):
+            if p.phase == "validating":
+                with psycopg.connect(db, autocommit=True) as admin:
+                    admin.execute(
+                        "select pg_terminate_backend(pid) from pg_stat_activity"
+                        " where datname = %s and application_name = 'voke ingest'",
+                        (pg_database,),
+                    )
+
+        yield progress
+
+    monkeypatch.setattr(ingest_cmd, "_progress_bar", killer)
+    result = voke("ingest", "load", str(path), "--db", db, "--json")
+    assert result.exit_code == 4, result.stdout
+    assert result.json["error"]["type"] == "BackendError"
+    assert "Traceback" not in result.stderr
+    assert tables(db) == (0, 0)
+    monkeypatch.undo()
+    rerun = voke("ingest", "load", str(path), "--db", db, "--json")
+    assert rerun.exit_code == 0 and rerun.json["result"]["rows_loaded"] == 30000

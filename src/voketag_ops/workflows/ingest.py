@@ -206,19 +206,27 @@ def _first_line(exc: BaseException) -> str:
 
 
 @contextmanager
-def _db_errors(target: str, doing: str) -> Iterator[None]:
-    """Translate psycopg errors into voke errors, in one place."""
+def _db_errors(target: str, doing: str, committing: list[bool] | None = None) -> Iterator[None]:
+    """Translate psycopg errors into voke errors, in one place. COMMITTING, when given and
+    set, means the connection was lost while the server may already have committed."""
     import psycopg
     from psycopg import errors as pgerr
 
     try:
         yield
-    except (pgerr.LockNotAvailable, pgerr.QueryCanceled) as exc:
-        raise PreconditionError(
-            f"{target}: gave up waiting while {doing}: another load holds the ingest lock ({_first_line(exc)})",
-            hint="retry when it has finished, or raise ingest.lock_timeout",
-        ) from None
     except psycopg.OperationalError as exc:
+        if committing and committing[0]:
+            raise BackendError(
+                f"{target}: the database connection failed while committing: {_first_line(exc)}; "
+                "the batch may or may not have been loaded",
+                hint="rerun the same command: it reports `duplicate` if the batch was loaded",
+            ) from None
+        if isinstance(exc, pgerr.LockNotAvailable):
+            raise PreconditionError(
+                f"{target}: gave up waiting while {doing}: another load holds the ingest lock "
+                f"({_first_line(exc)})",
+                hint="retry when it has finished, or raise ingest.lock_timeout",
+            ) from None
         raise BackendError(
             f"{target}: the database connection failed while {doing}: {_first_line(exc)}; "
             "the transaction was rolled back and nothing was loaded",
@@ -396,8 +404,9 @@ def _load_batch(
             existing = _find_batch(conn, base.file_sha256)
         if existing is not None:
             return _finish(_duplicate(base, existing, conn, anchorer, target), started)
+        committing = [False]
         try:
-            with _db_errors(target, "loading the batch"):
+            with _db_errors(target, "loading the batch", committing):
                 conn.execute("SET temp_buffers = '256MB'")  # before the session's first temporary table
                 with conn.transaction():
                     report = _load_in_transaction(
@@ -414,6 +423,7 @@ def _load_batch(
                         progress=report_progress,
                         started=started,
                     )
+                    committing[0] = True  # leaving the block commits
         except _Abort as abort:
             report = abort.report
             if report.status == "duplicate":
@@ -564,8 +574,8 @@ def _load_in_transaction(
                     if rejects_out is not None and piece.rejected:
                         rejects_out.write(piece.rejected)
                     progress(LoadProgress("validating", done, report.file_bytes, validator.rows_total))
-                    if not data:
-                        break
+                    if not data or stager.error is not None:
+                        break  # (on an error, close() below raises it)
             except BaseException:
                 stager.abort()
                 raise
