@@ -22,6 +22,7 @@ import re
 import threading
 import uuid
 from collections.abc import Callable
+from concurrent import futures
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -1060,6 +1061,291 @@ class FakeCloudSql:
         return dict(doc)
 
 
+# -- gRPC-only APIs: Monitoring v3 and IAM Admin v1 -------------------------------------------------------------
+class GrpcAbort(Exception):
+    """Raised by a gRPC fake handler: aborts the call with a status code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _unary(fn: Callable[[Any], Any], request_type: Any, response_type: Any) -> Any:
+    import grpc
+
+    def handler(request: Any, context: Any) -> Any:
+        try:
+            return fn(request)
+        except GrpcAbort as exc:
+            context.abort(getattr(grpc.StatusCode, exc.code), exc.message)
+
+    serialize = getattr(response_type, "serialize", None) or response_type.SerializeToString
+    return grpc.unary_unary_rpc_method_handler(
+        handler, request_deserializer=request_type.deserialize, response_serializer=serialize
+    )
+
+
+_FILTER = re.compile(r'([\w.]+)\s*=\s*"([^"]*)"')
+
+
+class FakeMonitoring:
+    """Cloud Monitoring v3 MetricService over gRPC: CreateTimeSeries and ListTimeSeries
+    (filters of `key = "value"` terms joined by AND)."""
+
+    def __init__(self, project: str) -> None:
+        self.project = project
+        self.series: list[Any] = []
+
+    def add_point(
+        self,
+        metric: str,
+        value: float,
+        *,
+        resource: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
+        at: datetime | None = None,
+        integer: bool = False,
+    ) -> None:
+        from google.cloud import monitoring_v3
+
+        when = (at or now()).timestamp()
+        self.series.append(
+            monitoring_v3.TimeSeries(
+                metric={"type": metric, "labels": labels or {}},
+                resource={"type": "cloudsql_database", "labels": resource or {}},
+                points=[
+                    {
+                        "interval": {"end_time": {"seconds": int(when)}},
+                        "value": {"int64_value": int(value)} if integer else {"double_value": float(value)},
+                    }
+                ],
+            )
+        )
+
+    def written(self, metric: str) -> list[Any]:
+        return [s for s in self.series if s.metric.type == metric]
+
+    def handlers(self) -> Any:
+        import grpc
+        from google.cloud import monitoring_v3
+        from google.protobuf import empty_pb2
+
+        def create(req: Any) -> Any:
+            for ts_ in req.time_series:
+                if not ts_.metric.type.startswith(("custom.googleapis.com/", "workload.googleapis.com/")):
+                    raise GrpcAbort("INVALID_ARGUMENT", f"cannot write {ts_.metric.type}")
+                self.series.append(ts_)
+            return empty_pb2.Empty()
+
+        def list_(req: Any) -> Any:
+            terms = dict(_FILTER.findall(req.filter))
+            start, end = req.interval.start_time.timestamp(), req.interval.end_time.timestamp()
+            out = []
+            for ts_ in self.series:
+                if terms.get("metric.type") not in (None, ts_.metric.type):
+                    continue
+                ok = all(
+                    (ts_.resource.labels.get(k.removeprefix("resource.labels.")) == v)
+                    if k.startswith("resource.labels.")
+                    else (ts_.metric.labels.get(k.removeprefix("metric.labels.")) == v)
+                    if k.startswith("metric.labels.")
+                    else True
+                    for k, v in terms.items()
+                )
+                points = [p for p in ts_.points if start <= p.interval.end_time.timestamp() <= end + 1]
+                if ok and points:
+                    out.append(
+                        monitoring_v3.TimeSeries(metric=ts_.metric, resource=ts_.resource, points=points)
+                    )
+            return monitoring_v3.ListTimeSeriesResponse(time_series=out)
+
+        return grpc.method_handlers_generic_handler(
+            "google.monitoring.v3.MetricService",
+            {
+                "CreateTimeSeries": _unary(create, monitoring_v3.CreateTimeSeriesRequest, empty_pb2.Empty),
+                "ListTimeSeries": _unary(
+                    list_, monitoring_v3.ListTimeSeriesRequest, monitoring_v3.ListTimeSeriesResponse
+                ),
+            },
+        )
+
+
+class FakeIam:
+    """IAM Admin v1 service-account keys over gRPC (list, get, create with a real RSA key
+    file, disable, enable, delete; at most 10 user-managed keys), plus the OAuth token
+    endpoint (REST) that accepts a JWT signed by an enabled key: a real verification."""
+
+    MAX_KEYS = 10
+
+    def __init__(self, project: str, token_uri: Callable[[], str]) -> None:
+        self.project = project
+        self.token_uri = token_uri
+        self.keys: dict[str, dict[str, Any]] = {}  # key name -> record
+        self.tokens_issued = 0
+
+    def add_account(self, email: str, *, keys: int = 0) -> list[dict[str, Any]]:
+        """Make EMAIL known, with KEYS existing user-managed keys; returns their key files."""
+        self.keys.setdefault(f"__account__{email}", {"account": email, "marker": True})
+        return [self._create(email) for _ in range(keys)]
+
+    def _accounts(self) -> set[str]:
+        return {r["account"] for r in self.keys.values() if r.get("marker")}
+
+    def _account_of(self, name: str) -> str:
+        m = re.fullmatch(r"projects/[^/]+/serviceAccounts/([^/]+)(?:/keys/[^/]+)?", name)
+        if not m or m[1] not in self._accounts():
+            raise GrpcAbort("NOT_FOUND", f"Service account {name} does not exist.")
+        return m[1]
+
+    def user_keys(self, email: str) -> list[dict[str, Any]]:
+        return [r for r in self.keys.values() if not r.get("marker") and r["account"] == email]
+
+    def _create(self, email: str) -> dict[str, Any]:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        if len(self.user_keys(email)) >= self.MAX_KEYS:
+            raise GrpcAbort("FAILED_PRECONDITION", "Precondition check failed.")
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        key_id = uuid.uuid4().hex + uuid.uuid4().hex[:8]
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode()
+        name = f"projects/{self.project}/serviceAccounts/{email}/keys/{key_id}"
+        key_file = {
+            "type": "service_account",
+            "project_id": self.project,
+            "private_key_id": key_id,
+            "private_key": pem,
+            "client_email": email,
+            "client_id": "1" * 21,
+            "token_uri": self.token_uri(),
+            "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+        }
+        self.keys[name] = {
+            "account": email,
+            "name": name,
+            "public": key.public_key(),
+            "disabled": False,
+            "created": now(),
+            "key_file": key_file,
+        }
+        return key_file
+
+    def _doc(self, record: dict[str, Any], *, private: bytes = b"") -> Any:
+        from google.cloud import iam_admin_v1
+
+        return iam_admin_v1.ServiceAccountKey(
+            name=record["name"],
+            disabled=record["disabled"],
+            key_type=1,
+            private_key_type=2,
+            key_algorithm=2,
+            valid_after_time=record["created"],
+            private_key_data=private,
+        )
+
+    def handlers(self) -> Any:
+        import grpc
+        from google.cloud import iam_admin_v1
+        from google.protobuf import empty_pb2
+
+        def key(name: str) -> dict[str, Any]:
+            self._account_of(name)
+            record = self.keys.get(name)
+            if record is None:
+                raise GrpcAbort("NOT_FOUND", f"Service account key {name} does not exist.")
+            return record
+
+        def list_(req: Any) -> Any:
+            email = self._account_of(req.name)
+            return iam_admin_v1.ListServiceAccountKeysResponse(
+                keys=[self._doc(r) for r in self.user_keys(email)]
+            )
+
+        def create(req: Any) -> Any:
+            email = self._account_of(req.name)
+            key_file = self._create(email)
+            record = self.keys[
+                f"projects/{self.project}/serviceAccounts/{email}/keys/{key_file['private_key_id']}"
+            ]
+            return self._doc(record, private=json.dumps(key_file).encode())
+
+        def get(req: Any) -> Any:
+            return self._doc(key(req.name))
+
+        def set_disabled(value: bool) -> Callable[[Any], Any]:
+            def change(req: Any) -> Any:
+                key(req.name)["disabled"] = value
+                return empty_pb2.Empty()
+
+            return change
+
+        def delete(req: Any) -> Any:
+            key(req.name)
+            del self.keys[req.name]
+            return empty_pb2.Empty()
+
+        return grpc.method_handlers_generic_handler(
+            "google.iam.admin.v1.IAM",
+            {
+                "ListServiceAccountKeys": _unary(
+                    list_,
+                    iam_admin_v1.ListServiceAccountKeysRequest,
+                    iam_admin_v1.ListServiceAccountKeysResponse,
+                ),
+                "GetServiceAccountKey": _unary(
+                    get, iam_admin_v1.GetServiceAccountKeyRequest, iam_admin_v1.ServiceAccountKey
+                ),
+                "CreateServiceAccountKey": _unary(
+                    create, iam_admin_v1.CreateServiceAccountKeyRequest, iam_admin_v1.ServiceAccountKey
+                ),
+                "DisableServiceAccountKey": _unary(
+                    set_disabled(True), iam_admin_v1.DisableServiceAccountKeyRequest, empty_pb2.Empty
+                ),
+                "EnableServiceAccountKey": _unary(
+                    set_disabled(False), iam_admin_v1.EnableServiceAccountKeyRequest, empty_pb2.Empty
+                ),
+                "DeleteServiceAccountKey": _unary(
+                    delete, iam_admin_v1.DeleteServiceAccountKeyRequest, empty_pb2.Empty
+                ),
+            },
+        )
+
+    def routes(self) -> list[Route]:
+        return [("POST", r"/token", self.token)]
+
+    def token(self, r: Request) -> Any:
+        """OAuth 2.0 JWT-bearer grant: verify the assertion's RS256 signature with the key it names."""
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        bad = (400, {"error": "invalid_grant", "error_description": "Invalid JWT Signature."})
+        assertion = (r.body or {}).get("assertion", "")
+        try:
+            head_b64, claims_b64, sig_b64 = assertion.split(".")
+            header = json.loads(base64.urlsafe_b64decode(head_b64 + "=" * (-len(head_b64) % 4)))
+            claims = json.loads(base64.urlsafe_b64decode(claims_b64 + "=" * (-len(claims_b64) % 4)))
+            signature = base64.urlsafe_b64decode(sig_b64 + "=" * (-len(sig_b64) % 4))
+        except ValueError:
+            return bad
+        record = self.keys.get(
+            f"projects/{self.project}/serviceAccounts/{claims.get('iss')}/keys/{header.get('kid')}"
+        )
+        if record is None or record["disabled"]:
+            return bad
+        try:
+            record["public"].verify(
+                signature, f"{head_b64}.{claims_b64}".encode(), padding.PKCS1v15(), hashes.SHA256()
+            )
+        except InvalidSignature:
+            return bad
+        self.tokens_issued += 1
+        return {"access_token": "ya29.fake-" + uuid.uuid4().hex, "expires_in": 3600, "token_type": "Bearer"}
+
+
 # -- everything together -------------------------------------------------------------------------------------
 class FakeGcp:
     """Every fake voke needs, on one REST server and one gRPC server."""
@@ -1071,6 +1357,9 @@ class FakeGcp:
         self.secretmanager = FakeSecretManager(project)
         self.run = FakeCloudRun(project, region, self.secretmanager, lambda: self.rest.endpoint)
         self.sql = FakeCloudSql(project, region)
+        self.monitoring = FakeMonitoring(project)
+        self.iam = FakeIam(project, lambda: f"{self.rest.endpoint}/token")
+        self.rest.add(self.iam.routes())
         self.rest.add(self.secretmanager.routes())
         self.rest.add(self.sql.routes())
         self.rest.add(self.run.routes())
@@ -1083,16 +1372,24 @@ class FakeGcp:
         self.stop()
 
     def start(self) -> FakeGcp:
+        import grpc
+
         self.rest.start()
+        self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        self.grpc.add_generic_rpc_handlers((self.monitoring.handlers(), self.iam.handlers()))
+        self.grpc_port = self.grpc.add_insecure_port("127.0.0.1:0")
+        self.grpc.start()
         return self
 
     def stop(self) -> None:
         self.rest.stop()
+        self.grpc.stop(None)
 
     @property
     def endpoints(self) -> dict[str, str]:
         rest = self.rest.endpoint
-        return {"secretmanager": rest, "run": rest, "sqladmin": rest}
+        grpc_url = f"http://127.0.0.1:{self.grpc_port}"
+        return {"secretmanager": rest, "run": rest, "sqladmin": rest, "monitoring": grpc_url, "iam": grpc_url}
 
     def environment(self, **extra: Any) -> dict[str, Any]:
         """The `[environments.NAME]` table that points voke at these fakes."""

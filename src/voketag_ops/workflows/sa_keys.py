@@ -1,0 +1,155 @@
+"""Google service-account keys as a Credential kind of the rotation engine.
+
+Additive, like an API key the provider mints: IAM creates the new key beside the old
+one (at most 10 per account), it is stored as `pending` at once and verified by
+exchanging a signed JWT for a token. The old key keeps working until `voke rotate
+cleanup` retires it: disable first, check that the current key still works, then delete
+(re-enabled at once if the check fails). Keys are a liability wherever workload identity
+or attached service accounts can be used instead, and voke says so on every rotation.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from voketag_ops import redact
+from voketag_ops.config import SaKeySettings
+from voketag_ops.errors import AuthenticationError, SecretError
+from voketag_ops.logs import get_logger
+
+log = get_logger(__name__)
+KEYLESS_HINT = (
+    "service-account keys are long-lived secrets: prefer keyless auth (an attached service account on "
+    "Cloud Run, workload identity federation elsewhere) and rotate keys only where that is impossible"
+)
+
+
+def _started(rotation_id: str) -> datetime | None:
+    """When the rotation started (its id is rot-YYYYmmddTHHMMSSZ-xxxxxx)."""
+    try:
+        return datetime.strptime(rotation_id.split("-")[1], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    except (IndexError, ValueError):
+        return None
+
+
+class SaKey:
+    """One managed service-account key (`[rotation.sa_keys.NAME]`)."""
+
+    kind = "sa-key"
+    schedule = "sa_key"
+    strategy = "additive"
+
+    def __init__(self, name: str, settings: SaKeySettings, keys: Any, store: Any) -> None:
+        self.name = name
+        self.settings = settings
+        self.keys = keys
+        self.store = store
+        self.secret = settings.secret
+        self.services = tuple(settings.services)
+        self.account = settings.service_account
+
+    def precheck(self, meta: Any, *, dry_run: bool) -> None:
+        log.warning("%s", KEYLESS_HINT)
+
+    def plan(self, current: dict[str, Any] | None) -> list[str]:
+        old = (current or {}).get("private_key_id", "?")
+        return [
+            f"create a new key of {self.account} beside key {old[:12]} (IAM allows 10) and store the key file "
+            f"as a new version of {self.secret} (alias pending)",
+            "nothing to set: IAM made the key",
+            "exchange a JWT signed by the new key for an access token",
+            f"afterwards: `voke rotate cleanup` disables key {old[:12]}, checks the new key, then deletes the old one",
+            f"note: {KEYLESS_HINT}",
+        ]
+
+    def authenticates(self, value: dict[str, Any]) -> bool:
+        redact.register(str(value.get("private_key", "")))
+        return bool(self.keys.verify(value))
+
+    def _stored_ids(self) -> set[str]:
+        ids = set()
+        meta = self.store.get(self.secret)
+        for v in meta.versions:
+            if v.state != "enabled":
+                continue
+            try:
+                ids.add(json.loads(self.store.access(self.secret, v.version)).get("private_key_id"))
+            except (ValueError, SecretError):
+                continue
+        return ids
+
+    def _orphans(self, rotation_id: str) -> list[str]:
+        """Keys an earlier, killed run of this rotation created but never stored: the private
+        part exists only in that run's memory, so they are unusable and go."""
+        started = _started(rotation_id)
+        if started is None:
+            return []
+        from voketag_ops.adapters.gcp.iam import key_created_after
+
+        stored = self._stored_ids()
+        return [
+            k.key_id
+            for k in self.keys.list(self.account)
+            if key_created_after(k, started) and k.key_id not in stored
+        ]
+
+    def existing(self, rotation_id: str) -> dict[str, Any] | None:
+        return None  # an orphan's private key cannot be read back
+
+    def create(self, rotation_id: str, current: dict[str, Any]) -> dict[str, Any]:
+        for key_id in self._orphans(rotation_id):
+            log.info(
+                "deleting key %s of %s left by an interrupted run of %s", key_id, self.account, rotation_id
+            )
+            self.keys.delete(self.account, key_id)
+        key_file = self.keys.create(self.account)
+        redact.register(str(key_file.get("private_key", "")))
+        return key_file
+
+    def apply(self, pending: dict[str, Any], current: dict[str, Any] | None) -> str:
+        return f"nothing to set: IAM made key {pending.get('private_key_id', '?')[:12]} beside the old one"
+
+    def restore(
+        self,
+        scope: str,
+        pending: dict[str, Any] | None,
+        current: dict[str, Any] | None,
+        previous: dict[str, Any] | None,
+    ) -> None:
+        return None
+
+    def discard(self, pending: dict[str, Any] | None, rotation_id: str) -> None:
+        """A rollback, once nothing uses it: delete the key this rotation made."""
+        current = self._current_id()
+        if pending and pending.get("private_key_id") and pending["private_key_id"] != current:
+            self.keys.delete(self.account, pending["private_key_id"])
+        for key_id in self._orphans(rotation_id):
+            if key_id != current:
+                self.keys.delete(self.account, key_id)
+
+    def _current_id(self) -> str | None:
+        try:
+            return json.loads(self.store.access(self.secret, "current")).get("private_key_id")
+        except (ValueError, SecretError):
+            return None
+
+    def retire(self, value: dict[str, Any], *, dry_run: bool = False) -> str:
+        """Disable the superseded key, prove the current key still works, then delete it."""
+        key_id = value.get("private_key_id")
+        if not key_id:
+            return "no key id stored; nothing to delete"
+        if key_id == self._current_id():
+            return f"key {key_id[:12]} is current; kept"
+        if dry_run:
+            return f"disable, then delete key {key_id[:12]} of {self.account}"
+        self.keys.disable(self.account, key_id)
+        current = json.loads(self.store.access(self.secret, "current"))
+        if not self.keys.verify(current):
+            self.keys.enable(self.account, key_id)
+            raise AuthenticationError(
+                f"the current key of {self.account} does not work; re-enabled key {key_id[:12]} and kept it"
+            )
+        gone = not self.keys.delete(self.account, key_id)
+        return f"key {key_id[:12]} of {self.account} {'was already deleted' if gone else 'disabled, then deleted'}"

@@ -1,0 +1,208 @@
+"""`voke --env <cloud env> rotate db-password` against the Google Cloud fakes: Secret
+Manager, Cloud SQL Admin (users.update applied to the real local PostgreSQL when its
+operation is DONE) and Cloud Run (revisions whose /health logs in with the pinned
+version). The whole protocol, a kill after every step followed by resume, the refusal
+of services reading `latest`, and rollbacks on a failed Cloud SQL operation and on an
+unhealthy revision."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("google.cloud.sqladmin_v1beta4")
+
+from voketag_ops.core.rotation import ANNOTATION, STEPS
+from voketag_ops.testing.gcp_fakes import FakeGcp
+from voketag_ops.workflows.rotate import FAULT_ENV, FAULT_EXIT_CODE
+
+pytestmark = pytest.mark.pg
+SECRET = "db-cloud"
+ROLES = ("capp_a", "capp_b")
+SERVICES = ("admin-service", "factory-service")
+
+
+@pytest.fixture(scope="module")
+def cloud(platform: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FakeGcp, Path]]:
+    """The fakes, seeded like a deployed platform, and a voke.toml pointing at them."""
+    from voketag_ops.core.rotation import generate_password
+
+    target = platform.db_target()
+    target.ensure_roles(owner="capp_owner", roles=ROLES, database="voketag")
+    host, port = target.endpoint()
+    with FakeGcp() as fake:
+        fake.sql.add_instance("voke-db", users=ROLES)
+        fake.sql.on_password = target.set_password
+        from voketag_ops.adapters.gcp.secrets import GcpSecretStore
+
+        store = GcpSecretStore(fake.context())
+        store.create(SECRET)
+        versions = []
+        for role in reversed(ROLES):
+            password = generate_password(32)
+            target.set_password(role, password)
+            cred = {"username": role, "password": password, "host": host, "port": port, "dbname": "voketag"}
+            versions.append(store.add_version(SECRET, json.dumps(cred).encode()).version)
+        meta = store.get(SECRET)
+        store.update(SECRET, etag=meta.etag, aliases={"current": versions[1], "previous": versions[0]})
+        for service in SERVICES:
+            fake.run.add_service(service, SECRET, versions[1])
+        home = tmp_path_factory.mktemp("cloud-voke")
+        env = fake.environment(db_host=host, db_port=port, services=list(SERVICES))
+        (home / "voke.toml").write_text(_toml(env))
+        yield fake, home
+
+
+def _toml(env: dict[str, Any]) -> str:
+    lines = ["[environments.cloudtest]"]
+    for key, value in env.items():
+        if isinstance(value, dict):
+            continue
+        lines.append(f"{key} = {json.dumps(value)}")
+    lines.append("[environments.cloudtest.endpoints]")
+    lines += [f"{k} = {json.dumps(v)}" for k, v in env["endpoints"].items()]
+    lines += [
+        "[rotation]",
+        "test_interval = 0.1",
+        "health_timeout = 5",
+        "[rotation.db_users.app]",
+        f'secret = "{SECRET}"',
+        f"roles = {json.dumps(list(ROLES))}",
+        'owner = "capp_owner"',
+        'database = "voketag"',
+        f"services = {json.dumps(list(SERVICES))}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _environ(home: Path, make_environ: Any, **extra: str) -> dict[str, str]:
+    return make_environ(home / "state", VOKE_CONFIG=str(home / "voke.toml"), VOKE_ENV="cloudtest", **extra)
+
+
+def _voke(home: Path, make_environ: Any, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "voketag_ops", *args],
+        capture_output=True,
+        text=True,
+        env=_environ(home, make_environ, **extra),
+        timeout=120,
+    )
+
+
+def assert_consistent(fake: FakeGcp) -> None:
+    """No lockout: no rotation in progress, current and previous log in, every service
+    serves a revision pinned to `current` and is healthy."""
+    from voketag_ops.adapters.gcp.secrets import GcpSecretStore
+    from voketag_ops.adapters.gcp.sql import pg_login
+
+    store = GcpSecretStore(fake.context())
+    meta = store.get(SECRET)
+    assert ANNOTATION not in meta.annotations, meta.annotations.get(ANNOTATION)
+    assert "pending" not in meta.aliases
+    current = meta.aliases["current"]
+    for alias in ("current", "previous"):
+        assert pg_login(json.loads(store.access(SECRET, alias))), alias
+    for service in SERVICES:
+        assert fake.run.pinned(service) == [(SECRET, str(current))], service
+        svc = fake.run.services[service]
+        assert len([t for t in svc.traffic if t["percent"]]) == 1
+    import urllib.request
+
+    for service in SERVICES:
+        with urllib.request.urlopen(f"{fake.rest.endpoint}/run/{service}/health", timeout=10) as resp:
+            assert resp.status == 200
+
+
+def test_rotation_moves_secret_database_and_services_together(cloud, voke, make_environ):
+    fake, home = cloud
+    environ = _environ(home, make_environ)
+    result = voke("rotate", "db-password", "--yes", "--json", environ=environ)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    report = result.json["result"]
+    assert report["status"] == "succeeded", report
+    assert [s["name"] for s in report["steps"]] == list(STEPS)
+    new = report["new_version"]
+    for service in SERVICES:
+        assert fake.run.pinned(service) == [(SECRET, str(new))]
+        assert fake.run.serving(service).startswith(f"{service}-v{new}-")
+    users = {u: p for (i, u), p in fake.sql.users.items() if i == "voke-db"}
+    assert sum(1 for p in users.values() if p) >= 1  # the password went through users.update
+    assert_consistent(fake)
+    from voketag_ops.adapters.gcp import catalog
+
+    results = fake.monitoring.written(catalog.ROTATION_RESULT)
+    assert (
+        results
+        and results[-1].metric.labels["secret"] == SECRET
+        and results[-1].points[0].value.int64_value == 1
+    )
+    status = voke("rotate", "status", "--json", environ=environ)
+    assert status.exit_code == 0
+    assert [s["current_version"] for s in status.json["result"]["secrets"] if s["name"] == SECRET] == [new]
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_kill_after_each_step_then_resume(cloud, make_environ, step):
+    fake, home = cloud
+    crashed = _voke(home, make_environ, "rotate", "db-password", "--yes", **{FAULT_ENV: step})
+    assert crashed.returncode == FAULT_EXIT_CODE, crashed.stdout + crashed.stderr
+    resumed = _voke(home, make_environ, "rotate", "resume", "--yes", "--json")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    doc = json.loads(resumed.stdout)["result"]
+    if step == "finish":
+        assert doc == {"status": "nothing to do"}
+    else:
+        assert doc["status"] == "succeeded" and doc["resumed"] is True
+    assert_consistent(fake)
+
+
+def test_a_service_reading_latest_is_refused_and_nothing_changes(cloud, voke, make_environ):
+    fake, home = cloud
+    template = fake.run.services["factory-service"].template
+    ref = template["containers"][0]["env"][0]["valueSource"]["secretKeyRef"]
+    pinned, ref["version"] = ref["version"], "latest"
+    versions = len(fake.secretmanager.secrets[SECRET].versions)
+    try:
+        result = voke("rotate", "db-password", "--yes", "--json", environ=_environ(home, make_environ))
+        assert result.exit_code == 5, result.stdout
+        assert (
+            "latest" in result.json["error"]["message"]
+            and "factory-service" in result.json["error"]["message"]
+        )
+        assert len(fake.secretmanager.secrets[SECRET].versions) == versions
+    finally:
+        ref["version"] = pinned
+    assert_consistent(fake)
+
+
+def test_a_failed_cloud_sql_operation_rolls_back(cloud, voke, make_environ):
+    fake, home = cloud
+    before = fake.secretmanager.secrets[SECRET].aliases["current"]
+    fake.sql.fail_next("UPDATE_USER", "simulated: the instance is under maintenance")
+    result = voke("rotate", "db-password", "--yes", "--json", environ=_environ(home, make_environ))
+    assert result.exit_code == 6, result.stdout + result.stderr
+    assert "DatabaseError" in result.json["error"]["message"]
+    assert fake.secretmanager.secrets[SECRET].aliases["current"] == before
+    assert_consistent(fake)
+
+
+def test_an_unhealthy_revision_never_gets_traffic_and_the_rotation_rolls_back(cloud, voke, make_environ):
+    fake, home = cloud
+    sm = fake.secretmanager.secrets[SECRET]
+    before, upcoming = sm.aliases["current"], len(sm.versions) + 1
+    serving = {s: fake.run.serving(s) for s in SERVICES}
+    fake.run.unhealthy.add((SECRET, str(upcoming)))
+    try:
+        result = voke("rotate", "db-password", "--yes", "--json", environ=_environ(home, make_environ))
+    finally:
+        fake.run.unhealthy.clear()
+    assert result.exit_code == 6, result.stdout + result.stderr
+    assert sm.aliases["current"] == before
+    assert {s: fake.run.serving(s) for s in SERVICES} == serving
+    assert_consistent(fake)
