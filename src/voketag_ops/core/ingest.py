@@ -316,6 +316,10 @@ class BatchValidator:
             chunk.sealed.append(self._seal_chunk())
         return chunk
 
+    def new_products(self) -> dict[str, str]:
+        """SKU -> product name for the SKUs this file introduced (not known before)."""
+        return {sku: name for sku, (name, line) in self._skus.items() if line is not None}
+
     def line_of(self, tag_id: str) -> int | None:
         """The line where TAG_ID first appeared in the file (None if it did not)."""
         return self._seen.get(tag_id)

@@ -599,12 +599,18 @@ def _load_in_transaction(
                     conn, report, validator, batch_id, partial, max_errors, rejects_out, spool
                 )
             _insert_chunks(conn, cur, batch_id, spool)
-            conn.execute(
-                "INSERT INTO ingest.products (sku, product_name, first_batch)"
-                f" SELECT sku, min(product_name), %s FROM {_STAGING} GROUP BY sku"
-                " ON CONFLICT (sku) DO NOTHING",
-                (batch_id,),
-            )
+            if partial:  # some new SKUs may have had rejected rows only: ask the staged rows
+                conn.execute(
+                    "INSERT INTO ingest.products (sku, product_name, first_batch)"
+                    f" SELECT sku, min(product_name), %s FROM {_STAGING} GROUP BY sku"
+                    " ON CONFLICT (sku) DO NOTHING",
+                    (batch_id,),
+                )
+            elif new_products := validator.new_products():
+                # Every row was accepted, and products cannot change under the load lock.
+                with cur.copy("COPY ingest.products (sku, product_name, first_batch) FROM STDIN") as copy:
+                    for sku, name in new_products.items():
+                        copy.write_row((sku, name, batch_id))
             report.batch_id = batch_id
             report.rows_loaded = seal.size
             report.merkle_root = seal.root.hex()
