@@ -107,6 +107,36 @@ def jwt(
     _show(env, rotate_jwt(_engine(env), emergency=emergency, dry_run=dry_run))
 
 
+@app.command("sa-key")
+def sa_key(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The key's name in rotation.sa_keys.")],
+    init: Annotated[
+        bool, typer.Option("--init", help="Store a first, new key as `current` (a key voke does not manage yet).")
+    ] = False,
+    dry_run: DryRun = False,
+    yes: Yes = False,
+) -> None:
+    """Rotate a Google service-account key (cloud environments).
+
+    IAM creates the new key beside the old one (at most 10 per account); it is stored, then verified by a token exchange. `voke rotate cleanup` disables the old key, checks the new one, then deletes it. Prefer keyless auth wherever a workload can use it.
+    """
+    from voketag_ops.workflows.sa_keys import init_sa_key, rotate_sa_key
+
+    env = use(ctx)
+    if env.settings.env == "local":
+        from voketag_ops.errors import ConfigError
+
+        raise ConfigError("service-account keys live in Google Cloud IAM: use --env NAME with a cloud environment")
+    if not dry_run:
+        env.out.confirm(f"{'Create the first' if init else 'Rotate the'} key of {name}?", yes=yes)
+    engine = _engine(env)
+    if init:
+        env.out.result(init_sa_key(engine, name, dry_run=dry_run))
+        return
+    _show(env, rotate_sa_key(engine, name, dry_run=dry_run))
+
+
 @app.command("jwks")
 def jwks(ctx: typer.Context) -> None:
     """Print the public JWKS (next, current, previous until its tokens expire); never a private key."""

@@ -1183,6 +1183,7 @@ class FakeIam:
         self.token_uri = token_uri
         self.keys: dict[str, dict[str, Any]] = {}  # key name -> record
         self.tokens_issued = 0
+        self.refuse_new_keys = False  # failure injection: keys created from now on never authenticate
 
     def add_account(self, email: str, *, keys: int = 0) -> list[dict[str, Any]]:
         """Make EMAIL known, with KEYS existing user-managed keys; returns their key files."""
@@ -1230,6 +1231,7 @@ class FakeIam:
             "disabled": False,
             "created": now(),
             "key_file": key_file,
+            "refused": self.refuse_new_keys,
         }
         return key_file
 
@@ -1334,7 +1336,7 @@ class FakeIam:
         record = self.keys.get(
             f"projects/{self.project}/serviceAccounts/{claims.get('iss')}/keys/{header.get('kid')}"
         )
-        if record is None or record["disabled"]:
+        if record is None or record["disabled"] or record.get("refused"):
             return bad
         try:
             record["public"].verify(

@@ -51,7 +51,16 @@ class SaKey:
         self.account = settings.service_account
 
     def precheck(self, meta: Any, *, dry_run: bool) -> None:
+        """Before the lock: warn about keys, and refuse when IAM's 10-key limit is reached."""
+        from voketag_ops.adapters.gcp.iam import MAX_KEYS
+        from voketag_ops.errors import PreconditionError
+
         log.warning("%s", KEYLESS_HINT)
+        if len(self.keys.list(self.account)) >= MAX_KEYS:
+            raise PreconditionError(
+                f"{self.account} has {MAX_KEYS} user-managed keys, the IAM limit; nothing was changed",
+                hint="voke rotate cleanup --yes deletes superseded keys, or delete unused keys in IAM",
+            )
 
     def plan(self, current: dict[str, Any] | None) -> list[str]:
         old = (current or {}).get("private_key_id", "?")
@@ -153,3 +162,55 @@ class SaKey:
             )
         gone = not self.keys.delete(self.account, key_id)
         return f"key {key_id[:12]} of {self.account} {'was already deleted' if gone else 'disabled, then deleted'}"
+
+
+def _sa_credential(engine: Any, name: str) -> SaKey:
+    from voketag_ops.errors import ValidationError
+
+    cred = engine.credential(name)
+    if not isinstance(cred, SaKey):
+        raise ValidationError(f"{name!r} is not a service-account key (rotation.sa_keys)")
+    return cred
+
+
+def rotate_sa_key(engine: Any, name: str, *, dry_run: bool = False) -> Any:
+    """`voke rotate sa-key NAME`: the rotation protocol for one managed key."""
+    _sa_credential(engine, name)
+    return engine.rotate(name, dry_run=dry_run)
+
+
+def init_sa_key(engine: Any, name: str, *, dry_run: bool = False) -> dict[str, Any]:
+    """`voke rotate sa-key NAME --init`: the first version of the secret (a new key, verified,
+    stored as `current`), for a key voke has not managed yet. Refuses when one exists."""
+    from voketag_ops.errors import AuthenticationError, PreconditionError
+
+    cred = _sa_credential(engine, name)
+    store = engine.store
+    meta = store.create(cred.secret)
+    if "current" in meta.aliases:
+        raise PreconditionError(
+            f"secret {cred.secret} already has a current key; use `voke rotate sa-key {name}`"
+        )
+    if dry_run:
+        return {
+            "dry_run": True,
+            "secret": cred.secret,
+            "plan": [
+                f"create a key of {cred.account}, verify it, store it as version 1 of {cred.secret} (current)"
+            ],
+        }
+    cred.precheck(meta, dry_run=False)
+    key_file = cred.keys.create(cred.account)
+    if not cred.keys.verify(key_file):
+        cred.keys.delete(cred.account, key_file["private_key_id"])
+        raise AuthenticationError(f"the new key of {cred.account} does not authenticate; deleted it")
+    version = store.add_version(cred.secret, json.dumps(key_file).encode()).version
+    meta = store.get(cred.secret)
+    store.update(cred.secret, etag=meta.etag, aliases={"current": version})
+    return {
+        "dry_run": False,
+        "secret": cred.secret,
+        "version": version,
+        "key_id": key_file["private_key_id"][:12],
+        "note": KEYLESS_HINT,
+    }

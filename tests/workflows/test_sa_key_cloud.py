@@ -1,0 +1,108 @@
+"""`voke rotate sa-key` against the IAM fake (real google-cloud-iam client over gRPC) and a
+token endpoint that verifies the JWT each key signs: a key is created beside the old one,
+stored, verified; cleanup disables the old key, re-checks the new one, deletes the old;
+IAM's 10-key limit is respected; a key that does not authenticate is rolled back."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("google.cloud.iam_admin_v1")
+
+from voketag_ops.testing.gcp_fakes import FakeGcp
+
+ACCOUNT = "voke-ci@voke-test.iam.gserviceaccount.com"
+
+
+@pytest.fixture
+def cloud(tmp_path: Path, make_environ: Any) -> Iterator[tuple[FakeGcp, dict[str, str]]]:
+    with FakeGcp() as fake:
+        fake.iam.add_account(ACCOUNT)
+        env = fake.environment(services=["admin-service"])
+        lines = ["[environments.t]"]
+        lines += [f"{k} = {json.dumps(v)}" for k, v in env.items() if not isinstance(v, dict)]
+        lines += [
+            "[environments.t.endpoints]",
+            *[f"{k} = {json.dumps(v)}" for k, v in env["endpoints"].items()],
+        ]
+        lines += [
+            "[rotation]",
+            "db_users = {}",
+            "test_interval = 0.05",
+            "health_timeout = 2",
+            "[rotation.sa_keys.ci]",
+            f'service_account = "{ACCOUNT}"',
+            'secret = "sa-ci"',
+            'services = ["admin-service"]',
+        ]
+        (tmp_path / "voke.toml").write_text("\n".join(lines) + "\n")
+        yield fake, make_environ(tmp_path / "home", VOKE_CONFIG=str(tmp_path / "voke.toml"), VOKE_ENV="t")
+
+
+def _init(fake: FakeGcp, voke: Any, environ: dict[str, str]) -> None:
+    result = voke("rotate", "sa-key", "ci", "--init", "--yes", "--json", environ=environ)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert result.json["result"]["version"] == 1
+    fake.run.add_service("admin-service", "sa-ci", 1, env_var="GOOGLE_APPLICATION_CREDENTIALS_JSON")
+
+
+def test_rotation_creates_beside_verifies_and_cleanup_retires_the_old_key(cloud, voke, tmp_path):
+    fake, environ = cloud
+    _init(fake, voke, environ)
+    assert len(fake.iam.user_keys(ACCOUNT)) == 1
+    result = voke("rotate", "sa-key", "ci", "--yes", "--json", environ=environ)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    report = result.json["result"]
+    assert report["status"] == "succeeded" and report["new_version"] == 2
+    assert "keyless" in result.stderr  # the warning recommending keyless auth
+    keys = fake.iam.user_keys(ACCOUNT)
+    assert len(keys) == 2 and not any(k["disabled"] for k in keys)  # the old key still works
+    assert fake.run.pinned("admin-service") == [("sa-ci", "2")]
+    private = json.loads(fake.secretmanager.payload("sa-ci", 2))["private_key"]
+    assert private not in result.stdout + result.stderr
+
+    from voketag_ops.config import load_config
+    from voketag_ops.workflows.cloud import cloud_engine
+
+    engine = cloud_engine(load_config(environ=environ, cwd=tmp_path).settings)
+    later = datetime.now(timezone.utc) + timedelta(days=2)
+    engine.now = lambda: later
+    plan = engine.cleanup(dry_run=True)
+    assert [a.action for a in plan["actions"] if a.version == 1] == ["retire"]
+    assert len(fake.iam.user_keys(ACCOUNT)) == 2  # a dry run changes nothing
+    engine.cleanup(dry_run=False)
+    keys = fake.iam.user_keys(ACCOUNT)
+    new_id = json.loads(fake.secretmanager.payload("sa-ci", 2))["private_key_id"]
+    assert [k["name"].rsplit("/", 1)[1] for k in keys] == [new_id]
+
+
+def test_the_ten_key_limit_is_respected(cloud, voke):
+    fake, environ = cloud
+    _init(fake, voke, environ)
+    fake.iam.add_account(ACCOUNT, keys=9)
+    result = voke("rotate", "sa-key", "ci", "--yes", "--json", environ=environ)
+    assert result.exit_code == 5, result.stdout
+    assert "10" in result.json["error"]["message"]
+    assert len(fake.iam.user_keys(ACCOUNT)) == 10
+    assert len(fake.secretmanager.secrets["sa-ci"].versions) == 1
+
+
+def test_a_key_that_does_not_authenticate_is_rolled_back_and_deleted(cloud, voke):
+    fake, environ = cloud
+    _init(fake, voke, environ)
+    fake.iam.refuse_new_keys = True
+    result = voke("rotate", "sa-key", "ci", "--yes", "--json", environ=environ)
+    assert result.exit_code == 6, result.stdout + result.stderr
+    assert len(fake.iam.user_keys(ACCOUNT)) == 1  # the new key was deleted, the old one kept
+    assert fake.secretmanager.secrets["sa-ci"].aliases["current"] == 1
+
+
+def test_sa_key_needs_a_cloud_environment(voke, make_environ, tmp_path):
+    result = voke("rotate", "sa-key", "ci", "--yes", "--json", environ=make_environ(tmp_path / "h"))
+    assert result.exit_code == 3 and "cloud environment" in result.json["error"]["message"]
