@@ -161,6 +161,7 @@ class FakeRestServer:
             m = rx.fullmatch(path)
             if m and route_method == method:
                 try:
+                    headers = {**headers, "X-Raw-Query": raw_query}
                     if getattr(fn, "unlocked", False):
                         out = fn(Request(method, path, query, body, m, headers))
                     else:
@@ -1061,6 +1062,63 @@ class FakeCloudSql:
         return dict(doc)
 
 
+# -- Resource Manager v3 and Service Usage v1 (voke doctor) --------------------------------------------------------
+class FakeProjects:
+    """Resource Manager v3 projects.get / testIamPermissions and Service Usage v1
+    services:batchGet, with the granted permissions and enabled APIs as plain sets."""
+
+    def __init__(self, project: str) -> None:
+        self.project = project
+        self.granted: set[str] = set()
+        self.enabled: set[str] = set()
+
+    def grant_all(self) -> None:
+        from voketag_ops.adapters.gcp import catalog
+
+        self.granted = set(catalog.PERMISSIONS)
+        self.enabled = set(catalog.REQUIRED_APIS)
+
+    def routes(self) -> list[Route]:
+        return [
+            ("GET", r"/v3/projects/(?P<p>[^/:]+)", self.get),
+            ("POST", r"/v3/projects/(?P<p>[^/:]+):testIamPermissions", self.test_permissions),
+            ("GET", r"/v1/projects/(?P<p>[^/:]+)/services:batchGet", self.batch_get),
+        ]
+
+    def _check(self, project: str) -> None:
+        if project != self.project:
+            raise ApiError("PERMISSION_DENIED", f"Permission denied on resource project {project}.")
+
+    def get(self, r: Request) -> Any:
+        self._check(r["p"])
+        return {
+            "name": "projects/123456789012",
+            "projectId": self.project,
+            "state": "ACTIVE",
+            "displayName": self.project,
+            "parent": "organizations/1",
+        }
+
+    def test_permissions(self, r: Request) -> Any:
+        self._check(r["p"])
+        asked = (r.body or {}).get("permissions") or []
+        return {"permissions": [p for p in asked if p in self.granted]}
+
+    def batch_get(self, r: Request) -> Any:
+        self._check(r["p"])
+        names = parse_qs(r.headers.get("X-Raw-Query", "")).get("names") or []
+        return {
+            "services": [
+                {
+                    "name": n,
+                    "parent": "projects/123456789012",
+                    "state": "ENABLED" if n.rsplit("/", 1)[1] in self.enabled else "DISABLED",
+                }
+                for n in names
+            ]
+        }
+
+
 # -- gRPC-only APIs: Monitoring v3 and IAM Admin v1 -------------------------------------------------------------
 class GrpcAbort(Exception):
     """Raised by a gRPC fake handler: aborts the call with a status code."""
@@ -1360,6 +1418,8 @@ class FakeGcp:
         self.run = FakeCloudRun(project, region, self.secretmanager, lambda: self.rest.endpoint)
         self.sql = FakeCloudSql(project, region)
         self.monitoring = FakeMonitoring(project)
+        self.projects = FakeProjects(project)
+        self.rest.add(self.projects.routes())
         self.iam = FakeIam(project, lambda: f"{self.rest.endpoint}/token")
         self.rest.add(self.iam.routes())
         self.rest.add(self.secretmanager.routes())
@@ -1391,7 +1451,15 @@ class FakeGcp:
     def endpoints(self) -> dict[str, str]:
         rest = self.rest.endpoint
         grpc_url = f"http://127.0.0.1:{self.grpc_port}"
-        return {"secretmanager": rest, "run": rest, "sqladmin": rest, "monitoring": grpc_url, "iam": grpc_url}
+        return {
+            "secretmanager": rest,
+            "run": rest,
+            "sqladmin": rest,
+            "cloudresourcemanager": rest,
+            "serviceusage": rest,
+            "monitoring": grpc_url,
+            "iam": grpc_url,
+        }
 
     def environment(self, **extra: Any) -> dict[str, Any]:
         """The `[environments.NAME]` table that points voke at these fakes."""

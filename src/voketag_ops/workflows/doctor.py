@@ -147,24 +147,15 @@ def _cloud_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
         )
         return
     try:
-        import google.auth
-        import google.auth.exceptions
+        import google.auth  # noqa: F401
+        from google.cloud import resourcemanager_v3  # noqa: F401  (the gcp extra)
     except ImportError:
         report.checks.append(
-            Check("credentials", False, "google-auth is not installed", "pip install 'voketag-ops[gcp]'")
+            Check("credentials", False, "the Google Cloud clients are not installed", "pip install 'voketag-ops[gcp]'")
         )
         return
-    try:
-        _creds, project = google.auth.default()
-        report.checks.append(
-            Check("credentials", True, f"Application Default Credentials found (project {project or '?'})")
-        )
-    except google.auth.exceptions.DefaultCredentialsError as exc:
-        report.checks.append(
-            Check(
-                "credentials",
-                False,
-                str(exc).splitlines()[0],
-                "gcloud auth application-default login, or set GOOGLE_APPLICATION_CREDENTIALS",
-            )
-        )
+    from voketag_ops.adapters.gcp.doctor import cloud_checks
+
+    # credentials, project, each API, permissions (testIamPermissions), the Cloud SQL instance
+    for check_name, ok, detail, hint in cloud_checks(cloud, name):
+        report.checks.append(Check(check_name, ok, detail, hint))

@@ -1,0 +1,130 @@
+"""What `voke doctor --env NAME` checks on Google Cloud: credentials, the project, every
+API voke calls, every permission voke needs (testIamPermissions on the project), and the
+Cloud SQL instance. Each check is (name, ok, detail, hint); a failing one never stops the rest.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from voketag_ops.adapters.gcp import catalog
+from voketag_ops.adapters.gcp._common import GcpContext, message_of
+from voketag_ops.errors import VokeError
+
+if TYPE_CHECKING:
+    from voketag_ops.config import GcpEnvironment
+
+CheckRow = tuple[str, bool, str, str | None]
+ROLE_HINT = "grant the custom role from terraform/ (voke_operator) to the identity voke runs as"
+
+
+def cloud_checks(env: GcpEnvironment, name: str) -> list[CheckRow]:
+    ctx = GcpContext.from_environment(env, attempts=1)
+    rows: list[CheckRow] = []
+    if env.credentials == "anonymous":
+        rows.append(
+            (
+                "credentials",
+                True,
+                "anonymous (fakes or an emulator: environments.%s.credentials)" % name,
+                None,
+            )
+        )
+    else:
+        try:
+            creds = ctx.credentials()
+            who = getattr(creds, "service_account_email", None) or type(creds).__name__
+            rows.append(("credentials", True, f"Application Default Credentials found ({who})", None))
+        except VokeError as exc:
+            rows.append(("credentials", False, exc.message, exc.hint))
+            return rows
+    project = f"projects/{env.project}"
+    try:
+        from google.cloud import resourcemanager_v3
+
+        projects = ctx.rest_client(resourcemanager_v3.ProjectsClient, "cloudresourcemanager")
+        got = ctx.call(projects.get_project, name=project)
+        state = getattr(got.state, "name", str(got.state))
+        rows.append(
+            (
+                "project",
+                state == "ACTIVE",
+                f"{env.project} is {state}",
+                None if state == "ACTIVE" else "the project is not active",
+            )
+        )
+    except Exception as exc:
+        rows.append(
+            (
+                "project",
+                False,
+                f"{env.project}: {message_of(exc)}",
+                "check environments.%s.project and that the identity can see it" % name,
+            )
+        )
+        return rows
+    try:
+        from google.cloud import service_usage_v1
+
+        usage = ctx.rest_client(service_usage_v1.ServiceUsageClient, "serviceusage")
+        resp = ctx.call(
+            usage.batch_get_services,
+            request={
+                "parent": project,
+                "names": [f"{project}/services/{api}" for api in catalog.REQUIRED_APIS],
+            },
+        )
+        enabled = {
+            s.name.rsplit("/", 1)[1] for s in resp.services if getattr(s.state, "name", "") == "ENABLED"
+        }
+        for api in catalog.REQUIRED_APIS:
+            ok = api in enabled
+            rows.append(
+                (
+                    f"api {api}",
+                    ok,
+                    "enabled" if ok else "disabled",
+                    None if ok else f"gcloud services enable {api} --project {env.project}",
+                )
+            )
+    except Exception as exc:
+        rows.append(
+            ("apis", False, message_of(exc), "grant serviceusage.services.get, or enable the APIs by hand")
+        )
+    try:
+        from google.cloud import resourcemanager_v3
+
+        projects = ctx.rest_client(resourcemanager_v3.ProjectsClient, "cloudresourcemanager")
+        resp = ctx.call(
+            projects.test_iam_permissions,
+            request={"resource": project, "permissions": list(catalog.PERMISSIONS)},
+        )
+        missing = sorted(set(catalog.PERMISSIONS) - set(resp.permissions))
+        rows.append(
+            (
+                "permissions",
+                not missing,
+                f"all {len(catalog.PERMISSIONS)} permissions held"
+                if not missing
+                else f"missing {len(missing)}: {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}",
+                None if not missing else ROLE_HINT,
+            )
+        )
+    except Exception as exc:
+        rows.append(("permissions", False, message_of(exc), ROLE_HINT))
+    try:
+        from voketag_ops.adapters.gcp.sql import CloudSqlAdmin, CloudSqlRecovery
+
+        info = CloudSqlRecovery(CloudSqlAdmin(ctx), env.instance).instance()
+        ok = info.state == "RUNNABLE" and info.role == "primary"
+        rows.append(
+            (
+                "cloud sql",
+                ok,
+                f"{env.instance}: {info.state}, {info.role}, PITR {'on' if info.pitr_enabled else 'off'}",
+                None if ok else "voke dr status",
+            )
+        )
+    except VokeError as exc:
+        rows.append(("cloud sql", False, exc.message, f"check environments.{name}.instance"))
+    return rows

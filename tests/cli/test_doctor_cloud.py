@@ -1,0 +1,76 @@
+"""`voke doctor --env NAME` on a Google Cloud environment (the fakes): one line per check
+with its fix, exit 1 when any fails; and ADC missing on a real (non-anonymous) env."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("google.cloud.resourcemanager_v3")
+
+from voketag_ops.adapters.gcp import catalog
+from voketag_ops.testing.gcp_fakes import FakeGcp
+
+
+def _config(tmp_path: Path, env: dict[str, Any]) -> Path:
+    lines = ["[environments.staging]"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in env.items() if not isinstance(v, dict)]
+    if env.get("endpoints"):
+        lines += [
+            "[environments.staging.endpoints]",
+            *[f"{k} = {json.dumps(v)}" for k, v in env["endpoints"].items()],
+        ]
+    path = tmp_path / "voke.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_all_checks_pass_when_apis_and_permissions_are_there(voke, make_environ, tmp_path):
+    with FakeGcp() as fake:
+        fake.projects.grant_all()
+        fake.sql.add_instance("voke-db")
+        config = _config(tmp_path, fake.environment())
+        result = voke(
+            "doctor",
+            "--env",
+            "staging",
+            "--json",
+            environ=make_environ(tmp_path / "h", VOKE_CONFIG=str(config)),
+        )
+    assert result.exit_code == 0, result.stdout
+    names = [c["name"] for c in result.json["result"]["checks"]]
+    assert names[:4] == ["config", "environment", "credentials", "project"]
+    assert [n for n in names if n.startswith("api ")] == [f"api {a}" for a in catalog.REQUIRED_APIS]
+    assert "permissions" in names and "cloud sql" in names
+
+
+def test_a_disabled_api_and_missing_permissions_fail_with_the_fix(voke, make_environ, tmp_path):
+    with FakeGcp() as fake:
+        fake.projects.grant_all()
+        fake.projects.enabled.discard("run.googleapis.com")
+        fake.projects.granted -= {"cloudsql.users.update", "secretmanager.versions.add"}
+        fake.sql.add_instance("voke-db")
+        config = _config(tmp_path, fake.environment())
+        result = voke(
+            "doctor", "--env", "staging", environ=make_environ(tmp_path / "h", VOKE_CONFIG=str(config))
+        )
+    assert result.exit_code == 1
+    assert "fail api run.googleapis.com: disabled" in result.stdout
+    assert "gcloud services enable run.googleapis.com --project voke-test" in result.stdout
+    assert "missing 2: cloudsql.users.update, secretmanager.versions.add" in result.stdout
+
+
+def test_missing_application_default_credentials_is_one_failed_check(
+    voke, make_environ, tmp_path, monkeypatch
+):
+    # google.auth reads the process environment: point ADC at a file that does not exist
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "none.json"))
+    config = _config(tmp_path, {"project": "p", "instance": "db"})
+    environ = make_environ(tmp_path / "h", VOKE_CONFIG=str(config))
+    result = voke("doctor", "--env", "staging", "--json", environ=environ)
+    assert result.exit_code == 1
+    creds = next(c for c in result.json["result"]["checks"] if c["name"] == "credentials")
+    assert creds["ok"] is False and "application-default login" in creds["hint"]
