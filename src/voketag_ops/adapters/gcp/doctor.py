@@ -26,7 +26,7 @@ def cloud_checks(env: GcpEnvironment, name: str) -> list[CheckRow]:
             (
                 "credentials",
                 True,
-                "anonymous (fakes or an emulator: environments.%s.credentials)" % name,
+                f"anonymous (fakes or an emulator: environments.{name}.credentials)",
                 None,
             )
         )
@@ -59,7 +59,7 @@ def cloud_checks(env: GcpEnvironment, name: str) -> list[CheckRow]:
                 "project",
                 False,
                 f"{env.project}: {message_of(exc)}",
-                "check environments.%s.project and that the identity can see it" % name,
+                f"check environments.{name}.project and that the identity can see it",
             )
         )
         return rows
