@@ -239,6 +239,28 @@ def test_lost_reply_on_create_leaves_no_orphan(world, fake):
     assert set(fake.live_google_keys()) == {world.maps_name}
 
 
+def test_rollback_after_commit_deletes_the_minted_key_once_nothing_uses_it(world, fake, monkeypatch):
+    engine = world.adopt_all()
+    engine.owner = "gone-host:1"  # a process on another machine, which dies right after `commit`
+
+    def die(step):
+        if step == "commit":
+            raise SystemExit(86)
+
+    monkeypatch.setattr(engine, "_fault", die)
+    with pytest.raises(SystemExit):
+        rotate_api_key(engine, "sendgrid")
+    record = RotationRecord.from_json(world.store.get("sendgrid-key").annotations[ANNOTATION])
+    assert record.step == "commit" and world.store.get("sendgrid-key").aliases["current"] == 2
+    assert len(fake.live_sendgrid_keys()) == 2
+    later = world.engine()
+    later.now = lambda: datetime.now(timezone.utc) + timedelta(hours=1)  # its lease has run out
+    outcome = later.rollback(record.id)
+    assert outcome.error is None and outcome.report.status == "rolled_back"
+    assert world.store.get("sendgrid-key").aliases == {"current": 1}
+    assert fake.live_sendgrid_keys() == {world.sendgrid_id: "production"}
+
+
 def _killed_after_lock(world, secret, rotation_id="rot-20261126T010203Z-abcdef"):
     """The record a run leaves when it dies right after taking the lock (owner gone)."""
     meta = world.store.get(secret)
