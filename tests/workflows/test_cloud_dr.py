@@ -1,0 +1,136 @@
+"""Cloud DR over the DatabaseRecovery port against the Cloud SQL and Monitoring fakes:
+status in the local snapshot's shape, checks judged by the same core, only SUCCESSFUL
+backups counting, operations polled to DONE with their errors raised, and the lag read
+from Cloud Monitoring."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+pytest.importorskip("google.cloud.monitoring_v3")
+
+from voketag_ops.adapters.gcp import catalog
+from voketag_ops.errors import BackendError, PreconditionError
+from voketag_ops.ports import DatabaseRecovery
+from voketag_ops.testing.gcp_fakes import FakeGcp, now
+
+
+@pytest.fixture
+def cloud() -> Iterator[tuple[FakeGcp, Any, Any]]:
+    from voketag_ops.config import Settings
+    from voketag_ops.workflows.cloud import CloudPlatform
+
+    with FakeGcp() as fake:
+        fake.sql.add_instance("voke-db", users=("app_a",))
+        fake.sql.add_instance("voke-db-dr", region="us-east1", replica_of="voke-db", ip="10.30.0.3")
+        fake.sql.add_backup("voke-db", "SUCCESSFUL", now() - timedelta(hours=30))
+        fake.sql.add_backup("voke-db", "SUCCESSFUL", now() - timedelta(hours=3))
+        fake.sql.add_backup(
+            "voke-db", "FAILED", now() - timedelta(minutes=20)
+        )  # newest run, but not a backup
+        p = fake.project
+        fake.monitoring.add_point(catalog.REPLICA_LAG, 2.5, resource={"database_id": f"{p}:voke-db-dr"})
+        fake.monitoring.add_point(
+            catalog.REPLICA_BYTE_LAG,
+            4096,
+            integer=True,
+            resource={"database_id": f"{p}:voke-db"},
+            labels={"replica_name": "voke-db-dr", "replica_lag_type": "replay_location"},
+        )
+        settings = Settings.model_validate(
+            {"env": "prod", "environments": {"prod": fake.environment(replica="voke-db-dr")}}
+        )
+        platform = CloudPlatform(settings, poll_interval=0.01, backoff=0.01)
+        yield fake, settings, platform.recovery()
+
+
+def test_status_has_the_local_shape_and_reads_lag_from_monitoring(cloud):
+    from voketag_ops.workflows import cloud_dr
+
+    _fake, settings, recovery = cloud
+    assert isinstance(recovery, DatabaseRecovery)
+    snap = cloud_dr.status(settings, recovery)
+    assert (
+        snap["leader"]["name"] == "voke-db"
+        and snap["leader"]["role"] == "primary"
+        and snap["leader"]["running"]
+    )
+    assert snap["standby"]["streaming"] is True
+    assert snap["standby"]["lag_seconds"] == 2.5 and snap["standby"]["lag_bytes"] == 4096
+    assert snap["split_brain"] is False
+    assert snap["newest_backup"]["status"] == "SUCCESSFUL"  # the FAILED run 20 min ago does not count
+    assert snap["recoverable_window"]["seconds"] > 6 * 86400
+
+
+def test_check_fails_on_an_old_backup_and_on_lag(cloud):
+    from voketag_ops.workflows import cloud_dr
+
+    _fake, settings, recovery = cloud
+    report = cloud_dr.check(settings, recovery, cloud_dr.thresholds(settings))
+    assert report["ok"] is True, report["failed"]
+    strict = cloud_dr.thresholds(settings, max_backup_age=3600, max_lag=1)
+    report = cloud_dr.check(settings, recovery, strict)
+    assert report["ok"] is False and set(report["failed"]) == {"backup_age", "replication_lag"}
+
+
+def test_archive_failures_fail_the_check(cloud):
+    from voketag_ops.workflows import cloud_dr
+
+    fake, settings, recovery = cloud
+    fake.monitoring.add_point(
+        catalog.LOG_ARCHIVE_FAILURES, 3, integer=True, resource={"database_id": f"{fake.project}:voke-db"}
+    )
+    report = cloud_dr.check(settings, recovery, cloud_dr.thresholds(settings))
+    assert report["failed"] == ["archiving"]
+
+
+def test_operations_are_polled_to_done_and_take_effect(cloud):
+    _fake, _settings, recovery = cloud
+    op = recovery.clone_to_point_in_time("2026-11-26T01:00:00Z", "voke-db-restore")
+    assert op.kind == "CLONE" and op.status == "DONE" and op.finished_at
+    assert recovery.instance("voke-db-restore").state == "RUNNABLE"
+    recovery.failover()  # zonal HA failover with the current settingsVersion
+    op = recovery.promote_replica(failover=True)
+    assert op.kind == "PROMOTE_REPLICA"
+    assert recovery.instance("voke-db-dr").role == "primary"
+    assert recovery.instance("voke-db").primary == "voke-db-dr"
+    recovery.switchover("voke-db")  # planned failback
+    assert recovery.instance("voke-db").role == "primary"
+
+
+def test_a_done_operation_with_an_error_raises(cloud):
+    fake, _settings, recovery = cloud
+    fake.sql.fail_next("CLONE", "simulated: the point in time is outside the retention window")
+    with pytest.raises(BackendError, match="outside the retention window"):
+        recovery.clone_to_point_in_time("2020-01-01T00:00:00Z", "too-old")
+    assert "too-old" not in fake.sql.instances
+
+
+def test_a_refused_call_is_a_precondition(cloud):
+    _fake, _settings, recovery = cloud
+    with pytest.raises(PreconditionError):
+        recovery.promote_replica("voke-db")  # not a replica
+
+
+def test_split_brain_after_promotion_without_failover(cloud):
+    from voketag_ops.workflows import cloud_dr
+
+    _fake, settings, recovery = cloud
+    recovery.promote_replica(failover=False)  # the old primary stays writable on its own
+    snap = cloud_dr.status(settings, recovery)
+    assert snap["split_brain"] is True and sorted(snap["writable_nodes"]) == ["voke-db", "voke-db-dr"]
+
+
+def test_voke_metrics_only_under_the_prefix(cloud):
+    from voketag_ops.errors import UsageError
+
+    fake, _settings, recovery = cloud
+    monitoring = recovery.monitoring
+    monitoring.write(catalog.DRILL_RTO, 42.0, {"scenario": "failover"})
+    assert fake.monitoring.written(catalog.DRILL_RTO)[0].points[0].value.double_value == 42.0
+    with pytest.raises(UsageError):
+        monitoring.write("custom.googleapis.com/other/thing", 1, {})
