@@ -15,16 +15,39 @@ from voketag_ops.config import LocalSettings
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
+def home(tmp_path_factory, make_environ_module):
+    """The whole local platform (PostgreSQL, secrets, services), so failovers repoint real services."""
+    from voketag_ops.config import load_config
+    from voketag_ops.workflows.env import LocalPlatform
+
     path = tmp_path_factory.mktemp("dr-topology") / "home"
-    env = LocalEnvironment(LocalSettings(home=path, archive_timeout=5))
+    platform = LocalPlatform(load_config(environ=make_environ_module(path), cwd=path).settings)
     try:
-        env.up()
+        platform.up()
         yield path
     finally:
-        for restored in dr.list_restores(env):
-            dr.discard_restore(env, restored["name"])
-        env.destroy()
+        for restored in dr.list_restores(platform.env):
+            dr.discard_restore(platform.env, restored["name"])
+        platform.destroy()
+
+
+@pytest.fixture(scope="module")
+def make_environ_module():
+    import os
+
+    def make(home, **extra):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VOKE_")}
+        env.update(
+            VOKE_HOME=str(home),
+            CI="true",
+            VOKE_LOCAL__ARCHIVE_TIMEOUT="5",
+            VOKE_ROTATION__TEST_INTERVAL="0.2",
+            VOKE_ROTATION__HEALTH_TIMEOUT="20",
+        )
+        env.update(extra)
+        return env
+
+    return make
 
 
 @pytest.fixture
@@ -33,8 +56,17 @@ def env(home):
 
 
 @pytest.fixture
-def environ(home, make_environ):
-    return make_environ(home, VOKE_LOCAL__ARCHIVE_TIMEOUT="5")
+def environ(home, make_environ_module):
+    return make_environ_module(home)
+
+
+def services(environ):
+    """name -> (healthy, secret version) of the local services, as `voke env status` sees them."""
+    from voketag_ops.config import load_config
+    from voketag_ops.workflows.env import LocalPlatform
+
+    status = LocalPlatform(load_config(environ=environ).settings).status()
+    return {s["name"]: (s["healthy"], s["secret_version"]) for s in status["services"]}
 
 
 def rows(node, table="orders"):
@@ -67,6 +99,12 @@ def test_failover_fences_promotes_and_loses_no_acknowledged_write(voke, environ,
     assert [s["ok"] for s in r["steps"]] == [True] * len(r["steps"])
     assert env.require_state().leader == "replica"
     assert not env.node("primary").running
+    repoint = next(step for step in r["steps"] if step["name"] == "repoint services")["detail"]
+    new_port = env.node("replica").port
+    assert [x["port"] for x in repoint["repointed"]] == [new_port]
+    assert repoint["redeployed"] == ["admin-service", "blockchain-service", "factory-service"]
+    version = repoint["repointed"][0]["versions"]["current"]
+    assert services(environ) == {name: (True, version) for name in repoint["redeployed"]}
     new = env.node("replica")
     assert dr.in_recovery(new) is False
     assert rows(new) == list(range(1, 21))
@@ -127,6 +165,7 @@ def test_failback_rewinds_the_diverged_primary_and_switches_back(voke, environ, 
     assert status["leader"]["timeline"] >= 3 and status["fenced"] == []
     check = voke("dr", "check", "--json", environ=environ)
     assert check.exit_code == 0, check.stdout
+    assert all(healthy for healthy, _ in services(environ).values())
 
 
 def test_an_interrupted_failover_is_recorded_and_resumed(voke, environ, env, monkeypatch):
@@ -238,8 +277,8 @@ def test_drill_reports_and_history(voke, environ, env, tmp_path):
     assert missing.exit_code == 2
 
 
-def test_a_breached_target_fails_the_drill_with_exit_1(voke, make_environ, home, env):
-    environ = make_environ(home, VOKE_LOCAL__ARCHIVE_TIMEOUT="5", VOKE_DR__RTO_NETWORK_SECONDS="0.5")
+def test_a_breached_target_fails_the_drill_with_exit_1(voke, make_environ_module, home, env):
+    environ = make_environ_module(home, VOKE_DR__RTO_NETWORK_SECONDS="0.5")
     result = voke("drill", "run", "network", "--outage", "1s", "--yes", "--json", environ=environ)
     assert result.exit_code == 1
     journal = result.json["result"]

@@ -256,7 +256,7 @@ def repoint_services(settings: Settings, env: LocalEnvironment, leader: PgNode) 
             payload["port"] = leader.port
             aliases[alias] = store.add_version(user.secret, json.dumps(payload).encode()).version
         if aliases:
-            store.update(user.secret, etag=meta.etag, aliases=aliases)
+            store.update(user.secret, etag=store.get(user.secret).etag, aliases=aliases)
             repointed.append({"secret": user.secret, "versions": aliases, "port": leader.port})
         current = aliases.get("current") or meta.aliases.get("current")
         if current is not None:

@@ -1293,6 +1293,10 @@ def rebuild_standby(
     rewound = False
     if not force_clone and node.initialized:
         progress(f"rewinding {node.name} to the leader's timeline (pg_rewind)")
+        # pg_rewind reads the source's timeline from its control file, which a promotion
+        # updates only at the next checkpoint; without one it may say "no rewind required".
+        with leader.connect(DR_DB, timeout=10) as conn:
+            conn.execute("checkpoint")
         # pg_rewind may need WAL the target recycled; let it fetch it from the archive.
         settings = env._common_settings(node)
         settings["restore_command"] = f"cp '{env.archive_dir}/%f' '%p'"
