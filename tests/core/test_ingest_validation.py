@@ -337,6 +337,19 @@ def test_rejected_records_keep_their_text_and_reasons():
     assert v.rejected[0].line == 3 and v.rejected[0].record.startswith("T2,S,Sho")
 
 
+def test_over_long_line_is_skipped_without_buffering_it():
+    v = run(HEADER + row("T1") + "T2," + "x" * (ing.MAX_LINE_BYTES + 10) + "\n" + row("T3"), chunk=1 << 16)
+    p = only_problem(v)
+    assert (p.line, p.column, p.code) == (3, 1, "line_too_long")
+    assert v.rows_accepted == 2 and v.rows_total == 3
+    assert v.rejected[0].line == 3 and len(v.rejected[0].record) == 200
+
+
+def test_over_long_last_line_without_line_break():
+    v = run(HEADER + row("T1") + "y" * (ing.MAX_LINE_BYTES + 10), chunk=1 << 16)
+    assert only_problem(v).code == "line_too_long"
+
+
 def test_a_binary_file_is_rejected_without_a_traceback():
     junk = bytes(range(256)) * 50
     v = run(junk)

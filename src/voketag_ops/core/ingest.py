@@ -72,6 +72,7 @@ TAG_MAX = 64
 SKU_MAX = 64
 TEXT_MAX = 200
 SEAL_CHUNK = 1024  # leaves per stored chunk; a power of two, so chunks are subtrees
+MAX_LINE_BYTES = 1 << 20  # a valid row is a few KiB at most; longer lines are skipped, not buffered
 
 _TAG_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # C0 controls, DEL and C1 controls; a CR is allowed only as part of a CRLF line ending.
@@ -266,7 +267,9 @@ class BatchValidator:
         self._skus: dict[str, tuple[str, int | None]] = {
             sku: (name, None) for sku, name in self.known_products.items()
         }
-        self._pending = b""
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._skipping = False
         self._started = False
         self._line = 0  # physical lines consumed
         self._leaves: list[bytes] = []
@@ -283,27 +286,80 @@ class BatchValidator:
         if self._finished:
             raise RuntimeError("feed after finish")
         self.bytes_fed += len(data)
-        data = self._pending + data if self._pending else data
+        if self._skipping:  # the rest of an over-long line
+            end = data.find(b"\n")
+            if end < 0:
+                return Chunk()
+            self._skipping = False
+            data = data[end + 1 :]
+        if b"\n" not in data and self._started:
+            self._pending.append(data)  # joined once the line ends: no quadratic copying
+            self._pending_bytes += len(data)
+            if self._pending_bytes > MAX_LINE_BYTES:
+                return self._too_long()
+            return Chunk()
+        prefix = Chunk()
+        if self._pending and self._pending_bytes + data.find(b"\n") > MAX_LINE_BYTES:
+            prefix = self._too_long()  # the line ends in DATA but is too long all the same
+            self._skipping = False
+            data = data[data.find(b"\n") + 1 :]
+        data = b"".join((*self._pending, data)) if self._pending else data
+        self._pending, self._pending_bytes = [], 0
         if not self._started:
             if len(data) < len(_BOM) and _BOM.startswith(data):
-                self._pending = data
+                self._pending, self._pending_bytes = [data], len(data)
                 return Chunk()
             self._started = True
             if data.startswith(_BOM):
                 data = data[len(_BOM) :]
         cut = data.rfind(b"\n")
         if cut < 0:
-            self._pending = data
-            return Chunk()
-        self._pending = data[cut + 1 :]
-        return self._process(data[: cut + 1], final=False)
+            if data:
+                self._pending, self._pending_bytes = [data], len(data)
+            return prefix
+        rest = data[cut + 1 :]
+        if rest:
+            self._pending, self._pending_bytes = [rest], len(rest)
+        chunk = self._process(data[: cut + 1], final=False)
+        if prefix.rows:
+            chunk.rows += prefix.rows
+            chunk.rejected[:0] = prefix.rejected
+        return chunk
+
+    def _too_long(self) -> Chunk:
+        """Report the line being accumulated as too long and skip to its end (memory stays flat)."""
+        lineno = self._line + 1
+        self._line = lineno
+        head = b"".join(self._pending)[:200].decode("utf-8", "replace")
+        self._pending, self._pending_bytes = [], 0
+        self._skipping = True
+        problem = Problem(
+            lineno,
+            1,
+            "line_too_long",
+            f"line {lineno} is longer than {MAX_LINE_BYTES:,} bytes; it was skipped",
+        )
+        chunk = Chunk()
+        if self.header is None:
+            self._fatal(problem)
+            return chunk
+        self.rows_total += 1
+        self.rows_rejected += 1
+        chunk.rows = 1
+        self._record(problem)
+        if self.keep_rejected:
+            chunk.rejected.append(Rejected(lineno, (problem,), head))
+        return chunk
 
     def finish(self) -> Chunk:
         """Validate what is left (a last line without a line break) and close the seal."""
         if self._finished:
             raise RuntimeError("finish called twice")
         self._started = True
-        rest, self._pending = self._pending, b""
+        rest = b"".join(self._pending)
+        self._pending, self._pending_bytes = [], 0
+        if self._skipping:
+            rest = b""  # the over-long last line is already reported
         if rest.startswith(_BOM) and self._line == 0:
             rest = rest[len(_BOM) :]
         chunk = self._process(rest, final=True) if rest else Chunk()
@@ -627,7 +683,9 @@ class BatchValidator:
                 if known_sku is None:
                     self._skus[sku] = (pname, lineno)
                 elif known_sku[0] != pname:
-                    where = f"line {known_sku[1]}" if known_sku[1] is not None else "the products already loaded"
+                    where = (
+                        f"line {known_sku[1]}" if known_sku[1] is not None else "the products already loaded"
+                    )
                     problems.append(
                         Problem(
                             lineno,
