@@ -280,6 +280,8 @@ def decide(
     ready = published_at + refresh
     if ring.previous is not None:
         ready = max(ready, parse_iso(ring.previous["expires_at"]))
+    if ready.microsecond:  # whole seconds, rounded up: never earlier than the wait
+        ready = ready.replace(microsecond=0) + timedelta(seconds=1)
     return ("promote" if now >= ready else "wait"), ready
 
 
