@@ -1,4 +1,4 @@
-"""nox sessions: tests, lint, typecheck, bench."""
+"""nox sessions: tests, lint, typecheck, bench, system (real Google Cloud), checkov (terraform/)."""
 
 from __future__ import annotations
 
@@ -40,3 +40,30 @@ def bench(session: nox.Session) -> None:
         if script.name.startswith("_"):
             continue
         session.run("python", str(script), *session.posargs)
+
+
+@nox.session
+def system(session: nox.Session) -> None:
+    """The contract suites against a real Google Cloud project (VOKE_SYSTEM_PROJECT and ADC
+    needed; every test skips without them). Never in the default sessions."""
+    session.install("-e", ".[test]")
+    session.run(
+        "python", "-m", "pytest", "-m", "system", "-rs", *session.posargs, env={"VOKE_SYSTEM_TESTS": "1"}
+    )
+
+
+@nox.session
+def checkov(session: nox.Session) -> None:
+    """checkov on terraform/, offline, in its own venv (it ships another `hcl2` module)."""
+    session.install("checkov")
+    session.run(
+        "checkov",
+        "-d",
+        "terraform",
+        "--framework",
+        "terraform",
+        "--skip-download",
+        "--compact",
+        "--quiet",
+        *session.posargs,
+    )

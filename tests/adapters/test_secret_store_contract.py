@@ -15,12 +15,15 @@ from voketag_ops.errors import EtagMismatchError, NotFoundError, UsageError
 from voketag_ops.ports import SecretStore
 
 
-@pytest.fixture(params=["local", "gcp"])
+@pytest.fixture(params=["local", "gcp", pytest.param("gcp-system", marks=pytest.mark.system)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     if request.param == "local":
         from voketag_ops.adapters.local.secrets import LocalSecretStore
 
         yield LocalSecretStore(tmp_path / "home")
+        return
+    if request.param == "gcp-system":
+        yield from _real_project()
         return
     pytest.importorskip("google.cloud.secretmanager_v1")
     from voketag_ops.adapters.gcp.secrets import GcpSecretStore
@@ -28,6 +31,34 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
 
     with FakeGcp() as fake:
         yield GcpSecretStore(fake.context())
+
+
+def _real_project() -> Iterator[Any]:
+    """The same contract against real Secret Manager, in secrets named voke-systest-<run>-*
+    that are deleted afterwards. Needs VOKE_SYSTEM_TESTS=1, VOKE_SYSTEM_PROJECT and ADC."""
+    import os
+    import uuid
+
+    project = os.environ.get("VOKE_SYSTEM_PROJECT")
+    if os.environ.get("VOKE_SYSTEM_TESTS") != "1" or not project:
+        pytest.skip("real Google Cloud: set VOKE_SYSTEM_TESTS=1 and VOKE_SYSTEM_PROJECT (and ADC)")
+    pytest.importorskip("google.cloud.secretmanager_v1")
+    import google.auth
+    import google.auth.exceptions
+
+    try:
+        google.auth.default()
+    except google.auth.exceptions.DefaultCredentialsError:
+        pytest.skip("no Application Default Credentials")
+    from voketag_ops.adapters.gcp._common import GcpContext
+    from voketag_ops.adapters.gcp.secrets import GcpSecretStore
+
+    store = GcpSecretStore(GcpContext(project=project), prefix=f"voke-systest-{uuid.uuid4().hex[:8]}-")
+    try:
+        yield store
+    finally:
+        for meta in store.list():
+            store.client.delete_secret(name=f"projects/{project}/secrets/{store.secret_id(meta.name)}")
 
 
 def test_implements_the_port(store):

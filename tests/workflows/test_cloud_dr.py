@@ -69,9 +69,11 @@ def test_status_has_the_local_shape_and_reads_lag_from_monitoring(cloud):
 def test_check_fails_on_an_old_backup_and_on_lag(cloud):
     from voketag_ops.workflows import cloud_dr
 
-    _fake, settings, recovery = cloud
+    fake, settings, recovery = cloud
     report = cloud_dr.check(settings, recovery, cloud_dr.thresholds(settings))
     assert report["ok"] is True, report["failed"]
+    age = fake.monitoring.written(catalog.BACKUP_AGE)[-1]  # for the backup-age alert policy
+    assert 3 * 3600 - 60 < age.points[0].value.double_value < 3 * 3600 + 60
     strict = cloud_dr.thresholds(settings, max_backup_age=3600, max_lag=1)
     report = cloud_dr.check(settings, recovery, strict)
     assert report["ok"] is False and set(report["failed"]) == {"backup_age", "replication_lag"}

@@ -137,6 +137,7 @@ def check(
         for c in judge(snap, limits, now=now)
     ]
     failed = [c for c in checks if not c["ok"]]
+    _report_backup_age(recovery, snap, now)
     return {
         "ok": not failed,
         "checked_at": snap["checked_at"],
@@ -149,3 +150,17 @@ def check(
         "failed": [c["name"] for c in failed],
         "status": snap,
     }
+
+
+def _report_backup_age(recovery: Any, snap: dict[str, Any], now: datetime) -> None:
+    """The newest backup's age as voke's metric, for the alert policy in terraform/ (best effort)."""
+    monitoring = getattr(recovery, "monitoring", None)
+    newest = snap.get("newest_backup") or {}
+    finished = parse_iso(newest.get("finished_at"))
+    if monitoring is None or finished is None:
+        return
+    from voketag_ops.adapters.gcp import catalog
+
+    monitoring.write_quietly(
+        catalog.BACKUP_AGE, (now - finished).total_seconds(), {"instance": snap["leader"]["name"]}
+    )

@@ -15,7 +15,8 @@ ROTATION_AGE = METRIC_PREFIX + "rotation/age_days"  # DOUBLE gauge: age of `curr
 DRILL_RTO = METRIC_PREFIX + "drill/rto_seconds"  # DOUBLE gauge; label scenario
 DRILL_RPO = METRIC_PREFIX + "drill/rpo_seconds"  # DOUBLE gauge; label scenario
 COVERAGE = METRIC_PREFIX + "coverage/percent"  # DOUBLE gauge; label service
-VOKE_METRICS = frozenset({ROTATION_RESULT, ROTATION_AGE, DRILL_RTO, DRILL_RPO, COVERAGE})
+BACKUP_AGE = METRIC_PREFIX + "dr/backup_age_seconds"  # DOUBLE gauge: newest SUCCESSFUL backup (`dr check`)
+VOKE_METRICS = frozenset({ROTATION_RESULT, ROTATION_AGE, DRILL_RTO, DRILL_RPO, COVERAGE, BACKUP_AGE})
 
 # Cloud SQL metrics voke reads (resource cloudsql_database, database_id = "project:instance").
 REPLICA_LAG = "cloudsql.googleapis.com/database/replication/replica_lag"  # seconds, on the replica
@@ -39,6 +40,8 @@ REQUIRED_APIS = (
     "cloudresourcemanager.googleapis.com",
     "serviceusage.googleapis.com",
 )
+# Also enabled by terraform/ for running voke on a schedule (not called by voke itself).
+SCHEDULING_APIS = ("cloudscheduler.googleapis.com", "pubsub.googleapis.com")
 
 # Every permission the adapters' calls need: the custom role in terraform/ grants exactly these.
 PERMISSIONS = (

@@ -58,12 +58,26 @@ class GcpSecretStore:
     """SecretStore over Secret Manager in one project."""
 
     def __init__(
-        self, ctx: GcpContext, *, secret_ids: Mapping[str, str] | None = None, client: Any = None
+        self,
+        ctx: GcpContext,
+        *,
+        secret_ids: Mapping[str, str] | None = None,
+        prefix: str = "",
+        client: Any = None,
     ) -> None:
         self.ctx = ctx
+        self.prefix = prefix  # several environments (or a test run) side by side in one project
         self.ids = dict(secret_ids or {})
         self.names = {v: k for k, v in self.ids.items()}
         self._client = client
+
+    def secret_id(self, name: str) -> str:
+        """The Secret Manager id of logical secret NAME."""
+        return self.prefix + self.ids.get(name, name)
+
+    def _logical(self, secret_id: str) -> str:
+        short = secret_id.removeprefix(self.prefix)
+        return self.names.get(short, short)
 
     # -- plumbing -----------------------------------------------------------------------------
     @property
@@ -75,7 +89,7 @@ class GcpSecretStore:
         return self._client
 
     def _path(self, name: str) -> str:
-        return f"projects/{self.ctx.project}/secrets/{self.ids.get(name, name)}"
+        return f"projects/{self.ctx.project}/secrets/{self.secret_id(name)}"
 
     @contextmanager
     def translate(self, name: str, *, precondition: type = SecretError) -> Iterator[None]:
@@ -124,9 +138,8 @@ class GcpSecretStore:
                     state_changed_at=changed.get(str(number)) or _iso(v.destroy_time),
                 )
             )
-        short = secret.name.rsplit("/", 1)[1]
         return SecretMeta(
-            name=self.names.get(short, short),
+            name=self._logical(secret.name.rsplit("/", 1)[1]),
             etag=secret.etag,
             created_at=_iso(secret.create_time) or "",
             versions=tuple(sorted(out, key=lambda v: v.version)),
@@ -139,7 +152,8 @@ class GcpSecretStore:
         parent = f"projects/{self.ctx.project}"
         with self.translate("*"):
             secrets = self.ctx.call(lambda **kw: list(self.client.list_secrets(parent=parent, **kw)))
-        return [self._meta(s, self._versions(s.name.rsplit("/", 1)[1])) for s in secrets]
+        mine = [s for s in secrets if s.name.rsplit("/", 1)[1].startswith(self.prefix)]
+        return [self._meta(s, self._versions(self._logical(s.name.rsplit("/", 1)[1]))) for s in mine]
 
     def get(self, name: str) -> SecretMeta:
         secret = self._secret(name)
@@ -155,7 +169,7 @@ class GcpSecretStore:
     def create(self, name: str) -> SecretMeta:
         from google.api_core import exceptions as gexc
 
-        secret_id = self.ids.get(name, name)
+        secret_id = self.secret_id(name)
         try:
             with self.translate(name):
                 try:

@@ -1,0 +1,22 @@
+# The root configuration: enables the APIs and instantiates the voke module once per environment.
+module "voke" {
+  source                = "./modules/voke"
+  project               = var.project
+  region                = var.region
+  environment           = var.environment
+  image                 = var.image
+  voke_config           = var.voke_config
+  instance              = var.instance
+  secrets               = var.secrets
+  notification_channels = var.notification_channels
+}
+
+output "service_account" {
+  value       = module.voke.service_account
+  description = "The identity voke runs as"
+}
+
+output "job" {
+  value       = module.voke.job
+  description = "The Cloud Run job that runs voke"
+}

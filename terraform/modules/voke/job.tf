@@ -1,0 +1,61 @@
+# The job that runs voke; each scheduler job runs it with its own arguments.
+resource "google_secret_manager_secret" "config" {
+  project   = var.project
+  secret_id = "voke-config-${var.environment}"
+  labels    = { managed-by = "voke" }
+  replication {
+    auto {}
+  }
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_secret_manager_secret_version" "config" {
+  secret      = google_secret_manager_secret.config.id
+  secret_data = var.voke_config
+}
+
+resource "google_cloud_run_v2_job" "voke" {
+  project             = var.project
+  name                = "voke-${var.environment}"
+  location            = var.region
+  deletion_protection = false
+  template {
+    task_count = 1
+    template {
+      service_account = google_service_account.voke.email
+      max_retries     = 0 # a rotation resumes itself on the next run; never run one twice at once
+      timeout         = "3600s"
+      containers {
+        image = var.image
+        args  = ["doctor", "--json"]
+        env {
+          name  = "VOKE_CONFIG"
+          value = "/etc/voke/voke.toml"
+        }
+        env {
+          name  = "VOKE_ENV"
+          value = var.environment
+        }
+        env {
+          name  = "VOKE_OUTPUT"
+          value = "json"
+        }
+        volume_mounts {
+          name       = "config"
+          mount_path = "/etc/voke"
+        }
+      }
+      volumes {
+        name = "config"
+        secret {
+          secret = google_secret_manager_secret.config.secret_id
+          items {
+            version = google_secret_manager_secret_version.config.version
+            path    = "voke.toml"
+          }
+        }
+      }
+    }
+  }
+  depends_on = [google_project_service.apis]
+}

@@ -1,0 +1,14 @@
+output "service_account" {
+  value       = google_service_account.voke.email
+  description = "The identity voke runs as"
+}
+
+output "job" {
+  value       = google_cloud_run_v2_job.voke.name
+  description = "The Cloud Run job that runs voke"
+}
+
+output "custom_role" {
+  value       = google_project_iam_custom_role.voke_operator.id
+  description = "The least-privilege role voke holds"
+}

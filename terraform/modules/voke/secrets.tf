@@ -1,0 +1,40 @@
+# The secrets voke rotates: Secret Manager publishes rotation reminders to a topic;
+# destruction of a version is delayed so a mistaken cleanup can be undone.
+data "google_project" "this" {
+  project_id = var.project
+}
+
+resource "google_pubsub_topic" "rotation" {
+  project    = var.project
+  name       = "voke-${var.environment}-secret-rotation"
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_pubsub_topic_iam_member" "secretmanager_publishes" {
+  project = var.project
+  topic   = google_pubsub_topic.rotation.name
+  role    = "roles/pubsub.publisher"
+  member  = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-secretmanager.iam.gserviceaccount.com"
+}
+
+resource "google_secret_manager_secret" "managed" {
+  for_each            = toset(var.secrets)
+  project             = var.project
+  secret_id           = each.value
+  labels              = { managed-by = "voke" }
+  version_destroy_ttl = var.version_destroy_ttl
+  replication {
+    auto {}
+  }
+  topics {
+    name = google_pubsub_topic.rotation.id
+  }
+  rotation {
+    rotation_period    = "2592000s" # 30 days: a reminder; voke's schedule decides
+    next_rotation_time = "2030-01-01T02:00:00Z"
+  }
+  lifecycle {
+    ignore_changes = [rotation[0].next_rotation_time, version_aliases, annotations]
+  }
+  depends_on = [google_pubsub_topic_iam_member.secretmanager_publishes]
+}

@@ -1,0 +1,43 @@
+variable "project" {
+  type        = string
+  description = "Google Cloud project id (environments.NAME.project in voke.toml)"
+}
+
+variable "region" {
+  type        = string
+  default     = "us-central1"
+  description = "Region of the Cloud Run job, the scheduler jobs and the primary Cloud SQL instance"
+}
+
+variable "environment" {
+  type        = string
+  default     = "prod"
+  description = "Name of the voke environment ([environments.NAME]) the job acts on"
+}
+
+variable "image" {
+  type        = string
+  description = "Container image that runs voke (entrypoint `voke`), e.g. us-docker.pkg.dev/PROJECT/ops/voke:1.2.3"
+}
+
+variable "voke_config" {
+  type        = string
+  description = "Contents of voke.toml for the job (no secret values: those live in Secret Manager)"
+}
+
+variable "instance" {
+  type        = string
+  description = "Cloud SQL primary instance name"
+}
+
+variable "secrets" {
+  type        = list(string)
+  default     = ["db-app", "jwt-signing"]
+  description = "Secret Manager secrets voke rotates (created here with rotation topics)"
+}
+
+variable "notification_channels" {
+  type        = list(string)
+  default     = []
+  description = "Monitoring notification channel ids the alert policies notify"
+}

@@ -1,0 +1,161 @@
+"""terraform/ checked offline (no provider download): parsed with python-hcl2, then held to
+voke's own constants: every variable used is declared, no primitive role, the custom
+role grants exactly the permissions the adapters use, every cron is valid and equals
+voke's configured schedule, every alert metric is a real Cloud SQL metric or one voke
+writes, every API voke calls is enabled, and every managed secret has a rotation topic."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+hcl2 = pytest.importorskip("hcl2")
+
+from voketag_ops.adapters.gcp import catalog  # noqa: E402
+from voketag_ops.config import RotationSchedule  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2] / "terraform"
+MODULE = ROOT / "modules" / "voke"
+VAR_REF = re.compile(r"\bvar\.([A-Za-z_][A-Za-z0-9_-]*)")
+METRIC = re.compile(r'metric\.type\s*=\s*"([^"]+)"')
+
+
+def load(directory: Path) -> dict[str, list[Any]]:
+    """Every top-level block of the .tf files in DIRECTORY, merged by block type."""
+    opts = hcl2.SerializationOptions(strip_string_quotes=True, explicit_blocks=False, with_comments=False)
+    merged: dict[str, list[Any]] = {}
+    for path in sorted(directory.glob("*.tf")):
+        for key, blocks in hcl2.loads(path.read_text(), serialization_options=opts).items():
+            merged.setdefault(key, []).extend(blocks)
+    return merged
+
+
+def resources(doc: dict[str, list[Any]], kind: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for block in doc.get("resource", []):
+        out.update(block.get(kind, {}))
+    return out
+
+
+def variables(doc: dict[str, list[Any]]) -> dict[str, Any]:
+    return {name: body for block in doc.get("variable", []) for name, body in block.items()}
+
+
+def walk(node: Any) -> list[tuple[str, Any]]:
+    """(key, value) of every attribute, at any depth."""
+    out: list[tuple[str, Any]] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            out.append((key, value))
+            out += walk(value)
+    elif isinstance(node, list):
+        for item in node:
+            out += walk(item)
+    return out
+
+
+def strings(node: Any) -> list[str]:
+    return [v for _k, v in walk(node) if isinstance(v, str)] + ([node] if isinstance(node, str) else [])
+
+
+@pytest.fixture(scope="module")
+def root() -> dict[str, list[Any]]:
+    return load(ROOT)
+
+
+@pytest.fixture(scope="module")
+def module() -> dict[str, list[Any]]:
+    return load(MODULE)
+
+
+@pytest.mark.parametrize("directory", [ROOT, MODULE], ids=["root", "module"])
+def test_every_variable_used_is_declared(directory):
+    doc = load(directory)
+    declared = set(variables(doc))
+    used = {m for text in strings(doc) for m in VAR_REF.findall(text)}
+    assert used - declared == set()
+    assert all(body.get("description") for body in variables(doc).values())
+
+
+def test_the_module_call_passes_exactly_the_module_variables(root, module):
+    call = root["module"][0]["voke"]
+    declared = variables(module)
+    passed = set(call) - {"source"}
+    assert passed <= set(declared)
+    required = {name for name, body in declared.items() if "default" not in body}
+    assert required <= passed
+
+
+@pytest.mark.parametrize("directory", [ROOT, MODULE], ids=["root", "module"])
+def test_no_primitive_role(directory):
+    roles = [v for k, v in walk(load(directory)) if k == "role" and isinstance(v, str)]
+    assert not set(roles) & catalog.PRIMITIVE_ROLES
+    text = " ".join(p.read_text() for p in directory.glob("*.tf"))
+    for role in catalog.PRIMITIVE_ROLES:
+        assert f'"{role}"' not in text
+
+
+def test_the_custom_role_grants_exactly_what_voke_uses(module):
+    role = resources(module, "google_project_iam_custom_role")["voke_operator"]
+    assert sorted(role["permissions"]) == sorted(catalog.PERMISSIONS)
+    binding = resources(module, "google_project_iam_member")["voke_operator"]
+    assert "google_project_iam_custom_role.voke_operator" in binding["role"]
+
+
+def test_crons_are_valid_and_equal_to_voke_schedule(module):
+    from cronsim import CronSim
+
+    declared = variables(module)
+    schedule = declared["rotation_schedule"]["default"]
+    assert schedule == RotationSchedule().model_dump()
+    jobs = resources(module, "google_cloud_scheduler_job")
+    assert jobs["rotate"]["for_each"] == "${var.rotation_schedule}"
+    assert declared["dr_check_schedule"]["default"] == "*/15 * * * *"
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    for cron in [*schedule.values(), declared["dr_check_schedule"]["default"]]:
+        next(CronSim(cron, start))  # raises on an invalid expression
+    assert all(job["time_zone"] == "Etc/UTC" for job in jobs.values())
+    assert '\\"rotate\\", \\"due\\", \\"--run\\", \\"--json\\"' in json.dumps(jobs["rotate"]["http_target"])
+    assert '\\"dr\\", \\"check\\", \\"--json\\"' in json.dumps(jobs["dr_check"]["http_target"])
+
+
+def test_alert_metrics_are_real_cloud_sql_metrics_or_voke_own(module):
+    policies = resources(module, "google_monitoring_alert_policy")
+    assert set(policies) == {"rotation_failed", "backup_age", "replica_lag", "log_archive_failures"}
+    used = {m for policy in policies.values() for text in strings(policy) for m in METRIC.findall(text)}
+    assert used <= catalog.CLOUDSQL_METRICS | catalog.VOKE_METRICS
+    assert {
+        catalog.ROTATION_RESULT,
+        catalog.BACKUP_AGE,
+        catalog.REPLICA_LAG,
+        catalog.LOG_ARCHIVE_FAILURES,
+    } <= used
+    assert all(m.startswith(catalog.METRIC_PREFIX) for m in used - catalog.CLOUDSQL_METRICS)
+    lag = policies["replica_lag"]["conditions"][0]["condition_threshold"][0]
+    assert lag["threshold_value"] == 60 and lag["comparison"] == "COMPARISON_GT"
+    age = policies["backup_age"]["conditions"][0]["condition_threshold"][0]
+    assert age["threshold_value"] == 24 * 3600
+
+
+def test_every_api_voke_calls_is_enabled(module):
+    apis = next(block["apis"] for block in module["locals"] if "apis" in block)
+    assert set(apis) == set(catalog.REQUIRED_APIS) | set(catalog.SCHEDULING_APIS)
+
+
+def test_managed_secrets_have_rotation_topics_and_delayed_destroy(module):
+    secret = resources(module, "google_secret_manager_secret")["managed"]
+    assert secret["topics"] and secret["rotation"]
+    assert secret["version_destroy_ttl"] == "${var.version_destroy_ttl}"
+    assert "version_aliases" in json.dumps(secret["lifecycle"])  # voke owns aliases and annotations
+
+
+def test_the_job_runs_voke_as_its_own_service_account(module):
+    job = resources(module, "google_cloud_run_v2_job")["voke"]
+    text = json.dumps(job)
+    assert "${google_service_account.voke.email}" in text and "${var.image}" in text
+    assert '"max_retries": 0' in text
