@@ -710,7 +710,7 @@ class FakeCloudRun:
                 kind = TRAFFIC_TYPES.get(t.get("type", 0))
                 if kind is None:
                     raise ApiError("INVALID_ARGUMENT", "traffic target type is required")
-                entry = {"type": kind, "percent": int(t.get("percent", 0))}
+                entry: dict[str, Any] = {"type": kind, "percent": int(t.get("percent", 0))}
                 if kind == "REVISION":
                     if t.get("revision") not in svc.revisions:
                         raise ApiError("INVALID_ARGUMENT", f"revision {t.get('revision')!r} does not exist")
@@ -718,7 +718,7 @@ class FakeCloudRun:
                 if t.get("tag"):
                     entry["tag"] = t["tag"]
                 targets.append(entry)
-            if sum(t["percent"] for t in targets) != 100:
+            if sum(int(t["percent"]) for t in targets) != 100:
                 raise ApiError("INVALID_ARGUMENT", "traffic percentages must add up to 100")
             svc.traffic = targets
         op = f"{self._prefix()}/operations/{uuid.uuid4()}"

@@ -273,7 +273,7 @@ class GcpContext:
             before_sleep=lambda state: log.info(
                 "retrying %s after %s",
                 getattr(fn, "__name__", "call"),
-                type(state.outcome.exception()).__name__,
+                type(state.outcome.exception()).__name__ if state.outcome else "?",
             ),
         )
         return retrying(fn, *args, **kwargs)

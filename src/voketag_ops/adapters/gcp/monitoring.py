@@ -110,7 +110,7 @@ class CloudMonitoring:
             raise UsageError(f"{metric} is not one of voke's metrics (prefix {catalog.METRIC_PREFIX})")
         from google.cloud import monitoring_v3
 
-        point = {"interval": {"end_time": {"seconds": int(time.time())}}}
+        point: dict[str, Any] = {"interval": {"end_time": {"seconds": int(time.time())}}}
         point["value"] = (
             {"int64_value": int(value)}
             if metric == catalog.ROTATION_RESULT

@@ -264,7 +264,7 @@ class CloudRunRuntime:
             url = f"{svc.uri.rstrip('/')}{self.health_path}" if svc.uri else None
             healthy = None
             if check:
-                healthy = bool(url) and self._healthy_url(url, wait=0)
+                healthy = url is not None and self._healthy_url(url, wait=0)
             out.append(
                 ServiceInfo(
                     name=name,
@@ -284,7 +284,7 @@ class CloudRunRuntime:
 
     def health(self, service: str) -> bool:
         url = self.url(service)
-        return bool(url) and self._healthy_url(url, wait=0)
+        return url is not None and self._healthy_url(url, wait=0)
 
     def pinned_versions(self, secret: str) -> set[int]:
         """Versions any revision with traffic or a tag reads: cleanup never disables these."""
