@@ -65,7 +65,7 @@ class DbPassword:
         self.user = user
         self.target = target
         self.secret = user.secret
-        self.strategy = user.strategy
+        self.strategy: str = user.strategy
         self.services = user.services
         self.length = length
 

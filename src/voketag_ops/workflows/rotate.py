@@ -822,7 +822,7 @@ class RotationEngine:
     def _audit(self, event_type: str, record: RotationRecord, result: str) -> None:
         from voketag_ops.audit import record_event
 
-        details = {
+        details: dict[str, Any] = {
             "rotation_id": record.id,
             "kind": record.kind,
             "strategy": record.strategy,

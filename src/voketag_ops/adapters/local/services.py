@@ -132,7 +132,7 @@ class LocalServiceRuntime:
             url = f"http://127.0.0.1:{active['port']}/health" if active else None
             healthy = None
             if check:
-                healthy = bool(url) and http_health(url)[0]
+                healthy = url is not None and http_health(url)[0]
             out.append(
                 ServiceInfo(
                     name=name,
@@ -152,7 +152,7 @@ class LocalServiceRuntime:
 
     def health(self, service: str) -> bool:
         url = self.url(service)
-        return bool(url) and http_health(url)[0]
+        return url is not None and http_health(url)[0]
 
     def pinned_versions(self, secret: str) -> set[int]:
         """Versions any live instance (serving or draining) is pinned to: never disable these."""
