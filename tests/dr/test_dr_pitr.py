@@ -281,6 +281,15 @@ def test_recovery_that_ends_before_its_target_fails_loudly_and_removes_the_insta
     assert dr.list_restores(env) == []
 
 
+def test_env_can_stop_restored_instances_and_discard_removes_stopped_ones(voke, environ, env):
+    assert voke("dr", "restore", "--to", "now", "--name", "leftover", "--yes", environ=environ).exit_code == 0
+    assert env.stop_restores() == ["restore leftover"]
+    listed = voke("dr", "restores", "--json", environ=environ).json["result"]["restores"]
+    assert [(r["name"], r["running"]) for r in listed] == [("leftover", False)]
+    assert voke("dr", "discard", "leftover", "--yes", environ=environ).exit_code == 0
+    assert not (env.pg_dir / "restores" / "leftover").exists()
+
+
 def test_a_truncated_backup_file_is_caught_by_verify_backup(voke, environ, env):
     info = env.take_base_backup()
     victim = next(

@@ -478,7 +478,7 @@ def _pitr(run: DrillRun) -> None:
     run.mark("recovery_started_at")
     with run.step("recover: voke dr restore --to TARGET into a new instance") as info:
         report = dr_flow.restore(
-            settings, env, to=dr.iso(target), name=name, dry_run=False, progress=run.progress
+            settings, env, to=dr.iso(target) or "", name=name, dry_run=False, progress=run.progress
         )
         info.update(
             name=name,
@@ -762,7 +762,9 @@ def _network(run: DrillRun) -> None:
     run.mark("first_write_ok_at", first.done_at)
     time.sleep(0.5)
     writes = run.stop_canary()
-    during = [w for w in writes if not w.ok and w.sent_at >= run.timeline["fault_injected_at"]]  # type: ignore[operator]
+    fault = run.timeline["fault_injected_at"]
+    assert fault is not None
+    during = [w for w in writes if not w.ok and w.sent_at >= fault]
     run.details["service_errors"] = {
         "failed_writes": len(during),
         "first_error_at": dr.iso(during[0].done_at) if during else None,

@@ -560,6 +560,7 @@ def recoverable_window(
         if newest_gaps.last_contiguous is not None
         else None
     )
+    latest: datetime | None
     if lw.reachable and newest_gaps.ok:
         live = True
         latest = now or utcnow()
@@ -769,7 +770,7 @@ def restore_node(env: LocalEnvironment, name: str, port: int) -> PgNode:
 
 
 def list_restores(env: LocalEnvironment) -> list[dict[str, Any]]:
-    found = []
+    found: list[dict[str, Any]] = []
     base = restores_dir(env)
     if not base.is_dir():
         return found
@@ -800,12 +801,6 @@ def discard_restore(env: LocalEnvironment, name: str) -> dict[str, Any]:
     shutil.rmtree(node.data_dir, ignore_errors=True)
     (restores_dir(env) / f"{name}.json").unlink(missing_ok=True)
     return {"name": name, "stopped": stopped, "removed": str(node.data_dir)}
-
-
-def start_restore(env: LocalEnvironment, name: str) -> PgNode:
-    _doc, node = get_restore(env, name)
-    node.start(timeout=env.settings.start_timeout)
-    return node
 
 
 @dataclass

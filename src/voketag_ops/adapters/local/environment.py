@@ -661,6 +661,28 @@ class LocalEnvironment:
         progress("starting the local environment (voke env up)")
         return self.up(progress)
 
+    # -- DR ------------------------------------------------------------------------------------
+    # Methods for `voke dr` / `voke drill` (issue 6); the machinery lives in adapters/local/dr.py.
+    def stop_restores(self, progress: Progress = lambda _msg: None) -> list[str]:
+        """Stop every instance `voke dr restore` left running under pg/restores (their data stays).
+
+        `down` and `destroy` should call this first: a restored postmaster outlives its deleted
+        data directory otherwise.
+        """
+        from voketag_ops.adapters.local import dr
+
+        stopped = []
+        if self.state() is None:
+            return stopped
+        for restored in dr.list_restores(self):
+            node = dr.restore_node(self, restored["name"], int(restored["port"]))
+            if node.running:
+                progress(f"stopping the restored instance {restored['name']}")
+                node.stop(mode="fast")
+                stopped.append(f"restore {restored['name']}")
+        return stopped
+
+
 def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 

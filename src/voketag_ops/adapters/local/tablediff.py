@@ -111,7 +111,8 @@ class PgSide:
     def _range(self, lo: Key | None, hi: Key | None) -> tuple[Any, list[Any]]:
         sql = self._sql
         ph = sql.SQL(", ").join(sql.Placeholder() for _ in range(self._n))
-        parts, params = [], []
+        parts: list[Any] = []
+        params: list[Any] = []
         if lo is not None:
             parts.append(sql.SQL("({}) >= ({})").format(self._k, ph))
             params.extend(lo)
