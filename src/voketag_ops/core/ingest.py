@@ -369,7 +369,8 @@ class BatchValidator:
         elif self.header is not None and self.rows_total == 0 and not self.fatal:
             self._fatal(Problem(self.header.line + 1, None, "no_rows", "the file has a header but no rows"))
         if self._leaves:
-            chunk.sealed.append(self._seal_chunk())
+            chunk.sealed.append(self._seal_chunk(self._leaves))
+            self._leaves = []
         return chunk
 
     def new_products(self) -> dict[str, str]:
@@ -414,7 +415,7 @@ class BatchValidator:
         if not final:
             lines.pop()  # body ends with a line break: the last piece is empty
         chunk = Chunk()
-        self._run(lines, first_line, final, flagged, line_problems, chunk)
+        self._run(lines, first_line, final, flagged, line_problems, chunk, "\r" in text)
         return chunk
 
     def _scan_nul(self, body: bytes, first_line: int, out: dict[int, list[Problem]]) -> None:
@@ -450,6 +451,7 @@ class BatchValidator:
         flagged: set[int],
         line_problems: dict[int, list[Problem]],
         chunk: Chunk,
+        crlf: bool = True,
     ) -> None:
         out: list[bytes] = []
         lineno = first_line - 1
@@ -474,9 +476,12 @@ class BatchValidator:
             width = header.width
             i_tag, i_sku, i_name, i_fac, i_ts = (header.index[c] for c in REQUIRED_COLUMNS)
             i_lot, i_color, i_size = (header.index.get(c) for c in OPTIONAL_COLUMNS)
+        if final and require_nl:
+            flagged.add(last)  # a last line without a line break goes to the slow path
+        rows = 0
         for raw in lines:
             lineno += 1
-            line = raw[:-1] if raw[-1:] == "\r" else raw
+            line = raw[:-1] if crlf and raw[-1:] == "\r" else raw
             if not line:
                 continue  # blank lines carry nothing
             if header is None:
@@ -488,11 +493,10 @@ class BatchValidator:
                 i_tag, i_sku, i_name, i_fac, i_ts = (header.index[c] for c in REQUIRED_COLUMNS)
                 i_lot, i_color, i_size = (header.index.get(c) for c in OPTIONAL_COLUMNS)
                 continue
-            self.rows_total += 1
-            chunk.rows += 1
+            rows += 1
             values: tuple[str, ...] | None = None
             fields = None
-            if (final and lineno == last and require_nl) or lineno in flagged:
+            if flagged and lineno in flagged:
                 pass
             elif '"' in line:
                 if rfc_line(line) is not None:
@@ -547,26 +551,29 @@ class BatchValidator:
                 )
             if values is None:
                 continue
-            leaf = "\t".join(values).encode()
-            leaves.append(leaf)
-            out.append(leaf)
-            if len(leaves) == SEAL_CHUNK:
-                chunk.sealed.append(self._seal_chunk())
+            out.append("\t".join(values).encode())
+        self.rows_total += rows
+        chunk.rows += rows
         self._line = last
         self.header = header
         self.rows_accepted += len(out)
         chunk.accepted = len(out)
+        leaves.extend(out)
+        if len(leaves) >= SEAL_CHUNK:
+            full = len(leaves) - len(leaves) % SEAL_CHUNK
+            for i in range(0, full, SEAL_CHUNK):
+                chunk.sealed.append(self._seal_chunk(leaves[i : i + SEAL_CHUNK]))
+            del leaves[:full]
         if out:
             data = b"\n".join(out)
             if b"\\" in data:  # COPY text format escapes backslashes, and only those can occur
                 data = data.replace(b"\\", b"\\\\")
             chunk.copy_data = data + b"\n"
 
-    def _seal_chunk(self) -> tuple[int, bytes]:
-        hashes, root = _hash_chunk(self._leaves)
+    def _seal_chunk(self, leaves: list[bytes]) -> tuple[int, bytes]:
+        hashes, root = _hash_chunk(leaves)
         number = len(self._chunk_roots)
         self._chunk_roots.append(root)
-        self._leaves.clear()  # in place: the hot loop holds a reference
         return number, hashes
 
     # -- header ---------------------------------------------------------------------------------
