@@ -187,14 +187,16 @@ def test_dry_run_writes_nothing(voke, db, tmp_path):
         ["ingest", "load", "batch.csv", "--partial"],
         ["ingest", "load", "batch.csv", "--max-errors", "-1"],
         ["ingest", "sample", "--rows", "0", "--out", "x.csv"],
+        ["ingest", "load", "batch.csv", "--db", "not a conninfo password=hunter22"],
     ],
-    ids=["missing-file", "partial-without-rejects", "negative-max-errors", "zero-rows"],
+    ids=["missing-file", "partial-without-rejects", "negative-max-errors", "zero-rows", "bad-db-string"],
 )
 def test_usage_errors_exit_2(voke, tmp_path, args):
     (tmp_path / "batch.csv").write_text(HEADER + GOOD)
     result = voke(*args, "--json")
     assert result.exit_code == 2, result.stdout + result.stderr
     assert result.json["error"]["exit_code"] == 2
+    assert "hunter22" not in result.stdout + result.stderr
 
 
 def test_unreachable_database_exits_4_without_the_password(voke, tmp_path):

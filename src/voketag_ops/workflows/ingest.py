@@ -191,6 +191,9 @@ def connect(conninfo: str) -> psycopg.Connection[Any]:
             register(str(password))
     try:
         return psycopg.connect(conninfo, autocommit=True, connect_timeout=10, application_name="voke ingest")
+    except psycopg.ProgrammingError:
+        # Not echoed: the string may hold a password.
+        raise UsageError("--db: not a valid PostgreSQL URL or conninfo string") from None
     except psycopg.Error as exc:
         raise BackendError(f"cannot connect to {describe_target(conninfo)}: {_first_line(exc)}") from None
 
