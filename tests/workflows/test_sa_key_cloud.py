@@ -106,3 +106,14 @@ def test_a_key_that_does_not_authenticate_is_rolled_back_and_deleted(cloud, voke
 def test_sa_key_needs_a_cloud_environment(voke, make_environ, tmp_path):
     result = voke("rotate", "sa-key", "ci", "--yes", "--json", environ=make_environ(tmp_path / "h"))
     assert result.exit_code == 3 and "cloud environment" in result.json["error"]["message"]
+
+
+def test_secrets_commands_read_secret_manager_on_a_cloud_env(cloud, voke):
+    fake, environ = cloud
+    _init(fake, voke, environ)
+    listed = voke("secrets", "list", "--json", environ=environ)
+    assert listed.exit_code == 0, listed.stdout + listed.stderr
+    assert [s["name"] for s in listed.json["result"]["secrets"]] == ["sa-ci"]
+    versions = voke("secrets", "versions", "sa-ci", "--json", environ=environ)
+    assert versions.json["result"]["aliases"] == {"current": 1}
+    assert "private_key" not in listed.stdout + versions.stdout

@@ -18,10 +18,10 @@ app = typer.Typer(help="List secrets and versions; `access` prints one value (op
 def _store(env: Any) -> Any:
     from voketag_ops.workflows.env import LocalPlatform
 
-    if env.settings.env != "local":
-        from voketag_ops.errors import ConfigError
+    if env.settings.env != "local":  # a Google Cloud environment: Secret Manager
+        from voketag_ops.workflows.cloud import CloudPlatform
 
-        raise ConfigError(f"environment {env.settings.env!r}: this version of voke reads the local secret store only")
+        return CloudPlatform(env.settings).store()
     platform = LocalPlatform(env.settings)
     return platform.store()
 
