@@ -1,0 +1,87 @@
+"""Error translation and retries of the GCP adapters, against faults injected into the
+fakes: retryable errors are retried (tenacity), others are not, and each becomes the voke
+error (and exit code) the adapter's one translate() assigns."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("google.cloud.secretmanager_v1")
+
+from voketag_ops.errors import ExitCode, NotFoundError, SecretError
+from voketag_ops.testing.gcp_fakes import FakeGcp
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeGcp]:
+    with FakeGcp() as f:
+        yield f
+
+
+@pytest.fixture
+def store(fake: FakeGcp) -> Any:
+    from voketag_ops.adapters.gcp.secrets import GcpSecretStore
+
+    s = GcpSecretStore(fake.context())
+    s.create("s")
+    s.add_version("s", b"v1")
+    return s
+
+
+def _calls(fake: FakeGcp, method: str, suffix: str) -> int:
+    return sum(1 for m, p in fake.rest.calls if m == method and p.endswith(suffix))
+
+
+def test_unavailable_is_retried_and_succeeds(fake, store):
+    fake.rest.fail("GET", r"/secrets/s$", "UNAVAILABLE", times=2)
+    before = _calls(fake, "GET", "/secrets/s")
+    assert store.get("s").name == "s"
+    assert _calls(fake, "GET", "/secrets/s") - before == 3
+
+
+def test_a_non_idempotent_call_is_not_retried_on_internal_errors(fake, store):
+    fake.rest.fail("POST", r":addVersion$", "INTERNAL", times=1)
+    with pytest.raises(SecretError) as err:
+        store.add_version("s", b"v2")
+    assert err.value.exit_code == ExitCode.BACKEND
+    assert _calls(fake, "POST", ":addVersion") == 2  # the first add, then this one failure: no retry
+    assert len(fake.secretmanager.secrets["s"].versions) == 1
+
+
+def test_throttling_is_retried_even_for_non_idempotent_calls(fake, store):
+    fake.rest.fail("POST", r":addVersion$", "RESOURCE_EXHAUSTED", times=1)
+    assert store.add_version("s", b"v2").version == 2
+
+
+def test_permission_denied_is_a_backend_error_with_the_doctor_hint(fake, store):
+    fake.rest.fail("GET", r"/secrets/s$", "PERMISSION_DENIED", times=1)
+    with pytest.raises(SecretError) as err:
+        store.get("s")
+    assert err.value.exit_code == ExitCode.BACKEND and "voke doctor" in (err.value.hint or "")
+
+
+def test_retries_give_up_after_the_configured_attempts(fake, store):
+    fake.rest.fail("GET", r"/secrets/s$", "UNAVAILABLE", times=10)
+    with pytest.raises(SecretError):
+        store.get("s")
+    assert sum(f.times for f in fake.rest.faults) == 10 - store.ctx.attempts
+
+
+def test_a_missing_cloud_run_service_is_not_found(fake):
+    from voketag_ops.adapters.gcp.run import CloudRunRuntime
+
+    runtime = CloudRunRuntime(fake.context(), {"nope": "s"})
+    with pytest.raises(NotFoundError):
+        runtime.services()
+
+
+def test_an_unreachable_api_is_a_backend_error(fake):
+    from voketag_ops.adapters.gcp.secrets import GcpSecretStore
+
+    ctx = fake.context(endpoints={"secretmanager": "http://127.0.0.1:9"}, attempts=2)
+    with pytest.raises(SecretError) as err:
+        GcpSecretStore(ctx).get("s")
+    assert err.value.exit_code == ExitCode.BACKEND
