@@ -195,11 +195,25 @@ def test_an_interrupted_failover_is_recorded_and_resumed(voke, environ, env, mon
     assert env.require_state().leader == "replica" and not (env.home / "dr" / "operation.json").exists()
 
 
-def test_failback_by_fresh_clone(voke, environ, env):
+def test_failback_by_fresh_clone_interrupted_mid_switchover_resumes(voke, environ, env, monkeypatch):
+    real_promote = dr.promote
+
+    def interrupted(node, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dr, "promote", interrupted)  # Ctrl-C after the leader stopped, before promotion
     result = voke("dr", "failback", "--clone", "--yes", "--json", environ=environ)
-    assert result.exit_code == 0, result.stderr
-    assert result.json["result"]["rebuilt"]["method"] == "clone"
-    assert env.require_state().leader == "primary"
+    assert result.exit_code == 130
+    monkeypatch.setattr(dr, "promote", real_promote)
+    pending = json.loads((env.home / "dr" / "operation.json").read_text())
+    assert pending["operation"] == "failback" and "switchover_started" in pending["done"]
+    assert pending["detail"]["rebuilt"]["method"] == "clone"
+    assert not env.node("replica").running  # the leader was stopped for the switchover
+    resumed = voke("dr", "failback", "--yes", "--json", environ=environ)
+    assert resumed.exit_code == 0, resumed.stderr
+    r = resumed.json["result"]
+    assert r["resumed"] is True and r["rebuilt"]["method"] == "clone" and r["leader"] == "primary"
+    assert env.require_state().leader == "primary" and dr.in_recovery(env.node("replica")) is True
     assert voke("dr", "check", environ=environ).exit_code == 0
 
 

@@ -1381,36 +1381,54 @@ def switchover(
     progress: Progress = _noop,
     timeout: float = 120,
     repoint: Repoint = no_services,
+    oplog: OperationLog | None = None,
 ) -> dict[str, Any]:
     """Planned: stop the leader cleanly, let the standby replay its last WAL, promote it, and make the
-    old leader its standby. Nothing acknowledged is lost; writes pause for the duration."""
+    old leader its standby. Nothing acknowledged is lost; writes pause for the duration.
+
+    With OPLOG it records `switchover_started` (before the leader stops) and `switched` (once
+    the standby leads), and a rerun after an interruption continues from there.
+    """
     steps = Steps()
     state = env.require_state()
-    leader, standby = env.node(state.leader, state), env.node(state.follower, state)
-    with steps.run(f"check {standby.name} is caught up", progress) as info:
-        info.update(wait_caught_up(leader, standby, timeout=timeout))
+    done = oplog.done if oplog is not None else (lambda _step: False)
+    if done("switched"):  # the promotion happened; the old leader is state.follower now
+        leader, standby = env.node(state.follower, state), env.node(state.leader, state)
+    else:
+        leader, standby = env.node(state.leader, state), env.node(state.follower, state)
     writes_stopped_at = utcnow()
-    with steps.run(f"stop {leader.name} cleanly", progress) as info:
-        leader.stop(mode="fast", timeout=timeout)
-        checkpoint = _checkpoint_lsn(leader)
-        info["shutdown_checkpoint"] = checkpoint
-    with steps.run(f"wait for {standby.name} to replay the shutdown checkpoint", progress) as info:
-        wait_until(
-            lambda: bool(
-                query_one(standby, "select pg_last_wal_replay_lsn() >= %s::pg_lsn", (checkpoint,))[0]
-            ),
-            f"{standby.name} to replay {checkpoint}",
-            timeout=timeout,
-        )
-        info["replayed"] = checkpoint
-    with steps.run(f"promote {standby.name}", progress) as info:
-        info["settled_archive_status"] = settle_archive_status(env, standby)
-        info["seconds"] = promote(standby, timeout=timeout)
-        promoted_at = utcnow()
-        info["settled_archive_status"] += settle_archive_status(env, standby)
-        env.set_leader(standby.name)
-        ensure_slot(standby)
-        info["timeline"] = current_timeline(standby)
+    promoted_at = first_write_at = None
+    if not done("switched"):
+        if not done("switchover_started"):
+            with steps.run(f"check {standby.name} is caught up", progress) as info:
+                info.update(wait_caught_up(leader, standby, timeout=timeout))
+            writes_stopped_at = utcnow()
+            if oplog is not None:
+                oplog.mark("switchover_started", writes_stopped_at=iso(writes_stopped_at))
+        with steps.run(f"stop {leader.name} cleanly", progress) as info:
+            if leader.running:
+                leader.stop(mode="fast", timeout=timeout)
+            checkpoint = _checkpoint_lsn(leader)
+            info["shutdown_checkpoint"] = checkpoint
+        with steps.run(f"wait for {standby.name} to replay the shutdown checkpoint", progress) as info:
+            wait_until(
+                lambda: bool(
+                    query_one(standby, "select pg_last_wal_replay_lsn() >= %s::pg_lsn", (checkpoint,))[0]
+                ),
+                f"{standby.name} to replay {checkpoint}",
+                timeout=timeout,
+            )
+            info["replayed"] = checkpoint
+        with steps.run(f"promote {standby.name}", progress) as info:
+            info["settled_archive_status"] = settle_archive_status(env, standby)
+            info["seconds"] = promote(standby, timeout=timeout)
+            promoted_at = utcnow()
+            info["settled_archive_status"] += settle_archive_status(env, standby)
+            env.set_leader(standby.name)
+            ensure_slot(standby)
+            info["timeline"] = current_timeline(standby)
+        if oplog is not None:
+            oplog.mark("switched")
     with steps.run("verify a write on the new leader", progress):
         if not probe_write(standby):
             raise NeedsOperatorError(
@@ -1418,14 +1436,19 @@ def switchover(
             )
     first_write_at = utcnow()
     with steps.run(f"start {leader.name} as a standby of {standby.name}", progress) as info:
-        write_standby_config(env, leader, standby)
-        leader.start(timeout=env.settings.start_timeout)
-        try:
-            info.update(wait_caught_up(standby, leader, timeout=timeout))
-            info["method"] = "follow"
-        except BackendError:
-            info.update(rebuild_standby(env, leader, standby, progress=progress))
-            info.update(wait_caught_up(standby, leader, timeout=timeout))
+        if in_recovery(leader) is True and _streams_from(standby, leader):
+            info["method"] = "already streaming"
+        else:
+            if leader.running:
+                leader.stop(mode="fast", timeout=timeout)
+            write_standby_config(env, leader, standby)
+            leader.start(timeout=env.settings.start_timeout)
+            try:
+                info.update(wait_caught_up(standby, leader, timeout=timeout))
+                info["method"] = "follow"
+            except BackendError:
+                info.update(rebuild_standby(env, leader, standby, progress=progress))
+                info.update(wait_caught_up(standby, leader, timeout=timeout))
         drop_slot_if_idle(leader)
     with steps.run("repoint services", progress) as info:
         info.update(repoint(standby))
@@ -1435,7 +1458,9 @@ def switchover(
         "writes_stopped_at": iso(writes_stopped_at),
         "promoted_at": iso(promoted_at),
         "first_write_at": iso(first_write_at),
-        "write_pause_seconds": round((first_write_at - writes_stopped_at).total_seconds(), 3),
+        "write_pause_seconds": round((first_write_at - writes_stopped_at).total_seconds(), 3)
+        if promoted_at
+        else None,
         "steps": steps.as_list(),
     }
 
@@ -1458,7 +1483,7 @@ def failback(
     repoint: Repoint = no_services,
 ) -> dict[str, Any]:
     """Rebuild the fenced former leader as a standby of the current one, wait for it to catch up,
-    and (SWITCH_BACK) switch over so it leads again."""
+    and (SWITCH_BACK) switch over so it leads again. Interrupted, a rerun resumes it."""
     t0 = time.monotonic()
     steps = Steps()
     state = env.require_state()
@@ -1468,31 +1493,36 @@ def failback(
         raise PreconditionError(
             f"an interrupted `voke dr {pending.get('operation')}` must be finished first: {pending.get('resume')}"
         )
-    if in_recovery(leader) is not False:
-        raise PreconditionError(
-            f"the leader {leader.name} is not a writable primary; nothing to fail back to"
-        )
-    old_role = in_recovery(old)
-    if old_role is False:
-        raise PreconditionError(
-            f"split brain: {old.name} is writable beside the leader {leader.name}; "
-            f"fence it first with `voke dr fence {old.name} --yes`"
-        )
-    oplog = OperationLog(env, "failback", "voke dr failback --yes")
+    mid_switchover = bool(pending) and "switchover_started" in (pending or {}).get("done", [])
     rebuilt: dict[str, Any] = {"method": "already a streaming standby"}
-    streaming_now = old_role is True and _streams_from(leader, old)
-    if not streaming_now and not oplog.done("rebuilt"):
-        with steps.run(f"rebuild {old.name} as a standby of {leader.name}", progress) as info:
-            rebuilt = rebuild_standby(env, old, leader, progress=progress, force_clone=force_clone)
-            info.update(rebuilt)
-    oplog.mark("rebuilt", **rebuilt)
-    (env.home / "dr" / f"fenced-{old.name}.json").unlink(missing_ok=True)
-    with steps.run(f"wait for {old.name} to catch up", progress) as info:
-        info.update(wait_caught_up(leader, old, timeout=timeout))
-    oplog.mark("caught_up")
-    result: dict[str, Any] = {"rebuilt": rebuilt, "switched_back": False}
-    if switch_back:
-        swap = switchover(env, progress=progress, timeout=timeout, repoint=repoint)
+    if mid_switchover:
+        oplog = OperationLog(env, "failback", "voke dr failback --yes")
+        rebuilt = dict((oplog.doc.get("detail") or {}).get("rebuilt") or rebuilt)
+    else:
+        if in_recovery(leader) is not False:
+            raise PreconditionError(
+                f"the leader {leader.name} is not a writable primary; nothing to fail back to"
+            )
+        old_role = in_recovery(old)
+        if old_role is False:
+            raise PreconditionError(
+                f"split brain: {old.name} is writable beside the leader {leader.name}; "
+                f"fence it first with `voke dr fence {old.name} --yes`"
+            )
+        oplog = OperationLog(env, "failback", "voke dr failback --yes")
+        streaming_now = old_role is True and _streams_from(leader, old)
+        if not streaming_now and not oplog.done("rebuilt"):
+            with steps.run(f"rebuild {old.name} as a standby of {leader.name}", progress) as info:
+                rebuilt = rebuild_standby(env, old, leader, progress=progress, force_clone=force_clone)
+                info.update(rebuilt)
+        oplog.mark("rebuilt", **rebuilt)
+        (env.home / "dr" / f"fenced-{old.name}.json").unlink(missing_ok=True)
+        with steps.run(f"wait for {old.name} to catch up", progress) as info:
+            info.update(wait_caught_up(leader, old, timeout=timeout))
+        oplog.mark("caught_up")
+    result: dict[str, Any] = {"rebuilt": rebuilt, "switched_back": False, "resumed": oplog.resumed}
+    if switch_back or mid_switchover:
+        swap = switchover(env, progress=progress, timeout=timeout, repoint=repoint, oplog=oplog)
         steps.extend(Step(**s) for s in swap.pop("steps"))
         result.update(switchover=swap, switched_back=True)
     oplog.finish()
