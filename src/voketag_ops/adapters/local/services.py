@@ -254,7 +254,8 @@ class LocalServiceRuntime:
         for pid in pids:
             if _alive(pid):
                 _signal(pid, signal.SIGKILL)
-        return stopped
+        order = list(self.consumers)  # the registry's order depends on which parallel deploy wrote first
+        return sorted(stopped, key=lambda n: order.index(n) if n in order else len(order))
 
     # -- instances --------------------------------------------------------------------------
     def _start(self, service: str, secret: str, version: int) -> dict[str, Any]:
