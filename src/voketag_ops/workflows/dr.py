@@ -35,6 +35,7 @@ def _quiet(_msg: str) -> None:
 
 def require_local(settings: Settings) -> None:
     if settings.env != "local":
+        settings.environment(settings.env)  # an unknown or invalid environment is named as such
         raise ConfigError(
             f"`voke dr` and `voke drill` drive the local environment; {settings.env!r} is a cloud "
             "environment and its Cloud SQL adapter is not available yet"
