@@ -262,13 +262,3 @@ th{{background:#f5f5f5}} .status{{color:#fff;background:{status_colour};padding:
 {f"<h2>Error</h2><p>{e(j['error'])}</p>" if j.get("error") else ""}
 </body></html>
 """
-
-
-def history_markdown(journals: Sequence[Mapping[str, Any]], trends: Mapping[str, Mapping[str, Any]]) -> str:
-    lines = ["| run | scenario | started | status | RTO s | RPO s | lost |", "|---|---|---|---|---|---|---|"]
-    for j in journals:
-        lines.append(
-            f"| {j['run_id']} | {j['scenario']} | {j['started_at']} | {j['status']} | "
-            f"{_fmt(j.get('rto_seconds'))} | {_fmt(j.get('rpo_seconds'))} | {_fmt(j.get('lost_commits'))} |"
-        )
-    return "\n".join(lines) + "\n"
