@@ -136,3 +136,27 @@ def test_voke_metrics_only_under_the_prefix(cloud):
     assert fake.monitoring.written(catalog.DRILL_RTO)[0].points[0].value.double_value == 42.0
     with pytest.raises(UsageError):
         monitoring.write("custom.googleapis.com/other/thing", 1, {})
+
+
+def test_cli_dr_status_and_check_on_a_cloud_env(cloud, voke, make_environ, tmp_path):
+    import json as _json
+
+    fake, _settings, _recovery = cloud
+    env = fake.environment(replica="voke-db-dr")
+    lines = ["[environments.prod]"]
+    lines += [f"{k} = {_json.dumps(v)}" for k, v in env.items() if not isinstance(v, dict)]
+    lines += ["[environments.prod.endpoints]"] + [
+        f"{k} = {_json.dumps(v)}" for k, v in env["endpoints"].items()
+    ]
+    (tmp_path / "voke.toml").write_text("\n".join(lines) + "\n")
+    environ = make_environ(tmp_path / "state", VOKE_CONFIG=str(tmp_path / "voke.toml"))
+    status = voke("--env", "prod", "dr", "status", "--json", environ=environ)
+    assert status.exit_code == 0, status.stdout + status.stderr
+    assert status.json["result"]["leader"]["name"] == "voke-db"
+    human = voke("--env", "prod", "dr", "status", environ=environ)
+    assert human.exit_code == 0, human.stderr
+    assert "voke-db" in human.stdout
+    ok = voke("--env", "prod", "dr", "check", "--json", environ=environ)
+    assert ok.exit_code == 0, ok.stdout
+    breach = voke("--env", "prod", "dr", "check", "--max-backup-age", "1h", environ=environ)
+    assert breach.exit_code == 1 and "backup_age" in breach.stdout + breach.stderr

@@ -35,6 +35,14 @@ def status(ctx: typer.Context) -> None:
     """Roles, replication lag (heartbeat), WAL archiving, newest backup, recoverable window, last drill."""
     from voketag_ops.workflows import dr
 
+    env = use(ctx)
+    if env.settings.env != "local":  # Cloud SQL through the DatabaseRecovery port, same report shape
+        from voketag_ops.workflows import cloud_dr
+
+        env.out.result(
+            cloud_dr.status(env.settings, cloud_dr.recovery_for(env.settings)), render=_render_status
+        )
+        return
     env, local = _local(ctx)
     env.out.result(dr.status(env.settings, local), render=_render_status)
 
@@ -56,11 +64,17 @@ def check(
     """Judge `dr status` against thresholds; exit 1 with one line per failed check (for cron)."""
     from voketag_ops.workflows import dr
 
-    env, local = _local(ctx)
+    env = use(ctx)
     limits = dr.thresholds(
         env.settings, max_backup_age=max_backup_age, max_lag=max_lag, min_pitr_window=min_pitr_window
     )
-    report = dr.check(env.settings, local, limits)
+    if env.settings.env != "local":
+        from voketag_ops.workflows import cloud_dr
+
+        report = cloud_dr.check(env.settings, cloud_dr.recovery_for(env.settings), limits)
+    else:
+        env, local = _local(ctx)
+        report = dr.check(env.settings, local, limits)
     failed = [c for c in report["checks"] if not c["ok"]]
     env.out.result(
         report,
@@ -337,16 +351,20 @@ def _render_status(console: Console, r: dict[str, Any]) -> None:
         console.print(f"the local environment does not exist ({r['home']}); `voke env up` creates it")
         return
     leader, standby = r["leader"], r["standby"]
-    console.print(
-        f"leader   {leader['name']:<8} {leader['role']:<8} port {leader['port']}  timeline {leader['timeline']}"
-    )
+
+    def where(node: dict[str, Any]) -> str:  # local nodes have a port and timeline, Cloud SQL a region
+        if "port" in node:
+            return f"port {node['port']}  timeline {node.get('timeline')}"
+        return f"{node.get('region', '-')} ({node.get('state', '?')})"
+
+    console.print(f"leader   {leader['name']:<8} {leader['role']:<8} {where(leader)}")
     lag = (
         f"lag {standby['lag_seconds']:.2f} s / {standby['lag_bytes']} B"
         if standby.get("lag_seconds") is not None
         else "lag unknown"
     )
     console.print(
-        f"standby  {standby['name']:<8} {standby['role']:<8} port {standby['port']}  "
+        f"standby  {standby['name']:<8} {standby['role']:<8} {where(standby)}  "
         f"{'streaming' if standby.get('streaming') else 'NOT streaming'}, {lag}"
     )
     if r["split_brain"]:
@@ -359,9 +377,14 @@ def _render_status(console: Console, r: dict[str, Any]) -> None:
     )
     newest = r["newest_backup"]
     if newest:
-        console.print(
-            f"backup   {newest['label']} ({newest['age_seconds'] / 3600:.1f} h old), {r['backups']} in total"
-        )
+        count = len(r["backups"]) if isinstance(r["backups"], list) else r["backups"]
+        age = newest.get("age_seconds")
+        if age is None and newest.get("finished_at"):
+            from datetime import datetime, timezone
+
+            finished = datetime.fromisoformat(newest["finished_at"].replace("Z", "+00:00"))
+            age = (datetime.now(timezone.utc) - finished).total_seconds()
+        console.print(f"backup   {newest['label']} ({(age or 0) / 3600:.1f} h old), {count} in total")
     else:
         console.print("backup   none")
     window = r["recoverable_window"] or {}
