@@ -391,7 +391,13 @@ class LocalEnvironment:
             )
 
     def _common_settings(self, node: PgNode) -> dict[str, str | int | bool]:
-        archive_cmd = f"test ! -f '{self.archive_dir}/%f' && cp '%p' '{self.archive_dir}/%f.tmp' && mv '{self.archive_dir}/%f.tmp' '{self.archive_dir}/%f'"
+        # Idempotent: a segment already archived with the same bytes counts as archived (a promoted
+        # standby re-offers segments it inherited); different bytes under the same name fail loudly.
+        dest = f"'{self.archive_dir}/%f'"
+        archive_cmd = (
+            f"if test -f {dest}; then cmp -s '%p' {dest}; "
+            f"else cp '%p' {dest[:-1]}.tmp' && mv {dest[:-1]}.tmp' {dest}; fi"
+        )
         return {
             "listen_addresses": "127.0.0.1",
             "port": node.port,
@@ -575,7 +581,9 @@ class LocalEnvironment:
         report["leader"] = state.leader
         writable = [n for n, i in info.items() if i["role"] == "primary"]
         report["split_brain"] = len(writable) > 1
-        source = nodes[state.leader] if state.leader in writable else (nodes[writable[0]] if writable else None)
+        source = (
+            nodes[state.leader] if state.leader in writable else (nodes[writable[0]] if writable else None)
+        )
         lag: dict[str, Any] = {"lag_bytes": None, "lag_seconds": None, "streaming": False}
         if source is not None:
             lag = _replication_lag(source)
@@ -612,7 +620,7 @@ class LocalEnvironment:
             if state is None:
                 return {"home": str(self.home), "stopped": [], "existed": False}
             runner = self._runner(state)
-            stopped = []
+            stopped = self.stop_restores(progress)  # a restored postmaster would outlive everything else
             for name in (state.follower, state.leader):  # standby first: it must not see a lost primary
                 node = self.node(name, state, runner)
                 if node.running:
@@ -628,6 +636,7 @@ class LocalEnvironment:
             state = self.state() if self.state_file.exists() else None
             if state is not None:
                 try:
+                    self.stop_restores(progress)
                     runner = self._runner(state)
                     for name in ("replica", "primary"):
                         node = self.node(name, state, runner)
@@ -671,7 +680,7 @@ class LocalEnvironment:
         """
         from voketag_ops.adapters.local import dr
 
-        stopped = []
+        stopped: list[str] = []
         if self.state() is None:
             return stopped
         for restored in dr.list_restores(self):
