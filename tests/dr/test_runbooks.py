@@ -3,44 +3,24 @@ parses against the real CLI (Click context parsing, nothing is executed)."""
 
 from __future__ import annotations
 
-import re
-import shlex
 from pathlib import Path
-from typing import Any
 
 import pytest
-import typer
 
 from voketag_ops.cli._click import ClickUsageError
-from voketag_ops.cli.app import app, hoist_global_flags
+from voketag_ops.testing import cli as testing_cli
 
 RUNBOOKS = Path(__file__).resolve().parents[2] / "runbooks"
-FENCE = re.compile(r"^```bash\n(.*?)^```", re.M | re.S)
 
 
 def voke_commands() -> list[tuple[str, list[str]]]:
     found = []
     for path in sorted(RUNBOOKS.glob("*.md")):
-        for block in FENCE.findall(path.read_text()):
-            for line in block.replace("\\\n", " ").splitlines():
-                for part in re.split(r"\s*(?:&&|\|\||;|\|)\s*", line.strip()):
-                    words = shlex.split(part, comments=True)
-                    if words and words[0] == "voke":
-                        found.append((f"{path.name}: {part}", words[1:]))
+        found += testing_cli.voke_commands(path.read_text(), label=f"{path.name}: ")
     return found
 
 
-def parse(args: list[str]) -> Any:
-    """Resolve sub-commands and parse every option and argument, as Click would before invoking."""
-    command = typer.main.get_command(app)
-    ctx = command.make_context("voke", hoist_global_flags(args), resilient_parsing=False)
-    while hasattr(ctx.command, "resolve_command"):  # a group (Click's or Typer's)
-        rest = [*ctx._protected_args, *ctx.args]
-        assert rest, f"{ctx.command_path} needs a sub-command"
-        name, sub, remaining = ctx.command.resolve_command(ctx, rest)
-        assert sub is not None, f"unknown command {rest[0]!r} under {ctx.command_path}"
-        ctx = sub.make_context(name, remaining, parent=ctx, resilient_parsing=False)
-    return ctx
+parse = testing_cli.parse
 
 
 COMMANDS = voke_commands()

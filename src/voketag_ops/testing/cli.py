@@ -1,0 +1,56 @@
+"""Check documented `voke` commands against the real CLI without running them."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Any
+
+FENCE = re.compile(r"^```bash\n(.*?)^```", re.M | re.S)
+
+
+def voke_commands(markdown: str, *, label: str = "") -> list[tuple[str, list[str]]]:
+    """Every `voke ...` command in MARKDOWN's bash blocks, split at && || ; and pipes."""
+    found = []
+    for block in FENCE.findall(markdown):
+        for line in block.replace("\\\n", " ").splitlines():
+            for words in _commands(line):
+                if words and (words[0] == "voke" or words[0].endswith("/voke")):
+                    found.append((f"{label}{' '.join(words)}", words[1:]))
+    return found
+
+
+def _commands(line: str) -> list[list[str]]:
+    """LINE split into simple commands at && || ; | (quote-aware, comments dropped)."""
+    lex = shlex.shlex(line, posix=True, punctuation_chars=";&|<>")
+    lex.whitespace_split = True
+    lex.commenters = "#"
+    commands: list[list[str]] = [[]]
+    redirect = False
+    for token in lex:
+        if redirect:  # the file name after < or >
+            redirect = False
+        elif token in ("&&", "||", ";", "|", "&"):
+            commands.append([])
+        elif token in ("<", ">", ">>", ">&", "<<"):
+            redirect = True
+        else:
+            commands[-1].append(token)
+    return [c for c in commands if c]
+
+
+def parse(args: list[str]) -> Any:
+    """Resolve sub-commands and parse every option and argument, as Click would before invoking."""
+    import typer
+
+    from voketag_ops.cli.app import app, hoist_global_flags
+
+    command = typer.main.get_command(app)
+    ctx = command.make_context("voke", hoist_global_flags(args), resilient_parsing=False)
+    while hasattr(ctx.command, "resolve_command"):  # a group (Click's or Typer's)
+        rest = [*ctx._protected_args, *ctx.args]
+        assert rest, f"{ctx.command_path} needs a sub-command"
+        name, sub, remaining = ctx.command.resolve_command(ctx, rest)
+        assert sub is not None, f"unknown command {rest[0]!r} under {ctx.command_path}"
+        ctx = sub.make_context(name, remaining, parent=ctx, resilient_parsing=False)
+    return ctx
