@@ -48,17 +48,31 @@ def main() -> None:
         times = []
         for _ in range(3):
             t0 = time.perf_counter()
-            subprocess.run([script, "env", "up"], env=env, check=True, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+            subprocess.run(
+                [script, "env", "up"],
+                env=env,
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             times.append(time.perf_counter() - t0)
             t_status = median_time([script, "env", "status"], env, runs=5)
-            subprocess.run([script, "env", "destroy", "--yes"], env=env, check=True, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+            subprocess.run(
+                [script, "env", "destroy", "--yes"],
+                env=env,
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         up = statistics.median(times)
-        print(f"env up: from nothing to streaming replica + base backup: median {up:.2f} s of 3 "
-              f"(ratio {up / base:.0f}x python -c pass; goal < 10 s)")
-        print(f"startup: voke env status (running env)   median {t_status * 1000:7.1f} ms  "
-              f"ratio {t_status / base:5.2f}x python -c pass")
+        print(
+            f"env up: from nothing to streaming replica + base backup: median {up:.2f} s of 3 "
+            f"(ratio {up / base:.0f}x python -c pass; goal < 10 s)"
+        )
+        print(
+            f"startup: voke env status (running env)   median {t_status * 1000:7.1f} ms  "
+            f"ratio {t_status / base:5.2f}x python -c pass"
+        )
     finally:
         shutil.rmtree(home, ignore_errors=True)
 

@@ -88,7 +88,8 @@ class GcpEnvironment(_Model):
     services: tuple[str, ...] = Field(default=DEFAULT_SERVICES, description="Cloud Run services")
     secrets: dict[str, str] = Field(default_factory=dict, description="logical name -> Secret Manager id")
     credentials: Literal["adc", "anonymous"] = Field(
-        default="adc", description="adc: Application Default Credentials; anonymous: only for fakes and emulators"
+        default="adc",
+        description="adc: Application Default Credentials; anonymous: only for fakes and emulators",
     )
     endpoints: dict[str, str] = Field(
         default_factory=dict,
@@ -99,7 +100,9 @@ class GcpEnvironment(_Model):
         default=None, description="address voke logs in to for tests (default: the instance's private IP)"
     )
     db_port: int = Field(default=5432, ge=1, le=65535, description="PostgreSQL port at db_host")
-    health_path: str = Field(default="/health", description="path of each Cloud Run service's health endpoint")
+    health_path: str = Field(
+        default="/health", description="path of each Cloud Run service's health endpoint"
+    )
     timeout: float = Field(default=30.0, gt=0, le=600, description="seconds each API call may take")
     operation_timeout: float = Field(
         default=1800.0, gt=0, description="seconds to wait for a Cloud SQL / Cloud Run operation to finish"
@@ -116,13 +119,17 @@ class CoverageService(_Model):
         "services/NAME/, src/NAME_WITH_UNDERSCORES/); the longest matching prefix wins",
     )
     target: float | None = Field(default=None, ge=0, le=100, description="percent (default: coverage.target)")
-    baseline: float | None = Field(default=None, ge=0, le=100, description="percent the trend is compared with")
+    baseline: float | None = Field(
+        default=None, ge=0, le=100, description="percent the trend is compared with"
+    )
 
 
 class CoverageSettings(_Model):
     """`voke coverage` (`[coverage]` in voke.toml, `[tool.voke.coverage]` in pyproject.toml)."""
 
-    target: float = Field(default=80.0, ge=0, le=100, description="overall target, and each service's default")
+    target: float = Field(
+        default=80.0, ge=0, le=100, description="overall target, and each service's default"
+    )
     baseline: float | None = Field(default=68.0, ge=0, le=100, description="overall baseline (percent)")
     services: dict[str, CoverageService] = Field(
         default_factory=lambda: {
@@ -138,7 +145,10 @@ class CoverageSettings(_Model):
         '`*` matches one path segment, e.g. "/home/runner/work/*/*/" = ""',
     )
     precision: int | None = Field(
-        default=None, ge=0, le=10, description="decimals shown (default: coverage.py's [report] precision, else 0)"
+        default=None,
+        ge=0,
+        le=10,
+        description="decimals shown (default: coverage.py's [report] precision, else 0)",
     )
     rule: Literal["auto", "coverage", "coverage-7.16", "strict"] = Field(
         default="auto",
@@ -193,11 +203,15 @@ class DrSettings(_Model):
 class DbUserSettings(_Model):
     """A managed database login (`[rotation.db_users.NAME]`)."""
 
-    secret: str = Field(default="db-app", description="secret holding the credential (JSON: username, password, host...)")
+    secret: str = Field(
+        default="db-app", description="secret holding the credential (JSON: username, password, host...)"
+    )
     strategy: Literal["alternating", "single"] = Field(
         default="alternating", description="alternating: two login roles in one owner role; single: one role"
     )
-    roles: tuple[str, str] = Field(default=("app_a", "app_b"), description="the two login roles (single uses the first)")
+    roles: tuple[str, str] = Field(
+        default=("app_a", "app_b"), description="the two login roles (single uses the first)"
+    )
     owner: str = Field(default="app_owner", description="NOLOGIN role that owns the objects both logins use")
     database: str = Field(default="voketag", description="database the credential is for")
     services: tuple[str, ...] = Field(default=DEFAULT_SERVICES, description="services that read this secret")
@@ -238,7 +252,9 @@ class ApiKeySettings(_Model):
 class JwtSettings(_Model):
     """The JWT signing keyring (`[rotation.jwt]`)."""
 
-    secret: str = Field(default="jwt-signing", description="secret holding the keyring (next/current/previous)")
+    secret: str = Field(
+        default="jwt-signing", description="secret holding the keyring (next/current/previous)"
+    )
     algorithm: Literal["ES256", "RS256", "EdDSA"] = Field(default="ES256", description="signing algorithm")
     max_token_lifetime_seconds: int = Field(default=3600, ge=60, description="the old key stays this long")
     verifier_refresh_seconds: int = Field(default=300, ge=0, description="publish this long before signing")
@@ -266,13 +282,16 @@ class RotationSettings(_Model):
     )
     jwt: JwtSettings = Field(default_factory=JwtSettings, description="the JWT signing keyring")
     notify_webhook: str | None = Field(
-        default=None, description="Slack-compatible webhook told of each rotation's outcome (no secret values)"
+        default=None,
+        description="Slack-compatible webhook told of each rotation's outcome (no secret values)",
     )
     password_length: int = Field(default=32, ge=16, le=128, description="generated DB password length")
     test_attempts: int = Field(default=3, ge=1, le=20, description="tries of the test step")
     test_interval: float = Field(default=5.0, ge=0, le=300, description="seconds between test tries")
     lease_seconds: int = Field(default=600, ge=10, description="how long a rotation's lock lease lasts")
-    health_timeout: float = Field(default=20.0, ge=1, description="seconds for a new service instance to be healthy")
+    health_timeout: float = Field(
+        default=20.0, ge=1, description="seconds for a new service instance to be healthy"
+    )
     keep_versions: int = Field(default=3, ge=1, description="newest versions cleanup never touches")
     disable_after_hours: float = Field(default=24, ge=0, description="disable superseded versions after this")
     destroy_after_days: float = Field(default=30, ge=0, description="destroy disabled versions after this")
@@ -284,7 +303,9 @@ class IngestSettings(_Model):
     max_file_bytes: int = Field(
         default=100 * 1024 * 1024, ge=1, description="largest batch file accepted (checked before reading it)"
     )
-    max_errors: int = Field(default=100, ge=0, description="problems listed per rejected file (all are counted)")
+    max_errors: int = Field(
+        default=100, ge=0, description="problems listed per rejected file (all are counted)"
+    )
     require_final_newline: bool = Field(
         default=True, description="reject a last row without a line break (an upload cut mid-row)"
     )

@@ -63,7 +63,11 @@ def test_up_starts_primary_replica_archive_and_backup(voke, home, env_of):
     assert [b["label"] for b in status["backups"]] == [up["backup"]]
     assert status["backups"][0]["finished_at"].endswith("Z")
     assert status["healthy"] is True
-    assert [s["name"] for s in status["services"]] == ["admin-service", "factory-service", "blockchain-service"]
+    assert [s["name"] for s in status["services"]] == [
+        "admin-service",
+        "factory-service",
+        "blockchain-service",
+    ]
     for service in status["services"]:
         assert service["healthy"] is True and service["secret"] == "db-app" and service["secret_version"] == 2
         assert service["url"].startswith("http://127.0.0.1:") and service["url"].endswith("/health")
@@ -74,13 +78,21 @@ def test_up_starts_primary_replica_archive_and_backup(voke, home, env_of):
 def test_server_settings_and_replication_slot(home):
     env = local(home)
     with env.primary().connect() as conn:
-        settings = dict(conn.execute(
-            "select name, setting from pg_settings where name in "
-            "('data_checksums', 'wal_level', 'archive_mode', 'listen_addresses')"
-        ).fetchall())
-        slot = conn.execute("select active from pg_replication_slots where slot_name = 'voke_replica'").fetchone()
-    assert settings == {"data_checksums": "on", "wal_level": "replica", "archive_mode": "on",
-                        "listen_addresses": "127.0.0.1"}
+        settings = dict(
+            conn.execute(
+                "select name, setting from pg_settings where name in "
+                "('data_checksums', 'wal_level', 'archive_mode', 'listen_addresses')"
+            ).fetchall()
+        )
+        slot = conn.execute(
+            "select active from pg_replication_slots where slot_name = 'voke_replica'"
+        ).fetchone()
+    assert settings == {
+        "data_checksums": "on",
+        "wal_level": "replica",
+        "archive_mode": "on",
+        "listen_addresses": "127.0.0.1",
+    }
     assert slot == (True,)
 
 
@@ -136,7 +148,9 @@ def test_kill_9_is_reported_and_up_recovers_without_data_loss(voke, home, env_of
         assert conn.execute("select count(*) from t_crash").fetchone()[0] == committed
 
     def streaming():
-        return voke("env", "status", "--json", environ=env_of(home)).json["result"]["replica"].get("streaming")
+        return (
+            voke("env", "status", "--json", environ=env_of(home)).json["result"]["replica"].get("streaming")
+        )
 
     wait_for(streaming, "the replica to stream again")
 
@@ -145,7 +159,11 @@ def test_down_keeps_data_and_up_restarts(voke, home, env_of):
     result = voke("env", "down", "--json", environ=env_of(home))
     assert result.exit_code == 0
     assert result.json["result"]["stopped"] == [
-        "admin-service", "factory-service", "blockchain-service", "replica", "primary"
+        "admin-service",
+        "factory-service",
+        "blockchain-service",
+        "replica",
+        "primary",
     ]
     status = voke("env", "status", "--json", environ=env_of(home)).json["result"]
     assert not status["primary"]["running"] and not status["replica"]["running"]
@@ -199,10 +217,17 @@ def test_destroy_dry_run_changes_nothing_then_destroy(voke, home, env_of):
     assert not (home / "pg").exists() and not (home / "state.json").exists()
     status = voke("env", "status", "--json", environ=env_of(home)).json["result"]
     assert status["initialized"] is False
-    events = voke("audit", "show", "--json", "--limit", "1000", environ=env_of(home)).json["result"]["entries"]
+    events = voke("audit", "show", "--json", "--limit", "1000", environ=env_of(home)).json["result"][
+        "entries"
+    ]
     kinds = {(e["event_type"], e["result"]) for e in events}
-    assert {("env.up", "success"), ("env.up", "unchanged"), ("env.down", "success"),
-            ("env.destroy", "success"), ("env.up", "failure")} <= kinds
+    assert {
+        ("env.up", "success"),
+        ("env.up", "unchanged"),
+        ("env.down", "success"),
+        ("env.destroy", "success"),
+        ("env.up", "failure"),
+    } <= kinds
 
 
 def test_missing_binaries_is_exit_3(voke, tmp_path, env_of):

@@ -15,7 +15,9 @@ def settings_of(result):
 
 def test_precedence_defaults_file_env_flag(voke, make_environ, tmp_path):
     home = tmp_path / "home"
-    (tmp_path / "voke.toml").write_text('log_level = "info"\n[local]\narchive_timeout = 30\nsystem_user = "pgfile"\n')
+    (tmp_path / "voke.toml").write_text(
+        'log_level = "info"\n[local]\narchive_timeout = 30\nsystem_user = "pgfile"\n'
+    )
     env = make_environ(home, VOKE_LOCAL__ARCHIVE_TIMEOUT="20", VOKE_LOG_LEVEL="error")
     shown = settings_of(voke("config", "show", "--json", "--log-level", "debug", environ=env))
     assert shown["local.archive_timeout"] == {"value": 20, "source": "env VOKE_LOCAL__ARCHIVE_TIMEOUT"}
@@ -26,7 +28,9 @@ def test_precedence_defaults_file_env_flag(voke, make_environ, tmp_path):
 
 
 def test_pyproject_tool_voke_table_is_read(voke, make_environ, tmp_path):
-    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n[tool.voke.local]\narchive_timeout = 42\n')
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "x"\n[tool.voke.local]\narchive_timeout = 42\n'
+    )
     shown = settings_of(voke("config", "show", "--json", environ=make_environ(tmp_path / "h")))
     assert shown["local.archive_timeout"]["value"] == 42
     assert shown["local.archive_timeout"]["source"].endswith("pyproject.toml")
@@ -61,13 +65,17 @@ def test_bad_config_is_exit_3_naming_key_and_file(voke, make_environ, tmp_path, 
 
 
 def test_bad_env_var_names_the_variable(voke, make_environ, tmp_path):
-    result = voke("env", "status", "--json", environ=make_environ(tmp_path / "h", VOKE_LOCAL__START_TIMEOUT="x"))
+    result = voke(
+        "env", "status", "--json", environ=make_environ(tmp_path / "h", VOKE_LOCAL__START_TIMEOUT="x")
+    )
     assert result.exit_code == 3
     assert "env VOKE_LOCAL__START_TIMEOUT: local.start_timeout" in result.json["error"]["message"]
 
 
 def test_missing_explicit_config_file(voke, make_environ, tmp_path):
-    result = voke("config", "show", "--config", str(tmp_path / "nope.toml"), environ=make_environ(tmp_path / "h"))
+    result = voke(
+        "config", "show", "--config", str(tmp_path / "nope.toml"), environ=make_environ(tmp_path / "h")
+    )
     assert result.exit_code == 3 and "nope.toml" in result.stderr
 
 
@@ -85,7 +93,9 @@ def test_named_environment_validated_when_used(tmp_path):
 
 
 def test_config_show_redacts_secret_looking_keys(voke, make_environ, tmp_path):
-    (tmp_path / "voke.toml").write_text('[environments.prod]\nproject = "p"\ninstance = "i"\napi_token = "tok-123456"\n')
+    (tmp_path / "voke.toml").write_text(
+        '[environments.prod]\nproject = "p"\ninstance = "i"\napi_token = "tok-123456"\n'
+    )
     result = voke("config", "show", "--json", environ=make_environ(tmp_path / "h"))
     assert "tok-123456" not in result.stdout
     assert result.json["result"]["settings"]["environments.prod.api_token"]["value"] == "***"

@@ -25,15 +25,32 @@ from voketag_ops.errors import (
 
 def test_exit_code_table_matches_product():
     assert {c.name: int(c) for c in ExitCode} == {
-        "OK": 0, "NO": 1, "USAGE": 2, "CONFIG": 3, "BACKEND": 4, "PRECONDITION": 5,
-        "ROLLED_BACK": 6, "NEEDS_OPERATOR": 7, "INTERNAL": 70, "INTERRUPTED": 130,
+        "OK": 0,
+        "NO": 1,
+        "USAGE": 2,
+        "CONFIG": 3,
+        "BACKEND": 4,
+        "PRECONDITION": 5,
+        "ROLLED_BACK": 6,
+        "NEEDS_OPERATOR": 7,
+        "INTERNAL": 70,
+        "INTERRUPTED": 130,
     }
 
 
 @pytest.mark.parametrize(
     ("error", "code"),
-    [(UsageError, 2), (InputError, 1), (ConfigError, 3), (BackendError, 4), (PreconditionError, 5),
-     (RolledBackError, 6), (NeedsOperatorError, 7), (Interrupted, 130), (VokeError, 70)],
+    [
+        (UsageError, 2),
+        (InputError, 1),
+        (ConfigError, 3),
+        (BackendError, 4),
+        (PreconditionError, 5),
+        (RolledBackError, 6),
+        (NeedsOperatorError, 7),
+        (Interrupted, 130),
+        (VokeError, 70),
+    ],
 )
 def test_each_error_maps_to_its_exit_code_and_envelope(voke, monkeypatch, error, code):
     from voketag_ops.adapters.local import environment
@@ -45,8 +62,11 @@ def test_each_error_maps_to_its_exit_code_and_envelope(voke, monkeypatch, error,
     result = voke("env", "status", "--json")
     assert result.exit_code == code
     doc = result.json
-    assert doc == {"ok": False, "command": "env status",
-                   "error": {"type": error.__name__, "message": "it went wrong", "exit_code": code}}
+    assert doc == {
+        "ok": False,
+        "command": "env status",
+        "error": {"type": error.__name__, "message": "it went wrong", "exit_code": code},
+    }
     human = voke("env", "status")
     assert human.exit_code == code
     assert human.stdout == ""
@@ -145,7 +165,10 @@ def test_version_fast_path_imports_nothing_heavy():
 def test_console_script_runs(tmp_path, make_environ):
     proc = subprocess.run(
         [sys.executable, "-m", "voketag_ops", "env", "status", "--json"],
-        capture_output=True, text=True, env=make_environ(tmp_path / "home"), cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=make_environ(tmp_path / "home"),
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)

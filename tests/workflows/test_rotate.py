@@ -26,7 +26,11 @@ def make_engine(platform, **kw):
     if kw:
         settings = settings.model_copy(update=kw)
     return RotationEngine(
-        store=platform.store(), runtime=runtime, target=target, settings=settings, home=platform.env.home,
+        store=platform.store(),
+        runtime=runtime,
+        target=target,
+        settings=settings,
+        home=platform.env.home,
         sleep=lambda s: time.sleep(min(s, 0.05)),
     )
 
@@ -59,8 +63,9 @@ def assert_consistent(platform):
 
 def voke_proc(environ, *args, **extra_env):
     env = {**environ, **extra_env}
-    return subprocess.run([sys.executable, "-m", "voketag_ops", *args], capture_output=True, text=True, env=env,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "voketag_ops", *args], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 def test_rotation_succeeds_and_both_credentials_keep_working(voke, platform, platform_environ):
@@ -87,8 +92,14 @@ def test_objects_created_by_either_login_are_usable_by_both(platform):
     a, b = cred(platform, meta.aliases["current"]), cred(platform, meta.aliases["previous"])
 
     def conn(c):
-        return psycopg.connect(host=c["host"], port=c["port"], user=c["username"], password=c["password"],
-                               dbname=c["dbname"], autocommit=True)
+        return psycopg.connect(
+            host=c["host"],
+            port=c["port"],
+            user=c["username"],
+            password=c["password"],
+            dbname=c["dbname"],
+            autocommit=True,
+        )
 
     with conn(a) as ca:
         ca.execute("create table if not exists rot_shared (id int)")
@@ -117,8 +128,12 @@ def test_crash_after_each_step_then_resume_leaves_no_lockout(platform, platform_
 def test_sigkill_at_random_moments_then_resume(platform, platform_environ):
     rng = random.Random(20261126)
     for _ in range(4):
-        proc = subprocess.Popen([sys.executable, "-m", "voketag_ops", "rotate", "db-password", "--yes"],
-                                env=platform_environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "voketag_ops", "rotate", "db-password", "--yes"],
+            env=platform_environ,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(rng.uniform(0.3, 1.6))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -133,11 +148,22 @@ def test_a_live_rotation_blocks_a_second_one(platform, platform_environ, voke):
     try:
         meta = store.get("db-app")
         record = {
-            "id": "rot-test-live", "secret": "db-app", "kind": "db-password", "strategy": "alternating",
-            "target": "app", "owner": f"{os.uname().nodename}:{sleeper.pid}",
-            "lease_until": "2999-01-01T00:00:00Z", "started_at": "2026-01-01T00:00:00Z", "status": "in_progress",
-            "step": "lock", "old_current": meta.aliases["current"], "old_previous": meta.aliases.get("previous"),
-            "pending_version": None, "finished_at": None, "steps": [], "error": None,
+            "id": "rot-test-live",
+            "secret": "db-app",
+            "kind": "db-password",
+            "strategy": "alternating",
+            "target": "app",
+            "owner": f"{os.uname().nodename}:{sleeper.pid}",
+            "lease_until": "2999-01-01T00:00:00Z",
+            "started_at": "2026-01-01T00:00:00Z",
+            "status": "in_progress",
+            "step": "lock",
+            "old_current": meta.aliases["current"],
+            "old_previous": meta.aliases.get("previous"),
+            "pending_version": None,
+            "finished_at": None,
+            "steps": [],
+            "error": None,
         }
         store.update("db-app", etag=meta.etag, annotations={ANNOTATION: json.dumps(record)})
         versions = len(store.get("db-app").versions)
@@ -157,9 +183,16 @@ def test_a_live_rotation_blocks_a_second_one(platform, platform_environ, voke):
 
 def test_two_rotations_at_once_exactly_one_proceeds_at_a_time(platform, platform_environ):
     before = len(platform.store().get("db-app").versions)
-    procs = [subprocess.Popen([sys.executable, "-m", "voketag_ops", "rotate", "db-password", "--yes", "--json"],
-                              env=platform_environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "voketag_ops", "rotate", "db-password", "--yes", "--json"],
+            env=platform_environ,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     codes = [p.wait(timeout=120) for p in procs]
     assert sorted(codes) in ([0, 0], [0, 5]), [p.stderr.read() for p in procs]
     assert len(platform.store().get("db-app").versions) == before + codes.count(0)
@@ -215,7 +248,9 @@ def test_failed_health_after_deploy_rolls_services_back(platform):
     store = platform.store()
     meta = store.get("db-app")
     next_version = max(v.version for v in meta.versions) + 1
-    engine = make_engine(platform, runtime=UnhealthyRuntime(platform.runtime(), next_version), health_timeout=1.0)
+    engine = make_engine(
+        platform, runtime=UnhealthyRuntime(platform.runtime(), next_version), health_timeout=1.0
+    )
     outcome = engine.rotate_db_password("app")
     assert outcome.error is not None and outcome.error.exit_code == 6, outcome
     assert outcome.report.new_version == next_version
@@ -246,15 +281,25 @@ def test_single_user_strategy(platform):
     from voketag_ops.workflows.env import LocalPlatform
 
     users = dict(platform.settings.rotation.db_users)
-    users["solo"] = DbUserSettings(secret="db-solo", strategy="single", roles=("solo_user", "solo_unused"),
-                                   owner="solo_owner", services=())
+    users["solo"] = DbUserSettings(
+        secret="db-solo",
+        strategy="single",
+        roles=("solo_user", "solo_unused"),
+        owner="solo_owner",
+        services=(),
+    )
     settings = platform.settings.model_copy(
         update={"rotation": platform.settings.rotation.model_copy(update={"db_users": users})}
     )
     solo = LocalPlatform(settings)
     solo.bootstrap_credentials()
-    engine = RotationEngine(store=solo.store(), runtime=solo.runtime(), target=solo.db_target(),
-                            settings=settings.rotation, home=solo.env.home)
+    engine = RotationEngine(
+        store=solo.store(),
+        runtime=solo.runtime(),
+        target=solo.db_target(),
+        settings=settings.rotation,
+        home=solo.env.home,
+    )
     old = json.loads(solo.store().access("db-solo", "current"))
     outcome = engine.rotate_db_password("solo")
     assert outcome.error is None and outcome.report.strategy == "single"
@@ -326,9 +371,16 @@ def test_rotation_under_load_probe_has_zero_failed_requests(platform):
 
 def test_no_secret_value_reaches_output_logs_audit_or_state(platform, voke, platform_environ):
     outputs = []
-    for args in (("rotate", "db-password", "--yes", "--json"), ("rotate", "status", "--json"),
-                 ("rotate", "history", "--json"), ("secrets", "list", "--json"), ("secrets", "versions", "db-app"),
-                 ("env", "status", "--json"), ("rotate", "db-password", "--dry-run"), ("config", "show")):
+    for args in (
+        ("rotate", "db-password", "--yes", "--json"),
+        ("rotate", "status", "--json"),
+        ("rotate", "history", "--json"),
+        ("secrets", "list", "--json"),
+        ("secrets", "versions", "db-app"),
+        ("env", "status", "--json"),
+        ("rotate", "db-password", "--dry-run"),
+        ("config", "show"),
+    ):
         result = voke(*args, environ={**platform_environ, "VOKE_LOG_LEVEL": "debug"})
         outputs.append(result.stdout + result.stderr)
     store = platform.store()
@@ -337,8 +389,11 @@ def test_no_secret_value_reaches_output_logs_audit_or_state(platform, voke, plat
     ]
     assert len(values) >= 2
     home = platform.env.home
-    files = [p for p in home.rglob("*") if p.is_file() and p.suffix in (".jsonl", ".json", ".log")
-             and "secrets" not in p.parts]
+    files = [
+        p
+        for p in home.rglob("*")
+        if p.is_file() and p.suffix in (".jsonl", ".json", ".log") and "secrets" not in p.parts
+    ]
     files += list((home / "pg" / "logs").glob("*.log"))
     blobs = outputs + [p.read_text(errors="replace") for p in files]
     for value in values:
@@ -356,7 +411,9 @@ def test_secrets_access_prints_the_raw_value_only(platform, platform_environ):
 def test_cli_guards(voke, platform_environ):
     assert voke("rotate", "db-password", environ=platform_environ).exit_code == 2  # no --yes, no TTY
     assert voke("rotate", "db-password", "--user", "nobody", "--yes", environ=platform_environ).exit_code == 2
-    assert voke("rotate", "db-password", "--strategy", "weird", "--yes", environ=platform_environ).exit_code == 2
+    assert (
+        voke("rotate", "db-password", "--strategy", "weird", "--yes", environ=platform_environ).exit_code == 2
+    )
     missing = voke("rotate", "rollback", "rot-nope", "--yes", environ=platform_environ)
     assert missing.exit_code == 4 and "no rotation rot-nope" in missing.stderr
     plan = voke("rotate", "db-password", "--dry-run", "--json", environ=platform_environ)

@@ -181,7 +181,9 @@ def run(
         return _invoke(args, output, debug, environ, cwd)
 
 
-def _invoke(args: list[str], output: Output, debug: bool, environ: dict[str, str] | None, cwd: Path | None) -> int:
+def _invoke(
+    args: list[str], output: Output, debug: bool, environ: dict[str, str] | None, cwd: Path | None
+) -> int:
     command = typer.main.get_command(app)
     try:
         rv = command.main(

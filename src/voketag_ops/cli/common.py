@@ -99,7 +99,9 @@ class AppContext:
         """Context manager recording one audit event for a state-changing command."""
         from voketag_ops.audit import audited
 
-        return audited(self.home, event_type=event_type, env=self.settings.env, target=target, details=details)
+        return audited(
+            self.home, event_type=event_type, env=self.settings.env, target=target, details=details
+        )
 
     def local_environment(self) -> LocalEnvironment:
         """The embedded environment described by the settings."""

@@ -159,7 +159,9 @@ def _render_status(console: Console, report: dict[str, Any]) -> None:
         console.print("backups: none")
     for svc in report.get("services", []):
         mark = "healthy" if svc["healthy"] else "[red]unhealthy[/]"
-        console.print(f"service {svc['name']}: {mark}, {svc['secret']} v{svc['secret_version']}, {svc['url'] or '-'}")
+        console.print(
+            f"service {svc['name']}: {mark}, {svc['secret']} v{svc['secret_version']}, {svc['url'] or '-'}"
+        )
     if report.get("split_brain"):
         console.print("[red bold]split brain: two writable primaries[/]")
     console.print("healthy" if report["healthy"] else "[yellow]not healthy[/]")

@@ -12,8 +12,10 @@ from voketag_ops.errors import VokeError
 if TYPE_CHECKING:
     from rich.console import Console
 
-app = typer.Typer(help="Rotate credentials (crash-safe; resume or roll back), what is due, cleanup, history.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Rotate credentials (crash-safe; resume or roll back), what is due, cleanup, history.",
+    no_args_is_help=True,
+)
 
 
 def _engine(env: Any) -> Any:
@@ -56,9 +58,12 @@ def db_password(
 @app.command("api-key")
 def api_key(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="The key's name in rotation.api_keys: stripe, auth0, maps, sendgrid.")],
+    name: Annotated[
+        str, typer.Argument(help="The key's name in rotation.api_keys: stripe, auth0, maps, sendgrid.")
+    ],
     adopt: Annotated[
-        bool, typer.Option("--adopt", help="Store the key in use today (pasted) as the first version, verified.")
+        bool,
+        typer.Option("--adopt", help="Store the key in use today (pasted) as the first version, verified."),
     ] = False,
     dry_run: DryRun = False,
     yes: Yes = False,
@@ -89,7 +94,9 @@ def jwt(
     ctx: typer.Context,
     emergency: Annotated[
         bool,
-        typer.Option("--emergency", help="Replace every key now; tokens signed before stop verifying (forced logouts)."),
+        typer.Option(
+            "--emergency", help="Replace every key now; tokens signed before stop verifying (forced logouts)."
+        ),
     ] = False,
     dry_run: DryRun = False,
     yes: Yes = False,
@@ -102,7 +109,9 @@ def jwt(
 
     env = use(ctx)
     if not dry_run:
-        question = "Replace every JWT signing key now (forced logouts)?" if emergency else "Rotate the JWT keyring?"
+        question = (
+            "Replace every JWT signing key now (forced logouts)?" if emergency else "Rotate the JWT keyring?"
+        )
         env.out.confirm(question, yes=yes)
     _show(env, rotate_jwt(_engine(env), emergency=emergency, dry_run=dry_run))
 
@@ -112,7 +121,8 @@ def sa_key(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="The key's name in rotation.sa_keys.")],
     init: Annotated[
-        bool, typer.Option("--init", help="Store a first, new key as `current` (a key voke does not manage yet).")
+        bool,
+        typer.Option("--init", help="Store a first, new key as `current` (a key voke does not manage yet)."),
     ] = False,
     dry_run: DryRun = False,
     yes: Yes = False,
@@ -127,7 +137,9 @@ def sa_key(
     if env.settings.env == "local":
         from voketag_ops.errors import ConfigError
 
-        raise ConfigError("service-account keys live in Google Cloud IAM: use --env NAME with a cloud environment")
+        raise ConfigError(
+            "service-account keys live in Google Cloud IAM: use --env NAME with a cloud environment"
+        )
     if not dry_run:
         env.out.confirm(f"{'Create the first' if init else 'Rotate the'} key of {name}?", yes=yes)
     engine = _engine(env)
@@ -164,7 +176,9 @@ def _read_pasted(env: Any, prompt: str) -> str:
 @app.command("resume")
 def resume(
     ctx: typer.Context,
-    rotation_id: Annotated[str | None, typer.Argument(help="Rotation id (default: the unfinished one).")] = None,
+    rotation_id: Annotated[
+        str | None, typer.Argument(help="Rotation id (default: the unfinished one).")
+    ] = None,
     yes: Yes = False,
 ) -> None:
     """Finish an interrupted rotation from the step after the last one recorded."""
@@ -251,7 +265,9 @@ def _render_report(console: Console, report: Any) -> None:
     from rich.table import Table
 
     if report.dry_run:
-        console.print(f"[bold]dry run[/]: rotation plan for {report.secret} ({report.strategy}); nothing will change")
+        console.print(
+            f"[bold]dry run[/]: rotation plan for {report.secret} ({report.strategy}); nothing will change"
+        )
         for step in report.plan:
             console.print(f"  • {step}")
         return
@@ -275,12 +291,20 @@ def _render_status(console: Console, report: dict[str, Any]) -> None:
     for col in ("secret", "current", "previous", "age (days)", "next due", "due"):
         table.add_column(col)
     for s in report["secrets"]:
-        table.add_row(s["name"], str(s["current_version"]), str(s["previous_version"]), f"{s['age_days']:.1f}",
-                      s["next_due"], "[yellow]yes[/]" if s["due"] else "no")
+        table.add_row(
+            s["name"],
+            str(s["current_version"]),
+            str(s["previous_version"]),
+            f"{s['age_days']:.1f}",
+            s["next_due"],
+            "[yellow]yes[/]" if s["due"] else "no",
+        )
     console.print(table)
     for r in report["in_progress"]:
-        console.print(f"[yellow]unfinished[/] {r['rotation_id']} on {r['secret']}: last step {r['step']} "
-                      f"({'running' if r['running'] else 'not running: voke rotate resume ' + r['rotation_id']})")
+        console.print(
+            f"[yellow]unfinished[/] {r['rotation_id']} on {r['secret']}: last step {r['step']} "
+            f"({'running' if r['running'] else 'not running: voke rotate resume ' + r['rotation_id']})"
+        )
 
 
 def _render_due(console: Console, report: dict[str, Any]) -> None:
@@ -297,8 +321,10 @@ def _render_due(console: Console, report: dict[str, Any]) -> None:
 
 def _render_adopt(console: Console, report: dict[str, Any]) -> None:
     if report["status"] == "planned":
-        console.print(f"dry run: would verify the pasted {report['kind']} key and store it as the first version "
-                      f"of {report['secret']}")
+        console.print(
+            f"dry run: would verify the pasted {report['kind']} key and store it as the first version "
+            f"of {report['secret']}"
+        )
         return
     key = f" (key {report['key_id']})" if report.get("key_id") else ""
     console.print(f"adopted: {report['secret']} version {report['version']} is current{key}")
@@ -325,6 +351,13 @@ def _render_history(console: Console, report: dict[str, Any]) -> None:
     for col in ("id", "secret", "status", "versions", "started", "finished", "error"):
         table.add_column(col)
     for r in report["rotations"]:
-        table.add_row(r.id, r.secret, r.status, f"{r.old_current} -> {r.pending_version}", r.started_at,
-                      r.finished_at or "", (r.error or {}).get("message", ""))
+        table.add_row(
+            r.id,
+            r.secret,
+            r.status,
+            f"{r.old_current} -> {r.pending_version}",
+            r.started_at,
+            r.finished_at or "",
+            (r.error or {}).get("message", ""),
+        )
     console.print(table)

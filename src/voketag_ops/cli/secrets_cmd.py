@@ -12,7 +12,9 @@ from voketag_ops.cli.common import use
 if TYPE_CHECKING:
     from rich.console import Console
 
-app = typer.Typer(help="List secrets and versions; `access` prints one value (operators only).", no_args_is_help=True)
+app = typer.Typer(
+    help="List secrets and versions; `access` prints one value (operators only).", no_args_is_help=True
+)
 
 
 def _store(env: Any) -> Any:
@@ -28,8 +30,13 @@ def _store(env: Any) -> Any:
 
 def _versions(meta: Any) -> list[dict[str, Any]]:
     return [
-        {"version": v.version, "state": v.state, "aliases": list(v.aliases), "created_at": v.created_at,
-         "state_changed_at": v.state_changed_at}
+        {
+            "version": v.version,
+            "state": v.state,
+            "aliases": list(v.aliases),
+            "created_at": v.created_at,
+            "state_changed_at": v.state_changed_at,
+        }
         for v in meta.versions
     ]
 
@@ -50,8 +57,10 @@ def versions(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Secre
     """A secret's versions: state, aliases, creation time."""
     env = use(ctx)
     meta = _store(env).get(name)
-    env.out.result({"name": meta.name, "etag": meta.etag, "aliases": meta.aliases, "versions": _versions(meta)},
-                   render=_render_versions)
+    env.out.result(
+        {"name": meta.name, "etag": meta.etag, "aliases": meta.aliases, "versions": _versions(meta)},
+        render=_render_versions,
+    )
 
 
 @app.command("access")
@@ -68,8 +77,15 @@ def access(
     env = use(ctx)
     t0 = time.monotonic()
     value = _store(env).access(name, version)
-    record_event(env.local_environment().home, event_type="secret.access", env=env.settings.env, target=name,
-                 result="success", duration_seconds=round(time.monotonic() - t0, 3), details={"version": version})
+    record_event(
+        env.local_environment().home,
+        event_type="secret.access",
+        env=env.settings.env,
+        target=name,
+        result="success",
+        duration_seconds=round(time.monotonic() - t0, 3),
+        details={"version": version},
+    )
     stream = env.out.stdout
     buffer = getattr(stream, "buffer", None)
     if buffer is not None:

@@ -46,7 +46,10 @@ class Credential(Protocol):
         ...
 
     def restore(
-        self, scope: str, pending: dict[str, Any] | None, current: dict[str, Any] | None,
+        self,
+        scope: str,
+        pending: dict[str, Any] | None,
+        current: dict[str, Any] | None,
         previous: dict[str, Any] | None,
     ) -> None:
         """Undo `apply` (and provider-side creation) for a rollback of SCOPE."""
@@ -82,9 +85,11 @@ class DbPassword:
 
     def plan(self, current: dict[str, Any] | None) -> list[str]:
         role = self.role_for(current)
-        return [f"create a new version of {self.secret} for role {role} (alias pending)",
-                f"ALTER ROLE {role} with the new password (sent as a SCRAM verifier)",
-                f"log in as {role} with the new value"]
+        return [
+            f"create a new version of {self.secret} for role {role} (alias pending)",
+            f"ALTER ROLE {role} with the new password (sent as a SCRAM verifier)",
+            f"log in as {role} with the new value",
+        ]
 
     def authenticates(self, value: dict[str, Any]) -> bool:
         return bool(self.target.can_login(value))
@@ -111,7 +116,10 @@ class DbPassword:
         return f"password of {pending['username']} set"
 
     def restore(
-        self, scope: str, pending: dict[str, Any] | None, current: dict[str, Any] | None,
+        self,
+        scope: str,
+        pending: dict[str, Any] | None,
+        current: dict[str, Any] | None,
         previous: dict[str, Any] | None,
     ) -> None:
         if scope == "discard_pending" or pending is None:

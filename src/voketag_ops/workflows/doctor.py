@@ -151,7 +151,12 @@ def _cloud_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
         from google.cloud import resourcemanager_v3  # noqa: F401  (the gcp extra)
     except ImportError:
         report.checks.append(
-            Check("credentials", False, "the Google Cloud clients are not installed", "pip install 'voketag-ops[gcp]'")
+            Check(
+                "credentials",
+                False,
+                "the Google Cloud clients are not installed",
+                "pip install 'voketag-ops[gcp]'",
+            )
         )
         return
     from voketag_ops.adapters.gcp.doctor import cloud_checks

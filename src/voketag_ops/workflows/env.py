@@ -61,7 +61,9 @@ class LocalPlatform:
     def up(self, progress: Progress = _quiet) -> UpReport:
         with self._audited("env.up") as event:
             report = self._up(progress)
-            event.details.update(started=report.started, created=report.created, services=report.services_started)
+            event.details.update(
+                started=report.started, created=report.created, services=report.services_started
+            )
             if report.already_running:
                 event.result = "unchanged"
         return report
@@ -72,7 +74,10 @@ class LocalPlatform:
         created = self.bootstrap_credentials(progress)
         report.created.extend(created)
         runtime = self.runtime()
-        versions = {u.secret: self.store().get(u.secret).aliases["current"] for u in self.settings.rotation.db_users.values()}
+        versions = {
+            u.secret: self.store().get(u.secret).aliases["current"]
+            for u in self.settings.rotation.db_users.values()
+        }
         if any(s.instance is None for s in runtime.services(check=False)):
             progress("starting the local services")
         report.services_started = runtime.ensure_started(versions)
@@ -82,7 +87,9 @@ class LocalPlatform:
 
     def ensure_up(self, progress: Progress = _quiet) -> None:
         """Start whatever is not running (commands that need the environment call this)."""
-        if self.env.is_running() and all(s.instance is not None for s in self.runtime().services(check=False)):
+        if self.env.is_running() and all(
+            s.instance is not None for s in self.runtime().services(check=False)
+        ):
             return
         progress("starting the local environment (voke env up)")
         self.up(progress)
@@ -109,7 +116,13 @@ class LocalPlatform:
             for role in reversed(roles):  # previous first, current last
                 password = generate_password(self.settings.rotation.password_length)
                 target.set_password(role, password)
-                payload = {"username": role, "password": password, "host": host, "port": port, "dbname": user.database}
+                payload = {
+                    "username": role,
+                    "password": password,
+                    "host": host,
+                    "port": port,
+                    "dbname": user.database,
+                }
                 versions.append(store.add_version(user.secret, json.dumps(payload).encode()).version)
             aliases: dict[str, int | None] = {"current": versions[-1]}
             if len(versions) > 1:
@@ -119,7 +132,9 @@ class LocalPlatform:
                 user.secret,
                 etag=meta.etag,
                 aliases=aliases,
-                annotations={LAST_ANNOTATION: json.dumps({"id": None, "status": "created", "finished_at": iso_now()})},
+                annotations={
+                    LAST_ANNOTATION: json.dumps({"id": None, "status": "created", "finished_at": iso_now()})
+                },
             )
             created.append(f"secret {user.secret}")
         from voketag_ops.workflows.jwt import bootstrap_keyring
@@ -136,8 +151,14 @@ class LocalPlatform:
         if report["initialized"]:
             for info in self.runtime().services(check=True):
                 services.append(
-                    {"name": info.name, "url": info.url, "secret": info.secret, "secret_version": info.secret_version,
-                     "healthy": bool(info.healthy), "instance": info.instance}
+                    {
+                        "name": info.name,
+                        "url": info.url,
+                        "secret": info.secret,
+                        "secret_version": info.secret_version,
+                        "healthy": bool(info.healthy),
+                        "instance": info.instance,
+                    }
                 )
             report["healthy"] = bool(report["healthy"] and services and all(s["healthy"] for s in services))
         report["services"] = services
@@ -159,7 +180,11 @@ class LocalPlatform:
         with self._audited("env.destroy") as event:
             self.runtime().stop_all()
             report = self.env.destroy(progress)
-            for path in (self.env.home / "services", self.env.home / "secrets", self.env.home / "secrets.key"):
+            for path in (
+                self.env.home / "services",
+                self.env.home / "secrets",
+                self.env.home / "secrets.key",
+            ):
                 if path.exists():
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
                     report["removed"].append(str(path))

@@ -194,7 +194,9 @@ class RotationEngine:
         return not record.lease_expired(self.now())
 
     # -- rotate ---------------------------------------------------------------------------------
-    def rotate_db_password(self, user_name: str = "app", *, strategy: str | None = None, dry_run: bool = False) -> Outcome:
+    def rotate_db_password(
+        self, user_name: str = "app", *, strategy: str | None = None, dry_run: bool = False
+    ) -> Outcome:
         """Rotate the password of a managed database login."""
         cred = self.credential(user_name)
         if cred.kind != "db-password":
@@ -213,7 +215,9 @@ class RotationEngine:
         try:
             meta, existing = self._record(user.secret)
         except NotFoundError:
-            raise ValidationError(f"secret {user.secret!r} does not exist; `voke env up` creates it") from None
+            raise ValidationError(
+                f"secret {user.secret!r} does not exist; `voke env up` creates it"
+            ) from None
         if existing and existing.status == "needs_attention":
             raise PreconditionError(
                 f"rotation {existing.id} of {user.secret} stopped and needs a person; nothing was changed",
@@ -256,7 +260,9 @@ class RotationEngine:
         try:
             self.store.update(user.secret, etag=meta.etag, annotations={ANNOTATION: record.to_json()})
         except EtagMismatchError:
-            raise PreconditionError(f"another rotation of {user.secret} started at the same moment; nothing was changed") from None
+            raise PreconditionError(
+                f"another rotation of {user.secret} started at the same moment; nothing was changed"
+            ) from None
         self._audit("rotation.start", record, "started")
         self._fault("lock")
         return self._run(record, t0)
@@ -273,9 +279,18 @@ class RotationEngine:
             "record the audit event and the next due date",
         ]
         return RotationReport(
-            rotation_id="(dry run)", status="planned", secret=cred.secret, kind=cred.kind, strategy=cred.strategy,
-            previous_version=meta.aliases.get("current"), new_version=None, steps=[],
-            duration_seconds=round(time.monotonic() - t0, 3), started_at=iso(self.now()), dry_run=True, plan=plan,
+            rotation_id="(dry run)",
+            status="planned",
+            secret=cred.secret,
+            kind=cred.kind,
+            strategy=cred.strategy,
+            previous_version=meta.aliases.get("current"),
+            new_version=None,
+            steps=[],
+            duration_seconds=round(time.monotonic() - t0, 3),
+            started_at=iso(self.now()),
+            dry_run=True,
+            plan=plan,
         )
 
     def _drift_check(self, credential: Credential, meta: Any) -> None:
@@ -323,10 +338,16 @@ class RotationEngine:
             except RotationFailure as exc:
                 return self._fail(record, step, exc, time.monotonic() - started, t0, resumed)
             except (NotFoundError, EtagMismatchError, SecretError) as exc:
-                return self._fail(record, step, SecretError(exc.message), time.monotonic() - started, t0, resumed)
+                return self._fail(
+                    record, step, SecretError(exc.message), time.monotonic() - started, t0, resumed
+                )
             record.steps.append(
-                StepRecord(step, "skipped" if detail.startswith("skipped") else "done",
-                           round(time.monotonic() - started, 3), detail)
+                StepRecord(
+                    step,
+                    "skipped" if detail.startswith("skipped") else "done",
+                    round(time.monotonic() - started, 3),
+                    detail,
+                )
             )
             record.step = step
             if step == "finish":
@@ -336,8 +357,13 @@ class RotationEngine:
             self._fault(step)
         return Outcome(RotationReport.of(record, t0=t0, resumed=resumed))
 
-    def _save(self, record: RotationRecord, *, aliases: dict[str, int | None] | None = None,
-              annotations: dict[str, str | None] | None = None) -> None:
+    def _save(
+        self,
+        record: RotationRecord,
+        *,
+        aliases: dict[str, int | None] | None = None,
+        annotations: dict[str, str | None] | None = None,
+    ) -> None:
         """Record progress with a compare-and-swap; renews the lease."""
         meta = self.store.get(record.secret)
         raw = meta.annotations.get(ANNOTATION)
@@ -465,7 +491,9 @@ class RotationEngine:
             if pending:
                 self.sleep(0.2)
         if pending:
-            raise HealthCheckError(f"not healthy on version {record.pending_version}: {', '.join(sorted(pending))}")
+            raise HealthCheckError(
+                f"not healthy on version {record.pending_version}: {', '.join(sorted(pending))}"
+            )
         return f"{len(user.services)} service(s) healthy"
 
     def _healthy_on(self, service: str, record: RotationRecord) -> bool:
@@ -492,8 +520,9 @@ class RotationEngine:
         self._notify(record)
 
     # -- failure and rollback ---------------------------------------------------------------------------
-    def _fail(self, record: RotationRecord, step: str, exc: RotationFailure, took: float, t0: float,
-              resumed: bool) -> Outcome:
+    def _fail(
+        self, record: RotationRecord, step: str, exc: RotationFailure, took: float, t0: float, resumed: bool
+    ) -> Outcome:
         record.steps.append(StepRecord(step, "failed", round(took, 3), f"{exc.kind}: {exc.message}"))
         record.error = {"step": step, "kind": exc.kind, "message": exc.message}
         log.warning("rotation %s failed at %s: %s: %s", record.id, step, exc.kind, exc.message)
@@ -503,7 +532,10 @@ class RotationEngine:
             self._rollback(record)
         except VokeError as rb_exc:
             return self._needs_attention(
-                record, t0, resumed, f"{exc.kind} at {step}: {exc.message}; the rollback failed too: {rb_exc.message}"
+                record,
+                t0,
+                resumed,
+                f"{exc.kind} at {step}: {exc.message}; the rollback failed too: {rb_exc.message}",
             )
         error = RolledBackError(
             f"rotation {record.id} of {record.secret} failed at {step} ({exc.kind}: {exc.message}); rolled back",
@@ -592,7 +624,9 @@ class RotationEngine:
                 return Outcome(RotationReport.of(finished, t0=t0))
             return Outcome(None)
         if self._owner_alive(record) and record.status == "in_progress":
-            raise PreconditionError(f"rotation {record.id} is running (owner {record.owner}); nothing was changed")
+            raise PreconditionError(
+                f"rotation {record.id} is running (owner {record.owner}); nothing was changed"
+            )
         return self._resume(record, t0)
 
     def _resume(self, record: RotationRecord, t0: float) -> Outcome:
@@ -622,9 +656,13 @@ class RotationEngine:
             done = self._from_history(rotation_id)
             if done is None:
                 raise NotFoundError(f"no rotation {rotation_id}")
-            raise PreconditionError(f"rotation {rotation_id} already ended ({done.status}); nothing to roll back")
+            raise PreconditionError(
+                f"rotation {rotation_id} already ended ({done.status}); nothing to roll back"
+            )
         if self._owner_alive(record) and record.status == "in_progress":
-            raise PreconditionError(f"rotation {record.id} is running (owner {record.owner}); nothing was changed")
+            raise PreconditionError(
+                f"rotation {record.id} is running (owner {record.owner}); nothing was changed"
+            )
         self._take_over(record)
         try:
             self._rollback(record)
@@ -647,8 +685,15 @@ class RotationEngine:
                 continue
             secrets_out.append(self._secret_status(meta, kind, now))
         in_progress = [
-            {"rotation_id": r.id, "secret": r.secret, "step": r.step, "status": r.status, "owner": r.owner,
-             "lease_until": r.lease_until, "running": self._owner_alive(r)}
+            {
+                "rotation_id": r.id,
+                "secret": r.secret,
+                "step": r.step,
+                "status": r.status,
+                "owner": r.owner,
+                "lease_until": r.lease_until,
+                "running": self._owner_alive(r),
+            }
             for r in self.unfinished()
         ]
         return {"secrets": secrets_out, "in_progress": in_progress}
@@ -670,7 +715,12 @@ class RotationEngine:
             "next_due": iso(due_at),
             "due": due_at <= now,
             "versions": [
-                {"version": v.version, "state": v.state, "aliases": list(v.aliases), "created_at": v.created_at}
+                {
+                    "version": v.version,
+                    "state": v.state,
+                    "aliases": list(v.aliases),
+                    "created_at": v.created_at,
+                }
                 for v in meta.versions
             ],
         }
@@ -720,13 +770,18 @@ class RotationEngine:
                 if action.action == "retire":
                     self._retire(action)
                     continue
-                self.store.set_state(action.secret, action.version, "disabled" if action.action == "disable" else "destroyed")
+                self.store.set_state(
+                    action.secret, action.version, "disabled" if action.action == "disable" else "destroyed"
+                )
             if actions:
                 from voketag_ops.audit import record_event
 
                 record_event(
-                    self.home, event_type="rotation.cleanup", env=self.env_name,
-                    target=",".join(sorted({a.secret for a in actions})), result="success",
+                    self.home,
+                    event_type="rotation.cleanup",
+                    env=self.env_name,
+                    target=",".join(sorted({a.secret for a in actions})),
+                    result="success",
                     details={"actions": [f"{a.action} {a.secret} v{a.version}" for a in actions]},
                 )
         return {"dry_run": dry_run, "actions": actions}
@@ -866,8 +921,10 @@ def notification_text(record: RotationRecord, env_name: str) -> str:
     why = f"{err.get('kind', 'error')} at {err.get('step', '?')}: {err.get('message', '')}".strip()
     if record.status == "rolled_back":
         return f":warning: {head} failed and was rolled back ({why}); safe to retry: {retry_command(record)}"
-    return (f":rotating_light: {head} needs a person ({why}); "
-            f"then: voke rotate resume {record.id}   or: voke rotate rollback {record.id}")
+    return (
+        f":rotating_light: {head} needs a person ({why}); "
+        f"then: voke rotate resume {record.id}   or: voke rotate rollback {record.id}"
+    )
 
 
 def local_engine(settings: Any, progress: Progress = lambda _m: None) -> RotationEngine:

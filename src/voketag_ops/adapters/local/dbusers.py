@@ -57,9 +57,13 @@ class LocalDbTarget:
                             )
                         )
                 for role in roles:
-                    conn.execute(sql.SQL("grant {} to {}").format(sql.Identifier(owner), sql.Identifier(role)))
                     conn.execute(
-                        sql.SQL("alter role {} set role = {}").format(sql.Identifier(role), sql.Identifier(owner))
+                        sql.SQL("grant {} to {}").format(sql.Identifier(owner), sql.Identifier(role))
+                    )
+                    conn.execute(
+                        sql.SQL("alter role {} set role = {}").format(
+                            sql.Identifier(role), sql.Identifier(owner)
+                        )
                     )
                 conn.execute(
                     sql.SQL("grant connect, create, temporary on database {} to {}").format(
@@ -101,15 +105,19 @@ class LocalDbTarget:
                 connect_timeout=max(1, int(timeout)),
                 application_name="voke-rotate-test",
             ) as conn:
-                row = conn.execute(
-                    "select has_database_privilege(current_database(), 'CONNECT')"
-                ).fetchone()
+                row = conn.execute("select has_database_privilege(current_database(), 'CONNECT')").fetchone()
                 return bool(row and row[0])
         except psycopg.OperationalError as exc:
             text = str(exc)
-            if "password authentication failed" in text or "does not exist" in text or "not permitted" in text:
+            if (
+                "password authentication failed" in text
+                or "does not exist" in text
+                or "not permitted" in text
+            ):
                 return False
-            raise ConnectivityError(f"cannot reach the database at {cred['host']}:{cred['port']}: {_first_line(exc)}") from None
+            raise ConnectivityError(
+                f"cannot reach the database at {cred['host']}:{cred['port']}: {_first_line(exc)}"
+            ) from None
         except psycopg.Error as exc:
             raise AuthenticationError(f"{cred['username']}: {_first_line(exc)}") from None
 

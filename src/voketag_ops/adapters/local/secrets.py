@@ -148,7 +148,14 @@ class LocalSecretStore:
             if not path.exists():
                 self._write(
                     path,
-                    {"name": name, "etag": "1", "created_at": _now(), "aliases": {}, "annotations": {}, "versions": []},
+                    {
+                        "name": name,
+                        "etag": "1",
+                        "created_at": _now(),
+                        "aliases": {},
+                        "annotations": {},
+                        "versions": [],
+                    },
                 )
             return self._meta(self._read(path, name))
 
@@ -157,7 +164,9 @@ class LocalSecretStore:
 
         def change(doc: dict[str, Any]) -> int:
             number = max((v["version"] for v in doc["versions"]), default=0) + 1
-            doc["versions"].append({"version": number, "state": "enabled", "created_at": _now(), "payload": token})
+            doc["versions"].append(
+                {"version": number, "state": "enabled", "created_at": _now(), "payload": token}
+            )
             return number
 
         doc, number = self._mutate(name, change)
@@ -176,7 +185,9 @@ class LocalSecretStore:
         try:
             value = self._cipher().decrypt(entry["payload"].encode("ascii"))
         except InvalidToken:
-            raise ConfigError(f"secret {name!r} version {number} cannot be decrypted with {self.key_file}") from None
+            raise ConfigError(
+                f"secret {name!r} version {number} cannot be decrypted with {self.key_file}"
+            ) from None
         redact.register(value)
         return value
 

@@ -107,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         credential = load_credential(args.home, args.secret, args.version)
     except Exception as exc:  # the instance cannot start; the runtime reports it
-        sys.stderr.write(f"{args.instance}: cannot read {args.secret} version {args.version}: {type(exc).__name__}\n")
+        sys.stderr.write(
+            f"{args.instance}: cannot read {args.secret} version {args.version}: {type(exc).__name__}\n"
+        )
         return 3
     server = _ServiceServer(args.port, args.name, args.instance, args.version, credential)
 

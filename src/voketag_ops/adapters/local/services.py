@@ -205,7 +205,10 @@ class LocalServiceRuntime:
     def deploy_many(self, targets: dict[str, tuple[str, int]]) -> list[ServiceInfo]:
         """Deploy several services in parallel; raises the first failure after all finished."""
         with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
-            futures = {name: pool.submit(self.deploy, name, secret, version) for name, (secret, version) in targets.items()}
+            futures = {
+                name: pool.submit(self.deploy, name, secret, version)
+                for name, (secret, version) in targets.items()
+            }
         results, errors = [], []
         for future in futures.values():
             try:
@@ -263,13 +266,32 @@ class LocalServiceRuntime:
         logs = self.dir / "logs"
         logs.mkdir(mode=0o700, exist_ok=True)
         with self._registry() as doc:
-            used = {i["port"] for e in doc["services"].values() for i in [e.get("active"), *e.get("others", [])] if i}
+            used = {
+                i["port"]
+                for e in doc["services"].values()
+                for i in [e.get("active"), *e.get("others", [])]
+                if i
+            }
             port = pick_free_port(avoid=list(used))
             with (logs / f"{instance}.log").open("ab") as log_fh:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "voketag_ops.adapters.local.service_app", "--name", service,
-                     "--instance", instance, "--port", str(port), "--home", str(self.home), "--secret", secret,
-                     "--version", str(version)],
+                    [
+                        sys.executable,
+                        "-m",
+                        "voketag_ops.adapters.local.service_app",
+                        "--name",
+                        service,
+                        "--instance",
+                        instance,
+                        "--port",
+                        str(port),
+                        "--home",
+                        str(self.home),
+                        "--secret",
+                        secret,
+                        "--version",
+                        str(version),
+                    ],
                     stdin=subprocess.DEVNULL,
                     stdout=log_fh,
                     stderr=log_fh,
@@ -307,7 +329,11 @@ class LocalServiceRuntime:
 
     def _info(self, service: str, secret: str, inst: dict[str, Any], *, healthy: bool | None) -> ServiceInfo:
         return ServiceInfo(
-            name=service, url=_url(inst), secret=secret, secret_version=int(inst["version"]), healthy=healthy,
+            name=service,
+            url=_url(inst),
+            secret=secret,
+            secret_version=int(inst["version"]),
+            healthy=healthy,
             instance=inst["instance"],
         )
 
