@@ -94,7 +94,9 @@ class ServiceInfo:
 class ServiceRuntime(Protocol):
     """Where the consuming services run. Implementations: LocalServiceRuntime, CloudRunRuntime."""
 
-    def services(self) -> list[ServiceInfo]: ...
+    def services(self, *, check: bool = True) -> list[ServiceInfo]:
+        """The configured services and the versions they serve; CHECK: probe their health too."""
+        ...
 
     def deploy(self, service: str, secret: str, version: int) -> ServiceInfo:
         """Blue-green: start a new instance pinned to VERSION, wait until healthy, move
@@ -104,6 +106,11 @@ class ServiceRuntime(Protocol):
 
     def health(self, service: str) -> bool:
         """A fresh health check of the instance that receives traffic."""
+        ...
+
+    def deploy_many(self, targets: dict[str, tuple[str, int]]) -> list[ServiceInfo]:
+        """`deploy` for several services {service: (secret, version)} in parallel; raises the
+        first failure once all have finished."""
         ...
 
 

@@ -25,7 +25,7 @@ def cloud() -> Iterator[tuple[FakeGcp, Any, Any]]:
     from voketag_ops.workflows.cloud import CloudPlatform
 
     with FakeGcp() as fake:
-        fake.sql.add_instance("voke-db", users=("app_a",))
+        fake.sql.add_instance("voke-db", users=("app_a",), dr_replica="voke-db-dr")
         fake.sql.add_instance("voke-db-dr", region="us-east1", replica_of="voke-db", ip="10.30.0.3")
         fake.sql.add_backup("voke-db", "SUCCESSFUL", now() - timedelta(hours=30))
         fake.sql.add_backup("voke-db", "SUCCESSFUL", now() - timedelta(hours=3))

@@ -140,6 +140,19 @@ def restore(
     """Point-in-time restore into a NEW instance (never over the primary), promoted and writable."""
     from voketag_ops.workflows import dr
 
+    env = use(ctx)
+    if env.settings.env != "local":  # Cloud SQL: instances.clone with pointInTime
+        from voketag_ops.workflows import cloud_dr
+
+        recovery = cloud_dr.recovery_for(env.settings)
+        if not dry_run:
+            env.out.confirm(f"Restore {env.settings.env} to {to} into a new Cloud SQL instance?", yes=yes)
+        with env.out.progress("point-in-time restore (Cloud SQL clone)") as update:
+            report = cloud_dr.restore(
+                env.settings, recovery, home=env.home, to=to, name=name, dry_run=dry_run, progress=update
+            )
+        env.out.result(report, render=_render_restore)
+        return
     env, local = _local(ctx)
     if not dry_run:
         env.out.confirm(f"Restore to {to} into a new instance?", yes=yes)
@@ -181,6 +194,17 @@ def failover(ctx: typer.Context, dry_run: DryRun = False, yes: Yes = False) -> N
     """Fence the leader, promote the standby, repoint the services, verify a write. Re-run to resume."""
     from voketag_ops.workflows import dr
 
+    env = use(ctx)
+    if env.settings.env != "local":  # Cloud SQL: promoteReplica, then services repointed
+        from voketag_ops.workflows import cloud_dr
+
+        ports = cloud_dr.ports_for(env.settings)
+        if not dry_run:
+            env.out.confirm(f"Fail over {env.settings.env}: promote its cross-region replica?", yes=yes)
+        with env.out.progress("failing over (Cloud SQL)") as update:
+            report = cloud_dr.failover(env.settings, ports, home=env.home, dry_run=dry_run, progress=update)
+        env.out.result(report, render=_render_plan_or(_render_failover))
+        return
     env, local = _local(ctx)
     if not dry_run:
         env.out.confirm("Fail over: fence the leader and promote the standby?", yes=yes)
@@ -204,6 +228,20 @@ def failback(
     """Rebuild the old primary as a standby (pg_rewind or clone), wait for zero lag, switch back."""
     from voketag_ops.workflows import dr
 
+    env = use(ctx)
+    if env.settings.env != "local":  # Cloud SQL: a planned switchover back to `instance`
+        from voketag_ops.errors import UsageError
+        from voketag_ops.workflows import cloud_dr
+
+        if clone or no_switch_back:
+            raise UsageError("--clone and --no-switch-back apply to the local environment only")
+        ports = cloud_dr.ports_for(env.settings)
+        if not dry_run:
+            env.out.confirm(f"Fail back {env.settings.env}: switch over to its configured primary?", yes=yes)
+        with env.out.progress("failing back (Cloud SQL switchover)") as update:
+            report = cloud_dr.failback(env.settings, ports, home=env.home, dry_run=dry_run, progress=update)
+        env.out.result(report, render=_render_plan_or(_render_failback))
+        return
     env, local = _local(ctx)
     if not dry_run:
         env.out.confirm("Fail back: rebuild the old primary and switch back to it?", yes=yes)
@@ -453,6 +491,9 @@ def _render_verify_backup(console: Console, r: dict[str, Any]) -> None:
 
 
 def _render_restore(console: Console, r: dict[str, Any]) -> None:
+    if r.get("kind") == "cloudsql":
+        _render_cloud_restore(console, r)
+        return
     if r.get("dry_run"):
         console.print(f"[bold]dry run[/]: would restore {r['target']} from {r['backup']} as {r['name']}")
         for step in r["plan"]:
@@ -471,6 +512,24 @@ def _render_restore(console: Console, r: dict[str, Any]) -> None:
     console.print(f"connect: psql '{r['conninfo']}'   discard: voke dr discard {r['name']} --yes")
 
 
+def _render_cloud_restore(console: Console, r: dict[str, Any]) -> None:
+    if r.get("dry_run"):
+        console.print(f"[bold]dry run[/]: would clone {r['source']} at {r['target']} into {r['name']}")
+        for step in r["plan"]:
+            console.print(f"  • {step}")
+        return
+    inst, op = r["instance"], r["operation"]
+    console.print(
+        f"restored {r['source']} at {r['target']} into {inst['name']} ({inst['state']}, {inst['region']}, "
+        f"address {inst['ip_address'] or '-'}) in {r['duration_seconds']:.1f} s",
+        markup=False,
+    )
+    console.print(
+        f"operation {op['name']} {op['kind']} {op['started_at']} .. {op['finished_at']}", markup=False
+    )
+    console.print(f"next: {r['next']}", markup=False)
+
+
 def _render_restores(console: Console, r: dict[str, Any]) -> None:
     if not r["restores"]:
         console.print("no restored instances")
@@ -484,6 +543,10 @@ def _render_restores(console: Console, r: dict[str, Any]) -> None:
 def _render_failover(console: Console, r: dict[str, Any]) -> None:
     for step in r["steps"]:
         console.print(f"{'ok  ' if step['ok'] else 'FAIL'} {step['name']} ({step['duration_seconds']:.2f} s)")
+    if r.get("redeployed"):
+        console.print(f"redeployed {', '.join(r['redeployed'])}", markup=False)
+    for warning in r.get("warnings") or []:
+        console.print(f"warning: {warning}", style="yellow", markup=False)
     console.print(f"{r['new_leader']} is the leader ({r['duration_seconds']:.1f} s). Next: {r['next']}")
 
 

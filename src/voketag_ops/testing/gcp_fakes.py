@@ -839,6 +839,7 @@ class FakeCloudSql:
         ip: str = "10.20.0.3",
         users: tuple[str, ...] = (),
         dr_replica: str | None = None,
+        edition: str = "ENTERPRISE_PLUS",
     ) -> None:
         self.instances[name] = {
             "name": name,
@@ -849,6 +850,7 @@ class FakeCloudSql:
             "state": "RUNNABLE",
             "ip": ip,
             "dr_replica": dr_replica,
+            "edition": edition,
         }
         if replica_of:
             self.instances[replica_of]["replicas"].append(name)
@@ -898,7 +900,7 @@ class FakeCloudSql:
                 "settingsVersion": str(inst["settingsVersion"]),
                 "tier": "db-perf-optimized-N-4",
                 "availabilityType": "REGIONAL",
-                "edition": "ENTERPRISE_PLUS",
+                "edition": inst["edition"],
                 "backupConfiguration": {
                     "enabled": True,
                     "pointInTimeRecoveryEnabled": True,
@@ -998,18 +1000,30 @@ class FakeCloudSql:
             raise ApiError("ALREADY_EXISTS", f"instance {dest} already exists")
         return self._operation("CLONE", r["i"], lambda: self.add_instance(dest, ip="10.20.0.9"))
 
+    def _require_dr_replica(self, inst: dict[str, Any], what: str) -> None:
+        primary = self.instances[inst["master"]]
+        if primary["edition"] != "ENTERPRISE_PLUS" or primary.get("dr_replica") != inst["name"]:
+            raise ApiError(
+                "FAILED_PRECONDITION",
+                f"{what} needs an Enterprise Plus primary whose DR replica is {inst['name']}.",
+            )
+
     def promote(self, r: Request) -> Any:
         inst = self._instance(r["i"])
         if not inst["master"]:
             raise ApiError("FAILED_PRECONDITION", "The instance is not a read replica.")
+        failover = r.query.get("failover") == "true"
+        if failover:
+            self._require_dr_replica(inst, "Replica failover")
 
         def effect() -> None:
             old = self.instances[inst["master"]]
             old["replicas"].remove(inst["name"])
             inst["master"] = None
             inst["settingsVersion"] += 1
-            if r.query.get("failover") == "true":  # the old primary follows the promoted DR replica
+            if failover:  # the old primary follows the promoted DR replica and becomes its DR replica
                 old["master"], inst["replicas"] = inst["name"], [old["name"]]
+                inst["dr_replica"], old["dr_replica"] = old["name"], None
 
         return self._operation("PROMOTE_REPLICA", r["i"], effect)
 
@@ -1031,12 +1045,14 @@ class FakeCloudSql:
         inst = self._instance(r["i"])
         if not inst["master"]:
             raise ApiError("FAILED_PRECONDITION", "switchover is called on the DR replica")
+        self._require_dr_replica(inst, "Switchover")
 
         def effect() -> None:
             old = self.instances[inst["master"]]
             old["replicas"].remove(inst["name"])
             inst["master"], inst["replicas"] = None, [old["name"]]
             old["master"] = inst["name"]
+            inst["dr_replica"], old["dr_replica"] = old["name"], None
 
         return self._operation("SWITCHOVER", r["i"], effect)
 

@@ -1,21 +1,51 @@
-"""`voke dr status` / `voke dr check` on a Google Cloud environment, over the
-DatabaseRecovery port (Cloud SQL Admin + Monitoring).
+"""`voke dr` on a Google Cloud environment: status and checks over the DatabaseRecovery
+port (Cloud SQL Admin + Monitoring); point-in-time restore into a new instance,
+failover and failback over the same port plus the SecretStore and ServiceRuntime ports
+(the services are repointed through their connection secret and redeployed).
 
 The snapshot has the shape of the local one (`leader`, `standby`, `archive`,
 `newest_backup`, `recoverable_window`, `writable_nodes`, `split_brain`), so the same
 pure judge (core/dr_checks.py) decides the checks and the same renderers print them.
+Every state-changing use case takes `dry_run`, checks what it can before changing
+anything (exit 5 for an illegal state, nothing changed), and writes one audit event.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from voketag_ops.core.dr_checks import Thresholds, judge, parse_iso
+from voketag_ops.core.dr_checks import Thresholds, judge, parse_iso, parse_point_in_time
+from voketag_ops.core.rotation import ANNOTATION
+from voketag_ops.errors import (
+    BackendError,
+    ConfigError,
+    NeedsOperatorError,
+    NotFoundError,
+    PreconditionError,
+    StepTimeoutError,
+    UsageError,
+    VokeError,
+)
+from voketag_ops.logs import get_logger
 
 if TYPE_CHECKING:
-    from voketag_ops.config import Settings
-    from voketag_ops.ports import DatabaseRecovery
+    from voketag_ops.config import GcpEnvironment, Settings
+    from voketag_ops.ports import DatabaseRecovery, DbInstanceInfo, SecretStore, ServiceRuntime
+
+log = get_logger(__name__)
+Progress = Callable[[str], None]
+
+
+def _quiet(_msg: str) -> None:
+    return None
 
 
 def _iso(value: datetime) -> str:
@@ -164,3 +194,543 @@ def _report_backup_age(recovery: Any, snap: dict[str, Any], now: datetime) -> No
     monitoring.write_quietly(
         catalog.BACKUP_AGE, (now - finished).total_seconds(), {"instance": snap["leader"]["name"]}
     )
+
+
+# -- restore, failover, failback ---------------------------------------------------------------------
+# Cloud SQL instance ids: lowercase letters, digits and hyphens, starting with a letter.
+INSTANCE_NAME = re.compile(r"[a-z](?:[a-z0-9-]{0,60}[a-z0-9])?")
+
+
+@dataclass(frozen=True)
+class CloudDrPorts:
+    """What restore, failover and failback of one cloud environment work through."""
+
+    recovery: DatabaseRecovery
+    store: SecretStore
+    runtime: ServiceRuntime
+
+
+def ports_for(settings: Settings) -> CloudDrPorts:
+    """The Cloud SQL, Secret Manager and Cloud Run adapters of the environment `settings.env`."""
+    from voketag_ops.workflows.cloud import CloudPlatform
+
+    platform = CloudPlatform(settings)
+    return CloudDrPorts(platform.recovery(), platform.store(), platform.runtime())
+
+
+class _Steps:
+    """Named, timed steps of one operation, for the report (the local DR step shape)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.items: list[dict[str, Any]] = []
+
+    @contextmanager
+    def run(self, name: str) -> Iterator[dict[str, Any]]:
+        self.progress(name)
+        started, t0 = _iso(datetime.now(timezone.utc)), time.monotonic()
+        info: dict[str, Any] = {}
+        ok = False
+        try:
+            yield info
+            ok = True
+        except BaseException as exc:
+            info.setdefault("error", getattr(exc, "message", None) or type(exc).__name__)
+            raise
+        finally:
+            self.items.append(
+                {
+                    "name": name,
+                    "ok": ok,
+                    "duration_seconds": round(time.monotonic() - t0, 3),
+                    "detail": info,
+                    "started_at": started,
+                }
+            )
+
+
+def _audited(settings: Settings, home: Path, action: str, target: str, **details: Any) -> Any:
+    from voketag_ops.audit import audited
+
+    return audited(home, event_type=action, env=settings.env, target=target, details=details)
+
+
+def _find(recovery: DatabaseRecovery, name: str) -> DbInstanceInfo | None:
+    try:
+        return recovery.instance(name)
+    except NotFoundError:
+        return None
+
+
+def _replica_name(env: GcpEnvironment, name: str) -> str:
+    if not env.replica:
+        raise ConfigError(f"environment {name!r} names no replica (environments.{name}.replica)")
+    return env.replica
+
+
+def _op(op: Any) -> dict[str, Any]:
+    return asdict(op)
+
+
+# -- restore ----------------------------------------------------------------------------------------
+def restore(
+    settings: Settings,
+    recovery: DatabaseRecovery,
+    *,
+    home: Path,
+    to: str,
+    name: str | None = None,
+    dry_run: bool = False,
+    progress: Progress = _quiet,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Point-in-time restore of the primary into a NEW Cloud SQL instance (`instances.clone`
+    with `pointInTime`). A target outside `getLatestRecoveryTime`'s window, an existing
+    instance of that name, or the primary's or replica's own name is refused first."""
+    env = settings.environment(settings.env)
+    now = now or datetime.now(timezone.utc)
+    try:
+        target = parse_point_in_time(to, now=now)
+    except ValueError as exc:
+        raise UsageError(f"--to: {exc}") from None
+    name = name or f"{env.instance}-pitr-{target:%Y%m%d-%H%M%S}"
+    if not INSTANCE_NAME.fullmatch(name):
+        raise UsageError(
+            f"--name {name!r}: a Cloud SQL instance id is lowercase letters, digits and hyphens, "
+            "starts with a letter, at most 62 characters"
+        )
+    if name in (env.instance, env.replica):
+        raise UsageError(
+            f"--name {name!r} is an existing instance of {settings.env}; a restore makes a new one"
+        )
+    if target > now:
+        raise PreconditionError(f"target {_iso(target)} is in the future (now {_iso(now)})")
+    window = recovery.recovery_window()
+    earliest, latest = parse_iso(window.earliest), parse_iso(window.latest)
+    if earliest is None or latest is None:
+        raise PreconditionError(
+            f"Cloud SQL reports no recoverable window for {env.instance}; is point-in-time recovery on?"
+        )
+    span = f"the recoverable window {window.earliest} .. {window.latest} of {env.instance}"
+    if not earliest <= target <= latest:
+        side = "before" if target < earliest else "after"
+        raise PreconditionError(f"target {_iso(target)} is {side} {span}; nothing was changed")
+    if _find(recovery, name) is not None:
+        raise PreconditionError(
+            f"an instance named {name!r} exists; pick another --name (a restore never overwrites)"
+        )
+    plan = [
+        f"clone {env.instance} at {_iso(target)} into the new instance {name} (instances.clone, pointInTime)",
+        "poll the clone operation until DONE and check its error",
+        f"check {name} is RUNNABLE and report its address",
+    ]
+    base: dict[str, Any] = {"kind": "cloudsql", "env": settings.env, "source": env.instance, "name": name}
+    base |= {"target": _iso(target), "window": {"earliest": window.earliest, "latest": window.latest}}
+    if dry_run:
+        return base | {"dry_run": True, "plan": plan}
+    t0 = time.monotonic()
+    with _audited(
+        settings, home, "dr.restore", name, source=env.instance, point_in_time=_iso(target)
+    ) as event:
+        progress(f"cloning {env.instance} at {_iso(target)} into {name}")
+        try:
+            op = recovery.clone_to_point_in_time(_iso(target), name)
+        except StepTimeoutError as exc:
+            raise NeedsOperatorError(
+                f"{exc.message}; the clone continues in Cloud SQL",
+                hint=f"wait for it, then `gcloud sql instances describe {name}`; "
+                f"or delete it: gcloud sql instances delete {name}",
+            ) from None
+        except BackendError as exc:
+            left = _leftover(recovery, name)
+            if left is not None:
+                raise NeedsOperatorError(
+                    f"{exc.message}; it left the instance {name} ({left.state})",
+                    hint=f"inspect it, then delete it: gcloud sql instances delete {name}",
+                ) from None
+            raise
+        info = recovery.instance(name)
+        event.details.update(operation=op.name, state=info.state)
+        if info.state != "RUNNABLE":
+            raise NeedsOperatorError(
+                f"the clone finished but {name} is {info.state}, not RUNNABLE",
+                hint=f"gcloud sql instances describe {name}",
+            )
+    return base | {
+        "dry_run": False,
+        "operation": _op(op),
+        "instance": {
+            "name": info.name,
+            "state": info.state,
+            "region": info.region,
+            "ip_address": info.ip_address,
+            "role": info.role,
+        },
+        "stop_point": None,  # Cloud SQL does not report it; a target it cannot reach fails the operation
+        "duration_seconds": round(time.monotonic() - t0, 3),
+        "next": f"compare it with `voke dr verify` from a host that reaches both; delete it when done: "
+        f"gcloud sql instances delete {name}",
+    }
+
+
+def _leftover(recovery: DatabaseRecovery, name: str) -> DbInstanceInfo | None:
+    """The instance a failed clone may have left behind (None if none, or unknown)."""
+    try:
+        return _find(recovery, name)
+    except VokeError:
+        return None
+
+
+# -- repointing the services ----------------------------------------------------------------------------
+def connection_secrets(settings: Settings, env: GcpEnvironment) -> dict[str, tuple[str, ...]]:
+    """Each database connection secret -> the environment's services that read it."""
+    out: dict[str, tuple[str, ...]] = {}
+    for user in settings.rotation.db_users.values():
+        services = tuple(s for s in user.services if s in env.services)
+        out[user.secret] = tuple(dict.fromkeys((*out.get(user.secret, ()), *services)))
+    return out
+
+
+def _refuse_unfinished_rotations(store: SecretStore, secrets: dict[str, tuple[str, ...]]) -> None:
+    for secret in secrets:
+        try:
+            meta = store.get(secret)
+        except NotFoundError:
+            continue
+        if ANNOTATION in meta.annotations:  # a rotation of this secret is unfinished
+            raise PreconditionError(
+                f"a rotation of {secret} is unfinished; repointing its services now would race it; "
+                "nothing was changed",
+                hint="voke --env NAME rotate resume (or rollback), then run this again",
+            )
+
+
+def repoint_services(
+    ports: CloudDrPorts, secrets: dict[str, tuple[str, ...]], host: str, progress: Progress = _quiet
+) -> dict[str, Any]:
+    """Give each connection secret's `current` and `previous` a new version whose `host` is
+    HOST (only where it differs, so a rerun adds nothing), move the aliases in one
+    etag-guarded update, then redeploy the services pinned to the new `current`."""
+    store = ports.store
+    repointed: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    deploy: dict[str, tuple[str, int]] = {}
+    for secret, services in secrets.items():
+        try:
+            meta = store.get(secret)
+        except NotFoundError:
+            skipped.append(f"{secret}: no such secret")
+            continue
+        renumbered: dict[int, int] = {}
+        aliases: dict[str, int | None] = {}
+        for alias in ("current", "previous"):
+            number = meta.aliases.get(alias)
+            if number is None:
+                continue
+            if number not in renumbered:
+                try:
+                    payload = json.loads(store.access(secret, number))
+                except ValueError:
+                    payload = None
+                if not isinstance(payload, dict) or "host" not in payload:
+                    skipped.append(f"{secret} {alias}: not a database credential with a host")
+                    continue
+                if payload["host"] == host:
+                    continue
+                payload["host"] = host
+                progress(f"new version of {secret} ({alias}) naming {host}")
+                renumbered[number] = store.add_version(secret, json.dumps(payload).encode()).version
+            aliases[alias] = renumbered[number]
+        if aliases:
+            store.update(secret, etag=store.get(secret).etag, aliases=aliases)
+            repointed.append({"secret": secret, "versions": aliases, "host": host})
+        current = aliases.get("current") or meta.aliases.get("current")
+        if current is not None:
+            for service in services:
+                deploy[service] = (secret, int(current))
+    if deploy:
+        progress(f"redeploying {', '.join(sorted(deploy))}")
+        ports.runtime.deploy_many(deploy)
+    return {"repointed": repointed, "redeployed": sorted(deploy), "skipped": skipped, "host": host}
+
+
+def _check_services(ports: CloudDrPorts, services: list[str], steps: _Steps) -> list[dict[str, Any]]:
+    with steps.run("check the services are healthy") as info:
+        health: list[dict[str, Any]] = [{"name": s, "healthy": ports.runtime.health(s)} for s in services]
+        info["services"] = health
+        sick = [str(h["name"]) for h in health if not h["healthy"]]
+        if sick:
+            raise NeedsOperatorError(
+                f"{', '.join(sick)} not healthy after being repointed",
+                hint="check their logs; `voke --env NAME dr status` shows the database side",
+            )
+    return health
+
+
+def _repoint_or_stop(
+    ports: CloudDrPorts,
+    secrets: dict[str, tuple[str, ...]],
+    primary: DbInstanceInfo,
+    steps: _Steps,
+    resume: str,
+) -> dict[str, Any]:
+    """Repoint the services at PRIMARY; any failure here needs a person (the database already moved)."""
+    with steps.run(f"repoint services to {primary.name}") as info:
+        if not primary.ip_address:
+            raise NeedsOperatorError(
+                f"{primary.name} has no IP address to repoint the services to",
+                hint=f"give it one, then `{resume}`",
+            )
+        try:
+            moved = repoint_services(ports, secrets, primary.ip_address, progress=steps.progress)
+        except VokeError as exc:
+            raise NeedsOperatorError(
+                f"{primary.name} is the primary but the services were not repointed: {exc.message}",
+                hint=f"fix the cause, then `{resume}` (it does not repeat what is done)",
+            ) from None
+        info.update(moved)
+    return moved
+
+
+def _require_primary(recovery: DatabaseRecovery, name: str, steps: _Steps) -> DbInstanceInfo:
+    with steps.run(f"check {name} is a RUNNABLE primary") as info:
+        inst = recovery.instance(name)
+        info.update(role=inst.role, state=inst.state)
+        if inst.role != "primary" or inst.state != "RUNNABLE":
+            raise NeedsOperatorError(
+                f"{name} is a {inst.state} {inst.role} after the operation, not a RUNNABLE primary",
+                hint=f"gcloud sql instances describe {name}",
+            )
+    return inst
+
+
+def failover(
+    settings: Settings,
+    ports: CloudDrPorts,
+    *,
+    home: Path,
+    dry_run: bool = False,
+    progress: Progress = _quiet,
+) -> dict[str, Any]:
+    """Promote the cross-region replica: `promoteReplica?failover=true` when it is the
+    primary's designated DR replica (the old primary comes back as its replica), else a
+    plain promotion that leaves the old primary an independent primary (split-brain risk,
+    reported). Then repoint and redeploy the services and check them. A rerun after the
+    promotion skips it and finishes the rest."""
+    env = settings.environment(settings.env)
+    recovery = ports.recovery
+    replica_name = _replica_name(env, settings.env)
+    replica = recovery.instance(replica_name)
+    old = _find(recovery, env.instance)
+    resumed = replica.role == "primary"
+    if not resumed:
+        if replica.primary != env.instance:
+            raise PreconditionError(
+                f"{replica_name} replicates from {replica.primary}, not from {env.instance}; nothing was changed"
+            )
+        if replica.state != "RUNNABLE":
+            raise PreconditionError(
+                f"{replica_name} is {replica.state}, not RUNNABLE, and cannot be promoted; nothing was changed"
+            )
+    dr_failover = (
+        not resumed
+        and old is not None
+        and old.dr_replica == replica_name
+        and old.edition == "ENTERPRISE_PLUS"
+    )
+    secrets = connection_secrets(settings, env)
+    _refuse_unfinished_rotations(ports.store, secrets)
+    mode = "resume" if resumed else ("replica-failover" if dr_failover else "promote")
+    resume = f"voke --env {settings.env} dr failover --yes"
+    if dry_run:
+        plan = [
+            f"{replica_name} is already the primary: skip the promotion"
+            if resumed
+            else f"promoteReplica {replica_name} with failover=true ({env.instance} comes back as its replica)"
+            if dr_failover
+            else f"promoteReplica {replica_name} (plain: {env.instance} stays an independent primary, "
+            "split-brain risk)",
+            f"check {replica_name} is a RUNNABLE primary",
+            "give each connection secret a new version naming the new primary's address; redeploy "
+            + (", ".join(sorted({s for v in secrets.values() for s in v})) or "no service"),
+            "check the services are healthy",
+        ]
+        return {
+            "dry_run": True,
+            "kind": "cloudsql",
+            "mode": mode,
+            "old_leader": env.instance,
+            "new_leader": replica_name,
+            "plan": plan,
+        }
+    t0 = time.monotonic()
+    steps = _Steps(progress)
+    operation = None
+    with _audited(settings, home, "dr.failover", replica_name, mode=mode, old_primary=env.instance) as event:
+        if not resumed:
+            with steps.run(f"promote {replica_name}" + (" (failover=true)" if dr_failover else "")) as info:
+                try:
+                    op = recovery.promote_replica(replica_name, failover=dr_failover)
+                except BackendError as exc:
+                    after = _leftover(recovery, replica_name)
+                    if after is not None and after.role == "primary":
+                        raise NeedsOperatorError(
+                            f"{exc.message}; yet {replica_name} is now a primary", hint=f"then `{resume}`"
+                        ) from None
+                    raise
+                operation = _op(op)
+                info["operation"] = op.name
+        new = _require_primary(recovery, replica_name, steps)
+        old = _leftover(recovery, env.instance)  # the promotion is done: unknown is not a failure
+        moved = _repoint_or_stop(ports, secrets, new, steps, resume)
+        services = _check_services(ports, moved["redeployed"], steps)
+        event.details.update(
+            operation=operation and operation["name"],
+            repointed=[r["secret"] for r in moved["repointed"]],
+            redeployed=moved["redeployed"],
+        )
+    writable = [new.name] + ([old.name] if old is not None and old.role == "primary" else [])
+    split = len(writable) > 1
+    warnings = []
+    if split:
+        assert old is not None
+        warnings.append(
+            f"split-brain risk: {old.name} ({old.state}) is an independent primary and takes writes "
+            f"if anything still reaches it; stop it: gcloud sql instances patch {old.name} "
+            "--activation-policy=NEVER. Failing back needs it rebuilt as a replica of "
+            f"{new.name} (its writes since the promotion are not on {new.name})"
+        )
+        log.warning(warnings[-1])
+    follows = old is not None and old.primary == new.name
+    return {
+        "dry_run": False,
+        "kind": "cloudsql",
+        "env": settings.env,
+        "mode": mode,
+        "resumed": resumed,
+        "old_leader": env.instance,
+        "new_leader": new.name,
+        "operation": operation,
+        "promoted_at": operation["finished_at"] if operation else None,
+        "new_primary": {
+            "name": new.name,
+            "state": new.state,
+            "region": new.region,
+            "ip_address": new.ip_address,
+        },
+        "old_primary": {
+            "name": old.name,
+            "role": old.role,
+            "state": old.state,
+            "replicates_from": old.primary,
+        }
+        if old is not None
+        else None,
+        "split_brain_risk": split,
+        "writable_nodes": writable,
+        "repointed": moved["repointed"],
+        "redeployed": moved["redeployed"],
+        "skipped": moved["skipped"],
+        "services": services,
+        "steps": steps.items,
+        "warnings": warnings,
+        "duration_seconds": round(time.monotonic() - t0, 3),
+        "next": f"`voke --env {settings.env} dr failback --yes` switches back to {env.instance}"
+        if follows
+        else f"rebuild {env.instance} as a replica of {new.name} before failing back",
+    }
+
+
+def failback(
+    settings: Settings,
+    ports: CloudDrPorts,
+    *,
+    home: Path,
+    dry_run: bool = False,
+    progress: Progress = _quiet,
+) -> dict[str, Any]:
+    """Back to the configured topology (`instance` primary, `replica` its replica) by a
+    planned `switchover` to `instance`, which must be the current primary's DR replica
+    (Enterprise Plus); then repoint the services and check them. When both are primaries
+    (after a plain promotion) nothing is switched: that needs a rebuilt replica (exit 5)."""
+    env = settings.environment(settings.env)
+    recovery = ports.recovery
+    replica_name = _replica_name(env, settings.env)
+    home_inst = recovery.instance(env.instance)
+    other = recovery.instance(replica_name)
+    if home_inst.role == "primary" and other.role == "primary":
+        raise PreconditionError(
+            f"{env.instance} and {replica_name} are both primaries (a plain promotion left {env.instance} "
+            f"independent, and their data differ since); a switchover needs {env.instance} to be a "
+            f"replica of {replica_name}; nothing was changed",
+            hint=f"create a new replica of {replica_name} in {env.region}, designate it as the DR replica, "
+            "name it as `instance` in voke.toml, then run failback",
+        )
+    if home_inst.role == "primary":
+        switch = False
+    elif home_inst.primary == replica_name and other.role == "primary":
+        if other.edition != "ENTERPRISE_PLUS" or other.dr_replica != env.instance:
+            raise PreconditionError(
+                f"a switchover to {env.instance} needs an Enterprise Plus {replica_name} whose DR replica "
+                f"is {env.instance} (it is {other.edition}, DR replica {other.dr_replica}); nothing was changed",
+                hint=f"gcloud sql instances patch {replica_name} "
+                f"--failover-dr-replica-name={env.project}:{env.instance}",
+            )
+        if home_inst.state != "RUNNABLE":
+            raise PreconditionError(f"{env.instance} is {home_inst.state}, not RUNNABLE; nothing was changed")
+        switch = True
+    else:
+        raise PreconditionError(
+            f"unexpected topology: {env.instance} is a {home_inst.role} of {home_inst.primary}, "
+            f"{replica_name} a {other.role}; nothing was changed (`voke dr status` shows it)"
+        )
+    secrets = connection_secrets(settings, env)
+    _refuse_unfinished_rotations(ports.store, secrets)
+    resume = f"voke --env {settings.env} dr failback --yes"
+    if dry_run:
+        plan = [
+            f"switchover to {env.instance} ({replica_name} becomes its replica; Cloud SQL lets it catch up first)"
+            if switch
+            else f"{env.instance} is already the primary: nothing to switch",
+            f"check {env.instance} is a RUNNABLE primary",
+            "repoint the services' connection secret at its address; redeploy them",
+            "check the services are healthy",
+        ]
+        return {"dry_run": True, "kind": "cloudsql", "leader": env.instance, "switch": switch, "plan": plan}
+    t0 = time.monotonic()
+    steps = _Steps(progress)
+    operation = None
+    with _audited(
+        settings, home, "dr.failback", env.instance, switch=switch, from_primary=replica_name
+    ) as event:
+        if switch:
+            with steps.run(f"switchover to {env.instance}") as info:
+                op = recovery.switchover(env.instance)
+                operation = _op(op)
+                info["operation"] = op.name
+        leader = _require_primary(recovery, env.instance, steps)
+        moved = _repoint_or_stop(ports, secrets, leader, steps, resume)
+        services = _check_services(ports, moved["redeployed"], steps)
+        event.details.update(
+            operation=operation and operation["name"],
+            repointed=[r["secret"] for r in moved["repointed"]],
+            redeployed=moved["redeployed"],
+        )
+    standby = _leftover(recovery, replica_name)
+    return {
+        "dry_run": False,
+        "kind": "cloudsql",
+        "env": settings.env,
+        "switched": switch,
+        "leader": leader.name,
+        "standby": replica_name,
+        "standby_replicates_from": standby.primary if standby else None,
+        "rebuilt": {"method": "switchover" if switch else None},
+        "operation": operation,
+        "repointed": moved["repointed"],
+        "redeployed": moved["redeployed"],
+        "skipped": moved["skipped"],
+        "services": services,
+        "steps": steps.items,
+        "duration_seconds": round(time.monotonic() - t0, 3),
+    }

@@ -37,8 +37,8 @@ def require_local(settings: Settings) -> None:
     if settings.env != "local":
         settings.environment(settings.env)  # an unknown or invalid environment is named as such
         raise ConfigError(
-            f"`voke dr` and `voke drill` drive the local environment; {settings.env!r} is a cloud "
-            "environment and its Cloud SQL adapter is not available yet"
+            f"this command drives the local environment only; {settings.env!r} is a cloud environment, "
+            "where `voke dr status|check|restore|failover|failback` work (README: Google Cloud environments)"
         )
 
 

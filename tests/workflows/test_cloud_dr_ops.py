@@ -1,0 +1,293 @@
+"""`voke --env NAME dr restore|failover|failback` on Cloud SQL, against the Google Cloud
+fakes: a clone into a new instance (refused outside the recoverable window, an
+operation DONE with an error raised), replica failover with the services repointed
+through their connection secret and redeployed on Cloud Run, the split-brain risk of a
+plain promotion, a planned switchover back, reruns, dry runs, audit events, exit codes.
+
+The fake Cloud Run services are healthy only while the host in the credential they are
+pinned to is a RUNNABLE Cloud SQL primary, so "healthy" means "repointed correctly"."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("google.cloud.sqladmin_v1beta4")
+
+from voketag_ops.testing.gcp_fakes import FakeGcp
+
+SECRET = "db-app"
+SERVICES = ("admin-service", "factory-service")
+PRIMARY_IP, REPLICA_IP = "10.20.0.3", "10.30.0.3"
+
+
+def _toml(env: dict[str, Any], **extra: Any) -> str:
+    lines = ["[environments.prod]"]
+    settings = {k: v for k, v in {**env, **extra}.items() if v is not None and not isinstance(v, dict)}
+    lines += [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+    lines += ["[environments.prod.endpoints]"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in env["endpoints"].items()]
+    lines += ["[rotation]", "health_timeout = 1", "[rotation.db_users.app]", f'secret = "{SECRET}"']
+    lines += [f"services = {json.dumps(list(SERVICES))}"]
+    return "\n".join(lines) + "\n"
+
+
+class Cloud:
+    """The fakes seeded like a deployed platform, and how to run voke against them."""
+
+    def __init__(self, fake: FakeGcp, home: Path, voke: Any, make_environ: Any) -> None:
+        self.fake, self.home, self._voke = fake, home, voke
+        self.environ = make_environ(home / "state", VOKE_CONFIG=str(home / "voke.toml"), VOKE_ENV="prod")
+
+    def configure(self, **extra: Any) -> None:
+        env = self.fake.environment(services=list(SERVICES), replica="voke-db-dr")
+        (self.home / "voke.toml").write_text(_toml(env, **extra))
+
+    def voke(self, *args: str) -> Any:
+        return self._voke(*args, environ=self.environ)
+
+    def store(self) -> Any:
+        from voketag_ops.adapters.gcp.secrets import GcpSecretStore
+
+        return GcpSecretStore(self.fake.context())
+
+    def host_of(self, alias: str = "current") -> str:
+        return str(json.loads(self.store().access(SECRET, alias))["host"])
+
+    def role(self, name: str) -> str | None:
+        return self.fake.sql.instances[name]["master"]
+
+    def audit(self) -> list[dict[str, Any]]:
+        path = self.home / "state" / "audit" / "audit.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def posts(self, suffix: str) -> list[str]:
+        return [p for m, p in self.fake.rest.calls if m == "POST" and p.endswith(suffix)]
+
+
+def _seed(fake: FakeGcp, *, dr_replica: bool) -> None:
+    fake.sql.add_instance("voke-db", ip=PRIMARY_IP, dr_replica="voke-db-dr" if dr_replica else None)
+    fake.sql.add_instance("voke-db-dr", region="us-east1", replica_of="voke-db", ip=REPLICA_IP)
+    from voketag_ops.adapters.gcp.secrets import GcpSecretStore
+
+    store = GcpSecretStore(fake.context())
+    store.create(SECRET)
+    versions = [
+        store.add_version(
+            SECRET,
+            json.dumps(
+                {
+                    "username": role,
+                    "password": "pw-" + role,
+                    "host": PRIMARY_IP,
+                    "port": 5432,
+                    "dbname": "voketag",
+                }
+            ).encode(),
+        ).version
+        for role in ("app_b", "app_a")
+    ]
+    store.update(
+        SECRET, etag=store.get(SECRET).etag, aliases={"previous": versions[0], "current": versions[1]}
+    )
+    for service in SERVICES:
+        fake.run.add_service(service, SECRET, versions[1])
+
+    def reaches_a_primary(payload: bytes) -> bool:
+        host = json.loads(payload).get("host")
+        return any(
+            i["ip"] == host and i["master"] is None and i["state"] == "RUNNABLE"
+            for i in fake.sql.instances.values()
+        )
+
+    fake.run.probe = reaches_a_primary
+
+
+def _cloud(tmp_path: Path, voke: Any, make_environ: Any, *, dr_replica: bool) -> Iterator[Cloud]:
+    with FakeGcp() as fake:
+        _seed(fake, dr_replica=dr_replica)
+        cloud = Cloud(fake, tmp_path, voke, make_environ)
+        cloud.configure()
+        yield cloud
+
+
+@pytest.fixture
+def cloud(tmp_path: Path, voke: Any, make_environ: Any) -> Iterator[Cloud]:
+    """Enterprise Plus with voke-db-dr as the designated DR replica."""
+    yield from _cloud(tmp_path, voke, make_environ, dr_replica=True)
+
+
+@pytest.fixture
+def plain(tmp_path: Path, voke: Any, make_environ: Any) -> Iterator[Cloud]:
+    """A cross-region read replica that is not a designated DR replica."""
+    yield from _cloud(tmp_path, voke, make_environ, dr_replica=False)
+
+
+# -- restore ------------------------------------------------------------------------------------------
+def test_restore_clones_into_a_new_instance_and_audits(cloud):
+    result = cloud.voke("dr", "restore", "--to", "-1h", "--name", "voke-db-restore", "--yes", "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    doc = result.json
+    assert doc["command"] == "dr restore" and doc["ok"] is True
+    report = doc["result"]
+    assert report["instance"]["name"] == "voke-db-restore" and report["instance"]["state"] == "RUNNABLE"
+    assert report["operation"]["kind"] == "CLONE" and report["operation"]["status"] == "DONE"
+    assert report["source"] == "voke-db" and report["target"].endswith("Z")
+    assert cloud.posts("/instances/voke-db/clone") and "voke-db-restore" in cloud.fake.sql.instances
+    assert cloud.role("voke-db") is None  # the primary is untouched
+    event = cloud.audit()[-1]
+    assert event["event_type"] == "dr.restore" and event["result"] == "success"
+    assert event["target"] == "voke-db-restore" and event["env"] == "prod"
+    human = cloud.voke("dr", "restore", "--to", "-2h", "--yes")
+    assert human.exit_code == 0, human.stderr
+    assert "voke-db-pitr-" in human.stdout and "gcloud sql instances delete" in human.stdout
+
+
+@pytest.mark.parametrize("to", ["-8d", "-5s"], ids=["before-earliest", "after-latest"])
+def test_restore_refuses_a_target_outside_the_window_before_starting(cloud, to):
+    result = cloud.voke("dr", "restore", "--to", to, "--yes", "--json")
+    assert result.exit_code == 5, result.stdout
+    assert "recoverable window" in result.json["error"]["message"]
+    assert not cloud.posts("/clone")
+
+
+def test_restore_operation_done_with_an_error_exits_4_and_leaves_no_instance(cloud):
+    cloud.fake.sql.fail_next("CLONE", "simulated: insufficient quota in us-central1")
+    result = cloud.voke("dr", "restore", "--to", "-10m", "--name", "broken", "--yes", "--json")
+    assert result.exit_code == 4, result.stdout
+    assert "insufficient quota" in result.json["error"]["message"]
+    assert "broken" not in cloud.fake.sql.instances
+    event = cloud.audit()[-1]
+    assert event["event_type"] == "dr.restore" and event["result"] == "failure"
+
+
+def test_restore_refusals_dry_run_and_confirmation(cloud):
+    over = cloud.voke("dr", "restore", "--to", "-1h", "--name", "voke-db", "--yes", "--json")
+    assert over.exit_code == 2 and "new one" in over.json["error"]["message"]
+    cloud.voke("dr", "restore", "--to", "-1h", "--name", "taken", "--yes")
+    again = cloud.voke("dr", "restore", "--to", "-1h", "--name", "taken", "--yes", "--json")
+    assert again.exit_code == 5 and "exists" in again.json["error"]["message"]
+    bad = cloud.voke("dr", "restore", "--to", "2026-01-01T00:00:00", "--yes", "--json")
+    assert bad.exit_code == 2 and "offset" in bad.json["error"]["message"]
+    clones = len(cloud.posts("/clone"))
+    plan = cloud.voke("dr", "restore", "--to", "-1h", "--dry-run", "--json")
+    assert plan.exit_code == 0 and plan.json["result"]["dry_run"] is True and plan.json["result"]["plan"]
+    unconfirmed = cloud.voke("dr", "restore", "--to", "-1h", "--json")
+    assert unconfirmed.exit_code == 2 and "--yes" in unconfirmed.json["error"]["message"]
+    assert len(cloud.posts("/clone")) == clones
+
+
+# -- failover and failback ----------------------------------------------------------------------------
+def _serving_version(cloud: Cloud, service: str) -> str:
+    [(secret, version)] = cloud.fake.run.pinned(service)
+    assert secret == SECRET
+    return version
+
+
+def test_dr_replica_failover_repoints_services_then_switchover_fails_back(cloud):
+    store = cloud.store()
+    before = len(store.get(SECRET).versions)
+    result = cloud.voke("dr", "failover", "--yes", "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    report = result.json["result"]
+    assert report["mode"] == "replica-failover" and report["split_brain_risk"] is False
+    assert report["new_leader"] == "voke-db-dr" and report["operation"]["kind"] == "PROMOTE_REPLICA"
+    # failover=true: the old primary follows the promoted DR replica (a plain promote leaves it alone)
+    assert cloud.role("voke-db-dr") is None and cloud.role("voke-db") == "voke-db-dr"
+    # the services' connection secret names the new primary, and they serve it
+    assert cloud.host_of("current") == REPLICA_IP and cloud.host_of("previous") == REPLICA_IP
+    current = store.get(SECRET).aliases["current"]
+    assert len(store.get(SECRET).versions) == before + 2
+    assert sorted(report["redeployed"]) == list(SERVICES)
+    assert all(_serving_version(cloud, s) == str(current) for s in SERVICES)
+    assert all(s["healthy"] for s in report["services"]) and len(report["services"]) == 2
+    assert [s["ok"] for s in report["steps"]] == [True] * 4
+    event = cloud.audit()[-1]
+    assert (event["event_type"], event["result"], event["target"]) == ("dr.failover", "success", "voke-db-dr")
+    assert "pw-" not in json.dumps(cloud.audit()) + result.stdout  # no secret anywhere
+
+    rerun = cloud.voke("dr", "failover", "--yes", "--json")  # safe to re-run: nothing more to do
+    assert rerun.exit_code == 0, rerun.stdout
+    assert rerun.json["result"]["mode"] == "resume" and rerun.json["result"]["repointed"] == []
+    assert len(store.get(SECRET).versions) == before + 2
+
+    status = cloud.voke("dr", "status", "--json")
+    assert status.json["result"]["writable_nodes"] == ["voke-db-dr"]
+
+    back = cloud.voke("dr", "failback", "--yes", "--json")
+    assert back.exit_code == 0, back.stdout + back.stderr
+    assert (
+        back.json["result"]["switched"] is True and back.json["result"]["operation"]["kind"] == "SWITCHOVER"
+    )
+    assert cloud.role("voke-db") is None and cloud.role("voke-db-dr") == "voke-db"
+    assert cloud.host_of() == PRIMARY_IP
+    current = store.get(SECRET).aliases["current"]
+    assert all(_serving_version(cloud, s) == str(current) for s in SERVICES)
+    assert cloud.audit()[-1]["event_type"] == "dr.failback"
+    again = cloud.voke("dr", "failback", "--yes", "--json")
+    assert again.exit_code == 0 and again.json["result"]["switched"] is False
+    assert cloud.posts("/switchover") == ["/sql/v1beta4/projects/voke-test/instances/voke-db/switchover"]
+
+
+def test_plain_promotion_reports_split_brain_and_failback_refuses(plain):
+    result = plain.voke("dr", "failover", "--yes", "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    report = result.json["result"]
+    assert report["mode"] == "promote" and report["split_brain_risk"] is True
+    assert sorted(report["writable_nodes"]) == ["voke-db", "voke-db-dr"]
+    assert "activation-policy=NEVER" in report["warnings"][0]
+    assert plain.role("voke-db") is None and plain.role("voke-db-dr") is None  # both independent
+    assert plain.host_of() == REPLICA_IP
+    check = plain.voke("dr", "check", "--json")
+    assert check.exit_code == 1 and "split_brain" in check.json["result"]["failed"]
+    human = plain.voke("dr", "failover", "--yes")  # a rerun: nothing more, the warning again
+    assert human.exit_code == 0 and "split-brain risk" in human.stdout
+    back = plain.voke("dr", "failback", "--yes", "--json")
+    assert back.exit_code == 5 and "both primaries" in back.json["error"]["message"]
+    assert not plain.posts("/switchover")
+
+
+def test_a_promotion_done_with_an_error_changes_nothing(cloud):
+    cloud.fake.sql.fail_next("PROMOTE_REPLICA", "simulated: the replica is lagging too far")
+    result = cloud.voke("dr", "failover", "--yes", "--json")
+    assert result.exit_code == 4, result.stdout
+    assert "lagging" in result.json["error"]["message"]
+    assert cloud.role("voke-db-dr") == "voke-db" and cloud.host_of() == PRIMARY_IP
+    assert cloud.audit()[-1]["result"] == "failure"
+
+
+def test_services_that_do_not_come_up_stop_for_a_person_and_a_rerun_finishes(cloud):
+    versions = len(cloud.store().get(SECRET).versions)
+    cloud.fake.run.unhealthy = {(SECRET, str(versions + 1))}  # the new `current`
+    result = cloud.voke("dr", "failover", "--yes", "--json")
+    assert result.exit_code == 7, result.stdout
+    assert "not repointed" in result.json["error"]["message"]
+    assert "dr failover --yes" in result.json["error"]["hint"]
+    assert cloud.role("voke-db-dr") is None  # the database did move
+    cloud.fake.run.unhealthy = set()
+    rerun = cloud.voke("dr", "failover", "--yes", "--json")
+    assert rerun.exit_code == 0, rerun.stdout
+    assert rerun.json["result"]["mode"] == "resume" and rerun.json["result"]["repointed"] == []
+    assert all(_serving_version(cloud, s) == str(versions + 1) for s in SERVICES)
+
+
+def test_failover_refusals_and_dry_run(cloud):
+    plan = cloud.voke("dr", "failover", "--dry-run", "--json")
+    assert plan.exit_code == 0 and plan.json["result"]["mode"] == "replica-failover"
+    assert "failover=true" in plan.json["result"]["plan"][0]
+    back_plan = cloud.voke("dr", "failback", "--dry-run", "--json")
+    assert back_plan.exit_code == 0 and back_plan.json["result"]["switch"] is False
+    assert cloud.voke("dr", "failover", "--json").exit_code == 2  # no --yes, no terminal
+    assert cloud.voke("dr", "failback", "--clone", "--yes", "--json").exit_code == 2
+    store = cloud.store()
+    meta = store.get(SECRET)
+    store.update(SECRET, etag=meta.etag, annotations={"voke-rotation": json.dumps({"id": "r1"})})
+    busy = cloud.voke("dr", "failover", "--yes", "--json")
+    assert busy.exit_code == 5 and "rotation" in busy.json["error"]["message"]
+    assert not cloud.posts("/promoteReplica") and cloud.role("voke-db-dr") == "voke-db"
+    cloud.configure(replica=None)
+    assert cloud.voke("dr", "failover", "--yes", "--json").exit_code == 3
