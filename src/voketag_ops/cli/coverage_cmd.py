@@ -123,6 +123,25 @@ def _warn(env: AppContext, warnings: Any) -> None:
         env.out.note(f"warning: {line}")
 
 
+def _cloud(env: AppContext) -> bool:
+    """Whether --env names a cloud environment (checked before any work: an unknown name exits 3)."""
+    if env.settings.env == "local":
+        return False
+    env.settings.environment(env.settings.env)
+    return True
+
+
+def _publish(env: AppContext, cloud: bool, result: Any) -> None:
+    """On a cloud environment, coverage per service goes to Cloud Monitoring (best effort)."""
+    if not cloud:
+        return
+    from voketag_ops.workflows.cloud import publish_coverage
+
+    written = publish_coverage(env.settings, result)
+    if written:
+        env.out.note(f"wrote coverage of {written - 1} service(s) and overall to Cloud Monitoring")
+
+
 @app.command("report")
 def report(
     ctx: typer.Context,
@@ -143,8 +162,10 @@ def report(
         precision=precision, fail_under=fail_under, strict=strict, rule=rule, service=service, map_=map_,
         baseline_from=baseline_from,
     )  # fmt: skip
+    cloud = _cloud(env)
     result = wf.report(env.settings.coverage, paths, root=_root(env), options=options, environ=env.environ)
     _warn(env, result.warnings)
+    _publish(env, cloud, result)
     env.out.result(result, render=_render_report)
 
 
@@ -168,6 +189,7 @@ def gate(
         precision=precision, fail_under=fail_under, strict=strict, rule=rule, service=service, map_=map_,
         baseline_from=baseline_from,
     )  # fmt: skip
+    cloud = _cloud(env)
     result = wf.report(
         env.settings.coverage,
         paths,
@@ -177,6 +199,7 @@ def gate(
         title="voke coverage gate",
     )
     _warn(env, result.warnings)
+    _publish(env, cloud, result)
     failing = [s.name for s in (*result.services, result.totals) if s.passed is False]
     env.out.result(
         result,

@@ -1170,6 +1170,7 @@ class FakeMonitoring:
     def __init__(self, project: str) -> None:
         self.project = project
         self.series: list[Any] = []
+        self.refuse: str | None = None  # a gRPC status code every CreateTimeSeries fails with
 
     def add_point(
         self,
@@ -1206,6 +1207,8 @@ class FakeMonitoring:
         from google.protobuf import empty_pb2
 
         def create(req: Any) -> Any:
+            if self.refuse:
+                raise GrpcAbort(self.refuse, f"injected {self.refuse}")
             for ts_ in req.time_series:
                 if not ts_.metric.type.startswith(("custom.googleapis.com/", "workload.googleapis.com/")):
                     raise GrpcAbort("INVALID_ARGUMENT", f"cannot write {ts_.metric.type}")

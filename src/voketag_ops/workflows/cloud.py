@@ -162,3 +162,34 @@ def cloud_engine(
         progress=progress,
         platform=platform,
     )
+
+
+def cloud_environment(settings: Settings) -> GcpEnvironment | None:
+    """The cloud environment `settings.env` names, or None on the local environment
+    (ConfigError for a name that is not configured)."""
+    if settings.env == "local":
+        return None
+    return settings.environment(settings.env)
+
+
+def publish_coverage(settings: Settings, report: Any) -> int:
+    """Write each service's coverage and the overall figure as voke's metric (label
+    `service`; the total is `overall`) in one call. Best effort: a Monitoring failure is
+    logged and 0 returned, never raised, so it can never fail a coverage gate."""
+    from voketag_ops.adapters.gcp import catalog
+
+    scores = [*report.services, report.totals]
+    points = [
+        (catalog.COVERAGE, float(score.percent), {"service": score.name, "env": settings.env})
+        for score in scores
+    ]
+    try:
+        CloudPlatform(settings).monitoring.write_many(points)
+    except Exception as exc:  # best effort by design: the answer of the gate must not change
+        log.warning(
+            "coverage not written to Cloud Monitoring (%s): %s",
+            settings.env,
+            getattr(exc, "message", None) or type(exc).__name__,
+        )
+        return 0
+    return len(points)
