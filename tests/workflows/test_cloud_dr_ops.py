@@ -165,6 +165,15 @@ def test_restore_operation_done_with_an_error_exits_4_and_leaves_no_instance(clo
     assert event["event_type"] == "dr.restore" and event["result"] == "failure"
 
 
+def test_a_clone_still_running_at_the_deadline_stops_for_a_person(cloud):
+    cloud.configure(operation_timeout=0.05)
+    cloud.fake.sql.polls_per_step = 10**6  # the operation never leaves PENDING
+    result = cloud.voke("dr", "restore", "--to", "-10m", "--name", "slow", "--yes", "--json")
+    assert result.exit_code == 7, result.stdout
+    assert "continues in Cloud SQL" in result.json["error"]["message"]
+    assert "gcloud sql instances" in result.json["error"]["hint"]
+
+
 def test_restore_refusals_dry_run_and_confirmation(cloud):
     over = cloud.voke("dr", "restore", "--to", "-1h", "--name", "voke-db", "--yes", "--json")
     assert over.exit_code == 2 and "new one" in over.json["error"]["message"]

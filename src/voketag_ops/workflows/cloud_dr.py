@@ -34,13 +34,11 @@ from voketag_ops.errors import (
     UsageError,
     VokeError,
 )
-from voketag_ops.logs import get_logger
 
 if TYPE_CHECKING:
     from voketag_ops.config import GcpEnvironment, Settings
     from voketag_ops.ports import DatabaseRecovery, DbInstanceInfo, SecretStore, ServiceRuntime
 
-log = get_logger(__name__)
 Progress = Callable[[str], None]
 
 
@@ -368,7 +366,7 @@ def restore(
         },
         "stop_point": None,  # Cloud SQL does not report it; a target it cannot reach fails the operation
         "duration_seconds": round(time.monotonic() - t0, 3),
-        "next": f"compare it with `voke dr verify` from a host that reaches both; delete it when done: "
+        "next": f"inspect it at {info.ip_address or 'its private IP'}; delete it when done: "
         f"gcloud sql instances delete {name}",
     }
 
@@ -600,7 +598,6 @@ def failover(
             "--activation-policy=NEVER. Failing back needs it rebuilt as a replica of "
             f"{new.name} (its writes since the promotion are not on {new.name})"
         )
-        log.warning(warnings[-1])
     follows = old is not None and old.primary == new.name
     return {
         "dry_run": False,
