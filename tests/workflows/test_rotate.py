@@ -251,8 +251,28 @@ def test_failed_health_after_deploy_rolls_services_back(platform):
     engine = make_engine(
         platform, runtime=UnhealthyRuntime(platform.runtime(), next_version), health_timeout=1.0
     )
-    outcome = engine.rotate_db_password("app")
+    failures, stop = [], threading.Event()
+
+    def probe():  # the real services must keep working while the rollback moves them back
+        from voketag_ops.adapters.local.services import http_health
+
+        runtime = platform.runtime()
+        while not stop.is_set():
+            for service in ("admin-service", "factory-service", "blockchain-service"):
+                url = runtime.url(service)
+                ok, body = http_health(url) if url else (False, {"error": "no route"})
+                if not ok:
+                    failures.append((service, body))
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    try:
+        outcome = engine.rotate_db_password("app")
+    finally:
+        stop.set()
+        thread.join()
     assert outcome.error is not None and outcome.error.exit_code == 6, outcome
+    assert failures == []
     assert outcome.report.new_version == next_version
     assert store.get("db-app").aliases["current"] == meta.aliases["current"]
     assert_consistent(platform)
@@ -317,6 +337,7 @@ def test_cleanup_keeps_current_previous_pinned_and_newest(platform):
     engine = make_engine(platform)
     engine.now = lambda: later
     plan = engine.cleanup(dry_run=True)
+    plan["actions"] = [a for a in plan["actions"] if a.secret == "db-app"]  # other managed secrets too
     assert plan["actions"], "expected superseded versions to disable"
     assert store.get("db-app").versions == meta.versions  # dry run changed nothing
     protected = set(meta.aliases.values()) | platform.runtime().pinned_versions("db-app")
@@ -327,7 +348,7 @@ def test_cleanup_keeps_current_previous_pinned_and_newest(platform):
     states = {v.version: v.state for v in store.get("db-app").versions}
     assert all(states[a.version] == "disabled" for a in plan["actions"])
     engine.now = lambda: later + timedelta(days=31)
-    destroyed = engine.cleanup(dry_run=False)["actions"]
+    destroyed = [a for a in engine.cleanup(dry_run=False)["actions"] if a.secret == "db-app"]
     assert destroyed and all(a.action == "destroy" for a in destroyed)
     assert_consistent(platform)
 
@@ -419,3 +440,65 @@ def test_cli_guards(voke, platform_environ):
     plan = voke("rotate", "db-password", "--dry-run", "--json", environ=platform_environ)
     assert plan.exit_code == 0 and plan.json["result"]["dry_run"] is True and plan.json["result"]["plan"]
     assert voke("secrets", "access", "nope", environ=platform_environ).exit_code == 4
+
+
+class ApplyThenTimeout:
+    """The real target, but the password change reports a timeout after it took effect."""
+
+    def __init__(self, real):
+        self.real, self.failed = real, False
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def set_password(self, role, password):
+        from voketag_ops.errors import StepTimeoutError
+
+        self.real.set_password(role, password)
+        if not self.failed:  # the first answer is lost; the rollback's call gets through
+            self.failed = True
+            raise StepTimeoutError(f"ALTER ROLE {role}: no answer")
+
+
+def test_a_set_target_that_took_effect_before_failing_is_undone(platform):
+    store = platform.store()
+    before = store.get("db-app")
+    engine = make_engine(platform, target=ApplyThenTimeout(platform.db_target()))
+    outcome = engine.rotate_db_password("app")
+    assert outcome.error is not None and outcome.error.exit_code == 6
+    rollback = next(s for s in outcome.report.steps if s.name == "rollback")
+    assert rollback.detail == "restore_target"
+    assert store.get("db-app").aliases == before.aliases
+    assert_consistent(platform)  # previous logs in again: its password was set back
+
+
+def test_rollback_of_a_run_killed_inside_set_target(platform, platform_environ, voke):
+    crashed = voke_proc(platform_environ, "rotate", "db-password", "--yes", **{FAULT_ENV: "create_pending"})
+    assert crashed.returncode == FAULT_EXIT_CODE
+    store = platform.store()
+    pending = cred(platform, "pending")
+    platform.db_target().set_password(pending["username"], pending["password"])  # ALTER ran, then the kill
+    rotation_id = json.loads(store.get("db-app").annotations[ANNOTATION])["id"]
+    result = voke("rotate", "rollback", rotation_id, "--yes", "--json", environ=platform_environ)
+    assert result.exit_code == 0, result.stdout
+    assert result.json["result"]["status"] == "rolled_back"
+    assert_consistent(platform)
+
+
+def test_a_commit_that_happened_but_was_not_recorded_is_rolled_back(platform, platform_environ, voke):
+    crashed = voke_proc(platform_environ, "rotate", "db-password", "--yes", **{FAULT_ENV: "test"})
+    assert crashed.returncode == FAULT_EXIT_CODE
+    store = platform.store()
+    meta = store.get("db-app")
+    record = json.loads(meta.annotations[ANNOTATION])
+    # The alias move reached the store, its reply was lost (a retried CAS on a flaky network).
+    store.update(
+        "db-app",
+        etag=meta.etag,
+        aliases={"current": record["pending_version"], "previous": record["old_current"], "pending": None},
+    )
+    result = voke("rotate", "rollback", record["id"], "--yes", "--json", environ=platform_environ)
+    assert result.exit_code == 0, result.stdout
+    after = store.get("db-app")
+    assert after.aliases["current"] == record["old_current"]
+    assert_consistent(platform)

@@ -280,9 +280,10 @@ def decide(
     ready = published_at + refresh
     if ring.previous is not None:
         ready = max(ready, parse_iso(ring.previous["expires_at"]))
-    if ready.microsecond:  # whole seconds, rounded up: never earlier than the wait
+    action: Action = "promote" if now >= ready else "wait"
+    if ready.microsecond:  # shown in whole seconds, rounded up: never earlier than the wait
         ready = ready.replace(microsecond=0) + timedelta(seconds=1)
-    return ("promote" if now >= ready else "wait"), ready
+    return action, ready
 
 
 def publish(ring: Keyring, now: datetime) -> Keyring:

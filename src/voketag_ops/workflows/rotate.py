@@ -332,7 +332,7 @@ class RotationEngine:
             except KeyboardInterrupt:
                 self._release(record)
                 raise Interrupted(
-                    f"rotation {record.id} interrupted during {step}; nothing is half-done",
+                    f"rotation {record.id} interrupted during {step}; its state is recorded (the step may have taken effect)",
                     hint=f"voke rotate resume {record.id}   (or: voke rotate rollback {record.id})",
                 ) from None
             except RotationFailure as exc:
@@ -471,6 +471,7 @@ class RotationEngine:
         meta = self.store.get(record.secret)
         if meta.aliases.get("current") == record.pending_version:
             return "skipped: current already points at the new version"
+        record.step = "commit"  # the alias move and its record are one compare-and-swap
         self._save(
             record,
             aliases={"current": record.pending_version, "previous": record.old_current, "pending": None},
@@ -529,7 +530,7 @@ class RotationEngine:
         if exc.recovery == "operator":
             return self._needs_attention(record, t0, resumed, f"{exc.kind} at {step}: {exc.message}")
         try:
-            self._rollback(record)
+            self._rollback(record, failed_step=step)
         except VokeError as rb_exc:
             return self._needs_attention(
                 record,
@@ -559,20 +560,33 @@ class RotationEngine:
         )
         return Outcome(RotationReport.of(record, t0=t0, resumed=resumed), error)
 
-    def _rollback(self, record: RotationRecord) -> None:
-        """Undo what the completed steps did (the issue's recovery rules)."""
-        scope = rollback_scope(record.step)
+    def _rollback(self, record: RotationRecord, *, failed_step: str | None = None) -> None:
+        """Undo whatever the rotation may have done (the issue's recovery rules).
+
+        The scope is that of the step in flight (FAILED_STEP, or the step after the last one
+        recorded): a step that failed or was killed may still have taken effect, and every
+        restore is idempotent. The store widens it: if `current` already points at the new
+        version, the commit happened even if it was never recorded.
+        """
+        in_flight = failed_step or next(iter(record.next_steps()), record.step)
+        scope = rollback_scope(in_flight)
+        meta = self.store.get(record.secret)
+        if record.pending_version is not None and meta.aliases.get("current") == record.pending_version:
+            scope = "restore_aliases"
         t = time.monotonic()
         user = self._credential_of_secret(record.secret)
         pending = self._cred(record.secret, record.pending_version)
         current = self._cred(record.secret, record.old_current)
         previous = self._cred(record.secret, record.old_previous)
-        user.restore(scope, pending, current, previous)
+        # With one credential (single user, Auth0) the old value works only once the target has it
+        # back, so restore first; with two, move the services back first so none loses access.
+        restore_first = user.strategy in ("single", "single-phase")
+        if restore_first:
+            user.restore(scope, pending, current, previous)
         aliases: dict[str, int | None] = {"pending": None}
         if scope == "restore_aliases":
             aliases.update({"current": record.old_current, "previous": record.old_previous})
-        meta = self.store.get(record.secret)
-        self.store.update(record.secret, etag=meta.etag, aliases=aliases)
+        self.store.update(record.secret, etag=self.store.get(record.secret).etag, aliases=aliases)
         if scope == "restore_aliases" and record.old_current is not None:
             back = {
                 svc: (record.secret, record.old_current)
@@ -582,6 +596,20 @@ class RotationEngine:
             }
             if back:
                 self.runtime.deploy_many(back)
+        if not restore_first:
+            user.restore(scope, pending, current, previous)
+        if (
+            scope == "discard_pending"
+            and pending is not None
+            and current is not None
+            and user.authenticates(pending)
+            and not user.authenticates(current)
+        ):
+            # The target holds the new value after all: disabling it would leave nothing that works.
+            raise NeedsOperatorError(
+                f"{record.secret}: the target accepts the new version {record.pending_version} and not the "
+                f"current {record.old_current}; the new version was kept enabled"
+            )
         # Provider-minted keys go last, once no service uses them any more.
         discard = getattr(user, "discard", None)
         if discard is not None:
