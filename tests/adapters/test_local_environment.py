@@ -277,3 +277,51 @@ def test_home_path_too_long_for_a_socket_still_works(tmp_path):
             assert conn.execute("select 1").fetchone() == (1,)
     finally:
         env.destroy()
+
+
+def test_an_interrupted_first_up_is_finished_by_the_next_and_destroy_leaves_no_server(tmp_path, monkeypatch):
+    from voketag_ops.adapters.local import postgres
+
+    env = LocalEnvironment(LocalSettings(home=tmp_path / "h"))
+    real_run = postgres.PgRunner.run
+
+    def interrupted(self, name, args, **kwargs):
+        if name == "pg_basebackup":
+            raise KeyboardInterrupt
+        return real_run(self, name, args, **kwargs)
+
+    monkeypatch.setattr(postgres.PgRunner, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        env.up()
+    monkeypatch.undo()
+    pid = env.node("primary").pid()
+    assert pid is not None  # the primary was started before the interruption
+    try:
+        report = env.up()  # same state, same ports: it adopts the running primary
+        assert "replica" in report.created and env.node("primary").pid() == pid
+    finally:
+        (tmp_path / "h" / "state.json").unlink()  # even without its state, destroy stops the servers
+        env.destroy()
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), "the stray postmaster to stop")
+
+
+def test_a_fenced_follower_is_left_down_and_a_fenced_leader_blocks_up(tmp_path):
+    from voketag_ops.errors import NeedsOperatorError
+
+    env = LocalEnvironment(LocalSettings(home=tmp_path / "h"))
+    try:
+        env.up()
+        env.node("replica").stop()
+        (tmp_path / "h" / "dr").mkdir(exist_ok=True)
+        (tmp_path / "h" / "dr" / "fenced-replica.json").write_text("{}")
+        assert env.is_running()  # a fenced follower is down on purpose
+        env.up()
+        assert not env.node("replica").running
+        (tmp_path / "h" / "dr" / "fenced-replica.json").rename(tmp_path / "h" / "dr" / "fenced-primary.json")
+        env.node("primary").stop()
+        with pytest.raises(NeedsOperatorError, match="fenced"):
+            env.up()
+        assert not env.node("primary").running
+    finally:
+        env.destroy()
+    assert not (tmp_path / "h" / "dr").exists()

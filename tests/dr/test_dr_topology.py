@@ -116,10 +116,13 @@ def test_failover_fences_promotes_and_loses_no_acknowledged_write(voke, environ,
     assert events[-1]["action"] == "dr.failover" and events[-1]["result"] == "success"
 
 
-def test_env_up_refuses_to_start_the_fenced_primary(voke, environ, env):
+def test_env_up_leaves_the_fenced_primary_down(voke, environ, env):
+    # The rest of the platform keeps working during the incident (rotations, ingestion); the
+    # fenced former primary stays down until `dr failback` rebuilds it as a standby.
     result = voke("env", "up", environ=environ)
-    assert result.exit_code == 7 and "failback" in result.stderr
+    assert result.exit_code == 0 and "fenced" in result.stdout and "failback" in result.stdout
     assert not env.node("primary").running
+    assert voke("rotate", "status", "--json", environ=environ).exit_code == 0
 
 
 def test_split_brain_is_detected_reported_and_fenced(voke, environ, env):

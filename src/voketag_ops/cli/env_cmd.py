@@ -107,6 +107,8 @@ def _render_plan(console: Console, report: dict[str, Any]) -> None:
 
 
 def _render_up(console: Console, report: Any) -> None:
+    for note in report.not_started:
+        console.print(f"not started: {note}", markup=False)
     if report.already_running:
         console.print(f"the local environment is already running ({report.home}); nothing changed")
         return

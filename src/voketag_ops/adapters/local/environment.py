@@ -20,6 +20,7 @@ brings the servers back on their remembered ports.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -137,6 +138,7 @@ class UpReport:
     duration_seconds: float
     backup: str | None = None
     services_started: list[str] = field(default_factory=list)
+    not_started: list[str] = field(default_factory=list)  # nodes left down on purpose, and why
 
 
 class LocalEnvironment:
@@ -266,11 +268,24 @@ class LocalEnvironment:
                 state = self._new_state(progress)
                 created.append("state")
             runner = self._prepare(state, fresh=fresh)
+            if fresh:  # remembered at once: an interrupted first `up` must find its ports again
+                state.save(self.state_file)
             nodes = {name: self.node(name, state, runner) for name in NODE_NAMES}
             already = not fresh and all(
                 n.initialized and n.running for n in nodes.values() if self._wanted(n.name, state)
             )
             primary, replica = nodes[state.leader], nodes[state.follower]
+            fenced = self.fenced()
+            if state.leader in fenced:
+                raise NeedsOperatorError(
+                    f"the recorded leader {state.leader} is fenced: a failover was interrupted; "
+                    "finish it with `voke dr failover --yes` before anything starts"
+                )
+            if not primary.running and _writable(replica):
+                raise NeedsOperatorError(
+                    f"{replica.name} is writable while {primary.name} is the recorded leader; starting "
+                    f"{primary.name} would give two primaries (resume the failover: `voke dr failover --yes`)"
+                )
             if not primary.initialized:
                 if state.leader != "primary":
                     raise NeedsOperatorError(
@@ -287,7 +302,10 @@ class LocalEnvironment:
                 primary.start(timeout=self.settings.start_timeout)
                 started.append(primary.name)
             self._ensure_slot(primary)
-            if self.settings.replica:
+            not_started: list[str] = []
+            if replica.name in fenced:
+                not_started.append(f"{replica.name}: fenced former primary; `voke dr failback` rebuilds it")
+            elif self.settings.replica:
                 if not replica.initialized:
                     progress("cloning the streaming replica (pg_basebackup)")
                     self._clone_replica(primary, replica)
@@ -318,10 +336,16 @@ class LocalEnvironment:
             pg_version=state.pg_version,
             duration_seconds=round(time.monotonic() - t0, 3),
             backup=backup_label,
+            not_started=not_started,
         )
 
     def _wanted(self, name: str, state: EnvState) -> bool:
-        return name == state.leader or self.settings.replica
+        """Whether NAME should be running: the leader always, the follower unless fenced or disabled."""
+        return name == state.leader or (self.settings.replica and name not in self.fenced())
+
+    def fenced(self) -> set[str]:
+        """Nodes `voke dr` fenced (a former primary that must not come back writable)."""
+        return {p.stem.removeprefix("fenced-") for p in (self.home / "dr").glob("fenced-*.json")}
 
     def _new_state(self, progress: Progress) -> EnvState:
         bins = PgBinaries.resolve(self.settings.pg_bin)
@@ -647,12 +671,39 @@ class LocalEnvironment:
                     log.warning("could not stop servers cleanly: %s", exc)
                 if state.socket_dir and not Path(state.socket_dir).is_relative_to(self.home):
                     shutil.rmtree(state.socket_dir, ignore_errors=True)
-            for path in (self.pg_dir, self.state_file):
+            self._kill_strays(progress)  # e.g. a postmaster from an `up` interrupted before it saved state
+            # Fence markers and unfinished DR operations belong to this environment; drill journals
+            # and the audit log are history and stay.
+            for path in (self.pg_dir, self.state_file, self.home / "dr"):
                 if path.exists():
                     progress(f"removing {path}")
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
                     removed.append(str(path))
         return {"home": str(self.home), "removed": removed}
+
+    def _kill_strays(self, progress: Progress) -> None:
+        """Stop any postmaster still running on a data directory under pg/ (immediate shutdown)."""
+        import signal
+
+        pids = []
+        for pidfile in self.pg_dir.glob("**/postmaster.pid") if self.pg_dir.is_dir() else []:
+            try:
+                pid = int(pidfile.read_text().split("\n", 1)[0])
+                if b"postgres" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    pids.append(pid)
+            except (OSError, ValueError):
+                continue
+        for pid in pids:
+            progress(f"stopping a stray postmaster (pid {pid})")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGQUIT)
+        deadline = time.monotonic() + 10
+        while pids and time.monotonic() < deadline:
+            pids = [p for p in pids if Path(f"/proc/{p}").exists()]
+            time.sleep(0.1)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     # -- on demand ----------------------------------------------------------------------------
     def is_running(self) -> bool:
@@ -690,6 +741,18 @@ class LocalEnvironment:
                 node.stop(mode="fast")
                 stopped.append(f"restore {restored['name']}")
         return stopped
+
+
+def _writable(node: PgNode) -> bool:
+    """True when NODE is up and not in recovery (a second primary)."""
+    if not node.running:
+        return False
+    try:
+        with node.connect(timeout=3) as conn:
+            row = conn.execute("select pg_is_in_recovery()").fetchone()
+        return bool(row is not None and not row[0])
+    except BackendError:
+        return False
 
 
 def _iso(value: datetime) -> str:
