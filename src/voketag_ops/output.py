@@ -95,6 +95,7 @@ class Output:
         self._err_console: Console | None = None
         self.emitted = False
         self.exit_code = int(ExitCode.OK)
+        self.command_error: str | None = None  # set by the top level for a bare group
 
     # -- consoles -------------------------------------------------------------
     def _console(self, stream: TextIO | _RedactingStream) -> Console:
@@ -165,7 +166,9 @@ class Output:
                 if error.hint:
                     self.err.print(f"hint: {redact(error.hint)}", markup=False, highlight=False)
             elif not ok and failure:
-                self.err.print(f"[red]✗[/] {failure}", markup=True)
+                from rich.markup import escape
+
+                self.err.print(f"[red]✗[/] {escape(failure)}", markup=True)
         self.emitted = True
         self.exit_code = int(error.exit_code if error else (ExitCode.OK if ok else ExitCode.NO))
         return self.exit_code

@@ -173,3 +173,28 @@ def test_console_script_runs(tmp_path, make_environ):
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["ok"] is True and doc["result"]["initialized"] is False
+
+
+def test_a_bare_group_is_one_usage_error_with_help_on_stderr(voke):
+    result = voke("rotate", "--json")
+    assert result.exit_code == 2
+    assert result.json == {
+        "ok": False,
+        "command": "rotate",
+        "error": {
+            "type": "UsageError",
+            "message": "missing command",
+            "exit_code": 2,
+            "hint": "see 'voke rotate --help'",
+        },
+    }
+    human = voke("env")
+    assert human.exit_code == 2 and human.stdout == ""
+    assert "Usage: voke env" in human.stderr and "error: missing command" in human.stderr
+    assert voke("env", "--help").stdout.count("Usage: voke env") == 1  # asked-for help stays on stdout
+
+
+def test_a_dry_run_never_creates_the_environment(voke, tmp_path):
+    result = voke("rotate", "db-password", "--dry-run")
+    assert result.exit_code == 2 and "voke env up" in result.stderr
+    assert not (tmp_path / "home" / "pg").exists() and not (tmp_path / "home" / "state.json").exists()

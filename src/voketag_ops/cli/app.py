@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
 import traceback
@@ -25,7 +26,7 @@ from voketag_ops.cli import (
     rotate_cmd,
     secrets_cmd,
 )
-from voketag_ops.cli._click import ClickAbort, ClickException, ClickUsageError
+from voketag_ops.cli._click import ClickAbort, ClickException, ClickUsageError, NoArgsIsHelpError
 from voketag_ops.cli.common import GLOBAL_FLAGS, AppContext, GlobalOptions
 from voketag_ops.errors import Interrupted, UsageError, VokeError
 from voketag_ops.output import Output
@@ -177,8 +178,19 @@ def run(
         no_color="--no-color" in args or "NO_COLOR" in env_map,
     )
     debug = "--debug" in args
-    with contextlib.redirect_stdout(output.stdout), contextlib.redirect_stderr(output.stderr):
-        return _invoke(args, output, debug, environ, cwd)
+    # Reports go to output.stdout directly; what Typer prints itself (help, version) is held
+    # back so that help for a bare group can go to stderr instead, behind one error.
+    held = io.StringIO()
+    with contextlib.redirect_stdout(held), contextlib.redirect_stderr(output.stderr):
+        code = _invoke(args, output, debug, environ, cwd)
+    if held.getvalue():
+        if code == 2 and output.command_error == "missing command":
+            if not output.json_mode:
+                output.stderr.write(held.getvalue())
+        else:
+            output.stdout.write(held.getvalue())
+            output.stdout.flush()
+    return code
 
 
 def _invoke(
@@ -201,6 +213,11 @@ def _invoke(
         if debug:
             _print_traceback(output.stderr)
         return output.error(exc)
+    except NoArgsIsHelpError as exc:  # `voke rotate` alone: its help on stderr, one error, exit 2
+        path = exc.ctx.command_path if exc.ctx is not None else "voke"
+        output.command = " ".join(path.split()[1:])
+        output.command_error = "missing command"
+        return output.error(UsageError("missing command", hint=f"see '{path} --help'"))
     except ClickUsageError as exc:
         return _usage_error(output, exc)
     except ClickException as exc:

@@ -18,11 +18,12 @@ app = typer.Typer(
 )
 
 
-def _engine(env: Any) -> Any:
+def _engine(env: Any, *, dry_run: bool = False) -> Any:
+    """The rotation engine; a dry run never starts (or creates) the local environment."""
     from voketag_ops.workflows.rotate import local_engine
 
     with env.out.progress("preparing") as update:
-        return local_engine(env.settings, update)
+        return local_engine(env.settings, update, start=not dry_run)
 
 
 def _show(env: Any, outcome: Any) -> None:
@@ -51,7 +52,7 @@ def db_password(
         raise UsageError(f"--strategy must be alternating or single, not {strategy!r}")
     if not dry_run:
         env.out.confirm(f"Rotate the database password of {user}?", yes=yes)
-    engine = _engine(env)
+    engine = _engine(env, dry_run=dry_run)
     _show(env, engine.rotate_db_password(user, strategy=strategy, dry_run=dry_run))
 
 
@@ -82,7 +83,7 @@ def api_key(
         env.out.confirm(f"{'Adopt' if adopt else 'Rotate'} the API key {name}?", yes=yes)
         if adopt or needs_pasted_key(env.settings.rotation, name):
             pasted = _read_pasted(env, f"{'Current' if adopt else 'New'} {name} key")
-    engine = _engine(env)
+    engine = _engine(env, dry_run=dry_run)
     if adopt:
         env.out.result(adopt_api_key(engine, name, pasted or "", dry_run=dry_run), render=_render_adopt)
         return
@@ -113,7 +114,7 @@ def jwt(
             "Replace every JWT signing key now (forced logouts)?" if emergency else "Rotate the JWT keyring?"
         )
         env.out.confirm(question, yes=yes)
-    _show(env, rotate_jwt(_engine(env), emergency=emergency, dry_run=dry_run))
+    _show(env, rotate_jwt(_engine(env, dry_run=dry_run), emergency=emergency, dry_run=dry_run))
 
 
 @app.command("sa-key")
@@ -215,7 +216,7 @@ def due(
 ) -> None:
     """What is due by the schedule; with --run, rotate it (exit 6/7 if any rotation failed)."""
     env = use(ctx)
-    engine = _engine(env)
+    engine = _engine(env, dry_run=dry_run or not run)
     due_now = engine.due()
     if not run or dry_run or not due_now:
         env.out.result({"due": due_now, "rotations": []}, render=_render_due)
@@ -243,7 +244,7 @@ def cleanup(ctx: typer.Context, dry_run: DryRun = False, yes: Yes = False) -> No
     """Disable superseded versions after 24 h, destroy them after 30 days; never current,
     previous, the newest 3, or a version any service is pinned to."""
     env = use(ctx)
-    engine = _engine(env)
+    engine = _engine(env, dry_run=dry_run)
     if not dry_run:
         env.out.confirm("Disable/destroy old secret versions?", yes=yes)
     env.out.result(engine.cleanup(dry_run=dry_run), render=_render_cleanup)
@@ -295,7 +296,7 @@ def _render_status(console: Console, report: dict[str, Any]) -> None:
             s["name"],
             str(s["current_version"]),
             str(s["previous_version"]),
-            f"{s['age_days']:.1f}",
+            "-" if s["age_days"] is None else f"{s['age_days']:.1f}",
             s["next_due"],
             "[yellow]yes[/]" if s["due"] else "no",
         )

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from voketag_ops.core.dr_checks import Thresholds, judge, parse_duration, parse_point_in_time
-from voketag_ops.errors import ConfigError, UsageError
+from voketag_ops.errors import ConfigError, PreconditionError, UsageError
 from voketag_ops.logs import get_logger
 
 if TYPE_CHECKING:
@@ -257,7 +257,13 @@ def repoint_services(settings: Settings, env: LocalEnvironment, leader: PgNode) 
             payload["port"] = leader.port
             aliases[alias] = store.add_version(user.secret, json.dumps(payload).encode()).version
         if aliases:
-            store.update(user.secret, etag=store.get(user.secret).etag, aliases=aliases)
+            latest = store.get(user.secret)
+            if any(latest.aliases.get(a) != meta.aliases.get(a) for a in ("current", "previous")):
+                # A rotation moved the aliases meanwhile: never overwrite its commit.
+                raise PreconditionError(
+                    f"{user.secret} changed while it was being repointed (a rotation?); run the command again"
+                )
+            store.update(user.secret, etag=latest.etag, aliases=aliases)
             repointed.append({"secret": user.secret, "versions": aliases, "port": leader.port})
         current = aliases.get("current") or meta.aliases.get("current")
         if current is not None:

@@ -955,9 +955,13 @@ def notification_text(record: RotationRecord, env_name: str) -> str:
     )
 
 
-def local_engine(settings: Any, progress: Progress = lambda _m: None) -> RotationEngine:
+def local_engine(
+    settings: Any, progress: Progress = lambda _m: None, *, start: bool = True
+) -> RotationEngine:
     """The engine wired to the environment the settings name: the local platform, started
-    on demand, or a Google Cloud environment through its adapters (workflows/cloud.py)."""
+    on demand (unless START is False: dry runs change nothing), or a Google Cloud environment
+    through its adapters (workflows/cloud.py)."""
+    from voketag_ops.adapters.local import dr
     from voketag_ops.workflows.env import LocalPlatform
 
     if settings.env != "local":
@@ -965,7 +969,15 @@ def local_engine(settings: Any, progress: Progress = lambda _m: None) -> Rotatio
 
         return cloud_engine(settings, progress)
     platform = LocalPlatform(settings)
-    platform.ensure_up(progress)
+    pending = dr.unfinished_operation(platform.env)
+    if pending is not None:
+        # A failover rewrites the services' connection secret: never rotate in the middle of one.
+        raise PreconditionError(
+            f"an unfinished `voke dr {pending.get('operation')}` must be completed first",
+            hint=str(pending.get("resume") or "voke dr status"),
+        )
+    if start:
+        platform.ensure_up(progress)
     return RotationEngine(
         store=platform.store(),
         runtime=platform.runtime(),
