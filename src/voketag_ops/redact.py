@@ -23,6 +23,28 @@ def register(value: str | bytes) -> None:
             _values.add(text)
 
 
+_SECRET_FIELDS = {"password", "secret", "token", "access_token", "private_key", "api_key", "key", "value"}
+
+
+def register_payload(value: bytes) -> None:
+    """Register a stored secret value and, when it is a JSON object, each secret-looking field
+    (a bare password quoted in a message is masked too)."""
+    register(value)
+    try:
+        import json
+
+        doc = json.loads(value)
+    except (ValueError, UnicodeDecodeError):
+        return
+    if isinstance(doc, dict):
+        for name, field in doc.items():
+            lowered = name.lower()
+            if isinstance(field, str) and (
+                lowered in _SECRET_FIELDS or lowered.endswith(("_secret", "password", "_token"))
+            ):
+                register(field)
+
+
 def redact(text: str) -> str:
     """TEXT with every registered secret value replaced by ***."""
     if not _values:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from voketag_ops import redact
 from voketag_ops.config import DbUserSettings
 from voketag_ops.core.rotation import generate_password
 from voketag_ops.errors import ValidationError
@@ -99,9 +100,11 @@ class DbPassword:
 
     def create(self, rotation_id: str, current: dict[str, Any]) -> dict[str, Any]:
         host, port = self.target.endpoint()
+        password = generate_password(self.length)
+        redact.register(password)
         return {
             "username": self.role_for(current),
-            "password": generate_password(self.length),
+            "password": password,
             "host": host,
             "port": port,
             "dbname": self.user.database,

@@ -7,6 +7,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+from voketag_ops import redact
 from voketag_ops.adapters.local.environment import LocalEnvironment, Progress, UpReport
 from voketag_ops.config import Settings
 from voketag_ops.core.rotation import LAST_ANNOTATION, generate_password, iso
@@ -115,6 +116,7 @@ class LocalPlatform:
             versions = []
             for role in reversed(roles):  # previous first, current last
                 password = generate_password(self.settings.rotation.password_length)
+                redact.register(password)
                 target.set_password(role, password)
                 payload = {
                     "username": role,

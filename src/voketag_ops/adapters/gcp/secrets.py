@@ -205,7 +205,7 @@ class GcpSecretStore:
         with self.translate(name, precondition=NotFoundError):
             resp = self.ctx.call(self.client.access_secret_version, name=f"{self._path(name)}/versions/{ref}")
         value = bytes(resp.payload.data)
-        redact.register(value)
+        redact.register_payload(value)
         return value
 
     def update(

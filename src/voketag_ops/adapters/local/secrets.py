@@ -188,7 +188,7 @@ class LocalSecretStore:
             raise ConfigError(
                 f"secret {name!r} version {number} cannot be decrypted with {self.key_file}"
             ) from None
-        redact.register(value)
+        redact.register_payload(value)
         return value
 
     @staticmethod

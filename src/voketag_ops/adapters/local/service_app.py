@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-DRAIN_SECONDS = 1.0
+DRAIN_SECONDS = 3.0
 
 
 def load_credential(home: Path, secret: str, version: int) -> dict[str, Any]:
@@ -120,8 +120,11 @@ def main(argv: list[str] | None = None) -> int:
 
         threading.Thread(target=stop, daemon=True).start()
 
-    signal.signal(signal.SIGTERM, drain)
-    signal.signal(signal.SIGINT, drain)
+    def stop_now(_signum: int, _frame: Any) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, drain)  # traffic moved away: keep answering a little while
+    signal.signal(signal.SIGINT, stop_now)  # the environment is going down: stop at once
     server.serve_forever(poll_interval=0.1)
     server.server_close()
     return 0

@@ -250,7 +250,7 @@ class LocalServiceRuntime:
                 entry["active"] = None
                 entry["others"] = []
         for pid in pids:
-            _signal(pid, signal.SIGTERM)
+            _signal(pid, signal.SIGINT)  # stop now (SIGTERM would drain first)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and any(_alive(p) for p in pids):
             time.sleep(0.05)
@@ -362,7 +362,7 @@ def _signal(pid: int, sig: signal.Signals) -> None:
 
 
 def _terminate(pid: int) -> None:
-    _signal(pid, signal.SIGTERM)
+    _signal(pid, signal.SIGINT)  # stop now, no drain
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline and _alive(pid):
         time.sleep(0.05)
