@@ -502,3 +502,19 @@ def test_a_commit_that_happened_but_was_not_recorded_is_rolled_back(platform, pl
     after = store.get("db-app")
     assert after.aliases["current"] == record["old_current"]
     assert_consistent(platform)
+
+
+def test_resume_and_rollback_dry_runs_show_the_plan_and_change_nothing(platform, platform_environ, voke):
+    crashed = voke_proc(platform_environ, "rotate", "db-password", "--yes", **{FAULT_ENV: "set_target"})
+    assert crashed.returncode == FAULT_EXIT_CODE
+    store = platform.store()
+    before = store.get("db-app")
+    rotation_id = json.loads(before.annotations[ANNOTATION])["id"]
+    plan = voke("rotate", "rollback", rotation_id, "--dry-run", "--json", environ=platform_environ)
+    assert plan.exit_code == 0, plan.stdout
+    assert plan.json["result"]["scope"] == "restore_target" and plan.json["result"]["in_flight"] == "test"
+    resume = voke("rotate", "resume", "--dry-run", "--json", environ=platform_environ)
+    assert resume.json["result"]["plan"][-1] == "run finish"
+    assert store.get("db-app") == before  # nothing changed
+    assert voke("rotate", "resume", "--yes", environ=platform_environ).exit_code == 0
+    assert_consistent(platform)

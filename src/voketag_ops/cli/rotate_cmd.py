@@ -180,10 +180,16 @@ def resume(
     rotation_id: Annotated[
         str | None, typer.Argument(help="Rotation id (default: the unfinished one).")
     ] = None,
+    dry_run: DryRun = False,
     yes: Yes = False,
 ) -> None:
     """Finish an interrupted rotation from the step after the last one recorded."""
     env = use(ctx)
+    if dry_run:
+        env.out.result(
+            _engine(env, dry_run=True).plan_unfinished(rotation_id, action="resume"), render=_render_plan
+        )
+        return
     env.out.confirm(f"Resume rotation {rotation_id or '(the unfinished one)'}?", yes=yes)
     _show(env, _engine(env).resume(rotation_id))
 
@@ -192,12 +198,26 @@ def resume(
 def rollback(
     ctx: typer.Context,
     rotation_id: Annotated[str, typer.Argument(help="Rotation id (see `voke rotate status`).")],
+    dry_run: DryRun = False,
     yes: Yes = False,
 ) -> None:
     """Undo an unfinished rotation: target, aliases and services back to the previous version."""
     env = use(ctx)
+    if dry_run:
+        env.out.result(
+            _engine(env, dry_run=True).plan_unfinished(rotation_id, action="rollback"), render=_render_plan
+        )
+        return
     env.out.confirm(f"Roll back rotation {rotation_id}?", yes=yes)
     _show(env, _engine(env).rollback(rotation_id))
+
+
+def _render_plan(console: Console, report: dict[str, Any]) -> None:
+    console.print(f"[bold]dry run[/]: {report.get('rotation_id') or 'no rotation'}; nothing will change")
+    if report.get("scope"):
+        console.print(f"  rollback scope: {report['scope']} (last step recorded: {report['last_step']})")
+    for step in report["plan"]:
+        console.print(f"  • {step}", markup=False)
 
 
 @app.command("status")

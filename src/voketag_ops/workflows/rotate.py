@@ -560,6 +560,15 @@ class RotationEngine:
         )
         return Outcome(RotationReport.of(record, t0=t0, resumed=resumed), error)
 
+    def _scope(self, record: RotationRecord, failed_step: str | None = None) -> str:
+        """The rollback scope: that of the step in flight (FAILED_STEP, or the step after the last
+        one recorded), widened to restore_aliases when the store shows the commit happened."""
+        scope = rollback_scope(failed_step or next(iter(record.next_steps()), record.step))
+        meta = self.store.get(record.secret)
+        if record.pending_version is not None and meta.aliases.get("current") == record.pending_version:
+            scope = "restore_aliases"
+        return scope
+
     def _rollback(self, record: RotationRecord, *, failed_step: str | None = None) -> None:
         """Undo whatever the rotation may have done (the issue's recovery rules).
 
@@ -568,11 +577,7 @@ class RotationEngine:
         restore is idempotent. The store widens it: if `current` already points at the new
         version, the commit happened even if it was never recorded.
         """
-        in_flight = failed_step or next(iter(record.next_steps()), record.step)
-        scope = rollback_scope(in_flight)
-        meta = self.store.get(record.secret)
-        if record.pending_version is not None and meta.aliases.get("current") == record.pending_version:
-            scope = "restore_aliases"
+        scope = self._scope(record, failed_step)
         t = time.monotonic()
         user = self._credential_of_secret(record.secret)
         pending = self._cred(record.secret, record.pending_version)
@@ -676,6 +681,49 @@ class RotationEngine:
             self.store.update(record.secret, etag=meta.etag, annotations={ANNOTATION: record.to_json()})
         except EtagMismatchError:
             raise PreconditionError(f"another voke took over rotation {record.id} first") from None
+
+    def plan_unfinished(self, rotation_id: str | None, *, action: str) -> dict[str, Any]:
+        """What `resume` or `rollback` (ACTION) would do, changing nothing (their --dry-run)."""
+        record = self._find(rotation_id)
+        if record is None:
+            if rotation_id and self._from_history(rotation_id) is None:
+                raise NotFoundError(f"no rotation {rotation_id}")
+            return {
+                "dry_run": True,
+                "rotation_id": rotation_id,
+                "plan": ["nothing unfinished: nothing to do"],
+            }
+        in_flight = next(iter(record.next_steps()), record.step)
+        scope = self._scope(record)
+        if action == "resume":
+            plan = [
+                f"take over {record.id} (owner {record.owner})",
+                *[f"run {s}" for s in record.next_steps()],
+            ]
+        else:
+            plan = {
+                "discard_pending": [f"disable version {record.pending_version} and remove the pending alias"],
+                "restore_target": [
+                    "give the changed credential its last stored value back",
+                    f"disable version {record.pending_version} and remove the pending alias",
+                ],
+                "restore_aliases": [
+                    f"move current back to {record.old_current} and previous to {record.old_previous}",
+                    f"redeploy the services pinned to {record.old_current}",
+                    "give the changed credential its last stored value back",
+                    f"disable version {record.pending_version}",
+                ],
+            }[scope]
+        return {
+            "dry_run": True,
+            "rotation_id": record.id,
+            "secret": record.secret,
+            "last_step": record.step,
+            "in_flight": in_flight,
+            "scope": scope if action == "rollback" else None,
+            "running": self._owner_alive(record) and record.status == "in_progress",
+            "plan": plan,
+        }
 
     def rollback(self, rotation_id: str) -> Outcome:
         t0 = time.monotonic()
