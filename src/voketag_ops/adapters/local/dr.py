@@ -145,11 +145,28 @@ def dr_lock(env: LocalEnvironment, operation: str) -> Iterator[None]:
 
 
 def unfinished_operation(env: LocalEnvironment) -> dict[str, Any] | None:
+    """The interrupted operation recorded in VOKE_HOME/dr/operation.json, or None.
+
+    A file that exists but cannot be read is not "none": the resume-first guard must hold.
+    """
     path = env.home / "dr" / "operation.json"
     try:
         return dict(json.loads(path.read_text()))
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError, TypeError):
+        raise PreconditionError(
+            f"{path} records an interrupted DR operation but cannot be read; inspect it, then remove it "
+            "once the topology is known (voke dr status)"
+        ) from None
+
+
+def _operation_for_status(env: LocalEnvironment) -> dict[str, Any] | None:
+    """`unfinished_operation` for reports: an unreadable record is shown, not raised."""
+    try:
+        return unfinished_operation(env)
+    except PreconditionError as exc:
+        return {"operation": "unreadable", "resume": exc.message}
 
 
 class OperationLog:
@@ -188,7 +205,10 @@ class OperationLog:
 
     def _save(self) -> None:
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.doc, indent=2))
+        with tmp.open("w") as fh:
+            fh.write(json.dumps(self.doc, indent=2))
+            fh.flush()
+            os.fsync(fh.fileno())  # the record of what was done must survive a crash
         tmp.replace(self.path)
 
 
@@ -624,7 +644,7 @@ def snapshot(env: LocalEnvironment, *, lag_wait: float, replica_expected: bool =
             backups=0,
             recoverable_window=None,
             archive_gaps=None,
-            unfinished_operation=unfinished_operation(env),
+            unfinished_operation=_operation_for_status(env),
         )
         return report
     state = env.require_state()
@@ -685,7 +705,7 @@ def snapshot(env: LocalEnvironment, *, lag_wait: float, replica_expected: bool =
         else None
     )
     report["restores"] = [r["name"] for r in list_restores(env)]
-    report["unfinished_operation"] = unfinished_operation(env)
+    report["unfinished_operation"] = _operation_for_status(env)
     return report
 
 
