@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import random
 from datetime import UTC, datetime, timedelta, timezone
 
 from hypothesis import HealthCheck, given, settings
@@ -128,3 +129,152 @@ def test_every_proof_from_sealed_chunks_verifies(size, data):
         path = ing.inclusion_proof(index, size, chunks[index // ing.SEAL_CHUNK], seal.chunk_roots)
         assert merkle.verify_leaf(leaves[index], index, size, path, seal.root)
         assert not merkle.verify_leaf(leaves[index] + b"x", index, size, path, seal.root)
+
+
+# -- the bulk path agrees with the row-by-row path --------------------------------------------
+
+_DEFECTS = (
+    "tag_space", "tag_bad_char", "tag_dash", "tag_duplicate", "tag_long", "tag_empty",
+    "sku_collision", "sku_long", "sku_space", "name_quoted", "name_escaped_quote", "name_accent",
+    "name_nbsp_edge", "factory_empty", "ts_z", "ts_offset", "ts_future", "ts_bad_date", "ts_hour_24",
+    "ts_seconds_only", "optional_long", "optional_space", "blank_line", "control_char", "open_quote",
+    "stray_quote", "too_many_fields", "row_of_200",
+)  # fmt: skip
+
+
+def _messy_file(seed: int, rows: int, columns: list[str], rate: float, newline: str) -> bytes:
+    """A batch file, mostly clean rows in canonical form (what the bulk path takes) with
+    defects of every kind sprinkled at RATE."""
+    rng = random.Random(seed)
+    names = {f"SKU-{i}": f"Product {i}" for i in range(30)}
+    tags: list[str] = []
+    out = [",".join(columns)]
+    for i in range(rows):
+        defect = rng.choice(_DEFECTS) if rng.random() < rate else ""
+        tag = f"T{rng.randrange(16**8):08X}{i}"
+        sku = rng.choice(list(names))
+        when = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(microseconds=rng.randrange(10**13))
+        values = {
+            "tag_id": tag,
+            "sku": sku,
+            "product_name": names[sku],
+            "factory_id": f"FAC-{rng.randrange(20):02d}",
+            "manufactured_at": when.isoformat(timespec="microseconds"),
+            "lot": f"L{i}",
+            "color": rng.choice(["", "red", "navy"]),
+            "size": rng.choice(["", "M", "42"]),
+            "notes": rng.choice(["", "n", "x y"]),
+        }
+        text = {
+            "tag_space": " " + tag,
+            "tag_bad_char": tag + "!",
+            "tag_dash": tag + "-_",
+            "tag_duplicate": rng.choice(tags) if tags else tag,
+            "tag_long": tag * 10,
+            "tag_empty": "",
+        }
+        if defect in text:
+            values["tag_id"] = text[defect]
+        elif defect == "sku_collision":
+            values["product_name"] = "Another name"
+        elif defect == "sku_long":
+            values["sku"] = "S" * 65
+        elif defect == "sku_space":
+            values["sku"] = sku + " "
+        elif defect == "name_quoted":
+            values["product_name"] = f'"{names[sku]}, boxed"'
+            names[sku] = f"{names[sku]}, boxed"
+        elif defect == "name_escaped_quote":
+            values["product_name"] = '"The ""best"""'
+        elif defect == "name_accent":
+            values["product_name"] = "Caf\u00e9 " + names[sku]
+            names[sku] = values["product_name"]
+        elif defect == "name_nbsp_edge":
+            values["product_name"] = names[sku] + "\u00a0"
+        elif defect == "factory_empty":
+            values["factory_id"] = ""
+        elif defect == "ts_z":
+            values["manufactured_at"] = when.isoformat(timespec="microseconds").replace("+00:00", "Z")
+        elif defect == "ts_offset":
+            values["manufactured_at"] = when.astimezone(timezone(timedelta(hours=2))).isoformat()
+        elif defect == "ts_future":
+            values["manufactured_at"] = "2099-01-01T00:00:00.000000+00:00"
+        elif defect == "ts_bad_date":
+            values["manufactured_at"] = "2024-02-30T00:00:00.000000+00:00"
+        elif defect == "ts_hour_24":
+            values["manufactured_at"] = "2024-02-03T24:00:00.000000+00:00"
+        elif defect == "ts_seconds_only":
+            values["manufactured_at"] = when.isoformat(timespec="seconds")
+        elif defect == "optional_long":
+            values["lot"] = "L" * 201
+        elif defect == "optional_space":
+            values["color"] = " red"
+        elif defect == "row_of_200":
+            values["lot"] = "L" * 150
+        tags.append(values["tag_id"])
+        line = ",".join(values[c] for c in columns)
+        if defect == "blank_line":
+            out.append("")
+        elif defect == "control_char":
+            line += "\x07"
+        elif defect == "open_quote":
+            line += ',"open'
+        elif defect == "stray_quote":
+            line = line.replace(",", ',x"', 1)
+        elif defect == "too_many_fields":
+            line += ",extra"
+        out.append(line)
+    return (newline.join(out) + newline).encode()
+
+
+def _outcome(data: bytes, chunk: int, *, bulk: bool, detect_duplicates: bool) -> dict[str, object]:
+    v = ing.BatchValidator(
+        now=NOW,
+        keep_rejected=True,
+        detect_duplicates=detect_duplicates,
+        known_products={"SKU-0": "Product 0", "SKU-1": "Renamed"},
+    )
+    if not bulk:
+        v._bulk = lambda *args: False  # type: ignore[method-assign]
+    copied, lines, rejected, sealed = b"", [], [], []
+    pieces = [v.feed(data[i : i + chunk]) for i in range(0, len(data), chunk)] + [v.finish()]
+    for piece in pieces:
+        copied += piece.copy_data
+        lines += piece.lines
+        rejected += [(r.line, r.problems, r.record) for r in piece.rejected]
+        sealed += piece.sealed
+    return {
+        "problems": v.problems,
+        "counts": (v.error_count, v.rows_total, v.rows_accepted, v.rows_rejected, v.fatal),
+        "copy": copied,
+        "lines": lines,
+        "rejected": rejected,
+        "sealed": sealed,
+        "seal": v.seal,
+        "products": v.new_products(),
+        "warnings": v.warnings,
+    }
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32),
+    rows=st.integers(1, 1500),
+    order=st.sampled_from(["canonical", "shuffled", "no-optional", "extra"]),
+    rate=st.sampled_from([0.0, 0.002, 0.02, 0.2]),
+    newline=st.sampled_from(["\n", "\r\n"]),
+    chunk=st.sampled_from([1 << 20, 4096, 777]),
+    detect_duplicates=st.booleans(),
+)
+def test_bulk_and_row_by_row_validation_agree(seed, rows, order, rate, newline, chunk, detect_duplicates):
+    columns = list(ing.CANONICAL_COLUMNS)
+    if order == "shuffled":
+        random.Random(seed).shuffle(columns)
+    elif order == "no-optional":
+        columns = [*ing.REQUIRED_COLUMNS, "color"]
+    elif order == "extra":
+        columns.insert(3, "notes")
+    data = _messy_file(seed, rows, columns, rate, newline)
+    fast = _outcome(data, chunk, bulk=True, detect_duplicates=detect_duplicates)
+    slow = _outcome(data, chunk, bulk=False, detect_duplicates=detect_duplicates)
+    assert fast == slow

@@ -337,6 +337,13 @@ def test_rejected_records_keep_their_text_and_reasons():
     assert v.rejected[0].line == 3 and v.rejected[0].record.startswith("T2,S,Sho")
 
 
+def test_a_quoted_field_beyond_the_csv_modules_limit_is_too_long_not_a_crash():
+    v = run(HEADER + row("T1") + row("T2", name='"' + "x" * 200_000 + '"'))
+    p = only_problem(v)
+    assert (p.line, p.column, p.code) == (3, 10, "too_long")
+    assert v.rows_accepted == 1
+
+
 def test_over_long_line_is_skipped_without_buffering_it():
     v = run(HEADER + row("T1") + "T2," + "x" * (ing.MAX_LINE_BYTES + 10) + "\n" + row("T3"), chunk=1 << 16)
     p = only_problem(v)
@@ -401,6 +408,28 @@ def test_sample_is_valid_deterministic_and_sized():
     ing.write_sample(other, 299, 7)
     tags = lambda data: {ln.split(",")[0] for ln in data.decode().splitlines()[1:]}  # noqa: E731
     assert not tags(a.getvalue()) & tags(other.getvalue())
+
+
+def _peak_memory(rows: int, *, detect_duplicates: bool) -> int:
+    import tracemalloc
+
+    data = "".join(ing.sample_rows(rows, seed=1)).encode()
+    tracemalloc.start()
+    try:
+        v = ing.BatchValidator(now=NOW, detect_duplicates=detect_duplicates)
+        for i in range(0, len(data), 1 << 16):
+            v.feed(data[i : i + (1 << 16)])
+        v.finish()
+        assert v.ok and v.rows_accepted == rows
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_without_duplicate_detection_memory_does_not_grow_with_the_file():
+    small = _peak_memory(5_000, detect_duplicates=False)
+    assert _peak_memory(40_000, detect_duplicates=False) < small + (1 << 20)
+    assert _peak_memory(40_000, detect_duplicates=True) > small + (2 << 20)  # the map it does without
 
 
 def test_core_imports_no_cli_or_database_libraries():

@@ -296,6 +296,65 @@ def test_partial_drops_tags_already_loaded_and_reseals(db, tmp_path):
     assert len(rejects.read_text().splitlines()) == 8
 
 
+def test_duplicates_in_the_file_are_found_by_the_primary_key_with_line_and_column(db, tmp_path):
+    # tag_id is the second column, and the repeats are far apart (different pieces).
+    rows = [f"S{i % 7},T{i},Thing {i % 7},F1,2024-01-01T00:00:00Z\n" for i in range(40000)]
+    rows[30000] = "S3,T17,Thing 3,F1,2024-01-01T00:00:00Z\n"
+    rows[39999] = "S3,  T5,Thing 3,F1,2024-01-01T00:00:00Z\n"
+    path = write(tmp_path, "sku,tag_id,product_name,factory_id,manufactured_at\n" + "".join(rows))
+    report = load(db, path)
+    assert report.status == "rejected" and report.error_count == 2 and report.rows_rejected == 2
+    assert [(e["line"], e["column"], e["code"]) for e in report.errors] == [
+        (30002, 4, "duplicate_tag_id"),
+        (40001, 4, "duplicate_tag_id"),
+    ]
+    assert "first on line 19" in report.errors[0]["message"]
+    assert counts(db) == (0, 0, 0)
+
+
+def test_partial_drops_duplicates_and_tags_already_loaded_and_every_proof_verifies(db, tmp_path):
+    load(db, write(tmp_path, HEADER + "OLD1,S1,Shoe,F1,2024-01-01T00:00:00Z,L\n", "a.csv"))
+    text = (
+        HEADER
+        + "N1,S1,Shoe,F1,2024-01-01T00:00:00Z,L\n"
+        + "OLD1,S1,Shoe,F1,2024-01-01T00:00:00Z,L\n"  # loaded by batch 1
+        + "N2,S2,Hat,F1,2024-01-01T00:00:00Z,L\n"
+        + "N1,S1,Shoe,F1,2024-02-01T00:00:00Z,L2\n"  # duplicate of line 2
+        + "OLD1,S1,Shoe,F1,2024-03-01T00:00:00Z,L3\n"  # duplicate of line 3
+        + "N3,S3,Cap,F1,2024-01-01T00:00:00Z,L\n"
+    )
+    rejects = tmp_path / "rejects.csv"
+    report = load(db, write(tmp_path, text, "b.csv"), partial=True, rejects=rejects)
+    assert report.status == "loaded", report.errors
+    assert (report.rows_total, report.rows_loaded, report.rows_rejected) == (6, 3, 3)
+    assert [(e["line"], e["code"]) for e in report.errors] == [
+        (3, "tag_already_loaded"),
+        (5, "duplicate_tag_id"),
+        (6, "duplicate_tag_id"),
+    ]
+    assert [r[0] for r in db_rows(db, report.batch_id)] == ["N1", "N2", "N3"]
+    assert assert_every_proof_verifies(db, report.batch_id) == 3
+    with rejects.open(newline="") as fh:
+        rejected = list(csv.reader(fh))[1:]
+    assert [(r[0], r[2]) for r in rejected] == [
+        ("3", "tag_already_loaded"),
+        ("5", "duplicate_tag_id"),
+        ("6", "duplicate_tag_id"),
+    ]
+    assert rejected[1][4] == "N1,S1,Shoe,F1,2024-02-01T00:00:00Z,L2"
+    with psycopg.connect(db) as conn:
+        products = dict(conn.execute("select sku, product_name from ingest.products").fetchall())
+    assert products == {"S1": "Shoe", "S2": "Hat", "S3": "Cap"}
+
+
+def test_partial_without_conflicts_records_only_the_products_of_loaded_rows(db, tmp_path):
+    text = HEADER + "T1,S1,Shoe,F1,2024-01-01T00:00:00Z,L\n" + "T2,S2,Hat,F1,not a time,L\n"
+    report = load(db, write(tmp_path, text), partial=True, rejects=tmp_path / "rejects.csv")
+    assert (report.status, report.rows_loaded) == ("loaded", 1)
+    with psycopg.connect(db) as conn:
+        assert conn.execute("select sku from ingest.products").fetchall() == [("S1",)]
+
+
 def test_partial_needs_a_rejects_file(db, tmp_path):
     with pytest.raises(UsageError):
         load(db, sample(tmp_path, 5), partial=True)
@@ -366,7 +425,7 @@ def test_kill_9_mid_load_leaves_no_partial_batch(db, tmp_path, pg_database, make
             while proc.poll() is None and not copying:
                 row = admin.execute(
                     "select count(*) from pg_stat_activity where datname = %s and application_name = 'voke ingest'"
-                    " and query like 'COPY pg_temp%%'",
+                    " and query like 'COPY %%'",
                     (pg_database,),
                 ).fetchone()
                 copying = bool(row and row[0])
@@ -427,6 +486,23 @@ def test_ctrl_c_mid_load_rolls_back_and_stops_the_stager(db, tmp_path):
     assert not [t for t in threading.enumerate() if t.name == "voke-ingest-stager"]
     assert counts(db)[:2] == (0, 0)
     assert load(db, path).status == "loaded"
+
+
+def test_a_load_leaves_the_interpreter_as_it_found_it(db, tmp_path):
+    # The load shortens the GIL switch interval while it streams; loaded, rejected or
+    # interrupted, it puts it back, and its sending thread is gone.
+    before = sys.getswitchinterval()
+    path = sample(tmp_path, 3000)
+
+    def interrupt(p: wf.LoadProgress) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        load(db, path, progress=interrupt)
+    assert load(db, path).status == "loaded"
+    assert load(db, write(tmp_path, HEADER + "T1,S1,Shoe,F1,soon,L\n", "bad.csv")).status == "rejected"
+    assert sys.getswitchinterval() == before
+    assert not [t for t in threading.enumerate() if t.name == "voke-ingest-stager"]
 
 
 def test_a_load_waiting_past_the_lock_timeout_gives_up_with_exit_5(db, tmp_path):
