@@ -258,6 +258,7 @@ class Auth0Secret(ApiKeyCredential):
 
     provider = "auth0"
     strategy = "single-phase"
+    one_credential = True  # the target holds one secret: a rollback restores it before redeploying
     required_options = ("client_id", "audience")
 
     @property

@@ -73,6 +73,11 @@ class DbPassword:
         self.services = user.services
         self.length = length
 
+    @property
+    def one_credential(self) -> bool:
+        """Single user: the target holds one password, so a rollback restores it before redeploying."""
+        return self.strategy == "single"
+
     def role_for(self, current: dict[str, Any] | None) -> str:
         username = (current or {}).get("username")
         if self.strategy == "single":

@@ -585,7 +585,7 @@ class RotationEngine:
         previous = self._cred(record.secret, record.old_previous)
         # With one credential (single user, Auth0) the old value works only once the target has it
         # back, so restore first; with two, move the services back first so none loses access.
-        restore_first = user.strategy in ("single", "single-phase")
+        restore_first = getattr(user, "one_credential", False)
         if restore_first:
             user.restore(scope, pending, current, previous)
         aliases: dict[str, int | None] = {"pending": None}
