@@ -333,6 +333,11 @@ def test_cleanup_keeps_current_previous_pinned_and_newest(platform):
     for _ in range(2):  # make sure there are more than 3 versions
         assert make_engine(platform).rotate_db_password("app").error is None
     meta = store.get("db-app")
+    # Old instances drain for a few seconds after a blue-green restart and stay pinned
+    # (protected) meanwhile; wait them out so both cleanup runs see the same pins.
+    runtime, deadline = platform.runtime(), time.monotonic() + 30
+    while runtime.pinned_versions("db-app") != {meta.aliases["current"]} and time.monotonic() < deadline:
+        time.sleep(0.2)
     later = datetime.now(timezone.utc) + timedelta(days=2)
     engine = make_engine(platform)
     engine.now = lambda: later
@@ -340,7 +345,7 @@ def test_cleanup_keeps_current_previous_pinned_and_newest(platform):
     plan["actions"] = [a for a in plan["actions"] if a.secret == "db-app"]  # other managed secrets too
     assert plan["actions"], "expected superseded versions to disable"
     assert store.get("db-app").versions == meta.versions  # dry run changed nothing
-    protected = set(meta.aliases.values()) | platform.runtime().pinned_versions("db-app")
+    protected = set(meta.aliases.values()) | runtime.pinned_versions("db-app")
     newest = {v.version for v in sorted(meta.versions, key=lambda v: v.version)[-3:]}
     for action in plan["actions"]:
         assert action.version not in protected | newest and action.action == "disable"
