@@ -295,12 +295,11 @@ class AuditLog:
 
     def _anchor(self, cp: core.Checkpoint, now: datetime) -> None:
         """Ask for the checkpoint to be anchored on the chain; never fails the caller."""
-        from voketag_ops.adapters.local.chain_store import FileChainStore, default_chain_path
-        from voketag_ops.workflows.chain import RetryPolicy, request_anchor
+        from voketag_ops.workflows.chain import RetryPolicy, open_chain_store, request_anchor
 
         try:
             request_anchor(
-                FileChainStore(default_chain_path(self.home)),
+                open_chain_store(self.home),
                 root=bytes.fromhex(cp.root),
                 kind="audit-checkpoint",
                 label=f"audit@{cp.size}",
@@ -335,13 +334,11 @@ class AuditLog:
     def claims(self) -> list[core.Claim]:
         """Checkpoints and chain anchors that say what the log's prefixes hash to."""
         claims = [core.Claim(cp.size, cp.root, "checkpoint", cp.last_hash) for cp in self.checkpoints()]
-        from voketag_ops.adapters.local.chain_store import FileChainStore, default_chain_path
+        from voketag_ops.workflows.chain import open_chain_store
 
-        store_path = default_chain_path(self.home)
-        if store_path.exists():
-            for anchor in FileChainStore(store_path).load().anchors.values():
-                if anchor.kind == "audit-checkpoint" and anchor.tree_size:
-                    claims.append(core.Claim(anchor.tree_size, anchor.root.hex(), f"anchor {anchor.id[:16]}"))
+        for anchor in open_chain_store(self.home).load().anchors.values():
+            if anchor.kind == "audit-checkpoint" and anchor.tree_size:
+                claims.append(core.Claim(anchor.tree_size, anchor.root.hex(), f"anchor {anchor.id[:16]}"))
         return claims
 
     def verify(self) -> core.VerifyReport:

@@ -46,9 +46,9 @@ def _home(env: AppContext) -> Path:
 
 
 def _store(env: AppContext) -> FileChainStore:
-    from voketag_ops.adapters.local.chain_store import FileChainStore, default_chain_path
+    from voketag_ops.workflows.chain import open_chain_store
 
-    return FileChainStore(default_chain_path(_home(env)))
+    return open_chain_store(_home(env))
 
 
 def _now() -> datetime:

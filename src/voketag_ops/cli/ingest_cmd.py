@@ -119,6 +119,7 @@ def load(
 ) -> None:
     """Validate FILE and load it as one batch, all-or-nothing, sealed with a Merkle root."""
     from voketag_ops.workflows import ingest as wf
+    from voketag_ops.workflows.chain import chain_anchorer
 
     env = use(ctx)
     now = datetime.now(UTC)
@@ -143,7 +144,7 @@ def load(
             max_errors=max_errors,
             actor=_actor(),
             progress=progress,
-            anchorer=None if dry_run else wf.chain_anchorer(home, now),
+            anchorer=None if dry_run else chain_anchorer(home, now),
         )
     if not _tty(env.out):
         env.out.note(_summary(report))
@@ -202,9 +203,10 @@ def batches(
 ) -> None:
     """List the loaded batches, newest first."""
     from voketag_ops.workflows import ingest as wf
+    from voketag_ops.workflows.chain import anchor_states
 
     env = use(ctx)
-    rows = wf.list_batches(_conninfo(env, db), limit=limit, anchor_states=wf.anchor_states(_home(env)))
+    rows = wf.list_batches(_conninfo(env, db), limit=limit, anchor_states=anchor_states(_home(env)))
     env.out.result({"batches": rows}, render=_render_batches)
 
 
@@ -239,9 +241,10 @@ def proof(
     """Print the inclusion proof of TAG_ID's canonical row in its batch root
     (check it with `voke chain verify`)."""
     from voketag_ops.workflows import ingest as wf
+    from voketag_ops.workflows.chain import anchor_states
 
     env = use(ctx)
-    result = wf.prove_tag(_conninfo(env, db), tag_id, anchor_states=wf.anchor_states(_home(env)))
+    result = wf.prove_tag(_conninfo(env, db), tag_id, anchor_states=anchor_states(_home(env)))
     if not result.found:
         failure = f"tag {tag_id!r} has not been loaded"
     elif not result.intact:

@@ -13,12 +13,16 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import IO, Any, TypeVar
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from voketag_ops.core import chain as ch
 from voketag_ops.core import merkle
-from voketag_ops.errors import InputError, UsageError
+from voketag_ops.errors import InputError, UsageError, VokeError
 from voketag_ops.ports import ChainStore
+
+if TYPE_CHECKING:
+    from voketag_ops.adapters.local.chain_store import FileChainStore
 
 log = logging.getLogger("voke.chain")
 T = TypeVar("T")
@@ -460,3 +464,43 @@ def validate(store: ChainStore, *, min_difficulty: int = 0) -> ch.ChainReport:
                 f"anchor {anchor.id[:16]} is marked anchored in block {index}, but that block does not hold it",
             )
     return report
+
+
+# -- the store every command uses --------------------------------------------------------
+
+
+def open_chain_store(home: Path) -> FileChainStore:
+    """The chain store of the local environment under HOME: the one place that picks it,
+    for `voke chain`, ingest batch anchors and audit checkpoint anchors alike."""
+    from voketag_ops.adapters.local.chain_store import FileChainStore, default_chain_path
+
+    return FileChainStore(default_chain_path(home))
+
+
+def chain_anchorer(home: Path, now: datetime) -> Callable[[bytes, int, int], tuple[str, str | None]]:
+    """Request ingest batch roots as anchors (kind ``ingest-batch``):
+    (root, tree size, batch id) -> (anchor state, anchor id)."""
+    store = open_chain_store(home)
+
+    def anchor(root: bytes, size: int, batch_id: int) -> tuple[str, str | None]:
+        done = request_anchor(
+            store,
+            root=root,
+            kind="ingest-batch",
+            label=f"ingest batch {batch_id}",
+            tree_size=size,
+            now=now,
+            retry=RetryPolicy(attempts=3, initial=0.05, maximum=0.2),
+        )
+        return str(done.anchor["state"]), str(done.anchor["id"])
+
+    return anchor
+
+
+def anchor_states(home: Path) -> dict[str, str]:
+    """Anchor id -> state (empty when the chain cannot be read: listings still work)."""
+    try:
+        anchors = open_chain_store(home).load().anchors.values()
+    except VokeError:
+        return {}
+    return {a.id: a.state.value for a in anchors}

@@ -332,42 +332,6 @@ def load_batch(
     return report
 
 
-def chain_anchorer(home: Path, now: datetime) -> Anchorer:
-    """Request batch roots as anchors on the local chain (kind ``ingest-batch``)."""
-    from voketag_ops.adapters.local.chain_store import FileChainStore, default_chain_path
-    from voketag_ops.workflows.chain import RetryPolicy, request_anchor
-
-    store = FileChainStore(default_chain_path(home))
-
-    def anchor(root: bytes, size: int, batch_id: int) -> tuple[str, str | None]:
-        done = request_anchor(
-            store,
-            root=root,
-            kind="ingest-batch",
-            label=f"ingest batch {batch_id}",
-            tree_size=size,
-            now=now,
-            retry=RetryPolicy(attempts=3, initial=0.05, maximum=0.2),
-        )
-        return str(done.anchor["state"]), str(done.anchor["id"])
-
-    return anchor
-
-
-def anchor_states(home: Path) -> dict[str, str]:
-    """Anchor id -> state on the local chain (empty if there is no chain yet)."""
-    from voketag_ops.adapters.local.chain_store import FileChainStore, default_chain_path
-
-    path = default_chain_path(home)
-    if not path.exists():
-        return {}
-    try:
-        anchors = FileChainStore(path).load().anchors.values()
-    except VokeError:
-        return {}
-    return {a.id: a.state.value for a in anchors}
-
-
 def _load_batch(
     conninfo: str,
     path: Path,
