@@ -314,6 +314,22 @@ class IngestSettings(_Model):
     )
 
 
+class ChainSettings(_Model):
+    """Where the hash chain and its anchors live (`[chain]`)."""
+
+    store: Literal["postgres", "file"] = Field(
+        default="postgres",
+        description="postgres: the local environment's database (started on demand); "
+        "file: VOKE_HOME/chain/chain.json",
+    )
+    database: str = Field(
+        default="voketag",
+        min_length=1,
+        max_length=63,
+        description="database on the local leader that holds the chain (store = postgres)",
+    )
+
+
 class Settings(_Model):
     """Effective configuration."""
 
@@ -328,6 +344,7 @@ class Settings(_Model):
     local: LocalSettings = Field(default_factory=LocalSettings)
     coverage: CoverageSettings = Field(default_factory=CoverageSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    chain: ChainSettings = Field(default_factory=ChainSettings)
     dr: DrSettings = Field(default_factory=DrSettings)
     rotation: RotationSettings = Field(default_factory=RotationSettings)
     environments: dict[str, dict[str, Any]] = Field(
@@ -432,7 +449,24 @@ def load_config(
         key, msg = _first_error(exc)
         where = LoadedConfig(Settings(), sources).source_of(key)
         raise ConfigError(f"{where}: {key}: {msg}") from None
+    _LOADED.pop(settings.local.home, None)
+    _LOADED[settings.local.home] = settings
     return LoadedConfig(settings=settings, sources=sources, file=path)
+
+
+# The settings each configured VOKE_HOME was last loaded with in this process, newest last.
+_LOADED: dict[Path | None, Settings] = {}
+
+
+def settings_loaded_for(home: Path) -> Settings | None:
+    """The settings this process last loaded for VOKE_HOME HOME, if any: for code that is
+    handed only a home (the audit log anchoring its checkpoints, ingest's anchor requests)."""
+    from voketag_ops.adapters.local.environment import resolve_home
+
+    for configured, settings in reversed(_LOADED.items()):
+        if resolve_home(configured) == home:
+            return settings
+    return None
 
 
 def effective_items(loaded: LoadedConfig) -> list[tuple[str, Any, str]]:
