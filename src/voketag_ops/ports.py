@@ -108,6 +108,11 @@ class ServiceRuntime(Protocol):
         """A fresh health check of the instance that receives traffic."""
         ...
 
+    def serving_version(self, service: str, secret: str) -> int | None:
+        """The version of SECRET the instance receiving SERVICE's traffic is pinned to (None:
+        nothing serving, it does not read SECRET, or it reads `latest`)."""
+        ...
+
     def deploy_many(self, targets: dict[str, tuple[str, int]]) -> list[ServiceInfo]:
         """`deploy` for several services {service: (secret, version)} in parallel; raises the
         first failure once all have finished."""

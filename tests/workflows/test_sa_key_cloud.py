@@ -46,6 +46,9 @@ def cloud(tmp_path: Path, make_environ: Any) -> Iterator[tuple[FakeGcp, dict[str
 
 
 def _init(fake: FakeGcp, voke: Any, environ: dict[str, str]) -> None:
+    planned = voke("rotate", "sa-key", "ci", "--init", "--dry-run", "--json", environ=environ)
+    assert planned.exit_code == 0 and planned.json["result"]["dry_run"] is True, planned.stdout
+    assert "sa-ci" not in fake.secretmanager.secrets  # a dry run creates nothing
     result = voke("rotate", "sa-key", "ci", "--init", "--yes", "--json", environ=environ)
     assert result.exit_code == 0, result.stdout + result.stderr
     assert result.json["result"]["version"] == 1

@@ -99,22 +99,39 @@ def jwt(
             "--emergency", help="Replace every key now; tokens signed before stop verifying (forced logouts)."
         ),
     ] = False,
+    init: Annotated[
+        bool,
+        typer.Option(
+            "--init", help="Create the keyring (one signing key) where none exists yet, e.g. on a cloud env."
+        ),
+    ] = False,
     dry_run: DryRun = False,
     yes: Yes = False,
 ) -> None:
     """Rotate the JWT signing keyring (publish before sign).
 
-    The first run publishes a next key; a run after rotation.jwt.verifier_refresh_seconds switches signing to it, and the old key stays in the JWKS for max_token_lifetime_seconds. --emergency replaces every key at once (forced logouts).
+    The first run publishes a next key; a run after rotation.jwt.verifier_refresh_seconds switches signing to it, and the old key stays in the JWKS for max_token_lifetime_seconds. --emergency replaces every key at once (forced logouts). --init creates the keyring where nothing has yet (`voke env up` does it on the local environment).
     """
-    from voketag_ops.workflows.jwt import rotate_jwt
+    from voketag_ops.workflows.jwt import init_keyring, rotate_jwt
 
     env = use(ctx)
+    if init and emergency:
+        from voketag_ops.errors import UsageError
+
+        raise UsageError("--init and --emergency cannot be combined")
     if not dry_run:
-        question = (
-            "Replace every JWT signing key now (forced logouts)?" if emergency else "Rotate the JWT keyring?"
-        )
+        if init:
+            question = "Create the JWT signing keyring?"
+        elif emergency:
+            question = "Replace every JWT signing key now (forced logouts)?"
+        else:
+            question = "Rotate the JWT keyring?"
         env.out.confirm(question, yes=yes)
-    _show(env, rotate_jwt(_engine(env, dry_run=dry_run), emergency=emergency, dry_run=dry_run))
+    engine = _engine(env, dry_run=dry_run)
+    if init:
+        env.out.result(init_keyring(engine, dry_run=dry_run), render=_render_init)
+        return
+    _show(env, rotate_jwt(engine, emergency=emergency, dry_run=dry_run))
 
 
 @app.command("sa-key")
@@ -338,6 +355,17 @@ def _render_due(console: Console, report: dict[str, Any]) -> None:
             console.print(f"{r['secret']}: not started ({r['error']['message']})")
         else:
             console.print(f"{r.rotation_id}: {r.status}, version {r.previous_version} -> {r.new_version}")
+
+
+def _render_init(console: Console, report: dict[str, Any]) -> None:
+    if report["status"] == "planned":
+        console.print("dry run: would " + "; ".join(report["plan"]))
+    elif report["status"] == "exists":
+        console.print(f"{report['secret']} already holds a keyring; nothing changed")
+    else:
+        console.print(
+            f"created: {report['secret']} version {report['version']} is current ({report['algorithm']})"
+        )
 
 
 def _render_adopt(console: Console, report: dict[str, Any]) -> None:

@@ -629,7 +629,7 @@ def adopt_api_key(engine: Any, name: str, raw: str, *, dry_run: bool = False) ->
             hint=f"voke rotate api-key {name} --yes",
         )
     raw = raw.strip()
-    if not raw:
+    if not raw and not dry_run:
         raise UsageError("no key given (paste it on stdin)")
     report = {
         "name": name,

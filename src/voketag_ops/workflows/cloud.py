@@ -50,6 +50,18 @@ class CloudPlatform:
                     out[service] = secret
         return out
 
+    def readers(self) -> dict[str, tuple[str, ...]]:
+        """Secret -> the Cloud Run services of this environment that read it (all kinds)."""
+        rotation = self.settings.rotation
+        groups = [(u.secret, u.services) for u in rotation.db_users.values()]
+        groups += [(k.secret, k.services) for k in rotation.sa_keys.values()]
+        groups += [(k.secret, k.services) for k in rotation.api_keys.values()]
+        groups.append((rotation.jwt.secret, rotation.jwt.services))
+        out: dict[str, tuple[str, ...]] = {}
+        for secret, services in groups:
+            out[secret] = (*out.get(secret, ()), *(s for s in services if s in self.env.services))
+        return out
+
     def store(self) -> Any:
         return self._store
 
@@ -71,6 +83,7 @@ class CloudPlatform:
         return CloudRunRuntime(
             self.ctx,
             self.consumers(),
+            readers=self.readers(),
             secret_ids=self.env.secrets,
             health_path=self.env.health_path,
             health_timeout=self.settings.rotation.health_timeout,

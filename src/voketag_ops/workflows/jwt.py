@@ -97,7 +97,9 @@ class JwtKeyring:
         meta = meta or self.store.get(self.secret)
         version = meta.aliases.get("current")
         if version is None:
-            raise ValidationError(f"{self.secret} has no current keyring")
+            raise ValidationError(
+                f"{self.secret} has no current keyring", hint="create it with: voke rotate jwt --init --yes"
+            )
         ring = self.keyring(json.loads(self.store.access(self.secret, version)))
         return meta, ring, self.became_current(meta, version) or self.now()
 
@@ -233,6 +235,44 @@ def bootstrap_keyring(store: Any, settings: JwtSettings, now: datetime) -> bool:
     return True
 
 
+def init_keyring(engine: Any, *, dry_run: bool = False) -> dict[str, Any]:
+    """`voke rotate jwt --init`: the keyring's first version (one signing key, `current`)
+    where nothing created it yet (a cloud environment; `voke env up` does it locally).
+    Idempotent: an existing keyring is reported and left alone."""
+    import time
+
+    cred = jwt_credential(engine)
+    store = engine.store
+    try:
+        exists = "current" in store.get(cred.secret).aliases
+    except NotFoundError:
+        exists = False
+    report: dict[str, Any] = {"dry_run": dry_run, "secret": cred.secret, "algorithm": cred.settings.algorithm}
+    if exists:
+        return {**report, "status": "exists"}
+    if dry_run:
+        return {
+            **report,
+            "status": "planned",
+            "plan": [f"create {cred.secret} with one {cred.settings.algorithm} signing key as `current`"],
+        }
+    t0 = time.monotonic()
+    created = bootstrap_keyring(store, cred.settings, engine.now())
+    version = store.get(cred.secret).aliases.get("current")
+    from voketag_ops.audit import record_event
+
+    record_event(
+        engine.home,
+        event_type="rotation.init",
+        env=engine.env_name,
+        target=cred.secret,
+        result="success" if created else "unchanged",
+        duration_seconds=round(time.monotonic() - t0, 3),
+        details={"kind": "jwt", "version": version},
+    )
+    return {**report, "status": "created" if created else "exists", "version": version}
+
+
 def public_jwks(cred: JwtKeyring) -> dict[str, Any]:
     """The JWKS verifiers should trust now: next, current, previous until its tokens expire."""
     _meta, ring, became = cred._state()
@@ -266,5 +306,14 @@ def jwt_credential(engine: Any) -> JwtKeyring:
 def rotate_jwt(engine: Any, *, emergency: bool = False, dry_run: bool = False) -> Any:
     """Publish a next key, promote a published one, or (EMERGENCY) replace every key now."""
     cred = jwt_credential(engine)
+    try:
+        exists = "current" in engine.store.get(cred.secret).aliases
+    except NotFoundError:
+        exists = False
+    if not exists:
+        raise PreconditionError(
+            f"secret {cred.secret} holds no JWT keyring yet; create it first",
+            hint="voke rotate jwt --init --yes",
+        )
     cred.strategy = EMERGENCY if emergency else NORMAL
     return engine.rotate(cred.name, dry_run=dry_run)

@@ -498,8 +498,8 @@ class RotationEngine:
         return f"{len(user.services)} service(s) healthy"
 
     def _healthy_on(self, service: str, record: RotationRecord) -> bool:
-        info = next((s for s in self.runtime.services(check=False) if s.name == service), None)
-        return bool(info and info.secret_version == record.pending_version and self.runtime.health(service))
+        serving = self.runtime.serving_version(service, record.secret)
+        return serving == record.pending_version and self.runtime.health(service)
 
     def _finish(self, record: RotationRecord, user: Credential) -> str:
         now = self.now()

@@ -11,6 +11,7 @@ or attached service accounts can be used instead, and voke says so on every rota
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -182,12 +183,15 @@ def rotate_sa_key(engine: Any, name: str, *, dry_run: bool = False) -> Any:
 def init_sa_key(engine: Any, name: str, *, dry_run: bool = False) -> dict[str, Any]:
     """`voke rotate sa-key NAME --init`: the first version of the secret (a new key, verified,
     stored as `current`), for a key voke has not managed yet. Refuses when one exists."""
-    from voketag_ops.errors import AuthenticationError, PreconditionError
+    from voketag_ops.errors import AuthenticationError, NotFoundError, PreconditionError
 
     cred = _sa_credential(engine, name)
     store = engine.store
-    meta = store.create(cred.secret)
-    if "current" in meta.aliases:
+    try:
+        exists = "current" in store.get(cred.secret).aliases
+    except NotFoundError:
+        exists = False
+    if exists:
         raise PreconditionError(
             f"secret {cred.secret} already has a current key; use `voke rotate sa-key {name}`"
         )
@@ -199,6 +203,8 @@ def init_sa_key(engine: Any, name: str, *, dry_run: bool = False) -> dict[str, A
                 f"create a key of {cred.account}, verify it, store it as version 1 of {cred.secret} (current)"
             ],
         }
+    t0 = time.monotonic()
+    meta = store.create(cred.secret)
     cred.precheck(meta, dry_run=False)
     key_file = cred.keys.create(cred.account)
     if not cred.keys.verify(key_file):
@@ -207,6 +213,17 @@ def init_sa_key(engine: Any, name: str, *, dry_run: bool = False) -> dict[str, A
     version = store.add_version(cred.secret, json.dumps(key_file).encode()).version
     meta = store.get(cred.secret)
     store.update(cred.secret, etag=meta.etag, aliases={"current": version})
+    from voketag_ops.audit import record_event
+
+    record_event(
+        engine.home,
+        event_type="rotation.init",
+        env=engine.env_name,
+        target=cred.secret,
+        result="success",
+        duration_seconds=round(time.monotonic() - t0, 3),
+        details={"kind": "sa-key", "version": version, "key_id": key_file["private_key_id"][:12]},
+    )
     return {
         "dry_run": False,
         "secret": cred.secret,

@@ -17,7 +17,7 @@ import secrets as pysecrets
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
@@ -109,6 +109,7 @@ class CloudRunRuntime:
         ctx: GcpContext,
         consumers: Mapping[str, str],
         *,
+        readers: Mapping[str, Sequence[str]] | None = None,
         secret_ids: Mapping[str, str] | None = None,
         health_path: str = "/health",
         health_timeout: float = 60.0,
@@ -117,7 +118,11 @@ class CloudRunRuntime:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.ctx = ctx
-        self.consumers = dict(consumers)  # service -> logical secret it reads
+        self.consumers = dict(consumers)  # service -> the (database) secret it reads, for status
+        # secret -> every service reading it (API keys and keyrings too: a service reads several)
+        self.readers: dict[str, set[str]] = {k: set(v) for k, v in (readers or {}).items()}
+        for service, secret in self.consumers.items():
+            self.readers.setdefault(secret, set()).add(service)
         self.secret_ids = dict(secret_ids or {})
         self.health_path = health_path
         self.health_timeout = health_timeout
@@ -286,12 +291,15 @@ class CloudRunRuntime:
         url = self.url(service)
         return url is not None and self._healthy_url(url, wait=0)
 
+    def serving_version(self, service: str, secret: str) -> int | None:
+        serving = self._serving(self._service(service))
+        version = self._pinned(self._revision(service, serving), secret) if serving else None
+        return version if isinstance(version, int) else None
+
     def pinned_versions(self, secret: str) -> set[int]:
         """Versions any revision with traffic or a tag reads: cleanup never disables these."""
         pinned: set[int] = set()
-        for name, reads in self.consumers.items():
-            if reads != secret:
-                continue
+        for name in sorted(self.readers.get(secret, ())):
             svc = self._service(name)
             live = {
                 _short(t.revision) for t in svc.traffic_statuses if t.revision and (t.percent > 0 or t.tag)

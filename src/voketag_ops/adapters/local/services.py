@@ -154,6 +154,17 @@ class LocalServiceRuntime:
         url = self.url(service)
         return url is not None and http_health(url)[0]
 
+    def serving_version(self, service: str, secret: str) -> int | None:
+        entry = self._snapshot()["services"].get(service) or {}
+        active = entry.get("active")
+        if (
+            not active
+            or not _alive(active["pid"])
+            or entry.get("secret", self.consumers.get(service)) != secret
+        ):
+            return None
+        return int(active["version"])
+
     def pinned_versions(self, secret: str) -> set[int]:
         """Versions any live instance (serving or draining) is pinned to: never disable these."""
         pinned: set[int] = set()
