@@ -214,7 +214,7 @@ def test_dr_replica_failover_repoints_services_then_switchover_fails_back(cloud)
     assert sorted(report["redeployed"]) == list(SERVICES)
     assert all(_serving_version(cloud, s) == str(current) for s in SERVICES)
     assert all(s["healthy"] for s in report["services"]) and len(report["services"]) == 2
-    assert [s["ok"] for s in report["steps"]] == [True] * 4
+    assert [s["ok"] for s in report["steps"]] == [True] * 5
     event = cloud.audit()[-1]
     assert (event["event_type"], event["result"], event["target"]) == ("dr.failover", "success", "voke-db-dr")
     assert "pw-" not in json.dumps(cloud.audit()) + result.stdout  # no secret anywhere
@@ -300,3 +300,109 @@ def test_failover_refusals_and_dry_run(cloud):
     assert not cloud.posts("/promoteReplica") and cloud.role("voke-db-dr") == "voke-db"
     cloud.configure(replica=None)
     assert cloud.voke("dr", "failover", "--yes", "--json").exit_code == 3
+
+
+# -- the recorded topology (labels on the instances) --------------------------------------------------
+def _labels(cloud: Cloud, name: str) -> dict[str, str]:
+    return dict(cloud.fake.sql.instances[name]["labels"])
+
+
+def test_after_failover_every_run_knows_the_new_primary_without_editing_voke_toml(cloud):
+    toml = (cloud.home / "voke.toml").read_text()
+    assert cloud.voke("dr", "failover", "--yes", "--json").exit_code == 0
+    assert (cloud.home / "voke.toml").read_text() == toml  # nothing edited: the record is in Cloud SQL
+    assert _labels(cloud, "voke-db-dr")["voke-role"] == "primary"
+    assert _labels(cloud, "voke-db-dr")["voke-op"] == "failover"
+    assert _labels(cloud, "voke-db") == {"voke-env": "prod", "voke-role": "replica"}
+    status = cloud.voke("dr", "status", "--json")  # a new run: it reads the labels back
+    assert status.exit_code == 0, status.stdout
+    snap = status.json["result"]
+    assert snap["leader"]["name"] == "voke-db-dr" and snap["standby"]["name"] == "voke-db"
+    assert snap["standby"]["streaming"] is True
+    topo = snap["topology"]
+    assert topo["primary"] == "voke-db-dr" and topo["home"] == "voke-db" and topo["moved"] is True
+    assert topo["since"].endswith("Z") and topo["operation"] == "failover"
+    human = cloud.voke("dr", "status")
+    assert (
+        f"primary: voke-db-dr (since failover at {topo['since']}, configured home: voke-db)" in human.stdout
+    )
+    check = cloud.voke("dr", "check", "--json")  # judged on the new primary, which has no backup yet
+    assert check.exit_code == 1 and check.json["result"]["failed"] == ["backup_age"], check.stdout
+    from datetime import timedelta
+
+    from voketag_ops.testing.gcp_fakes import now
+
+    cloud.fake.sql.add_backup("voke-db-dr", "SUCCESSFUL", now() - timedelta(hours=1))
+    assert cloud.voke("dr", "check", "--json").exit_code == 0
+    # restore clones the primary of now; rotation's users.update goes to it too
+    restore = cloud.voke("dr", "restore", "--to", "-1h", "--name", "after-failover", "--yes", "--json")
+    assert restore.exit_code == 0, restore.stdout
+    assert restore.json["result"]["source"] == "voke-db-dr"
+    assert cloud.posts("/instances/voke-db-dr/clone") and not cloud.posts("/instances/voke-db/clone")
+    from voketag_ops.config import Settings
+    from voketag_ops.workflows.cloud import CloudPlatform
+
+    env = cloud.fake.environment(replica="voke-db-dr")
+    target = CloudPlatform(
+        Settings.model_validate({"env": "prod", "environments": {"prod": env}})
+    ).db_target()
+    cloud.fake.sql.users[("voke-db-dr", "app_a")] = None
+    target.set_password("app_a", "s3cret-pw-123")
+    assert cloud.fake.sql.users[("voke-db-dr", "app_a")] == "s3cret-pw-123"
+
+    back = cloud.voke("dr", "failback", "--yes", "--json")
+    assert back.exit_code == 0, back.stdout
+    assert (
+        _labels(cloud, "voke-db")["voke-role"] == "primary"
+        and _labels(cloud, "voke-db")["voke-op"] == "failback"
+    )
+    assert _labels(cloud, "voke-db-dr")["voke-role"] == "replica"
+    again = cloud.voke("dr", "status", "--json").json["result"]
+    assert again["leader"]["name"] == "voke-db" and again["topology"]["moved"] is False
+
+
+def test_a_record_that_disagrees_with_cloud_sql_stops_with_exit_5(cloud):
+    from voketag_ops.config import Settings
+    from voketag_ops.errors import PreconditionError
+    from voketag_ops.workflows.cloud import CloudPlatform
+
+    # recorded: voke-db-dr is the primary; Cloud SQL: it is still a replica
+    cloud.fake.sql.instances["voke-db-dr"]["labels"] = {"voke-env": "prod", "voke-role": "primary"}
+    for args in (("dr", "status"), ("dr", "check"), ("dr", "restore", "--to", "-1h", "--yes")):
+        result = cloud.voke(*args, "--json")
+        assert result.exit_code == 5, (args, result.stdout)
+        assert "disagree" in result.json["error"]["message"], args
+    env = cloud.fake.environment(replica="voke-db-dr")
+    platform = CloudPlatform(Settings.model_validate({"env": "prod", "environments": {"prod": env}}))
+    with pytest.raises(PreconditionError, match="disagree"):
+        _ = platform.db_target().instance
+    # two instances claiming the role
+    cloud.fake.sql.instances["voke-db"]["labels"] = {"voke-env": "prod", "voke-role": "primary"}
+    both = cloud.voke("dr", "status", "--json")
+    assert both.exit_code == 5 and "both labelled the primary" in both.json["error"]["message"]
+    # labels of another environment are not this one's record
+    for name in ("voke-db", "voke-db-dr"):
+        cloud.fake.sql.instances[name]["labels"] = {"voke-env": "staging", "voke-role": "primary"}
+    assert cloud.voke("dr", "status", "--json").json["result"]["topology"]["recorded"] is False
+    assert not cloud.posts("/clone")
+
+
+def test_a_failover_whose_record_fails_stops_for_a_person_and_a_rerun_records_it(cloud):
+    cloud.fake.rest.fail("PATCH", r"/instances/voke-db-dr$", status="PERMISSION_DENIED")
+    result = cloud.voke("dr", "failover", "--yes", "--json")
+    assert result.exit_code == 7, result.stdout
+    assert "not recorded" in result.json["error"]["message"]
+    assert cloud.role("voke-db-dr") is None  # promoted, not recorded
+    status = cloud.voke("dr", "status", "--json")  # home recorded/assumed, but it is a replica now
+    assert status.exit_code == 5 and "dr failover --yes" in status.json["error"]["hint"]
+    rerun = cloud.voke("dr", "failover", "--yes", "--json")
+    assert rerun.exit_code == 0, rerun.stdout
+    assert _labels(cloud, "voke-db-dr")["voke-role"] == "primary"
+    assert cloud.voke("dr", "status", "--json").json["result"]["leader"]["name"] == "voke-db-dr"
+
+
+def test_a_plain_promotion_records_the_old_primary_as_fenced(plain):
+    assert plain.voke("dr", "failover", "--yes", "--json").exit_code == 0
+    assert _labels(plain, "voke-db")["voke-role"] == "fenced"
+    snap = plain.voke("dr", "status", "--json").json["result"]
+    assert snap["leader"]["name"] == "voke-db-dr" and snap["split_brain"] is True

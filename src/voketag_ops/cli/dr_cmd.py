@@ -395,6 +395,8 @@ def _render_status(console: Console, r: dict[str, Any]) -> None:
             return f"port {node['port']}  timeline {node.get('timeline')}"
         return f"{node.get('region', '-')} ({node.get('state', '?')})"
 
+    if r.get("topology"):  # a cloud env: which instance voke recorded as the primary
+        console.print(f"primary: {r['topology']['summary']}", markup=False)
     console.print(f"leader   {leader['name']:<8} {leader['role']:<8} {where(leader)}")
     lag = (
         f"lag {standby['lag_seconds']:.2f} s / {standby['lag_bytes']} B"

@@ -828,6 +828,13 @@ class FakeCloudSql:
         self.operations: dict[str, dict[str, Any]] = {}
         self.failures: dict[str, str] = {}  # operation type -> error message of its next run
         self.on_password: Callable[[str, str], None] = lambda role, password: None
+        # Data-path hooks (see PostgresInstances): a new instance NAME from SOURCE, a deletion,
+        # a promotion (the replica catches up with its primary first).
+        self.on_create: Callable[[str, str | None], None] = lambda name, source: None
+        self.on_delete: Callable[[str], None] = lambda name: None
+        self.on_promote: Callable[[str, str], None] = lambda replica, primary: None
+        self.deleted: set[str] = set()  # Cloud SQL does not reuse a deleted instance's name for a while
+        self.recovery_lag = timedelta(seconds=30)  # latestRecoveryTime trails now by this much
         self.polls_per_step = 1
 
     def add_instance(
@@ -840,6 +847,7 @@ class FakeCloudSql:
         users: tuple[str, ...] = (),
         dr_replica: str | None = None,
         edition: str = "ENTERPRISE_PLUS",
+        labels: dict[str, str] | None = None,
     ) -> None:
         self.instances[name] = {
             "name": name,
@@ -851,6 +859,8 @@ class FakeCloudSql:
             "ip": ip,
             "dr_replica": dr_replica,
             "edition": edition,
+            "labels": dict(labels or {}),
+            "tier": "db-perf-optimized-N-4",
         }
         if replica_of:
             self.instances[replica_of]["replicas"].append(name)
@@ -898,7 +908,8 @@ class FakeCloudSql:
             "replicaNames": list(inst["replicas"]),
             "settings": {
                 "settingsVersion": str(inst["settingsVersion"]),
-                "tier": "db-perf-optimized-N-4",
+                "tier": inst["tier"],
+                "userLabels": dict(inst["labels"]),
                 "availabilityType": "REGIONAL",
                 "edition": inst["edition"],
                 "backupConfiguration": {
@@ -940,7 +951,11 @@ class FakeCloudSql:
         p = r"/sql/v1beta4/projects/(?P<p>[^/]+)"
         i = p + r"/instances/(?P<i>[^/]+)"
         return [
+            ("GET", p + "/instances", self.list_instances),
+            ("POST", p + "/instances", self.insert),
             ("GET", i, lambda r: self._instance_doc(self._instance(r["i"]))),
+            ("PATCH", i, self.patch),
+            ("DELETE", i, self.delete),
             ("GET", i + "/users", self.list_users),
             ("PUT", i + "/users", self.update_user),
             ("GET", i + "/backupRuns", self.list_backups),
@@ -951,6 +966,68 @@ class FakeCloudSql:
             ("POST", i + "/switchover", self.switchover),
             ("GET", p + r"/operations/(?P<o>[^/]+)", self.get_operation),
         ]
+
+    def list_instances(self, r: Request) -> Any:
+        return {
+            "kind": "sql#instancesList",
+            "items": [self._instance_doc(i) for i in self.instances.values()],
+        }
+
+    def patch(self, r: Request) -> Any:
+        """Only `settings.userLabels` is applied (a map in a patch replaces the whole map)."""
+        inst = self._instance(r["i"])
+        settings = (r.body or {}).get("settings") or {}
+        labels = settings.get("userLabels")
+        for key, value in (labels or {}).items():
+            if not re.fullmatch(r"[a-z][a-z0-9_-]{0,62}", key) or not re.fullmatch(
+                r"[a-z0-9_-]{0,63}", value
+            ):
+                raise ApiError("INVALID_ARGUMENT", f"Invalid label {key}={value}.")
+
+        def effect() -> None:
+            if labels is not None:
+                inst["labels"] = dict(labels)
+            inst["settingsVersion"] += 1
+
+        return self._operation("UPDATE", r["i"], effect)
+
+    def insert(self, r: Request) -> Any:
+        """instances.insert: only read replicas (masterInstanceName) are supported."""
+        body = r.body or {}
+        name, master = body.get("name"), body.get("masterInstanceName")
+        if not name:
+            raise ApiError("INVALID_ARGUMENT", "name is required")
+        if name in self.instances or name in self.deleted:
+            raise ApiError("ALREADY_EXISTS", f"instance {name} already exists or was used recently")
+        if not master:
+            raise ApiError("INVALID_ARGUMENT", "the fake creates read replicas only (masterInstanceName)")
+        source = self._instance(str(master).rsplit(":", 1)[-1])
+        if source["master"]:
+            raise ApiError("FAILED_PRECONDITION", "a replica of a replica is not supported")
+        labels = ((body.get("settings") or {}).get("userLabels")) or {}
+        region = body.get("region") or source["region"]
+
+        def effect() -> None:
+            self.add_instance(
+                name, region=region, replica_of=source["name"], labels=labels, edition=source["edition"]
+            )
+            self.on_create(name, source["name"])
+
+        return self._operation("CREATE_REPLICA", name, effect)
+
+    def delete(self, r: Request) -> Any:
+        inst = self._instance(r["i"])
+        if inst["replicas"]:
+            raise ApiError("FAILED_PRECONDITION", "The instance has read replicas; delete them first.")
+
+        def effect() -> None:
+            self.instances.pop(inst["name"], None)
+            self.deleted.add(inst["name"])
+            if inst["master"] in self.instances:
+                self.instances[inst["master"]]["replicas"].remove(inst["name"])
+            self.on_delete(inst["name"])
+
+        return self._operation("DELETE", r["i"], effect)
 
     def list_users(self, r: Request) -> Any:
         self._instance(r["i"])
@@ -986,7 +1063,7 @@ class FakeCloudSql:
         self._instance(r["i"])
         return {
             "kind": "sql#getLatestRecoveryTime",
-            "latestRecoveryTime": ts(now() - timedelta(seconds=30)),
+            "latestRecoveryTime": ts(now() - self.recovery_lag),
             "earliestRecoveryTime": ts(now() - timedelta(days=7)),
         }
 
@@ -996,9 +1073,15 @@ class FakeCloudSql:
         dest = ctx.get("destinationInstanceName")
         if not dest:
             raise ApiError("INVALID_ARGUMENT", "destinationInstanceName is required")
-        if dest in self.instances:
-            raise ApiError("ALREADY_EXISTS", f"instance {dest} already exists")
-        return self._operation("CLONE", r["i"], lambda: self.add_instance(dest, ip="10.20.0.9"))
+        if dest in self.instances or dest in self.deleted:
+            raise ApiError("ALREADY_EXISTS", f"instance {dest} already exists or was used recently")
+        source = r["i"]
+
+        def effect() -> None:
+            self.add_instance(dest, ip="10.20.0.9", edition=self.instances[source]["edition"])
+            self.on_create(dest, source)
+
+        return self._operation("CLONE", r["i"], effect)
 
     def _require_dr_replica(self, inst: dict[str, Any], what: str) -> None:
         primary = self.instances[inst["master"]]
@@ -1018,6 +1101,7 @@ class FakeCloudSql:
 
         def effect() -> None:
             old = self.instances[inst["master"]]
+            self.on_promote(inst["name"], old["name"])
             old["replicas"].remove(inst["name"])
             inst["master"] = None
             inst["settingsVersion"] += 1

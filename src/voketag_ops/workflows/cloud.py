@@ -92,7 +92,16 @@ class CloudPlatform:
     def db_target(self) -> Any:
         from voketag_ops.adapters.gcp.sql import CloudSqlDbTarget
 
-        return CloudSqlDbTarget(self.admin, self.env.instance, host=self.env.db_host, port=self.env.db_port)
+        return CloudSqlDbTarget(
+            self.admin, self.current_primary, host=self.env.db_host, port=self.env.db_port
+        )
+
+    def current_primary(self) -> str:
+        """The Cloud SQL primary voke recorded (the home `instance` until a failover); exit 5
+        when the record and Cloud SQL disagree."""
+        from voketag_ops.workflows import cloud_topology
+
+        return cloud_topology.read(self.settings, self.recovery()).primary
 
     @cached_property
     def monitoring(self) -> Any:
@@ -126,6 +135,8 @@ class CloudRotationEngine(RotationEngine):
         raw = meta.annotations.get("voke-rotation")
         if cred.services and check is not None and not raw:  # a resumed rotation already passed it
             check(cred.secret, tuple(cred.services))
+        if getattr(cred, "kind", None) == "db-password" and not dry_run:
+            _ = self.target.instance  # the recorded primary, or exit 5 before anything changes
         outcome = super().rotate(name, dry_run=dry_run)
         if not dry_run and outcome.report is not None:
             self._report_metrics(outcome.report)

@@ -58,10 +58,13 @@ def recovery_for(settings: Settings) -> DatabaseRecovery:
 
 
 def status(settings: Settings, recovery: DatabaseRecovery, *, now: datetime | None = None) -> dict[str, Any]:
-    """Roles, replication lag (Monitoring), newest SUCCESSFUL backup, PITR window, archiving."""
-    env = settings.environment(settings.env)
+    """Roles, replication lag (Monitoring), newest SUCCESSFUL backup, PITR window, archiving,
+    all about the primary voke recorded (cloud_topology: exit 5 when Cloud SQL disagrees)."""
+    from voketag_ops.workflows import cloud_topology
+
     now = now or datetime.now(timezone.utc)
-    primary = recovery.instance()
+    topo = cloud_topology.read(settings, recovery)
+    primary = topo.instances[topo.primary]
     leader = {
         "name": primary.name,
         "role": primary.role,
@@ -76,9 +79,10 @@ def status(settings: Settings, recovery: DatabaseRecovery, *, now: datetime | No
     writable = [primary.name] if primary.role == "primary" and primary.state == "RUNNABLE" else []
     standby = None
     archive_failures = None
-    if env.replica:
-        replica = recovery.instance(env.replica)
-        repl = recovery.replication(env.replica)
+    if topo.standby:
+        replica = topo.instances.get(topo.standby) or recovery.instance(topo.standby)
+        cloudsql: Any = recovery  # CloudSqlRecovery: the byte lag is read on the primary of now
+        repl = cloudsql.replication(topo.standby, primary=topo.primary)
         archive_failures = repl.archive_failures
         standby = {
             "name": replica.name,
@@ -95,15 +99,16 @@ def status(settings: Settings, recovery: DatabaseRecovery, *, now: datetime | No
         }
         if replica.role == "primary" and replica.state == "RUNNABLE":
             writable.append(replica.name)
-    newest = recovery.newest_backup()
-    backups = recovery.backups()
-    window = recovery.recovery_window()
+    newest = recovery.newest_backup(topo.primary)
+    backups = recovery.backups(topo.primary)
+    window = recovery.recovery_window(topo.primary)
     earliest, latest = parse_iso(window.earliest), parse_iso(window.latest)
     return {
         "initialized": True,
         "env": settings.env,
         "kind": "cloudsql",
         "checked_at": _iso(now),
+        "topology": topo.as_dict() | {"summary": topo.describe()},
         "leader": leader,
         "standby": standby,
         "writable_nodes": writable,
@@ -282,16 +287,20 @@ def restore(
     progress: Progress = _quiet,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """Point-in-time restore of the primary into a NEW Cloud SQL instance (`instances.clone`
-    with `pointInTime`). A target outside `getLatestRecoveryTime`'s window, an existing
-    instance of that name, or the primary's or replica's own name is refused first."""
+    """Point-in-time restore of the (recorded) primary into a NEW Cloud SQL instance
+    (`instances.clone` with `pointInTime`). A target outside `getLatestRecoveryTime`'s
+    window, an existing instance of that name, or the primary's or replica's own name is
+    refused first."""
+    from voketag_ops.workflows import cloud_topology
+
     env = settings.environment(settings.env)
     now = now or datetime.now(timezone.utc)
     try:
         target = parse_point_in_time(to, now=now)
     except ValueError as exc:
         raise UsageError(f"--to: {exc}") from None
-    name = name or f"{env.instance}-pitr-{target:%Y%m%d-%H%M%S}"
+    source = cloud_topology.read(settings, recovery).primary
+    name = name or f"{source}-pitr-{target:%Y%m%d-%H%M%S}"
     if not INSTANCE_NAME.fullmatch(name):
         raise UsageError(
             f"--name {name!r}: a Cloud SQL instance id is lowercase letters, digits and hyphens, "
@@ -303,13 +312,13 @@ def restore(
         )
     if target > now:
         raise PreconditionError(f"target {_iso(target)} is in the future (now {_iso(now)})")
-    window = recovery.recovery_window()
+    window = recovery.recovery_window(source)
     earliest, latest = parse_iso(window.earliest), parse_iso(window.latest)
     if earliest is None or latest is None:
         raise PreconditionError(
-            f"Cloud SQL reports no recoverable window for {env.instance}; is point-in-time recovery on?"
+            f"Cloud SQL reports no recoverable window for {source}; is point-in-time recovery on?"
         )
-    span = f"the recoverable window {window.earliest} .. {window.latest} of {env.instance}"
+    span = f"the recoverable window {window.earliest} .. {window.latest} of {source}"
     if not earliest <= target <= latest:
         side = "before" if target < earliest else "after"
         raise PreconditionError(f"target {_iso(target)} is {side} {span}; nothing was changed")
@@ -318,21 +327,19 @@ def restore(
             f"an instance named {name!r} exists; pick another --name (a restore never overwrites)"
         )
     plan = [
-        f"clone {env.instance} at {_iso(target)} into the new instance {name} (instances.clone, pointInTime)",
+        f"clone {source} at {_iso(target)} into the new instance {name} (instances.clone, pointInTime)",
         "poll the clone operation until DONE and check its error",
         f"check {name} is RUNNABLE and report its address",
     ]
-    base: dict[str, Any] = {"kind": "cloudsql", "env": settings.env, "source": env.instance, "name": name}
+    base: dict[str, Any] = {"kind": "cloudsql", "env": settings.env, "source": source, "name": name}
     base |= {"target": _iso(target), "window": {"earliest": window.earliest, "latest": window.latest}}
     if dry_run:
         return base | {"dry_run": True, "plan": plan}
     t0 = time.monotonic()
-    with _audited(
-        settings, home, "dr.restore", name, source=env.instance, point_in_time=_iso(target)
-    ) as event:
-        progress(f"cloning {env.instance} at {_iso(target)} into {name}")
+    with _audited(settings, home, "dr.restore", name, source=source, point_in_time=_iso(target)) as event:
+        progress(f"cloning {source} at {_iso(target)} into {name}")
         try:
-            op = recovery.clone_to_point_in_time(_iso(target), name)
+            op = recovery.clone_to_point_in_time(_iso(target), name, source)
         except StepTimeoutError as exc:
             raise NeedsOperatorError(
                 f"{exc.message}; the clone continues in Cloud SQL",
@@ -490,6 +497,31 @@ def _repoint_or_stop(
     return moved
 
 
+def _record_or_stop(
+    settings: Settings,
+    recovery: DatabaseRecovery,
+    primary: str,
+    operation: str,
+    other_role: str,
+    steps: _Steps,
+    resume: str,
+) -> None:
+    """Record PRIMARY as the environment's primary (labels); the database already moved,
+    so a failure here needs a person (and a rerun finishes it)."""
+    from voketag_ops.workflows import cloud_topology
+
+    with steps.run(f"record {primary} as the primary") as info:
+        try:
+            info.update(
+                cloud_topology.record(settings, recovery, primary, operation=operation, other_role=other_role)
+            )
+        except VokeError as exc:
+            raise NeedsOperatorError(
+                f"{primary} is the primary but it was not recorded: {exc.message}",
+                hint=f"fix the cause, then `{resume}` (it does not repeat what is done)",
+            ) from None
+
+
 def _require_primary(recovery: DatabaseRecovery, name: str, steps: _Steps) -> DbInstanceInfo:
     with steps.run(f"check {name} is a RUNNABLE primary") as info:
         inst = recovery.instance(name)
@@ -549,6 +581,8 @@ def failover(
             else f"promoteReplica {replica_name} (plain: {env.instance} stays an independent primary, "
             "split-brain risk)",
             f"check {replica_name} is a RUNNABLE primary",
+            f"record it as the primary of {settings.env} (labels voke-role=primary on {replica_name}, "
+            f"replica or fenced on {env.instance})",
             "give each connection secret a new version naming the new primary's address; redeploy "
             + (", ".join(sorted({s for v in secrets.values() for s in v})) or "no service"),
             "check the services are healthy",
@@ -580,6 +614,10 @@ def failover(
                 info["operation"] = op.name
         new = _require_primary(recovery, replica_name, steps)
         old = _leftover(recovery, env.instance)  # the promotion is done: unknown is not a failure
+        follows = old is not None and old.primary == new.name
+        _record_or_stop(
+            settings, recovery, new.name, "failover", "replica" if follows else "fenced", steps, resume
+        )
         moved = _repoint_or_stop(ports, secrets, new, steps, resume)
         services = _check_services(ports, moved["redeployed"], steps)
         event.details.update(
@@ -598,7 +636,6 @@ def failover(
             "--activation-policy=NEVER. Failing back needs it rebuilt as a replica of "
             f"{new.name} (its writes since the promotion are not on {new.name})"
         )
-    follows = old is not None and old.primary == new.name
     return {
         "dry_run": False,
         "kind": "cloudsql",
@@ -683,6 +720,10 @@ def failback(
         )
     secrets = connection_secrets(settings, env)
     _refuse_unfinished_rotations(ports.store, secrets)
+    from voketag_ops.workflows import cloud_topology
+
+    topo = cloud_topology.read(settings, recovery, strict=False)
+    recorded = topo.recorded and (topo.moved or topo.roles.get(replica_name) != "replica")
     resume = f"voke --env {settings.env} dr failback --yes"
     if dry_run:
         plan = [
@@ -690,6 +731,7 @@ def failback(
             if switch
             else f"{env.instance} is already the primary: nothing to switch",
             f"check {env.instance} is a RUNNABLE primary",
+            f"record {env.instance} as the primary of {settings.env} again (labels)",
             "repoint the services' connection secret at its address; redeploy them",
             "check the services are healthy",
         ]
@@ -706,6 +748,8 @@ def failback(
                 operation = _op(op)
                 info["operation"] = op.name
         leader = _require_primary(recovery, env.instance, steps)
+        if switch or recorded:
+            _record_or_stop(settings, recovery, env.instance, "failback", "replica", steps, resume)
         moved = _repoint_or_stop(ports, secrets, leader, steps, resume)
         services = _check_services(ports, moved["redeployed"], steps)
         event.details.update(

@@ -10,7 +10,7 @@ backups (a FAILED or SKIPPED run is not one, whatever its end time).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
@@ -154,12 +154,24 @@ class CloudSqlDbTarget:
     password (the Admin API hashes it; it never appears in SQL logs), a fresh login tests it."""
 
     def __init__(
-        self, admin: CloudSqlAdmin, instance: str, *, host: str | None = None, port: int = 5432
+        self,
+        admin: CloudSqlAdmin,
+        instance: str | Callable[[], str],
+        *,
+        host: str | None = None,
+        port: int = 5432,
     ) -> None:
         self.admin = admin
-        self.instance = instance
+        self._instance = instance
         self.host = host
         self.port = port
+
+    @property
+    def instance(self) -> str:
+        """The instance whose users are rotated: a callable (the recorded primary) is asked once."""
+        if callable(self._instance):
+            self._instance = self._instance()
+        return self._instance
 
     def endpoint(self) -> tuple[str, int]:
         if self.host:
@@ -219,8 +231,25 @@ class CloudSqlRecovery:
             return self.ctx.call(getattr(client, method), request={"project": self.ctx.project, **kwargs})
 
     def instance(self, name: str | None = None) -> DbInstanceInfo:
+        return self.instance_with_labels(name)[0]
+
+    def instance_with_labels(self, name: str | None = None) -> tuple[DbInstanceInfo, dict[str, str]]:
+        """The instance and its `settings.userLabels` (where voke records the topology), one GET."""
         name = name or self.primary
         inst = self._call("instances", "get", f"instance {name}", instance=name)
+        return self._info(inst), self._labels(inst)
+
+    @staticmethod
+    def _labels(inst: Any) -> dict[str, str]:
+        settings = inst.settings
+        return dict(settings.user_labels) if settings and settings.user_labels else {}
+
+    def list_instances(self) -> list[tuple[DbInstanceInfo, dict[str, str]]]:
+        """Every instance of the project with its labels (instances.list, all pages)."""
+        pager = self._call("instances", "list", "instances", max_results=500)
+        return [(self._info(inst), self._labels(inst)) for inst in pager]
+
+    def _info(self, inst: Any) -> DbInstanceInfo:
         settings = inst.settings
         backup = settings.backup_configuration if settings else None
         ip = next((a.ip_address for a in inst.ip_addresses if _enum(a.type_) == "PRIVATE"), None)
@@ -273,13 +302,13 @@ class CloudSqlRecovery:
             earliest=_iso(resp.earliest_recovery_time), latest=_iso(resp.latest_recovery_time)
         )
 
-    def replication(self, replica: str | None = None) -> ReplicationInfo:
+    def replication(self, replica: str | None = None, *, primary: str | None = None) -> ReplicationInfo:
         replica = replica or self.replica
         if not replica:
             raise UsageError("no replica configured (environments.NAME.replica)")
         if self.monitoring is None:
             return ReplicationInfo(replica, None, None, None)
-        return self.monitoring.replication(self.primary, replica)
+        return self.monitoring.replication(primary or self.primary, replica)
 
     def _mutate(self, method: str, what: str, **kwargs: Any) -> DbOperationInfo:
         client = self.admin.client("instances")
@@ -315,3 +344,41 @@ class CloudSqlRecovery:
         if not name:
             raise UsageError("no replica configured (environments.NAME.replica)")
         return self._mutate("switchover", f"switchover to {name}", instance=name)
+
+    def set_labels(self, name: str, changes: dict[str, str | None]) -> DbOperationInfo | None:
+        """Merge CHANGES into NAME's userLabels (None removes a key) with instances.patch;
+        None when nothing would change (no call made)."""
+        _info, labels = self.instance_with_labels(name)
+        merged = {k: v for k, v in {**labels, **changes}.items() if v is not None}
+        if merged == labels:
+            return None
+        body = {"settings": {"user_labels": merged}}
+        return self._mutate("patch", f"labels of {name}", instance=name, body=body)
+
+    def create_replica(
+        self, name: str, master: str, *, region: str | None = None, labels: dict[str, str] | None = None
+    ) -> DbOperationInfo:
+        """A new read replica NAME of MASTER (instances.insert with masterInstanceName), in
+        MASTER's region unless REGION, with MASTER's tier, edition and database version."""
+        source = self._call("instances", "get", f"instance {master}", instance=master)
+        settings: dict[str, Any] = {"tier": source.settings.tier, "user_labels": dict(labels or {})}
+        if source.settings.edition:
+            settings["edition"] = source.settings.edition
+        body = {
+            "name": name,
+            "region": region or source.region,
+            "database_version": source.database_version,
+            "master_instance_name": master,
+            "settings": settings,
+        }
+        client = self.admin.client("instances")
+        what = f"create the replica {name} of {master}"
+        with self.admin.translate(what):
+            op = self.ctx.call(
+                client.insert, request={"project": self.ctx.project, "body": body}, idempotent=False
+            )
+        return self.admin.wait(op, what)
+
+    def delete_instance(self, name: str) -> DbOperationInfo:
+        """Delete NAME (instances.delete); NotFoundError when it is already gone."""
+        return self._mutate("delete", f"delete {name}", instance=name)
