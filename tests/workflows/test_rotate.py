@@ -15,8 +15,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from voketag_ops.core.rotation import ANNOTATION, STEPS
-from voketag_ops.workflows.rotate import FAULT_ENV, FAULT_EXIT_CODE, RotationEngine
+from voketag_ops.core.rotation import ANNOTATION, STEPS, RotationRecord
+from voketag_ops.workflows.rotate import FAULT_ENV, FAULT_EXIT_CODE, RotationEngine, process_host
 
 
 def make_engine(platform, **kw):
@@ -153,7 +153,7 @@ def test_a_live_rotation_blocks_a_second_one(platform, platform_environ, voke):
             "kind": "db-password",
             "strategy": "alternating",
             "target": "app",
-            "owner": f"{os.uname().nodename}:{sleeper.pid}",
+            "owner": f"{process_host()}:{sleeper.pid}",
             "lease_until": "2999-01-01T00:00:00Z",
             "started_at": "2026-01-01T00:00:00Z",
             "status": "in_progress",
@@ -179,6 +179,20 @@ def test_a_live_rotation_blocks_a_second_one(platform, platform_environ, voke):
     assert result.exit_code == 0, result.stdout
     assert result.json["result"]["status"] == "rolled_back"
     assert_consistent(platform)
+
+
+def test_a_dead_pid_in_another_container_with_the_same_host_name_is_judged_by_its_lease(platform):
+    engine = make_engine(platform)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    record = RotationRecord(
+        id="rot-x", secret="db-app", kind="db-password", target="app", strategy="alternating",
+        owner=f"{os.uname().nodename}/other-boot/4026531836:{dead.pid}", lease_until="2999-01-01T00:00:00Z",
+        started_at="2026-01-01T00:00:00Z",
+    )  # fmt: skip
+    assert engine._owner_alive(record)  # not our PID namespace: the pid says nothing, the lease holds
+    record.owner = f"{process_host()}:{dead.pid}"
+    assert not engine._owner_alive(record)  # ours, and gone
 
 
 def test_two_rotations_at_once_exactly_one_proceeds_at_a_time(platform, platform_environ):

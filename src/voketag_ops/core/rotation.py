@@ -72,7 +72,7 @@ class RotationRecord:
     kind: str  # db-password, api-key:stripe, jwt, ...
     strategy: str  # alternating | single
     target: str  # logical name (db user, provider)
-    owner: str  # host:pid of the process holding the lease
+    owner: str  # host[/boot/pid-namespace]:pid of the process holding the lease
     lease_until: str
     started_at: str
     status: Status = "in_progress"

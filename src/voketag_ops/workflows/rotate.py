@@ -138,7 +138,7 @@ class RotationEngine:
         self.environ = os.environ if environ is None else environ
         self.progress = progress
         self.sleep = sleep
-        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.owner = f"{process_host()}:{os.getpid()}"
         creds = list(credentials or [])
         for name, user in settings.db_users.items():
             creds.append(DbPassword(name, user, target, length=settings.password_length))
@@ -183,8 +183,8 @@ class RotationEngine:
 
     def _owner_alive(self, record: RotationRecord) -> bool:
         host, _, pid = record.owner.rpartition(":")
-        if host != socket.gethostname():
-            return not record.lease_expired(self.now())  # another machine: trust the lease
+        if host != process_host():
+            return not record.lease_expired(self.now())  # another machine or container: trust the lease
         try:
             os.kill(int(pid), 0)
         except (ProcessLookupError, ValueError):
@@ -1001,6 +1001,18 @@ def notification_text(record: RotationRecord, env_name: str) -> str:
         f":rotating_light: {head} needs a person ({why}); "
         f"then: voke rotate resume {record.id}   or: voke rotate rollback {record.id}"
     )
+
+
+def process_host() -> str:
+    """Where a process id means something: the host name plus the boot and the PID namespace,
+    so two containers sharing a host name never judge each other's pids (the lease decides)."""
+    ident = socket.gethostname()
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+        ident += f"/{boot}/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        pass  # no /proc (macOS): the host name alone
+    return ident
 
 
 def local_engine(
