@@ -2,7 +2,9 @@
 
 Exit codes: 0 loaded, duplicate or (dry run) valid; 1 the file was rejected, or a
 proof does not hold; 2 bad usage; 4 the database could not be reached or went away
-(nothing was loaded); 5 another load held the lock for longer than ingest.lock_timeout.
+(nothing was loaded); 5 another load held the lock for longer than ingest.lock_timeout;
+7 the connection failed during the COMMIT and the database could not be reached to tell
+whether the batch committed (`voke ingest batches` tells; rerunning is safe).
 """
 
 from __future__ import annotations

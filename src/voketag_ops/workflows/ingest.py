@@ -2,7 +2,8 @@
 
 A load is one PostgreSQL transaction:
 
-1. the file's size is checked (before it is read) and its SHA-256 computed;
+1. the file is opened once (every read goes through that descriptor), its size checked
+   before it is read, and its SHA-256 computed to answer ``duplicate`` without loading;
 2. ``pg_advisory_xact_lock`` serialises loads on the database, and a batch with the
    same file hash means ``duplicate`` (``batches.file_sha256`` is UNIQUE as well);
    the batch row is written, its seal still blank;
@@ -18,9 +19,14 @@ A load is one PostgreSQL transaction:
    ``--partial`` they are dropped, the rest resealed and moved into ``ingest.tags``;
 5. the batch row gets its seal, new products are written, and the transaction commits.
 
+The pass whose rows are loaded hashes the bytes it validates; unless that hash is the one
+of step 1 and the file's size and mtime are unchanged at the end, the load is rejected
+(``file_changed``): the hash stored with a batch is always that of the rows loaded.
+
 Anything that goes wrong before the commit (a rejected row, the database going away,
 Ctrl-C, ``kill -9``) leaves nothing behind: the transaction is rolled back by the
-server. After the commit the root is requested as an anchor on the chain and the
+server. A connection lost during the COMMIT itself is settled on a new connection
+(``_commit_outcome``): committed is ``loaded``, not committed exit 4, unknown exit 7. After the commit the root is requested as an anchor on the chain and the
 load is recorded in the audit log.
 
 psycopg is imported inside functions only, so the CLI starts without it.
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import os
 import sys
 import tempfile
@@ -44,7 +51,14 @@ from typing import IO, TYPE_CHECKING, Any
 
 from voketag_ops.core import ingest as core
 from voketag_ops.core import merkle
-from voketag_ops.errors import BackendError, InputError, PreconditionError, UsageError, VokeError
+from voketag_ops.errors import (
+    BackendError,
+    InputError,
+    NeedsOperatorError,
+    PreconditionError,
+    UsageError,
+    VokeError,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -225,11 +239,7 @@ def _db_errors(target: str, doing: str, committing: list[bool] | None = None) ->
         yield
     except psycopg.OperationalError as exc:
         if committing and committing[0]:
-            raise BackendError(
-                f"{target}: the database connection failed while committing: {_first_line(exc)}; "
-                "the batch may or may not have been loaded",
-                hint="rerun the same command: it reports `duplicate` if the batch was loaded",
-            ) from None
+            raise _CommitLost(_first_line(exc)) from None
         if isinstance(exc, pgerr.LockNotAvailable):
             raise PreconditionError(
                 f"{target}: gave up waiting while {doing}: another load holds the ingest lock "
@@ -281,12 +291,12 @@ def ensure_schema(conn: psycopg.Connection[Any]) -> int:
 # -- load ----------------------------------------------------------------------------------------
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while data := fh.read(READ_CHUNK):
-            h.update(data)
-    return h.hexdigest()
+def file_sha256(source: _BatchFile) -> str:
+    """The SHA-256 of the whole file, read through SOURCE's descriptor."""
+    for _data in source.chunks():
+        pass
+    assert source.sha256 is not None
+    return source.sha256
 
 
 Anchorer = Callable[[bytes, int, int], tuple[str, str | None]]  # (root, size, batch_id) -> (status, id)
@@ -354,20 +364,53 @@ def _load_batch(
     max_errors = settings.max_errors if max_errors is None else max_errors
     started = time.monotonic()
     report_progress = progress or (lambda _p: None)
+    source = _BatchFile(path)
     try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
-    base = LoadReport(status="rejected", file=str(path), file_sha256="", file_bytes=size, partial=partial)
+        return _load_source(
+            conninfo,
+            source,
+            settings=settings,
+            now=now,
+            partial=partial,
+            rejects=rejects,
+            dry_run=dry_run,
+            max_errors=max_errors,
+            actor=actor,
+            progress=report_progress,
+            anchorer=anchorer,
+            started=started,
+        )
+    finally:
+        source.close()
+
+
+def _load_source(
+    conninfo: str,
+    source: _BatchFile,
+    *,
+    settings: IngestSettings,
+    now: datetime,
+    partial: bool,
+    rejects: Path | None,
+    dry_run: bool,
+    max_errors: int,
+    actor: str,
+    progress: Callable[[LoadProgress], None],
+    anchorer: Anchorer | None,
+    started: float,
+) -> LoadReport:
+    size = source.size
+    base = LoadReport(
+        status="rejected", file=str(source.path), file_sha256="", file_bytes=size, partial=partial
+    )
     too_big = core.check_size(size, settings.max_file_bytes)
     if too_big is not None:
         base.errors, base.error_count = [too_big.as_dict()], 1
         return _finish(base, started)
-    report_progress(LoadProgress("hashing", 0, size, 0))
-    try:
-        base.file_sha256 = file_sha256(path)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+    # Only to answer `duplicate` without loading: the hash stored with a batch is the one of
+    # the pass whose rows were loaded, and it must equal this one (``_check_unchanged``).
+    progress(LoadProgress("hashing", 0, size, 0))
+    base.file_sha256 = file_sha256(source)
 
     target = describe_target(conninfo)
     conn = connect(conninfo)
@@ -378,13 +421,15 @@ def _load_batch(
         if existing is not None:
             return _finish(_duplicate(base, existing, conn, anchorer, target), started)
         committing = [False]
+        backend_pid = conn.info.backend_pid
+        report: LoadReport | None = None
         try:
             with _db_errors(target, "loading the batch", committing):
                 conn.execute("SET temp_buffers = '256MB'")  # before the session's first temporary table
                 with conn.transaction():
                     report = _load_in_transaction(
                         conn,
-                        path,
+                        source,
                         base,
                         settings=settings,
                         now=now,
@@ -393,7 +438,7 @@ def _load_batch(
                         dry_run=dry_run,
                         max_errors=max_errors,
                         actor=actor,
-                        progress=report_progress,
+                        progress=progress,
                         started=started,
                     )
                     committing[0] = True  # leaving the block commits
@@ -404,6 +449,17 @@ def _load_batch(
                 if existing is not None:
                     return _finish(_duplicate(base, existing, conn, anchorer, target), started)
             return _finish(report, started)
+        except _CommitLost as lost:
+            assert report is not None
+            conn.close()
+            conn, existing = _commit_outcome(conninfo, report, backend_pid, target, lost.reason)
+            if existing["batch_id"] != report.batch_id:  # ours rolled back; another run loaded the file
+                _discard_scratch(report)
+                return _finish(_duplicate(base, existing, conn, anchorer, target), started)
+            report.warnings.append(
+                f"the connection failed while committing ({lost.reason}); "
+                "a new connection found the batch committed"
+            )
         if rejects is not None and report.rejects_file:
             os.replace(report.rejects_file, rejects)
             report.rejects_file = str(rejects)
@@ -412,6 +468,143 @@ def _load_batch(
         return _finish(report, started)
     finally:
         conn.close()
+
+
+class _BatchFile:
+    """The batch file, opened once. Every read goes through this one descriptor, so a file
+    renamed over PATH meanwhile is never mixed in; each full pass hashes the bytes it hands
+    out (``sha256``), so the hash stored with a batch is that of the bytes loaded."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.fh = path.open("rb")
+            st = os.fstat(self.fh.fileno())
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+        self.size = st.st_size
+        self._stamp = (st.st_size, st.st_mtime_ns)
+        self.sha256: str | None = None  # of the last pass read to its end
+
+    def chunks(self) -> Iterator[bytes]:
+        """The file from its start, READ_CHUNK bytes at a time; ``sha256`` is set at its end."""
+        self.sha256 = None
+        digest = hashlib.sha256()
+        self.fh.seek(0)
+        while data := self._read(READ_CHUNK):
+            digest.update(data)  # releases the GIL: the sending thread runs meanwhile
+            yield data
+        self.sha256 = digest.hexdigest()
+
+    def readline(self, limit: int) -> bytes:
+        return self.fh.readline(limit)
+
+    def stamp_unchanged(self) -> bool:
+        """Size and modification time as when it was opened (a write in place changes them)."""
+        st = os.fstat(self.fh.fileno())
+        return (st.st_size, st.st_mtime_ns) == self._stamp
+
+    def close(self) -> None:
+        self.fh.close()
+
+    def _read(self, size: int) -> bytes:
+        try:
+            return self.fh.read(size)
+        except OSError as exc:
+            raise InputError(f"{self.path}: cannot read: {exc.strerror}") from None
+
+
+def _check_unchanged(source: _BatchFile, report: LoadReport) -> None:
+    """Reject the load (nothing is written) if the bytes just loaded are not those the load
+    began with: the hash of the loading pass must be the one looked up for `duplicate` and
+    written with the batch, and the file must not have been written to since."""
+    if source.sha256 == report.file_sha256 and source.stamp_unchanged():
+        return
+    problem = core.Problem(
+        None,
+        None,
+        "file_changed",
+        "the file changed while it was being loaded (is it still being written?); "
+        "load it again once it is complete",
+    )
+    report.status, report.batch_id, report.merkle_root = "rejected", None, None
+    report.errors, report.error_count, report.warnings = [problem.as_dict()], 1, []
+    report.rows_loaded, report.rows_rejected = 0, report.rows_total
+    raise _Abort(report)
+
+
+# A connection lost during COMMIT: how often, and how far apart, to look for the batch.
+COMMIT_CHECK_TRIES = 5
+COMMIT_CHECK_DELAY = 2.0  # seconds
+
+
+class _CommitLost(Exception):
+    """The connection failed while COMMIT was under way: the outcome is not known yet."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _commit_outcome(
+    conninfo: str, report: LoadReport, backend_pid: int, target: str, reason: str
+) -> tuple[psycopg.Connection[Any], dict[str, Any]]:
+    """Find out on new connections whether the batch committed. Returns the connection and
+    the batch row if it did; raises BackendError (exit 4) if it did not, NeedsOperatorError
+    (exit 7) if the database cannot say within COMMIT_CHECK_TRIES tries.
+
+    The old session is looked for before the batch: a session already gone has committed
+    or rolled back for good, so a batch absent after that is absent for good. A session
+    still there (the network failed, not the server) is ended, which settles it too."""
+    import psycopg
+
+    for attempt in range(COMMIT_CHECK_TRIES):
+        if attempt:
+            time.sleep(COMMIT_CHECK_DELAY)
+        try:
+            conn = psycopg.connect(
+                conninfo, autocommit=True, connect_timeout=5, application_name="voke ingest"
+            )
+        except psycopg.Error:
+            continue
+        try:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (backend_pid,)
+            ).fetchone()
+            alive = bool(row and row[0])
+            existing = _find_batch(conn, report.file_sha256)
+            if existing is not None:
+                return conn, existing
+            if not alive:
+                conn.close()
+                _discard_scratch(report)
+                raise BackendError(
+                    f"{target}: the database connection failed while committing: {reason}; "
+                    "a new connection found the batch not committed: nothing was changed",
+                    hint="rerun the same command",
+                )
+            conn.execute("SELECT pg_terminate_backend(%s)", (backend_pid,))
+        except psycopg.Error:
+            pass
+        conn.close()
+    hint = "rerunning the same command is safe: it reports `duplicate` if the batch was loaded"
+    if report.rejects_file:
+        hint += f"; the rejected rows are in {report.rejects_file}"
+    raise NeedsOperatorError(
+        f"{target}: the database connection failed while committing batch {report.batch_id} "
+        f"({Path(report.file).name}, sha256 {report.file_sha256[:16]}) and the database could not be "
+        "reached again to tell whether it committed; once it is back, `voke ingest batches` lists "
+        "the batch if it did",
+        hint=hint,
+    )
+
+
+def _discard_scratch(report: LoadReport) -> None:
+    """Remove the --rejects scratch file of a load that did not commit."""
+    if report.rejects_file:
+        with suppress(FileNotFoundError):
+            os.unlink(report.rejects_file)
+        report.rejects_file = None
 
 
 def _finish(report: LoadReport, started: float) -> LoadReport:
@@ -488,7 +681,7 @@ def _anchor(
 
 def _load_in_transaction(
     conn: psycopg.Connection[Any],
-    path: Path,
+    source: _BatchFile,
     report: LoadReport,
     *,
     settings: IngestSettings,
@@ -541,7 +734,7 @@ def _load_in_transaction(
 
             checked = validator()
             writer = _PieceWriter(conn, _TAGS_COPY, sort=True, chunks_of=batch_id)
-            _stream(path, checked, writer, tag_rows, spool=None, rejects_out=rejects_out, **streaming)
+            _stream(source, checked, writer, tag_rows, spool=None, rejects_out=rejects_out, **streaming)
             staged = writer.conflict
             conflicts = _Conflicts()
             if staged:
@@ -560,9 +753,14 @@ def _load_in_transaction(
                 checked = validator()
                 writer = _PieceWriter(conn, _STAGING_COPY, sort=False)
                 streaming["phase"] = "finding conflicts"
-                _stream(path, checked, writer, staged_rows, spool=spool, rejects_out=rejects_out, **streaming)
+                _stream(
+                    source, checked, writer, staged_rows, spool=spool, rejects_out=rejects_out, **streaming
+                )
+                _check_unchanged(source, report)
                 if not checked.fatal:
-                    conflicts = _find_conflicts(conn, path, checked, batch_id, max_errors, rejects_out)
+                    conflicts = _find_conflicts(conn, source, checked, batch_id, max_errors, rejects_out)
+            else:
+                _check_unchanged(source, report)
             report.rows_total = checked.rows_total
             report.warnings.extend(checked.warnings)
             report.errors = [p.as_dict() for p in checked.problems]
@@ -609,6 +807,7 @@ def _load_in_transaction(
                 raise _Abort(report)
             if rejects_out is not None:
                 report.rejects_file = rejects_out.close()
+            _check_unchanged(source, report)  # once more, at the end: nothing was written into it meanwhile
             progress(LoadProgress("committing", report.file_bytes, report.file_bytes, report.rows_total))
         return report
     finally:
@@ -628,7 +827,7 @@ _STAGING_COPY = f"COPY {_STAGING} ({_COLUMNS}, leaf_index, line) FROM STDIN"
 
 
 def _stream(
-    path: Path,
+    source: _BatchFile,
     validator: core.BatchValidator,
     writer: _PieceWriter,
     rows_of: Callable[[core.Chunk, int], Iterable[str]],
@@ -639,38 +838,37 @@ def _stream(
     total: int,
     phase: str,
 ) -> None:
-    """Validate PATH and hand the accepted rows (``rows_of(chunk, first leaf index)``) to
+    """Validate SOURCE and hand the accepted rows (``rows_of(chunk, first leaf index)``) to
     WRITER in pieces; the sealed chunks' leaf hashes go to SPOOL (or, without one, to
     WRITER with the pieces), rejected records to REJECTS_OUT. Stops early when WRITER
-    meets a conflict or an error (``close`` raises the error)."""
+    meets a conflict or an error (``close`` raises the error); read to its end, SOURCE
+    holds the hash of exactly the bytes validated."""
     try:
-        with path.open("rb") as fh:
-            done = 0
-            leaves = 0
-            piece: list[str] = []
-            sealed: list[tuple[int, bytes]] = []
-            while True:
-                data = fh.read(READ_CHUNK)
-                chunk = validator.feed(data) if data else validator.finish()
-                done += len(data)
-                if spool is None:
-                    sealed.extend(chunk.sealed)
-                else:
-                    for _number, hashes in chunk.sealed:
-                        spool.write(hashes)
-                if chunk.canonical:
-                    piece.extend(rows_of(chunk, leaves))
-                    leaves += chunk.accepted
-                    if len(piece) >= writer.piece_rows(leaves):
-                        writer.put(piece, sealed)
-                        piece, sealed = [], []
-                if rejects_out is not None and chunk.rejected:
-                    rejects_out.write(chunk.rejected)
-                progress(LoadProgress(phase, done, total, validator.rows_total))
-                if not data or writer.stopped:
-                    break
-            if piece or sealed:
-                writer.put(piece, sealed)
+        done = 0
+        leaves = 0
+        piece: list[str] = []
+        sealed: list[tuple[int, bytes]] = []
+        for data in itertools.chain(source.chunks(), (b"",)):
+            chunk = validator.feed(data) if data else validator.finish()
+            done += len(data)
+            if spool is None:
+                sealed.extend(chunk.sealed)
+            else:
+                for _number, hashes in chunk.sealed:
+                    spool.write(hashes)
+            if chunk.canonical:
+                piece.extend(rows_of(chunk, leaves))
+                leaves += chunk.accepted
+                if len(piece) >= writer.piece_rows(leaves):
+                    writer.put(piece, sealed)
+                    piece, sealed = [], []
+            if rejects_out is not None and chunk.rejected:
+                rejects_out.write(chunk.rejected)
+            progress(LoadProgress(phase, done, total, validator.rows_total))
+            if writer.stopped:
+                break
+        if piece or sealed:
+            writer.put(piece, sealed)
     except BaseException:
         writer.abort()
         raise
@@ -859,7 +1057,7 @@ _CONFLICTS = "pg_temp.voke_ingest_conflicts"
 
 def _find_conflicts(
     conn: psycopg.Connection[Any],
-    path: Path,
+    source: _BatchFile,
     validator: core.BatchValidator,
     batch_id: int,
     max_errors: int,
@@ -899,7 +1097,7 @@ def _find_conflicts(
                 yield r[0]
 
         # The conflicting lines' text, read back from the file in step with the rows.
-        for number, text in _file_lines(path, numbers()):
+        for number, text in _file_lines(source, numbers()):
             line, tag_id, first_line, other_batch = by_line.pop(number)
             if line > first_line:
                 column = validator.field_column(text, "tag_id")
@@ -921,29 +1119,29 @@ def _find_conflicts(
     return found
 
 
-def _file_lines(path: Path, numbers: Iterable[int]) -> Iterator[tuple[int, str]]:
-    """(number, text) of the physical lines NUMBERS (ascending) of PATH, as the validator
+def _file_lines(source: _BatchFile, numbers: Iterable[int]) -> Iterator[tuple[int, str]]:
+    """(number, text) of the physical lines NUMBERS (ascending) of SOURCE, as the validator
     read them: without BOM or line break; an over-long line is cut, never held whole."""
     wanted = iter(numbers)
     target = next(wanted, None)
     number = 1
-    with path.open("rb") as fh:
-        while target is not None:
-            raw = fh.readline(core.MAX_LINE_BYTES)
-            if not raw:
-                return
-            complete = raw.endswith(b"\n")
-            if number == target:
-                if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                    raw = raw[3:]
-                raw = raw[:-1] if complete else raw
-                raw = raw[:-1] if raw.endswith(b"\r") else raw
-                yield number, raw.decode("utf-8", "replace")
-                target = next(wanted, None)
-            while not complete:  # the rest of an over-long line
-                raw = fh.readline(READ_CHUNK)
-                complete = not raw or raw.endswith(b"\n")
-            number += 1
+    source.fh.seek(0)
+    while target is not None:
+        raw = source.readline(core.MAX_LINE_BYTES)
+        if not raw:
+            return
+        complete = raw.endswith(b"\n")
+        if number == target:
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            raw = raw[:-1] if complete else raw
+            raw = raw[:-1] if raw.endswith(b"\r") else raw
+            yield number, raw.decode("utf-8", "replace")
+            target = next(wanted, None)
+        while not complete:  # the rest of an over-long line
+            raw = source.readline(READ_CHUNK)
+            complete = not raw or raw.endswith(b"\n")
+        number += 1
 
 
 def _drop_conflicts(conn: psycopg.Connection[Any], spool: IO[bytes]) -> core.Seal:
