@@ -363,6 +363,9 @@ def test_cleanup_keeps_current_previous_pinned_and_newest(platform):
     newest = {v.version for v in sorted(meta.versions, key=lambda v: v.version)[-3:]}
     for action in plan["actions"]:
         assert action.version not in protected | newest and action.action == "disable"
+    assert all(engine._still_unprotected(a) for a in plan["actions"])
+    moved = plan["actions"][0].__class__("db-app", meta.aliases["current"], "disable", "")
+    assert not engine._still_unprotected(moved)  # an alias names it now: re-checked before acting
     engine.cleanup(dry_run=False)
     states = {v.version: v.state for v in store.get("db-app").versions}
     assert all(states[a.version] == "disabled" for a in plan["actions"])

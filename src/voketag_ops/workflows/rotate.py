@@ -842,6 +842,7 @@ class RotationEngine:
                 destroy_after=timedelta(days=self.settings.destroy_after_days),
             )
         if not dry_run:
+            actions = [a for a in actions if a.action == "retire" or self._still_unprotected(a)]
             for action in actions:
                 if action.action == "retire":
                     self._retire(action)
@@ -861,6 +862,18 @@ class RotationEngine:
                     details={"actions": [f"{a.action} {a.secret} v{a.version}" for a in actions]},
                 )
         return {"dry_run": dry_run, "actions": actions}
+
+    def _still_unprotected(self, action: CleanupAction) -> bool:
+        """Re-read just before disabling or destroying: a rotation that started, an alias
+        that moved or a service pinned since the plan was made keeps the version."""
+        meta = self.store.get(action.secret)
+        if meta.annotations.get(ANNOTATION) or action.version in meta.aliases.values():
+            log.info("cleanup %s v%s skipped: it changed since the plan", action.secret, action.version)
+            return False
+        if action.version in self.runtime.pinned_versions(action.secret):
+            log.info("cleanup %s v%s skipped: a service is pinned to it now", action.secret, action.version)
+            return False
+        return True
 
     def _plan_retire(self, meta: Any, now: datetime) -> list[CleanupAction]:
         """Superseded provider keys to delete: enabled versions older than `current` that no

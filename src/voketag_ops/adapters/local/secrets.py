@@ -97,6 +97,11 @@ class LocalSecretStore:
             fh.flush()
             os.fsync(fh.fileno())
         tmp.replace(path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename itself survives a power cut
+        finally:
+            os.close(dir_fd)
 
     def _mutate(self, name: str, change: Callable[[dict[str, Any]], Any]) -> tuple[dict[str, Any], Any]:
         with self._locked(name) as path:
