@@ -100,6 +100,11 @@ class GcpEnvironment(_Model):
         default=None, description="address voke logs in to for tests (default: the instance's private IP)"
     )
     db_port: int = Field(default=5432, ge=1, le=65535, description="PostgreSQL port at db_host")
+    canary_secret: str | None = Field(
+        default=None,
+        description="secret (JSON username, password, dbname) the cloud drills' canary logs in with "
+        "(default: the first rotation.db_users secret)",
+    )
     health_path: str = Field(
         default="/health", description="path of each Cloud Run service's health endpoint"
     )
