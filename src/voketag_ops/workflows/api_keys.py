@@ -38,6 +38,7 @@ from voketag_ops.errors import (
     UsageError,
     ValidationError,
 )
+from voketag_ops.workflows.credentials import MadeBeside
 
 SECRET_FIELDS = ("api_key", "client_secret", "access_token", "token")
 
@@ -58,7 +59,7 @@ def maps_key_id(rotation_id: str) -> str:
     return f"voke-{rotation_id.lower()}"
 
 
-class ApiKeyCredential(ABC):
+class ApiKeyCredential(MadeBeside, ABC):
     """What every API-key kind shares: settings, the secret, the admin credential."""
 
     provider = ""
@@ -139,20 +140,9 @@ class ApiKeyCredential(ABC):
         return self._read(self.secret)
 
     # -- Credential defaults ------------------------------------------------------------------------
-    def existing(self, rotation_id: str) -> dict[str, Any] | None:
-        return None
 
     def apply(self, pending: dict[str, Any], current: dict[str, Any] | None) -> str:
         return f"nothing to set: {self.provider} made the new key beside the old one"
-
-    def restore(
-        self,
-        scope: str,
-        pending: dict[str, Any] | None,
-        current: dict[str, Any] | None,
-        previous: dict[str, Any] | None,
-    ) -> None:
-        return None
 
     @abstractmethod
     def plan(self, current: dict[str, Any] | None) -> list[str]:

@@ -57,6 +57,23 @@ class Credential(Protocol):
         ...
 
 
+class MadeBeside:
+    """Defaults for credentials whose new value is made beside the old one (a minted key, a
+    keyring version): nothing to recover from an orphan, nothing outside to set back."""
+
+    def existing(self, rotation_id: str) -> dict[str, Any] | None:
+        return None
+
+    def restore(
+        self,
+        scope: str,
+        pending: dict[str, Any] | None,
+        current: dict[str, Any] | None,
+        previous: dict[str, Any] | None,
+    ) -> None:
+        return None
+
+
 class DbPassword:
     """A database login. Alternating: the new password goes to the login `current` does
     not use, so the old credential keeps working until the next rotation."""

@@ -20,6 +20,7 @@ from voketag_ops import redact
 from voketag_ops.config import JwtSettings
 from voketag_ops.core.rotation import ANNOTATION, LAST_ANNOTATION, RotationRecord, iso, parse_iso
 from voketag_ops.errors import NotFoundError, PreconditionError, ValidationError
+from voketag_ops.workflows.credentials import MadeBeside
 
 NORMAL = "publish-before-sign"
 EMERGENCY = "emergency"
@@ -32,7 +33,7 @@ def _register(keyring: dict[str, Any]) -> None:
             redact.register(key["private_key"])
 
 
-class JwtKeyring:
+class JwtKeyring(MadeBeside):
     """The signing keyring `rotation.jwt.secret` (next / current / previous)."""
 
     kind = "jwt"
@@ -174,9 +175,6 @@ class JwtKeyring:
             return False
         return True
 
-    def existing(self, rotation_id: str) -> dict[str, Any] | None:
-        return None
-
     def create(self, rotation_id: str, current: dict[str, Any]) -> dict[str, Any]:
         from voketag_ops.core import jwt_keys
 
@@ -203,15 +201,6 @@ class JwtKeyring:
 
     def apply(self, pending: dict[str, Any], current: dict[str, Any] | None) -> str:
         return f"{pending.get('action', 'publish')}: verifiers read the new JWKS from the keyring"
-
-    def restore(
-        self,
-        scope: str,
-        pending: dict[str, Any] | None,
-        current: dict[str, Any] | None,
-        previous: dict[str, Any] | None,
-    ) -> None:
-        return None  # nothing outside the secret changed
 
 
 def bootstrap_keyring(store: Any, settings: JwtSettings, now: datetime) -> bool:

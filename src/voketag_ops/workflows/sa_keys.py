@@ -19,6 +19,7 @@ from voketag_ops import redact
 from voketag_ops.config import SaKeySettings
 from voketag_ops.errors import AuthenticationError, SecretError
 from voketag_ops.logs import get_logger
+from voketag_ops.workflows.credentials import MadeBeside
 
 log = get_logger(__name__)
 KEYLESS_HINT = (
@@ -35,7 +36,7 @@ def _started(rotation_id: str) -> datetime | None:
         return None
 
 
-class SaKey:
+class SaKey(MadeBeside):
     """One managed service-account key (`[rotation.sa_keys.NAME]`)."""
 
     kind = "sa-key"
@@ -105,9 +106,6 @@ class SaKey:
             if key_created_after(k, started) and k.key_id not in stored
         ]
 
-    def existing(self, rotation_id: str) -> dict[str, Any] | None:
-        return None  # an orphan's private key cannot be read back
-
     def create(self, rotation_id: str, current: dict[str, Any]) -> dict[str, Any]:
         for key_id in self._orphans(rotation_id):
             log.info(
@@ -120,15 +118,6 @@ class SaKey:
 
     def apply(self, pending: dict[str, Any], current: dict[str, Any] | None) -> str:
         return f"nothing to set: IAM made key {pending.get('private_key_id', '?')[:12]} beside the old one"
-
-    def restore(
-        self,
-        scope: str,
-        pending: dict[str, Any] | None,
-        current: dict[str, Any] | None,
-        previous: dict[str, Any] | None,
-    ) -> None:
-        return None
 
     def discard(self, pending: dict[str, Any] | None, rotation_id: str) -> None:
         """A rollback, once nothing uses it: delete the key this rotation made."""
