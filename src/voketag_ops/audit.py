@@ -18,7 +18,10 @@ Files under ``<VOKE_HOME>/audit/`` (directory 0700, files 0600):
 - ``checkpoints.jsonl``: every ``CHECKPOINT_EVERY`` entries, ``(size, Merkle root)``;
   each checkpoint is also requested as an anchor on the chain (kind
   ``audit-checkpoint``), so a log cut short below it is detected even if this file
-  is cut too.
+  is cut too. This file is also the queue of anchor requests: an append never starts
+  the local environment and never fails because the chain is unreachable (during
+  `env down`/`destroy`, a failover); every later anchoring attempt requests the
+  checkpoints the chain has not seen (`anchor_checkpoints`).
 - ``torn/``: if a process died mid-write (kill -9), the next append moves the
   incomplete last line here and records an ``audit.torn_write`` entry before its own;
   until then `voke audit verify` reports the torn line. Nothing is glued onto it.
@@ -36,13 +39,16 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from voketag_ops.core import audit as core
 from voketag_ops.errors import BackendError, NeedsOperatorError, VokeError
+
+if TYPE_CHECKING:
+    from voketag_ops.ports import ChainStore
 
 log = logging.getLogger("voke.audit")
 
@@ -99,16 +105,40 @@ def _read_tail(fd: int) -> _Tail:
     return _Tail(None, buf, 0)
 
 
+@dataclass(frozen=True)
+class AnchorOutcome:
+    """What an attempt to anchor the log's checkpoints did."""
+
+    requested: int = 0  # new anchor requests on the chain
+    queued: bool = False  # the chain was not reachable; the checkpoints wait in checkpoints.jsonl
+    reason: str | None = None
+
+
 class AuditLog:
     """The append-only log of one VOKE_HOME."""
 
-    def __init__(self, home: Path, *, checkpoint_every: int = CHECKPOINT_EVERY) -> None:
+    def __init__(
+        self,
+        home: Path,
+        *,
+        checkpoint_every: int = CHECKPOINT_EVERY,
+        chain: Callable[[], ChainStore] | None = None,
+    ) -> None:
         self.home = home
         self.dir = audit_dir(home)
         self.path = self.dir / "audit.jsonl"
         self.checkpoints_path = self.dir / "checkpoints.jsonl"
         self.torn_dir = self.dir / "torn"
         self.checkpoint_every = checkpoint_every
+        self._chain = chain
+
+    def _chain_store(self) -> ChainStore:
+        """HOME's chain store, opened without starting the environment (ChainUnavailableError)."""
+        if self._chain is not None:
+            return self._chain()
+        from voketag_ops.workflows.chain import open_chain_store
+
+        return open_chain_store(self.home)
 
     # -- writing ------------------------------------------------------------------------
     def _ensure_dir(self) -> None:
@@ -170,7 +200,7 @@ class AuditLog:
                     f"{self.path}: cannot append to the audit log: {exc.strerror}"
                 ) from None
         if checkpoint is not None:
-            self._anchor(checkpoint, now)
+            self.anchor_checkpoints(now=now)
         return entry
 
     @staticmethod
@@ -261,15 +291,14 @@ class AuditLog:
                 raise core.EntryFormatError(f"{self.checkpoints_path}:{number}: not a checkpoint") from None
         return result
 
-    def checkpoint(self, *, now: datetime | None = None) -> core.Checkpoint | None:
-        """Write a checkpoint for the log as it is now (None for an empty log)."""
+    def checkpoint(self, *, now: datetime | None = None) -> tuple[core.Checkpoint | None, AnchorOutcome]:
+        """Write a checkpoint for the log as it is now (None for an empty log), and request
+        anchors for it and any checkpoint still waiting for one."""
         now = now or _utcnow()
         with self._locked() as fd:
             self._repair_tail(fd, now)
             cp = self._checkpoint(fd, now)
-        if cp is not None:
-            self._anchor(cp, now)
-        return cp
+        return cp, self.anchor_checkpoints(now=now)
 
     def _checkpoint(self, fd: int, now: datetime) -> core.Checkpoint | None:
         previous = next(iter(reversed(self.checkpoints())), None)
@@ -293,22 +322,36 @@ class AuditLog:
             os.close(cp_fd)
         return cp
 
-    def _anchor(self, cp: core.Checkpoint, now: datetime) -> None:
-        """Ask for the checkpoint to be anchored on the chain; never fails the caller."""
-        from voketag_ops.workflows.chain import RetryPolicy, open_chain_store, request_anchor
+    def anchor_checkpoints(self, *, now: datetime | None = None) -> AnchorOutcome:
+        """Request an anchor for every local checkpoint the chain has not seen: the newest
+        and any queued while the chain was unreachable, wiped (`env destroy`) or rolled back.
+
+        Never raises and never starts the environment: an unreachable chain leaves them
+        queued in the checkpoints file for the next attempt (logged, not an error).
+        """
+        from voketag_ops.workflows.chain import ChainUnavailableError, RetryPolicy, request_missing_anchors
 
         try:
-            request_anchor(
-                open_chain_store(self.home),
-                root=bytes.fromhex(cp.root),
-                kind="audit-checkpoint",
-                label=f"audit@{cp.size}",
-                tree_size=cp.size,
-                now=now,
-                retry=RetryPolicy(attempts=3, initial=0.05, maximum=0.2),
+            requests = [
+                (bytes.fromhex(cp.root), "audit-checkpoint", f"audit@{cp.size}", cp.size)
+                for cp in self.checkpoints()
+            ]
+            if not requests:
+                return AnchorOutcome()
+            requested = request_missing_anchors(
+                self._chain_store(),
+                requests,
+                now=now or _utcnow(),
+                retry=RetryPolicy(attempts=3, initial=0.05, maximum=0.2, store_errors=False),
             )
-        except VokeError as exc:
-            log.warning("audit checkpoint at %d not anchored: %s", cp.size, exc.message)
+        except ChainUnavailableError as exc:
+            log.info("audit checkpoints queued for anchoring: %s", exc.message)
+            return AnchorOutcome(queued=True, reason=exc.message)
+        except (VokeError, core.EntryFormatError) as exc:
+            message = getattr(exc, "message", str(exc))
+            log.warning("audit checkpoints not anchored (queued for the next attempt): %s", message)
+            return AnchorOutcome(queued=True, reason=message)
+        return AnchorOutcome(requested=len(requested))
 
     # -- reading ----------------------------------------------------------------------------
     def raw_lines(self) -> Iterator[bytes]:
@@ -331,23 +374,34 @@ class AuditLog:
                 if skipped is not None:
                     skipped.append(number)
 
-    def claims(self) -> list[core.Claim]:
-        """Checkpoints and chain anchors that say what the log's prefixes hash to."""
-        claims = [core.Claim(cp.size, cp.root, "checkpoint", cp.last_hash) for cp in self.checkpoints()]
-        from voketag_ops.workflows.chain import open_chain_store
-
-        for anchor in open_chain_store(self.home).load().anchors.values():
-            if anchor.kind == "audit-checkpoint" and anchor.tree_size:
-                claims.append(core.Claim(anchor.tree_size, anchor.root.hex(), f"anchor {anchor.id[:16]}"))
-        return claims
-
     def verify(self) -> core.VerifyReport:
-        """Walk the whole log against its checkpoints and anchors."""
+        """Walk the whole log against its checkpoints and the chain's anchors of them.
+
+        Anchors that cannot be read (the environment is down or gone) are reported as not
+        checked, never as a failure; an anchor missing from the chain (wiped by `env
+        destroy`, rolled back) is not a failure either: only one that contradicts the log is.
+        """
         try:
-            claims = self.claims()
+            checkpoints = self.checkpoints()
         except core.EntryFormatError as exc:
             return core.VerifyReport(False, 0, core.ZERO, problem=core.Problem.CORRUPT_LINE, message=str(exc))
-        return core.verify_lines(self.raw_lines(), claims)
+        claims = [core.Claim(cp.size, cp.root, "checkpoint", cp.last_hash) for cp in checkpoints]
+        unchecked: str | None = None
+        without_anchor = 0
+        try:
+            anchors = [
+                a
+                for a in self._chain_store().load().anchors.values()
+                if a.kind == "audit-checkpoint" and a.tree_size
+            ]
+        except VokeError as exc:
+            unchecked = exc.message
+        else:
+            claims += [core.Claim(a.tree_size or 0, a.root.hex(), f"anchor {a.id[:16]}") for a in anchors]
+            anchored = {a.root.hex() for a in anchors}
+            without_anchor = sum(1 for cp in checkpoints if cp.root not in anchored)
+        report = core.verify_lines(self.raw_lines(), claims)
+        return replace(report, anchors_unchecked=unchecked, checkpoints_without_anchor=without_anchor)
 
 
 # -- the API commands call ---------------------------------------------------------------------

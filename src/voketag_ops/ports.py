@@ -228,10 +228,15 @@ if TYPE_CHECKING:
 class ChainStore(Protocol):
     """Where the hash chain and its anchor requests live.
 
-    Implementations: FileChainStore (one JSON document, also the export/import form);
-    a PostgreSQL store on the local environment's database. Writers are optimistic:
-    `commit` checks nothing changed underneath, so callers reload and retry.
+    Implementations: PgChainStore (the default: the local environment's database) and
+    FileChainStore (one JSON document, also the export/import form). Writers are
+    optimistic: `commit` checks nothing changed underneath, so callers reload and retry.
     """
+
+    @property
+    def location(self) -> str:
+        """Where the chain lives, for people and audit targets (never a password)."""
+        ...
 
     def load(self) -> ChainState:
         """A consistent snapshot of every block and anchor. Raises ChainStoreError."""
@@ -242,4 +247,10 @@ class ChainStore(Protocol):
         index) and upsert ANCHORS (each exactly one version ahead of the stored one, or
         version 1 and new). Raises StoreConflictError when another writer got there
         first and ChainStoreError when the store fails; either way nothing changed."""
+        ...
+
+    def import_state(self, incoming: ChainState) -> dict[str, int]:
+        """Merge INCOMING (an exported document, already validated): the stored chain must
+        be a prefix of it (StoreConflictError otherwise, nothing changed); each anchor keeps
+        its higher version. Returns {"blocks_added", "anchors_updated"}."""
         ...

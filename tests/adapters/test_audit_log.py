@@ -122,7 +122,8 @@ def test_concurrent_processes_never_interleave_or_lose(tmp_path: Path) -> None:
         (f"w{w}", i) for w in range(4) for i in range(30)
     )
     assert [cp.size for cp in log.checkpoints()] == [100]
-    assert report.checkpoints_checked == 1 and report.anchors_checked == 1
+    # HOME has no local environment: the checkpoint's anchor waits, the appends do not.
+    assert report.checkpoints_checked == 1 and report.anchors_unchecked is not None
 
 
 def test_torn_last_line_is_reported_then_moved_aside_and_recorded(tmp_path: Path) -> None:
@@ -203,10 +204,11 @@ def test_kill_minus_9_mid_run_never_leaves_an_accepted_torn_line(tmp_path: Path)
 
 
 def test_truncation_below_the_last_checkpoint_is_detected_even_without_checkpoints(tmp_path: Path) -> None:
-    log = AuditLog(tmp_path, checkpoint_every=10)
+    chain = FileChainStore(default_chain_path(tmp_path))
+    log = AuditLog(tmp_path, checkpoint_every=10, chain=lambda: chain)
     append_n(log, 25)
     assert [cp.size for cp in log.checkpoints()] == [10, 20]
-    anchors = FileChainStore(default_chain_path(tmp_path)).load().anchors.values()
+    anchors = chain.load().anchors.values()
     assert sorted(a.label for a in anchors) == ["audit@10", "audit@20"]
     assert log.verify().ok
 
@@ -222,9 +224,9 @@ def test_truncation_below_the_last_checkpoint_is_detected_even_without_checkpoin
 
 def test_explicit_checkpoint_and_a_torn_checkpoint_line(tmp_path: Path) -> None:
     log = AuditLog(tmp_path)
-    assert log.checkpoint() is None  # empty log
+    assert log.checkpoint()[0] is None  # empty log
     append_n(log, 7)
-    cp = log.checkpoint(now=T0)
+    cp, _ = log.checkpoint(now=T0)
     assert cp is not None and cp.size == 7
     with open(log.checkpoints_path, "ab") as fh:
         fh.write(b'{"size": 9')
@@ -232,6 +234,47 @@ def test_explicit_checkpoint_and_a_torn_checkpoint_line(tmp_path: Path) -> None:
     append_n(log, 2, start=7)
     # The torn checkpoint line is ignored; the next checkpoint builds on the last good one.
     log.checkpoints_path.write_bytes(log.checkpoints_path.read_bytes().rsplit(b"\n", 1)[0] + b"\n")
-    cp2 = log.checkpoint(now=T0)
+    cp2, _ = log.checkpoint(now=T0)
     assert cp2 is not None and cp2.size == 9
     assert log.verify().ok and log.verify().checkpoints_checked == 2
+
+
+def test_appends_with_the_environment_down_queue_checkpoints_and_never_start_it(tmp_path: Path) -> None:
+    """The default chain store is PostgreSQL on the local environment; HOME has none, so
+    checkpoints wait in checkpoints.jsonl, appends succeed and no environment appears."""
+    log = AuditLog(tmp_path, checkpoint_every=5)
+    append_n(log, 12)
+    assert [cp.size for cp in log.checkpoints()] == [5, 10]
+    assert not (tmp_path / "state.json").exists() and not (tmp_path / "pg").exists()
+    cp, outcome = log.checkpoint(now=T0)
+    assert cp is not None and cp.size == 12
+    assert outcome.queued and "not running" in (outcome.reason or "")
+    report = log.verify()
+    assert report.ok and report.checkpoints_checked == 3
+    assert report.anchors_unchecked is not None and "`voke env up`" in report.anchors_unchecked
+
+
+@pytest.mark.pg
+def test_queued_checkpoints_catch_up_when_the_chain_is_back(tmp_path: Path, local_env, pg_database) -> None:
+    from voketag_ops.adapters.local.pg_chain_store import PgChainStore
+    from voketag_ops.workflows.chain import ChainUnavailableError
+
+    def down() -> PgChainStore:
+        raise ChainUnavailableError("the local environment is not running")
+
+    append_n(AuditLog(tmp_path, checkpoint_every=10, chain=down), 25)  # e.g. during `voke env down`
+    store = PgChainStore(local_env.primary().conninfo(pg_database))
+    log = AuditLog(tmp_path, checkpoint_every=10, chain=lambda: store)
+    waiting = log.verify()
+    assert waiting.ok and waiting.anchors_checked == 0 and waiting.checkpoints_without_anchor == 2
+    append_n(log, 5, start=25)  # the 30th entry checkpoints and requests everything queued
+    assert sorted(a.label for a in store.load().anchors.values()) == ["audit@10", "audit@20", "audit@30"]
+    report = log.verify()
+    assert report.ok and report.anchors_checked == 3 and report.checkpoints_without_anchor == 0
+    # The chain is wiped (`voke env destroy`): nothing contradicts the log, so it still verifies,
+    # and the next attempt anchors every checkpoint again.
+    with local_env.primary().connect(pg_database) as conn:
+        conn.execute("truncate voke_chain_anchors, voke_chain_blocks")
+    assert log.verify().ok and log.verify().checkpoints_without_anchor == 3
+    assert log.anchor_checkpoints(now=T0).requested == 3
+    assert log.verify().anchors_checked == 3

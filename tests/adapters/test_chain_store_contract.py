@@ -106,6 +106,41 @@ def test_concurrent_writers(store: ChainStore) -> None:
     assert len(records) == len(set(records)) == 18
 
 
+def test_import_extends_a_prefix_and_refuses_a_divergent_chain(store: ChainStore, tmp_path: Path) -> None:
+    assert store.location  # something a person can read, for audit targets
+    source = FileChainStore(tmp_path / "source.json")
+    wf.request_anchor(source, root=merkle.root([b"a"]), kind="batch", label="a", now=T0)
+    wf.run_anchors(source, now=T0, difficulty=4)
+    first = source.load()
+    assert store.import_state(first) == {"blocks_added": 1, "anchors_updated": 1}
+    wf.request_anchor(source, root=merkle.root([b"b"]), kind="batch", label="b", now=T0)
+    wf.run_anchors(source, now=T0, difficulty=4)
+    wf.request_anchor(source, root=merkle.root([b"c"]), kind="batch", label="c", now=T0)
+    # A local anchor the export does not know stays; a newer version of a shared one wins.
+    wf.request_anchor(store, root=merkle.root([b"local"]), kind="batch", label="local", now=T0)
+    longer = source.load()
+    assert store.import_state(longer) == {"blocks_added": 1, "anchors_updated": 2}
+    state = store.load()
+    assert state.blocks == longer.blocks
+    assert {a.label: a.state.value for a in state.anchors.values()} == {
+        "a": "anchored",
+        "b": "anchored",
+        "c": "pending",
+        "local": "pending",
+    }
+    assert store.import_state(longer) == {"blocks_added": 0, "anchors_updated": 0}  # idempotent
+
+    rival = FileChainStore(tmp_path / "rival.json")
+    wf.request_anchor(rival, root=merkle.root([b"r"]), kind="batch", label="r", now=T0)
+    wf.run_anchors(rival, now=T0, difficulty=4)
+    wf.run_anchors(rival, now=T0, difficulty=4)
+    with pytest.raises(ch.StoreConflictError):
+        store.import_state(rival.load())
+    with pytest.raises(ch.StoreConflictError):  # shorter than the stored chain: not an extension
+        store.import_state(first)
+    assert store.load() == state
+
+
 @pytest.mark.pg
 def test_unreachable_postgres_is_a_store_error(tmp_path: Path) -> None:
     from voketag_ops.adapters.local.pg_chain_store import PgChainStore

@@ -96,16 +96,44 @@ def test_verify_ok_then_names_the_tampered_entry(voke, home: Path) -> None:
 
 
 def test_checkpoint_then_truncation_is_caught(voke, home: Path) -> None:
+    # HOME has no local environment: the checkpoint is written, its anchor queued, and no
+    # environment is started for it.
     result = voke("audit", "checkpoint", "--json")
     assert result.exit_code == 0 and result.json["result"]["checkpoint"]["size"] == 12
-    anchors = voke("chain", "anchors", "--json").json["result"]["anchors"]
-    assert [a["label"] for a in anchors] == ["audit@12"]
+    assert result.json["result"]["anchoring_queued"] is True
+    assert "anchoring queued until the chain is reachable" in result.json["result"]["message"]
+    assert not (home / "state.json").exists()
+    unchecked = voke("audit", "verify")
+    assert unchecked.exit_code == 0 and "anchors not checked: the chain is in PostgreSQL" in unchecked.stdout
     log = AuditLog(home)
     lines = log.path.read_bytes().splitlines(keepends=True)
     log.path.write_bytes(b"".join(lines[:10]))
     bad = voke("audit", "verify", "--json")
     assert bad.exit_code == 1 and bad.json["result"]["problem"] == "truncated"
     assert bad.json["result"]["first_bad_entry"] == 10
+
+
+def test_env_down_without_an_environment_is_audited_and_starts_nothing(voke, home: Path) -> None:
+    assert voke("env", "down").exit_code == 0
+    assert not (home / "state.json").exists()
+    events = voke("audit", "show", "--event-type", "env.down", "--json").json["result"]["entries"]
+    assert [e["result"] for e in events] == ["success"]
+    assert voke("audit", "verify").exit_code == 0
+
+
+@pytest.mark.pg
+def test_checkpoint_is_anchored_in_the_default_store(voke, platform_environ, pg_database) -> None:
+    environ = dict(platform_environ, VOKE_CHAIN__DATABASE=pg_database)
+    result = voke("audit", "checkpoint", "--json", environ=environ)
+    assert result.exit_code == 0 and result.json["result"]["anchoring_queued"] is False
+    size = result.json["result"]["checkpoint"]["size"]
+    anchors = voke("chain", "anchors", "--json", environ=environ).json["result"]["anchors"]
+    assert f"audit@{size}" in [a["label"] for a in anchors]
+    verify = voke("audit", "verify", "--json", environ=environ)
+    assert verify.exit_code == 0
+    verified = verify.json["result"]
+    assert verified["anchors_checked"] >= 1 and verified["anchors_unchecked"] is None
+    assert verified["checkpoints_without_anchor"] == 0
 
 
 def test_empty_log(voke) -> None:

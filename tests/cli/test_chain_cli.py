@@ -1,17 +1,51 @@
-"""`voke chain`: exit codes, stdout JSON, one-line errors."""
+"""`voke chain`: exit codes, stdout JSON, one-line errors. The chain commands run against
+the default store, PostgreSQL on the session's local environment, each test in a database
+of its own (`chain.database`)."""
 
 from __future__ import annotations
 
 import io
 import json
 import sys
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from voketag_ops.core import merkle
 
 LEAVES = [f"tag-{i}" for i in range(13)]
+
+
+@pytest.fixture
+def chain_db(local_env: Any) -> Iterator[Callable[[], str]]:
+    """Make databases on the shared primary for chain stores; dropped after the test."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"chain_{uuid.uuid4().hex[:10]}"
+        with local_env.primary().connect() as conn:
+            conn.execute(f'create database "{name}"')
+        made.append(name)
+        return name
+
+    yield make
+    with local_env.primary().connect() as conn:
+        for name in made:
+            conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+@pytest.fixture
+def chain_env(platform_environ: dict[str, str], chain_db: Callable[[], str]) -> Callable[[], dict[str, str]]:
+    """Environment variables for voke on the shared platform with a fresh chain database."""
+    return lambda: dict(platform_environ, VOKE_CHAIN__DATABASE=chain_db())
+
+
+def since_now() -> str:
+    return datetime.now(UTC).isoformat()
 
 
 @pytest.fixture
@@ -114,44 +148,52 @@ def test_malformed_proof_documents_exit_2(voke, tmp_path: Path, text: str, fragm
     assert fragment in result.json["error"]["message"]
 
 
-def test_anchor_lifecycle_validate_and_audit(voke, tmp_path: Path) -> None:
+@pytest.mark.pg
+def test_anchor_lifecycle_validate_and_audit(voke, chain_env, local_env) -> None:
+    environ = chain_env()
+    started = since_now()
     root = merkle.root([b"batch"]).hex()
     other = merkle.root([b"other"]).hex()
-    created = voke("chain", "anchor", "request", root, "--label", "batch-1", "--tree-size", "1", "--json")
+
+    def run(*args: str) -> Any:
+        return voke(*args, environ=environ)
+
+    created = run("chain", "anchor", "request", root, "--label", "batch-1", "--tree-size", "1", "--json")
     assert created.exit_code == 0 and created.json["result"]["outcome"] == "created"
-    assert voke("chain", "anchor", "request", root, "--json").json["result"]["outcome"] == "existing"
-    assert voke("chain", "anchor", "request", "abc").exit_code == 2
-    dry = voke("chain", "anchor", "run", "--dry-run", "--json")
+    assert run("chain", "anchor", "request", root, "--json").json["result"]["outcome"] == "existing"
+    assert run("chain", "anchor", "request", "abc").exit_code == 2
+    dry = run("chain", "anchor", "run", "--dry-run", "--json")
     assert dry.json["result"]["outcome"] == "dry-run"
 
-    run = voke("chain", "anchor", "run", "--difficulty", "8", "--json")
-    assert run.exit_code == 0 and run.json["result"]["block"]["index"] == 0
-    assert run.json["result"]["hash_rate"] > 0
-    listing = voke("chain", "anchors", "--json").json["result"]
-    assert listing["anchors"][0]["state"] == "anchored" and listing["anchors"][0]["block_index"] == 0
-    assert voke("chain", "anchors", "--state", "bogus").exit_code == 2
-    assert voke("chain", "validate").exit_code == 0
+    result = run("chain", "anchor", "run", "--difficulty", "8", "--json")
+    assert result.exit_code == 0 and result.json["result"]["block"]["index"] == 0
+    assert result.json["result"]["hash_rate"] > 0
+    listing = run("chain", "anchors", "--json").json["result"]
+    mine = [a for a in listing["anchors"] if a["kind"] == "batch"]
+    assert mine[0]["state"] == "anchored" and mine[0]["block_index"] == 0
+    assert run("chain", "anchors", "--state", "bogus").exit_code == 2
+    assert run("chain", "validate").exit_code == 0
 
-    voke("chain", "anchor", "request", other, "--label", "o")
-    refused = voke("chain", "anchor", "cancel", other[:12])  # no --yes and no terminal
+    run("chain", "anchor", "request", other, "--label", "o")
+    refused = run("chain", "anchor", "cancel", other[:12])  # no --yes and no terminal
     assert refused.exit_code == 2 and "--yes" in refused.stderr
-    assert voke("chain", "anchor", "cancel", other[:12], "--dry-run").exit_code == 0
-    cancelled = voke("chain", "anchor", "cancel", other[:12], "--yes", "--json")
+    assert run("chain", "anchor", "cancel", other[:12], "--dry-run").exit_code == 0
+    cancelled = run("chain", "anchor", "cancel", other[:12], "--yes", "--json")
     assert cancelled.exit_code == 0 and cancelled.json["result"]["state"] == "cancelled"
-    anchored = voke("chain", "anchor", "cancel", root, "--yes", "--json")
+    anchored = run("chain", "anchor", "cancel", root, "--yes", "--json")
     assert anchored.exit_code == 5 and "anchored in block 0" in anchored.json["error"]["message"]
-    assert voke("chain", "anchor", "cancel", "ffffffffffff", "--yes").exit_code == 2
+    assert run("chain", "anchor", "cancel", "ffffffffffff", "--yes").exit_code == 2
 
-    chain_file = tmp_path / "home" / "chain" / "chain.json"
-    doc = json.loads(chain_file.read_text())
-    doc["blocks"][0]["records"][0] = doc["blocks"][0]["records"][0].replace("batch-1", "forged")
-    chain_file.write_text(json.dumps(doc))
-    bad = voke("chain", "validate", "--json")
+    # Someone with database access rewrites a record: validation names the block.
+    with local_env.primary().connect(environ["VOKE_CHAIN__DATABASE"]) as conn:
+        conn.execute("update voke_chain_blocks set records[1] = replace(records[1], 'batch-1', 'forged')")
+    bad = run("chain", "validate", "--json")
     assert bad.exit_code == 1 and bad.json["result"]["bad_index"] == 0
     assert bad.json["result"]["problem"] == "changed_record"
     assert "block 0" in bad.json["error"]["message"]
 
-    events = voke("audit", "show", "--json").json["result"]["entries"]
+    shown = run("audit", "show", "--event-type", "chain.*", "--since", started, "--json")
+    events = shown.json["result"]["entries"]
     assert [e["event_type"] for e in events] == [
         "chain.anchor.request",
         "chain.anchor.request",
@@ -159,35 +201,109 @@ def test_anchor_lifecycle_validate_and_audit(voke, tmp_path: Path) -> None:
         "chain.anchor.request",
         "chain.anchor.cancel",
     ]
-    assert voke("audit", "verify").exit_code == 0
+    assert events[2]["target"].startswith(
+        f"PostgreSQL database {environ['VOKE_CHAIN__DATABASE']} on the local"
+    )
+    assert run("audit", "verify").exit_code == 0
 
 
-def test_mining_out_of_bounds_exits_1(voke) -> None:
-    voke("chain", "anchor", "request", merkle.root([b"x"]).hex())
-    result = voke("chain", "anchor", "run", "--difficulty", "64", "--max-attempts", "10", "--json")
+@pytest.mark.pg
+def test_mining_out_of_bounds_exits_1(voke, chain_env) -> None:
+    environ = chain_env()
+    started = since_now()
+    voke("chain", "anchor", "request", merkle.root([b"x"]).hex(), environ=environ)
+    result = voke(
+        "chain", "anchor", "run", "--difficulty", "64", "--max-attempts", "10", "--json", environ=environ
+    )
     assert result.exit_code == 1 and result.json["result"]["outcome"] == "mining-bound-reached"
-    assert voke("audit", "show", "--result", "failure", "--json").json["result"]["total"] == 1
+    failures = voke("audit", "show", "--result", "failure", "--since", started, "--json", environ=environ)
+    assert failures.json["result"]["total"] == 1
 
 
-def test_export_and_import(voke, tmp_path: Path, make_environ) -> None:
-    voke("chain", "anchor", "request", merkle.root([b"x"]).hex())
-    voke("chain", "anchor", "run", "--difficulty", "4")
+@pytest.mark.pg
+def test_export_and_import_through_postgres(voke, chain_env, tmp_path: Path) -> None:
+    source = chain_env()
+    voke("chain", "anchor", "request", merkle.root([b"x"]).hex(), environ=source)
+    voke("chain", "anchor", "run", "--difficulty", "4", environ=source)
     exported = tmp_path / "export.json"
-    assert voke("chain", "export", "--output", str(exported)).exit_code == 0
-    assert json.loads(voke("chain", "export").stdout)["format"] == "voke-chain"
+    assert voke("chain", "export", "--output", str(exported), environ=source).exit_code == 0
+    assert json.loads(voke("chain", "export", environ=source).stdout)["format"] == "voke-chain"
 
-    other = make_environ(tmp_path / "other-home")
+    other = chain_env()
     assert voke("chain", "import", str(exported), "--dry-run", environ=other).exit_code == 0
+    assert voke("chain", "anchors", "--json", environ=other).json["result"]["chain_length"] == 0
     imported = voke("chain", "import", str(exported), "--json", environ=other)
     assert imported.exit_code == 0 and imported.json["result"]["blocks_added"] == 1
     assert voke("chain", "validate", environ=other).exit_code == 0
+    again = voke("chain", "import", str(exported), "--json", environ=other).json["result"]
+    assert again["blocks_added"] == 0 and again["anchors_updated"] == 0
+    assert voke("chain", "export", environ=other).stdout == voke("chain", "export", environ=source).stdout
 
-    diverged = make_environ(tmp_path / "diverged")
+    diverged = chain_env()
     voke("chain", "anchor", "request", merkle.root([b"y"]).hex(), environ=diverged)
     voke("chain", "anchor", "run", "--difficulty", "4", environ=diverged)
-    assert voke("chain", "import", str(exported), environ=diverged).exit_code == 5
+    refused = voke("chain", "import", str(exported), environ=diverged)
+    assert refused.exit_code == 5 and "diverge" in refused.stderr
 
     broken = tmp_path / "broken.json"
     broken.write_text('{"format": "voke-chain", "version": 1,\n "blocks": [')
     result = voke("chain", "import", str(broken), environ=other)
     assert result.exit_code == 1 and f"{broken}:2:" in result.stderr
+
+
+def test_file_store_setting(voke, make_environ, tmp_path: Path) -> None:
+    """chain.store = "file" keeps the chain in VOKE_HOME/chain/chain.json, no environment."""
+    home = tmp_path / "home"
+    environ = make_environ(home, VOKE_CHAIN__STORE="file")
+    voke("chain", "anchor", "request", merkle.root([b"f"]).hex(), environ=environ)
+    run = voke("chain", "anchor", "run", "--difficulty", "4", "--json", environ=environ)
+    assert run.exit_code == 0 and run.json["result"]["block"]["index"] == 0
+    assert json.loads((home / "chain" / "chain.json").read_text())["blocks"][0]["index"] == 0
+    assert not (home / "state.json").exists()
+    event = voke("audit", "show", "--event-type", "chain.anchor.run", "--json", environ=environ)
+    assert event.json["result"]["entries"][0]["target"] == str(home / "chain" / "chain.json")
+    bad = voke("chain", "anchors", "--json", environ=make_environ(home, VOKE_CHAIN__STORE="sqlite"))
+    assert bad.exit_code == 3 and "VOKE_CHAIN__STORE: chain.store" in bad.json["error"]["message"]
+
+
+@pytest.mark.pg
+def test_a_chain_file_is_migrated_into_postgres_once(voke, chain_env, platform_home: Path) -> None:
+    from voketag_ops.adapters.local.chain_store import FileChainStore, default_chain_path
+    from voketag_ops.workflows import chain as wf
+
+    environ = chain_env()
+    path = default_chain_path(platform_home)
+    legacy = FileChainStore(path)
+    now = datetime.now(UTC)
+    wf.request_anchor(legacy, root=merkle.root([b"old"]), kind="batch", label="old", now=now)
+    wf.run_anchors(legacy, now=now, difficulty=4)
+    wf.request_anchor(legacy, root=merkle.root([b"pending"]), kind="batch", label="pending", now=now)
+    before = voke("chain", "export", "--json", environ=dict(environ, VOKE_CHAIN__STORE="file")).json
+    try:
+        listing = voke("chain", "anchors", "--json", environ=environ)
+        assert listing.exit_code == 0, listing.stderr
+        assert listing.json["result"]["chain_length"] == 1
+        assert sorted(a["label"] for a in listing.json["result"]["anchors"]) == ["old", "pending"]
+        assert "moved the chain (1 blocks, 2 anchors)" in listing.stderr
+        assert not path.exists()
+        backups = list(path.parent.glob("chain.json.migrated-*"))
+        assert len(backups) == 1
+        after = voke("chain", "export", "--json", environ=environ).json["result"]["document"]
+        assert after == before["result"]["document"]
+        migrated = voke("audit", "show", "-e", "chain.migrate", "--newest-first", "--json", environ=environ)
+        entry = migrated.json["result"]["entries"][0]
+        assert entry["target"].startswith(f"PostgreSQL database {environ['VOKE_CHAIN__DATABASE']}")
+        assert entry["details"]["blocks_added"] == 1 and entry["details"]["backup"] == str(backups[0])
+        # Once: a second command finds no file and changes nothing.
+        assert "moved the chain" not in voke("chain", "anchors", environ=environ).stderr
+
+        # A file whose chain diverges from the database's is left alone: exit 7, nothing changed.
+        rival = FileChainStore(path)
+        wf.request_anchor(rival, root=merkle.root([b"rival"]), kind="batch", label="rival", now=now)
+        wf.run_anchors(rival, now=now, difficulty=4)
+        refused = voke("chain", "anchors", "--json", environ=environ)
+        assert refused.exit_code == 7 and "diverge" in refused.json["error"]["message"]
+        assert path.exists()
+    finally:
+        for leftover in path.parent.glob("chain.json*"):
+            leftover.unlink()

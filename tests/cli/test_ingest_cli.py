@@ -102,12 +102,14 @@ def test_max_errors_caps_the_list_but_counts_everything(voke, db, tmp_path):
     assert len(report["errors"]) == 2 and report["error_count"] == 7 and report["rows_rejected"] == 7
 
 
-def test_load_batches_proof_and_chain_verify(voke, db, tmp_path):
+def test_load_batches_proof_and_chain_verify(voke, db, tmp_path, platform_environ, pg_database):
     path = tmp_path / "batch.csv"
     assert (
         voke("ingest", "sample", "--rows", "1500", "--out", str(path), "--seed", "4", "--json").exit_code == 0
     )
-    result = voke("ingest", "load", str(path), "--db", db, "--json")
+    # The chain lives in the local environment's database: here the shared one, beside the batches.
+    chain = dict(platform_environ, VOKE_CHAIN__DATABASE=pg_database)
+    result = voke("ingest", "load", str(path), "--db", db, "--json", environ=chain)
     assert result.exit_code == 0, result.stdout + result.stderr
     report = result.json["result"]
     assert report["status"] == "loaded" and report["rows_loaded"] == 1500 and report["error_count"] == 0
@@ -128,7 +130,7 @@ def test_load_batches_proof_and_chain_verify(voke, db, tmp_path):
     assert again.exit_code == 0 and again.json["result"]["status"] == "duplicate"
     assert again.json["result"]["batch_id"] == report["batch_id"]
 
-    listed = voke("ingest", "batches", "--db", db, "--json").json["result"]["batches"]
+    listed = voke("ingest", "batches", "--db", db, "--json", environ=chain).json["result"]["batches"]
     assert [b["batch_id"] for b in listed] == [report["batch_id"]]
     assert listed[0]["merkle_root"] == report["merkle_root"] and listed[0]["anchor"] == "pending"
 

@@ -135,7 +135,8 @@ def export(
 def verify(ctx: typer.Context) -> None:
     """Check every entry's hash and link, and the log against its checkpoints and their
     chain anchors; exit 1 naming the first bad entry (edited, deleted, inserted,
-    reordered, torn by a crash, or cut off below a checkpoint)."""
+    reordered, torn by a crash, or cut off below a checkpoint). Never starts the local
+    environment: with the chain unreachable, anchors are reported as not checked."""
     from voketag_ops.workflows.audit import verify as run_verify
 
     env = use(ctx)
@@ -145,7 +146,8 @@ def verify(ctx: typer.Context) -> None:
 
 @app.command("checkpoint")
 def checkpoint(ctx: typer.Context) -> None:
-    """Checkpoint the log now (size + Merkle root) and request its anchoring on the chain."""
+    """Checkpoint the log now (size + Merkle root) and request anchors on the chain for it and
+    for any checkpoint queued while the chain was unreachable (never starts the environment)."""
     from voketag_ops.workflows.audit import checkpoint as run_checkpoint
 
     env = use(ctx)
@@ -191,6 +193,13 @@ def _render_verify(console: Console, report: Any) -> None:
         )
         if report.torn_writes_recorded:
             console.print(f"{report.torn_writes_recorded} interrupted write(s) on record (audit.torn_write)")
+        if report.anchors_unchecked:
+            console.print(f"anchors not checked: {report.anchors_unchecked}")
+        elif report.checkpoints_without_anchor:
+            console.print(
+                f"{report.checkpoints_without_anchor} checkpoint(s) not anchored yet "
+                "(requested by the next `voke audit checkpoint` or `voke chain anchor run`)"
+            )
     else:
         console.print(f"audit log INVALID: first bad entry {report.first_bad_entry} ({report.problem.value})")
 

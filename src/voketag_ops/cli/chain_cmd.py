@@ -4,7 +4,11 @@ and its anchors.
 Leaves are the lines of FILE (`-` for stdin) without their line ending; with `--hex`
 each line is the hex encoding of one leaf. Exit codes: 0 success or valid; 1 invalid
 proof, failed validation or a rejected input file; 2 bad usage or a malformed proof
-document; 4 the chain store failed; 5 an anchor in the wrong state.
+document; 4 the chain store failed; 5 an anchor in the wrong state or a diverging import;
+7 a chain file that could not be migrated into PostgreSQL.
+
+The chain lives where `open_chain_store` says (by default the local environment's
+database, which commands that use it start on demand).
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from voketag_ops.cli.common import DryRun, Yes, use
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from voketag_ops.adapters.local.chain_store import FileChainStore
     from voketag_ops.cli.common import AppContext
+    from voketag_ops.ports import ChainStore
 
 app = typer.Typer(
     help="Merkle roots and proofs, proof verification, the hash chain and its anchors.",
@@ -45,10 +49,23 @@ def _home(env: AppContext) -> Path:
     return resolve_home(env.settings.local.home)
 
 
-def _store(env: AppContext) -> FileChainStore:
+def _store(env: AppContext) -> ChainStore:
+    """The chain store; the local environment is started if the chain lives there and it is
+    down (a spinner on a terminal, otherwise one line when it has to start)."""
+    from voketag_ops.output import _isatty
     from voketag_ops.workflows.chain import open_chain_store
 
-    return open_chain_store(_home(env))
+    if _isatty(env.out.stderr) and not env.out.json_mode:
+        with env.out.progress("checking the local environment") as update:
+            return open_chain_store(_home(env), settings=env.settings, start=update)
+    said: list[str] = []
+
+    def first_line(message: str) -> None:
+        if not said:
+            said.append(message)
+            env.out.note(message)
+
+    return open_chain_store(_home(env), settings=env.settings, start=first_line)
 
 
 def _now() -> datetime:
@@ -351,8 +368,13 @@ def anchor_run(
         env.out.result(report, render=_render_run)
         return
     with _audited(
-        env, "chain.anchor.run", target=str(store.path), details={"difficulty": difficulty}
+        env, "chain.anchor.run", target=store.location, details={"difficulty": difficulty}
     ) as event:
+        # Audit checkpoints queued while the chain was unreachable ride in this block too.
+        from voketag_ops.audit import AuditLog
+
+        caught_up = AuditLog(_home(env), chain=lambda: store).anchor_checkpoints(now=_now())
+        event.details["audit_checkpoints_requested"] = caught_up.requested
         with env.out.progress("mining the next block"):
             report = run_anchors(
                 store, now=_now(), difficulty=difficulty, max_attempts=max_attempts, time_limit=time_limit

@@ -319,6 +319,8 @@ class VerifyReport:
     problem: Problem | None = None
     message: str | None = None
     line: int | None = None
+    anchors_unchecked: str | None = None  # why the chain's anchors could not be read, if so
+    checkpoints_without_anchor: int = 0  # local checkpoints the chain has no anchor for (yet)
 
 
 @dataclass

@@ -71,11 +71,17 @@ def verify(home: Path) -> core.VerifyReport:
 
 
 def checkpoint(home: Path, *, now: datetime | None = None) -> dict[str, Any]:
-    """Checkpoint the log now and request its anchoring."""
-    cp = AuditLog(home).checkpoint(now=now)
+    """Checkpoint the log now and request anchors for it and any checkpoint still queued."""
+    cp, anchoring = AuditLog(home).checkpoint(now=now)
     if cp is None:
         return {"checkpoint": None, "message": "the audit log is empty; nothing to checkpoint"}
+    if anchoring.queued:
+        outcome = f"anchoring queued until the chain is reachable ({anchoring.reason})"
+    else:
+        outcome = f"{anchoring.requested} anchor(s) requested" if anchoring.requested else "already requested"
     return {
         "checkpoint": {"size": cp.size, "root": cp.root, "timestamp": cp.timestamp},
-        "message": f"checkpoint at {cp.size} entries, root {cp.root[:16]}…; anchor requested",
+        "anchors_requested": anchoring.requested,
+        "anchoring_queued": anchoring.queued,
+        "message": f"checkpoint at {cp.size} entries, root {cp.root[:16]}…; {outcome}",
     }

@@ -1,8 +1,9 @@
 """Use cases behind `voke chain`: Merkle roots and proofs over files, proof documents,
 anchor requests, anchoring pending roots into the next block, chain validation.
 
-Store access goes through the `ChainStore` port; transient store failures and
-concurrent writers are retried with capped exponential backoff (tenacity).
+Store access goes through the `ChainStore` port, opened by `open_chain_store` (the one
+place that picks it: PostgreSQL on the local environment by default); transient store
+failures and concurrent writers are retried with capped exponential backoff (tenacity).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
@@ -23,6 +24,7 @@ from voketag_ops.ports import ChainStore
 
 if TYPE_CHECKING:
     from voketag_ops.adapters.local.chain_store import FileChainStore
+    from voketag_ops.config import Settings
 
 log = logging.getLogger("voke.chain")
 T = TypeVar("T")
@@ -245,10 +247,12 @@ class RetryPolicy:
     initial: float = 1.0
     maximum: float = 30.0
     sleep: Callable[[float], None] = time.sleep
+    store_errors: bool = True  # False: retry write conflicts only (an unreachable store fails at once)
 
 
 def with_retries(policy: RetryPolicy, fn: Callable[[], T], retried: list[str] | None = None) -> T:
-    """Call FN, retrying ChainStoreError and StoreConflictError per POLICY (re-raises the last)."""
+    """Call FN, retrying StoreConflictError (and ChainStoreError, if the policy says so) per
+    POLICY; re-raises the last."""
     from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
     def note(state: Any) -> None:
@@ -261,7 +265,9 @@ def with_retries(policy: RetryPolicy, fn: Callable[[], T], retried: list[str] | 
     retrying = Retrying(
         stop=stop_after_attempt(policy.attempts),
         wait=wait_exponential(multiplier=policy.initial, min=policy.initial, max=policy.maximum),
-        retry=retry_if_exception_type((ch.ChainStoreError, ch.StoreConflictError)),
+        retry=retry_if_exception_type(
+            (ch.ChainStoreError, ch.StoreConflictError) if policy.store_errors else ch.StoreConflictError
+        ),
         sleep=policy.sleep,
         before_sleep=note,
         reraise=True,
@@ -300,6 +306,34 @@ def request_anchor(
         if outcome != "existing":
             store.commit(anchors=[anchor])
         return AnchorRequestReport(outcome, anchor.to_json())
+
+    return with_retries(retry, attempt)
+
+
+def request_missing_anchors(
+    store: ChainStore,
+    requests: Iterable[tuple[bytes, str, str, int | None]],
+    *,
+    now: datetime,
+    retry: RetryPolicy = RetryPolicy(),
+) -> list[str]:
+    """Request anchors, in one commit, for those (root, kind, label, tree size) the store
+    has never seen in any state (a cancelled or failed one stays so); returns their ids.
+    How queued audit checkpoints catch up after the store was unreachable, wiped or rolled back."""
+    wanted = list(requests)
+
+    def attempt() -> list[str]:
+        known = store.load().anchors
+        new: dict[str, ch.Anchor] = {}
+        for root, kind, label, size in wanted:
+            if root.hex() not in known and root.hex() not in new:
+                anchor, _ = ch.request_anchor(
+                    None, root=root, kind=kind, label=label, now=now, tree_size=size
+                )
+                new[anchor.id] = anchor
+        if new:
+            store.commit(anchors=list(new.values()))
+        return list(new)
 
     return with_retries(retry, attempt)
 
@@ -469,22 +503,103 @@ def validate(store: ChainStore, *, min_difficulty: int = 0) -> ch.ChainReport:
 # -- the store every command uses --------------------------------------------------------
 
 
-def open_chain_store(home: Path) -> FileChainStore:
-    """The chain store of the local environment under HOME: the one place that picks it,
-    for `voke chain`, ingest batch anchors and audit checkpoint anchors alike."""
-    from voketag_ops.adapters.local.chain_store import FileChainStore, default_chain_path
+class ChainUnavailableError(ch.ChainStoreError):
+    """The chain's database cannot be reached without starting the local environment (exit 4)."""
 
-    return FileChainStore(default_chain_path(home))
+
+def open_chain_store(
+    home: Path,
+    *,
+    settings: Settings | None = None,
+    start: Callable[[str], None] | None = None,
+) -> ChainStore:
+    """The chain store of VOKE_HOME HOME: the one place that picks it, for `voke chain`,
+    ingest batch anchors and audit checkpoint anchors alike.
+
+    ``chain.store = "postgres"`` (the default): database ``chain.database`` on the local
+    environment's leader (after a failover, the promoted node). With START (a progress
+    callback) the environment is started if it is not running, as commands that need it
+    do; without it, ChainUnavailableError when the leader is not running: the audit log
+    and ingest never start the environment. ``chain.store = "file"``:
+    ``VOKE_HOME/chain/chain.json``. A chain.json from before PostgreSQL was the default is
+    migrated into it on first use (once, audited, the file kept as a backup).
+
+    SETTINGS default to those this process loaded for HOME (`config.settings_loaded_for`).
+    """
+    from voketag_ops.adapters.local.chain_store import FileChainStore, default_chain_path
+    from voketag_ops.adapters.local.environment import LocalEnvironment, resolve_home
+    from voketag_ops.config import Settings, settings_loaded_for
+
+    settings = settings or settings_loaded_for(home) or Settings()
+    if settings.chain.store == "file":
+        return FileChainStore(default_chain_path(home))
+    local = settings.local
+    if resolve_home(local.home) != home:
+        local = local.model_copy(update={"home": home})
+    env = LocalEnvironment.from_settings(local)
+    database = settings.chain.database
+    if start is not None:
+        env.ensure_running(start)
+        conninfo = env.platform_database(database)  # created on first use
+        leader = env.primary()
+    else:
+        if not env.exists or not (leader := env.primary()).running:
+            raise ChainUnavailableError(
+                f"the chain is in PostgreSQL (database {database}) and the local environment is not "
+                "running; `voke env up` starts it"
+            )
+        conninfo = leader.conninfo(database)
+    from voketag_ops.adapters.local.pg_chain_store import PgChainStore
+
+    store = PgChainStore(
+        conninfo,
+        connect_timeout=5 if start is not None else 2,
+        location=f"PostgreSQL database {database} on the local {leader.name} (port {leader.port})",
+    )
+    _migrate_file_chain(FileChainStore(default_chain_path(home)), store, home=home, env_name=settings.env)
+    return store
+
+
+def _migrate_file_chain(source: FileChainStore, target: ChainStore, *, home: Path, env_name: str) -> None:
+    if not source.path.exists():  # the common case: one stat
+        return
+    from voketag_ops.audit import record_event
+
+    report = source.move_into(target, now=datetime.now(UTC))
+    if report is None:
+        return
+    log.warning(
+        "moved the chain (%d blocks, %d anchors) from %s into %s; the file is kept as %s",
+        report["blocks"],
+        report["anchors"],
+        report["from"],
+        report["to"],
+        report["backup"],
+    )
+    record_event(
+        home,
+        event_type="chain.migrate",
+        env=env_name,
+        target=target.location,
+        result="success",
+        details=report,
+    )
 
 
 def chain_anchorer(home: Path, now: datetime) -> Callable[[bytes, int, int], tuple[str, str | None]]:
     """Request ingest batch roots as anchors (kind ``ingest-batch``):
-    (root, tree size, batch id) -> (anchor state, anchor id)."""
-    store = open_chain_store(home)
+    (root, tree size, batch id) -> (anchor state, anchor id).
+
+    The store is opened at the first request and never starts the environment: a load into
+    another database (`--db`) with the environment down reports the anchor unavailable, and
+    loading the same file again later requests it."""
+    stores: list[ChainStore] = []
 
     def anchor(root: bytes, size: int, batch_id: int) -> tuple[str, str | None]:
+        if not stores:
+            stores.append(open_chain_store(home))
         done = request_anchor(
-            store,
+            stores[0],
             root=root,
             kind="ingest-batch",
             label=f"ingest batch {batch_id}",

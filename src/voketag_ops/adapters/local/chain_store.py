@@ -1,4 +1,5 @@
-"""FileChainStore: the chain and its anchors as one JSON document (also the export form).
+"""FileChainStore: the chain and its anchors as one JSON document: the export/import form,
+and the store when ``chain.store = "file"`` (the default store is PostgreSQL).
 
 ``<VOKE_HOME>/chain/chain.json`` (directory 0700, file 0600)::
 
@@ -17,10 +18,15 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from voketag_ops.core import chain as ch
+from voketag_ops.errors import NeedsOperatorError
+
+if TYPE_CHECKING:
+    from voketag_ops.ports import ChainStore
 
 FORMAT = "voke-chain"
 FORMAT_VERSION = 1
@@ -73,6 +79,10 @@ class FileChainStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.lock_path = path.with_name(path.name + ".lock")
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
 
     @contextmanager
     def _locked(self, *, exclusive: bool) -> Iterator[None]:
@@ -150,6 +160,50 @@ class FileChainStore:
                 "blocks_added": len(incoming.blocks) - len(current.blocks),
                 "anchors_updated": sum(1 for k, a in merged.items() if current.anchors.get(k) is not a),
             }
+
+    def move_into(self, target: ChainStore, *, now: datetime) -> dict[str, Any] | None:
+        """Migrate this file's chain into TARGET once: import it (TARGET's chain must be a
+        prefix of it), then rename the file to ``chain.json.migrated-<UTC time>`` (kept as a
+        backup). None when there is no file. Concurrent callers migrate once (the file lock).
+
+        Raises NeedsOperatorError, changing nothing, when the file does not validate or
+        the two chains diverge; ChainStoreError when TARGET fails.
+        """
+        if not self.path.exists():
+            return None
+        with self._locked(exclusive=True):
+            if not self.path.exists():
+                return None  # another process migrated it while we waited
+            state = self._read()
+            report = ch.validate_chain(state.blocks)
+            if not report.ok:
+                raise NeedsOperatorError(
+                    f"{self.path}: the chain file does not validate ({report.message}); nothing was "
+                    'migrated. Move it aside to use the PostgreSQL store, or set chain.store = "file"'
+                )
+            try:
+                counts = target.import_state(state)
+            except ch.StoreConflictError:
+                raise NeedsOperatorError(
+                    f"{self.path}: the chain file and the chain in {target.location} diverge; nothing "
+                    "was migrated. Keep one: move the file aside (`voke chain export` shows the other), "
+                    'or set chain.store = "file"'
+                ) from None
+            backup = self.path.with_name(f"{self.path.name}.migrated-{now.strftime('%Y%m%dT%H%M%SZ')}")
+            try:
+                os.replace(self.path, backup)
+            except OSError as exc:
+                raise ch.ChainStoreError(
+                    f"{self.path}: migrated, but cannot rename it to {backup.name}: {exc.strerror}"
+                ) from None
+        return {
+            "from": str(self.path),
+            "to": target.location,
+            "backup": str(backup),
+            "blocks": len(state.blocks),
+            "anchors": len(state.anchors),
+            **counts,
+        }
 
 
 def check_commit(current: ch.ChainState, blocks: Sequence[ch.Block], anchors: Sequence[ch.Anchor]) -> None:

@@ -43,12 +43,29 @@ create table if not exists voke_chain_anchors (
 
 
 class PgChainStore:
-    """A ChainStore in PostgreSQL. CONNINFO is a libpq connection string."""
+    """A ChainStore in PostgreSQL. CONNINFO is a libpq connection string; LOCATION says
+    where that is for people (default: database, host and port from CONNINFO)."""
 
-    def __init__(self, conninfo: str, *, connect_timeout: int = 5) -> None:
+    def __init__(self, conninfo: str, *, connect_timeout: int = 5, location: str | None = None) -> None:
         self.conninfo = conninfo
         self.connect_timeout = connect_timeout
+        self._location = location
         self._schema_ready = False
+
+    @property
+    def location(self) -> str:
+        if self._location is None:
+            from psycopg.conninfo import conninfo_to_dict
+
+            try:
+                parts = conninfo_to_dict(self.conninfo)
+            except Exception:  # psycopg.ProgrammingError; never echo a conninfo (it may hold a password)
+                return "PostgreSQL"
+            where = ":".join(str(parts[k]) for k in ("host", "port") if parts.get(k))
+            self._location = f"PostgreSQL database {parts.get('dbname', '?')}" + (
+                f" at {where}" if where else ""
+            )
+        return self._location
 
     @contextmanager
     def _transaction(self, *, write: bool) -> Iterator[Any]:
@@ -97,26 +114,49 @@ class PgChainStore:
                 if anchor.version != stored + 1:
                     raise ch.StoreConflictError(f"anchor {anchor.id[:16]} was changed by another run")
             for block in blocks:
-                conn.execute(
-                    "insert into voke_chain_blocks (idx, ts_us, prev_hash, merkle_root, difficulty, nonce, hash,"
-                    " records) values (%s, %s, %s, %s, %s, %s, %s, %s)",
-                    (
-                        block.index,
-                        ch.to_micros(block.timestamp),
-                        block.prev_hash,
-                        block.merkle_root,
-                        block.difficulty,
-                        block.nonce,
-                        block.hash,
-                        list(block.records),
-                    ),
+                self._insert_block(conn, block)
+            self._upsert_anchors(conn, anchors)
+
+    def import_state(self, incoming: ch.ChainState) -> dict[str, int]:
+        """Merge INCOMING (an exported document, already validated); see the ChainStore port."""
+        with self._transaction(write=True) as conn:
+            ours = [bytes(h) for (h,) in conn.execute("select hash from voke_chain_blocks order by idx")]
+            if ours != [b.hash for b in incoming.blocks[: len(ours)]]:
+                raise ch.StoreConflictError(
+                    "the imported chain does not extend the local chain (they diverge); nothing was imported"
                 )
-            for anchor in anchors:
-                conn.execute(
-                    "insert into voke_chain_anchors (id, version, doc) values (%s, %s, %s::jsonb)"
-                    " on conflict (id) do update set version = excluded.version, doc = excluded.doc",
-                    (anchor.id, anchor.version, json.dumps(anchor.to_json())),
-                )
+            stored = dict(conn.execute("select id, version from voke_chain_anchors").fetchall())
+            for block in incoming.blocks[len(ours) :]:
+                self._insert_block(conn, block)
+            updated = [a for a in incoming.anchors.values() if a.id not in stored or a.version > stored[a.id]]
+            self._upsert_anchors(conn, updated)
+            return {"blocks_added": len(incoming.blocks) - len(ours), "anchors_updated": len(updated)}
+
+    @staticmethod
+    def _insert_block(conn: Any, block: ch.Block) -> None:
+        conn.execute(
+            "insert into voke_chain_blocks (idx, ts_us, prev_hash, merkle_root, difficulty, nonce, hash,"
+            " records) values (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                block.index,
+                ch.to_micros(block.timestamp),
+                block.prev_hash,
+                block.merkle_root,
+                block.difficulty,
+                block.nonce,
+                block.hash,
+                list(block.records),
+            ),
+        )
+
+    @staticmethod
+    def _upsert_anchors(conn: Any, anchors: Sequence[ch.Anchor]) -> None:
+        for anchor in anchors:
+            conn.execute(
+                "insert into voke_chain_anchors (id, version, doc) values (%s, %s, %s::jsonb)"
+                " on conflict (id) do update set version = excluded.version, doc = excluded.doc",
+                (anchor.id, anchor.version, json.dumps(anchor.to_json())),
+            )
 
     @staticmethod
     def _blocks(conn: Any) -> Iterator[ch.Block]:
