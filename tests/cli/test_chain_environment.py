@@ -1,0 +1,61 @@
+"""The chain's default store across the local environment's life: started on demand by
+`voke chain`, never by the audit log; checkpoints queued while it is down or destroyed
+catch up at the next anchoring, and `voke audit verify` never fails for lack of anchors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from voketag_ops.core import merkle
+
+pytestmark = pytest.mark.pg
+
+
+def test_down_destroy_and_catch_up(voke, make_environ, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    environ = make_environ(home, VOKE_LOCAL__REPLICA="false")
+
+    def run(*args: str):  # returns conftest Result
+        return voke(*args, environ=environ)
+
+    def verify() -> dict:
+        result = run("audit", "verify", "--json")
+        assert result.exit_code == 0, result.stdout + result.stderr
+        return result.json["result"]
+
+    try:
+        requested = run("chain", "anchor", "request", merkle.root([b"one"]).hex())
+        assert requested.exit_code == 0 and "starting the local environment" in requested.stderr
+        assert run("chain", "anchor", "run", "--difficulty", "4").exit_code == 0
+        first = run("audit", "checkpoint", "--json").json["result"]
+        assert first["anchoring_queued"] is False and first["anchors_requested"] == 1
+        assert verify()["anchors_checked"] == 1
+
+        # Down: audit appends (env.down itself, a checkpoint) work and start nothing.
+        assert run("env", "down").exit_code == 0
+        queued = run("audit", "checkpoint", "--json")
+        assert queued.exit_code == 0 and queued.json["result"]["anchoring_queued"] is True
+        assert not (home / "pg" / "primary" / "postmaster.pid").exists()
+        down = verify()
+        assert down["anchors_unchecked"] and down["checkpoints_checked"] == 2
+
+        # The next anchoring starts the environment and takes the queued checkpoint along.
+        caught_up = run("chain", "anchor", "run", "--difficulty", "4", "--json")
+        assert caught_up.exit_code == 0 and caught_up.json["result"]["outcome"] == "anchored"
+        up = verify()
+        assert up["anchors_checked"] == 2 and up["checkpoints_without_anchor"] == 0
+
+        # Destroy wipes the databases and the chain with them; the audit log stays and verifies.
+        assert run("env", "destroy", "--yes").exit_code == 0
+        gone = verify()
+        assert gone["anchors_unchecked"] and gone["checkpoints_checked"] == 2
+        recreated = run("chain", "anchor", "run", "--difficulty", "4", "--json")
+        assert recreated.exit_code == 0 and recreated.json["result"]["outcome"] == "anchored"
+        again = verify()
+        assert again["anchors_checked"] == 2 and again["anchors_unchecked"] is None
+        events = run("audit", "show", "-e", "chain.anchor.run", "--json").json["result"]["entries"]
+        assert [e["details"]["audit_checkpoints_requested"] for e in events] == [0, 1, 2]
+    finally:
+        voke("env", "destroy", "--yes", environ=environ)
