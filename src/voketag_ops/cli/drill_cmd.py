@@ -1,4 +1,5 @@
-"""`voke drill`: run DR drills on the local environment, their history, and reports."""
+"""`voke drill`: run DR drills (the local environment, or scratch Cloud SQL instances of a
+cloud environment), their history, and reports."""
 
 from __future__ import annotations
 
@@ -45,15 +46,27 @@ def run(
     keep_restore: Annotated[
         bool, typer.Option("--keep-restore", help="PITR drill: keep the restored instance for inspection.")
     ] = False,
+    canary_seconds: Annotated[
+        str | None,
+        typer.Option(
+            "--canary-seconds", help="Cloud drills: how long the canary writes before the cut (5s)."
+        ),
+    ] = None,
     dry_run: DryRun = False,
     yes: Yes = False,
 ) -> None:
-    """Run a drill end to end; exit 1 if a target is breached or integrity fails."""
+    """Run a drill end to end; exit 1 if a target is breached or integrity fails. On a cloud
+    env (`--env NAME`): pitr, failover or all, on scratch Cloud SQL instances deleted at the end."""
     from voketag_ops.core.dr_checks import parse_duration
     from voketag_ops.errors import UsageError
     from voketag_ops.workflows import drill
 
     env = use(ctx)
+    if env.settings.env != "local":
+        _run_cloud(env, scenario.value, outage, keep_restore, canary_seconds, dry_run, yes)
+        return
+    if canary_seconds is not None:
+        raise UsageError("--canary-seconds applies to cloud environments only")
     options: dict[str, Any] = {"keep_restore": keep_restore}
     if outage is not None:
         try:
@@ -74,6 +87,56 @@ def run(
             progress=update,
             options=options,
         )
+    _render_result(env, report)
+
+
+def _run_cloud(
+    env: Any,
+    scenario: str,
+    outage: str | None,
+    keep_restore: bool,
+    canary_seconds: str | None,
+    dry_run: bool,
+    yes: bool,
+) -> None:
+    from voketag_ops.core.dr_checks import parse_duration
+    from voketag_ops.errors import UsageError
+    from voketag_ops.workflows import cloud_drill
+
+    if outage is not None or keep_restore:
+        raise UsageError("--outage and --keep-restore apply to the local environment only")
+    options: dict[str, Any] = {}
+    if canary_seconds is not None:
+        try:
+            options["canary_seconds"] = parse_duration(canary_seconds)
+        except ValueError as exc:
+            raise UsageError(f"--canary-seconds: {exc}") from None
+    if not dry_run:
+        env.out.confirm(
+            f"Run the {scenario} drill on {env.settings.env} (it creates scratch Cloud SQL instances, "
+            "billed until it deletes them)?",
+            yes=yes,
+        )
+    with env.out.progress(f"drill {scenario} ({env.settings.env})") as update:
+        report = cloud_drill.run(
+            env.settings, scenario, home=env.home, dry_run=dry_run, progress=update, options=options
+        )
+    _render_result(env, report)
+
+
+def _home(env: Any) -> Any:
+    """Where the journals of this invocation's environment live (an object with `.home`)."""
+    if env.settings.env == "local":
+        return env.local_environment()
+    from types import SimpleNamespace
+
+    from voketag_ops.workflows.cloud_drill import drills_home
+
+    env.settings.environment(env.settings.env)  # an unknown env is a configuration error
+    return SimpleNamespace(home=drills_home(env.settings))
+
+
+def _render_result(env: Any, report: dict[str, Any]) -> None:
     if report.get("dry_run"):
         env.out.result(report, render=_render_plan)
         return
@@ -100,9 +163,7 @@ def history(
     from voketag_ops.workflows import drill
 
     env = use(ctx)
-    env.out.result(
-        drill.history(env.local_environment(), scenario=scenario, limit=limit), render=_render_history
-    )
+    env.out.result(drill.history(_home(env), scenario=scenario, limit=limit), render=_render_history)
 
 
 @app.command("report")
@@ -123,7 +184,7 @@ def report(
     from voketag_ops.workflows import drill
 
     env = use(ctx)
-    journal = drill.load_journal(env.local_environment(), run_id)
+    journal = drill.load_journal(_home(env), run_id)
     if format_ is Format.json and output is None:
         env.out.result(journal, render=lambda c, j: c.print_json(json.dumps(j)))
         return

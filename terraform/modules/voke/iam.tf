@@ -27,6 +27,7 @@ resource "google_project_iam_custom_role" "voke_operator" {
     "cloudsql.backupRuns.list",
     "cloudsql.instances.clone",
     "cloudsql.instances.create",
+    "cloudsql.instances.delete",
     "cloudsql.instances.failover",
     "cloudsql.instances.get",
     "cloudsql.instances.list",

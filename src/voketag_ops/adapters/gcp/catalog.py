@@ -57,11 +57,12 @@ PERMISSIONS = (
     "secretmanager.versions.enable",
     "secretmanager.versions.get",
     "secretmanager.versions.list",
-    # Cloud SQL Admin: users, instances, backups, DR operations
+    # Cloud SQL Admin: users, instances, backups, DR operations, topology labels, drill scratch instances
     "cloudsql.backupRuns.get",
     "cloudsql.backupRuns.list",
     "cloudsql.instances.clone",
     "cloudsql.instances.create",
+    "cloudsql.instances.delete",
     "cloudsql.instances.failover",
     "cloudsql.instances.get",
     "cloudsql.instances.list",

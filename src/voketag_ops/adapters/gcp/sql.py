@@ -247,7 +247,9 @@ class CloudSqlRecovery:
     def list_instances(self) -> list[tuple[DbInstanceInfo, dict[str, str]]]:
         """Every instance of the project with its labels (instances.list, all pages)."""
         pager = self._call("instances", "list", "instances", max_results=500)
-        return [(self._info(inst), self._labels(inst)) for inst in pager]
+        # The generated pager iterates `warnings`, not `items`: walk the pages' items instead.
+        with self.admin.translate("instances"):
+            return [(self._info(inst), self._labels(inst)) for page in pager.pages for inst in page.items]
 
     def _info(self, inst: Any) -> DbInstanceInfo:
         settings = inst.settings
@@ -326,6 +328,12 @@ class CloudSqlRecovery:
         return self._mutate(
             "clone", f"clone {name} at {point_in_time} into {destination}", instance=name, body=body
         )
+
+    def clone_instance(self, destination: str, instance: str | None = None) -> DbOperationInfo:
+        """A new instance DESTINATION with INSTANCE's data as of now (instances.clone)."""
+        name = instance or self.primary
+        body = {"clone_context": {"destination_instance_name": destination}}
+        return self._mutate("clone", f"clone {name} into {destination}", instance=name, body=body)
 
     def promote_replica(self, replica: str | None = None, *, failover: bool = False) -> DbOperationInfo:
         name = replica or self.replica

@@ -1,0 +1,201 @@
+"""A data path for the fake Cloud SQL: each fake instance is one database on a real local
+PostgreSQL, reached at an address of its own.
+
+Cloud SQL gives every instance its own IP and the same port and database names. Here every
+fake instance gets a loopback address (127.0.0.N) and a small TCP relay listening on it at
+one shared port; the relay rewrites the `database` of the PostgreSQL startup packet to the
+instance's own database and then copies bytes both ways, so voke connects exactly as it
+does to Cloud SQL (instance IP, the configured port, the credential's dbname) and really
+writes and reads. A clone is `CREATE DATABASE new TEMPLATE source`; a new read replica
+too; a promotion first re-copies the primary (a replica that had caught up); a deletion
+drops the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from contextlib import suppress
+from typing import Any
+
+from voketag_ops.testing.gcp_fakes import FakeCloudSql
+
+SSL_REQUEST, GSSENC_REQUEST, CANCEL_REQUEST = 80877103, 80877104, 80877102
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data
+
+
+def rewrite_startup(body: bytes, dbname: str) -> bytes:
+    """A startup packet's key/value body with `database` set to DBNAME."""
+    pairs: list[tuple[bytes, bytes]] = []
+    i = 0
+    while i < len(body) and body[i] != 0:
+        k_end = body.index(b"\0", i)
+        v_end = body.index(b"\0", k_end + 1)
+        pairs.append((body[i:k_end], body[k_end + 1 : v_end]))
+        i = v_end + 1
+    pairs = [(k, v) for k, v in pairs if k != b"database"] + [(b"database", dbname.encode())]
+    return b"".join(k + b"\0" + v + b"\0" for k, v in pairs) + b"\0"
+
+
+class _Relay:
+    """Listens on (IP, PORT); relays each connection to UPSTREAM with its database renamed."""
+
+    def __init__(self, ip: str, port: int, upstream: tuple[str, int], dbname: str) -> None:
+        self.upstream, self.dbname = upstream, dbname
+        self.server = socket.create_server((ip, port))
+        self.open: set[socket.socket] = set()
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _track(self, *socks: socket.socket) -> None:
+        with self.lock:
+            self.open.update(socks)
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream: socket.socket | None = None
+        self._track(client)
+        try:
+            while True:
+                head = _recv_exact(client, 8)
+                length, code = struct.unpack("!ii", head)
+                if code in (SSL_REQUEST, GSSENC_REQUEST):
+                    client.sendall(b"N")  # no TLS/GSS here: the client continues in plain text
+                    continue
+                body = _recv_exact(client, length - 8)
+                break
+            if code != CANCEL_REQUEST:
+                body = rewrite_startup(body, self.dbname)
+            upstream = socket.create_connection(self.upstream)
+            self._track(upstream)
+            upstream.sendall(struct.pack("!ii", len(body) + 8, code) + body)
+            pump = threading.Thread(target=self._pump, args=(upstream, client), daemon=True)
+            pump.start()
+            self._pump(client, upstream)
+            pump.join(timeout=5)
+        except (OSError, ConnectionError, struct.error, ValueError):
+            pass
+        finally:
+            for sock in (client, upstream):
+                if sock is not None:
+                    with suppress(OSError):
+                        sock.close()
+                    with self.lock:
+                        self.open.discard(sock)
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        with suppress(OSError):
+            self.server.close()
+        with self.lock:
+            socks = list(self.open)
+        for sock in socks:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            with suppress(OSError):
+                sock.close()
+
+
+class PostgresInstances:
+    """Backs the instances of a FakeCloudSql with databases on a real PostgreSQL.
+
+    ADMIN opens an autocommit superuser connection to that server's `postgres` database;
+    UPSTREAM is its TCP address (what the relays forward to); OWNER owns every instance's
+    database (the login the tests give voke). Use as a context manager; `port` is the
+    port every instance answers on (`db_port` in voke.toml)."""
+
+    def __init__(
+        self, sql: FakeCloudSql, admin: Callable[[], Any], upstream: tuple[str, int], *, owner: str
+    ) -> None:
+        self.sql, self.admin, self.upstream, self.owner = sql, admin, upstream, owner
+        probe = socket.create_server(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self.relays: dict[str, _Relay] = {}
+        self.databases: dict[str, str] = {}
+        self._next = 20
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> PostgresInstances:
+        for name in list(self.sql.instances):
+            self.create(name, None)
+        self.sql.on_create = self.create
+        self.sql.on_delete = self.delete
+        self.sql.on_promote = self.catch_up
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name in list(self.databases):
+            self.delete(name)
+
+    @staticmethod
+    def _dbname(instance: str) -> str:
+        return "fk_" + hashlib.sha1(instance.encode()).hexdigest()[:16]
+
+    def database(self, instance: str) -> str:
+        return self.databases[instance]
+
+    def _sql(self, statement: str) -> None:
+        with self.admin() as conn:
+            conn.execute(statement)
+
+    def create(self, name: str, source: str | None) -> None:
+        """A database (a copy of SOURCE's) and an address for the new instance NAME."""
+        with self.lock:
+            db = self._dbname(name)
+            self._sql(f'drop database if exists "{db}" with (force)')
+            template = f' template "{self.databases[source]}"' if source in self.databases else ""
+            self._sql(f'create database "{db}" owner "{self.owner}"{template}')
+            self.databases[name] = db
+            ip = f"127.0.0.{self._next}"
+            self._next += 1
+            self.relays[name] = _Relay(ip, self.port, self.upstream, db)
+            self.sql.instances[name]["ip"] = ip
+
+    def catch_up(self, replica: str, primary: str) -> None:
+        """Before REPLICA is promoted: it holds what PRIMARY holds (no replication lag)."""
+        with self.lock:
+            if replica not in self.databases or primary not in self.databases:
+                return
+            db = self.databases[replica]
+            self._sql(f'drop database if exists "{db}" with (force)')
+            self._sql(f'create database "{db}" owner "{self.owner}" template "{self.databases[primary]}"')
+
+    def delete(self, name: str) -> None:
+        with self.lock:
+            relay = self.relays.pop(name, None)
+            if relay is not None:
+                relay.close()
+            db = self.databases.pop(name, None)
+            if db is not None:
+                self._sql(f'drop database if exists "{db}" with (force)')

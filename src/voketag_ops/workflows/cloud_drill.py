@@ -1,0 +1,647 @@
+"""`voke --env NAME drill run pitr|failover|all` on Cloud SQL: drills on scratch instances.
+
+The production instances are never recovered, promoted, relabelled or deleted by a drill:
+- pitr: canary rows are written on the (recorded) primary, then the primary is cloned at
+  the cut (the moment the canary stopped, once Cloud SQL's recoverable window has passed
+  it) into the scratch instance `<instance>-drill-<run id>`.
+- failover: the primary is cloned now into a scratch primary, a scratch read replica of it
+  is created, canary rows are written on the scratch primary, and at the cut the scratch
+  replica is promoted.
+RTO is from the start of the recovery action (the clone or promote request) to the scratch
+database answering the canary query (failover: and taking a canary write); RPO is the cut
+minus the newest canary row recovered (client clock on both sides, so no clock skew). The
+scratch instances are always deleted at the end (also on failure and Ctrl-C); one left by
+an earlier run is found by its name and deleted by the next run, and one that cannot be
+deleted is reported (exit 7). Journals go to VOKE_HOME/cloud/NAME/drills, so `voke --env
+NAME drill history|report` read them; RTO and RPO per scenario are written to Cloud
+Monitoring (best effort).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform as _platform
+import re
+import socket
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from voketag_ops.core import drill as core
+from voketag_ops.errors import (
+    ConfigError,
+    NeedsOperatorError,
+    NotFoundError,
+    StepTimeoutError,
+    UsageError,
+    VokeError,
+)
+from voketag_ops.logs import get_logger
+
+if TYPE_CHECKING:
+    from voketag_ops.config import Settings
+
+log = get_logger(__name__)
+Progress = Callable[[str], None]
+SCENARIOS = ("pitr", "failover")  # the drills that apply to a cloud environment
+DRILL_LABEL = "voke-drill"
+PLANS = {
+    "pitr": [
+        "check the recorded topology (the primary is a RUNNABLE primary with PITR on)",
+        "delete scratch instances earlier drill runs left behind",
+        "write canary rows on the primary; the cut is when the canary stops",
+        "wait until Cloud SQL's recoverable window reaches the cut",
+        "clone the primary at the cut into <instance>-drill-<run id> (instances.clone, pointInTime)",
+        "connect to the scratch instance; read back the canary (RTO: clone request -> answer; "
+        "RPO: cut - newest canary row recovered)",
+        "delete the scratch instance and the canary rows; write RTO/RPO to Cloud Monitoring",
+    ],
+    "failover": [
+        "check the recorded topology",
+        "delete scratch instances earlier drill runs left behind",
+        "clone the primary into the scratch primary <instance>-drill-<run id>",
+        "create the scratch read replica <instance>-drill-<run id>-r (instances.insert)",
+        "write canary rows on the scratch primary; the cut is when the canary stops",
+        "promote the scratch replica (promoteReplica)",
+        "connect to it; read back the canary and write one row (RTO: promote request -> answer; "
+        "RPO: cut - newest canary row recovered)",
+        "delete both scratch instances; write RTO/RPO to Cloud Monitoring",
+    ],
+}
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if value else None
+
+
+def drills_home(settings: Settings) -> Path:
+    """VOKE_HOME/cloud/NAME: where the cloud env's drill journals live on this machine."""
+    from voketag_ops.adapters.local.environment import LocalEnvironment
+
+    return LocalEnvironment.from_settings(settings.local).home / "cloud" / settings.env
+
+
+def scratch_prefix(instance: str) -> str:
+    return f"{instance}-drill-"
+
+
+_RUN_STAMP = re.compile(r"-drill-[a-z]+-(\d{8}t\d{6})-")
+
+
+def is_leftover(
+    name: str, instance: str, *, now: datetime, min_age: float, finished: frozenset[str] = frozenset()
+) -> bool:
+    """NAME is a scratch instance of INSTANCE's drills whose run is over: its run id is one of
+    FINISHED (journals saved here), or it started over MIN_AGE s ago (a live run on another
+    machine is younger than that)."""
+    prefix = scratch_prefix(instance)
+    if not name.startswith(prefix):
+        return False
+    run_id = name[len(prefix) :].removesuffix("-r")
+    if run_id in finished:
+        return True
+    m = _RUN_STAMP.search(name[len(instance) :])
+    if not m:
+        return True
+    started = datetime.strptime(m[1], "%Y%m%dt%H%M%S").replace(tzinfo=timezone.utc)
+    return (now - started).total_seconds() > min_age
+
+
+def canary_rpo(writes: Sequence[Any], recovered: Any, cut: datetime) -> dict[str, Any]:
+    """RPO = CUT - the newest acknowledged canary write recovered (client times on both
+    sides). Every write acknowledged by the cut must be recovered and none sent after it."""
+    have = set(recovered)
+    before = [w for w in writes if w.ok and w.done_at <= cut]
+    missing = [w.seq for w in before if w.seq not in have]
+    after = [w.seq for w in writes if w.sent_at > cut and w.seq in have]
+    newest = max((w.done_at for w in writes if w.ok and w.seq in have and w.done_at <= cut), default=None)
+    return {
+        "cut_at": _iso(cut),
+        "acked_before_cut": len(before),
+        "recovered": len(have & {w.seq for w in writes}),
+        "missing_before_cut": missing[:50],
+        "present_after_cut": after[:50],
+        "lost_commits": len(missing),
+        "newest_recovered_at": _iso(newest),
+        "rpo_seconds": round(max(0.0, (cut - newest).total_seconds()), 3) if newest else None,
+        "ok": bool(before) and not missing and not after,
+    }
+
+
+class CloudDrill:
+    """One cloud drill run: steps, clean-ups, timeline, and its journal."""
+
+    def __init__(
+        self, settings: Any, platform: Any, scenario: str, progress: Progress, options: dict[str, Any]
+    ):
+        from voketag_ops.workflows.cloud_dr import _Steps
+
+        self.settings, self.platform, self.scenario, self.progress = settings, platform, scenario, progress
+        self.env = settings.environment(settings.env)
+        self.recovery = platform.recovery()
+        self.options = options
+        started = _utcnow()
+        self.run_id = f"{scenario}-{started:%Y%m%dt%H%M%S}-{uuid.uuid4().hex[:4]}"
+        self.started_at, self.t0 = started, time.monotonic()
+        self.timeline: dict[str, datetime | None] = {k: None for k in core.TIMELINE_KEYS}
+        self.steps, self.cleanup_steps = _Steps(progress), _Steps(progress)
+        self._cleanups: list[tuple[str, Callable[[], Any]]] = []
+        self.integrity: list[dict[str, Any]] = []
+        self.details: dict[str, Any] = {"scratch": [], "production": {}}
+        self.canary: dict[str, Any] = {}
+        self.rpo: float | None = None
+        self.lost: int | None = None
+        self.steady_before: dict[str, Any] | None = None
+        self.steady_after: dict[str, Any] | None = None
+        self.error: str | None = None
+        self.status: str | None = None
+        self.left_behind: list[str] = []
+        self.primary: str = self.env.instance
+        self.targets = core.targets_for(
+            scenario,
+            rto=settings.dr.rto_seconds,
+            rto_regional=settings.dr.rto_regional_seconds,
+            rto_network=settings.dr.rto_network_seconds,
+            rpo=settings.dr.rpo_seconds,
+            source="dr settings (voke config show)",
+        )
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def scratch(self, suffix: str = "") -> str:
+        name = f"{scratch_prefix(self.env.instance)}{self.run_id}{suffix}"
+        if len(name) > 98:
+            raise ConfigError(f"the scratch instance name {name} is longer than Cloud SQL allows")
+        return name
+
+    def guard(self, name: str) -> str:
+        """NAME, after checking it is a scratch instance (never a production one)."""
+        production = {self.env.instance, self.env.replica}
+        if name in production or not name.startswith(scratch_prefix(self.env.instance)):
+            raise VokeError(f"refusing to change {name}: not a scratch instance of this drill")  # a bug
+        return name
+
+    def mark(self, key: str, when: datetime | None = None) -> datetime:
+        value = when or _utcnow()
+        self.timeline[key] = value
+        return value
+
+    def on_cleanup(self, name: str, action: Callable[[], Any]) -> None:
+        self._cleanups.append((name, action))
+
+    def run_cleanups(self) -> None:
+        while self._cleanups:
+            name, action = self._cleanups.pop()
+            try:
+                with self.cleanup_steps.run(name):
+                    action()
+            except KeyboardInterrupt:
+                self.error = self.error or "interrupted"
+                log.warning("clean-up step %r interrupted; continuing with the rest", name)
+            except Exception as exc:
+                log.warning("clean-up step %r failed: %s", name, getattr(exc, "message", exc))
+
+    def delete_scratch(self, name: str) -> None:
+        """Delete a scratch instance; remember it when that fails (exit 7 at the end)."""
+        self.guard(name)
+        try:
+            self.recovery.delete_instance(name)
+        except NotFoundError:
+            return  # never created, or already gone
+        except BaseException:
+            self.left_behind.append(name)
+            raise
+        entry = next((s for s in self.details["scratch"] if s["name"] == name), None)
+        if entry is not None:
+            entry["deleted"] = True
+
+    def register_scratch(self, name: str, role: str) -> None:
+        self.details["scratch"].append({"name": name, "role": role, "deleted": False})
+        self.on_cleanup(f"delete the scratch instance {name}", lambda: self.delete_scratch(name))
+
+    def label(self, name: str) -> None:
+        """Mark a scratch instance as the drill's (best effort: its name alone identifies it)."""
+        try:
+            self.recovery.set_labels(
+                self.guard(name), {DRILL_LABEL: self.run_id, "voke-env": self.settings.env}
+            )
+        except VokeError as exc:
+            log.warning("could not label %s: %s", name, exc.message)
+
+    def login(self) -> Any:
+        from voketag_ops.adapters.gcp.canary import CanaryDb
+
+        secret = self.env.canary_secret or next(
+            (u.secret for u in self.settings.rotation.db_users.values()), None
+        )
+        if not secret:
+            raise ConfigError(
+                f"no login for the drill canary: set environments.{self.settings.env}.canary_secret "
+                "(a secret holding JSON username, password, dbname)"
+            )
+        try:
+            cred = json.loads(self.platform.store().access(secret, "current"))
+        except ValueError:
+            raise ConfigError(f"the secret {secret} does not hold a JSON database credential") from None
+        if not isinstance(cred, dict):
+            raise ConfigError(f"the secret {secret} does not hold a JSON database credential")
+        self.details["canary_login"] = {"secret": secret, "username": cred.get("username")}
+        return CanaryDb(cred, port=self.env.db_port, timeout=min(10.0, self.env.timeout))
+
+    def host_of(self, name: str) -> str:
+        info = self.recovery.instance(name)
+        if not info.ip_address:
+            raise NeedsOperatorError(f"{name} has no IP address to connect the canary to")
+        return str(info.ip_address)
+
+    def sweep(self) -> None:
+        """Delete scratch instances earlier runs left behind."""
+        min_age = max(6 * self.env.operation_timeout, 60.0)
+        with self.steps.run("delete scratch instances left by earlier runs") as info:
+            from types import SimpleNamespace
+
+            from voketag_ops.workflows import drill as local_drill
+
+            journals = local_drill.load_journals(SimpleNamespace(home=drills_home(self.settings)))  # type: ignore[arg-type]
+            finished = frozenset(str(j.get("run_id")) for j in journals)
+            now = _utcnow()
+            found = [
+                i.name
+                for i, _labels in self.recovery.list_instances()
+                if is_leftover(i.name, self.env.instance, now=now, min_age=min_age, finished=finished)
+            ]
+            # replicas first: Cloud SQL refuses to delete an instance that still has replicas
+            found.sort(key=lambda n: (not n.endswith("-r"), n))
+            info["found"], info["deleted"] = found, []
+            for name in found:
+                try:
+                    self.delete_scratch(name)
+                    info["deleted"].append(name)
+                except VokeError as exc:
+                    log.warning("could not delete the leftover %s: %s", name, exc.message)
+            self.details["leftovers"] = {"found": found, "deleted": info["deleted"]}
+
+    def steady(self, *, pitr: bool) -> dict[str, Any]:
+        from voketag_ops.workflows import cloud_topology
+
+        checks: list[dict[str, Any]] = []
+        try:
+            topo = cloud_topology.read(self.settings, self.recovery)
+        except VokeError as exc:
+            return {
+                "ok": False,
+                "checked_at": _iso(_utcnow()),
+                "checks": [{"name": "topology", "ok": False, "message": exc.message}],
+            }
+        info = topo.instances[topo.primary]
+        self.primary = topo.primary
+        checks.append({"name": "topology", "ok": True, "message": topo.describe()})
+        running = info.state == "RUNNABLE"
+        checks.append({"name": "leader_running", "ok": running, "message": f"{info.name} is {info.state}"})
+        if pitr:
+            checks.append(
+                {
+                    "name": "pitr_enabled",
+                    "ok": info.pitr_enabled,
+                    "message": f"point-in-time recovery {'on' if info.pitr_enabled else 'off'} on {info.name}",
+                }
+            )
+        return {
+            "ok": all(c["ok"] for c in checks),
+            "checked_at": _iso(_utcnow()),
+            "leader": topo.primary,
+            "checks": checks,
+        }
+
+    def canary_write(self, db: Any, host: str, where: str) -> list[Any]:
+        seconds = float(self.options.get("canary_seconds", 5.0))
+        interval = min(0.5, max(0.01, seconds / 10))
+        with self.steps.run(f"write canary rows on {where} for {seconds:g} s") as info:
+            writes = db.write(host, self.run_id, seconds=seconds, interval=interval)
+            acked = [w for w in writes if w.ok]
+            info.update(writes=len(writes), acked=len(acked))
+        self.canary.update(
+            table="voke_drill_canary",
+            written_on=where,
+            interval_seconds=interval,
+            writes=len(writes),
+            acked_commits=len(acked),
+            failed_writes=len(writes) - len(acked),
+            first_seq=writes[0].seq if writes else None,
+            last_seq=writes[-1].seq if writes else None,
+        )
+        if not acked:
+            raise NeedsOperatorError(f"no canary write was acknowledged on {where}")
+        return writes
+
+    def answer(self, db: Any, name: str, *, write: bool) -> dict[int, datetime]:
+        ctx = self.platform.ctx
+        with self.steps.run(f"connect to {name} and read the canary") as info:
+            host = self.host_of(name)
+            answered, rows = db.wait_answer(
+                host,
+                self.run_id,
+                timeout=self.env.operation_timeout,
+                poll=ctx.poll_interval,
+                write_seq=10**6 if write else None,
+            )
+            self.mark("first_write_ok_at", answered)
+            info.update(host=host, rows=len(rows), wrote=write)
+        return rows
+
+    def evaluate(self, writes: list[Any], rows: dict[int, datetime], cut: datetime, where: str) -> None:
+        result = canary_rpo(writes, rows, cut)
+        self.rpo, self.lost = result["rpo_seconds"], result["lost_commits"]
+        self.canary["rpo"] = result
+        seqs = ",".join(str(s) for s in sorted(s for s in rows if s < 10**6))
+        self.integrity.append(
+            {
+                "table": "voke_drill_canary",
+                "rows": len([s for s in rows if s < 10**6]),
+                "checksum": hashlib.sha256(seqs.encode()).hexdigest()[:16],
+                "match": result["ok"],
+                "where": where,
+            }
+        )
+        self.mark("verified_at")
+
+    # -- the journal ------------------------------------------------------------------------------------
+    def journal(self) -> dict[str, Any]:
+        from voketag_ops import __version__
+
+        rto = core.rto_seconds(self.timeline)
+        v = core.verdict(
+            rto=rto,
+            rpo=self.rpo,
+            targets=self.targets,
+            integrity=self.integrity,
+            steady_after_ok=None
+            if self.status in ("aborted", "interrupted")
+            else (self.steady_after or {}).get("ok"),
+            error=self.error,
+        )
+        status = self.status if self.status in ("aborted", "interrupted") else v["status"]
+        if self.left_behind and status == "completed":
+            status = "failed"
+            v["breaches"].append(f"scratch instance(s) not deleted: {', '.join(self.left_behind)}")
+        return {
+            "run_id": self.run_id,
+            "scenario": self.scenario,
+            "environment": self.settings.env,
+            "mode": "cloud",
+            "versions": {
+                "voke": __version__,
+                "postgres": "POSTGRES (Cloud SQL)",
+                "python": _platform.python_version(),
+            },
+            "platform": _platform.platform(),
+            "node": socket.gethostname(),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(_utcnow()),
+            "duration_seconds": round(time.monotonic() - self.t0, 3),
+            "targets": {
+                "rto_target_seconds": self.targets.rto_target_seconds,
+                "rpo_target_seconds": self.targets.rpo_target_seconds,
+                "disruption": self.targets.disruption,
+                "source": self.targets.source,
+            },
+            "timeline": {k: _iso(v) for k, v in self.timeline.items()},
+            "phases": core.phases(self.timeline),
+            "rto_seconds": rto,
+            "rpo_seconds": self.rpo,
+            "lost_commits": self.lost,
+            "canary": self.canary,
+            "integrity": self.integrity,
+            "steps": self.steps.items,
+            "cleanup": self.cleanup_steps.items,
+            "steady_state": {"before": self.steady_before, "after": self.steady_after},
+            "rto_met": v["rto_met"],
+            "rpo_met": v["rpo_met"],
+            "integrity_ok": v["integrity_ok"],
+            "status": status,
+            "breaches": v["breaches"],
+            "error": self.error,
+            "left_behind": list(self.left_behind),
+            "details": self.details,
+        }
+
+
+# -- the scenarios ------------------------------------------------------------------------------------
+def _wait_window(run: CloudDrill, cut: datetime) -> None:
+    """Until getLatestRecoveryTime reaches CUT (Cloud SQL uploads its WAL every few minutes)."""
+    from voketag_ops.core.dr_checks import parse_iso
+
+    ctx = run.platform.ctx
+    with run.steps.run("wait until the recoverable window reaches the cut") as info:
+        deadline = time.monotonic() + run.env.operation_timeout
+        while True:
+            latest = parse_iso(run.recovery.recovery_window(run.primary).latest)
+            if latest is not None and latest >= cut:
+                info["latest"] = _iso(latest)
+                return
+            if time.monotonic() >= deadline:
+                raise StepTimeoutError(
+                    f"the recoverable window of {run.primary} did not reach {_iso(cut)} "
+                    f"within {run.env.operation_timeout:g} s (latest {_iso(latest)})"
+                )
+            ctx.sleep(ctx.poll_interval)
+
+
+def _pitr(run: CloudDrill) -> None:
+    db = run.login()
+    primary = run.primary
+    host = run.env.db_host if run.env.db_host and primary == run.env.instance else run.host_of(primary)
+    run.details["production"] = {"primary": primary, "changed": "canary rows only (deleted at the end)"}
+    run.on_cleanup(f"delete the canary rows on {primary}", lambda: db.delete(host, run.run_id))
+    writes = run.canary_write(db, host, primary)
+    cut = _utcnow()
+    run.details["cut_at"] = _iso(cut)
+    _wait_window(run, cut)
+    scratch = run.scratch()
+    run.register_scratch(scratch, "pitr clone")
+    started = run.mark("recovery_started_at")
+    run.mark("fault_injected_at", started)  # no outage on a scratch instance: RTO runs from the request
+    run.mark("detected_at", started)
+    with run.steps.run(f"clone {primary} at the cut into {scratch}") as info:
+        op = run.recovery.clone_to_point_in_time(_iso(cut), run.guard(scratch), primary)
+        info["operation"] = op.name
+    run.mark("recovered_at")
+    run.label(scratch)
+    rows = run.answer(db, scratch, write=False)
+    run.evaluate(writes, rows, cut, scratch)
+
+
+def _failover(run: CloudDrill) -> None:
+    db = run.login()
+    primary = run.primary
+    scratch, replica = run.scratch(), run.scratch("-r")
+    run.details["production"] = {"primary": primary, "changed": "nothing (cloned from)"}
+    run.register_scratch(scratch, "scratch primary")
+    with run.steps.run(f"clone {primary} into the scratch primary {scratch}") as info:
+        info["operation"] = run.recovery.clone_instance(run.guard(scratch), primary).name
+    run.label(scratch)
+    run.register_scratch(replica, "scratch replica")  # deleted first (LIFO): replicas go before primaries
+    with run.steps.run(f"create the scratch replica {replica}") as info:
+        labels = {DRILL_LABEL: run.run_id, "voke-env": run.settings.env}
+        info["operation"] = run.recovery.create_replica(run.guard(replica), scratch, labels=labels).name
+    writes = run.canary_write(db, run.host_of(scratch), scratch)
+    cut = _utcnow()
+    run.details["cut_at"] = _iso(cut)
+    started = run.mark("recovery_started_at")
+    run.mark("fault_injected_at", started)
+    run.mark("detected_at", started)
+    with run.steps.run(f"promote the scratch replica {replica}") as info:
+        info["operation"] = run.recovery.promote_replica(run.guard(replica), failover=False).name
+    run.mark("recovered_at")
+    rows = run.answer(db, replica, write=True)
+    run.evaluate(writes, rows, cut, replica)
+
+
+RUNNERS: dict[str, Callable[[CloudDrill], None]] = {"pitr": _pitr, "failover": _failover}
+
+
+# -- running ------------------------------------------------------------------------------------------
+def _publish(run: CloudDrill, journal: dict[str, Any]) -> None:
+    from voketag_ops.adapters.gcp import catalog
+
+    labels = {"scenario": run.scenario, "env": run.settings.env}
+    points = [
+        (metric, float(journal[key]), labels)
+        for metric, key in ((catalog.DRILL_RTO, "rto_seconds"), (catalog.DRILL_RPO, "rpo_seconds"))
+        if journal.get(key) is not None
+    ]
+    if not points:
+        return
+    try:
+        run.platform.monitoring.write_many(points)
+        journal["details"]["metrics_written"] = len(points)
+    except Exception as exc:  # best effort: the drill's answer does not depend on Monitoring
+        log.warning(
+            "drill RTO/RPO not written to Cloud Monitoring: %s",
+            getattr(exc, "message", None) or type(exc).__name__,
+        )
+
+
+def run_drill(
+    settings: Any,
+    scenario: str,
+    *,
+    home: Path,
+    progress: Progress,
+    options: dict[str, Any],
+    platform: Any = None,
+) -> dict[str, Any]:
+    """One cloud drill end to end; its journal (saved even on failure or Ctrl-C, which
+    cleans up and re-raises)."""
+    from types import SimpleNamespace
+
+    from voketag_ops.audit import audited
+    from voketag_ops.workflows import drill as local_drill
+    from voketag_ops.workflows.cloud import CloudPlatform
+
+    platform = platform or CloudPlatform(settings)
+    interrupted = False
+    with audited(home, event_type=f"drill.{scenario}", env=settings.env, target=scenario) as event:
+        run = CloudDrill(settings, platform, scenario, progress, options)
+        event.details["run_id"] = run.run_id
+        try:
+            progress(f"{scenario}: checking the steady state")
+            run.steady_before = run.steady(pitr=scenario == "pitr")
+            if not run.steady_before["ok"]:
+                run.status = "aborted"
+                failed = [c["message"] for c in run.steady_before["checks"] if not c["ok"]]
+                run.error = "steady state before the drill: " + "; ".join(failed)
+            else:
+                run.sweep()
+                RUNNERS[scenario](run)
+        except KeyboardInterrupt:
+            interrupted = True
+            run.status = "interrupted"
+            run.error = "interrupted (Ctrl-C); clean-up ran"
+        except VokeError as exc:
+            run.error = f"{exc.type_name}: {exc.message}"
+        except Exception as exc:  # a bug mid-drill: still clean up and keep the journal
+            log.exception("cloud drill %s failed unexpectedly", scenario)
+            run.error = f"internal error ({type(exc).__name__}): {exc}"
+        finally:
+            run.run_cleanups()
+            if run.status != "aborted" and not interrupted:
+                try:
+                    run.steady_after = run.steady(pitr=scenario == "pitr")
+                except VokeError as exc:
+                    run.steady_after = {
+                        "ok": False,
+                        "checks": [{"name": "steady", "ok": False, "message": exc.message}],
+                    }
+            journal = run.journal()
+            local_drill.save_journal(SimpleNamespace(home=drills_home(settings)), journal)  # type: ignore[arg-type]
+        _publish(run, journal)
+        event.details.update(
+            status=journal["status"],
+            rto_seconds=journal["rto_seconds"],
+            rpo_seconds=journal["rpo_seconds"],
+            scratch=[s["name"] for s in run.details["scratch"]],
+            left_behind=journal["left_behind"],
+        )
+        event.result = "success" if journal["status"] == "completed" else journal["status"]
+        if interrupted:
+            raise KeyboardInterrupt
+    return journal
+
+
+def run(
+    settings: Any,
+    scenario: str,
+    *,
+    home: Path,
+    dry_run: bool = False,
+    progress: Progress = lambda _m: None,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """`voke --env NAME drill run pitr|failover|all`: one journal, or {"runs": [...]} for all.
+    Scratch instances that could not be deleted raise NeedsOperatorError (exit 7) after the
+    journals are saved."""
+    if scenario == "all":
+        scenarios = list(SCENARIOS)
+    elif scenario in SCENARIOS:
+        scenarios = [scenario]
+    else:
+        raise UsageError(
+            f"the {scenario} drill runs on the local environment only; on a cloud environment: "
+            f"{', '.join(SCENARIOS)} or all"
+        )
+    env = settings.environment(settings.env)
+    if dry_run:
+        return {
+            "dry_run": True,
+            "env": settings.env,
+            "instance": env.instance,
+            "plan": {n: PLANS[n] for n in scenarios},
+        }
+    journals = [
+        run_drill(settings, n, home=home, progress=progress, options=options or {}) for n in scenarios
+    ]
+    left = sorted({name for j in journals for name in j.get("left_behind") or []})
+    report: dict[str, Any] = (
+        journals[0]
+        if scenario != "all"
+        else {
+            "runs": journals,
+            "status": "completed" if all(j["status"] == "completed" for j in journals) else "failed",
+        }
+    )
+    if left:
+        raise NeedsOperatorError(
+            f"the drill could not delete the scratch instance(s) {', '.join(left)} (they are billed)",
+            hint="delete them: "
+            + "; ".join(f"gcloud sql instances delete {n}" for n in left)
+            + "; the next drill run also retries",
+        )
+    return report
