@@ -135,6 +135,8 @@ def test_cloud_pitr_and_failover_drills_measure_on_scratch_instances_and_delete_
     assert history.exit_code == 0 and len(history.json["result"]["runs"]) == 2
     report = drills.voke("drill", "report", runs["failover"]["run_id"], "--format", "md")
     assert report.exit_code == 0 and "failover" in report.stdout
+    status = drills.voke("dr", "status", "--json")
+    assert status.json["result"]["last_drill"]["run_id"] == runs["failover"]["run_id"]
     audit = (drills.home / "state" / "audit" / "audit.jsonl").read_text()
     assert '"drill.pitr"' in audit and '"drill.failover"' in audit
     for text in (result.stdout, result.stderr, audit, history.stdout, report.stdout):

@@ -135,7 +135,18 @@ def status(settings: Settings, recovery: DatabaseRecovery, *, now: datetime | No
             "rpo_seconds": settings.dr.rpo_seconds,
             "pitr_retention_days": settings.dr.pitr_retention_days,
         },
+        "last_drill": _last_drill(settings),
     }
+
+
+def _last_drill(settings: Settings) -> dict[str, Any] | None:
+    """The newest cloud drill of this environment run from this machine (its journal)."""
+    from types import SimpleNamespace
+
+    from voketag_ops.workflows import drill
+    from voketag_ops.workflows.cloud_drill import drills_home
+
+    return drill.last_result(SimpleNamespace(home=drills_home(settings)))  # type: ignore[arg-type]
 
 
 def thresholds(
