@@ -262,6 +262,14 @@ def test_file_store_setting(voke, make_environ, tmp_path: Path) -> None:
     assert not (home / "state.json").exists()
     event = voke("audit", "show", "--event-type", "chain.anchor.run", "--json", environ=environ)
     assert event.json["result"]["entries"][0]["target"] == str(home / "chain" / "chain.json")
+    # The audit log anchors its checkpoints in the configured store too.
+    checkpoint = voke("audit", "checkpoint", "--json", environ=environ).json["result"]
+    assert checkpoint["anchoring_queued"] is False and checkpoint["anchors_requested"] == 1
+    labels = [
+        a["label"] for a in voke("chain", "anchors", "--json", environ=environ).json["result"]["anchors"]
+    ]
+    assert f"audit@{checkpoint['checkpoint']['size']}" in labels
+    assert voke("audit", "verify", "--json", environ=environ).json["result"]["anchors_checked"] == 1
     bad = voke("chain", "anchors", "--json", environ=make_environ(home, VOKE_CHAIN__STORE="sqlite"))
     assert bad.exit_code == 3 and "VOKE_CHAIN__STORE: chain.store" in bad.json["error"]["message"]
 
