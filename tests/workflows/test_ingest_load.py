@@ -516,3 +516,42 @@ def test_a_load_waiting_past_the_lock_timeout_gives_up_with_exit_5(db, tmp_path)
             load(db, path, settings=IngestSettings(lock_timeout=0.2))
     assert info.value.exit_code == 5
     assert counts(db)[:2] == (0, 0)
+
+
+# -- sealing in a child process (large files) ---------------------------------------------------------
+
+
+def test_sealing_in_a_child_process_gives_the_same_root_and_every_proof_verifies(db, tmp_path, monkeypatch):
+    monkeypatch.setattr(wf, "SEAL_IN_CHILD_BYTES", 0)  # every file, not only large ones
+    path = sample(tmp_path, 2500)  # two full chunks and a partial one
+    assert (
+        load(db, path, dry_run=True).merkle_root
+        == merkle.root("\t".join(r).encode() for r in file_rows(path)).hex()
+    )
+    report = load(db, path)
+    assert report.status == "loaded" and report.rows_loaded == 2500
+    assert report.merkle_root == merkle.root("\t".join(r).encode() for r in file_rows(path)).hex()
+    assert assert_every_proof_verifies(db, report.batch_id) == 2500
+
+
+def test_ctrl_c_mid_load_stops_the_sealing_process(db, tmp_path, monkeypatch):
+    monkeypatch.setattr(wf, "SEAL_IN_CHILD_BYTES", 0)
+    started: list[Any] = []
+
+    class Recorded(wf._SealWorker):
+        def __init__(self) -> None:
+            super().__init__()
+            started.append(self.proc)
+
+    monkeypatch.setattr(wf, "_SealWorker", Recorded)
+    path = sample(tmp_path, 30000)
+
+    def progress(p: wf.LoadProgress) -> None:
+        if p.phase == "validating" and p.rows > 10000:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        load(db, path, progress=progress)
+    assert len(started) == 1 and started[0].returncode is not None  # stopped and reaped
+    assert not [t for t in threading.enumerate() if t.name.startswith("voke-ingest-")]
+    assert counts(db)[:2] == (0, 0)

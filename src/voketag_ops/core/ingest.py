@@ -67,6 +67,7 @@ __all__ = [
     "SEAL_CHUNK",
     "BatchValidator",
     "Chunk",
+    "LeafSealer",
     "Problem",
     "Rejected",
     "Seal",
@@ -219,24 +220,44 @@ def canonical_leaf(values: Mapping[str, object]) -> bytes:
 
 def seal_leaves(leaves: Iterable[bytes]) -> tuple[Seal, list[bytes]]:
     """Seal raw leaves in order; returns the seal and each chunk's leaf hashes joined."""
-    chunks: list[bytes] = []
-    roots: list[bytes] = []
-    size = 0
-    buf: list[bytes] = []
-    for leaf in leaves:
-        buf.append(leaf)
-        if len(buf) == SEAL_CHUNK:
-            hashes, chunk_root = hash_chunk(buf)
-            chunks.append(hashes)
-            roots.append(chunk_root)
-            size += len(buf)
-            buf = []
-    if buf:
-        hashes, chunk_root = hash_chunk(buf)
-        chunks.append(hashes)
-        roots.append(chunk_root)
-        size += len(buf)
-    return Seal.of_chunks(size, roots), chunks
+    sealer = LeafSealer()
+    chunks = [hashes for _number, hashes in sealer.add(leaves)]
+    seal, last = sealer.finish()
+    return seal, chunks + [hashes for _number, hashes in last]
+
+
+class LeafSealer:
+    """Seals leaves as they arrive, in order: each run of ``SEAL_CHUNK`` leaves becomes a
+    chunk, handed out as (chunk number, its leaf hashes joined); ``finish`` seals the
+    last, shorter chunk and returns the seal over all of them."""
+
+    def __init__(self) -> None:
+        self._leaves: list[bytes] = []
+        self._roots: list[bytes] = []
+        self.size = 0
+
+    def add(self, leaves: Iterable[bytes]) -> list[tuple[int, bytes]]:
+        """Take LEAVES; returns the chunks they completed."""
+        buf = self._leaves
+        buf.extend(leaves)
+        if len(buf) < SEAL_CHUNK:
+            return []
+        full = len(buf) - len(buf) % SEAL_CHUNK
+        done = [self._seal(buf[i : i + SEAL_CHUNK]) for i in range(0, full, SEAL_CHUNK)]
+        del buf[:full]
+        return done
+
+    def finish(self) -> tuple[Seal, list[tuple[int, bytes]]]:
+        """The seal, and the last chunk if it is not full (sealed now)."""
+        last = [self._seal(self._leaves)] if self._leaves else []
+        self._leaves = []
+        return Seal.of_chunks(self.size, self._roots), last
+
+    def _seal(self, leaves: list[bytes]) -> tuple[int, bytes]:
+        hashes, root = hash_chunk(leaves)
+        self._roots.append(root)
+        self.size += len(leaves)
+        return len(self._roots) - 1, hashes
 
 
 # Copying a hash state that has absorbed the prefix beats hashing `prefix + data` (one
@@ -313,6 +334,7 @@ class BatchValidator:
         require_final_newline: bool = True,
         keep_rejected: bool = False,
         detect_duplicates: bool = True,
+        seal: bool = True,
     ) -> None:
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware")
@@ -341,8 +363,9 @@ class BatchValidator:
         self._skipping = False
         self._started = False
         self._line = 0  # physical lines consumed
-        self._leaves: list[bytes] = []
-        self._chunk_roots: list[bytes] = []
+        # None: the caller seals the accepted rows (``Chunk.canonical``) itself.
+        self._sealer: LeafSealer | None = LeafSealer() if seal else None
+        self._seal: Seal | None = None
         self._finished = False
 
     # -- public -------------------------------------------------------------------------
@@ -437,9 +460,9 @@ class BatchValidator:
             self._fatal(Problem(1, None, "empty_file", "the file is empty: a header line is required"))
         elif self.header is not None and self.rows_total == 0 and not self.fatal:
             self._fatal(Problem(self.header.line + 1, None, "no_rows", "the file has a header but no rows"))
-        if self._leaves:
-            chunk.sealed.append(self._seal_chunk(self._leaves))
-            self._leaves = []
+        if self._sealer is not None:
+            self._seal, last = self._sealer.finish()
+            chunk.sealed.extend(last)
         return chunk
 
     def new_products(self) -> dict[str, str]:
@@ -463,7 +486,9 @@ class BatchValidator:
         """The seal over the accepted rows (after ``finish``)."""
         if not self._finished:
             raise RuntimeError("seal before finish")
-        return Seal.of_chunks(self.rows_accepted, self._chunk_roots)
+        if self._seal is None:
+            raise RuntimeError("sealing is off: the caller seals the rows")
+        return self._seal
 
     # -- processing -------------------------------------------------------------------------
     def _process(self, body: bytes, *, final: bool) -> Chunk:
@@ -769,19 +794,8 @@ class BatchValidator:
         self.rows_accepted += len(rows)
         chunk.canonical.extend(rows)
         chunk.lines.extend(lines)
-        leaves = self._leaves
-        leaves.extend(map(str.encode, rows))
-        if len(leaves) >= SEAL_CHUNK:
-            full = len(leaves) - len(leaves) % SEAL_CHUNK
-            for i in range(0, full, SEAL_CHUNK):
-                chunk.sealed.append(self._seal_chunk(leaves[i : i + SEAL_CHUNK]))
-            del leaves[:full]
-
-    def _seal_chunk(self, leaves: list[bytes]) -> tuple[int, bytes]:
-        hashes, root = hash_chunk(leaves)
-        number = len(self._chunk_roots)
-        self._chunk_roots.append(root)
-        return number, hashes
+        if self._sealer is not None:
+            chunk.sealed.extend(self._sealer.add(map(str.encode, rows)))
 
     # -- header ---------------------------------------------------------------------------------
     def _read_header(self, lineno: int, line: str, pre: list[Problem] | None) -> _Header | None:

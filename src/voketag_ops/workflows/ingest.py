@@ -707,7 +707,7 @@ def _load_in_transaction(
     assert row is not None
     batch_id = int(row[0])
 
-    def validator() -> core.BatchValidator:
+    def validator(seal: bool = True) -> core.BatchValidator:
         # Duplicate tag_ids are left to the primary key: no map of every tag_id in memory.
         return core.BatchValidator(
             now=now,
@@ -716,6 +716,7 @@ def _load_in_transaction(
             require_final_newline=settings.require_final_newline,
             keep_rejected=partial,
             detect_duplicates=False,
+            seal=seal,
         )
 
     # The batch row comes first (tag_chunks refer to it); it is completed once sealed.
@@ -723,18 +724,29 @@ def _load_in_transaction(
     # rejects_out: the --rejects file; spool: the sealed chunks' leaf hashes (32 bytes each)
     rejects_out = _RejectsWriter(rejects) if rejects is not None else None
     streaming: dict[str, Any] = {"progress": progress, "total": report.file_bytes, "phase": "validating"}
+    # A child process costs ~0.1 s to start: worth it from a few MB on.
+    sealer = _SealWorker() if report.file_bytes >= SEAL_IN_CHILD_BYTES else None
     try:
         with conn.cursor() as cur, tempfile.TemporaryFile() as spool:
             # Pass 1: the rows go straight into ingest.tags, sorted piece by piece, and the
-            # sealed chunks into ingest.tag_chunks.
+            # sealed chunks (from the sealing process) into ingest.tag_chunks.
             tag_row = ("{}\t{}\t" + str(batch_id)).format  # canonical row, leaf_index, batch_id
 
             def tag_rows(chunk: core.Chunk, first: int) -> Iterable[str]:
                 return map(tag_row, chunk.canonical, range(first, first + chunk.accepted))
 
-            checked = validator()
+            checked = validator(seal=sealer is None)
             writer = _PieceWriter(conn, _TAGS_COPY, sort=True, chunks_of=batch_id)
-            _stream(source, checked, writer, tag_rows, spool=None, rejects_out=rejects_out, **streaming)
+            _stream(
+                source,
+                checked,
+                writer,
+                tag_rows,
+                spool=None,
+                rejects_out=rejects_out,
+                sealer=sealer,
+                **streaming,
+            )
             staged = writer.conflict
             conflicts = _Conflicts()
             if staged:
@@ -775,7 +787,7 @@ def _load_in_transaction(
                 raise _Abort(report)
             if not partial and report.error_count:
                 raise _Abort(report)
-            seal = checked.seal
+            seal = sealer.seal if sealer is not None and not staged else checked.seal
             if conflicts.count:  # --partial: leave those rows out and seal again
                 seal = _drop_conflicts(conn, spool)
             if seal.size == 0:
@@ -811,6 +823,8 @@ def _load_in_transaction(
             progress(LoadProgress("committing", report.file_bytes, report.file_bytes, report.rows_total))
         return report
     finally:
+        if sealer is not None:
+            sealer.close()
         if rejects_out is not None:
             rejects_out.discard()
 
@@ -837,12 +851,14 @@ def _stream(
     progress: Callable[[LoadProgress], None],
     total: int,
     phase: str,
+    sealer: _SealWorker | None = None,
 ) -> None:
     """Validate SOURCE and hand the accepted rows (``rows_of(chunk, first leaf index)``) to
     WRITER in pieces; the sealed chunks' leaf hashes go to SPOOL (or, without one, to
     WRITER with the pieces), rejected records to REJECTS_OUT. Stops early when WRITER
     meets a conflict or an error (``close`` raises the error); read to its end, SOURCE
-    holds the hash of exactly the bytes validated."""
+    holds the hash of exactly the bytes validated. With SEALER the rows are sealed there
+    (VALIDATOR does not seal), and its finished chunks go to WRITER with the pieces."""
     try:
         done = 0
         leaves = 0
@@ -851,7 +867,10 @@ def _stream(
         for data in itertools.chain(source.chunks(), (b"",)):
             chunk = validator.feed(data) if data else validator.finish()
             done += len(data)
-            if spool is None:
+            if sealer is not None:
+                sealer.put(chunk.canonical)
+                sealed.extend(sealer.ready())
+            elif spool is None:
                 sealed.extend(chunk.sealed)
             else:
                 for _number, hashes in chunk.sealed:
@@ -867,6 +886,11 @@ def _stream(
             progress(LoadProgress(phase, done, total, validator.rows_total))
             if writer.stopped:
                 break
+        else:
+            if sealer is not None:
+                sealed.extend(sealer.finish())
+                if sealer.seal.size != validator.rows_accepted:
+                    raise RuntimeError("the sealing process sealed another number of rows")
         if piece or sealed:
             writer.put(piece, sealed)
     except BaseException:
@@ -998,6 +1022,149 @@ class _PieceWriter:
             item = self._queue.get()
             if item is self._END or item is self._ABORT:
                 end = item
+
+
+SEAL_IN_CHILD_BYTES = 8 << 20  # files from this size on are sealed in a child process
+
+
+class _SealWorker:
+    """Seals the accepted rows in a child process (``_seal_worker``), so the hashing, a
+    third of voke's own work on a load, runs on another core than the validation.
+
+    The rows go to the child's stdin, one per line (a canonical row holds no line break),
+    from a thread of their own: the validating thread never waits for a pipe. The child
+    writes each chunk's leaf hashes to SPOOL (32 bytes a leaf, chunk after chunk) and, at
+    the end, the leaf count and the chunk roots to its stdout. ``ready`` hands out the
+    chunks finished so far, ``finish`` the rest; ``close`` stops the child in any case."""
+
+    CHUNK_BYTES = 32 * core.SEAL_CHUNK
+
+    def __init__(self) -> None:
+        import queue
+        import subprocess
+
+        self.spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close(), whatever happens
+        # The parent's import path, so the child finds this very package (also from a checkout).
+        package_root = str(Path(core.__file__).resolve().parents[2])
+        paths = [package_root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _SEAL_WORKER, str(self.spool.fileno())],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # a failure is reported by finish(), without a traceback
+            pass_fds=(self.spool.fileno(),),
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)},
+        )
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)  # ~1 MiB each: memory stays flat
+        self._handed = 0  # chunks handed out by ready()
+        self._seal: core.Seal | None = None
+        self._failed = False
+        self._thread = threading.Thread(target=self._feed, name="voke-ingest-sealer", daemon=True)
+        self._thread.start()
+
+    @property
+    def seal(self) -> core.Seal:
+        if self._seal is None:
+            raise RuntimeError("the rows are not sealed yet")
+        return self._seal
+
+    def put(self, rows: list[str]) -> None:
+        if rows:
+            self._queue.put(("\n".join(rows) + "\n").encode())
+
+    def ready(self) -> list[tuple[int, bytes]]:
+        """The full chunks the child has written since the last call."""
+        complete = os.fstat(self.spool.fileno()).st_size // self.CHUNK_BYTES
+        return self._read(complete)
+
+    def finish(self) -> list[tuple[int, bytes]]:
+        """Wait for the child; sets ``seal`` and returns the chunks not handed out yet."""
+        self._queue.put(None)
+        self._thread.join()
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        out = self.proc.stdout.read()
+        if self.proc.wait() != 0 or self._failed or len(out) < 8 or (len(out) - 8) % 32:
+            raise RuntimeError(f"the sealing process failed (exit status {self.proc.returncode})")
+        size = int.from_bytes(out[:8], "big")
+        roots = [out[i : i + 32] for i in range(8, len(out), 32)]
+        self._seal = core.Seal.of_chunks(size, roots)
+        return self._read(len(roots), last_size=size - core.SEAL_CHUNK * (len(roots) - 1))
+
+    def close(self) -> None:
+        """Stop the child (if still running) and drop the spool; safe to call twice."""
+        import queue
+
+        if self.proc.returncode is None:
+            self.proc.kill()  # its pipe breaks: the feeding thread stops writing and drains
+        while self._thread.is_alive():
+            try:
+                self._queue.put(None, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        self._thread.join()
+        self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                with suppress(OSError):
+                    pipe.close()
+        self.spool.close()
+
+    def _read(self, upto: int, last_size: int = core.SEAL_CHUNK) -> list[tuple[int, bytes]]:
+        """Chunks [handed, UPTO) from the spool; the last of them has LAST_SIZE leaves."""
+        if upto <= self._handed:
+            return []
+        start = self._handed * self.CHUNK_BYTES
+        length = (upto - 1 - self._handed) * self.CHUNK_BYTES + 32 * last_size
+        data = os.pread(self.spool.fileno(), length, start)
+        if len(data) != length:
+            raise RuntimeError("the sealing process wrote fewer leaf hashes than it sealed")
+        chunks = [
+            (self._handed + i, data[o : o + self.CHUNK_BYTES])
+            for i, o in enumerate(range(0, length, self.CHUNK_BYTES))
+        ]
+        self._handed = upto
+        return chunks
+
+    def _feed(self) -> None:
+        assert self.proc.stdin is not None
+        pipe = self.proc.stdin
+        for rows in iter(self._queue.get, None):
+            if self._failed:
+                continue  # drain: put() must never block on a dead child
+            try:
+                pipe.write(rows)  # releases the GIL while the pipe is full
+            except (BrokenPipeError, ValueError, OSError):
+                self._failed = True
+        with suppress(OSError, ValueError):
+            pipe.close()
+
+
+# The child: rows on stdin, one per line; each chunk's leaf hashes to the file descriptor
+# argv[1]; at the end the leaf count (8 bytes) and the chunk roots to stdout.
+_SEAL_WORKER = "from voketag_ops.workflows.ingest import _seal_worker; _seal_worker()"
+
+
+def _seal_worker() -> None:
+    """The sealing child's main (see _SealWorker)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops us
+    sealer = core.LeafSealer()
+    stdin = sys.stdin.fileno()
+    rest = b""
+    with os.fdopen(int(sys.argv[1]), "wb") as out:
+        while data := os.read(stdin, READ_CHUNK):
+            rows = (rest + data).split(b"\n") if rest else data.split(b"\n")
+            rest = rows.pop()
+            for _number, hashes in sealer.add(rows):
+                out.write(hashes)
+        seal, last = sealer.finish()
+        for _number, hashes in last:
+            out.write(hashes)
+    if rest:
+        raise SystemExit("the last row has no line break")
+    sys.stdout.buffer.write(seal.size.to_bytes(8, "big") + b"".join(seal.chunk_roots))
 
 
 SEND_BUFFER = 4 << 20
