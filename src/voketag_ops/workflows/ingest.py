@@ -878,7 +878,7 @@ def _stream(
             if chunk.canonical:
                 piece.extend(rows_of(chunk, leaves))
                 leaves += chunk.accepted
-                if len(piece) >= writer.piece_rows(leaves):
+                if len(piece) >= writer.piece_rows(leaves, leaves * (total - done) // max(done, 1)):
                     writer.put(piece, sealed)
                     piece, sealed = [], []
             if rejects_out is not None and chunk.rejected:
@@ -944,10 +944,11 @@ class _PieceWriter:
         """True once pieces are no longer loaded (a conflict or an error)."""
         return self.conflict or self.error is not None
 
-    def piece_rows(self, rows: int) -> int:
-        """How many rows the next piece should have, ROWS rows in (small at first, so
-        PostgreSQL starts early)."""
-        return max(self.FIRST_PIECE, min(self.MAX_PIECE, rows // 2))
+    def piece_rows(self, rows: int, rows_left: int) -> int:
+        """How many rows the next piece should have, ROWS rows in and about ROWS_LEFT to go:
+        small at first, so PostgreSQL starts early, and small again at the end, so little is
+        left for it to do once the file is read."""
+        return max(self.FIRST_PIECE, min(self.MAX_PIECE, rows // 2, rows_left // 2))
 
     def put(self, rows: list[str], sealed: list[tuple[int, bytes]]) -> None:
         import queue
