@@ -581,8 +581,9 @@ def run_drill(
                         "checks": [{"name": "steady", "ok": False, "message": exc.message}],
                     }
             journal = run.journal()
+            if not interrupted:
+                _publish(run, journal)
             local_drill.save_journal(SimpleNamespace(home=drills_home(settings)), journal)  # type: ignore[arg-type]
-        _publish(run, journal)
         event.details.update(
             status=journal["status"],
             rto_seconds=journal["rto_seconds"],
