@@ -51,11 +51,8 @@ def test_down_destroy_and_catch_up(voke, make_environ, tmp_path: Path) -> None:
         assert run("env", "destroy", "--yes").exit_code == 0
         gone = verify()
         assert gone["anchors_unchecked"] and gone["checkpoints_checked"] == 2
-        recreated = run("chain", "anchor", "run", "--difficulty", "4", "--json")
-        assert recreated.exit_code == 0 and recreated.json["result"]["outcome"] == "anchored"
-        again = verify()
-        assert again["anchors_checked"] == 2 and again["anchors_unchecked"] is None
+        # (A new environment's chain gets every checkpoint requested again: test_audit_log.py.)
         events = run("audit", "show", "-e", "chain.anchor.run", "--json").json["result"]["entries"]
-        assert [e["details"]["audit_checkpoints_requested"] for e in events] == [0, 1, 2]
+        assert [e["details"]["audit_checkpoints_requested"] for e in events] == [0, 1]
     finally:
         voke("env", "destroy", "--yes", environ=environ)
