@@ -19,7 +19,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from voketag_ops.core import chain as ch
 from voketag_ops.core import merkle
-from voketag_ops.errors import InputError, UsageError, VokeError
+from voketag_ops.errors import BackendError, InputError, UsageError, VokeError
 from voketag_ops.ports import ChainStore
 
 if TYPE_CHECKING:
@@ -540,15 +540,16 @@ def open_chain_store(
     database = settings.chain.database
     if start is not None:
         env.ensure_running(start)
+    elif not env.exists or not env.primary().running:
+        raise ChainUnavailableError(
+            f"the chain is in PostgreSQL (database {database}) and the local environment is not "
+            "running; `voke env up` starts it"
+        )
+    try:
         conninfo = env.platform_database(database)  # created on first use
-        leader = env.primary()
-    else:
-        if not env.exists or not (leader := env.primary()).running:
-            raise ChainUnavailableError(
-                f"the chain is in PostgreSQL (database {database}) and the local environment is not "
-                "running; `voke env up` starts it"
-            )
-        conninfo = leader.conninfo(database)
+    except BackendError as exc:
+        raise ch.ChainStoreError(f"chain store (PostgreSQL): {exc.message}") from None
+    leader = env.primary()
     from voketag_ops.adapters.local.pg_chain_store import PgChainStore
 
     store = PgChainStore(
