@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -121,9 +123,19 @@ def test_env_down_without_an_environment_is_audited_and_starts_nothing(voke, hom
     assert voke("audit", "verify").exit_code == 0
 
 
+@pytest.fixture
+def new_database_name(local_env) -> Iterator[str]:
+    """A database name nobody created yet (dropped after the test if voke created it)."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+    with local_env.primary().connect() as conn:
+        conn.execute(f'drop database if exists "{name}" with (force)')
+
+
 @pytest.mark.pg
-def test_checkpoint_is_anchored_in_the_default_store(voke, platform_environ, pg_database) -> None:
-    environ = dict(platform_environ, VOKE_CHAIN__DATABASE=pg_database)
+def test_checkpoint_is_anchored_in_the_default_store(voke, platform_environ, new_database_name) -> None:
+    # The chain's database is created on first use, by the audit log too.
+    environ = dict(platform_environ, VOKE_CHAIN__DATABASE=new_database_name)
     result = voke("audit", "checkpoint", "--json", environ=environ)
     assert result.exit_code == 0 and result.json["result"]["anchoring_queued"] is False
     size = result.json["result"]["checkpoint"]["size"]
