@@ -300,3 +300,19 @@ def test_malformed_documents_are_usage_errors(text: str, fragment: str) -> None:
     with pytest.raises(wf.MalformedProofError, match=fragment) as info:
         wf.verify_document(text, source="p")
     assert info.value.exit_code == 2
+
+
+def test_request_missing_anchors_requests_only_unseen_roots(store: FileChainStore) -> None:
+    wf.request_anchor(store, root=root_of("cancelled"), kind="audit-checkpoint", label="c", now=T0)
+    wf.cancel_anchor(store, root_of("cancelled").hex(), now=T0)
+    wants = [
+        (root_of(x), "audit-checkpoint", f"audit@{i}", i)
+        for i, x in enumerate(["cancelled", "a", "b", "a"], 1)
+    ]
+    assert wf.request_missing_anchors(store, wants, now=T0) == [root_of("a").hex(), root_of("b").hex()]
+    state = store.load()
+    assert (
+        state.anchors[root_of("cancelled").hex()].state is ch.AnchorState.CANCELLED
+    )  # an operator's call stays
+    assert state.anchors[root_of("a").hex()].label == "audit@2"
+    assert wf.request_missing_anchors(store, wants, now=T0) == []  # idempotent: nothing committed
