@@ -18,6 +18,11 @@ peak memory under 300 MB whatever the file size. Prints figures; asserts nothing
 host is shared and noisy: compare the ratios of one run, not absolute times across
 runs, and use BENCH_INGEST_RUNS=5 or more.
 
+Besides wall time, each path's CPU time is counted: the client's (its process and every
+child it waited for) and the servers' (the primary's backends and background processes,
+and the streaming replica's): on a 2-core host the sum over 2 bounds the wall time from
+below, and it does not depend on what else the host runs.
+
 BENCH_INGEST_MEMORY_ROWS (e.g. 2000000) adds one voke load of a sample that many rows
 (the file-size limit raised to fit) to show that peak memory does not grow with it.
 """
@@ -33,6 +38,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROWS = int(os.environ.get("BENCH_INGEST_ROWS", "1000000"))
@@ -49,7 +55,8 @@ _MEASURE = textwrap.dedent(
     elapsed = time.perf_counter() - t0
     sys.stderr.write(done.stderr)
     sys.stdout.write(done.stdout)
-    print("\\nMEASURE", elapsed, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, done.returncode)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print("\\nMEASURE", elapsed, usage.ru_maxrss, done.returncode, usage.ru_utime + usage.ru_stime)
     """
 )
 
@@ -87,16 +94,47 @@ _PANDAS = textwrap.dedent(
 )
 
 
-def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """(seconds, peak RSS in MB, stdout) of CMD run as the only child of a fresh interpreter."""
+@dataclass
+class Measured:
+    seconds: float
+    rss_mb: float
+    client_cpu: float  # seconds of CPU of the command and its children
+    server_cpu: float  # seconds of CPU of the PostgreSQL primary and replica meanwhile
+    stdout: str
+
+
+def server_cpu(postmasters: list[int]) -> float:
+    """CPU seconds so far of the servers: their live processes and the ones they reaped."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        pid, ppid = int(entry), int(fields[1])
+        if pid in postmasters:
+            total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+        elif ppid in postmasters:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def measure(cmd: list[str], env: dict[str, str], postmasters: list[int]) -> Measured:
+    """CMD run as the only child of a fresh interpreter: time, peak RSS, CPU, stdout."""
+    before = server_cpu(postmasters)
     done = subprocess.run(
         [sys.executable, "-c", _MEASURE, *cmd], env=env, capture_output=True, text=True, check=False
     )
+    time.sleep(0.5)  # the backend exits after the client and is reaped; the replica catches up
+    server = server_cpu(postmasters) - before
     tail = done.stdout.rstrip().splitlines()[-1].split()
-    seconds, rss_kb, code = float(tail[1]), int(tail[2]), int(tail[3])
+    seconds, rss_kb, code, client = float(tail[1]), int(tail[2]), int(tail[3]), float(tail[4])
     if code != 0:
         raise SystemExit(f"failed ({code}): {' '.join(cmd)}\n{done.stderr[-2000:]}")
-    return seconds, rss_kb / 1024, done.stdout
+    return Measured(seconds, rss_kb / 1024, client, server, done.stdout)
 
 
 def main() -> None:
@@ -134,34 +172,43 @@ def main() -> None:
                 conn.execute("CHECKPOINT")
             return local.platform_database(name)
 
-        raw_t, voke_t, voke_rss, raw_rss = [], [], [], []
+        postmasters = [pid for node in (local.primary(), local.standby()) if (pid := node.pid())]
+        raws: list[Measured] = []
+        vokes: list[Measured] = []
         for run in range(RUNS):
             conninfo = fresh_db(f"bench_raw_{run}")
-            seconds, rss, _ = measure([sys.executable, "-c", _RAW_COPY, conninfo, str(sample)], env)
-            raw_t.append(seconds)
-            raw_rss.append(rss)
+            raws.append(measure([sys.executable, "-c", _RAW_COPY, conninfo, str(sample)], env, postmasters))
             conninfo = fresh_db(f"bench_voke_{run}")
-            seconds, rss, out = measure(
-                [voke, "ingest", "load", str(sample), "--db", conninfo, "--json"], env
-            )
-            result = json.loads(out[: out.rindex("\nMEASURE")])["result"]
+            m = measure([voke, "ingest", "load", str(sample), "--db", conninfo, "--json"], env, postmasters)
+            result = json.loads(m.stdout[: m.stdout.rindex("\nMEASURE")])["result"]
             assert result["status"] == "loaded" and result["rows_loaded"] == ROWS, result
-            voke_t.append(seconds)
-            voke_rss.append(rss)
+            vokes.append(m)
+            raw = raws[-1]
             print(
-                f"ingest: run {run + 1}: raw COPY {raw_t[-1]:.2f} s, voke load {voke_t[-1]:.2f} s "
-                f"(ratio {voke_t[-1] / raw_t[-1]:.2f}x), voke peak RSS {rss:.0f} MB"
+                f"ingest: run {run + 1}: raw COPY {raw.seconds:.2f} s, voke load {m.seconds:.2f} s "
+                f"(ratio {m.seconds / raw.seconds:.2f}x), voke peak RSS {m.rss_mb:.0f} MB; CPU s "
+                f"client+servers: raw {raw.client_cpu:.2f}+{raw.server_cpu:.2f}, "
+                f"voke {m.client_cpu:.2f}+{m.server_cpu:.2f}"
             )
-        raw_med, voke_med = statistics.median(raw_t), statistics.median(voke_t)
+        raw_med = statistics.median(r.seconds for r in raws)
+        voke_med = statistics.median(v.seconds for v in vokes)
         print(
             f"ingest: (a) raw COPY FROM STDIN, unconstrained text table: median {raw_med:.2f} s of {RUNS}, "
-            f"{ROWS / raw_med:,.0f} rows/s, peak RSS {max(raw_rss):.0f} MB"
+            f"{ROWS / raw_med:,.0f} rows/s, peak RSS {max(r.rss_mb for r in raws):.0f} MB, "
+            f"CPU {statistics.median(r.client_cpu + r.server_cpu for r in raws):.2f} s"
         )
         print(
             f"ingest: voke ingest load (validate + typed table with PK + seal): median {voke_med:.2f} s, "
-            f"{ROWS / voke_med:,.0f} rows/s, peak RSS {max(voke_rss):.0f} MB (goal < 300 MB)"
+            f"{ROWS / voke_med:,.0f} rows/s, peak RSS {max(v.rss_mb for v in vokes):.0f} MB (goal < 300 MB), "
+            f"CPU {statistics.median(v.client_cpu + v.server_cpu for v in vokes):.2f} s "
+            f"(client {statistics.median(v.client_cpu for v in vokes):.2f}, "
+            f"servers {statistics.median(v.server_cpu for v in vokes):.2f})"
         )
-        print(f"ingest: voke / raw COPY = {voke_med / raw_med:.2f}x (goal within 3x)")
+        ratios = ", ".join(f"{v.seconds / r.seconds:.2f}x" for r, v in zip(raws, vokes, strict=True))
+        print(
+            f"ingest: voke / raw COPY = {voke_med / raw_med:.2f}x of the medians (goal within 3x); "
+            f"run by run {ratios}"
+        )
         if MEMORY_ROWS:
             big = work / "big.csv"
             subprocess.run(
@@ -170,12 +217,14 @@ def main() -> None:
                 check=True,
                 stdout=subprocess.DEVNULL,
             )
-            seconds, rss, _ = measure(
-                [voke, "ingest", "load", str(big), "--db", fresh_db("bench_memory"), "--json"], env
+            big_run = measure(
+                [voke, "ingest", "load", str(big), "--db", fresh_db("bench_memory"), "--json"],
+                env,
+                postmasters,
             )
             print(
-                f"ingest: voke load of {MEMORY_ROWS:,} rows ({big.stat().st_size / 1e6:.0f} MB): {seconds:.2f} s, "
-                f"peak RSS {rss:.0f} MB (vs {max(voke_rss):.0f} MB at {ROWS:,} rows)"
+                f"ingest: voke load of {MEMORY_ROWS:,} rows ({big.stat().st_size / 1e6:.0f} MB): {big_run.seconds:.2f} s, "
+                f"peak RSS {big_run.rss_mb:.0f} MB (vs {max(v.rss_mb for v in vokes):.0f} MB at {ROWS:,} rows)"
             )
             big.unlink()
 
@@ -193,7 +242,8 @@ def main() -> None:
         parts = conninfo_to_dict(conninfo)
         url = f"postgresql+psycopg://{parts['user']}@/{parts['dbname']}?host={parts['host']}&port={parts['port']}"
         rows = min(PANDAS_ROWS, ROWS)
-        seconds, rss, _ = measure([sys.executable, "-c", _PANDAS, url, str(sample), str(rows)], env)
+        pandas_run = measure([sys.executable, "-c", _PANDAS, url, str(sample), str(rows)], env, postmasters)
+        seconds, rss = pandas_run.seconds, pandas_run.rss_mb
         full = seconds * ROWS / rows
         label = "" if rows == ROWS else f" (measured on {rows:,} rows, extrapolated linearly: a lower bound)"
         print(

@@ -522,6 +522,7 @@ def test_a_load_waiting_past_the_lock_timeout_gives_up_with_exit_5(db, tmp_path)
 
 
 def test_sealing_in_a_child_process_gives_the_same_root_and_every_proof_verifies(db, tmp_path, monkeypatch):
+    monkeypatch.setattr(wf, "SEAL_IN_CHILD", True)  # whatever the cores
     monkeypatch.setattr(wf, "SEAL_IN_CHILD_BYTES", 0)  # every file, not only large ones
     path = sample(tmp_path, 2500)  # two full chunks and a partial one
     assert (
@@ -535,6 +536,7 @@ def test_sealing_in_a_child_process_gives_the_same_root_and_every_proof_verifies
 
 
 def test_ctrl_c_mid_load_stops_the_sealing_process(db, tmp_path, monkeypatch):
+    monkeypatch.setattr(wf, "SEAL_IN_CHILD", True)
     monkeypatch.setattr(wf, "SEAL_IN_CHILD_BYTES", 0)
     started: list[Any] = []
 

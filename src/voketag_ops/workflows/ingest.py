@@ -724,8 +724,7 @@ def _load_in_transaction(
     # rejects_out: the --rejects file; spool: the sealed chunks' leaf hashes (32 bytes each)
     rejects_out = _RejectsWriter(rejects) if rejects is not None else None
     streaming: dict[str, Any] = {"progress": progress, "total": report.file_bytes, "phase": "validating"}
-    # A child process costs ~0.1 s to start: worth it from a few MB on.
-    sealer = _SealWorker() if report.file_bytes >= SEAL_IN_CHILD_BYTES else None
+    sealer = _SealWorker() if SEAL_IN_CHILD and report.file_bytes >= SEAL_IN_CHILD_BYTES else None
     try:
         with conn.cursor() as cur, tempfile.TemporaryFile() as spool:
             # Pass 1: the rows go straight into ingest.tags, sorted piece by piece, and the
@@ -1025,7 +1024,18 @@ class _PieceWriter:
                 end = item
 
 
-SEAL_IN_CHILD_BYTES = 8 << 20  # files from this size on are sealed in a child process
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+# Sealing in a child process shortens voke's own critical path, but adds ~0.15 s of CPU
+# (its start, the pipe): it pays only with a core to spare, i.e. more than two when
+# PostgreSQL (and its replica) may run on the same host; and from a few MB on.
+SEAL_IN_CHILD = _cores() > 2
+SEAL_IN_CHILD_BYTES = 8 << 20
 
 
 class _SealWorker:
