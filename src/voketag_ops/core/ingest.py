@@ -55,7 +55,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from itertools import repeat
+from itertools import compress, repeat
+from operator import contains
 from typing import IO, Any
 
 from voketag_ops.core import merkle
@@ -591,7 +592,7 @@ class BatchValidator:
         # all the fields of all the rows in one list, a NUL (in no field either) between
         # rows: column I is fields[I::width + 1] if every row has WIDTH fields.
         rows = list(map(str.replace, lines, repeat(","), repeat("\t")))
-        quoted = [i for i, line in enumerate(lines) if '"' in line]
+        quoted = list(compress(range(n), map(contains, lines, repeat('"'))))
         if quoted:
             # One strict reader for all of them. A record spanning lines shows as fewer
             # records; a quote left in any field (escaped "" or stray) is left to _careful.
