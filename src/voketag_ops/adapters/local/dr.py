@@ -221,8 +221,14 @@ def _chown_to_server(env: LocalEnvironment, path: Path) -> None:
 
 # -- nodes -------------------------------------------------------------------------------------
 def query_one(node: PgNode, sql: str, params: tuple[Any, ...] = (), *, timeout: float = 3) -> Any:
-    with node.connect(DR_DB, timeout=timeout) as conn:
-        return conn.execute(sql, params).fetchone()
+    import psycopg
+
+    try:
+        with node.connect(DR_DB, timeout=timeout) as conn:
+            return conn.execute(sql, params).fetchone()
+    except psycopg.OperationalError as exc:  # connected, then the server went away (a restore that stops)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BackendError(f"the {node.name} on port {node.port} closed the connection: {first}") from None
 
 
 def in_recovery(node: PgNode) -> bool | None:
