@@ -47,12 +47,18 @@ def test_down_destroy_and_catch_up(voke, make_environ, tmp_path: Path) -> None:
         up = verify()
         assert up["anchors_checked"] == 2 and up["checkpoints_without_anchor"] == 0
 
-        # Destroy wipes the databases and the chain with them; the audit log stays and verifies.
-        assert run("env", "destroy", "--yes").exit_code == 0
+        # Destroy wipes the databases but exports the chain first; the audit log stays and verifies.
+        destroyed = run("env", "destroy", "--yes", "--json")
+        assert destroyed.exit_code == 0 and destroyed.json["result"]["chain"].startswith("exported to")
+        assert (home / "chain" / "chain.json").exists()
         gone = verify()
         assert gone["anchors_unchecked"] and gone["checkpoints_checked"] == 2
-        # (A new environment's chain gets every checkpoint requested again: test_audit_log.py.)
         events = run("audit", "show", "-e", "chain.anchor.run", "--json").json["result"]["entries"]
         assert [e["details"]["audit_checkpoints_requested"] for e in events] == [0, 1]
+        # The next chain use starts a new environment and moves the exported chain back in.
+        anchors = run("chain", "anchors", "--json")
+        assert anchors.exit_code == 0, anchors.stdout + anchors.stderr
+        assert len(anchors.json["result"]["anchors"]) == 3  # the root and both checkpoints
+        assert verify()["anchors_checked"] == 2
     finally:
         voke("env", "destroy", "--yes", environ=environ)

@@ -65,7 +65,10 @@ def destroy(ctx: typer.Context, dry_run: DryRun = False, yes: Yes = False) -> No
     if dry_run:
         env.out.result(
             {
-                "plan": [f"stop the servers and delete {local.pg_dir} and {local.state_file}"],
+                "plan": [
+                    "export the chain to VOKE_HOME/chain/chain.json (it outlives the environment)",
+                    f"stop the servers and delete {local.pg_dir} and {local.state_file}",
+                ],
                 "home": str(local.home),
             },
             render=_render_plan,
@@ -77,7 +80,12 @@ def destroy(ctx: typer.Context, dry_run: DryRun = False, yes: Yes = False) -> No
     env.out.result(
         report,
         render=lambda c, r: c.print(
-            f"removed {len(r['removed'])} path(s) under {r['home']}" if r["removed"] else "nothing to remove"
+            (
+                f"removed {len(r['removed'])} path(s) under {r['home']}"
+                if r["removed"]
+                else "nothing to remove"
+            )
+            + (f"; chain {r['chain']}" if r.get("chain") not in (None, "empty", "kept (file store)") else "")
         ),
     )
 

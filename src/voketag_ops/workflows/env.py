@@ -181,7 +181,10 @@ class LocalPlatform:
 
         with self._audited("env.destroy") as event:
             self.runtime().stop_all()
+            kept = self._keep_chain(progress)
             report = self.env.destroy(progress)
+            report["chain"] = kept
+            event.details["chain"] = kept
             for path in (
                 self.env.home / "services",
                 self.env.home / "secrets",
@@ -192,6 +195,32 @@ class LocalPlatform:
                     report["removed"].append(str(path))
             event.details["removed"] = report["removed"]
         return report
+
+    def _keep_chain(self, progress: Progress) -> str:
+        """The chain outlives the environment, as the audit log does: before the databases
+        go, its PostgreSQL copy is exported to VOKE_HOME/chain/chain.json, which the first
+        chain use after the next `env up` moves back in (workflows/chain.py migration)."""
+        if self.settings.chain.store != "postgres":
+            return "kept (file store)"
+        from voketag_ops.adapters.local.chain_store import FileChainStore, default_chain_path
+        from voketag_ops.errors import VokeError
+        from voketag_ops.workflows.chain import open_chain_store
+
+        try:
+            state = open_chain_store(self.env.home, settings=self.settings).load()
+        except VokeError as exc:
+            log.warning("the chain was not exported before destroy: %s", exc.message)
+            return f"not exported: {exc.message}"
+        if not state.blocks and not state.anchors:
+            return "empty"
+        path = default_chain_path(self.env.home)
+        try:
+            FileChainStore(path).import_state(state)
+        except VokeError as exc:
+            log.warning("the chain was not exported before destroy: %s", exc.message)
+            return f"not exported: {exc.message}"
+        progress(f"chain exported to {path} (moved back into PostgreSQL on first use)")
+        return f"exported to {path}"
 
 
 def iso_now() -> str:
