@@ -247,3 +247,14 @@ def test_connection_lost_during_commit_with_the_database_unreachable_is_exit_7(
     # It had in fact committed: the check the message asks for, and a rerun, say so.
     assert [b[2] for b in batches(db)] == [2000]
     assert load(db, path).status == "duplicate"
+
+
+def test_the_cli_reports_an_unsettled_commit_as_exit_7_on_one_line(voke, db, tmp_path, cutter, monkeypatch):
+    monkeypatch.setattr(wf, "COMMIT_CHECK_DELAY", 0.05)
+    _, via = cutter("after", refuse_after=True)
+    path = sample(tmp_path, 500)
+    result = voke("ingest", "load", str(path), "--db", via, "--json")
+    assert result.exit_code == 7, result.stdout + result.stderr
+    error = result.json["error"]
+    assert error["exit_code"] == 7 and "voke ingest batches" in error["message"]
+    assert "\n" not in error["message"] and "Traceback" not in result.stderr
