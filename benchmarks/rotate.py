@@ -150,7 +150,7 @@ def main() -> int:
             print(f"  failed: {service}: {body}", file=sys.stderr)
         return 0
     finally:
-        platform.destroy()
+        platform.destroy(discard_chain=True)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

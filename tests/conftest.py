@@ -78,7 +78,7 @@ def platform(platform_home: Path) -> Iterator[Any]:
     try:
         yield plat
     finally:
-        plat.destroy()
+        plat.destroy(discard_chain=True)
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ def home(tmp_path_factory):
     from voketag_ops.config import Settings
     from voketag_ops.workflows.env import LocalPlatform
 
-    LocalPlatform(Settings(local=LocalSettings(home=path))).destroy()
+    LocalPlatform(Settings(local=LocalSettings(home=path))).destroy(discard_chain=True)
 
 
 @pytest.fixture

@@ -60,5 +60,17 @@ def test_down_destroy_and_catch_up(voke, make_environ, tmp_path: Path) -> None:
         assert anchors.exit_code == 0, anchors.stdout + anchors.stderr
         assert len(anchors.json["result"]["anchors"]) == 3  # the root and both checkpoints
         assert verify()["anchors_checked"] == 2
+
+        # Destroying a stopped environment starts it to export the chain; an export that
+        # fails deletes nothing (exit 5) and names --discard-chain.
+        assert run("env", "down").exit_code == 0
+        (home / "chain" / "chain.json").write_text("{not json")  # a migration that cannot run
+        refused = run("env", "destroy", "--yes", "--json")
+        assert refused.exit_code == 5 and "--discard-chain" in refused.stdout, refused.stdout
+        assert (home / "pg").is_dir()
+        (home / "chain" / "chain.json").unlink()
+        exported = run("env", "destroy", "--yes", "--json")
+        assert exported.exit_code == 0 and exported.json["result"]["chain"].startswith("exported to")
+        assert '"anchors"' in (home / "chain" / "chain.json").read_text()
     finally:
         voke("env", "destroy", "--yes", environ=environ)

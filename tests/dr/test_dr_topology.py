@@ -28,7 +28,7 @@ def home(tmp_path_factory, make_environ_module):
     finally:
         for restored in dr.list_restores(platform.env):
             dr.discard_restore(platform.env, restored["name"])
-        platform.destroy()
+        platform.destroy(discard_chain=True)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -58,8 +58,19 @@ def down(ctx: typer.Context, dry_run: DryRun = False) -> None:
 
 
 @app.command("destroy")
-def destroy(ctx: typer.Context, dry_run: DryRun = False, yes: Yes = False) -> None:
-    """Stop the servers and delete the environment's data, archive and backups."""
+def destroy(
+    ctx: typer.Context,
+    discard_chain: Annotated[
+        bool,
+        typer.Option(
+            "--discard-chain", help="Do not export the chain first: it is deleted with the databases."
+        ),
+    ] = False,
+    dry_run: DryRun = False,
+    yes: Yes = False,
+) -> None:
+    """Stop the servers and delete the environment's data, archive and backups (the chain is
+    exported to VOKE_HOME/chain/chain.json first; the audit log stays)."""
     env = use(ctx)
     local = env.local_environment()
     if dry_run:
@@ -76,7 +87,7 @@ def destroy(ctx: typer.Context, dry_run: DryRun = False, yes: Yes = False) -> No
         return
     env.out.confirm(f"Delete the local environment in {local.home}?", yes=yes)
     with env.out.progress("destroying the local environment") as update:
-        report = env.platform().destroy(update)
+        report = env.platform().destroy(update, discard_chain=discard_chain)
     env.out.result(
         report,
         render=lambda c, r: c.print(

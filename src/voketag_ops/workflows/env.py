@@ -176,12 +176,12 @@ class LocalPlatform:
             event.details["stopped"] = report["stopped"]
         return report
 
-    def destroy(self, progress: Progress = _quiet) -> dict[str, Any]:
+    def destroy(self, progress: Progress = _quiet, *, discard_chain: bool = False) -> dict[str, Any]:
         import shutil
 
         with self._audited("env.destroy") as event:
+            kept = self._keep_chain(progress, discard=discard_chain)  # before anything is stopped
             self.runtime().stop_all()
-            kept = self._keep_chain(progress)
             report = self.env.destroy(progress)
             report["chain"] = kept
             event.details["chain"] = kept
@@ -196,29 +196,33 @@ class LocalPlatform:
             event.details["removed"] = report["removed"]
         return report
 
-    def _keep_chain(self, progress: Progress) -> str:
+    def _keep_chain(self, progress: Progress, *, discard: bool) -> str:
         """The chain outlives the environment, as the audit log does: before the databases
         go, its PostgreSQL copy is exported to VOKE_HOME/chain/chain.json, which the first
-        chain use after the next `env up` moves back in (workflows/chain.py migration)."""
+        chain use after the next `env up` moves back in (workflows/chain.py migration). A
+        stopped environment is started for it. When the export fails nothing is deleted
+        (PreconditionError). DISCARD: no export, the chain goes with the databases."""
         if self.settings.chain.store != "postgres":
             return "kept (file store)"
+        if not self.env.exists:
+            return "empty"
+        if discard:
+            return "discarded (--discard-chain)"
         from voketag_ops.adapters.local.chain_store import FileChainStore, default_chain_path
-        from voketag_ops.errors import VokeError
+        from voketag_ops.errors import PreconditionError, VokeError
         from voketag_ops.workflows.chain import open_chain_store
 
-        try:
-            state = open_chain_store(self.env.home, settings=self.settings).load()
-        except VokeError as exc:
-            log.warning("the chain was not exported before destroy: %s", exc.message)
-            return f"not exported: {exc.message}"
-        if not state.blocks and not state.anchors:
-            return "empty"
         path = default_chain_path(self.env.home)
         try:
+            state = open_chain_store(self.env.home, settings=self.settings, start=progress).load()
+            if not state.blocks and not state.anchors:
+                return "empty"
             FileChainStore(path).import_state(state)
         except VokeError as exc:
-            log.warning("the chain was not exported before destroy: %s", exc.message)
-            return f"not exported: {exc.message}"
+            raise PreconditionError(
+                f"the chain could not be exported before destroy ({exc.message}); nothing was deleted",
+                hint="fix that and rerun, or: voke env destroy --yes --discard-chain (the chain goes too)",
+            ) from None
         progress(f"chain exported to {path} (moved back into PostgreSQL on first use)")
         return f"exported to {path}"
 
