@@ -26,8 +26,12 @@ of step 1 and the file's size and mtime are unchanged at the end, the load is re
 Anything that goes wrong before the commit (a rejected row, the database going away,
 Ctrl-C, ``kill -9``) leaves nothing behind: the transaction is rolled back by the
 server. A connection lost during the COMMIT itself is settled on a new connection
-(``_commit_outcome``): committed is ``loaded``, not committed exit 4, unknown exit 7. After the commit the root is requested as an anchor on the chain and the
-load is recorded in the audit log.
+(``_commit_outcome``): committed is ``loaded``, not committed exit 4, unknown exit 7.
+After the commit the root is requested as an anchor on the chain and the load is
+recorded in the audit log.
+
+Files from SEAL_IN_CHILD_BYTES on are sealed in a child process (``_SealWorker``) when
+the host has a core to spare for it (SEAL_IN_CHILD).
 
 psycopg is imported inside functions only, so the CLI starts without it.
 """
