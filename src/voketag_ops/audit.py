@@ -132,13 +132,14 @@ class AuditLog:
         self.checkpoint_every = checkpoint_every
         self._chain = chain
 
-    def _chain_store(self) -> ChainStore:
-        """HOME's chain store, opened without starting the environment (ChainUnavailableError)."""
+    def _chain_store(self, *, readonly: bool = False) -> ChainStore:
+        """HOME's chain store, opened without starting the environment (ChainUnavailableError);
+        READONLY (verify) also creates and migrates nothing."""
         if self._chain is not None:
             return self._chain()
         from voketag_ops.workflows.chain import open_chain_store
 
-        return open_chain_store(self.home)
+        return open_chain_store(self.home, readonly=readonly)
 
     # -- writing ------------------------------------------------------------------------
     def _ensure_dir(self) -> None:
@@ -391,14 +392,17 @@ class AuditLog:
         try:
             anchors = [
                 a
-                for a in self._chain_store().load().anchors.values()
+                for a in self._chain_store(readonly=True).load().anchors.values()
                 if a.kind == "audit-checkpoint" and a.tree_size
             ]
         except VokeError as exc:
             unchecked = exc.message
         else:
             claims += [core.Claim(a.tree_size or 0, a.root.hex(), f"anchor {a.id[:16]}") for a in anchors]
-            anchored = {a.root.hex() for a in anchors}
+            from voketag_ops.core.chain import AnchorState
+
+            live = {AnchorState.PENDING, AnchorState.ANCHORED}  # cancelled / failed: no anchor
+            anchored = {a.root.hex() for a in anchors if a.state in live}
             without_anchor = sum(1 for cp in checkpoints if cp.root not in anchored)
         report = core.verify_lines(self.raw_lines(), claims)
         return replace(report, anchors_unchecked=unchecked, checkpoints_without_anchor=without_anchor)

@@ -49,12 +49,15 @@ def _home(env: AppContext) -> Path:
     return resolve_home(env.settings.local.home)
 
 
-def _store(env: AppContext) -> ChainStore:
+def _store(env: AppContext, *, dry_run: bool = False) -> ChainStore:
     """The chain store; the local environment is started if the chain lives there and it is
-    down (a spinner on a terminal, otherwise one line when it has to start)."""
+    down (a spinner on a terminal, otherwise one line when it has to start). A DRY_RUN
+    starts, creates and migrates nothing: with the chain unreachable it exits 4 saying so."""
     from voketag_ops.output import _isatty
     from voketag_ops.workflows.chain import open_chain_store
 
+    if dry_run:
+        return open_chain_store(_home(env), settings=env.settings, readonly=True)
     if _isatty(env.out.stderr) and not env.out.json_mode:
         with env.out.progress("checking the local environment") as update:
             return open_chain_store(_home(env), settings=env.settings, start=update)
@@ -362,7 +365,7 @@ def anchor_run(
     from voketag_ops.workflows.chain import run_anchors
 
     env = use(ctx)
-    store = _store(env)
+    store = _store(env, dry_run=dry_run)
     if dry_run:
         report = run_anchors(store, now=_now(), difficulty=difficulty, dry_run=True)
         env.out.result(report, render=_render_run)
@@ -404,7 +407,7 @@ def anchor_cancel(
     from voketag_ops.workflows.chain import cancel_anchor
 
     env = use(ctx)
-    store = _store(env)
+    store = _store(env, dry_run=dry_run)
     anchor = store.load().find_anchor(anchor_id)
     if anchor.state not in (AnchorState.PENDING, AnchorState.CANCELLED):
         where = f" in block {anchor.block_index}" if anchor.block_index is not None else ""

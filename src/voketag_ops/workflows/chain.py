@@ -512,6 +512,7 @@ def open_chain_store(
     *,
     settings: Settings | None = None,
     start: Callable[[str], None] | None = None,
+    readonly: bool = False,
 ) -> ChainStore:
     """The chain store of VOKE_HOME HOME: the one place that picks it, for `voke chain`,
     ingest batch anchors and audit checkpoint anchors alike.
@@ -525,20 +526,22 @@ def open_chain_store(
     migrated into it on first use (once, audited, the file kept as a backup).
 
     SETTINGS default to those this process loaded for HOME (`config.settings_loaded_for`).
+    READONLY (verify, listings, dry runs): never start the environment, create the database
+    or migrate a chain.json (which is read where it is); ChainUnavailableError instead.
     """
     from voketag_ops.adapters.local.chain_store import FileChainStore, default_chain_path
     from voketag_ops.adapters.local.environment import LocalEnvironment, resolve_home
     from voketag_ops.config import Settings, settings_loaded_for
 
     settings = settings or settings_loaded_for(home) or Settings()
-    if settings.chain.store == "file":
-        return FileChainStore(default_chain_path(home))
+    if settings.chain.store == "file" or (readonly and default_chain_path(home).exists()):
+        return FileChainStore(default_chain_path(home))  # (read-only: a chain not migrated yet)
     local = settings.local
     if resolve_home(local.home) != home:
         local = local.model_copy(update={"home": home})
     env = LocalEnvironment.from_settings(local)
     database = settings.chain.database
-    if start is not None:
+    if start is not None and not readonly:
         env.ensure_running(start)
     elif not env.exists or not env.primary().running:
         raise ChainUnavailableError(
@@ -546,6 +549,8 @@ def open_chain_store(
             "running; `voke env up` starts it"
         )
     try:
+        if readonly and not env.has_database(database):
+            raise ChainUnavailableError(f"no chain yet (database {database} does not exist)")
         conninfo = env.platform_database(database)  # created on first use
     except BackendError as exc:
         raise ch.ChainStoreError(f"chain store (PostgreSQL): {exc.message}") from None
@@ -557,7 +562,8 @@ def open_chain_store(
         connect_timeout=5 if start is not None else 2,
         location=f"PostgreSQL database {database} on the local {leader.name} (port {leader.port})",
     )
-    _migrate_file_chain(FileChainStore(default_chain_path(home)), store, home=home, env_name=settings.env)
+    if not readonly:
+        _migrate_file_chain(FileChainStore(default_chain_path(home)), store, home=home, env_name=settings.env)
     return store
 
 
@@ -616,7 +622,7 @@ def chain_anchorer(home: Path, now: datetime) -> Callable[[bytes, int, int], tup
 def anchor_states(home: Path) -> dict[str, str]:
     """Anchor id -> state (empty when the chain cannot be read: listings still work)."""
     try:
-        anchors = open_chain_store(home).load().anchors.values()
+        anchors = open_chain_store(home, readonly=True).load().anchors.values()
     except VokeError:
         return {}
     return {a.id: a.state.value for a in anchors}

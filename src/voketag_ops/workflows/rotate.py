@@ -183,7 +183,7 @@ class RotationEngine:
 
     def _owner_alive(self, record: RotationRecord) -> bool:
         host, _, pid = record.owner.rpartition(":")
-        if host != process_host():
+        if host not in (process_host(), socket.gethostname()):  # a bare host name: an older voke
             return not record.lease_expired(self.now())  # another machine or container: trust the lease
         try:
             os.kill(int(pid), 0)

@@ -209,21 +209,41 @@ class LocalEnvironment:
             state.leader = name
             state.save(self.state_file)
 
+    def has_database(self, name: str) -> bool:
+        """Whether database NAME exists on the leader (BackendError when it cannot be asked)."""
+        import psycopg
+
+        primary = self.primary()
+        try:
+            with primary.connect() as conn:
+                return (
+                    conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone()
+                    is not None
+                )
+        except psycopg.Error as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise BackendError(f"the {primary.name} on port {primary.port}: {first}") from None
+
     def platform_database(self, name: str = PLATFORM_DB) -> str:
         """Conninfo of the platform's database on the leader (created on first use).
 
         Ingestion, the chain store and the services' data live here; tests pass their own NAME.
         """
-        primary = self.primary()
-        with primary.connect() as conn:
-            exists = conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone()
-            if not exists:
-                from psycopg import errors, sql
+        import psycopg
+        from psycopg import errors, sql
 
-                try:
-                    conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-                except errors.DuplicateDatabase:
-                    pass  # created concurrently by another voke
+        primary = self.primary()
+        try:
+            with primary.connect() as conn:
+                exists = conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone()
+                if not exists:
+                    try:
+                        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+                    except errors.DuplicateDatabase:
+                        pass  # created concurrently by another voke
+        except psycopg.Error as exc:  # connected, then refused or cut off (a stop, a read-only leader)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise BackendError(f"the {primary.name} on port {primary.port}: {first}") from None
         return primary.conninfo(name)
 
     # -- locking -------------------------------------------------------------------------
