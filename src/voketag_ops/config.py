@@ -356,6 +356,20 @@ class Settings(_Model):
         default_factory=dict, description="named cloud environments, validated when used"
     )
 
+    @field_validator("environments")
+    @classmethod
+    def _environment_names(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        # the name is written as a Cloud SQL label value (voke-env=NAME) and a metric label:
+        # GCP allows lowercase letters, digits, - and _ (<= 63); a lowercase letter first
+        # keeps it valid as a label key too
+        for name in value:
+            if not re.fullmatch(r"[a-z][a-z0-9_-]{0,62}", name):
+                raise ValueError(
+                    f"[environments.{name}]: an environment name is used as a Google Cloud label: "
+                    "a lowercase letter, then lowercase letters, digits, - or _, at most 63 characters"
+                )
+        return value
+
     def environment(self, name: str, *, source: str = "configuration") -> GcpEnvironment:
         """Validate and return the named cloud environment."""
         if name == "local":
@@ -453,6 +467,8 @@ def load_config(
     except ValidationError as exc:
         key, msg = _first_error(exc)
         where = LoadedConfig(Settings(), sources).source_of(key)
+        if where == "default":  # a whole table was refused (environments): where its keys came from
+            where = next((v for k, v in sources.items() if k.startswith(f"{key}.")), where)
         raise ConfigError(f"{where}: {key}: {msg}") from None
     _LOADED.pop(settings.local.home, None)
     _LOADED[settings.local.home] = settings
