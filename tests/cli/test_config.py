@@ -52,6 +52,10 @@ def test_config_found_in_parent_directory(voke, make_environ, tmp_path):
         ("[local]\narchive_timeout = 0\n", "local.archive_timeout"),
         ("log_format = 'xml'\n", "log_format"),
         ("[local\n", "line 1, column"),
+        # environment names are written as Google Cloud label values (voke-env=NAME)
+        ("[environments.Prod]\nkind = 'gcp'\n", "[environments.Prod]: an environment name"),
+        ("[environments.'eu.west']\nkind = 'gcp'\n", "[environments.eu.west]"),
+        (f"[environments.{'e' * 64}]\nkind = 'gcp'\n", "at most 63 characters"),
     ],
 )
 def test_bad_config_is_exit_3_naming_key_and_file(voke, make_environ, tmp_path, content, needle):
