@@ -177,6 +177,11 @@ def test_a_clone_still_running_at_the_deadline_stops_for_a_person(cloud):
 def test_restore_refusals_dry_run_and_confirmation(cloud):
     over = cloud.voke("dr", "restore", "--to", "-1h", "--name", "voke-db", "--yes", "--json")
     assert over.exit_code == 2 and "new one" in over.json["error"]["message"]
+    # the drills' sweep owns <instance>-drill-*: a restore may not take such a name
+    drill = cloud.voke("dr", "restore", "--to", "-1h", "--name", "voke-db-drill-mine", "--yes", "--json")
+    assert drill.exit_code == 2 and "scratch" in drill.json["error"]["message"]
+    long = cloud.voke("dr", "restore", "--to", "-1h", "--name", "r" * 80, "--dry-run", "--json")
+    assert long.exit_code == 0, long.stdout  # Cloud SQL allows 98 characters
     cloud.voke("dr", "restore", "--to", "-1h", "--name", "taken", "--yes")
     again = cloud.voke("dr", "restore", "--to", "-1h", "--name", "taken", "--yes", "--json")
     assert again.exit_code == 5 and "exists" in again.json["error"]["message"]
@@ -307,7 +312,18 @@ def _labels(cloud: Cloud, name: str) -> dict[str, str]:
     return dict(cloud.fake.sql.instances[name]["labels"])
 
 
+def _db_target(cloud: Cloud, **extra: Any) -> Any:
+    from voketag_ops.config import Settings
+    from voketag_ops.workflows.cloud import CloudPlatform
+
+    env = cloud.fake.environment(replica="voke-db-dr", **extra)
+    return CloudPlatform(Settings.model_validate({"env": "prod", "environments": {"prod": env}})).db_target()
+
+
 def test_after_failover_every_run_knows_the_new_primary_without_editing_voke_toml(cloud):
+    # db_host is the home primary's address: a rotation's login test uses it only while
+    # the home instance is the primary
+    assert _db_target(cloud, db_host="10.99.0.1").endpoint() == ("10.99.0.1", 5432)
     toml = (cloud.home / "voke.toml").read_text()
     assert cloud.voke("dr", "failover", "--yes", "--json").exit_code == 0
     assert (cloud.home / "voke.toml").read_text() == toml  # nothing edited: the record is in Cloud SQL
@@ -339,16 +355,12 @@ def test_after_failover_every_run_knows_the_new_primary_without_editing_voke_tom
     assert restore.exit_code == 0, restore.stdout
     assert restore.json["result"]["source"] == "voke-db-dr"
     assert cloud.posts("/instances/voke-db-dr/clone") and not cloud.posts("/instances/voke-db/clone")
-    from voketag_ops.config import Settings
-    from voketag_ops.workflows.cloud import CloudPlatform
-
-    env = cloud.fake.environment(replica="voke-db-dr")
-    target = CloudPlatform(
-        Settings.model_validate({"env": "prod", "environments": {"prod": env}})
-    ).db_target()
+    target = _db_target(cloud)
     cloud.fake.sql.users[("voke-db-dr", "app_a")] = None
     target.set_password("app_a", "s3cret-pw-123")
     assert cloud.fake.sql.users[("voke-db-dr", "app_a")] == "s3cret-pw-123"
+    # ... and its login test goes to the new primary, not to db_host (the old primary's address)
+    assert _db_target(cloud, db_host="10.99.0.1").endpoint() == (REPLICA_IP, 5432)
 
     back = cloud.voke("dr", "failback", "--yes", "--json")
     assert back.exit_code == 0, back.stdout
@@ -361,25 +373,33 @@ def test_after_failover_every_run_knows_the_new_primary_without_editing_voke_tom
     assert again["leader"]["name"] == "voke-db" and again["topology"]["moved"] is False
 
 
-def test_a_record_that_disagrees_with_cloud_sql_stops_with_exit_5(cloud):
-    from voketag_ops.config import Settings
+def test_a_record_that_disagrees_with_cloud_sql_is_shown_by_status_and_check_and_stops_changes(cloud):
     from voketag_ops.errors import PreconditionError
-    from voketag_ops.workflows.cloud import CloudPlatform
 
     # recorded: voke-db-dr is the primary; Cloud SQL: it is still a replica
     cloud.fake.sql.instances["voke-db-dr"]["labels"] = {"voke-env": "prod", "voke-role": "primary"}
-    for args in (("dr", "status"), ("dr", "check"), ("dr", "restore", "--to", "-1h", "--yes")):
-        result = cloud.voke(*args, "--json")
-        assert result.exit_code == 5, (args, result.stdout)
-        assert "disagree" in result.json["error"]["message"], args
-    env = cloud.fake.environment(replica="voke-db-dr")
-    platform = CloudPlatform(Settings.model_validate({"env": "prod", "environments": {"prod": env}}))
+    # status and check are what an operator runs now: they answer, showing the disagreement
+    status = cloud.voke("dr", "status", "--json")
+    assert status.exit_code == 0, status.stdout
+    problem = status.json["result"]["topology"]["disagreement"]
+    assert "disagree" in problem["message"] and "dr failover --yes" in problem["hint"]
+    human = cloud.voke("dr", "status")
+    assert human.exit_code == 0 and "record disagrees with Cloud SQL" in human.stdout
+    check = cloud.voke("dr", "check", "--json")
+    assert check.exit_code == 1 and check.json["result"]["failed"][0] == "topology", check.stdout
+    # what changes things stays strict
+    restore = cloud.voke("dr", "restore", "--to", "-1h", "--yes", "--json")
+    assert restore.exit_code == 5 and "disagree" in restore.json["error"]["message"], restore.stdout
     with pytest.raises(PreconditionError, match="disagree"):
-        _ = platform.db_target().instance
+        _ = _db_target(cloud).instance
     # two instances claiming the role
     cloud.fake.sql.instances["voke-db"]["labels"] = {"voke-env": "prod", "voke-role": "primary"}
     both = cloud.voke("dr", "status", "--json")
-    assert both.exit_code == 5 and "both labelled the primary" in both.json["error"]["message"]
+    assert both.exit_code == 0, both.stdout
+    assert "both labelled the primary" in both.json["result"]["topology"]["disagreement"]["message"]
+    assert both.json["result"]["leader"]["name"] == "voke-db"  # the one Cloud SQL calls the primary
+    assert cloud.voke("dr", "check", "--json").exit_code == 1
+    assert cloud.voke("dr", "restore", "--to", "-1h", "--yes", "--json").exit_code == 5
     # labels of another environment are not this one's record
     for name in ("voke-db", "voke-db-dr"):
         cloud.fake.sql.instances[name]["labels"] = {"voke-env": "staging", "voke-role": "primary"}
@@ -394,7 +414,8 @@ def test_a_failover_whose_record_fails_stops_for_a_person_and_a_rerun_records_it
     assert "not recorded" in result.json["error"]["message"]
     assert cloud.role("voke-db-dr") is None  # promoted, not recorded
     status = cloud.voke("dr", "status", "--json")  # home recorded/assumed, but it is a replica now
-    assert status.exit_code == 5 and "dr failover --yes" in status.json["error"]["hint"]
+    assert status.exit_code == 0, status.stdout
+    assert "dr failover --yes" in status.json["result"]["topology"]["disagreement"]["hint"]
     rerun = cloud.voke("dr", "failover", "--yes", "--json")
     assert rerun.exit_code == 0, rerun.stdout
     assert _labels(cloud, "voke-db-dr")["voke-role"] == "primary"

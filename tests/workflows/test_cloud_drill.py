@@ -40,6 +40,13 @@ class Drills:
     def voke(self, *args: str) -> Any:
         return self._voke(*args, environ=self.environ)
 
+    def configure(self, **extra: Any) -> None:
+        env = self.fake.environment(
+            replica="voke-db-dr", db_port=self.data.port, canary_secret=SECRET, operation_timeout=30
+        )
+        env = {k: v for k, v in (env | extra).items() if v is not None}
+        (self.home / "voke.toml").write_text(_toml(env))
+
     def drill(self, scenario: str, *extra: str) -> Any:
         return self.voke("drill", "run", scenario, "--canary-seconds", "0.3", "--yes", "--json", *extra)
 
@@ -95,11 +102,9 @@ def drills(canary_role, local_env, tmp_path: Path, voke: Any, make_environ: Any)
             cred = {"username": ROLE, "password": PASSWORD, "dbname": "voketag", "port": data.port}
             version = store.add_version(SECRET, json.dumps(cred | {"host": "unused"}).encode()).version
             store.update(SECRET, etag=store.get(SECRET).etag, aliases={"current": version})
-            env = fake.environment(
-                replica="voke-db-dr", db_port=data.port, canary_secret=SECRET, operation_timeout=30
-            )
-            (tmp_path / "voke.toml").write_text(_toml(env))
-            yield Drills(fake, data, tmp_path, voke, make_environ)
+            drills = Drills(fake, data, tmp_path, voke, make_environ)
+            drills.configure()
+            yield drills
 
 
 def test_cloud_pitr_and_failover_drills_measure_on_scratch_instances_and_delete_them(drills, local_env):
@@ -109,13 +114,26 @@ def test_cloud_pitr_and_failover_drills_measure_on_scratch_instances_and_delete_
     assert set(runs) == {"pitr", "failover"}
     for scenario, j in runs.items():
         assert j["status"] == "completed" and j["mode"] == "cloud" and j["environment"] == "prod", j
+        assert j["versions"]["postgres"] == "POSTGRES_16"  # the instance's databaseVersion
         assert j["rto_seconds"] is not None and 0 < j["rto_seconds"] < 60
         assert j["rpo_seconds"] is not None and 0 <= j["rpo_seconds"] < 2, j["canary"]
         assert j["lost_commits"] == 0 and j["integrity_ok"] is True
         assert j["canary"]["acked_commits"] >= 2
         assert j["canary"]["rpo"]["recovered"] == j["canary"]["acked_commits"]
+        assert j["canary"]["rpo"]["cut_clock"].startswith("server")
+        assert j["canary"]["rpo"]["newest_recovered_at"] <= j["details"]["cut_at"]
         assert all(s["deleted"] for s in j["details"]["scratch"]), j["details"]["scratch"]
         assert all(s["name"].startswith("voke-db-drill-" + scenario) for s in j["details"]["scratch"])
+        # the scratch instance is labelled the drill's after the RTO window (its answer), not in it
+        steps = [s["name"] for s in j["steps"]]
+        answered = next(i for i, n in enumerate(steps) if n.startswith("connect to"))
+        labelled = [i for i, n in enumerate(steps) if n.startswith("label ")]
+        assert labelled and (scenario == "failover" or min(labelled) > answered), steps
+    # pitr: rows written after the (server-clock) cut exist on the primary but not in the
+    # clone at the cut; every row before it is there
+    pitr = runs["pitr"]["canary"]
+    assert pitr["written_after_cut"] == 2 and pitr["rpo"]["written_after_cut"] == 2
+    assert pitr["rpo"]["present_after_cut"] == [] and pitr["rpo"]["missing_before_cut"] == []
     failover = runs["failover"]
     assert [s["role"] for s in failover["details"]["scratch"]] == ["scratch primary", "scratch replica"]
     assert any(p.endswith("-r/promoteReplica") for _m, p in drills.fake.rest.calls)
@@ -207,18 +225,132 @@ def test_cloud_drill_refusals_and_dry_run(drills):
     assert not [p for m, p in drills.fake.rest.calls if m == "POST" and "/clone" in p]
 
 
-def test_leftovers_are_scratch_names_of_finished_or_old_runs_only():
+def test_leftovers_are_labelled_scratch_names_of_finished_or_old_runs_only():
     from datetime import datetime, timezone
 
     from voketag_ops.workflows.cloud_drill import is_leftover
 
     now = datetime(2026, 11, 26, 6, 0, tzinfo=timezone.utc)
+    ours = {"voke-drill": "x", "voke-env": "prod"}
+
+    def leftover(name: str, labels: dict[str, str] = ours, **kw: Any) -> bool:
+        return is_leftover(name, "voke-db", labels=labels, env="prod", now=now, **({"min_age": 3600} | kw))
+
     old = "voke-db-drill-pitr-20261126t040000-ab12"
     live = "voke-db-drill-failover-20261126t055900-cd34-r"
-    assert is_leftover(old, "voke-db", now=now, min_age=3600)
-    assert not is_leftover(live, "voke-db", now=now, min_age=3600)  # maybe another machine's live run
-    assert is_leftover(
-        live, "voke-db", now=now, min_age=3600, finished=frozenset({"failover-20261126t055900-cd34"})
+    assert leftover(old) and leftover(old + "-r")
+    assert not leftover(live)  # maybe another machine's live run
+    assert leftover(live, finished=frozenset({"failover-20261126t055900-cd34"}))
+    short = "voke-db-drill-f-tp3cg0-ab12-r"  # the short form: started 04:00 (epoch seconds, base 36)
+    assert leftover(short) and not leftover(short, min_age=3 * 3600)
+    # never: unlabelled, another environment's, or a name voke does not generate
+    assert not leftover(old, labels={}) and not leftover(
+        old, labels={"voke-drill": "x", "voke-env": "staging"}
     )
-    for production in ("voke-db", "voke-db-dr", "other-drill-pitr-20200101t000000-0000"):
-        assert not is_leftover(production, "voke-db", now=now, min_age=0)
+    for name in (
+        "voke-db",
+        "voke-db-dr",
+        "other-drill-pitr-20200101t000000-0000",
+        "voke-db-drill-important",
+        "voke-db-drill-pitr-important",
+        "voke-db-drill-pitr-20261326t040000-ab12",  # month 13
+        "voke-db-drill-pitr-20261126t040000-ab12-copy",
+        "voke-db-drill-network-20261126t040000-ab12",
+    ):
+        assert not leftover(name, min_age=0), name
+
+
+def test_the_sweep_deletes_only_labelled_scratch_instances_of_voke(drills):
+    ours = {"voke-drill": "pitr-20200101t000000-ab12", "voke-env": "prod"}
+    drills.fake.sql.add_instance("voke-db-drill-keep-me")  # a name under the prefix, no run stamp
+    drills.fake.sql.add_instance("voke-db-drill-pitr-20200101t000000-ab12")  # no labels
+    drills.fake.sql.add_instance("voke-db-drill-pitr-20200101t000000-cd34", labels=ours)
+    result = drills.drill("pitr")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    leftovers = result.json["result"]["details"]["leftovers"]
+    assert leftovers["deleted"] == ["voke-db-drill-pitr-20200101t000000-cd34"]
+    assert sorted(leftovers["not_touched"]) == [
+        "voke-db-drill-keep-me",
+        "voke-db-drill-pitr-20200101t000000-ab12",
+    ]
+    assert drills.scratch() == leftovers["not_touched"]
+
+
+def test_scratch_names_fit_cloud_sql_or_the_drill_refuses_before_writing(drills, local_env):
+    from datetime import datetime, timezone
+
+    from voketag_ops.errors import ConfigError
+    from voketag_ops.workflows.cloud_drill import scratch_id, scratch_pattern
+
+    t = datetime(2026, 11, 26, 6, 0, tzinfo=timezone.utc)
+    assert scratch_id("a" * 60, "failover", t, "abcd") == "failover-20261126t060000-abcd"
+    short = scratch_id("a" * 70, "failover", t, "abcd")  # 98 characters at most, with -r
+    assert short == "f-tp3i00-abcd" and len("a" * 70 + "-drill-" + short + "-r") <= 98
+    assert scratch_pattern("a" * 70).fullmatch("a" * 70 + "-drill-" + short + "-r")
+    with pytest.raises(ConfigError):
+        scratch_id("a" * 77, "pitr", t, "abcd")
+    drills.configure(instance="v" * 77)
+    calls = len(drills.fake.rest.calls)
+    result = drills.drill("pitr")
+    assert result.exit_code == 3, result.stdout + result.stderr
+    assert "at most 76 characters" in result.json["error"]["hint"]
+    assert drills.fake.rest.calls[calls:] == []
+    assert drills.production_canary_rows(local_env) == 0
+
+
+def test_a_canary_login_that_cannot_be_resolved_is_exit_3_before_the_sweep(drills):
+    old = "voke-db-drill-pitr-20200101t000000-cd34"
+    drills.fake.sql.add_instance(old, labels={"voke-drill": "pitr-20200101t000000-cd34", "voke-env": "prod"})
+    calls = len(drills.fake.rest.calls)
+    drills.configure(canary_secret=None)  # the first DB-password secret then, which does not exist
+    missing = drills.drill("pitr")
+    assert missing.exit_code == 4 and "db-app" in missing.json["error"]["message"], missing.stdout
+    from voketag_ops.adapters.gcp.secrets import GcpSecretStore
+
+    store = GcpSecretStore(drills.fake.context())
+    store.create("not-json")
+    version = store.add_version("not-json", b"just a password").version
+    store.update("not-json", etag=store.get("not-json").etag, aliases={"current": version})
+    drills.configure(canary_secret="not-json")
+    calls = len(drills.fake.rest.calls)
+    bad = drills.drill("pitr")
+    assert bad.exit_code == 3 and "JSON" in bad.json["error"]["message"], bad.stdout
+    assert drills.scratch() == [old]  # nothing swept, nothing written
+    assert [c for c in drills.fake.rest.calls[calls:] if c[0] != "GET"] == []
+
+
+def test_a_canary_write_retried_after_its_commit_counts_once(drills):
+    from voketag_ops.adapters.gcp.canary import CanaryDb
+
+    db = CanaryDb({"username": ROLE, "password": PASSWORD, "dbname": "voketag"}, port=drills.data.port)
+    host = drills.fake.sql.instances["voke-db"]["ip"]
+    with db.connect(host) as conn:  # the row a promotion-time write committed before its answer was lost
+        conn.execute(
+            "create table if not exists voke_drill_canary (run_id text not null, seq integer not null, "
+            "written_at timestamptz not null default clock_timestamp(), primary key (run_id, seq))"
+        )
+        conn.execute("insert into voke_drill_canary (run_id, seq) values ('retry-test', 7)")
+    _, rows = db.wait_answer(host, "retry-test", timeout=2, poll=0.01, write_seq=7)  # the retry succeeds
+    assert sorted(rows) == [7]
+    writes, cut = db.write(host, "retry-test", seconds=0, interval=0.01, after=1)
+    assert [w.ok for w in writes] == [True, True]
+    assert writes[0].written_at <= cut < writes[1].written_at  # the server's clock on both sides
+    assert db.delete(host, "retry-test") == 3
+
+
+def test_fake_instances_share_a_port_the_kernel_chose_and_skip_taken_addresses(drills):
+    """Two test sessions at once: each relay port comes from a bind to port 0 (not a probe of
+    127.0.0.1), and an address whose port another process holds is skipped."""
+    import socket
+
+    data = drills.data
+    taken = socket.create_server((f"127.0.0.{data._next}", data.port))
+    try:
+        drills.fake.sql.add_instance("voke-other")
+        data.create("voke-other", None)
+        ip = drills.fake.sql.instances["voke-other"]["ip"]
+        assert ip != taken.getsockname()[0]
+        with socket.create_connection((ip, data.port), timeout=5):
+            pass
+    finally:
+        taken.close()

@@ -397,16 +397,27 @@ def _render_status(console: Console, r: dict[str, Any]) -> None:
 
     if r.get("topology"):  # a cloud env: which instance voke recorded as the primary
         console.print(f"primary: {r['topology']['summary']}", markup=False)
+        problem = r["topology"].get("disagreement")
+        if problem:
+            from rich.markup import escape
+
+            console.print(
+                f"[red bold]record disagrees with Cloud SQL[/]: {escape(problem['message'])}"
+                + (f"\n  fix: {escape(problem['hint'])}" if problem.get("hint") else "")
+            )
     console.print(f"leader   {leader['name']:<8} {leader['role']:<8} {where(leader)}")
-    lag = (
-        f"lag {standby['lag_seconds']:.2f} s / {standby['lag_bytes']} B"
-        if standby.get("lag_seconds") is not None
-        else "lag unknown"
-    )
-    console.print(
-        f"standby  {standby['name']:<8} {standby['role']:<8} {where(standby)}  "
-        f"{'streaming' if standby.get('streaming') else 'NOT streaming'}, {lag}"
-    )
+    if standby:
+        lag = (
+            f"lag {standby['lag_seconds']:.2f} s / {standby['lag_bytes']} B"
+            if standby.get("lag_seconds") is not None
+            else "lag unknown"
+        )
+        console.print(
+            f"standby  {standby['name']:<8} {standby['role']:<8} {where(standby)}  "
+            f"{'streaming' if standby.get('streaming') else 'NOT streaming'}, {lag}"
+        )
+    else:
+        console.print("standby  none")
     if r["split_brain"]:
         console.print(f"[red bold]split brain[/]: writable nodes {', '.join(r['writable_nodes'])}")
     archive = r["archive"] or {}

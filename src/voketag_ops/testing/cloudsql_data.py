@@ -6,19 +6,22 @@ fake instance gets a loopback address (127.0.0.N) and a small TCP relay listenin
 one shared port; the relay rewrites the `database` of the PostgreSQL startup packet to the
 instance's own database and then copies bytes both ways, so voke connects exactly as it
 does to Cloud SQL (instance IP, the configured port, the credential's dbname) and really
-writes and reads. A clone is `CREATE DATABASE new TEMPLATE source`; a new read replica
-too; a promotion first re-copies the primary (a replica that had caught up); a deletion
-drops the database.
+writes and reads. A clone is `CREATE DATABASE new TEMPLATE source`; a clone with
+pointInTime then drops the drill canary's rows written after that time (so a drill can
+prove it recovered exactly up to its cut); a new read replica is a copy too; a promotion
+first re-copies the primary (a replica that had caught up); a deletion drops the database.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import socket
 import struct
 import threading
 from collections.abc import Callable
 from contextlib import suppress
+from datetime import datetime
 from typing import Any
 
 from voketag_ops.testing.gcp_fakes import FakeCloudSql
@@ -54,7 +57,8 @@ class _Relay:
 
     def __init__(self, ip: str, port: int, upstream: tuple[str, int], dbname: str) -> None:
         self.upstream, self.dbname = upstream, dbname
-        self.server = socket.create_server((ip, port))
+        self.server = socket.create_server((ip, port))  # port 0: the kernel picks a free one
+        self.port = int(self.server.getsockname()[1])
         self.open: set[socket.socket] = set()
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._accept, daemon=True)
@@ -129,18 +133,18 @@ class _Relay:
 class PostgresInstances:
     """Backs the instances of a FakeCloudSql with databases on a real PostgreSQL.
 
-    ADMIN opens an autocommit superuser connection to that server's `postgres` database;
-    UPSTREAM is its TCP address (what the relays forward to); OWNER owns every instance's
-    database (the login the tests give voke). Use as a context manager; `port` is the
-    port every instance answers on (`db_port` in voke.toml)."""
+    ADMIN opens an autocommit superuser connection to that server's `postgres` database
+    (ADMIN(dbname) to another database); UPSTREAM is its TCP address (what the relays
+    forward to); OWNER owns every instance's database (the login the tests give voke). Use
+    as a context manager; `port` is the port every instance answers on (`db_port` in
+    voke.toml): the first relay binds port 0 and the others reuse the port it got, so two
+    test sessions at once cannot pick the same one."""
 
     def __init__(
-        self, sql: FakeCloudSql, admin: Callable[[], Any], upstream: tuple[str, int], *, owner: str
+        self, sql: FakeCloudSql, admin: Callable[..., Any], upstream: tuple[str, int], *, owner: str
     ) -> None:
         self.sql, self.admin, self.upstream, self.owner = sql, admin, upstream, owner
-        probe = socket.create_server(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
+        self.port = 0  # set by the first relay
         self.relays: dict[str, _Relay] = {}
         self.databases: dict[str, str] = {}
         self._next = 20
@@ -152,6 +156,7 @@ class PostgresInstances:
         self.sql.on_create = self.create
         self.sql.on_delete = self.delete
         self.sql.on_promote = self.catch_up
+        self.sql.on_point_in_time = self.rewind
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -177,10 +182,34 @@ class PostgresInstances:
             template = f' template "{self.databases[source]}"' if source in self.databases else ""
             self._sql(f'create database "{db}" owner "{self.owner}"{template}')
             self.databases[name] = db
+            self.relays[name] = self._relay(db)
+            self.sql.instances[name]["ip"] = self.relays[name].server.getsockname()[0]
+
+    def _relay(self, db: str) -> _Relay:
+        """A relay for DB on the next free loopback address that has the shared port free."""
+        for _ in range(200):
             ip = f"127.0.0.{self._next}"
             self._next += 1
-            self.relays[name] = _Relay(ip, self.port, self.upstream, db)
-            self.sql.instances[name]["ip"] = ip
+            try:
+                relay = _Relay(ip, self.port, self.upstream, db)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or not self.port:
+                    raise
+                continue  # another session's relay holds this address and port: the next address
+            self.port = relay.port
+            return relay
+        raise RuntimeError(f"no free loopback address for port {self.port}")
+
+    def rewind(self, name: str, when: datetime) -> None:
+        """A clone at WHEN holds no canary row written after WHEN (what Cloud SQL's
+        recovery to a point in time does to every table; the canary is the one measured)."""
+        with self.lock:
+            db = self.databases.get(name)
+            if db is None:
+                return
+            with self.admin(db) as conn:
+                if conn.execute("select to_regclass('voke_drill_canary')").fetchone()[0]:
+                    conn.execute("delete from voke_drill_canary where written_at > %s", (when,))
 
     def catch_up(self, replica: str, primary: str) -> None:
         """Before REPLICA is promoted: it holds what PRIMARY holds (no replication lag)."""

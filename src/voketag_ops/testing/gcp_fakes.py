@@ -60,6 +60,18 @@ def ts(value: datetime | None = None) -> str:
     return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _parse_ts(value: Any) -> datetime | None:
+    """An RFC 3339 timestamp of a JSON request (any number of fraction digits) as UTC."""
+    if not value:
+        return None
+    m = re.fullmatch(r"(.+?T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", str(value))
+    if m is None:
+        raise ApiError("INVALID_ARGUMENT", f"Invalid timestamp {value!r}.")
+    frac = (m[2] or "0")[:6].ljust(6, "0")
+    zone = "+00:00" if m[3] == "Z" else m[3]
+    return datetime.fromisoformat(f"{m[1]}.{frac}{zone}").astimezone(timezone.utc)
+
+
 def now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -833,6 +845,8 @@ class FakeCloudSql:
         self.on_create: Callable[[str, str | None], None] = lambda name, source: None
         self.on_delete: Callable[[str], None] = lambda name: None
         self.on_promote: Callable[[str, str], None] = lambda replica, primary: None
+        # a clone with pointInTime: the new instance NAME holds only what committed by then
+        self.on_point_in_time: Callable[[str, datetime], None] = lambda name, when: None
         self.deleted: set[str] = set()  # Cloud SQL does not reuse a deleted instance's name for a while
         self.recovery_lag = timedelta(seconds=30)  # latestRecoveryTime trails now by this much
         self.polls_per_step = 1
@@ -1076,10 +1090,17 @@ class FakeCloudSql:
         if dest in self.instances or dest in self.deleted:
             raise ApiError("ALREADY_EXISTS", f"instance {dest} already exists or was used recently")
         source = r["i"]
+        point = _parse_ts(ctx.get("pointInTime"))
+        if point is not None and point > now() - self.recovery_lag:
+            raise ApiError(
+                "INVALID_ARGUMENT", "The requested point in time is after the latest recovery time."
+            )
 
         def effect() -> None:
             self.add_instance(dest, ip="10.20.0.9", edition=self.instances[source]["edition"])
             self.on_create(dest, source)
+            if point is not None:
+                self.on_point_in_time(dest, point)
 
         return self._operation("CLONE", r["i"], effect)
 

@@ -93,7 +93,11 @@ class CloudPlatform:
         from voketag_ops.adapters.gcp.sql import CloudSqlDbTarget
 
         return CloudSqlDbTarget(
-            self.admin, self.current_primary, host=self.env.db_host, port=self.env.db_port
+            self.admin,
+            self.current_primary,
+            host=self.env.db_host,  # the home primary's address: used only while it is the primary
+            port=self.env.db_port,
+            home=self.env.instance,
         )
 
     def current_primary(self) -> str:

@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,11 +59,22 @@ def recovery_for(settings: Settings) -> DatabaseRecovery:
 
 def status(settings: Settings, recovery: DatabaseRecovery, *, now: datetime | None = None) -> dict[str, Any]:
     """Roles, replication lag (Monitoring), newest SUCCESSFUL backup, PITR window, archiving,
-    all about the primary voke recorded (cloud_topology: exit 5 when Cloud SQL disagrees)."""
+    all about the primary voke recorded. When the record and Cloud SQL disagree, which is
+    when an operator needs this most, the report says how (`topology.disagreement`) and
+    shows the instances as Cloud SQL sees them instead of stopping (exit 5 is for the
+    commands that change things)."""
     from voketag_ops.workflows import cloud_topology
 
     now = now or datetime.now(timezone.utc)
-    topo = cloud_topology.read(settings, recovery)
+    topo = cloud_topology.read(settings, recovery, strict=False)
+    if topo.primary not in topo.instances:  # recorded or configured, but gone: show the other one
+        other = next((n for n in topo.instances if n != topo.primary), None)
+        if other is None:
+            raise PreconditionError(
+                f"none of the Cloud SQL instances of {settings.env} exists "
+                f"({', '.join(n for n in (topo.primary, topo.standby) if n)})"
+            )
+        topo = replace(topo, primary=other, standby=None)
     primary = topo.instances[topo.primary]
     leader = {
         "name": primary.name,
@@ -180,6 +191,20 @@ def check(
         {"name": c.name, "ok": c.ok, "message": c.message, "value": c.value, "threshold": c.threshold}
         for c in judge(snap, limits, now=now)
     ]
+    problem = (snap.get("topology") or {}).get("disagreement")
+    if problem:  # the record voke acts on is wrong: failover, failback, restore would refuse (exit 5)
+        checks.insert(
+            0,
+            {
+                "name": "topology",
+                "ok": False,
+                "message": f"{problem['message']}; fix: {problem['hint']}"
+                if problem.get("hint")
+                else problem["message"],
+                "value": None,
+                "threshold": None,
+            },
+        )
     failed = [c for c in checks if not c["ok"]]
     _report_backup_age(recovery, snap, now)
     return {
@@ -211,8 +236,22 @@ def _report_backup_age(recovery: Any, snap: dict[str, Any], now: datetime) -> No
 
 
 # -- restore, failover, failback ---------------------------------------------------------------------
-# Cloud SQL instance ids: lowercase letters, digits and hyphens, starting with a letter.
-INSTANCE_NAME = re.compile(r"[a-z](?:[a-z0-9-]{0,60}[a-z0-9])?")
+# Cloud SQL instance ids: lowercase letters, digits and hyphens, starting with a letter, at
+# most 98 characters without the project (sqladmin v1beta4 reference, `instance` fields).
+MAX_INSTANCE_ID = 98
+INSTANCE_NAME = re.compile(rf"[a-z](?:[a-z0-9-]{{0,{MAX_INSTANCE_ID - 2}}}[a-z0-9])?")
+
+
+def _refuse_drill_name(name: str, env: GcpEnvironment, *sources: str) -> None:
+    """A restore may not take a name the drills' clean-up owns (`<instance>-drill-...`)."""
+    from voketag_ops.workflows.cloud_drill import scratch_prefix
+
+    for instance in (env.instance, *sources):
+        if name.startswith(scratch_prefix(instance)):
+            raise UsageError(
+                f"--name {name!r}: names starting with {scratch_prefix(instance)!r} belong to the "
+                "cloud drills' scratch instances; choose another name"
+            )
 
 
 @dataclass(frozen=True)
@@ -310,13 +349,16 @@ def restore(
         target = parse_point_in_time(to, now=now)
     except ValueError as exc:
         raise UsageError(f"--to: {exc}") from None
+    if name is not None:
+        _refuse_drill_name(name, env)
     source = cloud_topology.read(settings, recovery).primary
     name = name or f"{source}-pitr-{target:%Y%m%d-%H%M%S}"
     if not INSTANCE_NAME.fullmatch(name):
         raise UsageError(
             f"--name {name!r}: a Cloud SQL instance id is lowercase letters, digits and hyphens, "
-            "starts with a letter, at most 62 characters"
+            f"starts with a letter, at most {MAX_INSTANCE_ID} characters"
         )
+    _refuse_drill_name(name, env, source)
     if name in (env.instance, env.replica):
         raise UsageError(
             f"--name {name!r} is an existing instance of {settings.env}; a restore makes a new one"

@@ -1,18 +1,24 @@
 """`voke --env NAME drill run pitr|failover|all` on Cloud SQL: drills on scratch instances.
 
 The production instances are never recovered, promoted, relabelled or deleted by a drill:
-- pitr: canary rows are written on the (recorded) primary, then the primary is cloned at
-  the cut (the moment the canary stopped, once Cloud SQL's recoverable window has passed
-  it) into the scratch instance `<instance>-drill-<run id>`.
+- pitr: canary rows are written on the (recorded) primary; the cut is the primary's own
+  clock (clock_timestamp() after the last row before it, on the same connection); a few
+  rows are written after it; once Cloud SQL's recoverable window has passed the cut, the
+  primary is cloned at the cut into the scratch instance `<instance>-drill-<id>`, which
+  must hold every row before the cut and none after it.
 - failover: the primary is cloned now into a scratch primary, a scratch read replica of it
   is created, canary rows are written on the scratch primary, and at the cut the scratch
   replica is promoted.
 RTO is from the start of the recovery action (the clone or promote request) to the scratch
-database answering the canary query (failover: and taking a canary write); RPO is the cut
-minus the newest canary row recovered (client clock on both sides, so no clock skew). The
-scratch instances are always deleted at the end (also on failure and Ctrl-C); one left by
-an earlier run is found by its name and deleted by the next run, and one that cannot be
-deleted is reported (exit 7). Journals go to VOKE_HOME/cloud/NAME/drills, so `voke --env
+database answering the canary query (failover: and taking a canary write); labelling the
+scratch instance comes after that. RPO is the cut minus the newest canary row recovered
+(its written_at: the server's clock on both sides, so no clock skew). The scratch
+instances are always deleted at the end (also on failure and Ctrl-C); one left by an
+earlier run is deleted by the next run only when its name is exactly a name voke
+generates (`<instance>-drill-<scenario>-<UTC stamp>-<hex>[-r]`, or the short form
+`<instance>-drill-<p|f>-<base-36 epoch>-<hex>[-r]` for long instance names) AND it carries
+the drill's labels (voke-drill, voke-env=<env>); one that cannot be deleted is reported
+(exit 7). Journals go to VOKE_HOME/cloud/NAME/drills, so `voke --env
 NAME drill history|report` read them; RTO and RPO per scenario are written to Cloud
 Monitoring (best effort).
 """
@@ -26,7 +32,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,15 +55,20 @@ log = get_logger(__name__)
 Progress = Callable[[str], None]
 SCENARIOS = ("pitr", "failover")  # the drills that apply to a cloud environment
 DRILL_LABEL = "voke-drill"
+ENV_LABEL = "voke-env"
+REPLICA_SUFFIX = "-r"
+AFTER_CUT = 2  # pitr: canary rows written after the cut, which the clone must not hold
 PLANS = {
     "pitr": [
         "check the recorded topology (the primary is a RUNNABLE primary with PITR on)",
         "delete scratch instances earlier drill runs left behind",
-        "write canary rows on the primary; the cut is when the canary stops",
+        "write canary rows on the primary; the cut is the primary's clock_timestamp() after the "
+        "last of them; write a few more after the cut",
         "wait until Cloud SQL's recoverable window reaches the cut",
-        "clone the primary at the cut into <instance>-drill-<run id> (instances.clone, pointInTime)",
-        "connect to the scratch instance; read back the canary (RTO: clone request -> answer; "
-        "RPO: cut - newest canary row recovered)",
+        "clone the primary at the cut into <instance>-drill-<id> (instances.clone, pointInTime)",
+        "connect to the scratch instance; read back the canary: every row before the cut, none "
+        "after it (RTO: clone request -> answer; RPO: cut - newest canary row recovered)",
+        "label the scratch instance as the drill's (voke-drill, voke-env)",
         "delete the scratch instance and the canary rows; write RTO/RPO to Cloud Monitoring",
     ],
     "failover": [
@@ -93,40 +104,103 @@ def scratch_prefix(instance: str) -> str:
     return f"{instance}-drill-"
 
 
-_RUN_STAMP = re.compile(r"-drill-[a-z]+-(\d{8}t\d{6})-")
+_LONG_STAMP = "%Y%m%dt%H%M%S"
+
+
+def _base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if not n:
+            return out
+
+
+def scratch_id(instance: str, scenario: str, started: datetime, tag: str) -> str:
+    """What follows `<instance>-drill-` in a drill's scratch names: `<scenario>-<UTC stamp>-<tag>`;
+    when that would make the longest of them (the failover replica, `...-r`) longer than
+    Cloud SQL allows, the short form `<p|f>-<start in epoch seconds, base 36>-<tag>` (same
+    start time, deterministic). ConfigError (exit 3) when even that is too long: nothing
+    has been written then."""
+    from voketag_ops.workflows.cloud_dr import MAX_INSTANCE_ID
+
+    prefix = scratch_prefix(instance)
+    started = started.astimezone(timezone.utc)
+    forms = (
+        f"{scenario}-{started.strftime(_LONG_STAMP)}-{tag}",
+        f"{scenario[0]}-{_base36(int(started.timestamp()))}-{tag}",
+    )
+    for ident in forms:
+        if len(prefix) + len(ident) + len(REPLICA_SUFFIX) <= MAX_INSTANCE_ID:
+            return ident
+    room = MAX_INSTANCE_ID - len(prefix + forms[1] + REPLICA_SUFFIX) + len(instance)
+    raise ConfigError(
+        f"the instance name {instance!r} ({len(instance)} characters) leaves no room for the "
+        f"drill's scratch instance names ({prefix}{forms[1]}{REPLICA_SUFFIX} is longer than "
+        f"Cloud SQL's {MAX_INSTANCE_ID} characters); nothing was changed",
+        hint=f"the cloud drills need an instance name of at most {room} characters",
+    )
+
+
+def scratch_pattern(instance: str) -> re.Pattern[str]:
+    """Exactly the scratch names `scratch_id` generates for INSTANCE (group `id`: the part
+    after the prefix without `-r`; `stamp` or `epoch`: when its run started)."""
+    return re.compile(
+        re.escape(scratch_prefix(instance))
+        + r"(?P<id>(?:(?:pitr|failover)-(?P<stamp>\d{8}t\d{6})|[pf]-(?P<epoch>[0-9a-z]{6,8}))"
+        + r"-[0-9a-f]{4})(?:"
+        + re.escape(REPLICA_SUFFIX)
+        + ")?"
+    )
 
 
 def is_leftover(
-    name: str, instance: str, *, now: datetime, min_age: float, finished: frozenset[str] = frozenset()
+    name: str,
+    instance: str,
+    *,
+    labels: Mapping[str, str],
+    env: str,
+    now: datetime,
+    min_age: float,
+    finished: frozenset[str] = frozenset(),
 ) -> bool:
-    """NAME is a scratch instance of INSTANCE's drills whose run is over: its run id is one of
-    FINISHED (journals saved here), or it started over MIN_AGE s ago (a live run on another
-    machine is younger than that)."""
-    prefix = scratch_prefix(instance)
-    if not name.startswith(prefix):
+    """NAME is a scratch instance of INSTANCE's drills whose run is over: its name is exactly
+    one voke generates, it carries the drill's labels for ENV, and its id is one of FINISHED
+    (journals saved here) or it started over MIN_AGE s ago (a live run on another machine is
+    younger than that). Anything else, an unparseable name above all, is never a leftover."""
+    m = scratch_pattern(instance).fullmatch(name)
+    if m is None or not labels.get(DRILL_LABEL) or labels.get(ENV_LABEL) != env:
         return False
-    run_id = name[len(prefix) :].removesuffix("-r")
-    if run_id in finished:
+    try:
+        if m["stamp"]:
+            started = datetime.strptime(m["stamp"], _LONG_STAMP).replace(tzinfo=timezone.utc)
+        else:
+            started = datetime.fromtimestamp(int(m["epoch"], 36), tz=timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        return False
+    if m["id"] in finished:
         return True
-    m = _RUN_STAMP.search(name[len(instance) :])
-    if not m:
-        return True
-    started = datetime.strptime(m[1], "%Y%m%dt%H%M%S").replace(tzinfo=timezone.utc)
     return (now - started).total_seconds() > min_age
 
 
-def canary_rpo(writes: Sequence[Any], recovered: Any, cut: datetime) -> dict[str, Any]:
-    """RPO = CUT - the newest acknowledged canary write recovered (client times on both
-    sides). Every write acknowledged by the cut must be recovered and none sent after it."""
-    have = set(recovered)
-    before = [w for w in writes if w.ok and w.done_at <= cut]
-    missing = [w.seq for w in before if w.seq not in have]
-    after = [w.seq for w in writes if w.sent_at > cut and w.seq in have]
-    newest = max((w.done_at for w in writes if w.ok and w.seq in have and w.done_at <= cut), default=None)
+def canary_rpo(writes: Sequence[Any], recovered: Mapping[int, datetime], cut: datetime) -> dict[str, Any]:
+    """RPO = CUT - the newest canary row recovered, both on the server's clock (CUT is the
+    clock_timestamp() read after the last write before it, on the same connection;
+    RECOVERED maps seq -> written_at). Every write acknowledged before the cut must be
+    recovered and no row written after it."""
+    ours = {w.seq for w in writes}
+    got = {seq: at for seq, at in recovered.items() if seq in ours}
+    before = [w for w in writes if w.ok and w.written_at is not None and w.written_at <= cut]
+    missing = [w.seq for w in before if w.seq not in got]
+    after = sorted(seq for seq, at in got.items() if at > cut)
+    newest = max((at for at in got.values() if at <= cut), default=None)
     return {
         "cut_at": _iso(cut),
+        "cut_clock": "server (clock_timestamp() after the last canary write before the cut)",
         "acked_before_cut": len(before),
-        "recovered": len(have & {w.seq for w in writes}),
+        "written_after_cut": len([w for w in writes if w.ok and w.written_at and w.written_at > cut]),
+        "recovered": len(got),
         "missing_before_cut": missing[:50],
         "present_after_cut": after[:50],
         "lost_commits": len(missing),
@@ -149,13 +223,17 @@ class CloudDrill:
         self.recovery = platform.recovery()
         self.options = options
         started = _utcnow()
-        self.run_id = f"{scenario}-{started:%Y%m%dt%H%M%S}-{uuid.uuid4().hex[:4]}"
+        tag = uuid.uuid4().hex[:4]
+        self.run_id = f"{scenario}-{started.strftime(_LONG_STAMP)}-{tag}"
+        self.scratch_id = scratch_id(self.env.instance, scenario, started, tag)  # exit 3 before anything
+        self.db: Any = None
+        self.postgres_version: str | None = None
         self.started_at, self.t0 = started, time.monotonic()
         self.timeline: dict[str, datetime | None] = {k: None for k in core.TIMELINE_KEYS}
         self.steps, self.cleanup_steps = _Steps(progress), _Steps(progress)
         self._cleanups: list[tuple[str, Callable[[], Any]]] = []
         self.integrity: list[dict[str, Any]] = []
-        self.details: dict[str, Any] = {"scratch": [], "production": {}}
+        self.details: dict[str, Any] = {"scratch": [], "production": {}, "scratch_id": self.scratch_id}
         self.canary: dict[str, Any] = {}
         self.rpo: float | None = None
         self.lost: int | None = None
@@ -176,15 +254,12 @@ class CloudDrill:
 
     # -- helpers ------------------------------------------------------------------------------------
     def scratch(self, suffix: str = "") -> str:
-        name = f"{scratch_prefix(self.env.instance)}{self.run_id}{suffix}"
-        if len(name) > 98:
-            raise ConfigError(f"the scratch instance name {name} is longer than Cloud SQL allows")
-        return name
+        return f"{scratch_prefix(self.env.instance)}{self.scratch_id}{suffix}"
 
     def guard(self, name: str) -> str:
         """NAME, after checking it is a scratch instance (never a production one)."""
         production = {self.env.instance, self.env.replica}
-        if name in production or not name.startswith(scratch_prefix(self.env.instance)):
+        if name in production or not scratch_pattern(self.env.instance).fullmatch(name):
             raise VokeError(f"refusing to change {name}: not a scratch instance of this drill")  # a bug
         return name
 
@@ -226,14 +301,33 @@ class CloudDrill:
         self.details["scratch"].append({"name": name, "role": role, "deleted": False})
         self.on_cleanup(f"delete the scratch instance {name}", lambda: self.delete_scratch(name))
 
+    def labels(self) -> dict[str, str | None]:
+        """The drill's labels; a clone copies its source's labels, so the topology record
+        (voke-role, voke-since, voke-op) is dropped from a scratch instance."""
+        from voketag_ops.workflows import cloud_topology as topo
+
+        return {DRILL_LABEL: self.run_id, ENV_LABEL: self.settings.env} | dict.fromkeys(
+            (topo.ROLE_LABEL, topo.SINCE_LABEL, topo.OP_LABEL)
+        )
+
     def label(self, name: str) -> None:
-        """Mark a scratch instance as the drill's (best effort: its name alone identifies it)."""
+        """Mark a scratch instance as the drill's: a later run's sweep deletes only labelled
+        scratch instances. Best effort here (this run deletes it anyway); a step of its own,
+        after the RTO measurement."""
+        with self.steps.run(f"label {name} as the drill's") as info:
+            try:
+                self.recovery.set_labels(self.guard(name), self.labels())
+                info["labels"] = {DRILL_LABEL: self.run_id, ENV_LABEL: self.settings.env}
+            except VokeError as exc:
+                info["warning"] = exc.message
+                log.warning("could not label %s: %s", name, exc.message)
+
+    def read_version(self, name: str) -> None:
+        """The instance's databaseVersion for the journal (best effort)."""
         try:
-            self.recovery.set_labels(
-                self.guard(name), {DRILL_LABEL: self.run_id, "voke-env": self.settings.env}
-            )
+            self.postgres_version = self.recovery.database_version(name)
         except VokeError as exc:
-            log.warning("could not label %s: %s", name, exc.message)
+            log.warning("could not read the database version of %s: %s", name, exc.message)
 
     def login(self) -> Any:
         from voketag_ops.adapters.gcp.canary import CanaryDb
@@ -270,23 +364,34 @@ class CloudDrill:
             from voketag_ops.workflows import drill as local_drill
 
             journals = local_drill.load_journals(SimpleNamespace(home=drills_home(self.settings)))  # type: ignore[arg-type]
-            finished = frozenset(str(j.get("run_id")) for j in journals)
+            finished = frozenset(str(j.get("run_id")) for j in journals) | frozenset(
+                str((j.get("details") or {}).get("scratch_id")) for j in journals
+            )
             now = _utcnow()
-            found = [
-                i.name
-                for i, _labels in self.recovery.list_instances()
-                if is_leftover(i.name, self.env.instance, now=now, min_age=min_age, finished=finished)
-            ]
+            found, ignored = [], []
+            for i, labels in self.recovery.list_instances():
+                if is_leftover(
+                    i.name,
+                    self.env.instance,
+                    labels=labels,
+                    env=self.settings.env,
+                    now=now,
+                    min_age=min_age,
+                    finished=finished,
+                ):
+                    found.append(i.name)
+                elif i.name.startswith(scratch_prefix(self.env.instance)):
+                    ignored.append(i.name)  # not provably a finished drill's: reported, never deleted
             # replicas first: Cloud SQL refuses to delete an instance that still has replicas
-            found.sort(key=lambda n: (not n.endswith("-r"), n))
-            info["found"], info["deleted"] = found, []
+            found.sort(key=lambda n: (not n.endswith(REPLICA_SUFFIX), n))
+            info["found"], info["deleted"], info["not_touched"] = found, [], ignored
             for name in found:
                 try:
                     self.delete_scratch(name)
                     info["deleted"].append(name)
                 except VokeError as exc:
                     log.warning("could not delete the leftover %s: %s", name, exc.message)
-            self.details["leftovers"] = {"found": found, "deleted": info["deleted"]}
+            self.details["leftovers"] = {"found": found, "deleted": info["deleted"], "not_touched": ignored}
 
     def steady(self, *, pitr: bool) -> dict[str, Any]:
         from voketag_ops.workflows import cloud_topology
@@ -320,26 +425,30 @@ class CloudDrill:
             "checks": checks,
         }
 
-    def canary_write(self, db: Any, host: str, where: str) -> list[Any]:
+    def canary_write(self, db: Any, host: str, where: str, *, after: int = 0) -> tuple[list[Any], datetime]:
+        """Canary rows on WHERE, then the cut (WHERE's own clock), then AFTER more rows."""
         seconds = float(self.options.get("canary_seconds", 5.0))
         interval = min(0.5, max(0.01, seconds / 10))
         with self.steps.run(f"write canary rows on {where} for {seconds:g} s") as info:
-            writes = db.write(host, self.run_id, seconds=seconds, interval=interval)
-            acked = [w for w in writes if w.ok]
-            info.update(writes=len(writes), acked=len(acked))
+            writes, cut = db.write(host, self.run_id, seconds=seconds, interval=interval, after=after)
+            acked = [w for w in writes if w.ok and w.written_at is not None and w.written_at <= cut]
+            later = [w for w in writes if w.ok and w.written_at is not None and w.written_at > cut]
+            info.update(writes=len(writes), acked=len(acked), after_cut=len(later), cut_at=_iso(cut))
         self.canary.update(
             table="voke_drill_canary",
             written_on=where,
             interval_seconds=interval,
             writes=len(writes),
             acked_commits=len(acked),
-            failed_writes=len(writes) - len(acked),
+            written_after_cut=len(later),
+            failed_writes=len([w for w in writes if not w.ok]),
             first_seq=writes[0].seq if writes else None,
             last_seq=writes[-1].seq if writes else None,
         )
+        self.details["cut_at"] = _iso(cut)
         if not acked:
             raise NeedsOperatorError(f"no canary write was acknowledged on {where}")
-        return writes
+        return writes, cut
 
     def answer(self, db: Any, name: str, *, write: bool) -> dict[int, datetime]:
         ctx = self.platform.ctx
@@ -398,7 +507,7 @@ class CloudDrill:
             "mode": "cloud",
             "versions": {
                 "voke": __version__,
-                "postgres": "POSTGRES (Cloud SQL)",
+                "postgres": self.postgres_version,
                 "python": _platform.python_version(),
             },
             "platform": _platform.platform(),
@@ -455,14 +564,13 @@ def _wait_window(run: CloudDrill, cut: datetime) -> None:
 
 
 def _pitr(run: CloudDrill) -> None:
-    db = run.login()
+    db = run.db
     primary = run.primary
+    run.read_version(primary)
     host = run.env.db_host if run.env.db_host and primary == run.env.instance else run.host_of(primary)
     run.details["production"] = {"primary": primary, "changed": "canary rows only (deleted at the end)"}
     run.on_cleanup(f"delete the canary rows on {primary}", lambda: db.delete(host, run.run_id))
-    writes = run.canary_write(db, host, primary)
-    cut = _utcnow()
-    run.details["cut_at"] = _iso(cut)
+    writes, cut = run.canary_write(db, host, primary, after=AFTER_CUT)
     _wait_window(run, cut)
     scratch = run.scratch()
     run.register_scratch(scratch, "pitr clone")
@@ -473,15 +581,16 @@ def _pitr(run: CloudDrill) -> None:
         op = run.recovery.clone_to_point_in_time(_iso(cut), run.guard(scratch), primary)
         info["operation"] = op.name
     run.mark("recovered_at")
+    rows = run.answer(db, scratch, write=False)  # the end of the RTO window
     run.label(scratch)
-    rows = run.answer(db, scratch, write=False)
     run.evaluate(writes, rows, cut, scratch)
 
 
 def _failover(run: CloudDrill) -> None:
-    db = run.login()
+    db = run.db
     primary = run.primary
-    scratch, replica = run.scratch(), run.scratch("-r")
+    run.read_version(primary)
+    scratch, replica = run.scratch(), run.scratch(REPLICA_SUFFIX)
     run.details["production"] = {"primary": primary, "changed": "nothing (cloned from)"}
     run.register_scratch(scratch, "scratch primary")
     with run.steps.run(f"clone {primary} into the scratch primary {scratch}") as info:
@@ -489,11 +598,9 @@ def _failover(run: CloudDrill) -> None:
     run.label(scratch)
     run.register_scratch(replica, "scratch replica")  # deleted first (LIFO): replicas go before primaries
     with run.steps.run(f"create the scratch replica {replica}") as info:
-        labels = {DRILL_LABEL: run.run_id, "voke-env": run.settings.env}
+        labels = {k: v for k, v in run.labels().items() if v is not None}
         info["operation"] = run.recovery.create_replica(run.guard(replica), scratch, labels=labels).name
-    writes = run.canary_write(db, run.host_of(scratch), scratch)
-    cut = _utcnow()
-    run.details["cut_at"] = _iso(cut)
+    writes, cut = run.canary_write(db, run.host_of(scratch), scratch)
     started = run.mark("recovery_started_at")
     run.mark("fault_injected_at", started)
     run.mark("detected_at", started)
@@ -551,6 +658,9 @@ def run_drill(
     with audited(home, event_type=f"drill.{scenario}", env=settings.env, target=scenario) as event:
         run = CloudDrill(settings, platform, scenario, progress, options)
         event.details["run_id"] = run.run_id
+        # a configuration error (no canary login, a secret that is not a JSON credential) is
+        # exit 3 before anything ran or was swept, not a failed drill
+        run.db = run.login()
         try:
             progress(f"{scenario}: checking the steady state")
             run.steady_before = run.steady(pitr=scenario == "pitr")
@@ -619,6 +729,8 @@ def run(
             f"{', '.join(SCENARIOS)} or all"
         )
     env = settings.environment(settings.env)
+    for name in scenarios:  # a name Cloud SQL would refuse: exit 3 before anything is written
+        scratch_id(env.instance, name, _utcnow(), "0000")
     if dry_run:
         return {
             "dry_run": True,

@@ -8,12 +8,14 @@ replica). `voke dr failover` and `dr failback` write, on both instances,
 a laptop or in the Cloud Run job, reads them back with instances.get. No labels means the
 home topology. When the record and Cloud SQL disagree (the recorded primary is a replica,
 two instances claim the role, or nothing is recorded but the home primary is a replica),
-`read` raises PreconditionError (exit 5) instead of guessing.
+`read` raises PreconditionError (exit 5) instead of guessing; `read(strict=False)` (dr status
+and dr check, which an operator needs exactly then) returns the record with the
+disagreement in `Topology.problem` instead.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +63,8 @@ class Topology:
     roles: dict[str, str | None]  # instance -> recorded voke-role
     # Cloud SQL's view of the instances, as read with the labels (not part of the record)
     instances: dict[str, DbInstanceInfo] = field(default_factory=dict, repr=False, compare=False)
+    # how the record and Cloud SQL disagree ({"message", "hint"}), from a non-strict read
+    problem: dict[str, str] | None = field(default=None, compare=False)
 
     @property
     def moved(self) -> bool:
@@ -68,7 +72,7 @@ class Topology:
 
     def as_dict(self) -> dict[str, Any]:
         keys = ("env", "home", "primary", "standby", "recorded", "since", "operation", "roles")
-        return {k: getattr(self, k) for k in keys} | {"moved": self.moved}
+        return {k: getattr(self, k) for k in keys} | {"moved": self.moved, "disagreement": self.problem}
 
     def describe(self) -> str:
         """`voke-db-dr (since failover at T, configured home: voke-db)`."""
@@ -108,12 +112,17 @@ def read(settings: Settings, recovery: Any, *, strict: bool = True) -> Topology:
     }
     claims = [n for n in names if roles.get(n) == "primary"]
     fix = "gcloud sql instances patch NAME --update-labels=voke-role=primary (and voke-role=replica on the other)"
+    double: PreconditionError | None = None
     if len(claims) > 1:
-        raise PreconditionError(
+        double = PreconditionError(
             f"the recorded topology of {env_name} is inconsistent: {' and '.join(claims)} are both "
             "labelled the primary; nothing was changed",
             hint=f"`voke --env {env_name} dr status` shows Cloud SQL's view; correct the labels: {fix}",
         )
+        if strict:
+            raise double
+        # show the one Cloud SQL calls a primary (the first claim when it calls both or neither so)
+        claims.sort(key=lambda n: found[n][0].role != "primary")
     recorded = bool(claims)
     primary = claims[0] if claims else env.instance
     standby = next((n for n in names if n != primary), None)
@@ -131,11 +140,22 @@ def read(settings: Settings, recovery: Any, *, strict: bool = True) -> Topology:
     )
     if strict:
         check(topo, topo.instances)
-    return topo
+        return topo
+    err = double or disagreement(topo, topo.instances)
+    if err is None:
+        return topo
+    return replace(topo, problem={"message": err.message, "hint": err.hint or ""})
 
 
 def check(topo: Topology, instances: dict[str, DbInstanceInfo]) -> None:
     """PreconditionError when Cloud SQL contradicts TOPO."""
+    err = disagreement(topo, instances)
+    if err is not None:
+        raise err
+
+
+def disagreement(topo: Topology, instances: dict[str, DbInstanceInfo]) -> PreconditionError | None:
+    """The PreconditionError (not raised) saying how Cloud SQL contradicts TOPO, or None."""
     info = instances.get(topo.primary)
     where = "recorded" if topo.recorded else "configured (no failover recorded)"
     hint = (
@@ -144,15 +164,16 @@ def check(topo: Topology, instances: dict[str, DbInstanceInfo]) -> None:
         f"--update-labels=voke-env={topo.env},voke-role=primary"
     )
     if info is None:
-        raise PreconditionError(
+        return PreconditionError(
             f"the {where} primary {topo.primary} of {topo.env} does not exist in Cloud SQL", hint=hint
         )
     if info.role != "primary":
-        raise PreconditionError(
+        return PreconditionError(
             f"the {where} primary {topo.primary} of {topo.env} is a replica of {info.primary} in Cloud SQL; "
             "the record and reality disagree, so voke does not guess",
             hint=hint,
         )
+    return None
 
 
 def record(

@@ -26,14 +26,25 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+_INSERT = (
+    # ON CONFLICT: a retry of a write whose commit landed but whose answer was lost (a
+    # promotion drops connections) is not a unique violation; the row is then read back.
+    f"insert into {TABLE} (run_id, seq) values (%s, %s) on conflict (run_id, seq) do nothing "
+    "returning written_at"
+)
+_READ_ONE = f"select written_at from {TABLE} where run_id = %s and seq = %s"
+
+
 @dataclass(frozen=True)
 class CanaryWrite:
-    """One canary insert as the client saw it (its own autocommit transaction)."""
+    """One canary insert (its own autocommit transaction): client times around it, and the
+    row's `written_at` (the server's clock_timestamp()) when it committed."""
 
     seq: int
     sent_at: datetime
     done_at: datetime
     ok: bool
+    written_at: datetime | None = None
 
 
 class CanaryDb:
@@ -70,6 +81,21 @@ class CanaryDb:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ConnectivityError(f"cannot log in to the database at {host}:{self.port}: {first}") from None
 
+    @staticmethod
+    def insert(conn: Any, run_id: str, seq: int) -> CanaryWrite:
+        """Insert RUN_ID's row SEQ on CONN, idempotently (a row an earlier attempt committed
+        counts, with its own written_at)."""
+        import psycopg
+
+        sent = _now()
+        try:
+            row = conn.execute(_INSERT, (run_id, seq)).fetchone()
+            if row is None:
+                row = conn.execute(_READ_ONE, (run_id, seq)).fetchone()
+        except psycopg.Error:
+            return CanaryWrite(seq, sent, _now(), False)
+        return CanaryWrite(seq, sent, _now(), row is not None, row[0] if row else None)
+
     def write(
         self,
         host: str,
@@ -77,9 +103,14 @@ class CanaryDb:
         *,
         seconds: float,
         interval: float,
+        after: int = 0,
         sleep: Callable[[float], None] = time.sleep,
-    ) -> list[CanaryWrite]:
-        """Create the table if needed, then insert one row every INTERVAL for SECONDS."""
+    ) -> tuple[list[CanaryWrite], datetime]:
+        """Create the table if needed, insert one row every INTERVAL for SECONDS, then read the
+        cut: the server's clock_timestamp() on the same connection, so every row written
+        before it has committed and has written_at <= cut, on the server's clock (no client
+        clock, no skew). Then insert AFTER more rows (written_at > cut), which a recovery to
+        the cut must not contain. Returns the writes and the cut."""
         import psycopg
 
         writes: list[CanaryWrite] = []
@@ -95,17 +126,20 @@ class CanaryDb:
             seq = 0
             while True:
                 seq += 1
-                sent = _now()
-                try:
-                    conn.execute(f"insert into {TABLE} (run_id, seq) values (%s, %s)", (run_id, seq))
-                    ok = True
-                except psycopg.Error:
-                    ok = False
-                writes.append(CanaryWrite(seq, sent, _now(), ok))
+                writes.append(self.insert(conn, run_id, seq))
                 if time.monotonic() >= end:
                     break
                 sleep(interval)
-        return writes
+            try:
+                cut = conn.execute("select clock_timestamp()").fetchone()[0]
+            except psycopg.Error as exc:
+                raise DatabaseError(
+                    f"cannot read the server clock at {host} after the canary: {type(exc).__name__}"
+                ) from None
+            for _ in range(after):
+                seq += 1
+                writes.append(self.insert(conn, run_id, seq))
+        return writes, cut
 
     def read(self, host: str, run_id: str) -> dict[int, datetime]:
         """Sequence number -> written_at of RUN_ID's rows on HOST."""
@@ -126,18 +160,19 @@ class CanaryDb:
         sleep: Callable[[float], None] = time.sleep,
     ) -> tuple[datetime, dict[int, datetime]]:
         """Poll HOST until the canary query answers (and, with WRITE_SEQ, a canary write
-        commits); returns when it answered and the rows found."""
+        commits: retried idempotently, so an attempt whose answer was lost still counts);
+        returns when it answered and the rows found."""
         deadline = time.monotonic() + timeout
         last = "no answer"
         while True:
             try:
                 rows = self.read(host, run_id)
-                if write_seq is not None:
-                    with self.connect(host) as conn:
-                        conn.execute(
-                            f"insert into {TABLE} (run_id, seq) values (%s, %s)", (run_id, write_seq)
-                        )
-                return _now(), rows
+                if write_seq is None:
+                    return _now(), rows
+                with self.connect(host) as conn:
+                    if self.insert(conn, run_id, write_seq).ok:
+                        return _now(), rows
+                last = "the canary write did not commit"
             except (ConnectivityError, DatabaseError) as exc:
                 last = exc.message
             except Exception as exc:  # psycopg errors of the query itself

@@ -151,7 +151,11 @@ def pg_login(cred: dict[str, Any], *, timeout: float = 5) -> bool:
 
 class CloudSqlDbTarget:
     """The rotation target for database passwords on Cloud SQL: users.update sets the
-    password (the Admin API hashes it; it never appears in SQL logs), a fresh login tests it."""
+    password (the Admin API hashes it; it never appears in SQL logs), a fresh login tests it.
+
+    HOST (`db_host`) is the address of HOME (the configured `instance`): it is used only
+    while HOME is the instance rotated; after a failover the login test goes to the
+    recorded primary's own IP."""
 
     def __init__(
         self,
@@ -160,11 +164,13 @@ class CloudSqlDbTarget:
         *,
         host: str | None = None,
         port: int = 5432,
+        home: str | None = None,
     ) -> None:
         self.admin = admin
         self._instance = instance
         self.host = host
         self.port = port
+        self.home = home
 
     @property
     def instance(self) -> str:
@@ -174,7 +180,7 @@ class CloudSqlDbTarget:
         return self._instance
 
     def endpoint(self) -> tuple[str, int]:
-        if self.host:
+        if self.host and (self.home is None or self.instance == self.home):
             return self.host, self.port
         info = CloudSqlRecovery(self.admin, self.instance).instance()
         if not info.ip_address:
@@ -276,6 +282,13 @@ class CloudSqlRecovery:
             edition=_enum(settings.edition) if settings else None,
             availability=_enum(settings.availability_type) if settings else None,
         )
+
+    def database_version(self, name: str | None = None) -> str | None:
+        """NAME's databaseVersion as Cloud SQL reports it (POSTGRES_16)."""
+        name = name or self.primary
+        inst = self._call("instances", "get", f"instance {name}", instance=name)
+        version = _enum(inst.database_version)
+        return version if version and version != "SQL_DATABASE_VERSION_UNSPECIFIED" else None
 
     def backups(self, instance: str | None = None) -> list[BackupInfo]:
         name = instance or self.primary
