@@ -159,3 +159,13 @@ def test_the_job_runs_voke_as_its_own_service_account(module):
     text = json.dumps(job)
     assert "${google_service_account.voke.email}" in text and "${var.image}" in text
     assert '"max_retries": 0' in text
+
+
+def test_cloud_sql_instances_declared_here_leave_voke_labels_alone(root, module):
+    """voke records the topology in the instances' userLabels: a Terraform that manages them
+    must ignore the labels, or `terraform apply` erases the record of a failover."""
+    for doc in (root, module):
+        for name, body in resources(doc, "google_sql_database_instance").items():
+            assert any("user_labels" in s for s in strings(body.get("lifecycle"))), name
+    readme = (ROOT / "README.md").read_text()
+    assert "ignore_changes = [settings[0].user_labels]" in readme
