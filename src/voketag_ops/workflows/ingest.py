@@ -425,7 +425,10 @@ def _load_source(
         if existing is not None:
             return _finish(_duplicate(base, existing, conn, anchorer, target), started)
         committing = [False]
-        backend_pid = conn.info.backend_pid
+        with _db_errors(target, "preparing the ingest schema"):  # (pid, start): a session, not a reused pid
+            session = conn.execute(
+                "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+            ).fetchone()
         report: LoadReport | None = None
         try:
             with _db_errors(target, "loading the batch", committing):
@@ -456,7 +459,7 @@ def _load_source(
         except _CommitLost as lost:
             assert report is not None
             conn.close()
-            conn, existing = _commit_outcome(conninfo, report, backend_pid, target, lost.reason)
+            conn, existing = _commit_outcome(conninfo, report, session, target, lost.reason)
             if existing["batch_id"] != report.batch_id:  # ours rolled back; another run loaded the file
                 _discard_scratch(report)
                 return _finish(_duplicate(base, existing, conn, anchorer, target), started)
@@ -551,7 +554,7 @@ class _CommitLost(Exception):
 
 
 def _commit_outcome(
-    conninfo: str, report: LoadReport, backend_pid: int, target: str, reason: str
+    conninfo: str, report: LoadReport, session: Any, target: str, reason: str
 ) -> tuple[psycopg.Connection[Any], dict[str, Any]]:
     """Find out on new connections whether the batch committed. Returns the connection and
     the batch row if it did; raises BackendError (exit 4) if it did not, NeedsOperatorError
@@ -572,8 +575,10 @@ def _commit_outcome(
         except psycopg.Error:
             continue
         try:
+            pid, backend_start = session  # the pid alone could be another client's after a restart
             row = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (backend_pid,)
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND backend_start = %s",
+                (pid, backend_start),
             ).fetchone()
             alive = bool(row and row[0])
             existing = _find_batch(conn, report.file_sha256)
@@ -587,7 +592,10 @@ def _commit_outcome(
                     "a new connection found the batch not committed: nothing was changed",
                     hint="rerun the same command",
                 )
-            conn.execute("SELECT pg_terminate_backend(%s)", (backend_pid,))
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = %s AND backend_start = %s",
+                (pid, backend_start),
+            )
         except psycopg.Error:
             pass
         conn.close()
