@@ -662,34 +662,21 @@ def run_drill(
         # exit 3 before anything ran or was swept, not a failed drill
         run.db = run.login()
         try:
-            progress(f"{scenario}: checking the steady state")
-            run.steady_before = run.steady(pitr=scenario == "pitr")
-            if not run.steady_before["ok"]:
-                run.status = "aborted"
-                failed = [c["message"] for c in run.steady_before["checks"] if not c["ok"]]
-                run.error = "steady state before the drill: " + "; ".join(failed)
-            else:
+
+            def scenario_run() -> None:
                 run.sweep()
                 RUNNERS[scenario](run)
-        except KeyboardInterrupt:
-            interrupted = True
-            run.status = "interrupted"
-            run.error = "interrupted (Ctrl-C); clean-up ran"
-        except VokeError as exc:
-            run.error = f"{exc.type_name}: {exc.message}"
-        except Exception as exc:  # a bug mid-drill: still clean up and keep the journal
-            log.exception("cloud drill %s failed unexpectedly", scenario)
-            run.error = f"internal error ({type(exc).__name__}): {exc}"
+
+            interrupted = local_drill.drive(
+                run,
+                f"cloud drill {scenario}",
+                progress=progress,
+                before=lambda: run.steady(pitr=scenario == "pitr"),
+                scenario=scenario_run,
+                after=lambda: run.steady(pitr=scenario == "pitr"),
+                after_interrupt=False,
+            )
         finally:
-            run.run_cleanups()
-            if run.status != "aborted" and not interrupted:
-                try:
-                    run.steady_after = run.steady(pitr=scenario == "pitr")
-                except VokeError as exc:
-                    run.steady_after = {
-                        "ok": False,
-                        "checks": [{"name": "steady", "ok": False, "message": exc.message}],
-                    }
             journal = run.journal()
             if not interrupted:
                 _publish(run, journal)

@@ -814,6 +814,53 @@ PLANS = {
 }
 
 
+def drive(
+    run: Any,
+    label: str,
+    *,
+    progress: Progress,
+    before: Callable[[], dict[str, Any]],
+    scenario: Callable[[], None],
+    after: Callable[[], dict[str, Any]],
+    after_interrupt: bool,
+) -> bool:
+    """The frame every drill runs in, local or cloud: the steady state BEFORE (an unsteady
+    system is not drilled: status `aborted`), the SCENARIO, the run's clean-ups whatever
+    happened (an error, a bug, Ctrl-C), then the steady state AFTER (also after Ctrl-C when
+    AFTER_INTERRUPT). Failures land in run.status / run.error for the journal. Returns True
+    when interrupted (the caller saves the journal, then re-raises)."""
+    interrupted = False
+    try:
+        progress(f"{label}: checking the steady state")
+        run.steady_before = before()
+        if not run.steady_before["ok"]:
+            run.status = "aborted"
+            failed = [c["message"] for c in run.steady_before["checks"] if not c["ok"]]
+            run.error = "steady state before the drill: " + "; ".join(failed)
+        else:
+            scenario()
+    except KeyboardInterrupt:
+        interrupted = True
+        run.status = "interrupted"
+        run.error = "interrupted (Ctrl-C); clean-up ran"
+    except VokeError as exc:
+        run.error = f"{exc.type_name}: {exc.message}"
+    except Exception as exc:  # a bug mid-drill: still clean up and keep the journal
+        log.exception("%s failed unexpectedly", label)
+        run.error = f"internal error ({type(exc).__name__}): {exc}"
+    finally:
+        run.run_cleanups()
+        if run.status != "aborted" and (after_interrupt or not interrupted):
+            try:
+                run.steady_after = after()
+            except VokeError as exc:
+                run.steady_after = {
+                    "ok": False,
+                    "checks": [{"name": "steady", "ok": False, "message": exc.message}],
+                }
+    return interrupted
+
+
 def run_drill(
     settings: Settings,
     env: LocalEnvironment,
@@ -840,28 +887,16 @@ def run_drill(
         run = DrillRun(settings, env, scenario, progress, options or {})
         event.details["run_id"] = run.run_id
         try:
-            progress(f"{scenario}: checking the steady state")
-            run.steady_before = steady_state(settings, env, wait=30)
-            if not run.steady_before["ok"]:
-                run.status = "aborted"
-                failed = [c["message"] for c in run.steady_before["checks"] if not c["ok"]]
-                run.error = "steady state before the drill: " + "; ".join(failed)
-            else:
-                SCENARIO_RUNNERS[scenario](run)
-        except KeyboardInterrupt:
-            interrupted = True
-            run.status = "interrupted"
-            run.error = "interrupted (Ctrl-C); clean-up ran"
-        except VokeError as exc:
-            run.error = f"{exc.type_name}: {exc.message}"
-        except Exception as exc:  # a bug mid-drill: still clean up and keep the journal
-            log.exception("drill %s failed unexpectedly", scenario)
-            run.error = f"internal error ({type(exc).__name__}): {exc}"
+            interrupted = drive(
+                run,
+                f"drill {scenario}",
+                progress=progress,
+                before=lambda: steady_state(settings, env, wait=30),
+                scenario=lambda: SCENARIO_RUNNERS[scenario](run),
+                after=lambda: steady_state(settings, env, wait=60),
+                after_interrupt=True,
+            )
         finally:
-            run.run_cleanups()
-            if run.status != "aborted":
-                with suppress(Exception):
-                    run.steady_after = steady_state(settings, env, wait=60)
             journal = run.journal()
             save_journal(env, journal)
         event.details.update(
