@@ -3,7 +3,6 @@ with its fix, exit 1 when any fails; and ADC missing on a real (non-anonymous) e
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,19 +11,12 @@ import pytest
 pytest.importorskip("google.cloud.resourcemanager_v3")
 
 from voketag_ops.adapters.gcp import catalog
-from voketag_ops.testing.gcp_fakes import FakeGcp
+from voketag_ops.testing.gcp_fakes import FakeGcp, environment_toml
 
 
 def _config(tmp_path: Path, env: dict[str, Any]) -> Path:
-    lines = ["[environments.staging]"]
-    lines += [f"{k} = {json.dumps(v)}" for k, v in env.items() if not isinstance(v, dict)]
-    if env.get("endpoints"):
-        lines += [
-            "[environments.staging.endpoints]",
-            *[f"{k} = {json.dumps(v)}" for k, v in env["endpoints"].items()],
-        ]
     path = tmp_path / "voke.toml"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(environment_toml("staging", env))
     return path
 
 

@@ -16,7 +16,7 @@ pytest.importorskip("google.cloud.monitoring_v3")
 from voketag_ops.adapters.gcp import catalog
 from voketag_ops.errors import BackendError, PreconditionError
 from voketag_ops.ports import DatabaseRecovery
-from voketag_ops.testing.gcp_fakes import FakeGcp, now
+from voketag_ops.testing.gcp_fakes import FakeGcp, environment_toml, now
 
 
 @pytest.fixture
@@ -139,16 +139,9 @@ def test_voke_metrics_only_under_the_prefix(cloud):
 
 
 def test_cli_dr_status_and_check_on_a_cloud_env(cloud, voke, make_environ, tmp_path):
-    import json as _json
-
     fake, _settings, _recovery = cloud
     env = fake.environment(replica="voke-db-dr")
-    lines = ["[environments.prod]"]
-    lines += [f"{k} = {_json.dumps(v)}" for k, v in env.items() if not isinstance(v, dict)]
-    lines += ["[environments.prod.endpoints]"] + [
-        f"{k} = {_json.dumps(v)}" for k, v in env["endpoints"].items()
-    ]
-    (tmp_path / "voke.toml").write_text("\n".join(lines) + "\n")
+    (tmp_path / "voke.toml").write_text(environment_toml("prod", env))
     environ = make_environ(tmp_path / "state", VOKE_CONFIG=str(tmp_path / "voke.toml"))
     status = voke("--env", "prod", "dr", "status", "--json", environ=environ)
     assert status.exit_code == 0, status.stdout + status.stderr

@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("google.cloud.sqladmin_v1beta4")
 
-from voketag_ops.testing.gcp_fakes import FakeGcp
+from voketag_ops.testing.gcp_fakes import FakeGcp, environment_toml
 
 SECRET = "db-app"
 SERVICES = ("admin-service", "factory-service")
@@ -26,11 +26,7 @@ PRIMARY_IP, REPLICA_IP = "10.20.0.3", "10.30.0.3"
 
 
 def _toml(env: dict[str, Any], **extra: Any) -> str:
-    lines = ["[environments.prod]"]
-    settings = {k: v for k, v in {**env, **extra}.items() if v is not None and not isinstance(v, dict)}
-    lines += [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
-    lines += ["[environments.prod.endpoints]"]
-    lines += [f"{k} = {json.dumps(v)}" for k, v in env["endpoints"].items()]
+    lines = [environment_toml("prod", {**env, **extra})]
     lines += ["[rotation]", "health_timeout = 1", "[rotation.db_users.app]", f'secret = "{SECRET}"']
     lines += [f"services = {json.dumps(list(SERVICES))}"]
     return "\n".join(lines) + "\n"

@@ -18,18 +18,14 @@ import pytest
 pytest.importorskip("google.cloud.sqladmin_v1beta4")
 
 from voketag_ops.adapters.gcp import catalog
-from voketag_ops.testing.gcp_fakes import FakeGcp
+from voketag_ops.testing.gcp_fakes import FakeGcp, environment_toml
 
 pytestmark = pytest.mark.pg
 ROLE, PASSWORD, SECRET = "cdrill_canary", "Canary-pw-7Hq2xZ9kL1mN4pR8sT0v", "db-canary"
 
 
 def _toml(env: dict[str, Any]) -> str:
-    lines = ["[environments.prod]"]
-    lines += [f"{k} = {json.dumps(v)}" for k, v in env.items() if not isinstance(v, dict)]
-    lines += ["[environments.prod.endpoints]"]
-    lines += [f"{k} = {json.dumps(v)}" for k, v in env["endpoints"].items()]
-    return "\n".join(lines) + "\n"
+    return environment_toml("prod", env)
 
 
 class Drills:

@@ -15,7 +15,7 @@ pytest.importorskip("google.cloud.monitoring_v3")
 
 from voketag_ops.adapters.gcp import catalog
 from voketag_ops.coverage_testing import coverage_json, lines_file
-from voketag_ops.testing.gcp_fakes import FakeGcp
+from voketag_ops.testing.gcp_fakes import FakeGcp, environment_toml
 
 SERVICES = """
 [coverage]
@@ -31,13 +31,9 @@ paths = ["factory_service/"]
 def project(tmp_path: Path, make_environ: Any) -> Iterator[tuple[FakeGcp, Path, dict[str, str]]]:
     with FakeGcp() as fake:
         env = fake.environment()
-        lines = ["[environments.prod]"]
-        lines += [f"{k} = {json.dumps(v)}" for k, v in env.items() if not isinstance(v, dict)]
-        lines += ["[environments.prod.endpoints]"]
-        lines += [f"{k} = {json.dumps(v)}" for k, v in env["endpoints"].items()]
         root = tmp_path / "work"
         root.mkdir()
-        (root / "voke.toml").write_text("\n".join(lines) + "\n" + SERVICES)
+        (root / "voke.toml").write_text(environment_toml("prod", env) + SERVICES)
         files = {"admin_service/app.py": lines_file(90, 10), "factory_service/app.py": lines_file(60, 40)}
         (root / "coverage.json").write_text(json.dumps(coverage_json(files)))
         environ = {k: v for k, v in make_environ(tmp_path / "home").items() if not k.startswith("GITHUB_")}

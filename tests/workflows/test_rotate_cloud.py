@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("google.cloud.sqladmin_v1beta4")
 
 from voketag_ops.core.rotation import ANNOTATION, STEPS
-from voketag_ops.testing.gcp_fakes import FakeGcp
+from voketag_ops.testing.gcp_fakes import FakeGcp, environment_toml
 from voketag_ops.workflows.rotate import FAULT_ENV, FAULT_EXIT_CODE
 
 pytestmark = pytest.mark.pg
@@ -60,14 +60,8 @@ def cloud(platform: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
 
 
 def _toml(env: dict[str, Any]) -> str:
-    lines = ["[environments.cloudtest]"]
-    for key, value in env.items():
-        if isinstance(value, dict):
-            continue
-        lines.append(f"{key} = {json.dumps(value)}")
-    lines.append("[environments.cloudtest.endpoints]")
-    lines += [f"{k} = {json.dumps(v)}" for k, v in env["endpoints"].items()]
-    lines += [
+    lines = [
+        environment_toml("cloudtest", env),
         "[rotation]",
         "test_interval = 0.1",
         "health_timeout = 5",

@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("google.cloud.secretmanager_v1")
 
-from voketag_ops.testing.gcp_fakes import FakeGcp
+from voketag_ops.testing.gcp_fakes import FakeGcp, environment_toml
 from voketag_ops.testing.providers import FakeProviders
 
 
@@ -24,13 +24,8 @@ from voketag_ops.testing.providers import FakeProviders
 def cloud(tmp_path: Path, make_environ: Any) -> Iterator[tuple[FakeGcp, FakeProviders, dict[str, str]]]:
     with FakeGcp() as fake, FakeProviders() as providers:
         env = fake.environment(services=["admin-service", "factory-service"])
-        lines = ["[environments.t]"]
-        lines += [f"{k} = {json.dumps(v)}" for k, v in env.items() if not isinstance(v, dict)]
-        lines += [
-            "[environments.t.endpoints]",
-            *[f"{k} = {json.dumps(v)}" for k, v in env["endpoints"].items()],
-        ]
-        lines += [
+        lines = [
+            environment_toml("t", env),
             "[rotation]",
             "db_users = {}",
             "test_interval = 0.05",

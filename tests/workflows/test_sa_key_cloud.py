@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("google.cloud.iam_admin_v1")
 
-from voketag_ops.testing.gcp_fakes import FakeGcp
+from voketag_ops.testing.gcp_fakes import FakeGcp, environment_toml
 
 ACCOUNT = "voke-ci@voke-test.iam.gserviceaccount.com"
 
@@ -25,13 +25,8 @@ def cloud(tmp_path: Path, make_environ: Any) -> Iterator[tuple[FakeGcp, dict[str
     with FakeGcp() as fake:
         fake.iam.add_account(ACCOUNT)
         env = fake.environment(services=["admin-service"])
-        lines = ["[environments.t]"]
-        lines += [f"{k} = {json.dumps(v)}" for k, v in env.items() if not isinstance(v, dict)]
-        lines += [
-            "[environments.t.endpoints]",
-            *[f"{k} = {json.dumps(v)}" for k, v in env["endpoints"].items()],
-        ]
-        lines += [
+        lines = [
+            environment_toml("t", env),
             "[rotation]",
             "db_users = {}",
             "test_interval = 0.05",

@@ -1615,3 +1615,15 @@ class FakeGcp:
         }
         values.update(overrides)
         return GcpContext(**values)
+
+
+def environment_toml(name: str, env: dict[str, Any]) -> str:
+    """ENV (e.g. FakeGcp.environment()) as the voke.toml table `[environments.NAME]`; None
+    values are left out, dict values become sub-tables."""
+    lines = [f"[environments.{name}]"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in env.items() if v is not None and not isinstance(v, dict)]
+    for key, table in env.items():
+        if isinstance(table, dict) and table:
+            lines.append(f"[environments.{name}.{key}]")
+            lines += [f"{k} = {json.dumps(v)}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"
