@@ -40,6 +40,10 @@ OTHER_ENV_VARS = {
 _SECRET_KEY = re.compile(r"(password|passwd|token|private_key|api_key|credential|webhook)s?$", re.I)
 
 
+# A cloud environment's name is also a Google Cloud label value (voke-env=NAME).
+ENV_NAME = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -363,7 +367,7 @@ class Settings(_Model):
         # GCP allows lowercase letters, digits, - and _ (<= 63); a lowercase letter first
         # keeps it valid as a label key too
         for name in value:
-            if not re.fullmatch(r"[a-z][a-z0-9_-]{0,62}", name):
+            if not ENV_NAME.fullmatch(name):
                 raise ValueError(
                     f"[environments.{name}]: an environment name is used as a Google Cloud label: "
                     "a lowercase letter, then lowercase letters, digits, - or _, at most 63 characters"
@@ -468,7 +472,13 @@ def load_config(
         key, msg = _first_error(exc)
         where = LoadedConfig(Settings(), sources).source_of(key)
         if where == "default":  # a whole table was refused (environments): where its keys came from
-            where = next((v for k, v in sources.items() if k.startswith(f"{key}.")), where)
+            bad = (
+                [n for n in merged.get(key) or {} if not ENV_NAME.fullmatch(n)]
+                if key == "environments"
+                else []
+            )
+            prefixes = tuple(f"{key}.{n}." for n in bad) or (f"{key}.",)
+            where = next((v for k, v in sources.items() if k.startswith(prefixes)), where)
         raise ConfigError(f"{where}: {key}: {msg}") from None
     _LOADED.pop(settings.local.home, None)
     _LOADED[settings.local.home] = settings
