@@ -77,7 +77,9 @@ def destroy(
         env.out.result(
             {
                 "plan": [
-                    "export the chain to VOKE_HOME/chain/chain.json (it outlives the environment)",
+                    "delete the chain with the databases (--discard-chain)"
+                    if discard_chain
+                    else "export the chain to VOKE_HOME/chain/chain.json (it outlives the environment)",
                     f"stop the servers and delete {local.pg_dir} and {local.state_file}",
                 ],
                 "home": str(local.home),

@@ -853,10 +853,11 @@ def drive(
         if run.status != "aborted" and (after_interrupt or not interrupted):
             try:
                 run.steady_after = after()
-            except VokeError as exc:
+            except Exception as exc:  # a check that cannot run is a failed check, never a crash
+                message = exc.message if isinstance(exc, VokeError) else f"{type(exc).__name__}: {exc}"
                 run.steady_after = {
                     "ok": False,
-                    "checks": [{"name": "steady", "ok": False, "message": exc.message}],
+                    "checks": [{"name": "steady", "ok": False, "message": message}],
                 }
     return interrupted
 

@@ -420,6 +420,8 @@ class LeaderWal:
 
 
 def leader_wal(leader: PgNode | None) -> LeaderWal:
+    import psycopg
+
     if leader is None or not leader.running:
         return LeaderWal(False)
     try:
@@ -438,7 +440,7 @@ def leader_wal(leader: PgNode | None) -> LeaderWal:
                 "select name, extract(epoch from now() - modification)::float8 "
                 "from pg_ls_archive_statusdir() where name like '%.ready' order by modification"
             ).fetchall()
-    except BackendError:
+    except (BackendError, psycopg.OperationalError):  # (connected, then the server went away)
         return LeaderWal(False)
     tli, segno = wal.parse_segment_name(name, seg_size)
     pending = tuple(p[0].removesuffix(".ready") for p in pend)

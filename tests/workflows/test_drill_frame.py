@@ -1,0 +1,59 @@
+"""The frame every drill runs in (workflows/drill.py `drive`): whatever the scenario or the
+final steady-state check raises, clean-up runs, the outcome lands in the run for its
+journal, and Ctrl-C is reported as interrupted (the caller re-raises it: exit 130)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from voketag_ops.errors import BackendError
+from voketag_ops.workflows.drill import drive
+
+STEADY = {"ok": True, "checks": []}
+
+
+class Run:
+    def __init__(self) -> None:
+        self.status, self.error = "completed", None
+        self.steady_before: Any = None
+        self.steady_after: Any = None
+        self.cleaned = 0
+
+    def run_cleanups(self) -> None:
+        self.cleaned += 1
+
+
+def _raise(exc: BaseException) -> Any:
+    def go() -> Any:
+        raise exc
+
+    return go
+
+
+@pytest.mark.parametrize("after_exc", [BackendError("node gone"), ConnectionResetError("reset by peer")])
+def test_ctrl_c_then_a_final_check_that_cannot_run(after_exc: Exception) -> None:
+    run = Run()
+    interrupted = drive(
+        run, "drill x", progress=lambda _m: None, before=lambda: STEADY,
+        scenario=_raise(KeyboardInterrupt()), after=_raise(after_exc), after_interrupt=True,
+    )  # fmt: skip
+    assert interrupted and run.status == "interrupted" and run.cleaned == 1
+    assert run.steady_after["ok"] is False and str(after_exc) in run.steady_after["checks"][0]["message"]
+
+
+def test_an_unsteady_system_is_not_drilled_and_a_bug_is_recorded() -> None:
+    run, ran = Run(), []
+    unsteady = {"ok": False, "checks": [{"ok": False, "message": "lag 90 s"}]}
+    assert not drive(
+        run, "drill x", progress=lambda _m: None, before=lambda: unsteady,
+        scenario=lambda: ran.append(1), after=lambda: STEADY, after_interrupt=True,
+    )  # fmt: skip
+    assert run.status == "aborted" and "lag 90 s" in run.error and ran == [] and run.steady_after is None
+    run = Run()
+    drive(
+        run, "drill x", progress=lambda _m: None, before=lambda: STEADY,
+        scenario=_raise(ZeroDivisionError("boom")), after=lambda: STEADY, after_interrupt=False,
+    )  # fmt: skip
+    assert run.error.startswith("internal error (ZeroDivisionError)") and run.steady_after == STEADY
