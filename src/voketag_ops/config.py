@@ -104,6 +104,14 @@ class GcpEnvironment(_Model):
         default=None, description="address voke logs in to for tests (default: the instance's private IP)"
     )
     db_port: int = Field(default=5432, ge=1, le=65535, description="PostgreSQL port at db_host")
+    replica_db_host: str | None = Field(
+        default=None,
+        description="address voke logs in to for tests while the recorded primary is `replica` (after "
+        "a failover; e.g. a Cloud SQL Auth Proxy or tunnel to it; default: its private IP)",
+    )
+    replica_db_port: int = Field(
+        default=5432, ge=1, le=65535, description="PostgreSQL port at replica_db_host"
+    )
     canary_secret: str | None = Field(
         default=None,
         description="secret (JSON username, password, dbname) the cloud drills' canary logs in with "
