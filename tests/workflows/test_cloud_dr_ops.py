@@ -357,6 +357,16 @@ def test_after_failover_every_run_knows_the_new_primary_without_editing_voke_tom
     assert cloud.fake.sql.users[("voke-db-dr", "app_a")] == "s3cret-pw-123"
     # ... and its login test goes to the new primary, not to db_host (the old primary's address)
     assert _db_target(cloud, db_host="10.99.0.1").endpoint() == (REPLICA_IP, 5432)
+    # ... or to replica_db_host (a Cloud SQL Auth Proxy / tunnel to the replica) when set
+    proxied = _db_target(cloud, db_host="10.99.0.1", replica_db_host="127.0.0.2", replica_db_port=6543)
+    assert proxied.endpoint() == ("127.0.0.2", 6543)
+    from voketag_ops.errors import UsageError
+
+    cloud.fake.sql.instances["voke-db-dr"]["ip"] = ""
+    with pytest.raises(UsageError) as no_ip:
+        _db_target(cloud, db_host="10.99.0.1").endpoint()
+    assert "environments.NAME.replica_db_host" in (no_ip.value.hint or "")
+    cloud.fake.sql.instances["voke-db-dr"]["ip"] = REPLICA_IP
 
     back = cloud.voke("dr", "failback", "--yes", "--json")
     assert back.exit_code == 0, back.stdout
@@ -367,6 +377,9 @@ def test_after_failover_every_run_knows_the_new_primary_without_editing_voke_tom
     assert _labels(cloud, "voke-db-dr")["voke-role"] == "replica"
     again = cloud.voke("dr", "status", "--json").json["result"]
     assert again["leader"]["name"] == "voke-db" and again["topology"]["moved"] is False
+    # back home: db_host again, replica_db_host no longer
+    home = _db_target(cloud, db_host="10.99.0.1", replica_db_host="127.0.0.2", replica_db_port=6543)
+    assert home.endpoint() == ("10.99.0.1", 5432)
 
 
 def test_a_record_that_disagrees_with_cloud_sql_is_shown_by_status_and_check_and_stops_changes(cloud):
@@ -379,6 +392,13 @@ def test_a_record_that_disagrees_with_cloud_sql_is_shown_by_status_and_check_and
     assert status.exit_code == 0, status.stdout
     problem = status.json["result"]["topology"]["disagreement"]
     assert "disagree" in problem["message"] and "dr failover --yes" in problem["hint"]
+    # the leader shown is the instance Cloud SQL calls the primary, and its PITR window and
+    # backups are read there (Cloud SQL refuses getLatestRecoveryTime on a replica)
+    snap = status.json["result"]
+    assert snap["leader"]["name"] == "voke-db" and snap["standby"]["name"] == "voke-db-dr"
+    assert snap["topology"]["primary"] == "voke-db-dr" and snap["topology"]["shown_primary"] == "voke-db"
+    assert snap["recoverable_window"]["latest"] is not None and snap["notes"] == []
+    assert not [p for m, p in cloud.fake.rest.calls if "voke-db-dr/getLatestRecoveryTime" in p]
     human = cloud.voke("dr", "status")
     assert human.exit_code == 0 and "record disagrees with Cloud SQL" in human.stdout
     check = cloud.voke("dr", "check", "--json")
@@ -423,3 +443,36 @@ def test_a_plain_promotion_records_the_old_primary_as_fenced(plain):
     assert _labels(plain, "voke-db")["voke-role"] == "fenced"
     snap = plain.voke("dr", "status", "--json").json["result"]
     assert snap["leader"]["name"] == "voke-db-dr" and snap["split_brain"] is True
+
+
+def test_status_shows_calls_cloud_sql_refuses_as_unknown_and_check_fails_them(cloud):
+    cloud.fake.rest.fail("GET", r"/instances/voke-db/backupRuns$", status="PERMISSION_DENIED", times=99)
+    cloud.fake.rest.fail(
+        "GET", r"/instances/voke-db/getLatestRecoveryTime$", status="PERMISSION_DENIED", times=99
+    )
+    status = cloud.voke("dr", "status", "--json")
+    assert status.exit_code == 0, status.stdout + status.stderr
+    snap = status.json["result"]
+    assert snap["newest_backup"] is None and snap["backups"] == []
+    assert snap["recoverable_window"] == {"earliest": None, "latest": None, "seconds": None}
+    assert set(snap["errors"]) == {"backups", "recoverable_window"} and len(snap["notes"]) == 2
+    human = cloud.voke("dr", "status")
+    assert human.exit_code == 0 and "note: could not read the recoverable window of voke-db" in human.stdout
+    check = cloud.voke("dr", "check", "--json")
+    assert check.exit_code == 1, check.stdout
+    failed = {c["name"]: c["message"] for c in check.json["result"]["checks"] if not c["ok"]}
+    assert set(failed) == {"backup_age", "pitr_window"}
+    assert failed["backup_age"].startswith("could not read the backups of voke-db")
+
+
+def test_failback_refuses_a_record_where_both_instances_claim_the_primary(cloud):
+    assert cloud.voke("dr", "failover", "--yes", "--json").exit_code == 0
+    assert cloud.voke("dr", "failback", "--yes", "--json").exit_code == 0  # back home, voke-db primary
+    cloud.fake.sql.instances["voke-db-dr"]["labels"] = {"voke-env": "prod", "voke-role": "primary"}
+    patches = len([c for c in cloud.fake.rest.calls if c[0] in ("PATCH", "POST")])
+    back = cloud.voke("dr", "failback", "--yes", "--json")
+    assert back.exit_code == 5, back.stdout
+    err = back.json["error"]
+    assert "both labelled the primary" in err["message"] and "dr status" in err["hint"]
+    assert len([c for c in cloud.fake.rest.calls if c[0] in ("PATCH", "POST")]) == patches
+    assert cloud.voke("dr", "failback", "--dry-run", "--json").exit_code == 5

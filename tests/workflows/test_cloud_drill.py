@@ -18,6 +18,7 @@ import pytest
 pytest.importorskip("google.cloud.sqladmin_v1beta4")
 
 from voketag_ops.adapters.gcp import catalog
+from voketag_ops.errors import NeedsOperatorError as VokeErrorType
 from voketag_ops.testing.gcp_fakes import FakeGcp, environment_toml
 
 pytestmark = pytest.mark.pg
@@ -239,6 +240,13 @@ def test_leftovers_are_labelled_scratch_names_of_finished_or_old_runs_only():
     assert leftover(live, finished=frozenset({"failover-20261126t055900-cd34"}))
     short = "voke-db-drill-f-tp3cg0-ab12-r"  # the short form: started 04:00 (epoch seconds, base 36)
     assert leftover(short) and not leftover(short, min_age=3 * 3600)
+    # an unlabelled one this machine's journals list as not deleted: by name, never another name
+    assert leftover(old, labels={}, journaled=frozenset({old}))
+    assert leftover(old, labels={"voke-role": "primary"}, journaled=frozenset({old}))
+    assert not leftover(live, labels={}, journaled=frozenset({live}))  # its run may still be live
+    assert not leftover(
+        "voke-db-drill-important", labels={}, journaled=frozenset({"voke-db-drill-important"})
+    )
     # never: unlabelled, another environment's, or a name voke does not generate
     assert not leftover(old, labels={}) and not leftover(
         old, labels={"voke-drill": "x", "voke-env": "staging"}
@@ -350,3 +358,123 @@ def test_fake_instances_share_a_port_the_kernel_chose_and_skip_taken_addresses(d
             pass
     finally:
         taken.close()
+
+
+PRODUCTION_LABELS = {"voke-env": "prod", "voke-role": "primary", "voke-since": "20261101t000000z"}
+
+
+def _interrupt_at_the_answer(message: str) -> None:
+    if message.startswith("connect to voke-db-drill-"):
+        raise KeyboardInterrupt
+
+
+def test_a_clone_whose_delete_fails_after_ctrl_c_is_labelled_and_the_next_run_deletes_it(drills):
+    from voketag_ops.workflows import cloud_drill
+
+    drills.fake.sql.instances["voke-db"]["labels"] = dict(PRODUCTION_LABELS)  # a clone copies them
+    drills.fake.rest.fail("DELETE", r"/instances/voke-db-drill-", status="PERMISSION_DENIED", times=1)
+    with pytest.raises(KeyboardInterrupt):
+        cloud_drill.run(
+            drills.settings(),
+            "pitr",
+            home=drills.home / "state",
+            progress=_interrupt_at_the_answer,
+            options={"canary_seconds": 0.1},
+        )
+    [left] = drills.scratch()
+    labels = drills.fake.sql.instances[left]["labels"]
+    assert labels["voke-env"] == "prod" and labels["voke-drill"].startswith("pitr-")
+    assert "voke-role" not in labels and "voke-since" not in labels  # production's record is gone
+    again = drills.drill("pitr")
+    assert again.exit_code == 0, again.stdout + again.stderr
+    assert again.json["result"]["details"]["leftovers"]["deleted"] == [left]
+    assert drills.scratch() == []
+
+
+def test_an_unlabelled_clone_the_journal_lists_is_deleted_by_the_next_run_here(drills):
+    drills.fake.sql.instances["voke-db"]["labels"] = dict(PRODUCTION_LABELS)
+    drills.fake.sql.instances["voke-db-dr"]["labels"] = {"voke-env": "prod", "voke-role": "replica"}
+    drills.fake.rest.fail("DELETE", r"/instances/voke-db-drill-", status="PERMISSION_DENIED", times=1)
+    # the label step after the answer and the label before giving up on the delete both fail
+    drills.fake.rest.fail("PATCH", r"/instances/voke-db-drill-", status="PERMISSION_DENIED", times=2)
+    result = drills.drill("pitr")
+    assert result.exit_code == 7, result.stdout + result.stderr
+    [left] = drills.scratch()
+    assert drills.fake.sql.instances[left]["labels"] == PRODUCTION_LABELS  # still production's
+    hint = result.json["error"]["hint"]
+    assert "the next drill run on this machine also retries" in hint and left in hint.split("; ")[-1]
+    # the topology is read from the two configured instances only: never from the clone
+    status = drills.voke("dr", "status", "--json")
+    assert status.exit_code == 0, status.stdout
+    topo = status.json["result"]["topology"]
+    assert topo["primary"] == "voke-db" and topo["disagreement"] is None
+    assert status.json["result"]["leader"]["name"] == "voke-db"
+    again = drills.drill("pitr")
+    assert again.exit_code == 0, again.stdout + again.stderr
+    assert again.json["result"]["details"]["leftovers"]["deleted"] == [left]
+    assert drills.scratch() == []
+
+
+def test_a_clone_left_by_a_killed_run_is_deleted_once_its_process_is_gone(drills):
+    """SIGKILL between the clone and its label: only the checkpoint journal (status running,
+    written before the clone request) is on disk, and the clone carries production's labels."""
+    import shutil
+    import subprocess
+    import sys
+
+    from voketag_ops.workflows import cloud_drill
+
+    drills.fake.sql.instances["voke-db"]["labels"] = dict(PRODUCTION_LABELS)
+    journals = cloud_drill.drills_home(drills.settings()) / "drills"
+    saved = drills.home / "checkpoint"
+
+    def kill_point(message: str) -> None:
+        if message.startswith("connect to voke-db-drill-"):
+            shutil.copytree(journals, saved)  # what a SIGKILL here leaves on disk
+            drills.fake.rest.fail("DELETE", r"/instances/voke-db-drill-", status="PERMISSION_DENIED", times=1)
+            drills.fake.rest.fail("PATCH", r"/instances/voke-db-drill-", status="PERMISSION_DENIED", times=2)
+
+    with pytest.raises(VokeErrorType):
+        cloud_drill.run(
+            drills.settings(),
+            "pitr",
+            home=drills.home / "state",
+            progress=kill_point,
+            options={"canary_seconds": 0.1},
+        )
+    shutil.rmtree(journals)
+    shutil.copytree(saved, journals)
+    [path] = journals.glob("*.json")
+    checkpoint = json.loads(path.read_text())
+    [left] = drills.scratch()
+    assert checkpoint["status"] == "running" and checkpoint["details"]["scratch"][0]["name"] == left
+    assert drills.fake.sql.instances[left]["labels"] == PRODUCTION_LABELS
+    # its process still alive (here: this one): maybe a live run, left alone
+    live = drills.drill("pitr")
+    assert live.exit_code == 0 and live.json["result"]["details"]["leftovers"]["not_touched"] == [left]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    checkpoint["details"]["owner"]["pid"] = int(dead.stdout)
+    path.write_text(json.dumps(checkpoint))
+    again = drills.drill("pitr")
+    assert again.exit_code == 0, again.stdout + again.stderr
+    assert again.json["result"]["details"]["leftovers"]["deleted"] == [left]
+    assert drills.scratch() == []
+
+
+def test_a_failing_canary_insert_says_why_and_shows_the_table_it_needs(drills, local_env):
+    # a canary table made by hand without the primary key ON CONFLICT needs
+    with local_env.primary().connect(drills.data.database("voke-db")) as conn:
+        conn.execute(
+            "create table voke_drill_canary (run_id text not null, seq integer not null, "
+            "written_at timestamptz not null default clock_timestamp())"
+        )
+        conn.execute(f"alter table voke_drill_canary owner to {ROLE}")
+    result = drills.drill("pitr")
+    assert result.exit_code == 1, result.stdout + result.stderr
+    j = result.json["result"]
+    assert "no canary write was acknowledged" in j["error"] and "ON CONFLICT" in j["error"], j["error"]
+    [step] = [s for s in j["steps"] if s["name"].startswith("write canary rows")]
+    assert "ON CONFLICT" in step["detail"]["first_error"]
+    assert "primary key (run_id, seq)" in step["detail"]["hint"] == j["canary"]["hint"]
+    assert PASSWORD not in result.stdout + result.stderr
+    assert drills.scratch() == []

@@ -405,6 +405,8 @@ def _render_status(console: Console, r: dict[str, Any]) -> None:
                 f"[red bold]record disagrees with Cloud SQL[/]: {escape(problem['message'])}"
                 + (f"\n  fix: {escape(problem['hint'])}" if problem.get("hint") else "")
             )
+        for note in r.get("notes") or []:  # a call Cloud SQL refused (fields shown as unknown)
+            console.print(f"note: {note}", markup=False)
     console.print(f"leader   {leader['name']:<8} {leader['role']:<8} {where(leader)}")
     if standby:
         lag = (

@@ -1074,7 +1074,11 @@ class FakeCloudSql:
         return {"kind": "sql#backupRunsList", "items": list(self.backups.get(r["i"], []))}
 
     def recovery_time(self, r: Request) -> Any:
-        self._instance(r["i"])
+        if self._instance(r["i"])["master"]:  # like Cloud SQL: a read replica has no PITR
+            raise ApiError(
+                "INVALID_ARGUMENT",
+                "Invalid request: point-in-time recovery is not supported on a read replica.",
+            )
         return {
             "kind": "sql#getLatestRecoveryTime",
             "latestRecoveryTime": ts(now() - self.recovery_lag),
@@ -1097,7 +1101,13 @@ class FakeCloudSql:
             )
 
         def effect() -> None:
-            self.add_instance(dest, ip="10.20.0.9", edition=self.instances[source]["edition"])
+            # like Cloud SQL, a clone copies its source's settings, userLabels included
+            self.add_instance(
+                dest,
+                ip="10.20.0.9",
+                edition=self.instances[source]["edition"],
+                labels=self.instances[source]["labels"],
+            )
             self.on_create(dest, source)
             if point is not None:
                 self.on_point_in_time(dest, point)

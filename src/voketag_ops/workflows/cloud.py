@@ -98,6 +98,10 @@ class CloudPlatform:
             host=self.env.db_host,  # the home primary's address: used only while it is the primary
             port=self.env.db_port,
             home=self.env.instance,
+            # the replica's own address (proxy, tunnel) once it is the recorded primary
+            replica=self.env.replica,
+            replica_host=self.env.replica_db_host,
+            replica_port=self.env.replica_db_port,
         )
 
     def current_primary(self) -> str:

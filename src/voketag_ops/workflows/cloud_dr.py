@@ -75,6 +75,15 @@ def status(settings: Settings, recovery: DatabaseRecovery, *, now: datetime | No
                 f"({', '.join(n for n in (topo.primary, topo.standby) if n)})"
             )
         topo = replace(topo, primary=other, standby=None)
+    record = topo
+    if topo.instances[topo.primary].role != "primary":
+        # the record (or, with none, the configured home) names a replica: show the instance
+        # Cloud SQL calls the primary, as a double claim does; `topology` keeps the record and
+        # its disagreement (a replica has no backups or PITR window of its own to judge)
+        actual = next((n for n, i in topo.instances.items() if i.role == "primary"), None)
+        if actual is not None:
+            standby_name = topo.primary if actual == topo.standby else topo.standby
+            topo = replace(topo, primary=actual, standby=standby_name)
     primary = topo.instances[topo.primary]
     leader = {
         "name": primary.name,
@@ -110,16 +119,30 @@ def status(settings: Settings, recovery: DatabaseRecovery, *, now: datetime | No
         }
         if replica.role == "primary" and replica.state == "RUNNABLE":
             writable.append(replica.name)
-    newest = recovery.newest_backup(topo.primary)
-    backups = recovery.backups(topo.primary)
-    window = recovery.recovery_window(topo.primary)
-    earliest, latest = parse_iso(window.earliest), parse_iso(window.latest)
+    # what Cloud SQL refuses here (the window of a replica, a denied backupRuns) is shown as
+    # unknown with a note, and fails its check, rather than failing the whole report
+    errors: dict[str, str] = {}
+    newest, backups = None, []
+    try:
+        newest = recovery.newest_backup(topo.primary)
+        backups = recovery.backups(topo.primary)
+    except VokeError as exc:
+        errors["backups"] = f"could not read the backups of {topo.primary}: {exc.message}"
+    window_earliest = window_latest = None
+    try:
+        window = recovery.recovery_window(topo.primary)
+        window_earliest, window_latest = window.earliest, window.latest
+    except VokeError as exc:
+        errors["recoverable_window"] = (
+            f"could not read the recoverable window of {topo.primary}: {exc.message}"
+        )
+    earliest, latest = parse_iso(window_earliest), parse_iso(window_latest)
     return {
         "initialized": True,
         "env": settings.env,
         "kind": "cloudsql",
         "checked_at": _iso(now),
-        "topology": topo.as_dict() | {"summary": topo.describe()},
+        "topology": record.as_dict() | {"summary": record.describe(), "shown_primary": topo.primary},
         "leader": leader,
         "standby": standby,
         "writable_nodes": writable,
@@ -137,8 +160,8 @@ def status(settings: Settings, recovery: DatabaseRecovery, *, now: datetime | No
             for b in backups[:10]
         ],
         "recoverable_window": {
-            "earliest": window.earliest,
-            "latest": window.latest,
+            "earliest": window_earliest,
+            "latest": window_latest,
             "seconds": (latest - earliest).total_seconds() if earliest and latest else None,
         },
         "targets": {
@@ -147,6 +170,8 @@ def status(settings: Settings, recovery: DatabaseRecovery, *, now: datetime | No
             "pitr_retention_days": settings.dr.pitr_retention_days,
         },
         "last_drill": _last_drill(settings),
+        "notes": list(errors.values()),
+        "errors": errors,
     }
 
 
@@ -191,6 +216,12 @@ def check(
         {"name": c.name, "ok": c.ok, "message": c.message, "value": c.value, "threshold": c.threshold}
         for c in judge(snap, limits, now=now)
     ]
+    for c in checks:  # a call Cloud SQL refused: say so, not "no backup" / "no window"
+        refused = (snap.get("errors") or {}).get(
+            {"backup_age": "backups", "pitr_window": "recoverable_window"}.get(c["name"], "")
+        )
+        if refused:
+            c["ok"], c["message"] = False, refused
     problem = (snap.get("topology") or {}).get("disagreement")
     if problem:  # the record voke acts on is wrong: failover, failback, restore would refuse (exit 5)
         checks.insert(
@@ -776,6 +807,10 @@ def failback(
     from voketag_ops.workflows import cloud_topology
 
     topo = cloud_topology.read(settings, recovery, strict=False)
+    if sum(1 for role in topo.roles.values() if role == "primary") > 1 and topo.problem:
+        # both instances labelled the primary: which one the services follow is unknown, so a
+        # failback does not pick one (a strict read refuses the same record)
+        raise PreconditionError(topo.problem["message"], hint=topo.problem["hint"] or None)
     recorded = topo.recorded and (topo.moved or topo.roles.get(replica_name) != "replica")
     resume = f"voke --env {settings.env} dr failback --yes"
     if dry_run:

@@ -17,8 +17,10 @@ instances are always deleted at the end (also on failure and Ctrl-C); one left b
 earlier run is deleted by the next run only when its name is exactly a name voke
 generates (`<instance>-drill-<scenario>-<UTC stamp>-<hex>[-r]`, or the short form
 `<instance>-drill-<p|f>-<base-36 epoch>-<hex>[-r]` for long instance names) AND it carries
-the drill's labels (voke-drill, voke-env=<env>); one that cannot be deleted is reported
-(exit 7). Journals go to VOKE_HOME/cloud/NAME/drills, so `voke --env
+the drill's labels (voke-drill, voke-env=<env>) or this machine's journals list it as created
+and not deleted (the journal is checkpointed before each scratch request, so a clone whose
+labelling never happened, still carrying production's labels, is found after a crash too);
+one that cannot be deleted is labelled as the drill's (best effort) and reported (exit 7). Journals go to VOKE_HOME/cloud/NAME/drills, so `voke --env
 NAME drill history|report` read them; RTO and RPO per scenario are written to Cloud
 Monitoring (best effort).
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform as _platform
 import re
 import socket
@@ -164,13 +167,19 @@ def is_leftover(
     now: datetime,
     min_age: float,
     finished: frozenset[str] = frozenset(),
+    journaled: frozenset[str] = frozenset(),
 ) -> bool:
     """NAME is a scratch instance of INSTANCE's drills whose run is over: its name is exactly
-    one voke generates, it carries the drill's labels for ENV, and its id is one of FINISHED
-    (journals saved here) or it started over MIN_AGE s ago (a live run on another machine is
-    younger than that). Anything else, an unparseable name above all, is never a leftover."""
+    one voke generates, it carries the drill's labels for ENV or it is one of JOURNALED (a
+    scratch instance this machine's journals of ENV list as created and not deleted: a clone
+    whose labelling never happened still carries its source's labels), and its id is one of
+    FINISHED (journals saved here) or it started over MIN_AGE s ago (a live run on another
+    machine is younger than that). Anything else, an unparseable name above all, is never a
+    leftover."""
     m = scratch_pattern(instance).fullmatch(name)
-    if m is None or not labels.get(DRILL_LABEL) or labels.get(ENV_LABEL) != env:
+    if m is None:
+        return False
+    if name not in journaled and (not labels.get(DRILL_LABEL) or labels.get(ENV_LABEL) != env):
         return False
     try:
         if m["stamp"]:
@@ -208,6 +217,20 @@ def canary_rpo(writes: Sequence[Any], recovered: Mapping[int, datetime], cut: da
         "rpo_seconds": round(max(0.0, (cut - newest).total_seconds()), 3) if newest else None,
         "ok": bool(before) and not missing and not after,
     }
+
+
+def _owner_gone(journal: Mapping[str, Any]) -> bool:
+    """A `running` checkpoint whose process, on this machine, no longer exists (killed)."""
+    owner = (journal.get("details") or {}).get("owner") or {}
+    if owner.get("node") != socket.gethostname() or not isinstance(owner.get("pid"), int):
+        return False
+    try:
+        os.kill(owner["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 class CloudDrill:
@@ -283,23 +306,63 @@ class CloudDrill:
             except Exception as exc:
                 log.warning("clean-up step %r failed: %s", name, getattr(exc, "message", exc))
 
+    def _entry(self, name: str) -> dict[str, Any] | None:
+        return next((s for s in self.details["scratch"] if s["name"] == name), None)
+
     def delete_scratch(self, name: str) -> None:
-        """Delete a scratch instance; remember it when that fails (exit 7 at the end)."""
+        """Delete a scratch instance; remember it when that fails (exit 7 at the end). One of
+        this run's that is not labelled yet (a clone still carries production's labels) is
+        labelled as the drill's first, best effort, so any later run's sweep finds it; the
+        journal lists it as not deleted either way (this machine's sweep finds it by that)."""
         self.guard(name)
+        entry = self._entry(name)
         try:
             self.recovery.delete_instance(name)
         except NotFoundError:
-            return  # never created, or already gone
+            if entry is not None:
+                entry["deleted"] = True  # never created, or already gone
+            return
+        except Exception:
+            self.left_behind.append(name)
+            if entry is not None and not entry.get("labelled"):
+                self._label_quietly(name)
+            raise
         except BaseException:
             self.left_behind.append(name)
             raise
-        entry = next((s for s in self.details["scratch"] if s["name"] == name), None)
         if entry is not None:
             entry["deleted"] = True
 
-    def register_scratch(self, name: str, role: str) -> None:
-        self.details["scratch"].append({"name": name, "role": role, "deleted": False})
+    def _label_quietly(self, name: str) -> None:
+        try:
+            self.recovery.set_labels(name, self.labels())
+        except Exception as exc:
+            log.warning("could not label the leftover %s: %s", name, getattr(exc, "message", exc))
+            return
+        entry = self._entry(name)
+        if entry is not None:
+            entry["labelled"] = True
+
+    def register_scratch(self, name: str, role: str, *, labelled: bool = False) -> None:
+        """NAME is about to be created: the journal says so on disk first (a checkpoint with
+        status `running`), so a later run on this machine deletes it even when this process
+        dies before it is labelled or deleted."""
+        self.details["scratch"].append({"name": name, "role": role, "deleted": False, "labelled": labelled})
+        self.checkpoint()
         self.on_cleanup(f"delete the scratch instance {name}", lambda: self.delete_scratch(name))
+
+    def checkpoint(self) -> None:
+        """Save the journal as it stands (status `running`, this process as its owner); the
+        journal saved at the end replaces it."""
+        from types import SimpleNamespace
+
+        from voketag_ops.workflows import drill as local_drill
+
+        journal = self.journal() | {"status": "running", "finished_at": None}
+        journal["details"] = dict(
+            journal["details"], owner={"node": socket.gethostname(), "pid": os.getpid()}
+        )
+        local_drill.save_journal(SimpleNamespace(home=drills_home(self.settings)), journal)  # type: ignore[arg-type]
 
     def labels(self) -> dict[str, str | None]:
         """The drill's labels; a clone copies its source's labels, so the topology record
@@ -318,9 +381,18 @@ class CloudDrill:
             try:
                 self.recovery.set_labels(self.guard(name), self.labels())
                 info["labels"] = {DRILL_LABEL: self.run_id, ENV_LABEL: self.settings.env}
+                entry = self._entry(name)
+                if entry is not None:
+                    entry["labelled"] = True
             except VokeError as exc:
                 info["warning"] = exc.message
                 log.warning("could not label %s: %s", name, exc.message)
+
+    def _labelled(self, name: str) -> bool:
+        entry = self._entry(name)
+        if entry is not None:
+            return bool(entry.get("labelled"))
+        return name in (self.details.get("leftovers") or {}).get("labelled", [])
 
     def read_version(self, name: str) -> None:
         """The instance's databaseVersion for the journal (best effort)."""
@@ -363,12 +435,25 @@ class CloudDrill:
 
             from voketag_ops.workflows import drill as local_drill
 
-            journals = local_drill.load_journals(SimpleNamespace(home=drills_home(self.settings)))  # type: ignore[arg-type]
-            finished = frozenset(str(j.get("run_id")) for j in journals) | frozenset(
-                str((j.get("details") or {}).get("scratch_id")) for j in journals
+            journals = [
+                j
+                for j in local_drill.load_journals(SimpleNamespace(home=drills_home(self.settings)))  # type: ignore[arg-type]
+                if j.get("run_id") != self.run_id
+            ]
+            over = [j for j in journals if j.get("status") != "running" or _owner_gone(j)]
+            finished = frozenset(str(j.get("run_id")) for j in over) | frozenset(
+                str((j.get("details") or {}).get("scratch_id")) for j in over
+            )
+            # scratch instances these journals list as created and not deleted: found by name
+            # even without the drill's labels (still only names voke generates)
+            journaled = frozenset(
+                str(s.get("name"))
+                for j in journals
+                for s in (j.get("details") or {}).get("scratch") or []
+                if isinstance(s, dict) and not s.get("deleted")
             )
             now = _utcnow()
-            found, ignored = [], []
+            found, ignored, swept_labelled = [], [], []
             for i, labels in self.recovery.list_instances():
                 if is_leftover(
                     i.name,
@@ -378,8 +463,11 @@ class CloudDrill:
                     now=now,
                     min_age=min_age,
                     finished=finished,
+                    journaled=journaled,
                 ):
                     found.append(i.name)
+                    if labels.get(DRILL_LABEL) and labels.get(ENV_LABEL) == self.settings.env:
+                        swept_labelled.append(i.name)
                 elif i.name.startswith(scratch_prefix(self.env.instance)):
                     ignored.append(i.name)  # not provably a finished drill's: reported, never deleted
             # replicas first: Cloud SQL refuses to delete an instance that still has replicas
@@ -391,7 +479,12 @@ class CloudDrill:
                     info["deleted"].append(name)
                 except VokeError as exc:
                     log.warning("could not delete the leftover %s: %s", name, exc.message)
-            self.details["leftovers"] = {"found": found, "deleted": info["deleted"], "not_touched": ignored}
+            self.details["leftovers"] = {
+                "found": found,
+                "deleted": info["deleted"],
+                "not_touched": ignored,
+                "labelled": swept_labelled,
+            }
 
     def steady(self, *, pitr: bool) -> dict[str, Any]:
         from voketag_ops.workflows import cloud_topology
@@ -426,7 +519,11 @@ class CloudDrill:
         }
 
     def canary_write(self, db: Any, host: str, where: str, *, after: int = 0) -> tuple[list[Any], datetime]:
-        """Canary rows on WHERE, then the cut (WHERE's own clock), then AFTER more rows."""
+        """Canary rows on WHERE, then the cut (WHERE's own clock), then AFTER more rows. None
+        acknowledged: NeedsOperatorError with the first write's error (the server's message)
+        and the table's DDL as the hint (in the step's detail and the canary's journal entry)."""
+        from voketag_ops.adapters.gcp.canary import DDL_HINT
+
         seconds = float(self.options.get("canary_seconds", 5.0))
         interval = min(0.5, max(0.01, seconds / 10))
         with self.steps.run(f"write canary rows on {where} for {seconds:g} s") as info:
@@ -434,20 +531,34 @@ class CloudDrill:
             acked = [w for w in writes if w.ok and w.written_at is not None and w.written_at <= cut]
             later = [w for w in writes if w.ok and w.written_at is not None and w.written_at > cut]
             info.update(writes=len(writes), acked=len(acked), after_cut=len(later), cut_at=_iso(cut))
-        self.canary.update(
-            table="voke_drill_canary",
-            written_on=where,
-            interval_seconds=interval,
-            writes=len(writes),
-            acked_commits=len(acked),
-            written_after_cut=len(later),
-            failed_writes=len([w for w in writes if not w.ok]),
-            first_seq=writes[0].seq if writes else None,
-            last_seq=writes[-1].seq if writes else None,
-        )
-        self.details["cut_at"] = _iso(cut)
-        if not acked:
-            raise NeedsOperatorError(f"no canary write was acknowledged on {where}")
+            first_error = next((w.error for w in writes if not w.ok and w.error), None)
+            if first_error:
+                info["first_error"] = first_error
+            self.canary.update(
+                table="voke_drill_canary",
+                written_on=where,
+                interval_seconds=interval,
+                writes=len(writes),
+                acked_commits=len(acked),
+                written_after_cut=len(later),
+                failed_writes=len([w for w in writes if not w.ok]),
+                first_seq=writes[0].seq if writes else None,
+                last_seq=writes[-1].seq if writes else None,
+            )
+            if first_error:
+                self.canary["first_error"] = first_error
+            self.details["cut_at"] = _iso(cut)
+            if not acked:
+                hint = (
+                    "the canary needs this table, with its primary key (ON CONFLICT uses it), "
+                    f"writable by the canary's login: {DDL_HINT}"
+                )
+                info["hint"] = self.canary["hint"] = hint
+                raise NeedsOperatorError(
+                    f"no canary write was acknowledged on {where}"
+                    + (f" (first error: {first_error})" if first_error else ""),
+                    hint=hint,
+                )
         return writes, cut
 
     def answer(self, db: Any, name: str, *, write: bool) -> dict[int, datetime]:
@@ -538,6 +649,7 @@ class CloudDrill:
             "breaches": v["breaches"],
             "error": self.error,
             "left_behind": list(self.left_behind),
+            "left_behind_unlabelled": [n for n in self.left_behind if not self._labelled(n)],
             "details": self.details,
         }
 
@@ -596,7 +708,9 @@ def _failover(run: CloudDrill) -> None:
     with run.steps.run(f"clone {primary} into the scratch primary {scratch}") as info:
         info["operation"] = run.recovery.clone_instance(run.guard(scratch), primary).name
     run.label(scratch)
-    run.register_scratch(replica, "scratch replica")  # deleted first (LIFO): replicas go before primaries
+    run.register_scratch(
+        replica, "scratch replica", labelled=True
+    )  # deleted first (LIFO): replicas go before primaries
     with run.steps.run(f"create the scratch replica {replica}") as info:
         labels = {k: v for k, v in run.labels().items() if v is not None}
         info["operation"] = run.recovery.create_replica(run.guard(replica), scratch, labels=labels).name
@@ -694,6 +808,18 @@ def run_drill(
     return journal
 
 
+def _retry_note(settings: Any, unlabelled: list[str]) -> str:
+    """What the next run does about the leftovers: every run deletes a labelled one; one
+    without the drill's labels only a run on this machine, whose journals list it."""
+    if not unlabelled:
+        return "; the next drill run also retries"
+    return (
+        f"; the next drill run on this machine also retries (its journals under "
+        f"{drills_home(settings) / 'drills'} list them); {', '.join(unlabelled)} could not be labelled "
+        "as the drill's, so runs on other machines leave them alone"
+    )
+
+
 def run(
     settings: Any,
     scenario: str,
@@ -729,6 +855,7 @@ def run(
         run_drill(settings, n, home=home, progress=progress, options=options or {}) for n in scenarios
     ]
     left = sorted({name for j in journals for name in j.get("left_behind") or []})
+    unlabelled = sorted({name for j in journals for name in j.get("left_behind_unlabelled") or []})
     report: dict[str, Any] = (
         journals[0]
         if scenario != "all"
@@ -742,6 +869,6 @@ def run(
             f"the drill could not delete the scratch instance(s) {', '.join(left)} (they are billed)",
             hint="delete them: "
             + "; ".join(f"gcloud sql instances delete {n}" for n in left)
-            + "; the next drill run also retries",
+            + _retry_note(settings, unlabelled),
         )
     return report

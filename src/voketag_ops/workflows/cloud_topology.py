@@ -98,6 +98,9 @@ def read(settings: Settings, recovery: Any, *, strict: bool = True) -> Topology:
     Cloud SQL and raises PreconditionError (exit 5) on any disagreement."""
     env_name = settings.env
     env = settings.environment(env_name)
+    # only the two configured instances, by name (instances.get), never a listing: a drill's
+    # scratch clone copies production's labels (voke-role=primary included) until it is
+    # labelled as the drill's, and must never be taken for the primary
     names = [env.instance] + ([env.replica] if env.replica else [])
     found: dict[str, tuple[DbInstanceInfo, dict[str, str]]] = {}
     for name in names:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -24,6 +24,18 @@ _DDL = (
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The error's class and the first line of its message (a server error such as
+    `permission denied for table ...` or `no unique or exclusion constraint matching the ON
+    CONFLICT specification`: it names no password; CanaryDb also redacts its own)."""
+    line = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
+# the table the canary needs, for hints: ON CONFLICT needs its primary key
+DDL_HINT = _DDL
 
 
 _INSERT = (
@@ -45,6 +57,7 @@ class CanaryWrite:
     done_at: datetime
     ok: bool
     written_at: datetime | None = None
+    error: str | None = None  # why it failed: the server's message, first line (no credential)
 
 
 class CanaryDb:
@@ -92,8 +105,8 @@ class CanaryDb:
             row = conn.execute(_INSERT, (run_id, seq)).fetchone()
             if row is None:
                 row = conn.execute(_READ_ONE, (run_id, seq)).fetchone()
-        except psycopg.Error:
-            return CanaryWrite(seq, sent, _now(), False)
+        except psycopg.Error as exc:
+            return CanaryWrite(seq, sent, _now(), False, error=_first_line(exc))
         return CanaryWrite(seq, sent, _now(), row is not None, row[0] if row else None)
 
     def write(
@@ -139,7 +152,18 @@ class CanaryDb:
             for _ in range(after):
                 seq += 1
                 writes.append(self.insert(conn, run_id, seq))
-        return writes, cut
+        return [self._redacted(w) for w in writes], cut
+
+    def _redacted(self, write: CanaryWrite) -> CanaryWrite:
+        """WRITE with the credential's password (and user) masked in its error, should a
+        server message ever echo it."""
+        if not write.error:
+            return write
+        text = write.error
+        for secret in {str(self._cred["password"])}:
+            if secret:
+                text = text.replace(secret, "***")
+        return replace(write, error=text)
 
     def read(self, host: str, run_id: str) -> dict[int, datetime]:
         """Sequence number -> written_at of RUN_ID's rows on HOST."""

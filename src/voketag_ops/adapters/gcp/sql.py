@@ -154,8 +154,10 @@ class CloudSqlDbTarget:
     password (the Admin API hashes it; it never appears in SQL logs), a fresh login tests it.
 
     HOST (`db_host`) is the address of HOME (the configured `instance`): it is used only
-    while HOME is the instance rotated; after a failover the login test goes to the
-    recorded primary's own IP."""
+    while HOME is the instance rotated; REPLICA_HOST (`replica_db_host`, e.g. a Cloud SQL
+    Auth Proxy or tunnel to it) is the address of REPLICA (the configured `replica`), used
+    only while it is the recorded primary (after a failover); otherwise the login test goes
+    to the instance's own private IP."""
 
     def __init__(
         self,
@@ -165,12 +167,18 @@ class CloudSqlDbTarget:
         host: str | None = None,
         port: int = 5432,
         home: str | None = None,
+        replica: str | None = None,
+        replica_host: str | None = None,
+        replica_port: int = 5432,
     ) -> None:
         self.admin = admin
         self._instance = instance
         self.host = host
         self.port = port
         self.home = home
+        self.replica = replica
+        self.replica_host = replica_host
+        self.replica_port = replica_port
 
     @property
     def instance(self) -> str:
@@ -182,9 +190,18 @@ class CloudSqlDbTarget:
     def endpoint(self) -> tuple[str, int]:
         if self.host and (self.home is None or self.instance == self.home):
             return self.host, self.port
+        if self.replica_host and self.replica is not None and self.instance == self.replica:
+            return self.replica_host, self.replica_port
         info = CloudSqlRecovery(self.admin, self.instance).instance()
         if not info.ip_address:
-            raise UsageError(f"instance {self.instance} has no IP address; set environments.NAME.db_host")
+            key = (
+                "replica_db_host" if self.replica is not None and self.instance == self.replica else "db_host"
+            )
+            raise UsageError(
+                f"instance {self.instance} has no IP address",
+                hint=f"set environments.NAME.{key} to the address voke reaches {self.instance} at "
+                "(e.g. a Cloud SQL Auth Proxy)",
+            )
         return info.ip_address, self.port
 
     def ensure_roles(self, *, owner: str, roles: tuple[str, ...], database: str) -> None:
