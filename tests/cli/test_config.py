@@ -138,9 +138,7 @@ def test_doctor_ok_on_a_fresh_machine(voke, make_environ, tmp_path):
 
 def test_a_bad_environment_name_is_blamed_on_the_source_that_has_it(voke, make_environ, tmp_path):
     (tmp_path / "voke.toml").write_text("[environments.prod]\nkind = 'gcp'\n")
-    result = voke(
-        "env", "status", environ=make_environ(tmp_path / "h", VOKE_ENVIRONMENTS__1PROD__KIND="gcp")
-    )
+    result = voke("env", "status", environ=make_environ(tmp_path / "h", VOKE_ENVIRONMENTS__1PROD__KIND="gcp"))
     line = result.stderr.strip()
     assert result.exit_code == 3 and "VOKE_ENVIRONMENTS__1PROD__KIND" in line, line
     assert "voke.toml" not in line
