@@ -36,6 +36,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,7 @@ from voketag_ops.errors import (
     VokeError,
 )
 from voketag_ops.logs import get_logger
+from voketag_ops.workflows import drill as local_drill_frame
 
 if TYPE_CHECKING:
     from voketag_ops.config import Settings
@@ -233,7 +235,7 @@ def _owner_gone(journal: Mapping[str, Any]) -> bool:
     return False
 
 
-class CloudDrill:
+class CloudDrill(local_drill_frame.RunFrame):
     """One cloud drill run: steps, clean-ups, timeline, and its journal."""
 
     def __init__(
@@ -241,6 +243,7 @@ class CloudDrill:
     ):
         from voketag_ops.workflows.cloud_dr import _Steps
 
+        super().__init__()
         self.settings, self.platform, self.scenario, self.progress = settings, platform, scenario, progress
         self.env = settings.environment(settings.env)
         self.recovery = platform.recovery()
@@ -252,9 +255,7 @@ class CloudDrill:
         self.db: Any = None
         self.postgres_version: str | None = None
         self.started_at, self.t0 = started, time.monotonic()
-        self.timeline: dict[str, datetime | None] = {k: None for k in core.TIMELINE_KEYS}
         self.steps, self.cleanup_steps = _Steps(progress), _Steps(progress)
-        self._cleanups: list[tuple[str, Callable[[], Any]]] = []
         self.integrity: list[dict[str, Any]] = []
         self.details: dict[str, Any] = {"scratch": [], "production": {}, "scratch_id": self.scratch_id}
         self.canary: dict[str, Any] = {}
@@ -262,7 +263,6 @@ class CloudDrill:
         self.lost: int | None = None
         self.steady_before: dict[str, Any] | None = None
         self.steady_after: dict[str, Any] | None = None
-        self.error: str | None = None
         self.status: str | None = None
         self.left_behind: list[str] = []
         self.primary: str = self.env.instance
@@ -286,25 +286,8 @@ class CloudDrill:
             raise VokeError(f"refusing to change {name}: not a scratch instance of this drill")  # a bug
         return name
 
-    def mark(self, key: str, when: datetime | None = None) -> datetime:
-        value = when or _utcnow()
-        self.timeline[key] = value
-        return value
-
-    def on_cleanup(self, name: str, action: Callable[[], Any]) -> None:
-        self._cleanups.append((name, action))
-
-    def run_cleanups(self) -> None:
-        while self._cleanups:
-            name, action = self._cleanups.pop()
-            try:
-                with self.cleanup_steps.run(name):
-                    action()
-            except KeyboardInterrupt:
-                self.error = self.error or "interrupted"
-                log.warning("clean-up step %r interrupted; continuing with the rest", name)
-            except Exception as exc:
-                log.warning("clean-up step %r failed: %s", name, getattr(exc, "message", exc))
+    def cleanup_step(self, name: str) -> AbstractContextManager[Any]:
+        return self.cleanup_steps.run(name)
 
     def _entry(self, name: str) -> dict[str, Any] | None:
         return next((s for s in self.details["scratch"] if s["name"] == name), None)

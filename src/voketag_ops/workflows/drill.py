@@ -18,8 +18,8 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
-from datetime import datetime
+from contextlib import AbstractContextManager, contextmanager, suppress
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -143,7 +143,43 @@ def steady_state(settings: Settings, env: LocalEnvironment, *, wait: float = 0.0
 
 
 # -- one run ------------------------------------------------------------------------------------------------
-class DrillRun:
+class RunFrame:
+    """What every drill run keeps, local or cloud: its timeline and the clean-ups it
+    registered, run newest first, each to the end whatever the others did."""
+
+    error: str | None
+
+    def __init__(self) -> None:
+        self.timeline: dict[str, datetime | None] = {k: None for k in core.TIMELINE_KEYS}
+        self._cleanups: list[tuple[str, Callable[[], Any]]] = []
+        self.error = None
+
+    def mark(self, key: str, when: datetime | None = None) -> datetime:
+        value = when or datetime.now(UTC)
+        self.timeline[key] = value
+        return value
+
+    def on_cleanup(self, name: str, action: Callable[[], Any]) -> None:
+        self._cleanups.append((name, action))
+
+    def cleanup_step(self, name: str) -> AbstractContextManager[Any]:
+        """The recorded step one clean-up runs in."""
+        raise NotImplementedError
+
+    def run_cleanups(self) -> None:
+        while self._cleanups:
+            name, action = self._cleanups.pop()
+            try:
+                with self.cleanup_step(name):
+                    action()
+            except KeyboardInterrupt:
+                self.error = self.error or "interrupted"
+                log.warning("clean-up step %r interrupted; continuing with the rest", name)
+            except Exception as exc:
+                log.warning("clean-up step %r failed: %s", name, getattr(exc, "message", exc))
+
+
+class DrillRun(RunFrame):
     """The state of one drill while it runs; `journal()` turns it into the journal document."""
 
     def __init__(
@@ -156,6 +192,7 @@ class DrillRun:
     ) -> None:
         from voketag_ops.adapters.local import dr
 
+        super().__init__()
         self.settings, self.env, self.scenario, self.progress, self.options = (
             settings,
             env,
@@ -167,10 +204,8 @@ class DrillRun:
         self.run_id = f"{scenario}-{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:4]}"
         self.started_at = started
         self.t0 = time.monotonic()
-        self.timeline: dict[str, datetime | None] = {k: None for k in core.TIMELINE_KEYS}
         self.steps = dr.Steps()
         self.cleanup_steps = dr.Steps()
-        self._cleanups: list[tuple[str, Callable[[], Any]]] = []
         self.integrity: list[dict[str, Any]] = []
         self.details: dict[str, Any] = {}
         self.canary: Canary | None = None
@@ -179,7 +214,6 @@ class DrillRun:
         self.lost: int | None = None
         self.steady_before: dict[str, Any] | None = None
         self.steady_after: dict[str, Any] | None = None
-        self.error: str | None = None
         self.status: str | None = None
         self.targets = core.targets_for(
             scenario,
@@ -196,15 +230,8 @@ class DrillRun:
         with self.steps.run(name, self.progress) as info:
             yield info
 
-    def mark(self, key: str, when: datetime | None = None) -> datetime:
-        from voketag_ops.adapters.local.dr import utcnow
-
-        value = when or utcnow()
-        self.timeline[key] = value
-        return value
-
-    def on_cleanup(self, name: str, action: Callable[[], Any]) -> None:
-        self._cleanups.append((name, action))
+    def cleanup_step(self, name: str) -> AbstractContextManager[Any]:
+        return self.cleanup_steps.run(name, self.progress)
 
     def start_canary(self, *, write_timeout: float = 1.0) -> Canary:
         from voketag_ops.adapters.local.dr import Canary
@@ -243,18 +270,6 @@ class DrillRun:
             "the canary's first acknowledged write after the fault",
             timeout=timeout,
         )
-
-    def run_cleanups(self) -> None:
-        while self._cleanups:
-            name, action = self._cleanups.pop()
-            try:
-                with self.cleanup_steps.run(name, self.progress):
-                    action()
-            except KeyboardInterrupt:
-                self.error = self.error or "interrupted"
-                log.warning("clean-up step %r interrupted; continuing with the rest", name)
-            except Exception as exc:
-                log.warning("clean-up step %r failed: %s", name, getattr(exc, "message", exc))
 
     def journal(self) -> dict[str, Any]:
         from voketag_ops import __version__
