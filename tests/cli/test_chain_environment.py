@@ -36,6 +36,20 @@ def test_down_destroy_and_catch_up(voke, make_environ, tmp_path: Path) -> None:
         assert first["anchoring_queued"] is False and first["anchors_requested"] == 1
         assert verify()["anchors_checked"] == 1
 
+        # A batch whose anchor request the chain lost (an asynchronous failover) is requested
+        # again by the next `chain anchor run`.
+        sample = tmp_path / "batch.csv"
+        assert run("ingest", "sample", "--rows", "20", "--out", str(sample)).exit_code == 0
+        loaded = run("ingest", "load", str(sample), "--json").json["result"]
+        assert loaded["anchor"] == "pending"
+        _forget_anchor(home, loaded["anchor_id"])
+        lost = run("chain", "anchor", "run", "--difficulty", "4", "--json")
+        assert lost.exit_code == 0 and lost.json["result"]["outcome"] == "anchored"
+        batches = run("ingest", "batches", "--json").json["result"]["batches"]
+        assert [b["anchor"] for b in batches] == ["anchored"]
+        events = run("audit", "show", "-e", "chain.anchor.run", "--json").json["result"]["entries"]
+        assert events[-1]["details"]["ingest_batches_requested"] == 1
+
         # Down: audit appends (env.down itself, a checkpoint) work and start nothing.
         assert run("env", "down").exit_code == 0
         queued = run("audit", "checkpoint", "--json")
@@ -57,11 +71,11 @@ def test_down_destroy_and_catch_up(voke, make_environ, tmp_path: Path) -> None:
         gone = verify()  # read from the exported file, with nothing running
         assert gone["anchors_checked"] == 2 and not gone["anchors_unchecked"]
         events = run("audit", "show", "-e", "chain.anchor.run", "--json").json["result"]["entries"]
-        assert [e["details"]["audit_checkpoints_requested"] for e in events] == [0, 1]
+        assert [e["details"]["audit_checkpoints_requested"] for e in events] == [0, 0, 1]
         # The next chain use starts a new environment and moves the exported chain back in.
         anchors = run("chain", "anchors", "--json")
         assert anchors.exit_code == 0, anchors.stdout + anchors.stderr
-        assert len(anchors.json["result"]["anchors"]) == 3  # the root and both checkpoints
+        assert len(anchors.json["result"]["anchors"]) == 4  # the root, the batch, both checkpoints
         assert verify()["anchors_checked"] == 2
 
         # Destroying a stopped environment starts it to export the chain; an export that
@@ -77,3 +91,15 @@ def test_down_destroy_and_catch_up(voke, make_environ, tmp_path: Path) -> None:
         assert '"anchors"' in (home / "chain" / "chain.json").read_text()
     finally:
         voke("env", "destroy", "--yes", environ=environ)
+
+
+def _forget_anchor(home: Path, anchor_id: str) -> None:
+    """What an asynchronous failover can do: the batch row survives, its anchor request not."""
+    import psycopg
+
+    from voketag_ops.adapters.local.environment import LocalEnvironment
+    from voketag_ops.config import LocalSettings
+
+    env = LocalEnvironment.from_settings(LocalSettings(home=home))
+    with psycopg.connect(env.platform_database(), autocommit=True) as conn:
+        assert conn.execute("delete from voke_chain_anchors where id = %s", (anchor_id,)).rowcount == 1

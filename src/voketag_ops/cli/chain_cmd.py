@@ -378,6 +378,7 @@ def anchor_run(
 
         caught_up = AuditLog(_home(env), chain=lambda: store).anchor_checkpoints(now=_now())
         event.details["audit_checkpoints_requested"] = caught_up.requested
+        event.details["ingest_batches_requested"] = _request_lost_batches(env, store)
         with env.out.progress("mining the next block"):
             report = run_anchors(
                 store, now=_now(), difficulty=difficulty, max_attempts=max_attempts, time_limit=time_limit
@@ -427,6 +428,25 @@ def anchor_cancel(
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
+
+def _request_lost_batches(env: AppContext, store: ChainStore) -> int:
+    """Request again the roots of the local database's ingest batches the chain has never
+    seen (lost across an asynchronous failover, or a chain restored from an older export).
+    Best effort: never starts the environment, a failure is a warning."""
+    from voketag_ops.errors import VokeError
+    from voketag_ops.workflows.chain import request_missing_anchors
+    from voketag_ops.workflows.ingest import batch_anchor_requests
+
+    local = env.local_environment()
+    try:
+        if not local.exists or not local.primary().running:
+            return 0
+        batches = batch_anchor_requests(local.platform_database())
+        return len(request_missing_anchors(store, batches, now=_now())) if batches else 0
+    except VokeError as exc:
+        env.out.note(f"warning: ingest batches not checked for lost anchors: {exc.message}")
+        return 0
 
 
 @contextmanager

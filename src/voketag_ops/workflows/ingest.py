@@ -664,6 +664,28 @@ def _duplicate(
     return report
 
 
+def batch_anchor_requests(conninfo: str) -> list[tuple[bytes, str, str, int]]:
+    """(root, kind, label, tree size) of every batch in CONNINFO's ingest schema (none when
+    it has none yet): what `voke chain anchor run` requests again when the chain lost them
+    (asynchronous replication across a failover, a chain restored from an older export).
+    BackendError when the database cannot be read."""
+    import psycopg
+
+    try:
+        with psycopg.connect(conninfo, connect_timeout=5) as conn:
+            row = conn.execute("SELECT to_regclass('ingest.batches')").fetchone()
+            if row is None or row[0] is None:
+                return []
+            rows = conn.execute(
+                "SELECT batch_id, merkle_root, rows_loaded FROM ingest.batches ORDER BY batch_id"
+            ).fetchall()
+    except psycopg.Error as exc:
+        raise BackendError(
+            f"{describe_target(conninfo)}: cannot list the batches: {_first_line(exc)}"
+        ) from None
+    return [(bytes(root), "ingest-batch", f"ingest batch {batch_id}", size) for batch_id, root, size in rows]
+
+
 def _anchor(
     conn: psycopg.Connection[Any],
     report: LoadReport,
