@@ -26,10 +26,9 @@ from voketag_ops.adapters.gcp._common import (
     GcpContext,
     translating,
 )
+from voketag_ops.adapters.pg_login import pg_login
 from voketag_ops.errors import (
-    AuthenticationError,
     BackendError,
-    ConnectivityError,
     DatabaseError,
     NotFoundError,
     PreconditionError,
@@ -119,34 +118,6 @@ class CloudSqlAdmin:
             started_at=_iso(op.start_time),
             finished_at=_iso(op.end_time),
         )
-
-
-def pg_login(cred: dict[str, Any], *, timeout: float = 5) -> bool:
-    """A fresh login with CRED: False when rejected, ConnectivityError when unreachable."""
-    import psycopg
-
-    try:
-        with psycopg.connect(
-            host=cred["host"],
-            port=int(cred["port"]),
-            user=cred["username"],
-            password=cred["password"],
-            dbname=cred["dbname"],
-            connect_timeout=max(1, int(timeout)),
-            application_name="voke-rotate-test",
-        ) as conn:
-            row = conn.execute("select has_database_privilege(current_database(), 'CONNECT')").fetchone()
-            return bool(row and row[0])
-    except psycopg.OperationalError as exc:
-        text = str(exc)
-        if "password authentication failed" in text or "does not exist" in text or "not permitted" in text:
-            return False
-        first = (text.strip().splitlines() or ["connection failed"])[0]
-        raise ConnectivityError(
-            f"cannot reach the database at {cred['host']}:{cred['port']}: {first}"
-        ) from None
-    except psycopg.Error as exc:
-        raise AuthenticationError(f"{cred['username']}: {type(exc).__name__}") from None
 
 
 class CloudSqlDbTarget:

@@ -12,7 +12,8 @@ import hmac
 import os
 from typing import TYPE_CHECKING, Any
 
-from voketag_ops.errors import AuthenticationError, ConnectivityError, DatabaseError
+from voketag_ops.adapters.pg_login import pg_login
+from voketag_ops.errors import DatabaseError
 
 if TYPE_CHECKING:
     from voketag_ops.adapters.local.environment import LocalEnvironment
@@ -91,35 +92,8 @@ class LocalDbTarget:
             raise DatabaseError(f"cannot set the password of {role}: {_first_line(exc)}") from None
 
     def can_login(self, cred: dict[str, Any], *, timeout: float = 3) -> bool:
-        """A fresh TCP login with CRED plus a privilege probe. False when the password is
-        rejected; ConnectivityError when the server cannot be reached at all."""
-        import psycopg
-
-        try:
-            with psycopg.connect(
-                host=cred["host"],
-                port=int(cred["port"]),
-                user=cred["username"],
-                password=cred["password"],
-                dbname=cred["dbname"],
-                connect_timeout=max(1, int(timeout)),
-                application_name="voke-rotate-test",
-            ) as conn:
-                row = conn.execute("select has_database_privilege(current_database(), 'CONNECT')").fetchone()
-                return bool(row and row[0])
-        except psycopg.OperationalError as exc:
-            text = str(exc)
-            if (
-                "password authentication failed" in text
-                or "does not exist" in text
-                or "not permitted" in text
-            ):
-                return False
-            raise ConnectivityError(
-                f"cannot reach the database at {cred['host']}:{cred['port']}: {_first_line(exc)}"
-            ) from None
-        except psycopg.Error as exc:
-            raise AuthenticationError(f"{cred['username']}: {_first_line(exc)}") from None
+        """A fresh TCP login with CRED (False when the password is rejected)."""
+        return pg_login(cred, timeout=timeout)
 
 
 def _first_line(exc: BaseException) -> str:
