@@ -549,9 +549,10 @@ def open_chain_store(
             "running; `voke env up` starts it"
         )
     try:
-        if readonly and not env.has_database(database):
+        found = env.database(database, create=not readonly)  # created on first use
+        if found is None:
             raise ChainUnavailableError(f"no chain yet (database {database} does not exist)")
-        conninfo = env.platform_database(database)  # created on first use
+        conninfo = found
     except BackendError as exc:
         raise ch.ChainStoreError(f"chain store (PostgreSQL): {exc.message}") from None
     leader = env.primary()

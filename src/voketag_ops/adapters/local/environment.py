@@ -209,26 +209,9 @@ class LocalEnvironment:
             state.leader = name
             state.save(self.state_file)
 
-    def has_database(self, name: str) -> bool:
-        """Whether database NAME exists on the leader (BackendError when it cannot be asked)."""
-        import psycopg
-
-        primary = self.primary()
-        try:
-            with primary.connect() as conn:
-                return (
-                    conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone()
-                    is not None
-                )
-        except psycopg.Error as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise BackendError(f"the {primary.name} on port {primary.port}: {first}") from None
-
-    def platform_database(self, name: str = PLATFORM_DB) -> str:
-        """Conninfo of the platform's database on the leader (created on first use).
-
-        Ingestion, the chain store and the services' data live here; tests pass their own NAME.
-        """
+    def database(self, name: str, *, create: bool) -> str | None:
+        """Conninfo of database NAME on the leader; CREATE makes it on first use, otherwise
+        None when it does not exist. BackendError when the leader cannot be asked."""
         import psycopg
         from psycopg import errors, sql
 
@@ -237,6 +220,8 @@ class LocalEnvironment:
             with primary.connect() as conn:
                 exists = conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone()
                 if not exists:
+                    if not create:
+                        return None
                     try:
                         conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
                     except errors.DuplicateDatabase:
@@ -245,6 +230,15 @@ class LocalEnvironment:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise BackendError(f"the {primary.name} on port {primary.port}: {first}") from None
         return primary.conninfo(name)
+
+    def platform_database(self, name: str = PLATFORM_DB) -> str:
+        """Conninfo of the platform's database on the leader (created on first use).
+
+        Ingestion, the chain store and the services' data live here; tests pass their own NAME.
+        """
+        conninfo = self.database(name, create=True)
+        assert conninfo is not None
+        return conninfo
 
     # -- locking -------------------------------------------------------------------------
     @contextmanager
