@@ -38,28 +38,26 @@ class CloudPlatform:
 
         return LocalEnvironment.from_settings(self.settings.local).home / "cloud" / self.name
 
-    def consumers(self) -> dict[str, str]:
-        """Cloud Run service -> the secret it reads, for the services of this environment."""
-        out: dict[str, str] = {}
+    def _reads(self, *, every_kind: bool) -> list[tuple[str, str]]:
+        """(secret, service) for the services of this environment: the database logins and
+        service-account keys (EVERY_KIND: API keys and the JWT keyring too)."""
         rotation = self.settings.rotation
         groups = [(u.secret, u.services) for u in rotation.db_users.values()]
         groups += [(k.secret, k.services) for k in rotation.sa_keys.values()]
-        for secret, services in groups:
-            for service in services:
-                if service in self.env.services:
-                    out[service] = secret
-        return out
+        if every_kind:
+            groups += [(k.secret, k.services) for k in rotation.api_keys.values()]
+            groups.append((rotation.jwt.secret, rotation.jwt.services))
+        return [(secret, s) for secret, services in groups for s in services if s in self.env.services]
+
+    def consumers(self) -> dict[str, str]:
+        """Cloud Run service -> the secret it reads (its database login or key), for status."""
+        return {service: secret for secret, service in self._reads(every_kind=False)}
 
     def readers(self) -> dict[str, tuple[str, ...]]:
         """Secret -> the Cloud Run services of this environment that read it (all kinds)."""
-        rotation = self.settings.rotation
-        groups = [(u.secret, u.services) for u in rotation.db_users.values()]
-        groups += [(k.secret, k.services) for k in rotation.sa_keys.values()]
-        groups += [(k.secret, k.services) for k in rotation.api_keys.values()]
-        groups.append((rotation.jwt.secret, rotation.jwt.services))
         out: dict[str, tuple[str, ...]] = {}
-        for secret, services in groups:
-            out[secret] = (*out.get(secret, ()), *(s for s in services if s in self.env.services))
+        for secret, service in self._reads(every_kind=True):
+            out[secret] = (*out.get(secret, ()), service)
         return out
 
     def store(self) -> Any:
