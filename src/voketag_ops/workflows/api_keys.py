@@ -83,9 +83,6 @@ class ApiKeyCredential(MadeBeside, ABC):
         self.secret = settings.secret
         self.services = tuple(settings.services)
         self.kind = f"api-key:{settings.provider}"
-        self.first_version = (
-            f"adopt the key in use first: voke rotate api-key {name} --adopt --yes < current-key.txt"
-        )
         self.timeout = timeout
         self.sleep = sleep
 
@@ -589,6 +586,15 @@ def _api_credential(engine: Any, name: str) -> ApiKeyCredential:
 def rotate_api_key(engine: Any, name: str, *, new_key: str | None = None, dry_run: bool = False) -> Any:
     """Rotate the API key NAME (rotation.api_keys.NAME); NEW_KEY for assisted kinds (Stripe)."""
     cred = _api_credential(engine, name)
+    try:
+        meta = engine.store.get(cred.secret)
+    except NotFoundError:
+        meta = None
+    if meta is None or "current" not in meta.aliases:
+        raise PreconditionError(
+            f"secret {cred.secret} holds no current {cred.provider} key yet; adopt the key in use first",
+            hint=f"voke rotate api-key {name} --adopt --yes < current-key.txt",
+        )
     if new_key is not None:
         if not isinstance(cred, StripeKey):
             raise UsageError(f"{cred.provider} keys are made by voke, not pasted")

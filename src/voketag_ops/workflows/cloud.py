@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from voketag_ops.config import GcpEnvironment, Settings
-from voketag_ops.errors import NotFoundError
 from voketag_ops.logs import get_logger
 from voketag_ops.workflows.rotate import Progress, RotationEngine
 
@@ -138,10 +137,8 @@ class CloudRotationEngine(RotationEngine):
     def rotate(self, name: str, *, dry_run: bool = False) -> Any:
         cred = self.credential(name)
         check = getattr(self.runtime, "check_pinned", None)
-        try:
-            raw = self.store.get(cred.secret).annotations.get("voke-rotation")
-        except NotFoundError:
-            return super().rotate(name, dry_run=dry_run)  # which says how to store the first version
+        meta = self.store.get(cred.secret)
+        raw = meta.annotations.get("voke-rotation")
         if cred.services and check is not None and not raw:  # a resumed rotation already passed it
             check(cred.secret, tuple(cred.services))
         if getattr(cred, "kind", None) == "db-password" and not dry_run:

@@ -25,7 +25,6 @@ class Credential(Protocol):
     strategy: str
     services: tuple[str, ...]
     schedule: str  # key of RotationSchedule
-    first_version: str  # the command that stores the first version (what rotation starts from)
 
     def plan(self, current: dict[str, Any] | None) -> list[str]:
         """Human lines for steps 2-4 (create, apply, test) of a dry run."""
@@ -81,9 +80,6 @@ class DbPassword:
 
     kind = "db-password"
     schedule = "db_password"
-    first_version = (
-        "voke env up (the local environment stores it; on a cloud env, store the login in its secret)"
-    )
 
     def __init__(self, name: str, user: DbUserSettings, target: Any, *, length: int = 32) -> None:
         self.name = name

@@ -38,7 +38,6 @@ class JwtKeyring(MadeBeside):
 
     kind = "jwt"
     schedule = "jwt"
-    first_version = "voke rotate jwt --init --yes"
 
     def __init__(
         self,
@@ -296,5 +295,14 @@ def jwt_credential(engine: Any) -> JwtKeyring:
 def rotate_jwt(engine: Any, *, emergency: bool = False, dry_run: bool = False) -> Any:
     """Publish a next key, promote a published one, or (EMERGENCY) replace every key now."""
     cred = jwt_credential(engine)
+    try:
+        exists = "current" in engine.store.get(cred.secret).aliases
+    except NotFoundError:
+        exists = False
+    if not exists:
+        raise PreconditionError(
+            f"secret {cred.secret} holds no JWT keyring yet; create it first",
+            hint="voke rotate jwt --init --yes",
+        )
     cred.strategy = EMERGENCY if emergency else NORMAL
     return engine.rotate(cred.name, dry_run=dry_run)

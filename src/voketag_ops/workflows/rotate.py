@@ -208,14 +208,6 @@ class RotationEngine:
             )
         return self.rotate(user_name, dry_run=dry_run)
 
-    @staticmethod
-    def _no_first_version(user: Credential) -> PreconditionError:
-        """Nothing to rotate from yet: the credential says what makes its first version."""
-        return PreconditionError(
-            f"secret {user.secret} holds no current {user.kind} value to rotate from (nothing was "
-            f"changed); first: {user.first_version}"
-        )
-
     def rotate(self, name: str, *, dry_run: bool = False) -> Outcome:
         """Rotate one managed credential (the whole protocol)."""
         t0 = time.monotonic()
@@ -223,7 +215,9 @@ class RotationEngine:
         try:
             meta, existing = self._record(user.secret)
         except NotFoundError:
-            raise self._no_first_version(user) from None
+            raise ValidationError(
+                f"secret {user.secret!r} does not exist; `voke env up` creates it"
+            ) from None
         if existing and existing.status == "needs_attention":
             raise PreconditionError(
                 f"rotation {existing.id} of {user.secret} stopped and needs a person; nothing was changed",
@@ -238,7 +232,7 @@ class RotationEngine:
             self.progress(f"finishing the unfinished rotation {existing.id} first")
             return self._resume(existing, t0)
         if "current" not in meta.aliases:
-            raise self._no_first_version(user)
+            raise ValidationError(f"secret {user.secret!r} has no `current` version to rotate from")
         # Kind-specific conditions (configuration, a pasted key, a JWT key still waiting), before the lock.
         precheck = getattr(user, "precheck", None)
         if precheck is not None:

@@ -51,7 +51,6 @@ class SaKey(MadeBeside):
         self.secret = settings.secret
         self.services = tuple(settings.services)
         self.account = settings.service_account
-        self.first_version = f"voke rotate sa-key {name} --init --yes"
 
     def precheck(self, meta: Any, *, dry_run: bool) -> None:
         """Before the lock: warn about keys, and refuse when IAM's 10-key limit is reached."""
