@@ -268,6 +268,24 @@ def test_sku_collision_with_products_already_loaded():
     assert "already loaded" in p.message
 
 
+def test_a_rejected_row_names_no_sku_and_claims_no_tag_id():
+    # Line 2 is rejected (bad timestamp): line 3's name for S1 is the first that counts, and
+    # its tag_id is no repeat.
+    v = run(HEADER + row("T1", sku="S1", name="Shoe", ts="bad") + row("T1", sku="S1", name="Boot"))
+    assert [(p.line, p.code) for p in v.problems] == [(2, "bad_timestamp")]
+    assert v.rows_accepted == 1 and v.new_products() == {"S1": "Boot"}
+
+
+def test_a_name_with_invalid_utf8_is_not_held_against_later_rows():
+    v = run(
+        HEADER.encode()
+        + row("T1", sku="S1", name="Al\xffpha").encode("latin-1")
+        + row("T2", sku="S1", name="Alpha").encode()
+    )
+    assert [(p.line, p.code) for p in v.problems] == [(2, "invalid_utf8")]
+    assert v.new_products() == {"S1": "Alpha"}
+
+
 def test_bad_timestamp():
     p = only_problem(run(HEADER + row(ts="yesterday")))
     assert (p.line, p.column, p.code) == (2, 22, "bad_timestamp")

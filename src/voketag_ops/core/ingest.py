@@ -357,7 +357,6 @@ class BatchValidator:
         self._seen: dict[str, int] = {}  # tag_id -> first line (only with detect_duplicates)
         self._sku_name: dict[str, str] = dict(self.known_products)  # every SKU met so far -> its name
         self._sku_line: dict[str, int] = {}  # SKUs new in this file -> the line that named them first
-        self._sku_unused: set[str] = set()  # new SKUs met in rejected rows only, so far
         self._now_text = canonical_timestamp(now)
         self._pending: list[bytes] = []
         self._pending_bytes = 0
@@ -468,7 +467,7 @@ class BatchValidator:
 
     def new_products(self) -> dict[str, str]:
         """SKU -> product name for the SKUs this file introduced (not known before) in accepted rows."""
-        return {sku: self._sku_name[sku] for sku in self._sku_line if sku not in self._sku_unused}
+        return {sku: self._sku_name[sku] for sku in self._sku_line}
 
     def line_of(self, tag_id: str) -> int | None:
         """The line where TAG_ID first appeared in the file (None if it did not)."""
@@ -659,8 +658,6 @@ class BatchValidator:
         for sku, i in new.items():
             self._sku_name[sku] = names[i]
             self._sku_line[sku] = first_line + i
-        if self._sku_unused:
-            self._sku_unused.difference_update(skus)
         self.rows_total += n
         chunk.rows += n
         self._emit(canonical, list(numbers), chunk)
@@ -707,7 +704,6 @@ class BatchValidator:
         seen = self._seen
         sku_name = self._sku_name
         sku_line = self._sku_line
-        sku_unused = self._sku_unused
         now = self.now
         fromiso = datetime.fromisoformat
         tag_match = _TAG_RE.fullmatch
@@ -777,8 +773,6 @@ class BatchValidator:
                     if known is None:
                         sku_name[sku] = name
                         sku_line[sku] = lineno
-                    elif sku_unused:
-                        sku_unused.discard(sku)
                     values = (tag, sku, name, fac, ts, lot, color, size)
             if values is None:
                 values = self._slow(lineno, line, line_problems.get(lineno, ()), lineno == last, chunk)
@@ -904,16 +898,10 @@ class BatchValidator:
                             f"duplicate tag_id {tag!r} (first on line {first})",
                         )
                     )
-                else:
-                    self._seen[tag] = lineno
             sku, pname = values.get("sku"), values.get("product_name")
             if sku is not None and pname is not None:
                 known_name = self._sku_name.get(sku)
-                if known_name is None:
-                    self._sku_name[sku] = pname
-                    self._sku_line[sku] = lineno
-                    self._sku_unused.add(sku)  # until a row of it is accepted
-                elif known_name != pname:
+                if known_name is not None and known_name != pname:
                     first_line = self._sku_line.get(sku)
                     where = f"line {first_line}" if first_line is not None else "the products already loaded"
                     problems.append(
@@ -931,7 +919,14 @@ class BatchValidator:
             if self.keep_rejected:
                 chunk.rejected.append(Rejected(lineno, tuple(problems), line))
             return None
-        self._sku_unused.discard(values["sku"])
+        # Only an accepted row claims its tag_id and names its SKU (as on the fast paths): a
+        # rejected one, say with a bad timestamp or a mangled name, makes no later row a repeat.
+        if self.detect_duplicates:
+            self._seen[values["tag_id"]] = lineno
+        sku = values["sku"]
+        if sku not in self._sku_name:
+            self._sku_name[sku] = values["product_name"]
+            self._sku_line[sku] = lineno
         return tuple(values[c] for c in CANONICAL_COLUMNS)
 
     def _check_field(self, name: str, raw: str, lineno: int, column: int) -> tuple[str, Problem | None]:
