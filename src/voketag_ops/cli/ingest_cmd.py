@@ -178,7 +178,9 @@ def _summary(r: LoadReport) -> str:
     if r.status == "valid":
         return f"ingest: dry run: {name} is valid ({r.rows_loaded:,} rows would load); nothing written"
     first = r.errors[0] if r.errors else None
-    where = f" (first: line {first['line']}: {first['message']})" if first else ""
+    where = ""
+    if first:
+        where = f" (first: {'line ' + str(first['line']) + ': ' if first['line'] is not None else ''}{first['message']})"
     return f"ingest: rejected {name}: {r.error_count} problem(s){where}; nothing written"
 
 
@@ -224,7 +226,7 @@ def _render_batches(console: Console, report: dict[str, Any]) -> None:
     for b in report["batches"]:
         table.add_row(
             str(b["batch_id"]),
-            b["loaded_at"].strftime("%Y-%m-%d %H:%M:%S"),
+            b["loaded_at"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ"),
             b["file_name"],
             f"{b['rows_loaded']:,}",
             f"{b['rows_rejected']:,}",

@@ -42,6 +42,8 @@ import csv
 import hashlib
 import itertools
 import os
+import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -60,6 +62,7 @@ from voketag_ops.errors import (
     InputError,
     NeedsOperatorError,
     PreconditionError,
+    RolledBackError,
     UsageError,
     VokeError,
 )
@@ -205,7 +208,7 @@ def describe_target(conninfo: str) -> str:
 def connect(conninfo: str) -> psycopg.Connection[Any]:
     """An autocommit connection; BackendError (exit 4) when it cannot be made."""
     import psycopg
-    from psycopg.conninfo import conninfo_to_dict
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
     from voketag_ops.redact import register
 
@@ -214,12 +217,34 @@ def connect(conninfo: str) -> psycopg.Connection[Any]:
         if password:
             register(str(password))
     try:
-        return psycopg.connect(conninfo, autocommit=True, connect_timeout=10, application_name="voke ingest")
+        conn = psycopg.connect(
+            make_conninfo(conninfo, **_keepalives(conninfo)),
+            autocommit=True,
+            connect_timeout=10,
+            application_name="voke ingest",
+        )
+        # Times are read back to reseal and prove rows: in UTC, a year-1 time is still AD.
+        conn.execute("SET TIME ZONE 'UTC'")
+        return conn
     except psycopg.ProgrammingError:
         # Not echoed: the string may hold a password.
         raise UsageError("--db: not a valid PostgreSQL URL or conninfo string") from None
     except psycopg.Error as exc:
         raise BackendError(f"cannot connect to {describe_target(conninfo)}: {_first_line(exc)}") from None
+
+
+def _keepalives(conninfo: str) -> dict[str, int]:
+    """TCP keepalives and a send timeout, unless CONNINFO sets its own: a server gone behind
+    a dead network path is noticed in about a minute, not after the kernel's hours."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    wanted = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
+              "tcp_user_timeout": 60_000}  # fmt: skip
+    try:
+        given = conninfo_to_dict(conninfo)
+    except Exception:
+        return {}  # psycopg.connect says what is wrong with it
+    return {k: v for k, v in wanted.items() if k not in given}
 
 
 def _first_line(exc: BaseException) -> str:
@@ -262,13 +287,20 @@ def _db_errors(target: str, doing: str, committing: list[bool] | None = None) ->
 # -- schema ------------------------------------------------------------------------------------
 
 
-def ensure_schema(conn: psycopg.Connection[Any]) -> int:
-    """Create or migrate the `ingest` schema; returns its version. Safe under concurrency."""
+def schema_version(conn: psycopg.Connection[Any]) -> int | None:
+    """The version of the `ingest` schema, None if there is none yet. Reads only."""
     row = conn.execute("SELECT to_regclass('ingest.schema_migrations') IS NOT NULL").fetchone()
-    if row and row[0]:
-        current = conn.execute("SELECT coalesce(max(version), 0) FROM ingest.schema_migrations").fetchone()
-        if current and current[0] == SCHEMA_VERSION:
-            return SCHEMA_VERSION
+    if not (row and row[0]):
+        return None
+    current = conn.execute("SELECT coalesce(max(version), 0) FROM ingest.schema_migrations").fetchone()
+    return int(current[0]) if current else 0
+
+
+def ensure_schema(conn: psycopg.Connection[Any]) -> int:
+    """Create or migrate the `ingest` schema; returns its version. Safe under concurrency
+    (inside a transaction, it is undone with it)."""
+    if schema_version(conn) == SCHEMA_VERSION:
+        return SCHEMA_VERSION
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK_CLASS, _LOCK_MIGRATE))
         conn.execute("CREATE SCHEMA IF NOT EXISTS ingest")
@@ -365,6 +397,11 @@ def _load_batch(
         raise UsageError("--partial needs --rejects FILE for the rows it leaves out")
     if rejects is not None and not partial:
         raise UsageError("--rejects applies only with --partial")
+    if rejects is not None:
+        _check_output_path(rejects, "--rejects")
+        with suppress(OSError):
+            if os.path.samefile(rejects, path):
+                raise UsageError("--rejects must name another file than the batch being loaded")
     max_errors = settings.max_errors if max_errors is None else max_errors
     started = time.monotonic()
     report_progress = progress or (lambda _p: None)
@@ -420,8 +457,10 @@ def _load_source(
     conn = connect(conninfo)
     try:
         with _db_errors(target, "preparing the ingest schema"):
-            ensure_schema(conn)
-            existing = _find_batch(conn, base.file_sha256)
+            # A dry run changes nothing: it makes a missing schema inside its own transaction,
+            # which is rolled back, and with no schema there is no batch to be a duplicate of.
+            has_schema = schema_version(conn) is not None if dry_run else bool(ensure_schema(conn))
+            existing = _find_batch(conn, base.file_sha256) if has_schema else None
         if existing is not None:
             return _finish(_duplicate(base, existing, conn, anchorer, target), started)
         committing = [False]
@@ -430,49 +469,73 @@ def _load_source(
                 "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
             ).fetchone()
         report: LoadReport | None = None
+        # The --rejects file is written aside; it takes its name only once the batch is committed.
+        rejects_out = _RejectsWriter(rejects) if rejects is not None else None
+        window = _CommitWindow()
         try:
-            with _db_errors(target, "loading the batch", committing):
-                conn.execute("SET temp_buffers = '256MB'")  # before the session's first temporary table
-                with conn.transaction():
-                    report = _load_in_transaction(
-                        conn,
-                        source,
-                        base,
-                        settings=settings,
-                        now=now,
-                        partial=partial,
-                        rejects=rejects,
-                        dry_run=dry_run,
-                        max_errors=max_errors,
-                        actor=actor,
-                        progress=progress,
-                        started=started,
+            with window:
+                try:
+                    with _db_errors(target, "loading the batch", committing):
+                        conn.execute(
+                            "SET temp_buffers = '256MB'"
+                        )  # before the session's first temporary table
+                        with conn.transaction():
+                            report = _load_in_transaction(
+                                conn,
+                                source,
+                                base,
+                                settings=settings,
+                                now=now,
+                                partial=partial,
+                                rejects_out=rejects_out,
+                                dry_run=dry_run,
+                                max_errors=max_errors,
+                                actor=actor,
+                                progress=progress,
+                                started=started,
+                            )
+                            committing[0] = True  # leaving the block commits
+                            window.arm()  # a Ctrl-C from here waits until the rejects have their name
+                except _Abort as abort:
+                    report = abort.report
+                    if report.status == "duplicate":
+                        existing = _find_batch(conn, base.file_sha256)
+                        if existing is not None:
+                            return _finish(_duplicate(base, existing, conn, anchorer, target), started)
+                    return _finish(report, started)
+                except _CommitLost as lost:
+                    assert report is not None
+                    conn.close()
+                    try:
+                        conn, existing = _commit_outcome(conninfo, report, session, target, lost.reason)
+                    except NeedsOperatorError:
+                        if rejects_out is not None:
+                            rejects_out.keep()  # the hint names it: the batch may have committed
+                        raise
+                    if (
+                        existing["batch_id"] != report.batch_id
+                    ):  # ours rolled back; another run loaded the file
+                        return _finish(_duplicate(base, existing, conn, anchorer, target), started)
+                    report.warnings.append(
+                        f"the connection failed while committing ({lost.reason}); "
+                        "a new connection found the batch committed"
                     )
-                    committing[0] = True  # leaving the block commits
-        except _Abort as abort:
-            report = abort.report
-            if report.status == "duplicate":
-                existing = _find_batch(conn, base.file_sha256)
-                if existing is not None:
-                    return _finish(_duplicate(base, existing, conn, anchorer, target), started)
+                if rejects_out is not None and rejects is not None and report.rejects_file:
+                    report.rejects_file, problem = rejects_out.move_to(rejects)
+                    if problem:  # the batch is committed: say where the rows are, do not fail
+                        report.warnings.append(problem)
+            if window.fired:
+                report.anchor = "unavailable"
+                report.warnings.append(
+                    "interrupted once the batch was committed: it is loaded, its root not yet sent "
+                    "for anchoring (`voke chain anchor run` sends it)"
+                )
+            elif anchorer is not None and report.batch_id is not None and report.merkle_root:
+                _anchor(conn, report, anchorer, target)
             return _finish(report, started)
-        except _CommitLost as lost:
-            assert report is not None
-            conn.close()
-            conn, existing = _commit_outcome(conninfo, report, session, target, lost.reason)
-            if existing["batch_id"] != report.batch_id:  # ours rolled back; another run loaded the file
-                _discard_scratch(report)
-                return _finish(_duplicate(base, existing, conn, anchorer, target), started)
-            report.warnings.append(
-                f"the connection failed while committing ({lost.reason}); "
-                "a new connection found the batch committed"
-            )
-        if rejects is not None and report.rejects_file:
-            os.replace(report.rejects_file, rejects)
-            report.rejects_file = str(rejects)
-        if anchorer is not None and report.batch_id is not None and report.merkle_root:
-            _anchor(conn, report, anchorer, target)
-        return _finish(report, started)
+        finally:
+            if rejects_out is not None:
+                rejects_out.discard()
     finally:
         conn.close()
 
@@ -489,6 +552,9 @@ class _BatchFile:
             st = os.fstat(self.fh.fileno())
         except OSError as exc:
             raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+        if not stat.S_ISREG(st.st_mode):  # a pipe has no size to check and cannot be read twice
+            self.fh.close()
+            raise InputError(f"{path}: not a regular file; save the batch to a file and load that")
         self.size = st.st_size
         self._stamp = (st.st_size, st.st_mtime_ns)
         self.sha256: str | None = None  # of the last pass read to its end
@@ -586,7 +652,6 @@ def _commit_outcome(
                 return conn, existing
             if not alive:
                 conn.close()
-                _discard_scratch(report)
                 raise BackendError(
                     f"{target}: the database connection failed while committing: {reason}; "
                     "a new connection found the batch not committed: nothing was changed",
@@ -609,14 +674,6 @@ def _commit_outcome(
         "the batch if it did",
         hint=hint,
     )
-
-
-def _discard_scratch(report: LoadReport) -> None:
-    """Remove the --rejects scratch file of a load that did not commit."""
-    if report.rejects_file:
-        with suppress(FileNotFoundError):
-            os.unlink(report.rejects_file)
-        report.rejects_file = None
 
 
 def _finish(report: LoadReport, started: float) -> LoadReport:
@@ -721,13 +778,15 @@ def _load_in_transaction(
     settings: IngestSettings,
     now: datetime,
     partial: bool,
-    rejects: Path | None,
+    rejects_out: _RejectsWriter | None,
     dry_run: bool,
     max_errors: int,
     actor: str,
     progress: Callable[[LoadProgress], None],
     started: float,
 ) -> LoadReport:
+    if dry_run:
+        ensure_schema(conn)  # a missing schema is made inside this transaction, and undone with it
     lock_ms = int(settings.lock_timeout * 1000)
     conn.execute(f"SET LOCAL lock_timeout = {lock_ms}")
     conn.execute("SET LOCAL work_mem = '128MB'")
@@ -737,9 +796,11 @@ def _load_in_transaction(
         report.status = "duplicate"
         raise _Abort(report)  # loaded by a concurrent run while we waited for the lock
     known = dict(conn.execute("SELECT sku, product_name FROM ingest.products").fetchall())
-    row = conn.execute("SELECT nextval(pg_get_serial_sequence('ingest.batches', 'batch_id'))").fetchone()
-    assert row is not None
-    batch_id = int(row[0])
+    batch_id = 0  # a dry run is rolled back: it takes no number from the sequence
+    if not dry_run:
+        row = conn.execute("SELECT nextval(pg_get_serial_sequence('ingest.batches', 'batch_id'))").fetchone()
+        assert row is not None
+        batch_id = int(row[0])
 
     def validator(seal: bool = True) -> core.BatchValidator:
         # Duplicate tag_ids are left to the primary key: no map of every tag_id in memory.
@@ -755,8 +816,7 @@ def _load_in_transaction(
 
     # The batch row comes first (tag_chunks refer to it); it is completed once sealed.
     _insert_batch(conn, batch_id, report, actor)
-    # rejects_out: the --rejects file; spool: the sealed chunks' leaf hashes (32 bytes each)
-    rejects_out = _RejectsWriter(rejects) if rejects is not None else None
+    # spool: the sealed chunks' leaf hashes (32 bytes each)
     streaming: dict[str, Any] = {"progress": progress, "total": report.file_bytes, "phase": "validating"}
     sealer = _SealWorker() if SEAL_IN_CHILD and report.file_bytes >= SEAL_IN_CHILD_BYTES else None
     try:
@@ -858,8 +918,6 @@ def _load_in_transaction(
     finally:
         if sealer is not None:
             sealer.close()
-        if rejects_out is not None:
-            rejects_out.discard()
 
 
 _TAGS_COPY = f"COPY ingest.tags ({_COLUMNS}, leaf_index, batch_id) FROM STDIN"
@@ -923,13 +981,13 @@ def _stream(
             if sealer is not None:
                 sealed.extend(sealer.finish())
                 if sealer.seal.size != validator.rows_accepted:
-                    raise RuntimeError("the sealing process sealed another number of rows")
+                    raise _seal_failed("it sealed another number of rows than were validated")
         if piece or sealed:
             writer.put(piece, sealed)
+        writer.close()
     except BaseException:
         writer.abort()
         raise
-    writer.close()
 
 
 class _PieceWriter:
@@ -1007,22 +1065,41 @@ class _PieceWriter:
             raise self.error
 
     def abort(self) -> None:
-        """Stop after the piece in progress (the caller is raising); its savepoint is rolled back."""
+        """Stop now (the caller is raising): the statement in progress is cancelled, so a
+        stalled server or network cannot hold the caller up, and the savepoint is rolled back."""
+        self._cancel()
         self._stop(self._ABORT)
 
+    def _cancel(self) -> None:
+        if self._thread.is_alive():
+            with suppress(Exception):
+                self.conn.cancel_safe(timeout=5)
+
     def _stop(self, sentinel: object) -> None:
+        """Hand SENTINEL to the thread and wait until it has let go of the connection, even
+        through Ctrl-C (the caller rolls back or closes it next): an interrupt cancels the
+        statement in progress and is raised once the thread is done."""
         import queue
 
+        interrupted: BaseException | None = None
+        handed = False
         while self._thread.is_alive():
             try:
-                self._queue.put(sentinel, timeout=0.1)
-                break
-            except queue.Full:
-                continue
-        self._thread.join()
+                if not handed:
+                    try:
+                        self._queue.put(sentinel, timeout=0.1)
+                        handed = True
+                    except queue.Full:
+                        continue
+                self._thread.join(0.1)
+            except KeyboardInterrupt as exc:
+                interrupted = interrupted or exc
+                self._cancel()
         if not self._stopped:
             self._stopped = True
             _QUICK_SWITCHES.leave()
+        if interrupted is not None:
+            raise interrupted
 
     def _run(self) -> None:
         from psycopg import errors as pgerr
@@ -1070,6 +1147,14 @@ def _cores() -> int:
 # PostgreSQL (and its replica) may run on the same host; and from a few MB on.
 SEAL_IN_CHILD = _cores() > 2
 SEAL_IN_CHILD_BYTES = 8 << 20
+
+
+def _seal_failed(detail: str) -> RolledBackError:
+    """The sealing child failed: raised inside the load's transaction, which is rolled back."""
+    return RolledBackError(
+        f"the sealing process failed ({detail}); the batch was rolled back and nothing was loaded",
+        hint="rerun the same command",
+    )
 
 
 class _SealWorker:
@@ -1129,7 +1214,7 @@ class _SealWorker:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         out = self.proc.stdout.read()
         if self.proc.wait() != 0 or self._failed or len(out) < 8 or (len(out) - 8) % 32:
-            raise RuntimeError(f"the sealing process failed (exit status {self.proc.returncode})")
+            raise _seal_failed(f"exit status {self.proc.returncode}")
         size = int.from_bytes(out[:8], "big")
         roots = [out[i : i + 32] for i in range(8, len(out), 32)]
         self._seal = core.Seal.of_chunks(size, roots)
@@ -1163,7 +1248,7 @@ class _SealWorker:
         length = (upto - 1 - self._handed) * self.CHUNK_BYTES + 32 * last_size
         data = os.pread(self.spool.fileno(), length, start)
         if len(data) != length:
-            raise RuntimeError("the sealing process wrote fewer leaf hashes than it sealed")
+            raise _seal_failed("it wrote fewer leaf hashes than it sealed")
         chunks = [
             (self._handed + i, data[o : o + self.CHUNK_BYTES])
             for i, o in enumerate(range(0, length, self.CHUNK_BYTES))
@@ -1311,8 +1396,8 @@ def _find_conflicts(
         # The conflicting lines' text, read back from the file in step with the rows.
         for number, text in _file_lines(source, numbers()):
             line, tag_id, first_line, other_batch = by_line.pop(number)
+            column = validator.field_column(text, "tag_id")
             if line > first_line:
-                column = validator.field_column(text, "tag_id")
                 problem = core.Problem(
                     line,
                     column,
@@ -1321,7 +1406,7 @@ def _find_conflicts(
                 )
             else:
                 message = f"tag_id {tag_id!r} was already loaded in batch {other_batch}"
-                problem = core.Problem(line, None, "tag_already_loaded", message)
+                problem = core.Problem(line, column, "tag_already_loaded", message)
             if len(found.listed) < max_errors:
                 found.listed.append(problem)
             if rejects_out is not None:
@@ -1468,6 +1553,12 @@ def _spooled_chunks(spool: IO[bytes]) -> Iterator[tuple[int, bytes]]:
     return enumerate(iter(lambda: spool.read(32 * core.SEAL_CHUNK), b""))
 
 
+def _check_output_path(path: Path, flag: str) -> None:
+    """UsageError unless PATH can be replaced by a file written beside it (not a directory)."""
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: is a directory; name a file")
+
+
 def _file_mode() -> int:
     """0o666 less the umask: what open() would have created (mkstemp makes 0o600)."""
     mask = os.umask(0o022)
@@ -1491,6 +1582,7 @@ class _RejectsWriter:
         self._fh: IO[str] | None = os.fdopen(fd, "w", newline="", encoding="utf-8")
         self._writer = csv.writer(self._fh)
         self._writer.writerow(self.HEADER)
+        self._settled = False  # moved into place, or kept on purpose
 
     def write(self, rejected: Any) -> None:
         for r in rejected:
@@ -1508,18 +1600,72 @@ class _RejectsWriter:
         self._writer.writerow(self.HEADER)
 
     def close(self) -> str:
+        """Finish writing; the scratch file's path (it is still removed by ``discard``)."""
         if self._fh is not None:
             self._fh.close()
             self._fh = None
         return self.path
 
+    def move_to(self, target: Path) -> tuple[str, str | None]:
+        """Give the scratch file its name (the batch is committed): (where the rows are,
+        a warning if the rename failed and they stay in the scratch file)."""
+        self.close()
+        self._settled = True
+        try:
+            os.replace(self.path, target)
+        except OSError as exc:
+            return (
+                self.path,
+                f"the rejected rows are in {self.path}: renaming it to {target} failed ({exc.strerror})",
+            )
+        return str(target), None
+
+    def keep(self) -> None:
+        """Leave the scratch file where it is (an error message names it)."""
+        self._settled = True
+
     def discard(self) -> None:
-        """Remove the scratch file unless it was closed for the rename."""
+        """Remove the scratch file unless it was moved into place or kept."""
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+        if not self._settled:
+            self._settled = True
             with suppress(FileNotFoundError):
                 os.unlink(self.path)
+
+
+class _CommitWindow:
+    """Holds back a Ctrl-C from the moment the COMMIT is sent until the --rejects file has
+    its name: cut in between, a load would commit with nobody told (or the rows it left out
+    lost in a scratch file). Once armed, SIGINT is only noted (``fired``); before that, and
+    off the main thread, nothing changes."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.fired = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _CommitWindow:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def arm(self) -> None:
+        self.armed = True
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.armed:
+            self.fired = True
+        elif callable(self._previous):
+            self._previous(signum, frame)
+        elif self._previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
 
 
 # -- batches and proofs -----------------------------------------------------------------------
@@ -1535,7 +1681,8 @@ def list_batches(
     conn = connect(conninfo)
     try:
         with _db_errors(target, "listing batches"):
-            ensure_schema(conn)
+            if schema_version(conn) is None:  # nothing loaded there yet; a listing creates nothing
+                return []
             with conn.cursor(row_factory=dict_row) as cur:
                 rows = cur.execute(
                     "SELECT batch_id, loaded_at, file_name, file_sha256, rows_total, rows_loaded, rows_rejected,"
@@ -1585,7 +1732,8 @@ def prove_tag(conninfo: str, tag_id: str, *, anchor_states: Mapping[str, str] | 
     conn = connect(conninfo)
     try:
         with _db_errors(target, "reading the tag"):
-            ensure_schema(conn)
+            if schema_version(conn) is None:
+                return TagProof(tag_id=tag_id, found=False)
             with conn.cursor(row_factory=dict_row) as cur:
                 row = cur.execute(
                     f"SELECT t.batch_id, t.leaf_index, {', '.join('t.' + c for c in core.CANONICAL_COLUMNS)},"
@@ -1648,6 +1796,7 @@ def make_sample(path: Path, *, rows: int, seed: int, force: bool = False) -> dic
         raise UsageError("--rows is too large")
     if path.exists() and not force:
         raise UsageError(f"{path} exists; pass --force to overwrite it")
+    _check_output_path(path, "--out")
     directory = path.parent if str(path.parent) else Path(".")
     try:
         fd, scratch = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=directory)

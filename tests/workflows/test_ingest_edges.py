@@ -1,0 +1,231 @@
+"""workflows.ingest at its edges, on the real local PostgreSQL: where the rejected rows go,
+inputs that are not files, dry runs that change nothing, Ctrl-C around the sending
+thread and around the COMMIT, and a session whose time zone is not UTC."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from voketag_ops.config import IngestSettings
+from voketag_ops.errors import InputError, UsageError
+from voketag_ops.workflows import ingest as wf
+
+pytestmark = pytest.mark.pg
+
+NOW = datetime(2025, 6, 1, tzinfo=UTC)
+HEADER = "tag_id,sku,product_name,factory_id,manufactured_at\n"
+GOOD = "T1,S1,Shoe,F1,2024-01-01T00:00:00Z\n"
+BAD = "T2,S1,Shoe,F1,not a time\n"
+
+
+@pytest.fixture
+def db(local_env: Any, pg_database: str) -> str:
+    return local_env.primary().conninfo(pg_database)
+
+
+def load(db: str, path: Path, **kw: Any) -> wf.LoadReport:
+    return wf.load_batch(db, path, settings=IngestSettings(), now=NOW, **kw)
+
+
+def write(tmp_path: Path, text: str, name: str = "batch.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8", newline="")
+    return path
+
+
+def batches(db: str) -> list[int]:
+    with psycopg.connect(db) as conn:
+        if conn.execute("select to_regclass('ingest.batches')").fetchone()[0] is None:  # type: ignore[index]
+            return []
+        return [r[0] for r in conn.execute("select batch_id from ingest.batches order by 1")]
+
+
+def scratch_files(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith(".partial"))
+
+
+# -- where the rejected rows go ---------------------------------------------------------------------
+
+
+def test_a_rejects_target_that_is_a_directory_is_refused_before_loading(db, tmp_path):
+    (tmp_path / "rejects").mkdir()
+    with pytest.raises(UsageError, match="is a directory"):
+        load(db, write(tmp_path, HEADER + GOOD + BAD), partial=True, rejects=tmp_path / "rejects")
+    assert batches(db) == [] and scratch_files(tmp_path) == []
+
+
+def test_the_rejects_file_cannot_be_the_batch_itself(db, tmp_path):
+    path = write(tmp_path, HEADER + GOOD + BAD)
+    with pytest.raises(UsageError, match="another file"):
+        load(db, path, partial=True, rejects=tmp_path / "." / path.name)
+    assert path.read_text() == HEADER + GOOD + BAD and batches(db) == []
+
+
+def test_a_rename_failing_after_the_commit_keeps_the_rows_and_says_where(db, tmp_path, monkeypatch):
+    real_replace = os.replace
+
+    def failing(src: Any, dst: Any) -> None:
+        if str(dst).endswith("rejects.csv"):
+            raise PermissionError(13, "Permission denied")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(wf.os, "replace", failing)
+    report = load(db, write(tmp_path, HEADER + GOOD + BAD), partial=True, rejects=tmp_path / "rejects.csv")
+    assert report.status == "loaded" and report.rows_loaded == 1
+    assert report.rejects_file and Path(report.rejects_file).exists()
+    assert any(report.rejects_file in w and "Permission denied" in w for w in report.warnings)
+    assert scratch_files(tmp_path) == [Path(report.rejects_file).name]  # kept: the warning names it
+
+
+def test_a_load_rejected_at_the_last_moment_leaves_no_scratch_file(db, tmp_path, monkeypatch):
+    path = write(tmp_path, HEADER + GOOD + BAD)
+    # The file is written to once the rows are loaded and the rejects file is finished.
+    real_close = wf._RejectsWriter.close
+
+    def close_then_touch(self: Any) -> str:
+        os.utime(path, ns=(0, 0))
+        return real_close(self)
+
+    monkeypatch.setattr(wf._RejectsWriter, "close", close_then_touch)
+    report = load(db, path, partial=True, rejects=tmp_path / "rejects.csv")
+    assert [e["code"] for e in report.errors] == ["file_changed"]
+    assert batches(db) == [] and scratch_files(tmp_path) == []
+    assert not (tmp_path / "rejects.csv").exists()
+
+
+# -- inputs that are not regular files --------------------------------------------------------------
+
+
+def test_a_pipe_is_not_loaded(db, tmp_path):
+    fifo = tmp_path / "batch.csv"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        try:
+            with open(fifo, "w") as fh:
+                fh.write(HEADER + GOOD)
+        except OSError:
+            pass  # the reader went away, as it should
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    with pytest.raises(InputError, match="not a regular file"):
+        load(db, fifo)
+    writer.join(5)
+    assert batches(db) == []
+
+
+# -- dry runs -----------------------------------------------------------------------------------------
+
+
+def test_a_dry_run_on_a_fresh_database_creates_nothing_and_takes_no_batch_number(db, tmp_path):
+    report = load(db, write(tmp_path, HEADER + GOOD), dry_run=True)
+    assert report.status == "valid"
+    with psycopg.connect(db) as conn:
+        assert conn.execute("select to_regnamespace('ingest')").fetchone() == (None,)
+    assert load(db, write(tmp_path, HEADER + GOOD)).batch_id == 1
+    assert load(db, write(tmp_path, HEADER + GOOD.replace("T1", "T3"), "b.csv"), dry_run=True).dry_run
+    assert load(db, write(tmp_path, HEADER + GOOD.replace("T1", "T4"), "c.csv")).batch_id == 2
+
+
+def test_listing_and_proving_on_a_fresh_database_create_nothing(db):
+    assert wf.list_batches(db) == []
+    assert not wf.prove_tag(db, "T1").found
+    with psycopg.connect(db) as conn:
+        assert conn.execute("select to_regnamespace('ingest')").fetchone() == (None,)
+
+
+# -- Ctrl-C -------------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_while_the_last_piece_is_sent_is_an_interrupt_not_a_database_error(db, tmp_path, monkeypatch):
+    # Ctrl-C lands while the caller waits for the sending thread at the end: the thread must
+    # have let go of the connection (its savepoint) before the transaction is rolled back.
+    path = tmp_path / "batch.csv"
+    wf.make_sample(path, rows=20000, seed=3)
+    real_stop = wf._PieceWriter._stop
+
+    def interrupted_stop(self: Any, sentinel: object) -> None:
+        if sentinel is self._END:
+            join = self._thread.join
+            calls = iter([True])
+
+            def join_once(timeout: float | None = None) -> None:
+                if next(calls, False):
+                    raise KeyboardInterrupt
+                join(timeout)
+
+            self._thread.join = join_once
+        real_stop(self, sentinel)
+
+    monkeypatch.setattr(wf._PieceWriter, "_stop", interrupted_stop)
+    with pytest.raises(KeyboardInterrupt):
+        load(db, path)
+    assert batches(db) == []
+    assert not [t for t in threading.enumerate() if t.name == "voke-ingest-stager"]
+
+
+def test_ctrl_c_reaches_a_load_whose_server_is_stalled(db, tmp_path):
+    # Another session holds ingest.tags: the first COPY waits. Ctrl-C cancels it rather than
+    # waiting for the lock to go.
+    path = tmp_path / "batch.csv"
+    wf.make_sample(path, rows=50000, seed=4)
+    setup = wf.connect(db)
+    wf.ensure_schema(setup)
+    setup.close()
+    holder = psycopg.connect(db)
+    holder.execute("lock table ingest.tags in access exclusive mode")
+
+    def progress(p: wf.LoadProgress) -> None:
+        if p.phase == "validating" and p.rows > 25000:  # the first piece is waiting for the lock
+            raise KeyboardInterrupt
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            load(db, path, progress=progress)
+        # The interrupt did not wait for the lock: it is still held, in the same transaction.
+        assert (
+            holder.execute(
+                "select count(*) from pg_locks where pid = pg_backend_pid() and mode = 'AccessExclusiveLock'"
+            ).fetchone()[0]
+            >= 1
+        )  # type: ignore[index]
+    finally:
+        holder.close()
+    assert batches(db) == []
+
+
+def test_ctrl_c_during_the_commit_is_held_until_the_rejects_have_their_name(db, tmp_path, monkeypatch):
+    real_arm = wf._CommitWindow.arm
+
+    def arm_and_interrupt(self: Any) -> None:
+        real_arm(self)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C just as the COMMIT goes out
+
+    monkeypatch.setattr(wf._CommitWindow, "arm", arm_and_interrupt)
+    rejects = tmp_path / "rejects.csv"
+    report = load(db, write(tmp_path, HEADER + GOOD + BAD), partial=True, rejects=rejects)
+    assert report.status == "loaded" and batches(db) == [report.batch_id]
+    assert rejects.exists() and scratch_files(tmp_path) == []
+    assert report.anchor == "unavailable" and any("chain anchor run" in w for w in report.warnings)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+# -- the session's time zone ----------------------------------------------------------------------
+
+
+def test_a_year_one_time_proves_whatever_the_session_time_zone(db, tmp_path):
+    west = make_conninfo(db, options="-c timezone=America/New_York")
+    report = load(west, write(tmp_path, HEADER + "Y1,SY,Old,F1,0001-01-01T00:00:00Z\n"))
+    assert report.status == "loaded"
+    proof = wf.prove_tag(west, "Y1")
+    assert proof.found and proof.valid and proof.intact
