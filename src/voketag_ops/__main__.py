@@ -1,5 +1,5 @@
 """``python -m voketag_ops`` runs the ``voke`` CLI."""
 
-from voketag_ops.cli.main import main
+from voketag_ops.cli.main import entry
 
-raise SystemExit(main())
+entry()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 
 
@@ -16,3 +17,16 @@ def main(argv: list[str] | None = None) -> int:
     from voketag_ops.cli.app import run
 
     return run(args)
+
+
+def entry() -> None:
+    """The `voke` console script and ``python -m voketag_ops``: run, then exit.
+
+    The interpreter's last garbage collection at exit scans every object the imports made
+    (~40 ms of each run); frozen, they are left to the process's end. Everything else about
+    exiting stays: atexit handlers, logging's flush, closing files as modules are torn down.
+    Only here, not in ``main``, which tests call in-process."""
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
