@@ -105,23 +105,17 @@ def test_a_load_rejected_at_the_last_moment_leaves_no_scratch_file(db, tmp_path,
 # -- inputs that are not regular files --------------------------------------------------------------
 
 
-def test_a_pipe_is_not_loaded(db, tmp_path):
+def test_a_pipe_is_refused_without_waiting_for_a_writer(db, tmp_path):
     fifo = tmp_path / "batch.csv"
     os.mkfifo(fifo)
-
-    def feed() -> None:
-        try:
-            with open(fifo, "w") as fh:
-                fh.write(HEADER + GOOD)
-        except OSError:
-            pass  # the reader went away, as it should
-
-    writer = threading.Thread(target=feed, daemon=True)
-    writer.start()
     with pytest.raises(InputError, match="not a regular file"):
         load(db, fifo)
-    writer.join(5)
     assert batches(db) == []
+
+
+def test_a_directory_is_refused(db, tmp_path):
+    with pytest.raises(InputError, match="is a directory"):
+        load(db, tmp_path)
 
 
 # -- dry runs -----------------------------------------------------------------------------------------
@@ -154,18 +148,18 @@ def test_ctrl_c_while_the_last_piece_is_sent_is_an_interrupt_not_a_database_erro
     wf.make_sample(path, rows=20000, seed=3)
     real_stop = wf._PieceWriter._stop
 
-    def interrupted_stop(self: Any, sentinel: object) -> None:
+    def interrupted_stop(self: Any, sentinel: object, **kw: Any) -> None:
         if sentinel is self._END:
             join = self._thread.join
             calls = iter([True])
 
             def join_once(timeout: float | None = None) -> None:
                 if next(calls, False):
-                    raise KeyboardInterrupt
+                    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while waiting for the thread
                 join(timeout)
 
             self._thread.join = join_once
-        real_stop(self, sentinel)
+        real_stop(self, sentinel, **kw)
 
     monkeypatch.setattr(wf._PieceWriter, "_stop", interrupted_stop)
     with pytest.raises(KeyboardInterrupt):
@@ -174,7 +168,7 @@ def test_ctrl_c_while_the_last_piece_is_sent_is_an_interrupt_not_a_database_erro
     assert not [t for t in threading.enumerate() if t.name == "voke-ingest-stager"]
 
 
-def test_ctrl_c_reaches_a_load_whose_server_is_stalled(db, tmp_path):
+def test_ctrl_c_reaches_a_load_whose_server_is_stalled(db, tmp_path, monkeypatch):
     # Another session holds ingest.tags: the first COPY waits. Ctrl-C cancels it rather than
     # waiting for the lock to go.
     path = tmp_path / "batch.csv"
@@ -184,6 +178,13 @@ def test_ctrl_c_reaches_a_load_whose_server_is_stalled(db, tmp_path):
     setup.close()
     holder = psycopg.connect(db)
     holder.execute("lock table ingest.tags in access exclusive mode")
+    real_cancel = psycopg.Connection.cancel_safe
+
+    def cancel_and_ctrl_c_again(self: Any, *args: Any, **kw: Any) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # the impatient second Ctrl-C lands during the cancel
+        real_cancel(self, *args, **kw)
+
+    monkeypatch.setattr(psycopg.Connection, "cancel_safe", cancel_and_ctrl_c_again)
 
     def progress(p: wf.LoadProgress) -> None:
         if p.phase == "validating" and p.rows > 25000:  # the first piece is waiting for the lock
@@ -201,23 +202,86 @@ def test_ctrl_c_reaches_a_load_whose_server_is_stalled(db, tmp_path):
         )  # type: ignore[index]
     finally:
         holder.close()
+    assert not [t for t in threading.enumerate() if t.name == "voke-ingest-stager"]
     assert batches(db) == []
 
 
-def test_ctrl_c_during_the_commit_is_held_until_the_rejects_have_their_name(db, tmp_path, monkeypatch):
-    real_arm = wf._CommitWindow.arm
+def _interrupt_the_commit(db: str, monkeypatch: pytest.MonkeyPatch, *, after: bool) -> None:
+    """Ctrl-C as the load's COMMIT goes out: AFTER the server committed, or before it did.
+    (The schema is made first: its own transaction is not the one to cut.)"""
+    conn = wf.connect(db)
+    wf.ensure_schema(conn)
+    conn.close()
+    real_exit = psycopg.Transaction.__exit__
 
-    def arm_and_interrupt(self: Any) -> None:
-        real_arm(self)
-        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C just as the COMMIT goes out
+    def exit_then_interrupt(self: Any, *exc: Any) -> Any:
+        if self.savepoint_name or exc[0] is not None:  # only the load's own, outermost one
+            return real_exit(self, *exc)
+        if after:
+            real_exit(self, *exc)
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(wf._CommitWindow, "arm", arm_and_interrupt)
+    monkeypatch.setattr(psycopg.Transaction, "__exit__", exit_then_interrupt)
+
+
+def test_ctrl_c_once_the_server_committed_reports_loaded_and_names_the_rejects(db, tmp_path, monkeypatch):
+    _interrupt_the_commit(db, monkeypatch, after=True)
     rejects = tmp_path / "rejects.csv"
     report = load(db, write(tmp_path, HEADER + GOOD + BAD), partial=True, rejects=rejects)
     assert report.status == "loaded" and batches(db) == [report.batch_id]
     assert rejects.exists() and scratch_files(tmp_path) == []
     assert report.anchor == "unavailable" and any("chain anchor run" in w for w in report.warnings)
+
+
+def test_ctrl_c_before_the_server_committed_is_an_interrupt_and_nothing_is_loaded(db, tmp_path, monkeypatch):
+    _interrupt_the_commit(db, monkeypatch, after=False)
+    rejects = tmp_path / "rejects.csv"
+    with pytest.raises(KeyboardInterrupt):
+        load(db, write(tmp_path, HEADER + GOOD + BAD), partial=True, rejects=rejects)
+    monkeypatch.undo()
+    assert batches(db) == [] and not rejects.exists() and scratch_files(tmp_path) == []
+
+
+def test_ctrl_c_while_the_rejects_file_is_renamed_is_held(db, tmp_path, monkeypatch):
+    real_replace = os.replace
+
+    def interrupted_replace(src: Any, dst: Any) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(wf.os, "replace", interrupted_replace)
+    rejects = tmp_path / "rejects.csv"
+    report = load(db, write(tmp_path, HEADER + GOOD + BAD), partial=True, rejects=rejects)
+    assert report.status == "loaded" and rejects.exists() and scratch_files(tmp_path) == []
+    assert any("chain anchor run" in w for w in report.warnings)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_a_dry_run_making_the_schema_does_not_hold_a_load_past_its_lock_timeout(db, tmp_path):
+    from voketag_ops.errors import PreconditionError
+
+    inside, done = threading.Event(), threading.Event()
+
+    def slow(p: wf.LoadProgress) -> None:
+        if p.phase == "validating":
+            inside.set()
+            done.wait(30)
+
+    dry = threading.Thread(
+        target=lambda: load(db, write(tmp_path, HEADER + GOOD, "dry.csv"), dry_run=True, progress=slow),
+        daemon=True,
+    )
+    dry.start()
+    try:
+        assert inside.wait(30)
+        with pytest.raises(PreconditionError):
+            wf.load_batch(
+                db, write(tmp_path, HEADER + GOOD), settings=IngestSettings(lock_timeout=0.2), now=NOW
+            )
+    finally:
+        done.set()
+        dry.join(30)
+    assert load(db, write(tmp_path, HEADER + GOOD)).status == "loaded"
 
 
 # -- the session's time zone ----------------------------------------------------------------------

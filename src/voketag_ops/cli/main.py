@@ -29,4 +29,3 @@ def entry() -> None:
     code = main()
     gc.freeze()
     sys.exit(code)
-

@@ -235,11 +235,13 @@ def connect(conninfo: str) -> psycopg.Connection[Any]:
 
 def _keepalives(conninfo: str) -> dict[str, int]:
     """TCP keepalives and a send timeout, unless CONNINFO sets its own: a server gone behind
-    a dead network path is noticed in about a minute, not after the kernel's hours."""
+    a dead network path is noticed in about a minute while voke waits for an answer, and
+    within 5 minutes while it sends (a server busy that long without reading is as good as
+    stuck; a shorter limit would cut loads waiting on another session's row lock)."""
     from psycopg.conninfo import conninfo_to_dict
 
     wanted = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
-              "tcp_user_timeout": 60_000}  # fmt: skip
+              "tcp_user_timeout": 300_000}  # fmt: skip
     try:
         given = conninfo_to_dict(conninfo)
     except Exception:
@@ -296,12 +298,29 @@ def schema_version(conn: psycopg.Connection[Any]) -> int | None:
     return int(current[0]) if current else 0
 
 
-def ensure_schema(conn: psycopg.Connection[Any]) -> int:
+def _refuse_newer(version: int | None) -> None:
+    if version is not None and version > SCHEMA_VERSION:
+        raise PreconditionError(
+            f"the ingest schema is at version {version}, newer than this voke knows "
+            f"({SCHEMA_VERSION}); upgrade voke"
+        )
+
+
+def _has_schema(conn: psycopg.Connection[Any]) -> bool:
+    """True if there is an `ingest` schema this voke can read; creates nothing."""
+    version = schema_version(conn)
+    _refuse_newer(version)
+    return version is not None
+
+
+def ensure_schema(conn: psycopg.Connection[Any], *, lock_timeout: float = 0) -> int:
     """Create or migrate the `ingest` schema; returns its version. Safe under concurrency
-    (inside a transaction, it is undone with it)."""
+    (inside a transaction, it is undone with it). LOCK_TIMEOUT seconds (0: no limit) to wait
+    for another run creating it, say a dry run holding it for the length of its load."""
     if schema_version(conn) == SCHEMA_VERSION:
         return SCHEMA_VERSION
     with conn.transaction():
+        conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout * 1000)}")
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK_CLASS, _LOCK_MIGRATE))
         conn.execute("CREATE SCHEMA IF NOT EXISTS ingest")
         conn.execute(
@@ -310,11 +329,7 @@ def ensure_schema(conn: psycopg.Connection[Any]) -> int:
             " applied_at timestamptz NOT NULL DEFAULT now())"
         )
         applied = {r[0] for r in conn.execute("SELECT version FROM ingest.schema_migrations")}
-        if applied and max(applied) > SCHEMA_VERSION:
-            raise PreconditionError(
-                f"the ingest schema is at version {max(applied)}, newer than this voke knows "
-                f"({SCHEMA_VERSION}); upgrade voke"
-            )
+        _refuse_newer(max(applied, default=None))
         for version, name, sql in MIGRATIONS:
             if version not in applied:
                 conn.execute(sql)
@@ -459,7 +474,11 @@ def _load_source(
         with _db_errors(target, "preparing the ingest schema"):
             # A dry run changes nothing: it makes a missing schema inside its own transaction,
             # which is rolled back, and with no schema there is no batch to be a duplicate of.
-            has_schema = schema_version(conn) is not None if dry_run else bool(ensure_schema(conn))
+            has_schema = (
+                _has_schema(conn)
+                if dry_run
+                else bool(ensure_schema(conn, lock_timeout=settings.lock_timeout))
+            )
             existing = _find_batch(conn, base.file_sha256) if has_schema else None
         if existing is not None:
             return _finish(_duplicate(base, existing, conn, anchorer, target), started)
@@ -471,60 +490,65 @@ def _load_source(
         report: LoadReport | None = None
         # The --rejects file is written aside; it takes its name only once the batch is committed.
         rejects_out = _RejectsWriter(rejects) if rejects is not None else None
-        window = _CommitWindow()
         try:
-            with window:
-                try:
-                    with _db_errors(target, "loading the batch", committing):
-                        conn.execute(
-                            "SET temp_buffers = '256MB'"
-                        )  # before the session's first temporary table
-                        with conn.transaction():
-                            report = _load_in_transaction(
-                                conn,
-                                source,
-                                base,
-                                settings=settings,
-                                now=now,
-                                partial=partial,
-                                rejects_out=rejects_out,
-                                dry_run=dry_run,
-                                max_errors=max_errors,
-                                actor=actor,
-                                progress=progress,
-                                started=started,
-                            )
-                            committing[0] = True  # leaving the block commits
-                            window.arm()  # a Ctrl-C from here waits until the rejects have their name
-                except _Abort as abort:
-                    report = abort.report
-                    if report.status == "duplicate":
-                        existing = _find_batch(conn, base.file_sha256)
-                        if existing is not None:
-                            return _finish(_duplicate(base, existing, conn, anchorer, target), started)
-                    return _finish(report, started)
-                except _CommitLost as lost:
-                    assert report is not None
-                    conn.close()
-                    try:
-                        conn, existing = _commit_outcome(conninfo, report, session, target, lost.reason)
-                    except NeedsOperatorError:
-                        if rejects_out is not None:
-                            rejects_out.keep()  # the hint names it: the batch may have committed
-                        raise
-                    if (
-                        existing["batch_id"] != report.batch_id
-                    ):  # ours rolled back; another run loaded the file
+            try:
+                with _db_errors(target, "loading the batch", committing):
+                    conn.execute("SET temp_buffers = '256MB'")  # before the session's first temporary table
+                    with conn.transaction():
+                        report = _load_in_transaction(
+                            conn,
+                            source,
+                            base,
+                            settings=settings,
+                            now=now,
+                            partial=partial,
+                            rejects_out=rejects_out,
+                            dry_run=dry_run,
+                            max_errors=max_errors,
+                            actor=actor,
+                            progress=progress,
+                            started=started,
+                        )
+                        committing[0] = True  # leaving the block commits
+                interrupted = False
+            except _Abort as abort:
+                report = abort.report
+                if report.status == "duplicate":
+                    existing = _find_batch(conn, base.file_sha256)
+                    if existing is not None:
                         return _finish(_duplicate(base, existing, conn, anchorer, target), started)
-                    report.warnings.append(
-                        f"the connection failed while committing ({lost.reason}); "
-                        "a new connection found the batch committed"
-                    )
+                return _finish(report, started)
+            except (_CommitLost, KeyboardInterrupt) as lost:
+                interrupted = isinstance(lost, KeyboardInterrupt)
+                if interrupted and not committing[0]:
+                    raise
+                # The COMMIT was out when the connection failed or Ctrl-C came: whether the
+                # batch committed is settled on a new connection, not guessed.
+                assert report is not None
+                conn.close()
+                reason = "interrupted" if interrupted else str(lost)
+                try:
+                    conn, existing = _commit_outcome(conninfo, report, session, target, reason)
+                except NeedsOperatorError:
+                    if rejects_out is not None:
+                        rejects_out.keep()  # the hint names it: the batch may have committed
+                    raise
+                except BackendError:
+                    if interrupted:
+                        raise lost from None  # not committed: an interrupt like any other
+                    raise
+                if existing["batch_id"] != report.batch_id:  # ours rolled back; another run loaded the file
+                    return _finish(_duplicate(base, existing, conn, anchorer, target), started)
+                report.warnings.append(
+                    f"the {'load was interrupted' if interrupted else 'connection failed'} while committing"
+                    f"{'' if interrupted else f' ({reason})'}; a new connection found the batch committed"
+                )
+            with _HeldInterrupt() as held:  # committed: the rows left out get their name, whatever comes
                 if rejects_out is not None and rejects is not None and report.rejects_file:
                     report.rejects_file, problem = rejects_out.move_to(rejects)
-                    if problem:  # the batch is committed: say where the rows are, do not fail
+                    if problem:  # say where the rows are, do not fail
                         report.warnings.append(problem)
-            if window.fired:
+            if interrupted or held.fired:
                 report.anchor = "unavailable"
                 report.warnings.append(
                     "interrupted once the batch was committed: it is loaded, its root not yet sent "
@@ -548,13 +572,17 @@ class _BatchFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            self.fh = path.open("rb")
-            st = os.fstat(self.fh.fileno())
+            # Non-blocking, so a pipe without a writer cannot hang the open: it is refused below.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
             raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):  # a pipe has no size to check and cannot be read twice
-            self.fh.close()
-            raise InputError(f"{path}: not a regular file; save the batch to a file and load that")
+            os.close(fd)
+            what = "is a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise InputError(f"{path}: {what}; save the batch to a file and load that")
+        os.set_blocking(fd, True)
+        self.fh = os.fdopen(fd, "rb")
         self.size = st.st_size
         self._stamp = (st.st_size, st.st_mtime_ns)
         self.sha256: str | None = None  # of the last pass read to its end
@@ -630,13 +658,17 @@ def _commit_outcome(
     or rolled back for good, so a batch absent after that is absent for good. A session
     still there (the network failed, not the server) is ended, which settles it too."""
     import psycopg
+    from psycopg.conninfo import make_conninfo
 
     for attempt in range(COMMIT_CHECK_TRIES):
         if attempt:
             time.sleep(COMMIT_CHECK_DELAY)
         try:
             conn = psycopg.connect(
-                conninfo, autocommit=True, connect_timeout=5, application_name="voke ingest"
+                make_conninfo(conninfo, **_keepalives(conninfo)),
+                autocommit=True,
+                connect_timeout=5,
+                application_name="voke ingest",
             )
         except psycopg.Error:
             continue
@@ -786,7 +818,8 @@ def _load_in_transaction(
     started: float,
 ) -> LoadReport:
     if dry_run:
-        ensure_schema(conn)  # a missing schema is made inside this transaction, and undone with it
+        # A missing schema is made inside this transaction, and undone with it.
+        ensure_schema(conn, lock_timeout=settings.lock_timeout)
     lock_ms = int(settings.lock_timeout * 1000)
     conn.execute(f"SET LOCAL lock_timeout = {lock_ms}")
     conn.execute("SET LOCAL work_mem = '128MB'")
@@ -981,7 +1014,9 @@ def _stream(
             if sealer is not None:
                 sealed.extend(sealer.finish())
                 if sealer.seal.size != validator.rows_accepted:
-                    raise _seal_failed("it sealed another number of rows than were validated")
+                    raise RuntimeError(
+                        "the sealing process sealed another number of rows than were validated"
+                    )
         if piece or sealed:
             writer.put(piece, sealed)
         writer.close()
@@ -1066,40 +1101,43 @@ class _PieceWriter:
 
     def abort(self) -> None:
         """Stop now (the caller is raising): the statement in progress is cancelled, so a
-        stalled server or network cannot hold the caller up, and the savepoint is rolled back."""
-        self._cancel()
-        self._stop(self._ABORT)
+        stalled server cannot hold the caller up, and the savepoint is rolled back."""
+        self._stop(self._ABORT, cancel=True)
 
     def _cancel(self) -> None:
         if self._thread.is_alive():
             with suppress(Exception):
                 self.conn.cancel_safe(timeout=5)
 
-    def _stop(self, sentinel: object) -> None:
-        """Hand SENTINEL to the thread and wait until it has let go of the connection, even
-        through Ctrl-C (the caller rolls back or closes it next): an interrupt cancels the
-        statement in progress and is raised once the thread is done."""
+    def _stop(self, sentinel: object, *, cancel: bool = False) -> None:
+        """Hand SENTINEL to the thread and wait until it has let go of the connection (the
+        caller rolls back or closes it next). CANCEL, or any Ctrl-C meanwhile, cancels the
+        statement in progress; Ctrl-C is raised once the thread is done, never before:
+        psycopg cancels on Ctrl-C only in the thread that waits, and that is not this one."""
         import queue
 
-        interrupted: BaseException | None = None
         handed = False
-        while self._thread.is_alive():
-            try:
+        with _HeldInterrupt() as held:
+            cancelled = 0
+            if cancel:
+                self._cancel()
+            while self._thread.is_alive():
                 if not handed:
                     try:
                         self._queue.put(sentinel, timeout=0.1)
                         handed = True
                     except queue.Full:
-                        continue
-                self._thread.join(0.1)
-            except KeyboardInterrupt as exc:
-                interrupted = interrupted or exc
-                self._cancel()
+                        pass
+                else:
+                    self._thread.join(0.1)
+                if held.count > cancelled:
+                    cancelled = held.count
+                    self._cancel()
         if not self._stopped:
             self._stopped = True
             _QUICK_SWITCHES.leave()
-        if interrupted is not None:
-            raise interrupted
+        if held.count:
+            raise KeyboardInterrupt
 
     def _run(self) -> None:
         from psycopg import errors as pgerr
@@ -1635,37 +1673,35 @@ class _RejectsWriter:
                 os.unlink(self.path)
 
 
-class _CommitWindow:
-    """Holds back a Ctrl-C from the moment the COMMIT is sent until the --rejects file has
-    its name: cut in between, a load would commit with nobody told (or the rows it left out
-    lost in a scratch file). Once armed, SIGINT is only noted (``fired``); before that, and
-    off the main thread, nothing changes."""
+class _HeldInterrupt:
+    """Within the block, Ctrl-C is noted (``fired``) instead of raised: for steps that must
+    not be cut in two and cannot hang, such as renaming the rejects file into place once the
+    batch is committed. Off the main thread nothing changes."""
 
     def __init__(self) -> None:
-        self.armed = False
-        self.fired = False
+        self.count = 0  # Ctrl-Cs noted
+        self._installed = False
         self._previous: Any = None
 
-    def __enter__(self) -> _CommitWindow:
+    def __enter__(self) -> _HeldInterrupt:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+            self._previous = signal.signal(signal.SIGINT, self._note)
+            self._installed = True
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        if self._installed:  # a handler set from C reads as None: Python's own is the default
+            signal.signal(
+                signal.SIGINT, self._previous if self._previous is not None else signal.default_int_handler
+            )
+            self._installed = False
 
-    def arm(self) -> None:
-        self.armed = True
+    @property
+    def fired(self) -> bool:
+        return self.count > 0
 
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self.armed:
-            self.fired = True
-        elif callable(self._previous):
-            self._previous(signum, frame)
-        elif self._previous != signal.SIG_IGN:
-            raise KeyboardInterrupt
+    def _note(self, signum: int, frame: Any) -> None:
+        self.count += 1
 
 
 # -- batches and proofs -----------------------------------------------------------------------
@@ -1681,7 +1717,7 @@ def list_batches(
     conn = connect(conninfo)
     try:
         with _db_errors(target, "listing batches"):
-            if schema_version(conn) is None:  # nothing loaded there yet; a listing creates nothing
+            if not _has_schema(conn):  # nothing loaded there yet; a listing creates nothing
                 return []
             with conn.cursor(row_factory=dict_row) as cur:
                 rows = cur.execute(
@@ -1732,7 +1768,7 @@ def prove_tag(conninfo: str, tag_id: str, *, anchor_states: Mapping[str, str] | 
     conn = connect(conninfo)
     try:
         with _db_errors(target, "reading the tag"):
-            if schema_version(conn) is None:
+            if not _has_schema(conn):
                 return TagProof(tag_id=tag_id, found=False)
             with conn.cursor(row_factory=dict_row) as cur:
                 row = cur.execute(
