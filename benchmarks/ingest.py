@@ -10,7 +10,11 @@ environment started for the benchmark (in a temporary VOKE_HOME):
   primary key, Merkle seal, commit), as a user runs it;
 - (b) the usual alternative: ``pandas.read_csv`` + ``DataFrame.to_sql`` into the same
   kind of typed table (skipped when pandas/SQLAlchemy are missing; BENCH_PANDAS_ROWS
-  limits its rows, and the 1M figure is then extrapolated and labelled so).
+  limits its rows, and the 1M figure is then extrapolated and labelled so);
+- a diagnostic, PostgreSQL's share: the rows exactly as voke sends them (canonical,
+  sorted piece by piece) COPYed into voke's own tables (``ingest.tags`` with its primary
+  key), by a bare client that validates and seals nothing. What voke takes beyond this is
+  voke's own work: validation, the Merkle seal, the leaf hashes, its start.
 
 Each path runs in a child process of its own, so its peak RSS (getrusage) is its own.
 Goals (issue 4): voke within 3x of raw COPY, at least 5x faster than pandas + to_sql,
@@ -29,6 +33,7 @@ BENCH_INGEST_MEMORY_ROWS (e.g. 2000000) adds one voke load of a sample that many
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -71,6 +76,21 @@ _RAW_COPY = textwrap.dedent(
             with cur.copy("COPY t_raw FROM STDIN (FORMAT csv, HEADER true)") as copy, open(path, "rb") as fh:
                 while chunk := fh.read(1 << 20):
                     copy.write(chunk)
+        conn.commit()
+    """
+)
+
+# COPY of prepared rows (FILE: pieces of "canonical row, leaf index, batch id" lines, each
+# piece sorted, separated by blank lines) into ingest.tags, as voke's stager does.
+_PG_SHARE = textwrap.dedent(
+    """
+    import sys, psycopg
+    conninfo, path, columns = sys.argv[1:4]
+    with psycopg.connect(conninfo) as conn, conn.cursor() as cur, open(path, "rb") as fh:
+        for piece in fh.read().split(b"\\n\\n"):
+            if piece.strip():
+                with cur.copy(f"COPY ingest.tags ({columns}) FROM STDIN") as copy:
+                    copy.write(piece + b"\\n")
         conn.commit()
     """
 )
@@ -137,6 +157,35 @@ def measure(cmd: list[str], env: dict[str, str], postmasters: list[int]) -> Meas
     return Measured(seconds, rss_kb / 1024, client, server, done.stdout)
 
 
+_COLUMNS = "tag_id, sku, product_name, factory_id, manufactured_at, lot, color, size, leaf_index, batch_id"
+
+
+def prepare_pg_share(sample: Path, out: Path) -> None:
+    """The rows voke sends for SAMPLE, for _PG_SHARE: canonical text, leaf index, batch 1,
+    sorted piece by piece (128k rows, voke's largest), in COPY text format."""
+    from datetime import UTC, datetime
+
+    from voketag_ops.core import ingest as core
+
+    validator = core.BatchValidator(now=datetime.now(UTC), seal=False, detect_duplicates=False)
+    piece: list[str] = []
+    leaf = 0
+    with sample.open("rb") as src, out.open("w", encoding="utf-8") as dst:
+
+        def flush() -> None:
+            piece.sort()
+            dst.write(core.copy_text(piece) + "\n")  # a blank line ends the piece
+            piece.clear()
+
+        for data in itertools.chain(iter(lambda: src.read(1 << 20), b""), [b""]):
+            chunk = validator.feed(data) if data else validator.finish()
+            piece.extend(f"{row}\t{leaf + i}\t1" for i, row in enumerate(chunk.canonical))
+            leaf += chunk.accepted
+            if len(piece) >= 1 << 17:
+                flush()
+        flush()
+
+
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="voke-bench-ingest-"))
     # A sample over the default 100 MiB limit (more than ~1M rows) must still load.
@@ -169,12 +218,23 @@ def main() -> None:
         def fresh_db(name: str) -> str:
             with local.primary().connect() as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conninfo = local.platform_database(name)
+            if name.startswith("bench_share"):  # voke's own tables, made the way voke makes them
+                from voketag_ops.workflows import ingest as wf
+
+                made = wf.connect(conninfo)
+                wf.ensure_schema(made)
+                made.close()
+            with local.primary().connect() as conn:
                 conn.execute("CHECKPOINT")
-            return local.platform_database(name)
+            return conninfo
 
         postmasters = [pid for node in (local.primary(), local.standby()) if (pid := node.pid())]
+        prepared = work / "voke-rows.txt"
+        prepare_pg_share(sample, prepared)
         raws: list[Measured] = []
         vokes: list[Measured] = []
+        shares: list[Measured] = []
         for run in range(RUNS):
             conninfo = fresh_db(f"bench_raw_{run}")
             raws.append(measure([sys.executable, "-c", _RAW_COPY, conninfo, str(sample)], env, postmasters))
@@ -183,6 +243,12 @@ def main() -> None:
             result = json.loads(m.stdout[: m.stdout.rindex("\nMEASURE")])["result"]
             assert result["status"] == "loaded" and result["rows_loaded"] == ROWS, result
             vokes.append(m)
+            conninfo = fresh_db(f"bench_share_{run}")
+            shares.append(
+                measure(
+                    [sys.executable, "-c", _PG_SHARE, conninfo, str(prepared), _COLUMNS], env, postmasters
+                )
+            )
             raw = raws[-1]
             print(
                 f"ingest: run {run + 1}: raw COPY {raw.seconds:.2f} s, voke load {m.seconds:.2f} s "
@@ -203,6 +269,13 @@ def main() -> None:
             f"CPU {statistics.median(v.client_cpu + v.server_cpu for v in vokes):.2f} s "
             f"(client {statistics.median(v.client_cpu for v in vokes):.2f}, "
             f"servers {statistics.median(v.server_cpu for v in vokes):.2f})"
+        )
+        share_med = statistics.median(p.seconds for p in shares)
+        print(
+            f"ingest: PostgreSQL's share, voke's rows COPYed into its own tables by a bare client: median "
+            f"{share_med:.2f} s, CPU {statistics.median(p.client_cpu + p.server_cpu for p in shares):.2f} s "
+            f"(servers {statistics.median(p.server_cpu for p in shares):.2f}); voke / that = {voke_med / share_med:.2f}x, "
+            f"that / raw COPY = {share_med / raw_med:.2f}x"
         )
         ratios = ", ".join(f"{v.seconds / r.seconds:.2f}x" for r, v in zip(raws, vokes, strict=True))
         print(
