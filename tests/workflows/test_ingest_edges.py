@@ -257,6 +257,44 @@ def test_ctrl_c_while_the_rejects_file_is_renamed_is_held(db, tmp_path, monkeypa
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
 
 
+def test_ctrl_c_again_while_the_commit_is_being_settled_is_exit_7_and_keeps_the_rejects(
+    db, tmp_path, monkeypatch
+):
+    from voketag_ops.errors import NeedsOperatorError
+
+    _interrupt_the_commit(db, monkeypatch, after=True)
+
+    def impatient(*args: Any, **kw: Any) -> Any:
+        raise KeyboardInterrupt  # the second Ctrl-C, while the outcome is looked up
+
+    monkeypatch.setattr(wf, "_commit_outcome", impatient)
+    rejects = tmp_path / "rejects.csv"
+    with pytest.raises(NeedsOperatorError) as info:
+        load(db, write(tmp_path, HEADER + GOOD + BAD), partial=True, rejects=rejects)
+    assert info.value.exit_code == 7 and "ingest batches" in info.value.message
+    kept = scratch_files(tmp_path)
+    assert len(kept) == 1 and kept[0] in (info.value.hint or "")  # the rows left out are not lost
+
+
+def test_a_load_with_ctrl_c_ignored_is_not_interrupted(db, tmp_path, monkeypatch):
+    # A background job (`voke ingest load ... &` from a script) starts with SIGINT ignored.
+    path = tmp_path / "batch.csv"
+    wf.make_sample(path, rows=20000, seed=5)
+    real_stop = wf._PieceWriter._stop
+
+    def ctrl_c_while_stopping(self: Any, sentinel: object, **kw: Any) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        real_stop(self, sentinel, **kw)
+
+    monkeypatch.setattr(wf._PieceWriter, "_stop", ctrl_c_while_stopping)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        report = load(db, path)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert report.status == "loaded" and report.rows_loaded == 20000
+
+
 def test_a_dry_run_making_the_schema_does_not_hold_a_load_past_its_lock_timeout(db, tmp_path):
     from voketag_ops.errors import PreconditionError
 

@@ -235,13 +235,14 @@ def connect(conninfo: str) -> psycopg.Connection[Any]:
 
 def _keepalives(conninfo: str) -> dict[str, int]:
     """TCP keepalives and a send timeout, unless CONNINFO sets its own: a server gone behind
-    a dead network path is noticed in about a minute while voke waits for an answer, and
-    within 5 minutes while it sends (a server busy that long without reading is as good as
-    stuck; a shorter limit would cut loads waiting on another session's row lock)."""
+    a dead network path is noticed in about a minute, whether voke waits for an answer or
+    sends (on Linux the send timeout also decides for keepalives, so the two agree). A
+    server that reads nothing for a minute meanwhile, say a COPY waiting on another
+    session's row lock, fails the load the same way: exit 4, nothing loaded."""
     from psycopg.conninfo import conninfo_to_dict
 
     wanted = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
-              "tcp_user_timeout": 300_000}  # fmt: skip
+              "tcp_user_timeout": 60_000}  # fmt: skip
     try:
         given = conninfo_to_dict(conninfo)
     except Exception:
@@ -298,6 +299,11 @@ def schema_version(conn: psycopg.Connection[Any]) -> int | None:
     return int(current[0]) if current else 0
 
 
+def _lock_ms(seconds: float) -> int:
+    """PostgreSQL's lock_timeout for SECONDS: 0 is no limit, so a tiny limit is 1 ms, not 0."""
+    return max(1, round(seconds * 1000)) if seconds > 0 else 0
+
+
 def _refuse_newer(version: int | None) -> None:
     if version is not None and version > SCHEMA_VERSION:
         raise PreconditionError(
@@ -320,7 +326,7 @@ def ensure_schema(conn: psycopg.Connection[Any], *, lock_timeout: float = 0) -> 
     if schema_version(conn) == SCHEMA_VERSION:
         return SCHEMA_VERSION
     with conn.transaction():
-        conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout * 1000)}")
+        conn.execute(f"SET LOCAL lock_timeout = {_lock_ms(lock_timeout)}")
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK_CLASS, _LOCK_MIGRATE))
         conn.execute("CREATE SCHEMA IF NOT EXISTS ingest")
         conn.execute(
@@ -529,15 +535,23 @@ def _load_source(
                 reason = "interrupted" if interrupted else str(lost)
                 try:
                     conn, existing = _commit_outcome(conninfo, report, session, target, reason)
-                except NeedsOperatorError:
+                except (NeedsOperatorError, KeyboardInterrupt) as unknown:
                     if rejects_out is not None:
                         rejects_out.keep()  # the hint names it: the batch may have committed
+                    if isinstance(unknown, KeyboardInterrupt):  # Ctrl-C (again) while it was being found out
+                        raise _unsettled(
+                            report,
+                            f"{target}: interrupted while finding out whether batch {report.batch_id} "
+                            f"({Path(report.file).name}) committed",
+                        ) from None
                     raise
                 except BackendError:
                     if interrupted:
                         raise lost from None  # not committed: an interrupt like any other
                     raise
                 if existing["batch_id"] != report.batch_id:  # ours rolled back; another run loaded the file
+                    if interrupted:
+                        raise lost from None
                     return _finish(_duplicate(base, existing, conn, anchorer, target), started)
                 report.warnings.append(
                     f"the {'load was interrupted' if interrupted else 'connection failed'} while committing"
@@ -564,6 +578,13 @@ def _load_source(
         conn.close()
 
 
+def _refuse_unless_regular(path: Path, mode: int) -> None:
+    """A pipe or device has no size to check first and cannot be read twice."""
+    if not stat.S_ISREG(mode):
+        what = "is a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise InputError(f"{path}: {what}; save the batch to a file and load that")
+
+
 class _BatchFile:
     """The batch file, opened once. Every read goes through this one descriptor, so a file
     renamed over PATH meanwhile is never mixed in; each full pass hashes the bytes it hands
@@ -572,17 +593,15 @@ class _BatchFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            # Non-blocking, so a pipe without a writer cannot hang the open: it is refused below.
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            # Looked at before it is opened: opening a pipe without a writer would wait for one.
+            _refuse_unless_regular(path, os.stat(path).st_mode)
+            self.fh = path.open("rb")
+            st = os.fstat(self.fh.fileno())
         except OSError as exc:
             raise InputError(f"{path}: cannot read: {exc.strerror}") from None
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):  # a pipe has no size to check and cannot be read twice
-            os.close(fd)
-            what = "is a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-            raise InputError(f"{path}: {what}; save the batch to a file and load that")
-        os.set_blocking(fd, True)
-        self.fh = os.fdopen(fd, "rb")
+        if not stat.S_ISREG(st.st_mode):  # replaced since the look
+            self.fh.close()
+            _refuse_unless_regular(path, st.st_mode)
         self.size = st.st_size
         self._stamp = (st.st_size, st.st_mtime_ns)
         self.sha256: str | None = None  # of the last pass read to its end
@@ -696,15 +715,21 @@ def _commit_outcome(
         except psycopg.Error:
             pass
         conn.close()
+    raise _unsettled(
+        report,
+        f"{target}: the database connection failed while committing batch {report.batch_id} "
+        f"({Path(report.file).name}, sha256 {report.file_sha256[:16]}) and the database could not be "
+        "reached again to tell whether it committed",
+    )
+
+
+def _unsettled(report: LoadReport, what: str) -> NeedsOperatorError:
+    """Exit 7: whether the batch committed is not known (WHAT says why)."""
     hint = "rerunning the same command is safe: it reports `duplicate` if the batch was loaded"
     if report.rejects_file:
         hint += f"; the rejected rows are in {report.rejects_file}"
-    raise NeedsOperatorError(
-        f"{target}: the database connection failed while committing batch {report.batch_id} "
-        f"({Path(report.file).name}, sha256 {report.file_sha256[:16]}) and the database could not be "
-        "reached again to tell whether it committed; once it is back, `voke ingest batches` lists "
-        "the batch if it did",
-        hint=hint,
+    return NeedsOperatorError(
+        f"{what}; once the database answers, `voke ingest batches` lists the batch if it did", hint=hint
     )
 
 
@@ -820,8 +845,7 @@ def _load_in_transaction(
     if dry_run:
         # A missing schema is made inside this transaction, and undone with it.
         ensure_schema(conn, lock_timeout=settings.lock_timeout)
-    lock_ms = int(settings.lock_timeout * 1000)
-    conn.execute(f"SET LOCAL lock_timeout = {lock_ms}")
+    conn.execute(f"SET LOCAL lock_timeout = {_lock_ms(settings.lock_timeout)}")
     conn.execute("SET LOCAL work_mem = '128MB'")
     conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK_CLASS, _LOCK_LOAD))
     conn.execute("SET LOCAL lock_timeout = 0")
@@ -1062,6 +1086,7 @@ class _PieceWriter:
         _widen_send_buffer(conn)
         _QUICK_SWITCHES.enter()
         self._stopped = False
+        self._aborting = False
         self._thread = threading.Thread(target=self._run, name="voke-ingest-stager", daemon=True)
         self._thread.start()
 
@@ -1100,8 +1125,10 @@ class _PieceWriter:
             raise self.error
 
     def abort(self) -> None:
-        """Stop now (the caller is raising): the statement in progress is cancelled, so a
-        stalled server cannot hold the caller up, and the savepoint is rolled back."""
+        """Stop now (the caller is raising): no further piece is started, the statement in
+        progress is cancelled (so a stalled server cannot hold the caller up), and the
+        savepoint is rolled back."""
+        self._aborting = True
         self._stop(self._ABORT, cancel=True)
 
     def _cancel(self) -> None:
@@ -1119,6 +1146,7 @@ class _PieceWriter:
         handed = False
         with _HeldInterrupt() as held:
             cancelled = 0
+            sent = time.monotonic()
             if cancel:
                 self._cancel()
             while self._thread.is_alive():
@@ -1130,8 +1158,10 @@ class _PieceWriter:
                         pass
                 else:
                     self._thread.join(0.1)
-                if held.count > cancelled:
-                    cancelled = held.count
+                # Again on each Ctrl-C, and each second while aborting: a cancel that reached
+                # the server between two statements cancelled nothing.
+                if held.count > cancelled or (cancel and time.monotonic() - sent >= 1):
+                    cancelled, sent = held.count, time.monotonic()
                     self._cancel()
         if not self._stopped:
             self._stopped = True
@@ -1147,10 +1177,10 @@ class _PieceWriter:
             with self.conn.transaction(), self.conn.cursor() as cur:
                 while True:
                     item = self._queue.get()
-                    if item is self._END or item is self._ABORT:
+                    if item is self._ABORT or self._aborting:
+                        raise _Aborted
+                    if item is self._END:
                         end = item
-                        if item is self._ABORT:
-                            raise _Aborted
                         break
                     blocks, sealed = item
                     if blocks:
@@ -1684,7 +1714,12 @@ class _HeldInterrupt:
         self._previous: Any = None
 
     def __enter__(self) -> _HeldInterrupt:
-        if threading.current_thread() is threading.main_thread():
+        # Off the main thread there is no handler to set; SIGINT ignored (a background job)
+        # stays ignored.
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) != signal.SIG_IGN
+        ):
             self._previous = signal.signal(signal.SIGINT, self._note)
             self._installed = True
         return self
