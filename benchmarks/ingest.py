@@ -216,8 +216,13 @@ def main() -> None:
         local = LocalEnvironment(LocalSettings(home=work / "home"))
 
         def fresh_db(name: str) -> str:
+            # The databases of earlier runs go first: autovacuum would work on their tables
+            # during this run, and more of it each run.
             with local.primary().connect() as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                for (old,) in conn.execute(
+                    "SELECT datname FROM pg_database WHERE datname LIKE 'bench%'"
+                ).fetchall():
+                    conn.execute(f'DROP DATABASE IF EXISTS "{old}" WITH (FORCE)')
             conninfo = local.platform_database(name)
             if name.startswith("bench_share"):  # voke's own tables, made the way voke makes them
                 from voketag_ops.workflows import ingest as wf
@@ -225,13 +230,55 @@ def main() -> None:
                 made = wf.connect(conninfo)
                 wf.ensure_schema(made)
                 made.close()
+            quiesce()
+            return conninfo
+
+        def quiesce() -> None:
+            """Every path starts from the same quiet host: the replica has replayed the WAL so
+            far, both servers have checkpointed, the archive has caught up and the page cache
+            is written out, so no run pays for the one before it."""
             with local.primary().connect() as conn:
                 conn.execute("CHECKPOINT")
-            return conninfo
+                row = conn.execute(
+                    "SELECT pg_current_wal_lsn(), pg_walfile_name(pg_current_wal_lsn() - 16777216)"
+                ).fetchone()
+                assert row is not None
+                lsn, previous = row  # every segment up to PREVIOUS is complete: archived in a moment
+                for _ in range(300):
+                    done = conn.execute(
+                        "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver"
+                    ).fetchone()
+                    if done is not None and done[0] >= previous:
+                        break
+                    time.sleep(0.1)
+            with local.standby().connect() as conn:
+                for _ in range(300):
+                    caught_up = conn.execute(
+                        "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)
+                    ).fetchone()
+                    if caught_up is not None and caught_up[0]:
+                        break
+                    time.sleep(0.1)
+                conn.execute("CHECKPOINT")
+            os.sync()  # dirty pages from the run before are written now, not during the next
 
         postmasters = [pid for node in (local.primary(), local.standby()) if (pid := node.pid())]
         prepared = work / "voke-rows.txt"
         prepare_pg_share(sample, prepared)
+        # Untimed warm-up of each path on a small file: the first run would pay for cold caches.
+        small = work / "warm-up.csv"
+        subprocess.run(
+            [voke, "ingest", "sample", "--rows", "2000", "--out", str(small), "--seed", "1"],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        measure([sys.executable, "-c", _RAW_COPY, fresh_db("bench_warm_raw"), str(small)], env, postmasters)
+        measure(
+            [voke, "ingest", "load", str(small), "--db", fresh_db("bench_warm_voke"), "--json"],
+            env,
+            postmasters,
+        )
         raws: list[Measured] = []
         vokes: list[Measured] = []
         shares: list[Measured] = []
