@@ -331,3 +331,16 @@ def test_a_year_one_time_proves_whatever_the_session_time_zone(db, tmp_path):
     assert report.status == "loaded"
     proof = wf.prove_tag(west, "Y1")
     assert proof.found and proof.valid and proof.intact
+
+
+@pytest.mark.parametrize(
+    "conninfo",
+    [
+        "postgresql://u:hunter2secret@127.0.0.1:notaport/db",
+        "host=127.0.0.1 sslmode=bogus password=hunter2secret",
+    ],
+)
+def test_a_malformed_db_setting_is_a_usage_error_that_echoes_nothing(tmp_path, conninfo):
+    with pytest.raises(UsageError) as info:
+        load(conninfo, write(tmp_path, HEADER + GOOD))
+    assert info.value.exit_code == 2 and "hunter2secret" not in info.value.message

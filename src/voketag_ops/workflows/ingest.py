@@ -42,6 +42,7 @@ import csv
 import hashlib
 import itertools
 import os
+import re
 import signal
 import stat
 import sys
@@ -230,7 +231,18 @@ def connect(conninfo: str) -> psycopg.Connection[Any]:
         # Not echoed: the string may hold a password.
         raise UsageError("--db: not a valid PostgreSQL URL or conninfo string") from None
     except psycopg.Error as exc:
+        if _BAD_OPTION.search(str(exc)):  # libpq refused a setting before connecting
+            raise UsageError(
+                "--db: not a valid PostgreSQL URL or conninfo string (a connection option has an invalid value)"
+            ) from None
         raise BackendError(f"cannot connect to {describe_target(conninfo)}: {_first_line(exc)}") from None
+
+
+# libpq's words for a connection setting it cannot use: 'invalid integer value "x" for connection
+# option "port"', 'invalid sslmode value: "x"', 'invalid port number: "x"'.
+_BAD_OPTION = re.compile(
+    r'\binvalid (integer value .* for connection option |[\w ]+ value: "|port number: ")'
+)
 
 
 def _keepalives(conninfo: str) -> dict[str, int]:
