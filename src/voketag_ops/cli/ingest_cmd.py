@@ -3,8 +3,10 @@
 Exit codes: 0 loaded, duplicate or (dry run) valid; 1 the file was rejected, or a
 proof does not hold; 2 bad usage; 4 the database could not be reached or went away
 (nothing was loaded); 5 another load held the lock for longer than ingest.lock_timeout;
-7 the connection failed during the COMMIT and the database could not be reached to tell
-whether the batch committed (`voke ingest batches` tells; rerunning is safe).
+6 the sealing process failed (nothing was loaded; hosts with more than two cores);
+7 the connection failed (or Ctrl-C came twice) during the COMMIT and the database could
+not tell whether the batch committed (`voke ingest batches` tells; rerunning is safe);
+130 interrupted, nothing loaded.
 """
 
 from __future__ import annotations
