@@ -102,6 +102,18 @@ def test_a_load_rejected_at_the_last_moment_leaves_no_scratch_file(db, tmp_path,
     assert not (tmp_path / "rejects.csv").exists()
 
 
+def test_partial_with_not_one_valid_row_loads_nothing_but_says_why_for_every_row(db, tmp_path):
+    rejects = tmp_path / "rejects.csv"
+    text = HEADER + BAD + BAD.replace("T2", "T3") + "T4,S1,Shoe,F1,2999-01-01T00:00:00Z\n"
+    dry = load(db, write(tmp_path, text), partial=True, rejects=rejects, dry_run=True)
+    assert dry.status == "rejected" and not rejects.exists()
+    report = load(db, write(tmp_path, text), partial=True, rejects=rejects)
+    assert report.status == "rejected" and report.rows_loaded == 0 and batches(db) == []
+    assert report.rejects_file == str(rejects) and scratch_files(tmp_path) == []
+    lines = rejects.read_text().splitlines()
+    assert len(lines) == 4 and [line.split(",")[0] for line in lines[1:]] == ["2", "3", "4"]
+
+
 # -- inputs that are not regular files --------------------------------------------------------------
 
 

@@ -181,11 +181,13 @@ class LoadReport:
 
 
 class _Abort(Exception):
-    """Roll the transaction back and return REPORT (rejected file, dry run, duplicate)."""
+    """Roll the transaction back and return REPORT (rejected file, dry run, duplicate);
+    with REJECTS, the rejects file is still delivered (--partial, and not one row valid)."""
 
-    def __init__(self, report: LoadReport) -> None:
+    def __init__(self, report: LoadReport, *, rejects: bool = False) -> None:
         super().__init__(report.status)
         self.report = report
+        self.rejects = rejects
 
 
 # -- connections and errors ------------------------------------------------------------------
@@ -535,6 +537,10 @@ def _load_source(
                     existing = _find_batch(conn, base.file_sha256)
                     if existing is not None:
                         return _finish(_duplicate(base, existing, conn, anchorer, target), started)
+                if abort.rejects and rejects_out is not None and rejects is not None:
+                    report.rejects_file, problem = rejects_out.move_to(rejects)
+                    if problem:
+                        report.warnings.append(problem)
                 return _finish(report, started)
             except (_CommitLost, KeyboardInterrupt) as lost:
                 interrupted = isinstance(lost, KeyboardInterrupt)
@@ -954,6 +960,10 @@ def _load_in_transaction(
                 seal = _drop_conflicts(conn, spool)
             if seal.size == 0:
                 report.rows_rejected = report.rows_total
+                if rejects_out is not None and not dry_run:
+                    # --partial and not one row valid: nothing loads, and the reasons are the answer.
+                    report.rejects_file = rejects_out.close()
+                    raise _Abort(report, rejects=True)
                 raise _Abort(report)
             progress(LoadProgress("inserting", report.file_bytes, report.file_bytes, report.rows_total))
             if staged:
