@@ -349,10 +349,25 @@ def test_a_year_one_time_proves_whatever_the_session_time_zone(db, tmp_path):
     "conninfo",
     [
         "postgresql://u:hunter2secret@127.0.0.1:notaport/db",
+        "postgresql://u:hunter2secret@localhost:notaport/db",  # looked up before libpq checks the port
         "host=127.0.0.1 sslmode=bogus password=hunter2secret",
+        "host=127.0.0.1 ssl_min_protocol_version=bogus password=hunter2secret",
+        "host=a,b port=1,2,3 password=hunter2secret",
+        # A raw '/' in the password: libpq reads 'hunter2' as the port and the rest as the database.
+        "postgresql://u:hunter2secret/x@127.0.0.1:5432/db",
     ],
 )
 def test_a_malformed_db_setting_is_a_usage_error_that_echoes_nothing(tmp_path, conninfo):
     with pytest.raises(UsageError) as info:
         load(conninfo, write(tmp_path, HEADER + GOOD))
-    assert info.value.exit_code == 2 and "hunter2secret" not in info.value.message
+    assert info.value.exit_code == 2 and "hunter2" not in info.value.message
+    assert "hunter2" not in wf.describe_target(conninfo)  # what errors and audit events name
+
+
+def test_ctrl_c_while_the_root_is_sent_for_anchoring_reports_the_batch_loaded(db, tmp_path):
+    def anchorer(root: bytes, size: int, batch_id: int) -> tuple[str, str | None]:
+        raise KeyboardInterrupt
+
+    report = load(db, write(tmp_path, HEADER + GOOD), anchorer=anchorer)
+    assert report.status == "loaded" and batches(db) == [report.batch_id]
+    assert report.anchor == "unavailable" and any("chain anchor run" in w for w in report.warnings)

@@ -3,7 +3,8 @@
 Exit codes: 0 loaded, duplicate or (dry run) valid; 1 the file was rejected, or a
 proof does not hold; 2 bad usage; 4 the database could not be reached or went away
 (nothing was loaded); 5 another load held the lock for longer than ingest.lock_timeout;
-6 the sealing process failed (nothing was loaded; hosts with more than two cores);
+6 the sealing process failed (nothing was loaded; it runs for files of 8 MiB or more on
+hosts with more than two cores);
 7 the connection failed (or Ctrl-C came twice) during the COMMIT and the database could
 not tell whether the batch committed (`voke ingest batches` tells; rerunning is safe);
 130 interrupted, nothing loaded.
@@ -183,7 +184,8 @@ def _summary(r: LoadReport) -> str:
     where = ""
     if first:
         where = f" (first: {'line ' + str(first['line']) + ': ' if first['line'] is not None else ''}{first['message']})"
-    return f"ingest: rejected {name}: {r.error_count} problem(s){where}; nothing written"
+    rejects = f"; the reasons for every row are in {r.rejects_file}" if r.rejects_file else ""
+    return f"ingest: rejected {name}: {r.error_count} problem(s){where}; nothing loaded{rejects}"
 
 
 def _render_load(console: Console, r: LoadReport) -> None:

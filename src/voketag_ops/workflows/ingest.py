@@ -194,24 +194,31 @@ class _Abort(Exception):
 
 
 def describe_target(conninfo: str) -> str:
-    """host:port/dbname of CONNINFO, never its password."""
+    """host:port/dbname of CONNINFO, never its password. A URL whose password holds a raw
+    '/' or '@' parses into another host, port or database name, which would then show it:
+    any such part makes this plain "the database"."""
     from psycopg.conninfo import conninfo_to_dict
 
+    _register_secrets(conninfo)
     try:
         parts = conninfo_to_dict(conninfo)
     except Exception:
         return "the database"
     host = str(parts.get("host") or "localhost")
+    port = str(parts.get("port") or "")
+    name = str(parts.get("dbname") or parts.get("user") or "")
+    odd_host = not host.startswith("/") and any(c in host for c in "@/")
+    if odd_host or "@" in name or not all(p.strip().isdigit() for p in port.split(",") if p.strip()):
+        return "the database"
     if host.startswith("/"):
         host = "local socket"
-    port = parts.get("port")
-    return f"{host}{':' + str(port) if port else ''}/{parts.get('dbname') or parts.get('user') or ''}"
+    return f"{host}{':' + port if port else ''}/{name}"
 
 
-def connect(conninfo: str) -> psycopg.Connection[Any]:
-    """An autocommit connection; BackendError (exit 4) when it cannot be made."""
-    import psycopg
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+def _register_secrets(conninfo: str) -> None:
+    """Register CONNINFO's password for masking, and for a URL everything between '://' and
+    its last '@' (a password with a raw '/' or '@' in it is not parsed as one)."""
+    from psycopg.conninfo import conninfo_to_dict
 
     from voketag_ops.redact import register
 
@@ -219,11 +226,25 @@ def connect(conninfo: str) -> psycopg.Connection[Any]:
         password = conninfo_to_dict(conninfo).get("password")
         if password:
             register(str(password))
+    scheme = conninfo.find("://")
+    if scheme >= 0 and "@" in conninfo[scheme:]:
+        userinfo = conninfo[scheme + 3 : conninfo.rindex("@")]
+        register(userinfo)
+        if ":" in userinfo:
+            register(userinfo.split(":", 1)[1])
+
+
+def connect(conninfo: str) -> psycopg.Connection[Any]:
+    """An autocommit connection; BackendError (exit 4) when it cannot be made."""
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    _register_secrets(conninfo)
+    _check_ports(conninfo)
     try:
         conn = psycopg.connect(
-            make_conninfo(conninfo, **_keepalives(conninfo)),
+            make_conninfo(conninfo, **_connection_defaults(conninfo, connect_timeout=10)),
             autocommit=True,
-            connect_timeout=10,
             application_name="voke ingest",
         )
         # Times are read back to reseal and prove rows: in UTC, a year-1 time is still AD.
@@ -240,23 +261,41 @@ def connect(conninfo: str) -> psycopg.Connection[Any]:
         raise BackendError(f"cannot connect to {describe_target(conninfo)}: {_first_line(exc)}") from None
 
 
+def _check_ports(conninfo: str) -> None:
+    """UsageError (echoing nothing) unless every port is a number from 1 to 65535: psycopg
+    looks a host name up with the port before libpq checks it, which reads as a DNS failure."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        ports = str(conninfo_to_dict(conninfo).get("port") or "")
+    except Exception:
+        return  # psycopg.connect says what is wrong with the string
+    for port in ports.split(","):
+        if port.strip() and not (port.strip().isdigit() and 0 < int(port) < 65536):
+            raise UsageError("--db: not a valid PostgreSQL URL or conninfo string (a port is not a number)")
+
+
 # libpq's words for a connection setting it cannot use: 'invalid integer value "x" for connection
-# option "port"', 'invalid sslmode value: "x"', 'invalid port number: "x"'.
+# option "port"', 'invalid sslmode value: "x"', 'invalid "ssl_min_protocol_version" value: "x"',
+# 'invalid port number: "x"', 'could not match 3 port numbers to 2 hosts', ...
 _BAD_OPTION = re.compile(
-    r'\binvalid (integer value .* for connection option |[\w ]+ value: "|port number: ")'
+    r'\binvalid (integer value .* for connection option |"?[\w ]+"? value: "|port number: "'
+    r"|SSL protocol version range|require_auth method)"
+    r"|\bcould not match \d+ (port numbers|host names)|\bcould not parse network address"
+    r'|\bweak sslmode "'
 )
 
 
-def _keepalives(conninfo: str) -> dict[str, int]:
-    """TCP keepalives and a send timeout, unless CONNINFO sets its own: a server gone behind
-    a dead network path is noticed in about a minute, whether voke waits for an answer or
-    sends (on Linux the send timeout also decides for keepalives, so the two agree). A
-    server that reads nothing for a minute meanwhile, say a COPY waiting on another
-    session's row lock, fails the load the same way: exit 4, nothing loaded."""
+def _connection_defaults(conninfo: str, *, connect_timeout: int) -> dict[str, int]:
+    """A connect timeout, TCP keepalives and a send timeout, each unless CONNINFO sets its
+    own: a server gone behind a dead network path is noticed in about a minute, whether voke
+    waits for an answer or sends (on Linux the send timeout also decides for keepalives, so
+    the two agree). A server that reads nothing for a minute meanwhile, say a COPY waiting
+    on another session's row lock, fails the load the same way: exit 4, nothing loaded."""
     from psycopg.conninfo import conninfo_to_dict
 
-    wanted = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
-              "tcp_user_timeout": 60_000}  # fmt: skip
+    wanted = {"connect_timeout": connect_timeout, "keepalives": 1, "keepalives_idle": 30,
+              "keepalives_interval": 10, "keepalives_count": 3, "tcp_user_timeout": 60_000}  # fmt: skip
     try:
         given = conninfo_to_dict(conninfo)
     except Exception:
@@ -587,7 +626,14 @@ def _load_source(
                     "for anchoring (`voke chain anchor run` sends it)"
                 )
             elif anchorer is not None and report.batch_id is not None and report.merkle_root:
-                _anchor(conn, report, anchorer, target)
+                try:
+                    _anchor(conn, report, anchorer, target)
+                except KeyboardInterrupt:  # the batch is loaded: say so, and what is left to do
+                    report.anchor = "unavailable"
+                    report.warnings.append(
+                        "interrupted while the root was sent for anchoring: the batch is loaded "
+                        "(`voke chain anchor run` sends the root)"
+                    )
             return _finish(report, started)
         finally:
             if rejects_out is not None:
@@ -665,7 +711,7 @@ def _check_unchanged(source: _BatchFile, report: LoadReport) -> None:
         "the file changed while it was being loaded (is it still being written?); "
         "load it again once it is complete",
     )
-    report.status, report.batch_id, report.merkle_root = "rejected", None, None
+    report.status, report.batch_id, report.merkle_root, report.rejects_file = "rejected", None, None, None
     report.errors, report.error_count, report.warnings = [problem.as_dict()], 1, []
     report.rows_loaded, report.rows_rejected = 0, report.rows_total
     raise _Abort(report)
@@ -702,9 +748,8 @@ def _commit_outcome(
             time.sleep(COMMIT_CHECK_DELAY)
         try:
             conn = psycopg.connect(
-                make_conninfo(conninfo, **_keepalives(conninfo)),
+                make_conninfo(conninfo, **_connection_defaults(conninfo, connect_timeout=5)),
                 autocommit=True,
-                connect_timeout=5,
                 application_name="voke ingest",
             )
         except psycopg.Error:
@@ -961,7 +1006,9 @@ def _load_in_transaction(
             if seal.size == 0:
                 report.rows_rejected = report.rows_total
                 if rejects_out is not None and not dry_run:
-                    # --partial and not one row valid: nothing loads, and the reasons are the answer.
+                    # --partial and not one row valid: nothing loads, and the reasons are the answer
+                    # (of the bytes validated: the conflicts' lines were read back from the file).
+                    _check_unchanged(source, report)
                     report.rejects_file = rejects_out.close()
                     raise _Abort(report, rejects=True)
                 raise _Abort(report)
