@@ -208,7 +208,7 @@ def describe_target(conninfo: str) -> str:
     port = str(parts.get("port") or "")
     name = str(parts.get("dbname") or parts.get("user") or "")
     odd_host = not host.startswith("/") and any(c in host for c in "@/")
-    if odd_host or "@" in name or not all(p.strip().isdigit() for p in port.split(",") if p.strip()):
+    if odd_host or "@" in name or not _ports_ok(port):
         return "the database"
     if host.startswith("/"):
         host = "local socket"
@@ -270,9 +270,13 @@ def _check_ports(conninfo: str) -> None:
         ports = str(conninfo_to_dict(conninfo).get("port") or "")
     except Exception:
         return  # psycopg.connect says what is wrong with the string
-    for port in ports.split(","):
-        if port.strip() and not (port.strip().isdigit() and 0 < int(port) < 65536):
-            raise UsageError("--db: not a valid PostgreSQL URL or conninfo string (a port is not a number)")
+    if not _ports_ok(ports):
+        raise UsageError("--db: not a valid PostgreSQL URL or conninfo string (a port is not a number)")
+
+
+def _ports_ok(ports: str) -> bool:
+    """Every port of a comma-separated list (empty ones mean the default) is 1-65535."""
+    return all(p.isdigit() and 0 < int(p) < 65536 for p in map(str.strip, ports.split(",")) if p)
 
 
 # libpq's words for a connection setting it cannot use: 'invalid integer value "x" for connection
