@@ -198,3 +198,21 @@ def test_a_dry_run_never_creates_the_environment(voke, tmp_path):
     result = voke("rotate", "db-password", "--dry-run")
     assert result.exit_code == 2 and "voke env up" in result.stderr
     assert not (tmp_path / "home" / "pg").exists() and not (tmp_path / "home" / "state.json").exists()
+
+
+def test_sigterm_stops_voke_like_ctrl_c_unless_the_caller_ignores_it():
+    import signal
+
+    from voketag_ops.cli import main
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # e.g. started by `nohup`-like wrappers
+        main.stop_on_sigterm()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        main.stop_on_sigterm()
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

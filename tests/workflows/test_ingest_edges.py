@@ -254,16 +254,25 @@ def test_ctrl_c_before_the_server_committed_is_an_interrupt_and_nothing_is_loade
     assert batches(db) == [] and not rejects.exists() and scratch_files(tmp_path) == []
 
 
-def test_ctrl_c_while_the_rejects_file_is_renamed_is_held(db, tmp_path, monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_while_the_rejects_file_is_renamed_is_held(db, tmp_path, monkeypatch, signum):
+    from voketag_ops.cli import main
+
     real_replace = os.replace
 
     def interrupted_replace(src: Any, dst: Any) -> None:
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signum)
         real_replace(src, dst)
 
     monkeypatch.setattr(wf.os, "replace", interrupted_replace)
     rejects = tmp_path / "rejects.csv"
-    report = load(db, write(tmp_path, HEADER + GOOD + BAD), partial=True, rejects=rejects)
+    previous_term = signal.getsignal(signal.SIGTERM)
+    main.stop_on_sigterm()  # as the `voke` script does: SIGTERM stops voke like Ctrl-C
+    try:
+        report = load(db, write(tmp_path, HEADER + GOOD + BAD), partial=True, rejects=rejects)
+        assert signal.getsignal(signal.SIGTERM) is main._terminated  # put back
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
     assert report.status == "loaded" and rejects.exists() and scratch_files(tmp_path) == []
     assert any("chain anchor run" in w for w in report.warnings)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back

@@ -410,14 +410,17 @@ def test_the_database_going_away_mid_load_rolls_back_and_a_rerun_loads(db, tmp_p
     assert report.status == "loaded" and report.rows_loaded == 30000
 
 
-def test_kill_9_mid_load_leaves_no_partial_batch(db, tmp_path, pg_database, make_environ):
-    path = sample(tmp_path, 60000)
-    env = make_environ(tmp_path / "home")
+def _signal_mid_copy(
+    db: str, pg_database: str, env: dict[str, str], args: list[str], signum: int
+) -> tuple[int, str]:
+    """Runs `voke ingest load ARGS` as a user does, sends SIGNUM once its rows are being
+    COPYed, and waits for its session to be gone; returns the exit code and stderr."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "voketag_ops", "ingest", "load", str(path), "--db", db],
+        [sys.executable, "-m", "voketag_ops", "ingest", "load", *args, "--db", db],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         with psycopg.connect(db, autocommit=True) as admin:
@@ -429,9 +432,9 @@ def test_kill_9_mid_load_leaves_no_partial_batch(db, tmp_path, pg_database, make
                     (pg_database,),
                 ).fetchone()
                 copying = bool(row and row[0])
-            assert copying, "the load finished before it could be killed"
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+            assert copying, "the load finished before the signal could be sent"
+            os.kill(proc.pid, signum)
+            _, stderr = proc.communicate()
             # The server notices the closed socket and rolls the transaction back.
             while admin.execute(
                 "select count(*) from pg_stat_activity where datname = %s and application_name = 'voke ingest'",
@@ -441,8 +444,29 @@ def test_kill_9_mid_load_leaves_no_partial_batch(db, tmp_path, pg_database, make
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+            proc.wait()
+    return proc.returncode, stderr
+
+
+def test_kill_9_mid_load_leaves_no_partial_batch(db, tmp_path, pg_database, make_environ):
+    path = sample(tmp_path, 60000)
+    code, _ = _signal_mid_copy(db, pg_database, make_environ(tmp_path / "home"), [str(path)], signal.SIGKILL)
+    assert code == -signal.SIGKILL
     assert counts(db)[:2] == (0, 0)
+    report = load(db, path)
+    assert report.status == "loaded" and report.rows_loaded == 60000
+
+
+def test_sigterm_mid_load_is_an_interrupt(db, tmp_path, pg_database, make_environ):
+    # A cancelled CI job or `timeout` sends SIGTERM: rolled back like Ctrl-C, exit 130, one line.
+    path = sample(tmp_path, 60000)
+    rejects = tmp_path / "rejects.csv"
+    args = [str(path), "--partial", "--rejects", str(rejects)]
+    code, stderr = _signal_mid_copy(db, pg_database, make_environ(tmp_path / "home"), args, signal.SIGTERM)
+    assert code == 130
+    assert "interrupted" in stderr and "Traceback" not in stderr and len(stderr.splitlines()) == 1
+    assert counts(db)[:2] == (0, 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, "home"])  # no rejects scratch
     report = load(db, path)
     assert report.status == "loaded" and report.rows_loaded == 60000
 

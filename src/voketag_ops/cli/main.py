@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
+import signal
 import sys
+from types import FrameType
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,6 +21,18 @@ def main(argv: list[str] | None = None) -> int:
     return run(args)
 
 
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (a CI job cancelled, `timeout`, systemd or Cloud Run stopping the job) stops
+    voke the way Ctrl-C does: the operation rolls back or records where to resume, and the
+    exit is 130, instead of dying mid-step. A SIGTERM the caller ignores stays ignored."""
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminated)
+
+
 def entry() -> None:
     """The `voke` console script and ``python -m voketag_ops``: run, then exit.
 
@@ -26,6 +40,7 @@ def entry() -> None:
     (~40 ms of each run); frozen, they are left to the process's end. Everything else about
     exiting stays: atexit handlers, logging's flush, closing files as modules are torn down.
     Only here, not in ``main``, which tests call in-process."""
+    stop_on_sigterm()
     code = main()
     gc.freeze()
     sys.exit(code)

@@ -1777,32 +1777,31 @@ class _RejectsWriter:
 
 
 class _HeldInterrupt:
-    """Within the block, Ctrl-C is noted (``fired``) instead of raised: for steps that must
-    not be cut in two and cannot hang, such as renaming the rejects file into place once the
-    batch is committed. Off the main thread nothing changes."""
+    """Within the block, Ctrl-C (and SIGTERM, which voke's entry point turns into one) is
+    noted (``fired``) instead of raised: for steps that must not be cut in two and cannot
+    hang, such as renaming the rejects file into place once the batch is committed. Off the
+    main thread nothing changes."""
 
     def __init__(self) -> None:
-        self.count = 0  # Ctrl-Cs noted
-        self._installed = False
-        self._previous: Any = None
+        self.count = 0  # signals noted
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _HeldInterrupt:
-        # Off the main thread there is no handler to set; SIGINT ignored (a background job)
-        # stays ignored.
-        if (
-            threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) != signal.SIG_IGN
-        ):
-            self._previous = signal.signal(signal.SIGINT, self._note)
-            self._installed = True
+        # Off the main thread there is no handler to set. An ignored signal (a background
+        # job) stays ignored, and a SIGTERM left at its default still ends the process.
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                current = signal.getsignal(signum)
+                if current == signal.SIG_IGN or (signum == signal.SIGTERM and not callable(current)):
+                    continue
+                self._previous[signum] = signal.signal(signum, self._note)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._installed:  # a handler set from C reads as None: Python's own is the default
-            signal.signal(
-                signal.SIGINT, self._previous if self._previous is not None else signal.default_int_handler
-            )
-            self._installed = False
+        # A SIGINT handler set from C reads as None: Python's own is the default.
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.default_int_handler)
+        self._previous.clear()
 
     @property
     def fired(self) -> bool:
