@@ -312,6 +312,30 @@ def test_duplicates_in_the_file_are_found_by_the_primary_key_with_line_and_colum
     assert counts(db) == (0, 0, 0)
 
 
+def test_partial_rejects_file_is_in_line_order_with_repeats_among_bad_rows(db, tmp_path):
+    # Repeated tag_ids are found after the file is read; the rejects file still reads in line order.
+    load(db, write(tmp_path, HEADER + "OLD1,S1,Shoe,F1,2024-01-01T00:00:00Z,L\n", "a.csv"))
+    text = (
+        HEADER
+        + "X1,S1,Shoe,F1,not a time,L\n"
+        + "OLD1,S1,Shoe,F1,2024-01-01T00:00:00Z,L\n"  # loaded by batch 1
+        + "X2,S1,Shoe,F1,,L\n"
+        + "N1,S1,Shoe,F1,2024-01-01T00:00:00Z,L\n"
+        + "N1,S1,Shoe,F1,2024-02-01T00:00:00Z,L2\n"  # duplicate of line 5
+        + "X3,S1,Shoe,F1,2999-01-01T00:00:00Z,L\n"
+    )
+    rejects = tmp_path / "rejects.csv"
+    report = load(db, write(tmp_path, text, "b.csv"), partial=True, rejects=rejects)
+    assert report.status == "loaded" and (report.rows_loaded, report.rows_rejected) == (1, 5)
+    with rejects.open(newline="") as fh:
+        rejected = list(csv.reader(fh))
+    assert rejected[0] == ["line", "column", "code", "message", "record"]
+    assert [r[0] for r in rejected[1:]] == ["2", "3", "4", "6", "7"]
+    assert [r[2] for r in rejected[1:]][1::2] == ["tag_already_loaded", "duplicate_tag_id"]
+    assert rejected[2][4] == "OLD1,S1,Shoe,F1,2024-01-01T00:00:00Z,L"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.csv", "rejects.csv"]
+
+
 def test_partial_drops_duplicates_and_tags_already_loaded_and_every_proof_verifies(db, tmp_path):
     load(db, write(tmp_path, HEADER + "OLD1,S1,Shoe,F1,2024-01-01T00:00:00Z,L\n", "a.csv"))
     text = (

@@ -1551,7 +1551,7 @@ def _find_conflicts(
             if len(found.listed) < max_errors:
                 found.listed.append(problem)
             if rejects_out is not None:
-                rejects_out.write([core.Rejected(line, (problem,), text)])
+                rejects_out.write_late([core.Rejected(line, (problem,), text)])
         for _ in rows:  # a stream must be read to its end before the next query
             pass
     return found
@@ -1708,14 +1708,20 @@ def _file_mode() -> int:
 
 
 class _RejectsWriter:
-    """The --rejects file, written aside and renamed into place only after the commit."""
+    """The --rejects file, written aside and renamed into place only after the commit.
+
+    Rows come in line order, except the repeated tag_ids, which the staging table finds
+    after the whole file has been read: those go to a second scratch file (``write_late``)
+    and are merged in by line when the file is closed, so the rejects file is in line
+    order either way, without holding either part in memory."""
 
     HEADER = ("line", "column", "code", "message", "record")
 
     def __init__(self, target: Path) -> None:
-        directory = target.parent if str(target.parent) else Path(".")
+        self._directory = target.parent if str(target.parent) else Path(".")
+        self._prefix = f".{target.name}."
         try:
-            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=directory)
+            fd, name = tempfile.mkstemp(prefix=self._prefix, suffix=".partial", dir=self._directory)
         except OSError as exc:
             raise UsageError(f"--rejects {target}: cannot write there: {exc.strerror}") from None
         self.path = name
@@ -1723,15 +1729,25 @@ class _RejectsWriter:
         self._fh: IO[str] | None = os.fdopen(fd, "w", newline="", encoding="utf-8")
         self._writer = csv.writer(self._fh)
         self._writer.writerow(self.HEADER)
+        self._late: IO[str] | None = None
         self._settled = False  # moved into place, or kept on purpose
 
-    def write(self, rejected: Any) -> None:
+    @staticmethod
+    def _rows(rejected: Any) -> Iterator[tuple[object, ...]]:
         for r in rejected:
             first = r.problems[0]
-            self._writer.writerow(
-                (r.line, first.column or "", ";".join(p.code for p in r.problems),
-                 "; ".join(p.message for p in r.problems), r.record)
-            )  # fmt: skip
+            yield (r.line, first.column or "", ";".join(p.code for p in r.problems),
+                   "; ".join(p.message for p in r.problems), r.record)  # fmt: skip
+
+    def write(self, rejected: Any) -> None:
+        self._writer.writerows(self._rows(rejected))
+
+    def write_late(self, rejected: Any) -> None:
+        """Rows found after the file was read, each later than the one before."""
+        if self._late is None:
+            # closed by close or discard
+            self._late = tempfile.TemporaryFile("w+", newline="", encoding="utf-8", dir=self._directory)  # noqa: SIM115
+        csv.writer(self._late).writerows(self._rows(rejected))
 
     def restart(self) -> None:
         """Empty the file again (the rows are being validated once more)."""
@@ -1739,13 +1755,46 @@ class _RejectsWriter:
         self._fh.seek(0)
         self._fh.truncate()
         self._writer.writerow(self.HEADER)
+        if self._late is not None:
+            self._late.close()
+            self._late = None
 
     def close(self) -> str:
         """Finish writing; the scratch file's path (it is still removed by ``discard``)."""
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+        if self._late is not None:
+            late, self._late = self._late, None
+            with late:
+                self._merge(late)
         return self.path
+
+    def _merge(self, late: IO[str]) -> None:
+        """Merge LATE's rows into the scratch file by line number (a new file renamed over it)."""
+        import heapq
+
+        late.seek(0)
+        fd, merged = tempfile.mkstemp(prefix=self._prefix, suffix=".partial", dir=self._directory)
+        try:
+            os.fchmod(fd, _file_mode())
+            with (
+                os.fdopen(fd, "w", newline="", encoding="utf-8") as out,
+                open(self.path, newline="", encoding="utf-8") as early,
+            ):
+                parts: list[Iterator[list[str]]] = [
+                    itertools.islice(csv.reader(early), 1, None),
+                    csv.reader(late),
+                ]
+                writer = csv.writer(out)
+                writer.writerow(self.HEADER)
+                in_order: Iterator[list[str]] = heapq.merge(*parts, key=_line_of)
+                writer.writerows(in_order)
+            os.replace(merged, self.path)
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(merged)
+            raise
 
     def move_to(self, target: Path) -> tuple[str, str | None]:
         """Give the scratch file its name (the batch is committed): (where the rows are,
@@ -1770,10 +1819,17 @@ class _RejectsWriter:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+        if self._late is not None:
+            self._late.close()
+            self._late = None
         if not self._settled:
             self._settled = True
             with suppress(FileNotFoundError):
                 os.unlink(self.path)
+
+
+def _line_of(row: list[str]) -> int:
+    return int(row[0])
 
 
 class _HeldInterrupt:
