@@ -589,61 +589,92 @@ def _load_source(
                 interrupted = isinstance(lost, KeyboardInterrupt)
                 if interrupted and not committing[0]:
                     raise
-                # The COMMIT was out when the connection failed or Ctrl-C came: whether the
-                # batch committed is settled on a new connection, not guessed.
                 assert report is not None
                 conn.close()
-                reason = "interrupted" if interrupted else str(lost)
-                try:
-                    conn, existing = _commit_outcome(conninfo, report, session, target, reason)
-                except (NeedsOperatorError, KeyboardInterrupt) as unknown:
-                    if rejects_out is not None:
-                        rejects_out.keep()  # the hint names it: the batch may have committed
-                    if isinstance(unknown, KeyboardInterrupt):  # Ctrl-C (again) while it was being found out
-                        raise _unsettled(
-                            report,
-                            f"{target}: interrupted while finding out whether batch {report.batch_id} "
-                            f"({Path(report.file).name}) committed",
-                        ) from None
-                    raise
-                except BackendError:
-                    if interrupted:
-                        raise lost from None  # not committed: an interrupt like any other
-                    raise
+                conn, existing = _settle_commit(conninfo, report, session, target, lost, rejects_out)
                 if existing["batch_id"] != report.batch_id:  # ours rolled back; another run loaded the file
                     if interrupted:
                         raise lost from None
                     return _finish(_duplicate(base, existing, conn, anchorer, target), started)
-                report.warnings.append(
-                    f"the {'load was interrupted' if interrupted else 'connection failed'} while committing"
-                    f"{'' if interrupted else f' ({reason})'}; a new connection found the batch committed"
-                )
-            with _HeldInterrupt() as held:  # committed: the rows left out get their name, whatever comes
-                if rejects_out is not None and rejects is not None and report.rejects_file:
-                    report.rejects_file, problem = rejects_out.move_to(rejects)
-                    if problem:  # say where the rows are, do not fail
-                        report.warnings.append(problem)
-            if interrupted or held.fired:
-                report.anchor = "unavailable"
-                report.warnings.append(
-                    "interrupted once the batch was committed: it is loaded, its root not yet sent "
-                    "for anchoring (`voke chain anchor run` sends it)"
-                )
-            elif anchorer is not None and report.batch_id is not None and report.merkle_root:
-                try:
-                    _anchor(conn, report, anchorer, target)
-                except KeyboardInterrupt:  # the batch is loaded: say so, and what is left to do
-                    report.anchor = "unavailable"
-                    report.warnings.append(
-                        "interrupted while the root was sent for anchoring: the batch is loaded "
-                        "(`voke chain anchor run` sends the root)"
-                    )
+            _deliver(conn, report, rejects_out, rejects, anchorer, target, interrupted=interrupted)
             return _finish(report, started)
         finally:
             if rejects_out is not None:
                 rejects_out.discard()
     finally:
         conn.close()
+
+
+def _settle_commit(
+    conninfo: str,
+    report: LoadReport,
+    session: Any,
+    target: str,
+    lost: BaseException,
+    rejects_out: _RejectsWriter | None,
+) -> tuple[psycopg.Connection[Any], dict[str, Any]]:
+    """The COMMIT was out when the connection failed (LOST is _CommitLost) or Ctrl-C came:
+    whether the batch committed is settled on a new connection, not guessed. Returns that
+    connection and the batch now stored under the file's hash; not committed after Ctrl-C
+    raises the interrupt again, unknown is exit 7 (the rejects scratch file is kept)."""
+    interrupted = isinstance(lost, KeyboardInterrupt)
+    reason = "interrupted" if interrupted else str(lost)
+    try:
+        conn, existing = _commit_outcome(conninfo, report, session, target, reason)
+    except (NeedsOperatorError, KeyboardInterrupt) as unknown:
+        if rejects_out is not None:
+            rejects_out.keep()  # the hint names it: the batch may have committed
+        if isinstance(unknown, KeyboardInterrupt):  # Ctrl-C (again) while it was being found out
+            raise _unsettled(
+                report,
+                f"{target}: interrupted while finding out whether batch {report.batch_id} "
+                f"({Path(report.file).name}) committed",
+            ) from None
+        raise
+    except BackendError:
+        if interrupted:
+            raise lost from None  # not committed: an interrupt like any other
+        raise
+    if existing["batch_id"] == report.batch_id:
+        report.warnings.append(
+            f"the {'load was interrupted' if interrupted else 'connection failed'} while committing"
+            f"{'' if interrupted else f' ({reason})'}; a new connection found the batch committed"
+        )
+    return conn, existing
+
+
+def _deliver(
+    conn: psycopg.Connection[Any],
+    report: LoadReport,
+    rejects_out: _RejectsWriter | None,
+    rejects: Path | None,
+    anchorer: Anchorer | None,
+    target: str,
+    *,
+    interrupted: bool,
+) -> None:
+    """The batch is committed: the rows left out get their name whatever comes, then the root
+    is sent for anchoring unless the load was interrupted (it stays loaded either way)."""
+    with _HeldInterrupt() as held:
+        if rejects_out is not None and rejects is not None and report.rejects_file:
+            report.rejects_file, problem = rejects_out.move_to(rejects)
+            if problem:  # say where the rows are, do not fail
+                report.warnings.append(problem)
+    if interrupted or held.fired:
+        report.anchor = "unavailable"
+        report.warnings.append(
+            "interrupted once the batch was committed: it is loaded, its root not yet sent "
+            "for anchoring (`voke chain anchor run` sends it)"
+        )
+    elif anchorer is not None and report.batch_id is not None and report.merkle_root:
+        try:
+            _anchor(conn, report, anchorer, target)
+        except KeyboardInterrupt:  # the batch is loaded: say so, and what is left to do
+            report.anchor = "unavailable"
+            report.warnings.append(
+                "interrupted while the root was sent for anchoring: the batch is loaded "
+                "(`voke chain anchor run` sends the root)"
+            )
 
 
 def _refuse_unless_regular(path: Path, mode: int) -> None:
