@@ -321,7 +321,10 @@ class IngestSettings(_Model):
         default=100 * 1024 * 1024, ge=1, description="largest batch file accepted (checked before reading it)"
     )
     max_errors: int = Field(
-        default=100, ge=0, description="problems listed per rejected file (all are counted)"
+        default=100,
+        ge=0,
+        le=1_000_000,
+        description="problems listed per rejected file, at most 1,000,000 (all are counted)",
     )
     require_final_newline: bool = Field(
         default=True, description="reject a last row without a line break (an upload cut mid-row)"

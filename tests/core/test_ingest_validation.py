@@ -155,6 +155,21 @@ def test_missing_header_column():
     assert "factory_id" in p.message
 
 
+def test_control_characters_in_the_header_are_rejected_and_never_echoed_raw():
+    v = run("tag_id\x1b[31mRED,sku,product_name,factory_id,manufactured_at\n" + row())
+    codes = [(p.line, p.column, p.code) for p in v.problems]
+    assert v.fatal and (1, 7, "control_character") in codes and "missing_column" in [c for *_, c in codes]
+    assert all("\x1b" not in p.message for p in v.problems)
+    assert "'tag_id\\x1b[31mRED'" in next(p.message for p in v.problems if p.code == "missing_column")
+    v = run("tag_id,sku,product_name,factory_id,manufactured_at,Notes\x0b\n" + row().replace("\n", ",n\n"))
+    assert v.fatal and [(p.column, p.code) for p in v.problems] == [(57, "control_character")]
+
+
+def test_unknown_columns_are_named_as_written():
+    v = run("tag_id,sku,product_name,factory_id,manufactured_at,Batch Notes\n" + row().replace("\n", ",x\n"))
+    assert v.ok and v.warnings == ["ignoring unknown column(s): 'Batch Notes'"]
+
+
 def test_duplicated_header_column():
     v = run("tag_id,sku,product_name,factory_id,manufactured_at,sku\n" + row().rstrip("\n") + ",X\n")
     p = only_problem(v)
@@ -226,6 +241,12 @@ def test_c1_control_character_in_a_field():
     assert (p.line, p.column, p.code) == (2, 8, "control_character")
 
 
+@pytest.mark.parametrize(("field", "column"), [('"ab\x01"', 10), ('"a""b""c\x7f"', 15), ('"Sh\toe"', 10)])
+def test_control_character_in_a_quoted_field_is_located_in_the_line(field, column):
+    p = only_problem(run(HEADER + f"T1,S1,{field},F,{TS}\n"))
+    assert (p.line, p.column, p.code) == (2, column, "control_character")
+
+
 def test_bare_carriage_return():
     p = only_problem(run(HEADER + "T1,S,Sh\roe,F," + TS + "\n"))
     assert (p.line, p.column, p.code) == (2, 8, "control_character")
@@ -289,6 +310,41 @@ def test_a_name_with_invalid_utf8_is_not_held_against_later_rows():
 def test_bad_timestamp():
     p = only_problem(run(HEADER + row(ts="yesterday")))
     assert (p.line, p.column, p.code) == (2, 22, "bad_timestamp")
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        "2024-W18-3T10:00:00.123456+00:00",  # a week date, as long as the canonical form
+        "2024-W18-3T10:00Z",
+        "2024-05-01X10:00:00Z",  # fromisoformat takes any character between date and time
+        "2024-05-01/10:00:00Z",
+        "2024-05-01T10:00:00+05:30:15",  # an offset with seconds
+        "2024-05-01T10:00:00 Z",  # a space before the zone
+        "2024-05-01T10:00:00 +01:00",
+        "2024-122T10:00Z",  # an ordinal date
+    ],
+)
+def test_timestamps_python_takes_but_iso_8601_does_not_are_bad(ts):
+    p = only_problem(run(HEADER + row(ts=ts) + row("T2")))
+    assert (p.line, p.column, p.code) == (2, 22, "bad_timestamp")
+    assert "such as 2024-05-01T08:30:00Z" in p.message
+
+
+@pytest.mark.parametrize(
+    ("ts", "canonical"),
+    [
+        ("20240501T100000Z", "2024-05-01T10:00:00.000000+00:00"),  # basic format
+        ("20240501T100000.5+0200", "2024-05-01T08:00:00.500000+00:00"),
+        ("2024-05-01 10:00+02:00", "2024-05-01T08:00:00.000000+00:00"),  # RFC 3339's space
+        ('"2024-05-01T10:00:00,25-01"', "2024-05-01T11:00:00.250000+00:00"),  # quoted: a comma
+        ("2024-05-01T10Z", "2024-05-01T10:00:00.000000+00:00"),
+    ],
+)
+def test_iso_8601_forms_are_accepted_and_made_canonical(ts, canonical):
+    v = run(HEADER + row(ts=ts))
+    assert v.ok, v.problems
+    assert v.copy.decode().split("\t")[4] == canonical
 
 
 def test_timestamp_without_time_zone():

@@ -117,7 +117,12 @@ def load(
     ] = None,
     max_errors: Annotated[
         int | None,
-        typer.Option("--max-errors", min=0, help="Problems to list (default: ingest.max_errors, 100)."),
+        typer.Option(
+            "--max-errors",
+            min=0,
+            max=1_000_000,
+            help="Problems to list, at most 1,000,000 (default: ingest.max_errors, 100).",
+        ),
     ] = None,
     db: Db = None,
     dry_run: DryRun = False,

@@ -98,6 +98,15 @@ _FIELD_CTRL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _QUOTED_RE = re.compile(r'"(?:[^"]++|"")*+"')
 _UNQUOTED_RE = re.compile(r"[^,]*+")
 _FRACTION_RE = re.compile(r"[.,]\d{7}")
+# ISO 8601 calendar date and time, extended (2024-05-01T08:30:00.25+02:00; a space for the T
+# as in RFC 3339) or basic (20240501T083000Z), the zone last. Python's fromisoformat alone
+# would also take week dates, any character as the separator and offsets with seconds. The
+# zone is optional here so that a missing one gets a message of its own.
+_TS_RE = re.compile(
+    r"(?:[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}(?::[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]+)?)?)?"
+    r"|[0-9]{8}T[0-9]{2}(?:[0-9]{2}(?:[0-9]{2}(?:[.,][0-9]+)?)?)?)"
+    r"(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)?"
+)
 _RFC_FIELD = r'(?:"(?:[^"]++|"")*+"|[^",]*+)'
 _RFC_LINE_RE = re.compile(f"{_RFC_FIELD}(?:,{_RFC_FIELD})*+")
 # Byte-level pre-check for control characters: deleting every other byte leaves the C0
@@ -706,6 +715,7 @@ class BatchValidator:
         sku_line = self._sku_line
         now = self.now
         fromiso = datetime.fromisoformat
+        ts_shape = _TS_RE.fullmatch
         tag_match = _TAG_RE.fullmatch
         frac = _FRACTION_RE.search
         rfc_line = _RFC_LINE_RE.fullmatch
@@ -755,7 +765,7 @@ class BatchValidator:
                     good = known is None or known == name
                 if good:
                     try:
-                        dt = fromiso(ts)
+                        dt = fromiso(ts) if ts_shape(ts) is not None else None
                     except ValueError:
                         dt = None
                     if dt is None or dt.tzinfo is None or dt > now:
@@ -798,10 +808,24 @@ class BatchValidator:
         fields, structural = _tokenize(line, lineno)
         problems.extend(structural)
         names: list[str] = []
+        written: list[str] = []  # as in the file, for messages
         index: dict[str, int] = {}
         for pos, (value, column) in enumerate(fields):
             name = value.strip().lower()
             names.append(name)
+            written.append(value.strip())
+            m = _FIELD_CTRL_RE.search(value)
+            if m is not None and value[m.start()] != "\x00":  # NUL: reported for the whole line
+                quoted = line[column - 1 : column] == '"'
+                at = m.start() + (1 + value.count('"', 0, m.start()) if quoted else 0)
+                problems.append(
+                    Problem(
+                        lineno,
+                        column + at,
+                        "control_character",
+                        f"header: control character U+{ord(value[m.start()]):04X} is not allowed",
+                    )
+                )
             if name in CANONICAL_COLUMNS:
                 if name in index:
                     problems.append(
@@ -822,10 +846,10 @@ class BatchValidator:
                     None,
                     "missing_column",
                     f"the header lacks required column(s): {', '.join(missing)}"
-                    + (f" (found: {', '.join(n for n in names if n) or 'nothing'})" if names else ""),
+                    + (f" (found: {', '.join(repr(n) for n in written if n) or 'nothing'})" if names else ""),
                 )
             )
-        unknown = [n for n in names if n not in CANONICAL_COLUMNS]
+        unknown = [w for n, w in zip(names, written, strict=True) if n not in CANONICAL_COLUMNS]
         if unknown:
             self.warnings.append(f"ignoring unknown column(s): {', '.join(repr(n) for n in unknown)}")
         if problems:
@@ -881,7 +905,9 @@ class BatchValidator:
                     values[name] = ""
                     continue
                 raw, column = fields[pos]
-                value, problem = self._check_field(name, raw, lineno, column)
+                value, problem = self._check_field(
+                    name, raw, lineno, column, quoted=line[column - 1 : column] == '"'
+                )
                 if problem is None:
                     values[name] = value
                 elif problem is not _REPORTED:
@@ -929,15 +955,20 @@ class BatchValidator:
             self._sku_line[sku] = lineno
         return tuple(values[c] for c in CANONICAL_COLUMNS)
 
-    def _check_field(self, name: str, raw: str, lineno: int, column: int) -> tuple[str, Problem | None]:
+    def _check_field(
+        self, name: str, raw: str, lineno: int, column: int, *, quoted: bool = False
+    ) -> tuple[str, Problem | None]:
         m = _FIELD_CTRL_RE.search(raw)
         if m is not None:
-            ch = raw[m.start()]
+            at = m.start()
+            ch = raw[at]
             if ch == "\x00":
                 return raw, _REPORTED  # the byte scan has reported it for the whole line
+            if quoted:  # past the opening quote, and each quote before it was written twice
+                at += 1 + raw.count('"', 0, at)
             return raw, Problem(
                 lineno,
-                column + m.start(),
+                column + at,
                 "control_character",
                 f"{name}: control character U+{ord(ch):04X} is not allowed",
             )
@@ -964,10 +995,15 @@ class BatchValidator:
 
     def _check_timestamp(self, value: str, lineno: int, column: int) -> tuple[str, Problem | None]:
         try:
+            if _TS_RE.fullmatch(value) is None:
+                raise ValueError(value)
             dt = datetime.fromisoformat(value)
         except ValueError:
             return value, Problem(
-                lineno, column, "bad_timestamp", f"manufactured_at {value!r} is not an ISO 8601 date and time"
+                lineno,
+                column,
+                "bad_timestamp",
+                f"manufactured_at {value!r} is not an ISO 8601 date and time such as 2024-05-01T08:30:00Z",
             )
         if dt.tzinfo is None:
             return value, Problem(
