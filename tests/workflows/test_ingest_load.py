@@ -336,6 +336,45 @@ def test_partial_rejects_file_is_in_line_order_with_repeats_among_bad_rows(db, t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.csv", "rejects.csv"]
 
 
+def test_a_row_rejected_for_its_tag_id_names_no_sku(db, tmp_path):
+    # Repeats are found after the SKU names were read; the rows they reject still claim nothing.
+    load(db, write(tmp_path, HEADER + "R1,OLD,Old,F1,2024-01-01T00:00:00Z,L\n", "a.csv"))
+    text = (
+        HEADER
+        + "R1,NEWSKU,Alpha,F1,2024-01-01T00:00:00Z,L\n"  # loaded before
+        + "E1,NEWSKU,Beta,F1,2024-01-01T00:00:00Z,L\n"  # so NEWSKU is Beta
+        + "X1,SA,Alpha,F1,2024-01-01T00:00:00Z,L\n"
+        + "X1,SB,Beta,F1,2024-01-01T00:00:00Z,L\n"  # repeats line 4: SB stays unnamed
+        + "X2,SB,Gamma,F1,2024-01-01T00:00:00Z,L\n"
+        + "X3,SB,Delta,F1,2024-01-01T00:00:00Z,L\n"  # a real collision, with line 6
+        + "X3,NEWSKU,Beta,F1,2024-01-01T00:00:00Z,L\n"  # X3's line 7 was rejected: fine
+    )
+    # All-or-nothing, the file is rejected for these three rows, none a collision with a rejected row.
+    rejected = load(db, write(tmp_path, text, "b.csv"))
+    assert rejected.status == "rejected" and rejected.rows_loaded == 0
+    assert [(e["line"], e["code"]) for e in rejected.errors] == [
+        (2, "tag_already_loaded"),
+        (5, "duplicate_tag_id"),
+        (7, "sku_collision"),
+    ]
+    rejects = tmp_path / "rejects.csv"
+    report = load(db, tmp_path / "b.csv", partial=True, rejects=rejects)
+    assert report.status == "loaded", report.errors
+    assert [(e["line"], e["column"], e["code"]) for e in report.errors] == [
+        (2, 1, "tag_already_loaded"),
+        (5, 1, "duplicate_tag_id"),
+        (7, 7, "sku_collision"),
+    ]
+    assert "'Gamma' on line 6" in report.errors[2]["message"]
+    assert [r[0] for r in db_rows(db, report.batch_id)] == ["E1", "X1", "X2", "X3"]
+    assert assert_every_proof_verifies(db, report.batch_id) == 4
+    with psycopg.connect(db) as conn:
+        products = dict(conn.execute("SELECT sku, product_name FROM ingest.products").fetchall())
+    assert products == {"OLD": "Old", "NEWSKU": "Beta", "SA": "Alpha", "SB": "Gamma"}
+    with rejects.open(newline="") as fh:
+        assert [r[0] for r in list(csv.reader(fh))[1:]] == ["2", "5", "7"]
+
+
 def test_partial_drops_duplicates_and_tags_already_loaded_and_every_proof_verifies(db, tmp_path):
     load(db, write(tmp_path, HEADER + "OLD1,S1,Shoe,F1,2024-01-01T00:00:00Z,L\n", "a.csv"))
     text = (
@@ -344,7 +383,7 @@ def test_partial_drops_duplicates_and_tags_already_loaded_and_every_proof_verifi
         + "OLD1,S1,Shoe,F1,2024-01-01T00:00:00Z,L\n"  # loaded by batch 1
         + "N2,S2,Hat,F1,2024-01-01T00:00:00Z,L\n"
         + "N1,S1,Shoe,F1,2024-02-01T00:00:00Z,L2\n"  # duplicate of line 2
-        + "OLD1,S1,Shoe,F1,2024-03-01T00:00:00Z,L3\n"  # duplicate of line 3
+        + "OLD1,S1,Shoe,F1,2024-03-01T00:00:00Z,L3\n"  # loaded too (line 3 claims nothing)
         + "N3,S3,Cap,F1,2024-01-01T00:00:00Z,L\n"
     )
     rejects = tmp_path / "rejects.csv"
@@ -354,7 +393,7 @@ def test_partial_drops_duplicates_and_tags_already_loaded_and_every_proof_verifi
     assert [(e["line"], e["code"]) for e in report.errors] == [
         (3, "tag_already_loaded"),
         (5, "duplicate_tag_id"),
-        (6, "duplicate_tag_id"),
+        (6, "tag_already_loaded"),
     ]
     assert [r[0] for r in db_rows(db, report.batch_id)] == ["N1", "N2", "N3"]
     assert assert_every_proof_verifies(db, report.batch_id) == 3
@@ -363,7 +402,7 @@ def test_partial_drops_duplicates_and_tags_already_loaded_and_every_proof_verifi
     assert [(r[0], r[2]) for r in rejected] == [
         ("3", "tag_already_loaded"),
         ("5", "duplicate_tag_id"),
-        ("6", "duplicate_tag_id"),
+        ("6", "tag_already_loaded"),
     ]
     assert rejected[1][4] == "N1,S1,Shoe,F1,2024-02-01T00:00:00Z,L2"
     with psycopg.connect(db) as conn:

@@ -333,6 +333,8 @@ class BatchValidator:
     all-or-nothing mode the caller simply discards the accepted rows when
     ``error_count`` is non-zero. With ``detect_duplicates=False`` a repeated tag_id is
     accepted like any other row: the caller must detect it (the load: the primary key).
+    With ``check_skus=False`` no product name is compared (nor remembered): the caller
+    decides the SKU collisions together with the repeated tag_ids (the load's second pass).
     """
 
     def __init__(
@@ -344,6 +346,7 @@ class BatchValidator:
         require_final_newline: bool = True,
         keep_rejected: bool = False,
         detect_duplicates: bool = True,
+        check_skus: bool = True,
         seal: bool = True,
     ) -> None:
         if now.tzinfo is None:
@@ -364,8 +367,9 @@ class BatchValidator:
         self.bytes_fed = 0
         self.fatal = False  # a file-level problem: no row can be accepted
         self._seen: dict[str, int] = {}  # tag_id -> first line (only with detect_duplicates)
-        self._sku_name: dict[str, str] = dict(self.known_products)  # every SKU met so far -> its name
-        self._sku_line: dict[str, int] = {}  # SKUs new in this file -> the line that named them first
+        # every SKU met so far -> its name; SKUs new in this file -> the line that named them first
+        self._sku_name: dict[str, str] = dict(self.known_products) if check_skus else _NoMemory()
+        self._sku_line: dict[str, int] = {} if check_skus else _NoMemory()
         self._now_text = canonical_timestamp(now)
         self._pending: list[bytes] = []
         self._pending_bytes = 0
@@ -1033,6 +1037,19 @@ class BatchValidator:
                 f"manufactured_at {value!r} is in the future (now is {canonical_timestamp(self.now)})",
             )
         return canonical, None
+
+
+class _NoMemory(dict[Any, Any]):
+    """A map that keeps nothing: with it, every SKU reads as new and none is remembered."""
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return default
+
+    def __contains__(self, key: object) -> bool:
+        return False
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
 
 
 def _locate(body: bytes, pos: int, first_line: int) -> tuple[int, int]:

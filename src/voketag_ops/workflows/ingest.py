@@ -957,7 +957,7 @@ def _load_in_transaction(
         assert row is not None
         batch_id = int(row[0])
 
-    def validator(seal: bool = True) -> core.BatchValidator:
+    def validator(seal: bool = True, check_skus: bool = True) -> core.BatchValidator:
         # Duplicate tag_ids are left to the primary key: no map of every tag_id in memory.
         return core.BatchValidator(
             now=now,
@@ -966,6 +966,7 @@ def _load_in_transaction(
             require_final_newline=settings.require_final_newline,
             keep_rejected=partial,
             detect_duplicates=False,
+            check_skus=check_skus,
             seal=seal,
         )
 
@@ -1010,7 +1011,7 @@ def _load_in_transaction(
                     leaves = range(first, first + chunk.accepted)
                     return map("{}\t{}\t{}".format, chunk.canonical, leaves, chunk.lines)
 
-                checked = validator()
+                checked = validator(check_skus=False)  # decided with the repeats, in line order
                 writer = _PieceWriter(conn, _STAGING_COPY, sort=False)
                 streaming["phase"] = "finding conflicts"
                 _stream(
@@ -1029,7 +1030,7 @@ def _load_in_transaction(
                 report.errors.sort(key=lambda e: (e["line"] is None, e["line"] or 0))
                 del report.errors[max_errors:]
             report.error_count = checked.error_count + conflicts.count
-            report.rows_rejected = checked.rows_rejected + conflicts.count
+            report.rows_rejected = checked.rows_rejected + conflicts.rows
             if checked.fatal:
                 report.rows_rejected = report.rows_total
                 raise _Abort(report)
@@ -1515,13 +1516,15 @@ class _Aborted(Exception):
 
 @dataclass
 class _Conflicts:
-    """Rows whose tag_id an earlier row of the file or an earlier batch holds."""
+    """Rows rejected for what earlier rows hold: their tag_id, their SKU's name."""
 
-    count: int = 0
+    count: int = 0  # problems
+    rows: int = 0  # rows rejected
     listed: list[core.Problem] = field(default_factory=list)  # the first max_errors, by line
 
 
-_CONFLICTS = "pg_temp.voke_ingest_conflicts"
+_CONFLICTS = "pg_temp.voke_ingest_conflicts"  # the lines rejected
+_CANDIDATES = "pg_temp.voke_ingest_candidates"
 
 
 def _find_conflicts(
@@ -1532,59 +1535,91 @@ def _find_conflicts(
     max_errors: int,
     rejects_out: _RejectsWriter | None,
 ) -> _Conflicts:
-    """Ask the staging table which rows repeat the tag_id of an earlier line
-    (duplicate_tag_id) or of an earlier batch (tag_already_loaded, the first row with that
-    tag_id). With REJECTS_OUT (--partial) every one is written there, streamed: there may
-    be millions; otherwise only the first MAX_ERRORS are read."""
+    """Decide, in line order, which staged rows (each passed the checks of its own) are
+    rejected for what an earlier row holds, as the validator does row by row: a tag_id
+    loaded by an earlier batch (tag_already_loaded), or held by an earlier accepted row of
+    the file (duplicate_tag_id); a SKU that the products already loaded or an earlier
+    accepted row name differently (sku_collision). A rejected row claims nothing, so a
+    repeat of a rejected row's tag_id, or a name its SKU would have clashed with, is fine.
+
+    Only rows whose tag_id was loaded before or repeats, or whose SKU has two names, can be
+    rejected: those alone are read, in line order, and only their repeated tag_ids and
+    contested SKUs are remembered. The rejected lines go to ``_CONFLICTS``; with
+    REJECTS_OUT (--partial) every one is written there, streamed: there may be millions."""
     conn.execute(f"ANALYZE {_STAGING}")
     conn.execute(
-        f"CREATE TEMPORARY TABLE {_CONFLICTS.split('.')[1]} ON COMMIT DROP AS"
-        f" WITH firsts AS (SELECT tag_id, min(line) AS first_line FROM {_STAGING} GROUP BY tag_id)"
-        " SELECT s.line, s.tag_id, f.first_line, t.batch_id"
-        f" FROM {_STAGING} s JOIN firsts f USING (tag_id)"
+        f"CREATE TEMPORARY TABLE {_CANDIDATES.split('.')[1]} ON COMMIT DROP AS"
+        f" WITH repeated AS (SELECT tag_id FROM {_STAGING} GROUP BY tag_id HAVING count(*) > 1),"
+        f" contested AS (SELECT s.sku FROM {_STAGING} s LEFT JOIN ingest.products p USING (sku)"
+        "   GROUP BY s.sku HAVING count(DISTINCT s.product_name) > 1 OR bool_or(s.product_name <> p.product_name))"
+        " SELECT s.line, s.tag_id, s.sku, s.product_name, t.batch_id AS loaded_in,"
+        "  r.tag_id IS NOT NULL AS repeated, c.sku IS NOT NULL AS contested, p.product_name AS known_name"
+        f" FROM {_STAGING} s"
         " LEFT JOIN ingest.tags t ON t.tag_id = s.tag_id AND t.batch_id <> %s"
-        " WHERE s.line > f.first_line OR t.tag_id IS NOT NULL",
+        " LEFT JOIN repeated r ON r.tag_id = s.tag_id"
+        " LEFT JOIN contested c ON c.sku = s.sku"
+        " LEFT JOIN ingest.products p ON p.sku = c.sku"
+        " WHERE t.tag_id IS NOT NULL OR r.tag_id IS NOT NULL OR c.sku IS NOT NULL",
         (batch_id,),
     )
+    conn.execute(f"CREATE TEMPORARY TABLE {_CONFLICTS.split('.')[1]} (line bigint NOT NULL) ON COMMIT DROP")
     found = _Conflicts()
-    row = conn.execute(f"SELECT count(*) FROM {_CONFLICTS}").fetchone()
-    found.count = int(row[0]) if row else 0
-    if not found.count:
-        return found
-    query = f"SELECT line, tag_id, first_line, batch_id FROM {_CONFLICTS} ORDER BY line"
-    with conn.cursor() as cur:
-        rows: Iterator[Any] = (
-            cur.stream(query)
-            if rejects_out is not None
-            else iter(cur.execute(f"{query} LIMIT %s", (max_errors,)))
+    with tempfile.TemporaryFile("w+", newline="", encoding="utf-8") as verdicts:
+        # 1. The verdicts, in line order: (line, code, message, field) for each problem.
+        out = csv.writer(verdicts)
+        accepted_tags: dict[str, int] = {}  # repeated tag_id -> the line that holds it
+        names: dict[str, tuple[str, int | None]] = {}  # contested SKU -> (name, line; None: loaded)
+        query = (
+            "SELECT line, tag_id, sku, product_name, loaded_in, repeated, contested, known_name"
+            f" FROM {_CANDIDATES} ORDER BY line"
         )
-        by_line: dict[int, Any] = {}
+        with conn.cursor() as cur:
+            for line, tag, sku, name, loaded_in, repeated, contested, known_name in cur.stream(query):
+                problems: list[tuple[str, str, str]] = []
+                if loaded_in is not None:
+                    message = f"tag_id {tag!r} was already loaded in batch {loaded_in}"
+                    problems.append(("tag_already_loaded", message, "tag_id"))
+                elif repeated and tag in accepted_tags:
+                    message = f"duplicate tag_id {tag!r} (first on line {accepted_tags[tag]})"
+                    problems.append(("duplicate_tag_id", message, "tag_id"))
+                if contested:
+                    held = names.get(sku) or ((known_name, None) if known_name is not None else None)
+                    if held is not None and held[0] != name:
+                        where = f"line {held[1]}" if held[1] is not None else "the products already loaded"
+                        message = f"SKU {sku!r} is named {name!r} here but {held[0]!r} on {where}"
+                        problems.append(("sku_collision", message, "product_name"))
+                if problems:
+                    out.writerows((line, *p) for p in problems)
+                    continue
+                if repeated:
+                    accepted_tags[tag] = line
+                if contested and sku not in names:
+                    names[sku] = (name, line)
+        del accepted_tags, names
+        # 2. Each rejected line's text, read back from the file in step, for its columns and
+        # the rejects file.
+        verdicts.seek(0)
+        grouped = itertools.groupby(csv.reader(verdicts), key=lambda r: int(r[0]))
+        by_line = {}
 
         def numbers() -> Iterator[int]:
-            for r in rows:
-                by_line[r[0]] = r
-                yield r[0]
+            for number, rows in grouped:
+                by_line[number] = list(rows)
+                yield number
 
-        # The conflicting lines' text, read back from the file in step with the rows.
-        for number, text in _file_lines(source, numbers()):
-            line, tag_id, first_line, other_batch = by_line.pop(number)
-            column = validator.field_column(text, "tag_id")
-            if line > first_line:
-                problem = core.Problem(
-                    line,
-                    column,
-                    "duplicate_tag_id",
-                    f"duplicate tag_id {tag_id!r} (first on line {first_line})",
+        with conn.cursor() as cur, cur.copy(f"COPY {_CONFLICTS} (line) FROM STDIN") as copy:
+            for number, text in _file_lines(source, numbers()):
+                problems_here = tuple(
+                    core.Problem(number, validator.field_column(text, column), code, message)
+                    for _, code, message, column in by_line.pop(number)
                 )
-            else:
-                message = f"tag_id {tag_id!r} was already loaded in batch {other_batch}"
-                problem = core.Problem(line, column, "tag_already_loaded", message)
-            if len(found.listed) < max_errors:
-                found.listed.append(problem)
-            if rejects_out is not None:
-                rejects_out.write_late([core.Rejected(line, (problem,), text)])
-        for _ in rows:  # a stream must be read to its end before the next query
-            pass
+                copy.write_row((number,))
+                found.rows += 1
+                found.count += len(problems_here)
+                room = max_errors - len(found.listed)
+                found.listed.extend(problems_here[: max(room, 0)])
+                if rejects_out is not None:
+                    rejects_out.write_late([core.Rejected(number, problems_here, text)])
     return found
 
 
