@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -159,6 +160,40 @@ def test_audit_log_records_the_load(voke, db, tmp_path):
     shown = voke("audit", "show", "--json")
     assert shown.exit_code == 0, shown.stdout
     assert "ingest.load" in shown.stdout
+
+
+@pytest.mark.parametrize("when", ["right after the commit", "while the audit event is written"])
+def test_a_ctrl_c_once_the_batch_is_committed_still_ends_loaded_and_audited(
+    voke, db, tmp_path, monkeypatch, when
+):
+    import os
+    import signal
+
+    from voketag_ops import audit
+    from voketag_ops.workflows import ingest as wf
+
+    def interrupt_first(real: Any, skip: Callable[..., bool] = lambda *a, **kw: False) -> Any:
+        def patched(*args: Any, **kw: Any) -> Any:
+            if not skip(*args, **kw):
+                os.kill(os.getpid(), signal.SIGINT)
+            return real(*args, **kw)
+
+        return patched
+
+    if when == "right after the commit":
+        monkeypatch.setattr(wf, "_deliver", interrupt_first(wf._deliver))
+    else:
+        other = lambda self, **kw: kw.get("event_type") != "ingest.load"  # noqa: E731
+        monkeypatch.setattr(audit.AuditLog, "append", interrupt_first(audit.AuditLog.append, other))
+    path = tmp_path / "batch.csv"
+    path.write_text(HEADER + GOOD)
+    result = voke("ingest", "load", str(path), "--db", db, "--json")
+    assert result.exit_code == 0 and result.json["result"]["status"] == "loaded", result.stdout
+    monkeypatch.undo()
+    shown = voke("audit", "show", "-e", "ingest.load", "--json")
+    event = shown.json["result"]["entries"][-1]
+    assert event["result"] == "success" and event["details"]["batch_id"] == result.json["result"]["batch_id"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
 
 
 def test_partial_writes_rejects(voke, db, tmp_path):

@@ -380,3 +380,22 @@ def test_ctrl_c_while_the_root_is_sent_for_anchoring_reports_the_batch_loaded(db
     report = load(db, write(tmp_path, HEADER + GOOD), anchorer=anchorer)
     assert report.status == "loaded" and batches(db) == [report.batch_id]
     assert report.anchor == "unavailable" and any("chain anchor run" in w for w in report.warnings)
+
+
+def test_once_committed_one_ctrl_c_is_held_and_a_second_gives_way(db, tmp_path):
+    calls: list[int] = []
+
+    def anchorer(root: bytes, size: int, batch_id: int) -> tuple[str, str | None]:
+        calls.append(batch_id)
+        os.kill(os.getpid(), signal.SIGINT)  # held: the anchoring goes on
+        if len(calls) == 1:
+            return "pending", "a1"
+        os.kill(os.getpid(), signal.SIGINT)  # a second one: a hanging step can be stopped
+        raise AssertionError("not reached")
+
+    first = load(db, write(tmp_path, HEADER + GOOD), anchorer=anchorer)
+    assert first.status == "loaded" and first.anchor == "pending" and first.warnings == []
+    second = load(db, write(tmp_path, HEADER + GOOD.replace("T1", "T7"), "b.csv"), anchorer=anchorer)
+    assert second.status == "loaded" and second.anchor == "unavailable"
+    assert any("chain anchor run" in w for w in second.warnings)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -140,30 +140,34 @@ def load(
         raise UsageError("--partial needs --rejects FILE for the rows it leaves out")
     conninfo = _conninfo(env, db)
     home = _home(env)
-    with _progress_bar(env.out, file.stat().st_size) as progress:
-        report = wf.load_batch(
-            conninfo,
-            file,
-            settings=settings,
-            now=now,
-            audit_home=home,
-            env_name=env.settings.env,
-            partial=partial,
-            rejects=rejects,
-            dry_run=dry_run,
-            max_errors=max_errors,
-            actor=_actor(),
-            progress=progress,
-            anchorer=None if dry_run else chain_anchorer(home, now),
+    # Once the batch is committed, a Ctrl-C or SIGTERM no longer stops the load short of
+    # its audit event and its result: it is loaded, and says so.
+    with wf.AfterCommit() as after_commit:
+        with _progress_bar(env.out, file.stat().st_size) as progress:
+            report = wf.load_batch(
+                conninfo,
+                file,
+                settings=settings,
+                now=now,
+                audit_home=home,
+                env_name=env.settings.env,
+                after_commit=after_commit,
+                partial=partial,
+                rejects=rejects,
+                dry_run=dry_run,
+                max_errors=max_errors,
+                actor=_actor(),
+                progress=progress,
+                anchorer=None if dry_run else chain_anchorer(home, now),
+            )
+        if not _tty(env.out):
+            env.out.note(_summary(report))
+        env.out.result(
+            report,
+            ok=report.ok,
+            render=_render_load,
+            failure=f"{file.name} rejected: {report.error_count} problem(s)",
         )
-    if not _tty(env.out):
-        env.out.note(_summary(report))
-    env.out.result(
-        report,
-        ok=report.ok,
-        render=_render_load,
-        failure=f"{file.name} rejected: {report.error_count} problem(s)",
-    )
 
 
 def _actor() -> str:

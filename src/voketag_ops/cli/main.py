@@ -42,5 +42,8 @@ def entry() -> None:
     Only here, not in ``main``, which tests call in-process."""
     stop_on_sigterm()
     code = main()
+    # The result is out and the exit code decided: a signal now would only garble both.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     gc.freeze()
     sys.exit(code)

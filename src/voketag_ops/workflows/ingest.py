@@ -54,7 +54,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Self
 
 from voketag_ops.core import ingest as core
 from voketag_ops.core import merkle
@@ -424,9 +424,20 @@ def load_batch(
     now: datetime,
     audit_home: Path | None = None,
     env_name: str = "local",
+    after_commit: AfterCommit | None = None,
     **options: Any,
 ) -> LoadReport:
-    """Load PATH (see ``_load_batch``), recorded in the audit log under AUDIT_HOME if given."""
+    """Load PATH (see ``_load_batch``), recorded in the audit log under AUDIT_HOME if given.
+
+    Signals are held from the commit on (``AfterCommit``) to the end of AFTER_COMMIT's block
+    when the caller gives one (the CLI: until the result is printed), else to the return."""
+    if after_commit is None:
+        with AfterCommit() as held:
+            return load_batch(
+                conninfo, path, settings=settings, now=now, audit_home=audit_home,
+                env_name=env_name, after_commit=held, **options,
+            )  # fmt: skip
+    options["after_commit"] = after_commit
     if audit_home is None:
         return _load_batch(conninfo, path, settings=settings, now=now, **options)
     from voketag_ops.audit import audited
@@ -469,8 +480,16 @@ def _load_batch(
     actor: str = "voke",
     progress: Callable[[LoadProgress], None] | None = None,
     anchorer: Anchorer | None = None,
+    after_commit: AfterCommit | None = None,
 ) -> LoadReport:
     """Validate PATH and load it as one batch (see the module docstring)."""
+    if after_commit is None:
+        with AfterCommit() as held:
+            return _load_batch(
+                conninfo, path, settings=settings, now=now, partial=partial, rejects=rejects,
+                dry_run=dry_run, max_errors=max_errors, actor=actor, progress=progress,
+                anchorer=anchorer, after_commit=held,
+            )  # fmt: skip
     if partial and rejects is None:
         raise UsageError("--partial needs --rejects FILE for the rows it leaves out")
     if rejects is not None and not partial:
@@ -497,6 +516,7 @@ def _load_batch(
             actor=actor,
             progress=report_progress,
             anchorer=anchorer,
+            after_commit=after_commit,
             started=started,
         )
     finally:
@@ -516,6 +536,7 @@ def _load_source(
     actor: str,
     progress: Callable[[LoadProgress], None],
     anchorer: Anchorer | None,
+    after_commit: AfterCommit,
     started: float,
 ) -> LoadReport:
     size = source.size
@@ -573,6 +594,7 @@ def _load_source(
                             started=started,
                         )
                         committing[0] = True  # leaving the block commits
+                after_commit.hold()  # committed: from here on the load ends as loaded
                 interrupted = False
             except _Abort as abort:
                 report = abort.report
@@ -596,6 +618,8 @@ def _load_source(
                     if interrupted:
                         raise lost from None
                     return _finish(_duplicate(base, existing, conn, anchorer, target), started)
+                after_commit.hold()
+            interrupted = interrupted or after_commit.fired
             _deliver(conn, report, rejects_out, rejects, anchorer, target, interrupted=interrupted)
             return _finish(report, started)
         finally:
@@ -1902,22 +1926,32 @@ class _HeldInterrupt:
     """Within the block, Ctrl-C (and SIGTERM, which voke's entry point turns into one) is
     noted (``fired``) instead of raised: for steps that must not be cut in two and cannot
     hang, such as renaming the rejects file into place once the batch is committed. Off the
-    main thread nothing changes."""
+    main thread nothing changes. With GIVE_WAY_AFTER, the signal after that many is raised
+    after all (a step that hangs can still be stopped). ``hold`` starts holding later than
+    the block's start (``AfterCommit``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, give_way_after: int | None = None, start: bool = True) -> None:
         self.count = 0  # signals noted
+        self._give_way_after = give_way_after
+        self._start = start
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> _HeldInterrupt:
+    def __enter__(self) -> Self:
+        if self._start:
+            self.hold()
+        return self
+
+    def hold(self) -> None:
+        """Hold from now on (again: nothing more)."""
         # Off the main thread there is no handler to set. An ignored signal (a background
         # job) stays ignored, and a SIGTERM left at its default still ends the process.
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                current = signal.getsignal(signum)
-                if current == signal.SIG_IGN or (signum == signal.SIGTERM and not callable(current)):
-                    continue
-                self._previous[signum] = signal.signal(signum, self._note)
-        return self
+        if self._previous or threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            current = signal.getsignal(signum)
+            if current == signal.SIG_IGN or (signum == signal.SIGTERM and not callable(current)):
+                continue
+            self._previous[signum] = signal.signal(signum, self._note)
 
     def __exit__(self, *exc: object) -> None:
         # A SIGINT handler set from C reads as None: Python's own is the default.
@@ -1931,6 +1965,18 @@ class _HeldInterrupt:
 
     def _note(self, signum: int, frame: Any) -> None:
         self.count += 1
+        if self._give_way_after is not None and self.count > self._give_way_after:
+            raise KeyboardInterrupt
+
+
+class AfterCommit(_HeldInterrupt):
+    """Once a batch is committed, the load ends as ``loaded`` whatever comes: from the
+    commit to the end of the block (the audit event written, the result printed) a first
+    Ctrl-C or SIGTERM is noted, not raised; it only skips the anchoring, which `voke chain
+    anchor run` does later. A second one is raised, so a step that hangs can be stopped."""
+
+    def __init__(self) -> None:
+        super().__init__(give_way_after=1, start=False)
 
 
 # -- batches and proofs -----------------------------------------------------------------------
