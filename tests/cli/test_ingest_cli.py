@@ -303,3 +303,94 @@ def test_database_going_away_mid_load_exits_4_and_a_rerun_loads(voke, db, pg_dat
     monkeypatch.undo()
     rerun = voke("ingest", "load", str(path), "--db", db, "--json")
     assert rerun.exit_code == 0 and rerun.json["result"]["rows_loaded"] == 30000
+
+
+def test_reads_never_start_the_local_environment(voke, tmp_path):
+    for args in (("ingest", "batches"), ("ingest", "proof", "T1")):
+        result = voke(*args, "--json")
+        assert result.exit_code == 4 and "not running" in result.json["error"]["message"], result.stdout
+    assert not (tmp_path / "home" / "pg").exists()
+
+
+def test_an_empty_db_is_a_usage_error_never_the_local_environment(voke, tmp_path):
+    path = tmp_path / "batch.csv"
+    path.write_text(HEADER + GOOD)
+    for args in (("ingest", "load", str(path), "--db", ""), ("ingest", "batches", "--db", " ")):
+        result = voke(*args, "--json")
+        assert result.exit_code == 2 and "--db is empty" in result.json["error"]["message"]
+    assert not (tmp_path / "home" / "pg").exists()
+
+
+def test_batches_limit_is_bounded(voke):
+    assert voke("ingest", "batches", "--limit", "9223372036854775808").exit_code == 2
+
+
+def test_a_rejected_file_is_one_line_on_stderr_without_a_terminal(voke, db, tmp_path):
+    path = tmp_path / "batch.csv"
+    path.write_text(HEADER + "T1,S1,Shoe,F1,never\n")
+    result = voke("ingest", "load", str(path), "--db", db)
+    assert result.exit_code == 1
+    assert len(result.stderr.splitlines()) == 1 and "line 2" in result.stderr, result.stderr
+
+
+def test_dry_runs_that_reject_or_find_a_duplicate_are_marked_and_audited_as_dry_runs(voke, db, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text(HEADER + "T1,S1,Shoe,F1,never\n")
+    good = tmp_path / "good.csv"
+    good.write_text(HEADER + GOOD)
+    assert voke("ingest", "load", str(good), "--db", db).exit_code == 0
+    for path, status, code in ((bad, "rejected", 1), (good, "duplicate", 0)):
+        result = voke("ingest", "load", str(path), "--db", db, "--dry-run", "--json")
+        assert result.exit_code == code and result.json["result"]["status"] == status
+        assert result.json["result"]["dry_run"] is True
+        event = voke("audit", "show", "-e", "ingest.load", "--json").json["result"]["entries"][-1]
+        assert event["result"] == "dry-run" and event["details"]["status"] == status
+        assert event["details"]["dry_run"] is True
+
+
+def test_a_standby_answers_duplicate_and_refuses_a_load_with_exit_5(
+    voke, db, local_env, pg_database, tmp_path
+):
+    import time
+
+    good = tmp_path / "good.csv"
+    good.write_text(HEADER + GOOD)
+    loaded = voke("ingest", "load", str(good), "--db", db, "--json").json["result"]
+    standby = local_env.standby().conninfo(pg_database)
+    for _ in range(400):  # replayed there: the database, then the batch
+        try:
+            with psycopg.connect(standby) as conn:
+                made = conn.execute("select to_regclass('ingest.batches')").fetchone()[0] is not None
+                if made and conn.execute("select count(*) from ingest.batches").fetchone()[0]:
+                    break
+        except psycopg.OperationalError:
+            pass
+        time.sleep(0.05)
+    again = voke("ingest", "load", str(good), "--db", standby, "--json")
+    assert again.exit_code == 0, again.stdout
+    assert (
+        again.json["result"]["status"] == "duplicate"
+        and again.json["result"]["batch_id"] == loaded["batch_id"]
+    )
+    other = tmp_path / "other.csv"
+    other.write_text(HEADER + GOOD.replace("T1", "T2"))
+    refused = voke("ingest", "load", str(other), "--db", standby, "--json")
+    assert refused.exit_code == 5 and "read-only (a standby in recovery)" in refused.json["error"]["message"]
+
+
+def test_the_target_named_is_the_server_reached_when_libpq_variables_fill_in(voke, db, tmp_path, monkeypatch):
+    from psycopg.conninfo import conninfo_to_dict
+
+    parts = conninfo_to_dict(db)
+    monkeypatch.setenv("PGHOST", str(parts["host"]))
+    monkeypatch.setenv("PGPORT", str(parts["port"]))
+    monkeypatch.setenv("PGDATABASE", str(parts["dbname"]))
+    monkeypatch.setenv("PGUSER", str(parts.get("user") or "postgres"))
+    path = tmp_path / "batch.csv"
+    path.write_text(HEADER + GOOD)
+    result = voke("ingest", "load", str(path), "--db", "postgresql://", "--json")
+    assert result.exit_code == 0, result.stdout
+    expected = f"local socket:{parts['port']}/{parts['dbname']}"
+    assert result.json["result"]["target"] == expected
+    event = voke("audit", "show", "-e", "ingest.load", "--json").json["result"]["entries"][-1]
+    assert event["details"]["target"] == expected

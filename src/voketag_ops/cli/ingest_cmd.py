@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -40,7 +41,7 @@ Db = Annotated[
     typer.Option(
         "--db",
         metavar="URL",
-        help="PostgreSQL URL or conninfo (default: the local environment's database, started on demand).",
+        help="PostgreSQL URL or conninfo (default: the local environment's database; a load starts it on demand).",
     ),
 ]
 
@@ -59,8 +60,9 @@ def _home(env: AppContext) -> Path:
 
 
 def _conninfo(env: AppContext, db: str | None) -> str:
-    if db:
-        return db
+    """--db, or the local environment's database (started and created on demand: a load)."""
+    if db is not None:
+        return _given_db(db)
     local = env.local_environment()
     if _tty(env.out):
         with env.out.progress("checking the local environment") as update:
@@ -68,6 +70,33 @@ def _conninfo(env: AppContext, db: str | None) -> str:
     else:
         local.ensure_running()
     return local.platform_database()
+
+
+def _read_conninfo(env: AppContext, db: str | None) -> str | None:
+    """--db, or the local environment's database for a read, which never starts the
+    environment nor creates the database: None when it does not exist (nothing loaded)."""
+    if db is not None:
+        return _given_db(db)
+    from voketag_ops.adapters.local.environment import PLATFORM_DB
+    from voketag_ops.errors import BackendError
+
+    local = env.local_environment()
+    if not local.exists or not local.primary().running:
+        raise BackendError(
+            "the local environment is not running; `voke env up` starts it (reading batches "
+            "and proofs never does)"
+        )
+    return local.database(PLATFORM_DB, create=False)
+
+
+def _given_db(db: str) -> str:
+    if not db.strip():  # an unset variable in `--db "$DATABASE_URL"` must not mean "local"
+        from voketag_ops.errors import UsageError
+
+        raise UsageError(
+            "--db is empty; give a PostgreSQL URL or conninfo, or leave --db out for the local environment"
+        )
+    return db
 
 
 @contextmanager
@@ -160,14 +189,10 @@ def load(
                 progress=progress,
                 anchorer=None if dry_run else chain_anchorer(home, now),
             )
-        if not _tty(env.out):
-            env.out.note(_summary(report))
-        env.out.result(
-            report,
-            ok=report.ok,
-            render=_render_load,
-            failure=f"{file.name} rejected: {report.error_count} problem(s)",
-        )
+        summary = _summary(report)
+        if not _tty(env.out) and (report.ok or env.out.json_mode):
+            env.out.note(summary)  # a rejected file's summary is the failure line, printed once
+        env.out.result(report, ok=report.ok, render=_render_load, failure=summary.removeprefix("ingest: "))
 
 
 def _actor() -> str:
@@ -178,6 +203,8 @@ def _actor() -> str:
 
 def _summary(r: LoadReport) -> str:
     name = Path(r.file).name
+    if r.dry_run and r.status != "valid":
+        return "ingest: dry run: " + _summary(replace(r, dry_run=False)).removeprefix("ingest: ")
     if r.status == "loaded":
         return (
             f"ingest: loaded {name} as batch {r.batch_id}: {r.rows_loaded:,} rows"
@@ -215,7 +242,10 @@ def _render_load(console: Console, r: LoadReport) -> None:
 @app.command("batches")
 def batches(
     ctx: typer.Context,
-    limit: Annotated[int, typer.Option("--limit", min=1, help="How many batches, newest first.")] = 50,
+    limit: Annotated[
+        int,
+        typer.Option("--limit", min=1, max=100_000, help="How many batches, newest first (at most 100,000)."),
+    ] = 50,
     db: Db = None,
 ) -> None:
     """List the loaded batches, newest first."""
@@ -223,7 +253,12 @@ def batches(
     from voketag_ops.workflows.chain import anchor_states
 
     env = use(ctx)
-    rows = wf.list_batches(_conninfo(env, db), limit=limit, anchor_states=anchor_states(_home(env)))
+    conninfo = _read_conninfo(env, db)
+    rows = (
+        []
+        if conninfo is None
+        else wf.list_batches(conninfo, limit=limit, anchor_states=anchor_states(_home(env)))
+    )
     env.out.result({"batches": rows}, render=_render_batches)
 
 
@@ -261,7 +296,12 @@ def proof(
     from voketag_ops.workflows.chain import anchor_states
 
     env = use(ctx)
-    result = wf.prove_tag(_conninfo(env, db), tag_id, anchor_states=anchor_states(_home(env)))
+    conninfo = _read_conninfo(env, db)
+    result = (
+        wf.TagProof(tag_id=tag_id, found=False)
+        if conninfo is None
+        else wf.prove_tag(conninfo, tag_id, anchor_states=anchor_states(_home(env)))
+    )
     if not result.found:
         failure = f"tag {tag_id!r} has not been loaded"
     elif not result.intact:

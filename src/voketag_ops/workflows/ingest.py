@@ -171,6 +171,7 @@ class LoadReport:
     warnings: list[str] = field(default_factory=list)
     partial: bool = False
     dry_run: bool = False
+    target: str | None = None  # host:port/dbname reached (never a password)
     rejects_file: str | None = None
     duration_seconds: float = 0.0
     rows_per_second: float = 0.0
@@ -204,15 +205,30 @@ def describe_target(conninfo: str) -> str:
         parts = conninfo_to_dict(conninfo)
     except Exception:
         return "the database"
-    host = str(parts.get("host") or "localhost")
-    port = str(parts.get("port") or "")
-    name = str(parts.get("dbname") or parts.get("user") or "")
+    # What the string leaves out, libpq takes from PG* variables (or a service file).
+    env = os.environ
+    service = str(parts.get("service") or env.get("PGSERVICE") or "")
+    host = str(parts.get("host") or env.get("PGHOST") or ("" if service else "localhost"))
+    port = str(parts.get("port") or env.get("PGPORT") or "")
+    name = str(parts.get("dbname") or env.get("PGDATABASE") or parts.get("user") or env.get("PGUSER") or "")
+    if not host:
+        return f"service {service}" + (f"/{name}" if name else "")
     odd_host = not host.startswith("/") and any(c in host for c in "@/")
     if odd_host or "@" in name or not _ports_ok(port):
         return "the database"
     if host.startswith("/"):
         host = "local socket"
     return f"{host}{':' + port if port else ''}/{name}"
+
+
+def _connected_target(conn: psycopg.Connection[Any], described: str) -> str:
+    """host:port/dbname of the server CONN reached, as libpq resolved it (PG* variables, a
+    service file); DESCRIBED when that was "the database" (a garbled URL)."""
+    if described == "the database":
+        return described
+    info = conn.info
+    host = "local socket" if not info.host or info.host.startswith("/") else info.host
+    return f"{host}:{info.port}/{info.dbname}"
 
 
 def _register_secrets(conninfo: str) -> None:
@@ -369,6 +385,17 @@ def _refuse_newer(version: int | None) -> None:
         )
 
 
+def _read_only(conn: psycopg.Connection[Any]) -> str:
+    """Why CONN's server takes no writes ('' when it does)."""
+    row = conn.execute(
+        "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')"
+    ).fetchone()
+    assert row is not None
+    if row[0]:
+        return "a standby in recovery"
+    return "default_transaction_read_only is on" if row[1] == "on" else ""
+
+
 def _has_schema(conn: psycopg.Connection[Any]) -> bool:
     """True if there is an `ingest` schema this voke can read; creates nothing."""
     version = schema_version(conn)
@@ -446,12 +473,14 @@ def load_batch(
         "file": str(path),
         "target": describe_target(conninfo),
         "partial": bool(options.get("partial")),
+        "dry_run": bool(options.get("dry_run")),
     }
     with audited(
         audit_home, event_type="ingest.load", env=env_name, target=path.name, details=details
     ) as event:
         report = _load_batch(conninfo, path, settings=settings, now=now, **options)
         event.details.update(
+            target=report.target or details["target"],
             status=report.status,
             batch_id=report.batch_id,
             file_sha256=report.file_sha256,
@@ -541,7 +570,12 @@ def _load_source(
 ) -> LoadReport:
     size = source.size
     base = LoadReport(
-        status="rejected", file=str(source.path), file_sha256="", file_bytes=size, partial=partial
+        status="rejected",
+        file=str(source.path),
+        file_sha256="",
+        file_bytes=size,
+        partial=partial,
+        dry_run=dry_run,
     )
     too_big = core.check_size(size, settings.max_file_bytes)
     if too_big is not None:
@@ -552,20 +586,26 @@ def _load_source(
     progress(LoadProgress("hashing", 0, size, 0))
     base.file_sha256 = file_sha256(source)
 
-    target = describe_target(conninfo)
     conn = connect(conninfo)
+    target = base.target = _connected_target(conn, describe_target(conninfo))
     try:
         with _db_errors(target, "preparing the ingest schema"):
+            read_only = _read_only(conn)
             # A dry run changes nothing: it makes a missing schema inside its own transaction,
             # which is rolled back, and with no schema there is no batch to be a duplicate of.
             has_schema = (
                 _has_schema(conn)
-                if dry_run
+                if dry_run or read_only
                 else bool(ensure_schema(conn, lock_timeout=settings.lock_timeout))
             )
             existing = _find_batch(conn, base.file_sha256) if has_schema else None
-        if existing is not None:
-            return _finish(_duplicate(base, existing, conn, anchorer, target), started)
+        if existing is not None:  # (a standby can say so; the anchor is the primary's to record)
+            return _finish(_duplicate(base, existing, conn, None if read_only else anchorer, target), started)
+        if read_only:
+            raise PreconditionError(
+                f"{target} is read-only ({read_only}): nothing was loaded; load into the primary",
+                hint="`voke dr status` names the primary of the local environment",
+            )
         committing = [False]
         with _db_errors(target, "preparing the ingest schema"):  # (pid, start): a session, not a reused pid
             session = conn.execute(
@@ -892,6 +932,8 @@ def _duplicate(
         merkle_root=bytes(row["merkle_root"]).hex(),
         anchor_id=row["anchor_id"],
         partial=row["partial"],
+        dry_run=base.dry_run,
+        target=base.target,
     )
     if anchorer is not None:
         # Also heals a batch whose anchor request failed after its commit: requests are deduplicated.
@@ -930,6 +972,7 @@ def _anchor(
     size: int | None = None,
 ) -> None:
     assert report.merkle_root is not None and report.batch_id is not None
+    recorded = report.anchor_id  # a duplicate's, as stored: unchanged means no UPDATE (a standby takes none)
     try:
         status, anchor_id = anchorer(
             bytes.fromhex(report.merkle_root),
@@ -941,7 +984,7 @@ def _anchor(
         report.warnings.append(f"the batch root could not be sent for anchoring: {exc.message}")
         return
     report.anchor, report.anchor_id = status, anchor_id
-    if anchor_id:
+    if anchor_id and anchor_id != recorded:
         with _db_errors(target, "recording the anchor"):
             conn.execute(
                 "UPDATE ingest.batches SET anchor_id = %s WHERE batch_id = %s AND anchor_id IS DISTINCT FROM %s",
