@@ -42,14 +42,17 @@ def setup_logging(*, fmt: str = "auto", level: str = "warning", stream: TextIO |
             fmt = "human" if stream.isatty() else "json"
         except (AttributeError, ValueError):
             fmt = "json"
-    logger = logging.getLogger(LOGGER_NAME)
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
     handler = logging.StreamHandler(stream)
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _HumanFormatter())
-    logger.addHandler(handler)
-    logger.setLevel(getattr(logging, level.upper()))
-    logger.propagate = False
+    # psycopg's own warnings (e.g. an error ignored in a rollback after Ctrl-C) would reach
+    # stderr through logging's last resort: raw, in no format of ours and not redacted.
+    for name in (LOGGER_NAME, "psycopg"):
+        logger = logging.getLogger(name)
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+        logger.addHandler(handler)
+        logger.setLevel(getattr(logging, level.upper()))
+        logger.propagate = False
 
 
 def get_logger(name: str) -> logging.Logger:

@@ -34,3 +34,14 @@ def test_log_flags_reach_the_logger(voke):
     shown = result.json["result"]["settings"]
     assert shown["log_format"] == {"value": "json", "source": "flag"}
     assert shown["log_level"] == {"value": "debug", "source": "flag"}
+
+
+def test_psycopg_warnings_go_through_the_same_handler_redacted():
+    import logging
+
+    stream = io.StringIO()
+    setup_logging(fmt="json", level="warning", stream=stream)
+    redact.register("hunter2-secret")
+    logging.getLogger("psycopg").warning("error ignored in rollback: password hunter2-secret")
+    line = json.loads(stream.getvalue().splitlines()[-1])
+    assert line["logger"] == "psycopg" and line["msg"] == "error ignored in rollback: password ***"
