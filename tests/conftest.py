@@ -57,6 +57,15 @@ def voke(tmp_path: Path):
     return invoke
 
 
+@pytest.fixture(autouse=True)
+def _sigterm_forgotten() -> Iterator[None]:
+    """A test that sends itself SIGTERM must not make later tests' interrupts read as one."""
+    from voketag_ops.errors import Terminated
+
+    yield
+    Terminated.received = False
+
+
 FAST_ROTATION = {"VOKE_ROTATION__TEST_INTERVAL": "0.2", "VOKE_ROTATION__HEALTH_TIMEOUT": "20"}
 
 

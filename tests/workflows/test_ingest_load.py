@@ -527,7 +527,7 @@ def test_sigterm_mid_load_is_an_interrupt(db, tmp_path, pg_database, make_enviro
     args = [str(path), "--partial", "--rejects", str(rejects)]
     code, stderr = _signal_mid_copy(db, pg_database, make_environ(tmp_path / "home"), args, signal.SIGTERM)
     assert code == 130
-    assert "interrupted" in stderr and "Traceback" not in stderr and len(stderr.splitlines()) == 1
+    assert "terminated (SIGTERM)" in stderr and "Traceback" not in stderr and len(stderr.splitlines()) == 1
     assert counts(db)[:2] == (0, 0)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, "home"])  # no rejects scratch
     report = load(db, path)

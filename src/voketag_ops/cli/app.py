@@ -28,7 +28,7 @@ from voketag_ops.cli import (
 )
 from voketag_ops.cli._click import ClickAbort, ClickException, ClickUsageError, NoArgsIsHelpError
 from voketag_ops.cli.common import GLOBAL_FLAGS, AppContext, GlobalOptions
-from voketag_ops.errors import Interrupted, UsageError, VokeError
+from voketag_ops.errors import Interrupted, Terminated, UsageError, VokeError
 from voketag_ops.output import Output
 from voketag_ops.redact import redact
 
@@ -205,7 +205,7 @@ def _invoke(
             obj=_Holder(output, environ, cwd),
         )
         if rv == 130:  # Typer turns Ctrl-C inside a command into Exit(130)
-            return output.error(Interrupted("interrupted"))
+            return output.error(_interrupted())
         if isinstance(rv, int) and rv != 0:  # typer.Exit(code)
             return rv
         return output.exit_code
@@ -223,7 +223,7 @@ def _invoke(
     except ClickException as exc:
         return output.error(VokeError(exc.format_message()))
     except (ClickAbort, KeyboardInterrupt):
-        return output.error(Interrupted("interrupted"))
+        return output.error(_interrupted())
     except Exception as exc:  # a bug: one line, traceback only with --debug
         if debug:
             _print_traceback(output.stderr)
@@ -233,6 +233,10 @@ def _invoke(
             hint=None if debug else "run again with --debug for the traceback",
         )
         return output.error(err)
+
+
+def _interrupted() -> Interrupted:
+    return Interrupted("terminated (SIGTERM)" if Terminated.received else "interrupted")
 
 
 def _usage_error(output: Output, exc: ClickUsageError) -> int:

@@ -22,7 +22,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _terminated(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+    from voketag_ops.errors import Terminated
+
+    Terminated.received = True
+    raise Terminated
 
 
 def stop_on_sigterm() -> None:
