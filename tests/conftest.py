@@ -58,12 +58,34 @@ def voke(tmp_path: Path):
 
 
 @pytest.fixture(autouse=True)
-def _sigterm_forgotten() -> Iterator[None]:
-    """A test that sends itself SIGTERM must not make later tests' interrupts read as one."""
-    from voketag_ops.errors import Terminated
+def _script_signals_forgotten() -> Iterator[None]:
+    """A test that plays the `voke` script's signal handling (or sends itself SIGTERM) must
+    not leave it to later in-process tests."""
+    from voketag_ops import interrupts
 
     yield
-    Terminated.received = False
+    interrupts.Terminated.received = False
+    interrupts._installed = False
+    interrupts._started = False
+
+
+@pytest.fixture
+def script_signals(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Signals handled as the `voke` script handles them (SIGTERM like Ctrl-C), for one test."""
+    import signal
+
+    from voketag_ops import interrupts
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    monkeypatch.setattr(interrupts, "_installed", False)
+    monkeypatch.setattr(interrupts, "_started", False)
+    interrupts.install()
+    interrupts.started()
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 FAST_ROTATION = {"VOKE_ROTATION__TEST_INTERVAL": "0.2", "VOKE_ROTATION__HEALTH_TIMEOUT": "20"}

@@ -88,13 +88,6 @@ class Interrupted(VokeError):
     exit_code = ExitCode.INTERRUPTED
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where Ctrl-C would be (the `voke` script's handler): every clean-up
-    that Ctrl-C gets runs; messages and audit events can tell the two apart."""
-
-    received = False  # set by the handler: a clean-up may turn it into another exception
-
-
 class NotFoundError(VokeError):
     """A named resource (secret, version, service, rotation) does not exist."""
 

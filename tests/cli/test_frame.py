@@ -200,19 +200,42 @@ def test_a_dry_run_never_creates_the_environment(voke, tmp_path):
     assert not (tmp_path / "home" / "pg").exists() and not (tmp_path / "home" / "state.json").exists()
 
 
-def test_sigterm_stops_voke_like_ctrl_c_unless_the_caller_ignores_it():
+def test_sigterm_stops_voke_like_ctrl_c_unless_the_caller_ignores_it(monkeypatch):
     import signal
 
-    from voketag_ops.cli import main
+    from voketag_ops import interrupts
 
-    previous = signal.getsignal(signal.SIGTERM)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    monkeypatch.setattr(interrupts, "_started", True)
     try:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # e.g. started by `nohup`-like wrappers
-        main.stop_on_sigterm()
+        interrupts.install()
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        main.stop_on_sigterm()
-        with pytest.raises(KeyboardInterrupt):
+        interrupts.install()
+        with pytest.raises(interrupts.Terminated):
             signal.raise_signal(signal.SIGTERM)
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
+@pytest.mark.parametrize("signum", ["TERM", "INT"])
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_a_signal_during_start_up_is_one_line_and_exit_130(signum, json_mode, tmp_path):
+    # Before the command runs (the imports), nothing needs undoing: no traceback, one line.
+    flags = ["--json"] if json_mode else []
+    code = (
+        f"import os, signal, sys; sys.argv = ['voke', 'env', 'status', *{flags!r}];"
+        "from voketag_ops import interrupts; interrupts.install();"
+        f"os.kill(os.getpid(), signal.SIG{signum}); import time; time.sleep(5)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 130 and "Traceback" not in done.stderr
+    message = "terminated (SIGTERM)" if signum == "TERM" else "interrupted"
+    if json_mode:
+        assert json.loads(done.stdout)["error"]["message"] == message
+    else:
+        assert done.stderr == f"error: {message}\n"

@@ -394,3 +394,28 @@ def test_the_target_named_is_the_server_reached_when_libpq_variables_fill_in(vok
     assert result.json["result"]["target"] == expected
     event = voke("audit", "show", "-e", "ingest.load", "--json").json["result"]["entries"][-1]
     assert event["details"]["target"] == expected
+
+
+def test_a_signal_once_the_load_result_is_out_changes_nothing(db, tmp_path, make_environ):
+    # In the `voke` script, signals are off from the printed result to the exit.
+    path = tmp_path / "batch.csv"
+    path.write_text(HEADER + GOOD)
+    code = (
+        "import os, signal, sys\n"
+        "from voketag_ops import interrupts\n"
+        "from voketag_ops.cli.main import main\n"
+        "from voketag_ops.workflows import ingest as wf\n"
+        "real = wf.AfterCommit.__exit__\n"
+        "def exit_then_signal(self, *exc):\n"
+        "    real(self, *exc)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "wf.AfterCommit.__exit__ = exit_then_signal\n"
+        "interrupts.install()\n"
+        f"sys.exit(main(['ingest', 'load', {str(path)!r}, '--db', {db!r}, '--json']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=make_environ(tmp_path / "home"), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    docs = done.stdout.strip().splitlines()
+    assert len(docs) == 1 and '"status": "loaded"' in docs[0]

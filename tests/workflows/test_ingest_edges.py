@@ -255,9 +255,7 @@ def test_ctrl_c_before_the_server_committed_is_an_interrupt_and_nothing_is_loade
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_while_the_rejects_file_is_renamed_is_held(db, tmp_path, monkeypatch, signum):
-    from voketag_ops.cli import main
-
+def test_ctrl_c_while_the_rejects_file_is_renamed_is_held(db, tmp_path, monkeypatch, signum, script_signals):
     real_replace = os.replace
 
     def interrupted_replace(src: Any, dst: Any) -> None:
@@ -266,16 +264,11 @@ def test_ctrl_c_while_the_rejects_file_is_renamed_is_held(db, tmp_path, monkeypa
 
     monkeypatch.setattr(wf.os, "replace", interrupted_replace)
     rejects = tmp_path / "rejects.csv"
-    previous_term = signal.getsignal(signal.SIGTERM)
-    main.stop_on_sigterm()  # as the `voke` script does: SIGTERM stops voke like Ctrl-C
-    try:
-        report = load(db, write(tmp_path, HEADER + GOOD + BAD), partial=True, rejects=rejects)
-        assert signal.getsignal(signal.SIGTERM) is main._terminated  # put back
-    finally:
-        signal.signal(signal.SIGTERM, previous_term)
+    script_handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    report = load(db, write(tmp_path, HEADER + GOOD + BAD), partial=True, rejects=rejects)
     assert report.status == "loaded" and rejects.exists() and scratch_files(tmp_path) == []
     assert any("chain anchor run" in w for w in report.warnings)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    assert {s: signal.getsignal(s) for s in script_handlers} == script_handlers  # put back
 
 
 def test_ctrl_c_again_while_the_commit_is_being_settled_is_exit_7_and_keeps_the_rejects(

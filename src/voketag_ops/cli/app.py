@@ -12,7 +12,7 @@ from typing import Annotated, TextIO
 
 import typer
 
-from voketag_ops import __version__
+from voketag_ops import __version__, interrupts
 from voketag_ops.cli import (
     audit_cmd,
     chain_cmd,
@@ -28,7 +28,7 @@ from voketag_ops.cli import (
 )
 from voketag_ops.cli._click import ClickAbort, ClickException, ClickUsageError, NoArgsIsHelpError
 from voketag_ops.cli.common import GLOBAL_FLAGS, AppContext, GlobalOptions
-from voketag_ops.errors import Interrupted, Terminated, UsageError, VokeError
+from voketag_ops.errors import Interrupted, UsageError, VokeError
 from voketag_ops.output import Output
 from voketag_ops.redact import redact
 
@@ -181,8 +181,10 @@ def run(
     # Reports go to output.stdout directly; what Typer prints itself (help, version) is held
     # back so that help for a bare group can go to stderr instead, behind one error.
     held = io.StringIO()
+    interrupts.started()
     with contextlib.redirect_stdout(held), contextlib.redirect_stderr(output.stderr):
         code = _invoke(args, output, debug, environ, cwd)
+    interrupts.settle()  # the result is out
     if held.getvalue():
         if code == 2 and output.command_error == "missing command":
             if not output.json_mode:
@@ -236,7 +238,7 @@ def _invoke(
 
 
 def _interrupted() -> Interrupted:
-    return Interrupted("terminated (SIGTERM)" if Terminated.received else "interrupted")
+    return Interrupted("terminated (SIGTERM)" if interrupts.Terminated.received else "interrupted")
 
 
 def _usage_error(output: Output, exc: ClickUsageError) -> int:

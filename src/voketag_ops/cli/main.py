@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import gc
-import signal
 import sys
-from types import FrameType
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,21 +19,6 @@ def main(argv: list[str] | None = None) -> int:
     return run(args)
 
 
-def _terminated(signum: int, frame: FrameType | None) -> None:
-    from voketag_ops.errors import Terminated
-
-    Terminated.received = True
-    raise Terminated
-
-
-def stop_on_sigterm() -> None:
-    """SIGTERM (a CI job cancelled, `timeout`, systemd or Cloud Run stopping the job) stops
-    voke the way Ctrl-C does: the operation rolls back or records where to resume, and the
-    exit is 130, instead of dying mid-step. A SIGTERM the caller ignores stays ignored."""
-    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _terminated)
-
-
 def entry() -> None:
     """The `voke` console script and ``python -m voketag_ops``: run, then exit.
 
@@ -43,10 +26,10 @@ def entry() -> None:
     (~40 ms of each run); frozen, they are left to the process's end. Everything else about
     exiting stays: atexit handlers, logging's flush, closing files as modules are torn down.
     Only here, not in ``main``, which tests call in-process."""
-    stop_on_sigterm()
+    from voketag_ops import interrupts
+
+    interrupts.install()  # Ctrl-C and SIGTERM (see there)
     code = main()
-    # The result is out and the exit code decided: a signal now would only garble both.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    interrupts.settle()
     gc.freeze()
     sys.exit(code)
