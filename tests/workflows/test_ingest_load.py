@@ -375,6 +375,29 @@ def test_a_row_rejected_for_its_tag_id_names_no_sku(db, tmp_path):
         assert [r[0] for r in list(csv.reader(fh))[1:]] == ["2", "5", "7"]
 
 
+def test_a_rows_problems_do_not_depend_on_whether_another_row_repeats_a_tag_id(db, tmp_path):
+    # With a repeated tag_id anywhere, a second pass decides; it must list what the first would.
+    load(db, write(tmp_path, HEADER + "L1,S1,Alpha,F1,2024-01-01T00:00:00Z,L\n", "a.csv"))
+    rows = [
+        "R1,S10,Ten,F1,2024-01-01T00:00:00Z,L\n",
+        "R1,S1,Eleven,F1,2024-01-01T00:00:00Z,L\n",  # a collision (and a repeat)
+        "A2,S1,Beta,F1,bad,L\n",  # its own problem (and a name that clashes)
+        "R3,S10,Ten,F1,bad,L\n",
+        "A4,S12,Twelve,F1,2024-01-01T00:00:00Z,L\n",
+    ]  # no tag_id that the primary key would stop: the first pass alone decides
+    plain = load(db, write(tmp_path, HEADER + "".join(rows), "b.csv"), dry_run=True)
+    repeated = rows + ["Z9,S10,Ten,F1,2024-01-01T00:00:00Z,L\n"] * 2
+    second = load(db, write(tmp_path, HEADER + "".join(repeated), "c.csv"), dry_run=True)
+    listed = [(e["line"], e["column"], e["code"]) for e in plain.errors]
+    assert [(e["line"], e["column"], e["code"]) for e in second.errors if e["line"] <= 6] == listed
+    assert listed == [
+        (3, 7, "sku_collision"),
+        (4, 15, "bad_timestamp"),
+        (5, 15, "bad_timestamp"),
+    ]
+    assert second.error_count == plain.error_count + 1  # and the repeat itself
+
+
 def test_partial_drops_duplicates_and_tags_already_loaded_and_every_proof_verifies(db, tmp_path):
     load(db, write(tmp_path, HEADER + "OLD1,S1,Shoe,F1,2024-01-01T00:00:00Z,L\n", "a.csv"))
     text = (

@@ -916,6 +916,9 @@ class BatchValidator:
                     values[name] = value
                 elif problem is not _REPORTED:
                     problems.append(problem)
+            # A name is compared only for a row that passes its own checks: the load's second
+            # pass, which decides names with the repeated tag_ids, sees only those rows.
+            own_ok = not problems
             tag = values.get("tag_id")
             if tag is not None and self.detect_duplicates:
                 first = self._seen.get(tag)
@@ -929,7 +932,7 @@ class BatchValidator:
                         )
                     )
             sku, pname = values.get("sku"), values.get("product_name")
-            if sku is not None and pname is not None:
+            if own_ok and sku is not None and pname is not None:
                 known_name = self._sku_name.get(sku)
                 if known_name is not None and known_name != pname:
                     first_line = self._sku_line.get(sku)

@@ -1642,19 +1642,20 @@ def _find_conflicts(
         )
         with conn.cursor() as cur:
             for line, tag, sku, name, loaded_in, repeated, contested, known_name in cur.stream(query):
+                # As the first pass lists them: a SKU collision, else a tag_id problem.
                 problems: list[tuple[str, str, str]] = []
-                if loaded_in is not None:
-                    message = f"tag_id {tag!r} was already loaded in batch {loaded_in}"
-                    problems.append(("tag_already_loaded", message, "tag_id"))
-                elif repeated and tag in accepted_tags:
-                    message = f"duplicate tag_id {tag!r} (first on line {accepted_tags[tag]})"
-                    problems.append(("duplicate_tag_id", message, "tag_id"))
                 if contested:
                     held = names.get(sku) or ((known_name, None) if known_name is not None else None)
                     if held is not None and held[0] != name:
                         where = f"line {held[1]}" if held[1] is not None else "the products already loaded"
                         message = f"SKU {sku!r} is named {name!r} here but {held[0]!r} on {where}"
                         problems.append(("sku_collision", message, "product_name"))
+                if not problems and loaded_in is not None:
+                    message = f"tag_id {tag!r} was already loaded in batch {loaded_in}"
+                    problems.append(("tag_already_loaded", message, "tag_id"))
+                elif not problems and repeated and tag in accepted_tags:
+                    message = f"duplicate tag_id {tag!r} (first on line {accepted_tags[tag]})"
+                    problems.append(("duplicate_tag_id", message, "tag_id"))
                 if problems:
                     out.writerows((line, *p) for p in problems)
                     continue
