@@ -305,6 +305,31 @@ def test_a_breached_target_fails_the_drill_with_exit_1(voke, make_environ_module
     assert journal["steady_state"]["after"]["ok"] is True
 
 
+def test_ctrl_c_before_the_pitr_repair_puts_the_batch_rows_back(voke, environ, env, monkeypatch):
+    from voketag_ops.workflows import dr as dr_flow
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt  # a Ctrl-C (or SIGTERM) while restoring: no repair registered yet
+
+    monkeypatch.setattr(dr_flow, "restore", interrupt)
+    result = voke("drill", "run", "pitr", "--yes", "--json", environ=environ)
+    assert result.exit_code == 130
+    monkeypatch.undo()
+    journal = json.loads(
+        sorted((env.home / "drills").glob("pitr-*.json"), key=lambda p: p.stat().st_mtime)[-1].read_text()
+    )
+    assert journal["status"] == "interrupted" and journal["timeline"]["fault_injected_at"]
+    with env.primary().connect("voketag") as conn:
+        rows = dict(
+            conn.execute(
+                "select b.batch_id, (select count(*) from ingest.tags t where t.batch_id = b.batch_id)"
+                " from ingest.batches b"
+            ).fetchall()
+        )
+        loaded = dict(conn.execute("select batch_id, rows_loaded from ingest.batches").fetchall())
+    assert rows == loaded and rows, rows  # every batch, the drill's included, has all its rows
+
+
 def test_ctrl_c_mid_drill_cleans_up_and_records_interrupted(voke, environ, env, monkeypatch):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt

@@ -20,6 +20,7 @@ class Run:
         self.steady_before: Any = None
         self.steady_after: Any = None
         self.cleaned = 0
+        self.cleanup_interrupted = False
 
     def run_cleanups(self) -> None:
         self.cleaned += 1
@@ -57,3 +58,25 @@ def test_an_unsteady_system_is_not_drilled_and_a_bug_is_recorded() -> None:
         scenario=_raise(ZeroDivisionError("boom")), after=lambda: STEADY, after_interrupt=False,
     )  # fmt: skip
     assert run.error.startswith("internal error (ZeroDivisionError)") and run.steady_after == STEADY
+
+
+def test_ctrl_c_during_a_clean_up_finishes_the_others_and_reads_as_interrupted() -> None:
+    import contextlib
+
+    from voketag_ops.workflows.drill import RunFrame
+
+    class Frame(RunFrame):
+        status, steady_before, steady_after = "completed", None, None
+
+        def cleanup_step(self, name: str) -> Any:
+            return contextlib.nullcontext()
+
+    run, done = Frame(), []
+    run.on_cleanup("first registered, run last", lambda: done.append("first"))
+    run.on_cleanup("interrupted", _raise(KeyboardInterrupt()))
+    interrupted = drive(
+        run, "drill x", progress=lambda _m: None, before=lambda: STEADY,
+        scenario=lambda: None, after=lambda: STEADY, after_interrupt=True,
+    )  # fmt: skip
+    assert interrupted and run.status == "interrupted" and "clean-up" in (run.error or "")
+    assert done == ["first"] and run.steady_after == STEADY

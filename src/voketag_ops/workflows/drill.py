@@ -153,6 +153,7 @@ class RunFrame:
         self.timeline: dict[str, datetime | None] = {k: None for k in core.TIMELINE_KEYS}
         self._cleanups: list[tuple[str, Callable[[], Any]]] = []
         self.error = None
+        self.cleanup_interrupted = False  # a Ctrl-C or SIGTERM came while cleaning up
 
     def mark(self, key: str, when: datetime | None = None) -> datetime:
         value = when or datetime.now(UTC)
@@ -173,7 +174,7 @@ class RunFrame:
                 with self.cleanup_step(name):
                     action()
             except KeyboardInterrupt:
-                self.error = self.error or "interrupted"
+                self.cleanup_interrupted = True
                 log.warning("clean-up step %r interrupted; continuing with the rest", name)
             except Exception as exc:
                 log.warning("clean-up step %r failed: %s", name, getattr(exc, "message", exc))
@@ -477,6 +478,7 @@ def _pitr(run: DrillRun) -> None:
     target = dr.utcnow()
     run.details["target"] = dr.iso(target)
     time.sleep(0.5)
+    _keep_rows_aside(run, batch)
     with run.step(f"fault: delete batch {batch['batch_id']}'s tags (the corrupting statement)") as info:
         with leader.connect(batch["dbname"]) as conn:
             before = dr.utcnow()
@@ -609,6 +611,36 @@ def _batch_integrity(node: Any, batch: dict[str, Any]) -> dict[str, Any]:
         if match
         else f"recomputed root {got['root'][:16]}… vs sealed {batch['merkle_root'][:16]}…",
     }
+
+
+def _keep_rows_aside(run: DrillRun, batch: dict[str, Any]) -> None:
+    """Before the fault, a copy of the batch's rows (a few hundred KB, off the database): a
+    drill stopped before its repair (Ctrl-C, SIGTERM, a failed restore) puts them back at
+    clean-up rather than leaving the batch empty on the leader. The repair, registered
+    later, runs first; rows already there are left as they are."""
+    kept = tempfile.SpooledTemporaryFile(max_size=16 << 20)  # noqa: SIM115 (the clean-up closes it)
+    batch_id = batch["batch_id"]
+    with (
+        run.env.primary().connect(batch["dbname"]) as conn,
+        conn.cursor().copy(
+            "copy (select * from ingest.tags where batch_id = %s) to stdout", (batch_id,)
+        ) as out,
+    ):
+        for data in out:
+            kept.write(data)
+
+    def put_back() -> None:
+        with kept, run.env.primary().connect(batch["dbname"]) as conn, conn.transaction():
+            row = conn.execute("select count(*) from ingest.tags where batch_id = %s", (batch_id,)).fetchone()
+            if row and row[0]:
+                return  # repaired (or never deleted)
+            kept.seek(0)
+            with conn.cursor().copy("copy ingest.tags from stdin") as into:
+                while data := kept.read(1 << 16):
+                    into.write(data)
+            run.details["rows_put_back"] = batch["rows"]
+
+    run.on_cleanup(f"put batch {batch_id}'s rows back on the leader unless repaired", put_back)
 
 
 def _repair_batch(run: DrillRun, name: str, batch: dict[str, Any]) -> None:
@@ -857,7 +889,7 @@ def drive(
     except KeyboardInterrupt:
         interrupted = True
         run.status = "interrupted"
-        run.error = "interrupted (Ctrl-C); clean-up ran"
+        run.error = "interrupted (Ctrl-C or SIGTERM); clean-up ran"
     except VokeError as exc:
         run.error = f"{exc.type_name}: {exc.message}"
     except Exception as exc:  # a bug mid-drill: still clean up and keep the journal
@@ -865,6 +897,10 @@ def drive(
         run.error = f"internal error ({type(exc).__name__}): {exc}"
     finally:
         run.run_cleanups()
+        if run.cleanup_interrupted and not interrupted:  # stopped all the same: say so, exit 130
+            interrupted = True
+            run.status = "interrupted"
+            run.error = "interrupted during the clean-up, which went on to its end"
         if run.status != "aborted" and (after_interrupt or not interrupted):
             try:
                 run.steady_after = after()
