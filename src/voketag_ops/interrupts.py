@@ -15,7 +15,9 @@ import json
 import os
 import signal
 import sys
+import threading
 from types import FrameType
+from typing import Any, Self
 
 
 class Terminated(KeyboardInterrupt):
@@ -74,4 +76,57 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
         else:
             os.write(2, f"error: {message}\n".encode())
         os._exit(130)
-    raise Terminated if terminated else KeyboardInterrupt
+    raise interrupt()
+
+
+class Held:
+    """Within the block, Ctrl-C and SIGTERM are noted (``fired``) instead of raised: for
+    steps that must not be cut in two, such as renaming a file into place or putting rows
+    back. Off the main thread nothing changes. An ignored signal (a background job) stays
+    ignored, and a SIGTERM left at its default (not the `voke` script) still ends the
+    process. With GIVE_WAY_AFTER, the signal after that many is raised after all, so a step
+    that hangs can still be stopped. ``hold`` starts holding later than the block's start
+    (START=False)."""
+
+    def __init__(self, *, give_way_after: int | None = None, start: bool = True) -> None:
+        self.count = 0  # signals noted
+        self._give_way_after = give_way_after
+        self._start = start
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> Self:
+        if self._start:
+            self.hold()
+        return self
+
+    def hold(self) -> None:
+        """Hold from now on (again: nothing more)."""
+        if self._previous or threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            current = signal.getsignal(signum)
+            if current == signal.SIG_IGN or (signum == signal.SIGTERM and not callable(current)):
+                continue
+            self._previous[signum] = signal.signal(signum, self._note)
+
+    def __exit__(self, *exc: object) -> None:
+        # A SIGINT handler set from C reads as None: Python's own is the default.
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.default_int_handler)
+        self._previous.clear()
+
+    @property
+    def fired(self) -> bool:
+        return self.count > 0
+
+    def _note(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+        if signum == signal.SIGTERM:
+            Terminated.received = True
+        if self._give_way_after is not None and self.count > self._give_way_after:
+            raise interrupt()
+
+
+def interrupt() -> KeyboardInterrupt:
+    """The exception a signal becomes: Terminated once a SIGTERM came, else KeyboardInterrupt."""
+    return Terminated() if Terminated.received else KeyboardInterrupt()

@@ -169,7 +169,7 @@ class Output:
                 from rich.markup import escape
 
                 self.err.print(f"[red]✗[/] {escape(failure)}", markup=True)
-        self.emitted = True
+        self.settled()
         self.exit_code = int(error.exit_code if error else (ExitCode.OK if ok else ExitCode.NO))
         return self.exit_code
 
@@ -189,8 +189,16 @@ class Output:
             self.note(f"error: {message}")
             if exc.hint:
                 self.note(f"hint: {exc.hint}")
-        self.emitted = True
+        self.settled()
         return int(exc.exit_code)
+
+    def settled(self) -> None:
+        """The command's answer is out: in the `voke` script a signal from now on is ignored,
+        as it could only add a second, contradicting answer."""
+        from voketag_ops import interrupts
+
+        self.emitted = True
+        interrupts.settle()
 
     def _emit_json(self, doc: Mapping[str, Any]) -> None:
         self.stdout.write(redact(json.dumps(doc, ensure_ascii=False, sort_keys=False)) + "\n")

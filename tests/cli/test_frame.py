@@ -239,3 +239,27 @@ def test_a_signal_during_start_up_is_one_line_and_exit_130(signum, json_mode, tm
         assert json.loads(done.stdout)["error"]["message"] == message
     else:
         assert done.stderr == f"error: {message}\n"
+
+
+def test_a_signal_once_the_answer_is_printed_changes_nothing(tmp_path):
+    # In the `voke` script, the first answer stands: no second document, exit as answered.
+    code = (
+        "import os, signal, sys\n"
+        "from voketag_ops import interrupts\n"
+        "from voketag_ops.output import Output\n"
+        "real = Output.result\n"
+        "def result_then_signal(self, *a, **kw):\n"
+        "    code = real(self, *a, **kw)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    return code\n"
+        "Output.result = result_then_signal\n"
+        "interrupts.install()\n"
+        "from voketag_ops.cli.main import main\n"
+        "sys.exit(main(['config', 'show', '--json']))\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("VOKE_")}
+    env["VOKE_HOME"] = str(tmp_path / "home")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(done.stdout.strip().splitlines()) == 1 and json.loads(done.stdout)["ok"] is True

@@ -80,3 +80,31 @@ def test_ctrl_c_during_a_clean_up_finishes_the_others_and_reads_as_interrupted()
     )  # fmt: skip
     assert interrupted and run.status == "interrupted" and "clean-up" in (run.error or "")
     assert done == ["first"] and run.steady_after == STEADY
+
+
+def test_one_signal_during_the_clean_ups_is_held_and_the_final_check_can_be_interrupted() -> None:
+    import contextlib
+    import os
+    import signal
+
+    from voketag_ops.workflows.drill import RunFrame
+
+    class Frame(RunFrame):
+        status, steady_before, steady_after = "completed", None, None
+
+        def cleanup_step(self, name: str) -> Any:
+            return contextlib.nullcontext()
+
+    def signalled_step() -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # held: this step still runs to its end
+        done.append("whole step")
+
+    run, done = Frame(), []
+    run.on_cleanup("a step a signal lands in", signalled_step)
+    interrupted = drive(
+        run, "drill x", progress=lambda _m: None, before=lambda: STEADY,
+        scenario=lambda: None, after=_raise(KeyboardInterrupt()), after_interrupt=True,
+    )  # fmt: skip
+    assert interrupted and run.status == "interrupted" and done == ["whole step"]
+    assert run.steady_after["ok"] is False
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -181,7 +181,6 @@ def run(
     # Reports go to output.stdout directly; what Typer prints itself (help, version) is held
     # back so that help for a bare group can go to stderr instead, behind one error.
     held = io.StringIO()
-    interrupts.started()
     with contextlib.redirect_stdout(held), contextlib.redirect_stderr(output.stderr):
         code = _invoke(args, output, debug, environ, cwd)
     interrupts.settle()  # the result is out
@@ -199,6 +198,7 @@ def _invoke(
     args: list[str], output: Output, debug: bool, environ: dict[str, str] | None, cwd: Path | None
 ) -> int:
     command = typer.main.get_command(app)
+    interrupts.started()  # from here a signal is the command's to handle (before: exit at once)
     try:
         rv = command.main(
             args=args,

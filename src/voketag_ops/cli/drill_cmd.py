@@ -204,7 +204,7 @@ def report(
         env.out.result({"run_id": journal["run_id"], "format": format_.value, "report": text})
         return
     env.out.stdout.write(text)
-    env.out.emitted = True
+    env.out.settled()
 
 
 def _render_plan(console: Console, report: dict[str, Any]) -> None:

@@ -93,7 +93,7 @@ def access(
         buffer.flush()
     else:
         stream.write(value.decode("utf-8", "replace"))
-    env.out.emitted = True
+    env.out.settled()
     if stream is sys.stdout and sys.stdout.isatty():
         sys.stderr.write("\n")
 

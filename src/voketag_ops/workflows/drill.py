@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from voketag_ops import interrupts
 from voketag_ops.core import drill as core
 from voketag_ops.core.dr_checks import judge, parse_iso
 from voketag_ops.errors import UsageError, VokeError
@@ -168,16 +169,20 @@ class RunFrame:
         raise NotImplementedError
 
     def run_cleanups(self) -> None:
-        while self._cleanups:
-            name, action = self._cleanups.pop()
-            try:
-                with self.cleanup_step(name):
-                    action()
-            except KeyboardInterrupt:
-                self.cleanup_interrupted = True
-                log.warning("clean-up step %r interrupted; continuing with the rest", name)
-            except Exception as exc:
-                log.warning("clean-up step %r failed: %s", name, getattr(exc, "message", exc))
+        """Each clean-up to its end: a first Ctrl-C or SIGTERM meanwhile is held (it marks
+        the run interrupted); a second one stops the step it lands in, and the rest still run."""
+        with interrupts.Held(give_way_after=1) as held:
+            while self._cleanups:
+                name, action = self._cleanups.pop()
+                try:
+                    with self.cleanup_step(name):
+                        action()
+                except KeyboardInterrupt:
+                    self.cleanup_interrupted = True
+                    log.warning("clean-up step %r interrupted; continuing with the rest", name)
+                except Exception as exc:
+                    log.warning("clean-up step %r failed: %s", name, getattr(exc, "message", exc))
+        self.cleanup_interrupted = self.cleanup_interrupted or held.fired
 
 
 class DrillRun(RunFrame):
@@ -630,15 +635,21 @@ def _keep_rows_aside(run: DrillRun, batch: dict[str, Any]) -> None:
             kept.write(data)
 
     def put_back() -> None:
-        with kept, run.env.primary().connect(batch["dbname"]) as conn, conn.transaction():
-            row = conn.execute("select count(*) from ingest.tags where batch_id = %s", (batch_id,)).fetchone()
-            if row and row[0]:
-                return  # repaired (or never deleted)
-            kept.seek(0)
-            with conn.cursor().copy("copy ingest.tags from stdin") as into:
-                while data := kept.read(1 << 16):
-                    into.write(data)
-            run.details["rows_put_back"] = batch["rows"]
+        # Quick and the last copy of those rows: no signal cuts it short.
+        with interrupts.Held() as held, kept, run.env.primary().connect(batch["dbname"]) as conn:
+            with conn.transaction():
+                row = conn.execute(
+                    "select count(*) from ingest.tags where batch_id = %s", (batch_id,)
+                ).fetchone()
+                missing = not (row and row[0])  # else repaired (or never deleted)
+                if missing:
+                    kept.seek(0)
+                    with conn.cursor().copy("copy ingest.tags from stdin") as into:
+                        while data := kept.read(1 << 16):
+                            into.write(data)
+            if missing:
+                run.details["rows_put_back"] = batch["rows"]  # committed
+        run.cleanup_interrupted = run.cleanup_interrupted or held.fired
 
     run.on_cleanup(f"put batch {batch_id}'s rows back on the leader unless repaired", put_back)
 
@@ -900,10 +911,18 @@ def drive(
         if run.cleanup_interrupted and not interrupted:  # stopped all the same: say so, exit 130
             interrupted = True
             run.status = "interrupted"
-            run.error = "interrupted during the clean-up, which went on to its end"
+            run.error = "interrupted during the clean-up (see its steps)"
         if run.status != "aborted" and (after_interrupt or not interrupted):
             try:
                 run.steady_after = after()
+            except KeyboardInterrupt:  # the final check cut short: the run reads as interrupted
+                interrupted = True
+                run.status = "interrupted"
+                run.error = run.error or "interrupted during the final steady-state check"
+                run.steady_after = {
+                    "ok": False,
+                    "checks": [{"name": "steady", "ok": False, "message": "interrupted"}],
+                }
             except Exception as exc:  # a check that cannot run is a failed check, never a crash
                 message = exc.message if isinstance(exc, VokeError) else f"{type(exc).__name__}: {exc}"
                 run.steady_after = {

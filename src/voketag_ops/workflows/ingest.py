@@ -54,8 +54,9 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Self
+from typing import IO, TYPE_CHECKING, Any
 
+from voketag_ops import interrupts
 from voketag_ops.core import ingest as core
 from voketag_ops.core import merkle
 from voketag_ops.errors import (
@@ -719,7 +720,7 @@ def _deliver(
 ) -> None:
     """The batch is committed: the rows left out get their name whatever comes, then the root
     is sent for anchoring unless the load was interrupted (it stays loaded either way)."""
-    with _HeldInterrupt() as held:
+    with interrupts.Held() as held:
         if rejects_out is not None and rejects is not None and report.rejects_file:
             report.rejects_file, problem = rejects_out.move_to(rejects)
             if problem:  # say where the rows are, do not fail
@@ -1316,7 +1317,7 @@ class _PieceWriter:
         import queue
 
         handed = False
-        with _HeldInterrupt() as held:
+        with interrupts.Held() as held:
             cancelled = 0
             sent = time.monotonic()
             if cancel:
@@ -1339,7 +1340,7 @@ class _PieceWriter:
             self._stopped = True
             _QUICK_SWITCHES.leave()
         if held.count:
-            raise KeyboardInterrupt
+            raise interrupts.interrupt()
 
     def _run(self) -> None:
         from psycopg import errors as pgerr
@@ -1517,7 +1518,6 @@ _SEAL_WORKER = "from voketag_ops.workflows.ingest import _seal_worker; _seal_wor
 
 def _seal_worker() -> None:
     """The sealing child's main (see _SealWorker)."""
-    import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops us
     sealer = core.LeafSealer()
@@ -1966,54 +1966,7 @@ def _line_of(row: list[str]) -> int:
     return int(row[0])
 
 
-class _HeldInterrupt:
-    """Within the block, Ctrl-C (and SIGTERM, which voke's entry point turns into one) is
-    noted (``fired``) instead of raised: for steps that must not be cut in two and cannot
-    hang, such as renaming the rejects file into place once the batch is committed. Off the
-    main thread nothing changes. With GIVE_WAY_AFTER, the signal after that many is raised
-    after all (a step that hangs can still be stopped). ``hold`` starts holding later than
-    the block's start (``AfterCommit``)."""
-
-    def __init__(self, *, give_way_after: int | None = None, start: bool = True) -> None:
-        self.count = 0  # signals noted
-        self._give_way_after = give_way_after
-        self._start = start
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> Self:
-        if self._start:
-            self.hold()
-        return self
-
-    def hold(self) -> None:
-        """Hold from now on (again: nothing more)."""
-        # Off the main thread there is no handler to set. An ignored signal (a background
-        # job) stays ignored, and a SIGTERM left at its default still ends the process.
-        if self._previous or threading.current_thread() is not threading.main_thread():
-            return
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            current = signal.getsignal(signum)
-            if current == signal.SIG_IGN or (signum == signal.SIGTERM and not callable(current)):
-                continue
-            self._previous[signum] = signal.signal(signum, self._note)
-
-    def __exit__(self, *exc: object) -> None:
-        # A SIGINT handler set from C reads as None: Python's own is the default.
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous if previous is not None else signal.default_int_handler)
-        self._previous.clear()
-
-    @property
-    def fired(self) -> bool:
-        return self.count > 0
-
-    def _note(self, signum: int, frame: Any) -> None:
-        self.count += 1
-        if self._give_way_after is not None and self.count > self._give_way_after:
-            raise KeyboardInterrupt
-
-
-class AfterCommit(_HeldInterrupt):
+class AfterCommit(interrupts.Held):
     """Once a batch is committed, the load ends as ``loaded`` whatever comes: from the
     commit to the end of the block (the audit event written, the result printed) a first
     Ctrl-C or SIGTERM is noted, not raised; it only skips the anchoring, which `voke chain
@@ -2026,9 +1979,7 @@ class AfterCommit(_HeldInterrupt):
     def __exit__(self, *exc: object) -> None:
         super().__exit__(*exc)
         if self._settle and exc[0] is None:  # the CLI's block printed the result: in the
-            from voketag_ops import interrupts  # `voke` script, signals stay off until the exit
-
-            interrupts.settle()
+            interrupts.settle()  # `voke` script, signals stay off until the exit
 
 
 # -- batches and proofs -----------------------------------------------------------------------
