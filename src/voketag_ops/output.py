@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import io
 import json
 import os
 import sys
@@ -113,7 +114,18 @@ class Output:
     def out(self) -> Console:
         if self._out_console is None:
             self._out_console = self._console(_RedactingStream(self.stdout))
+            self._out_console.on_broken_pipe = self._reader_gone  # type: ignore[method-assign]
         return self._out_console
+
+    def _reader_gone(self) -> None:
+        """The reader of stdout went away (`voke dr status | head -1`): the rest of the answer
+        goes nowhere, quietly, and the command ends as it would have."""
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, io.UnsupportedOperation):
+            pass  # not a file descriptor (a test's buffer): nothing was broken
 
     @property
     def err(self) -> Console:
@@ -201,8 +213,11 @@ class Output:
         interrupts.settle()
 
     def _emit_json(self, doc: Mapping[str, Any]) -> None:
-        self.stdout.write(redact(json.dumps(doc, ensure_ascii=False, sort_keys=False)) + "\n")
-        self.stdout.flush()
+        try:
+            self.stdout.write(redact(json.dumps(doc, ensure_ascii=False, sort_keys=False)) + "\n")
+            self.stdout.flush()
+        except BrokenPipeError:
+            self._reader_gone()
 
     # -- stderr chatter -----------------------------------------------------------
     def note(self, message: str) -> None:

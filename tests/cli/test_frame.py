@@ -263,3 +263,18 @@ def test_a_signal_once_the_answer_is_printed_changes_nothing(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert len(done.stdout.strip().splitlines()) == 1 and json.loads(done.stdout)["ok"] is True
+
+
+@pytest.mark.parametrize("flags", [[], ["--json"]])
+def test_a_reader_that_goes_away_is_no_error(tmp_path, flags):
+    # `voke ... | head -1`: the rest of the answer goes nowhere, without an internal error.
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("VOKE_")}
+    env["VOKE_HOME"] = str(tmp_path / "home")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "voketag_ops", "config", "show", *flags],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # gone before the answer is written
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and "error" not in stderr, stderr
