@@ -347,3 +347,14 @@ def test_ctrl_c_mid_drill_cleans_up_and_records_interrupted(voke, environ, env, 
     assert env.require_state().leader == "primary" and dr.in_recovery(env.node("primary")) is False
     assert dr.in_recovery(env.node("replica")) is True
     assert voke("dr", "check", environ=environ).exit_code == 0
+
+
+def test_a_rewind_cut_short_before_makes_the_rebuild_clone(voke, environ, env):
+    # pg_rewind interrupted (a second Ctrl-C) leaves a data directory that cannot start.
+    assert voke("dr", "check", environ=environ).exit_code == 0
+    replica = env.node("replica")
+    marker = replica.data_dir.with_name(replica.data_dir.name + ".rewinding")
+    marker.touch()
+    info = dr.rebuild_standby(env, replica, env.node("primary"))
+    assert info["method"] == "clone" and info["earlier_rewind_unfinished"] is True
+    assert not marker.exists() and dr.in_recovery(env.node("replica")) is True

@@ -1308,12 +1308,18 @@ def rebuild_standby(
     progress: Progress = _noop,
     force_clone: bool = False,
 ) -> dict[str, Any]:
-    """Make NODE a streaming standby of LEADER: pg_rewind, or a fresh clone when rewind fails."""
+    """Make NODE a streaming standby of LEADER: pg_rewind, or a fresh clone when rewind fails
+    or a rewind of NODE was cut short before (its marker is still there: pg_rewind leaves a
+    data directory it did not finish unusable, so a resume clones)."""
     info: dict[str, Any] = {"method": None}
     if node.running:
         node.stop(mode="fast")
     ensure_slot(leader)
     rewound = False
+    rewinding = node.data_dir.with_name(node.data_dir.name + ".rewinding")
+    if rewinding.exists():
+        force_clone = True
+        info["earlier_rewind_unfinished"] = True
     if not force_clone and node.initialized:
         progress(f"rewinding {node.name} to the leader's timeline (pg_rewind)")
         # pg_rewind reads the source's timeline from its control file, which a promotion
@@ -1325,6 +1331,7 @@ def rebuild_standby(
         settings["restore_command"] = f"cp '{env.archive_dir}/%f' '%p'"
         node.write_config(settings, env._hba())
         t = time.monotonic()
+        rewinding.touch()  # removed once the data directory is whole again
         proc = node.runner.run(
             "pg_rewind",
             [
@@ -1343,6 +1350,7 @@ def rebuild_standby(
         if proc.returncode == 0:
             rewound = True
             info["method"] = "pg_rewind"
+            rewinding.unlink(missing_ok=True)
         else:
             lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
             info["rewind_error"] = lines[-1] if lines else f"exit {proc.returncode}"
@@ -1365,6 +1373,7 @@ def rebuild_standby(
             env._clone_replica(leader, node)
         info["clone_seconds"] = round(time.monotonic() - t, 3)
         info["method"] = "clone"
+        rewinding.unlink(missing_ok=True)
     (node.data_dir / "backup_label.old").unlink(missing_ok=True)
     write_standby_config(env, node, leader)
     node.start(timeout=env.settings.start_timeout)
