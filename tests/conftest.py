@@ -67,6 +67,7 @@ def _script_signals_forgotten() -> Iterator[None]:
     interrupts.Terminated.received = False
     interrupts._installed = False
     interrupts._started = False
+    interrupts._settled = False
 
 
 @pytest.fixture
@@ -79,6 +80,7 @@ def script_signals(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     monkeypatch.setattr(interrupts, "_installed", False)
     monkeypatch.setattr(interrupts, "_started", False)
+    monkeypatch.setattr(interrupts, "_settled", False)
     interrupts.install()
     interrupts.started()
     try:

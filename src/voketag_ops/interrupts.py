@@ -32,6 +32,7 @@ class Terminated(KeyboardInterrupt):
 
 _installed = False
 _started = False  # the command is running: a signal is raised, not an immediate exit
+_settled = False  # the answer is out: signals stay ignored
 
 
 def install() -> None:
@@ -53,7 +54,9 @@ def started() -> None:
 def settle() -> None:
     """The result is out and the exit code decided: ignore signals from now on (in the
     `voke` script only)."""
+    global _settled
     if _installed:
+        _settled = True
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
@@ -108,7 +111,7 @@ class Held:
         """Hold from now on (again: nothing more)."""
         import threading
 
-        if self._previous or threading.current_thread() is not threading.main_thread():
+        if self._previous or _settled or threading.current_thread() is not threading.main_thread():
             return
         for signum in (signal.SIGINT, signal.SIGTERM):
             current = signal.getsignal(signum)
@@ -117,9 +120,13 @@ class Held:
             self._previous[signum] = signal.signal(signum, self._note)
 
     def __exit__(self, *exc: object) -> None:
-        # A SIGINT handler set from C reads as None: Python's own is the default.
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous if previous is not None else signal.default_int_handler)
+        if not _settled:  # (the answer came out within the block: signals stay off)
+            # A SIGINT handler set from C reads as None: Python's own is the default.
+            for signum, previous in self._previous.items():
+                signal.signal(signum, previous if previous is not None else signal.default_int_handler)
+        outer = getattr(self._previous.get(signal.SIGINT), "__self__", None)
+        if isinstance(outer, Held):  # held inside another hold: what we noted counts there too
+            outer.count += self.count
         self._previous.clear()
 
     @property

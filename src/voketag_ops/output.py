@@ -88,8 +88,8 @@ class Output:
     ) -> None:
         self.json_mode = json_mode
         self.command = command
-        self.stdout = stdout or sys.stdout
-        self.stderr = stderr or sys.stderr
+        self.stdout: TextIO = _ReaderMayGo(stdout or sys.stdout)  # type: ignore[assignment]
+        self.stderr: TextIO = _ReaderMayGo(stderr or sys.stderr)  # type: ignore[assignment]
         self.stdin = stdin or sys.stdin
         self.no_color = no_color or "NO_COLOR" in os.environ
         self._out_console: Console | None = None
@@ -114,18 +114,7 @@ class Output:
     def out(self) -> Console:
         if self._out_console is None:
             self._out_console = self._console(_RedactingStream(self.stdout))
-            self._out_console.on_broken_pipe = self._reader_gone  # type: ignore[method-assign]
         return self._out_console
-
-    def _reader_gone(self) -> None:
-        """The reader of stdout went away (`voke dr status | head -1`): the rest of the answer
-        goes nowhere, quietly, and the command ends as it would have."""
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, self.stdout.fileno())
-            os.close(devnull)
-        except (OSError, ValueError, io.UnsupportedOperation):
-            pass  # not a file descriptor (a test's buffer): nothing was broken
 
     @property
     def err(self) -> Console:
@@ -213,11 +202,8 @@ class Output:
         interrupts.settle()
 
     def _emit_json(self, doc: Mapping[str, Any]) -> None:
-        try:
-            self.stdout.write(redact(json.dumps(doc, ensure_ascii=False, sort_keys=False)) + "\n")
-            self.stdout.flush()
-        except BrokenPipeError:
-            self._reader_gone()
+        self.stdout.write(redact(json.dumps(doc, ensure_ascii=False, sort_keys=False)) + "\n")
+        self.stdout.flush()
 
     # -- stderr chatter -----------------------------------------------------------
     def note(self, message: str) -> None:
@@ -254,6 +240,48 @@ class Output:
 
         if not Confirm.ask(question, console=self.err, default=False):
             raise Cancelled("cancelled; nothing was changed")
+
+
+class _ReaderMayGo:
+    """stdout or stderr, where a reader that went away (`voke dr status | head -1`) or a
+    stream closed from the start (`>&-`) is no error: the rest goes to /dev/null, quietly,
+    and the command ends as it would have. Everything else is the stream's own."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self.wrapped = stream
+
+    def write(self, text: str) -> int:
+        if self.wrapped is not None:
+            try:
+                return self.wrapped.write(text)
+            except BrokenPipeError:
+                self._gone()
+        return len(text)
+
+    def flush(self) -> None:
+        if self.wrapped is not None:
+            try:
+                self.wrapped.flush()
+            except BrokenPipeError:
+                self._gone()
+
+    def isatty(self) -> bool:
+        return self.wrapped is not None and _isatty(self.wrapped)
+
+    def __getattr__(self, name: str) -> Any:
+        if self.wrapped is None:
+            raise AttributeError(name)
+        return getattr(self.wrapped, name)
+
+    def _gone(self) -> None:
+        # Point the descriptor at /dev/null too, so the interpreter's last flush stays quiet.
+        stream, self.wrapped = self.wrapped, None
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())  # type: ignore[union-attr]
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            pass  # not a descriptor (a test's buffer)
 
 
 class _RedactingStream:

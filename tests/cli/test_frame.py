@@ -265,16 +265,46 @@ def test_a_signal_once_the_answer_is_printed_changes_nothing(tmp_path):
     assert len(done.stdout.strip().splitlines()) == 1 and json.loads(done.stdout)["ok"] is True
 
 
-@pytest.mark.parametrize("flags", [[], ["--json"]])
-def test_a_reader_that_goes_away_is_no_error(tmp_path, flags):
-    # `voke ... | head -1`: the rest of the answer goes nowhere, without an internal error.
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["config", "show"],
+        ["config", "show", "--json"],
+        ["--help"],
+        ["--version"],
+        ["env", "--help"],
+        ["bogus"],
+    ],
+)
+def test_a_reader_that_goes_away_is_no_error(tmp_path, args):
+    # `voke ... | head -1`: the rest of the answer goes nowhere, without an error or traceback.
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("VOKE_")}
     env["VOKE_HOME"] = str(tmp_path / "home")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "voketag_ops", "config", "show", *flags],
+        [sys.executable, "-m", "voketag_ops", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path,
     )  # fmt: skip
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()  # gone before the answer is written
     stderr = proc.stderr.read().decode()
-    assert proc.wait(timeout=60) == 0 and "error" not in stderr, stderr
+    expected = 2 if args == ["bogus"] else 0
+    assert proc.wait(timeout=60) == expected and "Traceback" not in stderr, stderr
+    assert expected or "error" not in stderr
+
+
+@pytest.mark.parametrize("args", [["env", "status"], ["--json", "env", "status"], ["--version"], ["bogus"]])
+def test_a_closed_stdout_or_stderr_is_no_error(tmp_path, args):
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("VOKE_")}
+    env["VOKE_HOME"] = str(tmp_path / "home")
+    command = " ".join([sys.executable, "-m", "voketag_ops", *args])
+    for redirect in (">&-", "2>&-", "2>&1 | true"):
+        done = subprocess.run(
+            ["bash", "-c", f"{command} {redirect}; echo rc=${{PIPESTATUS[0]}}"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+        )
+        expected = 2 if args == ["bogus"] else 0
+        assert done.stdout.strip().splitlines()[-1] == f"rc={expected}", (redirect, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr, (redirect, done.stderr)

@@ -108,3 +108,29 @@ def test_one_signal_during_the_clean_ups_is_held_and_the_final_check_can_be_inte
     assert interrupted and run.status == "interrupted" and done == ["whole step"]
     assert run.steady_after["ok"] is False
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_signal_held_inside_a_nested_hold_still_counts_outside() -> None:
+    import os
+    import signal
+
+    from voketag_ops import interrupts
+
+    with interrupts.Held(give_way_after=1) as outer:
+        with interrupts.Held() as inner:  # a step that must not be cut (the pitr put-back)
+            os.kill(os.getpid(), signal.SIGINT)
+        assert inner.count == 1 and outer.count == 1
+        with pytest.raises(KeyboardInterrupt):  # the second gives way, as promised
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_answer_printed_inside_a_hold_keeps_signals_off(script_signals) -> None:
+    import signal
+
+    from voketag_ops import interrupts
+
+    with interrupts.Held():
+        interrupts.settle()  # what Output.result does
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import sys
 
@@ -12,7 +13,14 @@ def main(argv: list[str] | None = None) -> int:
     if args in (["--version"], ["-V"]):
         from voketag_ops import __version__
 
-        sys.stdout.write(f"voke {__version__}\n")
+        try:
+            sys.stdout.write(f"voke {__version__}\n")
+            sys.stdout.flush()
+        except (BrokenPipeError, AttributeError):  # no reader, or stdout closed (`>&-`)
+            import os
+
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # the exit's flush stays quiet
         return 0
     from voketag_ops.cli.app import run
 

@@ -94,7 +94,7 @@ def access(
     else:
         stream.write(value.decode("utf-8", "replace"))
     env.out.settled()
-    if stream is sys.stdout and sys.stdout.isatty():
+    if getattr(stream, "wrapped", stream) is sys.stdout and sys.stdout.isatty():
         sys.stderr.write("\n")
 
 

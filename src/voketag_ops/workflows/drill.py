@@ -964,7 +964,8 @@ def run_drill(
                 progress=progress,
                 before=lambda: steady_state(settings, env, wait=30),
                 scenario=lambda: SCENARIO_RUNNERS[scenario](run),
-                after=lambda: steady_state(settings, env, wait=60),
+                # After a Ctrl-C, look without waiting: the user wants out.
+                after=lambda: steady_state(settings, env, wait=0 if run.status == "interrupted" else 60),
                 after_interrupt=True,
             )
         finally:
