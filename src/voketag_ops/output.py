@@ -268,10 +268,26 @@ class _ReaderMayGo:
     def isatty(self) -> bool:
         return self.wrapped is not None and _isatty(self.wrapped)
 
-    def __getattr__(self, name: str) -> Any:
+    def write_bytes(self, data: bytes) -> None:
+        """DATA as is (through the binary buffer when there is one), then flushed."""
         if self.wrapped is None:
+            return
+        buffer = getattr(self.wrapped, "buffer", None)
+        try:
+            if buffer is not None:
+                buffer.write(data)
+                buffer.flush()
+            else:
+                self.wrapped.write(data.decode("utf-8", "replace"))
+                self.wrapped.flush()
+        except BrokenPipeError:
+            self._gone()
+
+    def __getattr__(self, name: str) -> Any:
+        wrapped = self.__dict__.get("wrapped")  # (not set yet while copy or pickle builds one)
+        if wrapped is None:
             raise AttributeError(name)
-        return getattr(self.wrapped, name)
+        return getattr(wrapped, name)
 
     def _gone(self) -> None:
         # Point the descriptor at /dev/null too, so the interpreter's last flush stays quiet.

@@ -3,6 +3,7 @@ internal errors, start-up imports, colour."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -308,3 +309,20 @@ def test_a_closed_stdout_or_stderr_is_no_error(tmp_path, args):
         expected = 2 if args == ["bogus"] else 0
         assert done.stdout.strip().splitlines()[-1] == f"rc={expected}", (redirect, done.stdout, done.stderr)
         assert "Traceback" not in done.stderr, (redirect, done.stderr)
+
+
+def test_the_stream_wrapper_writes_bytes_past_a_gone_reader_and_copies():
+    import copy
+    import os
+
+    from voketag_ops.output import _ReaderMayGo
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with os.fdopen(write_end, "w") as raw:
+        stream = _ReaderMayGo(raw)
+        stream.write_bytes(b"secret value")  # EPIPE: quietly to /dev/null
+        stream.write("more")
+        stream.flush()
+        assert stream.wrapped is None
+    assert copy.copy(_ReaderMayGo(io.StringIO())) is not None  # no recursion without __init__

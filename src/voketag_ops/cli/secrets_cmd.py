@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -86,16 +85,10 @@ def access(
         duration_seconds=round(time.monotonic() - t0, 3),
         details={"version": version},
     )
-    stream = env.out.stdout
-    buffer = getattr(stream, "buffer", None)
-    if buffer is not None:
-        buffer.write(value)
-        buffer.flush()
-    else:
-        stream.write(value.decode("utf-8", "replace"))
+    env.out.stdout.write_bytes(value)  # type: ignore[attr-defined]
     env.out.settled()
-    if getattr(stream, "wrapped", stream) is sys.stdout and sys.stdout.isatty():
-        sys.stderr.write("\n")
+    if env.out.stdout.isatty():  # the value has no line break of its own: the prompt's on the next line
+        env.out.stderr.write("\n")
 
 
 def _render_list(console: Console, report: dict[str, Any]) -> None:
