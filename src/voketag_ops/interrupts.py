@@ -61,11 +61,6 @@ def settle() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def settles() -> bool:
-    """True when ``settle`` ignores signals (the `voke` script)."""
-    return _installed
-
-
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     terminated = signum == signal.SIGTERM
     if terminated:

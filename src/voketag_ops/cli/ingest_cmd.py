@@ -171,7 +171,7 @@ def load(
     home = _home(env)
     # Once the batch is committed, a Ctrl-C or SIGTERM no longer stops the load short of
     # its audit event and its result: it is loaded, and says so.
-    with wf.AfterCommit(result_out_at_exit=True) as after_commit:
+    with wf.AfterCommit() as after_commit:
         with _progress_bar(env.out, file.stat().st_size) as progress:
             report = wf.load_batch(
                 conninfo,

@@ -1972,14 +1972,8 @@ class AfterCommit(interrupts.Held):
     Ctrl-C or SIGTERM is noted, not raised; it only skips the anchoring, which `voke chain
     anchor run` does later. A second one is raised, so a step that hangs can be stopped."""
 
-    def __init__(self, *, result_out_at_exit: bool = False) -> None:
+    def __init__(self) -> None:
         super().__init__(give_way_after=1, start=False)
-        self._settle = result_out_at_exit
-
-    def __exit__(self, *exc: object) -> None:
-        super().__exit__(*exc)
-        if self._settle and exc[0] is None:  # the CLI's block printed the result: in the
-            interrupts.settle()  # `voke` script, signals stay off until the exit
 
 
 # -- batches and proofs -----------------------------------------------------------------------
