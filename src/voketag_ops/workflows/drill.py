@@ -635,8 +635,9 @@ def _keep_rows_aside(run: DrillRun, batch: dict[str, Any]) -> None:
             kept.write(data)
 
     def put_back() -> None:
-        # Quick and the last copy of those rows: no signal cuts it short.
-        with interrupts.Held() as held, kept, run.env.primary().connect(batch["dbname"]) as conn:
+        # Quick and the last copy of those rows: no signal cuts it short (one that comes
+        # counts in run_cleanups' own hold, which marks the run interrupted).
+        with interrupts.Held(), kept, run.env.primary().connect(batch["dbname"]) as conn:
             with conn.transaction():
                 row = conn.execute(
                     "select count(*) from ingest.tags where batch_id = %s", (batch_id,)
@@ -649,7 +650,6 @@ def _keep_rows_aside(run: DrillRun, batch: dict[str, Any]) -> None:
                             into.write(data)
             if missing:
                 run.details["rows_put_back"] = batch["rows"]  # committed
-        run.cleanup_interrupted = run.cleanup_interrupted or held.fired
 
     run.on_cleanup(f"put batch {batch_id}'s rows back on the leader unless repaired", put_back)
 

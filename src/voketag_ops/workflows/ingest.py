@@ -43,7 +43,6 @@ import hashlib
 import itertools
 import os
 import re
-import signal
 import stat
 import sys
 import tempfile
@@ -510,16 +509,10 @@ def _load_batch(
     actor: str = "voke",
     progress: Callable[[LoadProgress], None] | None = None,
     anchorer: Anchorer | None = None,
-    after_commit: AfterCommit | None = None,
+    after_commit: AfterCommit,
 ) -> LoadReport:
-    """Validate PATH and load it as one batch (see the module docstring)."""
-    if after_commit is None:
-        with AfterCommit() as held:
-            return _load_batch(
-                conninfo, path, settings=settings, now=now, partial=partial, rejects=rejects,
-                dry_run=dry_run, max_errors=max_errors, actor=actor, progress=progress,
-                anchorer=anchorer, after_commit=held,
-            )  # fmt: skip
+    """Validate PATH and load it as one batch (see the module docstring); signals are held
+    from the commit on by AFTER_COMMIT (``load_batch`` makes one if its caller gave none)."""
     if partial and rejects is None:
         raise UsageError("--partial needs --rejects FILE for the rows it leaves out")
     if rejects is not None and not partial:
@@ -1518,6 +1511,7 @@ _SEAL_WORKER = "from voketag_ops.workflows.ingest import _seal_worker; _seal_wor
 
 def _seal_worker() -> None:
     """The sealing child's main (see _SealWorker)."""
+    import signal  # the child alone needs it
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops us
     sealer = core.LeafSealer()
