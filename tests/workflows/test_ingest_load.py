@@ -13,6 +13,7 @@ import threading
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -191,7 +192,65 @@ def test_schema_is_created_once_and_versioned(db):
         rows = conn.execute("select version from ingest.schema_migrations").fetchall()
     finally:
         conn.close()
-    assert rows == [(1,)]
+    assert rows == [(v,) for v, _name, _sql in wf.MIGRATIONS]
+
+
+def _key_collations(db: str) -> set[tuple[str, str, str | None]]:
+    with psycopg.connect(db) as conn:
+        return set(
+            conn.execute(
+                "select table_name, column_name, collation_name from information_schema.columns"
+                " where table_schema = 'ingest' and column_name in ('tag_id', 'sku')"
+            ).fetchall()
+        )
+
+
+def test_a_version_1_schema_is_migrated_with_its_batches(db, tmp_path, monkeypatch):
+    # A database loaded by a voke that knew only migration 1 (keys in the database's collation).
+    with monkeypatch.context() as old:
+        old.setattr(wf, "MIGRATIONS", wf.MIGRATIONS[:1])
+        old.setattr(wf, "SCHEMA_VERSION", 1)
+        first = load(db, sample(tmp_path, 40, seed=1, name="one.csv"))
+    assert first.status == "loaded"
+    assert ("tags", "tag_id", None) in _key_collations(db)
+    repeat = write(tmp_path, HEADER + "".join(_csv_line(r[:6]) for r in file_rows(tmp_path / "one.csv")[:1]))
+    again = load(db, repeat)  # migrates, then finds the tag loaded under version 1
+    assert again.status == "rejected" and [e["code"] for e in again.errors] == ["tag_already_loaded"]
+    second = load(db, sample(tmp_path, 40, seed=2, name="two.csv"))
+    assert second.status == "loaded"
+    assert _key_collations(db) == {("tags", "tag_id", "C"), ("tags", "sku", "C"), ("products", "sku", "C")}
+    for report, name in ((first, "one.csv"), (second, "two.csv")):
+        tag = file_rows(tmp_path / name)[5][0]
+        proof = wf.prove_tag(db, tag)
+        assert proof.found and proof.batch_id == report.batch_id
+
+
+@pytest.fixture
+def db_in_a_language_collation(local_env: Any) -> Iterator[str]:
+    """A database whose default collation is not "C" (libc C.utf8 compares with strcoll)."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    primary = local_env.primary()
+    with primary.connect() as conn:
+        conn.execute(f"create database \"{name}\" template template0 locale 'C.utf8'")
+    try:
+        yield primary.conninfo(name)
+    finally:
+        with primary.connect() as conn:
+            conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+def test_keys_compare_bytewise_whatever_the_database_collation(db_in_a_language_collation, tmp_path):
+    db = db_in_a_language_collation
+    first = load(db, sample(tmp_path, 30, seed=1, name="one.csv"))
+    rows = file_rows(tmp_path / "one.csv")
+    # A repeat in the file and one loaded before: the staging table is joined with the keys.
+    text = HEADER + "".join(_csv_line(r[:6]) for r in [rows[3], *file_rows(sample(tmp_path, 3, seed=9))])
+    text += _csv_line(file_rows(tmp_path / "batch.csv")[0][:6])
+    partial = load(db, write(tmp_path, text, name="mixed.csv"), partial=True, rejects=tmp_path / "bad.csv")
+    assert first.status == "loaded" and partial.status == "loaded"
+    assert sorted(e["code"] for e in partial.errors) == ["duplicate_tag_id", "tag_already_loaded"]
+    assert partial.rows_loaded == 3
+    assert _key_collations(db) == {("tags", "tag_id", "C"), ("tags", "sku", "C"), ("products", "sku", "C")}
 
 
 def test_dry_run_validates_everything_and_writes_nothing(db, tmp_path):

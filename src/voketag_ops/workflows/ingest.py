@@ -134,6 +134,18 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE ingest.tag_chunks ALTER COLUMN leaf_hashes SET STORAGE EXTERNAL;  -- hashes do not compress
         """,
     ),
+    (
+        2,
+        "tag_id and sku compare bytewise",
+        # Identifiers, not words: a database whose default collation is a language's (Cloud
+        # SQL's en_US.UTF8) made every key comparison a strcoll() and sorted keys in another
+        # order than the client's sorted pieces (docs/decisions.md). Rebuilds the two keys.
+        """
+        ALTER TABLE ingest.tags ALTER COLUMN tag_id TYPE text COLLATE "C",
+            ALTER COLUMN sku TYPE text COLLATE "C";
+        ALTER TABLE ingest.products ALTER COLUMN sku TYPE text COLLATE "C";
+        """,
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -1146,7 +1158,8 @@ def _load_in_transaction(
 _TAGS_COPY = f"COPY ingest.tags ({_COLUMNS}, leaf_index, batch_id) FROM STDIN"
 _STAGING_TABLE = (
     f"CREATE TEMPORARY TABLE {_STAGING.split('.')[1]} ("
-    " tag_id text NOT NULL, sku text NOT NULL, product_name text NOT NULL, factory_id text NOT NULL,"
+    ' tag_id text COLLATE "C" NOT NULL, sku text COLLATE "C" NOT NULL, product_name text NOT NULL,'
+    " factory_id text NOT NULL,"
     " manufactured_at timestamptz NOT NULL, lot text NOT NULL, color text NOT NULL, size text NOT NULL,"
     " leaf_index integer NOT NULL, line integer NOT NULL"
     ") ON COMMIT DROP"
