@@ -253,6 +253,21 @@ def test_sample_is_reproducible_and_refuses_to_overwrite(voke, tmp_path):
     assert voke("ingest", "sample", "--rows", "5", "--out", str(a), "--force").exit_code == 0
 
 
+def test_sample_to_stdout_is_the_same_csv_and_the_summary_goes_to_stderr(voke, tmp_path):
+    assert (
+        voke("ingest", "sample", "--rows", "40", "--seed", "3", "--out", str(tmp_path / "a.csv")).exit_code
+        == 0
+    )
+    result = voke("ingest", "sample", "--rows", "40", "--seed", "3", "--out", "-")
+    assert result.exit_code == 0
+    assert result.stdout == (tmp_path / "a.csv").read_text()
+    assert result.stderr.count("\n") == 1 and "40 rows" in result.stderr
+    assert not (tmp_path / "-").exists()
+    both = voke("ingest", "sample", "--rows", "40", "--out", "-", "--json")
+    assert both.exit_code == 2 and both.json["error"]["type"] == "UsageError"
+    assert not (tmp_path / "-").exists()
+
+
 def test_local_environment_is_the_default_target(voke, local_env, tmp_path, make_environ):
     path = tmp_path / "batch.csv"
     path.write_text(HEADER + "LOCAL-" + GOOD)

@@ -334,7 +334,9 @@ def _render_proof(console: Console, p: TagProof) -> None:
 @app.command("sample")
 def sample(
     ctx: typer.Context,
-    out: Annotated[Path, typer.Option("--out", metavar="FILE", help="Where to write the batch CSV.")],
+    out: Annotated[
+        Path, typer.Option("--out", metavar="FILE", help="Where to write the batch CSV ('-': stdout).")
+    ],
     rows: Annotated[int, typer.Option("--rows", min=1, help="Number of rows.")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same file).")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Overwrite FILE if it exists.")] = False,
@@ -343,6 +345,16 @@ def sample(
     from voketag_ops.workflows import ingest as wf
 
     env = use(ctx)
+    if str(out) == "-":
+        # The CSV is the answer: no result document, the summary line goes to stderr.
+        if env.out.json_mode:
+            from voketag_ops.errors import UsageError
+
+            raise UsageError("--out - writes the CSV to stdout, where --json would put its document")
+        report = wf.write_sample_to(env.out.stdout, rows=rows, seed=seed)
+        env.out.settled()
+        env.out.note(f"wrote {report['rows']:,} rows ({report['bytes']:,} bytes) to stdout (seed {seed})")
+        return
     report = wf.make_sample(out, rows=rows, seed=seed, force=force)
     env.out.result(
         report,

@@ -2103,12 +2103,29 @@ def prove_tag(conninfo: str, tag_id: str, *, anchor_states: Mapping[str, str] | 
 # -- sample -------------------------------------------------------------------------------------
 
 
-def make_sample(path: Path, *, rows: int, seed: int, force: bool = False) -> dict[str, Any]:
-    """Write a realistic batch of ROWS rows to PATH (atomically)."""
+def _check_sample_rows(rows: int) -> None:
     if rows < 1:
         raise UsageError("--rows must be at least 1")
     if rows > 16**12 // 2:
         raise UsageError("--rows is too large")
+
+
+def write_sample_to(stream: Any, *, rows: int, seed: int) -> dict[str, Any]:
+    """Write a realistic batch of ROWS rows to STREAM (``write_bytes``: the CLI's stdout)."""
+    _check_sample_rows(rows)
+
+    class _Bytes:
+        def write(self, data: bytes) -> int:
+            stream.write_bytes(data)
+            return len(data)
+
+    written = core.write_sample(_Bytes(), rows, seed)  # type: ignore[arg-type]
+    return {"path": "-", "rows": rows, "seed": seed, "bytes": written}
+
+
+def make_sample(path: Path, *, rows: int, seed: int, force: bool = False) -> dict[str, Any]:
+    """Write a realistic batch of ROWS rows to PATH (atomically)."""
+    _check_sample_rows(rows)
     if path.exists() and not force:
         raise UsageError(f"{path} exists; pass --force to overwrite it")
     _check_output_path(path, "--out")
