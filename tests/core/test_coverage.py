@@ -366,3 +366,15 @@ def test_core_imports_no_cli_or_cloud_libraries():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@given(st.text(max_size=40))
+def test_badge_is_well_formed_xml_whatever_the_label(label):
+    from xml.dom import minidom
+
+    from voketag_ops.core.coverage_svg import badge
+
+    svg = badge(label, "75%", "#4c1")
+    doc = minidom.parseString(svg)
+    printable = "".join(c for c in label if c >= " " and c not in "\ufffe\uffff")
+    assert doc.documentElement.getAttribute("aria-label") == f"{printable}: 75%"

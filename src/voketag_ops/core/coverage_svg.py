@@ -9,6 +9,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
+# Text and attribute values alike: quotes escaped too; control characters (most of which XML 1.0
+# cannot carry at all; a label is one line) and the two non-characters dropped. A label is free
+# text from the command line.
+_ATTRIBUTE_SAFE = {'"': "&quot;", "'": "&apos;"}
+_NOT_XML = dict.fromkeys([*range(0x20), 0xFFFE, 0xFFFF])
+
+
+def _esc(text: str) -> str:
+    return escape(text.translate(_NOT_XML), _ATTRIBUTE_SAFE)
+
+
 # Verdana advance widths at 11 px, rounded to 0.1 px (from the font's hmtx table).
 _WIDTHS: dict[str, float] = {
     **dict.fromkeys("0123456789", 7.0),
@@ -36,7 +47,7 @@ def badge(label: str, value: str, color: str) -> str:
     lw = round(text_width(label) + 10)
     vw = round(text_width(value) + 10)
     width = lw + vw
-    lab, val = escape(label), escape(value)
+    lab, val = _esc(label), _esc(value)
     font = "Verdana,Geneva,DejaVu Sans,sans-serif"
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="20" role="img" '
@@ -46,7 +57,7 @@ def badge(label: str, value: str, color: str) -> str:
         '<stop offset="1" stop-opacity=".1"/></linearGradient>'
         f'<clipPath id="r"><rect width="{width}" height="20" rx="3" fill="#fff"/></clipPath>'
         f'<g clip-path="url(#r)"><rect width="{lw}" height="20" fill="#555"/>'
-        f'<rect x="{lw}" width="{vw}" height="20" fill="{escape(color)}"/>'
+        f'<rect x="{lw}" width="{vw}" height="20" fill="{_esc(color)}"/>'
         f'<rect width="{width}" height="20" fill="url(#s)"/></g>'
         f'<g fill="#fff" text-anchor="middle" font-family="{font}" font-size="11">'
         f'<text x="{_n(lw / 2)}" y="15" fill="#010101" fill-opacity=".3">{lab}</text>'
@@ -90,9 +101,9 @@ def chart(series: Sequence[Series], labels: Sequence[str], *, title: str = "cove
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" font-family="Verdana,Geneva,DejaVu Sans,sans-serif" font-size="11">',
-        f"<title>{escape(title)}</title>",
+        f"<title>{_esc(title)}</title>",
         f'<rect width="{width}" height="{height}" fill="#fff"/>',
-        f'<text x="{left}" y="18" font-size="13">{escape(title)}</text>',
+        f'<text x="{left}" y="18" font-size="13">{_esc(title)}</text>',
     ]
     for tick in range(int(lo), 101, 10):
         ty = _n(y(tick))
@@ -101,13 +112,11 @@ def chart(series: Sequence[Series], labels: Sequence[str], *, title: str = "cove
     if labels:
         base = top + ph + 18
         out.append(
-            f'<text x="{_n(x(0))}" y="{base}" text-anchor="start" fill="#555">{escape(labels[0])}</text>'
+            f'<text x="{_n(x(0))}" y="{base}" text-anchor="start" fill="#555">{_esc(labels[0])}</text>'
         )
         if len(labels) > 1:
             last = _n(x(len(labels) - 1))
-            out.append(
-                f'<text x="{last}" y="{base}" text-anchor="end" fill="#555">{escape(labels[-1])}</text>'
-            )
+            out.append(f'<text x="{last}" y="{base}" text-anchor="end" fill="#555">{_esc(labels[-1])}</text>')
     for idx, s in enumerate(series):
         color = _PALETTE[idx % len(_PALETTE)]
         if s.target is not None:
@@ -133,7 +142,7 @@ def chart(series: Sequence[Series], labels: Sequence[str], *, title: str = "cove
         last_value = next((v for v in reversed(s.values) if v is not None), None)
         text = s.name + ("" if last_value is None else f" {last_value:.1f}%")
         out.append(f'<rect x="{lx}" y="{ly - 9}" width="10" height="10" fill="{color}"/>')
-        out.append(f'<text x="{lx + 14}" y="{ly}">{escape(text)}</text>')
+        out.append(f'<text x="{lx + 14}" y="{ly}">{_esc(text)}</text>')
     legend_y = top + 14 + 18 * len(series) + 6
     out.append(f'<text x="{left + pw + 16}" y="{legend_y}" fill="#555">dashed: target</text>')
     out.append(f'<text x="{left + pw + 16}" y="{legend_y + 16}" fill="#555">dotted: baseline</text>')
