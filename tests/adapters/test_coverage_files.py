@@ -194,11 +194,53 @@ def test_missing_coverage_library_is_a_config_error(tmp_path, monkeypatch, measu
 
 
 # -- coverage.py's own precision setting -----------------------------------------------------------
-def test_coverage_precision_from_project_config(tmp_path):
-    assert coverage_precision(tmp_path) is None
+def test_coverage_precision_from_project_config(tmp_path, monkeypatch):
+    monkeypatch.delenv("COVERAGE_RCFILE", raising=False)
+    assert coverage_precision(tmp_path) == 0
     (tmp_path / "pyproject.toml").write_text("[tool.coverage.report]\nprecision = 2\n")
     assert coverage_precision(tmp_path) == 2
     (tmp_path / "setup.cfg").write_text("[coverage:report]\nprecision = 1\n")
     assert coverage_precision(tmp_path) == 1
+    (tmp_path / "setup.cfg").write_text("[coverage:run]\nbranch = true\n")
+    assert coverage_precision(tmp_path) == 0  # a setup.cfg with any coverage setting ends the search
+    (tmp_path / ".coveragerc.toml").write_text("[report]\nprecision = 3\n")
+    assert coverage_precision(tmp_path) == 3
     (tmp_path / ".coveragerc").write_text("[run]\nbranch = true\n")
-    assert coverage_precision(tmp_path) is None  # a .coveragerc wins, as in coverage.py
+    assert coverage_precision(tmp_path) == 0  # a .coveragerc wins, as in coverage.py
+    (tmp_path / ".coveragerc").write_text("[coverage:report]\nprecision = 2\nbogus = 1\n")
+    assert coverage_precision(tmp_path) == 2  # its sections may carry the prefix too
+    (tmp_path / "ci.rc").write_text("[report]\nprecision = 1\n")
+    monkeypatch.setenv("COVERAGE_RCFILE", "ci.rc")
+    assert coverage_precision(tmp_path) == 1
+    monkeypatch.setenv("COVERAGE_RCFILE", "missing.rc")
+    with pytest.raises(ConfigError, match=r"missing\.rc"):
+        coverage_precision(tmp_path)
+
+
+def test_gate_uses_the_precision_coverage_py_reads(tmp_path, monkeypatch):
+    # 79.5 % fails 80 at coverage.py's precision 2 ([coverage:report] in .coveragerc);
+    # at precision 0 it would be shown as 80 and pass.
+    monkeypatch.delenv("COVERAGE_RCFILE", raising=False)
+    from voketag_ops.config import CoverageService, CoverageSettings
+    from voketag_ops.workflows import coverage as wf
+
+    summary = {"covered_lines": 795, "num_statements": 1000, "missing_lines": 205, "excluded_lines": 0,
+               "percent_covered": 79.5}  # fmt: skip
+    report = {
+        "meta": {"format": 3, "version": "7.17.4", "branch_coverage": False, "show_contexts": False},
+        "files": {
+            "admin-service/app.py": {
+                "executed_lines": list(range(1, 796)),
+                "missing_lines": list(range(796, 1001)),
+                "excluded_lines": [],
+                "summary": summary,
+            }
+        },
+        "totals": summary,
+    }
+    (tmp_path / "coverage.json").write_text(json.dumps(report))
+    settings = CoverageSettings(services={"admin-service": CoverageService()}, target=80)
+    assert wf.report(settings, [tmp_path / "coverage.json"], root=tmp_path).passed
+    (tmp_path / ".coveragerc").write_text("[coverage:report]\nprecision = 2\n")
+    result = wf.report(settings, [tmp_path / "coverage.json"], root=tmp_path)
+    assert result.precision == 2 and not result.passed

@@ -437,6 +437,14 @@ def test_baseline_from_history_and_branch_mismatch_refused(voke, env, project):
 
 
 # -- bad input: one line, the right exit code, no traceback ---------------------------------------
+_COBERTURA = (
+    '<coverage lines-valid="1" lines-covered="1" version="7.17.4"><packages><package><classes>\n'
+    '<class filename="admin_service/a.py"><lines>\n'
+    '  <line number="1" hits="1" branch="true" condition-coverage="{cond}"/>\n'
+    "</lines></class></classes></package></packages></coverage>\n"
+)
+
+
 @pytest.mark.parametrize(
     ("setup", "args", "code", "message"),
     [
@@ -449,6 +457,15 @@ def test_baseline_from_history_and_branch_mismatch_refused(voke, env, project):
         ("GOOD", ("in.json", "--map", "nothing"), 2, "expected FROM=TO"),
         ("GOOD", ("in.json", "-s", "nosuch"), 2, "unknown service 'nosuch'"),
         ("ADMIN_ONLY", ("in.json",), 3, "service factory-service: no file in the coverage data matches"),
+        ("[" * 100_000, ("in.json",), 1, "not valid JSON: nested too deeply"),
+        ('{"files": {"a.py": {"executed_lines": [' + "9" * 5000 + "]}}}", ("in.json",), 1, "not valid JSON"),
+        (
+            _COBERTURA.format(cond="50% (1/99999999999999)"),
+            ("in.json",),
+            1,
+            '<line number="1"> of admin_service/a.py',
+        ),
+        (_COBERTURA.format(cond="100% (5/2)"), ("in.json",), 1, "is not taken <= exits"),
     ],
 )
 def test_bad_input(voke, env, project, setup, args, code, message):

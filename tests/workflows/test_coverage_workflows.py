@@ -151,3 +151,11 @@ def test_history_rejects_a_damaged_file(tmp_path):
     (tmp_path / "h.jsonl").write_text('{"totals": {"statements": 1}}\nnot json\n')
     with pytest.raises(InputError, match=r"h\.jsonl:2"):
         wf.history_show(SETTINGS, root=tmp_path, file=Path("h.jsonl"))
+
+
+@pytest.mark.parametrize("value", ["1e400", "-1e400", "NaN"])
+def test_history_with_a_non_finite_count_is_refused_with_its_line(tmp_path, value):
+    path = tmp_path / "h.jsonl"
+    path.write_text('{"totals": {"statements": 10}}\n' + '{"totals": {"statements": ' + value + "}}\n")
+    with pytest.raises(InputError, match=r"h\.jsonl:2: not a voke coverage history entry"):
+        wf.read_history(path)

@@ -602,7 +602,7 @@ def read_history(path: Path) -> list[dict[str, Any]]:
             _counts(entry["totals"])
             for c in (entry.get("services") or {}).values():
                 _counts(c)
-        except (ValueError, TypeError, AttributeError) as exc:
+        except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
             raise InputError(f"{path}:{number}: not a voke coverage history entry ({_first(exc)})") from None
         entries.append(entry)
     return entries

@@ -18,7 +18,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +137,10 @@ def read_json(
         ) from None
     except UnicodeDecodeError:
         raise InputError(f"{label}: not valid JSON: not UTF-8 text") from None
+    except RecursionError:
+        raise InputError(f"{label}: not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise InputError(f"{label}: not valid JSON: {_short(exc)}") from None
     except OSError as exc:
         raise InputError(f"{label}: cannot read: {exc.strerror}") from None
     return parse_json_report(doc, norm, regions=regions, label=label)
@@ -217,6 +221,7 @@ def _json_file(path: str, entry: Any, branch: bool, want_regions: bool) -> FileC
 
 # -- Cobertura XML ---------------------------------------------------------------------------------
 _CONDITION = re.compile(r"\((\d+)/(\d+)\)")
+_MAX_EXITS = 100_000  # branch exits of one line: far beyond any real switch, bounds the memory
 
 
 class _Refused(Exception):
@@ -234,6 +239,7 @@ class _CoberturaTarget:
         self.files: dict[str, dict[int, tuple[bool, tuple[int, int] | None, tuple[int, ...] | None]]] = {}
         self.current: dict[int, tuple[bool, tuple[int, int] | None, tuple[int, ...] | None]] | None = None
         self.any_branch = False
+        self.filename = ""
 
     def doctype(self, name: str, pubid: str | None, system: str | None) -> None:
         raise _Refused("a DTD")
@@ -250,6 +256,7 @@ class _CoberturaTarget:
             if not filename:
                 raise ValueError("<class> without a filename attribute")
             self.current = self.files.setdefault(filename, {})
+            self.filename = filename
         elif tag == "line" and self.current is not None and self.stack[-2:] == ["class", "lines"]:
             self._line(attrib)
         self.stack.append(tag)
@@ -264,6 +271,12 @@ class _CoberturaTarget:
             m = _CONDITION.search(attrib["condition-coverage"])
             if m:
                 cond = (int(m.group(1)), int(m.group(2)))
+                if not cond[0] <= cond[1] <= _MAX_EXITS:
+                    raise ValueError(
+                        f'<line number="{number}"> of {self.filename}: condition-coverage'
+                        f" {attrib['condition-coverage']!r} is not"
+                        f" taken <= exits <= {_MAX_EXITS:,}"
+                    )
                 self.any_branch = True
                 if "missing-branches" in attrib:
                     dests = tuple(
@@ -439,42 +452,21 @@ def _chdir(path: Path) -> Iterator[None]:
 
 # -- coverage.py's own configuration ------------------------------------------------------------
 def coverage_precision(root: Path) -> int | None:
-    """`[report] precision` from the project's coverage configuration, found the way
-    coverage.py looks for it (.coveragerc, setup.cfg, tox.ini, pyproject.toml), or None."""
-    import configparser
-    import tomllib
+    """`[report] precision` as coverage.py itself reads it for a run in ROOT (None without
+    coverage.py). Asked of coverage.py, not re-implemented: which file it reads (COVERAGE_RCFILE,
+    .coveragerc, .coveragerc.toml, setup.cfg, tox.ini, pyproject.toml), which sections count
+    there and which file ends the search have changed between its versions."""
+    import warnings
 
-    rc = root / ".coveragerc"
-    candidates: Iterable[tuple[Path, str]] = (
-        (rc, ""),
-        (root / "setup.cfg", "coverage:"),
-        (root / "tox.ini", "coverage:"),
-    )
-    for path, prefix in candidates:
-        if not path.is_file():
-            continue
-        parser = configparser.RawConfigParser()
+    try:
+        import coverage
+        from coverage.exceptions import CoverageException
+    except ImportError:
+        return None
+    with _chdir(root), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its own complaints about unknown options
         try:
-            parser.read(path, encoding="utf-8")
-        except (configparser.Error, UnicodeDecodeError):
-            continue
-        section = f"{prefix}report"
-        if parser.has_option(section, "precision"):
-            try:
-                return int(parser.get(section, "precision"))
-            except ValueError:
-                return None
-        if path == rc:
-            return None  # a .coveragerc wins even without the key, as in coverage.py
-    pyproject = root / "pyproject.toml"
-    if pyproject.is_file():
-        try:
-            with pyproject.open("rb") as fh:
-                value = (
-                    tomllib.load(fh).get("tool", {}).get("coverage", {}).get("report", {}).get("precision")
-                )
-        except (tomllib.TOMLDecodeError, OSError):
-            return None
-        if type(value) is int:
-            return value
-    return None
+            value = coverage.Coverage(config_file=True).get_option("report:precision")
+        except CoverageException as exc:
+            raise ConfigError(f"coverage.py's configuration in {root}: {exc}") from None
+    return value if type(value) is int else None
