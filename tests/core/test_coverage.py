@@ -330,6 +330,18 @@ def test_parse_unified_diff():
     assert changed == {"pkg/m.py": {2, 3, 4, 12, 13}, "spécial.py": {1}}
 
 
+def test_parse_unified_diff_counts_hunk_lines_off_against_their_header():
+    # Added "++ a", removed "-- b" and an added "diff x" read like file headers but are lines.
+    text = (
+        "--- a/app.py\n+++ b/app.py\n"
+        "@@ -1,3 +1,5 @@\n x = 1\n++++ a\n---- b\n+diff --git a/c b/c\n \n+y = 2\n"
+        "\\ No newline at end of file\n"
+        "@@ -30,1 +32 @@\n-old\n+new\n"
+        "--- a/other.py\n+++ b/other.py\n@@ -0,0 +1 @@\n+z = 3\n"
+    )
+    assert parse_unified_diff(text) == {"app.py": {2, 3, 5, 32}, "other.py": {1}}
+
+
 def test_diff_coverage_counts_only_measured_changed_lines():
     executed = frozenset(range(1, 8))
     missing = frozenset({8, 9, 10})
@@ -378,3 +390,18 @@ def test_badge_is_well_formed_xml_whatever_the_label(label):
     doc = minidom.parseString(svg)
     printable = "".join(c for c in label if c >= " " and c not in "\ufffe\uffff")
     assert doc.documentElement.getAttribute("aria-label") == f"{printable}: 75%"
+
+
+@given(st.floats(0, 100), st.sampled_from([50.0, 79.5, 80.0, 99.99, 100.0]))
+def test_exact_text_lands_on_the_side_of_the_target_the_value_is_on(percent, target):
+    from voketag_ops.core.coverage import exact_text
+
+    shown = float(exact_text(percent, target))
+    assert (shown < target) == (percent < target) and (shown == target) == (percent == target)
+
+
+def test_a_pass_by_rounding_never_shows_the_target_as_its_exact_value():
+    from voketag_ops.core.coverage import exact_text
+
+    assert exact_text(100 * 79999 / 100000, 80.0) == "79.999"
+    assert exact_text(100 * 16000 / 20001, 80.0) == "79.996"

@@ -159,3 +159,34 @@ def test_history_with_a_non_finite_count_is_refused_with_its_line(tmp_path, valu
     path.write_text('{"totals": {"statements": 10}}\n' + '{"totals": {"statements": ' + value + "}}\n")
     with pytest.raises(InputError, match=r"h\.jsonl:2: not a voke coverage history entry"):
         wf.read_history(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("c.xml", '<coverage lines-valid="1000" lines-covered="100" version="7"><packages/></coverage>'),
+        ("c.json", '{"meta": {"format": 3, "version": "7.17.4"}, "files": {}, "totals": {}}'),
+    ],
+)
+def test_data_that_measures_no_file_is_no_data_not_100_percent(tmp_path, name, text):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(InputError, match="no data to report"):
+        wf.report(CoverageSettings(services={}), [tmp_path / name], root=tmp_path)
+
+
+def test_a_service_gate_judges_that_service_alone(tmp_path):
+    settings = CoverageSettings(
+        services={"admin-service": CoverageService(), "factory-service": CoverageService()}
+    )
+    path = write(
+        tmp_path,
+        "c.json",
+        {"admin_service/a.py": lines_file(92, 8), "factory_service/b.py": lines_file(10, 90)},
+    )
+    one = wf.report(
+        settings, [path], root=tmp_path, options=wf.Options(services=("admin-service",), fail_under=85)
+    )
+    assert one.passed and [s.name for s in one.services] == ["admin-service"]
+    assert one.totals.target is None and one.totals.passed is None  # shown, not gated
+    both = wf.report(settings, [path], root=tmp_path, options=wf.Options(fail_under=85))
+    assert not both.passed

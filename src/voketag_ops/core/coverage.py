@@ -483,6 +483,16 @@ def score(
     )
 
 
+def exact_text(percent: float, target: float) -> str:
+    """PERCENT with the decimals (2 at least) it takes to land on its own side of TARGET:
+    79.999 against 80 is "79.999", never "80.00"."""
+    for decimals in range(2, 16):
+        text = f"{percent:.{decimals}f}"
+        if (float(text) < target) == (percent < target) and (float(text) == target) == (percent == target):
+            return text
+    return repr(percent)
+
+
 def verdict(s: Score, precision: int, rule: Rule) -> str:
     """One line saying whether S passed, and why in the borderline cases."""
     if s.target is None:
@@ -490,18 +500,19 @@ def verdict(s: Score, precision: int, rule: Rule) -> str:
     tgt = format_target(s.target)
     if s.passed and s.by_rounding:
         return (
-            f"{s.name}: {s.display}% passes {tgt} by rounding (exact {s.percent:.2f}%; "
+            f"{s.name}: {s.display}% passes {tgt} by rounding (exact {exact_text(s.percent, s.target)}%; "
             f"--strict would fail it)"
         )
     if s.passed:
         return f"{s.name}: {s.display}% meets target {tgt}"
     shown = shown_for_gate(s.percent, s.target, precision, rule)
     if rule is Rule.STRICT:
-        why = f"exact {s.percent:.4f}% < {tgt} (strict)"
+        why = f"exact {exact_text(s.percent, s.target)}% < {tgt} (strict)"
     elif s.target == 100.0:
         why = f"{shown}% is not exactly 100"
     else:
-        why = f"{shown}% < {tgt}" + (f" (exact {s.percent:.2f}%)" if shown != s.display else "")
+        exact = f" (exact {exact_text(s.percent, s.target)}%)" if shown != s.display else ""
+        why = f"{shown}% < {tgt}{exact}"
     if s.lines_needed is not None:
         need = f"cover {s.lines_needed} more statement{'s' if s.lines_needed != 1 else ''}"
     elif s.units_needed is not None:
@@ -591,15 +602,33 @@ def function_gaps(files: Iterable[FileCoverage], service: str, top: int) -> list
 
 
 # -- diff coverage ---------------------------------------------------------------------------------
-_HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+(\d+)(?:,(\d+))? @@")
+_HUNK = re.compile(r"^@@ -\d+(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 
 
 def parse_unified_diff(text: str) -> dict[str, set[int]]:
-    """Lines added or changed in the new version of each file of a unified diff."""
+    """Lines added or changed in the new version of each file of a unified diff.
+
+    A hunk's lines are counted off against its header, so an added line that itself reads
+    "+++ x" or "diff ..." (a "++ x" or "-- x" in the file) is never taken for a file header."""
     changed: dict[str, set[int]] = {}
     current: set[int] | None = None
     line_no = 0
+    old_left = new_left = 0  # lines of the current hunk still to come
     for raw in text.splitlines():
+        if old_left > 0 or new_left > 0:
+            tag = raw[:1]
+            if tag == "+":
+                if current is not None:
+                    current.add(line_no)
+                line_no += 1
+                new_left -= 1
+            elif tag == "-":
+                old_left -= 1
+            elif tag in (" ", ""):  # a context line (an empty one if trailing blanks were stripped)
+                line_no += 1
+                old_left -= 1
+                new_left -= 1
+            continue  # ("\ No newline at end of file" counts for neither side)
         if raw.startswith("+++ "):
             target = raw[4:].split("\t", 1)[0]
             if target == "/dev/null":
@@ -612,18 +641,11 @@ def parse_unified_diff(text: str) -> dict[str, set[int]]:
                 target = target[2:]
             current = changed.setdefault(normalize_path(target), set())
             continue
-        if raw.startswith("--- ") or raw.startswith("diff ") or current is None:
-            continue
         m = _HUNK.match(raw)
         if m:
-            line_no = int(m.group(1))
-            continue
-        if raw.startswith("+"):
-            current.add(line_no)
-            line_no += 1
-        elif raw.startswith(" "):
-            line_no += 1
-        # "-" lines and "\ No newline" do not advance the new file
+            old_left = 1 if m.group(1) is None else int(m.group(1))
+            line_no = int(m.group(2))
+            new_left = 1 if m.group(3) is None else int(m.group(3))
     return {path: lines for path, lines in changed.items() if lines}
 
 

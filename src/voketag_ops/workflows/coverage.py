@@ -110,6 +110,11 @@ def _load(
             hint="measure every run with the same [run] branch setting",
         )
     files = cov.combine(f for i in inputs for f in i.files)
+    if not files:  # as `coverage report` says; a total over nothing is no 100 %
+        raise InputError(
+            f"no data to report: {', '.join(i.source for i in inputs)} measure no file",
+            hint="check that the tests ran under coverage and that `coverage json`/`xml` wrote this run",
+        )
     precision = options.precision
     if precision is None:
         precision = settings.precision
@@ -238,7 +243,10 @@ def report(
                 rule=rule,
             )
         )
+    # --service gates those services alone (a monorepo job per service); the total is shown.
     overall_target = options.fail_under if options.fail_under is not None else settings.target
+    if options.services:
+        overall_target = None
     totals = cov.score(
         "overall",
         cov.total(f.counts for f in loaded.files.values()),
@@ -870,7 +878,7 @@ def _status(s: Score) -> str:
     if s.passed is None:
         return "–"
     if s.passed and s.by_rounding:
-        return f"✅ pass (by rounding; exact {s.percent:.2f}%)"
+        return f"✅ pass (by rounding; exact {cov.exact_text(s.percent, s.target or 0)}%)"
     return "✅ pass" if s.passed else "❌ fail"
 
 
