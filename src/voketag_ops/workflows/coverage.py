@@ -244,9 +244,9 @@ def report(
             )
         )
     # --service gates those services alone (a monorepo job per service); the total is shown.
-    overall_target = options.fail_under if options.fail_under is not None else settings.target
-    if options.services:
-        overall_target = None
+    overall_target: float | None = None
+    if not options.services:
+        overall_target = options.fail_under if options.fail_under is not None else settings.target
     totals = cov.score(
         "overall",
         cov.total(f.counts for f in loaded.files.values()),
