@@ -386,7 +386,7 @@ class AuditLog:
             checkpoints = self.checkpoints()
         except core.EntryFormatError as exc:
             return core.VerifyReport(False, 0, core.ZERO, problem=core.Problem.CORRUPT_LINE, message=str(exc))
-        claims = [core.Claim(cp.size, cp.root, "checkpoint", cp.last_hash) for cp in checkpoints]
+        claims = [core.Claim(cp.size, cp.root, "checkpoint", cp.last_hash, cp.stack) for cp in checkpoints]
         unchecked: str | None = None
         without_anchor = 0
         try:

@@ -138,6 +138,8 @@ def test_consistency_and_verify(voke, leaves_file: Path, tmp_path: Path) -> None
         ('{"leaf_index": 0,\n "tree_size": }', ":2:15: not JSON"),
         ('{"leaf_index": 0, "tree_size": 1, "root": "ab", "audit_path": []}', "root: a hash is 32 bytes"),
         ("{}", "neither an inclusion proof"),
+        ('{"leaf_index": 1' + "0" * 5000 + "}", "not JSON"),
+        ("[" * 100_000 + "]" * 100_000, "not JSON: nested too deeply"),
     ],
 )
 def test_malformed_proof_documents_exit_2(voke, tmp_path: Path, text: str, fragment: str) -> None:

@@ -257,6 +257,42 @@ def test_parse_entry_says_what_is_wrong(mutate, fragment: str) -> None:
         au.parse_entry(json.dumps(doc).encode())
 
 
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (lambda line: line.replace(b'"details":{', b'"details":{"x":' + b"9" * 5000 + b","), "not JSON"),
+        (lambda line: line.replace(b'"target":"', b'"target":"\\ud800'), "not canonical JSON"),
+        (lambda line: line.replace(b'"details":{', b'"details":{"x":' + b"[" * 100_000 + b"]" * 100_000 + b","),
+         "not JSON"),
+    ],
+)  # fmt: skip
+def test_a_line_json_can_read_but_not_hash_is_a_corrupt_line(edit, fragment: str) -> None:
+    raw = lines(build(5))
+    raw[2] = edit(raw[2])
+    with pytest.raises(au.EntryFormatError, match=fragment):
+        au.parse_entry(raw[2][:-1])
+    assert verdict(raw) == (2, au.Problem.CORRUPT_LINE)
+
+
+def test_a_checkpoint_whose_saved_state_is_not_the_logs_is_caught() -> None:
+    entries = build(8)
+    cp = au.next_checkpoint(None, [e.hash for e in entries[:6]], offset=0, now=T0)
+    good = au.Claim(cp.size, cp.root, "checkpoint", cp.last_hash, cp.stack)
+    assert au.verify_lines(lines(entries), [good]).ok
+    bad = replace(good, stack=("ab" * 32,) * len(cp.stack))
+    assert verdict(lines(entries), [bad]) == (6, au.Problem.CHECKPOINT_MISMATCH)
+    with pytest.raises(au.EntryFormatError, match="stack"):
+        au.Checkpoint.from_json({**cp.to_json(), "stack": ["zz" * 32] * len(cp.stack)})
+
+
+def test_a_name_that_is_not_utf8_is_stored_legibly() -> None:
+    name = b"\xff.csv".decode("utf-8", "surrogateescape")  # as Python hands it in from argv
+    entry = au.make_entry(seq=0, prev_hash=au.ZERO, now=T0, event_type="ingest.load", actor="a", env="e",
+                          target=name, result="success", duration_seconds=None, details={"file": name})  # fmt: skip
+    assert entry.target == "\\xff.csv" and entry.details["file"] == "\\xff.csv"
+    assert au.parse_entry(entry.line()[:-1]) == entry
+
+
 # -- reading -------------------------------------------------------------------------------------
 
 

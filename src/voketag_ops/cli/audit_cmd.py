@@ -201,7 +201,8 @@ def _render_verify(console: Console, report: Any) -> None:
                 "(requested by the next `voke audit checkpoint` or `voke chain anchor run`)"
             )
     else:
-        console.print(f"audit log INVALID: first bad entry {report.first_bad_entry} ({report.problem.value})")
+        where = "" if report.first_bad_entry is None else f": first bad entry {report.first_bad_entry}"
+        console.print(f"audit log INVALID{where} ({report.problem.value})")
 
 
 def _print_wide(console: Console, renderable: Any) -> None:

@@ -72,7 +72,7 @@ def sanitize(value: Any, key: str = "") -> Any:
     if key and _SECRET_KEY.search(key) and value not in (None, ""):
         return MASK
     if isinstance(value, Mapping):
-        return {str(k): sanitize(v, str(k)) for k, v in value.items()}
+        return {_storable(str(k)): sanitize(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [sanitize(v) for v in value]
     if value is None or isinstance(value, bool | int):
@@ -81,7 +81,17 @@ def sanitize(value: Any, key: str = "") -> Any:
         return value if value == value and value not in (float("inf"), float("-inf")) else str(value)
     if isinstance(value, datetime):
         return iso_now(value) if value.tzinfo else value.isoformat()
-    return redact(str(value))
+    return _storable(redact(str(value)))
+
+
+def _storable(text: str) -> str:
+    """TEXT with lone surrogates (a file name that is not UTF-8 comes in as one per byte)
+    written as \\xNN: UTF-8 cannot carry them, and the entry's hash is over UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text
 
 
 @dataclass(frozen=True)
@@ -154,11 +164,11 @@ def make_entry(
     draft = AuditEntry(
         seq=seq,
         timestamp=iso_now(now),
-        event_type=event_type,
-        actor=redact(actor),
-        env=env,
-        target=redact(target),
-        result=result,
+        event_type=_storable(event_type),
+        actor=_storable(redact(actor)),
+        env=_storable(env),
+        target=_storable(redact(target)),
+        result=_storable(result),
         duration_seconds=duration_seconds,
         details=sanitize(dict(details or {})),
         prev_hash=prev_hash,
@@ -181,10 +191,17 @@ def parse_entry(line: bytes) -> AuditEntry:
     """Parse one line (without its newline); raises EntryFormatError saying what is wrong."""
     try:
         doc = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EntryFormatError(f"not JSON ({exc})") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # (and an integer too long to convert)
+        raise EntryFormatError(f"not JSON ({str(exc)[:120]})") from None
+    except RecursionError:
+        raise EntryFormatError("not JSON (nested too deeply)") from None
     if not isinstance(doc, dict):
         raise EntryFormatError("not a JSON object")
+    if b"\\u" in line:  # only an escape can make a lone surrogate, which has no UTF-8 to hash
+        try:
+            canonical(doc)
+        except (UnicodeEncodeError, ValueError) as exc:
+            raise EntryFormatError(f"not canonical JSON ({str(exc)[:120]})") from None
     missing = [f for f in FIELDS if f not in doc]
     extra = sorted(set(doc) - set(FIELDS))
     if missing or extra:
@@ -251,8 +268,13 @@ class Checkpoint:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise EntryFormatError(f"checkpoint field {exc} is missing or invalid") from None
-        if cp.size < 1 or not re.fullmatch(r"[0-9a-f]{64}", cp.root):
-            raise EntryFormatError("checkpoint size or root is invalid")
+        if cp.size < 1 or not all(re.fullmatch(r"[0-9a-f]{64}", h) for h in (cp.root, cp.last_hash)):
+            raise EntryFormatError("checkpoint size, root or last_hash is invalid")
+        # The builder's state, used for the next checkpoint: one subtree root per bit of size.
+        if cp.offset < 0 or (cp.stack and (
+            len(cp.stack) != cp.size.bit_count() or not all(re.fullmatch(r"[0-9a-f]{64}", h) for h in cp.stack)
+        )):  # fmt: skip
+            raise EntryFormatError("checkpoint offset or stack is invalid")
         return cp
 
     def builder(self) -> merkle.MerkleBuilder:
@@ -302,6 +324,7 @@ class Claim:
     root: str
     source: str  # "checkpoint" | "anchor <id>"
     last_hash: str | None = None
+    stack: tuple[str, ...] = ()  # a checkpoint's builder state (the next checkpoint starts from it)
 
 
 @dataclass(frozen=True)
@@ -418,6 +441,16 @@ def _check_claims(walker: _Walker) -> tuple[int, str] | None:
         return None
     root = walker.builder.root().hex()
     for claim in claims:
+        if (
+            claim.stack
+            and claim.root == root
+            and claim.stack != tuple(h.hex() for h in walker.builder.state[1])
+        ):
+            return (
+                walker.count,
+                f"the {claim.source} at size {claim.size} matches the log, but its saved builder state "
+                "does not: the checkpoints file was changed (the next checkpoint would be wrong)",
+            )
         if claim.root != root or (claim.last_hash is not None and claim.last_hash != walker.prev_hash):
             since = walker.last_checked_size
             return (

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from voketag_ops.core import merkle
 from voketag_ops.errors import BackendError, InputError, PreconditionError, UsageError
@@ -62,6 +63,19 @@ class AnchorStateError(PreconditionError):
 
 class ChainFormatError(InputError):
     """A block or anchor document is malformed."""
+
+
+def read_json(text: str, source: str, error: Callable[[str], Exception]) -> Any:
+    """TEXT parsed as JSON; anything it cannot be (malformed, nested too deeply, an integer
+    of more digits than Python converts) is ERROR("SOURCE[:line:column]: not JSON: why")."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{source}:{exc.lineno}:{exc.colno}: not JSON: {exc.msg}") from None
+    except RecursionError:
+        raise error(f"{source}: not JSON: nested too deeply") from None
+    except ValueError as exc:
+        raise error(f"{source}: not JSON: {str(exc)[:120]}") from None
 
 
 # -- encoding ---------------------------------------------------------------------------

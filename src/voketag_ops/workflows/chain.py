@@ -8,7 +8,6 @@ failures and concurrent writers are retried with capped exponential backoff (ten
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -125,10 +124,7 @@ def verify_document(text: str, *, source: str, leaf: bytes | None = None) -> Ver
     proof is a report with valid=False. For inclusion, LEAF (when given) is hashed and
     must match the document's leaf_hash, if it has one.
     """
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise MalformedProofError(f"{source}:{exc.lineno}:{exc.colno}: not JSON: {exc.msg}") from None
+    doc = ch.read_json(text, source, MalformedProofError)
     if isinstance(doc, dict) and doc.get("ok") is True and isinstance(doc.get("result"), dict):
         doc = doc["result"]  # accept the whole --json envelope as printed by prove/consistency
     if not isinstance(doc, dict):

@@ -39,10 +39,7 @@ def default_chain_path(home: Path) -> Path:
 
 def parse_document(text: str, source: str) -> ch.ChainState:
     """Parse a chain document; raises ChainFormatError naming line/column or field."""
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ch.ChainFormatError(f"{source}:{exc.lineno}:{exc.colno}: not JSON: {exc.msg}") from None
+    doc = ch.read_json(text, source, ch.ChainFormatError)
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ch.ChainFormatError(f"{source}: not a voke chain document (format must be {FORMAT!r})")
     if doc.get("version") != FORMAT_VERSION:
