@@ -211,6 +211,18 @@ def test_rotating_before_adopting_and_bad_configuration(world, fake):
         adopt_api_key(engine, "sendgrid", world.sendgrid_key)
 
 
+def test_a_pasted_key_with_an_invisible_character_is_a_usage_error(world, fake):
+    engine = world.engine()
+    for slip in ("\u200b", " inner", "\x07"):
+        with pytest.raises(UsageError, match="printable ASCII") as err:
+            adopt_api_key(engine, "sendgrid", world.sendgrid_key + slip)
+        assert world.sendgrid_key not in str(err.value)
+    assert not world.store.exists("sendgrid-key")
+    engine = world.adopt_all()
+    with pytest.raises(UsageError, match="printable ASCII"):
+        rotate_api_key(engine, "stripe", new_key="sk_live_" + "a" * 30 + "\u200b")
+
+
 # -- failures, rollbacks, orphans -----------------------------------------------------------------------
 def test_failed_test_step_deletes_the_minted_key(world, fake):
     engine = world.adopt_all()

@@ -598,8 +598,20 @@ def rotate_api_key(engine: Any, name: str, *, new_key: str | None = None, dry_ru
     if new_key is not None:
         if not isinstance(cred, StripeKey):
             raise UsageError(f"{cred.provider} keys are made by voke, not pasted")
+        _check_pasted(new_key.strip(), cred.provider)
         cred.supply(new_key)
     return engine.rotate(name, dry_run=dry_run)
+
+
+def _check_pasted(raw: str, provider: str) -> None:
+    """Every provider's keys and secrets are printable ASCII without spaces; anything else is
+    a slip of the paste (a copy from a web page can carry an invisible character), said
+    without echoing the key."""
+    if not (raw.isascii() and raw.isprintable()) or any(c.isspace() for c in raw):
+        raise UsageError(
+            f"that is not a {provider} key: it holds white space or a character beyond printable "
+            "ASCII (a copy from a web page can carry an invisible one); paste it again"
+        )
 
 
 def adopt_api_key(engine: Any, name: str, raw: str, *, dry_run: bool = False) -> dict[str, Any]:
@@ -621,6 +633,8 @@ def adopt_api_key(engine: Any, name: str, raw: str, *, dry_run: bool = False) ->
     raw = raw.strip()
     if not raw and not dry_run:
         raise UsageError("no key given (paste it on stdin)")
+    if raw:
+        _check_pasted(raw, cred.provider)
     report = {
         "name": name,
         "secret": cred.secret,
