@@ -201,6 +201,12 @@ def test_a_dry_run_never_creates_the_environment(voke, tmp_path):
     assert not (tmp_path / "home" / "pg").exists() and not (tmp_path / "home" / "state.json").exists()
 
 
+def test_a_refused_confirmation_never_creates_the_environment(voke, tmp_path):
+    result = voke("rotate", "cleanup")  # no terminal to ask, no --yes
+    assert result.exit_code == 2 and "refusing without --yes" in result.stderr
+    assert not (tmp_path / "home" / "pg").exists() and not (tmp_path / "home" / "state.json").exists()
+
+
 def test_sigterm_stops_voke_like_ctrl_c_unless_the_caller_ignores_it(monkeypatch):
     import signal
 

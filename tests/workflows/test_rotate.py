@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from voketag_ops.core.rotation import ANNOTATION, STEPS, RotationRecord
+from voketag_ops.errors import ValidationError
 from voketag_ops.workflows.rotate import FAULT_ENV, FAULT_EXIT_CODE, RotationEngine, process_host
 
 
@@ -307,6 +308,19 @@ def test_drift_no_stored_credential_logs_in_changes_nothing(platform, voke, plat
         cur, prev = cred(platform, meta.aliases["current"]), cred(platform, meta.aliases["previous"])
         target.set_password(prev["username"], prev["password"])
         target.set_password(cur["username"], cur["password"])
+    assert_consistent(platform)
+
+
+def test_roles_that_do_not_hold_the_current_login_stop_before_the_lock(platform):
+    users = dict(platform.settings.rotation.db_users)
+    users["app"] = users["app"].model_copy(update={"roles": ("app_c", "app_d")})
+    engine = make_engine(platform, db_users=users)
+    meta = platform.store().get("db-app")
+    for dry_run in (True, False):  # the same answer, and nothing left to roll back
+        with pytest.raises(ValidationError, match="is not one of app_c, app_d"):
+            engine.rotate_db_password("app", dry_run=dry_run)
+    after = platform.store().get("db-app")
+    assert ANNOTATION not in after.annotations and after.versions == meta.versions
     assert_consistent(platform)
 
 

@@ -281,9 +281,9 @@ def cleanup(ctx: typer.Context, dry_run: DryRun = False, yes: Yes = False) -> No
     """Disable superseded versions after 24 h, destroy them after 30 days; never current,
     previous, the newest 3, or a version any service is pinned to."""
     env = use(ctx)
-    engine = _engine(env, dry_run=dry_run)
-    if not dry_run:
+    if not dry_run:  # before the environment is started: a refusal changes nothing
         env.out.confirm("Disable/destroy old secret versions?", yes=yes)
+    engine = _engine(env, dry_run=dry_run)
     env.out.result(engine.cleanup(dry_run=dry_run), render=_render_cleanup)
 
 

@@ -237,8 +237,11 @@ class RotationEngine:
         precheck = getattr(user, "precheck", None)
         if precheck is not None:
             precheck(meta, dry_run=dry_run)
+        # The plan a dry run shows is made for a real run too: what stops it (a current login
+        # that is not one of the configured roles) stops the run before the lock, not after.
+        plan = self._plan(user, meta, t0)
         if dry_run:
-            return Outcome(self._plan(user, meta, t0))
+            return Outcome(plan)
         # A key the operator pasted is verified before it is stored; it needs no working old one.
         if not getattr(user, "operator_supplies_value", False):
             self._drift_check(user, meta)
@@ -307,9 +310,10 @@ class RotationEngine:
                     log.warning("the current credential of %s does not log in; %s does", secret, alias)
                 return
         raise NeedsOperatorError(
-            f"no stored credential of {secret} ({', '.join(tried) or 'none'}) logs in to the database; "
-            "nothing was changed",
-            hint="find out who changed the password, then set it back or store a working one with `voke secrets`",
+            f"no stored credential of {secret} ({', '.join(tried) or 'none'}) works against its "
+            f"target ({credential.kind}); nothing was changed",
+            hint=f"find out who changed it there, set it back to the value `voke secrets access {secret}` "
+            "shows (for a database user: ALTER ROLE ... PASSWORD), then rotate again",
         )
 
     # -- running steps ----------------------------------------------------------------------------------
