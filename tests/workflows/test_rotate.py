@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from voketag_ops.core.rotation import ANNOTATION, STEPS, RotationRecord
-from voketag_ops.errors import ValidationError
+from voketag_ops.errors import PreconditionError, ValidationError
 from voketag_ops.workflows.rotate import FAULT_ENV, FAULT_EXIT_CODE, RotationEngine, process_host
 
 
@@ -242,7 +242,11 @@ def test_failed_test_step_rolls_back_and_next_run_starts_clean(platform):
     assert after.aliases["current"] == meta.aliases["current"]
     assert after.version(outcome.report.new_version).state == "disabled"
     assert_consistent(platform)
-    assert make_engine(platform).rotate_db_password("app").error is None
+    with pytest.raises(PreconditionError, match="already ended \\(rolled_back\\); nothing to resume"):
+        make_engine(platform).resume(outcome.report.rotation_id)  # not a finished rotation: exit 5
+    done = make_engine(platform).rotate_db_password("app")
+    assert done.error is None
+    assert make_engine(platform).resume(done.report.rotation_id).report.status == "succeeded"  # a no-op
 
 
 class UnhealthyRuntime:

@@ -658,7 +658,12 @@ class RotationEngine:
                 finished = self._from_history(rotation_id)
                 if finished is None:
                     raise NotFoundError(f"no rotation {rotation_id}")
-                return Outcome(RotationReport.of(finished, t0=t0))
+                if finished.status != "succeeded":  # a script must not take it for a finished one
+                    raise PreconditionError(
+                        f"rotation {rotation_id} already ended ({finished.status}); nothing to resume",
+                        hint="start a new rotation to rotate the credential",
+                    )
+                return Outcome(RotationReport.of(finished, t0=t0))  # done: resuming it again is a no-op
             return Outcome(None)
         if self._owner_alive(record) and record.status == "in_progress":
             raise PreconditionError(
