@@ -48,6 +48,7 @@ from voketag_ops.core import audit as core
 from voketag_ops.errors import BackendError, NeedsOperatorError, VokeError
 
 if TYPE_CHECKING:
+    from voketag_ops.core.chain import ChainState
     from voketag_ops.ports import ChainStore
 
 log = logging.getLogger("voke.audit")
@@ -390,22 +391,56 @@ class AuditLog:
         unchecked: str | None = None
         without_anchor = 0
         try:
-            anchors = [
-                a
-                for a in self._chain_store(readonly=True).load().anchors.values()
-                if a.kind == "audit-checkpoint" and a.tree_size
-            ]
+            state = self._chain_store(readonly=True).load()
         except VokeError as exc:
             unchecked = exc.message
         else:
-            claims += [core.Claim(a.tree_size or 0, a.root.hex(), f"anchor {a.id[:16]}") for a in anchors]
-            from voketag_ops.core.chain import AnchorState
-
-            live = {AnchorState.PENDING, AnchorState.ANCHORED}  # cancelled / failed: no anchor
-            anchored = {a.root.hex() for a in anchors if a.state in live}
+            chain_claims, anchored = checkpoint_claims(state)
+            claims += chain_claims
             without_anchor = sum(1 for cp in checkpoints if cp.root not in anchored)
         report = core.verify_lines(self.raw_lines(), claims)
         return replace(report, anchors_unchecked=unchecked, checkpoints_without_anchor=without_anchor)
+
+    def contradiction(self, state: ChainState) -> str | None:
+        """What in STATE's audit checkpoints contradicts this log (None: nothing does)."""
+        claims, _anchored = checkpoint_claims(state)
+        if not claims:
+            return None
+        report = core.verify_lines(self.raw_lines(), claims)
+        return None if report.ok else report.message
+
+
+def checkpoint_claims(state: ChainState) -> tuple[list[core.Claim], set[str]]:
+    """What a chain says the audit log hashes to: its audit-checkpoint anchors, and the records
+    of them sealed in blocks (a block keeps its records when the anchors table loses a row),
+    with the roots that count as anchored (cancelled or failed requests do not)."""
+    from voketag_ops.core.chain import AnchorState
+
+    claims: list[core.Claim] = []
+    anchored: set[str] = set()
+    seen: set[tuple[int, str]] = set()
+    for a in state.anchors.values():
+        if a.kind == "audit-checkpoint" and a.tree_size:
+            claims.append(core.Claim(a.tree_size, a.root.hex(), f"anchor {a.id[:16]}"))
+            seen.add((a.tree_size, a.root.hex()))
+            if a.state in (AnchorState.PENDING, AnchorState.ANCHORED):
+                anchored.add(a.root.hex())
+    for block in state.blocks:
+        for record in block.records:
+            try:
+                doc = json.loads(record)
+            except (ValueError, RecursionError):
+                continue  # not an anchor record (the chain's own validation judges blocks)
+            if not isinstance(doc, dict) or doc.get("kind") != "audit-checkpoint":
+                continue
+            size, root = doc.get("tree_size"), doc.get("root")
+            if type(size) is not int or size < 1 or not isinstance(root, str) or len(root) != 64:
+                continue
+            anchored.add(root)
+            if (size, root) not in seen:
+                seen.add((size, root))
+                claims.append(core.Claim(size, root, f"block {block.index} record"))
+    return claims, anchored
 
 
 # -- the API commands call ---------------------------------------------------------------------

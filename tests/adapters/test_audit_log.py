@@ -278,3 +278,58 @@ def test_queued_checkpoints_catch_up_when_the_chain_is_back(tmp_path: Path, loca
     assert log.verify().ok and log.verify().checkpoints_without_anchor == 3
     assert log.anchor_checkpoints(now=T0).requested == 3
     assert log.verify().anchors_checked == 3
+
+
+def _rewrite_consistently(log: AuditLog, keep: list[int]) -> None:
+    """An attacker's whole rewrite: entries KEEP (by seq) re-numbered, re-hashed, re-linked,
+    and the checkpoints file recomputed to match."""
+    from dataclasses import replace
+
+    old = list(log.entries())
+    prev, new = au.ZERO, []
+    for seq, i in enumerate(keep):
+        entry = replace(old[i], seq=seq, prev_hash=prev, hash="")
+        entry = replace(entry, hash=entry.computed_hash())
+        new.append(entry)
+        prev = entry.hash
+    log.path.write_bytes(b"".join(e.line() for e in new))
+    cps, previous = [], None
+    for size in range(10, len(new) + 1, 10):
+        previous = au.next_checkpoint(previous, [e.hash for e in new[size - 10 : size]], offset=0, now=T0)
+        cps.append(previous)
+    import json
+
+    log.checkpoints_path.write_text("".join(json.dumps(c.to_json()) + "\n" for c in cps))
+
+
+def test_a_sealed_block_record_still_catches_a_rewrite_after_its_anchor_row_is_deleted(
+    tmp_path: Path,
+) -> None:
+    from dataclasses import replace
+
+    from voketag_ops.workflows import chain as chain_wf
+
+    chain = FileChainStore(default_chain_path(tmp_path))
+    log = AuditLog(tmp_path, checkpoint_every=10, chain=lambda: chain)
+    append_n(log, 12)
+    chain_wf.run_anchors(chain, now=T0, difficulty=4)  # audit@10 is sealed in a block
+    assert log.verify().ok and log.verify().anchors_checked == 1
+    _rewrite_consistently(log, [i for i in range(12) if i != 5])  # entry 5 deleted
+    state = chain.load()
+    chain._write(replace(state, anchors={}))  # and the anchor row with it
+    report = log.verify()
+    assert report.problem is au.Problem.CHECKPOINT_MISMATCH and "block 0 record" in (report.message or "")
+
+
+def test_another_homes_chain_is_refused_by_import(tmp_path: Path) -> None:
+    from voketag_ops.workflows import audit as audit_wf
+
+    a_chain = FileChainStore(default_chain_path(tmp_path / "a"))
+    append_n(AuditLog(tmp_path / "a", checkpoint_every=10, chain=lambda: a_chain), 12)
+    exported = a_chain.load()
+    b_chain = FileChainStore(default_chain_path(tmp_path / "b"))
+    b_log = AuditLog(tmp_path / "b", checkpoint_every=10, chain=lambda: b_chain)
+    append_n(b_log, 3)
+    with pytest.raises(PreconditionError, match="contradict this home's audit log"):
+        audit_wf.refuse_foreign_chain(tmp_path / "b", exported, "a.json")
+    audit_wf.refuse_foreign_chain(tmp_path / "a", exported, "a.json")  # its own home takes it

@@ -270,6 +270,7 @@ def import_(
     from voketag_ops.adapters.local.chain_store import parse_document
     from voketag_ops.core.chain import ChainFormatError, validate_chain
     from voketag_ops.errors import InputError
+    from voketag_ops.workflows.audit import refuse_foreign_chain
 
     env = use(ctx)
     with _binary_input(file) as (stream, source):
@@ -281,6 +282,7 @@ def import_(
     report = validate_chain(incoming.blocks)
     if not report.ok:
         raise InputError(f"{source}: the chain does not validate: {report.message}")
+    refuse_foreign_chain(_home(env), incoming, source)
     plan = {"blocks": len(incoming.blocks), "anchors": len(incoming.anchors), "source": source}
     if dry_run:
         env.out.result(

@@ -70,6 +70,21 @@ def verify(home: Path) -> core.VerifyReport:
     return AuditLog(home).verify()
 
 
+def refuse_foreign_chain(home: Path, state: Any, source: str) -> None:
+    """A chain whose audit checkpoints contradict HOME's audit log is another home's: once
+    imported, `voke audit verify` would fail for good, so it is refused (exit 5)."""
+    from voketag_ops.errors import PreconditionError
+
+    problem = AuditLog(home).contradiction(state)
+    if problem is not None:
+        raise PreconditionError(
+            f"{source}: its audit checkpoints contradict this home's audit log ({problem}); "
+            "nothing was imported",
+            hint="it is another VOKE_HOME's chain: import it with that home's audit/ directory, "
+            "or into a VOKE_HOME of its own",
+        )
+
+
 def checkpoint(home: Path, *, now: datetime | None = None) -> dict[str, Any]:
     """Checkpoint the log now and request anchors for it and any checkpoint still queued."""
     cp, anchoring = AuditLog(home).checkpoint(now=now)
