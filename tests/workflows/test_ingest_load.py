@@ -205,13 +205,17 @@ def _key_collations(db: str) -> set[tuple[str, str, str | None]]:
         )
 
 
-def test_a_version_1_schema_is_migrated_with_its_batches(db, tmp_path, monkeypatch):
-    # A database loaded by a voke that knew only migration 1 (keys in the database's collation).
-    with monkeypatch.context() as old:
-        old.setattr(wf, "MIGRATIONS", wf.MIGRATIONS[:1])
-        old.setattr(wf, "SCHEMA_VERSION", 1)
-        first = load(db, sample(tmp_path, 40, seed=1, name="one.csv"))
+def test_a_version_1_schema_is_migrated_with_its_batches(db, tmp_path):
+    first = load(db, sample(tmp_path, 40, seed=1, name="one.csv"))
     assert first.status == "loaded"
+    with psycopg.connect(db, autocommit=True) as conn:  # back to what a voke knowing migration 1 made
+        conn.execute(
+            'ALTER TABLE ingest.tags ALTER COLUMN tag_id TYPE text COLLATE "default",'
+            ' ALTER COLUMN sku TYPE text COLLATE "default";'
+            ' ALTER TABLE ingest.products ALTER COLUMN sku TYPE text COLLATE "default";'
+            " ALTER TABLE ingest.batches DROP COLUMN audited;"
+            " DELETE FROM ingest.schema_migrations WHERE version > 1"
+        )
     assert ("tags", "tag_id", None) in _key_collations(db)
     repeat = write(tmp_path, HEADER + "".join(_csv_line(r[:6]) for r in file_rows(tmp_path / "one.csv")[:1]))
     again = load(db, repeat)  # migrates, then finds the tag loaded under version 1
@@ -726,3 +730,41 @@ def test_ctrl_c_mid_load_stops_the_sealing_process(db, tmp_path, monkeypatch):
     assert len(started) == 1 and started[0].returncode is not None  # stopped and reaped
     assert not [t for t in threading.enumerate() if t.name.startswith("voke-ingest-")]
     assert counts(db)[:2] == (0, 0)
+
+
+def test_a_batch_whose_audit_event_was_lost_gets_it_from_the_next_load(db, tmp_path, monkeypatch):
+    from voketag_ops import audit
+    from voketag_ops.errors import NeedsOperatorError
+
+    home = tmp_path / "home"
+    real_append = audit.AuditLog.append
+    monkeypatch.setattr(
+        audit.AuditLog, "append", lambda *a, **k: (_ for _ in ()).throw(audit.AuditWriteError("disk full"))
+    )
+    with pytest.raises(NeedsOperatorError, match="audit event could not be written"):
+        load(db, sample(tmp_path, 20, seed=1, name="one.csv"), audit_home=home)
+    monkeypatch.setattr(audit.AuditLog, "append", real_append)
+    with psycopg.connect(db) as conn:
+        assert conn.execute("select batch_id, audited from ingest.batches").fetchall() == [(1, False)]
+
+    def loaded_events():
+        return [e for e in audit.AuditLog(home).entries() if e.event_type == "ingest.load"]
+
+    # While another load is between its commit and its audit event (it holds the shared lock),
+    # unmarked batches may be that load's own: a load leaves them alone.
+    with psycopg.connect(db, autocommit=True) as other:
+        other.execute("select pg_advisory_lock_shared(%s, %s)", (wf._LOCK_CLASS, wf._LOCK_AUDIT))
+        two = load(db, sample(tmp_path, 20, seed=2, name="two.csv"), audit_home=home)
+        assert [e.details["batch_id"] for e in loaded_events()] == [two.batch_id]
+    three = load(db, sample(tmp_path, 20, seed=3, name="three.csv"), audit_home=home)
+    events = loaded_events()
+    assert [(e.details["batch_id"], e.details.get("recovered", False)) for e in events] == [
+        (two.batch_id, False), (three.batch_id, False), (1, True),
+    ]  # fmt: skip
+    recovered = events[-1]
+    assert recovered.result == "loaded" and recovered.target == "one.csv"
+    assert recovered.details["rows_loaded"] == 20 and len(recovered.details["merkle_root"]) == 64
+    with psycopg.connect(db) as conn:
+        assert conn.execute("select count(*) from ingest.batches where not audited").fetchone()[0] == 0
+    load(db, sample(tmp_path, 20, seed=4, name="four.csv"), audit_home=home)
+    assert len(loaded_events()) == 4  # each event once

@@ -41,6 +41,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import itertools
+import logging
 import os
 import re
 import stat
@@ -73,12 +74,17 @@ if TYPE_CHECKING:
 
     from voketag_ops.config import IngestSettings
 
+log = logging.getLogger("voke.ingest")
+
 READ_CHUNK = 1 << 20
 LEAF_FORMAT = "voke-tsv-v1"
 # pg_advisory_xact_lock(classid, objid): "vok" and one id per purpose.
 _LOCK_CLASS = 0x766F6B
 _LOCK_LOAD = 1
 _LOCK_MIGRATE = 2
+# Shared: a committed batch whose audit event is still being written (the loader holds it from
+# before its COMMIT until then); exclusive: a later load writing the events such loads missed.
+_LOCK_AUDIT = 3
 _STAGING = "pg_temp.voke_ingest_staging"
 _COLUMNS = ", ".join(core.CANONICAL_COLUMNS)
 _REST = ", ".join(core.CANONICAL_COLUMNS[1:])  # all but tag_id
@@ -144,6 +150,15 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE ingest.tags ALTER COLUMN tag_id TYPE text COLLATE "C",
             ALTER COLUMN sku TYPE text COLLATE "C";
         ALTER TABLE ingest.products ALTER COLUMN sku TYPE text COLLATE "C";
+        """,
+    ),
+    (
+        3,
+        "batches remember whether their audit event was written",
+        # Batches loaded before this migration count as audited: whether they were is not known.
+        """
+        ALTER TABLE ingest.batches ADD COLUMN audited boolean NOT NULL DEFAULT true;
+        CREATE INDEX batches_not_audited ON ingest.batches (batch_id) WHERE NOT audited;
         """,
     ),
 ]
@@ -487,25 +502,89 @@ def load_batch(
         "partial": bool(options.get("partial")),
         "dry_run": bool(options.get("dry_run")),
     }
-    with audited(
-        audit_home, event_type="ingest.load", env=env_name, target=path.name, details=details
-    ) as event:
-        report = _load_batch(conninfo, path, settings=settings, now=now, **options)
-        event.details.update(
-            target=report.target or details["target"],
-            status=report.status,
-            batch_id=report.batch_id,
-            file_sha256=report.file_sha256,
-            rows_total=report.rows_total,
-            rows_loaded=report.rows_loaded,
-            rows_rejected=report.rows_rejected,
-            merkle_root=report.merkle_root,
-            anchor_id=report.anchor_id,
-            error_count=report.error_count,
-        )
-        if report.status != "loaded":
-            event.result = "dry-run" if report.dry_run else report.status
+    after_commit.awaits_audit = not details["dry_run"]
+    try:
+        with audited(
+            audit_home, event_type="ingest.load", env=env_name, target=path.name, details=details
+        ) as event:
+            report = _load_batch(conninfo, path, settings=settings, now=now, **options)
+            event.details.update(
+                target=report.target or details["target"],
+                status=report.status,
+                batch_id=report.batch_id,
+                file_sha256=report.file_sha256,
+                rows_total=report.rows_total,
+                rows_loaded=report.rows_loaded,
+                rows_rejected=report.rows_rejected,
+                merkle_root=report.merkle_root,
+                anchor_id=report.anchor_id,
+                error_count=report.error_count,
+            )
+            if report.status != "loaded":
+                event.result = "dry-run" if report.dry_run else report.status
+        if after_commit.connection is not None:  # a batch committed, and its event is written
+            _audit_written(after_commit.connection, report, audit_home, env_name)
+    finally:
+        after_commit.close()  # (an event that could not be written is left to a later load)
     return report
+
+
+def _audit_written(
+    conn: psycopg.Connection[Any], report: LoadReport, audit_home: Path, env_name: str
+) -> None:
+    """Mark REPORT's batch audited, then write the events of batches whose loads ended between
+    their commit and their audit event (``kill -9``, a lost host): unmarked, and no load holds
+    the shared lock any more. Best effort: the load itself is done."""
+    import psycopg
+
+    try:
+        conn.execute("UPDATE ingest.batches SET audited = true WHERE batch_id = %s", (report.batch_id,))
+        conn.execute("SELECT pg_advisory_unlock_shared(%s, %s)", (_LOCK_CLASS, _LOCK_AUDIT))
+        row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (_LOCK_CLASS, _LOCK_AUDIT)).fetchone()
+        if not (row and row[0]):
+            return  # another load is between its commit and its event: the next load looks again
+        try:
+            missed = conn.execute(
+                "SELECT batch_id, file_sha256, file_name, rows_total, rows_loaded, rows_rejected, merkle_root,"
+                " anchor_id, loaded_at, loaded_by FROM ingest.batches WHERE NOT audited ORDER BY batch_id"
+            ).fetchall()
+            for batch in missed:
+                _write_missed_audit(conn, batch, report.target, audit_home, env_name)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s, %s)", (_LOCK_CLASS, _LOCK_AUDIT))
+    except (psycopg.Error, VokeError) as exc:
+        log.warning("could not settle the audit events of earlier loads: %s", _first_line(exc))
+
+
+def _write_missed_audit(
+    conn: psycopg.Connection[Any], batch: Any, target: str | None, audit_home: Path, env_name: str
+) -> None:
+    from voketag_ops.audit import record_event
+
+    batch_id, sha, name, total, loaded, rejected, root, anchor_id, loaded_at, loaded_by = batch
+    record_event(
+        audit_home,
+        event_type="ingest.load",
+        env=env_name,
+        target=name,
+        result="loaded",
+        actor=loaded_by,
+        details={
+            "recovered": True,
+            "note": "written by a later load: the loading process ended between its commit and its audit event",
+            "target": target,
+            "status": "loaded",
+            "batch_id": batch_id,
+            "file_sha256": sha,
+            "rows_total": total,
+            "rows_loaded": loaded,
+            "rows_rejected": rejected,
+            "merkle_root": bytes(root).hex(),
+            "anchor_id": anchor_id,
+            "loaded_at": loaded_at,
+        },
+    )
+    conn.execute("UPDATE ingest.batches SET audited = true WHERE batch_id = %s", (batch_id,))
 
 
 def _load_batch(
@@ -638,6 +717,7 @@ def _load_source(
                             actor=actor,
                             progress=progress,
                             started=started,
+                            awaits_audit=after_commit.awaits_audit,
                         )
                         committing[0] = True  # leaving the block commits
                 after_commit.hold()  # committed: from here on the load ends as loaded
@@ -665,14 +745,20 @@ def _load_source(
                         raise lost from None
                     return _finish(_duplicate(base, existing, conn, anchorer, target), started)
                 after_commit.hold()
+                if after_commit.awaits_audit:  # the lock went with the old session
+                    with suppress(Exception):
+                        conn.execute("SELECT pg_advisory_lock_shared(%s, %s)", (_LOCK_CLASS, _LOCK_AUDIT))
             interrupted = interrupted or after_commit.fired
             _deliver(conn, report, rejects_out, rejects, anchorer, target, interrupted=interrupted)
+            if after_commit.awaits_audit:
+                after_commit.connection = conn  # closed once the audit event is written
             return _finish(report, started)
         finally:
             if rejects_out is not None:
                 rejects_out.discard()
     finally:
-        conn.close()
+        if after_commit.connection is not conn:
+            conn.close()
 
 
 def _settle_commit(
@@ -1012,6 +1098,7 @@ def _load_in_transaction(
     actor: str,
     progress: Callable[[LoadProgress], None],
     started: float,
+    awaits_audit: bool,
 ) -> LoadReport:
     if dry_run:
         # A missing schema is made inside this transaction, and undone with it.
@@ -1044,7 +1131,7 @@ def _load_in_transaction(
         )
 
     # The batch row comes first (tag_chunks refer to it); it is completed once sealed.
-    _insert_batch(conn, batch_id, report, actor)
+    _insert_batch(conn, batch_id, report, actor, audited=not awaits_audit)
     # spool: the sealed chunks' leaf hashes (32 bytes each)
     streaming: dict[str, Any] = {"progress": progress, "total": report.file_bytes, "phase": "validating"}
     sealer = _SealWorker() if SEAL_IN_CHILD and report.file_bytes >= SEAL_IN_CHILD_BYTES else None
@@ -1148,6 +1235,8 @@ def _load_in_transaction(
             if rejects_out is not None:
                 report.rejects_file = rejects_out.close()
             _check_unchanged(source, report)  # once more, at the end: nothing was written into it meanwhile
+            if awaits_audit:  # session-level: held past the COMMIT, until the audit event is written
+                conn.execute("SELECT pg_advisory_lock_shared(%s, %s)", (_LOCK_CLASS, _LOCK_AUDIT))
             progress(LoadProgress("committing", report.file_bytes, report.file_bytes, report.rows_total))
         return report
     finally:
@@ -1768,13 +1857,16 @@ def _insert_staged(conn: psycopg.Connection[Any], batch_id: int) -> None:
     )
 
 
-def _insert_batch(conn: psycopg.Connection[Any], batch_id: int, report: LoadReport, actor: str) -> None:
-    """The batch row, its seal still blank (``_complete_batch`` fills it in before the commit)."""
+def _insert_batch(
+    conn: psycopg.Connection[Any], batch_id: int, report: LoadReport, actor: str, *, audited: bool
+) -> None:
+    """The batch row, its seal still blank (``_complete_batch`` fills it in before the commit);
+    not AUDITED while its audit event is still to be written."""
     conn.execute(
         "INSERT INTO ingest.batches (batch_id, file_sha256, file_name, file_bytes, partial, rows_total,"
         " rows_loaded, rows_rejected, merkle_root, chunk_size, chunk_roots, leaf_format, loaded_by,"
-        " duration_seconds) OVERRIDING SYSTEM VALUE"
-        " VALUES (%s, %s, %s, %s, %s, 0, 0, 0, %s, %s, '', %s, %s, 0)",
+        " duration_seconds, audited) OVERRIDING SYSTEM VALUE"
+        " VALUES (%s, %s, %s, %s, %s, 0, 0, 0, %s, %s, '', %s, %s, 0, %s)",
         (
             batch_id,
             report.file_sha256,
@@ -1785,6 +1877,7 @@ def _insert_batch(conn: psycopg.Connection[Any], batch_id: int, report: LoadRepo
             core.SEAL_CHUNK,
             LEAF_FORMAT,
             actor,
+            audited,
         ),
     )
 
@@ -1981,6 +2074,15 @@ class AfterCommit(interrupts.Held):
 
     def __init__(self) -> None:
         super().__init__(give_way_after=1, start=False)
+        # Set by load_batch when it writes the load's audit event: the batch row says so
+        # (``audited``), and the load's connection stays open until the event is written.
+        self.awaits_audit = False
+        self.connection: Any = None
+
+    def close(self) -> None:
+        conn, self.connection = self.connection, None
+        if conn is not None:
+            conn.close()
 
 
 # -- batches and proofs -----------------------------------------------------------------------
