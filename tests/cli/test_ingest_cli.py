@@ -268,6 +268,22 @@ def test_sample_to_stdout_is_the_same_csv_and_the_summary_goes_to_stderr(voke, t
     assert not (tmp_path / "-").exists()
 
 
+def test_outputs_that_are_not_regular_files_are_refused_before_anything_is_written(voke, db, tmp_path):
+    import os
+    import stat
+
+    fifo = tmp_path / "pipe"  # stands for a device: replaced, /dev/null would become a file
+    os.mkfifo(fifo)
+    (tmp_path / "batch.csv").write_text(HEADER + GOOD + "bad,row\n")
+    partial = voke(
+        "ingest", "load", str(tmp_path / "batch.csv"), "--db", db, "--partial", "--rejects", str(fifo)
+    )
+    out = voke("ingest", "sample", "--rows", "5", "--out", str(fifo), "--force")
+    for result in (partial, out):
+        assert result.exit_code == 2 and "not a regular file" in result.stderr
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and tables(db) == (0, 0)
+
+
 def test_local_environment_is_the_default_target(voke, local_env, tmp_path, make_environ):
     path = tmp_path / "batch.csv"
     path.write_text(HEADER + "LOCAL-" + GOOD)

@@ -1929,9 +1929,18 @@ def _spooled_chunks(spool: IO[bytes]) -> Iterator[tuple[int, bytes]]:
 
 
 def _check_output_path(path: Path, flag: str) -> None:
-    """UsageError unless PATH can be replaced by a file written beside it (not a directory)."""
-    if path.is_dir():
+    """UsageError unless PATH is new or a regular file: it is replaced by a file written beside
+    it, which would put a regular file in place of a device (`/dev/null` as root) or a pipe."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: {exc.strerror}") from None
+    if stat.S_ISDIR(mode):
         raise UsageError(f"{flag} {path}: is a directory; name a file")
+    if not stat.S_ISREG(mode):
+        raise UsageError(f"{flag} {path}: not a regular file (a device or a pipe would be replaced); name a file")
 
 
 def _file_mode() -> int:
