@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -384,6 +385,9 @@ def test_badge_is_offline_and_byte_deterministic(voke, env, project):
     bad = voke("coverage", "badge", "coverage.json", "--out", "x.svg", "--colors", "80-green", environ=env,
                cwd=project)  # fmt: skip
     assert bad.exit_code == 2 and "--colors" in bad.stderr
+    os.mkfifo(project / "fifo.svg")  # as a device would be: never replaced by a regular file
+    piped = voke("coverage", "badge", "coverage.json", "--out", "fifo.svg", environ=env, cwd=project)
+    assert piped.exit_code == 2 and "not a regular file" in piped.stderr
 
 
 # -- history --------------------------------------------------------------------------------------

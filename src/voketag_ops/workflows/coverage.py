@@ -568,6 +568,9 @@ def badge(
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    from voketag_ops.files import check_replaceable
+
+    check_replaceable(path, "--out")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

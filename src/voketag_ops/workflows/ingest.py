@@ -68,6 +68,7 @@ from voketag_ops.errors import (
     UsageError,
     VokeError,
 )
+from voketag_ops.files import check_replaceable
 
 if TYPE_CHECKING:
     import psycopg
@@ -609,7 +610,7 @@ def _load_batch(
     if rejects is not None and not partial:
         raise UsageError("--rejects applies only with --partial")
     if rejects is not None:
-        _check_output_path(rejects, "--rejects")
+        check_replaceable(rejects, "--rejects")
         with suppress(OSError):
             if os.path.samefile(rejects, path):
                 raise UsageError("--rejects must name another file than the batch being loaded")
@@ -1928,21 +1929,6 @@ def _spooled_chunks(spool: IO[bytes]) -> Iterator[tuple[int, bytes]]:
     return enumerate(iter(lambda: spool.read(32 * core.SEAL_CHUNK), b""))
 
 
-def _check_output_path(path: Path, flag: str) -> None:
-    """UsageError unless PATH is new or a regular file: it is replaced by a file written beside
-    it, which would put a regular file in place of a device (`/dev/null` as root) or a pipe."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise UsageError(f"{flag} {path}: {exc.strerror}") from None
-    if stat.S_ISDIR(mode):
-        raise UsageError(f"{flag} {path}: is a directory; name a file")
-    if not stat.S_ISREG(mode):
-        raise UsageError(f"{flag} {path}: not a regular file (a device or a pipe would be replaced); name a file")
-
-
 def _file_mode() -> int:
     """0o666 less the umask: what open() would have created (mkstemp makes 0o600)."""
     mask = os.umask(0o022)
@@ -2239,7 +2225,7 @@ def make_sample(path: Path, *, rows: int, seed: int, force: bool = False) -> dic
     _check_sample_rows(rows)
     if path.exists() and not force:
         raise UsageError(f"{path} exists; pass --force to overwrite it")
-    _check_output_path(path, "--out")
+    check_replaceable(path, "--out")
     directory = path.parent if str(path.parent) else Path(".")
     try:
         fd, scratch = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=directory)
