@@ -186,6 +186,19 @@ def test_a_failed_cloud_sql_operation_rolls_back(cloud, voke, make_environ):
     assert_consistent(fake)
 
 
+def test_a_refused_call_mid_rotation_rolls_back_rather_than_claiming_nothing_changed(
+    cloud, voke, make_environ
+):
+    fake, home = cloud
+    before = fake.secretmanager.secrets[SECRET].aliases["current"]
+    fake.rest.fail("PATCH", r"/services/", status="PERMISSION_DENIED")  # the deploy step is refused
+    result = voke("rotate", "db-password", "--yes", "--json", environ=_environ(home, make_environ))
+    assert result.exit_code == 6, result.stdout + result.stderr  # not 4: the target had changed
+    assert "RestartError" in result.json["error"]["message"]
+    assert fake.secretmanager.secrets[SECRET].aliases["current"] == before
+    assert_consistent(fake)
+
+
 def test_an_unhealthy_revision_never_gets_traffic_and_the_rotation_rolls_back(cloud, voke, make_environ):
     fake, home = cloud
     sm = fake.secretmanager.secrets[SECRET]

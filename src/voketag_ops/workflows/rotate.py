@@ -42,6 +42,7 @@ from voketag_ops.errors import (
     NeedsOperatorError,
     NotFoundError,
     PreconditionError,
+    RestartError,
     RolledBackError,
     RotationFailure,
     SecretError,
@@ -52,6 +53,18 @@ from voketag_ops.logs import get_logger
 from voketag_ops.workflows.credentials import Credential, DbPassword
 
 log = get_logger(__name__)
+
+# What an unclassified error (a backend's refusal) in each step counts as: every one is rolled
+# back (or left for a person), never passed up as "nothing was changed" (exit 4).
+_STEP_FAILURES: dict[str, type[RotationFailure]] = {
+    "create_pending": SecretError,
+    "set_target": AuthenticationError,
+    "test": AuthenticationError,
+    "commit": SecretError,
+    "deploy": RestartError,
+    "health": HealthCheckError,
+    "finish": SecretError,
+}
 
 FAULT_ENV = "VOKE_FAULT_CRASH_AFTER"
 RETIRED_ANNOTATION = "voke-retired-keys"  # versions whose provider key cleanup deleted
@@ -345,6 +358,12 @@ class RotationEngine:
                 return self._fail(
                     record, step, SecretError(exc.message), time.monotonic() - started, t0, resumed
                 )
+            except NeedsOperatorError:
+                raise  # the lease went to another run: its record is not this run's to change
+            except VokeError as exc:  # a backend refused (a denied permission) or failed mid-step
+                kind = _STEP_FAILURES.get(step, SecretError)
+                failure = kind(f"{exc.type_name}: {exc.message}")
+                return self._fail(record, step, failure, time.monotonic() - started, t0, resumed)
             record.steps.append(
                 StepRecord(
                     step,
