@@ -270,6 +270,24 @@ def test_a_promotion_done_with_an_error_changes_nothing(cloud):
     assert cloud.audit()[-1]["result"] == "failure"
 
 
+def test_a_promotion_or_switchover_still_running_at_the_deadline_stops_for_a_person(cloud):
+    cloud.configure(operation_timeout=0.05)
+    cloud.fake.sql.polls_per_step = 10**6  # the operation never leaves PENDING
+    over = cloud.voke("dr", "failover", "--yes", "--json")
+    assert over.exit_code == 7, over.stdout  # not 4: the promotion is under way
+    assert "continues in Cloud SQL" in over.json["error"]["message"]
+    assert "dr failover --yes" in over.json["error"]["hint"]
+    cloud.fake.sql.polls_per_step = 1
+    cloud.configure(operation_timeout=30)
+    assert cloud.voke("dr", "failover", "--yes", "--json").exit_code == 0  # the rerun finishes it
+    cloud.configure(operation_timeout=0.05)
+    cloud.fake.sql.polls_per_step = 10**6
+    back = cloud.voke("dr", "failback", "--yes", "--json")
+    assert back.exit_code == 7, back.stdout
+    assert "continues in Cloud SQL" in back.json["error"]["message"]
+    assert "dr failback --yes" in back.json["error"]["hint"]
+
+
 def test_services_that_do_not_come_up_stop_for_a_person_and_a_rerun_finishes(cloud):
     versions = len(cloud.store().get(SECRET).versions)
     cloud.fake.run.unhealthy = {(SECRET, str(versions + 1))}  # the new `current`

@@ -687,6 +687,12 @@ def failover(
             with steps.run(f"promote {replica_name}" + (" (failover=true)" if dr_failover else "")) as info:
                 try:
                     op = recovery.promote_replica(replica_name, failover=dr_failover)
+                except StepTimeoutError as exc:  # still running in Cloud SQL: not "nothing changed"
+                    raise NeedsOperatorError(
+                        f"{exc.message}; the promotion continues in Cloud SQL",
+                        hint=f"wait until `gcloud sql operations list --instance {replica_name}` shows it DONE, "
+                        f"then `{resume}`",
+                    ) from None
                 except BackendError as exc:
                     after = _leftover(recovery, replica_name)
                     if after is not None and after.role == "primary":
@@ -832,7 +838,14 @@ def failback(
     ) as event:
         if switch:
             with steps.run(f"switchover to {env.instance}") as info:
-                op = recovery.switchover(env.instance)
+                try:
+                    op = recovery.switchover(env.instance)
+                except StepTimeoutError as exc:  # still running in Cloud SQL: not "nothing changed"
+                    raise NeedsOperatorError(
+                        f"{exc.message}; the switchover continues in Cloud SQL",
+                        hint=f"wait until `gcloud sql operations list --instance {env.instance}` shows it DONE, "
+                        f"then `{resume}`",
+                    ) from None
                 operation = _op(op)
                 info["operation"] = op.name
         leader = _require_primary(recovery, env.instance, steps)
