@@ -79,6 +79,16 @@ def test_check_fails_on_an_old_backup_and_on_lag(cloud):
     assert report["ok"] is False and set(report["failed"]) == {"backup_age", "replication_lag"}
 
 
+@pytest.mark.parametrize("status", ["INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "PERMISSION_DENIED"])
+def test_a_metric_monitoring_refuses_never_changes_the_check(cloud, status):
+    from voketag_ops.workflows import cloud_dr
+
+    fake, settings, recovery = cloud
+    fake.monitoring.refuse = status  # (INVALID_ARGUMENT: a point sooner than the sampling period)
+    report = cloud_dr.check(settings, recovery, cloud_dr.thresholds(settings))
+    assert report["ok"] is True, report["failed"]
+
+
 def test_archive_failures_fail_the_check(cloud):
     from voketag_ops.workflows import cloud_dr
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from voketag_ops.adapters.gcp import catalog
 from voketag_ops.adapters.gcp._common import GcpContext, translating
-from voketag_ops.errors import BackendError, UsageError
+from voketag_ops.errors import UsageError, VokeError
 from voketag_ops.ports import ReplicationInfo
 
 
@@ -142,11 +142,12 @@ class CloudMonitoring:
             )
 
     def write_quietly(self, metric: str, value: float, labels: Mapping[str, str]) -> bool:
-        """write(), but a monitoring outage never fails the operation it reports on."""
+        """write(), but a point Monitoring does not take (an outage, a refusal: INVALID_ARGUMENT for
+        a point written sooner than the sampling period allows) never fails what it reports on."""
         try:
             self.write(metric, value, labels)
             return True
-        except BackendError as exc:
+        except VokeError as exc:
             from voketag_ops.logs import get_logger
 
             get_logger(__name__).warning("could not write %s: %s", metric, exc.message)
