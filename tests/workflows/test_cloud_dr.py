@@ -79,7 +79,19 @@ def test_check_fails_on_an_old_backup_and_on_lag(cloud):
     assert report["ok"] is False and set(report["failed"]) == {"backup_age", "replication_lag"}
 
 
-@pytest.mark.parametrize("status", ["INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "PERMISSION_DENIED"])
+def test_the_newest_backup_is_found_on_any_page(cloud):
+    fake, _settings, recovery = cloud
+    for minutes in (15, 10, 5):
+        fake.sql.add_backup("voke-db", "FAILED", now() - timedelta(minutes=minutes))
+    fake.sql.backup_page_size = 2  # the first page holds FAILED runs only
+    assert len(recovery.backups()) == 6
+    newest = recovery.newest_backup()
+    assert newest is not None and newest.status == "SUCCESSFUL"
+
+
+@pytest.mark.parametrize(
+    "status", ["INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "PERMISSION_DENIED"]
+)
 def test_a_metric_monitoring_refuses_never_changes_the_check(cloud, status):
     from voketag_ops.workflows import cloud_dr
 

@@ -837,6 +837,7 @@ class FakeCloudSql:
         self.instances: dict[str, dict[str, Any]] = {}
         self.users: dict[tuple[str, str], str | None] = {}
         self.backups: dict[str, list[dict[str, Any]]] = {}
+        self.backup_page_size = 100  # backupRuns.list pages (the API pages at maxResults)
         self.operations: dict[str, dict[str, Any]] = {}
         self.failures: dict[str, str] = {}  # operation type -> error message of its next run
         self.on_password: Callable[[str, str], None] = lambda role, password: None
@@ -1070,8 +1071,15 @@ class FakeCloudSql:
         return self._operation("UPDATE_USER", r["i"], effect)
 
     def list_backups(self, r: Request) -> Any:
+        """backupRuns.list, newest first, in pages of at most maxResults (and backup_page_size)."""
         self._instance(r["i"])
-        return {"kind": "sql#backupRunsList", "items": list(self.backups.get(r["i"], []))}
+        runs = list(self.backups.get(r["i"], []))
+        size = min(int(r.query.get("maxResults") or len(runs) or 1), self.backup_page_size)
+        start = int(r.query.get("pageToken") or 0)
+        doc: dict[str, Any] = {"kind": "sql#backupRunsList", "items": runs[start : start + size]}
+        if start + size < len(runs):
+            doc["nextPageToken"] = str(start + size)
+        return doc
 
     def recovery_time(self, r: Request) -> Any:
         if self._instance(r["i"])["master"]:  # like Cloud SQL: a read replica has no PITR

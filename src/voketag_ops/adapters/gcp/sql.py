@@ -281,6 +281,10 @@ class CloudSqlRecovery:
     def backups(self, instance: str | None = None) -> list[BackupInfo]:
         name = instance or self.primary
         pager = self._call("backups", "list", f"backups of {name}", instance=name, max_results=100)
+        # Every page: `pager.items` would be the first page's alone (a page of FAILED runs
+        # would hide the newest SUCCESSFUL one).
+        with self.admin.translate(f"backups of {name}"):
+            runs = [run for page in pager.pages for run in page.items]
         return [
             BackupInfo(
                 id=str(run.id),
@@ -289,7 +293,7 @@ class CloudSqlRecovery:
                 started_at=_iso(run.start_time),
                 finished_at=_iso(run.end_time),
             )
-            for run in list(pager.items if hasattr(pager, "items") else pager)
+            for run in runs
         ]
 
     def newest_backup(self, instance: str | None = None) -> BackupInfo | None:
