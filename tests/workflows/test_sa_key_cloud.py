@@ -91,6 +91,14 @@ def test_the_ten_key_limit_is_respected(cloud, voke):
     assert len(fake.secretmanager.secrets["sa-ci"].versions) == 1
 
 
+def test_init_at_the_ten_key_limit_changes_nothing(cloud, voke):
+    fake, environ = cloud
+    fake.iam.add_account(ACCOUNT, keys=10)
+    result = voke("rotate", "sa-key", "ci", "--init", "--yes", "--json", environ=environ)
+    assert result.exit_code == 5, result.stdout
+    assert "sa-ci" not in fake.secretmanager.secrets  # not even the empty secret
+
+
 def test_a_key_that_does_not_authenticate_is_rolled_back_and_deleted(cloud, voke):
     fake, environ = cloud
     _init(fake, voke, environ)

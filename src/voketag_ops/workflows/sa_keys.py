@@ -193,8 +193,8 @@ def init_sa_key(engine: Any, name: str, *, dry_run: bool = False) -> dict[str, A
             ],
         }
     t0 = time.monotonic()
-    meta = store.create(cred.secret)
-    cred.precheck(meta, dry_run=False)
+    cred.precheck(None, dry_run=False)  # before anything is made: at the key limit, nothing changes
+    store.create(cred.secret)
     key_file = cred.keys.create(cred.account)
     if not cred.keys.verify(key_file):
         cred.keys.delete(cred.account, key_file["private_key_id"])
