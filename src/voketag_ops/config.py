@@ -7,6 +7,7 @@ are kept raw and validated only when a command uses them (`Settings.environment`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tomllib
@@ -15,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from voketag_ops.errors import ConfigError
+from voketag_ops.errors import ConfigError, UsageError
 
 DEFAULT_SERVICES = ("admin-service", "factory-service", "blockchain-service")
 CONFIG_FILE = "voke.toml"
@@ -45,7 +46,8 @@ ENV_NAME = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No inf or nan: `lock_timeout = inf` overflowed, and JSON output cannot carry them.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class LocalSettings(_Model):
@@ -330,7 +332,10 @@ class IngestSettings(_Model):
         default=True, description="reject a last row without a line break (an upload cut mid-row)"
     )
     lock_timeout: float = Field(
-        default=600.0, ge=0, description="seconds a load waits for another load of the same database"
+        default=600.0,
+        ge=0,
+        le=86_400,
+        description="seconds a load waits for another load of the same database (at most a day)",
     )
 
 
@@ -352,6 +357,9 @@ class ChainSettings(_Model):
 
 class Settings(_Model):
     """Effective configuration."""
+
+    # Where each named environment's table came from (set by load_config), for its errors.
+    _environment_sources: dict[str, str] = PrivateAttr(default_factory=dict)
 
     env: str = Field(default="local", description="environment commands act on (`local` or a named one)")
     log_format: Literal["auto", "human", "json"] = Field(
@@ -385,8 +393,9 @@ class Settings(_Model):
                 )
         return value
 
-    def environment(self, name: str, *, source: str = "configuration") -> GcpEnvironment:
+    def environment(self, name: str, *, source: str | None = None) -> GcpEnvironment:
         """Validate and return the named cloud environment."""
+        source = source or self._environment_sources.get(name) or "configuration"
         if name == "local":
             raise ConfigError("`local` is the embedded environment, not a cloud one")
         raw = self.environments.get(name)
@@ -425,11 +434,19 @@ def find_config_file(start: Path) -> Path | None:
         pyproject = directory / "pyproject.toml"
         if pyproject.is_file():
             try:
-                if "voke" in _read_toml(pyproject).get("tool", {}):
-                    return pyproject
+                tool = _read_toml(pyproject).get("tool")
             except ConfigError:
+                # Unreadable: ours only if it has a [tool.voke] table, whose error must not pass unseen.
+                with contextlib.suppress(OSError):
+                    if _TOOL_VOKE.search(pyproject.read_bytes()):
+                        raise
                 continue
+            if isinstance(tool, dict) and "voke" in tool:
+                return pyproject
     return None
+
+
+_TOOL_VOKE = re.compile(rb"^[ \t]*\[+[ \t]*tool[ \t]*\.[ \t]*voke\b", re.M)
 
 
 def load_config(
@@ -451,9 +468,11 @@ def load_config(
     if path is not None:
         data = _read_toml(path)
         if path.name == "pyproject.toml":
-            data = data.get("tool", {}).get("voke", {})
-            if not isinstance(data, dict):
+            tool = data.get("tool", {})
+            table = tool.get("voke", {}) if isinstance(tool, dict) else None
+            if not isinstance(table, dict):
                 raise ConfigError(f"{path}: [tool.voke] must be a table")
+            data = table
         _merge(merged, data, sources, str(path))
 
     env_layer: dict[str, Any] = {}
@@ -466,7 +485,12 @@ def load_config(
             key = name[len("VOKE_") :].lower().replace("__", ".")
         if key is None:
             continue
-        _set_dotted(env_layer, key, value)
+        try:
+            _set_dotted(env_layer, key, value)
+        except TypeError:
+            raise ConfigError(
+                f"env {name}: sets {key}, under a key another VOKE_ variable gives a value"
+            ) from None
         env_sources[key] = f"env {name}"
     _merge(merged, env_layer, sources, None, env_sources)
 
@@ -490,10 +514,23 @@ def load_config(
             )
             prefixes = tuple(f"{key}.{n}." for n in bad) or (f"{key}.",)
             where = next((v for k, v in sources.items() if k.startswith(prefixes)), where)
+        if where == "flag":  # a bad flag value is a usage error (exit 2), as any bad flag is
+            raise UsageError(f"--{key.replace('_', '-')}: {msg}") from None
         raise ConfigError(f"{where}: {key}: {msg}") from None
+    if settings.env != "local" and settings.env not in settings.environments:
+        # Every command, not only the cloud ones: an ingest or env command would otherwise act
+        # on the local environment and audit it under the name given.
+        known = ", ".join(sorted(["local", *settings.environments]))
+        where = LoadedConfig(settings, sources).source_of("env")
+        raise ConfigError(f"{where}: env: unknown environment {settings.env!r} (known: {known})")
+    loaded = LoadedConfig(settings=settings, sources=sources, file=path)
+    for name in settings.environments:  # (its keys' source: a table has none of its own)
+        prefix = f"environments.{name}."
+        found = next((v for k, v in sources.items() if k.startswith(prefix)), None)
+        settings._environment_sources[name] = found or loaded.source_of(prefix[:-1])
     _LOADED.pop(settings.local.home, None)
     _LOADED[settings.local.home] = settings
-    return LoadedConfig(settings=settings, sources=sources, file=path)
+    return loaded
 
 
 # The settings each configured VOKE_HOME was last loaded with in this process, newest last.
@@ -535,6 +572,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         # tomllib messages already carry "(at line L, column C)".
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: not UTF-8 (byte {exc.start})") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
 
@@ -550,8 +589,11 @@ def _merge(
     for key, value in layer.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            if not isinstance(target.get(key), dict):
-                target[key] = {}
+            if key in target and not isinstance(target[key], dict):
+                # A later layer sets keys under it: the earlier value (`ingest = 5`) is no table.
+                where = sources.get(dotted, "default")
+                raise ConfigError(f"{where}: {dotted}: expected a table, got {target[key]!r}")
+            target.setdefault(key, {})
             _merge(target[key], value, sources, source, per_key, dotted + ".")
             continue
         target[key] = value
@@ -559,10 +601,15 @@ def _merge(
 
 
 def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set DOTTED in TARGET; TypeError if a key on the way already holds a value."""
     *parents, leaf = dotted.split(".")
     node = target
     for part in parents:
         node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise TypeError(part)
+    if isinstance(node.get(leaf), dict):
+        raise TypeError(leaf)
     node[leaf] = value
 
 

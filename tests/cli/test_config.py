@@ -109,7 +109,53 @@ def test_doctor_reports_unknown_environment(voke, make_environ, tmp_path):
     result = voke("doctor", "--env", "staging", "--json", environ=make_environ(tmp_path / "h"))
     assert result.exit_code == 1
     checks = {c["name"]: c for c in result.json["result"]["checks"]}
-    assert checks["environment"]["ok"] is False and "unknown environment" in checks["environment"]["detail"]
+    assert checks["config"]["ok"] is False and "unknown environment 'staging'" in checks["config"]["detail"]
+
+
+def test_an_unknown_environment_is_refused_by_every_command(voke, make_environ, tmp_path):
+    # ingest and env act on the local environment: they used to do so and audit it as "prodx"
+    for args in (("ingest", "batches"), ("env", "status"), ("dr", "status")):
+        result = voke("--env", "prodx", *args, "--json", environ=make_environ(tmp_path / "h"))
+        assert result.exit_code == 3, (args, result.stdout)
+        assert "unknown environment 'prodx' (known: local)" in result.json["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("files", "env", "fragment"),
+    [
+        (
+            {"voke.toml": b"# r\xe9glages\nlog_level = 'info'\n"},
+            {},
+            "voke.toml: invalid TOML: not UTF-8 (byte 3)",
+        ),
+        ({"pyproject.toml": b'[tool.voke]\nlog_level = "debug\n'}, {}, "pyproject.toml: invalid TOML"),
+        ({"voke.toml": b"[ingest]\nlock_timeout = inf\n"}, {}, "ingest.lock_timeout"),
+        ({"voke.toml": b"[ingest]\nlock_timeout = 3000000\n"}, {}, "ingest.lock_timeout"),
+        ({"voke.toml": b"[dr]\nmax_lag_seconds = nan\n"}, {}, "dr.max_lag_seconds"),
+        ({"voke.toml": b"ingest = 5\n"}, {"VOKE_INGEST__MAX_ERRORS": "3"}, "ingest: expected a table, got 5"),
+        ({}, {"VOKE_ENV": "local", "VOKE_ENV__X": "1"}, "env VOKE_ENV__X"),
+        (
+            {"pyproject.toml": b'tool = "voke"\n'},
+            {"VOKE_CONFIG": "pyproject.toml"},
+            "[tool.voke] must be a table",
+        ),
+    ],
+)
+def test_bad_configuration_is_exit_3_naming_where(voke, make_environ, tmp_path, files, env, fragment):
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    environ = {**make_environ(tmp_path / "h"), **env}
+    if "VOKE_CONFIG" in env:
+        environ["VOKE_CONFIG"] = str(tmp_path / env["VOKE_CONFIG"])
+    result = voke("config", "show", "--json", environ=environ, cwd=tmp_path)
+    assert result.exit_code == 3, result.stdout + result.stderr
+    assert fragment in result.json["error"]["message"]
+
+
+def test_an_unreadable_pyproject_without_tool_voke_is_not_ours(voke, make_environ, tmp_path):
+    (tmp_path / "pyproject.toml").write_bytes(b'[project]\ndescription = "caf\xe9"\n')
+    result = voke("config", "show", "--json", environ=make_environ(tmp_path / "h"), cwd=tmp_path)
+    assert result.exit_code == 0, result.stdout + result.stderr
 
 
 def test_doctor_reports_broken_config(voke, make_environ, tmp_path):
@@ -142,3 +188,14 @@ def test_a_bad_environment_name_is_blamed_on_the_source_that_has_it(voke, make_e
     line = result.stderr.strip()
     assert result.exit_code == 3 and "VOKE_ENVIRONMENTS__1PROD__KIND" in line, line
     assert "voke.toml" not in line
+
+
+def test_a_bad_named_environment_is_named_with_its_file(voke, make_environ, tmp_path):
+    (tmp_path / "voke.toml").write_text("[environments.prod]\nproject = 5\n")
+    environ = make_environ(tmp_path / "h")
+    result = voke("--env", "prod", "dr", "status", "--json", environ=environ, cwd=tmp_path)
+    assert result.exit_code == 3
+    assert result.json["error"]["message"].startswith(f"{tmp_path / 'voke.toml'}: environments.prod.project")
+    doctor = voke("--env", "prod", "doctor", "--json", environ=environ, cwd=tmp_path)
+    check = {c["name"]: c for c in doctor.json["result"]["checks"]}["environment"]
+    assert str(tmp_path / "voke.toml") in check["detail"] and check["hint"] == "fix the key named above"

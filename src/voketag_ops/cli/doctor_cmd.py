@@ -29,7 +29,10 @@ def doctor(ctx: typer.Context) -> None:
 
 def _render(console: Console, report: dict[str, Any]) -> None:
     for check in report["checks"]:
+        from rich.markup import escape
+
         mark = "[green]ok[/]  " if check.ok else "[red]fail[/]"
-        console.print(f"{mark} {check.name}: {check.detail}", highlight=False)
+        # Details and hints are plain text: "[environments.prod]" is a TOML table, not markup.
+        console.print(f"{mark} {escape(check.name)}: {escape(check.detail)}", highlight=False)
         if check.hint and not check.ok:
-            console.print(f"       hint: {check.hint}", highlight=False)
+            console.print(f"       hint: {check.hint}", highlight=False, markup=False)

@@ -137,13 +137,20 @@ def _existing_parent(path: Path) -> Path:
 def _cloud_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
     name = loaded.settings.env
     try:
-        cloud = loaded.settings.environment(name, source=loaded.source_of(f"environments.{name}"))
+        cloud = loaded.settings.environment(name)
         report.checks.append(
             Check("environment", True, f"{name}: project {cloud.project}, instance {cloud.instance}")
         )
     except VokeError as exc:
         report.checks.append(
-            Check("environment", False, exc.message, f"add [environments.{name}] to voke.toml")
+            Check(
+                "environment",
+                False,
+                exc.message,
+                "fix the key named above"
+                if name in loaded.settings.environments
+                else f"add [environments.{name}] to voke.toml",
+            )
         )
         return
     try:
