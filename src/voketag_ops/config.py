@@ -69,6 +69,14 @@ class LocalSettings(_Model):
     min_free_disk_mb: int = Field(default=256, ge=0, description="refuse `env up` below this much free disk")
     replica: bool = Field(default=True, description="run a streaming replica beside the primary")
 
+    @field_validator("home", "pg_bin", mode="before")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        # An empty VOKE_HOME would be the current directory: `env destroy` would act there.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("empty: name a directory, or leave it unset for the default")
+        return value
+
     @field_validator("home", "pg_bin")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:

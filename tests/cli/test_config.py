@@ -134,6 +134,7 @@ def test_an_unknown_environment_is_refused_by_every_command(voke, make_environ, 
         ({"voke.toml": b"[dr]\nmax_lag_seconds = nan\n"}, {}, "dr.max_lag_seconds"),
         ({"voke.toml": b"ingest = 5\n"}, {"VOKE_INGEST__MAX_ERRORS": "3"}, "ingest: expected a table, got 5"),
         ({}, {"VOKE_ENV": "local", "VOKE_ENV__X": "1"}, "env VOKE_ENV__X"),
+        ({}, {"VOKE_HOME": ""}, "env VOKE_HOME: local.home: Value error, empty"),
         (
             {"pyproject.toml": b'tool = "voke"\n'},
             {"VOKE_CONFIG": "pyproject.toml"},
