@@ -171,6 +171,23 @@ def test_failback_rewinds_the_diverged_primary_and_switches_back(voke, environ, 
     assert all(healthy for healthy, _ in services(environ).values())
 
 
+def test_failback_with_the_home_node_leading_never_moves_the_leader(voke, environ, env):
+    timeline = voke("dr", "status", "--json", environ=environ).json["result"]["leader"]["timeline"]
+    again = voke("dr", "failback", "--yes", "--json", environ=environ)  # a rerun: nothing to fail back
+    assert again.exit_code == 0, again.stderr
+    assert again.json["result"]["switched_back"] is False and again.json["result"]["leader"] == "primary"
+    fenced = voke("dr", "fence", "replica", "--yes", environ=environ)  # fenced beside the home leader
+    assert fenced.exit_code == 0, fenced.stderr
+    plan = voke("dr", "failback", "--dry-run", "--json", environ=environ).json["result"]["plan"]
+    assert "no switchover: primary is the home leader already" in plan
+    back = voke("dr", "failback", "--yes", "--json", environ=environ)  # the runbook: back as a standby
+    assert back.exit_code == 0, back.stderr
+    assert back.json["result"]["switched_back"] is False
+    status = voke("dr", "status", "--json", environ=environ).json["result"]
+    assert status["leader"]["name"] == "primary" and status["leader"]["timeline"] == timeline
+    assert status["standby"]["streaming"] is True and status["fenced"] == []
+
+
 def test_an_interrupted_failover_is_recorded_and_resumed(voke, environ, env, monkeypatch):
     real_promote = dr.promote
 

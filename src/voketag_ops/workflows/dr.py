@@ -333,11 +333,15 @@ def failback(
             + ("(fresh clone)" if clone else "(pg_rewind; a fresh clone if rewind fails)"),
             f"wait until {state.follower} has replayed everything {state.leader} wrote",
         ]
-        if switch_back:
+        from voketag_ops.adapters.local.environment import HOME_NODE
+
+        if switch_back and state.follower == HOME_NODE:
             plan += [
                 f"planned switchover: stop {state.leader} cleanly, let {state.follower} replay its last WAL",
                 f"promote {state.follower}, restart {state.leader} as its standby, repoint services",
             ]
+        elif switch_back:
+            plan.append(f"no switchover: {state.leader} is the home leader already")
         return {"dry_run": True, "leader": state.leader, "rebuild": state.follower, "plan": plan}
     with dr.dr_lock(env, "dr failback"), recorded(env, "dr.failback", state.follower) as details:
         report = dr.failback(

@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from voketag_ops.adapters.local.environment import SLOT_NAME, BackupInfo, LocalEnvironment
+from voketag_ops.adapters.local.environment import HOME_NODE, SLOT_NAME, BackupInfo, LocalEnvironment
 from voketag_ops.adapters.local.postgres import PgNode, pick_free_port
 from voketag_ops.core import wal
 from voketag_ops.core.dr_checks import parse_iso
@@ -1520,11 +1520,20 @@ def failback(
     repoint: Repoint = no_services,
 ) -> dict[str, Any]:
     """Rebuild the fenced former leader as a standby of the current one, wait for it to catch up,
-    and (SWITCH_BACK) switch over so it leads again. Interrupted, a rerun resumes it."""
+    and (SWITCH_BACK) switch over so it leads again: only when it is the home node (`primary`),
+    so a rerun, or a failback of a node fenced beside the home leader, never moves the leader
+    away from home. FORCE_CLONE rebuilds even a streaming standby (one too far behind to catch
+    up). Interrupted, a rerun of the resume command (with the same flags) resumes it."""
     t0 = time.monotonic()
     steps = Steps()
     state = env.require_state()
     leader, old = env.node(state.leader, state), env.node(state.follower, state)
+    resume = (
+        "voke dr failback"
+        + (" --clone" if force_clone else "")
+        + ("" if switch_back else " --no-switch-back")
+    )
+    resume += " --yes"
     pending = unfinished_operation(env)
     if pending and pending.get("operation") != "failback":
         raise PreconditionError(
@@ -1533,7 +1542,7 @@ def failback(
     mid_switchover = bool(pending) and "switchover_started" in (pending or {}).get("done", [])
     rebuilt: dict[str, Any] = {"method": "already a streaming standby"}
     if mid_switchover:
-        oplog = OperationLog(env, "failback", "voke dr failback --yes")
+        oplog = OperationLog(env, "failback", "voke dr failback --yes")  # the switchover is under way
         rebuilt = dict((oplog.doc.get("detail") or {}).get("rebuilt") or rebuilt)
     else:
         if in_recovery(leader) is not False:
@@ -1546,9 +1555,9 @@ def failback(
                 f"split brain: {old.name} is writable beside the leader {leader.name}; "
                 f"fence it first with `voke dr fence {old.name} --yes`"
             )
-        oplog = OperationLog(env, "failback", "voke dr failback --yes")
+        oplog = OperationLog(env, "failback", resume)
         streaming_now = old_role is True and _streams_from(leader, old)
-        if not streaming_now and not oplog.done("rebuilt"):
+        if (force_clone or not streaming_now) and not oplog.done("rebuilt"):
             with steps.run(f"rebuild {old.name} as a standby of {leader.name}", progress) as info:
                 rebuilt = rebuild_standby(env, old, leader, progress=progress, force_clone=force_clone)
                 info.update(rebuilt)
@@ -1558,7 +1567,7 @@ def failback(
             info.update(wait_caught_up(leader, old, timeout=timeout))
         oplog.mark("caught_up")
     result: dict[str, Any] = {"rebuilt": rebuilt, "switched_back": False, "resumed": oplog.resumed}
-    if switch_back or mid_switchover:
+    if (switch_back and old.name == HOME_NODE) or mid_switchover:
         swap = switchover(env, progress=progress, timeout=timeout, repoint=repoint, oplog=oplog)
         steps.extend(Step(**s) for s in swap.pop("steps"))
         result.update(switchover=swap, switched_back=True)

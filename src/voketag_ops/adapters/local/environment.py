@@ -54,6 +54,7 @@ STATE_VERSION = 1
 SLOT_NAME = "voke_replica"
 PLATFORM_DB = "voketag"
 NODE_NAMES = ("primary", "replica")
+HOME_NODE = "primary"  # the node that leads when nothing has failed over; failback switches back to it
 Progress = Callable[[str], None]
 
 
