@@ -313,6 +313,29 @@ def test_a_truncated_backup_file_is_caught_by_verify_backup(voke, environ, env):
         shutil.rmtree(env.pg_dir / "backups" / info.label)
 
 
+def test_a_leader_lost_just_after_a_backup_still_leaves_the_older_window(voke, environ, env):
+    primary = env.primary()
+    with primary.connect() as conn:
+        conn.execute("create table if not exists lost_after_backup (id int)")
+    target = datetime.now(UTC)
+    time.sleep(0.2)
+    with primary.connect() as conn:
+        conn.execute("insert into lost_after_backup values (1)")
+    dr.seal_archive(env, primary)  # that commit is archived; the backup's own WAL holds none
+    assert voke("dr", "backup", "--yes", environ=environ).exit_code == 0
+    primary.stop(mode="immediate")  # the leader is lost before it commits anything more
+    try:
+        status = voke("dr", "status", "--json", environ=environ).json["result"]
+        window = status["recoverable_window"]
+        assert window["latest"] is not None and window["latest"] > utc(target), window
+        restored = voke("dr", "restore", "--to", utc(target), "--name", "after-loss", "--yes", "--json",
+                        environ=environ)  # fmt: skip
+        assert restored.exit_code == 0, restored.stderr
+        assert voke("dr", "discard", "after-loss", "--yes", environ=environ).exit_code == 0
+    finally:
+        env.up()
+
+
 def test_an_archive_gap_is_named_and_restores_past_it_are_refused(voke, environ, env):
     before_gap = datetime.now(UTC)
     time.sleep(0.2)

@@ -112,6 +112,7 @@ class ArchiveGaps:
     pending: list[str]  # not archived yet but still waiting on the server (not a gap)
     last_contiguous: str | None  # last segment reachable without crossing a gap
     contiguous_tail: tuple[str, ...] = ()  # the last few reachable segments, oldest first
+    reachable: tuple[str, ...] = ()  # every segment reachable without crossing a gap, oldest first
 
     @property
     def ok(self) -> bool:
@@ -159,4 +160,5 @@ def find_gaps(
         pending=still_pending,
         last_contiguous=last_contiguous,
         contiguous_tail=tuple(names[max(0, reachable - 8) : reachable]),
+        reachable=tuple(names[:reachable]),
     )

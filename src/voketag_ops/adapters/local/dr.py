@@ -507,6 +507,7 @@ def gaps_from(
     )
 
 
+_COMMIT_SEARCH_SEGMENTS = 64  # segments searched back for the newest archived commit (each a pg_waldump)
 _COMMIT = re.compile(r"desc: (?:COMMIT|ABORT) (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) (UTC|[+-]\d\d)")
 
 
@@ -583,11 +584,15 @@ def recoverable_window(
     if not usable:
         return Window(None, None, None, None, None, None, tli)
     newest, newest_gaps = usable[-1]
-    latest_archived = (
-        last_commit_time(env, newest_gaps.contiguous_tail)
-        if newest_gaps.last_contiguous is not None
-        else None
-    )
+    latest_archived = None
+    if newest_gaps.last_contiguous is not None:
+        latest_archived = last_commit_time(env, newest_gaps.contiguous_tail)
+        if latest_archived is None:
+            # No commit since (a backup taken just before the leader was lost): the newest one is
+            # further back, reachable from an older backup.
+            tail = set(newest_gaps.contiguous_tail)
+            older = [n for n in usable[0][1].reachable if n not in tail][-_COMMIT_SEARCH_SEGMENTS:]
+            latest_archived = last_commit_time(env, older)
     latest: datetime | None
     if lw.reachable and newest_gaps.ok:
         live = True
