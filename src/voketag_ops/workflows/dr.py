@@ -148,8 +148,11 @@ def backup(
             "dry_run": True,
             "plan": [f"pg_basebackup (fast checkpoint, manifest) of the leader into {env.backups_dir}"],
         }
+    from voketag_ops.adapters.local import dr
+
     env.ensure_running(progress)
-    with recorded(env, "dr.backup", "leader") as details:
+    # Under the DR lock: a drill may have frozen the leader, a failover may be moving it.
+    with dr.dr_lock(env, "dr backup"), recorded(env, "dr.backup", "leader") as details:
         progress("taking a base backup (pg_basebackup)")
         t0 = time.monotonic()
         info = env.take_base_backup()
@@ -227,7 +230,7 @@ def discard(settings: Settings, env: LocalEnvironment, *, name: str, dry_run: bo
             "dry_run": True,
             "plan": [f"stop the restored instance {name} (port {doc['port']})", f"delete {node.data_dir}"],
         }
-    with recorded(env, "dr.discard", name):
+    with dr.dr_lock(env, "dr discard"), recorded(env, "dr.discard", name):  # not under a drill's feet
         report = dr.discard_restore(env, name)
     report["dry_run"] = False
     return report
