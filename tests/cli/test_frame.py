@@ -207,6 +207,14 @@ def test_a_refused_confirmation_never_creates_the_environment(voke, tmp_path):
     assert not (tmp_path / "home" / "pg").exists() and not (tmp_path / "home" / "state.json").exists()
 
 
+def test_drill_inputs_are_refused_before_anything_runs(voke, tmp_path):
+    history = voke("drill", "history", "--scenario", "bogus")
+    assert history.exit_code == 2 and "'bogus' is not one of" in history.stderr
+    long = voke("drill", "run", "network", "--outage", "2h", "--yes")
+    assert long.exit_code == 2 and "--outage: at most 1 h" in long.stderr
+    assert not (tmp_path / "home" / "pg").exists()
+
+
 def test_sigterm_stops_voke_like_ctrl_c_unless_the_caller_ignores_it(monkeypatch):
     import signal
 

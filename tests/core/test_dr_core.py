@@ -98,7 +98,7 @@ def test_parse_duration(text, seconds):
     assert dr_checks.parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "soon", "5x", "m5", "-5m", "3 5m"])
+@pytest.mark.parametrize("text", ["", "soon", "5x", "m5", "-5m", "3 5m", "99999999999999d", "3651d"])
 def test_parse_duration_rejects(text):
     with pytest.raises(ValueError):
         dr_checks.parse_duration(text)
@@ -114,6 +114,9 @@ def test_points_in_time_with_offsets_relative_and_naive():
         parse("2024-06-01T12:00:00", now=now)
     with pytest.raises(ValueError, match="not a point in time"):
         parse("yesterday", now=now)
+    for far in ("-100000000d", "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"):
+        with pytest.raises(ValueError):  # (OverflowError before: exit 70)
+            parse(far, now=now)
 
 
 # -- judgement ----------------------------------------------------------------------------------------

@@ -309,6 +309,9 @@ def test_drill_reports_and_history(voke, environ, env, tmp_path):
     assert as_json.exit_code == 0 and as_json.json["result"]["scenario"] == "network"
     missing = voke("drill", "report", "no-such-run", environ=environ)
     assert missing.exit_code == 2
+    for where in (tmp_path / "no" / "dir.html", tmp_path):  # a missing directory, a directory
+        bad = voke("drill", "report", run_id, "--format", "html", "--output", str(where), environ=environ)
+        assert bad.exit_code == 2 and "--output" in bad.stderr, bad.stderr
 
 
 def test_a_breached_target_fails_the_drill_with_exit_1(voke, make_environ_module, home, env):

@@ -28,6 +28,9 @@ class Scenario(StrEnum):
     all = "all"
 
 
+MAX_OUTAGE = 3600.0  # seconds a network drill may freeze the leader
+
+
 class Format(StrEnum):
     md = "md"
     html = "html"
@@ -71,6 +74,8 @@ def run(
     if outage is not None:
         try:
             options["outage_seconds"] = parse_duration(outage)
+            if options["outage_seconds"] > MAX_OUTAGE:
+                raise ValueError(f"at most {MAX_OUTAGE / 3600:g} h: the leader is frozen that long")
         except ValueError as exc:
             raise UsageError(f"--outage: {exc}") from None
     if not dry_run:
@@ -156,14 +161,18 @@ def _render_result(env: Any, report: dict[str, Any]) -> None:
 @app.command("history")
 def history(
     ctx: typer.Context,
-    scenario: Annotated[str | None, typer.Option("--scenario", help="Only this drill.")] = None,
+    scenario: Annotated[
+        Scenario | None,
+        typer.Option("--scenario", help="Only this drill: pitr, failover, failback or network."),
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", help="Newest N runs.", min=1)] = 50,
 ) -> None:
     """Past drill runs with RTO/RPO per scenario, and the trend."""
     from voketag_ops.workflows import drill
 
     env = use(ctx)
-    env.out.result(drill.history(_home(env), scenario=scenario, limit=limit), render=_render_history)
+    wanted = None if scenario is None or scenario is Scenario.all else scenario.value
+    env.out.result(drill.history(_home(env), scenario=wanted, limit=limit), render=_render_history)
 
 
 @app.command("report")
@@ -194,7 +203,14 @@ def report(
         Format.json: lambda j: json.dumps(j, indent=2) + "\n",
     }[format_](journal)
     if output is not None:
-        output.write_text(text)
+        from voketag_ops.errors import UsageError
+        from voketag_ops.files import check_replaceable
+
+        check_replaceable(output, "--output")
+        try:
+            output.write_text(text)
+        except OSError as exc:
+            raise UsageError(f"--output {output}: cannot write: {exc.strerror}") from None
         env.out.result(
             {"run_id": journal["run_id"], "format": format_.value, "output": str(output), "bytes": len(text)},
             render=lambda c, r: c.print(f"wrote {r['output']} ({r['bytes']} bytes)"),

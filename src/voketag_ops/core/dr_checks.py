@@ -16,6 +16,9 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?", re.I)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, None: 1.0}
 
 
+MAX_DURATION = 3650 * 86400.0  # ten years: beyond any retention or outage, and within datetime's range
+
+
 def parse_duration(text: str) -> float:
     """'90', '90s', '5m', '1h30m', '1.5h', '2d' -> seconds. Raises ValueError."""
     raw = text.strip().lower()
@@ -36,6 +39,8 @@ def parse_duration(text: str) -> float:
         pos = match.end()
         while pos < len(raw) and raw[pos] == " ":
             pos += 1
+    if total > MAX_DURATION:
+        raise ValueError(f"{text!r} is longer than {MAX_DURATION // 86400:.0f} days")
     return total
 
 
@@ -58,7 +63,10 @@ def parse_point_in_time(text: str, *, now: datetime) -> datetime:
         ) from None
     if value.tzinfo is None:
         raise ValueError(f"{text!r} has no UTC offset; add Z or +HH:MM so the instant is unambiguous")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+14:00 lies before year 1 in UTC
+        raise ValueError(f"{text!r} is out of range") from None
 
 
 def parse_iso(text: str | None) -> datetime | None:
