@@ -1001,6 +1001,7 @@ def restore(
         with suppress(BackendError):  # a failed start is judged from the log below
             node.start(timeout=timeout)
         promoted = _wait_promoted(node, timeout=timeout, log_offset=log_offset)
+        promoted_at = utcnow()  # out of recovery: the write probe comes next (first_write_at)
         timings["recovery_seconds"] = round(time.monotonic() - t, 3)
         recovery = parse_recovery_log(node.log_tail(log_offset, limit=1_000_000))
         if not promoted:
@@ -1044,7 +1045,7 @@ def restore(
         "stop_point": recovery,
         "writable": True,
         "started_at": iso(started_at),
-        "promoted_at": iso(first_write_at),
+        "promoted_at": iso(promoted_at),
         "first_write_at": iso(first_write_at),
         "timings": timings,
         "duration_seconds": round(time.monotonic() - t0, 3),
