@@ -476,7 +476,7 @@ def test_cli_guards(voke, platform_environ):
         voke("rotate", "db-password", "--strategy", "weird", "--yes", environ=platform_environ).exit_code == 2
     )
     missing = voke("rotate", "rollback", "rot-nope", "--yes", environ=platform_environ)
-    assert missing.exit_code == 4 and "no rotation rot-nope" in missing.stderr
+    assert missing.exit_code == 2 and "no rotation rot-nope" in missing.stderr
     plan = voke("rotate", "db-password", "--dry-run", "--json", environ=platform_environ)
     assert plan.exit_code == 0 and plan.json["result"]["dry_run"] is True and plan.json["result"]["plan"]
     assert voke("secrets", "access", "nope", environ=platform_environ).exit_code == 4

@@ -46,6 +46,7 @@ from voketag_ops.errors import (
     RolledBackError,
     RotationFailure,
     SecretError,
+    UsageError,
     ValidationError,
     VokeError,
 )
@@ -676,7 +677,10 @@ class RotationEngine:
             if rotation_id:
                 finished = self._from_history(rotation_id)
                 if finished is None:
-                    raise NotFoundError(f"no rotation {rotation_id}")
+                    raise UsageError(
+                        f"no rotation {rotation_id}",
+                        hint="`voke rotate history` and `voke rotate status` list them",
+                    )
                 if finished.status != "succeeded":  # a script must not take it for a finished one
                     raise PreconditionError(
                         f"rotation {rotation_id} already ended ({finished.status}); nothing to resume",
@@ -715,7 +719,10 @@ class RotationEngine:
         record = self._find(rotation_id)
         if record is None:
             if rotation_id and self._from_history(rotation_id) is None:
-                raise NotFoundError(f"no rotation {rotation_id}")
+                raise UsageError(
+                    f"no rotation {rotation_id}",
+                    hint="`voke rotate history` and `voke rotate status` list them",
+                )
             return {
                 "dry_run": True,
                 "rotation_id": rotation_id,
@@ -759,7 +766,10 @@ class RotationEngine:
         if record is None:
             done = self._from_history(rotation_id)
             if done is None:
-                raise NotFoundError(f"no rotation {rotation_id}")
+                raise UsageError(
+                    f"no rotation {rotation_id}",
+                    hint="`voke rotate history` and `voke rotate status` list them",
+                )
             raise PreconditionError(
                 f"rotation {rotation_id} already ended ({done.status}); nothing to roll back"
             )
