@@ -473,11 +473,13 @@ def record_event(
 
 @dataclass
 class AuditedEvent:
-    """Handed to the body of `audited`: add details; set ``result`` for e.g. "dry-run"."""
+    """Handed to the body of `audited`: add details; set ``result`` for e.g. "dry-run", or
+    ``skip`` when the event is already on record (written by another process)."""
 
     details: dict[str, Any] = field(default_factory=dict)
     result: str | None = None
     entry: core.AuditEntry | None = None
+    skip: bool = False
 
 
 @contextmanager
@@ -520,6 +522,8 @@ def audited(
         except VokeError as audit_exc:
             log.error("could not write the audit event for %s: %s", event_type, audit_exc.message)
         raise
+    if event.skip:
+        return
     try:
         event.entry = record_event(
             home,

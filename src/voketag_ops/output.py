@@ -282,6 +282,13 @@ class _ReaderMayGo:
                 self.wrapped.flush()
         except BrokenPipeError:
             self._gone()
+        except OSError as exc:  # a full disk (`> /dev/full`), a quota: the answer did not get out
+            from voketag_ops.errors import BackendError
+
+            raise BackendError(f"cannot write to {self._name()}: {exc.strerror or exc}") from None
+
+    def _name(self) -> str:
+        return "stderr" if self.wrapped is sys.__stderr__ else "stdout"
 
     def __getattr__(self, name: str) -> Any:
         wrapped = self.__dict__.get("wrapped")  # (not set yet while copy or pickle builds one)

@@ -3,6 +3,7 @@ leaving the database unchanged."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -282,6 +283,19 @@ def test_outputs_that_are_not_regular_files_are_refused_before_anything_is_writt
     for result in (partial, out):
         assert result.exit_code == 2 and "not a regular file" in result.stderr
     assert stat.S_ISFIFO(fifo.stat().st_mode) and tables(db) == (0, 0)
+
+
+def test_sample_to_a_full_stdout_is_a_clear_error(tmp_path):
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "voketag_ops", "ingest", "sample", "--rows", "10", "--out", "-"],
+            stdout=full, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+            env={**os.environ, "VOKE_HOME": str(tmp_path / "home")},
+        )  # fmt: skip
+    assert (
+        done.returncode == 4
+        and done.stderr.strip() == "error: cannot write to stdout: No space left on device"
+    )
 
 
 def test_local_environment_is_the_default_target(voke, local_env, tmp_path, make_environ):

@@ -217,6 +217,11 @@ def test_a_version_1_schema_is_migrated_with_its_batches(db, tmp_path):
             " DELETE FROM ingest.schema_migrations WHERE version > 1"
         )
     assert ("tags", "tag_id", None) in _key_collations(db)
+    from voketag_ops.errors import PreconditionError
+
+    with pytest.raises(PreconditionError, match="a dry run changes nothing, so it cannot migrate"):
+        load(db, sample(tmp_path, 10, seed=7, name="dry.csv"), dry_run=True)
+    assert ("tags", "tag_id", None) in _key_collations(db)  # untouched
     repeat = write(tmp_path, HEADER + "".join(_csv_line(r[:6]) for r in file_rows(tmp_path / "one.csv")[:1]))
     again = load(db, repeat)  # migrates, then finds the tag loaded under version 1
     assert again.status == "rejected" and [e["code"] for e in again.errors] == ["tag_already_loaded"]
@@ -768,3 +773,70 @@ def test_a_batch_whose_audit_event_was_lost_gets_it_from_the_next_load(db, tmp_p
         assert conn.execute("select count(*) from ingest.batches where not audited").fetchone()[0] == 0
     load(db, sample(tmp_path, 20, seed=4, name="four.csv"), audit_home=home)
     assert len(loaded_events()) == 4  # each event once
+
+
+def _load_events(home: Path) -> list[tuple[int, bool]]:
+    from voketag_ops import audit
+
+    return [
+        (e.details["batch_id"], bool(e.details.get("recovered")))
+        for e in audit.AuditLog(home).entries()
+        if e.event_type == "ingest.load" and e.details.get("status") == "loaded"
+    ]
+
+
+def test_a_batch_recovered_while_its_commit_was_settled_gets_one_event(db, tmp_path, monkeypatch):
+    from psycopg import Transaction
+
+    home, first, second = (
+        tmp_path / "home",
+        sample(tmp_path, 30, seed=1, name="a.csv"),
+        sample(tmp_path, 30, seed=2, name="b.csv"),
+    )
+    real_exit, real_outcome, real_load = Transaction.__exit__, wf._commit_outcome, wf._load_in_transaction
+    armed = {"on": False}
+
+    def loaded_then_armed(*a, **k):
+        report = real_load(*a, **k)
+        armed["on"] = True
+        return report
+
+    def commit_then_ctrl_c(self, *a):  # the COMMIT goes through, then Ctrl-C arrives
+        done = real_exit(self, *a)
+        if armed["on"] and a[0] is None:
+            armed["on"] = False
+            raise KeyboardInterrupt
+        return done
+
+    def another_load_meanwhile(*a, **k):  # while the first load settles its commit on a new session
+        monkeypatch.setattr(Transaction, "__exit__", real_exit)
+        monkeypatch.setattr(wf, "_load_in_transaction", real_load)
+        assert load(db, second, audit_home=home).status == "loaded"  # and recovers the first batch
+        return real_outcome(*a, **k)
+
+    monkeypatch.setattr(wf, "_load_in_transaction", loaded_then_armed)
+    monkeypatch.setattr(Transaction, "__exit__", commit_then_ctrl_c)
+    monkeypatch.setattr(wf, "_commit_outcome", another_load_meanwhile)
+    report = load(db, first, audit_home=home)
+    assert report.status == "loaded" and any("while committing" in w for w in report.warnings)
+    assert sorted(_load_events(home)) == [(1, True), (2, False)]  # once, not twice
+
+
+def test_rerunning_the_file_after_its_audit_event_failed_writes_the_event(db, tmp_path, monkeypatch):
+    from voketag_ops import audit
+    from voketag_ops.errors import NeedsOperatorError
+
+    home, path = tmp_path / "home", sample(tmp_path, 20, seed=5)
+    real_append = audit.AuditLog.append
+
+    def full_disk(*a, **k):
+        raise audit.AuditWriteError("disk full")
+
+    monkeypatch.setattr(audit.AuditLog, "append", full_disk)
+    with pytest.raises(NeedsOperatorError) as err:
+        load(db, path, audit_home=home)
+    assert "this one again, writes the missing event" in (err.value.hint or "")
+    monkeypatch.setattr(audit.AuditLog, "append", real_append)
+    again = load(db, path, audit_home=home)  # what an operator does after exit 7
+    assert again.status == "duplicate"
+    assert _load_events(home) == [(again.batch_id, True)]

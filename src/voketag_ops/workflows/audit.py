@@ -80,8 +80,7 @@ def refuse_foreign_chain(home: Path, state: Any, source: str) -> None:
         raise PreconditionError(
             f"{source}: its audit checkpoints contradict this home's audit log ({problem}); "
             "nothing was imported",
-            hint="it is another VOKE_HOME's chain: import it with that home's audit/ directory, "
-            "or into a VOKE_HOME of its own",
+            hint="it is another VOKE_HOME's chain: move it together with that home's audit/ directory",
         )
 
 

@@ -144,13 +144,8 @@ def _cloud_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
     except VokeError as exc:
         report.checks.append(
             Check(
-                "environment",
-                False,
-                exc.message,
-                "fix the key named above"
-                if name in loaded.settings.environments
-                else f"add [environments.{name}] to voke.toml",
-            )
+                "environment", False, exc.message, "fix the key named above"
+            )  # (an unknown name fails earlier)
         )
         return
     try:

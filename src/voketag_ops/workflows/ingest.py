@@ -523,24 +523,34 @@ def load_batch(
             )
             if report.status != "loaded":
                 event.result = "dry-run" if report.dry_run else report.status
-        if after_commit.connection is not None:  # a batch committed, and its event is written
+            event.skip = after_commit.audited_elsewhere
+        if after_commit.connection is not None:  # our event is written (or a duplicate's load ended)
             _audit_written(after_commit.connection, report, audit_home, env_name)
+    except NeedsOperatorError as exc:
+        if after_commit.connection is None or "audit event could not be written" not in exc.message:
+            raise
+        raise NeedsOperatorError(
+            exc.message,
+            hint="fix the audit log (see `voke audit verify`); the next load into this database, or "
+            "this one again, writes the missing event (marked recovered)",
+        ) from None
     finally:
-        after_commit.close()  # (an event that could not be written is left to a later load)
+        after_commit.close()
     return report
 
 
 def _audit_written(
     conn: psycopg.Connection[Any], report: LoadReport, audit_home: Path, env_name: str
 ) -> None:
-    """Mark REPORT's batch audited, then write the events of batches whose loads ended between
+    """Mark REPORT's batch audited (when it loaded one), then write the events of batches whose loads ended between
     their commit and their audit event (``kill -9``, a lost host): unmarked, and no load holds
     the shared lock any more. Best effort: the load itself is done."""
     import psycopg
 
     try:
-        conn.execute("UPDATE ingest.batches SET audited = true WHERE batch_id = %s", (report.batch_id,))
-        conn.execute("SELECT pg_advisory_unlock_shared(%s, %s)", (_LOCK_CLASS, _LOCK_AUDIT))
+        if report.status == "loaded":
+            conn.execute("UPDATE ingest.batches SET audited = true WHERE batch_id = %s", (report.batch_id,))
+            conn.execute("SELECT pg_advisory_unlock_shared(%s, %s)", (_LOCK_CLASS, _LOCK_AUDIT))
         row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (_LOCK_CLASS, _LOCK_AUDIT)).fetchone()
         if not (row and row[0]):
             return  # another load is between its commit and its event: the next load looks again
@@ -684,8 +694,18 @@ def _load_source(
                 if dry_run or read_only
                 else bool(ensure_schema(conn, lock_timeout=settings.lock_timeout))
             )
+            if dry_run and has_schema and (version := schema_version(conn) or 0) < SCHEMA_VERSION:
+                # Migrating inside the dry run's transaction would rebuild the keys and lock the
+                # tables for the whole run, every run, only to roll it all back.
+                raise PreconditionError(
+                    f"{target}: the ingest schema is at version {version}, this voke's is {SCHEMA_VERSION}; "
+                    "a dry run changes nothing, so it cannot migrate it: nothing was checked",
+                    hint="the next real `voke ingest load` migrates it (once), then dry runs work again",
+                )
             existing = _find_batch(conn, base.file_sha256) if has_schema else None
         if existing is not None:  # (a standby can say so; the anchor is the primary's to record)
+            if not read_only and after_commit.awaits_audit:
+                after_commit.connection = conn  # a rerun after exit 7 writes the event that is missing
             return _finish(_duplicate(base, existing, conn, None if read_only else anchorer, target), started)
         if read_only:
             raise PreconditionError(
@@ -728,6 +748,8 @@ def _load_source(
                 if report.status == "duplicate":
                     existing = _find_batch(conn, base.file_sha256)
                     if existing is not None:
+                        if after_commit.awaits_audit:
+                            after_commit.connection = conn
                         return _finish(_duplicate(base, existing, conn, anchorer, target), started)
                 if abort.rejects and rejects_out is not None and rejects is not None:
                     report.rejects_file, problem = rejects_out.move_to(rejects)
@@ -746,9 +768,15 @@ def _load_source(
                         raise lost from None
                     return _finish(_duplicate(base, existing, conn, anchorer, target), started)
                 after_commit.hold()
-                if after_commit.awaits_audit:  # the lock went with the old session
+                if after_commit.awaits_audit:
+                    # The lock went with the old session: meanwhile another load may have written
+                    # this batch's event as an orphan's. Once the lock is ours again, look.
                     with suppress(Exception):
                         conn.execute("SELECT pg_advisory_lock_shared(%s, %s)", (_LOCK_CLASS, _LOCK_AUDIT))
+                        row = conn.execute(
+                            "SELECT audited FROM ingest.batches WHERE batch_id = %s", (report.batch_id,)
+                        ).fetchone()
+                        after_commit.audited_elsewhere = bool(row and row[0])
             interrupted = interrupted or after_commit.fired
             _deliver(conn, report, rejects_out, rejects, anchorer, target, interrupted=interrupted)
             if after_commit.awaits_audit:
@@ -2073,6 +2101,7 @@ class AfterCommit(interrupts.Held):
         # (``audited``), and the load's connection stays open until the event is written.
         self.awaits_audit = False
         self.connection: Any = None
+        self.audited_elsewhere = False  # a later load wrote the event while the commit was settled
 
     def close(self) -> None:
         conn, self.connection = self.connection, None
