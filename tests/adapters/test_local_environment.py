@@ -5,9 +5,12 @@ environment (the shared one must not be killed under other tests)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -187,6 +190,20 @@ def test_port_taken_by_another_process_is_exit_4(voke, home, env_of):
     assert voke("env", "up", environ=env_of(home)).exit_code == 0
 
 
+def test_a_taken_port_starts_nothing(voke, home, env_of):
+    env = local(home)
+    port = env.node("replica").port
+    assert voke("env", "down", environ=env_of(home)).exit_code == 0
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        result = voke("env", "up", environ=env_of(home))
+        assert result.exit_code == 4 and f"port {port} (replica)" in result.stderr
+        assert not env.node("primary").running  # exit 4: nothing was started
+    assert voke("env", "up", environ=env_of(home)).exit_code == 0
+
+
 def test_interrupted_backup_leaves_nothing_half_written(home, monkeypatch):
     from voketag_ops.adapters.local import postgres
 
@@ -325,3 +342,33 @@ def test_a_fenced_follower_is_left_down_and_a_fenced_leader_blocks_up(tmp_path):
     finally:
         env.destroy()
     assert not (tmp_path / "h" / "dr").exists()
+
+
+def test_two_ups_at_once_make_one_environment(tmp_path, env_of, voke):
+    environ = env_of(tmp_path / "h")
+    cmd = [sys.executable, "-m", "voketag_ops", "env", "up", "--json"]
+    runs = [subprocess.Popen(cmd, env=environ, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for _ in range(2)]  # fmt: skip
+    try:
+        for run in runs:
+            _out, err = run.communicate(timeout=300)
+            assert run.returncode == 0, err.decode()
+        versions = voke("secrets", "versions", "db-app", "--json", environ=environ).json["result"]["versions"]
+        assert [v["version"] for v in versions] == [1, 2]  # one set of credentials, not two
+    finally:
+        assert voke("env", "destroy", "--yes", "--discard-chain", environ=environ).exit_code == 0
+
+
+def test_a_destroy_cut_short_is_named_and_its_leftovers_never_break_up(tmp_path, env_of, voke):
+    environ, home = env_of(tmp_path / "h"), tmp_path / "h"
+    assert voke("env", "up", environ=environ).exit_code == 0
+    assert voke("env", "down", environ=environ).exit_code == 0
+    (home / "state.json").unlink()  # a destroy killed after its first deletion
+    shutil.rmtree(home / "pg" / "primary" / "base")
+    cut = voke("env", "up", "--json", environ=environ)
+    assert cut.exit_code == 7 and "a `voke env destroy` cut short?" in cut.json["error"]["message"]
+    shutil.rmtree(home / "pg")  # killed later: only the secrets and services of a gone cluster are left
+    again = voke("env", "up", "--json", environ=environ)
+    assert again.exit_code == 0, again.stdout
+    assert voke("env", "status", "--json", environ=environ).json["result"]["healthy"] is True
+    assert voke("env", "destroy", "--yes", "--discard-chain", environ=environ).exit_code == 0

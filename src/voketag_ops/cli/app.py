@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import sys
@@ -28,7 +29,7 @@ from voketag_ops.cli import (
 )
 from voketag_ops.cli._click import ClickAbort, ClickException, ClickUsageError, NoArgsIsHelpError
 from voketag_ops.cli.common import GLOBAL_FLAGS, AppContext, GlobalOptions
-from voketag_ops.errors import Interrupted, UsageError, VokeError
+from voketag_ops.errors import BackendError, Interrupted, UsageError, VokeError
 from voketag_ops.output import Output
 from voketag_ops.redact import redact
 
@@ -226,15 +227,33 @@ def _invoke(
         return output.error(VokeError(exc.format_message()))
     except (ClickAbort, KeyboardInterrupt):
         return output.error(_interrupted())
-    except Exception as exc:  # a bug: one line, traceback only with --debug
-        if debug:
-            _print_traceback(output.stderr)
-        first_line = redact(str(exc)).splitlines()[0] if str(exc) else ""
-        err = VokeError(
-            f"internal error ({type(exc).__name__}){': ' + first_line if first_line else ''}",
-            hint=None if debug else "run again with --debug for the traceback",
+    except OSError as exc:
+        if exc.errno not in _DISK_REFUSED:
+            return _internal_error(output, exc, debug)
+        # A full or read-only file system is the machine's state, not a bug: exit 4, one line.
+        where = f": {redact(str(exc.filename))}" if exc.filename else ""
+        return output.error(
+            BackendError(
+                f"{exc.strerror}{where}",
+                hint="free space on (or make writable) that file system, then run the command again",
+            )
         )
-        return output.error(err)
+    except Exception as exc:  # a bug: one line, traceback only with --debug
+        return _internal_error(output, exc, debug)
+
+
+_DISK_REFUSED = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
+def _internal_error(output: Output, exc: BaseException, debug: bool) -> int:
+    if debug:
+        _print_traceback(output.stderr)
+    first_line = redact(str(exc)).splitlines()[0] if str(exc) else ""
+    err = VokeError(
+        f"internal error ({type(exc).__name__}){': ' + first_line if first_line else ''}",
+        hint=None if debug else "run again with --debug for the traceback",
+    )
+    return output.error(err)
 
 
 def _interrupted() -> Interrupted:

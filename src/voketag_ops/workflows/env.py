@@ -60,7 +60,9 @@ class LocalPlatform:
         return audited(self.env.home, event_type=event_type, env="local", target=str(self.env.home))
 
     def up(self, progress: Progress = _quiet) -> UpReport:
-        with self._audited("env.up") as event:
+        # One `up` at a time across the whole sequence: two commands starting the environment on
+        # demand would otherwise both make credentials and both start services.
+        with self._audited("env.up") as event, self.env.lock():
             report = self._up(progress)
             event.details.update(
                 started=report.started, created=report.created, services=report.services_started
@@ -72,7 +74,10 @@ class LocalPlatform:
     def _up(self, progress: Progress) -> UpReport:
         t0 = time.monotonic()
         report = self.env.up(progress)
-        created = self.bootstrap_credentials(progress)
+        # A primary made just now knows none of the stored passwords: secrets left by a destroy
+        # that was cut short (kill -9) describe a cluster that is gone, so they are made anew.
+        fresh = "primary" in report.created
+        created = self.bootstrap_credentials(progress, fresh_cluster=fresh)
         report.created.extend(created)
         runtime = self.runtime()
         versions = {
@@ -81,7 +86,7 @@ class LocalPlatform:
         }
         if any(s.instance is None for s in runtime.services(check=False)):
             progress("starting the local services")
-        report.services_started = runtime.ensure_started(versions)
+        report.services_started = runtime.ensure_started(versions, repin=fresh)
         report.already_running = report.already_running and not created and not report.services_started
         report.duration_seconds = round(time.monotonic() - t0, 3)
         return report
@@ -95,8 +100,9 @@ class LocalPlatform:
         progress("starting the local environment (voke env up)")
         self.up(progress)
 
-    def bootstrap_credentials(self, progress: Progress = _quiet) -> list[str]:
-        """Application roles and their first secret versions (idempotent).
+    def bootstrap_credentials(self, progress: Progress = _quiet, *, fresh_cluster: bool = False) -> list[str]:
+        """Application roles and their first secret versions (idempotent; FRESH_CLUSTER: new
+        versions even where a secret has some, as none of them logs in to a new cluster).
 
         Alternating users get two versions: `previous` for the second login and `current`
         for the first, so both stored credentials work from the start.
@@ -110,7 +116,7 @@ class LocalPlatform:
             roles = user.roles if user.strategy == "alternating" else user.roles[:1]
             target.ensure_roles(owner=user.owner, roles=tuple(roles), database=user.database)
             meta = store.create(user.secret)
-            if "current" in meta.aliases:
+            if "current" in meta.aliases and not fresh_cluster:
                 continue
             progress(f"creating credentials for {', '.join(roles)} in secret {user.secret}")
             versions = []

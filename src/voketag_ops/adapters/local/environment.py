@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -41,6 +42,8 @@ from voketag_ops.adapters.local.postgres import (
     PgRunner,
     grant_traverse,
     pick_free_port,
+    port_is_free,
+    serves,
 )
 from voketag_ops.errors import BackendError, ConfigError, NeedsOperatorError, PreconditionError
 from voketag_ops.logs import get_logger
@@ -54,6 +57,7 @@ STATE_VERSION = 1
 SLOT_NAME = "voke_replica"
 PLATFORM_DB = "voketag"
 NODE_NAMES = ("primary", "replica")
+_ENV_LOCKS = threading.local()  # env.lock paths this thread holds, with their depth
 HOME_NODE = "primary"  # the node that leads when nothing has failed over; failback switches back to it
 Progress = Callable[[str], None]
 
@@ -244,9 +248,19 @@ class LocalEnvironment:
     # -- locking -------------------------------------------------------------------------
     @contextmanager
     def lock(self, *, timeout: float = 300) -> Iterator[None]:
-        """Serialise up/down/destroy across processes (waits for a concurrent `up`)."""
+        """Serialise up/down/destroy across processes (waits for a concurrent `up`). Re-entrant
+        in a thread: `voke env up` holds it across the servers, credentials and services."""
         self._ensure_home()
-        fd = os.open(self.home / "env.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        path = str(self.home / "env.lock")
+        held: dict[str, int] = _ENV_LOCKS.__dict__.setdefault("held", {})
+        if held.get(path):
+            held[path] += 1
+            try:
+                yield
+            finally:
+                held[path] -= 1
+            return
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             deadline = time.monotonic() + timeout
             while True:
@@ -259,7 +273,11 @@ class LocalEnvironment:
                             f"another voke process holds {self.home / 'env.lock'} for longer than {timeout:.0f} s"
                         ) from None
                     time.sleep(0.2)
-            yield
+            held[path] = 1
+            try:
+                yield
+            finally:
+                held[path] = 0
         finally:
             os.close(fd)
 
@@ -269,6 +287,18 @@ class LocalEnvironment:
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.home.stat().st_uid != os.geteuid():
             raise ConfigError(f"VOKE_HOME {self.home} is owned by uid {self.home.stat().st_uid}, not by you")
+
+    def _refuse_orphaned_cluster(self) -> None:
+        """No state, yet pg/ holds a cluster's data (archived WAL, backups, a data directory):
+        a destroy was cut short, or the state file was lost. A new cluster beside them would
+        archive into the old cluster's WAL; they are not deleted behind the user's back."""
+        dirs = [self.archive_dir, self.backups_dir, *(self.pg_dir / n for n in NODE_NAMES)]
+        if any(d.is_dir() and any(d.iterdir()) for d in dirs):
+            raise NeedsOperatorError(
+                f"{self.pg_dir} holds a cluster's files but {self.state_file} is missing "
+                "(a `voke env destroy` cut short?); nothing was started",
+                hint="finish it with `voke env destroy --yes` (add --discard-chain), or move pg/ aside to keep it",
+            )
 
     # -- up ----------------------------------------------------------------------------------
     def up(self, progress: Progress = lambda _msg: None) -> UpReport:
@@ -280,6 +310,7 @@ class LocalEnvironment:
             started: list[str] = []
             fresh = state is None
             if state is None:
+                self._refuse_orphaned_cluster()
                 state = self._new_state(progress)
                 created.append("state")
             runner = self._prepare(state, fresh=fresh)
@@ -290,6 +321,12 @@ class LocalEnvironment:
                 n.initialized and n.running for n in nodes.values() if self._wanted(n.name, state)
             )
             primary, replica = nodes[state.leader], nodes[state.follower]
+            for node in nodes.values():  # all before any starts: an exit 4 must leave nothing started
+                if self._wanted(node.name, state) and not node.running and not port_is_free(node.port):
+                    raise BackendError(
+                        f"port {node.port} ({node.name}) is in use by another process; stop it, "
+                        "or run `voke env destroy --yes` to start over on new ports"
+                    )
             fenced = self.fenced()
             if state.leader in fenced:
                 raise NeedsOperatorError(
@@ -518,6 +555,7 @@ class LocalEnvironment:
                 timeout=600,
             )
             (scratch / "postmaster.pid").unlink(missing_ok=True)
+            _clear_leftover(replica.data_dir)
             scratch.rename(replica.data_dir)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -672,7 +710,11 @@ class LocalEnvironment:
         """Stop everything and delete VOKE_HOME's environment (servers, archive, backups, state)."""
         removed: list[str] = []
         with self.lock():
-            state = self.state() if self.state_file.exists() else None
+            try:
+                state = self.state() if self.state_file.exists() else None
+            except ConfigError as exc:  # unreadable: what it named is found from the pid files below
+                log.warning("%s", exc.message)
+                state = None
             if state is not None:
                 try:
                     self.stop_restores(progress)
@@ -689,7 +731,8 @@ class LocalEnvironment:
             self._kill_strays(progress)  # e.g. a postmaster from an `up` interrupted before it saved state
             # Fence markers and unfinished DR operations belong to this environment; drill journals
             # and the audit log are history and stay.
-            for path in (self.pg_dir, self.state_file, self.home / "dr"):
+            # The state first: a destroy cut short after it leaves files `up` refuses to build on.
+            for path in (self.state_file, self.pg_dir, self.home / "dr"):
                 if path.exists():
                     progress(f"removing {path}")
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -704,10 +747,10 @@ class LocalEnvironment:
         for pidfile in self.pg_dir.glob("**/postmaster.pid") if self.pg_dir.is_dir() else []:
             try:
                 pid = int(pidfile.read_text().split("\n", 1)[0])
-                if b"postgres" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    pids.append(pid)
             except (OSError, ValueError):
                 continue
+            if serves(pid, pidfile.parent):  # not a process that merely got the same pid since
+                pids.append(pid)
         for pid in pids:
             progress(f"stopping a stray postmaster (pid {pid})")
             with contextlib.suppress(ProcessLookupError):
@@ -857,3 +900,10 @@ def _archiver(primary: PgNode, archive_dir: Path) -> dict[str, Any]:
         "last_failed_at": _iso(last_failed_at) if last_failed_at else None,
         "failing": failing,
     }
+
+
+def _clear_leftover(data_dir: Path) -> None:
+    """Remove what is left of a data directory that holds no cluster (PG_VERSION gone: a
+    destroy cut short mid-deletion), so a fresh one can be renamed into its place."""
+    if data_dir.exists() and not (data_dir / "PG_VERSION").is_file():
+        shutil.rmtree(data_dir)

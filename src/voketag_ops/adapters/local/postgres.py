@@ -268,6 +268,18 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
+def serves(pid: int, data_dir: Path) -> bool:
+    """True if PID is a postmaster of DATA_DIR. A postmaster works in its data directory, so its
+    cwd says which cluster it serves: a pid from a stale postmaster.pid that the system has
+    since given to another process (another cluster's server among them) is not ours."""
+    try:
+        if b"postgres" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return False
+        return os.path.realpath(os.readlink(f"/proc/{pid}/cwd")) == os.path.realpath(data_dir)
+    except OSError:
+        return False
+
+
 @dataclass
 class PgNode:
     """One server: its data directory, port, socket directory and log."""
@@ -291,11 +303,7 @@ class PgNode:
             pid = int(first)
         except (OSError, ValueError):
             return None
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return None
-        return pid if b"postgres" in cmdline else None
+        return pid if serves(pid, self.data_dir) else None
 
     @property
     def running(self) -> bool:
@@ -347,6 +355,8 @@ class PgNode:
                 ],
                 timeout=180,
             )
+            if self.data_dir.exists() and not self.initialized:  # left by a destroy cut short
+                shutil.rmtree(self.data_dir)
             scratch.rename(self.data_dir)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)

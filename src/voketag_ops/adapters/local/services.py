@@ -230,8 +230,9 @@ class LocalServiceRuntime:
             raise errors[0]
         return results
 
-    def ensure_started(self, versions: dict[str, int]) -> list[str]:
-        """Start every consumer that has no live instance, pinned to VERSIONS[secret] (env up)."""
+    def ensure_started(self, versions: dict[str, int], *, repin: bool = False) -> list[str]:
+        """Start every consumer that has no live instance (env up), pinned to the version it was
+        pinned to, or to VERSIONS[secret] if it has none or REPIN (the credentials are new)."""
         started = []
         doc = self._snapshot()
         todo: dict[str, tuple[str, int]] = {}
@@ -240,7 +241,7 @@ class LocalServiceRuntime:
             active = entry.get("active")
             if active and _alive(active["pid"]):
                 continue
-            version = entry.get("version") or versions[secret]
+            version = versions[secret] if repin else (entry.get("version") or versions[secret])
             todo[name] = (secret, int(version))
         if todo:
             self.deploy_many(todo)
@@ -251,17 +252,22 @@ class LocalServiceRuntime:
         """Stop every instance (env down); waits for them to exit."""
         stopped: list[str] = []
         pids: list[int] = []
-        with self._registry() as doc:
-            for name, entry in doc["services"].items():
-                for inst in [entry.get("active"), *entry.get("others", [])]:
-                    if inst and _alive(inst["pid"]):
-                        pids.append(inst["pid"])
-                        if inst is entry.get("active"):
-                            stopped.append(name)
-                entry["active"] = None
-                entry["others"] = []
-        for pid in pids:
-            _signal(pid, signal.SIGINT)  # stop now (SIGTERM would drain first)
+        try:
+            with self._registry() as doc:
+                for name, entry in doc["services"].items():
+                    for inst in [entry.get("active"), *entry.get("others", [])]:
+                        if inst and _alive(inst["pid"]):
+                            pids.append(inst["pid"])
+                            if inst is entry.get("active"):
+                                stopped.append(name)
+                    entry["active"] = None
+                    entry["others"] = []
+                for pid in pids:  # before the registry is written: a full disk must not keep them up
+                    _signal(pid, signal.SIGINT)  # stop now (SIGTERM would drain first)
+        except OSError as exc:  # the registry could not be rewritten; dead instances are reaped later
+            log.warning("could not update the service registry: %s", exc)
+            for pid in pids:
+                _signal(pid, signal.SIGINT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and any(_alive(p) for p in pids):
             time.sleep(0.05)
