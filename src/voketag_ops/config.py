@@ -566,7 +566,9 @@ def effective_items(loaded: LoadedConfig) -> list[tuple[str, Any, str]]:
                 walk(f"{prefix}.{k}" if prefix else str(k), v)
             return
         leaf = prefix.rpartition(".")[2]
-        shown = "***" if (_SECRET_KEY.search(leaf) and value not in (None, "")) else value
+        # Only text can be a secret; a schedule's keys name credentials but hold cron times.
+        secret = isinstance(value, str) and value != "" and not prefix.startswith("rotation.schedule.")
+        shown = "***" if (secret and _SECRET_KEY.search(leaf)) else value
         rows.append((prefix, shown, loaded.source_of(prefix)))
 
     walk("", loaded.settings.model_dump(mode="json"))

@@ -272,16 +272,21 @@ def test_data_directory_owned_by_someone_else_is_exit_3(voke, tmp_path, env_of):
     assert "owned by uid 65534" in result.stderr
 
 
-def test_on_demand_start(tmp_path):
-    env = LocalEnvironment(LocalSettings(home=tmp_path / "h", replica=False))
-    messages: list[str] = []
+def test_an_on_demand_start_is_a_whole_env_up(tmp_path, env_of, voke):
+    environ = env_of(tmp_path / "h")
+    (tmp_path / "b.csv").write_text(
+        "tag_id,sku,product_name,factory_id,manufactured_at\nT1,S1,Shoe,F1,2024-01-01T00:00:00Z\n"
+    )
     try:
-        report = env.ensure_running(messages.append)
-        assert report is not None and report.started == ["primary"]
-        assert any("starting the local environment" in m for m in messages)
-        assert env.ensure_running(messages.append) is None  # already up: nothing to do
+        loaded = voke("ingest", "load", str(tmp_path / "b.csv"), "--json", environ=environ)
+        assert loaded.exit_code == 0, loaded.stdout
+        assert "starting the local environment" in loaded.stderr
+        status = voke("env", "status", "--json", environ=environ).json["result"]
+        assert status["healthy"] is True  # services and credentials too, not only the servers
+        ups = voke("audit", "show", "--event-type", "env.up", "--json", environ=environ)
+        assert [e["result"] for e in ups.json["result"]["entries"]] == ["success"]
     finally:
-        env.destroy()
+        assert voke("env", "destroy", "--yes", "--discard-chain", environ=environ).exit_code == 0
 
 
 def test_home_path_too_long_for_a_socket_still_works(tmp_path):

@@ -103,6 +103,9 @@ def test_config_show_redacts_secret_looking_keys(voke, make_environ, tmp_path):
     result = voke("config", "show", "--json", environ=make_environ(tmp_path / "h"))
     assert "tok-123456" not in result.stdout
     assert result.json["result"]["settings"]["environments.prod.api_token"]["value"] == "***"
+    shown = result.json["result"]["settings"]  # names of credentials, not credentials:
+    assert shown["rotation.schedule.db_password"]["value"] == "0 2 1 * *"
+    assert shown["rotation.api_keys"]["value"] == {}
 
 
 def test_doctor_reports_unknown_environment(voke, make_environ, tmp_path):

@@ -197,7 +197,7 @@ def test_a_bare_group_is_one_usage_error_with_help_on_stderr(voke):
 
 def test_a_dry_run_never_creates_the_environment(voke, tmp_path):
     result = voke("rotate", "db-password", "--dry-run")
-    assert result.exit_code == 2 and "voke env up" in result.stderr
+    assert result.exit_code == 5 and "voke env up" in result.stderr
     assert not (tmp_path / "home" / "pg").exists() and not (tmp_path / "home" / "state.json").exists()
 
 

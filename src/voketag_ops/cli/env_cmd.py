@@ -80,7 +80,12 @@ def destroy(
                     "delete the chain with the databases (--discard-chain)"
                     if discard_chain
                     else "export the chain to VOKE_HOME/chain/chain.json (it outlives the environment)",
-                    f"stop the servers and delete {local.pg_dir} and {local.state_file}",
+                    "stop the local services and the servers (and any restored instance)",
+                    f"delete {local.state_file}, {local.pg_dir} (databases, WAL archive, base backups) "
+                    f"and {local.home / 'dr'} (fence markers, unfinished DR operations)",
+                    f"delete the secret store ({local.home / 'secrets'}, {local.home / 'secrets.key'}: "
+                    f"every secret, adopted API keys included) and {local.home / 'services'}",
+                    "keep the audit log and drill journals",
                 ],
                 "home": str(local.home),
             },

@@ -63,12 +63,13 @@ def _conninfo(env: AppContext, db: str | None) -> str:
     """--db, or the local environment's database (started and created on demand: a load)."""
     if db is not None:
         return _given_db(db)
-    local = env.local_environment()
+    from voketag_ops.workflows.env import ensure_local
+
     if _tty(env.out):
         with env.out.progress("checking the local environment") as update:
-            local.ensure_running(update)
+            local = ensure_local(env.settings, update)
     else:
-        local.ensure_running()
+        local = ensure_local(env.settings, env.out.note)
     return local.platform_database()
 
 

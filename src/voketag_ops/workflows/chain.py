@@ -538,7 +538,9 @@ def open_chain_store(
     env = LocalEnvironment.from_settings(local)
     database = settings.chain.database
     if start is not None and not readonly:
-        env.ensure_running(start)
+        from voketag_ops.workflows.env import ensure_local
+
+        env = ensure_local(settings.model_copy(update={"local": local}), start)
     elif not env.exists or not env.primary().running:
         raise ChainUnavailableError(
             f"the chain is in PostgreSQL (database {database}) and the local environment is not "

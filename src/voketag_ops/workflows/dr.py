@@ -149,8 +149,9 @@ def backup(
             "plan": [f"pg_basebackup (fast checkpoint, manifest) of the leader into {env.backups_dir}"],
         }
     from voketag_ops.adapters.local import dr
+    from voketag_ops.workflows.env import ensure_local
 
-    env.ensure_running(progress)
+    ensure_local(settings, progress)
     # Under the DR lock: a drill may have frozen the leader, a failover may be moving it.
     with dr.dr_lock(env, "dr backup"), recorded(env, "dr.backup", "leader") as details:
         progress("taking a base backup (pg_basebackup)")

@@ -949,7 +949,9 @@ def run_drill(
     require_local(settings)
     if scenario not in SCENARIO_RUNNERS:
         raise UsageError(f"unknown drill {scenario!r} (one of {', '.join(core.SCENARIOS)}, all)")
-    env.ensure_running(progress)
+    from voketag_ops.workflows.env import ensure_local
+
+    ensure_local(settings, progress)
     interrupted = False
     with (
         dr.dr_lock(env, f"drill {scenario}"),

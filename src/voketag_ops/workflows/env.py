@@ -20,6 +20,15 @@ def _quiet(_msg: str) -> None:
     return None
 
 
+def ensure_local(settings: Settings, progress: Progress = _quiet) -> LocalEnvironment:
+    """What commands that need the local environment call: the whole of `voke env up` (servers,
+    credentials, services, its audit event) when any part is down, so `env up` is never a
+    required first step and an on-demand start leaves what `env up` would."""
+    platform = LocalPlatform(settings)
+    platform.ensure_up(progress)
+    return platform.env
+
+
 class LocalPlatform:
     """The local environment as the platform sees it."""
 

@@ -229,7 +229,7 @@ class RotationEngine:
         try:
             meta, existing = self._record(user.secret)
         except NotFoundError:
-            raise ValidationError(
+            raise PreconditionError(  # not a usage error: the command is right, the state is not there yet
                 f"secret {user.secret!r} does not exist; `voke env up` creates it"
             ) from None
         if existing and existing.status == "needs_attention":

@@ -772,13 +772,6 @@ class LocalEnvironment:
         runner = self._runner(state)
         return all(self.node(n, state, runner).running for n in NODE_NAMES if self._wanted(n, state))
 
-    def ensure_running(self, progress: Progress = lambda _msg: None) -> UpReport | None:
-        """Start the servers if they are not all up (what commands call before using them)."""
-        if self.is_running():
-            return None
-        progress("starting the local environment (voke env up)")
-        return self.up(progress)
-
     # -- DR ------------------------------------------------------------------------------------
     # Methods for `voke dr` / `voke drill` (issue 6); the machinery lives in adapters/local/dr.py.
     def stop_restores(self, progress: Progress = lambda _msg: None) -> list[str]:
