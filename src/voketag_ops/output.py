@@ -230,6 +230,17 @@ class Output:
             self.note(message)
             yield lambda text: None
 
+    @contextmanager
+    def steps(self, message: str) -> Iterator[Callable[[str], None]]:
+        """Like `progress`, but without a terminal only the steps reported through the yielded
+        function are written (a line each), not MESSAGE: a run with nothing to do (a cron job
+        finding everything up) says nothing on stderr."""
+        if _isatty(self.stderr) and not self.json_mode:
+            with self.progress(message) as update:
+                yield update
+        else:
+            yield self.note
+
     def confirm(self, question: str, *, yes: bool) -> None:
         """Ask before a destructive change; without a TTY a missing --yes is a usage error."""
         if yes:

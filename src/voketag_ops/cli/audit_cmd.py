@@ -32,7 +32,12 @@ EventType = Annotated[
 Target = Annotated[str | None, typer.Option("--target", "-t", help="Target, shell glob allowed.")]
 Result = Annotated[
     str | None,
-    typer.Option("--result", "-r", help="success, failure, dry-run, cancelled or interrupted."),
+    typer.Option(
+        "--result",
+        "-r",
+        help="success, failure, dry-run, interrupted, cancelled; some events record more "
+        "(unchanged, loaded, duplicate, rejected, needs_attention...).",
+    ),
 ]
 
 

@@ -67,7 +67,7 @@ Maps = Annotated[
     typer.Option(
         "--map",
         metavar="FROM=TO",
-        help="Rewrite path prefix FROM to TO before [coverage.remap] (repeatable).",
+        help="Rewrite path prefix FROM to TO, before the configured coverage.remap (repeatable).",
     ),
 ]
 BaselineFrom = Annotated[

@@ -25,7 +25,7 @@ def up(ctx: typer.Context, dry_run: DryRun = False) -> None:
     if dry_run:
         env.out.result(_up_plan(platform.env), render=_render_plan)
         return
-    with env.out.progress("starting the local environment") as update:
+    with env.out.steps("starting the local environment") as update:
         report = platform.up(update)
     env.out.result(report, render=_render_up)
 

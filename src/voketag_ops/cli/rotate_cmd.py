@@ -22,7 +22,7 @@ def _engine(env: Any, *, dry_run: bool = False) -> Any:
     """The rotation engine; a dry run never starts (or creates) the local environment."""
     from voketag_ops.workflows.rotate import local_engine
 
-    with env.out.progress("preparing") as update:
+    with env.out.steps("preparing") as update:
         return local_engine(env.settings, update, start=not dry_run)
 
 
