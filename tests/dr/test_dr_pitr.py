@@ -28,7 +28,12 @@ def home(tmp_path_factory):
     finally:
         for restored in dr.list_restores(env):
             dr.discard_restore(env, restored["name"])
-        env.destroy()
+        # The platform's destroy: `dr backup` starts the local services with the environment.
+        from voketag_ops.config import Settings
+        from voketag_ops.workflows.env import LocalPlatform
+
+        settings = Settings(local=LocalSettings(home=path, archive_timeout=5))
+        LocalPlatform(settings).destroy(discard_chain=True)
 
 
 @pytest.fixture
