@@ -223,6 +223,12 @@ def test_interrupted_backup_leaves_nothing_half_written(home, monkeypatch):
     monkeypatch.undo()
     assert [b.label for b in env.backups()] == before
     assert not list((home / "pg" / "backups").glob(".*partial"))
+    # What a voke killed mid-backup (kill -9) leaves: swept by the next backup, once no
+    # pg_basebackup is streaming any more.
+    orphan = home / "pg" / "backups" / ".base-20260101T000000000000Z.partial"
+    (orphan / "base").mkdir(parents=True)
+    new = env.take_base_backup()
+    assert not orphan.exists() and new.label not in before
 
 
 def test_destroy_dry_run_changes_nothing_then_destroy(voke, home, env_of):

@@ -561,6 +561,24 @@ class LocalEnvironment:
             shutil.rmtree(scratch, ignore_errors=True)
 
     # -- backups --------------------------------------------------------------------------
+    def _sweep_partial_backups(self, primary: PgNode) -> None:
+        """Remove `.base-*.partial` directories left by a backup whose voke was killed, unless a
+        pg_basebackup is still streaming from the primary (an orphan may still be writing one)."""
+        leftovers = list(self.backups_dir.glob(".base-*.partial")) if self.backups_dir.is_dir() else []
+        if not leftovers:
+            return
+        try:
+            with primary.connect() as conn:
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE backend_type = 'walsender' AND application_name = 'pg_basebackup'"
+                ).fetchone()
+        except BackendError:
+            return
+        if row and row[0] == 0:
+            for path in leftovers:
+                shutil.rmtree(path, ignore_errors=True)
+
     def take_base_backup(self, primary: PgNode | None = None) -> BackupInfo:
         """A plain base backup with manifest, written aside and moved into place when complete."""
         primary = primary or self.primary()
@@ -568,7 +586,7 @@ class LocalEnvironment:
         label = "base-" + started.strftime("%Y%m%dT%H%M%S%fZ")
         scratch = self.backups_dir / f".{label}.partial"
         final = self.backups_dir / label
-        shutil.rmtree(scratch, ignore_errors=True)
+        self._sweep_partial_backups(primary)
         try:
             primary.runner.run(
                 "pg_basebackup",
