@@ -383,3 +383,28 @@ def test_a_destroy_cut_short_is_named_and_its_leftovers_never_break_up(tmp_path,
     assert again.exit_code == 0, again.stdout
     assert voke("env", "status", "--json", environ=environ).json["result"]["healthy"] is True
     assert voke("env", "destroy", "--yes", "--discard-chain", environ=environ).exit_code == 0
+
+
+def test_a_tool_voke_runs_dies_with_voke(tmp_path):
+    # kill -9 of voke mid-clone left pg_basebackup writing into the scratch directory.
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import subprocess, sys\n"
+        "from voketag_ops.adapters.local.postgres import _parent_death_kills\n"
+        "child = subprocess.Popen(['sleep', '60'], preexec_fn=_parent_death_kills())\n"
+        "print(child.pid, flush=True)\n"
+        "child.wait()\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+
+    def gone() -> bool:
+        try:
+            return Path(f"/proc/{child}/stat").read_bytes().split()[2] == b"Z"  # dead, not yet reaped
+        except OSError:
+            return True
+
+    wait_for(gone, "the child to die with its parent")

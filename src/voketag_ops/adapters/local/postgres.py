@@ -17,9 +17,10 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -235,6 +236,8 @@ class PgRunner:
         kwargs: dict[str, Any] = {}
         if not self.user.is_me:
             kwargs.update(user=self.user.uid, group=self.user.gid, extra_groups=[])
+        if name in _DIE_WITH_VOKE and sys.platform == "linux":
+            kwargs["preexec_fn"] = _parent_death_kills()
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
             log.debug("running %s", " ".join(cmd))
             try:
@@ -266,6 +269,26 @@ class PgRunner:
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+# Tools whose work is voke's alone: killed with voke (kill -9), a pg_basebackup would go on writing
+# into a scratch directory the next run needs. pg_ctl is not among them: the servers outlive voke.
+_DIE_WITH_VOKE = frozenset({"initdb", "pg_basebackup", "pg_rewind", "pg_verifybackup", "pg_waldump"})
+
+
+def _parent_death_kills() -> Callable[[], None]:
+    """A preexec_fn asking Linux to SIGKILL the child when voke dies (prctl PR_SET_PDEATHSIG).
+    It runs after the child took the server user's ids, which would otherwise clear it."""
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    sigkill = int(signal.SIGKILL)
+
+    def set_parent_death_signal() -> None:
+        libc.prctl(1, sigkill, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+    return set_parent_death_signal
 
 
 def serves(pid: int, data_dir: Path) -> bool:
