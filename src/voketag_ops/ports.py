@@ -177,7 +177,8 @@ class ReplicationInfo:
     replica: str
     lag_seconds: float | None
     lag_bytes: int | None
-    archive_failures: int | None
+    archive_failures: int | None  # None: neither archived nor failed segments on record (unknown)
+    inactive: bool = False  # the replica reports replication inactive (Cloud SQL: a negative lag)
 
 
 @runtime_checkable

@@ -101,6 +101,20 @@ def test_a_metric_monitoring_refuses_never_changes_the_check(cloud, status):
     assert report["ok"] is True, report["failed"]
 
 
+def test_no_monitoring_data_or_inactive_replication_fails_the_check(cloud):
+    from voketag_ops.workflows import cloud_dr
+
+    fake, settings, recovery = cloud
+    fake.monitoring.series.clear()
+    fake.monitoring.system_metrics = False  # Monitoring has nothing for these instances
+    unknown = cloud_dr.check(settings, recovery, cloud_dr.thresholds(settings))
+    assert set(unknown["failed"]) == {"replication_lag", "archiving"}, unknown["failed"]
+    fake.monitoring.system_metrics = True
+    fake.monitoring.add_point(catalog.REPLICA_LAG, -1, resource={"database_id": f"{fake.project}:voke-db-dr"})
+    inactive = cloud_dr.check(settings, recovery, cloud_dr.thresholds(settings))
+    assert inactive["failed"] == ["replica_streaming"], inactive["failed"]
+
+
 def test_archive_failures_fail_the_check(cloud):
     from voketag_ops.workflows import cloud_dr
 

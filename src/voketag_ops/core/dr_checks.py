@@ -165,7 +165,16 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
             )
         )
         lag = standby.get("lag_seconds")
-        if lag is not None:
+        if standby.get("lag_unknown"):
+            checks.append(
+                Check(
+                    "replication_lag",
+                    False,
+                    f"replication lag of {standby.get('name')} unknown: no recent sample (replication "
+                    "stopped, or the monitoring backend has no data)",
+                )
+            )
+        elif lag is not None:
             ok = float(lag) <= thresholds.max_lag_seconds
             checks.append(
                 Check(
@@ -197,7 +206,8 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
         )
 
     if archive.get("failing") is None:
-        checks.append(Check("archiving", False, "WAL archiver state unknown (leader unreachable)"))
+        reason = archive.get("unknown_reason") or "leader unreachable"
+        checks.append(Check("archiving", False, f"WAL archiver state unknown ({reason})"))
     elif archive.get("failing"):
         checks.append(
             Check(

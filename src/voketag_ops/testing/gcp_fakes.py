@@ -1290,10 +1290,14 @@ class FakeMonitoring:
     """Cloud Monitoring v3 MetricService over gRPC: CreateTimeSeries and ListTimeSeries
     (filters of `key = "value"` terms joined by AND)."""
 
-    def __init__(self, project: str) -> None:
+    def __init__(self, project: str, sql: FakeCloudSql | None = None) -> None:
         self.project = project
         self.series: list[Any] = []
         self.refuse: str | None = None  # a gRPC status code every CreateTimeSeries fails with
+        # As Cloud SQL does, every RUNNABLE replica reports its lag and every RUNNABLE primary its
+        # archived WAL, unless a test adds its own points for them or turns this off (no data).
+        self.sql = sql
+        self.system_metrics = True
 
     def add_point(
         self,
@@ -1323,6 +1327,34 @@ class FakeMonitoring:
 
     def written(self, metric: str) -> list[Any]:
         return [s for s in self.series if s.metric.type == metric]
+
+    def _system_series(self, terms: dict[str, str], end: float) -> list[Any]:
+        """What Cloud SQL itself would report for TERMS: a replica's lag (0.5 s), a primary's
+        archived WAL segments (12 in the window)."""
+        from google.cloud import monitoring_v3
+
+        from voketag_ops.adapters.gcp import catalog
+
+        if not (self.system_metrics and self.sql is not None):
+            return []
+        _, _, name = terms.get("resource.labels.database_id", "").partition(":")
+        inst = self.sql.instances.get(name)
+        if inst is None or inst["state"] != "RUNNABLE":
+            return []
+        metric = terms.get("metric.type")
+        if metric == catalog.REPLICA_LAG and inst["master"]:
+            value: dict[str, Any] = {"double_value": 0.5}
+        elif metric == catalog.LOG_ARCHIVE_SUCCESSES and not inst["master"]:
+            value = {"int64_value": 12}
+        else:
+            return []
+        return [
+            monitoring_v3.TimeSeries(
+                metric={"type": metric},
+                resource={"type": "cloudsql_database", "labels": {"database_id": f"{self.project}:{name}"}},
+                points=[{"interval": {"end_time": {"seconds": int(end)}}, "value": value}],
+            )
+        ]
 
     def handlers(self) -> Any:
         import grpc
@@ -1358,6 +1390,8 @@ class FakeMonitoring:
                     out.append(
                         monitoring_v3.TimeSeries(metric=ts_.metric, resource=ts_.resource, points=points)
                     )
+            if not out:
+                out = self._system_series(terms, end)
             return monitoring_v3.ListTimeSeriesResponse(time_series=out)
 
         return grpc.method_handlers_generic_handler(
@@ -1559,7 +1593,7 @@ class FakeGcp:
         self.secretmanager = FakeSecretManager(project)
         self.run = FakeCloudRun(project, region, self.secretmanager, lambda: self.rest.endpoint)
         self.sql = FakeCloudSql(project, region)
-        self.monitoring = FakeMonitoring(project)
+        self.monitoring = FakeMonitoring(project, self.sql)
         self.projects = FakeProjects(project)
         self.rest.add(self.projects.routes())
         self.iam = FakeIam(project, lambda: f"{self.rest.endpoint}/token")

@@ -97,6 +97,7 @@ def status(settings: Settings, recovery: DatabaseRecovery, *, now: datetime | No
         "retention_days": primary.retention_days,
     }
     writable = [primary.name] if primary.role == "primary" and primary.state == "RUNNABLE" else []
+    errors: dict[str, str] = {}
     standby = None
     archive_failures = None
     if topo.standby:
@@ -113,15 +114,21 @@ def status(settings: Settings, recovery: DatabaseRecovery, *, now: datetime | No
             "replicates_from": replica.primary,
             "streaming": replica.role == "replica"
             and replica.primary == primary.name
-            and replica.state == "RUNNABLE",
+            and replica.state == "RUNNABLE"
+            and not repl.inactive,
             "lag_seconds": repl.lag_seconds,
             "lag_bytes": repl.lag_bytes,
+            # No lag sample: replication may be broken; a check must not call that healthy.
+            "lag_unknown": repl.lag_seconds is None and not repl.inactive,
         }
+        if repl.inactive:
+            errors["replication"] = (
+                f"Cloud SQL reports replication to {replica.name} inactive (negative replica_lag)"
+            )
         if replica.role == "primary" and replica.state == "RUNNABLE":
             writable.append(replica.name)
     # what Cloud SQL refuses here (the window of a replica, a denied backupRuns) is shown as
     # unknown with a note, and fails its check, rather than failing the whole report
-    errors: dict[str, str] = {}
     newest, backups = None, []
     try:
         newest = recovery.newest_backup(topo.primary)
@@ -148,7 +155,10 @@ def status(settings: Settings, recovery: DatabaseRecovery, *, now: datetime | No
         "writable_nodes": writable,
         "split_brain": len(writable) > 1,
         "archive": {
-            "failing": bool(archive_failures),
+            "failing": None if archive_failures is None else archive_failures > 0,
+            "unknown_reason": "no archived or failed WAL segment in Cloud Monitoring for the last hour"
+            if archive_failures is None
+            else None,
             "failed_count": archive_failures,
             "source": "cloudsql.googleapis.com/database/replication/log_archive_failure_count (1 h)",
         },

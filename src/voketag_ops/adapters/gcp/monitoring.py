@@ -97,11 +97,18 @@ class CloudMonitoring:
             seconds=3600,
         )
         count = sum(int(p.value.int64_value) for s in failures for p in s.points) if failures else None
+        if count is None and self._series(
+            catalog.LOG_ARCHIVE_SUCCESSES,
+            {"resource.labels.database_id": f"{project}:{primary}"},
+            seconds=3600,
+        ):
+            count = 0  # segments were archived and none failed; with neither on record: unknown
         return ReplicationInfo(
             replica=replica,
-            lag_seconds=lag if lag is None or lag >= 0 else None,  # negative: replication inactive
+            lag_seconds=lag if lag is None or lag >= 0 else None,
             lag_bytes=int(byte_lag) if byte_lag is not None else None,
             archive_failures=count,
+            inactive=lag is not None and lag < 0,  # Cloud SQL's "replication inactive"
         )
 
     def write(self, metric: str, value: float, labels: Mapping[str, str]) -> None:
