@@ -566,8 +566,8 @@ def effective_items(loaded: LoadedConfig) -> list[tuple[str, Any, str]]:
                 walk(f"{prefix}.{k}" if prefix else str(k), v)
             return
         leaf = prefix.rpartition(".")[2]
-        # Only text can be a secret; a schedule's keys name credentials but hold cron times.
-        secret = isinstance(value, str) and value != "" and not prefix.startswith("rotation.schedule.")
+        # A schedule's keys name credentials but hold cron times; an empty value hides nothing.
+        secret = value not in (None, "", [], {}) and not prefix.startswith("rotation.schedule.")
         shown = "***" if (secret and _SECRET_KEY.search(leaf)) else value
         rows.append((prefix, shown, loaded.source_of(prefix)))
 

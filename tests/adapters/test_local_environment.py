@@ -408,3 +408,25 @@ def test_a_tool_voke_runs_dies_with_voke(tmp_path):
             return True
 
     wait_for(gone, "the child to die with its parent")
+
+
+def test_a_broken_secret_store_blocks_neither_a_load_nor_destroy(tmp_path, env_of, voke):
+    from voketag_ops.adapters.local.postgres import serves
+
+    environ, home = env_of(tmp_path / "h"), tmp_path / "h"
+    assert voke("env", "up", environ=environ).exit_code == 0
+    env = LocalEnvironment(LocalSettings(home=home))
+    primary, replica = env.node("primary"), env.node("replica")
+    assert serves(primary.pid(), primary.data_dir) and not serves(primary.pid(), replica.data_dir)
+    assert voke("env", "down", environ=environ).exit_code == 0
+    (home / "secrets.key").rename(tmp_path / "secrets.key")  # the services cannot read their secret
+    (tmp_path / "b.csv").write_text(
+        "tag_id,sku,product_name,factory_id,manufactured_at\nT1,S1,Shoe,F1,2024-01-01T00:00:00Z\n"
+    )
+    loaded = voke("ingest", "load", str(tmp_path / "b.csv"), "--json", environ=environ)
+    assert loaded.exit_code == 0 and loaded.json["result"]["status"] == "loaded"  # it needs the database
+    assert "warning:" in loaded.stderr
+    gone = voke(
+        "env", "destroy", "--yes", "--json", environ=environ
+    )  # the chain export needs the servers only
+    assert gone.exit_code == 0, gone.stdout

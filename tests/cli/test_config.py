@@ -99,9 +99,11 @@ def test_named_environment_validated_when_used(tmp_path):
 def test_config_show_redacts_secret_looking_keys(voke, make_environ, tmp_path):
     (tmp_path / "voke.toml").write_text(
         '[environments.prod]\nproject = "p"\ninstance = "i"\napi_token = "tok-123456"\n'
+        'webhook_tokens = ["xoxb-in-a-list"]\ndb_password = 123456789\n'
     )
     result = voke("config", "show", "--json", environ=make_environ(tmp_path / "h"))
     assert "tok-123456" not in result.stdout
+    assert "xoxb-in-a-list" not in result.stdout and "123456789" not in result.stdout
     assert result.json["result"]["settings"]["environments.prod.api_token"]["value"] == "***"
     shown = result.json["result"]["settings"]  # names of credentials, not credentials:
     assert shown["rotation.schedule.db_password"]["value"] == "0 2 1 * *"

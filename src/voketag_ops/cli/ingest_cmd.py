@@ -59,17 +59,18 @@ def _home(env: AppContext) -> Path:
     return resolve_home(env.settings.local.home)
 
 
-def _conninfo(env: AppContext, db: str | None) -> str:
-    """--db, or the local environment's database (started and created on demand: a load)."""
+def _conninfo(env: AppContext, db: str | None, *, dry_run: bool) -> str:
+    """--db, or the local environment's database (started and created on demand: a load starts
+    what `voke env up` would, a dry run only the servers it reads)."""
     if db is not None:
         return _given_db(db)
     from voketag_ops.workflows.env import ensure_local
 
     if _tty(env.out):
         with env.out.progress("checking the local environment") as update:
-            local = ensure_local(env.settings, update)
+            local = ensure_local(env.settings, update, whole=not dry_run)
     else:
-        local = ensure_local(env.settings, env.out.note)
+        local = ensure_local(env.settings, env.out.note, whole=not dry_run)
     return local.platform_database()
 
 
@@ -168,7 +169,7 @@ def load(
         from voketag_ops.errors import UsageError
 
         raise UsageError("--partial needs --rejects FILE for the rows it leaves out")
-    conninfo = _conninfo(env, db)
+    conninfo = _conninfo(env, db, dry_run=dry_run)
     home = _home(env)
     # Once the batch is committed, a Ctrl-C or SIGTERM no longer stops the load short of
     # its audit event and its result: it is loaded, and says so.

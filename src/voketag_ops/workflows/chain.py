@@ -540,7 +540,7 @@ def open_chain_store(
     if start is not None and not readonly:
         from voketag_ops.workflows.env import ensure_local
 
-        env = ensure_local(settings.model_copy(update={"local": local}), start)
+        env = ensure_local(settings.model_copy(update={"local": local}), start, whole=False)  # the database
     elif not env.exists or not env.primary().running:
         raise ChainUnavailableError(
             f"the chain is in PostgreSQL (database {database}) and the local environment is not "

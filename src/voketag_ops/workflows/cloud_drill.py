@@ -302,8 +302,14 @@ class CloudDrill(local_drill_frame.RunFrame):
         try:
             self.recovery.delete_instance(name)
         except NotFoundError:
+            # Never created, already gone, or (a create cut short mid-poll) not there *yet*: the
+            # journal keeps it as not deleted, so a later run's sweep deletes it if it appears.
             if entry is not None:
-                entry["deleted"] = True  # never created, or already gone
+                entry["not_found_at_cleanup"] = True
+                log.warning(
+                    "scratch instance %s was not found to delete; a later drill deletes it if it appears",
+                    name,
+                )
             return
         except Exception:
             self.left_behind.append(name)
@@ -594,6 +600,10 @@ class CloudDrill(local_drill_frame.RunFrame):
         if self.left_behind and status == "completed":
             status = "failed"
             v["breaches"].append(f"scratch instance(s) not deleted: {', '.join(self.left_behind)}")
+        failed_cleanups = [c["name"] for c in self.cleanup_steps.items if not c["ok"]]
+        if failed_cleanups and status == "completed":  # e.g. canary rows left on production
+            status = "failed"
+            v["breaches"].append(f"clean-up step(s) failed: {'; '.join(failed_cleanups)}")
         return {
             "run_id": self.run_id,
             "scenario": self.scenario,

@@ -11,6 +11,7 @@ from voketag_ops import redact
 from voketag_ops.adapters.local.environment import LocalEnvironment, Progress, UpReport
 from voketag_ops.config import Settings
 from voketag_ops.core.rotation import LAST_ANNOTATION, generate_password, iso
+from voketag_ops.errors import VokeError
 from voketag_ops.logs import get_logger
 
 log = get_logger(__name__)
@@ -20,12 +21,18 @@ def _quiet(_msg: str) -> None:
     return None
 
 
-def ensure_local(settings: Settings, progress: Progress = _quiet) -> LocalEnvironment:
-    """What commands that need the local environment call: the whole of `voke env up` (servers,
+def ensure_local(settings: Settings, progress: Progress = _quiet, *, whole: bool = True) -> LocalEnvironment:
+    """What commands that need the local environment call. WHOLE: all of `voke env up` (servers,
     credentials, services, its audit event) when any part is down, so `env up` is never a
-    required first step and an on-demand start leaves what `env up` would."""
+    required first step; a part that will not start beyond the servers is a warning, not the
+    command's failure (a load needs the database, not the services). Otherwise only the
+    servers (what a dry run or a read of the chain needs)."""
     platform = LocalPlatform(settings)
-    platform.ensure_up(progress)
+    if whole:
+        platform.ensure_up(progress, strict=False)
+    elif not platform.env.is_running():
+        progress("starting the local environment's servers")
+        platform.env.up(progress)
     return platform.env
 
 
@@ -68,11 +75,11 @@ class LocalPlatform:
 
         return audited(self.env.home, event_type=event_type, env="local", target=str(self.env.home))
 
-    def up(self, progress: Progress = _quiet) -> UpReport:
+    def up(self, progress: Progress = _quiet, *, strict: bool = True) -> UpReport:
         # One `up` at a time across the whole sequence: two commands starting the environment on
         # demand would otherwise both make credentials and both start services.
         with self._audited("env.up") as event, self.env.lock():
-            report = self._up(progress)
+            report = self._up(progress, strict=strict)
             event.details.update(
                 started=report.started, created=report.created, services=report.services_started
             )
@@ -80,34 +87,41 @@ class LocalPlatform:
                 event.result = "unchanged"
         return report
 
-    def _up(self, progress: Progress) -> UpReport:
+    def _up(self, progress: Progress, *, strict: bool = True) -> UpReport:
         t0 = time.monotonic()
         report = self.env.up(progress)
         # A primary made just now knows none of the stored passwords: secrets left by a destroy
         # that was cut short (kill -9) describe a cluster that is gone, so they are made anew.
         fresh = "primary" in report.created
-        created = self.bootstrap_credentials(progress, fresh_cluster=fresh)
-        report.created.extend(created)
-        runtime = self.runtime()
-        versions = {
-            u.secret: self.store().get(u.secret).aliases["current"]
-            for u in self.settings.rotation.db_users.values()
-        }
-        if any(s.instance is None for s in runtime.services(check=False)):
-            progress("starting the local services")
-        report.services_started = runtime.ensure_started(versions, repin=fresh)
+        try:
+            created = self.bootstrap_credentials(progress, fresh_cluster=fresh)
+            report.created.extend(created)
+            runtime = self.runtime()
+            versions = {
+                u.secret: self.store().get(u.secret).aliases["current"]
+                for u in self.settings.rotation.db_users.values()
+            }
+            if any(s.instance is None for s in runtime.services(check=False)):
+                progress("starting the local services")
+            report.services_started = runtime.ensure_started(versions, repin=fresh)
+        except VokeError as exc:
+            if strict:
+                raise
+            created = []
+            log.warning("the servers are up, but not the rest of `voke env up`: %s", exc.message)
+            progress(f"warning: {exc.message} (`voke env up` says more)")
         report.already_running = report.already_running and not created and not report.services_started
         report.duration_seconds = round(time.monotonic() - t0, 3)
         return report
 
-    def ensure_up(self, progress: Progress = _quiet) -> None:
+    def ensure_up(self, progress: Progress = _quiet, *, strict: bool = True) -> None:
         """Start whatever is not running (commands that need the environment call this)."""
         if self.env.is_running() and all(
             s.instance is not None for s in self.runtime().services(check=False)
         ):
             return
         progress("starting the local environment (voke env up)")
-        self.up(progress)
+        self.up(progress, strict=strict)
 
     def bootstrap_credentials(self, progress: Progress = _quiet, *, fresh_cluster: bool = False) -> list[str]:
         """Application roles and their first secret versions (idempotent; FRESH_CLUSTER: new
@@ -182,7 +196,7 @@ class LocalPlatform:
         return report
 
     def down(self, progress: Progress = _quiet) -> dict[str, Any]:
-        with self._audited("env.down") as event:
+        with self._audited("env.down") as event, self.env.lock():  # not beside a concurrent `up`
             services = self.runtime().stop_all() if self.env.exists else []
             if services:
                 progress("stopped the local services")
@@ -194,7 +208,7 @@ class LocalPlatform:
     def destroy(self, progress: Progress = _quiet, *, discard_chain: bool = False) -> dict[str, Any]:
         import shutil
 
-        with self._audited("env.destroy") as event:
+        with self._audited("env.destroy") as event, self.env.lock():  # not beside a concurrent `up`
             kept = self._keep_chain(progress, discard=discard_chain)  # before anything is stopped
             self.runtime().stop_all()
             report = self.env.destroy(progress)
@@ -224,7 +238,7 @@ class LocalPlatform:
         if discard:
             return "discarded (--discard-chain)"
         from voketag_ops.adapters.local.chain_store import FileChainStore, default_chain_path
-        from voketag_ops.errors import PreconditionError, VokeError
+        from voketag_ops.errors import PreconditionError
         from voketag_ops.workflows.chain import open_chain_store
 
         path = default_chain_path(self.env.home)

@@ -98,10 +98,12 @@ class EnvState:
             return None
         except (OSError, ValueError) as exc:
             raise ConfigError(
-                f"{path}: unreadable environment state ({exc}); `voke env destroy --yes` resets it"
+                f"{path}: unreadable environment state ({exc}); `voke env destroy --yes --discard-chain` resets it (without a readable state the chain cannot be exported first)"
             ) from None
         if not isinstance(raw, dict) or raw.get("version") != STATE_VERSION:
-            raise ConfigError(f"{path}: unknown environment state format; `voke env destroy --yes` resets it")
+            raise ConfigError(
+                f"{path}: unknown environment state format; `voke env destroy --yes --discard-chain` resets it (without a readable state the chain cannot be exported first)"
+            )
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in raw.items() if k in known})
 

@@ -292,15 +292,24 @@ def _parent_death_kills() -> Callable[[], None]:
 
 
 def serves(pid: int, data_dir: Path) -> bool:
-    """True if PID is a postmaster of DATA_DIR. A postmaster works in its data directory, so its
-    cwd says which cluster it serves: a pid from a stale postmaster.pid that the system has
-    since given to another process (another cluster's server among them) is not ours."""
+    """True if PID is a postmaster of DATA_DIR: a pid from a stale postmaster.pid that the system
+    has since given to another process (another home's server among them: all run as the same
+    user) is not ours. The `-D` the server was started with says which cluster it serves (the
+    command line is readable without ptrace rights, unlike /proc/PID/cwd, its working directory,
+    which is the fallback)."""
     try:
-        if b"postgres" not in Path(f"/proc/{pid}/cmdline").read_bytes():
-            return False
-        return os.path.realpath(os.readlink(f"/proc/{pid}/cwd")) == os.path.realpath(data_dir)
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
+    if not args or b"postgres" not in args[0]:
+        return False
+    want = os.path.realpath(data_dir)
+    if b"-D" in args[:-1]:
+        return os.path.realpath(os.fsdecode(args[args.index(b"-D") + 1])) == want
+    try:
+        return os.path.realpath(os.readlink(f"/proc/{pid}/cwd")) == want
+    except OSError:
+        return True  # neither can tell: the pid file is all there is, as before
 
 
 @dataclass
