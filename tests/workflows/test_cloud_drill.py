@@ -478,3 +478,49 @@ def test_a_failing_canary_insert_says_why_and_shows_the_table_it_needs(drills, l
     assert "primary key (run_id, seq)" in step["detail"]["hint"] == j["canary"]["hint"]
     assert PASSWORD not in result.stdout + result.stderr
     assert drills.scratch() == []
+
+
+def test_a_clone_cut_short_mid_poll_is_deleted_by_the_next_run_once_it_appears(drills, monkeypatch):
+    from types import SimpleNamespace
+
+    from voketag_ops.adapters.gcp import sql
+    from voketag_ops.workflows import cloud_drill, drill
+
+    drills.fake.sql.instances["voke-db"]["labels"] = dict(PRODUCTION_LABELS)
+    real_wait = sql.CloudSqlAdmin.wait
+
+    def ctrl_c_while_cloning(self, op, what, **kw):
+        if what.startswith("clone voke-db at"):
+            raise KeyboardInterrupt  # the create was accepted; Cloud SQL goes on without us
+        return real_wait(self, op, what, **kw)
+
+    monkeypatch.setattr(sql.CloudSqlAdmin, "wait", ctrl_c_while_cloning)
+    settings = drills.settings()
+    with pytest.raises(KeyboardInterrupt):
+        cloud_drill.run(settings, "pitr", home=drills.home / "state", progress=lambda m: None,
+                        options={"canary_seconds": 0.1})  # fmt: skip
+    monkeypatch.undo()
+    journal = drill.load_journal(SimpleNamespace(home=cloud_drill.drills_home(settings)), "last")
+    assert [s["deleted"] for s in journal["details"]["scratch"]] == [False]  # not found is not deleted
+    for op in drills.fake.sql.operations.values():  # Cloud SQL finishes the clone later
+        if op["doc"]["status"] != "DONE":
+            op["effect"]()
+            op["doc"]["status"] = "DONE"
+    assert drills.scratch()  # there it is, with production's labels
+    drills.drill("pitr")
+    assert drills.scratch() == []  # the next run found it through the journal and deleted it
+
+
+def test_a_failed_clean_up_on_production_fails_the_drill(drills, monkeypatch, local_env):
+    from voketag_ops.adapters.gcp import canary
+    from voketag_ops.errors import ConnectivityError
+
+    def unreachable(self, host, run_id):
+        raise ConnectivityError(f"cannot log in to the database at {host}: timeout")
+
+    monkeypatch.setattr(canary.CanaryDb, "delete", unreachable)
+    result = drills.drill("pitr")
+    assert result.exit_code == 1, result.stdout
+    journal = result.json["result"]
+    assert journal["status"] == "failed"
+    assert any("clean-up step(s) failed: delete the canary rows" in b for b in journal["breaches"])

@@ -4,6 +4,7 @@ journal, and Ctrl-C is reported as interrupted (the caller re-raises it: exit 13
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -134,3 +135,23 @@ def test_an_answer_printed_inside_a_hold_keeps_signals_off(script_signals) -> No
         interrupts.settle()  # what Output.result does
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+
+
+def test_a_checkpoint_of_a_dead_run_shows_as_interrupted(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from voketag_ops.workflows import drill
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid names no process any more
+    home = SimpleNamespace(home=tmp_path)
+    for run_id, pid in (("cloud-dead", dead.pid), ("cloud-alive", os.getpid())):
+        drill.save_journal(home, {  # type: ignore[arg-type]
+            "run_id": run_id, "scenario": "pitr", "started_at": f"2026-11-26T0{len(run_id) % 9}:00:00Z",
+            "status": "running", "details": {"owner": {"node": socket.gethostname(), "pid": pid}},
+        })  # fmt: skip
+    shown = {r["run_id"]: r["status"] for r in drill.history(home)["runs"]}  # type: ignore[arg-type]
+    assert shown == {"cloud-dead": "interrupted", "cloud-alive": "running"}

@@ -15,7 +15,9 @@ from datetime import datetime
 from typing import Any
 
 SCENARIOS = ("pitr", "failover", "failback", "network")
-STATUSES = ("completed", "failed", "aborted", "interrupted")
+# `running`: a cloud drill's checkpoint, saved before each scratch instance is made (so a run that
+# dies leaves a journal its successor can clean up after); `drill history` shows a dead one as interrupted.
+STATUSES = ("completed", "failed", "aborted", "interrupted", "running")
 TIMELINE_KEYS = (
     "fault_injected_at",
     "detected_at",

@@ -221,7 +221,7 @@ def canary_rpo(writes: Sequence[Any], recovered: Mapping[int, datetime], cut: da
     }
 
 
-def _owner_gone(journal: Mapping[str, Any]) -> bool:
+def owner_gone(journal: Mapping[str, Any]) -> bool:
     """A `running` checkpoint whose process, on this machine, no longer exists (killed)."""
     owner = (journal.get("details") or {}).get("owner") or {}
     if owner.get("node") != socket.gethostname() or not isinstance(owner.get("pid"), int):
@@ -429,7 +429,7 @@ class CloudDrill(local_drill_frame.RunFrame):
                 for j in local_drill.load_journals(SimpleNamespace(home=drills_home(self.settings)))  # type: ignore[arg-type]
                 if j.get("run_id") != self.run_id
             ]
-            over = [j for j in journals if j.get("status") != "running" or _owner_gone(j)]
+            over = [j for j in journals if j.get("status") != "running" or owner_gone(j)]
             finished = frozenset(str(j.get("run_id")) for j in over) | frozenset(
                 str((j.get("details") or {}).get("scratch_id")) for j in over
             )

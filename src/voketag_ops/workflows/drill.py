@@ -95,7 +95,13 @@ def save_journal(env: LocalEnvironment, journal: dict[str, Any]) -> Path:
 
 
 def history(env: LocalEnvironment, *, scenario: str | None = None, limit: int = 50) -> dict[str, Any]:
-    journals = [j for j in load_journals(env) if scenario is None or j.get("scenario") == scenario]
+    from voketag_ops.workflows.cloud_drill import owner_gone
+
+    journals = [
+        j | {"status": "interrupted"} if j.get("status") == "running" and owner_gone(j) else j
+        for j in load_journals(env)
+        if scenario is None or j.get("scenario") == scenario
+    ]
     rows = [
         {
             k: j.get(k)
