@@ -285,7 +285,10 @@ def journal(**changes):
 def test_the_schema_accepts_a_journal_and_names_what_is_wrong():
     assert drill.validate(journal()) == []
     errors = drill.validate(journal(status="great", rto_seconds="fast", timeline={}))
-    assert "$.status: 'great' is not one of ['completed', 'failed', 'aborted', 'interrupted', 'running']" in errors
+    assert (
+        "$.status: 'great' is not one of ['completed', 'failed', 'aborted', 'interrupted', 'running']"
+        in errors
+    )
     assert "$.rto_seconds: expected number or null, got str" in errors
     assert "$.timeline: missing 'fault_injected_at'" in errors
     assert drill.validate(journal(rto_met=1)) == ["$.rto_met: expected boolean, got int"]

@@ -524,3 +524,17 @@ def test_a_failed_clean_up_on_production_fails_the_drill(drills, monkeypatch, lo
     journal = result.json["result"]
     assert journal["status"] == "failed"
     assert any("clean-up step(s) failed: delete the canary rows" in b for b in journal["breaches"])
+
+
+def test_pitr_after_a_failover_reaches_the_new_primary_through_replica_db_host(drills):
+    sql = drills.fake.sql.instances
+    relay = sql["voke-db-dr"]["ip"]  # where the test database answers
+    # the state `dr failover` leaves: voke-db-dr the primary (recorded), voke-db its replica
+    sql["voke-db-dr"]["master"], sql["voke-db-dr"]["replicas"] = None, ["voke-db"]
+    sql["voke-db"]["master"], sql["voke-db"]["replicas"] = "voke-db-dr", []
+    sql["voke-db-dr"]["labels"] = {"voke-env": "prod", "voke-role": "primary", "voke-since": "20261101t000000z", "voke-op": "failover"}  # fmt: skip
+    sql["voke-db"]["labels"] = {"voke-env": "prod", "voke-role": "replica"}
+    sql["voke-db-dr"]["ip"] = "192.0.2.1"  # its private IP: not reachable from here
+    drills.configure(replica_db_host=relay, replica_db_port=drills.data.port, timeout=3)
+    result = drills.drill("pitr")
+    assert result.exit_code == 0, result.stdout

@@ -672,7 +672,15 @@ def _pitr(run: CloudDrill) -> None:
     db = run.db
     primary = run.primary
     run.read_version(primary)
-    host = run.env.db_host if run.env.db_host and primary == run.env.instance else run.host_of(primary)
+    # The configured addresses, as rotation's login test uses them: the home primary's db_host, or
+    # after a failover the DR replica's replica_db_host/port (a relay), else the instance's own IP.
+    if run.env.db_host and primary == run.env.instance:
+        host = run.env.db_host
+    elif run.env.replica_db_host and primary == run.env.replica:
+        host = run.env.replica_db_host
+        db.ports[host] = run.env.replica_db_port
+    else:
+        host = run.host_of(primary)
     run.details["production"] = {"primary": primary, "changed": "canary rows only (deleted at the end)"}
     run.on_cleanup(f"delete the canary rows on {primary}", lambda: db.delete(host, run.run_id))
     writes, cut = run.canary_write(db, host, primary, after=AFTER_CUT)

@@ -69,6 +69,7 @@ class CanaryDb:
             raise DatabaseError(f"the canary credential has no {', '.join(missing)}")
         self._cred = dict(cred)
         self.port = port
+        self.ports: dict[str, int] = {}  # hosts reached on another port (a relay to the DR replica)
         self.timeout = timeout
 
     @property
@@ -82,7 +83,7 @@ class CanaryDb:
         try:
             return psycopg.connect(
                 host=host,
-                port=self.port,
+                port=self.ports.get(host, self.port),
                 user=self._cred["username"],
                 password=self._cred["password"],
                 dbname=self._cred["dbname"],
