@@ -202,6 +202,37 @@ def test_an_interrupted_emergency_resumes_as_an_emergency(keyring):
     assert len(after) == 1 and after[0] not in before
 
 
+def test_an_unfinished_rotation_is_neither_resumed_by_a_dry_run_nor_by_another_mode(keyring):
+    from voketag_ops.errors import PreconditionError
+    from voketag_ops.workflows.jwt import rotate_jwt
+
+    engine, _clock, store = keyring
+    cred = jwt_credential(engine)
+    before = kids(cred)
+    meta = store.get("jwt-signing")
+    record = RotationRecord(
+        id="rot-20270101T020000Z-a1a1a1",
+        secret="jwt-signing",
+        kind="jwt",
+        strategy="publish-before-sign",
+        target="jwt",
+        owner="gone-host:1",
+        lease_until="2000-01-01T00:00:00Z",
+        started_at="2027-01-01T02:00:00Z",
+        step="lock",
+        old_current=meta.aliases["current"],
+    )
+    store.update("jwt-signing", etag=meta.etag, annotations={ANNOTATION: record.to_json()})
+    etag = store.get("jwt-signing").etag
+    for emergency in (False, True):  # a dry run plans finishing it, and changes nothing
+        planned = rotate_jwt(engine, emergency=emergency, dry_run=True)
+        assert planned.report.dry_run and record.id in planned.report.plan[0]
+    assert store.get("jwt-signing").etag == etag and kids(cred) == before
+    with pytest.raises(PreconditionError, match="cannot resume it"):  # the compromised key must not stay
+        rotate_jwt(engine, emergency=True)
+    assert store.get("jwt-signing").etag == etag
+
+
 @pytest.mark.pg
 def test_cli_rotate_jwt_and_jwks(platform, platform_environ, voke):
     env = {**platform_environ, "VOKE_ROTATION__JWT__VERIFIER_REFRESH_SECONDS": "3600"}

@@ -243,6 +243,17 @@ class RotationEngine:
                     f"rotation {existing.id} of {user.secret} is running (owner {existing.owner}, "
                     f"lease until {existing.lease_until}); nothing was changed"
                 )
+            if dry_run:  # what the real run would do, which is finishing that one: nothing changes
+                steps = self.plan_unfinished(existing.id, action="resume")["plan"]
+                first = f"finish the unfinished rotation {existing.id} first (a run does only that):"
+                return Outcome(self._planned(user, t0, [first, *steps]))
+            requested = getattr(user, "strategy", existing.strategy)
+            if requested != existing.strategy:  # e.g. --emergency while a normal rotation is unfinished
+                raise PreconditionError(
+                    f"rotation {existing.id} of {user.secret} ({existing.strategy}) is unfinished; a "
+                    f"{requested} rotation cannot resume it: nothing was changed",
+                    hint=f"voke rotate rollback {existing.id} --yes, then run this again",
+                )
             self.progress(f"finishing the unfinished rotation {existing.id} first")
             return self._resume(existing, t0)
         if "current" not in meta.aliases:
@@ -253,9 +264,9 @@ class RotationEngine:
             precheck(meta, dry_run=dry_run)
         # The plan a dry run shows is made for a real run too: what stops it (a current login
         # that is not one of the configured roles) stops the run before the lock, not after.
-        plan = self._plan(user, meta, t0)
+        planned = self._plan(user, meta, t0)
         if dry_run:
-            return Outcome(plan)
+            return Outcome(planned)
         # A key the operator pasted is verified before it is stored; it needs no working old one.
         if not getattr(user, "operator_supplies_value", False):
             self._drift_check(user, meta)
@@ -284,6 +295,25 @@ class RotationEngine:
         self._fault("lock")
         return self._run(record, t0)
 
+    def _planned(
+        self, cred: Credential, t0: float, plan: list[str], previous_version: int | None = None
+    ) -> RotationReport:
+        """A dry run's report: PLAN, nothing done."""
+        return RotationReport(
+            rotation_id="(dry run)",
+            status="planned",
+            secret=cred.secret,
+            kind=cred.kind,
+            strategy=cred.strategy,
+            previous_version=previous_version,
+            new_version=None,
+            steps=[],
+            duration_seconds=round(time.monotonic() - t0, 3),
+            started_at=iso(self.now()),
+            dry_run=True,
+            plan=plan,
+        )
+
     def _plan(self, cred: Credential, meta: Any, t0: float) -> RotationReport:
         current = self._cred(cred.secret, meta.aliases.get("current"))
         plan = [
@@ -295,20 +325,7 @@ class RotationEngine:
             "wait until every service is healthy on its new instance",
             "record the audit event and the next due date",
         ]
-        return RotationReport(
-            rotation_id="(dry run)",
-            status="planned",
-            secret=cred.secret,
-            kind=cred.kind,
-            strategy=cred.strategy,
-            previous_version=meta.aliases.get("current"),
-            new_version=None,
-            steps=[],
-            duration_seconds=round(time.monotonic() - t0, 3),
-            started_at=iso(self.now()),
-            dry_run=True,
-            plan=plan,
-        )
+        return self._planned(cred, t0, plan, meta.aliases.get("current"))
 
     def _drift_check(self, credential: Credential, meta: Any) -> None:
         """At least one stored credential must log in, or a person has to look (exit 7, no change)."""
