@@ -163,6 +163,33 @@ def test_publish_before_sign_then_keep_after_sign(keyring):
         verify_token(cred, last_old)
 
 
+def test_a_promotion_resumed_late_keeps_the_old_key_as_long_as_its_tokens_live(keyring, monkeypatch):
+    from voketag_ops.workflows import rotate as rotate_wf
+
+    engine, clock, _store = keyring
+    cred = jwt_credential(engine)
+    assert rotate_jwt(engine).error is None  # publish
+    clock.advance(REFRESH + 1)
+
+    class Crash(BaseException):
+        pass
+
+    def crash(_code):
+        raise Crash
+
+    monkeypatch.setattr(rotate_wf.os, "_exit", crash)
+    engine.environ = {rotate_wf.FAULT_ENV: "create_pending"}
+    with pytest.raises(Crash):
+        rotate_jwt(engine)  # the promotion stops after its keyring was made
+    engine.environ = {}
+    clock.advance(2 * LIFETIME)  # resumed much later: the old key signed all along
+    late = sign_token(cred, claims(clock, "signed-by-the-old-key"))
+    assert engine.resume().error is None
+    clock.advance(REFRESH)
+    assert rotate_jwt(engine).error is None  # the next publish must not drop the old key yet
+    assert verify_token(cred, late)["sub"] == "signed-by-the-old-key"
+
+
 def test_emergency_revokes_every_old_key_at_once(keyring):
     engine, clock, _store = keyring
     cred = jwt_credential(engine)

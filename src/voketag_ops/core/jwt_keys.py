@@ -265,31 +265,48 @@ def new_keyring(algorithm: Algorithm, now: datetime) -> Keyring:
 
 
 def decide(
-    ring: Keyring, *, published_at: datetime, now: datetime, refresh: timedelta, emergency: bool = False
+    ring: Keyring,
+    *,
+    published_at: datetime,
+    now: datetime,
+    refresh: timedelta,
+    emergency: bool = False,
+    lifetime: timedelta | None = None,
 ) -> tuple[Action, datetime]:
     """What a rotation of RING does now, and from when.
 
     publish: add `next`. promote: `next` has been published for REFRESH (and the old
     `previous` has left the JWKS, so dropping it logs nobody out). wait: not yet; the
-    datetime says when. emergency: a fresh key signs at once.
+    datetime says when. emergency: a fresh key signs at once. PUBLISHED_AT is when RING became
+    current; with LIFETIME, `previous` is kept as long as `jwks` keeps it (a resumed promotion
+    made it current later than its stored expiry assumes).
     """
     if emergency:
         return "emergency", now
     if ring.next is None:
         return "publish", now
     ready = published_at + refresh
-    if ring.previous is not None:
-        ready = max(ready, parse_iso(ring.previous["expires_at"]))
+    until = ring.previous_until(published_at, lifetime)
+    if until is not None:
+        ready = max(ready, until)
     action: Action = "promote" if now >= ready else "wait"
     if ready.microsecond:  # shown in whole seconds, rounded up: never earlier than the wait
         ready = ready.replace(microsecond=0) + timedelta(seconds=1)
     return action, ready
 
 
-def publish(ring: Keyring, now: datetime) -> Keyring:
-    """A new `next` beside `current`; a `previous` whose tokens have all expired is dropped."""
+def publish(
+    ring: Keyring,
+    now: datetime,
+    *,
+    became_current_at: datetime | None = None,
+    lifetime: timedelta | None = None,
+) -> Keyring:
+    """A new `next` beside `current`; a `previous` whose tokens have all expired is dropped (by
+    the same reckoning as `jwks`: BECAME_CURRENT_AT and LIFETIME extend its stored expiry)."""
     previous = ring.previous
-    if previous is not None and now >= parse_iso(previous["expires_at"]):
+    until = ring.previous_until(became_current_at, lifetime)
+    if previous is not None and until is not None and now >= until:
         previous = None
     return Keyring(ring.algorithm, ring.current, generate_key(ring.algorithm, now), previous)
 

@@ -109,7 +109,12 @@ class JwtKeyring(MadeBeside):
 
         _meta, ring, published = self._state(meta)
         action, at = decide(
-            ring, published_at=published, now=self.now(), refresh=self.refresh, emergency=emergency
+            ring,
+            published_at=published,
+            now=self.now(),
+            refresh=self.refresh,
+            emergency=emergency,
+            lifetime=self.lifetime,
         )
         return action, at, ring
 
@@ -188,7 +193,8 @@ class JwtKeyring(MadeBeside):
             new = jwt_keys.promote(ring, now, self.lifetime)
             kid = new.current["kid"]
         elif action == "publish":
-            new = jwt_keys.publish(ring, now)
+            _meta, _ring, became = self._state()
+            new = jwt_keys.publish(ring, now, became_current_at=became, lifetime=self.lifetime)
             assert new.next is not None
             kid = new.next["kid"]
         else:
