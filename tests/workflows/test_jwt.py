@@ -125,6 +125,8 @@ def test_publish_before_sign_then_keep_after_sign(keyring):
     # 1. publish: next is in the JWKS, signing stays on the old key
     outcome = rotate_jwt(engine)
     assert outcome.error is None and outcome.report.status == "succeeded"
+    # the promotion (minutes away), not the yearly schedule's next Jan 1st
+    assert outcome.report.steps[-1].detail < "next due 2028-01-01T02:00:00Z"
     published = kids(cred)
     assert len(published) == 2 and published[0] == k1
     k2 = published[1]

@@ -547,6 +547,9 @@ class RotationEngine:
         record.status = "succeeded"
         record.finished_at = iso(now)
         due = next_due(getattr(self.settings.schedule, user.schedule), now)
+        early = getattr(user, "due_at", None)  # a JWT key just published is due for promotion soon
+        if early is not None and (at := early(self.store.get(record.secret))) is not None:
+            due = min(due, at)
         return f"next due {iso(due)}"
 
     def _end(self, record: RotationRecord) -> None:
