@@ -339,6 +339,7 @@ def test_timestamps_python_takes_but_iso_8601_does_not_are_bad(ts):
         ("2024-05-01 10:00+02:00", "2024-05-01T08:00:00.000000+00:00"),  # RFC 3339's space
         ('"2024-05-01T10:00:00,25-01"', "2024-05-01T11:00:00.250000+00:00"),  # quoted: a comma
         ("2024-05-01T10Z", "2024-05-01T10:00:00.000000+00:00"),
+        ("2024-05-01T10:00:00.1234560Z", "2024-05-01T10:00:00.123456+00:00"),  # zeros lose nothing
     ],
 )
 def test_iso_8601_forms_are_accepted_and_made_canonical(ts, canonical):

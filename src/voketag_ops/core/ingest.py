@@ -97,7 +97,7 @@ _CTRL_RE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]|\r(?!\n)")
 _FIELD_CTRL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _QUOTED_RE = re.compile(r'"(?:[^"]++|"")*+"')
 _UNQUOTED_RE = re.compile(r"[^,]*+")
-_FRACTION_RE = re.compile(r"[.,]\d{7}")
+_FRACTION_RE = re.compile(r"[.,]\d{6}\d*[1-9]")  # a digit beyond microseconds that is not 0 (lost)
 # ISO 8601 calendar date and time, extended (2024-05-01T08:30:00.25+02:00; a space for the T
 # as in RFC 3339) or basic (20240501T083000Z), the zone last. Python's fromisoformat alone
 # would also take week dates, any character as the separator and offsets with seconds. The
