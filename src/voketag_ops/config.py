@@ -223,7 +223,7 @@ class DrSettings(_Model):
         default=5, gt=0, description="how long the network drill freezes the primary"
     )
     runbooks_dir: Path | None = Field(
-        default=None, description="directory of the DR runbooks (default: runbooks/ of the voke checkout)"
+        default=None, description="directory of the DR runbooks (default: the runbooks voke ships with)"
     )
 
 

@@ -64,3 +64,15 @@ def test_runbook_list_and_show(voke, make_environ, tmp_path):
     shown = voke("dr", "runbook", "show", "regional-failure", environ=environ)
     assert shown.exit_code == 0 and shown.stdout.startswith("# Regional failure")
     assert voke("dr", "runbook", "show", "meteor", environ=environ).exit_code == 2
+
+
+def test_the_runbooks_ship_with_the_package():
+    # `voke dr runbook` reads them from the installed package (a wheel has no checkout around it).
+    import voketag_ops
+    from voketag_ops.config import Settings
+    from voketag_ops.workflows.dr import runbooks_dir
+
+    shipped = runbooks_dir(Settings())
+    assert shipped == Path(voketag_ops.__file__).resolve().parent / "runbooks"
+    assert sorted(p.name for p in shipped.glob("*.md")) == sorted(p.name for p in RUNBOOKS.glob("*.md"))
+    assert RUNBOOKS.resolve() == shipped  # the checkout's runbooks/ is a link to them

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -111,16 +111,20 @@ def test_crons_are_valid_and_equal_to_voke_schedule(module):
     from cronsim import CronSim
 
     declared = variables(module)
-    schedule = declared["rotation_schedule"]["default"]
-    assert schedule == RotationSchedule().model_dump()
+    daily = declared["rotation_check_schedule"]["default"]
+    assert daily == "0 2 * * *"
     jobs = resources(module, "google_cloud_scheduler_job")
-    assert jobs["rotate"]["for_each"] == "${var.rotation_schedule}"
+    assert "for_each" not in jobs["rotate"]  # one job: one per kind would collide on January 1st
     assert declared["dr_check_schedule"]["default"] == "*/15 * * * *"
     start = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    for cron in [*schedule.values(), declared["dr_check_schedule"]["default"]]:
+    for cron in [daily, declared["dr_check_schedule"]["default"]]:
         next(CronSim(cron, start))  # raises on an invalid expression
+    for cron in RotationSchedule().model_dump().values():  # every voke default falls on the daily run
+        due = next(CronSim(cron, start))
+        assert (due.hour, due.minute) == (2, 0) and next(CronSim(daily, due - timedelta(minutes=1))) == due
     assert all(job["time_zone"] == "Etc/UTC" for job in jobs.values())
-    assert '\\"rotate\\", \\"due\\", \\"--run\\", \\"--json\\"' in json.dumps(jobs["rotate"]["http_target"])
+    args = '\\"rotate\\", \\"due\\", \\"--run\\", \\"--yes\\", \\"--json\\"'  # --yes: no terminal in a job
+    assert args in json.dumps(jobs["rotate"]["http_target"])
     assert '\\"dr\\", \\"check\\", \\"--json\\"' in json.dumps(jobs["dr_check"]["http_target"])
 
 

@@ -507,12 +507,13 @@ def verify(
 
 # -- runbooks ----------------------------------------------------------------------------------------------
 def runbooks_dir(settings: Settings) -> Path:
-    """dr.runbooks_dir, else runbooks/ of the checkout voke runs from."""
+    """dr.runbooks_dir, else the runbooks voke ships with (package data; runbooks/ of the
+    checkout links to them)."""
     import voketag_ops
 
     if settings.dr.runbooks_dir is not None:
         return Path(os.path.expanduser(str(settings.dr.runbooks_dir)))
-    return Path(voketag_ops.__file__).resolve().parent.parent.parent / "runbooks"
+    return Path(voketag_ops.__file__).resolve().parent / "runbooks"
 
 
 def runbooks(settings: Settings) -> list[dict[str, Any]]:

@@ -1,15 +1,18 @@
-# Cloud Scheduler runs the job with overridden arguments: the rotation schedule of
-# PRODUCT.md (`voke rotate due --run --json`) and `voke dr check --json` every 15 minutes.
+# Cloud Scheduler runs the job with overridden arguments (run.jobs.runWithOverrides):
+# `voke rotate due --run --yes --json` once a day at 02:00 UTC, which rotates whatever voke's
+# [rotation.schedule] (PRODUCT.md's: monthly, quarterly, yearly, all at 02:00 on the 1st) makes due
+# and retries a missed one the next day; and `voke dr check --json` every 15 minutes. One rotation
+# job, not one per kind: on January 1st one per kind would all start at once and collide on the
+# same secrets (all but one exit 5).
 locals {
   run_uri = "https://run.googleapis.com/v2/projects/${var.project}/locations/${var.region}/jobs/${google_cloud_run_v2_job.voke.name}:run"
 }
 
 resource "google_cloud_scheduler_job" "rotate" {
-  for_each  = var.rotation_schedule
   project   = var.project
   region    = var.region
-  name      = "voke-${var.environment}-rotate-${replace(each.key, "_", "-")}"
-  schedule  = each.value
+  name      = "voke-${var.environment}-rotate-due"
+  schedule  = var.rotation_check_schedule
   time_zone = "Etc/UTC"
   retry_config {
     retry_count = 0
@@ -18,7 +21,7 @@ resource "google_cloud_scheduler_job" "rotate" {
     http_method = "POST"
     uri         = local.run_uri
     body = base64encode(jsonencode({
-      overrides = { containerOverrides = [{ args = ["rotate", "due", "--run", "--json"] }] }
+      overrides = { containerOverrides = [{ args = ["rotate", "due", "--run", "--yes", "--json"] }] }
     }))
     headers = { "Content-Type" = "application/json" }
     oauth_token {

@@ -38,17 +38,12 @@ variable "notification_channels" {
   description = "Notification channel ids for the alert policies"
 }
 
-# The same cron expressions (UTC) as voke's config (RotationSchedule in config.py);
-# a test keeps them equal.
-variable "rotation_schedule" {
-  type        = map(string)
-  description = "Cron (UTC) per credential kind; each runs `voke rotate due --run --json`"
-  default = {
-    db_password = "0 2 1 * *"
-    api_key     = "0 2 1 1,4,7,10 *"
-    sa_key      = "0 2 1 1,4,7,10 *"
-    jwt         = "0 2 1 1 *"
-  }
+# When the rotation job asks voke what is due: daily at 02:00 UTC, the hour of every default
+# in voke's [rotation.schedule] (a test keeps them aligned); the schedule itself lives in voke.toml.
+variable "rotation_check_schedule" {
+  type        = string
+  description = "Cron (UTC) of `voke rotate due --run --yes --json`"
+  default     = "0 2 * * *"
 }
 
 variable "dr_check_schedule" {

@@ -70,9 +70,12 @@ PERMISSIONS = (
     "cloudsql.instances.update",
     "cloudsql.users.list",
     "cloudsql.users.update",
-    # Cloud Run: revisions pinned to versions, traffic; the scheduled job
+    # Cloud Run: revisions pinned to versions, traffic; the scheduled job (run with overridden
+    # arguments); health checks of a revision's tag URL (services that require authentication)
     "run.jobs.run",
+    "run.jobs.runWithOverrides",
     "run.operations.get",
+    "run.routes.invoke",
     "run.revisions.get",
     "run.revisions.list",
     "run.services.get",
