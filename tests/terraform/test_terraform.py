@@ -144,6 +144,8 @@ def test_alert_metrics_are_real_cloud_sql_metrics_or_voke_own(module):
     assert lag["threshold_value"] == 60 and lag["comparison"] == "COMPARISON_GT"
     age = policies["backup_age"]["conditions"][0]["condition_threshold"][0]
     assert age["threshold_value"] == 24 * 3600
+    silent = policies["backup_age"]["conditions"][1]["condition_absent"][0]  # the checks stopped
+    assert catalog.BACKUP_AGE in silent["filter"] and silent["duration"] == "3600s"
 
 
 def test_every_api_voke_calls_is_enabled(module):

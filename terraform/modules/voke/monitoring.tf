@@ -39,6 +39,19 @@ resource "google_monitoring_alert_policy" "backup_age" {
       }
     }
   }
+  # The metric is written by the scheduled `voke dr check`: silence for an hour means the checks
+  # stopped (a failing job, a lost permission), which must not pass for a fresh backup.
+  conditions {
+    display_name = "no backup age reported for 1 h (the scheduled dr check is not running)"
+    condition_absent {
+      filter   = "metric.type = \"custom.googleapis.com/voke/dr/backup_age_seconds\" AND resource.type = \"global\""
+      duration = "3600s"
+      aggregations {
+        alignment_period   = "900s"
+        per_series_aligner = "ALIGN_MAX"
+      }
+    }
+  }
 }
 
 resource "google_monitoring_alert_policy" "replica_lag" {
