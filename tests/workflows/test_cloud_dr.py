@@ -115,6 +115,20 @@ def test_no_monitoring_data_or_inactive_replication_fails_the_check(cloud):
     assert inactive["failed"] == ["replica_streaming"], inactive["failed"]
 
 
+def test_an_environment_without_a_replica_still_judges_archiving():
+    from voketag_ops.config import Settings
+    from voketag_ops.workflows import cloud_dr
+    from voketag_ops.workflows.cloud import CloudPlatform
+
+    with FakeGcp() as fake:
+        fake.sql.add_instance("voke-db", users=("app_a",))
+        fake.sql.add_backup("voke-db", "SUCCESSFUL", now() - timedelta(hours=3))
+        settings = Settings.model_validate({"env": "prod", "environments": {"prod": fake.environment()}})
+        recovery = CloudPlatform(settings).recovery()
+        report = cloud_dr.check(settings, recovery, cloud_dr.thresholds(settings))
+        assert report["ok"] is True, report["failed"]  # archiving read from the primary's own metrics
+
+
 def test_archive_failures_fail_the_check(cloud):
     from voketag_ops.workflows import cloud_dr
 

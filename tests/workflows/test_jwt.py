@@ -253,13 +253,37 @@ def test_an_unfinished_rotation_is_neither_resumed_by_a_dry_run_nor_by_another_m
     )
     store.update("jwt-signing", etag=meta.etag, annotations={ANNOTATION: record.to_json()})
     etag = store.get("jwt-signing").etag
-    for emergency in (False, True):  # a dry run plans finishing it, and changes nothing
-        planned = rotate_jwt(engine, emergency=emergency, dry_run=True)
-        assert planned.report.dry_run and record.id in planned.report.plan[0]
+    planned = rotate_jwt(engine, dry_run=True)  # a dry run plans finishing it, and changes nothing
+    assert planned.report.dry_run and record.id in planned.report.plan[0]
     assert store.get("jwt-signing").etag == etag and kids(cred) == before
-    with pytest.raises(PreconditionError, match="cannot resume it"):  # the compromised key must not stay
-        rotate_jwt(engine, emergency=True)
+    for dry_run in (True, False):  # the compromised key must not stay: refused, dry or not
+        with pytest.raises(PreconditionError, match="cannot resume it"):
+            rotate_jwt(engine, emergency=True, dry_run=dry_run)
     assert store.get("jwt-signing").etag == etag
+
+
+def test_a_normal_run_finishes_an_unfinished_emergency_as_an_emergency(keyring):
+    engine, _clock, store = keyring
+    cred = jwt_credential(engine)
+    before = kids(cred)
+    meta = store.get("jwt-signing")
+    record = RotationRecord(
+        id="rot-20270101T020000Z-b2b2b2",
+        secret="jwt-signing",
+        kind="jwt",
+        strategy="emergency",
+        target="jwt",
+        owner="gone-host:1",
+        lease_until="2000-01-01T00:00:00Z",
+        started_at="2027-01-01T02:00:00Z",
+        step="lock",
+        old_current=meta.aliases["current"],
+    )
+    store.update("jwt-signing", etag=meta.etag, annotations={ANNOTATION: record.to_json()})
+    outcome = rotate_jwt(engine)  # `rotate jwt` or `rotate due --run` after the emergency was cut short
+    assert outcome.error is None and outcome.report.resumed
+    after = kids(cred)
+    assert len(after) == 1 and after[0] not in before  # every old key gone
 
 
 @pytest.mark.pg

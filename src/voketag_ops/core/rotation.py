@@ -20,6 +20,7 @@ Step = Literal["lock", "create_pending", "set_target", "test", "commit", "deploy
 Status = Literal["in_progress", "succeeded", "rolled_back", "needs_attention"]
 ANNOTATION = "voke-rotation"
 LAST_ANNOTATION = "voke-last-rotation"
+EMERGENCY = "emergency"  # the strategy of a JWT rotation that replaces every key at once
 
 # Characters that survive shells, URLs and conninfo strings without quoting surprises.
 SYMBOLS = "!#%*+-=?@^_~"

@@ -100,6 +100,9 @@ def status(settings: Settings, recovery: DatabaseRecovery, *, now: datetime | No
     errors: dict[str, str] = {}
     standby = None
     archive_failures = None
+    if not topo.standby:  # (with one, replication() reads them too) the primary's archiving, always
+        reader = getattr(recovery, "archive_failures", None)
+        archive_failures = reader(topo.primary) if reader is not None else None
     if topo.standby:
         replica = topo.instances.get(topo.standby) or recovery.instance(topo.standby)
         cloudsql: Any = recovery  # CloudSqlRecovery: the byte lag is read on the primary of now

@@ -22,6 +22,7 @@ from typing import Any
 from voketag_ops.config import RotationSettings
 from voketag_ops.core.rotation import (
     ANNOTATION,
+    EMERGENCY,
     LAST_ANNOTATION,
     CleanupAction,
     RotationRecord,
@@ -243,17 +244,19 @@ class RotationEngine:
                     f"rotation {existing.id} of {user.secret} is running (owner {existing.owner}, "
                     f"lease until {existing.lease_until}); nothing was changed"
                 )
+            requested = getattr(user, "strategy", existing.strategy)
+            if requested == EMERGENCY and existing.strategy != EMERGENCY:
+                # Resuming a normal rotation would leave the compromised key signing. (A normal run
+                # over an unfinished emergency resumes it as the emergency it is.)
+                raise PreconditionError(
+                    f"rotation {existing.id} of {user.secret} ({existing.strategy}) is unfinished; an "
+                    "emergency rotation cannot resume it: nothing was changed",
+                    hint=f"voke rotate rollback {existing.id} --yes, then run this again",
+                )
             if dry_run:  # what the real run would do, which is finishing that one: nothing changes
                 steps = self.plan_unfinished(existing.id, action="resume")["plan"]
                 first = f"finish the unfinished rotation {existing.id} first (a run does only that):"
                 return Outcome(self._planned(user, t0, [first, *steps]))
-            requested = getattr(user, "strategy", existing.strategy)
-            if requested != existing.strategy:  # e.g. --emergency while a normal rotation is unfinished
-                raise PreconditionError(
-                    f"rotation {existing.id} of {user.secret} ({existing.strategy}) is unfinished; a "
-                    f"{requested} rotation cannot resume it: nothing was changed",
-                    hint=f"voke rotate rollback {existing.id} --yes, then run this again",
-                )
             self.progress(f"finishing the unfinished rotation {existing.id} first")
             return self._resume(existing, t0)
         if "current" not in meta.aliases:

@@ -80,6 +80,16 @@ class CloudMonitoring:
         """The newest point of METRIC matching FILTERS within the lookback window."""
         return self._newest(self._series(metric, filters))
 
+    def archive_failures(self, primary: str) -> int | None:
+        """WAL segments PRIMARY failed to archive in the last hour: 0 when some were archived and
+        none failed, None when neither is on record (unknown)."""
+        project = self.ctx.project
+        where = {"resource.labels.database_id": f"{project}:{primary}"}
+        failures = self._series(catalog.LOG_ARCHIVE_FAILURES, where, seconds=3600)
+        if failures:
+            return sum(int(p.value.int64_value) for s in failures for p in s.points)
+        return 0 if self._series(catalog.LOG_ARCHIVE_SUCCESSES, where, seconds=3600) else None
+
     def replication(self, primary: str, replica: str) -> ReplicationInfo:
         project = self.ctx.project
         lag = self.latest(catalog.REPLICA_LAG, {"resource.labels.database_id": f"{project}:{replica}"})
@@ -91,18 +101,7 @@ class CloudMonitoring:
                 "metric.labels.replica_lag_type": "replay_location",
             },
         )
-        failures = self._series(
-            catalog.LOG_ARCHIVE_FAILURES,
-            {"resource.labels.database_id": f"{project}:{primary}"},
-            seconds=3600,
-        )
-        count = sum(int(p.value.int64_value) for s in failures for p in s.points) if failures else None
-        if count is None and self._series(
-            catalog.LOG_ARCHIVE_SUCCESSES,
-            {"resource.labels.database_id": f"{project}:{primary}"},
-            seconds=3600,
-        ):
-            count = 0  # segments were archived and none failed; with neither on record: unknown
+        count = self.archive_failures(primary)
         return ReplicationInfo(
             replica=replica,
             lag_seconds=lag if lag is None or lag >= 0 else None,

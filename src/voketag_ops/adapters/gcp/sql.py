@@ -317,6 +317,12 @@ class CloudSqlRecovery:
             return ReplicationInfo(replica, None, None, None)
         return self.monitoring.replication(primary or self.primary, replica)
 
+    def archive_failures(self, primary: str | None = None) -> int | None:
+        """See CloudMonitoring.archive_failures (None without a monitoring client)."""
+        if self.monitoring is None:
+            return None
+        return self.monitoring.archive_failures(primary or self.primary)
+
     def _mutate(self, method: str, what: str, **kwargs: Any) -> DbOperationInfo:
         client = self.admin.client("instances")
         with self.admin.translate(what):
