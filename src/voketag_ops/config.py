@@ -38,7 +38,11 @@ OTHER_ENV_VARS = {
     "VOKE_OUTPUT": "`json` makes every command print the JSON envelope, like --json",
 }
 
-_SECRET_KEY = re.compile(r"(password|passwd|token|private_key|api_key|credential|webhook)s?$", re.I)
+# Keys whose values are secrets. Not `*_secret`: in voke's config those name a secret in the store.
+_SECRET_KEY = re.compile(
+    r"(password|passwd|token|key|credential|webhook|auth|client_secret|secret_value)s?$", re.I
+)
+_URL_PASSWORD = re.compile(r"(://[^/@\s:]*:)[^\s]*@")  # the password of scheme://user:password@host
 
 
 # A cloud environment's name is also a Google Cloud label value (voke-env=NAME).
@@ -569,6 +573,8 @@ def effective_items(loaded: LoadedConfig) -> list[tuple[str, Any, str]]:
         # A schedule's keys name credentials but hold cron times; an empty value hides nothing.
         secret = value not in (None, "", [], {}) and not prefix.startswith("rotation.schedule.")
         shown = "***" if (secret and _SECRET_KEY.search(leaf)) else value
+        if isinstance(shown, str) and shown != "***":
+            shown = _URL_PASSWORD.sub(r"\1***@", shown)
         rows.append((prefix, shown, loaded.source_of(prefix)))
 
     walk("", loaded.settings.model_dump(mode="json"))
@@ -602,7 +608,7 @@ def _merge(
             if key in target and not isinstance(target[key], dict):
                 # A later layer sets keys under it: the earlier value (`ingest = 5`) is no table.
                 where = sources.get(dotted, "default")
-                raise ConfigError(f"{where}: {dotted}: expected a table, got {target[key]!r}")
+                raise ConfigError(f"{where}: {dotted}: expected a table, got a {type(target[key]).__name__}")
             target.setdefault(key, {})
             _merge(target[key], value, sources, source, per_key, dotted + ".")
             continue

@@ -23,6 +23,26 @@ def register(value: str | bytes) -> None:
             _values.add(text)
 
 
+def register_credentials_in(text: str) -> None:
+    """Register the password of any `scheme://user:password@host` URL and any `password=...`
+    keyword in TEXT (a command-line argument, a --db value), and each '@'- or ':'-separated
+    piece of it: a password with a raw '@' is split by URL parsers, which then quote a piece
+    of it as a host name in their errors."""
+    scheme = text.find("://")
+    if scheme >= 0 and "@" in text[scheme:]:
+        userinfo = text[scheme + 3 : text.rindex("@")]
+        register(userinfo)
+        if ":" in userinfo:
+            password = userinfo.split(":", 1)[1]
+            register(password)
+            for piece in password.replace(":", "@").split("@"):
+                register(piece)
+    start = text.find("password=")
+    if start >= 0:
+        value = text[start + len("password=") :].split(" ", 1)[0].strip("'\"")
+        register(value)
+
+
 _SECRET_FIELDS = {"password", "secret", "token", "access_token", "private_key", "api_key", "key", "value"}
 
 

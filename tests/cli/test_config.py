@@ -205,3 +205,21 @@ def test_a_bad_named_environment_is_named_with_its_file(voke, make_environ, tmp_
     doctor = voke("--env", "prod", "doctor", "--json", environ=environ, cwd=tmp_path)
     check = {c["name"]: c for c in doctor.json["result"]["checks"]}["environment"]
     assert str(tmp_path / "voke.toml") in check["detail"] and check["hint"] == "fix the key named above"
+
+
+def test_secrets_in_config_values_are_masked_and_never_echoed_by_errors(voke, make_environ, tmp_path):
+    (tmp_path / "voke.toml").write_text(
+        "[rotation]\nnotify_webhook = 'https://hooks.example.com/services/T0/B0/WebHookS3cretTok'\n"
+        "[rotation.api_keys.mail]\nprovider = 'sendgrid'\nsecret = 'mail-key'\n"
+        "endpoint = 'https://apiuser:EndpointPassw0rd@api.example.com'\n"
+        "options = { client_secret = 'CS-value-123', auth = 'Basic abc123456' }\n"
+    )
+    environ = make_environ(tmp_path / "h")
+    shown = voke("config", "show", "--json", environ=environ, cwd=tmp_path)
+    clashing = voke("config", "show", "--json", environ={**environ, "VOKE_ROTATION__NOTIFY_WEBHOOK__X": "1"},
+                    cwd=tmp_path)  # fmt: skip
+    assert shown.exit_code == 0 and clashing.exit_code == 3
+    for out in (shown, clashing):
+        for secret in ("WebHookS3cretTok", "EndpointPassw0rd", "CS-value-123", "abc123456"):
+            assert secret not in out.stdout + out.stderr
+    assert shown.json["result"]["settings"]["rotation.api_keys.mail.secret"]["value"] == "mail-key"  # a name

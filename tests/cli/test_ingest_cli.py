@@ -245,6 +245,18 @@ def test_unreachable_database_exits_4_without_the_password(voke, tmp_path):
     assert "s3cret-pass-word" not in result.stdout + result.stderr
 
 
+def test_no_piece_of_a_password_with_a_raw_at_sign_is_printed_or_audited(voke, tmp_path):
+    # libpq splits the URL at the password's '@' and names the rest as the host in its error.
+    (tmp_path / "batch.csv").write_text(HEADER + GOOD)
+    url = "postgresql://app_a:Tx9#Lm@Qw8ZsTailLeak@127.0.0.1:1/voketag"
+    result = voke("ingest", "load", str(tmp_path / "batch.csv"), "--db", url, "--json")
+    misplaced = voke("ingest", "load", "postgresql://u:S3cretPW-unreach@127.0.0.1:1/db")  # no --db
+    audit = voke("audit", "export", "--format", "json")
+    for out in (result, misplaced, audit):
+        text = out.stdout + out.stderr
+        assert "Qw8ZsTailLeak" not in text and "S3cretPW-unreach" not in text
+
+
 def test_sample_is_reproducible_and_refuses_to_overwrite(voke, tmp_path):
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
     assert voke("ingest", "sample", "--rows", "50", "--seed", "9", "--out", str(a)).exit_code == 0

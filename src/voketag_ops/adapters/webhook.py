@@ -21,13 +21,13 @@ log = get_logger(__name__)
 def post_webhook(url: str, text: str, *, timeout: float = 3.0) -> bool:
     """Send TEXT; True when the webhook answered 2xx."""
     body = json.dumps({"text": redact(text)}).encode("utf-8")
-    request = urllib.request.Request(
-        url,
-        data=body,
-        method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": "voketag-ops"},
-    )
-    try:
+    try:  # (the URL carries a token: no message here may quote it, a malformed one included)
+        request = urllib.request.Request(
+            url,
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json", "User-Agent": "voketag-ops"},
+        )
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             resp.read()
             return 200 <= resp.status < 300

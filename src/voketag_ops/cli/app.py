@@ -31,7 +31,7 @@ from voketag_ops.cli._click import ClickAbort, ClickException, ClickUsageError, 
 from voketag_ops.cli.common import GLOBAL_FLAGS, AppContext, GlobalOptions
 from voketag_ops.errors import BackendError, Interrupted, UsageError, VokeError
 from voketag_ops.output import Output
-from voketag_ops.redact import redact
+from voketag_ops.redact import redact, register_credentials_in
 
 app = typer.Typer(
     name="voke",
@@ -170,6 +170,8 @@ def run(
     """Run one invocation and return its exit code; never raises (but SystemExit from Click)."""
     env_map = dict(os.environ) if environ is None else environ
     args = hoist_global_flags(args)
+    for arg in args:  # a password in any argument (a URL given where a file was expected) is masked
+        register_credentials_in(arg)
     json_mode = "--json" in args or env_map.get("VOKE_OUTPUT", "").lower() == "json"
     output = Output(
         json_mode=json_mode,

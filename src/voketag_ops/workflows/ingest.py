@@ -260,22 +260,17 @@ def _connected_target(conn: psycopg.Connection[Any], described: str) -> str:
 
 
 def _register_secrets(conninfo: str) -> None:
-    """Register CONNINFO's password for masking, and for a URL everything between '://' and
-    its last '@' (a password with a raw '/' or '@' in it is not parsed as one)."""
+    """Register CONNINFO's password for masking, as libpq parses it and as written (a password
+    with a raw '/' or '@' in it is not parsed as one: see `register_credentials_in`)."""
     from psycopg.conninfo import conninfo_to_dict
 
-    from voketag_ops.redact import register
+    from voketag_ops.redact import register, register_credentials_in
 
     with suppress(Exception):
         password = conninfo_to_dict(conninfo).get("password")
         if password:
             register(str(password))
-    scheme = conninfo.find("://")
-    if scheme >= 0 and "@" in conninfo[scheme:]:
-        userinfo = conninfo[scheme + 3 : conninfo.rindex("@")]
-        register(userinfo)
-        if ":" in userinfo:
-            register(userinfo.split(":", 1)[1])
+    register_credentials_in(conninfo)
 
 
 def connect(conninfo: str) -> psycopg.Connection[Any]:
