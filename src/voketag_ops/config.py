@@ -608,7 +608,10 @@ def _merge(
             if key in target and not isinstance(target[key], dict):
                 # A later layer sets keys under it: the earlier value (`ingest = 5`) is no table.
                 where = sources.get(dotted, "default")
-                raise ConfigError(f"{where}: {dotted}: expected a table, got a {type(target[key]).__name__}")
+                kind = {bool: "a boolean", int: "a number", float: "a number", str: "a string"}.get(
+                    type(target[key]), "a list"
+                )  # (not the value itself: it may be a secret)
+                raise ConfigError(f"{where}: {dotted}: expected a table, got {kind}")
             target.setdefault(key, {})
             _merge(target[key], value, sources, source, per_key, dotted + ".")
             continue

@@ -137,7 +137,11 @@ def test_an_unknown_environment_is_refused_by_every_command(voke, make_environ, 
         ({"voke.toml": b"[ingest]\nlock_timeout = inf\n"}, {}, "ingest.lock_timeout"),
         ({"voke.toml": b"[ingest]\nlock_timeout = 3000000\n"}, {}, "ingest.lock_timeout"),
         ({"voke.toml": b"[dr]\nmax_lag_seconds = nan\n"}, {}, "dr.max_lag_seconds"),
-        ({"voke.toml": b"ingest = 5\n"}, {"VOKE_INGEST__MAX_ERRORS": "3"}, "ingest: expected a table, got 5"),
+        (
+            {"voke.toml": b"ingest = 5\n"},
+            {"VOKE_INGEST__MAX_ERRORS": "3"},
+            "ingest: expected a table, got a number",
+        ),
         ({}, {"VOKE_ENV": "local", "VOKE_ENV__X": "1"}, "env VOKE_ENV__X"),
         ({}, {"VOKE_HOME": ""}, "env VOKE_HOME: local.home: Value error, empty"),
         (
