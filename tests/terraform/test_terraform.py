@@ -141,7 +141,7 @@ def test_alert_metrics_are_real_cloud_sql_metrics_or_voke_own(module):
     } <= used
     assert all(m.startswith(catalog.METRIC_PREFIX) for m in used - catalog.CLOUDSQL_METRICS)
     lag = policies["replica_lag"]["conditions"][0]["condition_threshold"][0]
-    assert lag["threshold_value"] == 60 and lag["comparison"] == "COMPARISON_GT"
+    assert lag["threshold_value"] == 5 * 60 and lag["comparison"] == "COMPARISON_GT"  # PRODUCT.md: over 5 min
     age = policies["backup_age"]["conditions"][0]["condition_threshold"][0]
     assert age["threshold_value"] == 24 * 3600
     silent = policies["backup_age"]["conditions"][1]["condition_absent"][0]  # the checks stopped
