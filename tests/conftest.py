@@ -8,6 +8,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,15 +127,28 @@ def local_env(platform: Any) -> Any:
     return platform.env
 
 
-@pytest.fixture
-def pg_database(local_env: Any) -> Iterator[str]:
-    """A fresh database on the shared primary, dropped after the test."""
+@contextmanager
+def fresh_database(local_env: Any, options: str = "") -> Iterator[str]:
+    """A new database on the shared primary (created WITH OPTIONS), dropped afterwards."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     primary = local_env.primary()
     with primary.connect() as conn:
-        conn.execute(f'create database "{name}"')
+        conn.execute(f'create database "{name}" {options}')
     try:
         yield name
     finally:
         with primary.connect() as conn:
             conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+@pytest.fixture
+def database_with(local_env: Any) -> Any:
+    """fresh_database for a test module: `with database_with("locale 'C.utf8'") as name:`."""
+    return lambda options="": fresh_database(local_env, options)
+
+
+@pytest.fixture
+def pg_database(local_env: Any) -> Iterator[str]:
+    """A fresh database on the shared primary, dropped after the test."""
+    with fresh_database(local_env) as name:
+        yield name

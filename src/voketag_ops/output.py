@@ -88,8 +88,8 @@ class Output:
     ) -> None:
         self.json_mode = json_mode
         self.command = command
-        self.stdout: TextIO = _ReaderMayGo(stdout or sys.stdout)  # type: ignore[assignment]
-        self.stderr: TextIO = _ReaderMayGo(stderr or sys.stderr)  # type: ignore[assignment]
+        self.stdout: TextIO = _ReaderMayGo(stdout or sys.stdout, "stdout")  # type: ignore[assignment]
+        self.stderr: TextIO = _ReaderMayGo(stderr or sys.stderr, "stderr")  # type: ignore[assignment]
         self.stdin = stdin or sys.stdin
         self.no_color = no_color or "NO_COLOR" in os.environ
         self._out_console: Console | None = None
@@ -258,8 +258,9 @@ class _ReaderMayGo:
     stream closed from the start (`>&-`) is no error: the rest goes to /dev/null, quietly,
     and the command ends as it would have. Everything else is the stream's own."""
 
-    def __init__(self, stream: TextIO | None) -> None:
+    def __init__(self, stream: TextIO | None, name: str = "stdout") -> None:
         self.wrapped = stream
+        self.name = name
 
     def write(self, text: str) -> int:
         if self.wrapped is not None:
@@ -296,10 +297,7 @@ class _ReaderMayGo:
         except OSError as exc:  # a full disk (`> /dev/full`), a quota: the answer did not get out
             from voketag_ops.errors import BackendError
 
-            raise BackendError(f"cannot write to {self._name()}: {exc.strerror or exc}") from None
-
-    def _name(self) -> str:
-        return "stderr" if self.wrapped is sys.__stderr__ else "stdout"
+            raise BackendError(f"cannot write to {self.name}: {exc.strerror or exc}") from None
 
     def __getattr__(self, name: str) -> Any:
         wrapped = self.__dict__.get("wrapped")  # (not set yet while copy or pickle builds one)

@@ -235,17 +235,10 @@ def test_a_version_1_schema_is_migrated_with_its_batches(db, tmp_path):
 
 
 @pytest.fixture
-def db_in_a_language_collation(local_env: Any) -> Iterator[str]:
+def db_in_a_language_collation(local_env: Any, database_with: Any) -> Iterator[str]:
     """A database whose default collation is not "C" (libc C.utf8 compares with strcoll)."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    primary = local_env.primary()
-    with primary.connect() as conn:
-        conn.execute(f"create database \"{name}\" template template0 locale 'C.utf8'")
-    try:
-        yield primary.conninfo(name)
-    finally:
-        with primary.connect() as conn:
-            conn.execute(f'drop database if exists "{name}" with (force)')
+    with database_with("template template0 locale 'C.utf8'") as name:
+        yield local_env.primary().conninfo(name)
 
 
 def test_keys_compare_bytewise_whatever_the_database_collation(db_in_a_language_collation, tmp_path):

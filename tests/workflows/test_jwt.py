@@ -207,16 +207,14 @@ def test_emergency_revokes_every_old_key_at_once(keyring):
     assert verify_token(cred, sign_token(cred, claims(clock, "new")))["sub"] == "new"
 
 
-def test_an_interrupted_emergency_resumes_as_an_emergency(keyring):
-    engine, _clock, store = keyring
-    cred = jwt_credential(engine)
-    before = kids(cred)
+def left_unfinished(store, strategy: str, rotation_id: str) -> RotationRecord:
+    """A JWT rotation in STRATEGY that a process now gone locked and left at its first step."""
     meta = store.get("jwt-signing")
     record = RotationRecord(
-        id="rot-20270101T020000Z-e0e0e0",
+        id=rotation_id,
         secret="jwt-signing",
         kind="jwt",
-        strategy="emergency",
+        strategy=strategy,
         target="jwt",
         owner="gone-host:1",
         lease_until="2000-01-01T00:00:00Z",
@@ -225,6 +223,14 @@ def test_an_interrupted_emergency_resumes_as_an_emergency(keyring):
         old_current=meta.aliases["current"],
     )
     store.update("jwt-signing", etag=meta.etag, annotations={ANNOTATION: record.to_json()})
+    return record
+
+
+def test_an_interrupted_emergency_resumes_as_an_emergency(keyring):
+    engine, _clock, store = keyring
+    cred = jwt_credential(engine)
+    before = kids(cred)
+    record = left_unfinished(store, "emergency", "rot-20270101T020000Z-e0e0e0")
     outcome = engine.resume(record.id)  # a fresh process: the credential's own mode is the normal one
     assert outcome.error is None and outcome.report.resumed
     after = kids(cred)
@@ -238,20 +244,7 @@ def test_an_unfinished_rotation_is_neither_resumed_by_a_dry_run_nor_by_another_m
     engine, _clock, store = keyring
     cred = jwt_credential(engine)
     before = kids(cred)
-    meta = store.get("jwt-signing")
-    record = RotationRecord(
-        id="rot-20270101T020000Z-a1a1a1",
-        secret="jwt-signing",
-        kind="jwt",
-        strategy="publish-before-sign",
-        target="jwt",
-        owner="gone-host:1",
-        lease_until="2000-01-01T00:00:00Z",
-        started_at="2027-01-01T02:00:00Z",
-        step="lock",
-        old_current=meta.aliases["current"],
-    )
-    store.update("jwt-signing", etag=meta.etag, annotations={ANNOTATION: record.to_json()})
+    record = left_unfinished(store, "publish-before-sign", "rot-20270101T020000Z-a1a1a1")
     etag = store.get("jwt-signing").etag
     planned = rotate_jwt(engine, dry_run=True)  # a dry run plans finishing it, and changes nothing
     assert planned.report.dry_run and record.id in planned.report.plan[0]
@@ -266,20 +259,7 @@ def test_a_normal_run_finishes_an_unfinished_emergency_as_an_emergency(keyring):
     engine, _clock, store = keyring
     cred = jwt_credential(engine)
     before = kids(cred)
-    meta = store.get("jwt-signing")
-    record = RotationRecord(
-        id="rot-20270101T020000Z-b2b2b2",
-        secret="jwt-signing",
-        kind="jwt",
-        strategy="emergency",
-        target="jwt",
-        owner="gone-host:1",
-        lease_until="2000-01-01T00:00:00Z",
-        started_at="2027-01-01T02:00:00Z",
-        step="lock",
-        old_current=meta.aliases["current"],
-    )
-    store.update("jwt-signing", etag=meta.etag, annotations={ANNOTATION: record.to_json()})
+    left_unfinished(store, "emergency", "rot-20270101T020000Z-b2b2b2")
     outcome = rotate_jwt(engine)  # `rotate jwt` or `rotate due --run` after the emergency was cut short
     assert outcome.error is None and outcome.report.resumed
     after = kids(cred)

@@ -315,6 +315,15 @@ def ports_for(settings: Settings) -> CloudDrPorts:
     return CloudDrPorts(platform.recovery(), platform.store(), platform.runtime())
 
 
+def _still_running(exc: StepTimeoutError, what: str, instance: str, resume: str) -> NeedsOperatorError:
+    """An operation past voke's deadline still runs in Cloud SQL: not "nothing changed" (exit 4)
+    but exit 7, naming the rerun that finishes it once it is DONE."""
+    return NeedsOperatorError(
+        f"{exc.message}; {what} continues in Cloud SQL",
+        hint=f"wait until `gcloud sql operations list --instance {instance}` shows it DONE, then `{resume}`",
+    )
+
+
 class _Steps:
     """Named, timed steps of one operation, for the report (the local DR step shape)."""
 
@@ -700,12 +709,8 @@ def failover(
             with steps.run(f"promote {replica_name}" + (" (failover=true)" if dr_failover else "")) as info:
                 try:
                     op = recovery.promote_replica(replica_name, failover=dr_failover)
-                except StepTimeoutError as exc:  # still running in Cloud SQL: not "nothing changed"
-                    raise NeedsOperatorError(
-                        f"{exc.message}; the promotion continues in Cloud SQL",
-                        hint=f"wait until `gcloud sql operations list --instance {replica_name}` shows it DONE, "
-                        f"then `{resume}`",
-                    ) from None
+                except StepTimeoutError as exc:
+                    raise _still_running(exc, "the promotion", replica_name, resume) from None
                 except BackendError as exc:
                     after = _leftover(recovery, replica_name)
                     if after is not None and after.role == "primary":
@@ -853,12 +858,8 @@ def failback(
             with steps.run(f"switchover to {env.instance}") as info:
                 try:
                     op = recovery.switchover(env.instance)
-                except StepTimeoutError as exc:  # still running in Cloud SQL: not "nothing changed"
-                    raise NeedsOperatorError(
-                        f"{exc.message}; the switchover continues in Cloud SQL",
-                        hint=f"wait until `gcloud sql operations list --instance {env.instance}` shows it DONE, "
-                        f"then `{resume}`",
-                    ) from None
+                except StepTimeoutError as exc:
+                    raise _still_running(exc, "the switchover", env.instance, resume) from None
                 operation = _op(op)
                 info["operation"] = op.name
         leader = _require_primary(recovery, env.instance, steps)
