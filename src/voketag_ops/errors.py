@@ -6,7 +6,11 @@ code and a one-line message. Messages must never contain secret values.
 
 from __future__ import annotations
 
+import errno
 from enum import IntEnum
+
+# A full or read-only file system is the machine's state, not a bug nor a usage error: exit 4.
+DISK_REFUSED = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
 class ExitCode(IntEnum):

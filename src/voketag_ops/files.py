@@ -1,11 +1,21 @@
-"""Files voke writes for the user (`--out`, `--rejects`): checked before any work is done."""
+"""Files voke writes for the user (`--out`, `--output`, `--rejects`): checked before any work
+is done, written aside and renamed into place."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import stat
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
+from typing import IO, Any, TypeVar
 
-from voketag_ops.errors import UsageError
+from voketag_ops.errors import DISK_REFUSED, UsageError
+
+T = TypeVar("T")
 
 
 def check_replaceable(path: Path, flag: str) -> None:
@@ -24,3 +34,128 @@ def check_replaceable(path: Path, flag: str) -> None:
         raise UsageError(
             f"{flag} {path}: not a regular file (a device or a pipe would be replaced); name a file"
         )
+
+
+# -- writing aside ---------------------------------------------------------------------------
+_SCRATCH = ".partial"
+_KEPT = ".kept"
+# A scratch file younger than this is never swept: between its creation and its lock another
+# writer could otherwise take it for a leftover.
+_SWEEP_AFTER_SECONDS = 10.0
+
+
+def _umask_mode() -> int:
+    """0o666 less the umask: what open() would have created (mkstemp makes 0o600)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+class Scratch:
+    """A file written beside TARGET (``.NAME.XXXXXXXX.partial``) and renamed over it only once
+    complete, so TARGET is never half-written.
+
+    The scratch file is locked (``flock``) while this object holds it. A killed voke leaves
+    its scratch file unlocked; the next writer of the same TARGET removes such leftovers. One
+    kept on purpose (``keep``: a message names it) is renamed ``.kept`` and never swept."""
+
+    def __init__(self, target: Path, flag: str, *, private: bool = False) -> None:
+        self.target = target
+        directory = target.parent if str(target.parent) else Path(".")
+        prefix = f".{target.name}."
+        _sweep(directory, prefix)
+        try:
+            fd, self.path = tempfile.mkstemp(prefix=prefix, suffix=_SCRATCH, dir=directory)
+        except OSError as exc:
+            raise UsageError(f"{flag} {target}: cannot write there: {exc.strerror}") from None
+        self._fd: int | None = fd
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.fchmod(fd, 0o600 if private else _umask_mode())
+
+    def open(self, mode: str = "wb", **kwargs: Any) -> IO[Any]:
+        """The scratch file, open for writing from its start (closing it keeps the lock)."""
+        assert self._fd is not None, "settled"
+        return open(self.path, mode, **kwargs)
+
+    def replace(self) -> str:
+        """Rename the scratch file over the target; its path. OSError if that fails (the scratch
+        file is still held: ``keep`` or ``discard`` it)."""
+        os.replace(self.path, self.target)
+        self._release()
+        return str(self.target)
+
+    def take(self, other: Scratch) -> None:
+        """OTHER's content becomes this scratch file's (a rewritten copy renamed over it)."""
+        os.replace(other.path, self.path)
+        self._release()
+        self._fd, other._fd = other._fd, None
+
+    def keep(self) -> str:
+        """Leave the content where it is, out of the sweep's way (``.kept``); its path."""
+        kept = self.path.removesuffix(_SCRATCH) + _KEPT
+        with suppress(OSError):
+            os.replace(self.path, kept)
+            self.path = kept
+        self._release()
+        return self.path
+
+    def discard(self) -> None:
+        """Remove the scratch file unless it was renamed or kept."""
+        if self._fd is not None:
+            with suppress(FileNotFoundError):
+                os.unlink(self.path)
+            self._release()
+
+    def _release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> Scratch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+
+def _sweep(directory: Path, prefix: str) -> None:
+    """Remove the scratch files of PREFIX in DIRECTORY that nobody holds (a killed voke's)."""
+    length = len(prefix) + 8 + len(_SCRATCH)  # mkstemp's names have 8 random characters
+    try:
+        names = [n for n in os.listdir(directory) if len(n) == length and n.startswith(prefix)]
+    except OSError:
+        return
+    for name in names:
+        if name.endswith(_SCRATCH):
+            with suppress(OSError):
+                _remove_if_unheld(directory / name)
+
+
+def _remove_if_unheld(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or time.time() - st.st_mtime < _SWEEP_AFTER_SECONDS:
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: its writer is alive
+        if os.stat(path, follow_symlinks=False).st_ino == st.st_ino:
+            os.unlink(path)
+    finally:
+        os.close(fd)
+
+
+def write_output(target: Path, flag: str, write: Callable[[IO[bytes]], T], *, private: bool = False) -> T:
+    """Write an output file the user named (FLAG TARGET) through WRITE, all or nothing: it
+    must be new or a regular file, it is written beside and renamed into place, and a failure
+    leaves the old file as it was (exit 2 naming it; a full or read-only disk, exit 4)."""
+    check_replaceable(target, flag)
+    with Scratch(target, flag, private=private) as scratch:
+        try:
+            with scratch.open("wb") as fh:
+                result = write(fh)
+            scratch.replace()
+        except OSError as exc:
+            if exc.errno in DISK_REFUSED:  # named here: a write() failing names no file
+                raise OSError(exc.errno, exc.strerror, str(target)) from None
+            raise UsageError(f"{flag} {target}: cannot write: {exc.strerror}") from None
+    return result

@@ -50,7 +50,7 @@ def batches(db: str) -> list[int]:
 
 
 def scratch_files(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.name.endswith(".partial"))
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith((".partial", ".kept")))
 
 
 # -- where the rejected rows go ---------------------------------------------------------------------

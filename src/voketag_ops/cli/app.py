@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
 import os
 import sys
@@ -29,7 +28,7 @@ from voketag_ops.cli import (
 )
 from voketag_ops.cli._click import ClickAbort, ClickException, ClickUsageError, NoArgsIsHelpError
 from voketag_ops.cli.common import GLOBAL_FLAGS, AppContext, GlobalOptions
-from voketag_ops.errors import BackendError, Interrupted, UsageError, VokeError
+from voketag_ops.errors import DISK_REFUSED, BackendError, Interrupted, UsageError, VokeError
 from voketag_ops.output import Output
 from voketag_ops.redact import redact, register_credentials_in
 
@@ -230,7 +229,7 @@ def _invoke(
     except (ClickAbort, KeyboardInterrupt):
         return output.error(_interrupted())
     except OSError as exc:
-        if exc.errno not in _DISK_REFUSED:
+        if exc.errno not in DISK_REFUSED:
             return _internal_error(output, exc, debug)
         # A full or read-only file system is the machine's state, not a bug: exit 4, one line.
         where = f": {redact(str(exc.filename))}" if exc.filename else ""
@@ -242,9 +241,6 @@ def _invoke(
         )
     except Exception as exc:  # a bug: one line, traceback only with --debug
         return _internal_error(output, exc, debug)
-
-
-_DISK_REFUSED = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
 def _internal_error(output: Output, exc: BaseException, debug: bool) -> int:

@@ -103,9 +103,8 @@ def export(
     result: Result = None,
 ) -> None:
     """Export audit events as JSON or CSV (CSV cells starting with = + - @ are escaped)."""
-    import os
-
-    from voketag_ops.errors import InputError, UsageError
+    from voketag_ops.errors import UsageError
+    from voketag_ops.files import write_output
     from voketag_ops.workflows.audit import export_chunks
 
     env = use(ctx)
@@ -120,12 +119,7 @@ def export(
         return
     text = "".join(chunks)
     if output is not None:
-        try:
-            fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-                fh.write(text)
-        except OSError as exc:
-            raise InputError(f"{output}: cannot write: {exc.strerror}") from None
+        write_output(output, "--output", lambda fh: fh.write(text.encode()), private=True)
     summary: dict[str, Any] = {"format": fmt, "path": str(output) if output else None}
     if output is None:
         import json

@@ -240,7 +240,9 @@ def export(
         env.out.stdout.flush()
         return
     if output is not None:
-        _write_private(output, text)
+        from voketag_ops.files import write_output
+
+        write_output(output, "--output", lambda fh: fh.write(text.encode()), private=True)
     summary = {
         "blocks": len(state.blocks),
         "anchors": len(state.anchors),
@@ -459,19 +461,6 @@ def _audited(env: AppContext, event_type: str, *, target: str, details: dict[str
         _home(env), event_type=event_type, env=env.settings.env, target=target, details=details
     ) as event:
         yield event
-
-
-def _write_private(path: Path, text: str) -> None:
-    import os
-
-    from voketag_ops.errors import InputError
-
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot write: {exc.strerror}") from None
 
 
 def _render_fields(console: Console, report: dict[str, Any]) -> None:

@@ -203,14 +203,9 @@ def report(
         Format.json: lambda j: json.dumps(j, indent=2) + "\n",
     }[format_](journal)
     if output is not None:
-        from voketag_ops.errors import UsageError
-        from voketag_ops.files import check_replaceable
+        from voketag_ops.files import write_output
 
-        check_replaceable(output, "--output")
-        try:
-            output.write_text(text)
-        except OSError as exc:
-            raise UsageError(f"--output {output}: cannot write: {exc.strerror}") from None
+        write_output(output, "--output", lambda fh: fh.write(text.encode()))
         env.out.result(
             {"run_id": journal["run_id"], "format": format_.value, "output": str(output), "bytes": len(text)},
             render=lambda c, r: c.print(f"wrote {r['output']} ({r['bytes']} bytes)"),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -568,16 +567,14 @@ def badge(
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    from voketag_ops.files import check_replaceable
+    from voketag_ops.files import check_replaceable, write_output
 
     check_replaceable(path, "--out")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
     except OSError as exc:
-        raise UsageError(f"{path}: cannot write: {exc.strerror}") from None
+        raise UsageError(f"--out {path}: cannot write: {exc.strerror}") from None
+    write_output(path, "--out", lambda fh: fh.write(text.encode()))
 
 
 # -- history ---------------------------------------------------------------------------------------

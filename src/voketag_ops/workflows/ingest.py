@@ -68,7 +68,7 @@ from voketag_ops.errors import (
     UsageError,
     VokeError,
 )
-from voketag_ops.files import check_replaceable
+from voketag_ops.files import Scratch, check_replaceable, write_output
 
 if TYPE_CHECKING:
     import psycopg
@@ -800,17 +800,14 @@ def _settle_commit(
     interrupted = isinstance(lost, KeyboardInterrupt)
     reason = "interrupted" if interrupted else str(lost)
     try:
-        conn, existing = _commit_outcome(conninfo, report, session, target, reason)
-    except (NeedsOperatorError, KeyboardInterrupt) as unknown:
-        if rejects_out is not None:
-            rejects_out.keep()  # the hint names it: the batch may have committed
-        if isinstance(unknown, KeyboardInterrupt):  # Ctrl-C (again) while it was being found out
-            raise _unsettled(
-                report,
-                f"{target}: interrupted while finding out whether batch {report.batch_id} "
-                f"({Path(report.file).name}) committed",
-            ) from None
-        raise
+        conn, existing = _commit_outcome(conninfo, report, session, target, reason, rejects_out)
+    except KeyboardInterrupt:  # Ctrl-C (again) while it was being found out
+        raise _unsettled(
+            report,
+            f"{target}: interrupted while finding out whether batch {report.batch_id} "
+            f"({Path(report.file).name}) committed",
+            rejects_out,
+        ) from None
     except BackendError:
         if interrupted:
             raise lost from None  # not committed: an interrupt like any other
@@ -946,7 +943,12 @@ class _CommitLost(Exception):
 
 
 def _commit_outcome(
-    conninfo: str, report: LoadReport, session: Any, target: str, reason: str
+    conninfo: str,
+    report: LoadReport,
+    session: Any,
+    target: str,
+    reason: str,
+    rejects_out: _RejectsWriter | None,
 ) -> tuple[psycopg.Connection[Any], dict[str, Any]]:
     """Find out on new connections whether the batch committed. Returns the connection and
     the batch row if it did; raises BackendError (exit 4) if it did not, NeedsOperatorError
@@ -998,13 +1000,16 @@ def _commit_outcome(
         f"{target}: the database connection failed while committing batch {report.batch_id} "
         f"({Path(report.file).name}, sha256 {report.file_sha256[:16]}) and the database could not be "
         "reached again to tell whether it committed",
+        rejects_out,
     )
 
 
-def _unsettled(report: LoadReport, what: str) -> NeedsOperatorError:
-    """Exit 7: whether the batch committed is not known (WHAT says why)."""
+def _unsettled(report: LoadReport, what: str, rejects_out: _RejectsWriter | None) -> NeedsOperatorError:
+    """Exit 7: whether the batch committed is not known (WHAT says why). The rows left out
+    stay in a scratch file kept for the person (the batch may have committed)."""
     hint = "rerunning the same command is safe: it reports `duplicate` if the batch was loaded"
-    if report.rejects_file:
+    if rejects_out is not None and report.rejects_file:
+        report.rejects_file = rejects_out.keep()
         hint += f"; the rejected rows are in {report.rejects_file}"
     return NeedsOperatorError(
         f"{what}; once the database answers, `voke ingest batches` lists the batch if it did", hint=hint
@@ -1952,13 +1957,6 @@ def _spooled_chunks(spool: IO[bytes]) -> Iterator[tuple[int, bytes]]:
     return enumerate(iter(lambda: spool.read(32 * core.SEAL_CHUNK), b""))
 
 
-def _file_mode() -> int:
-    """0o666 less the umask: what open() would have created (mkstemp makes 0o600)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 class _RejectsWriter:
     """The --rejects file, written aside and renamed into place only after the commit.
 
@@ -1970,19 +1968,13 @@ class _RejectsWriter:
     HEADER = ("line", "column", "code", "message", "record")
 
     def __init__(self, target: Path) -> None:
-        self._directory = target.parent if str(target.parent) else Path(".")
-        self._prefix = f".{target.name}."
-        try:
-            fd, name = tempfile.mkstemp(prefix=self._prefix, suffix=".partial", dir=self._directory)
-        except OSError as exc:
-            raise UsageError(f"--rejects {target}: cannot write there: {exc.strerror}") from None
-        self.path = name
-        os.fchmod(fd, _file_mode())
-        self._fh: IO[str] | None = os.fdopen(fd, "w", newline="", encoding="utf-8")
+        self._target = target
+        self._scratch = Scratch(target, "--rejects")
+        self.path = self._scratch.path
+        self._fh: IO[str] | None = self._scratch.open("w", newline="", encoding="utf-8")
         self._writer = csv.writer(self._fh)
         self._writer.writerow(self.HEADER)
         self._late: IO[str] | None = None
-        self._settled = False  # moved into place, or kept on purpose
 
     @staticmethod
     def _rows(rejected: Any) -> Iterator[tuple[object, ...]]:
@@ -1997,8 +1989,9 @@ class _RejectsWriter:
     def write_late(self, rejected: Any) -> None:
         """Rows found after the file was read, each later than the one before."""
         if self._late is None:
-            # closed by close or discard
-            self._late = tempfile.TemporaryFile("w+", newline="", encoding="utf-8", dir=self._directory)  # noqa: SIM115
+            self._late = tempfile.TemporaryFile(  # noqa: SIM115 - closed by close or discard
+                "w+", newline="", encoding="utf-8", dir=Path(self.path).parent
+            )
         csv.writer(self._late).writerows(self._rows(rejected))
 
     def restart(self) -> None:
@@ -2027,11 +2020,9 @@ class _RejectsWriter:
         import heapq
 
         late.seek(0)
-        fd, merged = tempfile.mkstemp(prefix=self._prefix, suffix=".partial", dir=self._directory)
-        try:
-            os.fchmod(fd, _file_mode())
+        with Scratch(self._target, "--rejects") as merged:
             with (
-                os.fdopen(fd, "w", newline="", encoding="utf-8") as out,
+                merged.open("w", newline="", encoding="utf-8") as out,
                 open(self.path, newline="", encoding="utf-8") as early,
             ):
                 parts: list[Iterator[list[str]]] = [
@@ -2042,29 +2033,25 @@ class _RejectsWriter:
                 writer.writerow(self.HEADER)
                 in_order: Iterator[list[str]] = heapq.merge(*parts, key=_line_of)
                 writer.writerows(in_order)
-            os.replace(merged, self.path)
-        except BaseException:
-            with suppress(FileNotFoundError):
-                os.unlink(merged)
-            raise
+            self._scratch.take(merged)
 
     def move_to(self, target: Path) -> tuple[str, str | None]:
         """Give the scratch file its name (the batch is committed): (where the rows are,
-        a warning if the rename failed and they stay in the scratch file)."""
+        a warning if the rename failed and they stay in a file kept beside it)."""
         self.close()
-        self._settled = True
         try:
-            os.replace(self.path, target)
+            return self._scratch.replace(), None
         except OSError as exc:
+            self.path = self._scratch.keep()
             return (
                 self.path,
                 f"the rejected rows are in {self.path}: renaming it to {target} failed ({exc.strerror})",
             )
-        return str(target), None
 
-    def keep(self) -> None:
-        """Leave the scratch file where it is (an error message names it)."""
-        self._settled = True
+    def keep(self) -> str:
+        """Leave the scratch file in place (an error message names it); its path."""
+        self.path = self._scratch.keep()
+        return self.path
 
     def discard(self) -> None:
         """Remove the scratch file unless it was moved into place or kept."""
@@ -2074,10 +2061,7 @@ class _RejectsWriter:
         if self._late is not None:
             self._late.close()
             self._late = None
-        if not self._settled:
-            self._settled = True
-            with suppress(FileNotFoundError):
-                os.unlink(self.path)
+        self._scratch.discard()
 
 
 def _line_of(row: list[str]) -> int:
@@ -2249,19 +2233,5 @@ def make_sample(path: Path, *, rows: int, seed: int, force: bool = False) -> dic
     _check_sample_rows(rows)
     if path.exists() and not force:
         raise UsageError(f"{path} exists; pass --force to overwrite it")
-    check_replaceable(path, "--out")
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, scratch = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=directory)
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot write there: {exc.strerror}") from None
-    try:
-        os.fchmod(fd, _file_mode())
-        with os.fdopen(fd, "wb") as fh:
-            written = core.write_sample(fh, rows, seed)
-        os.replace(scratch, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(scratch)
-        raise
+    written = write_output(path, "--out", lambda fh: core.write_sample(fh, rows, seed))
     return {"path": str(path), "rows": rows, "seed": seed, "bytes": written}

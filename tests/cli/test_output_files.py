@@ -1,0 +1,87 @@
+"""Files the user names (`--out`, `--output`, `--rejects`): written beside, renamed into place,
+never half-written, and the scratch files a killed voke leaves are swept by the next writer."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from voketag_ops.errors import UsageError
+from voketag_ops.files import write_output
+
+OLD = time.time() - 3600
+
+
+def scratch(directory: Path, target: str, random: str, suffix: str = ".partial", *, age: float = OLD) -> Path:
+    path = directory / f".{target}.{random}{suffix}"
+    path.write_text("rows of a run that never finished\n")
+    os.utime(path, (age, age))
+    return path
+
+
+def test_the_next_writer_sweeps_only_scratch_files_nobody_holds(tmp_path):
+    stale = scratch(tmp_path, "out.csv", "aaaaaaaa")
+    held = scratch(tmp_path, "out.csv", "bbbbbbbb")
+    kept = scratch(tmp_path, "out.csv", "cccccccc", ".kept")  # an error message named it
+    young = scratch(tmp_path, "out.csv", "dddddddd", age=time.time())  # its writer may not hold it yet
+    other = scratch(tmp_path, "out.csv.gz", "eeeeeeee")  # another target's
+    with open(held, "rb") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # a writer still alive
+        write_output(tmp_path / "out.csv", "--out", lambda out: out.write(b"new\n"))
+    assert (tmp_path / "out.csv").read_text() == "new\n"
+    assert not stale.exists()
+    assert held.exists() and kept.exists() and young.exists() and other.exists()
+
+
+@pytest.mark.parametrize(("code", "raised"), [(errno.EIO, UsageError), (errno.ENOSPC, OSError)])
+def test_a_failed_write_leaves_the_old_file_whole_and_no_scratch(tmp_path, code, raised):
+    target = tmp_path / "report.html"
+    target.write_text("the old report\n")
+
+    def half_then_fail(out):
+        out.write(b"<html>half")
+        raise OSError(code, os.strerror(code))
+
+    with pytest.raises(raised) as info:
+        write_output(target, "--output", half_then_fail)
+    assert str(target) in str(info.value)  # a full disk is exit 4 naming the file, not a bare errno
+    assert target.read_text() == "the old report\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+
+
+def test_scratch_of_a_killed_sample_is_swept_by_the_next_run(tmp_path):
+    out = tmp_path / "batch.csv"
+    cmd = [sys.executable, "-m", "voketag_ops", "ingest", "sample", "--rows", "3000000", "--out", str(out)]
+    env = {**os.environ, "VOKE_HOME": str(tmp_path / "home")}
+    child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]:
+            assert child.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        child.kill()
+        child.wait()
+    (left,) = [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+    assert not out.exists()
+    os.utime(left, (OLD, OLD))
+    again = subprocess.run(
+        [*cmd[:6], "10", "--out", str(out), "--json"], env=env, capture_output=True, text=True, check=False
+    )
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["result"]["rows"] == 10
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "home") == ["batch.csv"]
+
+
+def test_export_to_a_directory_is_a_usage_error_naming_the_flag(voke, tmp_path):
+    done = voke("audit", "export", "-o", str(tmp_path), "--json")
+    assert done.exit_code == 2
+    assert json.loads(done.stdout)["error"]["message"].startswith(f"--output {tmp_path}: is a directory")
