@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -538,3 +539,15 @@ def test_pitr_after_a_failover_reaches_the_new_primary_through_replica_db_host(d
     drills.configure(replica_db_host=relay, replica_db_port=drills.data.port, timeout=3)
     result = drills.drill("pitr")
     assert result.exit_code == 0, result.stdout
+
+
+@pytest.mark.parametrize("scenario", ["pitr", "failover"])
+def test_recovery_ends_when_cloud_sql_says_not_when_the_poll_saw_it(drills, scenario):
+    # The operation's endTime, not the poll up to poll_interval later; never before the request
+    # (the clocks differ): here Cloud SQL claims an hour-old end, so it is the request itself.
+    drills.fake.sql.ended_before_seen = timedelta(hours=1)
+    result = drills.drill(scenario)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    timeline = result.json["result"]["timeline"]
+    assert timeline["recovered_at"] == timeline["recovery_started_at"]
+    assert timeline["first_write_ok_at"] >= timeline["recovered_at"]

@@ -851,6 +851,7 @@ class FakeCloudSql:
         self.deleted: set[str] = set()  # Cloud SQL does not reuse a deleted instance's name for a while
         self.recovery_lag = timedelta(seconds=30)  # latestRecoveryTime trails now by this much
         self.polls_per_step = 1
+        self.ended_before_seen = timedelta(0)  # endTime this long before the poll that sees DONE
 
     def add_instance(
         self,
@@ -1197,7 +1198,7 @@ class FakeCloudSql:
                 }
             else:
                 op["effect"]()
-            doc["status"], doc["endTime"] = "DONE", ts()
+            doc["status"], doc["endTime"] = "DONE", ts(datetime.now(timezone.utc) - self.ended_before_seen)
         return dict(doc)
 
 
