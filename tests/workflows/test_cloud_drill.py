@@ -551,3 +551,24 @@ def test_recovery_ends_when_cloud_sql_says_not_when_the_poll_saw_it(drills, scen
     timeline = result.json["result"]["timeline"]
     assert timeline["recovered_at"] == timeline["recovery_started_at"]
     assert timeline["first_write_ok_at"] >= timeline["recovered_at"]
+
+
+def test_one_cloud_dr_operation_at_a_time_from_this_machine(drills):
+    import fcntl
+
+    from voketag_ops.workflows.cloud_drill import drills_home
+
+    lock = drills_home(drills.settings()) / "dr.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as held:  # another voke's `dr failover` (its own open file: not re-entered)
+        held.write("dr failover on prod pid 4242")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX)
+        busy = drills.drill("pitr")
+        failover = drills.voke("dr", "failover", "--yes", "--json")
+        dry = drills.drill("pitr", "--dry-run")
+    for done in (busy, failover):
+        assert done.exit_code == 5, done.stdout
+        assert "another DR operation is running (dr failover on prod" in done.json["error"]["message"]
+    assert dry.exit_code == 0 and dry.json["result"]["dry_run"] is True
+    assert drills.scratch() == [] and drills.production_changes() == []  # nothing was requested

@@ -34,6 +34,7 @@ from voketag_ops.errors import (
     UsageError,
     VokeError,
 )
+from voketag_ops.workflows.cloud_drill import one_at_a_time
 
 if TYPE_CHECKING:
     from voketag_ops.config import GcpEnvironment, Settings
@@ -379,6 +380,7 @@ def _op(op: Any) -> dict[str, Any]:
 
 
 # -- restore ----------------------------------------------------------------------------------------
+@one_at_a_time("dr restore")
 def restore(
     settings: Settings,
     recovery: DatabaseRecovery,
@@ -640,6 +642,7 @@ def _require_primary(recovery: DatabaseRecovery, name: str, steps: _Steps) -> Db
     return inst
 
 
+@one_at_a_time("dr failover")
 def failover(
     settings: Settings,
     ports: CloudDrPorts,
@@ -783,6 +786,7 @@ def failover(
     }
 
 
+@one_at_a_time("dr failback")
 def failback(
     settings: Settings,
     ports: CloudDrPorts,

@@ -27,6 +27,7 @@ Monitoring (best effort).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -39,7 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from voketag_ops.core import drill as core
 from voketag_ops.errors import (
@@ -58,6 +59,8 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 Progress = Callable[[str], None]
+P = ParamSpec("P")
+R = TypeVar("R")
 SCENARIOS = ("pitr", "failover")  # the drills that apply to a cloud environment
 DRILL_LABEL = "voke-drill"
 ENV_LABEL = "voke-env"
@@ -103,6 +106,27 @@ def drills_home(settings: Settings) -> Path:
     from voketag_ops.adapters.local.environment import LocalEnvironment
 
     return LocalEnvironment.from_settings(settings.local).home / "cloud" / settings.env
+
+
+def one_at_a_time(operation: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Run the decorated DR operation (settings first, ``dry_run`` keyword) under this machine's
+    DR lock of the cloud environment, VOKE_HOME/cloud/NAME/dr.lock (exit 5 naming the holder);
+    dry runs change nothing and take no lock."""
+
+    def wrap(fn: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def locked(*args: P.args, **kwargs: P.kwargs) -> R:
+            if kwargs.get("dry_run"):
+                return fn(*args, **kwargs)
+            from voketag_ops.locks import dr_lock
+
+            settings: Any = args[0]
+            with dr_lock(drills_home(settings), f"{operation} on {settings.env}"):
+                return fn(*args, **kwargs)
+
+        return locked
+
+    return wrap
 
 
 def scratch_prefix(instance: str) -> str:
@@ -832,6 +856,7 @@ def _retry_note(settings: Any, unlabelled: list[str]) -> str:
     )
 
 
+@one_at_a_time("drill run")
 def run(
     settings: Any,
     scenario: str,

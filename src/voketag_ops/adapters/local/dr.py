@@ -17,7 +17,6 @@ every step is idempotent, so re-running the command resumes it.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -28,7 +27,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -98,50 +97,11 @@ def dr_dir(env: LocalEnvironment) -> Path:
     return path
 
 
-_HELD: dict[str, int] = {}  # lock path -> depth, so a drill can call the dr operations it wraps
-_HELD_GUARD = threading.Lock()
+def dr_lock(env: LocalEnvironment, operation: str) -> AbstractContextManager[None]:
+    """One DR operation at a time across processes (failover, failback, restore, drills)."""
+    from voketag_ops.locks import dr_lock as lock
 
-
-@contextmanager
-def dr_lock(env: LocalEnvironment, operation: str) -> Iterator[None]:
-    """One DR operation at a time across processes (failover, failback, restore, drills).
-
-    Re-entrant within a process: a drill holds it and runs `dr failover` inside.
-    """
-    path = str(dr_dir(env) / "dr.lock")
-    with _HELD_GUARD:
-        if _HELD.get(path):
-            _HELD[path] += 1
-            nested = True
-        else:
-            nested = False
-    if nested:
-        try:
-            yield
-        finally:
-            with _HELD_GUARD:
-                _HELD[path] -= 1
-        return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another voke process"
-            raise PreconditionError(
-                f"another DR operation is running ({holder}); wait for it to finish"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{operation} pid {os.getpid()}".encode(), 0)
-        with _HELD_GUARD:
-            _HELD[path] = 1
-        try:
-            yield
-        finally:
-            with _HELD_GUARD:
-                _HELD.pop(path, None)
-    finally:
-        os.close(fd)
+    return lock(dr_dir(env), operation)
 
 
 def unfinished_operation(env: LocalEnvironment) -> dict[str, Any] | None:

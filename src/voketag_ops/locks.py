@@ -1,0 +1,63 @@
+"""The DR lock: one disaster-recovery operation at a time per environment, across processes.
+
+Local: VOKE_HOME/dr/dr.lock (failover, failback, restore, backup, discard, fence, drills).
+Cloud: VOKE_HOME/cloud/NAME/dr.lock (failover, failback, restore, drills), which serialises
+those started from this machine; Cloud SQL itself refuses a second operation on an instance.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from voketag_ops.errors import PreconditionError
+
+_HELD: dict[str, int] = {}  # lock path -> depth, so a drill can call the dr operations it wraps
+_HELD_GUARD = threading.Lock()
+
+
+@contextmanager
+def dr_lock(directory: Path, operation: str) -> Iterator[None]:
+    """Hold DIRECTORY/dr.lock for OPERATION, or PreconditionError (exit 5) naming its holder.
+
+    Re-entrant within a process: a drill holds it and runs `dr failover` inside.
+    """
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = str(directory / "dr.lock")
+    with _HELD_GUARD:
+        if _HELD.get(path):
+            _HELD[path] += 1
+            nested = True
+        else:
+            nested = False
+    if nested:
+        try:
+            yield
+        finally:
+            with _HELD_GUARD:
+                _HELD[path] -= 1
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another voke process"
+            raise PreconditionError(
+                f"another DR operation is running ({holder}); wait for it to finish"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{operation} pid {os.getpid()}".encode(), 0)
+        with _HELD_GUARD:
+            _HELD[path] = 1
+        try:
+            yield
+        finally:
+            with _HELD_GUARD:
+                _HELD.pop(path, None)
+    finally:
+        os.close(fd)
