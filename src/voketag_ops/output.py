@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 Renderer = Callable[["Console", Any], None]
 
 
+NON_TERMINAL_WIDTH = 200  # columns of human output that is not on a terminal
+
+
 class Cancelled(VokeError):
     """The operator answered no at a confirmation prompt; nothing was changed."""
 
@@ -102,13 +105,18 @@ class Output:
     def _console(self, stream: TextIO | _RedactingStream) -> Console:
         from rich.console import Console
 
-        return Console(
+        console = Console(
             file=stream,  # type: ignore[arg-type]
             no_color=self.no_color,
             highlight=False,
             soft_wrap=not _isatty(stream),
             emoji=False,
         )
+        if not console.is_terminal:
+            # A pipe or a CI log has no width to fit: rich would squeeze tables into 80 columns
+            # and cut the ids and paths a reader copies from them (`rotate rollback ID`).
+            console.width = max(console.width, NON_TERMINAL_WIDTH)
+        return console
 
     @property
     def out(self) -> Console:

@@ -227,3 +227,13 @@ def test_secrets_in_config_values_are_masked_and_never_echoed_by_errors(voke, ma
         for secret in ("WebHookS3cretTok", "EndpointPassw0rd", "CS-value-123", "abc123456"):
             assert secret not in out.stdout + out.stderr
     assert shown.json["result"]["settings"]["rotation.api_keys.mail.secret"]["value"] == "mail-key"  # a name
+
+
+def test_human_tables_off_a_terminal_are_not_cut_to_80_columns(voke, tmp_path, make_environ):
+    # A CI log or a pipe: keys and ids must be whole, a reader copies them (`rotate rollback ID`).
+    shown = voke(
+        "config", "show", environ=make_environ(tmp_path / "h", VOKE_INGEST__MAX_FILE_BYTES="123456789")
+    )
+    assert shown.exit_code == 0
+    line = next(ln for ln in shown.stdout.splitlines() if "ingest.max_file_bytes" in ln)
+    assert "123456789" in line and "VOKE_INGEST__MAX_FILE_BYTES" in line

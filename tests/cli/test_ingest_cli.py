@@ -476,3 +476,44 @@ def test_a_signal_once_the_load_result_is_out_changes_nothing(db, tmp_path, make
     assert done.returncode == 0, done.stdout + done.stderr
     docs = done.stdout.strip().splitlines()
     assert len(docs) == 1 and '"status": "loaded"' in docs[0]
+
+
+def test_a_rejected_load_takes_no_batch_number(voke, db, tmp_path):
+    # A sequence does not roll back: nextval() made every rejected load a gap in the numbers.
+    (tmp_path / "bad.csv").write_text(HEADER + GOOD + GOOD)
+    (tmp_path / "one.csv").write_text(HEADER + GOOD)
+    (tmp_path / "two.csv").write_text(HEADER + "T2,S1,Shoe,F1,2024-01-01T00:00:00Z\n")
+    ids = []
+    for name in ("bad.csv", "one.csv", "bad.csv", "two.csv"):
+        done = voke("ingest", "load", str(tmp_path / name), "--db", db, "--json")
+        ids.append(done.json["result"]["batch_id"])
+    assert ids == [None, 1, None, 2]
+
+
+def test_a_file_name_that_is_not_utf8_loads_and_is_listed_as_its_bytes(voke, db, tmp_path):
+    path = tmp_path / "caf\udce9.csv"  # b"caf\xe9.csv", Latin-1 from a factory host
+    path.write_text(HEADER + GOOD)
+    done = voke("ingest", "load", str(path), "--db", db, "--json")
+    assert done.exit_code == 0, done.stdout
+    assert done.json["result"]["file"].endswith("caf\\xe9.csv")
+    listed = voke("ingest", "batches", "--db", db, "--json")
+    assert listed.json["result"]["batches"][0]["file_name"] == "caf\\xe9.csv"
+
+
+def test_batches_shows_a_file_name_as_written_not_as_markup(voke, db, tmp_path):
+    path = tmp_path / "[red]loud.csv"
+    path.write_text(HEADER + GOOD)
+    assert voke("ingest", "load", str(path), "--db", db).exit_code == 0
+    assert "[red]loud.csv" in voke("ingest", "batches", "--db", db).stdout
+
+
+@pytest.mark.parametrize("tag", ["\udcff", "has space", "x" * 65])
+def test_proof_of_what_cannot_be_a_tag_id_is_a_usage_error(voke, tag):
+    done = voke("ingest", "proof", tag, "--json")
+    assert done.exit_code == 2, done.stdout
+    assert "is not a tag_id" in done.json["error"]["message"]
+
+
+def test_sample_into_a_directory_says_so_not_pass_force(voke, tmp_path):
+    done = voke("ingest", "sample", "--rows", "10", "--out", str(tmp_path), "--json")
+    assert done.exit_code == 2 and "is a directory" in done.json["error"]["message"]

@@ -154,6 +154,7 @@ def checkpoint(ctx: typer.Context) -> None:
 
 
 def _render_show(console: Console, report: dict[str, Any]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     entries = report["entries"]
@@ -168,14 +169,14 @@ def _render_show(console: Console, report: dict[str, Any]) -> None:
             str(e["seq"]),
             e["timestamp"][:19].replace("T", " "),
             e["event_type"],
-            e["actor"],
+            escape(e["actor"]),
             e["env"],
-            e["target"],
+            escape(e["target"]),  # file names, URLs: their text, never markup
             e["result"],
             seconds,
             style=style,
         )
-    _print_wide(console, table)
+    console.print(table)
     shown_to = report["offset"] + len(entries)
     console.print(f"{report['offset'] + 1}-{shown_to} of {report['total']} matching")
     if report["skipped_lines"]:
@@ -202,16 +203,3 @@ def _render_verify(console: Console, report: Any) -> None:
     else:
         where = "" if report.first_bad_entry is None else f": first bad entry {report.first_bad_entry}"
         console.print(f"audit log INVALID{where} ({report.problem.value})")
-
-
-def _print_wide(console: Console, renderable: Any) -> None:
-    """Natural width when not on a terminal (rich would squeeze a table into 80 columns)."""
-    if console.is_terminal:
-        console.print(renderable)
-        return
-    saved = console.width
-    console.width = max(saved, 200)
-    try:
-        console.print(renderable)
-    finally:
-        console.width = saved

@@ -492,6 +492,7 @@ def _render_validate(console: Console, report: Any) -> None:
 
 
 def _render_anchors(console: Console, report: dict[str, Any]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     rows = report["anchors"]
@@ -501,8 +502,9 @@ def _render_anchors(console: Console, report: dict[str, Any]) -> None:
     table = Table("id", "kind", "label", "state", "block", "requested", box=None)
     for a in rows:
         block = "" if a["block_index"] is None else str(a["block_index"])
-        table.add_row(a["id"][:16], a["kind"], a["label"], a["state"], block, a["requested_at"][:19] + "Z")
-    _print_wide(console, table)
+        label = escape(a["label"])  # names a batch's file: its text, never markup
+        table.add_row(a["id"][:16], a["kind"], label, a["state"], block, a["requested_at"][:19] + "Z")
+    console.print(table)
     counts = ", ".join(f"{n} {state}" for state, n in report["counts"].items() if n)
     console.print(f"{len(rows)} shown ({counts}); chain length {report['chain_length']}")
 
@@ -516,16 +518,3 @@ def _render_run(console: Console, report: Any) -> None:
         )
     for note in report.retries:
         console.print(f"retried after: {note}")
-
-
-def _print_wide(console: Console, renderable: Any) -> None:
-    """Natural width when not on a terminal (rich would squeeze a table into 80 columns)."""
-    if console.is_terminal:
-        console.print(renderable)
-        return
-    saved = console.width
-    console.width = max(saved, 200)
-    try:
-        console.print(renderable)
-    finally:
-        console.width = saved

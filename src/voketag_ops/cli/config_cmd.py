@@ -32,6 +32,7 @@ def show(ctx: typer.Context) -> None:
 
 
 def _render(console: Console, report: dict[str, Any]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"configuration ({report['file'] or 'no file: defaults'})", title_justify="left")
@@ -39,7 +40,6 @@ def _render(console: Console, report: dict[str, Any]) -> None:
     table.add_column("value")
     table.add_column("source")
     for key, item in report["settings"].items():
-        table.add_row(
-            key, repr(item["value"]) if not isinstance(item["value"], str) else item["value"], item["source"]
-        )
+        value = repr(item["value"]) if not isinstance(item["value"], str) else item["value"]
+        table.add_row(key, escape(value), escape(item["source"]))
     console.print(table)

@@ -387,18 +387,6 @@ def history_show(
 
 
 # -- rendering ---------------------------------------------------------------------------------------
-def _print(console: Console, renderable: Any) -> None:
-    """Print at natural width when the output is not a terminal: a CI log has no width to fit,
-    and rich would otherwise squeeze tables into 80 columns and truncate service names."""
-    if console.is_terminal:
-        console.print(renderable)
-        return
-    saved = console.width
-    console.width = max(saved, 200)
-    try:
-        console.print(renderable)
-    finally:
-        console.width = saved
 
 
 def _pct(value: float | None, precision: int, *, sign: bool = False) -> str:
@@ -459,7 +447,7 @@ def _render_report(console: Console, r: Any) -> None:
             _status(s),
             style=style,
         )
-    _print(console, table)
+    console.print(table)
     for s in (*r.services, r.totals):
         if s.passed is False or s.by_rounding:
             from voketag_ops.core.coverage import Rule, verdict
@@ -476,6 +464,7 @@ def _render_gate(console: Console, r: Any) -> None:
 
 
 def _render_gaps(console: Console, r: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     def need(g: Any) -> str:
@@ -495,17 +484,17 @@ def _render_gaps(console: Console, r: Any) -> None:
                 table.add_column(col, justify="right" if col in ("miss", "brmiss", "cover") else "left")
             for f in g.files:
                 table.add_row(
-                    f.path, str(f.missing), str(f.missing_branches), f"{f.display}%", f.missing_lines
+                    escape(f.path), str(f.missing), str(f.missing_branches), f"{f.display}%", f.missing_lines
                 )
-            _print(console, table)
+            console.print(table)
         if g.functions:
             table = Table(show_edge=False, box=None, padding=(0, 1))
             for col in ("function", "where", "miss", "brmiss"):
                 table.add_column(col, justify="right" if col in ("miss", "brmiss") else "left")
             for fn in g.functions:
                 where = f"{fn.path}:{fn.start_line}" if fn.start_line else fn.path
-                table.add_row(fn.name, where, str(fn.missing), str(fn.missing_branches))
-            _print(console, table)
+                table.add_row(escape(fn.name), escape(where), str(fn.missing), str(fn.missing_branches))
+            console.print(table)
         console.print()
     if not r.regions:
         console.print(
@@ -514,6 +503,7 @@ def _render_gaps(console: Console, r: Any) -> None:
 
 
 def _render_diff(console: Console, r: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from voketag_ops.core.coverage import format_ranges
@@ -530,8 +520,8 @@ def _render_diff(console: Console, r: Any) -> None:
         for col in ("file", "measured", "cover", "uncovered lines"):
             table.add_column(col, justify="right" if col in ("measured", "cover") else "left")
         for f in uncovered:
-            table.add_row(f.path, str(f.measured), f"{f.display}%", format_ranges(f.uncovered_ranges))
-        _print(console, table)
+            table.add_row(escape(f.path), str(f.measured), f"{f.display}%", format_ranges(f.uncovered_ranges))
+        console.print(table)
     if r.target is not None:
         console.print(("[green]pass[/]" if r.passed else "[red]FAIL[/]") + f" against {_target(r.target)}")
 
@@ -576,7 +566,7 @@ def _render_history_show(console: Console, r: Any) -> None:
             status,
             style="bold" if t.name == "overall" else None,
         )
-    _print(console, table)
+    console.print(table)
     for note in r.notes:
         console.print(f"note: {note}", markup=False)
     if r.chart:

@@ -265,6 +265,7 @@ def batches(
 
 
 def _render_batches(console: Console, report: dict[str, Any]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     if not report["batches"]:
@@ -277,7 +278,7 @@ def _render_batches(console: Console, report: dict[str, Any]) -> None:
         table.add_row(
             str(b["batch_id"]),
             b["loaded_at"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ"),
-            b["file_name"],
+            escape(b["file_name"]),  # a file may be named "[red]x.csv"
             f"{b['rows_loaded']:,}",
             f"{b['rows_rejected']:,}",
             b["merkle_root"][:16] + "…",
@@ -294,10 +295,15 @@ def proof(
 ) -> None:
     """Print the inclusion proof of TAG_ID's canonical row in its batch root
     (check it with `voke chain verify`)."""
+    from voketag_ops.core.audit import storable_text
+    from voketag_ops.core.ingest import TAG_ID_RULE, is_tag_id
+    from voketag_ops.errors import UsageError
     from voketag_ops.workflows import ingest as wf
     from voketag_ops.workflows.chain import anchor_states
 
     env = use(ctx)
+    if not is_tag_id(tag_id):  # no loaded row can have it (and it may not even be UTF-8)
+        raise UsageError(f"TAG_ID {storable_text(tag_id)!r} is not a tag_id: {TAG_ID_RULE}")
     conninfo = _read_conninfo(env, db)
     result = (
         wf.TagProof(tag_id=tag_id, found=False)

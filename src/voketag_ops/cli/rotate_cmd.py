@@ -300,6 +300,7 @@ def history(
 
 
 def _render_report(console: Console, report: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     if report.dry_run:
@@ -313,7 +314,7 @@ def _render_report(console: Console, report: Any) -> None:
     for col in ("step", "status", "seconds", "detail"):
         table.add_column(col)
     for step in report.steps:
-        table.add_row(step.name, step.status, f"{step.duration_seconds:.2f}", step.detail)
+        table.add_row(step.name, step.status, f"{step.duration_seconds:.2f}", escape(step.detail))
     console.print(table)
     resumed = " (resumed)" if report.resumed else ""
     console.print(

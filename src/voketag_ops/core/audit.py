@@ -72,7 +72,7 @@ def sanitize(value: Any, key: str = "") -> Any:
     if key and _SECRET_KEY.search(key) and value not in (None, ""):
         return MASK
     if isinstance(value, Mapping):
-        return {_storable(str(k)): sanitize(v, str(k)) for k, v in value.items()}
+        return {storable_text(str(k)): sanitize(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [sanitize(v) for v in value]
     if value is None or isinstance(value, bool | int):
@@ -81,10 +81,10 @@ def sanitize(value: Any, key: str = "") -> Any:
         return value if value == value and value not in (float("inf"), float("-inf")) else str(value)
     if isinstance(value, datetime):
         return iso_now(value) if value.tzinfo else value.isoformat()
-    return _storable(redact(str(value)))
+    return storable_text(redact(str(value)))
 
 
-def _storable(text: str) -> str:
+def storable_text(text: str) -> str:
     """TEXT with lone surrogates (a file name that is not UTF-8 comes in as one per byte)
     written as \\xNN: UTF-8 cannot carry them, and the entry's hash is over UTF-8."""
     try:
@@ -164,11 +164,11 @@ def make_entry(
     draft = AuditEntry(
         seq=seq,
         timestamp=iso_now(now),
-        event_type=_storable(event_type),
-        actor=_storable(redact(actor)),
-        env=_storable(env),
-        target=_storable(redact(target)),
-        result=_storable(result),
+        event_type=storable_text(event_type),
+        actor=storable_text(redact(actor)),
+        env=storable_text(env),
+        target=storable_text(redact(target)),
+        result=storable_text(result),
         duration_seconds=duration_seconds,
         details=sanitize(dict(details or {})),
         prev_hash=prev_hash,

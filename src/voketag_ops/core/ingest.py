@@ -92,6 +92,14 @@ SEAL_CHUNK = 1024  # leaves per stored chunk; a power of two, so chunks are subt
 MAX_LINE_BYTES = 1 << 20  # a valid row is a few KiB at most; longer lines are skipped, not buffered
 
 _TAG_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+TAG_ID_RULE = "1-64 characters of A-Z, a-z, 0-9, '_' and '-'"
+
+
+def is_tag_id(text: str) -> bool:
+    """Whether TEXT could be a loaded tag_id (the rule every accepted row meets)."""
+    return _TAG_RE.fullmatch(text) is not None
+
+
 # C0 controls, DEL and C1 controls; a CR is allowed only as part of a CRLF line ending.
 _CTRL_RE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]|\r(?!\n)")
 _FIELD_CTRL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")

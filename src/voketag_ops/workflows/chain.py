@@ -254,7 +254,9 @@ def with_retries(policy: RetryPolicy, fn: Callable[[], T], retried: list[str] | 
     def note(state: Any) -> None:
         exc = state.outcome.exception()
         message = f"{type(exc).__name__}: {exc}"
-        log.warning("chain store: %s; retrying in %.1f s", message, state.next_action.sleep)
+        # Another run's write meanwhile is expected (concurrent loads anchor at once): not a warning.
+        level = logging.INFO if isinstance(exc, ch.StoreConflictError) else logging.WARNING
+        log.log(level, "chain store: %s; retrying in %.1f s", message, state.next_action.sleep)
         if retried is not None:
             retried.append(message)
 

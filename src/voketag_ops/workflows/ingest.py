@@ -59,6 +59,7 @@ from typing import IO, TYPE_CHECKING, Any
 from voketag_ops import interrupts
 from voketag_ops.core import ingest as core
 from voketag_ops.core import merkle
+from voketag_ops.core.audit import storable_text
 from voketag_ops.errors import (
     BackendError,
     InputError,
@@ -662,7 +663,7 @@ def _load_source(
     size = source.size
     base = LoadReport(
         status="rejected",
-        file=str(source.path),
+        file=storable_text(str(source.path)),  # a name that is not UTF-8: its bytes as \xNN
         file_sha256="",
         file_bytes=size,
         partial=partial,
@@ -1140,11 +1141,7 @@ def _load_in_transaction(
         report.status = "duplicate"
         raise _Abort(report)  # loaded by a concurrent run while we waited for the lock
     known = dict(conn.execute("SELECT sku, product_name FROM ingest.products").fetchall())
-    batch_id = 0  # a dry run is rolled back: it takes no number from the sequence
-    if not dry_run:
-        row = conn.execute("SELECT nextval(pg_get_serial_sequence('ingest.batches', 'batch_id'))").fetchone()
-        assert row is not None
-        batch_id = int(row[0])
+    batch_id = 0 if dry_run else _next_batch_id(conn)  # a dry run is rolled back: it takes no number
 
     def validator(seal: bool = True, check_skus: bool = True) -> core.BatchValidator:
         # Duplicate tag_ids are left to the primary key: no map of every tag_id in memory.
@@ -1242,6 +1239,10 @@ def _load_in_transaction(
                 _insert_staged(conn, batch_id)
                 _insert_chunks(cur, batch_id, _spooled_chunks(spool))
             _complete_batch(conn, batch_id, report, seal, time.monotonic() - started)
+            if not dry_run:  # the number is taken only now, by a load that commits
+                conn.execute(
+                    "SELECT setval(pg_get_serial_sequence('ingest.batches', 'batch_id'), %s)", (batch_id,)
+                )
             if staged and partial:  # rows were dropped after validation: ask the rows kept
                 conn.execute(
                     "INSERT INTO ingest.products (sku, product_name, first_batch)"
@@ -1886,6 +1887,18 @@ def _insert_staged(conn: psycopg.Connection[Any], batch_id: int) -> None:
     )
 
 
+def _next_batch_id(conn: psycopg.Connection[Any]) -> int:
+    """The next batch number, read (under the load lock) from the batches and the identity's
+    sequence, not taken with nextval: a sequence does not roll back, so every rejected load
+    used to leave a gap in the numbers. The sequence is set to it just before the commit."""
+    row = conn.execute(
+        "SELECT greatest((SELECT max(batch_id) FROM ingest.batches),"
+        " (SELECT last_value FROM pg_sequences"
+        "  WHERE format('%I.%I', schemaname, sequencename) = pg_get_serial_sequence('ingest.batches', 'batch_id')))"
+    ).fetchone()
+    return int(row[0] or 0) + 1 if row else 1
+
+
 def _insert_batch(
     conn: psycopg.Connection[Any], batch_id: int, report: LoadReport, actor: str, *, audited: bool
 ) -> None:
@@ -2231,6 +2244,7 @@ def write_sample_to(stream: Any, *, rows: int, seed: int) -> dict[str, Any]:
 def make_sample(path: Path, *, rows: int, seed: int, force: bool = False) -> dict[str, Any]:
     """Write a realistic batch of ROWS rows to PATH (atomically)."""
     _check_sample_rows(rows)
+    check_replaceable(path, "--out")  # a directory is refused as such, not "pass --force"
     if path.exists() and not force:
         raise UsageError(f"{path} exists; pass --force to overwrite it")
     written = write_output(path, "--out", lambda fh: core.write_sample(fh, rows, seed))
