@@ -173,10 +173,16 @@ def test_failback_rewinds_the_diverged_primary_and_switches_back(voke, environ, 
 
 def test_failback_with_the_home_node_leading_never_moves_the_leader(voke, environ, env):
     timeline = voke("dr", "status", "--json", environ=environ).json["result"]["leader"]["timeline"]
+    dry = voke("dr", "failback", "--dry-run", "--json", environ=environ).json["result"]["plan"]
+    assert dry[0] == "rebuild replica as a standby of primary (none: it streams from the leader already)"
     again = voke("dr", "failback", "--yes", "--json", environ=environ)  # a rerun: nothing to fail back
     assert again.exit_code == 0, again.stderr
     assert again.json["result"]["switched_back"] is False and again.json["result"]["leader"] == "primary"
-    fenced = voke("dr", "fence", "replica", "--yes", environ=environ)  # fenced beside the home leader
+    streaming = voke("dr", "fence", "replica", "--yes", environ=environ)  # read-only: no split brain
+    assert streaming.exit_code == 5 and "running as a standby" in streaming.stderr
+    assert dr.in_recovery(env.node("replica")) is True  # nothing was changed
+    env.node("replica").stop()  # a standby that went down: fenced (kept down) beside the home leader
+    fenced = voke("dr", "fence", "replica", "--yes", environ=environ)
     assert fenced.exit_code == 0, fenced.stderr
     plan = voke("dr", "failback", "--dry-run", "--json", environ=environ).json["result"]["plan"]
     assert "no switchover: primary is the home leader already" in plan
@@ -209,6 +215,17 @@ def test_an_interrupted_failover_is_recorded_and_resumed(voke, environ, env, mon
     events = voke("dr", "history", "--json", environ=environ).json["result"]["events"]
     assert [e["result"] for e in events if e["action"] == "dr.failover"][-1] == "interrupted"
     assert events[-1]["action"] == "dr.failback" and events[-1]["result"] == "failure"
+    backups = sorted(p.name for p in env.backups_dir.iterdir())
+    for other in (
+        ["dr", "backup"],
+        ["dr", "restore", "--to", "-1s", "--name", "mid"],
+        ["dr", "fence", "primary"],
+        ["drill", "run", "pitr"],
+    ):
+        refused = voke(*other, "--yes", environ=environ)  # the topology is half changed under them
+        assert refused.exit_code == 5 and "voke dr failover --yes" in refused.stderr, (other, refused.stderr)
+    assert sorted(p.name for p in env.backups_dir.iterdir()) == backups
+    assert voke("dr", "restores", "--json", environ=environ).json["result"]["restores"] == []
     resumed = voke("dr", "failover", "--yes", "--json", environ=environ)
     assert resumed.exit_code == 0, resumed.stderr
     assert resumed.json["result"]["resumed"] is True

@@ -44,7 +44,16 @@ def down(ctx: typer.Context, dry_run: DryRun = False) -> None:
     local = env.local_environment()
     if dry_run:
         env.out.result(
-            {"plan": ["stop the replica", "stop the primary"], "home": str(local.home)}, render=_render_plan
+            {
+                "plan": [
+                    "stop the local services",
+                    "stop any restored instance",
+                    "stop the replica",
+                    "stop the primary",
+                ],
+                "home": str(local.home),
+            },
+            render=_render_plan,
         )
         return
     with env.out.progress("stopping the local environment") as update:

@@ -151,9 +151,12 @@ def backup(
     from voketag_ops.adapters.local import dr
     from voketag_ops.workflows.env import ensure_local
 
+    if env.exists:
+        dr.refuse_if_unfinished(env)  # exit 5 naming the resume, before anything starts
     ensure_local(settings, progress)
     # Under the DR lock: a drill may have frozen the leader, a failover may be moving it.
     with dr.dr_lock(env, "dr backup"), recorded(env, "dr.backup", "leader") as details:
+        dr.refuse_if_unfinished(env)
         progress("taking a base backup (pg_basebackup)")
         t0 = time.monotonic()
         info = env.take_base_backup()
@@ -191,6 +194,8 @@ def restore(
         raise UsageError(f"--to: {exc}") from None
     name = name or "restore-" + target.strftime("%Y%m%dt%H%M%S")
     with dr.dr_lock(env, "dr restore"):
+        if not dry_run:
+            dr.refuse_if_unfinished(env)
         plan = dr.plan_restore(env, target, name, seal=not dry_run, now=now)
         if dry_run:
             return {
@@ -232,6 +237,7 @@ def discard(settings: Settings, env: LocalEnvironment, *, name: str, dry_run: bo
             "plan": [f"stop the restored instance {name} (port {doc['port']})", f"delete {node.data_dir}"],
         }
     with dr.dr_lock(env, "dr discard"), recorded(env, "dr.discard", name):  # not under a drill's feet
+        dr.refuse_if_unfinished(env)
         report = dr.discard_restore(env, name)
     report["dry_run"] = False
     return report
@@ -332,9 +338,17 @@ def failback(
     require_local(settings)
     state = env.require_state()
     if dry_run:
+        old, leader = env.node(state.follower, state), env.node(state.leader, state)
+        streaming = dr.in_recovery(old) is True and dr.streams_from(leader, old)
         plan = [
             f"rebuild {state.follower} as a standby of {state.leader} "
-            + ("(fresh clone)" if clone else "(pg_rewind; a fresh clone if rewind fails)"),
+            + (
+                "(fresh clone)"
+                if clone
+                else "(none: it streams from the leader already)"
+                if streaming
+                else "(pg_rewind; a fresh clone if rewind fails)"
+            ),
             f"wait until {state.follower} has replayed everything {state.leader} wrote",
         ]
         from voketag_ops.adapters.local.environment import HOME_NODE
@@ -368,17 +382,25 @@ def fence(settings: Settings, env: LocalEnvironment, *, node: str, dry_run: bool
     state = env.require_state()
     if node not in NODE_NAMES:
         raise UsageError(f"unknown node {node!r} (primary or replica)")
+    if not dry_run:
+        dr.refuse_if_unfinished(env)  # mid-failover the leader on record is about to change
     if node == state.leader:
         raise UsageError(
             f"{node} is the leader; `voke dr failover` fences it and promotes the standby instead"
         )
     target = env.node(node, state)
+    if dr.in_recovery(target) is True:  # read-only: no split brain to stop, and it was no primary
+        raise PreconditionError(
+            f"{node} is running as a standby (read-only): there is no split brain to stop; nothing was changed",
+            hint="a standby that cannot catch up is rebuilt by `voke dr failback --no-switch-back --clone --yes`",
+        )
     if dry_run:
         return {
             "dry_run": True,
             "plan": [f"stop {node} (clean if it answers, SIGKILL if not) and mark it fenced"],
         }
     with dr.dr_lock(env, "dr fence"), recorded(env, "dr.fence", node):
+        dr.refuse_if_unfinished(env)  # (again, under the lock)
         report = dr.fence_node(env, target, reason="voke dr fence")
     report["dry_run"] = False
     report["next"] = f"`voke dr failback --yes` rebuilds {node} as a standby of {state.leader}"

@@ -957,6 +957,8 @@ def run_drill(
         raise UsageError(f"unknown drill {scenario!r} (one of {', '.join(core.SCENARIOS)}, all)")
     from voketag_ops.workflows.env import ensure_local
 
+    if env.exists:
+        dr.refuse_if_unfinished(env)  # exit 5 naming the resume, before anything starts
     ensure_local(settings, progress)
     interrupted = False
     with (

@@ -129,18 +129,26 @@ def _operation_for_status(env: LocalEnvironment) -> dict[str, Any] | None:
         return {"operation": "unreadable", "resume": exc.message}
 
 
+def refuse_if_unfinished(env: LocalEnvironment, *, allow: str | None = None) -> dict[str, Any] | None:
+    """PreconditionError (exit 5, naming the command that resumes it) while an interrupted DR
+    operation other than ALLOW is recorded: the topology is half changed under it. Returns
+    the record of an unfinished ALLOW, if any."""
+    existing = unfinished_operation(env)
+    if existing and existing.get("operation") != allow:
+        raise PreconditionError(
+            f"an interrupted `voke dr {existing.get('operation')}` must be finished first: "
+            f"{existing.get('resume')}"
+        )
+    return existing
+
+
 class OperationLog:
     """VOKE_HOME/dr/operation.json: what an interruptible operation has done so far."""
 
     def __init__(self, env: LocalEnvironment, operation: str, resume: str) -> None:
         self.path = dr_dir(env) / "operation.json"
         self.operation = operation
-        existing = unfinished_operation(env)
-        if existing and existing.get("operation") != operation:
-            raise PreconditionError(
-                f"an interrupted `voke dr {existing.get('operation')}` must be finished first: "
-                f"{existing.get('resume')}"
-            )
+        existing = refuse_if_unfinished(env, allow=operation)
         self.doc: dict[str, Any] = existing or {
             "operation": operation,
             "started_at": iso(utcnow()),
@@ -1439,7 +1447,7 @@ def switchover(
             )
     first_write_at = utcnow()
     with steps.run(f"start {leader.name} as a standby of {standby.name}", progress) as info:
-        if in_recovery(leader) is True and _streams_from(standby, leader):
+        if in_recovery(leader) is True and streams_from(standby, leader):
             info["method"] = "already streaming"
         else:
             if leader.running:
@@ -1500,11 +1508,7 @@ def failback(
         + ("" if switch_back else " --no-switch-back")
     )
     resume += " --yes"
-    pending = unfinished_operation(env)
-    if pending and pending.get("operation") != "failback":
-        raise PreconditionError(
-            f"an interrupted `voke dr {pending.get('operation')}` must be finished first: {pending.get('resume')}"
-        )
+    pending = refuse_if_unfinished(env, allow="failback")
     mid_switchover = bool(pending) and "switchover_started" in (pending or {}).get("done", [])
     rebuilt: dict[str, Any] = {"method": "already a streaming standby"}
     if mid_switchover:
@@ -1522,7 +1526,7 @@ def failback(
                 f"fence it first with `voke dr fence {old.name} --yes`"
             )
         oplog = OperationLog(env, "failback", resume)
-        streaming_now = old_role is True and _streams_from(leader, old)
+        streaming_now = old_role is True and streams_from(leader, old)
         if (force_clone or not streaming_now) and not oplog.done("rebuilt"):
             with steps.run(f"rebuild {old.name} as a standby of {leader.name}", progress) as info:
                 rebuilt = rebuild_standby(env, old, leader, progress=progress, force_clone=force_clone)
@@ -1548,7 +1552,7 @@ def failback(
     return result
 
 
-def _streams_from(leader: PgNode, standby: PgNode) -> bool:
+def streams_from(leader: PgNode, standby: PgNode) -> bool:
     try:
         row = query_one(
             leader,
