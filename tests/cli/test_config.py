@@ -237,3 +237,35 @@ def test_human_tables_off_a_terminal_are_not_cut_to_80_columns(voke, tmp_path, m
     assert shown.exit_code == 0
     line = next(ln for ln in shown.stdout.splitlines() if "ingest.max_file_bytes" in ln)
     assert "123456789" in line and "VOKE_INGEST__MAX_FILE_BYTES" in line
+
+
+def test_a_cloud_environment_without_the_gcp_extra_is_exit_3_with_the_install_hint(tmp_path):
+    # `pip install voketag-ops` (the README's first command) has no Google clients: as if absent.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "voke.toml"
+    config.write_text('[environments.prod]\nproject = "p"\ninstance = "voke-db"\nregion = "us-central1"\n')
+    hide = "import sys; sys.modules.update(dict.fromkeys(('google', 'google.cloud', 'google.api_core', 'google.auth', 'grpc')))"
+    run = "import runpy; runpy.run_module('voketag_ops', run_name='__main__')"
+    for command in (["dr", "status"], ["secrets", "list"], ["drill", "run", "all", "--yes"]):
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"{hide}; sys.argv = ['voke', *sys.argv[1:]]; {run}",
+                "--env",
+                "prod",
+                *command,
+                "--json",
+            ],
+            env={**os.environ, "VOKE_HOME": str(tmp_path / "h"), "VOKE_CONFIG": str(config)},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 3, (command, done.stdout, done.stderr)
+        error = json.loads(done.stdout)["error"]
+        assert error["hint"] == "pip install 'voketag-ops[gcp]'" and "Traceback" not in done.stderr

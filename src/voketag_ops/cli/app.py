@@ -28,7 +28,7 @@ from voketag_ops.cli import (
 )
 from voketag_ops.cli._click import ClickAbort, ClickException, ClickUsageError, NoArgsIsHelpError
 from voketag_ops.cli.common import GLOBAL_FLAGS, AppContext, GlobalOptions
-from voketag_ops.errors import DISK_REFUSED, BackendError, Interrupted, UsageError, VokeError
+from voketag_ops.errors import DISK_REFUSED, BackendError, ConfigError, Interrupted, UsageError, VokeError
 from voketag_ops.output import Output
 from voketag_ops.redact import redact, register_credentials_in
 
@@ -228,6 +228,16 @@ def _invoke(
         return output.error(VokeError(exc.format_message()))
     except (ClickAbort, KeyboardInterrupt):
         return output.error(_interrupted())
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in _GCP_MODULES:
+            return _internal_error(output, exc, debug)
+        # `pip install voketag-ops` alone: a Google Cloud environment needs the gcp extra.
+        return output.error(
+            ConfigError(
+                f"Google Cloud environments need the Google Cloud client libraries ({exc.name} is not installed)",
+                hint="pip install 'voketag-ops[gcp]'",
+            )
+        )
     except OSError as exc:
         if exc.errno not in DISK_REFUSED:
             return _internal_error(output, exc, debug)
@@ -241,6 +251,9 @@ def _invoke(
         )
     except Exception as exc:  # a bug: one line, traceback only with --debug
         return _internal_error(output, exc, debug)
+
+
+_GCP_MODULES = frozenset({"google", "grpc", "proto", "googleapiclient"})  # what the gcp extra installs
 
 
 def _internal_error(output: Output, exc: BaseException, debug: bool) -> int:
