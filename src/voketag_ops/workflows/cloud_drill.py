@@ -873,11 +873,13 @@ def run(
         scenarios = list(SCENARIOS)
     elif scenario in SCENARIOS:
         scenarios = [scenario]
-    else:
-        raise UsageError(
+    elif scenario in core.SCENARIOS:  # a local drill: the environment chosen is the problem (exit 3)
+        raise ConfigError(
             f"the {scenario} drill runs on the local environment only; on a cloud environment: "
             f"{', '.join(SCENARIOS)} or all"
         )
+    else:
+        raise UsageError(f"unknown drill {scenario!r} ({', '.join(SCENARIOS)} or all)")
     env = settings.environment(settings.env)
     for name in scenarios:  # a name Cloud SQL would refuse: exit 3 before anything is written
         scratch_id(env.instance, name, _utcnow(), "0000")
