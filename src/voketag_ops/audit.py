@@ -324,6 +324,13 @@ class AuditLog:
             os.close(cp_fd)
         return cp
 
+    def checkpoint_requests(self) -> list[tuple[bytes, str, str, int]]:
+        """(root, kind, label, size) of every local checkpoint, as anchors are requested."""
+        return [
+            (bytes.fromhex(cp.root), "audit-checkpoint", f"audit@{cp.size}", cp.size)
+            for cp in self.checkpoints()
+        ]
+
     def anchor_checkpoints(self, *, now: datetime | None = None) -> AnchorOutcome:
         """Request an anchor for every local checkpoint the chain has not seen: the newest
         and any queued while the chain was unreachable, wiped (`env destroy`) or rolled back.
@@ -334,10 +341,7 @@ class AuditLog:
         from voketag_ops.workflows.chain import ChainUnavailableError, RetryPolicy, request_missing_anchors
 
         try:
-            requests = [
-                (bytes.fromhex(cp.root), "audit-checkpoint", f"audit@{cp.size}", cp.size)
-                for cp in self.checkpoints()
-            ]
+            requests = self.checkpoint_requests()
             if not requests:
                 return AnchorOutcome()
             requested = request_missing_anchors(

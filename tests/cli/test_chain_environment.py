@@ -31,6 +31,8 @@ def test_down_destroy_and_catch_up(voke, make_environ, tmp_path: Path) -> None:
         assert not (home / "pg").exists()
         requested = run("chain", "anchor", "request", merkle.root([b"one"]).hex())
         assert requested.exit_code == 0 and "starting the local environment" in requested.stderr
+        # a command that changes the chain starts all of `env up` (services too), as others do
+        assert len(run("audit", "show", "-e", "env.up", "--json").json["result"]["entries"]) == 1
         assert run("chain", "anchor", "run", "--difficulty", "4").exit_code == 0
         first = run("audit", "checkpoint", "--json").json["result"]
         assert first["anchoring_queued"] is False and first["anchors_requested"] == 1
@@ -42,9 +44,12 @@ def test_down_destroy_and_catch_up(voke, make_environ, tmp_path: Path) -> None:
         assert run("ingest", "sample", "--rows", "20", "--out", str(sample)).exit_code == 0
         loaded = run("ingest", "load", str(sample), "--json").json["result"]
         assert loaded["anchor"] == "pending"
-        _forget_anchor(home, loaded["anchor_id"])
+        _forget_anchor(home, loaded["anchor_id"], unrecorded=True)  # nor the batch row its id
+        planned = run("chain", "anchor", "run", "--dry-run", "--json").json["result"]
+        assert "1 requested first" in planned["message"]  # the batch, which the real run requests
         lost = run("chain", "anchor", "run", "--difficulty", "4", "--json")
         assert lost.exit_code == 0 and lost.json["result"]["outcome"] == "anchored"
+        assert lost.json["result"]["pending"] == planned["pending"]  # the dry run counted as it runs
         batches = run("ingest", "batches", "--json").json["result"]["batches"]
         assert [b["anchor"] for b in batches] == ["anchored"]
         events = run("audit", "show", "-e", "chain.anchor.run", "--json").json["result"]["entries"]
@@ -93,8 +98,9 @@ def test_down_destroy_and_catch_up(voke, make_environ, tmp_path: Path) -> None:
         voke("env", "destroy", "--yes", environ=environ)
 
 
-def _forget_anchor(home: Path, anchor_id: str) -> None:
-    """What an asynchronous failover can do: the batch row survives, its anchor request not."""
+def _forget_anchor(home: Path, anchor_id: str, *, unrecorded: bool = False) -> None:
+    """What an asynchronous failover can do: the batch row survives, its anchor request not
+    (UNRECORDED: nor the anchor id on the batch row, as when the chain was down at the load)."""
     import psycopg
 
     from voketag_ops.adapters.local.environment import LocalEnvironment
@@ -103,3 +109,5 @@ def _forget_anchor(home: Path, anchor_id: str) -> None:
     env = LocalEnvironment.from_settings(LocalSettings(home=home))
     with psycopg.connect(env.platform_database(), autocommit=True) as conn:
         assert conn.execute("delete from voke_chain_anchors where id = %s", (anchor_id,)).rowcount == 1
+        if unrecorded:
+            conn.execute("update ingest.batches set anchor_id = null")

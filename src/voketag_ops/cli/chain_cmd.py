@@ -49,10 +49,11 @@ def _home(env: AppContext) -> Path:
     return resolve_home(env.settings.local.home)
 
 
-def _store(env: AppContext, *, dry_run: bool = False) -> ChainStore:
+def _store(env: AppContext, *, dry_run: bool = False, changes: bool = False) -> ChainStore:
     """The chain store; the local environment is started if the chain lives there and it is
-    down (a spinner on a terminal, otherwise one line when it has to start). A DRY_RUN
-    starts, creates and migrates nothing: with the chain unreachable it exits 4 saying so."""
+    down (a spinner on a terminal, otherwise one line when it has to start): all of `env up`
+    for a command that CHANGES the chain, the servers for a read. A DRY_RUN starts, creates
+    and migrates nothing: with the chain unreachable it exits 4 saying so."""
     from voketag_ops.output import _isatty
     from voketag_ops.workflows.chain import open_chain_store
 
@@ -60,7 +61,7 @@ def _store(env: AppContext, *, dry_run: bool = False) -> ChainStore:
         return open_chain_store(_home(env), settings=env.settings, readonly=True)
     if _isatty(env.out.stderr) and not env.out.json_mode:
         with env.out.progress("checking the local environment") as update:
-            return open_chain_store(_home(env), settings=env.settings, start=update)
+            return open_chain_store(_home(env), settings=env.settings, start=update, whole=changes)
     said: list[str] = []
 
     def first_line(message: str) -> None:
@@ -68,7 +69,7 @@ def _store(env: AppContext, *, dry_run: bool = False) -> ChainStore:
             said.append(message)
             env.out.note(message)
 
-    return open_chain_store(_home(env), settings=env.settings, start=first_line)
+    return open_chain_store(_home(env), settings=env.settings, start=first_line, whole=changes)
 
 
 def _now() -> datetime:
@@ -295,7 +296,7 @@ def import_(
         )
         return
     with _audited(env, "chain.import", target=source, details=plan) as event:
-        counts = _store(env).import_state(incoming)
+        counts = _store(env, changes=True).import_state(incoming)
         event.details.update(counts)
     env.out.result(
         {**plan, **counts},
@@ -341,7 +342,12 @@ def anchor_request(
     details = {"kind": kind, "label": label, "tree_size": tree_size}
     with _audited(env, "chain.anchor.request", target=root_bytes.hex(), details=details) as event:
         report = request_anchor(
-            _store(env), root=root_bytes, kind=kind, label=label, tree_size=tree_size, now=_now()
+            _store(env, changes=True),
+            root=root_bytes,
+            kind=kind,
+            label=label,
+            tree_size=tree_size,
+            now=_now(),
         )
         event.details["outcome"] = report.outcome
     env.out.result(
@@ -369,9 +375,17 @@ def anchor_run(
     from voketag_ops.workflows.chain import run_anchors
 
     env = use(ctx)
-    store = _store(env, dry_run=dry_run)
-    if dry_run:
-        report = run_anchors(store, now=_now(), difficulty=difficulty, dry_run=True)
+    store = _store(env, dry_run=dry_run, changes=True)
+    if dry_run:  # counting what a real run requests first, as it would
+        from voketag_ops.audit import AuditLog
+        from voketag_ops.workflows.chain import unseen_requests
+
+        try:
+            checkpoints = AuditLog(_home(env)).checkpoint_requests()
+        except Exception:  # a damaged checkpoints file: `voke audit verify` names it
+            checkpoints = []
+        first = unseen_requests(store, [*checkpoints, *_lost_batches(env)])
+        report = run_anchors(store, now=_now(), difficulty=difficulty, dry_run=True, also=len(first))
         env.out.result(report, render=_render_run)
         return
     with _audited(
@@ -412,7 +426,7 @@ def anchor_cancel(
     from voketag_ops.workflows.chain import cancel_anchor
 
     env = use(ctx)
-    store = _store(env, dry_run=dry_run)
+    store = _store(env, dry_run=dry_run, changes=True)
     anchor = store.load().find_anchor(anchor_id)
     if anchor.state not in (AnchorState.PENDING, AnchorState.CANCELLED):
         where = f" in block {anchor.block_index}" if anchor.block_index is not None else ""
@@ -437,20 +451,32 @@ def anchor_cancel(
 def _request_lost_batches(env: AppContext, store: ChainStore) -> int:
     """Request again the roots of the local database's ingest batches the chain has never
     seen (lost across an asynchronous failover, or a chain restored from an older export).
-    Best effort: never starts the environment, a failure is a warning."""
+    Best effort: a failure is a warning."""
     from voketag_ops.errors import VokeError
     from voketag_ops.workflows.chain import request_missing_anchors
+
+    batches = _lost_batches(env)
+    try:
+        return len(request_missing_anchors(store, batches, now=_now())) if batches else 0
+    except VokeError as exc:
+        env.out.note(f"warning: ingest batches not checked for lost anchors: {exc.message}")
+        return 0
+
+
+def _lost_batches(env: AppContext) -> list[tuple[bytes, str, str, int | None]]:
+    """The anchor requests of the local database's ingest batches (never starts the
+    environment: none while it is down; a failure is a warning)."""
+    from voketag_ops.errors import VokeError
     from voketag_ops.workflows.ingest import batch_anchor_requests
 
     local = env.local_environment()
     try:
         if not local.exists or not local.primary().running:
-            return 0
-        batches = batch_anchor_requests(local.platform_database())
-        return len(request_missing_anchors(store, batches, now=_now())) if batches else 0
+            return []
+        return list(batch_anchor_requests(local.platform_database()))
     except VokeError as exc:
         env.out.note(f"warning: ingest batches not checked for lost anchors: {exc.message}")
-        return 0
+        return []
 
 
 @contextmanager

@@ -308,6 +308,19 @@ def request_anchor(
     return with_retries(retry, attempt)
 
 
+def unseen_requests(
+    store: ChainStore, requests: Iterable[tuple[bytes, str, str, int | None]]
+) -> list[tuple[bytes, str, str, int | None]]:
+    """Those REQUESTS whose root the store has never seen in any state (one per root)."""
+    known = store.load().anchors
+    out: dict[str, tuple[bytes, str, str, int | None]] = {}
+    for request in requests:
+        key = request[0].hex()
+        if key not in known and key not in out:
+            out[key] = request
+    return list(out.values())
+
+
 def request_missing_anchors(
     store: ChainStore,
     requests: Iterable[tuple[bytes, str, str, int | None]],
@@ -321,14 +334,10 @@ def request_missing_anchors(
     wanted = list(requests)
 
     def attempt() -> list[str]:
-        known = store.load().anchors
         new: dict[str, ch.Anchor] = {}
-        for root, kind, label, size in wanted:
-            if root.hex() not in known and root.hex() not in new:
-                anchor, _ = ch.request_anchor(
-                    None, root=root, kind=kind, label=label, now=now, tree_size=size
-                )
-                new[anchor.id] = anchor
+        for root, kind, label, size in unseen_requests(store, wanted):
+            anchor, _ = ch.request_anchor(None, root=root, kind=kind, label=label, now=now, tree_size=size)
+            new[anchor.id] = anchor
         if new:
             store.commit(anchors=list(new.values()))
         return list(new)
@@ -392,9 +401,11 @@ def run_anchors(
     clock: Callable[[], float] = time.monotonic,
     max_anchor_attempts: int = ch.DEFAULT_MAX_ATTEMPTS,
     dry_run: bool = False,
+    also: int = 0,
     retry: RetryPolicy = RetryPolicy(),
 ) -> AnchorRunReport:
-    """Anchor every pending root into one new block (mined at DIFFICULTY bits).
+    """Anchor every pending root into one new block (mined at DIFFICULTY bits). A DRY_RUN
+    counts ALSO more: the roots a real run requests first (``unseen_requests``).
 
     Safe to re-run (cron): with nothing pending it does nothing. When the mining bound is
     reached first, each pending anchor's attempt count rises and, after
@@ -406,18 +417,20 @@ def run_anchors(
         state = store.load()
         pending = state.pending()
         head = state.head
-        if not pending:
+        count = len(pending) + (also if dry_run else 0)
+        if not count:
             return AnchorRunReport(
                 True, "nothing-pending", 0, difficulty=difficulty, message="nothing to anchor"
             )
         index = 0 if head is None else head.index + 1
         if dry_run:
+            first = f" ({also} requested first: audit checkpoints or ingest batches the chain never saw)"
             return AnchorRunReport(
                 True,
                 "dry-run",
-                len(pending),
+                count,
                 difficulty=difficulty,
-                message=f"would anchor {len(pending)} root(s) into block {index}",
+                message=f"would anchor {count} root(s) into block {index}" + (first if also else ""),
             )
         # A block never goes back in time, even if this machine's clock does.
         timestamp = now if head is None or now >= head.timestamp else head.timestamp
@@ -511,6 +524,7 @@ def open_chain_store(
     settings: Settings | None = None,
     start: Callable[[str], None] | None = None,
     readonly: bool = False,
+    whole: bool = False,
 ) -> ChainStore:
     """The chain store of VOKE_HOME HOME: the one place that picks it, for `voke chain`,
     ingest batch anchors and audit checkpoint anchors alike.
@@ -524,6 +538,7 @@ def open_chain_store(
     migrated into it on first use (once, audited, the file kept as a backup).
 
     SETTINGS default to those this process loaded for HOME (`config.settings_loaded_for`).
+    WHOLE: a command that changes the chain starts all of `voke env up`, not only the servers.
     READONLY (verify, listings, dry runs): never start the environment, create the database
     or migrate a chain.json (which is read where it is); ChainUnavailableError instead.
     """
@@ -542,7 +557,9 @@ def open_chain_store(
     if start is not None and not readonly:
         from voketag_ops.workflows.env import ensure_local
 
-        env = ensure_local(settings.model_copy(update={"local": local}), start, whole=False)  # the database
+        # WHOLE (a command that changes the chain): all of `env up`, as every changing command
+        # starts it; otherwise the servers only (a read, or `env destroy` exporting the chain)
+        env = ensure_local(settings.model_copy(update={"local": local}), start, whole=whole)
     elif not env.exists or not env.primary().running:
         raise ChainUnavailableError(
             f"the chain is in PostgreSQL (database {database}) and the local environment is not "

@@ -2127,9 +2127,20 @@ def list_batches(
         conn.close()
     for row in rows:
         row["merkle_root"] = bytes(row["merkle_root"]).hex()
-        anchor_id = row["anchor_id"]
-        row["anchor"] = (anchor_states or {}).get(anchor_id, "unknown") if anchor_id else "none"
+        row["anchor_id"], row["anchor"] = _anchor_of(row["anchor_id"], row["merkle_root"], anchor_states)
     return rows
+
+
+def _anchor_of(anchor_id: str | None, root: str, states: Mapping[str, str] | None) -> tuple[str | None, str]:
+    """(anchor id, its state) of a batch. An anchor's id is its root, so a batch whose anchor
+    was requested by `voke chain anchor run` (lost across a failover, never recorded on the
+    batch) still finds it; "none" when the chain knows no anchor of that root."""
+    states = states or {}
+    if anchor_id:
+        return anchor_id, states.get(anchor_id, "unknown")
+    if root in states:
+        return root, states[root]
+    return None, "none"
 
 
 @dataclass
@@ -2198,7 +2209,7 @@ def prove_tag(conninfo: str, tag_id: str, *, anchor_states: Mapping[str, str] | 
         raise BackendError(
             f"{target}: the sealed chunks of batch {row['batch_id']} are damaged: {exc}"
         ) from None
-    anchor_id = row["anchor_id"]
+    anchor_id, anchor = _anchor_of(row["anchor_id"], root.hex(), anchor_states)
     return TagProof(
         tag_id=tag_id,
         found=True,
@@ -2212,7 +2223,7 @@ def prove_tag(conninfo: str, tag_id: str, *, anchor_states: Mapping[str, str] | 
         valid=merkle.verify_inclusion(lh, index, size, path, root),
         intact=hashes[offset * 32 : offset * 32 + 32] == lh,
         anchor_id=anchor_id,
-        anchor=(anchor_states or {}).get(anchor_id, "unknown") if anchor_id else "none",
+        anchor=anchor,
         file_name=row["file_name"],
         loaded_at=row["loaded_at"],
     )
