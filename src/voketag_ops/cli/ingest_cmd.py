@@ -59,9 +59,10 @@ def _home(env: AppContext) -> Path:
     return resolve_home(env.settings.local.home)
 
 
-def _conninfo(env: AppContext, db: str | None, *, dry_run: bool) -> str:
+def _conninfo(env: AppContext, db: str | None, *, dry_run: bool, started: list[str]) -> str:
     """--db, or the local environment's database (started and created on demand: a load starts
-    what `voke env up` would, a dry run only the servers it reads)."""
+    what `voke env up` would, a dry run only the servers it reads). Off a terminal the start
+    says nothing but its warnings: the load's one summary line says it happened (STARTED)."""
     if db is not None:
         return _given_db(db)
     from voketag_ops.workflows.env import ensure_local
@@ -69,8 +70,14 @@ def _conninfo(env: AppContext, db: str | None, *, dry_run: bool) -> str:
     if _tty(env.out):
         with env.out.progress("checking the local environment") as update:
             local = ensure_local(env.settings, update, whole=not dry_run)
-    else:
-        local = ensure_local(env.settings, env.out.note, whole=not dry_run)
+        return local.platform_database()
+
+    def quietly(message: str) -> None:
+        started.append(message)
+        if message.startswith("warning:"):
+            env.out.note(message)
+
+    local = ensure_local(env.settings, quietly, whole=not dry_run)
     return local.platform_database()
 
 
@@ -169,7 +176,8 @@ def load(
         from voketag_ops.errors import UsageError
 
         raise UsageError("--partial needs --rejects FILE for the rows it leaves out")
-    conninfo = _conninfo(env, db, dry_run=dry_run)
+    started: list[str] = []  # what starting the local environment said, off a terminal
+    conninfo = _conninfo(env, db, dry_run=dry_run, started=started)
     home = _home(env)
     # Once the batch is committed, a Ctrl-C or SIGTERM no longer stops the load short of
     # its audit event and its result: it is loaded, and says so.
@@ -191,7 +199,7 @@ def load(
                 progress=progress,
                 anchorer=None if dry_run else chain_anchorer(home, now),
             )
-        summary = _summary(report)
+        summary = _summary(report) + ("; the local environment was started first" if started else "")
         if not _tty(env.out) and (report.ok or env.out.json_mode):
             env.out.note(summary)  # a rejected file's summary is the failure line, printed once
         env.out.result(report, ok=report.ok, render=_render_load, failure=summary.removeprefix("ingest: "))
