@@ -9,6 +9,9 @@ module "voke" {
   instance              = var.instance
   secrets               = var.secrets
   notification_channels = var.notification_channels
+
+  runtime_service_accounts = var.runtime_service_accounts
+  rotated_service_accounts = var.rotated_service_accounts
 }
 
 output "service_account" {

@@ -41,3 +41,15 @@ variable "notification_channels" {
   default     = []
   description = "Monitoring notification channel ids the alert policies notify"
 }
+
+variable "runtime_service_accounts" {
+  type        = list(string)
+  default     = []
+  description = "Emails of the accounts the Cloud Run services voke redeploys run as (voke gets actAs on these alone)"
+}
+
+variable "rotated_service_accounts" {
+  type        = list(string)
+  default     = []
+  description = "Emails of the accounts whose keys `voke rotate sa-key` rotates (voke manages the keys of these alone)"
+}

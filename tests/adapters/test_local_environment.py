@@ -288,7 +288,9 @@ def test_an_on_demand_start_is_a_whole_env_up(tmp_path, env_of, voke):
         assert loaded.exit_code == 0, loaded.stdout
         # off a terminal: the one summary line, which says the environment was started first
         (line,) = loaded.stderr.splitlines()
-        assert line.startswith("ingest: loaded b.csv") and line.endswith("the local environment was started first")
+        assert line.startswith("ingest: loaded b.csv") and line.endswith(
+            "the local environment was started first"
+        )
         status = voke("env", "status", "--json", environ=environ).json["result"]
         assert status["healthy"] is True  # services and credentials too, not only the servers
         ups = voke("audit", "show", "--event-type", "env.up", "--json", environ=environ)

@@ -100,11 +100,23 @@ def test_no_primitive_role(directory):
         assert f'"{role}"' not in text
 
 
-def test_the_custom_role_grants_exactly_what_voke_uses(module):
-    role = resources(module, "google_project_iam_custom_role")["voke_operator"]
-    assert sorted(role["permissions"]) == sorted(catalog.PERMISSIONS)
-    binding = resources(module, "google_project_iam_member")["voke_operator"]
-    assert "google_project_iam_custom_role.voke_operator" in binding["role"]
+def test_the_custom_roles_grant_exactly_what_voke_uses_where_it_uses_it(module):
+    roles = resources(module, "google_project_iam_custom_role")
+    assert sorted(roles["voke_operator"]["permissions"]) == sorted(catalog.PROJECT_PERMISSIONS)
+    assert sorted(roles["voke_deployer"]["permissions"]) == sorted(catalog.RUNTIME_ACCOUNT_PERMISSIONS)
+    assert sorted(roles["voke_key_rotator"]["permissions"]) == sorted(catalog.ROTATED_ACCOUNT_PERMISSIONS)
+    project_wide = resources(module, "google_project_iam_member")
+    assert set(project_wide) == {"voke_operator"}  # the only project-wide grant
+    assert "google_project_iam_custom_role.voke_operator" in project_wide["voke_operator"]["role"]
+    assert not any(p.startswith("iam.") for p in roles["voke_operator"]["permissions"])
+    per_account = resources(module, "google_service_account_iam_member")
+    for name, accounts in (
+        ("voke_deployer", "runtime_service_accounts"),
+        ("voke_key_rotator", "rotated_service_accounts"),
+    ):
+        binding = per_account[name]
+        assert f"google_project_iam_custom_role.{name}" in binding["role"]
+        assert accounts in binding["for_each"] and "each.value" in binding["service_account_id"]
 
 
 def test_crons_are_valid_and_equal_to_voke_schedule(module):

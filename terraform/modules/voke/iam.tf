@@ -1,5 +1,8 @@
-# voke runs as its own service account holding one custom role with exactly the
-# permissions its adapters call (catalog.PERMISSIONS); no primitive role anywhere.
+# voke runs as its own service account with exactly the permissions its adapters call
+# (catalog.py); no primitive role anywhere. Project-wide only what is about the project
+# (catalog.PROJECT_PERMISSIONS); acting as a service account and managing its keys are granted
+# on the named accounts alone: project-wide they would let voke deploy as, or mint keys for,
+# any account in the project (its owners' too).
 resource "google_service_account" "voke" {
   project      = var.project
   account_id   = "voke-${var.environment}"
@@ -44,17 +47,10 @@ resource "google_project_iam_custom_role" "voke_operator" {
     "run.services.get",
     "run.services.list",
     "run.services.update",
-    "iam.serviceAccounts.actAs",
     "monitoring.metricDescriptors.create",
     "monitoring.metricDescriptors.list",
     "monitoring.timeSeries.create",
     "monitoring.timeSeries.list",
-    "iam.serviceAccountKeys.create",
-    "iam.serviceAccountKeys.delete",
-    "iam.serviceAccountKeys.disable",
-    "iam.serviceAccountKeys.enable",
-    "iam.serviceAccountKeys.get",
-    "iam.serviceAccountKeys.list",
     "resourcemanager.projects.get",
     "serviceusage.services.get",
   ]
@@ -64,4 +60,44 @@ resource "google_project_iam_member" "voke_operator" {
   project = var.project
   role    = google_project_iam_custom_role.voke_operator.id
   member  = "serviceAccount:${google_service_account.voke.email}"
+}
+
+# catalog.RUNTIME_ACCOUNT_PERMISSIONS, on each Cloud Run service's runtime account: redeploying a
+# service (run.services.update, a rotation's pinned revision) needs actAs on the account it runs as.
+resource "google_project_iam_custom_role" "voke_deployer" {
+  project     = var.project
+  role_id     = "voke_deployer_${var.environment}"
+  title       = "voke deployer (${var.environment})"
+  description = "Redeploy Cloud Run services running as this account"
+  permissions = ["iam.serviceAccounts.actAs"]
+}
+
+resource "google_service_account_iam_member" "voke_deployer" {
+  for_each           = toset(var.runtime_service_accounts)
+  service_account_id = "projects/${var.project}/serviceAccounts/${each.value}"
+  role               = google_project_iam_custom_role.voke_deployer.id
+  member             = "serviceAccount:${google_service_account.voke.email}"
+}
+
+# catalog.ROTATED_ACCOUNT_PERMISSIONS, on each account whose keys `voke rotate sa-key` rotates.
+resource "google_project_iam_custom_role" "voke_key_rotator" {
+  project     = var.project
+  role_id     = "voke_key_rotator_${var.environment}"
+  title       = "voke key rotator (${var.environment})"
+  description = "Rotate this service account's user-managed keys"
+  permissions = [
+    "iam.serviceAccountKeys.create",
+    "iam.serviceAccountKeys.delete",
+    "iam.serviceAccountKeys.disable",
+    "iam.serviceAccountKeys.enable",
+    "iam.serviceAccountKeys.get",
+    "iam.serviceAccountKeys.list",
+  ]
+}
+
+resource "google_service_account_iam_member" "voke_key_rotator" {
+  for_each           = toset(var.rotated_service_accounts)
+  service_account_id = "projects/${var.project}/serviceAccounts/${each.value}"
+  role               = google_project_iam_custom_role.voke_key_rotator.id
+  member             = "serviceAccount:${google_service_account.voke.email}"
 }

@@ -38,6 +38,18 @@ variable "notification_channels" {
   description = "Notification channel ids for the alert policies"
 }
 
+variable "runtime_service_accounts" {
+  type        = list(string)
+  description = "Emails of the accounts the Cloud Run services voke redeploys run as (voke gets actAs on these alone)"
+  default     = []
+}
+
+variable "rotated_service_accounts" {
+  type        = list(string)
+  description = "Emails of the accounts whose keys `voke rotate sa-key` rotates (voke manages the keys of these alone)"
+  default     = []
+}
+
 # When the rotation job asks voke what is due: daily at 02:00 UTC, the hour of every default
 # in voke's [rotation.schedule] (a test keeps them aligned); the schedule itself lives in voke.toml.
 variable "rotation_check_schedule" {

@@ -43,8 +43,9 @@ REQUIRED_APIS = (
 # Also enabled by terraform/ for running voke on a schedule (not called by voke itself).
 SCHEDULING_APIS = ("cloudscheduler.googleapis.com", "pubsub.googleapis.com")
 
-# Every permission the adapters' calls need: the custom role in terraform/ grants exactly these.
-PERMISSIONS = (
+# Every permission the adapters' calls need on the project: the custom role voke_operator in
+# terraform/ grants exactly these, project-wide (what `voke doctor` tests).
+PROJECT_PERMISSIONS = (
     # Secret Manager: versions, states, aliases, annotations
     "secretmanager.secrets.create",
     "secretmanager.secrets.get",
@@ -81,22 +82,30 @@ PERMISSIONS = (
     "run.services.get",
     "run.services.list",
     "run.services.update",
-    "iam.serviceAccounts.actAs",
     # Cloud Monitoring
     "monitoring.metricDescriptors.create",
     "monitoring.metricDescriptors.list",
     "monitoring.timeSeries.create",
     "monitoring.timeSeries.list",
-    # IAM service-account keys (`voke rotate sa-key`)
+    # doctor
+    "resourcemanager.projects.get",
+    "serviceusage.services.get",
+)
+
+# Granted on single service accounts, never project-wide (project-wide, they would let voke mint
+# keys for, or deploy as, any account in the project, its owners' included):
+# - on the Cloud Run services' runtime accounts: redeploying a service (run.services.update)
+#   needs actAs on the account it runs as;
+RUNTIME_ACCOUNT_PERMISSIONS = ("iam.serviceAccounts.actAs",)
+# - on the accounts whose keys `voke rotate sa-key` rotates.
+ROTATED_ACCOUNT_PERMISSIONS = (
     "iam.serviceAccountKeys.create",
     "iam.serviceAccountKeys.delete",
     "iam.serviceAccountKeys.disable",
     "iam.serviceAccountKeys.enable",
     "iam.serviceAccountKeys.get",
     "iam.serviceAccountKeys.list",
-    # doctor
-    "resourcemanager.projects.get",
-    "serviceusage.services.get",
 )
+PERMISSIONS = PROJECT_PERMISSIONS + RUNTIME_ACCOUNT_PERMISSIONS + ROTATED_ACCOUNT_PERMISSIONS
 
 PRIMITIVE_ROLES = frozenset({"roles/owner", "roles/editor", "roles/viewer"})

@@ -97,14 +97,14 @@ def cloud_checks(env: GcpEnvironment, name: str) -> list[CheckRow]:
         projects = ctx.rest_client(resourcemanager_v3.ProjectsClient, "cloudresourcemanager")
         resp = ctx.call(
             projects.test_iam_permissions,
-            request={"resource": project, "permissions": list(catalog.PERMISSIONS)},
+            request={"resource": project, "permissions": list(catalog.PROJECT_PERMISSIONS)},
         )
-        missing = sorted(set(catalog.PERMISSIONS) - set(resp.permissions))
+        missing = sorted(set(catalog.PROJECT_PERMISSIONS) - set(resp.permissions))
         rows.append(
             (
                 "permissions",
                 not missing,
-                f"all {len(catalog.PERMISSIONS)} permissions held"
+                f"all {len(catalog.PROJECT_PERMISSIONS)} project permissions held"
                 if not missing
                 else f"missing {len(missing)}: {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}",
                 None if not missing else ROLE_HINT,
