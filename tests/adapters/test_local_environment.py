@@ -434,3 +434,25 @@ def test_a_broken_secret_store_blocks_neither_a_load_nor_destroy(tmp_path, env_o
         "env", "destroy", "--yes", "--json", environ=environ
     )  # the chain export needs the servers only
     assert gone.exit_code == 0, gone.stdout
+
+
+def test_down_and_destroy_refuse_while_a_dr_operation_runs(tmp_path, env_of, voke):
+    # A drill stopped under its feet could not put back the rows it took as its fault.
+    import fcntl
+
+    environ = env_of(tmp_path / "h", VOKE_LOCAL__REPLICA="false")
+    try:
+        assert voke("env", "up", environ=environ).exit_code == 0
+        lock = tmp_path / "h" / "dr" / "dr.lock"
+        lock.parent.mkdir(exist_ok=True)
+        with open(lock, "w") as held:  # another voke's drill
+            held.write("drill pitr pid 4242")
+            held.flush()
+            fcntl.flock(held, fcntl.LOCK_EX)
+            for command in (["env", "down"], ["env", "destroy", "--yes"]):
+                refused = voke(*command, "--json", environ=environ)
+                assert refused.exit_code == 5, refused.stdout
+                assert "another DR operation is running (drill pitr pid 4242)" in refused.json["error"]["message"]
+            assert voke("env", "status", "--json", environ=environ).json["result"]["primary"]["running"] is True
+    finally:
+        assert voke("env", "destroy", "--yes", "--discard-chain", environ=environ).exit_code == 0

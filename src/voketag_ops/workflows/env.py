@@ -4,6 +4,7 @@ application logins, their secret, and the local services that consume it."""
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timezone
 from typing import Any
 
@@ -196,7 +197,9 @@ class LocalPlatform:
         return report
 
     def down(self, progress: Progress = _quiet) -> dict[str, Any]:
-        with self._audited("env.down") as event, self.env.lock():  # not beside a concurrent `up`
+        # Not beside a concurrent `up`, nor under a running DR operation or drill (exit 5): a
+        # drill stopped mid-way cannot put back the rows it took as its fault.
+        with self._audited("env.down") as event, self._no_dr_operation("env down"), self.env.lock():
             services = self.runtime().stop_all() if self.env.exists else []
             if services:
                 progress("stopped the local services")
@@ -208,7 +211,7 @@ class LocalPlatform:
     def destroy(self, progress: Progress = _quiet, *, discard_chain: bool = False) -> dict[str, Any]:
         import shutil
 
-        with self._audited("env.destroy") as event, self.env.lock():  # not beside a concurrent `up`
+        with self._audited("env.destroy") as event, self._no_dr_operation("env destroy"), self.env.lock():
             kept = self._keep_chain(progress, discard=discard_chain)  # before anything is stopped
             self.runtime().stop_all()
             report = self.env.destroy(progress)
@@ -224,6 +227,12 @@ class LocalPlatform:
                     report["removed"].append(str(path))
             event.details["removed"] = report["removed"]
         return report
+
+    def _no_dr_operation(self, operation: str) -> AbstractContextManager[None]:
+        """The DR lock, held while the servers are stopped (exit 5 while a DR operation runs)."""
+        from voketag_ops.adapters.local.dr import dr_lock
+
+        return dr_lock(self.env, operation) if self.env.home.is_dir() else nullcontext()
 
     def _keep_chain(self, progress: Progress, *, discard: bool) -> str:
         """The chain outlives the environment, as the audit log does: before the databases
