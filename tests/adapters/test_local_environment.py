@@ -452,7 +452,12 @@ def test_down_and_destroy_refuse_while_a_dr_operation_runs(tmp_path, env_of, vok
             for command in (["env", "down"], ["env", "destroy", "--yes"]):
                 refused = voke(*command, "--json", environ=environ)
                 assert refused.exit_code == 5, refused.stdout
-                assert "another DR operation is running (drill pitr pid 4242)" in refused.json["error"]["message"]
-            assert voke("env", "status", "--json", environ=environ).json["result"]["primary"]["running"] is True
+                assert (
+                    "another DR operation is running (drill pitr pid 4242)"
+                    in refused.json["error"]["message"]
+                )
+            assert (
+                voke("env", "status", "--json", environ=environ).json["result"]["primary"]["running"] is True
+            )
     finally:
         assert voke("env", "destroy", "--yes", "--discard-chain", environ=environ).exit_code == 0

@@ -367,6 +367,56 @@ def test_ctrl_c_before_the_pitr_repair_puts_the_batch_rows_back(voke, environ, e
     assert rows == loaded and rows, rows  # every batch, the drill's included, has all its rows
 
 
+def _rows_per_batch(env) -> tuple[dict[int, int], dict[int, int]]:
+    with env.primary().connect("voketag") as conn:
+        rows = dict(
+            conn.execute(
+                "select b.batch_id, (select count(*) from ingest.tags t where t.batch_id = b.batch_id)"
+                " from ingest.batches b"
+            ).fetchall()
+        )
+        loaded = dict(conn.execute("select batch_id, rows_loaded from ingest.batches").fetchall())
+    return rows, loaded
+
+
+def test_a_pitr_drill_killed_after_its_fault_is_reported_and_repaired_by_the_next(voke, environ, env):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    drill = subprocess.Popen(
+        [sys.executable, "-m", "voketag_ops", "drill", "run", "pitr", "--yes"],
+        env=environ,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # kill -9 once the fault has deleted the batch's rows
+            assert drill.poll() is None and time.monotonic() < deadline
+            if list((env.home / "dr").glob("drill-rows-*.json")):
+                rows, loaded = _rows_per_batch(env)
+                if rows != loaded:
+                    break
+            time.sleep(0.05)
+    finally:
+        drill.send_signal(signal.SIGKILL)
+        drill.wait()
+    check = voke("dr", "check", "--json", environ=environ)
+    assert check.exit_code == 1 and "unfinished_operation" in check.json["result"]["failed"]
+    assert "voke drill run pitr --yes (it first puts back the rows of batch" in check.stdout
+    again = voke("drill", "run", "pitr", "--yes", "--json", environ=environ)
+    assert again.exit_code == 0, again.stdout
+    (left,) = again.json["result"]["details"]["rows_left_by_killed_drills"]
+    assert left["rows_put_back"] > 0
+    rows, loaded = _rows_per_batch(env)
+    assert rows == loaded  # every batch, the killed drill's included, has all its rows
+    assert not list((env.home / "dr").glob("drill-rows-*"))
+    for restored in dr.list_restores(env):  # the killed drill's restore, if it got that far
+        dr.discard_restore(env, restored["name"])
+
+
 def test_ctrl_c_mid_drill_cleans_up_and_records_interrupted(voke, environ, env, monkeypatch):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt

@@ -119,7 +119,8 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
         else Check(
             "unfinished_operation",
             False,
-            f"an interrupted `voke dr {op.get('operation')}` must be resumed: {op.get('resume')}",
+            f"an interrupted `{op.get('command') or 'voke dr ' + str(op.get('operation'))}` must be resumed: "
+            f"{op.get('resume')}",
             value=op.get("operation"),
         )
     )

@@ -625,13 +625,20 @@ def _batch_integrity(node: Any, batch: dict[str, Any]) -> dict[str, Any]:
 
 
 def _keep_rows_aside(run: DrillRun, batch: dict[str, Any]) -> None:
-    """Before the fault, a copy of the batch's rows (a few hundred KB, off the database): a
-    drill stopped before its repair (Ctrl-C, SIGTERM, a failed restore) puts them back at
-    clean-up rather than leaving the batch empty on the leader. The repair, registered
-    later, runs first; rows already there are left as they are."""
-    kept = tempfile.SpooledTemporaryFile(max_size=16 << 20)  # noqa: SIM115 (the clean-up closes it)
+    """Before the fault, a copy of the batch's rows (a few hundred KB), on disk in VOKE_HOME/dr
+    with a record naming them: a drill stopped before its repair (Ctrl-C, SIGTERM, a failed
+    restore) puts them back at clean-up rather than leaving the batch empty on the leader, and
+    one killed outright (kill -9) leaves the record, which `dr check` reports and the next
+    drill acts on first (``put_back_rows_left``). The repair, registered later, runs first;
+    rows already there are left as they are."""
+    from voketag_ops.adapters.local import dr
+
     batch_id = batch["batch_id"]
+    directory = dr.dr_dir(run.env)
+    rows = directory / f"drill-rows-{run.run_id}.copy"
+    record = directory / f"drill-rows-{run.run_id}.json"
     with (
+        open(rows, "wb") as kept,
         run.env.primary().connect(batch["dbname"]) as conn,
         conn.cursor().copy(
             "copy (select * from ingest.tags where batch_id = %s) to stdout", (batch_id,)
@@ -639,25 +646,58 @@ def _keep_rows_aside(run: DrillRun, batch: dict[str, Any]) -> None:
     ):
         for data in out:
             kept.write(data)
+        kept.flush()
+        os.fsync(kept.fileno())
+    doc = {"run_id": run.run_id, "pid": os.getpid(), "batch_id": batch_id, "dbname": batch["dbname"]}
+    doc.update(rows=batch["rows"], file=rows.name)
+    record.write_text(json.dumps(doc))  # written last: a record always has its rows
 
     def put_back() -> None:
         # Quick and the last copy of those rows: no signal cuts it short (one that comes
         # counts in run_cleanups' own hold, which marks the run interrupted).
-        with interrupts.Held(), kept, run.env.primary().connect(batch["dbname"]) as conn:
-            with conn.transaction():
-                row = conn.execute(
-                    "select count(*) from ingest.tags where batch_id = %s", (batch_id,)
-                ).fetchone()
-                missing = not (row and row[0])  # else repaired (or never deleted)
-                if missing:
-                    kept.seek(0)
-                    with conn.cursor().copy("copy ingest.tags from stdin") as into:
-                        while data := kept.read(1 << 16):
-                            into.write(data)
-            if missing:
+        with interrupts.Held():
+            if _put_back(run.env, doc | {"record": str(record)}):
                 run.details["rows_put_back"] = batch["rows"]  # committed
 
     run.on_cleanup(f"put batch {batch_id}'s rows back on the leader unless repaired", put_back)
+
+
+def _put_back(env: LocalEnvironment, doc: dict[str, Any]) -> bool:
+    """Put a record's rows back into ingest.tags unless its batch has rows (repaired, or never
+    deleted) or is gone; then remove the record and its rows. Whether rows were put back."""
+    record = Path(doc["record"])
+    rows = record.with_name(str(doc["file"]))
+    missing = False
+    with env.primary().connect(str(doc["dbname"])) as conn, conn.transaction():
+        exists = conn.execute(
+            "select 1 from ingest.batches where batch_id = %s", (doc["batch_id"],)
+        ).fetchone()
+        count = conn.execute(
+            "select count(*) from ingest.tags where batch_id = %s", (doc["batch_id"],)
+        ).fetchone()
+        missing = bool(exists) and not (count and count[0])
+        if missing:
+            with open(rows, "rb") as kept, conn.cursor().copy("copy ingest.tags from stdin") as into:
+                while data := kept.read(1 << 16):
+                    into.write(data)
+    record.unlink(missing_ok=True)  # the record first: rows without one are never read
+    rows.unlink(missing_ok=True)
+    return missing
+
+
+def put_back_rows_left(env: LocalEnvironment, progress: Progress = _quiet) -> list[dict[str, Any]]:
+    """The rows killed pitr drills deleted as their fault and never put back, put back (the
+    next drill does this first, under the DR lock); what was done, for its journal."""
+    from voketag_ops.adapters.local import dr
+
+    done = []
+    for doc in dr.drill_rows_left(env):
+        progress(f"putting back batch {doc['batch_id']}'s rows (left by the killed drill {doc['run_id']})")
+        put = _put_back(env, doc)
+        done.append(
+            {"run_id": doc["run_id"], "batch_id": doc["batch_id"], "rows_put_back": doc["rows"] if put else 0}
+        )
+    return done
 
 
 def _repair_batch(run: DrillRun, name: str, batch: dict[str, Any]) -> None:
@@ -965,8 +1005,11 @@ def run_drill(
         dr.dr_lock(env, f"drill {scenario}"),
         audited(env.home, event_type=f"drill.{scenario}", env="local", target=scenario) as event,
     ):
+        left = put_back_rows_left(env, progress)  # before the steady state, which counts them
         run = DrillRun(settings, env, scenario, progress, options or {})
         event.details["run_id"] = run.run_id
+        if left:
+            run.details["rows_left_by_killed_drills"] = left
         try:
             interrupted = drive(
                 run,

@@ -122,11 +122,52 @@ def unfinished_operation(env: LocalEnvironment) -> dict[str, Any] | None:
 
 
 def _operation_for_status(env: LocalEnvironment) -> dict[str, Any] | None:
-    """`unfinished_operation` for reports: an unreadable record is shown, not raised."""
+    """`unfinished_operation` for reports: an unreadable record is shown, not raised; rows a
+    killed pitr drill took as its fault and never put back count as one too."""
     try:
-        return unfinished_operation(env)
+        op = unfinished_operation(env)
     except PreconditionError as exc:
         return {"operation": "unreadable", "resume": exc.message}
+    if op is None and (left := drill_rows_left(env)):
+        batches = ", ".join(str(d.get("batch_id")) for d in left)
+        return {
+            "operation": "drill pitr",
+            "command": "voke drill run pitr",
+            "resume": f"voke drill run pitr --yes (it first puts back the rows of batch {batches}, "
+            "deleted as the fault of a pitr drill that was killed)",
+        }
+    return op
+
+
+DRILL_ROWS = "drill-rows-*.json"  # a pitr drill's record of the rows it keeps aside (VOKE_HOME/dr)
+
+
+def drill_rows_left(env: LocalEnvironment) -> list[dict[str, Any]]:
+    """The records of rows a pitr drill kept aside before deleting them as its fault, whose
+    drill is gone (kill -9, a power cut) without putting them back; each with its "record"
+    path. A record of this process, or of a live one, is a drill under way."""
+    out = []
+    for record in sorted((env.home / "dr").glob(DRILL_ROWS)):
+        try:
+            doc = dict(json.loads(record.read_text()))
+        except (OSError, ValueError, TypeError):
+            continue
+        pid = doc.get("pid")
+        if isinstance(pid, int) and (pid == os.getpid() or _process_exists(pid)):
+            continue
+        doc["record"] = str(record)
+        out.append(doc)
+    return out
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def refuse_if_unfinished(env: LocalEnvironment, *, allow: str | None = None) -> dict[str, Any] | None:
