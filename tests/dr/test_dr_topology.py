@@ -90,8 +90,40 @@ def test_failover_needs_yes_and_dry_run_changes_nothing(voke, environ, env):
     assert env.require_state().leader == "primary" and env.node("primary").running
 
 
+def test_a_failover_waits_for_an_unfinished_rotation(voke, environ, env):
+    # Repointing the secret under a rotation would race it, and its rollback would put back
+    # versions naming the fenced leader (found by a review: a secret left naming a dead port).
+    import subprocess
+    import sys
+
+    from voketag_ops.workflows.rotate import FAULT_EXIT_CODE
+
+    crashed = subprocess.run(
+        [sys.executable, "-m", "voketag_ops", "rotate", "db-password", "--yes"],
+        env={**environ, "VOKE_FAULT_CRASH_AFTER": "set_target"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert crashed.returncode == FAULT_EXIT_CODE, crashed.stderr
+    refused = voke("dr", "failover", "--yes", "--json", environ=environ)
+    assert refused.exit_code == 5 and "a rotation of db-app is unfinished" in refused.json["error"]["message"]
+    assert env.require_state().leader == "primary" and env.node("primary").running  # nothing changed
+    assert voke("rotate", "resume", "--yes", environ=environ).exit_code == 0
+
+
 def test_failover_fences_promotes_and_loses_no_acknowledged_write(voke, environ, env):
+    import os
+    import signal
+    import time
+
     add_rows(env.primary(), 1, 20)
+    registry = json.loads((env.home / "services" / "registry.json").read_text())
+    os.kill(registry["services"]["blockchain-service"]["active"]["pid"], signal.SIGTERM)  # a service down
+    deadline = time.monotonic() + 10
+    while services(environ)["blockchain-service"][0]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
     result = voke("dr", "failover", "--yes", "--json", environ=environ)
     assert result.exit_code == 0, result.stderr
     r = result.json["result"]
@@ -102,9 +134,13 @@ def test_failover_fences_promotes_and_loses_no_acknowledged_write(voke, environ,
     repoint = next(step for step in r["steps"] if step["name"] == "repoint services")["detail"]
     new_port = env.node("replica").port
     assert [x["port"] for x in repoint["repointed"]] == [new_port]
-    assert repoint["redeployed"] == ["admin-service", "blockchain-service", "factory-service"]
+    assert repoint["redeployed"] == ["admin-service", "factory-service"]
+    assert repoint["repinned"] == ["blockchain-service"]  # started there by the next `env up`
     version = repoint["repointed"][0]["versions"]["current"]
-    assert services(environ) == {name: (True, version) for name in repoint["redeployed"]}
+    assert voke("env", "up", environ=environ).exit_code == 0  # not back at a version naming the old leader
+    assert services(environ) == {
+        name: (True, version) for name in ("admin-service", "blockchain-service", "factory-service")
+    }
     new = env.node("replica")
     assert dr.in_recovery(new) is False
     assert rows(new) == list(range(1, 21))

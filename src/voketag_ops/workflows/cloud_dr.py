@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from voketag_ops.core.dr_checks import Thresholds, judge, parse_iso, parse_point_in_time
-from voketag_ops.core.rotation import ANNOTATION
 from voketag_ops.errors import (
     BackendError,
     ConfigError,
@@ -35,6 +34,7 @@ from voketag_ops.errors import (
     VokeError,
 )
 from voketag_ops.workflows.cloud_drill import one_at_a_time
+from voketag_ops.workflows.rotate import refuse_if_rotating
 
 if TYPE_CHECKING:
     from voketag_ops.config import GcpEnvironment, Settings
@@ -504,20 +504,6 @@ def connection_secrets(settings: Settings, env: GcpEnvironment) -> dict[str, tup
     return out
 
 
-def _refuse_unfinished_rotations(store: SecretStore, secrets: dict[str, tuple[str, ...]]) -> None:
-    for secret in secrets:
-        try:
-            meta = store.get(secret)
-        except NotFoundError:
-            continue
-        if ANNOTATION in meta.annotations:  # a rotation of this secret is unfinished
-            raise PreconditionError(
-                f"a rotation of {secret} is unfinished; repointing its services now would race it; "
-                "nothing was changed",
-                hint="voke --env NAME rotate resume (or rollback), then run this again",
-            )
-
-
 def repoint_services(
     ports: CloudDrPorts, secrets: dict[str, tuple[str, ...]], host: str, progress: Progress = _quiet
 ) -> dict[str, Any]:
@@ -678,7 +664,7 @@ def failover(
         and old.edition == "ENTERPRISE_PLUS"
     )
     secrets = connection_secrets(settings, env)
-    _refuse_unfinished_rotations(ports.store, secrets)
+    refuse_if_rotating(ports.store, secrets, resume=f"voke --env {settings.env} rotate resume")
     mode = "resume" if resumed else ("replica-failover" if dr_failover else "promote")
     resume = f"voke --env {settings.env} dr failover --yes"
     if dry_run:
@@ -831,7 +817,7 @@ def failback(
             f"{replica_name} a {other.role}; nothing was changed (`voke dr status` shows it)"
         )
     secrets = connection_secrets(settings, env)
-    _refuse_unfinished_rotations(ports.store, secrets)
+    refuse_if_rotating(ports.store, secrets, resume=f"voke --env {settings.env} rotate resume")
     from voketag_ops.workflows import cloud_topology
 
     topo = cloud_topology.read(settings, recovery, strict=False)

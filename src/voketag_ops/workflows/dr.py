@@ -282,13 +282,27 @@ def repoint_services(settings: Settings, env: LocalEnvironment, leader: PgNode) 
     runtime = platform.runtime()
     running = {s.name for s in runtime.services(check=False) if s.instance is not None}
     targets = {name: target for name, target in deploy.items() if name in running}
+    # A stopped service would come back at `env up` pinned to a version naming the old leader.
+    repinned = runtime.repin_stopped({name: t for name, t in deploy.items() if name not in running})
     if targets:
         runtime.deploy_many(targets)
     return {
         "repointed": repointed,
         "redeployed": sorted(targets),
+        "repinned": repinned,  # stopped services, started there by the next `env up`
         "note": None if repointed or targets else "no service connection secret to repoint",
     }
+
+
+def _refuse_if_rotating(settings: Settings, *, resumed: bool) -> None:
+    """Exit 5 before moving the leader while a rotation of a connection secret is unfinished
+    (a rotation refuses to start during an interrupted DR operation, so a RESUMED one goes on)."""
+    from voketag_ops.workflows.env import LocalPlatform
+    from voketag_ops.workflows.rotate import refuse_if_rotating
+
+    if not resumed:
+        secrets = [u.secret for u in settings.rotation.db_users.values()]
+        refuse_if_rotating(LocalPlatform(settings).store(), secrets, resume="voke rotate resume")
 
 
 def failover(
@@ -316,6 +330,7 @@ def failover(
             ],
         }
     with dr.dr_lock(env, "dr failover"), recorded(env, "dr.failover", state.follower) as details:
+        _refuse_if_rotating(settings, resumed=bool(pending))
         report = dr.failover(
             env, progress=progress, repoint=lambda node: repoint_services(settings, env, node)
         )
@@ -362,6 +377,7 @@ def failback(
             plan.append(f"no switchover: {state.leader} is the home leader already")
         return {"dry_run": True, "leader": state.leader, "rebuild": state.follower, "plan": plan}
     with dr.dr_lock(env, "dr failback"), recorded(env, "dr.failback", state.follower) as details:
+        _refuse_if_rotating(settings, resumed=bool(dr.unfinished_operation(env)))
         report = dr.failback(
             env,
             progress=progress,

@@ -13,7 +13,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -72,6 +72,23 @@ FAULT_ENV = "VOKE_FAULT_CRASH_AFTER"
 RETIRED_ANNOTATION = "voke-retired-keys"  # versions whose provider key cleanup deleted
 FAULT_EXIT_CODE = 86
 Progress = Callable[[str], None]
+
+
+def refuse_if_rotating(store: Any, secrets: Iterable[str], *, resume: str) -> None:
+    """PreconditionError (exit 5) while a rotation of one of SECRETS is unfinished: moving the
+    database (failover, failback) and repointing the services now would race it, and its
+    rollback would put back versions naming the old leader."""
+    for secret in secrets:
+        try:
+            meta = store.get(secret)
+        except NotFoundError:
+            continue
+        if ANNOTATION in meta.annotations:
+            raise PreconditionError(
+                f"a rotation of {secret} is unfinished; repointing its services now would race it; "
+                "nothing was changed",
+                hint=f"{resume} (or rollback), then run this again",
+            )
 
 
 @dataclass

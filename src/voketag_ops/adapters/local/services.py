@@ -213,6 +213,22 @@ class LocalServiceRuntime:
             _signal(old["pid"], signal.SIGTERM)  # graceful: it drains, then exits on its own
         return self._info(service, secret, new, healthy=True)
 
+    def repin_stopped(self, targets: dict[str, tuple[str, int]]) -> list[str]:
+        """Pin the services of TARGETS that have no live instance to their (secret, version),
+        without starting them: the next `env up` starts them there (after a failover, the
+        version naming the new leader). The names repinned."""
+        repinned = []
+        with self._registry() as doc:
+            for service, (secret, version) in targets.items():
+                entry = doc["services"].setdefault(service, {"secret": secret, "active": None, "others": []})
+                self._reap(entry)
+                active = entry.get("active")
+                if (active and _alive(active["pid"])) or entry.get("version") == version:
+                    continue
+                entry["secret"], entry["version"] = secret, version
+                repinned.append(service)
+        return repinned
+
     def deploy_many(self, targets: dict[str, tuple[str, int]]) -> list[ServiceInfo]:
         """Deploy several services in parallel; raises the first failure after all finished."""
         with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
