@@ -231,12 +231,24 @@ def test_failback_with_the_home_node_leading_never_moves_the_leader(voke, enviro
 
 
 def test_an_interrupted_failover_is_recorded_and_resumed(voke, environ, env, monkeypatch):
+    from voketag_ops.errors import BackendError
+
     real_promote = dr.promote
+
+    def unreachable(node, **kwargs):
+        raise BackendError(f"cannot connect to {node.name}")
+
+    monkeypatch.setattr(dr, "promote", unreachable)  # the leader is fenced already: not "nothing changed"
+    failed = voke("dr", "failover", "--yes", "--json", environ=environ)
+    assert failed.exit_code == 7, failed.stdout
+    error = failed.json["error"]
+    assert "stopped part-way (done: planned, fenced)" in error["message"]
+    assert error["hint"].startswith("once that is fixed, `voke dr failover --yes` resumes it")
 
     def interrupted(node, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(dr, "promote", interrupted)
+    monkeypatch.setattr(dr, "promote", interrupted)  # and its resume interrupted in turn
     result = voke("dr", "failover", "--yes", "--json", environ=environ)
     assert result.exit_code == 130
     monkeypatch.setattr(dr, "promote", real_promote)

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from voketag_ops.core.dr_checks import Thresholds, judge, parse_duration, parse_point_in_time
-from voketag_ops.errors import ConfigError, PreconditionError, UsageError
+from voketag_ops.errors import (
+    BackendError,
+    ConfigError,
+    NeedsOperatorError,
+    PreconditionError,
+    RolledBackError,
+    UsageError,
+)
 from voketag_ops.logs import get_logger
 
 if TYPE_CHECKING:
@@ -294,6 +301,26 @@ def repoint_services(settings: Settings, env: LocalEnvironment, leader: PgNode) 
     }
 
 
+@contextmanager
+def _resumable(env: LocalEnvironment, operation: str) -> Iterator[None]:
+    """A backend failure once OPERATION is recorded as unfinished is exit 7 naming its resume,
+    not exit 4 "nothing was changed": the leader may be fenced already, and other DR commands
+    refuse until it is resumed."""
+    from voketag_ops.adapters.local import dr
+
+    try:
+        yield
+    except (BackendError, RolledBackError) as exc:
+        pending = dr.unfinished_operation(env)
+        if not pending or pending.get("operation") != operation:
+            raise
+        done = ", ".join(pending.get("done") or []) or "nothing yet"
+        raise NeedsOperatorError(
+            f"`voke dr {operation}` stopped part-way (done: {done}): {exc.message}",
+            hint=f"once that is fixed, `{pending.get('resume')}` resumes it; other DR commands refuse until then",
+        ) from None
+
+
 def _refuse_if_rotating(settings: Settings, *, resumed: bool) -> None:
     """Exit 5 before moving the leader while a rotation of a connection secret is unfinished
     (a rotation refuses to start during an interrupted DR operation, so a RESUMED one goes on)."""
@@ -331,9 +358,10 @@ def failover(
         }
     with dr.dr_lock(env, "dr failover"), recorded(env, "dr.failover", state.follower) as details:
         _refuse_if_rotating(settings, resumed=bool(pending))
-        report = dr.failover(
-            env, progress=progress, repoint=lambda node: repoint_services(settings, env, node)
-        )
+        with _resumable(env, "failover"):
+            report = dr.failover(
+                env, progress=progress, repoint=lambda node: repoint_services(settings, env, node)
+            )
         details.update(old_leader=report["old_leader"], new_leader=report["new_leader"])
     report["dry_run"] = False
     return report
@@ -378,13 +406,14 @@ def failback(
         return {"dry_run": True, "leader": state.leader, "rebuild": state.follower, "plan": plan}
     with dr.dr_lock(env, "dr failback"), recorded(env, "dr.failback", state.follower) as details:
         _refuse_if_rotating(settings, resumed=bool(dr.unfinished_operation(env)))
-        report = dr.failback(
-            env,
-            progress=progress,
-            force_clone=clone,
-            switch_back=switch_back,
-            repoint=lambda node: repoint_services(settings, env, node),
-        )
+        with _resumable(env, "failback"):
+            report = dr.failback(
+                env,
+                progress=progress,
+                force_clone=clone,
+                switch_back=switch_back,
+                repoint=lambda node: repoint_services(settings, env, node),
+            )
         details.update(leader=report["leader"], method=report["rebuilt"].get("method"))
     report["dry_run"] = False
     return report
