@@ -231,6 +231,38 @@ def test_interrupted_backup_leaves_nothing_half_written(home, monkeypatch):
     assert not orphan.exists() and new.label not in before
 
 
+def test_a_killed_backups_streaming_child_is_ended_and_its_partial_swept(home):
+    # kill -9 of voke reaches pg_basebackup (parent-death signal), not the child it forks to
+    # stream WAL, which went on writing into its .partial: here, one whose voke is gone.
+    import subprocess
+    import time
+
+    env = local(home)
+    primary = env.primary()
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid no process has any more: the killed voke's
+    orphan = env.backups_dir / ".base-20260102T000000000000Z.partial"
+    user = primary.runner.user
+    streaming = subprocess.Popen(
+        [str(primary.runner.bins.path("pg_basebackup")), "-h", str(primary.socket_dir), "-p", str(primary.port),
+         "-U", "postgres", "-D", str(orphan), "-X", "stream", "--max-rate=32k",
+         "-d", f"application_name=voke-backup-{gone.pid}"],
+        env=primary.runner.env(),
+        **({} if user.is_me else {"user": user.uid, "group": user.gid, "extra_groups": []}),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not orphan.exists():
+            assert streaming.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        new = env.take_base_backup()
+        assert streaming.wait(timeout=30) != 0  # its walsender was terminated: it ended
+        assert not orphan.exists() and (env.backups_dir / new.label).is_dir()
+    finally:
+        streaming.kill()
+        streaming.wait()
+
+
 def test_destroy_dry_run_changes_nothing_then_destroy(voke, home, env_of):
     plan = voke("env", "destroy", "--dry-run", "--json", environ=env_of(home))
     assert plan.exit_code == 0 and plan.json["result"]["plan"]

@@ -33,7 +33,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from voketag_ops.adapters.local.environment import HOME_NODE, SLOT_NAME, BackupInfo, LocalEnvironment
+from voketag_ops.adapters.local.environment import (
+    HOME_NODE,
+    SLOT_NAME,
+    BackupInfo,
+    LocalEnvironment,
+    process_exists,
+)
 from voketag_ops.adapters.local.postgres import PgNode, pick_free_port
 from voketag_ops.core import wal
 from voketag_ops.core.dr_checks import parse_iso
@@ -153,21 +159,11 @@ def drill_rows_left(env: LocalEnvironment) -> list[dict[str, Any]]:
         except (OSError, ValueError, TypeError):
             continue
         pid = doc.get("pid")
-        if isinstance(pid, int) and (pid == os.getpid() or _process_exists(pid)):
+        if isinstance(pid, int) and (pid == os.getpid() or process_exists(pid)):
             continue
         doc["record"] = str(record)
         out.append(doc)
     return out
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def refuse_if_unfinished(env: LocalEnvironment, *, allow: str | None = None) -> dict[str, Any] | None:

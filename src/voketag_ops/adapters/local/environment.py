@@ -57,6 +57,20 @@ STATE_VERSION = 1
 SLOT_NAME = "voke_replica"
 PLATFORM_DB = "voketag"
 NODE_NAMES = ("primary", "replica")
+_BACKUP_APP = "voke-backup-"  # + the pid of the voke taking it: pg_basebackup's application_name
+
+
+def process_exists(pid: int | str) -> bool:
+    """Whether a process PID exists (one of another user's counts)."""
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, OverflowError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 _ENV_LOCKS = threading.local()  # env.lock paths this thread holds, with their depth
 HOME_NODE = "primary"  # the node that leads when nothing has failed over; failback switches back to it
 Progress = Callable[[str], None]
@@ -564,21 +578,34 @@ class LocalEnvironment:
 
     # -- backups --------------------------------------------------------------------------
     def _sweep_partial_backups(self, primary: PgNode) -> None:
-        """Remove `.base-*.partial` directories left by a backup whose voke was killed, unless a
-        pg_basebackup is still streaming from the primary (an orphan may still be writing one)."""
-        leftovers = list(self.backups_dir.glob(".base-*.partial")) if self.backups_dir.is_dir() else []
-        if not leftovers:
-            return
+        """End what a backup whose voke was killed left: its pg_basebackup may live on (the
+        parent-death signal reaches pg_basebackup, not the child it forks to stream WAL, which
+        goes on writing into its `.partial`), so the walsenders of backups whose voke process
+        is gone are terminated, which ends them; then `.base-*.partial` directories are removed
+        unless a live voke's backup is still streaming."""
         try:
             with primary.connect() as conn:
-                row = conn.execute(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE backend_type = 'walsender' AND application_name = 'pg_basebackup'"
-                ).fetchone()
+                names = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT application_name FROM pg_stat_activity"
+                        " WHERE backend_type = 'walsender' AND application_name LIKE %s",
+                        (_BACKUP_APP + "%",),
+                    ).fetchall()
+                ]
+                orphans = [n for n in names if not process_exists(n.removeprefix(_BACKUP_APP))]
+                for name in orphans:
+                    conn.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE backend_type = 'walsender' AND application_name = %s",
+                        (name,),
+                    )
         except BackendError:
             return
-        if row and row[0] == 0:
-            for path in leftovers:
+        if len(orphans) < len(names):
+            return  # a live backup: its .partial is in the way of nobody
+        if self.backups_dir.is_dir():
+            for path in self.backups_dir.glob(".base-*.partial"):
                 shutil.rmtree(path, ignore_errors=True)
 
     def take_base_backup(self, primary: PgNode | None = None) -> BackupInfo:
@@ -608,6 +635,8 @@ class LocalEnvironment:
                     "-l",
                     label,
                     "--manifest-checksums=CRC32C",
+                    "-d",
+                    f"application_name={_BACKUP_APP}{os.getpid()}",  # whose backup (the sweep)
                 ],
                 timeout=3600,
             )
