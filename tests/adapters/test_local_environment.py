@@ -170,6 +170,9 @@ def test_down_keeps_data_and_up_restarts(voke, home, env_of):
     ]
     status = voke("env", "status", "--json", environ=env_of(home)).json["result"]
     assert not status["primary"]["running"] and not status["replica"]["running"]
+    for read in (["rotate", "status"], ["rotate", "history"]):  # reads start nothing
+        assert voke(*read, "--json", environ=env_of(home)).exit_code == 0
+    assert not local(home).node("primary").running
     assert voke("env", "up", environ=env_of(home)).exit_code == 0
     with local(home).primary().connect() as conn:
         assert conn.execute("select count(*) from t_stream").fetchone()[0] == 1

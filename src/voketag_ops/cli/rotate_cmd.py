@@ -18,12 +18,13 @@ app = typer.Typer(
 )
 
 
-def _engine(env: Any, *, dry_run: bool = False) -> Any:
-    """The rotation engine; a dry run never starts (or creates) the local environment."""
+def _engine(env: Any, *, dry_run: bool = False, reads: bool = False) -> Any:
+    """The rotation engine; a dry run never starts (or creates) the local environment, nor
+    does a command that only READS (status, history, jwks), which also works mid-failover."""
     from voketag_ops.workflows.rotate import local_engine
 
     with env.out.steps("preparing") as update:
-        return local_engine(env.settings, update, start=not dry_run)
+        return local_engine(env.settings, update, start=not dry_run, reads=reads)
 
 
 def _show(env: Any, outcome: Any) -> None:
@@ -173,7 +174,7 @@ def jwks(ctx: typer.Context) -> None:
     from voketag_ops.workflows.jwt import jwt_credential, public_jwks
 
     env = use(ctx)
-    env.out.result(public_jwks(jwt_credential(_engine(env))), render=_render_jwks)
+    env.out.result(public_jwks(jwt_credential(_engine(env, reads=True))), render=_render_jwks)
 
 
 def _read_pasted(env: Any, prompt: str) -> str:
@@ -241,7 +242,7 @@ def _render_plan(console: Console, report: dict[str, Any]) -> None:
 def status(ctx: typer.Context) -> None:
     """Every managed secret: current version, age, next due date, rotations in progress."""
     env = use(ctx)
-    env.out.result(_engine(env).status(), render=_render_status)
+    env.out.result(_engine(env, reads=True).status(), render=_render_status)
 
 
 @app.command("due")
@@ -295,7 +296,7 @@ def history(
 ) -> None:
     """Finished rotations, newest first."""
     env = use(ctx)
-    records = _engine(env).history(limit=limit, secret=secret)
+    records = _engine(env, reads=True).history(limit=limit, secret=secret)
     env.out.result({"rotations": records}, render=_render_history)
 
 

@@ -1107,11 +1107,12 @@ def process_host() -> str:
 
 
 def local_engine(
-    settings: Any, progress: Progress = lambda _m: None, *, start: bool = True
+    settings: Any, progress: Progress = lambda _m: None, *, start: bool = True, reads: bool = False
 ) -> RotationEngine:
     """The engine wired to the environment the settings name: the local platform, started
     on demand (unless START is False: dry runs change nothing), or a Google Cloud environment
-    through its adapters (workflows/cloud.py)."""
+    through its adapters (workflows/cloud.py). READS (status, history, jwks): never started,
+    and usable during an unfinished DR operation, when the on-call needs them most."""
     from voketag_ops.adapters.local import dr
     from voketag_ops.workflows.env import LocalPlatform
 
@@ -1120,14 +1121,14 @@ def local_engine(
 
         return cloud_engine(settings, progress)
     platform = LocalPlatform(settings)
-    pending = dr.unfinished_operation(platform.env)
+    pending = None if reads else dr.unfinished_operation(platform.env)
     if pending is not None:
         # A failover rewrites the services' connection secret: never rotate in the middle of one.
         raise PreconditionError(
             f"an unfinished `voke dr {pending.get('operation')}` must be completed first",
             hint=str(pending.get("resume") or "voke dr status"),
         )
-    if start:
+    if start and not reads:
         platform.ensure_up(progress)
     return RotationEngine(
         store=platform.store(),
