@@ -262,6 +262,9 @@ def test_inclusion_document_verifies_and_rejects_tampering() -> None:
     assert not report.valid and "needs 4" in (report.reason or "")
     envelope = {"ok": True, "command": "chain prove", "result": doc}
     assert wf.verify_document(json.dumps(envelope), source="p").valid
+    # `ingest proof` of a tampered row: ok false, the proof in `result`: invalid (exit 1), not malformed
+    failed = {"ok": False, "command": "ingest proof", "result": bad, "error": {"exit_code": 1}}
+    assert not wf.verify_document(json.dumps(failed), source="p").valid
     with pytest.raises(UsageError):
         wf.inclusion_document(LEAVES, 11)
 

@@ -125,8 +125,10 @@ def verify_document(text: str, *, source: str, leaf: bytes | None = None) -> Ver
     must match the document's leaf_hash, if it has one.
     """
     doc = ch.read_json(text, source, MalformedProofError)
-    if isinstance(doc, dict) and doc.get("ok") is True and isinstance(doc.get("result"), dict):
-        doc = doc["result"]  # accept the whole --json envelope as printed by prove/consistency
+    if isinstance(doc, dict) and isinstance(doc.get("ok"), bool) and isinstance(doc.get("result"), dict):
+        # The whole --json envelope as printed by prove/consistency, or by `ingest proof` when its
+        # check failed (ok false, the proof still in `result`): verified here, invalid is exit 1.
+        doc = doc["result"]
     if not isinstance(doc, dict):
         raise MalformedProofError(f"{source}: expected a JSON object")
     if "leaf_index" in doc or "audit_path" in doc:
