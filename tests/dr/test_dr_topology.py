@@ -390,6 +390,18 @@ def test_a_breached_target_fails_the_drill_with_exit_1(voke, make_environ_module
     assert journal["steady_state"]["after"]["ok"] is True
 
 
+def _rows_per_batch(env) -> tuple[dict[int, int], dict[int, int]]:
+    with env.primary().connect("voketag") as conn:
+        rows = dict(
+            conn.execute(
+                "select b.batch_id, (select count(*) from ingest.tags t where t.batch_id = b.batch_id)"
+                " from ingest.batches b"
+            ).fetchall()
+        )
+        loaded = dict(conn.execute("select batch_id, rows_loaded from ingest.batches").fetchall())
+    return rows, loaded
+
+
 def test_ctrl_c_before_the_pitr_repair_puts_the_batch_rows_back(voke, environ, env, monkeypatch):
     from voketag_ops.workflows import dr as dr_flow
 
@@ -404,27 +416,8 @@ def test_ctrl_c_before_the_pitr_repair_puts_the_batch_rows_back(voke, environ, e
         sorted((env.home / "drills").glob("pitr-*.json"), key=lambda p: p.stat().st_mtime)[-1].read_text()
     )
     assert journal["status"] == "interrupted" and journal["timeline"]["fault_injected_at"]
-    with env.primary().connect("voketag") as conn:
-        rows = dict(
-            conn.execute(
-                "select b.batch_id, (select count(*) from ingest.tags t where t.batch_id = b.batch_id)"
-                " from ingest.batches b"
-            ).fetchall()
-        )
-        loaded = dict(conn.execute("select batch_id, rows_loaded from ingest.batches").fetchall())
+    rows, loaded = _rows_per_batch(env)
     assert rows == loaded and rows, rows  # every batch, the drill's included, has all its rows
-
-
-def _rows_per_batch(env) -> tuple[dict[int, int], dict[int, int]]:
-    with env.primary().connect("voketag") as conn:
-        rows = dict(
-            conn.execute(
-                "select b.batch_id, (select count(*) from ingest.tags t where t.batch_id = b.batch_id)"
-                " from ingest.batches b"
-            ).fetchall()
-        )
-        loaded = dict(conn.execute("select batch_id, rows_loaded from ingest.batches").fetchall())
-    return rows, loaded
 
 
 def test_a_pitr_drill_killed_after_its_fault_is_reported_and_repaired_by_the_next(voke, environ, env):

@@ -109,14 +109,17 @@ def test_the_custom_roles_grant_exactly_what_voke_uses_where_it_uses_it(module):
     assert set(project_wide) == {"voke_operator"}  # the only project-wide grant
     assert "google_project_iam_custom_role.voke_operator" in project_wide["voke_operator"]["role"]
     assert not any(p.startswith("iam.") for p in roles["voke_operator"]["permissions"])
-    per_account = resources(module, "google_service_account_iam_member")
+    (binding,) = resources(module, "google_service_account_iam_member").values()  # per account only
+    assert (
+        "local.account_grants" in binding["for_each"]
+        and "each.value.account" in binding["service_account_id"]
+    )
+    grants = json.dumps(module["locals"])
     for name, accounts in (
         ("voke_deployer", "runtime_service_accounts"),
         ("voke_key_rotator", "rotated_service_accounts"),
     ):
-        binding = per_account[name]
-        assert f"google_project_iam_custom_role.{name}" in binding["role"]
-        assert accounts in binding["for_each"] and "each.value" in binding["service_account_id"]
+        assert f"var.{accounts}" in grants and f"google_project_iam_custom_role.{name}.id" in grants
 
 
 def test_crons_are_valid_and_equal_to_voke_schedule(module):

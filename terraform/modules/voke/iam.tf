@@ -72,13 +72,6 @@ resource "google_project_iam_custom_role" "voke_deployer" {
   permissions = ["iam.serviceAccounts.actAs"]
 }
 
-resource "google_service_account_iam_member" "voke_deployer" {
-  for_each           = toset(var.runtime_service_accounts)
-  service_account_id = "projects/${var.project}/serviceAccounts/${each.value}"
-  role               = google_project_iam_custom_role.voke_deployer.id
-  member             = "serviceAccount:${google_service_account.voke.email}"
-}
-
 # catalog.ROTATED_ACCOUNT_PERMISSIONS, on each account whose keys `voke rotate sa-key` rotates.
 resource "google_project_iam_custom_role" "voke_key_rotator" {
   project     = var.project
@@ -95,9 +88,17 @@ resource "google_project_iam_custom_role" "voke_key_rotator" {
   ]
 }
 
-resource "google_service_account_iam_member" "voke_key_rotator" {
-  for_each           = toset(var.rotated_service_accounts)
-  service_account_id = "projects/${var.project}/serviceAccounts/${each.value}"
-  role               = google_project_iam_custom_role.voke_key_rotator.id
+# Each of those two roles, granted to voke on each account named for it (and nowhere else).
+locals {
+  account_grants = merge(
+    { for a in var.runtime_service_accounts : "voke_deployer:${a}" => { account = a, role = google_project_iam_custom_role.voke_deployer.id } },
+    { for a in var.rotated_service_accounts : "voke_key_rotator:${a}" => { account = a, role = google_project_iam_custom_role.voke_key_rotator.id } },
+  )
+}
+
+resource "google_service_account_iam_member" "voke" {
+  for_each           = local.account_grants
+  service_account_id = "projects/${var.project}/serviceAccounts/${each.value.account}"
+  role               = each.value.role
   member             = "serviceAccount:${google_service_account.voke.email}"
 }
