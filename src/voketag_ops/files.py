@@ -42,6 +42,7 @@ _KEPT = ".kept"
 # A scratch file younger than this is never swept: between its creation and its lock another
 # writer could otherwise take it for a leftover.
 _SWEEP_AFTER_SECONDS = 10.0
+_HELD: set[str] = set()  # the scratch files this process holds
 
 
 def _umask_mode() -> int:
@@ -60,6 +61,8 @@ class Scratch:
     kept on purpose (``keep``: a message names it) is renamed ``.kept`` and never swept."""
 
     def __init__(self, target: Path, flag: str, *, private: bool = False) -> None:
+        if target.is_symlink():  # written through the link, as an open() would, not over it
+            target = Path(os.path.realpath(target))
         self.target = target
         directory = target.parent if str(target.parent) else Path(".")
         prefix = f".{target.name}."
@@ -67,8 +70,11 @@ class Scratch:
         try:
             fd, self.path = tempfile.mkstemp(prefix=prefix, suffix=_SCRATCH, dir=directory)
         except OSError as exc:
+            if exc.errno in DISK_REFUSED:  # a full or read-only disk: exit 4 naming it
+                raise OSError(exc.errno, exc.strerror, str(target)) from None
             raise UsageError(f"{flag} {target}: cannot write there: {exc.strerror}") from None
         self._fd: int | None = fd
+        _HELD.add(self.path)
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.fchmod(fd, 0o600 if private else _umask_mode())
 
@@ -89,6 +95,8 @@ class Scratch:
         os.replace(other.path, self.path)
         self._release()
         self._fd, other._fd = other._fd, None
+        _HELD.discard(other.path)
+        _HELD.add(self.path)
 
     def keep(self) -> str:
         """Leave the content where it is, out of the sweep's way (``.kept``); its path."""
@@ -110,6 +118,7 @@ class Scratch:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+            _HELD.discard(self.path)
 
     def __enter__(self) -> Scratch:
         return self
@@ -126,7 +135,8 @@ def _sweep(directory: Path, prefix: str) -> None:
     except OSError:
         return
     for name in names:
-        if name.endswith(_SCRATCH):
+        # (this process's own are skipped by name: on NFS, flock is per process, not per file)
+        if name.endswith(_SCRATCH) and str(directory / name) not in _HELD:
             with suppress(OSError):
                 _remove_if_unheld(directory / name)
 

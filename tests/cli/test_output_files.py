@@ -85,3 +85,38 @@ def test_export_to_a_directory_is_a_usage_error_naming_the_flag(voke, tmp_path):
     done = voke("audit", "export", "-o", str(tmp_path), "--json")
     assert done.exit_code == 2
     assert json.loads(done.stdout)["error"]["message"].startswith(f"--output {tmp_path}: is a directory")
+
+
+def test_a_link_is_written_through_not_replaced(tmp_path):
+    real = tmp_path / "reports" / "drill.html"
+    real.parent.mkdir()
+    real.write_text("old\n")
+    link = tmp_path / "latest.html"
+    link.symlink_to(real)
+    write_output(link, "--output", lambda out: out.write(b"new\n"))
+    assert link.is_symlink() and real.read_text() == "new\n"
+
+
+def test_a_read_only_or_full_disk_is_exit_4_wherever_it_shows(tmp_path, monkeypatch):
+    import tempfile
+
+    def refused(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)  # the scratch file cannot even be made
+    with pytest.raises(OSError) as info:  # the top level makes it exit 4 with the path
+        write_output(tmp_path / "badge.svg", "--out", lambda out: out.write(b"x"))
+    assert info.value.errno == errno.EROFS and info.value.filename == str(tmp_path / "badge.svg")
+
+
+def test_a_writer_never_sweeps_a_scratch_file_of_its_own(tmp_path, monkeypatch):
+    # On NFS flock is per process: this process could lock, and so sweep, its own scratch file.
+    from voketag_ops import files
+
+    own = files.Scratch(tmp_path / "rejects.csv", "--rejects")
+    os.utime(own.path, (OLD, OLD))
+    monkeypatch.setattr(files.fcntl, "flock", lambda *a: None)  # as if every lock were granted
+    with files.Scratch(tmp_path / "rejects.csv", "--rejects") as other:
+        assert Path(own.path).exists()
+        other.discard()
+    own.discard()

@@ -228,13 +228,13 @@ def _invoke(
         return output.error(VokeError(exc.format_message()))
     except (ClickAbort, KeyboardInterrupt):
         return output.error(_interrupted())
-    except ModuleNotFoundError as exc:
+    except ImportError as exc:  # a missing module, or `from google.cloud import x` without x
         if (exc.name or "").partition(".")[0] not in _GCP_MODULES:
             return _internal_error(output, exc, debug)
         # `pip install voketag-ops` alone: a Google Cloud environment needs the gcp extra.
         return output.error(
             ConfigError(
-                f"Google Cloud environments need the Google Cloud client libraries ({exc.name} is not installed)",
+                f"Google Cloud environments need the Google Cloud client libraries ({exc.name} is incomplete or not installed)",
                 hint="pip install 'voketag-ops[gcp]'",
             )
         )

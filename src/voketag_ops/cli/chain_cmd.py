@@ -529,7 +529,7 @@ def _render_anchors(console: Console, report: dict[str, Any]) -> None:
     for a in rows:
         block = "" if a["block_index"] is None else str(a["block_index"])
         label = escape(a["label"])  # names a batch's file: its text, never markup
-        table.add_row(a["id"][:16], a["kind"], label, a["state"], block, a["requested_at"][:19] + "Z")
+        table.add_row(a["id"][:16], escape(a["kind"]), label, a["state"], block, a["requested_at"][:19] + "Z")
     console.print(table)
     counts = ", ".join(f"{n} {state}" for state, n in report["counts"].items() if n)
     console.print(f"{len(rows)} shown ({counts}); chain length {report['chain_length']}")

@@ -396,6 +396,7 @@ def _render_cleanup(console: Console, report: dict[str, Any]) -> None:
 
 
 def _render_history(console: Console, report: dict[str, Any]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="rotations", title_justify="left")
@@ -409,6 +410,6 @@ def _render_history(console: Console, report: dict[str, Any]) -> None:
             f"{r.old_current} -> {r.pending_version}",
             r.started_at,
             r.finished_at or "",
-            (r.error or {}).get("message", ""),
+            escape((r.error or {}).get("message", "")),
         )
     console.print(table)

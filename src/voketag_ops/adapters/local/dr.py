@@ -38,9 +38,8 @@ from voketag_ops.adapters.local.environment import (
     SLOT_NAME,
     BackupInfo,
     LocalEnvironment,
-    process_exists,
 )
-from voketag_ops.adapters.local.postgres import PgNode, pick_free_port
+from voketag_ops.adapters.local.postgres import PgNode, pick_free_port, process_exists
 from voketag_ops.core import wal
 from voketag_ops.core.dr_checks import parse_iso
 from voketag_ops.errors import (

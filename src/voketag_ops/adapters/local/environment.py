@@ -43,6 +43,7 @@ from voketag_ops.adapters.local.postgres import (
     grant_traverse,
     pick_free_port,
     port_is_free,
+    process_exists,
     serves,
 )
 from voketag_ops.errors import BackendError, ConfigError, NeedsOperatorError, PreconditionError
@@ -58,17 +59,6 @@ SLOT_NAME = "voke_replica"
 PLATFORM_DB = "voketag"
 NODE_NAMES = ("primary", "replica")
 _BACKUP_APP = "voke-backup-"  # + the pid of the voke taking it: pg_basebackup's application_name
-
-
-def process_exists(pid: int | str) -> bool:
-    """Whether a process PID exists (one of another user's counts)."""
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError, OverflowError):
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 _ENV_LOCKS = threading.local()  # env.lock paths this thread holds, with their depth

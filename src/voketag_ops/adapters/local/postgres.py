@@ -195,6 +195,19 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+def process_exists(pid: int | str | None) -> bool:
+    """Whether a process PID exists (another user's counts); False for no pid."""
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, OverflowError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def pick_free_port(avoid: Sequence[int] = ()) -> int:
     for _ in range(50):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from voketag_ops.adapters.local.postgres import pick_free_port
+from voketag_ops.adapters.local.postgres import pick_free_port, process_exists
 from voketag_ops.errors import HealthCheckError, RestartError
 from voketag_ops.logs import get_logger
 from voketag_ops.ports import ServiceInfo
@@ -112,7 +112,7 @@ class LocalServiceRuntime:
         for inst in entry.get("others", []):
             if not _alive(inst["pid"]):
                 continue
-            if inst.get("role") == "starting" and not _pid_exists(inst.get("owner")):
+            if inst.get("role") == "starting" and not process_exists(inst.get("owner")):
                 log.info("stopping orphaned instance %s", inst["instance"])
                 _terminate(inst["pid"])
                 continue
@@ -373,18 +373,6 @@ class LocalServiceRuntime:
 
 def _url(inst: dict[str, Any]) -> str:
     return f"http://127.0.0.1:{inst['port']}/health"
-
-
-def _pid_exists(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
