@@ -446,13 +446,29 @@ def test_a_pitr_drill_killed_after_its_fault_is_reported_and_repaired_by_the_nex
         drill.wait()
     check = voke("dr", "check", "--json", environ=environ)
     assert check.exit_code == 1 and "unfinished_operation" in check.json["result"]["failed"]
-    assert "voke drill run pitr --yes (it first puts back the rows of batch" in check.stdout
+    op = check.json["result"]["status"]["unfinished_operation"]
+    assert op["resume"] == "voke drill run pitr --yes" and "puts back the rows of batch" in op["detail"]
+    assert (
+        "unfinished voke drill run pitr: resume with `voke drill run pitr --yes`"
+        in voke("dr", "status", environ=environ).stdout
+    )
+    # meanwhile a load takes one of the deleted tag_ids: that row cannot come back
+    (copy,) = (env.home / "dr").glob("drill-rows-*.copy")
+    taken = copy.read_text().split("\t", 1)[0]
+    batch = env.home.parent / "taken.csv"
+    batch.write_text(
+        f"tag_id,sku,product_name,factory_id,manufactured_at\n{taken},TAKEN-1,Boot,F9,2024-01-01T00:00:00Z\n"
+    )
+    assert voke("ingest", "load", str(batch), environ=environ).exit_code == 0
     again = voke("drill", "run", "pitr", "--yes", "--json", environ=environ)
     assert again.exit_code == 0, again.stdout
     (left,) = again.json["result"]["details"]["rows_left_by_killed_drills"]
-    assert left["rows_put_back"] > 0
+    assert left["rows_put_back"] == left["rows"] - 1  # all but the one taken meanwhile
     rows, loaded = _rows_per_batch(env)
-    assert rows == loaded  # every batch, the killed drill's included, has all its rows
+    assert rows[left["batch_id"]] == loaded[left["batch_id"]] - 1
+    assert {k: v for k, v in rows.items() if k != left["batch_id"]} == {
+        k: v for k, v in loaded.items() if k != left["batch_id"]
+    }  # every other batch has all its rows
     assert not list((env.home / "dr").glob("drill-rows-*"))
     for restored in dr.list_restores(env):  # the killed drill's restore, if it got that far
         dr.discard_restore(env, restored["name"])

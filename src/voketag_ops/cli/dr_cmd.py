@@ -385,6 +385,8 @@ def _render_plan_or(render: Any) -> Any:
 
 
 def _render_status(console: Console, r: dict[str, Any]) -> None:
+    from rich.markup import escape
+
     if not r["initialized"]:
         console.print(f"the local environment does not exist ({r['home']}); `voke env up` creates it")
         return
@@ -399,8 +401,6 @@ def _render_status(console: Console, r: dict[str, Any]) -> None:
         console.print(f"primary: {r['topology']['summary']}", markup=False)
         problem = r["topology"].get("disagreement")
         if problem:
-            from rich.markup import escape
-
             console.print(
                 f"[red bold]record disagrees with Cloud SQL[/]: {escape(problem['message'])}"
                 + (f"\n  fix: {escape(problem['hint'])}" if problem.get("hint") else "")
@@ -456,7 +456,11 @@ def _render_status(console: Console, r: dict[str, Any]) -> None:
         console.print(f"fenced   {', '.join(r['fenced'])}")
     if r.get("unfinished_operation"):
         op = r["unfinished_operation"]
-        console.print(f"[yellow]unfinished[/] dr {op['operation']}: resume with `{op['resume']}`")
+        command = op.get("command") or f"voke dr {op['operation']}"
+        detail = f" ({escape(op['detail'])})" if op.get("detail") else ""
+        console.print(
+            f"[yellow]unfinished[/] {escape(command)}: resume with `{escape(op['resume'])}`{detail}"
+        )
     last = r.get("last_drill")
     if last:
         console.print(

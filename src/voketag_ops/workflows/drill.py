@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from voketag_ops import interrupts
 from voketag_ops.core import drill as core
 from voketag_ops.core.dr_checks import judge, parse_iso
-from voketag_ops.errors import UsageError, VokeError
+from voketag_ops.errors import BackendError, UsageError, VokeError
 from voketag_ops.logs import get_logger
 
 if TYPE_CHECKING:
@@ -629,74 +629,93 @@ def _keep_rows_aside(run: DrillRun, batch: dict[str, Any]) -> None:
     with a record naming them: a drill stopped before its repair (Ctrl-C, SIGTERM, a failed
     restore) puts them back at clean-up rather than leaving the batch empty on the leader, and
     one killed outright (kill -9) leaves the record, which `dr check` reports and the next
-    drill acts on first (``put_back_rows_left``). The repair, registered later, runs first;
-    rows already there are left as they are."""
+    drill acts on first (``put_back_rows_left``). The copy stays locked while this drill
+    lives: a record whose copy nobody holds is a killed drill's. The repair, registered
+    later, runs first; rows already there are left as they are."""
+    import fcntl
+
     from voketag_ops.adapters.local import dr
 
     batch_id = batch["batch_id"]
     directory = dr.dr_dir(run.env)
     rows = directory / f"drill-rows-{run.run_id}.copy"
     record = directory / f"drill-rows-{run.run_id}.json"
+    held = open(rows, "wb")  # noqa: SIM115 (closed by the clean-up, which releases the lock)
+    fcntl.flock(held, fcntl.LOCK_EX)
     with (
-        open(rows, "wb") as kept,
         run.env.primary().connect(batch["dbname"]) as conn,
         conn.cursor().copy(
             "copy (select * from ingest.tags where batch_id = %s) to stdout", (batch_id,)
         ) as out,
     ):
         for data in out:
-            kept.write(data)
-        kept.flush()
-        os.fsync(kept.fileno())
-    doc = {"run_id": run.run_id, "pid": os.getpid(), "batch_id": batch_id, "dbname": batch["dbname"]}
-    doc.update(rows=batch["rows"], file=rows.name)
-    record.write_text(json.dumps(doc))  # written last: a record always has its rows
+            held.write(data)
+        held.flush()
+        os.fsync(held.fileno())
+    doc = {"run_id": run.run_id, "batch_id": batch_id, "dbname": batch["dbname"], "rows": batch["rows"]}
+    doc["file"] = rows.name
+    scratch = record.with_suffix(".tmp")
+    scratch.write_text(json.dumps(doc))
+    scratch.replace(record)  # last, and whole: a record always has its rows
 
     def put_back() -> None:
         # Quick and the last copy of those rows: no signal cuts it short (one that comes
         # counts in run_cleanups' own hold, which marks the run interrupted).
-        with interrupts.Held():
-            if _put_back(run.env, doc | {"record": str(record)}):
-                run.details["rows_put_back"] = batch["rows"]  # committed
+        with interrupts.Held(), held:
+            put = _put_back(run.env, doc | {"record": str(record)})
+        if put:
+            run.details["rows_put_back"] = put  # committed
 
     run.on_cleanup(f"put batch {batch_id}'s rows back on the leader unless repaired", put_back)
 
 
-def _put_back(env: LocalEnvironment, doc: dict[str, Any]) -> bool:
+def _put_back(env: LocalEnvironment, doc: dict[str, Any]) -> int:
     """Put a record's rows back into ingest.tags unless its batch has rows (repaired, or never
-    deleted) or is gone; then remove the record and its rows. Whether rows were put back."""
+    deleted) or is gone, and only those whose tag_id no later load has taken meanwhile; then
+    remove the record and its rows. How many rows were put back."""
+    import psycopg
+
     record = Path(doc["record"])
     rows = record.with_name(str(doc["file"]))
-    missing = False
-    with env.primary().connect(str(doc["dbname"])) as conn, conn.transaction():
-        exists = conn.execute(
-            "select 1 from ingest.batches where batch_id = %s", (doc["batch_id"],)
-        ).fetchone()
-        count = conn.execute(
-            "select count(*) from ingest.tags where batch_id = %s", (doc["batch_id"],)
-        ).fetchone()
-        missing = bool(exists) and not (count and count[0])
-        if missing:
-            with open(rows, "rb") as kept, conn.cursor().copy("copy ingest.tags from stdin") as into:
-                while data := kept.read(1 << 16):
-                    into.write(data)
+    put = 0
+    try:
+        with env.primary().connect(str(doc["dbname"])) as conn, conn.transaction():
+            batch = (doc["batch_id"],)
+            exists = conn.execute("select 1 from ingest.batches where batch_id = %s", batch).fetchone()
+            count = conn.execute("select count(*) from ingest.tags where batch_id = %s", batch).fetchone()
+            if exists and not (count and count[0]):
+                conn.execute("create temporary table voke_rows_back (like ingest.tags) on commit drop")
+                with open(rows, "rb") as kept, conn.cursor().copy("copy voke_rows_back from stdin") as into:
+                    while data := kept.read(1 << 16):
+                        into.write(data)
+                put = conn.execute(
+                    "insert into ingest.tags select * from voke_rows_back on conflict (tag_id) do nothing"
+                ).rowcount
+    except psycopg.Error as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BackendError(f"putting back batch {doc['batch_id']}'s rows failed: {detail}") from None
     record.unlink(missing_ok=True)  # the record first: rows without one are never read
     rows.unlink(missing_ok=True)
-    return missing
+    return max(put, 0)
 
 
 def put_back_rows_left(env: LocalEnvironment, progress: Progress = _quiet) -> list[dict[str, Any]]:
     """The rows killed pitr drills deleted as their fault and never put back, put back (the
-    next drill does this first, under the DR lock); what was done, for its journal."""
+    next drill does this first, under the DR lock), and copies a drill killed before writing
+    their record removed; what was done, for its journal."""
     from voketag_ops.adapters.local import dr
 
     done = []
     for doc in dr.drill_rows_left(env):
         progress(f"putting back batch {doc['batch_id']}'s rows (left by the killed drill {doc['run_id']})")
-        put = _put_back(env, doc)
+        put = _put_back(env, doc)  # fewer than its rows: tag_ids a later load took meanwhile
         done.append(
-            {"run_id": doc["run_id"], "batch_id": doc["batch_id"], "rows_put_back": doc["rows"] if put else 0}
+            {"run_id": doc["run_id"], "batch_id": doc["batch_id"], "rows": doc["rows"], "rows_put_back": put}
         )
+    directory = env.home / "dr"
+    for copy in directory.glob("drill-rows-*.copy"):
+        if not copy.with_suffix(".json").exists() and not dr.rows_in_use(copy):
+            copy.unlink(missing_ok=True)
     return done
 
 
@@ -1005,6 +1024,7 @@ def run_drill(
         dr.dr_lock(env, f"drill {scenario}"),
         audited(env.home, event_type=f"drill.{scenario}", env="local", target=scenario) as event,
     ):
+        dr.refuse_if_unfinished(env)  # (again, under the lock: a failover killed meanwhile)
         left = put_back_rows_left(env, progress)  # before the steady state, which counts them
         run = DrillRun(settings, env, scenario, progress, options or {})
         event.details["run_id"] = run.run_id

@@ -17,6 +17,7 @@ every step is idempotent, so re-running the command resumes it.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -39,7 +40,7 @@ from voketag_ops.adapters.local.environment import (
     BackupInfo,
     LocalEnvironment,
 )
-from voketag_ops.adapters.local.postgres import PgNode, pick_free_port, process_exists
+from voketag_ops.adapters.local.postgres import PgNode, pick_free_port
 from voketag_ops.core import wal
 from voketag_ops.core.dr_checks import parse_iso
 from voketag_ops.errors import (
@@ -138,8 +139,9 @@ def _operation_for_status(env: LocalEnvironment) -> dict[str, Any] | None:
         return {
             "operation": "drill pitr",
             "command": "voke drill run pitr",
-            "resume": f"voke drill run pitr --yes (it first puts back the rows of batch {batches}, "
-            "deleted as the fault of a pitr drill that was killed)",
+            "resume": "voke drill run pitr --yes",
+            "detail": f"it first puts back the rows of batch {batches}, deleted as the fault of a pitr "
+            "drill that was killed",
         }
     return op
 
@@ -150,19 +152,34 @@ DRILL_ROWS = "drill-rows-*.json"  # a pitr drill's record of the rows it keeps a
 def drill_rows_left(env: LocalEnvironment) -> list[dict[str, Any]]:
     """The records of rows a pitr drill kept aside before deleting them as its fault, whose
     drill is gone (kill -9, a power cut) without putting them back; each with its "record"
-    path. A record of this process, or of a live one, is a drill under way."""
+    path. The drill holds a lock on its copy of the rows while it runs: a copy locked is a
+    drill under way (this process's included), whatever its pid has become."""
     out = []
     for record in sorted((env.home / "dr").glob(DRILL_ROWS)):
         try:
             doc = dict(json.loads(record.read_text()))
-        except (OSError, ValueError, TypeError):
+        except (OSError, ValueError, TypeError):  # (written by a rename: never half a record)
             continue
-        pid = doc.get("pid")
-        if isinstance(pid, int) and (pid == os.getpid() or process_exists(pid)):
+        if rows_in_use(record.with_name(str(doc.get("file")))):
             continue
         doc["record"] = str(record)
         out.append(doc)
     return out
+
+
+def rows_in_use(path: Path) -> bool:
+    """Whether a live drill holds PATH (its copy of the rows it deleted); False if it is gone."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def refuse_if_unfinished(env: LocalEnvironment, *, allow: str | None = None) -> dict[str, Any] | None:
