@@ -221,6 +221,30 @@ def test_connection_lost_before_the_commit_landed_is_exit_4_and_nothing_changed(
     assert load(db, path).status == "loaded"
 
 
+def test_a_rolled_back_load_whose_number_another_run_took_reports_duplicate(
+    db, tmp_path, cutter, monkeypatch
+):
+    # This load's COMMIT never landed; another run loaded the same file meanwhile. The batch
+    # found under the file's hash is the other run's (told apart by number and loaded_at, since
+    # numbers follow the table), so this one is a duplicate, never a second "loaded".
+    proxy, via = cutter("before")
+    path = sample(tmp_path, 2000)
+    real_outcome = wf._commit_outcome
+    other: list[wf.LoadReport] = []
+
+    def another_run_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        other.append(load(db, path))
+        return real_outcome(*args, **kwargs)
+
+    monkeypatch.setattr(wf, "_commit_outcome", another_run_meanwhile)
+    report = load(via, path)
+    assert proxy.cut.is_set()
+    assert other[0].status == "loaded" and other[0].batch_id == report.batch_id
+    assert report.status == "duplicate" and report.loaded_at == other[0].loaded_at
+    assert not any("found the batch committed" in w for w in report.warnings)
+    assert batches(db) == [(other[0].batch_id, report.file_sha256, 2000)]
+
+
 def test_connection_lost_after_the_server_committed_reports_loaded(db, tmp_path, cutter):
     proxy, via = cutter("after")
     path = sample(tmp_path, 2000)

@@ -52,7 +52,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -201,6 +201,7 @@ class LoadReport:
     partial: bool = False
     dry_run: bool = False
     target: str | None = None  # host:port/dbname reached (never a password)
+    loaded_at: str | None = None  # when the batch was loaded (a duplicate: the first load); ISO 8601 UTC
     rejects_file: str | None = None
     duration_seconds: float = 0.0
     rows_per_second: float = 0.0
@@ -759,7 +760,7 @@ def _load_source(
                 assert report is not None
                 conn.close()
                 conn, existing = _settle_commit(conninfo, report, session, target, lost, rejects_out)
-                if existing["batch_id"] != report.batch_id:  # ours rolled back; another run loaded the file
+                if not _same_load(existing, report):  # ours rolled back; another run loaded the file
                     if interrupted:
                         raise lost from None
                     return _finish(_duplicate(base, existing, conn, anchorer, target), started)
@@ -813,7 +814,7 @@ def _settle_commit(
         if interrupted:
             raise lost from None  # not committed: an interrupt like any other
         raise
-    if existing["batch_id"] == report.batch_id:
+    if _same_load(existing, report):
         report.warnings.append(
             f"the {'load was interrupted' if interrupted else 'connection failed'} while committing"
             f"{'' if interrupted else f' ({reason})'}; a new connection found the batch committed"
@@ -1018,6 +1019,8 @@ def _unsettled(report: LoadReport, what: str, rejects_out: _RejectsWriter | None
 
 
 def _finish(report: LoadReport, started: float) -> LoadReport:
+    if report.status not in ("loaded", "duplicate"):
+        report.loaded_at = None  # a row that was rolled back
     report.duration_seconds = round(time.monotonic() - started, 3)
     if report.rows_loaded and report.duration_seconds > 0:
         report.rows_per_second = round(report.rows_loaded / report.duration_seconds, 1)
@@ -1029,8 +1032,8 @@ def _find_batch(conn: psycopg.Connection[Any], sha: str) -> dict[str, Any] | Non
 
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(
-            "SELECT batch_id, rows_total, rows_loaded, rows_rejected, merkle_root, anchor_id, partial"
-            " FROM ingest.batches WHERE file_sha256 = %s",
+            "SELECT batch_id, rows_total, rows_loaded, rows_rejected, merkle_root, anchor_id, partial,"
+            " loaded_at FROM ingest.batches WHERE file_sha256 = %s",
             (sha,),
         ).fetchone()
 
@@ -1056,6 +1059,7 @@ def _duplicate(
         partial=row["partial"],
         dry_run=base.dry_run,
         target=base.target,
+        loaded_at=_iso(row["loaded_at"]),
     )
     if anchorer is not None:
         # Also heals a batch whose anchor request failed after its commit: requests are deduplicated.
@@ -1260,7 +1264,7 @@ def _load_in_transaction(
             report.merkle_root = seal.root.hex()
             report.status = "loaded"
             if dry_run:
-                report.status, report.dry_run, report.batch_id = "valid", True, None
+                report.status, report.dry_run, report.batch_id, report.loaded_at = "valid", True, None, None
                 raise _Abort(report)
             if rejects_out is not None:
                 report.rejects_file = rejects_out.close()
@@ -1903,12 +1907,13 @@ def _insert_batch(
     conn: psycopg.Connection[Any], batch_id: int, report: LoadReport, actor: str, *, audited: bool
 ) -> None:
     """The batch row, its seal still blank (``_complete_batch`` fills it in before the commit);
-    not AUDITED while its audit event is still to be written."""
-    conn.execute(
+    not AUDITED while its audit event is still to be written. Its loaded_at (the transaction's
+    start) goes on REPORT: with the batch id, it tells this load from another of the same file."""
+    row = conn.execute(
         "INSERT INTO ingest.batches (batch_id, file_sha256, file_name, file_bytes, partial, rows_total,"
         " rows_loaded, rows_rejected, merkle_root, chunk_size, chunk_roots, leaf_format, loaded_by,"
         " duration_seconds, audited) OVERRIDING SYSTEM VALUE"
-        " VALUES (%s, %s, %s, %s, %s, 0, 0, 0, %s, %s, '', %s, %s, 0, %s)",
+        " VALUES (%s, %s, %s, %s, %s, 0, 0, 0, %s, %s, '', %s, %s, 0, %s) RETURNING loaded_at",
         (
             batch_id,
             report.file_sha256,
@@ -1921,7 +1926,18 @@ def _insert_batch(
             actor,
             audited,
         ),
-    )
+    ).fetchone()
+    report.loaded_at = _iso(row[0]) if row else None
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _same_load(existing: Mapping[str, Any], report: LoadReport) -> bool:
+    """Whether the batch stored under the file's hash is this load's, not another run's of the
+    same file that got the same number after ours rolled back (numbers follow the table)."""
+    return existing["batch_id"] == report.batch_id and _iso(existing["loaded_at"]) == report.loaded_at
 
 
 def _complete_batch(
