@@ -543,14 +543,28 @@ def test_pitr_after_a_failover_reaches_the_new_primary_through_replica_db_host(d
 
 
 @pytest.mark.parametrize("scenario", ["pitr", "failover"])
-def test_recovery_ends_when_cloud_sql_says_not_when_the_poll_saw_it(drills, scenario):
+@pytest.mark.parametrize("ended_before_seen", [0.03, 3600.0], ids=["in-the-window", "clock-skew"])
+def test_recovery_ends_when_cloud_sql_says_not_when_the_poll_saw_it(drills, scenario, ended_before_seen):
     # The operation's endTime, not the poll up to poll_interval later; never before the request
-    # (the clocks differ): here Cloud SQL claims an hour-old end, so it is the request itself.
-    drills.fake.sql.ended_before_seen = timedelta(hours=1)
+    # (the clocks differ: an hour-old end is the request itself).
+    from voketag_ops.core.dr_checks import parse_iso
+
+    drills.fake.sql.polls_per_step = 4  # the operation runs a while: its end is after the request
+    drills.fake.sql.ended_before_seen = timedelta(seconds=ended_before_seen)
     result = drills.drill(scenario)
     assert result.exit_code == 0, result.stdout + result.stderr
-    timeline = result.json["result"]["timeline"]
-    assert timeline["recovered_at"] == timeline["recovery_started_at"]
+    journal = result.json["result"]
+    timeline = journal["timeline"]
+    if ended_before_seen > 60:
+        assert timeline["recovered_at"] == timeline["recovery_started_at"]
+    else:
+        step = next(s for s in journal["steps"] if s["name"].startswith(("clone voke-db at", "promote")))
+        ended = drills.fake.sql.operations[step["detail"]["operation"]]["doc"]["endTime"]
+        assert (
+            parse_iso(timeline["recovered_at"])
+            == parse_iso(ended)
+            > parse_iso(timeline["recovery_started_at"])
+        )
     assert timeline["first_write_ok_at"] >= timeline["recovered_at"]
 
 
@@ -568,8 +582,10 @@ def test_one_cloud_dr_operation_at_a_time_from_this_machine(drills):
         busy = drills.drill("pitr")
         failover = drills.voke("dr", "failover", "--yes", "--json")
         dry = drills.drill("pitr", "--dry-run")
+        local_only = drills.drill("network")  # its own answer (exit 3), not the lock's
     for done in (busy, failover):
         assert done.exit_code == 5, done.stdout
         assert "another DR operation is running (dr failover on prod" in done.json["error"]["message"]
     assert dry.exit_code == 0 and dry.json["result"]["dry_run"] is True
+    assert local_only.exit_code == 3
     assert drills.scratch() == [] and drills.production_changes() == []  # nothing was requested

@@ -108,14 +108,19 @@ def drills_home(settings: Settings) -> Path:
     return LocalEnvironment.from_settings(settings.local).home / "cloud" / settings.env
 
 
-def one_at_a_time(operation: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+def one_at_a_time(
+    operation: str, *, check: Callable[..., object] | None = None
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Run the decorated DR operation (settings first, ``dry_run`` keyword) under this machine's
     DR lock of the cloud environment, VOKE_HOME/cloud/NAME/dr.lock (exit 5 naming the holder);
-    dry runs change nothing and take no lock."""
+    dry runs change nothing and take no lock. CHECK, called with the same arguments first,
+    refuses bad ones with their own exit code whether or not the lock is free."""
 
     def wrap(fn: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(fn)
         def locked(*args: P.args, **kwargs: P.kwargs) -> R:
+            if check is not None:
+                check(*args, **kwargs)
             if kwargs.get("dry_run"):
                 return fn(*args, **kwargs)
             from voketag_ops.locks import dr_lock
@@ -856,19 +861,9 @@ def _retry_note(settings: Any, unlabelled: list[str]) -> str:
     )
 
 
-@one_at_a_time("drill run")
-def run(
-    settings: Any,
-    scenario: str,
-    *,
-    home: Path,
-    dry_run: bool = False,
-    progress: Progress = lambda _m: None,
-    options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """`voke --env NAME drill run pitr|failover|all`: one journal, or {"runs": [...]} for all.
-    Scratch instances that could not be deleted raise NeedsOperatorError (exit 7) after the
-    journals are saved."""
+def _known_scenarios(settings: Any, scenario: str, **_: Any) -> list[str]:
+    """The drills SCENARIO names, and a scratch-instance name Cloud SQL takes for each (exit 2
+    for an unknown drill, 3 for a local-only one or an instance name too long)."""
     if scenario == "all":
         scenarios = list(SCENARIOS)
     elif scenario in SCENARIOS:
@@ -883,6 +878,24 @@ def run(
     env = settings.environment(settings.env)
     for name in scenarios:  # a name Cloud SQL would refuse: exit 3 before anything is written
         scratch_id(env.instance, name, _utcnow(), "0000")
+    return scenarios
+
+
+@one_at_a_time("drill run", check=_known_scenarios)
+def run(
+    settings: Any,
+    scenario: str,
+    *,
+    home: Path,
+    dry_run: bool = False,
+    progress: Progress = lambda _m: None,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """`voke --env NAME drill run pitr|failover|all`: one journal, or {"runs": [...]} for all.
+    Scratch instances that could not be deleted raise NeedsOperatorError (exit 7) after the
+    journals are saved."""
+    scenarios = _known_scenarios(settings, scenario)
+    env = settings.environment(settings.env)
     if dry_run:
         return {
             "dry_run": True,
