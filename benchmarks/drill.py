@@ -32,6 +32,7 @@ from voketag_ops.adapters.local.environment import LocalEnvironment
 from voketag_ops.config import load_config
 from voketag_ops.workflows import dr as dr_flow
 from voketag_ops.workflows import drill as drill_flow
+from voketag_ops.workflows.env import LocalPlatform
 
 
 def load(env: LocalEnvironment, size_mb: int) -> float:
@@ -231,7 +232,8 @@ def main() -> None:
     finally:
         for restored in dr.list_restores(env):
             dr.discard_restore(env, restored["name"])
-        env.destroy()
+        # The platform's destroy: the drills started the local services with the environment.
+        LocalPlatform(settings).destroy(discard_chain=True)
         shutil.rmtree(home, ignore_errors=True)
 
 
