@@ -326,6 +326,11 @@ def test_drill_run_all_measures_every_scenario_and_restores_the_topology(voke, e
         assert journal["steady_state"]["before"]["ok"] and journal["steady_state"]["after"]["ok"]
         assert all(journal["timeline"][k] for k in journal["timeline"])
         assert 0 < journal["rto_seconds"] < journal["targets"]["rto_target_seconds"]
+        # the timeline runs forward: a first write before the recovery was the old leader's
+        assert all(v is None or v >= 0 for v in journal["phases"].values()), (
+            journal["run_id"],
+            journal["phases"],
+        )
         saved = json.loads((env.home / "drills" / f"{journal['run_id']}.json").read_text())
         assert saved == journal
     pitr, failover, failback, network = runs
