@@ -517,3 +517,11 @@ def test_proof_of_what_cannot_be_a_tag_id_is_a_usage_error(voke, tag):
 def test_sample_into_a_directory_says_so_not_pass_force(voke, tmp_path):
     done = voke("ingest", "sample", "--rows", "10", "--out", str(tmp_path), "--json")
     assert done.exit_code == 2 and "is a directory" in done.json["error"]["message"]
+
+
+def test_a_tag_id_that_starts_with_a_dash_is_named_after_double_dash(voke):
+    bare = voke("ingest", "proof", "-A1", "--json")
+    assert bare.exit_code == 2 and "goes after `--`" in bare.json["error"]["hint"]
+    after = voke("ingest", "proof", "--json", "--", "-A1")
+    assert after.exit_code in (1, 4), after.stdout  # looked up (not loaded, or no environment)
+    assert "is not a tag_id" not in after.stdout

@@ -277,6 +277,9 @@ def _usage_error(output: Output, exc: ClickUsageError) -> int:
     if ctx is not None:
         output.command = " ".join(ctx.command_path.split()[1:]) or output.command
         hint = f"see '{ctx.command_path} --help'"
+        name = getattr(exc, "option_name", None)
+        if isinstance(name, str) and not name.startswith("--"):  # `voke ingest proof -A1`: a tag_id
+            hint += f"; an argument that starts with '-' goes after `--` ({ctx.command_path} -- {name}...)"
     return output.error(UsageError(exc.format_message(), hint=hint))
 
 
