@@ -31,8 +31,8 @@ def register_credentials_in(text: str) -> None:
     scheme = text.find("://")
     if scheme >= 0 and "@" in text[scheme:]:
         userinfo = text[scheme + 3 : text.rindex("@")]
-        register(userinfo)
-        if ":" in userinfo:
+        if ":" in userinfo:  # a user name alone is no secret (masking it masked "ingest load")
+            register(userinfo)
             password = userinfo.split(":", 1)[1]
             register(password)
             for piece in password.replace(":", "@").split("@"):

@@ -525,3 +525,12 @@ def test_a_tag_id_that_starts_with_a_dash_is_named_after_double_dash(voke):
     after = voke("ingest", "proof", "--json", "--", "-A1")
     assert after.exit_code in (1, 4), after.stdout  # looked up (not loaded, or no environment)
     assert "is not a tag_id" not in after.stdout
+
+
+def test_a_user_name_without_a_password_in_db_is_no_secret(voke, tmp_path):
+    # Only a password is masked: a bare user name ("ingest") masked "ingest load" everywhere.
+    path = tmp_path / "batch.csv"
+    path.write_text(HEADER + GOOD)
+    done = voke("ingest", "load", str(path), "--db", "postgresql://ingest@127.0.0.1:1/voketag", "--json")
+    assert done.exit_code == 4 and done.json["command"] == "ingest load", done.stdout
+    assert "***" not in done.stdout
