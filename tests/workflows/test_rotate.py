@@ -402,6 +402,20 @@ def test_due_by_schedule_and_due_run(platform, voke, platform_environ):
     assert result.exit_code == 0 and result.json["result"]["due"] == []
 
 
+def test_due_run_finishes_a_rotation_whose_voke_died(platform, voke, platform_environ):
+    # A crashed cron run: the next `rotate due --run` finishes it; nothing was due by then, so
+    # it used to say "nothing is due" and exit 0 with the rotation stuck until the next month.
+    crashed = voke_proc(platform_environ, "rotate", "db-password", "--yes", **{FAULT_ENV: "set_target"})
+    assert crashed.returncode == FAULT_EXIT_CODE, crashed.stderr
+    listed = voke("rotate", "due", "--json", environ=platform_environ).json["result"]
+    assert [u["secret"] for u in listed["unfinished"]] == ["db-app"]
+    done = voke("rotate", "due", "--run", "--yes", "--json", environ=platform_environ)
+    assert done.exit_code == 0, done.stdout
+    (report,) = done.json["result"]["rotations"]
+    assert report["status"] == "succeeded" and report["resumed"] is True
+    assert voke("rotate", "status", "--json", environ=platform_environ).json["result"]["in_progress"] == []
+
+
 def test_rotation_under_load_probe_has_zero_failed_requests(platform):
     runtime = platform.runtime()
     failures, requests = [], [0]

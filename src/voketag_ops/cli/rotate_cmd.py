@@ -256,11 +256,28 @@ def due(
     env = use(ctx)
     engine = _engine(env, dry_run=dry_run or not run)
     due_now = engine.due()
-    if not run or dry_run or not due_now:
-        env.out.result({"due": due_now, "rotations": []}, render=_render_due)
+    # A rotation whose voke died (a crashed cron run) is finished first, by the next cron run:
+    # otherwise nothing would report it until the secret fell due again.
+    stuck = [r for r in engine.status()["in_progress"] if not r["running"]]
+    if not run or dry_run or not (due_now or stuck):
+        env.out.result({"due": due_now, "unfinished": stuck, "rotations": []}, render=_render_due)
         return
-    env.out.confirm(f"Rotate {len(due_now)} due secret(s)?", yes=yes)
+    env.out.confirm(f"Rotate {len(due_now)} due secret(s) and finish {len(stuck)} unfinished?", yes=yes)
     reports, worst = [], None
+    for r in stuck:
+        try:
+            outcome = engine.resume(r["rotation_id"])
+        except VokeError as exc:
+            error = {"type": exc.type_name, "message": exc.message, "exit_code": int(exc.exit_code)}
+            reports.append({"secret": r["secret"], "status": "not_resumed", "error": error})
+            if worst is None or exc.exit_code > worst.exit_code:
+                worst = exc
+            continue
+        reports.append(outcome.report)
+        if outcome.error is not None and (worst is None or outcome.error.exit_code > worst.exit_code):
+            worst = outcome.error
+    resumed = {r["secret"] for r in stuck}
+    due_now = [d for d in due_now if d["name"] not in resumed]  # finishing it was its rotation
     for item in due_now:
         try:
             outcome = engine.rotate(engine.name_of(item["name"]))
@@ -274,7 +291,9 @@ def due(
         reports.append(outcome.report)
         if outcome.error is not None and (worst is None or outcome.error.exit_code > worst.exit_code):
             worst = outcome.error
-    env.out.result({"due": due_now, "rotations": reports}, render=_render_due, error=worst)
+    env.out.result(
+        {"due": due_now, "unfinished": stuck, "rotations": reports}, render=_render_due, error=worst
+    )
 
 
 @app.command("cleanup")
@@ -348,13 +367,18 @@ def _render_status(console: Console, report: dict[str, Any]) -> None:
 
 
 def _render_due(console: Console, report: dict[str, Any]) -> None:
-    if not report["due"]:
+    if not report["due"] and not report["unfinished"]:
         console.print("nothing is due")
     for s in report["due"]:
         console.print(f"due: {s['name']} (since {s['next_due']})")
+    for u in report["unfinished"]:
+        console.print(
+            f"unfinished: {u['rotation_id']} of {u['secret']} (its voke is gone; --run finishes it)"
+        )
     for r in report["rotations"]:
         if isinstance(r, dict):
-            console.print(f"{r['secret']}: not started ({r['error']['message']})")
+            word = "not resumed" if r["status"] == "not_resumed" else "not started"
+            console.print(f"{r['secret']}: {word} ({r['error']['message']})", markup=False)
         else:
             console.print(f"{r.rotation_id}: {r.status}, version {r.previous_version} -> {r.new_version}")
 
