@@ -61,3 +61,23 @@ def dr_lock(directory: Path, operation: str) -> Iterator[None]:
                 _HELD.pop(path, None)
     finally:
         os.close(fd)
+
+
+def running_elsewhere(directory: Path) -> str | None:
+    """Who holds DIRECTORY/dr.lock if another process does (its operation and pid), else None:
+    an operation recorded as unfinished while its holder runs is under way, not interrupted."""
+    path = str(directory / "dr.lock")
+    with _HELD_GUARD:
+        if _HELD.get(path):
+            return None  # this process holds it
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another voke process"
+    finally:
+        os.close(fd)
+    return None

@@ -330,11 +330,18 @@ def test_backup_is_refused_while_another_dr_operation_holds_the_lock(voke, envir
         ), str(dr.dr_dir(env) / "dr.lock")],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
+    record = dr.dr_dir(env) / "operation.json"
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         busy = voke("dr", "backup", "--yes", "--json", environ=environ)
         assert busy.exit_code == 5 and "drill network" in busy.json["error"]["message"]
+        # A drill's failback under way records itself: running, not "interrupted, resume it".
+        record.write_text('{"operation": "failback", "resume": "voke dr failback --yes", "done": []}')
+        during = voke("dr", "backup", "--yes", "--json", environ=environ)
+        assert during.exit_code == 5, during.stdout
+        assert during.json["error"]["message"].startswith("another DR operation is running (drill network")
     finally:
+        record.unlink(missing_ok=True)
         holder.kill()
         holder.wait()
 

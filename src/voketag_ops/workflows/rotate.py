@@ -1122,12 +1122,8 @@ def local_engine(
         return cloud_engine(settings, progress)
     platform = LocalPlatform(settings)
     pending = None if reads else dr.unfinished_operation(platform.env)
-    if pending is not None:
-        # A failover rewrites the services' connection secret: never rotate in the middle of one.
-        raise PreconditionError(
-            f"an unfinished `voke dr {pending.get('operation')}` must be completed first",
-            hint=str(pending.get("resume") or "voke dr status"),
-        )
+    if pending is not None:  # a failover rewrites the services' connection secret: never rotate during one
+        dr.refuse_unfinished(platform.env, pending)
     if start and not reads:
         platform.ensure_up(progress)
     return RotationEngine(

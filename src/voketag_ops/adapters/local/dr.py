@@ -188,11 +188,21 @@ def refuse_if_unfinished(env: LocalEnvironment, *, allow: str | None = None) -> 
     the record of an unfinished ALLOW, if any."""
     existing = unfinished_operation(env)
     if existing and existing.get("operation") != allow:
-        raise PreconditionError(
-            f"an interrupted `voke dr {existing.get('operation')}` must be finished first: "
-            f"{existing.get('resume')}"
-        )
+        refuse_unfinished(env, existing)
     return existing
+
+
+def refuse_unfinished(env: LocalEnvironment, pending: dict[str, Any]) -> None:
+    """PreconditionError for PENDING: running now (a drill's failback holds the DR lock), or
+    interrupted and to be resumed with its command."""
+    from voketag_ops.locks import running_elsewhere
+
+    holder = running_elsewhere(env.home / "dr")
+    if holder is not None:
+        raise PreconditionError(f"another DR operation is running ({holder}); wait for it to finish")
+    raise PreconditionError(
+        f"an interrupted `voke dr {pending.get('operation')}` must be finished first: {pending.get('resume')}"
+    )
 
 
 class OperationLog:
