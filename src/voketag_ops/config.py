@@ -35,7 +35,7 @@ ENV_VARS: dict[str, str] = {
 # Read elsewhere (before configuration exists), listed here so the README has one source.
 OTHER_ENV_VARS = {
     "VOKE_CONFIG": "path of the configuration file (instead of searching for voke.toml)",
-    "VOKE_OUTPUT": "`json` makes every command print the JSON envelope, like --json",
+    "VOKE_OUTPUT": "`json` makes every command print the JSON envelope, like --json (`human`: the default; anything else: exit 3)",
 }
 
 # Keys whose values are secrets. Not `*_secret`: in voke's config those name a secret in the store.

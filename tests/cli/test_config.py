@@ -269,3 +269,9 @@ def test_a_cloud_environment_without_the_gcp_extra_is_exit_3_with_the_install_hi
         assert done.returncode == 3, (command, done.stdout, done.stderr)
         error = json.loads(done.stdout)["error"]
         assert error["hint"] == "pip install 'voketag-ops[gcp]'" and "Traceback" not in done.stderr
+
+
+def test_a_voke_output_that_is_neither_json_nor_human_is_exit_3(voke, tmp_path, make_environ):
+    for value, code in (("yaml", 3), ("1", 3), ("JSON", 0), ("human", 0)):
+        done = voke("config", "show", environ=make_environ(tmp_path / "h", VOKE_OUTPUT=value))
+        assert done.exit_code == code, (value, done.stderr)

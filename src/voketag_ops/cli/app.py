@@ -180,6 +180,9 @@ def run(
         no_color="--no-color" in args or "NO_COLOR" in env_map,
     )
     debug = "--debug" in args
+    chosen = env_map.get("VOKE_OUTPUT", "")
+    if chosen.lower() not in ("", "json", "human"):  # a typo must not silently mean human output
+        return output.error(ConfigError(f"VOKE_OUTPUT={chosen!r}: json or human"))
     # Reports go to output.stdout directly; what Typer prints itself (help, version) is held
     # back so that help for a bare group can go to stderr instead, behind one error.
     held = io.StringIO()
