@@ -574,7 +574,6 @@ def test_one_cloud_dr_operation_at_a_time_from_this_machine(drills):
     from voketag_ops.workflows.cloud_drill import drills_home
 
     lock = drills_home(drills.settings()) / "dr.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "w") as held:  # another voke's `dr failover` (its own open file: not re-entered)
         held.write("dr failover on prod pid 4242")
         held.flush()
@@ -588,4 +587,6 @@ def test_one_cloud_dr_operation_at_a_time_from_this_machine(drills):
         assert "another DR operation is running (dr failover on prod" in done.json["error"]["message"]
     assert dry.exit_code == 0 and dry.json["result"]["dry_run"] is True
     assert local_only.exit_code == 3
+    for directory in (lock.parent, lock.parent.parent):  # VOKE_HOME/cloud/NAME and cloud: private
+        assert directory.stat().st_mode & 0o777 == 0o700
     assert drills.scratch() == [] and drills.production_changes() == []  # nothing was requested

@@ -105,7 +105,11 @@ def drills_home(settings: Settings) -> Path:
     """VOKE_HOME/cloud/NAME: where the cloud env's drill journals live on this machine."""
     from voketag_ops.adapters.local.environment import LocalEnvironment
 
-    return LocalEnvironment.from_settings(settings.local).home / "cloud" / settings.env
+    home = LocalEnvironment.from_settings(settings.local).home
+    path = home / "cloud" / settings.env
+    for directory in (home, home / "cloud", path):  # private, like every directory of the home
+        directory.mkdir(mode=0o700, exist_ok=True)
+    return path
 
 
 def one_at_a_time(
