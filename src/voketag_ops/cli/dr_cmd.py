@@ -463,9 +463,9 @@ def _render_status(console: Console, r: dict[str, Any]) -> None:
         )
     last = r.get("last_drill")
     if last:
+        rto = "no RTO measured" if last.get("rto_seconds") is None else f"RTO {last['rto_seconds']} s"
         console.print(
-            f"drill    {last['scenario']} {last['status']} at {last['finished_at']} "
-            f"(RTO {last.get('rto_seconds')} s, run {last['run_id']})"
+            f"drill    {last['scenario']} {last['status']} at {last['finished_at']} ({rto}, run {last['run_id']})"
         )
 
 
