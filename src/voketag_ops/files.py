@@ -22,6 +22,8 @@ def check_replaceable(path: Path, flag: str) -> None:
     """UsageError (exit 2) unless PATH is new or a regular file. voke writes such outputs
     beside them and renames them into place, which would put a regular file in place of a
     device (`/dev/null`, as root) or a pipe, and cannot replace a directory."""
+    if str(path) == "-":  # it would be a file named "-"
+        raise UsageError(f"{flag} -: name a file ('-' is not stdout here)")
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:

@@ -120,3 +120,10 @@ def test_a_writer_never_sweeps_a_scratch_file_of_its_own(tmp_path, monkeypatch):
         assert Path(own.path).exists()
         other.discard()
     own.discard()
+
+
+def test_dash_is_no_file_name(voke, tmp_path):
+    with pytest.raises(UsageError, match="'-' is not stdout here"):
+        write_output(Path("-"), "--out", lambda out: out.write(b"x"))
+    done = voke("audit", "export", "-o", "-", "--json", cwd=tmp_path)
+    assert done.exit_code == 2 and not (tmp_path / "-").exists()
