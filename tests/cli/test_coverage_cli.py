@@ -401,6 +401,9 @@ def test_history_add_show_and_chart(voke, env, project):
         assert r.exit_code == 0, r.stderr
     dry = voke("coverage", "history", "add", "coverage.json", "--dry-run", "--json", environ=env, cwd=project)
     assert dry.json["result"]["dry_run"] is True and dry.json["result"]["entries"] == 3
+    for lost in ("/dev/null", str(project)):  # appended to, the run would be lost: exit 2
+        bad = voke("coverage", "history", "add", "coverage.json", "--file", lost, environ=env, cwd=project)
+        assert bad.exit_code == 2, (lost, bad.stderr)
     hist = project / ".voke" / "coverage-history.jsonl"
     assert len(hist.read_text().splitlines()) == 3
     r = voke("coverage", "history", "show", "--out", "trend.svg", "--json", environ=env, cwd=project)

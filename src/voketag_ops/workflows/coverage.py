@@ -661,6 +661,9 @@ def history_add(
         "services": services,
     }
     path = _history_path(settings, root, file)
+    from voketag_ops.files import check_replaceable
+
+    check_replaceable(path, "--file")  # appended to: a directory or /dev/null would lose the run
     existing = len(read_history(path)) if path.exists() else 0
     if not dry_run:
         try:
