@@ -418,7 +418,9 @@ def test_history_add_show_and_chart(voke, env, project):
     human = voke("coverage", "history", "show", environ=env, cwd=project)
     assert "▁▄█" in human.stdout and "admin-service" in human.stdout
     audit = voke("audit", "show", "--json", "--event-type", "coverage.history_add", environ=env, cwd=project)
-    assert [e["result"] for e in audit.json["result"]["entries"]] == ["success"] * 3 + ["dry-run"]
+    assert [e["result"] for e in audit.json["result"]["entries"]] == ["success"] * 3 + ["dry-run"] + [
+        "failure"
+    ] * 2
 
 
 def test_baseline_from_history_and_branch_mismatch_refused(voke, env, project):
