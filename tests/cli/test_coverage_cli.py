@@ -522,3 +522,15 @@ def test_startup_does_not_import_coverage_or_the_workflow():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_diff_file_that_is_no_diff_is_rejected_not_passed(voke, env, project):
+    write_json(project, {"admin_service/a.py": lines_file(50, 50)})
+    (project / "page.html").write_text("<html><body>not a diff</body></html>\n")
+    (project / "empty.diff").write_text("")  # no change at all: n/a, a pass
+    bad = voke("coverage", "diff", "coverage.json", "--diff-file", "page.html", "--fail-under", "90",
+               "--json", environ=env, cwd=project)  # fmt: skip
+    assert bad.exit_code == 1 and "not a unified diff" in bad.json["error"]["message"]
+    empty = voke("coverage", "diff", "coverage.json", "--diff-file", "empty.diff", "--fail-under", "90",
+                 environ=env, cwd=project)  # fmt: skip
+    assert empty.exit_code == 0

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from voketag_ops.core.coverage import parse_unified_diff
-from voketag_ops.errors import ConfigError, UsageError
+from voketag_ops.errors import ConfigError, InputError, UsageError
 
 
 @dataclass(frozen=True)
@@ -79,4 +79,7 @@ def read_diff_file(path: Path) -> dict[str, set[int]]:
         raise UsageError(f"{path}: no such file") from None
     except OSError as exc:
         raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
+    if text.strip() and not any(line.startswith(("+++ ", "@@ ", "diff ")) for line in text.splitlines()):
+        # an HTML page or a log saved by mistake would otherwise pass as "nothing changed"
+        raise InputError(f"{path}: not a unified diff (no '+++' file header or '@@' hunk)")
     return parse_unified_diff(text)
