@@ -490,6 +490,11 @@ def test_ctrl_c_mid_drill_cleans_up_and_records_interrupted(voke, environ, env, 
     journal = json.loads(
         sorted((env.home / "drills").glob("failover-*.json"), key=lambda p: p.stat().st_mtime)[-1].read_text()
     )
+    error = result.json["error"]  # names the journal saved as interrupted
+    assert (
+        journal["run_id"] in error["message"]
+        and error["hint"] == f"its journal: voke drill report {journal['run_id']}"
+    )
     assert journal["status"] == "interrupted" and "interrupted" in journal["error"]
     assert journal["timeline"]["fault_injected_at"] and journal["timeline"]["first_write_ok_at"] is None
     assert any(step["name"].startswith("restore the topology") and step["ok"] for step in journal["cleanup"])

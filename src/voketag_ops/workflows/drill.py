@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from voketag_ops import interrupts
 from voketag_ops.core import drill as core
 from voketag_ops.core.dr_checks import judge, parse_iso
-from voketag_ops.errors import BackendError, UsageError, VokeError
+from voketag_ops.errors import BackendError, Interrupted, UsageError, VokeError
 from voketag_ops.logs import get_logger
 
 if TYPE_CHECKING:
@@ -1051,8 +1051,12 @@ def run_drill(
             status=journal["status"], rto_seconds=journal["rto_seconds"], rpo_seconds=journal["rpo_seconds"]
         )
         event.result = "success" if journal["status"] == "completed" else journal["status"]
-        if interrupted:
-            raise KeyboardInterrupt
+    if interrupted:  # exit 130, naming the journal saved as `interrupted`
+        raise Interrupted(
+            f"{'terminated (SIGTERM)' if interrupts.Terminated.received else 'interrupted'}: "
+            f"drill {scenario} {journal['run_id']} stopped after its clean-up",
+            hint=f"its journal: voke drill report {journal['run_id']}",
+        )
     return journal
 
 
