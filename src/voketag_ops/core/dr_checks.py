@@ -137,6 +137,8 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
                 value=writable,
             )
         )
+    elif not writable:  # (nothing answers: leader_writable says why)
+        checks.append(Check("split_brain", True, "no split brain: no writable node answers", value=writable))
     else:
         checks.append(Check("split_brain", True, "one writable primary", value=writable))
 
@@ -175,7 +177,7 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
                     "stopped, or the monitoring backend has no data)",
                 )
             )
-        elif lag is not None:
+        elif lag is not None:  # (a standby that does not answer fails replica_streaming alone)
             ok = float(lag) <= thresholds.max_lag_seconds
             checks.append(
                 Check(
