@@ -258,9 +258,13 @@ def due(
     due_now = engine.due()
     # A rotation whose voke died (a crashed cron run) is finished first, by the next cron run:
     # otherwise nothing would report it until the secret fell due again.
-    stuck = [r for r in engine.status()["in_progress"] if not r["running"]]
+    state = engine.status()
+    stuck = [r for r in state["in_progress"] if not r["running"]]
+    missing = state["missing"]  # configured, never stored: never rotated until set up
     if not run or dry_run or not (due_now or stuck):
-        env.out.result({"due": due_now, "unfinished": stuck, "rotations": []}, render=_render_due)
+        env.out.result(
+            {"due": due_now, "unfinished": stuck, "missing": missing, "rotations": []}, render=_render_due
+        )
         return
     env.out.confirm(f"Rotate {len(due_now)} due secret(s) and finish {len(stuck)} unfinished?", yes=yes)
     reports, worst = [], None
@@ -292,7 +296,9 @@ def due(
         if outcome.error is not None and (worst is None or outcome.error.exit_code > worst.exit_code):
             worst = outcome.error
     env.out.result(
-        {"due": due_now, "unfinished": stuck, "rotations": reports}, render=_render_due, error=worst
+        {"due": due_now, "unfinished": stuck, "missing": missing, "rotations": reports},
+        render=_render_due,
+        error=worst,
     )
 
 
@@ -364,16 +370,22 @@ def _render_status(console: Console, report: dict[str, Any]) -> None:
             f"[yellow]unfinished[/] {r['rotation_id']} on {r['secret']}: last step {r['step']} "
             f"({'running' if r['running'] else 'not running: voke rotate resume ' + r['rotation_id']})"
         )
+    for name in report.get("missing", []):
+        console.print(f"[yellow]not set up[/] {name}: the secret does not exist (an API key: --adopt it)")
 
 
 def _render_due(console: Console, report: dict[str, Any]) -> None:
-    if not report["due"] and not report["unfinished"]:
+    if not report["due"] and not report["unfinished"] and not report["missing"]:
         console.print("nothing is due")
     for s in report["due"]:
         console.print(f"due: {s['name']} (since {s['next_due']})")
     for u in report["unfinished"]:
         console.print(
             f"unfinished: {u['rotation_id']} of {u['secret']} (its voke is gone; --run finishes it)"
+        )
+    for name in report["missing"]:
+        console.print(
+            f"not set up: secret {name} does not exist (an API key: `voke rotate api-key NAME --adopt`)"
         )
     for r in report["rotations"]:
         if isinstance(r, dict):

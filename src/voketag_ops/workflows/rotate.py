@@ -831,11 +831,12 @@ class RotationEngine:
 
     def status(self) -> dict[str, Any]:
         now = self.now()
-        secrets_out = []
+        secrets_out, missing = [], []
         for secret, kind in self.managed().items():
             try:
                 meta = self.store.get(secret)
             except NotFoundError:
+                missing.append(secret)  # configured, never stored (an API key not adopted yet)
                 continue
             secrets_out.append(self._secret_status(meta, kind, now))
         in_progress = [
@@ -850,7 +851,7 @@ class RotationEngine:
             }
             for r in self.unfinished()
         ]
-        return {"secrets": secrets_out, "in_progress": in_progress}
+        return {"secrets": secrets_out, "in_progress": in_progress, "missing": missing}
 
     def _secret_status(self, meta: Any, kind: str, now: datetime) -> dict[str, Any]:
         current = meta.aliases.get("current")
