@@ -373,7 +373,7 @@ def test_an_interrupted_first_up_is_finished_by_the_next_and_destroy_leaves_no_s
 
 
 def test_a_fenced_follower_is_left_down_and_a_fenced_leader_blocks_up(tmp_path):
-    from voketag_ops.errors import NeedsOperatorError
+    from voketag_ops.errors import PreconditionError
 
     env = LocalEnvironment(LocalSettings(home=tmp_path / "h"))
     try:

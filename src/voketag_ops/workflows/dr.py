@@ -324,12 +324,17 @@ def _resumable(env: LocalEnvironment, operation: str) -> Iterator[None]:
 def _refuse_if_rotating(settings: Settings, *, resumed: bool) -> None:
     """Exit 5 before moving the leader while a rotation of a connection secret is unfinished
     (a rotation refuses to start during an interrupted DR operation, so a RESUMED one goes on)."""
+    if not resumed:
+        refuse_if_rotating_locally(settings)
+
+
+def refuse_if_rotating_locally(settings: Settings) -> None:
+    """Exit 5 while a rotation of a local connection secret is unfinished."""
     from voketag_ops.workflows.env import LocalPlatform
     from voketag_ops.workflows.rotate import refuse_if_rotating
 
-    if not resumed:
-        secrets = [u.secret for u in settings.rotation.db_users.values()]
-        refuse_if_rotating(LocalPlatform(settings).store(), secrets, resume="voke rotate resume")
+    secrets = [u.secret for u in settings.rotation.db_users.values()]
+    refuse_if_rotating(LocalPlatform(settings).store(), secrets, resume="voke rotate resume")
 
 
 def failover(

@@ -1028,6 +1028,10 @@ def run_drill(
         audited(env.home, event_type=f"drill.{scenario}", env="local", target=scenario) as event,
     ):
         dr.refuse_if_unfinished(env)  # (again, under the lock: a failover killed meanwhile)
+        if scenario in ("failover", "failback"):  # refused before the fault, not after it
+            from voketag_ops.workflows.dr import refuse_if_rotating_locally
+
+            refuse_if_rotating_locally(settings)
         left = put_back_rows_left(env, progress)  # before the steady state, which counts them
         run = DrillRun(settings, env, scenario, progress, options or {})
         event.details["run_id"] = run.run_id

@@ -1125,6 +1125,13 @@ def local_engine(
     pending = None if reads else dr.unfinished_operation(platform.env)
     if pending is not None:  # a failover rewrites the services' connection secret: never rotate during one
         dr.refuse_unfinished(platform.env, pending)
+    if not reads:  # nor while a drill or DR operation runs: its failover would race this rotation
+        from voketag_ops.locks import running_elsewhere
+
+        if (holder := running_elsewhere(platform.env.home / "dr")) is not None:
+            raise PreconditionError(
+                f"another DR operation is running ({holder}); rotate once it has finished"
+            )
     if start and not reads:
         platform.ensure_up(progress)
     return RotationEngine(

@@ -335,7 +335,7 @@ class LocalEnvironment:
                     )
             fenced = self.fenced()
             if state.leader in fenced:
-                raise NeedsOperatorError(
+                raise PreconditionError(  # exit 5: an unfinished operation is resumed first
                     f"the recorded leader {state.leader} is fenced: a failover was interrupted; "
                     "finish it with `voke dr failover --yes` before anything starts"
                 )
