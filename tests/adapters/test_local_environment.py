@@ -386,7 +386,7 @@ def test_a_fenced_follower_is_left_down_and_a_fenced_leader_blocks_up(tmp_path):
         assert not env.node("replica").running
         (tmp_path / "h" / "dr" / "fenced-replica.json").rename(tmp_path / "h" / "dr" / "fenced-primary.json")
         env.node("primary").stop()
-        with pytest.raises(NeedsOperatorError, match="fenced"):
+        with pytest.raises(PreconditionError, match="fenced"):  # exit 5: resume first
             env.up()
         assert not env.node("primary").running
     finally:
