@@ -429,8 +429,8 @@ def test_a_tool_voke_runs_dies_with_voke(tmp_path):
     script = tmp_path / "parent.py"
     script.write_text(
         "import subprocess, sys\n"
-        "from voketag_ops.adapters.local.postgres import _parent_death_kills\n"
-        "child = subprocess.Popen(['sleep', '60'], preexec_fn=_parent_death_kills())\n"
+        "from voketag_ops.adapters.local.postgres import parent_death_kills\n"
+        "child = subprocess.Popen(['sleep', '60'], preexec_fn=parent_death_kills())\n"
         "print(child.pid, flush=True)\n"
         "child.wait()\n"
     )

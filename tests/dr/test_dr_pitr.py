@@ -152,10 +152,13 @@ def test_pitr_restores_exactly_the_commits_before_the_target(voke, environ, env)
     target = commits[ids[15]] + (commits[ids[16]] - commits[ids[15]]) / 2
     with env.primary().connect() as conn:
         conn.execute("delete from orders")  # the corruption
+    killed = dr.restores_dir(env) / ".drill-dead-000000.partial"  # a copy a kill -9 cut short
+    (killed / "base").mkdir(parents=True)
     result = voke(
         "dr", "restore", "--to", utc(target), "--name", "pitr-a", "--yes", "--json", environ=environ
     )
     assert result.exit_code == 0, result.stderr
+    assert not killed.exists()  # swept: restores run under the DR lock, any scratch copy is dead
     r = result.json["result"]
     assert r["name"] == "pitr-a" and r["writable"] is True
     stop = r["stop_point"]

@@ -25,6 +25,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -40,7 +41,7 @@ from voketag_ops.adapters.local.environment import (
     BackupInfo,
     LocalEnvironment,
 )
-from voketag_ops.adapters.local.postgres import PgNode, pick_free_port
+from voketag_ops.adapters.local.postgres import PgNode, parent_death_kills, pick_free_port
 from voketag_ops.core import wal
 from voketag_ops.core.dr_checks import parse_iso
 from voketag_ops.errors import (
@@ -989,13 +990,20 @@ def restore(
     node = restore_node(env, plan.name, port)
     scratch = base / f".{plan.name}.partial"
     meta = base / f"{plan.name}.json"
-    shutil.rmtree(scratch, ignore_errors=True)
+    # Restores run under the DR lock: any scratch copy is a killed voke's (whatever its name).
+    for killed in base.glob(".*.partial"):
+        shutil.rmtree(killed, ignore_errors=True)
     log_offset = node.log_file.stat().st_size if node.log_file.exists() else 0
     timings: dict[str, float] = {}
     try:
         progress(f"copying base backup {plan.backup.label}")
         t = time.monotonic()
-        subprocess.run(["cp", "-a", plan.backup.path, str(scratch)], check=True, capture_output=True)
+        subprocess.run(  # dies with voke (kill -9): it would go on filling a scratch copy nobody reads
+            ["cp", "-a", plan.backup.path, str(scratch)],
+            check=True,
+            capture_output=True,
+            preexec_fn=parent_death_kills() if sys.platform == "linux" else None,
+        )
         for leftover in ("voke-backup.json", "backup_manifest", "postmaster.pid", "standby.signal"):
             (scratch / leftover).unlink(missing_ok=True)
         scratch.rename(node.data_dir)

@@ -250,7 +250,7 @@ class PgRunner:
         if not self.user.is_me:
             kwargs.update(user=self.user.uid, group=self.user.gid, extra_groups=[])
         if name in _DIE_WITH_VOKE and sys.platform == "linux":
-            kwargs["preexec_fn"] = _parent_death_kills()
+            kwargs["preexec_fn"] = parent_death_kills()
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
             log.debug("running %s", " ".join(cmd))
             try:
@@ -289,7 +289,7 @@ def _last_line(text: str) -> str:
 _DIE_WITH_VOKE = frozenset({"initdb", "pg_basebackup", "pg_rewind", "pg_verifybackup", "pg_waldump"})
 
 
-def _parent_death_kills() -> Callable[[], None]:
+def parent_death_kills() -> Callable[[], None]:
     """A preexec_fn asking Linux to SIGKILL the child when voke dies (prctl PR_SET_PDEATHSIG).
     It runs after the child took the server user's ids, which would otherwise clear it."""
     import ctypes
