@@ -530,3 +530,16 @@ def test_a_rewind_cut_short_before_makes_the_rebuild_clone(voke, environ, env):
     info = dr.rebuild_standby(env, replica, env.node("primary"))
     assert info["method"] == "clone" and info["earlier_rewind_unfinished"] is True
     assert not marker.exists() and dr.in_recovery(env.node("replica")) is True
+
+
+def test_a_clone_killed_after_moving_the_old_data_aside_leaves_nothing_after_the_resume(voke, environ, env):
+    # kill -9 between moving the data directory aside and the clone: the resume finds no data
+    # directory, clones, and must not leave the aside copy (a whole cluster) for good.
+    replica = env.node("replica")
+    replica.stop()
+    aside = replica.data_dir.with_name(replica.data_dir.name + ".old")
+    replica.data_dir.rename(aside)
+    info = dr.rebuild_standby(env, replica, env.node("primary"))
+    assert info["method"] == "clone" and dr.in_recovery(env.node("replica")) is True
+    assert not aside.exists()
+    assert voke("dr", "check", environ=environ).exit_code == 0

@@ -1403,8 +1403,8 @@ def rebuild_standby(
     if not rewound:
         progress(f"cloning {node.name} afresh from the leader (pg_basebackup)")
         t = time.monotonic()
+        aside = node.data_dir.with_name(node.data_dir.name + ".old")
         if node.data_dir.exists():
-            aside = node.data_dir.with_name(node.data_dir.name + ".old")
             shutil.rmtree(aside, ignore_errors=True)
             node.data_dir.rename(aside)
             try:
@@ -1413,9 +1413,9 @@ def rebuild_standby(
                 if not node.data_dir.exists():
                     aside.rename(node.data_dir)
                 raise
-            shutil.rmtree(aside, ignore_errors=True)
         else:
             env._clone_replica(leader, node)
+        shutil.rmtree(aside, ignore_errors=True)  # (also one a killed run moved aside: the resume's)
         info["clone_seconds"] = round(time.monotonic() - t, 3)
         info["method"] = "clone"
         rewinding.unlink(missing_ok=True)
