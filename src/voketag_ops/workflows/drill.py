@@ -161,6 +161,7 @@ class RunFrame:
         self._cleanups: list[tuple[str, Callable[[], Any]]] = []
         self.error = None
         self.cleanup_interrupted = False  # a Ctrl-C or SIGTERM came while cleaning up
+        self.rows_record: tuple[Path, dict[str, Any]] | None = None  # the pitr drill's rows kept aside
 
     def mark(self, key: str, when: datetime | None = None) -> datetime:
         value = when or datetime.now(UTC)
@@ -503,6 +504,12 @@ def _pitr(run: DrillRun) -> None:
     time.sleep(0.3)
     run.stop_canary()
     name = f"drill-{run.run_id.rsplit('-', 1)[-1]}-{run.started_at:%H%M%S}"
+    if (
+        run.rows_record is not None
+    ):  # a kill from here on leaves a restored instance: named for the next drill
+        record, doc = run.rows_record
+        doc.update(restore=name, keep_restore=bool(run.options.get("keep_restore")))
+        _write_record(record, doc)
     run.mark("recovery_started_at")
     with run.step("recover: voke dr restore --to TARGET into a new instance") as info:
         report = dr_flow.restore(
@@ -654,9 +661,8 @@ def _keep_rows_aside(run: DrillRun, batch: dict[str, Any]) -> None:
         os.fsync(held.fileno())
     doc = {"run_id": run.run_id, "batch_id": batch_id, "dbname": batch["dbname"], "rows": batch["rows"]}
     doc["file"] = rows.name
-    scratch = record.with_suffix(".tmp")
-    scratch.write_text(json.dumps(doc))
-    scratch.replace(record)  # last, and whole: a record always has its rows
+    _write_record(record, doc)  # last, and whole: a record always has its rows
+    run.rows_record = (record, doc)
 
     def put_back() -> None:
         # Quick and the last copy of those rows: no signal cuts it short (one that comes
@@ -667,6 +673,12 @@ def _keep_rows_aside(run: DrillRun, batch: dict[str, Any]) -> None:
             run.details["rows_put_back"] = put  # committed
 
     run.on_cleanup(f"put batch {batch_id}'s rows back on the leader unless repaired", put_back)
+
+
+def _write_record(record: Path, doc: dict[str, Any]) -> None:
+    scratch = record.with_suffix(".tmp")
+    scratch.write_text(json.dumps(doc))
+    scratch.replace(record)
 
 
 def _put_back(env: LocalEnvironment, doc: dict[str, Any]) -> int:
@@ -709,6 +721,10 @@ def put_back_rows_left(env: LocalEnvironment, progress: Progress = _quiet) -> li
     for doc in dr.drill_rows_left(env):
         progress(f"putting back batch {doc['batch_id']}'s rows (left by the killed drill {doc['run_id']})")
         put = _put_back(env, doc)  # fewer than its rows: tag_ids a later load took meanwhile
+        name = doc.get("restore")
+        if name and not doc.get("keep_restore"):  # its restored instance, started or half-made
+            with suppress(VokeError):
+                dr.discard_restore(env, str(name))
         done.append(
             {"run_id": doc["run_id"], "batch_id": doc["batch_id"], "rows": doc["rows"], "rows_put_back": put}
         )

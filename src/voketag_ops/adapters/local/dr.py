@@ -834,6 +834,24 @@ def restore_node(env: LocalEnvironment, name: str, port: int) -> PgNode:
     )
 
 
+def _write_meta(meta: Path, doc: dict[str, Any]) -> None:
+    """A restore's record, replaced whole (a kill never leaves half of one)."""
+    scratch = meta.with_name(f".{meta.name}.tmp")
+    scratch.write_text(json.dumps(doc, indent=2))
+    scratch.replace(meta)
+
+
+def _read_meta(meta: Path) -> dict[str, Any]:
+    """A restore's record; one that cannot be read (an older voke killed while writing it)
+    still names its instance, which can be listed and discarded."""
+    try:
+        doc = dict(json.loads(meta.read_text()))
+        int(doc["port"])
+        return doc
+    except (ValueError, TypeError, KeyError):
+        return {"name": meta.stem, "port": 0, "state": "unreadable record"}
+
+
 def list_restores(env: LocalEnvironment) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
     base = restores_dir(env)
@@ -841,8 +859,8 @@ def list_restores(env: LocalEnvironment) -> list[dict[str, Any]]:
         return found
     for meta in sorted(base.glob("*.json")):
         try:
-            doc = json.loads(meta.read_text())
-        except (OSError, ValueError):
+            doc = _read_meta(meta)
+        except OSError:
             continue
         node = restore_node(env, doc["name"], int(doc["port"]))
         doc["running"] = node.running
@@ -853,7 +871,7 @@ def list_restores(env: LocalEnvironment) -> list[dict[str, Any]]:
 def get_restore(env: LocalEnvironment, name: str) -> tuple[dict[str, Any], PgNode]:
     meta = restores_dir(env) / f"{name}.json"
     try:
-        doc = json.loads(meta.read_text())
+        doc = _read_meta(meta)
     except FileNotFoundError:
         known = ", ".join(r["name"] for r in list_restores(env)) or "none"
         raise UsageError(f"no restored instance named {name!r} (have: {known})") from None
@@ -1021,19 +1039,17 @@ def restore(
         signal_file = node.data_dir / "recovery.signal"
         signal_file.write_text("")
         _chown_to_server(env, signal_file)
-        meta.write_text(
-            json.dumps(
-                {
-                    "name": plan.name,
-                    "port": port,
-                    "target": iso(plan.target),
-                    "backup": plan.backup.label,
-                    "created_at": iso(started_at),
-                    "data_dir": str(node.data_dir),
-                    "state": "recovering",
-                },
-                indent=2,
-            )
+        _write_meta(
+            meta,
+            {
+                "name": plan.name,
+                "port": port,
+                "target": iso(plan.target),
+                "backup": plan.backup.label,
+                "created_at": iso(started_at),
+                "data_dir": str(node.data_dir),
+                "state": "recovering",
+            },
         )
         progress(f"recovering to {iso(plan.target)} on port {port}")
         t = time.monotonic()
@@ -1066,7 +1082,7 @@ def restore(
         raise
     doc = json.loads(meta.read_text())
     doc.update(state="running", recovery=recovery)
-    meta.write_text(json.dumps(doc, indent=2))
+    _write_meta(meta, doc)
     return {
         "name": plan.name,
         "target": iso(plan.target),
