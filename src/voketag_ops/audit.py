@@ -506,7 +506,8 @@ def audited(
     try:
         yield event
     except BaseException as exc:
-        interrupted = isinstance(exc, KeyboardInterrupt)
+        # (Interrupted: a Ctrl-C or SIGTERM already turned into its answer, exit 130)
+        interrupted = isinstance(exc, KeyboardInterrupt) or getattr(exc, "exit_code", None) == 130
         event.details["error"] = {
             "type": getattr(exc, "type_name", type(exc).__name__),
             "message": getattr(exc, "message", str(exc))[:500],

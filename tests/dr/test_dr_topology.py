@@ -269,6 +269,7 @@ def test_an_interrupted_failover_is_recorded_and_resumed(voke, environ, env, mon
     monkeypatch.setattr(dr, "promote", interrupted)  # and its resume interrupted in turn
     result = voke("dr", "failover", "--yes", "--json", environ=environ)
     assert result.exit_code == 130
+    assert result.json["error"]["hint"].startswith("`voke dr failover --yes` resumes it")
     monkeypatch.setattr(dr, "promote", real_promote)
     pending = json.loads((env.home / "dr" / "operation.json").read_text())
     assert pending["operation"] == "failover" and pending["done"] == ["planned", "fenced"]

@@ -20,6 +20,7 @@ from voketag_ops.core.dr_checks import Thresholds, judge, parse_duration, parse_
 from voketag_ops.errors import (
     BackendError,
     ConfigError,
+    Interrupted,
     NeedsOperatorError,
     PreconditionError,
     RolledBackError,
@@ -318,6 +319,18 @@ def _resumable(env: LocalEnvironment, operation: str) -> Iterator[None]:
         raise NeedsOperatorError(
             f"`voke dr {operation}` stopped part-way (done: {done}): {exc.message}",
             hint=f"once that is fixed, `{pending.get('resume')}` resumes it; other DR commands refuse until then",
+        ) from None
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: exit 130, saying how to go on
+        from voketag_ops import interrupts
+
+        pending = dr.unfinished_operation(env)
+        if not pending or pending.get("operation") != operation:
+            raise
+        signal = "terminated (SIGTERM)" if interrupts.Terminated.received else "interrupted"
+        done = ", ".join(pending.get("done") or []) or "nothing yet"
+        raise Interrupted(
+            f"{signal}: `voke dr {operation}` stopped part-way (done: {done})",
+            hint=f"`{pending.get('resume')}` resumes it; other DR commands refuse until then",
         ) from None
 
 
