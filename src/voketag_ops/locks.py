@@ -70,6 +70,12 @@ def running_elsewhere(directory: Path) -> str | None:
     with _HELD_GUARD:
         if _HELD.get(path):
             return None  # this process holds it
+    return held_by(Path(path))
+
+
+def held_by(path: Path) -> str | None:
+    """What PATH says of its holder if another open file holds an flock on it ("another voke
+    process" when it says nothing), None when nobody does (or it does not exist)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:

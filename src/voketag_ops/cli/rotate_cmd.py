@@ -267,34 +267,30 @@ def due(
         )
         return
     env.out.confirm(f"Rotate {len(due_now)} due secret(s) and finish {len(stuck)} unfinished?", yes=yes)
-    reports, worst = [], None
-    for r in stuck:
+    reports: list[Any] = []
+    worst: VokeError | None = None
+
+    def one(secret: str, refused: str, run_it: Any) -> None:
+        # One secret that cannot start (a Stripe key to paste) must not stop the others.
+        nonlocal worst
         try:
-            outcome = engine.resume(r["rotation_id"])
+            outcome = run_it()
         except VokeError as exc:
             error = {"type": exc.type_name, "message": exc.message, "exit_code": int(exc.exit_code)}
-            reports.append({"secret": r["secret"], "status": "not_resumed", "error": error})
-            if worst is None or exc.exit_code > worst.exit_code:
-                worst = exc
-            continue
-        reports.append(outcome.report)
-        if outcome.error is not None and (worst is None or outcome.error.exit_code > worst.exit_code):
-            worst = outcome.error
+            reports.append({"secret": secret, "status": refused, "error": error})
+            failed: VokeError | None = exc
+        else:
+            reports.append(outcome.report)
+            failed = outcome.error
+        if failed is not None and (worst is None or failed.exit_code > worst.exit_code):
+            worst = failed
+
+    for r in stuck:
+        one(r["secret"], "not_resumed", lambda r=r: engine.resume(r["rotation_id"]))
     resumed = {r["secret"] for r in stuck}
     due_now = [d for d in due_now if d["name"] not in resumed]  # finishing it was its rotation
     for item in due_now:
-        try:
-            outcome = engine.rotate(engine.name_of(item["name"]))
-        except VokeError as exc:
-            # One secret that cannot start (a Stripe key to paste) must not stop the others.
-            error = {"type": exc.type_name, "message": exc.message, "exit_code": int(exc.exit_code)}
-            reports.append({"secret": item["name"], "status": "not_started", "error": error})
-            if worst is None or exc.exit_code > worst.exit_code:
-                worst = exc
-            continue
-        reports.append(outcome.report)
-        if outcome.error is not None and (worst is None or outcome.error.exit_code > worst.exit_code):
-            worst = outcome.error
+        one(item["name"], "not_started", lambda item=item: engine.rotate(engine.name_of(item["name"])))
     env.out.result(
         {"due": due_now, "unfinished": stuck, "missing": missing, "rotations": reports},
         render=_render_due,

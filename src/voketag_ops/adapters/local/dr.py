@@ -17,7 +17,6 @@ every step is idempotent, so re-running the command resumes it.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -170,17 +169,9 @@ def drill_rows_left(env: LocalEnvironment) -> list[dict[str, Any]]:
 
 def rows_in_use(path: Path) -> bool:
     """Whether a live drill holds PATH (its copy of the rows it deleted); False if it is gone."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    from voketag_ops.locks import held_by
+
+    return held_by(path) is not None
 
 
 def refuse_if_unfinished(env: LocalEnvironment, *, allow: str | None = None) -> dict[str, Any] | None:
