@@ -94,6 +94,34 @@ def script_signals(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 FAST_ROTATION = {"VOKE_ROTATION__TEST_INTERVAL": "0.2", "VOKE_ROTATION__HEALTH_TIMEOUT": "20"}
 
 
+@pytest.fixture
+def held_by_another_voke() -> Any:
+    """held_by_another_voke(lock_path, "drill pitr pid 1"): a context in which another process
+    holds that flock lock and says so, as a running voke does (a lock this process took
+    itself would be re-entered, not contended)."""
+    import subprocess
+    import sys
+
+    @contextmanager
+    def hold(path: Path, says: str) -> Iterator[None]:
+        code = (
+            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600);"
+            " fcntl.flock(fd, fcntl.LOCK_EX); os.pwrite(fd, sys.argv[2].encode(), 0);"
+            " print('held', flush=True); time.sleep(60)"
+        )
+        holder = subprocess.Popen(
+            [sys.executable, "-c", code, str(path), says], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+            yield
+        finally:
+            holder.kill()
+            holder.wait()
+
+    return hold
+
+
 @pytest.fixture(scope="session")
 def platform_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("voke-home")

@@ -321,32 +321,21 @@ def test_a_truncated_backup_file_is_caught_by_verify_backup(voke, environ, env):
         shutil.rmtree(env.pg_dir / "backups" / info.label)
 
 
-def test_backup_is_refused_while_another_dr_operation_holds_the_lock(voke, environ, env):
-    import subprocess
-    import sys
-
-    holder = subprocess.Popen(
-        [sys.executable, "-c", (
-            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600);"
-            " fcntl.flock(fd, fcntl.LOCK_EX); os.pwrite(fd, b'drill network pid 1', 0);"
-            " print('held', flush=True); time.sleep(60)"
-        ), str(dr.dr_dir(env) / "dr.lock")],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+def test_backup_is_refused_while_another_dr_operation_holds_the_lock(
+    voke, environ, env, held_by_another_voke
+):
     record = dr.dr_dir(env) / "operation.json"
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        busy = voke("dr", "backup", "--yes", "--json", environ=environ)
-        assert busy.exit_code == 5 and "drill network" in busy.json["error"]["message"]
-        # A drill's failback under way records itself: running, not "interrupted, resume it".
-        record.write_text('{"operation": "failback", "resume": "voke dr failback --yes", "done": []}')
-        during = voke("dr", "backup", "--yes", "--json", environ=environ)
-        assert during.exit_code == 5, during.stdout
-        assert during.json["error"]["message"].startswith("another DR operation is running (drill network")
+        with held_by_another_voke(dr.dr_dir(env) / "dr.lock", "drill network pid 1"):
+            busy = voke("dr", "backup", "--yes", "--json", environ=environ)
+            # A drill's failback under way records itself: running, not "interrupted, resume it".
+            record.write_text('{"operation": "failback", "resume": "voke dr failback --yes", "done": []}')
+            during = voke("dr", "backup", "--yes", "--json", environ=environ)
     finally:
         record.unlink(missing_ok=True)
-        holder.kill()
-        holder.wait()
+    assert busy.exit_code == 5 and "drill network" in busy.json["error"]["message"]
+    assert during.exit_code == 5, during.stdout
+    assert during.json["error"]["message"].startswith("another DR operation is running (drill network")
 
 
 def test_a_leader_lost_just_after_a_backup_still_leaves_the_older_window(voke, environ, env):

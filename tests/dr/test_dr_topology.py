@@ -90,7 +90,7 @@ def test_failover_needs_yes_and_dry_run_changes_nothing(voke, environ, env):
     assert env.require_state().leader == "primary" and env.node("primary").running
 
 
-def test_a_failover_waits_for_an_unfinished_rotation(voke, environ, env):
+def test_a_failover_waits_for_an_unfinished_rotation(voke, environ, env, held_by_another_voke):
     # Repointing the secret under a rotation would race it, and its rollback would put back
     # versions naming the fenced leader (found by a review: a secret left naming a dead port).
     import subprocess
@@ -113,21 +113,9 @@ def test_a_failover_waits_for_an_unfinished_rotation(voke, environ, env):
     assert env.require_state().leader == "primary" and env.node("primary").running  # nothing changed
     assert voke("rotate", "resume", "--yes", environ=environ).exit_code == 0
     # and the other way round: no rotation while a drill (another process) holds the DR lock
-    holder = subprocess.Popen(
-        [sys.executable, "-c", (
-            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600);"
-            " fcntl.flock(fd, fcntl.LOCK_EX); os.pwrite(fd, b'drill failover pid 1', 0);"
-            " print('held', flush=True); time.sleep(60)"
-        ), str(dr.dr_dir(env) / "dr.lock")],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with held_by_another_voke(dr.dr_dir(env) / "dr.lock", "drill failover pid 1"):
         during = voke("rotate", "db-password", "--yes", "--json", environ=environ)
-        assert during.exit_code == 5 and "another DR operation is running (drill failover" in during.stdout
-    finally:
-        holder.kill()
-        holder.wait()
+    assert during.exit_code == 5 and "another DR operation is running (drill failover" in during.stdout
 
 
 def test_failover_fences_promotes_and_loses_no_acknowledged_write(voke, environ, env):
