@@ -4,6 +4,7 @@ is done, written aside and renamed into place."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import stat
 import tempfile
@@ -72,9 +73,7 @@ class Scratch:
         try:
             fd, self.path = tempfile.mkstemp(prefix=prefix, suffix=_SCRATCH, dir=directory)
         except OSError as exc:
-            if exc.errno in DISK_REFUSED:  # a full or read-only disk: exit 4 naming it
-                raise OSError(exc.errno, exc.strerror, str(target)) from None
-            raise UsageError(f"{flag} {target}: cannot write there: {exc.strerror}") from None
+            raise _write_failure(exc, flag, target, "cannot write there") from None
         self._fd: int | None = fd
         _HELD.add(self.path)
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -156,6 +155,18 @@ def _remove_if_unheld(path: Path) -> None:
         os.close(fd)
 
 
+def replace_json(path: Path, doc: Any, *, indent: int | None = 2) -> None:
+    """Voke's own record PATH (state, journals, DR records) replaced whole by DOC: written
+    beside it (0600), synced, renamed over it, so a crash or kill never leaves half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh, indent=indent)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+
+
 def write_output(target: Path, flag: str, write: Callable[[IO[bytes]], T], *, private: bool = False) -> T:
     """Write an output file the user named (FLAG TARGET) through WRITE, all or nothing: it
     must be new or a regular file, it is written beside and renamed into place, and a failure
@@ -167,7 +178,13 @@ def write_output(target: Path, flag: str, write: Callable[[IO[bytes]], T], *, pr
                 result = write(fh)
             scratch.replace()
         except OSError as exc:
-            if exc.errno in DISK_REFUSED:  # named here: a write() failing names no file
-                raise OSError(exc.errno, exc.strerror, str(target)) from None
-            raise UsageError(f"{flag} {target}: cannot write: {exc.strerror}") from None
+            raise _write_failure(exc, flag, target, "cannot write") from None
     return result
+
+
+def _write_failure(exc: OSError, flag: str, target: Path, doing: str) -> Exception:
+    """A full or read-only disk stays an OSError, now naming TARGET (a write() names no file;
+    the top level makes it exit 4); anything else is a usage error (exit 2)."""
+    if exc.errno in DISK_REFUSED:
+        return OSError(exc.errno, exc.strerror, str(target))
+    return UsageError(f"{flag} {target}: {doing}: {exc.strerror}")

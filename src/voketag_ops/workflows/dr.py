@@ -311,38 +311,24 @@ def _resumable(env: LocalEnvironment, operation: str) -> Iterator[None]:
 
     try:
         yield
-    except (BackendError, RolledBackError) as exc:
-        pending = dr.unfinished_operation(env)
-        if not pending or pending.get("operation") != operation:
-            raise
-        done = ", ".join(pending.get("done") or []) or "nothing yet"
-        raise NeedsOperatorError(
-            f"`voke dr {operation}` stopped part-way (done: {done}): {exc.message}",
-            hint=f"once that is fixed, `{pending.get('resume')}` resumes it; other DR commands refuse until then",
-        ) from None
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: exit 130, saying how to go on
+    except (BackendError, RolledBackError, KeyboardInterrupt) as exc:  # (Ctrl-C, SIGTERM: exit 130)
         from voketag_ops import interrupts
 
         pending = dr.unfinished_operation(env)
         if not pending or pending.get("operation") != operation:
             raise
-        signal = "terminated (SIGTERM)" if interrupts.Terminated.received else "interrupted"
-        done = ", ".join(pending.get("done") or []) or "nothing yet"
-        raise Interrupted(
-            f"{signal}: `voke dr {operation}` stopped part-way (done: {done})",
-            hint=f"`{pending.get('resume')}` resumes it; other DR commands refuse until then",
-        ) from None
-
-
-def _refuse_if_rotating(settings: Settings, *, resumed: bool) -> None:
-    """Exit 5 before moving the leader while a rotation of a connection secret is unfinished
-    (a rotation refuses to start during an interrupted DR operation, so a RESUMED one goes on)."""
-    if not resumed:
-        refuse_if_rotating_locally(settings)
+        stopped = f"`voke dr {operation}` stopped part-way (done: {', '.join(pending.get('done') or []) or 'nothing yet'})"
+        resume = f"`{pending.get('resume')}` resumes it; other DR commands refuse until then"
+        if isinstance(exc, KeyboardInterrupt):
+            signal = "terminated (SIGTERM)" if interrupts.Terminated.received else "interrupted"
+            raise Interrupted(f"{signal}: {stopped}", hint=resume) from None
+        raise NeedsOperatorError(f"{stopped}: {exc.message}", hint=f"once that is fixed, {resume}") from None
 
 
 def refuse_if_rotating_locally(settings: Settings) -> None:
-    """Exit 5 while a rotation of a local connection secret is unfinished."""
+    """Exit 5 before moving the leader while a rotation of a local connection secret is
+    unfinished (a rotation refuses to start during an interrupted DR operation, so one being
+    resumed goes on without this check)."""
     from voketag_ops.workflows.env import LocalPlatform
     from voketag_ops.workflows.rotate import refuse_if_rotating
 
@@ -375,7 +361,8 @@ def failover(
             ],
         }
     with dr.dr_lock(env, "dr failover"), recorded(env, "dr.failover", state.follower) as details:
-        _refuse_if_rotating(settings, resumed=bool(pending))
+        if not pending:
+            refuse_if_rotating_locally(settings)
         with _resumable(env, "failover"):
             report = dr.failover(
                 env, progress=progress, repoint=lambda node: repoint_services(settings, env, node)
@@ -423,7 +410,8 @@ def failback(
             plan.append(f"no switchover: {state.leader} is the home leader already")
         return {"dry_run": True, "leader": state.leader, "rebuild": state.follower, "plan": plan}
     with dr.dr_lock(env, "dr failback"), recorded(env, "dr.failback", state.follower) as details:
-        _refuse_if_rotating(settings, resumed=bool(dr.unfinished_operation(env)))
+        if not dr.unfinished_operation(env):
+            refuse_if_rotating_locally(settings)
         with _resumable(env, "failback"):
             report = dr.failback(
                 env,

@@ -27,6 +27,7 @@ from voketag_ops import interrupts
 from voketag_ops.core import drill as core
 from voketag_ops.core.dr_checks import judge, parse_iso
 from voketag_ops.errors import BackendError, Interrupted, UsageError, VokeError
+from voketag_ops.files import replace_json
 from voketag_ops.logs import get_logger
 
 if TYPE_CHECKING:
@@ -86,11 +87,7 @@ def save_journal(env: LocalEnvironment, journal: dict[str, Any]) -> Path:
     directory = journals_dir(env)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = directory / f"{journal['run_id']}.json"
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(journal, fh, indent=2)
-    tmp.replace(path)
+    replace_json(path, journal)
     return path
 
 
@@ -509,7 +506,7 @@ def _pitr(run: DrillRun) -> None:
     ):  # a kill from here on leaves a restored instance: named for the next drill
         record, doc = run.rows_record
         doc.update(restore=name, keep_restore=bool(run.options.get("keep_restore")))
-        _write_record(record, doc)
+        replace_json(record, doc, indent=None)
     run.mark("recovery_started_at")
     with run.step("recover: voke dr restore --to TARGET into a new instance") as info:
         report = dr_flow.restore(
@@ -661,7 +658,7 @@ def _keep_rows_aside(run: DrillRun, batch: dict[str, Any]) -> None:
         os.fsync(held.fileno())
     doc = {"run_id": run.run_id, "batch_id": batch_id, "dbname": batch["dbname"], "rows": batch["rows"]}
     doc["file"] = rows.name
-    _write_record(record, doc)  # last, and whole: a record always has its rows
+    replace_json(record, doc, indent=None)  # last, and whole: a record always has its rows
     run.rows_record = (record, doc)
 
     def put_back() -> None:
@@ -673,12 +670,6 @@ def _keep_rows_aside(run: DrillRun, batch: dict[str, Any]) -> None:
             run.details["rows_put_back"] = put  # committed
 
     run.on_cleanup(f"put batch {batch_id}'s rows back on the leader unless repaired", put_back)
-
-
-def _write_record(record: Path, doc: dict[str, Any]) -> None:
-    scratch = record.with_suffix(".tmp")
-    scratch.write_text(json.dumps(doc))
-    scratch.replace(record)
 
 
 def _put_back(env: LocalEnvironment, doc: dict[str, Any]) -> int:

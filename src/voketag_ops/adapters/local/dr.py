@@ -50,6 +50,7 @@ from voketag_ops.errors import (
     RolledBackError,
     UsageError,
 )
+from voketag_ops.files import replace_json
 from voketag_ops.logs import get_logger
 
 if TYPE_CHECKING:
@@ -227,12 +228,7 @@ class OperationLog:
         self.path.unlink(missing_ok=True)
 
     def _save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w") as fh:
-            fh.write(json.dumps(self.doc, indent=2))
-            fh.flush()
-            os.fsync(fh.fileno())  # the record of what was done must survive a crash
-        tmp.replace(self.path)
+        replace_json(self.path, self.doc)  # the record of what was done must survive a crash
 
 
 def _chown_to_server(env: LocalEnvironment, path: Path) -> None:
@@ -825,13 +821,6 @@ def restore_node(env: LocalEnvironment, name: str, port: int) -> PgNode:
     )
 
 
-def _write_meta(meta: Path, doc: dict[str, Any]) -> None:
-    """A restore's record, replaced whole (a kill never leaves half of one)."""
-    scratch = meta.with_name(f".{meta.name}.tmp")
-    scratch.write_text(json.dumps(doc, indent=2))
-    scratch.replace(meta)
-
-
 def _read_meta(meta: Path) -> dict[str, Any]:
     """A restore's record; one that cannot be read (an older voke killed while writing it)
     still names its instance, which can be listed and discarded."""
@@ -1030,7 +1019,7 @@ def restore(
         signal_file = node.data_dir / "recovery.signal"
         signal_file.write_text("")
         _chown_to_server(env, signal_file)
-        _write_meta(
+        replace_json(
             meta,
             {
                 "name": plan.name,
@@ -1073,7 +1062,7 @@ def restore(
         raise
     doc = json.loads(meta.read_text())
     doc.update(state="running", recovery=recovery)
-    _write_meta(meta, doc)
+    replace_json(meta, doc)
     return {
         "name": plan.name,
         "target": iso(plan.target),
@@ -1580,12 +1569,7 @@ def failback(
     steps = Steps()
     state = env.require_state()
     leader, old = env.node(state.leader, state), env.node(state.follower, state)
-    resume = (
-        "voke dr failback"
-        + (" --clone" if force_clone else "")
-        + ("" if switch_back else " --no-switch-back")
-    )
-    resume += " --yes"
+    resume = f"voke dr failback{' --clone' if force_clone else ''}{'' if switch_back else ' --no-switch-back'} --yes"
     pending = refuse_if_unfinished(env, allow="failback")
     mid_switchover = bool(pending) and "switchover_started" in (pending or {}).get("done", [])
     rebuilt: dict[str, Any] = {"method": "already a streaming standby"}

@@ -112,13 +112,9 @@ class EnvState:
         return cls(**{k: v for k, v in raw.items() if k in known})
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(asdict(self), fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
+        from voketag_ops.files import replace_json
+
+        replace_json(path, asdict(self))
 
 
 @dataclass(frozen=True)
@@ -561,7 +557,7 @@ class LocalEnvironment:
                 timeout=600,
             )
             (scratch / "postmaster.pid").unlink(missing_ok=True)
-            _clear_leftover(replica.data_dir)
+            replica.clear_leftover()
             scratch.rename(replica.data_dir)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -932,10 +928,3 @@ def _archiver(primary: PgNode, archive_dir: Path) -> dict[str, Any]:
         "last_failed_at": _iso(last_failed_at) if last_failed_at else None,
         "failing": failing,
     }
-
-
-def _clear_leftover(data_dir: Path) -> None:
-    """Remove what is left of a data directory that holds no cluster (PG_VERSION gone: a
-    destroy cut short mid-deletion), so a fresh one can be renamed into its place."""
-    if data_dir.exists() and not (data_dir / "PG_VERSION").is_file():
-        shutil.rmtree(data_dir)

@@ -341,6 +341,12 @@ class PgNode:
     def initialized(self) -> bool:
         return (self.data_dir / "PG_VERSION").is_file()
 
+    def clear_leftover(self) -> None:
+        """Remove what is left of a data directory that holds no cluster (PG_VERSION gone: a
+        destroy cut short mid-deletion), so a fresh one can be renamed into its place."""
+        if self.data_dir.exists() and not self.initialized:
+            shutil.rmtree(self.data_dir)
+
     def pid(self) -> int | None:
         """The live postmaster's pid, or None (a stale postmaster.pid counts as not running)."""
         try:
@@ -400,8 +406,7 @@ class PgNode:
                 ],
                 timeout=180,
             )
-            if self.data_dir.exists() and not self.initialized:  # left by a destroy cut short
-                shutil.rmtree(self.data_dir)
+            self.clear_leftover()
             scratch.rename(self.data_dir)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
