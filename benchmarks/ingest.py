@@ -188,7 +188,7 @@ def prepare_pg_share(sample: Path, out: Path) -> None:
 
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="voke-bench-ingest-"))
-    # A sample over the default 100 MiB limit (more than ~1M rows) must still load.
+    # A sample over the default 100 MB limit (more than ~1M rows) must still load.
     env = {**os.environ, "VOKE_HOME": str(work / "home"), "VOKE_INGEST__MAX_FILE_BYTES": str(1 << 40)}
     env.pop("VOKE_CONFIG", None)
     voke = shutil.which("voke") or str(Path(sys.executable).with_name("voke"))

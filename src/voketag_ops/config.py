@@ -332,7 +332,9 @@ class IngestSettings(_Model):
     """`voke ingest` (`[ingest]` in voke.toml)."""
 
     max_file_bytes: int = Field(
-        default=100 * 1024 * 1024, ge=1, description="largest batch file accepted (checked before reading it)"
+        default=100_000_000,
+        ge=1,
+        description="largest batch file accepted, in bytes (checked before reading it)",
     )
     max_errors: int = Field(
         default=100,

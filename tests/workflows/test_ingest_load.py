@@ -307,6 +307,17 @@ def test_file_over_the_limit_is_rejected_before_it_is_read(db, tmp_path, monkeyp
     assert counts(db) == (0, 0, 0)
 
 
+def test_the_default_limit_is_100_mb_in_bytes(db, tmp_path, monkeypatch):
+    path = tmp_path / "big.csv"
+    with path.open("wb") as fh:  # sparse: the size is all the check looks at
+        fh.truncate(100_000_001)
+    monkeypatch.setattr(wf, "file_sha256", lambda p: pytest.fail("the file was read"))
+    report = load(db, path)
+    assert report.status == "rejected" and report.errors[0]["code"] == "file_too_large"
+    assert "100,000,001 bytes, more than the limit of 100,000,000" in report.errors[0]["message"]
+    assert counts(db) == (0, 0, 0)
+
+
 # -- partial -------------------------------------------------------------------------------------
 
 

@@ -1146,10 +1146,14 @@ _SAMPLE_SPAN = 366 * 86400
 
 
 def sample_product_name(sku_number: int) -> str:
-    """The product name of sample SKU number N: fixed, so samples never collide."""
+    """The product name of sample SKU number N: fixed, so samples never collide.
+
+    Several SKUs share a name (variants of one product), as in a real catalogue; one SKU
+    never has two.
+    """
     a = _ADJECTIVES[sku_number % len(_ADJECTIVES)]
     n = _NOUNS[(sku_number // len(_ADJECTIVES)) % len(_NOUNS)]
-    return f"{a} {n} {sku_number:03d}" if sku_number >= 256 else f"{a} {n}"
+    return f"{a} {n}"
 
 
 def sample_rows(rows: int, seed: int) -> Iterator[str]:
