@@ -184,6 +184,16 @@ def test_each_breach_is_named():
     assert "voke dr failover --yes" in failed(healthy(unfinished_operation=op))["unfinished_operation"]
 
 
+def test_every_check_is_listed_also_when_the_replica_does_not_answer():
+    stopped = healthy(standby={"name": "replica", "role": None, "running": False, "streaming": False})
+    names = [c.name for c in dr_checks.judge(stopped, LIMITS, now=T0)]
+    assert names == [c.name for c in dr_checks.judge(healthy(), LIMITS, now=T0)]
+    assert failed(stopped)["replication_lag"] == (
+        "replication lag of replica unknown: it is not streaming from the leader"
+    )
+    assert "replica_streaming" in failed(stopped)
+
+
 # -- drills ---------------------------------------------------------------------------------------------
 def writes(*specs):
     """(seq, seconds after T0, ok) -> Write."""

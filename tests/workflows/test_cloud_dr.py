@@ -112,7 +112,7 @@ def test_no_monitoring_data_or_inactive_replication_fails_the_check(cloud):
     fake.monitoring.system_metrics = True
     fake.monitoring.add_point(catalog.REPLICA_LAG, -1, resource={"database_id": f"{fake.project}:voke-db-dr"})
     inactive = cloud_dr.check(settings, recovery, cloud_dr.thresholds(settings))
-    assert inactive["failed"] == ["replica_streaming"], inactive["failed"]
+    assert inactive["failed"] == ["replica_streaming", "replication_lag"], inactive["failed"]
 
 
 def test_an_environment_without_a_replica_still_judges_archiving():

@@ -168,16 +168,17 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
             )
         )
         lag = standby.get("lag_seconds")
-        if standby.get("lag_unknown"):
+        if lag is None:  # every check is listed every time: an alert keyed on its name must see it fail
+            if standby.get("lag_unknown"):
+                why = "no recent sample (replication stopped, or the monitoring backend has no data)"
+            elif streaming:
+                why = "it did not answer the heartbeat probe"
+            else:
+                why = "it is not streaming from the leader"
             checks.append(
-                Check(
-                    "replication_lag",
-                    False,
-                    f"replication lag of {standby.get('name')} unknown: no recent sample (replication "
-                    "stopped, or the monitoring backend has no data)",
-                )
+                Check("replication_lag", False, f"replication lag of {standby.get('name')} unknown: {why}")
             )
-        elif lag is not None:  # (a standby that does not answer fails replica_streaming alone)
+        else:
             ok = float(lag) <= thresholds.max_lag_seconds
             checks.append(
                 Check(
