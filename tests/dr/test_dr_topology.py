@@ -239,7 +239,21 @@ def test_failback_with_the_home_node_leading_never_moves_the_leader(voke, enviro
 def test_an_interrupted_failover_is_recorded_and_resumed(voke, environ, env, monkeypatch):
     from voketag_ops.errors import BackendError
 
-    real_promote = dr.promote
+    real_promote, real_fence = dr.promote, dr.fence_node
+
+    def cut(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dr, "fence_node", cut)  # stopped before it changed anything
+    early = voke("dr", "failover", "--yes", "--json", environ=environ)
+    assert early.exit_code == 130, early.stdout
+    monkeypatch.setattr(dr, "fence_node", real_fence)
+    up = voke("env", "up", environ=environ)  # starts what it can, and says what is left to do
+    assert up.exit_code == 0, up.stderr
+    assert "warning: an interrupted `voke dr failover` is recorded; finish it with " in up.stdout
+    assert voke("env", "up", "--json", environ=environ).json["result"]["warnings"] == [
+        "an interrupted `voke dr failover` is recorded; finish it with `voke dr failover --yes`"
+    ]
 
     def unreachable(node, **kwargs):
         raise BackendError(f"cannot connect to {node.name}")

@@ -111,6 +111,10 @@ class LocalPlatform:
             created = []
             log.warning("the servers are up, but not the rest of `voke env up`: %s", exc.message)
             progress(f"warning: {exc.message} (`voke env up` says more)")
+        from voketag_ops.adapters.local.dr import operation_notice
+
+        if notice := operation_notice(self.env):  # (one the servers could start beside)
+            report.warnings.append(notice)
         report.already_running = report.already_running and not created and not report.services_started
         report.duration_seconds = round(time.monotonic() - t0, 3)
         return report

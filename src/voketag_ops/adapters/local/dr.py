@@ -128,7 +128,7 @@ def unfinished_operation(env: LocalEnvironment) -> dict[str, Any] | None:
         ) from None
 
 
-def _operation_for_status(env: LocalEnvironment) -> dict[str, Any] | None:
+def operation_to_report(env: LocalEnvironment) -> dict[str, Any] | None:
     """`unfinished_operation` for reports: an unreadable record is shown, not raised; rows a
     killed pitr drill took as its fault and never put back count as one too."""
     try:
@@ -145,6 +145,16 @@ def _operation_for_status(env: LocalEnvironment) -> dict[str, Any] | None:
             "drill that was killed",
         }
     return op
+
+
+def operation_notice(env: LocalEnvironment) -> str | None:
+    """One line naming the unfinished operation `operation_to_report` finds, and how to finish it."""
+    op = operation_to_report(env)
+    if op is None:
+        return None
+    command = op.get("command") or f"voke dr {op.get('operation')}"
+    detail = f" ({op['detail']})" if op.get("detail") else ""
+    return f"an interrupted `{command}` is recorded; finish it with `{op.get('resume')}`{detail}"
 
 
 DRILL_ROWS = "drill-rows-*.json"  # a pitr drill's record of the rows it keeps aside (VOKE_HOME/dr)
@@ -676,7 +686,7 @@ def snapshot(env: LocalEnvironment, *, lag_wait: float, replica_expected: bool =
             backups=0,
             recoverable_window=None,
             archive_gaps=None,
-            unfinished_operation=_operation_for_status(env),
+            unfinished_operation=operation_to_report(env),
         )
         return report
     state = env.require_state()
@@ -737,7 +747,7 @@ def snapshot(env: LocalEnvironment, *, lag_wait: float, replica_expected: bool =
         else None
     )
     report["restores"] = [r["name"] for r in list_restores(env)]
-    report["unfinished_operation"] = _operation_for_status(env)
+    report["unfinished_operation"] = operation_to_report(env)
     return report
 
 

@@ -146,6 +146,7 @@ class UpReport:
     backup: str | None = None
     services_started: list[str] = field(default_factory=list)
     not_started: list[str] = field(default_factory=list)  # nodes left down on purpose, and why
+    warnings: list[str] = field(default_factory=list)  # what a person should do next
 
 
 class LocalEnvironment:
