@@ -387,6 +387,11 @@ def test_cleanup_keeps_current_previous_pinned_and_newest(platform):
     engine.cleanup(dry_run=False)
     states = {v.version: v.state for v in store.get("db-app").versions}
     assert all(states[a.version] == "disabled" for a in plan["actions"])
+    from voketag_ops.audit import AuditLog
+
+    event = [e for e in AuditLog(platform.env.home).entries() if e.event_type == "rotation.cleanup"][-1]
+    assert event.result == "success" and isinstance(event.duration_seconds, float)
+    assert event.details["done"] == len(event.details["actions"]) >= len(plan["actions"])
     engine.now = lambda: later + timedelta(days=31)
     destroyed = [a for a in engine.cleanup(dry_run=False)["actions"] if a.secret == "db-app"]
     assert destroyed and all(a.action == "destroy" for a in destroyed)

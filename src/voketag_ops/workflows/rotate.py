@@ -922,25 +922,30 @@ class RotationEngine:
             )
         if not dry_run:
             actions = [a for a in actions if a.action == "retire" or self._still_unprotected(a)]
-            for action in actions:
+            if actions:
+                self._clean(actions)
+        return {"dry_run": dry_run, "actions": actions}
+
+    def _clean(self, actions: list[CleanupAction]) -> None:
+        """Carry out ACTIONS under one audit event (timed; a failure names what was done)."""
+        from voketag_ops.audit import audited
+
+        with audited(
+            self.home,
+            event_type="rotation.cleanup",
+            env=self.env_name,
+            target=",".join(sorted({a.secret for a in actions})),
+            details={"actions": [f"{a.action} {a.secret} v{a.version}" for a in actions]},
+        ) as event:
+            for done, action in enumerate(actions):
+                event.details["done"] = done
                 if action.action == "retire":
                     self._retire(action)
                     continue
                 self.store.set_state(
                     action.secret, action.version, "disabled" if action.action == "disable" else "destroyed"
                 )
-            if actions:
-                from voketag_ops.audit import record_event
-
-                record_event(
-                    self.home,
-                    event_type="rotation.cleanup",
-                    env=self.env_name,
-                    target=",".join(sorted({a.secret for a in actions})),
-                    result="success",
-                    details={"actions": [f"{a.action} {a.secret} v{a.version}" for a in actions]},
-                )
-        return {"dry_run": dry_run, "actions": actions}
+            event.details["done"] = len(actions)
 
     def _still_unprotected(self, action: CleanupAction) -> bool:
         """Re-read just before disabling or destroying: a rotation that started, an alias
