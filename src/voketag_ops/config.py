@@ -51,7 +51,7 @@ ENV_NAME = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 
 class _Model(BaseModel):
     # No inf or nan: `lock_timeout = inf` overflowed, and JSON output cannot carry them.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, validate_default=True)
 
 
 class LocalSettings(_Model):

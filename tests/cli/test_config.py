@@ -275,3 +275,22 @@ def test_a_voke_output_that_is_neither_json_nor_human_is_exit_3(voke, tmp_path, 
     for value, code in (("yaml", 3), ("1", 3), ("JSON", 0), ("human", 0)):
         done = voke("config", "show", environ=make_environ(tmp_path / "h", VOKE_OUTPUT=value))
         assert done.exit_code == code, (value, done.stderr)
+
+
+def test_every_float_setting_is_a_float_also_by_default():
+    """Durations in JSON are floats: a default written `300` must not print as an integer."""
+    from pydantic import BaseModel
+
+    from voketag_ops.config import Settings
+
+    def floats(model: BaseModel, path: str):
+        for name, field in type(model).model_fields.items():
+            value = getattr(model, name)
+            if isinstance(value, BaseModel):
+                yield from floats(value, f"{path}{name}.")
+            elif field.annotation in (float, float | None) and value is not None:
+                yield f"{path}{name}", value
+
+    found = dict(floats(Settings(), ""))
+    assert "dr.rto_seconds" in found and "dr.max_lag_seconds" in found
+    assert {k: v for k, v in found.items() if type(v) is not float} == {}
