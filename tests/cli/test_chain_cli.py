@@ -89,7 +89,14 @@ def test_bad_input_is_one_line_naming_the_place(voke, tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines()[0] == f"error: {bad}:2:1: not a hex-encoded leaf"
     assert "Traceback" not in result.stderr
     missing = voke("chain", "root", str(tmp_path / "nope.txt"), "--json")
-    assert missing.exit_code == 1 and "nope.txt: cannot read" in missing.json["error"]["message"]
+    assert missing.exit_code == 2 and "nope.txt: cannot read" in missing.json["error"]["message"]
+    for args in (
+        ["verify", str(tmp_path / "nope.json")],
+        ["verify", str(tmp_path)],
+        ["import", str(tmp_path)],
+    ):
+        unusable = voke("chain", *args, "--json")  # not "invalid" (exit 1): there is nothing to judge
+        assert unusable.exit_code == 2, (args, unusable.stdout)
 
 
 def test_prove_and_verify(voke, leaves_file: Path, tmp_path: Path, monkeypatch) -> None:

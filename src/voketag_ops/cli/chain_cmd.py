@@ -22,7 +22,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from voketag_ops.cli.common import DryRun, Yes, use
+from voketag_ops.cli.common import DryRun, Unasked, Yes, use
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -78,7 +78,7 @@ def _now() -> datetime:
 
 @contextmanager
 def _binary_input(name: str) -> Iterator[tuple[IO[bytes], str]]:
-    from voketag_ops.errors import InputError
+    from voketag_ops.errors import UsageError
 
     if name == "-":
         stream = getattr(sys.stdin, "buffer", None)
@@ -90,8 +90,8 @@ def _binary_input(name: str) -> Iterator[tuple[IO[bytes], str]]:
         return
     try:
         fh = open(name, "rb")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise InputError(f"{name}: cannot read: {exc.strerror}") from None
+    except OSError as exc:  # a file that cannot be used at all is a usage error, as everywhere
+        raise UsageError(f"{name}: cannot read: {exc.strerror}") from None
     with fh:
         yield fh, name
 
@@ -268,6 +268,7 @@ def import_(
         str, typer.Argument(metavar="FILE", help="A document from `voke chain export` (`-`: stdin).")
     ],
     dry_run: DryRun = False,
+    yes: Unasked = False,
 ) -> None:
     """Import an exported chain: it must be valid and extend the local one (anchors merge)."""
     from voketag_ops.adapters.local.chain_store import parse_document
@@ -321,6 +322,7 @@ def anchor_request(
         int | None, typer.Option("--tree-size", min=1, help="Leaves in the tree the root is of.")
     ] = None,
     dry_run: DryRun = False,
+    yes: Unasked = False,
 ) -> None:
     """Request that ROOT be anchored in the next block (the same root twice is one anchor)."""
     from voketag_ops.errors import UsageError
@@ -369,6 +371,7 @@ def anchor_run(
         float, typer.Option("--time-limit", min=0.01, help="Give up mining after this many seconds.")
     ] = 60.0,
     dry_run: DryRun = False,
+    yes: Unasked = False,
 ) -> None:
     """Anchor every pending root into one new block. Cron-friendly: with nothing pending it
     does nothing; store errors are retried with backoff. Exit 1 if mining ran out of bounds."""
