@@ -100,16 +100,25 @@ def test_verify_ok_then_names_the_tampered_entry(voke, home: Path) -> None:
 def test_checkpoint_then_truncation_is_caught(voke, home: Path) -> None:
     # HOME has no local environment: the checkpoint is written, its anchor queued, and no
     # environment is started for it.
-    result = voke("audit", "checkpoint", "--json")
+    plan = voke("audit", "checkpoint", "--dry-run", "--json")
+    assert plan.exit_code == 0, plan.stdout
+    assert plan.json["result"]["plan"][0] == "checkpoint the log at 12 entries (12 since the last checkpoint)"
+    assert (
+        not AuditLog(home).checkpoints_path.exists()
+        and len(AuditLog(home).path.read_bytes().splitlines()) == 12
+    )
+    result = voke("audit", "checkpoint", "--yes", "--json")
     assert result.exit_code == 0 and result.json["result"]["checkpoint"]["size"] == 12
     assert result.json["result"]["anchoring_queued"] is True
+    event = list(AuditLog(home).entries())[-1]  # the checkpoint is audited; the next one covers it
+    assert event.event_type == "audit.checkpoint" and event.details["checkpoint"]["size"] == 12
     assert "anchoring queued until the chain is reachable" in result.json["result"]["message"]
     assert not (home / "state.json").exists()
     unchecked = voke("audit", "verify")
     assert unchecked.exit_code == 0 and "anchors not checked: the chain is in PostgreSQL" in unchecked.stdout
     log = AuditLog(home)
     lines = log.path.read_bytes().splitlines(keepends=True)
-    log.path.write_bytes(b"".join(lines[:10]))
+    log.path.write_bytes(b"".join(lines[:10]))  # (of 13)
     bad = voke("audit", "verify", "--json")
     assert bad.exit_code == 1 and bad.json["result"]["problem"] == "truncated"
     assert bad.json["result"]["first_bad_entry"] == 10

@@ -201,6 +201,28 @@ def test_a_dry_run_never_creates_the_environment(voke, tmp_path):
     assert not (tmp_path / "home" / "pg").exists() and not (tmp_path / "home" / "state.json").exists()
 
 
+def test_every_command_with_a_dry_run_takes_yes_too():
+    import typer
+
+    from voketag_ops.cli.app import app
+
+    def leaves(command, path):
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from leaves(sub, [*path, name])
+        if not getattr(command, "commands", None):
+            yield " ".join(path), {o for p in command.params for o in getattr(p, "opts", [])}
+
+    commands = dict(leaves(typer.main.get_command(app), []))
+    changing = [name for name, opts in commands.items() if "--dry-run" in opts]
+    assert "audit checkpoint" in changing and "ingest load" in changing
+    assert [name for name in changing if "--yes" not in commands[name]] == []
+
+
+def test_yes_on_a_command_that_never_asks_is_accepted(voke, tmp_path):
+    assert voke("env", "up", "--dry-run", "--yes", "--json").exit_code == 0
+    assert voke("audit", "checkpoint", "--yes", "--dry-run").exit_code == 0
+
+
 def test_a_refused_confirmation_never_creates_the_environment(voke, tmp_path):
     result = voke("rotate", "cleanup")  # no terminal to ask, no --yes
     assert result.exit_code == 2 and "refusing without --yes" in result.stderr

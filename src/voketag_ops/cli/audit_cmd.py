@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from voketag_ops.cli.common import use
+from voketag_ops.cli.common import DryRun, Unasked, render_plan, use
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -144,13 +144,18 @@ def verify(ctx: typer.Context) -> None:
 
 
 @app.command("checkpoint")
-def checkpoint(ctx: typer.Context) -> None:
+def checkpoint(ctx: typer.Context, dry_run: DryRun = False, yes: Unasked = False) -> None:
     """Checkpoint the log now (size + Merkle root) and request anchors on the chain for it and
     for any checkpoint queued while the chain was unreachable (never starts the environment)."""
     from voketag_ops.workflows.audit import checkpoint as run_checkpoint
+    from voketag_ops.workflows.audit import checkpoint_plan
 
     env = use(ctx)
-    env.out.result(run_checkpoint(_home(env)), render=lambda c, r: c.print(r["message"]))
+    if dry_run:
+        env.out.result(checkpoint_plan(_home(env)), render=render_plan)
+        return
+    report = run_checkpoint(_home(env), env=env.settings.env)
+    env.out.result(report, render=lambda c, r: c.print(r["message"]))
 
 
 def _render_show(console: Console, report: dict[str, Any]) -> None:

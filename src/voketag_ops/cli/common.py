@@ -18,6 +18,8 @@ import typer
 from voketag_ops.output import Output
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from voketag_ops.adapters.local.environment import LocalEnvironment
     from voketag_ops.config import LoadedConfig, Settings
     from voketag_ops.workflows.env import LocalPlatform
@@ -35,6 +37,20 @@ GLOBAL_FLAGS: dict[str, bool] = {
 
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+
+
+def render_plan(console: Console, report: dict[str, Any]) -> None:
+    """A dry run's plan (``report["plan"]``, a list of steps) on a terminal."""
+    console.print("[bold]dry run[/]: nothing will change")
+    for step in report["plan"]:
+        console.print(f"  • {step}", markup=False)
+
+
+# Commands that change something but never ask (their change is additive or undone by another
+# command) take --yes too, so a script or runbook can pass it to every changing command.
+Unasked = Annotated[
+    bool, typer.Option("--yes", "-y", help="Accepted as on every changing command; this one never asks.")
+]
 
 
 @dataclass(frozen=True)

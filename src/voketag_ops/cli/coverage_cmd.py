@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from voketag_ops.cli.common import DryRun, use
+from voketag_ops.cli.common import DryRun, Unasked, use
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -347,6 +347,7 @@ def history_add(
     service: Services = None,
     map_: Maps = None,
     dry_run: DryRun = False,
+    yes: Unasked = False,
 ) -> None:
     """Append this run's counts per service and overall to the history file."""
     from voketag_ops.workflows import coverage as wf

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from voketag_ops.cli.common import DryRun, Yes, use
+from voketag_ops.cli.common import DryRun, Yes, render_plan, use
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -375,9 +375,7 @@ def runbook_show(
 def _render_plan_or(render: Any) -> Any:
     def inner(console: Console, report: dict[str, Any]) -> None:
         if report.get("dry_run"):
-            console.print("[bold]dry run[/]: nothing will change")
-            for step in report["plan"]:
-                console.print(f"  • {step}")
+            render_plan(console, report)
             return
         render(console, report)
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from voketag_ops.cli.common import DryRun, Yes, use
+from voketag_ops.cli.common import DryRun, Unasked, Yes, render_plan, use
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -18,12 +18,12 @@ app = typer.Typer(
 
 
 @app.command("up")
-def up(ctx: typer.Context, dry_run: DryRun = False) -> None:
+def up(ctx: typer.Context, dry_run: DryRun = False, yes: Unasked = False) -> None:
     """Start the local environment, creating what is missing. Safe to re-run."""
     env = use(ctx)
     platform = env.platform()
     if dry_run:
-        env.out.result(_up_plan(platform.env), render=_render_plan)
+        env.out.result(_up_plan(platform.env), render=render_plan)
         return
     with env.out.steps("starting the local environment") as update:
         report = platform.up(update)
@@ -38,7 +38,7 @@ def status(ctx: typer.Context) -> None:
 
 
 @app.command("down")
-def down(ctx: typer.Context, dry_run: DryRun = False) -> None:
+def down(ctx: typer.Context, dry_run: DryRun = False, yes: Unasked = False) -> None:
     """Stop the servers and keep all data (`voke env up` starts them again)."""
     env = use(ctx)
     local = env.local_environment()
@@ -53,7 +53,7 @@ def down(ctx: typer.Context, dry_run: DryRun = False) -> None:
                 ],
                 "home": str(local.home),
             },
-            render=_render_plan,
+            render=render_plan,
         )
         return
     with env.out.progress("stopping the local environment") as update:
@@ -98,7 +98,7 @@ def destroy(
                 ],
                 "home": str(local.home),
             },
-            render=_render_plan,
+            render=render_plan,
         )
         return
     env.out.confirm(f"Delete the local environment in {local.home}?", yes=yes)
@@ -135,15 +135,11 @@ def _up_plan(local: Any) -> dict[str, Any]:
     return {"home": str(local.home), "exists": state is not None, "plan": plan}
 
 
-def _render_plan(console: Console, report: dict[str, Any]) -> None:
-    console.print("[bold]dry run[/]: nothing will change")
-    for step in report["plan"]:
-        console.print(f"  • {step}")
-
-
 def _render_up(console: Console, report: Any) -> None:
     for note in report.not_started:
         console.print(f"not started: {note}", markup=False)
+    for note in report.warnings:
+        console.print(f"warning: {note}", markup=False)
     if report.already_running:
         console.print(f"the local environment is already running ({report.home}); nothing changed")
         return

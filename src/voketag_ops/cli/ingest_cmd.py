@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from voketag_ops.cli.common import DryRun, use
+from voketag_ops.cli.common import DryRun, Unasked, use
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -164,6 +164,7 @@ def load(
     ] = None,
     db: Db = None,
     dry_run: DryRun = False,
+    yes: Unasked = False,
 ) -> None:
     """Validate FILE and load it as one batch, all-or-nothing, sealed with a Merkle root."""
     from voketag_ops.workflows import ingest as wf

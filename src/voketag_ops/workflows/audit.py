@@ -84,8 +84,39 @@ def refuse_foreign_chain(home: Path, state: Any, source: str) -> None:
         )
 
 
-def checkpoint(home: Path, *, now: datetime | None = None) -> dict[str, Any]:
-    """Checkpoint the log now and request anchors for it and any checkpoint still queued."""
+def checkpoint_plan(home: Path) -> dict[str, Any]:
+    """What `checkpoint` would do, changing nothing."""
+    log = AuditLog(home)
+    entries = sum(1 for line in log.raw_lines() if line.strip())
+    last = next(iter(reversed(log.checkpoints())), None)
+    covered = last.size if last is not None else 0
+    if not entries:
+        step = "nothing to checkpoint: the audit log is empty"
+    elif entries > covered:
+        step = f"checkpoint the log at {entries} entries ({entries - covered} since the last checkpoint)"
+    else:
+        step = f"no new entries since the checkpoint at {covered}: keep it"
+    return {
+        "plan": [step, "request an anchor for every checkpoint the chain has not seen"],
+        "entries": entries,
+        "last_checkpoint_size": last.size if last is not None else None,
+    }
+
+
+def checkpoint(home: Path, *, env: str, now: datetime | None = None) -> dict[str, Any]:
+    """Checkpoint the log now and request anchors for it and any checkpoint still queued;
+    the event recording it comes after the checkpoint (the next one covers it)."""
+    from voketag_ops.audit import audited
+
+    with audited(home, event_type="audit.checkpoint", env=env, target="audit log") as event:
+        report = _checkpoint(home, now=now)
+        event.details.update(
+            {k: report[k] for k in ("checkpoint", "anchors_requested", "anchoring_queued") if k in report}
+        )
+    return report
+
+
+def _checkpoint(home: Path, *, now: datetime | None) -> dict[str, Any]:
     cp, anchoring = AuditLog(home).checkpoint(now=now)
     if cp is None:
         return {"checkpoint": None, "message": "the audit log is empty; nothing to checkpoint"}
