@@ -261,12 +261,13 @@ def due(
     state = engine.status()
     stuck = [r for r in state["in_progress"] if not r["running"]]
     missing = state["missing"]  # configured, never stored: never rotated until set up
-    if not run or dry_run or not (due_now or stuck):
+    if not run or not (due_now or stuck):
         env.out.result(
             {"due": due_now, "unfinished": stuck, "missing": missing, "rotations": []}, render=_render_due
         )
         return
-    env.out.confirm(f"Rotate {len(due_now)} due secret(s) and finish {len(stuck)} unfinished?", yes=yes)
+    if not dry_run:
+        env.out.confirm(f"Rotate {len(due_now)} due secret(s) and finish {len(stuck)} unfinished?", yes=yes)
     reports: list[Any] = []
     worst: VokeError | None = None
 
@@ -285,12 +286,24 @@ def due(
         if failed is not None and (worst is None or failed.exit_code > worst.exit_code):
             worst = failed
 
+    # A dry run plans each rotation as the run would make it (finishing one: the plan of its resume).
     for r in stuck:
-        one(r["secret"], "not_resumed", lambda r=r: engine.resume(r["rotation_id"]))
+        if dry_run:
+            one(
+                r["secret"],
+                "not_resumed",
+                lambda r=r: engine.rotate(engine.name_of(r["secret"]), dry_run=True),
+            )
+        else:
+            one(r["secret"], "not_resumed", lambda r=r: engine.resume(r["rotation_id"]))
     resumed = {r["secret"] for r in stuck}
     due_now = [d for d in due_now if d["name"] not in resumed]  # finishing it was its rotation
     for item in due_now:
-        one(item["name"], "not_started", lambda item=item: engine.rotate(engine.name_of(item["name"])))
+        one(
+            item["name"],
+            "not_started",
+            lambda item=item: engine.rotate(engine.name_of(item["name"]), dry_run=dry_run),
+        )
     env.out.result(
         {"due": due_now, "unfinished": stuck, "missing": missing, "rotations": reports},
         render=_render_due,
@@ -387,6 +400,10 @@ def _render_due(console: Console, report: dict[str, Any]) -> None:
         if isinstance(r, dict):
             word = "not resumed" if r["status"] == "not_resumed" else "not started"
             console.print(f"{r['secret']}: {word} ({r['error']['message']})", markup=False)
+        elif r.dry_run:
+            console.print(f"plan for {r.secret} ({r.strategy}):", markup=False)
+            for step in r.plan:
+                console.print(f"  • {step}", markup=False)
         else:
             console.print(f"{r.rotation_id}: {r.status}, version {r.previous_version} -> {r.new_version}")
 
