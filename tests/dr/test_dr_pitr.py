@@ -5,6 +5,7 @@ in file order; the archive gap comes last because it cuts the recoverable window
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -300,6 +301,21 @@ def test_env_can_stop_restored_instances_and_discard_removes_stopped_ones(voke, 
     assert [(r["name"], r["running"]) for r in listed] == [("leftover", False)]
     assert voke("dr", "discard", "leftover", "--yes", environ=environ).exit_code == 0
     assert not (env.pg_dir / "restores" / "leftover").exists()
+
+
+def test_a_restore_whose_voke_died_mid_recovery_is_listed_as_interrupted(voke, environ, env):
+    assert voke("dr", "restore", "--to", "now", "--name", "cut", "--yes", environ=environ).exit_code == 0
+    record = env.pg_dir / "restores" / "cut.json"
+    doc = json.loads(record.read_text())
+    record.write_text(json.dumps(dict(doc, state="recovering")))  # as a kill -9 mid-recovery leaves it
+    with dr.dr_lock(env, "dr restore"):  # a restore under way
+        assert [r["state"] for r in dr.list_restores(env)] == ["recovering"]
+    listed = voke("dr", "restores", environ=environ)
+    assert listed.exit_code == 0
+    assert "interrupted: the voke restoring it stopped before it was verified; " in listed.stdout
+    assert "`voke dr discard cut --yes` removes it" in listed.stdout
+    assert voke("dr", "discard", "cut", "--yes", environ=environ).exit_code == 0
+    assert dr.list_restores(env) == []
 
 
 def test_a_truncated_backup_file_is_caught_by_verify_backup(voke, environ, env):

@@ -553,8 +553,11 @@ def _render_restores(console: Console, r: dict[str, Any]) -> None:
     for doc in r["restores"]:
         console.print(
             f"{doc['name']:<28} port {doc['port']:<6} {'running' if doc['running'] else 'stopped':<8} "
-            f"target {doc['target']} from {doc['backup']}"
+            f"target {doc.get('target')} from {doc.get('backup')}",
+            markup=False,
         )
+        if doc.get("state") not in (None, "running"):
+            console.print(f"  {doc['state']}: {doc.get('note') or 'discard it to start over'}", markup=False)
 
 
 def _render_failover(console: Console, r: dict[str, Any]) -> None:

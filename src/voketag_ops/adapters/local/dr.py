@@ -843,10 +843,15 @@ def _read_meta(meta: Path) -> dict[str, Any]:
 
 
 def list_restores(env: LocalEnvironment) -> list[dict[str, Any]]:
+    """Every restored instance. One still `recovering` while no voke holds the DR lock (restores
+    run under it) lost its voke before it was verified: `interrupted`, with how to remove it."""
+    from voketag_ops.locks import held_by
+
     found: list[dict[str, Any]] = []
     base = restores_dir(env)
     if not base.is_dir():
         return found
+    busy = held_by(dr_dir(env) / "dr.lock") is not None  # (this process's own hold included)
     for meta in sorted(base.glob("*.json")):
         try:
             doc = _read_meta(meta)
@@ -854,6 +859,12 @@ def list_restores(env: LocalEnvironment) -> list[dict[str, Any]]:
             continue
         node = restore_node(env, doc["name"], int(doc["port"]))
         doc["running"] = node.running
+        if doc.get("state") == "recovering" and not busy:
+            doc["state"] = "interrupted"
+            doc["note"] = (
+                "the voke restoring it stopped before it was verified; "
+                f"`voke dr discard {doc['name']} --yes` removes it"
+            )
         found.append(doc)
     return found
 
