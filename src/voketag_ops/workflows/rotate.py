@@ -27,13 +27,13 @@ from voketag_ops.core.rotation import (
     CleanupAction,
     RotationRecord,
     StepRecord,
-    iso,
     new_rotation_id,
     next_due,
     parse_iso,
     plan_cleanup,
     rollback_scope,
 )
+from voketag_ops.core.times import iso
 from voketag_ops.errors import (
     AuthenticationError,
     ConnectivityError,
@@ -217,13 +217,10 @@ class RotationEngine:
         host, _, pid = record.owner.rpartition(":")
         if host not in (process_host(), socket.gethostname()):  # a bare host name: an older voke
             return not record.lease_expired(self.now())  # another machine or container: trust the lease
-        try:
-            os.kill(int(pid), 0)
-        except (ProcessLookupError, ValueError):
-            return False
-        except PermissionError:
-            return True
-        return not record.lease_expired(self.now())
+        from voketag_ops.adapters.local.postgres import process_exists
+
+        # Gone: taken over at once. There (another user's too, after a pid was reused): the lease decides.
+        return process_exists(pid) and not record.lease_expired(self.now())
 
     # -- rotate ---------------------------------------------------------------------------------
     def rotate_db_password(
