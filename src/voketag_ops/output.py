@@ -17,10 +17,11 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from voketag_ops.core.times import iso
 from voketag_ops.errors import ExitCode, UsageError, VokeError
 from voketag_ops.redact import redact
 
@@ -39,19 +40,12 @@ class Cancelled(VokeError):
     exit_code = ExitCode.NO
 
 
-def utc_iso(value: datetime) -> str:
-    """ISO 8601 in UTC with a Z suffix (naive datetimes are taken as UTC)."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def to_jsonable(obj: Any) -> Any:
     """Plain JSON types from reports: dataclasses, pydantic models, datetimes, paths, enums."""
     if obj is None or isinstance(obj, bool | int | float | str):
         return obj
     if isinstance(obj, datetime):
-        return utc_iso(obj)
+        return iso(obj)
     if isinstance(obj, date):
         return obj.isoformat()
     if isinstance(obj, enum.Enum):

@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
-from voketag_ops.core.rotation import iso, parse_iso
+from voketag_ops.core.rotation import parse_iso
+from voketag_ops.core.times import iso
 
 Algorithm = Literal["ES256", "RS256", "EdDSA"]
 Action = Literal["publish", "promote", "wait", "emergency"]

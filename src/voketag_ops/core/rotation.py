@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
+from voketag_ops.core.times import iso
+
 STEPS = ("lock", "create_pending", "set_target", "test", "commit", "deploy", "health", "finish")
 Step = Literal["lock", "create_pending", "set_target", "test", "commit", "deploy", "health", "finish"]
 Status = Literal["in_progress", "succeeded", "rolled_back", "needs_attention"]
@@ -44,10 +46,6 @@ def generate_password(length: int = 32) -> str:
 
 def new_rotation_id(now: datetime) -> str:
     return "rot-" + now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
-
-
-def iso(value: datetime) -> str:
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def parse_iso(value: str) -> datetime:

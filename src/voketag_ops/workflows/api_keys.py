@@ -616,7 +616,8 @@ def _check_pasted(raw: str, provider: str) -> None:
 
 def adopt_api_key(engine: Any, name: str, raw: str, *, dry_run: bool = False) -> dict[str, Any]:
     """Store the key in use today as the first `current` version (verified with a real call)."""
-    from voketag_ops.core.rotation import LAST_ANNOTATION, iso
+    from voketag_ops.core.rotation import LAST_ANNOTATION
+    from voketag_ops.core.times import iso
 
     cred = _api_credential(engine, name)
     cred.validate()

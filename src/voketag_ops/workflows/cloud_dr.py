@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from voketag_ops.core.dr_checks import Thresholds, judge, parse_iso, parse_point_in_time
+from voketag_ops.core.times import iso
 from voketag_ops.errors import (
     BackendError,
     ConfigError,
@@ -45,10 +46,6 @@ Progress = Callable[[str], None]
 
 def _quiet(_msg: str) -> None:
     return None
-
-
-def _iso(value: datetime) -> str:
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def recovery_for(settings: Settings) -> DatabaseRecovery:
@@ -152,7 +149,7 @@ def status(settings: Settings, recovery: DatabaseRecovery, *, now: datetime | No
         "initialized": True,
         "env": settings.env,
         "kind": "cloudsql",
-        "checked_at": _iso(now),
+        "checked_at": iso(now),
         "topology": record.as_dict() | {"summary": record.describe(), "shown_primary": topo.primary},
         "leader": leader,
         "standby": standby,
@@ -335,7 +332,7 @@ class _Steps:
     @contextmanager
     def run(self, name: str) -> Iterator[dict[str, Any]]:
         self.progress(name)
-        started, t0 = _iso(datetime.now(timezone.utc)), time.monotonic()
+        started, t0 = iso(datetime.now(timezone.utc)), time.monotonic()
         info: dict[str, Any] = {}
         ok = False
         try:
@@ -419,7 +416,7 @@ def restore(
             f"--name {name!r} is an existing instance of {settings.env}; a restore makes a new one"
         )
     if target > now:
-        raise PreconditionError(f"target {_iso(target)} is in the future (now {_iso(now)})")
+        raise PreconditionError(f"target {iso(target)} is in the future (now {iso(now)})")
     window = recovery.recovery_window(source)
     earliest, latest = parse_iso(window.earliest), parse_iso(window.latest)
     if earliest is None or latest is None:
@@ -429,25 +426,25 @@ def restore(
     span = f"the recoverable window {window.earliest} .. {window.latest} of {source}"
     if not earliest <= target <= latest:
         side = "before" if target < earliest else "after"
-        raise PreconditionError(f"target {_iso(target)} is {side} {span}; nothing was changed")
+        raise PreconditionError(f"target {iso(target)} is {side} {span}; nothing was changed")
     if _find(recovery, name) is not None:
         raise PreconditionError(
             f"an instance named {name!r} exists; pick another --name (a restore never overwrites)"
         )
     plan = [
-        f"clone {source} at {_iso(target)} into the new instance {name} (instances.clone, pointInTime)",
+        f"clone {source} at {iso(target)} into the new instance {name} (instances.clone, pointInTime)",
         "poll the clone operation until DONE and check its error",
         f"check {name} is RUNNABLE and report its address",
     ]
     base: dict[str, Any] = {"kind": "cloudsql", "env": settings.env, "source": source, "name": name}
-    base |= {"target": _iso(target), "window": {"earliest": window.earliest, "latest": window.latest}}
+    base |= {"target": iso(target), "window": {"earliest": window.earliest, "latest": window.latest}}
     if dry_run:
         return base | {"dry_run": True, "plan": plan}
     t0 = time.monotonic()
-    with _audited(settings, home, "dr.restore", name, source=source, point_in_time=_iso(target)) as event:
-        progress(f"cloning {source} at {_iso(target)} into {name}")
+    with _audited(settings, home, "dr.restore", name, source=source, point_in_time=iso(target)) as event:
+        progress(f"cloning {source} at {iso(target)} into {name}")
         try:
-            op = recovery.clone_to_point_in_time(_iso(target), name, source)
+            op = recovery.clone_to_point_in_time(iso(target), name, source)
         except StepTimeoutError as exc:
             raise NeedsOperatorError(
                 f"{exc.message}; the clone continues in Cloud SQL",

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from voketag_ops.core import drill as core
+from voketag_ops.core.times import iso
 from voketag_ops.errors import (
     ConfigError,
     NeedsOperatorError,
@@ -95,10 +96,6 @@ PLANS = {
 
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if value else None
 
 
 def drills_home(settings: Settings) -> Path:
@@ -240,7 +237,7 @@ def canary_rpo(writes: Sequence[Any], recovered: Mapping[int, datetime], cut: da
     after = sorted(seq for seq, at in got.items() if at > cut)
     newest = max((at for at in got.values() if at <= cut), default=None)
     return {
-        "cut_at": _iso(cut),
+        "cut_at": iso(cut),
         "cut_clock": "server (clock_timestamp() after the last canary write before the cut)",
         "acked_before_cut": len(before),
         "written_after_cut": len([w for w in writes if w.ok and w.written_at and w.written_at > cut]),
@@ -248,7 +245,7 @@ def canary_rpo(writes: Sequence[Any], recovered: Mapping[int, datetime], cut: da
         "missing_before_cut": missing[:50],
         "present_after_cut": after[:50],
         "lost_commits": len(missing),
-        "newest_recovered_at": _iso(newest),
+        "newest_recovered_at": iso(newest),
         "rpo_seconds": round(max(0.0, (cut - newest).total_seconds()), 3) if newest else None,
         "ok": bool(before) and not missing and not after,
     }
@@ -517,7 +514,7 @@ class CloudDrill(local_drill_frame.RunFrame):
         except VokeError as exc:
             return {
                 "ok": False,
-                "checked_at": _iso(_utcnow()),
+                "checked_at": iso(_utcnow()),
                 "checks": [{"name": "topology", "ok": False, "message": exc.message}],
             }
         info = topo.instances[topo.primary]
@@ -535,7 +532,7 @@ class CloudDrill(local_drill_frame.RunFrame):
             )
         return {
             "ok": all(c["ok"] for c in checks),
-            "checked_at": _iso(_utcnow()),
+            "checked_at": iso(_utcnow()),
             "leader": topo.primary,
             "checks": checks,
         }
@@ -552,7 +549,7 @@ class CloudDrill(local_drill_frame.RunFrame):
             writes, cut = db.write(host, self.run_id, seconds=seconds, interval=interval, after=after)
             acked = [w for w in writes if w.ok and w.written_at is not None and w.written_at <= cut]
             later = [w for w in writes if w.ok and w.written_at is not None and w.written_at > cut]
-            info.update(writes=len(writes), acked=len(acked), after_cut=len(later), cut_at=_iso(cut))
+            info.update(writes=len(writes), acked=len(acked), after_cut=len(later), cut_at=iso(cut))
             first_error = next((w.error for w in writes if not w.ok and w.error), None)
             if first_error:
                 info["first_error"] = first_error
@@ -569,7 +566,7 @@ class CloudDrill(local_drill_frame.RunFrame):
             )
             if first_error:
                 self.canary["first_error"] = first_error
-            self.details["cut_at"] = _iso(cut)
+            self.details["cut_at"] = iso(cut)
             if not acked:
                 hint = (
                     "the canary needs this table, with its primary key (ON CONFLICT uses it), "
@@ -649,8 +646,8 @@ class CloudDrill(local_drill_frame.RunFrame):
             },
             "platform": _platform.platform(),
             "node": socket.gethostname(),
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(_utcnow()),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(_utcnow()),
             "duration_seconds": round(time.monotonic() - self.t0, 3),
             "targets": {
                 "rto_target_seconds": self.targets.rto_target_seconds,
@@ -658,7 +655,7 @@ class CloudDrill(local_drill_frame.RunFrame):
                 "disruption": self.targets.disruption,
                 "source": self.targets.source,
             },
-            "timeline": {k: _iso(v) for k, v in self.timeline.items()},
+            "timeline": {k: iso(v) for k, v in self.timeline.items()},
             "phases": core.phases(self.timeline),
             "rto_seconds": rto,
             "rpo_seconds": self.rpo,
@@ -701,12 +698,12 @@ def _wait_window(run: CloudDrill, cut: datetime) -> None:
         while True:
             latest = parse_iso(run.recovery.recovery_window(run.primary).latest)
             if latest is not None and latest >= cut:
-                info["latest"] = _iso(latest)
+                info["latest"] = iso(latest)
                 return
             if time.monotonic() >= deadline:
                 raise StepTimeoutError(
-                    f"the recoverable window of {run.primary} did not reach {_iso(cut)} "
-                    f"within {run.env.operation_timeout:g} s (latest {_iso(latest)})"
+                    f"the recoverable window of {run.primary} did not reach {iso(cut)} "
+                    f"within {run.env.operation_timeout:g} s (latest {iso(latest)})"
                 )
             ctx.sleep(ctx.poll_interval)
 
@@ -734,7 +731,7 @@ def _pitr(run: CloudDrill) -> None:
     run.mark("fault_injected_at", started)  # no outage on a scratch instance: RTO runs from the request
     run.mark("detected_at", started)
     with run.steps.run(f"clone {primary} at the cut into {scratch}") as info:
-        op = run.recovery.clone_to_point_in_time(_iso(cut), run.guard(scratch), primary)
+        op = run.recovery.clone_to_point_in_time(iso(cut), run.guard(scratch), primary)
         info["operation"] = op.name
     run.mark("recovered_at", _ended(op, started))
     rows = run.answer(db, scratch, write=False)  # the end of the RTO window

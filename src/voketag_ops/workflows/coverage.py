@@ -650,10 +650,10 @@ def history_add(
     }
     if unassigned:
         services[cov.UNASSIGNED] = _counts_dict(cov.total(f.counts for f in unassigned))
-    from voketag_ops.output import utc_iso
+    from voketag_ops.core.times import iso
 
     entry = {
-        "at": utc_iso(now),
+        "at": iso(now),
         "ref": ref,
         "coverage_version": loaded.coverage_version,
         "branch": loaded.branch,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from voketag_ops.core.dr_checks import Thresholds, judge, parse_duration, parse_point_in_time
+from voketag_ops.core.times import iso
 from voketag_ops.errors import (
     BackendError,
     ConfigError,
@@ -209,18 +210,18 @@ def restore(
             return {
                 "dry_run": True,
                 "name": name,
-                "target": dr.iso(target),
+                "target": iso(target),
                 "backup": plan.backup.label,
                 "window": plan.window.as_dict(),
                 "plan": [
                     "commit a heartbeat and switch WAL so the archive covers the target",
                     f"copy base backup {plan.backup.label} into {dr.restores_dir(env) / name}",
-                    f"replay archived WAL to {dr.iso(target)} (recovery_target_action=promote) on a free port",
+                    f"replay archived WAL to {iso(target)} (recovery_target_action=promote) on a free port",
                     "check it left recovery and takes writes; report the stop point",
                 ],
             }
         with recorded(env, "dr.restore", name) as details:
-            details.update(target=dr.iso(target), backup=plan.backup.label)
+            details.update(target=iso(target), backup=plan.backup.label)
             report = dr.restore(env, plan, progress=progress)
             details.update(stop_point=report["stop_point"]["stopped"], port=report["port"])
     report["dry_run"] = False

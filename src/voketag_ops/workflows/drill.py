@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from voketag_ops import interrupts
 from voketag_ops.core import drill as core
 from voketag_ops.core.dr_checks import judge, parse_iso
+from voketag_ops.core.times import iso
 from voketag_ops.errors import BackendError, Interrupted, UsageError, VokeError
 from voketag_ops.files import replace_json
 from voketag_ops.logs import get_logger
@@ -283,7 +284,7 @@ class DrillRun(RunFrame):
 
     def journal(self) -> dict[str, Any]:
         from voketag_ops import __version__
-        from voketag_ops.adapters.local.dr import iso, utcnow
+        from voketag_ops.adapters.local.dr import utcnow
 
         rto = core.rto_seconds(self.timeline)
         interrupted = self.status == "interrupted"
@@ -485,7 +486,7 @@ def _pitr(run: DrillRun) -> None:
     run.start_canary()
     time.sleep(1.0)
     target = dr.utcnow()
-    run.details["target"] = dr.iso(target)
+    run.details["target"] = iso(target)
     time.sleep(0.5)
     _keep_rows_aside(run, batch)
     with run.step(f"fault: delete batch {batch['batch_id']}'s tags (the corrupting statement)") as info:
@@ -510,7 +511,7 @@ def _pitr(run: DrillRun) -> None:
     run.mark("recovery_started_at")
     with run.step("recover: voke dr restore --to TARGET into a new instance") as info:
         report = dr_flow.restore(
-            settings, env, to=dr.iso(target) or "", name=name, dry_run=False, progress=run.progress
+            settings, env, to=iso(target) or "", name=name, dry_run=False, progress=run.progress
         )
         info.update(
             name=name,
@@ -812,7 +813,7 @@ def _failback(run: DrillRun) -> None:
     swap = back.get("switchover") or {}
     run.details["failback"] = {
         "rebuilt": back["rebuilt"],
-        "started_at": dr.iso(started),
+        "started_at": iso(started),
         "duration_seconds": back["duration_seconds"],
         "write_pause_seconds": swap.get("write_pause_seconds"),
         "steps": back["steps"],
@@ -900,8 +901,8 @@ def _network(run: DrillRun) -> None:
     during = [w for w in writes if not w.ok and w.sent_at >= fault]
     run.details["service_errors"] = {
         "failed_writes": len(during),
-        "first_error_at": dr.iso(during[0].done_at) if during else None,
-        "last_error_at": dr.iso(during[-1].done_at) if during else None,
+        "first_error_at": iso(during[0].done_at) if during else None,
+        "last_error_at": iso(during[-1].done_at) if during else None,
         "reconnect_seconds": core.seconds_between(run.timeline["recovery_started_at"], first.done_at),
     }
     with run.step("verify: acknowledged commits and drill rows"):

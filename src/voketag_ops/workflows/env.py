@@ -11,7 +11,8 @@ from typing import Any
 from voketag_ops import redact
 from voketag_ops.adapters.local.environment import LocalEnvironment, Progress, UpReport
 from voketag_ops.config import Settings
-from voketag_ops.core.rotation import LAST_ANNOTATION, generate_password, iso
+from voketag_ops.core.rotation import LAST_ANNOTATION, generate_password
+from voketag_ops.core.times import iso
 from voketag_ops.errors import VokeError
 from voketag_ops.logs import get_logger
 

@@ -52,7 +52,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -60,6 +60,7 @@ from voketag_ops import interrupts
 from voketag_ops.core import ingest as core
 from voketag_ops.core import merkle
 from voketag_ops.core.audit import storable_text
+from voketag_ops.core.times import iso
 from voketag_ops.errors import (
     BackendError,
     InputError,
@@ -1059,7 +1060,7 @@ def _duplicate(
         partial=row["partial"],
         dry_run=base.dry_run,
         target=base.target,
-        loaded_at=_iso(row["loaded_at"]),
+        loaded_at=iso(row["loaded_at"]),
     )
     if anchorer is not None:
         # Also heals a batch whose anchor request failed after its commit: requests are deduplicated.
@@ -1927,17 +1928,13 @@ def _insert_batch(
             audited,
         ),
     ).fetchone()
-    report.loaded_at = _iso(row[0]) if row else None
-
-
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    report.loaded_at = iso(row[0]) if row else None
 
 
 def _same_load(existing: Mapping[str, Any], report: LoadReport) -> bool:
     """Whether the batch stored under the file's hash is this load's, not another run's of the
     same file that got the same number after ours rolled back (numbers follow the table)."""
-    return existing["batch_id"] == report.batch_id and _iso(existing["loaded_at"]) == report.loaded_at
+    return existing["batch_id"] == report.batch_id and iso(existing["loaded_at"]) == report.loaded_at
 
 
 def _complete_batch(

@@ -18,7 +18,8 @@ from typing import Any
 
 from voketag_ops import redact
 from voketag_ops.config import JwtSettings
-from voketag_ops.core.rotation import ANNOTATION, EMERGENCY, LAST_ANNOTATION, RotationRecord, iso, parse_iso
+from voketag_ops.core.rotation import ANNOTATION, EMERGENCY, LAST_ANNOTATION, RotationRecord, parse_iso
+from voketag_ops.core.times import iso
 from voketag_ops.errors import NotFoundError, PreconditionError, ValidationError
 from voketag_ops.workflows.credentials import MadeBeside
 

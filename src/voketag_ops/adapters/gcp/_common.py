@@ -12,8 +12,10 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from voketag_ops.core.times import iso
 from voketag_ops.errors import (
     BackendError,
     ConfigError,
@@ -280,3 +282,11 @@ class GcpContext:
 
     def deadline(self, seconds: float | None = None) -> float:
         return time.monotonic() + (self.operation_timeout if seconds is None else seconds)
+
+
+def iso_of(value: Any) -> str | None:
+    """A time from a Google API as voke writes times (a datetime, naive = UTC), None for
+    none, and anything else (the API's own text) as it is."""
+    if not value:
+        return None
+    return iso(value) if isinstance(value, datetime) else str(value)

@@ -30,6 +30,7 @@ from voketag_ops.adapters.gcp._common import (
     PRECONDITION,
     UNAVAILABLE,
     GcpContext,
+    iso_of,
     translating,
 )
 from voketag_ops.errors import EtagMismatchError, NotFoundError, SecretError, UsageError
@@ -38,16 +39,6 @@ from voketag_ops.ports import SecretMeta, SecretVersion, VersionState
 STATE_ANNOTATION = "voke-state-changed-at"
 ANNOTATIONS_LIMIT = 16 * 1024
 _STATES: dict[int, VersionState] = {1: "enabled", 2: "disabled", 3: "destroyed"}
-
-
-def _iso(value: Any) -> str | None:
-    if not value:
-        return None
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-    return str(value)
 
 
 def _now() -> str:
@@ -133,15 +124,15 @@ class GcpSecretStore:
                 SecretVersion(
                     version=number,
                     state=state,
-                    created_at=_iso(v.create_time) or "",
+                    created_at=iso_of(v.create_time) or "",
                     aliases=tuple(sorted(by_version.get(number, []))),
-                    state_changed_at=changed.get(str(number)) or _iso(v.destroy_time),
+                    state_changed_at=changed.get(str(number)) or iso_of(v.destroy_time),
                 )
             )
         return SecretMeta(
             name=self._logical(secret.name.rsplit("/", 1)[1]),
             etag=secret.etag,
-            created_at=_iso(secret.create_time) or "",
+            created_at=iso_of(secret.create_time) or "",
             versions=tuple(sorted(out, key=lambda v: v.version)),
             aliases=aliases,
             annotations=annotations,
@@ -195,7 +186,7 @@ class GcpSecretStore:
                 idempotent=False,
             )
         number = int(made.name.rsplit("/", 1)[1])
-        return SecretVersion(version=number, state="enabled", created_at=_iso(made.create_time) or _now())
+        return SecretVersion(version=number, state="enabled", created_at=iso_of(made.create_time) or _now())
 
     def access(self, name: str, version: int | str) -> bytes:
         ref = str(version)

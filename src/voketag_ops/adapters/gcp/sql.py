@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from typing import Any
 
 from voketag_ops.adapters.gcp._common import (
@@ -24,6 +23,7 @@ from voketag_ops.adapters.gcp._common import (
     PRECONDITION,
     UNAVAILABLE,
     GcpContext,
+    iso_of,
     translating,
 )
 from voketag_ops.adapters.pg_login import pg_login
@@ -41,16 +41,6 @@ from voketag_ops.ports import BackupInfo, DbInstanceInfo, DbOperationInfo, Recov
 log = get_logger(__name__)
 DONE = 3  # Operation.SqlOperationStatus.DONE
 SUCCESSFUL = 5  # SqlBackupRunStatus.SUCCESSFUL
-
-
-def _iso(value: Any) -> str | None:
-    if not value:
-        return None
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-    return str(value)
 
 
 def _enum(value: Any) -> str:
@@ -115,8 +105,8 @@ class CloudSqlAdmin:
             kind=_enum(op.operation_type),
             target=op.target_id,
             status="DONE",
-            started_at=_iso(op.start_time),
-            finished_at=_iso(op.end_time),
+            started_at=iso_of(op.start_time),
+            finished_at=iso_of(op.end_time),
         )
 
 
@@ -290,8 +280,8 @@ class CloudSqlRecovery:
                 id=str(run.id),
                 status=_enum(run.status),
                 kind=_enum(run.type_),
-                started_at=_iso(run.start_time),
-                finished_at=_iso(run.end_time),
+                started_at=iso_of(run.start_time),
+                finished_at=iso_of(run.end_time),
             )
             for run in runs
         ]
@@ -306,7 +296,7 @@ class CloudSqlRecovery:
             "instances", "get_latest_recovery_time", f"recovery window of {name}", instance=name
         )
         return RecoveryWindow(
-            earliest=_iso(resp.earliest_recovery_time), latest=_iso(resp.latest_recovery_time)
+            earliest=iso_of(resp.earliest_recovery_time), latest=iso_of(resp.latest_recovery_time)
         )
 
     def replication(self, replica: str | None = None, *, primary: str | None = None) -> ReplicationInfo:

@@ -43,6 +43,7 @@ from voketag_ops.adapters.local.environment import (
 from voketag_ops.adapters.local.postgres import PgNode, parent_death_kills, pick_free_port
 from voketag_ops.core import wal
 from voketag_ops.core.dr_checks import parse_iso
+from voketag_ops.core.times import iso
 from voketag_ops.errors import (
     BackendError,
     NeedsOperatorError,
@@ -77,12 +78,6 @@ def _noop(_msg: str) -> None:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def wait_until(predicate: Callable[[], Any], what: str, *, timeout: float, interval: float = 0.05) -> Any:

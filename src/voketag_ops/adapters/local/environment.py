@@ -46,6 +46,7 @@ from voketag_ops.adapters.local.postgres import (
     process_exists,
     serves,
 )
+from voketag_ops.core.times import iso
 from voketag_ops.errors import BackendError, ConfigError, NeedsOperatorError, PreconditionError
 from voketag_ops.logs import get_logger
 
@@ -638,8 +639,8 @@ class LocalEnvironment:
             info = BackupInfo(
                 label=label,
                 path=str(final),
-                started_at=_iso(started),
-                finished_at=_iso(finished),
+                started_at=iso(started),
+                finished_at=iso(finished),
                 start_lsn=start_lsn,
                 end_lsn=end_lsn,
                 timeline=timeline,
@@ -842,10 +843,6 @@ def _writable(node: PgNode) -> bool:
         return False
 
 
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def _wal_from_label(label_file: Path) -> str:
     try:
         for line in label_file.read_text().splitlines():
@@ -923,9 +920,9 @@ def _archiver(primary: PgNode, archive_dir: Path) -> dict[str, Any]:
         "dir": str(archive_dir),
         "archived_count": archived,
         "last_archived_wal": last_wal,
-        "last_archived_at": _iso(last_at) if last_at else None,
+        "last_archived_at": iso(last_at) if last_at else None,
         "failed_count": failed,
         "last_failed_wal": last_failed_wal,
-        "last_failed_at": _iso(last_failed_at) if last_failed_at else None,
+        "last_failed_at": iso(last_failed_at) if last_failed_at else None,
         "failing": failing,
     }
