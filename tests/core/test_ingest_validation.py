@@ -124,6 +124,16 @@ def test_without_require_final_newline_a_last_row_without_line_break_is_accepted
     assert v.ok and v.rows_accepted == 1
 
 
+@pytest.mark.parametrize("chunk", [None, 7])
+def test_a_lone_cr_ending_the_file_is_a_control_character_or_a_cut_row(chunk):
+    crlf = (HEADER + row()).replace("\n", "\r\n")
+    cut = crlf[:-1]  # cut between CR and LF, or a last line ended by a lone CR
+    assert run(crlf, chunk=chunk, require_final_newline=False).ok
+    p = only_problem(run(cut, chunk=chunk, require_final_newline=False))
+    assert (p.line, p.code) == (2, "control_character")
+    assert only_problem(run(cut, chunk=chunk)).code == "truncated"  # the default: the cut alone
+
+
 # -- rejected files: one test per case ---------------------------------------------------
 
 
@@ -323,6 +333,10 @@ def test_bad_timestamp():
         "2024-05-01T10:00:00 Z",  # a space before the zone
         "2024-05-01T10:00:00 +01:00",
         "2024-122T10:00Z",  # an ordinal date
+        "2024-05-01T08:30:00+05:75",  # offset minutes past 59 (fromisoformat reads +06:15)
+        "2024-05-01T08:30:00.5-00:60",
+        "20240501T083000+0099",
+        "2024-05-01T08:30:00+24:00",
     ],
 )
 def test_timestamps_python_takes_but_iso_8601_does_not_are_bad(ts):

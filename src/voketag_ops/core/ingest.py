@@ -113,7 +113,7 @@ _FRACTION_RE = re.compile(r"[.,]\d{6}\d*[1-9]")  # a digit beyond microseconds t
 _TS_RE = re.compile(
     r"(?:[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}(?::[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]+)?)?)?"
     r"|[0-9]{8}T[0-9]{2}(?:[0-9]{2}(?:[0-9]{2}(?:[.,][0-9]+)?)?)?)"
-    r"(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)?"
+    r"(?:Z|[+-](?:[01][0-9]|2[0-3])(?::?[0-5][0-9])?)?"  # offset minutes 00-59: +05:75 is no offset
 )
 _RFC_FIELD = r'(?:"(?:[^"]++|"")*+"|[^",]*+)'
 _RFC_LINE_RE = re.compile(f"{_RFC_FIELD}(?:,{_RFC_FIELD})*+")
@@ -579,11 +579,14 @@ class BatchValidator:
         last = first_line + len(lines) - 1
         if final and self.require_final_newline:
             flagged.add(last)  # a last line without a line break goes to the slow path
+        # A CR ends a line only before an LF. A last line without one keeps its CR when a last
+        # line may lack a break (a control character there); otherwise it is `truncated` alone.
+        keeps_cr = last if final and not self.require_final_newline else None
         skip = 0
         while self.header is None and skip < len(lines) and not self.fatal:
             lineno = first_line + skip
             raw = lines[skip]
-            line = raw[:-1] if crlf and raw[-1:] == "\r" else raw
+            line = raw[:-1] if crlf and raw[-1:] == "\r" and lineno != keeps_cr else raw
             skip += 1
             if line:  # blank lines carry nothing
                 self.header = self._read_header(lineno, line, line_problems.get(lineno))
@@ -592,7 +595,9 @@ class BatchValidator:
             for start in range(skip, len(lines), _BULK_ROWS):
                 part = lines[start : start + _BULK_ROWS]
                 if crlf or not self._bulk(part, first_line + start, flagged, chunk):
-                    self._careful(part, first_line + start, careful_last, flagged, line_problems, chunk, crlf)
+                    self._careful(
+                        part, first_line + start, careful_last, flagged, line_problems, chunk, crlf, keeps_cr
+                    )
         self._line = last
 
     def _bulk(self, lines: list[str], first_line: int, flagged: set[int], chunk: Chunk) -> bool:
@@ -711,9 +716,11 @@ class BatchValidator:
         line_problems: dict[int, list[Problem]],
         chunk: Chunk,
         crlf: bool,
+        keeps_cr: int | None = None,
     ) -> None:
         """Validate row by row: the reference for every rule. LAST is the file's last line
-        when this piece ends the file (a row there may be truncated), else None."""
+        when this piece ends the file (a row there may be truncated), else None; line KEEPS_CR
+        keeps a trailing CR (it is not before an LF)."""
         header = self.header
         assert header is not None
         out: list[str] = []
@@ -738,7 +745,7 @@ class BatchValidator:
         rows = 0
         for raw in lines:
             lineno += 1
-            line = raw[:-1] if crlf and raw[-1:] == "\r" else raw
+            line = raw[:-1] if crlf and raw[-1:] == "\r" and lineno != keeps_cr else raw
             if not line:
                 continue  # blank lines carry nothing
             rows += 1
