@@ -45,13 +45,19 @@ def setup_logging(*, fmt: str = "auto", level: str = "warning", stream: TextIO |
     handler = logging.StreamHandler(stream)
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _HumanFormatter())
     # psycopg's own warnings (e.g. an error ignored in a rollback after Ctrl-C) would reach
-    # stderr through logging's last resort: raw, in no format of ours and not redacted.
-    for name in (LOGGER_NAME, "psycopg"):
+    # stderr through logging's last resort: raw, in no format of ours and not redacted. They
+    # are all errors it ignored while another one, which voke reports, was on its way: shown
+    # from --log-level info down, so a failed command off a terminal stays one line.
+    wanted = getattr(logging, level.upper())
+    for name, threshold in (
+        (LOGGER_NAME, wanted),
+        ("psycopg", wanted if wanted < logging.WARNING else max(wanted, logging.ERROR)),
+    ):
         logger = logging.getLogger(name)
         for old in list(logger.handlers):
             logger.removeHandler(old)
         logger.addHandler(handler)
-        logger.setLevel(getattr(logging, level.upper()))
+        logger.setLevel(threshold)
         logger.propagate = False
 
 

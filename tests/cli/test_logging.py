@@ -40,8 +40,22 @@ def test_psycopg_warnings_go_through_the_same_handler_redacted():
     import logging
 
     stream = io.StringIO()
-    setup_logging(fmt="json", level="warning", stream=stream)
+    setup_logging(fmt="json", level="info", stream=stream)
     redact.register("hunter2-secret")
     logging.getLogger("psycopg").warning("error ignored in rollback: password hunter2-secret")
     line = json.loads(stream.getvalue().splitlines()[-1])
     assert line["logger"] == "psycopg" and line["msg"] == "error ignored in rollback: password ***"
+
+
+def test_psycopg_warnings_are_not_shown_at_the_default_level():
+    """They are errors psycopg ignored while voke reports the one that caused them (a lost
+    connection mid-COPY): off a terminal, a failed command is one line."""
+    import logging
+
+    stream = io.StringIO()
+    setup_logging(fmt="json", level="warning", stream=stream)
+    logging.getLogger("psycopg").warning(
+        "error ignored terminating <psycopg.Copy [BAD]>: the connection is lost"
+    )
+    logging.getLogger("psycopg").error("an error of its own")
+    assert [json.loads(x)["msg"] for x in stream.getvalue().splitlines()] == ["an error of its own"]

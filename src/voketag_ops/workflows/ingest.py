@@ -354,9 +354,10 @@ def _first_line(exc: BaseException) -> str:
     primary = getattr(diag, "message_primary", None) if diag is not None else None
     if primary:
         return str(primary)
-    text = str(exc).strip()
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    return lines[-1].strip() if lines else type(exc).__name__
+    # libpq's first line names the failure ("server closed the connection unexpectedly",
+    # "connection to server ... failed: Connection refused"); the lines after it explain it.
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    return lines[0].strip() if lines else type(exc).__name__
 
 
 @contextmanager
