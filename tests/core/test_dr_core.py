@@ -114,6 +114,9 @@ def test_points_in_time_with_offsets_relative_and_naive():
         parse("2024-06-01T12:00:00", now=now)
     with pytest.raises(ValueError, match="not a point in time"):
         parse("yesterday", now=now)
+    with pytest.raises(ValueError, match="minutes run 00-59"):  # not read as +06:15
+        parse("2024-06-01T14:00:00+05:75", now=now)
+    assert parse("2024-06-01 17:30:00.5+0530", now=now) == T0 + timedelta(seconds=0.5)
     for far in ("-100000000d", "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"):
         with pytest.raises(ValueError):  # (OverflowError before: exit 70)
             parse(far, now=now)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from voketag_ops.core.times import offset_is_valid
+
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?", re.I)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, None: 1.0}
 
@@ -63,6 +65,8 @@ def parse_point_in_time(text: str, *, now: datetime) -> datetime:
         ) from None
     if value.tzinfo is None:
         raise ValueError(f"{text!r} has no UTC offset; add Z or +HH:MM so the instant is unambiguous")
+    if not offset_is_valid(raw):
+        raise ValueError(f"{text!r}: the offset's minutes run 00-59")
     try:
         return value.astimezone(UTC)
     except OverflowError:  # 0001-01-01T00:00:00+14:00 lies before year 1 in UTC

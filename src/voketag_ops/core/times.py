@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import overload
+
+# The offset's minutes after a time of day: datetime.fromisoformat reads +05:75 as +06:15.
+_OFFSET_MINUTES = re.compile(r"[T ][^+-]*[+-][0-9]{2}:?([0-9]{2})")
 
 
 @overload
@@ -17,3 +21,9 @@ def iso(value: datetime | None) -> str | None:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def offset_is_valid(text: str) -> bool:
+    """False if TEXT, an ISO 8601 time that fromisoformat took, has offset minutes past 59."""
+    offset = _OFFSET_MINUTES.search(text)
+    return offset is None or int(offset.group(1)) <= 59

@@ -12,6 +12,7 @@ from typing import Any
 
 from voketag_ops.audit import AuditLog
 from voketag_ops.core import audit as core
+from voketag_ops.core.times import offset_is_valid
 from voketag_ops.errors import UsageError
 
 _RELATIVE = re.compile(r"^(\d+)([smhdw])$")
@@ -26,6 +27,8 @@ def parse_when(value: str, option: str, *, now: datetime) -> datetime:
         return now - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if not offset_is_valid(text):
+            raise ValueError(text)
     except ValueError:
         raise UsageError(
             f"{option}: {value!r} is neither ISO 8601 (2026-05-01T02:00Z) nor an age (24h, 7d)"
