@@ -314,6 +314,12 @@ def test_a_restore_whose_voke_died_mid_recovery_is_listed_as_interrupted(voke, e
     assert listed.exit_code == 0
     assert "interrupted: the voke restoring it stopped before it was verified; " in listed.stdout
     assert "`voke dr discard cut --yes` removes it" in listed.stdout
+    check = voke("dr", "check", environ=environ)  # cron sees it: a scratch instance left running
+    assert (
+        check.exit_code == 1
+        and "FAIL unfinished_operation: an interrupted `voke dr restore` must be " in check.stdout
+    )
+    assert "voke dr discard cut --yes" in check.stdout
     assert voke("dr", "discard", "cut", "--yes", environ=environ).exit_code == 0
     assert dr.list_restores(env) == []
 

@@ -123,8 +123,8 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
         else Check(
             "unfinished_operation",
             False,
-            f"an interrupted `{op.get('command') or 'voke dr ' + str(op.get('operation'))}` must be resumed: "
-            f"{op.get('resume')}",
+            f"an interrupted `{op.get('command') or 'voke dr ' + str(op.get('operation'))}` must be finished: "
+            f"{op.get('resume')}" + (f" ({op['detail']})" if op.get("detail") else ""),
             value=op.get("operation"),
         )
     )

@@ -125,7 +125,8 @@ def unfinished_operation(env: LocalEnvironment) -> dict[str, Any] | None:
 
 def operation_to_report(env: LocalEnvironment) -> dict[str, Any] | None:
     """`unfinished_operation` for reports: an unreadable record is shown, not raised; rows a
-    killed pitr drill took as its fault and never put back count as one too."""
+    killed pitr drill took as its fault and never put back, and a restore whose voke died,
+    count as one too."""
     try:
         op = unfinished_operation(env)
     except PreconditionError as exc:
@@ -138,6 +139,13 @@ def operation_to_report(env: LocalEnvironment) -> dict[str, Any] | None:
             "resume": "voke drill run pitr --yes",
             "detail": f"it first puts back the rows of batch {batches}, deleted as the fault of a pitr "
             "drill that was killed",
+        }
+    if op is None and (cut := [r["name"] for r in list_restores(env) if r.get("state") == "interrupted"]):
+        return {
+            "operation": "restore",
+            "command": "voke dr restore",
+            "resume": f"voke dr discard {cut[0]} --yes",
+            "detail": f"its voke stopped before restored instance {', '.join(cut)} was verified",
         }
     return op
 
