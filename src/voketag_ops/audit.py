@@ -309,12 +309,14 @@ class AuditLog:
         if previous is not None and (start > end or previous.size <= 0):
             previous, start = None, 0  # the log shrank: rebuild from the start; verify reports it
         data = os.pread(fd, end - start, start) if end > start else b""
-        hashes = [core.parse_entry(line).hash for line in data.split(b"\n") if line]
-        if previous is None and not hashes:
+        entries = [core.parse_entry(line) for line in data.split(b"\n") if line]
+        if previous is None and not entries:
             return None
-        if previous is not None and not hashes:
+        if previous is not None and all(e.event_type == CHECKPOINT_EVENT for e in entries):
+            # Nothing new but the records of checkpointing: a checkpoint of those would only
+            # beget another record, one more each cron run.
             return previous
-        cp = core.next_checkpoint(previous, hashes, offset=end, now=now)
+        cp = core.next_checkpoint(previous, [e.hash for e in entries], offset=end, now=now)
         cp_fd = os.open(self.checkpoints_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             self._write(
@@ -473,6 +475,9 @@ def record_event(
         details=details,
         now=now,
     )
+
+
+CHECKPOINT_EVENT = "audit.checkpoint"  # `voke audit checkpoint`'s own event
 
 
 @dataclass

@@ -112,6 +112,12 @@ def test_checkpoint_then_truncation_is_caught(voke, home: Path) -> None:
     assert result.json["result"]["anchoring_queued"] is True
     event = list(AuditLog(home).entries())[-1]  # the checkpoint is audited; the next one covers it
     assert event.event_type == "audit.checkpoint" and event.details["checkpoint"]["size"] == 12
+    for _ in range(2):  # a cron job with nothing new: the checkpoint is kept, nothing recorded
+        again = voke("audit", "checkpoint", "--yes", "--json")
+        assert again.exit_code == 0 and again.json["result"]["checkpoint"]["size"] == 12
+    assert len(list(AuditLog(home).entries())) == 13 and len(AuditLog(home).checkpoints()) == 1
+    kept = voke("audit", "checkpoint", "--dry-run", "--json").json["result"]["plan"][0]
+    assert kept == "no new entries since the checkpoint at 12: keep it"
     assert "anchoring queued until the chain is reachable" in result.json["result"]["message"]
     assert not (home / "state.json").exists()
     unchecked = voke("audit", "verify")

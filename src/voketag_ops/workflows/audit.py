@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from voketag_ops.audit import AuditLog
+from voketag_ops.audit import CHECKPOINT_EVENT, AuditLog
 from voketag_ops.core import audit as core
 from voketag_ops.core.times import offset_is_valid
 from voketag_ops.errors import UsageError
@@ -90,13 +90,14 @@ def refuse_foreign_chain(home: Path, state: Any, source: str) -> None:
 def checkpoint_plan(home: Path) -> dict[str, Any]:
     """What `checkpoint` would do, changing nothing."""
     log = AuditLog(home)
-    entries = sum(1 for line in log.raw_lines() if line.strip())
+    entries = list(log.entries())
     last = next(iter(reversed(log.checkpoints())), None)
     covered = last.size if last is not None else 0
+    new = [e for e in entries[covered:] if e.event_type != CHECKPOINT_EVENT]
     if not entries:
         step = "nothing to checkpoint: the audit log is empty"
-    elif entries > covered:
-        step = f"checkpoint the log at {entries} entries ({entries - covered} since the last checkpoint)"
+    elif new or last is None:
+        step = f"checkpoint the log at {len(entries)} entries ({len(entries) - covered} since the last checkpoint)"
     else:
         step = f"no new entries since the checkpoint at {covered}: keep it"
     return {
@@ -111,11 +112,16 @@ def checkpoint(home: Path, *, env: str, now: datetime | None = None) -> dict[str
     the event recording it comes after the checkpoint (the next one covers it)."""
     from voketag_ops.audit import audited
 
-    with audited(home, event_type="audit.checkpoint", env=env, target="audit log") as event:
+    before = next(iter(reversed(AuditLog(home).checkpoints())), None)
+    with audited(home, event_type=CHECKPOINT_EVENT, env=env, target="audit log") as event:
         report = _checkpoint(home, now=now)
         event.details.update(
             {k: report[k] for k in ("checkpoint", "anchors_requested", "anchoring_queued") if k in report}
         )
+        kept = report["checkpoint"] is None or (
+            before is not None and report["checkpoint"]["size"] == before.size
+        )
+        event.skip = kept and not report.get("anchors_requested")  # nothing happened: nothing to record
     return report
 
 
