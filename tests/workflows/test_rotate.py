@@ -416,7 +416,7 @@ def test_due_run_finishes_a_rotation_whose_voke_died(platform, voke, platform_en
     assert [u["secret"] for u in listed["unfinished"]] == ["db-app"]
     plan = voke("rotate", "due", "--run", "--dry-run", environ=platform_environ)  # the cron job's plan
     assert plan.exit_code == 0, plan.stderr
-    assert "plan for db-app (alternating):" in plan.stdout
+    assert "dry run: rotation plan for db-app (alternating); nothing will change" in plan.stdout
     assert "finish the unfinished rotation" in plan.stdout and "  • run finish" in plan.stdout
     assert voke("rotate", "due", "--json", environ=platform_environ).json["result"] == listed  # unchanged
     done = voke("rotate", "due", "--run", "--yes", "--json", environ=platform_environ)

@@ -289,11 +289,7 @@ def due(
     # A dry run plans each rotation as the run would make it (finishing one: the plan of its resume).
     for r in stuck:
         if dry_run:
-            one(
-                r["secret"],
-                "not_resumed",
-                lambda r=r: engine.rotate(engine.name_of(r["secret"]), dry_run=True),
-            )
+            one(r["secret"], "not_resumed", lambda r=r: engine.plan_resume(r["rotation_id"]))
         else:
             one(r["secret"], "not_resumed", lambda r=r: engine.resume(r["rotation_id"]))
     resumed = {r["secret"] for r in stuck}
@@ -343,7 +339,7 @@ def _render_report(console: Console, report: Any) -> None:
             f"[bold]dry run[/]: rotation plan for {report.secret} ({report.strategy}); nothing will change"
         )
         for step in report.plan:
-            console.print(f"  • {step}")
+            console.print(f"  • {step}", markup=False)
         return
     table = Table(title=f"{report.rotation_id}: {report.secret} ({report.strategy})", title_justify="left")
     for col in ("step", "status", "seconds", "detail"):
@@ -401,9 +397,7 @@ def _render_due(console: Console, report: dict[str, Any]) -> None:
             word = "not resumed" if r["status"] == "not_resumed" else "not started"
             console.print(f"{r['secret']}: {word} ({r['error']['message']})", markup=False)
         elif r.dry_run:
-            console.print(f"plan for {r.secret} ({r.strategy}):", markup=False)
-            for step in r.plan:
-                console.print(f"  • {step}", markup=False)
+            _render_report(console, r)
         else:
             console.print(f"{r.rotation_id}: {r.status}, version {r.previous_version} -> {r.new_version}")
 

@@ -751,6 +751,16 @@ class RotationEngine:
         except EtagMismatchError:
             raise PreconditionError(f"another voke took over rotation {record.id} first") from None
 
+    def plan_resume(self, rotation_id: str) -> Outcome:
+        """What `resume` of ROTATION_ID (whose voke is gone) would do, as a dry run's report."""
+        t0 = time.monotonic()
+        plan = self.plan_unfinished(rotation_id, action="resume")
+        cred = self._credential_of_secret(plan["secret"])
+        first = (
+            f"finish the unfinished rotation {rotation_id} (step {plan['last_step']} was the last recorded):"
+        )
+        return Outcome(self._planned(cred, t0, [first, *plan["plan"]]))
+
     def plan_unfinished(self, rotation_id: str | None, *, action: str) -> dict[str, Any]:
         """What `resume` or `rollback` (ACTION) would do, changing nothing (their --dry-run)."""
         record = self._find(rotation_id)
