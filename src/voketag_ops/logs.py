@@ -46,8 +46,9 @@ def setup_logging(*, fmt: str = "auto", level: str = "warning", stream: TextIO |
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _HumanFormatter())
     # psycopg's own warnings (e.g. an error ignored in a rollback after Ctrl-C) would reach
     # stderr through logging's last resort: raw, in no format of ours and not redacted. They
-    # are all errors it ignored while another one, which voke reports, was on its way: shown
-    # from --log-level info down, so a failed command off a terminal stays one line.
+    # are mostly errors it ignored while another one, which voke reports, was on its way (a
+    # lost connection mid-COPY), or a cancel that failed after Ctrl-C: shown from --log-level
+    # info down, so a failed command off a terminal stays one line.
     wanted = getattr(logging, level.upper())
     for name, threshold in (
         (LOGGER_NAME, wanted),

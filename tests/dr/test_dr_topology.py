@@ -545,3 +545,22 @@ def test_a_clone_killed_after_moving_the_old_data_aside_leaves_nothing_after_the
     assert info["method"] == "clone" and dr.in_recovery(env.node("replica")) is True
     assert not aside.exists()
     assert voke("dr", "check", environ=environ).exit_code == 0
+
+
+def test_the_notice_of_an_unfinished_operation_says_what_to_run(tmp_path, held_by_another_voke):
+    home = tmp_path / "home"
+    env = LocalEnvironment(LocalSettings(home=home))
+    assert dr.operation_notice(env) is None
+    record = {"operation": "failback", "resume": "voke dr failback --yes", "done": ["planned", "rebuilt"]}
+    record["detail"] = {"rebuilt": {"method": "rewind", "seconds": 1.2}}  # a step record, not words
+    (home / "dr").mkdir(parents=True)
+    (home / "dr" / "operation.json").write_text(json.dumps(record))
+    assert dr.operation_notice(env) == (
+        "an interrupted `voke dr failback` is recorded; finish it with `voke dr failback --yes`"
+    )
+    with held_by_another_voke(home / "dr" / "dr.lock", "dr failback pid 7"):  # not interrupted: running
+        assert dr.operation_notice(env) == (
+            "a DR operation is running (dr failback pid 7); `voke dr status` shows where it is"
+        )
+    (home / "dr" / "operation.json").write_text("{torn")
+    assert "cannot be read" in (dr.operation_notice(env) or "")

@@ -124,7 +124,7 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
             "unfinished_operation",
             False,
             f"an interrupted `{op.get('command') or 'voke dr ' + str(op.get('operation'))}` must be finished: "
-            f"{op.get('resume')}" + (f" ({op['detail']})" if op.get("detail") else ""),
+            f"{op.get('resume')}" + (f" ({op['detail']})" if isinstance(op.get("detail"), str) else ""),
             value=op.get("operation"),
         )
     )
@@ -172,7 +172,7 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
             )
         )
         lag = standby.get("lag_seconds")
-        if lag is None:  # every check is listed every time: an alert keyed on its name must see it fail
+        if lag is None:  # listed whenever a replica is expected: an alert keyed on its name must see it fail
             if standby.get("lag_unknown"):
                 why = "no recent sample (replication stopped, or the monitoring backend has no data)"
             elif streaming:

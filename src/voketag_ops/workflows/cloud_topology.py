@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from voketag_ops.core.times import iso
 from voketag_ops.errors import ConfigError, NotFoundError, PreconditionError
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ def unstamp(value: str | None) -> str | None:
         when = datetime.strptime(value, _STAMP).replace(tzinfo=timezone.utc)
     except ValueError:
         return None
-    return when.isoformat().replace("+00:00", "Z")
+    return iso(when)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from voketag_ops import redact
@@ -24,6 +24,7 @@ from voketag_ops.adapters.gcp._common import (
     PRECONDITION,
     UNAVAILABLE,
     GcpContext,
+    iso_of,
     translating,
 )
 from voketag_ops.errors import (
@@ -102,9 +103,7 @@ class ServiceAccountKeys:
                 KeyInfo(
                     key_id=key.name.rsplit("/", 1)[1],
                     disabled=bool(key.disabled),
-                    created_at=created.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-                    if created
-                    else None,
+                    created_at=iso_of(created),
                 )
             )
         return out

@@ -33,6 +33,7 @@ from voketag_ops.adapters.gcp._common import (
     iso_of,
     translating,
 )
+from voketag_ops.core.times import iso
 from voketag_ops.errors import EtagMismatchError, NotFoundError, SecretError, UsageError
 from voketag_ops.ports import SecretMeta, SecretVersion, VersionState
 
@@ -42,7 +43,7 @@ _STATES: dict[int, VersionState] = {1: "enabled", 2: "disabled", 3: "destroyed"}
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    return iso(datetime.now(timezone.utc))
 
 
 class GcpSecretStore:

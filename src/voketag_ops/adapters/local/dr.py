@@ -152,11 +152,17 @@ def operation_to_report(env: LocalEnvironment) -> dict[str, Any] | None:
 
 def operation_notice(env: LocalEnvironment) -> str | None:
     """One line naming the unfinished operation `operation_to_report` finds, and how to finish it."""
+    from voketag_ops.locks import running_elsewhere
+
     op = operation_to_report(env)
     if op is None:
         return None
+    if (holder := running_elsewhere(dr_dir(env))) is not None:
+        return f"a DR operation is running ({holder}); `voke dr status` shows where it is"
+    if op.get("operation") == "unreadable":
+        return str(op.get("resume"))
     command = op.get("command") or f"voke dr {op.get('operation')}"
-    detail = f" ({op['detail']})" if op.get("detail") else ""
+    detail = f" ({op['detail']})" if isinstance(op.get("detail"), str) else ""  # (a step record: a dict)
     return f"an interrupted `{command}` is recorded; finish it with `{op.get('resume')}`{detail}"
 
 

@@ -411,7 +411,7 @@ class LocalEnvironment:
             ports[name] = pick_free_port(avoid=list(ports.values()))
         server_user = OsUser.for_servers(self.settings.system_user, create=True)
         return EnvState(
-            created_at=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            created_at=iso(datetime.now(UTC)),
             server_user=server_user.name,
             pg_bin=str(bins.bin_dir),
             pg_version=bins.version(),

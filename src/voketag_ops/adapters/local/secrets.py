@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from voketag_ops import redact
+from voketag_ops.core.times import iso
 from voketag_ops.errors import ConfigError, EtagMismatchError, NotFoundError, UsageError
 from voketag_ops.ports import SecretMeta, SecretVersion, VersionState
 
@@ -28,7 +29,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    return iso(datetime.now(timezone.utc))
 
 
 class LocalSecretStore:

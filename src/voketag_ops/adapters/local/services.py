@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from voketag_ops.adapters.local.postgres import pick_free_port, process_exists
+from voketag_ops.core.times import iso
 from voketag_ops.errors import HealthCheckError, RestartError
 from voketag_ops.logs import get_logger
 from voketag_ops.ports import ServiceInfo
@@ -339,7 +340,7 @@ class LocalServiceRuntime:
                 "secret": secret,
                 "role": "starting",
                 "owner": os.getpid(),
-                "started_at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+                "started_at": iso(datetime.now(timezone.utc)),
             }
             entry = doc["services"].setdefault(service, {"secret": secret, "active": None, "others": []})
             entry["others"].append(record)
