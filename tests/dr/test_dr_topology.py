@@ -314,6 +314,9 @@ def test_failback_by_fresh_clone_interrupted_mid_switchover_resumes(voke, enviro
     pending = json.loads((env.home / "dr" / "operation.json").read_text())
     assert pending["operation"] == "failback" and "switchover_started" in pending["done"]
     assert pending["detail"]["rebuilt"]["method"] == "clone"
+    shown = voke("dr", "status", environ=environ)  # the step records are not words to print
+    assert shown.exit_code == 0, shown.stderr
+    assert "unfinished voke dr failback: resume with `voke dr failback --clone --yes`\n" in shown.stdout
     assert not env.node("replica").running  # the leader was stopped for the switchover
     resumed = voke("dr", "failback", "--yes", "--json", environ=environ)
     assert resumed.exit_code == 0, resumed.stderr
@@ -473,7 +476,7 @@ def test_a_pitr_drill_killed_after_its_fault_is_reported_and_repaired_by_the_nex
     check = voke("dr", "check", "--json", environ=environ)
     assert check.exit_code == 1 and "unfinished_operation" in check.json["result"]["failed"]
     op = check.json["result"]["status"]["unfinished_operation"]
-    assert op["resume"] == "voke drill run pitr --yes" and "puts back the rows of batch" in op["detail"]
+    assert op["resume"] == "voke drill run pitr --yes" and "puts back the rows of batch" in op["note"]
     assert (
         "unfinished voke drill run pitr: resume with `voke drill run pitr --yes`"
         in voke("dr", "status", environ=environ).stdout

@@ -455,10 +455,8 @@ def _render_status(console: Console, r: dict[str, Any]) -> None:
     if r.get("unfinished_operation"):
         op = r["unfinished_operation"]
         command = op.get("command") or f"voke dr {op['operation']}"
-        detail = f" ({escape(op['detail'])})" if op.get("detail") else ""
-        console.print(
-            f"[yellow]unfinished[/] {escape(command)}: resume with `{escape(op['resume'])}`{detail}"
-        )
+        note = f" ({escape(op['note'])})" if op.get("note") else ""
+        console.print(f"[yellow]unfinished[/] {escape(command)}: resume with `{escape(op['resume'])}`{note}")
     last = r.get("last_drill")
     if last:
         rto = "no RTO measured" if last.get("rto_seconds") is None else f"RTO {last['rto_seconds']} s"

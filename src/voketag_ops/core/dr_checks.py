@@ -124,7 +124,7 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
             "unfinished_operation",
             False,
             f"an interrupted `{op.get('command') or 'voke dr ' + str(op.get('operation'))}` must be finished: "
-            f"{op.get('resume')}" + (f" ({op['detail']})" if isinstance(op.get("detail"), str) else ""),
+            f"{op.get('resume')}" + (f" ({op['note']})" if op.get("note") else ""),
             value=op.get("operation"),
         )
     )

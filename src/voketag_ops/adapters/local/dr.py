@@ -126,7 +126,7 @@ def unfinished_operation(env: LocalEnvironment) -> dict[str, Any] | None:
 def operation_to_report(env: LocalEnvironment) -> dict[str, Any] | None:
     """`unfinished_operation` for reports: an unreadable record is shown, not raised; rows a
     killed pitr drill took as its fault and never put back, and a restore whose voke died,
-    count as one too."""
+    count as one too, explained in a `note` (an operation log's `detail` holds its steps' records)."""
     try:
         op = unfinished_operation(env)
     except PreconditionError as exc:
@@ -137,7 +137,7 @@ def operation_to_report(env: LocalEnvironment) -> dict[str, Any] | None:
             "operation": "drill pitr",
             "command": "voke drill run pitr",
             "resume": "voke drill run pitr --yes",
-            "detail": f"it first puts back the rows of batch {batches}, deleted as the fault of a pitr "
+            "note": f"it first puts back the rows of batch {batches}, deleted as the fault of a pitr "
             "drill that was killed",
         }
     if op is None and (cut := [r["name"] for r in list_restores(env) if r.get("state") == "interrupted"]):
@@ -145,7 +145,7 @@ def operation_to_report(env: LocalEnvironment) -> dict[str, Any] | None:
             "operation": "restore",
             "command": "voke dr restore",
             "resume": f"voke dr discard {cut[0]} --yes",
-            "detail": f"its voke stopped before restored instance {', '.join(cut)} was verified",
+            "note": f"its voke stopped before restored instance {', '.join(cut)} was verified",
         }
     return op
 
@@ -162,8 +162,8 @@ def operation_notice(env: LocalEnvironment) -> str | None:
     if op.get("operation") == "unreadable":
         return str(op.get("resume"))
     command = op.get("command") or f"voke dr {op.get('operation')}"
-    detail = f" ({op['detail']})" if isinstance(op.get("detail"), str) else ""  # (a step record: a dict)
-    return f"an interrupted `{command}` is recorded; finish it with `{op.get('resume')}`{detail}"
+    note = f" ({op['note']})" if op.get("note") else ""
+    return f"an interrupted `{command}` is recorded; finish it with `{op.get('resume')}`{note}"
 
 
 DRILL_ROWS = "drill-rows-*.json"  # a pitr drill's record of the rows it keeps aside (VOKE_HOME/dr)
