@@ -310,6 +310,9 @@ def test_a_restore_whose_voke_died_mid_recovery_is_listed_as_interrupted(voke, e
     record.write_text(json.dumps(dict(doc, state="recovering")))  # as a kill -9 mid-recovery leaves it
     with dr.dr_lock(env, "dr restore"):  # a restore under way
         assert [r["state"] for r in dr.list_restores(env)] == ["recovering"]
+    record.write_text(json.dumps(dict(doc, state="recovering", pid=1)))  # another voke's, killed
+    with dr.dr_lock(env, "dr restore"):  # while some other restore runs
+        assert [r["state"] for r in dr.list_restores(env)] == ["interrupted"]
     listed = voke("dr", "restores", environ=environ)
     assert listed.exit_code == 0
     assert "interrupted: the voke restoring it stopped before it was verified; " in listed.stdout
@@ -322,6 +325,15 @@ def test_a_restore_whose_voke_died_mid_recovery_is_listed_as_interrupted(voke, e
     assert "voke dr discard cut --yes" in check.stdout
     assert voke("dr", "discard", "cut", "--yes", environ=environ).exit_code == 0
     assert dr.list_restores(env) == []
+
+    # killed mid-copy: only its record and the scratch copy exist
+    (env.pg_dir / "restores" / ".copied.partial" / "base").mkdir(parents=True)
+    (env.pg_dir / "restores" / "copied.json").write_text(
+        json.dumps(dict(doc, name="copied", state="copying", pid=1))
+    )
+    assert [(r["name"], r["state"]) for r in dr.list_restores(env)] == [("copied", "interrupted")]
+    assert voke("dr", "discard", "copied", "--yes", environ=environ).exit_code == 0
+    assert not list((env.pg_dir / "restores").iterdir())
 
 
 def test_a_truncated_backup_file_is_caught_by_verify_backup(voke, environ, env):

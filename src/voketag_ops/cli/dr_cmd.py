@@ -554,8 +554,8 @@ def _render_restores(console: Console, r: dict[str, Any]) -> None:
             f"target {doc.get('target')} from {doc.get('backup')}",
             markup=False,
         )
-        if doc.get("state") == "recovering":
-            console.print("  recovering: its restore is under way", markup=False)
+        if doc.get("state") in ("copying", "recovering"):
+            console.print(f"  {doc['state']}: its restore is under way", markup=False)
         elif doc.get("state") not in (None, "running"):
             console.print(f"  {doc['state']}: {doc.get('note') or 'discard it to start over'}", markup=False)
 

@@ -852,15 +852,17 @@ def _read_meta(meta: Path) -> dict[str, Any]:
 
 
 def list_restores(env: LocalEnvironment) -> list[dict[str, Any]]:
-    """Every restored instance. One still `recovering` while no voke holds the DR lock (restores
-    run under it) lost its voke before it was verified: `interrupted`, with how to remove it."""
+    """Every restored instance. One still `copying` or `recovering` whose voke does not hold the
+    DR lock (restores run under it) lost its voke before it was verified: `interrupted`, with
+    how to remove it."""
     from voketag_ops.locks import held_by
 
     found: list[dict[str, Any]] = []
     base = restores_dir(env)
     if not base.is_dir():
         return found
-    busy = held_by(dr_dir(env) / "dr.lock") is not None  # (this process's own hold included)
+    holder = held_by(dr_dir(env) / "dr.lock")  # "OPERATION pid N" (this process's own hold too)
+    held = re.search(r"\bpid (\d+)", holder or "")
     for meta in sorted(base.glob("*.json")):
         try:
             doc = _read_meta(meta)
@@ -868,7 +870,11 @@ def list_restores(env: LocalEnvironment) -> list[dict[str, Any]]:
             continue
         node = restore_node(env, doc["name"], int(doc["port"]))
         doc["running"] = node.running
-        if doc.get("state") == "recovering" and not busy:
+        # (a record without a pid, an older voke's, is taken as the lock holder's)
+        own = holder is not None and (
+            doc.get("pid") is None or (held is not None and int(held[1]) == doc["pid"])
+        )
+        if doc.get("state") in ("copying", "recovering") and not own:
             doc["state"] = "interrupted"
             doc["note"] = (
                 "the voke restoring it stopped before it was verified; "
@@ -892,6 +898,7 @@ def discard_restore(env: LocalEnvironment, name: str) -> dict[str, Any]:
     _doc, node = get_restore(env, name)
     stopped = node.stop(mode="immediate") if node.running else False
     shutil.rmtree(node.data_dir, ignore_errors=True)
+    shutil.rmtree(restores_dir(env) / f".{name}.partial", ignore_errors=True)  # a copy cut short
     (restores_dir(env) / f"{name}.json").unlink(missing_ok=True)
     return {"name": name, "stopped": stopped, "removed": str(node.data_dir)}
 
@@ -1023,7 +1030,20 @@ def restore(
         shutil.rmtree(killed, ignore_errors=True)
     log_offset = node.log_file.stat().st_size if node.log_file.exists() else 0
     timings: dict[str, float] = {}
+    record = {
+        "name": plan.name,
+        "port": port,
+        "target": iso(plan.target),
+        "backup": plan.backup.label,
+        "created_at": iso(started_at),
+        "data_dir": str(node.data_dir),
+        "state": "copying",
+        "pid": os.getpid(),  # whose restore it is: `list_restores` tells a killed one by it
+    }
     try:
+        # Recorded before anything is copied: a kill at any point leaves a restore that is listed
+        # (interrupted) and that `dr discard` removes, scratch copy included.
+        replace_json(meta, record)
         progress(f"copying base backup {plan.backup.label}")
         t = time.monotonic()
         subprocess.run(  # dies with voke (kill -9): it would go on filling a scratch copy nobody reads
@@ -1049,18 +1069,7 @@ def restore(
         signal_file = node.data_dir / "recovery.signal"
         signal_file.write_text("")
         _chown_to_server(env, signal_file)
-        replace_json(
-            meta,
-            {
-                "name": plan.name,
-                "port": port,
-                "target": iso(plan.target),
-                "backup": plan.backup.label,
-                "created_at": iso(started_at),
-                "data_dir": str(node.data_dir),
-                "state": "recovering",
-            },
-        )
+        replace_json(meta, dict(record, state="recovering"))
         progress(f"recovering to {iso(plan.target)} on port {port}")
         t = time.monotonic()
         with suppress(BackendError):  # a failed start is judged from the log below
