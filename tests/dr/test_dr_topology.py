@@ -318,6 +318,10 @@ def test_failback_by_fresh_clone_interrupted_mid_switchover_resumes(voke, enviro
     assert shown.exit_code == 0, shown.stderr
     assert "unfinished voke dr failback: resume with `voke dr failback --clone --yes`\n" in shown.stdout
     assert not env.node("replica").running  # the leader was stopped for the switchover
+    up = voke("env", "up", "--json", environ=environ)  # a reboot: the leader runs again, the standby
+    assert up.exit_code == 0, up.stdout  # reconnects to it only after its retry interval
+    assert "voke dr failback --clone --yes" in up.json["result"]["warnings"][0]
+    assert env.node("replica").running
     resumed = voke("dr", "failback", "--yes", "--json", environ=environ)
     assert resumed.exit_code == 0, resumed.stderr
     r = resumed.json["result"]

@@ -1516,9 +1516,13 @@ def switchover(
     writes_stopped_at = utcnow()
     promoted_at = first_write_at = None
     if not done("switched"):
-        if not done("switchover_started"):
+        # A resume whose leader runs again (`env up` after the kill) waits for the standby to
+        # stream from it again too: a standby not yet reconnected never gets the shutdown
+        # checkpoint, which is not archived, and the wait below would time out.
+        if not done("switchover_started") or leader.running:
             with steps.run(f"check {standby.name} is caught up", progress) as info:
                 info.update(wait_caught_up(leader, standby, timeout=timeout))
+        if not done("switchover_started"):
             writes_stopped_at = utcnow()
             if oplog is not None:
                 oplog.mark("switchover_started", writes_stopped_at=iso(writes_stopped_at))
