@@ -187,6 +187,15 @@ def test_each_breach_is_named():
     assert "voke dr failover --yes" in failed(healthy(unfinished_operation=op))["unfinished_operation"]
 
 
+def test_a_replica_the_leader_lists_but_that_does_not_answer_is_not_streaming():
+    frozen = healthy()
+    frozen["standby"] = dict(frozen["standby"], answering=False, lag_seconds=None)
+    assert failed(frozen)["replica_streaming"] == (
+        "replica replica does not answer (the leader still lists it as streaming)"
+    )
+    assert "did not answer the heartbeat probe" in failed(frozen)["replication_lag"]
+
+
 def test_every_check_is_listed_also_when_the_replica_does_not_answer():
     stopped = healthy(standby={"name": "replica", "role": None, "running": False, "streaming": False})
     names = [c.name for c in dr_checks.judge(stopped, LIMITS, now=T0)]

@@ -159,23 +159,23 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
     )
 
     if thresholds.replica_expected:
-        streaming = bool(standby.get("streaming"))
-        checks.append(
-            Check(
-                "replica_streaming",
-                streaming,
-                f"replica {standby.get('name')} is streaming"
-                if streaming
-                else f"replica {standby.get('name')} is not streaming from the leader "
-                f"(role {standby.get('role')}, running {standby.get('running')})",
-                value=streaming,
+        listed = bool(standby.get("streaming"))  # by the leader, which notices a frozen replica late
+        streaming = listed and standby.get("answering") is not False
+        if streaming:
+            said = f"replica {standby.get('name')} is streaming"
+        elif listed:
+            said = f"replica {standby.get('name')} does not answer (the leader still lists it as streaming)"
+        else:
+            said = (
+                f"replica {standby.get('name')} is not streaming from the leader "
+                f"(role {standby.get('role')}, running {standby.get('running')})"
             )
-        )
+        checks.append(Check("replica_streaming", streaming, said, value=streaming))
         lag = standby.get("lag_seconds")
         if lag is None:  # listed whenever a replica is expected: an alert keyed on its name must see it fail
             if standby.get("lag_unknown"):
                 why = "no recent sample (replication stopped, or the monitoring backend has no data)"
-            elif streaming:
+            elif listed:
                 why = "it did not answer the heartbeat probe"
             else:
                 why = "it is not streaming from the leader"

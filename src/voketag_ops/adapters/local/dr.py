@@ -399,6 +399,7 @@ def probe_lag(leader: PgNode, standby: PgNode, *, wait: float) -> dict[str, Any]
         result["lag_bytes"] = int(row[0] or 0)
         result["streaming"] = row[1] == "streaming"
     if not standby.running:
+        result["answering"] = False
         return result
     try:
         seq, written_at = write_heartbeat(leader)
@@ -418,7 +419,8 @@ def probe_lag(leader: PgNode, standby: PgNode, *, wait: float) -> dict[str, Any]
                     break
                 time.sleep(0.02)
             last = conn.execute("select pg_last_xact_replay_timestamp()").fetchone()
-    except BackendError:
+    except BackendError:  # frozen or gone: the leader may list it as streaming for a while yet
+        result["answering"] = False
         return result
     newest = max(
         [t for t in (last[0] if last else None, replayed[1] if replayed else None) if t is not None],
