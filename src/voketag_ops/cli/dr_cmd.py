@@ -573,10 +573,9 @@ def _render_failover(console: Console, r: dict[str, Any]) -> None:
 def _render_failback(console: Console, r: dict[str, Any]) -> None:
     for step in r["steps"]:
         console.print(f"{'ok  ' if step['ok'] else 'FAIL'} {step['name']} ({step['duration_seconds']:.2f} s)")
-    console.print(
-        f"leader {r['leader']}, standby {r['standby']} (rebuilt by {r['rebuilt'].get('method')}, "
-        f"{r['duration_seconds']:.1f} s)"
-    )
+    method = r["rebuilt"].get("method")
+    how = f"rebuilt by {method}" if method in ("pg_rewind", "clone") else "no rebuild: it streamed already"
+    console.print(f"leader {r['leader']}, standby {r['standby']} ({how}, {r['duration_seconds']:.1f} s)")
 
 
 def _render_verify(console: Console, r: dict[str, Any]) -> None:
