@@ -493,7 +493,7 @@ def test_secrets_access_prints_the_raw_value_only(platform, platform_environ):
     assert proc.stderr == ""
 
 
-def test_cli_guards(voke, platform_environ):
+def test_cli_guards(voke, platform, platform_environ):
     assert voke("rotate", "db-password", environ=platform_environ).exit_code == 2  # no --yes, no TTY
     assert voke("rotate", "db-password", "--user", "nobody", "--yes", environ=platform_environ).exit_code == 2
     assert (
@@ -503,7 +503,15 @@ def test_cli_guards(voke, platform_environ):
     assert missing.exit_code == 2 and "no rotation rot-nope" in missing.stderr
     plan = voke("rotate", "db-password", "--dry-run", "--json", environ=platform_environ)
     assert plan.exit_code == 0 and plan.json["result"]["dry_run"] is True and plan.json["result"]["plan"]
-    assert voke("secrets", "access", "nope", environ=platform_environ).exit_code == 4
+    for args in (("access", "nope"), ("access", "db-app", "--version", "999"), ("versions", "nope")):
+        typo = voke("secrets", *args, environ=platform_environ)  # a name the operator typed: usage
+        assert typo.exit_code == 2 and "voke secrets list" in typo.stderr, (args, typo.stderr)
+    from voketag_ops.audit import AuditLog
+
+    asked = [
+        (e.target, e.result) for e in AuditLog(platform.env.home).entries() if e.event_type == "secret.access"
+    ]
+    assert asked[-2:] == [("nope", "failure"), ("db-app", "failure")]  # asked for, even if refused
 
 
 class ApplyThenTimeout:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -25,6 +27,19 @@ def _store(env: Any) -> Any:
         return CloudPlatform(env.settings).store()
     platform = LocalPlatform(env.settings)
     return platform.store()
+
+
+@contextmanager
+def _named(name: str) -> Iterator[None]:
+    """A secret or version the operator named that does not exist is a usage error (exit 2)."""
+    from voketag_ops.errors import NotFoundError, UsageError
+
+    try:
+        yield
+    except NotFoundError as exc:
+        raise UsageError(
+            exc.message, hint="`voke secrets list` and `voke secrets versions NAME` list them"
+        ) from None
 
 
 def _versions(meta: Any) -> list[dict[str, Any]]:
@@ -55,7 +70,8 @@ def list_(ctx: typer.Context) -> None:
 def versions(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Secret name.")]) -> None:
     """A secret's versions: state, aliases, creation time."""
     env = use(ctx)
-    meta = _store(env).get(name)
+    with _named(name):
+        meta = _store(env).get(name)
     env.out.result(
         {"name": meta.name, "etag": meta.etag, "aliases": meta.aliases, "versions": _versions(meta)},
         render=_render_versions,
@@ -69,22 +85,22 @@ def access(
     version: Annotated[str, typer.Option("--version", help="Version number or alias.")] = "current",
 ) -> None:
     """Print the raw value and nothing else (the one command that shows a secret)."""
-    import time
-
-    from voketag_ops.audit import record_event
+    from voketag_ops.audit import audited
 
     env = use(ctx)
-    t0 = time.monotonic()
-    value = _store(env).access(name, version)
-    record_event(
-        env.local_environment().home,
-        event_type="secret.access",
-        env=env.settings.env,
-        target=name,
-        result="success",
-        duration_seconds=round(time.monotonic() - t0, 3),
-        details={"version": version},
-    )
+    store = _store(env)
+    # A refused or failed access is on record too: who asked for which secret matters either way.
+    with (
+        audited(
+            env.local_environment().home,
+            event_type="secret.access",
+            env=env.settings.env,
+            target=name,
+            details={"version": version},
+        ),
+        _named(name),
+    ):
+        value = store.access(name, version)
     env.out.stdout.write_bytes(value)  # type: ignore[attr-defined]
     env.out.settled()
     if env.out.stdout.isatty():  # the value has no line break of its own: the prompt's on the next line
