@@ -569,5 +569,27 @@ def test_the_notice_of_an_unfinished_operation_says_what_to_run(tmp_path, held_b
         assert dr.operation_notice(env) == (
             "a DR operation is running (dr failback pid 7); `voke dr status` shows where it is"
         )
+        running = dr.operation_to_report(env)
+        assert running is not None and running["running"] == "dr failback pid 7"
+        from voketag_ops.core import dr_checks
+
+        (check,) = [
+            c
+            for c in dr_checks.judge(
+                {"unfinished_operation": running}, dr_checks.Thresholds(1, 1, 0, 1), now=dr.utcnow()
+            )
+            if c.name == "unfinished_operation"
+        ]
+        assert not check.ok and check.message.startswith("a DR operation is running (dr failback pid 7)")
     (home / "dr" / "operation.json").write_text("{torn")
     assert "cannot be read" in (dr.operation_notice(env) or "")
+
+
+def test_env_up_refuses_while_a_dr_operation_runs(voke, tmp_path, make_environ_module, held_by_another_voke):
+    # It would start a node a failover just fenced, or a leader a failback's switchover stopped.
+    home = tmp_path / "home"
+    (home / "dr").mkdir(parents=True)
+    with held_by_another_voke(home / "dr" / "dr.lock", "dr failover pid 7"):
+        refused = voke("env", "up", environ=make_environ_module(home))
+    assert refused.exit_code == 5 and "another DR operation is running (dr failover pid 7)" in refused.stderr
+    assert not (home / "state.json").exists()

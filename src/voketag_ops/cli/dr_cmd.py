@@ -456,7 +456,12 @@ def _render_status(console: Console, r: dict[str, Any]) -> None:
         op = r["unfinished_operation"]
         command = op.get("command") or f"voke dr {op['operation']}"
         note = f" ({escape(op['note'])})" if op.get("note") else ""
-        console.print(f"[yellow]unfinished[/] {escape(command)}: resume with `{escape(op['resume'])}`{note}")
+        if op.get("running"):
+            console.print(f"[yellow]running[/] {escape(command)} ({escape(op['running'])})")
+        else:
+            console.print(
+                f"[yellow]unfinished[/] {escape(command)}: resume with `{escape(op['resume'])}`{note}"
+            )
     last = r.get("last_drill")
     if last:
         rto = "no RTO measured" if last.get("rto_seconds") is None else f"RTO {last['rto_seconds']} s"

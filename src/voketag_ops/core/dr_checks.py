@@ -123,6 +123,13 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
         else Check(
             "unfinished_operation",
             False,
+            f"a DR operation is running ({op['running']}): the topology is changing; check again once it ends",
+            value=op.get("operation"),
+        )
+        if op.get("running")
+        else Check(
+            "unfinished_operation",
+            False,
             f"an interrupted `{op.get('command') or 'voke dr ' + str(op.get('operation'))}` must be finished: "
             f"{op.get('resume')}" + (f" ({op['note']})" if op.get("note") else ""),
             value=op.get("operation"),

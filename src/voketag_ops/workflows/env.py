@@ -79,8 +79,10 @@ class LocalPlatform:
 
     def up(self, progress: Progress = _quiet, *, strict: bool = True) -> UpReport:
         # One `up` at a time across the whole sequence: two commands starting the environment on
-        # demand would otherwise both make credentials and both start services.
-        with self._audited("env.up") as event, self.env.lock():
+        # demand would otherwise both make credentials and both start services. Never under a
+        # running DR operation (exit 5): it would start a node a failover just fenced, or the
+        # leader a failback's switchover just stopped (split brain).
+        with self._audited("env.up") as event, self._no_dr_operation("env up"), self.env.lock():
             report = self._up(progress, strict=strict)
             event.details.update(
                 started=report.started, created=report.created, services=report.services_started

@@ -127,10 +127,14 @@ def operation_to_report(env: LocalEnvironment) -> dict[str, Any] | None:
     """`unfinished_operation` for reports: an unreadable record is shown, not raised; rows a
     killed pitr drill took as its fault and never put back, and a restore whose voke died,
     count as one too, explained in a `note` (an operation log's `detail` holds its steps' records)."""
+    from voketag_ops.locks import running_elsewhere
+
     try:
         op = unfinished_operation(env)
     except PreconditionError as exc:
         return {"operation": "unreadable", "resume": exc.message}
+    if op is not None and (holder := running_elsewhere(dr_dir(env))) is not None:
+        return dict(op, running=holder)  # under way, not interrupted
     if op is None and (left := drill_rows_left(env)):
         batches = ", ".join(str(d.get("batch_id")) for d in left)
         return {
@@ -157,7 +161,7 @@ def operation_notice(env: LocalEnvironment) -> str | None:
     op = operation_to_report(env)
     if op is None:
         return None
-    if (holder := running_elsewhere(dr_dir(env))) is not None:
+    if (holder := op.get("running") or running_elsewhere(dr_dir(env))) is not None:
         return f"a DR operation is running ({holder}); `voke dr status` shows where it is"
     if op.get("operation") == "unreadable":
         return str(op.get("resume"))
@@ -1565,11 +1569,11 @@ def switchover(
             if leader.running:
                 leader.stop(mode="fast", timeout=timeout)
             write_standby_config(env, leader, standby)
-            leader.start(timeout=env.settings.start_timeout)
             try:
+                leader.start(timeout=env.settings.start_timeout)
                 info.update(wait_caught_up(standby, leader, timeout=timeout))
                 info["method"] = "follow"
-            except BackendError:
+            except BackendError:  # also one that cannot start: it ran on as a primary meanwhile
                 info.update(rebuild_standby(env, leader, standby, progress=progress))
                 info.update(wait_caught_up(standby, leader, timeout=timeout))
         drop_slot_if_idle(leader)

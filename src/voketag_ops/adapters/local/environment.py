@@ -338,9 +338,13 @@ class LocalEnvironment:
                     "finish it with `voke dr failover --yes` before anything starts"
                 )
             if not primary.running and _writable(replica):
+                from voketag_ops.adapters.local.dr import unfinished_operation
+
+                pending = unfinished_operation(self)  # a failback killed after its promotion, too
+                resume = (pending or {}).get("resume") or "voke dr failover --yes"
                 raise NeedsOperatorError(
                     f"{replica.name} is writable while {primary.name} is the recorded leader; starting "
-                    f"{primary.name} would give two primaries (resume the failover: `voke dr failover --yes`)"
+                    f"{primary.name} would give two primaries (resume the operation: `{resume}`)"
                 )
             if not primary.initialized:
                 if state.leader != "primary":
