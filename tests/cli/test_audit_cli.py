@@ -47,6 +47,8 @@ def test_show_filters_and_pages(voke, home: Path) -> None:
     assert [e["seq"] for e in window["entries"]] == [3, 4, 5]
     failed = voke("audit", "show", "--result", "failure", "--target", "svc-*", "--json").json["result"]
     assert [e["seq"] for e in failed["entries"]] == [5]
+    for written in ("rejected", "duplicate", "rolled_back", "unchanged"):  # results voke writes
+        assert voke("audit", "show", "--result", written, "--json").exit_code == 0, written
     newest = voke("audit", "show", "--newest-first", "-n", "2", "--json").json["result"]
     assert [e["seq"] for e in newest["entries"]] == [11, 10]
     human = voke("audit", "show", "--limit", "2")

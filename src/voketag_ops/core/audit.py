@@ -33,7 +33,22 @@ from voketag_ops.core import merkle
 from voketag_ops.redact import MASK, redact
 
 ZERO = "0" * 64
-RESULTS = ("success", "failure", "dry-run", "cancelled", "interrupted")
+# Every result voke writes: the generic ones, then a rotation's and an ingest load's own.
+RESULTS = (
+    "success",
+    "failure",
+    "dry-run",
+    "cancelled",
+    "interrupted",
+    "unchanged",
+    "started",
+    "succeeded",
+    "rolled_back",
+    "needs_attention",
+    "loaded",
+    "duplicate",
+    "rejected",
+)
 FIELDS = (
     "seq",
     "timestamp",
