@@ -116,6 +116,11 @@ def test_load_batches_proof_and_chain_verify(voke, db, tmp_path, platform_enviro
     report = result.json["result"]
     assert report["status"] == "loaded" and report["rows_loaded"] == 1500 and report["error_count"] == 0
     assert report["anchor"] == "pending" and report["anchor_id"] == report["merkle_root"]
+    again = voke("ingest", "load", str(path), "--db", db, "--dry-run", "--json", environ=chain).json["result"]
+    assert again["status"] == "duplicate" and (again["anchor"], again["anchor_id"]) == (
+        "pending",
+        report["anchor_id"],
+    )  # looked up in the chain, not requested (it was "none")
     assert {
         "batch_id",
         "status",

@@ -168,7 +168,7 @@ def load(
 ) -> None:
     """Validate FILE and load it as one batch, all-or-nothing, sealed with a Merkle root."""
     from voketag_ops.workflows import ingest as wf
-    from voketag_ops.workflows.chain import chain_anchorer
+    from voketag_ops.workflows.chain import anchor_states, chain_anchorer
 
     env = use(ctx)
     now = datetime.now(UTC)
@@ -199,6 +199,7 @@ def load(
                 actor=_actor(),
                 progress=progress,
                 anchorer=None if dry_run else chain_anchorer(home, now),
+                anchor_states=anchor_states(home) if dry_run else None,  # looked up, never requested
             )
         summary = _summary(report) + ("; the local environment was started first" if started else "")
         if not _tty(env.out) and (report.ok or env.out.json_mode):

@@ -610,10 +610,13 @@ def _load_batch(
     actor: str = "voke",
     progress: Callable[[LoadProgress], None] | None = None,
     anchorer: Anchorer | None = None,
+    anchor_states: Mapping[str, str] | None = None,
     after_commit: AfterCommit,
 ) -> LoadReport:
     """Validate PATH and load it as one batch (see the module docstring); signals are held
-    from the commit on by AFTER_COMMIT (``load_batch`` makes one if its caller gave none)."""
+    from the commit on by AFTER_COMMIT (``load_batch`` makes one if its caller gave none).
+    ANCHOR_STATES (anchor id -> state), for a run without ANCHORER (a dry run): a duplicate's
+    anchor is looked up there instead of being requested."""
     if partial and rejects is None:
         raise UsageError("--partial needs --rejects FILE for the rows it leaves out")
     if rejects is not None and not partial:
@@ -628,7 +631,7 @@ def _load_batch(
     report_progress = progress or (lambda _p: None)
     source = _BatchFile(path)
     try:
-        return _load_source(
+        report = _load_source(
             conninfo,
             source,
             settings=settings,
@@ -645,6 +648,9 @@ def _load_batch(
         )
     finally:
         source.close()
+    if report.status == "duplicate" and anchorer is None and anchor_states is not None and report.merkle_root:
+        report.anchor_id, report.anchor = _anchor_of(report.anchor_id, report.merkle_root, anchor_states)
+    return report
 
 
 def _load_source(
