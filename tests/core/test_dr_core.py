@@ -325,10 +325,12 @@ def test_reports_render_from_a_journal():
 
 
 def test_trend_compares_with_the_previous_run():
-    runs = [journal(rto_seconds=5.0), journal(rto_seconds=3.5, status="failed")]
+    interrupted = journal(rto_seconds=None, rpo_seconds=None, status="interrupted")
+    runs = [journal(rto_seconds=5.0), interrupted, journal(rto_seconds=3.5, status="failed")]
     t = drill.trend(runs)["failover"]
     assert (
-        t["runs"] == 2
+        t["runs"] == 3
+        and t["measured"] == 2
         and t["rto_change_seconds"] == -1.5
         and t["best_rto_seconds"] == 3.5
         and t["passed"] == 1

@@ -400,6 +400,7 @@ def test_drill_reports_and_history(voke, environ, env, tmp_path):
     out = tmp_path / "report.html"
     html = voke("drill", "report", run_id, "--format", "html", "--output", str(out), environ=environ)
     assert html.exit_code == 0
+    assert f"({out.stat().st_size} bytes)" in html.stdout  # bytes written, not characters (the page has '–')
     page = out.read_text()
     assert page.startswith("<!DOCTYPE html>") and "<svg" in page and run_id in page
     assert "<script" not in page and "<link" not in page and "src=" not in page and "url(" not in page

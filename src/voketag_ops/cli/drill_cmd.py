@@ -205,9 +205,10 @@ def report(
     if output is not None:
         from voketag_ops.files import write_output
 
-        write_output(output, "--output", lambda fh: fh.write(text.encode()))
+        data = text.encode()
+        write_output(output, "--output", lambda fh: fh.write(data))
         env.out.result(
-            {"run_id": journal["run_id"], "format": format_.value, "output": str(output), "bytes": len(text)},
+            {"run_id": journal["run_id"], "format": format_.value, "output": str(output), "bytes": len(data)},
             render=lambda c, r: c.print(f"wrote {r['output']} ({r['bytes']} bytes)"),
         )
         return
@@ -253,14 +254,15 @@ def _render_history(console: Console, report: dict[str, Any]) -> None:
         rpo = "–" if r["rpo_seconds"] is None else f"{r['rpo_seconds']:.2f}"
         console.print(
             f"{r['started_at']}  {r['scenario']:<9} {r['status']:<11} RTO {rto:>7} s  RPO {rpo:>6} s  "
-            f"lost {r['lost_commits']}  {r['run_id']}",
+            f"lost {'–' if r['lost_commits'] is None else r['lost_commits']}  {r['run_id']}",
             markup=False,
         )
     for scenario, t in report["trend"].items():
         change = t["rto_change_seconds"]
         arrow = "" if change is None else (f" ({'+' if change >= 0 else ''}{change:.2f} s vs previous)")
         console.print(
-            f"trend {scenario:<9} {t['runs']} run(s), {t['passed']} passed, last RTO {t['last_rto_seconds']:.2f} s"
+            f"trend {scenario:<9} {t['runs']} run(s) ({t['measured']} measured), {t['passed']} passed, "
+            f"last RTO {t['last_rto_seconds']:.2f} s"
             f"{arrow}, best {t['best_rto_seconds']:.2f} s, worst {t['worst_rto_seconds']:.2f} s",
             markup=False,
         )

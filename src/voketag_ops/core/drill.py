@@ -347,21 +347,24 @@ def validate(doc: Any, schema: Mapping[str, Any] = JOURNAL_SCHEMA, path: str = "
 
 # -- history ------------------------------------------------------------------------------------------
 def trend(journals: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per scenario: runs, the newest RTO/RPO, the change from the run before, the best and worst RTO."""
+    """Per scenario: runs (all of them, and those that measured an RTO), the newest RTO/RPO, the
+    change from the measured run before, the best and worst RTO."""
     out: dict[str, dict[str, Any]] = {}
     for scenario in SCENARIOS:
-        runs = [j for j in journals if j.get("scenario") == scenario and j.get("rto_seconds") is not None]
+        every = [j for j in journals if j.get("scenario") == scenario]
+        runs = [j for j in every if j.get("rto_seconds") is not None]
         if not runs:
             continue
         rtos = [float(j["rto_seconds"]) for j in runs]
         last, prev = runs[-1], (runs[-2] if len(runs) > 1 else None)
         out[scenario] = {
-            "runs": len(runs),
+            "runs": len(every),
+            "measured": len(runs),  # an interrupted or failed-early run measures no RTO
             "last_rto_seconds": last["rto_seconds"],
             "last_rpo_seconds": last.get("rpo_seconds"),
             "rto_change_seconds": round(rtos[-1] - rtos[-2], 3) if prev is not None else None,
             "best_rto_seconds": min(rtos),
             "worst_rto_seconds": max(rtos),
-            "passed": sum(1 for j in runs if j.get("status") == "completed"),
+            "passed": sum(1 for j in every if j.get("status") == "completed"),
         }
     return out
