@@ -329,3 +329,12 @@ def test_csv_export_escapes_formula_cells() -> None:
     for cell in ("-1", "@a", "\tx"):
         assert au.csv_cell(cell).startswith("'")
     assert au.csv_cell(-1) == "'-1" and au.csv_cell(0.5) == "0.5" and au.csv_cell(None) == ""
+
+
+def test_every_result_voke_writes_can_be_filtered_for():
+    from typing import get_args
+
+    from voketag_ops.core import audit, drill, rotation
+
+    written = {*drill.STATUSES, *get_args(rotation.Status), "loaded", "duplicate", "rejected", "unchanged"}
+    assert written <= set(audit.RESULTS), written - set(audit.RESULTS)

@@ -590,7 +590,11 @@ def test_env_up_refuses_while_a_dr_operation_runs(voke, tmp_path, make_environ_m
     # It would start a node a failover just fenced, or a leader a failback's switchover stopped.
     home = tmp_path / "home"
     (home / "dr").mkdir(parents=True)
+    batch = tmp_path / "a.csv"
+    batch.write_text("tag_id,sku,product_name,factory_id,manufactured_at\nT1,S,N,F,2024-01-01T00:00:00Z\n")
     with held_by_another_voke(home / "dr" / "dr.lock", "dr failover pid 7"):
-        refused = voke("env", "up", environ=make_environ_module(home))
-    assert refused.exit_code == 5 and "another DR operation is running (dr failover pid 7)" in refused.stderr
+        for args in (["env", "up"], ["chain", "anchors"], ["ingest", "load", str(batch), "--dry-run"]):
+            refused = voke(*args, environ=make_environ_module(home))  # the last two start the servers only
+            assert refused.exit_code == 5, (args, refused.stderr)
+            assert "another DR operation is running (dr failover pid 7)" in refused.stderr
     assert not (home / "state.json").exists()

@@ -33,7 +33,7 @@ from voketag_ops.core import merkle
 from voketag_ops.redact import MASK, redact
 
 ZERO = "0" * 64
-# Every result voke writes: the generic ones, then a rotation's and an ingest load's own.
+# Every result voke writes: the generic ones, then a rotation's, an ingest load's and a drill's.
 RESULTS = (
     "success",
     "failure",
@@ -45,9 +45,14 @@ RESULTS = (
     "succeeded",
     "rolled_back",
     "needs_attention",
+    "in_progress",
     "loaded",
     "duplicate",
     "rejected",
+    "completed",
+    "failed",
+    "aborted",
+    "running",
 )
 FIELDS = (
     "seq",

@@ -33,8 +33,9 @@ def ensure_local(settings: Settings, progress: Progress = _quiet, *, whole: bool
     if whole:
         platform.ensure_up(progress, strict=False)
     elif not platform.env.is_running():
-        progress("starting the local environment's servers")
-        platform.env.up(progress)
+        with platform.no_dr_operation("env up (servers only)"):  # as `env up`: never under a failover
+            progress("starting the local environment's servers")
+            platform.env.up(progress)
     return platform.env
 
 
@@ -82,7 +83,7 @@ class LocalPlatform:
         # demand would otherwise both make credentials and both start services. Never under a
         # running DR operation (exit 5): it would start a node a failover just fenced, or the
         # leader a failback's switchover just stopped (split brain).
-        with self._audited("env.up") as event, self._no_dr_operation("env up"), self.env.lock():
+        with self._audited("env.up") as event, self.no_dr_operation("env up"), self.env.lock():
             report = self._up(progress, strict=strict)
             event.details.update(
                 started=report.started, created=report.created, services=report.services_started
@@ -124,10 +125,17 @@ class LocalPlatform:
 
     def ensure_up(self, progress: Progress = _quiet, *, strict: bool = True) -> None:
         """Start whatever is not running (commands that need the environment call this)."""
-        if self.env.is_running() and all(
-            s.instance is not None for s in self.runtime().services(check=False)
-        ):
-            return
+        if self.env.is_running():
+            if all(s.instance is not None for s in self.runtime().services(check=False)):
+                return
+            from voketag_ops.locks import running_elsewhere
+
+            if not strict and (holder := running_elsewhere(self.env.home / "dr")) is not None:
+                # The servers are up, which is what the command needs; `env up` would refuse.
+                progress(
+                    f"warning: the local services were not started: a DR operation is running ({holder})"
+                )
+                return
         progress("starting the local environment (voke env up)")
         self.up(progress, strict=strict)
 
@@ -206,7 +214,7 @@ class LocalPlatform:
     def down(self, progress: Progress = _quiet) -> dict[str, Any]:
         # Not beside a concurrent `up`, nor under a running DR operation or drill (exit 5): a
         # drill stopped mid-way cannot put back the rows it took as its fault.
-        with self._audited("env.down") as event, self._no_dr_operation("env down"), self.env.lock():
+        with self._audited("env.down") as event, self.no_dr_operation("env down"), self.env.lock():
             services = self.runtime().stop_all() if self.env.exists else []
             if services:
                 progress("stopped the local services")
@@ -218,7 +226,7 @@ class LocalPlatform:
     def destroy(self, progress: Progress = _quiet, *, discard_chain: bool = False) -> dict[str, Any]:
         import shutil
 
-        with self._audited("env.destroy") as event, self._no_dr_operation("env destroy"), self.env.lock():
+        with self._audited("env.destroy") as event, self.no_dr_operation("env destroy"), self.env.lock():
             kept = self._keep_chain(progress, discard=discard_chain)  # before anything is stopped
             self.runtime().stop_all()
             report = self.env.destroy(progress)
@@ -235,7 +243,7 @@ class LocalPlatform:
             event.details["removed"] = report["removed"]
         return report
 
-    def _no_dr_operation(self, operation: str) -> AbstractContextManager[None]:
+    def no_dr_operation(self, operation: str) -> AbstractContextManager[None]:
         """The DR lock, held while the servers are stopped (exit 5 while a DR operation runs)."""
         from voketag_ops.adapters.local.dr import dr_lock
 

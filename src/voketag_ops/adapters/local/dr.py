@@ -133,8 +133,10 @@ def operation_to_report(env: LocalEnvironment) -> dict[str, Any] | None:
         op = unfinished_operation(env)
     except PreconditionError as exc:
         return {"operation": "unreadable", "resume": exc.message}
-    if op is not None and (holder := running_elsewhere(dr_dir(env))) is not None:
-        return dict(op, running=holder)  # under way, not interrupted
+    if op is not None:
+        holder = running_elsewhere(env.home / "dr")
+        if holder is not None and not holder.startswith("env "):
+            return dict(op, running=holder)  # under way (`env up`/`down` hold the lock too: not its voke)
     if op is None and (left := drill_rows_left(env)):
         batches = ", ".join(str(d.get("batch_id")) for d in left)
         return {
@@ -156,13 +158,11 @@ def operation_to_report(env: LocalEnvironment) -> dict[str, Any] | None:
 
 def operation_notice(env: LocalEnvironment) -> str | None:
     """One line naming the unfinished operation `operation_to_report` finds, and how to finish it."""
-    from voketag_ops.locks import running_elsewhere
-
     op = operation_to_report(env)
     if op is None:
         return None
-    if (holder := op.get("running") or running_elsewhere(dr_dir(env))) is not None:
-        return f"a DR operation is running ({holder}); `voke dr status` shows where it is"
+    if op.get("running"):
+        return f"a DR operation is running ({op['running']}); `voke dr status` shows where it is"
     if op.get("operation") == "unreadable":
         return str(op.get("resume"))
     command = op.get("command") or f"voke dr {op.get('operation')}"
