@@ -582,6 +582,16 @@ def test_the_notice_of_an_unfinished_operation_says_what_to_run(tmp_path, held_b
             if c.name == "unfinished_operation"
         ]
         assert not check.ok and check.message.startswith("a DR operation is running (dr failback pid 7)")
+    (home / "dr" / "operation.json").unlink()
+    with held_by_another_voke(home / "dr" / "dr.lock", "drill failover pid 8"):  # no operation log of its own
+        assert dr.operation_to_report(env) == {
+            "operation": "drill failover",
+            "command": "voke drill run failover",
+            "resume": None,
+            "running": "drill failover pid 8",
+        }
+    with held_by_another_voke(home / "dr" / "dr.lock", "env up pid 9"):  # not a DR operation
+        assert dr.operation_to_report(env) is None
     (home / "dr" / "operation.json").write_text("{torn")
     assert "cannot be read" in (dr.operation_notice(env) or "")
 

@@ -133,10 +133,15 @@ def operation_to_report(env: LocalEnvironment) -> dict[str, Any] | None:
         op = unfinished_operation(env)
     except PreconditionError as exc:
         return {"operation": "unreadable", "resume": exc.message}
-    if op is not None:
-        holder = running_elsewhere(env.home / "dr")
-        if holder is not None and not holder.startswith("env "):
-            return dict(op, running=holder)  # under way (`env up`/`down` hold the lock too: not its voke)
+    holder = running_elsewhere(env.home / "dr")
+    if holder is not None and not holder.startswith("env "):  # (`env up`/`down` hold the lock too)
+        if op is not None:
+            return dict(op, running=holder)  # under way, not interrupted
+        operation = holder.split(" pid ")[0]  # a drill or restore records no operation log
+        command = "voke " + (
+            operation.replace("drill ", "drill run ", 1) if operation.startswith("drill ") else operation
+        )
+        return {"operation": operation, "command": command, "resume": None, "running": holder}
     if op is None and (left := drill_rows_left(env)):
         batches = ", ".join(str(d.get("batch_id")) for d in left)
         return {
