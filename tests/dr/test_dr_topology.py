@@ -607,4 +607,6 @@ def test_env_up_refuses_while_a_dr_operation_runs(voke, tmp_path, make_environ_m
             refused = voke(*args, environ=make_environ_module(home))  # the last two start the servers only
             assert refused.exit_code == 5, (args, refused.stderr)
             assert "another DR operation is running (dr failover pid 7)" in refused.stderr
+        read = voke("ingest", "batches", environ=make_environ_module(home))  # a read says why it cannot
+        assert read.exit_code == 4 and "while a DR operation runs (dr failover pid 7)" in read.stderr
     assert not (home / "state.json").exists()

@@ -91,6 +91,12 @@ def _read_conninfo(env: AppContext, db: str | None) -> str | None:
 
     local = env.local_environment()
     if not local.exists or not local.primary().running:
+        from voketag_ops.locks import running_elsewhere
+
+        if (holder := running_elsewhere(local.home / "dr")) is not None:  # a failover or drill moves it
+            raise BackendError(
+                f"the primary is down while a DR operation runs ({holder}); try again once it ends"
+            )
         raise BackendError(
             "the local environment is not running; `voke env up` starts it (reading batches "
             "and proofs never does)"
