@@ -106,7 +106,7 @@ def held_by_another_voke() -> Any:
     def hold(path: Path, says: str) -> Iterator[None]:
         code = (
             "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600);"
-            " fcntl.flock(fd, fcntl.LOCK_EX); os.pwrite(fd, sys.argv[2].encode(), 0);"
+            " fcntl.flock(fd, fcntl.LOCK_EX); os.ftruncate(fd, 0); os.pwrite(fd, sys.argv[2].encode(), 0);"
             " print('held', flush=True); time.sleep(60)"
         )
         holder = subprocess.Popen(

@@ -610,3 +610,21 @@ def test_env_up_refuses_while_a_dr_operation_runs(voke, tmp_path, make_environ_m
         read = voke("ingest", "batches", environ=make_environ_module(home))  # a read says why it cannot
         assert read.exit_code == 4 and "while a DR operation runs (dr failover pid 7)" in read.stderr
     assert not (home / "state.json").exists()
+
+
+def test_a_command_that_needs_the_database_warns_instead_of_failing_when_services_cannot_start(
+    voke, environ, env, held_by_another_voke
+):
+    from voketag_ops.config import load_config
+    from voketag_ops.workflows.env import LocalPlatform
+
+    platform = LocalPlatform(load_config(environ=environ).settings)
+    platform.runtime().stop_all()  # the servers run, the services do not
+    said: list[str] = []
+    with held_by_another_voke(env.home / "dr" / "dr.lock", "drill pitr pid 7"):  # `env up` would refuse
+        platform.ensure_up(said.append, strict=False)
+    assert said == [
+        "warning: the local services were not started: a DR operation is running (drill pitr pid 7)"
+    ]
+    assert voke("env", "up", environ=environ).exit_code == 0  # and once it ends, they start
+    assert all(healthy for healthy, _version in services(environ).values())
