@@ -63,6 +63,12 @@ def dr_lock(directory: Path, operation: str) -> Iterator[None]:
         os.close(fd)
 
 
+def holder_parts(holder: str) -> tuple[str, int | None]:
+    """(operation, pid) of a holder as `dr_lock` writes it ("OPERATION pid N")."""
+    operation, _, pid = holder.rpartition(" pid ")
+    return (operation, int(pid)) if operation and pid.isdigit() else (holder, None)
+
+
 def running_elsewhere(directory: Path) -> str | None:
     """Who holds DIRECTORY/dr.lock if another process does (its operation and pid), else None:
     an operation recorded as unfinished while its holder runs is under way, not interrupted."""

@@ -628,3 +628,10 @@ def test_a_command_that_needs_the_database_warns_instead_of_failing_when_service
     ]
     assert voke("env", "up", environ=environ).exit_code == 0  # and once it ends, they start
     assert all(healthy for healthy, _version in services(environ).values())
+
+
+def test_the_holder_of_a_lock_reads_back_as_written():
+    from voketag_ops.locks import holder_parts
+
+    assert holder_parts("drill failover pid 8") == ("drill failover", 8)
+    assert holder_parts("another voke process") == ("another voke process", None)

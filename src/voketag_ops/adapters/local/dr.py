@@ -127,7 +127,7 @@ def operation_to_report(env: LocalEnvironment) -> dict[str, Any] | None:
     """`unfinished_operation` for reports: an unreadable record is shown, not raised; rows a
     killed pitr drill took as its fault and never put back, and a restore whose voke died,
     count as one too, explained in a `note` (an operation log's `detail` holds its steps' records)."""
-    from voketag_ops.locks import running_elsewhere
+    from voketag_ops.locks import holder_parts, running_elsewhere
 
     try:
         op = unfinished_operation(env)
@@ -137,7 +137,7 @@ def operation_to_report(env: LocalEnvironment) -> dict[str, Any] | None:
     if holder is not None and not holder.startswith("env "):  # (`env up`/`down` hold the lock too)
         if op is not None:
             return dict(op, running=holder)  # under way, not interrupted
-        operation = holder.split(" pid ")[0]  # a drill or restore records no operation log
+        operation, _pid = holder_parts(holder)  # a drill or restore records no operation log
         command = "voke " + (
             operation.replace("drill ", "drill run ", 1) if operation.startswith("drill ") else operation
         )
@@ -866,14 +866,14 @@ def list_restores(env: LocalEnvironment) -> list[dict[str, Any]]:
     """Every restored instance. One still `copying` or `recovering` whose voke does not hold the
     DR lock (restores run under it) lost its voke before it was verified: `interrupted`, with
     how to remove it."""
-    from voketag_ops.locks import held_by
+    from voketag_ops.locks import held_by, holder_parts
 
     found: list[dict[str, Any]] = []
     base = restores_dir(env)
     if not base.is_dir():
         return found
-    holder = held_by(dr_dir(env) / "dr.lock")  # "OPERATION pid N" (this process's own hold too)
-    held = re.search(r"\bpid (\d+)", holder or "")
+    holder = held_by(env.home / "dr" / "dr.lock")  # (a read: creates no directory; our own hold too)
+    held_pid = holder_parts(holder)[1] if holder is not None else None
     for meta in sorted(base.glob("*.json")):
         try:
             doc = _read_meta(meta)
@@ -882,9 +882,7 @@ def list_restores(env: LocalEnvironment) -> list[dict[str, Any]]:
         node = restore_node(env, doc["name"], int(doc["port"]))
         doc["running"] = node.running
         # (a record without a pid, an older voke's, is taken as the lock holder's)
-        own = holder is not None and (
-            doc.get("pid") is None or (held is not None and int(held[1]) == doc["pid"])
-        )
+        own = holder is not None and (doc.get("pid") is None or held_pid == doc["pid"])
         if doc.get("state") in ("copying", "recovering") and not own:
             doc["state"] = "interrupted"
             doc["note"] = (
