@@ -109,6 +109,7 @@ def held_by_another_voke() -> Any:
             " fcntl.flock(fd, fcntl.LOCK_EX); os.ftruncate(fd, 0); os.pwrite(fd, sys.argv[2].encode(), 0);"
             " print('held', flush=True); time.sleep(60)"
         )
+        path.parent.mkdir(parents=True, exist_ok=True)  # as voke's own lock does
         holder = subprocess.Popen(
             [sys.executable, "-c", code, str(path), says], stdout=subprocess.PIPE, text=True
         )

@@ -630,6 +630,39 @@ def test_a_command_that_needs_the_database_warns_instead_of_failing_when_service
     assert all(healthy for healthy, _version in services(environ).values())
 
 
+def test_a_load_that_loses_the_primary_during_a_dr_operation_names_it(
+    voke, environ, env, held_by_another_voke, tmp_path, monkeypatch
+):
+    from contextlib import contextmanager
+
+    from voketag_ops.cli import ingest_cmd
+
+    path = tmp_path / "batch.csv"
+    assert voke("ingest", "sample", "--rows", "20000", "--out", str(path), environ=environ).exit_code == 0
+
+    @contextmanager
+    def cut_off(out, total):  # what a failover's fence does to the load's session
+        def progress(p):
+            if p.phase == "validating":
+                with env.node(env.require_state().leader).connect() as admin:
+                    admin.execute(
+                        "select pg_terminate_backend(pid) from pg_stat_activity"
+                        " where application_name = 'voke ingest'"
+                    )
+
+        yield progress
+
+    monkeypatch.setattr(ingest_cmd, "_progress_bar", cut_off)
+    with held_by_another_voke(env.home / "dr" / "dr.lock", "drill failover pid 7"):
+        lost = voke("ingest", "load", str(path), "--json", environ=environ)
+    assert lost.exit_code == 4, lost.stdout
+    assert lost.json["error"]["hint"] == (
+        "a DR operation is running (drill failover pid 7): rerun the same command once it ends"
+    )
+    monkeypatch.undo()
+    assert voke("ingest", "load", str(path), "--json", environ=environ).exit_code == 0  # and it does
+
+
 def test_the_holder_of_a_lock_reads_back_as_written():
     from voketag_ops.locks import holder_parts
 

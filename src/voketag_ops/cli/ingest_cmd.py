@@ -188,7 +188,7 @@ def load(
     home = _home(env)
     # Once the batch is committed, a Ctrl-C or SIGTERM no longer stops the load short of
     # its audit event and its result: it is loaded, and says so.
-    with wf.AfterCommit() as after_commit:
+    with wf.AfterCommit() as after_commit, _named_dr_operation(db, home):
         with _progress_bar(env.out, file.stat().st_size) as progress:
             report = wf.load_batch(
                 conninfo,
@@ -211,6 +211,23 @@ def load(
         if not _tty(env.out) and (report.ok or env.out.json_mode):
             env.out.note(summary)  # a rejected file's summary is the failure line, printed once
         env.out.result(report, ok=report.ok, render=_render_load, failure=summary.removeprefix("ingest: "))
+
+
+@contextmanager
+def _named_dr_operation(db: str | None, home: Path) -> Iterator[None]:
+    """A local load that lost its database while a DR operation (a failover drill, say) held
+    the DR lock says so: a load is not a DR operation and does not wait for one, but the
+    operator should know why the primary went away and when to run the load again."""
+    from voketag_ops.errors import BackendError
+
+    try:
+        yield
+    except BackendError as exc:
+        from voketag_ops.locks import running_elsewhere
+
+        if db is None and (holder := running_elsewhere(home / "dr")) is not None:
+            exc.hint = f"a DR operation is running ({holder}): rerun the same command once it ends"
+        raise
 
 
 def _actor() -> str:
