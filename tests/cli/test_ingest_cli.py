@@ -367,6 +367,50 @@ def test_database_going_away_mid_load_exits_4_and_a_rerun_loads(voke, db, pg_dat
     assert rerun.exit_code == 0 and rerun.json["result"]["rows_loaded"] == 30000
 
 
+def test_a_server_that_takes_no_data_fails_the_load_over_a_unix_socket_too(
+    voke, db, pg_database, tmp_path, monkeypatch
+):
+    import os
+    import signal
+    from contextlib import contextmanager
+
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    from voketag_ops.cli import ingest_cmd
+
+    assert conninfo_to_dict(db)["host"].startswith("/")  # the kernel's TCP timeout cannot help here
+    path = tmp_path / "batch.csv"
+    assert voke("ingest", "sample", "--rows", "100000", "--out", str(path)).exit_code == 0
+    stopped: list[int] = []
+
+    @contextmanager
+    def stopper(out, total):
+        def progress(p):
+            if p.phase == "validating" and not stopped:  # its disk hangs, say
+                with psycopg.connect(db, autocommit=True) as admin:
+                    (pid,) = admin.execute(
+                        "select pid from pg_stat_activity where datname = %s and application_name = 'voke ingest'",
+                        (pg_database,),
+                    ).fetchone()
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+
+        yield progress
+
+    monkeypatch.setattr(ingest_cmd, "_progress_bar", stopper)
+    try:
+        result = voke("ingest", "load", str(path), "--db", make_conninfo(db, tcp_user_timeout=2000), "--json")
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+    assert stopped and result.exit_code == 4, result.stdout
+    assert "the server took no data for 2 s" in result.json["error"]["message"]
+    assert tables(db) == (0, 0)
+    monkeypatch.undo()
+    rerun = voke("ingest", "load", str(path), "--db", db, "--json")
+    assert rerun.exit_code == 0 and rerun.json["result"]["rows_loaded"] == 100000
+
+
 def test_reads_never_start_the_local_environment(voke, tmp_path):
     for args in (("ingest", "batches"), ("ingest", "proof", "T1")):
         result = voke(*args, "--json")

@@ -1373,7 +1373,12 @@ class _PieceWriter:
     the socket has taken what it could, while the validating thread holds the GIL for
     up to the switch interval (5 ms) at a time. So the socket gets a large send buffer
     (up to net.core.wmem_max) and the switch interval is shortened while pieces flow:
-    together 0.8 s of a 1M-row load (docs/decisions.md)."""
+    together 0.8 s of a 1M-row load (docs/decisions.md).
+
+    A server that takes no data (stopped, its disk hung, its COPY waiting on another
+    session's lock) for the connection's tcp_user_timeout fails the load: over TCP the
+    kernel sees to it, over the local Unix socket the waiting caller does (``_watch``), by
+    shutting the socket down under the thread."""
 
     FIRST_PIECE = 1 << 14  # rows; then growing with the rows so far, up to MAX_PIECE
     MAX_PIECE = 1 << 17
@@ -1397,6 +1402,10 @@ class _PieceWriter:
         _QUICK_SWITCHES.enter()
         self._stopped = False
         self._aborting = False
+        self._stall_after = _send_timeout(conn)
+        self._stalled: float | None = None  # the seconds it took no data, once given up on
+        self._busy = False  # the thread is sending a piece (not waiting for one)
+        self._moved = time.monotonic()  # when the thread last got anything through
         self._thread = threading.Thread(target=self._run, name="voke-ingest-stager", daemon=True)
         self._thread.start()
 
@@ -1426,7 +1435,7 @@ class _PieceWriter:
                 self._queue.put((blocks, sealed), timeout=0.1)
                 return
             except queue.Full:
-                continue
+                self._watch()
 
     def close(self) -> None:
         """Wait for the last piece; raise what went wrong on the thread."""
@@ -1440,6 +1449,21 @@ class _PieceWriter:
         savepoint is rolled back."""
         self._aborting = True
         self._stop(self._ABORT, cancel=True)
+
+    def _watch(self, limit: float | None = None) -> None:
+        """Give up on a server that has taken nothing of the piece being sent for LIMIT
+        seconds (the send timeout by default): the socket is shut down, so the thread's
+        wait ends in an error and it lets go of the connection."""
+        limit = self._stall_after if limit is None else limit
+        if limit is None or self._stalled is not None or not self._busy:
+            return
+        idle = time.monotonic() - self._moved
+        if idle >= limit:
+            import socket
+
+            self._stalled = idle
+            with suppress(OSError), socket.socket(fileno=os.dup(self.conn.fileno())) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
 
     def _cancel(self) -> None:
         if self._thread.is_alive():
@@ -1468,6 +1492,8 @@ class _PieceWriter:
                         pass
                 else:
                     self._thread.join(0.1)
+                # A stalled server cannot act on a cancel: when aborting, 5 s is enough.
+                self._watch(min(self._stall_after or 5.0, 5.0) if cancel or held.count else None)
                 # Again on each Ctrl-C, and each second while aborting: a cancel that reached
                 # the server between two statements cancelled nothing.
                 if held.count > cancelled or (cancel and time.monotonic() - sent >= 1):
@@ -1493,20 +1519,30 @@ class _PieceWriter:
                         end = item
                         break
                     blocks, sealed = item
+                    self._moved, self._busy = time.monotonic(), True
                     if blocks:
                         with cur.copy(self.sql) as copy:
                             for block in blocks:
                                 copy.write(block)
+                                self._moved = time.monotonic()
                         blocks.clear()
                     if sealed:
                         assert self.chunks_of is not None
                         _insert_chunks(cur, self.chunks_of, sealed)
+                    self._busy = False
         except pgerr.UniqueViolation:
             self.conflict = True
         except _Aborted:
             return
         except BaseException as exc:
             self.error = exc
+            if self._stalled is not None:  # what shutting the socket down did: say why
+                import psycopg
+
+                self.error = psycopg.OperationalError(
+                    f"the server took no data for {self._stalled:.0f} s (stopped, its disk hung, "
+                    "or its COPY waiting on another session's lock)"
+                )
         while end is None:  # let put() and _stop() through
             item = self._queue.get()
             if item is self._END or item is self._ABORT:
@@ -1676,6 +1712,20 @@ def _seal_worker() -> None:
 
 
 SEND_BUFFER = 4 << 20
+
+
+def _send_timeout(conn: psycopg.Connection[Any]) -> float | None:
+    """Seconds a piece may go without the server taking any of it: the connection's
+    tcp_user_timeout (60 s unless the conninfo sets its own; 0 means never), which the
+    kernel enforces over TCP and the piece writer over a Unix socket as well."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        ms = int(conninfo_to_dict(conn.info.dsn).get("tcp_user_timeout") or 0)
+    except (ValueError, psycopg.Error):
+        return None
+    return ms / 1000 if ms > 0 else None
 
 
 def _widen_send_buffer(conn: psycopg.Connection[Any]) -> None:
