@@ -121,3 +121,31 @@ def test_deploy_many_and_back(setup):
     assert _state(setup.runtime) == {"svc-a": (3, True), "svc-b": (3, True)}
     setup.runtime.deploy_many({"svc-a": (SECRET, 1), "svc-b": (SECRET, 1)})
     assert _state(setup.runtime) == {"svc-a": (1, True), "svc-b": (1, True)}
+
+
+def test_a_deploy_keeps_what_the_serving_revision_reads_of_other_secrets(platform):
+    """A rolled-back deploy of one secret leaves the service's template pinned to a version
+    since disabled; the next deploy (another secret) builds on the serving revision instead."""
+    pytest.importorskip("google.cloud.run_v2")
+    from voketag_ops.adapters.gcp.run import CloudRunRuntime
+    from voketag_ops.adapters.gcp.secrets import GcpSecretStore
+    from voketag_ops.testing.gcp_fakes import FakeGcp
+
+    good = json.loads(platform.store().access("db-app", "current"))
+    with FakeGcp() as fake:
+        ctx = fake.context()
+        store = GcpSecretStore(ctx)
+        _versions(store, good)
+        store.create("api-key")
+        for _ in range(2):
+            store.add_version("api-key", json.dumps(good).encode())
+        fake.run.add_service("svc-a", SECRET, 1, others={"api-key": 1})
+        runtime = CloudRunRuntime(
+            ctx, {"svc-a": SECRET}, readers={"api-key": ["svc-a"]}, health_timeout=1.0, sleep=lambda s: None
+        )
+        with pytest.raises(HealthCheckError):  # version 2 does not log in: traffic stays on 1
+            runtime.deploy("svc-a", SECRET, 2)
+        store.set_state(SECRET, 2, "disabled")  # what the rotation's rollback does next
+        info = runtime.deploy("svc-a", "api-key", 2)
+        assert info.healthy and info.secret_version == 2
+        assert sorted(fake.run.pinned("svc-a")) == [("api-key", "2"), (SECRET, "1")]

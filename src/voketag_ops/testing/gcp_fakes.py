@@ -21,7 +21,7 @@ import json
 import re
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -555,18 +555,25 @@ class FakeCloudRun:
         return f"projects/{self.project}/locations/{self.region}"
 
     def add_service(
-        self, name: str, secret: str, version: int | str, *, env_var: str = "DB_CREDENTIALS"
+        self,
+        name: str,
+        secret: str,
+        version: int | str,
+        *,
+        env_var: str = "DB_CREDENTIALS",
+        others: Mapping[str, int | str] | None = None,
     ) -> None:
-        """Create a service with one ready revision reading SECRET at VERSION."""
+        """Create a service with one ready revision reading SECRET at VERSION (and each of
+        OTHERS, secret -> version, as a variable named after it)."""
+        reads = {env_var: (secret, version)}
+        reads.update({other.upper().replace("-", "_"): (other, v) for other, v in (others or {}).items()})
         template = {
             "containers": [
                 {
                     "image": f"us-docker.pkg.dev/{self.project}/app/{name}:1",
                     "env": [
-                        {
-                            "name": env_var,
-                            "valueSource": {"secretKeyRef": {"secret": secret, "version": str(version)}},
-                        }
+                        {"name": var, "valueSource": {"secretKeyRef": {"secret": sec, "version": str(ver)}}}
+                        for var, (sec, ver) in reads.items()
                     ],
                 }
             ],
@@ -699,6 +706,7 @@ class FakeCloudRun:
             svc.generation += 1
             name = name or f"{svc.name}-{svc.generation:05d}-{uuid.uuid4().hex[:3]}"
             problem = self._unusable_secret(template)
+            svc.template = json.loads(json.dumps(template))  # kept even when the revision fails
             if problem:  # the revision is created but never becomes ready; traffic stays where it was
                 svc.revisions[name] = {
                     "template": wanted,
@@ -713,7 +721,6 @@ class FakeCloudRun:
                     "error": f"Revision '{name}' is not ready and cannot serve traffic. {problem}",
                 }
                 return {"name": op, "done": False}
-            svc.template = json.loads(json.dumps(template))
             self._new_revision(svc, name)
         traffic = body.get("traffic")
         if traffic is not None:

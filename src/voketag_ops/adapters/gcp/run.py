@@ -342,7 +342,14 @@ class CloudRunRuntime:
                 return self._info(service, secret, version, serving, url)
         tag = f"voke-v{version}"
         target = self._ready_revision(service, secret, version, exclude=serving)
-        if target is None:  # a new revision: the same template with the secret pinned to VERSION
+        if target is None:  # a new revision: the serving one's containers, the secret pinned to VERSION
+            if serving:
+                # Not the service's template: a failed deploy (a rolled-back rotation of another
+                # secret this service reads) leaves that pointing at a version since disabled,
+                # and every later revision built from it would fail too.
+                current = self._revision(service, serving)
+                svc.template.containers = list(current.containers)
+                svc.template.volumes = list(current.volumes)
             if not pin(svc.template, names, version):
                 raise RestartError(f"{service}: its template does not read secret {secret}")
             target = f"{service}-v{version}-{pysecrets.token_hex(3)}"
