@@ -109,6 +109,17 @@ def test_a_key_that_does_not_authenticate_is_rolled_back_and_deleted(cloud, voke
     assert fake.secretmanager.secrets["sa-ci"].aliases["current"] == 1
 
 
+def test_an_init_that_cannot_store_its_key_deletes_it(cloud, voke):
+    fake, environ = cloud
+    fake.rest.fail("POST", r":addVersion$", "UNAVAILABLE", times=10)
+    result = voke("rotate", "sa-key", "ci", "--init", "--yes", "--json", environ=environ)
+    assert result.exit_code == 4, result.stdout + result.stderr
+    assert fake.iam.user_keys(ACCOUNT) == []  # no live key that nobody holds
+    fake.rest.faults.clear()
+    rerun = voke("rotate", "sa-key", "ci", "--init", "--yes", "--json", environ=environ)
+    assert rerun.exit_code == 0 and len(fake.iam.user_keys(ACCOUNT)) == 1  # exactly one
+
+
 def test_sa_key_needs_a_cloud_environment(voke, make_environ, tmp_path):
     result = voke("rotate", "sa-key", "ci", "--yes", "--json", environ=make_environ(tmp_path / "h"))
     assert result.exit_code == 3 and "cloud environment" in result.json["error"]["message"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import suppress
 from datetime import datetime, timezone
 from typing import Any
 
@@ -196,12 +197,22 @@ def init_sa_key(engine: Any, name: str, *, dry_run: bool = False) -> dict[str, A
     cred.precheck(None, dry_run=False)  # before anything is made: at the key limit, nothing changes
     store.create(cred.secret)
     key_file = cred.keys.create(cred.account)
-    if not cred.keys.verify(key_file):
-        cred.keys.delete(cred.account, key_file["private_key_id"])
-        raise AuthenticationError(f"the new key of {cred.account} does not authenticate; deleted it")
-    version = store.add_version(cred.secret, json.dumps(key_file).encode()).version
-    meta = store.get(cred.secret)
-    store.update(cred.secret, etag=meta.etag, aliases={"current": version})
+    stored: int | None = None
+    try:
+        if not cred.keys.verify(key_file):
+            raise AuthenticationError(f"the new key of {cred.account} does not authenticate; deleted it")
+        version = stored = store.add_version(cred.secret, json.dumps(key_file).encode()).version
+        meta = store.get(cred.secret)
+        store.update(cred.secret, etag=meta.etag, aliases={"current": version})
+    except BaseException:
+        # Whatever failed (the check, Secret Manager, Ctrl-C), a live key nobody holds must not
+        # be left behind: it counts against IAM's 10 keys and no rotation or cleanup knows of it.
+        with suppress(Exception):
+            cred.keys.delete(cred.account, key_file["private_key_id"])
+        if stored is not None:
+            with suppress(Exception):
+                store.set_state(cred.secret, stored, "disabled")
+        raise
     from voketag_ops.audit import record_event
 
     record_event(
