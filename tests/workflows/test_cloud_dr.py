@@ -66,6 +66,22 @@ def test_status_has_the_local_shape_and_reads_lag_from_monitoring(cloud):
     assert snap["recoverable_window"]["seconds"] > 6 * 86400
 
 
+def test_status_shows_a_lag_in_bytes_only_when_monitoring_has_one(cloud):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from voketag_ops.cli.dr_cmd import _render_status
+    from voketag_ops.workflows import cloud_dr
+
+    _fake, settings, recovery = cloud
+    snap = cloud_dr.status(settings, recovery)
+    snap["standby"]["lag_bytes"] = None  # the byte lag is a metric of its own, and may be missing
+    out = StringIO()
+    _render_status(Console(file=out, width=200), snap)
+    assert "streaming, lag 2.50 s\n" in out.getvalue() and "None" not in out.getvalue(), out.getvalue()
+
+
 def test_check_fails_on_an_old_backup_and_on_lag(cloud):
     from voketag_ops.workflows import cloud_dr
 

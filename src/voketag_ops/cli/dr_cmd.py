@@ -408,7 +408,8 @@ def _render_status(console: Console, r: dict[str, Any]) -> None:
     console.print(f"leader   {leader['name']:<8} {leader['role']:<8} {where(leader)}")
     if standby:
         lag = (
-            f"lag {standby['lag_seconds']:.2f} s / {standby['lag_bytes']} B"
+            f"lag {standby['lag_seconds']:.2f} s"
+            + (f" / {standby['lag_bytes']} B" if standby.get("lag_bytes") is not None else "")
             if standby.get("lag_seconds") is not None
             else "lag unknown"
         )
