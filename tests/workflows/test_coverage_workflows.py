@@ -147,6 +147,42 @@ def test_history_notes_a_change_of_branch_measurement(tmp_path):
     assert entry["services"]["admin-service"]["branches"] == 2
 
 
+def test_history_add_keeps_a_last_line_saved_without_its_line_break(tmp_path):
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    write(tmp_path, "s.json", {"admin_service/a.py": lines_file(60, 40)})
+    wf.history_add(SETTINGS, [Path("s.json")], root=tmp_path, now=now, file=Path("h.jsonl"))
+    history = tmp_path / "h.jsonl"
+    history.write_text(history.read_text().rstrip("\n"))  # an editor saved it so
+    wf.history_add(SETTINGS, [Path("s.json")], root=tmp_path, now=now, file=Path("h.jsonl"))
+    assert len(wf.read_history(history)) == 2
+
+
+def test_history_add_rerun_for_the_same_ref_replaces_its_entry(tmp_path):
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    write(tmp_path, "a.json", {"admin_service/a.py": lines_file(70, 30)})
+    write(tmp_path, "b.json", {"admin_service/a.py": lines_file(80, 20)})
+    add = lambda name, ref: wf.history_add(  # noqa: E731
+        SETTINGS, [Path(name)], root=tmp_path, now=now, file=Path("h.jsonl"), ref=ref
+    )
+    add("a.json", "A")
+    first = add("b.json", "B")
+    again = add("b.json", "B")  # the CI job run again on commit B
+    assert (first.replaced, again.replaced, again.entries) == (False, True, 2)
+    assert [e["ref"] for e in wf.read_history(tmp_path / "h.jsonl")] == ["A", "B"]
+    overall = next(t for t in wf.history_show(SETTINGS, root=tmp_path, file=Path("h.jsonl")).series)
+    assert overall.change == 10.0  # not +0 against a copy of itself
+    assert add("b.json", None).replaced is False  # without a ref, every run is its own
+
+
+def test_history_show_judges_at_coverage_pys_own_precision(tmp_path):
+    (tmp_path / ".coveragerc").write_text("[report]\nprecision = 2\n")
+    write(tmp_path, "a.json", {"admin_service/a.py": lines_file(795, 205)})
+    wf.history_add(SETTINGS, [Path("a.json")], root=tmp_path, now=datetime(2026, 1, 1, tzinfo=UTC))
+    shown = wf.history_show(SETTINGS, root=tmp_path)
+    overall = shown.series[0]
+    assert shown.precision == 2 and overall.latest_display == "79.50" and overall.passed is False
+
+
 def test_history_rejects_a_damaged_file(tmp_path):
     (tmp_path / "h.jsonl").write_text('{"totals": {"statements": 1}}\nnot json\n')
     with pytest.raises(InputError, match=r"h\.jsonl:2"):

@@ -532,9 +532,14 @@ def _render_history_add(console: Console, r: Any) -> None:
     from voketag_ops.core.coverage import Counts, display_covered
 
     pc = Counts(**{k: e["totals"][k] for k in e["totals"]}).percent
-    verb = "would append" if r.dry_run else "appended"
+    verb = (
+        ("would replace" if r.dry_run else "replaced")
+        if r.replaced
+        else ("would append" if r.dry_run else "appended")
+    )
     console.print(
-        f"{verb} run {e['at']}{' (' + e['ref'] + ')' if e.get('ref') else ''}: overall "
+        f"{verb} run {e['at']}{' (' + e['ref'] + ')' if e.get('ref') else ''}"
+        f"{' (the last entry had the same --ref)' if r.replaced else ''}: overall "
         f"{display_covered(pc, 1)}%, {len(e['services'])} services -> {r.file} ({r.entries} runs)",
         markup=False,
     )

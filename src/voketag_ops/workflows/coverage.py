@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -97,7 +98,7 @@ def resolve_rule(setting: str, versions: Iterable[str | None]) -> Rule:
 def _load(
     settings: CoverageSettings, paths: Sequence[Path], root: Path, options: Options, *, regions: bool = False
 ) -> _Loaded:
-    from voketag_ops.adapters.local.coverage_files import coverage_precision, read_inputs
+    from voketag_ops.adapters.local.coverage_files import read_inputs
 
     remap = cov.PathMap(tuple(options.remap) + tuple(settings.remap.items()))
     inputs = read_inputs(list(paths), root=root, remap=remap, regions=regions)
@@ -114,13 +115,7 @@ def _load(
             f"no data to report: {', '.join(i.source for i in inputs)} measure no file",
             hint="check that the tests ran under coverage and that `coverage json`/`xml` wrote this run",
         )
-    precision = options.precision
-    if precision is None:
-        precision = settings.precision
-    if precision is None:
-        precision = coverage_precision(root)
-    if precision is None or precision < 0:
-        precision = 0
+    precision = _precision(options.precision, settings, root)
     versions = [i.tool_version for i in inputs]
     if options.strict:
         rule = Rule.STRICT
@@ -616,6 +611,17 @@ def read_history(path: Path) -> list[dict[str, Any]]:
     return entries
 
 
+def _precision(given: int | None, settings: CoverageSettings, root: Path) -> int:
+    """Decimals shown and judged: the flag, else [coverage] precision, else coverage.py's own
+    [report] precision for a run in ROOT, else 0 (as `coverage report`)."""
+    from voketag_ops.adapters.local.coverage_files import coverage_precision
+
+    for precision in (given, settings.precision):
+        if precision is not None:
+            return max(precision, 0)
+    return max(coverage_precision(root) or 0, 0)
+
+
 def _first(exc: Exception) -> str:
     return str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
 
@@ -628,6 +634,7 @@ class HistoryAdd:
     dry_run: bool
     entry: dict[str, Any]
     entries: int  # in the file afterwards
+    replaced: bool = False  # a rerun for the same --ref took the place of that run's entry
 
 
 def history_add(
@@ -641,7 +648,9 @@ def history_add(
     dry_run: bool = False,
     options: Options = Options(),
 ) -> HistoryAdd:
-    """Append this run's counts (per service and overall) to the history file."""
+    """Append this run's counts (per service and overall) to the history file. A rerun for the
+    --ref of the last entry (a CI job run again on the same commit) replaces that entry: two
+    entries of one commit would make the change since the previous commit read +0."""
     loaded = _load(settings, paths, root, options)
     specs = _specs(settings, options)
     grouped, unassigned, _ = _grouped(loaded, specs, options.services, require=False)
@@ -664,15 +673,26 @@ def history_add(
     from voketag_ops.files import check_replaceable
 
     check_replaceable(path, "--file")  # appended to: a directory or /dev/null would lose the run
-    existing = len(read_history(path)) if path.exists() else 0
+    existing = read_history(path) if path.exists() else []
+    replaced = bool(ref) and bool(existing) and existing[-1].get("ref") == ref
+    line = json.dumps(entry, sort_keys=True) + "\n"
     if not dry_run:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(entry, sort_keys=True) + "\n")
-        except OSError as exc:
-            raise UsageError(f"{path}: cannot write: {exc.strerror}") from None
-    return HistoryAdd(str(path), dry_run, entry, existing + (0 if dry_run else 1))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if replaced:
+            from voketag_ops.files import write_output
+
+            kept = "".join(json.dumps(e, sort_keys=True) + "\n" for e in existing[:-1])
+            write_output(path, "--file", lambda fh: fh.write((kept + line).encode()))
+        else:
+            try:
+                with path.open("a+b") as fh:
+                    fh.seek(0, os.SEEK_END)
+                    if fh.tell() and (fh.seek(-1, os.SEEK_END), fh.read(1))[1] != b"\n":
+                        line = "\n" + line  # a last line saved without its line break stays whole
+                    fh.write(line.encode())
+            except OSError as exc:
+                raise UsageError(f"{path}: cannot write: {exc.strerror}") from None
+    return HistoryAdd(str(path), dry_run, entry, len(existing) + (0 if dry_run or replaced else 1), replaced)
 
 
 def _history_path(settings: CoverageSettings, root: Path, file: Path | None) -> Path:
@@ -734,7 +754,7 @@ def history_show(
     entries = read_history(path)
     if last is not None:
         entries = entries[-last:] if last > 0 else []
-    p = precision if precision is not None else (settings.precision if settings.precision is not None else 0)
+    p = _precision(precision, settings, root)
     recorded = {name for e in entries for name in e.get("services") or {}}
     # configured services in their configured order, then any others recorded (sorted)
     names = ["overall", *(n for n in settings.services if n in recorded)]
