@@ -390,6 +390,13 @@ def test_badge_is_offline_and_byte_deterministic(voke, env, project):
     assert piped.exit_code == 2 and "not a regular file" in piped.stderr
 
 
+def test_badge_colour_is_the_band_of_the_number_it_shows(voke, env, project):
+    write_json(project, {"admin_service/a.py": lines_file(796, 204)})  # 79.6 %, shown as 80
+    r = voke("coverage", "badge", "coverage.json", "--out", "b.svg", "--json", environ=env, cwd=project)
+    assert r.exit_code == 0 and r.json["result"]["value"] == "80%"
+    assert r.json["result"]["color"] == "#97ca00"  # green, as any other "80%"
+
+
 # -- history --------------------------------------------------------------------------------------
 def test_history_add_show_and_chart(voke, env, project):
     for i, (a, f) in enumerate([(60, 50), (70, 60), (85, 70)]):

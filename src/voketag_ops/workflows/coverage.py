@@ -554,8 +554,9 @@ def badge(
     else:
         counts = cov.total(f.counts for f in loaded.files.values())
     pc = counts.percent
-    value = cov.display_covered(pc, loaded.precision) + "%"
-    color = cov.band_color(pc, bands)
+    shown = cov.display_covered(pc, loaded.precision)
+    value = shown + "%"
+    color = cov.band_color(float(shown), bands)  # the band of the number it reads (79.6 shows 80)
     text = svg_badge(label, value, color)
     _write_atomic(_under(root, out), text)
     return BadgeReport(str(out), label, value, color, pc, service, len(text.encode()))
