@@ -115,6 +115,20 @@ def test_diff_from_a_subdirectory_of_the_repository(tmp_path):
         "::warning file=services/admin/admin_service/m.py,line=8,endLine=8,title=Uncovered change::"
         "Line 8 is changed but not covered by tests"
     ]
+    # The same change saved as a diff file: from the repository's top (what `git diff` writes,
+    # wherever it runs), relative to the project, and with diff.mnemonicPrefix's i/ and w/.
+    saved = {
+        "top.diff": ["diff"],
+        "relative.diff": ["diff", "--relative"],
+        "mnemonic.diff": ["-c", "diff.mnemonicPrefix=true", "diff"],
+    }
+    for name, args in saved.items():
+        text = subprocess.run(
+            ["git", *args, "main"], cwd=proj, capture_output=True, text=True, check=True
+        ).stdout
+        (tmp_path / name).write_text(text)
+        r = wf.diff(SETTINGS, [Path("coverage.xml")], root=proj, base=None, diff_file=tmp_path / name)
+        assert (r.measured, r.covered) == (4, 3), name
 
 
 def test_annotation_values_are_escaped():

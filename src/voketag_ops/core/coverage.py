@@ -603,6 +603,8 @@ def function_gaps(files: Iterable[FileCoverage], service: str, top: int) -> list
 
 # -- diff coverage ---------------------------------------------------------------------------------
 _HUNK = re.compile(r"^@@ -\d+(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+_GIT_PREFIX = re.compile(r'"?[a-z0-9]/')
+_B_PREFIX = re.compile("b/")
 
 
 def parse_unified_diff(text: str) -> dict[str, set[int]]:
@@ -612,6 +614,9 @@ def parse_unified_diff(text: str) -> dict[str, set[int]]:
     "+++ x" or "diff ..." (a "++ x" or "-- x" in the file) is never taken for a file header."""
     changed: dict[str, set[int]] = {}
     current: set[int] | None = None
+    # A git diff's paths carry a one-character prefix (b/; w/, i/, c/ with diff.mnemonicPrefix),
+    # unless made with --no-prefix; a plain `diff -u` has no `diff --git` line: b/ alone is dropped.
+    prefix: re.Pattern[str] | None = _B_PREFIX
     line_no = 0
     old_left = new_left = 0  # lines of the current hunk still to come
     for raw in text.splitlines():
@@ -629,6 +634,9 @@ def parse_unified_diff(text: str) -> dict[str, set[int]]:
                 old_left -= 1
                 new_left -= 1
             continue  # ("\ No newline at end of file" counts for neither side)
+        if raw.startswith("diff --git "):
+            prefix = _GIT_PREFIX if _GIT_PREFIX.match(raw, 11) else None
+            continue
         if raw.startswith("+++ "):
             target = raw[4:].split("\t", 1)[0]
             if target == "/dev/null":
@@ -637,7 +645,7 @@ def parse_unified_diff(text: str) -> dict[str, set[int]]:
             if target.startswith('"') and target.endswith('"'):
                 target = target[1:-1].encode("latin-1", "backslashreplace").decode("unicode_escape")
                 target = target.encode("latin-1", "replace").decode("utf-8", "replace")
-            if target.startswith("b/"):
+            if prefix is not None and prefix.match(target):
                 target = target[2:]
             current = changed.setdefault(normalize_path(target), set())
             continue

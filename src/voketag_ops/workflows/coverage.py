@@ -426,7 +426,7 @@ def diff(
     """Diff coverage against BASE (or the unified diff in DIFF_FILE). With ANNOTATIONS (default:
     in GitHub Actions), EMIT receives `::warning` lines for uncovered changed ranges, capped at
     GitHub's per-step limit with one `::notice` saying how many were left out."""
-    from voketag_ops.adapters.local.git_diff import changed_lines, read_diff_file
+    from voketag_ops.adapters.local.git_diff import changed_lines, read_diff_file, work_tree_prefix
 
     environ = environ or {}
     if annotations is None:
@@ -441,6 +441,12 @@ def diff(
     if diff_file is not None:
         changed = read_diff_file(_under(root, diff_file))
         by_repo = dict(loaded.files)
+        # `git diff > x.diff` names paths from the repository's top, also when run from the
+        # project's subdirectory; `git diff --relative` from the project. Whichever names more.
+        if prefix := work_tree_prefix(root):
+            from_top = {prefix + k: fc for k, fc in loaded.files.items() if not cov.is_absolute(k)}
+            if len(changed.keys() & from_top.keys()) > len(changed.keys() & by_repo.keys()):
+                by_repo = from_top
     else:
         assert base is not None
         found = changed_lines(root, base)

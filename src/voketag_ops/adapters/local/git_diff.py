@@ -71,6 +71,14 @@ def changed_lines(root: Path, base: str) -> ChangedLines:
     return ChangedLines(parse_unified_diff(diff.stdout), Path(toplevel.strip()), prefix.strip(), base)
 
 
+def work_tree_prefix(root: Path) -> str:
+    """ROOT relative to its git repository's top ("sub/dir/"), "" at the top or outside git."""
+    if shutil.which("git") is None:
+        return ""
+    found = _git(root, "rev-parse", "--show-prefix")
+    return found.stdout.strip() if found.returncode == 0 else ""
+
+
 def read_diff_file(path: Path) -> dict[str, set[int]]:
     """Changed lines from a unified diff saved in PATH (paths relative to the project root)."""
     try:
