@@ -178,6 +178,14 @@ def test_corrupt_sqlite(tmp_path):
         read_inputs([Path(".coverage")], root=tmp_path)
 
 
+def test_one_damaged_parallel_data_file_is_named_as_damaged(tmp_path, capfd):
+    (tmp_path / ".coverage.ci").write_bytes(b"SQLite format 3\x00" + b"\x00" * 200)
+    with pytest.raises(InputError, match=r"\.coverage\.ci: cannot read coverage data") as caught:
+        read_inputs([Path(".coverage.ci")], root=tmp_path)
+    assert "upload" not in str(caught.value.hint or "")  # not taken for a file never uploaded
+    assert "Warning" not in capfd.readouterr().err  # no raw Python warning either
+
+
 def test_missing_coverage_library_is_a_config_error(tmp_path, monkeypatch, measured: Measured):
     import builtins
 

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -391,7 +392,12 @@ def read_data_files(
 
     label = ", ".join(str(p) for p in data_files)
     _check_combinable(data_files, coverage)
-    with tempfile.TemporaryDirectory(prefix="voke-coverage-") as tmp, _chdir(root):
+    with (
+        tempfile.TemporaryDirectory(prefix="voke-coverage-") as tmp,
+        _chdir(root),
+        warnings.catch_warnings(record=True) as warned,  # said in the error, not as raw Python warnings
+    ):
+        warnings.simplefilter("always")
         try:
             if len(data_files) == 1 and data_files[0].name == ".coverage":
                 cov = coverage.Coverage(data_file=str(data_files[0]), config_file=True)
@@ -408,7 +414,11 @@ def read_data_files(
                 "coverage config, or pass coverage.json made with `coverage json` there",
             ) from None
         except NoDataError as exc:
-            raise InputError(f"{label}: no coverage data: {_short(exc)}", hint=DATA_FILE_HINT) from None
+            said = "; ".join(dict.fromkeys(str(w.message) for w in warned))
+            raise InputError(
+                f"{label}: no coverage data: {_short(exc)}" + (f" ({said})" if said else ""),
+                hint=DATA_FILE_HINT,
+            ) from None
         except (DataError, CoverageException) as exc:
             raise InputError(f"{label}: cannot read coverage data: {_short(exc)}") from None
         except Exception as exc:  # sqlite3 errors and the like from a damaged file
@@ -420,9 +430,9 @@ def read_data_files(
 
 
 def _check_combinable(data_files: Sequence[Path], coverage: Any) -> None:
-    """Name both files when branch data meets statement data (coverage.py names only one)."""
-    if len(data_files) < 2:
-        return
+    """Name a file coverage.py cannot read (combining would only warn about it, and then say
+    there is no data), and both files when branch data meets statement data (coverage.py
+    names only one)."""
     kinds: dict[bool, Path] = {}
     for path in data_files:
         data = coverage.CoverageData(basename=str(path))
@@ -456,7 +466,6 @@ def coverage_precision(root: Path) -> int | None:
     coverage.py). Asked of coverage.py, not re-implemented: which file it reads (COVERAGE_RCFILE,
     .coveragerc, .coveragerc.toml, setup.cfg, tox.ini, pyproject.toml), which sections count
     there and which file ends the search have changed between its versions."""
-    import warnings
 
     try:
         import coverage
