@@ -61,6 +61,8 @@ def test_show_filters_and_pages(voke, home: Path) -> None:
         (["--since", "yesterday"], "--since"),
         (["--result", "maybe"], "--result must be one of"),
         (["--limit", "0"], "--limit"),
+        (["--since", "1000000d"], "before the year 1"),
+        (["--until", "99999999999d"], "before the year 1"),
     ],
 )
 def test_show_bad_flags_are_usage_errors(voke, home: Path, args: list[str], fragment: str) -> None:
@@ -105,6 +107,7 @@ def test_checkpoint_then_truncation_is_caught(voke, home: Path) -> None:
     plan = voke("audit", "checkpoint", "--dry-run", "--json")
     assert plan.exit_code == 0, plan.stdout
     assert plan.json["result"]["plan"][0] == "checkpoint the log at 12 entries (12 since the last checkpoint)"
+    assert plan.json["result"]["entries"] == 12  # a count, not the log itself
     assert (
         not AuditLog(home).checkpoints_path.exists()
         and len(AuditLog(home).path.read_bytes().splitlines()) == 12
@@ -130,6 +133,38 @@ def test_checkpoint_then_truncation_is_caught(voke, home: Path) -> None:
     bad = voke("audit", "verify", "--json")
     assert bad.exit_code == 1 and bad.json["result"]["problem"] == "truncated"
     assert bad.json["result"]["first_bad_entry"] == 10
+
+
+def test_a_damaged_line_stops_a_checkpoint_with_exit_5(voke, home: Path) -> None:
+    assert voke("audit", "checkpoint", "--yes").exit_code == 0
+    log = AuditLog(home)
+    record_event(home, event_type="dr.check", env="local", target="x", result="success", now=T0)
+    lines = log.path.read_bytes().splitlines(keepends=True)
+    log.path.write_bytes(b"".join([*lines[:-2], b'{"broken\n', lines[-1]]))  # after the checkpoint
+    damaged = voke("audit", "checkpoint", "--yes", "--json")
+    assert damaged.exit_code == 5, damaged.stdout
+    assert "cannot checkpoint the audit log: not JSON" in damaged.json["error"]["message"]
+    assert "voke audit verify" in damaged.json["error"]["hint"]
+    with log.checkpoints_path.open("ab") as fh:
+        fh.write(b"junk\n")
+    for args in (["--dry-run"], ["--yes"]):
+        refused = voke("audit", "checkpoint", *args, "--json")
+        assert (
+            refused.exit_code == 5
+            and "checkpoints.jsonl:2: not a checkpoint" in refused.json["error"]["message"]
+        )
+
+
+def test_an_entry_whose_time_cannot_be_read_is_skipped_by_time_filters(voke, home: Path) -> None:
+    log = AuditLog(home)
+    lines = log.path.read_bytes().splitlines(keepends=True)
+    lines[5] = lines[5].replace(b'"timestamp":"2026-05-01T07:00:00', b'"timestamp":"not a time')
+    assert b"not a time" in lines[5]
+    log.path.write_bytes(b"".join(lines))
+    shown = voke("audit", "show", "--since", "2026-05-01T05:00Z", "--json")
+    assert shown.exit_code == 0 and shown.json["result"]["skipped_lines"] == [6]
+    assert voke("audit", "export", "--until", "2026-05-01T09:00Z").exit_code == 0
+    assert voke("audit", "verify").exit_code == 1
 
 
 def test_env_down_without_an_environment_is_audited_and_starts_nothing(voke, home: Path) -> None:

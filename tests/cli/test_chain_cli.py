@@ -171,6 +171,8 @@ def test_anchor_lifecycle_validate_and_audit(voke, chain_env, local_env) -> None
     assert created.exit_code == 0 and created.json["result"]["outcome"] == "created"
     assert run("chain", "anchor", "request", root, "--json").json["result"]["outcome"] == "existing"
     assert run("chain", "anchor", "request", "abc").exit_code == 2
+    claim = run("chain", "anchor", "request", "ab" * 32, "--kind", "audit-checkpoint", "--tree-size", "5")
+    assert claim.exit_code == 2 and "reserved" in claim.stderr  # `audit verify` would hold it against the log
     dry = run("chain", "anchor", "run", "--dry-run", "--json")
     assert dry.json["result"]["outcome"] == "dry-run"
 

@@ -315,7 +315,10 @@ def anchor_request(
     ctx: typer.Context,
     root_hex: Annotated[str, typer.Argument(metavar="ROOT", help="The root to anchor (64 hex digits).")],
     kind: Annotated[
-        str, typer.Option("--kind", help="What the root is: batch, audit-checkpoint, ...")
+        str,
+        typer.Option(
+            "--kind", help="What the root is: batch, ... (audit-checkpoint is `voke audit checkpoint`'s own)."
+        ),
     ] = "batch",
     label: Annotated[str, typer.Option("--label", help="A name for it (batch id, ...).")] = "",
     tree_size: Annotated[
@@ -335,6 +338,11 @@ def anchor_request(
         raise UsageError("ROOT: not hex") from None
     if len(root_bytes) != 32:
         raise UsageError(f"ROOT must be 32 bytes (64 hex digits), got {len(root_bytes)}")
+    if kind == "audit-checkpoint":  # each is a claim on the audit log, checked by `audit verify`
+        raise UsageError(
+            "--kind audit-checkpoint is reserved: `voke audit checkpoint` requests those anchors "
+            "(one requested by hand would be held against the audit log for good, cancelled or not)"
+        )
     if dry_run:
         env.out.result(
             {"dry_run": True, "root": root_bytes.hex(), "kind": kind, "label": label},

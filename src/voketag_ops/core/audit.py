@@ -237,6 +237,12 @@ def parse_entry(line: bytes) -> AuditEntry:
     for key in ("prev_hash", "hash"):
         if not re.fullmatch(r"[0-9a-f]{64}", doc[key]):
             raise EntryFormatError(f"{key} must be 64 lowercase hex digits")
+    try:  # read back by --since/--until: any ISO 8601 time with its offset, as voke writes them
+        stamp = datetime.fromisoformat(doc["timestamp"].replace("Z", "+00:00"))
+    except ValueError:
+        raise EntryFormatError("timestamp must be an ISO 8601 time") from None
+    if stamp.tzinfo is None:
+        raise EntryFormatError("timestamp must say its offset (Z)")
     duration = doc["duration_seconds"]
     if duration is not None and (isinstance(duration, bool) or not isinstance(duration, int | float)):
         raise EntryFormatError("duration_seconds must be a number or null")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,10 @@ def parse_when(value: str, option: str, *, now: datetime) -> datetime:
     text = value.strip()
     match = _RELATIVE.match(text)
     if match:
-        return now - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        try:
+            return now - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        except OverflowError:  # 1000000d is before year 1
+            raise UsageError(f"{option}: {value!r} reaches back before the year 1") from None
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
         if not offset_is_valid(text):
@@ -87,11 +91,26 @@ def refuse_foreign_chain(home: Path, state: Any, source: str) -> None:
         )
 
 
+@contextmanager
+def _checkpointable() -> Iterator[None]:
+    """A damaged line in the log (after the last checkpoint) or in its checkpoints file stops a
+    checkpoint: exit 5, naming it; `voke audit verify` says which entry and what to do."""
+    from voketag_ops.errors import PreconditionError
+
+    try:
+        yield
+    except core.EntryFormatError as exc:
+        raise PreconditionError(
+            f"cannot checkpoint the audit log: {exc}", hint="`voke audit verify` names the damaged line"
+        ) from None
+
+
 def checkpoint_plan(home: Path) -> dict[str, Any]:
     """What `checkpoint` would do, changing nothing."""
     log = AuditLog(home)
     entries = list(log.entries())
-    last = next(iter(reversed(log.checkpoints())), None)
+    with _checkpointable():
+        last = next(iter(reversed(log.checkpoints())), None)
     covered = last.size if last is not None else 0
     new = [e for e in entries[covered:] if e.event_type != CHECKPOINT_EVENT]
     if not entries:
@@ -102,7 +121,7 @@ def checkpoint_plan(home: Path) -> dict[str, Any]:
         step = f"no new entries since the checkpoint at {covered}: keep it"
     return {
         "plan": [step, "request an anchor for every checkpoint the chain has not seen"],
-        "entries": entries,
+        "entries": len(entries),
         "last_checkpoint_size": last.size if last is not None else None,
     }
 
@@ -112,8 +131,9 @@ def checkpoint(home: Path, *, env: str, now: datetime | None = None) -> dict[str
     the event recording it comes after the checkpoint (the next one covers it)."""
     from voketag_ops.audit import audited
 
-    before = next(iter(reversed(AuditLog(home).checkpoints())), None)
-    with audited(home, event_type=CHECKPOINT_EVENT, env=env, target="audit log") as event:
+    with _checkpointable():
+        before = next(iter(reversed(AuditLog(home).checkpoints())), None)
+    with audited(home, event_type=CHECKPOINT_EVENT, env=env, target="audit log") as event, _checkpointable():
         report = _checkpoint(home, now=now)
         event.details.update(
             {k: report[k] for k in ("checkpoint", "anchors_requested", "anchoring_queued") if k in report}
