@@ -86,6 +86,13 @@ def test_export_json_and_csv(voke, home: Path, tmp_path: Path) -> None:
     assert voke("audit", "export", "--format", "xml").exit_code == 2
 
 
+def test_export_of_a_log_that_cannot_be_read_writes_nothing(voke, tmp_path: Path) -> None:
+    (tmp_path / "home" / "audit" / "audit.jsonl").mkdir(parents=True)  # where the log should be
+    for fmt in ("json", "csv"):
+        failed = voke("audit", "export", "--format", fmt)
+        assert failed.exit_code == 4 and failed.stdout == "", failed.stdout
+
+
 def test_verify_ok_then_names_the_tampered_entry(voke, home: Path) -> None:
     ok = voke("audit", "verify", "--json")
     assert ok.exit_code == 0 and ok.json["result"]["entries"] == 12

@@ -3,6 +3,7 @@ checkpoint. Commands record events through `voketag_ops.audit` (record_event, au
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Iterator
@@ -60,7 +61,9 @@ def show(
 
 def export_chunks(home: Path, flt: core.Filter, fmt: str) -> Iterator[str]:
     """The matching entries as a JSON array or CSV, in chunks (the log may be large)."""
-    entries = (e for e in AuditLog(home).entries() if flt.matches(e))
+    matching = (e for e in AuditLog(home).entries() if flt.matches(e))
+    first = next(matching, None)  # a log that cannot be read fails before anything is written
+    entries = itertools.chain([] if first is None else [first], matching)
     if fmt == "csv":
         yield from core.to_csv(entries)
         return
