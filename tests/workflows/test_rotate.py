@@ -576,6 +576,46 @@ def test_a_commit_that_happened_but_was_not_recorded_is_rolled_back(platform, pl
     assert_consistent(platform)
 
 
+class InterruptedRedeploy:
+    """The real runtime, but the rollback's redeploy is cut short by Ctrl-C (or SIGTERM)."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def deploy_many(self, targets):
+        raise KeyboardInterrupt
+
+
+def test_an_interrupted_rollback_is_finished_never_resumed_forward(platform, platform_environ, voke):
+    from voketag_ops.errors import Interrupted
+
+    crashed = voke_proc(platform_environ, "rotate", "db-password", "--yes", **{FAULT_ENV: "deploy"})
+    assert crashed.returncode == FAULT_EXIT_CODE  # the services are on the new version
+    store = platform.store()
+    record = json.loads(store.get("db-app").annotations[ANNOTATION])
+    engine = make_engine(platform, runtime=InterruptedRedeploy(platform.runtime()))
+    with pytest.raises(Interrupted) as caught:  # the aliases are back, the services not yet
+        engine.rollback(record["id"])
+    assert f"voke rotate rollback {record['id']}" in (caught.value.hint or "")
+    assert store.get("db-app").aliases["current"] == record["old_current"]
+    status = voke("rotate", "status", "--json", environ=platform_environ).json["result"]
+    assert [(r["rotation_id"], r["status"]) for r in status["in_progress"]] == [
+        (record["id"], "rolling_back")
+    ]
+    plan = voke("rotate", "resume", "--dry-run", "--json", environ=platform_environ).json["result"]
+    assert plan["plan"][0] == f"finish the rollback begun on {record['id']}"
+    resumed = voke("rotate", "resume", "--yes", "--json", environ=platform_environ)  # or a cron `due --run`
+    assert resumed.exit_code == 6, resumed.stdout  # rolled back: safe to retry
+    assert resumed.json["result"]["status"] == "rolled_back"
+    assert store.get("db-app").aliases["current"] == record["old_current"]
+    assert_consistent(platform)  # services on the version that is current, and no lockout
+    assert voke("rotate", "db-password", "--yes", environ=platform_environ).exit_code == 0
+    assert_consistent(platform)
+
+
 def test_resume_and_rollback_dry_runs_show_the_plan_and_change_nothing(platform, platform_environ, voke):
     crashed = voke_proc(platform_environ, "rotate", "db-password", "--yes", **{FAULT_ENV: "set_target"})
     assert crashed.returncode == FAULT_EXIT_CODE

@@ -46,6 +46,7 @@ RESULTS = (
     "rolled_back",
     "needs_attention",
     "in_progress",
+    "rolling_back",
     "loaded",
     "duplicate",
     "rejected",

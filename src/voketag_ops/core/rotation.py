@@ -19,7 +19,9 @@ from voketag_ops.core.times import iso
 
 STEPS = ("lock", "create_pending", "set_target", "test", "commit", "deploy", "health", "finish")
 Step = Literal["lock", "create_pending", "set_target", "test", "commit", "deploy", "health", "finish"]
-Status = Literal["in_progress", "succeeded", "rolled_back", "needs_attention"]
+Status = Literal["in_progress", "rolling_back", "succeeded", "rolled_back", "needs_attention"]
+# A rotation under way, forward or (rolling_back) backward: its owner may be running it.
+ACTIVE: tuple[Status, ...] = ("in_progress", "rolling_back")
 ANNOTATION = "voke-rotation"
 LAST_ANNOTATION = "voke-last-rotation"
 EMERGENCY = "emergency"  # the strategy of a JWT rotation that replaces every key at once
@@ -82,6 +84,9 @@ class RotationRecord:
     finished_at: str | None = None
     steps: list[StepRecord] = field(default_factory=list)
     error: dict[str, str] | None = None
+    # The scope of a rollback once begun (status rolling_back): an interrupted rollback is
+    # finished, never resumed forward over the aliases it already moved back.
+    rolling_back: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)

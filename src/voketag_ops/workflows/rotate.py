@@ -21,6 +21,7 @@ from typing import Any
 
 from voketag_ops.config import RotationSettings
 from voketag_ops.core.rotation import (
+    ACTIVE,
     ANNOTATION,
     EMERGENCY,
     LAST_ANNOTATION,
@@ -252,7 +253,7 @@ class RotationEngine:
                 f"rotation {existing.id} of {user.secret} stopped and needs a person; nothing was changed",
                 hint=f"voke rotate resume {existing.id}   or: voke rotate rollback {existing.id}",
             )
-        if existing and existing.status == "in_progress":
+        if existing and existing.status in ACTIVE:
             if self._owner_alive(existing):
                 raise PreconditionError(
                     f"rotation {existing.id} of {user.secret} is running (owner {existing.owner}, "
@@ -431,7 +432,7 @@ class RotationEngine:
                 raise NeedsOperatorError(
                     f"rotation {record.id} lost its lease on {record.secret} to {stored.id} ({stored.owner})"
                 )
-        elif record.status == "in_progress":
+        elif record.status in ACTIVE:
             raise NeedsOperatorError(f"rotation {record.id}: its record vanished from {record.secret}")
         record.lease_until = iso(self.now() + timedelta(seconds=self.settings.lease_seconds))
         changes: dict[str, str | None] = {ANNOTATION: record.to_json()}
@@ -538,6 +539,12 @@ class RotationEngine:
 
     def _deploy(self, record: RotationRecord, user: Credential) -> str:
         assert record.pending_version is not None
+        current = self.store.get(record.secret).aliases.get("current")
+        if current != record.pending_version:  # the commit was undone (a rollback begun by hand)
+            raise SecretError(
+                f"{record.secret}: current is version {current}, not the new {record.pending_version}; "
+                "services are not moved to a version that is not current"
+            )
         if user.services:
             self.runtime.deploy_many({svc: (record.secret, record.pending_version) for svc in user.services})
         return f"{len(user.services)} service(s) on version {record.pending_version}"
@@ -592,6 +599,8 @@ class RotationEngine:
             return self._needs_attention(record, t0, resumed, f"{exc.kind} at {step}: {exc.message}")
         try:
             self._rollback(record, failed_step=step)
+        except Interrupted:
+            raise
         except VokeError as rb_exc:
             return self._needs_attention(
                 record,
@@ -624,7 +633,9 @@ class RotationEngine:
     def _scope(self, record: RotationRecord, failed_step: str | None = None) -> str:
         """The rollback scope: that of the step in flight (FAILED_STEP, or the step after the last
         one recorded), widened to restore_aliases when the store shows the commit happened."""
-        scope = rollback_scope(failed_step or next(iter(record.next_steps()), record.step))
+        scope = record.rolling_back or rollback_scope(
+            failed_step or next(iter(record.next_steps()), record.step)
+        )
         meta = self.store.get(record.secret)
         if record.pending_version is not None and meta.aliases.get("current") == record.pending_version:
             scope = "restore_aliases"
@@ -639,6 +650,21 @@ class RotationEngine:
         version, the commit happened even if it was never recorded.
         """
         scope = self._scope(record, failed_step)
+        if (
+            record.rolling_back is None
+        ):  # before the first change: resumed, it is finished, not redone forward
+            record.status, record.rolling_back = "rolling_back", scope
+            self._save(record)
+        try:
+            self._undo(record, scope)
+        except KeyboardInterrupt:
+            self._release(record)
+            raise Interrupted(
+                f"the rollback of rotation {record.id} was interrupted; its state is recorded",
+                hint=f"voke rotate rollback {record.id} --yes   (finishes it)",
+            ) from None
+
+    def _undo(self, record: RotationRecord, scope: str) -> None:
         t = time.monotonic()
         user = self._credential_of_secret(record.secret)
         pending = self._cred(record.secret, record.pending_version)
@@ -725,7 +751,7 @@ class RotationEngine:
                     )
                 return Outcome(RotationReport.of(finished, t0=t0))  # done: resuming it again is a no-op
             return Outcome(None)
-        if self._owner_alive(record) and record.status == "in_progress":
+        if self._owner_alive(record) and record.status in ACTIVE:
             raise PreconditionError(
                 f"rotation {record.id} is running (owner {record.owner}); nothing was changed"
             )
@@ -734,13 +760,26 @@ class RotationEngine:
     def _resume(self, record: RotationRecord, t0: float) -> Outcome:
         self._take_over(record)
         self._audit("rotation.resume", record, "started")
+        if record.status == "rolling_back":  # its rollback was interrupted: finish that
+            self.progress(f"rotation {record.id} was being rolled back: finishing the rollback")
+            try:
+                self._rollback(record)
+            except Interrupted:
+                raise
+            except VokeError as exc:
+                return self._needs_attention(record, t0, True, f"rollback failed: {exc.message}")
+            error = RolledBackError(
+                f"rotation {record.id} of {record.secret} had been rolled back part-way; the rollback is finished",
+                hint=f"safe to retry: {retry_command(record)}",
+            )
+            return Outcome(RotationReport.of(record, t0=t0, resumed=True), error)
         return self._run(record, t0, resumed=True)
 
     def _take_over(self, record: RotationRecord) -> None:
         meta = self.store.get(record.secret)
         old_owner = record.owner
         record.owner = self.owner
-        record.status = "in_progress"
+        record.status = "rolling_back" if record.rolling_back else "in_progress"
         record.error = None
         record.lease_until = iso(self.now() + timedelta(seconds=self.settings.lease_seconds))
         stored = meta.annotations.get(ANNOTATION)
@@ -777,25 +816,31 @@ class RotationEngine:
             }
         in_flight = next(iter(record.next_steps()), record.step)
         scope = self._scope(record)
-        if action == "resume":
+        if action == "resume" and not record.rolling_back:
             plan = [
                 f"take over {record.id} (owner {record.owner})",
                 *[f"run {s}" for s in record.next_steps()],
             ]
         else:
-            plan = {
-                "discard_pending": [f"disable version {record.pending_version} and remove the pending alias"],
-                "restore_target": [
-                    "give the changed credential its last stored value back",
-                    f"disable version {record.pending_version} and remove the pending alias",
-                ],
-                "restore_aliases": [
-                    f"move current back to {record.old_current} and previous to {record.old_previous}",
-                    f"redeploy the services pinned to {record.old_current}",
-                    "give the changed credential its last stored value back",
-                    f"disable version {record.pending_version}",
-                ],
-            }[scope]
+            begun = [f"finish the rollback begun on {record.id}"] if record.rolling_back else []
+            plan = (
+                begun
+                + {
+                    "discard_pending": [
+                        f"disable version {record.pending_version} and remove the pending alias"
+                    ],
+                    "restore_target": [
+                        "give the changed credential its last stored value back",
+                        f"disable version {record.pending_version} and remove the pending alias",
+                    ],
+                    "restore_aliases": [
+                        f"move current back to {record.old_current} and previous to {record.old_previous}",
+                        f"redeploy the services pinned to {record.old_current}",
+                        "give the changed credential its last stored value back",
+                        f"disable version {record.pending_version}",
+                    ],
+                }[scope]
+            )
         return {
             "dry_run": True,
             "rotation_id": record.id,
@@ -803,7 +848,7 @@ class RotationEngine:
             "last_step": record.step,
             "in_flight": in_flight,
             "scope": scope if action == "rollback" else None,
-            "running": self._owner_alive(record) and record.status == "in_progress",
+            "running": self._owner_alive(record) and record.status in ACTIVE,
             "plan": plan,
         }
 
@@ -820,13 +865,15 @@ class RotationEngine:
             raise PreconditionError(
                 f"rotation {rotation_id} already ended ({done.status}); nothing to roll back"
             )
-        if self._owner_alive(record) and record.status == "in_progress":
+        if self._owner_alive(record) and record.status in ACTIVE:
             raise PreconditionError(
                 f"rotation {record.id} is running (owner {record.owner}); nothing was changed"
             )
         self._take_over(record)
         try:
             self._rollback(record)
+        except Interrupted:
+            raise
         except VokeError as exc:
             return self._needs_attention(record, t0, False, f"rollback failed: {exc.message}")
         return Outcome(RotationReport.of(record, t0=t0))
