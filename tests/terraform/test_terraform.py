@@ -141,6 +141,11 @@ def test_crons_are_valid_and_equal_to_voke_schedule(module):
     args = '\\"rotate\\", \\"due\\", \\"--run\\", \\"--yes\\", \\"--json\\"'  # --yes: no terminal in a job
     assert args in json.dumps(jobs["rotate"]["http_target"])
     assert '\\"dr\\", \\"check\\", \\"--json\\"' in json.dumps(jobs["dr_check"]["http_target"])
+    # PRODUCT.md's retention (disable after 24 h, destroy after 30 days) needs cleanup to run too
+    assert '\\"rotate\\", \\"cleanup\\", \\"--yes\\", \\"--json\\"' in json.dumps(
+        jobs["cleanup"]["http_target"]
+    )
+    next(CronSim(declared["cleanup_schedule"]["default"], start))
 
 
 def test_alert_metrics_are_real_cloud_sql_metrics_or_voke_own(module):

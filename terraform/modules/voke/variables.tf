@@ -58,6 +58,12 @@ variable "rotation_check_schedule" {
   default     = "0 2 * * *"
 }
 
+variable "cleanup_schedule" {
+  type        = string
+  description = "Cron (UTC) of `voke rotate cleanup --yes --json` (retention: disable after 24 h, destroy after 30 days)"
+  default     = "0 3 * * *"
+}
+
 variable "dr_check_schedule" {
   type        = string
   description = "Cron (UTC) of `voke dr check --json`"
