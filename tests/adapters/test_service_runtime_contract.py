@@ -149,3 +149,30 @@ def test_a_deploy_keeps_what_the_serving_revision_reads_of_other_secrets(platfor
         info = runtime.deploy("svc-a", "api-key", 2)
         assert info.healthy and info.secret_version == 2
         assert sorted(fake.run.pinned("svc-a")) == [("api-key", "2"), (SECRET, "1")]
+
+
+def test_a_service_process_no_registry_lists_is_stopped_by_the_next_runtime_call(tmp_path):
+    """A voke killed between starting an instance and writing the registry left it running
+    where `env down` and `destroy` never looked."""
+    import subprocess
+    import sys
+
+    from voketag_ops.adapters.local.services import LocalServiceRuntime
+
+    home = tmp_path / "home"
+    orphan = subprocess.Popen(  # what its command line says is all that counts
+        [sys.executable, "-c", "import time; time.sleep(60)", "voketag_ops.adapters.local.service_app",
+         "--home", str(home)],
+    )  # fmt: skip
+    other = subprocess.Popen(  # another home's: not this runtime's to stop
+        [sys.executable, "-c", "import time; time.sleep(60)", "voketag_ops.adapters.local.service_app",
+         "--home", str(tmp_path / "elsewhere")],
+    )  # fmt: skip
+    try:
+        LocalServiceRuntime(home, {"svc-a": SECRET}).stop_all()
+        assert orphan.wait(timeout=10) is not None
+        assert other.poll() is None
+    finally:
+        for proc in (orphan, other):
+            proc.kill()
+            proc.wait()

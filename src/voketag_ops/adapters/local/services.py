@@ -10,6 +10,7 @@ drain (it answers for a second more, then exits).
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import os
 import secrets as pysecrets
@@ -93,6 +94,7 @@ class LocalServiceRuntime:
                 doc = json.loads(self.registry_file.read_text())
             except (FileNotFoundError, ValueError):
                 doc = {"services": {}}
+            self._stop_unlisted(doc)
             yield doc
             tmp = self.registry_file.with_name(".registry.json.tmp")
             tmp.write_text(json.dumps(doc, indent=1))
@@ -100,6 +102,18 @@ class LocalServiceRuntime:
             tmp.replace(self.registry_file)
         finally:
             os.close(fd)
+
+    def _stop_unlisted(self, doc: dict[str, Any]) -> None:
+        """Stop this home's service processes that DOC does not list: a voke killed between
+        starting one and writing the registry (both under the registry lock, which the caller
+        holds now) left it running where no `env down` or `destroy` would find it."""
+        listed = {
+            i["pid"] for e in doc["services"].values() for i in [e.get("active"), *e.get("others", [])] if i
+        }
+        for pid in _instances_of(self.home):
+            if pid not in listed:
+                log.info("stopping service process %s, which no registry lists", pid)
+                _terminate(pid)
 
     def _snapshot(self) -> dict[str, Any]:
         try:
@@ -374,6 +388,28 @@ class LocalServiceRuntime:
 
 def _url(inst: dict[str, Any]) -> str:
     return f"http://127.0.0.1:{inst['port']}/health"
+
+
+_APP = b"voketag_ops.adapters.local.service_app"
+
+
+def _instances_of(home: Path) -> list[int]:
+    """Pids of the service processes started for HOME (read from /proc: none elsewhere)."""
+    try:
+        names = [n for n in os.listdir("/proc") if n.isdigit()]
+    except OSError:
+        return []
+    want = str(home).encode()
+    found = []
+    for name in names:
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as fh:
+                args = fh.read().split(b"\0")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if _APP in args and any(a == b"--home" and b == want for a, b in itertools.pairwise(args)):
+            found.append(int(name))
+    return found
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
