@@ -330,6 +330,38 @@ def test_failback_by_fresh_clone_interrupted_mid_switchover_resumes(voke, enviro
     assert voke("dr", "check", environ=environ).exit_code == 0
 
 
+def test_a_switchover_whose_old_leader_cannot_start_as_a_standby_rebuilds_it(voke, environ, env, monkeypatch):
+    from voketag_ops.adapters.local.postgres import PgNode
+    from voketag_ops.errors import BackendError
+
+    assert voke("dr", "failover", "--yes", environ=environ).exit_code == 0  # replica leads, primary fenced
+    real_config, real_start = dr.write_standby_config, PgNode.start
+    armed, refused = [], []
+
+    def config(env_, node, upstream):
+        if node.name == "replica":  # the switchover makes the old leader a standby of primary
+            armed.append(node.name)
+        real_config(env_, node, upstream)
+
+    def start(self, **kwargs):
+        if armed and not refused and self.name == "replica":  # it ran on as a primary meanwhile, say
+            refused.append(self.name)
+            raise BackendError("replica: could not start as a standby")
+        real_start(self, **kwargs)
+
+    monkeypatch.setattr(dr, "write_standby_config", config)
+    monkeypatch.setattr(PgNode, "start", start)
+    result = voke("dr", "failback", "--yes", "--json", environ=environ)
+    monkeypatch.undo()
+    assert refused == ["replica"] and result.exit_code == 0, result.stdout + result.stderr
+    r = result.json["result"]
+    assert r["switched_back"] is True and (r["leader"], r["standby"]) == ("primary", "replica")
+    restarted = next(s for s in r["steps"] if s["name"].startswith("start replica as a standby"))
+    assert restarted["detail"]["method"] in ("pg_rewind", "clone"), restarted  # rebuilt, not followed
+    assert dr.in_recovery(env.node("replica")) is True
+    assert voke("dr", "check", environ=environ).exit_code == 0
+
+
 # -- drills ---------------------------------------------------------------------------------------------
 def test_drill_dry_run_lists_the_plan_and_changes_nothing(voke, environ, env):
     refused = voke("drill", "run", "failover", environ=environ)
