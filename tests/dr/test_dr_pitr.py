@@ -336,6 +336,39 @@ def test_a_restore_whose_voke_died_mid_recovery_is_listed_as_interrupted(voke, e
     assert not list((env.pg_dir / "restores").iterdir())
 
 
+@pytest.mark.parametrize("stage", ["copying", "recovering"])
+def test_a_restore_killed_for_real_is_listed_as_interrupted_and_discarded(voke, environ, env, stage):
+    import signal
+    import subprocess
+    import sys
+
+    name = f"killed-{stage}"
+    record = dr.restores_dir(env) / f"{name}.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "voketag_ops", "dr", "restore", "--to", "now", "--name", name, "--yes"],
+        env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    seen = None
+    try:
+        while proc.poll() is None and seen != stage:
+            try:
+                seen = json.loads(record.read_text()).get("state")
+            except (FileNotFoundError, ValueError):
+                pass
+        os.kill(proc.pid, signal.SIGKILL)  # kill -9 the moment it is there
+    finally:
+        proc.wait()
+    assert seen == stage, f"the restore ended ({proc.returncode}) before it was seen {stage}"
+    from voketag_ops.locks import held_by
+
+    deadline = time.monotonic() + 10  # a child caught between fork and exec shares the lock until
+    while held_by(env.home / "dr" / "dr.lock") is not None and time.monotonic() < deadline:  # it dies too
+        time.sleep(0.01)
+    assert [(r["name"], r["state"]) for r in dr.list_restores(env)] == [(name, "interrupted")]
+    assert voke("dr", "discard", name, "--yes", environ=environ).exit_code == 0
+    assert dr.list_restores(env) == [] and not list(dr.restores_dir(env).iterdir())
+
+
 def test_a_truncated_backup_file_is_caught_by_verify_backup(voke, environ, env):
     info = env.take_base_backup()
     victim = next(
