@@ -300,7 +300,7 @@ def test_not_enough_disk_is_exit_4(voke, tmp_path, env_of):
     result = voke("env", "up", environ=env_of(tmp_path / "h", VOKE_LOCAL__MIN_FREE_DISK_MB="999999999"))
     assert result.exit_code == 4
     assert "not enough disk space" in result.stderr
-    assert not (tmp_path / "h" / "pg" / "primary").exists()
+    assert not (tmp_path / "h" / "pg").exists() and not (tmp_path / "h" / "state.json").exists()  # nothing
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand a directory to another user")
@@ -417,6 +417,12 @@ def test_a_destroy_cut_short_is_named_and_its_leftovers_never_break_up(tmp_path,
     shutil.rmtree(home / "pg" / "primary" / "base")
     cut = voke("env", "up", "--json", environ=environ)
     assert cut.exit_code == 7 and "a `voke env destroy` cut short?" in cut.json["error"]["message"]
+    status = voke("env", "status", environ=environ)  # says what `env up` will refuse, not "up creates it"
+    assert status.exit_code == 0 and "cut short?): finish it with `voke env destroy --yes`" in status.stdout
+    doctor = voke("doctor", "--json", environ=environ)
+    assert doctor.exit_code == 1
+    local = next(c for c in doctor.json["result"]["checks"] if c["name"] == "local environment")
+    assert local["ok"] is False and "cut short" in local["detail"], local
     shutil.rmtree(home / "pg")  # killed later: only the secrets and services of a gone cluster are left
     again = voke("env", "up", "--json", environ=environ)
     assert again.exit_code == 0, again.stdout

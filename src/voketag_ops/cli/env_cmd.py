@@ -157,6 +157,9 @@ def _render_up(console: Console, report: Any) -> None:
 def _render_status(console: Console, report: dict[str, Any]) -> None:
     from rich.table import Table
 
+    if not report["initialized"] and report.get("orphaned"):
+        console.print(f"{report['orphaned']['problem']}: {report['orphaned']['hint']}", markup=False)
+        return
     if not report["initialized"]:
         console.print(f"the local environment does not exist ({report['home']}); `voke env up` creates it")
         return

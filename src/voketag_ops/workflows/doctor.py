@@ -102,6 +102,9 @@ def _local_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
     )
     try:
         if not env.exists:
+            if (problem := env.orphaned_cluster()) is not None:  # `env up` would refuse (exit 7)
+                report.checks.append(Check("local environment", False, problem, env.ORPHANED_HINT))
+                return
             report.checks.append(
                 Check("local environment", True, f"not created yet in {env.home} (started on demand)")
             )

@@ -292,17 +292,28 @@ class LocalEnvironment:
         if self.home.stat().st_uid != os.geteuid():
             raise ConfigError(f"VOKE_HOME {self.home} is owned by uid {self.home.stat().st_uid}, not by you")
 
-    def _refuse_orphaned_cluster(self) -> None:
-        """No state, yet pg/ holds a cluster's data (archived WAL, backups, a data directory):
-        a destroy was cut short, or the state file was lost. A new cluster beside them would
-        archive into the old cluster's WAL; they are not deleted behind the user's back."""
+    ORPHANED_HINT = (
+        "finish it with `voke env destroy --yes` (add --discard-chain), or move pg/ aside to keep it"
+    )
+
+    def orphaned_cluster(self) -> str | None:
+        """What is wrong when there is no state, yet pg/ holds a cluster's data (archived WAL,
+        backups, a data directory): a destroy was cut short, or the state file was lost."""
+        if self.state_file.is_file():
+            return None
         dirs = [self.archive_dir, self.backups_dir, *(self.pg_dir / n for n in NODE_NAMES)]
         if any(d.is_dir() and any(d.iterdir()) for d in dirs):
-            raise NeedsOperatorError(
+            return (
                 f"{self.pg_dir} holds a cluster's files but {self.state_file} is missing "
-                "(a `voke env destroy` cut short?); nothing was started",
-                hint="finish it with `voke env destroy --yes` (add --discard-chain), or move pg/ aside to keep it",
+                "(a `voke env destroy` cut short?)"
             )
+        return None
+
+    def _refuse_orphaned_cluster(self) -> None:
+        """A new cluster beside an orphaned one's files would archive into its WAL; they are not
+        deleted behind the user's back."""
+        if (problem := self.orphaned_cluster()) is not None:
+            raise NeedsOperatorError(f"{problem}; nothing was started", hint=self.ORPHANED_HINT)
 
     # -- up ----------------------------------------------------------------------------------
     def up(self, progress: Progress = lambda _msg: None) -> UpReport:
@@ -315,6 +326,7 @@ class LocalEnvironment:
             fresh = state is None
             if state is None:
                 self._refuse_orphaned_cluster()
+                self._check_disk()  # before anything is written: exit 4 means nothing was changed
                 state = self._new_state(progress)
                 created.append("state")
             runner = self._prepare(state, fresh=fresh)
@@ -690,6 +702,8 @@ class LocalEnvironment:
             "healthy": False,
         }
         if state is None:
+            if (problem := self.orphaned_cluster()) is not None:
+                report["orphaned"] = {"problem": problem, "hint": self.ORPHANED_HINT}
             return report
         runner = self._runner(state)
         nodes = {name: self.node(name, state, runner) for name in NODE_NAMES}
