@@ -192,6 +192,26 @@ def test_doctor_ok_on_a_fresh_machine(voke, make_environ, tmp_path):
     assert names[:2] == ["config", "postgresql"] and "local environment" in names
 
 
+def test_a_voke_home_that_is_a_file_is_a_configuration_error_everywhere(voke, make_environ, tmp_path):
+    (tmp_path / "afile").write_text("")
+    environ = make_environ(tmp_path / "afile")
+    access = voke("secrets", "access", "db-app", environ=environ)
+    assert access.exit_code == 3 and "is not a directory" in access.stderr, access.stderr
+    status = voke("env", "status", environ=environ)
+    assert status.exit_code == 3 and "is not a directory" in status.stderr, status.stdout + status.stderr
+    doctor = voke("doctor", "--json", environ=environ)
+    local = next(c for c in doctor.json["result"]["checks"] if c["name"] == "local environment")
+    assert doctor.exit_code == 1 and local["ok"] is False and "not a directory" in local["detail"]
+
+
+def test_doctor_points_an_unreadable_state_at_the_reset_that_works(voke, make_environ, tmp_path):
+    (tmp_path / "h").mkdir()
+    (tmp_path / "h" / "state.json").write_text("{bad")
+    doctor = voke("doctor", "--json", environ=make_environ(tmp_path / "h"))
+    local = next(c for c in doctor.json["result"]["checks"] if c["name"] == "local environment")
+    assert doctor.exit_code == 1 and local["hint"] == "voke env destroy --yes --discard-chain && voke env up"
+
+
 def test_a_bad_environment_name_is_blamed_on_the_source_that_has_it(voke, make_environ, tmp_path):
     (tmp_path / "voke.toml").write_text("[environments.prod]\nkind = 'gcp'\n")
     result = voke("env", "status", environ=make_environ(tmp_path / "h", VOKE_ENVIRONMENTS__1PROD__KIND="gcp"))

@@ -101,6 +101,16 @@ def _local_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
         )
     )
     try:
+        if env.home.exists() and not env.home.is_dir():
+            report.checks.append(
+                Check(
+                    "local environment",
+                    False,
+                    f"VOKE_HOME {env.home} is not a directory",
+                    "point VOKE_HOME elsewhere",
+                )
+            )
+            return
         if not env.exists:
             if (problem := env.orphaned_cluster()) is not None:  # `env up` would refuse (exit 7)
                 report.checks.append(Check("local environment", False, problem, env.ORPHANED_HINT))
@@ -127,7 +137,9 @@ def _local_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
             report.checks.append(Check("local environment", True, f"running in {env.home}"))
     except VokeError as exc:
         report.checks.append(
-            Check("local environment", False, exc.message, "voke env destroy --yes && voke env up")
+            Check(
+                "local environment", False, exc.message, exc.hint or "voke env destroy --yes && voke env up"
+            )
         )
 
 

@@ -78,6 +78,9 @@ def resolve_home(configured: Path | None) -> Path:
     return (configured or default_home()).absolute()
 
 
+_RESET = "voke env destroy --yes --discard-chain && voke env up"
+
+
 @dataclass
 class EnvState:
     """What `up` decided once and must remember (state.json)."""
@@ -101,13 +104,17 @@ class EnvState:
             raw = json.loads(path.read_text())
         except FileNotFoundError:
             return None
+        except NotADirectoryError:
+            raise ConfigError(f"VOKE_HOME {path.parent} exists and is not a directory") from None
         except (OSError, ValueError) as exc:
             raise ConfigError(
-                f"{path}: unreadable environment state ({exc}); `voke env destroy --yes --discard-chain` resets it (without a readable state the chain cannot be exported first)"
+                f"{path}: unreadable environment state ({exc}); `voke env destroy --yes --discard-chain` resets it (without a readable state the chain cannot be exported first)",
+                hint=_RESET,
             ) from None
         if not isinstance(raw, dict) or raw.get("version") != STATE_VERSION:
             raise ConfigError(
-                f"{path}: unknown environment state format; `voke env destroy --yes --discard-chain` resets it (without a readable state the chain cannot be exported first)"
+                f"{path}: unknown environment state format; `voke env destroy --yes --discard-chain` resets it (without a readable state the chain cannot be exported first)",
+                hint=_RESET,
             )
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in raw.items() if k in known})

@@ -73,7 +73,10 @@ class LocalSecretStore:
     @contextmanager
     def _locked(self, name: str) -> Iterator[Path]:
         path = self._path(name)
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise self._not_a_directory() from None
         fd = os.open(self.dir / f".{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -86,8 +89,13 @@ class LocalSecretStore:
             return json.loads(path.read_text())
         except FileNotFoundError:
             raise NotFoundError(f"secret {name!r} not found") from None
+        except NotADirectoryError:
+            raise self._not_a_directory() from None
         except ValueError:
             raise ConfigError(f"{path} is corrupt (not JSON)") from None
+
+    def _not_a_directory(self) -> ConfigError:
+        return ConfigError(f"VOKE_HOME {self.home} (or its secrets/) exists and is not a directory")
 
     @staticmethod
     def _write(path: Path, doc: dict[str, Any]) -> None:
