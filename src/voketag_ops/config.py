@@ -14,9 +14,17 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from voketag_ops.errors import ConfigError, UsageError
 
@@ -52,6 +60,19 @@ ENV_NAME = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 class _Model(BaseModel):
     # No inf or nan: `lock_timeout = inf` overflowed, and JSON output cannot carry them.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, validate_default=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """`min_free_disk_mb = false` read as 0 switched the disk guard off: a TOML boolean is
+        no number (a number written as a string, from VOKE_* variables, still is one)."""
+        if isinstance(value, bool) and info.field_name is not None:
+            kinds = set(get_args(cls.model_fields[info.field_name].annotation)) or {
+                cls.model_fields[info.field_name].annotation
+            }
+            if kinds & {int, float} and bool not in kinds:
+                raise ValueError(f"expected a number, not {str(value).lower()}")
+        return value
 
 
 class LocalSettings(_Model):

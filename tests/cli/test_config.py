@@ -50,6 +50,12 @@ def test_config_found_in_parent_directory(voke, make_environ, tmp_path):
         ("[local]\narchive_timout = 5\n", "local.archive_timout: unknown key"),
         ("[local]\narchive_timeout = 'soon'\n", "local.archive_timeout"),
         ("[local]\narchive_timeout = 0\n", "local.archive_timeout"),
+        # a TOML boolean is no number (false read as 0 switched the disk guard off)
+        (
+            "[local]\nmin_free_disk_mb = false\n",
+            "local.min_free_disk_mb: Value error, expected a number, not false",
+        ),
+        ("[rotation]\ntest_interval = true\n", "rotation.test_interval"),
         ("log_format = 'xml'\n", "log_format"),
         ("[local\n", "line 1, column"),
         # environment names are written as Google Cloud label values (voke-env=NAME)
