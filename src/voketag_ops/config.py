@@ -8,6 +8,7 @@ are kept raw and validated only when a command uses them (`Settings.environment`
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import tomllib
@@ -520,6 +521,11 @@ def load_config(
             key = name[len("VOKE_") :].lower().replace("__", ".")
         if key is None:
             continue
+        if value.lstrip().startswith(("[", "{")):  # a list or table, written as JSON
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                raise ConfigError(f"env {name}: a list or table must be JSON ({exc})") from None
         try:
             _set_dotted(env_layer, key, value)
         except TypeError:
@@ -639,7 +645,18 @@ def _merge(
             _merge(target[key], value, sources, source, per_key, dotted + ".")
             continue
         target[key] = value
-        sources[dotted] = per_key[dotted] if per_key and dotted in per_key else (source or "default")
+        sources[dotted] = _source_for(dotted, source, per_key)
+
+
+def _source_for(dotted: str, source: str | None, per_key: Mapping[str, str] | None) -> str:
+    """The source of DOTTED: its own entry in PER_KEY, or that of the table it is in (a table
+    set whole by one VOKE_* variable as JSON), else SOURCE."""
+    key = dotted
+    while per_key and key:
+        if key in per_key:
+            return per_key[key]
+        key = key.rpartition(".")[0]
+    return source or "default"
 
 
 def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:

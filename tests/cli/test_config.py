@@ -74,6 +74,23 @@ def test_bad_config_is_exit_3_naming_key_and_file(voke, make_environ, tmp_path, 
     assert "Traceback" not in result.stderr
 
 
+def test_a_list_or_table_is_set_from_the_environment_as_json(voke, make_environ, tmp_path):
+    name = "VOKE_ROTATION__DB_USERS__APP__SERVICES"
+    shown = voke(
+        "config", "show", "--json", environ=make_environ(tmp_path / "h", **{name: '["admin-service"]'})
+    )
+    assert settings_of(shown)["rotation.db_users.app.services"] == {
+        "value": ["admin-service"],
+        "source": f"env {name}",
+    }
+    table = voke(
+        "config", "show", "--json", environ=make_environ(tmp_path / "h", VOKE_COVERAGE__REMAP='{"/ci/": ""}')
+    )
+    assert settings_of(table)["coverage.remap./ci/"] == {"value": "", "source": "env VOKE_COVERAGE__REMAP"}
+    bad = voke("config", "show", environ=make_environ(tmp_path / "h", **{name: "[admin-service"}))
+    assert bad.exit_code == 3 and f"env {name}: a list or table must be JSON" in bad.stderr
+
+
 def test_bad_env_var_names_the_variable(voke, make_environ, tmp_path):
     result = voke(
         "env", "status", "--json", environ=make_environ(tmp_path / "h", VOKE_LOCAL__START_TIMEOUT="x")
