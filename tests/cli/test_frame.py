@@ -81,6 +81,14 @@ def test_version_and_help_list_groups(voke):
         assert group in out
 
 
+def test_version_anywhere_and_a_global_flag_without_its_value(voke):
+    assert voke("env", "status", "--version").stdout == "voke 0.1.0\n"
+    assert voke("config", "show", "-V").stdout == "voke 0.1.0\n"
+    dangling = voke("config", "show", "--json", "--env")  # not "no such command 'show'"
+    assert dangling.exit_code == 2 and dangling.json["error"]["message"] == "option --env requires a value"
+    assert dangling.json["command"] == "config show"
+
+
 def test_unknown_command_is_usage_error_with_suggestion(voke):
     result = voke("env", "statsu")
     assert result.exit_code == 2

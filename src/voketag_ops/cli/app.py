@@ -142,6 +142,16 @@ def hoist_global_flags(args: list[str]) -> list[str]:
     return front + rest
 
 
+def _dangling(args: list[str]) -> str | None:
+    """A global flag that takes a value but ends the command line (before any `--`)."""
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return None
+        if GLOBAL_FLAGS.get(arg) and i + 1 == len(args):
+            return arg
+    return None
+
+
 def _guess_command(args: list[str]) -> str:
     words: list[str] = []
     skip = False
@@ -168,7 +178,8 @@ def run(
 ) -> int:
     """Run one invocation and return its exit code; never raises (but SystemExit from Click)."""
     env_map = dict(os.environ) if environ is None else environ
-    args = hoist_global_flags(args)
+    dangling = _dangling(args)
+    args = hoist_global_flags(args[:-1] if dangling else args)
     for arg in args:  # a password in any argument (a URL given where a file was expected) is masked
         register_credentials_in(arg)
     json_mode = "--json" in args or env_map.get("VOKE_OUTPUT", "").lower() == "json"
@@ -180,6 +191,8 @@ def run(
         no_color="--no-color" in args or "NO_COLOR" in env_map,
     )
     debug = "--debug" in args
+    if dangling is not None:  # hoisted, it would take the sub-command's name for its value
+        return output.error(UsageError(f"option {dangling} requires a value", hint="see 'voke --help'"))
     chosen = env_map.get("VOKE_OUTPUT", "")
     if chosen.lower() not in ("", "json", "human"):  # a typo must not silently mean human output
         return output.error(ConfigError(f"VOKE_OUTPUT={chosen!r}: json or human"))

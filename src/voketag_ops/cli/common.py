@@ -33,6 +33,8 @@ GLOBAL_FLAGS: dict[str, bool] = {
     "--config": True,
     "--log-format": True,
     "--log-level": True,
+    "--version": False,
+    "-V": False,
 }
 
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")]
