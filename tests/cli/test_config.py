@@ -27,6 +27,13 @@ def test_precedence_defaults_file_env_flag(voke, make_environ, tmp_path):
     assert shown["local.home"] == {"value": str(home), "source": "env VOKE_HOME"}
 
 
+def test_config_show_names_the_home_in_use_when_none_is_set(voke, make_environ, tmp_path):
+    environ = {k: v for k, v in make_environ(tmp_path / "h").items() if k != "VOKE_HOME"}
+    environ["XDG_DATA_HOME"] = str(tmp_path / "data")
+    home = settings_of(voke("config", "show", "--json", environ=environ))["local.home"]
+    assert home["source"] == "default" and home["value"] and home["value"].startswith("/"), home
+
+
 def test_pyproject_tool_voke_table_is_read(voke, make_environ, tmp_path):
     (tmp_path / "pyproject.toml").write_text(
         '[project]\nname = "x"\n[tool.voke.local]\narchive_timeout = 42\n'

@@ -22,6 +22,11 @@ def show(ctx: typer.Context) -> None:
     env = use(ctx)
     loaded = env.loaded
     items = effective_items(loaded)
+    if loaded.settings.local.home is None:  # the directory in use, not "unset"
+        from voketag_ops.adapters.local.environment import resolve_home
+
+        home = str(resolve_home(None))
+        items = [(k, home if k == "local.home" else v, src) for k, v, src in items]
     env.out.result(
         {
             "file": str(loaded.file) if loaded.file else None,
