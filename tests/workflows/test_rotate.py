@@ -196,6 +196,16 @@ def test_a_dead_pid_in_another_container_with_the_same_host_name_is_judged_by_it
     assert not engine._owner_alive(record)  # ours, and gone
 
 
+def test_a_record_without_a_rollback_reads_as_an_older_voke_wrote_it():
+    record = RotationRecord(
+        id="rot-x", secret="db-app", kind="db-password", target="app", strategy="alternating",
+        owner="h:1", lease_until="2999-01-01T00:00:00Z", started_at="2026-01-01T00:00:00Z",
+    )  # fmt: skip
+    assert "rolling_back" not in json.loads(record.to_json())  # an older voke's reader takes no such key
+    record.status, record.rolling_back = "rolling_back", "restore_aliases"
+    assert RotationRecord.from_json(record.to_json()) == record
+
+
 def test_two_rotations_at_once_exactly_one_proceeds_at_a_time(platform, platform_environ):
     before = len(platform.store().get("db-app").versions)
     procs = [

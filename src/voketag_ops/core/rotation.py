@@ -89,7 +89,10 @@ class RotationRecord:
     rolling_back: str | None = None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+        doc = asdict(self)
+        if doc["rolling_back"] is None:  # absent, so that an older voke can still read the record
+            del doc["rolling_back"]
+        return json.dumps(doc, separators=(",", ":"), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> RotationRecord:
