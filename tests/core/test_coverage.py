@@ -342,6 +342,21 @@ def test_parse_unified_diff_counts_hunk_lines_off_against_their_header():
     assert parse_unified_diff(text) == {"app.py": {2, 3, 5, 32}, "other.py": {1}}
 
 
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("diff --git a/s/app.py b/s/app.py\n--- a/s/app.py\n+++ b/s/app.py\n", "s/app.py"),
+        ("diff --git i/s/app.py w/s/app.py\n--- i/s/app.py\n+++ w/s/app.py\n", "s/app.py"),  # mnemonic
+        ("diff --git s/app.py s/app.py\n--- s/app.py\n+++ s/app.py\n", "s/app.py"),  # --no-prefix
+        ("diff --git s/new.py s/new.py\nnew file mode 100644\n--- /dev/null\n+++ s/new.py\n", "s/new.py"),
+        ("diff --git a/new.py b/new.py\nnew file mode 100644\n--- /dev/null\n+++ b/new.py\n", "new.py"),
+        ("--- app.py\n+++ app.py\n", "app.py"),  # a plain diff -u
+    ],
+)
+def test_a_git_prefix_is_dropped_only_where_the_two_sides_differ(header, expected):
+    assert parse_unified_diff(header + "@@ -0,0 +1 @@\n+x = 1\n") == {expected: {1}}
+
+
 def test_diff_coverage_counts_only_measured_changed_lines():
     executed = frozenset(range(1, 8))
     missing = frozenset({8, 9, 10})

@@ -185,7 +185,13 @@ def test_history_add_rerun_for_the_same_ref_replaces_its_entry(tmp_path):
     assert [e["ref"] for e in wf.read_history(tmp_path / "h.jsonl")] == ["A", "B"]
     overall = next(t for t in wf.history_show(SETTINGS, root=tmp_path, file=Path("h.jsonl")).series)
     assert overall.change == 10.0  # not +0 against a copy of itself
-    assert add("b.json", None).replaced is False  # without a ref, every run is its own
+    write(tmp_path, "f.json", {"factory_service/f.py": lines_file(5, 5)})
+    assert add("f.json", "B").replaced is False  # another service's data under the same ref: kept
+    assert [sorted(e["services"]) for e in wf.read_history(tmp_path / "h.jsonl")][-2:] == [
+        ["admin-service"],
+        ["unassigned"],
+    ]
+    assert add("f.json", None).replaced is False  # without a ref, every run is its own
 
 
 def test_history_show_judges_at_coverage_pys_own_precision(tmp_path):

@@ -603,8 +603,11 @@ def function_gaps(files: Iterable[FileCoverage], service: str, top: int) -> list
 
 # -- diff coverage ---------------------------------------------------------------------------------
 _HUNK = re.compile(r"^@@ -\d+(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
-_GIT_PREFIX = re.compile(r'"?[a-z0-9]/')
-_B_PREFIX = re.compile("b/")
+_ONE_CHARACTER_PREFIX = re.compile(r"[a-z0-9]/")
+
+
+def _prefix_of(path: str) -> str | None:
+    return path[:2] if _ONE_CHARACTER_PREFIX.match(path) else None
 
 
 def parse_unified_diff(text: str) -> dict[str, set[int]]:
@@ -614,9 +617,10 @@ def parse_unified_diff(text: str) -> dict[str, set[int]]:
     "+++ x" or "diff ..." (a "++ x" or "-- x" in the file) is never taken for a file header."""
     changed: dict[str, set[int]] = {}
     current: set[int] | None = None
-    # A git diff's paths carry a one-character prefix (b/; w/, i/, c/ with diff.mnemonicPrefix),
-    # unless made with --no-prefix; a plain `diff -u` has no `diff --git` line: b/ alone is dropped.
-    prefix: re.Pattern[str] | None = _B_PREFIX
+    # A git diff's paths carry one-character prefixes, different on the two sides (a/ b/; i/ w/,
+    # c/ w/ with diff.mnemonicPrefix); with --no-prefix both sides read the same (s/app.py twice,
+    # a directory named s): the new side's is dropped only when the old side's differs.
+    old_prefix: str | None = None
     line_no = 0
     old_left = new_left = 0  # lines of the current hunk still to come
     for raw in text.splitlines():
@@ -634,8 +638,13 @@ def parse_unified_diff(text: str) -> dict[str, set[int]]:
                 old_left -= 1
                 new_left -= 1
             continue  # ("\ No newline at end of file" counts for neither side)
-        if raw.startswith("diff --git "):
-            prefix = _GIT_PREFIX if _GIT_PREFIX.match(raw, 11) else None
+        if raw.startswith("diff --git "):  # (its old path also stands for a new file's /dev/null)
+            old_prefix = _prefix_of(raw[11:].lstrip('"'))
+            continue
+        if raw.startswith("--- "):
+            source = raw[4:].split("\t", 1)[0].lstrip('"')
+            if source != "/dev/null":
+                old_prefix = _prefix_of(source)
             continue
         if raw.startswith("+++ "):
             target = raw[4:].split("\t", 1)[0]
@@ -645,7 +654,7 @@ def parse_unified_diff(text: str) -> dict[str, set[int]]:
             if target.startswith('"') and target.endswith('"'):
                 target = target[1:-1].encode("latin-1", "backslashreplace").decode("unicode_escape")
                 target = target.encode("latin-1", "replace").decode("utf-8", "replace")
-            if prefix is not None and prefix.match(target):
+            if old_prefix is not None and _prefix_of(target) not in (None, old_prefix):
                 target = target[2:]
             current = changed.setdefault(normalize_path(target), set())
             continue

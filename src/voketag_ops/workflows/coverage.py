@@ -656,8 +656,8 @@ def history_add(
     options: Options = Options(),
 ) -> HistoryAdd:
     """Append this run's counts (per service and overall) to the history file. A rerun for the
-    --ref of the last entry (a CI job run again on the same commit) replaces that entry: two
-    entries of one commit would make the change since the previous commit read +0."""
+    --ref and services of the last entry (a CI job run again on the same commit) replaces that
+    entry: two entries of one run would make the change since the previous commit read +0."""
     loaded = _load(settings, paths, root, options)
     specs = _specs(settings, options)
     grouped, unassigned, _ = _grouped(loaded, specs, options.services, require=False)
@@ -681,7 +681,14 @@ def history_add(
 
     check_replaceable(path, "--file")  # appended to: a directory or /dev/null would lose the run
     existing = read_history(path) if path.exists() else []
-    replaced = bool(ref) and bool(existing) and existing[-1].get("ref") == ref
+    # The same run again: same ref and same services (one job recording each service's data
+    # in turn, all under one $GITHUB_SHA, appends: replacing would drop the others' numbers).
+    replaced = (
+        bool(ref)
+        and bool(existing)
+        and existing[-1].get("ref") == ref
+        and set(existing[-1].get("services") or {}) == set(services)
+    )
     line = json.dumps(entry, sort_keys=True) + "\n"
     if not dry_run:
         path.parent.mkdir(parents=True, exist_ok=True)
