@@ -411,6 +411,27 @@ def test_a_server_that_takes_no_data_fails_the_load_over_a_unix_socket_too(
     assert rerun.exit_code == 0 and rerun.json["result"]["rows_loaded"] == 100000
 
 
+def test_a_slow_server_that_keeps_taking_rows_is_not_taken_for_a_stalled_one(voke, db, tmp_path):
+    from psycopg.conninfo import make_conninfo
+
+    first = tmp_path / "first.csv"
+    first.write_text(HEADER + GOOD)
+    assert voke("ingest", "load", str(first), "--db", db).exit_code == 0  # the schema
+    with psycopg.connect(db, autocommit=True) as admin:  # ~0.5 ms a row: a block of rows takes > 2 s
+        admin.execute(
+            "create function ingest.slow() returns trigger language plpgsql as"
+            " $$ begin perform sum(i) from generate_series(1, 8000) i; return new; end $$"
+        )
+        admin.execute(
+            "create trigger slow before insert on ingest.tags for each row execute function ingest.slow()"
+        )
+    path = tmp_path / "batch.csv"
+    assert voke("ingest", "sample", "--rows", "10000", "--seed", "7", "--out", str(path)).exit_code == 0
+    result = voke("ingest", "load", str(path), "--db", make_conninfo(db, tcp_user_timeout=2000), "--json")
+    assert result.exit_code == 0, result.stdout
+    assert result.json["result"]["rows_loaded"] == 10000
+
+
 def test_reads_never_start_the_local_environment(voke, tmp_path):
     for args in (("ingest", "batches"), ("ingest", "proof", "T1")):
         result = voke(*args, "--json")

@@ -1402,10 +1402,12 @@ class _PieceWriter:
         _QUICK_SWITCHES.enter()
         self._stopped = False
         self._aborting = False
-        self._stall_after = _send_timeout(conn)
+        # Over TCP the kernel applies tcp_user_timeout itself; over a Unix socket, _watch does.
+        self._stall_after = _send_timeout(conn) if _is_unix_socket(conn) else None
         self._stalled: float | None = None  # the seconds it took no data, once given up on
         self._busy = False  # the thread is sending a piece (not waiting for one)
-        self._moved = time.monotonic()  # when the thread last got anything through
+        self._moved = time.monotonic()  # when the server last took anything
+        self._unread = -1  # bytes sent and not yet read by the server, as last seen
         self._thread = threading.Thread(target=self._run, name="voke-ingest-stager", daemon=True)
         self._thread.start()
 
@@ -1453,9 +1455,14 @@ class _PieceWriter:
     def _watch(self, limit: float | None = None) -> None:
         """Give up on a server that has taken nothing of the piece being sent for LIMIT
         seconds (the send timeout by default): the socket is shut down, so the thread's
-        wait ends in an error and it lets go of the connection."""
+        wait ends in an error and it lets go of the connection. A slow server is no stalled
+        one: any change in the bytes it has still to read counts as progress."""
         limit = self._stall_after if limit is None else limit
         if limit is None or self._stalled is not None or not self._busy:
+            return
+        unread = _unread_bytes(self.conn)
+        if unread != self._unread:
+            self._unread, self._moved = unread, time.monotonic()
             return
         idle = time.monotonic() - self._moved
         if idle >= limit:
@@ -1712,6 +1719,31 @@ def _seal_worker() -> None:
 
 
 SEND_BUFFER = 4 << 20
+
+
+def _is_unix_socket(conn: psycopg.Connection[Any]) -> bool:
+    import socket
+
+    try:
+        with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+            return sock.family == socket.AF_UNIX
+    except OSError:
+        return False
+
+
+def _unread_bytes(conn: psycopg.Connection[Any]) -> int:
+    """Bytes written to the connection's socket that the server has not read yet (Linux
+    SIOCOUTQ; -1 where it cannot be asked, which then never counts as progress)."""
+    import array
+    import fcntl
+    import termios
+
+    buf = array.array("i", [0])
+    try:
+        fcntl.ioctl(conn.fileno(), termios.TIOCOUTQ, buf)  # TIOCOUTQ == SIOCOUTQ on Linux
+    except (OSError, AttributeError):
+        return -1
+    return buf[0]
 
 
 def _send_timeout(conn: psycopg.Connection[Any]) -> float | None:
