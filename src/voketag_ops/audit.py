@@ -302,14 +302,41 @@ class AuditLog:
             cp = self._checkpoint(fd, now)
         return cp, self.anchor_checkpoints(now=now)
 
-    def _checkpoint(self, fd: int, now: datetime) -> core.Checkpoint | None:
+    def since_checkpoint(self) -> tuple[core.Checkpoint | None, list[core.AuditEntry]]:
+        """The last checkpoint and the entries after it, as `checkpoint` reads them (a damaged
+        one raises EntryFormatError naming its line): what a dry run plans from."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return next(iter(reversed(self.checkpoints())), None), []
+        except OSError as exc:
+            raise AuditWriteError(f"{self.path}: cannot read the audit log: {exc.strerror}") from None
+        try:
+            previous, entries, _end = self._since_checkpoint(fd)
+        finally:
+            os.close(fd)
+        return previous, entries
+
+    def _since_checkpoint(self, fd: int) -> tuple[core.Checkpoint | None, list[core.AuditEntry], int]:
         previous = next(iter(reversed(self.checkpoints())), None)
         end = os.fstat(fd).st_size
         start = previous.offset if previous is not None else 0
         if previous is not None and (start > end or previous.size <= 0):
             previous, start = None, 0  # the log shrank: rebuild from the start; verify reports it
         data = os.pread(fd, end - start, start) if end > start else b""
-        entries = [core.parse_entry(line) for line in data.split(b"\n") if line]
+        entries = []
+        for index, line in enumerate(data.split(b"\n")):
+            if not line:
+                continue
+            try:
+                entries.append(core.parse_entry(line))
+            except core.EntryFormatError as exc:
+                number = (os.pread(fd, start, 0).count(b"\n") if start else 0) + index + 1
+                raise core.EntryFormatError(f"{self.path}:{number}: {exc}") from None
+        return previous, entries, end
+
+    def _checkpoint(self, fd: int, now: datetime) -> core.Checkpoint | None:
+        previous, entries, end = self._since_checkpoint(fd)
         if previous is None and not entries:
             return None
         if previous is not None and all(e.event_type == CHECKPOINT_EVENT for e in entries):

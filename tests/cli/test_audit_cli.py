@@ -148,10 +148,15 @@ def test_a_damaged_line_stops_a_checkpoint_with_exit_5(voke, home: Path) -> None
     record_event(home, event_type="dr.check", env="local", target="x", result="success", now=T0)
     lines = log.path.read_bytes().splitlines(keepends=True)
     log.path.write_bytes(b"".join([*lines[:-2], b'{"broken\n', lines[-1]]))  # after the checkpoint
+    planned = voke("audit", "checkpoint", "--dry-run", "--json")  # the plan refuses as the run does
     damaged = voke("audit", "checkpoint", "--yes", "--json")
-    assert damaged.exit_code == 5, damaged.stdout
-    assert "cannot checkpoint the audit log: not JSON" in damaged.json["error"]["message"]
-    assert "voke audit verify" in damaged.json["error"]["hint"]
+    for refused in (planned, damaged):
+        assert refused.exit_code == 5, refused.stdout
+        assert (
+            f"cannot checkpoint the audit log: {log.path}:{len(lines) - 1}: not JSON"
+            in (refused.json["error"]["message"])
+        )
+        assert "voke audit verify" in refused.json["error"]["hint"]
     with log.checkpoints_path.open("ab") as fh:
         fh.write(b"junk\n")
     for args in (["--dry-run"], ["--yes"]):

@@ -110,21 +110,20 @@ def _checkpointable() -> Iterator[None]:
 
 def checkpoint_plan(home: Path) -> dict[str, Any]:
     """What `checkpoint` would do, changing nothing."""
-    log = AuditLog(home)
-    entries = list(log.entries())
-    with _checkpointable():
-        last = next(iter(reversed(log.checkpoints())), None)
+    with _checkpointable():  # read as the checkpoint reads it: a damaged line is refused alike
+        last, since = AuditLog(home).since_checkpoint()
     covered = last.size if last is not None else 0
-    new = [e for e in entries[covered:] if e.event_type != CHECKPOINT_EVENT]
-    if not entries:
+    total = covered + len(since)
+    new = [e for e in since if e.event_type != CHECKPOINT_EVENT]
+    if not total:
         step = "nothing to checkpoint: the audit log is empty"
     elif new or last is None:
-        step = f"checkpoint the log at {len(entries)} entries ({len(entries) - covered} since the last checkpoint)"
+        step = f"checkpoint the log at {total} entries ({len(since)} since the last checkpoint)"
     else:
         step = f"no new entries since the checkpoint at {covered}: keep it"
     return {
         "plan": [step, "request an anchor for every checkpoint the chain has not seen"],
-        "entries": len(entries),
+        "entries": total,
         "last_checkpoint_size": last.size if last is not None else None,
     }
 
