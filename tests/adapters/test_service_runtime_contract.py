@@ -146,6 +146,13 @@ def test_a_deploy_keeps_what_the_serving_revision_reads_of_other_secrets(platfor
         with pytest.raises(HealthCheckError):  # version 2 does not log in: traffic stays on 1
             runtime.deploy("svc-a", SECRET, 2)
         store.set_state(SECRET, 2, "disabled")  # what the rotation's rollback does next
+        # and the service's template is the serving revision's again, for anyone's next deploy
+        from voketag_ops.testing.gcp_fakes import template_secret_refs
+
+        assert sorted(template_secret_refs(fake.run.services["svc-a"].template)) == [
+            ("api-key", "1"),
+            (SECRET, "1"),
+        ]
         info = runtime.deploy("svc-a", "api-key", 2)
         assert info.healthy and info.secret_version == 2
         assert sorted(fake.run.pinned("svc-a")) == [("api-key", "2"), (SECRET, "1")]

@@ -40,6 +40,7 @@ from voketag_ops.errors import (
     PreconditionError,
     RestartError,
     StepTimeoutError,
+    VokeError,
 )
 from voketag_ops.logs import get_logger
 from voketag_ops.ports import ServiceInfo
@@ -339,6 +340,7 @@ class CloudRunRuntime:
         if serving and self._pinned(self._revision(service, serving), secret) == version:
             url = f"{svc.uri.rstrip('/')}{self.health_path}"
             if self._healthy_url(url, wait=0):
+                self._template_to_serving(service, serving)  # a rollback's: the template too
                 return self._info(service, secret, version, serving, url)
         tag = f"voke-v{version}"
         target = self._ready_revision(service, secret, version, exclude=serving)
@@ -361,19 +363,51 @@ class CloudRunRuntime:
                 t.type_, t.revision = REVISION, serving or t.revision
         traffic.append(run_v2.TrafficTarget(type_=REVISION, revision=target, percent=0, tag=tag))
         svc.traffic = traffic
-        updated = self._update(svc, service, f"creating revision {target}")
-        # 2. health on the tag URL, before any traffic
-        tag_url = next((t.uri for t in updated.traffic_statuses if t.tag == tag and t.uri), None)
-        if not tag_url:
-            raise RestartError(f"{service}: revision {target} has no URL for tag {tag}")
-        if not self._healthy_url(f"{tag_url.rstrip('/')}{self.health_path}", wait=self.health_timeout):
-            raise HealthCheckError(
-                f"{service}: revision {target} pinned to version {version} is not healthy; traffic stayed on {serving}"
-            )
+        try:
+            updated = self._update(svc, service, f"creating revision {target}")
+            # 2. health on the tag URL, before any traffic
+            tag_url = next((t.uri for t in updated.traffic_statuses if t.tag == tag and t.uri), None)
+            if not tag_url:
+                raise RestartError(f"{service}: revision {target} has no URL for tag {tag}")
+            if not self._healthy_url(f"{tag_url.rstrip('/')}{self.health_path}", wait=self.health_timeout):
+                raise HealthCheckError(
+                    f"{service}: revision {target} pinned to version {version} is not healthy; traffic stayed on {serving}"
+                )
+        except (RestartError, HealthCheckError):
+            self._template_to_serving(service, serving)
+            raise
         # 3. all traffic to it in one update
         updated.traffic = [run_v2.TrafficTarget(type_=REVISION, revision=target, percent=100)]
         final = self._update(updated, service, f"moving traffic to {target}")
         return self._info(service, secret, version, target, f"{final.uri.rstrip('/')}{self.health_path}")
+
+    def _template_to_serving(self, service: str, serving: str | None) -> None:
+        """Point the service's template back at what the serving revision runs (traffic stays):
+        Cloud Run keeps a failed revision's template, and a deploy built on it (`gcloud run
+        deploy --image ...`) would read the version a rollback disables. Best effort: logged."""
+        if not serving:
+            return
+        try:
+            svc = self._service(service)
+            current = self._revision(service, serving)
+            same = [type(c).to_dict(c) for c in svc.template.containers] == [
+                type(c).to_dict(c) for c in current.containers
+            ] and [type(v).to_dict(v) for v in svc.template.volumes] == [
+                type(v).to_dict(v) for v in current.volumes
+            ]
+            if same:
+                return
+            svc.template.containers = list(current.containers)
+            svc.template.volumes = list(current.volumes)
+            svc.template.revision = ""  # a new name: Cloud Run refuses a taken one with another template
+            self._update(svc, service, f"pointing its template back at {serving}")
+        except VokeError as exc:
+            log.warning(
+                "%s: the template still differs from the serving revision %s: %s",
+                service,
+                serving,
+                exc.message,
+            )
 
     def _ready_revision(self, service: str, secret: str, version: int, *, exclude: str | None) -> str | None:
         """The newest ready revision already pinned to VERSION (a rerun's, or the previous one)."""
