@@ -187,6 +187,33 @@ def test_each_breach_is_named():
     assert "voke dr failover --yes" in failed(healthy(unfinished_operation=op))["unfinished_operation"]
 
 
+def test_a_cloud_snapshot_names_its_own_remedies_and_prints_no_none():
+    cloud = {
+        "remedies": {
+            "fence": "`gcloud sql instances patch {node} --activation-policy=NEVER`",
+            "backup": "`gcloud sql backups create --instance=db`",
+        },
+        "archive": {
+            "failing": True,
+            "failed_count": 3,
+            "oldest_pending_seconds": None,
+            "source": "metric (1 h)",
+        },
+        "split_brain": True,
+        "writable_nodes": ["primary", "replica"],
+        "newest_backup": None,
+    }
+    status = healthy(**cloud)
+    status["standby"] = dict(status["standby"], lag_bytes=None)  # no byte-lag sample
+    found = failed(status)
+    assert "gcloud sql instances patch replica --activation-policy=NEVER" in found["split_brain"]
+    assert found["backup_age"].endswith("take one with `gcloud sql backups create --instance=db`")
+    assert found["archiving"] == "WAL archiving is failing: 3 segment(s) failed (metric (1 h))"
+    lag = next(c for c in dr_checks.judge(status, LIMITS, now=T0) if c.name == "replication_lag")
+    assert lag.ok and lag.message == "replication lag 0.0 s (within 60 s)"
+    assert "None" not in " ".join(c.message for c in dr_checks.judge(status, LIMITS, now=T0))
+
+
 def test_a_replica_the_leader_lists_but_that_does_not_answer_is_not_streaming():
     frozen = healthy()
     frozen["standby"] = dict(frozen["standby"], answering=False, lag_seconds=None)

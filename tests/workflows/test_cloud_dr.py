@@ -80,6 +80,10 @@ def test_status_shows_a_lag_in_bytes_only_when_monitoring_has_one(cloud):
     out = StringIO()
     _render_status(Console(file=out, width=200), snap)
     assert "streaming, lag 2.50 s\n" in out.getvalue() and "None" not in out.getvalue(), out.getvalue()
+    assert "archive  ok: 0 segment(s) failed in the last hour" in out.getvalue()
+    # what `dr check` tells to run is what works on Cloud SQL (voke dr fence/backup are local-only)
+    assert snap["remedies"]["backup"] == "`gcloud sql backups create --instance=voke-db`"
+    assert "gcloud sql operations list --instance=voke-db" in snap["operations_note"]
 
 
 def test_check_fails_on_an_old_backup_and_on_lag(cloud):

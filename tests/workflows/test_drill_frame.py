@@ -155,3 +155,25 @@ def test_a_checkpoint_of_a_dead_run_shows_as_interrupted(tmp_path):
         })  # fmt: skip
     shown = {r["run_id"]: r["status"] for r in drill.history(home)["runs"]}  # type: ignore[arg-type]
     assert shown == {"cloud-dead": "interrupted", "cloud-alive": "running"}
+
+
+def test_a_journal_left_running_by_a_killed_drill_reads_interrupted_everywhere(tmp_path):
+    import json
+    import socket
+    import subprocess
+    from types import SimpleNamespace
+
+    from voketag_ops.workflows import drill
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / "drills").mkdir()
+    journal = {
+        "run_id": "failover-x", "scenario": "failover", "status": "running", "started_at": "2026-11-26T20:22:06Z",
+        "details": {"owner": {"node": socket.gethostname(), "pid": dead.pid}},
+    }  # fmt: skip
+    (tmp_path / "drills" / "failover-x.json").write_text(json.dumps(journal))
+    home = SimpleNamespace(home=tmp_path)
+    assert drill.load_journal(home, "failover-x")["status"] == "interrupted"  # drill report
+    assert drill.last_result(home)["status"] == "interrupted"  # dr status's last_drill
+    assert [r["status"] for r in drill.history(home)["runs"]] == ["interrupted"]

@@ -423,10 +423,16 @@ def _render_status(console: Console, r: dict[str, Any]) -> None:
         console.print(f"[red bold]split brain[/]: writable nodes {', '.join(r['writable_nodes'])}")
     archive = r["archive"] or {}
     state = "failing" if archive.get("failing") else ("ok" if archive.get("failing") is False else "unknown")
-    console.print(
-        f"archive  {state}: last {archive.get('last_archived_wal') or '-'} at {archive.get('last_archived_at') or '-'}, "
-        f"{len(archive.get('pending') or [])} waiting"
-    )
+    if not archive.get("source"):  # the local archiver's own view
+        console.print(
+            f"archive  {state}: last {archive.get('last_archived_wal') or '-'} at {archive.get('last_archived_at') or '-'}, "
+            f"{len(archive.get('pending') or [])} waiting"
+        )
+    else:  # Cloud SQL: a failure count from Monitoring, no segment names
+        failed = archive.get("failed_count")
+        console.print(
+            f"archive  {state}: {'-' if failed is None else failed} segment(s) failed in the last hour"
+        )
     newest = r["newest_backup"]
     if newest:
         count = len(r["backups"]) if isinstance(r["backups"], list) else r["backups"]
@@ -580,7 +586,13 @@ def _render_failback(console: Console, r: dict[str, Any]) -> None:
     for step in r["steps"]:
         console.print(f"{'ok  ' if step['ok'] else 'FAIL'} {step['name']} ({step['duration_seconds']:.2f} s)")
     method = r["rebuilt"].get("method")
-    how = f"rebuilt by {method}" if method in ("pg_rewind", "clone") else "no rebuild: it streamed already"
+    how = (
+        f"rebuilt by {method}"
+        if method in ("pg_rewind", "clone")
+        else "switched over"
+        if method == "switchover"
+        else "no rebuild: it streamed already"
+    )
     console.print(f"leader {r['leader']}, standby {r['standby']} ({how}, {r['duration_seconds']:.1f} s)")
 
 

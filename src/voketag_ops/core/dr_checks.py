@@ -109,16 +109,26 @@ def _fmt_age(seconds: float) -> str:
     return f"{seconds:.1f} s"
 
 
+# What to run about a failed check, locally; a cloud snapshot brings its own (`remedies`).
+LOCAL_REMEDIES = {"fence": "`voke dr fence {node} --yes`", "backup": "`voke dr backup`"}
+
+
 def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -> list[Check]:
     """Every check, passed or failed, in a fixed order."""
     checks: list[Check] = []
+    remedies = {**LOCAL_REMEDIES, **(status.get("remedies") or {})}
     leader = status.get("leader") or {}
     standby = status.get("standby") or {}
     archive = status.get("archive") or {}
 
     op = status.get("unfinished_operation")
     checks.append(
-        Check("unfinished_operation", True, "no unfinished DR operation")
+        Check(
+            "unfinished_operation",
+            True,
+            "no unfinished DR operation"
+            + (f" ({status['operations_note']})" if status.get("operations_note") else ""),
+        )
         if not op
         else Check(
             "unfinished_operation",
@@ -144,7 +154,7 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
                 "split_brain",
                 False,
                 f"split brain: {' and '.join(others)} writable beside the leader {leader.get('name')}; "
-                f"fence with `voke dr fence {others[0] if others else '<node>'} --yes`",
+                f"fence with {remedies['fence'].format(node=others[0] if others else '<node>')}",
                 value=writable,
             )
         )
@@ -195,8 +205,9 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
                 Check(
                     "replication_lag",
                     ok,
-                    f"replication lag {float(lag):.1f} s, {standby.get('lag_bytes')} bytes "
-                    f"({'within' if ok else 'over'} {thresholds.max_lag_seconds:g} s)",
+                    f"replication lag {float(lag):.1f} s"
+                    + (f", {standby['lag_bytes']} bytes" if standby.get("lag_bytes") is not None else "")
+                    + f" ({'within' if ok else 'over'} {thresholds.max_lag_seconds:g} s)",
                     value=float(lag),
                     threshold=thresholds.max_lag_seconds,
                 )
@@ -204,7 +215,9 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
 
     newest = status.get("newest_backup")
     if not newest:
-        checks.append(Check("backup_age", False, "no successful base backup; take one with `voke dr backup`"))
+        checks.append(
+            Check("backup_age", False, f"no successful base backup; take one with {remedies['backup']}")
+        )
     else:
         finished = parse_iso(newest.get("finished_at"))
         age = (now - finished).total_seconds() if finished else float("inf")
@@ -228,7 +241,10 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
             Check(
                 "archiving",
                 False,
-                f"WAL archiving is failing: {archive.get('last_failed_wal')} at {archive.get('last_failed_at')}",
+                f"WAL archiving is failing: {archive.get('last_failed_wal')} at {archive.get('last_failed_at')}"
+                if archive.get("last_failed_wal")
+                else f"WAL archiving is failing: {archive.get('failed_count')} segment(s) failed"
+                + (f" ({archive['source']})" if archive.get("source") else ""),
                 value=archive.get("failed_count"),
             )
         )
@@ -258,7 +274,7 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
                 False,
                 f"WAL archive gap: {gaps['missing'][0]} is missing"
                 + (f" (+{len(gaps['missing']) - 1} more)" if len(gaps["missing"]) > 1 else "")
-                + "; take a new base backup with `voke dr backup`",
+                + f"; take a new base backup with {remedies['backup']}",
                 value=gaps["missing"],
             )
         )

@@ -181,6 +181,13 @@ def status(settings: Settings, recovery: DatabaseRecovery, *, now: datetime | No
             "pitr_retention_days": settings.dr.pitr_retention_days,
         },
         "last_drill": _last_drill(settings),
+        # What `dr check` tells to run: `voke dr fence` and `voke dr backup` are local-only.
+        "remedies": {
+            "fence": "`gcloud sql instances patch {node} --activation-policy=NEVER`",
+            "backup": f"`gcloud sql backups create --instance={topo.primary}`",
+        },
+        "operations_note": "Cloud SQL's own are not listed: "
+        f"`gcloud sql operations list --instance={topo.primary} --filter='NOT status:DONE'`",
         "notes": list(errors.values()),
         "errors": errors,
     }

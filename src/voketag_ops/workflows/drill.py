@@ -53,13 +53,20 @@ def journals_dir(env: LocalEnvironment) -> Path:
 
 
 def load_journals(env: LocalEnvironment) -> list[dict[str, Any]]:
-    """Every journal under VOKE_HOME/drills, oldest first (unreadable files are skipped)."""
+    """Every journal under VOKE_HOME/drills, oldest first (unreadable files are skipped). One
+    left `running` by a process that is gone reads `interrupted`, wherever it is shown."""
+    from voketag_ops.workflows.cloud_drill import owner_gone
+
     found = []
     for path in sorted(journals_dir(env).glob("*.json")):
         try:
-            found.append(json.loads(path.read_text()))
+            journal = json.loads(path.read_text())
         except (OSError, ValueError):
             log.warning("skipping unreadable drill journal %s", path)
+            continue
+        if journal.get("status") == "running" and owner_gone(journal):
+            journal["status"] = "interrupted"
+        found.append(journal)
     return sorted(found, key=lambda j: j.get("started_at") or "")
 
 
@@ -93,13 +100,7 @@ def save_journal(env: LocalEnvironment, journal: dict[str, Any]) -> Path:
 
 
 def history(env: LocalEnvironment, *, scenario: str | None = None, limit: int = 50) -> dict[str, Any]:
-    from voketag_ops.workflows.cloud_drill import owner_gone
-
-    journals = [
-        j | {"status": "interrupted"} if j.get("status") == "running" and owner_gone(j) else j
-        for j in load_journals(env)
-        if scenario is None or j.get("scenario") == scenario
-    ]
+    journals = [j for j in load_journals(env) if scenario is None or j.get("scenario") == scenario]
     rows = [
         {
             k: j.get(k)
