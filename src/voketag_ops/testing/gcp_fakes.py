@@ -997,7 +997,8 @@ class FakeCloudSql:
         }
 
     def patch(self, r: Request) -> Any:
-        """Only `settings.userLabels` is applied (a map in a patch replaces the whole map)."""
+        """Only `settings.userLabels` is applied, merged into the instance's labels as Cloud SQL
+        does (a key left out stays; hashicorp/terraform-provider-google#8675)."""
         inst = self._instance(r["i"])
         settings = (r.body or {}).get("settings") or {}
         labels = settings.get("userLabels")
@@ -1009,7 +1010,7 @@ class FakeCloudSql:
 
         def effect() -> None:
             if labels is not None:
-                inst["labels"] = dict(labels)
+                inst["labels"] = {**inst.get("labels", {}), **labels}
             inst["settingsVersion"] += 1
 
         return self._operation("UPDATE", r["i"], effect)

@@ -111,7 +111,7 @@ def read(settings: Settings, recovery: Any, *, strict: bool = True) -> Topology:
     if env.instance not in found and not env.replica:
         raise ConfigError(f"the Cloud SQL instance {env.instance!r} of {env_name} does not exist")
     roles: dict[str, str | None] = {
-        n: (labels.get(ROLE_LABEL) if labels.get(ENV_LABEL) == env_name else None)
+        n: ((labels.get(ROLE_LABEL) or None) if labels.get(ENV_LABEL) == env_name else None)  # "" = cleared
         for n, (_i, labels) in found.items()
     }
     claims = [n for n in names if roles.get(n) == "primary"]
@@ -138,7 +138,7 @@ def read(settings: Settings, recovery: Any, *, strict: bool = True) -> Topology:
         standby=standby,
         recorded=recorded,
         since=unstamp(labels.get(SINCE_LABEL)) if recorded else None,
-        operation=labels.get(OP_LABEL) if recorded else None,
+        operation=(labels.get(OP_LABEL) or None) if recorded else None,
         roles=roles,
         instances={n: info for n, (info, _l) in found.items()},
     )

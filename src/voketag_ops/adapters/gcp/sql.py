@@ -355,10 +355,14 @@ class CloudSqlRecovery:
         return self._mutate("switchover", f"switchover to {name}", instance=name)
 
     def set_labels(self, name: str, changes: dict[str, str | None]) -> DbOperationInfo | None:
-        """Merge CHANGES into NAME's userLabels (None removes a key) with instances.patch;
-        None when nothing would change (no call made)."""
+        """Merge CHANGES into NAME's userLabels with instances.patch; None when nothing would
+        change (no call made). Cloud SQL merges a patch's userLabels into the ones it has, so a
+        key left out stays: None clears a present key to "" (read back as absent)."""
         _info, labels = self.instance_with_labels(name)
-        merged = {k: v for k, v in {**labels, **changes}.items() if v is not None}
+        merged = {
+            **labels,
+            **{k: "" if v is None else v for k, v in changes.items() if v is not None or k in labels},
+        }
         if merged == labels:
             return None
         body = {"settings": {"user_labels": merged}}
