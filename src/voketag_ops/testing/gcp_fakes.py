@@ -950,6 +950,11 @@ class FakeCloudSql:
         return doc
 
     def _operation(self, kind: str, target: str, effect: Callable[[], None]) -> dict[str, Any]:
+        if any(
+            o["doc"]["targetId"] == target and o["doc"]["status"] != "DONE" for o in self.operations.values()
+        ):
+            # As Cloud SQL: one operation at a time per instance (HTTP 409)
+            raise ApiError("ABORTED", "Operation failed because another operation was already in progress.")
         op_id = str(uuid.uuid4())
         doc = {
             "kind": "sql#operation",
@@ -1187,6 +1192,20 @@ class FakeCloudSql:
             inst["dr_replica"], old["dr_replica"] = old["name"], None
 
         return self._operation("SWITCHOVER", r["i"], effect)
+
+    def finish_pending(self) -> None:
+        """What Cloud SQL does on its own, polled or not: every operation under way ends."""
+        for op in self.operations.values():
+            doc = op["doc"]
+            if doc["status"] != "DONE":
+                if op["error"]:
+                    doc["error"] = {
+                        "kind": "sql#operationErrors",
+                        "errors": [{"code": "INTERNAL_ERROR", "message": op["error"]}],
+                    }
+                else:
+                    op["effect"]()
+                doc["status"], doc["endTime"] = "DONE", ts()
 
     def get_operation(self, r: Request) -> Any:
         op = self.operations.get(r["o"])
