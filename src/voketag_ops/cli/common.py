@@ -33,8 +33,6 @@ GLOBAL_FLAGS: dict[str, bool] = {
     "--config": True,
     "--log-format": True,
     "--log-level": True,
-    "--version": False,
-    "-V": False,
 }
 
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")]
