@@ -762,18 +762,24 @@ class RotationEngine:
         self._audit("rotation.resume", record, "started")
         if record.status == "rolling_back":  # its rollback was interrupted: finish that
             self.progress(f"rotation {record.id} was being rolled back: finishing the rollback")
-            try:
-                self._rollback(record)
-            except Interrupted:
-                raise
-            except VokeError as exc:
-                return self._needs_attention(record, t0, True, f"rollback failed: {exc.message}")
             error = RolledBackError(
                 f"rotation {record.id} of {record.secret} had been rolled back part-way; the rollback is finished",
                 hint=f"safe to retry: {retry_command(record)}",
             )
-            return Outcome(RotationReport.of(record, t0=t0, resumed=True), error)
+            return self._roll_back(record, t0, resumed=True, error=error)
         return self._run(record, t0, resumed=True)
+
+    def _roll_back(
+        self, record: RotationRecord, t0: float, *, resumed: bool, error: VokeError | None = None
+    ) -> Outcome:
+        """A rollback taken over by `rollback` or `resume`: its report, or needs_attention."""
+        try:
+            self._rollback(record)
+        except Interrupted:
+            raise
+        except VokeError as exc:
+            return self._needs_attention(record, t0, resumed, f"rollback failed: {exc.message}")
+        return Outcome(RotationReport.of(record, t0=t0, resumed=resumed), error)
 
     def _take_over(self, record: RotationRecord) -> None:
         meta = self.store.get(record.secret)
@@ -870,13 +876,7 @@ class RotationEngine:
                 f"rotation {record.id} is running (owner {record.owner}); nothing was changed"
             )
         self._take_over(record)
-        try:
-            self._rollback(record)
-        except Interrupted:
-            raise
-        except VokeError as exc:
-            return self._needs_attention(record, t0, False, f"rollback failed: {exc.message}")
-        return Outcome(RotationReport.of(record, t0=t0))
+        return self._roll_back(record, t0, resumed=False)
 
     # -- status, due, cleanup, history -------------------------------------------------------------------
     def managed(self) -> dict[str, str]:
