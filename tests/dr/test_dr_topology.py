@@ -362,6 +362,37 @@ def test_a_switchover_whose_old_leader_cannot_start_as_a_standby_rebuilds_it(vok
     assert voke("dr", "check", environ=environ).exit_code == 0
 
 
+def test_a_standby_promoted_beside_the_leader_is_fenced_and_its_timeline_kept_out_of_the_archive(
+    voke, environ, env
+):
+    import time
+
+    from voketag_ops.core import wal
+
+    leader_tli = dr.current_timeline(env.node("primary"))
+    with env.node("replica").connect() as conn:  # someone promotes the standby by hand
+        conn.execute("select pg_promote()")
+    rogue = f"{leader_tli + 1:08X}.history"
+    deadline = time.monotonic() + 60
+    while rogue not in dr.archived_names(env) and time.monotonic() < deadline:
+        time.sleep(0.2)  # its new timeline's history is archived at once
+    assert rogue in dr.archived_names(env)
+    assert voke("dr", "check", environ=environ).exit_code == 1  # split brain
+    fenced = voke("dr", "fence", "replica", "--yes", "--json", environ=environ)
+    assert fenced.exit_code == 0, fenced.stdout
+    assert rogue in fenced.json["result"]["quarantined"]
+    left = dr.archived_names(env)
+    assert not any(
+        int(n[:8], 16) == leader_tli + 1
+        for n in left
+        if wal.HISTORY_NAME.match(n) or wal.SEGMENT_NAME.match(n[:24])
+    )
+    back = voke("dr", "failback", "--yes", "--json", environ=environ)  # exit 7 before: the rogue's timeline
+    assert back.exit_code == 0, back.stdout + back.stderr
+    assert dr.in_recovery(env.node("replica")) is True
+    assert voke("dr", "check", environ=environ).exit_code == 0
+
+
 # -- drills ---------------------------------------------------------------------------------------------
 def test_drill_dry_run_lists_the_plan_and_changes_nothing(voke, environ, env):
     refused = voke("drill", "run", "failover", environ=environ)

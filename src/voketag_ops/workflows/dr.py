@@ -454,6 +454,8 @@ def fence(settings: Settings, env: LocalEnvironment, *, node: str, dry_run: bool
     with dr.dr_lock(env, "dr fence"), recorded(env, "dr.fence", node):
         dr.refuse_if_unfinished(env)  # (again, under the lock)
         report = dr.fence_node(env, target, reason="voke dr fence")
+        # a standby promoted beside the leader archived a timeline of its own: it must go
+        report["quarantined"] = dr.quarantine_foreign_timelines(env, env.node(state.leader, state))
     report["dry_run"] = False
     report["next"] = f"`voke dr failback --yes` rebuilds {node} as a standby of {state.leader}"
     return report

@@ -1071,7 +1071,9 @@ def restore(
             restore_command=f"cp '{env.archive_dir}/%f' '%p'",
             recovery_target_time=plan.target.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00"),
             recovery_target_action="promote",
-            recovery_target_timeline="latest",
+            # the leader's timeline the window was judged on, not whatever history file is newest
+            # in the archive (a standby promoted beside the leader archives one of its own)
+            recovery_target_timeline=str(plan.window.timeline) if plan.window.timeline else "latest",
             recovery_target_inclusive=True,
         )
         node.write_config(settings, env._hba())
@@ -1184,6 +1186,36 @@ def fence_node(env: LocalEnvironment, node: PgNode, *, reason: str) -> dict[str,
         json.dumps({"node": node.name, "fenced_at": iso(utcnow()), "reason": reason, "how": how})
     )
     return {"node": node.name, "how": how, "fenced_at": iso(utcnow())}
+
+
+def quarantine_foreign_timelines(env: LocalEnvironment, leader: PgNode) -> list[str]:
+    """Move out of the shared archive the WAL and history of timelines that are neither the
+    writable LEADER's nor its ancestors' (a standby promoted beside it: split brain). Left in,
+    a standby's recovery (target timeline `latest`) and a point-in-time restore follow the
+    newest history file there, the rogue's, and fail; a clone cannot start either. They are
+    moved, not deleted, to pg/archive-quarantine/STAMP/. Nothing when the leader cannot tell."""
+    if in_recovery(leader) is not False:
+        return []
+    timeline = current_timeline(leader)
+    if timeline is None:
+        return []
+    ours = {timeline, *(parent for parent, _switch in history_of(env, timeline))}
+    foreign = sorted(
+        name
+        for name in archived_names(env)
+        if (wal.HISTORY_NAME.match(name) or wal.SEGMENT_NAME.match(name[:24]))
+        and int(name[:8], 16) not in ours
+    )
+    if not foreign:
+        return []
+    aside = env.pg_dir / "archive-quarantine" / utcnow().strftime("%Y%m%dT%H%M%S%fZ")
+    aside.mkdir(parents=True, exist_ok=True)
+    for name in foreign:
+        (env.archive_dir / name).rename(aside / name)
+    log.warning(
+        "moved %d archived file(s) of timelines off %s's history to %s", len(foreign), leader.name, aside
+    )
+    return foreign
 
 
 def _frozen(pid: int) -> bool:
@@ -1643,6 +1675,8 @@ def failback(
         streaming_now = old_role is True and streams_from(leader, old)
         if (force_clone or not streaming_now) and not oplog.done("rebuilt"):
             with steps.run(f"rebuild {old.name} as a standby of {leader.name}", progress) as info:
+                if quarantined := quarantine_foreign_timelines(env, leader):  # fenced by an older voke
+                    info["quarantined"] = quarantined
                 rebuilt = rebuild_standby(env, old, leader, progress=progress, force_clone=force_clone)
                 info.update(rebuilt)
         oplog.mark("rebuilt", **rebuilt)
