@@ -215,6 +215,18 @@ def test_partial_writes_rejects(voke, db, tmp_path):
     assert "bad_timestamp" in rejects.read_text()
 
 
+def test_partial_refuses_a_cut_upload_as_a_whole(voke, db, tmp_path):
+    path = tmp_path / "batch.csv"
+    path.write_text(HEADER + GOOD + "T2,S1,Sh")  # cut mid-row: the head must not load as a batch
+    rejects = tmp_path / "rejects.csv"
+    result = voke("ingest", "load", str(path), "--db", db, "--partial", "--rejects", str(rejects), "--json")
+    assert result.exit_code == 1, result.stdout
+    report = result.json["result"]
+    assert (report["status"], report["rows_loaded"]) == ("rejected", 0)
+    assert report["errors"][0]["code"] == "truncated"
+    assert tables(db) == (0, 0)
+
+
 def test_dry_run_writes_nothing(voke, db, tmp_path):
     path = tmp_path / "batch.csv"
     path.write_text(HEADER + GOOD)

@@ -895,6 +895,9 @@ class BatchValidator:
         assert header is not None
         problems: list[Problem] = list(pre)
         if truncated and self.require_final_newline:
+            # The file's problem, not the row's: with --partial too nothing loads, or the head of a
+            # cut upload would be sealed as a batch and the whole file never load after it.
+            self.fatal = True
             problems.append(
                 Problem(
                     lineno,
