@@ -726,6 +726,33 @@ def test_a_load_that_loses_the_primary_during_a_dr_operation_names_it(
     assert voke("ingest", "load", str(path), "--json", environ=environ).exit_code == 0  # and it does
 
 
+def test_a_load_waits_for_another_voke_starting_the_environment(voke, environ, env, tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "batch.csv"
+    assert (
+        voke(
+            "ingest", "sample", "--rows", "100", "--seed", "11", "--out", str(path), environ=environ
+        ).exit_code
+        == 0
+    )
+    code = (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600);"
+        " fcntl.flock(fd, fcntl.LOCK_EX); os.ftruncate(fd, 0); os.pwrite(fd, b'env up pid 7', 0);"
+        " print('held', flush=True); time.sleep(1.5)"
+    )  # another load starting the environment on demand, which ends in a moment
+    starter = subprocess.Popen(
+        [sys.executable, "-c", code, str(env.home / "dr" / "dr.lock")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert starter.stdout is not None and starter.stdout.readline().strip() == "held"
+        loaded = voke("ingest", "load", str(path), "--json", environ=environ)
+    finally:
+        starter.wait()
+    assert loaded.exit_code == 0, loaded.stdout  # exit 5 before: "another DR operation is running"
+
+
 def test_the_holder_of_a_lock_reads_back_as_written():
     from voketag_ops.locks import holder_parts
 

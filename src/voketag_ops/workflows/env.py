@@ -30,6 +30,7 @@ def ensure_local(settings: Settings, progress: Progress = _quiet, *, whole: bool
     command's failure (a load needs the database, not the services). Otherwise only the
     servers (what a dry run or a read of the chain needs)."""
     platform = LocalPlatform(settings)
+    _wait_for_another_start(platform.env)
     if whole:
         platform.ensure_up(progress, strict=False)
     elif not platform.env.is_running():
@@ -37,6 +38,19 @@ def ensure_local(settings: Settings, progress: Progress = _quiet, *, whole: bool
             progress("starting the local environment's servers")
             platform.env.up(progress)
     return platform.env
+
+
+def _wait_for_another_start(env: LocalEnvironment) -> None:
+    """Another voke starting the environment (`env up`, or a command starting it on demand, as
+    two loads at once do) holds the DR lock meanwhile: wait for it, bounded, rather than fail
+    with exit 5; what it started is then running. A DR operation is not waited for."""
+    from voketag_ops.locks import holder_parts, running_elsewhere
+
+    deadline = time.monotonic() + max(120.0, 3 * env.settings.start_timeout)
+    while (holder := running_elsewhere(env.home / "dr")) is not None and time.monotonic() < deadline:
+        if not holder_parts(holder)[0].startswith("env up"):
+            return
+        time.sleep(0.2)
 
 
 class LocalPlatform:
