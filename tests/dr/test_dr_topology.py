@@ -165,6 +165,15 @@ def test_env_up_leaves_the_fenced_primary_down(voke, environ, env):
     assert result.exit_code == 0 and "fenced" in result.stdout and "failback" in result.stdout
     assert not env.node("primary").running
     assert voke("rotate", "status", "--json", environ=environ).exit_code == 0
+    status = voke("env", "status", "--json", environ=environ).json["result"]  # the leader is node replica
+    assert status["primary"]["name"] == "replica" and status["replica"]["name"] == "primary"
+    assert status["primary"]["timeline"] == dr.current_timeline(env.node("replica"))  # not the checkpoint's
+    rows = [
+        line.split("│")[1].strip()
+        for line in voke("env", "status", environ=environ).stdout.splitlines()
+        if line.count("│") > 3
+    ]
+    assert [r for r in rows if r != "node"] == ["replica", "primary"], rows  # named as `dr fence` takes them
 
 
 def test_split_brain_is_detected_reported_and_fenced(voke, environ, env):

@@ -166,13 +166,13 @@ def _render_status(console: Console, report: dict[str, Any]) -> None:
     table = Table(title=f"local environment ({report['home']})", title_justify="left")
     for col in ("node", "role", "port", "running", "timeline", "lag"):
         table.add_column(col)
-    for name in ("primary", "replica"):
-        node = report[name]
+    for slot in ("primary", "replica"):  # the roles; each row is named after its node
+        node = report[slot]
         lag = ""
         if node.get("lag_bytes") is not None:
             lag = f"{node['lag_bytes']} B / {node['lag_seconds']:.1f} s"
         table.add_row(
-            name,
+            node.get("name") or slot,
             node["role"],
             str(node["port"]),
             "yes" if node["running"] else "[red]no[/]",

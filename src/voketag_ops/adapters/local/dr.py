@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from voketag_ops.adapters.local.environment import (
     HOME_NODE,
     SLOT_NAME,
+    TIMELINE_SQL,
     BackupInfo,
     LocalEnvironment,
 )
@@ -343,15 +344,9 @@ def thaw(pids: list[int]) -> None:
 
 
 def current_timeline(node: PgNode) -> int | None:
-    """The timeline a node writes (primary) or receives (standby); the checkpoint's lags a promotion."""
+    """The timeline a node writes (primary) or receives (standby)."""
     try:
-        row = query_one(
-            node,
-            "select case when pg_is_in_recovery() then coalesce("
-            "(select received_tli from pg_stat_wal_receiver), "
-            "(select timeline_id from pg_control_checkpoint())) "
-            "else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int end",
-        )
+        row = query_one(node, f"select {TIMELINE_SQL}")
     except BackendError:
         return None
     return int(row[0]) if row and row[0] is not None else None

@@ -896,15 +896,23 @@ def _node_status(node: PgNode) -> dict[str, Any]:
     status["pid"] = pid
     try:
         with node.connect(timeout=3) as conn:
-            in_recovery, timeline = conn.execute(
-                "select pg_is_in_recovery(), (select timeline_id from pg_control_checkpoint())"
-            ).fetchone()  # type: ignore[misc]
+            in_recovery, timeline = conn.execute(f"select pg_is_in_recovery(), {TIMELINE_SQL}").fetchone()  # type: ignore[misc]
         status["running"] = True
         status["role"] = "replica" if in_recovery else "primary"
         status["timeline"] = timeline
     except BackendError as exc:
         status["error"] = exc.message
     return status
+
+
+# The timeline a node writes (primary) or receives (standby): the checkpoint's lags a promotion
+# until the next checkpoint.
+TIMELINE_SQL = (
+    "case when pg_is_in_recovery() then coalesce("
+    "(select received_tli from pg_stat_wal_receiver), "
+    "(select timeline_id from pg_control_checkpoint())) "
+    "else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int end"
+)
 
 
 def _replication_lag(primary: PgNode) -> dict[str, Any]:
