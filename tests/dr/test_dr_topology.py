@@ -386,7 +386,9 @@ def test_a_standby_promoted_beside_the_leader_is_fenced_and_its_timeline_kept_ou
     while rogue not in dr.archived_names(env) and time.monotonic() < deadline:
         time.sleep(0.2)  # its new timeline's history is archived at once
     assert rogue in dr.archived_names(env)
-    assert voke("dr", "check", environ=environ).exit_code == 1  # split brain
+    brain = voke("dr", "check", "--json", environ=environ)
+    assert brain.exit_code == 1 and "split_brain" in brain.json["result"]["failed"]
+    assert "replication_lag" in brain.json["result"]["failed"]  # a writable node has no lag to be within
     fenced = voke("dr", "fence", "replica", "--yes", "--json", environ=environ)
     assert fenced.exit_code == 0, fenced.stdout
     assert rogue in fenced.json["result"]["quarantined"]

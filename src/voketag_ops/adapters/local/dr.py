@@ -426,13 +426,15 @@ def probe_lag(leader: PgNode, standby: PgNode, *, wait: float) -> dict[str, Any]
     except BackendError:  # frozen or gone: the leader may list it as streaming for a while yet
         result["answering"] = False
         return result
+    result["heartbeat_replayed"] = False
+    if not result["streaming"]:  # not replaying the leader's WAL (a promoted node, say): no lag to tell
+        return result
     newest = max(
         [t for t in (last[0] if last else None, replayed[1] if replayed else None) if t is not None],
         default=None,
     )
     age = (utcnow() - newest).total_seconds() if newest else wait
     result["lag_seconds"] = round(max(age, wait), 3)
-    result["heartbeat_replayed"] = False
     return result
 
 
