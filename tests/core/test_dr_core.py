@@ -161,6 +161,9 @@ def failed(status, limits=LIMITS):
 
 def test_a_healthy_environment_passes_every_check():
     assert failed(healthy()) == {}
+    window = dict(healthy()["recoverable_window"], earliest_backup="base-2")  # base-1 cut off by a gap
+    checks = {c.name: c.message for c in dr_checks.judge(healthy(recoverable_window=window), LIMITS, now=T0)}
+    assert checks["archive_continuity"] == "WAL archive has no gap since backup base-2"
 
 
 def test_each_breach_is_named():

@@ -279,7 +279,15 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
             )
         )
     elif gaps:
-        checks.append(Check("archive_continuity", True, "WAL archive has no gap since the oldest backup"))
+        since = (status.get("recoverable_window") or {}).get("earliest_backup")
+        checks.append(
+            Check(
+                "archive_continuity",
+                True,
+                # the oldest backup the window starts from: an older one cut off by a gap is not it
+                f"WAL archive has no gap since backup {since}" if since else "WAL archive has no gap",
+            )
+        )
 
     window = status.get("recoverable_window") or {}
     seconds = window.get("seconds")
