@@ -70,6 +70,21 @@ def test_status_reports_roles_lag_archive_backup_and_window(voke, environ):
     assert human.exit_code == 0 and "leader" in human.stdout and "window" in human.stdout
 
 
+def test_a_leader_that_does_not_answer_is_shown_with_its_pid_and_why(voke, environ, env):
+    import signal
+
+    pid = env.primary().pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # the network-outage runbook's frozen primary
+    try:
+        shown = voke("dr", "status", environ=environ)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert shown.exit_code == 0, shown.stderr
+    leader = next(line for line in shown.stdout.splitlines() if line.startswith("leader"))
+    assert f"pid {pid} does not answer: " in leader, leader
+
+
 def test_check_passes_and_each_breach_is_one_line(voke, environ):
     ok = voke("dr", "check", "--json", environ=environ)
     assert ok.exit_code == 0, ok.stdout
@@ -162,6 +177,7 @@ def test_pitr_restores_exactly_the_commits_before_the_target(voke, environ, env)
     assert not killed.exists()  # swept: restores run under the DR lock, any scratch copy is dead
     r = result.json["result"]
     assert r["name"] == "pitr-a" and r["writable"] is True
+    assert r["conninfo"].endswith("dbname=voketag")  # the runbook's copy-back reads the platform's data
     stop = r["stop_point"]
     assert stop["stopped"].startswith("before commit")
     assert (

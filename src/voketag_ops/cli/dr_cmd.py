@@ -392,7 +392,11 @@ def _render_status(console: Console, r: dict[str, Any]) -> None:
 
     def where(node: dict[str, Any]) -> str:  # local nodes have a port and timeline, Cloud SQL a region
         if "port" in node:
-            return f"port {node['port']}  timeline {node.get('timeline')}"
+            timeline = node.get("timeline") if node.get("timeline") is not None else "-"
+            said = (
+                f"  pid {node['pid']} does not answer: {escape(node['error'])}" if node.get("error") else ""
+            )
+            return f"port {node['port']}  timeline {timeline}{said}"
         return f"{node.get('region', '-')} ({node.get('state', '?')})"
 
     if r.get("topology"):  # a cloud env: which instance voke recorded as the primary
@@ -615,8 +619,12 @@ def _render_verify(console: Console, r: dict[str, Any]) -> None:
         for kind in ("missing_in_target", "extra_in_target", "changed"):
             if t[kind]:
                 keys = ", ".join("(" + ", ".join(map(str, k)) + ")" for k in t[kind][:10])
-                more = f" (+{len(t[kind]) - 10} more)" if len(t[kind]) > 10 else ""
+                more = f" (+{len(t[kind]) - 10} more listed)" if len(t[kind]) > 10 else ""
                 console.print(f"     {kind.replace('_', ' ')}: {keys}{more}", markup=False)
+        if t.get("capped"):  # the listed keys stop at --max-keys; the count does not
+            console.print(
+                f"     {t['differences']} difference(s) in all; only the first are listed", markup=False
+            )
     if r["skipped_without_primary_key"]:
         console.print(
             f"skipped (no primary key): {', '.join(r['skipped_without_primary_key'])}", markup=False

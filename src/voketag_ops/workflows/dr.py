@@ -532,6 +532,8 @@ def verify(
     try:
         available, without_key = list_tables(src_conn)
         chosen = resolve_tables(available, tables) if tables else available
+        if tables:  # a table not asked for is not "skipped"
+            without_key = [t for t in without_key if t in tables or t.split(".", 1)[-1] in tables]
         target_tables = {t.qualified for t in list_tables(dst_conn)[0]}
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="voke-verify") as pool:
             for info in chosen:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from voketag_ops.adapters.local.environment import (
     HOME_NODE,
+    PLATFORM_DB,
     SLOT_NAME,
     TIMELINE_SQL,
     BackupInfo,
@@ -708,8 +709,10 @@ def snapshot(env: LocalEnvironment, *, lag_wait: float, replica_expected: bool =
         return report
     state = env.require_state()
     leader_node, standby_node = env.node(state.leader, state), env.node(state.follower, state)
-    leader_info = {k: base["primary"].get(k) for k in ("name", "role", "running", "port", "timeline", "pid")}
-    standby_info = {k: base["replica"].get(k) for k in ("name", "role", "running", "port", "timeline", "pid")}
+    # (`pid` with `running` false and an `error`: a process that does not answer, frozen or cut off)
+    keys = ("name", "role", "running", "port", "timeline", "pid", "error")
+    leader_info = {k: base["primary"].get(k) for k in keys}
+    standby_info = {k: base["replica"].get(k) for k in keys}
     writable = [info["name"] for info in (base["primary"], base["replica"]) if info["role"] == "primary"]
     for info, node in ((leader_info, leader_node), (standby_info, standby_node)):
         if info["running"]:
@@ -1114,7 +1117,7 @@ def restore(
         "name": plan.name,
         "target": iso(plan.target),
         "port": port,
-        "conninfo": node.conninfo(),
+        "conninfo": node.conninfo(PLATFORM_DB),  # where the platform's data is
         "data_dir": str(node.data_dir),
         "backup": {
             "label": plan.backup.label,
