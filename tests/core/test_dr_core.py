@@ -352,6 +352,23 @@ def test_reports_render_from_a_journal():
     assert "| RTO | 4 s | 600 s | met |" in md
     page = html_page(journal(status="failed", breaches=["RTO 700 s > 600 s"]))
     assert "<svg" in page and "RTO 700 s &gt; 600 s" in page and "<script" not in page
+    assert "## Recovery" not in md  # only a point-in-time restore has recovery evidence
+    restore = {
+        "name": "drill-1", "port": 5433, "target": "2026-11-26T20:40:00Z",
+        "backup": {"label": "base-1", "finished_at": "2026-11-26T20:00:00Z"},
+        "stop_point": {"stopped": "before commit of transaction 870", "stop_time": "2026-11-26T20:40:00.1Z",
+                       "new_timeline": 3, "wal_first": "000000020000000000000005",
+                       "wal_last": "000000020000000000000007", "wal_files": 3},
+    }  # fmt: skip
+    pitr = markdown(journal(details={"restore": restore}))
+    for row in (
+        "| requested target | 2026-11-26T20:40:00Z |",
+        "| stop point | before commit of transaction 870 |",
+        "| new timeline | 3 |",
+        "| base backup | base-1 |",
+        "| WAL replayed | 000000020000000000000005 .. 000000020000000000000007 (3 file(s)) |",
+    ):
+        assert row in pitr, pitr
 
 
 def test_trend_compares_with_the_previous_run():

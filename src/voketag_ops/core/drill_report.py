@@ -32,6 +32,33 @@ def _mark(ok: Any) -> str:
     return "met" if ok else "BREACHED"
 
 
+def _recovery(j: Mapping[str, Any]) -> list[str]:
+    """A point-in-time restore's evidence (research: requested target, stop point, new timeline,
+    backup and WAL range), from the journal's details.restore; nothing for other scenarios."""
+    restore = (j.get("details") or {}).get("restore") or {}
+    if not restore:
+        return []
+    stop = restore.get("stop_point") or {}
+    backup = restore.get("backup") or {}
+    if not isinstance(backup, Mapping):  # a Cloud SQL clone names its source instead
+        backup = {"label": backup}
+    rows = [
+        ("requested target", restore.get("target")),
+        ("stop point", stop.get("stopped")),
+        ("stopped at", stop.get("stop_time")),
+        ("new timeline", stop.get("new_timeline")),
+        ("base backup", backup.get("label")),
+        ("backup finished", backup.get("finished_at")),
+        ("WAL replayed", f"{stop.get('wal_first')} .. {stop.get('wal_last')} ({stop.get('wal_files')} file(s))"
+         if stop.get("wal_files") else None),
+        ("restored instance", f"{restore.get('name')} (port {restore.get('port')})" if restore.get("port")
+         else restore.get("name")),
+    ]  # fmt: skip
+    lines = ["## Recovery", "", "| | |", "|---|---|"]
+    lines += [f"| {label} | {value} |" for label, value in rows if value not in (None, "")]
+    return [*lines, ""]
+
+
 def markdown(j: Mapping[str, Any]) -> str:
     """The journal as a Markdown report."""
     t = j["targets"]
@@ -80,6 +107,7 @@ def markdown(j: Mapping[str, Any]) -> str:
             f"{canary.get('lost_commits', 0)} acknowledged but lost.",
             "",
         ]
+    lines += _recovery(j)
     lines += ["## Integrity", "", "| table | rows | checksum | match | detail |", "|---|---|---|---|---|"]
     for item in j.get("integrity") or []:
         lines.append(
