@@ -45,8 +45,6 @@ RESULTS = (
     "succeeded",
     "rolled_back",
     "needs_attention",
-    "in_progress",
-    "rolling_back",
     "loaded",
     "duplicate",
     "rejected",
