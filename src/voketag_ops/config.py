@@ -521,7 +521,7 @@ def load_config(
             key = name[len("VOKE_") :].lower().replace("__", ".")
         if key is None:
             continue
-        if value.lstrip().startswith(("[", "{")):  # a list or table, written as JSON
+        if value.lstrip().startswith(("[", "{")) and _takes_collection(key):  # written as JSON
             try:
                 value = json.loads(value)
             except ValueError as exc:
@@ -646,6 +646,32 @@ def _merge(
             continue
         target[key] = value
         sources[dotted] = _source_for(dotted, source, per_key)
+
+
+def _takes_collection(dotted: str) -> bool:
+    """Whether the setting at DOTTED is a list or a table (a string that starts with [ or {
+    is then JSON); False for a plain value, or a key the model does not know (it says so)."""
+    import types
+    import typing
+
+    kind: Any = Settings
+    for part in dotted.split("."):
+        while typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None
+            kind = next((a for a in typing.get_args(kind) if a is not type(None)), None)
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            field = kind.model_fields.get(part)
+            if field is None:
+                return False
+            kind = field.annotation
+        elif typing.get_origin(kind) is dict:
+            kind = typing.get_args(kind)[1]
+        else:
+            return False
+    while typing.get_origin(kind) in (typing.Union, types.UnionType):
+        kind = next((a for a in typing.get_args(kind) if a is not type(None)), None)
+    return typing.get_origin(kind) in (list, tuple, dict, set) or (
+        isinstance(kind, type) and issubclass(kind, BaseModel)
+    )
 
 
 def _source_for(dotted: str, source: str | None, per_key: Mapping[str, str] | None) -> str:

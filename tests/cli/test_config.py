@@ -96,6 +96,13 @@ def test_a_list_or_table_is_set_from_the_environment_as_json(voke, make_environ,
     assert settings_of(table)["coverage.remap./ci/"] == {"value": "", "source": "env VOKE_COVERAGE__REMAP"}
     bad = voke("config", "show", environ=make_environ(tmp_path / "h", **{name: "[admin-service"}))
     assert bad.exit_code == 3 and f"env {name}: a list or table must be JSON" in bad.stderr
+    text = voke(
+        "config",
+        "show",
+        "--json",
+        environ=make_environ(tmp_path / "h", VOKE_ROTATION__DB_USERS__APP__OWNER="{x"),
+    )
+    assert settings_of(text)["rotation.db_users.app.owner"]["value"] == "{x"  # a string stays one
 
 
 def test_bad_env_var_names_the_variable(voke, make_environ, tmp_path):

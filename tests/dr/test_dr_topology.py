@@ -168,6 +168,7 @@ def test_env_up_leaves_the_fenced_primary_down(voke, environ, env):
     status = voke("env", "status", "--json", environ=environ).json["result"]  # the leader is node replica
     assert status["primary"]["name"] == "replica" and status["replica"]["name"] == "primary"
     assert status["primary"]["timeline"] == dr.current_timeline(env.node("replica"))  # not the checkpoint's
+    assert status["primary"]["conninfo"].endswith("dbname=voketag")  # the runbook's copy-back uses it
     rows = [
         line.split("│")[1].strip()
         for line in voke("env", "status", environ=environ).stdout.splitlines()
@@ -402,6 +403,18 @@ def test_a_standby_promoted_beside_the_leader_is_fenced_and_its_timeline_kept_ou
     assert back.exit_code == 0, back.stdout + back.stderr
     assert dr.in_recovery(env.node("replica")) is True
     assert voke("dr", "check", environ=environ).exit_code == 0
+
+
+def test_the_archive_is_left_alone_when_the_leaders_lineage_cannot_be_read(env, monkeypatch):
+    from voketag_ops.errors import BackendError
+
+    def not_archived(*_args, **_kwargs):
+        raise BackendError("timeline 9 has no history file in the archive")
+
+    monkeypatch.setattr(dr, "history_of", not_archived)  # just promoted, or the archiver failing
+    before = dr.archived_names(env)
+    assert dr.quarantine_foreign_timelines(env, env.node(env.require_state().leader)) == []
+    assert dr.archived_names(env) >= before
 
 
 # -- drills ---------------------------------------------------------------------------------------------

@@ -449,7 +449,11 @@ def fence(settings: Settings, env: LocalEnvironment, *, node: str, dry_run: bool
     if dry_run:
         return {
             "dry_run": True,
-            "plan": [f"stop {node} (clean if it answers, SIGKILL if not) and mark it fenced"],
+            "plan": [
+                f"stop {node} (clean if it answers, SIGKILL if not) and mark it fenced",
+                "move archived WAL and history of timelines off the leader's lineage (a promoted "
+                "node's own) to pg/archive-quarantine/",
+            ],
         }
     with dr.dr_lock(env, "dr fence"), recorded(env, "dr.fence", node):
         dr.refuse_if_unfinished(env)  # (again, under the lock)

@@ -1199,7 +1199,11 @@ def quarantine_foreign_timelines(env: LocalEnvironment, leader: PgNode) -> list[
     timeline = current_timeline(leader)
     if timeline is None:
         return []
-    ours = {timeline, *(parent for parent, _switch in history_of(env, timeline))}
+    try:
+        ours = {timeline, *(parent for parent, _switch in history_of(env, timeline))}
+    except BackendError as exc:  # its history is not archived yet (or the archiver fails): cannot tell
+        log.warning("archive left as it is: %s", exc.message)
+        return []
     foreign = sorted(
         name
         for name in archived_names(env)

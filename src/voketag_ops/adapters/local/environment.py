@@ -894,6 +894,7 @@ def _node_status(node: PgNode) -> dict[str, Any]:
         status["role"] = "stopped" if node.initialized else "absent"
         return status
     status["pid"] = pid
+    status["conninfo"] = node.conninfo(PLATFORM_DB)  # (no password: the local socket trusts voke's user)
     try:
         with node.connect(timeout=3) as conn:
             in_recovery, timeline = conn.execute(f"select pg_is_in_recovery(), {TIMELINE_SQL}").fetchone()  # type: ignore[misc]
