@@ -371,6 +371,7 @@ def test_a_restore_killed_for_real_is_listed_as_interrupted_and_discarded(voke, 
                 seen = json.loads(record.read_text()).get("state")
             except (FileNotFoundError, ValueError):
                 pass
+            time.sleep(0.001)  # (leaves the CPU to the restore being watched)
         os.kill(proc.pid, signal.SIGKILL)  # kill -9 the moment it is there
     finally:
         proc.wait()

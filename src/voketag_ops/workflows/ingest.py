@@ -1468,7 +1468,7 @@ class _PieceWriter:
         if idle >= limit:
             import socket
 
-            self._stalled = idle
+            self._stalled = limit  # the timeout that fired (the idle time may be a moment past it)
             with suppress(OSError), socket.socket(fileno=os.dup(self.conn.fileno())) as sock:
                 sock.shutdown(socket.SHUT_RDWR)
 
