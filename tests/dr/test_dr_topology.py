@@ -439,6 +439,9 @@ def test_drill_run_all_measures_every_scenario_and_restores_the_topology(voke, e
         assert journal["status"] == "completed", (journal["run_id"], journal["breaches"], journal["error"])
         assert journal["rto_met"] and journal["rpo_met"] and journal["integrity_ok"]
         assert journal["steady_state"]["before"]["ok"] and journal["steady_state"]["after"]["ok"]
+        before = journal["steady_state"]["before"]  # the pre-fault state, as the research lists it
+        assert before["lag_bytes"] is not None and before["backup_age_seconds"] >= 0 and before["timeline"]
+        assert before["last_archived_at"]
         assert all(journal["timeline"][k] for k in journal["timeline"])
         assert 0 < journal["rto_seconds"] < journal["targets"]["rto_target_seconds"]
         # the timeline runs forward: a first write before the recovery was the old leader's

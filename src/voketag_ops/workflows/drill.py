@@ -138,11 +138,17 @@ def steady_state(settings: Settings, env: LocalEnvironment, *, wait: float = 0.0
         checks = [c for c in judge(snap, limits, now=dr.utcnow()) if c.name in STEADY_CHECKS]
         ok = snap["initialized"] and all(c.ok for c in checks)
         if ok or time.monotonic() >= deadline:
+            standby = snap.get("standby") or {}
             return {
                 "ok": bool(ok),
                 "checked_at": snap["checked_at"],
                 "leader": (snap.get("leader") or {}).get("name"),
-                "lag_seconds": (snap.get("standby") or {}).get("lag_seconds"),
+                "timeline": (snap.get("leader") or {}).get("timeline"),
+                "lag_seconds": standby.get("lag_seconds"),
+                # the research's pre-fault state: byte lag, archiving, backup age as well
+                "lag_bytes": standby.get("lag_bytes"),
+                "last_archived_at": (snap.get("archive") or {}).get("last_archived_at"),
+                "backup_age_seconds": (snap.get("newest_backup") or {}).get("age_seconds"),
                 "checks": [{"name": c.name, "ok": c.ok, "message": c.message} for c in checks],
             }
         time.sleep(0.5)
