@@ -256,6 +256,18 @@ def test_export_and_import_through_postgres(voke, chain_env, tmp_path: Path) -> 
     refused = voke("chain", "import", str(exported), environ=diverged)
     assert refused.exit_code == 5 and "diverge" in refused.stderr
 
+    doc = json.loads(exported.read_text())  # anchors edited to contradict the blocks, blocks intact
+    for index, state in ((1, "anchored"), (None, "pending")):  # in a block it is not in; sealed, yet pending
+        doc["anchors"][0].update(
+            block_index=index, state=state, version=doc["anchors"][0].get("version", 1) + 1
+        )
+        (tmp_path / "tampered.json").write_text(json.dumps(doc))
+        tampered = voke("chain", "import", str(tmp_path / "tampered.json"), environ=other)
+        assert tampered.exit_code == 1 and "its anchors contradict its blocks" in tampered.stderr, (
+            tampered.stderr
+        )
+    assert voke("chain", "validate", environ=other).exit_code == 0  # nothing was imported
+
     broken = tmp_path / "broken.json"
     broken.write_text('{"format": "voke-chain", "version": 1,\n "blocks": [')
     result = voke("chain", "import", str(broken), environ=other)

@@ -272,7 +272,7 @@ def import_(
 ) -> None:
     """Import an exported chain: it must be valid and extend the local one (anchors merge)."""
     from voketag_ops.adapters.local.chain_store import parse_document
-    from voketag_ops.core.chain import ChainFormatError, validate_chain
+    from voketag_ops.core.chain import ChainFormatError, anchor_disagreement, validate_chain
     from voketag_ops.errors import InputError
     from voketag_ops.workflows.audit import refuse_foreign_chain
 
@@ -286,6 +286,8 @@ def import_(
     report = validate_chain(incoming.blocks)
     if not report.ok:
         raise InputError(f"{source}: the chain does not validate: {report.message}")
+    if (problem := anchor_disagreement(incoming.blocks, incoming.anchors.values())) is not None:
+        raise InputError(f"{source}: its anchors contradict its blocks: {problem[1]}; nothing was imported")
     refuse_foreign_chain(_home(env), incoming, source)
     plan = {"blocks": len(incoming.blocks), "anchors": len(incoming.anchors), "source": source}
     if dry_run:

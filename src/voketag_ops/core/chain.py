@@ -601,3 +601,21 @@ class ChainState:
 
 class AnchorNotFoundError(UsageError):
     """No anchor has that id."""
+
+
+def anchor_disagreement(blocks: Sequence[Block], anchors: Iterable[Anchor]) -> tuple[int | None, str] | None:
+    """The first anchor its blocks contradict, as (block index, what): one marked anchored in a
+    block that does not hold it, or one not anchored whose record a block holds already (it
+    would be anchored twice). None when they agree."""
+    sealed = {record: block.index for block in blocks for record in block.records}
+    for anchor in sorted(anchors, key=lambda a: (a.requested_at, a.root)):
+        index = anchor.block_index
+        if anchor.state is AnchorState.ANCHORED:
+            if index is None or not 0 <= index < len(blocks) or anchor.record() not in blocks[index].records:
+                return (
+                    index,
+                    f"anchor {anchor.id[:16]} is marked anchored in block {index}, but that block does not hold it",
+                )
+        elif (at := sealed.get(anchor.record())) is not None:
+            return at, f"anchor {anchor.id[:16]} is {anchor.state.value}, but block {at} holds it already"
+    return None

@@ -497,19 +497,10 @@ def validate(store: ChainStore, *, min_difficulty: int = 0) -> ch.ChainReport:
     report = ch.validate_chain(state.blocks, min_difficulty=min_difficulty)
     if not report.ok:
         return report
-    for anchor in sorted(state.anchors.values(), key=lambda a: (a.requested_at, a.root)):
-        if anchor.state is not ch.AnchorState.ANCHORED:
-            continue
-        index = anchor.block_index
-        if index is None or index >= len(state.blocks) or anchor.record() not in state.blocks[index].records:
-            return ch.ChainReport(
-                False,
-                report.length,
-                report.head,
-                index,
-                ch.Problem.CHANGED_RECORD,
-                f"anchor {anchor.id[:16]} is marked anchored in block {index}, but that block does not hold it",
-            )
+    problem = ch.anchor_disagreement(state.blocks, state.anchors.values())
+    if problem is not None:
+        index, message = problem
+        return ch.ChainReport(False, report.length, report.head, index, ch.Problem.CHANGED_RECORD, message)
     return report
 
 
