@@ -619,3 +619,15 @@ def anchor_disagreement(blocks: Sequence[Block], anchors: Iterable[Anchor]) -> t
         elif (at := sealed.get(anchor.record())) is not None:
             return at, f"anchor {anchor.id[:16]} is {anchor.state.value}, but block {at} holds it already"
     return None
+
+
+def blocks_to_import(ours: Sequence[bytes], incoming: Sequence[Block]) -> list[Block]:
+    """The blocks of INCOMING that extend the local chain (whose block hashes are OURS): none
+    for an older copy of it (a prefix, a backup taken before); StoreConflictError when they
+    differ where both have blocks."""
+    both = min(len(ours), len(incoming))
+    if list(ours[:both]) != [b.hash for b in incoming[:both]]:
+        raise StoreConflictError(
+            "the imported chain does not extend the local chain (they diverge); nothing was imported"
+        )
+    return list(incoming[len(ours) :])

@@ -137,24 +137,19 @@ class FileChainStore:
     def import_state(self, incoming: ch.ChainState) -> dict[str, int]:
         """Merge INCOMING (an exported document, already validated) into the store.
 
-        The local chain must be a prefix of the incoming one; anchors are merged keeping
+        One chain must be a prefix of the other (an older copy adds no block); anchors are merged keeping
         the higher version of each. Raises StoreConflictError when the chains diverge.
         """
         with self._locked(exclusive=True):
             current = self._read()
-            ours = [b.hash for b in current.blocks]
-            theirs = [b.hash for b in incoming.blocks[: len(ours)]]
-            if ours != theirs:
-                raise ch.StoreConflictError(
-                    "the imported chain does not extend the local chain (they diverge); nothing was imported"
-                )
+            added = ch.blocks_to_import([b.hash for b in current.blocks], incoming.blocks)
             merged = dict(current.anchors)
             for anchor in incoming.anchors.values():
                 if anchor.id not in merged or anchor.version > merged[anchor.id].version:
                     merged[anchor.id] = anchor
-            self._write(ch.ChainState(blocks=incoming.blocks, anchors=merged))
+            self._write(ch.ChainState(blocks=(*current.blocks, *added), anchors=merged))
             return {
-                "blocks_added": len(incoming.blocks) - len(current.blocks),
+                "blocks_added": len(added),
                 "anchors_updated": sum(1 for k, a in merged.items() if current.anchors.get(k) is not a),
             }
 

@@ -121,16 +121,13 @@ class PgChainStore:
         """Merge INCOMING (an exported document, already validated); see the ChainStore port."""
         with self._transaction(write=True) as conn:
             ours = [bytes(h) for (h,) in conn.execute("select hash from voke_chain_blocks order by idx")]
-            if ours != [b.hash for b in incoming.blocks[: len(ours)]]:
-                raise ch.StoreConflictError(
-                    "the imported chain does not extend the local chain (they diverge); nothing was imported"
-                )
+            added = ch.blocks_to_import(ours, incoming.blocks)
             stored = dict(conn.execute("select id, version from voke_chain_anchors").fetchall())
-            for block in incoming.blocks[len(ours) :]:
+            for block in added:
                 self._insert_block(conn, block)
             updated = [a for a in incoming.anchors.values() if a.id not in stored or a.version > stored[a.id]]
             self._upsert_anchors(conn, updated)
-            return {"blocks_added": len(incoming.blocks) - len(ours), "anchors_updated": len(updated)}
+            return {"blocks_added": len(added), "anchors_updated": len(updated)}
 
     @staticmethod
     def _insert_block(conn: Any, block: ch.Block) -> None:
