@@ -94,6 +94,10 @@ def test_down_destroy_and_catch_up(voke, make_environ, tmp_path: Path) -> None:
         exported = run("env", "destroy", "--yes", "--json")
         assert exported.exit_code == 0 and exported.json["result"]["chain"].startswith("exported to")
         assert '"anchors"' in (home / "chain" / "chain.json").read_text()
+        # Discarding the chain also sets aside an export still waiting to be moved back in.
+        discarded = run("env", "destroy", "--yes", "--discard-chain", "--json")
+        assert discarded.exit_code == 0 and "set aside as" in discarded.json["result"]["chain"]
+        assert not (home / "chain" / "chain.json").exists()
     finally:
         voke("env", "destroy", "--yes", environ=environ)
 

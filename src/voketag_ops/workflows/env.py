@@ -269,13 +269,20 @@ class LocalPlatform:
         chain use after the next `env up` moves back in (workflows/chain.py migration). A
         stopped environment is started for it. When the export fails nothing is deleted
         (PreconditionError). DISCARD: no export, the chain goes with the databases."""
+        from voketag_ops.adapters.local.chain_store import FileChainStore, default_chain_path
+
         if self.settings.chain.store != "postgres":
             return "kept (file store)"
+        if discard:
+            waiting = default_chain_path(self.env.home)  # an earlier destroy's export, not moved back yet
+            if not waiting.exists():
+                return "discarded (--discard-chain)"
+            aside = waiting.with_name(f"{waiting.name}.discarded-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
+            waiting.rename(aside)  # else the next chain use would move it back in
+            progress(f"the chain export waiting in {waiting} was set aside as {aside}")
+            return f"discarded (--discard-chain); the export waiting to be moved back set aside as {aside}"
         if not self.env.exists:
             return "empty"
-        if discard:
-            return "discarded (--discard-chain)"
-        from voketag_ops.adapters.local.chain_store import FileChainStore, default_chain_path
         from voketag_ops.errors import PreconditionError
         from voketag_ops.workflows.chain import open_chain_store
 
