@@ -691,7 +691,10 @@ def history_add(
     )
     line = json.dumps(entry, sort_keys=True) + "\n"
     if not dry_run:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot write: {exc.strerror}") from None
         if replaced:
             from voketag_ops.files import write_output
 
