@@ -297,9 +297,12 @@ def parent_death_kills() -> Callable[[], None]:
 
     libc = ctypes.CDLL(None, use_errno=True)
     sigkill = int(signal.SIGKILL)
+    parent = os.getpid()
 
     def set_parent_death_signal() -> None:
         libc.prctl(1, sigkill, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # voke died before the request took: go now, as it would have
+            os.kill(os.getpid(), sigkill)
 
     return set_parent_death_signal
 
