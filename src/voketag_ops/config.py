@@ -654,10 +654,14 @@ def _takes_collection(dotted: str) -> bool:
     import types
     import typing
 
+    def unwrapped(kind: Any) -> Any:  # X | None -> X
+        while typing.get_origin(kind) in (typing.Union, types.UnionType):
+            kind = next((a for a in typing.get_args(kind) if a is not type(None)), None)
+        return kind
+
     kind: Any = Settings
     for part in dotted.split("."):
-        while typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None
-            kind = next((a for a in typing.get_args(kind) if a is not type(None)), None)
+        kind = unwrapped(kind)
         if isinstance(kind, type) and issubclass(kind, BaseModel):
             field = kind.model_fields.get(part)
             if field is None:
@@ -667,8 +671,7 @@ def _takes_collection(dotted: str) -> bool:
             kind = typing.get_args(kind)[1]
         else:
             return False
-    while typing.get_origin(kind) in (typing.Union, types.UnionType):
-        kind = next((a for a in typing.get_args(kind) if a is not type(None)), None)
+    kind = unwrapped(kind)
     return typing.get_origin(kind) in (list, tuple, dict, set) or (
         isinstance(kind, type) and issubclass(kind, BaseModel)
     )

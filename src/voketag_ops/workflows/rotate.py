@@ -650,9 +650,8 @@ class RotationEngine:
         version, the commit happened even if it was never recorded.
         """
         scope = self._scope(record, failed_step)
-        if (
-            record.rolling_back is None
-        ):  # before the first change: resumed, it is finished, not redone forward
+        # Recorded before the first change: resumed, a rollback is finished, never redone forward.
+        if record.rolling_back is None:
             record.status, record.rolling_back = "rolling_back", scope
             self._save(record)
         try:
@@ -751,7 +750,7 @@ class RotationEngine:
                     )
                 return Outcome(RotationReport.of(finished, t0=t0))  # done: resuming it again is a no-op
             return Outcome(None)
-        if self._owner_alive(record) and record.status in ACTIVE:
+        if self._running(record):
             raise PreconditionError(
                 f"rotation {record.id} is running (owner {record.owner}); nothing was changed"
             )
@@ -780,6 +779,10 @@ class RotationEngine:
         except VokeError as exc:
             return self._needs_attention(record, t0, resumed, f"rollback failed: {exc.message}")
         return Outcome(RotationReport.of(record, t0=t0, resumed=resumed), error)
+
+    def _running(self, record: RotationRecord) -> bool:
+        """Under way, forward or back, in a voke that is still there."""
+        return record.status in ACTIVE and self._owner_alive(record)
 
     def _take_over(self, record: RotationRecord) -> None:
         meta = self.store.get(record.secret)
@@ -854,7 +857,7 @@ class RotationEngine:
             "last_step": record.step,
             "in_flight": in_flight,
             "scope": scope if action == "rollback" else None,
-            "running": self._owner_alive(record) and record.status in ACTIVE,
+            "running": self._running(record),
             "plan": plan,
         }
 
@@ -871,7 +874,7 @@ class RotationEngine:
             raise PreconditionError(
                 f"rotation {rotation_id} already ended ({done.status}); nothing to roll back"
             )
-        if self._owner_alive(record) and record.status in ACTIVE:
+        if self._running(record):
             raise PreconditionError(
                 f"rotation {record.id} is running (owner {record.owner}); nothing was changed"
             )

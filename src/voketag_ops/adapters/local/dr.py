@@ -714,9 +714,6 @@ def snapshot(env: LocalEnvironment, *, lag_wait: float, replica_expected: bool =
     leader_info = {k: base["primary"].get(k) for k in keys}
     standby_info = {k: base["replica"].get(k) for k in keys}
     writable = [info["name"] for info in (base["primary"], base["replica"]) if info["role"] == "primary"]
-    for info, node in ((leader_info, leader_node), (standby_info, standby_node)):
-        if info["running"]:
-            info["timeline"] = current_timeline(node) or info["timeline"]
     report["leader"] = leader_info
     report["standby"] = standby_info
     report["writable_nodes"] = writable

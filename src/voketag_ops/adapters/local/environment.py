@@ -108,12 +108,14 @@ class EnvState:
             raise ConfigError(f"VOKE_HOME {path.parent} exists and is not a directory") from None
         except (OSError, ValueError) as exc:
             raise ConfigError(
-                f"{path}: unreadable environment state ({exc}); `voke env destroy --yes --discard-chain` resets it (without a readable state the chain cannot be exported first)",
+                f"{path}: unreadable environment state ({exc}); resetting it discards the chain "
+                "(without a readable state it cannot be exported first)",
                 hint=_RESET,
             ) from None
         if not isinstance(raw, dict) or raw.get("version") != STATE_VERSION:
             raise ConfigError(
-                f"{path}: unknown environment state format; `voke env destroy --yes --discard-chain` resets it (without a readable state the chain cannot be exported first)",
+                f"{path}: unknown environment state format; resetting it discards the chain "
+                "(without a readable state it cannot be exported first)",
                 hint=_RESET,
             )
         known = {f for f in cls.__dataclass_fields__}
