@@ -91,6 +91,14 @@ class Scratch:
         self._release()
         return str(self.target)
 
+    def rename(self, path: Path) -> None:
+        """Hold the content under PATH instead (beside the target, a name the sweep leaves alone),
+        still locked; ``replace``, ``keep`` and ``discard`` then act on PATH."""
+        os.replace(self.path, path)
+        _HELD.discard(self.path)
+        self.path = str(path)
+        _HELD.add(self.path)
+
     def take(self, other: Scratch) -> None:
         """OTHER's content becomes this scratch file's (a rewritten copy renamed over it)."""
         os.replace(other.path, self.path)
@@ -139,14 +147,16 @@ def _sweep(directory: Path, prefix: str) -> None:
         # (this process's own are skipped by name: on NFS, flock is per process, not per file)
         if name.endswith(_SCRATCH) and str(directory / name) not in _HELD:
             with suppress(OSError):
-                _remove_if_unheld(directory / name)
+                remove_if_unheld(directory / name)
 
 
-def _remove_if_unheld(path: Path) -> None:
+def remove_if_unheld(path: Path, *, min_age: float = _SWEEP_AFTER_SECONDS) -> None:
+    """Remove the regular file PATH unless a live process holds its flock or it is younger
+    than MIN_AGE seconds (a file locked only after its creation could be taken for a leftover)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or time.time() - st.st_mtime < _SWEEP_AFTER_SECONDS:
+        if not stat.S_ISREG(st.st_mode) or time.time() - st.st_mtime < min_age:
             return
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: its writer is alive
         if os.stat(path, follow_symlinks=False).st_ino == st.st_ino:

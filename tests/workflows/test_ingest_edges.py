@@ -258,12 +258,14 @@ def test_ctrl_c_before_the_server_committed_is_an_interrupt_and_nothing_is_loade
 def test_ctrl_c_while_the_rejects_file_is_renamed_is_held(db, tmp_path, monkeypatch, signum, script_signals):
     real_replace = os.replace
 
+    rejects = tmp_path / "rejects.csv"
+
     def interrupted_replace(src: Any, dst: Any) -> None:
-        os.kill(os.getpid(), signum)
+        if Path(dst) == rejects:  # the rename after the COMMIT, not the one before it
+            os.kill(os.getpid(), signum)
         real_replace(src, dst)
 
     monkeypatch.setattr(wf.os, "replace", interrupted_replace)
-    rejects = tmp_path / "rejects.csv"
     script_handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     report = load(db, write(tmp_path, HEADER + GOOD + BAD), partial=True, rejects=rejects)
     assert report.status == "loaded" and rejects.exists() and scratch_files(tmp_path) == []
@@ -288,6 +290,63 @@ def test_ctrl_c_again_while_the_commit_is_being_settled_is_exit_7_and_keeps_the_
     assert info.value.exit_code == 7 and "ingest batches" in info.value.message
     kept = scratch_files(tmp_path)
     assert len(kept) == 1 and kept[0] in (info.value.hint or "")  # the rows left out are not lost
+
+
+_KILLED_BEFORE_THE_RENAME = """
+import os, sys
+from datetime import UTC, datetime
+from pathlib import Path
+from voketag_ops.config import IngestSettings
+from voketag_ops.workflows import ingest as wf
+
+def killed(self, target):
+    os._exit(9)  # as kill -9: no finally, no clean-up
+
+wf._RejectsWriter.move_to = killed
+wf.load_batch(sys.argv[1], Path(sys.argv[2]), settings=IngestSettings(), partial=True,
+              rejects=Path(sys.argv[3]), now=datetime(2025, 6, 1, tzinfo=UTC))
+"""
+
+
+def _load_killed_before_the_rename(db: str, batch: Path, rejects: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _KILLED_BEFORE_THE_RENAME, db, str(batch), str(rejects)], timeout=120
+    )
+    assert done.returncode == 9
+
+
+def hidden(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
+
+
+def test_a_voke_killed_between_the_commit_and_the_rejects_rename_leaves_them_to_the_rerun(db, tmp_path):
+    batch = write(tmp_path, HEADER + GOOD + BAD)
+    rejects = tmp_path / "rejects.csv"
+    _load_killed_before_the_rename(db, batch, rejects)
+    assert len(batches(db)) == 1 and not rejects.exists()  # committed, its rejects not named yet
+    report = load(db, batch, partial=True, rejects=rejects)
+    assert report.status == "duplicate" and report.rejects_file == str(rejects)
+    assert any(str(rejects) in w for w in report.warnings)
+    lines = rejects.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "line,column,code,message,record" and lines[1].startswith("3,15,bad_timestamp,")
+    assert hidden(tmp_path) == []
+    again = load(db, batch, partial=True, rejects=rejects)  # delivered once; the next rerun is plain
+    assert again.status == "duplicate" and again.rejects_file is None and again.warnings == []
+
+
+def test_the_rejects_of_a_load_killed_before_its_commit_are_not_delivered(db, tmp_path):
+    batch = write(tmp_path, HEADER + GOOD + BAD)
+    rejects = tmp_path / "rejects.csv"
+    pending = wf._pending_rejects_path(rejects, wf.file_sha256(wf._BatchFile(batch)), 7)
+    pending.write_text("line,column,code,message,record\n", encoding="utf-8")  # a load that rolled back
+    report = load(db, batch, partial=True, rejects=rejects)  # loads (no batch 7), and clears it
+    assert report.status == "loaded" and rejects.exists() and hidden(tmp_path) == []
+    pending.write_text("stale\n", encoding="utf-8")
+    again = load(db, batch, partial=True, rejects=rejects)
+    assert again.status == "duplicate" and again.rejects_file is None and hidden(tmp_path) == []
 
 
 def test_a_load_with_ctrl_c_ignored_is_not_interrupted(db, tmp_path, monkeypatch):

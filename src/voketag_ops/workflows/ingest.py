@@ -39,6 +39,7 @@ psycopg is imported inside functions only, so the CLI starts without it.
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import itertools
 import logging
@@ -70,7 +71,7 @@ from voketag_ops.errors import (
     UsageError,
     VokeError,
 )
-from voketag_ops.files import Scratch, check_replaceable, write_output
+from voketag_ops.files import Scratch, check_replaceable, remove_if_unheld, write_output
 
 if TYPE_CHECKING:
     import psycopg
@@ -711,7 +712,9 @@ def _load_source(
         if existing is not None:  # (a standby can say so; the anchor is the primary's to record)
             if not read_only and after_commit.awaits_audit:
                 after_commit.connection = conn  # a rerun after exit 7 writes the event that is missing
-            return _finish(_duplicate(base, existing, conn, None if read_only else anchorer, target), started)
+            return _finish(
+                _duplicate(base, existing, conn, None if read_only else anchorer, target, rejects), started
+            )
         if read_only:
             raise PreconditionError(
                 f"{target} is read-only ({read_only}): nothing was loaded; load into the primary",
@@ -755,7 +758,7 @@ def _load_source(
                     if existing is not None:
                         if after_commit.awaits_audit:
                             after_commit.connection = conn
-                        return _finish(_duplicate(base, existing, conn, anchorer, target), started)
+                        return _finish(_duplicate(base, existing, conn, anchorer, target, rejects), started)
                 if abort.rejects and rejects_out is not None and rejects is not None:
                     report.rejects_file, problem = rejects_out.move_to(rejects)
                     if problem:
@@ -771,7 +774,7 @@ def _load_source(
                 if not _same_load(existing, report):  # ours rolled back; another run loaded the file
                     if interrupted:
                         raise lost from None
-                    return _finish(_duplicate(base, existing, conn, anchorer, target), started)
+                    return _finish(_duplicate(base, existing, conn, anchorer, target, rejects), started)
                 after_commit.hold()
                 if after_commit.awaits_audit:
                     # The lock went with the old session: meanwhile another load may have written
@@ -1052,6 +1055,7 @@ def _duplicate(
     conn: psycopg.Connection[Any],
     anchorer: Anchorer | None,
     target: str,
+    rejects: Path | None,
 ) -> LoadReport:
     report = LoadReport(
         status="duplicate",
@@ -1073,6 +1077,8 @@ def _duplicate(
         # Also heals a batch whose anchor request failed after its commit: requests are deduplicated.
         report.rows_total = row["rows_total"]
         _anchor(conn, report, anchorer, target, size=row["rows_loaded"])
+    if rejects is not None and not base.dry_run:
+        _deliver_left_rejects(report, rejects)
     return report
 
 
@@ -1275,8 +1281,10 @@ def _load_in_transaction(
                 report.status, report.dry_run, report.batch_id, report.loaded_at = "valid", True, None, None
                 raise _Abort(report)
             if rejects_out is not None:
-                report.rejects_file = rejects_out.close()
+                rejects_out.close()
             _check_unchanged(source, report)  # once more, at the end: nothing was written into it meanwhile
+            if rejects_out is not None:
+                report.rejects_file = rejects_out.stage(report.file_sha256, batch_id)
             if awaits_audit:  # session-level: held past the COMMIT, until the audit event is written
                 conn.execute("SELECT pg_advisory_lock_shared(%s, %s)", (_LOCK_CLASS, _LOCK_AUDIT))
             progress(LoadProgress("committing", report.file_bytes, report.file_bytes, report.rows_total))
@@ -2150,6 +2158,19 @@ class _RejectsWriter:
                 writer.writerows(in_order)
             self._scratch.take(merged)
 
+    def stage(self, sha256: str, batch_id: int) -> str:
+        """Just before the COMMIT: the finished file takes the name of this batch beside the
+        target (``_pending_rejects``), so that a voke killed between the COMMIT and the rename
+        leaves it where a rerun, a ``duplicate``, finds and delivers it. Earlier loads of the
+        same file left such names only if they were killed before their COMMIT: removed."""
+        target = Path(self._scratch.target)
+        for left in _pending_rejects(target, sha256):
+            with suppress(OSError):
+                remove_if_unheld(left, min_age=0)
+        self._scratch.rename(_pending_rejects_path(target, sha256, batch_id))
+        self.path = self._scratch.path
+        return self.path
+
     def move_to(self, target: Path) -> tuple[str, str | None]:
         """Give the scratch file its name (the batch is committed): (where the rows are,
         a warning if the rename failed and they stay in a file kept beside it)."""
@@ -2181,6 +2202,52 @@ class _RejectsWriter:
 
 def _line_of(row: list[str]) -> int:
     return int(row[0])
+
+
+def _pending_rejects_path(target: Path, sha256: str, batch_id: int) -> Path:
+    """Where the rejects file of batch BATCH_ID (of the file hashed SHA256) waits for its
+    COMMIT: ``.NAME.<sha256[:16]>.<batch_id>.rejects`` beside TARGET (the sweep of scratch
+    files, ``.partial``, leaves it alone)."""
+    return target.parent / f".{target.name}.{sha256[:16]}.{batch_id}.rejects"
+
+
+def _pending_rejects(target: Path, sha256: str) -> list[Path]:
+    """The waiting rejects files of the file hashed SHA256 beside TARGET."""
+    prefix = f".{target.name}.{sha256[:16]}."
+    with suppress(OSError):
+        return [
+            target.parent / n
+            for n in os.listdir(target.parent if str(target.parent) else ".")
+            if n.startswith(prefix) and n.endswith(".rejects") and n[len(prefix) : -8].isdigit()
+        ]
+    return []
+
+
+def _deliver_left_rejects(report: LoadReport, rejects: Path) -> None:
+    """A duplicate with --rejects: the rejects file a load of this batch had written but not
+    yet named when it was killed (after its COMMIT) gets its name now. One left by a load that
+    never committed (another batch number) is removed; one still held, a live load's, is left."""
+    if report.batch_id is None:
+        return
+    if rejects.is_symlink():  # as the load's Scratch did: written through the link
+        rejects = Path(os.path.realpath(rejects))
+    ours = _pending_rejects_path(rejects, report.file_sha256, report.batch_id)
+    for left in _pending_rejects(rejects, report.file_sha256):
+        with suppress(OSError):
+            if left != ours:
+                remove_if_unheld(left, min_age=0)
+                continue
+            fd = os.open(left, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: its load is alive
+                os.replace(left, rejects)
+            finally:
+                os.close(fd)
+            report.rejects_file = str(rejects)
+            report.warnings.append(
+                f"the load that loaded batch {report.batch_id} stopped before it named its rejects "
+                f"file: the rows it left out are now in {rejects}"
+            )
 
 
 class AfterCommit(interrupts.Held):
