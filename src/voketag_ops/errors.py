@@ -28,6 +28,18 @@ class ExitCode(IntEnum):
     INTERRUPTED = 130
 
 
+def exit_code_of(exc: BaseException) -> int:
+    """The exit code EXC ends a command with (the top level's mapping, for step records):
+    a voke error its own, an interrupt 130, a full or read-only disk 4, anything else 70."""
+    if isinstance(exc, VokeError):
+        return int(exc.exit_code)
+    if isinstance(exc, KeyboardInterrupt):
+        return int(ExitCode.INTERRUPTED)
+    if isinstance(exc, OSError) and exc.errno in DISK_REFUSED:
+        return int(ExitCode.BACKEND)
+    return int(ExitCode.INTERNAL)
+
+
 class VokeError(Exception):
     """Root of every error voke raises on purpose."""
 

@@ -451,7 +451,15 @@ def test_drill_run_all_measures_every_scenario_and_restores_the_topology(voke, e
         )
         saved = json.loads((env.home / "drills" / f"{journal['run_id']}.json").read_text())
         assert saved == journal
+        # per step: its exit code, the commands it ran (research (b) 6); per check: the LSN (7)
+        assert [s["exit_code"] for s in journal["steps"]] == [0] * len(journal["steps"])
+        assert all(i["lsn"] and "/" in i["lsn"] for i in journal["integrity"]), journal["integrity"]
     pitr, failover, failback, network = runs
+    ran = [c for s in pitr["steps"] for c in s["commands"]]
+    assert {c["command"].split(" ", 1)[0] for c in ran} >= {"cp", "pg_ctl"}
+    assert all(c["exit_code"] == 0 and len(c["output_sha256"]) == 64 for c in ran)
+    rewound = [c for s in failback["steps"] for c in s["commands"] if c["command"].startswith("pg_rewind ")]
+    assert len(rewound) == 1 and "--target-pgdata" in rewound[0]["command"]
     assert [j["targets"]["rto_target_seconds"] for j in runs] == [300, 600, 300, 420]
     assert {i["table"].split(" ")[0] for i in pitr["integrity"]} == {
         "voke_dr.canary",

@@ -177,3 +177,55 @@ def test_a_journal_left_running_by_a_killed_drill_reads_interrupted_everywhere(t
     assert drill.load_journal(home, "failover-x")["status"] == "interrupted"  # drill report
     assert drill.last_result(home)["status"] == "interrupted"  # dr status's last_drill
     assert [r["status"] for r in drill.history(home)["runs"]] == ["interrupted"]
+
+
+def test_a_step_records_its_exit_code_and_the_commands_it_ran() -> None:
+    from voketag_ops.adapters.local import dr
+    from voketag_ops.adapters.local.postgres import record_command
+    from voketag_ops.errors import PreconditionError
+
+    steps = dr.Steps()
+    with steps.run("copy"):
+        record_command(["/usr/bin/cp", "-a", "from", "to"], 0, 0.25, b"")
+    with pytest.raises(PreconditionError), steps.run("promote"):
+        record_command(["/pg/bin/pg_ctl", "-D", "d", "promote"], 1, 0.1, "not running")
+        raise PreconditionError("the standby is not running")
+    with pytest.raises(KeyboardInterrupt), steps.run("wait"):
+        raise KeyboardInterrupt
+    record_command(["cp", "x", "y"], 0, 0.1, b"")  # outside a step: in no record
+    copy, promote, wait = steps.as_list()
+    assert (copy["exit_code"], promote["exit_code"], wait["exit_code"]) == (0, 5, 130)
+    assert copy["commands"][0]["command"] == "cp -a from to" and promote["commands"][0]["exit_code"] == 1
+    assert promote["commands"][0]["output_sha256"] == __import__("hashlib").sha256(b"not running").hexdigest()
+    assert wait["commands"] == []
+
+
+def test_a_password_in_a_command_is_masked_in_the_step_record() -> None:
+    from voketag_ops.adapters.local import dr
+    from voketag_ops.adapters.local.postgres import record_command
+
+    steps = dr.Steps()
+    with steps.run("rewind"):
+        record_command(["pg_rewind", "--source-server", "host=h user=u password=s3cretpass1"], 0, 1.0, "")
+    assert "s3cretpass1" not in str(steps.as_list())
+
+
+def test_the_report_shows_exit_codes_commands_and_lsns_and_reads_older_journals() -> None:
+    from voketag_ops.core.drill_report import _step_rows, markdown
+
+    steps = [
+        {"name": "copy", "ok": True, "duration_seconds": 1.5, "exit_code": 0,
+         "commands": [{"command": "cp -a a b", "exit_code": 0}]},
+        {"name": "old", "ok": False, "duration_seconds": 2.0},  # a journal from before the fields
+    ]  # fmt: skip
+    assert _step_rows(steps) == [("copy", "yes", 0, 1.5, "cp (0)"), ("old", "NO", None, 2.0, None)]
+    journal = {
+        "run_id": "r", "scenario": "pitr", "environment": "local", "mode": "local", "status": "completed",
+        "versions": {"voke": "0", "postgres": "18"}, "started_at": "2026-01-01T00:00:00Z",
+        "finished_at": "2026-01-01T00:01:00Z", "rto_met": True, "rpo_met": True, "integrity_ok": True,
+        "targets": {"rto_target_seconds": 300, "rpo_target_seconds": 60, "disruption": "d"},
+        "timeline": {}, "phases": {}, "steps": steps, "steady_state": {},
+        "integrity": [{"table": "t", "rows": 1, "checksum": "ab", "match": True, "lsn": "0/3000060"}],
+    }  # fmt: skip
+    text = markdown(journal)
+    assert "| t | 1 | `ab` | 0/3000060 | yes |" in text and "| copy | yes | 0 | 1.5 | cp (0) |" in text

@@ -28,6 +28,28 @@ def _fmt(value: Any, unit: str = "") -> str:
     return f"{value}{unit}"
 
 
+_STEP_HEADERS = ["step", "ok", "exit", "seconds", "commands"]
+
+
+def _step_rows(steps: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+    """A journal's steps as rows: the commands each ran shown as `tool (exit code)`; the full
+    command lines and output digests are in the JSON. Older journals lack both: shown as '–'."""
+    return [
+        (
+            s["name"],
+            "yes" if s["ok"] else "NO",
+            s.get("exit_code"),
+            s["duration_seconds"],
+            ", ".join(
+                f"{c['command'].split(' ', 1)[0]} ({_fmt(c.get('exit_code'))})"
+                for c in s.get("commands") or []
+            )
+            or None,
+        )
+        for s in steps
+    ]
+
+
 def _mark(ok: Any) -> str:
     return "met" if ok else "BREACHED"
 
@@ -108,23 +130,23 @@ def markdown(j: Mapping[str, Any]) -> str:
             "",
         ]
     lines += _recovery(j)
-    lines += ["## Integrity", "", "| table | rows | checksum | match | detail |", "|---|---|---|---|---|"]
+    lines += [
+        "## Integrity",
+        "",
+        "| table | rows | checksum | at LSN | match | detail |",
+        "|---|---|---|---|---|---|",
+    ]
     for item in j.get("integrity") or []:
         lines.append(
             f"| {item['table']} | {_fmt(item.get('rows'))} | `{(item.get('checksum') or '–')[:16]}` | "
-            f"{'yes' if item['match'] else 'NO'} | {item.get('detail') or ''} |"
+            f"{_fmt(item.get('lsn'))} | {'yes' if item['match'] else 'NO'} | {item.get('detail') or ''} |"
         )
-    lines += ["", "## Steps", "", "| step | ok | seconds |", "|---|---|---|"]
-    for step in j.get("steps") or []:
-        lines.append(
-            f"| {step['name']} | {'yes' if step['ok'] else 'NO'} | {_fmt(step['duration_seconds'])} |"
-        )
-    if j.get("cleanup"):
-        lines += ["", "## Clean-up", "", "| step | ok | seconds |", "|---|---|---|"]
-        for step in j["cleanup"]:
-            lines.append(
-                f"| {step['name']} | {'yes' if step['ok'] else 'NO'} | {_fmt(step['duration_seconds'])} |"
-            )
+    for title, steps in (("Steps", j.get("steps")), ("Clean-up", j.get("cleanup"))):
+        if not steps and title == "Clean-up":
+            continue
+        lines += ["", f"## {title}", "", "| step | ok | exit | seconds | commands |", "|---|---|---|---|---|"]
+        for row in _step_rows(steps or []):
+            lines.append("| " + " | ".join(_fmt(c) for c in row) + " |")
     ss = j.get("steady_state") or {}
     lines += [
         "",
@@ -236,15 +258,14 @@ def html_page(j: Mapping[str, Any]) -> str:
             i["table"],
             i.get("rows"),
             (i.get("checksum") or "")[:16],
+            i.get("lsn"),
             "yes" if i["match"] else "NO",
             i.get("detail") or "",
         )
         for i in j.get("integrity") or []
     ]
-    step_rows = [(s["name"], "yes" if s["ok"] else "NO", s["duration_seconds"]) for s in j.get("steps") or []]
-    cleanup_rows = [
-        (s["name"], "yes" if s["ok"] else "NO", s["duration_seconds"]) for s in j.get("cleanup") or []
-    ]
+    step_rows = _step_rows(j.get("steps") or [])
+    cleanup_rows = _step_rows(j.get("cleanup") or [])
     breaches = "".join(f"<li>{e(b)}</li>" for b in j.get("breaches") or [])
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -283,10 +304,10 @@ th{{background:#f5f5f5}} .status{{color:#fff;background:{status_colour};padding:
 {_svg_timeline(j)}
 {table(["event", "at (UTC)", "seconds after the fault"], timeline_rows)}
 <h2>Integrity</h2>
-{table(["table", "rows", "checksum", "match", "detail"], integrity_rows)}
+{table(["table", "rows", "checksum", "at LSN", "match", "detail"], integrity_rows)}
 <h2>Steps</h2>
-{table(["step", "ok", "seconds"], step_rows)}
-{("<h2>Clean-up</h2>" + table(["step", "ok", "seconds"], cleanup_rows)) if cleanup_rows else ""}
+{table(_STEP_HEADERS, step_rows)}
+{("<h2>Clean-up</h2>" + table(_STEP_HEADERS, cleanup_rows)) if cleanup_rows else ""}
 {f"<h2>Error</h2><p>{e(j['error'])}</p>" if j.get("error") else ""}
 </body></html>
 """

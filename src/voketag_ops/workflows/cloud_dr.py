@@ -33,6 +33,7 @@ from voketag_ops.errors import (
     StepTimeoutError,
     UsageError,
     VokeError,
+    exit_code_of,
 )
 from voketag_ops.workflows.cloud_drill import one_at_a_time
 from voketag_ops.workflows.rotate import refuse_if_rotating
@@ -341,21 +342,23 @@ class _Steps:
         self.progress(name)
         started, t0 = iso(datetime.now(timezone.utc)), time.monotonic()
         info: dict[str, Any] = {}
-        ok = False
+        exit_code = 0
         try:
             yield info
-            ok = True
         except BaseException as exc:
             info.setdefault("error", getattr(exc, "message", None) or type(exc).__name__)
+            exit_code = exit_code_of(exc)
             raise
         finally:
             self.items.append(
                 {
                     "name": name,
-                    "ok": ok,
+                    "ok": exit_code == 0,
                     "duration_seconds": round(time.monotonic() - t0, 3),
                     "detail": info,
                     "started_at": started,
+                    "exit_code": exit_code,
+                    "commands": [],  # API calls: the operation, if any, is in detail
                 }
             )
 

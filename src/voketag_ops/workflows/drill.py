@@ -399,7 +399,7 @@ def _drill_data_integrity(run: DrillRun, node: Any, before: dict[str, Any]) -> d
 
     where = sql.SQL("where run_id = {}").format(sql.Literal(run.run_id))
     after = dr.table_checksum(node, "voke_dr.drill_data", key="id", where=where)
-    match = after == before
+    match = (after["rows"], after["checksum"]) == (before["rows"], before["checksum"])
     return {
         "table": "voke_dr.drill_data",
         "rows": after["rows"],
@@ -408,6 +408,8 @@ def _drill_data_integrity(run: DrillRun, node: Any, before: dict[str, Any]) -> d
         "expected_rows": before["rows"],
         "expected_checksum": before["checksum"],
         "node": node.name,
+        "lsn": after["lsn"],
+        "expected_lsn": before["lsn"],
         "detail": "rows written before the fault, checksummed before and after"
         if match
         else "checksum differs",
@@ -431,6 +433,7 @@ def _canary_integrity(run: DrillRun, node: Any, rpo: dict[str, Any]) -> dict[str
         "checksum": summary["checksum"],
         "match": not phantom,
         "node": node.name,
+        "lsn": summary["lsn"],
         "lost_acknowledged": rpo["lost_commits"],
         "detail": (
             f"{rpo['acked_commits']} acknowledged, {rpo['lost_commits']} lost"
@@ -558,6 +561,7 @@ def _pitr(run: DrillRun) -> None:
                 "checksum": None,
                 "match": check["ok"],
                 "node": restored.name,
+                "lsn": dr.wal_position(restored),
                 "detail": f"{check['committed_before_target']} committed before the target, all restored; "
                 f"{check['committed_after_target']} after, none restored"
                 if check["ok"]
@@ -599,6 +603,7 @@ def _seed_batch(run: DrillRun) -> dict[str, Any]:
 
 def batch_root(node: Any, dbname: str, batch_id: int) -> dict[str, Any]:
     """Recompute a sealed batch's Merkle root from its rows on NODE; compare with the stored root."""
+    from voketag_ops.adapters.local.dr import WAL_POSITION_SQL
     from voketag_ops.core import ingest as ingest_core
 
     cols = ingest_core.CANONICAL_COLUMNS
@@ -607,7 +612,8 @@ def batch_root(node: Any, dbname: str, batch_id: int) -> dict[str, Any]:
             f"select {', '.join(cols)} from ingest.tags where batch_id = %s order by leaf_index", (batch_id,)
         ).fetchall()
         stored = conn.execute(
-            "select merkle_root from ingest.batches where batch_id = %s", (batch_id,)
+            "select merkle_root, " + WAL_POSITION_SQL + " from ingest.batches where batch_id = %s",
+            (batch_id,),
         ).fetchone()
     seal, _ = ingest_core.seal_leaves(
         ingest_core.canonical_leaf(dict(zip(cols, row, strict=True))) for row in rows
@@ -616,6 +622,7 @@ def batch_root(node: Any, dbname: str, batch_id: int) -> dict[str, Any]:
         "rows": len(rows),
         "root": seal.root.hex(),
         "stored_root": bytes(stored[0]).hex() if stored else None,
+        "lsn": stored[1] if stored else None,
     }
 
 
@@ -628,6 +635,7 @@ def _batch_integrity(node: Any, batch: dict[str, Any]) -> dict[str, Any]:
         "checksum": got["root"],
         "match": match,
         "node": node.name,
+        "lsn": got["lsn"],
         "expected_rows": batch["rows"],
         "expected_checksum": batch["merkle_root"],
         "detail": "Merkle root recomputed from the restored rows equals the sealed root"
@@ -856,14 +864,17 @@ def _same_on_standby(run: DrillRun, leader: Any, standby: Any) -> dict[str, Any]
     where = sql.SQL("where run_id = {}").format(sql.Literal(run.run_id))
     a = dr.table_checksum(leader, "voke_dr.canary", key="seq", where=where)
     b = dr.table_checksum(standby, "voke_dr.canary", key="seq", where=where)
+    same = (a["rows"], a["checksum"]) == (b["rows"], b["checksum"])
     return {
         "table": "voke_dr.canary (leader vs standby)",
         "rows": a["rows"],
         "checksum": a["checksum"],
-        "match": a == b,
+        "match": same,
         "node": f"{leader.name}/{standby.name}",
+        "lsn": a["lsn"],
+        "standby_lsn": b["lsn"],
         "detail": "standby identical to the leader"
-        if a == b
+        if same
         else f"standby has {b['rows']} rows, {b['checksum']}",
     }
 

@@ -42,7 +42,13 @@ from voketag_ops.adapters.local.environment import (
     BackupInfo,
     LocalEnvironment,
 )
-from voketag_ops.adapters.local.postgres import PgNode, parent_death_kills, pick_free_port
+from voketag_ops.adapters.local.postgres import (
+    PgNode,
+    parent_death_kills,
+    pick_free_port,
+    record_command,
+    recording_commands,
+)
 from voketag_ops.core import wal
 from voketag_ops.core.dr_checks import parse_iso
 from voketag_ops.core.times import iso
@@ -52,6 +58,7 @@ from voketag_ops.errors import (
     PreconditionError,
     RolledBackError,
     UsageError,
+    exit_code_of,
 )
 from voketag_ops.files import replace_json
 from voketag_ops.logs import get_logger
@@ -1052,12 +1059,14 @@ def restore(
         replace_json(meta, record)
         progress(f"copying base backup {plan.backup.label}")
         t = time.monotonic()
-        subprocess.run(  # dies with voke (kill -9): it would go on filling a scratch copy nobody reads
+        copy = subprocess.run(  # dies with voke (kill -9): it would go on filling a scratch copy nobody reads
             ["cp", "-a", plan.backup.path, str(scratch)],
-            check=True,
+            check=False,
             capture_output=True,
             preexec_fn=parent_death_kills() if sys.platform == "linux" else None,
         )
+        record_command(copy.args, copy.returncode, time.monotonic() - t, copy.stdout + copy.stderr)
+        copy.check_returncode()
         for leftover in ("voke-backup.json", "backup_manifest", "postmaster.pid", "standby.signal"):
             (scratch / leftover).unlink(missing_ok=True)
         scratch.rename(node.data_dir)
@@ -1293,13 +1302,16 @@ def drop_slot_if_idle(node: PgNode) -> None:
 
 @dataclass
 class Step:
-    """One step of a DR operation, for reports and drill journals."""
+    """One step of a DR operation, for reports and drill journals: the exit code it would end
+    voke with (0 when it succeeded) and the external commands it ran."""
 
     name: str
     ok: bool
     duration_seconds: float
     detail: dict[str, Any] = field(default_factory=dict)
     started_at: str | None = None
+    exit_code: int = 0
+    commands: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Steps(list[Step]):
@@ -1309,13 +1321,15 @@ class Steps(list[Step]):
         started = utcnow()
         t0 = time.monotonic()
         info: dict[str, Any] = dict(detail)
-        try:
-            yield info
-        except BaseException as exc:
-            info.setdefault("error", getattr(exc, "message", None) or type(exc).__name__)
-            self.append(Step(name, False, round(time.monotonic() - t0, 3), info, iso(started)))
-            raise
-        self.append(Step(name, True, round(time.monotonic() - t0, 3), info, iso(started)))
+        with recording_commands() as commands:
+            try:
+                yield info
+            except BaseException as exc:
+                info.setdefault("error", getattr(exc, "message", None) or type(exc).__name__)
+                took = round(time.monotonic() - t0, 3)
+                self.append(Step(name, False, took, info, iso(started), exit_code_of(exc), commands))
+                raise
+        self.append(Step(name, True, round(time.monotonic() - t0, 3), info, iso(started), 0, commands))
 
     def as_list(self) -> list[dict[str, Any]]:
         return [asdict(s) for s in self]
@@ -1723,11 +1737,27 @@ def table_checksum(
     from psycopg import sql
 
     query = sql.SQL(
-        "select count(*), coalesce(md5(string_agg(md5(t::text), '' order by {key})), md5('')) from {table} t {where}"
+        "select count(*), coalesce(md5(string_agg(md5(t::text), '' order by {key})), md5('')), "
+        + WAL_POSITION_SQL
+        + " from {table} t {where}"
     ).format(key=sql.SQL(key), table=sql.SQL(table), where=where if where is not None else sql.SQL(""))
     with node.connect(dbname, timeout=10) as conn:
-        count, digest = conn.execute(query).fetchone()  # type: ignore[misc]
-    return {"rows": int(count), "checksum": digest}
+        count, digest, lsn = conn.execute(query).fetchone()  # type: ignore[misc]
+    return {"rows": int(count), "checksum": digest, "lsn": lsn}
+
+
+# Where a node's data stands: the WAL it has written (a leader) or replayed (a standby). A
+# comparison of two nodes' rows says at which LSN each was read.
+WAL_POSITION_SQL = (
+    "(case when pg_is_in_recovery() then pg_last_wal_replay_lsn() else pg_current_wal_lsn() end)::text"
+)
+
+
+def wal_position(node: PgNode, dbname: str = DR_DB) -> str | None:
+    """NODE's WAL_POSITION_SQL."""
+    with node.connect(dbname, timeout=10) as conn:
+        row = conn.execute("select " + WAL_POSITION_SQL).fetchone()
+    return row[0] if row else None
 
 
 # -- canary writer ----------------------------------------------------------------------------------

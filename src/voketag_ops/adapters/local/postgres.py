@@ -9,10 +9,12 @@ requires SCRAM passwords (application users).
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import pwd
 import re
+import shlex
 import shutil
 import socket
 import stat
@@ -20,13 +22,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from voketag_ops.errors import BackendError, ConfigError
 from voketag_ops.logs import get_logger
+from voketag_ops.redact import redact, register_credentials_in
 
 if TYPE_CHECKING:
     import psycopg
@@ -35,6 +40,45 @@ log = get_logger(__name__)
 
 REQUIRED_BINARIES = ("initdb", "pg_ctl", "postgres", "pg_basebackup", "pg_verifybackup", "pg_rewind")
 SUPERUSER = "postgres"
+
+
+_COMMANDS: ContextVar[list[dict[str, Any]] | None] = ContextVar("voke_step_commands", default=None)
+
+
+@contextmanager
+def recording_commands() -> Iterator[list[dict[str, Any]]]:
+    """The external commands (PostgreSQL's tools, cp) run in this thread while the block runs,
+    as a DR step's record lists them: command, exit code, duration, digest of the output. A
+    step within a step: the outer one lists them too (a drill's failback step, the pg_rewind of
+    the failback's own steps)."""
+    commands: list[dict[str, Any]] = []
+    token = _COMMANDS.set(commands)
+    try:
+        yield commands
+    finally:
+        _COMMANDS.reset(token)
+        outer = _COMMANDS.get()
+        if outer is not None:
+            outer.extend(commands)
+
+
+def record_command(cmd: Sequence[str], returncode: int | None, seconds: float, output: str | bytes) -> None:
+    """Note CMD in the record ``recording_commands`` keeps, if one is kept (None: timed out).
+    A password in an argument (a conninfo) is masked."""
+    commands = _COMMANDS.get()
+    if commands is None:
+        return
+    for arg in cmd:
+        register_credentials_in(arg)
+    data = output.encode("utf-8", "surrogateescape") if isinstance(output, str) else output
+    commands.append(
+        {
+            "command": redact(shlex.join([Path(cmd[0]).name, *cmd[1:]])),
+            "exit_code": returncode,
+            "duration_seconds": round(seconds, 3),
+            "output_sha256": hashlib.sha256(data).hexdigest(),
+        }
+    )
 
 
 def embedded_bin_dir() -> Path | None:
@@ -253,6 +297,7 @@ class PgRunner:
             kwargs["preexec_fn"] = parent_death_kills()
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
             log.debug("running %s", " ".join(cmd))
+            started = time.monotonic()
             try:
                 proc = subprocess.run(
                     cmd,
@@ -267,12 +312,14 @@ class PgRunner:
                     **kwargs,
                 )
             except subprocess.TimeoutExpired:
+                record_command(cmd, None, time.monotonic() - started, "")
                 raise BackendError(f"{name} did not finish within {timeout:.0f} s") from None
             except OSError as exc:
                 raise ConfigError(f"cannot run {cmd[0]}: {exc.strerror}") from None
             out.seek(0)
             err.seek(0)
             result = subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read())
+            record_command(cmd, result.returncode, time.monotonic() - started, result.stdout + result.stderr)
         if check and result.returncode != 0:
             detail = _last_line(result.stderr) or _last_line(result.stdout) or f"exit {result.returncode}"
             raise BackendError(f"{name} failed: {detail}")
