@@ -414,6 +414,25 @@ def test_a_failing_webhook_never_fails_the_rotation(world, fake, caplog):
     assert rotate_api_key(engine, "maps").error is None
 
 
+def test_ctrl_c_while_the_webhook_is_told_leaves_the_rotation_succeeded(world, fake, monkeypatch):
+    import os
+    import signal
+
+    world.adopt_all()
+    engine = world.engine(notify_webhook="http://127.0.0.1:9/slow")
+    told: list[str] = []
+
+    def slow_endpoint(record):
+        told.append(record.status)
+        os.kill(os.getpid(), signal.SIGINT)  # noted: the rotation has ended
+        os.kill(os.getpid(), signal.SIGINT)  # the second gives way, inside the wait: it skips the webhook
+
+    monkeypatch.setattr(engine, "_notify", slow_endpoint)
+    outcome = rotate_api_key(engine, "maps")
+    assert outcome.error is None and outcome.report.status == "succeeded" and told == ["succeeded"]
+    assert engine.unfinished() == []
+
+
 # -- the CLI, on the shared local platform ---------------------------------------------------------------------
 def cli_environ(platform_environ, fake, secret):
     return {

@@ -436,6 +436,68 @@ def test_due_run_finishes_a_rotation_whose_voke_died(platform, voke, platform_en
     assert voke("rotate", "status", "--json", environ=platform_environ).json["result"]["in_progress"] == []
 
 
+def _record(store, secret, rotation_id, owner_pid, status="in_progress", step="set_target"):
+    meta = store.get(secret)
+    record = {
+        "id": rotation_id, "secret": secret, "kind": "db-password", "strategy": "alternating",
+        "target": "app", "owner": f"{process_host()}:{owner_pid}", "lease_until": "2000-01-01T00:00:00Z",
+        "started_at": "2026-01-01T00:00:00Z", "status": status, "step": step,
+        "old_current": meta.aliases["current"], "old_previous": meta.aliases.get("previous"),
+        "pending_version": None, "finished_at": None, "steps": [], "error": None,
+    }  # fmt: skip
+    store.update(secret, etag=meta.etag, annotations={ANNOTATION: json.dumps(record)})
+
+
+def _dead_pid():
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    return dead.pid
+
+
+def test_due_run_leaves_a_rotation_that_needs_a_person_to_one(platform, voke, platform_environ):
+    # needs_attention: a step failed in a way only a person can judge (PRODUCT.md: stop and ask).
+    store = platform.store()
+    _record(store, "db-app", "rot-test-attention", _dead_pid(), status="needs_attention")
+    try:
+        listed = voke("rotate", "due", "--json", environ=platform_environ).json["result"]
+        assert listed["unfinished"] == []
+        assert [r["rotation_id"] for r in listed["needs_attention"]] == ["rot-test-attention"]
+        text = voke("rotate", "due", environ=platform_environ).stdout
+        assert "needs attention: rot-test-attention of db-app" in text
+        run = voke("rotate", "due", "--run", "--yes", "--json", environ=platform_environ)
+        assert run.exit_code == 7, run.stdout
+        assert "rot-test-attention" in run.json["error"]["message"]
+        left = json.loads(store.get("db-app").annotations[ANNOTATION])
+        assert left["status"] == "needs_attention" and left["steps"] == []  # not resumed
+    finally:
+        done = voke("rotate", "rollback", "rot-test-attention", "--yes", "--json", environ=platform_environ)
+    assert done.exit_code == 0, done.stdout
+    assert_consistent(platform)
+
+
+def test_resume_without_an_id_takes_the_rotation_no_voke_runs(platform):
+    store = platform.store()
+    first, second = sorted(m.name for m in store.list())[:2]  # listed in name order
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        _record(store, first, "rot-test-live", sleeper.pid)
+        store_meta = store.get(first)
+        record = json.loads(store_meta.annotations[ANNOTATION])
+        record["lease_until"] = "2999-01-01T00:00:00Z"
+        store.update(first, etag=store_meta.etag, annotations={ANNOTATION: json.dumps(record)})
+        _record(store, second, "rot-test-crashed", _dead_pid())
+        engine = make_engine(platform)
+        assert [r.id for r in engine.unfinished()] == ["rot-test-live", "rot-test-crashed"]
+        plan = engine.plan_unfinished(None, action="resume")
+        assert plan["plan"][0].startswith("take over rot-test-crashed"), plan
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for name in (first, second):
+            meta = store.get(name)
+            store.update(name, etag=meta.etag, annotations={ANNOTATION: None})
+
+
 def test_rotation_under_load_probe_has_zero_failed_requests(platform):
     runtime = platform.runtime()
     failures, requests = [], [0]

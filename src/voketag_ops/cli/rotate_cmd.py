@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from voketag_ops.cli.common import DryRun, Yes, use
-from voketag_ops.errors import VokeError
+from voketag_ops.errors import NeedsOperatorError, VokeError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -258,13 +258,16 @@ def due(
     due_now = engine.due()
     # A rotation whose voke died (a crashed cron run) is finished first, by the next cron run:
     # otherwise nothing would report it until the secret fell due again.
+    # One that stopped for a person (needs_attention) waits for one: rerunning its failing step
+    # every hour would only notify again; --run names it, and ends with exit 7.
     state = engine.status()
-    stuck = [r for r in state["in_progress"] if not r["running"]]
+    waiting = [r for r in state["in_progress"] if not r["running"]]
+    stuck = [r for r in waiting if r["status"] != "needs_attention"]
+    attention = [r for r in waiting if r["status"] == "needs_attention"]
     missing = state["missing"]  # configured, never stored: never rotated until set up
-    if not run or not (due_now or stuck):
-        env.out.result(
-            {"due": due_now, "unfinished": stuck, "missing": missing, "rotations": []}, render=_render_due
-        )
+    listed = {"due": due_now, "unfinished": stuck, "needs_attention": attention, "missing": missing}
+    if not run or not (due_now or stuck or attention):
+        env.out.result({**listed, "rotations": []}, render=_render_due)
         return
     if not dry_run:
         env.out.confirm(f"Rotate {len(due_now)} due secret(s) and finish {len(stuck)} unfinished?", yes=yes)
@@ -292,7 +295,9 @@ def due(
             one(r["secret"], "not_resumed", lambda r=r: engine.plan_resume(r["rotation_id"]))
         else:
             one(r["secret"], "not_resumed", lambda r=r: engine.resume(r["rotation_id"]))
-    resumed = {r["secret"] for r in stuck}
+    for r in attention:
+        one(r["secret"], "not_resumed", lambda r=r: _waits_for_a_person(r))
+    resumed = {r["secret"] for r in waiting}
     due_now = [d for d in due_now if d["name"] not in resumed]  # finishing it was its rotation
     for item in due_now:
         one(
@@ -300,10 +305,13 @@ def due(
             "not_started",
             lambda item=item: engine.rotate(engine.name_of(item["name"]), dry_run=dry_run),
         )
-    env.out.result(
-        {"due": due_now, "unfinished": stuck, "missing": missing, "rotations": reports},
-        render=_render_due,
-        error=worst,
+    env.out.result({**listed, "rotations": reports}, render=_render_due, error=worst)
+
+
+def _waits_for_a_person(r: dict[str, Any]) -> Any:
+    raise NeedsOperatorError(
+        f"rotation {r['rotation_id']} of {r['secret']} stopped and needs a person; not resumed",
+        hint=f"fix the cause, then: voke rotate resume {r['rotation_id']}   or: voke rotate rollback {r['rotation_id']}",
     )
 
 
@@ -380,13 +388,18 @@ def _render_status(console: Console, report: dict[str, Any]) -> None:
 
 
 def _render_due(console: Console, report: dict[str, Any]) -> None:
-    if not report["due"] and not report["unfinished"] and not report["missing"]:
+    if not any(report[k] for k in ("due", "unfinished", "needs_attention", "missing")):
         console.print("nothing is due")
     for s in report["due"]:
         console.print(f"due: {s['name']} (since {s['next_due']})")
     for u in report["unfinished"]:
         console.print(
             f"unfinished: {u['rotation_id']} of {u['secret']} (its voke is gone; --run finishes it)"
+        )
+    for u in report["needs_attention"]:
+        console.print(
+            f"needs attention: {u['rotation_id']} of {u['secret']} stopped for a person "
+            f"(`voke rotate resume {u['rotation_id']}` or `voke rotate rollback {u['rotation_id']}`)"
         )
     for name in report["missing"]:
         console.print(

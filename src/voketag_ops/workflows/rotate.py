@@ -19,6 +19,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from voketag_ops import interrupts
 from voketag_ops.config import RotationSettings
 from voketag_ops.core.rotation import (
     ACTIVE,
@@ -584,9 +585,24 @@ class RotationEngine:
             etag=meta.etag,
             annotations={ANNOTATION: None, LAST_ANNOTATION: json.dumps(record.summary())},
         )
-        self._history(record)
-        self._audit("rotation.finish", record, record.status)
-        self._notify(record)
+        with interrupts.Held(give_way_after=1) as held:
+            self._history(record)
+            self._audit("rotation.finish", record, record.status)
+            self._notify_ended(record, held)
+
+    def _notify_ended(self, record: RotationRecord, held: interrupts.Held) -> None:
+        """The webhook, once the rotation has ended, within HELD: a Ctrl-C or SIGTERM by then (a
+        slow endpoint, up to its timeout) skips the notification; it never turns the ended
+        rotation into exit 130 with nothing to resume (an operator would run it again)."""
+        try:
+            if not held.fired:
+                self._notify(record)
+        except KeyboardInterrupt:  # the second signal, while the webhook was waited for
+            pass
+        if held.fired:
+            log.warning(
+                "interrupted: rotation %s has ended (%s); its webhook was not told", record.id, record.status
+            )
 
     # -- failure and rollback ---------------------------------------------------------------------------
     def _fail(
@@ -623,7 +639,8 @@ class RotationEngine:
             self._audit("rotation.finish", record, "needs_attention")
         except VokeError as exc:
             log.error("could not record the state of %s: %s", record.id, exc.message)
-        self._notify(record)
+        with interrupts.Held(give_way_after=1) as held:
+            self._notify_ended(record, held)
         error = NeedsOperatorError(
             f"rotation {record.id} of {record.secret} stopped: {why}",
             hint=f"fix the cause, then: voke rotate resume {record.id}   or: voke rotate rollback {record.id}",
@@ -724,9 +741,12 @@ class RotationEngine:
         return out
 
     def _find(self, rotation_id: str | None) -> RotationRecord | None:
+        """The unfinished rotation ROTATION_ID; without one, the first that no live voke runs
+        (the one `resume` or `rollback` can act on), else the first (which they refuse)."""
         records = self.unfinished()
         if rotation_id is None:
-            return records[0] if records else None
+            idle = [r for r in records if not self._running(r)]
+            return next(iter(idle or records), None)
         for record in records:
             if record.id == rotation_id:
                 return record
