@@ -451,3 +451,34 @@ def test_once_committed_one_ctrl_c_is_held_and_a_second_gives_way(db, tmp_path):
     assert second.status == "loaded" and second.anchor == "unavailable"
     assert any("chain anchor run" in w for w in second.warnings)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# -- text encodings -----------------------------------------------------------------------------------
+
+
+def test_a_client_encoding_of_the_users_does_not_garble_what_is_sealed(db, tmp_path, monkeypatch):
+    monkeypatch.setenv("PGCLIENTENCODING", "LATIN1")  # or client_encoding= in --db
+    name = "Chaussure d’été 😀"
+    path = write(tmp_path, HEADER + f"E1,S1,{name},Fé,2024-01-01T00:00:00Z\n")
+    report = load(db + " client_encoding=LATIN1", path)
+    assert report.status == "loaded"
+    monkeypatch.delenv("PGCLIENTENCODING")
+    with psycopg.connect(db) as conn:
+        stored = conn.execute("select product_name, factory_id from ingest.tags").fetchone()
+    assert stored == (name, "Fé")
+    proof = wf.prove_tag(db, "E1")
+    assert proof.found and proof.intact
+
+
+@pytest.mark.parametrize("encoding", ["LATIN1", "SQL_ASCII"])
+def test_a_database_that_does_not_store_utf8_is_refused_before_anything_is_written(
+    database_with, local_env, tmp_path, encoding
+):
+    from voketag_ops.errors import PreconditionError
+
+    with database_with(f"encoding '{encoding}' locale 'C' template template0") as name:
+        target = local_env.primary().conninfo(name)
+        with pytest.raises(PreconditionError, match=f"encoded {encoding}: ingest needs a UTF8 database"):
+            load(target, write(tmp_path, HEADER + GOOD))
+        with psycopg.connect(target) as conn:
+            assert conn.execute("select to_regnamespace('ingest')").fetchone() == (None,)

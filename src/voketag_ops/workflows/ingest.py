@@ -292,6 +292,7 @@ def connect(conninfo: str) -> psycopg.Connection[Any]:
         )
         # Times are read back to reseal and prove rows: in UTC, a year-1 time is still AD.
         conn.execute("SET TIME ZONE 'UTC'")
+        _require_utf8(conn)
         return conn
     except psycopg.ProgrammingError:
         # Not echoed: the string may hold a password.
@@ -333,7 +334,7 @@ _BAD_OPTION = re.compile(
 )
 
 
-def _connection_defaults(conninfo: str, *, connect_timeout: int) -> dict[str, int]:
+def _connection_defaults(conninfo: str, *, connect_timeout: int) -> dict[str, int | str]:
     """A connect timeout, TCP keepalives and a send timeout, each unless CONNINFO sets its
     own: a server gone behind a dead network path is noticed in about a minute, whether voke
     waits for an answer or sends (on Linux the send timeout also decides for keepalives, so
@@ -347,7 +348,24 @@ def _connection_defaults(conninfo: str, *, connect_timeout: int) -> dict[str, in
         given = conninfo_to_dict(conninfo)
     except Exception:
         return {}  # psycopg.connect says what is wrong with it
-    return {k: v for k, v in wanted.items() if k not in given}
+    # Rows go out as the file's UTF-8 bytes: a client encoding of the user's (PGCLIENTENCODING,
+    # client_encoding= in --db) would have the server convert them as some other encoding.
+    return {k: v for k, v in wanted.items() if k not in given} | {"client_encoding": "UTF8"}
+
+
+def _require_utf8(conn: psycopg.Connection[Any]) -> None:
+    """PreconditionError (exit 5) unless the database stores UTF-8: a sealed row must be
+    stored as it was hashed, and LATIN1 cannot hold every character a file may carry, while
+    SQL_ASCII stores bytes unchecked (and returns them as bytes)."""
+    encoding = conn.info.parameter_status("server_encoding")
+    if encoding is not None and encoding.upper() not in ("UTF8", "UNICODE"):
+        name = conn.info.dbname
+        conn.close()
+        raise PreconditionError(
+            f"database {name} is encoded {encoding}: ingest needs a UTF8 database (rows are sealed as "
+            "UTF-8 and must be stored exactly as sealed); nothing was loaded",
+            hint="create it with ENCODING 'UTF8' (CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE template0)",
+        )
 
 
 def _first_line(exc: BaseException) -> str:
