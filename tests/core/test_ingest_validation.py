@@ -441,8 +441,10 @@ def test_over_long_line_is_skipped_without_buffering_it():
 
 
 def test_over_long_last_line_without_line_break():
+    # Too long to read, and cut as well: the file's problem, so --partial refuses it too.
     v = run(HEADER + row("T1") + "y" * (ing.MAX_LINE_BYTES + 10), chunk=1 << 16)
-    assert only_problem(v).code == "line_too_long"
+    assert [(p.line, p.code) for p in v.problems] == [(3, "line_too_long"), (3, "truncated")]
+    assert v.fatal
 
 
 def test_a_binary_file_is_rejected_without_a_traceback():

@@ -473,6 +473,8 @@ class BatchValidator:
         self._pending, self._pending_bytes = [], 0
         if self._skipping:
             rest = b""  # the over-long last line is already reported
+            if self.require_final_newline and self.header is not None:  # ... but it is cut, too
+                self._fatal(Problem(self._line, None, "truncated", _TRUNCATED))
         if rest.startswith(_BOM) and self._line == 0:
             rest = rest[len(_BOM) :]
         chunk = self._process(rest, final=True) if rest else Chunk()
@@ -898,15 +900,7 @@ class BatchValidator:
             # The file's problem, not the row's: with --partial too nothing loads, or the head of a
             # cut upload would be sealed as a batch and the whole file never load after it.
             self.fatal = True
-            problems.append(
-                Problem(
-                    lineno,
-                    len(line) + 1,
-                    "truncated",
-                    "the file ends in the middle of a row (no line break after the last row); "
-                    "was the upload cut short?",
-                )
-            )
+            problems.append(Problem(lineno, len(line) + 1, "truncated", _TRUNCATED))
         fields, structural = _tokenize(line, lineno)
         problems.extend(structural)
         values: dict[str, str] = {}
@@ -1079,6 +1073,11 @@ def _locate(body: bytes, pos: int, first_line: int) -> tuple[int, int]:
     line = first_line + body.count(b"\n", 0, start)
     column = len(body[start:pos].decode("utf-8", "replace")) + 1
     return line, column
+
+
+_TRUNCATED = (
+    "the file ends in the middle of a row (no line break after the last row); was the upload cut short?"
+)
 
 
 def _tokenize(line: str, lineno: int) -> tuple[list[tuple[str, int]], list[Problem]]:
