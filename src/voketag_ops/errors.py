@@ -134,6 +134,15 @@ class ValidationError(RotationFailure):
     recovery = "operator"
 
 
+class ProviderRefusedError(ValidationError):
+    """A provider's API refused the request (an HTTP 4xx other than 401/403/408/429) or
+    answered something unusable. Within a rotation step it is a ValidationError (a person
+    looks: exit 7); before any change (the drift check, adopting a key) it is the backend
+    refusing the call: exit 4, as PRODUCT.md has it, not a usage error."""
+
+    exit_code = ExitCode.BACKEND
+
+
 class AuthenticationError(RotationFailure):
     """A credential was rejected by its target."""
 

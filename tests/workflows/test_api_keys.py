@@ -330,6 +330,18 @@ def test_unreachable_provider_changes_nothing(world, fake):
     assert len(meta.versions) == 1 and ANNOTATION not in meta.annotations
 
 
+def test_a_provider_refusing_before_the_lock_is_exit_4_and_changes_nothing(world, fake):
+    from voketag_ops.errors import ProviderRefusedError
+
+    engine = world.adopt_all()
+    fake.fail("GET", "^/v3/scopes$", status=400)  # the drift check's call
+    with pytest.raises(ProviderRefusedError) as info:
+        rotate_api_key(engine, "sendgrid")
+    assert info.value.exit_code == 4 and info.value.kind == "ValidationError"  # a step's: a person looks
+    meta = world.store.get("sendgrid-key")
+    assert len(meta.versions) == 1 and ANNOTATION not in meta.annotations
+
+
 def test_http_errors_become_rotation_failure_kinds(fake):
     from voketag_ops.adapters.providers import HttpClient
 

@@ -25,9 +25,9 @@ from voketag_ops.errors import (
     AuthenticationError,
     ConfigError,
     ConnectivityError,
+    ProviderRefusedError,
     RotationFailure,
     StepTimeoutError,
-    ValidationError,
 )
 
 DEFAULT_TIMEOUT = 10.0
@@ -131,7 +131,7 @@ class HttpClient:
             return StepTimeoutError(message)
         if status == 429 or status >= 500:
             return ConnectivityError(message)
-        return ValidationError(message)
+        return ProviderRefusedError(message)
 
 
 # -- Auth0 -------------------------------------------------------------------------------------
@@ -210,7 +210,7 @@ class SendGridClient:
         )
         body = resp.body or {}
         if not body.get("api_key") or not body.get("api_key_id"):
-            raise ValidationError("sendgrid: POST /v3/api_keys answered without api_key / api_key_id")
+            raise ProviderRefusedError("sendgrid: POST /v3/api_keys answered without api_key / api_key_id")
         redact.register(body["api_key"])
         return dict(body)
 
@@ -262,7 +262,7 @@ class GoogleApiKeysClient:
         resp = self.http.call("GET", f"/v2/{name}/keyString", token=token)
         value = (resp.body or {}).get("keyString")
         if not value:
-            raise ValidationError(f"apikeys: GET /v2/{name}/keyString answered without keyString")
+            raise ProviderRefusedError(f"apikeys: GET /v2/{name}/keyString answered without keyString")
         redact.register(value)
         return str(value)
 
@@ -314,7 +314,7 @@ class GoogleApiKeysClient:
             operation = dict(self.http.call("GET", f"/v2/{operation['name']}", token=token).body or {})
         if operation.get("error"):
             err = operation["error"]
-            raise ValidationError(
+            raise ProviderRefusedError(
                 f"apikeys: operation {operation.get('name')} failed ({err.get('code')}: "
                 f"{redact.redact(str(err.get('message', '')))[:200]})"
             )
