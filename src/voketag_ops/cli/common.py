@@ -138,3 +138,21 @@ def use(ctx: typer.Context) -> AppContext:
     path = ctx.command_path.split()
     app.out.command = " ".join(path[1:])
     return app
+
+
+def read_pasted(env: AppContext, prompt: str, *, limit: int = 65536) -> str:
+    """A value pasted by the operator, without surrounding whitespace: at a prompt that does
+    not echo, or on stdin. Nothing, or more than LIMIT characters, is a usage error."""
+    from voketag_ops.errors import UsageError
+
+    if env.out.interactive:
+        from rich.prompt import Prompt
+
+        value = Prompt.ask(prompt, password=True, console=env.out.err)
+    else:
+        value = env.out.stdin.read(limit + 1)
+    if len(value) > limit:
+        raise UsageError(f"{prompt}: more than {limit:,} characters on stdin; nothing was stored")
+    if not value.strip():
+        raise UsageError(f"{prompt}: nothing pasted (give it on stdin: ... --yes < key.txt)")
+    return value.strip()

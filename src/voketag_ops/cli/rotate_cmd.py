@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from voketag_ops.cli.common import DryRun, Yes, use
+from voketag_ops.cli.common import DryRun, Yes, read_pasted, use
 from voketag_ops.errors import NeedsOperatorError, VokeError
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def api_key(
     if not dry_run:
         env.out.confirm(f"{'Adopt' if adopt else 'Rotate'} the API key {name}?", yes=yes)
         if adopt or needs_pasted_key(env.settings.rotation, name):
-            pasted = _read_pasted(env, f"{'Current' if adopt else 'New'} {name} key")
+            pasted = read_pasted(env, f"{'Current' if adopt else 'New'} {name} key")
     engine = _engine(env, dry_run=dry_run)
     if adopt:
         env.out.result(adopt_api_key(engine, name, pasted or "", dry_run=dry_run), render=_render_adopt)
@@ -175,21 +175,6 @@ def jwks(ctx: typer.Context) -> None:
 
     env = use(ctx)
     env.out.result(public_jwks(jwt_credential(_engine(env, reads=True))), render=_render_jwks)
-
-
-def _read_pasted(env: Any, prompt: str) -> str:
-    """A key pasted by the operator: at a prompt that does not echo, or on stdin."""
-    from voketag_ops.errors import UsageError
-
-    if env.out.interactive:
-        from rich.prompt import Prompt
-
-        value = Prompt.ask(prompt, password=True, console=env.out.err)
-    else:
-        value = env.out.stdin.read(16384)
-    if not value.strip():
-        raise UsageError(f"{prompt}: nothing pasted (give it on stdin: ... --yes < key.txt)")
-    return value.strip()
 
 
 @app.command("resume")

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from voketag_ops.cli.common import use
+from voketag_ops.cli.common import DryRun, Yes, read_pasted, use
 
 if TYPE_CHECKING:
     from rich.console import Console
 
 app = typer.Typer(
-    help="List secrets and versions; `access` prints one value (operators only).", no_args_is_help=True
+    help="List secrets and versions; `add` stores a value voke does not rotate; `access` prints one value "
+    "(operators only).",
+    no_args_is_help=True,
 )
 
 
@@ -105,6 +108,63 @@ def access(
     env.out.settled()
     if env.out.stdout.isatty():  # the value has no line break of its own: the prompt's on the next line
         env.out.stderr.write("\n")
+
+
+@app.command("add")
+def add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Secret name (created if it does not exist).")],
+    from_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--from-file", help="Read the value from this file (else stdin, or a prompt that does not echo)."
+        ),
+    ] = None,
+    dry_run: DryRun = False,
+    yes: Yes = False,
+) -> None:
+    """Store a value voke reads but does not rotate (a provider's admin credential) as NAME's new
+    `current` version; the version it replaces becomes `previous`. Never printed."""
+    from voketag_ops.workflows import secrets as wf
+
+    env = use(ctx)
+    wf.check_addable(env.settings, name)
+    value = None
+    if not dry_run:
+        env.out.confirm(f"Add a new current version to secret {name}?", yes=yes)
+        value = wf.check_value(_read_value(env, name, from_file))
+    store = _store(env)
+    if dry_run:
+        env.out.result(wf.add_version(store, name, None, dry_run=True), render=_render_add)
+        return
+    with env.audited("secret.add", target=name) as event:
+        report = wf.add_version(store, name, value)
+        event.details.update(
+            version=report["version"], previous=report["previous"], created=report["created"]
+        )
+    env.out.result(report, render=_render_add)
+
+
+def _read_value(env: Any, name: str, from_file: Path | None) -> bytes:
+    from voketag_ops.errors import UsageError
+    from voketag_ops.workflows.secrets import MAX_VALUE_BYTES
+
+    if from_file is None:
+        return read_pasted(env, f"Value of {name}", limit=MAX_VALUE_BYTES).encode("utf-8")
+    try:
+        with open(from_file, "rb") as fh:
+            return fh.read(MAX_VALUE_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(f"--from-file {from_file}: {exc.strerror}") from None
+
+
+def _render_add(console: Console, report: dict[str, Any]) -> None:
+    if report.get("dry_run"):
+        console.print("dry run: would " + "; ".join(report["plan"]), markup=False)
+        return
+    made = " (created)" if report["created"] else ""
+    was = f"; version {report['previous']} is previous" if report["previous"] is not None else ""
+    console.print(f"{report['name']}{made}: version {report['version']} is current{was}", markup=False)
 
 
 def _render_list(console: Console, report: dict[str, Any]) -> None:

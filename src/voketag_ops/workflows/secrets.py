@@ -1,0 +1,81 @@
+"""`voke secrets add`: store a value voke reads but does not rotate (an admin credential for a
+provider's API, say), as a new version that becomes `current`."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from voketag_ops import redact
+from voketag_ops.config import Settings
+from voketag_ops.errors import NotFoundError, UsageError
+
+MAX_VALUE_BYTES = 65536  # Secret Manager's limit for one version's payload
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,255}$")  # Secret Manager's secret ids; the local store's too
+
+
+def rotated_secrets(settings: Settings) -> dict[str, str]:
+    """secret -> the configuration key whose credential voke rotates in it."""
+    rotation = settings.rotation
+    owners = {rotation.jwt.secret: "rotation.jwt"}
+    owners |= {u.secret: f"rotation.db_users.{name}" for name, u in rotation.db_users.items()}
+    owners |= {k.secret: f"rotation.api_keys.{name}" for name, k in rotation.api_keys.items()}
+    owners |= {k.secret: f"rotation.sa_keys.{name}" for name, k in rotation.sa_keys.items()}
+    return owners
+
+
+def check_addable(settings: Settings, name: str) -> None:
+    """UsageError (exit 2) for a name no store takes, or a secret voke rotates: a version added
+    by hand would bypass the rotation's protocol (its aliases, the services pinned to it)."""
+    if not _NAME.match(name):
+        raise UsageError(f"invalid secret name {name!r} (1-255 letters, digits, - and _)")
+    owner = rotated_secrets(settings).get(name)
+    if owner is not None:
+        hint = (
+            f"store the key in use once with `voke rotate api-key {owner.rsplit('.', 1)[1]} --adopt`"
+            if owner.startswith("rotation.api_keys.")
+            else "rotate it with `voke rotate`"
+        )
+        raise UsageError(
+            f"secret {name} holds the credential {owner} that voke rotates; not added", hint=hint
+        )
+
+
+def check_value(value: bytes) -> bytes:
+    """VALUE without surrounding whitespace; UsageError when nothing is left or it is too big."""
+    if len(value) > MAX_VALUE_BYTES:
+        raise UsageError(f"the value is over {MAX_VALUE_BYTES:,} bytes (Secret Manager's limit)")
+    value = value.strip()
+    if not value:
+        raise UsageError("no value given (on stdin, at the prompt, or with --from-file)")
+    return value
+
+
+def add_version(store: Any, name: str, value: bytes | None, *, dry_run: bool = False) -> dict[str, Any]:
+    """Add VALUE as NAME's newest version and make it `current` (the one it replaces becomes
+    `previous`), creating the secret if needed. A dry run (VALUE None) reads the store only."""
+    try:
+        meta = store.get(name)
+    except NotFoundError:
+        meta = None
+    old = meta.aliases.get("current") if meta is not None else None
+    report: dict[str, Any] = {"name": name, "created": meta is None, "version": None, "previous": old}
+    if dry_run or value is None:
+        report["dry_run"] = True
+        report["plan"] = [
+            *([f"create secret {name}"] if meta is None else []),
+            "add a version holding the value given and make it current"
+            + (f" (version {old} becomes previous)" if old is not None else ""),
+        ]
+        return report
+    redact.register_payload(value)
+    if meta is None:
+        store.create(name)
+    version = store.add_version(name, value).version
+    aliases: dict[str, int | None] = {"current": version}
+    if old is not None:
+        aliases["previous"] = old
+    # Compare-and-swap: another writer's alias move in between is refused (exit 5), not overwritten.
+    store.update(name, etag=store.get(name).etag, aliases=aliases)
+    report.update(version=version, dry_run=False)
+    return report

@@ -1,0 +1,69 @@
+"""`voke secrets add`: a value voke reads but does not rotate, stored as the new `current`
+version; never printed, refused for the secrets voke rotates."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+VALUE = '{"client_id": "mgmt-client", "client_secret": "Sup3r-s3cret-admin-value"}'
+
+
+def voke_stdin(environ, *args, stdin=""):
+    return subprocess.run(
+        [sys.executable, "-m", "voketag_ops", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=60,
+    )
+
+
+def test_add_stores_a_new_current_version_and_keeps_the_one_before_as_previous(voke, make_environ, tmp_path):
+    environ = make_environ(tmp_path / "home")
+    first = voke_stdin(environ, "secrets", "add", "auth0-management", "--yes", "--json", stdin=VALUE + "\n")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["result"] == {
+        "name": "auth0-management", "created": True, "version": 1, "previous": None, "dry_run": False,
+    }  # fmt: skip
+    (tmp_path / "v2").write_text("  second-value-9f8e7d\n", encoding="utf-8")
+    second = voke("secrets", "add", "auth0-management", "--from-file", str(tmp_path / "v2"), "--yes",
+                  environ=environ)  # fmt: skip
+    assert second.exit_code == 0 and "version 2 is current; version 1 is previous" in second.stdout
+    assert voke("secrets", "access", "auth0-management", environ=environ).stdout == "second-value-9f8e7d"
+    previous = voke("secrets", "access", "auth0-management", "--version", "previous", environ=environ)
+    assert previous.stdout == VALUE
+    events = voke("audit", "show", "--event-type", "secret.add", "--json", environ=environ)
+    added = events.json["result"]["entries"]
+    assert [e["details"]["version"] for e in added] == [1, 2] and all(e["result"] == "success" for e in added)
+    for text in (first.stdout, first.stderr, second.stdout, second.stderr, events.stdout,
+                 (tmp_path / "home" / "audit" / "audit.jsonl").read_text()):  # fmt: skip
+        assert "Sup3r-s3cret-admin-value" not in text and "second-value-9f8e7d" not in text
+
+
+def test_a_dry_run_reads_no_value_and_changes_nothing(voke, make_environ, tmp_path):
+    environ = make_environ(tmp_path / "home")
+    plan = voke("secrets", "add", "maps-admin", "--dry-run", "--json", environ=environ)
+    assert plan.exit_code == 0 and plan.json["result"]["plan"][0] == "create secret maps-admin"
+    assert voke("secrets", "list", "--json", environ=environ).json["result"]["secrets"] == []
+
+
+def test_bad_input_is_a_usage_error_and_stores_nothing(voke, make_environ, tmp_path):
+    environ = make_environ(tmp_path / "home")
+    cases = [
+        (["db-app"], VALUE, "that voke rotates"),  # the rotation's own secret
+        (["jwt-signing"], VALUE, "rotation.jwt"),
+        (["bad name"], VALUE, "invalid secret name"),
+        (["empty"], " \n", "nothing pasted"),
+        (["big"], "x" * 65537, "more than 65,536 characters"),
+        (["nofile", "--from-file", str(tmp_path / "missing")], "", "No such file"),
+        (["ask"], VALUE, "refusing without --yes"),
+    ]
+    for args, stdin, message in cases:
+        yes = [] if args == ["ask"] else ["--yes"]
+        done = voke_stdin(environ, "secrets", "add", *args, *yes, stdin=stdin)
+        assert done.returncode == 2 and message in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr
+    assert voke("secrets", "list", "--json", environ=environ).json["result"]["secrets"] == []
