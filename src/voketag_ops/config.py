@@ -25,6 +25,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from voketag_ops.errors import ConfigError, UsageError
@@ -404,7 +405,11 @@ class Settings(_Model):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="warning", description="stderr log level"
     )
-    services: tuple[str, ...] = Field(default=DEFAULT_SERVICES, description="the platform's services")
+    services: tuple[str, ...] = Field(
+        default=DEFAULT_SERVICES,
+        description="the platform's services: the default of rotation.db_users.NAME.services and "
+        "environments.NAME.services",
+    )
     local: LocalSettings = Field(default_factory=LocalSettings)
     coverage: CoverageSettings = Field(default_factory=CoverageSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
@@ -414,6 +419,19 @@ class Settings(_Model):
     environments: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="named cloud environments, validated when used"
     )
+
+    @model_validator(mode="after")
+    def _platform_services(self) -> Settings:
+        """A database login that names no services of its own is read by the platform's."""
+        users = {
+            name: user
+            if "services" in user.model_fields_set
+            else user.model_copy(update={"services": self.services})
+            for name, user in self.rotation.db_users.items()
+        }
+        if users != self.rotation.db_users:  # (frozen: replaced, not changed)
+            object.__setattr__(self, "rotation", self.rotation.model_copy(update={"db_users": users}))
+        return self
 
     @field_validator("environments")
     @classmethod
@@ -439,7 +457,7 @@ class Settings(_Model):
             known = ", ".join(sorted(["local", *self.environments])) or "local"
             raise ConfigError(f"unknown environment {name!r} (known: {known})")
         try:
-            return GcpEnvironment.model_validate(raw)
+            return GcpEnvironment.model_validate({"services": self.services, **raw})
         except ValidationError as exc:
             key, msg = _first_error(exc)
             raise ConfigError(f"{source}: environments.{name}.{key}: {msg}") from None

@@ -351,3 +351,21 @@ def test_every_float_setting_is_a_float_also_by_default():
     found = dict(floats(Settings(), ""))
     assert "dr.rto_seconds" in found and "dr.max_lag_seconds" in found
     assert {k: v for k, v in found.items() if type(v) is not float} == {}
+
+
+def test_the_platforms_services_are_the_default_of_each_login_and_environment(tmp_path):
+    from voketag_ops.config import load_config
+
+    (tmp_path / "voke.toml").write_text(
+        'services = ["admin-service", "search-service"]\n'
+        '[rotation.db_users.app]\n'
+        '[rotation.db_users.report]\nsecret = "db-report"\nroles = ["rep_a", "rep_b"]\nservices = ["reports"]\n'
+        '[environments.prod]\nproject = "p"\ninstance = "i"\n'
+        '[environments.stage]\nproject = "p"\ninstance = "i"\nservices = ["admin-service"]\n'
+    )
+    settings = load_config(cwd=tmp_path, environ={}).settings
+    users = settings.rotation.db_users
+    assert users["app"].services == ("admin-service", "search-service")  # named none: the platform's
+    assert users["report"].services == ("reports",)
+    assert settings.environment("prod").services == ("admin-service", "search-service")
+    assert settings.environment("stage").services == ("admin-service",)
