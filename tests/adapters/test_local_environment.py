@@ -334,6 +334,20 @@ def test_an_on_demand_start_is_a_whole_env_up(tmp_path, env_of, voke):
         assert voke("env", "destroy", "--yes", "--discard-chain", environ=environ).exit_code == 0
 
 
+def test_without_a_replica_up_names_only_the_primary_and_status_is_healthy(tmp_path, env_of, voke):
+    environ = env_of(tmp_path / "h", VOKE_LOCAL__REPLICA="false")
+    try:
+        up = voke("env", "up", environ=environ)
+        assert up.exit_code == 0, up.stderr
+        lines = up.stdout.splitlines()
+        assert "primary  started" in lines[0] and not any(ln.startswith("replica") for ln in lines)
+        assert list(voke("env", "up", "--json", environ=environ).json["result"]["ports"]) == ["primary"]
+        status = voke("env", "status", "--json", environ=environ).json["result"]
+        assert status["healthy"] is True and status["replica"]["running"] is False
+    finally:
+        assert voke("env", "destroy", "--yes", "--discard-chain", environ=environ).exit_code == 0
+
+
 def test_home_path_too_long_for_a_socket_still_works(tmp_path):
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     env = LocalEnvironment(LocalSettings(home=deep, replica=False))

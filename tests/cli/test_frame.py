@@ -369,3 +369,10 @@ def test_the_stream_wrapper_writes_bytes_past_a_gone_reader_and_copies():
         stream.flush()
         assert stream.wrapped is None
     assert copy.copy(_ReaderMayGo(io.StringIO())) is not None  # no recursion without __init__
+
+
+def test_a_global_flag_after_double_dash_is_an_argument(voke, tmp_path):
+    # `voke chain root -- --json`: a file named --json, read as such; the output stays human.
+    result = voke("chain", "root", "--", "--json", cwd=tmp_path)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: --json: cannot read") and "Traceback" not in result.stderr

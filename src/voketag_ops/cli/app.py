@@ -182,15 +182,16 @@ def run(
     args = hoist_global_flags(args[:-1] if dangling else args)
     for arg in args:  # a password in any argument (a URL given where a file was expected) is masked
         register_credentials_in(arg)
-    json_mode = "--json" in args or env_map.get("VOKE_OUTPUT", "").lower() == "json"
+    flags = args[: args.index("--")] if "--" in args else args  # after `--`, words are arguments
+    json_mode = "--json" in flags or env_map.get("VOKE_OUTPUT", "").lower() == "json"
     output = Output(
         json_mode=json_mode,
         command=_guess_command(args),
         stdout=stdout,
         stderr=stderr,
-        no_color="--no-color" in args or "NO_COLOR" in env_map,
+        no_color="--no-color" in flags or "NO_COLOR" in env_map,
     )
-    debug = "--debug" in args
+    debug = "--debug" in flags
     if dangling is not None:  # hoisted, it would take the sub-command's name for its value
         return output.error(UsageError(f"option {dangling} requires a value", hint="see 'voke --help'"))
     chosen = env_map.get("VOKE_OUTPUT", "")

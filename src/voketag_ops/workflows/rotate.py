@@ -189,12 +189,16 @@ class RotationEngine:
         self.credentials: dict[str, Credential] = {c.name: c for c in creds}
 
     # -- lookups ------------------------------------------------------------------------------
-    def credential(self, name: str) -> Credential:
-        try:
-            return self.credentials[name]
-        except KeyError:
-            known = ", ".join(sorted(self.credentials)) or "none"
-            raise ValidationError(f"unknown credential {name!r} (managed: {known})") from None
+    def credential(self, name: str, kind: str | None = None) -> Credential:
+        """The managed credential NAME (of KIND, when given: the error lists only those)."""
+        cred = self.credentials.get(name)
+        if cred is None or (kind is not None and cred.kind != kind):
+            known = (
+                ", ".join(sorted(n for n, c in self.credentials.items() if kind in (None, c.kind))) or "none"
+            )
+            what = "database login" if kind == "db-password" else "credential"
+            raise ValidationError(f"unknown {what} {name!r} (managed: {known})")
+        return cred
 
     def _credential_of_secret(self, secret: str) -> Credential:
         for cred in self.credentials.values():
@@ -229,9 +233,7 @@ class RotationEngine:
         self, user_name: str = "app", *, strategy: str | None = None, dry_run: bool = False
     ) -> Outcome:
         """Rotate the password of a managed database login."""
-        cred = self.credential(user_name)
-        if cred.kind != "db-password":
-            raise ValidationError(f"{user_name!r} is not a database login")
+        cred = self.credential(user_name, "db-password")
         if strategy not in (None, cred.strategy):
             raise ValidationError(
                 f"{user_name} is configured for the {cred.strategy} strategy; change rotation.db_users.{user_name}.strategy "

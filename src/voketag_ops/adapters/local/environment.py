@@ -413,7 +413,7 @@ class LocalEnvironment:
             already_running=already and not created and not started,
             started=started,
             created=created,
-            ports=dict(state.ports),
+            ports={n: p for n, p in state.ports.items() if self._wanted(n, state)},  # what runs
             pg_version=state.pg_version,
             duration_seconds=round(time.monotonic() - t0, 3),
             backup=backup_label,
