@@ -358,7 +358,7 @@ def test_the_platforms_services_are_the_default_of_each_login_and_environment(tm
 
     (tmp_path / "voke.toml").write_text(
         'services = ["admin-service", "search-service"]\n'
-        '[rotation.db_users.app]\n'
+        "[rotation.db_users.app]\n"
         '[rotation.db_users.report]\nsecret = "db-report"\nroles = ["rep_a", "rep_b"]\nservices = ["reports"]\n'
         '[environments.prod]\nproject = "p"\ninstance = "i"\n'
         '[environments.stage]\nproject = "p"\ninstance = "i"\nservices = ["admin-service"]\n'

@@ -568,7 +568,9 @@ def test_secrets_access_prints_the_raw_value_only(platform, platform_environ):
 def test_cli_guards(voke, platform, platform_environ):
     assert voke("rotate", "db-password", environ=platform_environ).exit_code == 2  # no --yes, no TTY
     assert voke("rotate", "db-password", "--user", "nobody", "--yes", environ=platform_environ).exit_code == 2
-    jwt = voke("rotate", "db-password", "--user", "jwt", "--yes", environ=platform_environ)  # managed, not a login
+    jwt = voke(
+        "rotate", "db-password", "--user", "jwt", "--yes", environ=platform_environ
+    )  # managed, not a login
     assert jwt.exit_code == 2 and "unknown database login 'jwt' (managed: app)" in jwt.stderr
     assert (
         voke("rotate", "db-password", "--strategy", "weird", "--yes", environ=platform_environ).exit_code == 2
