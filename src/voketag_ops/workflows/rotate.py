@@ -349,18 +349,26 @@ class RotationEngine:
         return self._planned(cred, t0, plan, meta.aliases.get("current"))
 
     def _drift_check(self, credential: Credential, meta: Any) -> None:
-        """At least one stored credential must log in, or a person has to look (exit 7, no change)."""
-        tried = []
+        """At least one stored credential must log in, or a person has to look (exit 7, no change).
+        Asked as often as the test step asks (`test_attempts`, `test_interval` apart): a value
+        just set back by a rollback may not be accepted yet (Auth0 takes up to 30 s)."""
+        tried: list[str] = []
         secret = credential.secret
-        for alias in ("current", "pending", "previous"):
-            cred = self._cred(secret, meta.aliases.get(alias))
-            if cred is None:
-                continue
-            tried.append(alias)
-            if credential.authenticates(cred):
-                if alias != "current":
-                    log.warning("the current credential of %s does not log in; %s does", secret, alias)
-                return
+        for attempt in range(max(1, self.settings.test_attempts)):
+            if attempt:
+                self.sleep(self.settings.test_interval)
+            tried = []
+            for alias in ("current", "pending", "previous"):
+                cred = self._cred(secret, meta.aliases.get(alias))
+                if cred is None:
+                    continue
+                tried.append(alias)
+                if credential.authenticates(cred):
+                    if alias != "current":
+                        log.warning("the current credential of %s does not log in; %s does", secret, alias)
+                    return
+            if not tried:
+                break
         raise NeedsOperatorError(
             f"no stored credential of {secret} ({', '.join(tried) or 'none'}) works against its "
             f"target ({credential.kind}); nothing was changed",
