@@ -160,7 +160,8 @@ class RecoveryWindow:
 
 @dataclass(frozen=True)
 class DbOperationInfo:
-    """A finished (DONE) database operation."""
+    """A database operation: finished (DONE, as the mutating calls return them) or, listed
+    by `pending_operations`, still PENDING or RUNNING."""
 
     name: str
     kind: str  # CLONE, PROMOTE_REPLICA, FAILOVER, SWITCHOVER, UPDATE_USER, ...

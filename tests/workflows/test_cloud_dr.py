@@ -83,7 +83,24 @@ def test_status_shows_a_lag_in_bytes_only_when_monitoring_has_one(cloud):
     assert "archive  ok: 0 segment(s) failed in the last hour" in out.getvalue()
     # what `dr check` tells to run is what works on Cloud SQL (voke dr fence/backup are local-only)
     assert snap["remedies"]["backup"] == "`gcloud sql backups create --instance=voke-db`"
-    assert "gcloud sql operations list --instance=voke-db" in snap["operations_note"]
+    assert snap["unfinished_operation"] is None and snap["operations_note"] is None  # listed: none
+
+
+def test_an_operation_cloud_sql_has_not_finished_fails_the_check_whoever_started_it(cloud):
+    from voketag_ops.workflows import cloud_dr
+
+    fake, settings, recovery = cloud
+    op = fake.sql._operation("FAILOVER", "voke-db", lambda: None)  # a gcloud failover, say: PENDING
+    snap = cloud_dr.status(settings, recovery)
+    running = snap["unfinished_operation"]
+    assert running["operation"] == "FAILOVER" and op["name"] in running["running"]
+    assert [o["status"] for o in running["operations"]] == ["PENDING"]
+    report = cloud_dr.check(settings, recovery, cloud_dr.thresholds(settings))
+    message = {c["name"]: c["message"] for c in report["checks"]}["unfinished_operation"]
+    assert "unfinished_operation" in report["failed"] and "Cloud SQL FAILOVER on voke-db" in message
+    fake.sql.finish_pending()
+    after = cloud_dr.check(settings, recovery, cloud_dr.thresholds(settings))
+    assert "unfinished_operation" not in after["failed"]
 
 
 def test_check_fails_on_an_old_backup_and_on_lag(cloud):

@@ -993,6 +993,7 @@ class FakeCloudSql:
             ("POST", i + "/failover", self.failover),
             ("POST", i + "/switchover", self.switchover),
             ("GET", p + r"/operations/(?P<o>[^/]+)", self.get_operation),
+            ("GET", p + "/operations", self.list_operations),
         ]
 
     def list_instances(self, r: Request) -> Any:
@@ -1206,6 +1207,23 @@ class FakeCloudSql:
                 else:
                     op["effect"]()
                 doc["status"], doc["endTime"] = "DONE", ts()
+
+    def list_operations(self, r: Request) -> Any:
+        """operations.list of one instance, newest first (by insertTime), in pages of maxResults."""
+        instance = r.query.get("instance")
+        if not instance:
+            raise ApiError("INVALID_ARGUMENT", "Invalid request: instance is required.")
+        docs = [o["doc"] for o in self.operations.values() if o["doc"]["targetId"] == instance]
+        docs.sort(key=lambda d: d["insertTime"], reverse=True)
+        size = int(r.query.get("maxResults") or len(docs) or 1)
+        start = int(r.query.get("pageToken") or 0)
+        page: dict[str, Any] = {
+            "kind": "sql#operationsList",
+            "items": [dict(d) for d in docs[start : start + size]],
+        }
+        if start + size < len(docs):
+            page["nextPageToken"] = str(start + size)
+        return page
 
     def get_operation(self, r: Request) -> Any:
         op = self.operations.get(r["o"])

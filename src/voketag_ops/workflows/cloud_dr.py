@@ -129,6 +129,26 @@ def status(settings: Settings, recovery: DatabaseRecovery, *, now: datetime | No
             )
         if replica.role == "primary" and replica.state == "RUNNABLE":
             writable.append(replica.name)
+    unfinished = None
+    lister = getattr(recovery, "pending_operations", None)  # Cloud SQL's own, whoever started them
+    if lister is not None:
+        try:
+            pending = [op for name in (topo.primary, topo.standby) if name for op in lister(name)]
+        except VokeError as exc:
+            errors["operations"] = f"could not list the Cloud SQL operations: {exc.message}"
+        else:
+            if pending:
+                op = pending[0]
+                unfinished = {
+                    "running": f"Cloud SQL {op.kind} on {op.target}, {op.status.lower()} since {op.started_at} "
+                    f"(operation {op.name})",
+                    "operation": op.kind,
+                    "operations": [
+                        {"name": o.name, "kind": o.kind, "target": o.target, "status": o.status,
+                         "started_at": o.started_at}
+                        for o in pending
+                    ],
+                }  # fmt: skip
     # what Cloud SQL refuses here (the window of a replica, a denied backupRuns) is shown as
     # unknown with a note, and fails its check, rather than failing the whole report
     newest, backups = None, []
@@ -187,8 +207,13 @@ def status(settings: Settings, recovery: DatabaseRecovery, *, now: datetime | No
             "fence": "`gcloud sql instances patch {node} --activation-policy=NEVER`",
             "backup": f"`gcloud sql backups create --instance={topo.primary}`",
         },
-        "operations_note": "Cloud SQL's own are not listed: "
-        f"`gcloud sql operations list --instance={topo.primary} --filter='NOT status:DONE'`",
+        "unfinished_operation": unfinished,
+        "operations_note": (
+            "Cloud SQL's operations could not be listed: "
+            f"`gcloud sql operations list --instance={topo.primary} --filter='NOT status:DONE'`"
+            if "operations" in errors
+            else None
+        ),
         "notes": list(errors.values()),
         "errors": errors,
     }

@@ -268,6 +268,28 @@ class CloudSqlRecovery:
         version = _enum(inst.database_version)
         return version if version and version != "SQL_DATABASE_VERSION_UNSPECIFIED" else None
 
+    def pending_operations(self, instance: str | None = None) -> list[DbOperationInfo]:
+        """NAME's operations Cloud SQL has not finished (PENDING, RUNNING), whoever started them:
+        `operations.list` answers newest first, and one page of 20 reaches back past any that
+        can still be under way (Cloud SQL runs one at a time per instance)."""
+        name = instance or self.primary
+        pager = self._call("operations", "list", f"operations of {name}", instance=name, max_results=20)
+        with self.admin.translate(f"operations of {name}"):
+            first = next(iter(pager.pages), None)
+            ops = list(first.items) if first is not None else []
+        return [
+            DbOperationInfo(
+                name=op.name,
+                kind=_enum(op.operation_type),
+                target=op.target_id,
+                status=_enum(op.status),
+                started_at=iso_of(op.start_time) or iso_of(op.insert_time),
+                finished_at=None,
+            )
+            for op in ops
+            if int(op.status) != DONE
+        ]
+
     def backups(self, instance: str | None = None) -> list[BackupInfo]:
         name = instance or self.primary
         pager = self._call("backups", "list", f"backups of {name}", instance=name, max_results=100)
