@@ -201,6 +201,11 @@ class AuditLog:
                 raise AuditWriteError(
                     f"{self.path}: cannot append to the audit log: {exc.strerror}"
                 ) from None
+        # Also a log record (--log-level info): where VOKE_HOME does not outlive the run, the
+        # scheduled Cloud Run job's, the platform's log keeps the event (as JSON off a terminal).
+        log.info(
+            "audit: %s %s %s", entry.event_type, entry.target, entry.result, extra={"audit": entry.to_json()}
+        )
         if checkpoint is not None:
             self.anchor_checkpoints(now=now)
         return entry

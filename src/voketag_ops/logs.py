@@ -18,7 +18,7 @@ LOGGER_NAME = "voke"
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, str | None] = {
+        doc: dict[str, object] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
             "level": record.levelname.lower(),
             "logger": record.name,
@@ -26,7 +26,10 @@ class _JsonFormatter(logging.Formatter):
         }
         if record.exc_info and record.levelno >= logging.ERROR:
             doc["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
-        return json.dumps(doc, ensure_ascii=False)
+        audit = getattr(record, "audit", None)  # an audit entry (sanitized, no secret values)
+        if audit is not None:
+            doc["audit"] = audit
+        return redact(json.dumps(doc, ensure_ascii=False))
 
 
 class _HumanFormatter(logging.Formatter):

@@ -67,3 +67,14 @@ def test_bad_input_is_a_usage_error_and_stores_nothing(voke, make_environ, tmp_p
         assert done.returncode == 2 and message in done.stderr, (args, done.stderr)
         assert "Traceback" not in done.stderr
     assert voke("secrets", "list", "--json", environ=environ).json["result"]["secrets"] == []
+
+
+def test_with_log_level_info_each_audit_event_is_a_log_record_too(make_environ, tmp_path):
+    # The scheduled Cloud Run job's VOKE_HOME ends with the run: its platform log keeps the events.
+    environ = make_environ(tmp_path / "home", VOKE_LOG_LEVEL="info")
+    done = voke_stdin(environ, "secrets", "add", "maps-admin", "--yes", stdin=VALUE)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    (event,) = [r["audit"] for r in records if "audit" in r]
+    assert event["event_type"] == "secret.add" and event["target"] == "maps-admin" and event["hash"]
+    assert "Sup3r-s3cret-admin-value" not in done.stderr

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2] / "terraform"
 MODULE = ROOT / "modules" / "voke"
 VAR_REF = re.compile(r"\bvar\.([A-Za-z_][A-Za-z0-9_-]*)")
 METRIC = re.compile(r'metric\.type\s*=\s*"([^"]+)"')
+JOB_EXECUTIONS = "run.googleapis.com/job/completed_execution_count"  # Cloud Run's, of voke's job
 
 
 def load(directory: Path) -> dict[str, list[Any]]:
@@ -105,6 +106,10 @@ def test_the_custom_roles_grant_exactly_what_voke_uses_where_it_uses_it(module):
     assert sorted(roles["voke_operator"]["permissions"]) == sorted(catalog.PROJECT_PERMISSIONS)
     assert sorted(roles["voke_deployer"]["permissions"]) == sorted(catalog.RUNTIME_ACCOUNT_PERMISSIONS)
     assert sorted(roles["voke_key_rotator"]["permissions"]) == sorted(catalog.ROTATED_ACCOUNT_PERMISSIONS)
+    assert sorted(roles["voke_job_runner"]["permissions"]) == sorted(catalog.JOB_PERMISSIONS)
+    (on_job,) = resources(module, "google_cloud_run_v2_job_iam_member").values()  # on voke's job alone
+    assert on_job["name"] == "${google_cloud_run_v2_job.voke.name}"
+    assert "google_project_iam_custom_role.voke_job_runner" in on_job["role"]
     project_wide = resources(module, "google_project_iam_member")
     assert set(project_wide) == {"voke_operator"}  # the only project-wide grant
     assert "google_project_iam_custom_role.voke_operator" in project_wide["voke_operator"]["role"]
@@ -150,22 +155,49 @@ def test_crons_are_valid_and_equal_to_voke_schedule(module):
 
 def test_alert_metrics_are_real_cloud_sql_metrics_or_voke_own(module):
     policies = resources(module, "google_monitoring_alert_policy")
-    assert set(policies) == {"rotation_failed", "backup_age", "replica_lag", "log_archive_failures"}
+    assert set(policies) == {
+        "rotation_failed",
+        "backup_age",
+        "replica_lag",
+        "log_archive_failures",
+        "job_runs",
+    }
     used = {m for policy in policies.values() for text in strings(policy) for m in METRIC.findall(text)}
-    assert used <= catalog.CLOUDSQL_METRICS | catalog.VOKE_METRICS
+    assert used <= catalog.CLOUDSQL_METRICS | catalog.VOKE_METRICS | {JOB_EXECUTIONS}
     assert {
         catalog.ROTATION_RESULT,
         catalog.BACKUP_AGE,
         catalog.REPLICA_LAG,
         catalog.LOG_ARCHIVE_FAILURES,
     } <= used
-    assert all(m.startswith(catalog.METRIC_PREFIX) for m in used - catalog.CLOUDSQL_METRICS)
+    assert all(
+        m.startswith(catalog.METRIC_PREFIX) for m in used - catalog.CLOUDSQL_METRICS - {JOB_EXECUTIONS}
+    )
     lag = policies["replica_lag"]["conditions"][0]["condition_threshold"][0]
     assert lag["threshold_value"] == 5 * 60 and lag["comparison"] == "COMPARISON_GT"  # PRODUCT.md: over 5 min
     age = policies["backup_age"]["conditions"][0]["condition_threshold"][0]
     assert age["threshold_value"] == 24 * 3600
     silent = policies["backup_age"]["conditions"][1]["condition_absent"][0]  # the checks stopped
     assert catalog.BACKUP_AGE in silent["filter"] and silent["duration"] == "3600s"
+    # one series across instances: the old primary's ending after a failover is no silence
+    assert silent["aggregations"][0]["cross_series_reducer"] == "REDUCE_MAX"
+    failed, absent = policies["job_runs"]["conditions"]  # a scheduled run failed, or none ran
+    assert 'metric.labels.result = "failed"' in failed["condition_threshold"][0]["filter"]
+    assert "${google_cloud_run_v2_job.voke.name}" in absent["condition_absent"][0]["filter"]
+    for name in ("rotation_failed", "backup_age"):  # alerts on voke's metrics wait for their descriptors
+        assert "${google_monitoring_metric_descriptor.voke}" in policies[name]["depends_on"]
+
+
+def test_voke_metrics_are_declared_with_the_labels_and_types_voke_writes(module):
+    descriptor = resources(module, "google_monitoring_metric_descriptor")["voke"]
+    assert descriptor["type"] == "custom.googleapis.com/voke/${each.key}"
+    assert descriptor["metric_kind"] == "GAUGE" and descriptor["for_each"] == "${local.voke_metrics}"
+    declared = next(block["voke_metrics"] for block in module["locals"] if "voke_metrics" in block)
+    assert {catalog.METRIC_PREFIX + name for name in declared} == catalog.VOKE_METRICS
+    for name, body in declared.items():
+        metric = catalog.METRIC_PREFIX + name
+        assert tuple(body["labels"]) == catalog.METRIC_LABELS[metric], name
+        assert body["value_type"] == ("INT64" if metric in catalog.INT64_METRICS else "DOUBLE"), name
 
 
 def test_every_api_voke_calls_is_enabled(module):
@@ -195,3 +227,24 @@ def test_cloud_sql_instances_declared_here_leave_voke_labels_alone(root, module)
             assert any("user_labels" in s for s in strings(body.get("lifecycle"))), name
     readme = (ROOT / "README.md").read_text()
     assert "ignore_changes = [settings[0].user_labels]" in readme
+
+
+def test_names_built_from_the_environment_are_valid_for_each_kind_of_id(module):
+    # Custom role ids take no "-", service account and Cloud Run job ids no "_"; voke's names take both.
+    validation = variables(module)["environment"]["validation"][0]
+    pattern = re.search(r'regex\("(.+?)",', validation["condition"])
+    assert (
+        pattern and re.fullmatch(pattern.group(1), "prod-eu_2") and not re.fullmatch(pattern.group(1), "Prod")
+    )
+    roles = resources(module, "google_project_iam_custom_role")
+    assert all(r["role_id"].endswith("${local.role_suffix}") for r in roles.values())
+    account = resources(module, "google_service_account")["voke"]
+    job = resources(module, "google_cloud_run_v2_job")["voke"]
+    assert account["account_id"] == job["name"] == "voke-${local.id_suffix}"
+
+
+def test_secret_managers_agent_is_made_before_it_is_granted_the_topic(module):
+    agent = resources(module, "google_project_service_identity")["secretmanager"]
+    assert agent["service"] == "secretmanager.googleapis.com" and agent["provider"] == "google-beta"
+    grant = resources(module, "google_pubsub_topic_iam_member")["secretmanager_publishes"]
+    assert grant["member"] == "serviceAccount:${google_project_service_identity.secretmanager.email}"

@@ -219,10 +219,12 @@ def test_voke_metrics_only_under_the_prefix(cloud):
 
     fake, _settings, recovery = cloud
     monitoring = recovery.monitoring
-    monitoring.write(catalog.DRILL_RTO, 42.0, {"scenario": "failover"})
+    monitoring.write(catalog.DRILL_RTO, 42.0, {"scenario": "failover", "env": "prod"})
     assert fake.monitoring.written(catalog.DRILL_RTO)[0].points[0].value.double_value == 42.0
     with pytest.raises(UsageError):
         monitoring.write("custom.googleapis.com/other/thing", 1, {})
+    with pytest.raises(UsageError, match="its descriptor's are"):  # terraform/ declares the labels
+        monitoring.write(catalog.DRILL_RTO, 42.0, {"scenario": "failover"})
 
 
 def test_cli_dr_status_and_check_on_a_cloud_env(cloud, voke, make_environ, tmp_path):

@@ -5,13 +5,13 @@
 # any account in the project (its owners' too).
 resource "google_service_account" "voke" {
   project      = var.project
-  account_id   = "voke-${var.environment}"
+  account_id   = "voke-${local.id_suffix}"
   display_name = "voke operations (${var.environment})"
 }
 
 resource "google_project_iam_custom_role" "voke_operator" {
   project     = var.project
-  role_id     = "voke_operator_${var.environment}"
+  role_id     = "voke_operator_${local.role_suffix}"
   title       = "voke operator (${var.environment})"
   description = "Only the permissions voke's Google Cloud adapters use"
   permissions = [
@@ -38,8 +38,6 @@ resource "google_project_iam_custom_role" "voke_operator" {
     "cloudsql.instances.update",
     "cloudsql.users.list",
     "cloudsql.users.update",
-    "run.jobs.run",
-    "run.jobs.runWithOverrides",
     "run.operations.get",
     "run.routes.invoke",
     "run.revisions.get",
@@ -66,7 +64,7 @@ resource "google_project_iam_member" "voke_operator" {
 # service (run.services.update, a rotation's pinned revision) needs actAs on the account it runs as.
 resource "google_project_iam_custom_role" "voke_deployer" {
   project     = var.project
-  role_id     = "voke_deployer_${var.environment}"
+  role_id     = "voke_deployer_${local.role_suffix}"
   title       = "voke deployer (${var.environment})"
   description = "Redeploy Cloud Run services running as this account"
   permissions = ["iam.serviceAccounts.actAs"]
@@ -75,7 +73,7 @@ resource "google_project_iam_custom_role" "voke_deployer" {
 # catalog.ROTATED_ACCOUNT_PERMISSIONS, on each account whose keys `voke rotate sa-key` rotates.
 resource "google_project_iam_custom_role" "voke_key_rotator" {
   project     = var.project
-  role_id     = "voke_key_rotator_${var.environment}"
+  role_id     = "voke_key_rotator_${local.role_suffix}"
   title       = "voke key rotator (${var.environment})"
   description = "Rotate this service account's user-managed keys"
   permissions = [
@@ -101,4 +99,23 @@ resource "google_service_account_iam_member" "voke" {
   service_account_id = "projects/${var.project}/serviceAccounts/${each.value.account}"
   role               = each.value.role
   member             = "serviceAccount:${google_service_account.voke.email}"
+}
+
+# catalog.JOB_PERMISSIONS, on voke's own job only: Cloud Scheduler runs it as voke's account with
+# each scheduled command line. Project-wide, this would let the account run any job of the
+# project with arguments of its choosing, as that job's own account.
+resource "google_project_iam_custom_role" "voke_job_runner" {
+  project     = var.project
+  role_id     = "voke_job_runner_${local.role_suffix}"
+  title       = "voke job runner (${var.environment})"
+  description = "Run the voke job with the arguments of a scheduled run"
+  permissions = ["run.jobs.run", "run.jobs.runWithOverrides"]
+}
+
+resource "google_cloud_run_v2_job_iam_member" "voke_runs_its_job" {
+  project  = var.project
+  location = var.region
+  name     = google_cloud_run_v2_job.voke.name
+  role     = google_project_iam_custom_role.voke_job_runner.id
+  member   = "serviceAccount:${google_service_account.voke.email}"
 }

@@ -16,7 +16,7 @@ resource "google_secret_manager_secret_version" "config" {
 
 resource "google_cloud_run_v2_job" "voke" {
   project             = var.project
-  name                = "voke-${var.environment}"
+  name                = "voke-${local.id_suffix}"
   location            = var.region
   deletion_protection = false
   template {
@@ -39,6 +39,12 @@ resource "google_cloud_run_v2_job" "voke" {
         env {
           name  = "VOKE_OUTPUT"
           value = "json"
+        }
+        env {
+          # each audit event also as a JSON log record on stderr: this container's VOKE_HOME (audit
+          # log, rotation history) ends with the run, Cloud Logging keeps the events
+          name  = "VOKE_LOG_LEVEL"
+          value = "info"
         }
         volume_mounts {
           name       = "config"

@@ -1,7 +1,40 @@
 # Alert policies: a failed rotation (voke's metric), the newest backup older than 24 h
-# (voke's metric, written by `voke dr check`), replica lag over 60 s and WAL archive
-# failures (Cloud SQL's metrics).
+# (voke's metric, written by `voke dr check`), replica lag over 5 min and WAL archive
+# failures (Cloud SQL's metrics), and a scheduled run of voke that failed or did not happen.
+
+# voke's own metrics (catalog.METRIC_LABELS), declared here: an alert policy on a custom metric no
+# point was written to yet is refused (404), and the first rotation may be weeks away. A point
+# with a label its descriptor lacks is refused too: the labels are exactly those voke writes.
+locals {
+  voke_metrics = {
+    "rotation/result"       = { value_type = "INT64", labels = ["secret", "kind", "status", "env"], description = "1 when a rotation succeeded, 0 when it was rolled back or needs a person" }
+    "rotation/age_days"     = { value_type = "DOUBLE", labels = ["secret", "env"], description = "age in days of the current version, written when a rotation succeeds" }
+    "drill/rto_seconds"     = { value_type = "DOUBLE", labels = ["scenario", "env"], description = "RTO a drill achieved" }
+    "drill/rpo_seconds"     = { value_type = "DOUBLE", labels = ["scenario", "env"], description = "RPO a drill achieved" }
+    "coverage/percent"      = { value_type = "DOUBLE", labels = ["service", "env"], description = "a service's test coverage" }
+    "dr/backup_age_seconds" = { value_type = "DOUBLE", labels = ["instance"], description = "age of the newest SUCCESSFUL backup, written by voke dr check" }
+  }
+}
+
+resource "google_monitoring_metric_descriptor" "voke" {
+  for_each     = local.voke_metrics
+  project      = var.project
+  type         = "custom.googleapis.com/voke/${each.key}"
+  metric_kind  = "GAUGE"
+  value_type   = each.value.value_type
+  display_name = "voke ${each.key}"
+  description  = each.value.description
+  dynamic "labels" {
+    for_each = each.value.labels
+    content {
+      key        = labels.value
+      value_type = "STRING"
+    }
+  }
+  depends_on = [google_project_service.apis]
+}
 resource "google_monitoring_alert_policy" "rotation_failed" {
+  depends_on            = [google_monitoring_metric_descriptor.voke]
   project               = var.project
   display_name          = "voke ${var.environment}: a credential rotation failed"
   combiner              = "OR"
@@ -22,6 +55,7 @@ resource "google_monitoring_alert_policy" "rotation_failed" {
 }
 
 resource "google_monitoring_alert_policy" "backup_age" {
+  depends_on            = [google_monitoring_metric_descriptor.voke]
   project               = var.project
   display_name          = "voke ${var.environment}: newest backup older than 24 h"
   combiner              = "OR"
@@ -40,15 +74,18 @@ resource "google_monitoring_alert_policy" "backup_age" {
     }
   }
   # The metric is written by the scheduled `voke dr check`: silence for an hour means the checks
-  # stopped (a failing job, a lost permission), which must not pass for a fresh backup.
+  # stopped (a failing job, a lost permission), which must not pass for a fresh backup. One
+  # series across instances: after a failover the old primary's series ends, and judged per
+  # series its absence would page an hour later while the checks run on.
   conditions {
     display_name = "no backup age reported for 1 h (the scheduled dr check is not running)"
     condition_absent {
       filter   = "metric.type = \"custom.googleapis.com/voke/dr/backup_age_seconds\" AND resource.type = \"global\""
       duration = "3600s"
       aggregations {
-        alignment_period   = "900s"
-        per_series_aligner = "ALIGN_MAX"
+        alignment_period     = "900s"
+        per_series_aligner   = "ALIGN_MAX"
+        cross_series_reducer = "REDUCE_MAX"
       }
     }
   }
@@ -91,6 +128,41 @@ resource "google_monitoring_alert_policy" "log_archive_failures" {
       aggregations {
         alignment_period   = "300s"
         per_series_aligner = "ALIGN_SUM"
+      }
+    }
+  }
+}
+
+# The scheduled runs themselves: an execution that failed (a rotation refused or waiting for a
+# person, exit 5 or 7; a backend down; a bad configuration: no rotation/result point is written
+# for those) or no execution at all for 2 h (the job runs `dr check` every 15 minutes).
+resource "google_monitoring_alert_policy" "job_runs" {
+  project               = var.project
+  display_name          = "voke ${var.environment}: a scheduled run of voke failed or did not run"
+  combiner              = "OR"
+  notification_channels = var.notification_channels
+  conditions {
+    display_name = "an execution of the voke job failed"
+    condition_threshold {
+      filter          = "metric.type = \"run.googleapis.com/job/completed_execution_count\" AND resource.type = \"cloud_run_job\" AND resource.labels.job_name = \"${google_cloud_run_v2_job.voke.name}\" AND metric.labels.result = \"failed\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = 0
+      duration        = "0s"
+      aggregations {
+        alignment_period   = "300s"
+        per_series_aligner = "ALIGN_SUM"
+      }
+    }
+  }
+  conditions {
+    display_name = "no execution of the voke job completed for 2 h"
+    condition_absent {
+      filter   = "metric.type = \"run.googleapis.com/job/completed_execution_count\" AND resource.type = \"cloud_run_job\" AND resource.labels.job_name = \"${google_cloud_run_v2_job.voke.name}\""
+      duration = "7200s"
+      aggregations {
+        alignment_period     = "900s"
+        per_series_aligner   = "ALIGN_SUM"
+        cross_series_reducer = "REDUCE_SUM"
       }
     }
   }

@@ -1,9 +1,5 @@
 # The secrets voke rotates: Secret Manager publishes rotation reminders to a topic;
 # destruction of a version is delayed so a mistaken cleanup can be undone.
-data "google_project" "this" {
-  project_id = var.project
-}
-
 resource "google_pubsub_topic" "rotation" {
   # checkov:skip=CKV_GCP_83:the topic carries secret names and rotation times, never a secret value
   project    = var.project
@@ -11,11 +7,20 @@ resource "google_pubsub_topic" "rotation" {
   depends_on = [google_project_service.apis]
 }
 
+# Secret Manager's service agent publishes the reminders. Google creates it on first use only,
+# so on a new project a binding to its name alone could fail: have it made first.
+resource "google_project_service_identity" "secretmanager" {
+  provider   = google-beta
+  project    = var.project
+  service    = "secretmanager.googleapis.com"
+  depends_on = [google_project_service.apis]
+}
+
 resource "google_pubsub_topic_iam_member" "secretmanager_publishes" {
   project = var.project
   topic   = google_pubsub_topic.rotation.name
   role    = "roles/pubsub.publisher"
-  member  = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-secretmanager.iam.gserviceaccount.com"
+  member  = "serviceAccount:${google_project_service_identity.secretmanager.email}"
 }
 
 resource "google_secret_manager_secret" "managed" {

@@ -11,6 +11,18 @@ variable "region" {
 variable "environment" {
   type        = string
   description = "voke environment name ([environments.NAME])"
+  validation {
+    # voke's own rule (a lowercase letter, then lowercase letters, digits, - or _), at most 25
+    # characters: the service account id "voke-NAME" may have 30
+    condition     = can(regex("^[a-z][a-z0-9_-]{0,24}$", var.environment))
+    error_message = "environment: a lowercase letter, then lowercase letters, digits, - or _; at most 25 characters."
+  }
+}
+
+locals {
+  # Custom role ids take no "-", service account and Cloud Run job ids no "_".
+  role_suffix = replace(var.environment, "-", "_")
+  id_suffix   = replace(var.environment, "_", "-")
 }
 
 variable "image" {

@@ -17,6 +17,18 @@ DRILL_RPO = METRIC_PREFIX + "drill/rpo_seconds"  # DOUBLE gauge; label scenario
 COVERAGE = METRIC_PREFIX + "coverage/percent"  # DOUBLE gauge; label service
 BACKUP_AGE = METRIC_PREFIX + "dr/backup_age_seconds"  # DOUBLE gauge: newest SUCCESSFUL backup (`dr check`)
 VOKE_METRICS = frozenset({ROTATION_RESULT, ROTATION_AGE, DRILL_RTO, DRILL_RPO, COVERAGE, BACKUP_AGE})
+# The labels of each (exactly those: terraform/ declares each metric's descriptor with them, so
+# an alert policy on a metric not yet written can be created, and a point with another label
+# would be refused), and its value type.
+METRIC_LABELS: dict[str, tuple[str, ...]] = {
+    ROTATION_RESULT: ("secret", "kind", "status", "env"),
+    ROTATION_AGE: ("secret", "env"),
+    DRILL_RTO: ("scenario", "env"),
+    DRILL_RPO: ("scenario", "env"),
+    COVERAGE: ("service", "env"),
+    BACKUP_AGE: ("instance",),
+}
+INT64_METRICS = frozenset({ROTATION_RESULT})  # the others are DOUBLE
 
 # Cloud SQL metrics voke reads (resource cloudsql_database, database_id = "project:instance").
 REPLICA_LAG = "cloudsql.googleapis.com/database/replication/replica_lag"  # seconds, on the replica
@@ -71,10 +83,8 @@ PROJECT_PERMISSIONS = (
     "cloudsql.instances.update",
     "cloudsql.users.list",
     "cloudsql.users.update",
-    # Cloud Run: revisions pinned to versions, traffic; the scheduled job (run with overridden
-    # arguments); health checks of a revision's tag URL (services that require authentication)
-    "run.jobs.run",
-    "run.jobs.runWithOverrides",
+    # Cloud Run: revisions pinned to versions, traffic; health checks of a revision's tag URL
+    # (services that require authentication)
     "run.operations.get",
     "run.routes.invoke",
     "run.revisions.get",
@@ -106,6 +116,10 @@ ROTATED_ACCOUNT_PERMISSIONS = (
     "iam.serviceAccountKeys.get",
     "iam.serviceAccountKeys.list",
 )
+# - on voke's own Cloud Run job, which Cloud Scheduler runs as voke's account with the command
+#   line of each scheduled run (voke itself never calls it): project-wide, they would let that
+#   account run any job of the project with arguments of its choosing, as that job's account.
+JOB_PERMISSIONS = ("run.jobs.run", "run.jobs.runWithOverrides")
 PERMISSIONS = PROJECT_PERMISSIONS + RUNTIME_ACCOUNT_PERMISSIONS + ROTATED_ACCOUNT_PERMISSIONS
 
 PRIMITIVE_ROLES = frozenset({"roles/owner", "roles/editor", "roles/viewer"})

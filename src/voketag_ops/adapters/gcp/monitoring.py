@@ -119,6 +119,11 @@ class CloudMonitoring:
         unknown = sorted({metric for metric, _, _ in points} - catalog.VOKE_METRICS)
         if unknown:
             raise UsageError(f"{unknown[0]} is not one of voke's metrics (prefix {catalog.METRIC_PREFIX})")
+        for metric, _, labels in points:  # the descriptor terraform/ declares takes these alone
+            if sorted(labels) != sorted(catalog.METRIC_LABELS[metric]):
+                raise UsageError(
+                    f"{metric}: labels {sorted(labels)}, its descriptor's are {list(catalog.METRIC_LABELS[metric])}"
+                )
         if not points:
             return
         from google.cloud import monitoring_v3
@@ -132,7 +137,7 @@ class CloudMonitoring:
                     {
                         "interval": {"end_time": {"seconds": now}},
                         "value": {"int64_value": int(value)}
-                        if metric == catalog.ROTATION_RESULT
+                        if metric in catalog.INT64_METRICS
                         else {"double_value": float(value)},
                     }
                 ],
