@@ -78,3 +78,20 @@ def test_with_log_level_info_each_audit_event_is_a_log_record_too(make_environ, 
     (event,) = [r["audit"] for r in records if "audit" in r]
     assert event["event_type"] == "secret.add" and event["target"] == "maps-admin" and event["hash"]
     assert "Sup3r-s3cret-admin-value" not in done.stderr
+
+
+def test_on_secret_manager_a_rotated_secret_is_refused_by_its_id_too(make_environ, tmp_path):
+    from voketag_ops.testing.gcp_fakes import FakeGcp, environment_toml
+
+    with FakeGcp() as fake:
+        env = fake.environment(secrets={"db-app": "prod-db-app"})
+        (tmp_path / "voke.toml").write_text(environment_toml("prod", env))
+        environ = make_environ(tmp_path / "home", VOKE_CONFIG=str(tmp_path / "voke.toml"), VOKE_ENV="prod")
+        for name in ("db-app", "prod-db-app"):  # its logical name and its Secret Manager id
+            refused = voke_stdin(environ, "secrets", "add", name, "--yes", stdin=VALUE)
+            assert refused.returncode == 2 and "rotation.db_users.app" in refused.stderr, refused.stderr
+        added = voke_stdin(environ, "secrets", "add", "auth0-management", "--yes", "--json", stdin=VALUE)
+        assert added.returncode == 0, added.stderr
+        assert json.loads(added.stdout)["result"]["version"] == 1
+        shown = voke_stdin(environ, "secrets", "access", "auth0-management")
+        assert shown.stdout == VALUE

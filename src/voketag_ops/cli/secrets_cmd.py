@@ -128,12 +128,12 @@ def add(
     from voketag_ops.workflows import secrets as wf
 
     env = use(ctx)
-    wf.check_addable(env.settings, name)
+    store = _store(env)
+    wf.check_addable(env.settings, name, store)
     value = None
     if not dry_run:
         env.out.confirm(f"Add a new current version to secret {name}?", yes=yes)
         value = wf.check_value(_read_value(env, name, from_file))
-    store = _store(env)
     if dry_run:
         env.out.result(wf.add_version(store, name, None, dry_run=True), render=_render_add)
         return

@@ -24,12 +24,16 @@ def rotated_secrets(settings: Settings) -> dict[str, str]:
     return owners
 
 
-def check_addable(settings: Settings, name: str) -> None:
+def check_addable(settings: Settings, name: str, store: Any) -> None:
     """UsageError (exit 2) for a name no store takes, or a secret voke rotates: a version added
-    by hand would bypass the rotation's protocol (its aliases, the services pinned to it)."""
+    by hand would bypass the rotation's protocol (its aliases, the services pinned to it). A
+    secret is compared by what STORE reads under the name (Secret Manager maps logical names to
+    ids: `prod-db-app` is `db-app` by another name)."""
     if not _NAME.match(name):
         raise UsageError(f"invalid secret name {name!r} (1-255 letters, digits, - and _)")
-    owner = rotated_secrets(settings).get(name)
+    resolve = getattr(store, "secret_id", lambda n: n)
+    owners = {resolve(secret): owner for secret, owner in rotated_secrets(settings).items()}
+    owner = owners.get(resolve(name))
     if owner is not None:
         hint = (
             f"store the key in use once with `voke rotate api-key {owner.rsplit('.', 1)[1]} --adopt`"
