@@ -147,16 +147,14 @@ def _sweep(directory: Path, prefix: str) -> None:
         # (this process's own are skipped by name: on NFS, flock is per process, not per file)
         if name.endswith(_SCRATCH) and str(directory / name) not in _HELD:
             with suppress(OSError):
-                remove_if_unheld(directory / name)
+                _remove_if_unheld(directory / name)
 
 
-def remove_if_unheld(path: Path, *, min_age: float = _SWEEP_AFTER_SECONDS) -> None:
-    """Remove the regular file PATH unless a live process holds its flock or it is younger
-    than MIN_AGE seconds (a file locked only after its creation could be taken for a leftover)."""
+def _remove_if_unheld(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or time.time() - st.st_mtime < min_age:
+        if not stat.S_ISREG(st.st_mode) or time.time() - st.st_mtime < _SWEEP_AFTER_SECONDS:
             return
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: its writer is alive
         if os.stat(path, follow_symlinks=False).st_ino == st.st_ino:

@@ -337,16 +337,33 @@ def test_a_voke_killed_between_the_commit_and_the_rejects_rename_leaves_them_to_
     assert again.status == "duplicate" and again.rejects_file is None and again.warnings == []
 
 
-def test_the_rejects_of_a_load_killed_before_its_commit_are_not_delivered(db, tmp_path):
+def test_the_rejects_of_a_load_that_never_committed_are_not_delivered(db, tmp_path):
+    # A load that rolled back may have had the same batch number as the one that committed
+    # later; its transaction time was not the same.
     batch = write(tmp_path, HEADER + GOOD + BAD)
     rejects = tmp_path / "rejects.csv"
-    pending = wf._pending_rejects_path(rejects, wf.file_sha256(wf._BatchFile(batch)), 7)
-    pending.write_text("line,column,code,message,record\n", encoding="utf-8")  # a load that rolled back
-    report = load(db, batch, partial=True, rejects=rejects)  # loads (no batch 7), and clears it
-    assert report.status == "loaded" and rejects.exists() and hidden(tmp_path) == []
-    pending.write_text("stale\n", encoding="utf-8")
+    report = load(db, batch, partial=True, rejects=tmp_path / "first.csv")
+    assert report.status == "loaded" and report.batch_id is not None
+    stale = wf.LoadReport(status="loaded", file="", file_sha256=report.file_sha256, file_bytes=0,
+                          batch_id=report.batch_id, loaded_at="2020-01-01T00:00:00.000001Z")  # fmt: skip
+    left = wf._pending_rejects_path(rejects, stale)
+    left.write_text("line,column,code,message,record\n99,1,stale,stale,x\n", encoding="utf-8")
     again = load(db, batch, partial=True, rejects=rejects)
-    assert again.status == "duplicate" and again.rejects_file is None and hidden(tmp_path) == []
+    assert again.status == "duplicate" and again.rejects_file is None and not rejects.exists()
+    assert left.exists()  # not this batch's: left alone
+
+
+def test_the_left_rejects_are_delivered_from_a_directory_that_cannot_be_listed(db, tmp_path, monkeypatch):
+    batch = write(tmp_path, HEADER + GOOD + BAD)
+    rejects = tmp_path / "rejects.csv"
+    _load_killed_before_the_rename(db, batch, rejects)
+
+    def unlistable(path: Any = ".") -> list[str]:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(wf.os, "listdir", unlistable)  # a write-only directory (mode 0333)
+    report = load(db, batch, partial=True, rejects=rejects)
+    assert report.status == "duplicate" and report.rejects_file == str(rejects) and rejects.exists()
 
 
 def test_a_load_with_ctrl_c_ignored_is_not_interrupted(db, tmp_path, monkeypatch):

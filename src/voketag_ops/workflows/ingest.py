@@ -71,7 +71,7 @@ from voketag_ops.errors import (
     UsageError,
     VokeError,
 )
-from voketag_ops.files import Scratch, check_replaceable, remove_if_unheld, write_output
+from voketag_ops.files import Scratch, check_replaceable, write_output
 
 if TYPE_CHECKING:
     import psycopg
@@ -1302,7 +1302,7 @@ def _load_in_transaction(
                 rejects_out.close()
             _check_unchanged(source, report)  # once more, at the end: nothing was written into it meanwhile
             if rejects_out is not None:
-                report.rejects_file = rejects_out.stage(report.file_sha256, batch_id)
+                report.rejects_file = rejects_out.stage(report)
             if awaits_audit:  # session-level: held past the COMMIT, until the audit event is written
                 conn.execute("SELECT pg_advisory_lock_shared(%s, %s)", (_LOCK_CLASS, _LOCK_AUDIT))
             progress(LoadProgress("committing", report.file_bytes, report.file_bytes, report.rows_total))
@@ -2176,16 +2176,11 @@ class _RejectsWriter:
                 writer.writerows(in_order)
             self._scratch.take(merged)
 
-    def stage(self, sha256: str, batch_id: int) -> str:
-        """Just before the COMMIT: the finished file takes the name of this batch beside the
-        target (``_pending_rejects``), so that a voke killed between the COMMIT and the rename
-        leaves it where a rerun, a ``duplicate``, finds and delivers it. Earlier loads of the
-        same file left such names only if they were killed before their COMMIT: removed."""
-        target = Path(self._scratch.target)
-        for left in _pending_rejects(target, sha256):
-            with suppress(OSError):
-                remove_if_unheld(left, min_age=0)
-        self._scratch.rename(_pending_rejects_path(target, sha256, batch_id))
+    def stage(self, report: LoadReport) -> str:
+        """Just before the COMMIT: the finished file takes the name of this load beside the
+        target (``_pending_rejects_path``), so that a voke killed between the COMMIT and the
+        rename leaves it where a rerun, a ``duplicate``, finds and delivers it."""
+        self._scratch.rename(_pending_rejects_path(Path(self._scratch.target), report))
         self.path = self._scratch.path
         return self.path
 
@@ -2222,50 +2217,43 @@ def _line_of(row: list[str]) -> int:
     return int(row[0])
 
 
-def _pending_rejects_path(target: Path, sha256: str, batch_id: int) -> Path:
-    """Where the rejects file of batch BATCH_ID (of the file hashed SHA256) waits for its
-    COMMIT: ``.NAME.<sha256[:16]>.<batch_id>.rejects`` beside TARGET (the sweep of scratch
-    files, ``.partial``, leaves it alone)."""
-    return target.parent / f".{target.name}.{sha256[:16]}.{batch_id}.rejects"
-
-
-def _pending_rejects(target: Path, sha256: str) -> list[Path]:
-    """The waiting rejects files of the file hashed SHA256 beside TARGET."""
-    prefix = f".{target.name}.{sha256[:16]}."
-    with suppress(OSError):
-        return [
-            target.parent / n
-            for n in os.listdir(target.parent if str(target.parent) else ".")
-            if n.startswith(prefix) and n.endswith(".rejects") and n[len(prefix) : -8].isdigit()
-        ]
-    return []
+def _pending_rejects_path(target: Path, load: LoadReport) -> Path:
+    """Where the rejects file of LOAD waits for its COMMIT, beside TARGET:
+    ``.NAME.<sha256[:16]>.<batch>.<loaded_at>.rejects``. The batch row's number and
+    transaction time name one load: a load that rolled back may have had the same number, not
+    the same time, and neither has a load of the same file into another database (the sweep
+    of scratch files, ``.partial``, leaves the name alone)."""
+    when = re.sub(r"\D", "", load.loaded_at or "")
+    return target.parent / f".{target.name}.{load.file_sha256[:16]}.{load.batch_id}.{when}.rejects"
 
 
 def _deliver_left_rejects(report: LoadReport, rejects: Path) -> None:
-    """A duplicate with --rejects: the rejects file a load of this batch had written but not
-    yet named when it was killed (after its COMMIT) gets its name now. One left by a load that
-    never committed (another batch number) is removed; one still held, a live load's, is left."""
-    if report.batch_id is None:
+    """A duplicate with --rejects: the rejects file the load of this batch had written but not
+    yet named when it was killed (after its COMMIT) gets its name now; one still held, a live
+    load's, is left to it. Only that load's file is looked for (by its exact name: the
+    directory need not be readable); one left by a load killed before its COMMIT is never taken
+    for it, and stays until removed by hand."""
+    if report.batch_id is None or report.loaded_at is None:
         return
     if rejects.is_symlink():  # as the load's Scratch did: written through the link
         rejects = Path(os.path.realpath(rejects))
-    ours = _pending_rejects_path(rejects, report.file_sha256, report.batch_id)
-    for left in _pending_rejects(rejects, report.file_sha256):
-        with suppress(OSError):
-            if left != ours:
-                remove_if_unheld(left, min_age=0)
-                continue
-            fd = os.open(left, os.O_RDONLY | os.O_NOFOLLOW)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: its load is alive
-                os.replace(left, rejects)
-            finally:
-                os.close(fd)
-            report.rejects_file = str(rejects)
-            report.warnings.append(
-                f"the load that loaded batch {report.batch_id} stopped before it named its rejects "
-                f"file: the rows it left out are now in {rejects}"
-            )
+    ours = _pending_rejects_path(rejects, report)
+    try:
+        fd = os.open(ours, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: its load is alive
+        os.replace(ours, rejects)
+    except OSError:
+        return
+    finally:
+        os.close(fd)
+    report.rejects_file = str(rejects)
+    report.warnings.append(
+        f"the load that loaded batch {report.batch_id} stopped before it named its rejects "
+        f"file: the rows it left out are now in {rejects}"
+    )
 
 
 class AfterCommit(interrupts.Held):
