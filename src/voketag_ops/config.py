@@ -582,6 +582,11 @@ def load_config(
         known = ", ".join(sorted(["local", *settings.environments]))
         where = LoadedConfig(settings, sources).source_of("env")
         raise ConfigError(f"{where}: env: unknown environment {settings.env!r} (known: {known})")
+    if "services" in sources:  # a login that names no services of its own has the platform's
+        for name, user in settings.rotation.db_users.items():
+            key = f"rotation.db_users.{name}.services"
+            if key not in sources and user.services == settings.services:
+                sources[key] = f"services ({sources['services']})"
     loaded = LoadedConfig(settings=settings, sources=sources, file=path)
     for name in settings.environments:  # (its keys' source: a table has none of its own)
         prefix = f"environments.{name}."

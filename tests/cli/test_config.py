@@ -369,3 +369,16 @@ def test_the_platforms_services_are_the_default_of_each_login_and_environment(tm
     assert users["report"].services == ("reports",)
     assert settings.environment("prod").services == ("admin-service", "search-service")
     assert settings.environment("stage").services == ("admin-service",)
+
+
+def test_config_show_names_the_platforms_services_as_a_logins_source(voke, make_environ, tmp_path):
+    (tmp_path / "voke.toml").write_text('services = ["admin-service", "factory-service"]\n')
+    env = make_environ(tmp_path / "home", VOKE_ROTATION__DB_USERS__OPS__SECRET="db-ops")
+    shown = settings_of(voke("config", "show", "--json", environ=env))
+    inherited = {
+        "value": ["admin-service", "factory-service"],
+        "source": f"services ({tmp_path / 'voke.toml'})",
+    }
+    assert shown["rotation.db_users.ops.services"] == inherited  # (a table given replaces the default app)
+    plain = settings_of(voke("config", "show", "--json", environ=make_environ(tmp_path / "home")))
+    assert plain["rotation.db_users.app.services"] == inherited
