@@ -116,6 +116,10 @@ def test_cloud_pitr_and_failover_drills_measure_on_scratch_instances_and_delete_
         assert j["rto_seconds"] is not None and 0 < j["rto_seconds"] < 60
         assert j["rpo_seconds"] is not None and 0 <= j["rpo_seconds"] < 2, j["canary"]
         assert j["lost_commits"] == 0 and j["integrity_ok"] is True
+        assert all(i["lsn"] and "/" in i["lsn"] for i in j["integrity"]), j["integrity"]  # read at
+        ops = [c for s in j["steps"] for c in s["commands"]]  # the Cloud SQL operations waited for
+        assert ops and all(c["status"] == "DONE" and c["operation"] for c in ops)
+        assert [s["exit_code"] for s in j["steps"]] == [0] * len(j["steps"])
         assert j["canary"]["acked_commits"] >= 2
         assert j["canary"]["rpo"]["recovered"] == j["canary"]["acked_commits"]
         assert j["canary"]["rpo"]["cut_clock"].startswith("server")

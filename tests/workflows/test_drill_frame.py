@@ -219,6 +219,9 @@ def test_the_report_shows_exit_codes_commands_and_lsns_and_reads_older_journals(
         {"name": "old", "ok": False, "duration_seconds": 2.0},  # a journal from before the fields
     ]  # fmt: skip
     assert _step_rows(steps) == [("copy", "yes", 0, 1.5, "cp (0)"), ("old", "NO", None, 2.0, None)]
+    cloud = {"name": "clone", "ok": True, "duration_seconds": 9.0, "exit_code": 0,
+             "commands": [{"operation": "op-1", "status": "DONE"}]}  # fmt: skip
+    assert _step_rows([cloud]) == [("clone", "yes", 0, 9.0, "op-1 (DONE)")]
     journal = {
         "run_id": "r", "scenario": "pitr", "environment": "local", "mode": "local", "status": "completed",
         "versions": {"voke": "0", "postgres": "18"}, "started_at": "2026-01-01T00:00:00Z",

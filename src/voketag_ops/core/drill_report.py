@@ -32,22 +32,25 @@ _STEP_HEADERS = ["step", "ok", "exit", "seconds", "commands"]
 
 
 def _step_rows(steps: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
-    """A journal's steps as rows: the commands each ran shown as `tool (exit code)`; the full
-    command lines and output digests are in the JSON. Older journals lack both: shown as '–'."""
+    """A journal's steps as rows: the commands each ran shown as `tool (exit code)` (a cloud
+    step's operation as `name (status)`); the full command lines and output digests are in the
+    JSON. Older journals lack both: shown as '–'."""
     return [
         (
             s["name"],
             "yes" if s["ok"] else "NO",
             s.get("exit_code"),
             s["duration_seconds"],
-            ", ".join(
-                f"{c['command'].split(' ', 1)[0]} ({_fmt(c.get('exit_code'))})"
-                for c in s.get("commands") or []
-            )
-            or None,
+            ", ".join(_command(c) for c in s.get("commands") or []) or None,
         )
         for s in steps
     ]
+
+
+def _command(c: Mapping[str, Any]) -> str:
+    if "command" in c:
+        return f"{c['command'].split(' ', 1)[0]} ({_fmt(c.get('exit_code'))})"
+    return f"{c.get('operation')} ({c.get('status')})"
 
 
 def _mark(ok: Any) -> str:

@@ -383,7 +383,11 @@ class _Steps:
                     "detail": info,
                     "started_at": started,
                     "exit_code": exit_code,
-                    "commands": [],  # API calls: the operation, if any, is in detail
+                    # the Cloud SQL operation the step waited for until DONE (a call that failed
+                    # names none: its error is the step's), as the research's "Operation name/status"
+                    "commands": [{"operation": info["operation"], "status": "DONE"}]
+                    if info.get("operation")
+                    else [],
                 }
             )
 

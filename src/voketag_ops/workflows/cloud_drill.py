@@ -287,6 +287,7 @@ class CloudDrill(local_drill_frame.RunFrame):
         self.started_at, self.t0 = started, time.monotonic()
         self.steps, self.cleanup_steps = _Steps(progress), _Steps(progress)
         self.integrity: list[dict[str, Any]] = []
+        self.read_lsn: str | None = None  # where the canary was last read
         self.details: dict[str, Any] = {"scratch": [], "production": {}, "scratch_id": self.scratch_id}
         self.canary: dict[str, Any] = {}
         self.rpo: float | None = None
@@ -592,7 +593,8 @@ class CloudDrill(local_drill_frame.RunFrame):
                 write_seq=10**6 if write else None,
             )
             self.mark("first_write_ok_at", answered)
-            info.update(host=host, rows=len(rows), wrote=write)
+            self.read_lsn = db.wal_position(host)  # where the rows were read: the integrity record's
+            info.update(host=host, rows=len(rows), wrote=write, lsn=self.read_lsn)
         return rows
 
     def evaluate(self, writes: list[Any], rows: dict[int, datetime], cut: datetime, where: str) -> None:
@@ -607,6 +609,7 @@ class CloudDrill(local_drill_frame.RunFrame):
                 "checksum": hashlib.sha256(seqs.encode()).hexdigest()[:16],
                 "match": result["ok"],
                 "where": where,
+                "lsn": self.read_lsn,
             }
         )
         self.mark("verified_at")

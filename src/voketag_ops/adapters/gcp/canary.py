@@ -166,6 +166,19 @@ class CanaryDb:
                 text = text.replace(secret, "***")
         return replace(write, error=text)
 
+    def wal_position(self, host: str) -> str | None:
+        """Where HOST's data stands (the WAL it has written, or replayed as a replica), for the
+        drill journal's integrity record; None when it cannot be read."""
+        try:
+            with self.connect(host) as conn:
+                row = conn.execute(
+                    "select (case when pg_is_in_recovery() then pg_last_wal_replay_lsn()"
+                    " else pg_current_wal_lsn() end)::text"
+                ).fetchone()
+        except Exception:  # best effort: the drill's answer does not depend on it
+            return None
+        return row[0] if row else None
+
     def read(self, host: str, run_id: str) -> dict[int, datetime]:
         """Sequence number -> written_at of RUN_ID's rows on HOST."""
         with self.connect(host) as conn:
