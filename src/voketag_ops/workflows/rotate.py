@@ -604,12 +604,14 @@ class RotationEngine:
         """The webhook, once the rotation has ended, within HELD: a Ctrl-C or SIGTERM by then (a
         slow endpoint, up to its timeout) skips the notification; it never turns the ended
         rotation into exit 130 with nothing to resume (an operator would run it again)."""
+        told = False
         try:
             if not held.fired:
                 self._notify(record)
+                told = True
         except KeyboardInterrupt:  # the second signal, while the webhook was waited for
             pass
-        if held.fired:
+        if not told and self.settings.notify_webhook:
             log.warning(
                 "interrupted: rotation %s has ended (%s); its webhook was not told", record.id, record.status
             )
