@@ -185,6 +185,42 @@ def test_longest_prefix_wins(voke, env, tmp_path):
     assert r.exit_code == 1  # admin 90 < 95
 
 
+def _multi_source_xml(project: Path) -> None:
+    """Cobertura XML as `[run] source = a, b` writes it, made in /ci/proj (not here): each
+    filename relative to one of the two <source> entries."""
+
+    def cls(name: str, hits: str) -> str:
+        lines = "".join(f'<line number="{i}" hits="{h}"/>' for i, h in enumerate(hits, 1))
+        return f'<class name="{name}" filename="{name}"><lines>{lines}</lines></class>'
+
+    (project / "multi.xml").write_text(
+        '<coverage version="7.6" line-rate="0.5" lines-valid="6" lines-covered="3"><sources>'
+        "<source>/ci/proj/services/admin</source><source>/ci/proj/services/factory</source></sources>"
+        f'<packages><package name="p"><classes>{cls("admin_service/a.py", "111")}'
+        f"{cls('factory_service/b.py', '000')}</classes></package></packages></coverage>"
+    )
+
+
+def test_a_report_with_several_sources_made_elsewhere_is_placed_by_mapping_not_guessed(voke, env, project):
+    _multi_source_xml(project)
+    (project / "voke.toml").write_text(TWO_SERVICES.replace('"admin_service/"', '"services/admin/"')
+                                       .replace('"factory_service/"', '"services/factory/"'))  # fmt: skip
+    for d in ("services/admin/admin_service", "services/factory/factory_service"):
+        (project / d).mkdir(parents=True)
+    (project / "services/admin/admin_service/a.py").write_text("a = 1\nb = 2\nc = 3\n")
+    (project / "services/factory/factory_service/b.py").write_text("a = 1\nb = 2\nc = 3\n")
+    mapped = voke(
+        "coverage", "report", "multi.xml", "--map", "/ci/proj/=", "--json", environ=env, cwd=project
+    )
+    assert mapped.exit_code == 0, mapped.stderr
+    percents = {s["name"]: s["percent"] for s in mapped.json["result"]["services"]}
+    assert percents == {"admin-service": 100.0, "factory-service": 0.0}  # each file in its own service
+    # Without the mapping nothing says which source a file is under: refused, not put under the first.
+    unmapped = voke("coverage", "report", "multi.xml", "--json", environ=env, cwd=project)
+    assert unmapped.exit_code == 1 and "none of its 2 <source> entries" in unmapped.json["error"]["message"]
+    no_traceback(unmapped)
+
+
 def test_path_mapping_from_flag_and_config(voke, env, project):
     write_json(
         project,
@@ -300,6 +336,32 @@ def test_diff_coverage_against_a_git_ref(voke, env, repo):
     )
     assert human.exit_code == 1
     assert "pkg/m.py" in human.stdout and "8-9, 13-15" in human.stdout
+
+
+def test_a_form_feed_in_a_changed_line_does_not_shift_the_lines_after_it(voke, env, project):
+    write_json(project, {"admin_service/a.py": {"executed": [1, 2, 4, 5, 6, 10], "missing": [7, 11]}})
+    hunk = "+x = 1\n+\f\n+a\n+b\n+c\n+d\n+e\n+f\n+g\n"  # lines 3-11; line 4 is a form feed
+    (project / "ff.diff").write_text(
+        "--- a/admin_service/a.py\n+++ b/admin_service/a.py\n@@ -2,0 +3,9 @@\n" + hunk
+    )
+    r = voke(
+        "coverage", "diff", "coverage.json", "--diff-file", "ff.diff", "--json", environ=env, cwd=project
+    )
+    assert r.exit_code == 0, r.stderr
+    assert (r.json["result"]["measured"], r.json["result"]["covered"]) == (6, 4)  # 4, 5, 6, 7, 10, 11
+
+
+def test_a_failed_diff_gate_says_it_in_the_numbers_compared(voke, env, project):
+    covered = list(range(1, 200))  # 199 of 250 changed lines covered: 79.6 %, shown as 80
+    write_json(project, {"admin_service/a.py": {"executed": covered, "missing": list(range(200, 251))}})
+    hunk = "".join(f"+l{i}\n" for i in range(1, 251))
+    (project / "c.diff").write_text(
+        "--- a/admin_service/a.py\n+++ b/admin_service/a.py\n@@ -0,0 +1,250 @@\n" + hunk
+    )
+    r = voke("coverage", "diff", "coverage.json", "--diff-file", "c.diff", "--fail-under", "80", "--strict",
+             "--json", environ=env, cwd=project)  # fmt: skip
+    assert r.exit_code == 1
+    assert r.json["error"]["message"] == "diff coverage exact 79.60% < 80 (strict)"
 
 
 def test_diff_annotations_in_github_actions(voke, env, repo):

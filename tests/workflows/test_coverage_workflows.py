@@ -115,6 +115,10 @@ def test_diff_from_a_subdirectory_of_the_repository(tmp_path):
         "::warning file=services/admin/admin_service/m.py,line=8,endLine=8,title=Uncovered change::"
         "Line 8 is changed but not covered by tests"
     ]
+    git(repo, "config", "diff.relative", "true")  # git would name paths from the subdirectory
+    r = wf.diff(SETTINGS, [Path("coverage.xml")], root=proj, base="main")
+    assert (r.measured, r.covered) == (4, 3)
+    git(repo, "config", "--unset", "diff.relative")
     # The same change saved as a diff file: from the repository's top (what `git diff` writes,
     # wherever it runs), relative to the project, and with diff.mnemonicPrefix's i/ and w/.
     saved = {

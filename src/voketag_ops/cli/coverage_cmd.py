@@ -288,8 +288,18 @@ def diff(
         result,
         ok=result.passed,
         render=_render_diff,
-        failure=f"diff coverage {result.display}% is below {fail_under:g}" if not result.passed else None,
+        failure=_diff_failure(result) if not result.passed else None,
     )
+
+
+def _diff_failure(result: Any) -> str:
+    from voketag_ops.core import coverage as cov
+
+    assert result.percent is not None and result.target is not None  # (n/a always passes)
+    why = cov.why_below(
+        result.percent, result.target, result.display, result.precision, cov.Rule(result.rule)
+    )
+    return f"diff coverage {why}"
 
 
 @app.command("badge")

@@ -493,6 +493,19 @@ def exact_text(percent: float, target: float) -> str:
     return repr(percent)
 
 
+def why_below(percent: float, target: float, display: str, precision: int, rule: Rule) -> str:
+    """Why PERCENT (shown as DISPLAY) fails TARGET, in the numbers the comparison used: never
+    "80% < 80" (79.6 shown rounded, compared exactly or at the target's decimals)."""
+    tgt = format_target(target)
+    shown = shown_for_gate(percent, target, precision, rule)
+    if rule is Rule.STRICT:
+        return f"exact {exact_text(percent, target)}% < {tgt} (strict)"
+    if target == 100.0:
+        return f"{shown}% is not exactly 100"
+    exact = f" (exact {exact_text(percent, target)}%)" if shown != display else ""
+    return f"{shown}% < {tgt}{exact}"
+
+
 def verdict(s: Score, precision: int, rule: Rule) -> str:
     """One line saying whether S passed, and why in the borderline cases."""
     if s.target is None:
@@ -505,14 +518,7 @@ def verdict(s: Score, precision: int, rule: Rule) -> str:
         )
     if s.passed:
         return f"{s.name}: {s.display}% meets target {tgt}"
-    shown = shown_for_gate(s.percent, s.target, precision, rule)
-    if rule is Rule.STRICT:
-        why = f"exact {exact_text(s.percent, s.target)}% < {tgt} (strict)"
-    elif s.target == 100.0:
-        why = f"{shown}% is not exactly 100"
-    else:
-        exact = f" (exact {exact_text(s.percent, s.target)}%)" if shown != s.display else ""
-        why = f"{shown}% < {tgt}{exact}"
+    why = why_below(s.percent, s.target, s.display, precision, rule)
     if s.lines_needed is not None:
         need = f"cover {s.lines_needed} more statement{'s' if s.lines_needed != 1 else ''}"
     elif s.units_needed is not None:
@@ -623,7 +629,9 @@ def parse_unified_diff(text: str) -> dict[str, set[int]]:
     old_prefix: str | None = None
     line_no = 0
     old_left = new_left = 0  # lines of the current hunk still to come
-    for raw in text.splitlines():
+    # Lines end at "\n" alone: str.splitlines() also splits at a form feed, \x1c-\x1e, \x85 or
+    # U+2028 inside a line (PEP 8 allows form feeds), which shifted every later line of the hunk.
+    for raw in (line.removesuffix("\r") for line in text.split("\n")):
         if old_left > 0 or new_left > 0:
             tag = raw[:1]
             if tag == "+":

@@ -340,19 +340,30 @@ def read_cobertura(path: Path, norm: PathNormalizer, *, label: str | None = None
     branch = target.any_branch or attrib.get("branches-valid", "0") not in ("0", "")
     files = []
     for filename, lines in target.files.items():
-        files.append(_cobertura_file(norm(_join_source(filename, target.sources)), lines, branch))
+        files.append(_cobertura_file(_join_source(filename, target.sources, norm, label), lines, branch))
     return CoverageInput(label, "cobertura", attrib.get("version") or None, branch, tuple(files))
 
 
-def _join_source(filename: str, sources: Sequence[str]) -> str:
+def _join_source(filename: str, sources: Sequence[str], norm: PathNormalizer, label: str) -> str:
+    """FILENAME (relative to one of the report's <source> entries) as a comparable path. With
+    several sources it is the one under which the file exists here, each source remapped
+    (--map, coverage.remap) and a relative one read from the project root; a report made
+    elsewhere whose files cannot be found here is refused rather than given the first source
+    (every file of a multi-service report would land in one service)."""
     name = normalize_path(filename)
     if is_absolute(name) or not sources:
-        return name
-    if len(sources) > 1:
-        for src in sources:
-            if os.path.exists(os.path.join(src, filename)):
-                return normalize_path(src).rstrip("/") + "/" + name
-    return normalize_path(sources[0]).rstrip("/") + "/" + name
+        return norm(name)
+    joined = [norm(normalize_path(normalize_path(src).rstrip("/") + "/" + name)) for src in sources]
+    if len(joined) == 1:
+        return joined[0]
+    for path in joined:
+        if os.path.exists(path if is_absolute(path) else os.path.join(norm.root, path)):
+            return path
+    raise InputError(
+        f"{label}: {name} is under none of its {len(sources)} <source> entries here "
+        f"({', '.join(sources)}): the report was made elsewhere; map those sources to this checkout "
+        "with --map FROM=TO (or coverage.remap), or run where the sources are"
+    )
 
 
 def _cobertura_file(

@@ -28,7 +28,8 @@ def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     if git is None:
         raise ConfigError("git is not installed (needed for --base)", hint="install git, or pass --diff-file")
     return subprocess.run(
-        [git, "-c", "core.quotePath=true", *args],
+        # paths quoted alike, and from the repository's top whatever diff.relative says
+        [git, "-c", "core.quotePath=true", "-c", "diff.relative=false", *args],
         cwd=root,
         capture_output=True,
         text=True,
@@ -87,7 +88,7 @@ def read_diff_file(path: Path) -> dict[str, set[int]]:
         raise UsageError(f"{path}: no such file") from None
     except OSError as exc:
         raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
-    if text.strip() and not any(line.startswith(("+++ ", "@@ ", "diff ")) for line in text.splitlines()):
+    if text.strip() and not any(line.startswith(("+++ ", "@@ ", "diff ")) for line in text.split("\n")):
         # an HTML page or a log saved by mistake would otherwise pass as "nothing changed"
         raise InputError(f"{path}: not a unified diff (no '+++' file header or '@@' hunk)")
     return parse_unified_diff(text)
