@@ -131,8 +131,11 @@ def test_diff_from_a_subdirectory_of_the_repository(tmp_path):
             ["git", *args, "main"], cwd=proj, capture_output=True, text=True, check=True
         ).stdout
         (tmp_path / name).write_text(text)
-        r = wf.diff(SETTINGS, [Path("coverage.xml")], root=proj, base=None, diff_file=tmp_path / name)
+        notes: list[str] = []
+        r = wf.diff(SETTINGS, [Path("coverage.xml")], root=proj, base=None, diff_file=tmp_path / name,
+                    annotations=True, emit=notes.append)  # fmt: skip
         assert (r.measured, r.covered) == (4, 3), name
+        assert notes == out, name  # the annotation's path from the repository's top, whichever diff
 
 
 def test_annotation_values_are_escaped():

@@ -438,6 +438,7 @@ def diff(
     if options.fail_under is not None:
         cov.check_target(options.fail_under)
     loaded = _load(settings, paths, root, options)
+    to_repo = ""  # what makes a matched path repository-relative, as GitHub's annotations want it
     if diff_file is not None:
         changed = read_diff_file(_under(root, diff_file))
         by_repo = dict(loaded.files)
@@ -447,6 +448,8 @@ def diff(
             from_top = {prefix + k: fc for k, fc in loaded.files.items() if not cov.is_absolute(k)}
             if len(changed.keys() & from_top.keys()) > len(changed.keys() & by_repo.keys()):
                 by_repo = from_top
+            else:
+                to_repo = prefix
     else:
         assert base is not None
         found = changed_lines(root, base)
@@ -471,7 +474,7 @@ def diff(
     shown = ranges[:ANNOTATION_LIMIT] if annotate is not None else []
     if annotate is not None:
         for path, a, b in shown:
-            annotate(github_annotation(path, a, b))
+            annotate(github_annotation(to_repo + path, a, b))
         if len(ranges) > len(shown):
             annotate(
                 f"::notice title=voke coverage diff::{len(ranges) - len(shown)} more uncovered changed "
