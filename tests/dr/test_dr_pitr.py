@@ -500,3 +500,44 @@ def test_an_archive_gap_is_named_and_restores_past_it_are_refused(voke, environ,
     dr.seal_archive(env, env.primary())  # until WAL after the new backup is archived, nothing is recoverable
     healed = voke("dr", "check", "--json", environ=environ)
     assert healed.exit_code == 0, healed.stdout
+
+
+def test_with_the_archiver_failing_older_backups_still_restore_what_is_archived(voke, environ, env):
+    # Last in this module: the archiver, once failing, retries only after a pause.
+    primary = env.primary()
+    with primary.connect() as conn:
+        conn.execute("create table if not exists archiver_down (id int)")
+        conn.execute("insert into archiver_down values (1)")
+    target = datetime.now(UTC)
+    time.sleep(0.2)
+    with primary.connect() as conn:
+        conn.execute("insert into archiver_down values (2)")
+    dr.seal_archive(env, primary)  # a commit after the target is archived
+    assert voke("dr", "backup", "--yes", environ=environ).exit_code == 0
+    mode = env.archive_dir.stat().st_mode & 0o7777
+    os.chmod(env.archive_dir, 0o500)  # the archive disk refuses writes from here on
+    # ... and refused the newest backup's WAL already: none of it is in the archive
+    first = env.backups()[-1].start_wal
+    for segment in env.archive_dir.iterdir():
+        if segment.name[:24] >= first and segment.name[:8] == first[:8]:
+            segment.unlink()
+    try:
+        # The leader is up: the archive already holds a commit after the target, so no seal is
+        # waited for (it would time out after 60 s with exit 4).
+        alive = voke("dr", "restore", "--to", utc(target), "--name", "archiver-down", "--yes", "--json",
+                     environ=environ)  # fmt: skip
+        assert alive.exit_code == 0, alive.stderr
+        assert alive.json["result"]["sealed_at"] is None
+        assert voke("dr", "discard", "archiver-down", "--yes", environ=environ).exit_code == 0
+        primary.stop(mode="immediate")  # and then the leader is lost
+        window = voke("dr", "status", "--json", environ=environ).json["result"]["recoverable_window"]
+        assert window["latest"] is not None and window["latest"] > utc(target), window
+        lost = voke("dr", "restore", "--to", utc(target), "--name", "leader-lost", "--yes", "--json",
+                    environ=environ)  # fmt: skip
+        assert lost.exit_code == 0, lost.stderr
+        with dr.get_restore(env, "leader-lost")[1].connect("postgres") as conn:
+            assert conn.execute("select array_agg(id) from archiver_down").fetchone() == ([1],)
+        assert voke("dr", "discard", "leader-lost", "--yes", environ=environ).exit_code == 0
+    finally:
+        os.chmod(env.archive_dir, mode)
+        env.up()

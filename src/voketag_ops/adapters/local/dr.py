@@ -638,13 +638,16 @@ def recoverable_window(
     if not usable:
         return Window(None, None, None, None, None, None, tli)
     newest, newest_gaps = usable[-1]
+    # The newest backup whose own WAL reached the archive: one taken while archiving failed has
+    # none there, and an older one still restores up to the newest archived commit.
+    ref_gaps = next((g for _, g in reversed(usable) if g.last_contiguous is not None), newest_gaps)
     latest_archived = None
-    if newest_gaps.last_contiguous is not None:
-        latest_archived = last_commit_time(env, newest_gaps.contiguous_tail)
+    if ref_gaps.last_contiguous is not None:
+        latest_archived = last_commit_time(env, ref_gaps.contiguous_tail)
         if latest_archived is None:
             # No commit since (a backup taken just before the leader was lost): the newest one is
             # further back, reachable from an older backup.
-            tail = set(newest_gaps.contiguous_tail)
+            tail = set(ref_gaps.contiguous_tail)
             older = [n for n in usable[0][1].reachable if n not in tail][-_COMMIT_SEARCH_SEGMENTS:]
             latest_archived = last_commit_time(env, older)
     latest: datetime | None
@@ -655,9 +658,10 @@ def recoverable_window(
     else:
         live = False
         latest = latest_archived
-        if newest_gaps.last_contiguous is None:
+        if ref_gaps.last_contiguous is None:
             return Window(None, None, None, None, newest.label, newest_gaps, tli)
-        last_segno = wal.parse_segment_name(newest_gaps.last_contiguous, lw.segment_size)[1]
+        newest_gaps = ref_gaps  # the gaps that bound the window (and a restore's replay)
+        last_segno = wal.parse_segment_name(ref_gaps.last_contiguous, lw.segment_size)[1]
         chain = [
             b
             for b, _ in usable
@@ -941,14 +945,20 @@ def plan_restore(
     if target > now:
         raise PreconditionError(f"target {iso(target)} is in the future (now {iso(now)})")
     leader = env.primary()
-    sealed_at = None
-    if seal and in_recovery(leader) is False:
-        sealed_at = seal_archive(env, leader)
-    lw = leader_wal(leader)
     backups = env.backups()
     if not backups:
         raise PreconditionError("there is no base backup to restore from; take one with `voke dr backup`")
+    lw = leader_wal(leader)
     window = recoverable_window(env, lw, backups)
+    sealed_at = None
+    # Sealed only when the archive does not already hold a commit after the target: with the
+    # archiver failing (the corruption runbook's case when the archive disk is the problem) a
+    # seal would wait in vain for WAL the restore does not need.
+    covered = window.latest_archived is not None and target < window.latest_archived
+    if seal and not covered and in_recovery(leader) is False:
+        sealed_at = seal_archive(env, leader)
+        lw = leader_wal(leader)
+        window = recoverable_window(env, lw, backups)
     # After sealing, the archive alone must reach the target; a dry run may count on the seal.
     bound = window.latest if (sealed_at is None and window.live) else window.latest_archived
     if window.earliest is None or bound is None:
