@@ -10,11 +10,13 @@ report is rendered with rich; colour follows NO_COLOR and whether the stream is 
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import enum
 import io
 import json
 import os
 import sys
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import date, datetime
@@ -41,7 +43,8 @@ class Cancelled(VokeError):
 
 
 def to_jsonable(obj: Any) -> Any:
-    """Plain JSON types from reports: dataclasses, pydantic models, datetimes, paths, enums."""
+    """Plain JSON types from reports: dataclasses, pydantic models, datetimes, paths, enums, and
+    the database values a key may hold (uuid, numeric, bytea)."""
     if obj is None or isinstance(obj, bool | int | float | str):
         return obj
     if isinstance(obj, datetime):
@@ -50,8 +53,10 @@ def to_jsonable(obj: Any) -> Any:
         return obj.isoformat()
     if isinstance(obj, enum.Enum):
         return to_jsonable(obj.value)
-    if isinstance(obj, Path):
+    if isinstance(obj, Path | uuid.UUID | decimal.Decimal):  # (a numeric key keeps its digits)
         return str(obj)
+    if isinstance(obj, bytes | bytearray | memoryview):  # a bytea key, as PostgreSQL writes it
+        return "\\x" + bytes(obj).hex()
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if hasattr(obj, "model_dump"):

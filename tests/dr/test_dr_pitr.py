@@ -249,6 +249,12 @@ def test_verify_compares_instances_and_names_exactly_the_differing_keys(voke, en
             "insert into lots select 'FAC-' || lpad((g % 20)::text, 2, '0'), g / 20, md5(g::text) "
             "from generate_series(0, 4999) g"
         )
+        # keys psycopg reads as UUID, Decimal and bytes
+        conn.execute("create table odd_keys (u uuid, n numeric, b bytea, v int, primary key (u, n, b))")
+        conn.execute(
+            "insert into odd_keys select md5(g::text)::uuid, g / 10.0, decode(md5(g::text), 'hex'), g "
+            "from generate_series(1, 3000) g"
+        )
     restored = voke("dr", "restore", "--to", "now", "--name", "verify-copy", "--yes", environ=environ)
     assert restored.exit_code == 0, restored.stderr
     args = ["dr", "verify", "--source", "primary", "--target", "verify-copy", "--database", "postgres"]
@@ -265,6 +271,7 @@ def test_verify_compares_instances_and_names_exactly_the_differing_keys(voke, en
         conn.execute("delete from inventory where id = 777")
         conn.execute("insert into inventory values (99999, 'SKU-X', 1)")
         conn.execute("update lots set note = 'tampered' where factory = 'FAC-02' and lot = 17")
+        conn.execute("update odd_keys set v = -1 where v = 42")
     different = voke(*args, *tables, "--json", environ=environ)
     assert different.exit_code == 1
     inventory, lots = different.json["result"]["tables"]
@@ -293,6 +300,16 @@ def test_verify_compares_instances_and_names_exactly_the_differing_keys(voke, en
     assert streamed.exit_code == 0, streamed.stdout
     unknown = voke("dr", "verify", "--source", "primary", "--target", "nope", environ=environ)
     assert unknown.exit_code == 2
+    odd = voke(*args, "--table", "odd_keys", "--json", environ=environ)
+    assert odd.exit_code == 1, odd.stdout
+    key = "a1d0c6e8-3f02-7327-d846-1063f4ac58a6"  # md5('42') as a uuid
+    assert odd.json["result"]["tables"][0]["changed"] == [
+        [key, "4.2000000000000000", "\\xa1d0c6e83f027327d8461063f4ac58a6"]
+    ]
+    one_node = voke("dr", "verify", "--source", "leader", "--target", "primary", environ=environ)
+    assert one_node.exit_code == 2 and "the same instance (primary)" in one_node.stderr
+    reserved = voke("dr", "restore", "--to", "now", "--name", "standby", "--yes", environ=environ)
+    assert reserved.exit_code == 2 and "names a node" in reserved.stderr
     assert voke("dr", "discard", "verify-copy", "--yes", environ=environ).exit_code == 0
 
 

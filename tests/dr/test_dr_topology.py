@@ -175,6 +175,9 @@ def test_env_up_leaves_the_fenced_primary_down(voke, environ, env):
         if line.count("│") > 3
     ]
     assert [r for r in rows if r != "node"] == ["replica", "primary"], rows  # named as `dr fence` takes them
+    # nothing to compare with the fenced standby: said at once, not after a 60 s wait to catch up
+    fenced = voke("dr", "verify", "--source", "standby", "--target", "leader", environ=environ)
+    assert fenced.exit_code == 5 and "is not running as a standby" in fenced.stderr
 
 
 def test_split_brain_is_detected_reported_and_fenced(voke, environ, env):

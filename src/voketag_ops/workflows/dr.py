@@ -524,10 +524,18 @@ def verify(
     if source == target:
         raise UsageError("--source and --target name the same instance")
     src, dst = resolve_instance(env, source), resolve_instance(env, target)
+    if src.data_dir == dst.data_dir:  # `leader` and `primary` are one node until a failover
+        raise UsageError(f"--source {source} and --target {target} are the same instance ({src.name})")
     t0 = time.monotonic()
     # A standby compared with its leader: let it replay what the leader has written first.
     leader, standby = env.primary(), env.standby()
     if {src.name, dst.name} == {leader.name, standby.name}:
+        if dr.in_recovery(standby) is not True:
+            raise PreconditionError(
+                f"{standby.name} is not running as a standby of {leader.name} (stopped or fenced): "
+                "it cannot catch up to be compared",
+                hint="`voke dr status` shows it; `voke dr failback --yes` rebuilds it",
+            )
         progress(f"waiting for {standby.name} to replay up to the leader's position")
         dr.wait_caught_up(leader, standby, timeout=60)
     src_conn, src_lsn = open_snapshot(src, database)

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from voketag_ops.adapters.local.environment import (
     HOME_NODE,
+    NODE_NAMES,
     PLATFORM_DB,
     SLOT_NAME,
     TIMELINE_SQL,
@@ -937,6 +938,8 @@ def plan_restore(
     """Pick the base backup and check TARGET lies in the recoverable window (before copying anything)."""
     if not RESTORE_NAME.match(name):
         raise UsageError(f"restore name {name!r} must match [a-z0-9][a-z0-9_-]* (at most 41 characters)")
+    if name in ("leader", "standby", *NODE_NAMES):  # `dr verify` would read it as the node
+        raise UsageError(f"restore name {name!r} names a node of the environment; pick another --name")
     if (restores_dir(env) / name).exists() or (restores_dir(env) / f"{name}.json").exists():
         raise PreconditionError(
             f"a restored instance named {name!r} exists; discard it with "
