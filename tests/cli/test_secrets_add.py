@@ -95,3 +95,33 @@ def test_on_secret_manager_a_rotated_secret_is_refused_by_its_id_too(make_enviro
         assert json.loads(added.stdout)["result"]["version"] == 1
         shown = voke_stdin(environ, "secrets", "access", "auth0-management")
         assert shown.stdout == VALUE
+
+
+def test_ctrl_c_among_the_writes_is_held_until_the_version_is_current(
+    voke, make_environ, tmp_path, monkeypatch
+):
+    import os
+    import signal
+
+    from voketag_ops.adapters.local.secrets import LocalSecretStore
+
+    real = LocalSecretStore.add_version
+
+    def interrupted(self, name, payload):
+        os.kill(os.getpid(), signal.SIGINT)  # after the secret was created, before its version
+        return real(self, name, payload)
+
+    monkeypatch.setattr(LocalSecretStore, "add_version", interrupted)
+    environ = make_environ(tmp_path / "home")
+    (tmp_path / "v").write_text(VALUE)
+    done = voke(
+        "secrets", "add", "maps-admin", "--from-file", str(tmp_path / "v"), "--yes", "--json", environ=environ
+    )
+    assert done.exit_code == 0, done.stdout + done.stderr  # not 130 with the secret half made
+    assert done.json["result"]["version"] == 1 and "stored all the same" in done.json["result"]["warnings"][0]
+    listed = voke("secrets", "list", "--json", environ=environ).json["result"]["secrets"]
+    assert [(s["name"], s["current_version"]) for s in listed] == [("maps-admin", 1)]
+    (event,) = voke("audit", "show", "--event-type", "secret.add", "--json", environ=environ).json["result"][
+        "entries"
+    ]
+    assert event["result"] == "success"

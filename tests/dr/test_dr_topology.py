@@ -632,6 +632,25 @@ def test_ctrl_c_mid_drill_cleans_up_and_records_interrupted(voke, environ, env, 
     assert voke("dr", "check", environ=environ).exit_code == 0
 
 
+def test_ctrl_c_inside_the_drills_failover_is_exit_130_and_names_the_resume(voke, environ, env, monkeypatch):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dr, "promote", interrupt)  # Ctrl-C once `dr failover` has fenced the leader
+    result = voke("drill", "run", "failover", "--yes", "--json", environ=environ)
+    monkeypatch.undo()
+    assert result.exit_code == 130, result.stdout  # was exit 1, a "failed" drill, after a 60 s wait
+    assert "voke dr failover --yes" in result.json["error"]["hint"]  # what to finish first
+    journal = json.loads(
+        sorted((env.home / "drills").glob("failover-*.json"), key=lambda p: p.stat().st_mtime)[-1].read_text()
+    )
+    assert journal["status"] == "interrupted" and "stopped part-way" in journal["error"]
+    # finished as the hint says, and the topology put back for the tests after this one
+    assert voke("dr", "failover", "--yes", environ=environ).exit_code == 0
+    assert voke("dr", "failback", "--yes", environ=environ).exit_code == 0
+    assert env.require_state().leader == "primary"
+
+
 def test_a_rewind_cut_short_before_makes_the_rebuild_clone(voke, environ, env):
     # pg_rewind interrupted (a second Ctrl-C) leaves a data directory that cannot start.
     assert voke("dr", "check", environ=environ).exit_code == 0

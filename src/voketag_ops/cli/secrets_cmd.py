@@ -137,11 +137,18 @@ def add(
     if dry_run:
         env.out.result(wf.add_version(store, name, None, dry_run=True), render=_render_add)
         return
-    with env.audited("secret.add", target=name) as event:
+    from voketag_ops import interrupts
+
+    # Three writes (secret, version, alias): a first Ctrl-C or SIGTERM among them is held until
+    # they are done, so the answer and the audit event say what the store holds; a second one
+    # is raised (a backend that hangs).
+    with env.audited("secret.add", target=name) as event, interrupts.Held(give_way_after=1) as held:
         report = wf.add_version(store, name, value)
         event.details.update(
             version=report["version"], previous=report["previous"], created=report["created"]
         )
+    if held.fired:
+        report["warnings"] = ["interrupted while the version was being stored: it was stored all the same"]
     env.out.result(report, render=_render_add)
 
 
@@ -162,6 +169,8 @@ def _render_add(console: Console, report: dict[str, Any]) -> None:
     if report.get("dry_run"):
         console.print("dry run: would " + "; ".join(report["plan"]), markup=False)
         return
+    for warning in report.get("warnings") or []:
+        console.print(f"warning: {warning}", markup=False)
     made = " (created)" if report["created"] else ""
     was = f"; version {report['previous']} is previous" if report["previous"] is not None else ""
     console.print(f"{report['name']}{made}: version {report['version']} is current{was}", markup=False)

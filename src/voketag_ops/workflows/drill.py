@@ -991,10 +991,12 @@ def drive(
             run.error = "steady state before the drill: " + "; ".join(failed)
         else:
             scenario()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted) as exc:  # (a DR step turns it into Interrupted, exit 130)
         interrupted = True
         run.status = "interrupted"
         run.error = "interrupted (Ctrl-C or SIGTERM); clean-up ran"
+        if isinstance(exc, Interrupted):
+            run.error += f": {exc.message}" + (f" ({exc.hint})" if exc.hint else "")
     except VokeError as exc:
         run.error = f"{exc.type_name}: {exc.message}"
     except Exception as exc:  # a bug mid-drill: still clean up and keep the journal
@@ -1082,10 +1084,14 @@ def run_drill(
         )
         event.result = "success" if journal["status"] == "completed" else journal["status"]
     if interrupted:  # exit 130, naming the journal saved as `interrupted`
+        from voketag_ops.adapters.local import dr
+
+        notice = dr.operation_notice(env)  # a failover or failback the drill ran, cut short
+        finish = f"; {notice}" if notice else ""
         raise Interrupted(
             f"{'terminated (SIGTERM)' if interrupts.Terminated.received else 'interrupted'}: "
             f"drill {scenario} {journal['run_id']} stopped after its clean-up",
-            hint=f"its journal: voke drill report {journal['run_id']}",
+            hint=f"its journal: voke drill report {journal['run_id']}{finish}",
         )
     return journal
 
