@@ -10,16 +10,14 @@ report is rendered with rich; colour follows NO_COLOR and whether the stream is 
 from __future__ import annotations
 
 import dataclasses
-import decimal
 import enum
 import io
 import json
 import os
 import sys
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import date, datetime
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -53,7 +51,11 @@ def to_jsonable(obj: Any) -> Any:
         return obj.isoformat()
     if isinstance(obj, enum.Enum):
         return to_jsonable(obj.value)
-    if isinstance(obj, Path | uuid.UUID | decimal.Decimal):  # (a numeric key keeps its digits)
+    if isinstance(obj, time):
+        return obj.isoformat()
+    # Keys a table diff may list: a numeric keeps its digits; uuid, numeric, inet and cidr values
+    # are known by their module, which is not imported at every start for this.
+    if isinstance(obj, Path | timedelta) or type(obj).__module__ in ("uuid", "decimal", "ipaddress"):
         return str(obj)
     if isinstance(obj, bytes | bytearray | memoryview):  # a bytea key, as PostgreSQL writes it
         return "\\x" + bytes(obj).hex()

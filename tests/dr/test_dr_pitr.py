@@ -255,6 +255,12 @@ def test_verify_compares_instances_and_names_exactly_the_differing_keys(voke, en
             "insert into odd_keys select md5(g::text)::uuid, g / 10.0, decode(md5(g::text), 'hex'), g "
             "from generate_series(1, 3000) g"
         )
+        # a column named like the row alias a hash query could use, and inet/time/interval keys
+        conn.execute("create table t_keys (t time, ip inet, span interval, v int, primary key (t, ip, span))")
+        conn.execute(
+            "insert into t_keys select make_time(g / 3600, g / 60 % 60, g % 60), ('10.0.' || g / 250 || '.'"
+            " || g % 250)::inet, make_interval(days => g), g from generate_series(1, 2000) g"
+        )
     restored = voke("dr", "restore", "--to", "now", "--name", "verify-copy", "--yes", environ=environ)
     assert restored.exit_code == 0, restored.stderr
     args = ["dr", "verify", "--source", "primary", "--target", "verify-copy", "--database", "postgres"]
@@ -272,6 +278,7 @@ def test_verify_compares_instances_and_names_exactly_the_differing_keys(voke, en
         conn.execute("insert into inventory values (99999, 'SKU-X', 1)")
         conn.execute("update lots set note = 'tampered' where factory = 'FAC-02' and lot = 17")
         conn.execute("update odd_keys set v = -1 where v = 42")
+        conn.execute("update t_keys set v = -1 where v = 42")
     different = voke(*args, *tables, "--json", environ=environ)
     assert different.exit_code == 1
     inventory, lots = different.json["result"]["tables"]
@@ -306,6 +313,9 @@ def test_verify_compares_instances_and_names_exactly_the_differing_keys(voke, en
     assert odd.json["result"]["tables"][0]["changed"] == [
         [key, "4.2000000000000000", "\\xa1d0c6e83f027327d8461063f4ac58a6"]
     ]
+    shadowed = voke(*args, "--table", "t_keys", "--json", environ=environ)
+    assert shadowed.exit_code == 1, shadowed.stdout  # every column hashed, not the one named t
+    assert shadowed.json["result"]["tables"][0]["changed"] == [["00:00:42", "10.0.0.42", "42 days, 0:00:00"]]
     one_node = voke("dr", "verify", "--source", "leader", "--target", "primary", environ=environ)
     assert one_node.exit_code == 2 and "the same instance (primary)" in one_node.stderr
     reserved = voke("dr", "restore", "--to", "now", "--name", "standby", "--yes", environ=environ)

@@ -1750,9 +1750,9 @@ def table_checksum(
     from psycopg import sql
 
     query = sql.SQL(
-        "select count(*), coalesce(md5(string_agg(md5(t::text), '' order by {key})), md5('')), "
+        "select count(*), coalesce(md5(string_agg(md5(_voke_row::text), '' order by {key})), md5('')), "
         + WAL_POSITION_SQL
-        + " from {table} t {where}"
+        + " from {table} _voke_row {where}"
     ).format(key=sql.SQL(key), table=sql.SQL(table), where=where if where is not None else sql.SQL(""))
     with node.connect(dbname, timeout=10) as conn:
         count, digest, lsn = conn.execute(query).fetchone()  # type: ignore[misc]

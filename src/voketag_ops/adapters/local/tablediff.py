@@ -23,7 +23,10 @@ if TYPE_CHECKING:
     from voketag_ops.adapters.local.postgres import PgNode
 
 Key = tuple[Any, ...]
-_ROW_HASH = "('x' || left(md5(t::text), 16))::bit(64)::bigint"
+# The row is named by an alias no column will have: a column named like the alias (`t`) would
+# hide the whole row, and only that column would be hashed.
+_ROW = "_voke_row"  # (the queries below name it too)
+_ROW_HASH = f"('x' || left(md5({_ROW}::text), 16))::bit(64)::bigint"
 _SESSION = (
     "set timezone = 'UTC'",
     "set datestyle = 'ISO, MDY'",
@@ -130,7 +133,7 @@ class PgSide:
         step = max(2, math.ceil(rows / max(1, parts)))
         where, params = self._range(lo, hi)
         query = self._sql.SQL(
-            "select {k} from (select {k}, row_number() over (order by {k}) rn from {t} t {w}) s "
+            "select {k} from (select {k}, row_number() over (order by {k}) rn from {t} _voke_row {w}) s "
             "where mod(rn, {step}) = 1 and rn > 1 order by {k}"
         ).format(k=self._k, t=self._t, w=where, step=self._sql.Literal(step))
         return [tuple(r) for r in self._run(query, params)]
@@ -148,7 +151,7 @@ class PgSide:
         for i in range(len(edges) - 1):
             where, p = self._range(edges[i], edges[i + 1])
             parts.append(
-                sql.SQL("select {i}, count(*), coalesce(bit_xor({h}), 0) from {t} t {w}").format(
+                sql.SQL("select {i}, count(*), coalesce(bit_xor({h}), 0) from {t} _voke_row {w}").format(
                     i=sql.Literal(i), h=self._hash, t=self._t, w=where
                 )
             )
@@ -160,7 +163,7 @@ class PgSide:
 
     def rows(self, lo: Key | None, hi: Key | None) -> dict[Key, int]:
         where, params = self._range(lo, hi)
-        query = self._sql.SQL("select {k}, {h} from {t} t {w}").format(
+        query = self._sql.SQL("select {k}, {h} from {t} _voke_row {w}").format(
             k=self._k, h=self._hash, t=self._t, w=where
         )
         return {tuple(r[: self._n]): int(r[self._n]) for r in self._run(query, params)}
