@@ -219,6 +219,11 @@ def test_a_report_with_several_sources_made_elsewhere_is_placed_by_mapping_not_g
     unmapped = voke("coverage", "report", "multi.xml", "--json", environ=env, cwd=project)
     assert unmapped.exit_code == 1 and "none of its 2 <source> entries" in unmapped.json["error"]["message"]
     no_traceback(unmapped)
+    # a file that exists under both sources (app/main.py in every service): which one was measured?
+    (project / "services/factory/admin_service").mkdir()
+    (project / "services/factory/admin_service/a.py").write_text("a = 1\n")
+    both = voke("coverage", "report", "multi.xml", "--map", "/ci/proj/=", "--json", environ=env, cwd=project)
+    assert both.exit_code == 1 and "exists under 2 of its <source> entries" in both.json["error"]["message"]
 
 
 def test_path_mapping_from_flag_and_config(voke, env, project):

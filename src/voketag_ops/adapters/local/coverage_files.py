@@ -356,9 +356,15 @@ def _join_source(filename: str, sources: Sequence[str], norm: PathNormalizer, la
     joined = [norm(normalize_path(normalize_path(src).rstrip("/") + "/" + name)) for src in sources]
     if len(joined) == 1:
         return joined[0]
-    for path in joined:
-        if os.path.exists(path if is_absolute(path) else os.path.join(norm.root, path)):
-            return path
+    here = [p for p in joined if os.path.exists(p if is_absolute(p) else os.path.join(norm.root, p))]
+    if len(here) > 1:  # coverage.py keyed the file by its path under one source: which, it does not say
+        raise InputError(
+            f"{label}: {name} exists under {len(here)} of its <source> entries here ({', '.join(here)}): "
+            "the report cannot say which one it measured; make the report with relative_files = true "
+            "(paths from the project root), or one report per service"
+        )
+    if here:
+        return here[0]
     raise InputError(
         f"{label}: {name} is under none of its {len(sources)} <source> entries here "
         f"({', '.join(sources)}): the report was made elsewhere; map those sources to this checkout "
