@@ -13,9 +13,10 @@ variable "environment" {
   description = "voke environment name ([environments.NAME])"
   validation {
     # voke's own rule (a lowercase letter, then lowercase letters, digits, - or _), at most 25
-    # characters: the service account id "voke-NAME" may have 30
-    condition     = can(regex("^[a-z][a-z0-9_-]{0,24}$", var.environment))
-    error_message = "environment: a lowercase letter, then lowercase letters, digits, - or _; at most 25 characters."
+    # characters (the service account id "voke-NAME" may have 30), and not ending in - or _,
+    # which a service account or Cloud Run job id may not
+    condition     = can(regex("^[a-z]([a-z0-9_-]{0,23}[a-z0-9])?$", var.environment))
+    error_message = "environment: a lowercase letter, then lowercase letters, digits, - or _, ending in a letter or digit; at most 25 characters."
   }
 }
 
