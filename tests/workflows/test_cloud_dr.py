@@ -86,21 +86,34 @@ def test_status_shows_a_lag_in_bytes_only_when_monitoring_has_one(cloud):
     assert snap["unfinished_operation"] is None and snap["operations_note"] is None  # listed: none
 
 
-def test_an_operation_cloud_sql_has_not_finished_fails_the_check_whoever_started_it(cloud):
+def test_an_operation_cloud_sql_has_not_finished_fails_the_check_whoever_started_it(cloud, monkeypatch):
     from voketag_ops.workflows import cloud_dr
 
     fake, settings, recovery = cloud
+    backup = fake.sql._operation("BACKUP_VOLUME", "voke-db", lambda: None)  # routine: listed only
+    listed = cloud_dr.status(settings, recovery)
+    assert listed["unfinished_operation"] is None  # a backup moves nothing
+    assert [(o["name"], o["status"]) for o in listed["cloud_sql_operations"]] == [(backup["name"], "PENDING")]
+    fake.sql.finish_pending()
     op = fake.sql._operation("FAILOVER", "voke-db", lambda: None)  # a gcloud failover, say: PENDING
     snap = cloud_dr.status(settings, recovery)
     running = snap["unfinished_operation"]
     assert running["operation"] == "FAILOVER" and op["name"] in running["running"]
-    assert [o["status"] for o in running["operations"]] == ["PENDING"]
     report = cloud_dr.check(settings, recovery, cloud_dr.thresholds(settings))
     message = {c["name"]: c["message"] for c in report["checks"]}["unfinished_operation"]
     assert "unfinished_operation" in report["failed"] and "Cloud SQL FAILOVER on voke-db" in message
     fake.sql.finish_pending()
     after = cloud_dr.check(settings, recovery, cloud_dr.thresholds(settings))
     assert "unfinished_operation" not in after["failed"]
+
+    # operations that cannot be listed are no "none": the check fails, naming why
+    def denied_list(name: str) -> Any:
+        raise BackendError("permission denied")
+
+    monkeypatch.setattr(recovery, "pending_operations", denied_list)
+    denied = cloud_dr.check(settings, recovery, cloud_dr.thresholds(settings))
+    message = {c["name"]: c["message"] for c in denied["checks"]}["unfinished_operation"]
+    assert "unfinished_operation" in denied["failed"] and "permission denied" in message
 
 
 def test_check_fails_on_an_old_backup_and_on_lag(cloud):

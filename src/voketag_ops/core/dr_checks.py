@@ -122,29 +122,30 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
     archive = status.get("archive") or {}
 
     op = status.get("unfinished_operation")
-    checks.append(
-        Check(
-            "unfinished_operation",
-            True,
-            "no unfinished DR operation"
-            + (f" ({status['operations_note']})" if status.get("operations_note") else ""),
+    if not op:
+        note = f" ({status['operations_note']})" if status.get("operations_note") else ""
+        checks.append(Check("unfinished_operation", True, "no unfinished DR operation" + note))
+    elif op.get("unknown"):  # the operations could not be read: not "none"
+        checks.append(Check("unfinished_operation", False, f"unknown: {op['unknown']}"))
+    elif op.get("running"):
+        checks.append(
+            Check(
+                "unfinished_operation",
+                False,
+                f"a DR operation is running ({op['running']}): the topology is changing; check again once it ends",
+                value=op.get("operation"),
+            )
         )
-        if not op
-        else Check(
-            "unfinished_operation",
-            False,
-            f"a DR operation is running ({op['running']}): the topology is changing; check again once it ends",
-            value=op.get("operation"),
+    else:
+        checks.append(
+            Check(
+                "unfinished_operation",
+                False,
+                f"an interrupted `{op.get('command') or 'voke dr ' + str(op.get('operation'))}` must be finished: "
+                f"{op.get('resume')}" + (f" ({op['note']})" if op.get("note") else ""),
+                value=op.get("operation"),
+            )
         )
-        if op.get("running")
-        else Check(
-            "unfinished_operation",
-            False,
-            f"an interrupted `{op.get('command') or 'voke dr ' + str(op.get('operation'))}` must be finished: "
-            f"{op.get('resume')}" + (f" ({op['note']})" if op.get("note") else ""),
-            value=op.get("operation"),
-        )
-    )
 
     writable = list(status.get("writable_nodes") or [])
     if status.get("split_brain"):

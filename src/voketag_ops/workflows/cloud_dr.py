@@ -56,6 +56,17 @@ def recovery_for(settings: Settings) -> DatabaseRecovery:
     return CloudPlatform(settings).recovery()
 
 
+# Cloud SQL operations that move or stop an instance of the topology: while one runs, `dr check`
+# fails unfinished_operation. Others (a routine backup, a user or label update) are listed only.
+TOPOLOGY_OPERATIONS = frozenset(
+    {
+        "FAILOVER", "SWITCHOVER", "PROMOTE_REPLICA", "DEMOTE_MASTER", "DEMOTE", "CREATE_REPLICA",
+        "RECREATE_REPLICA", "STOP_REPLICA", "START_REPLICA", "RESTORE_VOLUME", "RESTART",
+        "AUTO_RESTART", "MAINTENANCE", "DELETE",
+    }
+)  # fmt: skip
+
+
 def status(settings: Settings, recovery: DatabaseRecovery, *, now: datetime | None = None) -> dict[str, Any]:
     """Roles, replication lag (Monitoring), newest SUCCESSFUL backup, PITR window, archiving,
     all about the primary voke recorded. When the record and Cloud SQL disagree, which is
@@ -129,26 +140,27 @@ def status(settings: Settings, recovery: DatabaseRecovery, *, now: datetime | No
             )
         if replica.role == "primary" and replica.state == "RUNNABLE":
             writable.append(replica.name)
-    unfinished = None
+    unfinished: dict[str, Any] | None = None
+    pending: list[Any] = []
     lister = getattr(recovery, "pending_operations", None)  # Cloud SQL's own, whoever started them
     if lister is not None:
         try:
             pending = [op for name in (topo.primary, topo.standby) if name for op in lister(name)]
         except VokeError as exc:
             errors["operations"] = f"could not list the Cloud SQL operations: {exc.message}"
-        else:
-            if pending:
-                op = pending[0]
-                unfinished = {
-                    "running": f"Cloud SQL {op.kind} on {op.target}, {op.status.lower()} since {op.started_at} "
-                    f"(operation {op.name})",
-                    "operation": op.kind,
-                    "operations": [
-                        {"name": o.name, "kind": o.kind, "target": o.target, "status": o.status,
-                         "started_at": o.started_at}
-                        for o in pending
-                    ],
-                }  # fmt: skip
+            unfinished = {"unknown": errors["operations"]}  # not "none": the check fails
+        moving = [op for op in pending if op.kind in TOPOLOGY_OPERATIONS]
+        if moving:
+            op = moving[0]
+            unfinished = {
+                "running": f"Cloud SQL {op.kind} on {op.target}, {op.status.lower()} since {op.started_at} "
+                f"(operation {op.name})",
+                "operation": op.kind,
+            }
+    operations = [
+        {"name": o.name, "kind": o.kind, "target": o.target, "status": o.status, "started_at": o.started_at}
+        for o in pending
+    ]
     # what Cloud SQL refuses here (the window of a replica, a denied backupRuns) is shown as
     # unknown with a note, and fails its check, rather than failing the whole report
     newest, backups = None, []
@@ -208,6 +220,7 @@ def status(settings: Settings, recovery: DatabaseRecovery, *, now: datetime | No
             "backup": f"`gcloud sql backups create --instance={topo.primary}`",
         },
         "unfinished_operation": unfinished,
+        "cloud_sql_operations": operations,  # all of them, a routine backup's too
         "operations_note": (
             "Cloud SQL's operations could not be listed: "
             f"`gcloud sql operations list --instance={topo.primary} --filter='NOT status:DONE'`"
