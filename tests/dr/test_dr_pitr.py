@@ -557,8 +557,11 @@ def test_with_the_archiver_failing_older_backups_still_restore_what_is_archived(
         assert alive.json["result"]["sealed_at"] is None
         assert voke("dr", "discard", "archiver-down", "--yes", environ=environ).exit_code == 0
         primary.stop(mode="immediate")  # and then the leader is lost
-        window = voke("dr", "status", "--json", environ=environ).json["result"]["recoverable_window"]
+        status = voke("dr", "status", "--json", environ=environ).json["result"]
+        window = status["recoverable_window"]
         assert window["latest"] is not None and window["latest"] > utc(target), window
+        # the gaps shown are those of the backup that bounds the window, named as such
+        assert status["archive_gaps"]["from_backup"] == env.backups()[-2].label != window["newest_backup"]
         lost = voke("dr", "restore", "--to", utc(target), "--name", "leader-lost", "--yes", "--json",
                     environ=environ)  # fmt: skip
         assert lost.exit_code == 0, lost.stderr

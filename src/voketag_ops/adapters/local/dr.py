@@ -600,6 +600,7 @@ class Window:
     gaps: wal.ArchiveGaps | None
     timeline: int | None
     live: bool = False
+    gaps_backup: str | None = None  # the backup GAPS were measured from (else newest_backup)
 
     @property
     def seconds(self) -> float | None:
@@ -641,7 +642,7 @@ def recoverable_window(
     newest, newest_gaps = usable[-1]
     # The newest backup whose own WAL reached the archive: one taken while archiving failed has
     # none there, and an older one still restores up to the newest archived commit.
-    ref_gaps = next((g for _, g in reversed(usable) if g.last_contiguous is not None), newest_gaps)
+    ref, ref_gaps = next(((b, g) for b, g in reversed(usable) if g.last_contiguous is not None), usable[-1])
     latest_archived = None
     if ref_gaps.last_contiguous is not None:
         latest_archived = last_commit_time(env, ref_gaps.contiguous_tail)
@@ -652,6 +653,7 @@ def recoverable_window(
             older = [n for n in usable[0][1].reachable if n not in tail][-_COMMIT_SEARCH_SEGMENTS:]
             latest_archived = last_commit_time(env, older)
     latest: datetime | None
+    gaps, gaps_backup = newest_gaps, newest  # what bounds the window (and a restore's replay)
     if lw.reachable and newest_gaps.ok:
         live = True
         latest = now or utcnow()
@@ -661,7 +663,7 @@ def recoverable_window(
         latest = latest_archived
         if ref_gaps.last_contiguous is None:
             return Window(None, None, None, None, newest.label, newest_gaps, tli)
-        newest_gaps = ref_gaps  # the gaps that bound the window (and a restore's replay)
+        gaps, gaps_backup = ref_gaps, ref
         last_segno = wal.parse_segment_name(ref_gaps.last_contiguous, lw.segment_size)[1]
         chain = [
             b
@@ -675,9 +677,10 @@ def recoverable_window(
         latest_archived=latest_archived,
         earliest_backup=earliest_backup.label,
         newest_backup=newest.label,
-        gaps=newest_gaps,
+        gaps=gaps,
         timeline=tli,
         live=live,
+        gaps_backup=gaps_backup.label,
     )
 
 
@@ -767,7 +770,7 @@ def snapshot(env: LocalEnvironment, *, lag_wait: float, replica_expected: bool =
     report["recoverable_window"] = window.as_dict()
     report["archive_gaps"] = (
         {
-            "from_backup": window.newest_backup,
+            "from_backup": window.gaps_backup or window.newest_backup,
             "missing": window.gaps.missing,
             "pending": window.gaps.pending,
             "last_contiguous": window.gaps.last_contiguous,
