@@ -121,31 +121,22 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
     standby = status.get("standby") or {}
     archive = status.get("archive") or {}
 
-    op = status.get("unfinished_operation")
+    op = status.get("unfinished_operation") or {}
     if not op:
         note = f" ({status['operations_note']})" if status.get("operations_note") else ""
-        checks.append(Check("unfinished_operation", True, "no unfinished DR operation" + note))
+        message = "no unfinished DR operation" + note
     elif op.get("unknown"):  # the operations could not be read: not "none"
-        checks.append(Check("unfinished_operation", False, f"unknown: {op['unknown']}"))
+        message = f"unknown: {op['unknown']}"
     elif op.get("running"):
-        checks.append(
-            Check(
-                "unfinished_operation",
-                False,
-                f"a DR operation is running ({op['running']}): the topology is changing; check again once it ends",
-                value=op.get("operation"),
-            )
+        message = (
+            f"a DR operation is running ({op['running']}): the topology is changing; check again once it ends"
         )
     else:
-        checks.append(
-            Check(
-                "unfinished_operation",
-                False,
-                f"an interrupted `{op.get('command') or 'voke dr ' + str(op.get('operation'))}` must be finished: "
-                f"{op.get('resume')}" + (f" ({op['note']})" if op.get("note") else ""),
-                value=op.get("operation"),
-            )
+        message = (
+            f"an interrupted `{op.get('command') or 'voke dr ' + str(op.get('operation'))}` must be finished: "
+            f"{op.get('resume')}" + (f" ({op['note']})" if op.get("note") else "")
         )
+    checks.append(Check("unfinished_operation", not op, message, value=op.get("operation")))
 
     writable = list(status.get("writable_nodes") or [])
     if status.get("split_brain"):
