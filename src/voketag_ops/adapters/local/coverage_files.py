@@ -353,7 +353,10 @@ def _join_source(filename: str, sources: Sequence[str], norm: PathNormalizer, la
     name = normalize_path(filename)
     if is_absolute(name) or not sources:
         return norm(name)
-    joined = [norm(normalize_path(normalize_path(src).rstrip("/") + "/" + name)) for src in sources]
+    # (two spellings of one source, `.` and `./`, are one place)
+    joined = list(
+        dict.fromkeys(norm(normalize_path(normalize_path(src).rstrip("/") + "/" + name)) for src in sources)
+    )
     if len(joined) == 1:
         return joined[0]
     here = [p for p in joined if os.path.exists(p if is_absolute(p) else os.path.join(norm.root, p))]
