@@ -633,13 +633,18 @@ def test_ctrl_c_mid_drill_cleans_up_and_records_interrupted(voke, environ, env, 
 
 
 def test_ctrl_c_inside_the_drills_failover_is_exit_130_and_names_the_resume(voke, environ, env, monkeypatch):
+    # the drill needs its steady state: primary leading, replica streaming (whatever ran before)
+    if env.require_state().leader != "primary" or dr.in_recovery(env.node("replica")) is not True:
+        assert voke("dr", "failback", "--yes", environ=environ).exit_code == 0
+    assert voke("dr", "check", environ=environ).exit_code == 0
+
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(dr, "promote", interrupt)  # Ctrl-C once `dr failover` has fenced the leader
     result = voke("drill", "run", "failover", "--yes", "--json", environ=environ)
     monkeypatch.undo()
-    assert result.exit_code == 130, result.stdout  # was exit 1, a "failed" drill, after a 60 s wait
+    assert result.exit_code == 130, result.stdout  # (it was a "failed" drill, exit 1, after a 60 s wait)
     assert "voke dr failover --yes" in result.json["error"]["hint"]  # what to finish first
     journal = json.loads(
         sorted((env.home / "drills").glob("failover-*.json"), key=lambda p: p.stat().st_mtime)[-1].read_text()
