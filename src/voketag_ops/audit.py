@@ -203,9 +203,14 @@ class AuditLog:
                 ) from None
         # Also a log record (--log-level info): where VOKE_HOME does not outlive the run, the
         # scheduled Cloud Run job's, the platform's log keeps the event (as JSON off a terminal).
-        log.info(
-            "audit: %s %s %s", entry.event_type, entry.target, entry.result, extra={"audit": entry.to_json()}
-        )
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "audit: %s %s %s",
+                entry.event_type,
+                entry.target,
+                entry.result,
+                extra={"audit": entry.to_json()},
+            )
         if checkpoint is not None:
             self.anchor_checkpoints(now=now)
         return entry

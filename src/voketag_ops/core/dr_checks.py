@@ -123,8 +123,7 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
 
     op = status.get("unfinished_operation") or {}
     if not op:
-        note = f" ({status['operations_note']})" if status.get("operations_note") else ""
-        message = "no unfinished DR operation" + note
+        message = "no unfinished DR operation"
     elif op.get("unknown"):  # the operations could not be read: not "none"
         message = f"unknown: {op['unknown']}"
     elif op.get("running"):

@@ -13,6 +13,11 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+# Where a node's data stands: the WAL it has written (a leader) or replayed (a standby). A
+# comparison of two nodes' rows says at which LSN each was read.
+WAL_POSITION_SQL = (
+    "(case when pg_is_in_recovery() then pg_last_wal_replay_lsn() else pg_current_wal_lsn() end)::text"
+)
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
 SEGMENT_NAME = re.compile(r"^[0-9A-F]{24}$")
 HISTORY_NAME = re.compile(r"^([0-9A-F]{8})\.history$")

@@ -148,7 +148,9 @@ def status(settings: Settings, recovery: DatabaseRecovery, *, now: datetime | No
             pending = [op for name in (topo.primary, topo.standby) if name for op in lister(name)]
         except VokeError as exc:
             errors["operations"] = f"could not list the Cloud SQL operations: {exc.message}"
-            unfinished = {"unknown": errors["operations"]}  # not "none": the check fails
+            unfinished = {
+                "unknown": errors["operations"]
+            }  # not "none": the check fails (the note says how to look)
         moving = [op for op in pending if op.kind in TOPOLOGY_OPERATIONS]
         if moving:
             op = moving[0]

@@ -603,8 +603,8 @@ def _seed_batch(run: DrillRun) -> dict[str, Any]:
 
 def batch_root(node: Any, dbname: str, batch_id: int) -> dict[str, Any]:
     """Recompute a sealed batch's Merkle root from its rows on NODE; compare with the stored root."""
-    from voketag_ops.adapters.local.dr import WAL_POSITION_SQL
     from voketag_ops.core import ingest as ingest_core
+    from voketag_ops.core.wal import WAL_POSITION_SQL
 
     cols = ingest_core.CANONICAL_COLUMNS
     with node.connect(dbname, timeout=10) as conn:

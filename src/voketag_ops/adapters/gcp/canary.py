@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
+from voketag_ops.core.wal import WAL_POSITION_SQL
 from voketag_ops.errors import ConnectivityError, DatabaseError, StepTimeoutError
 
 TABLE = "voke_drill_canary"
@@ -171,10 +172,7 @@ class CanaryDb:
         drill journal's integrity record; None when it cannot be read."""
         try:
             with self.connect(host) as conn:
-                row = conn.execute(
-                    "select (case when pg_is_in_recovery() then pg_last_wal_replay_lsn()"
-                    " else pg_current_wal_lsn() end)::text"
-                ).fetchone()
+                row = conn.execute("select " + WAL_POSITION_SQL).fetchone()
         except Exception:  # best effort: the drill's answer does not depend on it
             return None
         return row[0] if row else None

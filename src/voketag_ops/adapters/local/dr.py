@@ -1754,7 +1754,7 @@ def table_checksum(
 
     query = sql.SQL(
         "select count(*), coalesce(md5(string_agg(md5(_voke_row::text), '' order by {key})), md5('')), "
-        + WAL_POSITION_SQL
+        + wal.WAL_POSITION_SQL
         + " from {table} _voke_row {where}"
     ).format(key=sql.SQL(key), table=sql.SQL(table), where=where if where is not None else sql.SQL(""))
     with node.connect(dbname, timeout=10) as conn:
@@ -1762,17 +1762,10 @@ def table_checksum(
     return {"rows": int(count), "checksum": digest, "lsn": lsn}
 
 
-# Where a node's data stands: the WAL it has written (a leader) or replayed (a standby). A
-# comparison of two nodes' rows says at which LSN each was read.
-WAL_POSITION_SQL = (
-    "(case when pg_is_in_recovery() then pg_last_wal_replay_lsn() else pg_current_wal_lsn() end)::text"
-)
-
-
 def wal_position(node: PgNode, dbname: str = DR_DB) -> str | None:
-    """NODE's WAL_POSITION_SQL."""
+    """NODE's wal.WAL_POSITION_SQL."""
     with node.connect(dbname, timeout=10) as conn:
-        row = conn.execute("select " + WAL_POSITION_SQL).fetchone()
+        row = conn.execute("select " + wal.WAL_POSITION_SQL).fetchone()
     return row[0] if row else None
 
 
