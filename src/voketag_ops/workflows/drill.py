@@ -790,8 +790,11 @@ def _failover(run: DrillRun) -> None:
         report = dr_flow.failover(settings, env, dry_run=False, progress=run.progress)
         info.update(new_leader=report["new_leader"], steps=[s["name"] for s in report["steps"]])
     run.details["failover"] = report
-    run.mark("recovered_at", _at(report["promoted_at"]))
-    first = run.wait_first_write(run.timeline["fault_injected_at"])  # type: ignore[arg-type]
+    promoted = run.mark("recovered_at", _at(report["promoted_at"]))
+    # A write sent just after the fault mark can still commit on the old leader before the
+    # immediate stop lands (CI saw first_write -0.31 s): the write that counts is the new
+    # leader's, and the canary reaches it only after the promotion (voke records the leader then).
+    first = run.wait_first_write(promoted)
     run.mark("first_write_ok_at", first.done_at)
     time.sleep(0.5)
     run.stop_canary()
@@ -909,8 +912,10 @@ def _network(run: DrillRun) -> None:
         dr.thaw(pids)
     with run.step("reconnect: the leader answers a write again"):
         dr.wait_until(lambda: dr.probe_write(leader, timeout=2), "the leader to take writes", timeout=60)
-        run.mark("recovered_at")
+        answered = dr.utcnow()
     first = run.wait_first_write(run.timeline["recovery_started_at"])  # type: ignore[arg-type]
+    # the canary's own write may be answered before voke's probe: the leader took writes then
+    run.mark("recovered_at", min(answered, first.done_at))
     run.mark("first_write_ok_at", first.done_at)
     time.sleep(0.5)
     writes = run.stop_canary()
