@@ -188,6 +188,14 @@ def test_each_breach_is_named():
     assert "shorter than 168.0 h" in failed(healthy(), week)["pitr_window"]
     op = {"operation": "failover", "resume": "voke dr failover --yes"}
     assert "voke dr failover --yes" in failed(healthy(unfinished_operation=op))["unfinished_operation"]
+    # promoted, then interrupted before the leader on record changed; the old leader started again:
+    # the node to stop is the one the failover moves away from, not the one it promotes
+    mid = dict(op, old_leader="primary", new_leader="replica")
+    both = failed(healthy(split_brain=True, writable_nodes=["primary", "replica"], unfinished_operation=mid))
+    assert (
+        "interrupted failover from primary; fence primary with `voke dr fence primary --yes`"
+        in both["split_brain"]
+    )
 
 
 def test_a_cloud_snapshot_names_its_own_remedies_and_prints_no_none():

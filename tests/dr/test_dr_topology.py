@@ -301,17 +301,34 @@ def test_an_interrupted_failover_is_recorded_and_resumed(voke, environ, env, mon
     for other in (
         ["dr", "backup"],
         ["dr", "restore", "--to", "-1s", "--name", "mid"],
-        ["dr", "fence", "primary"],
+        ["dr", "fence", "replica"],
         ["drill", "run", "pitr"],
     ):
         refused = voke(*other, "--yes", environ=environ)  # the topology is half changed under them
         assert refused.exit_code == 5 and "voke dr failover --yes" in refused.stderr, (other, refused.stderr)
     assert sorted(p.name for p in env.backups_dir.iterdir()) == backups
     assert voke("dr", "restores", "--json", environ=environ).json["result"]["restores"] == []
+    # Someone starts the fenced old leader meanwhile: it is the one to stop, and fencing it is
+    # never refused (the runbook's first step); the resume fences it again rather than finish
+    # with two primaries.
+    old = env.node("primary")
+    old.start()
+    fenced = voke("dr", "fence", "primary", "--yes", "--json", environ=environ)
+    assert fenced.exit_code == 0, fenced.stderr
+    assert fenced.json["result"]["next"].startswith(
+        "`voke dr failover --yes` finishes the interrupted failover"
+    )
+    assert not old.running
+    old.start()
     resumed = voke("dr", "failover", "--yes", "--json", environ=environ)
     assert resumed.exit_code == 0, resumed.stderr
     assert resumed.json["result"]["resumed"] is True
+    assert [s["name"] for s in resumed.json["result"]["steps"]][
+        0
+    ] == "fence primary again (it was started after the fence)"
+    assert not old.running
     assert env.require_state().leader == "replica" and not (env.home / "dr" / "operation.json").exists()
+    assert voke("dr", "status", "--json", environ=environ).json["result"]["split_brain"] is False
 
 
 def test_failback_by_fresh_clone_interrupted_mid_switchover_resumes(voke, environ, env, monkeypatch):

@@ -140,15 +140,18 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
     writable = list(status.get("writable_nodes") or [])
     if status.get("split_brain"):
         others = [n for n in writable if n != leader.get("name")]
-        checks.append(
-            Check(
-                "split_brain",
-                False,
-                f"split brain: {' and '.join(others)} writable beside the leader {leader.get('name')}; "
-                f"fence with {remedies['fence'].format(node=others[0] if others else '<node>')}",
-                value=writable,
+        loser = op.get("old_leader") if op.get("operation") == "failover" else None
+        if loser in writable:  # an interrupted failover moves away from it: it is the one to stop
+            message = (
+                f"split brain: {' and '.join(writable)} writable during an interrupted failover from {loser}; "
+                f"fence {loser} with {remedies['fence'].format(node=loser)}, then finish the failover"
             )
-        )
+        else:
+            message = (
+                f"split brain: {' and '.join(others)} writable beside the leader {leader.get('name')}; "
+                f"fence with {remedies['fence'].format(node=others[0] if others else '<node>')}"
+            )
+        checks.append(Check("split_brain", False, message, value=writable))
     elif not writable:  # (nothing answers: leader_writable says why)
         checks.append(Check("split_brain", True, "no split brain: no writable node answers", value=writable))
     else:

@@ -434,9 +434,17 @@ def fence(settings: Settings, env: LocalEnvironment, *, node: str, dry_run: bool
     state = env.require_state()
     if node not in NODE_NAMES:
         raise UsageError(f"unknown node {node!r} (primary or replica)")
-    if not dry_run:
+    # The node an interrupted failover moves away from may always be fenced (started again, it
+    # is a second primary); anything else waits until the operation is finished.
+    loser = _failover_loser(env)
+    leader = (
+        (dr.unfinished_operation(env) or {}).get("new_leader", state.leader)
+        if loser == node
+        else state.leader
+    )
+    if not dry_run and loser != node:
         dr.refuse_if_unfinished(env)  # mid-failover the leader on record is about to change
-    if node == state.leader:
+    if node == leader:
         raise UsageError(
             f"{node} is the leader; `voke dr failover` fences it and promotes the standby instead"
         )
@@ -456,13 +464,26 @@ def fence(settings: Settings, env: LocalEnvironment, *, node: str, dry_run: bool
             ],
         }
     with dr.dr_lock(env, "dr fence"), recorded(env, "dr.fence", node):
-        dr.refuse_if_unfinished(env)  # (again, under the lock)
+        if _failover_loser(env) != node:
+            dr.refuse_if_unfinished(env)  # (again, under the lock)
         report = dr.fence_node(env, target, reason="voke dr fence")
         # a standby promoted beside the leader archived a timeline of its own: it must go
-        report["quarantined"] = dr.quarantine_foreign_timelines(env, env.node(state.leader, state))
+        report["quarantined"] = dr.quarantine_foreign_timelines(env, env.node(leader, state))
     report["dry_run"] = False
-    report["next"] = f"`voke dr failback --yes` rebuilds {node} as a standby of {state.leader}"
+    report["next"] = (
+        f"`voke dr failover --yes` finishes the interrupted failover to {leader}; then "
+        if loser == node
+        else ""
+    ) + f"`voke dr failback --yes` rebuilds {node} as a standby of {leader}"
     return report
+
+
+def _failover_loser(env: LocalEnvironment) -> str | None:
+    """The node an interrupted `voke dr failover` fences, or None."""
+    from voketag_ops.adapters.local import dr
+
+    op = dr.unfinished_operation(env) or {}
+    return op.get("old_leader") if op.get("operation") == "failover" else None
 
 
 def history(env: LocalEnvironment, *, limit: int = 50) -> list[dict[str, Any]]:

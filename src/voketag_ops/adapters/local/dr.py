@@ -1394,6 +1394,15 @@ def failover(
         with steps.run(f"fence {old.name}", progress) as info:
             info.update(fence_node(env, old, reason=reason))
         oplog.mark("fenced")
+    elif old.running:  # started again since the interrupted run fenced it: two primaries otherwise
+        with steps.run(f"fence {old.name} again (it was started after the fence)", progress) as info:
+            info.update(fence_node(env, old, reason=reason))
+            log.warning(
+                "%s was running again when the failover resumed; writes it took since it was fenced "
+                "are not on %s",
+                old.name,
+                new.name,
+            )
     if not oplog.done("promoted"):
         with steps.run(f"promote {new.name}", progress) as info:
             standby_lsn = query_one(
