@@ -308,6 +308,9 @@ def test_request_dedupes_the_same_root() -> None:
     assert outcome == "existing" and again.block_index == 4
     with pytest.raises(ValueError):
         ch.request_anchor(None, root=b"short", kind="batch", label="b1", now=T0)
+    for size in (0, ch.MAX_NONCE + 1):  # a size the store could not read back breaks every later read
+        with pytest.raises(ValueError, match="tree size"):
+            ch.request_anchor(None, root=ROOT, kind="batch", label="b1", now=T0, tree_size=size)
 
 
 def test_cancel_only_while_pending() -> None:

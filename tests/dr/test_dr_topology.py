@@ -323,9 +323,8 @@ def test_an_interrupted_failover_is_recorded_and_resumed(voke, environ, env, mon
     resumed = voke("dr", "failover", "--yes", "--json", environ=environ)
     assert resumed.exit_code == 0, resumed.stderr
     assert resumed.json["result"]["resumed"] is True
-    assert [s["name"] for s in resumed.json["result"]["steps"]][
-        0
-    ] == "fence primary again (it was started after the fence)"
+    first_step = resumed.json["result"]["steps"][0]["name"]
+    assert first_step == "fence primary again (it was started after the fence)"
     assert not old.running
     assert env.require_state().leader == "replica" and not (env.home / "dr" / "operation.json").exists()
     assert voke("dr", "status", "--json", environ=environ).json["result"]["split_brain"] is False

@@ -24,6 +24,8 @@ import typer
 
 from voketag_ops.cli.common import DryRun, Unasked, Yes, use
 
+_UINT64_MAX = (1 << 64) - 1  # the largest size the chain store reads back (core.chain.MAX_NONCE)
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -324,7 +326,7 @@ def anchor_request(
     ] = "batch",
     label: Annotated[str, typer.Option("--label", help="A name for it (batch id, ...).")] = "",
     tree_size: Annotated[
-        int | None, typer.Option("--tree-size", min=1, help="Leaves in the tree the root is of.")
+        int | None, typer.Option("--tree-size", min=1, max=_UINT64_MAX, help="Leaves in the tree the root is of.")
     ] = None,
     dry_run: DryRun = False,
     yes: Unasked = False,

@@ -509,6 +509,8 @@ def request_anchor(
     or ``reopened`` (a cancelled or failed request made pending again)."""
     if len(root) != 32:
         raise ValueError("an anchored root must be 32 bytes")
+    if tree_size is not None and not 1 <= tree_size <= MAX_NONCE:  # what the store's reader takes back
+        raise ValueError(f"tree size must be between 1 and {MAX_NONCE}")
     if existing is None:
         anchor = Anchor(
             root=bytes(root),
