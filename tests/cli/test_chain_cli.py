@@ -173,7 +173,9 @@ def test_anchor_lifecycle_validate_and_audit(voke, chain_env, local_env) -> None
     assert run("chain", "anchor", "request", "abc").exit_code == 2
     claim = run("chain", "anchor", "request", "ab" * 32, "--kind", "audit-checkpoint", "--tree-size", "5")
     assert claim.exit_code == 2 and "reserved" in claim.stderr  # `audit verify` would hold it against the log
-    huge = run("chain", "anchor", "request", "cd" * 32, "--tree-size", str(1 << 64))  # the store reads no more
+    huge = run(
+        "chain", "anchor", "request", "cd" * 32, "--tree-size", str(1 << 64)
+    )  # the store reads no more
     assert huge.exit_code == 2 and "--tree-size" in huge.stderr
     assert run("chain", "anchors").exit_code == 0  # nothing the store cannot read back was written
     dry = run("chain", "anchor", "run", "--dry-run", "--json")

@@ -326,7 +326,8 @@ def anchor_request(
     ] = "batch",
     label: Annotated[str, typer.Option("--label", help="A name for it (batch id, ...).")] = "",
     tree_size: Annotated[
-        int | None, typer.Option("--tree-size", min=1, max=_UINT64_MAX, help="Leaves in the tree the root is of.")
+        int | None,
+        typer.Option("--tree-size", min=1, max=_UINT64_MAX, help="Leaves in the tree the root is of."),
     ] = None,
     dry_run: DryRun = False,
     yes: Unasked = False,
