@@ -354,8 +354,14 @@ class AuditLog:
             # beget another record, one more each cron run.
             return previous
         cp = core.next_checkpoint(previous, [e.hash for e in entries], offset=end, now=now)
-        cp_fd = os.open(self.checkpoints_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        cp_fd = os.open(self.checkpoints_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         try:
+            size = os.fstat(cp_fd).st_size
+            if size and os.pread(cp_fd, 1, size - 1) != b"\n":  # a torn last checkpoint (a crash, a full
+                # disk): derived data, dropped, or the new line would be glued onto it for good
+                keep = os.pread(cp_fd, size, 0).rfind(b"\n") + 1
+                os.ftruncate(cp_fd, keep)
+                log.warning("audit checkpoints: dropped a torn last line (%d bytes)", size - keep)
             self._write(
                 cp_fd, json.dumps(cp.to_json(), sort_keys=True, separators=(",", ":")).encode() + b"\n"
             )
@@ -408,7 +414,19 @@ class AuditLog:
         except OSError as exc:
             raise AuditWriteError(f"{self.path}: cannot read the audit log: {exc.strerror}") from None
         with fh:
-            yield from fh
+            # The end is read under a shared lock, so a writer's line under way is not taken for
+            # a torn one; the lines before it never change, and are read without holding writers up.
+            fcntl.flock(fh.fileno(), fcntl.LOCK_SH)
+            try:
+                remaining = os.fstat(fh.fileno()).st_size
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            for line in fh if remaining else ():
+                if len(line) >= remaining:
+                    yield line[:remaining]
+                    return
+                remaining -= len(line)
+                yield line
 
     def entries(self, skipped: list[int] | None = None) -> Iterator[core.AuditEntry]:
         """Parsed entries; unparseable lines are skipped (their line numbers go to SKIPPED)."""
@@ -430,7 +448,10 @@ class AuditLog:
             checkpoints = self.checkpoints()
         except core.EntryFormatError as exc:
             return core.VerifyReport(False, 0, core.ZERO, problem=core.Problem.CORRUPT_LINE, message=str(exc))
-        claims = [core.Claim(cp.size, cp.root, "checkpoint", cp.last_hash, cp.stack) for cp in checkpoints]
+        claims = [
+            core.Claim(cp.size, cp.root, "checkpoint", cp.last_hash, cp.stack, cp.offset)
+            for cp in checkpoints
+        ]
         unchecked: str | None = None
         without_anchor = 0
         try:

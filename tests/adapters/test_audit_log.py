@@ -232,11 +232,49 @@ def test_explicit_checkpoint_and_a_torn_checkpoint_line(tmp_path: Path) -> None:
         fh.write(b'{"size": 9')
     assert [c.size for c in log.checkpoints()] == [7]
     append_n(log, 2, start=7)
-    # The torn checkpoint line is ignored; the next checkpoint builds on the last good one.
-    log.checkpoints_path.write_bytes(log.checkpoints_path.read_bytes().rsplit(b"\n", 1)[0] + b"\n")
+    # The torn checkpoint line is ignored, and dropped by the next checkpoint, which builds on
+    # the last good one (appended after it, it was glued onto the fragment for good).
     cp2, _ = log.checkpoint(now=T0)
     assert cp2 is not None and cp2.size == 9
+    assert [c.size for c in log.checkpoints()] == [7, 9]
     assert log.verify().ok and log.verify().checkpoints_checked == 2
+
+
+def test_a_checkpoint_offset_that_is_not_the_logs_is_caught_by_verify(tmp_path: Path) -> None:
+    import json
+
+    log = AuditLog(tmp_path)
+    append_n(log, 5)
+    log.checkpoint(now=T0)
+    doc = json.loads(log.checkpoints_path.read_text())
+    log.checkpoints_path.write_text(json.dumps(dict(doc, offset=doc["offset"] - 7)) + "\n")
+    report = log.verify()  # the next checkpoint would read the log from the middle of a line
+    assert not report.ok and report.problem is au.Problem.CHECKPOINT_MISMATCH
+    assert f"end at byte {doc['offset'] - 7}, not {doc['offset']}" in report.message
+
+
+def test_a_reader_never_takes_a_line_being_written_for_a_torn_one(tmp_path: Path) -> None:
+    import fcntl
+    import threading
+    import time
+
+    log = AuditLog(tmp_path)
+    append_n(log, 3)
+    whole = log.path.read_bytes().splitlines(keepends=True)
+    log.path.write_bytes(b"".join(whole[:2]))
+    seen: list[list[bytes]] = []
+    with open(log.path, "ab") as writer:
+        fcntl.flock(writer.fileno(), fcntl.LOCK_EX)  # as AuditLog writes a line
+        writer.write(whole[2][:40])
+        writer.flush()
+        reader = threading.Thread(target=lambda: seen.append(list(log.raw_lines())))
+        reader.start()
+        time.sleep(0.3)  # the reader waits for the line to be whole
+        writer.write(whole[2][40:])
+        writer.flush()
+        fcntl.flock(writer.fileno(), fcntl.LOCK_UN)
+    reader.join(timeout=30)
+    assert seen == [whole]
 
 
 def test_appends_with_the_environment_down_queue_checkpoints_and_never_start_it(tmp_path: Path) -> None:
@@ -295,7 +333,8 @@ def _rewrite_consistently(log: AuditLog, keep: list[int]) -> None:
     log.path.write_bytes(b"".join(e.line() for e in new))
     cps, previous = [], None
     for size in range(10, len(new) + 1, 10):
-        previous = au.next_checkpoint(previous, [e.hash for e in new[size - 10 : size]], offset=0, now=T0)
+        end = sum(len(e.line()) for e in new[:size])
+        previous = au.next_checkpoint(previous, [e.hash for e in new[size - 10 : size]], offset=end, now=T0)
         cps.append(previous)
     import json
 

@@ -350,6 +350,9 @@ class Claim:
     source: str  # "checkpoint" | "anchor <id>"
     last_hash: str | None = None
     stack: tuple[str, ...] = ()  # a checkpoint's builder state (the next checkpoint starts from it)
+    offset: int | None = (
+        None  # a checkpoint's byte offset of the end of its entries (the next reads on from it)
+    )
 
 
 @dataclass(frozen=True)
@@ -377,6 +380,7 @@ class _Walker:
     builder: merkle.MerkleBuilder = field(default_factory=merkle.MerkleBuilder)
     prev_hash: str = ZERO
     count: int = 0
+    offset: int = 0  # bytes of the lines walked
     torn_writes: int = 0
     checked: list[Claim] = field(default_factory=list)
     last_checked_size: int = 0
@@ -442,6 +446,7 @@ def verify_lines(lines: Iterable[bytes], claims: Iterable[Claim] = ()) -> Verify
         walker.prev_hash = entry.hash
         walker.builder.append(bytes.fromhex(entry.hash))
         walker.count += 1
+        walker.offset += len(raw)
         if entry.event_type == "audit.torn_write":
             walker.torn_writes += 1
         mismatch = _check_claims(walker)
@@ -475,6 +480,13 @@ def _check_claims(walker: _Walker) -> tuple[int, str] | None:
                 walker.count,
                 f"the {claim.source} at size {claim.size} matches the log, but its saved builder state "
                 "does not: the checkpoints file was changed (the next checkpoint would be wrong)",
+            )
+        if claim.offset is not None and claim.root == root and claim.offset != walker.offset:
+            return (
+                walker.count,
+                f"the {claim.source} at size {claim.size} matches the log, but says its entries end at "
+                f"byte {claim.offset}, not {walker.offset}: the checkpoints file was changed (the next "
+                "checkpoint would read the log from the wrong place)",
             )
         if claim.root != root or (claim.last_hash is not None and claim.last_hash != walker.prev_hash):
             since = walker.last_checked_size
