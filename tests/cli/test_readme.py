@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from voketag_ops.testing.cli import parse, voke_commands
+from voketag_ops.testing.cli import check_values, parse, voke_commands
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -33,4 +33,4 @@ def test_every_readme_command_parses(where, args, tmp_path, monkeypatch):
     for arg in args:
         if not arg.startswith("-") and re.fullmatch(r"[\w.-]+\.(csv|json|xml|txt|md)", arg):
             (tmp_path / arg).write_text("")
-    parse(args)
+    check_values(parse(args))  # and the durations and times the command parses itself

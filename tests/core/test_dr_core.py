@@ -190,6 +190,14 @@ def test_each_breach_is_named():
     assert "voke dr failover --yes" in failed(healthy(unfinished_operation=op))["unfinished_operation"]
     # promoted, then interrupted before the leader on record changed; the old leader started again:
     # the node to stop is the one the failover moves away from, not the one it promotes
+    down = {"name": "replica", "role": "stopped", "running": False, "streaming": False}
+    assert failed(healthy(standby=down))["replica_streaming"].endswith(
+        "start it as a standby with `voke env up`"
+    )
+    assert (
+        "`voke dr failback --yes` rebuilds it"
+        in failed(healthy(standby=down, fenced=["replica"]))["replica_streaming"]
+    )
     mid = dict(op, old_leader="primary", new_leader="replica")
     both = failed(healthy(split_brain=True, writable_nodes=["primary", "replica"], unfinished_operation=mid))
     assert (

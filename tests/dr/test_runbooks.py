@@ -1,5 +1,6 @@
-"""The runbooks cannot drift from the tool: every `voke` command in their bash blocks
-parses against the real CLI (Click context parsing, nothing is executed)."""
+"""The runbooks cannot drift from the tool: every `voke` command in their bash blocks and
+their prose parses against the real CLI (Click context parsing, and voke's own parsers for
+durations and times; nothing is executed)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ RUNBOOKS = Path(__file__).resolve().parents[2] / "runbooks"
 
 
 def voke_commands() -> list[tuple[str, list[str]]]:
+    """The commands of the bash blocks, and those quoted inline in the prose."""
     found = []
     for path in sorted(RUNBOOKS.glob("*.md")):
         found += testing_cli.voke_commands(path.read_text(), label=f"{path.name}: ")
+        found += testing_cli.inline_voke_commands(path.read_text(), label=f"{path.name}: ")
     return found
 
 
@@ -40,6 +43,19 @@ def test_the_four_runbooks_exist_and_hold_commands():
 def test_every_runbook_command_parses_against_the_cli(where, args):
     ctx = parse(args)
     assert ctx.command.callback is not None, where
+    testing_cli.check_values(ctx)  # durations and times the command parses itself
+
+
+def test_a_drifted_value_or_inline_command_would_be_caught():
+    with pytest.raises(ValueError, match="--max-lag: not a duration"):
+        testing_cli.check_values(parse(["dr", "check", "--max-lag", "sixty"]))
+    with pytest.raises(ValueError, match=r"--to: .* has no UTC offset"):
+        testing_cli.check_values(parse(["dr", "restore", "--to", "2026-11-26T03:56:39", "--yes"]))
+    prose = "Then run `voke dr failback --no-switchback --yes`; see `voke drill` and `voke ...`.\n"
+    [(_where, args)] = testing_cli.inline_voke_commands(prose)
+    assert args == ["dr", "failback", "--no-switchback", "--yes"]
+    with pytest.raises(ClickUsageError):
+        parse(args)
 
 
 def test_a_drifted_command_would_be_caught():

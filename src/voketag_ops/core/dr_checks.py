@@ -110,7 +110,12 @@ def _fmt_age(seconds: float) -> str:
 
 
 # What to run about a failed check, locally; a cloud snapshot brings its own (`remedies`).
-LOCAL_REMEDIES = {"fence": "`voke dr fence {node} --yes`", "backup": "`voke dr backup`"}
+LOCAL_REMEDIES = {
+    "fence": "`voke dr fence {node} --yes`",
+    "backup": "`voke dr backup`",
+    "start": "start it as a standby with `voke env up`",
+    "rebuild": "it is fenced: `voke dr failback --yes` rebuilds it as a standby",
+}
 
 
 def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -> list[Check]:
@@ -181,6 +186,10 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
                 f"replica {standby.get('name')} is not streaming from the leader "
                 f"(role {standby.get('role')}, running {standby.get('running')})"
             )
+            if standby.get("running") is False:  # what to run about it
+                fenced = standby.get("name") in (status.get("fenced") or [])
+                remedy = remedies.get("rebuild" if fenced else "start")
+                said += f"; {remedy.format(node=standby.get('name'))}" if remedy else ""
         checks.append(Check("replica_streaming", streaming, said, value=streaming))
         lag = standby.get("lag_seconds")
         if lag is None:  # listed whenever a replica is expected: an alert keyed on its name must see it fail

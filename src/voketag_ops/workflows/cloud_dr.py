@@ -220,6 +220,8 @@ def status(settings: Settings, recovery: DatabaseRecovery, *, now: datetime | No
         "remedies": {
             "fence": "`gcloud sql instances patch {node} --activation-policy=NEVER`",
             "backup": f"`gcloud sql backups create --instance={topo.primary}`",
+            "start": "start it with `gcloud sql instances patch {node} --activation-policy=ALWAYS`",
+            "rebuild": None,
         },
         "unfinished_operation": unfinished,
         "cloud_sql_operations": operations,  # all of them, a routine backup's too
