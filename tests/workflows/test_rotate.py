@@ -273,7 +273,9 @@ class UnhealthyRuntime:
         return info.secret_version != self.bad_version and self.real.health(service)
 
 
-def test_failed_health_after_deploy_rolls_services_back(platform):
+def test_failed_health_after_deploy_rolls_services_back(platform, monkeypatch):
+    from voketag_ops.workflows.credentials import DbPassword
+
     store = platform.store()
     meta = store.get("db-app")
     next_version = max(v.version for v in meta.versions) + 1
@@ -281,6 +283,15 @@ def test_failed_health_after_deploy_rolls_services_back(platform):
         platform, runtime=UnhealthyRuntime(platform.runtime(), next_version), health_timeout=1.0
     )
     failures, stop = [], threading.Event()
+    # The login goes back only once no instance reads the new version, draining ones included:
+    # they still answer requests sent before the move, and would fail them (503s).
+    pinned_at_restore, real_restore = [], DbPassword.restore
+
+    def restore(self, *args, **kwargs):
+        pinned_at_restore.append(platform.runtime().pinned_versions("db-app"))
+        return real_restore(self, *args, **kwargs)
+
+    monkeypatch.setattr(DbPassword, "restore", restore)
 
     def probe():  # the real services must keep working while the rollback moves them back
         from voketag_ops.adapters.local.services import http_health
@@ -302,6 +313,7 @@ def test_failed_health_after_deploy_rolls_services_back(platform):
         thread.join()
     assert outcome.error is not None and outcome.error.exit_code == 6, outcome
     assert failures == []
+    assert pinned_at_restore and all(next_version not in p for p in pinned_at_restore), pinned_at_restore
     assert outcome.report.new_version == next_version
     assert store.get("db-app").aliases["current"] == meta.aliases["current"]
     assert_consistent(platform)

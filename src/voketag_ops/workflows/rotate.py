@@ -58,6 +58,10 @@ from voketag_ops.workflows.credentials import Credential, DbPassword
 
 log = get_logger(__name__)
 
+# How long a rollback waits for instances moved off the new version to drain before it gives
+# their login its old password back (local instances drain for 3 s; Cloud Run moves traffic at once).
+DRAIN_WAIT_SECONDS = 30.0
+
 # What an unclassified error (a backend's refusal) in each step counts as: every one is rolled
 # back (or left for a person), never passed up as "nothing was changed" (exit 4).
 _STEP_FAILURES: dict[str, type[RotationFailure]] = {
@@ -573,6 +577,21 @@ class RotationEngine:
             )
         return f"{len(user.services)} service(s) healthy"
 
+    def _wait_unpinned(self, secret: str, version: int) -> None:
+        """Wait until no instance reads VERSION any more: the ones moved off it answer the
+        requests they were sent while they drain, and would fail them once its login is
+        changed back (a rollback's 503s)."""
+        deadline = time.monotonic() + DRAIN_WAIT_SECONDS
+        while version in self.runtime.pinned_versions(secret):
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "%s: instances on version %d still draining; rolling its login back anyway",
+                    secret,
+                    version,
+                )
+                return
+            self.sleep(0.2)
+
     def _healthy_on(self, service: str, record: RotationRecord) -> bool:
         serving = self.runtime.serving_version(service, record.secret)
         return serving == record.pending_version and self.runtime.health(service)
@@ -717,6 +736,8 @@ class RotationEngine:
             if back:
                 self.runtime.deploy_many(back)
         if not restore_first:
+            if record.pending_version is not None:
+                self._wait_unpinned(record.secret, record.pending_version)
             user.restore(scope, pending, current, previous)
         if (
             scope == "discard_pending"
