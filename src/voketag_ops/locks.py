@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,13 +44,7 @@ def dr_lock(directory: Path, operation: str) -> Iterator[None]:
         return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another voke process"
-            raise PreconditionError(
-                f"another DR operation is running ({holder}); wait for it to finish"
-            ) from None
+        _take(fd)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{operation} pid {os.getpid()}".encode(), 0)
         with _HELD_GUARD:
@@ -59,8 +54,30 @@ def dr_lock(directory: Path, operation: str) -> Iterator[None]:
         finally:
             with _HELD_GUARD:
                 _HELD.pop(path, None)
+            os.ftruncate(fd, 0)  # (still held) a later refusal must not name a holder long gone
     finally:
         os.close(fd)
+
+
+_PROBE_GRACE = 1.0  # seconds: `held_by` holds a shared lock for a moment; an operation holds it for good
+
+
+def _take(fd: int) -> None:
+    """The exclusive lock on FD, or PreconditionError naming its holder. A refusal is retried
+    for a moment: `dr status` and others probe the lock by taking it shared, and an operation
+    started at that instant was refused, naming itself or a holder long gone."""
+    deadline = time.monotonic() + _PROBE_GRACE
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another voke process"
+                raise PreconditionError(
+                    f"another DR operation is running ({holder}); wait for it to finish"
+                ) from None
+            time.sleep(0.02)
 
 
 def holder_parts(holder: str) -> tuple[str, int | None]:

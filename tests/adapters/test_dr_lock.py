@@ -1,0 +1,60 @@
+"""The DR lock across processes: one operation at a time, and a read-only look at who holds
+it (`dr status`, a load's wait) never turns an operation away."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import pytest
+
+from voketag_ops.errors import PreconditionError
+from voketag_ops.locks import dr_lock, held_by
+
+
+def _probe(path: str, ready, stop) -> None:  # another voke's `dr status`, over and over
+    ready.set()
+    while not stop.is_set():
+        held_by(Path(path) / "dr.lock")
+
+
+def test_a_probe_never_turns_an_operation_away(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    ready, stop = ctx.Event(), ctx.Event()
+    probes = [ctx.Process(target=_probe, args=(str(tmp_path), ready, stop)) for _ in range(2)]
+    for p in probes:
+        p.start()
+    try:
+        assert ready.wait(timeout=60)
+        for _ in range(2000):
+            with dr_lock(tmp_path, "dr backup"):
+                pass
+    finally:
+        stop.set()
+        for p in probes:
+            p.join(timeout=30)
+
+
+def test_a_holder_is_named_and_forgotten_once_it_lets_go(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    with dr_lock(tmp_path, "dr failover"):
+        assert held_by(tmp_path / "dr.lock") is not None  # (another open file: this process's own look)
+        other = ctx.Process(target=_take, args=(str(tmp_path),))
+        other.start()
+        other.join(timeout=30)
+        assert other.exitcode == 5  # refused, naming the failover
+    assert (tmp_path / "dr.lock").read_text() == ""
+    assert held_by(tmp_path / "dr.lock") is None
+
+
+def _take(path: str) -> None:
+    try:
+        with dr_lock(Path(path), "dr backup"):
+            raise SystemExit(0)
+    except PreconditionError as exc:
+        raise SystemExit(5 if "dr failover pid" in exc.message else 1) from None
+
+
+@pytest.fixture(autouse=True)
+def _fresh(tmp_path: Path) -> None:
+    (tmp_path / "dr.lock").unlink(missing_ok=True)
