@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,11 @@ from typing import Any
 import pytest
 
 from voketag_ops.cli.app import run
+
+# Tests send themselves Ctrl-C and expect what a terminal gets. A shell's background job (`cmd &`
+# in a script) starts with SIGINT ignored, and Python then installs no handler of its own.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @dataclass
