@@ -618,11 +618,15 @@ class FakeCloudRun:
     def _service_doc(self, svc: _RunService) -> dict[str, Any]:
         statuses = []
         for t in svc.traffic:
-            status = {
-                "type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION",
-                "revision": self._resolve(svc, t),
-                "percent": t.get("percent", 0),
-            }
+            # As Cloud Run answers: a target on LATEST keeps that type and names no revision.
+            if TRAFFIC_TYPES.get(t.get("type", 2), "REVISION") == "LATEST":
+                status = {"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST", "percent": t.get("percent", 0)}
+            else:
+                status = {
+                    "type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION",
+                    "revision": self._resolve(svc, t),
+                    "percent": t.get("percent", 0),
+                }
             if t.get("tag"):
                 status["tag"] = t["tag"]
                 status["uri"] = f"{self._uri(svc.name)}/tag/{t['tag']}"

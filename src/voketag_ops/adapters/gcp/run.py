@@ -302,8 +302,11 @@ class CloudRunRuntime:
         pinned: set[int] = set()
         for name in sorted(self.readers.get(secret, ())):
             svc = self._service(name)
+            # A target on LATEST names no revision in its status: it is the latest ready one.
             live = {
-                _short(t.revision) for t in svc.traffic_statuses if t.revision and (t.percent > 0 or t.tag)
+                _short(t.revision or svc.latest_ready_revision)
+                for t in svc.traffic_statuses
+                if (t.revision or svc.latest_ready_revision) and (t.percent > 0 or t.tag)
             }
             for revision in live:
                 version = self._pinned(self._revision(name, revision), secret)
