@@ -198,6 +198,17 @@ def test_each_breach_is_named():
         "`voke dr failback --yes` rebuilds it"
         in failed(healthy(standby=down, fenced=["replica"]))["replica_streaming"]
     )
+    # on Cloud SQL: a stopped replica is started; a stopped old primary (a plain promotion) never is
+    cloud = {
+        "start": "start it with `gcloud sql instances patch {node} --activation-policy=ALWAYS`",
+        "rebuild": None,
+    }
+    assert (
+        "--activation-policy=ALWAYS"
+        in failed(healthy(standby=dict(down, role="replica"), remedies=cloud))["replica_streaming"]
+    )
+    old_primary = failed(healthy(standby=dict(down, role="primary"), remedies=cloud))["replica_streaming"]
+    assert "ALWAYS" not in old_primary and "starting it would make a second primary" in old_primary
     mid = dict(op, old_leader="primary", new_leader="replica")
     both = failed(healthy(split_brain=True, writable_nodes=["primary", "replica"], unfinished_operation=mid))
     assert (

@@ -187,8 +187,17 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
                 f"(role {standby.get('role')}, running {standby.get('running')})"
             )
             if standby.get("running") is False:  # what to run about it
-                fenced = standby.get("name") in (status.get("fenced") or [])
-                remedy = remedies.get("rebuild" if fenced else "start")
+                # A fenced node, or a stopped one that is a primary (an old leader a plain cloud
+                # promotion left beside the new one), must never just be started: two primaries.
+                fenced = (
+                    standby.get("name") in (status.get("fenced") or []) or standby.get("role") == "primary"
+                )
+                remedy = remedies.get("rebuild" if fenced else "start") or (
+                    "it is not a replica of the leader: starting it would make a second primary; "
+                    "rebuild it as a replica first"
+                    if fenced
+                    else None
+                )
                 said += f"; {remedy.format(node=standby.get('name'))}" if remedy else ""
         checks.append(Check("replica_streaming", streaming, said, value=streaming))
         lag = standby.get("lag_seconds")
