@@ -118,6 +118,16 @@ class ServiceRuntime(Protocol):
         first failure once all have finished."""
         ...
 
+    def pinned_versions(self, secret: str) -> set[int]:
+        """Versions of SECRET anything deployed may read (serving, draining, tagged): cleanup
+        never disables these."""
+        ...
+
+    def live_versions(self, secret: str) -> set[int]:
+        """Versions of SECRET an instance taking or finishing requests reads (serving, or
+        draining after traffic moved off it)."""
+        ...
+
 
 # -- managed-database recovery (Cloud SQL; issue 8) ---------------------------------------------
 @dataclass(frozen=True)

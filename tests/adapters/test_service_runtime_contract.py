@@ -92,6 +92,7 @@ def test_deploy_pins_a_new_version_and_moves_traffic(setup):
     assert info.secret_version == 3 and info.healthy is True and info.name == "svc-a"
     assert _state(setup.runtime) == {"svc-a": (3, True), "svc-b": (1, True)}
     assert 3 in setup.runtime.pinned_versions(SECRET)
+    assert 3 in setup.runtime.live_versions(SECRET) <= setup.runtime.pinned_versions(SECRET)
     assert setup.runtime.serving_version("svc-a", SECRET) == 3
     assert setup.runtime.serving_version("svc-b", SECRET) == 1
     assert setup.runtime.serving_version("svc-a", "some-other-secret") is None

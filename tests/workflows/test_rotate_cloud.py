@@ -212,4 +212,6 @@ def test_an_unhealthy_revision_never_gets_traffic_and_the_rotation_rolls_back(cl
     assert result.exit_code == 6, result.stdout + result.stderr
     assert sm.aliases["current"] == before
     assert {s: fake.run.serving(s) for s in SERVICES} == serving
+    # the failed revision keeps its tag but never had traffic: nothing to wait for before the login goes back
+    assert "still draining" not in result.stderr
     assert_consistent(fake)

@@ -578,11 +578,11 @@ class RotationEngine:
         return f"{len(user.services)} service(s) healthy"
 
     def _wait_unpinned(self, secret: str, version: int) -> None:
-        """Wait until no instance reads VERSION any more: the ones moved off it answer the
+        """Wait until no live instance reads VERSION any more: the ones moved off it answer the
         requests they were sent while they drain, and would fail them once its login is
         changed back (a rollback's 503s)."""
         deadline = time.monotonic() + DRAIN_WAIT_SECONDS
-        while version in self.runtime.pinned_versions(secret):
+        while version in self.runtime.live_versions(secret):
             if time.monotonic() >= deadline:
                 log.warning(
                     "%s: instances on version %d still draining; rolling its login back anyway",

@@ -299,6 +299,14 @@ class CloudRunRuntime:
 
     def pinned_versions(self, secret: str) -> set[int]:
         """Versions any revision with traffic or a tag reads: cleanup never disables these."""
+        return self._versions_read(secret, tagged=True)
+
+    def live_versions(self, secret: str) -> set[int]:
+        """Versions the revisions with traffic read (Cloud Run lets requests under way finish
+        on a revision traffic moved off; nothing waits on it)."""
+        return self._versions_read(secret, tagged=False)
+
+    def _versions_read(self, secret: str, *, tagged: bool) -> set[int]:
         pinned: set[int] = set()
         for name in sorted(self.readers.get(secret, ())):
             svc = self._service(name)
@@ -306,7 +314,7 @@ class CloudRunRuntime:
             live = {
                 _short(t.revision or svc.latest_ready_revision)
                 for t in svc.traffic_statuses
-                if (t.revision or svc.latest_ready_revision) and (t.percent > 0 or t.tag)
+                if (t.revision or svc.latest_ready_revision) and (t.percent > 0 or (tagged and t.tag))
             }
             for revision in live:
                 version = self._pinned(self._revision(name, revision), secret)

@@ -193,6 +193,19 @@ class LocalServiceRuntime:
                 pinned.add(int(entry["version"]))
         return pinned
 
+    def live_versions(self, secret: str) -> set[int]:
+        """Versions a live instance (serving or draining) is pinned to."""
+        live: set[int] = set()
+        for name, entry in self._snapshot()["services"].items():
+            if self.consumers.get(name) != secret and entry.get("secret") != secret:
+                continue
+            live.update(
+                int(inst["version"])
+                for inst in [entry.get("active"), *entry.get("others", [])]
+                if inst and _alive(inst["pid"])
+            )
+        return live
+
     def deploy(self, service: str, secret: str, version: int) -> ServiceInfo:
         """Blue-green restart pinned to VERSION (a no-op when already serving it healthily)."""
         with self._registry() as doc:
