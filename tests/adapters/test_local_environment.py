@@ -348,6 +348,27 @@ def test_without_a_replica_up_names_only_the_primary_and_status_is_healthy(tmp_p
         assert voke("env", "destroy", "--yes", "--discard-chain", environ=environ).exit_code == 0
 
 
+def test_a_home_with_a_space_and_a_quote_is_reached_by_every_command(tmp_path, env_of, voke):
+    import psycopg.conninfo
+
+    from voketag_ops.adapters.local.postgres import make_conninfo
+
+    for host in ("/a b", "/it's", "/back\\slash", "/a=b", "/plain"):
+        assert psycopg.conninfo.conninfo_to_dict(make_conninfo(host=host, port="1"))["host"] == host
+    environ = env_of(tmp_path / "h ö's home", VOKE_LOCAL__REPLICA="false")  # (macOS: "Application Support")
+    try:
+        assert voke("env", "up", environ=environ).exit_code == 0
+        chain = voke("chain", "validate", environ=environ)  # the chain store connects by conninfo
+        assert chain.exit_code == 0, chain.stderr
+        (tmp_path / "b.csv").write_text(
+            "tag_id,sku,product_name,factory_id,manufactured_at\nT1,S1,P,F1,2026-01-01T00:00:00Z\n"
+        )
+        load = voke("ingest", "load", str(tmp_path / "b.csv"), environ=environ)
+        assert load.exit_code == 0, load.stderr
+    finally:
+        assert voke("env", "destroy", "--yes", "--discard-chain", environ=environ).exit_code == 0
+
+
 def test_home_path_too_long_for_a_socket_still_works(tmp_path):
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     env = LocalEnvironment(LocalSettings(home=deep, replica=False))

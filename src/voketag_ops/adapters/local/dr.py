@@ -1448,10 +1448,10 @@ def write_standby_config(env: LocalEnvironment, node: PgNode, upstream: PgNode) 
     state = env.require_state()
     env._configure_replica(node, state)
     auto = node.data_dir / "postgresql.auto.conf"
-    conninfo = f"host={upstream.socket_dir} port={upstream.port} user=postgres application_name={node.name}"
+    conninfo = upstream.conninfo(application_name=node.name)  # (dbname: ignored by streaming)
     auto.write_text(
         "# Written by voke dr: this node streams from the leader.\n"
-        f"primary_conninfo = '{conninfo}'\n"
+        f"primary_conninfo = '{conninfo.replace(chr(39), chr(39) * 2)}'\n"
         f"restore_command = 'cp ''{env.archive_dir}/%f'' ''%p'''\n"
     )
     os.chmod(auto, 0o600)

@@ -375,6 +375,18 @@ def serves(pid: int, data_dir: Path) -> bool:
         return True  # neither can tell: the pid file is all there is, as before
 
 
+def make_conninfo(**params: str) -> str:
+    """A libpq key=value string; values with spaces, quotes or backslashes are quoted as libpq
+    reads them (a VOKE_HOME with a space made `host=/a b` two broken words)."""
+
+    def value(text: str) -> str:
+        if text and not any(c in text for c in " '\\\t\n="):
+            return text
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    return " ".join(f"{key}={value(text)}" for key, text in params.items())
+
+
 @dataclass
 class PgNode:
     """One server: its data directory, port, socket directory and log."""
@@ -429,8 +441,10 @@ class PgNode:
                 f"cannot connect to the {self.name} on port {self.port}: {_last_line(str(exc))}"
             ) from None
 
-    def conninfo(self, dbname: str = "postgres") -> str:
-        return f"host={self.socket_dir} port={self.port} user={SUPERUSER} dbname={dbname}"
+    def conninfo(self, dbname: str = "postgres", **extra: str) -> str:
+        return make_conninfo(
+            host=str(self.socket_dir), port=str(self.port), user=SUPERUSER, dbname=dbname, **extra
+        )
 
     # -- lifecycle ----------------------------------------------------------------
     def initdb(self) -> None:
