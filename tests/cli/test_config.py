@@ -239,6 +239,14 @@ def test_a_voke_home_that_is_a_file_is_a_configuration_error_everywhere(voke, ma
     doctor = voke("doctor", "--json", environ=environ)
     local = next(c for c in doctor.json["result"]["checks"] if c["name"] == "local environment")
     assert doctor.exit_code == 1 and local["ok"] is False and "not a directory" in local["detail"]
+    below = make_environ(tmp_path / "afile" / "home")  # a file on the way: it cannot be made
+    for args in (["env", "up"], ["env", "down"], ["env", "status"]):
+        made = voke(*args, "--json", environ=below)
+        assert made.exit_code == 3, (args, made.stdout)
+        assert "not a directory" in made.json["error"]["message"].lower(), made.stdout
+    doctor = voke("doctor", "--json", environ=below)
+    local = next(c for c in doctor.json["result"]["checks"] if c["name"] == "local environment")
+    assert doctor.exit_code == 1 and local["ok"] is False and "cannot be made" in local["detail"]
 
 
 def test_doctor_points_an_unreadable_state_at_the_reset_that_works(voke, make_environ, tmp_path):

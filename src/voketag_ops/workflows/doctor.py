@@ -111,6 +111,16 @@ def _local_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
                 )
             )
             return
+        if not env.home.exists() and not (probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)):
+            report.checks.append(  # `env up` could not make it (exit 3)
+                Check(
+                    "local environment",
+                    False,
+                    f"VOKE_HOME {env.home} cannot be made: {probe} is not a writable directory",
+                    "point VOKE_HOME elsewhere",
+                )
+            )
+            return
         if not env.exists:
             if (problem := env.orphaned_cluster()) is not None:  # `env up` would refuse (exit 7)
                 report.checks.append(Check("local environment", False, problem, env.ORPHANED_HINT))

@@ -297,9 +297,15 @@ class LocalEnvironment:
     def _ensure_home(self) -> None:
         if self.home.exists() and not self.home.is_dir():
             raise ConfigError(f"VOKE_HOME {self.home} exists and is not a directory")
-        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if self.home.stat().st_uid != os.geteuid():
-            raise ConfigError(f"VOKE_HOME {self.home} is owned by uid {self.home.stat().st_uid}, not by you")
+        try:
+            self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+            owner = self.home.stat().st_uid
+        except OSError as exc:  # a file on the way, a read-only or immutable place, /proc
+            raise ConfigError(f"VOKE_HOME {self.home} cannot be made: {exc.strerror}") from None
+        if owner != os.geteuid():
+            raise ConfigError(f"VOKE_HOME {self.home} is owned by uid {owner}, not by you")
+        if not os.access(self.home, os.W_OK | os.X_OK):
+            raise ConfigError(f"VOKE_HOME {self.home} is not writable")
 
     ORPHANED_HINT = (
         "finish it with `voke env destroy --yes` (add --discard-chain), or move pg/ aside to keep it"
