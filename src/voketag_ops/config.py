@@ -479,6 +479,24 @@ class LoadedConfig:
         return "default"
 
 
+# Paths a configuration file may give; a relative one is relative to the file, so one voke.toml
+# names one environment from whatever directory voke runs in (it followed the working directory).
+FILE_RELATIVE_PATHS = (
+    ("local", "home"),
+    ("local", "pg_bin"),
+    ("coverage", "history"),
+    ("dr", "runbooks_dir"),
+)
+
+
+def _anchor_paths(data: dict[str, Any], base: Path) -> None:
+    for section, key in FILE_RELATIVE_PATHS:
+        table = data.get(section)
+        value = table.get(key) if isinstance(table, dict) else None
+        if isinstance(value, str) and value and not value.startswith("~") and not Path(value).is_absolute():
+            table[key] = str(base.absolute() / value)  # type: ignore[index]
+
+
 def find_config_file(start: Path) -> Path | None:
     """The nearest voke.toml, or pyproject.toml with a [tool.voke] table, from START upwards."""
     for directory in (start, *start.parents):
@@ -527,6 +545,7 @@ def load_config(
             if not isinstance(table, dict):
                 raise ConfigError(f"{path}: [tool.voke] must be a table")
             data = table
+        _anchor_paths(data, path.parent)
         _merge(merged, data, sources, str(path))
 
     env_layer: dict[str, Any] = {}

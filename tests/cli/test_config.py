@@ -51,6 +51,23 @@ def test_config_found_in_parent_directory(voke, make_environ, tmp_path):
     assert shown["local.archive_timeout"]["value"] == 9
 
 
+def test_relative_paths_in_a_file_are_relative_to_the_file(tmp_path):
+    (tmp_path / "voke.toml").write_text(
+        '[local]\nhome = "vh"\npg_bin = "~/pg/bin"\n[coverage]\nhistory = ".voke/h.jsonl"\n'
+        '[dr]\nrunbooks_dir = "/srv/runbooks"\n'
+    )
+    sub = tmp_path / "a" / "b"
+    sub.mkdir(parents=True)
+    for cwd in (tmp_path, sub):  # one voke.toml, one environment, wherever voke runs
+        settings = load_config(environ={}, cwd=cwd).settings
+        assert settings.local.home == tmp_path / "vh"
+        assert settings.coverage.history == tmp_path / ".voke" / "h.jsonl"
+        assert str(settings.local.pg_bin).endswith("/pg/bin") and "~" not in str(settings.local.pg_bin)
+        assert str(settings.dr.runbooks_dir) == "/srv/runbooks"
+    relative = load_config(environ={"VOKE_HOME": "rel"}, cwd=sub).settings  # the environment's: the shell's
+    assert str(relative.local.home) == "rel"
+
+
 @pytest.mark.parametrize(
     ("content", "needle"),
     [
