@@ -179,6 +179,16 @@ def test_an_unknown_environment_is_refused_by_every_command(voke, make_environ, 
         assert "unknown environment 'prodx' (known: local)" in result.json["error"]["message"]
 
 
+def test_env_commands_refuse_a_cloud_environment(voke, make_environ, tmp_path):
+    (tmp_path / "voke.toml").write_text('[environments.prod]\nproject = "p"\ninstance = "db"\nregion = "r"\n')
+    environ = make_environ(tmp_path / "h", VOKE_CONFIG=str(tmp_path / "voke.toml"))
+    for args in (["status"], ["up"], ["down"], ["destroy", "--yes"], ["up", "--dry-run"]):
+        result = voke("--env", "prod", "env", *args, "--json", environ=environ)  # it acted on local
+        assert result.exit_code == 3, (args, result.stdout)
+        assert "drives the local environment only" in result.json["error"]["message"]
+    assert not (tmp_path / "h").exists()
+
+
 @pytest.mark.parametrize(
     ("files", "env", "fragment"),
     [
