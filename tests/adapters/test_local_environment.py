@@ -355,9 +355,16 @@ def test_a_home_with_a_space_and_a_quote_is_reached_by_every_command(tmp_path, e
 
     for host in ("/a b", "/it's", "/back\\slash", "/a=b", "/plain"):
         assert psycopg.conninfo.conninfo_to_dict(make_conninfo(host=host, port="1"))["host"] == host
-    environ = env_of(tmp_path / "h ö's home", VOKE_LOCAL__REPLICA="false")  # (macOS: "Application Support")
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    environ = env_of(private / "h ö's home", VOKE_LOCAL__REPLICA="false")  # (macOS: "Application Support")
     try:
-        assert voke("env", "up", environ=environ).exit_code == 0
+        up = voke("env", "up", environ=environ)
+        assert up.exit_code == 0, up.stderr
+        if os.geteuid() == 0:  # the server user must reach the home: a change outside it is said
+            assert f"note: added o+x (search, not read) on {private} so the server user" in up.stdout
+            ups = voke("audit", "show", "-e", "env.up", "--json", environ=environ).json["result"]["entries"]
+            assert str(private) in ups[-1]["details"]["search_granted"]
         chain = voke("chain", "validate", environ=environ)  # the chain store connects by conninfo
         assert chain.exit_code == 0, chain.stderr
         (tmp_path / "b.csv").write_text(

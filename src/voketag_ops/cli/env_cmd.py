@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -131,6 +132,14 @@ def _up_plan(local: Any) -> dict[str, Any]:
     state = local.state()
     if state is None:
         plan = [
+            *(
+                [
+                    f"as root: add o+x (search, not read) to {local.home} and each parent lacking it, so the "
+                    "server user reaches its files"
+                ]
+                if os.geteuid() == 0
+                else []
+            ),
             "create the primary (initdb, data checksums, wal_level=replica, WAL archiving)",
             "clone a streaming replica on replication slot voke_replica",
             "take a first base backup with manifest",
@@ -162,6 +171,10 @@ def _render_up(console: Console, report: Any) -> None:
     if report.services_started:
         console.print(f"services started: {', '.join(report.services_started)}")
     console.print(f"PostgreSQL {report.pg_version}, state in {report.home} ({report.duration_seconds:.1f} s)")
+    for directory in report.search_granted:
+        console.print(
+            f"note: added o+x (search, not read) on {directory} so the server user reaches VOKE_HOME"
+        )
 
 
 def _render_status(console: Console, report: dict[str, Any]) -> None:

@@ -102,6 +102,8 @@ class LocalPlatform:
             event.details.update(
                 started=report.started, created=report.created, services=report.services_started
             )
+            if report.search_granted:  # directories not all voke's, changed for the server user
+                event.details["search_granted"] = report.search_granted
             if report.already_running:
                 event.result = "unchanged"
         return report

@@ -157,6 +157,7 @@ class UpReport:
     services_started: list[str] = field(default_factory=list)
     not_started: list[str] = field(default_factory=list)  # nodes left down on purpose, and why
     warnings: list[str] = field(default_factory=list)  # what a person should do next
+    search_granted: list[str] = field(default_factory=list)  # directories given o+x for the server user
 
 
 class LocalEnvironment:
@@ -166,6 +167,7 @@ class LocalEnvironment:
         self.settings = settings
         self.home = resolve_home(settings.home)
         self.pg_dir = self.home / "pg"
+        self.search_granted: list[str] = []  # directories the last `_prepare` gave o+x
         self.state_file = self.home / "state.json"
         self.archive_dir = self.pg_dir / "archive"
         self.backups_dir = self.pg_dir / "backups"
@@ -424,6 +426,7 @@ class LocalEnvironment:
             duration_seconds=round(time.monotonic() - t0, 3),
             backup=backup_label,
             not_started=not_started,
+            search_granted=self.search_granted,
         )
 
     def _wanted(self, name: str, state: EnvState) -> bool:
@@ -464,7 +467,7 @@ class LocalEnvironment:
         user = OsUser.for_servers(state.server_user or self.settings.system_user, create=True)
         if not user.is_me:
             bins.make_reachable_by(user)
-            grant_traverse(self.home)
+            self.search_granted = [d for d in grant_traverse(self.home) if d != str(self.home)]  # not voke's
             os.chmod(self.home, 0o711)
         for directory in (
             self.pg_dir,

@@ -199,8 +199,10 @@ class PgBinaries:
             _grant_read_tree(install / sub)
 
 
-def grant_traverse(path: Path) -> None:
-    """Add o+x (search, not read) to PATH and every ancestor that lacks it."""
+def grant_traverse(path: Path) -> list[str]:
+    """Add o+x (search, not read) to PATH and every ancestor that lacks it; the directories
+    changed (not all voke's: `env up` names them)."""
+    granted = []
     for directory in (path, *path.parents):
         try:
             mode = directory.stat().st_mode
@@ -209,6 +211,8 @@ def grant_traverse(path: Path) -> None:
         if not mode & stat.S_IXOTH:
             log.info("granting o+x on %s so the PostgreSQL user can reach its files", directory)
             directory.chmod(mode | stat.S_IXOTH)
+            granted.append(str(directory))
+    return granted
 
 
 def _grant_read_tree(root: Path) -> None:
