@@ -747,4 +747,4 @@ def _first_error(exc: ValidationError) -> tuple[str, str]:
     err = exc.errors()[0]
     key = ".".join(str(part) for part in err["loc"])
     msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-    return key, msg
+    return key, msg.removeprefix("Value error, ")  # pydantic's wording around our own ValueError

@@ -77,7 +77,7 @@ def test_relative_paths_in_a_file_are_relative_to_the_file(tmp_path):
         # a TOML boolean is no number (false read as 0 switched the disk guard off)
         (
             "[local]\nmin_free_disk_mb = false\n",
-            "local.min_free_disk_mb: Value error, expected a number, not false",
+            "local.min_free_disk_mb: expected a number, not false",
         ),
         ("[rotation]\ntest_interval = true\n", "rotation.test_interval"),
         ("log_format = 'xml'\n", "log_format"),
@@ -207,7 +207,7 @@ def test_env_commands_refuse_a_cloud_environment(voke, make_environ, tmp_path):
             "ingest: expected a table, got a number",
         ),
         ({}, {"VOKE_ENV": "local", "VOKE_ENV__X": "1"}, "env VOKE_ENV__X"),
-        ({}, {"VOKE_HOME": ""}, "env VOKE_HOME: local.home: Value error, empty"),
+        ({}, {"VOKE_HOME": ""}, "env VOKE_HOME: local.home: empty"),
         (
             {"pyproject.toml": b'tool = "voke"\n'},
             {"VOKE_CONFIG": "pyproject.toml"},
