@@ -288,6 +288,12 @@ def test_destroy_dry_run_changes_nothing_then_destroy(voke, home, env_of):
     } <= kinds
 
 
+def test_destroy_of_a_home_never_made_removes_nothing_it_made_itself(voke, tmp_path, env_of):
+    done = voke("env", "destroy", "--yes", "--json", environ=env_of(tmp_path / "never"))
+    assert done.exit_code == 0 and done.json["result"]["removed"] == [], done.stdout
+    assert not (tmp_path / "never" / "services").exists()
+
+
 def test_missing_binaries_is_exit_3(voke, tmp_path, env_of):
     empty = tmp_path / "bin"
     empty.mkdir()

@@ -244,7 +244,8 @@ class LocalPlatform:
 
         with self._audited("env.destroy") as event, self.no_dr_operation("env destroy"), self.env.lock():
             kept = self._keep_chain(progress, discard=discard_chain)  # before anything is stopped
-            self.runtime().stop_all()
+            if (self.env.home / "services").exists():  # (the runtime would make it, to be removed)
+                self.runtime().stop_all()
             report = self.env.destroy(progress)
             report["chain"] = kept
             event.details["chain"] = kept
