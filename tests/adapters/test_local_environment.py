@@ -266,6 +266,51 @@ def test_a_killed_backups_streaming_child_is_ended_and_its_partial_swept(home):
         streaming.wait()
 
 
+def test_a_clone_interrupted_earlier_does_not_hold_the_replicas_slot_against_the_next(voke, home, env_of):
+    # The WAL-streaming child of an interrupted clone outlives voke and keeps the slot active;
+    # pg_receivewal on the slot stands in for it.
+    import os
+    import shutil
+    import subprocess
+
+    env = local(home)
+    primary, replica = env.primary(), env.node("replica")
+    replica.stop()
+    shutil.rmtree(replica.data_dir)
+    user = primary.runner.user
+    spool = home / "orphan-wal"
+    spool.mkdir()
+    if not user.is_me:
+        os.chown(spool, user.uid, user.gid)
+    holder = subprocess.Popen(
+        [str(primary.runner.bins.path("pg_receivewal")), "-h", str(primary.socket_dir), "-p", str(primary.port),
+         "-U", "postgres", "-D", str(spool), "-S", "voke_replica", "--no-loop"],
+        env=primary.runner.env(), stderr=subprocess.DEVNULL,
+        **({} if user.is_me else {"user": user.uid, "group": user.gid, "extra_groups": []}),
+    )  # fmt: skip
+    try:
+        wait_for(
+            lambda: dr_query(
+                primary, "select active from pg_replication_slots where slot_name = 'voke_replica'"
+            ),
+            "the slot to be held",
+        )
+        up = voke("env", "up", environ=env_of(home))
+        assert up.exit_code == 0, up.stderr
+        assert holder.wait(timeout=30) is not None
+        assert wait_for(lambda: env.status()["replica"].get("streaming"), "the new replica to stream")
+    finally:
+        holder.kill()
+        holder.wait()
+        shutil.rmtree(spool, ignore_errors=True)
+
+
+def dr_query(node, sql):
+    with node.connect() as conn:
+        row = conn.execute(sql).fetchone()
+    return row[0] if row else None
+
+
 def test_destroy_dry_run_changes_nothing_then_destroy(voke, home, env_of):
     plan = voke("env", "destroy", "--dry-run", "--json", environ=env_of(home))
     assert plan.exit_code == 0 and plan.json["result"]["plan"]

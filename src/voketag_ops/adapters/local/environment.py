@@ -568,6 +568,7 @@ class LocalEnvironment:
 
     def _clone_replica(self, primary: PgNode, replica: PgNode) -> None:
         scratch = replica.data_dir.with_name(replica.data_dir.name + ".partial")
+        self._free_slot(primary)
         shutil.rmtree(scratch, ignore_errors=True)
         try:
             primary.runner.run(
@@ -599,6 +600,26 @@ class LocalEnvironment:
             shutil.rmtree(scratch, ignore_errors=True)
 
     # -- backups --------------------------------------------------------------------------
+    def _free_slot(self, primary: PgNode) -> None:
+        """End whatever still streams on the replica's slot while there is no replica to clone
+        into: the WAL-streaming child of a clone whose voke was interrupted lives on (the
+        parent-death signal reaches pg_basebackup, not its child), and holds the slot, so the
+        next clone failed ("replication slot ... is active")."""
+        with primary.connect() as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
+                " WHERE slot_name = %s AND active_pid IS NOT NULL",
+                (SLOT_NAME,),
+            )
+            deadline = time.monotonic() + 10
+            while (
+                conn.execute(
+                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND active", (SLOT_NAME,)
+                ).fetchone()
+                and time.monotonic() < deadline
+            ):
+                time.sleep(0.05)
+
     def _sweep_partial_backups(self, primary: PgNode) -> None:
         """End what a backup whose voke was killed left: its pg_basebackup may live on (the
         parent-death signal reaches pg_basebackup, not the child it forks to stream WAL, which

@@ -325,9 +325,17 @@ class PgRunner:
             result = subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read())
             record_command(cmd, result.returncode, time.monotonic() - started, result.stdout + result.stderr)
         if check and result.returncode != 0:
-            detail = _last_line(result.stderr) or _last_line(result.stdout) or f"exit {result.returncode}"
+            detail = _cause_line(result.stderr) or _last_line(result.stdout) or f"exit {result.returncode}"
             raise BackendError(f"{name} failed: {detail}")
         return result
+
+
+def _cause_line(text: str) -> str:
+    """The first line naming an error (the tools end with what they did about it: "removing
+    data directory ..."), else the last line."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    marked = [ln for ln in lines if " error: " in ln or "FATAL:" in ln or "ERROR:" in ln]
+    return marked[0] if marked else (lines[-1] if lines else "")
 
 
 def _last_line(text: str) -> str:
