@@ -594,6 +594,13 @@ def load_config(
             where = next((v for k, v in sources.items() if k.startswith(prefixes)), where)
         if where == "flag":  # a bad flag value is a usage error (exit 2), as any bad flag is
             raise UsageError(f"--{key.replace('_', '-')}: {msg}") from None
+        at = (
+            _locate_key(path, key, value=msg != "unknown key")
+            if path is not None and where == str(path)
+            else None
+        )
+        if at is not None:
+            raise ConfigError(f"{where}: {key}: {msg} (at line {at[0]}, column {at[1]})") from None
         raise ConfigError(f"{where}: {key}: {msg}") from None
     if settings.env != "local" and settings.env not in settings.environments:
         # Every command, not only the cloud ones: an ingest or env command would otherwise act
@@ -741,6 +748,35 @@ def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
     if isinstance(node.get(leaf), dict):
         raise TypeError(leaf)
     node[leaf] = value
+
+
+_TABLE = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_.\-\"' ]+?)\s*=\s*")
+
+
+def _locate_key(path: Path, key: str, *, value: bool = True) -> tuple[int, int] | None:
+    """Line and column (1-based) of KEY's VALUE (else the key itself) in the TOML file PATH,
+    for the forms people write (`[table]` then `key = value`, or dotted keys); None when it
+    cannot be told."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    prefix = "tool.voke." if path.name == "pyproject.toml" else ""
+    wanted = prefix + key
+    table = ""
+    for number, line in enumerate(lines, start=1):
+        if header := _TABLE.match(line):
+            table = header.group(1).replace('"', "").replace("'", "").replace(" ", "")
+            if table == wanted:  # a whole table refused (an environment)
+                return number, line.index("[") + 1
+            continue
+        if found := _KEY.match(line):
+            name = found.group(1).replace('"', "").replace("'", "").replace(" ", "")
+            full = f"{table}.{name}" if table else name
+            if full == wanted or wanted.startswith(full + "."):
+                return number, (found.end() if value else len(line) - len(line.lstrip())) + 1
+    return None
 
 
 def _first_error(exc: ValidationError) -> tuple[str, str]:

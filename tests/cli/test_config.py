@@ -71,8 +71,17 @@ def test_relative_paths_in_a_file_are_relative_to_the_file(tmp_path):
 @pytest.mark.parametrize(
     ("content", "needle"),
     [
-        ("[local]\narchive_timout = 5\n", "local.archive_timout: unknown key"),
+        ("[local]\narchive_timout = 5\n", "local.archive_timout: unknown key (at line 2, column 1)"),
         ("[local]\narchive_timeout = 'soon'\n", "local.archive_timeout"),
+        ("# r\n[local]\n  archive_timeout = 'soon'\n", "(at line 3, column 21)"),
+        (
+            "[ingest]\n\nmax_errors = 'x'  # c\n",
+            "ingest.max_errors: Input should be a valid integer, unable to parse string as an integer (at line 3, column 14)",
+        ),
+        (
+            "local.replica = 'maybe'\n",
+            "local.replica: Input should be a valid boolean, unable to interpret input (at line 1, column 17)",
+        ),
         ("[local]\narchive_timeout = 0\n", "local.archive_timeout"),
         # a TOML boolean is no number (false read as 0 switched the disk guard off)
         (
