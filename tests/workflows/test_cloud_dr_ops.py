@@ -143,6 +143,16 @@ def test_restore_clones_into_a_new_instance_and_audits(cloud):
     assert "voke-db-pitr-" in human.stdout and "gcloud sql instances delete" in human.stdout
 
 
+def test_an_instance_busy_with_an_operation_of_its_own_is_asked_again_not_failed(cloud):
+    # Cloud SQL refuses (409 operationInProgress) a call made while another operation runs on
+    # the instance: its own backup after a create, maintenance. Nothing was started; voke asks again.
+    cloud.fake.sql.busy["voke-db"] = 2
+    result = cloud.voke("dr", "restore", "--to", "-1h", "--name", "voke-db-busy", "--yes", "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert len(cloud.posts("/instances/voke-db/clone")) == 3 and cloud.fake.sql.busy["voke-db"] == 0
+    assert "voke-db-busy" in cloud.fake.sql.instances
+
+
 @pytest.mark.parametrize("to", ["-8d", "-5s"], ids=["before-earliest", "after-latest"])
 def test_restore_refuses_a_target_outside_the_window_before_starting(cloud, to):
     result = cloud.voke("dr", "restore", "--to", to, "--yes", "--json")

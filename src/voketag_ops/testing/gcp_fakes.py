@@ -48,10 +48,11 @@ HTTP_STATUS = {
 class ApiError(Exception):
     """Raised by a fake handler: becomes the service's error document."""
 
-    def __init__(self, status: str, message: str) -> None:
+    def __init__(self, status: str, message: str, reason: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.reason = reason  # the REST error's errors[].reason (Cloud SQL: operationInProgress, ...)
 
 
 def ts(value: datetime | None = None) -> str:
@@ -202,7 +203,10 @@ class FakeRestServer:
 
 def _error(exc: ApiError) -> tuple[int, Any, str]:
     code = HTTP_STATUS.get(exc.status, 500)
-    return code, {"error": {"code": code, "message": exc.message, "status": exc.status}}, "application/json"
+    doc: dict[str, Any] = {"code": code, "message": exc.message, "status": exc.status}
+    if exc.reason:
+        doc["errors"] = [{"domain": "global", "reason": exc.reason, "message": exc.message}]
+    return code, {"error": doc}, "application/json"
 
 
 def _pick(body: dict[str, Any] | None, *names: str) -> Any:
@@ -851,6 +855,9 @@ class FakeCloudSql:
         self.backup_page_size = 100  # backupRuns.list pages (the API pages at maxResults)
         self.operations: dict[str, dict[str, Any]] = {}
         self.failures: dict[str, str] = {}  # operation type -> error message of its next run
+        # instance -> how many more calls find it busy with an operation of Cloud SQL's own
+        # (the backup after a create, maintenance): refused with 409 operationInProgress
+        self.busy: dict[str, int] = {}
         self.on_password: Callable[[str, str], None] = lambda role, password: None
         # Data-path hooks (see PostgresInstances): a new instance NAME from SOURCE, a deletion,
         # a promotion (the replica catches up with its primary first).
@@ -954,11 +961,18 @@ class FakeCloudSql:
         return doc
 
     def _operation(self, kind: str, target: str, effect: Callable[[], None]) -> dict[str, Any]:
-        if any(
+        busy = self.busy.get(target, 0) > 0
+        if busy:
+            self.busy[target] -= 1
+        if busy or any(
             o["doc"]["targetId"] == target and o["doc"]["status"] != "DONE" for o in self.operations.values()
         ):
             # As Cloud SQL: one operation at a time per instance (HTTP 409)
-            raise ApiError("ABORTED", "Operation failed because another operation was already in progress.")
+            raise ApiError(
+                "ABORTED",
+                "Operation failed because another operation was already in progress.",
+                reason="operationInProgress",
+            )
         op_id = str(uuid.uuid4())
         doc = {
             "kind": "sql#operation",

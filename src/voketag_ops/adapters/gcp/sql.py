@@ -82,6 +82,29 @@ class CloudSqlAdmin:
         with translating(what, errors):
             yield
 
+    def start(self, fn: Any, request: dict[str, Any], what: str, *, failure: type = BackendError) -> Any:
+        """FN(request=REQUEST), a call that starts an operation. Refused because another
+        operation runs on the instance (409 operationInProgress: Cloud SQL's own backup after a
+        create, maintenance, the operation just before), it is asked again until the operation
+        timeout: nothing was started, and the next step of a drill or failover is not a reason
+        to fail."""
+        from google.api_core import exceptions as gexc
+
+        deadline = self.ctx.deadline()
+        pause = self.ctx.poll_interval
+        with self.translate(what, failure=failure):
+            while True:
+                try:
+                    return self.ctx.call(fn, request=request, idempotent=False)
+                except gexc.Conflict as exc:
+                    if not _in_progress(exc) or time.monotonic() + pause >= deadline:
+                        raise
+                    log.info(
+                        "%s: another Cloud SQL operation is in progress; asking again in %g s", what, pause
+                    )
+                    self.ctx.sleep(pause)
+                    pause = min(pause * 2, 30.0)
+
     def wait(self, operation: Any, what: str, *, failure: type = BackendError) -> DbOperationInfo:
         """Poll OPERATION until DONE; raise FAILURE when DONE carries an error."""
         deadline = self.ctx.deadline()
@@ -178,20 +201,29 @@ class CloudSqlDbTarget:
 
     def set_password(self, role: str, password: str) -> None:
         admin = self.admin
-        with admin.translate(f"user {role} on {self.instance}", failure=DatabaseError):
-            op = admin.ctx.call(
-                admin.client("users").update,
-                request={
-                    "project": admin.ctx.project,
-                    "instance": self.instance,
-                    "name": role,
-                    "body": {"name": role, "password": password},
-                },
-            )
+        op = admin.start(
+            admin.client("users").update,
+            {
+                "project": admin.ctx.project,
+                "instance": self.instance,
+                "name": role,
+                "body": {"name": role, "password": password},
+            },
+            f"user {role} on {self.instance}",
+            failure=DatabaseError,
+        )
         admin.wait(op, f"set the password of {role}", failure=DatabaseError)
 
     def can_login(self, cred: dict[str, Any], *, timeout: float = 5) -> bool:
         return pg_login(cred, timeout=timeout)
+
+
+def _in_progress(exc: Any) -> bool:
+    """Whether a 409 says another operation runs on the instance (not: the name is taken)."""
+    reasons = {
+        str((e or {}).get("reason", "")) for e in (getattr(exc, "errors", None) or []) if isinstance(e, dict)
+    }
+    return "operationInProgress" in reasons or "already in progress" in str(getattr(exc, "message", exc))
 
 
 class CloudSqlRecovery:
@@ -337,10 +369,7 @@ class CloudSqlRecovery:
 
     def _mutate(self, method: str, what: str, **kwargs: Any) -> DbOperationInfo:
         client = self.admin.client("instances")
-        with self.admin.translate(what):
-            op = self.ctx.call(
-                getattr(client, method), request={"project": self.ctx.project, **kwargs}, idempotent=False
-            )
+        op = self.admin.start(getattr(client, method), {"project": self.ctx.project, **kwargs}, what)
         return self.admin.wait(op, what)
 
     def clone_to_point_in_time(
@@ -408,10 +437,7 @@ class CloudSqlRecovery:
         }
         client = self.admin.client("instances")
         what = f"create the replica {name} of {master}"
-        with self.admin.translate(what):
-            op = self.ctx.call(
-                client.insert, request={"project": self.ctx.project, "body": body}, idempotent=False
-            )
+        op = self.admin.start(client.insert, {"project": self.ctx.project, "body": body}, what)
         return self.admin.wait(op, what)
 
     def delete_instance(self, name: str) -> DbOperationInfo:
