@@ -436,12 +436,9 @@ def fence(settings: Settings, env: LocalEnvironment, *, node: str, dry_run: bool
         raise UsageError(f"unknown node {node!r} (primary or replica)")
     # The node an interrupted failover moves away from may always be fenced (started again, it
     # is a second primary); anything else waits until the operation is finished.
-    loser = _failover_loser(env)
-    leader = (
-        (dr.unfinished_operation(env) or {}).get("new_leader", state.leader)
-        if loser == node
-        else state.leader
-    )
+    pending = _pending_failover(env)
+    loser = pending.get("old_leader")
+    leader = pending.get("new_leader", state.leader) if loser == node else state.leader
     if not dry_run and loser != node:
         dr.refuse_if_unfinished(env)  # mid-failover the leader on record is about to change
     if node == leader:
@@ -464,7 +461,7 @@ def fence(settings: Settings, env: LocalEnvironment, *, node: str, dry_run: bool
             ],
         }
     with dr.dr_lock(env, "dr fence"), recorded(env, "dr.fence", node):
-        if _failover_loser(env) != node:
+        if _pending_failover(env).get("old_leader") != node:
             dr.refuse_if_unfinished(env)  # (again, under the lock)
         report = dr.fence_node(env, target, reason="voke dr fence")
         # a standby promoted beside the leader archived a timeline of its own: it must go
@@ -478,12 +475,12 @@ def fence(settings: Settings, env: LocalEnvironment, *, node: str, dry_run: bool
     return report
 
 
-def _failover_loser(env: LocalEnvironment) -> str | None:
-    """The node an interrupted `voke dr failover` fences, or None."""
+def _pending_failover(env: LocalEnvironment) -> dict[str, Any]:
+    """The record of an interrupted `voke dr failover` (old_leader, new_leader), or {}."""
     from voketag_ops.adapters.local import dr
 
     op = dr.unfinished_operation(env) or {}
-    return op.get("old_leader") if op.get("operation") == "failover" else None
+    return op if op.get("operation") == "failover" else {}
 
 
 def history(env: LocalEnvironment, *, limit: int = 50) -> list[dict[str, Any]]:
