@@ -289,8 +289,11 @@ def test_a_promotion_or_switchover_still_running_at_the_deadline_stops_for_a_per
     assert "dr failover --yes" in over.json["error"]["hint"]
     cloud.fake.sql.polls_per_step = 1
     cloud.configure(operation_timeout=30)
+    asked = len(cloud.posts("promoteReplica"))
     busy = cloud.voke("dr", "failover", "--yes", "--json")  # while it runs, Cloud SQL refuses another
     assert busy.exit_code == 5 and "already in progress" in busy.json["error"]["message"], busy.stdout
+    # the running operation is this very promotion: not asked again (once DONE, it would promote twice)
+    assert len(cloud.posts("promoteReplica")) == asked + 1
     cloud.fake.sql.finish_pending()  # Cloud SQL finishes it on its own
     assert cloud.voke("dr", "failover", "--yes", "--json").exit_code == 0  # the rerun finishes voke's part
     cloud.configure(operation_timeout=0.05)

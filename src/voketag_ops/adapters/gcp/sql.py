@@ -82,16 +82,20 @@ class CloudSqlAdmin:
         with translating(what, errors):
             yield
 
-    def start(self, fn: Any, request: dict[str, Any], what: str, *, failure: type = BackendError) -> Any:
-        """FN(request=REQUEST), a call that starts an operation. Refused because another
-        operation runs on the instance (409 operationInProgress: Cloud SQL's own backup after a
-        create, maintenance, the operation just before), it is asked again until the operation
-        timeout: nothing was started, and the next step of a drill or failover is not a reason
-        to fail."""
+    def start(
+        self, fn: Any, request: dict[str, Any], what: str, *, kind: str, failure: type = BackendError
+    ) -> Any:
+        """FN(request=REQUEST), a call that starts an operation of type KIND. Refused because
+        another operation runs on the instance (409 operationInProgress: Cloud SQL's own backup
+        after a create, maintenance, the step just before), it is asked again until the
+        operation timeout: nothing was started. Not when the running one is of the same KIND:
+        that is this very change under way (a rerun beside an interrupted voke's), and asking
+        again once it is done would do it twice; that stays exit 5, rerun when it is DONE."""
         from google.api_core import exceptions as gexc
 
         deadline = self.ctx.deadline()
         pause = self.ctx.poll_interval
+        instance = request.get("instance")
         with self.translate(what, failure=failure):
             while True:
                 try:
@@ -99,11 +103,23 @@ class CloudSqlAdmin:
                 except gexc.Conflict as exc:
                     if not _in_progress(exc) or time.monotonic() + pause >= deadline:
                         raise
+                    if instance and kind in self._running_kinds(instance):
+                        raise
                     log.info(
                         "%s: another Cloud SQL operation is in progress; asking again in %g s", what, pause
                     )
                     self.ctx.sleep(pause)
                     pause = min(pause * 2, 30.0)
+
+    def _running_kinds(self, instance: str) -> set[str]:
+        """The types of INSTANCE's operations not DONE (the newest page: one runs at a time)."""
+        pager = self.ctx.call(
+            self.client("operations").list,
+            request={"project": self.ctx.project, "instance": instance, "max_results": 20},
+        )
+        first = next(iter(pager.pages), None)
+        ops = first.items if first is not None else []
+        return {_enum(op.operation_type) for op in ops if int(op.status) != DONE}
 
     def wait(self, operation: Any, what: str, *, failure: type = BackendError) -> DbOperationInfo:
         """Poll OPERATION until DONE; raise FAILURE when DONE carries an error."""
@@ -210,12 +226,24 @@ class CloudSqlDbTarget:
                 "body": {"name": role, "password": password},
             },
             f"user {role} on {self.instance}",
+            kind="UPDATE_USER",
             failure=DatabaseError,
         )
         admin.wait(op, f"set the password of {role}", failure=DatabaseError)
 
     def can_login(self, cred: dict[str, Any], *, timeout: float = 5) -> bool:
         return pg_login(cred, timeout=timeout)
+
+
+# The Cloud SQL operation type each instances method starts.
+_OPERATION_OF = {
+    "clone": "CLONE",
+    "promote_replica": "PROMOTE_REPLICA",
+    "failover": "FAILOVER",
+    "switchover": "SWITCHOVER",
+    "patch": "UPDATE",
+    "delete": "DELETE",
+}
 
 
 def _in_progress(exc: Any) -> bool:
@@ -369,7 +397,8 @@ class CloudSqlRecovery:
 
     def _mutate(self, method: str, what: str, **kwargs: Any) -> DbOperationInfo:
         client = self.admin.client("instances")
-        op = self.admin.start(getattr(client, method), {"project": self.ctx.project, **kwargs}, what)
+        request = {"project": self.ctx.project, **kwargs}
+        op = self.admin.start(getattr(client, method), request, what, kind=_OPERATION_OF[method])
         return self.admin.wait(op, what)
 
     def clone_to_point_in_time(
@@ -437,7 +466,8 @@ class CloudSqlRecovery:
         }
         client = self.admin.client("instances")
         what = f"create the replica {name} of {master}"
-        op = self.admin.start(client.insert, {"project": self.ctx.project, "body": body}, what)
+        request = {"project": self.ctx.project, "body": body}
+        op = self.admin.start(client.insert, request, what, kind="CREATE_REPLICA")
         return self.admin.wait(op, what)
 
     def delete_instance(self, name: str) -> DbOperationInfo:
