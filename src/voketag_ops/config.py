@@ -213,6 +213,11 @@ class CoverageSettings(_Model):
         default=Path(".voke/coverage-history.jsonl"), description="history file of `voke coverage history`"
     )
 
+    @field_validator("history")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return Path(os.path.expanduser(str(value)))
+
 
 class DrSettings(_Model):
     """`voke dr` and `voke drill` targets and thresholds (`[dr]`; PRODUCT.md's numbers)."""
@@ -460,7 +465,11 @@ class Settings(_Model):
             return GcpEnvironment.model_validate({"services": self.services, **raw})
         except ValidationError as exc:
             key, msg = _first_error(exc)
-            raise ConfigError(f"{source}: environments.{name}.{key}: {msg}") from None
+            dotted = f"environments.{name}.{key}"
+            path = Path(source)
+            at = _locate_key(path, dotted, value=msg != "unknown key") if path.suffix == ".toml" else None
+            where = f" (at line {at[0]}, column {at[1]})" if at else ""
+            raise ConfigError(f"{source}: {dotted}: {msg}{where}") from None
 
 
 @dataclass(frozen=True)

@@ -399,7 +399,9 @@ def test_without_a_replica_up_names_only_the_primary_and_status_is_healthy(tmp_p
         assert voke("env", "destroy", "--yes", "--discard-chain", environ=environ).exit_code == 0
 
 
-def test_a_home_with_a_space_and_a_quote_is_reached_by_every_command(tmp_path, env_of, voke):
+def test_a_home_with_a_space_a_quote_and_a_backslash_runs_the_whole_dr_cycle(tmp_path, env_of, voke):
+    # Such a home reaches libpq conninfo strings, postgresql.conf values and the archive and
+    # restore shell commands: each quoted its own way (a space broke the first, a quote the others).
     import psycopg.conninfo
 
     from voketag_ops.adapters.local.postgres import make_conninfo
@@ -408,7 +410,7 @@ def test_a_home_with_a_space_and_a_quote_is_reached_by_every_command(tmp_path, e
         assert psycopg.conninfo.conninfo_to_dict(make_conninfo(host=host, port="1"))["host"] == host
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
-    environ = env_of(private / "h ö's home", VOKE_LOCAL__REPLICA="false")  # (macOS: "Application Support")
+    environ = env_of(private / "h ö's \\ home")  # (macOS: "Application Support")
     try:
         up = voke("env", "up", environ=environ)
         assert up.exit_code == 0, up.stderr
@@ -423,6 +425,12 @@ def test_a_home_with_a_space_and_a_quote_is_reached_by_every_command(tmp_path, e
         )
         load = voke("ingest", "load", str(tmp_path / "b.csv"), environ=environ)
         assert load.exit_code == 0, load.stderr
+        for step in (["dr", "backup", "--yes"], ["dr", "failover", "--yes"], ["dr", "failback", "--yes"]):
+            done = voke(*step, environ=environ)  # archiving, a standby's config, pg_rewind's restore
+            assert done.exit_code == 0, (step, done.stdout, done.stderr)
+        status = voke("env", "status", "--json", environ=environ).json["result"]
+        assert status["archive"]["failing"] is False and status["archive"]["archived_count"] > 0
+        assert status["replica"]["streaming"] is True
     finally:
         assert voke("env", "destroy", "--yes", "--discard-chain", environ=environ).exit_code == 0
 

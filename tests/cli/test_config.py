@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from voketag_ops.config import load_config
@@ -64,6 +66,8 @@ def test_relative_paths_in_a_file_are_relative_to_the_file(tmp_path):
         assert settings.coverage.history == tmp_path / ".voke" / "h.jsonl"
         assert str(settings.local.pg_bin).endswith("/pg/bin") and "~" not in str(settings.local.pg_bin)
         assert str(settings.dr.runbooks_dir) == "/srv/runbooks"
+    (tmp_path / "voke.toml").write_text('[coverage]\nhistory = "~/h.jsonl"\n')  # a home, wherever voke runs
+    assert load_config(environ={}, cwd=sub).settings.coverage.history == Path.home() / "h.jsonl"
     relative = load_config(environ={"VOKE_HOME": "rel"}, cwd=sub).settings  # the environment's: the shell's
     assert str(relative.local.home) == "rel"
 
@@ -283,6 +287,10 @@ def test_a_voke_home_that_is_a_file_is_a_configuration_error_everywhere(voke, ma
     doctor = voke("doctor", "--json", environ=below)
     local = next(c for c in doctor.json["result"]["checks"] if c["name"] == "local environment")
     assert doctor.exit_code == 1 and local["ok"] is False and "cannot be made" in local["detail"]
+    if Path("/proc/1").is_dir():  # a directory that exists and takes nothing new, even from root
+        for args in (["env", "up"], ["env", "down"], ["env", "destroy", "--yes"]):
+            made = voke(*args, "--json", environ=make_environ(Path("/proc/1")))
+            assert made.exit_code == 3 and "cannot make dr/" in made.json["error"]["message"], made.stdout
 
 
 def test_doctor_points_an_unreadable_state_at_the_reset_that_works(voke, make_environ, tmp_path):
@@ -307,6 +315,7 @@ def test_a_bad_named_environment_is_named_with_its_file(voke, make_environ, tmp_
     result = voke("--env", "prod", "dr", "status", "--json", environ=environ, cwd=tmp_path)
     assert result.exit_code == 3
     assert result.json["error"]["message"].startswith(f"{tmp_path / 'voke.toml'}: environments.prod.project")
+    assert result.json["error"]["message"].endswith("(at line 2, column 11)")
     doctor = voke("--env", "prod", "doctor", "--json", environ=environ, cwd=tmp_path)
     check = {c["name"]: c for c in doctor.json["result"]["checks"]}["environment"]
     assert str(tmp_path / "voke.toml") in check["detail"] and check["hint"] == "fix the key named above"

@@ -111,12 +111,17 @@ def _local_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
                 )
             )
             return
-        if not env.home.exists() and not (probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)):
+        if not (probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)):  # the home, or where it goes
             report.checks.append(  # `env up` could not make it (exit 3)
                 Check(
                     "local environment",
                     False,
-                    f"VOKE_HOME {env.home} cannot be made: {probe} is not a writable directory",
+                    f"VOKE_HOME {env.home} "
+                    + (
+                        "is not writable"
+                        if probe == env.home
+                        else f"cannot be made: {probe} is not a writable directory"
+                    ),
                     "point VOKE_HOME elsewhere",
                 )
             )

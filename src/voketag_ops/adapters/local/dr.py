@@ -45,6 +45,7 @@ from voketag_ops.adapters.local.environment import (
 )
 from voketag_ops.adapters.local.postgres import (
     PgNode,
+    conf_quote,
     parent_death_kills,
     pick_free_port,
     record_command,
@@ -55,6 +56,7 @@ from voketag_ops.core.dr_checks import parse_iso
 from voketag_ops.core.times import iso
 from voketag_ops.errors import (
     BackendError,
+    ConfigError,
     NeedsOperatorError,
     PreconditionError,
     RolledBackError,
@@ -105,7 +107,10 @@ def wait_until(predicate: Callable[[], Any], what: str, *, timeout: float, inter
 # -- files and locks -------------------------------------------------------------------------
 def dr_dir(env: LocalEnvironment) -> Path:
     path = env.home / "dr"
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:  # a home not writable, or in a place nothing can be made
+        raise ConfigError(f"VOKE_HOME {env.home}: cannot make {path.name}/: {exc.strerror}") from None
     return path
 
 
@@ -1090,7 +1095,7 @@ def restore(
         settings = env._common_settings(node)
         settings.update(
             archive_mode="off",
-            restore_command=f"cp '{env.archive_dir}/%f' '%p'",
+            restore_command=env.restore_command(),
             recovery_target_time=plan.target.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00"),
             recovery_target_action="promote",
             # the leader's timeline the window was judged on, not whatever history file is newest
@@ -1451,8 +1456,8 @@ def write_standby_config(env: LocalEnvironment, node: PgNode, upstream: PgNode) 
     conninfo = upstream.conninfo(application_name=node.name)  # (dbname: ignored by streaming)
     auto.write_text(
         "# Written by voke dr: this node streams from the leader.\n"
-        f"primary_conninfo = '{conninfo.replace(chr(39), chr(39) * 2)}'\n"
-        f"restore_command = 'cp ''{env.archive_dir}/%f'' ''%p'''\n"
+        f"primary_conninfo = {conf_quote(conninfo)}\n"
+        f"restore_command = {conf_quote(env.restore_command())}\n"
     )
     os.chmod(auto, 0o600)
     _chown_to_server(env, auto)
@@ -1489,7 +1494,7 @@ def rebuild_standby(
             conn.execute("checkpoint")
         # pg_rewind may need WAL the target recycled; let it fetch it from the archive.
         settings = env._common_settings(node)
-        settings["restore_command"] = f"cp '{env.archive_dir}/%f' '%p'"
+        settings["restore_command"] = env.restore_command()
         node.write_config(settings, env._hba())
         t = time.monotonic()
         rewinding.touch()  # removed once the data directory is whole again

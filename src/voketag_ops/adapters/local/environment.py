@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import threading
 import time
@@ -466,8 +467,8 @@ class LocalEnvironment:
         bins = PgBinaries.resolve(Path(state.pg_bin) if state.pg_bin else self.settings.pg_bin)
         user = OsUser.for_servers(state.server_user or self.settings.system_user, create=True)
         if not user.is_me:
-            bins.make_reachable_by(user)
-            self.search_granted = [d for d in grant_traverse(self.home) if d != str(self.home)]  # not voke's
+            granted = bins.make_reachable_by(user) + grant_traverse(self.home)
+            self.search_granted = [d for d in dict.fromkeys(granted) if d != str(self.home)]  # not voke's
             os.chmod(self.home, 0o711)
         for directory in (
             self.pg_dir,
@@ -504,14 +505,15 @@ class LocalEnvironment:
                 f"need at least {self.settings.min_free_disk_mb} MB (local.min_free_disk_mb)"
             )
 
+    def restore_command(self) -> str:
+        """The shell command that fetches a WAL segment from the archive (quoted for any VOKE_HOME)."""
+        return f"cp {shlex.quote(f'{self.archive_dir}/%f')} '%p'"
+
     def _common_settings(self, node: PgNode) -> dict[str, str | int | bool]:
         # Idempotent: a segment already archived with the same bytes counts as archived (a promoted
         # standby re-offers segments it inherited); different bytes under the same name fail loudly.
-        dest = f"'{self.archive_dir}/%f'"
-        archive_cmd = (
-            f"if test -f {dest}; then cmp -s '%p' {dest}; "
-            f"else cp '%p' {dest[:-1]}.tmp' && mv {dest[:-1]}.tmp' {dest}; fi"
-        )
+        dest, tmp = (shlex.quote(f"{self.archive_dir}/%f{suffix}") for suffix in ("", ".tmp"))
+        archive_cmd = f"if test -f {dest}; then cmp -s '%p' {dest}; else cp '%p' {tmp} && mv {tmp} {dest}; fi"
         return {
             "listen_addresses": "127.0.0.1",
             "port": node.port,

@@ -189,14 +189,16 @@ class PgBinaries:
             raise ConfigError(f"unexpected `postgres --version` output: {out.strip()!r}")
         return match.group(1)
 
-    def make_reachable_by(self, user: OsUser) -> None:
-        """Let USER traverse to and execute the binaries (root installs often sit under /root)."""
+    def make_reachable_by(self, user: OsUser) -> list[str]:
+        """Let USER traverse to and execute the binaries (root installs often sit under /root);
+        the directories on the way given o+x."""
         if user.is_me:
-            return
-        grant_traverse(self.bin_dir)
+            return []
+        granted = grant_traverse(self.bin_dir)
         install = self.bin_dir.parent
         for sub in ("bin", "lib", "share"):
             _grant_read_tree(install / sub)
+        return granted
 
 
 def grant_traverse(path: Path) -> list[str]:
@@ -387,6 +389,11 @@ def serves(pid: int, data_dir: Path) -> bool:
         return True  # neither can tell: the pid file is all there is, as before
 
 
+def conf_quote(value: str) -> str:
+    """VALUE as a quoted string of postgresql.conf, whose parser reads backslash escapes too."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
 def make_conninfo(**params: str) -> str:
     """A libpq key=value string; values with spaces, quotes or backslashes are quoted as libpq
     reads them (a VOKE_HOME with a space made `host=/a b` two broken words)."""
@@ -501,7 +508,7 @@ class PgNode:
             elif isinstance(value, int):
                 rendered = str(value)
             else:
-                rendered = "'" + str(value).replace("'", "''") + "'"
+                rendered = conf_quote(str(value))
             lines.append(f"{key} = {rendered}")
         self._write_owned(self.data_dir / "voke.conf", "\n".join(lines) + "\n")
         main_conf = self.data_dir / "postgresql.conf"
