@@ -326,6 +326,22 @@ def test_verdicts():
         rto=None, rpo=None, targets=targets, integrity=[], steady_after_ok=False, error="x"
     )
     assert not nothing["integrity_ok"] and len(nothing["breaches"]) == 5
+    # an aborted or interrupted run: what was never measured is not measured, not breached
+    cut = drill.verdict(
+        rto=None,
+        rpo=None,
+        targets=targets,
+        integrity=[],
+        steady_after_ok=None,
+        error="aborted: x",
+        cut_short=True,
+    )
+    assert (cut["rto_met"], cut["rpo_met"], cut["integrity_ok"]) == (None, None, None)
+    assert cut["breaches"] == ["aborted: x"]
+    late = drill.verdict(
+        rto=400, rpo=None, targets=targets, integrity=ok, steady_after_ok=None, error="i", cut_short=True
+    )
+    assert (late["rto_met"], late["rpo_met"], late["integrity_ok"]) == (False, None, True)  # measured: judged
 
 
 def journal(**changes):
@@ -370,7 +386,8 @@ def test_the_schema_accepts_a_journal_and_names_what_is_wrong():
     )
     assert "$.rto_seconds: expected number or null, got str" in errors
     assert "$.timeline: missing 'fault_injected_at'" in errors
-    assert drill.validate(journal(rto_met=1)) == ["$.rto_met: expected boolean, got int"]
+    assert drill.validate(journal(rto_met=1)) == ["$.rto_met: expected boolean or null, got int"]
+    assert drill.validate(journal(rto_met=None, integrity_ok=None, status="aborted")) == []
 
 
 def test_reports_render_from_a_journal():
@@ -388,6 +405,10 @@ def test_reports_render_from_a_journal():
                        "wal_last": "000000020000000000000007", "wal_files": 3},
     }  # fmt: skip
     pitr = markdown(journal(details={"restore": restore}))
+    page = html_page(journal(details={"restore": restore}))  # the same evidence as the Markdown
+    for text in ("Steady state", "Canary writer", "10 acknowledged", "Phases: detection 1 s",
+                 "before commit of transaction 870", "000000020000000000000005"):  # fmt: skip
+        assert text in page, text
     for row in (
         "| requested target | 2026-11-26T20:40:00Z |",
         "| stop point | before commit of transaction 870 |",
@@ -396,6 +417,27 @@ def test_reports_render_from_a_journal():
         "| WAL replayed | 000000020000000000000005 .. 000000020000000000000007 (3 file(s)) |",
     ):
         assert row in pitr, pitr
+
+
+def test_reports_say_not_measured_and_escape_what_they_quote():
+    cut = journal(status="aborted", rto_met=None, rpo_met=None, integrity_ok=None, integrity=[],
+                  rto_seconds=None, lost_commits=None, breaches=["steady state"])  # fmt: skip
+    md = markdown(cut)
+    assert (
+        "| RTO | – | 600 s | not measured |" in md
+        and "| integrity | 0 check(s) | all match | not measured |" in md
+    )
+    assert "acknowledged but lost: not determined" in md and "BREACHED" not in md
+    assert "not measured" in html_page(cut) and "BREACHED" not in html_page(cut)
+    nasty = '<script>alert("x")</script> & a | b\nsecond line'
+    md = markdown(journal(error=nasty, steps=[{"name": nasty, "ok": False, "duration_seconds": 1.0}],
+                          integrity=[{"table": nasty, "rows": 1, "checksum": "ab", "match": False, "detail": nasty}]))  # fmt: skip
+    assert "<script>" not in md and "\nsecond" not in md
+    assert '&lt;script&gt;alert("x")&lt;/script&gt; &amp; a \\| b second line' in md
+    import re
+
+    row = next(line for line in md.splitlines() if line.startswith("| &lt;script") and "NO" in line)
+    assert len(re.split(r"(?<!\\)\|", row)) == 8  # the integrity row keeps its six cells
 
 
 def test_trend_compares_with_the_previous_run():

@@ -157,6 +157,29 @@ def test_a_checkpoint_of_a_dead_run_shows_as_interrupted(tmp_path):
     assert shown == {"cloud-dead": "interrupted", "cloud-alive": "running"}
 
 
+def test_a_file_that_is_no_journal_is_skipped_by_every_view_and_refused_by_report(
+    tmp_path, voke, make_environ
+):
+    import json
+
+    environ = make_environ(tmp_path / "h")
+    drills = tmp_path / "h" / "drills"
+    drills.mkdir(parents=True)
+    for name, text in (("list", "[1]"), ("null", "null"), ("empty", "{}"), ("cut", '{"run_id": "x"')):
+        (drills / f"{name}.json").write_text(text)
+    made = {"run_id": "bad1", "scenario": "pitr", "status": "failed", "started_at": "2026-11-26T20:00:00Z"}
+    (drills / "bad1.json").write_text(json.dumps(made))  # listed, but not reportable
+    history = voke("drill", "history", "--json", environ=environ)
+    assert history.exit_code == 0, history.stdout + history.stderr
+    assert [r["run_id"] for r in history.json["result"]["runs"]] == ["bad1"]
+    assert voke("dr", "status", "--json", environ=environ).exit_code == 0
+    for fmt in ("md", "html"):
+        report = voke("drill", "report", "bad1", "--format", fmt, "--json", environ=environ)
+        assert report.exit_code == 1, report.stdout  # an input that is rejected
+        assert "its journal cannot be reported (no targets)" in report.json["error"]["message"]
+    assert voke("drill", "report", "bad1", "--format", "json", environ=environ).exit_code == 0  # as it is
+
+
 def test_a_journal_left_running_by_a_killed_drill_reads_interrupted_everywhere(tmp_path):
     import json
     import socket

@@ -194,6 +194,10 @@ def report(
 
     env = use(ctx)
     journal = drill.load_journal(_home(env), run_id)
+    if format_ is not Format.json and (problem := drill.report_problem(journal)):
+        from voketag_ops.errors import InputError
+
+        raise InputError(f"drill run {journal['run_id']}: its journal cannot be reported ({problem})")
     if format_ is Format.json and output is None:
         env.out.result(journal, render=lambda c, j: c.print_json(json.dumps(j)))
         return
@@ -227,7 +231,13 @@ def _render_plan(console: Console, report: dict[str, Any]) -> None:
             console.print(f"  • {step}")
 
 
+def _or_dash(value: Any) -> str:
+    return "–" if value is None else str(value)
+
+
 def _render_runs(console: Console, report: dict[str, Any]) -> None:
+    from voketag_ops.core.drill_report import integrity_word
+
     runs = report.get("runs", [report])
     for j in runs:
         t = j["targets"]
@@ -236,8 +246,8 @@ def _render_runs(console: Console, report: dict[str, Any]) -> None:
         rpo = "–" if j["rpo_seconds"] is None else f"{j['rpo_seconds']:.2f} s"
         console.print(
             f"{mark} {j['scenario']:<9} RTO {rto} (target {t['rto_target_seconds']:g} s)  "
-            f"RPO {rpo} (target {t['rpo_target_seconds']:g} s)  lost {j.get('lost_commits')}  "
-            f"integrity {'ok' if j['integrity_ok'] else 'FAILED'}  {j['status']}  run {j['run_id']}",
+            f"RPO {rpo} (target {t['rpo_target_seconds']:g} s)  lost {_or_dash(j.get('lost_commits'))}  "
+            f"integrity {integrity_word(j['integrity_ok'])}  {j['status']}  run {j['run_id']}",
             markup=False,
         )
         for breach in j.get("breaches") or []:

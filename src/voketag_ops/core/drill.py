@@ -162,21 +162,29 @@ def verdict(
     integrity: Sequence[Mapping[str, Any]],
     steady_after_ok: bool | None,
     error: str | None,
+    cut_short: bool = False,
 ) -> dict[str, Any]:
-    """rto_met, rpo_met, integrity_ok and the overall status (completed or failed)."""
-    rto_met = rto is not None and rto <= targets.rto_target_seconds
-    rpo_met = rpo is not None and rpo <= targets.rpo_target_seconds
-    integrity_ok = bool(integrity) and all(bool(item.get("match")) for item in integrity)
+    """rto_met, rpo_met, integrity_ok and the overall status (completed or failed).
+
+    CUT_SHORT (an aborted or interrupted run): what was not measured is None, "not
+    measured", and no breach; only what was measured is judged."""
+    rto_met: bool | None = rto is not None and rto <= targets.rto_target_seconds
+    rpo_met: bool | None = rpo is not None and rpo <= targets.rpo_target_seconds
+    integrity_ok: bool | None = bool(integrity) and all(bool(item.get("match")) for item in integrity)
+    if cut_short:
+        rto_met = None if rto is None else rto_met
+        rpo_met = None if rpo is None else rpo_met
+        integrity_ok = None if not integrity else integrity_ok
     breaches = []
-    if not rto_met:
+    if rto_met is False:
         breaches.append(
             "no first write after the fault"
             if rto is None
             else f"RTO {rto:g} s > {targets.rto_target_seconds:g} s"
         )
-    if not rpo_met:
+    if rpo_met is False:
         breaches.append("RPO unknown" if rpo is None else f"RPO {rpo:g} s > {targets.rpo_target_seconds:g} s")
-    if not integrity_ok:
+    if integrity_ok is False:
         bad = [str(item.get("table")) for item in integrity if not item.get("match")]
         breaches.append("integrity: " + (", ".join(bad) if bad else "nothing verified"))
     if steady_after_ok is False:
@@ -286,9 +294,9 @@ JOURNAL_SCHEMA: dict[str, Any] = {
             "required": ["before", "after"],
             "properties": {"before": {"type": ["object", "null"]}, "after": {"type": ["object", "null"]}},
         },
-        "rto_met": {"type": "boolean"},
-        "rpo_met": {"type": "boolean"},
-        "integrity_ok": {"type": "boolean"},
+        "rto_met": {"type": ["boolean", "null"]},  # null: not measured (an aborted or interrupted run)
+        "rpo_met": {"type": ["boolean", "null"]},
+        "integrity_ok": {"type": ["boolean", "null"]},
         "status": {"type": "string", "enum": list(STATUSES)},
         "breaches": {"type": "array", "items": {"type": "string"}},
         "error": {"type": ["string", "null"]},

@@ -54,10 +54,22 @@ def _command(c: Mapping[str, Any]) -> str:
 
 
 def _mark(ok: Any) -> str:
-    return "met" if ok else "BREACHED"
+    return "not measured" if ok is None else "met" if ok else "BREACHED"
 
 
-def _recovery(j: Mapping[str, Any]) -> list[str]:
+def _md(value: Any) -> str:
+    """VALUE as Markdown text that stays in its table cell or line: no HTML, no cell break."""
+    text = str(value)
+    for raw, safe in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ("|", "\\|")):
+        text = text.replace(raw, safe)
+    return " ".join(text.split())  # a multi-line error on one line
+
+
+def integrity_word(ok: Any) -> str:
+    return "not measured" if ok is None else "ok" if ok else "FAILED"
+
+
+def _recovery_rows(j: Mapping[str, Any]) -> list[tuple[str, Any]]:
     """A point-in-time restore's evidence (research: requested target, stop point, new timeline,
     backup and WAL range), from the journal's details.restore; nothing for other scenarios."""
     restore = (j.get("details") or {}).get("restore") or {}
@@ -79,21 +91,56 @@ def _recovery(j: Mapping[str, Any]) -> list[str]:
         ("restored instance", f"{restore.get('name')} (port {restore.get('port')})" if restore.get("port")
          else restore.get("name")),
     ]  # fmt: skip
+    return [(label, value) for label, value in rows if value not in (None, "")]
+
+
+def _recovery(j: Mapping[str, Any]) -> list[str]:
+    rows = _recovery_rows(j)
+    if not rows:
+        return []
     lines = ["## Recovery", "", "| | |", "|---|---|"]
-    lines += [f"| {label} | {value} |" for label, value in rows if value not in (None, "")]
+    lines += [f"| {label} | {_md(value)} |" for label, value in rows]
     return [*lines, ""]
+
+
+def _canary_sentence(j: Mapping[str, Any]) -> str | None:
+    canary = j.get("canary") or {}
+    if not canary:
+        return None
+    lost = canary.get("lost_commits", j.get("lost_commits"))
+    return (
+        f"{canary.get('writes', 0)} writes every {_fmt(canary.get('interval_seconds'), ' s')}: "
+        f"{canary.get('acked_commits', 0)} acknowledged, {canary.get('failed_writes', 0)} failed, "
+        + (
+            "acknowledged but lost: not determined (the run ended before the check)."
+            if lost is None
+            else f"{lost} acknowledged but lost."
+        )
+    )
+
+
+def _phases_sentence(j: Mapping[str, Any]) -> str:
+    return "Phases: " + ", ".join(f"{k} {_fmt(v, ' s')}" for k, v in (j.get("phases") or {}).items())
+
+
+def _steady_lines(j: Mapping[str, Any]) -> list[str]:
+    ss = j.get("steady_state") or {}
+    return [
+        f"{when}: {'ok' if (ss.get(when) or {}).get('ok') else 'NOT ok'}" + _failed_checks(ss.get(when))
+        for when in ("before", "after")
+    ]
 
 
 def markdown(j: Mapping[str, Any]) -> str:
     """The journal as a Markdown report."""
     t = j["targets"]
     lines = [
-        f"# DR drill {j['run_id']}: {j['scenario']} ({t.get('disruption', '')})",
+        f"# DR drill {_md(j['run_id'])}: {_md(j['scenario'])} ({_md(t.get('disruption', ''))})",
         "",
         f"- **Status: {j['status']}**"
-        + (f" ({'; '.join(j.get('breaches') or [])})" if j.get("breaches") else ""),
+        + (f" ({_md('; '.join(j.get('breaches') or []))})" if j.get("breaches") else ""),
         f"- Environment: {j['environment']} ({j['mode']}), voke {j['versions'].get('voke')}, "
-        f"PostgreSQL {j['versions'].get('postgres')}, node {j.get('node', '')}",
+        f"PostgreSQL {j['versions'].get('postgres')}, node {_md(j.get('node', ''))}",
         f"- Ran {j['started_at']} .. {j.get('finished_at')} ({_fmt(j.get('duration_seconds'), ' s')})",
         "",
         "## Targets",
@@ -103,7 +150,7 @@ def markdown(j: Mapping[str, Any]) -> str:
         f"| RTO | {_fmt(j.get('rto_seconds'), ' s')} | {_fmt(t['rto_target_seconds'], ' s')} | {_mark(j['rto_met'])} |",
         f"| RPO | {_fmt(j.get('rpo_seconds'), ' s')} | {_fmt(t['rpo_target_seconds'], ' s')} | {_mark(j['rpo_met'])} |",
         f"| integrity | {len(j.get('integrity') or [])} check(s) | all match | "
-        f"{'ok' if j['integrity_ok'] else 'FAILED'} |",
+        f"{integrity_word(j['integrity_ok'])} |",
         f"| lost acknowledged commits | {_fmt(j.get('lost_commits'))} | 0 | |",
         "",
         "## Timeline (UTC)",
@@ -117,21 +164,9 @@ def markdown(j: Mapping[str, Any]) -> str:
             f"| {key.removesuffix('_at').replace('_', ' ')} | {j['timeline'].get(key) or '–'} | "
             f"{_fmt(offsets.get(key))} |"
         )
-    lines += [
-        "",
-        "Phases: " + ", ".join(f"{k} {_fmt(v, ' s')}" for k, v in (j.get("phases") or {}).items()),
-        "",
-    ]
-    canary = j.get("canary") or {}
-    if canary:
-        lines += [
-            "## Canary writer",
-            "",
-            f"{canary.get('writes', 0)} writes every {_fmt(canary.get('interval_seconds'), ' s')}: "
-            f"{canary.get('acked_commits', 0)} acknowledged, {canary.get('failed_writes', 0)} failed, "
-            f"{canary.get('lost_commits', 0)} acknowledged but lost.",
-            "",
-        ]
+    lines += ["", _phases_sentence(j), ""]
+    if (canary := _canary_sentence(j)) is not None:
+        lines += ["## Canary writer", "", canary, ""]
     lines += _recovery(j)
     lines += [
         "## Integrity",
@@ -141,27 +176,18 @@ def markdown(j: Mapping[str, Any]) -> str:
     ]
     for item in j.get("integrity") or []:
         lines.append(
-            f"| {item['table']} | {_fmt(item.get('rows'))} | `{(item.get('checksum') or '–')[:16]}` | "
-            f"{_fmt(item.get('lsn'))} | {'yes' if item['match'] else 'NO'} | {item.get('detail') or ''} |"
+            f"| {_md(item['table'])} | {_fmt(item.get('rows'))} | `{_md((item.get('checksum') or '–')[:16])}` | "
+            f"{_md(_fmt(item.get('lsn')))} | {'yes' if item['match'] else 'NO'} | {_md(item.get('detail') or '')} |"
         )
     for title, steps in (("Steps", j.get("steps")), ("Clean-up", j.get("cleanup"))):
         if not steps and title == "Clean-up":
             continue
         lines += ["", f"## {title}", "", "| step | ok | exit | seconds | commands |", "|---|---|---|---|---|"]
         for row in _step_rows(steps or []):
-            lines.append("| " + " | ".join(_fmt(c) for c in row) + " |")
-    ss = j.get("steady_state") or {}
-    lines += [
-        "",
-        "## Steady state",
-        "",
-        f"- before: {'ok' if (ss.get('before') or {}).get('ok') else 'NOT ok'}"
-        + _failed_checks(ss.get("before")),
-        f"- after: {'ok' if (ss.get('after') or {}).get('ok') else 'NOT ok'}"
-        + _failed_checks(ss.get("after")),
-    ]
+            lines.append("| " + " | ".join(_md(_fmt(c)) for c in row) + " |")
+    lines += ["", "## Steady state", "", *(f"- {_md(line)}" for line in _steady_lines(j))]
     if j.get("error"):
-        lines += ["", f"**Error:** {j['error']}"]
+        lines += ["", f"**Error:** {_md(j['error'])}"]
     return "\n".join(lines) + "\n"
 
 
@@ -298,7 +324,7 @@ th{{background:#f5f5f5}} .status{{color:#fff;background:{status_colour};padding:
                     "integrity",
                     len(j.get("integrity") or []),
                     "all match",
-                    "ok" if j["integrity_ok"] else "FAILED",
+                    integrity_word(j["integrity_ok"]),
                 ),
             ],
         )
@@ -306,11 +332,16 @@ th{{background:#f5f5f5}} .status{{color:#fff;background:{status_colour};padding:
 <h2>Timeline</h2>
 {_svg_timeline(j)}
 {table(["event", "at (UTC)", "seconds after the fault"], timeline_rows)}
+<p>{e(_phases_sentence(j))}</p>
+{f"<h2>Canary writer</h2><p>{e(canary)}</p>" if (canary := _canary_sentence(j)) is not None else ""}
+{("<h2>Recovery</h2>" + table(["", ""], recovery_rows)) if (recovery_rows := _recovery_rows(j)) else ""}
 <h2>Integrity</h2>
 {table(["table", "rows", "checksum", "at LSN", "match", "detail"], integrity_rows)}
 <h2>Steps</h2>
 {table(_STEP_HEADERS, step_rows)}
 {("<h2>Clean-up</h2>" + table(_STEP_HEADERS, cleanup_rows)) if cleanup_rows else ""}
+<h2>Steady state</h2>
+<ul>{"".join(f"<li>{e(line)}</li>" for line in _steady_lines(j))}</ul>
 {f"<h2>Error</h2><p>{e(j['error'])}</p>" if j.get("error") else ""}
 </body></html>
 """

@@ -628,6 +628,7 @@ class CloudDrill(local_drill_frame.RunFrame):
             if self.status in ("aborted", "interrupted")
             else (self.steady_after or {}).get("ok"),
             error=self.error,
+            cut_short=self.status in ("aborted", "interrupted"),
         )
         status = self.status if self.status in ("aborted", "interrupted") else v["status"]
         if self.left_behind and status == "completed":

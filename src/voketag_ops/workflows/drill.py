@@ -64,10 +64,40 @@ def load_journals(env: LocalEnvironment) -> list[dict[str, Any]]:
         except (OSError, ValueError):
             log.warning("skipping unreadable drill journal %s", path)
             continue
+        if problem := _not_a_journal(journal):
+            log.warning("skipping drill journal %s: %s", path, problem)
+            continue
         if journal.get("status") == "running" and owner_gone(journal):
             journal["status"] = "interrupted"
         found.append(journal)
     return sorted(found, key=lambda j: j.get("started_at") or "")
+
+
+def _not_a_journal(doc: Any) -> str | None:
+    """What makes DOC no journal any voke wrote (a hand edit, another tool's file), or None.
+    The fields every listing reads; older journals without later fields still count."""
+    if not isinstance(doc, dict):
+        return f"not an object ({type(doc).__name__})"
+    for key in ("run_id", "scenario", "status", "started_at"):
+        if not isinstance(doc.get(key), str):
+            return f"no {key}"
+    return None
+
+
+def report_problem(journal: dict[str, Any]) -> str | None:
+    """What a report needs and JOURNAL lacks (a file edited or made by hand), or None."""
+    targets = journal.get("targets")
+    if not isinstance(targets, dict) or not all(
+        isinstance(targets.get(k), int | float) for k in ("rto_target_seconds", "rpo_target_seconds")
+    ):
+        return "no targets"
+    for key in ("timeline", "versions"):
+        if not isinstance(journal.get(key), dict):
+            return f"no {key}"
+    for key in ("environment", "mode"):
+        if not isinstance(journal.get(key), str):
+            return f"no {key}"
+    return None
 
 
 def load_journal(env: LocalEnvironment, run_id: str) -> dict[str, Any]:
@@ -303,6 +333,7 @@ class DrillRun(RunFrame):
                 integrity=self.integrity,
                 steady_after_ok=None,
                 error=self.error,
+                cut_short=True,
             )
             v["status"] = self.status
         else:
