@@ -779,6 +779,19 @@ def test_a_batch_whose_audit_event_was_lost_gets_it_from_the_next_load(db, tmp_p
     assert len(loaded_events()) == 4  # each event once
 
 
+def test_a_batch_whose_audited_mark_was_lost_after_its_event_gets_no_second_event(db, tmp_path):
+    # A failover (or a crash) between the event and the mark keeps the batch and loses the
+    # mark; the event is in the log: the next load marks the batch and writes nothing more.
+    home = tmp_path / "home"
+    one = load(db, sample(tmp_path, 20, seed=1, name="one.csv"), audit_home=home)
+    with psycopg.connect(db) as conn:
+        conn.execute("update ingest.batches set audited = false where batch_id = %s", (one.batch_id,))
+    load(db, sample(tmp_path, 20, seed=2, name="two.csv"), audit_home=home)
+    assert _load_events(home) == [(one.batch_id, False), (one.batch_id + 1, False)]
+    with psycopg.connect(db) as conn:
+        assert conn.execute("select count(*) from ingest.batches where not audited").fetchone()[0] == 0
+
+
 def _load_events(home: Path) -> list[tuple[int, bool]]:
     from voketag_ops import audit
 

@@ -577,12 +577,29 @@ def _audit_written(
                 "SELECT batch_id, file_sha256, file_name, rows_total, rows_loaded, rows_rejected, merkle_root,"
                 " anchor_id, loaded_at, loaded_by FROM ingest.batches WHERE NOT audited ORDER BY batch_id"
             ).fetchall()
+            logged = _logged_loads(audit_home) if missed else set()
             for batch in missed:
+                batch_id, sha, root = batch[0], batch[1], bytes(batch[6]).hex()
+                if (batch_id, sha, root) in logged:  # its event was written; the mark was lost
+                    # (a failover or crash between the two): marking it is all that is missing
+                    conn.execute("UPDATE ingest.batches SET audited = true WHERE batch_id = %s", (batch_id,))
+                    continue
                 _write_missed_audit(conn, batch, report.target, audit_home, env_name)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s, %s)", (_LOCK_CLASS, _LOCK_AUDIT))
     except (psycopg.Error, VokeError) as exc:
         log.warning("could not settle the audit events of earlier loads: %s", _first_line(exc))
+
+
+def _logged_loads(audit_home: Path) -> set[tuple[Any, Any, Any]]:
+    """(batch_id, file_sha256, merkle_root) of every load the audit log says loaded a batch."""
+    from voketag_ops.audit import AuditLog
+
+    return {
+        (e.details.get("batch_id"), e.details.get("file_sha256"), e.details.get("merkle_root"))
+        for e in AuditLog(audit_home).entries()
+        if e.event_type == "ingest.load" and e.result in ("success", "loaded")
+    }
 
 
 def _write_missed_audit(
