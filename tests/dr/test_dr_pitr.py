@@ -339,9 +339,15 @@ def test_recovery_that_ends_before_its_target_fails_loudly_and_removes_the_insta
 
 def test_env_can_stop_restored_instances_and_discard_removes_stopped_ones(voke, environ, env):
     assert voke("dr", "restore", "--to", "now", "--name", "leftover", "--yes", environ=environ).exit_code == 0
-    assert env.stop_restores() == ["restore leftover"]
+    assert env.stop_restores() == ["restore leftover"]  # as `env down` does
     listed = voke("dr", "restores", "--json", environ=environ).json["result"]["restores"]
-    assert [(r["name"], r["running"]) for r in listed] == [("leftover", False)]
+    assert [(r["name"], r["running"], r["state"]) for r in listed] == [("leftover", False, "stopped")]
+    up = voke("env", "up", "--json", environ=environ)  # and `env up` starts it again, to be read
+    assert up.exit_code == 0 and "restore leftover" in up.json["result"]["started"], up.stdout
+    listed = voke("dr", "restores", "--json", environ=environ).json["result"]["restores"]
+    assert [(r["name"], r["running"], r["state"]) for r in listed] == [("leftover", True, "running")]
+    _, node = dr.get_restore(env, "leftover")
+    assert dr.query_one(node, "select 1") == (1,)  # it answers: `dr verify` can read it again
     assert voke("dr", "discard", "leftover", "--yes", environ=environ).exit_code == 0
     assert not (env.pg_dir / "restores" / "leftover").exists()
 

@@ -166,6 +166,9 @@ def _render_up(console: Console, report: Any) -> None:
         if name in report.ports:
             verb = "started" if name in report.started else "running"
             console.print(f"{name:8} {verb:8} 127.0.0.1:{report.ports[name]}")
+    for name in report.started:
+        if name.startswith("restore "):  # a restored instance `env down` had stopped
+            console.print(f"{name} started", markup=False)
     if report.backup:
         console.print(f"backup   {report.backup}")
     if report.services_started:

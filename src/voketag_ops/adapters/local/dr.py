@@ -906,6 +906,9 @@ def list_restores(env: LocalEnvironment) -> list[dict[str, Any]]:
                 "the voke restoring it stopped before it was verified; "
                 f"`voke dr discard {doc['name']} --yes` removes it"
             )
+        elif doc.get("state") == "running" and not doc["running"]:  # `env down`, a reboot
+            doc["state"] = "stopped"
+            doc["note"] = "`voke env up` starts it again"
         found.append(doc)
     return found
 

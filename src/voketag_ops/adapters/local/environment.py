@@ -411,6 +411,7 @@ class LocalEnvironment:
                     progress(f"starting the replica ({replica.name}) on port {replica.port}")
                     replica.start(timeout=self.settings.start_timeout)
                     started.append(replica.name)
+            not_started += self._start_restores(started, progress)
             backup_label = None
             if not self.backups():
                 progress("taking the first base backup")
@@ -870,6 +871,24 @@ class LocalEnvironment:
 
     # -- DR ------------------------------------------------------------------------------------
     # Methods for `voke dr` / `voke drill` (issue 6); the machinery lives in adapters/local/dr.py.
+    def _start_restores(self, started: list[str], progress: Progress) -> list[str]:
+        """Start the restored instances `env down` (or a reboot) stopped; what could not start."""
+        from voketag_ops.adapters.local import dr
+
+        failed: list[str] = []
+        for restored in dr.list_restores(self):
+            if restored.get("state") != "stopped":
+                continue
+            node = dr.restore_node(self, restored["name"], int(restored["port"]))
+            progress(f"starting the restored instance {restored['name']} on port {node.port}")
+            try:
+                node.start(timeout=self.settings.start_timeout)
+            except BackendError as exc:
+                failed.append(f"restore {restored['name']}: {exc.message}")
+                continue
+            started.append(f"restore {restored['name']}")
+        return failed
+
     def stop_restores(self, progress: Progress = lambda _msg: None) -> list[str]:
         """Stop every instance `voke dr restore` left running under pg/restores (their data stays).
 
