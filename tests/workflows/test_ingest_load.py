@@ -792,6 +792,23 @@ def test_a_batch_whose_audited_mark_was_lost_after_its_event_gets_no_second_even
         assert conn.execute("select count(*) from ingest.batches where not audited").fetchone()[0] == 0
 
 
+def test_another_databases_event_for_the_same_batch_id_does_not_stand_for_this_one(db, tmp_path):
+    # Batch ids start at 1 in every database, and the audit log outlives `env destroy`: the same
+    # file loaded into a fresh database is batch 1 again, and its own event is still owed.
+    home = tmp_path / "home"
+    one = sample(tmp_path, 20, seed=1, name="one.csv")
+    load(db, one, audit_home=home)
+    with psycopg.connect(db) as conn:  # the database made anew
+        conn.execute(
+            "truncate ingest.tags, ingest.tag_chunks, ingest.products, ingest.batches restart identity"
+        )
+    assert load(db, one).batch_id == 1
+    with psycopg.connect(db) as conn:  # its voke killed between its commit and its event
+        conn.execute("update ingest.batches set audited = false where batch_id = 1")
+    load(db, sample(tmp_path, 20, seed=2, name="two.csv"), audit_home=home)
+    assert _load_events(home) == [(1, False), (2, False), (1, True)]
+
+
 def _load_events(home: Path) -> list[tuple[int, bool]]:
     from voketag_ops import audit
 

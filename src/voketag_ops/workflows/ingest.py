@@ -538,6 +538,7 @@ def load_batch(
                 merkle_root=report.merkle_root,
                 anchor_id=report.anchor_id,
                 error_count=report.error_count,
+                loaded_at=report.loaded_at,  # with the batch id: this database's load, not another's
             )
             if report.status != "loaded":
                 event.result = "dry-run" if report.dry_run else report.status
@@ -579,10 +580,9 @@ def _audit_written(
             ).fetchall()
             logged = _logged_loads(audit_home) if missed else set()
             for batch in missed:
-                batch_id, sha, root = batch[0], batch[1], bytes(batch[6]).hex()
-                if (batch_id, sha, root) in logged:  # its event was written; the mark was lost
+                if (batch[0], iso(batch[8])) in logged:  # its event was written; the mark was lost
                     # (a failover or crash between the two): marking it is all that is missing
-                    conn.execute("UPDATE ingest.batches SET audited = true WHERE batch_id = %s", (batch_id,))
+                    conn.execute("UPDATE ingest.batches SET audited = true WHERE batch_id = %s", (batch[0],))
                     continue
                 _write_missed_audit(conn, batch, report.target, audit_home, env_name)
         finally:
@@ -591,14 +591,15 @@ def _audit_written(
         log.warning("could not settle the audit events of earlier loads: %s", _first_line(exc))
 
 
-def _logged_loads(audit_home: Path) -> set[tuple[Any, Any, Any]]:
-    """(batch_id, file_sha256, merkle_root) of every load the audit log says loaded a batch."""
+def _logged_loads(audit_home: Path) -> set[tuple[Any, Any]]:
+    """(batch_id, loaded_at) of every load the audit log says loaded a batch: batch ids start at
+    1 in every database, the time of the batch row's transaction tells which database's load."""
     from voketag_ops.audit import AuditLog
 
     return {
-        (e.details.get("batch_id"), e.details.get("file_sha256"), e.details.get("merkle_root"))
+        (e.details.get("batch_id"), e.details.get("loaded_at"))
         for e in AuditLog(audit_home).entries()
-        if e.event_type == "ingest.load" and e.result in ("success", "loaded")
+        if e.event_type == "ingest.load" and e.result in ("success", "loaded") and e.details.get("loaded_at")
     }
 
 
@@ -627,7 +628,7 @@ def _write_missed_audit(
             "rows_rejected": rejected,
             "merkle_root": bytes(root).hex(),
             "anchor_id": anchor_id,
-            "loaded_at": loaded_at,
+            "loaded_at": iso(loaded_at),
         },
     )
     conn.execute("UPDATE ingest.batches SET audited = true WHERE batch_id = %s", (batch_id,))
