@@ -454,6 +454,9 @@ def test_a_clone_left_by_a_killed_run_is_deleted_once_its_process_is_gone(drills
     checkpoint = json.loads(path.read_text())
     [left] = drills.scratch()
     assert checkpoint["status"] == "running" and checkpoint["details"]["scratch"][0]["name"] == left
+    # killed before anything was measured: nothing reads breached
+    assert (checkpoint["rto_met"], checkpoint["rpo_met"], checkpoint["integrity_ok"]) == (None, None, None)
+    assert checkpoint["breaches"] == []
     assert drills.fake.sql.instances[left]["labels"] == PRODUCTION_LABELS
     # its process still alive (here: this one): maybe a live run, left alone
     live = drills.drill("pitr")

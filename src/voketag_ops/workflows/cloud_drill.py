@@ -378,7 +378,7 @@ class CloudDrill(local_drill_frame.RunFrame):
 
         from voketag_ops.workflows import drill as local_drill
 
-        journal = self.journal() | {"status": "running", "finished_at": None}
+        journal = self.journal(under_way=True) | {"status": "running", "finished_at": None}
         journal["details"] = dict(
             journal["details"], owner={"node": socket.gethostname(), "pid": os.getpid()}
         )
@@ -615,7 +615,9 @@ class CloudDrill(local_drill_frame.RunFrame):
         self.mark("verified_at")
 
     # -- the journal ------------------------------------------------------------------------------------
-    def journal(self) -> dict[str, Any]:
+    def journal(self, *, under_way: bool = False) -> dict[str, Any]:
+        """The journal; UNDER_WAY (a checkpoint of a run still going): nothing not yet measured
+        is judged, so a run killed after it reads "not measured", not breached."""
         from voketag_ops import __version__
 
         rto = core.rto_seconds(self.timeline)
@@ -628,7 +630,7 @@ class CloudDrill(local_drill_frame.RunFrame):
             if self.status in ("aborted", "interrupted")
             else (self.steady_after or {}).get("ok"),
             error=self.error,
-            cut_short=self.status in ("aborted", "interrupted"),
+            cut_short=under_way or self.status in ("aborted", "interrupted"),
         )
         status = self.status if self.status in ("aborted", "interrupted") else v["status"]
         if self.left_behind and status == "completed":
