@@ -399,7 +399,9 @@ def test_without_a_replica_up_names_only_the_primary_and_status_is_healthy(tmp_p
         assert voke("env", "destroy", "--yes", "--discard-chain", environ=environ).exit_code == 0
 
 
-def test_a_home_with_a_space_a_quote_and_a_backslash_runs_the_whole_dr_cycle(tmp_path, env_of, voke):
+def test_a_home_with_a_space_quote_backslash_percent_and_comma_runs_the_whole_dr_cycle(
+    tmp_path, env_of, voke
+):
     # Such a home reaches libpq conninfo strings, postgresql.conf values and the archive and
     # restore shell commands: each quoted its own way (a space broke the first, a quote the others).
     import psycopg.conninfo
@@ -410,7 +412,7 @@ def test_a_home_with_a_space_a_quote_and_a_backslash_runs_the_whole_dr_cycle(tmp
         assert psycopg.conninfo.conninfo_to_dict(make_conninfo(host=host, port="1"))["host"] == host
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
-    environ = env_of(private / "h ö's \\ home")  # (macOS: "Application Support")
+    environ = env_of(private / "h ö's \\ 100%f, home")  # (macOS: "Application Support")
     try:
         up = voke("env", "up", environ=environ)
         assert up.exit_code == 0, up.stderr

@@ -456,9 +456,10 @@ class LocalEnvironment:
         )
 
     def _socket_dir(self) -> Path:
-        # Unix socket paths are limited to 107 bytes; fall back to a short private path.
+        # Unix socket paths are limited to 107 bytes; fall back to a short private path. A comma
+        # too: libpq reads `host=/a,b` as two hosts, the server splits its socket list on it.
         candidate = self.pg_dir / "run"
-        if len(str(candidate / ".s.PGSQL.65535")) < 100:
+        if len(str(candidate / ".s.PGSQL.65535")) < 100 and "," not in str(candidate):
             return candidate
         digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:12]
         return Path("/tmp") / f"voke-{digest}"
@@ -506,14 +507,18 @@ class LocalEnvironment:
                 f"need at least {self.settings.min_free_disk_mb} MB (local.min_free_disk_mb)"
             )
 
+    def _archive_in_command(self) -> str:
+        """The archive directory as archive/restore_command take it: PostgreSQL replaces %x."""
+        return str(self.archive_dir).replace("%", "%%")
+
     def restore_command(self) -> str:
         """The shell command that fetches a WAL segment from the archive (quoted for any VOKE_HOME)."""
-        return f"cp {shlex.quote(f'{self.archive_dir}/%f')} '%p'"
+        return f"cp {shlex.quote(f'{self._archive_in_command()}/%f')} '%p'"
 
     def _common_settings(self, node: PgNode) -> dict[str, str | int | bool]:
         # Idempotent: a segment already archived with the same bytes counts as archived (a promoted
         # standby re-offers segments it inherited); different bytes under the same name fail loudly.
-        dest, tmp = (shlex.quote(f"{self.archive_dir}/%f{suffix}") for suffix in ("", ".tmp"))
+        dest, tmp = (shlex.quote(f"{self._archive_in_command()}/%f{suffix}") for suffix in ("", ".tmp"))
         archive_cmd = f"if test -f {dest}; then cmp -s '%p' {dest}; else cp '%p' {tmp} && mv {tmp} {dest}; fi"
         return {
             "listen_addresses": "127.0.0.1",
