@@ -178,6 +178,13 @@ def test_a_file_that_is_no_journal_is_skipped_by_every_view_and_refused_by_repor
         assert report.exit_code == 1, report.stdout  # an input that is rejected
         assert "its journal cannot be reported (no targets)" in report.json["error"]["message"]
     assert voke("drill", "report", "bad1", "--format", "json", environ=environ).exit_code == 0  # as it is
+    bare = made | {"run_id": "bare", "environment": "local", "mode": "local", "timeline": {}, "versions": {},
+                   "targets": {"rto_target_seconds": 300, "rpo_target_seconds": 60},
+                   "steps": [{"name": "x"}], "integrity": [{"rows": 1}]}  # fmt: skip
+    (drills / "bare.json").write_text(json.dumps(bare))  # all a report needs, nothing else
+    for fmt in ("md", "html"):
+        shown = voke("drill", "report", "bare", "--format", fmt, environ=environ)
+        assert shown.exit_code == 0 and "not measured" in shown.stdout, shown.stdout + shown.stderr
 
 
 def test_a_journal_left_running_by_a_killed_drill_reads_interrupted_everywhere(tmp_path):

@@ -37,10 +37,10 @@ def _step_rows(steps: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
     JSON. Older journals lack both: shown as '–'."""
     return [
         (
-            s["name"],
-            "yes" if s["ok"] else "NO",
+            s.get("name"),
+            "yes" if s.get("ok") else "NO",
             s.get("exit_code"),
-            s["duration_seconds"],
+            s.get("duration_seconds"),
             ", ".join(_command(c) for c in s.get("commands") or []) or None,
         )
         for s in steps
@@ -147,10 +147,10 @@ def markdown(j: Mapping[str, Any]) -> str:
         "",
         "| measure | achieved | target | verdict |",
         "|---|---|---|---|",
-        f"| RTO | {_fmt(j.get('rto_seconds'), ' s')} | {_fmt(t['rto_target_seconds'], ' s')} | {_mark(j['rto_met'])} |",
-        f"| RPO | {_fmt(j.get('rpo_seconds'), ' s')} | {_fmt(t['rpo_target_seconds'], ' s')} | {_mark(j['rpo_met'])} |",
+        f"| RTO | {_fmt(j.get('rto_seconds'), ' s')} | {_fmt(t['rto_target_seconds'], ' s')} | {_mark(j.get('rto_met'))} |",
+        f"| RPO | {_fmt(j.get('rpo_seconds'), ' s')} | {_fmt(t['rpo_target_seconds'], ' s')} | {_mark(j.get('rpo_met'))} |",
         f"| integrity | {len(j.get('integrity') or [])} check(s) | all match | "
-        f"{integrity_word(j['integrity_ok'])} |",
+        f"{integrity_word(j.get('integrity_ok'))} |",
         f"| lost acknowledged commits | {_fmt(j.get('lost_commits'))} | 0 | |",
         "",
         "## Timeline (UTC)",
@@ -176,8 +176,8 @@ def markdown(j: Mapping[str, Any]) -> str:
     ]
     for item in j.get("integrity") or []:
         lines.append(
-            f"| {_md(item['table'])} | {_fmt(item.get('rows'))} | `{_md((item.get('checksum') or '–')[:16])}` | "
-            f"{_md(_fmt(item.get('lsn')))} | {'yes' if item['match'] else 'NO'} | {_md(item.get('detail') or '')} |"
+            f"| {_md(item.get('table'))} | {_fmt(item.get('rows'))} | `{_md((item.get('checksum') or '–')[:16])}` | "
+            f"{_md(_fmt(item.get('lsn')))} | {'yes' if item.get('match') else 'NO'} | {_md(item.get('detail') or '')} |"
         )
     for title, steps in (("Steps", j.get("steps")), ("Clean-up", j.get("cleanup"))):
         if not steps and title == "Clean-up":
@@ -284,11 +284,11 @@ def html_page(j: Mapping[str, Any]) -> str:
     ]
     integrity_rows = [
         (
-            i["table"],
+            i.get("table"),
             i.get("rows"),
             (i.get("checksum") or "")[:16],
             i.get("lsn"),
-            "yes" if i["match"] else "NO",
+            "yes" if i.get("match") else "NO",
             i.get("detail") or "",
         )
         for i in j.get("integrity") or []
@@ -317,14 +317,14 @@ th{{background:#f5f5f5}} .status{{color:#fff;background:{status_colour};padding:
         table(
             ["measure", "achieved", "target", "verdict"],
             [
-                ("RTO (s)", j.get("rto_seconds"), t["rto_target_seconds"], _mark(j["rto_met"])),
-                ("RPO (s)", j.get("rpo_seconds"), t["rpo_target_seconds"], _mark(j["rpo_met"])),
+                ("RTO (s)", j.get("rto_seconds"), t["rto_target_seconds"], _mark(j.get("rto_met"))),
+                ("RPO (s)", j.get("rpo_seconds"), t["rpo_target_seconds"], _mark(j.get("rpo_met"))),
                 ("lost acknowledged commits", j.get("lost_commits"), 0, ""),
                 (
                     "integrity",
                     len(j.get("integrity") or []),
                     "all match",
-                    integrity_word(j["integrity_ok"]),
+                    integrity_word(j.get("integrity_ok")),
                 ),
             ],
         )
