@@ -342,6 +342,18 @@ def test_env_can_stop_restored_instances_and_discard_removes_stopped_ones(voke, 
     assert env.stop_restores() == ["restore leftover"]  # as `env down` does
     listed = voke("dr", "restores", "--json", environ=environ).json["result"]["restores"]
     assert [(r["name"], r["running"], r["state"]) for r in listed] == [("leftover", False, "stopped")]
+    import socket
+
+    port = next(r["port"] for r in listed)
+    with socket.socket() as blocker:  # its port taken meanwhile: said, with what to do; up goes on
+        blocker.bind(("127.0.0.1", int(port)))
+        blocker.listen()
+        blocked = voke("env", "up", "--json", environ=environ)
+    assert blocked.exit_code == 0, blocked.stdout
+    assert blocked.json["result"]["not_started"] == [
+        f"restore leftover: port {port} is in use by another process; `voke env up` tries again, "
+        "`voke dr discard leftover --yes` removes it"
+    ]
     up = voke("env", "up", "--json", environ=environ)  # and `env up` starts it again, to be read
     assert up.exit_code == 0 and "restore leftover" in up.json["result"]["started"], up.stdout
     listed = voke("dr", "restores", "--json", environ=environ).json["result"]["restores"]

@@ -889,7 +889,15 @@ class LocalEnvironment:
             try:
                 node.start(timeout=self.settings.start_timeout)
             except BackendError as exc:
-                failed.append(f"restore {restored['name']}: {exc.message}")
+                why = (
+                    f"port {node.port} is in use by another process"
+                    if not port_is_free(node.port)
+                    else exc.message
+                )
+                failed.append(
+                    f"restore {restored['name']}: {why}; `voke env up` tries again, "
+                    f"`voke dr discard {restored['name']} --yes` removes it"
+                )
                 continue
             started.append(f"restore {restored['name']}")
         return failed
