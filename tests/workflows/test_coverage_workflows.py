@@ -201,6 +201,37 @@ def test_history_add_rerun_for_the_same_ref_replaces_its_entry(tmp_path):
     assert add("f.json", None).replaced is False  # without a ref, every run is its own
 
 
+def test_history_of_one_job_per_service_keeps_the_overall_trend_and_replaces_each_rerun(tmp_path):
+    settings = CoverageSettings(
+        services={
+            "admin-service": CoverageService(paths=("admin_service/",)),
+            "factory-service": CoverageService(paths=("factory_service/",)),
+        }
+    )
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    write(
+        tmp_path,
+        "all.json",
+        {"admin_service/a.py": lines_file(50, 50), "factory_service/f.py": lines_file(50, 50)},
+    )
+    write(tmp_path, "a.json", {"admin_service/a.py": lines_file(90, 10)})
+    write(tmp_path, "f.json", {"factory_service/f.py": lines_file(10, 90)})
+
+    def add(name, ref, *services):
+        return wf.history_add(settings, [Path(name)], root=tmp_path, now=now, file=Path("h.jsonl"), ref=ref,
+                              options=wf.Options(services=services))  # fmt: skip
+
+    add("all.json", "A")
+    add("a.json", "B", "admin-service")
+    add("f.json", "B", "factory-service")
+    again = add("a.json", "B", "admin-service")  # the admin job run again on B: not the last entry
+    assert again.replaced is True and again.entries == 3
+    series = {t.name: t for t in wf.history_show(settings, root=tmp_path, file=Path("h.jsonl")).series}
+    assert series["admin-service"].change == 40.0  # 50 -> 90, not +0 against a copy of itself
+    # a per-service job's totals are its service's, not the repository's: no overall point
+    assert [p.percent for p in series["overall"].points] == [50.0, None, None]
+
+
 def test_history_show_judges_at_coverage_pys_own_precision(tmp_path):
     (tmp_path / ".coveragerc").write_text("[report]\nprecision = 2\n")
     write(tmp_path, "a.json", {"admin_service/a.py": lines_file(795, 205)})

@@ -679,6 +679,8 @@ def history_add(
         "totals": _counts_dict(cov.total(f.counts for f in loaded.files.values())),
         "services": services,
     }
+    if options.services:  # one job per service: its totals are that service's, not the repository's
+        entry["partial"] = True
     path = _history_path(settings, root, file)
     from voketag_ops.files import check_replaceable
 
@@ -686,23 +688,29 @@ def history_add(
     existing = read_history(path) if path.exists() else []
     # The same run again: same ref and same services (one job recording each service's data
     # in turn, all under one $GITHUB_SHA, appends: replacing would drop the others' numbers).
-    replaced = (
-        bool(ref)
-        and bool(existing)
-        and existing[-1].get("ref") == ref
-        and set(existing[-1].get("services") or {}) == set(services)
-    )
+    # The entries of this ref at the end of the file (one per service job) are searched for
+    # this job's: with three jobs, the one that wrote last was the only one ever replaced.
+    same = None
+    if ref:
+        for index in range(len(existing) - 1, -1, -1):
+            if existing[index].get("ref") != ref:
+                break
+            if set(existing[index].get("services") or {}) == set(services):
+                same = index
+                break
+    replaced = same is not None
     line = json.dumps(entry, sort_keys=True) + "\n"
     if not dry_run:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"{path}: cannot write: {exc.strerror}") from None
-        if replaced:
+        if same is not None:
             from voketag_ops.files import write_output
 
-            kept = "".join(json.dumps(e, sort_keys=True) + "\n" for e in existing[:-1])
-            write_output(path, "--file", lambda fh: fh.write((kept + line).encode()))
+            rows = [json.dumps(e, sort_keys=True) + "\n" for e in existing]
+            rows[same] = line
+            write_output(path, "--file", lambda fh: fh.write("".join(rows).encode()))
         else:
             try:
                 with path.open("a+b") as fh:
@@ -801,7 +809,12 @@ def history_show(
             target = baseline = None
         pts = []
         for e in entries:
-            raw = e["totals"] if name == "overall" else (e.get("services") or {}).get(name)
+            # a per-service job's entry has that service's totals: no point of the overall trend
+            raw = (
+                (None if e.get("partial") else e["totals"])
+                if name == "overall"
+                else (e.get("services") or {}).get(name)
+            )
             pc = None if raw is None else _counts(raw).percent
             pts.append(
                 Point(
