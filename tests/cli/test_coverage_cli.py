@@ -289,6 +289,11 @@ def test_step_summary_written_only_when_set_and_kept_under_1_mib(voke, env, proj
     summary.write_text("x" * (1024 * 1024 - 600))
     voke("coverage", "report", "coverage.json", environ=gh, cwd=project)
     assert summary.stat().st_size <= 1024 * 1024
+    # the runner's file cannot be written: a warning; the gate's own verdict and exit code stand
+    lost = {**env, "GITHUB_STEP_SUMMARY": str(tmp_path)}
+    r = voke("coverage", "gate", "coverage.json", environ=lost, cwd=project)
+    assert r.exit_code == 1 and "factory-service" in r.stdout, r.stdout + r.stderr
+    assert "cannot write" in r.stderr and "no step summary" in r.stderr
 
 
 # -- diff coverage on a real git repository -------------------------------------------------------

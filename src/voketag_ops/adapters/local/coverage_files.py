@@ -363,8 +363,9 @@ def _join_source(filename: str, sources: Sequence[str], norm: PathNormalizer, la
     if len(here) > 1:  # coverage.py keyed the file by its path under one source: which, it does not say
         raise InputError(
             f"{label}: {name} exists under {len(here)} of its <source> entries here ({', '.join(here)}): "
-            "the report cannot say which one it measured; make the report with relative_files = true "
-            "(paths from the project root), or one report per service"
+            "the report cannot say which one it measured (Cobertura names files under their source, "
+            "whatever relative_files says); use `coverage json` (paths from the project root), "
+            "`[run] source = .`, or one report per service"
         )
     if here:
         return here[0]
