@@ -59,7 +59,7 @@ def dr_lock(directory: Path, operation: str) -> Iterator[None]:
         os.close(fd)
 
 
-_PROBE_GRACE = 1.0  # seconds: `held_by` holds a shared lock for a moment; an operation holds it for good
+_PROBE_GRACE = 0.5  # seconds: `held_by` holds a shared lock for microseconds; an operation for good
 
 
 def _take(fd: int) -> None:
