@@ -466,10 +466,8 @@ class Settings(_Model):
         except ValidationError as exc:
             key, msg = _first_error(exc)
             dotted = f"environments.{name}.{key}"
-            path = Path(source)
-            at = _locate_key(path, dotted, value=msg != "unknown key") if path.suffix == ".toml" else None
-            where = f" (at line {at[0]}, column {at[1]})" if at else ""
-            raise ConfigError(f"{source}: {dotted}: {msg}{where}") from None
+            at = _position(Path(source), dotted, msg) if source.endswith(".toml") else ""
+            raise ConfigError(f"{source}: {dotted}: {msg}{at}") from None
 
 
 @dataclass(frozen=True)
@@ -603,14 +601,8 @@ def load_config(
             where = next((v for k, v in sources.items() if k.startswith(prefixes)), where)
         if where == "flag":  # a bad flag value is a usage error (exit 2), as any bad flag is
             raise UsageError(f"--{key.replace('_', '-')}: {msg}") from None
-        at = (
-            _locate_key(path, key, value=msg != "unknown key")
-            if path is not None and where == str(path)
-            else None
-        )
-        if at is not None:
-            raise ConfigError(f"{where}: {key}: {msg} (at line {at[0]}, column {at[1]})") from None
-        raise ConfigError(f"{where}: {key}: {msg}") from None
+        at = _position(path, key, msg) if path is not None and where == str(path) else ""
+        raise ConfigError(f"{where}: {key}: {msg}{at}") from None
     if settings.env != "local" and settings.env not in settings.environments:
         # Every command, not only the cloud ones: an ingest or env command would otherwise act
         # on the local environment and audit it under the name given.
@@ -786,6 +778,12 @@ def _locate_key(path: Path, key: str, *, value: bool = True) -> tuple[int, int] 
             if full == wanted or wanted.startswith(full + "."):
                 return number, (found.end() if value else len(line) - len(line.lstrip())) + 1
     return None
+
+
+def _position(path: Path, key: str, msg: str) -> str:
+    """The "(at line L, column C)" suffix for KEY in PATH (its value; the key itself when unknown), or ""."""
+    at = _locate_key(path, key, value=msg != "unknown key")
+    return f" (at line {at[0]}, column {at[1]})" if at else ""
 
 
 def _first_error(exc: ValidationError) -> tuple[str, str]:

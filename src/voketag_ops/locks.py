@@ -66,18 +66,22 @@ def _take(fd: int) -> None:
     """The exclusive lock on FD, or PreconditionError naming its holder. A refusal is retried
     for a moment: `dr status` and others probe the lock by taking it shared, and an operation
     started at that instant was refused, naming itself or a holder long gone."""
-    deadline = time.monotonic() + _PROBE_GRACE
+    if not flock_within(fd, _PROBE_GRACE, interval=0.02):
+        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another voke process"
+        raise PreconditionError(f"another DR operation is running ({holder}); wait for it to finish")
+
+
+def flock_within(fd: int, seconds: float, *, interval: float) -> bool:
+    """Take FD's exclusive flock, trying every INTERVAL for up to SECONDS; whether it was taken."""
+    deadline = time.monotonic() + seconds
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
+            return True
         except BlockingIOError:
             if time.monotonic() >= deadline:
-                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another voke process"
-                raise PreconditionError(
-                    f"another DR operation is running ({holder}); wait for it to finish"
-                ) from None
-            time.sleep(0.02)
+                return False
+            time.sleep(interval)
 
 
 def holder_parts(holder: str) -> tuple[str, int | None]:

@@ -405,8 +405,7 @@ def test_a_home_with_a_space_quote_backslash_percent_and_comma_runs_the_whole_dr
     # Such a home reaches libpq conninfo strings, postgresql.conf values and the archive and
     # restore shell commands: each quoted its own way (a space broke the first, a quote the others).
     import psycopg.conninfo
-
-    from voketag_ops.adapters.local.postgres import make_conninfo
+    from psycopg.conninfo import make_conninfo  # (what PgNode.conninfo builds with)
 
     for host in ("/a b", "/it's", "/back\\slash", "/a=b", "/plain"):
         assert psycopg.conninfo.conninfo_to_dict(make_conninfo(host=host, port="1"))["host"] == host

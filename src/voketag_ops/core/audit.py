@@ -350,9 +350,7 @@ class Claim:
     source: str  # "checkpoint" | "anchor <id>"
     last_hash: str | None = None
     stack: tuple[str, ...] = ()  # a checkpoint's builder state (the next checkpoint starts from it)
-    offset: int | None = (
-        None  # a checkpoint's byte offset of the end of its entries (the next reads on from it)
-    )
+    offset: int | None = None  # a checkpoint's: where its entries end in the file
 
 
 @dataclass(frozen=True)

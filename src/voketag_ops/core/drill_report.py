@@ -54,7 +54,11 @@ def _command(c: Mapping[str, Any]) -> str:
 
 
 def _mark(ok: Any) -> str:
-    return "not measured" if ok is None else "met" if ok else "BREACHED"
+    return _word(ok, "met", "BREACHED")
+
+
+def _word(ok: Any, good: str, bad: str) -> str:
+    return "not measured" if ok is None else good if ok else bad
 
 
 def _md(value: Any) -> str:
@@ -66,7 +70,7 @@ def _md(value: Any) -> str:
 
 
 def integrity_word(ok: Any) -> str:
-    return "not measured" if ok is None else "ok" if ok else "FAILED"
+    return _word(ok, "ok", "FAILED")
 
 
 def _recovery_rows(j: Mapping[str, Any]) -> list[tuple[str, Any]]:

@@ -21,7 +21,6 @@ brings the servers back on their remembered ports.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -49,6 +48,7 @@ from voketag_ops.adapters.local.postgres import (
 )
 from voketag_ops.core.times import iso
 from voketag_ops.errors import BackendError, ConfigError, NeedsOperatorError, PreconditionError
+from voketag_ops.locks import flock_within
 from voketag_ops.logs import get_logger
 
 if TYPE_CHECKING:
@@ -168,7 +168,6 @@ class LocalEnvironment:
         self.settings = settings
         self.home = resolve_home(settings.home)
         self.pg_dir = self.home / "pg"
-        self.search_granted: list[str] = []  # directories the last `_prepare` gave o+x
         self.state_file = self.home / "state.json"
         self.archive_dir = self.pg_dir / "archive"
         self.backups_dir = self.pg_dir / "backups"
@@ -278,17 +277,10 @@ class LocalEnvironment:
             return
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise PreconditionError(
-                            f"another voke process holds {self.home / 'env.lock'} for longer than {timeout:.0f} s"
-                        ) from None
-                    time.sleep(0.2)
+            if not flock_within(fd, timeout, interval=0.2):
+                raise PreconditionError(
+                    f"another voke process holds {self.home / 'env.lock'} for longer than {timeout:.0f} s"
+                )
             held[path] = 1
             try:
                 yield
@@ -347,7 +339,7 @@ class LocalEnvironment:
                 self._check_disk()  # before anything is written: exit 4 means nothing was changed
                 state = self._new_state(progress)
                 created.append("state")
-            runner = self._prepare(state, fresh=fresh)
+            runner, search_granted = self._prepare(state, fresh=fresh)
             if fresh:  # remembered at once: an interrupted first `up` must find its ports again
                 state.save(self.state_file)
             nodes = {name: self.node(name, state, runner) for name in NODE_NAMES}
@@ -428,7 +420,7 @@ class LocalEnvironment:
             duration_seconds=round(time.monotonic() - t0, 3),
             backup=backup_label,
             not_started=not_started,
-            search_granted=self.search_granted,
+            search_granted=search_granted,
         )
 
     def _wanted(self, name: str, state: EnvState) -> bool:
@@ -464,13 +456,15 @@ class LocalEnvironment:
         digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:12]
         return Path("/tmp") / f"voke-{digest}"
 
-    def _prepare(self, state: EnvState, *, fresh: bool) -> PgRunner:
-        """Directories with the right owners and modes; binaries reachable by the server user."""
+    def _prepare(self, state: EnvState, *, fresh: bool) -> tuple[PgRunner, list[str]]:
+        """Directories with the right owners and modes; binaries reachable by the server user.
+        Also returns the directories outside VOKE_HOME given o+x for that (`env up` names them)."""
         bins = PgBinaries.resolve(Path(state.pg_bin) if state.pg_bin else self.settings.pg_bin)
         user = OsUser.for_servers(state.server_user or self.settings.system_user, create=True)
+        granted: list[str] = []
         if not user.is_me:
-            granted = bins.make_reachable_by(user) + grant_traverse(self.home)
-            self.search_granted = [d for d in dict.fromkeys(granted) if d != str(self.home)]  # not voke's
+            reached = bins.make_reachable_by(user) + grant_traverse(self.home)
+            granted = [d for d in dict.fromkeys(reached) if d != str(self.home)]  # not voke's
             os.chmod(self.home, 0o711)
         for directory in (
             self.pg_dir,
@@ -497,7 +491,7 @@ class LocalEnvironment:
                     f"data directory {data_dir} is owned by uid {data_dir.stat().st_uid}, "
                     f"not by the PostgreSQL user {user.name}"
                 )
-        return PgRunner(bins, user)
+        return PgRunner(bins, user), granted
 
     def _check_disk(self) -> None:
         free_mb = shutil.disk_usage(self.home).free // (1024 * 1024)

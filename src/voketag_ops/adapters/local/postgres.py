@@ -335,9 +335,8 @@ class PgRunner:
 def _cause_line(text: str) -> str:
     """The first line naming an error (the tools end with what they did about it: "removing
     data directory ..."), else the last line."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    marked = [ln for ln in lines if " error: " in ln or "FATAL:" in ln or "ERROR:" in ln]
-    return marked[0] if marked else (lines[-1] if lines else "")
+    marked = (ln.strip() for ln in text.splitlines() if " error: " in ln or "FATAL:" in ln or "ERROR:" in ln)
+    return next(marked, None) or _last_line(text)
 
 
 def _last_line(text: str) -> str:
@@ -392,18 +391,6 @@ def serves(pid: int, data_dir: Path) -> bool:
 def conf_quote(value: str) -> str:
     """VALUE as a quoted string of postgresql.conf, whose parser reads backslash escapes too."""
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
-
-
-def make_conninfo(**params: str) -> str:
-    """A libpq key=value string; values with spaces, quotes or backslashes are quoted as libpq
-    reads them (a VOKE_HOME with a space made `host=/a b` two broken words)."""
-
-    def value(text: str) -> str:
-        if text and not any(c in text for c in " '\\\t\n="):
-            return text
-        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-    return " ".join(f"{key}={value(text)}" for key, text in params.items())
 
 
 @dataclass
@@ -461,6 +448,9 @@ class PgNode:
             ) from None
 
     def conninfo(self, dbname: str = "postgres", **extra: str) -> str:
+        """A libpq string for this node, its socket directory quoted (a VOKE_HOME with a space)."""
+        from psycopg.conninfo import make_conninfo
+
         return make_conninfo(
             host=str(self.socket_dir), port=str(self.port), user=SUPERUSER, dbname=dbname, **extra
         )

@@ -181,30 +181,27 @@ class LocalServiceRuntime:
         return int(active["version"])
 
     def pinned_versions(self, secret: str) -> set[int]:
-        """Versions any live instance (serving or draining) is pinned to: never disable these."""
-        pinned: set[int] = set()
-        for name, entry in self._snapshot()["services"].items():
-            if self.consumers.get(name) != secret and entry.get("secret") != secret:
-                continue
-            for inst in [entry.get("active"), *entry.get("others", [])]:
-                if inst and _alive(inst["pid"]):
-                    pinned.add(int(inst["version"]))
-            if entry.get("version") is not None:
-                pinned.add(int(entry["version"]))
-        return pinned
+        """Versions any live instance (serving or draining) is pinned to, and those the registry
+        assigns: never disable these."""
+        return self._versions(secret, assigned=True)
 
     def live_versions(self, secret: str) -> set[int]:
         """Versions a live instance (serving or draining) is pinned to."""
-        live: set[int] = set()
+        return self._versions(secret, assigned=False)
+
+    def _versions(self, secret: str, *, assigned: bool) -> set[int]:
+        found: set[int] = set()
         for name, entry in self._snapshot()["services"].items():
             if self.consumers.get(name) != secret and entry.get("secret") != secret:
                 continue
-            live.update(
+            found.update(
                 int(inst["version"])
                 for inst in [entry.get("active"), *entry.get("others", [])]
                 if inst and _alive(inst["pid"])
             )
-        return live
+            if assigned and entry.get("version") is not None:
+                found.add(int(entry["version"]))
+        return found
 
     def deploy(self, service: str, secret: str, version: int) -> ServiceInfo:
         """Blue-green restart pinned to VERSION (a no-op when already serving it healthily)."""
