@@ -232,6 +232,46 @@ def test_history_of_one_job_per_service_keeps_the_overall_trend_and_replaces_eac
     assert [p.percent for p in series["overall"].points] == [50.0, None, None]
 
 
+def test_per_service_jobs_measuring_everything_record_and_compare_their_own_service(tmp_path):
+    # Each job measures with `source = .`: its data lists the other service's files, unrun.
+    settings = CoverageSettings(
+        services={
+            "admin-service": CoverageService(paths=("admin_service/",)),
+            "factory-service": CoverageService(paths=("factory_service/",)),
+        }
+    )
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    write(
+        tmp_path,
+        "a.json",
+        {"admin_service/a.py": lines_file(90, 10), "factory_service/f.py": lines_file(0, 100)},
+    )
+    write(
+        tmp_path,
+        "f.json",
+        {"admin_service/a.py": lines_file(0, 100), "factory_service/f.py": lines_file(60, 40)},
+    )
+    for name, service in (("a.json", "admin-service"), ("f.json", "factory-service")):
+        added = wf.history_add(settings, [Path(name)], root=tmp_path, now=now, file=Path("h.jsonl"), ref="B",
+                               options=wf.Options(services=(service,)))  # fmt: skip
+        assert added.replaced is False and list(added.entry["services"]) == [service]
+    entries = wf.read_history(tmp_path / "h.jsonl")
+    assert [(e["totals"]["statements"], e["totals"]["missing"]) for e in entries] == [(100, 10), (100, 40)]
+    series = {t.name: t for t in wf.history_show(settings, root=tmp_path, file=Path("h.jsonl")).series}
+    assert (series["admin-service"].latest, series["factory-service"].latest) == (90.0, 60.0)
+    # A report against that run: each service's baseline from its job's entry, no overall one
+    write(
+        tmp_path,
+        "all.json",
+        {"admin_service/a.py": lines_file(95, 5), "factory_service/f.py": lines_file(70, 30)},
+    )
+    r = wf.report(
+        settings, [Path("all.json")], root=tmp_path, options=wf.Options(baseline_from=Path("h.jsonl"))
+    )
+    assert {s.name: s.baseline for s in r.services} == {"admin-service": 90.0, "factory-service": 60.0}
+    assert r.totals.baseline is None
+
+
 def test_history_show_judges_at_coverage_pys_own_precision(tmp_path):
     (tmp_path / ".coveragerc").write_text("[report]\nprecision = 2\n")
     write(tmp_path, "a.json", {"admin_service/a.py": lines_file(795, 205)})

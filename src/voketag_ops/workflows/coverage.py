@@ -300,17 +300,30 @@ def _baselines(
     if not entries:
         raise InputError(f"{options.baseline_from}: the history is empty; nothing to compare with")
     last = entries[-1]
-    if bool(last.get("branch")) != loaded.branch:
-        now, then = ("branch", "statement-only") if loaded.branch else ("statement-only", "branch")
-        raise InputError(
-            f"cannot compare {now} coverage with the {then} baseline in {options.baseline_from} "
-            f"(recorded {last.get('at')}): branch exits change the denominator, so the delta would be meaningless",
-            hint="measure both with the same [run] branch setting",
-        )
-    services = last.get("services", {})
-    out = {s.name: _counts(services[s.name]).percent if s.name in services else None for s in specs}
+    # The last run: the entries of its ref at the end of the file (one per service job when
+    # each job records its own service), the newest first. Each service's baseline is its
+    # newest number there; the overall one only comes from an entry of the whole repository.
+    run = [last]
+    if last.get("ref"):
+        for entry in reversed(entries[:-1]):
+            if entry.get("ref") != last["ref"]:
+                break
+            run.append(entry)
+    for entry in run:
+        if bool(entry.get("branch")) != loaded.branch:
+            now, then = ("branch", "statement-only") if loaded.branch else ("statement-only", "branch")
+            raise InputError(
+                f"cannot compare {now} coverage with the {then} baseline in {options.baseline_from} "
+                f"(recorded {entry.get('at')}): branch exits change the denominator, so the delta would be meaningless",
+                hint="measure both with the same [run] branch setting",
+            )
+    out: dict[str, float | None] = {}
+    for spec in specs:
+        found = next((e["services"][spec.name] for e in run if spec.name in (e.get("services") or {})), None)
+        out[spec.name] = None if found is None else _counts(found).percent
+    whole = next((e for e in run if not e.get("partial")), None)
     label = f"{options.baseline_from} @ {last.get('at')}" + (f" ({last['ref']})" if last.get("ref") else "")
-    return out, _counts(last["totals"]).percent, label
+    return out, None if whole is None else _counts(whole["totals"]).percent, label
 
 
 # -- gaps ------------------------------------------------------------------------------------------
@@ -667,6 +680,11 @@ def history_add(
     loaded = _load(settings, paths, root, options)
     specs = _specs(settings, options)
     grouped, unassigned, _ = _grouped(loaded, specs, options.services, require=False)
+    if options.services:
+        # One job per service: the data of a job measuring with `source = .` lists the other
+        # services' files too, unrun (0 %); recording them would stand for those services' numbers.
+        grouped = {name: files for name, files in grouped.items() if name in options.services}
+        unassigned = []
     services = {
         name: _counts_dict(cov.total(f.counts for f in files)) for name, files in grouped.items() if files
     }
@@ -674,15 +692,16 @@ def history_add(
         services[cov.UNASSIGNED] = _counts_dict(cov.total(f.counts for f in unassigned))
     from voketag_ops.core.times import iso
 
+    measured = [f for files in grouped.values() for f in files] + unassigned
     entry = {
         "at": iso(now),
         "ref": ref,
         "coverage_version": loaded.coverage_version,
         "branch": loaded.branch,
-        "totals": _counts_dict(cov.total(f.counts for f in loaded.files.values())),
+        "totals": _counts_dict(cov.total(f.counts for f in measured)),
         "services": services,
     }
-    if options.services:  # one job per service: its totals are that service's, not the repository's
+    if options.services:  # its totals are the selected services', not the repository's
         entry["partial"] = True
     path = _history_path(settings, root, file)
     from voketag_ops.files import check_replaceable
