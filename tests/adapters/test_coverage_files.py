@@ -144,6 +144,12 @@ def test_regions_are_read_when_asked(measured: Measured):
 
 
 # -- bad input -------------------------------------------------------------------------------------
+_LINE = (
+    '<coverage line-rate="1"><packages><package><classes>\n<class filename="a.py"><lines>\n'
+    " <line {}/>\n</lines></class></classes></package></packages></coverage>\n"
+)
+
+
 @pytest.mark.parametrize(
     ("content", "error", "message"),
     [
@@ -154,7 +160,15 @@ def test_regions_are_read_when_asked(measured: Measured):
         ("{oops", InputError, "not valid JSON"),
         ("<html><body/></html>", InputError, "not a Cobertura XML report"),
         ("<coverage><packages/></coverage>", InputError, "no line-rate"),
-        ("<coverage", InputError, "not well-formed XML"),
+        ("<coverage", InputError, "line 1, column 1: not well-formed XML: unclosed token"),
+        (_LINE.format('hits="1"'), InputError, r"line 3, column 2: malformed Cobertura XML: <line> has no number"),
+        (_LINE.format('number="12x" hits="1"'), InputError, "line 3, column 2: .*number '12x' is not an integer"),
+        (_LINE.format('number="1" hits="1" branch="true" condition-coverage="50% (1/2)" missing-branches="3,x"'),
+         InputError, "line 3, column 2: .*missing-branches '3,x' is not a list of line numbers"),
+        ('{"meta": {"branch_coverage": true}, "files": {"a.py": {"executed_branches": [["x", 2]]}}}', InputError,
+         "a.py: executed_branches must be a list of \\[from, to\\] line-number pairs"),
+        ('{"meta": {"branch_coverage": true}, "files": {"a.py": {"missing_branches": [[1]]}}}', InputError,
+         "a.py: missing_branches must be a list"),
         ('<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "b">]><coverage line-rate="1">&a;</coverage>', InputError,
          "DTD"),
         ("hello", InputError, "not coverage data"),

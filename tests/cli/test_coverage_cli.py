@@ -493,7 +493,7 @@ def test_history_add_show_and_chart(voke, env, project):
     assert series["admin-service"]["baseline"] == 70.0
     assert series["overall"]["latest"] == 77.5
     svg = (project / "trend.svg").read_text()
-    assert svg.startswith("<svg") and "admin-service 85.0%" in svg
+    assert svg.startswith("<svg") and "admin-service 85%" in svg
     human = voke("coverage", "history", "show", environ=env, cwd=project)
     assert "▁▄█" in human.stdout and "admin-service" in human.stdout
     audit = voke("audit", "show", "--json", "--event-type", "coverage.history_add", environ=env, cwd=project)

@@ -281,6 +281,13 @@ def test_history_show_judges_at_coverage_pys_own_precision(tmp_path):
     assert shown.precision == 2 and overall.latest_display == "79.50" and overall.passed is False
 
 
+def test_history_chart_legend_shows_the_latest_value_as_the_table_does(tmp_path):
+    (tmp_path / "h.jsonl").write_text('{"totals": {"statements": 20000, "missing": 1}}\n')
+    shown = wf.history_show(SETTINGS, root=tmp_path, file=Path("h.jsonl"), precision=1, out=Path("h.svg"))
+    assert shown.series[0].latest_display == "99.9"
+    assert "overall 99.9%" in (tmp_path / "h.svg").read_text()  # not 100.0 %, which it is not
+
+
 def test_history_rejects_a_damaged_file(tmp_path):
     (tmp_path / "h.jsonl").write_text('{"totals": {"statements": 1}}\nnot json\n')
     with pytest.raises(InputError, match=r"h\.jsonl:2"):

@@ -78,6 +78,9 @@ class Series:
     values: Sequence[float | None]
     target: float | None = None
     baseline: float | None = None
+    latest: str | None = (
+        None  # the last value as the report shows it (its precision, never rounded up to 100)
+    )
 
 
 def chart(series: Sequence[Series], labels: Sequence[str], *, title: str = "coverage") -> str:
@@ -140,7 +143,8 @@ def chart(series: Sequence[Series], labels: Sequence[str], *, title: str = "cove
         ly = top + 14 + 18 * idx
         lx = left + pw + 16
         last_value = next((v for v in reversed(s.values) if v is not None), None)
-        text = s.name + ("" if last_value is None else f" {last_value:.1f}%")
+        shown = s.latest if s.latest is not None else None if last_value is None else f"{last_value:.1f}"
+        text = s.name + ("" if shown is None else f" {shown}%")
         out.append(f'<rect x="{lx}" y="{ly - 9}" width="10" height="10" fill="{color}"/>')
         out.append(f'<text x="{lx + 14}" y="{ly}">{_esc(text)}</text>')
     legend_y = top + 14 + 18 * len(series) + 6

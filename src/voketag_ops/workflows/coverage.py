@@ -868,7 +868,16 @@ def history_show(
     if out is not None:
         labels = [str(e.get("at", ""))[:10] for e in entries]
         svg = chart(
-            [Series(t.name, [pt.percent for pt in t.points], t.target, t.baseline) for t in trends],
+            [
+                Series(
+                    t.name,
+                    [pt.percent for pt in t.points],
+                    t.target,
+                    t.baseline,
+                    next((pt.display for pt in reversed(t.points) if pt.display is not None), None),
+                )
+                for t in trends
+            ],
             labels,
             title=f"coverage, {len(entries)} run{'s' if len(entries) != 1 else ''}",
         )

@@ -186,6 +186,15 @@ def _ints(value: Any, what: str) -> frozenset[int]:
     return frozenset(value)
 
 
+def _arcs(value: Any, what: str) -> list[tuple[int, int]]:
+    """Branch arcs: [from, to] pairs of line numbers (to < 0 is an exit from the code object)."""
+    if not isinstance(value, list) or not all(
+        isinstance(pair, list) and len(pair) == 2 and all(type(n) is int for n in pair) for pair in value
+    ):
+        raise ValueError(f"{what} must be a list of [from, to] line-number pairs")
+    return value
+
+
 def _json_file(path: str, entry: Any, branch: bool, want_regions: bool) -> FileCoverage:
     if not isinstance(entry, dict):
         raise ValueError(f"files[{path!r}] must be an object")
@@ -196,9 +205,9 @@ def _json_file(path: str, entry: Any, branch: bool, want_regions: bool) -> FileC
     if branch:
         exits: dict[int, int] = {}
         missed: dict[int, list[int]] = {}
-        for a, _b in entry.get("executed_branches", []):
+        for a, _b in _arcs(entry.get("executed_branches", []), f"{path}: executed_branches"):
             exits[a] = exits.get(a, 0) + 1
-        for a, b in entry.get("missing_branches", []):
+        for a, b in _arcs(entry.get("missing_branches", []), f"{path}: missing_branches"):
             exits[a] = exits.get(a, 0) + 1
             missed.setdefault(a, []).append(EXIT if b < 0 else b)
         branches = {line: (n, tuple(sorted(missed.get(line, ())))) for line, n in exits.items()}
@@ -229,6 +238,16 @@ class _Refused(Exception):
     pass
 
 
+def _attribute_int(attrib: dict[str, str], name: str, default: str | None) -> int:
+    value = attrib.get(name, default)
+    if value is None:
+        raise ValueError(f"<line> has no {name} attribute")
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"<line> {name} {value!r} is not an integer") from None
+
+
 class _CoberturaTarget:
     """Streaming ElementTree target: keeps only what coverage needs, builds no tree."""
 
@@ -242,7 +261,7 @@ class _CoberturaTarget:
         self.any_branch = False
         self.filename = ""
 
-    def doctype(self, name: str, pubid: str | None, system: str | None) -> None:
+    def doctype(self, name: str, system: str | None, pubid: str | None, internal: bool) -> None:
         raise _Refused("a DTD")
 
     def start(self, tag: str, attrib: dict[str, str]) -> None:
@@ -264,8 +283,8 @@ class _CoberturaTarget:
 
     def _line(self, attrib: dict[str, str]) -> None:
         assert self.current is not None
-        number = int(attrib["number"])
-        hit = int(attrib.get("hits", "0")) > 0
+        number = _attribute_int(attrib, "number", None)
+        hit = _attribute_int(attrib, "hits", "0") > 0
         cond = None
         dests = None
         if attrib.get("branch") == "true" and "condition-coverage" in attrib:
@@ -280,11 +299,16 @@ class _CoberturaTarget:
                     )
                 self.any_branch = True
                 if "missing-branches" in attrib:
-                    dests = tuple(
-                        EXIT if d.strip() == "exit" else int(d)
-                        for d in attrib["missing-branches"].split(",")
-                        if d.strip()
-                    )
+                    try:
+                        dests = tuple(
+                            EXIT if d.strip() == "exit" else int(d)
+                            for d in attrib["missing-branches"].split(",")
+                            if d.strip()
+                        )
+                    except ValueError:
+                        raise ValueError(
+                            f"<line> missing-branches {attrib['missing-branches']!r} is not a list of line numbers"
+                        ) from None
         old = self.current.get(number)
         if old is not None:  # the same line twice (several <class> for one file): covered if either says so
             hit = hit or old[0]
@@ -305,33 +329,44 @@ class _CoberturaTarget:
         if self.stack and self.stack[-1] == "source":
             self._text.append(text)
 
-    def close(self) -> None:
-        return None
-
 
 def read_cobertura(path: Path, norm: PathNormalizer, *, label: str | None = None) -> CoverageInput:
     """Read a Cobertura XML report; totals come from per-line hits and condition counts
     (the same integers as the root's lines-covered/lines-valid, never the rounded rates).
-    DTDs are refused, so no entity can be declared or expanded."""
-    import xml.etree.ElementTree as ET
+    DTDs are refused, so no entity can be declared or expanded. Expat drives the target
+    itself, so an element voke cannot read is named with its line and column."""
+    from xml.parsers import expat
 
     label = label or str(path)
     target = _CoberturaTarget()
-    parser = ET.XMLParser(target=target)
+    parser = expat.ParserCreate()
+
+    def start(tag: str, attrib: dict[str, str]) -> None:
+        try:
+            target.start(tag, attrib)
+        except ValueError as exc:  # where the element starts: expat has moved on once it is raised
+            where = f"line {parser.CurrentLineNumber}, column {parser.CurrentColumnNumber + 1}"
+            raise InputError(f"{label}: {where}: malformed Cobertura XML: {_short(exc)}") from None
+
+    parser.StartElementHandler = start
+    parser.EndElementHandler = target.end
+    parser.CharacterDataHandler = target.data
+    parser.StartDoctypeDeclHandler = target.doctype
     try:
         with path.open("rb") as fh:
             while chunk := fh.read(1 << 20):
-                parser.feed(chunk)
-        parser.close()
+                parser.Parse(chunk, False)
+        parser.Parse(b"", True)
     except _Refused as exc:
         what = str(exc)
         if what.startswith("root"):
             raise InputError(f"{label}: not a Cobertura XML report ({what}, expected <coverage>)") from None
         raise InputError(f"{label}: XML with {what} refused (DTDs and entities are not accepted)") from None
-    except ET.ParseError as exc:
-        raise InputError(f"{label}: not well-formed XML: {exc}") from None
-    except (ValueError, KeyError) as exc:
-        raise InputError(f"{label}: malformed Cobertura XML: {_short(exc)}") from None
+    except expat.ExpatError as exc:  # its own text counts columns from 0
+        where = f"line {exc.lineno}, column {exc.offset + 1}"
+        raise InputError(
+            f"{label}: {where}: not well-formed XML: {expat.errors.messages[exc.code]}"
+        ) from None
     except OSError as exc:
         raise InputError(f"{label}: cannot read: {exc.strerror}") from None
     attrib = target.root_attrib or {}
