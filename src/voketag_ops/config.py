@@ -182,7 +182,10 @@ class CoverageSettings(_Model):
     """`voke coverage` (`[coverage]` in voke.toml, `[tool.voke.coverage]` in pyproject.toml)."""
 
     target: float = Field(
-        default=80.0, ge=0, le=100, description="overall target, and each service's default"
+        default=80.0,
+        ge=0,
+        le=100,
+        description="overall target, and each service's default (unset: coverage.py's [report] fail_under, else 80)",
     )
     baseline: float | None = Field(default=68.0, ge=0, le=100, description="overall baseline (percent)")
     services: dict[str, CoverageService] = Field(

@@ -469,6 +469,28 @@ def test_badge_colour_is_the_band_of_the_number_it_shows(voke, env, project):
     assert r.json["result"]["color"] == "#97ca00"  # green, as any other "80%"
 
 
+def test_coverage_pys_fail_under_is_the_target_unless_voke_sets_one(voke, env, project):
+    write_json(
+        project, {"admin_service/a.py": lines_file(90, 10), "factory_service/b.py": lines_file(90, 10)}
+    )
+    (project / ".coveragerc").write_text("[report]\nfail_under = 95\n")
+    (project / "voke.toml").write_text(TWO_SERVICES.replace("target = 80\n", ""))
+
+    def gate(*extra):
+        return voke("coverage", "gate", "coverage.json", "--json", *extra, environ=env, cwd=project)
+
+    strict = gate()  # `coverage report` fails this project at 95: so does voke
+    assert strict.exit_code == 1 and strict.json["result"]["totals"]["target"] == 95.0
+    assert {s["target"] for s in strict.json["result"]["services"]} == {95.0}
+    assert gate("--fail-under", "85").exit_code == 0  # the flag still wins
+    (project / "voke.toml").write_text(TWO_SERVICES)  # voke's own target = 80 wins over coverage.py's
+    assert gate().exit_code == 0
+    (project / ".coveragerc").write_text("[report]\nfail_under = 150\n")
+    (project / "voke.toml").write_text(TWO_SERVICES.replace("target = 80\n", ""))
+    bad = gate()
+    assert bad.exit_code == 3 and "fail_under = 150" in bad.json["error"]["message"]
+
+
 # -- history --------------------------------------------------------------------------------------
 def test_history_add_show_and_chart(voke, env, project):
     for i, (a, f) in enumerate([(60, 50), (70, 60), (85, 70)]):

@@ -221,6 +221,7 @@ def report(
 ) -> CoverageReport:
     """Totals per service and overall, judged against the targets; writes the GitHub step
     summary when GITHUB_STEP_SUMMARY is set in ENVIRON."""
+    settings = _project_target(settings, root)
     loaded = _load(settings, paths, root, options)
     specs = _specs(settings, options)
     grouped, unassigned, warnings = _grouped(loaded, specs, options.services)
@@ -366,6 +367,7 @@ def gaps(
     top: int = 10,
 ) -> GapsReport:
     """The files and functions with the most missed code, and what each service still needs."""
+    settings = _project_target(settings, root)
     loaded = _load(settings, paths, root, options, regions=True)
     specs = _specs(settings, options)
     grouped, unassigned, warnings = _grouped(loaded, specs, options.services)
@@ -442,6 +444,7 @@ def diff(
     """Diff coverage against BASE (or the unified diff in DIFF_FILE). With ANNOTATIONS (default:
     in GitHub Actions), EMIT receives `::warning` lines for uncovered changed ranges, capped at
     GitHub's per-step limit with one `::notice` saying how many were left out."""
+    settings = _project_target(settings, root)
     from voketag_ops.adapters.local.git_diff import changed_lines, read_diff_file, work_tree_prefix
 
     environ = environ or {}
@@ -567,6 +570,7 @@ def badge(
     options: Options = Options(),
 ) -> BadgeReport:
     """Write an offline SVG badge of the total (or of SERVICE) to OUT."""
+    settings = _project_target(settings, root)
     from voketag_ops.core.coverage_svg import badge as svg_badge
 
     selected = (service,) if service else ()
@@ -635,6 +639,18 @@ def read_history(path: Path) -> list[dict[str, Any]]:
             raise InputError(f"{path}:{number}: not a voke coverage history entry ({_first(exc)})") from None
         entries.append(entry)
     return entries
+
+
+def _project_target(settings: CoverageSettings, root: Path) -> CoverageSettings:
+    """SETTINGS with the overall target (and each service's default) from coverage.py's own
+    [report] fail_under when voke's configuration sets no `coverage.target`: a project that
+    gates at 95 with `coverage report` is not let through at 80 by voke."""
+    if "target" in settings.model_fields_set:
+        return settings
+    from voketag_ops.adapters.local.coverage_files import coverage_fail_under
+
+    fail_under = coverage_fail_under(root)
+    return settings if fail_under is None else settings.model_copy(update={"target": fail_under})
 
 
 def _precision(given: int | None, settings: CoverageSettings, root: Path) -> int:
@@ -798,6 +814,7 @@ def history_show(
     precision: int | None = None,
 ) -> HistoryShow:
     """The trend per service against target and baseline; an SVG chart written to OUT."""
+    settings = _project_target(settings, root)
     from voketag_ops.core.coverage_svg import Series, chart
 
     path = _history_path(settings, root, file)

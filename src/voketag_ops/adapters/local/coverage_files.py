@@ -522,7 +522,24 @@ def coverage_precision(root: Path) -> int | None:
     coverage.py). Asked of coverage.py, not re-implemented: which file it reads (COVERAGE_RCFILE,
     .coveragerc, .coveragerc.toml, setup.cfg, tox.ini, pyproject.toml), which sections count
     there and which file ends the search have changed between its versions."""
+    value = _coverage_option(root, "report:precision")
+    return value if type(value) is int else None
 
+
+def coverage_fail_under(root: Path) -> float | None:
+    """`[report] fail_under` as coverage.py reads it for a run in ROOT; None when it sets none
+    (coverage.py's 0 means no gate)."""
+    value = _coverage_option(root, "report:fail_under")
+    if type(value) not in (int, float) or value == 0:
+        return None
+    if not 0 < value <= 100:
+        raise ConfigError(
+            f"coverage.py's configuration in {root}: [report] fail_under = {value} is not a percentage"
+        )
+    return float(value)
+
+
+def _coverage_option(root: Path, name: str) -> Any:
     try:
         import coverage
         from coverage.exceptions import CoverageException
@@ -531,7 +548,6 @@ def coverage_precision(root: Path) -> int | None:
     with _chdir(root), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its own complaints about unknown options
         try:
-            value = coverage.Coverage(config_file=True).get_option("report:precision")
+            return coverage.Coverage(config_file=True).get_option(name)
         except CoverageException as exc:
             raise ConfigError(f"coverage.py's configuration in {root}: {exc}") from None
-    return value if type(value) is int else None
