@@ -413,6 +413,11 @@ def test_diff_annotations_are_capped(voke, env, project):
     assert len([ln for ln in lines if ln.startswith("::warning")]) == 10
     notices = [ln for ln in lines if ln.startswith("::notice")]
     assert len(notices) == 1 and "15 more uncovered changed ranges" in notices[0]
+    assert "job summary" not in notices[0]  # there is none without GITHUB_STEP_SUMMARY
+    summary = project / "summary.md"
+    r = voke("coverage", "diff", "coverage.json", "--diff-file", "change.diff", "--annotations",
+             environ={**env, "GITHUB_STEP_SUMMARY": str(summary)}, cwd=project)  # fmt: skip
+    assert "see the job summary" in r.stderr and "admin_service/a.py" in summary.read_text()
 
 
 def test_diff_with_nothing_measurable_is_na(voke, env, repo):

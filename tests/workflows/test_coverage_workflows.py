@@ -294,8 +294,20 @@ def test_history_rejects_a_damaged_file(tmp_path):
         wf.history_show(SETTINGS, root=tmp_path, file=Path("h.jsonl"))
 
 
-@pytest.mark.parametrize("value", ["1e400", "-1e400", "NaN"])
-def test_history_with_a_non_finite_count_is_refused_with_its_line(tmp_path, value):
+@pytest.mark.parametrize(
+    "value",
+    [
+        "1e400",
+        "-1e400",
+        "NaN",
+        "-5",
+        "12.5",
+        '"12"',
+        '10, "missing": 11',
+        '10, "branches": 2, "missing_branches": 3',
+    ],
+)
+def test_history_with_a_count_that_is_no_count_is_refused_with_its_line(tmp_path, value):
     path = tmp_path / "h.jsonl"
     path.write_text('{"totals": {"statements": 10}}\n' + '{"totals": {"statements": ' + value + "}}\n")
     with pytest.raises(InputError, match=r"h\.jsonl:2: not a voke coverage history entry"):

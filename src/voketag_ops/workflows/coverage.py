@@ -498,7 +498,8 @@ def diff(
             annotate(
                 f"::notice title=voke coverage diff::{len(ranges) - len(shown)} more uncovered changed "
                 f"range{'s' if len(ranges) - len(shown) != 1 else ''} not annotated (GitHub shows at most "
-                f"{ANNOTATION_LIMIT} warnings per step); see the job summary"
+                f"{ANNOTATION_LIMIT} warnings per step)"
+                + ("; see the job summary" if (environ or {}).get("GITHUB_STEP_SUMMARY") else "")
             )
     report_ = DiffReport(
         base=base,
@@ -610,6 +611,19 @@ def _counts_dict(c: Counts) -> dict[str, int]:
     return {k: getattr(c, k) for k in _COUNT_KEYS}
 
 
+def _check_counts(d: Any) -> None:
+    """Counts as history entries record them: whole numbers, no part larger than its whole."""
+    if not isinstance(d, dict):
+        raise ValueError("counts must be an object")
+    for key in _COUNT_KEYS:
+        if type(d.get(key, 0)) is not int or d.get(key, 0) < 0:
+            raise ValueError(f"{key} must be a whole number >= 0")
+    if d.get("missing", 0) > d.get("statements", 0) or max(
+        d.get("missing_branches", 0), d.get("partial_branches", 0)
+    ) > d.get("branches", 0):
+        raise ValueError("more missing than measured")
+
+
 def _counts(d: Mapping[str, Any]) -> Counts:
     return Counts(**{k: int(d.get(k, 0)) for k in _COUNT_KEYS})
 
@@ -632,9 +646,8 @@ def read_history(path: Path) -> list[dict[str, Any]]:
             entry = json.loads(line)
             if not isinstance(entry, dict) or not isinstance(entry.get("totals"), dict):
                 raise ValueError("not a history entry")
-            _counts(entry["totals"])
-            for c in (entry.get("services") or {}).values():
-                _counts(c)
+            for c in (entry["totals"], *(entry.get("services") or {}).values()):
+                _check_counts(c)
         except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
             raise InputError(f"{path}:{number}: not a voke coverage history entry ({_first(exc)})") from None
         entries.append(entry)
