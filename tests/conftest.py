@@ -45,6 +45,16 @@ def base_environ(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_real_user_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No test may read or write the real user's voke home (~/.local/share/voke), where
+    settings built without a VOKE_HOME lead. Its stand-in does not exist, as on a fresh
+    machine, so code that needs it must make it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg") / "data"))
+        yield
+
+
 @pytest.fixture
 def make_environ():
     """base_environ as a fixture (test modules cannot import conftest)."""

@@ -104,8 +104,12 @@ def drills_home(settings: Settings) -> Path:
 
     home = LocalEnvironment.from_settings(settings.local).home
     path = home / "cloud" / settings.env
-    for directory in (home, home / "cloud", path):  # private, like every directory of the home
-        directory.mkdir(mode=0o700, exist_ok=True)
+    try:
+        home.parent.mkdir(parents=True, exist_ok=True)  # ~/.local/share on a fresh machine
+        for directory in (home, home / "cloud", path):  # private, like every directory of the home
+            directory.mkdir(mode=0o700, exist_ok=True)
+    except OSError as exc:  # a home not writable, or in a place nothing can be made
+        raise ConfigError(f"VOKE_HOME {home}: cannot make cloud/{settings.env}/: {exc.strerror}") from None
     return path
 
 
