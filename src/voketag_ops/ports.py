@@ -262,7 +262,9 @@ class ChainStore(Protocol):
         ...
 
     def import_state(self, incoming: ChainState) -> dict[str, int]:
-        """Merge INCOMING (an exported document, already validated): the stored chain must
-        be a prefix of it (StoreConflictError otherwise, nothing changed); each anchor keeps
-        its higher version. Returns {"blocks_added", "anchors_updated"}."""
+        """Merge INCOMING (an exported document, already validated) as
+        `core.chain.merge_import` does, under the write lock: one chain a prefix of the other,
+        an anchor its block seals stays anchored, the merged anchors agree with the merged
+        blocks (StoreConflictError otherwise, nothing changed).
+        Returns {"blocks_added", "anchors_updated"}."""
         ...

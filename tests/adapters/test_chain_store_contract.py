@@ -143,6 +143,35 @@ def test_import_extends_a_prefix_takes_an_older_copy_as_nothing_new_and_refuses_
     assert store.load() == state
 
 
+def test_an_import_never_unanchors_a_sealed_root_and_refuses_a_contradiction(
+    store: ChainStore, tmp_path: Path
+) -> None:
+    home_a, home_b = FileChainStore(tmp_path / "a.json"), FileChainStore(tmp_path / "b.json")
+    wf.request_anchor(home_a, root=merkle.root([b"x"]), kind="batch", label="x", now=T0)
+    wf.run_anchors(home_a, now=T0, difficulty=4)
+    home_b.import_state(home_a.load())
+    z = merkle.root([b"z"])
+    wf.request_anchor(home_a, root=z, kind="batch", label="z", now=T0)
+    wf.run_anchors(home_a, now=T0, difficulty=4)  # z in block 1, version 2
+    wf.request_anchor(home_b, root=z, kind="batch", label="z", now=T0)
+    wf.cancel_anchor(home_b, z.hex(), now=T0)
+    wf.request_anchor(home_b, root=z, kind="batch", label="z", now=T0)  # pending, version 3
+
+    # This store holds A's blocks but not its anchors (rows lost): B's pending z contradicts block 1.
+    assert store.import_state(ch.ChainState(blocks=home_a.load().blocks)) == {
+        "blocks_added": 2,
+        "anchors_updated": 0,
+    }
+    before = store.load()
+    with pytest.raises(ch.StoreConflictError, match=r"block 1 holds it already\); nothing was imported"):
+        store.import_state(home_b.load())
+    assert store.load() == before
+    assert store.import_state(home_a.load()) == {"blocks_added": 0, "anchors_updated": 2}
+    assert store.import_state(home_b.load()) == {"blocks_added": 0, "anchors_updated": 0}
+    assert store.load().anchors[z.hex()].state is ch.AnchorState.ANCHORED
+    assert wf.validate(store).ok
+
+
 @pytest.mark.pg
 def test_unreachable_postgres_is_a_store_error(tmp_path: Path) -> None:
     from voketag_ops.adapters.local.pg_chain_store import PgChainStore

@@ -302,6 +302,32 @@ def test_file_store_setting(voke, make_environ, tmp_path: Path) -> None:
     assert bad.exit_code == 3 and "VOKE_CHAIN__STORE: chain.store" in bad.json["error"]["message"]
 
 
+def test_an_import_keeps_what_this_home_anchored(voke, make_environ, tmp_path: Path) -> None:
+    """Home B requested, cancelled and requested again a root home A has anchored meanwhile:
+    B's export (the root pending, a higher version) does not undo A's block."""
+    home_a = make_environ(tmp_path / "a", VOKE_CHAIN__STORE="file")
+    home_b = make_environ(tmp_path / "b", VOKE_CHAIN__STORE="file")
+    a1, b1 = tmp_path / "a1.json", tmp_path / "b1.json"
+    voke("chain", "anchor", "request", merkle.root([b"x"]).hex(), environ=home_a)
+    voke("chain", "anchor", "run", "--difficulty", "4", environ=home_a)
+    voke("chain", "export", "-o", str(a1), environ=home_a)
+    assert voke("chain", "import", str(a1), "--yes", environ=home_b).exit_code == 0
+    z = merkle.root([b"z"]).hex()
+    voke("chain", "anchor", "request", z, environ=home_a)
+    voke("chain", "anchor", "run", "--difficulty", "4", environ=home_a)
+    voke("chain", "anchor", "request", z, environ=home_b)
+    voke("chain", "anchor", "cancel", z, "--yes", environ=home_b)
+    voke("chain", "anchor", "request", z, environ=home_b)
+    voke("chain", "export", "-o", str(b1), environ=home_b)
+
+    imported = voke("chain", "import", str(b1), "--yes", "--json", environ=home_a)
+    assert imported.exit_code == 0, imported.stderr
+    assert imported.json["result"]["blocks_added"] == imported.json["result"]["anchors_updated"] == 0
+    assert voke("chain", "validate", environ=home_a).exit_code == 0
+    anchors = voke("chain", "anchors", "--state", "anchored", "--json", environ=home_a).json["result"]
+    assert z in [a["id"] for a in anchors["anchors"]]
+
+
 @pytest.mark.pg
 def test_a_chain_file_is_migrated_into_postgres_once(voke, chain_env, platform_home: Path) -> None:
     from voketag_ops.adapters.local.chain_store import FileChainStore, default_chain_path

@@ -362,6 +362,34 @@ def test_find_anchor_by_prefix() -> None:
         state.find_anchor("abc")
 
 
+def test_an_import_never_unanchors_a_sealed_root_and_refuses_what_still_contradicts() -> None:
+    """Home A anchored Z in block 1; home B, with only block 0, requested, cancelled and requested Z
+    again (pending, a higher version). Whichever home imports the other's export, Z stays anchored."""
+    genesis = ch.seal(index=0, timestamp=T0, prev_hash=ch.ZERO_HASH, records=[], difficulty=0, nonce=0)
+    z, _ = ch.request_anchor(None, root=ROOT, kind="batch", label="z", now=T0)
+    block1 = ch.seal(
+        index=1, timestamp=T0, prev_hash=genesis.hash, records=[z.record()], difficulty=0, nonce=0
+    )
+    anchored = ch.mark_anchored(z, block_index=1, now=T0)
+    home_a = ch.ChainState(blocks=(genesis, block1), anchors={z.id: anchored})
+    reopened, _ = ch.request_anchor(ch.cancel_anchor(z, now=T0), root=ROOT, kind="batch", label="z", now=T0)
+    home_b = ch.ChainState(blocks=(genesis,), anchors={z.id: reopened})
+    assert reopened.version > anchored.version
+
+    assert ch.merge_import(home_a, home_b) == (home_a, [], [])  # A imports B's export: nothing changes
+    merged, added, changed = ch.merge_import(home_b, home_a)  # B imports A's
+    assert added == [block1] and merged.anchors[z.id].state is ch.AnchorState.ANCHORED
+    # taken over a higher version, it gets the next one: a writer holding version 3 conflicts
+    assert changed == [merged.anchors[z.id]] and merged.anchors[z.id].version == reopened.version + 1
+    assert ch.anchor_disagreement(merged.blocks, merged.anchors.values()) is None
+    assert ch.merge_import(merged, home_a)[2] == []  # idempotent
+
+    # Block 1 holds Z but this home's anchors lost its row: a pending Z coming in is refused.
+    lost_row = ch.ChainState(blocks=(genesis, block1))
+    with pytest.raises(ch.StoreConflictError, match=r"block 1 holds it already\); nothing was imported"):
+        ch.merge_import(lost_row, home_b)
+
+
 def test_core_modules_import_no_cli_or_backend_libraries() -> None:
     import subprocess
     import sys

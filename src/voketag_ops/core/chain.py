@@ -633,3 +633,46 @@ def blocks_to_import(ours: Sequence[bytes], incoming: Sequence[Block]) -> list[B
             "the imported chain does not extend the local chain (they diverge); nothing was imported"
         )
     return list(incoming[len(ours) :])
+
+
+def merge_import(current: ChainState, incoming: ChainState) -> tuple[ChainState, list[Block], list[Anchor]]:
+    """INCOMING (an exported document, already validated) merged into CURRENT: (the merged
+    state, the blocks it adds, the anchors it adds or changes).
+
+    The blocks are `blocks_to_import`'s. Of two versions of an anchor, one sealed (anchored in
+    a block the merged chain holds) wins over one that is not, whatever their versions: a
+    block is never un-anchored by a request made elsewhere meanwhile; a sealed one taken over
+    a higher version gets the version after it, so a writer holding the old one conflicts.
+    Otherwise the higher version wins. StoreConflictError, nothing merged, when the chains
+    diverge or the merged anchors still contradict the merged blocks (`anchor_disagreement`).
+    """
+    added = blocks_to_import([b.hash for b in current.blocks], incoming.blocks)
+    blocks = (*current.blocks, *added)
+
+    def sealed(anchor: Anchor) -> bool:
+        index = anchor.block_index
+        return (
+            anchor.state is AnchorState.ANCHORED
+            and index is not None
+            and 0 <= index < len(blocks)
+            and anchor.record() in blocks[index].records
+        )
+
+    anchors = dict(current.anchors)
+    changed: list[Anchor] = []
+    for theirs in incoming.anchors.values():
+        ours = anchors.get(theirs.id)
+        if ours is not None:
+            if theirs == ours or (sealed(ours) and not sealed(theirs)):
+                continue
+            if sealed(theirs) and not sealed(ours):
+                theirs = replace(theirs, version=max(theirs.version, ours.version + 1))
+            elif theirs.version <= ours.version:
+                continue
+        anchors[theirs.id] = theirs
+        changed.append(theirs)
+    if (problem := anchor_disagreement(blocks, anchors.values())) is not None:
+        raise StoreConflictError(
+            f"once merged, the anchors would contradict the blocks ({problem[1]}); nothing was imported"
+        )
+    return ChainState(blocks=blocks, anchors=anchors), added, changed

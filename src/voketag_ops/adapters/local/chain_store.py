@@ -135,23 +135,12 @@ class FileChainStore:
             self._write(ch.ChainState(blocks=(*current.blocks, *blocks), anchors=merged))
 
     def import_state(self, incoming: ch.ChainState) -> dict[str, int]:
-        """Merge INCOMING (an exported document, already validated) into the store.
-
-        One chain must be a prefix of the other (an older copy adds no block); anchors are merged keeping
-        the higher version of each. Raises StoreConflictError when the chains diverge.
-        """
+        """Merge INCOMING (an exported document, already validated) into the store, as
+        `core.chain.merge_import` says; StoreConflictError, nothing changed, when it refuses."""
         with self._locked(exclusive=True):
-            current = self._read()
-            added = ch.blocks_to_import([b.hash for b in current.blocks], incoming.blocks)
-            merged = dict(current.anchors)
-            for anchor in incoming.anchors.values():
-                if anchor.id not in merged or anchor.version > merged[anchor.id].version:
-                    merged[anchor.id] = anchor
-            self._write(ch.ChainState(blocks=(*current.blocks, *added), anchors=merged))
-            return {
-                "blocks_added": len(added),
-                "anchors_updated": sum(1 for k, a in merged.items() if current.anchors.get(k) is not a),
-            }
+            merged, added, changed = ch.merge_import(self._read(), incoming)
+            self._write(merged)
+            return {"blocks_added": len(added), "anchors_updated": len(changed)}
 
     def move_into(self, target: ChainStore, *, now: datetime) -> dict[str, Any] | None:
         """Migrate this file's chain into TARGET once: import it (TARGET's chain must be a
@@ -175,11 +164,11 @@ class FileChainStore:
                 )
             try:
                 counts = target.import_state(state)
-            except ch.StoreConflictError:
+            except ch.StoreConflictError as exc:
                 raise NeedsOperatorError(
-                    f"{self.path}: the chain file and the chain in {target.location} diverge; nothing "
-                    "was migrated. Keep one: move the file aside (`voke chain export` shows the other), "
-                    'or set chain.store = "file"'
+                    f"{self.path}: the chain file does not merge into the chain in {target.location} "
+                    f"({exc.message}). Keep one: move the file aside (`voke chain export` shows the "
+                    'other), or set chain.store = "file"'
                 ) from None
             backup = self.path.with_name(f"{self.path.name}.migrated-{now.strftime('%Y%m%dT%H%M%SZ')}")
             try:

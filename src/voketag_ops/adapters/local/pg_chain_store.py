@@ -120,14 +120,12 @@ class PgChainStore:
     def import_state(self, incoming: ch.ChainState) -> dict[str, int]:
         """Merge INCOMING (an exported document, already validated); see the ChainStore port."""
         with self._transaction(write=True) as conn:
-            ours = [bytes(h) for (h,) in conn.execute("select hash from voke_chain_blocks order by idx")]
-            added = ch.blocks_to_import(ours, incoming.blocks)
-            stored = dict(conn.execute("select id, version from voke_chain_anchors").fetchall())
+            current = ch.ChainState(blocks=tuple(self._blocks(conn)), anchors=self._anchors(conn))
+            _merged, added, changed = ch.merge_import(current, incoming)
             for block in added:
                 self._insert_block(conn, block)
-            updated = [a for a in incoming.anchors.values() if a.id not in stored or a.version > stored[a.id]]
-            self._upsert_anchors(conn, updated)
-            return {"blocks_added": len(added), "anchors_updated": len(updated)}
+            self._upsert_anchors(conn, changed)
+            return {"blocks_added": len(added), "anchors_updated": len(changed)}
 
     @staticmethod
     def _insert_block(conn: Any, block: ch.Block) -> None:
