@@ -320,12 +320,36 @@ def test_an_import_keeps_what_this_home_anchored(voke, make_environ, tmp_path: P
     voke("chain", "anchor", "request", z, environ=home_b)
     voke("chain", "export", "-o", str(b1), environ=home_b)
 
+    planned = voke("chain", "import", str(b1), "--dry-run", "--json", environ=home_a)
     imported = voke("chain", "import", str(b1), "--yes", "--json", environ=home_a)
-    assert imported.exit_code == 0, imported.stderr
-    assert imported.json["result"]["blocks_added"] == imported.json["result"]["anchors_updated"] == 0
+    for result in (planned, imported):
+        assert result.exit_code == 0, result.stderr
+        assert result.json["result"]["blocks_added"] == result.json["result"]["anchors_updated"] == 0
     assert voke("chain", "validate", environ=home_a).exit_code == 0
     anchors = voke("chain", "anchors", "--state", "anchored", "--json", environ=home_a).json["result"]
     assert z in [a["id"] for a in anchors["anchors"]]
+
+
+def test_an_import_dry_run_reads_the_local_chain_and_answers_as_the_import(
+    voke, make_environ, tmp_path: Path
+) -> None:
+    homes = [make_environ(tmp_path / name, VOKE_CHAIN__STORE="file") for name in ("a", "c", "new")]
+    exported = tmp_path / "c.json"
+    for environ, leaf in zip(homes[:2], (b"a", b"c"), strict=True):
+        voke("chain", "anchor", "request", merkle.root([leaf]).hex(), environ=environ)
+        voke("chain", "anchor", "run", "--difficulty", "4", environ=environ)
+    voke("chain", "export", "-o", str(exported), environ=homes[1])
+
+    for args in (["--dry-run"], ["--yes"]):  # A's chain and C's diverge
+        refused = voke("chain", "import", str(exported), *args, "--json", environ=homes[0])
+        assert refused.exit_code == 5 and "diverge" in refused.json["error"]["message"], refused.stdout
+    fresh = voke("chain", "import", str(exported), "--dry-run", environ=homes[2])
+    assert fresh.exit_code == 0
+    assert (
+        fresh.stdout
+        == f"dry run: would import 1 new block(s) and add or update 1 anchor(s) from {exported}\n"
+    )
+    assert voke("chain", "anchors", "--json", environ=homes[2]).json["result"]["chain_length"] == 0
 
 
 @pytest.mark.pg

@@ -277,6 +277,7 @@ def import_(
     from voketag_ops.core.chain import ChainFormatError, anchor_disagreement, validate_chain
     from voketag_ops.errors import InputError
     from voketag_ops.workflows.audit import refuse_foreign_chain
+    from voketag_ops.workflows.chain import plan_import
 
     env = use(ctx)
     with _binary_input(file) as (stream, source):
@@ -292,11 +293,13 @@ def import_(
         raise InputError(f"{source}: its anchors contradict its blocks: {problem[1]}; nothing was imported")
     refuse_foreign_chain(_home(env), incoming, source)
     plan = {"blocks": len(incoming.blocks), "anchors": len(incoming.anchors), "source": source}
-    if dry_run:
+    if dry_run:  # read the local chain as the import would, and refuse alike
+        counts = plan_import(lambda: _store(env, dry_run=True), incoming)
         env.out.result(
-            {**plan, "dry_run": True},
+            {**plan, **counts, "dry_run": True},
             render=lambda c, r: c.print(
-                f"dry run: would import {r['blocks']} block(s) and {r['anchors']} anchor(s) from {r['source']}"
+                f"dry run: would import {r['blocks_added']} new block(s) and add or update "
+                f"{r['anchors_updated']} anchor(s) from {r['source']}"
             ),
         )
         return

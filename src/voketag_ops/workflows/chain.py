@@ -491,6 +491,17 @@ def run_anchors(
     return report
 
 
+def plan_import(open_store: Callable[[], ChainStore], incoming: ch.ChainState) -> dict[str, int]:
+    """What importing INCOMING into the store OPEN_STORE opens (read-only) would add, refused
+    as the import would be (`core.chain.merge_import`); a chain not created yet is empty."""
+    try:
+        current = open_store().load()
+    except NoChainYetError:
+        current = ch.ChainState()
+    _merged, added, changed = ch.merge_import(current, incoming)
+    return {"blocks_added": len(added), "anchors_updated": len(changed)}
+
+
 def validate(store: ChainStore, *, min_difficulty: int = 0) -> ch.ChainReport:
     """Validate the whole stored chain, and check every anchored anchor is in its block."""
     state = store.load()
@@ -509,6 +520,10 @@ def validate(store: ChainStore, *, min_difficulty: int = 0) -> ch.ChainReport:
 
 class ChainUnavailableError(ch.ChainStoreError):
     """The chain's database cannot be reached without starting the local environment (exit 4)."""
+
+
+class NoChainYetError(ChainUnavailableError):
+    """A read-only open found no chain database: nothing was ever stored, the chain is empty."""
 
 
 def open_chain_store(
@@ -561,7 +576,7 @@ def open_chain_store(
     try:
         found = env.database(database, create=not readonly)  # created on first use
         if found is None:
-            raise ChainUnavailableError(f"no chain yet (database {database} does not exist)")
+            raise NoChainYetError(f"no chain yet (database {database} does not exist)")
         conninfo = found
     except BackendError as exc:
         raise ch.ChainStoreError(f"chain store (PostgreSQL): {exc.message}") from None
