@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from voketag_ops.core import audit as core
+from voketag_ops.core.chain import read_json
 from voketag_ops.errors import BackendError, NeedsOperatorError, VokeError
 
 if TYPE_CHECKING:
@@ -297,10 +298,13 @@ class AuditLog:
         lines.pop()  # after the last newline: empty, or a torn write
         result = []
         for number, line in enumerate(lines, start=1):
+            doc = read_json(line, str(self.checkpoints_path), core.EntryFormatError, line=number)
             try:
-                result.append(core.Checkpoint.from_json(json.loads(line)))
-            except (ValueError, core.EntryFormatError):
-                raise core.EntryFormatError(f"{self.checkpoints_path}:{number}: not a checkpoint") from None
+                result.append(core.Checkpoint.from_json(doc))
+            except core.EntryFormatError as exc:
+                raise core.EntryFormatError(
+                    f"{self.checkpoints_path}:{number}: not a checkpoint: {exc}"
+                ) from None
         return result
 
     def checkpoint(self, *, now: datetime | None = None) -> tuple[core.Checkpoint | None, AnchorOutcome]:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import signal
 import stat
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from itertools import count
 from pathlib import Path
@@ -251,6 +253,42 @@ def test_a_checkpoint_offset_that_is_not_the_logs_is_caught_by_verify(tmp_path: 
     report = log.verify()  # the next checkpoint would read the log from the middle of a line
     assert not report.ok and report.problem is au.Problem.CHECKPOINT_MISMATCH
     assert f"end at byte {doc['offset'] - 7}, not {doc['offset']}" in report.message
+
+
+def _without_stack(line: bytes) -> bytes:
+    import json
+
+    doc = json.loads(line)
+    del doc["stack"]
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        _without_stack,
+        lambda line: line.replace(b'"size":10,', b'"size":Infinity,'),
+        lambda line: re.sub(rb'"offset":\d+', b'"offset":1e400', line),
+        lambda line: b"[" * 100_000 + b"]" * 100_000,
+    ],
+    ids=["no-stack", "infinite-size", "huge-offset", "nested"],
+)
+def test_a_damaged_checkpoint_line_is_named_by_verify_and_never_fails_an_append(
+    tmp_path: Path, damage: Callable[[bytes], bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    log = AuditLog(tmp_path, checkpoint_every=5)
+    append_n(log, 12)
+    first, last = log.checkpoints_path.read_bytes().splitlines()
+    assert damage(last) != last
+    log.checkpoints_path.write_bytes(first + b"\n" + damage(last) + b"\n")
+    report = log.verify()
+    assert not report.ok and report.problem is au.Problem.CORRUPT_LINE
+    assert report.message is not None and report.message.startswith(f"{log.checkpoints_path}:2: ")
+    with pytest.raises(au.EntryFormatError, match=r"checkpoints\.jsonl:2: "):
+        log.checkpoint(now=T0)
+    append_n(log, 3, start=12)  # the 15th entry is a checkpoint's: the append stands, with a warning
+    assert len(list(log.entries())) == 15
+    assert "audit checkpoint skipped" in caplog.text
 
 
 def test_a_reader_never_takes_a_line_being_written_for_a_torn_one(tmp_path: Path) -> None:

@@ -162,9 +162,31 @@ def test_a_damaged_line_stops_a_checkpoint_with_exit_5(voke, home: Path) -> None
     for args in (["--dry-run"], ["--yes"]):
         refused = voke("audit", "checkpoint", *args, "--json")
         assert (
-            refused.exit_code == 5
-            and "checkpoints.jsonl:2: not a checkpoint" in refused.json["error"]["message"]
+            refused.exit_code == 5 and "checkpoints.jsonl:2:1: not JSON" in refused.json["error"]["message"]
         )
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (b',"stack":[', b',"_":['),
+        (b'"size":12,', b'"size":Infinity,'),
+        (b'"offset":', b'"offset":1e400,"_":'),
+    ],
+)
+def test_a_damaged_checkpoint_line_fails_verify_and_stops_a_checkpoint(
+    voke, home: Path, old: bytes, new: bytes
+) -> None:
+    assert voke("audit", "checkpoint", "--yes").exit_code == 0
+    path = AuditLog(home).checkpoints_path
+    assert old in path.read_bytes()
+    path.write_bytes(path.read_bytes().replace(old, new))
+    verify = voke("audit", "verify", "--json")
+    assert verify.exit_code == 1 and verify.json["result"]["problem"] == "corrupt_line"
+    assert f"{path}:1: " in verify.json["result"]["message"]
+    for args in (["--dry-run"], ["--yes"]):
+        refused = voke("audit", "checkpoint", *args, "--json")
+        assert refused.exit_code == 5 and f"{path}:1: " in refused.json["error"]["message"], refused.stdout
 
 
 def test_an_entry_whose_time_cannot_be_read_is_skipped_by_time_filters(voke, home: Path) -> None:

@@ -285,6 +285,34 @@ def test_a_checkpoint_whose_saved_state_is_not_the_logs_is_caught() -> None:
         au.Checkpoint.from_json({**cp.to_json(), "stack": ["zz" * 32] * len(cp.stack)})
 
 
+@pytest.mark.parametrize(
+    ("changes", "fragment"),
+    [
+        ({"stack": None}, "stack must be 2 hashes"),  # none: the next checkpoint could not start from it
+        ({"stack": []}, "stack must be 2 hashes"),
+        ({"size": 7}, "stack must be 3 hashes"),
+        ({"size": True}, "size must be a positive integer"),
+        ({"size": 6.0}, "size must be a positive integer"),
+        ({"size": float("inf")}, "size must be a positive integer"),
+        ({"size": "6"}, "size must be a positive integer"),
+        ({"offset": None}, "offset must be a non-negative integer"),
+        ({"offset": False}, "offset must be a non-negative integer"),
+        ({"offset": 1e400}, "offset must be a non-negative integer"),
+        ({"offset": -1}, "offset must be a non-negative integer"),
+        ({"root": 5}, "root must be 64 lowercase hex digits"),
+        ({"timestamp": 0}, "timestamp must be a string"),
+    ],
+)
+def test_a_checkpoint_line_must_say_everything_the_next_checkpoint_needs(
+    changes: dict[str, object], fragment: str
+) -> None:
+    cp = au.next_checkpoint(None, [e.hash for e in build(6)], offset=10, now=T0)
+    assert au.Checkpoint.from_json(cp.to_json()) == cp
+    doc = {k: v for k, v in {**cp.to_json(), **changes}.items() if v is not None}
+    with pytest.raises(au.EntryFormatError, match=fragment):
+        au.Checkpoint.from_json(doc)
+
+
 def test_a_name_that_is_not_utf8_is_stored_legibly() -> None:
     name = b"\xff.csv".decode("utf-8", "surrogateescape")  # as Python hands it in from argv
     entry = au.make_entry(seq=0, prev_hash=au.ZERO, now=T0, event_type="ingest.load", actor="a", env="e",

@@ -33,6 +33,7 @@ from voketag_ops.core import merkle
 from voketag_ops.redact import MASK, redact
 
 ZERO = "0" * 64
+_HASH = re.compile(r"[0-9a-f]{64}")
 # Every result voke writes: the generic ones, then a rotation's, an ingest load's and a drill's.
 RESULTS = (
     "success",
@@ -234,7 +235,7 @@ def parse_entry(line: bytes) -> AuditEntry:
         if not isinstance(doc[key], str):
             raise EntryFormatError(f"{key} must be a string")
     for key in ("prev_hash", "hash"):
-        if not re.fullmatch(r"[0-9a-f]{64}", doc[key]):
+        if not _HASH.fullmatch(doc[key]):
             raise EntryFormatError(f"{key} must be 64 lowercase hex digits")
     try:  # read back by --since/--until: any ISO 8601 time with its offset, as voke writes them
         stamp = datetime.fromisoformat(doc["timestamp"].replace("Z", "+00:00"))
@@ -280,27 +281,29 @@ class Checkpoint:
 
     @classmethod
     def from_json(cls, doc: object) -> Checkpoint:
+        """Parse a stored checkpoint; raises EntryFormatError saying which field is wrong."""
         if not isinstance(doc, dict):
-            raise EntryFormatError("checkpoint is not an object")
-        try:
-            cp = cls(
-                size=int(doc["size"]),
-                root=str(doc["root"]),
-                last_hash=str(doc["last_hash"]),
-                timestamp=str(doc["timestamp"]),
-                offset=int(doc.get("offset", 0)),
-                stack=tuple(str(h) for h in doc.get("stack", [])),
+            raise EntryFormatError("not a JSON object")
+        size, offset, stack = doc.get("size"), doc.get("offset"), doc.get("stack")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise EntryFormatError("size must be a positive integer")
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise EntryFormatError("offset must be a non-negative integer")
+        for key in ("root", "last_hash"):
+            if not isinstance(doc.get(key), str) or not _HASH.fullmatch(doc[key]):
+                raise EntryFormatError(f"{key} must be 64 lowercase hex digits")
+        if not isinstance(doc.get("timestamp"), str):
+            raise EntryFormatError("timestamp must be a string")
+        # The builder's state, from which the next checkpoint is computed: one subtree root per bit of size.
+        if (
+            not isinstance(stack, list)
+            or len(stack) != size.bit_count()
+            or not all(isinstance(h, str) and _HASH.fullmatch(h) for h in stack)
+        ):
+            raise EntryFormatError(
+                f"stack must be {size.bit_count()} hashes (one per bit of its size {size})"
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise EntryFormatError(f"checkpoint field {exc} is missing or invalid") from None
-        if cp.size < 1 or not all(re.fullmatch(r"[0-9a-f]{64}", h) for h in (cp.root, cp.last_hash)):
-            raise EntryFormatError("checkpoint size, root or last_hash is invalid")
-        # The builder's state, used for the next checkpoint: one subtree root per bit of size.
-        if cp.offset < 0 or (cp.stack and (
-            len(cp.stack) != cp.size.bit_count() or not all(re.fullmatch(r"[0-9a-f]{64}", h) for h in cp.stack)
-        )):  # fmt: skip
-            raise EntryFormatError("checkpoint offset or stack is invalid")
-        return cp
+        return cls(size, doc["root"], doc["last_hash"], doc["timestamp"], offset, tuple(stack))
 
     def builder(self) -> merkle.MerkleBuilder:
         """The Merkle builder as it was at this checkpoint."""

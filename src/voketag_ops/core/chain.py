@@ -65,17 +65,22 @@ class ChainFormatError(InputError):
     """A block or anchor document is malformed."""
 
 
-def read_json(text: str, source: str, error: Callable[[str], Exception]) -> Any:
+def read_json(
+    text: str | bytes, source: str, error: Callable[[str], Exception], *, line: int | None = None
+) -> Any:
     """TEXT parsed as JSON; anything it cannot be (malformed, nested too deeply, an integer
-    of more digits than Python converts) is ERROR("SOURCE[:line:column]: not JSON: why")."""
+    of more digits than Python converts, bytes not UTF-8) is ERROR("SOURCE[:line[:column]]:
+    not JSON: why"). LINE: TEXT is that line of SOURCE (JSON lines), which messages name."""
+    where = source if line is None else f"{source}:{line}"
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise error(f"{source}:{exc.lineno}:{exc.colno}: not JSON: {exc.msg}") from None
+        at = f"{source}:{exc.lineno}" if line is None else where
+        raise error(f"{at}:{exc.colno}: not JSON: {exc.msg}") from None
     except RecursionError:
-        raise error(f"{source}: not JSON: nested too deeply") from None
+        raise error(f"{where}: not JSON: nested too deeply") from None
     except ValueError as exc:
-        raise error(f"{source}: not JSON: {str(exc)[:120]}") from None
+        raise error(f"{where}: not JSON: {str(exc)[:120]}") from None
 
 
 # -- encoding ---------------------------------------------------------------------------
