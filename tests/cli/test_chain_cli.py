@@ -99,6 +99,41 @@ def test_bad_input_is_one_line_naming_the_place(voke, tmp_path: Path) -> None:
         assert unusable.exit_code == 2, (args, unusable.stdout)
 
 
+def test_text_utf8_cannot_carry_is_refused_not_an_internal_error(voke, make_environ, tmp_path: Path) -> None:
+    root = merkle.root([b"r"]).hex()
+    environ = make_environ(tmp_path / "home", VOKE_CHAIN__STORE="file")
+    for option in ("--label", "--kind"):  # a byte that is not UTF-8, as argv hands it in
+        refused = voke("chain", "anchor", "request", root, option, "bad\udcff", "--json", environ=environ)
+        assert refused.exit_code == 2 and refused.json["error"]["message"] == f"{option} must be UTF-8 text"
+    genesis = {
+        "index": 0,
+        "timestamp": "2026-01-01T00:00:00.000000Z",
+        "prev_hash": "00" * 32,
+        "merkle_root": "00" * 32,
+        "difficulty": 0,
+        "nonce": 0,
+        "hash": "00" * 32,
+        "records": [],
+    }
+    for block, fragment in (
+        ({"records": ["\ud800"]}, "blocks[0].records[0]: not UTF-8 text"),
+        (
+            {"timestamp": "9999-12-31T23:59:59-01:00"},
+            "blocks[0].timestamp: '9999-12-31T23:59:59-01:00' is out",
+        ),
+    ):
+        document = tmp_path / "document.json"
+        document.write_text(
+            json.dumps(
+                {"format": "voke-chain", "version": 1, "blocks": [{**genesis, **block}], "anchors": []}
+            )
+        )
+        for args in (["--dry-run"], ["--yes"]):
+            rejected = voke("chain", "import", str(document), *args, "--json", environ=environ)
+            assert rejected.exit_code == 1, rejected.stdout
+            assert fragment in rejected.json["error"]["message"]
+
+
 def test_prove_and_verify(voke, leaves_file: Path, tmp_path: Path, monkeypatch) -> None:
     result = voke("chain", "prove", str(leaves_file), "--index", "7", "--json")
     assert result.exit_code == 0

@@ -282,6 +282,9 @@ def test_block_json_round_trip(chain20: list[ch.Block]) -> None:
         ("hash", "zz" * 32, "block.hash: not hex"),
         ("difficulty", 300, "block.difficulty"),
         ("records", [1], "block.records"),
+        ("records", ["ok", "\ud800"], r"block.records\[1\]: not UTF-8 text"),
+        ("timestamp", "0001-01-01T00:00:00+01:00", "block.timestamp: .* out of range in UTC"),
+        ("timestamp", "9999-12-31T23:59:59-01:00", "block.timestamp: .* out of range in UTC"),
     ],
 )
 def test_block_json_errors_name_the_field(
@@ -350,6 +353,15 @@ def test_anchor_record_is_canonical_and_json_round_trips() -> None:
     doc["state"] = "confirmed"
     with pytest.raises(ch.ChainFormatError, match=r"anchor\.state"):
         ch.Anchor.from_json(doc)
+    for key, value, fragment in (
+        ("label", "bad\udcff", r"anchor\.label: not UTF-8 text"),
+        ("kind", "\ud800", r"anchor\.kind: not UTF-8 text"),
+        ("last_error", "\ud800", r"anchor\.last_error: not UTF-8 text"),
+        ("history", [["t", "\ud800"]], r"anchor\.history\[0\]: not UTF-8 text"),
+        ("requested_at", "0001-01-01T00:00:00+01:00", r"anchor\.requested_at: .* out of range in UTC"),
+    ):
+        with pytest.raises(ch.ChainFormatError, match=fragment):
+            ch.Anchor.from_json({**anchor.to_json(), key: value})
 
 
 def test_find_anchor_by_prefix() -> None:

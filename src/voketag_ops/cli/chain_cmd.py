@@ -346,6 +346,11 @@ def anchor_request(
         raise UsageError("ROOT: not hex") from None
     if len(root_bytes) != 32:
         raise UsageError(f"ROOT must be 32 bytes (64 hex digits), got {len(root_bytes)}")
+    for option, value in (("--kind", kind), ("--label", label)):
+        try:  # a byte that is not UTF-8 comes in from argv as a lone surrogate: no record can hold it
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError(f"{option} must be UTF-8 text") from None
     if kind == "audit-checkpoint":  # each is a claim on the audit log, checked by `audit verify`
         raise UsageError(
             "--kind audit-checkpoint is reserved: `voke audit checkpoint` requests those anchors "

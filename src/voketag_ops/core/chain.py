@@ -188,6 +188,8 @@ class Block:
         records = doc.get("records", [])
         if not isinstance(records, list) or not all(isinstance(r, str) for r in records):
             raise ChainFormatError(f"{where}.records: expected a list of strings")
+        for i, record in enumerate(records):
+            parse_text(record, f"{where}.records[{i}]")
         return cls(
             index=_uint(doc, "index", where),
             timestamp=parse_timestamp(doc.get("timestamp"), f"{where}.timestamp"),
@@ -215,7 +217,22 @@ def parse_timestamp(value: object, where: str) -> datetime:
         raise ChainFormatError(f"{where}: not an ISO 8601 timestamp: {value[:40]!r}") from None
     if ts.tzinfo is None:
         raise ChainFormatError(f"{where}: timestamp has no timezone")
-    return ts.astimezone(UTC)
+    try:
+        return ts.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is in year 0 in UTC
+        raise ChainFormatError(f"{where}: {value[:40]!r} is out of range in UTC") from None
+
+
+def parse_text(value: object, where: str) -> str:
+    """A string UTF-8 can carry (JSON's \\ud800 escapes a lone surrogate it cannot); raises
+    ChainFormatError: records are hashed as UTF-8, and both stores write UTF-8."""
+    if not isinstance(value, str):
+        raise ChainFormatError(f"{where}: expected a string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ChainFormatError(f"{where}: not UTF-8 text (a lone surrogate)") from None
+    return value
 
 
 def parse_hash(value: object, where: str) -> bytes:
@@ -462,9 +479,6 @@ class Anchor:
             state = AnchorState(str(doc.get("state")))
         except ValueError:
             raise ChainFormatError(f"{where}.state: unknown state {doc.get('state')!r}") from None
-        for key in ("kind", "label"):
-            if not isinstance(doc.get(key), str):
-                raise ChainFormatError(f"{where}.{key}: expected a string")
         tree_size = doc.get("tree_size")
         block_index = doc.get("block_index")
         last_error = doc.get("last_error")
@@ -473,16 +487,19 @@ class Anchor:
             tree_size = _uint(doc, "tree_size", where)
         if block_index is not None:
             block_index = _uint(doc, "block_index", where)
-        if last_error is not None and not isinstance(last_error, str):
-            raise ChainFormatError(f"{where}.last_error: expected a string")
+        if last_error is not None:
+            last_error = parse_text(last_error, f"{where}.last_error")
         if not isinstance(history, list) or not all(
             isinstance(h, list) and len(h) == 2 and all(isinstance(x, str) for x in h) for h in history
         ):
             raise ChainFormatError(f"{where}.history: expected a list of [time, event] pairs")
+        for i, pair in enumerate(history):
+            for text in pair:
+                parse_text(text, f"{where}.history[{i}]")
         return cls(
             root=parse_hash(doc.get("root"), f"{where}.root"),
-            kind=doc["kind"],
-            label=doc["label"],
+            kind=parse_text(doc.get("kind"), f"{where}.kind"),
+            label=parse_text(doc.get("label"), f"{where}.label"),
             requested_at=parse_timestamp(doc.get("requested_at"), f"{where}.requested_at"),
             updated_at=parse_timestamp(doc.get("updated_at"), f"{where}.updated_at"),
             state=state,
