@@ -86,6 +86,21 @@ def test_export_json_and_csv(voke, home: Path, tmp_path: Path) -> None:
     assert voke("audit", "export", "--format", "xml").exit_code == 2
 
 
+def test_export_names_the_lines_it_could_not_read(voke, home: Path, tmp_path: Path) -> None:
+    log = AuditLog(home)
+    lines = log.path.read_bytes().splitlines(keepends=True)
+    lines[5] = b'{"broken\n'
+    log.path.write_bytes(b"".join(lines))
+    warning = "warning: skipped unreadable line(s): [6] (see `voke audit verify`)\n"
+    plain = voke("audit", "export")
+    assert plain.exit_code == 0 and len(json.loads(plain.stdout)) == 11 and plain.stderr == warning
+    enveloped = voke("audit", "export", "--format", "csv", "--json")
+    assert enveloped.json["result"]["skipped_lines"] == [6] and enveloped.stderr == warning
+    written = voke("audit", "export", "--output", str(tmp_path / "audit.json"))
+    assert written.exit_code == 0 and written.stderr == warning
+    assert voke("audit", "export", "--event-type", "nothing", "--json").json["result"]["skipped_lines"] == [6]
+
+
 def test_export_of_a_log_that_cannot_be_read_writes_nothing(voke, tmp_path: Path) -> None:
     (tmp_path / "home" / "audit" / "audit.jsonl").mkdir(parents=True)  # where the log should be
     for fmt in ("json", "csv"):

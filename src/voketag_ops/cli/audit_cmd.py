@@ -111,16 +111,23 @@ def export(
     if fmt not in ("json", "csv"):
         raise UsageError(f"--format must be json or csv, not {fmt!r}")
     flt = _filter(since, until, event_type, target, result)
-    chunks = export_chunks(_home(env), flt, fmt)
+    skipped: list[int] = []
+    chunks = export_chunks(_home(env), flt, fmt, skipped=skipped)
     if output is None and not env.out.json_mode:
         for chunk in chunks:
             env.out.stdout.write(chunk)
         env.out.stdout.flush()
+        _warn_skipped(env, skipped)
         return
     text = "".join(chunks)
     if output is not None:
         write_output(output, "--output", lambda fh: fh.write(text.encode()), private=True)
-    summary: dict[str, Any] = {"format": fmt, "path": str(output) if output else None}
+    _warn_skipped(env, skipped)
+    summary: dict[str, Any] = {
+        "format": fmt,
+        "path": str(output) if output else None,
+        "skipped_lines": skipped,
+    }
     if output is None:
         import json
 
@@ -156,6 +163,11 @@ def checkpoint(ctx: typer.Context, dry_run: DryRun = False, yes: Unasked = False
         return
     report = run_checkpoint(_home(env), env=env.settings.env)
     env.out.result(report, render=lambda c, r: c.print(r["message"]))
+
+
+def _warn_skipped(env: AppContext, skipped: list[int]) -> None:
+    if skipped:
+        env.out.note(f"warning: skipped unreadable line(s): {skipped} (see `voke audit verify`)")
 
 
 def _render_show(console: Console, report: dict[str, Any]) -> None:

@@ -59,9 +59,10 @@ def show(
     }
 
 
-def export_chunks(home: Path, flt: core.Filter, fmt: str) -> Iterator[str]:
-    """The matching entries as a JSON array or CSV, in chunks (the log may be large)."""
-    matching = (e for e in AuditLog(home).entries() if flt.matches(e))
+def export_chunks(home: Path, flt: core.Filter, fmt: str, *, skipped: list[int]) -> Iterator[str]:
+    """The matching entries as a JSON array or CSV, in chunks (the log may be large); the
+    numbers of unreadable lines go to SKIPPED as they are passed over."""
+    matching = (e for e in AuditLog(home).entries(skipped) if flt.matches(e))
     first = next(matching, None)  # a log that cannot be read fails before anything is written
     entries = itertools.chain([] if first is None else [first], matching)
     if fmt == "csv":
