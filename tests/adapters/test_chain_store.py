@@ -27,6 +27,16 @@ def _requester(path: str, worker: int, n: int) -> None:
             wf.run_anchors(store, now=T0, difficulty=4, retry=NO_WAIT)
 
 
+def test_reading_a_chain_never_written_creates_nothing(tmp_path: Path) -> None:
+    store = FileChainStore(tmp_path / "chain" / "chain.json")
+    assert store.load() == ch.ChainState()
+    assert not (tmp_path / "chain").exists()
+    wf.request_anchor(store, root=merkle.root([b"a"]), kind="batch", label="a", now=T0)
+    assert sorted(p.name for p in (tmp_path / "chain").iterdir()) == ["chain.json", "chain.json.lock"]
+    store.lock_path.unlink()  # a chain.json put here by hand is read as it is, and still nothing is made
+    assert len(store.load().anchors) == 1 and not store.lock_path.exists()
+
+
 def test_concurrent_processes_lose_nothing(tmp_path: Path) -> None:
     path = tmp_path / "chain" / "chain.json"
     ctx = multiprocessing.get_context("fork")

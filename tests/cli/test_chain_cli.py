@@ -385,6 +385,9 @@ def test_an_import_dry_run_reads_the_local_chain_and_answers_as_the_import(
         == f"dry run: would import 1 new block(s) and add or update 1 anchor(s) from {exported}\n"
     )
     assert voke("chain", "anchors", "--json", environ=homes[2]).json["result"]["chain_length"] == 0
+    assert voke("chain", "validate", environ=homes[2]).exit_code == 0
+    assert voke("audit", "verify", environ=homes[2]).exit_code == 0
+    assert not (tmp_path / "new").exists()  # reading, in any of these ways, created nothing
 
 
 @pytest.mark.pg

@@ -8,7 +8,8 @@ and the store when ``chain.store = "file"`` (the default store is PostgreSQL).
 
 Readers take a shared ``flock`` on ``chain.json.lock``, writers an exclusive one; a
 write goes to a temporary file that is fsynced and renamed over the old one, so a
-crash leaves either the old or the new document, never half of one.
+crash leaves either the old or the new document, never half of one. Only writers
+create the directory and the lock file: reading a chain never written creates nothing.
 """
 
 from __future__ import annotations
@@ -83,18 +84,31 @@ class FileChainStore:
 
     @contextmanager
     def _locked(self, *, exclusive: bool) -> Iterator[None]:
-        try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise ch.ChainStoreError(
-                f"{self.path.parent}: cannot open the chain store: {exc.strerror}"
-            ) from None
+        fd = self._open_lock(exclusive=exclusive)
+        if fd is None:  # no writer ever locked here, so there is none to wait for
+            yield
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             yield
         finally:
             os.close(fd)  # closing releases the lock
+
+    def _open_lock(self, *, exclusive: bool) -> int | None:
+        """The lock file, opened. A writer creates it and the directory; a reader creates
+        nothing (reading must change nothing) and gets None when there is none: a chain.json
+        without it was put there whole, as every write is a rename."""
+        try:
+            if not exclusive:
+                return os.open(self.lock_path, os.O_RDONLY)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            if not exclusive and isinstance(exc, FileNotFoundError):
+                return None
+            raise ch.ChainStoreError(
+                f"{self.path.parent}: cannot open the chain store: {exc.strerror}"
+            ) from None
 
     def _read(self) -> ch.ChainState:
         try:
