@@ -238,9 +238,20 @@ def test_read_leaves_strips_lf_and_crlf_and_decodes_hex() -> None:
     assert list(wf.read_leaves(hexed, hex_lines=True, source="f")) == [b"\x00\xff", b"", b"\xab\xcd"]
 
 
-@pytest.mark.parametrize(("data", "where"), [(b"00\n0g\n", "f:2:2"), (b"abc\n", "f:1:4"), (b"zz", "f:1:1")])
+@pytest.mark.parametrize(
+    ("data", "where"),
+    [
+        (b"00\n0g\n", "f:2:2"),
+        (b"abc\n", "f:1:4"),
+        (b"zz", "f:1:1"),
+        (b"ab c d\n", "f:1:5"),  # the space splits the byte "cd" (it may only separate bytes)
+        (b"  ab cd e\n", "f:1:10"),  # an odd digit at the end
+        (b"ab\xffcd\n", "f:1:3"),
+    ],
+)
 def test_bad_hex_names_line_and_column(data: bytes, where: str) -> None:
-    with pytest.raises(InputError, match=where):
+    assert list(wf.read_leaves(io.BytesIO(b" ab cd\t\n"), hex_lines=True, source="f")) == [b"\xab\xcd"]
+    with pytest.raises(InputError, match=f"^{where}: "):
         list(wf.read_leaves(io.BytesIO(data), hex_lines=True, source="f"))
 
 

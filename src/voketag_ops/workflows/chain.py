@@ -58,14 +58,18 @@ def read_leaves(stream: IO[bytes], *, hex_lines: bool, source: str) -> Iterator[
 
 
 def _bad_hex_column(line: bytes) -> int:
-    digits = 0
+    """Where `bytes.fromhex` stops on LINE: a byte that is no hex digit, whitespace between
+    the two digits of a byte (it may only separate bytes), or the end after an odd digit."""
+    half = False  # one digit of a byte read, its second still to come
     for column, byte in enumerate(line, start=1):
-        if byte in b" \t":
-            continue
-        if chr(byte) not in "0123456789abcdefABCDEF":
+        if byte in b" \t\n\r\x0b\x0c":
+            if half:
+                return column
+        elif byte in b"0123456789abcdefABCDEF":
+            half = not half
+        else:
             return column
-        digits += 1
-    return len(line) + 1 if digits % 2 else 1  # odd number of digits: the end of the line
+    return len(line) + 1
 
 
 def tree_root(leaves: Iterable[bytes]) -> dict[str, Any]:
