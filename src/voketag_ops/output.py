@@ -70,6 +70,21 @@ def to_jsonable(obj: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
 
 
+# What a terminal would act on instead of showing: C0 controls but line break and tab, DEL, C1
+# controls (ESC [ 2 J clears the screen), and the bidi overrides and isolates that reorder a line.
+_UNSHOWABLE = {
+    c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+    for c in (*range(0x20), 0x7F, *range(0x80, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+    if c not in (0x09, 0x0A)
+}
+
+
+def printable(text: str) -> str:
+    """TEXT for a person's terminal: characters it would act on are written as escapes
+    (a file named with ESC [ 2 J is shown as \\x1b[2J, not obeyed)."""
+    return text.translate(_UNSHOWABLE)
+
+
 def _isatty(stream: TextIO | _RedactingStream) -> bool:
     try:
         return stream.isatty()
@@ -220,6 +235,7 @@ class Output:
 
         Without a terminal it is written as is: rich would add nothing to plain text, and
         importing it is ~40 ms of every cron or CI run that only says one line."""
+        message = printable(message)
         if not _isatty(self.stderr):
             self.stderr.write(redact(message) + "\n")
             self.stderr.flush()

@@ -590,6 +590,18 @@ def test_batches_shows_a_file_name_as_written_not_as_markup(voke, db, tmp_path):
     assert "[red]loud.csv" in voke("ingest", "batches", "--db", db).stdout
 
 
+def test_a_file_name_with_terminal_escapes_is_shown_not_obeyed(voke, db, tmp_path):
+    path = tmp_path / "evil\x1b[2J\x1b[31mRED\u202e.csv"
+    path.write_text(HEADER + GOOD)
+    loaded = voke("ingest", "load", str(path), "--db", db)
+    assert loaded.exit_code == 0, loaded.stderr
+    tag = GOOD.split(",")[0]
+    for out in (loaded.stdout + loaded.stderr, voke("ingest", "batches", "--db", db).stdout,
+                voke("ingest", "proof", tag, "--db", db).stdout):  # fmt: skip
+        assert "\x1b" not in out and "\u202e" not in out, out
+        assert "evil\\x1b[2J\\x1b[31mRED\\u202e.csv" in out
+
+
 @pytest.mark.parametrize("tag", ["\udcff", "has space", "x" * 65])
 def test_proof_of_what_cannot_be_a_tag_id_is_a_usage_error(voke, tag):
     done = voke("ingest", "proof", tag, "--json")

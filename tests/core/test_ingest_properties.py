@@ -17,7 +17,7 @@ from voketag_ops.core import merkle
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
 PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-_chars = st.characters(blacklist_categories=("Cc", "Cs"))
+_chars = st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters=ing.INVISIBLE)
 _tag = st.text(
     alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1, max_size=64
 )

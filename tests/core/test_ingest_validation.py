@@ -262,6 +262,40 @@ def test_bare_carriage_return():
     assert (p.line, p.column, p.code) == (2, 8, "control_character")
 
 
+def test_a_bare_carriage_return_that_changes_the_field_count_is_named_where_it_is():
+    v = run(HEADER + "B1,S1,N,F," + TS + "\rB2,S1,N,F," + TS + "\n")
+    found = [(p.line, p.column, p.code) for p in v.problems]
+    assert (2, 11 + len(TS), "control_character") in found and "field_count" in [c for *_, c in found]
+
+
+@pytest.mark.parametrize(
+    ("name", "char"),
+    [("sku", "SKU-1\u200b"), ("product_name", "\u200b"), ("product_name", "\u202ekcab"), ("product_name", "a\u2028b"),
+     ("product_name", "a\ufeffb"), ("lot", "L\u2066x\u2069")],
+)  # fmt: skip
+def test_invisible_characters_are_refused_in_every_field(name, char):
+    fields = {"tag_id": "T1", "sku": "SKU-1", "product_name": "Shoe", "factory_id": "F", "manufactured_at": TS,
+              "lot": "L1"}  # fmt: skip
+    fields[name] = char
+    text = ",".join(fields) + "\n" + ",".join(fields.values()) + "\n"
+    p = only_problem(run(text))
+    at = len(",".join(list(fields.values())[: list(fields).index(name)])) + (1 if name != "tag_id" else 0)
+    invisible = next(c for c in char if c in ing.INVISIBLE)
+    assert (p.line, p.column, p.code) == (2, at + 1 + char.index(invisible), "invisible_character")
+    assert f"U+{ord(invisible):04X}" in p.message and name in p.message
+
+
+def test_joiners_and_typographic_characters_are_text():
+    v = run(
+        HEADER
+        + row(
+            name="Caf\u00e9 \u2019Noir\u2019 \u2014 \u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645 \U0001f469\u200d\U0001f52c"
+        )
+        + "\n"
+    )
+    assert v.problems == [] and v.rows_accepted == 1
+
+
 def test_truncated_last_row():
     v = run(HEADER + row("T1") + "T2,S,Sho")
     codes = [(p.line, p.code) for p in v.problems]

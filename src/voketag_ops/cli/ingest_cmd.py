@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from voketag_ops.cli.common import DryRun, Unasked, use
+from voketag_ops.output import printable
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -237,7 +238,7 @@ def _actor() -> str:
 
 
 def _summary(r: LoadReport) -> str:
-    name = Path(r.file).name
+    name = printable(Path(r.file).name)  # a file name may hold ESC sequences
     if r.dry_run and r.status != "valid":
         return "ingest: dry run: " + _summary(replace(r, dry_run=False)).removeprefix("ingest: ")
     if r.status == "loaded":
@@ -311,7 +312,7 @@ def _render_batches(console: Console, report: dict[str, Any]) -> None:
         table.add_row(
             str(b["batch_id"]),
             b["loaded_at"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ"),
-            escape(b["file_name"]),  # a file may be named "[red]x.csv"
+            escape(printable(b["file_name"])),  # a file may be named "[red]x.csv", or with ESC [ 2 J
             f"{b['rows_loaded']:,}",
             f"{b['rows_rejected']:,}",
             b["merkle_root"][:16] + "…",
@@ -360,7 +361,7 @@ def _render_proof(console: Console, p: TagProof) -> None:
     if not p.found:
         return
     console.print(
-        f"tag {p.tag_id}: leaf {p.leaf_index} of {p.tree_size} in batch {p.batch_id} ({p.file_name}), "
+        f"tag {p.tag_id}: leaf {p.leaf_index} of {p.tree_size} in batch {p.batch_id} ({printable(p.file_name)}), "
         f"anchor {p.anchor}",
         markup=False,
         highlight=False,

@@ -51,6 +51,7 @@ import csv
 import hashlib
 import random
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -100,9 +101,17 @@ def is_tag_id(text: str) -> bool:
     return _TAG_RE.fullmatch(text) is not None
 
 
-# C0 controls, DEL and C1 controls; a CR is allowed only as part of a CRLF line ending.
-_CTRL_RE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]|\r(?!\n)")
-_FIELD_CTRL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# C0 controls, DEL and C1 controls; a CR is allowed only as part of a CRLF line ending. Then
+# the invisible characters that make a value look like another one ("SKU-42" + a zero-width
+# space, a right-to-left override): zero-width space, LRM/RLM, line and paragraph separators,
+# bidi embeddings, overrides and isolates, word joiner and invisible operators, and a BOM
+# past the file's start. ZWNJ and ZWJ (U+200C/D) stay: Persian, Indic scripts and emoji need them.
+INVISIBLE = "\u200b\u200e\u200f\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2060\u2061\u2062\u2063\u2064\u2066\u2067\u2068\u2069\ufeff"
+_CTRL_RE = re.compile(f"[\\x00-\\x09\\x0b-\\x1f\\x7f-\\x9f{INVISIBLE}]|\\r(?!\\n)")
+_FIELD_CTRL_RE = re.compile(f"[\\x00-\\x1f\\x7f-\\x9f{INVISIBLE}]")
+# Their UTF-8 forms: E2 80 8B/8E/8F/A8-AE, E2 81 A0-A4/A6-A9, EF BB BF.
+_INVISIBLE_UTF8_RE = re.compile(rb"\xe2\x80[\x8b\x8e\x8f\xa8-\xae]|\xe2\x81[\xa0-\xa4\xa6-\xa9]|\xef\xbb\xbf")
+
 _QUOTED_RE = re.compile(r'"(?:[^"]++|"")*+"')
 _UNQUOTED_RE = re.compile(r"[^,]*+")
 _FRACTION_RE = re.compile(r"[.,]\d{6}\d*[1-9]")  # a digit beyond microseconds that is not 0 (lost)
@@ -193,6 +202,13 @@ class Seal:
     def of_chunks(cls, size: int, chunk_roots: Sequence[bytes]) -> Seal:
         """The seal of SIZE leaves whose chunks (``SEAL_CHUNK`` leaves each) have CHUNK_ROOTS."""
         return cls(size, merkle.root_of_leaf_hashes(chunk_roots), tuple(chunk_roots))
+
+
+def _character_problem(ch: str) -> tuple[str, str]:
+    """The code and words for a character a field may not hold."""
+    if ch > "\x9f":
+        return "invisible_character", f"invisible character U+{ord(ch):04X} ({unicodedata.name(ch, '?')})"
+    return "control_character", f"control character U+{ord(ch):04X}"
 
 
 def copy_text(rows: Sequence[str]) -> str:
@@ -526,7 +542,12 @@ class BatchValidator:
         flagged: set[int] = set(line_problems)
         crlf = "\r" in text
         stray_cr = crlf and body.count(b"\r") != body.count(b"\r\n")
-        if body.translate(None, _NOT_C0) or (b"\xc2" in body and _C1_UTF8_RE.search(body)) or stray_cr:
+        if (
+            body.translate(None, _NOT_C0)
+            or (b"\xc2" in body and _C1_UTF8_RE.search(body))
+            or stray_cr
+            or ((b"\xe2" in body or b"\xef" in body) and _INVISIBLE_UTF8_RE.search(body))
+        ):
             # Rare: find the lines; the slow path says which field and column.
             line, pos = first_line, 0
             for m in _CTRL_RE.finditer(text):
@@ -839,14 +860,8 @@ class BatchValidator:
             if m is not None and value[m.start()] != "\x00":  # NUL: reported for the whole line
                 quoted = line[column - 1 : column] == '"'
                 at = m.start() + (1 + value.count('"', 0, m.start()) if quoted else 0)
-                problems.append(
-                    Problem(
-                        lineno,
-                        column + at,
-                        "control_character",
-                        f"header: control character U+{ord(value[m.start()]):04X} is not allowed",
-                    )
-                )
+                code, what = _character_problem(value[m.start()])
+                problems.append(Problem(lineno, column + at, code, f"header: {what} is not allowed"))
             if name in CANONICAL_COLUMNS:
                 if name in index:
                     problems.append(
@@ -907,6 +922,12 @@ class BatchValidator:
         if any(p.code == "unterminated_quote" for p in structural):
             pass  # the open quote swallowed the rest of the line: counting fields says nothing
         elif len(fields) != header.width:
+            # A stray CR or other control character splits or joins fields as a person reads
+            # them: name it where it is, or the count is all the row says.
+            m = _FIELD_CTRL_RE.search(line)
+            if m is not None and line[m.start()] != "\x00":  # NUL: reported for the whole line
+                code, what = _character_problem(line[m.start()])
+                problems.append(Problem(lineno, m.start() + 1, code, f"{what} is not allowed"))
             if len(fields) > header.width:
                 column = fields[header.width][1]
                 detail = f"{len(fields)} fields, the header has {header.width}"
@@ -985,12 +1006,8 @@ class BatchValidator:
                 return raw, _REPORTED  # the byte scan has reported it for the whole line
             if quoted:  # past the opening quote, and each quote before it was written twice
                 at += 1 + raw.count('"', 0, at)
-            return raw, Problem(
-                lineno,
-                column + at,
-                "control_character",
-                f"{name}: control character U+{ord(ch):04X} is not allowed",
-            )
+            code, what = _character_problem(ch)
+            return raw, Problem(lineno, column + at, code, f"{name}: {what} is not allowed")
         value = raw.strip()
         if not value:
             if name in REQUIRED_COLUMNS:
