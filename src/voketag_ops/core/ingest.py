@@ -1193,7 +1193,17 @@ def sample_rows(rows: int, seed: int) -> Iterator[str]:
     """
     rng = random.Random(f"voke-sample:{seed}:{rows}")  # other sizes, other tags
     yield SAMPLE_HEADER
-    tags = rng.sample(range(16**12), rows)
+    # Distinct without remembering them: row i's tag is a keyed permutation of i over the 48-bit
+    # tag space (a Feistel network is one whatever its round function), so memory stays flat.
+    keys = [rng.getrandbits(24) for _ in range(4)]
+
+    def tag_of(i: int) -> int:
+        left, right = i >> 24, i & 0xFFFFFF
+        for key in keys:
+            left, right = right, left ^ ((((right ^ key) * 0x9E3779B1) >> 11) & 0xFFFFFF)
+        return (left << 24) | right
+
+    tags = map(tag_of, range(rows))
     names = [sample_product_name(i) for i in range(SAMPLE_SKUS)]
     names = [f'"{n}, limited"' if i % 10 == 9 else n for i, n in enumerate(names)]
     rand = rng.random
