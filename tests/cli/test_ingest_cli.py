@@ -3,6 +3,7 @@ leaving the database unchanged."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -154,6 +155,12 @@ def test_load_batches_proof_and_chain_verify(voke, db, tmp_path, platform_enviro
     assert verified.exit_code == 0, verified.stdout
     tampered = voke("chain", "verify", str(proof_file), "--leaf", doc["leaf"] + "x", "--json")
     assert tampered.exit_code == 1
+    assert voke("chain", "verify", str(proof_file)).exit_code == 0  # the document's own leaf
+    edited = json.loads(proof.stdout)
+    edited["result"]["leaf"] = doc["leaf"].replace("\t", "\tX", 1)  # another row, same proof
+    proof_file.write_text(json.dumps(edited))
+    forged = voke("chain", "verify", str(proof_file), "--json")
+    assert forged.exit_code == 1 and "does not hash to the document's leaf_hash" in forged.stdout
 
     missing = voke("ingest", "proof", "NOPE", "--db", db, "--json")
     assert missing.exit_code == 1 and missing.json["result"]["found"] is False

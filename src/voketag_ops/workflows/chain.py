@@ -184,6 +184,13 @@ def _verify_inclusion_doc(doc: dict[str, Any], source: str, leaf: bytes | None) 
     size = _field_int(doc, "tree_size", source)
     root = _field_hash(doc, "root", source)
     path = _field_path(doc, "audit_path", source)
+    if leaf is None and doc.get("leaf") is not None:  # its text, as `ingest proof` writes it: must match
+        if not isinstance(doc["leaf"], str):
+            raise MalformedProofError(f"{source}: leaf: expected the leaf's text (a string)")
+        try:
+            leaf = doc["leaf"].encode()
+        except UnicodeEncodeError:
+            raise MalformedProofError(f"{source}: leaf: not text UTF-8 can carry") from None
     stated = _field_hash(doc, "leaf_hash", source, optional=leaf is not None)
     assert root is not None
     if leaf is not None:
