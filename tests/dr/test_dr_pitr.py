@@ -337,6 +337,22 @@ def test_recovery_that_ends_before_its_target_fails_loudly_and_removes_the_insta
     assert dr.list_restores(env) == []
 
 
+@pytest.mark.parametrize("name", ["../../secrets/db-app", "../../../victim", "ok\n", "/etc"])
+def test_a_restore_name_that_is_a_path_is_refused_before_anything_is_read_or_removed(
+    voke, environ, env, name
+):
+    victim = env.home.parent / "victim"
+    victim.mkdir(exist_ok=True)
+    (victim / "data.txt").write_text("important")
+    (env.home.parent / "victim.json").write_text("{}")
+    files = {p for p in env.home.rglob("*") if p.is_file() and "pg" not in p.parts}
+    for args in (("dr", "discard", name, "--yes"), ("dr", "verify", "--source", "primary", "--target", name)):
+        refused = voke(*args, environ=environ)
+        assert refused.exit_code == 2 and "must match [a-z0-9]" in refused.stderr, (args, refused.stderr)
+    assert (victim / "data.txt").read_text() == "important" and (env.home.parent / "victim.json").exists()
+    assert files <= {p for p in env.home.rglob("*") if p.is_file()}  # the secret store, state.json...
+
+
 def test_env_can_stop_restored_instances_and_discard_removes_stopped_ones(voke, environ, env):
     assert voke("dr", "restore", "--to", "now", "--name", "leftover", "--yes", environ=environ).exit_code == 0
     assert env.stop_restores() == ["restore leftover"]  # as `env down` does

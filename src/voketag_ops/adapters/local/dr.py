@@ -73,7 +73,7 @@ log = get_logger(__name__)
 
 Progress = Callable[[str], None]
 DR_DB = "postgres"
-RESTORE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
+RESTORE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,40}")  # fullmatch: `$` would let "x\n" through
 _SCHEMA_SQL = (
     "create schema if not exists voke_dr",
     "create table if not exists voke_dr.heartbeat ("
@@ -913,7 +913,15 @@ def list_restores(env: LocalEnvironment) -> list[dict[str, Any]]:
     return found
 
 
+def _check_restore_name(name: str) -> None:
+    """A restore's name becomes a path under pg/restores: "../../secrets/db-app" would discard
+    the credential store."""
+    if not RESTORE_NAME.fullmatch(name):
+        raise UsageError(f"restore name {name!r} must match [a-z0-9][a-z0-9_-]* (at most 41 characters)")
+
+
 def get_restore(env: LocalEnvironment, name: str) -> tuple[dict[str, Any], PgNode]:
+    _check_restore_name(name)
     meta = restores_dir(env) / f"{name}.json"
     try:
         doc = _read_meta(meta)
@@ -947,8 +955,7 @@ def plan_restore(
     env: LocalEnvironment, target: datetime, name: str, *, seal: bool, now: datetime
 ) -> RestorePlan:
     """Pick the base backup and check TARGET lies in the recoverable window (before copying anything)."""
-    if not RESTORE_NAME.match(name):
-        raise UsageError(f"restore name {name!r} must match [a-z0-9][a-z0-9_-]* (at most 41 characters)")
+    _check_restore_name(name)
     if name in ("leader", "standby", *NODE_NAMES):  # `dr verify` would read it as the node
         raise UsageError(f"restore name {name!r} names a node of the environment; pick another --name")
     if (restores_dir(env) / name).exists() or (restores_dir(env) / f"{name}.json").exists():
