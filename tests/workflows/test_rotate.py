@@ -602,6 +602,20 @@ def test_cli_guards(voke, platform, platform_environ):
     assert asked[-2:] == [("nope", "failure"), ("db-app", "failure")]  # asked for, even if refused
 
 
+def test_due_run_without_yes_is_refused_before_the_environment_starts(
+    voke, make_environ, tmp_path, monkeypatch
+):
+    # A usage error changes nothing: it used to start PostgreSQL and the services first.
+    from voketag_ops.workflows.env import LocalPlatform
+
+    def started(*_a, **_k):
+        raise AssertionError("the environment was started")
+
+    monkeypatch.setattr(LocalPlatform, "ensure_up", started)
+    refused = voke("rotate", "due", "--run", environ=make_environ(tmp_path / "home"))  # no --yes, no TTY
+    assert refused.exit_code == 2 and "refusing without --yes" in refused.stderr, refused.stderr
+
+
 class ApplyThenTimeout:
     """The real target, but the password change reports a timeout after it took effect."""
 

@@ -239,6 +239,8 @@ def due(
 ) -> None:
     """What is due by the schedule; with --run, rotate it (exit 6/7 if any rotation failed)."""
     env = use(ctx)
+    if run and not dry_run:  # before the environment is started: a refusal changes nothing
+        env.out.confirm("Rotate every due secret and finish the unfinished rotations?", yes=yes)
     engine = _engine(env, dry_run=dry_run or not run)
     due_now = engine.due()
     # A rotation whose voke died (a crashed cron run) is finished first, by the next cron run:
@@ -254,8 +256,6 @@ def due(
     if not run or not (due_now or stuck or attention):
         env.out.result({**listed, "rotations": []}, render=_render_due)
         return
-    if not dry_run:
-        env.out.confirm(f"Rotate {len(due_now)} due secret(s) and finish {len(stuck)} unfinished?", yes=yes)
     reports: list[Any] = []
     worst: VokeError | None = None
 
