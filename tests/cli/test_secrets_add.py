@@ -125,3 +125,33 @@ def test_ctrl_c_among_the_writes_is_held_until_the_version_is_current(
         "entries"
     ]
     assert event["result"] == "success"
+
+
+def test_a_version_made_current_by_another_writer_meanwhile_is_not_overwritten(
+    voke, make_environ, tmp_path, monkeypatch
+):
+    from voketag_ops.adapters.local.secrets import LocalSecretStore
+    from voketag_ops.workflows.secrets import add_version
+
+    environ = make_environ(tmp_path / "home")
+    assert (
+        voke_stdin(environ, "secrets", "add", "maps-admin", "--yes", stdin="first-value-1a2b3c").returncode
+        == 0
+    )
+    real = LocalSecretStore.add_version
+
+    def raced(self, name, payload):
+        monkeypatch.setattr(LocalSecretStore, "add_version", real)
+        mine = real(self, name, payload)  # version 2
+        add_version(self, name, b"other-writer-value")  # another `secrets add` makes version 3 current
+        return mine
+
+    monkeypatch.setattr(LocalSecretStore, "add_version", raced)
+    (tmp_path / "v").write_text("losing-value-4d5e6f")
+    lost = voke("secrets", "add", "maps-admin", "--from-file", str(tmp_path / "v"), "--yes", "--json",
+                environ=environ)  # fmt: skip
+    assert lost.exit_code == 5, lost.stdout + lost.stderr
+    assert "version 2 was disabled, not made current" in lost.json["error"]["message"]
+    meta = LocalSecretStore(tmp_path / "home").get("maps-admin")
+    assert meta.aliases == {"current": 3, "previous": 1}
+    assert {v.version: v.state for v in meta.versions} == {1: "enabled", 2: "disabled", 3: "enabled"}

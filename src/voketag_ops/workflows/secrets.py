@@ -8,7 +8,7 @@ from typing import Any
 
 from voketag_ops import redact
 from voketag_ops.config import Settings
-from voketag_ops.errors import NotFoundError, UsageError
+from voketag_ops.errors import EtagMismatchError, NotFoundError, PreconditionError, UsageError
 
 MAX_VALUE_BYTES = 65536  # Secret Manager's limit for one version's payload
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,255}$")  # Secret Manager's secret ids; the local store's too
@@ -79,7 +79,20 @@ def add_version(store: Any, name: str, value: bytes | None, *, dry_run: bool = F
     aliases: dict[str, int | None] = {"current": version}
     if old is not None:
         aliases["previous"] = old
-    # Compare-and-swap: another writer's alias move in between is refused (exit 5), not overwritten.
-    store.update(name, etag=store.get(name).etag, aliases=aliases)
+    # Compare-and-swap against the `current` read above, not against whatever the store holds now:
+    # a writer that moved it meanwhile (another `secrets add`) wins, and this version is disabled
+    # rather than made current over a newer one (exit 5).
+    meta = store.get(name)
+    try:
+        if meta.aliases.get("current") != old:
+            raise EtagMismatchError(f"version {meta.aliases.get('current')} became current meanwhile")
+        store.update(name, etag=meta.etag, aliases=aliases)
+    except EtagMismatchError as exc:
+        store.set_state(name, version, "disabled")
+        raise PreconditionError(
+            f"secret {name} changed while its version {version} was being added ({exc.message}); "
+            f"version {version} was disabled, not made current",
+            hint=f"`voke secrets versions {name}` shows which is current; add the value again if it should be",
+        ) from None
     report.update(version=version, dry_run=False)
     return report
