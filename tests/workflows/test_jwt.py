@@ -192,6 +192,29 @@ def test_a_promotion_resumed_late_keeps_the_old_key_as_long_as_its_tokens_live(k
     assert verify_token(cred, late)["sub"] == "signed-by-the-old-key"
 
 
+def test_ctrl_c_between_steps_gives_the_lease_up_and_names_the_rotation_to_resume(keyring):
+    from voketag_ops.core.times import iso
+    from voketag_ops.errors import Interrupted
+
+    engine, clock, store = keyring
+    save = engine._save
+
+    def save_then_ctrl_c(record, **kw):
+        save(record, **kw)
+        if record.step == "test":
+            raise KeyboardInterrupt  # lands right after the step's record was saved
+
+    engine._save = save_then_ctrl_c
+    with pytest.raises(Interrupted, match="interrupted at test") as interrupted:
+        rotate_jwt(engine)
+    stored = RotationRecord.from_json(store.get("jwt-signing").annotations[ANNOTATION])
+    assert interrupted.value.hint.startswith(f"voke rotate resume {stored.id}")
+    assert stored.step == "test" and stored.lease_until == iso(clock())  # resumable at once
+    engine._save = save
+    outcome = engine.resume(stored.id)
+    assert outcome.error is None and outcome.report.status == "succeeded"
+
+
 def test_emergency_revokes_every_old_key_at_once(keyring):
     engine, clock, _store = keyring
     cred = jwt_credential(engine)

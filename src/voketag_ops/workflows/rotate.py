@@ -393,41 +393,44 @@ class RotationEngine:
             "finish": self._finish,
         }
         for step in record.next_steps():
-            self.progress(f"rotate {record.secret}: {step}")
-            started = time.monotonic()
+            # A Ctrl-C anywhere in the step, its progress line and the save of its record included,
+            # gives the lease up and names the rotation to resume (a bare exit 130 kept the lease).
             try:
-                detail = actions[step](record, user)
+                self.progress(f"rotate {record.secret}: {step}")
+                started = time.monotonic()
+                try:
+                    detail = actions[step](record, user)
+                except RotationFailure as exc:
+                    return self._fail(record, step, exc, time.monotonic() - started, t0, resumed)
+                except (NotFoundError, EtagMismatchError, SecretError) as exc:
+                    return self._fail(
+                        record, step, SecretError(exc.message), time.monotonic() - started, t0, resumed
+                    )
+                except NeedsOperatorError:
+                    raise  # the lease went to another run: its record is not this run's to change
+                except VokeError as exc:  # a backend refused (a denied permission) or failed mid-step
+                    kind = _STEP_FAILURES.get(step, SecretError)
+                    failure = kind(f"{exc.type_name}: {exc.message}")
+                    return self._fail(record, step, failure, time.monotonic() - started, t0, resumed)
+                record.steps.append(
+                    StepRecord(
+                        step,
+                        "skipped" if detail.startswith("skipped") else "done",
+                        round(time.monotonic() - started, 3),
+                        detail,
+                    )
+                )
+                record.step = step
+                if step != "finish":
+                    self._save(record)
             except KeyboardInterrupt:
                 self._release(record)
                 raise Interrupted(
-                    f"rotation {record.id} interrupted during {step}; its state is recorded (the step may have taken effect)",
+                    f"rotation {record.id} interrupted at {step}; its state is recorded (the step may have taken effect)",
                     hint=f"voke rotate resume {record.id}   (or: voke rotate rollback {record.id})",
                 ) from None
-            except RotationFailure as exc:
-                return self._fail(record, step, exc, time.monotonic() - started, t0, resumed)
-            except (NotFoundError, EtagMismatchError, SecretError) as exc:
-                return self._fail(
-                    record, step, SecretError(exc.message), time.monotonic() - started, t0, resumed
-                )
-            except NeedsOperatorError:
-                raise  # the lease went to another run: its record is not this run's to change
-            except VokeError as exc:  # a backend refused (a denied permission) or failed mid-step
-                kind = _STEP_FAILURES.get(step, SecretError)
-                failure = kind(f"{exc.type_name}: {exc.message}")
-                return self._fail(record, step, failure, time.monotonic() - started, t0, resumed)
-            record.steps.append(
-                StepRecord(
-                    step,
-                    "skipped" if detail.startswith("skipped") else "done",
-                    round(time.monotonic() - started, 3),
-                    detail,
-                )
-            )
-            record.step = step
-            if step == "finish":
+            if step == "finish":  # ends the rotation (its record cleared): nothing left to resume
                 self._end(record)
-            else:
-                self._save(record)
             self._fault(step)
         return Outcome(RotationReport.of(record, t0=t0, resumed=resumed))
 
@@ -464,6 +467,9 @@ class RotationEngine:
         try:
             record.lease_until = iso(self.now())
             meta = self.store.get(record.secret)
+            raw = meta.annotations.get(ANNOTATION)
+            if not raw or RotationRecord.from_json(raw).owner != record.owner:
+                return  # ended, or taken over: not this run's record to write back
             self.store.update(record.secret, etag=meta.etag, annotations={ANNOTATION: record.to_json()})
         except VokeError as exc:
             log.warning("could not release the lease of %s: %s", record.id, exc.message)
