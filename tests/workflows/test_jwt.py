@@ -205,7 +205,7 @@ def test_ctrl_c_between_steps_gives_the_lease_up_and_names_the_rotation_to_resum
             raise KeyboardInterrupt  # lands right after the step's record was saved
 
     engine._save = save_then_ctrl_c
-    with pytest.raises(Interrupted, match="interrupted at test") as interrupted:
+    with pytest.raises(Interrupted, match="interrupted after test; its state is recorded") as interrupted:
         rotate_jwt(engine)
     stored = RotationRecord.from_json(store.get("jwt-signing").annotations[ANNOTATION])
     assert interrupted.value.hint.startswith(f"voke rotate resume {stored.id}")

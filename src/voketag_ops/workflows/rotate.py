@@ -425,8 +425,11 @@ class RotationEngine:
                     self._save(record)
             except KeyboardInterrupt:
                 self._release(record)
+                where = (
+                    f"after {step}" if record.step == step else f"during {step} (it may have taken effect)"
+                )
                 raise Interrupted(
-                    f"rotation {record.id} interrupted at {step}; its state is recorded (the step may have taken effect)",
+                    f"rotation {record.id} interrupted {where}; its state is recorded",
                     hint=f"voke rotate resume {record.id}   (or: voke rotate rollback {record.id})",
                 ) from None
             if step == "finish":  # ends the rotation (its record cleared): nothing left to resume
