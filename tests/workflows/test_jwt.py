@@ -215,6 +215,33 @@ def test_ctrl_c_between_steps_gives_the_lease_up_and_names_the_rotation_to_resum
     assert outcome.error is None and outcome.report.status == "succeeded"
 
 
+def test_a_rollback_disables_a_pending_version_stored_but_never_recorded(keyring, monkeypatch):
+    engine, clock, store = keyring
+    real = LocalSecretStore.add_version
+
+    class Crash(BaseException):
+        pass
+
+    def add_then_die(self, name, payload):
+        real(self, name, payload)
+        raise Crash  # killed before the record names the version
+
+    monkeypatch.setattr(LocalSecretStore, "add_version", add_then_die)
+    with pytest.raises(Crash):
+        rotate_jwt(engine)
+    monkeypatch.setattr(LocalSecretStore, "add_version", real)
+    record = RotationRecord.from_json(store.get("jwt-signing").annotations[ANNOTATION])
+    assert record.pending_version is None
+    clock.advance(engine.settings.lease_seconds + 1)
+    planned = engine.plan_unfinished(record.id, action="rollback")["plan"]
+    assert planned == ["disable version 2 and remove the pending alias"]
+    outcome = engine.rollback(record.id)
+    assert outcome.report.status == "rolled_back" and outcome.report.new_version == 2
+    meta = store.get("jwt-signing")
+    assert {v.version: v.state for v in meta.versions} == {1: "enabled", 2: "disabled"}
+    assert meta.aliases == {"current": 1}
+
+
 def test_emergency_revokes_every_old_key_at_once(keyring):
     engine, clock, _store = keyring
     cred = jwt_credential(engine)

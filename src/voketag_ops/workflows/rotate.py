@@ -510,6 +510,13 @@ class RotationEngine:
                 return v.version
         return None
 
+    def _stored_pending(self, record: RotationRecord) -> int | None:
+        """The recorded pending version, or one a run stored and died before recording (an
+        orphan a rollback must disable too), found as `resume` finds it."""
+        if record.pending_version is not None:
+            return record.pending_version
+        return self._find_pending(record, self.store.get(record.secret))
+
     def _pending(self, record: RotationRecord) -> dict[str, Any]:
         cred = self._cred(record.secret, record.pending_version)
         if cred is None:
@@ -723,6 +730,7 @@ class RotationEngine:
     def _undo(self, record: RotationRecord, scope: str) -> None:
         t = time.monotonic()
         user = self._credential_of_secret(record.secret)
+        record.pending_version = self._stored_pending(record)
         pending = self._cred(record.secret, record.pending_version)
         current = self._cred(record.secret, record.old_current)
         previous = self._cred(record.secret, record.old_previous)
@@ -887,6 +895,7 @@ class RotationEngine:
             }
         in_flight = next(iter(record.next_steps()), record.step)
         scope = self._scope(record)
+        pending = self._stored_pending(record)
         if action == "resume" and not record.rolling_back:
             plan = [
                 f"take over {record.id} (owner {record.owner})",
@@ -897,18 +906,16 @@ class RotationEngine:
             plan = (
                 begun
                 + {
-                    "discard_pending": [
-                        f"disable version {record.pending_version} and remove the pending alias"
-                    ],
+                    "discard_pending": [f"disable version {pending} and remove the pending alias"],
                     "restore_target": [
                         "give the changed credential its last stored value back",
-                        f"disable version {record.pending_version} and remove the pending alias",
+                        f"disable version {pending} and remove the pending alias",
                     ],
                     "restore_aliases": [
                         f"move current back to {record.old_current} and previous to {record.old_previous}",
                         f"redeploy the services pinned to {record.old_current}",
                         "give the changed credential its last stored value back",
-                        f"disable version {record.pending_version}",
+                        f"disable version {pending}",
                     ],
                 }[scope]
             )
