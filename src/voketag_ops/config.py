@@ -354,7 +354,7 @@ class RotationSettings(_Model):
     health_timeout: float = Field(
         default=20.0, ge=1, description="seconds for a new service instance to be healthy"
     )
-    keep_versions: int = Field(default=3, ge=1, description="newest versions cleanup never touches")
+    keep_versions: int = Field(default=3, ge=1, description="newest enabled versions cleanup never touches")
     disable_after_hours: float = Field(default=24, ge=0, description="disable superseded versions after this")
     destroy_after_days: float = Field(default=30, ge=0, description="destroy disabled versions after this")
 

@@ -303,7 +303,7 @@ def _waits_for_a_person(r: dict[str, Any]) -> Any:
 @app.command("cleanup")
 def cleanup(ctx: typer.Context, dry_run: DryRun = False, yes: Yes = False) -> None:
     """Disable superseded versions after 24 h, destroy them after 30 days; never current,
-    previous, the newest 3, or a version any service is pinned to."""
+    previous, the newest 3 enabled, or a version any service is pinned to."""
     env = use(ctx)
     if not dry_run:  # before the environment is started: a refusal changes nothing
         env.out.confirm("Disable/destroy old secret versions?", yes=yes)

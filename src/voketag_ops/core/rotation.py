@@ -170,12 +170,14 @@ def plan_cleanup(
     """Versions to disable or destroy.
 
     VERSIONS: (number, state, created_at, state_changed_at). PROTECTED: aliased or pinned
-    versions, never touched. The newest KEEP versions are never touched either. A version
-    is superseded when a newer one exists; it is disabled DISABLE_AFTER the newer one was
-    created, and destroyed DESTROY_AFTER it was disabled.
+    versions, never touched. The newest KEEP enabled versions are never touched either (a
+    version a rollback disabled is no usable one to keep). A version is superseded when a
+    newer one exists; it is disabled DISABLE_AFTER the newer one was created, and destroyed
+    DESTROY_AFTER it was disabled.
     """
     ordered = sorted(versions)
-    newest = {n for n, *_ in ordered[-keep:]} if keep else set()
+    enabled = [n for n, state, *_ in ordered if state == "enabled"]
+    newest = set(enabled[-keep:]) if keep else set()
     created = {n: parse_iso(c) for n, _s, c, _ch in ordered}
     actions: list[CleanupAction] = []
     for number, state, _created, changed in ordered:
