@@ -192,6 +192,38 @@ def test_a_promotion_resumed_late_keeps_the_old_key_as_long_as_its_tokens_live(k
     assert verify_token(cred, late)["sub"] == "signed-by-the-old-key"
 
 
+def test_a_promotion_resumed_late_keeps_the_old_key_from_its_commit_before_it_finishes(keyring, monkeypatch):
+    from voketag_ops.workflows import rotate as rotate_wf
+
+    engine, clock, _store = keyring
+    cred = jwt_credential(engine)
+    assert rotate_jwt(engine).error is None  # publish
+    clock.advance(REFRESH + 1)
+    old_kid = kids(cred)[0]
+
+    class Crash(BaseException):
+        pass
+
+    def crash(_code):
+        raise Crash
+
+    monkeypatch.setattr(rotate_wf.os, "_exit", crash)
+    engine.environ = {rotate_wf.FAULT_ENV: "create_pending"}
+    with pytest.raises(Crash):
+        rotate_jwt(engine)  # the promotion's keyring is made long before it commits
+    clock.advance(2 * LIFETIME)
+    late = sign_token(cred, claims(clock, "signed-just-before-the-switch"))
+    engine.environ = {rotate_wf.FAULT_ENV: "commit"}
+    with pytest.raises(Crash):
+        engine.resume()  # signing switched; the rotation is not finished
+    committed = clock()
+    assert kids(cred)[1:] == [old_kid] and verify_token(cred, late)["sub"] == "signed-just-before-the-switch"
+    clock.now = committed + timedelta(seconds=LIFETIME) + jwt_keys.CLOCK_SKEW - timedelta(seconds=1)
+    assert old_kid in kids(cred)
+    clock.now = committed + timedelta(seconds=LIFETIME) + jwt_keys.CLOCK_SKEW
+    assert old_kid not in kids(cred)
+
+
 def test_ctrl_c_between_steps_gives_the_lease_up_and_names_the_rotation_to_resume(keyring):
     from voketag_ops.core.times import iso
     from voketag_ops.errors import Interrupted

@@ -87,11 +87,14 @@ class RotationRecord:
     # The scope of a rollback once begun (status rolling_back): an interrupted rollback is
     # finished, never resumed forward over the aliases it already moved back.
     rolling_back: str | None = None
+    # When `current` moved to the new version (the commit): a JWT keyring's signing switched then.
+    committed_at: str | None = None
 
     def to_json(self) -> str:
         doc = asdict(self)
-        if doc["rolling_back"] is None:  # absent, so that an older voke can still read the record
-            del doc["rolling_back"]
+        for late in ("rolling_back", "committed_at"):
+            if doc[late] is None:  # absent, so that an older voke can still read the record
+                del doc[late]
         return json.dumps(doc, separators=(",", ":"), sort_keys=True)
 
     @classmethod

@@ -6,7 +6,8 @@ keyring holds depends on where the keyring is (core/jwt_keys.py `decide`):
 publish a `next` key; after `verifier_refresh_seconds` promote it (signing switches);
 or, with `--emergency`, replace every key at once. The time a keyring version became
 current (its publication) is the finish of the rotation that made it, from the
-rotation history, so a waiting promotion survives any crash or restart.
+rotation history, so a waiting promotion survives any crash or restart; until that
+rotation finishes, its commit (recorded in the rotation's record).
 """
 
 from __future__ import annotations
@@ -76,9 +77,16 @@ class JwtKeyring(MadeBeside):
             raise ValidationError(f"{self.secret}: not a usable keyring ({exc})") from None
 
     def became_current(self, meta: Any, version: int | None) -> datetime | None:
-        """When VERSION became current everywhere (the finish of the rotation that made it)."""
+        """When VERSION became current everywhere: the finish of the rotation that made it or,
+        while that rotation is unfinished, its commit (never the version's creation: a resumed
+        rotation commits long after it made the keyring)."""
         if version is None:
             return None
+        raw = meta.annotations.get(ANNOTATION)
+        if raw and meta.aliases.get("current") == version:
+            record = RotationRecord.from_json(raw)
+            if record.pending_version == version:  # committed, not finished: signing switched at the commit
+                return parse_iso(record.committed_at) if record.committed_at else self.now()
         found = self._published_at(self.secret, version)
         if found is not None:
             return found

@@ -562,6 +562,7 @@ class RotationEngine:
         if meta.aliases.get("current") == record.pending_version:
             return "skipped: current already points at the new version"
         record.step = "commit"  # the alias move and its record are one compare-and-swap
+        record.committed_at = iso(self.now())
         self._save(
             record,
             aliases={"current": record.pending_version, "previous": record.old_current, "pending": None},
