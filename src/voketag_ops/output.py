@@ -110,7 +110,7 @@ class Output:
         self.stdout: TextIO = _ReaderMayGo(stdout or sys.stdout, "stdout")  # type: ignore[assignment]
         self.stderr: TextIO = _ReaderMayGo(stderr or sys.stderr, "stderr")  # type: ignore[assignment]
         self.stdin = stdin or sys.stdin
-        self.no_color = no_color or "NO_COLOR" in os.environ
+        self.no_color = no_color or bool(os.environ.get("NO_COLOR"))  # no-color.org: set and not empty
         self._out_console: Console | None = None
         self._err_console: Console | None = None
         self.emitted = False

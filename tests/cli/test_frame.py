@@ -86,6 +86,12 @@ def test_short_version_and_a_global_flag_without_its_value(voke):
     dangling = voke("config", "show", "--json", "--env")  # not "no such command 'show'"
     assert dangling.exit_code == 2 and dangling.json["error"]["message"] == "option --env requires a value"
     assert dangling.json["command"] == "config show"
+    for flag in ("--config", "--env"):  # followed by another global flag: not its value either
+        swallowed = voke("env", "status", flag, "--json")
+        assert (
+            swallowed.exit_code == 2
+            and swallowed.json["error"]["message"] == f"option {flag} requires a value"
+        )
 
 
 def test_unknown_command_is_usage_error_with_suggestion(voke):
@@ -376,3 +382,14 @@ def test_a_global_flag_after_double_dash_is_an_argument(voke, tmp_path):
     result = voke("chain", "root", "--", "--json", cwd=tmp_path)
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr.startswith("error: --json: cannot read") and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("value", "no_color"), [("", False), ("1", True), (None, False)])
+def test_no_color_counts_only_when_set_and_not_empty(monkeypatch, value, no_color):
+    from voketag_ops.output import Output
+
+    if value is None:
+        monkeypatch.delenv("NO_COLOR", raising=False)
+    else:
+        monkeypatch.setenv("NO_COLOR", value)
+    assert Output(json_mode=False, command="x").no_color is no_color  # no-color.org

@@ -142,13 +142,14 @@ def hoist_global_flags(args: list[str]) -> list[str]:
     return front + rest
 
 
-def _dangling(args: list[str]) -> str | None:
-    """A global flag that takes a value but ends the command line (before any `--`)."""
+def _dangling(args: list[str]) -> int | None:
+    """Where a global flag that takes a value has none (before any `--`): it ends the command
+    line, or another global flag follows it (`--config --json` is no file named --json)."""
     for i, arg in enumerate(args):
         if arg == "--":
             return None
-        if GLOBAL_FLAGS.get(arg) and i + 1 == len(args):
-            return arg
+        if GLOBAL_FLAGS.get(arg) and (i + 1 == len(args) or args[i + 1].split("=", 1)[0] in GLOBAL_FLAGS):
+            return i
     return None
 
 
@@ -179,7 +180,8 @@ def run(
     """Run one invocation and return its exit code; never raises (but SystemExit from Click)."""
     env_map = dict(os.environ) if environ is None else environ
     dangling = _dangling(args)
-    args = hoist_global_flags(args[:-1] if dangling else args)
+    flag = None if dangling is None else args[dangling]
+    args = hoist_global_flags(args if dangling is None else args[:dangling] + args[dangling + 1 :])
     for arg in args:  # a password in any argument (a URL given where a file was expected) is masked
         register_credentials_in(arg)
     flags = args[: args.index("--")] if "--" in args else args  # after `--`, words are arguments
@@ -189,11 +191,11 @@ def run(
         command=_guess_command(args),
         stdout=stdout,
         stderr=stderr,
-        no_color="--no-color" in flags or "NO_COLOR" in env_map,
+        no_color="--no-color" in flags or bool(env_map.get("NO_COLOR")),  # no-color.org: set and not empty
     )
     debug = "--debug" in flags
-    if dangling is not None:  # hoisted, it would take the sub-command's name for its value
-        return output.error(UsageError(f"option {dangling} requires a value", hint="see 'voke --help'"))
+    if flag is not None:  # hoisted, it would take the sub-command's name for its value
+        return output.error(UsageError(f"option {flag} requires a value", hint="see 'voke --help'"))
     chosen = env_map.get("VOKE_OUTPUT", "")
     if chosen.lower() not in ("", "json", "human"):  # a typo must not silently mean human output
         return output.error(ConfigError(f"VOKE_OUTPUT={chosen!r}: json or human"))
