@@ -158,6 +158,25 @@ def test_kill_9_is_reported_and_up_recovers_without_data_loss(voke, home, env_of
     wait_for(streaming, "the replica to stream again")
 
 
+def test_doctor_fails_where_env_status_is_unhealthy(voke, home, env_of):
+    from voketag_ops.adapters.local.services import _instances_of
+
+    assert voke("env", "up", environ=env_of(home)).exit_code == 0
+    well = voke("doctor", "--json", environ=env_of(home))
+    assert well.exit_code == 0, well.stdout
+    checks = {c["name"]: c["ok"] for c in well.json["result"]["checks"]}
+    assert checks["services"] and checks["archiving"] and checks["replication"]
+    os.kill(_instances_of(home)[0], signal.SIGKILL)  # a service dies: env status says unhealthy
+    wait_for(
+        lambda: not voke("env", "status", "--json", environ=env_of(home)).json["result"]["healthy"], "it"
+    )
+    sick = voke("doctor", "--json", environ=env_of(home))
+    failed = {c["name"]: c for c in sick.json["result"]["checks"] if not c["ok"]}
+    assert sick.exit_code == 1 and list(failed) == ["services"], sick.stdout
+    assert "not healthy" in failed["services"]["detail"] and failed["services"]["hint"] == "voke env up"
+    assert voke("env", "up", environ=env_of(home)).exit_code == 0
+
+
 def test_down_keeps_data_and_up_restarts(voke, home, env_of):
     result = voke("env", "down", "--json", environ=env_of(home))
     assert result.exit_code == 0

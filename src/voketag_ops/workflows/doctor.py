@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from voketag_ops.config import LoadedConfig
 from voketag_ops.errors import VokeError
@@ -38,12 +39,15 @@ class DoctorReport:
 
 
 def run_doctor(load: Callable[[], LoadedConfig]) -> DoctorReport:
-    """Run every check; a failing check never stops the others."""
+    """Run every check; a failing check never stops the others, but for the configuration,
+    which every other check reads (the home, the binaries, the environment)."""
     try:
         loaded = load()
     except VokeError as exc:
         report = DoctorReport(env="?")
-        report.checks.append(Check("config", False, exc.message, "fix the key named above"))
+        report.checks.append(
+            Check("config", False, exc.message, exc.hint or "fix the configuration where it is named above")
+        )
         return report
     settings = loaded.settings
     report = DoctorReport(env=settings.env)
@@ -134,7 +138,9 @@ def _local_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
                 Check("local environment", True, f"not created yet in {env.home} (started on demand)")
             )
             return
-        status = env.status()
+        from voketag_ops.workflows.env import LocalPlatform
+
+        status = LocalPlatform(loaded.settings).status()  # the services' health too, as `env status`
         down = [
             n
             for n in ("primary", "replica")
@@ -150,12 +156,43 @@ def _local_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
             )
         else:
             report.checks.append(Check("local environment", True, f"running in {env.home}"))
+            _running_checks(report, status, replica=settings.replica)
     except VokeError as exc:
         report.checks.append(
             Check(
                 "local environment", False, exc.message, exc.hint or "voke env destroy --yes && voke env up"
             )
         )
+
+
+def _running_checks(report: DoctorReport, status: dict[str, Any], *, replica: bool) -> None:
+    """What `env status` calls unhealthy in an environment whose servers run."""
+    if replica:
+        streaming = bool(status["replica"] and status["replica"].get("streaming"))
+        report.checks.append(
+            Check("replication", True, "the replica streams from the leader")
+            if streaming
+            else Check("replication", False, "the replica runs but does not stream", "voke dr status")
+        )
+    archive = status.get("archive") or {}
+    if archive.get("failing"):
+        report.checks.append(
+            Check(
+                "archiving",
+                False,
+                f"WAL archiving is failing ({archive.get('failed_count')} failure(s), last "
+                f"{archive.get('last_failed_wal')}) into {archive.get('dir')}",
+                "voke dr check; the archive directory must be writable by the server user",
+            )
+        )
+    else:
+        report.checks.append(Check("archiving", True, f"WAL archived into {archive.get('dir')}"))
+    unhealthy = [s["name"] for s in status.get("services", []) if not s["healthy"]]
+    report.checks.append(
+        Check("services", False, f"not healthy: {', '.join(unhealthy)}", "voke env up")
+        if unhealthy
+        else Check("services", True, f"{len(status.get('services', []))} healthy")
+    )
 
 
 def _existing_parent(path: Path) -> Path:
