@@ -77,6 +77,16 @@ class _Model(BaseModel):
         return value
 
 
+# What /bin/sh still reads inside double quotes, and how to name it in a message.
+_SHELL_IN_QUOTES = (
+    ('"', "a double quote"),
+    ("$", "a dollar sign"),
+    ("`", "a backquote"),
+    ("\\\\", "two backslashes in a row"),
+    ("\n", "a line break"),
+)
+
+
 class LocalSettings(_Model):
     """The embedded `local` environment."""
 
@@ -107,7 +117,16 @@ class LocalSettings(_Model):
     @field_validator("home", "pg_bin")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
-        return None if value is None else Path(os.path.expanduser(str(value)))
+        if value is None:
+            return None
+        # pg_ctl starts the server through /bin/sh with these paths in double quotes, where
+        # these are still the shell's: the start failed, naming a log file never written.
+        shell = [name for text, name in _SHELL_IN_QUOTES if text in str(value)]
+        if shell:
+            raise ValueError(
+                f"must not contain {', '.join(shell)}: pg_ctl hands the path to /bin/sh in double quotes"
+            )
+        return Path(os.path.expanduser(str(value)))
 
     @field_validator("system_user")
     @classmethod

@@ -144,6 +144,10 @@ def test_kill_9_is_reported_and_up_recovers_without_data_loss(voke, home, env_of
     status = voke("env", "status", "--json", environ=env_of(home)).json["result"]
     assert status[node_name]["running"] is False
     assert status["healthy"] is False
+    # The same keys as when all is well: a script reading them must not fail just then.
+    assert {"conninfo", "error", "pid", "timeline"} <= set(status[node_name])
+    assert {"failing", "failed_count", "last_archived_wal"} <= set(status["archive"])
+    assert status["archive"]["failing"] is (None if node_name == "primary" else False)
     result = voke("env", "up", "--json", environ=env_of(home))
     assert result.exit_code == 0, result.stderr
     assert node_name in result.json["result"]["started"]
@@ -206,6 +210,11 @@ def test_port_taken_by_another_process_is_exit_4(voke, home, env_of):
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
         result = voke("env", "up", environ=env_of(home))
+        # The way out it names works: a plain destroy would start the primary on that port
+        # to export the chain first, and refuse the same way.
+        assert "`voke env destroy --yes --discard-chain`" in result.stderr
+        destroy = voke("env", "destroy", "--yes", "--dry-run", environ=env_of(home))
+        assert destroy.exit_code == 0, destroy.stderr
     assert result.exit_code == 4
     assert f"port {port}" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) <= 2  # progress line + the error

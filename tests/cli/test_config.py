@@ -221,6 +221,13 @@ def test_env_commands_refuse_a_cloud_environment(voke, make_environ, tmp_path):
         ),
         ({}, {"VOKE_ENV": "local", "VOKE_ENV__X": "1"}, "env VOKE_ENV__X"),
         ({}, {"VOKE_HOME": ""}, "env VOKE_HOME: local.home: empty"),
+        ({}, {"VOKE_HOME": "/tmp/a$x"}, "env VOKE_HOME: local.home: must not contain a dollar sign"),
+        ({}, {"VOKE_HOME": '/tmp/a"b'}, "local.home: must not contain a double quote: pg_ctl hands the path"),
+        (
+            {"voke.toml": b"[local]\npg_bin = '/opt/pg`x`/bin'\n"},
+            {},
+            "local.pg_bin: must not contain a backquote",
+        ),
         (
             {"pyproject.toml": b'tool = "voke"\n'},
             {"VOKE_CONFIG": "pyproject.toml"},

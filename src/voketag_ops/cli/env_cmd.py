@@ -210,7 +210,7 @@ def _render_status(console: Console, report: dict[str, Any]) -> None:
     if archive.get("dir"):
         console.print(
             f"archive: last {archive.get('last_archived_wal') or '-'} at {archive.get('last_archived_at') or '-'}, "
-            f"failed {archive.get('failed_count', '?')}"
+            f"failed {'?' if archive.get('failed_count') is None else archive['failed_count']}"
         )
     if report["backups"]:
         newest = report["backups"][-1]

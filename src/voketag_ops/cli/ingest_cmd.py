@@ -361,7 +361,7 @@ def _render_proof(console: Console, p: TagProof) -> None:
     if not p.found:
         return
     console.print(
-        f"tag {p.tag_id}: leaf {p.leaf_index} of {p.tree_size} in batch {p.batch_id} ({printable(p.file_name)}), "
+        f"tag {p.tag_id}: leaf {p.leaf_index} of {p.tree_size} in batch {p.batch_id} ({printable(p.file_name or '')}), "
         f"anchor {p.anchor}",
         markup=False,
         highlight=False,

@@ -43,6 +43,7 @@ from voketag_ops.adapters.local.postgres import (
     grant_traverse,
     pick_free_port,
     port_is_free,
+    port_taken,
     process_exists,
     serves,
 )
@@ -349,10 +350,7 @@ class LocalEnvironment:
             primary, replica = nodes[state.leader], nodes[state.follower]
             for node in nodes.values():  # all before any starts: an exit 4 must leave nothing started
                 if self._wanted(node.name, state) and not node.running and not port_is_free(node.port):
-                    raise BackendError(
-                        f"port {node.port} ({node.name}) is in use by another process; stop it, "
-                        "or run `voke env destroy --yes` to start over on new ports"
-                    )
+                    raise port_taken(node.port, node.name)
             fenced = self.fenced()
             if state.leader in fenced:
                 raise PreconditionError(  # exit 5: an unfinished operation is resumed first
@@ -738,7 +736,9 @@ class LocalEnvironment:
             "pg_version": state.pg_version if state else None,
             "primary": None,
             "replica": None,
-            "archive": None,
+            "leader": None,
+            "split_brain": False,
+            "archive": _archive_unknown(self.archive_dir),  # the same keys whatever is down
             "backups": [],
             "healthy": False,
         }
@@ -780,8 +780,7 @@ class LocalEnvironment:
             writable == [state.leader]
             and replica_ok
             and report["backups"]
-            and report["archive"]
-            and not report["archive"]["failing"]
+            and report["archive"]["failing"] is False
         )
         return report
 
@@ -948,13 +947,14 @@ def _node_status(node: PgNode) -> dict[str, Any]:
         "initialized": node.initialized,
         "data_dir": str(node.data_dir),
         "timeline": None,
+        "conninfo": node.conninfo(PLATFORM_DB),  # (no password: the local socket trusts voke's user)
+        "error": None,  # why a postmaster that is there does not answer
     }
     pid = node.pid()
     if pid is None:
         status["role"] = "stopped" if node.initialized else "absent"
         return status
     status["pid"] = pid
-    status["conninfo"] = node.conninfo(PLATFORM_DB)  # (no password: the local socket trusts voke's user)
     try:
         with node.connect(timeout=3) as conn:
             in_recovery, timeline = conn.execute(f"select pg_is_in_recovery(), {TIMELINE_SQL}").fetchone()  # type: ignore[misc]
@@ -999,6 +999,12 @@ def _replication_lag(primary: PgNode) -> dict[str, Any]:
     }
 
 
+def _archive_unknown(archive_dir: Path) -> dict[str, Any]:
+    """The archiver's keys when no server answers for it (failing: None, not known)."""
+    keys = ("archived_count", "last_archived_wal", "last_archived_at", "failed_count", "last_failed_wal")
+    return {"dir": str(archive_dir), **dict.fromkeys(keys), "last_failed_at": None, "failing": None}
+
+
 def _archiver(primary: PgNode, archive_dir: Path) -> dict[str, Any]:
     try:
         with primary.connect(timeout=3) as conn:
@@ -1007,7 +1013,7 @@ def _archiver(primary: PgNode, archive_dir: Path) -> dict[str, Any]:
                 "last_failed_wal, last_failed_time from pg_stat_archiver"
             ).fetchone()
     except BackendError:
-        return {"dir": str(archive_dir), "failing": None}
+        return _archive_unknown(archive_dir)
     archived, last_wal, last_at, failed, last_failed_wal, last_failed_at = row  # type: ignore[misc]
     failing = bool(last_failed_at and (last_at is None or last_failed_at > last_at))
     return {

@@ -235,6 +235,16 @@ def _grant_read_tree(root: Path) -> None:
                 os.chmod(fpath, want)
 
 
+def port_taken(port: int, name: str) -> BackendError:
+    """The error for a node whose recorded port another process holds. A plain destroy is no
+    way out: it starts the primary to export the chain first, on that same port."""
+    return BackendError(
+        f"port {port} ({name}) is in use by another process; stop that process "
+        f"(`ss -ltnp 'sport = :{port}'` names it), or start over on new ports with "
+        "`voke env destroy --yes --discard-chain` (the chain goes too)"
+    )
+
+
 def port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -527,10 +537,7 @@ class PgNode:
         if self.running:
             return
         if not port_is_free(self.port):
-            raise BackendError(
-                f"port {self.port} ({self.name}) is in use by another process; stop it, "
-                f"or run `voke env destroy --yes` to start over on new ports"
-            )
+            raise port_taken(self.port, self.name)
         deadline = time.monotonic() + timeout
         attempt = 0
         while True:
