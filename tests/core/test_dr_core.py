@@ -73,6 +73,17 @@ def test_find_gaps_names_the_hole_and_ignores_pending_segments():
     assert not gaps.ok and gaps.start == "000000010000000000000003"
 
 
+def test_waldump_runs_split_at_timeline_changes_and_errors_name_their_segment():
+    names = [wal.segment_name(1, 3), wal.segment_name(1, 4), wal.segment_name(2, 5), wal.segment_name(2, 6)]
+    assert wal.timeline_runs(names) == [names[:2], names[2:]]
+    run = names[2:]
+    error = (
+        "error in WAL record at 0/5FFFFA0: incorrect resource manager data checksum in record at 0/6000028"
+    )
+    assert wal.segment_of_error(error, run) == names[3]  # the record it could not read, not the one before
+    assert wal.segment_of_error("could not read file: Permission denied", run) == names[2]
+
+
 def test_find_gaps_without_a_leader_ends_at_the_newest_archived_segment():
     path = wal.timeline_path(1, [])
     gaps = wal.find_gaps(path=path, start_segno=2, archived={wal.segment_name(1, n) for n in (2, 3, 4)})

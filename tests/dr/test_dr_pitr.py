@@ -150,6 +150,30 @@ def test_backup_needs_yes_without_a_terminal_and_verifies(voke, environ, env):
     assert history[-1]["details"]["label"] == label
 
 
+def test_a_corrupt_archived_segment_fails_verify_backup_naming_it(voke, environ, env):
+    # The names are all there; only pg_waldump reading the records finds what a restore stops at.
+    with env.primary().connect() as conn:
+        conn.execute("create table if not exists wal_filler (id int)")
+        conn.execute("insert into wal_filler select generate_series(1, 1000)")
+        name = conn.execute("select pg_walfile_name(pg_current_wal_lsn()), pg_switch_wal()").fetchone()[0]
+    segment = env.archive_dir / name
+    dr.wait_until(segment.exists, "archiving", timeout=30)
+    original = segment.read_bytes()
+    flipped = bytearray(original)
+    flipped[200] ^= 0xFF
+    segment.write_bytes(bytes(flipped))
+    try:
+        result = voke("dr", "verify-backup", "--json", environ=environ)
+    finally:
+        segment.write_bytes(original)
+    assert result.exit_code == 1, result.stdout
+    archive = result.json["result"]["archive"]
+    assert archive["missing"] == [] and archive["unreadable"]["segment"] == name
+    assert "checksum" in archive["unreadable"]["error"]
+    assert result.json["error"]["message"].startswith(f"WAL archive: {name} is unreadable: ")
+    assert voke("dr", "verify-backup", environ=environ).exit_code == 0
+
+
 def _write_rows(env, count: int, pause: float) -> dict[int, datetime]:
     """Insert rows one transaction each; id -> commit time as PostgreSQL recorded it."""
     with env.primary().connect() as conn:

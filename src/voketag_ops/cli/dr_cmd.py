@@ -104,7 +104,7 @@ def verify_backup(
         str | None, typer.Option("--label", help="Backup to verify (default: the newest).")
     ] = None,
 ) -> None:
-    """pg_verifybackup on a base backup, and the WAL archive checked for gaps from it to now."""
+    """pg_verifybackup on a base backup, and the WAL archive from it to now: gaps, and every record read."""
     from voketag_ops.workflows import dr
 
     env, local = _local(ctx)
@@ -115,11 +115,15 @@ def verify_backup(
         if not report["pg_verifybackup"]["ok"]:
             failure = "pg_verifybackup: " + "; ".join(report["pg_verifybackup"]["problems"][:3])
         else:
-            missing = report["archive"].get("missing") or []
+            archive = report["archive"]
+            missing = archive.get("missing") or []
+            bad = archive.get("unreadable")
             failure = (
                 f"WAL archive gap: {missing[0]} is missing"
                 if missing
-                else report["archive"].get("message", "")
+                else f"WAL archive: {bad['segment']} is unreadable: {bad['error']}"
+                if bad
+                else archive.get("message", "")
             )
     env.out.result(report, ok=report["ok"], render=_render_verify_backup, failure=failure)
 
@@ -506,6 +510,12 @@ def _render_verify_backup(console: Console, r: dict[str, Any]) -> None:
         markup=False,
     )
     a = r["archive"]
+    if a.get("unreadable"):
+        console.print(
+            f"FAIL WAL archive: {a['unreadable']['segment']} is unreadable: {a['unreadable']['error']} "
+            f"(latest commit before it {a.get('latest_reachable') or 'unknown'})",
+            markup=False,
+        )
     if a.get("missing"):
         console.print(
             f"FAIL WAL archive: missing {', '.join(a['missing'][:5])}; reachable up to {a.get('last_contiguous')} "
@@ -514,10 +524,11 @@ def _render_verify_backup(console: Console, r: dict[str, Any]) -> None:
         )
     elif a.get("ok"):
         console.print(
-            f"ok   WAL archive: {a['expected_segments']} segment(s) {a['from']}..{a['to']} without a gap",
+            f"ok   WAL archive: {a['expected_segments']} segment(s) {a['from']}..{a['to']} without a gap, "
+            "every record readable",
             markup=False,
         )
-    else:
+    elif not a.get("unreadable"):
         console.print(f"FAIL WAL archive: {a.get('message')}", markup=False)
 
 

@@ -167,3 +167,29 @@ def find_gaps(
         contiguous_tail=tuple(names[max(0, reachable - 8) : reachable]),
         reachable=tuple(names[:reachable]),
     )
+
+
+def timeline_runs(names: Iterable[str]) -> list[list[str]]:
+    """Consecutive segment names (oldest first) split where the timeline changes: pg_waldump
+    reads one timeline per call."""
+    runs: list[list[str]] = []
+    for name in names:
+        if runs and runs[-1][-1][:8] == name[:8]:
+            runs[-1].append(name)
+        else:
+            runs.append([name])
+    return runs
+
+
+_LSN_TEXT = re.compile(r"\b[0-9A-F]{1,8}/[0-9A-F]{1,8}\b")
+
+
+def segment_of_error(error: str, run: list[str], segment_size: int = DEFAULT_SEGMENT_SIZE) -> str:
+    """The segment of RUN a pg_waldump ERROR points at: its last LSN ("error in WAL record at A:
+    incorrect resource manager data checksum in record at B" is about B); RUN's first without one."""
+    lsns = _LSN_TEXT.findall(error)
+    if lsns:
+        name = segment_name(int(run[0][:8], 16), segno_of(parse_lsn(lsns[-1]), segment_size), segment_size)
+        if name in run:
+            return name
+    return run[0]

@@ -588,6 +588,30 @@ def last_commit_time(env: LocalEnvironment, segments: list[str] | tuple[str, ...
     return None
 
 
+def unreadable_wal(
+    env: LocalEnvironment, segments: tuple[str, ...], segment_size: int
+) -> dict[str, Any] | None:
+    """The first of SEGMENTS (a recovery's path through the archive, oldest first) holding a record
+    pg_waldump cannot read (a bad CRC, a broken prev-link), with its error; None when all read.
+
+    Names alone pass a segment whose contents a restore then stops at ("recovery ended before
+    configured recovery target was reached"). One pg_waldump -q per timeline: it reads every
+    record and checks its CRC, as replay does.
+    """
+    state = env.require_state()
+    runner = env._runner(state)
+    for run in wal.timeline_runs(segments):
+        result = runner.run(
+            "pg_waldump", ["-q", "-p", str(env.archive_dir), run[0], run[-1]], check=False, timeout=3600
+        )
+        if result.returncode == 0:
+            continue
+        lines = [ln.split("error:", 1)[1].strip() for ln in result.stderr.splitlines() if "error:" in ln]
+        error = lines[0] if lines else (result.stderr.strip() or f"pg_waldump exited {result.returncode}")
+        return {"segment": wal.segment_of_error(error, run, segment_size), "error": error}
+    return None
+
+
 @dataclass(frozen=True)
 class Window:
     """The recoverable window: any instant in [earliest, latest) can be restored.
@@ -802,7 +826,8 @@ def find_backup(env: LocalEnvironment, label: str | None) -> BackupInfo:
 
 
 def verify_backup(env: LocalEnvironment, backup: BackupInfo) -> dict[str, Any]:
-    """pg_verifybackup (manifest checksums, WAL inside the backup) plus the archive gap check to now."""
+    """pg_verifybackup (manifest checksums, WAL inside the backup), then the archive from the backup's
+    start to now: gaps along the timeline history, and every record read by pg_waldump."""
     state = env.require_state()
     runner = env._runner(state)
     t0 = time.monotonic()
@@ -834,16 +859,21 @@ def verify_backup(env: LocalEnvironment, backup: BackupInfo) -> dict[str, Any]:
         }
     else:
         latest = None
-        if gaps.missing and gaps.last_contiguous:
+        unreadable = unreadable_wal(env, gaps.reachable, lw.segment_size)
+        if unreadable is not None:  # replay stops at its bad record: what comes before it is reachable
+            upto = gaps.reachable.index(unreadable["segment"]) + 1
+            latest = last_commit_time(env, gaps.reachable[max(0, upto - 8) : upto])
+        elif gaps.missing and gaps.last_contiguous:
             latest = last_commit_time(env, gaps.contiguous_tail)
         result["archive"] = {
-            "ok": gaps.ok,
+            "ok": gaps.ok and unreadable is None,
             "from": gaps.start,
             "to": gaps.end,
             "expected_segments": gaps.expected,
             "missing": gaps.missing,
             "pending": gaps.pending,
             "last_contiguous": gaps.last_contiguous,
+            "unreadable": unreadable,
             "latest_reachable": iso(latest),
         }
     result["ok"] = verified and bool(result["archive"]["ok"])
