@@ -285,6 +285,7 @@ def test_verify_compares_instances_and_names_exactly_the_differing_keys(voke, en
             "insert into t_keys select make_time(g / 3600, g / 60 % 60, g % 60), ('10.0.' || g / 250 || '.'"
             " || g % 250)::inet, make_interval(days => g), g from generate_series(1, 2000) g"
         )
+        conn.execute("create table dropped_later (id int primary key)")
     restored = voke("dr", "restore", "--to", "now", "--name", "verify-copy", "--yes", environ=environ)
     assert restored.exit_code == 0, restored.stderr
     args = ["dr", "verify", "--source", "primary", "--target", "verify-copy", "--database", "postgres"]
@@ -295,6 +296,17 @@ def test_verify_compares_instances_and_names_exactly_the_differing_keys(voke, en
         ("public.inventory", True, 20000),
         ("public.lots", True, 5000),
     ]
+    with env.primary().connect() as conn:  # dropped on the primary after the restore point
+        conn.execute("drop table dropped_later")
+    extra = voke(*args, "--table", "dropped_later", "--json", environ=environ)
+    assert extra.exit_code == 1, extra.stdout
+    assert extra.json["result"]["tables"] == [
+        {"table": "public.dropped_later", "equal": False, "extra_on_target": True, "seconds": 0.0}
+    ]
+    assert extra.json["error"]["message"] == "public.dropped_later: extra on the target (not on the source)"
+    every = voke(*args, "--json", environ=environ)  # no --table: both sides' tables are listed
+    assert every.exit_code == 1 and {"table": "public.dropped_later", "equal": False, "extra_on_target": True,
+                                     "seconds": 0.0} in every.json["result"]["tables"]  # fmt: skip
     _, copy = dr.get_restore(env, "verify-copy")
     with copy.connect() as conn:
         conn.execute("update inventory set qty = qty + 1 where id = 12345")

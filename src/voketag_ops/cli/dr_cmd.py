@@ -308,10 +308,7 @@ def verify(
         report,
         ok=report["equal"],
         render=_render_verify,
-        failure="; ".join(
-            f"{t['table']}: {t.get('differences', 'missing on the target')} difference(s)" for t in differing
-        )
-        or None,
+        failure="; ".join(f"{t['table']}: {_table_difference(t)}" for t in differing) or None,
     )
 
 
@@ -611,6 +608,14 @@ def _render_failback(console: Console, r: dict[str, Any]) -> None:
     console.print(f"leader {r['leader']}, standby {r['standby']} ({how}, {r['duration_seconds']:.1f} s)")
 
 
+def _table_difference(t: dict[str, Any]) -> str:
+    if t.get("missing_on_target"):
+        return "missing on the target"
+    if t.get("extra_on_target"):
+        return "extra on the target (not on the source)"
+    return f"{t['differences']} difference(s)"
+
+
 def _render_verify(console: Console, r: dict[str, Any]) -> None:
     console.print(
         f"{r['source']['name']} (at {r['source']['lsn']}) vs {r['target']['name']} (at {r['target']['lsn']}), "
@@ -618,8 +623,8 @@ def _render_verify(console: Console, r: dict[str, Any]) -> None:
         markup=False,
     )
     for t in r["tables"]:
-        if t.get("missing_on_target"):
-            console.print(f"DIFF {t['table']}: missing on the target", markup=False)
+        if "differences" not in t:
+            console.print(f"DIFF {t['table']}: {_table_difference(t)}", markup=False)
             continue
         mark = "ok  " if t["equal"] else "DIFF"
         console.print(

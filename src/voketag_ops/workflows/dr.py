@@ -534,7 +534,13 @@ def verify(
     from concurrent.futures import ThreadPoolExecutor
 
     from voketag_ops.adapters.local import dr
-    from voketag_ops.adapters.local.tablediff import PgSide, list_tables, open_snapshot, resolve_tables
+    from voketag_ops.adapters.local.tablediff import (
+        PgSide,
+        list_tables,
+        open_snapshot,
+        qualified_name,
+        resolve_tables,
+    )
     from voketag_ops.core.tablediff import diff_table
 
     require_local(settings)
@@ -561,10 +567,19 @@ def verify(
     results = []
     try:
         available, without_key = list_tables(src_conn)
-        chosen = resolve_tables(available, tables) if tables else available
-        if tables:  # a table not asked for is not "skipped"
-            without_key = [t for t in without_key if t in tables or t.split(".", 1)[-1] in tables]
-        target_tables = {t.qualified for t in list_tables(dst_conn)[0]}
+        target_keyed, target_without_key = list_tables(dst_conn)
+        target_tables = {t.qualified for t in target_keyed}
+        # A table dropped on the source after the restore point is on the target only: a difference.
+        only_on_target = sorted(
+            (target_tables | set(target_without_key)) - {t.qualified for t in available} - set(without_key)
+        )
+        if tables:  # a table not asked for is neither "skipped" nor "extra"
+            wanted = {qualified_name(t) for t in tables}
+            only_on_target = [t for t in only_on_target if t in wanted]
+            without_key = [t for t in without_key if t in wanted]
+            chosen = resolve_tables(available, [t for t in tables if qualified_name(t) not in only_on_target])
+        else:
+            chosen = available
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="voke-verify") as pool:
             for info in chosen:
                 progress(f"comparing {info.qualified}")
@@ -596,6 +611,9 @@ def verify(
                         "seconds": round(time.monotonic() - started, 3),
                     }
                 )
+        results += [
+            {"table": t, "equal": False, "extra_on_target": True, "seconds": 0.0} for t in only_on_target
+        ]
     finally:
         for conn in (src_conn, dst_conn):
             with suppress(Exception):

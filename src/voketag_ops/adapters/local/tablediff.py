@@ -85,11 +85,16 @@ def list_tables(conn: psycopg.Connection[Any]) -> tuple[list[TableInfo], list[st
     return with_key, without
 
 
+def qualified_name(name: str) -> str:
+    """A --table as schema.table (public when no schema is given)."""
+    return name if "." in name else f"public.{name}"
+
+
 def resolve_tables(available: list[TableInfo], wanted: Sequence[str]) -> list[TableInfo]:
     by_name = {t.qualified: t for t in available}
     chosen = []
     for name in wanted:
-        qualified = name if "." in name else f"public.{name}"
+        qualified = qualified_name(name)
         if qualified not in by_name:
             raise UsageError(f"no table {name!r} with a primary key on the source")
         chosen.append(by_name[qualified])
