@@ -520,6 +520,33 @@ def test_a_truncated_backup_file_is_caught_by_verify_backup(voke, environ, env):
         shutil.rmtree(env.pg_dir / "backups" / info.label)
 
 
+def test_a_corrupt_backup_is_passed_over_by_restore_and_a_bad_page_found_late_rolls_back(voke, environ, env):
+    older = env.backups()[-1].label
+    info = env.take_base_backup()
+    page = env.pg_dir / "backups" / info.label / "base" / "5" / "1247"  # pg_type of `postgres`, block 0
+    flipped = bytearray(page.read_bytes())
+    flipped[3000] ^= 0xFF
+    page.write_bytes(bytes(flipped))
+    target = datetime.now(UTC)
+    time.sleep(0.2)
+    dr.seal_archive(env, env.primary())
+    try:
+        plan = voke("dr", "restore", "--to", utc(target), "--dry-run", "--json", environ=environ)
+        assert plan.exit_code == 0, plan.stderr
+        assert plan.json["result"]["backup"] == older  # checked before copying: the older one is used
+        assert plan.json["result"]["skipped_backups"] == [
+            {"label": info.label, "problems": ['checksum mismatch for file "base/5/1247"']}
+        ]
+        # A page the manifest cannot vouch for is read by the restored server: rolled back, not exit 70.
+        window = dr.recoverable_window(env, dr.leader_wal(env.primary()))
+        late = dr.RestorePlan(target=target, name="bad-page", backup=info, window=window, sealed_at=None)
+        with pytest.raises(RolledBackError, match=r'invalid page in block 0 of relation "base/5/1247"'):
+            dr.restore(env, late, timeout=120)
+        assert not [p for p in dr.restores_dir(env).iterdir() if "bad-page" in p.name]
+    finally:
+        shutil.rmtree(env.pg_dir / "backups" / info.label)
+
+
 def test_backup_is_refused_while_another_dr_operation_holds_the_lock(
     voke, environ, env, held_by_another_voke
 ):

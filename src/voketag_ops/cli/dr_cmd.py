@@ -533,6 +533,12 @@ def _render_restore(console: Console, r: dict[str, Any]) -> None:
     if r.get("kind") == "cloudsql":
         _render_cloud_restore(console, r)
         return
+    for bad in r.get("skipped_backups") or []:  # a newer backup failed pg_verifybackup: an older one is used
+        console.print(
+            f"warning: skipped backup {bad['label']}: pg_verifybackup: {'; '.join(bad['problems'])}",
+            style="yellow",
+            markup=False,
+        )
     if r.get("dry_run"):
         console.print(f"[bold]dry run[/]: would restore {r['target']} from {r['backup']} as {r['name']}")
         for step in r["plan"]:

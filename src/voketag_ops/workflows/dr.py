@@ -212,6 +212,7 @@ def restore(
                 "name": name,
                 "target": iso(target),
                 "backup": plan.backup.label,
+                "skipped_backups": plan.skipped,
                 "window": plan.window.as_dict(),
                 "plan": [
                     "commit a heartbeat and switch WAL so the archive covers the target",

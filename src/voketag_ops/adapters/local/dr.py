@@ -825,29 +825,36 @@ def find_backup(env: LocalEnvironment, label: str | None) -> BackupInfo:
     raise UsageError(f"no backup labelled {label!r} (have: {', '.join(b.label for b in backups)})")
 
 
-def verify_backup(env: LocalEnvironment, backup: BackupInfo) -> dict[str, Any]:
-    """pg_verifybackup (manifest checksums, WAL inside the backup), then the archive from the backup's
-    start to now: gaps along the timeline history, and every record read by pg_waldump."""
+def run_verifybackup(env: LocalEnvironment, backup: BackupInfo) -> dict[str, Any]:
+    """pg_verifybackup on BACKUP: every file against the manifest's checksums, and its own WAL."""
     state = env.require_state()
-    runner = env._runner(state)
-    t0 = time.monotonic()
-    proc = runner.run("pg_verifybackup", ["-i", "voke-backup.json", backup.path], check=False, timeout=3600)
+    proc = env._runner(state).run(
+        "pg_verifybackup", ["-i", "voke-backup.json", backup.path], check=False, timeout=3600
+    )
     problems = [
         line.split("error:", 1)[1].strip() if "error:" in line else line.strip()
         for line in (proc.stderr + proc.stdout).splitlines()
         if line.strip() and "successfully verified" not in line
     ]
+    return {"ok": proc.returncode == 0, "exit_code": proc.returncode, "problems": problems[:50]}
+
+
+def verify_backup(env: LocalEnvironment, backup: BackupInfo) -> dict[str, Any]:
+    """pg_verifybackup (manifest checksums, WAL inside the backup), then the archive from the backup's
+    start to now: gaps along the timeline history, and every record read by pg_waldump."""
+    t0 = time.monotonic()
+    checked = run_verifybackup(env, backup)
     leader = env.primary()
     lw = leader_wal(leader)
     gaps = gaps_from(env, backup, lw)
-    verified = proc.returncode == 0
+    verified = bool(checked["ok"])
     result: dict[str, Any] = {
         "backup": backup.label,
         "path": backup.path,
         "finished_at": backup.finished_at,
         "timeline": backup.timeline,
         "start_wal": backup.start_wal,
-        "pg_verifybackup": {"ok": verified, "exit_code": proc.returncode, "problems": problems[:50]},
+        "pg_verifybackup": checked,
         "archive": None,
         "duration_seconds": 0.0,
     }
@@ -979,6 +986,7 @@ class RestorePlan:
     backup: BackupInfo
     window: Window
     sealed_at: datetime | None
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # newer backups pg_verifybackup failed
 
 
 def plan_restore(
@@ -1032,10 +1040,25 @@ def plan_restore(
     last = window.gaps.last_contiguous
     last_segno = wal.parse_segment_name(last, lw.segment_size)[1] if last and not window.live else None
     candidates = [b for b in backups if (parse_iso(b.finished_at) or now) <= target]
+    skipped: list[dict[str, Any]] = []
     for backup in reversed(candidates):
         g = gaps_from(env, backup, lw, names, timeline=window.timeline, end_segno=last_segno)
-        if g is not None and g.ok:
-            return RestorePlan(target, name, backup, window, sealed_at)
+        if g is None or not g.ok:
+            continue
+        # Checked before anything is copied: a bad page found by the restored server is a copy
+        # and a recovery wasted, then an exit 6 no retry mends.
+        checked = run_verifybackup(env, backup)
+        if checked["ok"]:
+            return RestorePlan(target, name, backup, window, sealed_at, skipped)
+        skipped.append({"label": backup.label, "problems": checked["problems"][:3]})
+    if skipped:
+        bad = skipped[0]
+        raise PreconditionError(
+            f"no intact base backup finished before {iso(target)} reaches it: pg_verifybackup fails "
+            f"{', '.join(s['label'] for s in skipped)} ({bad['problems'][0] if bad['problems'] else 'exit != 0'})",
+            hint="take a new backup with `voke dr backup --yes` for later targets; "
+            f"`voke dr verify-backup --label {bad['label']}` shows every problem",
+        )
     raise PreconditionError(
         f"no base backup finished before {iso(target)} reaches it without a WAL gap ({span})"
     )
@@ -1087,6 +1110,8 @@ def restore(
 
     Anything that fails (or Ctrl-C) stops the new server and removes its directory.
     """
+    import psycopg
+
     t0 = time.monotonic()
     started_at = utcnow()
     base = restores_dir(env)
@@ -1152,7 +1177,14 @@ def restore(
         t = time.monotonic()
         with suppress(BackendError):  # a failed start is judged from the log below
             node.start(timeout=timeout)
-        promoted = _wait_promoted(node, timeout=timeout, log_offset=log_offset)
+        try:
+            promoted = _wait_promoted(node, timeout=timeout, log_offset=log_offset)
+        except psycopg.Error as exc:  # DataCorrupted: the server is up, a page it reads is not
+            raise RolledBackError(
+                f"the restored instance cannot be read: {_short_error(exc)} (base backup "
+                f"{plan.backup.label}; `voke dr verify-backup --label {plan.backup.label}` checks it); "
+                "it was removed"
+            ) from None
         promoted_at = utcnow()  # out of recovery: the write probe comes next (first_write_at)
         timings["recovery_seconds"] = round(time.monotonic() - t, 3)
         recovery = parse_recovery_log(node.log_tail(log_offset, limit=1_000_000))
@@ -1193,6 +1225,7 @@ def restore(
             "start_wal": plan.backup.start_wal,
         },
         "window": plan.window.as_dict(),
+        "skipped_backups": plan.skipped,
         "sealed_at": iso(plan.sealed_at),
         "stop_point": recovery,
         "writable": True,
