@@ -5,6 +5,7 @@ in file order; the archive gap comes last because it cuts the recoverable window
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ import pytest
 from voketag_ops.adapters.local import dr
 from voketag_ops.adapters.local.environment import LocalEnvironment
 from voketag_ops.config import LocalSettings
-from voketag_ops.errors import RolledBackError
+from voketag_ops.errors import BackendError, RolledBackError
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +241,24 @@ def test_the_same_instant_with_two_offsets_restores_the_same_rows(voke, environ,
     assert voke("dr", "restores", "--json", environ=environ).json["result"]["restores"] == []
 
 
-def test_targets_outside_the_window_are_refused_before_anything_is_copied(voke, environ, env):
+def test_targets_outside_the_window_are_refused_before_anything_is_copied(
+    voke, environ, env, home, make_environ
+):
+    full = make_environ(home, VOKE_LOCAL__ARCHIVE_TIMEOUT="5", VOKE_LOCAL__MIN_FREE_DISK_MB="999999999")
+    no_room = voke("dr", "restore", "--to", "now", "--name", "refused", "--yes", environ=full)
+    assert no_room.exit_code == 4, no_room.stderr  # as `env up` and `dr backup` on a full disk
+    assert "not enough disk space" in no_room.stderr and "a copy of base backup base-" in no_room.stderr
+    # A copy that fails anyway (a disk filled since): a clean error, nothing left behind.
+    window = dr.recoverable_window(env, dr.leader_wal(env.primary()))
+    gone = dataclasses.replace(env.backups()[-1], path=str(env.home / "no-such-backup"))
+    plan = dr.RestorePlan(
+        target=datetime.now(UTC), name="refused", backup=gone, window=window, sealed_at=None
+    )
+    with pytest.raises(
+        BackendError, match=r"copying base backup .* failed: .*; the partial copy was removed"
+    ):
+        dr.restore(env, plan)
+    assert not [p for p in dr.restores_dir(env).iterdir() if "refused" in p.name]
     cases = [
         (utc(datetime.now(UTC) + timedelta(hours=1)), 5, "in the future"),
         ("2001-01-01T00:00:00Z", 5, "before the recoverable window"),

@@ -1049,6 +1049,12 @@ def plan_restore(
         # and a recovery wasted, then an exit 6 no retry mends.
         checked = run_verifybackup(env, backup)
         if checked["ok"]:
+            # A full disk mid-copy is a copy wasted: refused before, as `env up` is (exit 4).
+            env._check_disk(
+                env.pg_dir,
+                needed_bytes=backup.size_bytes,
+                what=f"a copy of base backup {backup.label} ({backup.size_bytes / 1e6:.0f} MB)",
+            )
             return RestorePlan(target, name, backup, window, sealed_at, skipped)
         skipped.append({"label": backup.label, "problems": checked["problems"][:3]})
     if skipped:
@@ -1152,7 +1158,14 @@ def restore(
             preexec_fn=parent_death_kills() if sys.platform == "linux" else None,
         )
         record_command(copy.args, copy.returncode, time.monotonic() - t, copy.stdout + copy.stderr)
-        copy.check_returncode()
+        if (
+            copy.returncode != 0
+        ):  # a disk filled since the check, an unreadable file: the copy is removed below
+            lines = copy.stderr.decode(errors="replace").strip().splitlines() or [f"exit {copy.returncode}"]
+            raise BackendError(
+                f"copying base backup {plan.backup.label} into {base} failed: {lines[-1]}; "
+                "the partial copy was removed"
+            )
         for leftover in ("voke-backup.json", "backup_manifest", "postmaster.pid", "standby.signal"):
             (scratch / leftover).unlink(missing_ok=True)
         scratch.rename(node.data_dir)

@@ -491,12 +491,17 @@ class LocalEnvironment:
                 )
         return PgRunner(bins, user), granted
 
-    def _check_disk(self) -> None:
-        free_mb = shutil.disk_usage(self.home).free // (1024 * 1024)
-        if free_mb < self.settings.min_free_disk_mb:
+    def _check_disk(self, where: Path | None = None, *, needed_bytes: int = 0, what: str = "") -> None:
+        """Exit 4 before anything is written unless WHERE (the home) has room for NEEDED_BYTES (WHAT)
+        and still keeps local.min_free_disk_mb free."""
+        where = where or self.home
+        mb = 1024 * 1024
+        free_mb = shutil.disk_usage(where).free // mb
+        need_mb = -(-needed_bytes // mb) + self.settings.min_free_disk_mb
+        if free_mb < need_mb:
             raise BackendError(
-                f"not enough disk space in {self.home}: {free_mb} MB free, "
-                f"need at least {self.settings.min_free_disk_mb} MB (local.min_free_disk_mb)"
+                f"not enough disk space in {where}: {free_mb} MB free, need at least {need_mb} MB "
+                f"({what + ' plus ' if what else ''}local.min_free_disk_mb)"
             )
 
     def _archive_in_command(self) -> str:
