@@ -132,14 +132,46 @@ def test_paused_replay_raises_the_lag_alert_and_an_idle_primary_does_not(voke, e
 
 
 def test_backup_needs_yes_without_a_terminal_and_verifies(voke, environ, env):
+    import subprocess
+
+    import psycopg
+
     before = [b.label for b in env.backups()]
     refused = voke("dr", "backup", environ=environ)
     assert refused.exit_code == 2 and "--yes" in refused.stderr
     plan = voke("dr", "backup", "--dry-run", "--json", environ=environ)
     assert plan.exit_code == 0 and plan.json["result"]["dry_run"] is True
     assert [b.label for b in env.backups()] == before
-    result = voke("dr", "backup", "--yes", "--json", environ=environ)
-    assert result.exit_code == 0, result.stderr
+    # What a `dr backup` killed with -9 leaves: pg_basebackup's WAL stream (a walsender named for
+    # the dead voke) still filling its .partial. Status and check name it and what ends it.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    partial = env.backups_dir / ".base-20000101T000000000000Z.partial"
+    (partial / "pg_wal").mkdir(parents=True)
+    (partial / "pg_wal" / "segment").write_bytes(b"\0" * 4096)
+    primary = env.primary()
+    stream = psycopg.connect(host=str(primary.socket_dir), port=primary.port, user="postgres", dbname="postgres",
+                             replication="database", application_name=f"voke-backup-{dead.pid}")  # fmt: skip
+    with stream:
+        walsender = stream.info.backend_pid
+        status = voke("dr", "status", "--json", environ=environ).json["result"]["unfinished_operation"]
+        assert (status["operation"], status["resume"]) == ("backup", "voke dr backup --yes")
+        assert status["orphan_backup"] == {
+            "partial": [str(partial)],
+            "size_bytes": 4096,
+            "walsender_pids": [walsender],
+        }
+        check = voke("dr", "check", environ=environ)
+        assert (
+            check.exit_code == 1
+            and "FAIL unfinished_operation: an interrupted `voke dr backup`" in check.stdout
+        )
+        assert f"walsender pid {walsender}" in check.stdout
+        result = voke("dr", "backup", "--yes", "--json", environ=environ)  # which sweeps it
+        assert result.exit_code == 0, result.stderr
+        with pytest.raises(psycopg.OperationalError):
+            stream.execute("select 1")
+    assert not partial.exists() and env.orphan_backup() is None
     label = result.json["result"]["backup"]["label"]
     assert label not in before and [b.label for b in env.backups()][-1] == label
     verified = voke("dr", "verify-backup", "--json", environ=environ)

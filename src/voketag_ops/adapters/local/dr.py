@@ -173,6 +173,21 @@ def operation_to_report(env: LocalEnvironment) -> dict[str, Any] | None:
             "resume": f"voke dr discard {cut[0]} --yes",
             "note": f"its voke stopped before restored instance {', '.join(cut)} was verified",
         }
+    if op is None and holder is None and (orphan := env.orphan_backup()):  # backups run under the lock
+        streaming = (
+            f"; its pg_basebackup still streams WAL into it (walsender pid "
+            f"{', '.join(map(str, orphan['walsender_pids']))} on the leader)"
+            if orphan["walsender_pids"]
+            else ""
+        )
+        return {
+            "operation": "backup",
+            "command": "voke dr backup",
+            "resume": "voke dr backup --yes",
+            "note": f"its voke was killed: {', '.join(orphan['partial'])} ({orphan['size_bytes'] / 1e6:.0f} MB) is left{streaming}; "
+            "the next backup ends that stream and removes the partial copy",
+            "orphan_backup": orphan,
+        }
     return op
 
 

@@ -633,28 +633,60 @@ class LocalEnvironment:
         unless a live voke's backup is still streaming."""
         try:
             with primary.connect() as conn:
-                names = [
-                    r[0]
-                    for r in conn.execute(
-                        "SELECT application_name FROM pg_stat_activity"
-                        " WHERE backend_type = 'walsender' AND application_name LIKE %s",
-                        (_BACKUP_APP + "%",),
-                    ).fetchall()
-                ]
-                orphans = [n for n in names if not process_exists(n.removeprefix(_BACKUP_APP))]
-                for name in orphans:
-                    conn.execute(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                        " WHERE backend_type = 'walsender' AND application_name = %s",
-                        (name,),
-                    )
+                streams = self._backup_streams(conn)
+                for stream in streams:
+                    if stream["orphan"]:
+                        conn.execute("SELECT pg_terminate_backend(%s)", (stream["walsender_pid"],))
         except BackendError:
             return
-        if len(orphans) < len(names):
+        if not all(stream["orphan"] for stream in streams):
             return  # a live backup: its .partial is in the way of nobody
-        if self.backups_dir.is_dir():
-            for path in self.backups_dir.glob(".base-*.partial"):
-                shutil.rmtree(path, ignore_errors=True)
+        for path in self._partial_backups():
+            shutil.rmtree(path, ignore_errors=True)
+
+    def _partial_backups(self) -> list[Path]:
+        return sorted(self.backups_dir.glob(".base-*.partial")) if self.backups_dir.is_dir() else []
+
+    @staticmethod
+    def _backup_streams(conn: Any) -> list[dict[str, Any]]:
+        """The walsenders backups stream on, each with the voke pid its application_name carries
+        and whether that voke is gone (`orphan`)."""
+        rows = conn.execute(
+            "SELECT pid, application_name FROM pg_stat_activity"
+            " WHERE backend_type = 'walsender' AND application_name LIKE %s",
+            (_BACKUP_APP + "%",),
+        ).fetchall()
+        return [
+            {
+                "walsender_pid": int(pid),
+                "voke_pid": name.removeprefix(_BACKUP_APP),
+                "orphan": not process_exists(name.removeprefix(_BACKUP_APP)),
+            }
+            for pid, name in rows
+        ]
+
+    def orphan_backup(self) -> dict[str, Any] | None:
+        """What a backup whose voke was killed left, which the next backup sweeps: `.partial`
+        directories (pg_basebackup's WAL-streaming child may go on filling one) and the
+        walsenders that child holds on the leader. A read: it ends and removes nothing. Backups
+        run under the DR lock, so this is asked only while nothing holds it."""
+        partials = self._partial_backups()
+        if not partials:  # (pg_basebackup makes its directory first: no stream without one)
+            return None
+        import psycopg
+
+        streams: list[dict[str, Any]] = []
+        with contextlib.suppress(BackendError, psycopg.Error), self.primary().connect(timeout=3) as conn:
+            streams = [s for s in self._backup_streams(conn) if s["orphan"]]
+        size = 0
+        for partial in partials:
+            with contextlib.suppress(OSError):  # (the stream may rotate a file away meanwhile)
+                size += sum(f.stat().st_size for f in partial.rglob("*") if f.is_file())
+        return {
+            "partial": [str(p) for p in partials],
+            "size_bytes": size,
+            "walsender_pids": [s["walsender_pid"] for s in streams],
+        }
 
     def take_base_backup(self, primary: PgNode | None = None) -> BackupInfo:
         """A plain base backup with manifest, written aside and moved into place when complete."""
