@@ -167,6 +167,7 @@ def test_backup_needs_yes_without_a_terminal_and_verifies(voke, environ, env):
             and "FAIL unfinished_operation: an interrupted `voke dr backup`" in check.stdout
         )
         assert f"walsender pid {walsender}" in check.stdout
+        assert "ok   replica_streaming" in check.stdout  # the backup's stream is not taken for the replica's
         result = voke("dr", "backup", "--yes", "--json", environ=environ)  # which sweeps it
         assert result.exit_code == 0, result.stderr
         with pytest.raises(psycopg.OperationalError):

@@ -39,6 +39,7 @@ from voketag_ops.adapters.local.environment import (
     NODE_NAMES,
     PLATFORM_DB,
     SLOT_NAME,
+    STANDBY_STREAMS,
     TIMELINE_SQL,
     BackupInfo,
     LocalEnvironment,
@@ -423,7 +424,7 @@ def probe_lag(leader: PgNode, standby: PgNode, *, wait: float) -> dict[str, Any]
         row = query_one(
             leader,
             "select pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint, state "
-            "from pg_stat_replication where application_name <> 'pg_basebackup' "
+            f"from pg_stat_replication where {STANDBY_STREAMS} "
             "order by backend_start desc limit 1",
         )
     except BackendError:
@@ -1665,8 +1666,7 @@ def wait_caught_up(leader: PgNode, standby: PgNode, *, timeout: float) -> dict[s
     def streaming() -> bool:
         row = query_one(
             leader,
-            "select count(*) from pg_stat_replication where state = 'streaming' "
-            "and application_name <> 'pg_basebackup'",
+            f"select count(*) from pg_stat_replication where state = 'streaming' and {STANDBY_STREAMS}",
         )
         return bool(row and row[0])
 
@@ -1674,7 +1674,7 @@ def wait_caught_up(leader: PgNode, standby: PgNode, *, timeout: float) -> dict[s
     row = query_one(
         leader,
         "select coalesce(max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)), 0)::bigint "
-        "from pg_stat_replication where application_name <> 'pg_basebackup'",
+        f"from pg_stat_replication where {STANDBY_STREAMS}",
     )
     return {"caught_up_to": target, "lag_bytes": int(row[0]), "seconds": round(time.monotonic() - t0, 3)}
 
@@ -1850,8 +1850,7 @@ def streams_from(leader: PgNode, standby: PgNode) -> bool:
     try:
         row = query_one(
             leader,
-            "select count(*) from pg_stat_replication where state = 'streaming' "
-            "and application_name <> 'pg_basebackup'",
+            f"select count(*) from pg_stat_replication where state = 'streaming' and {STANDBY_STREAMS}",
         )
     except BackendError:
         return False

@@ -62,6 +62,10 @@ SLOT_NAME = "voke_replica"
 PLATFORM_DB = "voketag"
 NODE_NAMES = ("primary", "replica")
 _BACKUP_APP = "voke-backup-"  # + the pid of the voke taking it: pg_basebackup's application_name
+# pg_stat_replication rows of standbys, not of a base backup's WAL stream (voke's, or a bare pg_basebackup's)
+STANDBY_STREAMS = (
+    f"application_name <> 'pg_basebackup' and not starts_with(application_name, '{_BACKUP_APP}')"
+)
 
 
 _ENV_LOCKS = threading.local()  # env.lock paths this thread holds, with their depth
@@ -1019,7 +1023,7 @@ def _replication_lag(primary: PgNode) -> dict[str, Any]:
             row = conn.execute(
                 "select pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint, "
                 "extract(epoch from replay_lag)::float8, state "
-                "from pg_stat_replication where application_name <> 'pg_basebackup' "
+                f"from pg_stat_replication where {STANDBY_STREAMS} "
                 "order by backend_start desc limit 1"
             ).fetchone()
     except BackendError:
