@@ -440,7 +440,7 @@ def test_a_restore_name_that_is_a_path_is_refused_before_anything_is_read_or_rem
     assert files <= {p for p in env.home.rglob("*") if p.is_file()}  # the secret store, state.json...
 
 
-def test_env_can_stop_restored_instances_and_discard_removes_stopped_ones(voke, environ, env):
+def test_env_can_stop_restored_instances_and_discard_removes_stopped_ones(voke, environ, env, monkeypatch):
     assert voke("dr", "restore", "--to", "now", "--name", "leftover", "--yes", environ=environ).exit_code == 0
     assert env.stop_restores() == ["restore leftover"]  # as `env down` does
     listed = voke("dr", "restores", "--json", environ=environ).json["result"]["restores"]
@@ -463,6 +463,20 @@ def test_env_can_stop_restored_instances_and_discard_removes_stopped_ones(voke, 
     assert [(r["name"], r["running"], r["state"]) for r in listed] == [("leftover", True, "running")]
     _, node = dr.get_restore(env, "leftover")
     assert dr.query_one(node, "select 1") == (1,)  # it answers: `dr verify` can read it again
+
+    def cut_short(path, **_kwargs):  # a kill -9 mid-delete: part of the data directory is gone
+        real_rmtree(path / "global")
+        raise RuntimeError("killed")
+
+    real_rmtree = shutil.rmtree
+    monkeypatch.setattr(dr.shutil, "rmtree", cut_short)
+    with pytest.raises(RuntimeError):
+        dr.discard_restore(env, "leftover")
+    monkeypatch.undo()
+    listed = voke("dr", "restores", environ=environ)
+    assert "discarding: its discard was cut short; `voke dr discard leftover --yes` removes" in listed.stdout
+    up = voke("env", "up", "--json", environ=environ)  # does not try to start what is half gone
+    assert up.exit_code == 0 and up.json["result"]["not_started"] == [], up.stdout
     assert voke("dr", "discard", "leftover", "--yes", environ=environ).exit_code == 0
     assert not (env.pg_dir / "restores" / "leftover").exists()
 

@@ -959,6 +959,10 @@ def list_restores(env: LocalEnvironment) -> list[dict[str, Any]]:
                 "the voke restoring it stopped before it was verified; "
                 f"`voke dr discard {doc['name']} --yes` removes it"
             )
+        elif doc.get("state") == "discarding":
+            doc["note"] = (
+                f"its discard was cut short; `voke dr discard {doc['name']} --yes` removes what is left"
+            )
         elif doc.get("state") == "running" and not doc["running"]:  # `env down`, a reboot
             doc["state"] = "stopped"
             doc["note"] = "`voke env up` starts it again"
@@ -985,7 +989,10 @@ def get_restore(env: LocalEnvironment, name: str) -> tuple[dict[str, Any], PgNod
 
 
 def discard_restore(env: LocalEnvironment, name: str) -> dict[str, Any]:
-    _doc, node = get_restore(env, name)
+    doc, node = get_restore(env, name)
+    # Marked first: a discard killed mid-delete left a record that said "stopped, `env up` starts
+    # it" over a half-deleted directory; the record goes last.
+    replace_json(restores_dir(env) / f"{name}.json", dict(doc, state="discarding"))
     stopped = node.stop(mode="immediate") if node.running else False
     shutil.rmtree(node.data_dir, ignore_errors=True)
     shutil.rmtree(restores_dir(env) / f".{name}.partial", ignore_errors=True)  # a copy cut short
