@@ -94,6 +94,13 @@ def test_short_version_and_a_global_flag_without_its_value(voke):
         )
 
 
+def test_a_missing_choice_argument_is_one_line(voke):
+    missing = voke("drill", "run", "--json")
+    message = missing.json["error"]["message"]
+    assert missing.exit_code == 2 and "\n" not in message and "pitr, failover" in message
+    assert len(voke("drill", "run").stderr.splitlines()) == 2  # the error, its hint
+
+
 def test_unknown_command_is_usage_error_with_suggestion(voke):
     result = voke("env", "statsu")
     assert result.exit_code == 2

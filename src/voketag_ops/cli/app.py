@@ -244,7 +244,7 @@ def _invoke(
     except ClickUsageError as exc:
         return _usage_error(output, exc)
     except ClickException as exc:
-        return output.error(VokeError(exc.format_message()))
+        return output.error(VokeError(_one_line(exc.format_message())))
     except (ClickAbort, KeyboardInterrupt):
         return output.error(_interrupted())
     except ImportError as exc:  # a missing module, or `from google.cloud import x` without x
@@ -299,7 +299,12 @@ def _usage_error(output: Output, exc: ClickUsageError) -> int:
         name = getattr(exc, "option_name", None)
         if isinstance(name, str) and not name.startswith("--"):  # `voke ingest proof -A1`: a tag_id
             hint += f"; an argument that starts with '-' goes after `--` ({ctx.command_path} -- {name}...)"
-    return output.error(UsageError(exc.format_message(), hint=hint))
+    return output.error(UsageError(_one_line(exc.format_message()), hint=hint))
+
+
+def _one_line(message: str) -> str:
+    """Click's message on one line: its choice lists come one per tab-indented line."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
 def _print_traceback(stream: TextIO) -> None:
