@@ -169,6 +169,9 @@ def test_env_up_leaves_the_fenced_primary_down(voke, environ, env):
     assert status["primary"]["name"] == "replica" and status["replica"]["name"] == "primary"
     assert status["primary"]["timeline"] == dr.current_timeline(env.node("replica"))  # not the checkpoint's
     assert status["primary"]["conninfo"].endswith("dbname=voketag")  # the runbook's copy-back uses it
+    # regional-failure.md's copy-aside picks the node by name: the `primary` key is the new leader
+    fenced = next(n for n in (status["primary"], status["replica"]) if n["name"] == "primary")
+    assert fenced["data_dir"] == str(env.node("primary").data_dir) != status["primary"]["data_dir"]
     rows = [
         line.split("│")[1].strip()
         for line in voke("env", "status", environ=environ).stdout.splitlines()

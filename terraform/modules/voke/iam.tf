@@ -24,9 +24,7 @@ resource "google_project_iam_custom_role" "voke_operator" {
     "secretmanager.versions.destroy",
     "secretmanager.versions.disable",
     "secretmanager.versions.enable",
-    "secretmanager.versions.get",
     "secretmanager.versions.list",
-    "cloudsql.backupRuns.get",
     "cloudsql.backupRuns.list",
     "cloudsql.instances.clone",
     "cloudsql.instances.create",
@@ -43,10 +41,7 @@ resource "google_project_iam_custom_role" "voke_operator" {
     "run.revisions.get",
     "run.revisions.list",
     "run.services.get",
-    "run.services.list",
     "run.services.update",
-    "monitoring.metricDescriptors.create",
-    "monitoring.metricDescriptors.list",
     "monitoring.timeSeries.create",
     "monitoring.timeSeries.list",
     "resourcemanager.projects.get",
@@ -81,7 +76,6 @@ resource "google_project_iam_custom_role" "voke_key_rotator" {
     "iam.serviceAccountKeys.delete",
     "iam.serviceAccountKeys.disable",
     "iam.serviceAccountKeys.enable",
-    "iam.serviceAccountKeys.get",
     "iam.serviceAccountKeys.list",
   ]
 }

@@ -68,10 +68,8 @@ PROJECT_PERMISSIONS = (
     "secretmanager.versions.destroy",
     "secretmanager.versions.disable",
     "secretmanager.versions.enable",
-    "secretmanager.versions.get",
     "secretmanager.versions.list",
     # Cloud SQL Admin: users, instances, backups, DR operations, topology labels, drill scratch instances
-    "cloudsql.backupRuns.get",
     "cloudsql.backupRuns.list",
     "cloudsql.instances.clone",
     "cloudsql.instances.create",
@@ -90,11 +88,8 @@ PROJECT_PERMISSIONS = (
     "run.revisions.get",
     "run.revisions.list",
     "run.services.get",
-    "run.services.list",
     "run.services.update",
     # Cloud Monitoring
-    "monitoring.metricDescriptors.create",
-    "monitoring.metricDescriptors.list",
     "monitoring.timeSeries.create",
     "monitoring.timeSeries.list",
     # doctor
@@ -113,7 +108,6 @@ ROTATED_ACCOUNT_PERMISSIONS = (
     "iam.serviceAccountKeys.delete",
     "iam.serviceAccountKeys.disable",
     "iam.serviceAccountKeys.enable",
-    "iam.serviceAccountKeys.get",
     "iam.serviceAccountKeys.list",
 )
 # - on voke's own Cloud Run job, which Cloud Scheduler runs as voke's account with the command
