@@ -103,6 +103,7 @@ class Fault:
     pattern: re.Pattern[str]
     status: str
     times: int
+    after: int = 0  # matching calls let through first
 
 
 class FakeRestServer:
@@ -147,10 +148,13 @@ class FakeRestServer:
         for method, rx, fn in routes:
             self.routes.append((method, re.compile(rx), fn))
 
-    def fail(self, method: str, path_regex: str, status: str = "UNAVAILABLE", times: int = 1) -> None:
-        """Make the next TIMES calls of METHOD on a path matching PATH_REGEX fail with STATUS."""
+    def fail(
+        self, method: str, path_regex: str, status: str = "UNAVAILABLE", times: int = 1, *, after: int = 0
+    ) -> None:
+        """Make the next TIMES calls of METHOD on a path matching PATH_REGEX fail with STATUS,
+        once AFTER such calls have gone through."""
         with self.lock:
-            self.faults.append(Fault(method, re.compile(path_regex), status, times))
+            self.faults.append(Fault(method, re.compile(path_regex), status, times, after))
 
     def dispatch(
         self, method: str, path: str, raw_query: str, raw: bytes, headers: dict[str, str]
@@ -160,6 +164,9 @@ class FakeRestServer:
             self.calls.append((method, path))
             for fault in self.faults:
                 if fault.times > 0 and fault.method == method and fault.pattern.search(path):
+                    if fault.after > 0:
+                        fault.after -= 1
+                        continue
                     fault.times -= 1
                     return _error(ApiError(fault.status, f"injected {fault.status}"))
         ctype = headers.get("Content-Type", "")

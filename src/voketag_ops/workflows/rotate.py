@@ -422,7 +422,12 @@ class RotationEngine:
                 )
                 record.step = step
                 if step != "finish":
-                    self._save(record)
+                    try:
+                        self._save(record)
+                    except NeedsOperatorError:
+                        raise  # the lease went to another run
+                    except VokeError as exc:
+                        return self._unsaved(record, step, exc, t0, resumed)
             except KeyboardInterrupt:
                 self._release(record)
                 where = (
@@ -459,6 +464,17 @@ class RotationEngine:
         changes: dict[str, str | None] = {ANNOTATION: record.to_json()}
         changes.update(annotations or {})
         self.store.update(record.secret, etag=meta.etag, aliases=aliases, annotations=changes)
+
+    def _unsaved(
+        self, record: RotationRecord, step: str, exc: VokeError, t0: float, resumed: bool
+    ) -> Outcome:
+        """STEP took effect but the store refused its record: a person decides (every step is
+        safe to run again, so resume finishes it; rollback undoes it). Never "nothing was
+        changed", and no rollback through the store that just failed."""
+        why = f"{step} took effect, but its record could not be saved ({exc.type_name}: {exc.message})"
+        record.error = {"step": step, "kind": SecretError.kind, "message": why}
+        log.warning("rotation %s: %s", record.id, why)
+        return self._needs_attention(record, t0, resumed, why)
 
     def _fault(self, step: str) -> None:
         """The documented fault switch: die abruptly (no cleanup, no finally) after STEP."""
@@ -624,13 +640,34 @@ class RotationEngine:
         return f"next due {iso(due)}"
 
     def _end(self, record: RotationRecord) -> None:
-        """Clear the in-progress record, keep a summary, write history and the audit event."""
-        meta = self.store.get(record.secret)
-        self.store.update(
-            record.secret,
-            etag=meta.etag,
-            annotations={ANNOTATION: None, LAST_ANNOTATION: json.dumps(record.summary())},
-        )
+        """Clear the in-progress record, keep a summary, write history and the audit event.
+        A rotation that succeeded has finished even when the store refuses to clear its record
+        (current moved, services healthy): that is a warning naming the resume that clears it,
+        not a failure, and history, audit and webhook still tell of the success."""
+        try:
+            meta = self.store.get(record.secret)
+            self.store.update(
+                record.secret,
+                etag=meta.etag,
+                annotations={ANNOTATION: None, LAST_ANNOTATION: json.dumps(record.summary())},
+            )
+        except VokeError as exc:
+            if record.status != "succeeded":
+                raise
+            log.warning(
+                "rotation %s succeeded, but its record on %s could not be cleared (%s); "
+                "`voke rotate resume %s` clears it",
+                record.id,
+                record.secret,
+                exc.message,
+                record.id,
+            )
+            try:  # the stored record (at health) is what resume continues from: give its lease up
+                stored = self._record(record.secret)[1]
+            except VokeError:
+                stored = None
+            if stored is not None and stored.id == record.id:
+                self._release(stored)
         with interrupts.Held(give_way_after=1) as held:
             self._history(record)
             self._audit("rotation.finish", record, record.status)

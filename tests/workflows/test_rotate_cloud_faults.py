@@ -1,0 +1,131 @@
+"""`voke --env NAME rotate db-password` when a backend fails part-way, against the Google
+Cloud fakes alone: a login is accepted when Cloud SQL holds its password (users.update) and
+its host is the instance's, so no PostgreSQL is needed. A record the store refuses after a
+step took effect, a Cloud SQL instance that stays busy."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("google.cloud.sqladmin_v1beta4")
+
+from voketag_ops.core.rotation import ANNOTATION, RotationRecord, parse_iso
+from voketag_ops.testing.gcp_fakes import FakeGcp, environment_toml
+
+SECRET = "db-app"
+SERVICES = ("admin-service", "factory-service")
+IP = "10.20.0.3"
+SAVES = r"/secrets/db-app$"  # PATCHes of the secret: lock, pending, one per step, commit, end
+
+
+class Cloud:
+    """The fakes seeded like a deployed platform, and how to run voke against them."""
+
+    def __init__(self, fake: FakeGcp, home: Path, voke: Any, make_environ: Any) -> None:
+        self.fake, self.home, self._voke = fake, home, voke
+        self.environ = make_environ(home / "state", VOKE_CONFIG=str(home / "voke.toml"), VOKE_ENV="prod")
+        self.configure()
+
+    def configure(self, **extra: Any) -> None:
+        env = self.fake.environment(services=list(SERVICES), **extra)
+        lines = [environment_toml("prod", env), "[rotation]", "health_timeout = 1", "test_interval = 0.02"]
+        lines += ["[rotation.db_users.app]", f'secret = "{SECRET}"', 'roles = ["app_a", "app_b"]']
+        lines += [f"services = {json.dumps(list(SERVICES))}"]
+        (self.home / "voke.toml").write_text("\n".join(lines) + "\n")
+
+    def voke(self, *args: str) -> Any:
+        return self._voke(*args, environ=self.environ)
+
+    @property
+    def secret(self) -> Any:
+        return self.fake.secretmanager.secrets[SECRET]
+
+    def record(self) -> RotationRecord | None:
+        raw = self.secret.annotations.get(ANNOTATION)
+        return RotationRecord.from_json(raw) if raw else None
+
+    def audit(self) -> list[dict[str, Any]]:
+        path = self.home / "state" / "cloud" / "prod" / "audit" / "audit.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def login(self, cred: dict[str, Any]) -> bool:
+        return cred.get("host") == IP and self.fake.sql.users.get(
+            ("voke-db", cred.get("username"))
+        ) == cred.get("password")
+
+    def assert_consistent(self) -> None:
+        """No rotation left, current and previous log in, every service serves current."""
+        assert ANNOTATION not in self.secret.annotations
+        assert "pending" not in self.secret.aliases
+        for alias in ("current", "previous"):
+            assert self.login(json.loads(self.fake.secretmanager.payload(SECRET, self.secret.aliases[alias])))
+        for service in SERVICES:
+            assert self.fake.run.pinned(service) == [(SECRET, str(self.secret.aliases["current"]))]
+
+
+@pytest.fixture
+def cloud(tmp_path: Path, voke: Any, make_environ: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cloud]:
+    import voketag_ops.adapters.gcp.sql as sql
+
+    with FakeGcp() as fake:
+        fake.sql.add_instance("voke-db", ip=IP, users=("app_a", "app_b"))
+        from voketag_ops.adapters.gcp.secrets import GcpSecretStore
+
+        store = GcpSecretStore(fake.context())
+        store.create(SECRET)
+        versions = []
+        for role in ("app_b", "app_a"):
+            password = f"pw-{role}-0123456789abcdefghijkl"
+            fake.sql.users[("voke-db", role)] = password
+            cred = {"username": role, "password": password, "host": IP, "port": 5432, "dbname": "voketag"}
+            versions.append(store.add_version(SECRET, json.dumps(cred).encode()).version)
+        store.update(
+            SECRET, etag=store.get(SECRET).etag, aliases={"previous": versions[0], "current": versions[1]}
+        )
+        for service in SERVICES:
+            fake.run.add_service(service, SECRET, versions[1])
+        cloud = Cloud(fake, tmp_path, voke, make_environ)
+        fake.run.probe = lambda payload: cloud.login(json.loads(payload))
+        monkeypatch.setattr(sql, "pg_login", lambda cred, timeout=5: cloud.login(cred))
+        yield cloud
+
+
+@pytest.mark.parametrize(("after", "step"), [(3, "set_target"), (6, "commit")])
+def test_a_step_whose_record_is_refused_stops_for_a_person_and_resume_finishes_it(cloud, after, step):
+    cloud.fake.rest.fail("PATCH", SAVES, "PERMISSION_DENIED", after=after)
+    result = cloud.voke("rotate", "db-password", "--yes", "--json")
+    assert result.exit_code == 7, result.stdout + result.stderr
+    error = result.json["error"]
+    rotation = result.json["result"]["rotation_id"]
+    assert f"{step} took effect" in error["message"] and "nothing was changed" not in json.dumps(error)
+    assert (
+        f"voke rotate resume {rotation}" in error["hint"]
+        and f"voke rotate rollback {rotation}" in error["hint"]
+    )
+    record = cloud.record()  # what it did is recorded, and the lease given up
+    assert record is not None and record.status == "needs_attention" and record.step == step
+    assert parse_iso(record.lease_until) <= datetime.now(timezone.utc)
+    resumed = cloud.voke("rotate", "resume", rotation, "--yes", "--json")
+    assert resumed.exit_code == 0 and resumed.json["result"]["status"] == "succeeded", resumed.stdout
+    cloud.assert_consistent()
+
+
+def test_a_record_that_cannot_be_cleared_after_success_is_a_warning(cloud):
+    cloud.fake.rest.fail("PATCH", SAVES, "PERMISSION_DENIED", after=9)  # the end's
+    result = cloud.voke("rotate", "db-password", "--yes", "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    rotation = result.json["result"]["rotation_id"]
+    assert result.json["result"]["status"] == "succeeded"
+    assert f"`voke rotate resume {rotation}` clears it" in result.stderr
+    finish = [e for e in cloud.audit() if e["event_type"] == "rotation.finish"]
+    assert [e["result"] for e in finish] == ["succeeded"]
+    record = cloud.record()  # left at health, its lease given up: resume need not wait for it
+    assert record is not None and parse_iso(record.lease_until) <= datetime.now(timezone.utc)
+    assert cloud.voke("rotate", "resume", rotation, "--yes").exit_code == 0
+    cloud.assert_consistent()
