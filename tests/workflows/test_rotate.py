@@ -206,6 +206,25 @@ def test_a_record_without_a_rollback_reads_as_an_older_voke_wrote_it():
     assert RotationRecord.from_json(record.to_json()) == record
 
 
+@pytest.mark.parametrize(
+    ("kind", "strategy", "target", "command"),
+    [
+        ("db-password", "alternating", "app", "voke rotate db-password --user app --yes"),
+        ("api-key:sendgrid", "additive", "sendgrid", "voke rotate api-key sendgrid --yes"),
+        ("jwt", "emergency", "jwt", "voke rotate jwt --emergency --yes"),
+        ("sa-key", "additive", "ci", "voke rotate sa-key ci --yes"),
+    ],
+)
+def test_a_rolled_back_rotation_is_retried_by_starting_its_kind_again(kind, strategy, target, command):
+    from voketag_ops.workflows.rotate import retry_command
+
+    record = RotationRecord(
+        id="rot-x", secret="s", kind=kind, target=target, strategy=strategy, status="rolled_back",
+        owner="h:1", lease_until="2999-01-01T00:00:00Z", started_at="2026-01-01T00:00:00Z",
+    )  # fmt: skip
+    assert retry_command(record) == command  # never `resume`: a rolled-back rotation has ended
+
+
 def test_two_rotations_at_once_exactly_one_proceeds_at_a_time(platform, platform_environ):
     before = len(platform.store().get("db-app").versions)
     procs = [

@@ -1238,14 +1238,17 @@ class RotationEngine:
 
 
 def retry_command(record: RotationRecord) -> str:
-    """The command that starts RECORD's kind of rotation again."""
+    """The command that starts RECORD's kind of rotation again (never `resume`: a rotation
+    that was rolled back has ended, and resuming it is refused)."""
     if record.kind == "db-password":
         return f"voke rotate db-password --user {record.target} --yes"
     if record.kind.startswith("api-key:"):
         return f"voke rotate api-key {record.target} --yes"
     if record.kind == "jwt":
-        return "voke rotate jwt --yes"
-    return f"voke rotate resume {record.id}"
+        return f"voke rotate jwt{' --emergency' if record.strategy == EMERGENCY else ''} --yes"
+    if record.kind == "sa-key":
+        return f"voke rotate sa-key {record.target} --yes"
+    return f"start a new {record.kind} rotation of {record.secret} (`voke rotate --help` lists them)"
 
 
 def notification_text(record: RotationRecord, env_name: str) -> str:
