@@ -86,6 +86,11 @@ class PreconditionError(VokeError):
     exit_code = ExitCode.PRECONDITION
 
 
+class TargetBusyError(PreconditionError):
+    """The target refused to start a change while another operation ran on it, and still did
+    at the operation timeout (Cloud SQL's 409 operationInProgress): nothing was started."""
+
+
 class RolledBackError(VokeError):
     """The operation failed and was rolled back cleanly; safe to retry."""
 

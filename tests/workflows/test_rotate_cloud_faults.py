@@ -129,3 +129,23 @@ def test_a_record_that_cannot_be_cleared_after_success_is_a_warning(cloud):
     assert record is not None and parse_iso(record.lease_until) <= datetime.now(timezone.utc)
     assert cloud.voke("rotate", "resume", rotation, "--yes").exit_code == 0
     cloud.assert_consistent()
+
+
+def test_an_instance_that_stays_busy_discards_the_pending_version(cloud):
+    cloud.configure(operation_timeout=0.3)
+    cloud.fake.sql.busy["voke-db"] = 10**6  # every users.update refused: 409 operationInProgress
+    before = dict(cloud.secret.aliases)
+    result = cloud.voke("rotate", "db-password", "--yes", "--json")
+    assert result.exit_code == 6, result.stdout + result.stderr  # the login never changed: safe to retry
+    message = result.json["error"]["message"]
+    assert "busy" in message and "AuthenticationError" not in message and "rollback failed" not in message
+    steps = result.json["result"]["steps"]
+    assert steps[-1]["name"] == "rollback" and steps[-1]["detail"] == "discard_pending"
+    new = result.json["result"]["new_version"]
+    assert (
+        cloud.secret.aliases == before
+        and cloud.fake.secretmanager.secrets[SECRET].versions[new - 1].state == "DISABLED"
+    )
+    cloud.fake.sql.busy.clear()
+    assert cloud.voke("rotate", "db-password", "--yes").exit_code == 0
+    cloud.assert_consistent()

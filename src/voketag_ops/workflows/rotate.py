@@ -49,6 +49,8 @@ from voketag_ops.errors import (
     RolledBackError,
     RotationFailure,
     SecretError,
+    StepTimeoutError,
+    TargetBusyError,
     UsageError,
     ValidationError,
     VokeError,
@@ -408,6 +410,10 @@ class RotationEngine:
                     )
                 except NeedsOperatorError:
                     raise  # the lease went to another run: its record is not this run's to change
+                except TargetBusyError as exc:  # refused before it began: nothing of this step to undo
+                    busy = StepTimeoutError(exc.message)
+                    took = time.monotonic() - started
+                    return self._fail(record, step, busy, took, t0, resumed, began=False)
                 except VokeError as exc:  # a backend refused (a denied permission) or failed mid-step
                     kind = _STEP_FAILURES.get(step, SecretError)
                     failure = kind(f"{exc.type_name}: {exc.message}")
@@ -691,15 +697,25 @@ class RotationEngine:
 
     # -- failure and rollback ---------------------------------------------------------------------------
     def _fail(
-        self, record: RotationRecord, step: str, exc: RotationFailure, took: float, t0: float, resumed: bool
+        self,
+        record: RotationRecord,
+        step: str,
+        exc: RotationFailure,
+        took: float,
+        t0: float,
+        resumed: bool,
+        *,
+        began: bool = True,
     ) -> Outcome:
+        """Apply EXC's recovery. A step that never BEGAN is rolled back as far as the steps
+        before it went (a set_target Cloud SQL never started: the pending version is discarded)."""
         record.steps.append(StepRecord(step, "failed", round(took, 3), f"{exc.kind}: {exc.message}"))
         record.error = {"step": step, "kind": exc.kind, "message": exc.message}
         log.warning("rotation %s failed at %s: %s: %s", record.id, step, exc.kind, exc.message)
         if exc.recovery == "operator":
             return self._needs_attention(record, t0, resumed, f"{exc.kind} at {step}: {exc.message}")
         try:
-            self._rollback(record, failed_step=step)
+            self._rollback(record, failed_step=step if began else record.step)
         except Interrupted:
             raise
         except VokeError as rb_exc:

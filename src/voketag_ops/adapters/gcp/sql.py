@@ -33,6 +33,7 @@ from voketag_ops.errors import (
     NotFoundError,
     PreconditionError,
     StepTimeoutError,
+    TargetBusyError,
     UsageError,
 )
 from voketag_ops.logs import get_logger
@@ -90,7 +91,8 @@ class CloudSqlAdmin:
         after a create, maintenance, the step just before), it is asked again until the
         operation timeout: nothing was started. Not when the running one is of the same KIND:
         that is this very change under way (a rerun beside an interrupted voke's), and asking
-        again once it is done would do it twice; that stays exit 5, rerun when it is DONE."""
+        again once it is done would do it twice; that stays exit 5, rerun when it is DONE.
+        Still refused at the timeout: TargetBusyError, the change never began."""
         from google.api_core import exceptions as gexc
 
         deadline = self.ctx.deadline()
@@ -101,10 +103,16 @@ class CloudSqlAdmin:
                 try:
                     return self.ctx.call(fn, request=request, idempotent=False)
                 except gexc.Conflict as exc:
-                    if not _in_progress(exc) or time.monotonic() + pause >= deadline:
+                    if not _in_progress(exc) or (instance and kind in self._running_kinds(instance)):
                         raise
-                    if instance and kind in self._running_kinds(instance):
-                        raise
+                    if time.monotonic() + pause >= deadline:
+                        raise TargetBusyError(
+                            f"{what}: {instance or 'the instance'} is busy: another Cloud SQL operation was "
+                            f"still in progress after {self.ctx.operation_timeout:g} s; nothing was started",
+                            hint=f"gcloud sql operations list --instance {instance} shows it; retry once it is done"
+                            if instance
+                            else None,
+                        ) from None
                     log.info(
                         "%s: another Cloud SQL operation is in progress; asking again in %g s", what, pause
                     )
