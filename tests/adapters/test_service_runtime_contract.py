@@ -115,6 +115,10 @@ def test_a_version_that_cannot_be_read_fails_the_start_and_the_old_one_keeps_ser
     with pytest.raises(RestartError):
         setup.runtime.deploy("svc-a", SECRET, 4)
     assert _state(setup.runtime)["svc-a"] == (1, True)
+    if setup.fake is not None:  # Cloud Run keeps the failed revision's template: put back on the serving one
+        from voketag_ops.testing.gcp_fakes import template_secret_refs
+
+        assert template_secret_refs(setup.fake.run.services["svc-a"].template) == [(SECRET, "1")]
 
 
 def test_deploy_many_and_back(setup):

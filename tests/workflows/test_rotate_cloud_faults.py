@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("google.cloud.sqladmin_v1beta4")
 
 from voketag_ops.core.rotation import ANNOTATION, RotationRecord, parse_iso
-from voketag_ops.testing.gcp_fakes import FakeGcp, environment_toml
+from voketag_ops.testing.gcp_fakes import FakeGcp, environment_toml, template_secret_refs
 
 SECRET = "db-app"
 SERVICES = ("admin-service", "factory-service")
@@ -60,13 +60,16 @@ class Cloud:
         ) == cred.get("password")
 
     def assert_consistent(self) -> None:
-        """No rotation left, current and previous log in, every service serves current."""
+        """No rotation left, current and previous log in, every service serves current, and
+        its template (what the next deploy builds on) reads it too."""
         assert ANNOTATION not in self.secret.annotations
         assert "pending" not in self.secret.aliases
         for alias in ("current", "previous"):
             assert self.login(json.loads(self.fake.secretmanager.payload(SECRET, self.secret.aliases[alias])))
+        current = [(SECRET, str(self.secret.aliases["current"]))]
         for service in SERVICES:
-            assert self.fake.run.pinned(service) == [(SECRET, str(self.secret.aliases["current"]))]
+            assert self.fake.run.pinned(service) == current
+            assert template_secret_refs(self.fake.run.services[service].template) == current, service
 
 
 @pytest.fixture
@@ -149,3 +152,13 @@ def test_an_instance_that_stays_busy_discards_the_pending_version(cloud):
     cloud.fake.sql.busy.clear()
     assert cloud.voke("rotate", "db-password", "--yes").exit_code == 0
     cloud.assert_consistent()
+
+
+def test_a_revision_that_never_starts_rolls_back_with_the_template_on_the_serving_version(cloud):
+    before = cloud.secret.aliases["current"]
+    cloud.fake.run.unstartable.add((SECRET, str(len(cloud.secret.versions) + 1)))
+    result = cloud.voke("rotate", "db-password", "--yes", "--json")
+    assert result.exit_code == 6, result.stdout + result.stderr
+    assert "RestartError" in result.json["error"]["message"]
+    assert cloud.secret.aliases["current"] == before
+    cloud.assert_consistent()  # Cloud Run kept the failed revision's template; voke put it back

@@ -560,6 +560,7 @@ class FakeCloudRun:
         self.operations: dict[str, dict[str, Any]] = {}
         self.op_polls = 1  # polls an operation answers "not done" before it is done
         self.unhealthy: set[tuple[str, str]] = set()  # (secret, version) that fail health (failure injection)
+        self.unstartable: set[tuple[str, str]] = set()  # (secret, version) whose revisions never start
         self.health_calls: list[str] = []
 
     def _prefix(self) -> str:
@@ -710,18 +711,19 @@ class FakeCloudRun:
         current = json.loads(json.dumps(svc.revisions[svc.order[-1]]["template"]))
         wanted = {k: v for k, v in template.items() if k != "revision"}
         name = template.get("revision") or ""
-        if name and name in svc.revisions:
-            if svc.revisions[name]["template"] != wanted:
-                raise ApiError(
-                    "ALREADY_EXISTS", f"Revision named '{name}' with different configuration already exists."
-                )
-        elif wanted != current or (name and name not in svc.revisions):
-            if name and not name.startswith(f"{svc.name}-"):
-                raise ApiError("INVALID_ARGUMENT", f"revision name must start with '{svc.name}-'")
+        if name and name in svc.revisions and svc.revisions[name]["template"] != wanted:
+            raise ApiError(
+                "ALREADY_EXISTS", f"Revision named '{name}' with different configuration already exists."
+            )
+        if name and name not in svc.revisions and not name.startswith(f"{svc.name}-"):
+            raise ApiError("INVALID_ARGUMENT", f"revision name must start with '{svc.name}-'")
+        # Cloud Run keeps any template it is sent (a failed revision's too); it makes a revision
+        # only of a new name, or of an unnamed template that differs from the latest revision's.
+        svc.template = json.loads(json.dumps(template))
+        if (name and name not in svc.revisions) or (not name and wanted != current):
             svc.generation += 1
             name = name or f"{svc.name}-{svc.generation:05d}-{uuid.uuid4().hex[:3]}"
             problem = self._unusable_secret(template)
-            svc.template = json.loads(json.dumps(template))  # kept even when the revision fails
             if problem:  # the revision is created but never becomes ready; traffic stays where it was
                 svc.revisions[name] = {
                     "template": wanted,
@@ -768,6 +770,8 @@ class FakeCloudRun:
 
     def _unusable_secret(self, template: dict[str, Any]) -> str | None:
         for secret, version in template_secret_refs(template):
+            if (secret, version) in self.unstartable:
+                return "The user-provided container failed to start and listen on the port."
             sec = self.secrets.secrets.get(secret)
             if sec is None:
                 return f"Secret {secret} was not found."
