@@ -610,6 +610,7 @@ def test_cli_guards(voke, platform, platform_environ):
     assert missing.exit_code == 2 and "no rotation rot-nope" in missing.stderr
     plan = voke("rotate", "db-password", "--dry-run", "--json", environ=platform_environ)
     assert plan.exit_code == 0 and plan.json["result"]["dry_run"] is True and plan.json["result"]["plan"]
+    assert any(line.startswith("ALTER ROLE ") for line in plan.json["result"]["plan"])  # the local target's
     for args in (("access", "nope"), ("access", "db-app", "--version", "999"), ("versions", "nope")):
         typo = voke("secrets", *args, environ=platform_environ)  # a name the operator typed: usage
         assert typo.exit_code == 2 and "voke secrets list" in typo.stderr, (args, typo.stderr)

@@ -162,3 +162,10 @@ def test_a_revision_that_never_starts_rolls_back_with_the_template_on_the_servin
     assert "RestartError" in result.json["error"]["message"]
     assert cloud.secret.aliases["current"] == before
     cloud.assert_consistent()  # Cloud Run kept the failed revision's template; voke put it back
+
+
+def test_the_dry_run_plan_names_the_cloud_sql_call(cloud):
+    result = cloud.voke("rotate", "db-password", "--dry-run", "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    plan = "\n".join(result.json["result"]["plan"])
+    assert "app_b on Cloud SQL instance voke-db with users.update" in plan and "ALTER ROLE" not in plan

@@ -110,7 +110,7 @@ class DbPassword:
         role = self.role_for(current)
         return [
             f"create a new version of {self.secret} for role {role} (alias pending)",
-            f"ALTER ROLE {role} with the new password (sent as a SCRAM verifier)",
+            self.target.set_password_plan(role),
             f"log in as {role} with the new value",
         ]
 

@@ -223,6 +223,13 @@ class CloudSqlDbTarget:
         if missing:
             raise DatabaseError(f"instance {self.instance} has no user(s) {', '.join(sorted(missing))}")
 
+    def set_password_plan(self, role: str) -> str:
+        """What set_password(ROLE, ...) does, for a dry run's plan."""
+        return (
+            f"set the password of {role} on Cloud SQL instance {self.instance} with users.update "
+            "(the Admin API hashes it) and wait for its operation"
+        )
+
     def set_password(self, role: str, password: str) -> None:
         admin = self.admin
         op = admin.start(

@@ -76,6 +76,10 @@ class LocalDbTarget:
         except Exception as exc:  # psycopg errors: one line, no statement text
             raise DatabaseError(f"cannot prepare roles {', '.join(roles)}: {_first_line(exc)}") from None
 
+    def set_password_plan(self, role: str) -> str:
+        """What set_password(ROLE, ...) does, for a dry run's plan."""
+        return f"ALTER ROLE {role} with the new password (sent as a SCRAM verifier)"
+
     def set_password(self, role: str, password: str) -> None:
         from psycopg import sql
 
