@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("google.cloud.sqladmin_v1beta4")
 
 from voketag_ops.core.rotation import ANNOTATION, STEPS
-from voketag_ops.testing.gcp_fakes import FakeGcp, environment_toml
+from voketag_ops.testing.gcp_fakes import FakeGcp, environment_toml, template_secret_refs
 from voketag_ops.workflows.rotate import FAULT_ENV, FAULT_EXIT_CODE
 
 pytestmark = pytest.mark.pg
@@ -105,6 +105,9 @@ def assert_consistent(fake: FakeGcp) -> None:
     for service in SERVICES:
         assert fake.run.pinned(service) == [(SECRET, str(current))], service
         svc = fake.run.services[service]
+        assert template_secret_refs(svc.template) == [(SECRET, str(current))], (
+            service
+        )  # the next deploy's base
         assert len([t for t in svc.traffic if t["percent"]]) == 1
     import urllib.request
 

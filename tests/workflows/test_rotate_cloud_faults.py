@@ -169,3 +169,12 @@ def test_the_dry_run_plan_names_the_cloud_sql_call(cloud):
     assert result.exit_code == 0, result.stdout + result.stderr
     plan = "\n".join(result.json["result"]["plan"])
     assert "app_b on Cloud SQL instance voke-db with users.update" in plan and "ALTER ROLE" not in plan
+
+
+def test_a_refused_deploy_moves_every_service_and_its_template_back(cloud):
+    before = cloud.secret.aliases["current"]
+    cloud.fake.rest.fail("PATCH", r"/services/admin-service$", "PERMISSION_DENIED")  # factory-service moves
+    result = cloud.voke("rotate", "db-password", "--yes", "--json")
+    assert result.exit_code == 6, result.stdout + result.stderr
+    assert cloud.secret.aliases["current"] == before
+    cloud.assert_consistent()  # factory-service's template too, not only its traffic

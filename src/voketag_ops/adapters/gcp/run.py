@@ -355,6 +355,7 @@ class CloudRunRuntime:
                 return self._info(service, secret, version, serving, url)
         tag = f"voke-v{version}"
         target = self._ready_revision(service, secret, version, exclude=serving)
+        reused = target is not None
         if target is None:  # a new revision: the serving one's containers, the secret pinned to VERSION
             if serving:
                 # Not the service's template: a failed deploy (a rolled-back rotation of another
@@ -390,6 +391,8 @@ class CloudRunRuntime:
         # 3. all traffic to it in one update
         updated.traffic = [run_v2.TrafficTarget(type_=REVISION, revision=target, percent=100)]
         final = self._update(updated, service, f"moving traffic to {target}")
+        if reused:  # an older revision serves again (a rollback's): the template follows it
+            self._template_to_serving(service, target)
         return self._info(service, secret, version, target, f"{final.uri.rstrip('/')}{self.health_path}")
 
     def _template_to_serving(self, service: str, serving: str | None) -> None:
