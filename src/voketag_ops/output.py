@@ -14,6 +14,7 @@ import enum
 import io
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -79,6 +80,10 @@ _UNSHOWABLE = {
 }
 
 
+# `voke SUBCOMMAND`, not `voke-pg`, `voke.toml`, `voke --env ...` or `voke env ...`.
+_VOKE_COMMAND = re.compile(r"(?<![\w./-])voke (?!env )(?=[a-z])")
+
+
 def printable(text: str) -> str:
     """TEXT for a person's terminal: characters it would act on are written as escapes
     (a file named with ESC [ 2 J is shown as \\x1b[2J, not obeyed)."""
@@ -111,6 +116,9 @@ class Output:
         self.stderr: TextIO = _ReaderMayGo(stderr or sys.stderr, "stderr")  # type: ignore[assignment]
         self.stdin = stdin or sys.stdin
         self.no_color = no_color or bool(os.environ.get("NO_COLOR"))  # no-color.org: set and not empty
+        # The named cloud environment the command ran against: the `voke ...` commands its
+        # errors and notes name carry `--env NAME`, so that pasted elsewhere they act on it.
+        self.command_env: str | None = None
         self._out_console: Console | None = None
         self._err_console: Console | None = None
         self.emitted = False
@@ -175,11 +183,11 @@ class Output:
             if not ok:
                 doc["error"] = {
                     "type": error.type_name if error else "CheckFailed",
-                    "message": redact(failure or "check failed"),
+                    "message": redact(self.with_env(failure or "check failed")),
                     "exit_code": int(error.exit_code if error else ExitCode.NO),
                 }
                 if error is not None and error.hint:
-                    doc["error"]["hint"] = redact(error.hint)
+                    doc["error"]["hint"] = redact(self.with_env(error.hint))
             self._emit_json(doc)
         else:
             if render is not None:
@@ -198,22 +206,29 @@ class Output:
         self.exit_code = int(error.exit_code if error else (ExitCode.OK if ok else ExitCode.NO))
         return self.exit_code
 
+    def with_env(self, text: str) -> str:
+        """TEXT with `--env NAME` in every `voke ...` command it names (but `voke env`: local only)."""
+        if self.command_env is None:
+            return text
+        return _VOKE_COMMAND.sub(f"voke --env {self.command_env} ", text)
+
     def error(self, exc: VokeError) -> int:
         """Report a VokeError and return its exit code."""
-        message = redact(exc.message)
+        message = redact(self.with_env(exc.message))
+        hint = self.with_env(exc.hint) if exc.hint else exc.hint
         if self.json_mode:
             error: dict[str, Any] = {
                 "type": exc.type_name,
                 "message": message,
                 "exit_code": int(exc.exit_code),
             }
-            if exc.hint:
-                error["hint"] = redact(exc.hint)
+            if hint:
+                error["hint"] = redact(hint)
             self._emit_json({"ok": False, "command": self.command, "error": error})
         else:
             self.note(f"error: {message}")
-            if exc.hint:
-                self.note(f"hint: {exc.hint}")
+            if hint:
+                self.note(f"hint: {hint}")
         self.settled()
         return int(exc.exit_code)
 
@@ -235,7 +250,7 @@ class Output:
 
         Without a terminal it is written as is: rich would add nothing to plain text, and
         importing it is ~40 ms of every cron or CI run that only says one line."""
-        message = printable(message)
+        message = printable(self.with_env(message))
         if not _isatty(self.stderr):
             self.stderr.write(redact(message) + "\n")
             self.stderr.flush()

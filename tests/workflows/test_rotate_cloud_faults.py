@@ -107,9 +107,9 @@ def test_a_step_whose_record_is_refused_stops_for_a_person_and_resume_finishes_i
     error = result.json["error"]
     rotation = result.json["result"]["rotation_id"]
     assert f"{step} took effect" in error["message"] and "nothing was changed" not in json.dumps(error)
-    assert (
-        f"voke rotate resume {rotation}" in error["hint"]
-        and f"voke rotate rollback {rotation}" in error["hint"]
+    assert (  # the environment named: pasted in another shell, they act on the same one
+        f"voke --env prod rotate resume {rotation}" in error["hint"]
+        and f"voke --env prod rotate rollback {rotation}" in error["hint"]
     )
     record = cloud.record()  # what it did is recorded, and the lease given up
     assert record is not None and record.status == "needs_attention" and record.step == step

@@ -95,6 +95,8 @@ class AppContext:
         loaded = load_config(
             config_path=self.options.config, environ=self.environ, overrides=overrides, cwd=self.cwd
         )
+        if loaded.settings.env != "local":
+            self.out.command_env = loaded.settings.env
         from voketag_ops.logs import setup_logging
 
         setup_logging(fmt=loaded.settings.log_format, level=loaded.settings.log_level, stream=self.out.stderr)
