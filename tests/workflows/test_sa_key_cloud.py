@@ -106,7 +106,9 @@ def test_a_key_that_does_not_authenticate_is_rolled_back_and_deleted(cloud, voke
     result = voke("rotate", "sa-key", "ci", "--yes", "--json", environ=environ)
     assert result.exit_code == 6, result.stdout + result.stderr
     # the retry is a new rotation: resuming the rolled-back one is refused
-    assert result.json["error"]["hint"] == "safe to retry: voke rotate sa-key ci --yes"
+    assert (
+        result.json["error"]["hint"] == "safe to retry: voke --env t rotate sa-key ci --yes"
+    )  # its env named
     assert len(fake.iam.user_keys(ACCOUNT)) == 1  # the new key was deleted, the old one kept
     assert fake.secretmanager.secrets["sa-ci"].aliases["current"] == 1
 
