@@ -262,3 +262,30 @@ def test_the_report_shows_exit_codes_commands_and_lsns_and_reads_older_journals(
     }  # fmt: skip
     text = markdown(journal)
     assert "| t | 1 | `ab` | 0/3000060 | yes |" in text and "| copy | yes | 0 | 1.5 | cp (0) |" in text
+
+
+def test_drill_run_all_holds_the_lock_between_drills_and_reports_those_done_when_one_raises(
+    voke, tmp_path, monkeypatch
+):
+    from voketag_ops import locks
+    from voketag_ops.errors import PreconditionError
+    from voketag_ops.workflows import drill
+
+    lock, holders = tmp_path / "home" / "dr" / "dr.lock", []
+
+    def one(settings: Any, env: Any, name: str, **_kw: Any) -> dict[str, Any]:
+        holders.append(locks.held_by(lock))  # (as another process sees it)
+        if name == "failover":  # a drill started elsewhere would have slipped in here
+            raise PreconditionError("another DR operation is running (drill failover pid 1)")
+        targets = {"rto_target_seconds": 300, "rpo_target_seconds": 60}
+        return {"run_id": f"{name}-1", "scenario": name, "status": "completed", "targets": targets,
+                "rto_seconds": 1.0, "rpo_seconds": 0.0, "integrity_ok": True, "breaches": []}  # fmt: skip
+
+    monkeypatch.setattr(drill, "run_drill", one)
+    result = voke("drill", "run", "all", "--yes", "--json")
+    assert holders == [f"drill all pid {os.getpid()}"] * 2
+    assert result.exit_code == 5 and "another DR operation" in result.json["error"]["message"]
+    report = result.json["result"]  # the pitr drill that finished is not lost
+    assert [j["run_id"] for j in report["runs"]] == ["pitr-1"] and report["status"] == "failed"
+    assert report["not_run"] == ["failover", "failback", "network"]
+    assert locks.held_by(lock) is None

@@ -84,7 +84,7 @@ def run(
             yes=yes,
         )
     with env.out.progress(f"drill {scenario.value}") as update:
-        report = drill.run(
+        outcome = drill.run(
             env.settings,
             env.local_environment(),
             scenario.value,
@@ -92,7 +92,7 @@ def run(
             progress=update,
             options=options,
         )
-    _render_result(env, report)
+    _render_result(env, outcome.report, error=outcome.error)
 
 
 def _run_cloud(
@@ -141,7 +141,9 @@ def _home(env: Any) -> Any:
     return SimpleNamespace(home=drills_home(env.settings))
 
 
-def _render_result(env: Any, report: dict[str, Any]) -> None:
+def _render_result(env: Any, report: dict[str, Any], *, error: Any = None) -> None:
+    """Exit 1 when a drill failed; ERROR (a scenario of `all` that raised after others finished)
+    decides the exit code, shown after their journals."""
     if report.get("dry_run"):
         env.out.result(report, render=_render_plan)
         return
@@ -155,6 +157,7 @@ def _render_result(env: Any, report: dict[str, Any]) -> None:
             f"{j['scenario']} {j['status']}: {'; '.join(j.get('breaches') or [])}" for j in failed
         )
         or None,
+        error=error,
     )
 
 
@@ -252,6 +255,8 @@ def _render_runs(console: Console, report: dict[str, Any]) -> None:
         )
         for breach in j.get("breaches") or []:
             console.print(f"     {breach}", markup=False)
+    if report.get("not_run"):
+        console.print(f"not run: {', '.join(report['not_run'])}", markup=False)
     console.print("reports: voke drill report RUN_ID --format md|html", markup=False)
 
 

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -1132,6 +1133,14 @@ def run_drill(
     return journal
 
 
+@dataclass(frozen=True)
+class RunOutcome:
+    """What `run` reports, and the error that ended it (None: every scenario ran)."""
+
+    report: dict[str, Any]
+    error: VokeError | None = None
+
+
 def run(
     settings: Settings,
     env: LocalEnvironment,
@@ -1140,8 +1149,9 @@ def run(
     dry_run: bool = False,
     progress: Progress = _quiet,
     options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """`voke drill run SCENARIO|all`: one journal, or {"runs": [...]} for all."""
+) -> RunOutcome:
+    """`voke drill run SCENARIO|all`: one journal, or {"runs": [...]} for all. A scenario of
+    `all` that raises after others finished ends the run: their journals, with its error."""
     from voketag_ops.workflows.dr import require_local
 
     require_local(settings)
@@ -1150,11 +1160,31 @@ def run(
         if name not in SCENARIO_RUNNERS:
             raise UsageError(f"unknown drill {name!r} (one of {', '.join(core.SCENARIOS)}, all)")
     if dry_run:
-        return {"dry_run": True, "plan": {name: PLANS[name] for name in scenarios}}
-    journals = [run_drill(settings, env, name, progress=progress, options=options) for name in scenarios]
+        return RunOutcome({"dry_run": True, "plan": {name: PLANS[name] for name in scenarios}})
+    from voketag_ops.adapters.local import dr
+
+    journals: list[dict[str, Any]] = []
+    # Held once around every scenario (re-entrant: each run_drill takes it again inside), so
+    # nothing slips in between them.
+    with dr.dr_lock(env, f"drill {scenario}"):
+        for name in scenarios:
+            try:
+                journals.append(run_drill(settings, env, name, progress=progress, options=options))
+            except VokeError as exc:
+                if not journals:
+                    raise
+                # the drills that finished are reported with the error; the rest did not run
+                return RunOutcome(_all_report(journals, not_run=scenarios[len(journals) :]), exc)
     if scenario != "all":
-        return journals[0]
+        return RunOutcome(journals[0])
+    return RunOutcome(_all_report(journals, not_run=[]))
+
+
+def _all_report(journals: list[dict[str, Any]], *, not_run: list[str]) -> dict[str, Any]:
     return {
         "runs": journals,
-        "status": "completed" if all(j["status"] == "completed" for j in journals) else "failed",
+        "status": "completed"
+        if not not_run and all(j["status"] == "completed" for j in journals)
+        else "failed",
+        "not_run": not_run,
     }
