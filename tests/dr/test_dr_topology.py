@@ -449,6 +449,29 @@ def test_drill_dry_run_lists_the_plan_and_changes_nothing(voke, environ, env):
     assert not (env.home / "drills").exists() or not list((env.home / "drills").glob("*.json"))
 
 
+def test_a_failover_drill_whose_standby_cannot_catch_up_is_aborted_and_touches_nothing(voke, environ, env):
+    replica = env.node("replica")
+    with replica.connect() as conn:
+        conn.execute("select pg_wal_replay_pause()")
+    try:
+        result = voke("drill", "run", "failover", "--yes", "--json", environ=environ)
+    finally:
+        with replica.connect() as conn:
+            conn.execute("select pg_wal_replay_resume()")
+    assert result.exit_code == 5, result.stdout + result.stderr
+    journal = result.json["result"]
+    assert journal["status"] == "aborted" and "WAL replay on replica is paused" in journal["error"]
+    assert (
+        journal["rto_met"] is None
+        and journal["rpo_met"] is None
+        and journal["breaches"] == [journal["error"]]
+    )
+    assert journal["timeline"]["fault_injected_at"] is None
+    assert not any(step["name"].startswith("restore the topology") for step in journal["cleanup"])
+    assert dr.unfinished_operation(env) is None and env.require_state().leader == "primary"
+    assert voke("dr", "check", environ=environ).exit_code == 0
+
+
 def test_drill_run_all_measures_every_scenario_and_restores_the_topology(voke, environ, env):
     from voketag_ops.core.drill import validate
 

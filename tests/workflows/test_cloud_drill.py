@@ -221,10 +221,11 @@ def test_cloud_drill_refusals_and_dry_run(drills):
         assert drills.voke("drill", "run", local_only, "--yes", "--json").exit_code == 3
     assert drills.voke("drill", "run", "pitr", "--json").exit_code == 2  # no --yes, no terminal
     assert drills.voke("drill", "run", "pitr", "--outage", "5s", "--yes", "--json").exit_code == 2
-    # a recorded primary Cloud SQL contradicts: the drill does not start (aborted, exit 1)
+    # a recorded primary Cloud SQL contradicts: the drill does not start (aborted, exit 5)
     drills.fake.sql.instances["voke-db-dr"]["labels"] = {"voke-env": "prod", "voke-role": "primary"}
     aborted = drills.drill("pitr")
-    assert aborted.exit_code == 1 and aborted.json["result"]["status"] == "aborted"
+    assert aborted.exit_code == 5 and aborted.json["result"]["status"] == "aborted"
+    assert aborted.json["error"]["type"] == "PreconditionError"
     assert not [p for m, p in drills.fake.rest.calls if m == "POST" and "/clone" in p]
 
 

@@ -17,7 +17,7 @@ STEADY = {"ok": True, "checks": []}
 
 class Run:
     def __init__(self) -> None:
-        self.status, self.error = "completed", None
+        self.status, self.error, self.preparing = "completed", None, False
         self.steady_before: Any = None
         self.steady_after: Any = None
         self.cleaned = 0
@@ -59,6 +59,13 @@ def test_an_unsteady_system_is_not_drilled_and_a_bug_is_recorded() -> None:
         scenario=_raise(ZeroDivisionError("boom")), after=lambda: STEADY, after_interrupt=False,
     )  # fmt: skip
     assert run.error.startswith("internal error (ZeroDivisionError)") and run.steady_after == STEADY
+    run = Run()  # a drill that fails before its fault drilled nothing either: aborted, no final check
+    run.preparing = True
+    drive(
+        run, "drill x", progress=lambda _m: None, before=lambda: STEADY,
+        scenario=_raise(BackendError("replay paused")), after=lambda: STEADY, after_interrupt=True,
+    )  # fmt: skip
+    assert run.status == "aborted" and "before the fault" in run.error and run.steady_after is None
 
 
 def test_ctrl_c_during_a_clean_up_finishes_the_others_and_reads_as_interrupted() -> None:

@@ -142,23 +142,22 @@ def _home(env: Any) -> Any:
 
 
 def _render_result(env: Any, report: dict[str, Any], *, error: Any = None) -> None:
-    """Exit 1 when a drill failed; ERROR (a scenario of `all` that raised after others finished)
-    decides the exit code, shown after their journals."""
+    """Exit 1 when a drill failed, 5 when one was aborted (its steady state, or what it checks
+    before its fault, did not hold: nothing was drilled); ERROR (a scenario of `all` that raised
+    after others finished) decides the exit code, shown after their journals."""
+    from voketag_ops.errors import PreconditionError
+
     if report.get("dry_run"):
         env.out.result(report, render=_render_plan)
         return
     runs = report.get("runs", [report])
     failed = [j for j in runs if j["status"] != "completed"]
-    env.out.result(
-        report,
-        ok=not failed,
-        render=_render_runs,
-        failure="; ".join(
-            f"{j['scenario']} {j['status']}: {'; '.join(j.get('breaches') or [])}" for j in failed
-        )
-        or None,
-        error=error,
+    failure = "; ".join(
+        f"{j['scenario']} {j['status']}: {'; '.join(j.get('breaches') or [])}" for j in failed
     )
+    if error is None and any(j["status"] == "aborted" for j in runs):
+        error = PreconditionError(failure)
+    env.out.result(report, ok=not failed, render=_render_runs, failure=failure or None, error=error)
 
 
 @app.command("history")

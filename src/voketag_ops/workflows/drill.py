@@ -196,6 +196,8 @@ class RunFrame:
         self.timeline: dict[str, datetime | None] = {k: None for k in core.TIMELINE_KEYS}
         self._cleanups: list[tuple[str, Callable[[], Any]]] = []
         self.error = None
+        # True while a drill prepares its fault: an error then aborts the run (nothing was drilled)
+        self.preparing = False
         self.cleanup_interrupted = False  # a Ctrl-C or SIGTERM came while cleaning up
         self.rows_record: tuple[Path, dict[str, Any]] | None = None  # the pitr drill's rows kept aside
 
@@ -253,6 +255,7 @@ class DrillRun(RunFrame):
         self.run_id = f"{scenario}-{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:4]}"
         self.started_at = started
         self.t0 = time.monotonic()
+        self.preparing = True  # until the scenario's fault (or the failback's setup failover)
         self.steps = dr.Steps()
         self.cleanup_steps = dr.Steps()
         self.integrity: list[dict[str, Any]] = []
@@ -531,6 +534,7 @@ def _pitr(run: DrillRun) -> None:
     run.details["target"] = iso(target)
     time.sleep(0.5)
     _keep_rows_aside(run, batch)
+    run.preparing = False
     with run.step(f"fault: delete batch {batch['batch_id']}'s tags (the corrupting statement)") as info:
         with leader.connect(batch["dbname"]) as conn:
             before = dr.utcnow()
@@ -804,14 +808,17 @@ def _failover(run: DrillRun) -> None:
     original = env.require_state().leader
     with run.step("seed: drill rows written before the fault"):
         data_before = _seed_drill_data(run)
+    run.start_canary()
+    with run.step("check: the standby has replayed everything the leader wrote"):
+        dr.wait_caught_up(env.primary(), env.standby(), timeout=30)
+    time.sleep(1.0)
+    leader = env.primary()
+    # Only now is the topology touched: a run aborted before this leaves it as it was.
+    run.preparing = False
     run.on_cleanup(
         f"restore the topology ({original} leads, the other streams)",
         lambda: _restore_original_topology(run, original),
     )
-    run.start_canary()
-    dr.wait_caught_up(env.primary(), env.standby(), timeout=30)
-    time.sleep(1.0)
-    leader = env.primary()
     with run.step(f"fault: pg_ctl stop -m immediate on the leader ({leader.name})"):
         run.mark("fault_injected_at")
         leader.stop(mode="immediate")
@@ -845,12 +852,13 @@ def _failback(run: DrillRun) -> None:
 
     env, settings = run.env, run.settings
     original = env.require_state().leader
+    with run.step("seed: drill rows"):
+        data_before = _seed_drill_data(run)
+    run.preparing = False  # the setup failover is this drill's disruption
     run.on_cleanup(
         f"restore the topology ({original} leads, the other streams)",
         lambda: _restore_original_topology(run, original),
     )
-    with run.step("seed: drill rows"):
-        data_before = _seed_drill_data(run)
     with run.step("setup: fail over first (voke dr failover)") as info:
         report = dr_flow.failover(settings, env, dry_run=False, progress=run.progress)
         info["new_leader"] = report["new_leader"]
@@ -924,6 +932,7 @@ def _network(run: DrillRun) -> None:
     run.start_canary(write_timeout=1.0)
     time.sleep(1.0)
     leader = env.primary()
+    run.preparing = False
     with run.step(f"fault: freeze the leader ({leader.name}) for {outage:g} s (SIGSTOP)") as info:
         run.mark("fault_injected_at")
         pids = dr.freeze_node(leader)
@@ -1014,7 +1023,8 @@ def drive(
     after_interrupt: bool,
 ) -> bool:
     """The frame every drill runs in, local or cloud: the steady state BEFORE (an unsteady
-    system is not drilled: status `aborted`), the SCENARIO, the run's clean-ups whatever
+    system is not drilled: status `aborted`, as a run whose SCENARIO fails while
+    `run.preparing`, before its fault), the SCENARIO, the run's clean-ups whatever
     happened (an error, a bug, Ctrl-C), then the steady state AFTER (also after Ctrl-C when
     AFTER_INTERRUPT). Failures land in run.status / run.error for the journal. Returns True
     when interrupted (the caller saves the journal, then re-raises)."""
@@ -1036,6 +1046,9 @@ def drive(
             run.error += f": {exc.message}" + (f" ({exc.hint})" if exc.hint else "")
     except VokeError as exc:
         run.error = f"{exc.type_name}: {exc.message}"
+        if run.preparing:  # before its fault: nothing was drilled, so nothing to judge
+            run.status = "aborted"
+            run.error = f"before the fault: {run.error}"
     except Exception as exc:  # a bug mid-drill: still clean up and keep the journal
         log.exception("%s failed unexpectedly", label)
         run.error = f"internal error ({type(exc).__name__}): {exc}"

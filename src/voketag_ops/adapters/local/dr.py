@@ -1660,6 +1660,7 @@ def wait_caught_up(leader: PgNode, standby: PgNode, *, timeout: float) -> dict[s
     """Wait until STANDBY streams and has replayed everything LEADER had written when we started."""
     t0 = time.monotonic()
     target = query_one(leader, "select pg_current_wal_lsn()::text")[0]
+    _refuse_paused_replay(standby)  # it would never catch up: say why now, not after TIMEOUT
 
     def caught_up() -> bool:
         try:
@@ -1668,7 +1669,11 @@ def wait_caught_up(leader: PgNode, standby: PgNode, *, timeout: float) -> dict[s
             return False
         return bool(row and row[0])
 
-    wait_until(caught_up, f"{standby.name} to replay up to {target}", timeout=timeout)
+    try:
+        wait_until(caught_up, f"{standby.name} to replay up to {target}", timeout=timeout)
+    except BackendError:
+        _refuse_paused_replay(standby)  # paused while we waited
+        raise
 
     def streaming() -> bool:
         row = query_one(
@@ -1684,6 +1689,19 @@ def wait_caught_up(leader: PgNode, standby: PgNode, *, timeout: float) -> dict[s
         f"from pg_stat_replication where {STANDBY_STREAMS}",
     )
     return {"caught_up_to": target, "lag_bytes": int(row[0]), "seconds": round(time.monotonic() - t0, 3)}
+
+
+def _refuse_paused_replay(standby: PgNode) -> None:
+    """PreconditionError (exit 5) when STANDBY's WAL replay is paused (pg_wal_replay_pause)."""
+    with suppress(BackendError):  # one that does not answer is waited for as before
+        row = query_one(
+            standby, "select case when pg_is_in_recovery() then pg_is_wal_replay_paused() else false end"
+        )
+        if row and row[0]:
+            raise PreconditionError(
+                f"WAL replay on {standby.name} is paused (pg_wal_replay_pause): it cannot catch up",
+                hint=f"resume it on {standby.name}: select pg_wal_replay_resume()",
+            )
 
 
 def switchover(
