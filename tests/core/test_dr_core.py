@@ -307,14 +307,17 @@ def test_pitr_check_wants_everything_before_the_target_and_nothing_after():
 
 def test_rto_and_phases_from_the_timeline():
     timeline = {k: T0 + timedelta(seconds=i) for i, k in enumerate(drill.TIMELINE_KEYS)}
-    assert drill.rto_seconds(timeline) == 4.0
+    assert drill.rto_seconds(timeline) == 5.0  # the first write once the services are back too
     assert drill.phases(timeline) == {
         "detection": 1.0,
         "decision": 1.0,
         "recovery": 1.0,
+        "services": 1.0,
         "first_write": 1.0,
         "verification": 1.0,
     }
+    no_services = drill.phases(timeline | {"services_back_at": None})  # pitr, network
+    assert no_services["services"] is None and no_services["first_write"] == 2.0
 
 
 def test_targets_per_scenario():

@@ -487,7 +487,10 @@ def test_drill_run_all_measures_every_scenario_and_restores_the_topology(voke, e
         before = journal["steady_state"]["before"]  # the pre-fault state, as the research lists it
         assert before["lag_bytes"] is not None and before["backup_age_seconds"] >= 0 and before["timeline"]
         assert before["last_archived_at"]
-        assert all(journal["timeline"][k] for k in journal["timeline"])
+        repoints = journal["scenario"] in ("failover", "failback")  # services back: only where repointed
+        assert all(
+            journal["timeline"][k] or (k == "services_back_at" and not repoints) for k in journal["timeline"]
+        )
         assert 0 < journal["rto_seconds"] < journal["targets"]["rto_target_seconds"]
         # the timeline runs forward: a first write before the recovery was the old leader's
         assert all(v is None or v >= 0 for v in journal["phases"].values()), (
@@ -514,6 +517,10 @@ def test_drill_run_all_measures_every_scenario_and_restores_the_topology(voke, e
     assert pitr["canary"]["committed_before_target"] > 0 and pitr["canary"]["committed_after_target"] > 0
     assert pitr["details"]["repair"]["root_matches"] is True
     assert failover["details"]["failover"]["new_leader"] == "replica"
+    for journal in (failover, failback):  # the RTO runs until the services are back on the new leader
+        timeline = journal["timeline"]
+        assert timeline["recovered_at"] <= timeline["services_back_at"] < timeline["first_write_ok_at"]
+        assert journal["phases"]["services"] > 0
     assert failover["canary"]["acked_commits"] > 0 and failover["lost_commits"] is not None
     assert (
         failback["lost_commits"] == 0 and failback["details"]["failback"]["rebuilt"]["method"] == "pg_rewind"

@@ -2,7 +2,8 @@
 verdicts, and the journal's schema. Pure: no I/O, no clocks (callers pass times in).
 
 A journal is one JSON document per drill run (Chaos Toolkit's journal is the model). RTO
-is fault injection to the first acknowledged write after it; RPO is the span of
+is fault injection to the first acknowledged write after the platform is back (the database
+recovered and, where the drill repoints them, the services healthy on it); RPO is the span of
 acknowledged commits that recovery lost (for PITR: how far short of the requested
 point the restored data ends).
 """
@@ -23,6 +24,7 @@ TIMELINE_KEYS = (
     "detected_at",
     "recovery_started_at",
     "recovered_at",
+    "services_back_at",  # failover and failback: services repointed to the new leader and healthy
     "first_write_ok_at",
     "verified_at",
 )
@@ -76,7 +78,8 @@ def seconds_between(start: datetime | None, end: datetime | None) -> float | Non
 
 
 def rto_seconds(timeline: Mapping[str, datetime | None]) -> float | None:
-    """Fault injection to the first acknowledged write after it."""
+    """Fault injection to the first acknowledged write after it (the drills take the first one
+    sent once the platform is back: after recovered_at and services_back_at)."""
     return seconds_between(timeline.get("fault_injected_at"), timeline.get("first_write_ok_at"))
 
 
@@ -86,7 +89,11 @@ def phases(timeline: Mapping[str, datetime | None]) -> dict[str, float | None]:
         "detection": seconds_between(timeline.get("fault_injected_at"), timeline.get("detected_at")),
         "decision": seconds_between(timeline.get("detected_at"), timeline.get("recovery_started_at")),
         "recovery": seconds_between(timeline.get("recovery_started_at"), timeline.get("recovered_at")),
-        "first_write": seconds_between(timeline.get("recovered_at"), timeline.get("first_write_ok_at")),
+        "services": seconds_between(timeline.get("recovered_at"), timeline.get("services_back_at")),
+        "first_write": seconds_between(
+            timeline.get("services_back_at") or timeline.get("recovered_at"),
+            timeline.get("first_write_ok_at"),
+        ),
         "verification": seconds_between(timeline.get("first_write_ok_at"), timeline.get("verified_at")),
     }
 

@@ -9,12 +9,14 @@ from typing import Any
 
 from voketag_ops.core.drill import TIMELINE_KEYS
 
+# (label, start keys: the first one set counts, end key, colour), as core.drill.phases
 _PHASES = (
-    ("detection", "fault_injected_at", "detected_at", "#d9534f"),
-    ("decision", "detected_at", "recovery_started_at", "#f0ad4e"),
-    ("recovery", "recovery_started_at", "recovered_at", "#5bc0de"),
-    ("first write", "recovered_at", "first_write_ok_at", "#5cb85c"),
-    ("verification", "first_write_ok_at", "verified_at", "#777777"),
+    ("detection", ("fault_injected_at",), "detected_at", "#d9534f"),
+    ("decision", ("detected_at",), "recovery_started_at", "#f0ad4e"),
+    ("recovery", ("recovery_started_at",), "recovered_at", "#5bc0de"),
+    ("services", ("recovered_at",), "services_back_at", "#9b59b6"),
+    ("first write", ("services_back_at", "recovered_at"), "first_write_ok_at", "#5cb85c"),
+    ("verification", ("first_write_ok_at",), "verified_at", "#777777"),
 )
 
 
@@ -222,8 +224,9 @@ def _svg_timeline(j: Mapping[str, Any], width: int = 760) -> str:
     end = max([v for v in offsets.values() if v is not None] + [0.001])
     scale = (width - 40) / end
     bars = []
-    for label, start_key, end_key, colour in _PHASES:
-        a, b = offsets.get(start_key), offsets.get(end_key)
+    for label, start_keys, end_key, colour in _PHASES:
+        a = next((offsets[k] for k in start_keys if offsets.get(k) is not None), None)
+        b = offsets.get(end_key)
         if a is None or b is None or b < a:
             continue
         x, w = 20 + a * scale, max(1.0, (b - a) * scale)
@@ -244,8 +247,8 @@ def _svg_timeline(j: Mapping[str, Any], width: int = 760) -> str:
         for f in (0, 0.25, 0.5, 0.75, 1)
     )
     legend = "".join(
-        f'<rect x="{20 + i * 140}" y="100" width="12" height="12" fill="{c}"/>'
-        f'<text x="{36 + i * 140}" y="111" font-size="12">{html.escape(label)}</text>'
+        f'<rect x="{20 + i * 120}" y="100" width="12" height="12" fill="{c}"/>'
+        f'<text x="{36 + i * 120}" y="111" font-size="12">{html.escape(label)}</text>'
         for i, (label, _, _, c) in enumerate(_PHASES)
     )
     return (

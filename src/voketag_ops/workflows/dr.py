@@ -406,7 +406,7 @@ def failback(
         if switch_back and state.follower == HOME_NODE:
             plan += [
                 f"planned switchover: stop {state.leader} cleanly, let {state.follower} replay its last WAL",
-                f"promote {state.follower}, restart {state.leader} as its standby, repoint services",
+                f"promote {state.follower}, repoint services, restart {state.leader} as its standby",
             ]
         elif switch_back:
             plan.append(f"no switchover: {state.leader} is the home leader already")

@@ -1536,8 +1536,9 @@ def failover(
         oplog.mark("leader")
     if not oplog.done("services"):
         with steps.run("repoint services", progress) as info:
-            info.update(repoint(new))
+            info.update(repoint(new))  # (each redeployed service is healthy when this returns)
         oplog.mark("services")
+    services_back_at = utcnow()
     with steps.run("verify a write on the new leader", progress) as info:
         if not probe_write(new):
             raise NeedsOperatorError(
@@ -1550,6 +1551,7 @@ def failover(
     detail.update(
         steps=steps.as_list(),
         promoted_at=iso(promoted_at),
+        services_back_at=iso(services_back_at),
         first_write_at=iso(first_write_at),
         duration_seconds=round(time.monotonic() - t0, 3),
         next=f"`voke dr failback --yes` rebuilds {old_name} as a standby of {new_name} and switches back",
@@ -1768,6 +1770,11 @@ def switchover(
                 f"{standby.name} was promoted but does not take writes ({standby.log_file})"
             )
     first_write_at = utcnow()
+    # Before the old leader is restarted (or rebuilt) as a standby: the services were down
+    # from the stop until now, and need only the new leader.
+    with steps.run("repoint services", progress) as info:
+        info.update(repoint(standby))  # (each redeployed service is healthy when this returns)
+    services_back_at = utcnow()
     with steps.run(f"start {leader.name} as a standby of {standby.name}", progress) as info:
         if in_recovery(leader) is True and streams_from(standby, leader):
             info["method"] = "already streaming"
@@ -1783,14 +1790,13 @@ def switchover(
                 info.update(rebuild_standby(env, leader, standby, progress=progress))
                 info.update(wait_caught_up(standby, leader, timeout=timeout))
         drop_slot_if_idle(leader)
-    with steps.run("repoint services", progress) as info:
-        info.update(repoint(standby))
     return {
         "leader": standby.name,
         "standby": leader.name,
         "writes_stopped_at": iso(writes_stopped_at),
         "promoted_at": iso(promoted_at),
         "first_write_at": iso(first_write_at),
+        "services_back_at": iso(services_back_at),
         "write_pause_seconds": round((first_write_at - writes_stopped_at).total_seconds(), 3)
         if promoted_at
         else None,
