@@ -246,10 +246,12 @@ class DrSettings(_Model):
 
     rto_seconds: float = Field(default=300, gt=0, description="recovery time objective (default scenario)")
     rto_regional_seconds: float = Field(
-        default=600, gt=0, description="RTO for a regional failure (failover)"
+        default=600, gt=0, description="RTO for a regional failure (the cloud failover drill)"
     )
     rto_network_seconds: float = Field(default=420, gt=0, description="RTO for a network outage")
-    rto_partial_seconds: float = Field(default=180, gt=0, description="RTO for partial degradation")
+    rto_partial_seconds: float = Field(
+        default=180, gt=0, description="RTO for partial degradation (its runbook; no drill)"
+    )
     rpo_seconds: float = Field(default=60, ge=0, description="recovery point objective")
     max_backup_age_hours: float = Field(
         default=24, gt=0, description="`dr check` fails when the newest backup is older"

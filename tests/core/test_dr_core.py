@@ -322,9 +322,13 @@ def test_rto_and_phases_from_the_timeline():
 
 def test_targets_per_scenario():
     kw = {"rto": 300, "rto_regional": 600, "rto_network": 420, "rpo": 60}
-    assert [drill.targets_for(s, **kw).rto_target_seconds for s in drill.SCENARIOS] == [300, 600, 300, 420]
+    local = [drill.targets_for(s, **kw, cloud=False) for s in drill.SCENARIOS]
+    assert [t.rto_target_seconds for t in local] == [300, 300, 300, 420]  # failover: a node lost
+    assert local[1].disruption == "node failure"
+    cloud = drill.targets_for("failover", **kw, cloud=True)  # the DR region's replica promoted
+    assert (cloud.rto_target_seconds, cloud.disruption) == (600, "regional failure")
     with pytest.raises(ValueError):
-        drill.targets_for("meteor", **kw)
+        drill.targets_for("meteor", **kw, cloud=False)
 
 
 def test_verdicts():

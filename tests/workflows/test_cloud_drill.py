@@ -110,6 +110,7 @@ def test_cloud_pitr_and_failover_drills_measure_on_scratch_instances_and_delete_
     assert result.exit_code == 0, result.stdout + result.stderr
     runs = {j["scenario"]: j for j in result.json["result"]["runs"]}
     assert set(runs) == {"pitr", "failover"}
+    assert runs["failover"]["targets"]["rto_target_seconds"] == 600  # regional (the local one: 300)
     for scenario, j in runs.items():
         assert j["status"] == "completed" and j["mode"] == "cloud" and j["environment"] == "prod", j
         assert j["versions"]["postgres"] == "POSTGRES_16"  # the instance's databaseVersion

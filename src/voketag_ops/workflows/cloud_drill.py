@@ -307,6 +307,7 @@ class CloudDrill(local_drill_frame.RunFrame):
             rto_regional=settings.dr.rto_regional_seconds,
             rto_network=settings.dr.rto_network_seconds,
             rpo=settings.dr.rpo_seconds,
+            cloud=True,
             source="dr settings (voke config show)",
         )
 

@@ -273,6 +273,7 @@ class DrillRun(RunFrame):
             rto_regional=settings.dr.rto_regional_seconds,
             rto_network=settings.dr.rto_network_seconds,
             rpo=settings.dr.rpo_seconds,
+            cloud=False,
             source="dr settings (voke config show)",
         )
 
