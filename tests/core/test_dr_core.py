@@ -303,6 +303,11 @@ def test_pitr_check_wants_everything_before_the_target_and_nothing_after():
     assert good["ok"] and good["lost_commits"] == 0 and good["rpo_seconds"] == pytest.approx(0.05)
     bad = drill.pitr_canary_check(commits, {1, 2, 3, 4, 6}, target)
     assert not bad["ok"] and bad["missing_before_target"] == [5] and bad["present_after_target"] == [6]
+    # the recovery log's last restored commit (a heartbeat after canary row 5) is the RPO's end
+    logged = drill.pitr_canary_check(
+        commits, {1, 2, 3, 4, 5}, target, last_restored_commit=T0 + timedelta(seconds=0.53)
+    )
+    assert logged["rpo_seconds"] == pytest.approx(0.02) and logged["rpo_from"] == "recovery log"
 
 
 def test_rto_and_phases_from_the_timeline():

@@ -473,6 +473,7 @@ def test_a_failover_drill_whose_standby_cannot_catch_up_is_aborted_and_touches_n
 
 
 def test_drill_run_all_measures_every_scenario_and_restores_the_topology(voke, environ, env):
+    from voketag_ops.core.dr_checks import parse_iso
     from voketag_ops.core.drill import validate
 
     result = voke("drill", "run", "all", "--yes", "--json", environ=environ)
@@ -515,6 +516,10 @@ def test_drill_run_all_measures_every_scenario_and_restores_the_topology(voke, e
         "voke_dr.drill_data",
     }
     assert pitr["canary"]["committed_before_target"] > 0 and pitr["canary"]["committed_after_target"] > 0
+    last = pitr["details"]["restore"]["stop_point"]["last_transaction_at"]  # RPO: target - last restored
+    assert pitr["canary"]["rpo_from"] == "recovery log" and pitr["canary"]["last_restored_commit_at"] == last
+    gap = (parse_iso(pitr["details"]["target"]) - parse_iso(last)).total_seconds()
+    assert pitr["rpo_seconds"] == pytest.approx(max(gap, 0.0), abs=0.002)
     assert pitr["details"]["repair"]["root_matches"] is True
     assert failover["details"]["failover"]["new_leader"] == "replica"
     for journal in (failover, failback):  # the RTO runs until the services are back on the new leader

@@ -138,12 +138,18 @@ def rpo_from_canary(writes: Sequence[Write], recovered: Iterable[int]) -> dict[s
 
 
 def pitr_canary_check(
-    commit_times: Mapping[int, datetime], restored: Iterable[int], target: datetime
+    commit_times: Mapping[int, datetime],
+    restored: Iterable[int],
+    target: datetime,
+    *,
+    last_restored_commit: datetime | None = None,
 ) -> dict[str, Any]:
     """Every canary row committed at or before TARGET must be restored and none after.
 
-    RPO here is how far short of TARGET the restored data ends: the gap between the
-    target and the newest restored commit (the canary's interval bounds it from below).
+    RPO here is how far short of TARGET the restored data ends: the gap between the target
+    and the last commit restored, LAST_RESTORED_COMMIT (the recovery log's last completed
+    transaction) when known, else the newest restored canary row (the canary's interval
+    bounds that from below).
     """
     have = set(restored)
     before = {s for s, ts in commit_times.items() if ts <= target}
@@ -154,6 +160,8 @@ def pitr_canary_check(
     lost_span = 0.0
     if missing:
         lost_span = round((max(commit_times[s] for s in missing) - (newest or target)).total_seconds(), 3)
+    last = last_restored_commit if last_restored_commit is not None else newest
+    short = max(0.0, (target - last).total_seconds()) if last else 0.0
     return {
         "committed_before_target": len(before),
         "committed_after_target": len(after),
@@ -162,7 +170,9 @@ def pitr_canary_check(
         "present_after_target": extra[:50],
         "lost_commits": len(missing),
         "newest_restored_commit_at": newest,
-        "rpo_seconds": round(max(lost_span, (target - newest).total_seconds() if newest else 0.0), 3),
+        "last_restored_commit_at": last,
+        "rpo_from": "recovery log" if last_restored_commit is not None else "canary rows",
+        "rpo_seconds": round(max(lost_span, short), 3),
         "ok": not missing and not extra,
     }
 

@@ -583,9 +583,16 @@ def _pitr(run: DrillRun) -> None:
     _, restored = dr.get_restore(env, name)
     with run.step("verify: canary rows, the batch's rows and Merkle root, drill rows") as info:
         commit_times = dr.canary_rows(leader, run.run_id)
-        check = core.pitr_canary_check(commit_times, dr.canary_rows(restored, run.run_id), target)
+        check = core.pitr_canary_check(
+            commit_times,
+            dr.canary_rows(restored, run.run_id),
+            target,
+            last_restored_commit=_at(report["stop_point"].get("last_transaction_at")),
+        )
         run.rpo, run.lost = check["rpo_seconds"], check["lost_commits"]
         run.canary_summary.update(
+            last_restored_commit_at=iso(check["last_restored_commit_at"]),
+            rpo_from=check["rpo_from"],
             lost_commits=check["lost_commits"],
             committed_before_target=check["committed_before_target"],
             committed_after_target=check["committed_after_target"],
