@@ -107,7 +107,11 @@ def script_signals(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-FAST_ROTATION = {"VOKE_ROTATION__TEST_INTERVAL": "0.2", "VOKE_ROTATION__HEALTH_TIMEOUT": "20"}
+FAST_ROTATION = {
+    "VOKE_ROTATION__TEST_INTERVAL": "0.2",
+    "VOKE_ROTATION__HEALTH_TIMEOUT": "20",
+    "VOKE_LOCAL__SERVICE_DRAIN_SECONDS": "0.5",  # replaced instances still drain, for less long
+}
 
 
 @pytest.fixture

@@ -105,6 +105,12 @@ class LocalSettings(_Model):
     start_timeout: int = Field(default=60, ge=5, le=3600, description="seconds to wait for a server to start")
     min_free_disk_mb: int = Field(default=256, ge=0, description="refuse `env up` below this much free disk")
     replica: bool = Field(default=True, description="run a streaming replica beside the primary")
+    service_drain_seconds: float = Field(
+        default=3.0,
+        ge=0,
+        le=600,
+        description="seconds a replaced local service instance keeps answering, as Cloud Run drains an old revision",
+    )
 
     @field_validator("home", "pg_bin", mode="before")
     @classmethod

@@ -78,7 +78,10 @@ class LocalPlatform:
         from voketag_ops.adapters.local.services import LocalServiceRuntime
 
         return LocalServiceRuntime(
-            self.env.home, self.consumers(), start_timeout=self.settings.rotation.health_timeout
+            self.env.home,
+            self.consumers(),
+            start_timeout=self.settings.rotation.health_timeout,
+            drain_seconds=self.settings.local.service_drain_seconds,
         )
 
     def db_target(self) -> Any:

@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", type=Path, required=True)
     parser.add_argument("--secret", required=True)
     parser.add_argument("--version", type=int, required=True)
+    parser.add_argument("--drain", type=float, default=DRAIN_SECONDS, help="seconds to answer after SIGTERM")
     args = parser.parse_args(argv)
     try:
         credential = load_credential(args.home, args.secret, args.version)
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def drain(_signum: int, _frame: Any) -> None:
         def stop() -> None:
-            time.sleep(DRAIN_SECONDS)
+            time.sleep(args.drain)
             server.shutdown()
 
         threading.Thread(target=stop, daemon=True).start()

@@ -76,8 +76,10 @@ class LocalServiceRuntime:
         consumers: dict[str, str],
         *,
         start_timeout: float = 20,
+        drain_seconds: float = 3.0,
     ) -> None:
         self.home = home
+        self.drain_seconds = drain_seconds  # how long a replaced instance keeps answering
         self.dir = home / "services"
         self.registry_file = self.dir / "registry.json"
         self.consumers = consumers  # service -> secret it reads
@@ -349,6 +351,8 @@ class LocalServiceRuntime:
                         secret,
                         "--version",
                         str(version),
+                        "--drain",
+                        str(self.drain_seconds),
                     ],
                     stdin=subprocess.DEVNULL,
                     stdout=log_fh,
