@@ -80,14 +80,14 @@ _UNSHOWABLE = {
 }
 
 
-# `voke SUBCOMMAND`, not `voke-pg`, `voke.toml`, `voke --env ...` or `voke env ...`.
-_VOKE_COMMAND = re.compile(r"(?<![\w./-])voke (?!env )(?=[a-z])")
-
-
 def printable(text: str) -> str:
     """TEXT for a person's terminal: characters it would act on are written as escapes
     (a file named with ESC [ 2 J is shown as \\x1b[2J, not obeyed)."""
     return text.translate(_UNSHOWABLE)
+
+
+# `voke SUBCOMMAND`, not `voke-pg`, `voke.toml`, `voke --env ...` or `voke env ...`.
+_VOKE_COMMAND = re.compile(r"(?<![\w./-])voke (?!env )(?=[a-z])")
 
 
 def _isatty(stream: TextIO | _RedactingStream) -> bool:
