@@ -19,6 +19,12 @@ from voketag_ops.workflows import coverage as wf
 SETTINGS = CoverageSettings(
     services={"admin-service": CoverageService(paths=("admin_service/",), baseline=70.0)},
 )
+TWO_SERVICES = CoverageSettings(  # one CI job per service
+    services={
+        "admin-service": CoverageService(paths=("admin_service/",)),
+        "factory-service": CoverageService(paths=("factory_service/",)),
+    }
+)
 
 
 def write(root: Path, name: str, files: dict, **kw) -> Path:
@@ -202,12 +208,7 @@ def test_history_add_rerun_for_the_same_ref_replaces_its_entry(tmp_path):
 
 
 def test_history_of_one_job_per_service_keeps_the_overall_trend_and_replaces_each_rerun(tmp_path):
-    settings = CoverageSettings(
-        services={
-            "admin-service": CoverageService(paths=("admin_service/",)),
-            "factory-service": CoverageService(paths=("factory_service/",)),
-        }
-    )
+    settings = TWO_SERVICES
     now = datetime(2026, 1, 1, tzinfo=UTC)
     write(
         tmp_path,
@@ -234,12 +235,7 @@ def test_history_of_one_job_per_service_keeps_the_overall_trend_and_replaces_eac
 
 def test_per_service_jobs_measuring_everything_record_and_compare_their_own_service(tmp_path):
     # Each job measures with `source = .`: its data lists the other service's files, unrun.
-    settings = CoverageSettings(
-        services={
-            "admin-service": CoverageService(paths=("admin_service/",)),
-            "factory-service": CoverageService(paths=("factory_service/",)),
-        }
-    )
+    settings = TWO_SERVICES
     now = datetime(2026, 1, 1, tzinfo=UTC)
     write(
         tmp_path,

@@ -29,6 +29,14 @@ T0 = datetime(2027, 1, 1, 2, 0, tzinfo=timezone.utc)
 LIFETIME, REFRESH = 3600, 300
 
 
+class Crash(BaseException):
+    """A voke killed where VOKE_FAULT_CRASH_AFTER (or a patched call) says: nothing after runs."""
+
+
+def crash(_code: int) -> None:
+    raise Crash  # in place of os._exit
+
+
 def test_kid_is_the_rfc_7638_thumbprint():
     # RFC 7638 section 3.1's example key and its thumbprint
     jwk = {
@@ -173,12 +181,6 @@ def test_a_promotion_resumed_late_keeps_the_old_key_as_long_as_its_tokens_live(k
     assert rotate_jwt(engine).error is None  # publish
     clock.advance(REFRESH + 1)
 
-    class Crash(BaseException):
-        pass
-
-    def crash(_code):
-        raise Crash
-
     monkeypatch.setattr(rotate_wf.os, "_exit", crash)
     engine.environ = {rotate_wf.FAULT_ENV: "create_pending"}
     with pytest.raises(Crash):
@@ -200,12 +202,6 @@ def test_a_promotion_resumed_late_keeps_the_old_key_from_its_commit_before_it_fi
     assert rotate_jwt(engine).error is None  # publish
     clock.advance(REFRESH + 1)
     old_kid = kids(cred)[0]
-
-    class Crash(BaseException):
-        pass
-
-    def crash(_code):
-        raise Crash
 
     monkeypatch.setattr(rotate_wf.os, "_exit", crash)
     engine.environ = {rotate_wf.FAULT_ENV: "create_pending"}
@@ -250,9 +246,6 @@ def test_ctrl_c_between_steps_gives_the_lease_up_and_names_the_rotation_to_resum
 def test_a_rollback_disables_a_pending_version_stored_but_never_recorded(keyring, monkeypatch):
     engine, clock, store = keyring
     real = LocalSecretStore.add_version
-
-    class Crash(BaseException):
-        pass
 
     def add_then_die(self, name, payload):
         real(self, name, payload)

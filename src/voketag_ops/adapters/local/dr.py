@@ -1181,9 +1181,7 @@ def restore(
             preexec_fn=parent_death_kills() if sys.platform == "linux" else None,
         )
         record_command(copy.args, copy.returncode, time.monotonic() - t, copy.stdout + copy.stderr)
-        if (
-            copy.returncode != 0
-        ):  # a disk filled since the check, an unreadable file: the copy is removed below
+        if copy.returncode != 0:  # a disk filled since the check, an unreadable file: removed below
             lines = copy.stderr.decode(errors="replace").strip().splitlines() or [f"exit {copy.returncode}"]
             raise BackendError(
                 f"copying base backup {plan.backup.label} into {base} failed: {lines[-1]}; "
