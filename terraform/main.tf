@@ -7,6 +7,7 @@ module "voke" {
   image                 = var.image
   voke_config           = var.voke_config
   instance              = var.instance
+  replica               = var.replica
   secrets               = var.secrets
   notification_channels = var.notification_channels
 

@@ -66,3 +66,28 @@ def test_missing_application_default_credentials_is_one_failed_check(
     assert result.exit_code == 1
     creds = next(c for c in result.json["result"]["checks"] if c["name"] == "credentials")
     assert creds["ok"] is False and "application-default login" in creds["hint"]
+
+
+def test_after_a_recorded_failover_the_recorded_primary_is_checked(voke, make_environ, tmp_path):
+    # `dr status` and every later run follow the labels voke wrote: doctor checks that primary,
+    # not the configured home (now its replica), and fails only when record and Cloud SQL disagree
+    moved = {"voke-env": "staging", "voke-role": "primary", "voke-op": "failover"}
+    with FakeGcp() as fake:
+        fake.projects.grant_all()
+        fake.sql.add_instance("voke-db-dr", labels=moved)
+        fake.sql.add_instance(
+            "voke-db", replica_of="voke-db-dr", labels={"voke-env": "staging", "voke-role": "replica"}
+        )
+        config = _config(tmp_path, fake.environment(replica="voke-db-dr"))
+        environ = make_environ(tmp_path / "h", VOKE_CONFIG=str(config))
+        after = voke("doctor", "--env", "staging", "--json", environ=environ)
+        fake.sql.add_instance("voke-db-dr", replica_of="voke-db", labels=moved)  # record and reality part
+        fake.sql.add_instance("voke-db", labels={"voke-env": "staging", "voke-role": "replica"})
+        parted = voke("doctor", "--env", "staging", "--json", environ=environ)
+    assert after.exit_code == 0, after.stdout
+    sql = next(c for c in after.json["result"]["checks"] if c["name"] == "cloud sql")
+    assert sql["ok"] and sql["detail"].startswith("voke-db-dr: RUNNABLE, primary")
+    assert "configured home voke-db" in sql["detail"]
+    assert parted.exit_code == 1
+    sql = next(c for c in parted.json["result"]["checks"] if c["name"] == "cloud sql")
+    assert not sql["ok"] and "disagree" in sql["detail"] and "voke-role=primary" in sql["hint"]

@@ -201,7 +201,7 @@ def test_split_brain_is_detected_reported_and_fenced(voke, environ, env):
     failback = voke("dr", "failback", "--yes", environ=environ)
     assert failback.exit_code == 5 and "voke dr fence primary" in failback.stderr
     leader_refused = voke("dr", "fence", "replica", "--yes", environ=environ)
-    assert leader_refused.exit_code == 2 and "is the leader" in leader_refused.stderr
+    assert leader_refused.exit_code == 5 and "is the leader" in leader_refused.stderr
     fenced = voke("dr", "fence", "primary", "--yes", "--json", environ=environ)
     assert fenced.exit_code == 0, fenced.stderr
     assert not old.running

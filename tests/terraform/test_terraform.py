@@ -181,6 +181,11 @@ def test_alert_metrics_are_real_cloud_sql_metrics_or_voke_own(module):
     assert catalog.BACKUP_AGE in silent["filter"] and silent["duration"] == "3600s"
     # one series across instances: the old primary's ending after a failover is no silence
     assert silent["aggregations"][0]["cross_series_reducer"] == "REDUCE_MAX"
+    # WAL archiving is watched on both configured instances: the replica is the primary after a failover
+    archive = policies["log_archive_failures"]["conditions"][0]["condition_threshold"][0]["filter"]
+    assert "one_of(${local.archiving_instances})" in archive
+    archiving = next(b["archiving_instances"] for b in module.get("locals", []) if "archiving_instances" in b)
+    assert "var.instance" in archiving and "var.replica" in archiving
     failed, absent = policies["job_runs"]["conditions"]  # a scheduled run failed, or none ran
     assert 'metric.labels.result = "failed"' in failed["condition_threshold"][0]["filter"]
     assert "${google_cloud_run_v2_job.voke.name}" in absent["condition_absent"][0]["filter"]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from voketag_ops.config import LoadedConfig
+from voketag_ops.config import GcpEnvironment, LoadedConfig, Settings
 from voketag_ops.errors import VokeError
 
 
@@ -230,6 +230,42 @@ def _cloud_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
         return
     from voketag_ops.adapters.gcp.doctor import cloud_checks
 
-    # credentials, project, each API, permissions (testIamPermissions), the Cloud SQL instance
-    for check_name, ok, detail, hint in cloud_checks(cloud, name):
+    # credentials, project, each API, permissions (testIamPermissions)
+    rows = cloud_checks(cloud, name)
+    for check_name, ok, detail, hint in rows:
         report.checks.append(Check(check_name, ok, detail, hint))
+    if any(not ok for check_name, ok, _d, _h in rows if check_name in ("credentials", "project")):
+        return  # no instance can be read either
+    report.checks.append(_cloud_sql_check(loaded.settings, cloud))
+
+
+def _cloud_sql_check(settings: Settings, cloud: GcpEnvironment) -> Check:
+    """The primary voke recorded (the configured home until a failover), as `dr status` reads
+    it: RUNNABLE, Cloud SQL's primary, and the record agreeing with Cloud SQL."""
+    from voketag_ops.adapters.gcp._common import GcpContext
+    from voketag_ops.adapters.gcp.sql import CloudSqlAdmin, CloudSqlRecovery
+    from voketag_ops.workflows import cloud_topology
+
+    env_flag = f"voke --env {settings.env} dr status"
+    ctx = GcpContext.from_environment(cloud, attempts=1)  # a doctor asks once
+    try:
+        recovery = CloudSqlRecovery(CloudSqlAdmin(ctx), cloud.instance, cloud.replica)
+        topo = cloud_topology.read(settings, recovery, strict=False)
+    except VokeError as exc:
+        return Check("cloud sql", False, exc.message, f"check environments.{settings.env}.instance")
+    info = topo.instances.get(topo.primary)
+    if info is None:
+        problem = topo.problem or {}
+        return Check("cloud sql", False, problem.get("message", f"{topo.primary} not found"), env_flag)
+    where = (
+        f" (the recorded primary since {topo.operation or 'failover'}; configured home {topo.home})"
+        if topo.moved
+        else ""
+    )
+    detail = f"{topo.primary}: {info.state}, {info.role}, PITR {'on' if info.pitr_enabled else 'off'}{where}"
+    if topo.problem is not None:
+        return Check(
+            "cloud sql", False, f"{detail}; {topo.problem['message']}", topo.problem.get("hint") or env_flag
+        )
+    ok = info.state == "RUNNABLE" and info.role == "primary"
+    return Check("cloud sql", ok, detail, None if ok else env_flag)

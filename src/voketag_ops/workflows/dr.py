@@ -443,8 +443,9 @@ def fence(settings: Settings, env: LocalEnvironment, *, node: str, dry_run: bool
     if not dry_run and loser != node:
         dr.refuse_if_unfinished(env)  # mid-failover the leader on record is about to change
     if node == leader:
-        raise UsageError(
-            f"{node} is the leader; `voke dr failover` fences it and promotes the standby instead"
+        raise PreconditionError(  # a state, not a bad argument: legal again after a failover
+            f"{node} is the leader; `voke dr failover` fences it and promotes the standby instead; "
+            "nothing was changed"
         )
     target = env.node(node, state)
     if dr.in_recovery(target) is True:  # read-only: no split brain to stop, and it was no primary

@@ -113,6 +113,12 @@ resource "google_monitoring_alert_policy" "replica_lag" {
   }
 }
 
+# Both configured instances: after `voke dr failover` the replica is the primary whose archive
+# point-in-time recovery now depends on (a drill's scratch clones are left out).
+locals {
+  archiving_instances = join(", ", [for name in compact([var.instance, var.replica]) : "\"${var.project}:${name}\""])
+}
+
 resource "google_monitoring_alert_policy" "log_archive_failures" {
   project               = var.project
   display_name          = "voke ${var.environment}: WAL archiving failures"
@@ -121,7 +127,7 @@ resource "google_monitoring_alert_policy" "log_archive_failures" {
   conditions {
     display_name = "log_archive_failure_count > 0"
     condition_threshold {
-      filter          = "metric.type = \"cloudsql.googleapis.com/database/replication/log_archive_failure_count\" AND resource.labels.database_id = \"${var.project}:${var.instance}\""
+      filter          = "metric.type = \"cloudsql.googleapis.com/database/replication/log_archive_failure_count\" AND resource.type = \"cloudsql_database\" AND resource.labels.database_id = one_of(${local.archiving_instances})"
       comparison      = "COMPARISON_GT"
       threshold_value = 0
       duration        = "0s"

@@ -41,6 +41,12 @@ variable "instance" {
   description = "Cloud SQL primary instance name"
 }
 
+variable "replica" {
+  type        = string
+  description = "Cloud SQL cross-region replica voke fails over to (\"\" for none): the primary after a failover"
+  default     = ""
+}
+
 variable "secrets" {
   type        = list(string)
   description = "Secrets voke rotates"

@@ -1,6 +1,7 @@
 """What `voke doctor --env NAME` checks on Google Cloud: credentials, the project, every
-API voke calls, every permission voke needs (testIamPermissions on the project), and the
-Cloud SQL instance. Each check is (name, ok, detail, hint); a failing one never stops the rest.
+API voke calls, every permission voke needs (testIamPermissions on the project). Each check
+is (name, ok, detail, hint); a failing one never stops the rest. (The Cloud SQL primary is
+checked by the workflow, which knows the topology voke recorded.)
 """
 
 from __future__ import annotations
@@ -112,19 +113,4 @@ def cloud_checks(env: GcpEnvironment, name: str) -> list[CheckRow]:
         )
     except Exception as exc:
         rows.append(("permissions", False, message_of(exc), ROLE_HINT))
-    try:
-        from voketag_ops.adapters.gcp.sql import CloudSqlAdmin, CloudSqlRecovery
-
-        info = CloudSqlRecovery(CloudSqlAdmin(ctx), env.instance).instance()
-        ok = info.state == "RUNNABLE" and info.role == "primary"
-        rows.append(
-            (
-                "cloud sql",
-                ok,
-                f"{env.instance}: {info.state}, {info.role}, PITR {'on' if info.pitr_enabled else 'off'}",
-                None if ok else "voke dr status",
-            )
-        )
-    except VokeError as exc:
-        rows.append(("cloud sql", False, exc.message, f"check environments.{name}.instance"))
     return rows
