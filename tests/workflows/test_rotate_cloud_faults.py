@@ -130,8 +130,16 @@ def test_a_record_that_cannot_be_cleared_after_success_is_a_warning(cloud):
     assert [e["result"] for e in finish] == ["succeeded"]
     record = cloud.record()  # left at health, its lease given up: resume need not wait for it
     assert record is not None and parse_iso(record.lease_until) <= datetime.now(timezone.utc)
-    assert cloud.voke("rotate", "resume", rotation, "--yes").exit_code == 0
+    resumed = cloud.voke("rotate", "resume", rotation, "--yes", "--json")
+    assert resumed.exit_code == 0, resumed.stdout + resumed.stderr
+    assert resumed.json["result"]["status"] == "succeeded"
+    assert resumed.json["result"]["finished_at"] == result.json["result"]["finished_at"]
     cloud.assert_consistent()
+    # the finish is written once: the resume only cleared the record
+    finish = [e for e in cloud.audit() if e["event_type"] == "rotation.finish"]
+    assert [(e["result"], e["details"]["rotation_id"]) for e in finish] == [("succeeded", rotation)]
+    history = cloud.voke("rotate", "history", "--json").json["result"]
+    assert [r["id"] for r in history["rotations"]] == [rotation]
 
 
 def test_an_instance_that_stays_busy_discards_the_pending_version(cloud):

@@ -649,7 +649,17 @@ class RotationEngine:
         """Clear the in-progress record, keep a summary, write history and the audit event.
         A rotation that succeeded has finished even when the store refuses to clear its record
         (current moved, services healthy): that is a warning naming the resume that clears it,
-        not a failure, and history, audit and webhook still tell of the success."""
+        not a failure, and history, audit and webhook still tell of the success (once: the
+        resume that clears it later only clears it, see `_resume`)."""
+        self._clear(record)
+        with interrupts.Held(give_way_after=1) as held:
+            self._history(record)
+            self._audit("rotation.finish", record, record.status)
+            self._notify_ended(record, held)
+
+    def _clear(self, record: RotationRecord) -> None:
+        """Clear RECORD's in-progress record from its secret, keeping its summary. For a
+        rotation that succeeded a refusal is a warning naming the resume that clears it."""
         try:
             meta = self.store.get(record.secret)
             self.store.update(
@@ -674,10 +684,6 @@ class RotationEngine:
                 stored = None
             if stored is not None and stored.id == record.id:
                 self._release(stored)
-        with interrupts.Held(give_way_after=1) as held:
-            self._history(record)
-            self._audit("rotation.finish", record, record.status)
-            self._notify_ended(record, held)
 
     def _notify_ended(self, record: RotationRecord, held: interrupts.Held) -> None:
         """The webhook, once the rotation has ended, within HELD: a Ctrl-C or SIGTERM by then (a
@@ -890,6 +896,14 @@ class RotationEngine:
                 hint=f"safe to retry: {retry_command(record)}",
             )
             return self._roll_back(record, t0, resumed=True, error=error)
+        ended = self._from_history(record.id)
+        if ended is not None and ended.status == "succeeded":
+            # Its finish ran (history, the rotation.finish event, the webhook) but the store
+            # refused to clear its record: clearing it is all that is left, never a second finish.
+            self.progress(f"rotation {record.id} had finished: clearing its record")
+            ended.owner = record.owner
+            self._clear(ended)
+            return Outcome(RotationReport.of(ended, t0=t0, resumed=True))
         return self._run(record, t0, resumed=True)
 
     def _roll_back(
