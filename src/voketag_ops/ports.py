@@ -7,6 +7,7 @@ Adapters implement them: `adapters/local` (the embedded environment) and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 VersionState = Literal["enabled", "disabled", "destroyed"]
@@ -225,6 +226,20 @@ class DatabaseRecovery(Protocol):
 
     def switchover(self, replica: str | None = None) -> DbOperationInfo:
         """Planned swap: the DR replica becomes primary, the primary its replica."""
+        ...
+
+
+# -- time ----------------------------------------------------------------------------------
+@runtime_checkable
+class Clock(Protocol):
+    """Time as voke reads it. Implementations: clock.SystemClock, clock.SteadyClock (a run's)."""
+
+    def now(self) -> datetime:
+        """The wall time, in UTC: what people read."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never steps: what durations are measured on."""
         ...
 
 

@@ -579,6 +579,33 @@ def test_a_breached_target_fails_the_drill_with_exit_1(voke, make_environ_module
     assert journal["steady_state"]["after"]["ok"] is True
 
 
+def test_a_wall_clock_step_mid_drill_leaves_the_rto_and_phases_true(voke, environ, env, monkeypatch):
+    # NTP sets the clock back an hour while the leader is frozen: the RTO is still the ~1 s
+    # outage (monotonic), and the timeline's UTC stamps still differ by the measured durations.
+    from voketag_ops import clock
+    from voketag_ops.core.dr_checks import parse_iso
+    from voketag_ops.testing import SteppedClock
+
+    wall, thaw = SteppedClock(), dr.thaw
+
+    def stepped(pids):
+        if not wall.offset:
+            wall.step(-3600)
+        thaw(pids)
+
+    monkeypatch.setattr(dr, "thaw", stepped)
+    with clock.using(wall):
+        result = voke("drill", "run", "network", "--outage", "1s", "--yes", "--json", environ=environ)
+    monkeypatch.undo()
+    assert result.exit_code == 0, result.stdout + result.stderr
+    journal = result.json["result"]
+    assert wall.offset and 0.9 <= journal["rto_seconds"] < 60, journal["timeline"]
+    assert all(v is None or 0 <= v < 60 for v in journal["phases"].values()), journal["phases"]
+    timeline = {k: parse_iso(v) for k, v in journal["timeline"].items()}
+    span = (timeline["first_write_ok_at"] - timeline["fault_injected_at"]).total_seconds()
+    assert span == pytest.approx(journal["rto_seconds"], abs=0.002)
+
+
 def _rows_per_batch(env) -> tuple[dict[int, int], dict[int, int]]:
     with env.primary().connect("voketag") as conn:
         rows = dict(
@@ -684,6 +711,27 @@ def test_ctrl_c_mid_drill_cleans_up_and_records_interrupted(voke, environ, env, 
     assert env.require_state().leader == "primary" and dr.in_recovery(env.node("primary")) is False
     assert dr.in_recovery(env.node("replica")) is True
     assert voke("dr", "check", environ=environ).exit_code == 0
+
+
+def test_ctrl_c_in_a_later_drill_of_all_names_its_journal_with_the_finished_ones(
+    voke, environ, env, monkeypatch
+):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dr, "detect_down", interrupt)  # the 2nd drill (failover), after its fault
+    result = voke("drill", "run", "all", "--yes", "--json", environ=environ)
+    monkeypatch.undo()
+    assert result.exit_code == 130, result.stdout + result.stderr
+    report, error = result.json["result"], result.json["error"]
+    runs = [(j["scenario"], j["status"]) for j in report["runs"]]
+    assert runs == [("pitr", "completed"), ("failover", "interrupted")], runs
+    assert report["not_run"] == ["failback", "network"]  # the interrupted drill ran
+    interrupted = report["runs"][1]["run_id"]
+    path = env.home / "drills" / f"{interrupted}.json"
+    assert path.is_file() and str(path) in error["message"] and error["type"] == "Interrupted"
+    assert error["hint"] == f"its journal: voke drill report {interrupted}"
+    assert env.require_state().leader == "primary" and voke("dr", "check", environ=environ).exit_code == 0
 
 
 def test_ctrl_c_inside_the_drills_failover_is_exit_130_and_names_the_resume(voke, environ, env, monkeypatch):

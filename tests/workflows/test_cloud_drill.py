@@ -19,6 +19,7 @@ import pytest
 pytest.importorskip("google.cloud.sqladmin_v1beta4")
 
 from voketag_ops.adapters.gcp import catalog
+from voketag_ops.errors import Interrupted
 from voketag_ops.errors import NeedsOperatorError as VokeErrorType
 from voketag_ops.testing.gcp_fakes import FakeGcp, environment_toml
 
@@ -182,7 +183,7 @@ def test_ctrl_c_cleans_up_saves_the_journal_and_re_raises(drills):
             raise KeyboardInterrupt
 
     settings = drills.settings()
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted) as raised:
         cloud_drill.run(
             settings,
             "failover",
@@ -195,6 +196,34 @@ def test_ctrl_c_cleans_up_saves_the_journal_and_re_raises(drills):
 
     journal = drill.load_journal(SimpleNamespace(home=cloud_drill.drills_home(settings)), "last")
     assert journal["status"] == "interrupted" and all(s["deleted"] for s in journal["details"]["scratch"])
+    path = cloud_drill.drills_home(settings) / "drills" / f"{journal['run_id']}.json"
+    assert str(path) in raised.value.message  # named, as a local drill's (exit 130)
+    assert raised.value.hint == f"its journal: voke drill report {journal['run_id']}"
+
+
+def test_ctrl_c_in_a_later_drill_of_all_reports_every_journal_saved(drills):
+    # As locally: the finished drill's journal and the interrupted one's, with the error naming
+    # the interrupted journal and its path; nothing left to run.
+    from voketag_ops.workflows import cloud_drill
+
+    def progress(message: str) -> None:
+        if message.startswith("promote"):  # the failover drill, after pitr finished
+            raise KeyboardInterrupt
+
+    settings = drills.settings()
+    outcome = cloud_drill.run(
+        settings, "all", home=drills.home / "state", progress=progress, options={"canary_seconds": 0.1}
+    )
+    runs = outcome.report["runs"]
+    assert [(j["scenario"], j["status"]) for j in runs] == [
+        ("pitr", "completed"),
+        ("failover", "interrupted"),
+    ]
+    assert outcome.report["not_run"] == [] and outcome.report["status"] == "failed"
+    assert isinstance(outcome.error, Interrupted) and outcome.error.exit_code == 130
+    path = cloud_drill.drills_home(settings) / "drills" / f"{runs[1]['run_id']}.json"
+    assert path.is_file() and str(path) in outcome.error.message
+    assert runs[1]["run_id"] in (outcome.error.hint or "") and drills.scratch() == []
 
 
 def test_a_scratch_instance_that_cannot_be_deleted_is_exit_7_and_the_next_run_deletes_it(drills):
@@ -381,7 +410,7 @@ def test_a_clone_whose_delete_fails_after_ctrl_c_is_labelled_and_the_next_run_de
 
     drills.fake.sql.instances["voke-db"]["labels"] = dict(PRODUCTION_LABELS)  # a clone copies them
     drills.fake.rest.fail("DELETE", r"/instances/voke-db-drill-", status="PERMISSION_DENIED", times=1)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted):
         cloud_drill.run(
             drills.settings(),
             "pitr",
@@ -507,7 +536,7 @@ def test_a_clone_cut_short_mid_poll_is_deleted_by_the_next_run_once_it_appears(d
 
     monkeypatch.setattr(sql.CloudSqlAdmin, "wait", ctrl_c_while_cloning)
     settings = drills.settings()
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted):
         cloud_drill.run(settings, "pitr", home=drills.home / "state", progress=lambda m: None,
                         options={"canary_seconds": 0.1})  # fmt: skip
     monkeypatch.undo()
@@ -575,6 +604,32 @@ def test_recovery_ends_when_cloud_sql_says_not_when_the_poll_saw_it(drills, scen
             > parse_iso(timeline["recovery_started_at"])
         )
     assert timeline["first_write_ok_at"] >= timeline["recovered_at"]
+
+
+@pytest.mark.parametrize("step", [-3600.0, 3600.0], ids=["back-1h", "ahead-1h"])
+def test_a_wall_clock_step_mid_drill_leaves_the_rto_and_phases_true(drills, step):
+    # NTP steps the clock while Cloud SQL promotes: the RTO and phases are monotonic durations,
+    # and the timeline's UTC stamps still differ by exactly them.
+    from voketag_ops import clock
+    from voketag_ops.core.dr_checks import parse_iso
+    from voketag_ops.testing import SteppedClock
+
+    wall, promote = SteppedClock(), drills.fake.sql.on_promote
+
+    def stepped(replica: str, primary: str) -> None:
+        wall.step(step)
+        promote(replica, primary)
+
+    drills.fake.sql.on_promote = stepped
+    with clock.using(wall):
+        result = drills.drill("failover")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    journal = result.json["result"]
+    assert wall.offset and 0 < journal["rto_seconds"] < 60, journal["timeline"]
+    assert all(v is None or 0 <= v < 60 for v in journal["phases"].values()), journal["phases"]
+    timeline = {k: parse_iso(v) for k, v in journal["timeline"].items() if v}
+    span = (timeline["first_write_ok_at"] - timeline["fault_injected_at"]).total_seconds()
+    assert span == pytest.approx(journal["rto_seconds"], abs=0.002)
 
 
 def test_one_cloud_dr_operation_at_a_time_from_this_machine(drills):

@@ -123,10 +123,10 @@ def _run_cloud(
             yes=yes,
         )
     with env.out.progress(f"drill {scenario} ({env.settings.env})") as update:
-        report = cloud_drill.run(
+        outcome = cloud_drill.run(
             env.settings, scenario, home=env.home, dry_run=dry_run, progress=update, options=options
         )
-    _render_result(env, report)
+    _render_result(env, outcome.report, error=outcome.error)
 
 
 def _home(env: Any) -> Any:

@@ -42,10 +42,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from voketag_ops import interrupts
+from voketag_ops.clock import instant, measuring
 from voketag_ops.core import drill as core
 from voketag_ops.core.times import iso
 from voketag_ops.errors import (
     ConfigError,
+    Interrupted,
     NeedsOperatorError,
     NotFoundError,
     StepTimeoutError,
@@ -282,7 +285,7 @@ class CloudDrill(local_drill_frame.RunFrame):
         self.env = settings.environment(settings.env)
         self.recovery = platform.recovery()
         self.options = options
-        started = _utcnow()
+        started = instant()
         tag = uuid.uuid4().hex[:4]
         self.run_id = f"{scenario}-{started.strftime(_LONG_STAMP)}-{tag}"
         self.scratch_id = scratch_id(self.env.instance, scenario, started, tag)  # exit 3 before anything
@@ -658,7 +661,7 @@ class CloudDrill(local_drill_frame.RunFrame):
             "platform": _platform.platform(),
             "node": socket.gethostname(),
             "started_at": iso(self.started_at),
-            "finished_at": iso(_utcnow()),
+            "finished_at": iso(instant()),
             "duration_seconds": round(time.monotonic() - self.t0, 3),
             "targets": {
                 "rto_target_seconds": self.targets.rto_target_seconds,
@@ -694,7 +697,7 @@ def _ended(op: Any, started: datetime) -> datetime:
     later, saw it DONE; kept between the request and now, since the two clocks differ."""
     from voketag_ops.core.dr_checks import parse_iso
 
-    now = _utcnow()
+    now = instant()
     ended = parse_iso(op.finished_at)
     return now if ended is None else min(max(ended, started), now)
 
@@ -811,9 +814,10 @@ def run_drill(
     progress: Progress,
     options: dict[str, Any],
     platform: Any = None,
+    saved: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """One cloud drill end to end; its journal (saved even on failure or Ctrl-C, which
-    cleans up and re-raises)."""
+    """One cloud drill end to end; its journal (saved even on failure or Ctrl-C, and appended to
+    SAVED). Ctrl-C cleans up, saves the journal as `interrupted` and raises Interrupted naming it."""
     from types import SimpleNamespace
 
     from voketag_ops.audit import audited
@@ -822,7 +826,10 @@ def run_drill(
 
     platform = platform or CloudPlatform(settings)
     interrupted = False
-    with audited(home, event_type=f"drill.{scenario}", env=settings.env, target=scenario) as event:
+    with (
+        audited(home, event_type=f"drill.{scenario}", env=settings.env, target=scenario) as event,
+        measuring(),  # the run's timeline and canary on one steady clock
+    ):
         run = CloudDrill(settings, platform, scenario, progress, options)
         event.details["run_id"] = run.run_id
         # a configuration error (no canary login, a secret that is not a JSON credential) is
@@ -847,7 +854,9 @@ def run_drill(
             journal = run.journal()
             if not interrupted:
                 _publish(run, journal)
-            local_drill.save_journal(SimpleNamespace(home=drills_home(settings)), journal)  # type: ignore[arg-type]
+            path = local_drill.save_journal(SimpleNamespace(home=drills_home(settings)), journal)  # type: ignore[arg-type]
+            if saved is not None:
+                saved.append(journal)
         event.details.update(
             status=journal["status"],
             rto_seconds=journal["rto_seconds"],
@@ -856,8 +865,12 @@ def run_drill(
             left_behind=journal["left_behind"],
         )
         event.result = "success" if journal["status"] == "completed" else journal["status"]
-        if interrupted:
-            raise KeyboardInterrupt
+    if interrupted:  # exit 130, naming the journal saved as `interrupted` (as a local drill does)
+        raise Interrupted(
+            f"{'terminated (SIGTERM)' if interrupts.Terminated.received else 'interrupted'}: "
+            f"drill {scenario} {journal['run_id']} stopped after its clean-up (journal {path})",
+            hint=f"its journal: voke drill report {journal['run_id']}",
+        )
     return journal
 
 
@@ -902,22 +915,32 @@ def run(
     dry_run: bool = False,
     progress: Progress = lambda _m: None,
     options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """`voke --env NAME drill run pitr|failover|all`: one journal, or {"runs": [...]} for all.
-    Scratch instances that could not be deleted raise NeedsOperatorError (exit 7) after the
-    journals are saved."""
+) -> local_drill_frame.RunOutcome:
+    """`voke --env NAME drill run pitr|failover|all`: one journal, or {"runs": [...]} for all;
+    as locally, a scenario of `all` that raises once a journal was saved (Ctrl-C) ends the run:
+    the journals saved, with its error. Scratch instances that could not be deleted raise
+    NeedsOperatorError (exit 7) after the journals are saved."""
     scenarios = _known_scenarios(settings, scenario)
     env = settings.environment(settings.env)
     if dry_run:
-        return {
-            "dry_run": True,
-            "env": settings.env,
-            "instance": env.instance,
-            "plan": {n: PLANS[n] for n in scenarios},
-        }
-    journals = [
-        run_drill(settings, n, home=home, progress=progress, options=options or {}) for n in scenarios
-    ]
+        plan = {n: PLANS[n] for n in scenarios}
+        return local_drill_frame.RunOutcome(
+            {"dry_run": True, "env": settings.env, "instance": env.instance, "plan": plan}
+        )
+    journals: list[dict[str, Any]] = []
+    error: VokeError | None = None
+    for name in scenarios:
+        saved: list[dict[str, Any]] = []
+        try:
+            journals.append(
+                run_drill(settings, name, home=home, progress=progress, options=options or {}, saved=saved)
+            )
+        except VokeError as exc:
+            journals.extend(saved)  # an interrupted drill's, saved before it raised
+            if scenario != "all" or not journals:
+                raise
+            error = exc  # the drills that ran are reported with it; the rest did not run
+            break
     left = sorted({name for j in journals for name in j.get("left_behind") or []})
     unlabelled = sorted({name for j in journals for name in j.get("left_behind_unlabelled") or []})
     report: dict[str, Any] = (
@@ -925,7 +948,10 @@ def run(
         if scenario != "all"
         else {
             "runs": journals,
-            "status": "completed" if all(j["status"] == "completed" for j in journals) else "failed",
+            "status": "completed"
+            if error is None and all(j["status"] == "completed" for j in journals)
+            else "failed",
+            "not_run": scenarios[len(journals) :],
         }
     )
     if left:
@@ -935,4 +961,4 @@ def run(
             + "; ".join(f"gcloud sql instances delete {n}" for n in left)
             + _retry_note(settings, unlabelled),
         )
-    return report
+    return local_drill_frame.RunOutcome(report, error)

@@ -20,11 +20,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from voketag_ops import interrupts
+from voketag_ops.clock import instant, measuring
 from voketag_ops.core import drill as core
 from voketag_ops.core.dr_checks import judge, parse_iso
 from voketag_ops.core.times import iso
@@ -202,7 +203,9 @@ class RunFrame:
         self.rows_record: tuple[Path, dict[str, Any]] | None = None  # the pitr drill's rows kept aside
 
     def mark(self, key: str, when: datetime | None = None) -> datetime:
-        value = when or datetime.now(UTC)
+        """Set the timeline's KEY to WHEN, or now on the run's steady clock (voketag_ops.clock:
+        the durations between marks are monotonic ones, whatever the wall clock does)."""
+        value = when or instant()
         self.timeline[key] = value
         return value
 
@@ -251,7 +254,7 @@ class DrillRun(RunFrame):
             progress,
             options,
         )
-        started = dr.utcnow()
+        started = instant()
         self.run_id = f"{scenario}-{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:4]}"
         self.started_at = started
         self.t0 = time.monotonic()
@@ -326,7 +329,6 @@ class DrillRun(RunFrame):
 
     def journal(self) -> dict[str, Any]:
         from voketag_ops import __version__
-        from voketag_ops.adapters.local.dr import utcnow
 
         rto = core.rto_seconds(self.timeline)
         interrupted = self.status == "interrupted"
@@ -351,7 +353,7 @@ class DrillRun(RunFrame):
                 error=self.error,
             )
         state = self.env.state()
-        finished = utcnow()
+        finished = instant()
         return {
             "run_id": self.run_id,
             "scenario": self.scenario,
@@ -538,7 +540,7 @@ def _pitr(run: DrillRun) -> None:
     run.preparing = False
     with run.step(f"fault: delete batch {batch['batch_id']}'s tags (the corrupting statement)") as info:
         with leader.connect(batch["dbname"]) as conn:
-            before = dr.utcnow()
+            before = instant()
             conn.execute("delete from ingest.tags where batch_id = %s", (batch["batch_id"],))
             run.mark("fault_injected_at", before)
             left = conn.execute(
@@ -875,7 +877,7 @@ def _failback(run: DrillRun) -> None:
         info["new_leader"] = report["new_leader"]
     run.start_canary()
     time.sleep(1.0)
-    started = dr.utcnow()
+    started = instant()
     with run.step("recover: voke dr failback (rebuild, catch up, planned switchover)") as info:
         back = dr_flow.failback(settings, env, dry_run=False, progress=run.progress)
         info.update(method=back["rebuilt"].get("method"), leader=back["leader"])
@@ -958,7 +960,7 @@ def _network(run: DrillRun) -> None:
         "wait for the network instead of failing over (a failover would split writes)"
     )
     run.details["decision"] = decision
-    remaining = outage - (dr.utcnow() - run.timeline["fault_injected_at"]).total_seconds()  # type: ignore[operator]
+    remaining = outage - (instant() - run.timeline["fault_injected_at"]).total_seconds()  # type: ignore[operator]
     if remaining > 0:
         time.sleep(remaining)
     with run.step("recover: the network returns (SIGCONT)"):
@@ -966,7 +968,7 @@ def _network(run: DrillRun) -> None:
         dr.thaw(pids)
     with run.step("reconnect: the leader answers a write again"):
         dr.wait_until(lambda: dr.probe_write(leader, timeout=2), "the leader to take writes", timeout=60)
-        answered = dr.utcnow()
+        answered = instant()
     first = run.wait_first_write(run.timeline["recovery_started_at"])  # type: ignore[arg-type]
     # the canary's own write may be answered before voke's probe: the leader took writes then
     run.mark("recovered_at", min(answered, first.done_at))
@@ -1100,9 +1102,10 @@ def run_drill(
     *,
     progress: Progress = _quiet,
     options: dict[str, Any] | None = None,
+    saved: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Run one drill end to end; returns its journal (also saved). Ctrl-C cleans up, saves the
-    journal as `interrupted` and re-raises."""
+    """Run one drill end to end; returns its journal (also saved, and appended to SAVED). Ctrl-C
+    cleans up, saves the journal as `interrupted` and raises Interrupted naming it."""
     from voketag_ops.adapters.local import dr
     from voketag_ops.audit import audited
     from voketag_ops.workflows.dr import require_local
@@ -1119,6 +1122,7 @@ def run_drill(
     with (
         dr.dr_lock(env, f"drill {scenario}"),
         audited(env.home, event_type=f"drill.{scenario}", env="local", target=scenario) as event,
+        measuring(),  # the run's timeline, canary and DR reports on one steady clock
     ):
         dr.refuse_if_unfinished(env)  # (again, under the lock: a failover killed meanwhile)
         if scenario in ("failover", "failback"):  # refused before the fault, not after it
@@ -1143,7 +1147,9 @@ def run_drill(
             )
         finally:
             journal = run.journal()
-            save_journal(env, journal)
+            path = save_journal(env, journal)
+            if saved is not None:
+                saved.append(journal)
         event.details.update(
             status=journal["status"], rto_seconds=journal["rto_seconds"], rpo_seconds=journal["rpo_seconds"]
         )
@@ -1155,7 +1161,7 @@ def run_drill(
         finish = f"; {notice}" if notice else ""
         raise Interrupted(
             f"{'terminated (SIGTERM)' if interrupts.Terminated.received else 'interrupted'}: "
-            f"drill {scenario} {journal['run_id']} stopped after its clean-up",
+            f"drill {scenario} {journal['run_id']} stopped after its clean-up (journal {path})",
             hint=f"its journal: voke drill report {journal['run_id']}{finish}",
         )
     return journal
@@ -1179,7 +1185,8 @@ def run(
     options: dict[str, Any] | None = None,
 ) -> RunOutcome:
     """`voke drill run SCENARIO|all`: one journal, or {"runs": [...]} for all. A scenario of
-    `all` that raises after others finished ends the run: their journals, with its error."""
+    `all` that raises once a journal was saved ends the run: the journals saved (an interrupted
+    drill's among them), with its error."""
     from voketag_ops.workflows.dr import require_local
 
     require_local(settings)
@@ -1196,12 +1203,17 @@ def run(
     # nothing slips in between them.
     with dr.dr_lock(env, f"drill {scenario}"):
         for name in scenarios:
+            saved: list[dict[str, Any]] = []
             try:
-                journals.append(run_drill(settings, env, name, progress=progress, options=options))
+                journals.append(
+                    run_drill(settings, env, name, progress=progress, options=options, saved=saved)
+                )
             except VokeError as exc:
-                if not journals:
+                journals.extend(saved)  # an interrupted drill's, saved before it raised
+                if scenario != "all" or not journals:
                     raise
-                # the drills that finished are reported with the error; the rest did not run
+                # the drills that ran (to the end, or interrupted) are reported with the error;
+                # the rest did not run
                 return RunOutcome(_all_report(journals, not_run=scenarios[len(journals) :]), exc)
     if scenario != "all":
         return RunOutcome(journals[0])

@@ -10,9 +10,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
+from voketag_ops.clock import instant
 from voketag_ops.core.wal import WAL_POSITION_SQL
 from voketag_ops.errors import ConnectivityError, DatabaseError, StepTimeoutError
 
@@ -24,7 +25,7 @@ _DDL = (
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return instant()  # inside a drill: its steady clock (voketag_ops.clock)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -52,6 +52,7 @@ from voketag_ops.adapters.local.postgres import (
     record_command,
     recording_commands,
 )
+from voketag_ops.clock import instant
 from voketag_ops.core import wal
 from voketag_ops.core.dr_checks import parse_iso
 from voketag_ops.core.times import iso
@@ -1219,7 +1220,7 @@ def restore(
                 f"{plan.backup.label}; `voke dr verify-backup --label {plan.backup.label}` checks it); "
                 "it was removed"
             ) from None
-        promoted_at = utcnow()  # out of recovery: the write probe comes next (first_write_at)
+        promoted_at = instant()  # out of recovery: the write probe comes next (first_write_at)
         timings["recovery_seconds"] = round(time.monotonic() - t, 3)
         recovery = parse_recovery_log(node.log_tail(log_offset, limit=1_000_000))
         if not promoted:
@@ -1235,7 +1236,7 @@ def restore(
         write_ok = probe_write(node)
         if not write_ok:
             raise RolledBackError("the restored instance is up but does not take writes; it was removed")
-        first_write_at = utcnow()
+        first_write_at = instant()
     except BaseException:
         with suppress(Exception):
             kill_node(node) if node.running else None
@@ -1526,7 +1527,7 @@ def failover(
             info["settled_archive_status"] += settle_archive_status(env, new)
             info["timeline"] = current_timeline(new)
         oplog.mark("promoted")
-    promoted_at = utcnow()
+    promoted_at = instant()
     if not oplog.done("leader"):
         with steps.run(f"record {new.name} as the leader", progress):
             env.set_leader(new.name)
@@ -1536,7 +1537,7 @@ def failover(
         with steps.run("repoint services", progress) as info:
             info.update(repoint(new))  # (each redeployed service is healthy when this returns)
         oplog.mark("services")
-    services_back_at = utcnow()
+    services_back_at = instant()
     with steps.run("verify a write on the new leader", progress) as info:
         if not probe_write(new):
             raise NeedsOperatorError(
@@ -1544,7 +1545,7 @@ def failover(
             )
         write_heartbeat(new)
         info["ok"] = True
-    first_write_at = utcnow()
+    first_write_at = instant()
     oplog.finish()
     detail.update(
         steps=steps.as_list(),
@@ -1725,7 +1726,7 @@ def switchover(
         leader, standby = env.node(state.follower, state), env.node(state.leader, state)
     else:
         leader, standby = env.node(state.leader, state), env.node(state.follower, state)
-    writes_stopped_at = utcnow()
+    writes_stopped_at = instant()
     promoted_at = first_write_at = None
     if not done("switched"):
         # A resume whose leader runs again (`env up` after the kill) waits for the standby to
@@ -1735,7 +1736,7 @@ def switchover(
             with steps.run(f"check {standby.name} is caught up", progress) as info:
                 info.update(wait_caught_up(leader, standby, timeout=timeout))
         if not done("switchover_started"):
-            writes_stopped_at = utcnow()
+            writes_stopped_at = instant()
             if oplog is not None:
                 oplog.mark("switchover_started", writes_stopped_at=iso(writes_stopped_at))
         with steps.run(f"stop {leader.name} cleanly", progress) as info:
@@ -1755,7 +1756,7 @@ def switchover(
         with steps.run(f"promote {standby.name}", progress) as info:
             info["settled_archive_status"] = settle_archive_status(env, standby)
             info["seconds"] = promote(standby, timeout=timeout)
-            promoted_at = utcnow()
+            promoted_at = instant()
             info["settled_archive_status"] += settle_archive_status(env, standby)
             env.set_leader(standby.name)
             ensure_slot(standby)
@@ -1767,12 +1768,12 @@ def switchover(
             raise NeedsOperatorError(
                 f"{standby.name} was promoted but does not take writes ({standby.log_file})"
             )
-    first_write_at = utcnow()
+    first_write_at = instant()
     # Before the old leader is restarted (or rebuilt) as a standby: the services were down
     # from the stop until now, and need only the new leader.
     with steps.run("repoint services", progress) as info:
         info.update(repoint(standby))  # (each redeployed service is healthy when this returns)
-    services_back_at = utcnow()
+    services_back_at = instant()
     with steps.run(f"start {leader.name} as a standby of {standby.name}", progress) as info:
         if in_recovery(leader) is True and streams_from(standby, leader):
             info["method"] = "already streaming"
@@ -1984,7 +1985,7 @@ class Canary:
         while not self._stop.is_set():
             self._seq += 1
             seq = self._seq
-            sent = utcnow()
+            sent = instant()
             try:
                 if conn is None:
                     node = self.resolve()
@@ -1996,9 +1997,9 @@ class Canary:
                     (self.run_id, seq),
                     self.write_timeout,
                 )
-                record = CanaryWrite(seq, sent, utcnow(), True, node_name)
+                record = CanaryWrite(seq, sent, instant(), True, node_name)
             except Exception as exc:
-                record = CanaryWrite(seq, sent, utcnow(), False, node_name, _short_error(exc))
+                record = CanaryWrite(seq, sent, instant(), False, node_name, _short_error(exc))
                 if conn is not None:
                     with suppress(Exception):
                         conn.close()
@@ -2088,4 +2089,4 @@ def detect_down(
                 conn.close()
 
     wait_until(failed, f"{node.name} to stop answering", timeout=timeout, interval=interval)
-    return utcnow()
+    return instant()
