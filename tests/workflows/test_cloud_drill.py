@@ -165,6 +165,15 @@ def test_cloud_pitr_and_failover_drills_measure_on_scratch_instances_and_delete_
         assert PASSWORD not in text
 
 
+def test_the_commands_a_drill_result_names_carry_the_environment(drills):
+    # as its errors do (Output.with_env): pasted in another shell, they act on the same env
+    empty = drills.voke("drill", "history")
+    assert "`voke --env prod drill run all --yes`" in " ".join(empty.stdout.split()), empty.stdout
+    result = drills.voke("drill", "run", "pitr", "--canary-seconds", "0.3", "--yes")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "reports: voke --env prod drill report RUN_ID" in " ".join(result.stdout.split()), result.stdout
+
+
 def test_a_failed_drill_still_deletes_its_scratch_instances(drills):
     drills.fake.sql.fail_next("PROMOTE_REPLICA", "simulated: the replica could not be promoted")
     result = drills.drill("failover")

@@ -12,6 +12,8 @@ import typer
 from voketag_ops.cli.common import DryRun, Yes, use
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from rich.console import Console
 
 app = typer.Typer(
@@ -157,7 +159,13 @@ def _render_result(env: Any, report: dict[str, Any], *, error: Any = None) -> No
     )
     if error is None and any(j["status"] == "aborted" for j in runs):
         error = PreconditionError(failure)
-    env.out.result(report, ok=not failed, render=_render_runs, failure=failure or None, error=error)
+    env.out.result(
+        report,
+        ok=not failed,
+        render=lambda c, r: _render_runs(c, r, env.out.with_env),
+        failure=failure or None,
+        error=error,
+    )
 
 
 @app.command("history")
@@ -174,7 +182,10 @@ def history(
 
     env = use(ctx)
     wanted = None if scenario is None or scenario is Scenario.all else scenario.value
-    env.out.result(drill.history(_home(env), scenario=wanted, limit=limit), render=_render_history)
+    env.out.result(
+        drill.history(_home(env), scenario=wanted, limit=limit),
+        render=lambda c, r: _render_history(c, r, env.out.with_env),
+    )
 
 
 @app.command("report")
@@ -237,7 +248,12 @@ def _or_dash(value: Any) -> str:
     return "–" if value is None else str(value)
 
 
-def _render_runs(console: Console, report: dict[str, Any]) -> None:
+def _same(text: str) -> str:
+    return text
+
+
+def _render_runs(console: Console, report: dict[str, Any], with_env: Callable[[str], str] = _same) -> None:
+    """The runs' verdicts; WITH_ENV adds `--env NAME` to the voke commands named."""
     from voketag_ops.core.drill_report import integrity_word
 
     runs = report.get("runs", [report])
@@ -256,12 +272,12 @@ def _render_runs(console: Console, report: dict[str, Any]) -> None:
             console.print(f"     {breach}", markup=False)
     if report.get("not_run"):
         console.print(f"not run: {', '.join(report['not_run'])}", markup=False)
-    console.print("reports: voke drill report RUN_ID --format md|html", markup=False)
+    console.print(with_env("reports: voke drill report RUN_ID --format md|html"), markup=False)
 
 
-def _render_history(console: Console, report: dict[str, Any]) -> None:
+def _render_history(console: Console, report: dict[str, Any], with_env: Callable[[str], str] = _same) -> None:
     if not report["runs"]:
-        console.print("no drill has run yet; `voke drill run all --yes` runs them")
+        console.print(with_env("no drill has run yet; `voke drill run all --yes` runs them"))
         return
     for r in report["runs"]:
         rto = "–" if r["rto_seconds"] is None else f"{r['rto_seconds']:.2f}"

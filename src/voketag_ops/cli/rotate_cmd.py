@@ -10,6 +10,8 @@ from voketag_ops.cli.common import DryRun, Yes, read_pasted, use
 from voketag_ops.errors import NeedsOperatorError, VokeError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from rich.console import Console
 
 app = typer.Typer(
@@ -32,7 +34,7 @@ def _show(env: Any, outcome: Any) -> None:
     if report is None:
         env.out.result({"status": "nothing to do"}, render=lambda c, r: c.print("no unfinished rotation"))
         return
-    env.out.result(report, render=_render_report, error=outcome.error)
+    env.out.result(report, render=lambda c, r: _render_report(c, r, env.out.with_env), error=outcome.error)
 
 
 @app.command("db-password")
@@ -227,7 +229,9 @@ def _render_plan(console: Console, report: dict[str, Any]) -> None:
 def status(ctx: typer.Context) -> None:
     """Every managed secret: current version, age, next due date, rotations in progress."""
     env = use(ctx)
-    env.out.result(_engine(env, reads=True).status(), render=_render_status)
+    env.out.result(
+        _engine(env, reads=True).status(), render=lambda c, r: _render_status(c, r, env.out.with_env)
+    )
 
 
 @app.command("due")
@@ -254,7 +258,7 @@ def due(
     missing = state["missing"]  # configured, never stored: never rotated until set up
     listed = {"due": due_now, "unfinished": stuck, "needs_attention": attention, "missing": missing}
     if not run or not (due_now or stuck or attention):
-        env.out.result({**listed, "rotations": []}, render=_render_due)
+        env.out.result({**listed, "rotations": []}, render=lambda c, r: _render_due(c, r, env.out.with_env))
         return
     reports: list[Any] = []
     worst: VokeError | None = None
@@ -290,7 +294,9 @@ def due(
             "not_started",
             lambda item=item: engine.rotate(engine.name_of(item["name"]), dry_run=dry_run),
         )
-    env.out.result({**listed, "rotations": reports}, render=_render_due, error=worst)
+    env.out.result(
+        {**listed, "rotations": reports}, render=lambda c, r: _render_due(c, r, env.out.with_env), error=worst
+    )
 
 
 def _waits_for_a_person(r: dict[str, Any]) -> Any:
@@ -323,7 +329,12 @@ def history(
     env.out.result({"rotations": records}, render=_render_history)
 
 
-def _render_report(console: Console, report: Any) -> None:
+def _same(text: str) -> str:
+    return text
+
+
+def _render_report(console: Console, report: Any, with_env: Callable[[str], str] = _same) -> None:
+    """A rotation's report; WITH_ENV adds `--env NAME` to the voke commands it names."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -332,7 +343,7 @@ def _render_report(console: Console, report: Any) -> None:
             f"[bold]dry run[/]: rotation plan for {report.secret} ({report.strategy}); nothing will change"
         )
         for step in report.plan:
-            console.print(f"  • {step}", markup=False)
+            console.print(f"  • {with_env(step)}", markup=False)
         return
     table = Table(title=f"{report.rotation_id}: {report.secret} ({report.strategy})", title_justify="left")
     for col in ("step", "status", "seconds", "detail"):
@@ -347,7 +358,7 @@ def _render_report(console: Console, report: Any) -> None:
     )
 
 
-def _render_status(console: Console, report: dict[str, Any]) -> None:
+def _render_status(console: Console, report: dict[str, Any], with_env: Callable[[str], str] = _same) -> None:
     from rich.table import Table
 
     table = Table(title="managed secrets", title_justify="left")
@@ -366,13 +377,15 @@ def _render_status(console: Console, report: dict[str, Any]) -> None:
     for r in report["in_progress"]:
         console.print(
             f"[yellow]unfinished[/] {r['rotation_id']} on {r['secret']}: last step {r['step']} "
-            f"({'running' if r['running'] else 'not running: voke rotate resume ' + r['rotation_id']})"
+            + with_env(
+                f"({'running' if r['running'] else 'not running: voke rotate resume ' + r['rotation_id']})"
+            )
         )
     for name in report.get("missing", []):
         console.print(f"[yellow]not set up[/] {name}: the secret does not exist (an API key: --adopt it)")
 
 
-def _render_due(console: Console, report: dict[str, Any]) -> None:
+def _render_due(console: Console, report: dict[str, Any], with_env: Callable[[str], str] = _same) -> None:
     if not any(report[k] for k in ("due", "unfinished", "needs_attention", "missing")):
         console.print("nothing is due")
     for s in report["due"]:
@@ -383,19 +396,23 @@ def _render_due(console: Console, report: dict[str, Any]) -> None:
         )
     for u in report["needs_attention"]:
         console.print(
-            f"needs attention: {u['rotation_id']} of {u['secret']} stopped for a person "
-            f"(`voke rotate resume {u['rotation_id']}` or `voke rotate rollback {u['rotation_id']}`)"
+            with_env(
+                f"needs attention: {u['rotation_id']} of {u['secret']} stopped for a person "
+                f"(`voke rotate resume {u['rotation_id']}` or `voke rotate rollback {u['rotation_id']}`)"
+            )
         )
     for name in report["missing"]:
         console.print(
-            f"not set up: secret {name} does not exist (an API key: `voke rotate api-key NAME --adopt`)"
+            with_env(
+                f"not set up: secret {name} does not exist (an API key: `voke rotate api-key NAME --adopt`)"
+            )
         )
     for r in report["rotations"]:
         if isinstance(r, dict):
             word = "not resumed" if r["status"] == "not_resumed" else "not started"
             console.print(f"{r['secret']}: {word} ({r['error']['message']})", markup=False)
         elif r.dry_run:
-            _render_report(console, r)
+            _render_report(console, r, with_env)
         else:
             console.print(f"{r.rotation_id}: {r.status}, version {r.previous_version} -> {r.new_version}")
 
