@@ -55,6 +55,29 @@ def _no_real_user_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
         yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _internal_errors_traced() -> Iterator[None]:
+    """An internal error (exit 70) in an in-process run prints one line, as it must; its
+    traceback goes to the test's real stderr too, which pytest shows beside a failure: a
+    flaky exit 70 is then diagnosable from the CI log alone."""
+    import sys
+    import traceback
+
+    from voketag_ops.cli import app
+    from voketag_ops.redact import redact
+
+    original = app._internal_error
+
+    def traced(output: Any, exc: BaseException, debug: bool) -> int:
+        text = "".join(traceback.format_exception(exc))
+        sys.__stderr__.write("voke internal error (test harness):\n" + redact(text))
+        return original(output, exc, debug)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(app, "_internal_error", traced)
+        yield
+
+
 @pytest.fixture
 def make_environ():
     """base_environ as a fixture (test modules cannot import conftest)."""
