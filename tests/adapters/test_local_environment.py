@@ -14,10 +14,12 @@ import sys
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from voketag_ops.adapters.local.environment import LocalEnvironment
 from voketag_ops.config import LocalSettings
+from voketag_ops.errors import BackendError
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +131,19 @@ def test_writes_stream_to_the_replica(home):
             return conn.execute("select to_regclass('t_stream') is not null").fetchone()[0]
 
     wait_for(seen, "the table on the replica")
+
+
+def test_a_connection_lost_mid_query_is_a_backend_error_naming_the_node(home):
+    # (a node stopped or restarted under a query: `dr failback` once ended as an internal error)
+    node = local(home).primary()
+    lost = r"^the primary on port \d+ closed the connection: terminating"
+    with pytest.raises(BackendError, match=lost), node.connect() as conn:
+        conn.execute("select pg_terminate_backend(pg_backend_pid())")
+    with (
+        pytest.raises(psycopg.errors.DivisionByZero),
+        node.connect() as conn,
+    ):  # other errors pass as they are
+        conn.execute("select 1/0")
 
 
 @pytest.mark.parametrize("node_name", ["primary", "replica"])

@@ -349,6 +349,32 @@ def _cause_line(text: str) -> str:
     return next(marked, None) or _last_line(text)
 
 
+_node_connection: type | None = None
+
+
+def _node_connection_class() -> Any:
+    """psycopg's Connection, but a connection lost mid-query (connected, then the server went
+    away: a stop, a restart, a crash) leaves its `with` block as BackendError (exit 4) naming
+    the node, as a refused connect does, wherever voke queried it. Other errors pass as they
+    are (a query cancelled, a constraint): only a broken connection is translated."""
+    global _node_connection
+    if _node_connection is None:
+        import psycopg
+
+        class NodeConnection(psycopg.Connection[Any]):
+            node_label = "server"
+
+            def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
+                super().__exit__(exc_type, exc_val, exc_tb)
+                if isinstance(exc_val, psycopg.OperationalError) and self.broken:
+                    lines = str(exc_val).strip().splitlines()
+                    first = lines[0].strip() if lines else type(exc_val).__name__
+                    raise BackendError(f"the {self.node_label} closed the connection: {first}") from None
+
+        _node_connection = NodeConnection
+    return _node_connection
+
+
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
@@ -443,7 +469,7 @@ class PgNode:
         import psycopg
 
         try:
-            return psycopg.connect(
+            conn = _node_connection_class().connect(
                 host=str(self.socket_dir),
                 port=self.port,
                 user=SUPERUSER,
@@ -456,6 +482,8 @@ class PgNode:
             raise BackendError(
                 f"cannot connect to the {self.name} on port {self.port}: {_last_line(str(exc))}"
             ) from None
+        conn.node_label = f"{self.name} on port {self.port}"
+        return conn
 
     def conninfo(self, dbname: str = "postgres", **extra: str) -> str:
         """A libpq string for this node, its socket directory quoted (a VOKE_HOME with a space)."""
