@@ -7,6 +7,7 @@ slips through (a library error quoting a connection string, say).
 
 from __future__ import annotations
 
+import re
 import threading
 
 _lock = threading.Lock()
@@ -24,23 +25,67 @@ def register(value: str | bytes) -> None:
 
 
 def register_credentials_in(text: str) -> None:
-    """Register the password of any `scheme://user:password@host` URL and any `password=...`
-    keyword in TEXT (a command-line argument, a --db value), and each '@'- or ':'-separated
-    piece of it: a password with a raw '@' is split by URL parsers, which then quote a piece
-    of it as a host name in their errors."""
+    """Register the password of any `scheme://user:password@host` URL and any conninfo
+    `password = value` keyword in TEXT (a command-line argument, a --db value)."""
+    _register_url_password(text)
+    for match in _PASSWORD_KEYWORD.finditer(text):
+        group = next(g for g in ("quoted", "dquoted", "bare") if match.group(g) is not None)
+        begin, end = match.span(group)
+        _remember_known(text, begin, end)  # as the user wrote it (as an error quoting the argument shows it)
+        unescaped = _UNESCAPE.sub(r"\1", text[begin:end])  # as libpq reads it
+        if len(unescaped) >= _MIN_LEN:
+            _remember(unescaped)
+        if group == "bare" and "&" in text[begin:end]:  # a URL query: `?password=...&sslmode=...`
+            _remember_known(text, begin, text.index("&", begin))
+
+
+# libpq's `keyword = value`: spaces around '='; a value in single quotes (\' and \\ escaped) that
+# may hold spaces, or else up to the next space. Also `?password=` in a URL's query, and a
+# double-quoted value (a shell user's habit). An unterminated quote runs to the end.
+_PASSWORD_KEYWORD = re.compile(
+    r"password\s*=\s*(?:'(?P<quoted>(?:[^'\\]|\\.)*)'?|\"(?P<dquoted>[^\"]*)\"?|(?P<bare>(?:[^\s\\]|\\.)+))"
+)
+_UNESCAPE = re.compile(r"\\(.)")
+
+
+def _register_url_password(text: str) -> None:
+    """Register the password of a `scheme://user:password@host` URL in TEXT: everything between
+    `user:` and the last '@' (a raw '@' in a password ends the userinfo at the last one for most
+    parsers, at the first for libpq, which then names the rest as the host in its errors), and
+    each '@'- or ':'-separated piece of it, and each head and tail at such a separator."""
     scheme = text.find("://")
-    if scheme >= 0 and "@" in text[scheme:]:
-        userinfo = text[scheme + 3 : text.rindex("@")]
-        if ":" in userinfo:  # a user name alone is no secret (masking it masked "ingest load")
-            register(userinfo)
-            password = userinfo.split(":", 1)[1]
-            register(password)
-            for piece in password.replace(":", "@").split("@"):
-                register(piece)
-    start = text.find("password=")
-    if start >= 0:
-        value = text[start + len("password=") :].split(" ", 1)[0].strip("'\"")
-        register(value)
+    at = text.rfind("@", scheme + 3) if scheme >= 0 else -1
+    colon = text.find(":", scheme + 3, at) if at >= 0 else -1
+    if colon < 0:  # a user name alone is no secret (masking it masked "ingest load")
+        return
+    first = colon + 1  # the password is text[first:at]
+    _remember_known(text, scheme + 3, at)
+    _remember_known(text, first, at)
+    cuts = [first - 1] + [i for i in range(first, at) if text[i] in "@:"] + [at]
+    for i, cut in enumerate(cuts[1:-1], 1):
+        _remember_known(text, first, cut)  # a parser that ends the password here
+        _remember_known(text, cut + 1, at)  # and names the rest as a host or a port
+        _remember_known(text, cuts[i - 1] + 1, cut)
+    _remember_known(text, cuts[-2] + 1, at)
+
+
+def _remember_known(text: str, begin: int, end: int) -> None:
+    """Register text[BEGIN:END], known to be (part of) a password: alone when it is long enough
+    not to mask ordinary words, else only with the separator either side of it (a bare "x9"
+    would mask every "x9" in the output, and a "1" would break a --json document)."""
+    if end - begin >= _MIN_LEN:
+        _remember(text[begin:end])
+    elif end > begin:
+        if begin > 0:
+            _remember(text[begin - 1 : end])
+        if end < len(text):
+            _remember(text[begin : end + 1])
+
+
+def _remember(text: str | None) -> None:
+    if text:
+        with _lock:
+            _values.add(text)
 
 
 _SECRET_FIELDS = {"password", "secret", "token", "access_token", "private_key", "api_key", "key", "value"}

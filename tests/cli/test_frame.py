@@ -144,6 +144,30 @@ def test_internal_error_is_one_line_without_traceback_and_redacted(voke, monkeyp
     assert "Traceback" in debug.stderr and secret not in debug.stderr
 
 
+def test_a_password_in_any_argument_is_masked_whatever_its_shape(voke, tmp_path):
+    # libpq ends the password at its first raw '@' and names the short rest as the host.
+    csv = tmp_path / "b.csv"
+    csv.write_text("a,b\n1,2\n")
+    url = "postgresql://app:LongFirstPart@x9!@127.0.0.1:5432/db"
+    loaded = voke("ingest", "load", str(csv), "--db", url, "--yes")
+    assert loaded.exit_code == 4 and "failed to resolve host" in loaded.stderr
+    audited = (tmp_path / "home" / "audit" / "audit.jsonl").read_text()
+    assert "x9!" not in loaded.stderr and "x9!" not in audited
+    for conninfo, password in [
+        ("host=db user=app password = Sup3rSecretPW9", "Sup3rSecretPW9"),  # spaces around '='
+        ("host=db user=app password='Sup3r Secret PW9'", "Secret PW9"),  # quoted, with spaces
+        (r"host=db password='it\'s Sup3r' user=app", "s Sup3r"),  # an escaped quote
+        ("postgresql://db/x?password=Sup3rSecretPW9&sslmode=require", "Sup3rSecretPW9"),
+    ]:
+        result = voke("coverage", "report", conninfo)
+        assert result.exit_code == 2 and "no such file" in result.stderr, result.stderr
+        assert password not in result.stderr, conninfo
+    # A short piece is masked with the '@' beside it, never alone: a bare "2" would break --json.
+    url = "postgresql://app:LongFirstPart@2@127.0.0.1:1/db"
+    short = voke("ingest", "load", str(csv), "--db", url, "--json")
+    assert short.json["error"]["exit_code"] == 4 and "2@" not in short.stdout
+
+
 def test_no_ansi_escapes_when_not_a_terminal(voke):
     result = voke("env", "status")
     assert "\x1b[" not in result.stdout + result.stderr
