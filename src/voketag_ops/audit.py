@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from voketag_ops.core import audit as core
 from voketag_ops.core.chain import read_json
 from voketag_ops.errors import BackendError, NeedsOperatorError, VokeError
+from voketag_ops.redact import redact
 
 if TYPE_CHECKING:
     from voketag_ops.core.chain import ChainState
@@ -577,7 +578,7 @@ def audited(
         interrupted = isinstance(exc, KeyboardInterrupt) or getattr(exc, "exit_code", None) == 130
         event.details["error"] = {
             "type": getattr(exc, "type_name", type(exc).__name__),
-            "message": getattr(exc, "message", str(exc))[:500],
+            "message": redact(getattr(exc, "message", str(exc)))[:500],  # cut after: a secret across the cut
         }
         try:
             event.entry = record_event(

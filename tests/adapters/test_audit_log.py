@@ -87,6 +87,19 @@ def test_audited_records_success_failure_and_interrupt(tmp_path: Path) -> None:
     assert AuditLog(tmp_path).verify().ok
 
 
+def test_a_failure_message_is_redacted_before_it_is_cut(tmp_path: Path) -> None:
+    secret = "Audit-Cut-Secret-5e8d1b"
+    redact.register(secret)
+    with (
+        pytest.raises(PreconditionError),
+        audited(tmp_path, event_type="x", env="local", target="t"),
+    ):
+        raise PreconditionError("y" * 490 + " " + secret)  # the message is kept to 500 characters
+    (entry,) = AuditLog(tmp_path).entries()
+    assert entry.details["error"]["message"] == "y" * 490 + " ***"
+    assert secret[:8] not in AuditLog(tmp_path).path.read_text()
+
+
 def test_audited_success_with_an_unwritable_log_needs_a_person(tmp_path: Path) -> None:
     (tmp_path / "audit").write_text("not a directory")
     with (

@@ -85,3 +85,13 @@ def test_an_unreachable_api_is_a_backend_error(fake):
     with pytest.raises(SecretError) as err:
         GcpSecretStore(ctx).get("s")
     assert err.value.exit_code == ExitCode.BACKEND
+
+
+def test_a_library_message_is_redacted_before_it_is_cut():
+    from voketag_ops import redact
+    from voketag_ops.adapters.gcp._common import message_of
+
+    secret = "Gcp-Cut-Secret-2c4e6a8b"
+    redact.register(secret)
+    message = message_of(RuntimeError("z" * 290 + " " + secret + "\nsecond line"))  # kept to 300
+    assert message == "z" * 290 + " ***"

@@ -347,6 +347,22 @@ def test_a_provider_refusing_before_the_lock_is_exit_4_and_changes_nothing(world
     assert len(meta.versions) == 1 and ANNOTATION not in meta.annotations
 
 
+def test_a_provider_message_quoting_a_secret_is_redacted_before_it_is_cut(world, fake):
+    from voketag_ops import redact
+
+    secret = "Quoted-Secret-0123456789abcdefXY"
+    redact.register(secret)
+    engine = world.adopt_all()
+    # The secret starts at character 185 of the reason, which is cut at 200.
+    message = "x" * 170 + " client secret " + secret
+    fake.fail("POST", r"^/v3/api_keys$", status=400, message=message)
+    outcome = rotate_api_key(engine, "sendgrid")
+    assert outcome.error is not None and "client secret ***" in outcome.error.message
+    stored = world.store.get("sendgrid-key").annotations[ANNOTATION]  # a person looks: the record stays
+    for text in (outcome.error.message, stored, (world.home / "audit" / "audit.jsonl").read_text()):
+        assert secret[:8] not in text
+
+
 def test_http_errors_become_rotation_failure_kinds(fake):
     from voketag_ops.adapters.providers import HttpClient
 

@@ -59,8 +59,8 @@ def _detail(body: Any) -> str:
         errors = body.get("errors")  # SendGrid {"errors": [{"field", "message"}]}
         if isinstance(errors, list) and errors and isinstance(errors[0], dict):
             parts.append(str(errors[0].get("message", "")))
-    text = "; ".join(p for p in parts if p)[:200]
-    return f" ({redact.redact(text)})" if text else ""
+    text = redact.redact("; ".join(p for p in parts if p))[:200]  # cut after: a secret across the cut
+    return f" ({text})" if text else ""
 
 
 class HttpClient:

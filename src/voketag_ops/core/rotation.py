@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 from voketag_ops.core.times import iso
+from voketag_ops.redact import redact
 
 STEPS = ("lock", "create_pending", "set_target", "test", "commit", "deploy", "health", "finish")
 Step = Literal["lock", "create_pending", "set_target", "test", "commit", "deploy", "health", "finish"]
@@ -91,7 +92,13 @@ class RotationRecord:
     committed_at: str | None = None
 
     def to_json(self) -> str:
+        """The record as stored (the annotation, the history file), its error and step texts
+        redacted: they quote backends' messages, and the annotation is readable with secrets.get."""
         doc = asdict(self)
+        for step in doc["steps"]:
+            step["detail"] = redact(step["detail"])
+        if doc["error"]:
+            doc["error"] = {k: redact(v) if isinstance(v, str) else v for k, v in doc["error"].items()}
         for late in ("rolling_back", "committed_at"):
             if doc[late] is None:  # absent, so that an older voke can still read the record
                 del doc[late]

@@ -37,6 +37,7 @@ class Fault:
 
     status 0 closes the connection without an answer. after=True performs the
     request first, then loses the reply (the provider changed, the client never knew).
+    MESSAGE is the error body's message.
     """
 
     method: str
@@ -44,6 +45,7 @@ class Fault:
     status: int = 503
     times: int = 1
     after: bool = False
+    message: str = "injected fault"
 
 
 @dataclass
@@ -158,9 +160,18 @@ class FakeProviders:
         return self._server.url
 
     # -- knobs and seeds -------------------------------------------------------------------------
-    def fail(self, method: str, path: str, status: int = 503, *, times: int = 1, after: bool = False) -> None:
+    def fail(
+        self,
+        method: str,
+        path: str,
+        status: int = 503,
+        *,
+        times: int = 1,
+        after: bool = False,
+        message: str = "injected fault",
+    ) -> None:
         with self.lock:
-            self.faults.append(Fault(method, path, status, times, after))
+            self.faults.append(Fault(method, path, status, times, after, message))
 
     def add_stripe_key(self, mode: str = "test") -> str:
         key = f"sk_{mode}_51{_token(96)}"
@@ -245,7 +256,7 @@ class FakeProviders:
                 return (
                     None
                     if fault.status == 0
-                    else (fault.status, self._error(path, fault.status, "injected fault"))
+                    else (fault.status, self._error(path, fault.status, fault.message))
                 )
             auth = headers.get("authorization", "")
             token = auth[7:] if auth.lower().startswith("bearer ") else None
@@ -255,7 +266,7 @@ class FakeProviders:
                 return (
                     None
                     if fault.status == 0
-                    else (fault.status, self._error(path, fault.status, "injected fault"))
+                    else (fault.status, self._error(path, fault.status, fault.message))
                 )
             seen.status = status
             return status, reply

@@ -678,7 +678,9 @@ def _precision(given: int | None, settings: CoverageSettings, root: Path) -> int
 
 
 def _first(exc: Exception) -> str:
-    return str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+    from voketag_ops.redact import redact
+
+    return redact(str(exc)).splitlines()[0][:120] if str(exc) else type(exc).__name__
 
 
 @dataclass(frozen=True)

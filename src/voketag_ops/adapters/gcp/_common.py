@@ -26,6 +26,7 @@ from voketag_ops.errors import (
     VokeError,
 )
 from voketag_ops.logs import get_logger
+from voketag_ops.redact import redact
 
 if TYPE_CHECKING:
     from voketag_ops.config import GcpEnvironment
@@ -143,9 +144,10 @@ def is_retryable(exc: BaseException, *, idempotent: bool) -> bool:
 
 
 def message_of(exc: BaseException) -> str:
-    """One line from a library error (its message never holds a payload: voke sends none in URLs)."""
+    """One line from a library error (its message never holds a payload: voke sends none in URLs),
+    redacted before it is cut: a secret across the cut would keep its head."""
     text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return str(text).strip().splitlines()[0][:300]
+    return redact(str(text)).strip().splitlines()[0][:300]
 
 
 DEFAULT_ERRORS: dict[str, type[VokeError]] = {

@@ -35,6 +35,7 @@ from voketag_ops.core.coverage import (
     relative_to,
 )
 from voketag_ops.errors import ConfigError, InputError, UsageError
+from voketag_ops.redact import redact
 
 JSON_FORMATS = (1, 2, 3)  # coverage.json `meta.format` (absent = 1); 3 added regions (coverage.py 7.6)
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -176,7 +177,7 @@ def parse_json_report(
 
 
 def _short(exc: Exception) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    text = redact(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:200]
 
 

@@ -67,6 +67,7 @@ from voketag_ops.errors import (
 )
 from voketag_ops.files import replace_json
 from voketag_ops.logs import get_logger
+from voketag_ops.redact import redact
 
 if TYPE_CHECKING:
     import psycopg
@@ -2018,7 +2019,7 @@ class Canary:
 
 
 def _short_error(exc: BaseException) -> str:
-    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    text = redact(getattr(exc, "message", None) or str(exc) or type(exc).__name__)
     return f"{type(exc).__name__}: {text.strip().splitlines()[0][:160] if text.strip() else ''}"
 
 
