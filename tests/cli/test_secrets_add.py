@@ -3,19 +3,22 @@ version; never printed, refused for the secrets voke rotates."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
 
+from voketag_ops.adapters.local.secrets import LocalSecretStore
+
 VALUE = '{"client_id": "mgmt-client", "client_secret": "Sup3r-s3cret-admin-value"}'
 
 
-def voke_stdin(environ, *args, stdin=""):
+def voke_stdin(environ, *args, stdin: str | bytes = ""):
     return subprocess.run(
         [sys.executable, "-m", "voketag_ops", *args],
         input=stdin,
         capture_output=True,
-        text=True,
+        text=isinstance(stdin, str),
         env=environ,
         timeout=60,
     )
@@ -43,6 +46,22 @@ def test_add_stores_a_new_current_version_and_keeps_the_one_before_as_previous(v
         assert "Sup3r-s3cret-admin-value" not in text and "second-value-9f8e7d" not in text
 
 
+def test_a_value_on_stdin_is_read_as_bytes_like_a_file(voke, make_environ, tmp_path, monkeypatch):
+    # Not UTF-8: stored as given, without the trailing newline `echo` adds, as from --from-file.
+    environ = make_environ(tmp_path / "home")
+    done = voke_stdin(environ, "secrets", "add", "misc-y", "--yes", "--json", stdin=b"\xff\xfesecretvalue\n")
+    assert done.returncode == 0, done.stderr
+    monkeypatch.setattr(
+        sys, "stdin", io.TextIOWrapper(io.BytesIO(b"\xfe\xffsecond-value\n"), encoding="utf-8")
+    )
+    assert voke("secrets", "add", "misc-y", "--yes", environ=environ).exit_code == 0  # in-process, too
+    store = LocalSecretStore(tmp_path / "home")
+    assert [store.access("misc-y", v) for v in ("previous", "current")] == [
+        b"\xff\xfesecretvalue",
+        b"\xfe\xffsecond-value",
+    ]
+
+
 def test_a_dry_run_reads_no_value_and_changes_nothing(voke, make_environ, tmp_path):
     environ = make_environ(tmp_path / "home")
     plan = voke("secrets", "add", "maps-admin", "--dry-run", "--json", environ=environ)
@@ -57,7 +76,7 @@ def test_bad_input_is_a_usage_error_and_stores_nothing(voke, make_environ, tmp_p
         (["jwt-signing"], VALUE, "rotation.jwt"),
         (["bad name"], VALUE, "invalid secret name"),
         (["empty"], " \n", "nothing pasted"),
-        (["big"], "x" * 65537, "more than 65,536 characters"),
+        (["big"], "x" * 65537, "more than 65,536 bytes"),
         (["nofile", "--from-file", str(tmp_path / "missing")], "", "No such file"),
         (["ask"], VALUE, "refusing without --yes"),
     ]

@@ -22,7 +22,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from voketag_ops.cli.common import DryRun, Unasked, Yes, use
+from voketag_ops.cli.common import DryRun, Unasked, Yes, stdin_bytes, use
 
 _UINT64_MAX = (1 << 64) - 1  # the largest size the chain store reads back (core.chain.MAX_NONCE)
 
@@ -83,12 +83,7 @@ def _binary_input(name: str) -> Iterator[tuple[IO[bytes], str]]:
     from voketag_ops.errors import UsageError
 
     if name == "-":
-        stream = getattr(sys.stdin, "buffer", None)
-        if stream is None:  # a text stream without a buffer (tests): re-encode
-            import io
-
-            stream = io.BytesIO(sys.stdin.read().encode("utf-8"))
-        yield stream, "<stdin>"
+        yield stdin_bytes(sys.stdin), "<stdin>"
         return
     try:
         fh = open(name, "rb")  # noqa: SIM115 - closed below

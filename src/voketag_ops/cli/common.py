@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 
@@ -142,19 +142,41 @@ def use(ctx: typer.Context) -> AppContext:
     return app
 
 
-def read_pasted(env: AppContext, prompt: str, *, limit: int = 65536) -> str:
-    """A value pasted by the operator, without surrounding whitespace: at a prompt that does
-    not echo, or on stdin. Nothing, or more than LIMIT characters, is a usage error."""
+def stdin_bytes(stream: TextIO) -> IO[bytes]:
+    """The bytes of STREAM, a text stdin: its buffer, or the text of a stream without one (a
+    test's StringIO) encoded back."""
+    buffer: IO[bytes] | None = getattr(stream, "buffer", None)
+    if buffer is None:
+        import io
+
+        return io.BytesIO(stream.read().encode("utf-8", "surrogateescape"))
+    return buffer
+
+
+def read_pasted_bytes(env: AppContext, prompt: str, *, limit: int = 65536) -> bytes:
+    """A value pasted by the operator, without surrounding whitespace (a trailing newline): at
+    a prompt that does not echo, or on stdin, read as bytes as a file is (a value need not be
+    UTF-8). Nothing, or more than LIMIT bytes, is a usage error."""
     from voketag_ops.errors import UsageError
 
     if env.out.interactive:
         from rich.prompt import Prompt
 
-        value = Prompt.ask(prompt, password=True, console=env.out.err)
+        value = Prompt.ask(prompt, password=True, console=env.out.err).encode("utf-8", "surrogateescape")
     else:
-        value = env.out.stdin.read(limit + 1)
+        value = stdin_bytes(env.out.stdin).read(limit + 1)
     if len(value) > limit:
-        raise UsageError(f"{prompt}: more than {limit:,} characters on stdin; nothing was stored")
+        raise UsageError(f"{prompt}: more than {limit:,} bytes on stdin; nothing was stored")
     if not value.strip():
         raise UsageError(f"{prompt}: nothing pasted (give it on stdin: ... --yes < key.txt)")
     return value.strip()
+
+
+def read_pasted(env: AppContext, prompt: str, *, limit: int = 65536) -> str:
+    """`read_pasted_bytes` as text (a key sent to a provider): not UTF-8 is a usage error."""
+    from voketag_ops.errors import UsageError
+
+    try:
+        return read_pasted_bytes(env, prompt, limit=limit).decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise UsageError(f"{prompt}: not UTF-8 text; nothing was stored") from None

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from voketag_ops.cli.common import DryRun, Yes, read_pasted, use
+from voketag_ops.cli.common import DryRun, Yes, read_pasted_bytes, use
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -157,7 +157,7 @@ def _read_value(env: Any, name: str, from_file: Path | None) -> bytes:
     from voketag_ops.workflows.secrets import MAX_VALUE_BYTES
 
     if from_file is None:
-        return read_pasted(env, f"Value of {name}", limit=MAX_VALUE_BYTES).encode("utf-8")
+        return read_pasted_bytes(env, f"Value of {name}", limit=MAX_VALUE_BYTES)
     try:
         with open(from_file, "rb") as fh:
             return fh.read(MAX_VALUE_BYTES + 1)
