@@ -43,6 +43,10 @@ def make_environ_module():
             VOKE_LOCAL__ARCHIVE_TIMEOUT="5",
             VOKE_ROTATION__TEST_INTERVAL="0.2",
             VOKE_ROTATION__HEALTH_TIMEOUT="20",
+            VOKE_LOCAL__SERVICE_DRAIN_SECONDS="0.5",  # as the shared platform's (conftest FAST_ROTATION)
+            # the network drill's frozen leader: long enough for the probe (1 s) and the canary's
+            # writes (1 s timeout) to fail, not the product's 5 s
+            VOKE_DR__NETWORK_OUTAGE_SECONDS="2.5",
         )
         env.update(extra)
         return env
