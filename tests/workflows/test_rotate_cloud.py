@@ -145,13 +145,14 @@ def test_rotation_moves_secret_database_and_services_together(cloud, voke, make_
 
 
 @pytest.mark.parametrize("step", STEPS)
-def test_kill_after_each_step_then_resume(cloud, make_environ, step):
+def test_kill_after_each_step_then_resume(cloud, voke, make_environ, step):
     fake, home = cloud
+    # the kill is the real process's (os._exit mid-step); the resume runs in-process, as any later voke
     crashed = _voke(home, make_environ, "rotate", "db-password", "--yes", **{FAULT_ENV: step})
     assert crashed.returncode == FAULT_EXIT_CODE, crashed.stdout + crashed.stderr
-    resumed = _voke(home, make_environ, "rotate", "resume", "--yes", "--json")
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    doc = json.loads(resumed.stdout)["result"]
+    resumed = voke("rotate", "resume", "--yes", "--json", environ=_environ(home, make_environ))
+    assert resumed.exit_code == 0, resumed.stdout + resumed.stderr
+    doc = resumed.json["result"]
     if step == "finish":
         assert doc == {"status": "nothing to do"}
     else:
