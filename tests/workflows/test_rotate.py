@@ -111,12 +111,13 @@ def test_objects_created_by_either_login_are_usable_by_both(platform):
 
 
 @pytest.mark.parametrize("step", STEPS)
-def test_crash_after_each_step_then_resume_leaves_no_lockout(platform, platform_environ, step):
+def test_crash_after_each_step_then_resume_leaves_no_lockout(voke, platform, platform_environ, step):
+    # the crash is the real process's (os._exit mid-step); the resume runs in-process, as any later voke
     crashed = voke_proc(platform_environ, "rotate", "db-password", "--yes", **{FAULT_ENV: step})
     assert crashed.returncode == FAULT_EXIT_CODE, crashed.stderr
-    resumed = voke_proc(platform_environ, "rotate", "resume", "--yes", "--json")
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    doc = json.loads(resumed.stdout)["result"]
+    resumed = voke("rotate", "resume", "--yes", "--json", environ=platform_environ)
+    assert resumed.exit_code == 0, resumed.stdout + resumed.stderr
+    doc = resumed.json["result"]
     if step == "finish":
         assert doc == {"status": "nothing to do"}
     else:
@@ -126,7 +127,7 @@ def test_crash_after_each_step_then_resume_leaves_no_lockout(platform, platform_
     assert_consistent(platform)
 
 
-def test_sigkill_at_random_moments_then_resume(platform, platform_environ):
+def test_sigkill_at_random_moments_then_resume(voke, platform, platform_environ):
     rng = random.Random(20261126)
     for _ in range(4):
         proc = subprocess.Popen(
@@ -138,8 +139,8 @@ def test_sigkill_at_random_moments_then_resume(platform, platform_environ):
         time.sleep(rng.uniform(0.3, 1.6))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        resumed = voke_proc(platform_environ, "rotate", "resume", "--yes", "--json")
-        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        resumed = voke("rotate", "resume", "--yes", "--json", environ=platform_environ)  # in-process
+        assert resumed.exit_code == 0, resumed.stdout + resumed.stderr
         assert_consistent(platform)
 
 
