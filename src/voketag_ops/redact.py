@@ -71,15 +71,19 @@ def _register_url_password(text: str) -> None:
 
 def _remember_known(text: str, begin: int, end: int) -> None:
     """Register text[BEGIN:END], known to be (part of) a password: alone when it is long enough
-    not to mask ordinary words, else only with the separator either side of it (a bare "x9"
-    would mask every "x9" in the output, and a "1" would break a --json document)."""
+    not to mask ordinary words, else only with a URL separator ('@' or ':') beside it, as a
+    parser quoting the URL shows it (a bare "x9" would mask every "x9" in the output, a "1"
+    would break a --json document, and "voke " or '"ok' would mask ordinary text too)."""
     if end - begin >= _MIN_LEN:
         _remember(text[begin:end])
     elif end > begin:
-        if begin > 0:
+        if begin > 0 and text[begin - 1] in _URL_SEPARATORS:
             _remember(text[begin - 1 : end])
-        if end < len(text):
+        if end < len(text) and text[end] in _URL_SEPARATORS:
             _remember(text[begin : end + 1])
+
+
+_URL_SEPARATORS = "@:"
 
 
 def _remember(text: str | None) -> None:

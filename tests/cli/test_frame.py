@@ -166,6 +166,11 @@ def test_a_password_in_any_argument_is_masked_whatever_its_shape(voke, tmp_path)
     url = "postgresql://app:LongFirstPart@2@127.0.0.1:1/db"
     short = voke("ingest", "load", str(csv), "--db", url, "--json")
     assert short.json["error"]["exit_code"] == 4 and "2@" not in short.stdout
+    # nor with a space, '=' or a quote beside it: "4 " would mask `"exit_code": 4}` and '"ok'
+    # the document's first key
+    for conninfo in ("host=127.0.0.1 port=1 password = 4 dbname=x", 'host=127.0.0.1 port=1 password="ok"'):
+        listed = voke("ingest", "batches", "--db", conninfo, "--json")
+        assert listed.json["ok"] is False and listed.json["error"]["exit_code"] == 4, listed.stdout
 
 
 def test_no_ansi_escapes_when_not_a_terminal(voke):
