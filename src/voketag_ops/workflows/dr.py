@@ -11,7 +11,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -539,9 +539,9 @@ def verify(
     from voketag_ops.adapters.local.tablediff import (
         PgSide,
         list_tables,
-        open_snapshot,
         qualified_name,
         resolve_tables,
+        snapshot,
     )
     from voketag_ops.core.tablediff import diff_table
 
@@ -564,10 +564,8 @@ def verify(
             )
         progress(f"waiting for {standby.name} to replay up to the leader's position")
         dr.wait_caught_up(leader, standby, timeout=60)
-    src_conn, src_lsn = open_snapshot(src, database)
-    dst_conn, dst_lsn = open_snapshot(dst, database)
     results = []
-    try:
+    with snapshot(src, database) as (src_conn, src_lsn), snapshot(dst, database) as (dst_conn, dst_lsn):
         available, without_key = list_tables(src_conn)
         target_keyed, target_without_key = list_tables(dst_conn)
         target_tables = {t.qualified for t in target_keyed}
@@ -616,11 +614,6 @@ def verify(
         results += [
             {"table": t, "equal": False, "extra_on_target": True, "seconds": 0.0} for t in only_on_target
         ]
-    finally:
-        for conn in (src_conn, dst_conn):
-            with suppress(Exception):
-                conn.rollback()
-                conn.close()
     return {
         "source": {"name": source, "node": src.name, "lsn": src_lsn},
         "target": {"name": target, "node": dst.name, "lsn": dst_lsn},

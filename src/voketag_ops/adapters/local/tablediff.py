@@ -11,7 +11,8 @@ question is answered at the same logical point.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -49,16 +50,18 @@ class TableInfo:
         return f"{self.schema}.{self.name}"
 
 
-def open_snapshot(node: PgNode, dbname: str) -> tuple[psycopg.Connection[Any], str]:
-    """A connection inside a read-only REPEATABLE READ transaction, and the LSN it reads at."""
-    conn = node.connect(dbname, timeout=10)
-    for statement in _SESSION:
-        conn.execute(statement)
-    conn.execute("begin transaction isolation level repeatable read read only")
-    row = conn.execute(
-        "select case when pg_is_in_recovery() then pg_last_wal_replay_lsn() else pg_current_wal_lsn() end::text"
-    ).fetchone()
-    return conn, str(row[0]) if row else ""
+@contextmanager
+def snapshot(node: PgNode, dbname: str) -> Iterator[tuple[psycopg.Connection[Any], str]]:
+    """A connection inside a read-only REPEATABLE READ transaction, and the LSN it reads at;
+    closed at the end of the block (a connection lost meanwhile is BackendError naming NODE)."""
+    with node.connect(dbname, timeout=10) as conn:
+        for statement in _SESSION:
+            conn.execute(statement)
+        conn.execute("begin transaction isolation level repeatable read read only")
+        row = conn.execute(
+            "select case when pg_is_in_recovery() then pg_last_wal_replay_lsn() else pg_current_wal_lsn() end::text"
+        ).fetchone()
+        yield conn, str(row[0]) if row else ""
 
 
 def list_tables(conn: psycopg.Connection[Any]) -> tuple[list[TableInfo], list[str]]:
