@@ -419,7 +419,7 @@ def test_a_clone_whose_delete_fails_after_ctrl_c_is_labelled_and_the_next_run_de
 
     drills.fake.sql.instances["voke-db"]["labels"] = dict(PRODUCTION_LABELS)  # a clone copies them
     drills.fake.rest.fail("DELETE", r"/instances/voke-db-drill-", status="PERMISSION_DENIED", times=1)
-    with pytest.raises(Interrupted):
+    with pytest.raises(VokeErrorType):  # exit 7: the interrupted drill left a billed instance
         cloud_drill.run(
             drills.settings(),
             "pitr",
@@ -435,6 +435,61 @@ def test_a_clone_whose_delete_fails_after_ctrl_c_is_labelled_and_the_next_run_de
     assert again.exit_code == 0, again.stdout + again.stderr
     assert again.json["result"]["details"]["leftovers"]["deleted"] == [left]
     assert drills.scratch() == []
+
+
+def _ctrl_c_at_the_answer_with_the_delete_refused(drills: Drills, monkeypatch: Any) -> None:
+    """The next `voke drill run`: Ctrl-C at the canary read of the first scratch instance,
+    whose delete in the clean-up is then refused once (it stays, billed)."""
+    from voketag_ops.workflows import cloud_drill
+
+    real = cloud_drill.run_drill
+
+    def ctrl_c_at_the_answer(*args: Any, progress: Any, **kw: Any) -> Any:
+        def interrupting(message: str) -> None:
+            progress(message)
+            _interrupt_at_the_answer(message)
+
+        return real(*args, progress=interrupting, **kw)
+
+    monkeypatch.setattr(cloud_drill, "run_drill", ctrl_c_at_the_answer)
+    drills.fake.rest.fail("DELETE", r"/instances/voke-db-drill-", status="PERMISSION_DENIED", times=1)
+
+
+def _names_the_leftover_and_the_interruption(drills: Drills, error: dict[str, Any], journal: dict[str, Any]):
+    [left] = drills.scratch()
+    assert left.startswith("voke-db-drill-pitr-") and journal["left_behind"] == [left]
+    assert journal["status"] == "interrupted"
+    path = drills.home / "state" / "cloud" / "prod" / "drills" / f"{journal['run_id']}.json"
+    message, hint = error["message"], error["hint"]
+    assert message.startswith("interrupted: drill pitr") and str(path) in message, message
+    assert f"could not delete the scratch instance(s) {left} (they are billed)" in message
+    assert f"gcloud sql instances delete {left} --project {drills.fake.project}" in hint, hint
+    assert f"voke --env prod drill report {journal['run_id']}" in hint, hint
+
+
+def test_ctrl_c_that_leaves_a_billed_scratch_instance_is_exit_7_naming_it(drills, monkeypatch):
+    # exit 7 as when no Ctrl-C came (a person must delete it), the interruption said as well
+    _ctrl_c_at_the_answer_with_the_delete_refused(drills, monkeypatch)
+    result = drills.drill("pitr")
+    assert result.exit_code == 7, result.stdout + result.stderr
+    from types import SimpleNamespace
+
+    from voketag_ops.workflows import drill
+
+    journal = drill.load_journal(SimpleNamespace(home=drills.home / "state" / "cloud" / "prod"), "last")
+    _names_the_leftover_and_the_interruption(drills, result.json["error"], journal)
+
+
+def test_ctrl_c_in_all_that_leaves_a_billed_scratch_instance_keeps_the_journals(drills, monkeypatch):
+    # as for one drill (exit 7, the leftover and the interruption named), and as for a Ctrl-C of
+    # `all`: the journals saved are the result, the drills not started listed
+    _ctrl_c_at_the_answer_with_the_delete_refused(drills, monkeypatch)
+    result = drills.drill("all")
+    assert result.exit_code == 7, result.stdout + result.stderr
+    report = result.json["result"]
+    assert [j["scenario"] for j in report["runs"]] == ["pitr"], report
+    assert report["not_run"] == ["failover"] and report["status"] == "failed"
+    _names_the_leftover_and_the_interruption(drills, result.json["error"], report["runs"][0])
 
 
 def test_an_unlabelled_clone_the_journal_lists_is_deleted_by_the_next_run_here(drills):

@@ -146,7 +146,8 @@ def _home(env: Any) -> Any:
 def _render_result(env: Any, report: dict[str, Any], *, error: Any = None) -> None:
     """Exit 1 when a drill failed, 5 when one was aborted (its steady state, or what it checks
     before its fault, did not hold: nothing was drilled); ERROR (a scenario of `all` that raised
-    after others finished) decides the exit code, shown after their journals."""
+    after others finished, or scratch instances `all` left: exit 7) decides the exit code, shown
+    after their journals."""
     from voketag_ops.errors import PreconditionError
 
     if report.get("dry_run"):

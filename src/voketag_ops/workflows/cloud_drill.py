@@ -20,7 +20,8 @@ generates (`<instance>-drill-<scenario>-<UTC stamp>-<hex>[-r]`, or the short for
 the drill's labels (voke-drill, voke-env=<env>) or this machine's journals list it as created
 and not deleted (the journal is checkpointed before each scratch request, so a clone whose
 labelling never happened, still carrying production's labels, is found after a crash too);
-one that cannot be deleted is labelled as the drill's (best effort) and reported (exit 7). Journals go to VOKE_HOME/cloud/NAME/drills, so `voke --env
+one that cannot be deleted is labelled as the drill's (best effort) and reported (exit 7, after
+Ctrl-C too). Journals go to VOKE_HOME/cloud/NAME/drills, so `voke --env
 NAME drill history|report` read them; RTO and RPO per scenario are written to Cloud
 Monitoring (best effort).
 """
@@ -918,8 +919,10 @@ def run(
 ) -> local_drill_frame.RunOutcome:
     """`voke --env NAME drill run pitr|failover|all`: one journal, or {"runs": [...]} for all;
     as locally, a scenario of `all` that raises once a journal was saved (Ctrl-C) ends the run:
-    the journals saved, with its error. Scratch instances that could not be deleted raise
-    NeedsOperatorError (exit 7) after the journals are saved."""
+    the journals saved, with its error. Scratch instances that could not be deleted (after
+    Ctrl-C too: they are billed until a person deletes them) are NeedsOperatorError (exit 7)
+    naming them and the delete command, and the interruption if there was one: raised for one
+    drill, with the journals saved for `all`."""
     scenarios = _known_scenarios(settings, scenario)
     env = settings.environment(settings.env)
     if dry_run:
@@ -937,28 +940,30 @@ def run(
             )
         except VokeError as exc:
             journals.extend(saved)  # an interrupted drill's, saved before it raised
-            if scenario != "all" or not journals:
+            if not journals:
                 raise
             error = exc  # the drills that ran are reported with it; the rest did not run
             break
     left = sorted({name for j in journals for name in j.get("left_behind") or []})
-    unlabelled = sorted({name for j in journals for name in j.get("left_behind_unlabelled") or []})
-    report: dict[str, Any] = (
-        journals[0]
-        if scenario != "all"
-        else {
-            "runs": journals,
-            "status": "completed"
-            if error is None and all(j["status"] == "completed" for j in journals)
-            else "failed",
-            "not_run": scenarios[len(journals) :],
-        }
-    )
-    if left:
-        raise NeedsOperatorError(
-            f"the drill could not delete the scratch instance(s) {', '.join(left)} (they are billed)",
+    if left:  # also after Ctrl-C: the interruption is said, the billed instances need a person
+        unlabelled = sorted({name for j in journals for name in j.get("left_behind_unlabelled") or []})
+        error = NeedsOperatorError(
+            (f"{error.message}; " if error is not None else "")
+            + f"the drill could not delete the scratch instance(s) {', '.join(left)} (they are billed)",
             hint="delete them: "
-            + "; ".join(f"gcloud sql instances delete {n}" for n in left)
-            + _retry_note(settings, unlabelled),
+            + "; ".join(f"gcloud sql instances delete {n} --project {env.project}" for n in left)
+            + _retry_note(settings, unlabelled)
+            + (f"; {error.hint}" if error is not None and error.hint else ""),
         )
+    if scenario != "all":
+        if error is not None:
+            raise error
+        return local_drill_frame.RunOutcome(journals[0])
+    report = {
+        "runs": journals,
+        "status": "completed"
+        if error is None and all(j["status"] == "completed" for j in journals)
+        else "failed",
+        "not_run": scenarios[len(journals) :],
+    }
     return local_drill_frame.RunOutcome(report, error)
