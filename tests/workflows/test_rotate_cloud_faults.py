@@ -132,7 +132,8 @@ def test_a_record_that_cannot_be_cleared_after_success_is_a_warning(cloud):
     assert result.exit_code == 0, result.stdout + result.stderr
     rotation = result.json["result"]["rotation_id"]
     assert result.json["result"]["status"] == "succeeded"
-    assert f"`voke rotate resume {rotation}` clears it" in result.stderr
+    # the command names the environment: pasted in another shell, it clears this one's record
+    assert f"`voke --env prod rotate resume {rotation}` clears it" in result.stderr
     finish = [e for e in cloud.audit() if e["event_type"] == "rotation.finish"]
     assert [e["result"] for e in finish] == ["succeeded"]
     record = cloud.record()  # left at health, its lease given up: resume need not wait for it

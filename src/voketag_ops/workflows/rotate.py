@@ -671,12 +671,11 @@ class RotationEngine:
             if record.status != "succeeded":
                 raise
             log.warning(
-                "rotation %s succeeded, but its record on %s could not be cleared (%s); "
-                "`voke rotate resume %s` clears it",
+                "rotation %s succeeded, but its record on %s could not be cleared (%s); `%s` clears it",
                 record.id,
                 record.secret,
                 exc.message,
-                record.id,
+                self._voke(f"rotate resume {record.id}"),
             )
             try:  # the stored record (at health) is what resume continues from: give its lease up
                 stored = self._record(record.secret)[1]
@@ -684,6 +683,11 @@ class RotationEngine:
                 stored = None
             if stored is not None and stored.id == record.id:
                 self._release(stored)
+
+    def _voke(self, args: str) -> str:
+        """The `voke ARGS` command to paste, naming this engine's environment when it is a cloud
+        one (as the CLI's errors do): pasted elsewhere, it acts on the same environment."""
+        return f"voke {args}" if self.env_name == "local" else f"voke --env {self.env_name} {args}"
 
     def _notify_ended(self, record: RotationRecord, held: interrupts.Held) -> None:
         """The webhook, once the rotation has ended, within HELD: a Ctrl-C or SIGTERM by then (a
