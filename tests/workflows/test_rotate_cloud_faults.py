@@ -39,8 +39,10 @@ class Cloud:
         lines += [f"services = {json.dumps(list(SERVICES))}"]
         (self.home / "voke.toml").write_text("\n".join(lines) + "\n")
 
-    def voke(self, *args: str) -> Any:
-        return self._voke(*args, environ=self.environ)
+    def voke(self, *args: str, home: str = "state") -> Any:
+        """voke ARGS with this VOKE_HOME, or HOME's: another machine (or the scheduled Cloud Run
+        job, whose VOKE_HOME ends with the run) with the same configuration."""
+        return self._voke(*args, environ={**self.environ, "VOKE_HOME": str(self.home / home)})
 
     @property
     def secret(self) -> Any:
@@ -50,8 +52,8 @@ class Cloud:
         raw = self.secret.annotations.get(ANNOTATION)
         return RotationRecord.from_json(raw) if raw else None
 
-    def audit(self) -> list[dict[str, Any]]:
-        path = self.home / "state" / "cloud" / "prod" / "audit" / "audit.jsonl"
+    def audit(self, home: str = "state") -> list[dict[str, Any]]:
+        path = self.home / home / "cloud" / "prod" / "audit" / "audit.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
     def login(self, cred: dict[str, Any]) -> bool:
@@ -127,27 +129,58 @@ def test_a_step_whose_record_is_refused_stops_for_a_person_and_resume_finishes_i
 
 
 def test_a_record_that_cannot_be_cleared_after_success_is_a_warning(cloud):
-    cloud.fake.rest.fail("PATCH", SAVES, "PERMISSION_DENIED", after=9)  # the end's
+    cloud.fake.rest.fail("PATCH", SAVES, "PERMISSION_DENIED", after=10)  # the clear, after the finish's
     result = cloud.voke("rotate", "db-password", "--yes", "--json")
     assert result.exit_code == 0, result.stdout + result.stderr
     rotation = result.json["result"]["rotation_id"]
+    finished_at = result.json["result"]["finished_at"]
     assert result.json["result"]["status"] == "succeeded"
     # the command names the environment: pasted in another shell, it clears this one's record
     assert f"`voke --env prod rotate resume {rotation}` clears it" in result.stderr
     finish = [e for e in cloud.audit() if e["event_type"] == "rotation.finish"]
     assert [e["result"] for e in finish] == ["succeeded"]
-    record = cloud.record()  # left at health, its lease given up: resume need not wait for it
-    assert record is not None and parse_iso(record.lease_until) <= datetime.now(timezone.utc)
-    resumed = cloud.voke("rotate", "resume", rotation, "--yes", "--json")
+    # recorded as finished where every run sees it, its lease given up: resume need not wait
+    record = cloud.record()
+    assert record is not None and (record.status, record.step) == ("succeeded", "finish")
+    assert parse_iso(record.lease_until) <= datetime.now(timezone.utc)
+    # a succeeded rotation is never rolled back, even with its record still there
+    refused = cloud.voke("rotate", "rollback", rotation, "--yes", "--json")
+    assert refused.exit_code == 5, refused.stdout + refused.stderr
+    assert "succeeded" in refused.json["error"]["message"]
+    assert "a new rotation replaces it" in refused.json["error"]["message"]
+    assert cloud.record() == record
+    # the next scheduled run (Cloud Run: a fresh VOKE_HOME, no local history) only clears it
+    resumed = cloud.voke("rotate", "due", "--run", "--yes", "--json", home="other")
     assert resumed.exit_code == 0, resumed.stdout + resumed.stderr
-    assert resumed.json["result"]["status"] == "succeeded"
-    assert resumed.json["result"]["finished_at"] == result.json["result"]["finished_at"]
+    [report] = resumed.json["result"]["rotations"]
+    assert (report["rotation_id"], report["status"]) == (rotation, "succeeded")
+    assert report["finished_at"] == finished_at
     cloud.assert_consistent()
-    # the finish is written once: the resume only cleared the record
-    finish = [e for e in cloud.audit() if e["event_type"] == "rotation.finish"]
+    # the finish is written once across both homes: the resume only cleared the record
+    finish += [e for e in cloud.audit("other") if e["event_type"] == "rotation.finish"]
     assert [(e["result"], e["details"]["rotation_id"]) for e in finish] == [("succeeded", rotation)]
     history = cloud.voke("rotate", "history", "--json").json["result"]
     assert [r["id"] for r in history["rotations"]] == [rotation]
+    last = json.loads(cloud.secret.annotations["voke-last-rotation"])
+    assert (last["id"], last["finished_at"]) == (rotation, finished_at)
+
+
+def test_a_finish_the_store_refuses_to_record_is_written_once_by_the_resume(cloud):
+    cloud.fake.rest.fail("PATCH", SAVES, "PERMISSION_DENIED", after=9)  # the finish's record
+    result = cloud.voke("rotate", "db-password", "--yes", "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    rotation = result.json["result"]["rotation_id"]
+    assert f"`voke --env prod rotate resume {rotation}` finishes it" in result.stderr
+    # nothing told of a finish that no record holds: the resume tells it, once
+    assert [e for e in cloud.audit() if e["event_type"] == "rotation.finish"] == []
+    record = cloud.record()
+    assert record is not None and (record.status, record.step) == ("in_progress", "health")
+    assert parse_iso(record.lease_until) <= datetime.now(timezone.utc)
+    resumed = cloud.voke("rotate", "resume", rotation, "--yes", "--json", home="other")
+    assert resumed.exit_code == 0 and resumed.json["result"]["status"] == "succeeded", resumed.stdout
+    cloud.assert_consistent()
+    finish = [e for e in cloud.audit("other") if e["event_type"] == "rotation.finish"]
+    assert [(e["result"], e["details"]["rotation_id"]) for e in finish] == [("succeeded", rotation)]
 
 
 def test_an_instance_that_stays_busy_discards_the_pending_version(cloud):

@@ -262,6 +262,12 @@ class RotationEngine:
                 f"rotation {existing.id} of {user.secret} stopped and needs a person; nothing was changed",
                 hint=f"voke rotate resume {existing.id}   or: voke rotate rollback {existing.id}",
             )
+        if existing and existing.status == "succeeded":  # finished; the store refused to clear its record
+            if dry_run:
+                return Outcome(
+                    self._planned(user, t0, self.plan_unfinished(existing.id, action="resume")["plan"])
+                )
+            return self._resume(existing, t0)  # as a run over an unfinished one: it does only that
         if existing and existing.status in ACTIVE:
             if self._owner_alive(existing):
                 raise PreconditionError(
@@ -647,15 +653,39 @@ class RotationEngine:
 
     def _end(self, record: RotationRecord) -> None:
         """Clear the in-progress record, keep a summary, write history and the audit event.
-        A rotation that succeeded has finished even when the store refuses to clear its record
-        (current moved, services healthy): that is a warning naming the resume that clears it,
-        not a failure, and history, audit and webhook still tell of the success (once: the
-        resume that clears it later only clears it, see `_resume`)."""
+        A rotation that succeeded is first recorded as finished in its record (step finish,
+        status succeeded), where every later run sees it, on any machine: a resume that finds it
+        so only clears the record, and never writes the finish twice (see `_resume`). The store
+        refusing that record means nothing was written yet: a warning, and the resume it names
+        runs finish again. The store refusing the clear after it is a warning naming the resume
+        that clears it, not a failure (current moved, services healthy): history, audit and
+        webhook still tell of the success."""
+        if record.status == "succeeded" and not self._record_finished(record):
+            return
         self._clear(record)
         with interrupts.Held(give_way_after=1) as held:
             self._history(record)
             self._audit("rotation.finish", record, record.status)
             self._notify_ended(record, held)
+
+    def _record_finished(self, record: RotationRecord) -> bool:
+        """Save RECORD, which succeeded, as finished before its finish is written anywhere else.
+        False (a warning, the stored record at health given up) when the store refuses it."""
+        try:
+            self._save(record)
+        except NeedsOperatorError:
+            raise  # the lease went to another run: its record is not this run's to change
+        except VokeError as exc:
+            log.warning(
+                "rotation %s succeeded, but the store refused to record its finish on %s (%s); `%s` finishes it",
+                record.id,
+                record.secret,
+                exc.message,
+                self._voke(f"rotate resume {record.id}"),
+            )
+            self._release_stored(record)
+            return False
+        return True
 
     def _clear(self, record: RotationRecord) -> None:
         """Clear RECORD's in-progress record from its secret, keeping its summary. For a
@@ -677,12 +707,16 @@ class RotationEngine:
                 exc.message,
                 self._voke(f"rotate resume {record.id}"),
             )
-            try:  # the stored record (at health) is what resume continues from: give its lease up
-                stored = self._record(record.secret)[1]
-            except VokeError:
-                stored = None
-            if stored is not None and stored.id == record.id:
-                self._release(stored)
+            self._release_stored(record)
+
+    def _release_stored(self, record: RotationRecord) -> None:
+        """Give up the lease of RECORD's stored record (what resume continues from), as stored."""
+        try:
+            stored = self._record(record.secret)[1]
+        except VokeError:
+            stored = None
+        if stored is not None and stored.id == record.id:
+            self._release(stored)
 
     def _voke(self, args: str) -> str:
         """The `voke ARGS` command to paste, naming this engine's environment when it is a cloud
@@ -891,6 +925,16 @@ class RotationEngine:
         return self._resume(record, t0)
 
     def _resume(self, record: RotationRecord, t0: float) -> Outcome:
+        # Recorded as finished (its history, rotation.finish event and webhook written after),
+        # but the store refused to clear its record: clearing it is all that is left, never a
+        # second finish. (The local history finds one an older voke left at health: it wrote
+        # the finish without recording it first.)
+        ended = record if record.status == "succeeded" else self._from_history(record.id)
+        if ended is not None and ended.status == "succeeded":
+            self._audit("rotation.resume", record, "started")
+            self.progress(f"rotation {record.id} had finished: clearing its record")
+            self._clear(ended)
+            return Outcome(RotationReport.of(ended, t0=t0, resumed=True))
         self._take_over(record)
         self._audit("rotation.resume", record, "started")
         if record.status == "rolling_back":  # its rollback was interrupted: finish that
@@ -900,14 +944,6 @@ class RotationEngine:
                 hint=f"safe to retry: {retry_command(record)}",
             )
             return self._roll_back(record, t0, resumed=True, error=error)
-        ended = self._from_history(record.id)
-        if ended is not None and ended.status == "succeeded":
-            # Its finish ran (history, the rotation.finish event, the webhook) but the store
-            # refused to clear its record: clearing it is all that is left, never a second finish.
-            self.progress(f"rotation {record.id} had finished: clearing its record")
-            ended.owner = record.owner
-            self._clear(ended)
-            return Outcome(RotationReport.of(ended, t0=t0, resumed=True))
         return self._run(record, t0, resumed=True)
 
     def _roll_back(
@@ -965,6 +1001,21 @@ class RotationEngine:
                 "rotation_id": rotation_id,
                 "plan": ["nothing unfinished: nothing to do"],
             }
+        if record.status == "succeeded":
+            if action == "rollback":
+                raise self._succeeded_error(record)
+            return {
+                "dry_run": True,
+                "rotation_id": record.id,
+                "secret": record.secret,
+                "last_step": record.step,
+                "in_flight": None,
+                "scope": None,
+                "running": False,
+                "plan": [
+                    f"clear the record of {record.id}, which succeeded (its finish is not written again)"
+                ],
+            }
         in_flight = next(iter(record.next_steps()), record.step)
         scope = self._scope(record)
         pending = self._stored_pending(record)
@@ -1015,12 +1066,23 @@ class RotationEngine:
             raise PreconditionError(
                 f"rotation {rotation_id} already ended ({done.status}); nothing to roll back"
             )
+        if record.status == "succeeded":
+            raise self._succeeded_error(record)
         if self._running(record):
             raise PreconditionError(
                 f"rotation {record.id} is running (owner {record.owner}); nothing was changed"
             )
         self._take_over(record)
         return self._roll_back(record, t0, resumed=False)
+
+    @staticmethod
+    def _succeeded_error(record: RotationRecord) -> PreconditionError:
+        """Why a rotation recorded as finished (its record not cleared yet) is not rolled back."""
+        return PreconditionError(
+            f"rotation {record.id} of {record.secret} succeeded (finished {record.finished_at}); "
+            "it is not rolled back: a new rotation replaces it. Nothing was changed",
+            hint=f"voke rotate resume {record.id} clears its record; {retry_command(record)} rotates again",
+        )
 
     # -- status, due, cleanup, history -------------------------------------------------------------------
     def managed(self) -> dict[str, str]:
