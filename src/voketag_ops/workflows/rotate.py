@@ -82,6 +82,20 @@ FAULT_EXIT_CODE = 86
 Progress = Callable[[str], None]
 
 
+def _step_failure(step: str, exc: VokeError) -> tuple[RotationFailure, bool]:
+    """What EXC, raised by STEP, counts as among PRODUCT.md's rotation failures (`_fail` applies
+    its recovery), and whether the step began. (A NeedsOperatorError is no step's failure: the
+    lease went to another run.)"""
+    if isinstance(exc, RotationFailure):
+        return exc, True
+    if isinstance(exc, (NotFoundError, EtagMismatchError)):
+        return SecretError(exc.message), True
+    if isinstance(exc, TargetBusyError):  # refused before it began: nothing of this step to undo
+        return StepTimeoutError(exc.message), False
+    # a backend refused (a denied permission) or failed mid-step
+    return _STEP_FAILURES.get(step, SecretError)(f"{exc.type_name}: {exc.message}"), True
+
+
 def refuse_if_rotating(store: Any, secrets: Iterable[str], *, resume: str) -> None:
     """PreconditionError (exit 5) while a rotation of one of SECRETS is unfinished: moving the
     database (failover, failback) and repointing the services now would race it, and its
@@ -391,55 +405,11 @@ class RotationEngine:
     # -- running steps ----------------------------------------------------------------------------------
     def _run(self, record: RotationRecord, t0: float, *, resumed: bool = False) -> Outcome:
         user = self._credential_of_secret(record.secret)
-        actions: dict[str, Callable[[RotationRecord, Credential], str]] = {
-            "create_pending": self._create_pending,
-            "set_target": self._set_target,
-            "test": self._test,
-            "commit": self._commit,
-            "deploy": self._deploy,
-            "health": self._health,
-            "finish": self._finish,
-        }
         for step in record.next_steps():
             # A Ctrl-C anywhere in the step, its progress line and the save of its record included,
             # gives the lease up and names the rotation to resume (a bare exit 130 kept the lease).
             try:
-                self.progress(f"rotate {record.secret}: {step}")
-                started = time.monotonic()
-                try:
-                    detail = actions[step](record, user)
-                except RotationFailure as exc:
-                    return self._fail(record, step, exc, time.monotonic() - started, t0, resumed)
-                except (NotFoundError, EtagMismatchError, SecretError) as exc:
-                    return self._fail(
-                        record, step, SecretError(exc.message), time.monotonic() - started, t0, resumed
-                    )
-                except NeedsOperatorError:
-                    raise  # the lease went to another run: its record is not this run's to change
-                except TargetBusyError as exc:  # refused before it began: nothing of this step to undo
-                    busy = StepTimeoutError(exc.message)
-                    took = time.monotonic() - started
-                    return self._fail(record, step, busy, took, t0, resumed, began=False)
-                except VokeError as exc:  # a backend refused (a denied permission) or failed mid-step
-                    kind = _STEP_FAILURES.get(step, SecretError)
-                    failure = kind(f"{exc.type_name}: {exc.message}")
-                    return self._fail(record, step, failure, time.monotonic() - started, t0, resumed)
-                record.steps.append(
-                    StepRecord(
-                        step,
-                        "skipped" if detail.startswith("skipped") else "done",
-                        round(time.monotonic() - started, 3),
-                        detail,
-                    )
-                )
-                record.step = step
-                if step != "finish":
-                    try:
-                        self._save(record)
-                    except NeedsOperatorError:
-                        raise  # the lease went to another run
-                    except VokeError as exc:
-                        return self._unsaved(record, step, exc, t0, resumed)
+                stopped = self._run_step(record, step, user, t0, resumed)
             except KeyboardInterrupt:
                 self._release(record)
                 where = (
@@ -449,10 +419,54 @@ class RotationEngine:
                     f"rotation {record.id} interrupted {where}; its state is recorded",
                     hint=f"voke rotate resume {record.id}   (or: voke rotate rollback {record.id})",
                 ) from None
+            if stopped is not None:
+                return stopped
             if step == "finish":  # ends the rotation (its record cleared): nothing left to resume
                 self._end(record)
             self._fault(step)
         return Outcome(RotationReport.of(record, t0=t0, resumed=resumed))
+
+    def _run_step(
+        self, record: RotationRecord, step: str, user: Credential, t0: float, resumed: bool
+    ) -> Outcome | None:
+        """Run STEP and save its record: None to go on, or the Outcome the recovery of its
+        failure (or of its unsaved record) ends the rotation with."""
+        actions: dict[str, Callable[[RotationRecord, Credential], str]] = {
+            "create_pending": self._create_pending,
+            "set_target": self._set_target,
+            "test": self._test,
+            "commit": self._commit,
+            "deploy": self._deploy,
+            "health": self._health,
+            "finish": self._finish,
+        }
+        self.progress(f"rotate {record.secret}: {step}")
+        started = time.monotonic()
+        try:
+            detail = actions[step](record, user)
+        except NeedsOperatorError:
+            raise  # the lease went to another run: its record is not this run's to change
+        except VokeError as exc:
+            failure, began = _step_failure(step, exc)
+            return self._fail(record, step, failure, time.monotonic() - started, t0, resumed, began=began)
+        record.steps.append(
+            StepRecord(
+                step,
+                "skipped" if detail.startswith("skipped") else "done",
+                round(time.monotonic() - started, 3),
+                detail,
+            )
+        )
+        record.step = step
+        if step == "finish":  # its record is cleared (`_end`), not saved
+            return None
+        try:
+            self._save(record)
+        except NeedsOperatorError:
+            raise  # the lease went to another run
+        except VokeError as exc:
+            return self._unsaved(record, step, exc, t0, resumed)
+        return None
 
     def _save(
         self,
