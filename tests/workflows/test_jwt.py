@@ -243,6 +243,29 @@ def test_ctrl_c_between_steps_gives_the_lease_up_and_names_the_rotation_to_resum
     assert outcome.error is None and outcome.report.status == "succeeded"
 
 
+def test_ctrl_c_before_the_commit_lands_leaves_it_to_resume_not_recorded_as_done(keyring):
+    # The commit's alias move and its record are one compare-and-swap: a Ctrl-C before it lands
+    # must not give the lease up with a record that says it did (resume would skip it and roll back).
+    from voketag_ops.errors import Interrupted
+
+    engine, _clock, store = keyring
+    save = engine._save
+
+    def ctrl_c_before_the_commit(record, **kw):
+        if "current" in (kw.get("aliases") or {}):
+            raise KeyboardInterrupt
+        save(record, **kw)
+
+    engine._save = ctrl_c_before_the_commit
+    with pytest.raises(Interrupted, match="interrupted during commit"):
+        rotate_jwt(engine)
+    stored = RotationRecord.from_json(store.get("jwt-signing").annotations[ANNOTATION])
+    assert stored.step == "test" and stored.committed_at is None
+    engine._save = save
+    outcome = engine.resume(stored.id)
+    assert outcome.error is None and outcome.report.status == "succeeded"
+
+
 def test_a_rollback_disables_a_pending_version_stored_but_never_recorded(keyring, monkeypatch):
     engine, clock, store = keyring
     real = LocalSecretStore.add_version

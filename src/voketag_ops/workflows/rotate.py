@@ -603,12 +603,20 @@ class RotationEngine:
         meta = self.store.get(record.secret)
         if meta.aliases.get("current") == record.pending_version:
             return "skipped: current already points at the new version"
+        last = record.step
         record.step = "commit"  # the alias move and its record are one compare-and-swap
         record.committed_at = iso(self.now())
-        self._save(
-            record,
-            aliases={"current": record.pending_version, "previous": record.old_current, "pending": None},
-        )
+        try:
+            self._save(
+                record,
+                aliases={"current": record.pending_version, "previous": record.old_current, "pending": None},
+            )
+        except KeyboardInterrupt:
+            # The swap may not have landed: the record Ctrl-C leaves must not say it did (a resume
+            # would go on to deploy a version that is not current and roll back). Run again, the
+            # commit is skipped if it had landed.
+            record.step, record.committed_at = last, None
+            raise
         return f"current -> {record.pending_version}, previous -> {record.old_current}"
 
     def _deploy(self, record: RotationRecord, user: Credential) -> str:
