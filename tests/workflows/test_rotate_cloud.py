@@ -144,6 +144,29 @@ def test_rotation_moves_secret_database_and_services_together(cloud, voke, make_
     assert [s["current_version"] for s in status.json["result"]["secrets"] if s["name"] == SECRET] == [new]
 
 
+def test_the_new_version_keeps_the_services_address_when_voke_logs_in_elsewhere(
+    cloud, voke, make_environ, tmp_path
+):
+    # voke reaches the database through its own way in (db_host: a proxy, a tunnel); the
+    # services use the address the secret names, which a rotation must not replace with voke's
+    from voketag_ops.adapters.gcp.secrets import GcpSecretStore
+
+    fake, _home = cloud
+    store = GcpSecretStore(fake.context())
+    before = json.loads(store.access(SECRET, "current"))
+    assert before["host"] == "127.0.0.1"
+    elsewhere = tmp_path / "voke.toml"
+    env = fake.environment(db_host="localhost", db_port=before["port"], services=list(SERVICES))
+    elsewhere.write_text(_toml(env))
+    environ = make_environ(tmp_path / "state", VOKE_CONFIG=str(elsewhere), VOKE_ENV="cloudtest")
+    result = voke("rotate", "db-password", "--yes", "--json", environ=environ)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    after = json.loads(store.access(SECRET, "current"))
+    assert after["password"] != before["password"]
+    assert (after["host"], after["port"]) == (before["host"], before["port"])
+    assert_consistent(fake)
+
+
 @pytest.mark.parametrize("step", STEPS)
 def test_kill_after_each_step_then_resume(cloud, voke, make_environ, step):
     fake, home = cloud

@@ -121,7 +121,11 @@ class DbPassword:
         return None  # the value is made here, stored before the target changes: no orphans
 
     def create(self, rotation_id: str, current: dict[str, Any]) -> dict[str, Any]:
-        host, port = self.target.endpoint()
+        # The services' address stays as the current credential names it (a failover repoints
+        # it): voke's own way in (`db_host`, a proxy or tunnel) is for its login test alone.
+        host, port = (current or {}).get("host"), (current or {}).get("port")
+        if not host or not port:
+            host, port = self.target.endpoint()
         password = generate_password(self.length)
         redact.register(password)
         return {

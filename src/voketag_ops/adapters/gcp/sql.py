@@ -247,7 +247,11 @@ class CloudSqlDbTarget:
         admin.wait(op, f"set the password of {role}", failure=DatabaseError)
 
     def can_login(self, cred: dict[str, Any], *, timeout: float = 5) -> bool:
-        return pg_login(cred, timeout=timeout)
+        """CRED's login and password, tried at voke's way in to the recorded primary
+        (`endpoint`: db_host, replica_db_host or the instance's IP), not at the address the
+        services use, which voke may not reach."""
+        host, port = self.endpoint()
+        return pg_login({**cred, "host": host, "port": port}, timeout=timeout)
 
 
 # The Cloud SQL operation type each instances method starts.
