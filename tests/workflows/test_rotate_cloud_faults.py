@@ -101,6 +101,15 @@ def cloud(tmp_path: Path, voke: Any, make_environ: Any, monkeypatch: pytest.Monk
         yield cloud
 
 
+def test_a_denied_call_names_the_doctor_of_this_environment(cloud):
+    cloud.fake.rest.fail("GET", r"/secrets/[^/]+$", "PERMISSION_DENIED")
+    result = cloud.voke("rotate", "db-password", "--yes", "--json")
+    assert result.exit_code == 4, result.stdout + result.stderr
+    assert result.json["error"]["hint"].endswith("voke --env prod doctor"), result.json[
+        "error"
+    ]  # pastes as is
+
+
 @pytest.mark.parametrize(("after", "step"), [(3, "set_target"), (6, "commit")])
 def test_a_step_whose_record_is_refused_stops_for_a_person_and_resume_finishes_it(cloud, after, step):
     cloud.fake.rest.fail("PATCH", SAVES, "PERMISSION_DENIED", after=after)

@@ -175,7 +175,7 @@ def translating(resource: str, errors: Mapping[str, type[VokeError]]) -> Iterato
         cls = errors.get(kind) or DEFAULT_ERRORS[kind]
         hint = None
         if kind == DENIED:
-            hint = "check the credentials and roles: voke doctor --env NAME"
+            hint = "check the credentials and roles: voke doctor"  # with_env adds --env NAME
         elif kind == UNAVAILABLE:
             hint = "the API could not be reached or was overloaded; nothing was changed by the failed call"
         raise cls(f"{resource}: {message_of(exc)}", hint=hint) from None
