@@ -479,10 +479,10 @@ def cli_environ(platform_environ, fake, secret):
     }
 
 
-def voke_proc(environ, *args, stdin="", **extra):
+def voke_proc(environ, *args, **extra):
     return subprocess.run(
         [sys.executable, "-m", "voketag_ops", *args],
-        input=stdin,
+        input="",
         capture_output=True,
         text=True,
         env={**environ, **extra},
@@ -491,18 +491,22 @@ def voke_proc(environ, *args, stdin="", **extra):
 
 
 @pytest.mark.pg
-def test_crash_after_each_step_then_resume_never_two_new_keys(platform, platform_environ, fake):
+def test_crash_after_each_step_then_resume_never_two_new_keys(
+    platform, platform_environ, fake, voke, monkeypatch
+):
     environ = cli_environ(platform_environ, fake, "sendgrid-crash")
     key, key_id = fake.add_sendgrid_key()
-    adopted = voke_proc(environ, "rotate", "api-key", "sendgrid", "--adopt", "--yes", "--json", stdin=key)
-    assert adopted.returncode == 0, adopted.stdout + adopted.stderr
+    monkeypatch.setattr(sys, "stdin", io.StringIO(key))
+    adopted = voke("rotate", "api-key", "sendgrid", "--adopt", "--yes", "--json", environ=environ)
+    assert adopted.exit_code == 0, adopted.stdout + adopted.stderr
     store = platform.store()
     for step in STEPS:
         before = set(fake.live_sendgrid_keys())
+        # the crash is the real process's (os._exit mid-step); the resume runs in-process, as any later voke
         crashed = voke_proc(environ, "rotate", "api-key", "sendgrid", "--yes", **{FAULT_ENV: step})
         assert crashed.returncode == FAULT_EXIT_CODE, crashed.stderr
-        resumed = voke_proc(environ, "rotate", "resume", "--yes", "--json")
-        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        resumed = voke("rotate", "resume", "--yes", "--json", environ=environ)
+        assert resumed.exit_code == 0, resumed.stdout + resumed.stderr
         meta = store.get("sendgrid-crash")
         assert ANNOTATION not in meta.annotations and "pending" not in meta.aliases
         current = json.loads(store.access("sendgrid-crash", "current"))
