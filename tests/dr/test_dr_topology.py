@@ -47,6 +47,11 @@ def make_environ_module():
             # the network drill's frozen leader: long enough for the probe (1 s) and the canary's
             # writes (1 s timeout) to fail, not the product's 5 s
             VOKE_DR__NETWORK_OUTAGE_SECONDS="2.5",
+            # a standby that cannot replay (split brain, a paused or fenced one) is waited out for
+            # this long by every status, check and steady-state probe; the module's lag limits are
+            # the product's (60 s), far above it, so a heartbeat replayed late on a loaded machine
+            # still passes them
+            VOKE_DR__LAG_PROBE_SECONDS="1",
         )
         env.update(extra)
         return env
