@@ -32,6 +32,19 @@ def home(tmp_path_factory):
     LocalPlatform(Settings(local=LocalSettings(home=path))).destroy(discard_chain=True)
 
 
+@pytest.fixture(scope="module")
+def started_on_demand(tmp_path_factory):
+    """A home the on-demand start makes whole; the broken-secret-store test right after it starts from that
+    healthy environment instead of making another (its own `env up` adopts it, or makes one when
+    it runs alone). Destroyed at the end of the module whatever was left."""
+    path = tmp_path_factory.mktemp("on-demand") / "h"
+    yield path
+    from voketag_ops.config import Settings
+    from voketag_ops.workflows.env import LocalPlatform
+
+    LocalPlatform(Settings(local=LocalSettings(home=path))).destroy(discard_chain=True)
+
+
 @pytest.fixture
 def env_of(make_environ):
     return lambda home, **extra: make_environ(home, VOKE_LOCAL__ARCHIVE_TIMEOUT="5", **extra)
@@ -354,6 +367,26 @@ def dr_query(node, sql):
     return row[0] if row else None
 
 
+def test_down_and_destroy_refuse_while_a_dr_operation_runs(voke, home, env_of):
+    # A drill stopped under its feet could not put back the rows it took as its fault. (On the
+    # module's running environment: the refusals leave it as it was, and the next test destroys it.)
+    import fcntl
+
+    environ = env_of(home)
+    lock = home / "dr" / "dr.lock"
+    lock.parent.mkdir(exist_ok=True)
+    with open(lock, "w") as held:  # another voke's drill
+        held.write("drill pitr pid 4242")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX)
+        for command in (["env", "down"], ["env", "destroy", "--yes"]):
+            refused = voke(*command, "--json", environ=environ)
+            assert refused.exit_code == 5, refused.stdout
+            assert "another DR operation is running (drill pitr pid 4242)" in refused.json["error"]["message"]
+        status = voke("env", "status", "--json", environ=environ).json["result"]
+        assert status["primary"]["running"] is True and status["replica"]["running"] is True
+
+
 def test_destroy_dry_run_changes_nothing_then_destroy(voke, home, env_of):
     plan = voke("env", "destroy", "--dry-run", "--json", environ=env_of(home))
     assert plan.exit_code == 0 and plan.json["result"]["plan"]
@@ -407,25 +440,45 @@ def test_data_directory_owned_by_someone_else_is_exit_3(voke, tmp_path, env_of):
     assert "owned by uid 65534" in result.stderr
 
 
-def test_an_on_demand_start_is_a_whole_env_up(tmp_path, env_of, voke):
-    environ = env_of(tmp_path / "h")
+def test_an_on_demand_start_is_a_whole_env_up(tmp_path, env_of, voke, started_on_demand):
+    environ = env_of(started_on_demand)
+    assert not started_on_demand.exists()  # never made
     (tmp_path / "b.csv").write_text(
         "tag_id,sku,product_name,factory_id,manufactured_at\nT1,S1,Shoe,F1,2024-01-01T00:00:00Z\n"
     )
-    try:
-        loaded = voke("ingest", "load", str(tmp_path / "b.csv"), "--json", environ=environ)
-        assert loaded.exit_code == 0, loaded.stdout
-        # off a terminal: the one summary line, which says the environment was started first
-        (line,) = loaded.stderr.splitlines()
-        assert line.startswith("ingest: loaded b.csv") and line.endswith(
-            "the local environment was started first"
-        )
-        status = voke("env", "status", "--json", environ=environ).json["result"]
-        assert status["healthy"] is True  # services and credentials too, not only the servers
-        ups = voke("audit", "show", "--event-type", "env.up", "--json", environ=environ)
-        assert [e["result"] for e in ups.json["result"]["entries"]] == ["success"]
-    finally:
-        assert voke("env", "destroy", "--yes", "--discard-chain", environ=environ).exit_code == 0
+    loaded = voke("ingest", "load", str(tmp_path / "b.csv"), "--json", environ=environ)
+    assert loaded.exit_code == 0, loaded.stdout
+    # off a terminal: the one summary line, which says the environment was started first
+    (line,) = loaded.stderr.splitlines()
+    assert line.startswith("ingest: loaded b.csv") and line.endswith(
+        "the local environment was started first"
+    )
+    status = voke("env", "status", "--json", environ=environ).json["result"]
+    assert status["healthy"] is True  # services and credentials too, not only the servers
+    ups = voke("audit", "show", "--event-type", "env.up", "--json", environ=environ)
+    assert [e["result"] for e in ups.json["result"]["entries"]] == ["success"]
+
+
+def test_a_broken_secret_store_blocks_neither_a_load_nor_destroy(tmp_path, env_of, voke, started_on_demand):
+    from voketag_ops.adapters.local.postgres import serves
+
+    environ, home = env_of(started_on_demand), started_on_demand
+    assert voke("env", "up", environ=environ).exit_code == 0  # (already whole after the on-demand test)
+    env = LocalEnvironment(LocalSettings(home=home))
+    primary, replica = env.node("primary"), env.node("replica")
+    assert serves(primary.pid(), primary.data_dir) and not serves(primary.pid(), replica.data_dir)
+    assert voke("env", "down", environ=environ).exit_code == 0
+    (home / "secrets.key").rename(tmp_path / "secrets.key")  # the services cannot read their secret
+    (tmp_path / "b.csv").write_text(  # (a tag the on-demand test did not load)
+        "tag_id,sku,product_name,factory_id,manufactured_at\nT2,S1,Shoe,F1,2024-01-01T00:00:00Z\n"
+    )
+    loaded = voke("ingest", "load", str(tmp_path / "b.csv"), "--json", environ=environ)
+    assert loaded.exit_code == 0 and loaded.json["result"]["status"] == "loaded"  # it needs the database
+    assert "warning:" in loaded.stderr
+    gone = voke(
+        "env", "destroy", "--yes", "--json", environ=environ
+    )  # the chain export needs the servers only
+    assert gone.exit_code == 0, gone.stdout
 
 
 def test_without_a_replica_up_names_only_the_primary_and_status_is_healthy(tmp_path, env_of, voke):
@@ -598,52 +651,3 @@ def test_a_tool_voke_runs_dies_with_voke(tmp_path):
             return True
 
     wait_for(gone, "the child to die with its parent")
-
-
-def test_a_broken_secret_store_blocks_neither_a_load_nor_destroy(tmp_path, env_of, voke):
-    from voketag_ops.adapters.local.postgres import serves
-
-    environ, home = env_of(tmp_path / "h"), tmp_path / "h"
-    assert voke("env", "up", environ=environ).exit_code == 0
-    env = LocalEnvironment(LocalSettings(home=home))
-    primary, replica = env.node("primary"), env.node("replica")
-    assert serves(primary.pid(), primary.data_dir) and not serves(primary.pid(), replica.data_dir)
-    assert voke("env", "down", environ=environ).exit_code == 0
-    (home / "secrets.key").rename(tmp_path / "secrets.key")  # the services cannot read their secret
-    (tmp_path / "b.csv").write_text(
-        "tag_id,sku,product_name,factory_id,manufactured_at\nT1,S1,Shoe,F1,2024-01-01T00:00:00Z\n"
-    )
-    loaded = voke("ingest", "load", str(tmp_path / "b.csv"), "--json", environ=environ)
-    assert loaded.exit_code == 0 and loaded.json["result"]["status"] == "loaded"  # it needs the database
-    assert "warning:" in loaded.stderr
-    gone = voke(
-        "env", "destroy", "--yes", "--json", environ=environ
-    )  # the chain export needs the servers only
-    assert gone.exit_code == 0, gone.stdout
-
-
-def test_down_and_destroy_refuse_while_a_dr_operation_runs(tmp_path, env_of, voke):
-    # A drill stopped under its feet could not put back the rows it took as its fault.
-    import fcntl
-
-    environ = env_of(tmp_path / "h", VOKE_LOCAL__REPLICA="false")
-    try:
-        assert voke("env", "up", environ=environ).exit_code == 0
-        lock = tmp_path / "h" / "dr" / "dr.lock"
-        lock.parent.mkdir(exist_ok=True)
-        with open(lock, "w") as held:  # another voke's drill
-            held.write("drill pitr pid 4242")
-            held.flush()
-            fcntl.flock(held, fcntl.LOCK_EX)
-            for command in (["env", "down"], ["env", "destroy", "--yes"]):
-                refused = voke(*command, "--json", environ=environ)
-                assert refused.exit_code == 5, refused.stdout
-                assert (
-                    "another DR operation is running (drill pitr pid 4242)"
-                    in refused.json["error"]["message"]
-                )
-            assert (
-                voke("env", "status", "--json", environ=environ).json["result"]["primary"]["running"] is True
-            )
-    finally:
-        assert voke("env", "destroy", "--yes", "--discard-chain", environ=environ).exit_code == 0
