@@ -113,11 +113,25 @@ def test_a_key_that_does_not_authenticate_is_rolled_back_and_deleted(cloud, voke
     assert fake.secretmanager.secrets["sa-ci"].aliases["current"] == 1
 
 
-def test_an_init_that_cannot_store_its_key_deletes_it(cloud, voke):
+def test_an_init_that_cannot_store_its_key_deletes_it(cloud, voke, monkeypatch):
+    from voketag_ops.adapters.gcp._common import GcpContext
+
+    # the product's retry policy (4 attempts, exponential backoff) with the fakes' 0.01 s backoff
+    # (FakeGcp.context) instead of 1 s: 7 s of waiting for the same retries
+    from_environment = GcpContext.from_environment.__func__
+    monkeypatch.setattr(
+        GcpContext,
+        "from_environment",
+        classmethod(
+            lambda cls, env, **overrides: from_environment(cls, env, **{"backoff": 0.01, **overrides})
+        ),
+    )
     fake, environ = cloud
     fake.rest.fail("POST", r":addVersion$", "UNAVAILABLE", times=10)
     result = voke("rotate", "sa-key", "ci", "--init", "--yes", "--json", environ=environ)
     assert result.exit_code == 4, result.stdout + result.stderr
+    stores = [path for method, path in fake.rest.calls if method == "POST" and path.endswith(":addVersion")]
+    assert len(stores) == 4  # retried, then given up
     assert fake.iam.user_keys(ACCOUNT) == []  # no live key that nobody holds
     fake.rest.faults.clear()
     rerun = voke("rotate", "sa-key", "ci", "--init", "--yes", "--json", environ=environ)
