@@ -69,22 +69,30 @@ def test_a_dry_run_reads_no_value_and_changes_nothing(voke, make_environ, tmp_pa
     assert voke("secrets", "list", "--json", environ=environ).json["result"]["secrets"] == []
 
 
-def test_bad_input_is_a_usage_error_and_stores_nothing(voke, make_environ, tmp_path):
+def test_bad_input_is_a_usage_error_and_stores_nothing(voke, make_environ, tmp_path, monkeypatch):
     environ = make_environ(tmp_path / "home")
-    cases = [
-        (["db-app"], VALUE, "that voke rotates"),  # the rotation's own secret
-        (["jwt-signing"], VALUE, "rotation.jwt"),
-        (["bad name"], VALUE, "invalid secret name"),
+    # what the real stdin pipe (and no terminal) decides runs as a real process; names and files in-process
+    piped = [
         (["empty"], " \n", "nothing pasted"),
         (["big"], "x" * 65537, "more than 65,536 bytes"),
-        (["nofile", "--from-file", str(tmp_path / "missing")], "", "No such file"),
         (["ask"], VALUE, "refusing without --yes"),
     ]
-    for args, stdin, message in cases:
+    for args, stdin, message in piped:
         yes = [] if args == ["ask"] else ["--yes"]
         done = voke_stdin(environ, "secrets", "add", *args, *yes, stdin=stdin)
         assert done.returncode == 2 and message in done.stderr, (args, done.stderr)
         assert "Traceback" not in done.stderr
+    named = [
+        (["db-app"], VALUE, "that voke rotates"),  # the rotation's own secret
+        (["jwt-signing"], VALUE, "rotation.jwt"),
+        (["bad name"], VALUE, "invalid secret name"),
+        (["nofile", "--from-file", str(tmp_path / "missing")], "", "No such file"),
+    ]
+    for args, stdin, message in named:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        result = voke("secrets", "add", *args, "--yes", environ=environ)
+        assert result.exit_code == 2 and message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
     assert voke("secrets", "list", "--json", environ=environ).json["result"]["secrets"] == []
 
 
@@ -99,7 +107,9 @@ def test_with_log_level_info_each_audit_event_is_a_log_record_too(make_environ, 
     assert "Sup3r-s3cret-admin-value" not in done.stderr
 
 
-def test_on_secret_manager_a_rotated_secret_is_refused_by_its_id_too(make_environ, tmp_path):
+def test_on_secret_manager_a_rotated_secret_is_refused_by_its_id_too(
+    voke, make_environ, tmp_path, monkeypatch
+):
     from voketag_ops.testing.gcp_fakes import FakeGcp, environment_toml
 
     with FakeGcp() as fake:
@@ -107,12 +117,14 @@ def test_on_secret_manager_a_rotated_secret_is_refused_by_its_id_too(make_enviro
         (tmp_path / "voke.toml").write_text(environment_toml("prod", env))
         environ = make_environ(tmp_path / "home", VOKE_CONFIG=str(tmp_path / "voke.toml"), VOKE_ENV="prod")
         for name in ("db-app", "prod-db-app"):  # its logical name and its Secret Manager id
-            refused = voke_stdin(environ, "secrets", "add", name, "--yes", stdin=VALUE)
-            assert refused.returncode == 2 and "rotation.db_users.app" in refused.stderr, refused.stderr
-        added = voke_stdin(environ, "secrets", "add", "auth0-management", "--yes", "--json", stdin=VALUE)
-        assert added.returncode == 0, added.stderr
-        assert json.loads(added.stdout)["result"]["version"] == 1
-        shown = voke_stdin(environ, "secrets", "access", "auth0-management")
+            monkeypatch.setattr(sys, "stdin", io.StringIO(VALUE))
+            refused = voke("secrets", "add", name, "--yes", environ=environ)
+            assert refused.exit_code == 2 and "rotation.db_users.app" in refused.stderr, refused.stderr
+        monkeypatch.setattr(sys, "stdin", io.StringIO(VALUE))
+        added = voke("secrets", "add", "auth0-management", "--yes", "--json", environ=environ)
+        assert added.exit_code == 0, added.stderr
+        assert added.json["result"]["version"] == 1
+        shown = voke("secrets", "access", "auth0-management", environ=environ)
         assert shown.stdout == VALUE
 
 
@@ -153,10 +165,8 @@ def test_a_version_made_current_by_another_writer_meanwhile_is_not_overwritten(
     from voketag_ops.workflows.secrets import add_version
 
     environ = make_environ(tmp_path / "home")
-    assert (
-        voke_stdin(environ, "secrets", "add", "maps-admin", "--yes", stdin="first-value-1a2b3c").returncode
-        == 0
-    )
+    monkeypatch.setattr(sys, "stdin", io.StringIO("first-value-1a2b3c"))
+    assert voke("secrets", "add", "maps-admin", "--yes", environ=environ).exit_code == 0
     real = LocalSecretStore.add_version
 
     def raced(self, name, payload):
