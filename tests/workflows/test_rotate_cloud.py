@@ -233,7 +233,10 @@ def test_an_unhealthy_revision_never_gets_traffic_and_the_rotation_rolls_back(cl
     serving = {s: fake.run.serving(s) for s in SERVICES}
     fake.run.unhealthy.add((SECRET, str(upcoming)))
     try:
-        result = voke("rotate", "db-password", "--yes", "--json", environ=_environ(home, make_environ))
+        # the unhealthy revision is waited out for health_timeout: 1 s as in test_rotate_cloud_faults,
+        # not the module's 5 (the fakes answer a healthy probe at once)
+        environ = _environ(home, make_environ, VOKE_ROTATION__HEALTH_TIMEOUT="1")
+        result = voke("rotate", "db-password", "--yes", "--json", environ=environ)
     finally:
         fake.run.unhealthy.clear()
     assert result.exit_code == 6, result.stdout + result.stderr
