@@ -101,6 +101,15 @@ def cloud(tmp_path: Path, voke: Any, make_environ: Any, monkeypatch: pytest.Monk
         yield cloud
 
 
+def test_a_login_whose_secret_does_not_exist_is_a_precondition_saying_what_creates_it(cloud):
+    del cloud.fake.secretmanager.secrets[SECRET]
+    result = cloud.voke("rotate", "db-password", "--yes", "--json")
+    assert result.exit_code == 5, result.stdout + result.stderr  # not a backend refusal (exit 4)
+    error = result.json["error"]
+    assert "http" not in error["message"] and SECRET in error["message"]
+    assert "voke env up" not in error["hint"]  # voke makes a login's secret on the local environment only
+
+
 def test_a_denied_call_names_the_doctor_of_this_environment(cloud):
     cloud.fake.rest.fail("GET", r"/secrets/[^/]+$", "PERMISSION_DENIED")
     result = cloud.voke("rotate", "db-password", "--yes", "--json")

@@ -80,6 +80,16 @@ def test_rotation_creates_beside_verifies_and_cleanup_retires_the_old_key(cloud,
     assert [k["name"].rsplit("/", 1)[1] for k in keys] == [new_id]
 
 
+def test_a_rotation_before_init_is_refused_naming_init(cloud, voke):
+    fake, environ = cloud
+    result = voke("rotate", "sa-key", "ci", "--yes", "--json", environ=environ)
+    assert result.exit_code == 5, result.stdout + result.stderr  # a precondition, not a backend refusal
+    error = result.json["error"]
+    assert "http" not in error["message"] and "sa-ci" in error["message"]
+    assert error["hint"] == "voke --env t rotate sa-key ci --init --yes"  # its env named, to paste
+    assert fake.iam.user_keys(ACCOUNT) == [] and "sa-ci" not in fake.secretmanager.secrets
+
+
 def test_the_ten_key_limit_is_respected(cloud, voke):
     fake, environ = cloud
     _init(fake, voke, environ)
@@ -134,6 +144,9 @@ def test_an_init_that_cannot_store_its_key_deletes_it(cloud, voke, monkeypatch):
     assert len(stores) == 4  # retried, then given up
     assert fake.iam.user_keys(ACCOUNT) == []  # no live key that nobody holds
     fake.rest.faults.clear()
+    empty = voke("rotate", "sa-key", "ci", "--yes", "--json", environ=environ)  # the secret, no version
+    assert empty.exit_code == 5, empty.stdout
+    assert empty.json["error"]["hint"].endswith("sa-key ci --init --yes")
     rerun = voke("rotate", "sa-key", "ci", "--init", "--yes", "--json", environ=environ)
     assert rerun.exit_code == 0 and len(fake.iam.user_keys(ACCOUNT)) == 1  # exactly one
 

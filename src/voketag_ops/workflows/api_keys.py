@@ -593,7 +593,7 @@ def rotate_api_key(engine: Any, name: str, *, new_key: str | None = None, dry_ru
     if meta is None or "current" not in meta.aliases:
         raise PreconditionError(
             f"secret {cred.secret} holds no current {cred.provider} key yet; adopt the key in use first",
-            hint=f"voke rotate api-key {name} --adopt --yes < current-key.txt",
+            hint=engine.setup_command(cred.secret),
         )
     if new_key is not None:
         if not isinstance(cred, StripeKey):

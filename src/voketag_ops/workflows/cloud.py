@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from voketag_ops.config import GcpEnvironment, Settings
+from voketag_ops.errors import NotFoundError
 from voketag_ops.logs import get_logger
 from voketag_ops.workflows.rotate import Progress, RotationEngine
 
@@ -137,7 +138,10 @@ class CloudRotationEngine(RotationEngine):
     def rotate(self, name: str, *, dry_run: bool = False) -> Any:
         cred = self.credential(name)
         check = getattr(self.runtime, "check_pinned", None)
-        meta = self.store.get(cred.secret)
+        try:
+            meta = self.store.get(cred.secret)
+        except NotFoundError:
+            raise self.not_set_up(cred) from None
         raw = meta.annotations.get("voke-rotation")
         if cred.services and check is not None and not raw:  # a resumed rotation already passed it
             check(cred.secret, tuple(cred.services))

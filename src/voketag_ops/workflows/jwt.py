@@ -316,7 +316,7 @@ def rotate_jwt(engine: Any, *, emergency: bool = False, dry_run: bool = False) -
     if not exists:
         raise PreconditionError(
             f"secret {cred.secret} holds no JWT keyring yet; create it first",
-            hint="voke rotate jwt --init --yes",
+            hint=engine.setup_command(cred.secret),
         )
     cred.strategy = EMERGENCY if emergency else NORMAL
     return engine.rotate(cred.name, dry_run=dry_run)

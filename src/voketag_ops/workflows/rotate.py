@@ -220,6 +220,19 @@ class RotationEngine:
             raise ValidationError(f"unknown {what} {name!r} (managed: {known})")
         return cred
 
+    def not_set_up(self, cred: Credential) -> PreconditionError:
+        """The refusal to rotate CRED while its secret does not exist: not a usage error (the
+        command is right, the state is not there yet), with what creates it."""
+        return PreconditionError(
+            f"secret {cred.secret!r} does not exist; nothing was changed",
+            hint=self.setup_command(cred.secret),
+        )
+
+    def setup_command(self, secret: str) -> str:
+        """What stores the first version of SECRET, a managed secret that does not exist yet."""
+        cred = self._credential_of_secret(secret)
+        return setup_command(cred.kind, cred.name, local=self.env_name == "local")
+
     def _credential_of_secret(self, secret: str) -> Credential:
         for cred in self.credentials.values():
             if cred.secret == secret:
@@ -268,9 +281,7 @@ class RotationEngine:
         try:
             meta, existing = self._record(user.secret)
         except NotFoundError:
-            raise PreconditionError(  # not a usage error: the command is right, the state is not there yet
-                f"secret {user.secret!r} does not exist; `voke env up` creates it"
-            ) from None
+            raise self.not_set_up(user) from None
         if existing and existing.status == "needs_attention":
             raise PreconditionError(
                 f"rotation {existing.id} of {user.secret} stopped and needs a person; nothing was changed",
@@ -1367,6 +1378,23 @@ def retry_command(record: RotationRecord) -> str:
     if record.kind == "sa-key":
         return f"voke rotate sa-key {record.target} --yes"
     return f"start a new {record.kind} rotation of {record.secret} (`voke rotate --help` lists them)"
+
+
+def setup_command(kind: str, name: str, *, local: bool) -> str:
+    """What stores the first version of the secret of the credential NAME (of KIND) where it
+    does not exist yet: the command to paste, to which the output adds --env NAME."""
+    if kind.startswith("api-key:"):
+        return f"voke rotate api-key {name} --adopt --yes < current-key.txt"
+    if kind == "jwt":
+        return "voke rotate jwt --init --yes"
+    if kind == "sa-key":
+        return f"voke rotate sa-key {name} --init --yes"
+    if local:
+        return "voke env up"
+    return (
+        f"store the login {name}'s current credential as the first version of its secret (alias "
+        "`current`): voke creates it only on the local environment"
+    )
 
 
 def notification_text(record: RotationRecord, env_name: str) -> str:
