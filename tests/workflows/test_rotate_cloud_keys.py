@@ -97,3 +97,11 @@ def test_api_key_adopt_and_jwt_init_then_rotate_on_cloud(cloud, voke, monkeypatc
     ]:
         assert value not in everything
     assert private  # the keyring really holds keys
+
+
+def test_status_names_the_adoption_of_an_api_key_not_adopted_yet(cloud, voke):
+    _fake, _providers, environ = cloud
+    status = voke("rotate", "status", environ=environ)
+    assert status.exit_code == 0, status.stdout + status.stderr
+    adopt = "(voke --env t rotate api-key sendgrid --adopt --yes < current-key.txt)"
+    assert f"not set up sendgrid-key: the secret does not exist {adopt}" in status.stdout, status.stdout

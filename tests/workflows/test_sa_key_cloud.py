@@ -90,6 +90,21 @@ def test_a_rotation_before_init_is_refused_naming_init(cloud, voke):
     assert fake.iam.user_keys(ACCOUNT) == [] and "sa-ci" not in fake.secretmanager.secrets
 
 
+def test_status_and_due_say_what_sets_up_each_missing_secret(cloud, voke):
+    _fake, environ = cloud
+    status = voke("rotate", "status", environ=environ)
+    assert status.exit_code == 0, status.stdout + status.stderr
+    init = "(voke --env t rotate sa-key ci --init --yes)"  # not an API key's --adopt; its env named
+    assert f"not set up sa-ci: the secret does not exist {init}" in status.stdout, status.stdout
+    assert "not set up jwt-signing: the secret does not exist (voke --env t rotate jwt --init --yes)" in (
+        status.stdout
+    )
+    assert "--adopt" not in status.stdout
+    due = voke("rotate", "due", environ=environ)
+    assert f"not set up: secret sa-ci does not exist {init}" in due.stdout, due.stdout
+    assert "--adopt" not in due.stdout
+
+
 def test_the_ten_key_limit_is_respected(cloud, voke):
     fake, environ = cloud
     _init(fake, voke, environ)

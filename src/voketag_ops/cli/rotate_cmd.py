@@ -10,7 +10,7 @@ from voketag_ops.cli.common import DryRun, Yes, read_pasted, use
 from voketag_ops.errors import NeedsOperatorError, VokeError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from rich.console import Console
 
@@ -229,9 +229,10 @@ def _render_plan(console: Console, report: dict[str, Any]) -> None:
 def status(ctx: typer.Context) -> None:
     """Every managed secret: current version, age, next due date, rotations in progress."""
     env = use(ctx)
-    env.out.result(
-        _engine(env, reads=True).status(), render=lambda c, r: _render_status(c, r, env.out.with_env)
-    )
+    engine = _engine(env, reads=True)
+    report = engine.status()
+    setup = {secret: engine.setup_command(secret) for secret in report["missing"]}
+    env.out.result(report, render=lambda c, r: _render_status(c, r, env.out.with_env, setup=setup))
 
 
 @app.command("due")
@@ -256,9 +257,12 @@ def due(
     stuck = [r for r in waiting if r["status"] != "needs_attention"]
     attention = [r for r in waiting if r["status"] == "needs_attention"]
     missing = state["missing"]  # configured, never stored: never rotated until set up
+    setup = {secret: engine.setup_command(secret) for secret in missing}
     listed = {"due": due_now, "unfinished": stuck, "needs_attention": attention, "missing": missing}
     if not run or not (due_now or stuck or attention):
-        env.out.result({**listed, "rotations": []}, render=lambda c, r: _render_due(c, r, env.out.with_env))
+        env.out.result(
+            {**listed, "rotations": []}, render=lambda c, r: _render_due(c, r, env.out.with_env, setup=setup)
+        )
         return
     reports: list[Any] = []
     worst: VokeError | None = None
@@ -295,7 +299,9 @@ def due(
             lambda item=item: engine.rotate(engine.name_of(item["name"]), dry_run=dry_run),
         )
     env.out.result(
-        {**listed, "rotations": reports}, render=lambda c, r: _render_due(c, r, env.out.with_env), error=worst
+        {**listed, "rotations": reports},
+        render=lambda c, r: _render_due(c, r, env.out.with_env, setup=setup),
+        error=worst,
     )
 
 
@@ -358,7 +364,15 @@ def _render_report(console: Console, report: Any, with_env: Callable[[str], str]
     )
 
 
-def _render_status(console: Console, report: dict[str, Any], with_env: Callable[[str], str] = _same) -> None:
+def _render_status(
+    console: Console,
+    report: dict[str, Any],
+    with_env: Callable[[str], str] = _same,
+    *,
+    setup: Mapping[str, str],
+) -> None:
+    """SETUP: what creates each missing secret (RotationEngine.setup_command)."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="managed secrets", title_justify="left")
@@ -382,10 +396,19 @@ def _render_status(console: Console, report: dict[str, Any], with_env: Callable[
             )
         )
     for name in report.get("missing", []):
-        console.print(f"[yellow]not set up[/] {name}: the secret does not exist (an API key: --adopt it)")
+        console.print(
+            f"[yellow]not set up[/] {name}: the secret does not exist ({escape(with_env(setup[name]))})"
+        )
 
 
-def _render_due(console: Console, report: dict[str, Any], with_env: Callable[[str], str] = _same) -> None:
+def _render_due(
+    console: Console,
+    report: dict[str, Any],
+    with_env: Callable[[str], str] = _same,
+    *,
+    setup: Mapping[str, str],
+) -> None:
+    """SETUP: what creates each missing secret (RotationEngine.setup_command)."""
     if not any(report[k] for k in ("due", "unfinished", "needs_attention", "missing")):
         console.print("nothing is due")
     for s in report["due"]:
@@ -402,11 +425,7 @@ def _render_due(console: Console, report: dict[str, Any], with_env: Callable[[st
             )
         )
     for name in report["missing"]:
-        console.print(
-            with_env(
-                f"not set up: secret {name} does not exist (an API key: `voke rotate api-key NAME --adopt`)"
-            )
-        )
+        console.print(f"not set up: secret {name} does not exist ({with_env(setup[name])})", markup=False)
     for r in report["rotations"]:
         if isinstance(r, dict):
             word = "not resumed" if r["status"] == "not_resumed" else "not started"
