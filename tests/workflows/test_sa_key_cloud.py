@@ -105,6 +105,20 @@ def test_status_and_due_say_what_sets_up_each_missing_secret(cloud, voke):
     assert "--adopt" not in due.stdout
 
 
+def test_init_says_in_one_line_what_it_created_never_the_key(cloud, voke):
+    fake, environ = cloud
+    planned = voke("rotate", "sa-key", "ci", "--init", "--dry-run", environ=environ)
+    assert (
+        planned.stdout
+        == f"dry run: would create a key of {ACCOUNT}, verify it, store it as version 1 of sa-ci (current)\n"
+    )
+    result = voke("rotate", "sa-key", "ci", "--init", "--yes", environ=environ)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    key_id = json.loads(fake.secretmanager.payload("sa-ci", 1))["private_key_id"]
+    assert result.stdout == f"created: sa-ci version 1 is current (key {key_id[:12]} of {ACCOUNT})\n"
+    assert 'private_key"' not in result.stdout + result.stderr
+
+
 def test_the_ten_key_limit_is_respected(cloud, voke):
     fake, environ = cloud
     _init(fake, voke, environ)

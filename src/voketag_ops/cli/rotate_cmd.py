@@ -165,7 +165,7 @@ def sa_key(
         env.out.confirm(f"{'Create the first' if init else 'Rotate the'} key of {name}?", yes=yes)
     engine = _engine(env)
     if init:
-        env.out.result(init_sa_key(engine, name, dry_run=dry_run))
+        env.out.result(init_sa_key(engine, name, dry_run=dry_run), render=_render_sa_init)
         return
     _show(env, rotate_sa_key(engine, name, dry_run=dry_run))
 
@@ -445,6 +445,17 @@ def _render_init(console: Console, report: dict[str, Any]) -> None:
         console.print(
             f"created: {report['secret']} version {report['version']} is current ({report['algorithm']})"
         )
+
+
+def _render_sa_init(console: Console, report: dict[str, Any]) -> None:
+    if report["dry_run"]:
+        console.print("dry run: would " + "; ".join(report["plan"]), markup=False)
+        return
+    console.print(
+        f"created: {report['secret']} version {report['version']} is current "
+        f"(key {report['key_id']} of {report['account']})",
+        markup=False,
+    )
 
 
 def _render_adopt(console: Console, report: dict[str, Any]) -> None:

@@ -240,6 +240,7 @@ def init_sa_key(engine: Any, name: str, *, dry_run: bool = False) -> dict[str, A
         "dry_run": False,
         "secret": cred.secret,
         "version": version,
+        "account": cred.account,
         "key_id": key_file["private_key_id"][:12],
         "note": KEYLESS_HINT,
     }
