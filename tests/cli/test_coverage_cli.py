@@ -529,6 +529,23 @@ def test_history_add_show_and_chart(voke, env, project):
     ] * 2
 
 
+def test_history_add_into_the_coverage_report_itself_is_refused_and_leaves_it_whole(voke, env, project):
+    report = write_json(
+        project, {"admin_service/a.py": lines_file(60, 40), "factory_service/b.py": lines_file(50, 50)}
+    )
+    before = report.read_bytes()
+    added = voke(
+        "coverage", "history", "add", "coverage.json", "--file", "coverage.json", environ=env, cwd=project
+    )
+    assert added.exit_code == 1 and report.read_bytes() == before  # it appended a line: exit 0
+    assert "coverage.json: a coverage.py JSON report, not a voke coverage history file" in added.stderr
+    assert voke("coverage", "report", "coverage.json", environ=env, cwd=project).exit_code == 0
+    shown = voke("coverage", "history", "show", "--file", "coverage.json", "--json", environ=env, cwd=project)
+    assert shown.exit_code == 1 and "not a voke coverage history file" in shown.json["error"]["message"]
+    no_traceback(added)
+    no_traceback(shown)
+
+
 def test_baseline_from_history_and_branch_mismatch_refused(voke, env, project):
     write_json(
         project, {"admin_service/a.py": lines_file(60, 40), "factory_service/b.py": lines_file(50, 50)}

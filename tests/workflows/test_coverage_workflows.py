@@ -4,6 +4,7 @@ across a change of branch measurement, step-summary truncation, annotation escap
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +26,16 @@ TWO_SERVICES = CoverageSettings(  # one CI job per service
         "factory-service": CoverageService(paths=("factory_service/",)),
     }
 )
+
+
+def history_line(statements: str = "10", **counts: int) -> str:
+    """One history entry as `history add` writes it. STATEMENTS is the JSON text of that count,
+    the last key of the totals: text after it ('10, "missing": 11') sets the counts before it."""
+    totals = {"missing": 0, "branches": 0, "missing_branches": 0, "partial_branches": 0, "files": 1,
+              **counts, "statements": 0}  # fmt: skip
+    entry = {"at": "2026-01-01T00:00:00Z", "ref": None, "coverage_version": "7.17.4", "branch": False,
+             "totals": totals, "services": {}}  # fmt: skip
+    return json.dumps(entry).replace('"statements": 0', '"statements": ' + statements) + "\n"
 
 
 def write(root: Path, name: str, files: dict, **kw) -> Path:
@@ -278,15 +289,15 @@ def test_history_show_judges_at_coverage_pys_own_precision(tmp_path):
 
 
 def test_history_chart_legend_shows_the_latest_value_as_the_table_does(tmp_path):
-    (tmp_path / "h.jsonl").write_text('{"totals": {"statements": 20000, "missing": 1}}\n')
+    (tmp_path / "h.jsonl").write_text(history_line("20000", missing=1))
     shown = wf.history_show(SETTINGS, root=tmp_path, file=Path("h.jsonl"), precision=1, out=Path("h.svg"))
     assert shown.series[0].latest_display == "99.9"
     assert "overall 99.9%" in (tmp_path / "h.svg").read_text()  # not 100.0 %, which it is not
 
 
 def test_history_rejects_a_damaged_file(tmp_path):
-    (tmp_path / "h.jsonl").write_text('{"totals": {"statements": 1}}\nnot json\n')
-    with pytest.raises(InputError, match=r"h\.jsonl:2"):
+    (tmp_path / "h.jsonl").write_text(history_line() + "not json\n")
+    with pytest.raises(InputError, match=r"h\.jsonl:2:1: not a voke coverage history entry \(not JSON"):
         wf.history_show(SETTINGS, root=tmp_path, file=Path("h.jsonl"))
 
 
@@ -301,13 +312,60 @@ def test_history_rejects_a_damaged_file(tmp_path):
         '"12"',
         '10, "missing": 11',
         '10, "branches": 2, "missing_branches": 3',
+        '10, "partial_branches": 3',
     ],
 )
 def test_history_with_a_count_that_is_no_count_is_refused_with_its_line(tmp_path, value):
     path = tmp_path / "h.jsonl"
-    path.write_text('{"totals": {"statements": 10}}\n' + '{"totals": {"statements": ' + value + "}}\n")
+    path.write_text(history_line() + history_line(value))
     with pytest.raises(InputError, match=r"h\.jsonl:2: not a voke coverage history entry"):
         wf.read_history(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"at": ...}, "at must be an ISO 8601 UTC time"),  # ...: the key left out
+        ({"at": "None"}, "at must be an ISO 8601 UTC time"),
+        ({"at": "2026-01-01T00:00:00+02:00"}, "at must be an ISO 8601 UTC time"),
+        ({"at": "2026-13-01T00:00:00Z"}, "at must be an ISO 8601 UTC time"),
+        ({"at": 1767225600}, "at must be an ISO 8601 UTC time"),
+        ({"ref": 7}, "ref must be a string or null"),
+        ({"coverage_version": ["7"]}, "coverage_version must be a string or null"),
+        ({"ref": ...}, "ref must be a string or null"),
+        ({"branch": ...}, "branch must be true or false"),
+        ({"branch": None}, "branch must be true or false"),
+        ({"partial": "yes"}, "partial must be true or false"),
+        ({"services": []}, "services must be an object"),
+        ({"totals": ...}, "counts must be an object"),
+        ({"services": {"admin-service": {"statements": 1}}}, "counts have no missing"),
+        ({"totals": {"statements": 1, "missing": 0}}, "counts have no branches"),
+    ],
+)
+def test_history_entry_not_as_history_add_writes_it_is_refused_with_its_line(tmp_path, change, reason):
+    entry = {k: v for k, v in {**json.loads(history_line()), **change}.items() if v is not ...}
+    path = tmp_path / "h.jsonl"
+    path.write_text(history_line() + json.dumps(entry) + "\n")
+    with pytest.raises(
+        InputError, match=r"h\.jsonl:2: not a voke coverage history entry \(" + re.escape(reason)
+    ):
+        wf.read_history(path)
+
+
+@pytest.mark.parametrize("indent", [None, 2])  # `coverage json`, `coverage json --pretty-print`
+def test_a_coverage_report_given_as_the_history_is_named_and_left_as_it_was(tmp_path, indent):
+    report = tmp_path / "coverage.json"
+    report.write_text(json.dumps(coverage_json({"admin_service/a.py": lines_file(60, 40)}), indent=indent))
+    before = report.read_bytes()
+    refused = "coverage.json: a coverage.py JSON report, not a voke coverage history file"
+    with pytest.raises(InputError, match=refused):  # it appended an entry line to the report
+        wf.history_add(SETTINGS, [Path("coverage.json")], root=tmp_path, now=datetime(2026, 1, 1, tzinfo=UTC),
+                       file=Path("coverage.json"))  # fmt: skip
+    assert report.read_bytes() == before
+    with pytest.raises(InputError, match=refused):  # it showed the report as a run at "None"
+        wf.history_show(SETTINGS, root=tmp_path, file=Path("coverage.json"))
+    with pytest.raises(InputError, match=refused):
+        wf.report(SETTINGS, [report], root=tmp_path, options=wf.Options(baseline_from=Path("coverage.json")))
 
 
 @pytest.mark.parametrize(

@@ -612,20 +612,62 @@ def _counts_dict(c: Counts) -> dict[str, int]:
 
 
 def _check_counts(d: Any) -> None:
-    """Counts as history entries record them: whole numbers, no part larger than its whole."""
+    """Counts as history entries record them: every count a whole number, none larger than its whole."""
     if not isinstance(d, dict):
         raise ValueError("counts must be an object")
     for key in _COUNT_KEYS:
-        if type(d.get(key, 0)) is not int or d.get(key, 0) < 0:
+        if key not in d:
+            raise ValueError(f"counts have no {key}")
+        if type(d[key]) is not int or d[key] < 0:
             raise ValueError(f"{key} must be a whole number >= 0")
-    if d.get("missing", 0) > d.get("statements", 0) or max(
-        d.get("missing_branches", 0), d.get("partial_branches", 0)
-    ) > d.get("branches", 0):
+    if d["missing"] > d["statements"] or max(d["missing_branches"], d["partial_branches"]) > d["branches"]:
         raise ValueError("more missing than measured")
 
 
+# `at` as `history add` writes it (core.times.iso): UTC with a Z suffix, seconds, maybe a fraction
+_HISTORY_AT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z")
+
+
+def _check_entry(entry: Any) -> None:
+    """ENTRY as `history add` writes it: `at`, `ref`, `coverage_version`, `branch`, `totals` and
+    `services` (and `partial` when made with --service). Without `at` and the counts, any JSON
+    object with `totals` (a coverage.py JSON report, one line) would pass for a run."""
+    if not isinstance(entry, dict):
+        raise ValueError("not a JSON object")
+    at = entry.get("at")
+    try:
+        if not isinstance(at, str) or not _HISTORY_AT.fullmatch(at):
+            raise ValueError
+        datetime.fromisoformat(at[:-1])  # a month 13 or a 25th hour
+    except ValueError:
+        raise ValueError("at must be an ISO 8601 UTC time such as 2026-01-01T00:00:00Z") from None
+    for key in ("ref", "coverage_version"):
+        if key not in entry or not isinstance(entry[key], str | None):
+            raise ValueError(f"{key} must be a string or null")
+    if not isinstance(entry.get("branch"), bool):
+        raise ValueError("branch must be true or false")
+    if not isinstance(entry.get("partial", True), bool):
+        raise ValueError("partial must be true or false")
+    if not isinstance(entry.get("services"), dict):
+        raise ValueError("services must be an object")
+    _check_counts(entry.get("totals"))
+    for counts in entry["services"].values():
+        _check_counts(counts)
+
+
+def _is_coverage_report(doc: Any) -> bool:
+    """DOC looks like a `coverage json` report: meta (version or format), files and totals."""
+    meta = doc.get("meta") if isinstance(doc, dict) else None
+    return (
+        isinstance(meta, dict)
+        and ("version" in meta or "format" in meta)
+        and isinstance(doc.get("files"), dict)
+        and "totals" in doc
+    )
+
+
 def _counts(d: Mapping[str, Any]) -> Counts:
-    return Counts(**{k: int(d.get(k, 0)) for k in _COUNT_KEYS})
+    return Counts(**{k: d[k] for k in _COUNT_KEYS})
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
@@ -642,16 +684,42 @@ def read_history(path: Path) -> list[dict[str, Any]]:
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
+        where = f"{path}:{number}"
         try:
             entry = json.loads(line)
-            if not isinstance(entry, dict) or not isinstance(entry.get("totals"), dict):
-                raise ValueError("not a history entry")
-            for c in (entry["totals"], *(entry.get("services") or {}).values()):
-                _check_counts(c)
-        except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
-            raise InputError(f"{path}:{number}: not a voke coverage history entry ({_first(exc)})") from None
-        entries.append(entry)
+        except json.JSONDecodeError as exc:
+            where, reason = f"{where}:{exc.colno}", f"not JSON: {exc.msg}"
+        except (ValueError, RecursionError) as exc:  # too deep, too many digits
+            reason = f"not JSON: {_first(exc)}"
+        else:
+            if _is_coverage_report(entry):
+                raise _a_coverage_report(path)
+            try:
+                _check_entry(entry)
+            except (ValueError, TypeError, OverflowError) as exc:
+                reason = _first(exc)
+            else:
+                entries.append(entry)
+                continue
+        if not entries and _is_coverage_report(_whole_json(text)):  # `coverage json --pretty-print`
+            raise _a_coverage_report(path)
+        raise InputError(f"{where}: not a voke coverage history entry ({reason})")
     return entries
+
+
+def _whole_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _a_coverage_report(path: Path) -> InputError:
+    return InputError(
+        f"{path}: a coverage.py JSON report, not a voke coverage history file",
+        hint=f"record the report with: voke coverage history add {path.name}; "
+        "--file names the JSON-lines history it appends to",
+    )
 
 
 def _project_target(settings: CoverageSettings, root: Path) -> CoverageSettings:
@@ -872,7 +940,7 @@ def history_show(
             pc = None if raw is None else _counts(raw).percent
             pts.append(
                 Point(
-                    str(e.get("at")),
+                    e["at"],
                     e.get("ref"),
                     pc,
                     None if pc is None else cov.display_covered(pc, p),
