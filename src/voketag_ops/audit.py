@@ -38,7 +38,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -574,6 +574,8 @@ def audited(
     try:
         yield event
     except BaseException as exc:
+        if event.skip:  # on record already (written by the operation itself)
+            raise
         # (Interrupted: a Ctrl-C or SIGTERM already turned into its answer, exit 130)
         interrupted = isinstance(exc, KeyboardInterrupt) or getattr(exc, "exit_code", None) == 130
         event.details["error"] = {
@@ -614,3 +616,9 @@ def audited(
             f"{event_type} on {target} succeeded, but its audit event could not be written: {exc.message}",
             hint="fix the audit log (see `voke audit verify`), then record what happened",
         ) from None
+
+
+def audited_unless(dry_run: bool, home: Path, **kwargs: Any) -> AbstractContextManager[AuditedEvent]:
+    """`audited` (KWARGS as there) for a real run, entered before its checks so that a refusal is
+    a `failure` event too; for a DRY_RUN that writes no event, an event written nowhere."""
+    return nullcontext(AuditedEvent()) if dry_run else audited(home, **kwargs)

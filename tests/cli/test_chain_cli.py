@@ -251,7 +251,9 @@ def test_anchor_lifecycle_validate_and_audit(voke, chain_env, local_env) -> None
         "chain.anchor.run",
         "chain.anchor.request",
         "chain.anchor.cancel",
+        "chain.anchor.cancel",  # the refusal of the anchored one, on record too
     ]
+    assert [e["result"] for e in events[-2:]] == ["success", "failure"]
     assert events[2]["target"].startswith(
         f"PostgreSQL database {environ['VOKE_CHAIN__DATABASE']} on the local"
     )

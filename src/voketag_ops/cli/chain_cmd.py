@@ -277,28 +277,33 @@ def import_(
     env = use(ctx)
     with _binary_input(file) as (stream, source):
         raw = stream.read()
-    try:
-        incoming = parse_document(raw.decode("utf-8"), source)
-    except UnicodeDecodeError as exc:
-        raise ChainFormatError(f"{source}: not UTF-8 (byte {exc.start})") from None
-    report = validate_chain(incoming.blocks)
-    if not report.ok:
-        raise InputError(f"{source}: the chain does not validate: {report.message}")
-    if (problem := anchor_disagreement(incoming.blocks, incoming.anchors.values())) is not None:
-        raise InputError(f"{source}: its anchors contradict its blocks: {problem[1]}; nothing was imported")
-    refuse_foreign_chain(_home(env), incoming, source)
-    plan = {"blocks": len(incoming.blocks), "anchors": len(incoming.anchors), "source": source}
-    if dry_run:  # read the local chain as the import would, and refuse alike
-        counts = plan_import(lambda: _store(env, dry_run=True), incoming)
-        env.out.result(
-            {**plan, **counts, "dry_run": True},
-            render=lambda c, r: c.print(
-                f"dry run: would import {r['blocks_added']} new block(s) and add or update "
-                f"{r['anchors_updated']} anchor(s) from {r['source']}"
-            ),
-        )
-        return
-    with _audited(env, "chain.import", target=source, details=plan) as event:
+    # A real import is on record from its first check: a rejected file (exit 1) or a refused
+    # chain (exit 5) is a `failure` event too; a dry run writes none.
+    with _audited(env, "chain.import", target=source, details={}, dry_run=dry_run) as event:
+        try:
+            incoming = parse_document(raw.decode("utf-8"), source)
+        except UnicodeDecodeError as exc:
+            raise ChainFormatError(f"{source}: not UTF-8 (byte {exc.start})") from None
+        report = validate_chain(incoming.blocks)
+        if not report.ok:
+            raise InputError(f"{source}: the chain does not validate: {report.message}")
+        if (problem := anchor_disagreement(incoming.blocks, incoming.anchors.values())) is not None:
+            raise InputError(
+                f"{source}: its anchors contradict its blocks: {problem[1]}; nothing was imported"
+            )
+        refuse_foreign_chain(_home(env), incoming, source)
+        plan = {"blocks": len(incoming.blocks), "anchors": len(incoming.anchors), "source": source}
+        if dry_run:  # read the local chain as the import would, and refuse alike
+            counts = plan_import(lambda: _store(env, dry_run=True), incoming)
+            env.out.result(
+                {**plan, **counts, "dry_run": True},
+                render=lambda c, r: c.print(
+                    f"dry run: would import {r['blocks_added']} new block(s) and add or update "
+                    f"{r['anchors_updated']} anchor(s) from {r['source']}"
+                ),
+            )
+            return
+        event.details.update(plan)
         counts = _store(env, changes=True).import_state(incoming)
         event.details.update(counts)
     env.out.result(
@@ -447,19 +452,25 @@ def anchor_cancel(
     env = use(ctx)
     store = _store(env, dry_run=dry_run, changes=True)
     anchor = store.load().find_anchor(anchor_id)
-    if anchor.state not in (AnchorState.PENDING, AnchorState.CANCELLED):
-        where = f" in block {anchor.block_index}" if anchor.block_index is not None else ""
-        raise AnchorStateError(
-            f"anchor {anchor.id[:16]} is {anchor.state.value}{where}; only pending anchors can be cancelled"
-        )
+
+    def refuse_if_not_pending() -> None:
+        if anchor.state not in (AnchorState.PENDING, AnchorState.CANCELLED):
+            where = f" in block {anchor.block_index}" if anchor.block_index is not None else ""
+            raise AnchorStateError(
+                f"anchor {anchor.id[:16]} is {anchor.state.value}{where}; only pending anchors can be cancelled"
+            )
+
     if dry_run:
+        refuse_if_not_pending()
         env.out.result(
             {"dry_run": True, "anchor": anchor.to_json()},
             render=lambda c, r: c.print(f"dry run: would cancel anchor {r['anchor']['id'][:16]}"),
         )
         return
     env.out.confirm(f"Cancel the anchor of {anchor.kind} {anchor.label or anchor.id[:16]}?", yes=yes)
+    # A refusal (an anchored root, exit 5) is on record as a `failure` event too.
     with _audited(env, "chain.anchor.cancel", target=anchor.id, details={"label": anchor.label}):
+        refuse_if_not_pending()
         result = cancel_anchor(store, anchor.id, now=_now())
     env.out.result(result, render=lambda c, r: c.print(f"anchor {r['id'][:16]} is {r['state']}"))
 
@@ -499,11 +510,13 @@ def _lost_batches(env: AppContext) -> list[tuple[bytes, str, str, int | None]]:
 
 
 @contextmanager
-def _audited(env: AppContext, event_type: str, *, target: str, details: dict[str, Any]) -> Iterator[Any]:
-    from voketag_ops.audit import audited
+def _audited(
+    env: AppContext, event_type: str, *, target: str, details: dict[str, Any], dry_run: bool = False
+) -> Iterator[Any]:
+    from voketag_ops.audit import audited_unless
 
-    with audited(
-        _home(env), event_type=event_type, env=env.settings.env, target=target, details=details
+    with audited_unless(
+        dry_run, _home(env), event_type=event_type, env=env.settings.env, target=target, details=details
     ) as event:
         yield event
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -10,7 +11,7 @@ from voketag_ops.cli.common import DryRun, Yes, read_pasted, use
 from voketag_ops.errors import NeedsOperatorError, VokeError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Iterator, Mapping
 
     from rich.console import Console
 
@@ -27,6 +28,31 @@ def _engine(env: Any, *, dry_run: bool = False, reads: bool = False) -> Any:
 
     with env.out.steps("preparing") as update:
         return local_engine(env.settings, update, start=not dry_run, reads=reads)
+
+
+@contextmanager
+def _on_record(env: Any, owner: str, *, dry_run: bool) -> Iterator[Callable[[Any], Any]]:
+    """A rotation is on record from its own `rotation.start` event on; one refused before it
+    (a DR operation running, an unfinished rotation, a JWT key not due yet: exit 5) is a
+    `rotation.start` event with result `failure` and the error, written here. The block
+    passes its engine through the function it is given; a dry run writes no event."""
+    from voketag_ops.audit import audited_unless
+    from voketag_ops.workflows.secrets import rotated_secrets
+
+    target = next((s for s, o in rotated_secrets(env.settings).items() if o == owner), owner)
+    engines: list[Any] = []
+
+    def engine_of(engine: Any) -> Any:
+        engines.append(engine)
+        return engine
+
+    name = env.settings.env  # the log the engine writes to (CloudPlatform.home for a cloud one)
+    home = env.home if name == "local" else env.home / "cloud" / name
+    with audited_unless(dry_run, home, event_type="rotation.start", env=name, target=target) as event:
+        try:
+            yield engine_of
+        finally:
+            event.skip = any(engine.events_written for engine in engines)  # its own events say the rest
 
 
 def _show(env: Any, outcome: Any) -> None:
@@ -55,8 +81,10 @@ def db_password(
         raise UsageError(f"--strategy must be alternating or single, not {strategy!r}")
     if not dry_run:
         env.out.confirm(f"Rotate the database password of {user}?", yes=yes)
-    engine = _engine(env, dry_run=dry_run)
-    _show(env, engine.rotate_db_password(user, strategy=strategy, dry_run=dry_run))
+    with _on_record(env, f"rotation.db_users.{user}", dry_run=dry_run) as engine_of:
+        engine = engine_of(_engine(env, dry_run=dry_run))
+        outcome = engine.rotate_db_password(user, strategy=strategy, dry_run=dry_run)
+    _show(env, outcome)
 
 
 @app.command("api-key")
@@ -86,11 +114,14 @@ def api_key(
         env.out.confirm(f"{'Adopt' if adopt else 'Rotate'} the API key {name}?", yes=yes)
         if adopt or needs_pasted_key(env.settings.rotation, name):
             pasted = read_pasted(env, f"{'Current' if adopt else 'New'} {name} key")
-    engine = _engine(env, dry_run=dry_run)
     if adopt:
+        engine = _engine(env, dry_run=dry_run)
         env.out.result(adopt_api_key(engine, name, pasted or "", dry_run=dry_run), render=_render_adopt)
         return
-    _show(env, rotate_api_key(engine, name, new_key=pasted, dry_run=dry_run))
+    with _on_record(env, f"rotation.api_keys.{name}", dry_run=dry_run) as engine_of:
+        engine = engine_of(_engine(env, dry_run=dry_run))
+        outcome = rotate_api_key(engine, name, new_key=pasted, dry_run=dry_run)
+    _show(env, outcome)
 
 
 @app.command("jwt")
@@ -130,11 +161,14 @@ def jwt(
         else:
             question = "Rotate the JWT keyring?"
         env.out.confirm(question, yes=yes)
-    engine = _engine(env, dry_run=dry_run)
     if init:
+        engine = _engine(env, dry_run=dry_run)
         env.out.result(init_keyring(engine, dry_run=dry_run), render=_render_init)
         return
-    _show(env, rotate_jwt(engine, emergency=emergency, dry_run=dry_run))
+    with _on_record(env, "rotation.jwt", dry_run=dry_run) as engine_of:
+        engine = engine_of(_engine(env, dry_run=dry_run))
+        outcome = rotate_jwt(engine, emergency=emergency, dry_run=dry_run)
+    _show(env, outcome)
 
 
 @app.command("sa-key")
@@ -163,11 +197,14 @@ def sa_key(
         )
     if not dry_run:
         env.out.confirm(f"{'Create the first' if init else 'Rotate the'} key of {name}?", yes=yes)
-    engine = _engine(env)
     if init:
+        engine = _engine(env)
         env.out.result(init_sa_key(engine, name, dry_run=dry_run), render=_render_sa_init)
         return
-    _show(env, rotate_sa_key(engine, name, dry_run=dry_run))
+    with _on_record(env, f"rotation.sa_keys.{name}", dry_run=dry_run) as engine_of:
+        engine = engine_of(_engine(env))
+        outcome = rotate_sa_key(engine, name, dry_run=dry_run)
+    _show(env, outcome)
 
 
 @app.command("jwks")

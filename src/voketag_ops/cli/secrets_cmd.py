@@ -129,24 +129,25 @@ def add(
 
     env = use(ctx)
     store = _store(env)
-    wf.check_addable(env.settings, name, store)
-    value = None
-    if not dry_run:
-        env.out.confirm(f"Add a new current version to secret {name}?", yes=yes)
-        value = wf.check_value(_read_value(env, name, from_file))
     if dry_run:
+        wf.check_addable(env.settings, name, store)
         env.out.result(wf.add_version(store, name, None, dry_run=True), render=_render_add)
         return
+    env.out.confirm(f"Add a new current version to secret {name}?", yes=yes)
     from voketag_ops import interrupts
 
-    # Three writes (secret, version, alias): a first Ctrl-C or SIGTERM among them is held until
-    # they are done, so the answer and the audit event say what the store holds; a second one
-    # is raised (a backend that hangs).
-    with env.audited("secret.add", target=name) as event, interrupts.Held(give_way_after=1) as held:
-        report = wf.add_version(store, name, value)
-        event.details.update(
-            version=report["version"], previous=report["previous"], created=report["created"]
-        )
+    # On record from the first check: a refused add (a secret voke rotates, a bad value) is a
+    # `failure` event too. Three writes (secret, version, alias): a first Ctrl-C or SIGTERM
+    # among them is held until they are done, so the answer and the audit event say what the
+    # store holds; a second one is raised (a backend that hangs).
+    with env.audited("secret.add", target=name) as event:
+        wf.check_addable(env.settings, name, store)  # before a value is asked for
+        value = wf.check_value(_read_value(env, name, from_file))
+        with interrupts.Held(give_way_after=1) as held:
+            report = wf.add_version(store, name, value)
+            event.details.update(
+                version=report["version"], previous=report["previous"], created=report["created"]
+            )
     if held.fired:
         report["warnings"] = ["interrupted while the version was being stored: it was stored all the same"]
     env.out.result(report, render=_render_add)

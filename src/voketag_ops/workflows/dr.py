@@ -11,7 +11,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,6 +65,11 @@ def recorded(env: LocalEnvironment, action: str, target: str) -> Iterator[dict[s
 
     with audited(env.home, event_type=action, env="local", target=target) as event:
         yield event.details
+
+
+def recorded_unless(dry_run: bool, env: LocalEnvironment, action: str, target: str) -> Any:
+    """`recorded`, or nothing for a dry run (which writes no event)."""
+    return nullcontext({}) if dry_run else recorded(env, action, target)
 
 
 # -- status and checks ----------------------------------------------------------------------------------
@@ -160,16 +165,17 @@ def backup(
     from voketag_ops.adapters.local import dr
     from voketag_ops.workflows.env import ensure_local
 
-    if env.exists:
-        dr.refuse_if_unfinished(env)  # exit 5 naming the resume, before anything starts
-    ensure_local(settings, progress)
-    # Under the DR lock: a drill may have frozen the leader, a failover may be moving it.
-    with dr.dr_lock(env, "dr backup"), recorded(env, "dr.backup", "leader") as details:
-        dr.refuse_if_unfinished(env)
-        progress("taking a base backup (pg_basebackup)")
-        t0 = time.monotonic()
-        info = env.take_base_backup()
-        details.update(label=info.label, size_bytes=info.size_bytes)
+    with recorded(env, "dr.backup", "leader") as details:  # a refusal is on record too
+        if env.exists:
+            dr.refuse_if_unfinished(env)  # exit 5 naming the resume, before anything starts
+        ensure_local(settings, progress)
+        # Under the DR lock: a drill may have frozen the leader, a failover may be moving it.
+        with dr.dr_lock(env, "dr backup"):
+            dr.refuse_if_unfinished(env)
+            progress("taking a base backup (pg_basebackup)")
+            t0 = time.monotonic()
+            info = env.take_base_backup()
+            details.update(label=info.label, size_bytes=info.size_bytes)
     return {"dry_run": False, "backup": asdict(info), "duration_seconds": round(time.monotonic() - t0, 3)}
 
 
@@ -202,7 +208,8 @@ def restore(
     except ValueError as exc:
         raise UsageError(f"--to: {exc}") from None
     name = name or "restore-" + target.strftime("%Y%m%dt%H%M%S")
-    with dr.dr_lock(env, "dr restore"):
+    # A real run is on record from here (a refusal too); a dry run writes no event.
+    with recorded_unless(dry_run, env, "dr.restore", name) as details, dr.dr_lock(env, "dr restore"):
         if not dry_run:
             dr.refuse_if_unfinished(env)
         plan = dr.plan_restore(env, target, name, seal=not dry_run, now=now)
@@ -221,10 +228,9 @@ def restore(
                     "check it left recovery and takes writes; report the stop point",
                 ],
             }
-        with recorded(env, "dr.restore", name) as details:
-            details.update(target=iso(target), backup=plan.backup.label)
-            report = dr.restore(env, plan, progress=progress)
-            details.update(stop_point=report["stop_point"]["stopped"], port=report["port"])
+        details.update(target=iso(target), backup=plan.backup.label)
+        report = dr.restore(env, plan, progress=progress)
+        details.update(stop_point=report["stop_point"]["stopped"], port=report["port"])
     report["dry_run"] = False
     return report
 
@@ -246,7 +252,7 @@ def discard(settings: Settings, env: LocalEnvironment, *, name: str, dry_run: bo
             "dry_run": True,
             "plan": [f"stop the restored instance {name} (port {doc['port']})", f"delete {node.data_dir}"],
         }
-    with dr.dr_lock(env, "dr discard"), recorded(env, "dr.discard", name):  # not under a drill's feet
+    with recorded(env, "dr.discard", name), dr.dr_lock(env, "dr discard"):  # not under a drill's feet
         dr.refuse_if_unfinished(env)
         report = dr.discard_restore(env, name)
     report["dry_run"] = False
@@ -362,7 +368,7 @@ def failover(
                 f"verify a write on {new}",
             ],
         }
-    with dr.dr_lock(env, "dr failover"), recorded(env, "dr.failover", state.follower) as details:
+    with recorded(env, "dr.failover", state.follower) as details, dr.dr_lock(env, "dr failover"):
         if not pending:
             refuse_if_rotating_locally(settings)
         with _resumable(env, "failover"):
@@ -411,7 +417,7 @@ def failback(
         elif switch_back:
             plan.append(f"no switchover: {state.leader} is the home leader already")
         return {"dry_run": True, "leader": state.leader, "rebuild": state.follower, "plan": plan}
-    with dr.dr_lock(env, "dr failback"), recorded(env, "dr.failback", state.follower) as details:
+    with recorded(env, "dr.failback", state.follower) as details, dr.dr_lock(env, "dr failback"):
         if not dr.unfinished_operation(env):
             refuse_if_rotating_locally(settings)
         with _resumable(env, "failback"):
@@ -428,13 +434,19 @@ def failback(
 
 
 def fence(settings: Settings, env: LocalEnvironment, *, node: str, dry_run: bool) -> dict[str, Any]:
-    from voketag_ops.adapters.local import dr
     from voketag_ops.adapters.local.environment import NODE_NAMES
 
     require_local(settings)
     state = env.require_state()
     if node not in NODE_NAMES:
         raise UsageError(f"unknown node {node!r} (primary or replica)")
+    with recorded_unless(dry_run, env, "dr.fence", node):  # a refusal of a real run is on record
+        return _fence(env, state, node, dry_run=dry_run)
+
+
+def _fence(env: LocalEnvironment, state: Any, node: str, *, dry_run: bool) -> dict[str, Any]:
+    from voketag_ops.adapters.local import dr
+
     # The node an interrupted failover moves away from may always be fenced (started again, it
     # is a second primary); anything else waits until the operation is finished.
     pending = _pending_failover(env)
@@ -462,7 +474,7 @@ def fence(settings: Settings, env: LocalEnvironment, *, node: str, dry_run: bool
                 "node's own) to pg/archive-quarantine/",
             ],
         }
-    with dr.dr_lock(env, "dr fence"), recorded(env, "dr.fence", node):
+    with dr.dr_lock(env, "dr fence"):
         if _pending_failover(env).get("old_leader") != node:
             dr.refuse_if_unfinished(env)  # (again, under the lock)
         report = dr.fence_node(env, target, reason="voke dr fence")

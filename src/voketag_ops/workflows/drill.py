@@ -1115,45 +1115,48 @@ def run_drill(
         raise UsageError(f"unknown drill {scenario!r} (one of {', '.join(core.SCENARIOS)}, all)")
     from voketag_ops.workflows.env import ensure_local
 
-    if env.exists:
-        dr.refuse_if_unfinished(env)  # exit 5 naming the resume, before anything starts
-    ensure_local(settings, progress)
     interrupted = False
-    with (
-        dr.dr_lock(env, f"drill {scenario}"),
-        audited(env.home, event_type=f"drill.{scenario}", env="local", target=scenario) as event,
-        measuring(),  # the run's timeline, canary and DR reports on one steady clock
-    ):
-        dr.refuse_if_unfinished(env)  # (again, under the lock: a failover killed meanwhile)
-        if scenario in ("failover", "failback"):  # refused before the fault, not after it
-            from voketag_ops.workflows.dr import refuse_if_rotating_locally
+    # On record from the first check: a refusal (exit 5) is a `failure` event too.
+    with audited(env.home, event_type=f"drill.{scenario}", env="local", target=scenario) as event:
+        if env.exists:
+            dr.refuse_if_unfinished(env)  # exit 5 naming the resume, before anything starts
+        ensure_local(settings, progress)
+        with (
+            dr.dr_lock(env, f"drill {scenario}"),
+            measuring(),  # the run's timeline, canary and DR reports on one steady clock
+        ):
+            dr.refuse_if_unfinished(env)  # (again, under the lock: a failover killed meanwhile)
+            if scenario in ("failover", "failback"):  # refused before the fault, not after it
+                from voketag_ops.workflows.dr import refuse_if_rotating_locally
 
-            refuse_if_rotating_locally(settings)
-        left = put_back_rows_left(env, progress)  # before the steady state, which counts them
-        run = DrillRun(settings, env, scenario, progress, options or {})
-        event.details["run_id"] = run.run_id
-        if left:
-            run.details["rows_left_by_killed_drills"] = left
-        try:
-            interrupted = drive(
-                run,
-                f"drill {scenario}",
-                progress=progress,
-                before=lambda: steady_state(settings, env, wait=30),
-                scenario=lambda: SCENARIO_RUNNERS[scenario](run),
-                # After a Ctrl-C, look without waiting: the user wants out.
-                after=lambda: steady_state(settings, env, wait=0 if run.status == "interrupted" else 60),
-                after_interrupt=True,
+                refuse_if_rotating_locally(settings)
+            left = put_back_rows_left(env, progress)  # before the steady state, which counts them
+            run = DrillRun(settings, env, scenario, progress, options or {})
+            event.details["run_id"] = run.run_id
+            if left:
+                run.details["rows_left_by_killed_drills"] = left
+            try:
+                interrupted = drive(
+                    run,
+                    f"drill {scenario}",
+                    progress=progress,
+                    before=lambda: steady_state(settings, env, wait=30),
+                    scenario=lambda: SCENARIO_RUNNERS[scenario](run),
+                    # After a Ctrl-C, look without waiting: the user wants out.
+                    after=lambda: steady_state(settings, env, wait=0 if run.status == "interrupted" else 60),
+                    after_interrupt=True,
+                )
+            finally:
+                journal = run.journal()
+                path = save_journal(env, journal)
+                if saved is not None:
+                    saved.append(journal)
+            event.details.update(
+                status=journal["status"],
+                rto_seconds=journal["rto_seconds"],
+                rpo_seconds=journal["rpo_seconds"],
             )
-        finally:
-            journal = run.journal()
-            path = save_journal(env, journal)
-            if saved is not None:
-                saved.append(journal)
-        event.details.update(
-            status=journal["status"], rto_seconds=journal["rto_seconds"], rpo_seconds=journal["rpo_seconds"]
-        )
-        event.result = "success" if journal["status"] == "completed" else journal["status"]
+            event.result = "success" if journal["status"] == "completed" else journal["status"]
     if interrupted:  # exit 130, naming the journal saved as `interrupted`
         from voketag_ops.adapters.local import dr
 

@@ -193,6 +193,7 @@ class RotationEngine:
         self.progress = progress
         self.sleep = sleep
         self.owner = f"{process_host()}:{os.getpid()}"
+        self.events_written = 0  # audit events of rotations (`rotation.start` on)
         creds = list(credentials or [])
         for name, user in settings.db_users.items():
             creds.append(DbPassword(name, user, target, length=settings.password_length))
@@ -1355,6 +1356,7 @@ class RotationEngine:
         if record.error:
             details["error"] = dict(record.error)
         started = parse_iso(record.started_at)
+        self.events_written += 1
         record_event(
             self.home,
             event_type=event_type,

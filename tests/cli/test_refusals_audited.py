@@ -1,0 +1,107 @@
+"""A state-changing command that refuses (exit 5, 2 or 1) writes exactly one `failure` audit
+event naming its command, target and error, and changes nothing else; a dry run writes none
+(PRODUCT.md: state-changing commands write an audit event with their result)."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from voketag_ops.audit import AuditLog
+from voketag_ops.core import merkle
+
+
+def _refused(home: Path, event_type: str, target: str, exit_code: int) -> dict:
+    (event,) = [e for e in AuditLog(home).entries()]  # exactly one: the refusal
+    assert (event.event_type, event.target, event.result) == (event_type, target, "failure")
+    assert event.details["error"]["type"] and event.details["error"]["message"]
+    assert exit_code in (1, 2, 5)
+    return event.details
+
+
+def _interrupted_failover(home: Path) -> None:
+    """A local environment on record with an interrupted failover: DR commands refuse (exit 5)."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "state.json").write_text("{}")
+    (home / "dr").mkdir(mode=0o700)
+    (home / "dr" / "operation.json").write_text(
+        json.dumps({"operation": "failover", "resume": "voke dr failover --yes", "done": []})
+    )
+
+
+def test_a_refused_dr_backup_is_one_failure_event(voke, make_environ, tmp_path):
+    home = tmp_path / "home"
+    _interrupted_failover(home)
+    environ = make_environ(home)
+    assert voke("dr", "backup", "--dry-run", environ=environ).exit_code == 0
+    assert list(AuditLog(home).entries()) == []  # a dry run writes none, as documented
+    refused = voke("dr", "backup", "--yes", "--json", environ=environ)
+    assert refused.exit_code == 5, refused.stdout
+    details = _refused(home, "dr.backup", "leader", refused.exit_code)
+    assert "voke dr failover --yes" in details["error"]["message"]
+    assert sorted(p.name for p in home.iterdir()) == ["audit", "dr", "state.json"]  # nothing else
+
+
+def test_a_refused_drill_is_one_failure_event(voke, make_environ, tmp_path):
+    home = tmp_path / "home"
+    _interrupted_failover(home)
+    refused = voke("drill", "run", "pitr", "--yes", "--json", environ=make_environ(home))
+    assert refused.exit_code == 5, refused.stdout
+    _refused(home, "drill.pitr", "pitr", refused.exit_code)
+
+
+def test_a_rotation_refused_while_a_dr_operation_runs_is_one_failure_event(
+    voke, make_environ, tmp_path, held_by_another_voke
+):
+    home = tmp_path / "home"
+    with held_by_another_voke(home / "dr" / "dr.lock", "dr failover pid 1"):
+        refused = voke("rotate", "jwt", "--yes", "--json", environ=make_environ(home))
+    assert refused.exit_code == 5, refused.stdout
+    assert "another DR operation is running" in refused.json["error"]["message"]
+    _refused(home, "rotation.start", "jwt-signing", refused.exit_code)
+    assert not (home / "state.json").exists()  # the environment was not started
+
+
+def test_adding_a_rotated_secret_is_one_failure_event(voke, make_environ, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a-value"))
+    refused = voke("secrets", "add", "db-app", "--yes", environ=make_environ(home))
+    assert refused.exit_code == 2 and "that voke rotates" in refused.stderr
+    details = _refused(home, "secret.add", "db-app", refused.exit_code)
+    assert "a-value" not in json.dumps(details)
+
+
+@pytest.fixture
+def file_chain(make_environ, tmp_path):
+    home = tmp_path / "home"
+    return home, make_environ(home, VOKE_CHAIN__STORE="file")
+
+
+def test_cancelling_an_anchored_root_is_one_failure_event(voke, file_chain):
+    home, environ = file_chain
+    root = merkle.root([b"anchored"]).hex()
+    assert voke("chain", "anchor", "request", root, environ=environ).exit_code == 0
+    assert voke("chain", "anchor", "run", "--difficulty", "4", environ=environ).exit_code == 0
+    before = len(list(AuditLog(home).entries()))
+    assert voke("chain", "anchor", "cancel", root, "--dry-run", environ=environ).exit_code == 5
+    refused = voke("chain", "anchor", "cancel", root, "--yes", "--json", environ=environ)
+    assert refused.exit_code == 5, refused.stdout
+    *_, event = AuditLog(home).entries()
+    assert len(list(AuditLog(home).entries())) == before + 1
+    assert (event.event_type, event.target, event.result) == ("chain.anchor.cancel", root, "failure")
+    assert event.details["error"]["type"] == refused.json["error"]["type"]
+
+
+def test_a_rejected_chain_import_is_one_failure_event(voke, file_chain, tmp_path):
+    home, environ = file_chain
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert voke("chain", "import", str(bad), "--dry-run", environ=environ).exit_code == 1
+    assert list(AuditLog(home).entries()) == []  # a dry run writes none
+    refused = voke("chain", "import", str(bad), environ=environ)
+    assert refused.exit_code == 1, refused.stderr
+    _refused(home, "chain.import", str(bad), refused.exit_code)
