@@ -278,6 +278,23 @@ def test_a_refused_confirmation_never_creates_the_environment(voke, tmp_path):
     assert not (tmp_path / "home" / "pg").exists() and not (tmp_path / "home" / "state.json").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (("rotate", "db-password", "--strategy", "single"), 2),  # app is alternating
+        (("rotate", "db-password", "--user", "nosuch"), 2),
+        (("rotate", "api-key", "nosuch"), 3),
+        (("rotate", "rollback", "nosuch"), 2),
+        (("rotate", "resume", "nosuch"), 2),
+    ],
+)
+def test_rotate_arguments_are_refused_before_the_environment_starts(voke, tmp_path, args, code):
+    result = voke(*args, "--yes")
+    assert result.exit_code == code, result.stderr
+    assert not (tmp_path / "home" / "pg").exists() and not (tmp_path / "home" / "state.json").exists()
+    assert "starting the local environment" not in result.stderr
+
+
 def test_drill_inputs_are_refused_before_anything_runs(voke, tmp_path):
     history = voke("drill", "history", "--scenario", "bogus")
     assert history.exit_code == 2 and "'bogus' is not one of" in history.stderr

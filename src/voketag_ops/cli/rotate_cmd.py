@@ -21,13 +21,16 @@ app = typer.Typer(
 )
 
 
-def _engine(env: Any, *, dry_run: bool = False, reads: bool = False) -> Any:
+def _engine(
+    env: Any, *, dry_run: bool = False, reads: bool = False, check: Callable[[Any], object] | None = None
+) -> Any:
     """The rotation engine; a dry run never starts (or creates) the local environment, nor
-    does a command that only READS (status, history, jwks), which also works mid-failover."""
+    does a command that only READS (status, history, jwks), which also works mid-failover.
+    CHECK (the arguments: a login, a key's name, a rotation id) runs before it is started."""
     from voketag_ops.workflows.rotate import local_engine
 
     with env.out.steps("preparing") as update:
-        return local_engine(env.settings, update, start=not dry_run, reads=reads)
+        return local_engine(env.settings, update, start=not dry_run, reads=reads, check=check)
 
 
 @contextmanager
@@ -82,7 +85,9 @@ def db_password(
     if not dry_run:
         env.out.confirm(f"Rotate the database password of {user}?", yes=yes)
     with _on_record(env, f"rotation.db_users.{user}", dry_run=dry_run) as engine_of:
-        engine = engine_of(_engine(env, dry_run=dry_run))
+        engine = engine_of(
+            _engine(env, dry_run=dry_run, check=lambda e: e.check_db_password(user, strategy=strategy))
+        )
         outcome = engine.rotate_db_password(user, strategy=strategy, dry_run=dry_run)
     _show(env, outcome)
 
@@ -106,7 +111,7 @@ def api_key(
 
     --adopt stores the key in use today as the first version.
     """
-    from voketag_ops.workflows.api_keys import adopt_api_key, needs_pasted_key, rotate_api_key
+    from voketag_ops.workflows.api_keys import adopt_api_key, api_credential, needs_pasted_key, rotate_api_key
 
     env = use(ctx)
     pasted = None
@@ -115,11 +120,11 @@ def api_key(
         if adopt or needs_pasted_key(env.settings.rotation, name):
             pasted = read_pasted(env, f"{'Current' if adopt else 'New'} {name} key")
     if adopt:
-        engine = _engine(env, dry_run=dry_run)
+        engine = _engine(env, dry_run=dry_run, check=lambda e: api_credential(e, name))
         env.out.result(adopt_api_key(engine, name, pasted or "", dry_run=dry_run), render=_render_adopt)
         return
     with _on_record(env, f"rotation.api_keys.{name}", dry_run=dry_run) as engine_of:
-        engine = engine_of(_engine(env, dry_run=dry_run))
+        engine = engine_of(_engine(env, dry_run=dry_run, check=lambda e: api_credential(e, name)))
         outcome = rotate_api_key(engine, name, new_key=pasted, dry_run=dry_run)
     _show(env, outcome)
 
@@ -233,7 +238,8 @@ def resume(
         )
         return
     env.out.confirm(f"Resume rotation {rotation_id or '(the unfinished one)'}?", yes=yes)
-    _show(env, _engine(env).resume(rotation_id))
+    engine = _engine(env, check=lambda e: e.plan_unfinished(rotation_id, action="resume"))  # as its dry run
+    _show(env, engine.resume(rotation_id))
 
 
 @app.command("rollback")
@@ -251,7 +257,8 @@ def rollback(
         )
         return
     env.out.confirm(f"Roll back rotation {rotation_id}?", yes=yes)
-    _show(env, _engine(env).rollback(rotation_id))
+    engine = _engine(env, check=lambda e: e.plan_unfinished(rotation_id, action="rollback"))  # as its dry run
+    _show(env, engine.rollback(rotation_id))
 
 
 def _render_plan(console: Console, report: dict[str, Any]) -> None:

@@ -572,7 +572,8 @@ def api_key_credentials(
 
 
 # -- workflows ----------------------------------------------------------------------------------------------------
-def _api_credential(engine: Any, name: str) -> ApiKeyCredential:
+def api_credential(engine: Any, name: str) -> ApiKeyCredential:
+    """The API key NAME of rotation.api_keys (ConfigError, exit 3, when none is configured)."""
     cred = engine.credentials.get(name)
     if not isinstance(cred, ApiKeyCredential):
         known = ", ".join(sorted(engine.settings.api_keys)) or "none"
@@ -585,7 +586,7 @@ def _api_credential(engine: Any, name: str) -> ApiKeyCredential:
 
 def rotate_api_key(engine: Any, name: str, *, new_key: str | None = None, dry_run: bool = False) -> Any:
     """Rotate the API key NAME (rotation.api_keys.NAME); NEW_KEY for assisted kinds (Stripe)."""
-    cred = _api_credential(engine, name)
+    cred = api_credential(engine, name)
     try:
         meta = engine.store.get(cred.secret)
     except NotFoundError:
@@ -619,7 +620,7 @@ def adopt_api_key(engine: Any, name: str, raw: str, *, dry_run: bool = False) ->
     from voketag_ops.core.rotation import LAST_ANNOTATION
     from voketag_ops.core.times import iso
 
-    cred = _api_credential(engine, name)
+    cred = api_credential(engine, name)
     cred.validate()
     store = engine.store
     try:

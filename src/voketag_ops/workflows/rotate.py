@@ -267,13 +267,18 @@ class RotationEngine:
         self, user_name: str = "app", *, strategy: str | None = None, dry_run: bool = False
     ) -> Outcome:
         """Rotate the password of a managed database login."""
+        self.check_db_password(user_name, strategy=strategy)
+        return self.rotate(user_name, dry_run=dry_run)
+
+    def check_db_password(self, user_name: str, *, strategy: str | None = None) -> None:
+        """USER_NAME is a managed database login, configured for STRATEGY when one is given
+        (ValidationError, exit 2): the configuration alone says, so it is asked before anything starts."""
         cred = self.credential(user_name, "db-password")
         if strategy not in (None, cred.strategy):
             raise ValidationError(
                 f"{user_name} is configured for the {cred.strategy} strategy; change rotation.db_users.{user_name}.strategy "
                 "(and its roles) instead of overriding it for one run"
             )
-        return self.rotate(user_name, dry_run=dry_run)
 
     def rotate(self, name: str, *, dry_run: bool = False) -> Outcome:
         """Rotate one managed credential (the whole protocol)."""
@@ -1428,12 +1433,19 @@ def process_host() -> str:
 
 
 def local_engine(
-    settings: Any, progress: Progress = lambda _m: None, *, start: bool = True, reads: bool = False
+    settings: Any,
+    progress: Progress = lambda _m: None,
+    *,
+    start: bool = True,
+    reads: bool = False,
+    check: Callable[[RotationEngine], object] | None = None,
 ) -> RotationEngine:
     """The engine wired to the environment the settings name: the local platform, started
     on demand (unless START is False: dry runs change nothing), or a Google Cloud environment
     through its adapters (workflows/cloud.py). READS (status, history, jwks): never started,
-    and usable during an unfinished DR operation, when the on-call needs them most."""
+    and usable during an unfinished DR operation, when the on-call needs them most. CHECK
+    (the command's arguments against the configuration and the records) runs before the
+    environment is started: a command refused for them starts nothing."""
     from voketag_ops.adapters.local import dr
     from voketag_ops.workflows.env import LocalPlatform
 
@@ -1452,9 +1464,7 @@ def local_engine(
             raise PreconditionError(
                 f"another DR operation is running ({holder}); rotate once it has finished"
             )
-    if start and not reads:
-        platform.ensure_up(progress)
-    return RotationEngine(
+    engine = RotationEngine(
         store=platform.store(),
         runtime=platform.runtime(),
         target=platform.db_target(),
@@ -1463,3 +1473,8 @@ def local_engine(
         env_name="local",
         progress=progress,
     )
+    if check is not None:
+        check(engine)
+    if start and not reads:
+        platform.ensure_up(progress)
+    return engine
