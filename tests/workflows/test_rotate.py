@@ -277,6 +277,20 @@ def test_failed_test_step_rolls_back_and_next_run_starts_clean(platform):
     done = make_engine(platform).rotate_db_password("app")
     assert done.error is None
     assert make_engine(platform).resume(done.report.rotation_id).report.status == "succeeded"  # a no-op
+    # The dry runs of resume and rollback refuse an ended rotation as the commands do (exit 5).
+    ended = [
+        (outcome.report.rotation_id, "resume", "rolled_back"),
+        (outcome.report.rotation_id, "rollback", "rolled_back"),
+        (done.report.rotation_id, "rollback", "succeeded"),
+    ]
+    for rotation_id, action, status in ended:
+        engine = make_engine(platform)
+        with pytest.raises(PreconditionError, match=f"already ended \\({status}\\)"):
+            engine.plan_unfinished(rotation_id, action=action)
+        with pytest.raises(PreconditionError, match=f"already ended \\({status}\\)"):
+            getattr(engine, action)(rotation_id)
+    plan = make_engine(platform).plan_unfinished(done.report.rotation_id, action="resume")
+    assert plan["plan"] == ["nothing unfinished: nothing to do"]  # as its resume: a no-op
 
 
 class UnhealthyRuntime:

@@ -1030,10 +1030,21 @@ class RotationEngine:
         """What `resume` or `rollback` (ACTION) would do, changing nothing (their --dry-run)."""
         record = self._find(rotation_id)
         if record is None:
-            if rotation_id and self._from_history(rotation_id) is None:
+            finished = self._from_history(rotation_id) if rotation_id else None
+            if rotation_id and finished is None:
                 raise UsageError(
                     f"no rotation {rotation_id}",
                     hint="`voke rotate history` and `voke rotate status` list them",
+                )
+            # Refused as `rollback` and `resume` refuse it: only resuming a succeeded one is a no-op.
+            if finished is not None and action == "rollback":
+                raise PreconditionError(
+                    f"rotation {rotation_id} already ended ({finished.status}); nothing to roll back"
+                )
+            if finished is not None and finished.status != "succeeded":
+                raise PreconditionError(
+                    f"rotation {rotation_id} already ended ({finished.status}); nothing to resume",
+                    hint="start a new rotation to rotate the credential",
                 )
             return {
                 "dry_run": True,
