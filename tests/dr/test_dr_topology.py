@@ -99,6 +99,29 @@ def test_failover_needs_yes_and_dry_run_changes_nothing(voke, environ, env):
     assert env.require_state().leader == "primary" and env.node("primary").running
 
 
+def test_dry_runs_are_refused_as_their_runs_are_never_waiting_for_the_lock(
+    voke, environ, env, held_by_another_voke
+):
+    # A dry run's plan says the run would go ahead: while the run would be refused (exit 5), so is it.
+    commands = [["backup"], ["failover"], ["failback"], ["fence", "replica"], ["restore", "--to", "-1m"]]
+    with held_by_another_voke(dr.dr_dir(env) / "dr.lock", "drill failover pid 1"):
+        for args in commands:
+            refused = voke("dr", *args, "--dry-run", "--json", environ=environ)
+            assert refused.exit_code == 5, (args, refused.stdout)
+            assert refused.json["error"]["message"].startswith("another DR operation is running (drill")
+    record = dr.dr_dir(env) / "operation.json"
+    record.write_text(json.dumps({"operation": "failback", "resume": "voke dr failback --yes", "done": []}))
+    try:  # an interrupted failback, which only failback resumes
+        for args in [a for a in commands if a != ["failback"]]:
+            refused = voke("dr", *args, "--dry-run", "--json", environ=environ)
+            assert refused.exit_code == 5, (args, refused.stdout)
+            message = refused.json["error"]["message"]
+            assert "an interrupted `voke dr failback` must be finished first" in message
+    finally:
+        record.unlink()
+    assert voke("dr", "backup", "--dry-run", environ=environ).exit_code == 0
+
+
 def test_a_failover_waits_for_an_unfinished_rotation(voke, environ, env, held_by_another_voke):
     # Repointing the secret under a rotation would race it, and its rollback would put back
     # versions naming the fenced leader (found by a review: a secret left naming a dead port).

@@ -156,13 +156,15 @@ def backup(
 ) -> dict[str, Any]:
     from dataclasses import asdict
 
+    from voketag_ops.adapters.local import dr
+
     require_local(settings)
     if dry_run:
+        dr.refuse_if_busy(env)  # refused as the run is (lock held, an operation to resume)
         return {
             "dry_run": True,
             "plan": [f"pg_basebackup (fast checkpoint, manifest) of the leader into {env.backups_dir}"],
         }
-    from voketag_ops.adapters.local import dr
     from voketag_ops.workflows.env import ensure_local
 
     with recorded(env, "dr.backup", "leader") as details:  # a refusal is on record too
@@ -210,8 +212,7 @@ def restore(
     name = name or "restore-" + target.strftime("%Y%m%dt%H%M%S")
     # A real run is on record from here (a refusal too); a dry run writes no event.
     with recorded_unless(dry_run, env, "dr.restore", name) as details, dr.dr_lock(env, "dr restore"):
-        if not dry_run:
-            dr.refuse_if_unfinished(env)
+        dr.refuse_if_unfinished(env)  # a dry run too: its plan says the restore would run
         plan = dr.plan_restore(env, target, name, seal=not dry_run, now=now)
         if dry_run:
             return {
@@ -248,6 +249,7 @@ def discard(settings: Settings, env: LocalEnvironment, *, name: str, dry_run: bo
     require_local(settings)
     doc, node = dr.get_restore(env, name)
     if dry_run:
+        dr.refuse_if_busy(env)
         return {
             "dry_run": True,
             "plan": [f"stop the restored instance {name} (port {doc['port']})", f"delete {node.data_dir}"],
@@ -353,6 +355,9 @@ def failover(
     state = env.require_state()
     pending = dr.unfinished_operation(env)
     if dry_run:
+        dr.refuse_if_busy(env, allow="failover")
+        if not pending:
+            refuse_if_rotating_locally(settings)
         old, new = state.leader, state.follower
         if pending and pending.get("operation") == "failover":
             old, new = pending.get("old_leader", old), pending.get("new_leader", new)
@@ -394,6 +399,8 @@ def failback(
     require_local(settings)
     state = env.require_state()
     if dry_run:
+        if not dr.refuse_if_busy(env, allow="failback"):
+            refuse_if_rotating_locally(settings)
         old, leader = env.node(state.follower, state), env.node(state.leader, state)
         streaming = dr.in_recovery(old) is True and dr.streams_from(leader, old)
         plan = [
@@ -452,7 +459,9 @@ def _fence(env: LocalEnvironment, state: Any, node: str, *, dry_run: bool) -> di
     pending = _pending_failover(env)
     loser = pending.get("old_leader")
     leader = pending.get("new_leader", state.leader) if loser == node else state.leader
-    if not dry_run and loser != node:
+    if dry_run:  # (the node of an interrupted failover: refused only while the lock is held)
+        dr.refuse_if_busy(env, allow="failover" if loser == node else None)
+    elif loser != node:
         dr.refuse_if_unfinished(env)  # mid-failover the leader on record is about to change
     if node == leader:
         raise PreconditionError(  # a state, not a bad argument: legal again after a failover
