@@ -37,8 +37,9 @@ def test_a_refused_dr_backup_is_one_failure_event(voke, make_environ, tmp_path):
     home = tmp_path / "home"
     _interrupted_failover(home)
     environ = make_environ(home)
-    assert voke("dr", "backup", "--dry-run", environ=environ).exit_code == 0
-    assert list(AuditLog(home).entries()) == []  # a dry run writes none, as documented
+    dry = voke("dr", "backup", "--dry-run", environ=environ)  # refused as the run is ...
+    assert dry.exit_code == 5 and "voke dr failover --yes" in dry.stderr
+    assert list(AuditLog(home).entries()) == []  # ... and, a dry run, writes no event, as documented
     refused = voke("dr", "backup", "--yes", "--json", environ=environ)
     assert refused.exit_code == 5, refused.stdout
     details = _refused(home, "dr.backup", "leader", refused.exit_code)
