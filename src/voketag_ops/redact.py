@@ -32,6 +32,8 @@ def register_credentials_in(text: str) -> None:
         group = next(g for g in ("quoted", "dquoted", "bare") if match.group(g) is not None)
         begin, end = match.span(group)
         _remember_known(text, begin, end)  # as the user wrote it (as an error quoting the argument shows it)
+        if end - begin < _MIN_LEN:  # too short alone: with its keyword, as the argument shows it
+            _remember(text[match.start() : match.end()])
         unescaped = _UNESCAPE.sub(r"\1", text[begin:end])  # as libpq reads it
         if len(unescaped) >= _MIN_LEN:
             _remember(unescaped)
