@@ -74,6 +74,9 @@ def test_adding_a_rotated_secret_is_one_failure_event(voke, make_environ, tmp_pa
     assert refused.exit_code == 2 and "that voke rotates" in refused.stderr
     details = _refused(home, "secret.add", "db-app", refused.exit_code)
     assert "a-value" not in json.dumps(details)
+    # without --yes the real reason still comes first, not the missing confirmation
+    asked = voke("secrets", "add", "db-app", environ=make_environ(home))
+    assert asked.exit_code == 2 and "that voke rotates" in asked.stderr and "--yes" not in asked.stderr
 
 
 @pytest.fixture

@@ -133,15 +133,20 @@ def add(
         wf.check_addable(env.settings, name, store)
         env.out.result(wf.add_version(store, name, None, dry_run=True), render=_render_add)
         return
-    env.out.confirm(f"Add a new current version to secret {name}?", yes=yes)
     from voketag_ops import interrupts
+    from voketag_ops.errors import VokeError
 
-    # On record from the first check: a refused add (a secret voke rotates, a bad value) is a
-    # `failure` event too. Three writes (secret, version, alias): a first Ctrl-C or SIGTERM
-    # among them is held until they are done, so the answer and the audit event say what the
-    # store holds; a second one is raised (a backend that hangs).
+    # A refused add (a secret voke rotates, a bad name or value) is a `failure` event; the
+    # real reason comes before any question. Three writes (secret, version, alias): a first
+    # Ctrl-C or SIGTERM among them is held until they are done, so the answer and the audit
+    # event say what the store holds; a second one is raised (a backend that hangs).
+    try:
+        wf.check_addable(env.settings, name, store)
+    except VokeError:
+        with env.audited("secret.add", target=name):
+            raise
+    env.out.confirm(f"Add a new current version to secret {name}?", yes=yes)
     with env.audited("secret.add", target=name) as event:
-        wf.check_addable(env.settings, name, store)  # before a value is asked for
         value = wf.check_value(_read_value(env, name, from_file))
         with interrupts.Held(give_way_after=1) as held:
             report = wf.add_version(store, name, value)
