@@ -55,6 +55,18 @@ def test_a_refused_drill_is_one_failure_event(voke, make_environ, tmp_path):
     _refused(home, "drill.pitr", "pitr", refused.exit_code)
 
 
+@pytest.mark.parametrize("scenario", ["pitr", "all"])
+def test_a_drill_refused_while_a_dr_operation_runs_is_one_failure_event(
+    voke, make_environ, tmp_path, held_by_another_voke, scenario
+):
+    home = tmp_path / "home"
+    with held_by_another_voke(home / "dr" / "dr.lock", "dr failover pid 1"):
+        refused = voke("drill", "run", scenario, "--yes", "--json", environ=make_environ(home))
+    assert refused.exit_code == 5, refused.stdout
+    assert "another DR operation is running" in refused.json["error"]["message"]
+    _refused(home, f"drill.{scenario}", scenario, refused.exit_code)
+
+
 def test_a_rotation_refused_while_a_dr_operation_runs_is_one_failure_event(
     voke, make_environ, tmp_path, held_by_another_voke
 ):

@@ -1199,12 +1199,21 @@ def run(
             raise UsageError(f"unknown drill {name!r} (one of {', '.join(core.SCENARIOS)}, all)")
     if dry_run:
         return RunOutcome({"dry_run": True, "plan": {name: PLANS[name] for name in scenarios}})
+    from contextlib import ExitStack
+
     from voketag_ops.adapters.local import dr
+    from voketag_ops.audit import audited
 
     journals: list[dict[str, Any]] = []
     # Held once around every scenario (re-entrant: each run_drill takes it again inside), so
-    # nothing slips in between them.
-    with dr.dr_lock(env, f"drill {scenario}"):
+    # nothing slips in between them; refused (another DR operation holds it), the drill is on
+    # record as a `failure` event, as run_drill's own refusals are.
+    with ExitStack() as held:
+        try:
+            held.enter_context(dr.dr_lock(env, f"drill {scenario}"))
+        except VokeError:
+            with audited(env.home, event_type=f"drill.{scenario}", env="local", target=scenario):
+                raise
         for name in scenarios:
             saved: list[dict[str, Any]] = []
             try:
