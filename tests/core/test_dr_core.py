@@ -308,6 +308,14 @@ def test_pitr_check_wants_everything_before_the_target_and_nothing_after():
         commits, {1, 2, 3, 4, 5}, target, last_restored_commit=T0 + timedelta(seconds=0.53)
     )
     assert logged["rpo_seconds"] == pytest.approx(0.02) and logged["rpo_from"] == "recovery log"
+    # no canary row on one side of the target (a canary that could not write): nothing is shown
+    for rows in (
+        {},
+        {i: t for i, t in commits.items() if t <= target},
+        {i: t for i, t in commits.items() if t > target},
+    ):
+        blind = drill.pitr_canary_check(rows, set(rows), target)
+        assert not blind["ok"] and "nothing verified" in blind["evidence"], rows
 
 
 def test_rto_and_phases_from_the_timeline():

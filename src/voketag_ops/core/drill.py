@@ -144,7 +144,9 @@ def pitr_canary_check(
     *,
     last_restored_commit: datetime | None = None,
 ) -> dict[str, Any]:
-    """Every canary row committed at or before TARGET must be restored and none after.
+    """Every canary row committed at or before TARGET must be restored and none after, and
+    there must be rows on both sides: with none before (or none after) the target, nothing
+    shows that the restore stopped where it should (`evidence` says what is missing).
 
     RPO here is how far short of TARGET the restored data ends: the gap between the target
     and the last commit restored, LAST_RESTORED_COMMIT (the recovery log's last completed
@@ -173,8 +175,14 @@ def pitr_canary_check(
         "last_restored_commit_at": last,
         "rpo_from": "recovery log" if last_restored_commit is not None else "canary rows",
         "rpo_seconds": round(max(lost_span, short), 3),
-        "ok": not missing and not extra,
+        "evidence": None if before and after else _no_evidence(before, after),
+        "ok": bool(before and after) and not missing and not extra,
     }
+
+
+def _no_evidence(before: set[int], after: set[int]) -> str:
+    sides = [side for side, rows in (("before", before), ("after", after)) if not rows]
+    return f"no canary row was committed {' or '.join(sides)} the target: nothing verified"
 
 
 def verdict(
