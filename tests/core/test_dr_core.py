@@ -482,6 +482,11 @@ def test_trend_compares_with_the_previous_run():
         and t["best_rto_seconds"] == 3.5
         and t["passed"] == 1
     )
+    assert t["last_status"] == "failed" and t["last_rto_seconds"] == 3.5  # the newest measured
+    # a scenario whose runs never measured an RTO is listed, not left out
+    never = drill.trend([interrupted, journal(rto_seconds=None, rpo_seconds=None, status="aborted")])
+    assert never["failover"]["runs"] == 2 and never["failover"]["measured"] == 0
+    assert never["failover"]["last_status"] == "aborted" and never["failover"]["last_rto_seconds"] is None
 
 
 def test_core_imports_no_cli_database_or_cloud_library():

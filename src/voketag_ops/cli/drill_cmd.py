@@ -291,9 +291,14 @@ def _render_history(console: Console, report: dict[str, Any], with_env: Callable
     for scenario, t in report["trend"].items():
         change = t["rto_change_seconds"]
         arrow = "" if change is None else (f" ({'+' if change >= 0 else ''}{change:.2f} s vs previous)")
+        measured = (
+            "no RTO measured"
+            if t["last_rto_seconds"] is None
+            else f"last measured RTO {t['last_rto_seconds']:.2f} s{arrow}, "
+            f"best {t['best_rto_seconds']:.2f} s, worst {t['worst_rto_seconds']:.2f} s"
+        )
         console.print(
             f"trend {scenario:<9} {t['runs']} run(s) ({t['measured']} measured), {t['passed']} passed, "
-            f"last RTO {t['last_rto_seconds']:.2f} s"
-            f"{arrow}, best {t['best_rto_seconds']:.2f} s, worst {t['worst_rto_seconds']:.2f} s",
+            f"newest {t['last_status']}; {measured}",
             markup=False,
         )

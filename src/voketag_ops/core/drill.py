@@ -389,24 +389,28 @@ def validate(doc: Any, schema: Mapping[str, Any] = JOURNAL_SCHEMA, path: str = "
 
 # -- history ------------------------------------------------------------------------------------------
 def trend(journals: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per scenario: runs (all of them, and those that measured an RTO), the newest RTO/RPO, the
-    change from the measured run before, the best and worst RTO."""
+    """Per scenario that ran: runs (all of them, and those that measured an RTO), passed, the
+    newest run's status and id, the newest *measured* RTO/RPO (null when no run measured one),
+    the change from the measured run before, the best and worst RTO. A scenario whose runs
+    all failed before measuring is listed too: a trend that left it out would hide it."""
     out: dict[str, dict[str, Any]] = {}
     for scenario in SCENARIOS:
         every = [j for j in journals if j.get("scenario") == scenario]
-        runs = [j for j in every if j.get("rto_seconds") is not None]
-        if not runs:
+        if not every:
             continue
+        runs = [j for j in every if j.get("rto_seconds") is not None]
         rtos = [float(j["rto_seconds"]) for j in runs]
-        last, prev = runs[-1], (runs[-2] if len(runs) > 1 else None)
+        last = runs[-1] if runs else {}
         out[scenario] = {
             "runs": len(every),
             "measured": len(runs),  # an interrupted or failed-early run measures no RTO
-            "last_rto_seconds": last["rto_seconds"],
-            "last_rpo_seconds": last.get("rpo_seconds"),
-            "rto_change_seconds": round(rtos[-1] - rtos[-2], 3) if prev is not None else None,
-            "best_rto_seconds": min(rtos),
-            "worst_rto_seconds": max(rtos),
             "passed": sum(1 for j in every if j.get("status") == "completed"),
+            "last_status": every[-1].get("status"),
+            "last_run_id": every[-1].get("run_id"),
+            "last_rto_seconds": last.get("rto_seconds"),  # of the newest run that measured one
+            "last_rpo_seconds": last.get("rpo_seconds"),
+            "rto_change_seconds": round(rtos[-1] - rtos[-2], 3) if len(rtos) > 1 else None,
+            "best_rto_seconds": min(rtos, default=None),
+            "worst_rto_seconds": max(rtos, default=None),
         }
     return out
