@@ -3,6 +3,7 @@ leaving the database unchanged."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -211,15 +212,18 @@ def test_a_ctrl_c_once_the_batch_is_committed_still_ends_loaded_and_audited(
 
 def test_partial_writes_rejects(voke, db, tmp_path):
     path = tmp_path / "batch.csv"
-    path.write_text(HEADER + GOOD + "T2,S1,Shoe,F1,never\n")
+    path.write_text(HEADER + GOOD + "T2,S1,Shoe,F1,never\n" + '=HYPERLINK("http://x"),S1,Shoe,F1,never\n')
     rejects = tmp_path / "out" / "rejects.csv"
     rejects.parent.mkdir()
     result = voke("ingest", "load", str(path), "--db", db, "--partial", "--rejects", str(rejects), "--json")
     assert result.exit_code == 0
     report = result.json["result"]
-    assert (report["status"], report["rows_loaded"], report["rows_rejected"]) == ("loaded", 1, 1)
+    assert (report["status"], report["rows_loaded"], report["rows_rejected"]) == ("loaded", 1, 2)
     assert report["rejects_file"] == str(rejects)
     assert "bad_timestamp" in rejects.read_text()
+    # a record a spreadsheet would run as a formula is escaped, as `audit export` escapes cells
+    records = [row["record"] for row in csv.DictReader(rejects.open(newline=""))]
+    assert records == ["T2,S1,Shoe,F1,never", '\'=HYPERLINK("http://x"),S1,Shoe,F1,never']
 
 
 def test_partial_refuses_a_cut_upload_as_a_whole(voke, db, tmp_path):

@@ -60,7 +60,7 @@ from typing import IO, TYPE_CHECKING, Any
 from voketag_ops import interrupts
 from voketag_ops.core import ingest as core
 from voketag_ops.core import merkle
-from voketag_ops.core.audit import storable_text
+from voketag_ops.core.audit import csv_cell, storable_text
 from voketag_ops.core.times import iso
 from voketag_ops.errors import (
     BackendError,
@@ -2139,8 +2139,10 @@ class _RejectsWriter:
     def _rows(rejected: Any) -> Iterator[tuple[object, ...]]:
         for r in rejected:
             first = r.problems[0]
+            # The factory's text is escaped as `audit export` escapes it: opened in a
+            # spreadsheet, a record starting with = + - @ must not run as a formula.
             yield (r.line, first.column or "", ";".join(p.code for p in r.problems),
-                   "; ".join(p.message for p in r.problems), r.record)  # fmt: skip
+                   csv_cell("; ".join(p.message for p in r.problems)), csv_cell(r.record))  # fmt: skip
 
     def write(self, rejected: Any) -> None:
         self._writer.writerows(self._rows(rejected))
