@@ -328,6 +328,16 @@ def test_sku_collision_within_the_file():
     assert "line 2" in p.message
 
 
+def test_names_that_differ_only_in_unicode_normalization_are_said_to():
+    # macOS exports NFD, Windows NFC: the same-looking name is another code point sequence
+    nfc, nfd = "Caf\u00e9", "Cafe\u0301"
+    p = only_problem(run(HEADER + row("T1", sku="S1", name=nfc) + row("T2", sku="S1", name=nfd)))
+    assert p.code == "sku_collision" and "differ only in Unicode normalization" in p.message
+    assert "'Cafe\\u0301' vs 'Caf\\xe9'" in p.message
+    plain = only_problem(run(HEADER + row("T1", sku="S1", name="Shoe") + row("T2", sku="S1", name="Boot")))
+    assert "normalization" not in plain.message
+
+
 def test_sku_collision_with_products_already_loaded():
     p = only_problem(run(HEADER + row("T1", sku="S1", name="Boot"), known_products={"S1": "Shoe"}))
     assert (p.line, p.code) == (2, "sku_collision")

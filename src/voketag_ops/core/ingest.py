@@ -349,6 +349,18 @@ class _Header:
         self.in_order = self.width == len(CANONICAL_COLUMNS) and self.positions == tuple(range(self.width))
 
 
+def sku_collision_message(sku: str, name: str, other: str, where: str) -> str:
+    """`SKU 'S' is named 'A' here but 'B' on WHERE`; names that differ only in their Unicode
+    normalization (NFC from one system, NFD from another) look the same, so that is said and
+    their code points shown (names are compared as stored, code point by code point)."""
+    import unicodedata
+
+    message = f"SKU {sku!r} is named {name!r} here but {other!r} on {where}"
+    if unicodedata.normalize("NFC", name) == unicodedata.normalize("NFC", other):
+        message += f" (they differ only in Unicode normalization: {name!a} vs {other!a})"
+    return message
+
+
 class BatchValidator:
     """Streaming validator for one batch file.
 
@@ -977,7 +989,7 @@ class BatchValidator:
                             lineno,
                             fields[header.index["product_name"]][1],
                             "sku_collision",
-                            f"SKU {sku!r} is named {pname!r} here but {known_name!r} on {where}",
+                            sku_collision_message(sku, pname, known_name, where),
                         )
                     )
         if problems:

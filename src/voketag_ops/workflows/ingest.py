@@ -1912,7 +1912,7 @@ def _find_conflicts(
                     held = names.get(sku) or ((known_name, None) if known_name is not None else None)
                     if held is not None and held[0] != name:
                         where = f"line {held[1]}" if held[1] is not None else "the products already loaded"
-                        message = f"SKU {sku!r} is named {name!r} here but {held[0]!r} on {where}"
+                        message = core.sku_collision_message(sku, name, held[0], where)
                         problems.append(("sku_collision", message, "product_name"))
                 if not problems and loaded_in is not None:
                     message = f"tag_id {tag!r} was already loaded in batch {loaded_in}"
