@@ -50,9 +50,11 @@ def test_a_refused_dr_backup_is_one_failure_event(voke, make_environ, tmp_path):
 def test_a_refused_drill_is_one_failure_event(voke, make_environ, tmp_path):
     home = tmp_path / "home"
     _interrupted_failover(home)
+    dry = voke("drill", "run", "pitr", "--dry-run", environ=make_environ(home))  # as the run is
+    assert dry.exit_code == 5 and "voke dr failover --yes" in dry.stderr
     refused = voke("drill", "run", "pitr", "--yes", "--json", environ=make_environ(home))
     assert refused.exit_code == 5, refused.stdout
-    _refused(home, "drill.pitr", "pitr", refused.exit_code)
+    _refused(home, "drill.pitr", "pitr", refused.exit_code)  # (the dry run wrote none)
 
 
 @pytest.mark.parametrize("scenario", ["pitr", "all"])

@@ -1198,12 +1198,15 @@ def run(
     for name in scenarios:
         if name not in SCENARIO_RUNNERS:
             raise UsageError(f"unknown drill {name!r} (one of {', '.join(core.SCENARIOS)}, all)")
-    if dry_run:
-        return RunOutcome({"dry_run": True, "plan": {name: PLANS[name] for name in scenarios}})
     from contextlib import ExitStack
 
     from voketag_ops.adapters.local import dr
     from voketag_ops.audit import audited
+
+    if dry_run:
+        if env.exists:  # refused as the run is: another DR operation running, or one to resume
+            dr.refuse_if_busy(env)
+        return RunOutcome({"dry_run": True, "plan": {name: PLANS[name] for name in scenarios}})
 
     journals: list[dict[str, Any]] = []
     # Held once around every scenario (re-entrant: each run_drill takes it again inside), so
