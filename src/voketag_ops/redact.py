@@ -20,8 +20,7 @@ def register(value: str | bytes) -> None:
     """Remember VALUE as secret so it is masked wherever it would be printed."""
     text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
     if len(text) >= _MIN_LEN:
-        with _lock:
-            _values.add(text)
+        _remember(text)
 
 
 def register_credentials_in(text: str) -> None:
@@ -89,9 +88,15 @@ _URL_SEPARATORS = "@:"
 
 
 def _remember(text: str | None) -> None:
+    """TEXT, and TEXT as a quoting shows it: repr() (Click's error for a file argument) and a
+    JSON string double its backslashes and escape its quotes."""
     if text:
+        import json
+
+        forms = {text, text.replace("\\", "\\\\"), json.dumps(text, ensure_ascii=False)[1:-1]}
+        forms.add(repr(text)[1:-1])
         with _lock:
-            _values.add(text)
+            _values.update(f for f in forms if f)
 
 
 _SECRET_FIELDS = {"password", "secret", "token", "access_token", "private_key", "api_key", "key", "value"}

@@ -171,6 +171,10 @@ def test_a_password_in_any_argument_is_masked_whatever_its_shape(voke, tmp_path)
     for conninfo in ("host=127.0.0.1 port=1 password = 4 dbname=x", 'host=127.0.0.1 port=1 password="ok"'):
         listed = voke("ingest", "batches", "--db", conninfo, "--json")
         assert listed.json["ok"] is False and listed.json["error"]["exit_code"] == 4, listed.stdout
+    # a backslash escape, as a quoting (Click's repr of a missing file, a JSON string) doubles it
+    for args in (("ingest", "load"), ("ingest", "load", "--json")):
+        quoted = voke(*args, r"host=x password='Sup3r\'Secret'")
+        assert quoted.exit_code == 2 and "Secret" not in quoted.stdout + quoted.stderr, quoted.stderr
     # a short one is masked with its keyword, as an argument shows it (a --db split by the shell)
     split = voke("ingest", "batches", "--db", "host=127.0.0.1", "password=pw1")
     assert split.exit_code == 2 and "pw1" not in split.stderr, split.stderr

@@ -316,6 +316,11 @@ def test_pitr_check_wants_everything_before_the_target_and_nothing_after():
     ):
         blind = drill.pitr_canary_check(rows, set(rows), target)
         assert not blind["ok"] and "nothing verified" in blind["evidence"], rows
+    # a failed check's detail names every part of what it found
+    past = drill.pitr_canary_check({2: target + timedelta(seconds=1)}, {2}, target)
+    assert drill.pitr_check_detail(past) == (
+        "no canary row was committed before the target: nothing verified; present after the target [2]"
+    )
 
 
 def test_rto_and_phases_from_the_timeline():

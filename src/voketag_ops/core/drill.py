@@ -180,6 +180,17 @@ def pitr_canary_check(
     }
 
 
+def pitr_check_detail(check: Mapping[str, Any]) -> str:
+    """What a failed `pitr_canary_check` found, every part of it: rows missing before the
+    target, rows present after it, no rows on a side of it."""
+    parts = [check["evidence"]] if check.get("evidence") else []
+    if check["missing_before_target"]:
+        parts.append(f"missing before the target {check['missing_before_target']}")
+    if check["present_after_target"]:
+        parts.append(f"present after the target {check['present_after_target']}")
+    return "; ".join(parts)
+
+
 def _no_evidence(before: set[int], after: set[int]) -> str:
     sides = [side for side, rows in (("before", before), ("after", after)) if not rows]
     return f"no canary row was committed {' or '.join(sides)} the target: nothing verified"

@@ -611,9 +611,7 @@ def _pitr(run: DrillRun) -> None:
                 "detail": f"{check['committed_before_target']} committed before the target, all restored; "
                 f"{check['committed_after_target']} after, none restored"
                 if check["ok"]
-                else check["evidence"]
-                or f"missing before the target {check['missing_before_target']}, "
-                f"present after {check['present_after_target']}",
+                else core.pitr_check_detail(check),
             }
         )
         run.integrity.append(_batch_integrity(restored, batch))
