@@ -213,6 +213,10 @@ def test_env_up_leaves_the_fenced_primary_down(voke, environ, env):
     # nothing to compare with the fenced standby: said at once, not after a 60 s wait to catch up
     fenced = voke("dr", "verify", "--source", "standby", "--target", "leader", environ=environ)
     assert fenced.exit_code == 5 and "is not running as a standby" in fenced.stderr
+    # and no standby to fail over to: the dry run says so, as the run does
+    for args in (("--dry-run",), ("--yes",)):
+        refused = voke("dr", "failover", *args, environ=environ)
+        assert refused.exit_code == 5 and "not running as a standby; nothing to promote" in refused.stderr
 
 
 def test_split_brain_is_detected_reported_and_fenced(voke, environ, env):

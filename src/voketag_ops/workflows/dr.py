@@ -358,6 +358,7 @@ def failover(
         dr.refuse_if_busy(env, allow="failover")
         if not pending:
             refuse_if_rotating_locally(settings)
+        dr.refuse_failover_without_standby(env, state, pending)
         old, new = state.leader, state.follower
         if pending and pending.get("operation") == "failover":
             old, new = pending.get("old_leader", old), pending.get("new_leader", new)

@@ -1484,6 +1484,20 @@ def no_services(_leader: PgNode) -> dict[str, Any]:
     return {"repointed": [], "redeployed": [], "note": "no services to repoint"}
 
 
+def refuse_failover_without_standby(
+    env: LocalEnvironment, state: Any, pending: dict[str, Any] | None
+) -> None:
+    """PreconditionError (exit 5) when a new failover has no standby to promote (a resumed one
+    may have promoted it already); its dry run asks the same."""
+    if pending is None or pending.get("operation") != "failover":
+        standby = env.node(state.follower, state)
+        if in_recovery(standby) is not True:
+            raise PreconditionError(
+                f"the standby {standby.name} is not running as a standby; nothing to promote "
+                f"(`voke dr status` shows the topology)"
+            )
+
+
 def failover(
     env: LocalEnvironment,
     *,
@@ -1499,14 +1513,7 @@ def failover(
     t0 = time.monotonic()
     steps = Steps()
     state = env.require_state()
-    pending = unfinished_operation(env)
-    if pending is None or pending.get("operation") != "failover":
-        standby = env.node(state.follower, state)
-        if in_recovery(standby) is not True:
-            raise PreconditionError(
-                f"the standby {standby.name} is not running as a standby; nothing to promote "
-                f"(`voke dr status` shows the topology)"
-            )
+    refuse_failover_without_standby(env, state, unfinished_operation(env))
     oplog = OperationLog(env, "failover", "voke dr failover --yes")
     if oplog.resumed and "old_leader" in oplog.doc:
         old_name, new_name = oplog.doc["old_leader"], oplog.doc["new_leader"]
