@@ -234,8 +234,9 @@ def test_split_brain_is_detected_reported_and_fenced(voke, environ, env):
         "FAIL split_brain: split brain: primary writable beside the leader replica; fence with `voke dr fence primary --yes`"
         in check.stdout
     )
-    failback = voke("dr", "failback", "--yes", environ=environ)
-    assert failback.exit_code == 5 and "voke dr fence primary" in failback.stderr
+    for args in (("--yes",), ("--dry-run",)):  # the dry run refuses as the run does
+        failback = voke("dr", "failback", *args, environ=environ)
+        assert failback.exit_code == 5 and "voke dr fence primary" in failback.stderr
     leader_refused = voke("dr", "fence", "replica", "--yes", environ=environ)
     assert leader_refused.exit_code == 5 and "is the leader" in leader_refused.stderr
     fenced = voke("dr", "fence", "primary", "--yes", "--json", environ=environ)

@@ -400,9 +400,12 @@ def failback(
     require_local(settings)
     state = env.require_state()
     if dry_run:
-        if not dr.refuse_if_busy(env, allow="failback"):
+        pending = dr.refuse_if_busy(env, allow="failback")
+        if not pending:
             refuse_if_rotating_locally(settings)
         old, leader = env.node(state.follower, state), env.node(state.leader, state)
+        if "switchover_started" not in (pending or {}).get("done", []):  # as the run refuses
+            dr.refuse_failback_without_leader(leader, old)
         streaming = dr.in_recovery(old) is True and dr.streams_from(leader, old)
         plan = [
             f"rebuild {state.follower} as a standby of {state.leader} "

@@ -1831,6 +1831,23 @@ def _checkpoint_lsn(node: PgNode) -> str:
     raise BackendError(f"pg_controldata gave no checkpoint location for {node.data_dir}")
 
 
+def refuse_failback_without_leader(leader: PgNode, old: PgNode) -> bool | None:
+    """PreconditionError (exit 5) when a failback cannot start: the leader is not a writable
+    primary, or OLD is writable beside it (split brain: fence it first). Returns OLD's role
+    (`in_recovery`). Its dry run asks the same."""
+    if in_recovery(leader) is not False:
+        raise PreconditionError(
+            f"the leader {leader.name} is not a writable primary; nothing to fail back to"
+        )
+    old_role = in_recovery(old)
+    if old_role is False:
+        raise PreconditionError(
+            f"split brain: {old.name} is writable beside the leader {leader.name}; "
+            f"fence it first with `voke dr fence {old.name} --yes`"
+        )
+    return old_role
+
+
 def failback(
     env: LocalEnvironment,
     *,
@@ -1857,16 +1874,7 @@ def failback(
         oplog = OperationLog(env, "failback", "voke dr failback --yes")  # the switchover is under way
         rebuilt = dict((oplog.doc.get("detail") or {}).get("rebuilt") or rebuilt)
     else:
-        if in_recovery(leader) is not False:
-            raise PreconditionError(
-                f"the leader {leader.name} is not a writable primary; nothing to fail back to"
-            )
-        old_role = in_recovery(old)
-        if old_role is False:
-            raise PreconditionError(
-                f"split brain: {old.name} is writable beside the leader {leader.name}; "
-                f"fence it first with `voke dr fence {old.name} --yes`"
-            )
+        old_role = refuse_failback_without_leader(leader, old)
         oplog = OperationLog(env, "failback", resume)
         streaming_now = old_role is True and streams_from(leader, old)
         if (force_clone or not streaming_now) and not oplog.done("rebuilt"):
