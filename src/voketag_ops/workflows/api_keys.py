@@ -587,15 +587,7 @@ def api_credential(engine: Any, name: str) -> ApiKeyCredential:
 def rotate_api_key(engine: Any, name: str, *, new_key: str | None = None, dry_run: bool = False) -> Any:
     """Rotate the API key NAME (rotation.api_keys.NAME); NEW_KEY for assisted kinds (Stripe)."""
     cred = api_credential(engine, name)
-    try:
-        meta = engine.store.get(cred.secret)
-    except NotFoundError:
-        meta = None
-    if meta is None or "current" not in meta.aliases:
-        raise PreconditionError(
-            f"secret {cred.secret} holds no current {cred.provider} key yet; adopt the key in use first",
-            hint=engine.setup_command(cred.secret),
-        )
+    engine.require_current(cred.secret, f"no current {cred.provider} key yet; adopt the key in use first")
     if new_key is not None:
         if not isinstance(cred, StripeKey):
             raise UsageError(f"{cred.provider} keys are made by voke, not pasted")

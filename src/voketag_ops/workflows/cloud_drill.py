@@ -858,14 +858,12 @@ def run_drill(
             path = local_drill.save_journal(SimpleNamespace(home=drills_home(settings)), journal)  # type: ignore[arg-type]
             if saved is not None:
                 saved.append(journal)
-        event.details.update(
-            status=journal["status"],
-            rto_seconds=journal["rto_seconds"],
-            rpo_seconds=journal["rpo_seconds"],
+        local_drill.journal_event(
+            event,
+            journal,
             scratch=[s["name"] for s in run.details["scratch"]],
             left_behind=journal["left_behind"],
         )
-        event.result = "success" if journal["status"] == "completed" else journal["status"]
     if interrupted:  # exit 130, naming the journal saved as `interrupted` (as a local drill does)
         raise Interrupted(
             f"{'terminated (SIGTERM)' if interrupts.Terminated.received else 'interrupted'}: "

@@ -17,7 +17,7 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
@@ -1094,6 +1094,17 @@ def drive(
     return interrupted
 
 
+def journal_event(event: Any, journal: Mapping[str, Any], **details: Any) -> None:
+    """A drill's audit event says how its journal ended: status, RTO, RPO (and DETAILS)."""
+    event.details.update(
+        status=journal["status"],
+        rto_seconds=journal["rto_seconds"],
+        rpo_seconds=journal["rpo_seconds"],
+        **details,
+    )
+    event.result = "success" if journal["status"] == "completed" else journal["status"]
+
+
 def run_drill(
     settings: Settings,
     env: LocalEnvironment,
@@ -1150,12 +1161,7 @@ def run_drill(
                 path = save_journal(env, journal)
                 if saved is not None:
                     saved.append(journal)
-            event.details.update(
-                status=journal["status"],
-                rto_seconds=journal["rto_seconds"],
-                rpo_seconds=journal["rpo_seconds"],
-            )
-            event.result = "success" if journal["status"] == "completed" else journal["status"]
+            journal_event(event, journal)
     if interrupted:  # exit 130, naming the journal saved as `interrupted`
         from voketag_ops.adapters.local import dr
 

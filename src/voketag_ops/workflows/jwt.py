@@ -309,14 +309,6 @@ def jwt_credential(engine: Any) -> JwtKeyring:
 def rotate_jwt(engine: Any, *, emergency: bool = False, dry_run: bool = False) -> Any:
     """Publish a next key, promote a published one, or (EMERGENCY) replace every key now."""
     cred = jwt_credential(engine)
-    try:
-        exists = "current" in engine.store.get(cred.secret).aliases
-    except NotFoundError:
-        exists = False
-    if not exists:
-        raise PreconditionError(
-            f"secret {cred.secret} holds no JWT keyring yet; create it first",
-            hint=engine.setup_command(cred.secret),
-        )
+    engine.require_current(cred.secret, "no JWT keyring yet; create it first")
     cred.strategy = EMERGENCY if emergency else NORMAL
     return engine.rotate(cred.name, dry_run=dry_run)

@@ -229,6 +229,16 @@ class RotationEngine:
             hint=self.setup_command(cred.secret),
         )
 
+    def require_current(self, secret: str, missing: str) -> None:
+        """PreconditionError (exit 5) naming the command that stores SECRET's first version
+        when SECRET does not exist or has no `current` version: "secret S holds MISSING"."""
+        try:
+            exists = "current" in self.store.get(secret).aliases
+        except NotFoundError:
+            exists = False
+        if not exists:
+            raise PreconditionError(f"secret {secret} holds {missing}", hint=self.setup_command(secret))
+
     def setup_command(self, secret: str) -> str:
         """What stores the first version of SECRET, a managed secret that does not exist yet."""
         cred = self._credential_of_secret(secret)

@@ -167,18 +167,8 @@ def _sa_credential(engine: Any, name: str) -> SaKey:
 def rotate_sa_key(engine: Any, name: str, *, dry_run: bool = False) -> Any:
     """`voke rotate sa-key NAME`: the rotation protocol for one managed key, once `--init`
     stored the first."""
-    from voketag_ops.errors import NotFoundError, PreconditionError
-
     cred = _sa_credential(engine, name)
-    try:
-        exists = "current" in engine.store.get(cred.secret).aliases
-    except NotFoundError:
-        exists = False
-    if not exists:
-        raise PreconditionError(
-            f"secret {cred.secret} holds no current key of {cred.account} yet; create it first",
-            hint=engine.setup_command(cred.secret),
-        )
+    engine.require_current(cred.secret, f"no current key of {cred.account} yet; create it first")
     return engine.rotate(name, dry_run=dry_run)
 
 
