@@ -44,9 +44,6 @@ def make_environ_module():
             VOKE_ROTATION__TEST_INTERVAL="0.2",
             VOKE_ROTATION__HEALTH_TIMEOUT="20",
             VOKE_LOCAL__SERVICE_DRAIN_SECONDS="0.5",  # as the shared platform's (conftest FAST_ROTATION)
-            # the network drill's frozen leader: long enough for the probe (1 s) and the canary's
-            # writes (1 s timeout) to fail, not the product's 5 s
-            VOKE_DR__NETWORK_OUTAGE_SECONDS="2.5",
             # a standby that cannot replay (split brain, a paused or fenced one) is waited out for
             # this long by every status, check and steady-state probe; the module's lag limits are
             # the product's (60 s), far above it, so a heartbeat replayed late on a loaded machine
