@@ -53,8 +53,12 @@ class Cloud:
         return RotationRecord.from_json(raw) if raw else None
 
     def audit(self, home: str = "state") -> list[dict[str, Any]]:
-        path = self.home / home / "cloud" / "prod" / "audit" / "audit.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        """HOME's audit log as `voke audit show` lists it: one log for every environment."""
+        shown = self.voke("audit", "show", "--limit", "1000", "--json", home=home)
+        assert shown.exit_code == 0, shown.stdout + shown.stderr
+        entries: list[dict[str, Any]] = shown.json["result"]["entries"]
+        assert all(e["env"] == "prod" for e in entries)
+        return entries
 
     def login(self, cred: dict[str, Any]) -> bool:
         return cred.get("host") == IP and self.fake.sql.users.get(

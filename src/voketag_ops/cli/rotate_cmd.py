@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -11,7 +10,7 @@ from voketag_ops.cli.common import DryRun, Yes, read_pasted, use
 from voketag_ops.errors import NeedsOperatorError, VokeError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping
+    from collections.abc import Callable, Mapping
 
     from rich.console import Console
 
@@ -33,31 +32,6 @@ def _engine(
         return local_engine(env.settings, update, start=not dry_run, reads=reads, check=check)
 
 
-@contextmanager
-def _on_record(env: Any, owner: str, *, dry_run: bool) -> Iterator[Callable[[Any], Any]]:
-    """A rotation is on record from its own `rotation.start` event on; one refused before it
-    (a DR operation running, an unfinished rotation, a JWT key not due yet: exit 5) is a
-    `rotation.start` event with result `failure` and the error, written here. The block
-    passes its engine through the function it is given; a dry run writes no event."""
-    from voketag_ops.audit import audited_unless
-    from voketag_ops.workflows.secrets import rotated_secrets
-
-    target = next((s for s, o in rotated_secrets(env.settings).items() if o == owner), owner)
-    engines: list[Any] = []
-
-    def engine_of(engine: Any) -> Any:
-        engines.append(engine)
-        return engine
-
-    name = env.settings.env  # the log the engine writes to (CloudPlatform.home for a cloud one)
-    home = env.home if name == "local" else env.home / "cloud" / name
-    with audited_unless(dry_run, home, event_type="rotation.start", env=name, target=target) as event:
-        try:
-            yield engine_of
-        finally:
-            event.skip = any(engine.events_written for engine in engines)  # its own events say the rest
-
-
 def _show(env: Any, outcome: Any) -> None:
     report = outcome.report
     if report is None:
@@ -77,6 +51,8 @@ def db_password(
     yes: Yes = False,
 ) -> None:
     """Rotate a database password: new version, ALTER ROLE, test, commit, restart services, health."""
+    from voketag_ops.workflows.rotate import on_record
+
     env = use(ctx)
     if strategy not in (None, "alternating", "single"):
         from voketag_ops.errors import UsageError
@@ -84,7 +60,7 @@ def db_password(
         raise UsageError(f"--strategy must be alternating or single, not {strategy!r}")
     if not dry_run:
         env.out.confirm(f"Rotate the database password of {user}?", yes=yes)
-    with _on_record(env, f"rotation.db_users.{user}", dry_run=dry_run) as engine_of:
+    with on_record(env.settings, env.home, f"rotation.db_users.{user}", dry_run=dry_run) as engine_of:
         engine = engine_of(
             _engine(env, dry_run=dry_run, check=lambda e: e.check_db_password(user, strategy=strategy))
         )
@@ -112,6 +88,7 @@ def api_key(
     --adopt stores the key in use today as the first version.
     """
     from voketag_ops.workflows.api_keys import adopt_api_key, api_credential, needs_pasted_key, rotate_api_key
+    from voketag_ops.workflows.rotate import on_record
 
     env = use(ctx)
     pasted = None
@@ -123,7 +100,7 @@ def api_key(
         engine = _engine(env, dry_run=dry_run, check=lambda e: api_credential(e, name))
         env.out.result(adopt_api_key(engine, name, pasted or "", dry_run=dry_run), render=_render_adopt)
         return
-    with _on_record(env, f"rotation.api_keys.{name}", dry_run=dry_run) as engine_of:
+    with on_record(env.settings, env.home, f"rotation.api_keys.{name}", dry_run=dry_run) as engine_of:
         engine = engine_of(_engine(env, dry_run=dry_run, check=lambda e: api_credential(e, name)))
         outcome = rotate_api_key(engine, name, new_key=pasted, dry_run=dry_run)
     _show(env, outcome)
@@ -152,6 +129,7 @@ def jwt(
     The first run publishes a next key; a run after rotation.jwt.verifier_refresh_seconds switches signing to it, and the old key stays in the JWKS for max_token_lifetime_seconds. --emergency replaces every key at once (forced logouts). --init creates the keyring where nothing has yet (`voke env up` does it on the local environment).
     """
     from voketag_ops.workflows.jwt import init_keyring, rotate_jwt
+    from voketag_ops.workflows.rotate import on_record
 
     env = use(ctx)
     if init and emergency:
@@ -170,7 +148,7 @@ def jwt(
         engine = _engine(env, dry_run=dry_run)
         env.out.result(init_keyring(engine, dry_run=dry_run), render=_render_init)
         return
-    with _on_record(env, "rotation.jwt", dry_run=dry_run) as engine_of:
+    with on_record(env.settings, env.home, "rotation.jwt", dry_run=dry_run) as engine_of:
         engine = engine_of(_engine(env, dry_run=dry_run))
         outcome = rotate_jwt(engine, emergency=emergency, dry_run=dry_run)
     _show(env, outcome)
@@ -191,6 +169,7 @@ def sa_key(
 
     IAM creates the new key beside the old one (at most 10 per account); it is stored, then verified by a token exchange. `voke rotate cleanup` disables the old key, checks the new one, then deletes it. Prefer keyless auth wherever a workload can use it.
     """
+    from voketag_ops.workflows.rotate import on_record
     from voketag_ops.workflows.sa_keys import init_sa_key, rotate_sa_key
 
     env = use(ctx)
@@ -206,7 +185,7 @@ def sa_key(
         engine = _engine(env)
         env.out.result(init_sa_key(engine, name, dry_run=dry_run), render=_render_sa_init)
         return
-    with _on_record(env, f"rotation.sa_keys.{name}", dry_run=dry_run) as engine_of:
+    with on_record(env.settings, env.home, f"rotation.sa_keys.{name}", dry_run=dry_run) as engine_of:
         engine = engine_of(_engine(env))
         outcome = rotate_sa_key(engine, name, dry_run=dry_run)
     _show(env, outcome)

@@ -33,11 +33,16 @@ class CloudPlatform:
         self.ctx = GcpContext.from_environment(self.env, **ctx_overrides)
 
     @property
-    def home(self) -> Path:
-        """Where voke keeps this environment's history and audit log on this machine."""
-        from voketag_ops.adapters.local.environment import LocalEnvironment
+    def voke_home(self) -> Path:
+        """VOKE_HOME: its audit log holds every environment's events, each with its name."""
+        from voketag_ops.adapters.local.environment import resolve_home
 
-        return LocalEnvironment.from_settings(self.settings.local).home / "cloud" / self.name
+        return resolve_home(self.settings.local.home)
+
+    @property
+    def home(self) -> Path:
+        """Where voke keeps this environment's rotation history on this machine."""
+        return self.voke_home / "cloud" / self.name
 
     def _reads(self, *, every_kind: bool) -> list[tuple[str, str]]:
         """(secret, service) for the services of this environment: the database logins and
@@ -192,6 +197,7 @@ def cloud_engine(
         settings=settings.rotation,
         credentials=credentials,
         home=platform.home,
+        audit_home=platform.voke_home,  # where cloud DR operations and drills write theirs
         env_name=platform.name,
         progress=progress,
         platform=platform,

@@ -13,7 +13,8 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -176,6 +177,7 @@ class RotationEngine:
         settings: RotationSettings,
         credentials: list[Credential] | None = None,
         home: Path,
+        audit_home: Path | None = None,
         env_name: str = "local",
         now: Callable[[], datetime] = _utcnow,
         environ: Mapping[str, str] | None = None,
@@ -186,7 +188,8 @@ class RotationEngine:
         self.runtime = runtime
         self.target = target
         self.settings = settings
-        self.home = home
+        self.home = home  # the environment's rotation history
+        self.audit_home = home if audit_home is None else audit_home  # VOKE_HOME: one audit log, every env
         self.env_name = env_name
         self.now = now
         self.environ = os.environ if environ is None else environ
@@ -1251,7 +1254,7 @@ class RotationEngine:
         from voketag_ops.audit import audited
 
         with audited(
-            self.home,
+            self.audit_home,
             event_type="rotation.cleanup",
             env=self.env_name,
             target=",".join(sorted({a.secret for a in actions})),
@@ -1384,7 +1387,7 @@ class RotationEngine:
         started = parse_iso(record.started_at)
         self.events_written += 1
         record_event(
-            self.home,
+            self.audit_home,
             event_type=event_type,
             env=self.env_name,
             target=record.secret,
@@ -1392,6 +1395,32 @@ class RotationEngine:
             duration_seconds=round((self.now() - started).total_seconds(), 3),
             details=details,
         )
+
+
+@contextmanager
+def on_record(
+    settings: Any, home: Path, owner: str, *, dry_run: bool
+) -> Iterator[Callable[[RotationEngine], RotationEngine]]:
+    """A rotation is on record from its own `rotation.start` event on; one refused before it
+    (a DR operation running, an unfinished rotation, a JWT key not due yet: exit 5) is a
+    `rotation.start` event with result `failure` and the error, in HOME's audit log (VOKE_HOME,
+    whichever environment). The block passes its engine through the function it is given; a
+    dry run writes no event. OWNER: the settings' key of the credential (`rotation.jwt`)."""
+    from voketag_ops.audit import audited_unless
+    from voketag_ops.workflows.secrets import rotated_secrets
+
+    target = next((s for s, o in rotated_secrets(settings).items() if o == owner), owner)
+    engines: list[RotationEngine] = []
+
+    def engine_of(engine: RotationEngine) -> RotationEngine:
+        engines.append(engine)
+        return engine
+
+    with audited_unless(dry_run, home, event_type="rotation.start", env=settings.env, target=target) as event:
+        try:
+            yield engine_of
+        finally:
+            event.skip = any(engine.events_written for engine in engines)  # its own events say the rest
 
 
 def retry_command(record: RotationRecord) -> str:
