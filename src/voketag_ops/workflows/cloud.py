@@ -21,6 +21,14 @@ def _quiet(_msg: str) -> None:
     return None
 
 
+def env_home(settings: Settings, name: str | None = None) -> Path:
+    """VOKE_HOME/cloud/NAME (default: the environment SETTINGS select): where this machine keeps
+    a cloud environment's rotation history, drill journals and DR lock."""
+    from voketag_ops.adapters.local.environment import resolve_home
+
+    return resolve_home(settings.local.home) / "cloud" / (name or settings.env)
+
+
 class CloudPlatform:
     """The adapters of one cloud environment (`[environments.NAME]`)."""
 
@@ -42,7 +50,7 @@ class CloudPlatform:
     @property
     def home(self) -> Path:
         """Where voke keeps this environment's rotation history on this machine."""
-        return self.voke_home / "cloud" / self.name
+        return env_home(self.settings, self.name)
 
     def _reads(self, *, every_kind: bool) -> list[tuple[str, str]]:
         """(secret, service) for the services of this environment: the database logins and

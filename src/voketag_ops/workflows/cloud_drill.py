@@ -104,10 +104,10 @@ def _utcnow() -> datetime:
 
 def drills_home(settings: Settings) -> Path:
     """VOKE_HOME/cloud/NAME: where the cloud env's drill journals live on this machine."""
-    from voketag_ops.adapters.local.environment import LocalEnvironment
+    from voketag_ops.workflows.cloud import env_home
 
-    home = LocalEnvironment.from_settings(settings.local).home
-    path = home / "cloud" / settings.env
+    path = env_home(settings)
+    home = path.parent.parent
     try:
         home.parent.mkdir(parents=True, exist_ok=True)  # ~/.local/share on a fresh machine
         for directory in (home, home / "cloud", path):  # private, like every directory of the home
