@@ -65,6 +65,36 @@ def test_cobertura_and_data_file_agree_with_json(measured: Measured):
     assert xfiles["admin_service/users.py"].missing == jfiles["admin_service/users.py"].missing
 
 
+def test_cobertura_of_a_multi_package_source_agrees_with_json(tmp_path):
+    # `[run] source = a, b, c` makes one <source> per package: their empty __init__.py are one
+    # <class filename="__init__.py"> with no <line>, counted nothing, under all three.
+    packages = ("admin_service", "factory_service", "blockchain_service")
+    for i, package in enumerate(packages):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+        (tmp_path / package / f"m{i}.py").write_text("def f(x):\n    if x:\n        return 1\n    return 2\n")
+    (tmp_path / ".coveragerc").write_text(f"[run]\nbranch = True\nsource = {','.join(packages)}\n")
+    (tmp_path / "main.py").write_text(
+        "from admin_service.m0 import f\nfrom factory_service.m1 import f as g\nimport blockchain_service.m2\n"
+        "f(1)\ng(0)\n"
+    )
+    coverage(tmp_path, "run", "main.py")
+    coverage(tmp_path, "json", "-q", "-o", "cov.json")
+    coverage(tmp_path, "xml", "-q", "-o", "cov.xml")
+    assert "<source>" in (xml := (tmp_path / "cov.xml").read_text()) and 'filename="__init__.py"' in xml
+    _, jfiles, jt = totals_of([tmp_path / "cov.json"], tmp_path)
+    _, xfiles, xt = totals_of([tmp_path / "cov.xml"], tmp_path)
+    assert per_file(xfiles) == per_file(jfiles) and xt == jt
+    assert {f"{p}/__init__.py" for p in packages} <= set(xfiles)
+    # a file name under two sources whose class counts lines is still refused: which one ran?
+    (tmp_path / "admin_service" / "util.py").write_text("x = 1\n")
+    (tmp_path / "factory_service" / "util.py").write_text("x = 2\n")
+    coverage(tmp_path, "run", "main.py")
+    coverage(tmp_path, "xml", "-q", "-o", "cov.xml")
+    with pytest.raises(InputError, match=r"util\.py exists under 2 of its <source> entries"):
+        read_inputs([tmp_path / "cov.xml"], root=tmp_path)
+
+
 def test_parallel_data_files_combine_to_the_union(measured: Measured):
     _, jfiles, jt = totals_of([measured.json], measured.root)
     _, pfiles, _ = totals_of(list(measured.parallel), measured.root)

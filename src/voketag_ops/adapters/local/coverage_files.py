@@ -376,26 +376,34 @@ def read_cobertura(path: Path, norm: PathNormalizer, *, label: str | None = None
     branch = target.any_branch or attrib.get("branches-valid", "0") not in ("0", "")
     files = []
     for filename, lines in target.files.items():
-        files.append(_cobertura_file(_join_source(filename, target.sources, norm, label), lines, branch))
+        for joined in _join_source(filename, target.sources, norm, label, counted=bool(lines)):
+            files.append(_cobertura_file(joined, lines, branch))
     return CoverageInput(label, "cobertura", attrib.get("version") or None, branch, tuple(files))
 
 
-def _join_source(filename: str, sources: Sequence[str], norm: PathNormalizer, label: str) -> str:
-    """FILENAME (relative to one of the report's <source> entries) as a comparable path. With
-    several sources it is the one under which the file exists here, each source remapped
-    (--map, coverage.remap) and a relative one read from the project root; a report made
-    elsewhere whose files cannot be found here is refused rather than given the first source
-    (every file of a multi-service report would land in one service)."""
+def _join_source(
+    filename: str, sources: Sequence[str], norm: PathNormalizer, label: str, *, counted: bool
+) -> tuple[str, ...]:
+    """FILENAME (relative to one of the report's <source> entries) as comparable paths: one,
+    but for a file that counts nothing (COUNTED false). With several sources it is the one
+    under which the file exists here, each source remapped (--map, coverage.remap) and a
+    relative one read from the project root; a report made elsewhere whose files cannot be
+    found here is refused rather than given the first source (every file of a multi-service
+    report would land in one service). A file with no <line> found under several sources (the
+    empty __init__.py of each package of `source = a, b, c`, which coverage.py writes as one
+    <class>) is each of them, as coverage.json lists them: nothing to place, nothing to refuse."""
     name = normalize_path(filename)
     if is_absolute(name) or not sources:
-        return norm(name)
+        return (norm(name),)
     # (two spellings of one source, `.` and `./`, are one place)
     joined = list(
         dict.fromkeys(norm(normalize_path(normalize_path(src).rstrip("/") + "/" + name)) for src in sources)
     )
     if len(joined) == 1:
-        return joined[0]
+        return (joined[0],)
     here = [p for p in joined if os.path.exists(p if is_absolute(p) else os.path.join(norm.root, p))]
+    if len(here) > 1 and not counted:
+        return tuple(here)
     if len(here) > 1:  # coverage.py keyed the file by its path under one source: which, it does not say
         raise InputError(
             f"{label}: {name} exists under {len(here)} of its <source> entries here ({', '.join(here)}): "
@@ -404,7 +412,7 @@ def _join_source(filename: str, sources: Sequence[str], norm: PathNormalizer, la
             "`[run] source = .`, or one report per service"
         )
     if here:
-        return here[0]
+        return (here[0],)
     raise InputError(
         f"{label}: {name} is under none of its {len(sources)} <source> entries here "
         f"({', '.join(sources)}): the report was made elsewhere; map those sources to this checkout "
