@@ -8,6 +8,8 @@ module "voke" {
   voke_config           = var.voke_config
   instance              = var.instance
   replica               = var.replica
+  network               = var.network
+  subnetwork            = var.subnetwork
   secrets               = var.secrets
   notification_channels = var.notification_channels
 

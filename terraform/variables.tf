@@ -36,6 +36,16 @@ variable "replica" {
   default     = ""
 }
 
+variable "network" {
+  type        = string
+  description = "VPC network the Cloud SQL instances have their private IPs on (name or projects/HOST/global/networks/NAME): the job's Direct VPC egress, for the login test and the drills' canary"
+}
+
+variable "subnetwork" {
+  type        = string
+  description = "Subnetwork of that network in `region` the job's tasks take their addresses from (name or projects/HOST/regions/REGION/subnetworks/NAME)"
+}
+
 variable "secrets" {
   type        = list(string)
   default     = ["db-app", "jwt-signing"]

@@ -224,6 +224,22 @@ def test_the_job_runs_voke_as_its_own_service_account(module):
     assert '"max_retries": 0' in text
 
 
+def test_the_job_reaches_cloud_sql_private_ips_by_direct_vpc_egress(root, module):
+    """A rotation's login test and the drills' canary connect to the instance's private IP
+    (db_host unset): without a VPC path the job changes a password it then cannot test."""
+    task = resources(module, "google_cloud_run_v2_job")["voke"]["template"][0]["template"][0]
+    (vpc,) = task["vpc_access"]
+    assert "connector" not in vpc and vpc["egress"] == "PRIVATE_RANGES_ONLY"  # Google APIs as before
+    (interface,) = vpc["network_interfaces"]
+    assert interface == {"network": "${var.network}", "subnetwork": "${var.subnetwork}"}
+    declared = variables(module)
+    assert not {"network", "subnetwork"} & {n for n, b in declared.items() if "default" in b}  # required
+    call = root["module"][0]["voke"]
+    assert call["network"] == "${var.network}" and call["subnetwork"] == "${var.subnetwork}"
+    readme = (ROOT / "README.md").read_text()
+    assert "Direct VPC egress" in readme and 'network     = "' in readme  # the deploy example sets them
+
+
 def test_cloud_sql_instances_declared_here_leave_voke_labels_alone(root, module):
     """voke records the topology in the instances' userLabels: a Terraform that manages them
     must ignore the labels, or `terraform apply` erases the record of a failover."""

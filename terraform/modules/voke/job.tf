@@ -25,6 +25,15 @@ resource "google_cloud_run_v2_job" "voke" {
       service_account = google_service_account.voke.email
       max_retries     = 0 # a rotation resumes itself on the next run; never run one twice at once
       timeout         = "3600s"
+      # Direct VPC egress: a rotation's login test and the drills' canary connect to Cloud SQL's
+      # private IP (voke.toml's db_host unset); Google APIs still go out the default way
+      vpc_access {
+        network_interfaces {
+          network    = var.network
+          subnetwork = var.subnetwork
+        }
+        egress = "PRIVATE_RANGES_ONLY"
+      }
       containers {
         image = var.image
         args  = ["doctor", "--json"]

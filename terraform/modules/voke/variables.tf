@@ -47,6 +47,16 @@ variable "replica" {
   default     = ""
 }
 
+variable "network" {
+  type        = string
+  description = "VPC network of the Cloud SQL instances' private IPs, which the job reaches by Direct VPC egress"
+}
+
+variable "subnetwork" {
+  type        = string
+  description = "Subnetwork of that network in the job's region the job's tasks take their addresses from"
+}
+
 variable "secrets" {
   type        = list(string)
   description = "Secrets voke rotates"
