@@ -3,6 +3,8 @@ with its fix, exit 1 when any fails; and ADC missing on a real (non-anonymous) e
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +16,29 @@ from voketag_ops.adapters.gcp import catalog
 from voketag_ops.testing.gcp_fakes import FakeGcp, environment_toml
 
 
+@pytest.fixture
+def listening() -> Iterator[int]:
+    """A loopback port that accepts TCP connections (where a login test would connect)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        yield server.getsockname()[1]
+
+
+def _closed_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        return int(server.getsockname()[1])
+
+
 def _config(tmp_path: Path, env: dict[str, Any]) -> Path:
     path = tmp_path / "voke.toml"
     path.write_text(environment_toml("staging", env))
     return path
 
 
-def test_all_checks_pass_when_apis_and_permissions_are_there(voke, make_environ, tmp_path):
+def test_all_checks_pass_when_apis_and_permissions_are_there(voke, make_environ, tmp_path, listening):
     with FakeGcp() as fake:
         fake.projects.grant_all()
         fake.sql.add_instance("voke-db")
-        config = _config(tmp_path, fake.environment())
+        config = _config(tmp_path, fake.environment(db_host="127.0.0.1", db_port=listening))
         result = voke(
             "doctor",
             "--env",
@@ -37,6 +51,32 @@ def test_all_checks_pass_when_apis_and_permissions_are_there(voke, make_environ,
     assert names[:4] == ["config", "environment", "credentials", "project"]
     assert [n for n in names if n.startswith("api ")] == [f"api {a}" for a in catalog.REQUIRED_APIS]
     assert "permissions" in names and "cloud sql" in names
+    endpoint = next(c for c in result.json["result"]["checks"] if c["name"] == "db endpoint")
+    assert endpoint["ok"] and endpoint["detail"].startswith(f"127.0.0.1:{listening} (voke-db,")
+
+
+def test_a_login_test_address_that_cannot_be_reached_fails_with_the_way_in(voke, make_environ, tmp_path):
+    # db_host unset: the login test goes to the instance's private IP, which a Cloud Run job
+    # without Direct VPC egress (or a laptop) cannot reach; doctor says so before a rotation does
+    port = _closed_port()
+    with FakeGcp() as fake:
+        fake.projects.grant_all()
+        fake.sql.add_instance("voke-db", ip="127.0.0.1")  # its private IP, nothing listening
+        config = _config(tmp_path, fake.environment(db_port=port))
+        result = voke(
+            "doctor",
+            "--env",
+            "staging",
+            "--json",
+            environ=make_environ(tmp_path / "h", VOKE_CONFIG=str(config)),
+        )
+    assert result.exit_code == 1
+    checks = {c["name"]: c for c in result.json["result"]["checks"]}
+    assert checks["cloud sql"]["ok"] and not checks["db endpoint"]["ok"]
+    assert checks["db endpoint"]["detail"].startswith(f"127.0.0.1:{port} (voke-db,")
+    assert "no TCP connection" in checks["db endpoint"]["detail"]
+    assert "environments.staging.db_host" in checks["db endpoint"]["hint"]
+    assert "Direct VPC egress" in checks["db endpoint"]["hint"]
 
 
 def test_a_disabled_api_and_missing_permissions_fail_with_the_fix(voke, make_environ, tmp_path):
@@ -68,7 +108,7 @@ def test_missing_application_default_credentials_is_one_failed_check(
     assert creds["ok"] is False and "application-default login" in creds["hint"]
 
 
-def test_after_a_recorded_failover_the_recorded_primary_is_checked(voke, make_environ, tmp_path):
+def test_after_a_recorded_failover_the_recorded_primary_is_checked(voke, make_environ, tmp_path, listening):
     # `dr status` and every later run follow the labels voke wrote: doctor checks that primary,
     # not the configured home (now its replica), and fails only when record and Cloud SQL disagree
     moved = {"voke-env": "staging", "voke-role": "primary", "voke-op": "failover"}
@@ -78,7 +118,10 @@ def test_after_a_recorded_failover_the_recorded_primary_is_checked(voke, make_en
         fake.sql.add_instance(
             "voke-db", replica_of="voke-db-dr", labels={"voke-env": "staging", "voke-role": "replica"}
         )
-        config = _config(tmp_path, fake.environment(replica="voke-db-dr"))
+        config = _config(
+            tmp_path,
+            fake.environment(replica="voke-db-dr", replica_db_host="127.0.0.1", replica_db_port=listening),
+        )
         environ = make_environ(tmp_path / "h", VOKE_CONFIG=str(config))
         after = voke("doctor", "--env", "staging", "--json", environ=environ)
         fake.sql.add_instance("voke-db-dr", replica_of="voke-db", labels=moved)  # record and reality part
@@ -88,6 +131,8 @@ def test_after_a_recorded_failover_the_recorded_primary_is_checked(voke, make_en
     sql = next(c for c in after.json["result"]["checks"] if c["name"] == "cloud sql")
     assert sql["ok"] and sql["detail"].startswith("voke-db-dr: RUNNABLE, primary")
     assert "configured home voke-db" in sql["detail"]
+    endpoint = next(c for c in after.json["result"]["checks"] if c["name"] == "db endpoint")
+    assert endpoint["ok"] and endpoint["detail"].startswith(f"127.0.0.1:{listening} (voke-db-dr,")
     assert parted.exit_code == 1
     sql = next(c for c in parted.json["result"]["checks"] if c["name"] == "cloud sql")
     assert not sql["ok"] and "disagree" in sql["detail"] and "voke-role=primary" in sql["hint"]

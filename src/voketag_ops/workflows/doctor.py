@@ -236,7 +236,10 @@ def _cloud_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
         report.checks.append(Check(check_name, ok, detail, hint))
     if any(not ok for check_name, ok, _d, _h in rows if check_name in ("credentials", "project")):
         return  # no instance can be read either
-    report.checks.append(_cloud_sql_check(loaded.settings, cloud))
+    sql = _cloud_sql_check(loaded.settings, cloud)
+    report.checks.append(sql)
+    if sql.ok:
+        report.checks.append(_db_endpoint_check(loaded.settings, cloud))
 
 
 def _cloud_sql_check(settings: Settings, cloud: GcpEnvironment) -> Check:
@@ -269,3 +272,27 @@ def _cloud_sql_check(settings: Settings, cloud: GcpEnvironment) -> Check:
         )
     ok = info.state == "RUNNABLE" and info.role == "primary"
     return Check("cloud sql", ok, detail, None if ok else env_flag)
+
+
+def _db_endpoint_check(settings: Settings, cloud: GcpEnvironment) -> Check:
+    """Whether a TCP connection opens where a rotation's login test (and a drill's canary) will
+    log in to the recorded primary: db_host, replica_db_host or its private IP, which only a
+    machine in the instance's VPC reaches (the terraform/ job, by Direct VPC egress)."""
+    from voketag_ops.workflows.cloud import CloudPlatform
+
+    target = CloudPlatform(settings, attempts=1).db_target()
+    try:
+        host, port, problem = target.reach()
+    except VokeError as exc:
+        return Check("db endpoint", False, exc.message, exc.hint)
+    where = f"{host}:{port} ({target.instance}, where a rotation's login test connects)"
+    if problem is None:
+        return Check("db endpoint", True, where)
+    key = "replica_db_host" if target.instance == cloud.replica else "db_host"
+    return Check(
+        "db endpoint",
+        False,
+        f"{where}: no TCP connection: {problem}",
+        f"run voke in {target.instance}'s VPC (terraform/: the job's Direct VPC egress), or set "
+        f"environments.{settings.env}.{key} to an address that reaches it (e.g. a Cloud SQL Auth Proxy)",
+    )

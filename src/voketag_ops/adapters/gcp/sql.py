@@ -9,6 +9,7 @@ backups (a FAILED or SKIPPED run is not one, whatever its end time).
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -211,6 +212,16 @@ class CloudSqlDbTarget:
                 "(e.g. a Cloud SQL Auth Proxy)",
             )
         return info.ip_address, self.port
+
+    def reach(self, *, timeout: float = 3) -> tuple[str, int, str | None]:
+        """The login test's address (`endpoint`) and, when no TCP connection opens there within
+        TIMEOUT, why: no login is tried (no password needed, nothing changed)."""
+        host, port = self.endpoint()
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as exc:
+            return host, port, exc.strerror or str(exc) or type(exc).__name__
+        return host, port, None
 
     def ensure_roles(self, *, owner: str, roles: tuple[str, ...], database: str) -> None:
         """Cloud SQL users come from Terraform; check that the login roles exist."""
