@@ -404,7 +404,30 @@ def test_cleanup_deletes_old_provider_keys_a_day_later(world, fake):
     last = engine.history(secret="sendgrid-key")[0].id
     assert fake.live_sendgrid_keys() == {world.value("sendgrid-key")["key_id"]: minted_name(last)}
     assert set(fake.live_google_keys()) == {world.value("maps-key")["key_name"]}
+    for secret in ("sendgrid-key", "maps-key"):  # no dead key is offered to fall back to
+        meta = engine.store.get(secret)
+        assert meta.version(1).state == "disabled", secret
+        assert "previous" not in meta.aliases and meta.aliases["current"] == 2, secret
     assert [a for a in engine.cleanup(dry_run=False)["actions"] if a.action == "retire"] == []  # idempotent
+
+
+def test_a_cleanup_stopped_after_deleting_a_key_disables_its_version_next_time(world, fake, monkeypatch):
+    engine = world.adopt_all()
+    assert rotate_api_key(engine, "sendgrid").error is None
+    later = datetime.now(timezone.utc) + timedelta(days=2)
+    engine.now = lambda: later
+    monkeypatch.setattr(engine.store, "set_state", lambda *_a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):  # killed right before the version is disabled
+        engine.cleanup(dry_run=False)
+    monkeypatch.undo()
+    assert len(fake.live_sendgrid_keys()) == 1  # the old key is gone, its version still enabled
+    engine = world.engine()
+    engine.now = lambda: later
+    plan = engine.cleanup(dry_run=True)["actions"]
+    assert [(a.secret, a.version, a.action) for a in plan] == [("sendgrid-key", 1, "retire")]
+    engine.cleanup(dry_run=False)
+    assert engine.store.get("sendgrid-key").version(1).state == "disabled"
+    assert len(fake.live_sendgrid_keys()) == 1
 
 
 # -- notifications -------------------------------------------------------------------------------------------

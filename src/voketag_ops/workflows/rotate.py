@@ -1233,7 +1233,9 @@ class RotationEngine:
             if meta.annotations.get(ANNOTATION):
                 continue  # never clean a secret with a rotation in progress
             protected = set(meta.aliases.values()) | set(self.runtime.pinned_versions(secret))
-            actions += self._plan_retire(meta, now)
+            retired = self._plan_retire(meta, now)
+            actions += retired
+            protected |= {a.version for a in retired}  # disabled by their retirement
             actions += plan_cleanup(
                 secret,
                 [(v.version, v.state, v.created_at, v.state_changed_at) for v in meta.versions],
@@ -1297,7 +1299,10 @@ class RotationEngine:
         pinned = set(self.runtime.pinned_versions(meta.name))
         actions = []
         for v in meta.versions:
-            if v.version >= current or v.state != "enabled" or v.version in done | pinned:
+            if v.version >= current or v.state != "enabled" or v.version in pinned:
+                continue
+            if v.version in done:  # its key deleted by a cleanup stopped before the version was disabled
+                actions.append(CleanupAction(meta.name, v.version, "retire", "its key was deleted already"))
                 continue
             value = self._cred(meta.name, v.version)
             if value is not None:
@@ -1305,17 +1310,26 @@ class RotationEngine:
         return actions
 
     def _retire(self, action: CleanupAction) -> None:
-        """Delete the provider key of one superseded version and remember that it is gone."""
+        """Delete the provider key of one superseded version, remember that it is gone, and
+        disable the version (dropping `previous` if it names it): a store that offers a dead
+        key as the one to fall back to would fail whoever falls back."""
         cred = self._credential_of_secret(action.secret)
-        value = self._cred(action.secret, action.version)
-        if value is not None:
-            done_what = cred.retire(value)  # type: ignore[attr-defined]
-            log.info("cleanup %s v%s: %s", action.secret, action.version, done_what)
         meta = self.store.get(action.secret)
-        done = set(json.loads(meta.annotations.get(RETIRED_ANNOTATION, "[]"))) | {action.version}
+        done = set(json.loads(meta.annotations.get(RETIRED_ANNOTATION, "[]")))
+        if action.version not in done:
+            value = self._cred(action.secret, action.version)
+            if value is not None:
+                done_what = cred.retire(value)  # type: ignore[attr-defined]
+                log.info("cleanup %s v%s: %s", action.secret, action.version, done_what)
+            meta = self.store.get(action.secret)
+            done = set(json.loads(meta.annotations.get(RETIRED_ANNOTATION, "[]"))) | {action.version}
         live = {v.version for v in meta.versions if v.state != "destroyed"}
         kept = json.dumps(sorted(done & live))
-        self.store.update(action.secret, etag=meta.etag, annotations={RETIRED_ANNOTATION: kept})
+        dropped = {"previous": None} if meta.aliases.get("previous") == action.version else None
+        self.store.update(
+            action.secret, etag=meta.etag, aliases=dropped, annotations={RETIRED_ANNOTATION: kept}
+        )
+        self.store.set_state(action.secret, action.version, "disabled")
 
     def published_at(self, secret: str, version: int) -> datetime | None:
         """When VERSION of SECRET became current everywhere: the finish of the rotation that made it."""
