@@ -324,7 +324,9 @@ def anchor_request(
     kind: Annotated[
         str,
         typer.Option(
-            "--kind", help="What the root is: batch, ... (audit-checkpoint is `voke audit checkpoint`'s own)."
+            "--kind",
+            help="What the root is, in a word of your choice (e.g. batch, release); "
+            "audit-checkpoint is reserved for `voke audit checkpoint`.",
         ),
     ] = "batch",
     label: Annotated[str, typer.Option("--label", help="A name for it (batch id, ...).")] = "",
