@@ -119,6 +119,12 @@ class ServiceRuntime(Protocol):
         first failure once all have finished."""
         ...
 
+    def stop_orphans(self) -> list[str]:
+        """Stop what a deploy whose voke died (SIGKILL) had started and not yet moved traffic
+        to, so nothing is left reading a version a rollback then disables. The instances or
+        revisions stopped."""
+        ...
+
     def pinned_versions(self, secret: str) -> set[int]:
         """Versions of SECRET anything deployed may read (serving, draining, tagged): cleanup
         never disables these."""

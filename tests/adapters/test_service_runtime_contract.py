@@ -190,3 +190,9 @@ def test_a_service_process_no_registry_lists_is_stopped_by_the_next_runtime_call
         for proc in (orphan, other):
             proc.kill()
             proc.wait()
+
+
+def test_stopping_orphans_leaves_what_serves_alone(setup):
+    """Only what a killed deploy left starting is stopped (rotate's workflow tests kill one)."""
+    assert setup.runtime.stop_orphans() == []
+    assert _state(setup.runtime) == {"svc-a": (1, True), "svc-b": (1, True)}

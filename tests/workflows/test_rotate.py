@@ -713,6 +713,47 @@ def test_a_commit_that_happened_but_was_not_recorded_is_rolled_back(platform, pl
     assert_consistent(platform)
 
 
+# `voke rotate db-password` killed in its deploy step once the new instances are started and
+# before traffic moves to them (deterministic where a SIGKILL would be timed).
+KILLED_IN_DEPLOY = """
+import os, sys
+from voketag_ops.adapters.local.services import LocalServiceRuntime
+LocalServiceRuntime._wait_healthy = lambda self, inst: os._exit(9)
+from voketag_ops.cli.main import entry
+sys.argv = ["voke", "rotate", "db-password", "--yes"]
+entry()
+"""
+
+
+def test_a_rollback_after_a_kill_in_deploy_stops_the_instances_it_left_starting(
+    platform, platform_environ, voke
+):
+    from voketag_ops.adapters.local.services import _alive
+
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_IN_DEPLOY],
+        env=platform_environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert killed.returncode == 9, killed.stderr
+    record = json.loads(platform.store().get("db-app").annotations[ANNOTATION])
+    new = record["pending_version"]
+    registry = json.loads((platform.env.home / "services" / "registry.json").read_text())
+    orphans = [
+        i["pid"] for e in registry["services"].values() for i in e["others"] if i["role"] == "starting"
+    ]
+    assert orphans and all(_alive(pid) for pid in orphans)
+    assert new in platform.runtime().live_versions("db-app")  # what the rollback would wait on
+    result = voke("rotate", "rollback", record["id"], "--yes", "--json", environ=platform_environ)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "still draining" not in result.stderr  # nothing was waited out
+    assert not any(_alive(pid) for pid in orphans)
+    assert new not in platform.runtime().live_versions("db-app")
+    assert_consistent(platform)
+
+
 class InterruptedRedeploy:
     """The real runtime, but the rollback's redeploy is cut short by Ctrl-C (or SIGTERM)."""
 

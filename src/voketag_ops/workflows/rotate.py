@@ -884,6 +884,10 @@ class RotationEngine:
         pending = self._cred(record.secret, record.pending_version)
         current = self._cred(record.secret, record.old_current)
         previous = self._cred(record.secret, record.old_previous)
+        # A deploy killed mid-way left instances starting on the new version that took no traffic:
+        # moving services back does not see them, and waiting until nothing reads it would.
+        for instance in self.runtime.stop_orphans():
+            log.info("stopped %s, which a killed deploy had started", instance)
         # With one credential (single user, Auth0) the old value works only once the target has it
         # back, so restore first; with two, move the services back first so none loses access.
         restore_first = getattr(user, "one_credential", False)

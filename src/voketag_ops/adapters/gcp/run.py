@@ -297,6 +297,11 @@ class CloudRunRuntime:
         version = self._pinned(self._revision(service, serving), secret) if serving else None
         return version if isinstance(version, int) else None
 
+    def stop_orphans(self) -> list[str]:
+        """Nothing to stop: the revision a killed deploy created has a tag and no traffic, which
+        `live_versions` does not count; Cloud Run scales it down on its own."""
+        return []
+
     def pinned_versions(self, secret: str) -> set[int]:
         """Versions any revision with traffic or a tag reads: cleanup never disables these."""
         return self._versions_read(secret, tagged=True)

@@ -123,21 +123,24 @@ class LocalServiceRuntime:
         except (FileNotFoundError, ValueError):
             return {"services": {}}
 
-    def _reap(self, entry: dict[str, Any]) -> None:
-        """Forget dead instances; stop instances whose starting voke process died."""
-        keep = []
+    def _reap(self, entry: dict[str, Any]) -> list[str]:
+        """Forget dead instances; stop instances whose starting voke process died (the names
+        of those stopped)."""
+        keep, stopped = [], []
         for inst in entry.get("others", []):
             if not _alive(inst["pid"]):
                 continue
             if inst.get("role") == "starting" and not process_exists(inst.get("owner")):
                 log.info("stopping orphaned instance %s", inst["instance"])
                 _terminate(inst["pid"])
+                stopped.append(inst["instance"])
                 continue
             keep.append(inst)
         entry["others"] = keep
         active = entry.get("active")
         if active and not _alive(active["pid"]):
             entry["active"] = None
+        return stopped
 
     # -- ServiceRuntime ---------------------------------------------------------------------
     def services(self, *, check: bool = True) -> list[ServiceInfo]:
@@ -239,6 +242,12 @@ class LocalServiceRuntime:
         if old:
             _signal(old["pid"], signal.SIGTERM)  # graceful: it drains, then exits on its own
         return self._info(service, secret, new, healthy=True)
+
+    def stop_orphans(self) -> list[str]:
+        """Stop the instances a deploy started whose voke died before moving traffic to them:
+        they never serve, but read their version until stopped. The instances stopped."""
+        with self._registry() as doc:
+            return [name for entry in doc["services"].values() for name in self._reap(entry)]
 
     def repin_stopped(self, targets: dict[str, tuple[str, int]]) -> list[str]:
         """Pin the services of TARGETS that have no live instance to their (secret, version),
