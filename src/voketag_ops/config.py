@@ -298,12 +298,22 @@ class DbUserSettings(_Model):
     strategy: Literal["alternating", "single"] = Field(
         default="alternating", description="alternating: two login roles in one owner role; single: one role"
     )
-    roles: tuple[str, str] = Field(
-        default=("app_a", "app_b"), description="the two login roles (single uses the first)"
+    roles: tuple[str, ...] = Field(
+        default=("app_a", "app_b"),
+        min_length=1,
+        max_length=2,
+        description="the login roles: two distinct ones for alternating; single needs one (of two, uses the first)",
     )
     owner: str = Field(default="app_owner", description="NOLOGIN role that owns the objects both logins use")
     database: str = Field(default="voketag", description="database the credential is for")
     services: tuple[str, ...] = Field(default=DEFAULT_SERVICES, description="services that read this secret")
+
+    @field_validator("roles")
+    @classmethod
+    def _roles_fit_the_strategy(cls, roles: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        if info.data.get("strategy") == "alternating" and (len(roles) != 2 or roles[0] == roles[1]):
+            raise ValueError("the alternating strategy needs two distinct login roles")
+        return roles
 
 
 class RotationSchedule(_Model):

@@ -442,3 +442,17 @@ def test_config_show_names_the_platforms_services_as_a_logins_source(voke, make_
     assert shown["rotation.db_users.ops.services"] == inherited  # (a table given replaces the default app)
     plain = settings_of(voke("config", "show", "--json", environ=make_environ(tmp_path / "home")))
     assert plain["rotation.db_users.app.services"] == inherited
+
+
+def test_a_single_login_takes_one_role_and_an_alternating_one_two_distinct(tmp_path):
+    toml = tmp_path / "voke.toml"
+    toml.write_text(
+        '[rotation.db_users.legacy]\nsecret = "db-legacy"\nstrategy = "single"\nroles = ["legacy_app"]\n'
+    )
+    assert load_config(cwd=tmp_path, environ={}).settings.rotation.db_users["legacy"].roles == ("legacy_app",)
+    for roles in ('["legacy_app"]', '["app_a", "app_a"]'):
+        toml.write_text(f'[rotation.db_users.legacy]\nsecret = "db-legacy"\nroles = {roles}\n')
+        with pytest.raises(
+            ConfigError, match=r"rotation\.db_users\.legacy\.roles: the alternating strategy needs two"
+        ):
+            load_config(cwd=tmp_path, environ={})

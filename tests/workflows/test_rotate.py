@@ -392,7 +392,7 @@ def test_single_user_strategy(platform):
     users["solo"] = DbUserSettings(
         secret="db-solo",
         strategy="single",
-        roles=("solo_user", "solo_unused"),
+        roles=("solo_user",),  # single: one login
         owner="solo_owner",
         services=(),
     )
