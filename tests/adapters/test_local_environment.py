@@ -159,6 +159,26 @@ def test_a_connection_lost_mid_query_is_a_backend_error_naming_the_node(home):
         conn.execute("select 1/0")
 
 
+def test_the_archive_stays_known_when_the_archivers_statistics_are_reset(voke, home, env_of):
+    # A crash recovery discards pg_stat_archiver (the kill -9 below); pg_stat_reset_shared does so on cue.
+    from voketag_ops.core.wal import SEGMENT_NAME
+
+    archived = [p for p in (home / "pg" / "archive").iterdir() if SEGMENT_NAME.match(p.name)]
+    newest = max(archived, key=lambda p: (p.stat().st_mtime, p.name)).name
+    with local(home).primary().connect() as conn:
+        conn.execute("select pg_stat_reset_shared('archiver')")
+    archive = voke("env", "status", "--json", environ=env_of(home)).json["result"]["archive"]
+    assert archive["stats_reset"].endswith("Z")
+    assert archive["last_archived_wal"] >= newest and archive["last_archived_at"].endswith("Z")
+    if archive["archived_count"] == 0:  # nothing archived since the reset: the directory says what was
+        assert archive["last_archived_wal"] == newest
+        assert archive["note"].startswith("archiver statistics reset at ")
+    human = voke("env", "status", environ=env_of(home)).stdout
+    assert "archive: last -" not in human
+    dr_archive = voke("dr", "status", "--json", environ=env_of(home)).json["result"]["archive"]
+    assert dr_archive["last_archived_wal"] >= newest and dr_archive["stats_reset"]
+
+
 @pytest.mark.parametrize("node_name", ["primary", "replica"])
 def test_kill_9_is_reported_and_up_recovers_without_data_loss(voke, home, env_of, node_name):
     env = local(home)
@@ -181,6 +201,8 @@ def test_kill_9_is_reported_and_up_recovers_without_data_loss(voke, home, env_of
     assert node_name in result.json["result"]["started"]
     with env.primary().connect() as conn:
         assert conn.execute("select count(*) from t_crash").fetchone()[0] == committed
+    after = voke("env", "status", "--json", environ=env_of(home)).json["result"]["archive"]
+    assert after["last_archived_wal"] and after["last_archived_at"]  # the crash reset the statistics only
 
     def streaming():
         return (

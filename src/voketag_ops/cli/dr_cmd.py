@@ -433,6 +433,8 @@ def _render_status(console: Console, r: dict[str, Any]) -> None:
             f"archive  {state}: last {archive.get('last_archived_wal') or '-'} at {archive.get('last_archived_at') or '-'}, "
             f"{len(archive.get('pending') or [])} waiting"
         )
+        if archive.get("note"):
+            console.print(f"         ({archive['note']})")
     else:  # Cloud SQL: a failure count from Monitoring, no segment names
         failed = archive.get("failed_count")
         console.print(

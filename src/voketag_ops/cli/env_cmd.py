@@ -212,6 +212,8 @@ def _render_status(console: Console, report: dict[str, Any]) -> None:
             f"archive: last {archive.get('last_archived_wal') or '-'} at {archive.get('last_archived_at') or '-'}, "
             f"failed {'?' if archive.get('failed_count') is None else archive['failed_count']}"
         )
+        if archive.get("note"):
+            console.print(f"  ({archive['note']})")
     if report["backups"]:
         newest = report["backups"][-1]
         console.print(

@@ -48,6 +48,7 @@ from voketag_ops.adapters.local.postgres import (
     serves,
 )
 from voketag_ops.core.times import iso
+from voketag_ops.core.wal import SEGMENT_NAME
 from voketag_ops.errors import BackendError, ConfigError, NeedsOperatorError, PreconditionError
 from voketag_ops.locks import flock_within
 from voketag_ops.logs import get_logger
@@ -1043,19 +1044,51 @@ def _replication_lag(primary: PgNode) -> dict[str, Any]:
 def _archive_unknown(archive_dir: Path) -> dict[str, Any]:
     """The archiver's keys when no server answers for it (failing: None, not known)."""
     keys = ("archived_count", "last_archived_wal", "last_archived_at", "failed_count", "last_failed_wal")
-    return {"dir": str(archive_dir), **dict.fromkeys(keys), "last_failed_at": None, "failing": None}
+    return {
+        "dir": str(archive_dir),
+        **dict.fromkeys(keys),
+        "last_failed_at": None,
+        "failing": None,
+        "stats_reset": None,
+        "note": None,
+    }
+
+
+def _newest_archived(archive_dir: Path) -> tuple[str, datetime] | None:
+    """The WAL segment most recently written into the archive, with its time (file mtime)."""
+    newest: tuple[float, str] | None = None
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(archive_dir):
+            if not SEGMENT_NAME.match(entry.name):
+                continue
+            with contextlib.suppress(FileNotFoundError):  # (moved to quarantine meanwhile)
+                mark = (entry.stat().st_mtime, entry.name)
+                newest = max(newest, mark) if newest else mark
+    if newest is None:
+        return None
+    return newest[1], datetime.fromtimestamp(newest[0], UTC)
 
 
 def _archiver(primary: PgNode, archive_dir: Path) -> dict[str, Any]:
+    """pg_stat_archiver, and the archive directory where the statistics know nothing: a crash
+    recovery discards them (stats_reset moves), while the archived segments stay. Counts are
+    then since stats_reset, which `note` says."""
     try:
         with primary.connect(timeout=3) as conn:
             row = conn.execute(
                 "select archived_count, last_archived_wal, last_archived_time, failed_count, "
-                "last_failed_wal, last_failed_time from pg_stat_archiver"
+                "last_failed_wal, last_failed_time, stats_reset from pg_stat_archiver"
             ).fetchone()
     except BackendError:
         return _archive_unknown(archive_dir)
-    archived, last_wal, last_at, failed, last_failed_wal, last_failed_at = row  # type: ignore[misc]
+    archived, last_wal, last_at, failed, last_failed_wal, last_failed_at, reset = row  # type: ignore[misc]
+    note = None
+    if last_wal is None and (newest := _newest_archived(archive_dir)) is not None:
+        last_wal, last_at = newest
+        note = (
+            f"archiver statistics reset at {iso(reset) if reset else 'an unknown time'}, as a crash "
+            "recovery does: counts are since then; the last segment is the archive directory's newest"
+        )
     failing = bool(last_failed_at and (last_at is None or last_failed_at > last_at))
     return {
         "dir": str(archive_dir),
@@ -1066,4 +1099,6 @@ def _archiver(primary: PgNode, archive_dir: Path) -> dict[str, Any]:
         "last_failed_wal": last_failed_wal,
         "last_failed_at": iso(last_failed_at) if last_failed_at else None,
         "failing": failing,
+        "stats_reset": iso(reset) if reset else None,
+        "note": note,
     }
