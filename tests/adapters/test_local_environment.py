@@ -201,15 +201,17 @@ def test_kill_9_is_reported_and_up_recovers_without_data_loss(voke, home, env_of
     assert node_name in result.json["result"]["started"]
     with env.primary().connect() as conn:
         assert conn.execute("select count(*) from t_crash").fetchone()[0] == committed
-    after = voke("env", "status", "--json", environ=env_of(home)).json["result"]["archive"]
-    assert after["last_archived_wal"] and after["last_archived_at"]  # the crash reset the statistics only
-
-    def streaming():
-        return (
-            voke("env", "status", "--json", environ=env_of(home)).json["result"]["replica"].get("streaming")
-        )
-
-    wait_for(streaming, "the replica to stream again")
+    # `up` returns once the replica streams again: `voke env up && voke dr check` passes at once.
+    check = voke("dr", "check", "--json", environ=env_of(home))
+    checks = {c["name"]: c for c in check.json["result"]["checks"]}
+    assert checks["replica_streaming"]["ok"] is True, checks["replica_streaming"]
+    assert checks["replication_lag"]["ok"] is True, checks["replication_lag"]
+    assert not result.json["result"]["warnings"]
+    after = voke("env", "status", "--json", environ=env_of(home)).json["result"]
+    assert after["replica"]["streaming"] is True
+    assert (
+        after["archive"]["last_archived_wal"] and after["archive"]["last_archived_at"]
+    )  # only the statistics were reset
 
 
 def test_doctor_fails_where_env_status_is_unhealthy(voke, home, env_of):

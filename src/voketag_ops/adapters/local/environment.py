@@ -413,6 +413,9 @@ class LocalEnvironment:
                 backup_label = self.take_base_backup(primary).label
                 created.append(f"backup {backup_label}")
             state.save(self.state_file)
+            warnings = []
+            if self._wanted(replica.name, state) and replica.running:
+                warnings += self._await_streaming(primary, replica, progress)
         return UpReport(
             home=str(self.home),
             already_running=already and not created and not started,
@@ -423,8 +426,32 @@ class LocalEnvironment:
             duration_seconds=round(time.monotonic() - t0, 3),
             backup=backup_label,
             not_started=not_started,
+            warnings=warnings,
             search_granted=search_granted,
         )
+
+    def _await_streaming(self, primary: PgNode, replica: PgNode, progress: Progress) -> list[str]:
+        """Wait, local.start_timeout at most, until REPLICA streams from PRIMARY; the warning for a
+        person when it does not. After the primary restarts (a crash) the standby's WAL receiver
+        reconnects only on its next retry, seconds later, and a `dr check` right after `env up`
+        failed meanwhile; a replica that does not come is a warning, not `up`'s failure."""
+        from voketag_ops.adapters.local.dr import wait_until
+
+        def streaming() -> bool:
+            return bool(_replication_lag(primary)["streaming"])
+
+        if streaming():
+            return []
+        progress(f"waiting for the replica ({replica.name}) to stream from {primary.name}")
+        timeout = self.settings.start_timeout
+        try:
+            wait_until(streaming, "the replica to stream", timeout=timeout, interval=0.1)
+        except BackendError:
+            return [
+                f"the replica {replica.name} is running but does not stream from {primary.name} after "
+                f"{timeout} s (local.start_timeout); see {replica.log_file} and `voke env status`"
+            ]
+        return []
 
     def _wanted(self, name: str, state: EnvState) -> bool:
         """Whether NAME should be running: the leader always, the follower unless fenced or disabled."""
