@@ -396,6 +396,58 @@ def test_failback_by_fresh_clone_interrupted_mid_switchover_resumes(voke, enviro
     assert voke("dr", "check", environ=environ).exit_code == 0
 
 
+def interrupt_when(monkeypatch, owner, name, when):
+    """Ctrl-C in OWNER.NAME (a step of ours) on the first call WHEN(*args) picks; every other
+    call runs as usual (a drill's clean-up resumes in the same process)."""
+    real, fired = getattr(owner, name), []
+
+    def fault(*args, **kwargs):
+        if not fired and when(*args):
+            fired.append(name)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, fault)
+
+
+# Where a failback's switchover (promoting primary) can be cut short after its promotion:
+# before the leader is recorded, after it (before `switched`), and once switched.
+SWITCHOVER_CRASH_POINTS = {
+    "recording the leader": (LocalEnvironment, "set_leader", lambda _env, name: name == "primary"),
+    "creating the slot": (dr, "ensure_slot", lambda node: node.name == "primary"),
+    "reading the timeline": (dr, "current_timeline", lambda node: node.name == "primary"),
+    "repointing the services": ("repoint", "repoint_services", lambda _s, _e, node: node.name == "primary"),
+    "restarting the old leader": (dr, "write_standby_config", lambda _e, node, _up: node.name == "replica"),
+}
+
+
+@pytest.mark.parametrize("point", list(SWITCHOVER_CRASH_POINTS))
+def test_a_failback_cut_short_after_its_promotion_is_finished_by_its_resume(
+    voke, environ, env, monkeypatch, point
+):
+    from voketag_ops.workflows import dr as dr_flow
+
+    assert voke("dr", "failover", "--yes", environ=environ).exit_code == 0  # replica leads, primary fenced
+    owner, name, when = SWITCHOVER_CRASH_POINTS[point]
+    interrupt_when(monkeypatch, dr_flow if owner == "repoint" else owner, name, when)
+    cut = voke("dr", "failback", "--yes", "--json", environ=environ)
+    monkeypatch.undo()
+    assert cut.exit_code == 130, cut.stdout
+    assert cut.json["error"]["hint"].startswith("`voke dr failback --yes` resumes it")
+    pending = json.loads((env.home / "dr" / "operation.json").read_text())
+    assert "switchover_started" in pending["done"] and dr.in_recovery(env.node("primary")) is False
+    # (the leader recorded already or not: the resume takes its roles from the record, and
+    # never waits on the stopped old leader to catch up)
+    resumed = voke("dr", "failback", "--yes", "--json", environ=environ)
+    assert resumed.exit_code == 0, resumed.stdout + resumed.stderr
+    r = resumed.json["result"]
+    assert r["resumed"] is True and (r["leader"], r["standby"]) == ("primary", "replica")
+    assert env.require_state().leader == "primary" and not (env.home / "dr" / "operation.json").exists()
+    assert dr.in_recovery(env.node("primary")) is False and dr.in_recovery(env.node("replica")) is True
+    assert voke("dr", "check", environ=environ).exit_code == 0
+    assert all(healthy for healthy, _ in services(environ).values())
+
+
 def test_a_switchover_whose_old_leader_cannot_start_as_a_standby_rebuilds_it(voke, environ, env, monkeypatch):
     from voketag_ops.adapters.local.postgres import PgNode
     from voketag_ops.errors import BackendError

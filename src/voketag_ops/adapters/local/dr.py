@@ -1728,57 +1728,87 @@ def _refuse_paused_replay(standby: PgNode) -> None:
 def switchover(
     env: LocalEnvironment,
     *,
+    to: str,
     progress: Progress = _noop,
     timeout: float = 120,
     repoint: Repoint = no_services,
     oplog: OperationLog | None = None,
 ) -> dict[str, Any]:
-    """Planned: stop the leader cleanly, let the standby replay its last WAL, promote it, and make the
-    old leader its standby. Nothing acknowledged is lost; writes pause for the duration.
+    """Planned: stop the leader cleanly, let the standby TO replay its last WAL, promote it, and
+    make the old leader its standby. Nothing acknowledged is lost; writes pause for the duration.
 
     With OPLOG it records `switchover_started` (before the leader stops) and `switched` (once
-    the standby leads), and a rerun after an interruption continues from there.
+    TO leads), and a rerun after an interruption anywhere continues from there. The roles come
+    from TO, never from the recorded leader, which the promotion flips part-way.
     """
     steps = Steps()
     state = env.require_state()
     done = oplog.done if oplog is not None else (lambda _step: False)
-    if done("switched"):  # the promotion happened; the old leader is state.follower now
-        leader, standby = env.node(state.follower, state), env.node(state.leader, state)
-    else:
-        leader, standby = env.node(state.leader, state), env.node(state.follower, state)
+    standby = env.node(to, state)
+    leader = env.node(next(n for n in NODE_NAMES if n != to), state)
     writes_stopped_at = instant()
     promoted_at = first_write_at = None
+    diverged = False  # the old leader ran as a primary after TO's promotion: rebuilt, not followed
     if not done("switched"):
-        # A resume whose leader runs again (`env up` after the kill) waits for the standby to
-        # stream from it again too: a standby not yet reconnected never gets the shutdown
-        # checkpoint, which is not archived, and the wait below would time out.
-        if not done("switchover_started") or leader.running:
-            with steps.run(f"check {standby.name} is caught up", progress) as info:
-                info.update(wait_caught_up(leader, standby, timeout=timeout))
-        if not done("switchover_started"):
-            writes_stopped_at = instant()
-            if oplog is not None:
-                oplog.mark("switchover_started", writes_stopped_at=iso(writes_stopped_at))
-        with steps.run(f"stop {leader.name} cleanly", progress) as info:
+        promoted_before = done("switchover_started") and _promoted(standby)
+        if promoted_before:
+            # Interrupted between the promotion and `switched`. An old leader running again
+            # (started by hand meanwhile) is a second primary: stopped, and rebuilt below.
             if leader.running:
-                leader.stop(mode="fast", timeout=timeout)
-            checkpoint = _checkpoint_lsn(leader)
-            info["shutdown_checkpoint"] = checkpoint
-        with steps.run(f"wait for {standby.name} to replay the shutdown checkpoint", progress) as info:
-            wait_until(
-                lambda: bool(
-                    query_one(standby, "select pg_last_wal_replay_lsn() >= %s::pg_lsn", (checkpoint,))[0]
-                ),
-                f"{standby.name} to replay {checkpoint}",
-                timeout=timeout,
-            )
-            info["replayed"] = checkpoint
+                with steps.run(f"stop {leader.name} again (it was started after the promotion)", progress):
+                    leader.stop(mode="fast", timeout=timeout)
+                    log.warning(
+                        "%s was running again when the switchover resumed; writes it took since "
+                        "%s was promoted are not on %s",
+                        leader.name,
+                        standby.name,
+                        standby.name,
+                    )
+                diverged = True
+                if oplog is not None:  # (so a resume of this resume rebuilds it too)
+                    oplog.mark("old_leader_diverged")
+            if not standby.running:
+                with steps.run(f"start {standby.name} (promoted by the interrupted run)", progress):
+                    standby.start(timeout=env.settings.start_timeout)
+        else:
+            if (
+                not standby.running
+            ):  # (a reboot) a standby still, safe to start; waiting on it down never ends
+                with steps.run(f"start {standby.name} as a standby", progress):
+                    standby.start(timeout=env.settings.start_timeout)
+            # A resume whose leader runs again (`env up` after the kill) waits for the standby to
+            # stream from it again too: a standby not yet reconnected never gets the shutdown
+            # checkpoint, which is not archived, and the wait below would time out.
+            if not done("switchover_started") or leader.running:
+                with steps.run(f"check {standby.name} is caught up", progress) as info:
+                    info.update(wait_caught_up(leader, standby, timeout=timeout))
+            if not done("switchover_started"):
+                writes_stopped_at = instant()
+                if oplog is not None:
+                    oplog.mark("switchover_started", writes_stopped_at=iso(writes_stopped_at), to=to)
+            with steps.run(f"stop {leader.name} cleanly", progress) as info:
+                if leader.running:
+                    leader.stop(mode="fast", timeout=timeout)
+                checkpoint = _checkpoint_lsn(leader)
+                info["shutdown_checkpoint"] = checkpoint
+            with steps.run(f"wait for {standby.name} to replay the shutdown checkpoint", progress) as info:
+                wait_until(
+                    lambda: bool(
+                        query_one(standby, "select pg_last_wal_replay_lsn() >= %s::pg_lsn", (checkpoint,))[0]
+                    ),
+                    f"{standby.name} to replay {checkpoint}",
+                    timeout=timeout,
+                )
+                info["replayed"] = checkpoint
         with steps.run(f"promote {standby.name}", progress) as info:
-            info["settled_archive_status"] = settle_archive_status(env, standby)
-            info["seconds"] = promote(standby, timeout=timeout)
-            promoted_at = instant()
-            info["settled_archive_status"] += settle_archive_status(env, standby)
-            env.set_leader(standby.name)
+            if promoted_before:
+                info["method"] = "promoted by the interrupted run"
+            else:
+                info["settled_archive_status"] = settle_archive_status(env, standby)
+                info["seconds"] = promote(standby, timeout=timeout)
+                promoted_at = instant()
+                info["settled_archive_status"] += settle_archive_status(env, standby)
+            env.set_leader(standby.name)  # (a resume cut short from here on finds it promoted)
             ensure_slot(standby)
             info["timeline"] = current_timeline(standby)
         if oplog is not None:
@@ -1800,12 +1830,16 @@ def switchover(
         else:
             if leader.running:
                 leader.stop(mode="fast", timeout=timeout)
-            write_standby_config(env, leader, standby)
-            try:
-                leader.start(timeout=env.settings.start_timeout)
-                info.update(wait_caught_up(standby, leader, timeout=timeout))
-                info["method"] = "follow"
-            except BackendError:  # also one that cannot start: it ran on as a primary meanwhile
+            diverged = diverged or done("old_leader_diverged")
+            if not diverged:
+                try:
+                    write_standby_config(env, leader, standby)
+                    leader.start(timeout=env.settings.start_timeout)
+                    info.update(wait_caught_up(standby, leader, timeout=timeout))
+                    info["method"] = "follow"
+                except BackendError:  # also one that cannot start: it ran on as a primary meanwhile
+                    diverged = True
+            if diverged:
                 info.update(rebuild_standby(env, leader, standby, progress=progress))
                 info.update(wait_caught_up(standby, leader, timeout=timeout))
         drop_slot_if_idle(leader)
@@ -1821,6 +1855,15 @@ def switchover(
         else None,
         "steps": steps.as_list(),
     }
+
+
+def _promoted(node: PgNode) -> bool:
+    """Whether NODE left recovery: it answers as a primary or, not answering, has no
+    standby.signal (which PostgreSQL removes when it promotes)."""
+    role = in_recovery(node)
+    if role is not None:
+        return not role
+    return node.initialized and not (node.data_dir / "standby.signal").exists()
 
 
 def _checkpoint_lsn(node: PgNode) -> str:
@@ -1890,7 +1933,7 @@ def failback(
         oplog.mark("caught_up")
     result: dict[str, Any] = {"rebuilt": rebuilt, "switched_back": False, "resumed": oplog.resumed}
     if (switch_back and old.name == HOME_NODE) or mid_switchover:
-        swap = switchover(env, progress=progress, timeout=timeout, repoint=repoint, oplog=oplog)
+        swap = switchover(env, to=HOME_NODE, progress=progress, timeout=timeout, repoint=repoint, oplog=oplog)
         steps.extend(Step(**s) for s in swap.pop("steps"))
         result.update(switchover=swap, switched_back=True)
     oplog.finish()
