@@ -844,6 +844,60 @@ def test_ctrl_c_inside_the_drills_failover_is_exit_130_and_names_the_resume(voke
     assert env.require_state().leader == "primary"
 
 
+def latest_journal(env, scenario):
+    paths = sorted((env.home / "drills").glob(f"{scenario}-*.json"), key=lambda p: p.stat().st_mtime)
+    return json.loads(paths[-1].read_text())
+
+
+def test_a_drill_whose_clean_up_needs_a_person_exits_7_naming_what_to_run(voke, environ, env, monkeypatch):
+    from voketag_ops.errors import BackendError
+
+    real_set_leader, calls = LocalEnvironment.set_leader, []
+
+    def set_leader(self, name):
+        if name == "primary":  # the failback drill's switchover promotes primary
+            calls.append(name)
+            if len(calls) == 1:
+                raise KeyboardInterrupt  # Ctrl-C after the promotion, before it is recorded
+            raise BackendError("state.json: no space left on device")  # and the clean-up's resume fails
+        real_set_leader(self, name)
+
+    monkeypatch.setattr(LocalEnvironment, "set_leader", set_leader)
+    result = voke("drill", "run", "failback", "--yes", "--json", environ=environ)
+    monkeypatch.undo()
+    assert result.exit_code == 7, result.stdout  # (it was 130, which says nothing needs doing)
+    journal = latest_journal(env, "failback")
+    error = result.json["error"]
+    assert error["message"].startswith(f"interrupted: drill failback {journal['run_id']} could not clean up")
+    assert "restore the topology" in error["message"] and "no space left" in error["message"]
+    assert "finish it with `voke dr failback --yes`" in error["hint"]
+    assert error["hint"].endswith(f"its journal: voke drill report {journal['run_id']}")
+    assert journal["status"] == "interrupted"
+    restore = next(s for s in journal["cleanup"] if s["name"].startswith("restore the topology"))
+    assert restore["ok"] is False and restore["exit_code"] == 7
+    assert voke("dr", "failback", "--yes", environ=environ).exit_code == 0  # as the hint says
+    assert env.require_state().leader == "primary" and voke("dr", "check", environ=environ).exit_code == 0
+    with env.primary().connect(dr.DR_DB) as conn:  # its clean-up could not delete its rows
+        left = conn.execute("select count(*) from voke_dr.drill_data where run_id = %s", (journal["run_id"],))
+        assert left.fetchone()[0] > 0
+
+
+def test_a_failback_drill_cut_short_after_its_promotion_is_finished_by_its_clean_up(
+    voke, environ, env, monkeypatch
+):
+    interrupt_when(monkeypatch, LocalEnvironment, "set_leader", lambda _env, name: name == "primary")
+    result = voke("drill", "run", "failback", "--yes", "--json", environ=environ)
+    monkeypatch.undo()
+    assert result.exit_code == 130, result.stdout  # interrupted, and nothing left to do
+    journal = latest_journal(env, "failback")
+    restore = next(s for s in journal["cleanup"] if s["name"].startswith("restore the topology"))
+    assert restore["ok"] is True, restore  # the failback resumed (env up refused, exit 7)
+    assert "voke dr failback" not in result.json["error"]["hint"]
+    assert env.require_state().leader == "primary" and dr.in_recovery(env.node("replica")) is True
+    assert voke("dr", "check", environ=environ).exit_code == 0
+    assert all(healthy for healthy, _ in services(environ).values())
+
+
 def test_a_rewind_cut_short_before_makes_the_rebuild_clone(voke, environ, env):
     # pg_rewind interrupted (a second Ctrl-C) leaves a data directory that cannot start.
     assert voke("dr", "check", environ=environ).exit_code == 0

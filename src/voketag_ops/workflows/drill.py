@@ -29,7 +29,14 @@ from voketag_ops.clock import instant, measuring
 from voketag_ops.core import drill as core
 from voketag_ops.core.dr_checks import judge, parse_iso
 from voketag_ops.core.times import iso
-from voketag_ops.errors import BackendError, Interrupted, UsageError, VokeError
+from voketag_ops.errors import (
+    BackendError,
+    ExitCode,
+    Interrupted,
+    NeedsOperatorError,
+    UsageError,
+    VokeError,
+)
 from voketag_ops.files import replace_json
 from voketag_ops.logs import get_logger
 
@@ -502,9 +509,11 @@ def _restore_original_topology(run: DrillRun, leader: str) -> None:
     from voketag_ops.workflows import dr as dr_flow
 
     env = run.env
-    pending = dr.unfinished_operation(env)
-    if pending and pending.get("operation") == "failover":
+    pending = dr.unfinished_operation(env) or {}
+    if pending.get("operation") == "failover":
         dr_flow.failover(run.settings, env, dry_run=False, progress=run.progress)
+    elif pending.get("operation") == "failback":  # the failback drill's own, with its flags (none)
+        dr_flow.failback(run.settings, env, dry_run=False, progress=run.progress)
     state = env.require_state()
     current = env.node(state.leader, state)
     if not current.running and state.leader not in dr.fenced_nodes(env):
@@ -1162,14 +1171,21 @@ def run_drill(
                 if saved is not None:
                     saved.append(journal)
             journal_event(event, journal)
+    signal = "terminated (SIGTERM)" if interrupts.Terminated.received else "interrupted"
+    stuck = next((s for s in run.cleanup_steps if s.exit_code == ExitCode.NEEDS_OPERATOR), None)
+    if stuck is not None:  # exit 7 (after Ctrl-C too): the topology needs a person, which 130 hides
+        notice = dr.operation_notice(env)
+        raise NeedsOperatorError(
+            (f"{signal}: " if interrupted else "")
+            + f"drill {scenario} {journal['run_id']} could not clean up: {stuck.name}: "
+            + f"{stuck.detail.get('error')} (journal {path})",
+            hint=(f"{notice}; " if notice else "") + f"its journal: voke drill report {journal['run_id']}",
+        )
     if interrupted:  # exit 130, naming the journal saved as `interrupted`
-        from voketag_ops.adapters.local import dr
-
         notice = dr.operation_notice(env)  # a failover or failback the drill ran, cut short
         finish = f"; {notice}" if notice else ""
         raise Interrupted(
-            f"{'terminated (SIGTERM)' if interrupts.Terminated.received else 'interrupted'}: "
-            f"drill {scenario} {journal['run_id']} stopped after its clean-up (journal {path})",
+            f"{signal}: drill {scenario} {journal['run_id']} stopped after its clean-up (journal {path})",
             hint=f"its journal: voke drill report {journal['run_id']}{finish}",
         )
     return journal
