@@ -882,6 +882,19 @@ def test_a_drill_whose_clean_up_needs_a_person_exits_7_naming_what_to_run(voke, 
         assert left.fetchone()[0] > 0
 
 
+def test_a_drill_first_removes_the_rows_earlier_runs_left(voke, environ, env):
+    tables = ("voke_dr.drill_data", "voke_dr.canary")
+    with env.primary().connect(dr.DR_DB) as conn:  # the run before's, whose clean-up failed, and one more
+        conn.execute("insert into voke_dr.canary (run_id, seq) values ('failback-left-behind', 1)")
+        earlier = {t: conn.execute(f"select count(*) from {t}").fetchone()[0] for t in tables}
+    assert earlier["voke_dr.drill_data"] > 0
+    result = voke("drill", "run", "failback", "--yes", "--json", environ=environ)
+    assert result.exit_code == 0, result.stdout
+    assert result.json["result"]["details"]["rows_left_by_earlier_runs"] == earlier
+    with env.primary().connect(dr.DR_DB) as conn:  # and its own clean-up removed its own
+        assert [conn.execute(f"select count(*) from {t}").fetchone()[0] for t in tables] == [0, 0]
+
+
 def test_a_failback_drill_cut_short_after_its_promotion_is_finished_by_its_clean_up(
     voke, environ, env, monkeypatch
 ):

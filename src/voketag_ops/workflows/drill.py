@@ -420,6 +420,16 @@ def _seed_drill_data(run: DrillRun, rows: int = 1000) -> dict[str, Any]:
             "create table if not exists voke_dr.drill_data ("
             " run_id text not null, id int not null, payload text not null, primary key (run_id, id))"
         )
+        # Rows of earlier runs whose clean-up failed (each run deletes only its own): no other
+        # drill is running, as this one holds the DR lock.
+        swept = {
+            table: conn.execute(
+                sql.SQL("delete from {} where run_id <> %s").format(sql.SQL(table)), (run.run_id,)
+            ).rowcount
+            for table in ("voke_dr.drill_data", "voke_dr.canary")
+        }
+        if any(swept.values()):
+            run.details["rows_left_by_earlier_runs"] = swept
         conn.execute(
             "insert into voke_dr.drill_data select %s, g, md5(%s || g) from generate_series(1, %s) g",
             (run.run_id, run.run_id, rows),
