@@ -437,7 +437,11 @@ def test_a_failback_cut_short_after_its_promotion_is_finished_by_its_resume(
     pending = json.loads((env.home / "dr" / "operation.json").read_text())
     assert "switchover_started" in pending["done"] and dr.in_recovery(env.node("primary")) is False
     # (the leader recorded already or not: the resume takes its roles from the record, and
-    # never waits on the stopped old leader to catch up)
+    # never waits on the stopped old leader to catch up); its dry run says so
+    plan = voke("dr", "failback", "--dry-run", "--json", environ=environ)
+    assert plan.exit_code == 0, plan.stdout + plan.stderr
+    assert (plan.json["result"]["leader"], plan.json["result"]["rebuild"]) == ("primary", "replica")
+    assert plan.json["result"]["plan"][0].startswith("finish the interrupted switchover to primary")
     resumed = voke("dr", "failback", "--yes", "--json", environ=environ)
     assert resumed.exit_code == 0, resumed.stdout + resumed.stderr
     r = resumed.json["result"]

@@ -404,8 +404,17 @@ def failback(
         if not pending:
             refuse_if_rotating_locally(settings)
         old, leader = env.node(state.follower, state), env.node(state.leader, state)
-        if "switchover_started" not in (pending or {}).get("done", []):  # as the run refuses
-            dr.refuse_failback_without_leader(leader, old)
+        if "switchover_started" in (pending or {}).get("done", []):  # the run resumes it, whatever the leader
+            from voketag_ops.adapters.local.environment import NODE_NAMES
+
+            to = ((pending or {}).get("detail") or {}).get("switchover_started", {}).get("to", "primary")
+            other = next(n for n in NODE_NAMES if n != to)
+            plan = [
+                f"finish the interrupted switchover to {to}: promote it unless it was already, "
+                f"repoint services, restart {other} as its standby"
+            ]
+            return {"dry_run": True, "leader": to, "rebuild": other, "plan": plan}
+        dr.refuse_failback_without_leader(leader, old)  # as the run refuses
         streaming = dr.in_recovery(old) is True and dr.streams_from(leader, old)
         plan = [
             f"rebuild {state.follower} as a standby of {state.leader} "

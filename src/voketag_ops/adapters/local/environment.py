@@ -389,7 +389,9 @@ class LocalEnvironment:
             self._ensure_slot(primary)
             not_started: list[str] = []
             if replica.name in fenced:
-                not_started.append(f"{replica.name}: fenced former primary; `voke dr failback` rebuilds it")
+                not_started.append(
+                    f"{replica.name}: fenced former primary; `voke dr failback --yes` rebuilds it"
+                )
             elif self.settings.replica:
                 if not replica.initialized:
                     progress("cloning the streaming replica (pg_basebackup)")
@@ -399,7 +401,7 @@ class LocalEnvironment:
                     # Starting it would give two writable primaries (split brain).
                     raise NeedsOperatorError(
                         f"{replica.name} is not a standby of {primary.name} (a fenced former primary?); "
-                        "rebuild it with `voke dr failback` before starting it"
+                        "rebuild it with `voke dr failback --yes` before starting it"
                     )
                 self._configure_replica(replica, state)
                 if not replica.running:
