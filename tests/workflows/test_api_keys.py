@@ -447,7 +447,10 @@ def test_webhook_told_of_success_and_rollback_without_values(world, fake):
     assert len(texts) == 4 and all(set(b) == {"text"} for b in hook.bodies)
     assert "succeeded" in texts[0] and "sendgrid-key" in texts[0]
     assert "rolled back" in texts[1] and "voke rotate api-key sendgrid --yes" in texts[1]
-    assert "needs a person" in texts[2] and f"voke rotate rollback {stopped.report.rotation_id}" in texts[2]
+    assert (
+        "needs a person" in texts[2]
+        and f"voke rotate rollback {stopped.report.rotation_id} --yes" in texts[2]
+    )
     assert "rolled back" in texts[3]
     values = [k["key"] for k in fake.sendgrid_keys.values()] + [world.sendgrid_key]
     values += [

@@ -236,7 +236,9 @@ def test_ctrl_c_between_steps_gives_the_lease_up_and_names_the_rotation_to_resum
     with pytest.raises(Interrupted, match="interrupted after test; its state is recorded") as interrupted:
         rotate_jwt(engine)
     stored = RotationRecord.from_json(store.get("jwt-signing").annotations[ANNOTATION])
-    assert interrupted.value.hint.startswith(f"voke rotate resume {stored.id}")
+    assert interrupted.value.hint == (  # with --yes: pasted into cron or CI (no terminal) they run
+        f"voke rotate resume {stored.id} --yes   or: voke rotate rollback {stored.id} --yes"
+    )
     assert stored.step == "test" and stored.lease_until == iso(clock())  # resumable at once
     engine._save = save
     outcome = engine.resume(stored.id)

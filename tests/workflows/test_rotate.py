@@ -777,7 +777,7 @@ def test_an_interrupted_rollback_is_finished_never_resumed_forward(platform, pla
     engine = make_engine(platform, runtime=InterruptedRedeploy(platform.runtime()))
     with pytest.raises(Interrupted) as caught:  # the aliases are back, the services not yet
         engine.rollback(record["id"])
-    assert f"voke rotate rollback {record['id']}" in (caught.value.hint or "")
+    assert f"voke rotate rollback {record['id']} --yes" in (caught.value.hint or "")
     assert store.get("db-app").aliases["current"] == record["old_current"]
     status = voke("rotate", "status", "--json", environ=platform_environ).json["result"]
     assert [(r["rotation_id"], r["status"]) for r in status["in_progress"]] == [

@@ -131,19 +131,20 @@ def test_a_step_whose_record_is_refused_stops_for_a_person_and_resume_finishes_i
     error = result.json["error"]
     rotation = result.json["result"]["rotation_id"]
     assert f"{step} took effect" in error["message"] and "nothing was changed" not in json.dumps(error)
-    assert (  # the environment named: pasted in another shell, they act on the same one
-        f"voke --env prod rotate resume {rotation}" in error["hint"]
-        and f"voke --env prod rotate rollback {rotation}" in error["hint"]
+    assert (  # the environment named: pasted in another shell (or cron: --yes), they act on the same one
+        f"voke --env prod rotate resume {rotation} --yes" in error["hint"]
+        and f"voke --env prod rotate rollback {rotation} --yes" in error["hint"]
     )
     record = cloud.record()  # what it did is recorded, and the lease given up
     assert record is not None and record.status == "needs_attention" and record.step == step
     assert parse_iso(record.lease_until) <= datetime.now(timezone.utc)
     # the result tables name the environment in the commands to paste, as the errors do
     status = " ".join(cloud.voke("rotate", "status").stdout.split())
-    assert f"not running: voke --env prod rotate resume {rotation}" in status, status
+    assert f"not running: voke --env prod rotate resume {rotation} --yes" in status, status
     due = " ".join(cloud.voke("rotate", "due").stdout.split())
     assert (
-        f"`voke --env prod rotate resume {rotation}` or `voke --env prod rotate rollback {rotation}`" in due
+        f"`voke --env prod rotate resume {rotation} --yes` or `voke --env prod rotate rollback {rotation} --yes`"
+        in due
     )
     resumed = cloud.voke("rotate", "resume", rotation, "--yes", "--json")
     assert resumed.exit_code == 0 and resumed.json["result"]["status"] == "succeeded", resumed.stdout
@@ -158,7 +159,7 @@ def test_a_record_that_cannot_be_cleared_after_success_is_a_warning(cloud):
     finished_at = result.json["result"]["finished_at"]
     assert result.json["result"]["status"] == "succeeded"
     # the command names the environment: pasted in another shell, it clears this one's record
-    assert f"`voke --env prod rotate resume {rotation}` clears it" in result.stderr
+    assert f"`voke --env prod rotate resume {rotation} --yes` clears it" in result.stderr
     finish = [e for e in cloud.audit() if e["event_type"] == "rotation.finish"]
     assert [e["result"] for e in finish] == ["succeeded"]
     # recorded as finished where every run sees it, its lease given up: resume need not wait
@@ -192,7 +193,7 @@ def test_a_finish_the_store_refuses_to_record_is_written_once_by_the_resume(clou
     result = cloud.voke("rotate", "db-password", "--yes", "--json")
     assert result.exit_code == 0, result.stdout + result.stderr
     rotation = result.json["result"]["rotation_id"]
-    assert f"`voke --env prod rotate resume {rotation}` finishes it" in result.stderr
+    assert f"`voke --env prod rotate resume {rotation} --yes` finishes it" in result.stderr
     # nothing told of a finish that no record holds: the resume tells it, once
     assert [e for e in cloud.audit() if e["event_type"] == "rotation.finish"] == []
     record = cloud.record()

@@ -329,9 +329,11 @@ def due(
 
 
 def _waits_for_a_person(r: dict[str, Any]) -> Any:
+    from voketag_ops.workflows.rotate import unfinished_commands
+
     raise NeedsOperatorError(
         f"rotation {r['rotation_id']} of {r['secret']} stopped and needs a person; not resumed",
-        hint=f"fix the cause, then: voke rotate resume {r['rotation_id']}   or: voke rotate rollback {r['rotation_id']}",
+        hint=f"fix the cause, then: {unfinished_commands(r['rotation_id'])}",
     )
 
 
@@ -398,6 +400,8 @@ def _render_status(
     from rich.markup import escape
     from rich.table import Table
 
+    from voketag_ops.workflows.rotate import resume_command
+
     table = Table(title="managed secrets", title_justify="left")
     for col in ("secret", "current", "previous", "age (days)", "next due", "due"):
         table.add_column(col)
@@ -415,7 +419,7 @@ def _render_status(
         console.print(
             f"[yellow]unfinished[/] {r['rotation_id']} on {r['secret']}: last step {r['step']} "
             + with_env(
-                f"({'running' if r['running'] else 'not running: voke rotate resume ' + r['rotation_id']})"
+                f"({'running' if r['running'] else 'not running: ' + resume_command(r['rotation_id'])})"
             )
         )
     for name in report.get("missing", []):
@@ -432,6 +436,8 @@ def _render_due(
     setup: Mapping[str, str],
 ) -> None:
     """SETUP: what creates each missing secret (RotationEngine.setup_command)."""
+    from voketag_ops.workflows.rotate import resume_command, rollback_command
+
     if not any(report[k] for k in ("due", "unfinished", "needs_attention", "missing")):
         console.print("nothing is due")
     for s in report["due"]:
@@ -444,7 +450,7 @@ def _render_due(
         console.print(
             with_env(
                 f"needs attention: {u['rotation_id']} of {u['secret']} stopped for a person "
-                f"(`voke rotate resume {u['rotation_id']}` or `voke rotate rollback {u['rotation_id']}`)"
+                f"(`{resume_command(u['rotation_id'])}` or `{rollback_command(u['rotation_id'])}`)"
             )
         )
     for name in report["missing"]:

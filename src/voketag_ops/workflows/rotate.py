@@ -110,7 +110,7 @@ def refuse_if_rotating(store: Any, secrets: Iterable[str], *, resume: str) -> No
             raise PreconditionError(
                 f"a rotation of {secret} is unfinished; repointing its services now would race it; "
                 "nothing was changed",
-                hint=f"{resume} (or rollback), then run this again",
+                hint=f"{resume} --yes (or rollback), then run this again",
             )
 
 
@@ -304,7 +304,7 @@ class RotationEngine:
         if existing and existing.status == "needs_attention":
             raise PreconditionError(
                 f"rotation {existing.id} of {user.secret} stopped and needs a person; nothing was changed",
-                hint=f"voke rotate resume {existing.id}   or: voke rotate rollback {existing.id}",
+                hint=unfinished_commands(existing.id),
             )
         if existing and existing.status == "succeeded":  # finished; the store refused to clear its record
             if dry_run:
@@ -325,7 +325,7 @@ class RotationEngine:
                 raise PreconditionError(
                     f"rotation {existing.id} of {user.secret} ({existing.strategy}) is unfinished; an "
                     "emergency rotation cannot resume it: nothing was changed",
-                    hint=f"voke rotate rollback {existing.id} --yes, then run this again",
+                    hint=f"{rollback_command(existing.id)}, then run this again",
                 )
             if dry_run:  # what the real run would do, which is finishing that one: nothing changes
                 steps = self.plan_unfinished(existing.id, action="resume")["plan"]
@@ -447,7 +447,7 @@ class RotationEngine:
                 )
                 raise Interrupted(
                     f"rotation {record.id} interrupted {where}; its state is recorded",
-                    hint=f"voke rotate resume {record.id}   (or: voke rotate rollback {record.id})",
+                    hint=unfinished_commands(record.id),
                 ) from None
             if stopped is not None:
                 return stopped
@@ -733,7 +733,7 @@ class RotationEngine:
                 record.id,
                 record.secret,
                 exc.message,
-                self._voke(f"rotate resume {record.id}"),
+                self._voke(resume_command(record.id)),
             )
             self._release_stored(record)
             return False
@@ -757,7 +757,7 @@ class RotationEngine:
                 record.id,
                 record.secret,
                 exc.message,
-                self._voke(f"rotate resume {record.id}"),
+                self._voke(resume_command(record.id)),
             )
             self._release_stored(record)
 
@@ -770,10 +770,12 @@ class RotationEngine:
         if stored is not None and stored.id == record.id:
             self._release(stored)
 
-    def _voke(self, args: str) -> str:
-        """The `voke ARGS` command to paste, naming this engine's environment when it is a cloud
+    def _voke(self, command: str) -> str:
+        """COMMAND (`voke ...`) to paste, naming this engine's environment when it is a cloud
         one (as the CLI's errors do): pasted elsewhere, it acts on the same environment."""
-        return f"voke {args}" if self.env_name == "local" else f"voke --env {self.env_name} {args}"
+        if self.env_name == "local":
+            return command
+        return command.replace("voke ", f"voke --env {self.env_name} ", 1)
 
     def _notify_ended(self, record: RotationRecord, held: interrupts.Held) -> None:
         """The webhook, once the rotation has ended, within HELD: a Ctrl-C or SIGTERM by then (a
@@ -840,7 +842,7 @@ class RotationEngine:
             self._notify_ended(record, held)
         error = NeedsOperatorError(
             f"rotation {record.id} of {record.secret} stopped: {why}",
-            hint=f"fix the cause, then: voke rotate resume {record.id}   or: voke rotate rollback {record.id}",
+            hint=f"fix the cause, then: {unfinished_commands(record.id)}",
         )
         return Outcome(RotationReport.of(record, t0=t0, resumed=resumed), error)
 
@@ -874,7 +876,7 @@ class RotationEngine:
             self._release(record)
             raise Interrupted(
                 f"the rollback of rotation {record.id} was interrupted; its state is recorded",
-                hint=f"voke rotate rollback {record.id} --yes   (finishes it)",
+                hint=f"{rollback_command(record.id)}   (finishes it)",
             ) from None
 
     def _undo(self, record: RotationRecord, scope: str) -> None:
@@ -1148,7 +1150,7 @@ class RotationEngine:
         return PreconditionError(
             f"rotation {record.id} of {record.secret} succeeded (finished {record.finished_at}); "
             "it is not rolled back: a new rotation replaces it. Nothing was changed",
-            hint=f"voke rotate resume {record.id} clears its record; {retry_command(record)} rotates again",
+            hint=f"{resume_command(record.id)} clears its record; {retry_command(record)} rotates again",
         )
 
     # -- status, due, cleanup, history -------------------------------------------------------------------
@@ -1455,6 +1457,22 @@ def retry_command(record: RotationRecord) -> str:
     return f"start a new {record.kind} rotation of {record.secret} (`voke rotate --help` lists them)"
 
 
+def resume_command(rotation_id: str) -> str:
+    """The command that finishes the unfinished rotation ROTATION_ID. With --yes: pasted into
+    cron or CI (no terminal) it must run, not refuse (exit 2). The output adds --env NAME."""
+    return f"voke rotate resume {rotation_id} --yes"
+
+
+def rollback_command(rotation_id: str) -> str:
+    """The command that undoes the unfinished rotation ROTATION_ID (with --yes, as `resume_command`)."""
+    return f"voke rotate rollback {rotation_id} --yes"
+
+
+def unfinished_commands(rotation_id: str) -> str:
+    """What to paste for the unfinished rotation ROTATION_ID: finish it, or undo it."""
+    return f"{resume_command(rotation_id)}   or: {rollback_command(rotation_id)}"
+
+
 def setup_command(kind: str, name: str, *, local: bool) -> str:
     """What stores the first version of the secret of the credential NAME (of KIND) where it
     does not exist yet: the command to paste, to which the output adds --env NAME."""
@@ -1482,10 +1500,7 @@ def notification_text(record: RotationRecord, env_name: str) -> str:
     why = f"{err.get('kind', 'error')} at {err.get('step', '?')}: {err.get('message', '')}".strip()
     if record.status == "rolled_back":
         return f":warning: {head} failed and was rolled back ({why}); safe to retry: {retry_command(record)}"
-    return (
-        f":rotating_light: {head} needs a person ({why}); "
-        f"then: voke rotate resume {record.id}   or: voke rotate rollback {record.id}"
-    )
+    return f":rotating_light: {head} needs a person ({why}); then: {unfinished_commands(record.id)}"
 
 
 def process_host() -> str:
