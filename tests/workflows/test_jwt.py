@@ -245,6 +245,55 @@ def test_ctrl_c_between_steps_gives_the_lease_up_and_names_the_rotation_to_resum
     assert outcome.error is None and outcome.report.status == "succeeded"
 
 
+def test_an_interrupted_run_resume_and_rollback_each_write_an_interrupted_event(keyring):
+    from voketag_ops.audit import AuditLog
+    from voketag_ops.errors import Interrupted
+
+    engine, _clock, store = keyring
+    save, undo = engine._save, engine._undo
+    cut_at = ["test"]  # the step whose saved record a Ctrl-C lands right after (None: the next one)
+
+    def save_then_ctrl_c(record, **kw):
+        save(record, **kw)
+        if cut_at[0] in (None, record.step):
+            raise KeyboardInterrupt
+
+    def ctrl_c(record, scope):
+        raise KeyboardInterrupt
+
+    engine._save = save_then_ctrl_c
+    with pytest.raises(Interrupted, match="interrupted after test"):
+        rotate_jwt(engine)
+    stored = RotationRecord.from_json(store.get("jwt-signing").annotations[ANNOTATION])
+    cut_at[0] = None
+    with pytest.raises(Interrupted, match=f"rotation {stored.id} interrupted during commit"):
+        engine.resume(stored.id)
+    engine._save, engine._undo = save, ctrl_c
+    with pytest.raises(Interrupted, match=f"the rollback of rotation {stored.id} was interrupted"):
+        engine.rollback(stored.id)
+    engine._undo = undo
+    assert engine.rollback(stored.id).report.status == "rolled_back"
+    entries = [e for e in AuditLog(engine.audit_home).entries() if e.details.get("rotation_id") == stored.id]
+    assert [(e.event_type, e.result) for e in entries] == [
+        ("rotation.start", "started"),
+        ("rotation.start", "interrupted"),
+        ("rotation.resume", "started"),
+        ("rotation.resume", "interrupted"),
+        ("rotation.rollback", "interrupted"),
+        ("rotation.finish", "rolled_back"),
+    ]
+    run = entries[1]
+    assert run.target == "jwt-signing" and run.details["step"] == "test"
+    assert run.details["previous_version"] == stored.old_current
+    assert run.details["new_version"] == stored.pending_version is not None
+    assert run.details["error"] == {
+        "type": "Interrupted",
+        "message": f"rotation {stored.id} interrupted after test; its state is recorded",
+    }
+    assert run.duration_seconds is not None and run.duration_seconds >= 0
+    assert "private" not in json.dumps([e.details for e in entries]).lower()  # ids and versions, no key
+
+
 def test_ctrl_c_before_the_commit_lands_leaves_it_to_resume_not_recorded_as_done(keyring):
     # The commit's alias move and its record are one compare-and-swap: a Ctrl-C before it lands
     # must not give the lease up with a record that says it did (resume would skip it and roll back).

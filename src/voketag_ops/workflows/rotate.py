@@ -370,7 +370,8 @@ class RotationEngine:
             ) from None
         self._audit("rotation.start", record, "started")
         self._fault("lock")
-        return self._run(record, t0)
+        with self._on_interrupt("rotation.start", record, t0):
+            return self._run(record, t0)
 
     def _planned(
         self, cred: Credential, t0: float, plan: list[str], previous_version: int | None = None
@@ -995,14 +996,15 @@ class RotationEngine:
             return Outcome(RotationReport.of(ended, t0=t0, resumed=True))
         self._take_over(record)
         self._audit("rotation.resume", record, "started")
-        if record.status == "rolling_back":  # its rollback was interrupted: finish that
-            self.progress(f"rotation {record.id} was being rolled back: finishing the rollback")
-            error = RolledBackError(
-                f"rotation {record.id} of {record.secret} had been rolled back part-way; the rollback is finished",
-                hint=f"safe to retry: {retry_command(record)}",
-            )
-            return self._roll_back(record, t0, resumed=True, error=error)
-        return self._run(record, t0, resumed=True)
+        with self._on_interrupt("rotation.resume", record, t0):
+            if record.status == "rolling_back":  # its rollback was interrupted: finish that
+                self.progress(f"rotation {record.id} was being rolled back: finishing the rollback")
+                error = RolledBackError(
+                    f"rotation {record.id} of {record.secret} had been rolled back part-way; the rollback is finished",
+                    hint=f"safe to retry: {retry_command(record)}",
+                )
+                return self._roll_back(record, t0, resumed=True, error=error)
+            return self._run(record, t0, resumed=True)
 
     def _roll_back(
         self, record: RotationRecord, t0: float, *, resumed: bool, error: VokeError | None = None
@@ -1142,7 +1144,8 @@ class RotationEngine:
                 f"rotation {record.id} is running (owner {record.owner}); nothing was changed"
             )
         self._take_over(record)
-        return self._roll_back(record, t0, resumed=False)
+        with self._on_interrupt("rotation.rollback", record, t0):
+            return self._roll_back(record, t0, resumed=False)
 
     @staticmethod
     def _succeeded_error(record: RotationRecord) -> PreconditionError:
@@ -1390,7 +1393,45 @@ class RotationEngine:
     def _from_history(self, rotation_id: str) -> RotationRecord | None:
         return next((r for r in self.history(limit=10_000) if r.id == rotation_id), None)
 
-    def _audit(self, event_type: str, record: RotationRecord, result: str) -> None:
+    @contextmanager
+    def _on_interrupt(self, event_type: str, record: RotationRecord, t0: float) -> Iterator[None]:
+        """A run, resume or rollback (EVENT_TYPE, as its other events are named) of RECORD that
+        Ctrl-C or SIGTERM stops is on record: one `interrupted` event, as `audited` writes for a
+        command, with the step and versions, the error (which names where it stopped) and how
+        long this run had been going (since T0). The interruption itself propagates."""
+        try:
+            yield
+        except KeyboardInterrupt:  # (one no step turned into Interrupted: between steps)
+            self._interrupted(event_type, record, t0, Interrupted("interrupted"))
+            raise
+        except Interrupted as exc:
+            self._interrupted(event_type, record, t0, exc)
+            raise
+
+    def _interrupted(self, event_type: str, record: RotationRecord, t0: float, exc: Interrupted) -> None:
+        with interrupts.Held(give_way_after=1):  # one more Ctrl-C must not cut the event short
+            try:
+                self._audit(
+                    event_type,
+                    record,
+                    "interrupted",
+                    error={"type": exc.type_name, "message": exc.message},
+                    duration=time.monotonic() - t0,
+                )
+            except VokeError as audit_exc:
+                log.error("could not write the audit event for %s: %s", event_type, audit_exc.message)
+
+    def _audit(
+        self,
+        event_type: str,
+        record: RotationRecord,
+        result: str,
+        *,
+        error: Mapping[str, Any] | None = None,
+        duration: float | None = None,
+    ) -> None:
+        """Write EVENT_TYPE for RECORD: ids, versions and steps, never a value. ERROR (else the
+        record's), and DURATION (else since the rotation started)."""
         from voketag_ops.audit import record_event
 
         details: dict[str, Any] = {
@@ -1402,9 +1443,10 @@ class RotationEngine:
             "step": record.step,
             "steps": [f"{s.name}:{s.status}" for s in record.steps],
         }
-        if record.error:
-            details["error"] = dict(record.error)
-        started = parse_iso(record.started_at)
+        if error or record.error:
+            details["error"] = dict(error or record.error or {})
+        if duration is None:
+            duration = (self.now() - parse_iso(record.started_at)).total_seconds()
         self.events_written += 1
         record_event(
             self.audit_home,
@@ -1412,7 +1454,7 @@ class RotationEngine:
             env=self.env_name,
             target=record.secret,
             result=result,
-            duration_seconds=round((self.now() - started).total_seconds(), 3),
+            duration_seconds=round(duration, 3),
             details=details,
         )
 
