@@ -593,6 +593,40 @@ def test_a_restore_killed_for_real_is_listed_as_interrupted_and_discarded(voke, 
     assert dr.list_restores(env) == [] and not list(dr.restores_dir(env).iterdir())
 
 
+@pytest.mark.parametrize("again", [1, 2])
+def test_ctrl_c_again_while_an_interrupted_restore_is_removed_is_held_then_names_the_discard(
+    voke, environ, env, monkeypatch, again
+):
+    import signal
+
+    name = f"cut-twice-{again}"
+    real_kill = dr.kill_node
+
+    def ctrl_c(*_args, **_kwargs):  # the first Ctrl-C, while it recovers
+        raise KeyboardInterrupt
+
+    def kill_after_ctrl_c(node, *args, **kwargs):  # AGAIN more while the clean-up stops the server
+        for _ in range(again):
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_kill(node, *args, **kwargs)
+
+    monkeypatch.setattr(dr, "_wait_promoted", ctrl_c)
+    monkeypatch.setattr(dr, "kill_node", kill_after_ctrl_c)
+    result = voke("dr", "restore", "--to", "now", "--name", name, "--yes", "--json", environ=environ)
+    monkeypatch.undo()
+    assert result.exit_code == 130, result.stdout + result.stderr
+    error = result.json["error"]
+    if again == 1:  # held: the clean-up ran to its end, and nothing is left
+        assert error["message"] == "interrupted"
+        assert dr.list_restores(env) == [] and not list(dr.restores_dir(env).iterdir())
+        return
+    assert "interrupted while restore cut-twice-2 was being removed" in error["message"]
+    assert error["hint"] == f"voke dr discard {name} --yes"
+    assert [(r["name"], r["state"]) for r in dr.list_restores(env)] == [(name, "interrupted")]
+    assert voke(*error["hint"].split()[1:], environ=environ).exit_code == 0  # pasted as it is
+    assert dr.list_restores(env) == [] and not list(dr.restores_dir(env).iterdir())
+
+
 def test_a_truncated_backup_file_is_caught_by_verify_backup(voke, environ, env):
     info = env.take_base_backup()
     victim = next(

@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from voketag_ops import interrupts
 from voketag_ops.adapters.local.environment import (
     HOME_NODE,
     NODE_NAMES,
@@ -59,6 +60,7 @@ from voketag_ops.core.times import iso
 from voketag_ops.errors import (
     BackendError,
     ConfigError,
+    Interrupted,
     NeedsOperatorError,
     PreconditionError,
     RolledBackError,
@@ -1251,11 +1253,22 @@ def restore(
             raise RolledBackError("the restored instance is up but does not take writes; it was removed")
         first_write_at = instant()
     except BaseException:
-        with suppress(Exception):
-            kill_node(node) if node.running else None
-        shutil.rmtree(node.data_dir, ignore_errors=True)
-        shutil.rmtree(scratch, ignore_errors=True)
-        meta.unlink(missing_ok=True)
+        # Stopping the server waits for it to die: a Ctrl-C or SIGTERM meanwhile is held, or the
+        # instance outlived its record's removal; the one after gives way, naming the discard.
+        try:
+            with interrupts.Held(give_way_after=1):
+                with suppress(Exception):
+                    kill_node(node) if node.running else None
+                shutil.rmtree(node.data_dir, ignore_errors=True)
+                shutil.rmtree(scratch, ignore_errors=True)
+                meta.unlink(missing_ok=True)
+        except KeyboardInterrupt:
+            signal_name = "terminated (SIGTERM)" if interrupts.Terminated.received else "interrupted"
+            raise Interrupted(
+                f"{signal_name} while restore {plan.name} was being removed; what is left of it is "
+                "listed by `voke dr restores`",
+                hint=f"voke dr discard {plan.name} --yes",
+            ) from None
         raise
     doc = json.loads(meta.read_text())
     doc.update(state="running", recovery=recovery)
