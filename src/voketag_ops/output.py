@@ -90,6 +90,14 @@ def printable(text: str) -> str:
 _VOKE_COMMAND = re.compile(r"(?<![\w./-])voke (?!env )(?=[a-z])")
 
 
+def name_env(text: str, env: str | None) -> str:
+    """TEXT with `--env ENV` in every `voke ...` command it names (but `voke env`: local only);
+    unchanged for the local environment (None or "local")."""
+    if env is None or env == "local":
+        return text
+    return _VOKE_COMMAND.sub(f"voke --env {env} ", text)
+
+
 def _isatty(stream: TextIO | _RedactingStream) -> bool:
     try:
         return stream.isatty()
@@ -208,9 +216,7 @@ class Output:
 
     def with_env(self, text: str) -> str:
         """TEXT with `--env NAME` in every `voke ...` command it names (but `voke env`: local only)."""
-        if self.command_env is None:
-            return text
-        return _VOKE_COMMAND.sub(f"voke --env {self.command_env} ", text)
+        return name_env(text, self.command_env)
 
     def error(self, exc: VokeError) -> int:
         """Report a VokeError and return its exit code."""

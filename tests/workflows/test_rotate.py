@@ -207,6 +207,25 @@ def test_a_record_without_a_rollback_reads_as_an_older_voke_wrote_it():
     assert RotationRecord.from_json(record.to_json()) == record
 
 
+def test_the_webhook_names_the_environment_in_the_commands_it_gives():
+    from voketag_ops.workflows.rotate import notification_text
+
+    record = RotationRecord(
+        id="rot-x", secret="db-app", kind="db-password", target="app", strategy="alternating",
+        owner="h:1", lease_until="2999-01-01T00:00:00Z", started_at="2026-01-01T00:00:00Z",
+        status="needs_attention", error={"kind": "SecretError", "step": "commit", "message": "refused"},
+    )  # fmt: skip
+    text = notification_text(record, "prod")  # pasted from chat, it must act on prod
+    assert (
+        "then: voke --env prod rotate resume rot-x --yes   or: voke --env prod rotate rollback rot-x" in text
+    )
+    assert "voke --env" not in notification_text(record, "local")
+    record.status = "rolled_back"
+    assert notification_text(record, "prod").endswith(
+        "safe to retry: voke --env prod rotate db-password --user app --yes"
+    )
+
+
 @pytest.mark.parametrize(
     ("kind", "strategy", "target", "command"),
     [

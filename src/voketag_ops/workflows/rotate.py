@@ -1533,7 +1533,10 @@ def setup_command(kind: str, name: str, *, local: bool) -> str:
 
 
 def notification_text(record: RotationRecord, env_name: str) -> str:
-    """The webhook message for how RECORD ended: ids, versions, steps, never values."""
+    """The webhook message for how RECORD ended: ids, versions, steps, never values; the
+    commands it names carry `--env ENV_NAME` (pasted from chat, they act on that environment)."""
+    from voketag_ops.output import name_env
+
     head = f"voke rotate [{env_name}] {record.secret} ({record.kind}, {record.strategy}) rotation {record.id}"
     versions = f"version {record.old_current} -> {record.pending_version}"
     if record.status == "succeeded":
@@ -1541,8 +1544,9 @@ def notification_text(record: RotationRecord, env_name: str) -> str:
     err = record.error or {}
     why = f"{err.get('kind', 'error')} at {err.get('step', '?')}: {err.get('message', '')}".strip()
     if record.status == "rolled_back":
-        return f":warning: {head} failed and was rolled back ({why}); safe to retry: {retry_command(record)}"
-    return f":rotating_light: {head} needs a person ({why}); then: {unfinished_commands(record.id)}"
+        retry = name_env(retry_command(record), env_name)
+        return f":warning: {head} failed and was rolled back ({why}); safe to retry: {retry}"
+    return f":rotating_light: {head} needs a person ({why}); then: {name_env(unfinished_commands(record.id), env_name)}"
 
 
 def process_host() -> str:
