@@ -296,3 +296,29 @@ def test_drill_run_all_holds_the_lock_between_drills_and_reports_those_done_when
     assert [j["run_id"] for j in report["runs"]] == ["pitr-1"] and report["status"] == "failed"
     assert report["not_run"] == ["failover", "failback", "network"]
     assert locks.held_by(lock) is None
+
+
+@pytest.mark.parametrize("saved_first", [False, True])
+def test_ctrl_c_between_two_drills_of_all_still_reports_those_that_ran(voke, monkeypatch, saved_first):
+    from voketag_ops.workflows import drill
+
+    def one(settings: Any, env: Any, name: str, saved: list[dict[str, Any]], **_kw: Any) -> dict[str, Any]:
+        targets = {"rto_target_seconds": 300, "rpo_target_seconds": 60}
+        journal = {"run_id": f"{name}-1", "scenario": name, "status": "completed", "targets": targets,
+                   "rto_seconds": 1.0, "rpo_seconds": 0.0, "integrity_ok": True, "breaches": []}  # fmt: skip
+        if name == "failover":  # Ctrl-C outside the drill's own frame: before it, or once saved
+            if saved_first:
+                saved.append(journal)
+            raise KeyboardInterrupt
+        saved.append(journal)
+        return journal
+
+    monkeypatch.setattr(drill, "run_drill", one)
+    result = voke("drill", "run", "all", "--yes", "--json")
+    assert result.exit_code == 130, result.stdout + result.stderr
+    report, error = result.json["result"], result.json["error"]
+    ran = ["pitr-1", "failover-1"] if saved_first else ["pitr-1"]
+    assert [j["run_id"] for j in report["runs"]] == ran and report["status"] == "failed"
+    assert report["not_run"] == ["failover", "failback", "network"][len(ran) - 1 :]
+    assert error["message"] == f"interrupted {'after' if saved_first else 'before'} drill failover"
+    assert error["hint"] == "their journals: voke drill history"

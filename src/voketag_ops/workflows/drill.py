@@ -1254,16 +1254,25 @@ def run(
                 journals.append(
                     run_drill(settings, env, name, progress=progress, options=options, saved=saved)
                 )
-            except VokeError as exc:
+            except (VokeError, KeyboardInterrupt) as caught:  # (Ctrl-C between two drills: not turned yet)
                 journals.extend(saved)  # an interrupted drill's, saved before it raised
                 if scenario != "all" or not journals:
                     raise
                 # the drills that ran (to the end, or interrupted) are reported with the error;
                 # the rest did not run
+                exc = caught if isinstance(caught, VokeError) else _between_drills(name, saved)
                 return RunOutcome(_all_report(journals, not_run=scenarios[len(journals) :]), exc)
     if scenario != "all":
         return RunOutcome(journals[0])
     return RunOutcome(_all_report(journals, not_run=[]))
+
+
+def _between_drills(name: str, saved: list[dict[str, Any]]) -> Interrupted:
+    """Ctrl-C (or SIGTERM) outside a drill's own frame: before NAME started, or once its journal
+    was SAVED; the drills that ran are reported all the same."""
+    signal = "terminated (SIGTERM)" if interrupts.Terminated.received else "interrupted"
+    where = f"after drill {name}" if saved else f"before drill {name}"
+    return Interrupted(f"{signal} {where}", hint="their journals: voke drill history")
 
 
 def _all_report(journals: list[dict[str, Any]], *, not_run: list[str]) -> dict[str, Any]:
