@@ -718,3 +718,21 @@ def test_one_cloud_dr_operation_at_a_time_from_this_machine(drills):
     for directory in (lock.parent, lock.parent.parent):  # VOKE_HOME/cloud/NAME and cloud: private
         assert directory.stat().st_mode & 0o777 == 0o700
     assert drills.scratch() == [] and drills.production_changes() == []  # nothing was requested
+
+
+def test_ctrl_c_between_two_cloud_drills_of_all_still_reports_the_one_that_ran(drills, monkeypatch):
+    from voketag_ops.workflows import cloud_drill
+
+    def one(settings: Any, name: str, *, saved: list[dict[str, Any]], **_kw: Any) -> dict[str, Any]:
+        if name == "failover":  # Ctrl-C before it started: outside a drill's own frame
+            raise KeyboardInterrupt
+        journal = {"run_id": f"{name}-1", "scenario": name, "status": "completed", "left_behind": []}
+        saved.append(journal)
+        return journal
+
+    monkeypatch.setattr(cloud_drill, "run_drill", one)
+    result = drills.drill("all")
+    assert result.exit_code == 130, result.stdout + result.stderr
+    report = result.json["result"]
+    assert [j["run_id"] for j in report["runs"]] == ["pitr-1"] and report["not_run"] == ["failover"]
+    assert result.json["error"]["message"] == "interrupted before drill failover"

@@ -936,11 +936,12 @@ def run(
             journals.append(
                 run_drill(settings, name, home=home, progress=progress, options=options or {}, saved=saved)
             )
-        except VokeError as exc:
+        except (VokeError, KeyboardInterrupt) as exc:  # (Ctrl-C between two drills: not turned yet)
             journals.extend(saved)  # an interrupted drill's, saved before it raised
             if not journals:
                 raise
-            error = exc  # the drills that ran are reported with it; the rest did not run
+            # the drills that ran are reported with it; the rest did not run
+            error = exc if isinstance(exc, VokeError) else local_drill_frame.between_drills(name, saved)
             break
     left = sorted({name for j in journals for name in j.get("left_behind") or []})
     if left:  # also after Ctrl-C: the interruption is said, the billed instances need a person

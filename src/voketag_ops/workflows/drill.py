@@ -1260,14 +1260,14 @@ def run(
                     raise
                 # the drills that ran (to the end, or interrupted) are reported with the error;
                 # the rest did not run
-                exc = caught if isinstance(caught, VokeError) else _between_drills(name, saved)
+                exc = caught if isinstance(caught, VokeError) else between_drills(name, saved)
                 return RunOutcome(_all_report(journals, not_run=scenarios[len(journals) :]), exc)
     if scenario != "all":
         return RunOutcome(journals[0])
     return RunOutcome(_all_report(journals, not_run=[]))
 
 
-def _between_drills(name: str, saved: list[dict[str, Any]]) -> Interrupted:
+def between_drills(name: str, saved: list[dict[str, Any]]) -> Interrupted:
     """Ctrl-C (or SIGTERM) outside a drill's own frame: before NAME started, or once its journal
     was SAVED; the drills that ran are reported all the same."""
     signal = "terminated (SIGTERM)" if interrupts.Terminated.received else "interrupted"
