@@ -888,10 +888,16 @@ def test_a_drill_whose_clean_up_needs_a_person_exits_7_naming_what_to_run(voke, 
 
 def test_a_drill_first_removes_the_rows_earlier_runs_left(voke, environ, env):
     tables = ("voke_dr.drill_data", "voke_dr.canary")
-    with env.primary().connect(dr.DR_DB) as conn:  # the run before's, whose clean-up failed, and one more
+    with env.primary().connect(dr.DR_DB) as conn:  # rows of runs whose clean-up failed (no drill runs now)
+        dr.ensure_schema(conn)
+        conn.execute(
+            "create table if not exists voke_dr.drill_data ("
+            " run_id text not null, id int not null, payload text not null, primary key (run_id, id))"
+        )
         conn.execute("insert into voke_dr.canary (run_id, seq) values ('failback-left-behind', 1)")
+        conn.execute("insert into voke_dr.drill_data values ('failback-left-behind', 1, 'x')")
         earlier = {t: conn.execute(f"select count(*) from {t}").fetchone()[0] for t in tables}
-    assert earlier["voke_dr.drill_data"] > 0
+    assert earlier["voke_dr.drill_data"] > 0 and earlier["voke_dr.canary"] > 0
     result = voke("drill", "run", "failback", "--yes", "--json", environ=environ)
     assert result.exit_code == 0, result.stdout
     assert result.json["result"]["details"]["rows_left_by_earlier_runs"] == earlier

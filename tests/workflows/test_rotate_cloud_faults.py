@@ -250,3 +250,9 @@ def test_a_refused_deploy_moves_every_service_and_its_template_back(cloud):
     assert result.exit_code == 6, result.stdout + result.stderr
     assert cloud.secret.aliases["current"] == before
     cloud.assert_consistent()  # factory-service's template too, not only its traffic
+
+
+def test_a_keyring_created_on_the_cloud_is_in_the_one_audit_log(cloud):
+    result = cloud.voke("rotate", "jwt", "--init", "--yes", "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert [e["event_type"] for e in cloud.audit()] == ["rotation.init"]  # as `voke audit show` lists it

@@ -667,7 +667,7 @@ def adopt_api_key(engine: Any, name: str, raw: str, *, dry_run: bool = False) ->
     from voketag_ops.audit import record_event
 
     record_event(
-        engine.home,
+        engine.audit_home,
         event_type="rotation.adopt",
         env=engine.env_name,
         target=cred.secret,

@@ -265,7 +265,7 @@ def init_keyring(engine: Any, *, dry_run: bool = False) -> dict[str, Any]:
     from voketag_ops.audit import record_event
 
     record_event(
-        engine.home,
+        engine.audit_home,
         event_type="rotation.init",
         env=engine.env_name,
         target=cred.secret,

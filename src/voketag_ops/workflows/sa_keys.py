@@ -218,7 +218,7 @@ def init_sa_key(engine: Any, name: str, *, dry_run: bool = False) -> dict[str, A
     from voketag_ops.audit import record_event
 
     record_event(
-        engine.home,
+        engine.audit_home,
         event_type="rotation.init",
         env=engine.env_name,
         target=cred.secret,
