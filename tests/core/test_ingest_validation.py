@@ -406,6 +406,15 @@ def test_iso_8601_forms_are_accepted_and_made_canonical(ts, canonical):
     assert v.copy.decode().split("\t")[4] == canonical
 
 
+@pytest.mark.parametrize(
+    "ts", ["2016-12-31T23:59:60Z", "2016-12-31 23:59:60.5+00:00", "20161231T235960Z", "2024-01-01T24:00:00Z"]
+)
+def test_a_leap_second_or_24_00_is_refused_for_what_it_is(ts):
+    p = only_problem(run(HEADER + row(ts=ts) + row("T2")))  # ISO 8601, which voke's leaf cannot hold
+    assert (p.line, p.column, p.code) == (2, 22, "bad_timestamp")
+    assert "a leap second or 24:00 is not supported" in p.message
+
+
 def test_timestamp_without_time_zone():
     p = only_problem(run(HEADER + row(ts="2024-05-01T10:00:00")))
     assert p.code == "bad_timestamp" and "time zone" in p.message

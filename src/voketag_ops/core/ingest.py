@@ -125,6 +125,9 @@ _TS_RE = re.compile(
     r"|[0-9]{8}T[0-9]{2}(?:[0-9]{2}(?:[0-9]{2}(?:[.,][0-9]+)?)?)?)"
     r"(?:Z|[+-](?:[01][0-9]|2[0-3])(?::?[0-5][0-9])?)?"  # offset minutes 00-59: +05:75 is no offset
 )
+# ISO 8601 allows a leap second (23:59:60) and 24:00 (the day's end); Python's datetime and so
+# voke's canonical leaf take neither: refused with a message of their own, not "not ISO 8601".
+_LEAP_OR_24_RE = re.compile(r"(?:.{10}[T ]|[0-9]{8}T)(?:24|[0-9]{2}:?[0-9]{2}:?60)")
 _RFC_FIELD = r'(?:"(?:[^"]++|"")*+"|[^",]*+)'
 _RFC_LINE_RE = re.compile(f"{_RFC_FIELD}(?:,{_RFC_FIELD})*+")
 # Byte-level pre-check for control characters: deleting every other byte leaves the C0
@@ -1049,6 +1052,14 @@ class BatchValidator:
                 raise ValueError(value)
             dt = datetime.fromisoformat(value)
         except ValueError:
+            if _TS_RE.fullmatch(value) is not None and _LEAP_OR_24_RE.match(value) is not None:
+                return value, Problem(
+                    lineno,
+                    column,
+                    "bad_timestamp",
+                    f"manufactured_at {value!r}: a leap second or 24:00 is not supported; "
+                    "write 23:59:59.999999 or the next day's 00:00",
+                )
             return value, Problem(
                 lineno,
                 column,
