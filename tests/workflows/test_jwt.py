@@ -294,6 +294,51 @@ def test_an_interrupted_run_resume_and_rollback_each_write_an_interrupted_event(
     assert "private" not in json.dumps([e.details for e in entries]).lower()  # ids and versions, no key
 
 
+def test_ctrl_c_while_a_run_or_a_resume_is_finished_names_the_resume(keyring):
+    # Recording the finish and clearing the record are store writes like any step's: a Ctrl-C
+    # there gives the lease up and names the resume (a bare "interrupted" kept the lease).
+    from voketag_ops.audit import AuditLog
+    from voketag_ops.core.times import iso
+    from voketag_ops.errors import Interrupted
+
+    engine, clock, store = keyring
+    save, clear = engine._save, engine._clear
+
+    def ctrl_c_before_the_finish_is_recorded(record, **kw):
+        if record.status == "succeeded":
+            raise KeyboardInterrupt
+        save(record, **kw)
+
+    def ctrl_c_before_the_record_is_cleared(record):
+        raise KeyboardInterrupt
+
+    engine._save = ctrl_c_before_the_finish_is_recorded
+    with pytest.raises(Interrupted, match="interrupted after finish; its state is recorded") as run:
+        rotate_jwt(engine)
+    stored = RotationRecord.from_json(store.get("jwt-signing").annotations[ANNOTATION])
+    assert run.value.hint == f"voke rotate resume {stored.id} --yes"  # not a rollback: it worked
+    assert (stored.step, stored.status) == ("health", "in_progress")  # resume runs finish again
+    assert stored.lease_until == iso(clock())  # resumable at once
+    engine._save, engine._clear = save, ctrl_c_before_the_record_is_cleared
+    with pytest.raises(Interrupted, match=f"rotation {stored.id} interrupted after finish") as resumed:
+        engine.resume(stored.id)
+    assert resumed.value.hint == f"voke rotate resume {stored.id} --yes"
+    finished = RotationRecord.from_json(store.get("jwt-signing").annotations[ANNOTATION])
+    assert (finished.step, finished.status, finished.lease_until) == ("finish", "succeeded", iso(clock()))
+    engine._clear = clear
+    outcome = engine.resume(stored.id)
+    assert outcome.error is None and outcome.report.status == "succeeded"
+    assert ANNOTATION not in store.get("jwt-signing").annotations
+    entries = [e for e in AuditLog(engine.audit_home).entries() if e.details.get("rotation_id") == stored.id]
+    message = f"rotation {stored.id} interrupted after finish; its state is recorded"
+    cut = [
+        (e.event_type, e.details["step"], e.details["error"]["message"])
+        for e in entries
+        if e.result != "started"
+    ]
+    assert cut == [("rotation.start", "finish", message), ("rotation.resume", "finish", message)]
+
+
 def test_ctrl_c_before_the_commit_lands_leaves_it_to_resume_not_recorded_as_done(keyring):
     # The commit's alias move and its record are one compare-and-swap: a Ctrl-C before it lands
     # must not give the lease up with a record that says it did (resume would skip it and roll back).

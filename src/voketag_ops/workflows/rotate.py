@@ -439,21 +439,26 @@ class RotationEngine:
         for step in record.next_steps():
             # A Ctrl-C anywhere in the step, its progress line and the save of its record included,
             # gives the lease up and names the rotation to resume (a bare exit 130 kept the lease).
+            # So does one while the finish is recorded and its record cleared (`_end`): resume
+            # finishes it (or only clears the record); a rollback would undo a rotation that worked.
             try:
                 stopped = self._run_step(record, step, user, t0, resumed)
+                if stopped is None and step == "finish":
+                    self._end(record)
             except KeyboardInterrupt:
-                self._release(record)
+                if step == "finish":  # the record as stored, not this one (already `succeeded`)
+                    self._release_stored(record)
+                else:
+                    self._release(record)
                 where = (
                     f"after {step}" if record.step == step else f"during {step} (it may have taken effect)"
                 )
                 raise Interrupted(
                     f"rotation {record.id} interrupted {where}; its state is recorded",
-                    hint=unfinished_commands(record.id),
+                    hint=resume_command(record.id) if step == "finish" else unfinished_commands(record.id),
                 ) from None
             if stopped is not None:
                 return stopped
-            if step == "finish":  # ends the rotation (its record cleared): nothing left to resume
-                self._end(record)
             self._fault(step)
         return Outcome(RotationReport.of(record, t0=t0, resumed=resumed))
 
