@@ -108,6 +108,7 @@ def _script_signals_forgotten() -> Iterator[None]:
     interrupts._installed = False
     interrupts._started = False
     interrupts._settled = False
+    interrupts._decided = None
 
 
 @pytest.fixture

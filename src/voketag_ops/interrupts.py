@@ -4,7 +4,8 @@ SIGTERM (a cancelled CI job, `timeout`, systemd or Cloud Run stopping the job) r
 ``Terminated``, a KeyboardInterrupt, wherever Ctrl-C would raise: the operation rolls back
 or records where to resume, and the exit is 130. Before the command has started (the
 imports) there is nothing to clean up: a signal then ends voke at once with its one-line
-error. Once the result is out (``settle``) signals are ignored: they would only garble it.
+error. Once the outcome is final (``decided``) a first signal waits; once the result is out
+(``settle``) signals are ignored: they would only garble it.
 Only the `voke` script (``install``) does any of this; tests that call voke in-process keep
 Python's own handling.
 """
@@ -33,6 +34,7 @@ class Terminated(KeyboardInterrupt):
 _installed = False
 _started = False  # the command is running: a signal is raised, not an immediate exit
 _settled = False  # the answer is out: signals stay ignored
+_decided: Held | None = None  # the outcome is final: signals held until the answer is out
 
 
 def install() -> None:
@@ -59,6 +61,28 @@ def settle() -> None:
         _settled = True
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def decided() -> None:
+    """The command's outcome is final (a rotation has ended): until the answer is out
+    (``settle``) a Ctrl-C or SIGTERM is noted, not raised, as exit 130 would have an operator
+    or a cron wrapper run it again. The second one is raised, so a step that hangs can still
+    be stopped. In the `voke` script only (as ``settle``); again: nothing more."""
+    global _decided
+    if _installed and _decided is None:
+        _decided = Held(give_way_after=1)
+        _decided.hold()
+
+
+def reopen() -> None:
+    """Another operation of the same command begins (`rotate due --run`'s next rotation): what
+    ``decided`` held is raised now, before it starts, and signals are raised again."""
+    global _decided
+    held, _decided = _decided, None
+    if held is not None:
+        held.__exit__()
+        if held.fired:
+            raise interrupt()
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:

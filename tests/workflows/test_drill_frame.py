@@ -144,6 +144,23 @@ def test_an_answer_printed_inside_a_hold_keeps_signals_off(script_signals) -> No
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
 
 
+def test_a_signal_held_once_the_outcome_is_decided_stops_the_next_operation(script_signals) -> None:
+    # `rotate due --run`: a Ctrl-C after one rotation ended waits for nothing more than the start
+    # of the next one, which it stops; that one is then raised again.
+    import os
+    import signal
+
+    from voketag_ops import interrupts
+
+    interrupts.decided()
+    os.kill(os.getpid(), signal.SIGINT)  # noted
+    with pytest.raises(KeyboardInterrupt):
+        interrupts.reopen()
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+    interrupts.reopen()  # nothing decided, nothing held: nothing more
+
+
 def test_a_checkpoint_of_a_dead_run_shows_as_interrupted(tmp_path):
     import socket
     import subprocess

@@ -339,6 +339,31 @@ def test_ctrl_c_while_a_run_or_a_resume_is_finished_names_the_resume(keyring):
     assert cut == [("rotation.start", "finish", message), ("rotation.resume", "finish", message)]
 
 
+def test_a_signal_after_a_rotation_ended_waits_for_its_report(keyring, script_signals, monkeypatch):
+    # Exit 130 after a rotation succeeded would have a cron wrapper or an operator run a second
+    # one: from its end to the printed report a first Ctrl-C or SIGTERM waits; a second gives way.
+    import os
+    import signal
+
+    from voketag_ops import interrupts
+    from voketag_ops.workflows.rotate import RotationReport
+
+    engine, _clock, _store = keyring
+    of = RotationReport.of
+
+    def ctrl_c_then_report(record, **kw):  # the report built once the rotation has ended
+        os.kill(os.getpid(), signal.SIGINT)
+        return of(record, **kw)
+
+    monkeypatch.setattr(RotationReport, "of", ctrl_c_then_report)
+    outcome = rotate_jwt(engine)
+    assert outcome.error is None and outcome.report.status == "succeeded"
+    with pytest.raises(KeyboardInterrupt):  # a report that hangs can still be stopped
+        os.kill(os.getpid(), signal.SIGINT)
+    interrupts.settle()  # the answer is out (Output.result)
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
 def test_ctrl_c_before_the_commit_lands_leaves_it_to_resume_not_recorded_as_done(keyring):
     # The commit's alias move and its record are one compare-and-swap: a Ctrl-C before it lands
     # must not give the lease up with a record that says it did (resume would skip it and roll back).

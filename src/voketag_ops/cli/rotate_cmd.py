@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from voketag_ops import interrupts
 from voketag_ops.cli.common import DryRun, Yes, read_pasted, use
 from voketag_ops.errors import NeedsOperatorError, VokeError
 
@@ -293,6 +294,7 @@ def due(
     def one(secret: str, refused: str, run_it: Any) -> None:
         # One secret that cannot start (a Stripe key to paste) must not stop the others.
         nonlocal worst
+        interrupts.reopen()  # the last one ended: a signal since stops the run here, not held on
         try:
             outcome = run_it()
         except VokeError as exc:

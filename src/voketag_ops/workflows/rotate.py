@@ -721,6 +721,7 @@ class RotationEngine:
         if record.status == "succeeded" and not self._record_finished(record):
             return
         self._clear(record)
+        interrupts.decided()  # ended: a signal from here to the printed report waits (`_notify_ended`)
         with interrupts.Held(give_way_after=1) as held:
             self._history(record)
             self._audit("rotation.finish", record, record.status)
@@ -786,7 +787,8 @@ class RotationEngine:
     def _notify_ended(self, record: RotationRecord, held: interrupts.Held) -> None:
         """The webhook, once the rotation has ended, within HELD: a Ctrl-C or SIGTERM by then (a
         slow endpoint, up to its timeout) skips the notification; it never turns the ended
-        rotation into exit 130 with nothing to resume (an operator would run it again)."""
+        rotation into exit 130 with nothing to resume (an operator would run it again), nor
+        does one after it, until the report is printed (`interrupts.decided`, in the script)."""
         told = False
         try:
             if not held.fired:
@@ -844,6 +846,7 @@ class RotationEngine:
             self._audit("rotation.finish", record, "needs_attention")
         except VokeError as exc:
             log.error("could not record the state of %s: %s", record.id, exc.message)
+        interrupts.decided()  # stopped for a person: exit 7 and its hint, not a bare 130
         with interrupts.Held(give_way_after=1) as held:
             self._notify_ended(record, held)
         error = NeedsOperatorError(
