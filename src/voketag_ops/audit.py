@@ -44,6 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from voketag_ops import interrupts
 from voketag_ops.core import audit as core
 from voketag_ops.core.chain import read_json
 from voketag_ops.errors import BackendError, NeedsOperatorError, VokeError
@@ -578,10 +579,13 @@ def audited(
             raise
         # (Interrupted: a Ctrl-C or SIGTERM already turned into its answer, exit 130)
         interrupted = isinstance(exc, KeyboardInterrupt) or getattr(exc, "exit_code", None) == 130
-        event.details["error"] = {
-            "type": getattr(exc, "type_name", type(exc).__name__),
-            "message": redact(getattr(exc, "message", str(exc)))[:500],  # cut after: a secret across the cut
-        }
+        if isinstance(exc, KeyboardInterrupt) and not str(exc):  # a bare signal: as the command's answer says
+            signal = "terminated (SIGTERM)" if interrupts.Terminated.received else "interrupted"
+            error = {"type": "Interrupted", "message": signal}
+        else:
+            message = redact(getattr(exc, "message", str(exc)))[:500]  # cut after: a secret across the cut
+            error = {"type": getattr(exc, "type_name", type(exc).__name__), "message": message}
+        event.details["error"] = error
         try:
             event.entry = record_event(
                 home,

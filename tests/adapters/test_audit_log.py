@@ -87,6 +87,25 @@ def test_audited_records_success_failure_and_interrupt(tmp_path: Path) -> None:
     assert AuditLog(tmp_path).verify().ok
 
 
+def test_a_bare_signal_is_recorded_as_its_interrupted_answer_says(tmp_path: Path) -> None:
+    # A Ctrl-C or SIGTERM no step turned into Interrupted has an empty message: the event says
+    # what the command's own answer does, as an Interrupted one would (found by a review).
+    from voketag_ops.interrupts import Terminated
+
+    for exc in (KeyboardInterrupt(), Terminated()):
+        Terminated.received = isinstance(exc, Terminated)  # (set by the handler; reset by conftest)
+        with (
+            pytest.raises(KeyboardInterrupt),
+            audited(tmp_path, event_type="dr.fence", env="local", target="n"),
+        ):
+            raise exc
+    errors = [e.details["error"] for e in AuditLog(tmp_path).entries()]
+    assert errors == [
+        {"type": "Interrupted", "message": "interrupted"},
+        {"type": "Interrupted", "message": "terminated (SIGTERM)"},
+    ]
+
+
 def test_a_failure_message_is_redacted_before_it_is_cut(tmp_path: Path) -> None:
     secret = "Audit-Cut-Secret-5e8d1b"
     redact.register(secret)
