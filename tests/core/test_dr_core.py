@@ -209,6 +209,11 @@ def test_each_breach_is_named():
         "`voke dr failback --yes` rebuilds it"
         in failed(healthy(standby=down, fenced=["replica"]))["replica_streaming"]
     )
+    # stopped without standby.signal (a promoted standby stopped unmarked): `voke env up` refuses
+    # to start it, so the advice is the rebuild, not `env up` (found by a review)
+    promoted = failed(healthy(standby=dict(down, standby_signal=False)))["replica_streaming"]
+    assert "`voke dr failback --yes` rebuilds it" in promoted and "env up" not in promoted
+    assert "`voke env up`" in failed(healthy(standby=dict(down, standby_signal=True)))["replica_streaming"]
     # on Cloud SQL: a stopped replica is started; a stopped old primary (a plain promotion) never is
     cloud = {
         "start": "start it with `gcloud sql instances patch {node} --activation-policy=ALWAYS`",

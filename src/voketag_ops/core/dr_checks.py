@@ -114,7 +114,7 @@ LOCAL_REMEDIES = {
     "fence": "`voke dr fence {node} --yes`",
     "backup": "`voke dr backup`",
     "start": "start it as a standby with `voke env up`",
-    "rebuild": "it is fenced: `voke dr failback --yes` rebuilds it as a standby",
+    "rebuild": "it is fenced or not a standby: `voke dr failback --yes` rebuilds it as a standby",
 }
 
 
@@ -188,9 +188,12 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
             )
             if standby.get("running") is False:  # what to run about it
                 # A fenced node, or a stopped one that is a primary (an old leader a plain cloud
-                # promotion left beside the new one), must never just be started: two primaries.
+                # promotion left beside the new one) or would start as one (no standby.signal:
+                # `voke env up` refuses it), must never just be started: two primaries.
                 fenced = (
-                    standby.get("name") in (status.get("fenced") or []) or standby.get("role") == "primary"
+                    standby.get("name") in (status.get("fenced") or [])
+                    or standby.get("role") == "primary"
+                    or standby.get("standby_signal") is False
                 )
                 remedy = remedies.get("rebuild" if fenced else "start") or (
                     "it is not a replica of the leader: starting it would make a second primary; "

@@ -790,6 +790,8 @@ def snapshot(env: LocalEnvironment, *, lag_wait: float, replica_expected: bool =
     leader_info = {k: base["primary"].get(k) for k in keys}
     standby_info = {k: base["replica"].get(k) for k in keys}
     writable = [info["name"] for info in (base["primary"], base["replica"]) if info["role"] == "primary"]
+    # a stopped standby without standby.signal would start writable: `dr check` says to rebuild it
+    standby_info["standby_signal"] = (standby_node.data_dir / "standby.signal").exists()
     report["leader"] = leader_info
     report["standby"] = standby_info
     report["writable_nodes"] = writable
