@@ -517,6 +517,68 @@ def test_a_standby_promoted_beside_the_leader_is_fenced_and_its_timeline_kept_ou
     assert voke("dr", "check", environ=environ).exit_code == 0
 
 
+def test_a_fence_cut_short_mid_stop_stays_fenced_and_is_finished_by_running_it_again(
+    voke, environ, env, monkeypatch
+):
+    # Found by a review: a Ctrl-C while the node stopped left it down, unmarked and its timeline in
+    # the archive, with no hint; `dr check` then advised `env up`, which refused it (exit 7).
+    import os
+    import signal
+    import time
+
+    from voketag_ops.adapters.local.postgres import PgNode
+    from voketag_ops.audit import AuditLog
+
+    leader_tli = dr.current_timeline(env.node("primary"))
+    with env.node("replica").connect() as conn:  # split brain: someone promotes the standby by hand
+        conn.execute("select pg_promote()")
+    rogue = f"{leader_tli + 1:08X}.history"
+    deadline = time.monotonic() + 60
+    while rogue not in dr.archived_names(env) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert rogue in dr.archived_names(env)
+    real_stop, real_quarantine, fired = PgNode.stop, dr.quarantine_foreign_timelines, []
+
+    def stop(self, **kwargs):
+        real_stop(self, **kwargs)
+        if not fired and self.name == "replica":  # Ctrl-C twice while it stops: the second gives way
+            fired.append("stop")
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(PgNode, "stop", stop)
+    cut = voke("dr", "fence", "replica", "--yes", "--json", environ=environ)
+    monkeypatch.undo()
+    assert fired and cut.exit_code == 130, cut.stdout + cut.stderr
+    assert cut.json["error"]["hint"] == "voke dr fence replica --yes"
+    assert "while fencing replica" in cut.json["error"]["message"]
+    assert dr.fenced_nodes(env) == ["replica"] and not env.node("replica").running
+    assert rogue in dr.archived_names(env)  # not quarantined yet: the rerun does it
+    event = list(AuditLog(env.home).entries())[-1]
+    assert (event.event_type, event.result, event.details["error"]["type"]) == (
+        "dr.fence",
+        "interrupted",
+        "Interrupted",
+    )
+    check = voke("dr", "check", "--json", environ=environ)
+    streaming = next(c for c in check.json["result"]["checks"] if c["name"] == "replica_streaming")
+    assert "voke dr failback --yes" in streaming["message"] and "env up" not in streaming["message"]
+
+    def quarantine(*args):  # one Ctrl-C meanwhile is held: the fence is finished all the same
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_quarantine(*args)
+
+    monkeypatch.setattr(dr, "quarantine_foreign_timelines", quarantine)
+    rerun = voke("dr", "fence", "replica", "--yes", "--json", environ=environ)
+    monkeypatch.undo()
+    assert rerun.exit_code == 0, rerun.stdout + rerun.stderr
+    assert rogue in rerun.json["result"]["quarantined"] and rerun.json["result"]["warnings"]
+    back = voke("dr", "failback", "--yes", "--json", environ=environ)
+    assert back.exit_code == 0, back.stdout + back.stderr
+    assert dr.in_recovery(env.node("replica")) is True and dr.fenced_nodes(env) == []
+    assert voke("dr", "check", environ=environ).exit_code == 0
+
+
 def test_the_archive_is_left_alone_when_the_leaders_lineage_cannot_be_read(env, monkeypatch):
     from voketag_ops.errors import BackendError
 

@@ -270,9 +270,13 @@ def fence(
     if not dry_run:
         env.out.confirm(f"Fence {node} (stop it and keep it down)?", yes=yes)
     report = dr.fence(env.settings, local, node=node, dry_run=dry_run)
-    env.out.result(
-        report, render=_render_plan_or(lambda c, r: c.print(f"fenced {r['node']}: {r['how']}; {r['next']}"))
-    )
+    env.out.result(report, render=_render_plan_or(_render_fence))
+
+
+def _render_fence(console: Console, r: dict[str, Any]) -> None:
+    console.print(f"fenced {r['node']}: {r['how']}; {r['next']}")
+    for warning in r.get("warnings") or []:
+        console.print(f"warning: {warning}", markup=False)
 
 
 @app.command("verify")

@@ -465,6 +465,7 @@ def fence(settings: Settings, env: LocalEnvironment, *, node: str, dry_run: bool
 
 
 def _fence(env: LocalEnvironment, state: Any, node: str, *, dry_run: bool) -> dict[str, Any]:
+    from voketag_ops import interrupts
     from voketag_ops.adapters.local import dr
 
     # The node an interrupted failover moves away from may always be fenced (started again, it
@@ -499,10 +500,24 @@ def _fence(env: LocalEnvironment, state: Any, node: str, *, dry_run: bool) -> di
     with dr.dr_lock(env, "dr fence"):
         if _pending_failover(env).get("old_leader") != node:
             dr.refuse_if_unfinished(env)  # (again, under the lock)
-        report = dr.fence_node(env, target, reason="voke dr fence")
-        # a standby promoted beside the leader archived a timeline of its own: it must go
-        report["quarantined"] = dr.quarantine_foreign_timelines(env, env.node(leader, state))
+        # A first Ctrl-C or SIGTERM waits for the stop, the marker and the quarantine; a second
+        # one (a stop that hangs) leaves the node marked fenced, and running the fence again
+        # finishes it.
+        try:
+            with interrupts.Held(give_way_after=1) as held:
+                report = dr.fence_node(env, target, reason="voke dr fence")
+                # a standby promoted beside the leader archived a timeline of its own: it must go
+                report["quarantined"] = dr.quarantine_foreign_timelines(env, env.node(leader, state))
+        except KeyboardInterrupt:
+            signal = "terminated (SIGTERM)" if interrupts.Terminated.received else "interrupted"
+            raise Interrupted(
+                f"{signal} while fencing {node}: it is marked fenced (`voke env up` leaves it down), "
+                "but may still be running, and its timeline may still be in the archive",
+                hint=f"voke dr fence {node} --yes",
+            ) from None
     report["dry_run"] = False
+    if held.fired:
+        report["warnings"] = ["interrupted while fencing: the fence was finished all the same"]
     report["next"] = (
         f"`voke dr failover --yes` finishes the interrupted failover to {leader}; then "
         if loser == node

@@ -1327,8 +1327,12 @@ def fence_node(env: LocalEnvironment, node: PgNode, *, reason: str) -> dict[str,
     """Make NODE stop accepting writes and stay down: a clean stop if it answers, SIGKILL otherwise.
 
     It is not given standby.signal, so `voke env up` refuses to start it until `dr failback`
-    rebuilds it as a standby of the leader.
+    rebuilds it as a standby of the leader. Its marker is written first: a fence cut short
+    still keeps the node down and reads as fenced, and running it again finishes it.
     """
+    marker = dr_dir(env) / f"fenced-{node.name}.json"
+    doc = {"node": node.name, "fenced_at": iso(utcnow()), "reason": reason, "how": "stopping"}
+    replace_json(marker, doc)
     how = "already stopped"
     pid = node.pid()
     if pid is not None and _frozen(pid):
@@ -1344,11 +1348,8 @@ def fence_node(env: LocalEnvironment, node: PgNode, *, reason: str) -> dict[str,
         if node.running:
             kill_node(node)
             how = "killed"
-    marker = dr_dir(env) / f"fenced-{node.name}.json"
-    marker.write_text(
-        json.dumps({"node": node.name, "fenced_at": iso(utcnow()), "reason": reason, "how": how})
-    )
-    return {"node": node.name, "how": how, "fenced_at": iso(utcnow())}
+    replace_json(marker, dict(doc, how=how))
+    return {"node": node.name, "how": how, "fenced_at": doc["fenced_at"]}
 
 
 def quarantine_foreign_timelines(env: LocalEnvironment, leader: PgNode) -> list[str]:
