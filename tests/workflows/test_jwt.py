@@ -339,6 +339,22 @@ def test_ctrl_c_while_a_run_or_a_resume_is_finished_names_the_resume(keyring):
     assert cut == [("rotation.start", "finish", message), ("rotation.resume", "finish", message)]
 
 
+def test_ctrl_c_once_the_record_is_cleared_says_it_succeeded_not_resume(keyring):
+    # Its record gone, a resume would answer "no rotation ID" (exit 2): the rotation worked.
+    from voketag_ops.errors import Interrupted
+
+    engine, _clock, store = keyring
+
+    def ctrl_c_in_history(record):
+        raise KeyboardInterrupt
+
+    engine._history = ctrl_c_in_history
+    with pytest.raises(Interrupted, match=r"rotation \S+ succeeded; interrupted while its history") as cut:
+        rotate_jwt(engine)
+    assert "resume" not in (cut.value.hint or "") and "voke rotate status" in cut.value.hint
+    assert ANNOTATION not in store.get("jwt-signing").annotations
+
+
 def test_a_signal_after_a_rotation_ended_waits_for_its_report(keyring, script_signals, monkeypatch):
     # Exit 130 after a rotation succeeded would have a cron wrapper or an operator run a second
     # one: from its end to the printed report a first Ctrl-C or SIGTERM waits; a second gives way.

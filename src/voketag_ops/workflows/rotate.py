@@ -447,7 +447,12 @@ class RotationEngine:
                     self._end(record)
             except KeyboardInterrupt:
                 if step == "finish":  # the record as stored, not this one (already `succeeded`)
-                    self._release_stored(record)
+                    if not self._release_stored(record):  # cleared: it succeeded, nothing to resume
+                        raise Interrupted(
+                            f"rotation {record.id} succeeded; interrupted while its history and audit "
+                            "event were written (they may be missing)",
+                            hint=self._voke("voke rotate status") + " shows the current version",
+                        ) from None
                 else:
                     self._release(record)
                 where = (
@@ -720,9 +725,9 @@ class RotationEngine:
         webhook still tell of the success."""
         if record.status == "succeeded" and not self._record_finished(record):
             return
-        self._clear(record)
         interrupts.decided()  # ended: a signal from here to the printed report waits (`_notify_ended`)
         with interrupts.Held(give_way_after=1) as held:
+            self._clear(record)
             self._history(record)
             self._audit("rotation.finish", record, record.status)
             self._notify_ended(record, held)
@@ -768,14 +773,17 @@ class RotationEngine:
             )
             self._release_stored(record)
 
-    def _release_stored(self, record: RotationRecord) -> None:
-        """Give up the lease of RECORD's stored record (what resume continues from), as stored."""
+    def _release_stored(self, record: RotationRecord) -> bool:
+        """Give up the lease of RECORD's stored record (what resume continues from), as stored;
+        False when there is none left (cleared: the rotation has ended) or it cannot be read."""
         try:
             stored = self._record(record.secret)[1]
         except VokeError:
-            stored = None
-        if stored is not None and stored.id == record.id:
-            self._release(stored)
+            return True  # (unknown: say what a resume would do)
+        if stored is None or stored.id != record.id:
+            return False
+        self._release(stored)
+        return True
 
     def _voke(self, command: str) -> str:
         """COMMAND (`voke ...`) to paste, naming this engine's environment when it is a cloud
