@@ -501,6 +501,28 @@ def test_due_run_finishes_a_rotation_whose_voke_died(platform, voke, platform_en
     assert voke("rotate", "status", "--json", environ=platform_environ).json["result"]["in_progress"] == []
 
 
+def test_ctrl_c_in_due_run_starts_no_further_rotation(platform, voke, platform_environ, monkeypatch):
+    # One Ctrl-C means stop: the next due secret was rotated all the same (the Interrupted of
+    # the first was taken for one secret's failure).
+    from voketag_ops.errors import Interrupted
+
+    started: list[str] = []
+
+    def rotate(self, name, **_kw):
+        started.append(name)
+        raise Interrupted(f"rotation of {name} interrupted during deploy", hint="voke rotate resume X --yes")
+
+    monkeypatch.setattr(RotationEngine, "due", lambda self: [{"name": "db-app"}, {"name": "jwt-signing"}])
+    monkeypatch.setattr(RotationEngine, "name_of", lambda self, secret: secret)
+    monkeypatch.setattr(RotationEngine, "rotate", rotate)
+    run = voke("rotate", "due", "--run", "--yes", "--json", environ=platform_environ)
+    assert run.exit_code == 130, run.stdout
+    assert started == ["db-app"]  # jwt-signing was not started
+    assert run.json["error"]["message"] == "rotation of db-app interrupted during deploy"
+    [report] = run.json["result"]["rotations"]
+    assert (report["secret"], report["status"]) == ("db-app", "not_started")
+
+
 def _record(store, secret, rotation_id, owner_pid, status="in_progress", step="set_target"):
     meta = store.get(secret)
     record = {

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from voketag_ops import interrupts
 from voketag_ops.cli.common import DryRun, Yes, read_pasted, use
-from voketag_ops.errors import NeedsOperatorError, VokeError
+from voketag_ops.errors import Interrupted, NeedsOperatorError, VokeError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -291,10 +292,19 @@ def due(
     reports: list[Any] = []
     worst: VokeError | None = None
 
+    class Stopped(Exception):
+        """A Ctrl-C or SIGTERM: no further rotation starts; those that ran are reported."""
+
     def one(secret: str, refused: str, run_it: Any) -> None:
-        # One secret that cannot start (a Stripe key to paste) must not stop the others.
+        # One secret that cannot start (a Stripe key to paste) must not stop the others; a
+        # Ctrl-C stops the run (in a rotation, or held since the last one ended).
         nonlocal worst
-        interrupts.reopen()  # the last one ended: a signal since stops the run here, not held on
+        try:
+            interrupts.reopen()  # the last one ended: a signal since stops the run here, not held on
+        except KeyboardInterrupt:
+            signal = "terminated (SIGTERM)" if interrupts.Terminated.received else "interrupted"
+            worst = Interrupted(f"{signal} before {secret}", hint="the rotations listed ran; rerun to go on")
+            raise Stopped from None
         try:
             outcome = run_it()
         except VokeError as exc:
@@ -306,23 +316,26 @@ def due(
             failed = outcome.error
         if failed is not None and (worst is None or failed.exit_code > worst.exit_code):
             worst = failed
+        if isinstance(failed, Interrupted):
+            raise Stopped
 
     # A dry run plans each rotation as the run would make it (finishing one: the plan of its resume).
-    for r in stuck:
-        if dry_run:
-            one(r["secret"], "not_resumed", lambda r=r: engine.plan_resume(r["rotation_id"]))
-        else:
-            one(r["secret"], "not_resumed", lambda r=r: engine.resume(r["rotation_id"]))
-    for r in attention:
-        one(r["secret"], "not_resumed", lambda r=r: _waits_for_a_person(r))
     resumed = {r["secret"] for r in waiting}
     due_now = [d for d in due_now if d["name"] not in resumed]  # finishing it was its rotation
-    for item in due_now:
-        one(
-            item["name"],
-            "not_started",
-            lambda item=item: engine.rotate(engine.name_of(item["name"]), dry_run=dry_run),
-        )
+    with contextlib.suppress(Stopped):
+        for r in stuck:
+            if dry_run:
+                one(r["secret"], "not_resumed", lambda r=r: engine.plan_resume(r["rotation_id"]))
+            else:
+                one(r["secret"], "not_resumed", lambda r=r: engine.resume(r["rotation_id"]))
+        for r in attention:
+            one(r["secret"], "not_resumed", lambda r=r: _waits_for_a_person(r))
+        for item in due_now:
+            one(
+                item["name"],
+                "not_started",
+                lambda item=item: engine.rotate(engine.name_of(item["name"]), dry_run=dry_run),
+            )
     env.out.result(
         {**listed, "rotations": reports},
         render=lambda c, r: _render_due(c, r, env.out.with_env, setup=setup),
