@@ -415,6 +415,14 @@ def test_a_leap_second_or_24_00_is_refused_for_what_it_is(ts):
     assert "a leap second or 24:00 is not supported" in p.message
 
 
+@pytest.mark.parametrize(
+    "ts", ["2024-01-01T24:30Z", "2024-01-01T24:00:01Z", "2024-02-30T23:59:60Z", "2024-01-01 12:60:60Z"]
+)
+def test_what_is_neither_a_leap_second_nor_24_00_is_not_called_one(ts):
+    p = only_problem(run(HEADER + row(ts=ts) + row("T2")))
+    assert p.code == "bad_timestamp" and "such as 2024-05-01T08:30:00Z" in p.message
+
+
 def test_timestamp_without_time_zone():
     p = only_problem(run(HEADER + row(ts="2024-05-01T10:00:00")))
     assert p.code == "bad_timestamp" and "time zone" in p.message

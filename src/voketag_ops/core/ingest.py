@@ -55,7 +55,7 @@ import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from itertools import compress, repeat
 from operator import contains
 from typing import IO, Any
@@ -127,7 +127,23 @@ _TS_RE = re.compile(
 )
 # ISO 8601 allows a leap second (23:59:60) and 24:00 (the day's end); Python's datetime and so
 # voke's canonical leaf take neither: refused with a message of their own, not "not ISO 8601".
-_LEAP_OR_24_RE = re.compile(r"(?:.{10}[T ]|[0-9]{8}T)(?:24|[0-9]{2}:?[0-9]{2}:?60)")
+_LEAP_OR_24_RE = re.compile(
+    r"(?P<date>[0-9]{4}-[0-9]{2}-[0-9]{2}(?=[T ])|[0-9]{8}(?=T)).(?:24(?::?00(?::?00(?:[.,]0+)?)?)?"
+    r"|(?:[01][0-9]|2[0-3]):?[0-5][0-9]:?60(?:[.,][0-9]+)?)(?:Z|[+-])"
+)
+
+
+def _leap_second_or_24(value: str) -> bool:
+    """Whether VALUE (shaped as _TS_RE) is a valid date with a leap second or 24:00 and a zone."""
+    found = _LEAP_OR_24_RE.match(value)
+    if found is None:
+        return False
+    day = found["date"]
+    try:
+        date.fromisoformat(day if "-" in day else f"{day[:4]}-{day[4:6]}-{day[6:]}")
+    except ValueError:
+        return False
+    return True
 _RFC_FIELD = r'(?:"(?:[^"]++|"")*+"|[^",]*+)'
 _RFC_LINE_RE = re.compile(f"{_RFC_FIELD}(?:,{_RFC_FIELD})*+")
 # Byte-level pre-check for control characters: deleting every other byte leaves the C0
@@ -1052,7 +1068,7 @@ class BatchValidator:
                 raise ValueError(value)
             dt = datetime.fromisoformat(value)
         except ValueError:
-            if _TS_RE.fullmatch(value) is not None and _LEAP_OR_24_RE.match(value) is not None:
+            if _TS_RE.fullmatch(value) is not None and _leap_second_or_24(value):
                 return value, Problem(
                     lineno,
                     column,
