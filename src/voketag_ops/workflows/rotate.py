@@ -775,7 +775,8 @@ class RotationEngine:
 
     def _release_stored(self, record: RotationRecord) -> bool:
         """Give up the lease of RECORD's stored record (what resume continues from), as stored;
-        False when there is none left (cleared: the rotation has ended) or it cannot be read."""
+        False when there is none left (cleared: the rotation has ended), True when there is one
+        or it cannot be read (then a resume is what to suggest)."""
         try:
             stored = self._record(record.secret)[1]
         except VokeError:
