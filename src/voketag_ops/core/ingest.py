@@ -144,6 +144,8 @@ def _leap_second_or_24(value: str) -> bool:
     except ValueError:
         return False
     return True
+
+
 _RFC_FIELD = r'(?:"(?:[^"]++|"")*+"|[^",]*+)'
 _RFC_LINE_RE = re.compile(f"{_RFC_FIELD}(?:,{_RFC_FIELD})*+")
 # Byte-level pre-check for control characters: deleting every other byte leaves the C0
