@@ -380,6 +380,34 @@ def test_a_signal_after_a_rotation_ended_waits_for_its_report(keyring, script_si
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
+def test_a_signal_while_the_finish_is_recorded_waits_and_the_rotation_is_on_record(
+    keyring, script_signals, monkeypatch
+):
+    # Cut between recording the finish and writing history and audit, a resume only cleared the
+    # record: a rotation that worked had no history line and no `rotation.finish` event.
+    import os
+    import signal
+
+    from voketag_ops.audit import AuditLog
+
+    engine, _clock, store = keyring
+    save = engine._save
+
+    def ctrl_c_while_the_finish_is_recorded(record, **kw):
+        save(record, **kw)
+        if record.status == "succeeded":
+            os.kill(os.getpid(), signal.SIGINT)
+
+    engine._save = ctrl_c_while_the_finish_is_recorded
+    outcome = rotate_jwt(engine)
+    assert outcome.error is None and outcome.report.status == "succeeded"
+    assert ANNOTATION not in store.get("jwt-signing").annotations
+    rotation = outcome.report.rotation_id
+    assert engine.history(secret="jwt-signing")[0].id == rotation
+    finish = [e for e in AuditLog(engine.audit_home).entries() if e.event_type == "rotation.finish"]
+    assert [e.details["rotation_id"] for e in finish][-1] == rotation
+
+
 def test_ctrl_c_before_the_commit_lands_leaves_it_to_resume_not_recorded_as_done(keyring):
     # The commit's alias move and its record are one compare-and-swap: a Ctrl-C before it lands
     # must not give the lease up with a record that says it did (resume would skip it and roll back).

@@ -723,10 +723,12 @@ class RotationEngine:
         runs finish again. The store refusing the clear after it is a warning naming the resume
         that clears it, not a failure (current moved, services healthy): history, audit and
         webhook still tell of the success."""
-        if record.status == "succeeded" and not self._record_finished(record):
-            return
-        interrupts.decided()  # ended: a signal from here to the printed report waits (`_notify_ended`)
+        # Ended: a signal from here to the printed report waits (`_notify_ended`), from before the
+        # finish is recorded: a resume that finds it recorded writes no history nor finish event.
+        interrupts.decided()
         with interrupts.Held(give_way_after=1) as held:
+            if record.status == "succeeded" and not self._record_finished(record):
+                return
             self._clear(record)
             self._history(record)
             self._audit("rotation.finish", record, record.status)
