@@ -580,7 +580,7 @@ def audited(
         # (Interrupted: a Ctrl-C or SIGTERM already turned into its answer, exit 130)
         interrupted = isinstance(exc, KeyboardInterrupt) or getattr(exc, "exit_code", None) == 130
         if isinstance(exc, KeyboardInterrupt) and not str(exc):  # a bare signal: as the command's answer says
-            signal = "terminated (SIGTERM)" if interrupts.Terminated.received else "interrupted"
+            signal = interrupts.stopped_by()
             error = {"type": "Interrupted", "message": signal}
         else:
             message = redact(getattr(exc, "message", str(exc)))[:500]  # cut after: a secret across the cut

@@ -160,6 +160,11 @@ class Held:
             raise interrupt()
 
 
+def stopped_by() -> str:
+    """What stopped the command, as its answers say it: a SIGTERM once one came, else Ctrl-C."""
+    return "terminated (SIGTERM)" if Terminated.received else "interrupted"
+
+
 def interrupt() -> KeyboardInterrupt:
     """The exception a signal becomes: Terminated once a SIGTERM came, else KeyboardInterrupt."""
     return Terminated() if Terminated.received else KeyboardInterrupt()

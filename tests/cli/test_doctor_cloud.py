@@ -34,18 +34,20 @@ def _config(tmp_path: Path, env: dict[str, Any]) -> Path:
     return path
 
 
+def _doctor(voke: Any, make_environ: Any, tmp_path: Path, env: dict[str, Any], *flags: str) -> Any:
+    """`voke doctor --env staging FLAGS` with ENV as the staging environment's configuration."""
+    config = _config(tmp_path, env)
+    return voke(
+        "doctor", "--env", "staging", *flags, environ=make_environ(tmp_path / "h", VOKE_CONFIG=str(config))
+    )
+
+
 def test_all_checks_pass_when_apis_and_permissions_are_there(voke, make_environ, tmp_path, listening):
     with FakeGcp() as fake:
         fake.projects.grant_all()
         fake.sql.add_instance("voke-db")
-        config = _config(tmp_path, fake.environment(db_host="127.0.0.1", db_port=listening))
-        result = voke(
-            "doctor",
-            "--env",
-            "staging",
-            "--json",
-            environ=make_environ(tmp_path / "h", VOKE_CONFIG=str(config)),
-        )
+        env = fake.environment(db_host="127.0.0.1", db_port=listening)
+        result = _doctor(voke, make_environ, tmp_path, env, "--json")
     assert result.exit_code == 0, result.stdout
     names = [c["name"] for c in result.json["result"]["checks"]]
     assert names[:4] == ["config", "environment", "credentials", "project"]
@@ -62,14 +64,7 @@ def test_a_login_test_address_that_cannot_be_reached_fails_with_the_way_in(voke,
     with FakeGcp() as fake:
         fake.projects.grant_all()
         fake.sql.add_instance("voke-db", ip="127.0.0.1")  # its private IP, nothing listening
-        config = _config(tmp_path, fake.environment(db_port=port))
-        result = voke(
-            "doctor",
-            "--env",
-            "staging",
-            "--json",
-            environ=make_environ(tmp_path / "h", VOKE_CONFIG=str(config)),
-        )
+        result = _doctor(voke, make_environ, tmp_path, fake.environment(db_port=port), "--json")
     assert result.exit_code == 1
     checks = {c["name"]: c for c in result.json["result"]["checks"]}
     assert checks["cloud sql"]["ok"] and not checks["db endpoint"]["ok"]
@@ -85,10 +80,7 @@ def test_a_disabled_api_and_missing_permissions_fail_with_the_fix(voke, make_env
         fake.projects.enabled.discard("run.googleapis.com")
         fake.projects.granted -= {"cloudsql.users.update", "secretmanager.versions.add"}
         fake.sql.add_instance("voke-db")
-        config = _config(tmp_path, fake.environment())
-        result = voke(
-            "doctor", "--env", "staging", environ=make_environ(tmp_path / "h", VOKE_CONFIG=str(config))
-        )
+        result = _doctor(voke, make_environ, tmp_path, fake.environment())
     assert result.exit_code == 1
     assert "fail api run.googleapis.com: disabled" in result.stdout
     assert "gcloud services enable run.googleapis.com --project voke-test" in result.stdout

@@ -287,7 +287,7 @@ def _internal_error(output: Output, exc: BaseException, debug: bool) -> int:
 
 
 def _interrupted() -> Interrupted:
-    return Interrupted("terminated (SIGTERM)" if interrupts.Terminated.received else "interrupted")
+    return Interrupted(interrupts.stopped_by())
 
 
 def _usage_error(output: Output, exc: ClickUsageError) -> int:

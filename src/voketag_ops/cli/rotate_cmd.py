@@ -302,7 +302,7 @@ def due(
         try:
             interrupts.reopen()  # the last one ended: a signal since stops the run here, not held on
         except KeyboardInterrupt:
-            signal = "terminated (SIGTERM)" if interrupts.Terminated.received else "interrupted"
+            signal = interrupts.stopped_by()
             worst = Interrupted(f"{signal} before {secret}", hint="the rotations listed ran; rerun to go on")
             raise Stopped from None
         try:

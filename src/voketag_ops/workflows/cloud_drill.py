@@ -866,7 +866,7 @@ def run_drill(
         )
     if interrupted:  # exit 130, naming the journal saved as `interrupted` (as a local drill does)
         raise Interrupted(
-            f"{'terminated (SIGTERM)' if interrupts.Terminated.received else 'interrupted'}: "
+            f"{interrupts.stopped_by()}: "
             f"drill {scenario} {journal['run_id']} stopped after its clean-up (journal {path})",
             hint=f"its journal: voke drill report {journal['run_id']}",
         )

@@ -330,7 +330,7 @@ def _resumable(env: LocalEnvironment, operation: str) -> Iterator[None]:
         stopped = f"`voke dr {operation}` stopped part-way (done: {', '.join(pending.get('done') or []) or 'nothing yet'})"
         resume = f"`{pending.get('resume')}` resumes it; other DR commands refuse until then"
         if isinstance(exc, KeyboardInterrupt):
-            signal = "terminated (SIGTERM)" if interrupts.Terminated.received else "interrupted"
+            signal = interrupts.stopped_by()
             raise Interrupted(f"{signal}: {stopped}", hint=resume) from None
         raise NeedsOperatorError(f"{stopped}: {exc.message}", hint=f"once that is fixed, {resume}") from None
 
@@ -509,7 +509,7 @@ def _fence(env: LocalEnvironment, state: Any, node: str, *, dry_run: bool) -> di
                 # a standby promoted beside the leader archived a timeline of its own: it must go
                 report["quarantined"] = dr.quarantine_foreign_timelines(env, env.node(leader, state))
         except KeyboardInterrupt:
-            signal = "terminated (SIGTERM)" if interrupts.Terminated.received else "interrupted"
+            signal = interrupts.stopped_by()
             raise Interrupted(
                 f"{signal} while fencing {node}: it is marked fenced (`voke env up` leaves it down), "
                 "but may still be running, and its timeline may still be in the archive",

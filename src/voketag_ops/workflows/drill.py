@@ -1181,7 +1181,7 @@ def run_drill(
                 if saved is not None:
                     saved.append(journal)
             journal_event(event, journal)
-    signal = "terminated (SIGTERM)" if interrupts.Terminated.received else "interrupted"
+    signal = interrupts.stopped_by()
     stuck = next((s for s in run.cleanup_steps if s.exit_code == ExitCode.NEEDS_OPERATOR), None)
     if stuck is not None:  # exit 7 (after Ctrl-C too): the topology needs a person, which 130 hides
         notice = dr.operation_notice(env)
@@ -1270,7 +1270,7 @@ def run(
 def between_drills(name: str, saved: list[dict[str, Any]]) -> Interrupted:
     """Ctrl-C (or SIGTERM) outside a drill's own frame: before NAME started, or once its journal
     was SAVED; the drills that ran are reported all the same."""
-    signal = "terminated (SIGTERM)" if interrupts.Terminated.received else "interrupted"
+    signal = interrupts.stopped_by()
     where = f"after drill {name}" if saved else f"before drill {name}"
     return Interrupted(f"{signal} {where}", hint="their journals: voke drill history")
 

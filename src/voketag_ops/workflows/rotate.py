@@ -791,9 +791,9 @@ class RotationEngine:
     def _voke(self, command: str) -> str:
         """COMMAND (`voke ...`) to paste, naming this engine's environment when it is a cloud
         one (as the CLI's errors do): pasted elsewhere, it acts on the same environment."""
-        if self.env_name == "local":
-            return command
-        return command.replace("voke ", f"voke --env {self.env_name} ", 1)
+        from voketag_ops.output import name_env
+
+        return name_env(command, self.env_name)
 
     def _notify_ended(self, record: RotationRecord, held: interrupts.Held) -> None:
         """The webhook, once the rotation has ended, within HELD: a Ctrl-C or SIGTERM by then (a
@@ -1421,7 +1421,7 @@ class RotationEngine:
         try:
             yield
         except KeyboardInterrupt:  # (one no step turned into Interrupted: between steps)
-            self._interrupted(event_type, record, t0, Interrupted("interrupted"))
+            self._interrupted(event_type, record, t0, Interrupted(interrupts.stopped_by()))
             raise
         except Interrupted as exc:
             self._interrupted(event_type, record, t0, exc)

@@ -1265,9 +1265,8 @@ def restore(
                 shutil.rmtree(scratch, ignore_errors=True)
                 meta.unlink(missing_ok=True)
         except KeyboardInterrupt:
-            signal_name = "terminated (SIGTERM)" if interrupts.Terminated.received else "interrupted"
             raise Interrupted(
-                f"{signal_name} while restore {plan.name} was being removed; what is left of it is "
+                f"{interrupts.stopped_by()} while restore {plan.name} was being removed; what is left of it is "
                 "listed by `voke dr restores`",
                 hint=f"voke dr discard {plan.name} --yes",
             ) from None
@@ -1787,9 +1786,8 @@ def switchover(
                 with steps.run(f"start {standby.name} (promoted by the interrupted run)", progress):
                     standby.start(timeout=env.settings.start_timeout)
         else:
-            if (
-                not standby.running
-            ):  # (a reboot) a standby still, safe to start; waiting on it down never ends
+            # (a reboot) a standby still, safe to start: waiting on it down would never end
+            if not standby.running:
                 with steps.run(f"start {standby.name} as a standby", progress):
                     standby.start(timeout=env.settings.start_timeout)
             # A resume whose leader runs again (`env up` after the kill) waits for the standby to

@@ -1072,15 +1072,11 @@ def _replication_lag(primary: PgNode) -> dict[str, Any]:
 
 def _archive_unknown(archive_dir: Path) -> dict[str, Any]:
     """The archiver's keys when no server answers for it (failing: None, not known)."""
-    keys = ("archived_count", "last_archived_wal", "last_archived_at", "failed_count", "last_failed_wal")
-    return {
-        "dir": str(archive_dir),
-        **dict.fromkeys(keys),
-        "last_failed_at": None,
-        "failing": None,
-        "stats_reset": None,
-        "note": None,
-    }
+    keys = (
+        *("archived_count", "last_archived_wal", "last_archived_at", "failed_count", "last_failed_wal"),
+        *("last_failed_at", "failing", "stats_reset", "note"),
+    )
+    return {"dir": str(archive_dir), **dict.fromkeys(keys)}
 
 
 def _newest_archived(archive_dir: Path) -> tuple[str, datetime] | None:
