@@ -32,15 +32,18 @@ class Terminated(KeyboardInterrupt):
 
 
 _installed = False
+_command: str | None = None  # what the command line names (`dr failover`), for the early error
 _started = False  # the command is running: a signal is raised, not an immediate exit
 _settled = False  # the answer is out: signals stay ignored
 _decided: Held | None = None  # the outcome is final: signals held until the answer is out
 
 
-def install() -> None:
-    """The `voke` script's handlers. A signal the caller ignores stays ignored."""
-    global _installed
-    _installed = True
+def install(command: str | None = None) -> None:
+    """The `voke` script's handlers. A signal the caller ignores stays ignored. COMMAND, the
+    one the command line names, is the one the JSON error names if a signal comes before it
+    starts (Typer has not resolved it yet)."""
+    global _installed, _command
+    _installed, _command = True, command
     if signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
         signal.signal(signal.SIGINT, _on_signal)
     if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
@@ -96,7 +99,7 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 
             doc = {
                 "ok": False,
-                "command": None,
+                "command": _command,
                 "error": {"type": "Interrupted", "message": message, "exit_code": 130},
             }
             os.write(1, (json.dumps(doc) + "\n").encode())

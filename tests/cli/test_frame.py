@@ -351,6 +351,34 @@ def test_a_signal_during_start_up_is_one_line_and_exit_130(signum, json_mode, tm
         assert done.stderr == f"error: {message}\n"
 
 
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["ingest", "load", "batch.csv", "--json"], "ingest load"),
+        (["--env", "prod", "--json", "dr", "failover", "--yes"], "dr failover"),
+        (["--json", "--env=prod", "--log-level", "debug", "doctor"], "doctor"),
+        (["--json"], None),  # no command typed: none named
+        (["--db", "postgres://ops:s3cret-pw@db/voke", "ingest", "load", "--json"], None),  # not unmasked
+    ],
+)
+def test_a_signal_during_start_up_names_the_command_typed(argv, command):
+    # The `voke` script stopped before Typer has resolved the command: its envelope still
+    # names the command, read from the command line as for every other error.
+    code = (
+        f"import os, signal, sys, time; sys.argv = ['voke', *{argv!r}];"
+        "from voketag_ops.cli import main;"
+        "main.main = lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(5));"  # still importing
+        "main.entry()"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 130, done.stderr
+    assert json.loads(done.stdout) == {
+        "ok": False,
+        "command": command,
+        "error": {"type": "Interrupted", "message": "terminated (SIGTERM)", "exit_code": 130},
+    }
+
+
 def test_a_signal_once_the_answer_is_printed_changes_nothing(tmp_path):
     # In the `voke` script, the first answer stands: no second document, exit as answered.
     code = (

@@ -27,7 +27,8 @@ from voketag_ops.cli import (
     secrets_cmd,
 )
 from voketag_ops.cli._click import ClickAbort, ClickException, ClickUsageError, NoArgsIsHelpError
-from voketag_ops.cli.common import GLOBAL_FLAGS, AppContext, GlobalOptions
+from voketag_ops.cli.argv import GLOBAL_FLAGS, guess_command
+from voketag_ops.cli.common import AppContext, GlobalOptions
 from voketag_ops.errors import DISK_REFUSED, BackendError, ConfigError, Interrupted, UsageError, VokeError
 from voketag_ops.output import Output
 from voketag_ops.redact import redact, register_credentials_in
@@ -153,22 +154,6 @@ def _dangling(args: list[str]) -> int | None:
     return None
 
 
-def _guess_command(args: list[str]) -> str:
-    words: list[str] = []
-    skip = False
-    for arg in args:
-        if skip:
-            skip = False
-            continue
-        if arg.startswith("-"):
-            skip = GLOBAL_FLAGS.get(arg, False)
-            continue
-        words.append(arg)
-        if len(words) == 2:
-            break
-    return " ".join(words)
-
-
 def run(
     args: list[str],
     *,
@@ -188,7 +173,7 @@ def run(
     json_mode = "--json" in flags or env_map.get("VOKE_OUTPUT", "").lower() == "json"
     output = Output(
         json_mode=json_mode,
-        command=_guess_command(args),
+        command=guess_command(args),
         stdout=stdout,
         stderr=stderr,
         no_color="--no-color" in flags or bool(env_map.get("NO_COLOR")),  # no-color.org: set and not empty

@@ -24,17 +24,6 @@ if TYPE_CHECKING:
     from voketag_ops.config import LoadedConfig, Settings
     from voketag_ops.workflows.env import LocalPlatform
 
-# Flags every command accepts; value = whether the flag takes a value.
-GLOBAL_FLAGS: dict[str, bool] = {
-    "--json": False,
-    "--debug": False,
-    "--no-color": False,
-    "--env": True,
-    "--config": True,
-    "--log-format": True,
-    "--log-level": True,
-}
-
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 

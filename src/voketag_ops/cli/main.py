@@ -35,8 +35,14 @@ def entry() -> None:
     exiting stays: atexit handlers, logging's flush, closing files as modules are torn down.
     Only here, not in ``main``, which tests call in-process."""
     from voketag_ops import interrupts
+    from voketag_ops.cli.argv import guess_command
 
-    interrupts.install()  # Ctrl-C and SIGTERM (see there)
+    # Ctrl-C and SIGTERM (see there). Before Typer has resolved the command, its error names
+    # what the command line does, as any other error would: words shaped like voke's command
+    # names only, as an argument out of place (a URL with a password) would be shown unmasked.
+    command = guess_command(sys.argv[1:])
+    named = all(word.replace("-", "").isalpha() and word.islower() for word in command.split())
+    interrupts.install(command if command and named else None)
     code = main()
     interrupts.settle()
     gc.freeze()
