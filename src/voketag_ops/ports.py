@@ -149,7 +149,6 @@ class DbInstanceInfo:
     replicas: tuple[str, ...] = ()
     pitr_enabled: bool = False
     retention_days: int | None = None
-    settings_version: int | None = None
     ip_address: str | None = None
     dr_replica: str | None = None  # the designated DR replica (Enterprise Plus)
     edition: str | None = None
@@ -225,10 +224,6 @@ class DatabaseRecovery(Protocol):
         ...
 
     def promote_replica(self, replica: str | None = None, *, failover: bool = False) -> DbOperationInfo: ...
-
-    def failover(self, instance: str | None = None) -> DbOperationInfo:
-        """Zonal HA failover of the primary."""
-        ...
 
     def switchover(self, replica: str | None = None) -> DbOperationInfo:
         """Planned swap: the DR replica becomes primary, the primary its replica."""

@@ -1019,7 +1019,6 @@ class FakeCloudSql:
             ("GET", i + "/getLatestRecoveryTime", self.recovery_time),
             ("POST", i + "/clone", self.clone),
             ("POST", i + "/promoteReplica", self.promote),
-            ("POST", i + "/failover", self.failover),
             ("POST", i + "/switchover", self.switchover),
             ("GET", p + r"/operations/(?P<o>[^/]+)", self.get_operation),
             ("GET", p + "/operations", self.list_operations),
@@ -1193,20 +1192,6 @@ class FakeCloudSql:
                 inst["dr_replica"], old["dr_replica"] = old["name"], None
 
         return self._operation("PROMOTE_REPLICA", r["i"], effect)
-
-    def failover(self, r: Request) -> Any:
-        inst = self._instance(r["i"])
-        wanted = ((r.body or {}).get("failoverContext") or {}).get("settingsVersion")
-        if str(wanted) != str(inst["settingsVersion"]):
-            raise ApiError(
-                "FAILED_PRECONDITION",
-                "Input or retrieved settings version does not match current settings version.",
-            )
-
-        def effect() -> None:
-            inst["settingsVersion"] += 1
-
-        return self._operation("FAILOVER", r["i"], effect)
 
     def switchover(self, r: Request) -> Any:
         inst = self._instance(r["i"])

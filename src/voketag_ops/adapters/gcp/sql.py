@@ -269,7 +269,6 @@ class CloudSqlDbTarget:
 _OPERATION_OF = {
     "clone": "CLONE",
     "promote_replica": "PROMOTE_REPLICA",
-    "failover": "FAILOVER",
     "switchover": "SWITCHOVER",
     "patch": "UPDATE",
     "delete": "DELETE",
@@ -341,9 +340,6 @@ class CloudSqlRecovery:
             pitr_enabled=bool(backup and backup.point_in_time_recovery_enabled),
             retention_days=int(backup.transaction_log_retention_days)
             if backup and backup.transaction_log_retention_days
-            else None,
-            settings_version=int(settings.settings_version)
-            if settings and settings.settings_version
             else None,
             ip_address=ip,
             dr_replica=(cluster.failover_dr_replica_name.rsplit(":", 1)[-1] or None) if cluster else None,
@@ -451,12 +447,6 @@ class CloudSqlRecovery:
         if not name:
             raise UsageError("no replica configured (environments.NAME.replica)")
         return self._mutate("promote_replica", f"promote {name}", instance=name, failover=failover)
-
-    def failover(self, instance: str | None = None) -> DbOperationInfo:
-        name = instance or self.primary
-        version = self.instance(name).settings_version  # must equal the current value
-        body = {"failover_context": {"settings_version": version}}
-        return self._mutate("failover", f"failover of {name}", instance=name, body=body)
 
     def switchover(self, replica: str | None = None) -> DbOperationInfo:
         name = replica or self.replica
