@@ -29,7 +29,7 @@ resource "google_project_iam_custom_role" "voke_operator" {
     "cloudsql.instances.clone",
     "cloudsql.instances.create",
     "cloudsql.instances.delete",
-    "cloudsql.instances.failover",
+    "cloudsql.instances.failover", # instances.switchover (dr failback): no documented permission of its own
     "cloudsql.instances.get",
     "cloudsql.instances.list",
     "cloudsql.instances.promoteReplica",

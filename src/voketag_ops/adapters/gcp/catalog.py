@@ -74,7 +74,7 @@ PROJECT_PERMISSIONS = (
     "cloudsql.instances.clone",
     "cloudsql.instances.create",
     "cloudsql.instances.delete",
-    "cloudsql.instances.failover",
+    "cloudsql.instances.failover",  # instances.switchover (dr failback): none documented of its own
     "cloudsql.instances.get",
     "cloudsql.instances.list",
     "cloudsql.instances.promoteReplica",
