@@ -8,7 +8,6 @@ import json
 import os
 import stat
 import tempfile
-import time
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
@@ -42,9 +41,6 @@ def check_replaceable(path: Path, flag: str) -> None:
 # -- writing aside ---------------------------------------------------------------------------
 _SCRATCH = ".partial"
 _KEPT = ".kept"
-# A scratch file younger than this is never swept: between its creation and its lock another
-# writer could otherwise take it for a leftover.
-_SWEEP_AFTER_SECONDS = 10.0
 _HELD: set[str] = set()  # the scratch files this process holds
 
 
@@ -60,8 +56,9 @@ class Scratch:
     complete, so TARGET is never half-written.
 
     The scratch file is locked (``flock``) while this object holds it. A killed voke leaves
-    its scratch file unlocked; the next writer of the same TARGET removes such leftovers. One
-    kept on purpose (``keep``: a message names it) is renamed ``.kept`` and never swept."""
+    its scratch file unlocked; the next writer of the same TARGET removes such leftovers at
+    once, whatever their age. One kept on purpose (``keep``: a message names it) is renamed
+    ``.kept`` and never swept."""
 
     def __init__(self, target: Path, flag: str, *, private: bool = False) -> None:
         if target.is_symlink():  # written through the link, as an open() would, not over it
@@ -70,13 +67,21 @@ class Scratch:
         directory = target.parent if str(target.parent) else Path(".")
         prefix = f".{target.name}."
         _sweep(directory, prefix)
-        try:
-            fd, self.path = tempfile.mkstemp(prefix=prefix, suffix=_SCRATCH, dir=directory)
-        except OSError as exc:
-            raise _write_failure(exc, flag, target, "cannot write there") from None
+        while True:
+            try:
+                fd, path = tempfile.mkstemp(prefix=prefix, suffix=_SCRATCH, dir=directory)
+            except OSError as exc:
+                raise _write_failure(exc, flag, target, "cannot write there") from None
+            _HELD.add(path)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # Between its creation and this lock the file was unlocked: another writer's sweep may
+            # have taken it for a leftover and removed it (holding its lock, so this one waited).
+            if _names(path, fd):
+                break
+            _HELD.discard(path)
+            os.close(fd)
+        self.path = path
         self._fd: int | None = fd
-        _HELD.add(self.path)
-        fcntl.flock(fd, fcntl.LOCK_EX)
         os.fchmod(fd, 0o600 if private else _umask_mode())
 
     def open(self, mode: str = "wb", **kwargs: Any) -> IO[Any]:
@@ -151,16 +156,27 @@ def _sweep(directory: Path, prefix: str) -> None:
 
 
 def _remove_if_unheld(path: Path) -> None:
+    """Remove PATH if no live writer locks it: its writer was killed (a writer that has created
+    it but not locked it yet sees it gone once it has the lock, and makes another)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or time.time() - st.st_mtime < _SWEEP_AFTER_SECONDS:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             return
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: its writer is alive
-        if os.stat(path, follow_symlinks=False).st_ino == st.st_ino:
+        if _names(str(path), fd):
             os.unlink(path)
     finally:
         os.close(fd)
+
+
+def _names(path: str, fd: int) -> bool:
+    """Whether PATH is still the file open as FD."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
 
 
 def replace_json(path: Path, doc: Any, *, indent: int | None = 2) -> None:

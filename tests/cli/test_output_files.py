@@ -31,14 +31,44 @@ def test_the_next_writer_sweeps_only_scratch_files_nobody_holds(tmp_path):
     stale = scratch(tmp_path, "out.csv", "aaaaaaaa")
     held = scratch(tmp_path, "out.csv", "bbbbbbbb")
     kept = scratch(tmp_path, "out.csv", "cccccccc", ".kept")  # an error message named it
-    young = scratch(tmp_path, "out.csv", "dddddddd", age=time.time())  # its writer may not hold it yet
+    young = scratch(tmp_path, "out.csv", "dddddddd", age=time.time())  # a voke killed a moment ago
     other = scratch(tmp_path, "out.csv.gz", "eeeeeeee")  # another target's
     with open(held, "rb") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)  # a writer still alive
         write_output(tmp_path / "out.csv", "--out", lambda out: out.write(b"new\n"))
     assert (tmp_path / "out.csv").read_text() == "new\n"
-    assert not stale.exists()
-    assert held.exists() and kept.exists() and young.exists() and other.exists()
+    assert not stale.exists() and not young.exists()
+    assert held.exists() and kept.exists() and other.exists()
+
+
+def test_a_scratch_file_swept_before_its_writer_locked_it_is_made_again(tmp_path, monkeypatch):
+    # Between mkstemp and flock a new scratch file is unlocked, as a killed voke's is: another
+    # writer's sweep may remove it then. Its writer notices once it holds the lock.
+    import tempfile
+
+    from voketag_ops import files
+
+    real_mkstemp = tempfile.mkstemp
+    swept: list[str] = []
+
+    def swept_at_once(*args, **kwargs):
+        fd, path = real_mkstemp(*args, **kwargs)
+        if not swept:
+            files._sweep(tmp_path, ".out.csv.")  # another writer of out.csv, in between
+            swept.append(path)
+        return fd, path
+
+    def write(out):
+        (scratch,) = [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+        with pytest.raises(BlockingIOError):  # the file being written is the one its writer locks
+            files._remove_if_unheld(scratch)
+        out.write(b"new\n")
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", swept_at_once)
+    write_output(tmp_path / "out.csv", "--out", write)
+    assert not os.path.exists(swept[0])
+    assert (tmp_path / "out.csv").read_text() == "new\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]
 
 
 @pytest.mark.parametrize(("code", "raised"), [(errno.EIO, UsageError), (errno.ENOSPC, OSError)])
@@ -71,8 +101,7 @@ def test_scratch_of_a_killed_sample_is_swept_by_the_next_run(tmp_path):
         child.kill()
         child.wait()
     (left,) = [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
-    assert not out.exists()
-    os.utime(left, (OLD, OLD))
+    assert not out.exists() and left.exists()
     again = subprocess.run(
         [*cmd[:6], "10", "--out", str(out), "--json"], env=env, capture_output=True, text=True, check=False
     )
@@ -114,7 +143,6 @@ def test_a_writer_never_sweeps_a_scratch_file_of_its_own(tmp_path, monkeypatch):
     from voketag_ops import files
 
     own = files.Scratch(tmp_path / "rejects.csv", "--rejects")
-    os.utime(own.path, (OLD, OLD))
     monkeypatch.setattr(files.fcntl, "flock", lambda *a: None)  # as if every lock were granted
     with files.Scratch(tmp_path / "rejects.csv", "--rejects") as other:
         assert Path(own.path).exists()

@@ -611,8 +611,28 @@ def test_kill_9_mid_load_leaves_no_partial_batch(db, tmp_path, pg_database, make
     code, _ = _signal_mid_copy(db, pg_database, make_environ(tmp_path / "home"), [str(path)], signal.SIGKILL)
     assert code == -signal.SIGKILL
     assert counts(db)[:2] == (0, 0)
+    assert [p.name for p in tmp_path.rglob(".*")] == []  # no scratch file of any kind either
     report = load(db, path)
     assert report.status == "loaded" and report.rows_loaded == 60000
+
+
+def test_the_rejects_scratch_of_a_load_killed_mid_load_goes_with_the_next_load(
+    db, tmp_path, pg_database, make_environ
+):
+    # kill -9 leaves the scratch file the rejected rows were written to; the next load naming
+    # that file removes it at once (nobody holds its lock), not only once it is some seconds old.
+    path = sample(tmp_path, 60000)
+    out = tmp_path / "out"
+    out.mkdir()
+    rejects = out / "rejects.csv"
+    args = [str(path), "--partial", "--rejects", str(rejects)]
+    code, _ = _signal_mid_copy(db, pg_database, make_environ(tmp_path / "home"), args, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    (left,) = out.iterdir()
+    assert left.name.startswith(".rejects.csv.") and left.name.endswith(".partial")
+    report = load(db, path, partial=True, rejects=rejects)
+    assert report.status == "loaded" and report.rows_loaded == 60000
+    assert [p.name for p in out.iterdir()] == ["rejects.csv"]
 
 
 def test_sigterm_mid_load_is_an_interrupt(db, tmp_path, pg_database, make_environ):
