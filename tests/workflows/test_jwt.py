@@ -334,9 +334,14 @@ def test_ctrl_c_while_a_run_or_a_resume_is_finished_names_the_resume(keyring):
     cut = [
         (e.event_type, e.details["step"], e.details["error"]["message"])
         for e in entries
-        if e.result != "started"
+        if e.result == "interrupted"
     ]
     assert cut == [("rotation.start", "finish", message), ("rotation.resume", "finish", message)]
+    # cut before its clear, the finish was never told: the last resume told it, once
+    assert [(e.event_type, e.result) for e in entries if e.event_type == "rotation.finish"] == [
+        ("rotation.finish", "succeeded")
+    ]
+    assert [r.id for r in engine.history(secret="jwt-signing")].count(stored.id) == 1
 
 
 def test_ctrl_c_once_the_record_is_cleared_says_it_succeeded_not_resume(keyring):
@@ -406,6 +411,64 @@ def test_a_signal_while_the_finish_is_recorded_waits_and_the_rotation_is_on_reco
     assert engine.history(secret="jwt-signing")[0].id == rotation
     finish = [e for e in AuditLog(engine.audit_home).entries() if e.event_type == "rotation.finish"]
     assert [e.details["rotation_id"] for e in finish][-1] == rotation
+
+
+def test_two_signals_once_the_finish_is_recorded_leave_its_history_and_audit_to_the_resume(
+    keyring, script_signals
+):
+    # The second Ctrl-C gives way after the finish was recorded, before history and audit were
+    # written: the resume only cleared the record, and a rotation that worked had neither. It
+    # writes each that is missing, once: a resume cut after the history line writes the event
+    # alone, and one after that (no record left) writes nothing.
+    import os
+    import signal
+
+    from voketag_ops.audit import AuditLog
+    from voketag_ops.errors import Interrupted
+
+    engine, _clock, store = keyring
+    save, history = engine._save, engine._history
+
+    def two_ctrl_cs_once_the_finish_is_recorded(record, **kw):
+        save(record, **kw)
+        if record.status == "succeeded":
+            os.kill(os.getpid(), signal.SIGINT)  # held
+            os.kill(os.getpid(), signal.SIGINT)  # the second gives way
+
+    def ctrl_c_after_the_history_line(record):
+        history(record)
+        raise KeyboardInterrupt
+
+    def written(rotation):
+        lines = [r for r in engine.history(secret="jwt-signing") if r.id == rotation]
+        events = [
+            (e.event_type, e.result)
+            for e in AuditLog(engine.audit_home).entries()
+            if e.event_type == "rotation.finish" and e.details.get("rotation_id") == rotation
+        ]
+        return [(r.status, r.step) for r in lines], events
+
+    engine._save = two_ctrl_cs_once_the_finish_is_recorded
+    with pytest.raises(Interrupted, match="interrupted after finish") as cut:
+        rotate_jwt(engine)
+    stored = RotationRecord.from_json(store.get("jwt-signing").annotations[ANNOTATION])
+    assert cut.value.hint == f"voke rotate resume {stored.id} --yes"
+    assert (stored.step, stored.status) == ("finish", "succeeded")
+    assert written(stored.id) == ([], [])
+    plan = engine.plan_unfinished(stored.id, action="resume")["plan"]  # what --dry-run prints
+    assert plan[0].startswith(f"write the history line and rotation.finish event of {stored.id}")
+    engine._save, engine._history = save, ctrl_c_after_the_history_line
+    with pytest.raises(KeyboardInterrupt):
+        engine.resume(stored.id)
+    assert written(stored.id) == ([("succeeded", "finish")], [])
+    engine._history = history
+    for _ in range(2):  # the second finds no record: the rotation's report, nothing written
+        outcome = engine.resume(stored.id)
+        assert outcome.error is None and outcome.report.status == "succeeded"
+        assert outcome.report.finished_at == stored.finished_at
+        assert ANNOTATION not in store.get("jwt-signing").annotations
+        assert written(stored.id) == ([("succeeded", "finish")], [("rotation.finish", "succeeded")])
+    assert "untold" not in engine.history_file.read_text()  # what the record said, not the history
 
 
 def test_ctrl_c_before_the_commit_lands_leaves_it_to_resume_not_recorded_as_done(keyring):

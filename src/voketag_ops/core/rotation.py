@@ -90,6 +90,10 @@ class RotationRecord:
     rolling_back: str | None = None
     # When `current` moved to the new version (the commit): a JWT keyring's signing switched then.
     committed_at: str | None = None
+    # True in a succeeded rotation's record from when its finish is recorded until its history
+    # line and `rotation.finish` event are being written: a run cut in between wrote neither, so
+    # a resume of a record saying so writes each that is missing (else it only clears it).
+    untold: bool | None = None
 
     def to_json(self) -> str:
         """The record as stored (the annotation, the history file), its error and step texts
@@ -99,7 +103,7 @@ class RotationRecord:
             step["detail"] = redact(step["detail"])
         if doc["error"]:
             doc["error"] = {k: redact(v) if isinstance(v, str) else v for k, v in doc["error"].items()}
-        for late in ("rolling_back", "committed_at"):
+        for late in ("rolling_back", "committed_at", "untold"):
             if doc[late] is None:  # absent, so that an older voke can still read the record
                 del doc[late]
         return json.dumps(doc, separators=(",", ":"), sort_keys=True)

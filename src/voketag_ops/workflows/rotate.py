@@ -717,8 +717,9 @@ class RotationEngine:
     def _end(self, record: RotationRecord) -> None:
         """Clear the in-progress record, keep a summary, write history and the audit event.
         A rotation that succeeded is first recorded as finished in its record (step finish,
-        status succeeded), where every later run sees it, on any machine: a resume that finds it
-        so only clears the record, and never writes the finish twice (see `_resume`). The store
+        status succeeded, `untold`), where every later run sees it, on any machine: a resume
+        that finds it so writes only what this machine's history and audit log lack, and one
+        that finds it told (its clear refused) only clears it (see `_resume`). The store
         refusing that record means nothing was written yet: a warning, and the resume it names
         runs finish again. The store refusing the clear after it is a warning naming the resume
         that clears it, not a failure (current moved, services healthy): history, audit and
@@ -735,8 +736,10 @@ class RotationEngine:
             self._notify_ended(record, held)
 
     def _record_finished(self, record: RotationRecord) -> bool:
-        """Save RECORD, which succeeded, as finished before its finish is written anywhere else.
-        False (a warning, the stored record at health given up) when the store refuses it."""
+        """Save RECORD, which succeeded, as finished before its finish is written anywhere else,
+        and as `untold` until history and audit are. False (a warning, the stored record at
+        health given up) when the store refuses it."""
+        record.untold = True
         try:
             self._save(record)
         except NeedsOperatorError:
@@ -751,6 +754,8 @@ class RotationEngine:
             )
             self._release_stored(record)
             return False
+        finally:
+            record.untold = None  # the stored record's alone: its history line, event and report say none
         return True
 
     def _clear(self, record: RotationRecord) -> None:
@@ -773,18 +778,21 @@ class RotationEngine:
                 exc.message,
                 self._voke(resume_command(record.id)),
             )
-            self._release_stored(record)
+            self._release_stored(record, told=True)  # history and audit are written in this run
 
-    def _release_stored(self, record: RotationRecord) -> bool:
+    def _release_stored(self, record: RotationRecord, *, told: bool = False) -> bool:
         """Give up the lease of RECORD's stored record (what resume continues from), as stored;
-        False when there is none left (cleared: the rotation has ended), True when there is one
-        or it cannot be read (then a resume is what to suggest)."""
+        TOLD: no longer `untold`, as its history and audit event are written in this run. False
+        when there is none left (cleared: the rotation has ended), True when there is one or it
+        cannot be read (then a resume is what to suggest)."""
         try:
             stored = self._record(record.secret)[1]
         except VokeError:
             return True  # (unknown: say what a resume would do)
         if stored is None or stored.id != record.id:
             return False
+        if told:
+            stored.untold = None
         self._release(stored)
         return True
 
@@ -1006,10 +1014,14 @@ class RotationEngine:
         # Recorded as finished (its history, rotation.finish event and webhook written after),
         # but the store refused to clear its record: clearing it is all that is left, never a
         # second finish. (The local history finds one an older voke left at health: it wrote
-        # the finish without recording it first.)
+        # the finish without recording it first.) Still `untold`, the run was cut before its
+        # history and audit were written (a second Ctrl-C, a kill): those are written first.
         ended = record if record.status == "succeeded" else self._from_history(record.id)
         if ended is not None and ended.status == "succeeded":
             self._audit("rotation.resume", record, "started")
+            if ended.untold:
+                self.progress(f"rotation {record.id} had finished: writing what it left unwritten")
+                self._write_untold(ended)
             self.progress(f"rotation {record.id} had finished: clearing its record")
             self._clear(ended)
             return Outcome(RotationReport.of(ended, t0=t0, resumed=True))
@@ -1024,6 +1036,25 @@ class RotationEngine:
                 )
                 return self._roll_back(record, t0, resumed=True, error=error)
             return self._run(record, t0, resumed=True)
+
+    def _write_untold(self, record: RotationRecord) -> None:
+        """The history line and `rotation.finish` event of RECORD, recorded as finished but
+        `untold`, each unless this machine's history or VOKE_HOME's audit log has it already (a
+        resume cut between the two, run again): neither is ever written twice in one place."""
+        from voketag_ops.audit import AuditLog
+
+        record.untold = None  # what the stored record said, not the history line
+        if self._from_history(record.id) is None:
+            self._history(record)
+        logged = any(
+            e.event_type == "rotation.finish"
+            and e.result == record.status
+            and e.details.get("rotation_id") == record.id
+            for e in AuditLog(self.audit_home).entries()
+        )
+        if not logged:  # timed as its run would have: from its start to its recorded finish
+            took = parse_iso(record.finished_at or record.started_at) - parse_iso(record.started_at)
+            self._audit("rotation.finish", record, record.status, duration=took.total_seconds())
 
     def _roll_back(
         self, record: RotationRecord, t0: float, *, resumed: bool, error: VokeError | None = None
@@ -1094,6 +1125,13 @@ class RotationEngine:
         if record.status == "succeeded":
             if action == "rollback":
                 raise self._succeeded_error(record)
+            steps = [f"clear the record of {record.id}, which succeeded (its finish is not written again)"]
+            if record.untold:  # cut before its history and audit were written
+                steps = [
+                    f"write the history line and rotation.finish event of {record.id}, which succeeded, "
+                    "where missing (never twice)",
+                    f"clear the record of {record.id}",
+                ]
             return {
                 "dry_run": True,
                 "rotation_id": record.id,
@@ -1102,9 +1140,7 @@ class RotationEngine:
                 "in_flight": None,
                 "scope": None,
                 "running": False,
-                "plan": [
-                    f"clear the record of {record.id}, which succeeded (its finish is not written again)"
-                ],
+                "plan": steps,
             }
         in_flight = next(iter(record.next_steps()), record.step)
         scope = self._scope(record)
