@@ -216,6 +216,46 @@ def test_an_entry_whose_time_cannot_be_read_is_skipped_by_time_filters(voke, hom
     assert voke("audit", "verify").exit_code == 1
 
 
+def test_an_env_given_lists_only_its_events_and_none_given_lists_all(
+    voke, make_environ, home: Path, tmp_path: Path
+) -> None:
+    """One log holds every environment's events: --env NAME (or VOKE_ENV) lists NAME's, an
+    event that names no environment being the local one's; without it, local is only the
+    default, and every event is listed. Verify covers the whole chain either way."""
+    for i, env in enumerate(("prod", "", "prod")):
+        record_event(
+            home,
+            event_type="rotation.start",
+            env=env,
+            target="jwt",
+            result="started",
+            duration_seconds=None,
+            details={},
+            actor="sre",
+            now=T0 + timedelta(days=1, hours=i),
+        )
+    (tmp_path / "voke.toml").write_text('[environments.prod]\nkind = "gcp"\nproject = "p"\ninstance = "db"\n')
+
+    def seqs(*args: str, **environ: str) -> list[int]:
+        shown = voke(*args, "--json", environ=make_environ(home, **environ))
+        assert shown.exit_code == 0, shown.stdout + shown.stderr
+        return [e["seq"] for e in shown.json["result"]["entries"]]
+
+    assert seqs("audit", "show", "-n", "100") == list(range(15))
+    assert seqs("--env", "prod", "audit", "show") == [12, 14]
+    assert seqs("audit", "show", "--env", "prod", "-e", "rotation.*") == [12, 14]
+    assert seqs("audit", "show", VOKE_ENV="prod") == [12, 14]
+    assert seqs("audit", "show", "--env", "local", "-n", "100") == [*range(12), 13]
+    shown = voke("audit", "show", "--env", "prod", environ=make_environ(home)).stdout
+    assert "1-2 of 2 matching in env prod" in shown
+    exported = voke("audit", "export", "--env", "prod", environ=make_environ(home))
+    assert [e["seq"] for e in json.loads(exported.stdout)] == [12, 14]
+    everything = json.loads(voke("audit", "export", environ=make_environ(home)).stdout)
+    assert len(everything) == 15
+    verified = voke("audit", "verify", "--env", "prod", "--json", environ=make_environ(home))
+    assert verified.exit_code == 0 and verified.json["result"]["entries"] == 15
+
+
 def test_env_down_without_an_environment_is_audited_and_starts_nothing(voke, home: Path) -> None:
     assert voke("env", "down").exit_code == 0
     assert not (home / "state.json").exists()

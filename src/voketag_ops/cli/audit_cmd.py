@@ -48,8 +48,16 @@ def _home(env: AppContext) -> Path:
 
 
 def _filter(
-    since: str | None, until: str | None, event_type: str | None, target: str | None, result: str | None
+    env: AppContext,
+    since: str | None,
+    until: str | None,
+    event_type: str | None,
+    target: str | None,
+    result: str | None,
 ) -> Filter:
+    """The entries asked for: of the environment given (--env, VOKE_ENV or `env` in the
+    configuration file) only, of every environment when none was (local is then a default,
+    not a choice)."""
     from voketag_ops.core.audit import RESULTS, Filter
     from voketag_ops.errors import UsageError
     from voketag_ops.workflows.audit import parse_when
@@ -63,6 +71,7 @@ def _filter(
         event_type=event_type,
         target=target,
         result=result,
+        env=env.settings.env if env.loaded.source_of("env") != "default" else None,
     )
 
 
@@ -80,11 +89,12 @@ def show(
     ] = 0,
     newest_first: Annotated[bool, typer.Option("--newest-first", help="Latest entries first.")] = False,
 ) -> None:
-    """Show audit events, filtered by time range, event type, target and result, a page at a time."""
+    """Show audit events, filtered by time range, event type, target and result, a page at a time;
+    with --env (or VOKE_ENV) given, that environment's only."""
     from voketag_ops.workflows.audit import show as run_show
 
     env = use(ctx)
-    flt = _filter(since, until, event_type, target, result)
+    flt = _filter(env, since, until, event_type, target, result)
     report = run_show(_home(env), flt, limit=limit, offset=offset, newest_first=newest_first)
     env.out.result(report, render=_render_show)
 
@@ -102,7 +112,8 @@ def export(
     target: Target = None,
     result: Result = None,
 ) -> None:
-    """Export audit events as JSON or CSV (CSV cells starting with = + - @ are escaped)."""
+    """Export audit events as JSON or CSV (CSV cells starting with = + - @ are escaped); with
+    --env (or VOKE_ENV) given, that environment's only."""
     from voketag_ops.errors import UsageError
     from voketag_ops.files import write_output
     from voketag_ops.workflows.audit import export_chunks
@@ -110,7 +121,7 @@ def export(
     env = use(ctx)
     if fmt not in ("json", "csv"):
         raise UsageError(f"--format must be json or csv, not {fmt!r}")
-    flt = _filter(since, until, event_type, target, result)
+    flt = _filter(env, since, until, event_type, target, result)
     skipped: list[int] = []
     chunks = export_chunks(_home(env), flt, fmt, skipped=skipped)
     if output is None and not env.out.json_mode:
@@ -175,8 +186,9 @@ def _render_show(console: Console, report: dict[str, Any]) -> None:
     from rich.table import Table
 
     entries = report["entries"]
+    where = "" if report["env"] is None else f" in env {report['env']}"
     if not entries:
-        console.print(f"no matching audit events ({report['total']} matched in all)")
+        console.print(f"no matching audit events{where} ({report['total']} matched in all)")
         return
     table = Table("seq", "time (UTC)", "event", "actor", "env", "target", "result", "seconds", box=None)
     for e in entries:
@@ -195,7 +207,7 @@ def _render_show(console: Console, report: dict[str, Any]) -> None:
         )
     console.print(table)
     shown_to = report["offset"] + len(entries)
-    console.print(f"{report['offset'] + 1}-{shown_to} of {report['total']} matching")
+    console.print(f"{report['offset'] + 1}-{shown_to} of {report['total']} matching{where}")
     if report["skipped_lines"]:
         console.print(
             f"[yellow]skipped unreadable line(s): {report['skipped_lines']} (see `voke audit verify`)[/]"

@@ -530,15 +530,19 @@ def _report(
 
 @dataclass(frozen=True)
 class Filter:
-    """What `voke audit show/export` selects. EVENT_TYPE and TARGET accept shell globs."""
+    """What `voke audit show/export` selects. EVENT_TYPE and TARGET accept shell globs; ENV
+    is one environment's events (an entry that names none is the local environment's)."""
 
     since: datetime | None = None
     until: datetime | None = None
     event_type: str | None = None
     target: str | None = None
     result: str | None = None
+    env: str | None = None
 
     def matches(self, entry: AuditEntry) -> bool:
+        if self.env is not None and (entry.env or "local") != self.env:
+            return False
         if self.event_type and not fnmatchcase(entry.event_type, self.event_type):
             return False
         if self.target and not fnmatchcase(entry.target, self.target):

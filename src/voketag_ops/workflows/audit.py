@@ -44,7 +44,8 @@ def parse_when(value: str, option: str, *, now: datetime) -> datetime:
 def show(
     home: Path, flt: core.Filter, *, limit: int | None, offset: int = 0, newest_first: bool = False
 ) -> dict[str, Any]:
-    """A page of matching entries, plus how many matched and any unreadable lines."""
+    """A page of matching entries, plus how many matched, of which environment (None: every
+    one) and any unreadable lines."""
     skipped: list[int] = []
     entries: Any = AuditLog(home).entries(skipped)
     if newest_first:
@@ -55,6 +56,7 @@ def show(
         "total": total,
         "offset": offset,
         "limit": limit,
+        "env": flt.env,
         "skipped_lines": skipped,
     }
 
