@@ -320,6 +320,7 @@ def test_ctrl_c_while_a_run_or_a_resume_is_finished_names_the_resume(keyring):
     assert (stored.step, stored.status) == ("health", "in_progress")  # resume runs finish again
     assert stored.lease_until == iso(clock())  # resumable at once
     engine._save, engine._clear = save, ctrl_c_before_the_record_is_cleared
+    clock.advance(1.23)  # the resume that records the finish comes later
     with pytest.raises(Interrupted, match=f"rotation {stored.id} interrupted after finish") as resumed:
         engine.resume(stored.id)
     assert resumed.value.hint == f"voke rotate resume {stored.id} --yes"
@@ -329,6 +330,12 @@ def test_ctrl_c_while_a_run_or_a_resume_is_finished_names_the_resume(keyring):
     outcome = engine.resume(stored.id)
     assert outcome.error is None and outcome.report.status == "succeeded"
     assert ANNOTATION not in store.get("jwt-signing").annotations
+    # the report of a rotation that had ended is timed as it ran, not by the resume that only
+    # cleared its record; so is that of one found in the history (its record gone)
+    assert (outcome.report.started_at, outcome.report.finished_at) == (stored.started_at, iso(clock()))
+    assert outcome.report.duration_seconds == 1.23
+    again = engine.resume(stored.id)
+    assert again.report.duration_seconds == 1.23 and again.report.finished_at == iso(clock())
     entries = [e for e in AuditLog(engine.audit_home).entries() if e.details.get("rotation_id") == stored.id]
     message = f"rotation {stored.id} interrupted after finish; its state is recorded"
     cut = [

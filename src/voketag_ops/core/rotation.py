@@ -122,6 +122,10 @@ class RotationRecord:
         start = STEPS.index(self.step) + 1 if self.step else 0
         return STEPS[start:]
 
+    def recorded_seconds(self) -> float:
+        """How long it ran as recorded: from its start to its recorded finish (0 without one)."""
+        return (parse_iso(self.finished_at or self.started_at) - parse_iso(self.started_at)).total_seconds()
+
     def lease_expired(self, now: datetime) -> bool:
         return parse_iso(self.lease_until) <= now
 

@@ -152,6 +152,15 @@ class RotationReport:
             error=record.error,
         )
 
+    @classmethod
+    def of_ended(cls, record: RotationRecord, *, resumed: bool = False) -> RotationReport:
+        """The report of a rotation that had already ended (a resume that only clears its record,
+        or one of a rotation found in the history): timed as its run was, from its recorded start
+        to its recorded finish, not by this call (which changed nothing of it)."""
+        report = cls.of(record, t0=time.monotonic(), resumed=resumed)
+        report.duration_seconds = round(record.recorded_seconds(), 3)
+        return report
+
 
 @dataclass
 class Outcome:
@@ -1002,7 +1011,7 @@ class RotationEngine:
                         f"rotation {rotation_id} already ended ({finished.status}); nothing to resume",
                         hint="start a new rotation to rotate the credential",
                     )
-                return Outcome(RotationReport.of(finished, t0=t0))  # done: resuming it again is a no-op
+                return Outcome(RotationReport.of_ended(finished))  # done: resuming it again is a no-op
             return Outcome(None)
         if self._running(record):
             raise PreconditionError(
@@ -1024,7 +1033,7 @@ class RotationEngine:
                 self._write_untold(ended)
             self.progress(f"rotation {record.id} had finished: clearing its record")
             self._clear(ended)
-            return Outcome(RotationReport.of(ended, t0=t0, resumed=True))
+            return Outcome(RotationReport.of_ended(ended, resumed=True))
         self._take_over(record)
         self._audit("rotation.resume", record, "started")
         with self._on_interrupt("rotation.resume", record, t0):
@@ -1053,8 +1062,7 @@ class RotationEngine:
             for e in AuditLog(self.audit_home).entries()
         )
         if not logged:  # timed as its run would have: from its start to its recorded finish
-            took = parse_iso(record.finished_at or record.started_at) - parse_iso(record.started_at)
-            self._audit("rotation.finish", record, record.status, duration=took.total_seconds())
+            self._audit("rotation.finish", record, record.status, duration=record.recorded_seconds())
 
     def _roll_back(
         self, record: RotationRecord, t0: float, *, resumed: bool, error: VokeError | None = None
