@@ -435,6 +435,11 @@ class ChainSettings(_Model):
         max_length=63,
         description="database on the local leader that holds the chain (store = postgres)",
     )
+    max_import_bytes: int = Field(
+        default=250_000_000,
+        ge=1,
+        description="largest document `chain import` reads, in bytes (~300,000 anchored roots)",
+    )
 
 
 class Settings(_Model):

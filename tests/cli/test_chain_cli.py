@@ -99,6 +99,53 @@ def test_bad_input_is_one_line_naming_the_place(voke, tmp_path: Path) -> None:
         assert unusable.exit_code == 2, (args, unusable.stdout)
 
 
+def test_oversized_inputs_are_refused_before_they_fill_memory(
+    voke, make_environ, tmp_path: Path, monkeypatch
+) -> None:
+    """`chain verify /dev/zero`, `chain import /dev/zero`, `chain root /dev/zero` read at most
+    their limit (and a byte), then refuse in one line with the command's bad-input code."""
+    MAX_PROOF_BYTES = MAX_LEAF_LINE_BYTES = 1 << 20  # as README documents them
+    proof = tmp_path / "big.json"
+    proof.write_bytes(b" " * MAX_PROOF_BYTES + b"{}")
+    refused = voke("chain", "verify", str(proof), "--json")
+    assert refused.exit_code == 2
+    assert refused.json["error"]["message"] == f"{proof}: more than 1,048,576 bytes: not a proof document"
+    feed_stdin(monkeypatch, b"0" * (3 * MAX_PROOF_BYTES))
+    piped = voke("chain", "verify", "-")
+    assert (
+        piped.exit_code == 2
+        and piped.stderr == "error: <stdin>: more than 1,048,576 bytes: not a proof document\n"
+    )
+    assert sys.stdin.buffer.tell() == MAX_PROOF_BYTES + 1  # not read to its end
+
+    longest = b"x" * MAX_LEAF_LINE_BYTES
+    leaves = tmp_path / "long.txt"
+    leaves.write_bytes(b"a\r\n" + longest + b"\r\n" + longest + b"\n")
+    assert voke("chain", "root", str(leaves), "--json").json["result"]["tree_size"] == 3
+    leaves.write_bytes(b"a\n" + longest + b"x\n")
+    for command in (["root"], ["prove", "--index", "0"], ["consistency", "--old-size", "1"]):
+        too_long = voke("chain", *command, str(leaves))
+        assert too_long.exit_code == 1, command
+        assert too_long.stderr == f"error: {leaves}:2:1048577: line longer than 1,048,576 bytes\n"
+
+    environ = make_environ(tmp_path / "home", VOKE_CHAIN__STORE="file", VOKE_CHAIN__MAX_IMPORT_BYTES="100")
+    document = tmp_path / "chain.json"
+    document.write_text(
+        json.dumps({"format": "voke-chain", "version": 1, "blocks": [], "anchors": []}, indent=8)
+    )
+    for args in (["--dry-run"], ["--yes"]):
+        big = voke("chain", "import", str(document), *args, "--json", environ=environ)
+        assert big.exit_code == 1, big.stdout
+        assert big.json["error"]["message"] == (
+            f"{document}: more than 100 bytes, the limit (chain.max_import_bytes); nothing was imported"
+        )
+    feed_stdin(monkeypatch, b" " * 1000)
+    assert voke("chain", "import", "-", "--dry-run", environ=environ).exit_code == 1
+    assert sys.stdin.buffer.tell() == 101
+    shown = voke("config", "show", "--json", environ=make_environ(tmp_path / "home")).json["result"]
+    assert "chain.max_import_bytes" in json.dumps(shown)
+
+
 def test_text_utf8_cannot_carry_is_refused_not_an_internal_error(voke, make_environ, tmp_path: Path) -> None:
     root = merkle.root([b"r"]).hex()
     environ = make_environ(tmp_path / "home", VOKE_CHAIN__STORE="file")

@@ -22,7 +22,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from voketag_ops.cli.common import DryRun, Unasked, Yes, stdin_bytes, use
+from voketag_ops.cli.common import DryRun, Unasked, Yes, read_at_most, stdin_bytes, use
 
 _UINT64_MAX = (1 << 64) - 1  # the largest size the chain store reads back (core.chain.MAX_NONCE)
 
@@ -157,7 +157,7 @@ def verify(
     must match the document's leaf_hash); without them the document's leaf_hash is checked.
     """
     from voketag_ops.errors import UsageError
-    from voketag_ops.workflows.chain import MalformedProofError, verify_document
+    from voketag_ops.workflows.chain import MAX_PROOF_BYTES, MalformedProofError, verify_document
 
     env = use(ctx)
     if leaf is not None and leaf_hex is not None:
@@ -169,7 +169,9 @@ def verify(
         except ValueError:
             raise UsageError("--leaf-hex: not hex") from None
     with _binary_input(proof) as (stream, source):
-        raw = stream.read()
+        raw = read_at_most(stream, MAX_PROOF_BYTES)
+    if raw is None:
+        raise MalformedProofError(f"{source}: more than {MAX_PROOF_BYTES:,} bytes: not a proof document")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -275,11 +277,16 @@ def import_(
     from voketag_ops.workflows.chain import plan_import
 
     env = use(ctx)
+    limit = env.settings.chain.max_import_bytes
     with _binary_input(file) as (stream, source):
-        raw = stream.read()
+        raw = read_at_most(stream, limit)
     # A real import is on record from its first check: a rejected file (exit 1) or a refused
     # chain (exit 5) is a `failure` event too; a dry run writes none.
     with _audited(env, "chain.import", target=source, details={}, dry_run=dry_run) as event:
+        if raw is None:
+            raise ChainFormatError(
+                f"{source}: more than {limit:,} bytes, the limit (chain.max_import_bytes); nothing was imported"
+            )
         try:
             incoming = parse_document(raw.decode("utf-8"), source)
         except UnicodeDecodeError as exc:

@@ -33,6 +33,13 @@ class MalformedProofError(UsageError):
     """A proof document is not one voke can read (exit 2, as `voke chain verify` documents)."""
 
 
+# A proof document is a few KiB (64 hashes at most, an ingest row of ~2 KB as its leaf): more
+# is no proof, and is refused before it fills memory (`chain verify /dev/zero`).
+MAX_PROOF_BYTES = 1 << 20
+# A leaf is one line, held whole while it is hashed: as for a batch file's lines, 1 MiB.
+MAX_LEAF_LINE_BYTES = 1 << 20
+
+
 # -- leaves from files ------------------------------------------------------------------
 
 
@@ -40,12 +47,19 @@ def read_leaves(stream: IO[bytes], *, hex_lines: bool, source: str) -> Iterator[
     """The lines of STREAM without their line ending (LF or CRLF), as leaves.
 
     With HEX_LINES each line is the hex encoding of a leaf (an empty line is the empty
-    leaf). Raises InputError naming the line and column of bad hex.
+    leaf). Raises InputError naming the line and column of bad hex, or of a line longer than
+    MAX_LEAF_LINE_BYTES (never read whole: `chain root /dev/zero` is refused, not an OOM).
     """
-    for number, raw in enumerate(stream, start=1):
+    number = 0
+    while raw := stream.readline(MAX_LEAF_LINE_BYTES + 2):  # the line, a CR and an LF at most
+        number += 1
         line = raw[:-1] if raw.endswith(b"\n") else raw
         if line.endswith(b"\r"):
             line = line[:-1]
+        if len(line) > MAX_LEAF_LINE_BYTES:
+            raise InputError(
+                f"{source}:{number}:{MAX_LEAF_LINE_BYTES + 1}: line longer than {MAX_LEAF_LINE_BYTES:,} bytes"
+            )
         if not hex_lines:
             yield line
             continue
