@@ -8,9 +8,12 @@ are kept raw and validated only when a command uses them (`Settings.environment`
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
+import stat
+import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -583,8 +586,8 @@ def load_config(
     """Layer the sources and validate. Raises ConfigError naming key and source."""
     environ = os.environ if environ is None else environ
     explicit = config_path or (Path(environ["VOKE_CONFIG"]) if environ.get("VOKE_CONFIG") else None)
-    if explicit is not None and not explicit.is_file():
-        raise ConfigError(f"configuration file not found: {explicit}")
+    if explicit is not None:
+        _check_config_file(explicit)
     path = explicit or find_config_file(cwd or Path.cwd())
 
     merged: dict[str, Any] = {}
@@ -597,6 +600,8 @@ def load_config(
             if not isinstance(table, dict):
                 raise ConfigError(f"{path}: [tool.voke] must be a table")
             data = table
+        if (deep := _too_deep(data)) is not None:
+            raise ConfigError(f"{path}: {deep}: {_TOO_DEEP}{_position(path, deep, _TOO_DEEP)}")
         _anchor_paths(data, path.parent)
         _merge(merged, data, sources, str(path))
 
@@ -615,6 +620,10 @@ def load_config(
                 value = json.loads(value)
             except ValueError as exc:
                 raise ConfigError(f"env {name}: a list or table must be JSON ({exc})") from None
+            except RecursionError:
+                raise ConfigError(f"env {name}: {_TOO_DEEP}") from None
+        if _too_deep(value, key.count(".")) is not None:
+            raise ConfigError(f"env {name}: {_TOO_DEEP}")
         try:
             _set_dotted(env_layer, key, value)
         except TypeError:
@@ -705,6 +714,23 @@ def effective_items(loaded: LoadedConfig) -> list[tuple[str, Any, str]]:
     return rows
 
 
+def _check_config_file(path: Path) -> None:
+    """ConfigError unless PATH (`--config`, VOKE_CONFIG) is a regular file, saying what it is
+    instead (looked at, not opened: opening a pipe would wait for a writer)."""
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise ConfigError(f"configuration file not found: {path}") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(f"configuration file {path}: a symlink loop") from None
+        raise ConfigError(f"configuration file {path}: cannot read: {exc.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise ConfigError(f"configuration file {path}: is a directory; name a voke.toml or pyproject.toml")
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"configuration file {path}: not a regular file (a pipe or a device)")
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
@@ -716,6 +742,47 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: not UTF-8 (byte {exc.start})") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise ConfigError(f"{path}: invalid TOML: {_TOO_DEEP}") from None
+    except ValueError as exc:  # an integer of more digits than Python converts (4300)
+        at = _long_integer(path)
+        where = f" (at line {at[0]}, column {at[1]})" if at else ""
+        raise ConfigError(f"{path}: invalid TOML: {str(exc).split(';')[0]}{where}") from None
+
+
+# Tables and lists within each other: voke's own settings go 5 deep (rotation.api_keys.NAME.options.KEY).
+MAX_DEPTH = 32
+_TOO_DEEP = f"nested more than {MAX_DEPTH} tables or lists deep"
+_INTEGER = re.compile(r"(?<![\w.])[+-]?[0-9][0-9_]*")
+
+
+def _too_deep(value: Any, depth: int = 0) -> str | None:
+    """The dotted key of the first table or list in VALUE (itself DEPTH deep) nested more than
+    MAX_DEPTH deep, or None. Walked without recursion: merging and validating recurse."""
+    stack: list[tuple[Any, str, int]] = [(value, "", depth)]
+    while stack:
+        item, key, level = stack.pop()
+        if isinstance(item, dict | list) and level >= MAX_DEPTH:
+            return key or "(top level)"
+        if isinstance(item, dict):
+            stack.extend((v, f"{key}.{k}" if key else str(k), level + 1) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((v, key, level + 1) for v in item)
+    return None
+
+
+def _long_integer(path: Path) -> tuple[int, int] | None:
+    """Line and column of the first integer in PATH longer than Python converts, or None."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    limit = sys.get_int_max_str_digits()
+    for found in _INTEGER.finditer(text):
+        if limit and sum(c.isdigit() for c in found.group()) > limit:
+            line = text.count("\n", 0, found.start()) + 1
+            return line, found.start() - (text.rfind("\n", 0, found.start()) + 1) + 1
+    return None
 
 
 def _merge(

@@ -233,6 +233,33 @@ def test_env_commands_refuse_a_cloud_environment(voke, make_environ, tmp_path):
             {"VOKE_CONFIG": "pyproject.toml"},
             "[tool.voke] must be a table",
         ),
+        # Input Python's own limits refuse: a one-line ConfigError, not exit 70 (RecursionError, ValueError).
+        (
+            {"voke.toml": b"x = " + b"[" * 100_000 + b"]" * 100_000 + b"\n"},
+            {},
+            "voke.toml: invalid TOML: nested more than 32 tables or lists deep",
+        ),
+        (
+            {"voke.toml": b"[coverage]\ntarget = " + b"9" * 5000 + b"\n"},
+            {},
+            "voke.toml: invalid TOML: Exceeds the limit (4300 digits) for integer string conversion: "
+            "value has 5000 digits (at line 2, column 10)",
+        ),
+        (
+            {"voke.toml": b"[" + b".".join([b"a"] * 5000) + b"]\nx = 1\n"},
+            {},
+            "voke.toml: a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a: nested more than 32",
+        ),
+        (
+            {},
+            {"VOKE_ROTATION__JWT__SERVICES": "[" * 100_000},
+            "env VOKE_ROTATION__JWT__SERVICES: nested more than 32 tables or lists deep",
+        ),
+        (
+            {},
+            {"VOKE_ROTATION__API_KEYS": '{"k": {"options": {"o": ' + "[" * 40 + "]" * 40 + "}}}"},
+            "env VOKE_ROTATION__API_KEYS: nested more than 32 tables or lists deep",
+        ),
     ],
 )
 def test_bad_configuration_is_exit_3_naming_where(voke, make_environ, tmp_path, files, env, fragment):
@@ -244,6 +271,29 @@ def test_bad_configuration_is_exit_3_naming_where(voke, make_environ, tmp_path, 
     result = voke("config", "show", "--json", environ=environ, cwd=tmp_path)
     assert result.exit_code == 3, result.stdout + result.stderr
     assert fragment in result.json["error"]["message"]
+
+
+def test_a_config_path_that_is_no_file_says_what_it_is(voke, make_environ, tmp_path):
+    """--config names a directory, a FIFO (never opened: it would wait for a writer) or a
+    symlink loop: exit 3 saying so, not "not found"."""
+    import os
+
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "loop1").symlink_to("loop2")
+    (tmp_path / "loop2").symlink_to("loop1")
+    environ = make_environ(tmp_path / "h")
+    for name, what in (
+        ("conf.d", "is a directory; name a voke.toml or pyproject.toml"),
+        ("fifo", "not a regular file (a pipe or a device)"),
+        ("loop1", "a symlink loop"),
+    ):
+        (tmp_path / "conf.d").mkdir(exist_ok=True)
+        result = voke("--config", str(tmp_path / name), "config", "show", environ=environ)
+        assert result.exit_code == 3, name
+        assert result.stderr == f"error: configuration file {tmp_path / name}: {what}\n"
+    missing = voke("--config", str(tmp_path / "nope.toml"), "config", "show", environ=environ)
+    assert missing.exit_code == 3
+    assert missing.stderr == f"error: configuration file not found: {tmp_path / 'nope.toml'}\n"
 
 
 def test_an_unreadable_pyproject_without_tool_voke_is_not_ours(voke, make_environ, tmp_path):
