@@ -71,18 +71,19 @@ def to_jsonable(obj: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
 
 
-# What a terminal would act on instead of showing: C0 controls but line break and tab, DEL, C1
-# controls (ESC [ 2 J clears the screen), and the bidi overrides and isolates that reorder a line.
+# What a terminal would act on instead of showing: C0 controls but tab, DEL, C1 controls (ESC [ 2 J
+# clears the screen), and the bidi overrides and isolates that reorder a line. Line breaks too, as
+# \\n and \\r: every caller prints one line (a message, a name), which a file named "a\\nb" split.
 _UNSHOWABLE = {
     c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
     for c in (*range(0x20), 0x7F, *range(0x80, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A))
-    if c not in (0x09, 0x0A)
-}
+    if c != 0x09
+} | {0x0A: "\\n", 0x0D: "\\r"}
 
 
 def printable(text: str) -> str:
-    """TEXT for a person's terminal: characters it would act on are written as escapes
-    (a file named with ESC [ 2 J is shown as \\x1b[2J, not obeyed)."""
+    """TEXT for a person's terminal, on one line: characters it would act on are written as
+    escapes (a file named with ESC [ 2 J is shown as \\x1b[2J, not obeyed; a line break as \\n)."""
     return text.translate(_UNSHOWABLE)
 
 
@@ -209,7 +210,7 @@ class Output:
             elif not ok and failure:
                 from rich.markup import escape
 
-                self.err.print(f"[red]✗[/] {escape(failure)}", markup=True)
+                self.err.print(f"[red]✗[/] {escape(printable(failure))}", markup=True)
         self.settled()
         self.exit_code = int(error.exit_code if error else (ExitCode.OK if ok else ExitCode.NO))
         return self.exit_code

@@ -294,6 +294,9 @@ def test_a_config_path_that_is_no_file_says_what_it_is(voke, make_environ, tmp_p
     missing = voke("--config", str(tmp_path / "nope.toml"), "config", "show", environ=environ)
     assert missing.exit_code == 3
     assert missing.stderr == f"error: configuration file not found: {tmp_path / 'nope.toml'}\n"
+    broken = voke("--config", str(tmp_path / "nl\nname.toml"), "config", "show", environ=environ)
+    assert broken.exit_code == 3  # the name on the error's one line, its line break shown as \n
+    assert broken.stderr == f"error: configuration file not found: {tmp_path}/nl\\nname.toml\n"
 
 
 def test_an_unreadable_pyproject_without_tool_voke_is_not_ours(voke, make_environ, tmp_path):

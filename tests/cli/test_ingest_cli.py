@@ -613,6 +613,18 @@ def test_a_file_name_with_terminal_escapes_is_shown_not_obeyed(voke, db, tmp_pat
         assert "evil\\x1b[2J\\x1b[31mRED\\u202e.csv" in out
 
 
+def test_a_file_name_with_a_line_break_keeps_the_summary_on_one_line(voke, tmp_path, make_environ):
+    path = tmp_path / "bad\nname\r.csv"
+    path.write_text(HEADER + GOOD)
+    env = make_environ(tmp_path / "home", VOKE_INGEST__MAX_FILE_BYTES="1")  # refused before connecting
+    for args in ([], ["--dry-run"]):
+        rejected = voke("ingest", "load", str(path), "--db", "postgresql://127.0.0.1:1/x", *args, environ=env)
+        assert rejected.exit_code == 1, rejected.stderr
+        summary = rejected.stdout.splitlines()[0]
+        assert "rejected bad\\nname\\r.csv: 1 problem(s)" in summary and summary.endswith("nothing loaded")
+        assert rejected.stderr.count("\n") == 1 and "bad\\nname\\r.csv: 1 problem(s)" in rejected.stderr
+
+
 @pytest.mark.parametrize("tag", ["\udcff", "has space", "x" * 65])
 def test_proof_of_what_cannot_be_a_tag_id_is_a_usage_error(voke, tag):
     done = voke("ingest", "proof", tag, "--json")
