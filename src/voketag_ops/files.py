@@ -1,5 +1,5 @@
 """Files voke writes for the user (`--out`, `--output`, `--rejects`): checked before any work
-is done, written aside and renamed into place."""
+is done, written aside and renamed into place; and files voke reads whole, bounded."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from voketag_ops.errors import DISK_REFUSED, UsageError
+from voketag_ops.errors import DISK_REFUSED, InputError, UsageError
 
 T = TypeVar("T")
 
@@ -35,6 +35,37 @@ def check_replaceable(path: Path, flag: str) -> None:
     if not stat.S_ISREG(mode):
         raise UsageError(
             f"{flag} {path}: not a regular file (a device or a pipe would be replaced); name a file"
+        )
+
+
+def read_limited(path: Path, limit: int, *, what: str, hint: str | None = None) -> bytes:
+    """The bytes of PATH, a regular file of at most LIMIT bytes, read whole: InputError (exit 1)
+    naming PATH otherwise (HINT with a file too large). A device or a pipe has no size to check
+    first (/dev/zero never ends), so it is refused before it is opened (opening a FIFO without a
+    writer would wait for one); a file that grows while it is read is cut at LIMIT + 1 bytes and
+    refused. FileNotFoundError is left to the caller, whose message says how to make the file."""
+    try:
+        _refuse_unless_regular(path, os.stat(path).st_mode, what)
+        with path.open("rb") as fh:
+            st = os.fstat(fh.fileno())
+            _refuse_unless_regular(path, st.st_mode, what)  # replaced since the look
+            data = fh.read(limit + 1) if st.st_size <= limit else b""
+            size = max(st.st_size, len(data))
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+    if size > limit:
+        raise InputError(f"{path}: larger than {limit:,} bytes, the most voke reads of a {what}", hint=hint)
+    return data
+
+
+def _refuse_unless_regular(path: Path, mode: int, what: str) -> None:
+    if stat.S_ISDIR(mode):
+        raise InputError(f"{path}: is a directory, not a {what}")
+    if not stat.S_ISREG(mode):
+        raise InputError(
+            f"{path}: not a regular file (a device or a pipe has no size to check first); name a {what} file"
         )
 
 

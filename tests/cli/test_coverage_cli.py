@@ -568,6 +568,35 @@ def test_baseline_from_history_and_branch_mismatch_refused(voke, env, project):
     no_traceback(refused)
 
 
+def test_a_history_is_read_only_from_a_regular_file_of_bounded_size(voke, env, project, monkeypatch):
+    from voketag_ops.workflows import coverage as wf
+
+    write_json(
+        project, {"admin_service/a.py": lines_file(60, 40), "factory_service/b.py": lines_file(50, 50)}
+    )
+    for _ in range(3):
+        assert voke("coverage", "history", "add", "coverage.json", environ=env, cwd=project).exit_code == 0
+    hist = project / ".voke" / "coverage-history.jsonl"
+    # /dev/zero never ends (it was read whole: out of memory); /dev/null stands for every device
+    for args in (
+        ("history", "show", "--file", "/dev/null"),
+        ("report", "coverage.json", "--baseline-from", "/dev/null"),
+    ):
+        r = voke("coverage", *args, environ=env, cwd=project)
+        assert r.exit_code == 1 and "/dev/null: not a regular file" in r.stderr, r.stderr
+        no_traceback(r)
+    monkeypatch.setattr(wf, "HISTORY_LIMIT", hist.stat().st_size - 1)
+    for args in (
+        ("history", "show"),
+        ("history", "add", "coverage.json"),
+        ("report", "coverage.json", "--baseline-from", str(hist)),
+    ):
+        r = voke("coverage", *args, "--json", environ=env, cwd=project)
+        assert r.exit_code == 1, r.stdout + r.stderr
+        assert f"larger than {hist.stat().st_size - 1:,} bytes" in r.json["error"]["message"]
+    assert len(hist.read_text().splitlines()) == 3  # nothing appended
+
+
 # -- bad input: one line, the right exit code, no traceback ---------------------------------------
 _COBERTURA = (
     '<coverage lines-valid="1" lines-covered="1" version="7.17.4"><packages><package><classes>\n'
