@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -93,6 +95,32 @@ def test_cobertura_of_a_multi_package_source_agrees_with_json(tmp_path):
     coverage(tmp_path, "xml", "-q", "-o", "cov.xml")
     with pytest.raises(InputError, match=r"util\.py exists under 2 of its <source> entries"):
         read_inputs([tmp_path / "cov.xml"], root=tmp_path)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    try:
+        with open(fd, "wb") as fh:
+            fh.write(data)
+    except BrokenPipeError:  # the reader gave up
+        pass
+
+
+@pytest.mark.parametrize("kind", ["json", "xml"])
+def test_an_input_is_opened_once_so_a_pipe_can_be_given(measured: Measured, kind):
+    # `cat coverage.json | voke coverage report /dev/stdin`, `voke coverage report <(...)`: the head
+    # read to recognise the format was gone when the file was opened again to be parsed
+    given = getattr(measured, kind)
+    read_fd, write_fd = os.pipe()
+    writer = threading.Thread(target=_write_all, args=(write_fd, given.read_bytes()))
+    writer.start()
+    try:
+        inputs, files, t = totals_of([f"/dev/fd/{read_fd}"], measured.root)
+    finally:
+        os.close(read_fd)
+        writer.join()
+    _, expected_files, expected = totals_of([given], measured.root)
+    assert inputs[0].format == ("json" if kind == "json" else "cobertura")
+    assert per_file(files) == per_file(expected_files) and t == expected
 
 
 def test_parallel_data_files_combine_to_the_union(measured: Measured):

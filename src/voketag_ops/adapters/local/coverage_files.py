@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from voketag_ops.core.coverage import (
     EXIT,
@@ -91,22 +91,29 @@ def read_inputs(
             continue
         if not path.exists():
             raise UsageError(f"{given}: no such file")
-        head = _head(path)
-        stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
-        if head.startswith(SQLITE_MAGIC):
-            data_files.append(path)
-        elif stripped.startswith((b"{", b"[")):
-            inputs.append(read_json(path, norm, regions=regions, label=str(given)))
-        elif stripped.startswith(b"<"):
-            inputs.append(read_cobertura(path, norm, label=str(given)))
-        elif not stripped:
-            raise InputError(
-                f"{given}: empty file; expected coverage.json, Cobertura XML or a .coverage file"
-            )
-        else:
-            raise InputError(
-                f"{given}: not coverage data (expected coverage.json, Cobertura XML or a .coverage file)"
-            )
+        label = str(given)
+        # Opened once and sniffed from the same handle: a pipe (/dev/stdin, <(...), a FIFO) cannot
+        # be opened a second time to be parsed.
+        try:
+            with path.open("rb") as fh:
+                head = fh.read(64)
+                stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+                if head.startswith(SQLITE_MAGIC):
+                    data_files.append(path)  # (coverage.py opens it by name)
+                elif stripped.startswith((b"{", b"[")):
+                    inputs.append(read_json(head, fh, norm, regions=regions, label=label))
+                elif stripped.startswith(b"<"):
+                    inputs.append(read_cobertura(head, fh, norm, label=label))
+                elif not stripped:
+                    raise InputError(
+                        f"{given}: empty file; expected coverage.json, Cobertura XML or a .coverage file"
+                    )
+                else:
+                    raise InputError(
+                        f"{given}: not coverage data (expected coverage.json, Cobertura XML or a .coverage file)"
+                    )
+        except OSError as exc:
+            raise InputError(f"{label}: cannot read: {exc.strerror}") from None
     if data_files:
         inputs.append(read_data_files(data_files, root, norm, regions=regions))
     return inputs
@@ -116,23 +123,13 @@ def _is_data_file_name(name: str) -> bool:
     return name == ".coverage" or (name.startswith(".coverage.") and not name.endswith((".json", ".xml")))
 
 
-def _head(path: Path) -> bytes:
-    try:
-        with path.open("rb") as fh:
-            return fh.read(64)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
-
-
 # -- coverage.json ---------------------------------------------------------------------------------
 def read_json(
-    path: Path, norm: PathNormalizer, *, regions: bool = False, label: str | None = None
+    head: bytes, fh: IO[bytes], norm: PathNormalizer, *, regions: bool = False, label: str
 ) -> CoverageInput:
-    """Read coverage.py's JSON report (formats 1-3)."""
-    label = label or str(path)
+    """Read coverage.py's JSON report (formats 1-3): HEAD, already read, then the rest of FH."""
     try:
-        with path.open("rb") as fh:
-            doc = json.load(fh)
+        doc = json.loads(head + fh.read())
     except json.JSONDecodeError as exc:
         raise InputError(
             f"{label}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
@@ -331,14 +328,13 @@ class _CoberturaTarget:
             self._text.append(text)
 
 
-def read_cobertura(path: Path, norm: PathNormalizer, *, label: str | None = None) -> CoverageInput:
-    """Read a Cobertura XML report; totals come from per-line hits and condition counts
+def read_cobertura(head: bytes, fh: IO[bytes], norm: PathNormalizer, *, label: str) -> CoverageInput:
+    """Read a Cobertura XML report, HEAD (already read) then the rest of FH; totals come from per-line hits and condition counts
     (the same integers as the root's lines-covered/lines-valid, never the rounded rates).
     DTDs are refused, so no entity can be declared or expanded. Expat drives the target
     itself, so an element voke cannot read is named with its line and column."""
     from xml.parsers import expat
 
-    label = label or str(path)
     target = _CoberturaTarget()
     parser = expat.ParserCreate()
 
@@ -354,9 +350,9 @@ def read_cobertura(path: Path, norm: PathNormalizer, *, label: str | None = None
     parser.CharacterDataHandler = target.data
     parser.StartDoctypeDeclHandler = target.doctype
     try:
-        with path.open("rb") as fh:
-            while chunk := fh.read(1 << 20):
-                parser.Parse(chunk, False)
+        parser.Parse(head, False)
+        while chunk := fh.read(1 << 20):
+            parser.Parse(chunk, False)
         parser.Parse(b"", True)
     except _Refused as exc:
         what = str(exc)
@@ -490,7 +486,8 @@ def read_data_files(
             if type(exc).__module__.startswith(("sqlite3", "coverage")):
                 raise InputError(f"{label}: cannot read coverage data: {_short(exc)}") from None
             raise
-        report = read_json(Path(out), norm, regions=regions, label=label)
+        with open(out, "rb") as fh:
+            report = read_json(b"", fh, norm, regions=regions, label=label)
     return CoverageInput(label, "coverage-data", coverage.__version__, report.branch, report.files)
 
 
