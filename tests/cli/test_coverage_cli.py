@@ -686,3 +686,19 @@ def test_a_diff_file_that_is_no_diff_is_rejected_not_passed(voke, env, project):
     empty = voke("coverage", "diff", "coverage.json", "--diff-file", "empty.diff", "--fail-under", "90",
                  environ=env, cwd=project)  # fmt: skip
     assert empty.exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("target", "where"),
+    [('"b/admin_service/a.py\\"', "line 2, column 5"), ('"b/admin_service/a\\x4.py"', "line 2, column 23")],
+)
+def test_a_diff_file_git_would_not_write_is_rejected_at_its_line_and_column(
+    voke, env, project, target, where
+):
+    write_json(project, {"admin_service/a.py": lines_file(50, 50)})
+    (project / "bad.diff").write_text(f"--- a/admin_service/a.py\n+++ {target}\n@@ -1 +1 @@\n+x\n")
+    (project / "long.diff").write_text("--- a/m.py\n+++ b/m.py\n@@ -1 +1," + "1" * 5001 + " @@\n+x\n")
+    for name, at in (("bad.diff", where), ("long.diff", "line 3, column 10")):
+        r = voke("coverage", "diff", "coverage.json", "--diff-file", name, "--json", environ=env, cwd=project)
+        assert r.exit_code == 1, r.stdout + r.stderr  # was 70, internal error
+        assert r.json["error"]["message"].startswith(f"{project / name}: {at}: ")

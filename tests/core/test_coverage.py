@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ from voketag_ops.core.coverage import (
     EXIT,
     UNKNOWN,
     Counts,
+    DiffError,
     FileCoverage,
     PathMap,
     Region,
@@ -355,6 +357,28 @@ def test_parse_unified_diff_counts_hunk_lines_off_against_their_header():
 )
 def test_a_git_prefix_is_dropped_only_where_the_two_sides_differ(header, expected):
     assert parse_unified_diff(header + "@@ -0,0 +1 @@\n+x = 1\n") == {expected: {1}}
+
+
+@pytest.mark.parametrize(
+    ("line", "column", "message"),
+    [
+        ('+++ "b/m\\"', 5, "without its closing quote"),  # the closing quote escaped
+        ('+++ "b/m\\x4"', 9, 'escape \\x4" is not one git writes'),  # (was a truncated \\xXX escape)
+        ('+++ "b/m\\N{BULLET}.py"', 9, "is not one git writes"),  # git writes \\342\\200\\242
+        ('+++ "b/m.py"x', 13, "text after a quoted path"),
+        ("@@ -1 +1," + "1" * 5001 + " @@", 10, "number of over 10 digits"),  # int() refuses 4,300+ digits
+        ("@@ -" + "9" * 11 + " +1 @@", 5, "number of over 10 digits"),
+    ],
+)
+def test_a_diff_git_would_not_write_is_refused_at_its_line_and_column(line, column, message):
+    with pytest.raises(DiffError, match=re.escape(message)) as caught:
+        parse_unified_diff("diff --git a/m.py b/m.py\n--- a/m.py\n" + line + "\n+x\n")
+    assert (caught.value.line, caught.value.column) == (3, column)
+
+
+def test_a_quoted_path_takes_every_escape_git_writes():
+    quoted = '"b/a\\tb\\"d\\303\\251.py"'
+    assert parse_unified_diff(f"--- a/x\n+++ {quoted}\n@@ -0,0 +1 @@\n+x\n") == {'a\tb"dé.py': {1}}
 
 
 def test_diff_coverage_counts_only_measured_changed_lines():

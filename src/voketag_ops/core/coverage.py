@@ -608,8 +608,49 @@ def function_gaps(files: Iterable[FileCoverage], service: str, top: int) -> list
 
 
 # -- diff coverage ---------------------------------------------------------------------------------
-_HUNK = re.compile(r"^@@ -\d+(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+_HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+_HUNK_DIGITS = 10  # a line number or count of ten digits is over a billion lines already
 _ONE_CHARACTER_PREFIX = re.compile(r"[a-z0-9]/")
+# git's C-style quoting of a path (quote_c_style): these escapes, and \ooo for every other byte
+_GIT_ESCAPES = {"a": 7, "b": 8, "t": 9, "n": 10, "v": 11, "f": 12, "r": 13, '"': 34, "\\": 92}
+_OCTAL = re.compile(r"[0-3][0-7]{2}")
+
+
+class DiffError(ValueError):
+    """A unified diff that cannot be read: what is wrong, on which LINE and at which COLUMN (1-based)."""
+
+    def __init__(self, message: str, line: int, column: int) -> None:
+        super().__init__(message)
+        self.line = line
+        self.column = column
+
+
+def _unquote(quoted: str, line: int, column: int) -> str:
+    """A path as git quotes it ("b/sp\\303\\251cial.py", QUOTED starting at COLUMN), unquoted."""
+    out = bytearray()
+    i = 1
+    while i < len(quoted):
+        c = quoted[i]
+        if c == '"':
+            if quoted[i + 1 :]:
+                raise DiffError("text after a quoted path", line, column + i + 1)
+            return out.decode("utf-8", "replace")
+        if c != "\\":
+            out += c.encode("utf-8", "replace")
+            i += 1
+            continue
+        escape = quoted[i + 1 : i + 2]
+        if escape in _GIT_ESCAPES:
+            out.append(_GIT_ESCAPES[escape])
+            i += 2
+        elif _OCTAL.match(quoted, i + 1):
+            out.append(int(quoted[i + 1 : i + 4], 8))
+            i += 4
+        else:
+            raise DiffError(
+                f"a quoted path's escape {quoted[i : i + 4]} is not one git writes", line, column + i
+            )
+    raise DiffError("a quoted path without its closing quote", line, column)
 
 
 def _prefix_of(path: str) -> str | None:
@@ -620,7 +661,8 @@ def parse_unified_diff(text: str) -> dict[str, set[int]]:
     """Lines added or changed in the new version of each file of a unified diff.
 
     A hunk's lines are counted off against its header, so an added line that itself reads
-    "+++ x" or "diff ..." (a "++ x" or "-- x" in the file) is never taken for a file header."""
+    "+++ x" or "diff ..." (a "++ x" or "-- x" in the file) is never taken for a file header.
+    DiffError for a quoted path git would not write or a hunk header's number of over ten digits."""
     changed: dict[str, set[int]] = {}
     current: set[int] | None = None
     # A git diff's paths carry one-character prefixes, different on the two sides (a/ b/; i/ w/,
@@ -631,7 +673,7 @@ def parse_unified_diff(text: str) -> dict[str, set[int]]:
     old_left = new_left = 0  # lines of the current hunk still to come
     # Lines end at "\n" alone: str.splitlines() also splits at a form feed, \x1c-\x1e, \x85 or
     # U+2028 inside a line (PEP 8 allows form feeds), which shifted every later line of the hunk.
-    for raw in (line.removesuffix("\r") for line in text.split("\n")):
+    for number, raw in enumerate((line.removesuffix("\r") for line in text.split("\n")), 1):
         if old_left > 0 or new_left > 0:
             tag = raw[:1]
             if tag == "+":
@@ -659,18 +701,22 @@ def parse_unified_diff(text: str) -> dict[str, set[int]]:
             if target == "/dev/null":
                 current = None
                 continue
-            if target.startswith('"') and target.endswith('"'):
-                target = target[1:-1].encode("latin-1", "backslashreplace").decode("unicode_escape")
-                target = target.encode("latin-1", "replace").decode("utf-8", "replace")
+            if target.startswith('"'):
+                target = _unquote(target, number, 5)
             if old_prefix is not None and _prefix_of(target) not in (None, old_prefix):
                 target = target[2:]
             current = changed.setdefault(normalize_path(target), set())
             continue
         m = _HUNK.match(raw)
         if m:
-            old_left = 1 if m.group(1) is None else int(m.group(1))
-            line_no = int(m.group(2))
-            new_left = 1 if m.group(3) is None else int(m.group(3))
+            for group in range(1, 5):
+                if len(m.group(group) or "") > _HUNK_DIGITS:
+                    raise DiffError(
+                        f"a hunk header's number of over {_HUNK_DIGITS} digits", number, m.start(group) + 1
+                    )
+            old_left = 1 if m.group(2) is None else int(m.group(2))
+            line_no = int(m.group(3))
+            new_left = 1 if m.group(4) is None else int(m.group(4))
     return {path: lines for path, lines in changed.items() if lines}
 
 

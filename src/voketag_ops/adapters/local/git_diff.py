@@ -9,7 +9,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from voketag_ops.core.coverage import parse_unified_diff
+from voketag_ops.core.coverage import DiffError, parse_unified_diff
 from voketag_ops.errors import ConfigError, InputError, UsageError
 
 
@@ -91,4 +91,7 @@ def read_diff_file(path: Path) -> dict[str, set[int]]:
     if text.strip() and not any(line.startswith(("+++ ", "@@ ", "diff ")) for line in text.split("\n")):
         # an HTML page or a log saved by mistake would otherwise pass as "nothing changed"
         raise InputError(f"{path}: not a unified diff (no '+++' file header or '@@' hunk)")
-    return parse_unified_diff(text)
+    try:
+        return parse_unified_diff(text)
+    except DiffError as exc:
+        raise InputError(f"{path}: line {exc.line}, column {exc.column}: {exc}") from None
