@@ -702,3 +702,20 @@ def test_a_diff_file_git_would_not_write_is_rejected_at_its_line_and_column(
         r = voke("coverage", "diff", "coverage.json", "--diff-file", name, "--json", environ=env, cwd=project)
         assert r.exit_code == 1, r.stdout + r.stderr  # was 70, internal error
         assert r.json["error"]["message"].startswith(f"{project / name}: {at}: ")
+
+
+@pytest.mark.parametrize("count", ["1" + "0" * 4000, str(2**53)])
+def test_a_history_count_too_large_for_a_float_is_named_by_line_and_column(voke, env, project, count):
+    write_json(
+        project, {"admin_service/a.py": lines_file(60, 40), "factory_service/b.py": lines_file(50, 50)}
+    )
+    assert voke("coverage", "history", "add", "coverage.json", environ=env, cwd=project).exit_code == 0
+    hist = project / ".voke" / "coverage-history.jsonl"
+    line = hist.read_text().splitlines()[0]
+    value = list(re.finditer(r'"statements": ([0-9]+)', line))[-1]  # the totals' (the last key)
+    column = value.start(1) + 1
+    hist.write_text(line + "\n" + line[: value.start(1)] + count + line[value.end(1) :] + "\n")
+    for args in (("history", "show"), ("report", "coverage.json", "--baseline-from", str(hist))):
+        r = voke("coverage", *args, "--json", environ=env, cwd=project)
+        assert r.exit_code == 1, r.stdout + r.stderr  # 1e4000 was exit 70 (OverflowError), 2**53 exit 0
+        assert r.json["error"]["message"].startswith(f"{hist}:2:{column}: not a voke coverage history entry")

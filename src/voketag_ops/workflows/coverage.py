@@ -614,6 +614,15 @@ def _counts_dict(c: Counts) -> dict[str, int]:
     return {k: getattr(c, k) for k in _COUNT_KEYS}
 
 
+# Counts are divided as floats (coverage.py's expressions): a float holds every whole number
+# below 2**53 exactly, and a larger one would be off, or (past 1e308) not convertible at all.
+MAX_COUNT = 2**53 - 1
+
+
+class _CountTooLarge(ValueError):
+    pass
+
+
 def _check_counts(d: Any) -> None:
     """Counts as history entries record them: every count a whole number, none larger than its whole."""
     if not isinstance(d, dict):
@@ -623,6 +632,8 @@ def _check_counts(d: Any) -> None:
             raise ValueError(f"counts have no {key}")
         if type(d[key]) is not int or d[key] < 0:
             raise ValueError(f"{key} must be a whole number >= 0")
+        if d[key] > MAX_COUNT:
+            raise _CountTooLarge(f"{key} must be at most 2**53 - 1 ({MAX_COUNT:,})")
     if d["missing"] > d["statements"] or max(d["missing_branches"], d["partial_branches"]) > d["branches"]:
         raise ValueError("more missing than measured")
 
@@ -711,6 +722,8 @@ def read_history(path: Path) -> list[dict[str, Any]]:
                 raise _a_coverage_report(path)
             try:
                 _check_entry(entry)
+            except _CountTooLarge as exc:
+                where, reason = f"{where}:{_column_of_large_count(line)}", _first(exc)
             except (ValueError, TypeError, OverflowError) as exc:
                 reason = _first(exc)
             else:
@@ -720,6 +733,19 @@ def read_history(path: Path) -> list[dict[str, Any]]:
             raise _a_coverage_report(path)
         raise InputError(f"{where}: not a voke coverage history entry ({reason})")
     return entries
+
+
+# A JSON string, or a number; an entry's only numbers are its counts
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?')
+
+
+def _column_of_large_count(line: str) -> int:
+    """Where in LINE (valid JSON) the first whole number over MAX_COUNT starts (1-based)."""
+    for m in _JSON_TOKEN.finditer(line):
+        token = m.group()
+        if token.isdigit() and (len(token) > 16 or int(token) > MAX_COUNT):
+            return m.start() + 1
+    return 1  # (not reached: the entry held one)
 
 
 def _whole_json(text: str) -> Any:
