@@ -35,6 +35,9 @@ from voketag_ops.errors import ConfigError, UsageError
 
 DEFAULT_SERVICES = ("admin-service", "factory-service", "blockchain-service")
 CONFIG_FILE = "voke.toml"
+MAX_PRECISION = (
+    10  # coverage decimals: [coverage] precision, --precision, coverage.py's own [report] precision
+)
 
 # Environment variables with a name of their own; any other key can be reached as
 # VOKE_<SECTION>__<KEY> (e.g. VOKE_LOCAL__ARCHIVE_TIMEOUT=30).
@@ -232,7 +235,7 @@ class CoverageSettings(_Model):
     precision: int | None = Field(
         default=None,
         ge=0,
-        le=10,
+        le=MAX_PRECISION,
         description="decimals shown (default: coverage.py's [report] precision, else 0)",
     )
     rule: Literal["auto", "coverage", "coverage-7.16", "strict"] = Field(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -295,6 +296,20 @@ def test_coverage_precision_from_project_config(tmp_path, monkeypatch):
     monkeypatch.setenv("COVERAGE_RCFILE", "missing.rc")
     with pytest.raises(ConfigError, match=r"missing\.rc"):
         coverage_precision(tmp_path)
+
+
+@pytest.mark.parametrize("precision", [400, 11, -1])
+def test_coverage_precision_outside_0_to_10_is_a_configuration_error_naming_the_file(
+    tmp_path, monkeypatch, precision
+):
+    # voke.toml's own precision stops at 10; 400 from .coveragerc was an OverflowError (exit 70)
+    monkeypatch.delenv("COVERAGE_RCFILE", raising=False)
+    (tmp_path / ".coveragerc").write_text(f"[report]\nprecision = {precision}\n")
+    message = f"({tmp_path / '.coveragerc'}): [report] precision = {precision} is outside 0..10"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        coverage_precision(tmp_path)
+    (tmp_path / ".coveragerc").write_text("[report]\nprecision = 10\n")
+    assert coverage_precision(tmp_path) == 10
 
 
 def test_gate_uses_the_precision_coverage_py_reads(tmp_path, monkeypatch):

@@ -494,6 +494,10 @@ def test_coverage_pys_fail_under_is_the_target_unless_voke_sets_one(voke, env, p
     (project / "voke.toml").write_text(TWO_SERVICES.replace("target = 80\n", ""))
     bad = gate()
     assert bad.exit_code == 3 and "fail_under = 150" in bad.json["error"]["message"]
+    (project / ".coveragerc").write_text("[report]\nprecision = 400\n")
+    for command in (gate(), voke("coverage", "report", "coverage.json", "--json", environ=env, cwd=project)):
+        assert command.exit_code == 3, command.stdout  # was 70: OverflowError
+        assert f"({project / '.coveragerc'}): [report] precision = 400" in command.json["error"]["message"]
 
 
 # -- history --------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from voketag_ops.cli.common import DryRun, Unasked, use
+from voketag_ops.config import MAX_PRECISION
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -39,7 +40,9 @@ Paths = Annotated[
 ]
 Precision = Annotated[
     int | None,
-    typer.Option("--precision", min=0, max=10, help="Decimals shown (default: config, else coverage.py's)."),
+    typer.Option(
+        "--precision", min=0, max=MAX_PRECISION, help="Decimals shown (default: config, else coverage.py's)."
+    ),
 ]
 FailUnder = Annotated[
     float | None,

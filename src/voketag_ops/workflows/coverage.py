@@ -783,7 +783,7 @@ def _precision(given: int | None, settings: CoverageSettings, root: Path) -> int
     for precision in (given, settings.precision):
         if precision is not None:
             return max(precision, 0)
-    return max(coverage_precision(root) or 0, 0)
+    return coverage_precision(root) or 0
 
 
 def _first(exc: Exception) -> str:

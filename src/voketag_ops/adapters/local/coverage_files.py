@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from voketag_ops.config import MAX_PRECISION
 from voketag_ops.core.coverage import (
     EXIT,
     UNKNOWN,
@@ -528,32 +529,38 @@ def coverage_precision(root: Path) -> int | None:
     coverage.py). Asked of coverage.py, not re-implemented: which file it reads (COVERAGE_RCFILE,
     .coveragerc, .coveragerc.toml, setup.cfg, tox.ini, pyproject.toml), which sections count
     there and which file ends the search have changed between its versions."""
-    value = _coverage_option(root, "report:precision")
-    return value if type(value) is int else None
+    value, where = _coverage_option(root, "report:precision")
+    if type(value) is not int:
+        return None
+    if not 0 <= value <= MAX_PRECISION:
+        raise ConfigError(f"{where}: [report] precision = {value} is outside 0..{MAX_PRECISION}")
+    return value
 
 
 def coverage_fail_under(root: Path) -> float | None:
     """`[report] fail_under` as coverage.py reads it for a run in ROOT; None when it sets none
     (coverage.py's 0 means no gate)."""
-    value = _coverage_option(root, "report:fail_under")
+    value, where = _coverage_option(root, "report:fail_under")
     if type(value) not in (int, float) or value == 0:
         return None
     if not 0 < value <= 100:
-        raise ConfigError(
-            f"coverage.py's configuration in {root}: [report] fail_under = {value} is not a percentage"
-        )
+        raise ConfigError(f"{where}: [report] fail_under = {value} is not a percentage")
     return float(value)
 
 
-def _coverage_option(root: Path, name: str) -> Any:
+def _coverage_option(root: Path, name: str) -> tuple[Any, str]:
+    """The option NAME as coverage.py reads it in ROOT, and where it read it (for a message)."""
     try:
         import coverage
         from coverage.exceptions import CoverageException
     except ImportError:
-        return None
+        return None, ""
     with _chdir(root), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its own complaints about unknown options
         try:
-            return coverage.Coverage(config_file=True).get_option(name)
+            cov = coverage.Coverage(config_file=True)
+            value = cov.get_option(name)
         except CoverageException as exc:
             raise ConfigError(f"coverage.py's configuration in {root}: {exc}") from None
+    read = getattr(cov.config, "config_files_read", None) or []
+    return value, f"coverage.py's configuration ({', '.join(map(str, read)) or root})"
