@@ -723,3 +723,25 @@ def test_a_history_count_too_large_for_a_float_is_named_by_line_and_column(voke,
         r = voke("coverage", *args, "--json", environ=env, cwd=project)
         assert r.exit_code == 1, r.stdout + r.stderr  # 1e4000 was exit 70 (OverflowError), 2**53 exit 0
         assert r.json["error"]["message"].startswith(f"{hist}:2:{column}: not a voke coverage history entry")
+
+
+def test_names_read_from_a_history_are_shown_not_obeyed(voke, env, project):
+    write_json(
+        project, {"admin_service/a.py": lines_file(60, 40), "factory_service/b.py": lines_file(50, 50)}
+    )
+    assert voke("coverage", "history", "add", "coverage.json", environ=env, cwd=project).exit_code == 0
+    hist = project / ".voke" / "coverage-history.jsonl"
+    entry = json.loads(hist.read_text())
+    counts = entry["services"]["admin-service"]
+    entry["services"] = {"svc\x1b[2J": counts, "[bold]b[/]": counts}
+    entry["ref"] = "r\x1b]0;title\x07[red]"
+    hist.write_text(json.dumps(entry) + "\n")
+    shown = voke("coverage", "history", "show", environ=env, cwd=project)
+    report = voke(
+        "coverage", "report", "coverage.json", "--baseline-from", str(hist), environ=env, cwd=project
+    )
+    assert shown.exit_code == 0 and report.exit_code == 0, shown.stderr + report.stderr
+    for out in (shown.stdout, report.stdout):
+        assert "\x1b" not in out and "\x07" not in out
+    assert "svc\\x1b[2J" in shown.stdout and "[bold]b[/]" in shown.stdout  # markup shown, not applied
+    assert "(r\\x1b]0;title\\x07[red])" in report.stdout

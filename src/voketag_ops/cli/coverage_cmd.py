@@ -16,6 +16,7 @@ import typer
 
 from voketag_ops.cli.common import DryRun, Unasked, use
 from voketag_ops.config import MAX_PRECISION
+from voketag_ops.output import printable
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -415,6 +416,15 @@ def _target(value: float | None) -> str:
     return "" if value is None else format_target(value)
 
 
+def _shown(text: str) -> str:
+    """TEXT read from a file (a service name in a history, a path in coverage data, a history's
+    ref) for rich markup: what a terminal would act on is escaped (`printable`), and so is markup
+    (a service named "[red]x" is shown as such)."""
+    from rich.markup import escape
+
+    return escape(printable(text))
+
+
 def _status(s: Any) -> str:
     if s.passed is None:
         return ""
@@ -448,7 +458,7 @@ def _render_report(console: Console, r: Any) -> None:
     for s in rows:
         style = "bold" if s is r.totals else ("dim" if s is r.unassigned else None)
         table.add_row(
-            s.name,
+            _shown(s.name),
             str(s.files),
             str(s.statements),
             str(s.missing),
@@ -466,19 +476,18 @@ def _render_report(console: Console, r: Any) -> None:
         if s.passed is False or s.by_rounding:
             from voketag_ops.core.coverage import Rule, verdict
 
-            console.print(verdict(s, p, Rule(r.rule)), markup=False)
-    baseline = f"; baseline from {r.baseline_from}" if r.baseline_from else ""
+            console.print(printable(verdict(s, p, Rule(r.rule))), markup=False)
+    baseline = f"; baseline from {_shown(r.baseline_from)}" if r.baseline_from else ""
     console.print(f"[dim]rule {r.rule}, precision {p}{baseline}[/]")
 
 
 def _render_gate(console: Console, r: Any) -> None:
     for line in r.verdicts:
-        console.print(line, markup=False)
+        console.print(printable(line), markup=False)
     console.print(f"[dim]rule {r.rule}, precision {r.precision}[/]")
 
 
 def _render_gaps(console: Console, r: Any) -> None:
-    from rich.markup import escape
     from rich.table import Table
 
     def need(g: Any) -> str:
@@ -491,14 +500,14 @@ def _render_gaps(console: Console, r: Any) -> None:
         return f"cover all {g.missing} missed statements and {g.units_needed - g.missing} branch exits"
 
     for g in (*r.services, r.totals):
-        console.print(f"[bold]{g.name}[/] {g.display}%: {need(g)}")
+        console.print(f"[bold]{_shown(g.name)}[/] {g.display}%: {need(g)}")
         if g.files:
             table = Table(show_edge=False, box=None, padding=(0, 1))
             for col in ("file", "miss", "brmiss", "cover", "missing lines"):
                 table.add_column(col, justify="right" if col in ("miss", "brmiss", "cover") else "left")
             for f in g.files:
                 table.add_row(
-                    escape(f.path), str(f.missing), str(f.missing_branches), f"{f.display}%", f.missing_lines
+                    _shown(f.path), str(f.missing), str(f.missing_branches), f"{f.display}%", f.missing_lines
                 )
             console.print(table)
         if g.functions:
@@ -507,7 +516,7 @@ def _render_gaps(console: Console, r: Any) -> None:
                 table.add_column(col, justify="right" if col in ("miss", "brmiss") else "left")
             for fn in g.functions:
                 where = f"{fn.path}:{fn.start_line}" if fn.start_line else fn.path
-                table.add_row(escape(fn.name), escape(where), str(fn.missing), str(fn.missing_branches))
+                table.add_row(_shown(fn.name), _shown(where), str(fn.missing), str(fn.missing_branches))
             console.print(table)
         console.print()
     if not r.regions:
@@ -517,7 +526,6 @@ def _render_gaps(console: Console, r: Any) -> None:
 
 
 def _render_diff(console: Console, r: Any) -> None:
-    from rich.markup import escape
     from rich.table import Table
 
     from voketag_ops.core.coverage import format_ranges
@@ -534,7 +542,7 @@ def _render_diff(console: Console, r: Any) -> None:
         for col in ("file", "measured", "cover", "uncovered lines"):
             table.add_column(col, justify="right" if col in ("measured", "cover") else "left")
         for f in uncovered:
-            table.add_row(escape(f.path), str(f.measured), f"{f.display}%", format_ranges(f.uncovered_ranges))
+            table.add_row(_shown(f.path), str(f.measured), f"{f.display}%", format_ranges(f.uncovered_ranges))
         console.print(table)
     if r.target is not None:
         console.print(("[green]pass[/]" if r.passed else "[red]FAIL[/]") + f" against {_target(r.target)}")
@@ -551,9 +559,11 @@ def _render_history_add(console: Console, r: Any) -> None:
         else ("would append" if r.dry_run else "appended")
     )
     console.print(
-        f"{verb} run {e['at']}{' (' + e['ref'] + ')' if e.get('ref') else ''}"
-        f"{' (the last entry had the same --ref)' if r.replaced else ''}: overall "
-        f"{display_covered(pc, 1)}%, {len(e['services'])} services -> {r.file} ({r.entries} runs)",
+        printable(
+            f"{verb} run {e['at']}{' (' + e['ref'] + ')' if e.get('ref') else ''}"
+            f"{' (the last entry had the same --ref)' if r.replaced else ''}: overall "
+            f"{display_covered(pc, 1)}%, {len(e['services'])} services -> {r.file} ({r.entries} runs)"
+        ),
         markup=False,
     )
 
@@ -562,20 +572,22 @@ def _render_history_show(console: Console, r: Any) -> None:
     from rich.table import Table
 
     if not r.entries:
-        console.print(f"no runs recorded in {r.file}")
+        console.print(f"no runs recorded in {_shown(r.file)}")
         return
     p = r.precision
     from rich import box
 
     table = Table(
-        title=f"coverage trend ({r.entries} runs, {r.file})", title_justify="left", box=box.SIMPLE_HEAD
+        title=f"coverage trend ({r.entries} runs, {_shown(r.file)})",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
     )
     for col in ("series", "trend", "latest", "Δ prev", "Δ first", "target", "baseline", ""):
         table.add_column(col, justify="left" if col in ("series", "trend", "") else "right")
     for t in r.series:
         status = "" if t.passed is None else ("[green]pass[/]" if t.passed else "[red]below[/]")
         table.add_row(
-            t.name,
+            _shown(t.name),
             t.sparkline,
             f"{t.latest_display}%" if t.latest_display else "",
             _pct(t.change, p, sign=True),
