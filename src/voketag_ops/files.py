@@ -38,6 +38,13 @@ def check_replaceable(path: Path, flag: str) -> None:
         )
 
 
+def read_at_most(stream: IO[bytes], limit: int) -> bytes | None:
+    """STREAM read to its end, or None if it holds more than LIMIT bytes: never more than
+    LIMIT + 1 bytes are read, so a pipe or `/dev/zero` cannot fill memory."""
+    data = stream.read(limit + 1)
+    return None if len(data) > limit else data
+
+
 def read_limited(path: Path, limit: int, *, what: str, hint: str | None = None) -> bytes:
     """The bytes of PATH, a regular file of at most LIMIT bytes, read whole: InputError (exit 1)
     naming PATH otherwise (HINT with a file too large). A device or a pipe has no size to check
@@ -49,13 +56,12 @@ def read_limited(path: Path, limit: int, *, what: str, hint: str | None = None) 
         with path.open("rb") as fh:
             st = os.fstat(fh.fileno())
             _refuse_unless_regular(path, st.st_mode, what)  # replaced since the look
-            data = fh.read(limit + 1) if st.st_size <= limit else b""
-            size = max(st.st_size, len(data))
+            data = read_at_most(fh, limit) if st.st_size <= limit else None  # it may grow meanwhile
     except FileNotFoundError:
         raise
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror}") from None
-    if size > limit:
+    if data is None:
         raise InputError(f"{path}: larger than {limit:,} bytes, the most voke reads of a {what}", hint=hint)
     return data
 

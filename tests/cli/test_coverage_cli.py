@@ -692,6 +692,32 @@ def test_a_diff_file_that_is_no_diff_is_rejected_not_passed(voke, env, project):
     assert empty.exit_code == 0
 
 
+def test_a_diff_file_is_read_within_a_limit_from_a_file_or_a_pipe(voke, env, project, monkeypatch):
+    from voketag_ops.adapters.local import git_diff
+
+    write_json(project, {"admin_service/a.py": lines_file(50, 50)})
+    diff = "--- a/admin_service/a.py\n+++ b/admin_service/a.py\n@@ -1 +1 @@\n+x\n"
+    (project / "c.diff").write_text(diff)
+    read, write = os.pipe()  # `git diff | voke coverage diff ... --diff-file /dev/stdin`
+    os.write(write, diff.encode())
+    os.close(write)
+    try:
+        piped = voke("coverage", "diff", "coverage.json", "--diff-file", f"/dev/fd/{read}", "--json",
+                     environ=env, cwd=project)  # fmt: skip
+    finally:
+        os.close(read)
+    assert piped.exit_code == 0, piped.stderr
+    assert piped.json["result"]["files"], piped.json
+    # /dev/zero never ends: it was read whole (out of memory); at most the limit and a byte now
+    monkeypatch.setattr(git_diff, "DIFF_LIMIT", len(diff) - 1)
+    for source in ("c.diff", "/dev/zero"):
+        r = voke(
+            "coverage", "diff", "coverage.json", "--diff-file", source, "--json", environ=env, cwd=project
+        )
+        assert r.exit_code == 1 and f"larger than {len(diff) - 1:,} bytes" in r.json["error"]["message"]
+        no_traceback(r)
+
+
 @pytest.mark.parametrize(
     ("target", "where"),
     [('"b/admin_service/a.py\\"', "line 2, column 5"), ('"b/admin_service/a\\x4.py"', "line 2, column 23")],

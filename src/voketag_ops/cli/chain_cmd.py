@@ -22,7 +22,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from voketag_ops.cli.common import DryRun, Unasked, Yes, read_at_most, stdin_bytes, use
+from voketag_ops.cli.common import DryRun, Unasked, Yes, stdin_bytes, use
 
 _UINT64_MAX = (1 << 64) - 1  # the largest size the chain store reads back (core.chain.MAX_NONCE)
 
@@ -168,6 +168,8 @@ def verify(
             data = bytes.fromhex(leaf_hex)
         except ValueError:
             raise UsageError("--leaf-hex: not hex") from None
+    from voketag_ops.files import read_at_most
+
     with _binary_input(proof) as (stream, source):
         raw = read_at_most(stream, MAX_PROOF_BYTES)
     if raw is None:
@@ -273,6 +275,7 @@ def import_(
     from voketag_ops.adapters.local.chain_store import parse_document
     from voketag_ops.core.chain import ChainFormatError, anchor_disagreement, validate_chain
     from voketag_ops.errors import InputError
+    from voketag_ops.files import read_at_most
     from voketag_ops.workflows.audit import refuse_foreign_chain
     from voketag_ops.workflows.chain import plan_import
 

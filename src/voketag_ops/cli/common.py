@@ -142,13 +142,6 @@ def stdin_bytes(stream: TextIO) -> IO[bytes]:
     return buffer
 
 
-def read_at_most(stream: IO[bytes], limit: int) -> bytes | None:
-    """STREAM read to its end, or None if it holds more than LIMIT bytes: never more than
-    LIMIT + 1 bytes are read, so a pipe or `/dev/zero` cannot fill memory."""
-    data = stream.read(limit + 1)
-    return None if len(data) > limit else data
-
-
 def read_pasted_bytes(env: AppContext, prompt: str, *, limit: int = 65536) -> bytes:
     """A value pasted by the operator, without surrounding whitespace (a trailing newline): at
     a prompt that does not echo, or on stdin, read as bytes as a file is (a value need not be
@@ -162,6 +155,8 @@ def read_pasted_bytes(env: AppContext, prompt: str, *, limit: int = 65536) -> by
             "utf-8", "surrogateescape"
         )
     else:
+        from voketag_ops.files import read_at_most
+
         value = read_at_most(stdin_bytes(env.out.stdin), limit)
     if value is None or len(value) > limit:
         raise UsageError(f"{prompt}: more than {limit:,} bytes on stdin; nothing was stored")

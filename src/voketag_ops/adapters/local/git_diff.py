@@ -11,6 +11,10 @@ from pathlib import Path
 
 from voketag_ops.core.coverage import DiffError, parse_unified_diff
 from voketag_ops.errors import ConfigError, InputError, UsageError
+from voketag_ops.files import read_at_most
+
+# A diff of a change worth gating is a few MiB at most; /dev/zero or an endless pipe is not one.
+DIFF_LIMIT = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -83,11 +87,15 @@ def work_tree_prefix(root: Path) -> str:
 def read_diff_file(path: Path) -> dict[str, set[int]]:
     """Changed lines from a unified diff saved in PATH (paths relative to the project root)."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        with path.open("rb") as fh:  # not stat'ed first: `--diff-file /dev/stdin` reads a pipe
+            data = read_at_most(fh, DIFF_LIMIT)
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file") from None
     except OSError as exc:
         raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
+    if data is None:
+        raise InputError(f"{path}: larger than {DIFF_LIMIT:,} bytes, the most voke reads of a diff")
+    text = data.decode("utf-8", errors="replace")
     if text.strip() and not any(line.startswith(("+++ ", "@@ ", "diff ")) for line in text.split("\n")):
         # an HTML page or a log saved by mistake would otherwise pass as "nothing changed"
         raise InputError(f"{path}: not a unified diff (no '+++' file header or '@@' hunk)")
