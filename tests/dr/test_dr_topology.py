@@ -139,6 +139,10 @@ def test_a_failover_waits_for_an_unfinished_rotation(voke, environ, env, held_by
     assert refused.exit_code == 5 and "a rotation of db-app is unfinished" in refused.json["error"]["message"]
     drill = voke("drill", "run", "failover", "--yes", "--json", environ=environ)  # before its fault
     assert drill.exit_code == 5 and "a rotation of db-app is unfinished" in drill.json["error"]["message"]
+    for scenario in ("failover", "failback", "all"):  # their dry runs as well, as `dr failover`'s
+        dry = voke("drill", "run", scenario, "--dry-run", "--json", environ=environ)
+        assert dry.exit_code == 5 and "a rotation of db-app is unfinished" in dry.json["error"]["message"]
+    assert voke("drill", "run", "pitr", "--dry-run", environ=environ).exit_code == 0  # moves no leader
     assert env.require_state().leader == "primary" and env.node("primary").running  # nothing changed
     assert voke("rotate", "resume", "--yes", environ=environ).exit_code == 0
     # and the other way round: no rotation while a drill (another process) holds the DR lock

@@ -268,6 +268,50 @@ def test_cloud_drill_refusals_and_dry_run(drills):
     assert not [p for m, p in drills.fake.rest.calls if m == "POST" and "/clone" in p]
 
 
+def test_a_cloud_dry_run_is_refused_where_its_run_would_be_and_changes_nothing(drills, monkeypatch, tmp_path):
+    # README: a state-changing cloud DR command's --dry-run is "the plan, after the same checks"
+    calls = len(drills.fake.rest.calls)
+    plan = drills.drill("all", "--dry-run")
+    assert plan.exit_code == 0, plan.stdout + plan.stderr
+    steady = plan.json["result"]["steady_state"]
+    assert set(steady) == {"pitr", "failover"} and all(
+        s["ok"] and s["leader"] == "voke-db" for s in steady.values()
+    )
+    assert [c["name"] for c in steady["pitr"]["checks"]] == ["topology", "leader_running", "pitr_enabled"]
+    # point-in-time recovery off: the pitr drill (and so `all`) would be aborted; failover needs none
+    drills.fake.sql.instances["voke-db"]["pitr"] = False
+    for scenario in ("pitr", "all"):
+        refused = drills.drill(scenario, "--dry-run")
+        assert refused.exit_code == 5, refused.stdout + refused.stderr
+        assert refused.json["error"] == {
+            "type": "PreconditionError",
+            "message": "drill pitr would be aborted: steady state before the drill: point-in-time "
+            "recovery off on voke-db; nothing was changed",
+            "exit_code": 5,
+        }
+    assert drills.drill("failover", "--dry-run").exit_code == 0
+    drills.fake.sql.instances["voke-db"]["pitr"] = True
+    # a recorded primary Cloud SQL contradicts
+    drills.fake.sql.instances["voke-db-dr"]["labels"] = {"voke-env": "prod", "voke-role": "primary"}
+    contradicted = drills.drill("failover", "--dry-run")
+    assert contradicted.exit_code == 5 and "disagree" in contradicted.json["error"]["message"]
+    drills.fake.sql.instances["voke-db-dr"]["labels"] = {}
+    # the canary's login: a secret that does not exist (exit 4), one that is no JSON login (exit 3)
+    drills.configure(canary_secret="no-such-secret")
+    assert drills.drill("pitr", "--dry-run").exit_code == 4
+    # no Google credentials (google.auth reads the process environment: ADC at a missing file)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "none.json"))
+    drills.configure(credentials="adc")
+    no_credentials = drills.drill("failover", "--dry-run")
+    assert no_credentials.exit_code == 3, no_credentials.stdout
+    assert no_credentials.json["error"]["message"].startswith("no Google credentials")
+    # read-only: no change requested, no journal, no audit event, no lock taken
+    assert [c for c in drills.fake.rest.calls[calls:] if c[0] != "GET"] == []
+    state = drills.home / "state"
+    assert not list(state.rglob("*.json")) and not (state / "audit" / "audit.jsonl").exists()
+    assert not list(state.rglob("dr.lock"))
+
+
 def test_leftovers_are_labelled_scratch_names_of_finished_or_old_runs_only():
     from datetime import datetime, timezone
 

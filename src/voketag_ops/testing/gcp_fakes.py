@@ -893,6 +893,7 @@ class FakeCloudSql:
         dr_replica: str | None = None,
         edition: str = "ENTERPRISE_PLUS",
         labels: dict[str, str] | None = None,
+        pitr: bool = True,
     ) -> None:
         self.instances[name] = {
             "name": name,
@@ -906,6 +907,7 @@ class FakeCloudSql:
             "edition": edition,
             "labels": dict(labels or {}),
             "tier": "db-perf-optimized-N-4",
+            "pitr": pitr,  # point-in-time recovery on
         }
         if replica_of:
             self.instances[replica_of]["replicas"].append(name)
@@ -959,7 +961,7 @@ class FakeCloudSql:
                 "edition": inst["edition"],
                 "backupConfiguration": {
                     "enabled": True,
-                    "pointInTimeRecoveryEnabled": True,
+                    "pointInTimeRecoveryEnabled": inst["pitr"],
                     "transactionLogRetentionDays": 7,
                     "startTime": "03:00",
                 },

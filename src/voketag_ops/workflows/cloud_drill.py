@@ -52,6 +52,7 @@ from voketag_ops.errors import (
     Interrupted,
     NeedsOperatorError,
     NotFoundError,
+    PreconditionError,
     StepTimeoutError,
     UsageError,
     VokeError,
@@ -515,6 +516,10 @@ class CloudDrill(local_drill_frame.RunFrame):
                 "labelled": swept_labelled,
             }
 
+    def steady_state(self) -> dict[str, Any]:
+        """The steady state this drill needs, before it starts and after it ended."""
+        return self.steady(pitr=self.scenario == "pitr")
+
     def steady(self, *, pitr: bool) -> dict[str, Any]:
         from voketag_ops.workflows import cloud_topology
 
@@ -846,9 +851,9 @@ def run_drill(
                 run,
                 f"cloud drill {scenario}",
                 progress=progress,
-                before=lambda: run.steady(pitr=scenario == "pitr"),
+                before=run.steady_state,
                 scenario=scenario_run,
-                after=lambda: run.steady(pitr=scenario == "pitr"),
+                after=run.steady_state,
                 after_interrupt=False,
             )
         finally:
@@ -871,6 +876,20 @@ def run_drill(
             hint=f"its journal: voke drill report {journal['run_id']}",
         )
     return journal
+
+
+def check_before(settings: Any, scenario: str, *, platform: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """A dry run's checks: what `run_drill` refuses on before it changes anything, read-only (no
+    lock, journal, audit event or sweep): the canary's login (credentials, the secret: exit 3 or
+    4 as the run), then the steady state, whose failure aborts the run (exit 5 here too). Returns
+    the steady state."""
+    run = CloudDrill(settings, platform, scenario, lambda _m: None, options)
+    run.login()
+    steady = run.steady_state()
+    why = local_drill_frame.unsteady(steady)
+    if why is not None:
+        raise PreconditionError(f"drill {scenario} would be aborted: {why}; nothing was changed")
+    return steady
 
 
 def _retry_note(settings: Any, unlabelled: list[str]) -> str:
@@ -920,13 +939,23 @@ def run(
     the journals saved, with its error. Scratch instances that could not be deleted (after
     Ctrl-C too: they are billed until a person deletes them) are NeedsOperatorError (exit 7)
     naming them and the delete command, and the interruption if there was one: raised for one
-    drill, with the journals saved for `all`."""
+    drill, with the journals saved for `all`. A dry run is the plan after `check_before`."""
     scenarios = _known_scenarios(settings, scenario)
     env = settings.environment(settings.env)
-    if dry_run:
+    if dry_run:  # the plan, after the checks the run makes before it changes anything
+        from voketag_ops.workflows.cloud import CloudPlatform
+
+        platform = CloudPlatform(settings)
+        steady = {n: check_before(settings, n, platform=platform, options=options or {}) for n in scenarios}
         plan = {n: PLANS[n] for n in scenarios}
         return local_drill_frame.RunOutcome(
-            {"dry_run": True, "env": settings.env, "instance": env.instance, "plan": plan}
+            {
+                "dry_run": True,
+                "env": settings.env,
+                "instance": env.instance,
+                "plan": plan,
+                "steady_state": steady,
+            }
         )
     journals: list[dict[str, Any]] = []
     error: VokeError | None = None

@@ -1047,6 +1047,15 @@ PLANS = {
 }
 
 
+def unsteady(steady: Mapping[str, Any]) -> str | None:
+    """Why the steady state STEADY, checked before a drill, does not hold (None: it does): the
+    error of the run it aborts, and of a dry run that would be."""
+    if steady["ok"]:
+        return None
+    failed = [c["message"] for c in steady["checks"] if not c["ok"]]
+    return "steady state before the drill: " + "; ".join(failed)
+
+
 def drive(
     run: Any,
     label: str,
@@ -1067,10 +1076,10 @@ def drive(
     try:
         progress(f"{label}: checking the steady state")
         run.steady_before = before()
-        if not run.steady_before["ok"]:
+        why = unsteady(run.steady_before)
+        if why is not None:
             run.status = "aborted"
-            failed = [c["message"] for c in run.steady_before["checks"] if not c["ok"]]
-            run.error = "steady state before the drill: " + "; ".join(failed)
+            run.error = why
         else:
             scenario()
     except (KeyboardInterrupt, Interrupted) as exc:  # (a DR step turns it into Interrupted, exit 130)
@@ -1220,7 +1229,8 @@ def run(
 ) -> RunOutcome:
     """`voke drill run SCENARIO|all`: one journal, or {"runs": [...]} for all. A scenario of
     `all` that raises once a journal was saved ends the run: the journals saved (an interrupted
-    drill's among them), with its error."""
+    drill's among them), with its error. A dry run is refused as the run would be before it
+    starts (exit 5), and changes nothing."""
     from voketag_ops.workflows.dr import require_local
 
     require_local(settings)
@@ -1234,8 +1244,12 @@ def run(
     from voketag_ops.audit import audited
 
     if dry_run:
-        if env.exists:  # refused as the run is: another DR operation running, or one to resume
-            dr.refuse_if_busy(env)
+        if env.exists:  # refused as the run is: another DR operation running, or one to resume,
+            dr.refuse_if_busy(env)  # and a failover or failback while a rotation is unfinished
+            if {"failover", "failback"} & set(scenarios):
+                from voketag_ops.workflows.dr import refuse_if_rotating_locally
+
+                refuse_if_rotating_locally(settings)
         return RunOutcome({"dry_run": True, "plan": {name: PLANS[name] for name in scenarios}})
 
     journals: list[dict[str, Any]] = []
