@@ -856,11 +856,13 @@ def test_ctrl_c_mid_drill_cleans_up_and_records_interrupted(voke, environ, env, 
     journal = json.loads(
         sorted((env.home / "drills").glob("failover-*.json"), key=lambda p: p.stat().st_mtime)[-1].read_text()
     )
-    error = result.json["error"]  # names the journal saved as interrupted
+    error = result.json["error"]  # names the journal saved as interrupted, which is the result
     assert (
         journal["run_id"] in error["message"]
         and error["hint"] == f"its journal: voke drill report {journal['run_id']}"
     )
+    assert result.json["result"]["run_id"] == journal["run_id"]
+    assert result.json["result"]["status"] == "interrupted"
     assert journal["status"] == "interrupted" and "interrupted" in journal["error"]
     assert journal["timeline"]["fault_injected_at"] and journal["timeline"]["first_write_ok_at"] is None
     assert any(step["name"].startswith("restore the topology") and step["ok"] for step in journal["cleanup"])
@@ -938,6 +940,7 @@ def test_a_drill_whose_clean_up_needs_a_person_exits_7_naming_what_to_run(voke, 
     assert result.exit_code == 7, result.stdout  # (it was 130, which says nothing needs doing)
     journal = latest_journal(env, "failback")
     error = result.json["error"]
+    assert result.json["result"]["run_id"] == journal["run_id"]  # its journal, with the error
     assert error["message"].startswith(f"interrupted: drill failback {journal['run_id']} could not clean up")
     assert "restore the topology" in error["message"] and "no space left" in error["message"]
     assert "finish it with `voke dr failback --yes`" in error["hint"]

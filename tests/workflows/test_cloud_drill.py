@@ -184,30 +184,34 @@ def test_a_failed_drill_still_deletes_its_scratch_instances(drills):
     assert [c["ok"] for c in j["cleanup"]] == [True, True]
 
 
-def test_ctrl_c_cleans_up_saves_the_journal_and_re_raises(drills):
+def test_ctrl_c_cleans_up_saves_the_journal_and_reports_it_with_the_error(drills, monkeypatch):
+    # exit 130 naming the journal, which is the `result` of the error envelope, as `all`'s are
     from voketag_ops.workflows import cloud_drill, drill
 
-    def progress(message: str) -> None:
-        if message.startswith("promote"):
-            raise KeyboardInterrupt
+    real = cloud_drill.run_drill
 
-    settings = drills.settings()
-    with pytest.raises(Interrupted) as raised:
-        cloud_drill.run(
-            settings,
-            "failover",
-            home=drills.home / "state",
-            progress=progress,
-            options={"canary_seconds": 0.1},
-        )
+    def ctrl_c_at_the_promotion(*args: Any, progress: Any, **kw: Any) -> Any:
+        def interrupting(message: str) -> None:
+            progress(message)
+            if message.startswith("promote"):
+                raise KeyboardInterrupt
+
+        return real(*args, progress=interrupting, **kw)
+
+    monkeypatch.setattr(cloud_drill, "run_drill", ctrl_c_at_the_promotion)
+    result = drills.drill("failover")
+    assert result.exit_code == 130, result.stdout + result.stderr
     assert drills.scratch() == []
     from types import SimpleNamespace
 
+    settings = drills.settings()
     journal = drill.load_journal(SimpleNamespace(home=cloud_drill.drills_home(settings)), "last")
     assert journal["status"] == "interrupted" and all(s["deleted"] for s in journal["details"]["scratch"])
+    assert result.json["result"] == journal
     path = cloud_drill.drills_home(settings) / "drills" / f"{journal['run_id']}.json"
-    assert str(path) in raised.value.message  # named, as a local drill's (exit 130)
-    assert raised.value.hint == f"its journal: voke drill report {journal['run_id']}"
+    error = result.json["error"]
+    assert error["type"] == "Interrupted" and str(path) in error["message"]  # named, as a local drill's
+    assert error["hint"] == f"its journal: voke --env prod drill report {journal['run_id']}"
 
 
 def test_ctrl_c_in_a_later_drill_of_all_reports_every_journal_saved(drills):
@@ -463,14 +467,15 @@ def test_a_clone_whose_delete_fails_after_ctrl_c_is_labelled_and_the_next_run_de
 
     drills.fake.sql.instances["voke-db"]["labels"] = dict(PRODUCTION_LABELS)  # a clone copies them
     drills.fake.rest.fail("DELETE", r"/instances/voke-db-drill-", status="PERMISSION_DENIED", times=1)
-    with pytest.raises(VokeErrorType):  # exit 7: the interrupted drill left a billed instance
-        cloud_drill.run(
-            drills.settings(),
-            "pitr",
-            home=drills.home / "state",
-            progress=_interrupt_at_the_answer,
-            options={"canary_seconds": 0.1},
-        )
+    outcome = cloud_drill.run(
+        drills.settings(),
+        "pitr",
+        home=drills.home / "state",
+        progress=_interrupt_at_the_answer,
+        options={"canary_seconds": 0.1},
+    )
+    # exit 7: the interrupted drill left a billed instance
+    assert isinstance(outcome.error, VokeErrorType) and outcome.report["status"] == "interrupted"
     [left] = drills.scratch()
     labels = drills.fake.sql.instances[left]["labels"]
     assert labels["voke-env"] == "prod" and labels["voke-drill"].startswith("pitr-")
@@ -521,6 +526,7 @@ def test_ctrl_c_that_leaves_a_billed_scratch_instance_is_exit_7_naming_it(drills
     from voketag_ops.workflows import drill
 
     journal = drill.load_journal(SimpleNamespace(home=drills.home / "state" / "cloud" / "prod"), "last")
+    assert result.json["result"] == journal  # its journal, as `all` shows those saved
     _names_the_leftover_and_the_interruption(drills, result.json["error"], journal)
 
 
@@ -579,14 +585,14 @@ def test_a_clone_left_by_a_killed_run_is_deleted_once_its_process_is_gone(drills
             drills.fake.rest.fail("DELETE", r"/instances/voke-db-drill-", status="PERMISSION_DENIED", times=1)
             drills.fake.rest.fail("PATCH", r"/instances/voke-db-drill-", status="PERMISSION_DENIED", times=2)
 
-    with pytest.raises(VokeErrorType):
-        cloud_drill.run(
-            drills.settings(),
-            "pitr",
-            home=drills.home / "state",
-            progress=kill_point,
-            options={"canary_seconds": 0.1},
-        )
+    outcome = cloud_drill.run(
+        drills.settings(),
+        "pitr",
+        home=drills.home / "state",
+        progress=kill_point,
+        options={"canary_seconds": 0.1},
+    )
+    assert isinstance(outcome.error, VokeErrorType)
     shutil.rmtree(journals)
     shutil.copytree(saved, journals)
     [path] = journals.glob("*.json")
@@ -644,10 +650,10 @@ def test_a_clone_cut_short_mid_poll_is_deleted_by_the_next_run_once_it_appears(d
 
     monkeypatch.setattr(sql.CloudSqlAdmin, "wait", ctrl_c_while_cloning)
     settings = drills.settings()
-    with pytest.raises(Interrupted):
-        cloud_drill.run(settings, "pitr", home=drills.home / "state", progress=lambda m: None,
-                        options={"canary_seconds": 0.1})  # fmt: skip
+    outcome = cloud_drill.run(settings, "pitr", home=drills.home / "state", progress=lambda m: None,
+                              options={"canary_seconds": 0.1})  # fmt: skip
     monkeypatch.undo()
+    assert isinstance(outcome.error, Interrupted)
     journal = drill.load_journal(SimpleNamespace(home=cloud_drill.drills_home(settings)), "last")
     assert [s["deleted"] for s in journal["details"]["scratch"]] == [False]  # not found is not deleted
     for op in drills.fake.sql.operations.values():  # Cloud SQL finishes the clone later

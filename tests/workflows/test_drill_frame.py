@@ -339,3 +339,31 @@ def test_ctrl_c_between_two_drills_of_all_still_reports_those_that_ran(voke, mon
     assert report["not_run"] == ["failover", "failback", "network"][len(ran) - 1 :]
     assert error["message"] == f"interrupted {'after' if saved_first else 'before'} drill failover"
     assert error["hint"] == "their journals: voke drill history"
+
+
+@pytest.mark.parametrize("stuck", [False, True])
+def test_an_interrupted_single_drill_reports_its_journal_with_the_error(voke, monkeypatch, stuck):
+    # as `all` does: the journal saved (status `interrupted`) is the `result` of the error envelope
+    # (exit 130), and so it is when its clean-up needs a person (exit 7)
+    from voketag_ops.errors import Interrupted, NeedsOperatorError
+    from voketag_ops.workflows import drill
+
+    journal = {"run_id": "network-1", "scenario": "network", "status": "interrupted",
+               "targets": {"rto_target_seconds": 420, "rpo_target_seconds": 60},
+               "rto_seconds": None, "rpo_seconds": None, "integrity_ok": None, "breaches": []}  # fmt: skip
+
+    def one(settings: Any, env: Any, name: str, saved: list[dict[str, Any]], **_kw: Any) -> dict[str, Any]:
+        saved.append(journal)
+        error = NeedsOperatorError if stuck else Interrupted
+        raise error("interrupted: drill network network-1 stopped after its clean-up (journal /j)", hint="h")
+
+    monkeypatch.setattr(drill, "run_drill", one)
+    result = voke("drill", "run", "network", "--yes", "--json")
+    assert result.exit_code == (7 if stuck else 130), result.stdout + result.stderr
+    assert result.json["ok"] is False and result.json["result"] == journal
+    error = result.json["error"]
+    assert error["type"] == ("NeedsOperatorError" if stuck else "Interrupted")
+    assert error["message"].endswith("(journal /j)") and error["hint"] == "h"
+    human = voke("drill", "run", "network", "--yes")
+    assert "network   RTO – (target 420 s)" in human.stdout and "interrupted  run network-1" in human.stdout
+    assert "error: interrupted: drill network network-1" in human.stderr

@@ -935,11 +935,11 @@ def run(
     options: dict[str, Any] | None = None,
 ) -> local_drill_frame.RunOutcome:
     """`voke --env NAME drill run pitr|failover|all`: one journal, or {"runs": [...]} for all;
-    as locally, a scenario of `all` that raises once a journal was saved (Ctrl-C) ends the run:
-    the journals saved, with its error. Scratch instances that could not be deleted (after
-    Ctrl-C too: they are billed until a person deletes them) are NeedsOperatorError (exit 7)
-    naming them and the delete command, and the interruption if there was one: raised for one
-    drill, with the journals saved for `all`. A dry run is the plan after `check_before`."""
+    as locally, a drill that raises once its journal was saved (Ctrl-C) ends the run: the
+    journal saved (for `all`: the journals saved), with its error. Scratch instances that could
+    not be deleted (after Ctrl-C too: they are billed until a person deletes them) are
+    NeedsOperatorError (exit 7) naming them and the delete command, and the interruption if
+    there was one, with the journals saved. A dry run is the plan after `check_before`."""
     scenarios = _known_scenarios(settings, scenario)
     env = settings.environment(settings.env)
     if dry_run:  # the plan, after the checks the run makes before it changes anything
@@ -983,10 +983,8 @@ def run(
             + _retry_note(settings, unlabelled)
             + (f"; {error.hint}" if error is not None and error.hint else ""),
         )
-    if scenario != "all":
-        if error is not None:
-            raise error
-        return local_drill_frame.RunOutcome(journals[0])
+    if scenario != "all":  # its journal, with the error that ended it (exit 130, or 7)
+        return local_drill_frame.RunOutcome(journals[0], error)
     report = {
         "runs": journals,
         "status": "completed"

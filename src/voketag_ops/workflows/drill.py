@@ -1227,10 +1227,11 @@ def run(
     progress: Progress = _quiet,
     options: dict[str, Any] | None = None,
 ) -> RunOutcome:
-    """`voke drill run SCENARIO|all`: one journal, or {"runs": [...]} for all. A scenario of
-    `all` that raises once a journal was saved ends the run: the journals saved (an interrupted
-    drill's among them), with its error. A dry run is refused as the run would be before it
-    starts (exit 5), and changes nothing."""
+    """`voke drill run SCENARIO|all`: one journal, or {"runs": [...]} for all. A drill that
+    raises once its journal was saved (Ctrl-C, a clean-up that needs a person) ends the run: the
+    journal saved (for `all`: the journals saved, an interrupted drill's among them), with its
+    error. A dry run is refused as the run would be before it starts (exit 5), and changes
+    nothing."""
     from voketag_ops.workflows.dr import require_local
 
     require_local(settings)
@@ -1270,11 +1271,13 @@ def run(
                 )
             except (VokeError, KeyboardInterrupt) as caught:  # (Ctrl-C between two drills: not turned yet)
                 journals.extend(saved)  # an interrupted drill's, saved before it raised
-                if scenario != "all" or not journals:
+                if not journals:
                     raise
-                # the drills that ran (to the end, or interrupted) are reported with the error;
-                # the rest did not run
+                # the drills that ran (to the end, or interrupted) are reported with the error
+                # (exit 130, or 7); the rest did not run
                 exc = caught if isinstance(caught, VokeError) else between_drills(name, saved)
+                if scenario != "all":
+                    return RunOutcome(journals[0], exc)
                 return RunOutcome(_all_report(journals, not_run=scenarios[len(journals) :]), exc)
     if scenario != "all":
         return RunOutcome(journals[0])
