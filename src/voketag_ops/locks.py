@@ -3,6 +3,10 @@
 Local: VOKE_HOME/dr/dr.lock (failover, failback, restore, backup, discard, fence, drills).
 Cloud: VOKE_HOME/cloud/NAME/dr.lock (failover, failback, restore, drills), which serialises
 those started from this machine; Cloud SQL itself refuses a second operation on an instance.
+
+A DR operation holds it exclusive. A local rotation holds it shared, from its first look at its
+secret's record until it has written its own (the record is what a failover refuses on): two
+rotations go on side by side, a rotation and a DR operation never start together.
 """
 
 from __future__ import annotations
@@ -22,15 +26,16 @@ _HELD_GUARD = threading.Lock()
 
 
 @contextmanager
-def dr_lock(directory: Path, operation: str) -> Iterator[None]:
+def dr_lock(directory: Path, operation: str, *, shared: bool = False) -> Iterator[None]:
     """Hold DIRECTORY/dr.lock for OPERATION, or PreconditionError (exit 5) naming its holder.
 
-    Re-entrant within a process: a drill holds it and runs `dr failover` inside.
+    Re-entrant within a process: a drill holds it and runs `dr failover` inside. SHARED (a
+    rotation starting): beside other shared holders, never beside an exclusive one.
     """
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = str(directory / "dr.lock")
     with _HELD_GUARD:
-        if _HELD.get(path):
+        if _HELD.get(path):  # (held exclusive: a shared hold inside it is held already)
             _HELD[path] += 1
             nested = True
         else:
@@ -43,6 +48,19 @@ def dr_lock(directory: Path, operation: str) -> Iterator[None]:
                 _HELD[path] -= 1
         return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    if shared:
+        try:
+            _take(fd, shared=True)
+            # The whole name in one write: of two rotations starting together, a refusal names
+            # the last to start (never a mix of both names).
+            os.pwrite(fd, f"{operation} pid {os.getpid()}".encode()[:_NAMED].ljust(_NAMED), 0)
+            try:
+                yield
+            finally:
+                _let_go_shared(fd)
+        finally:
+            os.close(fd)
+        return
     try:
         _take(fd)
         os.ftruncate(fd, 0)
@@ -60,23 +78,44 @@ def dr_lock(directory: Path, operation: str) -> Iterator[None]:
 
 
 _PROBE_GRACE = 0.5  # seconds: `held_by` holds a shared lock for microseconds; an operation for good
+_NAMED = 200  # bytes of the lock file that name its holder
 
 
-def _take(fd: int) -> None:
-    """The exclusive lock on FD, or PreconditionError naming its holder. A refusal is retried
-    for a moment: `dr status` and others probe the lock by taking it shared, and an operation
-    started at that instant was refused, naming itself or a holder long gone."""
-    if not flock_within(fd, _PROBE_GRACE, interval=0.02):
-        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another voke process"
-        raise PreconditionError(f"another DR operation is running ({holder}); wait for it to finish")
+def _take(fd: int, *, shared: bool = False) -> None:
+    """FD's exclusive lock (SHARED: its shared lock), or PreconditionError naming its holder.
+    A refusal is retried for a moment: `dr status` and others probe the lock by taking it
+    shared, and an operation started at that instant was refused, naming itself or a holder
+    long gone (and a shared holder letting go takes it exclusive for as long)."""
+    if flock_within(fd, _PROBE_GRACE, interval=0.02, shared=shared):
+        return
+    holder = os.pread(fd, _NAMED, 0).decode("utf-8", "replace").strip() or "another voke process"
+    if not shared and flock_within(fd, 0, interval=0, shared=True):  # held shared: rotations starting
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        raise PreconditionError(
+            f"a rotation is starting ({holder}); nothing was changed",
+            hint="wait for the rotation to finish (`voke rotate status` shows it), then run this again",
+        )
+    raise PreconditionError(f"another DR operation is running ({holder}); wait for it to finish")
 
 
-def flock_within(fd: int, seconds: float, *, interval: float) -> bool:
-    """Take FD's exclusive flock, trying every INTERVAL for up to SECONDS; whether it was taken."""
+def _let_go_shared(fd: int) -> None:
+    """End a shared hold of FD; the last holder to let go leaves no name behind. (Taking it
+    exclusive gives up the shared lock whether or not it is granted.)"""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return  # another rotation (or a probe) holds it; a refusal may name this one until it lets go
+    os.ftruncate(fd, 0)
+
+
+def flock_within(fd: int, seconds: float, *, interval: float, shared: bool = False) -> bool:
+    """Take FD's exclusive flock (SHARED: its shared one), trying every INTERVAL for up to
+    SECONDS; whether it was taken."""
     deadline = time.monotonic() + seconds
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     while True:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
             return True
         except BlockingIOError:
             if time.monotonic() >= deadline:
@@ -101,8 +140,9 @@ def running_elsewhere(directory: Path) -> str | None:
 
 
 def held_by(path: Path) -> str | None:
-    """What PATH says of its holder if another open file holds an flock on it ("another voke
-    process" when it says nothing), None when nobody does (or it does not exist)."""
+    """What PATH says of its holder if another open file holds an exclusive flock on it ("another
+    voke process" when it says nothing), None when nobody does (or it does not exist). A shared
+    hold (a rotation starting) is not seen: it is no DR operation."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -110,7 +150,7 @@ def held_by(path: Path) -> str | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another voke process"
+        return os.pread(fd, _NAMED, 0).decode("utf-8", "replace").strip() or "another voke process"
     finally:
         os.close(fd)
     return None

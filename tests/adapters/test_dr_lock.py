@@ -58,3 +58,35 @@ def _take(path: str) -> None:
 @pytest.fixture(autouse=True)
 def _fresh(tmp_path: Path) -> None:
     (tmp_path / "dr.lock").unlink(missing_ok=True)
+
+
+def test_rotations_share_the_lock_and_keep_dr_operations_out(tmp_path: Path) -> None:
+    # A rotation holds it shared while it starts: a second rotation (another secret) goes on
+    # beside it, a DR operation is refused naming it, and a look at it (`dr status`) sees no
+    # DR operation running.
+    ctx = multiprocessing.get_context("spawn")
+    with dr_lock(tmp_path, "rotate db-app", shared=True):
+        for shared, expected in ((False, 5), (True, 0)):
+            other = ctx.Process(
+                target=_take_as, args=(str(tmp_path), shared, "a rotation is starting (rotate db-app pid")
+            )
+            other.start()
+            other.join(timeout=30)
+            assert other.exitcode == expected, shared
+        assert held_by(tmp_path / "dr.lock") is None
+    assert (tmp_path / "dr.lock").read_text() == ""  # the last rotation to let go leaves no name
+    with dr_lock(tmp_path, "dr failover"):
+        other = ctx.Process(
+            target=_take_as, args=(str(tmp_path), True, "another DR operation is running (dr failover pid")
+        )
+        other.start()
+        other.join(timeout=30)
+        assert other.exitcode == 5  # and no rotation starts during a DR operation
+
+
+def _take_as(path: str, shared: bool, refusal: str) -> None:
+    try:
+        with dr_lock(Path(path), "rotate jwt-signing" if shared else "dr failover", shared=shared):
+            raise SystemExit(0)
+    except PreconditionError as exc:
+        raise SystemExit(5 if exc.message.startswith(refusal) else 1) from None

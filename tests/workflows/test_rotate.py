@@ -263,6 +263,74 @@ def test_two_rotations_at_once_exactly_one_proceeds_at_a_time(platform, platform
     assert_consistent(platform)
 
 
+def _take_dr_lock_elsewhere(lock_dir, operation, *, shared=False):
+    """What another voke taking the DR lock for OPERATION (a failover: exclusive) gets: "held",
+    or the refusal's message."""
+    code = (
+        "import sys; from pathlib import Path; from voketag_ops.errors import PreconditionError;"
+        " from voketag_ops.locks import dr_lock\n"
+        "try:\n"
+        f"    with dr_lock(Path(sys.argv[1]), sys.argv[2]{', shared=True' if shared else ''}): print('held')\n"
+        "except PreconditionError as exc: print(exc.message)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(lock_dir), operation], capture_output=True, text=True
+    )
+    return done.stdout.strip() or done.stderr.strip()
+
+
+def test_no_dr_operation_starts_while_a_rotation_starts(platform, platform_environ, voke, monkeypatch):
+    # A failover looks for a rotation's record once, under the DR lock. A rotation probed the
+    # lock (holding nothing), then planned and logged in (the drift check) before writing its
+    # record: a failover in between found no record and fenced the leader under it (found by a
+    # review: exit 7, "the database system is shutting down"). It holds the lock shared meanwhile.
+    lock_dir = platform.env.home / "dr"
+    during, real = {}, RotationEngine._drift_check
+
+    def drift_check(self, credential, meta):  # between the rotation's look and its record
+        during["failover"] = _take_dr_lock_elsewhere(lock_dir, "dr failover")
+        during["rotation"] = _take_dr_lock_elsewhere(lock_dir, "rotate jwt-signing", shared=True)
+        return real(self, credential, meta)
+
+    monkeypatch.setattr(RotationEngine, "_drift_check", drift_check)
+    result = voke("rotate", "db-password", "--yes", "--json", environ=platform_environ)
+    assert result.exit_code == 0, result.stdout
+    assert during["failover"].startswith("a rotation is starting (rotate "), during
+    assert during["rotation"] == "held"  # rotations of two secrets still run side by side
+    assert _take_dr_lock_elsewhere(lock_dir, "dr failover") == "held"  # let go once the record was written
+    assert_consistent(platform)
+
+
+def test_no_rotation_starts_under_a_dr_operation_begun_after_its_first_look(
+    platform, platform_environ, voke, monkeypatch, held_by_another_voke
+):
+    # A drill that took the DR lock after the rotation's probe (while the environment was
+    # checked) ran with the rotation inside it: both exited 0.
+    from contextlib import ExitStack
+
+    from voketag_ops.workflows.env import LocalPlatform
+
+    store = platform.store()
+    versions = len(store.get("db-app").versions)
+    with ExitStack() as drill:
+        real = LocalPlatform.ensure_up
+
+        def ensure_up(self, *args, **kwargs):
+            real(self, *args, **kwargs)
+            drill.enter_context(
+                held_by_another_voke(platform.env.home / "dr" / "dr.lock", "drill failover pid 1")
+            )
+
+        monkeypatch.setattr(LocalPlatform, "ensure_up", ensure_up)
+        result = voke("rotate", "db-password", "--yes", "--json", environ=platform_environ)
+    assert result.exit_code == 5, result.stdout
+    assert result.json["error"]["message"].startswith(
+        "another DR operation is running (drill failover pid 1)"
+    )
+    assert len(store.get("db-app").versions) == versions
+    assert_consistent(platform)
+
+
 class RejectingTarget:
     """The real target, except that the pending login is refused (failure injection)."""
 

@@ -14,7 +14,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -192,6 +192,7 @@ class RotationEngine:
         environ: Mapping[str, str] | None = None,
         progress: Progress = lambda _m: None,
         sleep: Callable[[float], None] = time.sleep,
+        starting: Callable[[str], AbstractContextManager[None]] = lambda _secret: nullcontext(),
     ) -> None:
         self.store = store
         self.runtime = runtime
@@ -204,6 +205,7 @@ class RotationEngine:
         self.environ = os.environ if environ is None else environ
         self.progress = progress
         self.sleep = sleep
+        self.starting = starting  # held while a rotation of the secret it is given starts (`rotate`)
         self.owner = f"{process_host()}:{os.getpid()}"
         self.events_written = 0  # audit events of rotations (`rotation.start` on)
         creds = list(credentials or [])
@@ -306,6 +308,16 @@ class RotationEngine:
         """Rotate one managed credential (the whole protocol)."""
         t0 = time.monotonic()
         user = self.credential(name)
+        # From the first look at the record until this rotation's own is written, nothing that
+        # moves the database may start (locally: the DR lock, held shared): a failover looks
+        # for the record once, and found none while this rotation planned and logged in.
+        with self.starting(user.secret):
+            then = self._begin(user, name, t0, dry_run=dry_run)
+        return then()
+
+    def _begin(self, user: Credential, name: str, t0: float, *, dry_run: bool) -> Callable[[], Outcome]:
+        """Everything up to and including writing the rotation's record (or refusing); what
+        runs after it, the claim let go: the rotation, a resume, or a dry run's report."""
         try:
             meta, existing = self._record(user.secret)
         except NotFoundError:
@@ -317,10 +329,9 @@ class RotationEngine:
             )
         if existing and existing.status == "succeeded":  # finished; the store refused to clear its record
             if dry_run:
-                return Outcome(
-                    self._planned(user, t0, self.plan_unfinished(existing.id, action="resume")["plan"])
-                )
-            return self._resume(existing, t0)  # as a run over an unfinished one: it does only that
+                plan = self.plan_unfinished(existing.id, action="resume")["plan"]
+                return lambda: Outcome(self._planned(user, t0, plan))
+            return lambda: self._resume(existing, t0)  # as a run over an unfinished one: it does only that
         if existing and existing.status in ACTIVE:
             if self._owner_alive(existing):
                 raise PreconditionError(
@@ -339,9 +350,9 @@ class RotationEngine:
             if dry_run:  # what the real run would do, which is finishing that one: nothing changes
                 steps = self.plan_unfinished(existing.id, action="resume")["plan"]
                 first = f"finish the unfinished rotation {existing.id} first (a run does only that):"
-                return Outcome(self._planned(user, t0, [first, *steps]))
+                return lambda: Outcome(self._planned(user, t0, [first, *steps]))
             self.progress(f"finishing the unfinished rotation {existing.id} first")
-            return self._resume(existing, t0)
+            return lambda: self._resume(existing, t0)
         if "current" not in meta.aliases:
             raise ValidationError(f"secret {user.secret!r} has no `current` version to rotate from")
         # Kind-specific conditions (configuration, a pasted key, a JWT key still waiting), before the lock.
@@ -352,7 +363,7 @@ class RotationEngine:
         # that is not one of the configured roles) stops the run before the lock, not after.
         planned = self._plan(user, meta, t0)
         if dry_run:
-            return Outcome(planned)
+            return lambda: Outcome(planned)
         # A key the operator pasted is verified before it is stored; it needs no working old one.
         if not getattr(user, "operator_supplies_value", False):
             self._drift_check(user, meta)
@@ -377,6 +388,10 @@ class RotationEngine:
             raise PreconditionError(
                 f"another rotation of {user.secret} started at the same moment; nothing was changed"
             ) from None
+        return lambda: self._started(record, t0)
+
+    def _started(self, record: RotationRecord, t0: float) -> Outcome:
+        """Run the rotation whose record was just written."""
         self._audit("rotation.start", record, "started")
         self._fault("lock")
         with self._on_interrupt("rotation.start", record, t0):
@@ -1664,6 +1679,9 @@ def local_engine(
         home=platform.env.home,
         env_name="local",
         progress=progress,
+        # That look holds nothing: a failover started after it is kept out by the DR lock, held
+        # shared (rotations of other secrets go on beside it) until the rotation's record is written.
+        starting=lambda secret: dr.dr_lock(platform.env, f"rotate {secret}", shared=True),
     )
     if check is not None:
         check(engine)

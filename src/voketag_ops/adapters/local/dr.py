@@ -119,11 +119,12 @@ def dr_dir(env: LocalEnvironment) -> Path:
     return path
 
 
-def dr_lock(env: LocalEnvironment, operation: str) -> AbstractContextManager[None]:
-    """One DR operation at a time across processes (failover, failback, restore, drills)."""
+def dr_lock(env: LocalEnvironment, operation: str, *, shared: bool = False) -> AbstractContextManager[None]:
+    """One DR operation at a time across processes (failover, failback, restore, drills);
+    SHARED: a rotation starting, beside other rotations and no DR operation (locks.py)."""
     from voketag_ops.locks import dr_lock as lock
 
-    return lock(dr_dir(env), operation)
+    return lock(dr_dir(env), operation, shared=shared)
 
 
 def unfinished_operation(env: LocalEnvironment) -> dict[str, Any] | None:
