@@ -331,6 +331,37 @@ def test_no_rotation_starts_under_a_dr_operation_begun_after_its_first_look(
     assert_consistent(platform)
 
 
+def test_a_dr_operation_refused_by_a_running_rotation_says_to_wait_for_it(platform, platform_environ, voke):
+    # It said the rotation was unfinished and to resume it (which `resume` refuses while its voke runs).
+    from voketag_ops.workflows.rotate import refuse_if_rotating
+
+    store = platform.store()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        _record(store, "db-app", "rot-test-running", sleeper.pid)
+        meta = store.get("db-app")
+        record = json.loads(meta.annotations[ANNOTATION])
+        record["lease_until"] = "2999-01-01T00:00:00Z"
+        store.update("db-app", etag=meta.etag, annotations={ANNOTATION: json.dumps(record)})
+        refused = voke("dr", "failover", "--dry-run", "--json", environ=platform_environ)
+        assert refused.exit_code == 5, refused.stdout
+        error = refused.json["error"]
+        assert error["message"].startswith(
+            f"rotation rot-test-running of db-app is running (owner {process_host()}:{sleeper.pid}, "
+            "lease until 2999-01-01T00:00:00Z)"
+        ), error
+        assert "resume" not in error["hint"] and "rollback" not in error["hint"], error
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    with pytest.raises(PreconditionError, match="is unfinished") as gone:  # its voke is gone: resume it
+        refuse_if_rotating(store, ["db-app"], resume="voke rotate resume")
+    assert "voke rotate resume --yes (or rollback)" in (gone.value.hint or "")
+    done = voke("rotate", "rollback", "rot-test-running", "--yes", "--json", environ=platform_environ)
+    assert done.exit_code == 0, done.stdout
+    assert_consistent(platform)
+
+
 class RejectingTarget:
     """The real target, except that the pending login is refused (failure injection)."""
 

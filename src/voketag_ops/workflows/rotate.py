@@ -98,20 +98,33 @@ def _step_failure(step: str, exc: VokeError) -> tuple[RotationFailure, bool]:
 
 
 def refuse_if_rotating(store: Any, secrets: Iterable[str], *, resume: str) -> None:
-    """PreconditionError (exit 5) while a rotation of one of SECRETS is unfinished: moving the
-    database (failover, failback) and repointing the services now would race it, and its
-    rollback would put back versions naming the old leader."""
+    """PreconditionError (exit 5) while a rotation of one of SECRETS is running or unfinished:
+    moving the database (failover, failback) and repointing the services now would race it,
+    and its rollback would put back versions naming the old leader. One that is running is
+    named with its owner and lease, to be waited for (resuming it would be refused)."""
     for secret in secrets:
         try:
             meta = store.get(secret)
         except NotFoundError:
             continue
-        if ANNOTATION in meta.annotations:
+        raw = meta.annotations.get(ANNOTATION)
+        if raw is None:
+            continue
+        try:
+            record: RotationRecord | None = RotationRecord.from_json(raw)
+        except (ValueError, TypeError):  # a record this voke cannot read still refuses, as unfinished
+            record = None
+        if record is not None and record.status in ACTIVE and owner_alive(record, _utcnow()):
             raise PreconditionError(
-                f"a rotation of {secret} is unfinished; repointing its services now would race it; "
-                "nothing was changed",
-                hint=f"{resume} --yes (or rollback), then run this again",
+                f"rotation {record.id} of {secret} is running (owner {record.owner}, lease until "
+                f"{record.lease_until}); repointing its services now would race it; nothing was changed",
+                hint="wait for it to finish (`voke rotate status` shows it), then run this again",
             )
+        raise PreconditionError(
+            f"a rotation of {secret} is unfinished; repointing its services now would race it; "
+            "nothing was changed",
+            hint=f"{resume} --yes (or rollback), then run this again",
+        )
 
 
 @dataclass
@@ -278,13 +291,7 @@ class RotationEngine:
         return meta, (RotationRecord.from_json(raw) if raw else None)
 
     def _owner_alive(self, record: RotationRecord) -> bool:
-        host, _, pid = record.owner.rpartition(":")
-        if host not in (process_host(), socket.gethostname()):  # a bare host name: an older voke
-            return not record.lease_expired(self.now())  # another machine or container: trust the lease
-        from voketag_ops.adapters.local.postgres import process_exists
-
-        # Gone: taken over at once. There (another user's too, after a pid was reused): the lease decides.
-        return process_exists(pid) and not record.lease_expired(self.now())
+        return owner_alive(record, self.now())
 
     # -- rotate ---------------------------------------------------------------------------------
     def rotate_db_password(
@@ -1625,6 +1632,18 @@ def notification_text(record: RotationRecord, env_name: str) -> str:
         retry = name_env(retry_command(record), env_name)
         return f":warning: {head} failed and was rolled back ({why}); safe to retry: {retry}"
     return f":rotating_light: {head} needs a person ({why}); then: {name_env(unfinished_commands(record.id), env_name)}"
+
+
+def owner_alive(record: RotationRecord, now: datetime) -> bool:
+    """Whether the voke that owns RECORD still runs it (at NOW): a rotation under way, not one
+    to resume or roll back."""
+    host, _, pid = record.owner.rpartition(":")
+    if host not in (process_host(), socket.gethostname()):  # a bare host name: an older voke
+        return not record.lease_expired(now)  # another machine or container: trust the lease
+    from voketag_ops.adapters.local.postgres import process_exists
+
+    # Gone: taken over at once. There (another user's too, after a pid was reused): the lease decides.
+    return process_exists(pid) and not record.lease_expired(now)
 
 
 def process_host() -> str:
