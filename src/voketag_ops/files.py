@@ -1,5 +1,6 @@
 """Files voke writes for the user (`--out`, `--output`, `--rejects`): checked before any work
-is done, written aside and renamed into place; and files voke reads whole, bounded."""
+is done, written aside and renamed into place; files voke reads whole, bounded; voke's own
+records (state, journals, DR records) replaced whole, and read back with one set of checks."""
 
 from __future__ import annotations
 
@@ -47,32 +48,57 @@ def read_at_most(stream: IO[bytes], limit: int) -> bytes | None:
 
 def read_limited(path: Path, limit: int, *, what: str, hint: str | None = None) -> bytes:
     """The bytes of PATH, a regular file of at most LIMIT bytes, read whole: InputError (exit 1)
-    naming PATH otherwise (HINT with a file too large). A device or a pipe has no size to check
-    first (/dev/zero never ends), so it is refused before it is opened (opening a FIFO without a
-    writer would wait for one); a file that grows while it is read is cut at LIMIT + 1 bytes and
-    refused. FileNotFoundError is left to the caller, whose message says how to make the file."""
+    naming PATH otherwise (HINT with a file too large). FileNotFoundError is left to the
+    caller, whose message says how to make the file."""
     try:
-        _refuse_unless_regular(path, os.stat(path).st_mode, what)
-        with path.open("rb") as fh:
-            st = os.fstat(fh.fileno())
-            _refuse_unless_regular(path, st.st_mode, what)  # replaced since the look
-            data = read_at_most(fh, limit) if st.st_size <= limit else None  # it may grow meanwhile
-    except FileNotFoundError:
+        return _read_regular(path, limit)
+    except _Unreadable as exc:
+        if exc.too_large:
+            raise InputError(
+                f"{path}: larger than {limit:,} bytes, the most voke reads of a {what}", hint=hint
+            ) from None
+        if exc.not_regular:
+            raise InputError(f"{path}: {exc}; name a {what} file") from None
+        raise InputError(f"{path}: cannot read: {exc}") from None
+
+
+class _Unreadable(Exception):
+    def __init__(self, reason: str, *, not_regular: bool = False, too_large: bool = False) -> None:
+        super().__init__(reason)
+        self.not_regular, self.too_large = not_regular, too_large
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of PATH if it is a regular file of at most LIMIT bytes (_Unreadable saying why
+    not). A device or a pipe has no size to check first (/dev/zero never ends): refused, and
+    opened without blocking (a FIFO without a writer would wait for one); a file growing while
+    it is read is cut at LIMIT + 1 bytes and refused. FileNotFoundError and NotADirectoryError
+    propagate (no such file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except (FileNotFoundError, NotADirectoryError):
         raise
     except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+        raise _Unreadable(exc.strerror or str(exc)) from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise _Unreadable("a directory, not a file", not_regular=True)
+        if not stat.S_ISREG(st.st_mode):
+            raise _Unreadable(
+                "not a regular file (a device or a pipe has no size to check first)", not_regular=True
+            )
+        if st.st_size > limit:
+            raise _Unreadable(f"larger than {limit:,} bytes", too_large=True)
+        with open(fd, "rb", closefd=False) as fh:
+            data = read_at_most(fh, limit)
+    except OSError as exc:
+        raise _Unreadable(exc.strerror or str(exc)) from None
+    finally:
+        os.close(fd)
     if data is None:
-        raise InputError(f"{path}: larger than {limit:,} bytes, the most voke reads of a {what}", hint=hint)
+        raise _Unreadable(f"larger than {limit:,} bytes", too_large=True)
     return data
-
-
-def _refuse_unless_regular(path: Path, mode: int, what: str) -> None:
-    if stat.S_ISDIR(mode):
-        raise InputError(f"{path}: is a directory, not a {what}")
-    if not stat.S_ISREG(mode):
-        raise InputError(
-            f"{path}: not a regular file (a device or a pipe has no size to check first); name a {what} file"
-        )
 
 
 # -- writing aside ---------------------------------------------------------------------------
@@ -226,6 +252,50 @@ def replace_json(path: Path, doc: Any, *, indent: int | None = 2) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     tmp.replace(path)
+
+
+# -- reading voke's own records back ------------------------------------------------------------
+RECORD_LIMIT = 64 * 1024 * 1024  # far above any record voke writes; what a damaged one may cost
+
+
+class DamagedRecord(ValueError):
+    """One of voke's own records exists but cannot be read as one (a hand edit, a disk
+    fault): the message says what is wrong with it, not which file (the caller names it)."""
+
+
+def read_record_text(path: Path, *, limit: int = RECORD_LIMIT) -> str:
+    """The text of voke's own record PATH. FileNotFoundError and NotADirectoryError propagate
+    (there is no such record); anything else that makes it unreadable (a directory, a device,
+    an I/O error, more than LIMIT bytes, not UTF-8) is a DamagedRecord saying which."""
+    try:
+        data = _read_regular(path, limit)
+    except _Unreadable as exc:
+        raise DamagedRecord(str(exc)) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DamagedRecord(f"not UTF-8 (byte {exc.start})") from None
+
+
+def parse_record(text: str) -> Any:
+    """TEXT, one record or one line of a JSON Lines record, as JSON; DamagedRecord if it is
+    not JSON or nests too deep for the parser (json raises RecursionError there)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise DamagedRecord("nested too deeply to read") from None
+    except ValueError as exc:
+        raise DamagedRecord(f"not JSON: {exc}") from None
+
+
+def read_record(path: Path, problem: Callable[[Any], str | None], *, limit: int = RECORD_LIMIT) -> Any:
+    """Voke's own JSON record PATH, checked by PROBLEM (what makes the document no such record,
+    or None) before any caller indexes into it. FileNotFoundError and NotADirectoryError
+    propagate; anything else wrong with it is a DamagedRecord saying what."""
+    doc = parse_record(read_record_text(path, limit=limit))
+    if (found := problem(doc)) is not None:
+        raise DamagedRecord(found)
+    return doc
 
 
 def write_output(target: Path, flag: str, write: Callable[[IO[bytes]], T], *, private: bool = False) -> T:

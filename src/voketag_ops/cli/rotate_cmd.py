@@ -531,17 +531,22 @@ def _render_history(console: Console, report: dict[str, Any]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from voketag_ops.output import printable
+
+    def shown(text: str) -> str:  # a hand-edited history may hold markup or ESC sequences
+        return escape(printable(text))
+
     table = Table(title="rotations", title_justify="left")
     for col in ("id", "secret", "status", "versions", "started", "finished", "error"):
         table.add_column(col)
     for r in report["rotations"]:
         table.add_row(
-            r.id,
-            r.secret,
+            shown(r.id),
+            shown(r.secret),
             r.status,
             f"{r.old_current} -> {r.pending_version}",
-            r.started_at,
-            r.finished_at or "",
-            escape((r.error or {}).get("message", "")),
+            shown(r.started_at),
+            shown(r.finished_at or ""),
+            shown((r.error or {}).get("message", "")),
         )
     console.print(table)

@@ -13,7 +13,7 @@ import secrets
 import string
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from voketag_ops.core.times import iso
 from voketag_ops.redact import redact
@@ -110,7 +110,14 @@ class RotationRecord:
 
     @classmethod
     def from_json(cls, text: str) -> RotationRecord:
-        raw: dict[str, Any] = json.loads(text)
+        """The record TEXT holds; ValueError saying why if it holds none (not JSON, nested too
+        deep, a field missing, unknown or of the wrong type: a hand edit, a torn line)."""
+        try:
+            raw = json.loads(text)
+        except RecursionError:
+            raise ValueError("nested too deeply to read") from None
+        if (problem := _record_problem(raw)) is not None:
+            raise ValueError(problem)
         raw["steps"] = [StepRecord(**s) for s in raw.get("steps", [])]
         return cls(**raw)
 
@@ -138,6 +145,56 @@ class RotationRecord:
             "version": self.pending_version,
             "kind": self.kind,
         }
+
+
+_NONE = type(None)
+_REQUIRED = ("id", "secret", "kind", "strategy", "target", "owner", "lease_until", "started_at")
+# What each field of a stored record may hold (bool only where named: True is an int too).
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys((*_REQUIRED, "status", "step"), (str,)),
+    **dict.fromkeys(("old_current", "old_previous", "pending_version"), (int, _NONE)),
+    **dict.fromkeys(("finished_at", "rolling_back", "committed_at"), (str, _NONE)),
+    "steps": (list,),
+    "error": (dict, _NONE),
+    "untold": (bool, _NONE),
+}
+_STEP_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "status": (str,),
+    "duration_seconds": (int, float),
+    "detail": (str,),
+}
+
+
+def _type_problem(where: str, doc: dict[str, Any], types: dict[str, tuple[type, ...]]) -> str | None:
+    for key, value in doc.items():
+        if key not in types:
+            return f"{where}unknown field {key[:40]!r}"
+        if not isinstance(value, types[key]) or (isinstance(value, bool) and bool not in types[key]):
+            return f"{where}{key} is {type(value).__name__}"
+    return None
+
+
+def _record_problem(raw: Any) -> str | None:
+    """What makes RAW no rotation record, or None."""
+    if not isinstance(raw, dict):
+        return f"not an object ({type(raw).__name__})"
+    if missing := [k for k in _REQUIRED if k not in raw]:
+        return f"no {missing[0]}"
+    if problem := _type_problem("", raw, _FIELD_TYPES):
+        return problem
+    if raw.get("status", "in_progress") not in get_args(Status):
+        return "unknown status"
+    if raw.get("step", "") not in ("", *STEPS):
+        return "unknown step"
+    for i, step in enumerate(raw.get("steps", [])):
+        if not isinstance(step, dict) or not {"name", "status", "duration_seconds"} <= step.keys():
+            return f"steps[{i}] is not a step"
+        if problem := _type_problem(f"steps[{i}].", step, _STEP_TYPES):
+            return problem
+    if raw.get("error") and not all(isinstance(v, str) for v in raw["error"].values()):
+        return "error holds a value that is not text"
+    return None
 
 
 def rollback_scope(last_step: str) -> Literal["discard_pending", "restore_target", "restore_aliases"]:

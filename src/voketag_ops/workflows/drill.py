@@ -10,7 +10,7 @@ written even when the drill fails or is interrupted.
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import platform
 import socket
@@ -37,7 +37,7 @@ from voketag_ops.errors import (
     UsageError,
     VokeError,
 )
-from voketag_ops.files import replace_json
+from voketag_ops.files import DamagedRecord, read_record, replace_json
 from voketag_ops.logs import get_logger
 
 if TYPE_CHECKING:
@@ -69,12 +69,9 @@ def load_journals(env: LocalEnvironment) -> list[dict[str, Any]]:
     found = []
     for path in sorted(journals_dir(env).glob("*.json")):
         try:
-            journal = json.loads(path.read_text())
-        except (OSError, ValueError):
-            log.warning("skipping unreadable drill journal %s", path)
-            continue
-        if problem := _not_a_journal(journal):
-            log.warning("skipping drill journal %s: %s", path, problem)
+            journal = read_record(path, _not_a_journal)
+        except (OSError, DamagedRecord) as exc:
+            log.warning("skipping drill journal %s: %s", path, exc)
             continue
         if journal.get("status") == "running" and owner_gone(journal):
             journal["status"] = "interrupted"
@@ -90,14 +87,27 @@ def _not_a_journal(doc: Any) -> str | None:
     for key in ("run_id", "scenario", "status", "started_at"):
         if not isinstance(doc.get(key), str):
             return f"no {key}"
+    for key in ("rto_seconds", "rpo_seconds"):  # trends and reports do float arithmetic on them
+        if doc.get(key) is not None and not _seconds(doc[key]):
+            return f"{key} is not a number of seconds"
     return None
+
+
+def _seconds(value: Any) -> bool:
+    """Whether VALUE is a finite number, as float arithmetic takes it (a 4000-digit int is not)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def report_problem(journal: dict[str, Any]) -> str | None:
     """What a report needs and JOURNAL lacks (a file edited or made by hand), or None."""
     targets = journal.get("targets")
     if not isinstance(targets, dict) or not all(
-        isinstance(targets.get(k), int | float) for k in ("rto_target_seconds", "rpo_target_seconds")
+        _seconds(targets.get(k)) for k in ("rto_target_seconds", "rpo_target_seconds")
     ):
         return "no targets"
     for key in ("timeline", "versions"):

@@ -39,6 +39,7 @@ from voketag_ops.core.rotation import (
 from voketag_ops.core.times import iso
 from voketag_ops.errors import (
     AuthenticationError,
+    ConfigError,
     ConnectivityError,
     EtagMismatchError,
     HealthCheckError,
@@ -1459,16 +1460,27 @@ class RotationEngine:
             os.close(fd)
 
     def history(self, *, limit: int = 50, secret: str | None = None) -> list[RotationRecord]:
+        """The newest LIMIT finished rotations (of SECRET), newest first. A line that holds no
+        record is skipped: silently the last (torn by a crash mid-write), with a warning naming
+        it anywhere else (a hand edit, a disk fault). ConfigError if the file cannot be read."""
+        from voketag_ops.files import DamagedRecord, read_record_text
+
+        path = self.history_file
         try:
-            lines = self.history_file.read_text().splitlines()
+            lines = read_record_text(path).splitlines()
         except FileNotFoundError:
             return []
+        except (NotADirectoryError, DamagedRecord) as exc:
+            why = exc if isinstance(exc, DamagedRecord) else f"{path.parent} is not a directory"
+            raise ConfigError(f"{path}: rotation history cannot be read: {why}") from None
         records = []
-        for line in reversed(lines):
+        for number in range(len(lines), 0, -1):
             try:
-                record = RotationRecord.from_json(line)
-            except (ValueError, TypeError):
-                continue  # a torn last line after a crash
+                record = RotationRecord.from_json(lines[number - 1])
+            except ValueError as exc:
+                if number < len(lines):
+                    log.warning("%s:%d: skipping a line that holds no rotation record: %s", path, number, exc)
+                continue
             if secret is None or record.secret == secret:
                 records.append(record)
             if len(records) >= limit:

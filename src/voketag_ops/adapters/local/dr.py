@@ -67,7 +67,7 @@ from voketag_ops.errors import (
     UsageError,
     exit_code_of,
 )
-from voketag_ops.files import replace_json
+from voketag_ops.files import DamagedRecord, read_record, replace_json
 from voketag_ops.logs import get_logger
 from voketag_ops.redact import redact
 
@@ -134,14 +134,18 @@ def unfinished_operation(env: LocalEnvironment) -> dict[str, Any] | None:
     """
     path = env.home / "dr" / "operation.json"
     try:
-        return dict(json.loads(path.read_text()))
+        return dict(read_record(path, _not_an_object))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, TypeError):
+    except (NotADirectoryError, DamagedRecord):
         raise PreconditionError(
             f"{path} records an interrupted DR operation but cannot be read; inspect it, then remove it "
             "once the topology is known (voke dr status)"
         ) from None
+
+
+def _not_an_object(doc: Any) -> str | None:
+    return None if isinstance(doc, dict) else f"not an object ({type(doc).__name__})"
 
 
 def operation_to_report(env: LocalEnvironment) -> dict[str, Any] | None:

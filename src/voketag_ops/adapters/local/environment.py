@@ -107,24 +107,20 @@ class EnvState:
 
     @classmethod
     def load(cls, path: Path) -> EnvState | None:
+        from voketag_ops.files import DamagedRecord, read_record
+
         try:
-            raw = json.loads(path.read_text())
+            raw = read_record(path, _not_a_state)
         except FileNotFoundError:
             return None
         except NotADirectoryError:
             raise ConfigError(f"VOKE_HOME {path.parent} exists and is not a directory") from None
-        except (OSError, ValueError) as exc:
+        except DamagedRecord as exc:
             raise ConfigError(
                 f"{path}: unreadable environment state ({exc}); resetting it discards the chain "
                 "(without a readable state it cannot be exported first)",
                 hint=_RESET,
             ) from None
-        if not isinstance(raw, dict) or raw.get("version") != STATE_VERSION:
-            raise ConfigError(
-                f"{path}: unknown environment state format; resetting it discards the chain "
-                "(without a readable state it cannot be exported first)",
-                hint=_RESET,
-            )
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in raw.items() if k in known})
 
@@ -132,6 +128,25 @@ class EnvState:
         from voketag_ops.files import replace_json
 
         replace_json(path, asdict(self))
+
+
+def _not_a_state(raw: Any) -> str | None:
+    """What makes RAW no state.json `up` wrote (another version's, a hand edit), or None:
+    every field read is of its type, and the ports and the leader name the nodes."""
+    if not isinstance(raw, dict) or raw.get("version") != STATE_VERSION:
+        return "unknown format"
+    for key in ("created_at", "server_user", "pg_bin", "pg_version", "socket_dir"):
+        if not isinstance(raw.get(key, ""), str):
+            return f"{key} is not text"
+    ports = raw.get("ports")
+    if not isinstance(ports, dict) or not all(
+        isinstance(ports.get(n), int) and not isinstance(ports[n], bool) and 0 < ports[n] < 65536
+        for n in NODE_NAMES
+    ):
+        return f"ports do not name a port for each of {', '.join(NODE_NAMES)}"
+    if raw.get("leader", "primary") not in NODE_NAMES:
+        return f"leader is not one of {', '.join(NODE_NAMES)}"
+    return None
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from voketag_ops import redact
 from voketag_ops.core.times import iso
 from voketag_ops.errors import ConfigError, EtagMismatchError, NotFoundError, UsageError
+from voketag_ops.files import DamagedRecord, read_record
 from voketag_ops.ports import SecretMeta, SecretVersion, VersionState
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
@@ -30,6 +31,36 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 
 def _now() -> str:
     return iso(datetime.now(timezone.utc))
+
+
+def _not_a_secret(doc: Any) -> str | None:
+    """What makes DOC no secret this store wrote (a hand edit, a disk fault), or None."""
+    if not isinstance(doc, dict):
+        return f"not an object ({type(doc).__name__})"
+    for key in ("name", "etag", "created_at"):
+        if not isinstance(doc.get(key), str):
+            return f"no {key}"
+    if not doc["etag"].isdecimal():
+        return "etag is not a number"
+    for key in ("aliases", "annotations", "versions"):
+        if not isinstance(doc.get(key), list if key == "versions" else dict):
+            return f"no {key}"
+    if any(not isinstance(n, int) or isinstance(n, bool) for n in doc["aliases"].values()):
+        return "an alias names no version number"
+    if any(not isinstance(v, str) for v in doc["annotations"].values()):
+        return "an annotation is not text"
+    for i, v in enumerate(doc["versions"]):
+        if not (
+            isinstance(v, dict)
+            and isinstance(v.get("version"), int)
+            and not isinstance(v["version"], bool)
+            and v.get("state") in get_args(VersionState)
+            and isinstance(v.get("created_at"), str)
+            and isinstance(v.get("payload"), str)
+            and isinstance(v.get("state_changed_at", ""), str)
+        ):
+            return f"versions[{i}] is not a version"
+    return None
 
 
 class LocalSecretStore:
@@ -86,13 +117,14 @@ class LocalSecretStore:
 
     def _read(self, path: Path, name: str) -> dict[str, Any]:
         try:
-            return json.loads(path.read_text())
+            doc: dict[str, Any] = read_record(path, _not_a_secret)
         except FileNotFoundError:
             raise NotFoundError(f"secret {name!r} not found") from None
         except NotADirectoryError:
             raise self._not_a_directory() from None
-        except ValueError:
-            raise ConfigError(f"{path} is corrupt (not JSON)") from None
+        except DamagedRecord as exc:
+            raise ConfigError(f"{path} is damaged: {exc}") from None
+        return doc
 
     def _not_a_directory(self) -> ConfigError:
         return ConfigError(f"VOKE_HOME {self.home} (or its secrets/) exists and is not a directory")
