@@ -600,3 +600,16 @@ def test_sample_rows_are_distinct_and_made_one_at_a_time():
     assert list(ing.sample_rows(50, 7)) == list(ing.sample_rows(50, 7))  # --seed reproduces
     # Nothing is held per row: the first rows of a sample far larger than memory come at once.
     assert next(itertools.islice(ing.sample_rows(10**12, 1), 1, 2)).startswith("T")
+
+
+def test_a_header_error_quotes_a_few_names_each_cut_short():
+    # A header that is one 100 KB field, or hundreds of them, makes a one-line message still.
+    v = run("[" * 100_000 + "\n")
+    (message,) = [p.message for p in v.problems if p.code == "missing_column"]
+    assert len(message) < 300 and "'" + "[" * 40 + "...'" in message
+    names = [f"col{i}" for i in range(30)]
+    v = run(",".join([*ing.REQUIRED_COLUMNS, *names]) + "\n" + row().replace("\n", "," * 30 + "\n"))
+    assert v.warnings == [f"ignoring unknown column(s): {', '.join(map(repr, names[:10]))}, ... and 20 more"]
+    v = run(",".join(names) + "\n")
+    (message,) = [p.message for p in v.problems if p.code == "missing_column"]
+    assert message.endswith(f"(found: {', '.join(map(repr, names[:10]))}, ... and 20 more)")

@@ -917,12 +917,12 @@ class BatchValidator:
                     None,
                     "missing_column",
                     f"the header lacks required column(s): {', '.join(missing)}"
-                    + (f" (found: {', '.join(repr(n) for n in written if n) or 'nothing'})" if names else ""),
+                    + (f" (found: {_some_names([n for n in written if n]) or 'nothing'})" if names else ""),
                 )
             )
         unknown = [w for n, w in zip(names, written, strict=True) if n not in CANONICAL_COLUMNS]
         if unknown:
-            self.warnings.append(f"ignoring unknown column(s): {', '.join(repr(n) for n in unknown)}")
+            self.warnings.append(f"ignoring unknown column(s): {_some_names(unknown)}")
         if problems:
             for p in problems:
                 self._fatal(p)
@@ -1138,6 +1138,17 @@ def _locate(body: bytes, pos: int, first_line: int) -> tuple[int, int]:
 _TRUNCATED = (
     "the file ends in the middle of a row (no line break after the last row); was the upload cut short?"
 )
+
+
+_NAMES_SHOWN = 10  # a header error quotes this many column names at most ...
+_NAME_SHOWN = 40  # ... each cut to this many characters: a header may be one 1 MiB field
+
+
+def _some_names(names: Sequence[str]) -> str:
+    """NAMES quoted for a one-line message: the first few, each cut short, then how many more."""
+    shown = [repr(n if len(n) <= _NAME_SHOWN else n[:_NAME_SHOWN] + "...") for n in names[:_NAMES_SHOWN]]
+    more = len(names) - len(shown)
+    return ", ".join(shown) + (f", ... and {more} more" if more else "")
 
 
 def _tokenize(line: str, lineno: int) -> tuple[list[tuple[str, int]], list[Problem]]:
