@@ -4,7 +4,12 @@ catch up at the next anchoring, and `voke audit verify` never fails for lack of 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,6 +105,133 @@ def test_down_destroy_and_catch_up(voke, make_environ, tmp_path: Path) -> None:
         assert not (home / "chain" / "chain.json").exists()
     finally:
         voke("env", "destroy", "--yes", environ=environ)
+
+
+def _destroy_paused_after_export(environ: dict[str, str], home: Path) -> Any:
+    """`env destroy` in a thread, held where a reviewer's `voke env destroy & voke chain
+    validate` met it: the chain exported to chain.json, the databases not deleted yet. Returns
+    (thread, exported, release, outcome): set RELEASE to let it go on."""
+    from voketag_ops.config import load_config
+    from voketag_ops.workflows.env import LocalPlatform
+
+    platform = LocalPlatform(load_config(environ=environ, cwd=home.parent).settings)
+    exported, release = threading.Event(), threading.Event()
+    outcome: list[Any] = []
+
+    def progress(message: str) -> None:
+        if message.startswith("chain exported to"):
+            exported.set()
+            release.wait()
+
+    def destroy() -> None:
+        try:
+            outcome.append(platform.destroy(progress))
+        except BaseException as exc:  # (reported by the test, not lost in the thread)
+            outcome.append(exc)
+            exported.set()
+
+    thread = threading.Thread(target=destroy, daemon=True)
+    thread.start()
+    exported.wait()
+    return thread, exported, release, outcome
+
+
+def _open_fds(path: Path) -> int:
+    """How many of this process's file descriptors are open on PATH."""
+    count = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            count += os.readlink(fd) == str(path)
+    return count
+
+
+def test_a_chain_use_during_destroy_waits_and_loses_nothing(voke, make_environ, tmp_path: Path) -> None:
+    """A chain command between destroy's export and its deletion moved the export into the
+    databases destroy then deleted (the chain was gone). Now it waits for the destroy (env.lock)
+    and moves the export into the environment it then starts."""
+    home = tmp_path / "home"
+    environ = make_environ(home, VOKE_LOCAL__REPLICA="false")
+    try:
+        requested = voke("chain", "anchor", "request", merkle.root([b"kept"]).hex(), environ=environ)
+        assert requested.exit_code == 0
+        assert voke("chain", "anchor", "run", "--difficulty", "4", environ=environ).exit_code == 0
+        thread, _exported, release, outcome = _destroy_paused_after_export(environ, home)
+        assert not outcome, outcome
+        assert (home / "chain" / "chain.json").exists()
+
+        def release_when_waiting() -> None:  # the command waits on env.lock beside destroy's hold
+            while not release.is_set() and _open_fds(home / "env.lock") < 2:
+                time.sleep(0.05)
+            release.set()
+
+        watcher = threading.Thread(target=release_when_waiting, daemon=True)
+        watcher.start()
+        try:
+            during = voke("chain", "validate", "--json", environ=environ)
+        finally:
+            release.set()
+            watcher.join()
+            thread.join()
+        assert isinstance(outcome[0], dict), outcome
+        assert outcome[0]["chain"].startswith("exported to")
+        assert during.exit_code == 0, during.stdout + during.stderr
+        assert during.json["result"]["length"] == 1
+        after = voke("chain", "validate", "--json", environ=environ)
+        assert after.exit_code == 0 and after.json["result"]["length"] == 1, after.stdout + after.stderr
+    finally:
+        voke("env", "destroy", "--yes", "--discard-chain", environ=environ)
+
+
+def test_a_chain_write_during_destroy_fails_rather_than_vanish(voke, make_environ, tmp_path: Path) -> None:
+    """A writer that opened the chain before destroy and commits after its export committed a
+    block (here an anchor) to databases destroy then deleted, and said it succeeded. Destroy now
+    keeps writers out from its export to the servers' stop: the commit fails, and says so."""
+    from datetime import UTC, datetime
+
+    import psycopg
+
+    from voketag_ops.config import load_config
+    from voketag_ops.core import chain as ch
+    from voketag_ops.workflows.chain import open_chain_store
+
+    home = tmp_path / "home"
+    environ = make_environ(home, VOKE_LOCAL__REPLICA="false")
+    try:
+        requested = voke("chain", "anchor", "request", merkle.root([b"kept"]).hex(), environ=environ)
+        assert requested.exit_code == 0
+        settings = load_config(environ=environ, cwd=tmp_path).settings
+        store = open_chain_store(home, settings=settings)
+        conninfo = store.conninfo  # type: ignore[attr-defined]
+        late, _ = ch.request_anchor(
+            None, root=merkle.root([b"late"]), kind="manual", label="late", now=datetime.now(UTC)
+        )
+        thread, _exported, release, outcome = _destroy_paused_after_export(environ, home)
+        written: list[Any] = []
+
+        def write() -> None:
+            try:
+                store.commit(anchors=[late])
+                written.append("committed")
+            except ch.ChainStoreError as exc:
+                written.append(exc)
+
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        try:
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                waiting = "select count(*) from pg_locks where locktype = 'advisory' and not granted"
+                while writer.is_alive() and conn.execute(waiting).fetchone() == (0,):
+                    time.sleep(0.05)
+        finally:
+            release.set()
+            writer.join()
+            thread.join()
+        assert isinstance(outcome[0], dict), outcome
+        assert written and isinstance(written[0], ch.ChainStoreError), written
+        exported = (home / "chain" / "chain.json").read_text()
+        assert merkle.root([b"kept"]).hex() in exported and late.id not in exported
+    finally:
+        voke("env", "destroy", "--yes", "--discard-chain", environ=environ)
 
 
 def _forget_anchor(home: Path, anchor_id: str, *, unrecorded: bool = False) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,11 +19,13 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from voketag_ops.core import chain as ch
 from voketag_ops.core import merkle
-from voketag_ops.errors import BackendError, InputError, UsageError, VokeError
+from voketag_ops.errors import BackendError, InputError, PreconditionError, UsageError, VokeError
 from voketag_ops.ports import ChainStore
 
 if TYPE_CHECKING:
     from voketag_ops.adapters.local.chain_store import FileChainStore
+    from voketag_ops.adapters.local.environment import LocalEnvironment
+    from voketag_ops.adapters.local.pg_chain_store import PgChainStore
     from voketag_ops.config import Settings
 
 log = logging.getLogger("voke.chain")
@@ -585,19 +588,70 @@ def open_chain_store(
     local = settings.local
     if resolve_home(local.home) != home:
         local = local.model_copy(update={"home": home})
-    env = LocalEnvironment.from_settings(local)
     database = settings.chain.database
-    if start is not None and not readonly:
-        from voketag_ops.workflows.env import ensure_local
+    waiting = FileChainStore(default_chain_path(home))
+    for _ in range(2):  # again when a destroy removed the environment while a migration waited
+        env = LocalEnvironment.from_settings(local)
+        if start is not None and not readonly:
+            from voketag_ops.workflows.env import ensure_local
 
-        # WHOLE (a command that changes the chain): all of `env up`, as every changing command
-        # starts it; otherwise the servers only (a read, or `env destroy` exporting the chain)
-        env = ensure_local(settings.model_copy(update={"local": local}), start, whole=whole)
-    elif not env.exists or not env.primary().running:
-        raise ChainUnavailableError(
-            f"the chain is in PostgreSQL (database {database}) and the local environment is not "
-            "running; `voke env up` starts it"
-        )
+            # WHOLE (a command that changes the chain): all of `env up`, as every changing command
+            # starts it; otherwise the servers only (a read, or `env destroy` exporting the chain)
+            env = ensure_local(settings.model_copy(update={"local": local}), start, whole=whole)
+        elif not _leader_running(env):
+            raise ChainUnavailableError(
+                f"the chain is in PostgreSQL (database {database}) and the local environment is not "
+                "running; `voke env up` starts it"
+            )
+        if readonly or not waiting.path.exists():  # the common case: one stat
+            return _pg_chain_store(env, database, readonly=readonly, started=start is not None)
+        with _env_settled(env, wait=start is not None):
+            if _leader_running(env):
+                store = _pg_chain_store(env, database, readonly=False, started=start is not None)
+                _migrate_file_chain(waiting, store, home=home, env_name=settings.env)
+                return store
+        if start is None:  # (a destroy or `env down` finished while the lock was taken)
+            raise ChainUnavailableError("the local environment stopped before the chain export moved back in")
+    raise PreconditionError(
+        f"the local environment was destroyed twice while the chain export in {waiting.path} waited "
+        "to move back in; rerun the command"
+    )
+
+
+def _leader_running(env: LocalEnvironment) -> bool:
+    return env.exists and env.primary().running
+
+
+@contextmanager
+def _env_settled(env: LocalEnvironment, *, wait: bool) -> Iterator[None]:
+    """ENV's env.lock, which `env up`, `env down` and `env destroy` hold throughout: a chain
+    export is moved back in only into an environment no destroy is deleting (destroy exports
+    it, then deletes the databases, under that lock). WAIT (a command that starts the
+    environment): as long as `env.lock` says, then the caller checks what is left; otherwise
+    (the audit log, an ingest anchor) no wait at all but ChainUnavailableError, as for a stopped
+    environment: the audit log holds its own lock meanwhile, and its anchors catch up later."""
+    from voketag_ops.adapters.local.chain_store import default_chain_path
+    from voketag_ops.locks import running_elsewhere
+
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(env.lock() if wait else env.lock(timeout=0))
+        except PreconditionError:
+            if wait:
+                raise
+            holder = running_elsewhere(env.home / "dr") or "another voke process"
+            raise ChainUnavailableError(
+                f"the local environment is being changed ({holder}); the chain export waiting in "
+                f"{default_chain_path(env.home)} moves back in on its next use"
+            ) from None
+        yield
+
+
+def _pg_chain_store(env: LocalEnvironment, database: str, *, readonly: bool, started: bool) -> PgChainStore:
+    """The PostgreSQL chain store in database DATABASE on ENV's leader (created on first use
+    unless READONLY: NoChainYetError when it does not exist)."""
+    from voketag_ops.adapters.local.pg_chain_store import PgChainStore
+
     try:
         found = env.database(database, create=not readonly)  # created on first use
         if found is None:
@@ -606,21 +660,15 @@ def open_chain_store(
     except BackendError as exc:
         raise ch.ChainStoreError(f"chain store (PostgreSQL): {exc.message}") from None
     leader = env.primary()
-    from voketag_ops.adapters.local.pg_chain_store import PgChainStore
-
-    store = PgChainStore(
+    return PgChainStore(
         conninfo,
-        connect_timeout=5 if start is not None else 2,
+        connect_timeout=5 if started else 2,
         location=f"PostgreSQL database {database} on the local {leader.name} (port {leader.port})",
     )
-    if not readonly:
-        _migrate_file_chain(FileChainStore(default_chain_path(home)), store, home=home, env_name=settings.env)
-    return store
 
 
 def _migrate_file_chain(source: FileChainStore, target: ChainStore, *, home: Path, env_name: str) -> None:
-    if not source.path.exists():  # the common case: one stat
-        return
+    """Move SOURCE (an export `env destroy` left) into TARGET; the caller holds env.lock."""
     from voketag_ops.audit import record_event
 
     report = source.move_into(target, now=datetime.now(UTC))

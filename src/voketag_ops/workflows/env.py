@@ -4,7 +4,7 @@ application logins, their secret, and the local services that consume it."""
 from __future__ import annotations
 
 import time
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from datetime import datetime, timezone
 from typing import Any
 
@@ -41,14 +41,16 @@ def ensure_local(settings: Settings, progress: Progress = _quiet, *, whole: bool
 
 
 def _wait_for_another_start(env: LocalEnvironment) -> None:
-    """Another voke starting the environment (`env up`, or a command starting it on demand, as
-    two loads at once do) holds the DR lock meanwhile: wait for it, bounded, rather than fail
-    with exit 5; what it started is then running. A DR operation is not waited for."""
+    """Another voke starting, stopping or destroying the environment (`env up`, `env down`,
+    `env destroy`, or a command starting it on demand, as two loads at once do) holds the DR
+    lock meanwhile: wait for it, bounded, rather than fail with exit 5 or use servers about to
+    go; what it started is then running, what it stopped or destroyed is started anew. A DR
+    operation is not waited for."""
     from voketag_ops.locks import holder_parts, running_elsewhere
 
     deadline = time.monotonic() + max(120.0, 3 * env.settings.start_timeout)
     while (holder := running_elsewhere(env.home / "dr")) is not None and time.monotonic() < deadline:
-        if not holder_parts(holder)[0].startswith("env up"):
+        if not holder_parts(holder)[0].startswith("env "):
             return
         time.sleep(0.2)
 
@@ -245,8 +247,14 @@ class LocalPlatform:
     def destroy(self, progress: Progress = _quiet, *, discard_chain: bool = False) -> dict[str, Any]:
         import shutil
 
-        with self._audited("env.destroy") as event, self.no_dr_operation("env destroy"), self.env.lock():
-            kept = self._keep_chain(progress, discard=discard_chain)  # before anything is stopped
+        # The export's hold on chain writers (ExitStack) lasts until the servers are stopped.
+        with (
+            self._audited("env.destroy") as event,
+            self.no_dr_operation("env destroy"),
+            self.env.lock(),
+            ExitStack() as held,
+        ):
+            kept = self._keep_chain(progress, held, discard=discard_chain)  # before anything is stopped
             if (self.env.home / "services").exists():  # (the runtime would make it, to be removed)
                 self.runtime().stop_all()
             report = self.env.destroy(progress)
@@ -269,12 +277,16 @@ class LocalPlatform:
 
         return dr_lock(self.env, operation) if self.env.home.is_dir() else nullcontext()
 
-    def _keep_chain(self, progress: Progress, *, discard: bool) -> str:
+    def _keep_chain(self, progress: Progress, held: ExitStack, *, discard: bool) -> str:
         """The chain outlives the environment, as the audit log does: before the databases
         go, its PostgreSQL copy is exported to VOKE_HOME/chain/chain.json, which the first
         chain use after the next `env up` moves back in (workflows/chain.py migration). A
         stopped environment is started for it. When the export fails nothing is deleted
-        (PreconditionError). DISCARD: no export, the chain goes with the databases."""
+        (PreconditionError). DISCARD: no export, the chain goes with the databases.
+
+        HELD keeps chain writers out from before the export's read until it is closed (after
+        the servers stop): a block another voke commits meanwhile would be in neither copy.
+        The env.lock destroy holds keeps the migration from moving the export back in meanwhile."""
         from voketag_ops.adapters.local.chain_store import FileChainStore, default_chain_path
 
         if self.settings.chain.store != "postgres":
@@ -289,12 +301,16 @@ class LocalPlatform:
             return f"discarded (--discard-chain); the export waiting to be moved back set aside as {aside}"
         if not self.env.exists:
             return "empty"
+        from voketag_ops.adapters.local.pg_chain_store import PgChainStore
         from voketag_ops.errors import PreconditionError
         from voketag_ops.workflows.chain import open_chain_store
 
         path = default_chain_path(self.env.home)
         try:
-            state = open_chain_store(self.env.home, settings=self.settings, start=progress).load()
+            store = open_chain_store(self.env.home, settings=self.settings, start=progress)
+            assert isinstance(store, PgChainStore)  # (chain.store = "postgres")
+            held.enter_context(store.writers_held())
+            state = store.load()
             if not state.blocks and not state.anchors:
                 return "empty"
             FileChainStore(path).import_state(state)

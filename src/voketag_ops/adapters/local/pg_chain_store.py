@@ -42,6 +42,17 @@ create table if not exists voke_chain_anchors (
 """
 
 
+def _store_error(exc: Exception) -> ch.ChainStoreError:
+    """The ChainStoreError for a psycopg error: an OperationalError's first line (the server
+    or the connection failed), otherwise its type only (a message may quote data)."""
+    import psycopg
+
+    if isinstance(exc, psycopg.OperationalError):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return ch.ChainStoreError(f"chain store (PostgreSQL): {first}")
+    return ch.ChainStoreError(f"chain store (PostgreSQL) failed: {type(exc).__name__}")
+
+
 class PgChainStore:
     """A ChainStore in PostgreSQL. CONNINFO is a libpq connection string; LOCATION says
     where that is for people (default: database, host and port from CONNINFO)."""
@@ -86,11 +97,32 @@ class PgChainStore:
                     else:  # one consistent snapshot of blocks and anchors
                         conn.execute("set transaction isolation level repeatable read, read only")
                     yield conn
-        except psycopg.OperationalError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ch.ChainStoreError(f"chain store (PostgreSQL): {first}") from None
         except psycopg.Error as exc:
-            raise ch.ChainStoreError(f"chain store (PostgreSQL) failed: {type(exc).__name__}") from None
+            raise _store_error(exc) from None
+
+    @contextmanager
+    def writers_held(self) -> Iterator[None]:
+        """No writer commits while this is held: the advisory lock writers take, held by a
+        session of its own once the writes under way have finished (they wait for it, and fail
+        if the server stops meanwhile). `env destroy` holds it from its export until the servers
+        are stopped, so a block written meanwhile is never deleted unseen. Never unlocked
+        explicitly: the session's end releases it, and the server may be gone by then."""
+        import psycopg
+
+        with self._transaction(write=False):
+            pass  # the schema first: making it takes the lock too, and this store's reads would wait
+        try:
+            conn = psycopg.connect(self.conninfo, connect_timeout=self.connect_timeout, autocommit=True)
+        except psycopg.Error as exc:
+            raise _store_error(exc) from None
+        try:
+            try:
+                conn.execute("select pg_advisory_lock(%s)", (_LOCK_KEY,))
+            except psycopg.Error as exc:
+                raise _store_error(exc) from None
+            yield
+        finally:
+            conn.close()
 
     def load(self) -> ch.ChainState:
         with self._transaction(write=False) as conn:
