@@ -104,6 +104,7 @@ class Fault:
     status: str
     times: int
     after: int = 0  # matching calls let through first
+    answer: str = "error"  # see FakeRestServer.fail
 
 
 class FakeRestServer:
@@ -129,11 +130,22 @@ class FakeRestServer:
                 path, _, raw_query = self.path.partition("?")
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
-                status, doc, ctype = fake.dispatch(self.command, path, raw_query, raw, dict(self.headers))
+                status, doc, ctype, answer = fake.dispatch(
+                    self.command, path, raw_query, raw, dict(self.headers)
+                )
+                if answer in ("drop", "drop-after"):
+                    self.close_connection = True  # no answer at all
+                    return
                 data = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+                length = len(data)
+                if answer == "cut":  # a consistent Content-Length: the body is just not whole JSON
+                    data = data[: len(data) // 2]
+                    length = len(data)
+                elif answer == "short":  # the connection drops mid-body
+                    data, self.close_connection = data[: len(data) // 2], True
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Content-Length", str(length))
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -149,17 +161,29 @@ class FakeRestServer:
             self.routes.append((method, re.compile(rx), fn))
 
     def fail(
-        self, method: str, path_regex: str, status: str = "UNAVAILABLE", times: int = 1, *, after: int = 0
+        self,
+        method: str,
+        path_regex: str,
+        status: str = "UNAVAILABLE",
+        times: int = 1,
+        *,
+        after: int = 0,
+        answer: str = "error",
     ) -> None:
-        """Make the next TIMES calls of METHOD on a path matching PATH_REGEX fail with STATUS,
-        once AFTER such calls have gone through."""
+        """Make the next TIMES calls of METHOD on a path matching PATH_REGEX fail, once AFTER
+        such calls have gone through. ANSWER says how: "error" (STATUS's error document),
+        "html" (a proxy's HTML page with STATUS's HTTP code), "drop" (the connection closes
+        before the call is handled); or the call is handled (its effect made) and then its
+        answer is lost: "drop-after" (no answer), "short" (the connection drops mid-body),
+        "cut" (HTTP 200 with half the body: not JSON)."""
         with self.lock:
-            self.faults.append(Fault(method, re.compile(path_regex), status, times, after))
+            self.faults.append(Fault(method, re.compile(path_regex), status, times, after, answer))
 
     def dispatch(
         self, method: str, path: str, raw_query: str, raw: bytes, headers: dict[str, str]
-    ) -> tuple[int, Any, str]:
-        query = {k: v[-1] for k, v in parse_qs(raw_query, keep_blank_values=True).items()}
+    ) -> tuple[int, Any, str, str]:
+        """(HTTP status, document, content type, how to answer: a Fault's `answer`)."""
+        answer = "error"
         with self.lock:
             self.calls.append((method, path))
             for fault in self.faults:
@@ -168,7 +192,20 @@ class FakeRestServer:
                         fault.after -= 1
                         continue
                     fault.times -= 1
-                    return _error(ApiError(fault.status, f"injected {fault.status}"))
+                    answer = fault.answer
+                    if answer == "html":
+                        code = 502
+                        page = b"<!DOCTYPE html>\n<html><body><h1>Bad Gateway</h1></body></html>\n"
+                        return code, page, "text/html; charset=UTF-8", answer
+                    if answer in ("error", "drop"):
+                        return (*_error(ApiError(fault.status, f"injected {fault.status}")), answer)
+                    break
+        return (*self._handle(method, path, raw_query, raw, headers), answer)
+
+    def _handle(
+        self, method: str, path: str, raw_query: str, raw: bytes, headers: dict[str, str]
+    ) -> tuple[int, Any, str]:
+        query = {k: v[-1] for k, v in parse_qs(raw_query, keep_blank_values=True).items()}
         ctype = headers.get("Content-Type", "")
         if "x-www-form-urlencoded" in ctype:
             body: Any = {k: v[-1] for k, v in parse_qs(raw.decode()).items()}
