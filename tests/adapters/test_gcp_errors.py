@@ -95,3 +95,38 @@ def test_a_library_message_is_redacted_before_it_is_cut():
     redact.register(secret)
     message = message_of(RuntimeError("z" * 290 + " " + secret + "\nsecond line"))  # kept to 300
     assert message == "z" * 290 + " ***"
+
+
+# -- answers that are lost or unreadable ----------------------------------------------------------------
+def test_a_malformed_answer_is_a_backend_error_naming_the_resource_not_the_parsers_detail(fake, store):
+    fake.rest.fail("GET", r"/secrets/s$", answer="cut")  # HTTP 200, half a JSON document
+    with pytest.raises(SecretError) as err:
+        store.get("s")
+    assert err.value.exit_code == ExitCode.BACKEND
+    assert err.value.message == "secret 's': malformed response from the API"
+
+
+def test_a_field_of_the_wrong_type_does_not_echo_the_value(fake):
+    from voketag_ops.adapters.gcp.sql import CloudSqlAdmin, CloudSqlRecovery
+    from voketag_ops.errors import BackendError
+
+    fake.sql.add_instance("voke-db")
+    fake.sql.instances["voke-db"]["tier"] = {"not": "a string: pw-SUPERSECRET-hunter2"}
+    with pytest.raises(BackendError) as err:
+        CloudSqlRecovery(CloudSqlAdmin(fake.context()), "voke-db").instance()
+    assert err.value.exit_code == ExitCode.BACKEND
+    assert err.value.message == "instance voke-db: malformed response from the API"
+
+
+def test_an_html_error_page_is_named_by_its_http_status(fake, store):
+    fake.rest.fail("GET", r"/secrets/s$", times=99, answer="html")  # a load balancer's 502 page
+    with pytest.raises(SecretError) as err:
+        store.get("s")
+    assert err.value.message == "secret 's': HTTP 502 Bad Gateway (not a JSON error response)"
+
+
+def test_a_connection_dropped_mid_body_is_retried_for_an_idempotent_call(fake, store):
+    fake.rest.fail("GET", r"/secrets/s$", answer="short")  # ChunkedEncodingError
+    before = _calls(fake, "GET", "/secrets/s")
+    assert store.get("s").name == "s"
+    assert _calls(fake, "GET", "/secrets/s") - before == 2

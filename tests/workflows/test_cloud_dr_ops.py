@@ -510,3 +510,13 @@ def test_failback_refuses_a_record_where_both_instances_claim_the_primary(cloud)
     assert "both labelled the primary" in err["message"] and "dr status" in err["hint"]
     assert len([c for c in cloud.fake.rest.calls if c[0] in ("PATCH", "POST")]) == patches
     assert cloud.voke("dr", "failback", "--dry-run", "--json").exit_code == 5
+
+
+# -- malformed answers ----------------------------------------------------------------------------------
+def test_check_fails_only_the_check_whose_answer_is_malformed(cloud):
+    cloud.fake.rest.fail("GET", r"/instances/voke-db/backupRuns$", times=99, answer="cut")
+    check = cloud.voke("dr", "check", "--json")
+    assert check.exit_code == 1, check.stdout + check.stderr
+    failed = {c["name"]: c["message"] for c in check.json["result"]["checks"] if not c["ok"]}
+    assert set(failed) == {"backup_age"}
+    assert "malformed response from the API" in failed["backup_age"]

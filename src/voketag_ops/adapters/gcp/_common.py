@@ -99,7 +99,7 @@ def classify(exc: BaseException) -> str | None:
         return DENIED
     if isinstance(exc, _retryable_types()):
         return UNAVAILABLE
-    if isinstance(exc, gexc.GoogleAPIError):
+    if isinstance(exc, gexc.GoogleAPIError) or _malformed(exc):
         return FAILED
     import google.auth.exceptions as auth_exc
 
@@ -110,6 +110,17 @@ def classify(exc: BaseException) -> str | None:
     if isinstance(exc, requests.RequestException):
         return UNAVAILABLE
     return None
+
+
+MALFORMED = "malformed response from the API"
+
+
+def _malformed(exc: BaseException) -> bool:
+    """A 2xx answer the client could not read: a body cut off or not JSON, or a field of the
+    wrong type (protobuf's ParseError, whose text quotes the body's values)."""
+    from google.protobuf import json_format
+
+    return isinstance(exc, json_format.ParseError)
 
 
 def _retryable_types() -> tuple[type[BaseException], ...]:
@@ -140,12 +151,23 @@ def is_retryable(exc: BaseException, *, idempotent: bool) -> bool:
         return True
     import requests
 
-    return isinstance(exc, requests.ConnectionError | requests.Timeout)
+    return isinstance(
+        exc, requests.ConnectionError | requests.Timeout | requests.exceptions.ChunkedEncodingError
+    )
 
 
 def message_of(exc: BaseException) -> str:
     """One line from a library error (its message never holds a payload: voke sends none in URLs),
     redacted before it is cut: a secret across the cut would keep its head."""
+    if _malformed(exc):
+        return MALFORMED  # the parser's text quotes the body
+    response = getattr(exc, "response", None)
+    if response is not None and getattr(response, "status_code", None) is not None:
+        try:
+            response.json()
+        except ValueError:  # a proxy's or load balancer's HTML page: its first line says nothing
+            reason = getattr(response, "reason", "") or ""
+            return f"HTTP {response.status_code} {reason}".strip() + " (not a JSON error response)"
     text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
     return redact(str(text)).strip().splitlines()[0][:300]
 
