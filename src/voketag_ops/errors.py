@@ -103,6 +103,11 @@ class NeedsOperatorError(VokeError):
     exit_code = ExitCode.NEEDS_OPERATOR
 
 
+class OutcomeUnknownError(NeedsOperatorError):
+    """A change was sent and may have been made: its answer was lost, or voke lost track of
+    the operation it started. Never "nothing was changed"; the hint says how to find out."""
+
+
 class Interrupted(VokeError):
     """The user interrupted the run (Ctrl-C); what was done is recorded or rolled back."""
 

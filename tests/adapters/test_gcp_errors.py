@@ -130,3 +130,39 @@ def test_a_connection_dropped_mid_body_is_retried_for_an_idempotent_call(fake, s
     before = _calls(fake, "GET", "/secrets/s")
     assert store.get("s").name == "s"
     assert _calls(fake, "GET", "/secrets/s") - before == 2
+
+
+@pytest.mark.parametrize("answer", ["drop-after", "short", "cut"])
+def test_a_lost_answer_to_a_change_never_says_nothing_was_changed(fake, store, answer):
+    fake.rest.fail("POST", r":addVersion$", answer=answer)
+    with pytest.raises(SecretError) as err:
+        store.add_version("s", b"v2")
+    assert "may have been made" in err.value.message
+    assert "nothing was changed" not in (err.value.hint or "") and "took effect" in (err.value.hint or "")
+    assert len(fake.secretmanager.secrets["s"].versions) == 2  # it was
+
+
+def _db_target(fake: FakeGcp) -> Any:
+    from voketag_ops.adapters.gcp.sql import CloudSqlAdmin, CloudSqlDbTarget
+
+    fake.sql.add_instance("voke-db", users=("app",))
+    return CloudSqlDbTarget(CloudSqlAdmin(fake.context()), "voke-db")
+
+
+def test_a_password_change_whose_answer_is_lost_is_found_running_and_waited_for(fake):
+    target = _db_target(fake)
+    fake.rest.fail("PUT", r"/instances/voke-db/users$", answer="drop-after")
+    target.set_password("app", "Pw-Lost-Answer-1")
+    assert fake.sql.users[("voke-db", "app")] == "Pw-Lost-Answer-1"
+    assert _calls(fake, "PUT", "/users") == 1  # not sent twice
+
+
+def test_a_password_change_not_found_after_a_lost_answer_keeps_its_rotation_kind(fake):
+    from voketag_ops.errors import DatabaseError
+
+    target = _db_target(fake)
+    fake.rest.fail("PUT", r"/instances/voke-db/users$", answer="drop")  # lost before Cloud SQL saw it
+    with pytest.raises(DatabaseError) as err:  # the rotation rolls back (sets the old password again)
+        target.set_password("app", "Pw-Lost-Answer-2")
+    assert "may have been made" in err.value.message and "Pw-Lost" not in err.value.message
+    assert "gcloud sql operations list --instance voke-db --project voke-test" in (err.value.hint or "")

@@ -512,7 +512,66 @@ def test_failback_refuses_a_record_where_both_instances_claim_the_primary(cloud)
     assert cloud.voke("dr", "failback", "--dry-run", "--json").exit_code == 5
 
 
-# -- malformed answers ----------------------------------------------------------------------------------
+# -- lost answers and lost operations --------------------------------------------------------------------
+SQL_OPERATION = r"/sql/v1beta4/projects/[^/]+/operations/[^/]+$"
+
+
+def test_a_clone_whose_answer_is_lost_is_found_running_and_the_restore_finishes(cloud):
+    cloud.fake.rest.fail("POST", r"/instances/voke-db/clone$", answer="drop-after")
+    result = cloud.voke("dr", "restore", "--to", "-1h", "--name", "voke-db-lost", "--yes", "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert result.json["result"]["instance"]["state"] == "RUNNABLE"
+    assert len(cloud.posts("/instances/voke-db/clone")) == 1  # found, not sent again
+
+
+def test_a_clone_whose_answer_is_lost_and_not_found_stops_for_a_person(cloud):
+    cloud.fake.rest.fail("POST", r"/instances/voke-db/clone$", answer="drop")
+    result = cloud.voke("dr", "restore", "--to", "-1h", "--name", "voke-db-lost", "--yes", "--json")
+    assert result.exit_code == 7, result.stdout
+    err = result.json["error"]
+    assert "may have been made" in err["message"] and "nothing was changed" not in err["hint"]
+    assert "gcloud sql operations list --instance voke-db --project voke-test" in err["hint"]
+    assert "gcloud sql instances delete voke-db-lost" in err["hint"]
+    assert cloud.audit()[-1]["result"] == "failure"
+
+
+def test_a_promotion_whose_answer_is_cut_off_is_found_running_and_the_failover_finishes(cloud):
+    cloud.fake.rest.fail("POST", r"/instances/voke-db-dr/promoteReplica$", answer="cut")
+    result = cloud.voke("dr", "failover", "--yes", "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert result.json["result"]["new_leader"] == "voke-db-dr" and len(cloud.posts("promoteReplica")) == 1
+
+
+def test_polling_that_fails_after_the_promotion_began_stops_for_a_person_naming_it(cloud):
+    cloud.fake.rest.fail("GET", SQL_OPERATION, "UNAVAILABLE", times=99)  # retried, then given up
+    result = cloud.voke("dr", "failover", "--yes", "--json")
+    assert result.exit_code == 7, result.stdout  # not 4: the promotion runs
+    err = result.json["error"]
+    (op,) = [
+        name
+        for name, o in cloud.fake.sql.operations.items()
+        if o["doc"]["operationType"] == "PROMOTE_REPLICA"
+    ]
+    assert f"operation {op} was started" in err["message"]
+    assert f"gcloud sql operations describe {op} --project voke-test" in err["hint"]
+    assert "dr failover --yes" in err["hint"] and "nothing was changed" not in err["hint"]
+    cloud.fake.rest.faults.clear()
+    busy = cloud.voke("dr", "failover", "--yes", "--json")  # it still runs: refused, naming it
+    assert busy.exit_code == 5, busy.stdout
+    assert op in busy.json["error"]["message"] and "DONE" in busy.json["error"]["hint"]
+    cloud.fake.sql.finish_pending()
+    assert cloud.voke("dr", "failover", "--yes", "--json").exit_code == 0
+
+
+def test_polling_that_fails_after_the_clone_began_names_the_clone_to_inspect_or_delete(cloud):
+    cloud.fake.rest.fail("GET", SQL_OPERATION, "PERMISSION_DENIED", times=99)
+    result = cloud.voke("dr", "restore", "--to", "-1h", "--name", "voke-db-unwatched", "--yes", "--json")
+    assert result.exit_code == 7, result.stdout
+    err = result.json["error"]
+    assert "was started" in err["message"] and "gcloud sql operations describe" in err["hint"]
+    assert "gcloud sql instances delete voke-db-unwatched" in err["hint"]
+
+
 def test_check_fails_only_the_check_whose_answer_is_malformed(cloud):
     cloud.fake.rest.fail("GET", r"/instances/voke-db/backupRuns$", times=99, answer="cut")
     check = cloud.voke("dr", "check", "--json")

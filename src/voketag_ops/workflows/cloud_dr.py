@@ -29,6 +29,7 @@ from voketag_ops.errors import (
     ConfigError,
     NeedsOperatorError,
     NotFoundError,
+    OutcomeUnknownError,
     PreconditionError,
     StepTimeoutError,
     UsageError,
@@ -372,6 +373,12 @@ def _still_running(exc: StepTimeoutError, what: str, instance: str, resume: str)
     )
 
 
+def _in_doubt(exc: OutcomeUnknownError, resume: str) -> OutcomeUnknownError:
+    """A promotion or switchover whose answer or operation voke lost: the rerun that finishes
+    it (or makes it, if it never began) once Cloud SQL runs none of it any more."""
+    return OutcomeUnknownError(exc.message, hint=f"{exc.hint}; once none is running, `{resume}`")
+
+
 class _Steps:
     """Named, timed steps of one operation, for the report (the local DR step shape)."""
 
@@ -505,6 +512,12 @@ def restore(
             raise NeedsOperatorError(
                 f"{exc.message}; the clone continues in Cloud SQL",
                 hint=f"wait for it, then `gcloud sql instances describe {name}`; "
+                f"or delete it: gcloud sql instances delete {name}",
+            ) from None
+        except OutcomeUnknownError as exc:
+            raise OutcomeUnknownError(
+                exc.message,
+                hint=f"{exc.hint}; if it made {name}, inspect it (`gcloud sql instances describe {name}`) "
                 f"or delete it: gcloud sql instances delete {name}",
             ) from None
         except BackendError as exc:
@@ -753,6 +766,8 @@ def failover(
                     op = recovery.promote_replica(replica_name, failover=dr_failover)
                 except StepTimeoutError as exc:
                     raise _still_running(exc, "the promotion", replica_name, resume) from None
+                except OutcomeUnknownError as exc:
+                    raise _in_doubt(exc, resume) from None
                 except BackendError as exc:
                     after = _leftover(recovery, replica_name)
                     if after is not None and after.role == "primary":
@@ -903,6 +918,8 @@ def failback(
                     op = recovery.switchover(env.instance)
                 except StepTimeoutError as exc:
                     raise _still_running(exc, "the switchover", env.instance, resume) from None
+                except OutcomeUnknownError as exc:
+                    raise _in_doubt(exc, resume) from None
                 operation = _op(op)
                 info["operation"] = op.name
         leader = _require_primary(recovery, env.instance, steps)

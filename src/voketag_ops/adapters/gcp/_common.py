@@ -107,9 +107,19 @@ def classify(exc: BaseException) -> str | None:
         return DENIED
     import requests
 
-    if isinstance(exc, requests.RequestException):
+    if isinstance(exc, requests.RequestException | ResponseLost):
         return UNAVAILABLE
     return None
+
+
+class ResponseLost(Exception):
+    """A call that is not safe to repeat went out but its answer never arrived whole (the
+    connection dropped, the read timed out, the body was cut off or not JSON): the server may
+    have made the change. `GcpContext.call` raises it; the cause is its __cause__."""
+
+    def __init__(self, cause: BaseException) -> None:
+        what = MALFORMED if _malformed(cause) else f"no complete answer ({type(cause).__name__})"
+        super().__init__(f"{what}; the change may have been made")
 
 
 MALFORMED = "malformed response from the API"
@@ -121,6 +131,23 @@ def _malformed(exc: BaseException) -> bool:
     from google.protobuf import json_format
 
     return isinstance(exc, json_format.ParseError)
+
+
+def response_lost(exc: BaseException) -> bool:
+    """Whether EXC leaves unknown if the request reached the server and took effect: anything
+    but a connection that was never made (refused, unresolved, TLS or connect timeout) and an
+    error the API itself answered."""
+    import requests
+    from urllib3.exceptions import ConnectTimeoutError
+
+    if _malformed(exc):
+        return True
+    if isinstance(exc, requests.ConnectTimeout | requests.exceptions.SSLError):
+        return False
+    if isinstance(exc, requests.ConnectionError):
+        reason = getattr(exc.args[0] if exc.args else None, "reason", None)
+        return not isinstance(reason, ConnectTimeoutError)  # NewConnectionError is one
+    return isinstance(exc, requests.Timeout | requests.exceptions.ChunkedEncodingError)
 
 
 def _retryable_types() -> tuple[type[BaseException], ...]:
@@ -198,6 +225,8 @@ def translating(resource: str, errors: Mapping[str, type[VokeError]]) -> Iterato
         hint = None
         if kind == DENIED:
             hint = "check the credentials and roles: voke doctor"  # with_env adds --env NAME
+        elif isinstance(exc, ResponseLost):
+            hint = "its answer was lost: check whether it took effect before running it again"
         elif kind == UNAVAILABLE:
             hint = "the API could not be reached or was overloaded; nothing was changed by the failed call"
         raise cls(f"{resource}: {message_of(exc)}", hint=hint) from None
@@ -284,6 +313,7 @@ class GcpContext:
     # -- calls --------------------------------------------------------------------------------------
     def call(self, fn: Callable[..., T], /, *args: Any, idempotent: bool = True, **kwargs: Any) -> T:
         """FN(*ARGS, **KWARGS, timeout=..., retry=None), retried with backoff on retryable errors.
+        A call not IDEMPOTENT whose answer was lost raises ResponseLost: it may have taken effect.
 
         The library's own retry is switched off so there is exactly one retry policy."""
         from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
@@ -302,7 +332,12 @@ class GcpContext:
                 type(state.outcome.exception()).__name__ if state.outcome else "?",
             ),
         )
-        return retrying(fn, *args, **kwargs)
+        try:
+            return retrying(fn, *args, **kwargs)
+        except Exception as exc:
+            if not idempotent and response_lost(exc):
+                raise ResponseLost(exc) from exc
+            raise
 
     def deadline(self, seconds: float | None = None) -> float:
         return time.monotonic() + (self.operation_timeout if seconds is None else seconds)

@@ -24,6 +24,7 @@ from voketag_ops.adapters.gcp._common import (
     PRECONDITION,
     UNAVAILABLE,
     GcpContext,
+    ResponseLost,
     iso_of,
     translating,
 )
@@ -32,10 +33,12 @@ from voketag_ops.errors import (
     BackendError,
     DatabaseError,
     NotFoundError,
+    OutcomeUnknownError,
     PreconditionError,
     StepTimeoutError,
     TargetBusyError,
     UsageError,
+    VokeError,
 )
 from voketag_ops.logs import get_logger
 from voketag_ops.ports import BackupInfo, DbInstanceInfo, DbOperationInfo, RecoveryWindow, ReplicationInfo
@@ -47,6 +50,13 @@ SUCCESSFUL = 5  # SqlBackupRunStatus.SUCCESSFUL
 
 def _enum(value: Any) -> str:
     return str(getattr(value, "name", value))
+
+
+def _in_doubt(failure: type) -> type:
+    """The error of a change that may have been made (its answer lost, its operation no longer
+    watched): exit 7, except for a rotation's target (FAILURE is DatabaseError), which keeps its
+    kind so the rotation applies its recovery (setting the old password again undoes it)."""
+    return OutcomeUnknownError if failure is BackendError else failure
 
 
 class CloudSqlAdmin:
@@ -92,24 +102,39 @@ class CloudSqlAdmin:
         after a create, maintenance, the step just before), it is asked again until the
         operation timeout: nothing was started. Not when the running one is of the same KIND:
         that is this very change under way (a rerun beside an interrupted voke's), and asking
-        again once it is done would do it twice; that stays exit 5, rerun when it is DONE.
-        Still refused at the timeout: TargetBusyError, the change never began."""
+        again once it is done would do it twice; that stays exit 5, naming it, rerun when it is DONE.
+        Still refused at the timeout: TargetBusyError, the change never began. An answer lost on
+        the way back: see `_started_anyway`."""
         from google.api_core import exceptions as gexc
 
         deadline = self.ctx.deadline()
         pause = self.ctx.poll_interval
         instance = request.get("instance")
+        target = instance or (request.get("body") or {}).get("name")  # instances.insert: the new one
         with self.translate(what, failure=failure):
             while True:
                 try:
                     return self.ctx.call(fn, request=request, idempotent=False)
+                except ResponseLost as exc:
+                    return self._started_anyway(exc, what, target, kind, failure)
                 except gexc.Conflict as exc:
-                    if not _in_progress(exc) or (instance and kind in self._running_kinds(instance)):
+                    if not _in_progress(exc):
                         raise
+                    running = self._running(instance) if instance else []
+                    same = next((op for op in running if _enum(op.operation_type) == kind), None)
+                    if same is not None:
+                        raise PreconditionError(
+                            f"{what}: operation {same.name} ({kind}, {_enum(same.status)}) is already in "
+                            f"progress on {instance}; nothing was started",
+                            hint=f"gcloud sql operations describe {same.name} --project {self.ctx.project}; "
+                            "rerun once it is DONE",
+                        ) from None
                     if time.monotonic() + pause >= deadline:
+                        busy = f" ({', '.join(f'{_enum(op.operation_type)} {op.name}' for op in running)})"
                         raise TargetBusyError(
-                            f"{what}: {instance or 'the instance'} is busy: another Cloud SQL operation was "
-                            f"still in progress after {self.ctx.operation_timeout:g} s; nothing was started",
+                            f"{what}: {instance or 'the instance'} is busy: another Cloud SQL operation"
+                            f"{busy if running else ''} was still in progress after "
+                            f"{self.ctx.operation_timeout:g} s; nothing was started",
                             hint=f"gcloud sql operations list --instance {instance} shows it; retry once it is done"
                             if instance
                             else None,
@@ -120,15 +145,40 @@ class CloudSqlAdmin:
                     self.ctx.sleep(pause)
                     pause = min(pause * 2, 30.0)
 
-    def _running_kinds(self, instance: str) -> set[str]:
-        """The types of INSTANCE's operations not DONE (the newest page: one runs at a time)."""
+    def _running(self, instance: str) -> list[Any]:
+        """INSTANCE's operations not DONE (the newest page: one runs at a time)."""
         pager = self.ctx.call(
             self.client("operations").list,
             request={"project": self.ctx.project, "instance": instance, "max_results": 20},
         )
         first = next(iter(pager.pages), None)
         ops = first.items if first is not None else []
-        return {_enum(op.operation_type) for op in ops if int(op.status) != DONE}
+        return [op for op in ops if int(op.status) != DONE]
+
+    def _started_anyway(
+        self, lost: ResponseLost, what: str, target: str | None, kind: str, failure: type
+    ) -> Any:
+        """The answer to a call starting a KIND operation on TARGET was lost. An operation of that
+        KIND under way on TARGET is this call's (Cloud SQL runs one at a time per instance, and
+        refuses a second of the same kind): it is returned, to be waited for. Otherwise whether
+        the call took effect is unknown (it may even be DONE already): a person looks."""
+        if target:
+            try:
+                with self.translate(f"operations of {target}"):
+                    same = [op for op in self._running(target) if _enum(op.operation_type) == kind]
+            except VokeError as exc:
+                log.warning("%s: could not look up its operation: %s", what, exc.message)
+                same = []
+            if same:
+                log.warning(
+                    "%s: its answer was lost, but Cloud SQL runs it as %s; waiting for it", what, same[0].name
+                )
+                return same[0]
+        where = f" --instance {target}" if target else ""
+        raise _in_doubt(failure)(
+            f"{what}: {lost}",
+            hint=f"`gcloud sql operations list{where} --project {self.ctx.project}` shows whether it ran",
+        ) from None
 
     def wait(self, operation: Any, what: str, *, failure: type = BackendError) -> DbOperationInfo:
         """Poll OPERATION until DONE; raise FAILURE when DONE carries an error."""
@@ -136,14 +186,22 @@ class CloudSqlAdmin:
         ops = self.client("operations")
         op = operation
         while int(op.status) != DONE:
+            describe = f"gcloud sql operations describe {op.name} --project {self.ctx.project}"
             if time.monotonic() >= deadline:
                 raise StepTimeoutError(
                     f"{what}: operation {op.name} still {_enum(op.status)} after {self.ctx.operation_timeout:g} s",
-                    hint=f"gcloud sql operations describe {op.name}",
+                    hint=describe,
                 )
             self.ctx.sleep(self.ctx.poll_interval)
-            with self.translate(what):
-                op = self.ctx.call(ops.get, request={"project": self.ctx.project, "operation": op.name})
+            try:
+                with self.translate(what):
+                    op = self.ctx.call(ops.get, request={"project": self.ctx.project, "operation": op.name})
+            except VokeError as exc:  # the operation was accepted: it runs whether voke watches or not
+                raise _in_doubt(failure)(
+                    f"{what}: operation {op.name} was started, but polling it failed ({exc.message}); "
+                    "it may still be running",
+                    hint=f"`{describe}` shows whether it finished",
+                ) from None
         errors = list(op.error.errors) if op.error else []
         if errors:
             detail = "; ".join(f"{e.code}: {e.message}" for e in errors)
