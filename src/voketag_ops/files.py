@@ -52,6 +52,8 @@ def read_limited(path: Path, limit: int, *, what: str, hint: str | None = None) 
     caller, whose message says how to make the file."""
     try:
         return _read_regular(path, limit)
+    except NotADirectoryError as exc:  # (a file where a directory of the path should be)
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
     except _Unreadable as exc:
         if exc.too_large:
             raise InputError(

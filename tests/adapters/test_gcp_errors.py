@@ -166,3 +166,19 @@ def test_a_password_change_not_found_after_a_lost_answer_keeps_its_rotation_kind
         target.set_password("app", "Pw-Lost-Answer-2")
     assert "may have been made" in err.value.message and "Pw-Lost" not in err.value.message
     assert "gcloud sql operations list --instance voke-db --project voke-test" in (err.value.hint or "")
+
+
+def test_a_grpc_deadline_passed_on_a_change_says_to_check_it_not_that_nothing_changed():
+    # gRPC clients (IAM keys, Monitoring) raise DeadlineExceeded when they stop waiting: the
+    # server may have made the key all the same.
+    from google.api_core import exceptions as gexc
+
+    from voketag_ops.adapters.gcp._common import DEFAULT_ERRORS, GcpContext, translating
+
+    def create_key(**_kwargs: Any) -> None:
+        raise gexc.DeadlineExceeded("Deadline Exceeded")
+
+    with pytest.raises(Exception) as err, translating("new key of ci@p", DEFAULT_ERRORS):
+        GcpContext(project="p", attempts=1).call(create_key, idempotent=False)
+    assert err.value.exit_code == ExitCode.BACKEND
+    assert "nothing was changed" not in (err.value.hint or "") and "took effect" in (err.value.hint or "")

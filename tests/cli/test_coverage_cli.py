@@ -771,3 +771,11 @@ def test_names_read_from_a_history_are_shown_not_obeyed(voke, env, project):
         assert "\x1b" not in out and "\x07" not in out
     assert "svc\\x1b[2J" in shown.stdout and "[bold]b[/]" in shown.stdout  # markup shown, not applied
     assert "(r\\x1b]0;title\\x07[red])" in report.stdout
+
+
+def test_a_history_path_through_a_file_is_a_one_line_error(voke, env, project):
+    write_json(project, {"admin_service/a.py": lines_file(60, 40)})
+    (project / "afile").write_text("")
+    r = voke("coverage", "history", "show", "--file", "afile/h.jsonl", environ=env, cwd=project)
+    assert r.exit_code == 1 and "afile/h.jsonl: cannot read: Not a directory" in r.stderr, r.stderr
+    no_traceback(r)

@@ -136,11 +136,12 @@ def _malformed(exc: BaseException) -> bool:
 def response_lost(exc: BaseException) -> bool:
     """Whether EXC leaves unknown if the request reached the server and took effect: anything
     but a connection that was never made (refused, unresolved, TLS or connect timeout) and an
-    error the API itself answered."""
+    error the API itself answered; a deadline that passed (gRPC's own timeout) counts as lost."""
     import requests
+    from google.api_core import exceptions as gexc
     from urllib3.exceptions import ConnectTimeoutError
 
-    if _malformed(exc):
+    if _malformed(exc) or isinstance(exc, gexc.DeadlineExceeded):  # (gRPC: the client stopped waiting)
         return True
     if isinstance(exc, requests.ConnectTimeout | requests.exceptions.SSLError):
         return False
