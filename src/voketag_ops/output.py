@@ -223,7 +223,7 @@ class Output:
         """Report a VokeError and return its exit code."""
         message = redact(self.with_env(exc.message))
         hint = self.with_env(exc.hint) if exc.hint else exc.hint
-        if self.json_mode:
+        if self.json_mode and not self.stdout.failed:  # type: ignore[attr-defined]
             error: dict[str, Any] = {
                 "type": exc.type_name,
                 "message": message,
@@ -231,8 +231,11 @@ class Output:
             }
             if hint:
                 error["hint"] = redact(hint)
-            self._emit_json({"ok": False, "command": self.command, "error": error})
-        else:
+            try:
+                self._emit_json({"ok": False, "command": self.command, "error": error})
+            except VokeError as refused:  # stdout refused the envelope (a full disk): that is the answer
+                return self.error(refused)
+        else:  # on stderr: human output, or JSON whose stdout was refused (a full disk)
             self.note(f"error: {message}")
             if hint:
                 self.note(f"hint: {hint}")
@@ -303,26 +306,26 @@ class Output:
 class _ReaderMayGo:
     """stdout or stderr, where a reader that went away (`voke dr status | head -1`) or a
     stream closed from the start (`>&-`) is no error: the rest goes to /dev/null, quietly,
-    and the command ends as it would have. Everything else is the stream's own."""
+    and the command ends as it would have. A stdout the system refuses (a full disk:
+    `> /dev/full`) goes the same way, but the answer did not get out: `failed`, and a
+    BackendError (exit 4) that the top level says on stderr; a refused stderr leaves nowhere
+    to say anything. Everything else is the stream's own."""
 
     def __init__(self, stream: TextIO | None, name: str = "stdout") -> None:
         self.wrapped = stream
         self.name = name
+        self.failed = False
 
     def write(self, text: str) -> int:
         if self.wrapped is not None:
-            try:
+            with self._refusals():
                 return self.wrapped.write(text)
-            except BrokenPipeError:
-                self._gone()
         return len(text)
 
     def flush(self) -> None:
         if self.wrapped is not None:
-            try:
+            with self._refusals():
                 self.wrapped.flush()
-            except BrokenPipeError:
-                self._gone()
 
     def isatty(self) -> bool:
         return self.wrapped is not None and _isatty(self.wrapped)
@@ -332,25 +335,36 @@ class _ReaderMayGo:
         if self.wrapped is None:
             return
         buffer = getattr(self.wrapped, "buffer", None)
-        try:
+        with self._refusals():
             if buffer is not None:
                 buffer.write(data)
                 buffer.flush()
             else:
                 self.wrapped.write(data.decode("utf-8", "replace"))
                 self.wrapped.flush()
-        except BrokenPipeError:
-            self._gone()
-        except OSError as exc:  # a full disk (`> /dev/full`), a quota: the answer did not get out
-            from voketag_ops.errors import BackendError
-
-            raise BackendError(f"cannot write to {self.name}: {exc.strerror or exc}") from None
 
     def __getattr__(self, name: str) -> Any:
         wrapped = self.__dict__.get("wrapped")  # (not set yet while copy or pickle builds one)
         if wrapped is None:
             raise AttributeError(name)
         return getattr(wrapped, name)
+
+    @contextmanager
+    def _refusals(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            self.refused(exc)
+
+    def refused(self, exc: OSError) -> None:
+        """EXC came of writing to the stream: from now on it takes nothing. A gone reader is
+        no error; on stdout anything else (a full disk, a quota, a terminal hung up) is."""
+        self._gone()
+        if self.name == "stdout" and not isinstance(exc, BrokenPipeError):
+            from voketag_ops.errors import BackendError
+
+            self.failed = True
+            raise BackendError(f"cannot write to {self.name}: {exc.strerror or exc}") from None
 
     def _gone(self) -> None:
         # Point the descriptor at /dev/null too, so the interpreter's last flush stays quiet.

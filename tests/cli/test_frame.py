@@ -448,6 +448,41 @@ def test_a_closed_stdout_or_stderr_is_no_error(tmp_path, args):
         assert "Traceback" not in done.stderr, (redirect, done.stderr)
 
 
+@pytest.mark.parametrize(
+    ("args", "output"),
+    [
+        (["env", "status"], ""),
+        (["env", "status", "--json"], ""),
+        (["audit", "show", "--json"], ""),
+        (["audit", "export", "--json"], ""),
+        (["config", "show", "--bogus"], "json"),  # the usage error's envelope is refused too
+        (["--version"], ""),
+        (["--help"], "json"),
+    ],
+)
+def test_a_full_stdout_is_one_line_on_stderr_and_exit_4(tmp_path, args, output):
+    # `voke ... > /dev/full`: the answer did not get out, and its error cannot go there either.
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("VOKE_")}
+    env.update(VOKE_HOME=str(tmp_path / "home"), VOKE_OUTPUT=output)
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "voketag_ops", *args],
+            stdout=full, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+        )  # fmt: skip
+    assert (done.returncode, done.stderr) == (4, "error: cannot write to stdout: No space left on device\n")
+
+
+def test_a_full_stderr_leaves_the_exit_code_alone(tmp_path):
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("VOKE_")}
+    env["VOKE_HOME"] = str(tmp_path / "home")
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "voketag_ops", "bogus"],
+            stdout=subprocess.PIPE, stderr=full, text=True, env=env, cwd=tmp_path,
+        )  # fmt: skip
+    assert (done.returncode, done.stdout) == (2, "")
+
+
 def test_the_stream_wrapper_writes_bytes_past_a_gone_reader_and_copies():
     import copy
     import os

@@ -190,13 +190,16 @@ def run(
     with contextlib.redirect_stdout(held), contextlib.redirect_stderr(output.stderr):
         code = _invoke(args, output, debug, environ, cwd)
     interrupts.settle()  # the result is out
-    if held.getvalue():
-        if code == 2 and output.command_error == "missing command":
-            if not output.json_mode:
-                output.stderr.write(held.getvalue())
-        else:
-            output.stdout.write(held.getvalue())
-            output.stdout.flush()
+    try:
+        if held.getvalue():
+            if code == 2 and output.command_error == "missing command":
+                if not output.json_mode:
+                    output.stderr.write(held.getvalue())
+            else:
+                output.stdout.write(held.getvalue())
+        output.stdout.flush()  # every answer is out by now, or its refusal is said
+    except VokeError as exc:  # stdout refused it (a full disk)
+        code = output.error(exc)
     return code
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import sys
 
@@ -16,11 +15,17 @@ def main(argv: list[str] | None = None) -> int:
         try:
             sys.stdout.write(f"voke {__version__}\n")
             sys.stdout.flush()
-        except (BrokenPipeError, AttributeError):  # no reader, or stdout closed (`>&-`)
-            import os
+        except AttributeError:  # stdout closed (`>&-`)
+            pass
+        except OSError as exc:  # no reader, or a full disk: as for any other answer
+            from voketag_ops.errors import VokeError
+            from voketag_ops.output import Output
 
-            with contextlib.suppress(OSError):
-                os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # the exit's flush stays quiet
+            output = Output()
+            try:
+                output.stdout.refused(exc)  # type: ignore[attr-defined]
+            except VokeError as error:
+                return output.error(error)
         return 0
     from voketag_ops.cli.app import run
 
