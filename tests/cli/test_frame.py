@@ -449,6 +449,30 @@ def test_a_closed_stdout_or_stderr_is_no_error(tmp_path, args):
 
 
 @pytest.mark.parametrize(
+    "args",
+    [
+        ["secrets", "add", "foo", "--yes"],
+        ["chain", "root", "-"],
+        ["chain", "verify", "-"],
+        ["chain", "import", "-", "--yes"],
+    ],
+)
+def test_a_closed_stdin_reads_as_empty(tmp_path, args):
+    # `voke ... <&-`: sys.stdin is None; the command answers as it does for `< /dev/null`.
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("VOKE_")}
+    env["VOKE_HOME"] = str(tmp_path / "home")
+    command = " ".join([sys.executable, "-m", "voketag_ops", *args])
+    closed, empty = (
+        subprocess.run(
+            ["bash", "-c", f"{command} {redirect}"], capture_output=True, text=True, env=env, cwd=tmp_path
+        )
+        for redirect in ("<&-", "< /dev/null")
+    )
+    assert (closed.returncode, closed.stdout, closed.stderr) == (empty.returncode, empty.stdout, empty.stderr)
+    assert closed.returncode in (0, 1, 2) and "internal error" not in closed.stderr, closed.stderr
+
+
+@pytest.mark.parametrize(
     ("args", "output"),
     [
         (["env", "status"], ""),

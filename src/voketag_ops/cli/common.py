@@ -131,14 +131,15 @@ def use(ctx: typer.Context) -> AppContext:
     return app
 
 
-def stdin_bytes(stream: TextIO) -> IO[bytes]:
+def stdin_bytes(stream: TextIO | None) -> IO[bytes]:
     """The bytes of STREAM, a text stdin: its buffer, or the text of a stream without one (a
-    test's StringIO) encoded back."""
+    test's StringIO) encoded back. A closed stdin (`<&-`: sys.stdin is None) is empty, as
+    `< /dev/null` is."""
     buffer: IO[bytes] | None = getattr(stream, "buffer", None)
     if buffer is None:
         import io
 
-        return io.BytesIO(stream.read().encode("utf-8", "surrogateescape"))
+        return io.BytesIO(b"" if stream is None else stream.read().encode("utf-8", "surrogateescape"))
     return buffer
 
 
