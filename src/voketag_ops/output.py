@@ -9,6 +9,7 @@ report is rendered with rich; colour follows NO_COLOR and whether the stream is 
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import enum
 import io
@@ -97,6 +98,9 @@ def name_env(text: str, env: str | None) -> str:
     if env is None or env == "local":
         return text
     return _VOKE_COMMAND.sub(f"voke --env {env} ", text)
+
+
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
 
 
 def _isatty(stream: TextIO | _RedactingStream) -> bool:
@@ -251,8 +255,18 @@ class Output:
         interrupts.settle()
 
     def _emit_json(self, doc: Mapping[str, Any]) -> None:
-        self.stdout.write(redact(json.dumps(doc, ensure_ascii=False, sort_keys=False)) + "\n")
+        self.stdout.write(self.json_text(redact(json.dumps(doc, ensure_ascii=False, sort_keys=False))) + "\n")
         self.stdout.flush()
+
+    def json_text(self, text: str) -> str:
+        """TEXT, JSON, as stdout can take it: where its encoding is not UTF-8 (a Latin-1 locale,
+        PYTHONIOENCODING=ascii) every other character escaped (\\u00e9), so that the document
+        stays valid and lossless (human output writes a backslash escape for a character it lacks).
+        Escaped after redaction, which looks for secrets as they are, not as JSON escapes them."""
+        encoding = getattr(self.stdout, "encoding", None)
+        if encoding is None or codecs.lookup(encoding).name == "utf-8":
+            return text
+        return _NON_ASCII.sub(lambda m: json.dumps(m.group())[1:-1], text)
 
     # -- stderr chatter -----------------------------------------------------------
     def note(self, message: str) -> None:
@@ -309,7 +323,8 @@ class _ReaderMayGo:
     and the command ends as it would have. A stdout the system refuses (a full disk:
     `> /dev/full`) goes the same way, but the answer did not get out: `failed`, and a
     BackendError (exit 4) that the top level says on stderr; a refused stderr leaves nowhere
-    to say anything. Everything else is the stream's own."""
+    to say anything. A character the stream's encoding lacks (an ASCII or Latin-1 locale) is
+    written as a backslash escape. Everything else is the stream's own."""
 
     def __init__(self, stream: TextIO | None, name: str = "stdout") -> None:
         self.wrapped = stream
@@ -319,7 +334,11 @@ class _ReaderMayGo:
     def write(self, text: str) -> int:
         if self.wrapped is not None:
             with self._refusals():
-                return self.wrapped.write(text)
+                try:
+                    return self.wrapped.write(text)
+                except UnicodeEncodeError:  # nothing was written: TextIOWrapper encodes it all first
+                    encoding = self.wrapped.encoding
+                    return self.wrapped.write(text.encode(encoding, "backslashreplace").decode(encoding))
         return len(text)
 
     def flush(self) -> None:

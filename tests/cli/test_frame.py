@@ -507,6 +507,41 @@ def test_a_full_stderr_leaves_the_exit_code_alone(tmp_path):
     assert (done.returncode, done.stdout) == (2, "")
 
 
+def test_a_stdout_that_is_not_utf8_gets_escapes_and_json_stays_valid(tmp_path):
+    # A Latin-1 or ASCII locale: a name it cannot encode is no UnicodeEncodeError (exit 70).
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("VOKE_")}
+    env["VOKE_HOME"] = str(tmp_path / "home")
+    name = "工厂-é😀"
+
+    def voke(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "voketag_ops", *args],
+            capture_output=True, text=True, encoding="ascii", env={**env, "PYTHONIOENCODING": "ascii"}, cwd=tmp_path,
+        )  # fmt: skip
+
+    assert voke("secrets", "add", name, "--yes").returncode == 2  # refused, and audited by its name
+    show, show_json, export, export_csv = (
+        voke("audit", *args) for args in (["show"], ["show", "--json"], ["export"], ["export", "-f", "csv"])
+    )
+    for done in (show, show_json, export, export_csv):
+        assert done.returncode == 0, done.stderr
+    assert "\\u5de5\\u5382-\\xe9\\U0001f600" in show.stdout and "\\u5de5\\u5382-\\xe9" in export_csv.stdout
+    assert json.loads(show_json.stdout)["result"]["entries"][0]["target"] == name
+    assert json.loads(export.stdout)[0]["target"] == name
+
+
+def test_json_escaped_for_an_ascii_stdout_still_masks_secrets():
+    from voketag_ops.output import Output
+    from voketag_ops.redact import register
+
+    raw = io.BytesIO()
+    stdout = io.TextIOWrapper(raw, encoding="ascii")
+    register("pässwörd-1")
+    Output(json_mode=True, command="x", stdout=stdout).result({"dsn": "u:pässwörd-1@h", "name": "é"})
+    stdout.flush()
+    assert json.loads(raw.getvalue())["result"] == {"dsn": "u:***@h", "name": "é"}
+
+
 def test_the_stream_wrapper_writes_bytes_past_a_gone_reader_and_copies():
     import copy
     import os

@@ -126,7 +126,7 @@ def export(
     chunks = export_chunks(_home(env), flt, fmt, skipped=skipped)
     if output is None and not env.out.json_mode:
         for chunk in chunks:
-            env.out.stdout.write(chunk)
+            env.out.stdout.write(env.out.json_text(chunk) if fmt == "json" else chunk)
         env.out.stdout.flush()
         _warn_skipped(env, skipped)
         return
