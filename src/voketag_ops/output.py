@@ -349,6 +349,11 @@ class _ReaderMayGo:
     def isatty(self) -> bool:
         return self.wrapped is not None and _isatty(self.wrapped)
 
+    @property
+    def gone(self) -> bool:
+        """Nothing written from now on reaches anyone: the reader went away, or was never there."""
+        return self.wrapped is None
+
     def write_bytes(self, data: bytes) -> None:
         """DATA as is (through the binary buffer when there is one), then flushed."""
         if self.wrapped is None:

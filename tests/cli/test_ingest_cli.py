@@ -338,6 +338,18 @@ def test_sample_to_a_full_stdout_is_a_clear_error(tmp_path):
     )
 
 
+def test_sample_to_a_reader_that_goes_away_stops_quietly(tmp_path):
+    # `voke ingest sample --out - | head -1`: no more rows made for nobody, no "wrote N rows".
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "voketag_ops", "ingest", "sample", "--rows", "100000", "--out", "-"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
+        env={**os.environ, "VOKE_HOME": str(tmp_path / "home")},
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # gone before the first row is written
+    assert (proc.wait(timeout=60), proc.stderr.read()) == (0, b"")
+
+
 def test_local_environment_is_the_default_target(voke, local_env, tmp_path, make_environ):
     path = tmp_path / "batch.csv"
     path.write_text(HEADER + "LOCAL-" + GOOD)

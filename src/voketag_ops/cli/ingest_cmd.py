@@ -395,7 +395,8 @@ def sample(
             raise UsageError("--out - writes the CSV to stdout, where --json would put its document")
         report = wf.write_sample_to(env.out.stdout, rows=rows, seed=seed)
         env.out.settled()
-        env.out.note(f"wrote {report['rows']:,} rows ({report['bytes']:,} bytes) to stdout (seed {seed})")
+        if report is not None:  # None: the reader went away, which is no error, and nothing was "wrote"
+            env.out.note(f"wrote {report['rows']:,} rows ({report['bytes']:,} bytes) to stdout (seed {seed})")
         return
     report = wf.make_sample(out, rows=rows, seed=seed, force=force)
     env.out.result(

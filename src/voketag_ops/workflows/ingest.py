@@ -2434,16 +2434,26 @@ def _check_sample_rows(rows: int) -> None:
         raise UsageError("--rows is too large")
 
 
-def write_sample_to(stream: Any, *, rows: int, seed: int) -> dict[str, Any]:
-    """Write a realistic batch of ROWS rows to STREAM (``write_bytes``: the CLI's stdout)."""
+class _ReaderGone(Exception):
+    """The stream's reader went away: the rest of the sample would go nowhere."""
+
+
+def write_sample_to(stream: Any, *, rows: int, seed: int) -> dict[str, Any] | None:
+    """Write a realistic batch of ROWS rows to STREAM (``write_bytes`` and ``gone``: the CLI's
+    stdout); None once its reader has gone (`| head -1`): the rest is not made."""
     _check_sample_rows(rows)
 
     class _Bytes:
         def write(self, data: bytes) -> int:
             stream.write_bytes(data)
+            if stream.gone:
+                raise _ReaderGone
             return len(data)
 
-    written = core.write_sample(_Bytes(), rows, seed)  # type: ignore[arg-type]
+    try:
+        written = core.write_sample(_Bytes(), rows, seed)  # type: ignore[arg-type]
+    except _ReaderGone:
+        return None
     return {"path": "-", "rows": rows, "seed": seed, "bytes": written}
 
 
