@@ -34,6 +34,8 @@ Renderer = Callable[["Console", Any], None]
 
 
 NON_TERMINAL_WIDTH = 200  # columns of human output that is not on a terminal
+MIN_TERMINAL_WIDTH = 20  # a terminal said to be narrower (COLUMNS=0) is taken to be...
+DEFAULT_TERMINAL_WIDTH = 80  # ...as wide as one nothing says anything about
 
 
 class Cancelled(VokeError):
@@ -153,6 +155,9 @@ class Output:
             # A pipe or a CI log has no width to fit: rich would squeeze tables into 80 columns
             # and cut the ids and paths a reader copies from them (`rotate rollback ID`).
             console.width = max(console.width, NON_TERMINAL_WIDTH)
+        elif console.width < MIN_TERMINAL_WIDTH:
+            # COLUMNS=0 (or a width no line fits in): rich would print nothing, errors included.
+            console.width = DEFAULT_TERMINAL_WIDTH
         return console
 
     @property

@@ -542,6 +542,22 @@ def test_json_escaped_for_an_ascii_stdout_still_masks_secrets():
     assert json.loads(raw.getvalue())["result"] == {"dsn": "u:***@h", "name": "é"}
 
 
+@pytest.mark.parametrize("columns", ["0", "5"])
+def test_a_terminal_too_narrow_to_print_on_is_taken_as_80_columns(
+    monkeypatch, make_environ, tmp_path, columns
+):
+    from voketag_ops.cli.app import run
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setenv("COLUMNS", columns)  # rich's width, read from the environment
+    out, err = Terminal(), Terminal()
+    code = run(["config", "show", "--bogus"], stdout=out, stderr=err, environ=make_environ(tmp_path / "home"))
+    assert code == 2 and "error: No such option: --bogus" in err.getvalue()
+
+
 def test_the_stream_wrapper_writes_bytes_past_a_gone_reader_and_copies():
     import copy
     import os
