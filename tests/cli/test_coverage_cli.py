@@ -94,6 +94,41 @@ def test_report_human_table(voke, env, project):
     assert "cover 10 more statements" in r.stdout  # 70 -> 80 of 100
 
 
+@pytest.mark.parametrize("branch", [False, True])
+def test_report_on_an_80_column_terminal_keeps_service_names_and_cover_whole(
+    env, project, monkeypatch, branch
+):
+    import io
+
+    from voketag_ops.cli.app import run
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    admin = lines_file(90, 10) | (
+        {"executed_branches": [[1, 2], [3, 4]], "missing_branches": [[5, 6]]} if branch else {}
+    )
+    write_json(
+        project, {"admin_service/a.py": admin, "factory_service/b.py": lines_file(70, 30)}, branch=branch
+    )
+    monkeypatch.setenv("COLUMNS", "80")
+    out = Terminal()
+    assert (
+        run(["coverage", "report", "coverage.json"], stdout=out, stderr=Terminal(), environ=env, cwd=project)
+        == 0
+    )
+    text = re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())
+    assert max(len(line) for line in text.splitlines()) <= 80
+    for name, cover in (
+        ("admin-service", "89%" if branch else "90%"),
+        ("factory-service", "70%"),
+        ("overall", "80%"),
+    ):
+        assert re.search(rf"^ *{name} .* {cover} ", text, re.M), text
+    assert ("brmiss" in text or "brm…" in text) is branch  # no empty branch columns without branch data
+
+
 # -- the gate -------------------------------------------------------------------------------------
 def test_gate_passes_79_5_by_rounding_and_strict_fails_it(voke, env, project):
     write_json(

@@ -28,6 +28,8 @@ app = typer.Typer(
     help="Per-service coverage that agrees with coverage.py: report, gate, gaps, diff, badge, history.",
     no_args_is_help=True,
 )
+SERVICE_WIDTH = 32  # the report's service column is never narrower than its names, up to this
+
 history_app = typer.Typer(help="Record runs and show the trend per service.", no_args_is_help=True)
 app.add_typer(history_app, name="history")
 
@@ -434,36 +436,35 @@ def _status(s: Any) -> str:
 
 
 def _render_report(console: Console, r: Any) -> None:
+    from rich import box
+    from rich.cells import cell_len
     from rich.table import Table
 
     p = r.precision
-    from rich import box
-
-    table = Table(title="coverage by service", title_justify="left", box=box.SIMPLE_HEAD)
-    for col in (
-        "service",
-        "files",
-        "stmts",
-        "miss",
-        "branch",
-        "brmiss",
-        "cover",
-        "target",
-        "baseline",
-        "Δ",
-        "",
-    ):
-        table.add_column(col, justify="left" if col in ("service", "") else "right")
+    table = Table(
+        title="coverage by service", title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True
+    )
     rows = [*r.services, *([r.unassigned] if r.unassigned else []), r.totals]
+    # What a reader looks for is never cut to `adm…` on a narrow terminal: the others give way.
+    name_width = min(max(cell_len(printable(s.name)) for s in rows), SERVICE_WIDTH)
+    table.add_column("service", no_wrap=True, min_width=max(name_width, len("service")))
+    for col in ("files", "stmts", "miss", *(("branch", "brmiss") if r.branch else ())):
+        table.add_column(col, justify="right")
+    table.add_column(
+        "cover", justify="right", no_wrap=True, min_width=max(len(f"{s.display}%") for s in rows)
+    )
+    for col in ("target", "baseline", "Δ"):
+        table.add_column(col, justify="right")
+    table.add_column("")
     for s in rows:
         style = "bold" if s is r.totals else ("dim" if s is r.unassigned else None)
+        branches = (str(s.branches), str(s.missing_branches)) if r.branch else ()
         table.add_row(
             _shown(s.name),
             str(s.files),
             str(s.statements),
             str(s.missing),
-            str(s.branches) if r.branch else "",
-            str(s.missing_branches) if r.branch else "",
+            *branches,
             f"{s.display}%",
             _target(s.target),
             _pct(s.baseline, p),
