@@ -310,6 +310,27 @@ def test_drill_inputs_are_refused_before_anything_runs(voke, tmp_path):
     assert not (tmp_path / "home" / "pg").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("dr", "check", "--max-lag", "1m30"),
+            "--max-lag: '1m30': each part of a duration needs its unit (e.g. 1m30s)",
+        ),
+        (("dr", "check", "--min-pitr-window", "2d12"), "--min-pitr-window: '2d12': each part"),
+        (("dr", "check", "--max-backup-age", ""), "--max-backup-age: empty duration (use e.g. 90s"),
+        (
+            ("drill", "run", "network", "--outage", "1m30"),
+            "--outage: '1m30': each part",
+        ),  # no --yes: nothing runs
+    ],
+)
+def test_a_compound_duration_needs_every_unit(voke, tmp_path, args, message):
+    result = voke(*args)
+    assert result.exit_code == 2 and message in result.stderr, result.stderr
+    assert not (tmp_path / "home" / "pg").exists()
+
+
 def test_sigterm_stops_voke_like_ctrl_c_unless_the_caller_ignores_it(monkeypatch):
     import signal
 

@@ -4,6 +4,7 @@ threshold judgement, RTO/RPO from the canary log, verdicts and the journal schem
 from __future__ import annotations
 
 import itertools
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -113,6 +114,24 @@ def test_parse_duration(text, seconds):
 def test_parse_duration_rejects(text):
     with pytest.raises(ValueError):
         dr_checks.parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "meant"),
+    [("1h30", "1h30m"), ("2d12", "2d12h"), ("5m30", "5m30s"), ("1w 2", "1w 2d"), ("3 5m", "3s")],
+)
+def test_a_bare_number_is_seconds_only_as_the_whole_duration(text, meant):
+    # '1h30' was 3630 s: `dr restore --to -1h30` landed an hour ago, not an hour and a half.
+    with pytest.raises(ValueError, match=re.escape(f"each part of a duration needs its unit (e.g. {meant})")):
+        dr_checks.parse_duration(text)
+    with pytest.raises(ValueError, match="needs its unit"):
+        dr_checks.parse_point_in_time(f"-{text}", now=T0)
+
+
+@pytest.mark.parametrize("text", ["", " ", "-"])
+def test_an_empty_duration_says_what_one_looks_like(text):
+    with pytest.raises(ValueError, match=re.escape("empty duration (use e.g. 90s, 5m, 1h30m")):
+        dr_checks.parse_point_in_time(text, now=T0) if text == "-" else dr_checks.parse_duration(text)
 
 
 def test_points_in_time_with_offsets_relative_and_naive():

@@ -16,28 +16,33 @@ from voketag_ops.core.times import offset_is_valid
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?", re.I)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, None: 1.0}
+_NEXT_UNIT = {"w": "d", "d": "h", "h": "m", "m": "s", "s": "ms"}  # what '1h30' most likely meant
+DURATION_EXAMPLES = "e.g. 90s, 5m, 1h30m, 24h, 2d"
 
 
 MAX_DURATION = 3650 * 86400.0  # ten years: beyond any retention or outage, and within datetime's range
 
 
 def parse_duration(text: str) -> float:
-    """'90', '90s', '5m', '1h30m', '1.5h', '2d' -> seconds. Raises ValueError."""
+    """'90', '90s', '5m', '1h30m', '1.5h', '2d' -> seconds. Raises ValueError.
+
+    A bare number is seconds only as the whole value: in '1h30' each part needs its unit,
+    since reading the 30 as seconds puts a restore target an hour off what was meant."""
     raw = text.strip().lower()
     if not raw:
-        raise ValueError("empty duration")
+        raise ValueError(f"empty duration (use {DURATION_EXAMPLES})")
     pos = 0
     total = 0.0
-    parts = 0
+    unit: str | None = None
     while pos < len(raw):
         match = _DURATION.match(raw, pos)
         if not match or match.end() == pos:
-            raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 5m, 1h30m, 24h, 2d)")
+            raise ValueError(f"not a duration: {text!r} (use {DURATION_EXAMPLES})")
+        if match.group(2) is None and (pos or match.end() != len(raw)):
+            meant = raw[: match.start()] + match.group(1) + _NEXT_UNIT.get(unit or "", "s")
+            raise ValueError(f"{text!r}: each part of a duration needs its unit (e.g. {meant})")
         unit = match.group(2)
-        if unit is None and match.end() != len(raw):
-            raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 5m, 1h30m, 24h, 2d)")
         total += float(match.group(1)) * _UNIT_SECONDS[unit]
-        parts += 1
         pos = match.end()
         while pos < len(raw) and raw[pos] == " ":
             pos += 1
