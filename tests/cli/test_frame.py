@@ -323,9 +323,10 @@ def test_drill_inputs_are_refused_before_anything_runs(voke, tmp_path):
             ("drill", "run", "network", "--outage", "1m30"),
             "--outage: '1m30': each part",
         ),  # no --yes: nothing runs
+        (("drill", "run", "network", "--outage", "0"), "--outage: must be more than 0 (e.g. 5s)"),  # not 5 s
     ],
 )
-def test_a_compound_duration_needs_every_unit(voke, tmp_path, args, message):
+def test_durations_are_refused_before_anything_runs(voke, tmp_path, args, message):
     result = voke(*args)
     assert result.exit_code == 2 and message in result.stderr, result.stderr
     assert not (tmp_path / "home" / "pg").exists()

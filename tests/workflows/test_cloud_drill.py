@@ -264,6 +264,9 @@ def test_cloud_drill_refusals_and_dry_run(drills):
         assert drills.voke("drill", "run", local_only, "--yes", "--json").exit_code == 3
     assert drills.voke("drill", "run", "pitr", "--json").exit_code == 2  # no --yes, no terminal
     assert drills.voke("drill", "run", "pitr", "--outage", "5s", "--yes", "--json").exit_code == 2
+    no_canary = drills.voke("drill", "run", "pitr", "--canary-seconds", "0s", "--yes", "--json")
+    assert no_canary.exit_code == 2
+    assert no_canary.json["error"]["message"] == "--canary-seconds: must be more than 0 (e.g. 5s)"
     # a recorded primary Cloud SQL contradicts: the drill does not start (aborted, exit 5)
     drills.fake.sql.instances["voke-db-dr"]["labels"] = {"voke-env": "prod", "voke-role": "primary"}
     aborted = drills.drill("pitr")

@@ -33,6 +33,23 @@ class Scenario(StrEnum):
 MAX_OUTAGE = 3600.0  # seconds a network drill may freeze the leader
 
 
+def _seconds(flag: str, value: str, *, at_most: float | None = None, why: str = "") -> float:
+    """VALUE, a duration for FLAG, in seconds: more than 0 (0 is no outage, no canary), and
+    AT_MOST when given (WHY says why); else UsageError (exit 2) naming FLAG."""
+    from voketag_ops.core.dr_checks import parse_duration
+    from voketag_ops.errors import UsageError
+
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+    if seconds <= 0:
+        raise UsageError(f"{flag}: must be more than 0 (e.g. 5s)")
+    if at_most is not None and seconds > at_most:
+        raise UsageError(f"{flag}: at most {at_most / 3600:g} h: {why}")
+    return seconds
+
+
 class Format(StrEnum):
     md = "md"
     html = "html"
@@ -62,7 +79,6 @@ def run(
 ) -> None:
     """Run a drill end to end; exit 1 if a target is breached or integrity fails. On a cloud
     env (`--env NAME`): pitr, failover or all, on scratch Cloud SQL instances deleted at the end."""
-    from voketag_ops.core.dr_checks import parse_duration
     from voketag_ops.errors import UsageError
     from voketag_ops.workflows import drill
 
@@ -74,12 +90,9 @@ def run(
         raise UsageError("--canary-seconds applies to cloud environments only")
     options: dict[str, Any] = {"keep_restore": keep_restore}
     if outage is not None:
-        try:
-            options["outage_seconds"] = parse_duration(outage)
-            if options["outage_seconds"] > MAX_OUTAGE:
-                raise ValueError(f"at most {MAX_OUTAGE / 3600:g} h: the leader is frozen that long")
-        except ValueError as exc:
-            raise UsageError(f"--outage: {exc}") from None
+        options["outage_seconds"] = _seconds(
+            "--outage", outage, at_most=MAX_OUTAGE, why="the leader is frozen that long"
+        )
     if not dry_run:
         env.out.confirm(
             f"Run the {scenario.value} drill on the local environment (it kills and restores servers)?",
@@ -106,7 +119,6 @@ def _run_cloud(
     dry_run: bool,
     yes: bool,
 ) -> None:
-    from voketag_ops.core.dr_checks import parse_duration
     from voketag_ops.errors import UsageError
     from voketag_ops.workflows import cloud_drill
 
@@ -114,10 +126,7 @@ def _run_cloud(
         raise UsageError("--outage and --keep-restore apply to the local environment only")
     options: dict[str, Any] = {}
     if canary_seconds is not None:
-        try:
-            options["canary_seconds"] = parse_duration(canary_seconds)
-        except ValueError as exc:
-            raise UsageError(f"--canary-seconds: {exc}") from None
+        options["canary_seconds"] = _seconds("--canary-seconds", canary_seconds)
     if not dry_run:
         env.out.confirm(
             f"Run the {scenario} drill on {env.settings.env} (it creates scratch Cloud SQL instances, "

@@ -969,7 +969,8 @@ def _network(run: DrillRun) -> None:
     from voketag_ops.adapters.local import dr
 
     env = run.env
-    outage = float(run.options.get("outage_seconds") or run.settings.dr.network_outage_seconds)
+    outage = run.options.get("outage_seconds")
+    outage = float(run.settings.dr.network_outage_seconds if outage is None else outage)
     with run.step("seed: drill rows"):
         data_before = _seed_drill_data(run)
     run.start_canary(write_timeout=1.0)
