@@ -61,13 +61,54 @@ def test_show_filters_and_pages(voke, home: Path) -> None:
         (["--since", "yesterday"], "--since"),
         (["--result", "maybe"], "--result must be one of"),
         (["--limit", "0"], "--limit"),
-        (["--since", "1000000d"], "before the year 1"),
-        (["--until", "99999999999d"], "before the year 1"),
+        (["--since", "1000000d"], "longer than 3650 days"),
+        (["--until", "99999999999d"], "longer than 3650 days"),
+        (["--since", ""], "--since: empty; give ISO 8601"),  # was every entry, silently
+        (["--until", " "], "--until: empty"),
+        (["--since", "1h30"], "--since: '1h30': each part of a duration needs its unit (e.g. 1h30m)"),
+        (["--since", "-"], "--since: empty duration (use e.g. 90s"),
     ],
 )
 def test_show_bad_flags_are_usage_errors(voke, home: Path, args: list[str], fragment: str) -> None:
     result = voke("audit", "show", *args)
     assert result.exit_code == 2 and fragment in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "when"),
+    [  # the forms every other time option takes: `dr restore --to -15m`, `--max-lag 90`, ...
+        ("-15m", T0 - timedelta(minutes=15)),
+        ("15m", T0 - timedelta(minutes=15)),
+        ("1h30m", T0 - timedelta(minutes=90)),
+        ("90", T0 - timedelta(seconds=90)),
+        ("7D", T0 - timedelta(days=7)),
+        ("1.5h", T0 - timedelta(minutes=90)),
+        ("2026-05-01T01:00z", T0 - timedelta(hours=1)),
+        ("2026-05-01T01:00", T0 - timedelta(hours=1)),  # zoneless: UTC
+        ("20260501", datetime(2026, 5, 1, tzinfo=UTC)),  # a date, not 234 days
+    ],
+)
+def test_since_and_until_take_the_forms_of_every_time_option(text: str, when: datetime) -> None:
+    from voketag_ops.workflows.audit import parse_when
+
+    assert parse_when(text, "--since", now=T0) == when
+
+
+def test_a_relative_since_filters_against_now(voke, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    now = datetime.now(UTC)
+    for hours in (3, 1):
+        record_event(
+            home,
+            event_type="dr.backup",
+            env="local",
+            target="t",
+            result="success",
+            now=now - timedelta(hours=hours),
+        )
+    for since in ("-2h", "1h30m", "-90m"):
+        shown = voke("audit", "show", "--since", since, "--json")
+        assert shown.exit_code == 0 and shown.json["result"]["total"] == 1, (since, shown.stderr)
 
 
 def test_export_json_and_csv(voke, home: Path, tmp_path: Path) -> None:

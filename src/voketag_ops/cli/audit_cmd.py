@@ -23,7 +23,10 @@ if TYPE_CHECKING:
 app = typer.Typer(help="The tamper-evident audit log: show, export, verify.", no_args_is_help=True)
 
 Since = Annotated[
-    str | None, typer.Option("--since", help="From this time: ISO 8601 (naive = UTC) or an age like 24h, 7d.")
+    str | None,
+    typer.Option(
+        "--since", help="From this time: ISO 8601 (zoneless = UTC) or an age like 24h, 1h30m, -15m."
+    ),
 ]
 Until = Annotated[str | None, typer.Option("--until", help="Before this time (same forms as --since).")]
 EventType = Annotated[
@@ -66,8 +69,8 @@ def _filter(
     if result is not None and result not in RESULTS:
         raise UsageError(f"--result must be one of {', '.join(RESULTS)}, not {result!r}")
     return Filter(
-        since=parse_when(since, "--since", now=now) if since else None,
-        until=parse_when(until, "--until", now=now) if until else None,
+        since=None if since is None else parse_when(since, "--since", now=now),
+        until=None if until is None else parse_when(until, "--until", now=now),
         event_type=event_type,
         target=target,
         result=result,

@@ -14,31 +14,36 @@ from typing import Any
 
 from voketag_ops.audit import CHECKPOINT_EVENT, AuditLog
 from voketag_ops.core import audit as core
+from voketag_ops.core.dr_checks import parse_duration
 from voketag_ops.core.times import offset_is_valid
 from voketag_ops.errors import UsageError
 
-_RELATIVE = re.compile(r"^(\d+)([smhdw])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_ISO_ONLY = re.compile(r"[-:t]", re.I)  # what no age holds (ages: digits, '.', spaces, units)
+_ISO, _AGE = "ISO 8601 (2026-05-01T02:00Z)", "an age (24h, -15m, 1h30m, 7d)"
 
 
 def parse_when(value: str, option: str, *, now: datetime) -> datetime:
-    """An ISO 8601 date or time (naive = UTC), or a relative age like 30m, 24h, 7d."""
+    """An ISO 8601 date or time (zoneless: UTC; `Z` or `z`), or an age before NOW as every
+    duration option takes it (`dr_checks.parse_duration`: 30m, 1h30m, 90, 7d), with an
+    optional leading '-' as `dr restore --to` writes it (-15m)."""
     text = value.strip()
-    match = _RELATIVE.match(text)
-    if match:
-        try:
-            return now - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-        except OverflowError:  # 1000000d is before year 1
-            raise UsageError(f"{option}: {value!r} reaches back before the year 1") from None
+    if not text:
+        raise UsageError(f"{option}: empty; give {_ISO} or {_AGE}")
+    if not text.startswith("-"):
+        try:  # first: 20260501 is a date, not 234 days
+            when = datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            if not offset_is_valid(text):
+                raise UsageError(f"{option}: {value!r}: the offset's minutes run 00-59")
+            return when if when.tzinfo else when.replace(tzinfo=UTC)
+        if _ISO_ONLY.search(text):
+            raise UsageError(f"{option}: {value!r} is neither {_ISO} nor {_AGE}")
     try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        if not offset_is_valid(text):
-            raise ValueError(text)
-    except ValueError:
-        raise UsageError(
-            f"{option}: {value!r} is neither ISO 8601 (2026-05-01T02:00Z) nor an age (24h, 7d)"
-        ) from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+        return now - timedelta(seconds=parse_duration(text.removeprefix("-")))
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None
 
 
 def show(
