@@ -2,10 +2,11 @@
 monotonic clock so that a step of the wall clock mid-drill (NTP, a manual `date -s`) changes
 no measured duration.
 
-A drill opens `measuring()` for its run: from then on `instant()` (the drill's timeline marks,
-the canary's writes, the instants `dr failover` / `failback` / `restore` report) is the wall
-time read once when the run began plus the monotonic time since, so the difference of two
-instants is a monotonic duration. Outside a run `instant()` is the wall clock. Instants that
+A drill opens `measuring()` for its run, and so does a standalone `dr failover` / `failback` /
+`restore`: from then on `instant()` (the drill's timeline marks, the canary's writes, the
+instants those DR commands report) is the wall time read once when the run began plus the
+monotonic time since, so the difference of two instants is a monotonic duration. Outside a
+run `instant()` is the wall clock. Instants that
 are compared with a server's clock (a PITR target, a backup's age) stay on the wall clock.
 """
 

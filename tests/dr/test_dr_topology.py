@@ -246,14 +246,28 @@ def test_split_brain_is_detected_reported_and_fenced(voke, environ, env):
     assert voke("dr", "status", "--json", environ=environ).json["result"]["split_brain"] is False
 
 
-def test_failback_rewinds_the_diverged_primary_and_switches_back(voke, environ, env):
+def test_failback_rewinds_the_diverged_primary_and_switches_back(voke, environ, env, monkeypatch):
+    from voketag_ops import clock
+    from voketag_ops.testing import SteppedClock
+
     leader_rows = rows(env.node("replica"))
-    result = voke("dr", "failback", "--yes", "--json", environ=environ)
+    # NTP sets the clock back an hour during the promotion: the write pause is still what the
+    # monotonic clock measured (it was -3600 s: two wall-clock readings outside a drill).
+    wall, promote = SteppedClock(), dr.promote
+
+    def stepped(node, **kw):
+        wall.step(-3600)
+        return promote(node, **kw)
+
+    monkeypatch.setattr(dr, "promote", stepped)
+    with clock.using(wall):
+        result = voke("dr", "failback", "--yes", "--json", environ=environ)
+    monkeypatch.undo()
     assert result.exit_code == 0, result.stderr
     r = result.json["result"]
     assert r["rebuilt"]["method"] == "pg_rewind"
     assert r["switched_back"] is True and (r["leader"], r["standby"]) == ("primary", "replica")
-    assert r["switchover"]["write_pause_seconds"] >= 0
+    assert wall.offset and 0 <= r["switchover"]["write_pause_seconds"] < 600, r["switchover"]
     primary, replica = env.node("primary"), env.node("replica")
     assert dr.in_recovery(primary) is False and dr.in_recovery(replica) is True
     assert rows(primary) == leader_rows  # the split-brain write (id 1000) was rewound away

@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from voketag_ops.clock import measuring
 from voketag_ops.core.dr_checks import Thresholds, judge, parse_duration, parse_point_in_time
 from voketag_ops.core.times import iso
 from voketag_ops.errors import (
@@ -211,7 +212,11 @@ def restore(
         raise UsageError(f"--to: {exc}") from None
     name = name or "restore-" + target.strftime("%Y%m%dt%H%M%S")
     # A real run is on record from here (a refusal too); a dry run writes no event.
-    with recorded_unless(dry_run, env, "dr.restore", name) as details, dr.dr_lock(env, "dr restore"):
+    with (
+        recorded_unless(dry_run, env, "dr.restore", name) as details,
+        dr.dr_lock(env, "dr restore"),
+        measuring(),  # the instants it reports, on one steady clock (as within a drill)
+    ):
         dr.refuse_if_unfinished(env)  # a dry run too: its plan says the restore would run
         plan = dr.plan_restore(env, target, name, seal=not dry_run, now=now)
         if dry_run:
@@ -374,7 +379,11 @@ def failover(
                 f"verify a write on {new}",
             ],
         }
-    with recorded(env, "dr.failover", state.follower) as details, dr.dr_lock(env, "dr failover"):
+    with (
+        recorded(env, "dr.failover", state.follower) as details,
+        dr.dr_lock(env, "dr failover"),
+        measuring(),  # its instants and their differences: a wall-clock step skews none
+    ):
         if not pending:
             refuse_if_rotating_locally(settings)
         with _resumable(env, "failover"):
@@ -437,7 +446,11 @@ def failback(
         elif switch_back:
             plan.append(f"no switchover: {state.leader} is the home leader already")
         return {"dry_run": True, "leader": state.leader, "rebuild": state.follower, "plan": plan}
-    with recorded(env, "dr.failback", state.follower) as details, dr.dr_lock(env, "dr failback"):
+    with (
+        recorded(env, "dr.failback", state.follower) as details,
+        dr.dr_lock(env, "dr failback"),
+        measuring(),  # its write pause is a monotonic duration, not two wall-clock readings
+    ):
         if not dr.unfinished_operation(env):
             refuse_if_rotating_locally(settings)
         with _resumable(env, "failback"):
