@@ -67,3 +67,31 @@ def test_a_stored_record_of_the_wrong_shape_is_a_value_error_saying_why():
         RotationRecord.from_json("[]")
     with pytest.raises(ValueError, match="nested too deeply"):
         RotationRecord.from_json("[" * 100_000)
+
+
+def test_recorded_seconds_are_the_measured_ones_and_never_negative():
+    # An older voke kept no duration: its start and finish, one of them read after NTP stepped
+    # the clock back, give 0 rather than -3600 s.
+    old = RotationRecord.from_json(
+        RotationRecord(
+            id="rot-1",
+            secret="s",
+            kind="jwt",
+            strategy="jwt",
+            target="t",
+            owner="h:1",
+            lease_until="2027-01-01T03:00:00Z",
+            started_at="2027-01-01T02:00:00Z",
+            status="succeeded",
+            finished_at="2027-01-01T01:00:05Z",
+        ).to_json()
+    )
+    assert old.duration_seconds is None and old.recorded_seconds() == 0
+    assert "duration_seconds" not in json.loads(old.to_json())  # an older voke still reads it
+    old.duration_seconds = 4.5
+    assert RotationRecord.from_json(old.to_json()).recorded_seconds() == 4.5
+    for bad in (True, "4.5"):
+        with pytest.raises(ValueError, match="duration_seconds is"):
+            RotationRecord.from_json(
+                old.to_json().replace('"duration_seconds":4.5', f'"duration_seconds":{json.dumps(bad)}')
+            )

@@ -124,6 +124,25 @@ def claims(clock, sub):
     return {"sub": sub, "iat": int(clock().timestamp()), "exp": int(clock().timestamp()) + LIFETIME}
 
 
+def test_a_wall_clock_stepped_back_mid_rotation_times_nothing_negative(keyring):
+    from voketag_ops.audit import AuditLog
+
+    engine, clock, _store = keyring
+    # NTP sets the clock back an hour once the rotation has started: it finishes "before" it
+    # started. Its events and reports say how long it ran, as the monotonic clock measured it.
+    engine.progress = lambda message: clock.advance(-3600) if message.endswith(": create_pending") else None
+    outcome = rotate_jwt(engine)
+    assert outcome.error is None and outcome.report.status == "succeeded"
+    report = outcome.report
+    assert report.finished_at < report.started_at and 0 <= report.duration_seconds < 60
+    events = [e for e in AuditLog(engine.audit_home).entries() if e.event_type.startswith("rotation.")]
+    assert [e.event_type for e in events] == ["rotation.start", "rotation.finish"]
+    assert all(0 <= e.duration_seconds < 60 for e in events), [e.duration_seconds for e in events]
+    ended = engine.resume(report.rotation_id).report  # found in the history: its report again
+    assert ended.finished_at == report.finished_at
+    assert 0 <= ended.duration_seconds <= report.duration_seconds
+
+
 def test_publish_before_sign_then_keep_after_sign(keyring):
     engine, clock, store = keyring
     cred = jwt_credential(engine)
@@ -258,7 +277,7 @@ def test_an_interrupted_run_resume_and_rollback_each_write_an_interrupted_event(
         if cut_at[0] in (None, record.step):
             raise KeyboardInterrupt
 
-    def ctrl_c(record, scope):
+    def ctrl_c(record, scope, t0):
         raise KeyboardInterrupt
 
     engine._save = save_then_ctrl_c

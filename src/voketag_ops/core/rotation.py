@@ -94,6 +94,9 @@ class RotationRecord:
     # line and `rotation.finish` event are being written: a run cut in between wrote neither, so
     # a resume of a record saying so writes each that is missing (else it only clears it).
     untold: bool | None = None
+    # How long it ran, from its start to its end, on the monotonic clock of the one run that did
+    # both (None: not ended, ended by a later run such as a resume, or by an older voke).
+    duration_seconds: float | None = None
 
     def to_json(self) -> str:
         """The record as stored (the annotation, the history file), its error and step texts
@@ -103,7 +106,7 @@ class RotationRecord:
             step["detail"] = redact(step["detail"])
         if doc["error"]:
             doc["error"] = {k: redact(v) if isinstance(v, str) else v for k, v in doc["error"].items()}
-        for late in ("rolling_back", "committed_at", "untold"):
+        for late in ("rolling_back", "committed_at", "untold", "duration_seconds"):
             if doc[late] is None:  # absent, so that an older voke can still read the record
                 del doc[late]
         return json.dumps(doc, separators=(",", ":"), sort_keys=True)
@@ -130,8 +133,14 @@ class RotationRecord:
         return STEPS[start:]
 
     def recorded_seconds(self) -> float:
-        """How long it ran as recorded: from its start to its recorded finish (0 without one)."""
-        return (parse_iso(self.finished_at or self.started_at) - parse_iso(self.started_at)).total_seconds()
+        """How long it ran from its start to its finish: as measured when one run did both,
+        else (a resumed rotation, an older voke's record) the difference of its recorded
+        wall-clock start and finish, never below 0 (the clock stepped back between them); 0
+        without a finish."""
+        if self.duration_seconds is not None:
+            return self.duration_seconds
+        finished = parse_iso(self.finished_at or self.started_at)
+        return max(0.0, (finished - parse_iso(self.started_at)).total_seconds())
 
     def lease_expired(self, now: datetime) -> bool:
         return parse_iso(self.lease_until) <= now
@@ -157,6 +166,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "steps": (list,),
     "error": (dict, _NONE),
     "untold": (bool, _NONE),
+    "duration_seconds": (int, float, _NONE),
 }
 _STEP_TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,),

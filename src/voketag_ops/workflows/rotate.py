@@ -159,7 +159,10 @@ class RotationReport:
             previous_version=record.old_current,
             new_version=record.pending_version,
             steps=list(record.steps),
-            duration_seconds=round(time.monotonic() - t0, 3),
+            # one run's whole rotation: as measured when it ended (an ended one's report repeats it)
+            duration_seconds=round(time.monotonic() - t0, 3)
+            if record.duration_seconds is None
+            else record.duration_seconds,
             started_at=record.started_at,
             finished_at=record.finished_at,
             resumed=resumed,
@@ -222,6 +225,7 @@ class RotationEngine:
         self.starting = starting  # held while a rotation of the secret it is given starts (`rotate`)
         self.owner = f"{process_host()}:{os.getpid()}"
         self.events_written = 0  # audit events of rotations (`rotation.start` on)
+        self._begun: dict[str, float] = {}  # rotation id -> monotonic start of the run that began it
         creds = list(credentials or [])
         for name, user in settings.db_users.items():
             creds.append(DbPassword(name, user, target, length=settings.password_length))
@@ -400,7 +404,8 @@ class RotationEngine:
 
     def _started(self, record: RotationRecord, t0: float) -> Outcome:
         """Run the rotation whose record was just written."""
-        self._audit("rotation.start", record, "started")
+        self._begun[record.id] = t0
+        self._audit("rotation.start", record, "started", duration=time.monotonic() - t0)
         self._fault("lock")
         with self._on_interrupt("rotation.start", record, t0):
             return self._run(record, t0)
@@ -476,7 +481,7 @@ class RotationEngine:
             try:
                 stopped = self._run_step(record, step, user, t0, resumed)
                 if stopped is None and step == "finish":
-                    self._end(record)
+                    self._end(record, t0)
             except KeyboardInterrupt:
                 if step == "finish":  # the record as stored, not this one (already `succeeded`)
                     if not self._release_stored(record):  # cleared: it succeeded, nothing to resume
@@ -746,7 +751,7 @@ class RotationEngine:
             due = min(due, at)
         return f"next due {iso(due)}"
 
-    def _end(self, record: RotationRecord) -> None:
+    def _end(self, record: RotationRecord, t0: float) -> None:
         """Clear the in-progress record, keep a summary, write history and the audit event.
         A rotation that succeeded is first recorded as finished in its record (step finish,
         status succeeded, `untold`), where every later run sees it, on any machine: a resume
@@ -759,12 +764,18 @@ class RotationEngine:
         # Ended: a signal from here to the printed report waits (`_notify_ended`), from before the
         # finish is recorded: a resume that finds it recorded writes no history nor finish event.
         interrupts.decided()
+        # This run's duration as it measured it (T0: its monotonic start). When this run also
+        # started the rotation that is the rotation's own, kept in its record for a resume that
+        # only clears it and for the history; one a later run resumed or rolled back keeps none
+        # (no monotonic reading spans processes): `recorded_seconds` falls back.
+        took = round(time.monotonic() - t0, 3)
+        record.duration_seconds = took if self._begun.get(record.id) == t0 else None
         with interrupts.Held(give_way_after=1) as held:
             if record.status == "succeeded" and not self._record_finished(record):
                 return
             self._clear(record)
             self._history(record)
-            self._audit("rotation.finish", record, record.status)
+            self._audit("rotation.finish", record, record.status, duration=took)
             self._notify_ended(record, held)
 
     def _record_finished(self, record: RotationRecord) -> bool:
@@ -872,7 +883,7 @@ class RotationEngine:
         if exc.recovery == "operator":
             return self._needs_attention(record, t0, resumed, f"{exc.kind} at {step}: {exc.message}")
         try:
-            self._rollback(record, failed_step=step if began else record.step)
+            self._rollback(record, t0, failed_step=step if began else record.step)
         except Interrupted:
             raise
         except VokeError as rb_exc:
@@ -894,7 +905,7 @@ class RotationEngine:
         try:
             meta = self.store.get(record.secret)
             self.store.update(record.secret, etag=meta.etag, annotations={ANNOTATION: record.to_json()})
-            self._audit("rotation.finish", record, "needs_attention")
+            self._audit("rotation.finish", record, "needs_attention", duration=time.monotonic() - t0)
         except VokeError as exc:
             log.error("could not record the state of %s: %s", record.id, exc.message)
         interrupts.decided()  # stopped for a person: exit 7 and its hint, not a bare 130
@@ -917,7 +928,7 @@ class RotationEngine:
             scope = "restore_aliases"
         return scope
 
-    def _rollback(self, record: RotationRecord, *, failed_step: str | None = None) -> None:
+    def _rollback(self, record: RotationRecord, t0: float, *, failed_step: str | None = None) -> None:
         """Undo whatever the rotation may have done (the issue's recovery rules).
 
         The scope is that of the step in flight (FAILED_STEP, or the step after the last one
@@ -931,7 +942,7 @@ class RotationEngine:
             record.status, record.rolling_back = "rolling_back", scope
             self._save(record)
         try:
-            self._undo(record, scope)
+            self._undo(record, scope, t0)
         except KeyboardInterrupt:
             self._release(record)
             raise Interrupted(
@@ -939,7 +950,7 @@ class RotationEngine:
                 hint=f"{rollback_command(record.id)}   (finishes it)",
             ) from None
 
-    def _undo(self, record: RotationRecord, scope: str) -> None:
+    def _undo(self, record: RotationRecord, scope: str, t0: float) -> None:
         t = time.monotonic()
         user = self._credential_of_secret(record.secret)
         record.pending_version = self._stored_pending(record)
@@ -995,7 +1006,7 @@ class RotationEngine:
         record.steps.append(StepRecord("rollback", "rolled_back", round(time.monotonic() - t, 3), scope))
         record.status = "rolled_back"
         record.finished_at = iso(self.now())
-        self._end(record)
+        self._end(record, t0)
 
     # -- resume / rollback commands -----------------------------------------------------------------------
     def unfinished(self) -> list[RotationRecord]:
@@ -1050,7 +1061,7 @@ class RotationEngine:
         # history and audit were written (a second Ctrl-C, a kill): those are written first.
         ended = record if record.status == "succeeded" else self._from_history(record.id)
         if ended is not None and ended.status == "succeeded":
-            self._audit("rotation.resume", record, "started")
+            self._audit("rotation.resume", record, "started", duration=time.monotonic() - t0)
             if ended.untold:
                 self.progress(f"rotation {record.id} had finished: writing what it left unwritten")
                 self._write_untold(ended)
@@ -1058,7 +1069,7 @@ class RotationEngine:
             self._clear(ended)
             return Outcome(RotationReport.of_ended(ended, resumed=True))
         self._take_over(record)
-        self._audit("rotation.resume", record, "started")
+        self._audit("rotation.resume", record, "started", duration=time.monotonic() - t0)
         with self._on_interrupt("rotation.resume", record, t0):
             if record.status == "rolling_back":  # its rollback was interrupted: finish that
                 self.progress(f"rotation {record.id} was being rolled back: finishing the rollback")
@@ -1092,7 +1103,7 @@ class RotationEngine:
     ) -> Outcome:
         """A rollback taken over by `rollback` or `resume`: its report, or needs_attention."""
         try:
-            self._rollback(record)
+            self._rollback(record, t0)
         except Interrupted:
             raise
         except VokeError as exc:
@@ -1524,11 +1535,12 @@ class RotationEngine:
         record: RotationRecord,
         result: str,
         *,
+        duration: float,
         error: Mapping[str, Any] | None = None,
-        duration: float | None = None,
     ) -> None:
-        """Write EVENT_TYPE for RECORD: ids, versions and steps, never a value. ERROR (else the
-        record's), and DURATION (else since the rotation started)."""
+        """Write EVENT_TYPE for RECORD: ids, versions and steps, never a value. DURATION: this
+        run's so far, on the monotonic clock (a wall-clock step made it negative). ERROR: else
+        the record's."""
         from voketag_ops.audit import record_event
 
         details: dict[str, Any] = {
@@ -1542,8 +1554,6 @@ class RotationEngine:
         }
         if error or record.error:
             details["error"] = dict(error or record.error or {})
-        if duration is None:
-            duration = (self.now() - parse_iso(record.started_at)).total_seconds()
         self.events_written += 1
         record_event(
             self.audit_home,
