@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from voketag_ops.cli.common import DryRun, Unasked, use
-from voketag_ops.config import MAX_PRECISION
 from voketag_ops.output import printable
 
 if TYPE_CHECKING:
@@ -41,10 +40,22 @@ Paths = Annotated[
         show_default=False,
     ),
 ]
+
+
+def _precision(value: int | None) -> int | None:
+    """--precision within config's limit, checked when given: importing the configuration (and
+    pydantic) to build the option would slow every command's start."""
+    from voketag_ops.config import MAX_PRECISION
+
+    if value is not None and not 0 <= value <= MAX_PRECISION:
+        raise typer.BadParameter(f"{value} is not in the range 0<=x<={MAX_PRECISION}.")
+    return value
+
+
 Precision = Annotated[
     int | None,
     typer.Option(
-        "--precision", min=0, max=MAX_PRECISION, help="Decimals shown (default: config, else coverage.py's)."
+        "--precision", callback=_precision, help="Decimals shown (default: config, else coverage.py's)."
     ),
 ]
 FailUnder = Annotated[
