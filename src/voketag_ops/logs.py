@@ -11,12 +11,17 @@ import sys
 from datetime import UTC, datetime
 from typing import TextIO
 
+from voketag_ops.output import json_for
 from voketag_ops.redact import redact
 
 LOGGER_NAME = "voke"
 
 
 class _JsonFormatter(logging.Formatter):
+    def __init__(self, encoding: str | None) -> None:
+        super().__init__()
+        self.encoding = encoding  # the stream's: a line is escaped as it can take it
+
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, object] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
@@ -29,7 +34,7 @@ class _JsonFormatter(logging.Formatter):
         audit = getattr(record, "audit", None)  # an audit entry (sanitized, no secret values)
         if audit is not None:
             doc["audit"] = audit
-        return redact(json.dumps(doc, ensure_ascii=False))
+        return json_for(redact(json.dumps(doc, ensure_ascii=False)), self.encoding)
 
 
 class _HumanFormatter(logging.Formatter):
@@ -46,7 +51,9 @@ def setup_logging(*, fmt: str = "auto", level: str = "warning", stream: TextIO |
         except (AttributeError, ValueError):
             fmt = "json"
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(_JsonFormatter() if fmt == "json" else _HumanFormatter())
+    handler.setFormatter(
+        _JsonFormatter(getattr(stream, "encoding", None)) if fmt == "json" else _HumanFormatter()
+    )
     # psycopg's own warnings (e.g. an error ignored in a rollback after Ctrl-C) would reach
     # stderr through logging's last resort: raw, in no format of ours and not redacted. They
     # are mostly errors it ignored while another one, which voke reports, was on its way (a

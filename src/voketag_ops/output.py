@@ -105,6 +105,18 @@ def name_env(text: str, env: str | None) -> str:
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 
 
+def json_for(text: str, encoding: str | None) -> str:
+    """TEXT, JSON, as a stream in ENCODING can take it: where that is not UTF-8 (a Latin-1
+    locale, PYTHONIOENCODING=ascii) every other character escaped (\\u00e9), so that the
+    document stays valid and lossless (human output writes a backslash escape for a character
+    it lacks, which JSON would not read). Every JSON document voke writes to stdout or stderr
+    goes through here, after redaction, which looks for secrets as they are, not as JSON
+    escapes them."""
+    if encoding is None or codecs.lookup(encoding).name == "utf-8":
+        return text
+    return _NON_ASCII.sub(lambda m: json.dumps(m.group())[1:-1], text)
+
+
 def _isatty(stream: TextIO | _RedactingStream) -> bool:
     try:
         return stream.isatty()
@@ -211,7 +223,11 @@ class Output:
             if render is not None:
                 render(self.out, payload)
             else:
-                self.out.print_json(json.dumps(data))
+                text = json.dumps(data, indent=2, ensure_ascii=False)
+                if _isatty(self.stdout) and self.json_text(text) == text:
+                    self.out.print_json(text)  # coloured
+                else:
+                    self.write_json(text + "\n")
             if error is not None:
                 self.note(f"error: {error.message}")
                 if error.hint:
@@ -260,18 +276,17 @@ class Output:
         interrupts.settle()
 
     def _emit_json(self, doc: Mapping[str, Any]) -> None:
-        self.stdout.write(self.json_text(redact(json.dumps(doc, ensure_ascii=False, sort_keys=False))) + "\n")
-        self.stdout.flush()
+        self.write_json(json.dumps(doc, ensure_ascii=False, sort_keys=False) + "\n")
 
     def json_text(self, text: str) -> str:
-        """TEXT, JSON, as stdout can take it: where its encoding is not UTF-8 (a Latin-1 locale,
-        PYTHONIOENCODING=ascii) every other character escaped (\\u00e9), so that the document
-        stays valid and lossless (human output writes a backslash escape for a character it lacks).
-        Escaped after redaction, which looks for secrets as they are, not as JSON escapes them."""
-        encoding = getattr(self.stdout, "encoding", None)
-        if encoding is None or codecs.lookup(encoding).name == "utf-8":
-            return text
-        return _NON_ASCII.sub(lambda m: json.dumps(m.group())[1:-1], text)
+        """TEXT, JSON, as stdout can take it (see `json_for`)."""
+        return json_for(text, getattr(self.stdout, "encoding", None))
+
+    def write_json(self, text: str) -> None:
+        """Write TEXT, a JSON document, to stdout: secrets masked, then escaped as stdout can
+        take it."""
+        self.stdout.write(self.json_text(redact(text)))
+        self.stdout.flush()
 
     # -- stderr chatter -----------------------------------------------------------
     def note(self, message: str) -> None:

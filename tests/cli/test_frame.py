@@ -614,3 +614,35 @@ def test_no_color_counts_only_when_set_and_not_empty(monkeypatch, value, no_colo
     else:
         monkeypatch.setenv("NO_COLOR", value)
     assert Output(json_mode=False, command="x").no_color is no_color  # no-color.org
+
+
+def test_every_json_document_stays_valid_on_a_stdout_that_is_not_utf8(tmp_path):
+    # PYTHONIOENCODING=ascii: the chain's export, a drill's JSON journal and JSON log lines are
+    # escaped as JSON escapes (\u00e9), not as Python's (\xe9), which no JSON reader takes.
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("VOKE_")}
+    env.update(VOKE_HOME=str(tmp_path / "home"), VOKE_CHAIN__STORE="file")  # no environment to start
+    label = "café-工厂-😀"
+
+    def voke(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "voketag_ops", *args],
+            capture_output=True, text=True, encoding="ascii", env={**env, "PYTHONIOENCODING": "ascii"}, cwd=tmp_path,
+        )  # fmt: skip
+
+    requested = voke("--log-format", "json", "--log-level", "info", "chain", "anchor", "request", "ab" * 32,
+                     "--label", label, "--tree-size", "1")  # fmt: skip
+    assert requested.returncode == 0, requested.stderr
+    logged = [json.loads(line) for line in requested.stderr.splitlines() if line.startswith("{")]
+    assert [e["audit"]["details"]["label"] for e in logged if "audit" in e] == [label]
+    export = voke("chain", "export")
+    assert export.returncode == 0, export.stderr
+    assert json.loads(export.stdout)["anchors"][0]["label"] == label
+    (tmp_path / "exp.json").write_text(export.stdout)
+    assert voke("chain", "import", "exp.json", "--dry-run").returncode == 0
+    (tmp_path / "home" / "drills").mkdir()
+    journal = {"run_id": "x-1", "scenario": label, "status": "completed", "started_at": "2026-05-01T00:00:00Z",
+               "targets": []}  # fmt: skip
+    (tmp_path / "home" / "drills" / "x-1.json").write_text(json.dumps(journal))
+    report = voke("drill", "report", "x-1", "--format", "json")
+    assert report.returncode == 0, report.stderr
+    assert json.loads(report.stdout)["scenario"] == label

@@ -238,8 +238,7 @@ def export(
     state = _store(env).load()
     text = render_document(state)
     if output is None and not env.out.json_mode:
-        env.out.stdout.write(text)
-        env.out.stdout.flush()
+        env.out.write_json(text)
         return
     if output is not None:
         from voketag_ops.files import write_output

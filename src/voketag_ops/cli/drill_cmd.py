@@ -222,7 +222,7 @@ def report(
 
         raise InputError(f"drill run {journal['run_id']}: its journal cannot be reported ({problem})")
     if format_ is Format.json and output is None:
-        env.out.result(journal, render=lambda c, j: c.print_json(json.dumps(j)))
+        env.out.result(journal)
         return
     text = {
         Format.md: drill_report.markdown,
