@@ -67,6 +67,10 @@ def test_show_filters_and_pages(voke, home: Path) -> None:
         (["--until", " "], "--until: empty"),
         (["--since", "1h30"], "--since: '1h30': each part of a duration needs its unit (e.g. 1h30m)"),
         (["--since", "-"], "--since: empty duration (use e.g. 90s"),
+        # A bare number: the year or seconds? (2026 was read as 2026 seconds ago.)
+        (["--since", "2026"], "--since: '2026': a date (2026-01-01) or an age with its unit (2026s)"),
+        (["--until", "-90"], "--until: '-90': a date (2026-01-01) or an age with its unit (-90s)"),
+        (["--since", "1.5"], "an age with its unit (1.5s)"),
     ],
 )
 def test_show_bad_flags_are_usage_errors(voke, home: Path, args: list[str], fragment: str) -> None:
@@ -80,7 +84,6 @@ def test_show_bad_flags_are_usage_errors(voke, home: Path, args: list[str], frag
         ("-15m", T0 - timedelta(minutes=15)),
         ("15m", T0 - timedelta(minutes=15)),
         ("1h30m", T0 - timedelta(minutes=90)),
-        ("90", T0 - timedelta(seconds=90)),
         ("7D", T0 - timedelta(days=7)),
         ("1.5h", T0 - timedelta(minutes=90)),
         ("2026-05-01T01:00z", T0 - timedelta(hours=1)),

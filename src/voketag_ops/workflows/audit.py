@@ -19,13 +19,15 @@ from voketag_ops.core.times import offset_is_valid
 from voketag_ops.errors import UsageError
 
 _ISO_ONLY = re.compile(r"[-:t]", re.I)  # what no age holds (ages: digits, '.', spaces, units)
+_BARE_NUMBER = re.compile(r"-?(\d+\.?\d*|\.\d+)")  # a year (2026) or seconds (90)? refused, not guessed
 _ISO, _AGE = "ISO 8601 (2026-05-01T02:00Z)", "an age (24h, -15m, 1h30m, 7d)"
 
 
 def parse_when(value: str, option: str, *, now: datetime) -> datetime:
     """An ISO 8601 date or time (zoneless: UTC; `Z` or `z`), or an age before NOW as every
-    duration option takes it (`dr_checks.parse_duration`: 30m, 1h30m, 90, 7d), with an
-    optional leading '-' as `dr restore --to` writes it (-15m)."""
+    duration option takes it (`dr_checks.parse_duration`: 30m, 1h30m, 7d), with an
+    optional leading '-' as `dr restore --to` writes it (-15m). A bare number that is not an
+    ISO date (20260501 is) has no unit here: 2026 could be the year or 2026 seconds."""
     text = value.strip()
     if not text:
         raise UsageError(f"{option}: empty; give {_ISO} or {_AGE}")
@@ -40,6 +42,8 @@ def parse_when(value: str, option: str, *, now: datetime) -> datetime:
             return when if when.tzinfo else when.replace(tzinfo=UTC)
         if _ISO_ONLY.search(text):
             raise UsageError(f"{option}: {value!r} is neither {_ISO} nor {_AGE}")
+    if _BARE_NUMBER.fullmatch(text):
+        raise UsageError(f"{option}: {value!r}: a date (2026-01-01) or an age with its unit ({text}s)")
     try:
         return now - timedelta(seconds=parse_duration(text.removeprefix("-")))
     except ValueError as exc:
