@@ -126,7 +126,34 @@ def test_report_on_an_80_column_terminal_keeps_service_names_and_cover_whole(
         ("overall", "80%"),
     ):
         assert re.search(rf"^ *{name} .* {cover} ", text, re.M), text
-    assert ("brmiss" in text or "brm…" in text) is branch  # no empty branch columns without branch data
+    assert ("brm" in text) is branch  # no empty branch columns without branch data (brmiss, brmi…)
+
+
+@pytest.mark.parametrize("columns", [50, 40])
+def test_report_on_a_narrow_terminal_keeps_the_verdict_and_drops_baseline_first(
+    env, project, monkeypatch, columns
+):
+    import io
+
+    from voketag_ops.cli.app import run
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    write_json(
+        project, {"admin_service/a.py": lines_file(90, 10), "factory_service/b.py": lines_file(70, 30)}
+    )
+    monkeypatch.setenv("COLUMNS", str(columns))
+    out = Terminal()
+    run(["coverage", "report", "coverage.json"], stdout=out, stderr=Terminal(), environ=env, cwd=project)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())
+    assert max(len(line) for line in text.splitlines()) <= columns
+    for name, cover, status in (("admin-service", "90%", "pass"), ("factory-service", "70%", "FAIL")):
+        assert re.search(rf"^ *{name} .* {cover} .*{status} *$", text, re.M), text
+    assert "baseline" not in text and "Δ" not in text  # went first, so that the rest stays whole
+    if columns == 50:
+        assert re.search(r"^ *overall .* 200 .* 80% .* 80 .*pass *$", text, re.M), text
 
 
 # -- the gate -------------------------------------------------------------------------------------

@@ -449,40 +449,50 @@ def _status(s: Any) -> str:
 def _render_report(console: Console, r: Any) -> None:
     from rich import box
     from rich.cells import cell_len
+    from rich.measure import Measurement
     from rich.table import Table
 
     p = r.precision
-    table = Table(
-        title="coverage by service", title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True
-    )
     rows = [*r.services, *([r.unassigned] if r.unassigned else []), r.totals]
-    # What a reader looks for is never cut to `adm…` on a narrow terminal: the others give way.
+    # What a reader looks for is never cut to `adm…` or blanked on a narrow terminal: the name,
+    # the cover and the verdict. The others give way, and baseline and Δ go first.
     name_width = min(max(cell_len(printable(s.name)) for s in rows), SERVICE_WIDTH)
-    table.add_column("service", no_wrap=True, min_width=max(name_width, len("service")))
-    for col in ("files", "stmts", "miss", *(("branch", "brmiss") if r.branch else ())):
-        table.add_column(col, justify="right")
-    table.add_column(
-        "cover", justify="right", no_wrap=True, min_width=max(len(f"{s.display}%") for s in rows)
-    )
-    for col in ("target", "baseline", "Δ"):
-        table.add_column(col, justify="right")
-    table.add_column("")
-    for s in rows:
-        style = "bold" if s is r.totals else ("dim" if s is r.unassigned else None)
-        branches = (str(s.branches), str(s.missing_branches)) if r.branch else ()
-        table.add_row(
-            _shown(s.name),
-            str(s.files),
-            str(s.statements),
-            str(s.missing),
-            *branches,
-            f"{s.display}%",
-            _target(s.target),
-            _pct(s.baseline, p),
-            _pct(s.delta, p, sign=True),
-            _status(s),
-            style=style,
+
+    def build(with_baseline: bool) -> Table:
+        table = Table(
+            title="coverage by service", title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True
         )
+        table.add_column("service", no_wrap=True, min_width=max(name_width, len("service")))
+        for col in ("files", "stmts", "miss", *(("branch", "brmiss") if r.branch else ())):
+            table.add_column(col, justify="right")
+        table.add_column(
+            "cover", justify="right", no_wrap=True, min_width=max(len(f"{s.display}%") for s in rows)
+        )
+        for col in ("target", *(("baseline", "Δ") if with_baseline else ())):
+            table.add_column(col, justify="right")
+        table.add_column("", no_wrap=True, min_width=len("pass"))
+        for s in rows:
+            style = "bold" if s is r.totals else ("dim" if s is r.unassigned else None)
+            branches = (str(s.branches), str(s.missing_branches)) if r.branch else ()
+            baseline = (_pct(s.baseline, p), _pct(s.delta, p, sign=True)) if with_baseline else ()
+            table.add_row(
+                _shown(s.name),
+                str(s.files),
+                str(s.statements),
+                str(s.missing),
+                *branches,
+                f"{s.display}%",
+                _target(s.target),
+                *baseline,
+                _status(s),
+                style=style,
+            )
+        return table
+
+    table = build(with_baseline=True)
+    # Whole (measured unbounded: Measurement.get clamps to the width it is given), or without them.
+    if Measurement.get(console, console.options.update_width(1 << 16), table).maximum > console.width:
+        table = build(with_baseline=False)
     console.print(table)
     for s in (*r.services, r.totals):
         if s.passed is False or s.by_rounding:
