@@ -313,6 +313,72 @@ def test_an_interrupted_run_resume_and_rollback_each_write_an_interrupted_event(
     assert "private" not in json.dumps([e.details for e in entries]).lower()  # ids and versions, no key
 
 
+def test_ctrl_c_once_the_record_is_written_names_the_rotation_before_its_first_step(keyring):
+    # From the write of its record (or its take-over by a resume) to its first step: the
+    # start event, the claim let go, the resume event. Each named the rotation to resume
+    # (a bare "interrupted" left no id, no hint, no `interrupted` event, and a resume's lease).
+    from contextlib import contextmanager
+
+    from voketag_ops.audit import AuditLog
+    from voketag_ops.core.times import iso
+    from voketag_ops.errors import Interrupted
+
+    engine, clock, store = keyring
+    audit = engine._audit
+    cut_on = [("rotation.start", "started")]
+
+    def audit_then_ctrl_c(event_type, record, result, **kw):
+        audit(event_type, record, result, **kw)
+        if (event_type, result) in cut_on:
+            raise KeyboardInterrupt
+
+    def stored():
+        return RotationRecord.from_json(store.get("jwt-signing").annotations[ANNOTATION])
+
+    def cut(call):  # the answer to an interrupt; a bare one fails the test, not the test run
+        try:
+            call()
+        except Interrupted as exc:
+            return exc
+        except KeyboardInterrupt:
+            pytest.fail("a bare interrupt: no rotation named, no resume hint")
+        pytest.fail("not interrupted")
+
+    engine._audit = audit_then_ctrl_c
+    run = cut(lambda: rotate_jwt(engine))
+    first = stored()
+    assert run.message == f"rotation {first.id} interrupted after lock; its state is recorded"
+    assert run.hint == f"voke rotate resume {first.id} --yes   or: voke rotate rollback {first.id} --yes"
+    assert first.step == "lock" and first.lease_until == iso(clock())  # resumable at once
+
+    cut_on[:] = [("rotation.resume", "started")]
+    resumed = cut(lambda: engine.resume(first.id))
+    assert (resumed.message, resumed.hint) == (run.message, run.hint)
+    assert stored().lease_until == iso(clock())
+    engine._audit = audit
+    assert engine.rollback(first.id).report.status == "rolled_back"
+
+    @contextmanager
+    def claim_then_ctrl_c(_secret):
+        yield
+        raise KeyboardInterrupt  # as the claim is let go, the record written
+
+    engine.starting = claim_then_ctrl_c
+    claimed = cut(lambda: rotate_jwt(engine))
+    second = stored()
+    assert claimed.message == f"rotation {second.id} interrupted after lock; its state is recorded"
+    entries = AuditLog(engine.audit_home).entries()
+    events = [(e.event_type, e.result, e.details.get("rotation_id")) for e in entries]
+    assert [e for e in events if e[2] in (first.id, second.id)] == [
+        ("rotation.start", "started", first.id),
+        ("rotation.start", "interrupted", first.id),
+        ("rotation.resume", "started", first.id),
+        ("rotation.resume", "interrupted", first.id),
+        ("rotation.finish", "rolled_back", first.id),
+        ("rotation.start", "interrupted", second.id),
+    ]
+
+
 def test_ctrl_c_while_a_run_or_a_resume_is_finished_names_the_resume(keyring):
     # Recording the finish and clearing the record are store writes like any step's: a Ctrl-C
     # there gives the lease up and names the resume (a bare "interrupted" kept the lease).

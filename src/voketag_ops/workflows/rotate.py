@@ -323,13 +323,16 @@ class RotationEngine:
         # From the first look at the record until this rotation's own is written, nothing that
         # moves the database may start (locally: the DR lock, held shared): a failover looks
         # for the record once, and found none while this rotation planned and logged in.
-        with self.starting(user.secret):
-            then = self._begin(user, name, t0, dry_run=dry_run)
+        # Once its record is written, an interrupt (even while the claim is let go) names it.
+        with self._before_steps("rotation.start", t0) as written, self.starting(user.secret):
+            then = self._begin(user, name, t0, dry_run=dry_run, written=written)
         return then()
 
-    def _begin(self, user: Credential, name: str, t0: float, *, dry_run: bool) -> Callable[[], Outcome]:
-        """Everything up to and including writing the rotation's record (or refusing); what
-        runs after it, the claim let go: the rotation, a resume, or a dry run's report."""
+    def _begin(
+        self, user: Credential, name: str, t0: float, *, dry_run: bool, written: list[RotationRecord]
+    ) -> Callable[[], Outcome]:
+        """Everything up to and including writing the rotation's record (added to WRITTEN), or
+        refusing; what runs after it, the claim let go: the rotation, a resume, or a dry run's report."""
         try:
             meta, existing = self._record(user.secret)
         except NotFoundError:
@@ -400,13 +403,15 @@ class RotationEngine:
             raise PreconditionError(
                 f"another rotation of {user.secret} started at the same moment; nothing was changed"
             ) from None
+        written.append(record)
         return lambda: self._started(record, t0)
 
     def _started(self, record: RotationRecord, t0: float) -> Outcome:
         """Run the rotation whose record was just written."""
-        self._begun[record.id] = t0
-        self._audit("rotation.start", record, "started", duration=time.monotonic() - t0)
-        self._fault("lock")
+        with self._before_steps("rotation.start", t0, record):
+            self._begun[record.id] = t0
+            self._audit("rotation.start", record, "started", duration=time.monotonic() - t0)
+            self._fault("lock")
         with self._on_interrupt("rotation.start", record, t0):
             return self._run(record, t0)
 
@@ -490,15 +495,11 @@ class RotationEngine:
                             "event were written (they may be missing)",
                             hint=self._voke("voke rotate status") + " shows the current version",
                         ) from None
-                else:
-                    self._release(record)
-                where = (
-                    f"after {step}" if record.step == step else f"during {step} (it may have taken effect)"
-                )
-                raise Interrupted(
-                    f"rotation {record.id} interrupted {where}; its state is recorded",
-                    hint=resume_command(record.id) if step == "finish" else unfinished_commands(record.id),
-                ) from None
+                    raise Interrupted(
+                        f"rotation {record.id} interrupted {_where(record, step)}; its state is recorded",
+                        hint=resume_command(record.id),
+                    ) from None
+                raise self._cut(record, step) from None
             if stopped is not None:
                 return stopped
             self._fault(step)
@@ -579,6 +580,38 @@ class RotationEngine:
         record.error = {"step": step, "kind": SecretError.kind, "message": why}
         log.warning("rotation %s: %s", record.id, why)
         return self._needs_attention(record, t0, resumed, why)
+
+    def _cut(self, record: RotationRecord, step: str) -> Interrupted:
+        """A Ctrl-C or SIGTERM during STEP (or after it: the last one recorded) of RECORD, not
+        its finish: the lease given up, the answer names the rotation to resume or roll back."""
+        self._release(record)
+        if record.status == "rolling_back":  # taken over to finish its rollback, not begun yet
+            return Interrupted(
+                f"the rollback of rotation {record.id} was interrupted; its state is recorded",
+                hint=f"{rollback_command(record.id)}   (finishes it)",
+            )
+        return Interrupted(
+            f"rotation {record.id} interrupted {_where(record, step)}; its state is recorded",
+            hint=unfinished_commands(record.id),
+        )
+
+    @contextmanager
+    def _before_steps(
+        self, event_type: str, t0: float, *records: RotationRecord
+    ) -> Iterator[list[RotationRecord]]:
+        """From writing (or taking over) the record of a rotation until its steps (or its
+        rollback) go on: a Ctrl-C or SIGTERM there stops it as one between steps does (`_cut`),
+        with its `interrupted` event. The record is RECORDS, or what the block adds to the list
+        it gets (none yet: the interruption propagates as it came)."""
+        written = list(records)
+        try:
+            yield written
+        except KeyboardInterrupt:
+            if not written:
+                raise
+            record = written[0]
+            with self._on_interrupt(event_type, record, t0):
+                raise self._cut(record, record.step) from None
 
     def _fault(self, step: str) -> None:
         """The documented fault switch: die abruptly (no cleanup, no finally) after STEP."""
@@ -1069,7 +1102,8 @@ class RotationEngine:
             self._clear(ended)
             return Outcome(RotationReport.of_ended(ended, resumed=True))
         self._take_over(record)
-        self._audit("rotation.resume", record, "started", duration=time.monotonic() - t0)
+        with self._before_steps("rotation.resume", t0, record):
+            self._audit("rotation.resume", record, "started", duration=time.monotonic() - t0)
         with self._on_interrupt("rotation.resume", record, t0):
             if record.status == "rolling_back":  # its rollback was interrupted: finish that
                 self.progress(f"rotation {record.id} was being rolled back: finishing the rollback")
@@ -1615,6 +1649,11 @@ def resume_command(rotation_id: str) -> str:
 def rollback_command(rotation_id: str) -> str:
     """The command that undoes the unfinished rotation ROTATION_ID (with --yes, as `resume_command`)."""
     return f"voke rotate rollback {rotation_id} --yes"
+
+
+def _where(record: RotationRecord, step: str) -> str:
+    """Where a rotation stopped in STEP, as its interrupted answer says."""
+    return f"after {step}" if record.step == step else f"during {step} (it may have taken effect)"
 
 
 def unfinished_commands(rotation_id: str) -> str:
