@@ -794,3 +794,32 @@ def test_with_the_archiver_failing_older_backups_still_restore_what_is_archived(
     finally:
         os.chmod(env.archive_dir, mode)
         env.up()
+
+
+def test_settling_a_segment_the_archiver_marked_done_meanwhile_is_no_error(tmp_path, monkeypatch):
+    # After a promote the archiver may rename a `.ready` to `.done` between voke's listing of
+    # archive_status and voke's own rename of it: that segment is settled, not an internal error.
+    from pathlib import Path
+
+    from voketag_ops.adapters.local.postgres import PgNode
+
+    env = LocalEnvironment(LocalSettings(home=tmp_path / "home"))
+    node = PgNode("replica", tmp_path / "data", 0, tmp_path, tmp_path / "log", runner=None)  # type: ignore[arg-type]
+    status = node.data_dir / "pg_wal" / "archive_status"
+    status.mkdir(parents=True)
+    env.archive_dir.mkdir(parents=True)
+    names = ["000000010000000000000003", "000000010000000000000004"]
+    for name in names:
+        (node.data_dir / "pg_wal" / name).write_bytes(b"")
+        (status / f"{name}.ready").write_text("")
+        (env.archive_dir / name).write_bytes(b"")
+    rename = Path.rename
+
+    def archiver_first(self, target):
+        if self.name == f"{names[0]}.ready":
+            rename(self, target)  # the archiver's own rename, just before voke's
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", archiver_first)
+    assert dr.settle_archive_status(env, node) == [names[1]]
+    assert sorted(p.name for p in status.iterdir()) == [f"{n}.done" for n in names]

@@ -1416,7 +1416,10 @@ def settle_archive_status(env: LocalEnvironment, node: PgNode) -> list[str]:
     for ready in sorted(status_dir.glob("*.ready")):
         name = ready.name.removesuffix(".ready")
         if (env.archive_dir / name).is_file():
-            ready.rename(status_dir / f"{name}.done")
+            try:
+                ready.rename(status_dir / f"{name}.done")
+            except FileNotFoundError:  # the archiver (promoted already) marked it done meanwhile
+                continue
             settled.append(name)
     # A segment with no status file at all gets a `.ready` at the next checkpoint once
     # the node leads; if the archive has it, say it is done now.
