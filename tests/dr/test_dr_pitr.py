@@ -87,6 +87,64 @@ def test_a_leader_that_does_not_answer_is_shown_with_its_pid_and_why(voke, envir
     assert f"pid {pid} does not answer: " in leader, leader
 
 
+def test_a_leader_left_frozen_by_a_killed_network_drill_is_named_and_resumed_by_env_up(voke, environ, env):
+    import signal
+    import subprocess
+    import sys
+
+    # the network drill's fault, in a voke then killed outright (kill -9) before it resumes the leader
+    freeze = (
+        "import os, signal\n"
+        "from voketag_ops.adapters.local import dr\n"
+        "from voketag_ops.adapters.local.environment import LocalEnvironment\n"
+        "from voketag_ops.config import LocalSettings\n"
+        f"env = LocalEnvironment(LocalSettings(home={str(env.home)!r}, archive_timeout=5))\n"
+        "dr.freeze_node(env, env.primary(), by='network-test')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", freeze], env=environ, check=False)
+    assert killed.returncode == -signal.SIGKILL
+    pid = env.primary().pid()
+    assert pid is not None and dr._frozen(pid)
+    try:
+        check = voke("dr", "check", "--json", environ=environ)
+        assert check.exit_code == 1 and "unfinished_operation" in check.json["result"]["failed"]
+        op = check.json["result"]["status"]["unfinished_operation"]
+        assert op["operation"] == "drill network" and op["resume"] == "voke env up"
+        assert "primary is still frozen" in op["note"]
+        up = voke("env", "up", environ=environ)
+        assert up.exit_code == 0, up.stdout + up.stderr
+    finally:
+        for child in [pid, *dr.child_pids(pid)]:  # whatever happened, the next tests get a live leader
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGCONT)
+    assert not any(dr._frozen(p) for p in [pid, *dr.child_pids(pid)])
+    assert not list((env.home / "dr").glob(dr.FROZEN))
+    assert (
+        voke("dr", "check", "--json", environ=environ).json["result"]["status"]["unfinished_operation"]
+        is None
+    )
+
+
+def test_a_resume_leaves_alone_a_pid_reused_by_another_process(tmp_path):
+    import signal
+    import subprocess
+
+    env = LocalEnvironment(LocalSettings(home=tmp_path / "home"))
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        os.kill(other.pid, signal.SIGSTOP)
+        start = dr._start_time(other.pid)
+        assert start is not None
+        record = dr.dr_dir(env) / "frozen-reused.json"
+        record.write_text(json.dumps({"node": "reused", "pids": [{"pid": other.pid, "start": start + 1}]}))
+        assert dr.thaw(env, "reused") == []  # recorded with another start time: not the frozen process
+        assert dr._frozen(other.pid) and not record.exists()
+    finally:
+        other.kill()
+        other.wait()
+
+
 def test_check_passes_and_each_breach_is_one_line(voke, environ):
     ok = voke("dr", "check", "--json", environ=environ)
     assert ok.exit_code == 0, ok.stdout

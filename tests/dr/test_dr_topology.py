@@ -758,10 +758,10 @@ def test_a_wall_clock_step_mid_drill_leaves_the_rto_and_phases_true(voke, enviro
 
     wall, thaw = SteppedClock(), dr.thaw
 
-    def stepped(pids):
+    def stepped(env, node):
         if not wall.offset:
             wall.step(-3600)
-        thaw(pids)
+        return thaw(env, node)
 
     monkeypatch.setattr(dr, "thaw", stepped)
     with clock.using(wall):

@@ -979,9 +979,9 @@ def _network(run: DrillRun) -> None:
     run.preparing = False
     with run.step(f"fault: freeze the leader ({leader.name}) for {outage:g} s (SIGSTOP)") as info:
         run.mark("fault_injected_at")
-        pids = dr.freeze_node(leader)
+        pids = dr.freeze_node(env, leader, by=run.run_id)
         info["pids"] = len(pids)
-    run.on_cleanup("thaw the leader (SIGCONT)", lambda: dr.thaw(pids))
+    run.on_cleanup("thaw the leader (SIGCONT)", lambda: dr.thaw(env, leader.name))
     with run.step("detect: probe the leader until it stops answering"):
         run.mark("detected_at", dr.detect_down(leader, timeout=30, probe_timeout=1.0))
     decision = (
@@ -994,7 +994,7 @@ def _network(run: DrillRun) -> None:
         time.sleep(remaining)
     with run.step("recover: the network returns (SIGCONT)"):
         run.mark("recovery_started_at")
-        dr.thaw(pids)
+        dr.thaw(env, leader.name)
     with run.step("reconnect: the leader answers a write again"):
         dr.wait_until(lambda: dr.probe_write(leader, timeout=2), "the leader to take writes", timeout=60)
         answered = instant()
@@ -1179,9 +1179,12 @@ def run_drill(
                 from voketag_ops.workflows.dr import refuse_if_rotating_locally
 
                 refuse_if_rotating_locally(settings)
+            thawed = dr.thaw_left(env, progress)  # a node a killed network drill left frozen, first
             left = put_back_rows_left(env, progress)  # before the steady state, which counts them
             run = DrillRun(settings, env, scenario, progress, options or {})
             event.details["run_id"] = run.run_id
+            if thawed:
+                run.details["frozen_by_killed_drills"] = thawed
             if left:
                 run.details["rows_left_by_killed_drills"] = left
             try:

@@ -167,6 +167,16 @@ def operation_to_report(env: LocalEnvironment) -> dict[str, Any] | None:
             operation.replace("drill ", "drill run ", 1) if operation.startswith("drill ") else operation
         )
         return {"operation": operation, "command": command, "resume": None, "running": holder}
+    if op is None and (frozen := frozen_left(env)):
+        nodes = ", ".join(str(d["node"]) for d in frozen)
+        return {
+            "operation": "drill network",
+            "command": "voke drill run network",
+            "resume": "voke env up",
+            "note": f"the {nodes} is still frozen (SIGSTOP) by a network drill that was killed; "
+            "`voke env up`, `voke env down` or the next drill resumes it first",
+            "frozen": frozen,
+        }
     if op is None and (left := drill_rows_left(env)):
         batches = ", ".join(str(d.get("batch_id")) for d in left)
         return {
@@ -376,22 +386,92 @@ def kill_node(node: PgNode, *, timeout: float = 30) -> bool:
     return True
 
 
-def freeze_node(node: PgNode) -> list[int]:
-    """SIGSTOP a server and every process of it: it stops answering, as behind a partition."""
+FROZEN = "frozen-*.json"  # a network drill's record of the processes it froze (VOKE_HOME/dr)
+
+
+def _start_time(pid: int) -> int | None:
+    """When PID started (/proc/PID/stat field 22, clock ticks since boot), None if it is gone:
+    a pid the kernel gave to another process since reads differently."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def freeze_node(env: LocalEnvironment, node: PgNode, *, by: str) -> list[int]:
+    """SIGSTOP a server and every process of it: it stops answering, as behind a partition; BY:
+    the drill run that does it.
+
+    Its pids (with their start times) are recorded first in VOKE_HOME/dr/frozen-NODE.json: a
+    drill killed outright (kill -9) leaves the node frozen, which `dr check` then names and
+    `env up`, `env down`, `env destroy` and the next drill undo first (``thaw_left``)."""
     pid = node.pid()
     if pid is None:
         raise PreconditionError(f"{node.name} is not running")
     pids = [pid, *child_pids(pid)]
+    doc = {
+        "node": node.name,
+        "by": by,
+        "frozen_at": iso(utcnow()),
+        "pids": [{"pid": p, "start": _start_time(p)} for p in pids],
+    }
+    replace_json(dr_dir(env) / f"frozen-{node.name}.json", doc)  # before the first SIGSTOP
     for target in pids:
         with suppress(ProcessLookupError):
             os.kill(target, signal.SIGSTOP)
     return pids
 
 
-def thaw(pids: list[int]) -> None:
-    for target in pids:
-        with suppress(ProcessLookupError):
-            os.kill(target, signal.SIGCONT)
+def thaw(env: LocalEnvironment, node: str) -> list[int]:
+    """SIGCONT every process `freeze_node` froze on NODE that is still the same process (its
+    start time as recorded: a reused pid is left alone), then forget the record; the pids resumed."""
+    marker = env.home / "dr" / f"frozen-{node}.json"
+    try:
+        doc = json.loads(marker.read_text())
+        recorded = [(int(p["pid"]), p.get("start")) for p in doc.get("pids", [])]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):  # (written by a rename)
+        recorded = []
+    resumed = []
+    for pid, start in recorded:
+        if start is not None and _start_time(pid) == start:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+                resumed.append(pid)
+    marker.unlink(missing_ok=True)
+    return resumed
+
+
+def frozen_left(env: LocalEnvironment) -> list[dict[str, Any]]:
+    """The records of nodes a drill froze and did not resume, while no other voke holds the DR
+    lock (a drill under way holds it the whole time: its freeze is not left behind)."""
+    from voketag_ops.locks import running_elsewhere
+
+    directory = env.home / "dr"
+    if running_elsewhere(directory) is not None:
+        return []
+    out = []
+    for record in sorted(directory.glob(FROZEN)):
+        try:
+            doc = dict(json.loads(record.read_text()))
+        except (OSError, ValueError, TypeError):
+            doc = {}
+        doc.setdefault("node", record.stem.removeprefix("frozen-"))
+        out.append(doc)
+    return out
+
+
+def thaw_left(env: LocalEnvironment, progress: Progress = _noop) -> list[dict[str, Any]]:
+    """Resume the nodes killed drills left frozen (`frozen_left`); what was resumed."""
+    done = []
+    for doc in frozen_left(env):
+        node = str(doc["node"])
+        progress(
+            f"resuming the {node} (SIGCONT), left frozen by the killed drill {doc.get('by') or ''}".rstrip()
+        )
+        done.append({"node": node, "by": doc.get("by"), "resumed_pids": thaw(env, node)})
+    return done
 
 
 def current_timeline(node: PgNode) -> int | None:

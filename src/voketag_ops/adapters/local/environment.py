@@ -351,6 +351,7 @@ class LocalEnvironment:
         """Create what is missing and start what is stopped. Idempotent."""
         t0 = time.monotonic()
         with self.lock():
+            self._thaw_left(progress)
             state = self.state()
             created: list[str] = []
             started: list[str] = []
@@ -874,6 +875,7 @@ class LocalEnvironment:
     def down(self, progress: Progress = lambda _msg: None) -> dict[str, Any]:
         """Stop the servers, keeping every byte of data."""
         with self.lock():
+            self._thaw_left(progress)  # a frozen server cannot shut down
             state = self.state()
             if state is None:
                 return {"home": str(self.home), "stopped": [], "existed": False}
@@ -891,6 +893,7 @@ class LocalEnvironment:
         """Stop everything and delete VOKE_HOME's environment (servers, archive, backups, state)."""
         removed: list[str] = []
         with self.lock():
+            self._thaw_left(progress)
             try:
                 state = self.state() if self.state_file.exists() else None
             except ConfigError as exc:  # unreadable: what it named is found from the pid files below
@@ -919,6 +922,14 @@ class LocalEnvironment:
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
                     removed.append(str(path))
         return {"home": str(self.home), "removed": removed}
+
+    def _thaw_left(self, progress: Progress) -> None:
+        """Resume first a server a killed network drill left frozen (SIGSTOP): it answers nothing
+        and cannot shut down until then."""
+        from voketag_ops.adapters.local import dr
+
+        if (self.home / "dr").is_dir():
+            dr.thaw_left(self, progress)
 
     def _kill_strays(self, progress: Progress) -> None:
         """Stop any postmaster still running on a data directory under pg/ (immediate shutdown)."""
