@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -530,17 +532,25 @@ def test_a_full_stderr_leaves_the_exit_code_alone(tmp_path):
     assert (done.returncode, done.stdout) == (2, "")
 
 
-def test_a_stdout_that_is_not_utf8_gets_escapes_and_json_stays_valid(tmp_path):
-    # A Latin-1 or ASCII locale: a name it cannot encode is no UnicodeEncodeError (exit 70).
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("VOKE_")}
-    env["VOKE_HOME"] = str(tmp_path / "home")
-    name = "工厂-é😀"
+def _ascii_voke(cwd: Any, **variables: str) -> Any:
+    """A `voke` run in a subprocess whose stdout and stderr are ASCII (PYTHONIOENCODING), with
+    VARIABLES and none of this process's VOKE_* ones."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOKE_")}
+    env.update(variables, PYTHONIOENCODING="ascii")
 
     def voke(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "voketag_ops", *args],
-            capture_output=True, text=True, encoding="ascii", env={**env, "PYTHONIOENCODING": "ascii"}, cwd=tmp_path,
+            capture_output=True, text=True, encoding="ascii", env=env, cwd=cwd,
         )  # fmt: skip
+
+    return voke
+
+
+def test_a_stdout_that_is_not_utf8_gets_escapes_and_json_stays_valid(tmp_path):
+    # A Latin-1 or ASCII locale: a name it cannot encode is no UnicodeEncodeError (exit 70).
+    voke = _ascii_voke(tmp_path, VOKE_HOME=str(tmp_path / "home"))
+    name = "工厂-é😀"
 
     assert voke("secrets", "add", name, "--yes").returncode == 2  # refused, and audited by its name
     show, show_json, export, export_csv = (
@@ -619,15 +629,9 @@ def test_no_color_counts_only_when_set_and_not_empty(monkeypatch, value, no_colo
 def test_every_json_document_stays_valid_on_a_stdout_that_is_not_utf8(tmp_path):
     # PYTHONIOENCODING=ascii: the chain's export, a drill's JSON journal and JSON log lines are
     # escaped as JSON escapes (\u00e9), not as Python's (\xe9), which no JSON reader takes.
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("VOKE_")}
-    env.update(VOKE_HOME=str(tmp_path / "home"), VOKE_CHAIN__STORE="file")  # no environment to start
+    # (the file chain store: no environment to start)
+    voke = _ascii_voke(tmp_path, VOKE_HOME=str(tmp_path / "home"), VOKE_CHAIN__STORE="file")
     label = "café-工厂-😀"
-
-    def voke(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "voketag_ops", *args],
-            capture_output=True, text=True, encoding="ascii", env={**env, "PYTHONIOENCODING": "ascii"}, cwd=tmp_path,
-        )  # fmt: skip
 
     requested = voke("--log-format", "json", "--log-level", "info", "chain", "anchor", "request", "ab" * 32,
                      "--label", label, "--tree-size", "1")  # fmt: skip

@@ -460,23 +460,29 @@ def test_fake_instances_share_a_port_the_kernel_chose_and_skip_taken_addresses(d
 PRODUCTION_LABELS = {"voke-env": "prod", "voke-role": "primary", "voke-since": "20261101t000000z"}
 
 
+def _pitr(drills: Drills, progress: Any) -> Any:
+    """The outcome of a cloud PITR drill whose progress lines go to PROGRESS."""
+    from voketag_ops.workflows import cloud_drill
+
+    return cloud_drill.run(
+        drills.settings(),
+        "pitr",
+        home=drills.home / "state",
+        progress=progress,
+        options={"canary_seconds": 0.1},
+    )
+
+
 def _interrupt_at_the_answer(message: str) -> None:
     if message.startswith("connect to voke-db-drill-"):
         raise KeyboardInterrupt
 
 
 def test_a_clone_whose_delete_fails_after_ctrl_c_is_labelled_and_the_next_run_deletes_it(drills):
-    from voketag_ops.workflows import cloud_drill
 
     drills.fake.sql.instances["voke-db"]["labels"] = dict(PRODUCTION_LABELS)  # a clone copies them
     drills.fake.rest.fail("DELETE", r"/instances/voke-db-drill-", status="PERMISSION_DENIED", times=1)
-    outcome = cloud_drill.run(
-        drills.settings(),
-        "pitr",
-        home=drills.home / "state",
-        progress=_interrupt_at_the_answer,
-        options={"canary_seconds": 0.1},
-    )
+    outcome = _pitr(drills, _interrupt_at_the_answer)
     # exit 7: the interrupted drill left a billed instance
     assert isinstance(outcome.error, VokeErrorType) and outcome.report["status"] == "interrupted"
     [left] = drills.scratch()
@@ -588,13 +594,7 @@ def test_a_clone_left_by_a_killed_run_is_deleted_once_its_process_is_gone(drills
             drills.fake.rest.fail("DELETE", r"/instances/voke-db-drill-", status="PERMISSION_DENIED", times=1)
             drills.fake.rest.fail("PATCH", r"/instances/voke-db-drill-", status="PERMISSION_DENIED", times=2)
 
-    outcome = cloud_drill.run(
-        drills.settings(),
-        "pitr",
-        home=drills.home / "state",
-        progress=kill_point,
-        options={"canary_seconds": 0.1},
-    )
+    outcome = _pitr(drills, kill_point)
     assert isinstance(outcome.error, VokeErrorType)
     shutil.rmtree(journals)
     shutil.copytree(saved, journals)
