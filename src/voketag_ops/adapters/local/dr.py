@@ -427,11 +427,10 @@ def thaw(env: LocalEnvironment, node: str) -> list[int]:
     start time as recorded: a reused pid is left alone), then forget the record; the pids resumed."""
     marker = env.home / "dr" / f"frozen-{node}.json"
     try:
-        doc = json.loads(marker.read_text())
-        recorded = [(int(p["pid"]), p.get("start")) for p in doc.get("pids", [])]
+        recorded = [(p["pid"], p["start"]) for p in read_record(marker, _not_a_freeze)["pids"]]
     except FileNotFoundError:
         return []
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):  # (written by a rename)
+    except (NotADirectoryError, DamagedRecord):  # (written by a rename: damaged by hand only)
         recorded = []
     resumed = []
     for pid, start in recorded:
@@ -441,6 +440,16 @@ def thaw(env: LocalEnvironment, node: str) -> list[int]:
                 resumed.append(pid)
     marker.unlink(missing_ok=True)
     return resumed
+
+
+def _not_a_freeze(doc: Any) -> str | None:
+    pids = doc.get("pids") if isinstance(doc, dict) else None
+    if not isinstance(pids, list) or not all(
+        isinstance(p, dict) and type(p.get("pid")) is int and type(p.get("start")) in (int, type(None))
+        for p in pids
+    ):
+        return "not a record of frozen processes (pids with their start times)"
+    return None
 
 
 def frozen_left(env: LocalEnvironment) -> list[dict[str, Any]]:
@@ -454,8 +463,8 @@ def frozen_left(env: LocalEnvironment) -> list[dict[str, Any]]:
     out = []
     for record in sorted(directory.glob(FROZEN)):
         try:
-            doc = dict(json.loads(record.read_text()))
-        except (OSError, ValueError, TypeError):
+            doc = dict(read_record(record, _not_a_freeze))
+        except (OSError, DamagedRecord):
             doc = {}
         doc.setdefault("node", record.stem.removeprefix("frozen-"))
         out.append(doc)
