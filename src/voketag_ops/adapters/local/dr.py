@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from voketag_ops import interrupts
 from voketag_ops.adapters.local.environment import (
+    FROZEN,
     HOME_NODE,
     NODE_NAMES,
     PLATFORM_DB,
@@ -384,9 +385,6 @@ def kill_node(node: PgNode, *, timeout: float = 30) -> bool:
             os.kill(target, signal.SIGKILL)
     wait_until(lambda: not node.running, f"{node.name} to die", timeout=timeout)
     return True
-
-
-FROZEN = "frozen-*.json"  # a network drill's record of the processes it froze (VOKE_HOME/dr)
 
 
 def _start_time(pid: int) -> int | None:

@@ -62,6 +62,7 @@ STATE_VERSION = 1
 SLOT_NAME = "voke_replica"
 PLATFORM_DB = "voketag"
 NODE_NAMES = ("primary", "replica")
+FROZEN = "frozen-*.json"  # a network drill's record of the processes it froze (VOKE_HOME/dr)
 _BACKUP_APP = "voke-backup-"  # + the pid of the voke taking it: pg_basebackup's application_name
 # pg_stat_replication rows of standbys, not of a base backup's WAL stream (voke's, or a bare pg_basebackup's)
 STANDBY_STREAMS = (
@@ -926,9 +927,9 @@ class LocalEnvironment:
     def _thaw_left(self, progress: Progress) -> None:
         """Resume first a server a killed network drill left frozen (SIGSTOP): it answers nothing
         and cannot shut down until then."""
-        from voketag_ops.adapters.local import dr
+        if any((self.home / "dr").glob(FROZEN)):  # (rare: the DR module only then, ~30 ms)
+            from voketag_ops.adapters.local import dr
 
-        if (self.home / "dr").is_dir():
             dr.thaw_left(self, progress)
 
     def _kill_strays(self, progress: Progress) -> None:
