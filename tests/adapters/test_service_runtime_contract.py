@@ -6,6 +6,7 @@ the credential the instance / revision is pinned to."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,6 +184,9 @@ def test_a_service_process_no_registry_lists_is_stopped_by_the_next_runtime_call
          "--home", str(tmp_path / "elsewhere")],
     )  # fmt: skip
     try:
+        for proc in (orphan, other):  # exec'd: until then /proc shows pytest's command line, not theirs
+            while b"service_app" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes():
+                time.sleep(0.01)
         LocalServiceRuntime(home, {"svc-a": SECRET}).stop_all()
         assert orphan.wait(timeout=10) is not None
         assert other.poll() is None
