@@ -934,6 +934,59 @@ def test_an_interrupted_rollback_is_finished_never_resumed_forward(platform, pla
     assert_consistent(platform)
 
 
+class CutRecordWrite:
+    """The real store, but Ctrl-C comes while it writes a rotation's first record: after the
+    write landed (LANDED), before it did, or before it did and the store then cannot be read."""
+
+    def __init__(self, real, *, landed, readable=True):
+        self.real, self.landed, self.readable, self.cut = real, landed, readable, False
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def get(self, secret):
+        if self.cut and not self.readable:
+            from voketag_ops.errors import ConnectivityError
+
+            raise ConnectivityError("store unreachable")
+        return self.real.get(secret)
+
+    def update(self, secret, **kw):
+        if self.cut or ANNOTATION not in kw.get("annotations", {}):
+            return self.real.update(secret, **kw)
+        self.cut = True
+        if self.landed:
+            self.real.update(secret, **kw)
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("landed", [True, False, None], ids=["landed", "not-landed", "unknown"])
+def test_ctrl_c_while_the_store_writes_the_first_record_says_whether_it_landed(
+    platform, platform_environ, voke, landed
+):
+    from voketag_ops.errors import Interrupted
+
+    engine = make_engine(platform)
+    engine.store = store = CutRecordWrite(engine.store, landed=bool(landed), readable=landed is not None)
+    before = platform.store().get("db-app")
+    with pytest.raises((Interrupted, KeyboardInterrupt)) as caught:
+        engine.rotate_db_password("app")
+    after = platform.store().get("db-app")
+    raw = after.annotations.get(ANNOTATION)
+    if landed:  # recorded: named, to resume or roll back, with its lease given up
+        rotation_id = json.loads(raw)["id"]
+        assert caught.type is Interrupted and rotation_id in caught.value.message
+        assert f"voke rotate resume {rotation_id} --yes" in (caught.value.hint or "")
+        assert voke("rotate", "resume", "--yes", environ=platform_environ).exit_code == 0
+    elif landed is False:  # nothing recorded: a plain interrupt, and nothing to resume
+        assert caught.type is KeyboardInterrupt and raw is None and after.aliases == before.aliases
+    else:  # the store cannot say: the rotation is named, with the way to find out
+        assert caught.type is Interrupted and "whether it was is unknown" in caught.value.message
+        assert "voke rotate status" in (caught.value.hint or "")
+    assert store.cut
+    assert_consistent(platform)
+
+
 def test_resume_and_rollback_dry_runs_show_the_plan_and_change_nothing(platform, platform_environ, voke):
     crashed = voke_proc(platform_environ, "rotate", "db-password", "--yes", **{FAULT_ENV: "set_target"})
     assert crashed.returncode == FAULT_EXIT_CODE

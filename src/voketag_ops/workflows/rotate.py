@@ -403,8 +403,27 @@ class RotationEngine:
             raise PreconditionError(
                 f"another rotation of {user.secret} started at the same moment; nothing was changed"
             ) from None
+        except KeyboardInterrupt:
+            # Cut while the store wrote the record: what the interrupt says depends on whether
+            # it landed, so the store is asked (settled, not guessed).
+            if self._landed(record):
+                written.append(record)  # `_before_steps` names it, to resume or roll back
+            raise
         written.append(record)
         return lambda: self._started(record, t0)
+
+    def _landed(self, record: RotationRecord) -> bool:
+        """Whether RECORD, whose write was interrupted, is the one stored: False if the store
+        holds none of it; Interrupted naming the rotation if the store cannot say."""
+        try:
+            stored = self._record(record.secret)[1]
+        except (VokeError, KeyboardInterrupt):
+            raise Interrupted(
+                f"interrupted while rotation {record.id} of {record.secret} was being recorded; whether "
+                "it was is unknown (nothing else was changed)",
+                hint=f"voke rotate status  (if it lists {record.id}: {unfinished_commands(record.id)})",
+            ) from None
+        return stored is not None and stored.id == record.id
 
     def _started(self, record: RotationRecord, t0: float) -> Outcome:
         """Run the rotation whose record was just written."""
