@@ -112,8 +112,12 @@ def test_a_leader_left_frozen_by_a_killed_network_drill_is_named_and_resumed_by_
         op = check.json["result"]["status"]["unfinished_operation"]
         assert op["operation"] == "drill network" and op["resume"] == "voke env up"
         assert "primary is still frozen" in op["note"]
-        up = voke("env", "up", environ=environ)
+        up = voke("env", "up", "--json", environ=environ)
         assert up.exit_code == 0, up.stdout + up.stderr
+        assert any(  # a warning, not only a progress line: that drill left no journal to say it
+            "primary had been left frozen (SIGSTOP)" in w and "(network-test)" in w
+            for w in up.json["result"]["warnings"]
+        ), up.json
     finally:
         for child in [pid, *dr.child_pids(pid)]:  # whatever happened, the next tests get a live leader
             with contextlib.suppress(ProcessLookupError):
@@ -134,6 +138,10 @@ def test_a_resume_leaves_alone_a_pid_reused_by_another_process(tmp_path):
     other = subprocess.Popen(["sleep", "60"])
     try:
         os.kill(other.pid, signal.SIGSTOP)
+        for _ in range(200):  # the stop lands asynchronously: on a busy host, after kill() returns
+            if dr._frozen(other.pid):
+                break
+            time.sleep(0.05)
         start = dr._start_time(other.pid)
         assert start is not None
         record = dr.dr_dir(env) / "frozen-reused.json"

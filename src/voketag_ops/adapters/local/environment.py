@@ -352,7 +352,7 @@ class LocalEnvironment:
         """Create what is missing and start what is stopped. Idempotent."""
         t0 = time.monotonic()
         with self.lock():
-            self._thaw_left(progress)
+            thawed = self._thaw_left(progress)
             state = self.state()
             created: list[str] = []
             started: list[str] = []
@@ -432,7 +432,7 @@ class LocalEnvironment:
                 backup_label = self.take_base_backup(primary).label
                 created.append(f"backup {backup_label}")
             state.save(self.state_file)
-            warnings = []
+            warnings = thawed
             if self._wanted(replica.name, state) and replica.running:
                 warnings += self._await_streaming(primary, replica, progress)
         return UpReport(
@@ -924,13 +924,19 @@ class LocalEnvironment:
                     removed.append(str(path))
         return {"home": str(self.home), "removed": removed}
 
-    def _thaw_left(self, progress: Progress) -> None:
+    def _thaw_left(self, progress: Progress) -> list[str]:
         """Resume first a server a killed network drill left frozen (SIGSTOP): it answers nothing
-        and cannot shut down until then."""
-        if any((self.home / "dr").glob(FROZEN)):  # (rare: the DR module only then, ~30 ms)
-            from voketag_ops.adapters.local import dr
+        and cannot shut down until then. What was resumed, as warnings: that drill wrote no journal."""
+        if not any((self.home / "dr").glob(FROZEN)):  # (rare: the DR module only then, ~30 ms)
+            return []
+        from voketag_ops.adapters.local import dr
 
-            dr.thaw_left(self, progress)
+        return [
+            f"the {done['node']} had been left frozen (SIGSTOP) by a network drill killed before its "
+            f"clean-up{f' ({by})' if (by := done.get('by')) else ''}; it was resumed (that drill wrote "
+            "no journal: `voke drill history` does not list it)"
+            for done in dr.thaw_left(self, progress)
+        ]
 
     def _kill_strays(self, progress: Progress) -> None:
         """Stop any postmaster still running on a data directory under pg/ (immediate shutdown)."""
