@@ -288,11 +288,18 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
 
     gaps = status.get("archive_gaps") or {}
     if gaps.get("missing"):
+        first = gaps["missing"][0]
+        sizes = {d["segment"]: d["bytes"] for d in gaps.get("damaged") or ()}
+        what = (
+            f"{first} is damaged ({sizes[first]} bytes, not a whole segment)"
+            if first in sizes
+            else f"{first} is missing"
+        )
         checks.append(
             Check(
                 "archive_continuity",
                 False,
-                f"WAL archive gap: {gaps['missing'][0]} is missing"
+                f"WAL archive gap: {what}"
                 + (f" (+{len(gaps['missing']) - 1} more)" if len(gaps["missing"]) > 1 else "")
                 + f"; take a new base backup with {remedies['backup']}",
                 value=gaps["missing"],

@@ -639,11 +639,30 @@ def leader_wal(leader: PgNode | None) -> LeaderWal:
     )
 
 
-def archived_names(env: LocalEnvironment) -> set[str]:
+def archived_names(env: LocalEnvironment, segment_size: int | None = None) -> set[str]:
+    """The names in the WAL archive; with SEGMENT_SIZE, less the segments of another size
+    (`damaged_segments`): recovery would stop at one, so for gaps and windows it is missing."""
+    sizes = _archive_sizes(env)
+    damaged = damaged_segments(sizes, segment_size) if segment_size else {}
+    return {name for name in sizes if name not in damaged}
+
+
+def damaged_segments(sizes: dict[str, int], segment_size: int) -> dict[str, int]:
+    """The archived segments (name -> bytes) whose size is not SEGMENT_SIZE: cut short or padded
+    by something other than voke's archive_command, which copies to a temporary name and renames."""
+    return {n: size for n, size in sizes.items() if wal.SEGMENT_NAME.match(n) and size != segment_size}
+
+
+def _archive_sizes(env: LocalEnvironment) -> dict[str, int]:
+    sizes = {}
     try:
-        return {p.name for p in env.archive_dir.iterdir()}
+        with os.scandir(env.archive_dir) as entries:
+            for entry in entries:
+                with suppress(FileNotFoundError):  # removed meanwhile (a quarantine, a discard)
+                    sizes[entry.name] = entry.stat().st_size
     except FileNotFoundError:
-        return set()
+        pass
+    return sizes
 
 
 def history_of(env: LocalEnvironment, timeline: int, names: set[str] | None = None) -> list[tuple[int, int]]:
@@ -672,7 +691,7 @@ def gaps_from(
     end_segno: int | None = None,
 ) -> wal.ArchiveGaps | None:
     """Archive gaps between BACKUP and now on the current timeline; None if BACKUP is on another branch."""
-    names = archived_names(env) if names is None else names
+    names = archived_names(env, lw.segment_size) if names is None else names
     tli = timeline or lw.timeline or newest_timeline(env, names)
     path = wal.timeline_path(tli, history_of(env, tli, names))
     start = wal.parse_lsn(backup.start_lsn)
@@ -787,7 +806,7 @@ def recoverable_window(
 ) -> Window:
     """Oldest backup with a gap-free chain .. now (leader up) or the newest archived commit."""
     backups = env.backups() if backups is None else backups
-    names = archived_names(env)
+    names = archived_names(env, lw.segment_size)
     tli = lw.timeline or newest_timeline(env, names)
     usable = [(b, g) for b in backups if (g := gaps_from(env, b, lw, names, timeline=tli)) is not None]
     if not usable:
@@ -929,6 +948,11 @@ def snapshot(env: LocalEnvironment, *, lag_wait: float, replica_expected: bool =
             "missing": window.gaps.missing,
             "pending": window.gaps.pending,
             "last_contiguous": window.gaps.last_contiguous,
+            "damaged": [
+                {"segment": name, "bytes": size}
+                for name, size in sorted(damaged_segments(_archive_sizes(env), lw.segment_size).items())
+                if name in window.gaps.missing
+            ],
         }
         if window.gaps is not None
         else None
@@ -1168,7 +1192,7 @@ def plan_restore(
         raise PreconditionError(
             f"target {iso(target)} is not before the newest recoverable commit: {span}{why}"
         )
-    names = archived_names(env)
+    names = archived_names(env, lw.segment_size)
     assert window.gaps is not None
     last = window.gaps.last_contiguous
     last_segno = wal.parse_segment_name(last, lw.segment_size)[1] if last and not window.live else None

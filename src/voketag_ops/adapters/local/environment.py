@@ -48,7 +48,7 @@ from voketag_ops.adapters.local.postgres import (
     serves,
 )
 from voketag_ops.core.times import iso
-from voketag_ops.core.wal import SEGMENT_NAME
+from voketag_ops.core.wal import DEFAULT_SEGMENT_SIZE, SEGMENT_NAME
 from voketag_ops.errors import BackendError, ConfigError, NeedsOperatorError, PreconditionError
 from voketag_ops.locks import flock_within
 from voketag_ops.logs import get_logger
@@ -560,8 +560,14 @@ class LocalEnvironment:
         return str(self.archive_dir).replace("%", "%%")
 
     def restore_command(self) -> str:
-        """The shell command that fetches a WAL segment from the archive (quoted for any VOKE_HOME)."""
-        return f"cp {shlex.quote(f'{self._archive_in_command()}/%f')} '%p'"
+        """The shell command that fetches a WAL segment from the archive (quoted for any VOKE_HOME).
+        A segment of another size than initdb's (cut short, padded) counts as missing: handed to
+        recovery it is FATAL, even one only read ahead past a restore's target."""
+        src = shlex.quote(f"{self._archive_in_command()}/%f")
+        return (
+            f'case %f in *[!0-9A-F]*) ;; *) test "$(wc -c < {src})" -eq {DEFAULT_SEGMENT_SIZE} || exit 1 ;; esac; '
+            f"cp {src} '%p'"
+        )
 
     def _common_settings(self, node: PgNode) -> dict[str, str | int | bool]:
         # Idempotent: a segment already archived with the same bytes counts as archived (a promoted
