@@ -130,6 +130,21 @@ def test_a_leader_left_frozen_by_a_killed_network_drill_is_named_and_resumed_by_
     )
 
 
+def test_a_damaged_record_of_a_pitr_drills_rows_is_named_and_left_not_taken_for_one(tmp_path, caplog):
+    env = LocalEnvironment(LocalSettings(home=tmp_path / "home"))
+    directory = dr.dr_dir(env)
+    good = {"run_id": "r1", "batch_id": 7, "dbname": "voke", "rows": 3, "file": "drill-rows-r1.copy"}
+    (directory / "drill-rows-r1.json").write_text(json.dumps(good))
+    (directory / "drill-rows-r2.json").write_text(json.dumps({"file": 5, "rows": "3"}))
+    (directory / "drill-rows-r3.json").write_text(json.dumps(dict(good, file="../../elsewhere")))
+    (directory / "drill-rows-r4.json").write_text("[]")
+    with caplog.at_level("WARNING"):
+        left = dr.drill_rows_left(env)
+    assert [d["run_id"] for d in left] == ["r1"]  # the others would have been put back as rows of nothing
+    for name in ("r2", "r3", "r4"):
+        assert f"drill-rows-{name}.json is left as it is, unreadable" in caplog.text
+
+
 def test_a_resume_leaves_alone_a_pid_reused_by_another_process(tmp_path):
     import signal
     import subprocess

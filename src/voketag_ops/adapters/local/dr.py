@@ -237,14 +237,26 @@ def drill_rows_left(env: LocalEnvironment) -> list[dict[str, Any]]:
     out = []
     for record in sorted((env.home / "dr").glob(DRILL_ROWS)):
         try:
-            doc = dict(json.loads(record.read_text()))
-        except (OSError, ValueError, TypeError):  # (written by a rename: never half a record)
+            doc = dict(read_record(record, _not_a_rows_record))
+        except FileNotFoundError:  # put back meanwhile
             continue
-        if rows_in_use(record.with_name(str(doc.get("file")))):
+        except (OSError, DamagedRecord) as exc:  # (written by a rename: damaged by hand only)
+            log.warning("%s is left as it is, unreadable: %s", record, exc)
+            continue
+        if rows_in_use(record.with_name(doc["file"])):
             continue
         doc["record"] = str(record)
         out.append(doc)
     return out
+
+
+def _not_a_rows_record(doc: Any) -> str | None:
+    fields = {"run_id": str, "batch_id": int, "dbname": str, "rows": int, "file": str}
+    if not isinstance(doc, dict) or any(type(doc.get(k)) is not t for k, t in fields.items()):
+        return "not a record of a pitr drill's rows (run_id, batch_id, dbname, rows, file)"
+    if Path(doc["file"]).name != doc["file"] or not doc["file"].startswith("drill-rows-"):
+        return f"its rows file {doc['file']!r} is not a copy of this directory"
+    return None
 
 
 def rows_in_use(path: Path) -> bool:
