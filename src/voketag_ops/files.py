@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import pwd
 import stat
 import tempfile
 from collections.abc import Callable
@@ -254,6 +255,29 @@ def replace_json(path: Path, doc: Any, *, indent: int | None = 2) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     tmp.replace(path)
+
+
+# -- voke's own files that belong to another user ---------------------------------------------
+def account(uid: int) -> str | None:
+    """The name of UID's account, if it has one."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+def user_named(uid: int) -> str:
+    """UID as `uid N (NAME)`, or `uid N` when no account has it."""
+    name = account(uid)
+    return f"uid {uid} ({name})" if name else f"uid {uid}"
+
+
+def nearest_owner(path: Path) -> tuple[Path, int] | None:
+    """PATH, or its nearest parent this user can see, with its owner's uid (None: none can be)."""
+    for where in (path, *path.parents):
+        with suppress(OSError):
+            return where, where.stat().st_uid
+    return None
 
 
 # -- reading voke's own records back ------------------------------------------------------------

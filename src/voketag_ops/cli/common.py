@@ -91,9 +91,16 @@ class AppContext:
         setup_logging(fmt=loaded.settings.log_format, level=loaded.settings.log_level, stream=self.out.stderr)
         return loaded
 
-    @property
+    @cached_property
     def settings(self) -> Settings:
-        return self.loaded.settings
+        """The settings of a command that acts. Every command but `config show` and `doctor`
+        (which read `loaded`: they look at VOKE_HOME, never in it) comes here first, so this is
+        where a VOKE_HOME another user owns is refused, once, before anything in it is opened."""
+        from voketag_ops.adapters.local.environment import refuse_foreign_home, resolve_home
+
+        settings = self.loaded.settings
+        refuse_foreign_home(resolve_home(settings.local.home))
+        return settings
 
     @property
     def home(self) -> Path:

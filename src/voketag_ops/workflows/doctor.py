@@ -61,7 +61,7 @@ def run_doctor(load: Callable[[], LoadedConfig]) -> DoctorReport:
 
 
 def _local_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
-    from voketag_ops.adapters.local.environment import LocalEnvironment
+    from voketag_ops.adapters.local.environment import LocalEnvironment, refuse_foreign_home
     from voketag_ops.adapters.local.postgres import PgBinaries
 
     settings = loaded.settings.local
@@ -92,6 +92,11 @@ def _local_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
                 )
             )
     env = LocalEnvironment.from_settings(settings)
+    try:
+        refuse_foreign_home(env.home)  # every other command refuses it (exit 3): said, not looked into
+    except VokeError as exc:
+        report.checks.append(Check("local environment", False, exc.message, exc.hint))
+        return
     probe = _existing_parent(env.home)
     free_mb = shutil.disk_usage(probe).free // (1024 * 1024)
     report.checks.append(

@@ -86,6 +86,35 @@ def resolve_home(configured: Path | None) -> Path:
     return (configured or default_home()).absolute()
 
 
+def refuse_foreign_home(home: Path) -> None:
+    """ConfigError (exit 3) if VOKE_HOME HOME exists and another user owns it (root with a
+    user's VOKE_HOME), or cannot be reached for another user's directory on the way: what voke
+    wrote there would be out of its owner's reach (root-owned secrets and registry, services
+    the owner cannot stop). Reads are refused too: one rule, and a read may make a directory.
+    Checked once per command (`AppContext.settings`) and before `up`/`down`/`destroy` lock."""
+    from voketag_ops.files import account, nearest_owner, user_named
+
+    try:
+        owner = home.stat().st_uid
+    except PermissionError:  # another user's directory on the way
+        found = nearest_owner(home)
+        if found is None or found[1] == os.geteuid():
+            raise ConfigError(f"VOKE_HOME {home} cannot be reached: permission denied") from None
+        where, owner = found
+        raise ConfigError(
+            f"VOKE_HOME {home} cannot be reached: {where} is owned by {user_named(owner)}, not by you",
+            hint=f"run voke as {account(owner) or f'uid {owner}'}",
+        ) from None
+    except OSError:  # none yet (made later, as this user's), or a file on the way (said where used)
+        return
+    if owner != os.geteuid():
+        me = account(os.geteuid()) or str(os.geteuid())
+        raise ConfigError(
+            f"VOKE_HOME {home} is owned by {user_named(owner)}, not by you",
+            hint=f"run voke as {account(owner) or f'uid {owner}'}, or chown -R {me} {home}",
+        )
+
+
 _RESET = "voke env destroy --yes --discard-chain && voke env up"
 
 
@@ -312,15 +341,13 @@ class LocalEnvironment:
             os.close(fd)
 
     def _ensure_home(self) -> None:
+        refuse_foreign_home(self.home)
         if self.home.exists() and not self.home.is_dir():
             raise ConfigError(f"VOKE_HOME {self.home} exists and is not a directory")
         try:
             self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
-            owner = self.home.stat().st_uid
         except OSError as exc:  # a file on the way, a read-only or immutable place, /proc
             raise ConfigError(f"VOKE_HOME {self.home} cannot be made: {exc.strerror}") from None
-        if owner != os.geteuid():
-            raise ConfigError(f"VOKE_HOME {self.home} is owned by uid {owner}, not by you")
         if not os.access(self.home, os.W_OK | os.X_OK):
             raise ConfigError(f"VOKE_HOME {self.home} is not writable")
 
