@@ -30,9 +30,12 @@ class ExitCode(IntEnum):
 
 def exit_code_of(exc: BaseException) -> int:
     """The exit code EXC ends a command with (the top level's mapping, for step records):
-    a voke error its own, an interrupt 130, a full or read-only disk 4, anything else 70."""
+    a voke error its own, an interrupt 130, a full or read-only disk 4, a file this user may not
+    use (EACCES, EPERM) 3, anything else 70."""
     if isinstance(exc, VokeError):
         return int(exc.exit_code)
+    if isinstance(exc, PermissionError) and exc.filename:
+        return int(ExitCode.CONFIG)
     if isinstance(exc, KeyboardInterrupt):
         return int(ExitCode.INTERRUPTED)
     if isinstance(exc, OSError) and exc.errno in DISK_REFUSED:

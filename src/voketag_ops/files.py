@@ -15,7 +15,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from voketag_ops.errors import DISK_REFUSED, InputError, UsageError
+from voketag_ops.errors import DISK_REFUSED, ConfigError, InputError, UsageError
 
 T = TypeVar("T")
 
@@ -53,7 +53,7 @@ def read_limited(path: Path, limit: int, *, what: str, hint: str | None = None) 
     caller, whose message says how to make the file."""
     try:
         return _read_regular(path, limit)
-    except NotADirectoryError as exc:  # (a file where a directory of the path should be)
+    except (NotADirectoryError, PermissionError) as exc:  # (a file where a directory should be)
         raise InputError(f"{path}: cannot read: {exc.strerror}") from None
     except _Unreadable as exc:
         if exc.too_large:
@@ -79,7 +79,7 @@ def _read_regular(path: Path, limit: int) -> bytes:
     propagate (no such file)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except (FileNotFoundError, NotADirectoryError):
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
         raise
     except OSError as exc:
         raise _Unreadable(exc.strerror or str(exc)) from None
@@ -280,6 +280,24 @@ def nearest_owner(path: Path) -> tuple[Path, int] | None:
     return None
 
 
+def not_permitted(path: Path) -> ConfigError:
+    """The error (exit 3, one line) for voke's own file PATH, in this user's VOKE_HOME, that
+    this user may not read or write (EACCES, EPERM): another user's voke (root's) left it, or
+    the directory it is in, there. Names PATH and that owner; the hint gives it back."""
+    found = nearest_owner(path)
+    if found is None:
+        return ConfigError(f"permission denied on {path}")
+    where, owner = found
+    whose = "it" if where == path else str(where)
+    if owner == os.geteuid():
+        return ConfigError(f"permission denied on {path} ({whose} is yours: check its mode)")
+    me = account(os.geteuid()) or str(os.geteuid())
+    return ConfigError(
+        f"permission denied on {path}: {whose} is owned by {user_named(owner)}, not by you",
+        hint=f"give it back to you (as root): chown -R {me} {where}",
+    )
+
+
 # -- reading voke's own records back ------------------------------------------------------------
 RECORD_LIMIT = 64 * 1024 * 1024  # far above any record voke writes; what a damaged one may cost
 
@@ -291,10 +309,13 @@ class DamagedRecord(ValueError):
 
 def read_record_text(path: Path, *, limit: int = RECORD_LIMIT) -> str:
     """The text of voke's own record PATH. FileNotFoundError and NotADirectoryError propagate
-    (there is no such record); anything else that makes it unreadable (a directory, a device,
-    an I/O error, more than LIMIT bytes, not UTF-8) is a DamagedRecord saying which."""
+    (there is no such record); another user's (EACCES) is `not_permitted` (it is not damaged);
+    anything else that makes it unreadable (a directory, a device, an I/O error, more than LIMIT
+    bytes, not UTF-8) is a DamagedRecord saying which."""
     try:
         data = _read_regular(path, limit)
+    except PermissionError:
+        raise not_permitted(path) from None
     except _Unreadable as exc:
         raise DamagedRecord(str(exc)) from None
     try:

@@ -1,10 +1,14 @@
 """A VOKE_HOME another user owns (root with a user's home) is refused by every command that
-opens it, before anything in it is read or written."""
+opens it, before anything in it is read or written; voke's own files or service processes
+left there by another user are one-line errors naming them and their owner (exit 3), never
+"damaged" nor an internal error."""
 
 from __future__ import annotations
 
 import ctypes
+import json
 import os
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -109,3 +113,55 @@ def _as_an_ordinary_user() -> Iterator[None]:
     finally:
         data[0].effective = saved
         assert libc.capset(ctypes.byref(header), data) == 0
+
+
+# -- another user's files and processes in one's own home -------------------------------------
+def _others(path: Path, text: str = "{}") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o600)
+    os.chown(path, OTHER, OTHER)
+    return path
+
+
+@pytest.mark.parametrize(
+    "file, args",
+    [
+        ("state.json", ("env", "status")),
+        ("secrets/db-app.json", ("rotate", "status")),
+        ("services/registry.json", ("env", "down", "--yes")),
+        ("drills/r1.json", ("drill", "history")),
+    ],
+    ids=["state", "secret", "registry", "drill-journal"],
+)
+def test_another_users_file_in_the_home_is_named_with_its_owner(voke, tmp_path, file, args):
+    home = tmp_path / "home"
+    path = _others(home / file)
+    if file.startswith("services/"):  # `down` reads the registry only for an environment
+        (home / "state.json").write_text("{}")
+    with _as_an_ordinary_user():
+        result = voke(*args)
+    stderr = _one_line_error(result, f"permission denied on {path}", f"owned by uid {OTHER}")
+    assert "damaged" not in stderr and "unreadable" not in stderr
+    assert "destroy" not in stderr  # not a reason to reset the environment
+    assert f"chown -R root {path}" in stderr
+
+
+def test_a_service_process_of_another_user_is_named_with_its_owner(voke, tmp_path):
+    home = tmp_path / "home"
+    (home / "services").mkdir(parents=True)
+    (home / "state.json").write_text("{}")
+    # a stand-in for a service root started: its command line names service_app, as one's does
+    other = subprocess.Popen(["/bin/sh", "-c", "sleep 60; :", "service_app"], user=OTHER, group=OTHER)
+    try:
+        registry = {
+            "services": {"admin-service": {"active": {"pid": other.pid, "instance": "a"}, "others": []}}
+        }
+        (home / "services" / "registry.json").write_text(json.dumps(registry))
+        with _as_an_ordinary_user():
+            result = voke("env", "down", "--yes")
+        stderr = _one_line_error(result, f"service process {other.pid}", f"runs as uid {OTHER}")
+        assert f"kill {other.pid}" in stderr
+    finally:
+        other.kill()
+        other.wait()

@@ -246,6 +246,10 @@ def _invoke(
             )
         )
     except OSError as exc:
+        if isinstance(exc, PermissionError) and exc.filename:  # voke's own file, another user's
+            from voketag_ops.files import not_permitted
+
+            return output.error(not_permitted(Path(os.fsdecode(exc.filename))))
         if exc.errno not in DISK_REFUSED:
             return _internal_error(output, exc, debug)
         # A full or read-only file system is the machine's state, not a bug: exit 4, one line.

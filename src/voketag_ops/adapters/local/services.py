@@ -29,7 +29,7 @@ from typing import Any
 
 from voketag_ops.adapters.local.postgres import pick_free_port, process_exists
 from voketag_ops.core.times import iso
-from voketag_ops.errors import HealthCheckError, RestartError
+from voketag_ops.errors import ConfigError, HealthCheckError, RestartError
 from voketag_ops.logs import get_logger
 from voketag_ops.ports import ServiceInfo
 
@@ -317,9 +317,11 @@ class LocalServiceRuntime:
                 for pid in pids:  # before the registry is written: a full disk must not keep them up
                     _signal(pid, signal.SIGINT)  # stop now (SIGTERM would drain first)
         except OSError as exc:  # the registry could not be rewritten; dead instances are reaped later
-            log.warning("could not update the service registry: %s", exc)
             for pid in pids:
                 _signal(pid, signal.SIGINT)
+            if isinstance(exc, PermissionError):  # another user's registry: said (exit 3), not skipped
+                raise
+            log.warning("could not update the service registry: %s", exc)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and any(_alive(p) for p in pids):
             time.sleep(0.05)
@@ -440,6 +442,17 @@ def _signal(pid: int, sig: signal.Signals) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
+    except PermissionError:  # another user's (root started it on this user's VOKE_HOME): exit 3
+        from voketag_ops.files import account, user_named
+
+        try:
+            owner = os.stat(f"/proc/{pid}").st_uid
+        except OSError:
+            raise ConfigError(f"cannot signal service process {pid}: permission denied") from None
+        raise ConfigError(
+            f"cannot signal service process {pid}: it runs as {user_named(owner)}, not as you",
+            hint=f"stop it as {account(owner) or f'uid {owner}'}: kill {pid}",
+        ) from None
 
 
 def _terminate(pid: int) -> None:
