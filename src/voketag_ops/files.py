@@ -245,6 +245,63 @@ def _names(path: str, fd: int) -> bool:
     return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """DATA written to FD whole (one os.write may take less) and synced: how voke writes the
+    bytes of its own records (tests make the disk full here)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.fsync(fd)
+
+
+def create_once(path: Path, data: bytes) -> None:
+    """PATH holding DATA, unless it already holds something (then left alone): DATA is written
+    beside it (0600), synced and linked into place, so no reader ever sees PATH empty or
+    half-written and, of two concurrent creators, the second finds the first's. An empty PATH
+    (an older voke created it in place, then found the disk full) counts as never written and
+    is replaced. A failure (OSError) leaves no file of its own behind."""
+    try:
+        if os.stat(path).st_size:
+            return
+    except FileNotFoundError:
+        pass
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        try:
+            write_all(fd, data)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            _replace_if_empty(path, tmp)
+        _sync_directory(path.parent)
+    finally:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _replace_if_empty(path: Path, tmp: str) -> None:
+    """Rename TMP over PATH if PATH is still empty: under PATH's lock, so that of two writers
+    that both found it empty only the first replaces it (the second then finds the first's)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_size == 0 and _names(str(path), fd):
+            os.replace(tmp, path)
+    finally:
+        os.close(fd)
+
+
+def _sync_directory(directory: Path) -> None:
+    """A rename or link in DIRECTORY made to survive a power cut."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def replace_json(path: Path, doc: Any, *, indent: int | None = 2) -> None:
     """Voke's own record PATH (state, journals, DR records) replaced whole by DOC: written
     beside it (0600), synced, renamed over it, so a crash or kill never leaves half of one."""

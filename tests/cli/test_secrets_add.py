@@ -3,11 +3,14 @@ version; never printed, refused for the secrets voke rotates."""
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
 import subprocess
 import sys
 
+from voketag_ops import files
 from voketag_ops.adapters.local.secrets import LocalSecretStore
 
 VALUE = '{"client_id": "mgmt-client", "client_secret": "Sup3r-s3cret-admin-value"}'
@@ -184,3 +187,60 @@ def test_a_version_made_current_by_another_writer_meanwhile_is_not_overwritten(
     meta = LocalSecretStore(tmp_path / "home").get("maps-admin")
     assert meta.aliases == {"current": 3, "previous": 1}
     assert {v.version: v.state for v in meta.versions} == {1: "enabled", 2: "disabled", 3: "enabled"}
+
+
+def _full_after(count: int):
+    """files.write_all on a disk with COUNT bytes left: writes them, then ENOSPC."""
+
+    def write_all(fd: int, data: bytes) -> None:
+        os.write(fd, data[:count])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    return write_all
+
+
+def test_a_disk_full_while_the_key_is_written_leaves_no_key_and_the_next_add_works(
+    voke, make_environ, tmp_path, monkeypatch
+):
+    # It used to leave secrets.key empty: every later secret command failed with "not a valid
+    # key file" (exit 3), however much space was freed.
+    home = tmp_path / "home"
+    environ = make_environ(home)
+    (tmp_path / "value").write_text("sendgrid-admin-value\n", encoding="utf-8")
+    add = ("secrets", "add", "sendgrid_admin", "--from-file", str(tmp_path / "value"), "--yes")
+    with monkeypatch.context() as full:
+        full.setattr(files, "write_all", _full_after(10))
+        assert voke(*add, environ=environ).exit_code == 4
+    assert not [p.name for p in home.iterdir() if "secrets.key" in p.name]  # nor its temp file
+    assert voke(*add, environ=environ).exit_code == 0
+    assert voke("secrets", "access", "sendgrid_admin", environ=environ).stdout == "sendgrid-admin-value"
+
+
+def test_an_empty_key_file_left_by_an_older_voke_is_replaced(tmp_path):
+    store = LocalSecretStore(tmp_path / "home")
+    store.home.mkdir()
+    store.key_file.touch(mode=0o600)
+    store.create("misc-x")
+    store.add_version("misc-x", b"value-1")
+    assert len(store.key_file.read_bytes()) == 44  # a Fernet key
+    assert LocalSecretStore(store.home).access("misc-x", "1") == b"value-1"
+    assert sorted(p.name for p in store.home.iterdir()) == ["secrets", "secrets.key"]
+
+
+def test_of_two_voke_creating_the_key_at_once_both_use_the_first_ones(tmp_path, monkeypatch):
+    from cryptography.fernet import Fernet
+
+    store, other = LocalSecretStore(tmp_path / "home"), Fernet.generate_key()
+    store.home.mkdir()
+    write_all = files.write_all
+
+    def another_voke_first(fd: int, data: bytes) -> None:
+        write_all(fd, data)
+        store.key_file.write_bytes(other)  # another voke linked its key meanwhile
+        store.key_file.chmod(0o600)
+
+    monkeypatch.setattr(files, "write_all", another_voke_first)
+    store.create("misc-x")
+    store.add_version("misc-x", b"value-1")
+    assert store.key_file.read_bytes() == other
+    assert sorted(p.name for p in store.home.iterdir()) == ["secrets", "secrets.key"]

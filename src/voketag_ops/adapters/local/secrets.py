@@ -23,7 +23,7 @@ from typing import Any, get_args
 from voketag_ops import redact
 from voketag_ops.core.times import iso
 from voketag_ops.errors import ConfigError, EtagMismatchError, NotFoundError, UsageError
-from voketag_ops.files import DamagedRecord, read_record
+from voketag_ops.files import DamagedRecord, create_once, read_record
 from voketag_ops.ports import SecretMeta, SecretVersion, VersionState
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
@@ -78,15 +78,7 @@ class LocalSecretStore:
             from cryptography.fernet import Fernet
 
             self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
-            try:
-                fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass
-            else:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(Fernet.generate_key())
-                    fh.flush()
-                    os.fsync(fh.fileno())
+            create_once(self.key_file, Fernet.generate_key())
             mode = self.key_file.stat().st_mode & 0o777
             if mode & 0o077:
                 raise ConfigError(f"{self.key_file} is readable by others (mode {mode:o}); chmod 600 it")
