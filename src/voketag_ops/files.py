@@ -137,7 +137,7 @@ class Scratch:
             try:
                 fd, path = tempfile.mkstemp(prefix=prefix, suffix=_SCRATCH, dir=directory)
             except OSError as exc:
-                raise _write_failure(exc, flag, target, "cannot write there") from None
+                raise write_failure(exc, flag, target, "cannot write there") from None
             _HELD.add(path)
             fcntl.flock(fd, fcntl.LOCK_EX)
             # Between its creation and this lock the file was unlocked: another writer's sweep may
@@ -252,6 +252,19 @@ def write_all(fd: int, data: bytes) -> None:
     while view:
         view = view[os.write(fd, view) :]
     os.fsync(fd)
+
+
+def append_whole(fd: int, data: bytes) -> None:
+    """DATA appended to the file open as FD (O_APPEND) whole or not at all: a write that fails
+    part-way (a full disk) is cut back off, so it leaves no torn last line for the next reader
+    to trip over. The caller holds the file's lock, or has no concurrent writer."""
+    size = os.fstat(fd).st_size
+    try:
+        write_all(fd, data)
+    except OSError:
+        with suppress(OSError):
+            os.ftruncate(fd, size)
+        raise
 
 
 def create_once(path: Path, data: bytes) -> None:
@@ -413,11 +426,11 @@ def write_output(target: Path, flag: str, write: Callable[[IO[bytes]], T], *, pr
                 result = write(fh)
             scratch.replace()
         except OSError as exc:
-            raise _write_failure(exc, flag, target, "cannot write") from None
+            raise write_failure(exc, flag, target, "cannot write") from None
     return result
 
 
-def _write_failure(exc: OSError, flag: str, target: Path, doing: str) -> Exception:
+def write_failure(exc: OSError, flag: str, target: Path, doing: str) -> Exception:
     """A full or read-only disk stays an OSError, now naming TARGET (a write() names no file;
     the top level makes it exit 4); anything else is a usage error (exit 2)."""
     if exc.errno in DISK_REFUSED:

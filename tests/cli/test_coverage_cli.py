@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from voketag_ops import files
 from voketag_ops.coverage_testing import Measured, coverage, coverage_json, lines_file, measured_once
 
 TWO_SERVICES = """
@@ -593,6 +595,37 @@ def test_history_add_show_and_chart(voke, env, project):
     assert [e["result"] for e in audit.json["result"]["entries"]] == ["success"] * 3 + ["dry-run"] + [
         "failure"
     ] * 2
+
+
+def test_history_add_on_a_full_disk_is_exit_4_and_leaves_no_torn_line(voke, env, project, monkeypatch):
+    # The line cut at the disk's last byte made every later add, show and --baseline-from fail
+    # ("not a voke coverage history entry"), and the full disk was a usage error (exit 2).
+    write_json(
+        project, {"admin_service/a.py": lines_file(60, 40), "factory_service/b.py": lines_file(50, 50)}
+    )
+    hist = project / ".voke" / "coverage-history.jsonl"
+
+    def add(ref):
+        return voke("coverage", "history", "add", "coverage.json", "--ref", ref, environ=env, cwd=project)
+
+    assert add("c1").exit_code == 0
+    before = hist.read_bytes()
+
+    def full_after_40_bytes(fd, data):
+        os.write(fd, data[:40])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as full:
+        full.setattr(files, "write_all", full_after_40_bytes)
+        failed = add("c2")
+    assert failed.exit_code == 4 and f"No space left on device: {hist}" in failed.stderr
+    assert hist.read_bytes() == before
+    assert add("c3").exit_code == 0
+    shown = voke("coverage", "history", "show", "--json", environ=env, cwd=project)
+    assert shown.exit_code == 0 and [p["ref"] for p in shown.json["result"]["series"][0]["points"]] == [
+        "c1",
+        "c3",
+    ]
 
 
 def test_history_add_into_the_coverage_report_itself_is_refused_and_leaves_it_whole(voke, env, project):

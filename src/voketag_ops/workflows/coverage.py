@@ -863,25 +863,28 @@ def history_add(
     replaced = same is not None
     line = json.dumps(entry, sort_keys=True) + "\n"
     if not dry_run:
+        from voketag_ops.files import append_whole, write_failure, write_output
+
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UsageError(f"{path}: cannot write: {exc.strerror}") from None
+            raise write_failure(exc, "--file", path, "cannot write") from None
         if same is not None:
-            from voketag_ops.files import write_output
-
             rows = [json.dumps(e, sort_keys=True) + "\n" for e in existing]
             rows[same] = line
             write_output(path, "--file", lambda fh: fh.write("".join(rows).encode()))
         else:
             try:
-                with path.open("a+b") as fh:
-                    fh.seek(0, os.SEEK_END)
-                    if fh.tell() and (fh.seek(-1, os.SEEK_END), fh.read(1))[1] != b"\n":
+                fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+                try:
+                    size = os.fstat(fd).st_size
+                    if size and os.pread(fd, 1, size - 1) != b"\n":
                         line = "\n" + line  # a last line saved without its line break stays whole
-                    fh.write(line.encode())
+                    append_whole(fd, line.encode())  # a full disk leaves no torn line behind
+                finally:
+                    os.close(fd)
             except OSError as exc:
-                raise UsageError(f"{path}: cannot write: {exc.strerror}") from None
+                raise write_failure(exc, "--file", path, "cannot write") from None
     return HistoryAdd(str(path), dry_run, entry, len(existing) + (0 if dry_run or replaced else 1), replaced)
 
 
