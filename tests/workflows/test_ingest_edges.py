@@ -102,6 +102,20 @@ def test_a_load_rejected_at_the_last_moment_leaves_no_scratch_file(db, tmp_path,
     assert not (tmp_path / "rejects.csv").exists()
 
 
+def test_rows_that_cannot_be_flushed_to_a_full_disk_leave_no_scratch_file(tmp_path):
+    # Closing the rejects file flushes its buffered rows: on a full disk that raised, and the
+    # scratch file (megabytes of rows) was left, keeping the disk full.
+    writer = wf._RejectsWriter(tmp_path / "rejects.csv")
+    for name in ("_fh", "_late"):  # each with rows it cannot write (a write to /dev/full fails)
+        if (real := getattr(writer, name)) is not None:
+            real.close()
+        full = open("/dev/full", "w")  # noqa: SIM115 - closed by discard
+        full.write("1,tag_id,bad_tag,not a tag\n")
+        setattr(writer, name, full)
+    writer.discard()
+    assert full.closed and scratch_files(tmp_path) == []
+
+
 def test_partial_with_not_one_valid_row_loads_nothing_but_says_why_for_every_row(db, tmp_path):
     rejects = tmp_path / "rejects.csv"
     text = HEADER + BAD + BAD.replace("T2", "T3") + "T4,S1,Shoe,F1,2999-01-01T00:00:00Z\n"

@@ -2223,14 +2223,17 @@ class _RejectsWriter:
         return self.path
 
     def discard(self) -> None:
-        """Remove the scratch file unless it was moved into place or kept."""
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-        if self._late is not None:
-            self._late.close()
-            self._late = None
-        self._scratch.discard()
+        """Remove the scratch file unless it was moved into place or kept. A file that cannot
+        be closed (its buffered rows do not fit on a full disk) is closed all the same, and
+        the scratch file still removed: left, it would keep the disk full."""
+        handles, self._fh, self._late = (self._fh, self._late), None, None
+        try:
+            for fh in handles:
+                if fh is not None:
+                    with suppress(OSError):
+                        fh.close()
+        finally:
+            self._scratch.discard()
 
 
 def _line_of(row: list[str]) -> int:
