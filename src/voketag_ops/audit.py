@@ -13,8 +13,8 @@ Files under ``<VOKE_HOME>/audit/`` (directory 0700, files 0600):
 
 - ``audit.jsonl``: one canonical JSON entry per line (see ``core/audit.py``). Every
   append holds an exclusive ``flock`` on the file, reads the last entry to link to,
-  writes the line with a single ``write`` and fsyncs, so concurrent voke processes
-  never interleave or lose entries.
+  writes the line whole (a write a full disk cuts short is cut back off) and fsyncs,
+  so concurrent voke processes never interleave or lose entries.
 - ``checkpoints.jsonl``: every ``CHECKPOINT_EVERY`` entries, ``(size, Merkle root)``;
   each checkpoint is also requested as an anchor on the chain (kind
   ``audit-checkpoint``), so a log cut short below it is detected even if this file
@@ -44,7 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from voketag_ops import interrupts
+from voketag_ops import files, interrupts
 from voketag_ops.core import audit as core
 from voketag_ops.core.chain import read_json
 from voketag_ops.errors import BackendError, NeedsOperatorError, VokeError
@@ -220,11 +220,9 @@ class AuditLog:
 
     @staticmethod
     def _write(fd: int, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
+        # Whole or not at all (the lock is held): a full disk leaves no torn line, which
+        # `verify` would report and the next append move aside as if a writer had been killed.
+        files.append_whole(fd, data)
 
     def _repair_tail(self, fd: int, now: datetime) -> core.AuditEntry | None:
         """The last entry to link to, after dealing with a torn last line (lock held)."""

@@ -3,6 +3,7 @@ torn writes after kill -9, checkpoints anchored on the chain, truncation."""
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
 import re
@@ -18,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from voketag_ops import redact
+from voketag_ops import files, redact
 from voketag_ops.adapters.local.chain_store import FileChainStore, default_chain_path
-from voketag_ops.audit import AuditLog, audited, record_event
+from voketag_ops.audit import AuditLog, AuditWriteError, audited, record_event
 from voketag_ops.core import audit as au
 from voketag_ops.errors import NeedsOperatorError, PreconditionError
 
@@ -181,6 +182,27 @@ def test_torn_last_line_is_reported_then_moved_aside_and_recorded(tmp_path: Path
     assert Path(torn["moved_to"]).read_bytes() == fragment
     report = log.verify()
     assert report.ok and report.torn_writes_recorded == 1
+
+
+def test_an_append_the_disk_has_no_room_for_leaves_no_torn_line(tmp_path: Path, monkeypatch) -> None:
+    # The part of the line that fitted stayed: `verify` said INVALID (an incomplete write), and
+    # the next append moved it aside with an audit.torn_write failure event, as after a crash.
+    log = AuditLog(tmp_path)
+    append_n(log, 3)
+    whole = log.path.read_bytes()
+
+    def full_after_40_bytes(fd: int, data: bytes) -> None:
+        os.write(fd, data[:40])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as full:
+        full.setattr(files, "write_all", full_after_40_bytes)
+        with pytest.raises(AuditWriteError, match="No space left on device"):
+            append_n(log, 1, start=3)
+    assert log.path.read_bytes() == whole and log.verify().ok
+    append_n(log, 1, start=3)
+    assert [e.event_type for e in log.entries()] == ["test.event"] * 4
+    assert log.verify().ok and not log.torn_dir.exists()
 
 
 def test_a_whole_entry_that_only_lost_its_newline_is_kept(tmp_path: Path) -> None:
