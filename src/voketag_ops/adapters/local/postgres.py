@@ -380,6 +380,19 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
+def _fatal_line(log_text: str) -> str:
+    """The last FATAL or PANIC line of a server's log, what stopped it, else its last line (a
+    server that fails to start logs "database system is shut down" after the reason). The
+    FATAL lines refusing pg_ctl's connection attempts meanwhile ("the database system is
+    starting up") say nothing of why."""
+    fatal = [
+        ln.strip()
+        for ln in log_text.splitlines()
+        if ("FATAL:" in ln or "PANIC:" in ln) and "the database system is " not in ln
+    ]
+    return fatal[-1] if fatal else _last_line(log_text)
+
+
 # Tools whose work is voke's alone: killed with voke (kill -9), a pg_basebackup would go on writing
 # into a scratch directory the next run needs. pg_ctl is not among them: the servers outlive voke.
 _DIE_WITH_VOKE = frozenset({"initdb", "pg_basebackup", "pg_rewind", "pg_verifybackup", "pg_waldump"})
@@ -593,11 +606,11 @@ class PgNode:
             tail = self.log_tail(offset)
             retryable = "still in use" in tail or "already exists" in tail or "could not bind" in tail
             if retryable and time.monotonic() < deadline and attempt < 30:
-                log.info("%s did not start yet (%s); retrying", self.name, _last_line(tail))
+                log.info("%s did not start yet (%s); retrying", self.name, _fatal_line(tail))
                 time.sleep(1)
                 continue
             raise BackendError(
-                f"{self.name} failed to start: {_last_line(tail) or _last_line(result.stderr)} (log: {self.log_file})"
+                f"{self.name} failed to start: {_fatal_line(tail) or _last_line(result.stderr)} (log: {self.log_file})"
             )
 
     def stop(self, *, mode: str = "fast", timeout: float = 60) -> bool:
