@@ -317,14 +317,22 @@ def _sync_directory(directory: Path) -> None:
 
 def replace_json(path: Path, doc: Any, *, indent: int | None = 2) -> None:
     """Voke's own record PATH (state, journals, DR records) replaced whole by DOC: written
-    beside it (0600), synced, renamed over it, so a crash or kill never leaves half of one."""
+    beside it (0600), synced, renamed over it, so a crash or kill never leaves half of one. A
+    failure (a full disk) leaves the old record and no temporary file."""
+    data = json.dumps(doc, indent=indent).encode()
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(doc, fh, indent=indent)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
+    try:
+        try:
+            write_all(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _sync_directory(path.parent)  # the rename itself survives a power cut
 
 
 # -- voke's own files that belong to another user ---------------------------------------------

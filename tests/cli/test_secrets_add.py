@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from voketag_ops import files
 from voketag_ops.adapters.local.secrets import LocalSecretStore
 
@@ -244,3 +246,17 @@ def test_of_two_voke_creating_the_key_at_once_both_use_the_first_ones(tmp_path, 
     store.add_version("misc-x", b"value-1")
     assert store.key_file.read_bytes() == other
     assert sorted(p.name for p in store.home.iterdir()) == ["secrets", "secrets.key"]
+
+
+def test_a_secret_rewrite_the_disk_has_no_room_for_leaves_it_and_no_temporary_file(tmp_path, monkeypatch):
+    # The secret's document is replaced whole through files.replace_json, as voke's other records
+    # are: a full disk left an empty .NAME.json.tmp beside it.
+    store = LocalSecretStore(tmp_path / "home")
+    store.create("misc-x")
+    store.add_version("misc-x", b"value-1")
+    before = (store.dir / "misc-x.json").read_bytes()
+    monkeypatch.setattr(files, "write_all", _full_after(0))
+    with pytest.raises(OSError, match="No space left on device"):
+        store.add_version("misc-x", b"value-2")
+    assert (store.dir / "misc-x.json").read_bytes() == before
+    assert sorted(p.name for p in store.dir.iterdir()) == [".misc-x.lock", "misc-x.json"]

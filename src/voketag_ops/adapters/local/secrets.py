@@ -23,7 +23,7 @@ from typing import Any, get_args
 from voketag_ops import redact
 from voketag_ops.core.times import iso
 from voketag_ops.errors import ConfigError, EtagMismatchError, NotFoundError, UsageError
-from voketag_ops.files import DamagedRecord, create_once, read_record
+from voketag_ops.files import DamagedRecord, create_once, read_record, replace_json
 from voketag_ops.ports import SecretMeta, SecretVersion, VersionState
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
@@ -123,18 +123,7 @@ class LocalSecretStore:
 
     @staticmethod
     def _write(path: Path, doc: dict[str, Any]) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself survives a power cut
-        finally:
-            os.close(dir_fd)
+        replace_json(path, doc, indent=1)
 
     def _mutate(self, name: str, change: Callable[[dict[str, Any]], Any]) -> tuple[dict[str, Any], Any]:
         with self._locked(name) as path:
