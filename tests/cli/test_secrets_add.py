@@ -191,10 +191,14 @@ def test_a_version_made_current_by_another_writer_meanwhile_is_not_overwritten(
     assert {v.version: v.state for v in meta.versions} == {1: "enabled", 2: "disabled", 3: "enabled"}
 
 
-def _full_after(count: int):
-    """files.write_all on a disk with COUNT bytes left: writes them, then ENOSPC."""
+def _full_after(count: int, *, writing: str = ""):
+    """files.write_all on a disk with COUNT bytes left for a file whose name holds WRITING:
+    writes them, then ENOSPC (other files are written)."""
+    real = files.write_all
 
     def write_all(fd: int, data: bytes) -> None:
+        if writing not in os.path.basename(os.readlink(f"/proc/self/fd/{fd}")):
+            return real(fd, data)
         os.write(fd, data[:count])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -211,8 +215,9 @@ def test_a_disk_full_while_the_key_is_written_leaves_no_key_and_the_next_add_wor
     (tmp_path / "value").write_text("sendgrid-admin-value\n", encoding="utf-8")
     add = ("secrets", "add", "sendgrid_admin", "--from-file", str(tmp_path / "value"), "--yes")
     with monkeypatch.context() as full:
-        full.setattr(files, "write_all", _full_after(10))
-        assert voke(*add, environ=environ).exit_code == 4
+        full.setattr(files, "write_all", _full_after(10, writing=".secrets.key."))
+        failed = voke(*add, environ=environ)
+    assert failed.exit_code == 4 and "No space left on device" in failed.stderr
     assert not [p.name for p in home.iterdir() if "secrets.key" in p.name]  # nor its temp file
     assert voke(*add, environ=environ).exit_code == 0
     assert voke("secrets", "access", "sendgrid_admin", environ=environ).stdout == "sendgrid-admin-value"
