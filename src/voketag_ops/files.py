@@ -289,6 +289,8 @@ def create_once(path: Path, data: bytes) -> None:
         except FileExistsError:
             _replace_if_empty(path, tmp)
         _sync_directory(path.parent)
+    except OSError as exc:
+        raise _named(exc, path) from None
     finally:
         with suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -328,11 +330,19 @@ def replace_json(path: Path, doc: Any, *, indent: int | None = 2) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _named(exc, path) from None
         raise
     _sync_directory(path.parent)  # the rename itself survives a power cut
+
+
+def _named(exc: OSError, path: Path) -> OSError:
+    """EXC naming PATH if it names no file (a write() names none): a full disk is reported with
+    the file voke could not write (exit 4), not as a bare "No space left on device"."""
+    return exc if exc.filename else OSError(exc.errno, exc.strerror, str(path))
 
 
 # -- voke's own files that belong to another user ---------------------------------------------

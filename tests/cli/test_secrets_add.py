@@ -265,3 +265,19 @@ def test_a_secret_rewrite_the_disk_has_no_room_for_leaves_it_and_no_temporary_fi
         store.add_version("misc-x", b"value-2")
     assert (store.dir / "misc-x.json").read_bytes() == before
     assert sorted(p.name for p in store.dir.iterdir()) == [".misc-x.lock", "misc-x.json"]
+
+
+def test_a_full_disk_is_exit_4_naming_the_file_that_did_not_fit(voke, make_environ, tmp_path, monkeypatch):
+    # It said only "error: No space left on device", with no file to look at.
+    home = tmp_path / "home"
+    environ = make_environ(home)
+    (tmp_path / "value").write_text("sendgrid-admin-value\n", encoding="utf-8")
+    add = ("secrets", "add", "sendgrid_admin", "--from-file", str(tmp_path / "value"), "--yes")
+    for writing, named in (
+        (".secrets.key.", home / "secrets.key"),
+        (".sendgrid_admin.json", home / "secrets" / "sendgrid_admin.json"),
+    ):
+        with monkeypatch.context() as full:
+            full.setattr(files, "write_all", _full_after(0, writing=writing))
+            failed = voke(*add, environ=environ)
+        assert failed.exit_code == 4 and f"error: No space left on device: {named}\n" in failed.stderr

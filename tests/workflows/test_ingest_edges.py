@@ -4,6 +4,7 @@ thread and around the COMMIT, and a session whose time zone is not UTC."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import threading
@@ -114,6 +115,20 @@ def test_rows_that_cannot_be_flushed_to_a_full_disk_leave_no_scratch_file(tmp_pa
         setattr(writer, name, full)
     writer.discard()
     assert full.closed and scratch_files(tmp_path) == []
+
+
+def test_rejected_rows_a_full_disk_has_no_room_for_name_the_rejects_file(tmp_path):
+    # It said only "error: No space left on device" (exit 4), with no file to look at.
+    writer = wf._RejectsWriter(tmp_path / "rejects.csv")
+    assert writer._fh is not None
+    writer._fh.close()
+    writer._fh = open("/dev/full", "w")  # noqa: SIM115 - closed by close or discard
+    writer._fh.write("1,tag_id,bad_tag,not a tag\n")
+    with pytest.raises(OSError) as failed:
+        writer.close()
+    assert failed.value.errno == errno.ENOSPC and failed.value.filename == str(tmp_path / "rejects.csv")
+    writer.discard()
+    assert scratch_files(tmp_path) == []
 
 
 def test_partial_with_not_one_valid_row_loads_nothing_but_says_why_for_every_row(db, tmp_path):

@@ -71,7 +71,7 @@ from voketag_ops.errors import (
     UsageError,
     VokeError,
 )
-from voketag_ops.files import Scratch, check_replaceable, write_output
+from voketag_ops.files import Scratch, check_replaceable, write_failure, write_output
 
 if TYPE_CHECKING:
     import psycopg
@@ -2144,36 +2144,49 @@ class _RejectsWriter:
             yield (r.line, first.column or "", ";".join(p.code for p in r.problems),
                    csv_cell("; ".join(p.message for p in r.problems)), csv_cell(r.record))  # fmt: skip
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A failed write names the --rejects file (a write() names no file): a full or
+        read-only disk is exit 4, anything else exit 2 (files.write_failure)."""
+        try:
+            yield
+        except OSError as exc:
+            raise write_failure(exc, "--rejects", self._target, "cannot write") from None
+
     def write(self, rejected: Any) -> None:
-        self._writer.writerows(self._rows(rejected))
+        with self._writing():
+            self._writer.writerows(self._rows(rejected))
 
     def write_late(self, rejected: Any) -> None:
         """Rows found after the file was read, each later than the one before."""
-        if self._late is None:
-            self._late = tempfile.TemporaryFile(  # noqa: SIM115 - closed by close or discard
-                "w+", newline="", encoding="utf-8", dir=Path(self.path).parent
-            )
-        csv.writer(self._late).writerows(self._rows(rejected))
+        with self._writing():
+            if self._late is None:
+                self._late = tempfile.TemporaryFile(  # noqa: SIM115 - closed by close or discard
+                    "w+", newline="", encoding="utf-8", dir=Path(self.path).parent
+                )
+            csv.writer(self._late).writerows(self._rows(rejected))
 
     def restart(self) -> None:
         """Empty the file again (the rows are being validated once more)."""
         assert self._fh is not None
-        self._fh.seek(0)
-        self._fh.truncate()
-        self._writer.writerow(self.HEADER)
-        if self._late is not None:
-            self._late.close()
-            self._late = None
+        with self._writing():
+            self._fh.seek(0)
+            self._fh.truncate()
+            self._writer.writerow(self.HEADER)
+            if self._late is not None:
+                self._late.close()
+                self._late = None
 
     def close(self) -> str:
         """Finish writing; the scratch file's path (it is still removed by ``discard``)."""
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-        if self._late is not None:
-            late, self._late = self._late, None
-            with late:
-                self._merge(late)
+        with self._writing():
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
+            if self._late is not None:
+                late, self._late = self._late, None
+                with late:
+                    self._merge(late)
         return self.path
 
     def _merge(self, late: IO[str]) -> None:
