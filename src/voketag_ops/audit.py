@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 from voketag_ops import files, interrupts
 from voketag_ops.core import audit as core
 from voketag_ops.core.chain import read_json
-from voketag_ops.errors import BackendError, NeedsOperatorError, VokeError
+from voketag_ops.errors import DISK_REFUSED, BackendError, NeedsOperatorError, VokeError
 from voketag_ops.redact import redact
 
 if TYPE_CHECKING:
@@ -61,7 +61,17 @@ _TAIL_BLOCK = 64 * 1024
 
 
 class AuditWriteError(BackendError):
-    """The audit log could not be written."""
+    """The audit log could not be written; `disk_refused` if its file system refused the write (full,
+    over quota, read-only) rather than the log being at fault."""
+
+    def __init__(self, message: str, *, disk_refused: bool = False) -> None:
+        super().__init__(message)
+        self.disk_refused = disk_refused
+
+
+# What the hint of an event that could not be written asks first: the log is at fault, or its disk.
+FIX_THE_LOG = "fix the audit log (see `voke audit verify`)"
+FREE_SPACE = "free space on (or make writable) the file system of VOKE_HOME"
 
 
 def audit_dir(home: Path) -> Path:
@@ -157,7 +167,10 @@ class AuditLog:
             self._ensure_dir()
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         except OSError as exc:
-            raise AuditWriteError(f"{self.path}: cannot open the audit log: {exc.strerror}") from None
+            raise AuditWriteError(
+                f"{self.path}: cannot open the audit log: {exc.strerror}",
+                disk_refused=exc.errno in DISK_REFUSED,
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield fd
@@ -202,7 +215,8 @@ class AuditLog:
                         log.warning("audit checkpoint skipped: %s (run `voke audit verify`)", exc)
             except OSError as exc:
                 raise AuditWriteError(
-                    f"{self.path}: cannot append to the audit log: {exc.strerror}"
+                    f"{self.path}: cannot append to the audit log: {exc.strerror}",
+                    disk_refused=exc.errno in DISK_REFUSED,
                 ) from None
         # Also a log record (--log-level info): where VOKE_HOME does not outlive the run, the
         # scheduled Cloud Run job's, the platform's log keeps the event (as JSON off a terminal).
@@ -614,9 +628,10 @@ def audited(
             now=now(),
         )
     except VokeError as exc:
+        fix = FREE_SPACE if isinstance(exc, AuditWriteError) and exc.disk_refused else FIX_THE_LOG
         raise NeedsOperatorError(
             f"{event_type} on {target} succeeded, but its audit event could not be written: {exc.message}",
-            hint="fix the audit log (see `voke audit verify`), then record what happened",
+            hint=f"{fix}, then record what happened",
         ) from None
 
 

@@ -123,10 +123,31 @@ def test_a_failure_message_is_redacted_before_it_is_cut(tmp_path: Path) -> None:
 def test_audited_success_with_an_unwritable_log_needs_a_person(tmp_path: Path) -> None:
     (tmp_path / "audit").write_text("not a directory")
     with (
-        pytest.raises(NeedsOperatorError, match="succeeded, but its audit event could not be written"),
+        pytest.raises(
+            NeedsOperatorError, match="succeeded, but its audit event could not be written"
+        ) as info,
         audited(tmp_path, event_type="x", env="local", target="t"),
     ):
         pass
+    assert info.value.hint == "fix the audit log (see `voke audit verify`), then record what happened"
+
+
+def test_an_event_a_full_disk_has_no_room_for_asks_for_space_not_a_fixed_log(
+    tmp_path: Path, monkeypatch
+) -> None:
+    # The log is whole (the line is cut back off): its hint sent the operator to repair it.
+    def full(fd: int, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files, "write_all", full)
+    with (
+        pytest.raises(NeedsOperatorError, match="No space left on device") as info,
+        audited(tmp_path, event_type="x", env="local", target="t"),
+    ):
+        pass
+    assert info.value.hint == (
+        "free space on (or make writable) the file system of VOKE_HOME, then record what happened"
+    )
 
 
 def _writer(home: str, worker: int, n: int) -> None:

@@ -768,10 +768,13 @@ def test_a_batch_whose_audit_event_was_lost_gets_it_from_the_next_load(db, tmp_p
     home = tmp_path / "home"
     real_append = audit.AuditLog.append
     monkeypatch.setattr(
-        audit.AuditLog, "append", lambda *a, **k: (_ for _ in ()).throw(audit.AuditWriteError("disk full"))
+        audit.AuditLog,
+        "append",
+        lambda *a, **k: (_ for _ in ()).throw(audit.AuditWriteError("disk full", disk_refused=True)),
     )
-    with pytest.raises(NeedsOperatorError, match="audit event could not be written"):
+    with pytest.raises(NeedsOperatorError, match="audit event could not be written") as info:
         load(db, sample(tmp_path, 20, seed=1, name="one.csv"), audit_home=home)
+    assert (info.value.hint or "").startswith(f"{audit.FREE_SPACE}; the next load")  # the log is whole
     monkeypatch.setattr(audit.AuditLog, "append", real_append)
     with psycopg.connect(db) as conn:
         assert conn.execute("select batch_id, audited from ingest.batches").fetchall() == [(1, False)]

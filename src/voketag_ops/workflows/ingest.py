@@ -548,10 +548,13 @@ def load_batch(
     except NeedsOperatorError as exc:
         if after_commit.connection is None or "audit event could not be written" not in exc.message:
             raise
+        from voketag_ops.audit import FIX_THE_LOG, FREE_SPACE
+
+        fix = FREE_SPACE if (exc.hint or "").startswith(FREE_SPACE) else FIX_THE_LOG
         raise NeedsOperatorError(
             exc.message,
-            hint="fix the audit log (see `voke audit verify`); the next load into this database, or "
-            "this one again, writes the missing event (marked recovered)",
+            hint=f"{fix}; the next load into this database, or this one again, writes the missing "
+            "event (marked recovered)",
         ) from None
     finally:
         after_commit.close()
