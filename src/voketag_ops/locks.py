@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from voketag_ops.errors import PreconditionError
@@ -53,7 +53,7 @@ def dr_lock(directory: Path, operation: str, *, shared: bool = False) -> Iterato
             _take(fd, shared=True)
             # The whole name in one write: of two rotations starting together, a refusal names
             # the last to start (never a mix of both names).
-            os.pwrite(fd, f"{operation} pid {os.getpid()}".encode()[:_NAMED].ljust(_NAMED), 0)
+            _name_holder(fd, f"{operation} pid {os.getpid()}".encode()[:_NAMED].ljust(_NAMED))
             try:
                 yield
             finally:
@@ -64,7 +64,7 @@ def dr_lock(directory: Path, operation: str, *, shared: bool = False) -> Iterato
     try:
         _take(fd)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{operation} pid {os.getpid()}".encode(), 0)
+        _name_holder(fd, f"{operation} pid {os.getpid()}".encode())
         with _HELD_GUARD:
             _HELD[path] = 1
         try:
@@ -79,6 +79,14 @@ def dr_lock(directory: Path, operation: str, *, shared: bool = False) -> Iterato
 
 _PROBE_GRACE = 0.5  # seconds: `held_by` holds a shared lock for microseconds; an operation for good
 _NAMED = 200  # bytes of the lock file that name its holder
+
+
+def _name_holder(fd: int, name: bytes) -> None:
+    """Write NAME, which a refusal quotes, into the held lock FD. A full disk leaves it unnamed
+    (a refusal then says "another voke process"): the lock holds all the same, and what the
+    operation itself writes says what is full (`env down` writes nothing and still works)."""
+    with suppress(OSError):
+        os.pwrite(fd, name, 0)
 
 
 def _take(fd: int, *, shared: bool = False) -> None:

@@ -90,3 +90,23 @@ def _take_as(path: str, shared: bool, refusal: str) -> None:
             raise SystemExit(0)
     except PreconditionError as exc:
         raise SystemExit(5 if exc.message.startswith(refusal) else 1) from None
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_full_disk_leaves_the_lock_unnamed_but_held(tmp_path: Path, monkeypatch, shared) -> None:
+    import errno
+    import os
+
+    from voketag_ops import locks
+
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(locks.os, "pwrite", full)
+    with dr_lock(tmp_path, "env down", shared=shared):  # was a bare "No space left on device"
+        fd = os.open(tmp_path / "dr.lock", os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):  # held all the same
+                locks.fcntl.flock(fd, locks.fcntl.LOCK_EX | locks.fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
