@@ -132,6 +132,56 @@ def test_second_up_changes_nothing(voke, home, env_of):
     assert after["backups"] == before["backups"]
 
 
+def ephemeral_range() -> range:
+    low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    return range(low, high + 1)
+
+
+def test_ports_voke_picks_are_outside_the_ephemeral_range(home):
+    """A port from the range outgoing connections draw from could be taken by any of them while
+    the environment is down, and `env up` could not start."""
+    from voketag_ops.adapters.local.postgres import pick_free_port
+
+    ephemeral = ephemeral_range()
+    nodes = list(local(home).require_state().ports.values())
+    picked = [pick_free_port(avoid=nodes) for _ in range(200)]
+    assert not [p for p in [*nodes, *picked] if p in ephemeral], (ephemeral, nodes)
+    assert len(set(picked)) > 20 and not set(picked) & set(nodes)  # random, not a fixed sequence
+
+
+def test_a_range_that_leaves_few_ports_above_20000_is_avoided_from_1024_and_a_full_one_falls_back(
+    tmp_path, monkeypatch
+):
+    from voketag_ops.adapters.local import postgres
+
+    ranges = tmp_path / "ip_local_port_range"
+    monkeypatch.setattr(postgres, "EPHEMERAL_RANGE_FILE", ranges)
+    ranges.write_text("15000\t65000\n")
+    assert postgres.listen_ports() == [range(1024, 15000), range(65001, 65536)]
+    assert all(not 15000 <= postgres.pick_free_port() <= 65000 for _ in range(50))
+    ranges.write_text("1024\t65535\n")
+    assert postgres.listen_ports() == []
+    assert 1024 <= postgres.pick_free_port() <= 65535  # the kernel's pick: a port all the same
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to listen as another user")
+def test_a_port_another_user_holds_is_named_with_that_user():
+    """`ss -ltnp` shows another user's process to root only: the error says whose it is."""
+    from voketag_ops.adapters.local.postgres import pick_free_port, port_taken
+
+    port = pick_free_port()
+    os.seteuid(65534)  # a socket belongs to the user that made it
+    try:
+        squatter = socket.socket()
+    finally:
+        os.seteuid(0)
+    with squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        message = port_taken(port, "primary").message
+    assert f"port {port} (primary) is in use by another process of user nobody;" in message
+
+
 def test_writes_stream_to_the_replica(home):
     env = local(home)
     with env.primary().connect() as conn:

@@ -42,6 +42,7 @@ from voketag_ops.adapters.local.postgres import (
     PgRunner,
     grant_traverse,
     pick_free_port,
+    port_holder,
     port_is_free,
     port_taken,
     process_exists,
@@ -1020,7 +1021,7 @@ class LocalEnvironment:
                 node.start(timeout=self.settings.start_timeout)
             except BackendError as exc:
                 why = (
-                    f"port {node.port} is in use by another process"
+                    f"port {node.port} is in use by another process{port_holder(node.port)}"
                     if not port_is_free(node.port)
                     else exc.message
                 )

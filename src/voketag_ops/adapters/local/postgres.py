@@ -239,10 +239,42 @@ def port_taken(port: int, name: str) -> BackendError:
     """The error for a node whose recorded port another process holds. A plain destroy is no
     way out: it starts the primary to export the chain first, on that same port."""
     return BackendError(
-        f"port {port} ({name}) is in use by another process; stop that process "
-        f"(`ss -ltnp 'sport = :{port}'` names it), or start over on new ports with "
+        f"port {port} ({name}) is in use by another process{port_holder(port)}; stop that process "
+        f"(`ss -ltnp 'sport = :{port}'` names it to its owner or root), or start over on new ports with "
         "`voke env destroy --yes --discard-chain` (the chain goes too)"
     )
+
+
+# Local addresses a listener on 127.0.0.1 collides with, as /proc/net/tcp{,6} spell them.
+_COLLIDING = {"0100007F", "00000000", "0" * 32, "0000000000000000FFFF00000100007F"}
+_TIME_WAIT = "06"
+
+
+def port_holder(port: int) -> str:
+    """ " of user NAME" when another user's socket holds PORT on 127.0.0.1 (the kernel's socket
+    tables name each socket's owner to anyone, while `ss -p` shows only one's own processes
+    unless run by root); "" when it is our own, or unknown."""
+    owners: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            address, _, hex_port = fields[1].partition(":")
+            if int(hex_port, 16) == port and address in _COLLIDING and fields[3] != _TIME_WAIT:
+                owners.add(int(fields[7]))
+    others = sorted(owners - {os.getuid()})
+    if not others:
+        return ""
+    names = []
+    for uid in others:
+        try:
+            names.append(pwd.getpwuid(uid).pw_name)
+        except KeyError:
+            names.append(f"uid {uid}")
+    return f" of {'user' if len(names) == 1 else 'users'} {', '.join(names)}"
 
 
 def port_is_free(port: int) -> bool:
@@ -268,7 +300,45 @@ def process_exists(pid: int | str | None) -> bool:
     return True
 
 
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LISTEN_PORTS_FROM = 20000  # below: registered services' ports, taken more often
+
+
+def ephemeral_ports() -> range:
+    """The kernel's range for the local ports of outgoing connections (ip_local_port_range;
+    Linux's default where it cannot be read)."""
+    try:
+        low, high = (int(x) for x in EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
+def listen_ports() -> list[range]:
+    """Where voke's servers listen: ports from 20000 up outside the ephemeral range, or from
+    1024 up when a wide range leaves fewer than a thousand of those; [] when none is left."""
+    eph = ephemeral_ports()
+    spans: list[range] = []
+    for floor in (LISTEN_PORTS_FROM, 1024):
+        below, above = range(floor, max(floor, eph.start)), range(max(floor, eph.stop), 65536)
+        spans = [span for span in (below, above) if span]
+        if sum(map(len, spans)) >= 1000:
+            break
+    return spans
+
+
 def pick_free_port(avoid: Sequence[int] = ()) -> int:
+    """A free TCP port on 127.0.0.1 for a server voke starts (the nodes, a restored instance,
+    a service), picked at random outside the kernel's ephemeral range: a port from that range
+    (what bind(0) gives) is taken by any outgoing connection while its server is down, and
+    `env up` cannot start on it. bind(0) only when nothing outside is free."""
+    import random
+
+    spans = listen_ports()
+    for _ in range(100 if spans else 0):
+        port = random.choice(random.choices(spans, weights=[len(span) for span in spans])[0])
+        if port not in avoid and port_is_free(port):
+            return port
     for _ in range(50):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("127.0.0.1", 0))
