@@ -725,3 +725,41 @@ def test_a_tool_voke_runs_dies_with_voke(tmp_path):
             return True
 
     wait_for(gone, "the child to die with its parent")
+
+
+def shared_memory_of(node) -> tuple[set[str], set[int]]:
+    """The /dev/shm files a running postmaster has mapped, and its SysV segment's id."""
+    pid = node.pid()
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    files = {line.split()[-1] for line in maps.splitlines() if "/dev/shm/PostgreSQL." in line}
+    shmid = int((node.data_dir / "postmaster.pid").read_text().splitlines()[6].split()[1])
+    return files, {shmid}
+
+
+def shared_memory_now() -> tuple[set[str], set[int]]:
+    files = {str(p) for p in Path("/dev/shm").glob("PostgreSQL.*")}
+    rows = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+    return files, {int(row.split()[1]) for row in rows}
+
+
+def test_a_crashed_environment_destroyed_without_its_chain_leaves_no_shared_memory(tmp_path, env_of, voke):
+    """Servers killed outright (kill -9) leave their segments, which only a start on the same
+    data directory removes: `--discard-chain` starts nothing, and the directories go."""
+    home = tmp_path / "h"
+    env = local(home)
+    env.up()
+    ours_files: set[str] = set()
+    ours_ids: set[int] = set()
+    for name in ("primary", "replica"):
+        files, ids = shared_memory_of(env.node(name))
+        ours_files |= files
+        ours_ids |= ids
+    before_files, before_ids = shared_memory_now()
+    assert ours_files and ours_files <= before_files and ours_ids <= before_ids
+    for name in ("primary", "replica"):
+        os.kill(env.node(name).pid(), signal.SIGKILL)  # only the postmasters, as a crash would
+    wait_for(lambda: not any(env.node(n).running for n in ("primary", "replica")), "the postmasters to die")
+    result = voke("env", "destroy", "--yes", "--discard-chain", environ=env_of(home))
+    assert result.exit_code == 0, result.stderr
+    after_files, after_ids = shared_memory_now()
+    assert not ours_files & after_files and not ours_ids & after_ids

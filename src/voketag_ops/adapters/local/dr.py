@@ -49,6 +49,7 @@ from voketag_ops.adapters.local.environment import (
 from voketag_ops.adapters.local.postgres import (
     PgNode,
     conf_quote,
+    free_dead_shared_memory,
     parent_death_kills,
     pick_free_port,
     record_command,
@@ -1140,6 +1141,7 @@ def discard_restore(env: LocalEnvironment, name: str) -> dict[str, Any]:
     # it" over a half-deleted directory; the record goes last.
     replace_json(restores_dir(env) / f"{name}.json", dict(doc, state="discarding"))
     stopped = node.stop(mode="immediate") if node.running else False
+    free_dead_shared_memory(node.data_dir)  # one killed, or crashed, left them
     shutil.rmtree(node.data_dir, ignore_errors=True)
     shutil.rmtree(restores_dir(env) / f".{name}.partial", ignore_errors=True)  # a copy cut short
     (restores_dir(env) / f"{name}.json").unlink(missing_ok=True)
@@ -1389,6 +1391,7 @@ def restore(
             with interrupts.Held(give_way_after=1):
                 with suppress(Exception):
                     kill_node(node) if node.running else None
+                free_dead_shared_memory(node.data_dir)
                 shutil.rmtree(node.data_dir, ignore_errors=True)
                 shutil.rmtree(scratch, ignore_errors=True)
                 meta.unlink(missing_ok=True)
@@ -1812,6 +1815,7 @@ def rebuild_standby(
                 raise
         else:
             env._clone_replica(leader, node)
+        free_dead_shared_memory(aside)  # a fenced node was killed: nothing starts there again
         shutil.rmtree(aside, ignore_errors=True)  # (also one a killed run moved aside: the resume's)
         info["clone_seconds"] = round(time.monotonic() - t, 3)
         info["method"] = "clone"

@@ -40,6 +40,7 @@ from voketag_ops.adapters.local.postgres import (
     PgBinaries,
     PgNode,
     PgRunner,
+    free_dead_shared_memory,
     grant_traverse,
     pick_free_port,
     port_holder,
@@ -948,6 +949,8 @@ class LocalEnvironment:
                 if state.socket_dir and not Path(state.socket_dir).is_relative_to(self.home):
                     shutil.rmtree(state.socket_dir, ignore_errors=True)
             self._kill_strays(progress)  # e.g. a postmaster from an `up` interrupted before it saved state
+            if freed := free_dead_shared_memory(self.pg_dir):  # a crashed server's: no start cleans them now
+                progress(f"removed {len(freed)} shared memory segments crashed servers left")
             # Fence markers and unfinished DR operations belong to this environment; drill journals
             # and the audit log are history and stay.
             # The state first: a destroy cut short after it leaves files `up` refuses to build on.

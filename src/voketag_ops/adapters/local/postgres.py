@@ -9,6 +9,7 @@ requires SCRAM passwords (application users).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -18,6 +19,7 @@ import shlex
 import shutil
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -505,6 +507,111 @@ def serves(pid: int, data_dir: Path) -> bool:
         return os.path.realpath(os.readlink(f"/proc/{pid}/cwd")) == want
     except OSError:
         return True  # neither can tell: the pid file is all there is, as before
+
+
+# What a postmaster killed outright (kill -9, OOM) leaves behind, and PostgreSQL itself removes
+# only when a server starts again on the same data directory: its SysV segment (named on line 7
+# of postmaster.pid) and the POSIX segments under /dev/shm listed in the dynamic shared memory
+# control segment that the SysV one's header names. Checked as PostgreSQL checks them before it
+# removes them (pg_shmem.h, sysv_shmem.c PGSharedMemoryAttach, dsm.c dsm_cleanup_using_control_segment).
+_PG_SHMEM_MAGIC = 679834894
+_PG_SHMEM_HEADER = struct.Struct(
+    "@iiNNIPQQ"
+)  # magic, creatorPID, totalsize, freeoffset, dsm_control, index, device, inode
+_DSM_CONTROL_MAGIC = 0x9A503D32
+_DSM_ITEMS_AT = 16  # offsetof(dsm_control_header, item): three uint32, then 8-aligned items
+_DSM_ITEM_WITH_PAGES = 40  # PostgreSQL 13+: an item in the main region has an odd handle and no file
+_SHM_DIR = Path("/dev/shm")
+_SHM_RDONLY, _IPC_RMID = 0o10000, 0
+
+
+def free_dead_shared_memory(tree: Path) -> list[str]:
+    """Remove the shared memory segments of every postmaster under TREE (a data directory, or
+    one holding several) that died without shutting down, before TREE is deleted: a server that
+    never starts there again would leave them for good. Only segments whose header names that
+    very data directory (device and inode) and whose owner owns it. What was removed."""
+    freed: list[str] = []
+    for pidfile in sorted(tree.glob("**/postmaster.pid")) if tree.is_dir() else []:
+        try:
+            freed += _free_segments_of(pidfile)
+        except (OSError, ValueError, struct.error) as exc:
+            log.warning("could not free the shared memory named by %s: %s", pidfile, exc)
+    return freed
+
+
+def _free_segments_of(pidfile: Path) -> list[str]:
+    import ctypes
+
+    lines = pidfile.read_text().splitlines()
+    data_dir = pidfile.parent
+    if len(lines) < 7 or not lines[6].strip() or serves(int(lines[0]), data_dir):
+        return []  # a server still starting or running: its segments are in use
+    key, shmid = (int(x) for x in lines[6].split())
+    owner = os.stat(data_dir)
+    # No process attached, as PostgreSQL requires: the backends of a killed postmaster notice
+    # its death and exit within moments; one still attached after that is left alone.
+    deadline = time.monotonic() + 5
+    while (attached := _sysv_attachments(key, shmid, owner.st_uid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if attached is None or attached > 0:
+        if attached:
+            log.warning("SysV segment %s of %s is still attached; left in place", shmid, data_dir)
+        return []
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.shmat.restype = ctypes.c_void_p
+    libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+    libc.shmdt.argtypes = [ctypes.c_void_p]
+    libc.shmctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    address = libc.shmat(shmid, None, _SHM_RDONLY)
+    if address in (None, ctypes.c_void_p(-1).value):
+        raise OSError(ctypes.get_errno(), f"cannot attach SysV segment {shmid}")
+    try:
+        header = _PG_SHMEM_HEADER.unpack(ctypes.string_at(address, _PG_SHMEM_HEADER.size))
+    finally:
+        libc.shmdt(address)
+    magic, _pid, _total, _free, dsm_control, _index, device, inode = header
+    if magic != _PG_SHMEM_MAGIC or (device, inode) != (owner.st_dev, owner.st_ino):
+        return []  # another server's segment under a reused id
+    freed = _free_dsm(dsm_control, owner.st_uid) if dsm_control else []
+    if libc.shmctl(shmid, _IPC_RMID, None) != 0:
+        raise OSError(ctypes.get_errno(), f"cannot remove SysV segment {shmid}")
+    return [*freed, f"SysV shmid {shmid}"]
+
+
+def _sysv_attachments(key: int, shmid: int, uid: int) -> int | None:
+    """How many processes have SysV segment SHMID attached; None unless it exists with KEY and
+    belongs to UID."""
+    for row in Path("/proc/sysvipc/shm").read_text().splitlines()[1:]:
+        fields = row.split()  # key shmid perms size cpid lpid nattch uid ...
+        if fields[:2] == [str(key), str(shmid)] and int(fields[7]) == uid:
+            return int(fields[6])
+    return None
+
+
+def _free_dsm(control: int, uid: int) -> list[str]:
+    path = _SHM_DIR / f"PostgreSQL.{control}"
+    try:
+        if path.stat().st_uid != uid:
+            return []
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    magic, nitems, maxitems = struct.unpack_from("@III", data)
+    stride, rest = divmod(len(data) - _DSM_ITEMS_AT, maxitems) if maxitems else (0, 1)
+    if magic != _DSM_CONTROL_MAGIC or rest or stride < 8 or nitems > maxitems:
+        return []
+    freed = []
+    for i in range(nitems):
+        handle, refcnt = struct.unpack_from("@II", data, _DSM_ITEMS_AT + i * stride)
+        if refcnt == 0 or (stride >= _DSM_ITEM_WITH_PAGES and handle & 1):
+            continue  # a free slot, or a segment inside the main region
+        segment = _SHM_DIR / f"PostgreSQL.{handle}"
+        with contextlib.suppress(FileNotFoundError):
+            if segment.stat().st_uid == uid:
+                segment.unlink()
+                freed.append(segment.name)
+    path.unlink(missing_ok=True)
+    return [*freed, path.name]
 
 
 def conf_quote(value: str) -> str:
