@@ -6,6 +6,8 @@ the credential the instance / revision is pinned to."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -194,6 +196,99 @@ def test_a_service_process_no_registry_lists_is_stopped_by_the_next_runtime_call
         for proc in (orphan, other):
             proc.kill()
             proc.wait()
+
+
+def _fake_service(home: Path, instance: str, **popen: Any) -> Any:
+    """A process whose command line is that of INSTANCE of HOME (what counts), once exec'd."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "voketag_ops.adapters.local.service_app",
+         "--instance", instance, "--home", str(home)],
+        **popen,
+    )  # fmt: skip
+    while b"service_app" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes():
+        time.sleep(0.01)  # until exec'd /proc shows pytest's command line
+    return proc
+
+
+def _registry_listing(home: Path, instances: dict[str, tuple[int, str]]) -> None:
+    """Write HOME's registry with service -> (pid, instance) serving, as a killed service left it."""
+    services = {
+        name: {
+            "secret": SECRET,
+            "version": 1,
+            "active": {"instance": instance, "pid": pid, "port": 1, "version": 1, "secret": SECRET,
+                       "role": "serving"},
+            "others": [],
+        }
+        for name, (pid, instance) in instances.items()
+    }  # fmt: skip
+    (home / "services").mkdir(parents=True, exist_ok=True)
+    (home / "services" / "registry.json").write_text(json.dumps({"services": services}))
+
+
+def test_a_registered_pid_now_another_homes_or_instances_process_is_left_alone(tmp_path):
+    """A service was killed and its pid, still in the registry, is now another environment's
+    service, or this home's under another instance name: `env down` stops neither."""
+    from voketag_ops.adapters.local.services import LocalServiceRuntime
+
+    home = tmp_path / "home"
+    elsewhere = _fake_service(tmp_path / "elsewhere", "svc-a-v1-aaaaaa")
+    renamed = _fake_service(home, "svc-b-v1-bbbbbb")
+    try:
+        _registry_listing(
+            home, {"svc-a": (elsewhere.pid, "svc-a-v1-aaaaaa"), "svc-b": (renamed.pid, "svc-b-v1-cccccc")}
+        )
+        runtime = LocalServiceRuntime(home, {"svc-a": SECRET, "svc-b": SECRET})
+        assert [s.instance for s in runtime.services(check=False)] == [None, None]
+        assert runtime.stop_all(timeout=0.5) == []
+        assert elsewhere.poll() is None and renamed.poll() is None
+    finally:
+        for proc in (elsewhere, renamed):
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="starts a process as another user")
+def test_a_service_of_this_home_another_user_runs_is_named_not_left_running(tmp_path):
+    """A service process of this very home and instance that another user runs (root started
+    it on this user's VOKE_HOME) cannot be stopped by the owner: one line naming the pid and
+    its owner (exit 3), not a traceback (EPERM, exit 70), nor a service silently left up."""
+    import subprocess
+    import sys
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="voke-other-user-"))  # pytest's tmp_path: root's only
+    home.chmod(0o777)
+    root_s = _fake_service(home, "svc-a-v1-aaaaaa")
+    try:
+        _registry_listing(home, {"svc-a": (root_s.pid, "svc-a-v1-aaaaaa")})
+        (home / "services").chmod(0o777)
+        (home / "services" / "registry.json").chmod(0o666)
+        code = (  # imported first: this Python's own files may be root's only
+            "import os, sys; from pathlib import Path\n"
+            "from voketag_ops.adapters.local.services import LocalServiceRuntime\n"
+            "from voketag_ops.errors import ConfigError\n"
+            "os.setuid(65534)\n"
+            "try:\n"
+            f"    LocalServiceRuntime(Path(sys.argv[1]), {{'svc-a': {SECRET!r}}}).stop_all(timeout=0.5)\n"
+            "except ConfigError as exc:\n"
+            "    print(exc.message, '|', exc.hint)\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(home)], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        said = done.stdout.strip()
+        assert f"cannot signal service process {root_s.pid}: it runs as uid 0 (root), not as you" in said
+        assert f"stop it as root: kill {root_s.pid}" in said
+        assert root_s.poll() is None
+    finally:
+        root_s.kill()
+        root_s.wait()
+        shutil.rmtree(home)
 
 
 def test_stopping_orphans_leaves_what_serves_alone(setup):

@@ -881,15 +881,19 @@ def test_a_rollback_after_a_kill_in_deploy_stops_the_instances_it_left_starting(
     record = json.loads(platform.store().get("db-app").annotations[ANNOTATION])
     new = record["pending_version"]
     registry = json.loads((platform.env.home / "services" / "registry.json").read_text())
+    home = platform.env.home
     orphans = [
-        i["pid"] for e in registry["services"].values() for i in e["others"] if i["role"] == "starting"
+        (i["pid"], i["instance"])
+        for e in registry["services"].values()
+        for i in e["others"]
+        if i["role"] == "starting"
     ]
-    assert orphans and all(_alive(pid) for pid in orphans)
+    assert orphans and all(_alive(pid, home, name) for pid, name in orphans)
     assert new in platform.runtime().live_versions("db-app")  # what the rollback would wait on
     result = voke("rotate", "rollback", record["id"], "--yes", "--json", environ=platform_environ)
     assert result.exit_code == 0, result.stdout + result.stderr
     assert "still draining" not in result.stderr  # nothing was waited out
-    assert not any(_alive(pid) for pid in orphans)
+    assert not any(_alive(pid, home, name) for pid, name in orphans)
     assert new not in platform.runtime().live_versions("db-app")
     assert_consistent(platform)
 

@@ -22,7 +22,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -34,22 +34,6 @@ from voketag_ops.logs import get_logger
 from voketag_ops.ports import ServiceInfo
 
 log = get_logger(__name__)
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    if b"service_app" not in cmdline:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is not alive
-    except (OSError, IndexError):
-        return False
 
 
 def http_health(url: str, timeout: float = 3) -> tuple[bool, dict[str, Any]]:
@@ -115,7 +99,14 @@ class LocalServiceRuntime:
         for pid in _instances_of(self.home):
             if pid not in listed:
                 log.info("stopping service process %s, which no registry lists", pid)
-                _terminate(pid)
+                _terminate(pid, self.home, None)
+
+    def _live(self, inst: dict[str, Any] | None) -> bool:
+        """Whether registry record INST's process still runs (its pid not reused since)."""
+        return inst is not None and _alive(inst["pid"], self.home, inst["instance"])
+
+    def _stop(self, inst: dict[str, Any]) -> None:
+        _terminate(inst["pid"], self.home, inst["instance"])
 
     def _snapshot(self) -> dict[str, Any]:
         try:
@@ -128,17 +119,17 @@ class LocalServiceRuntime:
         of those stopped)."""
         keep, stopped = [], []
         for inst in entry.get("others", []):
-            if not _alive(inst["pid"]):
+            if not self._live(inst):
                 continue
             if inst.get("role") == "starting" and not process_exists(inst.get("owner")):
                 log.info("stopping orphaned instance %s", inst["instance"])
-                _terminate(inst["pid"])
+                self._stop(inst)
                 stopped.append(inst["instance"])
                 continue
             keep.append(inst)
         entry["others"] = keep
         active = entry.get("active")
-        if active and not _alive(active["pid"]):
+        if active and not self._live(active):
             entry["active"] = None
         return stopped
 
@@ -148,7 +139,7 @@ class LocalServiceRuntime:
         out = []
         for name, secret in self.consumers.items():
             entry = doc["services"].get(name) or {}
-            active = entry.get("active") if entry.get("active") and _alive(entry["active"]["pid"]) else None
+            active = entry.get("active") if self._live(entry.get("active")) else None
             url = f"http://127.0.0.1:{active['port']}/health" if active else None
             healthy = None
             if check:
@@ -177,11 +168,7 @@ class LocalServiceRuntime:
     def serving_version(self, service: str, secret: str) -> int | None:
         entry = self._snapshot()["services"].get(service) or {}
         active = entry.get("active")
-        if (
-            not active
-            or not _alive(active["pid"])
-            or entry.get("secret", self.consumers.get(service)) != secret
-        ):
+        if not active or not self._live(active) or entry.get("secret", self.consumers.get(service)) != secret:
             return None
         return int(active["version"])
 
@@ -202,7 +189,7 @@ class LocalServiceRuntime:
             found.update(
                 int(inst["version"])
                 for inst in [entry.get("active"), *entry.get("others", [])]
-                if inst and _alive(inst["pid"])
+                if self._live(inst)
             )
             if assigned and entry.get("version") is not None:
                 found.add(int(entry["version"]))
@@ -219,11 +206,11 @@ class LocalServiceRuntime:
         new = self._start(service, secret, version)
         ok, body = self._wait_healthy(new)
         if not ok:
-            _terminate(new["pid"])
+            self._stop(new)
             with self._registry() as doc:
                 entry = doc["services"][service]
                 entry["others"] = [i for i in entry["others"] if i["instance"] != new["instance"]]
-            if not _alive(new["pid"]) and body.get("error") == "exited":
+            if not self._live(new) and body.get("error") == "exited":
                 raise RestartError(f"{service}: the new instance pinned to version {version} exited at start")
             raise HealthCheckError(
                 f"{service}: the new instance pinned to version {version} is not healthy ({body.get('detail') or body.get('error') or 'no answer'})"
@@ -236,11 +223,12 @@ class LocalServiceRuntime:
             entry["active"] = new
             entry["secret"] = secret
             entry["version"] = version
-            if old and _alive(old["pid"]):
-                old["role"] = "draining"
-                entry["others"].append(old)
-        if old:
-            _signal(old["pid"], signal.SIGTERM)  # graceful: it drains, then exits on its own
+            draining = old if self._live(old) else None
+            if draining:
+                draining["role"] = "draining"
+                entry["others"].append(draining)
+        if draining:
+            _signal(draining["pid"], signal.SIGTERM)  # graceful: it drains, then exits on its own
         return self._info(service, secret, new, healthy=True)
 
     def stop_orphans(self) -> list[str]:
@@ -259,7 +247,7 @@ class LocalServiceRuntime:
                 entry = doc["services"].setdefault(service, {"secret": secret, "active": None, "others": []})
                 self._reap(entry)
                 active = entry.get("active")
-                if (active and _alive(active["pid"])) or entry.get("version") == version:
+                if self._live(active) or entry.get("version") == version:
                     continue
                 entry["secret"], entry["version"] = secret, version
                 repinned.append(service)
@@ -291,7 +279,7 @@ class LocalServiceRuntime:
         for name, secret in self.consumers.items():
             entry = doc["services"].get(name) or {}
             active = entry.get("active")
-            if active and _alive(active["pid"]):
+            if self._live(active):
                 continue
             version = versions[secret] if repin else (entry.get("version") or versions[secret])
             todo[name] = (secret, int(version))
@@ -303,31 +291,31 @@ class LocalServiceRuntime:
     def stop_all(self, timeout: float = 5) -> list[str]:
         """Stop every instance (env down); waits for them to exit."""
         stopped: list[str] = []
-        pids: list[int] = []
+        live: list[dict[str, Any]] = []
         try:
             with self._registry() as doc:
                 for name, entry in doc["services"].items():
                     for inst in [entry.get("active"), *entry.get("others", [])]:
-                        if inst and _alive(inst["pid"]):
-                            pids.append(inst["pid"])
+                        if self._live(inst):
+                            live.append(inst)
                             if inst is entry.get("active"):
                                 stopped.append(name)
                     entry["active"] = None
                     entry["others"] = []
-                for pid in pids:  # before the registry is written: a full disk must not keep them up
-                    _signal(pid, signal.SIGINT)  # stop now (SIGTERM would drain first)
+                for inst in live:  # before the registry is written: a full disk must not keep them up
+                    _signal(inst["pid"], signal.SIGINT)  # stop now (SIGTERM would drain first)
         except OSError as exc:  # the registry could not be rewritten; dead instances are reaped later
-            for pid in pids:
-                _signal(pid, signal.SIGINT)
+            for inst in live:
+                _signal(inst["pid"], signal.SIGINT)
             if isinstance(exc, PermissionError):  # another user's registry: said (exit 3), not skipped
                 raise
             log.warning("could not update the service registry: %s", exc)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        while time.monotonic() < deadline and any(self._live(i) for i in live):
             time.sleep(0.05)
-        for pid in pids:
-            if _alive(pid):
-                _signal(pid, signal.SIGKILL)
+        for inst in live:
+            if self._live(inst):
+                _signal(inst["pid"], signal.SIGKILL)
         order = list(self.consumers)  # the registry's order depends on which parallel deploy wrote first
         return sorted(stopped, key=lambda n: order.index(n) if n in order else len(order))
 
@@ -418,23 +406,45 @@ def _url(inst: dict[str, Any]) -> str:
 _APP = b"voketag_ops.adapters.local.service_app"
 
 
+def _started_for(pid: int | str, home: Path, instance: str | None = None) -> bool:
+    """Whether PID's command line is that of a service process started for HOME (named
+    INSTANCE, when given): a pid the registry kept may since be any process's, another home's
+    service or another user's included."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            args = fh.read().split(b"\0")
+    except OSError:  # gone, or not ours to read
+        return False
+    pairs = set(itertools.pairwise(args))
+    return (
+        _APP in args
+        and (b"--home", str(home).encode()) in pairs
+        and (instance is None or (b"--instance", instance.encode()) in pairs)
+    )
+
+
+def _alive(pid: int | None, home: Path, instance: str | None) -> bool:
+    """Whether PID is a running service process of HOME named INSTANCE (any instance: None).
+    One another user runs (root started it on this user's VOKE_HOME) is alive: signalling it
+    is then an error naming its owner (`_signal`), not a service silently left running."""
+    if not pid or not _started_for(pid, home, instance):
+        return False
+    try:
+        with suppress(PermissionError):
+            os.kill(pid, 0)
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is not alive
+    except (OSError, IndexError):
+        return False
+
+
 def _instances_of(home: Path) -> list[int]:
     """Pids of the service processes started for HOME (read from /proc: none elsewhere)."""
     try:
         names = [n for n in os.listdir("/proc") if n.isdigit()]
     except OSError:
         return []
-    want = str(home).encode()
-    found = []
-    for name in names:
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as fh:
-                args = fh.read().split(b"\0")
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-        if _APP in args and any(a == b"--home" and b == want for a, b in itertools.pairwise(args)):
-            found.append(int(name))
-    return found
+    return [int(name) for name in names if _started_for(name, home)]
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
@@ -455,10 +465,13 @@ def _signal(pid: int, sig: signal.Signals) -> None:
         ) from None
 
 
-def _terminate(pid: int) -> None:
-    _signal(pid, signal.SIGINT)  # stop now, no drain
+def _terminate(pid: int, home: Path, instance: str | None) -> None:
+    """Stop PID, a service process of HOME named INSTANCE (any instance: None), now (no drain)."""
+    if not _alive(pid, home, instance):
+        return
+    _signal(pid, signal.SIGINT)
     deadline = time.monotonic() + 3
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and _alive(pid, home, instance):
         time.sleep(0.05)
-    if _alive(pid):
+    if _alive(pid, home, instance):
         _signal(pid, signal.SIGKILL)
