@@ -54,6 +54,9 @@ def test_rotation_creates_beside_verifies_and_cleanup_retires_the_old_key(cloud,
     fake, environ = cloud
     _init(fake, voke, environ)
     assert len(fake.iam.user_keys(ACCOUNT)) == 1
+    status = voke("rotate", "status", environ=environ)
+    row = next(line for line in status.stdout.splitlines() if "sa-ci" in line)
+    assert [cell.strip() for cell in row.split("│")[1:4]] == ["sa-ci", "1", "-"], row  # no previous version
     result = voke("rotate", "sa-key", "ci", "--yes", "--json", environ=environ)
     assert result.exit_code == 0, result.stdout + result.stderr
     report = result.json["result"]

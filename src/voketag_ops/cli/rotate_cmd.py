@@ -424,7 +424,7 @@ def _render_status(
         table.add_row(
             s["name"],
             str(s["current_version"]),
-            str(s["previous_version"]),
+            "-" if s["previous_version"] is None else str(s["previous_version"]),
             "-" if s["age_days"] is None else f"{s['age_days']:.1f}",
             s["next_due"],
             "[yellow]yes[/]" if s["due"] else "no",
