@@ -104,7 +104,7 @@ def _script_signals_forgotten() -> Iterator[None]:
     from voketag_ops import interrupts
 
     yield
-    interrupts.Terminated.received = False
+    interrupts.Terminated.received = ""
     interrupts._installed = False
     interrupts._started = False
     interrupts._settled = False
@@ -127,12 +127,12 @@ def _secrets_registered_by_the_test_forgotten() -> Iterator[None]:
 
 @pytest.fixture
 def script_signals(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Signals handled as the `voke` script handles them (SIGTERM like Ctrl-C), for one test."""
+    """Signals handled as the `voke` script handles them (SIGTERM, SIGHUP like Ctrl-C), for one test."""
     import signal
 
     from voketag_ops import interrupts
 
-    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     monkeypatch.setattr(interrupts, "_installed", False)
     monkeypatch.setattr(interrupts, "_started", False)
     monkeypatch.setattr(interrupts, "_settled", False)

@@ -1,8 +1,9 @@
-"""How voke is stopped: Ctrl-C, and SIGTERM handled the same way (the `voke` script).
+"""How voke is stopped: Ctrl-C, and SIGTERM and SIGHUP handled the same way (the `voke` script).
 
-SIGTERM (a cancelled CI job, `timeout`, systemd or Cloud Run stopping the job) raises
-``Terminated``, a KeyboardInterrupt, wherever Ctrl-C would raise: the operation rolls back
-or records where to resume, and the exit is 130. Before the command has started (the
+SIGTERM (a cancelled CI job, `timeout`, systemd or Cloud Run stopping the job) and SIGHUP
+(the terminal or the ssh session closed) raise ``Terminated``, a KeyboardInterrupt, wherever
+Ctrl-C would raise: the operation rolls back or records where to resume, and the exit is
+130 (what is written to a terminal gone meanwhile goes nowhere: see output.py). Before the command has started (the
 imports) there is nothing to clean up: a signal then ends voke at once with its one-line
 error. Once the outcome is final (``decided``) a first signal waits; once the result is out
 (``settle``) signals are ignored: they would only garble it.
@@ -25,10 +26,16 @@ if TYPE_CHECKING:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where Ctrl-C would be: every clean-up Ctrl-C gets runs, and messages
-    and audit events can tell the two apart."""
+    """SIGTERM or SIGHUP, raised where Ctrl-C would be: every clean-up Ctrl-C gets runs, and
+    messages and audit events can tell them apart."""
 
-    received = False  # set by the handler: a clean-up may turn it into another exception
+    # The first such signal's name, set by the handler: a clean-up may turn the interrupt into
+    # another exception.
+    received = ""
+
+
+# Signals that stop voke as SIGTERM does (a SIGINT is Ctrl-C), with the names answers give them.
+_TERMINATING = {signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
 
 
 _installed = False
@@ -46,8 +53,9 @@ def install(command: str | None = None) -> None:
     _installed, _command = True, command
     if signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
         signal.signal(signal.SIGINT, _on_signal)
-    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _on_signal)
+    for signum in _TERMINATING:  # (`nohup` ignores SIGHUP: it stays ignored)
+        if signal.getsignal(signum) == signal.SIG_DFL:
+            signal.signal(signum, _on_signal)
 
 
 def started() -> None:
@@ -62,8 +70,8 @@ def settle() -> None:
     global _settled
     if _installed:
         _settled = True
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for signum in (signal.SIGINT, *_TERMINATING):
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def decided() -> None:
@@ -88,12 +96,16 @@ def reopen() -> None:
             raise interrupt()
 
 
+def _received(signum: int) -> None:
+    """Note SIGNUM: a SIGTERM or SIGHUP makes the interrupt a ``Terminated`` that names it."""
+    if signum in _TERMINATING and not Terminated.received:
+        Terminated.received = _TERMINATING[signum]
+
+
 def _on_signal(signum: int, frame: FrameType | None) -> None:
-    terminated = signum == signal.SIGTERM
-    if terminated:
-        Terminated.received = True
+    _received(signum)
     if not _started:  # still importing: nothing to undo, and no traceback to show
-        message = "terminated (SIGTERM)" if terminated else "interrupted"
+        message = stopped_by()
         if "--json" in sys.argv or os.environ.get("VOKE_OUTPUT", "").lower() == "json":
             import json
 
@@ -102,18 +114,25 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
                 "command": _command,
                 "error": {"type": "Interrupted", "message": message, "exit_code": 130},
             }
-            os.write(1, (json.dumps(doc) + "\n").encode())
+            _write(1, json.dumps(doc) + "\n")
         else:
-            os.write(2, f"error: {message}\n".encode())
+            _write(2, f"error: {message}\n")
         os._exit(130)
     raise interrupt()
 
 
+def _write(fd: int, text: str) -> None:
+    try:
+        os.write(fd, text.encode())
+    except OSError:  # no reader, or the terminal hung up: the exit code still says it
+        pass
+
+
 class Held:
-    """Within the block, Ctrl-C and SIGTERM are noted (``fired``) instead of raised: for
+    """Within the block, Ctrl-C, SIGTERM and SIGHUP are noted (``fired``) instead of raised: for
     steps that must not be cut in two, such as renaming a file into place or putting rows
     back. Off the main thread nothing changes. An ignored signal (a background job) stays
-    ignored, and a SIGTERM left at its default (not the `voke` script) still ends the
+    ignored, and a SIGTERM or SIGHUP left at its default (not the `voke` script) still ends the
     process. With GIVE_WAY_AFTER, the signal after that many is raised after all, so a step
     that hangs can still be stopped. ``hold`` starts holding later than the block's start
     (START=False)."""
@@ -135,9 +154,9 @@ class Held:
 
         if self._previous or _settled or threading.current_thread() is not threading.main_thread():
             return
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, *_TERMINATING):
             current = signal.getsignal(signum)
-            if current == signal.SIG_IGN or (signum == signal.SIGTERM and not callable(current)):
+            if current == signal.SIG_IGN or (signum in _TERMINATING and not callable(current)):
                 continue
             self._previous[signum] = signal.signal(signum, self._note)
 
@@ -157,17 +176,18 @@ class Held:
 
     def _note(self, signum: int, frame: FrameType | None) -> None:
         self.count += 1
-        if signum == signal.SIGTERM:
-            Terminated.received = True
+        _received(signum)
         if self._give_way_after is not None and self.count > self._give_way_after:
             raise interrupt()
 
 
 def stopped_by() -> str:
-    """What stopped the command, as its answers say it: a SIGTERM once one came, else Ctrl-C."""
-    return "terminated (SIGTERM)" if Terminated.received else "interrupted"
+    """What stopped the command, as its answers say it: the first SIGTERM or SIGHUP once one
+    came, else Ctrl-C."""
+    return f"terminated ({Terminated.received})" if Terminated.received else "interrupted"
 
 
 def interrupt() -> KeyboardInterrupt:
-    """The exception a signal becomes: Terminated once a SIGTERM came, else KeyboardInterrupt."""
+    """The exception a signal becomes: Terminated once a SIGTERM or SIGHUP came, else
+    KeyboardInterrupt."""
     return Terminated() if Terminated.received else KeyboardInterrupt()

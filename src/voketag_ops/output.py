@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import enum
+import errno
 import io
 import json
 import os
@@ -402,9 +403,13 @@ class _ReaderMayGo:
 
     def refused(self, exc: OSError) -> None:
         """EXC came of writing to the stream: from now on it takes nothing. A gone reader is
-        no error; on stdout anything else (a full disk, a quota, a terminal hung up) is."""
+        no error, nor is a terminal that hung up once voke got its SIGHUP (the exit, 130,
+        says what stopped it); on stdout anything else (a full disk, a quota) is."""
+        from voketag_ops import interrupts
+
         self._gone()
-        if self.name == "stdout" and not isinstance(exc, BrokenPipeError):
+        hung_up = exc.errno == errno.EIO and interrupts.Terminated.received == "SIGHUP"
+        if self.name == "stdout" and not isinstance(exc, BrokenPipeError) and not hung_up:
             from voketag_ops.errors import BackendError
 
             self.failed = True

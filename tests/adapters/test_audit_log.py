@@ -93,8 +93,8 @@ def test_a_bare_signal_is_recorded_as_its_interrupted_answer_says(tmp_path: Path
     # what the command's own answer does, as an Interrupted one would (found by a review).
     from voketag_ops.interrupts import Terminated
 
-    for exc in (KeyboardInterrupt(), Terminated()):
-        Terminated.received = isinstance(exc, Terminated)  # (set by the handler; reset by conftest)
+    for exc, received in ((KeyboardInterrupt(), ""), (Terminated(), "SIGTERM"), (Terminated(), "SIGHUP")):
+        Terminated.received = received  # (set by the handler; reset by conftest)
         with (
             pytest.raises(KeyboardInterrupt),
             audited(tmp_path, event_type="dr.fence", env="local", target="n"),
@@ -104,6 +104,7 @@ def test_a_bare_signal_is_recorded_as_its_interrupted_answer_says(tmp_path: Path
     assert errors == [
         {"type": "Interrupted", "message": "interrupted"},
         {"type": "Interrupted", "message": "terminated (SIGTERM)"},
+        {"type": "Interrupted", "message": "terminated (SIGHUP)"},
     ]
 
 

@@ -340,7 +340,7 @@ def test_sigterm_stops_voke_like_ctrl_c_unless_the_caller_ignores_it(monkeypatch
 
     from voketag_ops import interrupts
 
-    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     monkeypatch.setattr(interrupts, "_started", True)
     try:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # e.g. started by `nohup`-like wrappers
@@ -357,7 +357,35 @@ def test_sigterm_stops_voke_like_ctrl_c_unless_the_caller_ignores_it(monkeypatch
             signal.signal(signum, handler)
 
 
-@pytest.mark.parametrize("signum", ["TERM", "INT"])
+def test_sighup_stops_voke_as_sigterm_does_unless_nohup_ignores_it(monkeypatch):
+    # A closed terminal or ssh session: its default ended voke mid-step, with no clean-up.
+    import signal
+
+    from voketag_ops import interrupts
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    monkeypatch.setattr(interrupts, "_started", True)
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # `nohup voke ...`
+        interrupts.install()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        interrupts.install()
+        assert callable(signal.getsignal(signal.SIGHUP))  # (else the next line ends pytest)
+        with pytest.raises(interrupts.Terminated):
+            signal.raise_signal(signal.SIGHUP)
+        assert interrupts.stopped_by() == "terminated (SIGHUP)"
+        with interrupts.Held() as held:  # held like SIGTERM where a step must not be cut in two
+            signal.raise_signal(signal.SIGHUP)
+        assert held.fired
+        interrupts.settle()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
+@pytest.mark.parametrize("signum", ["TERM", "HUP", "INT"])
 @pytest.mark.parametrize("json_mode", [False, True])
 def test_a_signal_during_start_up_is_one_line_and_exit_130(signum, json_mode, tmp_path):
     # Before the command runs (the imports), nothing needs undoing: no traceback, one line.
@@ -369,7 +397,7 @@ def test_a_signal_during_start_up_is_one_line_and_exit_130(signum, json_mode, tm
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 130 and "Traceback" not in done.stderr
-    message = "terminated (SIGTERM)" if signum == "TERM" else "interrupted"
+    message = "interrupted" if signum == "INT" else f"terminated (SIG{signum})"
     if json_mode:
         assert json.loads(done.stdout)["error"]["message"] == message
     else:

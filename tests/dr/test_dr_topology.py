@@ -5,6 +5,7 @@ writable leader with a streaming standby for the next."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -774,6 +775,53 @@ def test_a_wall_clock_step_mid_drill_leaves_the_rto_and_phases_true(voke, enviro
     timeline = {k: parse_iso(v) for k, v in journal["timeline"].items()}
     span = (timeline["first_write_ok_at"] - timeline["fault_injected_at"]).total_seconds()
     assert span == pytest.approx(journal["rto_seconds"], abs=0.002)
+
+
+def test_a_network_drill_whose_terminal_closes_cleans_up_and_records_it(voke, environ, env):
+    # The terminal (or ssh session) running the drill closes while the leader is frozen: SIGHUP,
+    # whose default left the leader stopped with no journal and no audit event. Handled as
+    # SIGTERM, and with nothing left to write to (EIO), the clean-up, journal and event still come.
+    import fcntl
+    import os
+    import pty
+    import subprocess
+    import sys
+    import termios
+    import time
+
+    from voketag_ops.audit import AuditLog
+
+    master, terminal = pty.openpty()
+    drill = subprocess.Popen(
+        [sys.executable, "-m", "voketag_ops", "drill", "run", "network", "--outage", "2m", "--yes"],
+        env=environ,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        start_new_session=True,  # the pty is its controlling terminal: closing it hangs it up
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+    )
+    os.close(terminal)
+    os.set_blocking(master, False)
+    try:
+        while not list((env.home / "dr").glob(dr.FROZEN)):  # the leader is frozen
+            assert drill.poll() is None
+            with contextlib.suppress(BlockingIOError):
+                os.read(master, 65536)  # (a full pty would block the spinner)
+            time.sleep(0.05)
+    finally:
+        os.close(master)  # the hangup: SIGHUP, and every write to the terminal fails from now on
+    assert drill.wait(timeout=600) == 130
+    assert not list((env.home / "dr").glob(dr.FROZEN))
+    assert not any(dr._frozen(p) for p in [env.primary().pid(), *dr.child_pids(env.primary().pid())])
+    report = voke("drill", "report", "last", "--format", "json", "--json", environ=environ)
+    journal = report.json["result"]
+    assert journal["scenario"] == "network" and journal["status"] == "interrupted"
+    assert journal["error"] == "terminated (SIGHUP); clean-up ran"
+    assert all(step["ok"] for step in journal["cleanup"]), journal["cleanup"]
+    event = [e for e in AuditLog(env.home).entries() if e.event_type == "drill.network"][-1]
+    assert event.result == "interrupted" and event.details["run_id"] == journal["run_id"]
+    assert voke("dr", "check", environ=environ).exit_code == 0
 
 
 def _rows_per_batch(env) -> tuple[dict[int, int], dict[int, int]]:

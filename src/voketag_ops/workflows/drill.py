@@ -1096,7 +1096,7 @@ def drive(
     except (KeyboardInterrupt, Interrupted) as exc:  # (a DR step turns it into Interrupted, exit 130)
         interrupted = True
         run.status = "interrupted"
-        run.error = "interrupted (Ctrl-C or SIGTERM); clean-up ran"
+        run.error = f"{interrupts.stopped_by()}; clean-up ran"
         if isinstance(exc, Interrupted):
             run.error += f": {exc.message}" + (f" ({exc.hint})" if exc.hint else "")
     except VokeError as exc:
