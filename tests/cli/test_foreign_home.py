@@ -148,18 +148,26 @@ def test_another_users_file_in_the_home_is_named_with_its_owner(voke, tmp_path, 
 
 
 def test_a_service_process_of_another_user_is_named_with_its_owner(voke, tmp_path):
+    import time
+
     home = tmp_path / "home"
     (home / "services").mkdir(parents=True)
-    (home / "state.json").write_text("{}")
-    # a stand-in for a service root started: its command line names service_app, as one's does
-    other = subprocess.Popen(["/bin/sh", "-c", "sleep 60; :", "service_app"], user=OTHER, group=OTHER)
+    # a stand-in for a service another user started: its command line is that of instance
+    # "a" of this home (what makes a registered pid a service of this home)
+    other = subprocess.Popen(
+        ["/bin/sh", "-c", "sleep 60; :", "voketag_ops.adapters.local.service_app",
+         "--instance", "a", "--home", str(home)],
+        user=OTHER, group=OTHER,
+    )  # fmt: skip
     try:
+        while b"service_app" not in Path(f"/proc/{other.pid}/cmdline").read_bytes():
+            time.sleep(0.01)  # until exec'd
         registry = {
             "services": {"admin-service": {"active": {"pid": other.pid, "instance": "a"}, "others": []}}
         }
         (home / "services" / "registry.json").write_text(json.dumps(registry))
         with _as_an_ordinary_user():
-            result = voke("env", "down", "--yes")
+            result = voke("env", "destroy", "--yes", "--discard-chain")
         stderr = _one_line_error(result, f"service process {other.pid}", f"runs as uid {OTHER}")
         assert f"kill {other.pid}" in stderr
     finally:
