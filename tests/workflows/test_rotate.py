@@ -226,6 +226,48 @@ def test_the_webhook_names_the_environment_in_the_commands_it_gives():
     )
 
 
+def test_a_history_line_the_disk_has_no_room_for_is_cut_back_and_names_the_file(tmp_path, monkeypatch):
+    # One os.write whose count went unchecked: on a full disk a torn line looked written, and the
+    # next rotation's line was glued onto it (both records lost to `rotate history`).
+    import errno
+
+    from voketag_ops import files
+    from voketag_ops.adapters.local.secrets import LocalSecretStore
+    from voketag_ops.adapters.local.services import LocalServiceRuntime
+    from voketag_ops.config import RotationSettings
+
+    home = tmp_path / "home"
+    engine = RotationEngine(
+        store=LocalSecretStore(home), runtime=LocalServiceRuntime(home, {}), target=None,
+        settings=RotationSettings(), home=home, sleep=lambda _s: None,
+    )  # fmt: skip
+
+    def record(rotation_id):
+        return RotationRecord(
+            id=rotation_id, secret="db-app", kind="db-password", target="app", strategy="alternating",
+            owner="h:1", lease_until="2999-01-01T00:00:00Z", started_at="2026-01-01T00:00:00Z",
+            status="succeeded", finished_at="2026-01-01T00:01:00Z",
+        )  # fmt: skip
+
+    engine._history(record("rot-1"))
+    before = engine.history_file.read_bytes()
+
+    def full_after_40_bytes(fd, data):
+        os.write(fd, data[:40])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as full:
+        full.setattr(files, "write_all", full_after_40_bytes)
+        with pytest.raises(OSError, match="No space left on device") as failed:
+            engine._history(record("rot-2"))
+    assert failed.value.filename == str(engine.history_file)  # exit 4 naming it, at the top level
+    assert engine.history_file.read_bytes() == before
+    with engine.history_file.open("ab") as fh:  # a last line saved without its line break
+        fh.write(before.rstrip(b"\n").replace(b"rot-1", b"rot-3"))
+    engine._history(record("rot-4"))
+    assert [r.id for r in engine.history()] == ["rot-4", "rot-3", "rot-1"]
+
+
 @pytest.mark.parametrize(
     ("kind", "strategy", "target", "command"),
     [

@@ -1512,14 +1512,25 @@ class RotationEngine:
         return self.home / "rotations" / "history.jsonl"
 
     def _history(self, record: RotationRecord) -> None:
+        """RECORD's line appended to the history, whole or not at all (under its lock): a full
+        disk leaves no torn line for the next append to be glued onto, and is exit 4 naming the
+        file. A last line saved without its line break (an older voke's) stays whole."""
         import fcntl
 
-        self.history_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.history_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        from voketag_ops.files import append_whole
+
+        path = self.history_file
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            os.write(fd, (record.to_json() + "\n").encode())
-            os.fsync(fd)
+            line = record.to_json() + "\n"
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = "\n" + line
+            append_whole(fd, line.encode())
+        except OSError as exc:  # a write() names no file
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         finally:
             os.close(fd)
 
