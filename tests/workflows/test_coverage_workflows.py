@@ -195,6 +195,54 @@ def test_history_add_keeps_a_last_line_saved_without_its_line_break(tmp_path):
     assert len(wf.read_history(history)) == 2
 
 
+def test_a_history_add_the_disk_has_no_room_for_does_not_cut_off_another_jobs_line(tmp_path, monkeypatch):
+    # Its cut-back went to the size it measured: a line another CI job appended in between was
+    # erased with the torn one. The append now holds the file's lock from the size to the cut.
+    import errno
+    import fcntl
+    import os
+    import threading
+
+    from voketag_ops import files
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    write(tmp_path, "a.json", {"admin_service/a.py": lines_file(60, 40)})
+    write(tmp_path, "b.json", {"admin_service/a.py": lines_file(90, 10)})
+    history = tmp_path / "h.jsonl"
+
+    def add(name, ref):
+        return wf.history_add(SETTINGS, [Path(name)], root=tmp_path, now=now, file=Path("h.jsonl"), ref=ref)
+
+    add("a.json", "first")
+    before = history.read_bytes()
+    other_job = threading.Thread(target=add, args=("b.json", "other-job"))
+    waiting_or_done = threading.Event()  # the other job waits for the lock, or has appended
+    flock, write_all = fcntl.flock, files.write_all
+
+    def signalling_flock(fd, operation):
+        if threading.current_thread() is other_job:
+            waiting_or_done.set()
+        return flock(fd, operation)
+
+    def other_job_then_full(fd, data):
+        if threading.current_thread() is other_job:
+            write_all(fd, data)
+            waiting_or_done.set()
+            return
+        other_job.start()  # after this job measured the size, before it writes
+        waiting_or_done.wait()
+        os.write(fd, data[:40])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(fcntl, "flock", signalling_flock)
+    monkeypatch.setattr(files, "write_all", other_job_then_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        add("a.json", "full")
+    other_job.join()
+    assert history.read_bytes().startswith(before)
+    assert [e["ref"] for e in wf.read_history(history)] == ["first", "other-job"]
+
+
 def test_history_add_rerun_for_the_same_ref_replaces_its_entry(tmp_path):
     now = datetime(2026, 1, 1, tzinfo=UTC)
     write(tmp_path, "a.json", {"admin_service/a.py": lines_file(70, 30)})

@@ -8,6 +8,7 @@ prints as JSON. Nothing here prints.
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import json
 import os
@@ -877,6 +878,9 @@ def history_add(
             try:
                 fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
                 try:
+                    # Several CI jobs append to one file: a full disk's cut-back must not erase
+                    # a line another job appended after this one measured the size.
+                    fcntl.flock(fd, fcntl.LOCK_EX)
                     size = os.fstat(fd).st_size
                     if size and os.pread(fd, 1, size - 1) != b"\n":
                         line = "\n" + line  # a last line saved without its line break stays whole
