@@ -4,6 +4,7 @@ records (state, journals, DR records) replaced whole, and read back with one set
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -272,7 +273,9 @@ def create_once(path: Path, data: bytes) -> None:
     beside it (0600), synced and linked into place, so no reader ever sees PATH empty or
     half-written and, of two concurrent creators, the second finds the first's. An empty PATH
     (an older voke created it in place, then found the disk full) counts as never written and
-    is replaced. A failure (OSError) leaves no file of its own behind."""
+    is replaced. A failure (OSError) leaves no file of its own behind. A file system without
+    hard links (vfat, exFAT, some shared folders) has PATH created exclusively and written in
+    place instead."""
     try:
         if os.stat(path).st_size:
             return
@@ -288,12 +291,39 @@ def create_once(path: Path, data: bytes) -> None:
             os.link(tmp, path)
         except FileExistsError:
             _replace_if_empty(path, tmp)
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+            _create_in_place(path, data, tmp)
         _sync_directory(path.parent)
     except OSError as exc:
         raise _named(exc, path) from None
     finally:
         with suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS})  # what link() says there
+
+
+def _create_in_place(path: Path, data: bytes, tmp: str) -> None:
+    """PATH created (O_EXCL, 0600) and DATA written to it, where TMP cannot be linked into
+    place; removed again if the write fails. PATH already there: as `create_once` does. It is
+    written under its lock, so that another creator finding it still empty waits, then keeps it."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        _replace_if_empty(path, tmp)
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        write_all(fd, data)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(path)  # before the lock is let go
+        raise
+    finally:
+        os.close(fd)
 
 
 def _replace_if_empty(path: Path, tmp: str) -> None:

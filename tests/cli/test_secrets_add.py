@@ -281,3 +281,59 @@ def test_a_full_disk_is_exit_4_naming_the_file_that_did_not_fit(voke, make_envir
             full.setattr(files, "write_all", _full_after(0, writing=writing))
             failed = voke(*add, environ=environ)
         assert failed.exit_code == 4 and f"error: No space left on device: {named}\n" in failed.stderr
+
+
+@pytest.mark.parametrize("refusal", [errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS], ids=errno.errorcode.get)
+def test_a_file_system_without_hard_links_gets_the_key_created_in_place(
+    voke, make_environ, tmp_path, monkeypatch, refusal
+):
+    # vfat, exFAT and some shared folders refuse link(): every secrets command failed, exit 3
+    # "permission denied on .../.secrets.key.XXXX.tmp (... is yours: check its mode)".
+    home = tmp_path / "home"
+    environ = make_environ(home)
+    (tmp_path / "value").write_text("sendgrid-admin-value\n", encoding="utf-8")
+    add = ("secrets", "add", "sendgrid_admin", "--from-file", str(tmp_path / "value"), "--yes")
+
+    def no_hard_links(src, dst, *args, **kwargs):
+        raise OSError(refusal, os.strerror(refusal), src, None, dst)
+
+    monkeypatch.setattr(os, "link", no_hard_links)
+    real = files.write_all
+
+    def full_for_the_key(fd: int, data: bytes) -> None:  # the temporary file fits, the key not
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")) != "secrets.key":
+            return real(fd, data)
+        os.write(fd, data[:10])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as full:
+        full.setattr(files, "write_all", full_for_the_key)
+        failed = voke(*add, environ=environ)
+    assert failed.exit_code == 4 and f"No space left on device: {home / 'secrets.key'}\n" in failed.stderr
+    assert not [p.name for p in home.iterdir() if "secrets.key" in p.name]
+    added = voke(*add, environ=environ)
+    assert added.exit_code == 0, added.stderr
+    assert (home / "secrets.key").stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in home.iterdir() if "secrets.key" in p.name) == ["secrets.key"]
+    assert voke("secrets", "access", "sendgrid_admin", environ=environ).stdout == "sendgrid-admin-value"
+
+
+def test_a_refused_call_on_a_file_of_this_users_home_names_it_without_advice(
+    voke, make_environ, tmp_path, monkeypatch
+):
+    # Every PermissionError was "another user's file": one on a temporary file already removed
+    # said "(... is yours: check its mode)" of a file that no longer existed.
+    home = tmp_path / "home"
+    environ = make_environ(home)
+    (tmp_path / "value").write_text("sendgrid-admin-value\n", encoding="utf-8")
+
+    def refused(src, dst, *args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), src, None, dst)
+
+    monkeypatch.setattr(os, "link", refused)
+    failed = voke("secrets", "add", "sendgrid_admin", "--from-file", str(tmp_path / "value"), "--yes",
+                  environ=environ)  # fmt: skip
+    assert failed.exit_code == 3, failed.stderr
+    (error,) = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
+    assert error.startswith("error: Permission denied: ") and error.endswith(f" -> {home / 'secrets.key'}")
+    assert "check its mode" not in failed.stderr and "Traceback" not in failed.stderr

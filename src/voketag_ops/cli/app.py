@@ -207,13 +207,14 @@ def _invoke(
     args: list[str], output: Output, debug: bool, environ: dict[str, str] | None, cwd: Path | None
 ) -> int:
     command = typer.main.get_command(app)
+    holder = _Holder(output, environ, cwd)
     interrupts.started()  # from here a signal is the command's to handle (before: exit at once)
     try:
         rv = command.main(
             args=args,
             prog_name="voke",
             standalone_mode=False,
-            obj=_Holder(output, environ, cwd),
+            obj=holder,
         )
         if rv == 130:  # Typer turns Ctrl-C inside a command into Exit(130)
             return output.error(_interrupted())
@@ -246,10 +247,8 @@ def _invoke(
             )
         )
     except OSError as exc:
-        if isinstance(exc, PermissionError) and exc.filename:  # voke's own file, another user's
-            from voketag_ops.files import not_permitted
-
-            return output.error(not_permitted(Path(os.fsdecode(exc.filename))))
+        if isinstance(exc, PermissionError) and exc.filename:
+            return output.error(_not_permitted(exc, _home_in_use(holder)))
         if exc.errno not in DISK_REFUSED:
             return _internal_error(output, exc, debug)
         # A full or read-only file system is the machine's state, not a bug: exit 4, one line.
@@ -262,6 +261,35 @@ def _invoke(
         )
     except Exception as exc:  # a bug: one line, traceback only with --debug
         return _internal_error(output, exc, debug)
+
+
+def _home_in_use(holder: _Holder) -> Path | None:
+    """The VOKE_HOME the command acted on, if it got that far (its settings loaded)."""
+    if holder.app is None or "settings" not in vars(holder.app):
+        return None
+    from voketag_ops.adapters.local.environment import resolve_home
+
+    return resolve_home(holder.app.settings.local.home)
+
+
+def _not_permitted(exc: PermissionError, home: Path | None) -> ConfigError:
+    """EXC (EACCES, EPERM) as one line, exit 3: voke's own file in HOME that another user's voke
+    left (it, or a directory on the way in HOME, is theirs) names that owner (`files.not_permitted`);
+    anything else names the file(s) the refused call was on, as the file system said it."""
+    from voketag_ops.files import not_permitted
+
+    path = Path(os.path.abspath(os.fsdecode(exc.filename)))
+    if home is not None and (path == home or home in path.parents):
+        for where in (path, *path.parents):
+            with contextlib.suppress(OSError):
+                if where.stat().st_uid != os.geteuid():
+                    return not_permitted(path)
+            if where == home:
+                break
+    names = os.fsdecode(exc.filename)
+    if exc.filename2:
+        names += f" -> {os.fsdecode(exc.filename2)}"
+    return ConfigError(f"{exc.strerror}: {redact(names)}")
 
 
 _GCP_MODULES = frozenset({"google", "grpc", "proto", "googleapiclient"})  # what the gcp extra installs
