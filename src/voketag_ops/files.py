@@ -348,10 +348,15 @@ def _sync_directory(directory: Path) -> None:
 
 
 def replace_json(path: Path, doc: Any, *, indent: int | None = 2) -> None:
-    """Voke's own record PATH (state, journals, DR records) replaced whole by DOC: written
-    beside it (0600), synced, renamed over it, so a crash or kill never leaves half of one. A
-    failure (a full disk) leaves the old record and no temporary file."""
-    data = json.dumps(doc, indent=indent).encode()
+    """Voke's own record PATH (state, journals, DR records) replaced whole by DOC, as
+    `replace_whole` does."""
+    replace_whole(path, json.dumps(doc, indent=indent).encode())
+
+
+def replace_whole(path: Path, data: bytes) -> None:
+    """Voke's own file PATH replaced whole by DATA: written beside it (0600), synced, renamed
+    over it, so a crash or kill never leaves half of one. A failure (a full disk) leaves the
+    old file and no temporary file."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:

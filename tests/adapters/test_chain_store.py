@@ -66,6 +66,31 @@ def test_permissions_and_round_trip(tmp_path: Path) -> None:
     assert parse_document(render_document(state), "x") == state
 
 
+def test_a_write_the_disk_has_no_room_for_leaves_the_chain_and_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its own copy of replace_json left chain.json.tmp behind on a full disk.
+    import errno
+    import os
+
+    from voketag_ops import files
+
+    store = FileChainStore(tmp_path / "chain" / "chain.json")
+    wf.request_anchor(store, root=merkle.root([b"a"]), kind="batch", label="a", now=T0)
+    before = store.path.read_bytes()
+
+    def full_after_40_bytes(fd: int, data: bytes) -> None:
+        os.write(fd, data[:40])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files, "write_all", full_after_40_bytes)
+    with pytest.raises(ch.ChainStoreError, match="cannot write the chain store: No space left on device"):
+        wf.request_anchor(store, root=merkle.root([b"b"]), kind="batch", label="b", now=T0, retry=NO_WAIT)
+    assert store.path.read_bytes() == before
+    assert sorted(p.name for p in store.path.parent.iterdir()) == ["chain.json", "chain.json.lock"]
+    assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
+
+
 def test_empty_store_loads_as_an_empty_chain(tmp_path: Path) -> None:
     state = FileChainStore(tmp_path / "none.json").load()
     assert state.blocks == () and state.anchors == {}

@@ -7,9 +7,10 @@ and the store when ``chain.store = "file"`` (the default store is PostgreSQL).
      "anchors": [Anchor.to_json()...]}
 
 Readers take a shared ``flock`` on ``chain.json.lock``, writers an exclusive one; a
-write goes to a temporary file that is fsynced and renamed over the old one, so a
-crash leaves either the old or the new document, never half of one. Only writers
-create the directory and the lock file: reading a chain never written creates nothing.
+write goes to a temporary file that is fsynced and renamed over the old one
+(``files.replace_whole``), so a crash leaves either the old or the new document, never half
+of one, and a failure (a full disk) no temporary file. Only writers create the directory
+and the lock file: reading a chain never written creates nothing.
 """
 
 from __future__ import annotations
@@ -120,19 +121,10 @@ class FileChainStore:
         return parse_document(text, str(self.path))
 
     def _write(self, state: ch.ChainState) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        from voketag_ops.files import replace_whole
+
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(render_document(state))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-            dir_fd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            replace_whole(self.path, render_document(state).encode())
         except OSError as exc:
             raise ch.ChainStoreError(f"{self.path}: cannot write the chain store: {exc.strerror}") from None
 
