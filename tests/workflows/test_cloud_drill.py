@@ -439,6 +439,30 @@ def test_a_canary_write_retried_after_its_commit_counts_once(drills):
     assert db.delete(host, "retry-test") == 3
 
 
+def test_a_fake_instance_gets_its_empty_database_at_its_first_connection(drills, local_env):
+    """The fakes make an instance's empty database when it is first used (a CREATE DATABASE
+    costs PostgreSQL a sync): reached at its address, it is there, empty and the canary's."""
+    import psycopg
+
+    data, name = drills.data, "voke-db-dr"
+    db = data.databases[name]  # not database(), which makes it
+
+    def made() -> bool:
+        with local_env.primary().connect() as conn:
+            return conn.execute("select 1 from pg_database where datname = %s", (db,)).fetchone() is not None
+
+    assert not made()
+    host = drills.fake.sql.instances[name]["ip"]
+    cred = {"user": ROLE, "password": PASSWORD, "dbname": "voketag", "port": data.port}
+    with psycopg.connect(host=host, connect_timeout=5, **cred) as conn:
+        assert conn.execute("select current_database(), current_user").fetchone() == (db, ROLE)
+        assert conn.execute("select to_regclass('voke_drill_canary')").fetchone() == (None,)
+    assert made()
+    drills.fake.sql.add_instance("voke-copy")
+    data.create("voke-copy", name)  # a copy of it is made at once, from it
+    assert data.database("voke-copy") and "voke-copy" not in data.empty
+
+
 def test_fake_instances_share_a_port_the_kernel_chose_and_skip_taken_addresses(drills):
     """Two test sessions at once: each relay port comes from a bind to port 0 (not a probe of
     127.0.0.1), and an address whose port another process holds is skipped."""

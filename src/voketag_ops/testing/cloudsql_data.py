@@ -10,6 +10,10 @@ writes and reads. A clone is `CREATE DATABASE new TEMPLATE source`; a clone with
 pointInTime then drops the drill canary's rows written after that time (so a drill can
 prove it recovered exactly up to its cut); a new read replica is a copy too; a promotion
 first re-copies the primary (a replica that had caught up); a deletion drops the database.
+An instance that would hold an empty database (a new one, or a copy of one still empty)
+gets it at its first use: a connection to its address, `database()`, a copy of it. Each
+CREATE and DROP DATABASE forces PostgreSQL to write and sync (~0.2-0.5 s), and most tests
+never connect to some of their instances (the replica, a dry run's primary).
 """
 
 from __future__ import annotations
@@ -55,8 +59,10 @@ def rewrite_startup(body: bytes, dbname: str) -> bytes:
 class _Relay:
     """Listens on (IP, PORT); relays each connection to UPSTREAM with its database renamed."""
 
-    def __init__(self, ip: str, port: int, upstream: tuple[str, int], dbname: str) -> None:
-        self.upstream, self.dbname = upstream, dbname
+    def __init__(
+        self, ip: str, port: int, upstream: tuple[str, int], dbname: str, before: Callable[[], None]
+    ) -> None:
+        self.upstream, self.dbname, self.before = upstream, dbname, before  # BEFORE each session
         self.server = socket.create_server((ip, port))  # port 0: the kernel picks a free one
         self.port = int(self.server.getsockname()[1])
         self.open: set[socket.socket] = set()
@@ -90,6 +96,7 @@ class _Relay:
                 break
             if code != CANCEL_REQUEST:
                 body = rewrite_startup(body, self.dbname)
+                self.before()
             upstream = socket.create_connection(self.upstream)
             self._track(upstream)
             upstream.sendall(struct.pack("!ii", len(body) + 8, code) + body)
@@ -147,6 +154,7 @@ class PostgresInstances:
         self.port = 0  # set by the first relay
         self.relays: dict[str, _Relay] = {}
         self.databases: dict[str, str] = {}
+        self.empty: set[str] = set()  # instances whose (empty) database is made at its first use
         self._next = 20
         self.lock = threading.Lock()
 
@@ -168,7 +176,27 @@ class PostgresInstances:
         return "fk_" + hashlib.sha1(instance.encode()).hexdigest()[:16]
 
     def database(self, instance: str) -> str:
+        with self.lock:
+            self._made(instance)
         return self.databases[instance]
+
+    def _made(self, instance: str) -> None:
+        """INSTANCE's database exists (made empty now if it was left for its first use)."""
+        if instance in self.empty:
+            db = self.databases[instance]
+            self._sql(f'drop database if exists "{db}" with (force)')
+            self._sql(f'create database "{db}" owner "{self.owner}"')
+            self.empty.discard(instance)
+
+    def _forget(self, instance: str) -> None:
+        """INSTANCE's database, if it has one made, is dropped."""
+        if instance in self.databases and instance not in self.empty:
+            self._sql(f'drop database if exists "{self.databases[instance]}" with (force)')
+
+    def _use(self, instance: str) -> None:
+        with self.lock:
+            if instance in self.databases:
+                self._made(instance)
 
     def _sql(self, statement: str) -> None:
         with self.admin() as conn:
@@ -178,20 +206,24 @@ class PostgresInstances:
         """A database (a copy of SOURCE's) and an address for the new instance NAME."""
         with self.lock:
             db = self._dbname(name)
-            self._sql(f'drop database if exists "{db}" with (force)')
-            template = f' template "{self.databases[source]}"' if source in self.databases else ""
-            self._sql(f'create database "{db}" owner "{self.owner}"{template}')
+            if source in self.databases and source not in self.empty:
+                self._sql(f'drop database if exists "{db}" with (force)')
+                self._sql(f'create database "{db}" owner "{self.owner}" template "{self.databases[source]}"')
+                self.empty.discard(name)
+            else:
+                self._forget(name)
+                self.empty.add(name)
             self.databases[name] = db
-            self.relays[name] = self._relay(db)
+            self.relays[name] = self._relay(name, db)
             self.sql.instances[name]["ip"] = self.relays[name].server.getsockname()[0]
 
-    def _relay(self, db: str) -> _Relay:
-        """A relay for DB on the next free loopback address that has the shared port free."""
+    def _relay(self, name: str, db: str) -> _Relay:
+        """A relay for instance NAME's DB on the next free loopback address that has the shared port free."""
         for _ in range(200):
             ip = f"127.0.0.{self._next}"
             self._next += 1
             try:
-                relay = _Relay(ip, self.port, self.upstream, db)
+                relay = _Relay(ip, self.port, self.upstream, db, lambda: self._use(name))
             except OSError as exc:
                 if exc.errno != errno.EADDRINUSE or not self.port:
                     raise
@@ -205,7 +237,7 @@ class PostgresInstances:
         recovery to a point in time does to every table; the canary is the one measured)."""
         with self.lock:
             db = self.databases.get(name)
-            if db is None:
+            if db is None or name in self.empty:  # an empty database has no canary rows
                 return
             with self.admin(db) as conn:
                 if conn.execute("select to_regclass('voke_drill_canary')").fetchone()[0]:
@@ -216,15 +248,20 @@ class PostgresInstances:
         with self.lock:
             if replica not in self.databases or primary not in self.databases:
                 return
+            if primary in self.empty:
+                self._forget(replica)
+                self.empty.add(replica)
+                return
             db = self.databases[replica]
             self._sql(f'drop database if exists "{db}" with (force)')
             self._sql(f'create database "{db}" owner "{self.owner}" template "{self.databases[primary]}"')
+            self.empty.discard(replica)
 
     def delete(self, name: str) -> None:
         with self.lock:
             relay = self.relays.pop(name, None)
             if relay is not None:
                 relay.close()
-            db = self.databases.pop(name, None)
-            if db is not None:
-                self._sql(f'drop database if exists "{db}" with (force)')
+            self._forget(name)
+            self.databases.pop(name, None)
+            self.empty.discard(name)
