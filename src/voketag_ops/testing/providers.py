@@ -94,7 +94,8 @@ class _HttpServer:
         self.handle = handle
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        # close() waits for the loop's next look at its shutdown flag: ~0.05 s a test at 0.05
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.005,), daemon=True)
         self.thread.start()
 
     @property
