@@ -1747,7 +1747,9 @@ class FakeGcp:
             "credentials": "anonymous",
             "endpoints": self.endpoints,
             "timeout": 10.0,
-            "poll_interval": 0.02,
+            # an operation here is DONE two polls after it starts (sql.polls_per_step): each poll
+            # waited for is time a test waits, ~6 s a run of the cloud tests at 0.02
+            "poll_interval": 0.005,
         }
         env.update(extra)
         return env
