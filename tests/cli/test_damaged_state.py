@@ -77,6 +77,33 @@ def test_a_torn_last_history_line_is_skipped_quietly(voke, tmp_path):
     assert [r["id"] for r in result.json["result"]["rotations"]] == ["rot-0"]
 
 
+def test_a_newer_vokes_history_line_is_shown_without_the_fields_this_voke_does_not_know(voke, tmp_path):
+    # A field a later voke adds (committed_at, duration_seconds once were) hid its newest lines.
+    path = _history(tmp_path / "home")
+    newer = json.loads(_record(id="rot-2", future_field=1))
+    newer["steps"] = [{"name": "lock", "status": "done", "duration_seconds": 0.1, "future_step_field": "x"}]
+    path.write_text(_record(id="rot-1") + "\n" + json.dumps(newer) + "\n")
+    result = voke("rotate", "history", "--json")
+    assert result.exit_code == 0 and "skipping" not in result.stderr, result.stderr
+    assert [r["id"] for r in result.json["result"]["rotations"]] == ["rot-2", "rot-1"]
+
+
+def test_an_unreadable_stored_rotation_record_is_one_line_exit_3_naming_the_secret(voke, tmp_path):
+    # Written by a newer voke (a field unknown here) or edited by hand: it was exit 70.
+    from voketag_ops.adapters.local.secrets import LocalSecretStore
+    from voketag_ops.core.rotation import ANNOTATION
+
+    store = LocalSecretStore(tmp_path / "home")
+    store.create("db-app")
+    store.add_version("db-app", b"{}")
+    running = json.loads(_record(status="in_progress", step="lock", future_field=1))
+    store.update("db-app", etag=store.get("db-app").etag, annotations={ANNOTATION: json.dumps(running)})
+    for args in (("rotate", "status"), ("rotate", "resume", "--yes")):
+        result = voke(*args)
+        _one_line_error(result, 3, "rotation record of db-app cannot be read", "unknown field 'future_field'")
+        assert "finish it with that voke" in result.stderr
+
+
 def test_history_shows_escape_sequences_and_markup_as_text(voke, tmp_path):
     path = _history(tmp_path / "home")
     path.write_text(_record(id="rot-\x1b[2J", secret="[red]db", error={"message": "x\x1b]0;t\x07"}) + "\n")

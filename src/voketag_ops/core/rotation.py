@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Literal, get_args
 
 from voketag_ops.core.times import iso
+from voketag_ops.errors import ConfigError
 from voketag_ops.redact import redact
 
 STEPS = ("lock", "create_pending", "set_target", "test", "commit", "deploy", "health", "finish")
@@ -112,15 +113,27 @@ class RotationRecord:
         return json.dumps(doc, separators=(",", ":"), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> RotationRecord:
-        """The record TEXT holds; ValueError saying why if it holds none (not JSON, nested too
-        deep, a field missing, unknown or of the wrong type: a hand edit, a torn line)."""
+    def from_json(cls, text: str, *, known_only: bool = False) -> RotationRecord:
+        """The record TEXT holds; UnreadableRecord (a ValueError, exit 3) saying why if it holds
+        none (not JSON, nested too deep, a field missing, unknown or of the wrong type: a hand
+        edit, a torn line, a newer voke's record). KNOWN_ONLY (a finished record, only shown):
+        the fields a newer voke added are left out instead."""
         try:
             raw = json.loads(text)
         except RecursionError:
-            raise ValueError("nested too deeply to read") from None
+            raise UnreadableRecord("nested too deeply to read") from None
+        except ValueError as exc:
+            raise UnreadableRecord(f"not JSON: {exc}") from None
+        if known_only and isinstance(raw, dict):
+            raw = {k: v for k, v in raw.items() if k in _FIELD_TYPES}
+            if isinstance(raw.get("steps"), list):
+                raw["steps"] = [
+                    {k: v for k, v in s.items() if k in _STEP_TYPES} if isinstance(s, dict) else s
+                    for s in raw["steps"]
+                ]
         if (problem := _record_problem(raw)) is not None:
-            raise ValueError(problem)
+            secret = raw.get("secret") if isinstance(raw, dict) else None
+            raise UnreadableRecord(problem, secret=secret if isinstance(secret, str) else None)
         raw["steps"] = [StepRecord(**s) for s in raw.get("steps", [])]
         return cls(**raw)
 
@@ -183,6 +196,22 @@ def _type_problem(where: str, doc: dict[str, Any], types: dict[str, tuple[type, 
         if not isinstance(value, types[key]) or (isinstance(value, bool) and bool not in types[key]):
             return f"{where}{key} is {type(value).__name__}"
     return None
+
+
+class UnreadableRecord(ConfigError, ValueError):
+    """A stored rotation record this voke cannot read (exit 3, one line): edited by hand, cut
+    short, or written by a newer voke (a field it does not know). Nothing is done with it."""
+
+    def __init__(self, problem: str, *, secret: str | None = None) -> None:
+        self.problem = problem
+        super().__init__(
+            f"the rotation record{f' of {secret}' if secret else ''} cannot be read: {problem}",
+            hint="a newer voke's record: finish it with that voke (`voke rotate resume --yes`); "
+            f"one edited by hand: repair the `{ANNOTATION}` annotation of the secret",
+        )
+
+    def __str__(self) -> str:
+        return self.problem
 
 
 def _record_problem(raw: Any) -> str | None:

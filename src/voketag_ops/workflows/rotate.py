@@ -1551,7 +1551,7 @@ class RotationEngine:
         records = []
         for number in range(len(lines), 0, -1):
             try:
-                record = RotationRecord.from_json(lines[number - 1])
+                record = RotationRecord.from_json(lines[number - 1], known_only=True)  # a newer voke's too
             except ValueError as exc:
                 if number < len(lines):
                     log.warning("%s:%d: skipping a line that holds no rotation record: %s", path, number, exc)
