@@ -557,7 +557,8 @@ def _render_restore(console: Console, r: dict[str, Any]) -> None:
     console.print(
         f"stop point: {sp['stopped'] or 'end of WAL'}"
         + (f" at {sp['stop_time']}" if sp.get("stop_time") else "")
-        + f"; last replayed transaction {sp['last_transaction_at']}; new timeline {sp['new_timeline']}"
+        + f"; last replayed transaction {sp['last_transaction_at'] or 'none since the backup'}"
+        + f"; new timeline {sp['new_timeline']}"
     )
     console.print(f"base backup {r['backup']['label']}, WAL {sp['wal_first']}..{sp['wal_last']}")
     console.print(f"connect: psql '{r['conninfo']}'   discard: voke dr discard {r['name']} --yes")
