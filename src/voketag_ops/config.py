@@ -52,6 +52,7 @@ ENV_VARS: dict[str, str] = {
 OTHER_ENV_VARS = {
     "VOKE_CONFIG": "path of the configuration file (instead of searching for voke.toml)",
     "VOKE_OUTPUT": "`json` makes every command print the JSON envelope, like --json (`human`: the default; anything else: exit 3)",
+    "VOKE_ACTOR": "the `actor` of every audit event this process writes (default `user@host`), e.g. a CI job's name; self-declared, so not proof of who ran it",
 }
 
 # Keys whose values are secrets. Not `*_secret`: in voke's config those name a secret in the store.
@@ -288,7 +289,10 @@ class DrSettings(_Model):
         default=2, gt=0, le=60, description="how long a heartbeat probe waits for the replica to replay it"
     )
     network_outage_seconds: float = Field(
-        default=5, gt=0, description="how long the network drill freezes the primary"
+        default=5,
+        gt=0,
+        le=3600,
+        description="how long the network drill freezes the primary (as --outage, at most 1 h)",
     )
     runbooks_dir: Path | None = Field(
         default=None, description="directory of the DR runbooks (default: the runbooks voke ships with)"

@@ -509,3 +509,15 @@ def test_a_single_login_takes_one_role_and_an_alternating_one_two_distinct(tmp_p
             ConfigError, match=r"rotation\.db_users\.legacy\.roles: the alternating strategy needs two"
         ):
             load_config(cwd=tmp_path, environ={})
+
+
+def test_the_network_drills_outage_is_at_most_an_hour_in_the_configuration_too(voke, make_environ, tmp_path):
+    # `--outage` refused more than 1 h (the leader is frozen that long); the setting took a day.
+    env = make_environ(tmp_path / "h", VOKE_DR__NETWORK_OUTAGE_SECONDS="86400")
+    result = voke("config", "show", "--json", environ=env)
+    assert result.exit_code == 3 and "VOKE_DR__NETWORK_OUTAGE_SECONDS" in result.json["error"]["message"]
+    env["VOKE_DR__NETWORK_OUTAGE_SECONDS"] = "3600"
+    assert (
+        settings_of(voke("config", "show", "--json", environ=env))["dr.network_outage_seconds"]["value"]
+        == 3600
+    )

@@ -34,3 +34,10 @@ def test_every_readme_command_parses(where, args, tmp_path, monkeypatch):
         if not arg.startswith("-") and re.fullmatch(r"[\w.-]+\.(csv|json|xml|txt|md)", arg):
             (tmp_path / arg).write_text("")
     check_values(parse(args))  # and the durations and times the command parses itself
+
+
+def test_every_environment_variable_voke_reads_is_in_the_readme():
+    from voketag_ops.config import ENV_VARS, OTHER_ENV_VARS
+
+    for name in (*ENV_VARS, *OTHER_ENV_VARS):
+        assert f"`{name}" in README, name

@@ -30,7 +30,7 @@ Since = Annotated[
 ]
 Until = Annotated[str | None, typer.Option("--until", help="Before this time (same forms as --since).")]
 EventType = Annotated[
-    str | None, typer.Option("--event-type", "-e", help="Event type, shell glob allowed (rotate.*).")
+    str | None, typer.Option("--event-type", "-e", help="Event type, shell glob allowed (rotation.*).")
 ]
 Target = Annotated[str | None, typer.Option("--target", "-t", help="Target, shell glob allowed.")]
 Result = Annotated[

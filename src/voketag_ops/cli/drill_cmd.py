@@ -30,7 +30,7 @@ class Scenario(StrEnum):
     all = "all"
 
 
-MAX_OUTAGE = 3600.0  # seconds a network drill may freeze the leader
+MAX_OUTAGE = 3600.0  # seconds a network drill may freeze the leader (dr.network_outage_seconds too)
 
 
 def _seconds(flag: str, value: str, *, at_most: float | None = None, why: str = "") -> float:
