@@ -138,6 +138,17 @@ def use(ctx: typer.Context) -> AppContext:
     return app
 
 
+def use_local(ctx: typer.Context) -> AppContext:
+    """`use`, refused (exit 3) when --env names a cloud environment: for the commands that act
+    on the local environment (its servers, its `voketag` database, the chain in it) and that
+    would otherwise act on it there, audited under the cloud environment's name."""
+    from voketag_ops.workflows.dr import require_local
+
+    app = use(ctx)
+    require_local(app.settings)
+    return app
+
+
 def stdin_bytes(stream: TextIO | None) -> IO[bytes]:
     """The bytes of STREAM, a text stdin: its buffer, or the text of a stream without one (a
     test's StringIO) encoded back. A closed stdin (`<&-`: sys.stdin is None) is empty, as

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from voketag_ops.cli.common import DryRun, Yes, render_plan, use
+from voketag_ops.cli.common import DryRun, Yes, render_plan, use, use_local
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -23,10 +23,7 @@ app.add_typer(runbook_app, name="runbook")
 
 
 def _local(ctx: typer.Context) -> tuple[Any, Any]:
-    from voketag_ops.workflows.dr import require_local
-
-    env = use(ctx)
-    require_local(env.settings)
+    env = use_local(ctx)
     return env, env.local_environment()
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from voketag_ops.cli.common import DryRun, Unasked, Yes, render_plan, use
+from voketag_ops.cli.common import DryRun, Unasked, Yes, render_plan, use_local
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -21,7 +21,7 @@ app = typer.Typer(
 @app.command("up")
 def up(ctx: typer.Context, dry_run: DryRun = False, yes: Unasked = False) -> None:
     """Start the local environment, creating what is missing. Safe to re-run."""
-    env = _local_only(ctx)
+    env = use_local(ctx)
     platform = env.platform()
     if dry_run:
         env.out.result(_up_plan(platform.env), render=render_plan)
@@ -34,14 +34,14 @@ def up(ctx: typer.Context, dry_run: DryRun = False, yes: Unasked = False) -> Non
 @app.command("status")
 def status(ctx: typer.Context) -> None:
     """Show roles, ports, replication lag, WAL archiving and base backups."""
-    env = _local_only(ctx)
+    env = use_local(ctx)
     env.out.result(env.platform().status(), render=_render_status)
 
 
 @app.command("down")
 def down(ctx: typer.Context, dry_run: DryRun = False, yes: Unasked = False) -> None:
     """Stop the servers and keep all data (`voke env up` starts them again)."""
-    env = _local_only(ctx)
+    env = use_local(ctx)
     local = env.local_environment()
     if dry_run:
         env.out.result(
@@ -81,7 +81,7 @@ def destroy(
 ) -> None:
     """Stop the servers and delete the environment's data, archive and backups (the chain is
     exported to VOKE_HOME/chain/chain.json first; the audit log stays)."""
-    env = _local_only(ctx)
+    env = use_local(ctx)
     local = env.local_environment()
     if dry_run:
         env.out.result(
@@ -116,16 +116,6 @@ def destroy(
             + (f"; chain {r['chain']}" if r.get("chain") not in (None, "empty", "kept (file store)") else "")
         ),
     )
-
-
-def _local_only(ctx: typer.Context) -> Any:
-    """The CLI environment, refused (exit 3) when --env names a cloud one: `env` never acts
-    on Cloud SQL, and acting on the local one there was a surprise (`--env prod env destroy`)."""
-    from voketag_ops.workflows.dr import require_local
-
-    env = use(ctx)
-    require_local(env.settings)
-    return env
 
 
 def _up_plan(local: Any) -> dict[str, Any]:
