@@ -202,6 +202,62 @@ def test_env_commands_refuse_a_cloud_environment(voke, make_environ, tmp_path):
     assert not (tmp_path / "h").exists()
 
 
+ROOT = "ab" * 32
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ingest", "load", "b2.csv", "--yes"],
+        ["ingest", "load", "b2.csv", "--dry-run"],
+        ["ingest", "batches"],
+        ["ingest", "proof", "TAG-1"],
+        ["chain", "validate"],
+        ["chain", "anchors"],
+        ["chain", "export", "-o", "chain.json"],
+        ["chain", "import", "b2.csv"],
+        ["chain", "import", "b2.csv", "--dry-run"],
+        ["chain", "anchor", "request", ROOT],
+        ["chain", "anchor", "request", ROOT, "--dry-run"],
+        ["chain", "anchor", "run"],
+        ["chain", "anchor", "run", "--dry-run"],
+        ["chain", "anchor", "cancel", ROOT, "--yes"],
+    ],
+    ids=" ".join,
+)
+def test_local_database_and_chain_commands_refuse_a_cloud_environment(voke, make_environ, tmp_path, args):
+    # They used the local `voketag` database or chain and audited it as "prod" (exit 0).
+    (tmp_path / "voke.toml").write_text('[environments.prod]\nproject = "p"\ninstance = "db"\n')
+    (tmp_path / "b2.csv").write_text("tag_id,sku\n")
+    home = tmp_path / "h"
+    args = [str(tmp_path / a) if a.endswith((".csv", ".json")) else a for a in args]
+    environ = make_environ(home)
+    try:
+        result = voke("--env", "prod", *args, "--json", environ=environ, cwd=tmp_path)
+        assert result.exit_code == 3, result.stdout + result.stderr
+        assert "drives the local environment only" in result.json["error"]["message"]
+        assert not home.exists()  # nothing started, no audit event (it lives in the home)
+    finally:
+        if (home / "pg").exists():  # what a voke without the refusal started
+            voke("env", "destroy", "--yes", "--discard-chain", environ=environ, cwd=tmp_path)
+
+
+def test_a_cloud_environment_still_takes_ingest_db_and_file_only_commands(voke, make_environ, tmp_path):
+    (tmp_path / "voke.toml").write_text('[environments.prod]\nproject = "p"\ninstance = "db"\n')
+    environ = make_environ(tmp_path / "h")
+
+    def run(*args: str):
+        return voke("--env", "prod", *args, "--json", environ=environ, cwd=tmp_path)
+
+    refused = run("ingest", "batches")
+    assert "--db URL names the database" in refused.json["error"]["hint"]
+    # --db names its database, whatever --env says: it is tried (nothing listens on port 1)
+    assert run("ingest", "batches", "--db", "postgresql://127.0.0.1:1/voketag").exit_code == 4
+    sample = str(tmp_path / "s.csv")
+    assert run("ingest", "sample", "--rows", "3", "--out", sample).exit_code == 0
+    assert run("chain", "root", sample).exit_code == 0  # a file's Merkle root: no chain
+
+
 @pytest.mark.parametrize(
     ("files", "env", "fragment"),
     [

@@ -8,7 +8,8 @@ document; 4 the chain store failed; 5 an anchor in the wrong state or a divergin
 7 a chain file that could not be migrated into PostgreSQL.
 
 The chain lives where `open_chain_store` says (by default the local environment's
-database, which commands that use it start on demand).
+database, which commands that use it start on demand): those commands refuse a cloud
+environment (exit 3), whose --env would have acted on the local chain under its name.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from voketag_ops.cli.common import DryRun, Unasked, Yes, stdin_bytes, use
+from voketag_ops.cli.common import DryRun, Unasked, Yes, stdin_bytes, use, use_local
 
 _UINT64_MAX = (1 << 64) - 1  # the largest size the chain store reads back (core.chain.MAX_NONCE)
 
@@ -200,7 +201,7 @@ def validate(
     """Check the whole chain; exit 1 naming the first bad block and why."""
     from voketag_ops.workflows.chain import validate as run_validate
 
-    env = use(ctx)
+    env = use_local(ctx)
     report = run_validate(_store(env), min_difficulty=min_difficulty)
     env.out.result(report, ok=report.ok, failure=report.message, render=_render_validate)
 
@@ -218,7 +219,7 @@ def anchors(
     from voketag_ops.errors import UsageError
     from voketag_ops.workflows.chain import list_anchors
 
-    env = use(ctx)
+    env = use_local(ctx)
     if state is not None and state not in {s.value for s in AnchorState}:
         raise UsageError(f"--state must be one of {', '.join(s.value for s in AnchorState)}, not {state!r}")
     env.out.result(list_anchors(_store(env), state=state), render=_render_anchors)
@@ -234,7 +235,7 @@ def export(
     """Export the chain and its anchors as one JSON document (the file form import reads)."""
     from voketag_ops.adapters.local.chain_store import render_document
 
-    env = use(ctx)
+    env = use_local(ctx)
     state = _store(env).load()
     text = render_document(state)
     if output is None and not env.out.json_mode:
@@ -278,7 +279,7 @@ def import_(
     from voketag_ops.workflows.audit import refuse_foreign_chain
     from voketag_ops.workflows.chain import plan_import
 
-    env = use(ctx)
+    env = use_local(ctx)
     limit = env.settings.chain.max_import_bytes
     with _binary_input(file) as (stream, source):
         raw = read_at_most(stream, limit)
@@ -350,7 +351,7 @@ def anchor_request(
     from voketag_ops.errors import UsageError
     from voketag_ops.workflows.chain import request_anchor
 
-    env = use(ctx)
+    env = use_local(ctx)
     try:
         root_bytes = bytes.fromhex(root_hex)
     except ValueError:
@@ -409,7 +410,7 @@ def anchor_run(
     does nothing; store errors are retried with backoff. Exit 1 if mining ran out of bounds."""
     from voketag_ops.workflows.chain import run_anchors
 
-    env = use(ctx)
+    env = use_local(ctx)
     store = _store(env, dry_run=dry_run, changes=True)
     if dry_run:  # counting what a real run requests first, as it would
         from voketag_ops.audit import AuditLog
@@ -460,7 +461,7 @@ def anchor_cancel(
     from voketag_ops.core.chain import AnchorState, AnchorStateError
     from voketag_ops.workflows.chain import cancel_anchor
 
-    env = use(ctx)
+    env = use_local(ctx)
     store = _store(env, dry_run=dry_run, changes=True)
     anchor = store.load().find_anchor(anchor_id)
 

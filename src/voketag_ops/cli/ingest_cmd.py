@@ -66,6 +66,7 @@ def _conninfo(env: AppContext, db: str | None, *, dry_run: bool, started: list[s
     says nothing but its warnings: the load's one summary line says it happened (STARTED)."""
     if db is not None:
         return _given_db(db)
+    _refuse_cloud(env)
     from voketag_ops.workflows.env import ensure_local
 
     if _tty(env.out):
@@ -87,6 +88,7 @@ def _read_conninfo(env: AppContext, db: str | None) -> str | None:
     environment nor creates the database: None when it does not exist (nothing loaded)."""
     if db is not None:
         return _given_db(db)
+    _refuse_cloud(env)
     from voketag_ops.adapters.local.environment import PLATFORM_DB
     from voketag_ops.errors import BackendError
 
@@ -103,6 +105,18 @@ def _read_conninfo(env: AppContext, db: str | None) -> str | None:
             "and proofs never does)"
         )
     return local.database(PLATFORM_DB, create=False)
+
+
+def _refuse_cloud(env: AppContext) -> None:
+    """Without --db the database is the local environment's: with --env naming a cloud
+    environment, exit 3 before anything starts (it loaded there, audited as that environment).
+    A --db names its database itself, so any --env goes with it."""
+    from voketag_ops.workflows.dr import require_local
+
+    require_local(
+        env.settings,
+        hint="--db URL names the database to use (a Cloud SQL instance through the Cloud SQL Auth Proxy, say)",
+    )
 
 
 def _given_db(db: str) -> str:

@@ -43,12 +43,14 @@ def _quiet(_msg: str) -> None:
     return None
 
 
-def require_local(settings: Settings) -> None:
+def require_local(settings: Settings, *, hint: str | None = None) -> None:
+    """Refuse (exit 3) a cloud environment: the one check of every local-only command."""
     if settings.env != "local":
         settings.environment(settings.env)  # an unknown or invalid environment is named as such
         raise ConfigError(
             f"this command drives the local environment only; {settings.env!r} is a cloud environment, "
-            "where `voke dr status|check|restore|failover|failback` work (README: Google Cloud environments)"
+            "where `voke dr status|check|restore|failover|failback` work (README: Google Cloud environments)",
+            hint=hint,
         )
 
 
