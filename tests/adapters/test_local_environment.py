@@ -99,7 +99,7 @@ def test_server_settings_and_replication_slot(home):
         settings = dict(
             conn.execute(
                 "select name, setting from pg_settings where name in "
-                "('data_checksums', 'wal_level', 'archive_mode', 'listen_addresses')"
+                "('data_checksums', 'wal_level', 'archive_mode', 'listen_addresses', 'wal_retrieve_retry_interval')"
             ).fetchall()
         )
         slot = conn.execute(
@@ -110,6 +110,7 @@ def test_server_settings_and_replication_slot(home):
         "wal_level": "replica",
         "archive_mode": "on",
         "listen_addresses": "127.0.0.1",
+        "wal_retrieve_retry_interval": "1000",  # ms: a standby reconnects within 1 s, not 5
     }
     assert slot == (True,)
 

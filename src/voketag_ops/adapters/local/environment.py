@@ -621,6 +621,9 @@ class LocalEnvironment:
             "archive_timeout": self.settings.archive_timeout,
             "hot_standby": True,
             "hot_standby_feedback": True,
+            # A standby whose primary restarted (a crash, a failback's switchover) reconnects on
+            # its WAL receiver's next retry: 5 s by default, which `env up` and a failback wait out.
+            "wal_retrieve_retry_interval": "1s",
             "track_commit_timestamp": True,
             "logging_collector": False,
             "log_line_prefix": "%m [%p] ",
