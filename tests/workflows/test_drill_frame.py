@@ -233,6 +233,72 @@ def test_a_journal_left_running_by_a_killed_drill_reads_interrupted_everywhere(t
     assert [r["status"] for r in drill.history(home)["runs"]] == ["interrupted"]
 
 
+def _bytes_read() -> int:
+    """What this process has read so far (read() and pread() alike), from /proc/self/io."""
+    with open("/proc/self/io") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("rchar:"))
+
+
+def test_the_newest_journal_is_read_alone_and_history_keeps_only_its_rows(tmp_path, monkeypatch):
+    # `dr status`, `drill report last` and `drill history` read and kept every journal
+    # (10,000 drills: 3 s and 370 MB each): the newest is found by the start its file name
+    # carries, and history keeps a row of each journal, not the journal.
+    import json
+    import tracemalloc
+    from datetime import UTC, datetime, timedelta
+    from types import SimpleNamespace
+
+    from voketag_ops.core import drill as core
+    from voketag_ops.workflows import drill
+
+    home = SimpleNamespace(home=tmp_path)
+    (tmp_path / "drills").mkdir()
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    for i in range(300):
+        started = t0 + timedelta(minutes=50 * i, microseconds=i)
+        scenario = ("pitr", "failover", "network")[i % 3]
+        journal = {
+            "run_id": f"{scenario}-{started:%Y%m%dT%H%M%SZ}-{i:04x}", "scenario": scenario,
+            "status": "completed" if i % 4 else "failed", "started_at": started.isoformat().replace("+00:00", "Z"),
+            "rto_seconds": None if i % 5 == 0 else 10 + i % 7, "rpo_seconds": 0.5,
+            "targets": {"rto_target_seconds": 300}, "steps": [{"name": f"step {n}", "detail": "x" * 100} for n in range(80)],
+        }  # fmt: skip
+        if i in (7, 250):  # older journals under names with no start in them
+            journal["run_id"] = f"hand-{i}"
+        (tmp_path / "drills" / f"{journal['run_id']}.json").write_text(json.dumps(journal))
+    (tmp_path / "drills" / "broken.json").write_text("[1]")
+    journals = drill.load_journals(home)  # type: ignore[arg-type]
+    size = sum(p.stat().st_size for p in (tmp_path / "drills").iterdir())
+
+    before = _bytes_read()
+    assert drill.last_result(home)["run_id"] == journals[-1]["run_id"]  # type: ignore[arg-type,index]
+    assert drill.load_journal(home, "last") == journals[-1]  # type: ignore[arg-type]
+    assert drill.load_journal(home, journals[100]["run_id"]) == journals[100]  # type: ignore[arg-type]
+    assert drill.load_journal(home, "hand-250") == journals[250]  # type: ignore[arg-type]
+    # the newest twice (each with the three files not named by their start), then the two named
+    assert _bytes_read() - before < 12 * (size // 300) < size // 10
+
+    held = []  # what is allocated as each journal is read (reading one costs a transient 64 MiB buffer)
+    read = drill.read_record
+    monkeypatch.setattr(
+        drill,
+        "read_record",
+        lambda *a, **kw: held.append(tracemalloc.get_traced_memory()[0]) or read(*a, **kw),
+    )
+    tracemalloc.start()
+    try:
+        shown = drill.history(home, limit=5)  # type: ignore[arg-type]
+    finally:
+        tracemalloc.stop()
+    assert [r["run_id"] for r in shown["runs"]] == [j["run_id"] for j in journals[-5:]]
+    assert shown["trend"] == core.trend(journals) and shown["trend"]["pitr"]["runs"] == 100
+    assert len(held) == 301 and max(held) < size // 4  # a row of each journal, not every journal
+    pitr = drill.history(home, scenario="pitr", limit=2)  # type: ignore[arg-type]
+    assert [r["run_id"] for r in pitr["runs"]] == [j["run_id"] for j in journals if j["scenario"] == "pitr"][
+        -2:
+    ]
+
+
 def test_a_step_records_its_exit_code_and_the_commands_it_ran() -> None:
     from voketag_ops.adapters.local import dr
     from voketag_ops.adapters.local.postgres import record_command

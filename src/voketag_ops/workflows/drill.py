@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import re
 import socket
 import tempfile
 import time
@@ -63,20 +64,68 @@ def journals_dir(env: LocalEnvironment) -> Path:
 
 def load_journals(env: LocalEnvironment) -> list[dict[str, Any]]:
     """Every journal under VOKE_HOME/drills, oldest first (unreadable files are skipped). One
-    left `running` by a process that is gone reads `interrupted`, wherever it is shown."""
+    left `running` by a process that is gone reads `interrupted`, wherever it is shown. Every
+    file read and kept: for the views that need them all (the cloud drills' sweep); the others
+    read newest_journals, or keep what they show of each (history)."""
+    return sorted(_each_journal(env), key=_started)
+
+
+def _each_journal(env: LocalEnvironment) -> Iterator[dict[str, Any]]:
+    """Every journal, in file name order, read one at a time."""
+    for path in sorted(journals_dir(env).glob("*.json")):
+        if (journal := _read_journal(path)) is not None:
+            yield journal
+
+
+def _read_journal(path: Path) -> dict[str, Any] | None:
+    """The journal PATH holds, `interrupted` if left `running` by a process that is gone; None
+    (with a warning) if it holds none."""
     from voketag_ops.workflows.cloud_drill import owner_gone
 
-    found = []
-    for path in sorted(journals_dir(env).glob("*.json")):
-        try:
-            journal = read_record(path, _not_a_journal)
-        except (OSError, DamagedRecord) as exc:
-            log.warning("skipping drill journal %s: %s", path, exc)
+    try:
+        journal: dict[str, Any] = read_record(path, _not_a_journal)
+    except (OSError, DamagedRecord) as exc:
+        log.warning("skipping drill journal %s: %s", path, exc)
+        return None
+    if journal.get("status") == "running" and owner_gone(journal):
+        journal["status"] = "interrupted"
+    return journal
+
+
+def _started(journal: Mapping[str, Any]) -> str:
+    return journal.get("started_at") or ""
+
+
+# A journal's file is named by its run id, which carries the second the run started, in UTC
+# (local: pitr-20261127T155236Z-e1ae, cloud: pitr-20261127t155236-e1ae).
+_STAMPED = re.compile(r"-(\d{4})(\d\d)(\d\d)[Tt](\d\d)(\d\d)(\d\d)Z?-[0-9a-f]+$")
+
+
+def newest_journals(env: LocalEnvironment) -> Iterator[dict[str, Any]]:
+    """The journals newest first, in load_journals' order reversed, read only as far as the
+    caller goes: files are read newest first by the start their name carries (the second of
+    `started_at`, as voke names them), and a journal is handed out once no file still unread
+    can have started after it. A file whose name carries no start (made by hand) is read at
+    the outset."""
+    stamped: list[tuple[str, Path]] = []
+    ready: list[tuple[str, str, dict[str, Any]]] = []  # read, not yet handed out
+    for path in journals_dir(env).glob("*.json"):
+        if (m := _STAMPED.search(path.stem)) is not None:
+            stamped.append(("{}-{}-{}T{}:{}:{}".format(*m.groups()), path))
+        elif (journal := _read_journal(path)) is not None:
+            ready.append((_started(journal), str(path), journal))
+    stamped.sort(key=lambda item: item[0])  # oldest first: popped from the end
+    while stamped or ready:
+        best = max(ready, key=lambda item: item[:2], default=None)
+        if best is not None and (not stamped or best[0][:19] > stamped[-1][0]):
+            ready.remove(best)
+            yield best[2]
             continue
-        if journal.get("status") == "running" and owner_gone(journal):
-            journal["status"] = "interrupted"
-        found.append(journal)
-    return sorted(found, key=lambda j: j.get("started_at") or "")
+        second = stamped[-1][0]  # read every file of the newest second not yet read
+        while stamped and stamped[-1][0] == second:
+            path = stamped.pop()[1]
+            if (journal := _read_journal(path)) is not None:
+                ready.append((_started(journal), str(path), journal))
 
 
 def _not_a_journal(doc: Any) -> str | None:
@@ -120,22 +169,28 @@ def report_problem(journal: dict[str, Any]) -> str | None:
 
 
 def load_journal(env: LocalEnvironment, run_id: str) -> dict[str, Any]:
-    journals = load_journals(env)
+    """The journal of RUN_ID (`last`, `latest`: the newest), read from the file it names; a
+    journal saved under another name is looked for among all of them."""
     if run_id in ("last", "latest"):
-        if not journals:
+        newest = next(newest_journals(env), None)
+        if newest is None:
             raise UsageError("no drill has run yet; `voke drill run all --yes` runs them")
-        return journals[-1]
-    for journal in journals:
-        if journal.get("run_id") == run_id:
+        return newest
+    named = journals_dir(env) / f"{run_id}.json"
+    if Path(run_id).name == run_id and "\0" not in run_id and named.is_file():
+        journal = _read_journal(named)
+        if journal is not None and journal.get("run_id") == run_id:
             return journal
+    found = sorted((j for j in _each_journal(env) if j.get("run_id") == run_id), key=_started)
+    if found:
+        return found[0]
     raise UsageError(f"no drill run {run_id!r} (see `voke drill history`)")
 
 
 def last_result(env: LocalEnvironment) -> dict[str, Any] | None:
-    journals = load_journals(env)
-    if not journals:
+    last = next(newest_journals(env), None)
+    if last is None:
         return None
-    last = journals[-1]
     keys = ("run_id", "scenario", "status", "finished_at", "rto_seconds", "rpo_seconds")
     return {k: last.get(k) for k in keys}
 
@@ -148,28 +203,31 @@ def save_journal(env: LocalEnvironment, journal: dict[str, Any]) -> Path:
     return path
 
 
+_HISTORY_KEYS = (
+    "run_id",
+    "scenario",
+    "started_at",
+    "status",
+    "rto_seconds",
+    "rpo_seconds",
+    "lost_commits",
+    "rto_met",
+    "rpo_met",
+    "integrity_ok",
+)
+
+
 def history(env: LocalEnvironment, *, scenario: str | None = None, limit: int = 50) -> dict[str, Any]:
-    journals = [j for j in load_journals(env) if scenario is None or j.get("scenario") == scenario]
+    """The newest LIMIT runs (of SCENARIO) and the trend per scenario. The trend counts every
+    run (runs, passed, best and worst RTO), so every journal is read, but only its row is kept."""
     rows = [
-        {
-            k: j.get(k)
-            for k in (
-                "run_id",
-                "scenario",
-                "started_at",
-                "status",
-                "rto_seconds",
-                "rpo_seconds",
-                "lost_commits",
-                "rto_met",
-                "rpo_met",
-                "integrity_ok",
-            )
-        }
+        {k: j.get(k) for k in _HISTORY_KEYS}
         | {"rto_target_seconds": (j.get("targets") or {}).get("rto_target_seconds")}
-        for j in journals
+        for j in _each_journal(env)
+        if scenario is None or j.get("scenario") == scenario
     ]
-    return {"runs": rows[-limit:], "trend": core.trend(journals)}
+    rows.sort(key=_started)
+    return {"runs": rows[-limit:], "trend": core.trend(rows)}
 
 
 # -- steady state -----------------------------------------------------------------------------------------
