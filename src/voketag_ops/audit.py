@@ -57,7 +57,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("voke.audit")
 
 CHECKPOINT_EVERY = 100
-_TAIL_BLOCK = 64 * 1024
 
 
 class AuditWriteError(BackendError):
@@ -103,20 +102,10 @@ class _Tail:
 
 def _read_tail(fd: int) -> _Tail:
     """The last complete line and any torn fragment after it, reading backwards."""
-    size = os.fstat(fd).st_size
-    buf = b""
-    pos = size
-    while pos > 0:
-        step = min(_TAIL_BLOCK, pos)
-        pos -= step
-        buf = os.pread(fd, step, pos) + buf
-        end = buf.rfind(b"\n")
-        if end == -1:
-            continue
-        start = buf.rfind(b"\n", 0, end)
-        if start != -1 or pos == 0:
-            return _Tail(buf[start + 1 : end], buf[end + 1 :], pos + end + 1)
-    return _Tail(None, buf, 0)
+    lines = files.lines_backwards(fd)
+    fragment_offset, fragment = next(lines)
+    last = next(lines, None)
+    return _Tail(None if last is None else last[1], fragment, fragment_offset)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Files voke writes for the user (`--out`, `--output`, `--rejects`): checked before any work
 is done, written aside and renamed into place; files voke reads whole, bounded; voke's own
-records (state, journals, DR records) replaced whole, and read back with one set of checks."""
+records (state, journals, DR records) replaced whole, and read back with one set of checks;
+append-only logs read from their end."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import os
 import pwd
 import stat
 import tempfile
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -74,10 +75,28 @@ class _Unreadable(Exception):
 
 def _read_regular(path: Path, limit: int) -> bytes:
     """The bytes of PATH if it is a regular file of at most LIMIT bytes (_Unreadable saying why
-    not). A device or a pipe has no size to check first (/dev/zero never ends): refused, and
-    opened without blocking (a FIFO without a writer would wait for one); a file growing while
-    it is read is cut at LIMIT + 1 bytes and refused. FileNotFoundError and NotADirectoryError
-    propagate (no such file)."""
+    not); a file growing while it is read is cut at LIMIT + 1 bytes and refused. The rest as
+    _open_regular."""
+    fd, st = _open_regular(path)
+    try:
+        if st.st_size > limit:
+            raise _Unreadable(f"larger than {limit:,} bytes", too_large=True)
+        with open(fd, "rb", closefd=False) as fh:
+            data = read_at_most(fh, limit)
+    except OSError as exc:
+        raise _Unreadable(exc.strerror or str(exc)) from None
+    finally:
+        os.close(fd)
+    if data is None:
+        raise _Unreadable(f"larger than {limit:,} bytes", too_large=True)
+    return data
+
+
+def _open_regular(path: Path) -> tuple[int, os.stat_result]:
+    """PATH open for reading, and its stat, if it is a regular file (_Unreadable saying why not).
+    A device or a pipe has no size to check first (/dev/zero never ends): refused, and opened
+    without blocking (a FIFO without a writer would wait for one). FileNotFoundError,
+    NotADirectoryError and PermissionError propagate (no such file; another user's)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except (FileNotFoundError, NotADirectoryError, PermissionError):
@@ -92,17 +111,56 @@ def _read_regular(path: Path, limit: int) -> bytes:
             raise _Unreadable(
                 "not a regular file (a device or a pipe has no size to check first)", not_regular=True
             )
-        if st.st_size > limit:
-            raise _Unreadable(f"larger than {limit:,} bytes", too_large=True)
-        with open(fd, "rb", closefd=False) as fh:
-            data = read_at_most(fh, limit)
     except OSError as exc:
+        os.close(fd)
         raise _Unreadable(exc.strerror or str(exc)) from None
+    except _Unreadable:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+# -- append-only logs, from their end ----------------------------------------------------------
+TAIL_BLOCK = 64 * 1024
+
+
+def lines_backwards(fd: int, *, block: int = TAIL_BLOCK) -> Iterator[tuple[int, bytes]]:
+    """The lines of the file open as FD from its end, each with its offset and without its line
+    break: first whatever follows the last line break (b"" when the file ends with one; a torn
+    write when not), then each line before it, newest first. Reads BLOCK bytes at a time
+    backwards, only as far as the caller iterates: an append-only log of any size costs what
+    its newest lines do."""
+    pos = os.fstat(fd).st_size
+    later: list[bytes] = []  # the end of the line being read, in blocks read after it (nearest first)
+    while pos > 0:
+        step = min(block, pos)
+        pos -= step
+        chunk = os.pread(fd, step, pos)
+        end = len(chunk)
+        cut = chunk.rfind(b"\n", 0, end)
+        while cut != -1:
+            yield pos + cut + 1, b"".join([chunk[cut + 1 : end], *reversed(later)])
+            later = []
+            end, cut = cut, chunk.rfind(b"\n", 0, cut)
+        later.append(chunk[:end])
+    yield 0, b"".join(reversed(later))
+
+
+@contextmanager
+def open_log(path: Path) -> Iterator[int]:
+    """Voke's own append-only log PATH open for reading (lines_backwards reads it), refused as
+    read_record_text refuses a record that is no regular file (DamagedRecord; another user's:
+    `not_permitted`), but of any size. FileNotFoundError and NotADirectoryError propagate."""
+    try:
+        fd, _st = _open_regular(path)
+    except PermissionError:
+        raise not_permitted(path) from None
+    except _Unreadable as exc:
+        raise DamagedRecord(str(exc)) from None
+    try:
+        yield fd
     finally:
         os.close(fd)
-    if data is None:
-        raise _Unreadable(f"larger than {limit:,} bytes", too_large=True)
-    return data
 
 
 # -- writing aside ---------------------------------------------------------------------------

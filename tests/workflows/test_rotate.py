@@ -268,6 +268,66 @@ def test_a_history_line_the_disk_has_no_room_for_is_cut_back_and_names_the_file(
     assert [r.id for r in engine.history()] == ["rot-4", "rot-3", "rot-1"]
 
 
+def _bytes_read() -> int:
+    """What this process has read so far (read() and pread() alike), from /proc/self/io."""
+    with open("/proc/self/io") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("rchar:"))
+
+
+def test_the_history_is_read_from_its_end_only_as_far_as_needed(tmp_path, caplog):
+    # `rotate status` and `rotate due` (a JWT's publication) and every lookup of a finished
+    # rotation read the whole history, refused it above 64 MiB (exit 3) and found only the
+    # newest 10,000: an append-only log is read backwards now, up to the first match.
+    from voketag_ops.adapters.local.secrets import LocalSecretStore
+    from voketag_ops.adapters.local.services import LocalServiceRuntime
+    from voketag_ops.config import RotationSettings
+
+    home = tmp_path / "home"
+    engine = RotationEngine(
+        store=LocalSecretStore(home), runtime=LocalServiceRuntime(home, {}), target=None,
+        settings=RotationSettings(), home=home, sleep=lambda _s: None,
+    )  # fmt: skip
+    template = RotationRecord(
+        id="rot-ID", secret="SECRET", kind="db-password", target="app", strategy="alternating",
+        owner="h:1", lease_until="2999-01-01T00:00:00Z", started_at="2026-01-01T00:00:00Z",
+        status="succeeded", finished_at="2026-01-01T00:01:00Z", pending_version=7,
+    ).to_json()  # fmt: skip
+    count = 12_000
+    lines = [
+        template.replace("rot-ID", f"rot-{i:05d}").replace("SECRET", "jwt" if i == 0 else "db-app")
+        for i in range(count)
+    ]
+    lines[3] = "not a record"  # a hand edit, deep in the file
+    lines[count - 3] = "[]"
+    engine.history_file.parent.mkdir(parents=True)
+    engine.history_file.write_text("\n".join(lines) + "\n" + lines[1][:30])  # and a torn last line
+    size = engine.history_file.stat().st_size
+
+    before = _bytes_read()
+    newest = engine.history(limit=2)
+    near_end = _bytes_read() - before
+    assert [r.id for r in newest] == [f"rot-{i:05d}" for i in (count - 1, count - 2)]
+    assert near_end < 200_000 < size  # its last block or two
+    assert not caplog.records
+    # a damaged line is skipped with the warning it had, numbered from the top
+    assert [r.id for r in engine.history(limit=3)][-1] == f"rot-{count - 4:05d}"
+    (warned,) = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
+    assert warned.startswith(f"{engine.history_file}:{count - 2}: ")
+
+    caplog.clear()
+    assert engine._from_history("rot-00001") is not None  # beyond the newest 10,000
+    assert engine.published_at("jwt", 7) is not None
+    assert engine.published_at("jwt", 8) is None
+    assert [r.getMessage().split(": ")[0] for r in caplog.records if "skipping" in r.getMessage()] == [
+        f"{engine.history_file}:{count - 2}",
+        f"{engine.history_file}:4",
+        f"{engine.history_file}:{count - 2}",
+        f"{engine.history_file}:4",
+        f"{engine.history_file}:{count - 2}",
+        f"{engine.history_file}:4",
+    ]
+
+
 @pytest.mark.parametrize(
     ("kind", "strategy", "target", "command"),
     [

@@ -1492,8 +1492,13 @@ class RotationEngine:
 
     def published_at(self, secret: str, version: int) -> datetime | None:
         """When VERSION of SECRET became current everywhere: the finish of the rotation that made it."""
-        for record in self.history(limit=10_000, secret=secret):
-            if record.pending_version == version and record.status == "succeeded" and record.finished_at:
+        for record in self._finished():
+            if (
+                record.secret == secret
+                and record.pending_version == version
+                and record.status == "succeeded"
+                and record.finished_at
+            ):
                 return parse_iso(record.finished_at)
         return None
 
@@ -1535,35 +1540,50 @@ class RotationEngine:
             os.close(fd)
 
     def history(self, *, limit: int = 50, secret: str | None = None) -> list[RotationRecord]:
-        """The newest LIMIT finished rotations (of SECRET), newest first. A line that holds no
-        record is skipped: silently the last (torn by a crash mid-write), with a warning naming
-        it anywhere else (a hand edit, a disk fault). ConfigError if the file cannot be read."""
-        from voketag_ops.files import DamagedRecord, read_record_text
+        """The newest LIMIT finished rotations (of SECRET), newest first (see _finished)."""
+        found = (r for r in self._finished() if secret is None or r.secret == secret)
+        return [record for _, record in zip(range(limit), found, strict=False)]
+
+    def _finished(self) -> Iterator[RotationRecord]:
+        """The finished rotations, newest first, read from the history's end only as far as the
+        caller goes (an append-only log of any size). A line that holds no record is skipped:
+        silently the last (torn by a crash mid-write), with a warning naming it anywhere else (a
+        hand edit, a disk fault). ConfigError if the file cannot be read, or a line read is not
+        UTF-8."""
+        from voketag_ops.files import DamagedRecord, lines_backwards, open_log
 
         path = self.history_file
         try:
-            lines = read_record_text(path).splitlines()
+            with open_log(path) as fd:
+                numbers = _LineNumbers(fd)
+                last = True  # the last line: a torn write is skipped quietly
+                for index, (offset, line) in enumerate(lines_backwards(fd)):
+                    if index == 0 and not line:  # the file ends with a line break (or is empty)
+                        continue
+                    try:
+                        text = line.decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        why = f"not UTF-8 (byte {offset + exc.start})"
+                        raise ConfigError(f"{path}: rotation history cannot be read: {why}") from None
+                    try:
+                        record = RotationRecord.from_json(text, known_only=True)  # a newer voke's too
+                    except ValueError as exc:
+                        if not last:
+                            number = numbers.at(offset)
+                            log.warning(
+                                "%s:%d: skipping a line that holds no rotation record: %s", path, number, exc
+                            )
+                    else:
+                        yield record
+                    last = False
         except FileNotFoundError:
-            return []
+            return
         except (NotADirectoryError, DamagedRecord) as exc:
-            why = exc if isinstance(exc, DamagedRecord) else f"{path.parent} is not a directory"
-            raise ConfigError(f"{path}: rotation history cannot be read: {why}") from None
-        records = []
-        for number in range(len(lines), 0, -1):
-            try:
-                record = RotationRecord.from_json(lines[number - 1], known_only=True)  # a newer voke's too
-            except ValueError as exc:
-                if number < len(lines):
-                    log.warning("%s:%d: skipping a line that holds no rotation record: %s", path, number, exc)
-                continue
-            if secret is None or record.secret == secret:
-                records.append(record)
-            if len(records) >= limit:
-                break
-        return records
+            reason = exc if isinstance(exc, DamagedRecord) else f"{path.parent} is not a directory"
+            raise ConfigError(f"{path}: rotation history cannot be read: {reason}") from None
 
     def _from_history(self, rotation_id: str) -> RotationRecord | None:
-        return next((r for r in self.history(limit=10_000) if r.id == rotation_id), None)
+        return next((r for r in self._finished() if r.id == rotation_id), None)
 
     @contextmanager
     def _on_interrupt(self, event_type: str, record: RotationRecord, t0: float) -> Iterator[None]:
@@ -1798,3 +1818,34 @@ def local_engine(
     if start and not reads:
         platform.ensure_up(progress)
     return engine
+
+
+class _LineNumbers:
+    """The line number (from 1) of the line at an offset of the file open as FD, by counting the
+    line breaks before it: asked (for warnings) about offsets that only go down, as a file read
+    backwards does, it reads each byte before the first one once, and nothing until asked."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.offset = 0
+        self.number = 1
+
+    def at(self, offset: int) -> int:
+        if offset >= self.offset:
+            self.number += self._breaks(self.offset, offset)
+        else:
+            self.number -= self._breaks(offset, self.offset)
+        self.offset = offset
+        return self.number
+
+    def _breaks(self, start: int, end: int) -> int:
+        from voketag_ops.files import TAIL_BLOCK
+
+        count = 0
+        while start < end:
+            chunk = os.pread(self.fd, min(TAIL_BLOCK, end - start), start)
+            if not chunk:
+                break
+            count += chunk.count(b"\n")
+            start += len(chunk)
+        return count
