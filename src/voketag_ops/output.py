@@ -14,11 +14,12 @@ import dataclasses
 import enum
 import errno
 import io
+import itertools
 import json
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
@@ -239,6 +240,33 @@ class Output:
                 self.err.print(f"[red]✗[/] {escape(printable(failure))}", markup=True)
         self.settled()
         self.exit_code = int(error.exit_code if error else (ExitCode.OK if ok else ExitCode.NO))
+        return self.exit_code
+
+    def stream_result(
+        self,
+        head: Mapping[str, Any],
+        key: str,
+        chunks: Iterable[str],
+        tail: Callable[[], Mapping[str, Any]],
+    ) -> int:
+        """`result` in --json mode of a report with one value too large to hold (an export):
+        the envelope is written as the value's CHUNKS come (JSON text on one line, each chunk
+        whole entries, so that redaction sees every secret whole), the fields of HEAD before
+        it under KEY, those of TAIL after it (what is known only once CHUNKS are through). The
+        first chunk is taken before anything is written: a source that cannot be read fails
+        with nothing on stdout."""
+        pieces = iter(chunks)
+        first = next(pieces, "")
+        opening = json.dumps(
+            {"ok": True, "command": self.command, "result": to_jsonable(head)}, ensure_ascii=False
+        )
+        self.stdout.write(self.json_text(redact(f"{opening[:-2]}{', ' if head else ''}{json.dumps(key)}: ")))
+        for chunk in itertools.chain([first], pieces):
+            self.stdout.write(self.json_text(redact(chunk)))
+        closing = json.dumps(to_jsonable(tail()), ensure_ascii=False)[1:]
+        self.write_json((", " if closing != "}" else "") + closing + "}\n")
+        self.settled()
+        self.exit_code = int(ExitCode.OK)
         return self.exit_code
 
     def with_env(self, text: str) -> str:

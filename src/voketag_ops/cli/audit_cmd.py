@@ -126,26 +126,22 @@ def export(
         raise UsageError(f"--format must be json or csv, not {fmt!r}")
     flt = _filter(env, since, until, event_type, target, result)
     skipped: list[int] = []
-    chunks = export_chunks(_home(env), flt, fmt, skipped=skipped)
-    if output is None and not env.out.json_mode:
-        for chunk in chunks:
-            env.out.stdout.write(env.out.json_text(chunk) if fmt == "json" else chunk)
-        env.out.stdout.flush()
+    inline = output is None and env.out.json_mode  # into the --json envelope, never held whole
+    chunks = export_chunks(_home(env), flt, fmt, skipped=skipped, inline=inline)
+    if output is None:
+        if inline:
+            env.out.stream_result(
+                {"format": fmt, "path": None}, "data", chunks, lambda: {"skipped_lines": skipped}
+            )
+        else:
+            for chunk in chunks:
+                env.out.stdout.write(env.out.json_text(chunk) if fmt == "json" else chunk)
+            env.out.stdout.flush()
         _warn_skipped(env, skipped)
         return
-    text = "".join(chunks)
-    if output is not None:
-        write_output(output, "--output", lambda fh: fh.write(text.encode()), private=True)
+    write_output(output, "--output", lambda fh: fh.writelines(c.encode() for c in chunks), private=True)
     _warn_skipped(env, skipped)
-    summary: dict[str, Any] = {
-        "format": fmt,
-        "path": str(output) if output else None,
-        "skipped_lines": skipped,
-    }
-    if output is None:
-        import json
-
-        summary["data"] = json.loads(text) if fmt == "json" else text
+    summary: dict[str, Any] = {"format": fmt, "path": str(output), "skipped_lines": skipped}
     env.out.result(
         summary, render=lambda c, r: c.print(f"exported the audit log as {r['format']} to {r['path']}")
     )

@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import re
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -571,6 +572,22 @@ def select(
             page.append(entry)
         total += 1
     return page, total
+
+
+def select_newest(
+    entries: Iterable[AuditEntry], flt: Filter, *, limit: int | None, offset: int = 0
+) -> tuple[list[AuditEntry], int]:
+    """`select` newest first, in one pass over ENTRIES (oldest first, as stored): only the
+    last OFFSET + LIMIT matching entries are held, however long the log (every one without
+    a LIMIT)."""
+    last: deque[AuditEntry] = deque(maxlen=None if limit is None else offset + limit)
+    total = 0
+    for entry in entries:
+        if flt.matches(entry):
+            last.append(entry)
+            total += 1
+    newest = list(reversed(last))
+    return newest[offset : None if limit is None else offset + limit], total
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

@@ -56,10 +56,8 @@ def show(
     """A page of matching entries, plus how many matched, of which environment (None: every
     one) and any unreadable lines."""
     skipped: list[int] = []
-    entries: Any = AuditLog(home).entries(skipped)
-    if newest_first:
-        entries = list(entries)[::-1]
-    page, total = core.select(entries, flt, limit=limit, offset=offset)
+    pick = core.select_newest if newest_first else core.select
+    page, total = pick(AuditLog(home).entries(skipped), flt, limit=limit, offset=offset)
     return {
         "entries": [e.to_json() for e in page],
         "total": total,
@@ -70,21 +68,34 @@ def show(
     }
 
 
-def export_chunks(home: Path, flt: core.Filter, fmt: str, *, skipped: list[int]) -> Iterator[str]:
-    """The matching entries as a JSON array or CSV, in chunks (the log may be large); the
-    numbers of unreadable lines go to SKIPPED as they are passed over."""
+def export_chunks(
+    home: Path, flt: core.Filter, fmt: str, *, skipped: list[int], inline: bool = False
+) -> Iterator[str]:
+    """The matching entries as a JSON array or CSV, in chunks (the log may be large), each
+    whole entries or rows; the numbers of unreadable lines go to SKIPPED as they are passed
+    over. INLINE: as one JSON value on one line, to go in the --json envelope (the array as
+    `json.dumps` writes it, the CSV as a JSON string)."""
     matching = (e for e in AuditLog(home).entries(skipped) if flt.matches(e))
     first = next(matching, None)  # a log that cannot be read fails before anything is written
     entries = itertools.chain([] if first is None else [first], matching)
     if fmt == "csv":
-        yield from core.to_csv(entries)
+        if not inline:
+            yield from core.to_csv(entries)
+            return
+        yield '"'
+        for chunk in core.to_csv(entries):
+            yield json.dumps(chunk, ensure_ascii=False)[1:-1]
+        yield '"'
         return
     if fmt != "json":
         raise UsageError(f"--format must be json or csv, not {fmt!r}")
+    sep, end = (", ", "]") if inline else (",\n", "\n]\n")
     yield "["
     for i, entry in enumerate(entries):
-        yield ("," if i else "") + "\n" + json.dumps(entry.to_json(), ensure_ascii=False, sort_keys=True)
-    yield "\n]\n"
+        yield (sep if i else "" if inline else "\n") + json.dumps(
+            entry.to_json(), ensure_ascii=False, sort_keys=True
+        )
+    yield end
 
 
 def verify(home: Path) -> core.VerifyReport:
