@@ -44,8 +44,22 @@ def check_replaceable(path: Path, flag: str) -> None:
 
 def read_at_most(stream: IO[bytes], limit: int) -> bytes | None:
     """STREAM read to its end, or None if it holds more than LIMIT bytes: never more than
-    LIMIT + 1 bytes are read, so a pipe or `/dev/zero` cannot fill memory."""
-    data = stream.read(limit + 1)
+    LIMIT + 1 bytes are read, so a pipe or `/dev/zero` cannot fill memory. Read by the size a
+    regular file says it has (then chunks), not LIMIT + 1 at once: `read(n)` sets aside n bytes
+    first, 64 MiB for each 10 KB record (~55 us apiece, 0.5 s over 10,000 drill journals)."""
+    try:
+        want = os.fstat(stream.fileno()).st_size + 1  # + 1: a file that grew is read on
+    except (OSError, ValueError, AttributeError):  # a stream with no descriptor
+        want = 1 << 16
+    chunks, total = [], 0
+    while total <= limit:
+        chunk = stream.read(min(max(want, 1 << 16), limit + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+        want = total  # doubling: few reads for a stream whose size was not known
+    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     return None if len(data) > limit else data
 
 
