@@ -87,6 +87,20 @@ class _Unreadable(Exception):
         self.not_regular, self.too_large = not_regular, too_large
 
 
+def open_input(path: Path, *, what: str) -> int:
+    """PATH, a regular file, open for reading (a descriptor the caller closes), for reading
+    part of it (`lines_backwards`): InputError (exit 1) naming PATH otherwise, as
+    `read_limited` says. FileNotFoundError is left to the caller."""
+    try:
+        return _open_regular(path)[0]
+    except (NotADirectoryError, PermissionError) as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+    except _Unreadable as exc:
+        if exc.not_regular:
+            raise InputError(f"{path}: {exc}; name a {what} file") from None
+        raise InputError(f"{path}: cannot read: {exc}") from None
+
+
 def _read_regular(path: Path, limit: int) -> bytes:
     """The bytes of PATH if it is a regular file of at most LIMIT bytes (_Unreadable saying why
     not); a file growing while it is read is cut at LIMIT + 1 bytes and refused. The rest as
@@ -138,14 +152,22 @@ def _open_regular(path: Path) -> tuple[int, os.stat_result]:
 TAIL_BLOCK = 64 * 1024
 
 
-def lines_backwards(fd: int, *, block: int = TAIL_BLOCK) -> Iterator[tuple[int, bytes]]:
+class LineTooLong(ValueError):
+    """`lines_backwards` met a line longer than it was allowed to hold."""
+
+
+def lines_backwards(
+    fd: int, *, block: int = TAIL_BLOCK, longest: int | None = None
+) -> Iterator[tuple[int, bytes]]:
     """The lines of the file open as FD from its end, each with its offset and without its line
     break: first whatever follows the last line break (b"" when the file ends with one; a torn
     write when not), then each line before it, newest first. Reads BLOCK bytes at a time
     backwards, only as far as the caller iterates: an append-only log of any size costs what
-    its newest lines do."""
+    its newest lines do. LineTooLong once a line grows past LONGEST bytes (a file with no line
+    break is not read whole)."""
     pos = os.fstat(fd).st_size
     later: list[bytes] = []  # the end of the line being read, in blocks read after it (nearest first)
+    held = 0  # bytes in LATER
     while pos > 0:
         step = min(block, pos)
         pos -= step
@@ -154,9 +176,12 @@ def lines_backwards(fd: int, *, block: int = TAIL_BLOCK) -> Iterator[tuple[int, 
         cut = chunk.rfind(b"\n", 0, end)
         while cut != -1:
             yield pos + cut + 1, b"".join([chunk[cut + 1 : end], *reversed(later)])
-            later = []
+            later, held = [], 0
             end, cut = cut, chunk.rfind(b"\n", 0, cut)
         later.append(chunk[:end])
+        held += end
+        if longest is not None and held > longest:
+            raise LineTooLong(f"a line longer than {longest:,} bytes")
     yield 0, b"".join(reversed(later))
 
 

@@ -667,7 +667,9 @@ def test_baseline_from_history_and_branch_mismatch_refused(voke, env, project):
     no_traceback(refused)
 
 
-def test_a_history_is_read_only_from_a_regular_file_of_bounded_size(voke, env, project, monkeypatch):
+def test_a_history_is_read_only_from_a_regular_file_and_whole_only_by_show_within_a_bound(
+    voke, env, project, monkeypatch
+):
     from voketag_ops.workflows import coverage as wf
 
     write_json(
@@ -679,21 +681,36 @@ def test_a_history_is_read_only_from_a_regular_file_of_bounded_size(voke, env, p
     # /dev/zero never ends (it was read whole: out of memory); /dev/null stands for every device
     for args in (
         ("history", "show", "--file", "/dev/null"),
+        ("history", "show", "--last", "1", "--file", "/dev/null"),
         ("report", "coverage.json", "--baseline-from", "/dev/null"),
     ):
         r = voke("coverage", *args, environ=env, cwd=project)
         assert r.exit_code == 1 and "/dev/null: not a regular file" in r.stderr, r.stderr
         no_traceback(r)
-    monkeypatch.setattr(wf, "HISTORY_LIMIT", hist.stat().st_size - 1)
-    for args in (
-        ("history", "show"),
-        ("history", "add", "coverage.json"),
-        ("report", "coverage.json", "--baseline-from", str(hist)),
-    ):
-        r = voke("coverage", *args, "--json", environ=env, cwd=project)
-        assert r.exit_code == 1, r.stdout + r.stderr
-        assert f"larger than {hist.stat().st_size - 1:,} bytes" in r.json["error"]["message"]
-    assert len(hist.read_text().splitlines()) == 3  # nothing appended
+    # Only `history show` without --last reads it whole, so only it is bounded: a CI job's add
+    # and --baseline-from read the last run from the end, and a history grown past the limit
+    # (a year of CI) must not fail them (exit 1 is a failed gate).
+    limit = hist.stat().st_size - 1
+    monkeypatch.setattr(wf, "HISTORY_LIMIT", limit)
+    r = voke("coverage", "history", "show", "--json", environ=env, cwd=project)
+    assert r.exit_code == 1 and f"larger than {limit:,} bytes" in r.json["error"]["message"]
+    assert "--last" in r.json["error"]["hint"]
+    added = voke("coverage", "history", "add", "coverage.json", "--json", environ=env, cwd=project)
+    assert added.exit_code == 0 and added.json["result"]["entries"] == 4, added.stdout + added.stderr
+    shown = voke("coverage", "history", "show", "--last", "2", "--json", environ=env, cwd=project)
+    assert shown.exit_code == 0 and shown.json["result"]["entries"] == 2, shown.stdout + shown.stderr
+    r = voke(
+        "coverage",
+        "report",
+        "coverage.json",
+        "--baseline-from",
+        str(hist),
+        "--json",
+        environ=env,
+        cwd=project,
+    )
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert len(hist.read_text().splitlines()) == 4
 
 
 # -- bad input: one line, the right exit code, no traceback ---------------------------------------

@@ -4,12 +4,16 @@ across a change of branch measurement, step-summary truncation, annotation escap
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from voketag_ops.config import CoverageService, CoverageSettings
 from voketag_ops.core.coverage import Rule
@@ -445,3 +449,151 @@ def test_a_service_gate_judges_that_service_alone(tmp_path):
     assert one.totals.target is None and one.totals.passed is None  # shown, not gated
     both = wf.report(settings, [path], root=tmp_path, options=wf.Options(fail_under=85))
     assert not both.passed
+
+
+# -- reading only the end of a history -------------------------------------------------------------
+def _run(ref: str | None, services: tuple[str, ...], statements: int, partial: bool) -> dict:
+    counts = {"statements": statements, "missing": 1, "branches": 0, "missing_branches": 0,
+              "partial_branches": 0, "files": 1}  # fmt: skip
+    entry = {"at": "2026-01-01T00:00:00Z", "ref": ref, "coverage_version": "7.17.4", "branch": False,
+             "totals": counts, "services": dict.fromkeys(services, counts)}  # fmt: skip
+    return {**entry, "partial": True} if partial else entry
+
+
+_runs = st.lists(
+    st.builds(
+        _run,
+        st.sampled_from([None, "", "A", "B"]),
+        st.sampled_from([(), ("admin-service",), ("factory-service",), ("admin-service", "factory-service")]),
+        st.integers(2, 9),
+        st.booleans(),
+    ),
+    max_size=8,
+)
+
+
+def _history(path: Path, runs: list[dict], blanks: list[int], newline: bool) -> None:
+    lines = [json.dumps(e, sort_keys=True) for e in runs]
+    for at in blanks:
+        lines.insert(min(at, len(lines)), "  ")
+    path.write_text("\n".join(lines) + ("\n" if newline and lines else ""))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    runs=_runs,
+    blanks=st.lists(st.integers(0, 8), max_size=2),
+    newline=st.booleans(),
+    ref=st.sampled_from([None, "A", "B"]),
+    job=st.sampled_from(["a.json", "ab.json"]),
+)
+def test_history_add_read_from_the_end_does_what_reading_it_whole_did(
+    tmp_path_factory, runs, blanks, newline, ref, job
+):
+    tmp = tmp_path_factory.mktemp("h")
+    write(tmp, "a.json", {"admin_service/a.py": lines_file(7, 3)})
+    write(tmp, "ab.json", {"admin_service/a.py": lines_file(7, 3), "factory_service/f.py": lines_file(1, 1)})
+    path = tmp / "h.jsonl"
+    _history(path, runs, blanks, newline)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    added = wf.history_add(SETTINGS, [Path(job)], root=tmp, now=now, file=Path("h.jsonl"), ref=ref)
+    # what `history add` did when it read the history whole
+    expected, same = list(runs), None
+    if ref:
+        for index in range(len(runs) - 1, -1, -1):
+            if runs[index].get("ref") != ref:
+                break
+            if set(runs[index]["services"]) == set(added.entry["services"]):
+                same = index
+                break
+    if same is None:
+        expected.append(added.entry)
+    else:
+        expected[same] = added.entry
+    assert (added.replaced, added.entries) == (same is not None, len(expected))
+    assert wf.read_history(path) == expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    runs=_runs, blanks=st.lists(st.integers(0, 8), max_size=2), newline=st.booleans(), last=st.integers(0, 9)
+)
+def test_baseline_and_show_last_read_from_the_end_see_what_reading_it_whole_did(
+    tmp_path_factory, runs, blanks, newline, last
+):
+    tmp = tmp_path_factory.mktemp("h")
+    write(tmp, "ab.json", {"admin_service/a.py": lines_file(7, 3), "factory_service/f.py": lines_file(1, 1)})
+    _history(tmp / "h.jsonl", runs, blanks, newline)
+    # --last N: as `history show` of a history holding only the last N runs
+    (tmp / "only.jsonl").write_text("".join(json.dumps(e) + "\n" for e in (runs[-last:] if last else [])))
+    shown = replace(wf.history_show(SETTINGS, root=tmp, file=Path("h.jsonl"), last=last), file="")
+    assert shown == replace(wf.history_show(SETTINGS, root=tmp, file=Path("only.jsonl")), file="")
+    if not runs:
+        with pytest.raises(InputError, match="the history is empty"):
+            wf.report(
+                SETTINGS, [Path("ab.json")], root=tmp, options=wf.Options(baseline_from=Path("h.jsonl"))
+            )
+        return
+    r = wf.report(SETTINGS, [Path("ab.json")], root=tmp, options=wf.Options(baseline_from=Path("h.jsonl")))
+    # the last run as reading it whole found it: the entries of the last one's ref at the end
+    run = [runs[-1]]
+    if runs[-1]["ref"]:
+        for e in reversed(runs[:-1]):
+            if e["ref"] != runs[-1]["ref"]:
+                break
+            run.append(e)
+    pct = lambda c: 100 * (c["statements"] - c["missing"]) / c["statements"]  # noqa: E731
+    for service in r.services:
+        found = next((e["services"][service.name] for e in run if service.name in e["services"]), None)
+        assert service.baseline == (None if found is None else pct(found))
+    whole = next((e for e in run if not e.get("partial")), None)
+    assert r.totals.baseline == (None if whole is None else pct(whole["totals"]))
+
+
+def test_a_ci_job_reads_only_the_end_of_a_long_history(tmp_path, monkeypatch):
+    """`history add`, --baseline-from and `show --last` parse the last run, not years of them:
+    the lines checked are counted (and the bytes read, where no run is counted)."""
+    write(tmp_path, "a.json", {"admin_service/a.py": lines_file(7, 3)})
+    path = tmp_path / "h.jsonl"
+    runs = [_run(f"{i:040x}", ("admin-service",), 10, False) for i in range(5000)]
+    _history(path, runs, [], True)
+    size = path.stat().st_size
+    checked, read = [], []
+    entry, pread = wf._entry, os.pread
+    monkeypatch.setattr(wf, "_entry", lambda line: checked.append(line) or entry(line))
+    monkeypatch.setattr(os, "pread", lambda fd, n, at: read.append(n) or pread(fd, n, at))
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    added = wf.history_add(
+        SETTINGS, [Path("a.json")], root=tmp_path, now=now, file=Path("h.jsonl"), ref="f" * 40
+    )
+    assert added.entries == 5001 and len(checked) == 1  # the last run's, another ref: appended
+    again = wf.history_add(
+        SETTINGS, [Path("a.json")], root=tmp_path, now=now, file=Path("h.jsonl"), ref="f" * 40
+    )
+    assert again.replaced and again.entries == 5001 and len(checked) == 2
+    assert wf.read_history(path)[:-1] == runs  # (the lines before it copied as they were)
+    checked.clear(), read.clear()
+    r = wf.report(
+        SETTINGS, [Path("a.json")], root=tmp_path, options=wf.Options(baseline_from=Path("h.jsonl"))
+    )
+    assert r.services[0].baseline == 70.0 and len(checked) == 2  # the run, and the one before it
+    assert sum(read) < 2 * 64 * 1024 < size
+    checked.clear(), read.clear()
+    assert wf.history_show(SETTINGS, root=tmp_path, file=Path("h.jsonl"), last=3).entries == 3
+    assert len(checked) == 3 and sum(read) < 2 * 64 * 1024
+
+
+def test_a_damaged_line_in_the_part_read_is_named_by_its_line_number(tmp_path):
+    path = tmp_path / "h.jsonl"
+    path.write_text(history_line() * 3 + "  \n" + '{"at": \n' + history_line())
+    with pytest.raises(InputError, match=r"h\.jsonl:5:8: not a voke coverage history entry \(not JSON"):
+        wf.history_show(SETTINGS, root=tmp_path, file=Path("h.jsonl"), last=2)
+    path.write_bytes(history_line().encode() * 2 + b'{"ref": "\xff"}\n')
+    at = 2 * len(history_line()) + len('{"ref": "')  # counted from the start of the file
+    with pytest.raises(
+        InputError, match=f"can't decode byte 0xff in position {at}: invalid start byte"
+    ) as whole:
+        wf.read_history(path)
+    with pytest.raises(InputError) as tail:
+        wf.history_show(SETTINGS, root=tmp_path, file=Path("h.jsonl"), last=1)
+    assert str(tail.value) == str(whole.value)

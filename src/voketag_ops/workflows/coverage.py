@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from voketag_ops.core import coverage as cov
 from voketag_ops.core.coverage import Counts, FileCoverage, Rule, Score
@@ -31,9 +31,11 @@ if TYPE_CHECKING:
 
 STEP_SUMMARY_LIMIT = 1024 * 1024  # GitHub drops a step summary larger than 1024k
 ANNOTATION_LIMIT = 10  # GitHub shows at most 10 warning annotations per step
-# A history is read whole (every run is in the trend): 32 MiB is some 50,000 runs of three
-# services, decades of CI, and parses in about 8 s into some 270 MB; /dev/zero is refused.
+# `history show` without --last reads a history whole (every run is in the trend): 32 MiB is
+# some 50,000 runs of three services and parses into some 300 MB; /dev/zero is refused. `history
+# add`, --baseline-from and `show --last` read only the last runs, from the end, whatever its size.
 HISTORY_LIMIT = 32 << 20
+HISTORY_LINE_LIMIT = 1 << 20  # one run: some 7,000 services
 
 
 # -- options and inputs ----------------------------------------------------------------------------
@@ -301,16 +303,26 @@ def _baselines(
     """Baseline percentages: configured, or computed from the counts of the last history entry."""
     if options.baseline_from is None:
         return {s.name: s.baseline for s in specs}, settings.baseline, None
-    entries = read_history(_under(root, options.baseline_from))
+
+    # The last run: the entries of its ref at the end of the file (one per service job when
+    # each job records its own service), the newest first, read from the end up to the first
+    # entry of another ref. Each service's baseline is its newest number there; the overall one
+    # only comes from an entry of the whole repository.
+    def enough(newest: list[dict[str, Any]]) -> bool:
+        return bool(newest) and (not newest[0].get("ref") or newest[-1].get("ref") != newest[0]["ref"])
+
+    path = _under(root, options.baseline_from)
+    fd = _open_history(path)
+    try:
+        entries = [e for _, e in _tail_entries(path, fd, enough)]
+    finally:
+        os.close(fd)
     if not entries:
         raise InputError(f"{options.baseline_from}: the history is empty; nothing to compare with")
-    last = entries[-1]
-    # The last run: the entries of its ref at the end of the file (one per service job when
-    # each job records its own service), the newest first. Each service's baseline is its
-    # newest number there; the overall one only comes from an entry of the whole repository.
+    last = entries[0]
     run = [last]
     if last.get("ref"):
-        for entry in reversed(entries[:-1]):
+        for entry in entries[1:]:
             if entry.get("ref") != last["ref"]:
                 break
             run.append(entry)
@@ -686,7 +698,9 @@ def _counts(d: Mapping[str, Any]) -> Counts:
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
-    """The entries of a history file (JSON lines), oldest first."""
+    """The entries of a history file (JSON lines), oldest first: all of them (`history show`
+    without --last), so read whole and bounded by HISTORY_LIMIT. What needs only its last runs
+    reads them from the end (`_tail_entries`), whatever its size."""
     import shlex
 
     from voketag_ops.files import read_limited
@@ -697,43 +711,163 @@ def read_history(path: Path) -> list[dict[str, Any]]:
             path,
             HISTORY_LIMIT,
             what="coverage history",
-            hint=f"keep its newest runs: tail -n 10000 {q} > {q}.new && mv {q}.new {q}",
+            hint=f"show its newest runs: --last 1000; or keep them: tail -n 10000 {q} > {q}.new && mv {q}.new {q}",
         )
     except FileNotFoundError:
-        raise UsageError(
-            f"{path}: no such history file", hint="record a run first: voke coverage history add PATH"
-        ) from None
+        raise _no_history(path) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: cannot read: {exc}") from None
-    entries = []
+    entries: list[dict[str, Any]] = []
     for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
         try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as exc:
-            where, reason = f"{where}:{exc.colno}", f"not JSON: {exc.msg}"
-        except (ValueError, RecursionError) as exc:  # too deep, too many digits
-            reason = f"not JSON: {_first(exc)}"
-        else:
-            if _is_coverage_report(entry):
-                raise _a_coverage_report(path)
-            try:
-                _check_entry(entry)
-            except _CountTooLarge as exc:
-                where, reason = f"{where}:{_column_of_large_count(line)}", _first(exc)
-            except (ValueError, TypeError, OverflowError) as exc:
-                reason = _first(exc)
-            else:
-                entries.append(entry)
-                continue
-        if not entries and _is_coverage_report(_whole_json(text)):  # `coverage json --pretty-print`
-            raise _a_coverage_report(path)
-        raise InputError(f"{where}: not a voke coverage history entry ({reason})")
+            entry = _entry(line)
+        except _NotAnEntry as exc:
+            if not entries and _is_coverage_report(_whole_json(text)):  # `coverage json --pretty-print`
+                raise _a_coverage_report(path) from None
+            raise exc.error(path, number) from None
+        if entry is not None:
+            entries.append(entry)
     return entries
+
+
+def _no_history(path: Path) -> UsageError:
+    return UsageError(
+        f"{path}: no such history file", hint="record a run first: voke coverage history add PATH"
+    )
+
+
+class _NotAnEntry(Exception):
+    """A history line that is not an entry as `history add` writes it."""
+
+    def __init__(self, reason: str, column: int | None = None, *, report: bool = False) -> None:
+        super().__init__(reason)
+        self.reason, self.column, self.report = reason, column, report
+
+    def error(self, path: Path, number: int) -> InputError:
+        """The error naming PATH:NUMBER (and the column, when known)."""
+        if self.report:
+            return _a_coverage_report(path)
+        where = f"{path}:{number}" + ("" if self.column is None else f":{self.column}")
+        return InputError(f"{where}: not a voke coverage history entry ({self.reason})")
+
+
+def _entry(line: str) -> dict[str, Any] | None:
+    """LINE of a history as its entry, None when blank; _NotAnEntry saying why it is not one."""
+    if not line.strip():
+        return None
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise _NotAnEntry(f"not JSON: {exc.msg}", exc.colno) from None
+    except (ValueError, RecursionError) as exc:  # too deep, too many digits
+        raise _NotAnEntry(f"not JSON: {_first(exc)}") from None
+    if _is_coverage_report(entry):
+        raise _NotAnEntry("a coverage.py JSON report", report=True)
+    try:
+        _check_entry(entry)
+    except _CountTooLarge as exc:
+        raise _NotAnEntry(_first(exc), _column_of_large_count(line)) from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise _NotAnEntry(_first(exc)) from None
+    return entry
+
+
+def _open_history(path: Path) -> int:
+    """History PATH open for reading from its end (a regular file: as read_history refuses)."""
+    from voketag_ops.files import open_input
+
+    try:
+        return open_input(path, what="coverage history")
+    except FileNotFoundError:
+        raise _no_history(path) from None
+
+
+def _tail_entries(
+    path: Path, fd: int, enough: Callable[[list[dict[str, Any]]], bool]
+) -> list[tuple[int, dict[str, Any]]]:
+    """The entries at the end of history PATH (open as FD), the newest first, each with the
+    offset of its line, read backwards until ENOUGH (of those entries) holds: a CI job's add or
+    baseline needs the last run, not years of them, so the history has no size limit there. The
+    lines read are checked as read_history checks them, named FILE:LINE (the lines before one
+    that is not an entry counted only then); those before the part read are not read at all."""
+    from voketag_ops.files import LineTooLong, lines_backwards
+
+    got: list[tuple[int, dict[str, Any]]] = []
+    size = os.fstat(fd).st_size
+    try:
+        for offset, raw in lines_backwards(fd, longest=HISTORY_LINE_LIMIT):
+            if offset == size:  # (the nothing after the last line break)
+                continue
+            if enough([e for _, e in got]):
+                break
+            ended = offset + len(raw) < size  # a line break after it
+            try:
+                text = (raw + b"\n" if ended else raw).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{path}: cannot read: {_decode_error(exc, offset)}") from None
+            lines = text.splitlines()  # as read_history splits (\r, \x85, \u2028 and more too)
+            for index in range(len(lines) - 1, -1, -1):
+                try:
+                    entry = _entry(lines[index])
+                except _NotAnEntry as exc:
+                    if not got and not any(_entry_or_none(line) for line in lines[index + 1 :]):
+                        _refuse_a_coverage_report(path, size)
+                    raise exc.error(path, _lines_before(fd, offset) + 1 + index) from None
+                if entry is not None:
+                    got.append((offset, entry))
+    except LineTooLong as exc:
+        raise InputError(f"{path}: {exc} at its end: not a voke coverage history") from None
+    return got
+
+
+def _entry_or_none(line: str) -> dict[str, Any] | None:
+    try:
+        return _entry(line)
+    except _NotAnEntry:
+        return None
+
+
+def _refuse_a_coverage_report(path: Path, size: int) -> None:
+    """_a_coverage_report if PATH (SIZE bytes) is a coverage.py JSON report, pretty-printed:
+    its last line is no entry, and read_history names the whole file for what it is."""
+    if size > HISTORY_LIMIT:
+        return
+    from voketag_ops.files import read_limited
+
+    try:
+        text = read_limited(path, HISTORY_LIMIT, what="coverage history").decode("utf-8")
+    except (InputError, OSError, UnicodeDecodeError):
+        return
+    if _is_coverage_report(_whole_json(text)):
+        raise _a_coverage_report(path)
+
+
+def _decode_error(exc: UnicodeDecodeError, offset: int) -> str:
+    """EXC, raised decoding a line that starts at OFFSET, as decoding the whole file says it."""
+    start, end = offset + exc.start, offset + exc.end
+    if exc.end - exc.start == 1:
+        return f"'{exc.encoding}' codec can't decode byte 0x{exc.object[exc.start]:02x} in position {start}: {exc.reason}"
+    return f"'{exc.encoding}' codec can't decode bytes in position {start}-{end - 1}: {exc.reason}"
+
+
+def _lines_before(fd: int, end: int, *, blank: bool = True) -> int:
+    """How many lines of the file open as FD start before byte END (the start of a line), split
+    as read_history splits them; not counting blank ones unless BLANK. Read forward in blocks,
+    never parsed: a line number for an error, the number of runs for `history add`."""
+    count, pos, rest = 0, 0, b""
+    while pos < end:
+        block = os.pread(fd, min(1 << 20, end - pos), pos)
+        if not block:
+            break  # (cut short meanwhile)
+        pos += len(block)
+        data = rest + block
+        cut = data.rfind(b"\n") + 1 if pos < end else len(data)
+        lines = data[:cut].decode("utf-8", "surrogateescape").splitlines()
+        rest = data[cut:]
+        count += len(lines) if blank else sum(1 for line in lines if line.strip())
+    return count
 
 
 # A JSON string, or a number; an entry's only numbers are its counts
@@ -848,19 +982,41 @@ def history_add(
     from voketag_ops.files import check_replaceable
 
     check_replaceable(path, "--file")  # appended to: a directory or /dev/null would lose the run
-    existing = read_history(path) if path.exists() else []
+    fd = _open_history(path) if path.exists() else None
+    try:
+        return _add(path, fd, entry, ref, set(services), dry_run)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _add(
+    path: Path, fd: int | None, entry: dict[str, Any], ref: str | None, services: set[str], dry_run: bool
+) -> HistoryAdd:
+    """ENTRY appended to history PATH (open as FD; None: there is none yet), or in place of the
+    same run's entry."""
+
     # The same run again: same ref and same services (one job recording each service's data
     # in turn, all under one $GITHUB_SHA, appends: replacing would drop the others' numbers).
     # The entries of this ref at the end of the file (one per service job) are searched for
-    # this job's: with three jobs, the one that wrote last was the only one ever replaced.
+    # this job's: with three jobs, the one that wrote last was the only one ever replaced. Only
+    # they are read, from the end (and the last entry, checked, without a ref).
+    def enough(newest: list[dict[str, Any]]) -> bool:
+        return bool(newest) and (
+            not ref or newest[-1].get("ref") != ref or set(newest[-1].get("services") or {}) == services
+        )
+
+    tail = [] if fd is None else _tail_entries(path, fd, enough)  # the newest first
     same = None
     if ref:
-        for index in range(len(existing) - 1, -1, -1):
-            if existing[index].get("ref") != ref:
+        for index, (_, e) in enumerate(tail):
+            if e.get("ref") != ref:
                 break
-            if set(existing[index].get("services") or {}) == set(services):
+            if set(e.get("services") or {}) == services:
                 same = index
                 break
+    # the runs before the part read are counted, not parsed
+    existing = len(tail) + (_lines_before(fd, tail[-1][0], blank=False) if fd is not None and tail else 0)
     replaced = same is not None
     line = json.dumps(entry, sort_keys=True) + "\n"
     if not dry_run:
@@ -870,10 +1026,15 @@ def history_add(
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise write_failure(exc, "--file", path, "cannot write") from None
-        if same is not None:
-            rows = [json.dumps(e, sort_keys=True) + "\n" for e in existing]
-            rows[same] = line
-            write_output(path, "--file", lambda fh: fh.write("".join(rows).encode()))
+        if fd is not None and same is not None:
+            # the lines before the replaced entry copied as they are, those after it rewritten
+            at, source = tail[same][0], fd
+            rows = [
+                line if index == same else json.dumps(e, sort_keys=True) + "\n"
+                for index, (offset, e) in reversed(list(enumerate(tail)))
+                if offset >= at
+            ]
+            write_output(path, "--file", lambda fh: _copy_then(source, at, fh, "".join(rows).encode()))
         else:
             try:
                 fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
@@ -889,7 +1050,19 @@ def history_add(
                     os.close(fd)
             except OSError as exc:
                 raise write_failure(exc, "--file", path, "cannot write") from None
-    return HistoryAdd(str(path), dry_run, entry, len(existing) + (0 if dry_run or replaced else 1), replaced)
+    return HistoryAdd(str(path), dry_run, entry, existing + (0 if dry_run or replaced else 1), replaced)
+
+
+def _copy_then(fd: int, end: int, fh: IO[bytes], data: bytes) -> None:
+    """The first END bytes of the file open as FD written to FH, then DATA."""
+    pos = 0
+    while pos < end:
+        block = os.pread(fd, min(1 << 20, end - pos), pos)
+        if not block:
+            raise OSError(f"cut short at byte {pos} while rewritten")
+        fh.write(block)
+        pos += len(block)
+    fh.write(data)
 
 
 def _history_path(settings: CoverageSettings, root: Path, file: Path | None) -> Path:
@@ -949,9 +1122,15 @@ def history_show(
     from voketag_ops.core.coverage_svg import Series, chart
 
     path = _history_path(settings, root, file)
-    entries = read_history(path)
-    if last is not None:
-        entries = entries[-last:] if last > 0 else []
+    if last is None:
+        entries = read_history(path)
+    else:  # the last runs only, read from the end: no size limit
+        fd = _open_history(path)
+        try:
+            tail = _tail_entries(path, fd, lambda newest: len(newest) >= last)
+        finally:
+            os.close(fd)
+        entries = [e for _, e in reversed(tail)][-last:] if last > 0 else []
     p = _precision(precision, settings, root)
     recorded = {name for e in entries for name in e.get("services") or {}}
     # configured services in their configured order, then any others recorded (sorted)
