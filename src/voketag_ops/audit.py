@@ -462,7 +462,7 @@ class AuditLog:
         unchecked: str | None = None
         without_anchor = 0
         try:
-            state = self._chain_store(readonly=True).load()
+            state = self._chain_store(readonly=True).load(kind="audit-checkpoint")  # all it claims
         except VokeError as exc:
             unchecked = exc.message
         else:

@@ -247,9 +247,9 @@ class Clock(Protocol):
 # -- the hash chain (issue 3) -------------------------------------------------------------
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Collection, Sequence
 
-    from voketag_ops.core.chain import Anchor, Block, ChainState
+    from voketag_ops.core.chain import Anchor, AnchorState, Block, ChainState
 
 
 @runtime_checkable
@@ -266,8 +266,24 @@ class ChainStore(Protocol):
         """Where the chain lives, for people and audit targets (never a password)."""
         ...
 
-    def load(self) -> ChainState:
-        """A consistent snapshot of every block and anchor. Raises ChainStoreError."""
+    def load(self, *, kind: str | None = None) -> ChainState:
+        """A consistent snapshot of every block and anchor (of KIND only, when given: the
+        others are never read). Raises ChainStoreError."""
+        ...
+
+    def head(self) -> Block | None:
+        """The last block (None: no block yet), read alone. Raises ChainStoreError."""
+        ...
+
+    def anchors(
+        self,
+        ids: Collection[str] | None = None,
+        *,
+        kind: str | None = None,
+        state: AnchorState | None = None,
+    ) -> dict[str, Anchor]:
+        """The stored anchors (by id) among IDS (None: every id), of KIND and in STATE when
+        given, read alone: a lookup of a few never reads the rest. Raises ChainStoreError."""
         ...
 
     def commit(self, *, blocks: Sequence[Block] = (), anchors: Sequence[Anchor] = ()) -> None:

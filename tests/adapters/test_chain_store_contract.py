@@ -56,6 +56,32 @@ def test_blocks_and_anchors_round_trip_exactly(store: ChainStore) -> None:
     assert ch.validate_chain(state.blocks).ok
 
 
+def test_head_and_anchor_lookups_read_only_what_they_name(store: ChainStore) -> None:
+    assert store.head() is None and store.anchors(["00" * 32]) == {}
+    made = {
+        name: ch.request_anchor(None, root=merkle.root([name.encode()]), kind=kind, label=name, now=T0)[0]
+        for name, kind in [("a", "batch"), ("b", "audit-checkpoint"), ("c", "batch")]
+    }
+    store.commit(anchors=list(made.values()))
+    a, b, c = made["a"], made["b"], made["c"]
+    block = ch.seal(
+        index=0, timestamp=T0, prev_hash=ch.ZERO_HASH, records=[a.record()], difficulty=0, nonce=1
+    )
+    anchored = ch.mark_anchored(a, block_index=0, now=T0)
+    store.commit(blocks=[block], anchors=[anchored])
+    assert store.head() == block
+    assert store.anchors([c.id, "ff" * 32]) == {c.id: c}  # an unknown id is simply absent
+    assert store.anchors([]) == {}
+    assert store.anchors() == {a.id: anchored, b.id: b, c.id: c}
+    assert store.anchors(state=ch.AnchorState.PENDING) == {b.id: b, c.id: c}
+    assert store.anchors(kind="batch") == {a.id: anchored, c.id: c}
+    assert store.anchors([a.id, b.id], kind="batch", state=ch.AnchorState.ANCHORED) == {a.id: anchored}
+    assert store.load(kind="audit-checkpoint") == ch.ChainState(blocks=(block,), anchors={b.id: b})
+    second = ch.seal(index=1, timestamp=T0, prev_hash=block.hash, records=[], difficulty=0, nonce=2)
+    store.commit(blocks=[second])
+    assert store.head() == second
+
+
 def test_conflicts_are_detected(store: ChainStore) -> None:
     first = ch.mine(index=0, timestamp=T0, prev_hash=ch.ZERO_HASH, records=["x"], difficulty=4).block
     rival = ch.mine(index=0, timestamp=T0, prev_hash=ch.ZERO_HASH, records=["y"], difficulty=4).block

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,11 +43,22 @@ class FlakyStore:
     fail_commits: int = 0
     commits: int = 0
 
-    def load(self) -> ch.ChainState:
+    def _read(self) -> None:
         if self.fail_loads:
             self.fail_loads -= 1
             raise ch.ChainStoreError("store unreachable (injected)")
-        return self.inner.load()
+
+    def load(self, **kw: Any) -> ch.ChainState:
+        self._read()
+        return self.inner.load(**kw)
+
+    def head(self) -> ch.Block | None:
+        self._read()
+        return self.inner.head()
+
+    def anchors(self, *args: Any, **kw: Any) -> dict[str, ch.Anchor]:
+        self._read()
+        return self.inner.anchors(*args, **kw)
 
     def commit(self, **kw: object) -> None:
         if self.fail_commits:
@@ -63,8 +75,14 @@ class RacingStore:
     inner: FileChainStore
     raced: bool = False
 
-    def load(self) -> ch.ChainState:
-        return self.inner.load()
+    def load(self, **kw: Any) -> ch.ChainState:
+        return self.inner.load(**kw)
+
+    def head(self) -> ch.Block | None:
+        return self.inner.head()
+
+    def anchors(self, *args: Any, **kw: Any) -> dict[str, ch.Anchor]:
+        return self.inner.anchors(*args, **kw)
 
     def commit(self, **kw: object) -> None:
         if not self.raced and kw.get("blocks"):
@@ -330,3 +348,38 @@ def test_request_missing_anchors_requests_only_unseen_roots(store: FileChainStor
     )  # an operator's call stays
     assert state.anchors[root_of("a").hex()].label == "audit@2"
     assert wf.request_missing_anchors(store, wants, now=T0) == []  # idempotent: nothing committed
+
+
+@dataclass
+class NoWholeReads:
+    """Wraps a store; reading the whole chain fails the test (lookups of a few must not)."""
+
+    inner: FileChainStore
+
+    def load(self, **kw: Any) -> ch.ChainState:
+        raise AssertionError("the whole chain was read")
+
+    def head(self) -> ch.Block | None:
+        return self.inner.head()
+
+    def anchors(self, *args: Any, **kw: Any) -> dict[str, ch.Anchor]:
+        if not args and not kw:
+            raise AssertionError("every anchor was read")
+        return self.inner.anchors(*args, **kw)
+
+    def commit(self, **kw: Any) -> None:
+        self.inner.commit(**kw)
+
+
+def test_requests_and_runs_read_only_the_anchors_they_need(store: FileChainStore) -> None:
+    narrow = NoWholeReads(store)
+    assert wf.request_anchor(narrow, root=root_of("a"), kind="batch", label="a", now=T0).outcome == "created"
+    assert wf.request_anchor(narrow, root=root_of("a"), kind="batch", label="a", now=T0).outcome == "existing"
+    requests = [(root_of("a"), "batch", "a", None), (root_of("b"), "batch", "b", None)]
+    assert wf.request_missing_anchors(narrow, requests, now=T0) == [root_of("b").hex()]
+    report = wf.run_anchors(narrow, now=T0, difficulty=DIFF)
+    assert report.outcome == "anchored" and report.pending == 2
+    wf.request_anchor(narrow, root=root_of("c"), kind="batch", label="c", now=T0)
+    again = wf.run_anchors(narrow, now=T0, difficulty=DIFF)
+    assert again.block is not None and again.block["index"] == 1
+    assert wf.validate(store).ok

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -327,9 +327,13 @@ def request_anchor(
     """Ask for ROOT to be anchored in the next block (the same root twice is one anchor)."""
 
     def attempt() -> AnchorRequestReport:
-        state = store.load()
         anchor, outcome = ch.request_anchor(
-            state.anchors.get(root.hex()), root=root, kind=kind, label=label, now=now, tree_size=tree_size
+            store.anchors([root.hex()]).get(root.hex()),
+            root=root,
+            kind=kind,
+            label=label,
+            now=now,
+            tree_size=tree_size,
         )
         if outcome != "existing":
             store.commit(anchors=[anchor])
@@ -342,9 +346,10 @@ def unseen_requests(
     store: ChainStore, requests: Iterable[tuple[bytes, str, str, int | None]]
 ) -> list[tuple[bytes, str, str, int | None]]:
     """Those REQUESTS whose root the store has never seen in any state (one per root)."""
-    known = store.load().anchors
+    wanted = list(requests)
+    known = store.anchors({request[0].hex() for request in wanted})
     out: dict[str, tuple[bytes, str, str, int | None]] = {}
-    for request in requests:
+    for request in wanted:
         key = request[0].hex()
         if key not in known and key not in out:
             out[key] = request
@@ -444,9 +449,10 @@ def run_anchors(
     retried: list[str] = []
 
     def attempt() -> AnchorRunReport:
-        state = store.load()
-        pending = state.pending()
-        head = state.head
+        # Read apart, not one snapshot: the commit's checks refuse a head or an anchor that
+        # changed since (another run anchored meanwhile), and the attempt is retried.
+        pending = ch.ChainState(anchors=store.anchors(state=ch.AnchorState.PENDING)).pending()
+        head = store.head()
         count = len(pending) + (also if dry_run else 0)
         if not count:
             return AnchorRunReport(
@@ -718,10 +724,15 @@ def chain_anchorer(home: Path, now: datetime) -> Callable[[bytes, int, int], tup
     return anchor
 
 
-def anchor_states(home: Path) -> dict[str, str]:
-    """Anchor id -> state (empty when the chain cannot be read: listings still work)."""
-    try:
-        anchors = open_chain_store(home, readonly=True).load().anchors.values()
-    except VokeError:
-        return {}
-    return {a.id: a.state.value for a in anchors}
+def anchor_states(home: Path) -> Callable[[Collection[str]], dict[str, str]]:
+    """A lookup of anchor ids -> {id: state} of those the chain knows (empty when the chain
+    cannot be read: listings still work); it reads those anchors only, never the whole chain."""
+
+    def lookup(ids: Collection[str]) -> dict[str, str]:
+        try:
+            anchors = open_chain_store(home, readonly=True).anchors(ids).values()
+        except VokeError:
+            return {}
+        return {a.id: a.state.value for a in anchors}
+
+    return lookup

@@ -50,7 +50,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -487,6 +487,8 @@ def file_sha256(source: _BatchFile) -> str:
 
 
 Anchorer = Callable[[bytes, int, int], tuple[str, str | None]]  # (root, size, batch_id) -> (status, id)
+# ids -> {id: state} of those of them the chain knows (a lookup of a few, never the whole chain)
+AnchorStates = Callable[[Collection[str]], Mapping[str, str]]
 
 
 def load_batch(
@@ -650,13 +652,13 @@ def _load_batch(
     actor: str = "voke",
     progress: Callable[[LoadProgress], None] | None = None,
     anchorer: Anchorer | None = None,
-    anchor_states: Mapping[str, str] | None = None,
+    anchor_states: AnchorStates | None = None,
     after_commit: AfterCommit,
 ) -> LoadReport:
     """Validate PATH and load it as one batch (see the module docstring); signals are held
     from the commit on by AFTER_COMMIT (``load_batch`` makes one if its caller gave none).
-    ANCHOR_STATES (anchor id -> state), for a run without ANCHORER (a dry run): a duplicate's
-    anchor is looked up there instead of being requested."""
+    ANCHOR_STATES (anchor ids -> their states), for a run without ANCHORER (a dry run): a
+    duplicate's anchor is looked up there instead of being requested."""
     if partial and rejects is None:
         raise UsageError("--partial needs --rejects FILE for the rows it leaves out")
     if rejects is not None and not partial:
@@ -689,7 +691,8 @@ def _load_batch(
     finally:
         source.close()
     if report.status == "duplicate" and anchorer is None and anchor_states is not None and report.merkle_root:
-        report.anchor_id, report.anchor = _anchor_of(report.anchor_id, report.merkle_root, anchor_states)
+        states = anchor_states([report.anchor_id or report.merkle_root])
+        report.anchor_id, report.anchor = _anchor_of(report.anchor_id, report.merkle_root, states)
     return report
 
 
@@ -2319,7 +2322,7 @@ class AfterCommit(interrupts.Held):
 
 
 def list_batches(
-    conninfo: str, *, limit: int = 50, anchor_states: Mapping[str, str] | None = None
+    conninfo: str, *, limit: int = 50, anchor_states: AnchorStates | None = None
 ) -> list[dict[str, Any]]:
     """The newest LIMIT batches, newest first."""
     from psycopg.rows import dict_row
@@ -2341,7 +2344,10 @@ def list_batches(
         conn.close()
     for row in rows:
         row["merkle_root"] = bytes(row["merkle_root"]).hex()
-        row["anchor_id"], row["anchor"] = _anchor_of(row["anchor_id"], row["merkle_root"], anchor_states)
+    ids = {row["anchor_id"] or row["merkle_root"] for row in rows}  # what _anchor_of looks up
+    states = anchor_states(ids) if anchor_states is not None and rows else None
+    for row in rows:
+        row["anchor_id"], row["anchor"] = _anchor_of(row["anchor_id"], row["merkle_root"], states)
     return rows
 
 
@@ -2382,7 +2388,7 @@ class TagProof:
     loaded_at: datetime | None = None
 
 
-def prove_tag(conninfo: str, tag_id: str, *, anchor_states: Mapping[str, str] | None = None) -> TagProof:
+def prove_tag(conninfo: str, tag_id: str, *, anchor_states: AnchorStates | None = None) -> TagProof:
     """Build and check the proof that TAG_ID's row belongs to its batch's sealed root."""
     from psycopg.rows import dict_row
 
@@ -2423,7 +2429,8 @@ def prove_tag(conninfo: str, tag_id: str, *, anchor_states: Mapping[str, str] | 
         raise BackendError(
             f"{target}: the sealed chunks of batch {row['batch_id']} are damaged: {exc}"
         ) from None
-    anchor_id, anchor = _anchor_of(row["anchor_id"], root.hex(), anchor_states)
+    states = None if anchor_states is None else anchor_states([row["anchor_id"] or root.hex()])
+    anchor_id, anchor = _anchor_of(row["anchor_id"], root.hex(), states)
     return TagProof(
         tag_id=tag_id,
         found=True,

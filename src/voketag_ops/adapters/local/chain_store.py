@@ -18,8 +18,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -128,9 +129,30 @@ class FileChainStore:
         except OSError as exc:
             raise ch.ChainStoreError(f"{self.path}: cannot write the chain store: {exc.strerror}") from None
 
-    def load(self) -> ch.ChainState:
+    def load(self, *, kind: str | None = None) -> ch.ChainState:
         with self._locked(exclusive=False):
-            return self._read()
+            state = self._read()
+        if kind is None:
+            return state
+        return replace(state, anchors={key: a for key, a in state.anchors.items() if a.kind == kind})
+
+    def head(self) -> ch.Block | None:
+        return self.load().head
+
+    def anchors(
+        self,
+        ids: Collection[str] | None = None,
+        *,
+        kind: str | None = None,
+        state: ch.AnchorState | None = None,
+    ) -> dict[str, ch.Anchor]:
+        """As the port says; one document, so it is read whole and filtered here."""
+        wanted = None if ids is None else set(ids)
+        return {
+            key: a
+            for key, a in self.load(kind=kind).anchors.items()
+            if (wanted is None or key in wanted) and (state is None or a.state is state)
+        }
 
     def commit(self, *, blocks: Sequence[ch.Block] = (), anchors: Sequence[ch.Anchor] = ()) -> None:
         with self._locked(exclusive=True):

@@ -16,7 +16,7 @@ requests are safe across processes and machines.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -124,9 +124,23 @@ class PgChainStore:
         finally:
             conn.close()
 
-    def load(self) -> ch.ChainState:
+    def load(self, *, kind: str | None = None) -> ch.ChainState:
         with self._transaction(write=False) as conn:
-            return ch.ChainState(blocks=tuple(self._blocks(conn)), anchors=self._anchors(conn))
+            return ch.ChainState(blocks=tuple(self._blocks(conn)), anchors=self._anchors(conn, kind=kind))
+
+    def head(self) -> ch.Block | None:
+        with self._transaction(write=False) as conn:
+            return next(self._blocks(conn, "order by idx desc limit 1"), None)
+
+    def anchors(
+        self,
+        ids: Collection[str] | None = None,
+        *,
+        kind: str | None = None,
+        state: ch.AnchorState | None = None,
+    ) -> dict[str, ch.Anchor]:
+        with self._transaction(write=False) as conn:
+            return self._anchors(conn, ids=ids, kind=kind, state=state)
 
     def commit(self, *, blocks: Sequence[ch.Block] = (), anchors: Sequence[ch.Anchor] = ()) -> None:
         with self._transaction(write=True) as conn:
@@ -186,10 +200,10 @@ class PgChainStore:
             )
 
     @staticmethod
-    def _blocks(conn: Any) -> Iterator[ch.Block]:
+    def _blocks(conn: Any, order: str = "order by idx") -> Iterator[ch.Block]:
         rows = conn.execute(
             "select idx, ts_us, prev_hash, merkle_root, difficulty, nonce, hash, records"
-            " from voke_chain_blocks order by idx"
+            " from voke_chain_blocks " + order
         )
         for idx, ts_us, prev, root, difficulty, nonce, hash_, records in rows:
             yield ch.Block(
@@ -204,8 +218,28 @@ class PgChainStore:
             )
 
     @staticmethod
-    def _anchors(conn: Any) -> dict[str, ch.Anchor]:
+    def _anchors(
+        conn: Any,
+        *,
+        ids: Collection[str] | None = None,
+        kind: str | None = None,
+        state: ch.AnchorState | None = None,
+    ) -> dict[str, ch.Anchor]:
+        """The anchors (all, or those among IDS, of KIND, in STATE), filtered by the server:
+        only the rows asked for are parsed."""
+        where: list[str] = ["true"]
+        params: list[object] = []
+        if ids is not None:
+            where.append("id = any(%s)")
+            params.append(list(ids))
+        if kind is not None:
+            where.append("doc->>'kind' = %s")
+            params.append(kind)
+        if state is not None:
+            where.append("doc->>'state' = %s")
+            params.append(state.value)
         anchors = {}
-        for anchor_id, doc in conn.execute("select id, doc from voke_chain_anchors"):
+        sql = "select id, doc from voke_chain_anchors where " + " and ".join(where)
+        for anchor_id, doc in conn.execute(sql, params):
             anchors[anchor_id] = ch.Anchor.from_json(doc, f"voke_chain_anchors[{anchor_id[:16]}]")
         return anchors
