@@ -486,3 +486,18 @@ def test_another_homes_chain_is_refused_by_import(tmp_path: Path) -> None:
     with pytest.raises(PreconditionError, match="contradict this home's audit log"):
         audit_wf.refuse_foreign_chain(tmp_path / "b", exported, "a.json")
     audit_wf.refuse_foreign_chain(tmp_path / "a", exported, "a.json")  # its own home takes it
+
+
+def test_checkpoint_claims_find_a_block_record_however_its_kind_is_spelled() -> None:
+    from voketag_ops.audit import checkpoint_claims
+    from voketag_ops.core import chain as ch
+
+    root = "ab" * 32
+    records = [
+        '{"kind": "ingest-batch", "root": "' + "cd" * 32 + '", "tree_size": 3}',  # not a claim
+        '{"kind": "audit\\u002dcheckpoint", "root": "' + root + '", "tree_size": 5}',  # escaped, still one
+        "not json",
+    ]
+    block = ch.seal(index=0, timestamp=T0, prev_hash=ch.ZERO_HASH, records=records, difficulty=0, nonce=1)
+    claims, anchored = checkpoint_claims(ch.ChainState(blocks=(block,)))
+    assert [(c.size, c.root) for c in claims] == [(5, root)] and anchored == {root}
