@@ -91,6 +91,144 @@ def test_find_gaps_without_a_leader_ends_at_the_newest_archived_segment():
     assert gaps.ok and gaps.end == "000000010000000000000004" and gaps.expected == 3
 
 
+def _gaps_by_name(*, path, start_segno, archived, current_segno=None, pending=(), segment_size):
+    """find_gaps as it was before the archive index: every name parsed, for every backup."""
+    have, waiting = set(archived), set(pending)
+    timelines = {s.timeline for s in path}
+    on_path = [
+        wal.parse_segment_name(n, segment_size)[1]
+        for n in have
+        if wal.SEGMENT_NAME.match(n) and wal.parse_segment_name(n, segment_size)[0] in timelines
+    ]
+    end = current_segno - 1 if current_segno is not None else max(on_path, default=start_segno - 1)
+
+    def names_from(first, last):
+        names = []
+        for segno in range(first, last + 1):
+            tli = path[0].timeline
+            for span in path:
+                if wal.segno_of(span.begin, segment_size) <= segno:
+                    tli = span.timeline
+            names.append(wal.segment_name(tli, segno, segment_size))
+        return names
+
+    names = names_from(start_segno, end) if end >= start_segno else []
+    reachable = 0
+    for name in names:
+        if name not in have:
+            break
+        reachable += 1
+    return {
+        "start": names_from(start_segno, start_segno)[0],
+        "end": names[-1] if names else None,
+        "expected": len(names),
+        "missing": [n for n in names if n not in have and n not in waiting],
+        "pending": [n for n in names if n not in have and n in waiting],
+        "last_contiguous": names[reachable - 1] if reachable else None,
+        "contiguous_tail": tuple(names[max(0, reachable - 8) : reachable]),
+        "reachable": tuple(names[:reachable]),
+    }
+
+
+_SIZES = st.sampled_from([wal.DEFAULT_SEGMENT_SIZE, 1 << 30])  # 256 and 4 segments per id
+
+
+@st.composite
+def _archives(draw):
+    size = draw(_SIZES)
+    per = wal.segments_per_id(size)
+    timelines = sorted(draw(st.sets(st.integers(1, 5), min_size=1, max_size=4)))
+    switches = sorted(
+        draw(st.lists(st.integers(1, 30 * size), min_size=len(timelines) - 1, max_size=len(timelines) - 1))
+    )
+    history = list(zip(timelines[:-1], switches, strict=True))
+    # raw names: some spelled as PostgreSQL never does (low part past the last segment of an id)
+    raw = st.tuples(st.integers(1, 6), st.integers(0, 40 // per + 1), st.integers(0, per + 2))
+    segments = [f"{t:08X}{hi:08X}{lo:08X}" for t, hi, lo in draw(st.lists(raw, max_size=60))]
+    extras = draw(st.lists(st.sampled_from(["00000002.history", "000000010000000000000003.partial", "junk"])))
+    archived = set(segments + extras)
+    pending = draw(st.lists(st.sampled_from(sorted(archived | {wal.segment_name(1, 7, size)}))))
+    pending += [
+        wal.segment_name(t, n, size)
+        for t, n in draw(st.lists(st.tuples(st.integers(1, 6), st.integers(0, 40))))
+    ]
+    return size, wal.timeline_path(timelines[-1], history), archived, pending
+
+
+@given(
+    _archives(),
+    st.lists(st.integers(0, 40), min_size=1, max_size=6),
+    st.one_of(st.none(), st.integers(0, 45)),
+)
+def test_gaps_from_the_archive_index_equal_those_read_name_by_name(archive, starts, current):
+    size, path, archived, pending = archive
+    index = wal.ArchiveIndex.of(archived, size)
+    each = wal.find_gaps_each(
+        path=path,
+        start_segnos=starts,
+        archived=index,
+        current_segno=current,
+        pending=pending,
+        segment_size=size,
+    )
+    for start, gaps in zip(starts, each, strict=True):
+        want = _gaps_by_name(
+            path=path,
+            start_segno=start,
+            archived=archived,
+            current_segno=current,
+            pending=pending,
+            segment_size=size,
+        )
+        alone = wal.find_gaps(
+            path=path,
+            start_segno=start,
+            archived=archived,
+            current_segno=current,
+            pending=pending,
+            segment_size=size,
+        )
+        for g in (gaps, alone):
+            got = {k: getattr(g, k) for k in want}
+            got["reachable"] = tuple(g.reachable)
+            assert got == want
+            run = g.reachable
+            assert len(run) == len(want["reachable"])
+            assert run[-3:] == want["reachable"][-3:] and run[1:5] == want["reachable"][1:5]
+            assert [run.index(n) for n in run] == list(range(len(run)))
+            assert wal.segment_name(1, 99, size) not in run and "junk" not in run
+            if run:
+                assert run[-1] == want["last_contiguous"] and run[0] == want["start"]
+
+
+def test_gaps_of_many_backups_parse_the_archive_once(monkeypatch):
+    """30,000 archived segments across a switch to timeline 2, 400 backups: every name is parsed
+    once, and the names made grow with the segments plus the backups, not their product."""
+    path = wal.timeline_path(2, [(1, 12_000 * wal.DEFAULT_SEGMENT_SIZE + 40)])
+    archived = [wal.segment_name(1, n) for n in range(10, 12_000)]
+    archived += [wal.segment_name(2, n) for n in range(12_000, 30_010) if n != 25_000]  # one hole
+    starts = [10 + 60 * i for i in range(400)]  # all before the hole
+    parsed, made = [0], [0]
+    real_parse, real_name = wal.parse_segment_name, wal.segment_name
+
+    def parse(*args):
+        parsed[0] += 1
+        return real_parse(*args)
+
+    def name(*args):
+        made[0] += 1
+        return real_name(*args)
+
+    monkeypatch.setattr(wal, "parse_segment_name", parse)
+    monkeypatch.setattr(wal, "segment_name", name)
+    each = wal.find_gaps_each(path=path, start_segnos=starts, archived=archived, current_segno=30_010)
+    assert parsed[0] == len(archived)
+    assert made[0] <= 30_000 + 20 * len(starts)
+    assert all(g.missing == [real_name(2, 25_000)] for g in each)
+    assert each[0].last_contiguous == real_name(2, 24_999) and len(each[0].reachable) == 24_990
+    assert each[0].reachable[11_989:11_991] == (real_name(1, 11_999), real_name(2, 12_000))
+
+
 # -- inputs ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("text", "seconds"),

@@ -10,8 +10,10 @@ the switch point lacks everything written after the promotion).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, overload
 
 # Where a node's data stands: the WAL it has written (a leader) or replayed (a standby). A
 # comparison of two nodes' rows says at which LSN each was read.
@@ -89,6 +91,26 @@ def timeline_path(timeline: int, history: list[tuple[int, int]]) -> list[Timelin
     return spans
 
 
+def _timeline_at(path: Sequence[TimelineSpan], segno: int, segment_size: int) -> int:
+    """The timeline whose file a recovery along PATH reads for SEGNO: the newest begun by then."""
+    tli = path[0].timeline
+    for span in path:
+        if segno_of(span.begin, segment_size) <= segno:
+            tli = span.timeline
+    return tli
+
+
+def _pieces(
+    path: Sequence[TimelineSpan], first: int, last: int, segment_size: int
+) -> list[tuple[range, int]]:
+    """FIRST..LAST (inclusive) cut where the timeline read changes: (segment numbers, timeline)."""
+    cuts = sorted({first} | {b for s in path if first < (b := segno_of(s.begin, segment_size)) <= last})
+    return [
+        (range(lo, hi), _timeline_at(path, lo, segment_size))
+        for lo, hi in zip(cuts, [*cuts[1:], last + 1], strict=True)
+    ]
+
+
 def expected_segments(
     path: list[TimelineSpan],
     start_segno: int,
@@ -96,14 +118,89 @@ def expected_segments(
     segment_size: int = DEFAULT_SEGMENT_SIZE,
 ) -> list[str]:
     """File names a recovery from START_SEGNO through END_SEGNO (inclusive) reads along PATH."""
-    names: list[str] = []
-    for segno in range(start_segno, end_segno + 1):
-        tli = path[0].timeline
-        for span in path:
-            if segno_of(span.begin, segment_size) <= segno:
-                tli = span.timeline
-        names.append(segment_name(tli, segno, segment_size))
-    return names
+    return [
+        segment_name(tli, segno, segment_size)
+        for segnos, tli in _pieces(path, start_segno, end_segno, segment_size)
+        for segno in segnos
+    ]
+
+
+@dataclass(frozen=True)
+class ArchiveIndex:
+    """An archive listing parsed once: which segment numbers it holds on each timeline.
+
+    A window is judged from every base backup (hundreds of them, over tens of thousands of
+    segments); they all read this one index instead of parsing the names again each.
+    """
+
+    segment_size: int
+    held: dict[int, frozenset[int]]  # timeline -> numbers of the segments whose file is archived
+    newest: dict[int, int]  # timeline -> the highest number of any segment name on it
+
+    @classmethod
+    def of(cls, names: Iterable[str], segment_size: int = DEFAULT_SEGMENT_SIZE) -> ArchiveIndex:
+        per = segments_per_id(segment_size)
+        held: dict[int, set[int]] = {}
+        newest: dict[int, int] = {}
+        for name in names:
+            if not SEGMENT_NAME.match(name):
+                continue
+            tli, segno = parse_segment_name(name, segment_size)
+            newest[tli] = max(segno, newest.get(tli, segno))
+            # only a name as PostgreSQL spells it is the file a recovery asks for
+            if len(name) == 24 and int(name[16:], 16) < per:
+                held.setdefault(tli, set()).add(segno)
+        return cls(segment_size, {tli: frozenset(nos) for tli, nos in held.items()}, newest)
+
+
+@dataclass(frozen=True)
+class SegmentRun(Sequence[str]):
+    """LENGTH consecutive segment names from START_SEGNO along PATH, made when read: a window's
+    backups each reach thousands of segments, and callers read a few of them."""
+
+    path: tuple[TimelineSpan, ...]
+    start_segno: int
+    length: int
+    segment_size: int = DEFAULT_SEGMENT_SIZE
+
+    def __len__(self) -> int:
+        return self.length
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[str, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> str | tuple[str, ...]:
+        if isinstance(index, slice):
+            return tuple(self._name(i) for i in range(self.length)[index])
+        return self._name(range(self.length)[index])  # (IndexError when out of range)
+
+    def _name(self, i: int) -> str:
+        segno = self.start_segno + i
+        return segment_name(_timeline_at(self.path, segno, self.segment_size), segno, self.segment_size)
+
+    def __iter__(self) -> Iterator[str]:
+        if self.length:
+            last = self.start_segno + self.length - 1
+            for segnos, tli in _pieces(self.path, self.start_segno, last, self.segment_size):
+                yield from (segment_name(tli, segno, self.segment_size) for segno in segnos)
+
+    def index(self, value: Any, start: int = 0, stop: int | None = None) -> int:
+        i = -1
+        if isinstance(value, str) and SEGMENT_NAME.match(value):
+            i = parse_segment_name(value, self.segment_size)[1] - self.start_segno
+        if not (0 <= i < self.length and i in range(self.length)[start:stop] and self._name(i) == value):
+            raise ValueError(f"{value!r} is not in the run")
+        return i
+
+    def __contains__(self, value: object) -> bool:
+        try:
+            self.index(value)
+        except ValueError:
+            return False
+        return True
 
 
 @dataclass(frozen=True)
@@ -117,7 +214,7 @@ class ArchiveGaps:
     pending: list[str]  # not archived yet but still waiting on the server (not a gap)
     last_contiguous: str | None  # last segment reachable without crossing a gap
     contiguous_tail: tuple[str, ...] = ()  # the last few reachable segments, oldest first
-    reachable: tuple[str, ...] = ()  # every segment reachable without crossing a gap, oldest first
+    reachable: Sequence[str] = ()  # every segment reachable without crossing a gap, oldest first
 
     @property
     def ok(self) -> bool:
@@ -128,7 +225,7 @@ def find_gaps(
     *,
     path: list[TimelineSpan],
     start_segno: int,
-    archived: Iterable[str],
+    archived: Iterable[str] | ArchiveIndex,
     current_segno: int | None = None,
     pending: Iterable[str] = (),
     segment_size: int = DEFAULT_SEGMENT_SIZE,
@@ -138,35 +235,84 @@ def find_gaps(
     CURRENT_SEGNO is the segment the leader is writing (not archivable yet); without a
     reachable leader the newest archived segment on the path is the end.
     """
-    have = set(archived)
+    return find_gaps_each(
+        path=path,
+        start_segnos=[start_segno],
+        archived=archived,
+        current_segno=current_segno,
+        pending=pending,
+        segment_size=segment_size,
+    )[0]
+
+
+def find_gaps_each(
+    *,
+    path: list[TimelineSpan],
+    start_segnos: Sequence[int],
+    archived: Iterable[str] | ArchiveIndex,
+    current_segno: int | None = None,
+    pending: Iterable[str] = (),
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+) -> list[ArchiveGaps]:
+    """`find_gaps` from each of START_SEGNOS (one per base backup), in that order.
+
+    The holes along PATH are found once, from the oldest start to the end; each backup's gaps
+    are then the holes after its start (a bisection), so the cost grows with the segments
+    plus the backups, not with their product.
+    """
+    index = archived if isinstance(archived, ArchiveIndex) else ArchiveIndex.of(archived, segment_size)
+    if index.segment_size != segment_size:
+        raise ValueError(f"archive indexed for {index.segment_size}-byte segments, not {segment_size}")
     waiting = set(pending)
-    on_path = [
-        parse_segment_name(name, segment_size)[1]
-        for name in have
-        if SEGMENT_NAME.match(name)
-        and parse_segment_name(name, segment_size)[0] in {s.timeline for s in path}
-    ]
-    end_segno = current_segno - 1 if current_segno is not None else max(on_path, default=start_segno - 1)
-    names = expected_segments(path, start_segno, end_segno, segment_size) if end_segno >= start_segno else []
-    missing = [n for n in names if n not in have and n not in waiting]
-    still_pending = [n for n in names if n not in have and n in waiting]
-    last_contiguous = None
-    reachable = 0
-    for name in names:
-        if name not in have:
-            break
-        last_contiguous = name
-        reachable += 1
-    return ArchiveGaps(
-        start=expected_segments(path, start_segno, start_segno, segment_size)[0],
-        end=names[-1] if names else None,
-        expected=len(names),
-        missing=missing,
-        pending=still_pending,
-        last_contiguous=last_contiguous,
-        contiguous_tail=tuple(names[max(0, reachable - 8) : reachable]),
-        reachable=tuple(names[:reachable]),
-    )
+    if current_segno is not None:
+        end: int | None = current_segno - 1
+    else:
+        end = max((index.newest[s.timeline] for s in path if s.timeline in index.newest), default=None)
+    holes: list[int] = []  # not archived (missing or pending), ascending
+    missing: tuple[list[int], list[str]] = ([], [])
+    still_pending: tuple[list[int], list[str]] = ([], [])
+    if start_segnos and end is not None:
+        for segnos, tli in _pieces(path, min(start_segnos), end, segment_size):
+            held = index.held.get(tli, frozenset())
+            for segno in segnos:
+                if segno not in held:
+                    holes.append(segno)
+                    name = segment_name(tli, segno, segment_size)
+                    nos, names = still_pending if name in waiting else missing
+                    nos.append(segno)
+                    names.append(name)
+
+    def name_at(segno: int) -> str:
+        return segment_name(_timeline_at(path, segno, segment_size), segno, segment_size)
+
+    def after(start: int, found: tuple[list[int], list[str]]) -> list[str]:
+        return found[1][bisect_left(found[0], start) :]
+
+    run_path = tuple(path)
+    result = []
+    for start in start_segnos:
+        if end is None or end < start:
+            result.append(
+                ArchiveGaps(
+                    name_at(start), None, 0, [], [], None, (), SegmentRun(run_path, start, 0, segment_size)
+                )
+            )
+            continue
+        at = bisect_left(holes, start)
+        stop = holes[at] if at < len(holes) else end + 1  # the first segment a recovery lacks
+        result.append(
+            ArchiveGaps(
+                start=name_at(start),
+                end=name_at(end),
+                expected=end - start + 1,
+                missing=after(start, missing),
+                pending=after(start, still_pending),
+                last_contiguous=name_at(stop - 1) if stop > start else None,
+                contiguous_tail=tuple(name_at(n) for n in range(max(start, stop - 8), stop)),
+                reachable=SegmentRun(run_path, start, stop - start, segment_size),
+            )
+        )
+    return result
 
 
 def timeline_runs(names: Iterable[str]) -> list[list[str]]:

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -727,7 +727,7 @@ _COMMIT_SEARCH_SEGMENTS = 64  # segments searched back for the newest archived c
 _COMMIT = re.compile(r"desc: (?:COMMIT|ABORT) (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) (UTC|[+-]\d\d)")
 
 
-def last_commit_time(env: LocalEnvironment, segments: list[str] | tuple[str, ...]) -> datetime | None:
+def last_commit_time(env: LocalEnvironment, segments: Sequence[str]) -> datetime | None:
     """The newest commit (or abort) timestamp in the last of SEGMENTS that has one (newest last)."""
     state = env.require_state()
     runner = env._runner(state)
@@ -745,7 +745,7 @@ def last_commit_time(env: LocalEnvironment, segments: list[str] | tuple[str, ...
 
 
 def unreadable_wal(
-    env: LocalEnvironment, segments: tuple[str, ...], segment_size: int
+    env: LocalEnvironment, segments: Sequence[str], segment_size: int
 ) -> dict[str, Any] | None:
     """The first of SEGMENTS (a recovery's path through the archive, oldest first) holding a record
     pg_waldump cannot read (a bad CRC, a broken prev-link), with its error; None when all read.
