@@ -694,33 +694,44 @@ def newest_timeline(env: LocalEnvironment, names: set[str]) -> int:
     return max(tlis, default=1)
 
 
-def gaps_from(
-    env: LocalEnvironment,
-    backup: BackupInfo,
-    lw: LeaderWal,
-    names: set[str] | None = None,
-    *,
-    timeline: int | None = None,
-    end_segno: int | None = None,
-) -> wal.ArchiveGaps | None:
+def gaps_from(env: LocalEnvironment, backup: BackupInfo, lw: LeaderWal) -> wal.ArchiveGaps | None:
     """Archive gaps between BACKUP and now on the current timeline; None if BACKUP is on another branch."""
-    names = archived_names(env, lw.segment_size) if names is None else names
-    tli = timeline or lw.timeline or newest_timeline(env, names)
-    path = wal.timeline_path(tli, history_of(env, tli, names))
-    start = wal.parse_lsn(backup.start_lsn)
-    if not any(
-        s.timeline == backup.timeline and s.begin <= start and (s.end is None or start < s.end) for s in path
-    ):
-        return None
+    names = archived_names(env, lw.segment_size)
+    tli = lw.timeline or newest_timeline(env, names)
+    found = gaps_from_each(env, [backup], lw, wal.ArchiveIndex.of(names, lw.segment_size), timeline=tli)
+    return found[0][1] if found else None
+
+
+def gaps_from_each(
+    env: LocalEnvironment,
+    backups: list[BackupInfo],
+    lw: LeaderWal,
+    archive: wal.ArchiveIndex,
+    *,
+    timeline: int,
+    end_segno: int | None = None,
+) -> list[tuple[BackupInfo, wal.ArchiveGaps]]:
+    """Each of BACKUPS on TIMELINE's history (those of another branch left out, order kept) with
+    its archive gaps up to now, or to END_SEGNO; the archive is walked once for all of them."""
+    path = wal.timeline_path(timeline, history_of(env, timeline))
+    on_path: list[tuple[BackupInfo, int]] = []  # (backup, its start LSN)
+    for backup in backups:
+        start = wal.parse_lsn(backup.start_lsn)
+        if any(
+            s.timeline == backup.timeline and s.begin <= start and (s.end is None or start < s.end)
+            for s in path
+        ):
+            on_path.append((backup, start))
     current = end_segno + 1 if end_segno is not None else lw.current_segno if lw.reachable else None
-    return wal.find_gaps(
+    gaps = wal.find_gaps_each(
         path=path,
-        start_segno=wal.segno_of(start, lw.segment_size),
-        archived=names,
+        start_segnos=[wal.segno_of(start, lw.segment_size) for _, start in on_path],
+        archived=archive,
         current_segno=current,
         pending=lw.pending,
         segment_size=lw.segment_size,
     )
+    return [(b, g) for (b, _), g in zip(on_path, gaps, strict=True)]
 
 
 _COMMIT_SEARCH_SEGMENTS = 64  # segments searched back for the newest archived commit (each a pg_waldump)
@@ -820,8 +831,9 @@ def recoverable_window(
     """Oldest backup with a gap-free chain .. now (leader up) or the newest archived commit."""
     backups = env.backups() if backups is None else backups
     names = archived_names(env, lw.segment_size)
+    archive = wal.ArchiveIndex.of(names, lw.segment_size)  # parsed once for every backup below
     tli = lw.timeline or newest_timeline(env, names)
-    usable = [(b, g) for b in backups if (g := gaps_from(env, b, lw, names, timeline=tli)) is not None]
+    usable = gaps_from_each(env, backups, lw, archive, timeline=tli)
     if not usable:
         return Window(None, None, None, None, None, None, tli)
     newest, newest_gaps = usable[-1]
@@ -835,7 +847,8 @@ def recoverable_window(
             # No commit since (a backup taken just before the leader was lost): the newest one is
             # further back, reachable from an older backup.
             tail = set(ref_gaps.contiguous_tail)
-            older = [n for n in usable[0][1].reachable if n not in tail][-_COMMIT_SEARCH_SEGMENTS:]
+            near_end = usable[0][1].reachable[-(_COMMIT_SEARCH_SEGMENTS + len(tail)) :]
+            older = [n for n in near_end if n not in tail][-_COMMIT_SEARCH_SEGMENTS:]
             latest_archived = last_commit_time(env, older)
     latest: datetime | None
     gaps, gaps_backup = newest_gaps, newest  # what bounds the window (and a restore's replay)
@@ -850,11 +863,10 @@ def recoverable_window(
             return Window(None, None, None, None, newest.label, newest_gaps, tli)
         gaps, gaps_backup = ref_gaps, ref
         last_segno = wal.parse_segment_name(ref_gaps.last_contiguous, lw.segment_size)[1]
-        chain = [
-            b
-            for b, _ in usable
-            if (g := gaps_from(env, b, lw, names, timeline=tli, end_segno=last_segno)) is not None and g.ok
-        ]
+        upto_last = gaps_from_each(
+            env, [b for b, _ in usable], lw, archive, timeline=tli, end_segno=last_segno
+        )
+        chain = [b for b, g in upto_last if g.ok]
     earliest_backup = chain[0] if chain else newest
     return Window(
         earliest=parse_iso(earliest_backup.finished_at),
@@ -1211,10 +1223,17 @@ def plan_restore(
     last = window.gaps.last_contiguous
     last_segno = wal.parse_segment_name(last, lw.segment_size)[1] if last and not window.live else None
     candidates = [b for b in backups if (parse_iso(b.finished_at) or now) <= target]
+    found = gaps_from_each(
+        env,
+        candidates,
+        lw,
+        wal.ArchiveIndex.of(names, lw.segment_size),
+        timeline=window.timeline or newest_timeline(env, names),
+        end_segno=last_segno,
+    )
     skipped: list[dict[str, Any]] = []
-    for backup in reversed(candidates):
-        g = gaps_from(env, backup, lw, names, timeline=window.timeline, end_segno=last_segno)
-        if g is None or not g.ok:
+    for backup, g in reversed(found):
+        if not g.ok:
             continue
         # Checked before anything is copied: a bad page found by the restored server is a copy
         # and a recovery wasted, then an exit 6 no retry mends.
