@@ -153,6 +153,7 @@ class Output:
         self.emitted = False
         self.exit_code = int(ExitCode.OK)
         self.command_error: str | None = None  # set by the top level for a bare group
+        self.streaming = False  # a --json envelope is being written chunk by chunk (stream_result)
 
     # -- consoles -------------------------------------------------------------
     def _console(self, stream: TextIO | _RedactingStream) -> Console:
@@ -260,9 +261,11 @@ class Output:
         opening = json.dumps(
             {"ok": True, "command": self.command, "result": to_jsonable(head)}, ensure_ascii=False
         )
+        self.streaming = True  # from here, a failure cannot take back what stdout has: stderr says it
         self.stdout.write(self.json_text(redact(f"{opening[:-2]}{', ' if head else ''}{json.dumps(key)}: ")))
         for chunk in itertools.chain([first], pieces):
             self.stdout.write(self.json_text(redact(chunk)))
+        self.streaming = False
         closing = json.dumps(to_jsonable(tail()), ensure_ascii=False)[1:]
         self.write_json((", " if closing != "}" else "") + closing + "}\n")
         self.settled()
@@ -277,7 +280,9 @@ class Output:
         """Report a VokeError and return its exit code."""
         message = redact(self.with_env(exc.message))
         hint = self.with_env(exc.hint) if exc.hint else exc.hint
-        if self.json_mode and not self.stdout.failed:  # type: ignore[attr-defined]
+        # (Cut mid-stream, stdout holds a cut envelope: a second document after it would not
+        # make it whole, so the error goes to stderr alone, as without --json.)
+        if self.json_mode and not self.stdout.failed and not self.streaming:  # type: ignore[attr-defined]
             error: dict[str, Any] = {
                 "type": exc.type_name,
                 "message": message,

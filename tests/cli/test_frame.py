@@ -678,3 +678,23 @@ def test_every_json_document_stays_valid_on_a_stdout_that_is_not_utf8(tmp_path):
     report = voke("drill", "report", "x-1", "--format", "json")
     assert report.returncode == 0, report.stderr
     assert json.loads(report.stdout)["scenario"] == label
+
+
+def test_a_json_export_cut_mid_stream_adds_no_second_document_to_stdout():
+    # Interrupted once the envelope has begun, an error envelope after the cut one made two
+    # documents on stdout (neither whole); the error goes to stderr alone then, as without --json.
+    from voketag_ops.errors import Interrupted
+    from voketag_ops.output import Output
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    out = Output(json_mode=True, command="audit export", stdout=stdout, stderr=stderr)
+
+    def chunks():
+        yield '[{"seq": 1}'
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        out.stream_result({}, "data", chunks(), dict)
+    assert out.error(Interrupted("interrupted")) == 130
+    assert stdout.getvalue().count('"ok"') == 1 and '"ok": false' not in stdout.getvalue()
+    assert "error: interrupted" in stderr.getvalue()
