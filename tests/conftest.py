@@ -15,8 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from voketag_ops.cli.app import run
+
+# No wall-clock limit in a test: hypothesis' per-example deadline (200 ms) is one, and a busy
+# CI host can pass it with a correct example. Every property test runs without it.
+settings.register_profile("voke", deadline=None)
+settings.load_profile("voke")
 
 # Tests send themselves Ctrl-C and expect what a terminal gets. A shell's background job (`cmd &`
 # in a script) starts with SIGINT ignored, and Python then installs no handler of its own.
