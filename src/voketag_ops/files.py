@@ -365,6 +365,16 @@ def append_whole(fd: int, data: bytes) -> None:
         raise
 
 
+def append_line(fd: int, line: bytes) -> None:
+    """LINE (ending in a line break) appended whole to the append-only log open as FD (O_APPEND,
+    its lock held), after a line break of its own when the last line was saved without one, so
+    that line stays whole and LINE starts a line of its own."""
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b"\n":
+        line = b"\n" + line
+    append_whole(fd, line)
+
+
 def create_once(path: Path, data: bytes) -> None:
     """PATH holding DATA, unless it already holds something (then left alone): DATA is written
     beside it (0600), synced and linked into place, so no reader ever sees PATH empty or
@@ -394,7 +404,7 @@ def create_once(path: Path, data: bytes) -> None:
             _create_in_place(path, data, tmp)
         _sync_directory(path.parent)
     except OSError as exc:
-        raise _named(exc, path) from None
+        raise named(exc, path) from None
     finally:
         with suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -466,12 +476,12 @@ def replace_whole(path: Path, data: bytes) -> None:
         with suppress(OSError):
             os.unlink(tmp)
         if isinstance(exc, OSError):
-            raise _named(exc, path) from None
+            raise named(exc, path) from None
         raise
     _sync_directory(path.parent)  # the rename itself survives a power cut
 
 
-def _named(exc: OSError, path: Path) -> OSError:
+def named(exc: OSError, path: Path) -> OSError:
     """EXC naming PATH if it names no file (a write() names none): a full disk is reported with
     the file voke could not write (exit 4), not as a bare "No space left on device"."""
     return exc if exc.filename else OSError(exc.errno, exc.strerror, str(path))

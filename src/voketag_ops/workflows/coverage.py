@@ -1020,7 +1020,7 @@ def _add(
     replaced = same is not None
     line = json.dumps(entry, sort_keys=True) + "\n"
     if not dry_run:
-        from voketag_ops.files import append_whole, write_failure, write_output
+        from voketag_ops.files import append_line, write_failure, write_output
 
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -1042,10 +1042,7 @@ def _add(
                     # Several CI jobs append to one file: a full disk's cut-back must not erase
                     # a line another job appended after this one measured the size.
                     fcntl.flock(fd, fcntl.LOCK_EX)
-                    size = os.fstat(fd).st_size
-                    if size and os.pread(fd, 1, size - 1) != b"\n":
-                        line = "\n" + line  # a last line saved without its line break stays whole
-                    append_whole(fd, line.encode())  # a full disk leaves no torn line behind
+                    append_line(fd, line.encode())  # a full disk leaves no torn line behind
                 finally:
                     os.close(fd)
             except OSError as exc:

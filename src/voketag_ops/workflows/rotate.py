@@ -1522,20 +1522,16 @@ class RotationEngine:
         file. A last line saved without its line break (an older voke's) stays whole."""
         import fcntl
 
-        from voketag_ops.files import append_whole
+        from voketag_ops.files import append_line, named
 
         path = self.history_file
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            line = record.to_json() + "\n"
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
-                line = "\n" + line
-            append_whole(fd, line.encode())
+            append_line(fd, (record.to_json() + "\n").encode())
         except OSError as exc:  # a write() names no file
-            raise OSError(exc.errno, exc.strerror, str(path)) from None
+            raise named(exc, path) from None
         finally:
             os.close(fd)
 

@@ -22,7 +22,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -430,8 +430,6 @@ def _alive(pid: int | None, home: Path, instance: str | None) -> bool:
     if not pid or not _started_for(pid, home, instance):
         return False
     try:
-        with suppress(PermissionError):
-            os.kill(pid, 0)
         stat = Path(f"/proc/{pid}/stat").read_text()
         return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is not alive
     except (OSError, IndexError):
