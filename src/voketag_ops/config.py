@@ -278,7 +278,14 @@ class DrSettings(_Model):
         description="`dr check` fails when the recoverable window is shorter (the platform keeps 7 days: 168)",
     )
     pitr_retention_days: float = Field(
-        default=7, gt=0, description="the platform's PITR retention (reported)"
+        default=7,
+        gt=0,
+        le=3650,
+        description="the platform's PITR retention: `voke dr prune` keeps the local environment restorable this far back",
+    )
+    prune_after_backup: bool = Field(
+        default=True,
+        description="`voke dr backup` prunes what the retention no longer needs, as Cloud SQL does",
     )
     archive_grace_seconds: float = Field(
         default=60,

@@ -222,6 +222,8 @@ ROOT = "ab" * 32
         ["chain", "anchor", "run"],
         ["chain", "anchor", "run", "--dry-run"],
         ["chain", "anchor", "cancel", ROOT, "--yes"],
+        ["dr", "prune", "--yes"],
+        ["dr", "prune", "--dry-run"],
     ],
     ids=" ".join,
 )

@@ -47,6 +47,23 @@ def test_a_refused_dr_backup_is_one_failure_event(voke, make_environ, tmp_path):
     assert sorted(p.name for p in home.iterdir()) == ["audit", "dr", "state.json"]  # nothing else
 
 
+def test_a_refused_dr_prune_is_one_failure_event_and_no_environment_none(voke, make_environ, tmp_path):
+    missing = voke("dr", "prune", "--yes", "--json", environ=make_environ(tmp_path / "none"))
+    assert missing.exit_code == 5 and "voke env up" in missing.json["error"]["message"]
+    assert not (tmp_path / "none").exists()  # nothing to prune: no home made for an event
+    home = tmp_path / "home"
+    _interrupted_failover(home)
+    environ = make_environ(home)
+    dry = voke("dr", "prune", "--dry-run", environ=environ)
+    assert dry.exit_code == 5 and "voke dr failover --yes" in dry.stderr
+    assert list(AuditLog(home).entries()) == []
+    refused = voke("dr", "prune", "--yes", "--json", environ=environ)
+    assert refused.exit_code == 5, refused.stdout
+    details = _refused(home, "dr.prune", "archive", refused.exit_code)
+    assert "voke dr failover --yes" in details["error"]["message"]
+    assert sorted(p.name for p in home.iterdir()) == ["audit", "dr", "state.json"]
+
+
 def test_a_refused_drill_is_one_failure_event(voke, make_environ, tmp_path):
     home = tmp_path / "home"
     _interrupted_failover(home)

@@ -839,6 +839,116 @@ def test_an_archive_gap_is_named_and_restores_past_it_are_refused(voke, environ,
     assert healed.exit_code == 0, healed.stdout
 
 
+def _finished(backup) -> datetime:
+    return datetime.fromisoformat(backup.finished_at.replace("Z", "+00:00"))
+
+
+def test_a_prune_plan_keeps_the_newest_backup_before_the_cutoff_and_all_after(env, monkeypatch):
+    backups = env.backups()
+    assert len(backups) >= 4, [b.label for b in backups]
+    now = _finished(backups[-1]) + timedelta(days=7)
+    cutoff_between = _finished(backups[2]) + (_finished(backups[3]) - _finished(backups[2])) / 2
+    plan = dr.plan_prune(env, (now - cutoff_between).total_seconds() / 86400, now=now)
+    assert plan.remove == backups[:2] and plan.keep == backups[2:]
+    assert plan.wal_floor == backups[2].start_wal
+    assert plan.segments and all(n[8:24] < plan.wal_floor[8:] for n in plan.segments)
+    assert not any(n.endswith(".history") for n in plan.segments)
+    archive = sorted(p.name for p in env.archive_dir.iterdir())
+    assert plan.wal_floor in archive  # (the first segment the oldest kept backup needs stays)
+    assert dr.plan_prune(env, 30, now=now).remove == []  # every backup within the window: none goes
+    # The newest before the cutoff must be on the current timeline's history to reach back to it:
+    # one of another branch is kept (it is newer) but does not count; the one before it does.
+    stray = dataclasses.replace(backups[2], label="base-stray", timeline=9)
+    monkeypatch.setattr(env, "backups", lambda: [*backups[:2], stray, *backups[3:]])
+    plan = dr.plan_prune(env, (now - cutoff_between).total_seconds() / 86400, now=now)
+    assert plan.remove == backups[:1] and stray in plan.keep
+    # A kept backup that does not record its first segment: the archive is left whole.
+    blank = dataclasses.replace(backups[-1], start_wal="")
+    monkeypatch.setattr(env, "backups", lambda: [*backups[:-1], blank])
+    plan = dr.plan_prune(env, (now - cutoff_between).total_seconds() / 86400, now=now)
+    assert plan.remove == backups[:2] and plan.wal_floor is None and plan.segments == {}
+
+
+def test_prune_removes_what_the_retention_no_longer_needs_and_the_window_stays_whole(
+    voke, environ, env, home, make_environ, monkeypatch
+):
+    backups = env.backups()
+    # the gap test's new backup is newest; the archive gap lies between it and the one before
+    base, newest = backups[-2], backups[-1]
+    midpoint = _finished(base) + (_finished(newest) - _finished(base)) / 2
+    keep_base = make_environ(home, VOKE_LOCAL__ARCHIVE_TIMEOUT="5", VOKE_DR__PITR_RETENTION_DAYS="1")
+    monkeypatch.setattr(dr, "utcnow", lambda: midpoint + timedelta(days=1))  # the cutoff: between the two
+    assert voke("dr", "prune", environ=keep_base).exit_code == 2  # no terminal, no --yes
+    archive = sorted(p.name for p in env.archive_dir.iterdir())
+    dry = voke("dr", "prune", "--dry-run", "--json", environ=keep_base)
+    assert dry.exit_code == 0, dry.stderr
+    plan = dry.json["result"]
+    assert plan["dry_run"] and plan["kept_backups"] == [base.label, newest.label]
+    assert [b["label"] for b in plan["removed_backups"]] == [b.label for b in backups[:-2]]
+    shown = voke("dr", "prune", "--dry-run", environ=keep_base).stdout
+    assert f"would remove {len(backups) - 2} backups and {plan['removed_segments']} archived WAL files" in shown
+    assert f"oldest backup kept: {base.label}" in shown
+    assert env.backups() == backups and sorted(p.name for p in env.archive_dir.iterdir()) == archive
+    done = voke("dr", "prune", "--yes", "--json", environ=keep_base)
+    assert done.exit_code == 0, done.stderr
+    result = done.json["result"]
+    assert result["removed_backups"] == plan["removed_backups"] and result["left_behind"] == []
+    assert env.backups() == [base, newest] and sorted(p.name for p in env.backups_dir.iterdir()) == [
+        base.label,
+        newest.label,
+    ]
+    left = sorted(p.name for p in env.archive_dir.iterdir())
+    assert min(n[8:24] for n in left if dr.wal.SEGMENT_NAME.match(n)) == base.start_wal[8:]
+    assert result["removed_segments"] == len(archive) - len(left) > 0
+    assert (
+        result["freed_bytes"]
+        == sum(b["size_bytes"] for b in plan["removed_backups"]) + result["removed_segment_bytes"]
+    )
+    event = voke("dr", "history", "--json", environ=environ).json["result"]["events"][-1]
+    assert event["action"] == "dr.prune" and event["result"] == "success"
+    assert event["details"]["removed_backups"] == [b.label for b in backups[:-2]]
+    # A prune cut short after renaming a backup aside: it no longer counts, the next prune deletes it.
+    aside = env.backups_dir / ".pruned-base-20000101T000000000000Z"
+    (aside / "base").mkdir(parents=True)
+    assert env.backups() == [base, newest]
+    # Keeping only the newest backup also removes the archive gap before it: the window is whole.
+    monkeypatch.setattr(dr, "utcnow", lambda: _finished(newest) + timedelta(days=1, seconds=1))
+    again = voke("dr", "prune", "--yes", "--json", environ=keep_base)
+    assert again.exit_code == 0, again.stderr
+    monkeypatch.undo()
+    assert [b["label"] for b in again.json["result"]["removed_backups"]] == [base.label]
+    assert not aside.exists() and env.backups() == [newest]
+    check = voke("dr", "check", "--json", environ=environ)
+    assert check.exit_code == 0, check.stdout
+    window = check.json["result"]["status"]["recoverable_window"]
+    assert window["earliest_backup"] == newest.label
+    too_old = voke("dr", "restore", "--to", utc(midpoint), "--name", "pruned", "--yes", environ=environ)
+    assert too_old.exit_code == 5 and "before the recoverable window" in too_old.stderr
+    assert voke("dr", "verify-backup", environ=environ).exit_code == 0
+
+
+def test_a_backup_prunes_by_the_retention_and_a_failed_prune_does_not_fail_it(env, home, monkeypatch):
+    from voketag_ops.config import Settings
+    from voketag_ops.workflows import dr as flows
+
+    settings = Settings(local=LocalSettings(home=home, archive_timeout=5))
+    taken = flows.backup(settings, env, dry_run=False)
+    assert (
+        taken["pruned"]["removed_backups"] == []
+        and taken["pruned"]["kept_backups"][-1] == taken["backup"]["label"]
+    )
+
+    def broken(*_args, **_kwargs):
+        raise BackendError("pg_archivecleanup failed: disk on fire")
+
+    monkeypatch.setattr(dr, "plan_prune", broken)
+    taken = flows.backup(settings, env, dry_run=False)
+    assert taken["pruned"]["error"] == "pg_archivecleanup failed: disk on fire"
+    assert env.backups()[-1].label == taken["backup"]["label"]
+    unpruned = Settings(local=LocalSettings(home=home, archive_timeout=5), dr={"prune_after_backup": False})
+    assert flows.backup(unpruned, env, dry_run=False)["pruned"] is None
+
+
 def test_with_the_archiver_failing_older_backups_still_restore_what_is_archived(voke, environ, env):
     # Last in this module: the archiver, once failing, retries only after a pause.
     primary = env.primary()

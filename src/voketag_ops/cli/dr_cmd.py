@@ -94,6 +94,22 @@ def backup(ctx: typer.Context, dry_run: DryRun = False, yes: Yes = False) -> Non
     env.out.result(report, render=_render_backup)
 
 
+@app.command("prune")
+def prune(ctx: typer.Context, dry_run: DryRun = False, yes: Yes = False) -> None:
+    """Remove the base backups and archived WAL older than the PITR retention needs (dr.pitr_retention_days)."""
+    from voketag_ops.workflows import dr
+
+    env, local = _local(ctx)
+    if not dry_run:
+        days = env.settings.dr.pitr_retention_days
+        env.out.confirm(
+            f"Remove the backups and archived WAL a {days:g}-day restore window no longer needs?", yes=yes
+        )
+    with env.out.progress("pruning backups and WAL") as update:
+        report = dr.prune(env.settings, local, dry_run=dry_run, progress=update)
+    env.out.result(report, render=_render_prune)
+
+
 @app.command("verify-backup")
 def verify_backup(
     ctx: typer.Context,
@@ -500,6 +516,38 @@ def _render_backup(console: Console, r: dict[str, Any]) -> None:
         f"backup {b['label']}: {b['size_bytes'] / 1e6:.1f} MB, WAL {b['start_lsn']}..{b['end_lsn']} "
         f"timeline {b['timeline']} ({r['duration_seconds']:.1f} s)"
     )
+    pruned = r.get("pruned")
+    if pruned and pruned.get("error"):
+        console.print(f"pruning failed (the backup is taken): {pruned['error']}", markup=False)
+    elif pruned and pruned["freed_bytes"]:
+        console.print(
+            f"pruned {len(pruned['removed_backups'])} backups and {pruned['removed_segments']} archived WAL "
+            f"files older than the {pruned['retention_days']:g}-day retention needs ({pruned['freed_bytes'] / 1e6:.1f} MB)",
+            markup=False,
+        )
+
+
+def _render_prune(console: Console, r: dict[str, Any]) -> None:
+    verb = "would remove" if r["dry_run"] else "removed"
+    console.print(
+        f"retention {r['retention_days']:g} days (restorable from {r['cutoff']}): {verb} "
+        f"{len(r['removed_backups'])} backups and {r['removed_segments']} archived WAL files, "
+        f"{r['freed_bytes'] / 1e6:.1f} MB",
+        markup=False,
+    )
+    for b in r["removed_backups"]:
+        console.print(
+            f"  {b['label']}  finished {b['finished_at']}  {b['size_bytes'] / 1e6:.1f} MB", markup=False
+        )
+    if r["removed_segments"]:
+        console.print(f"  WAL {r['oldest_removed_segment']} .. {r['newest_removed_segment']}", markup=False)
+    if r["wal_floor"] is None and r["kept_backups"]:
+        console.print(
+            "  the archive is kept whole: a kept backup does not record its first WAL segment", markup=False
+        )
+    console.print(f"oldest backup kept: {r['earliest_backup_after'] or 'none'}", markup=False)
+    for path in r.get("left_behind") or []:
+        console.print(f"  could not delete {path} (the next prune retries)", markup=False)
 
 
 def _render_verify_backup(console: Console, r: dict[str, Any]) -> None:

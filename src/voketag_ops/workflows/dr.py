@@ -27,6 +27,7 @@ from voketag_ops.errors import (
     PreconditionError,
     RolledBackError,
     UsageError,
+    VokeError,
 )
 from voketag_ops.logs import get_logger
 
@@ -164,10 +165,10 @@ def backup(
     require_local(settings)
     if dry_run:
         dr.refuse_if_busy(env)  # refused as the run is (lock held, an operation to resume)
-        return {
-            "dry_run": True,
-            "plan": [f"pg_basebackup (fast checkpoint, manifest) of the leader into {env.backups_dir}"],
-        }
+        plan = [f"pg_basebackup (fast checkpoint, manifest) of the leader into {env.backups_dir}"]
+        if settings.dr.prune_after_backup:
+            plan.append(f"then `voke dr prune`: keep {settings.dr.pitr_retention_days:g} days restorable")
+        return {"dry_run": True, "plan": plan}
     from voketag_ops.workflows.env import ensure_local
 
     with recorded(env, "dr.backup", "leader") as details:  # a refusal is on record too
@@ -181,7 +182,62 @@ def backup(
             t0 = time.monotonic()
             info = env.take_base_backup()
             details.update(label=info.label, size_bytes=info.size_bytes)
-    return {"dry_run": False, "backup": asdict(info), "duration_seconds": round(time.monotonic() - t0, 3)}
+            took = round(time.monotonic() - t0, 3)
+            pruned = _prune_after_backup(settings, env, progress) if settings.dr.prune_after_backup else None
+            if pruned is not None:
+                details.update(
+                    pruned_backups=len(pruned["removed_backups"]), freed_bytes=pruned["freed_bytes"]
+                )
+    return {"dry_run": False, "backup": asdict(info), "duration_seconds": took, "pruned": pruned}
+
+
+def _prune_after_backup(settings: Settings, env: LocalEnvironment, progress: Progress) -> dict[str, Any]:
+    """The prune a backup ends with: a failure is reported, never the backup's (it is taken)."""
+    try:
+        return _prune(settings, env, progress)
+    except (VokeError, OSError) as exc:
+        log.warning("backup taken; pruning failed: %s", exc)
+        return {"error": str(exc), "removed_backups": [], "freed_bytes": 0}
+
+
+def prune(
+    settings: Settings, env: LocalEnvironment, *, dry_run: bool, progress: Progress = _quiet
+) -> dict[str, Any]:
+    """Remove the base backups and archived WAL that `dr.pitr_retention_days` no longer needs."""
+    from voketag_ops.adapters.local import dr
+
+    require_local(settings)
+    if not env.exists:
+        env.require_state()  # exit 5, and no home made for an event: there is nothing to prune
+    if dry_run:
+        dr.refuse_if_busy(env)
+        plan = dr.plan_prune(env, settings.dr.pitr_retention_days, now=_now())
+        return {"dry_run": True, "retention_days": settings.dr.pitr_retention_days, **plan.as_dict()}
+    with recorded(env, "dr.prune", "archive") as details:  # a refusal is on record too
+        with dr.dr_lock(env, "dr prune"):
+            dr.refuse_if_unfinished(env)
+            report = _prune(settings, env, progress)
+        details.update(
+            removed_backups=[b["label"] for b in report["removed_backups"]],
+            removed_segments=report["removed_segments"],
+            freed_bytes=report["freed_bytes"],
+        )
+    return report
+
+
+def _prune(settings: Settings, env: LocalEnvironment, progress: Progress) -> dict[str, Any]:
+    from voketag_ops.adapters.local import dr
+
+    t0 = time.monotonic()
+    plan = dr.plan_prune(env, settings.dr.pitr_retention_days, now=_now())
+    left = dr.prune(env, plan, progress)
+    return {
+        "dry_run": False,
+        "retention_days": settings.dr.pitr_retention_days,
+        **plan.as_dict(),
+        "left_behind": left,
+        "duration_seconds": round(time.monotonic() - t0, 3),
+    }
 
 
 def verify_backup(settings: Settings, env: LocalEnvironment, *, label: str | None) -> dict[str, Any]:

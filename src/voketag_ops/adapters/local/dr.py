@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -714,14 +714,7 @@ def gaps_from_each(
     """Each of BACKUPS on TIMELINE's history (those of another branch left out, order kept) with
     its archive gaps up to now, or to END_SEGNO; the archive is walked once for all of them."""
     path = wal.timeline_path(timeline, history_of(env, timeline))
-    on_path: list[tuple[BackupInfo, int]] = []  # (backup, its start LSN)
-    for backup in backups:
-        start = wal.parse_lsn(backup.start_lsn)
-        if any(
-            s.timeline == backup.timeline and s.begin <= start and (s.end is None or start < s.end)
-            for s in path
-        ):
-            on_path.append((backup, start))
+    on_path = [(b, wal.parse_lsn(b.start_lsn)) for b in backups if _on_path(b, path)]  # (backup, start LSN)
     current = end_segno + 1 if end_segno is not None else lw.current_segno if lw.reachable else None
     gaps = wal.find_gaps_each(
         path=path,
@@ -732,6 +725,14 @@ def gaps_from_each(
         segment_size=lw.segment_size,
     )
     return [(b, g) for (b, _), g in zip(on_path, gaps, strict=True)]
+
+
+def _on_path(backup: BackupInfo, path: Sequence[wal.TimelineSpan]) -> bool:
+    """Whether BACKUP started on PATH, a timeline's history (`wal.timeline_path`)."""
+    start = wal.parse_lsn(backup.start_lsn)
+    return any(
+        s.timeline == backup.timeline and s.begin <= start and (s.end is None or start < s.end) for s in path
+    )
 
 
 _COMMIT_SEARCH_SEGMENTS = 64  # segments searched back for the newest archived commit (each a pg_waldump)
@@ -1061,6 +1062,109 @@ def verify_backup(env: LocalEnvironment, backup: BackupInfo) -> dict[str, Any]:
     result["ok"] = verified and bool(result["archive"]["ok"])
     result["duration_seconds"] = round(time.monotonic() - t0, 3)
     return result
+
+
+# -- retention ---------------------------------------------------------------------------------------
+_PRUNED = ".pruned-"  # a backup being removed: renamed out of `backups()` first, then deleted
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """What `dr prune` removes. Backups: those older than the newest one finished before CUTOFF
+    on the current timeline's history, which reaches back to the cutoff and is kept with all
+    newer ones. Archived WAL: what pg_archivecleanup removes below WAL_FLOOR, the first segment
+    the oldest kept backup needs (any timeline: no kept backup reads a segment before its start)."""
+
+    cutoff: datetime
+    keep: list[BackupInfo]
+    remove: list[BackupInfo]
+    wal_floor: str | None  # None: the archive is left as it is (no backup, or one without its start)
+    segments: dict[str, int]  # archived file -> bytes
+    leftovers: list[Path]  # what an interrupted prune renamed aside and did not delete
+
+    @property
+    def freed_bytes(self) -> int:
+        return sum(b.size_bytes for b in self.remove) + sum(self.segments.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        names = sorted(self.segments, key=lambda n: n[8:])
+        return {
+            "cutoff": iso(self.cutoff),
+            "kept_backups": [b.label for b in self.keep],
+            "removed_backups": [
+                {"label": b.label, "finished_at": b.finished_at, "size_bytes": b.size_bytes}
+                for b in self.remove
+            ],
+            "wal_floor": self.wal_floor,
+            "removed_segments": len(names),
+            "removed_segment_bytes": sum(self.segments.values()),
+            "oldest_removed_segment": names[0] if names else None,
+            "newest_removed_segment": names[-1] if names else None,
+            "freed_bytes": self.freed_bytes,
+            "earliest_backup_after": self.keep[0].label if self.keep else None,
+        }
+
+
+def plan_prune(env: LocalEnvironment, retention_days: float, *, now: datetime) -> PrunePlan:
+    """The prune that keeps RETENTION_DAYS restorable (`PrunePlan`); reads, removes nothing."""
+    state = env.require_state()
+    backups = env.backups()
+    cutoff = now - timedelta(days=retention_days)
+    older = [b for b in backups if (finished := parse_iso(b.finished_at)) is not None and finished < cutoff]
+    names = archived_names(env)
+    try:
+        tli = newest_timeline(env, names)
+        path = wal.timeline_path(tli, history_of(env, tli))
+    except (
+        BackendError,
+        ValueError,
+    ) as exc:  # a history file missing or damaged: which backup reaches back is unknown
+        log.warning("pruning no backup: %s", exc)
+        path = []
+    base = next((i for i in range(len(older) - 1, -1, -1) if _on_path(older[i], path)), 0)
+    remove = older[:base]
+    keep = [b for b in backups if b not in remove]
+    starts = [b.start_wal for b in keep]
+    floor = (
+        min(starts, key=lambda n: n[8:])
+        if starts and all(wal.SEGMENT_NAME.match(n) for n in starts)
+        else None
+    )
+    segments: dict[str, int] = {}
+    if floor is not None and env.archive_dir.is_dir():
+        listed = env._runner(state).run(
+            "pg_archivecleanup", ["-n", "-b", str(env.archive_dir), floor], timeout=600
+        )
+        for line in listed.stdout.splitlines():
+            name = Path(line.strip()).name
+            with suppress(FileNotFoundError):
+                segments[name] = (env.archive_dir / name).stat().st_size
+    leftovers = sorted(env.backups_dir.glob(_PRUNED + "*")) if env.backups_dir.is_dir() else []
+    return PrunePlan(cutoff, keep, remove, floor, segments, leftovers)
+
+
+def prune(env: LocalEnvironment, plan: PrunePlan, progress: Progress = _noop) -> list[str]:
+    """Carry out PLAN under the DR lock: each backup is renamed out of the listing, then deleted;
+    the archive is cleaned after the backups, so no listed backup is ever left without its WAL.
+    Returns what could not be deleted (retried by the next prune)."""
+    for path in plan.leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+    aside: list[Path] = []
+    for backup in plan.remove:
+        progress(f"removing backup {backup.label}")
+        target = env.backups_dir / f"{_PRUNED}{backup.label}"
+        with suppress(FileNotFoundError):  # (gone meanwhile: nothing to do)
+            (env.backups_dir / backup.label).rename(target)
+            aside.append(target)
+    for target in aside:
+        shutil.rmtree(target, ignore_errors=True)
+    if plan.segments and plan.wal_floor is not None:
+        progress(f"removing {len(plan.segments)} archived WAL files before {plan.wal_floor}")
+        state = env.require_state()
+        env._runner(state).run(
+            "pg_archivecleanup", ["-b", str(env.archive_dir), plan.wal_floor], timeout=3600
+        )
+    return [str(p) for p in [*plan.leftovers, *aside] if p.exists()]
 
 
 # -- point-in-time restore ---------------------------------------------------------------------------
