@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -867,6 +868,120 @@ def test_a_prune_plan_keeps_the_newest_backup_before_the_cutoff_and_all_after(en
     monkeypatch.setattr(env, "backups", lambda: [*backups[:-1], blank])
     plan = dr.plan_prune(env, (now - cutoff_between).total_seconds() / 86400, now=now)
     assert plan.remove == backups[:2] and plan.wal_floor is None and plan.segments == {}
+    assert plan.warnings == [
+        f"archive kept whole: backup {blank.label} does not record its first WAL segment"
+    ]
+    # A record read in part (a hand edit, a clock step) keeps its backup and says why; it was exit 70.
+    odd = [
+        dataclasses.replace(backups[0], finished_at="unknown"),
+        dataclasses.replace(backups[1], start_lsn="garbage"),
+        dataclasses.replace(backups[2], finished_at="2999-01-01T00:00:00Z"),
+    ]
+    monkeypatch.setattr(env, "backups", lambda: [*odd, backups[-1]])
+    plan = dr.plan_prune(env, 1, now=now)
+    # (the one without its start is older than the newest one before the cutoff: it goes)
+    assert plan.remove == [odd[1]] and plan.keep == [odd[0], odd[2], backups[-1]]
+    assert plan.warnings == [
+        f"backup {backups[0].label}: finished_at 'unknown' is not a time; kept",
+        f"backup {backups[2].label} finished after now (2999-01-01T00:00:00Z: a clock step?); kept",
+    ]
+    assert plan.floor_backup == backups[0].label
+
+
+def _fake_backups(env, labels: list[str]) -> list[str]:
+    """Backups that finished in 2000 (a copy of the oldest one's record under each label; the same
+    start, so the archive's floor stays) and an archived segment older than any real one."""
+    record = json.loads((Path(env.backups()[0].path) / "voke-backup.json").read_text())
+    for day, label in enumerate(labels, start=1):
+        (env.backups_dir / label).mkdir()
+        path = env.backups_dir / label / "voke-backup.json"
+        path.write_text(json.dumps({**record, "label": label, "path": str(path.parent),
+                                    "finished_at": f"2000-01-0{day}T00:00:00Z"}))  # fmt: skip
+    (env.archive_dir / "000000010000000000000000").write_bytes(b"")
+    return labels
+
+
+@pytest.mark.parametrize("fault", ["rename", "unlink", "interrupt"])
+def test_a_prune_that_cannot_finish_names_what_went_and_leaves_no_backup_without_its_wal(
+    voke, environ, env, monkeypatch, fault
+):
+    from voketag_ops.errors import Interrupted
+
+    first, second = _fake_backups(env, ["base-20000101T000000000000Z", "base-20000102T000000000000Z"])
+    segment = env.archive_dir / "000000010000000000000000"
+    rename, unlink, rmtree = Path.rename, Path.unlink, shutil.rmtree
+
+    def refused_rename(self, target):
+        if self.name == first:
+            raise PermissionError(13, "Permission denied")
+        return rename(self, target)
+
+    def refused_unlink(self, *args, **kwargs):
+        if self == segment:
+            raise PermissionError(13, "Permission denied")
+        return unlink(self, *args, **kwargs)
+
+    def ctrl_c(path, *args, **kwargs):
+        if Path(path).name == f".pruned-{first}":
+            raise Interrupted("interrupted")
+        return rmtree(path, *args, **kwargs)
+
+    if fault == "rename":
+        monkeypatch.setattr(Path, "rename", refused_rename)
+    elif fault == "unlink":
+        monkeypatch.setattr(Path, "unlink", refused_unlink)
+    else:
+        monkeypatch.setattr(shutil, "rmtree", ctrl_c)
+    try:
+        result = voke("dr", "prune", "--yes", "--json", environ=environ)
+        monkeypatch.undo()
+        event = voke("dr", "history", "--json", environ=environ).json["result"]["events"][-1]
+        assert (event["action"], event["result"]) == (
+            "dr.prune",
+            "interrupted" if fault == "interrupt" else "failure",
+        )
+        listed = [b.label for b in env.backups()]
+        if fault == "rename":  # still listed: so is its WAL
+            assert result.exit_code == 7, result.stdout
+            assert first in listed and segment.exists() and event["details"]["removed_backups"] == []
+            assert f"{env.backups_dir / first}: Permission denied" in result.json["error"]["message"]
+        else:
+            assert result.exit_code == (7 if fault == "unlink" else 130), result.stdout
+            assert first not in listed and second in listed and event["details"]["removed_backups"] == [first]
+        if fault == "unlink":
+            message = result.json["error"]["message"]
+            assert message.startswith("pruning stopped after removing 1 of 1 backups: 1 could not be removed")
+            assert f"{segment}: Permission denied" in message and "re-run `voke dr prune --yes`" in message
+        if fault == "interrupt":  # renamed aside, not deleted: the next prune deletes it
+            plan = voke("dr", "prune", "--dry-run", "--json", environ=environ).json["result"]
+            assert plan["leftovers"] == [str(env.backups_dir / f".pruned-{first}")]
+        again = voke("dr", "prune", "--yes", "--json", environ=environ)
+        assert again.exit_code == 0, again.stdout
+        assert not segment.exists() and not list(env.backups_dir.glob(".pruned-*"))
+        assert env.backups()[0].label == second  # the newest before the cutoff stays
+    finally:
+        monkeypatch.undo()
+        for label in (first, second):
+            shutil.rmtree(env.backups_dir / label, ignore_errors=True)
+        segment.unlink(missing_ok=True)
+    assert voke("dr", "check", environ=environ).exit_code == 0
+
+
+def test_a_backup_pruned_while_it_is_verified_is_named_as_pruned_not_damaged(voke, environ, env, monkeypatch):
+    (label,) = _fake_backups(env, ["base-20000101T000000000000Z"])
+    (env.archive_dir / "000000010000000000000000").unlink()
+
+    def pruned_meanwhile(env_, backup):
+        shutil.rmtree(env.backups_dir / backup.label)
+        return {"ok": False, "pg_verifybackup": {"ok": False, "problems": ["gone"]}, "archive": {}}
+
+    monkeypatch.setattr(dr, "verify_backup", pruned_meanwhile)
+    result = voke("dr", "verify-backup", "--label", label, "--json", environ=environ)
+    assert result.exit_code == 5, result.stdout
+    assert (
+        result.json["error"]["message"]
+        == f"backup {label} was pruned while it was verified (dr.pitr_retention_days)"
+    )
 
 
 def test_prune_removes_what_the_retention_no_longer_needs_and_the_window_stays_whole(
@@ -886,13 +1001,16 @@ def test_prune_removes_what_the_retention_no_longer_needs_and_the_window_stays_w
     assert plan["dry_run"] and plan["kept_backups"] == [base.label, newest.label]
     assert [b["label"] for b in plan["removed_backups"]] == [b.label for b in backups[:-2]]
     shown = voke("dr", "prune", "--dry-run", environ=keep_base).stdout
-    assert f"would remove {len(backups) - 2} backups and {plan['removed_segments']} archived WAL files" in shown
+    assert (
+        f"would remove {len(backups) - 2} backups and {plan['removed_segments']} archived WAL files" in shown
+    )
     assert f"oldest backup kept: {base.label}" in shown
+    assert f"archived WAL kept from {base.start_wal} (backup {base.label})" in shown
     assert env.backups() == backups and sorted(p.name for p in env.archive_dir.iterdir()) == archive
     done = voke("dr", "prune", "--yes", "--json", environ=keep_base)
     assert done.exit_code == 0, done.stderr
     result = done.json["result"]
-    assert result["removed_backups"] == plan["removed_backups"] and result["left_behind"] == []
+    assert result["removed_backups"] == plan["removed_backups"] and result["failures"] == []
     assert env.backups() == [base, newest] and sorted(p.name for p in env.backups_dir.iterdir()) == [
         base.label,
         newest.label,
@@ -939,12 +1057,17 @@ def test_a_backup_prunes_by_the_retention_and_a_failed_prune_does_not_fail_it(en
     )
 
     def broken(*_args, **_kwargs):
-        raise BackendError("pg_archivecleanup failed: disk on fire")
+        raise BackendError("archive unreadable: disk on fire")
 
     monkeypatch.setattr(dr, "plan_prune", broken)
     taken = flows.backup(settings, env, dry_run=False)
-    assert taken["pruned"]["error"] == "pg_archivecleanup failed: disk on fire"
+    assert taken["pruned"]["error"] == "archive unreadable: disk on fire"
     assert env.backups()[-1].label == taken["backup"]["label"]
+    from voketag_ops.audit import AuditLog
+
+    event = list(AuditLog(home).entries())[-1]
+    assert (event.event_type, event.result) == ("dr.backup", "success")
+    assert event.details["prune_error"] == "archive unreadable: disk on fire"
     unpruned = Settings(local=LocalSettings(home=home, archive_timeout=5), dr={"prune_after_backup": False})
     assert flows.backup(unpruned, env, dry_run=False)["pruned"] is None
 

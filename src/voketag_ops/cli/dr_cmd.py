@@ -541,13 +541,17 @@ def _render_prune(console: Console, r: dict[str, Any]) -> None:
         )
     if r["removed_segments"]:
         console.print(f"  WAL {r['oldest_removed_segment']} .. {r['newest_removed_segment']}", markup=False)
-    if r["wal_floor"] is None and r["kept_backups"]:
+    kept = r["kept_backups"]
+    console.print(f"oldest backup kept: {kept[0] if kept else 'none'}", markup=False)
+    if r["wal_floor"]:
+        console.print(f"archived WAL kept from {r['wal_floor']} (backup {r['floor_backup']})", markup=False)
+    for path in r["leftovers"]:
         console.print(
-            "  the archive is kept whole: a kept backup does not record its first WAL segment", markup=False
+            f"  {'to delete' if r['dry_run'] else 'deleted'}: {path} (left by an interrupted prune)",
+            markup=False,
         )
-    console.print(f"oldest backup kept: {r['earliest_backup_after'] or 'none'}", markup=False)
-    for path in r.get("left_behind") or []:
-        console.print(f"  could not delete {path} (the next prune retries)", markup=False)
+    for warning in r["warnings"]:
+        console.print(f"warning: {warning}", markup=False)
 
 
 def _render_verify_backup(console: Console, r: dict[str, Any]) -> None:

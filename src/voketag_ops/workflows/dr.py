@@ -186,18 +186,27 @@ def backup(
             pruned = _prune_after_backup(settings, env, progress) if settings.dr.prune_after_backup else None
             if pruned is not None:
                 details.update(
-                    pruned_backups=len(pruned["removed_backups"]), freed_bytes=pruned["freed_bytes"]
+                    pruned_backups=[b["label"] for b in pruned["removed_backups"]],
+                    freed_bytes=pruned["freed_bytes"],
+                    prune_error=pruned.get("error"),
                 )
     return {"dry_run": False, "backup": asdict(info), "duration_seconds": took, "pruned": pruned}
 
 
 def _prune_after_backup(settings: Settings, env: LocalEnvironment, progress: Progress) -> dict[str, Any]:
     """The prune a backup ends with: a failure is reported, never the backup's (it is taken)."""
+    from voketag_ops.adapters.local import dr
+
+    removed: list[Any] = []
     try:
-        return _prune(settings, env, progress)
-    except (VokeError, OSError) as exc:
-        log.warning("backup taken; pruning failed: %s", exc)
-        return {"error": str(exc), "removed_backups": [], "freed_bytes": 0}
+        report = _prune(settings, env, progress, removed)
+    except Interrupted:
+        raise
+    except (VokeError, OSError, ValueError) as exc:
+        report = {"error": str(exc), "removed_backups": dr.backup_summaries(removed), "freed_bytes": None}
+    if report.get("error"):
+        log.warning("backup taken; pruning failed: %s", report["error"])
+    return report
 
 
 def prune(
@@ -214,30 +223,43 @@ def prune(
         plan = dr.plan_prune(env, settings.dr.pitr_retention_days, now=_now())
         return {"dry_run": True, "retention_days": settings.dr.pitr_retention_days, **plan.as_dict()}
     with recorded(env, "dr.prune", "archive") as details:  # a refusal is on record too
-        with dr.dr_lock(env, "dr prune"):
-            dr.refuse_if_unfinished(env)
-            report = _prune(settings, env, progress)
-        details.update(
-            removed_backups=[b["label"] for b in report["removed_backups"]],
-            removed_segments=report["removed_segments"],
-            freed_bytes=report["freed_bytes"],
-        )
+        removed: list[Any] = []
+        try:
+            with dr.dr_lock(env, "dr prune"):
+                dr.refuse_if_unfinished(env)
+                report = _prune(settings, env, progress, removed)
+        finally:  # what went, also when cut short
+            details["removed_backups"] = [b.label for b in removed]
+        details.update(removed_segments=report["removed_segments"], freed_bytes=report["freed_bytes"])
+        if report.get("error"):
+            raise NeedsOperatorError(report["error"])
     return report
 
 
-def _prune(settings: Settings, env: LocalEnvironment, progress: Progress) -> dict[str, Any]:
+def _prune(
+    settings: Settings, env: LocalEnvironment, progress: Progress, removed: list[Any]
+) -> dict[str, Any]:
+    """The prune of now, reporting the backups actually removed; `error` names what could not be."""
     from voketag_ops.adapters.local import dr
 
     t0 = time.monotonic()
     plan = dr.plan_prune(env, settings.dr.pitr_retention_days, now=_now())
-    left = dr.prune(env, plan, progress)
-    return {
+    failures = dr.prune(env, plan, removed, progress)
+    report = {
         "dry_run": False,
         "retention_days": settings.dr.pitr_retention_days,
         **plan.as_dict(),
-        "left_behind": left,
+        "removed_backups": dr.backup_summaries(removed),
+        "failures": failures,
         "duration_seconds": round(time.monotonic() - t0, 3),
     }
+    if failures:
+        report["error"] = (
+            f"pruning stopped after removing {len(removed)} of {len(plan.remove)} backups: "
+            f"{len(failures)} could not be removed (first: {failures[0]}); "
+            "every listed backup still has its WAL; fix that and re-run `voke dr prune --yes`"
+        )
+    return report
 
 
 def verify_backup(settings: Settings, env: LocalEnvironment, *, label: str | None) -> dict[str, Any]:
@@ -245,7 +267,25 @@ def verify_backup(settings: Settings, env: LocalEnvironment, *, label: str | Non
 
     require_local(settings)
     env.require_state()
-    return dr.verify_backup(env, dr.find_backup(env, label))
+    backup = dr.find_backup(env, label)
+    # Unlocked (a verification may take minutes): a prune may remove the backup meanwhile, which
+    # is not a damaged backup.
+    try:
+        report = dr.verify_backup(env, backup)
+    except VokeError:
+        _refuse_if_pruned(env, backup)
+        raise
+    if not report["ok"]:
+        _refuse_if_pruned(env, backup)
+    return report
+
+
+def _refuse_if_pruned(env: LocalEnvironment, backup: Any) -> None:
+    if backup not in env.backups():
+        raise PreconditionError(
+            f"backup {backup.label} was pruned while it was verified (dr.pitr_retention_days)",
+            hint="verify a kept one: voke dr verify-backup",
+        ) from None
 
 
 # -- restore ----------------------------------------------------------------------------------------

@@ -729,7 +729,9 @@ def gaps_from_each(
 
 def _on_path(backup: BackupInfo, path: Sequence[wal.TimelineSpan]) -> bool:
     """Whether BACKUP started on PATH, a timeline's history (`wal.timeline_path`)."""
-    start = wal.parse_lsn(backup.start_lsn)
+    start = _parsed(wal.parse_lsn, backup.start_lsn)
+    if start is None:
+        return False
     return any(
         s.timeline == backup.timeline and s.begin <= start and (s.end is None or start < s.end) for s in path
     )
@@ -1066,21 +1068,27 @@ def verify_backup(env: LocalEnvironment, backup: BackupInfo) -> dict[str, Any]:
 
 # -- retention ---------------------------------------------------------------------------------------
 _PRUNED = ".pruned-"  # a backup being removed: renamed out of `backups()` first, then deleted
+# What the archive's floor applies to: segments, partial segments, backup history files (not the
+# timeline history files, which every later timeline's recovery reads).
+_PRUNABLE_WAL = re.compile(r"^[0-9A-F]{24}(?:\.partial|\.[0-9A-F]{8}\.backup)?$")
 
 
 @dataclass(frozen=True)
 class PrunePlan:
     """What `dr prune` removes. Backups: those older than the newest one finished before CUTOFF
     on the current timeline's history, which reaches back to the cutoff and is kept with all
-    newer ones. Archived WAL: what pg_archivecleanup removes below WAL_FLOOR, the first segment
-    the oldest kept backup needs (any timeline: no kept backup reads a segment before its start)."""
+    newer ones. Archived WAL: segments, partial segments and backup history files below
+    WAL_FLOOR, the first segment the oldest kept backup needs, compared without the timeline as
+    pg_archivecleanup does (no kept backup reads a segment before its own start, on any timeline)."""
 
     cutoff: datetime
     keep: list[BackupInfo]
     remove: list[BackupInfo]
     wal_floor: str | None  # None: the archive is left as it is (no backup, or one without its start)
+    floor_backup: str | None  # the kept backup whose start is the floor
     segments: dict[str, int]  # archived file -> bytes
     leftovers: list[Path]  # what an interrupted prune renamed aside and did not delete
+    warnings: list[str]
 
     @property
     def freed_bytes(self) -> int:
@@ -1091,80 +1099,126 @@ class PrunePlan:
         return {
             "cutoff": iso(self.cutoff),
             "kept_backups": [b.label for b in self.keep],
-            "removed_backups": [
-                {"label": b.label, "finished_at": b.finished_at, "size_bytes": b.size_bytes}
-                for b in self.remove
-            ],
+            "removed_backups": backup_summaries(self.remove),
             "wal_floor": self.wal_floor,
+            "floor_backup": self.floor_backup,
             "removed_segments": len(names),
             "removed_segment_bytes": sum(self.segments.values()),
             "oldest_removed_segment": names[0] if names else None,
             "newest_removed_segment": names[-1] if names else None,
             "freed_bytes": self.freed_bytes,
-            "earliest_backup_after": self.keep[0].label if self.keep else None,
+            "leftovers": [str(p) for p in self.leftovers],
+            "warnings": self.warnings,
         }
 
 
+def backup_summaries(backups: Sequence[BackupInfo]) -> list[dict[str, Any]]:
+    return [{"label": b.label, "finished_at": b.finished_at, "size_bytes": b.size_bytes} for b in backups]
+
+
 def plan_prune(env: LocalEnvironment, retention_days: float, *, now: datetime) -> PrunePlan:
-    """The prune that keeps RETENTION_DAYS restorable (`PrunePlan`); reads, removes nothing."""
-    state = env.require_state()
+    """The prune that keeps RETENTION_DAYS restorable (`PrunePlan`); reads, removes nothing.
+    A backup whose record cannot be read in part (its finish, its start) is kept."""
+    env.require_state()
     backups = env.backups()
     cutoff = now - timedelta(days=retention_days)
-    older = [b for b in backups if (finished := parse_iso(b.finished_at)) is not None and finished < cutoff]
-    names = archived_names(env)
+    warnings: list[str] = []
+    older = []
+    for backup in backups:
+        finished = _parsed(parse_iso, backup.finished_at)
+        if finished is None:
+            warnings.append(f"backup {backup.label}: finished_at {backup.finished_at!r} is not a time; kept")
+        elif finished > now:
+            warnings.append(
+                f"backup {backup.label} finished after now ({backup.finished_at}: a clock step?); kept"
+            )
+        elif finished < cutoff:
+            older.append(backup)
+    sizes = _archive_sizes(env)
     try:
-        tli = newest_timeline(env, names)
+        tli = newest_timeline(env, set(sizes))
         path = wal.timeline_path(tli, history_of(env, tli))
-    except (
-        BackendError,
-        ValueError,
-    ) as exc:  # a history file missing or damaged: which backup reaches back is unknown
-        log.warning("pruning no backup: %s", exc)
+    except (BackendError, ValueError) as exc:  # a history file missing or damaged
+        warnings.append(f"no backup pruned: which one reaches back to the cutoff is unknown ({exc})")
         path = []
     base = next((i for i in range(len(older) - 1, -1, -1) if _on_path(older[i], path)), 0)
     remove = older[:base]
     keep = [b for b in backups if b not in remove]
-    starts = [b.start_wal for b in keep]
-    floor = (
-        min(starts, key=lambda n: n[8:])
-        if starts and all(wal.SEGMENT_NAME.match(n) for n in starts)
-        else None
-    )
-    segments: dict[str, int] = {}
-    if floor is not None and env.archive_dir.is_dir():
-        listed = env._runner(state).run(
-            "pg_archivecleanup", ["-n", "-b", str(env.archive_dir), floor], timeout=600
-        )
-        for line in listed.stdout.splitlines():
-            name = Path(line.strip()).name
-            with suppress(FileNotFoundError):
-                segments[name] = (env.archive_dir / name).stat().st_size
+    floor = min(keep, key=lambda b: b.start_wal[8:], default=None)
+    if floor is not None and not all(wal.SEGMENT_NAME.match(b.start_wal) for b in keep):
+        odd = next(b for b in keep if not wal.SEGMENT_NAME.match(b.start_wal))
+        warnings.append(f"archive kept whole: backup {odd.label} does not record its first WAL segment")
+        floor = None
+    segments = {}
+    if floor is not None:
+        segments = {
+            name: size
+            for name, size in sizes.items()
+            if _PRUNABLE_WAL.match(name) and name[8:24] < floor.start_wal[8:]
+        }
     leftovers = sorted(env.backups_dir.glob(_PRUNED + "*")) if env.backups_dir.is_dir() else []
-    return PrunePlan(cutoff, keep, remove, floor, segments, leftovers)
+    return PrunePlan(
+        cutoff,
+        keep,
+        remove,
+        floor.start_wal if floor else None,
+        floor.label if floor else None,
+        segments,
+        leftovers,
+        warnings,
+    )
 
 
-def prune(env: LocalEnvironment, plan: PrunePlan, progress: Progress = _noop) -> list[str]:
+def _parsed(parse: Callable[[str], Any], text: str) -> Any:
+    """PARSE(TEXT), or None where TEXT does not parse (a backup record from a hand or a bug)."""
+    try:
+        return parse(text)
+    except ValueError:
+        return None
+
+
+def prune(
+    env: LocalEnvironment, plan: PrunePlan, removed: list[BackupInfo], progress: Progress = _noop
+) -> list[str]:
     """Carry out PLAN under the DR lock: each backup is renamed out of the listing, then deleted;
     the archive is cleaned after the backups, so no listed backup is ever left without its WAL.
-    Returns what could not be deleted (retried by the next prune)."""
+    Each backup gone is appended to REMOVED as it goes (an interrupted prune's audit event names
+    them). Returns what could not be removed, "path: why" (the next prune retries)."""
+    failures: list[str] = []
+
+    def delete(tree: Path) -> None:
+        shutil.rmtree(tree, ignore_errors=True)
+        if tree.exists():
+            failures.append(f"{tree}: could not be deleted")
+
     for path in plan.leftovers:
-        shutil.rmtree(path, ignore_errors=True)
-    aside: list[Path] = []
+        delete(path)
+    still_listed = False
     for backup in plan.remove:
         progress(f"removing backup {backup.label}")
-        target = env.backups_dir / f"{_PRUNED}{backup.label}"
-        with suppress(FileNotFoundError):  # (gone meanwhile: nothing to do)
-            (env.backups_dir / backup.label).rename(target)
-            aside.append(target)
-    for target in aside:
-        shutil.rmtree(target, ignore_errors=True)
-    if plan.segments and plan.wal_floor is not None:
+        aside = env.backups_dir / f"{_PRUNED}{backup.label}"
+        try:
+            (env.backups_dir / backup.label).rename(aside)
+        except FileNotFoundError:  # gone meanwhile
+            continue
+        except OSError as exc:
+            failures.append(f"{env.backups_dir / backup.label}: {exc.strerror}")
+            still_listed = True
+            continue
+        removed.append(backup)  # out of the listing: no longer a backup
+        delete(aside)
+    if still_listed:
+        return failures  # a backup that should have gone is still listed: its WAL stays with it
+    if plan.segments:
         progress(f"removing {len(plan.segments)} archived WAL files before {plan.wal_floor}")
-        state = env.require_state()
-        env._runner(state).run(
-            "pg_archivecleanup", ["-b", str(env.archive_dir), plan.wal_floor], timeout=3600
-        )
-    return [str(p) for p in [*plan.leftovers, *aside] if p.exists()]
+    for name in sorted(plan.segments):
+        try:
+            (env.archive_dir / name).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            failures.append(f"{env.archive_dir / name}: {exc.strerror}")
+    return failures
 
 
 # -- point-in-time restore ---------------------------------------------------------------------------
