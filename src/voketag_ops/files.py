@@ -596,3 +596,13 @@ def write_failure(exc: OSError, flag: str, target: Path, doing: str) -> Exceptio
     if exc.errno in DISK_REFUSED:
         return OSError(exc.errno, exc.strerror, str(target))
     return UsageError(f"{flag} {target}: {doing}: {exc.strerror}")
+
+
+def tree_bytes(path: Path) -> int:
+    """The bytes of the files under PATH (a file vanishing meanwhile counts nothing)."""
+    total = 0
+    for item in path.rglob("*"):
+        with suppress(FileNotFoundError):
+            if item.is_file():
+                total += item.stat().st_size
+    return total

@@ -265,8 +265,9 @@ def test_backup_needs_yes_without_a_terminal_and_verifies(voke, environ, env):
     r = verified.json["result"]
     assert r["backup"] == label and r["pg_verifybackup"]["ok"] and r["archive"]["missing"] == []
     history = voke("dr", "history", "--json", environ=environ).json["result"]["events"]
-    assert history[-1]["action"] == "dr.backup" and history[-1]["result"] == "success"
-    assert history[-1]["details"]["label"] == label
+    assert history[-2]["action"] == "dr.backup" and history[-2]["result"] == "success"
+    assert history[-2]["details"]["label"] == label
+    assert history[-1]["action"] == "dr.prune" and history[-1]["result"] == "success"  # its own event
 
 
 def test_a_corrupt_archived_segment_fails_verify_backup_naming_it(voke, environ, env):
@@ -857,6 +858,20 @@ def test_a_prune_plan_keeps_the_newest_backup_before_the_cutoff_and_all_after(en
     archive = sorted(p.name for p in env.archive_dir.iterdir())
     assert plan.wal_floor in archive  # (the first segment the oldest kept backup needs stays)
     assert dr.plan_prune(env, 30, now=now).remove == []  # every backup within the window: none goes
+    # A base that pg_verifybackup fails is passed over by a restore for the one before it: both stay.
+    damaged = Path(backups[2].path) / "PG_VERSION"
+    original = damaged.read_bytes()
+    damaged.write_bytes(original + b"x")
+    try:
+        plan = dr.plan_prune(env, (now - cutoff_between).total_seconds() / 86400, now=now)
+    finally:
+        damaged.write_bytes(original)
+    assert plan.remove == backups[:1] and plan.wal_floor == backups[1].start_wal
+    (warning,) = plan.warnings
+    assert (
+        warning.startswith(f"backup {backups[2].label} fails pg_verifybackup (") and "PG_VERSION" in warning
+    )
+    assert warning.endswith("): kept, with the older ones a restore falls back on")
     # The newest before the cutoff must be on the current timeline's history to reach back to it:
     # one of another branch is kept (it is newer) but does not count; the one before it does.
     stray = dataclasses.replace(backups[2], label="base-stray", timeline=9)
@@ -871,30 +886,30 @@ def test_a_prune_plan_keeps_the_newest_backup_before_the_cutoff_and_all_after(en
     assert plan.warnings == [
         f"archive kept whole: backup {blank.label} does not record its first WAL segment"
     ]
-    # A record read in part (a hand edit, a clock step) keeps its backup and says why; it was exit 70.
-    odd = [
-        dataclasses.replace(backups[0], finished_at="unknown"),
-        dataclasses.replace(backups[1], start_lsn="garbage"),
-        dataclasses.replace(backups[2], finished_at="2999-01-01T00:00:00Z"),
-    ]
-    monkeypatch.setattr(env, "backups", lambda: [*odd, backups[-1]])
+    # A backup that finished "after now" (a clock step): kept, and named.
+    future = dataclasses.replace(backups[2], finished_at="2999-01-01T00:00:00Z")
+    monkeypatch.setattr(env, "backups", lambda: [backups[0], future, backups[-1]])
     plan = dr.plan_prune(env, 1, now=now)
-    # (the one without its start is older than the newest one before the cutoff: it goes)
-    assert plan.remove == [odd[1]] and plan.keep == [odd[0], odd[2], backups[-1]]
+    assert plan.remove == [backups[0]] and plan.keep == [future, backups[-1]]
     assert plan.warnings == [
-        f"backup {backups[0].label}: finished_at 'unknown' is not a time; kept",
-        f"backup {backups[2].label} finished after now (2999-01-01T00:00:00Z: a clock step?); kept",
+        f"backup {backups[2].label} finished after now (2999-01-01T00:00:00Z: a clock step?); kept"
     ]
-    assert plan.floor_backup == backups[0].label
+    assert (plan.floor_backup, plan.wal_floor) == (backups[2].label, backups[2].start_wal)
 
 
 def _fake_backups(env, labels: list[str]) -> list[str]:
-    """Backups that finished in 2000 (a copy of the oldest one's record under each label; the same
+    """Backups that finished in 2000 (hard-linked copies of the oldest one under each label; the same
     start, so the archive's floor stays) and an archived segment older than any real one."""
-    record = json.loads((Path(env.backups()[0].path) / "voke-backup.json").read_text())
+    oldest = Path(env.backups()[0].path)
+    record = json.loads((oldest / "voke-backup.json").read_text())
     for day, label in enumerate(labels, start=1):
-        (env.backups_dir / label).mkdir()
-        path = env.backups_dir / label / "voke-backup.json"
+        copy = env.backups_dir / label
+        shutil.copytree(oldest, copy, copy_function=os.link)  # (whole: it verifies)
+        owner = oldest.stat()
+        for directory in [copy, *(p for p in copy.rglob("*") if p.is_dir())]:
+            os.chown(directory, owner.st_uid, owner.st_gid)  # (pg_verifybackup runs as the server user)
+        path = copy / "voke-backup.json"
+        path.unlink()  # (a link to the original's)
         path.write_text(json.dumps({**record, "label": label, "path": str(path.parent),
                                     "finished_at": f"2000-01-0{day}T00:00:00Z"}))  # fmt: skip
     (env.archive_dir / "000000010000000000000000").write_bytes(b"")
@@ -951,10 +966,15 @@ def test_a_prune_that_cannot_finish_names_what_went_and_leaves_no_backup_without
         if fault == "unlink":
             message = result.json["error"]["message"]
             assert message.startswith("pruning stopped after removing 1 of 1 backups: 1 could not be removed")
-            assert f"{segment}: Permission denied" in message and "re-run `voke dr prune --yes`" in message
+            assert f"{segment}: Permission denied" in message
+            assert "re-run `voke dr prune --yes`" in result.json["error"]["hint"]
         if fault == "interrupt":  # renamed aside, not deleted: the next prune deletes it
             plan = voke("dr", "prune", "--dry-run", "--json", environ=environ).json["result"]
-            assert plan["leftovers"] == [str(env.backups_dir / f".pruned-{first}")]
+            (leftover,) = plan["leftovers"]
+            assert (
+                leftover["path"] == str(env.backups_dir / f".pruned-{first}") and leftover["size_bytes"] > 0
+            )
+            assert plan["freed_bytes"] >= leftover["size_bytes"]
         again = voke("dr", "prune", "--yes", "--json", environ=environ)
         assert again.exit_code == 0, again.stdout
         assert not segment.exists() and not list(env.backups_dir.glob(".pruned-*"))
@@ -965,6 +985,25 @@ def test_a_prune_that_cannot_finish_names_what_went_and_leaves_no_backup_without
             shutil.rmtree(env.backups_dir / label, ignore_errors=True)
         segment.unlink(missing_ok=True)
     assert voke("dr", "check", environ=environ).exit_code == 0
+
+
+def test_a_backup_record_without_a_finish_time_or_start_is_not_a_backup(voke, environ, env):
+    # `dr status`, `dr check` and `dr prune` were exit 70 on such a record (a hand edit, a bug).
+    labels = _fake_backups(env, ["base-20000101T000000000000Z", "base-20000102T000000000000Z"])
+    (env.archive_dir / "000000010000000000000000").unlink()
+    for label, field_, value in zip(
+        labels, ["finished_at", "start_lsn"], ["unknown", "garbage"], strict=True
+    ):
+        path = env.backups_dir / label / "voke-backup.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), field_: value}))
+    try:
+        assert not {b.label for b in env.backups()} & set(labels)
+        for args in (["dr", "status"], ["dr", "check"], ["dr", "prune", "--dry-run"]):
+            result = voke(*args, "--json", environ=environ)
+            assert result.exit_code == 0, (args, result.stdout)
+    finally:
+        for label in labels:
+            shutil.rmtree(env.backups_dir / label)
 
 
 def test_a_backup_pruned_while_it_is_verified_is_named_as_pruned_not_damaged(voke, environ, env, monkeypatch):
@@ -1064,10 +1103,23 @@ def test_a_backup_prunes_by_the_retention_and_a_failed_prune_does_not_fail_it(en
     assert taken["pruned"]["error"] == "archive unreadable: disk on fire"
     assert env.backups()[-1].label == taken["backup"]["label"]
     from voketag_ops.audit import AuditLog
+    from voketag_ops.errors import Interrupted
 
-    event = list(AuditLog(home).entries())[-1]
-    assert (event.event_type, event.result) == ("dr.backup", "success")
-    assert event.details["prune_error"] == "archive unreadable: disk on fire"
+    backup_event, prune_event = list(AuditLog(home).entries())[-2:]
+    assert (backup_event.event_type, backup_event.result) == ("dr.backup", "success")
+    assert (prune_event.event_type, prune_event.result) == ("dr.prune", "failure")
+    assert prune_event.details["error"]["message"] == "archive unreadable: disk on fire"
+
+    def ctrl_c(*_args, **_kwargs):
+        raise Interrupted("interrupted")
+
+    monkeypatch.setattr(dr, "plan_prune", ctrl_c)  # Ctrl-C while it prunes: the backup stands
+    with pytest.raises(Interrupted, match=r"interrupted while pruning after backup base-\S+ was taken"):
+        flows.backup(settings, env, dry_run=False)
+    backup_event, prune_event = list(AuditLog(home).entries())[-2:]
+    assert (backup_event.event_type, backup_event.result) == ("dr.backup", "success")
+    assert backup_event.details["label"] == env.backups()[-1].label
+    assert (prune_event.event_type, prune_event.result) == ("dr.prune", "interrupted")
     unpruned = Settings(local=LocalSettings(home=home, archive_timeout=5), dr={"prune_after_backup": False})
     assert flows.backup(unpruned, env, dry_run=False)["pruned"] is None
 

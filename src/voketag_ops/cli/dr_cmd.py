@@ -545,9 +545,10 @@ def _render_prune(console: Console, r: dict[str, Any]) -> None:
     console.print(f"oldest backup kept: {kept[0] if kept else 'none'}", markup=False)
     if r["wal_floor"]:
         console.print(f"archived WAL kept from {r['wal_floor']} (backup {r['floor_backup']})", markup=False)
-    for path in r["leftovers"]:
+    for item in r["leftovers"]:
         console.print(
-            f"  {'to delete' if r['dry_run'] else 'deleted'}: {path} (left by an interrupted prune)",
+            f"  {'to delete' if r['dry_run'] else 'deleted'}: {item['path']}, {item['size_bytes'] / 1e6:.1f} MB"
+            " (left by an interrupted prune)",
             markup=False,
         )
     for warning in r["warnings"]:

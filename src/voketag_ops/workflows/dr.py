@@ -183,82 +183,78 @@ def backup(
             info = env.take_base_backup()
             details.update(label=info.label, size_bytes=info.size_bytes)
             took = round(time.monotonic() - t0, 3)
-            pruned = _prune_after_backup(settings, env, progress) if settings.dr.prune_after_backup else None
-            if pruned is not None:
-                details.update(
-                    pruned_backups=[b["label"] for b in pruned["removed_backups"]],
-                    freed_bytes=pruned["freed_bytes"],
-                    prune_error=pruned.get("error"),
-                )
+    # A prune of its own (its own lock and `dr.prune` event): whatever becomes of it, the backup is
+    # taken and on record as such.
+    pruned = (
+        _prune_after_backup(settings, env, info.label, progress) if settings.dr.prune_after_backup else None
+    )
     return {"dry_run": False, "backup": asdict(info), "duration_seconds": took, "pruned": pruned}
 
 
-def _prune_after_backup(settings: Settings, env: LocalEnvironment, progress: Progress) -> dict[str, Any]:
-    """The prune a backup ends with: a failure is reported, never the backup's (it is taken)."""
+def _prune_after_backup(
+    settings: Settings, env: LocalEnvironment, label: str, progress: Progress
+) -> dict[str, Any]:
+    """The prune a backup ends with: a failure is reported (`error`), never the backup's."""
     from voketag_ops.adapters.local import dr
 
     removed: list[Any] = []
     try:
-        report = _prune(settings, env, progress, removed)
+        return prune(settings, env, dry_run=False, progress=progress, removed=removed)
     except Interrupted:
-        raise
+        raise Interrupted(
+            f"interrupted while pruning after backup {label} was taken; `voke dr prune --yes` finishes the prune"
+        ) from None
     except (VokeError, OSError, ValueError) as exc:
-        report = {"error": str(exc), "removed_backups": dr.backup_summaries(removed), "freed_bytes": None}
-    if report.get("error"):
-        log.warning("backup taken; pruning failed: %s", report["error"])
-    return report
+        log.warning("backup taken; pruning failed: %s", exc)
+        return {"error": str(exc), "removed_backups": dr.backup_summaries(removed), "freed_bytes": None}
 
 
 def prune(
-    settings: Settings, env: LocalEnvironment, *, dry_run: bool, progress: Progress = _quiet
+    settings: Settings,
+    env: LocalEnvironment,
+    *,
+    dry_run: bool,
+    progress: Progress = _quiet,
+    removed: list[Any] | None = None,
 ) -> dict[str, Any]:
-    """Remove the base backups and archived WAL that `dr.pitr_retention_days` no longer needs."""
+    """Remove the base backups and archived WAL that `dr.pitr_retention_days` no longer needs;
+    REMOVED, if given, gets each backup removed as it goes (also when the prune fails)."""
     from voketag_ops.adapters.local import dr
 
     require_local(settings)
     if not env.exists:
         env.require_state()  # exit 5, and no home made for an event: there is nothing to prune
+    days = settings.dr.pitr_retention_days
     if dry_run:
         dr.refuse_if_busy(env)
-        plan = dr.plan_prune(env, settings.dr.pitr_retention_days, now=_now())
-        return {"dry_run": True, "retention_days": settings.dr.pitr_retention_days, **plan.as_dict()}
+        return {"dry_run": True, "retention_days": days, **dr.plan_prune(env, days, now=_now()).as_dict()}
+    removed = [] if removed is None else removed
     with recorded(env, "dr.prune", "archive") as details:  # a refusal is on record too
-        removed: list[Any] = []
         try:
             with dr.dr_lock(env, "dr prune"):
                 dr.refuse_if_unfinished(env)
-                report = _prune(settings, env, progress, removed)
+                t0 = time.monotonic()
+                plan = dr.plan_prune(env, days, now=_now())
+                details.update(planned=[b.label for b in plan.remove], leftovers=len(plan.leftovers))
+                failures = dr.prune(env, plan, removed, progress)
         finally:  # what went, also when cut short
             details["removed_backups"] = [b.label for b in removed]
+        report = {
+            "dry_run": False,
+            "retention_days": days,
+            **plan.as_dict(),
+            "removed_backups": dr.backup_summaries(removed),
+            "failures": failures,
+            "duration_seconds": round(time.monotonic() - t0, 3),
+        }
         details.update(removed_segments=report["removed_segments"], freed_bytes=report["freed_bytes"])
-        if report.get("error"):
-            raise NeedsOperatorError(report["error"])
-    return report
-
-
-def _prune(
-    settings: Settings, env: LocalEnvironment, progress: Progress, removed: list[Any]
-) -> dict[str, Any]:
-    """The prune of now, reporting the backups actually removed; `error` names what could not be."""
-    from voketag_ops.adapters.local import dr
-
-    t0 = time.monotonic()
-    plan = dr.plan_prune(env, settings.dr.pitr_retention_days, now=_now())
-    failures = dr.prune(env, plan, removed, progress)
-    report = {
-        "dry_run": False,
-        "retention_days": settings.dr.pitr_retention_days,
-        **plan.as_dict(),
-        "removed_backups": dr.backup_summaries(removed),
-        "failures": failures,
-        "duration_seconds": round(time.monotonic() - t0, 3),
-    }
-    if failures:
-        report["error"] = (
-            f"pruning stopped after removing {len(removed)} of {len(plan.remove)} backups: "
-            f"{len(failures)} could not be removed (first: {failures[0]}); "
-            "every listed backup still has its WAL; fix that and re-run `voke dr prune --yes`"
-        )
+        if failures:
+            raise NeedsOperatorError(
+                f"pruning stopped after removing {len(removed)} of {len(plan.remove)} backups: "
+                f"{len(failures)} could not be removed (first: {failures[0]}); every listed backup "
+                "still has its WAL",
+                hint="fix that and re-run `voke dr prune --yes`",
+            )
     return report
 
 

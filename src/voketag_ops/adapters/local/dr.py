@@ -69,7 +69,7 @@ from voketag_ops.errors import (
     UsageError,
     exit_code_of,
 )
-from voketag_ops.files import DamagedRecord, read_record, replace_json
+from voketag_ops.files import DamagedRecord, read_record, replace_json, tree_bytes
 from voketag_ops.logs import get_logger
 from voketag_ops.redact import redact
 
@@ -729,9 +729,7 @@ def gaps_from_each(
 
 def _on_path(backup: BackupInfo, path: Sequence[wal.TimelineSpan]) -> bool:
     """Whether BACKUP started on PATH, a timeline's history (`wal.timeline_path`)."""
-    start = _parsed(wal.parse_lsn, backup.start_lsn)
-    if start is None:
-        return False
+    start = wal.parse_lsn(backup.start_lsn)
     return any(
         s.timeline == backup.timeline and s.begin <= start and (s.end is None or start < s.end) for s in path
     )
@@ -1087,12 +1085,16 @@ class PrunePlan:
     wal_floor: str | None  # None: the archive is left as it is (no backup, or one without its start)
     floor_backup: str | None  # the kept backup whose start is the floor
     segments: dict[str, int]  # archived file -> bytes
-    leftovers: list[Path]  # what an interrupted prune renamed aside and did not delete
+    leftovers: dict[Path, int]  # what an interrupted prune renamed aside and did not delete -> bytes
     warnings: list[str]
 
     @property
     def freed_bytes(self) -> int:
-        return sum(b.size_bytes for b in self.remove) + sum(self.segments.values())
+        return (
+            sum(b.size_bytes for b in self.remove)
+            + sum(self.segments.values())
+            + sum(self.leftovers.values())
+        )
 
     def as_dict(self) -> dict[str, Any]:
         names = sorted(self.segments, key=lambda n: n[8:])
@@ -1107,7 +1109,7 @@ class PrunePlan:
             "oldest_removed_segment": names[0] if names else None,
             "newest_removed_segment": names[-1] if names else None,
             "freed_bytes": self.freed_bytes,
-            "leftovers": [str(p) for p in self.leftovers],
+            "leftovers": [{"path": str(p), "size_bytes": size} for p, size in self.leftovers.items()],
             "warnings": self.warnings,
         }
 
@@ -1117,18 +1119,15 @@ def backup_summaries(backups: Sequence[BackupInfo]) -> list[dict[str, Any]]:
 
 
 def plan_prune(env: LocalEnvironment, retention_days: float, *, now: datetime) -> PrunePlan:
-    """The prune that keeps RETENTION_DAYS restorable (`PrunePlan`); reads, removes nothing.
-    A backup whose record cannot be read in part (its finish, its start) is kept."""
+    """The prune that keeps RETENTION_DAYS restorable (`PrunePlan`); reads, removes nothing."""
     env.require_state()
     backups = env.backups()
     cutoff = now - timedelta(days=retention_days)
     warnings: list[str] = []
     older = []
     for backup in backups:
-        finished = _parsed(parse_iso, backup.finished_at)
-        if finished is None:
-            warnings.append(f"backup {backup.label}: finished_at {backup.finished_at!r} is not a time; kept")
-        elif finished > now:
+        finished = parse_iso(backup.finished_at) or now  # (`backups()` lists only those with one)
+        if finished > now:
             warnings.append(
                 f"backup {backup.label} finished after now ({backup.finished_at}: a clock step?); kept"
             )
@@ -1141,8 +1140,7 @@ def plan_prune(env: LocalEnvironment, retention_days: float, *, now: datetime) -
     except (BackendError, ValueError) as exc:  # a history file missing or damaged
         warnings.append(f"no backup pruned: which one reaches back to the cutoff is unknown ({exc})")
         path = []
-    base = next((i for i in range(len(older) - 1, -1, -1) if _on_path(older[i], path)), 0)
-    remove = older[:base]
+    remove = older[: _base_index(env, older, path, warnings)]
     keep = [b for b in backups if b not in remove]
     floor = min(keep, key=lambda b: b.start_wal[8:], default=None)
     if floor is not None and not all(wal.SEGMENT_NAME.match(b.start_wal) for b in keep):
@@ -1156,7 +1154,8 @@ def plan_prune(env: LocalEnvironment, retention_days: float, *, now: datetime) -
             for name, size in sizes.items()
             if _PRUNABLE_WAL.match(name) and name[8:24] < floor.start_wal[8:]
         }
-    leftovers = sorted(env.backups_dir.glob(_PRUNED + "*")) if env.backups_dir.is_dir() else []
+    aside = sorted(env.backups_dir.glob(_PRUNED + "*")) if env.backups_dir.is_dir() else []
+    leftovers = {p: tree_bytes(p) for p in aside}
     return PrunePlan(
         cutoff,
         keep,
@@ -1169,12 +1168,23 @@ def plan_prune(env: LocalEnvironment, retention_days: float, *, now: datetime) -
     )
 
 
-def _parsed(parse: Callable[[str], Any], text: str) -> Any:
-    """PARSE(TEXT), or None where TEXT does not parse (a backup record from a hand or a bug)."""
-    try:
-        return parse(text)
-    except ValueError:
-        return None
+def _base_index(
+    env: LocalEnvironment, older: list[BackupInfo], path: Sequence[wal.TimelineSpan], warnings: list[str]
+) -> int:
+    """The index in OLDER (finished before the cutoff, oldest first) of the backup that reaches back
+    to the cutoff: the newest on PATH that pg_verifybackup passes, as a restore picks its backup
+    (one failing is passed over for an older one, which must then stay). 0 when none is."""
+    for i in range(len(older) - 1, 0, -1):  # (index 0 removes nothing: not verified)
+        if not _on_path(older[i], path):
+            continue
+        checked = run_verifybackup(env, older[i])
+        if checked["ok"]:
+            return i
+        problem = checked["problems"][0] if checked["problems"] else f"exit {checked['exit_code']}"
+        warnings.append(
+            f"backup {older[i].label} fails pg_verifybackup ({problem}): kept, with the older ones a restore falls back on"
+        )
+    return 0
 
 
 def prune(

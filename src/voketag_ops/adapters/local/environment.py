@@ -49,9 +49,11 @@ from voketag_ops.adapters.local.postgres import (
     process_exists,
     serves,
 )
+from voketag_ops.core.dr_checks import parse_iso
 from voketag_ops.core.times import iso
-from voketag_ops.core.wal import DEFAULT_SEGMENT_SIZE, SEGMENT_NAME
+from voketag_ops.core.wal import DEFAULT_SEGMENT_SIZE, SEGMENT_NAME, parse_lsn
 from voketag_ops.errors import BackendError, ConfigError, NeedsOperatorError, PreconditionError
+from voketag_ops.files import tree_bytes
 from voketag_ops.locks import flock_within
 from voketag_ops.logs import get_logger
 
@@ -770,7 +772,7 @@ class LocalEnvironment:
         size = 0
         for partial in partials:
             with contextlib.suppress(OSError):  # (the stream may rotate a file away meanwhile)
-                size += sum(f.stat().st_size for f in partial.rglob("*") if f.is_file())
+                size += tree_bytes(partial)
         return {
             "partial": [str(p) for p in partials],
             "size_bytes": size,
@@ -816,7 +818,7 @@ class LocalEnvironment:
             end_lsn = str(ranges[-1].get("End-LSN", ""))
             timeline = int(ranges[0].get("Timeline", 1))
             start_wal = _wal_from_label(scratch / "backup_label")
-            size = sum(f.stat().st_size for f in scratch.rglob("*") if f.is_file())
+            size = tree_bytes(scratch)
             info = BackupInfo(
                 label=label,
                 path=str(final),
@@ -845,9 +847,13 @@ class LocalEnvironment:
             return found
         for meta in sorted(self.backups_dir.glob("base-*/voke-backup.json")):
             try:
-                raw = json.loads(meta.read_text())
-                found.append(BackupInfo(**raw))
-            except (OSError, ValueError, TypeError):
+                info = BackupInfo(**json.loads(meta.read_text()))
+                # what status, windows, restores and prunes compute with (a hand edit, a bug)
+                if parse_iso(info.finished_at) is None or not isinstance(info.timeline, int):
+                    raise ValueError("no finish time or timeline")
+                parse_lsn(info.start_lsn)
+                found.append(info)
+            except (OSError, ValueError, TypeError, AttributeError):
                 log.warning("ignoring unreadable backup metadata %s", meta)
         return sorted(found, key=lambda b: b.finished_at)
 
