@@ -968,6 +968,7 @@ def test_a_prune_that_cannot_finish_names_what_went_and_leaves_no_backup_without
             assert message.startswith("pruning stopped after removing 1 of 1 backups: 1 could not be removed")
             assert f"{segment}: Permission denied" in message
             assert "re-run `voke dr prune --yes`" in result.json["error"]["hint"]
+            assert event["details"]["removed_segments"] == 0  # what went, not what was planned
         if fault == "interrupt":  # renamed aside, not deleted: the next prune deletes it
             plan = voke("dr", "prune", "--dry-run", "--json", environ=environ).json["result"]
             (leftover,) = plan["leftovers"]
@@ -1089,11 +1090,9 @@ def test_a_backup_prunes_by_the_retention_and_a_failed_prune_does_not_fail_it(en
     from voketag_ops.workflows import dr as flows
 
     settings = Settings(local=LocalSettings(home=home, archive_timeout=5))
-    taken = flows.backup(settings, env, dry_run=False)
-    assert (
-        taken["pruned"]["removed_backups"] == []
-        and taken["pruned"]["kept_backups"][-1] == taken["backup"]["label"]
-    )
+    pruned = flows.backup(settings, env, dry_run=False)
+    assert pruned["pruned"]["removed_backups"] == [] and pruned["pruned"]["error"] is None
+    assert pruned["pruned"]["kept_backups"][-1] == pruned["backup"]["label"]
 
     def broken(*_args, **_kwargs):
         raise BackendError("archive unreadable: disk on fire")
@@ -1101,6 +1100,7 @@ def test_a_backup_prunes_by_the_retention_and_a_failed_prune_does_not_fail_it(en
     monkeypatch.setattr(dr, "plan_prune", broken)
     taken = flows.backup(settings, env, dry_run=False)
     assert taken["pruned"]["error"] == "archive unreadable: disk on fire"
+    assert set(taken["pruned"]) == set(pruned["pruned"])  # one shape, failed or not
     assert env.backups()[-1].label == taken["backup"]["label"]
     from voketag_ops.audit import AuditLog
     from voketag_ops.errors import Interrupted
@@ -1111,10 +1111,10 @@ def test_a_backup_prunes_by_the_retention_and_a_failed_prune_does_not_fail_it(en
     assert prune_event.details["error"]["message"] == "archive unreadable: disk on fire"
 
     def ctrl_c(*_args, **_kwargs):
-        raise Interrupted("interrupted")
+        raise KeyboardInterrupt  # (what a SIGINT raises)
 
     monkeypatch.setattr(dr, "plan_prune", ctrl_c)  # Ctrl-C while it prunes: the backup stands
-    with pytest.raises(Interrupted, match=r"interrupted while pruning after backup base-\S+ was taken"):
+    with pytest.raises(Interrupted, match=r"^interrupted while pruning after backup base-\S+ was taken$"):
         flows.backup(settings, env, dry_run=False)
     backup_event, prune_event = list(AuditLog(home).entries())[-2:]
     assert (backup_event.event_type, backup_event.result) == ("dr.backup", "success")

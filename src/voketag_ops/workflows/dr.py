@@ -194,19 +194,29 @@ def backup(
 def _prune_after_backup(
     settings: Settings, env: LocalEnvironment, label: str, progress: Progress
 ) -> dict[str, Any]:
-    """The prune a backup ends with: a failure is reported (`error`), never the backup's."""
+    """The prune a backup ends with: a failure is reported (`error`), never the backup's. The
+    report has the same keys either way."""
+    from voketag_ops import interrupts
     from voketag_ops.adapters.local import dr
 
-    removed: list[Any] = []
+    done = dr.Pruned()
     try:
-        return prune(settings, env, dry_run=False, progress=progress, removed=removed)
-    except Interrupted:
+        return {**prune(settings, env, dry_run=False, progress=progress, done=done), "error": None}
+    except (Interrupted, KeyboardInterrupt):
         raise Interrupted(
-            f"interrupted while pruning after backup {label} was taken; `voke dr prune --yes` finishes the prune"
+            f"{interrupts.stopped_by()} while pruning after backup {label} was taken",
+            hint="`voke dr prune --yes` finishes the prune",
         ) from None
     except (VokeError, OSError, ValueError) as exc:
         log.warning("backup taken; pruning failed: %s", exc)
-        return {"error": str(exc), "removed_backups": dr.backup_summaries(removed), "freed_bytes": None}
+        return {
+            "dry_run": False,
+            "retention_days": settings.dr.pitr_retention_days,
+            **dict.fromkeys(dr.PLAN_KEYS),
+            **done.as_dict(),
+            "duration_seconds": None,
+            "error": str(exc),
+        }
 
 
 def prune(
@@ -215,10 +225,10 @@ def prune(
     *,
     dry_run: bool,
     progress: Progress = _quiet,
-    removed: list[Any] | None = None,
+    done: Any = None,
 ) -> dict[str, Any]:
     """Remove the base backups and archived WAL that `dr.pitr_retention_days` no longer needs;
-    REMOVED, if given, gets each backup removed as it goes (also when the prune fails)."""
+    DONE (a `Pruned`), if given, records what went as it goes, also when the prune fails."""
     from voketag_ops.adapters.local import dr
 
     require_local(settings)
@@ -228,7 +238,7 @@ def prune(
     if dry_run:
         dr.refuse_if_busy(env)
         return {"dry_run": True, "retention_days": days, **dr.plan_prune(env, days, now=_now()).as_dict()}
-    removed = [] if removed is None else removed
+    done = done if done is not None else dr.Pruned()
     with recorded(env, "dr.prune", "archive") as details:  # a refusal is on record too
         try:
             with dr.dr_lock(env, "dr prune"):
@@ -236,23 +246,25 @@ def prune(
                 t0 = time.monotonic()
                 plan = dr.plan_prune(env, days, now=_now())
                 details.update(planned=[b.label for b in plan.remove], leftovers=len(plan.leftovers))
-                failures = dr.prune(env, plan, removed, progress)
+                dr.prune(env, plan, done, progress)
         finally:  # what went, also when cut short
-            details["removed_backups"] = [b.label for b in removed]
+            details.update(
+                removed_backups=[b.label for b in done.backups],
+                removed_segments=len(done.segments),
+                freed_bytes=done.freed_bytes,
+            )
         report = {
             "dry_run": False,
             "retention_days": days,
             **plan.as_dict(),
-            "removed_backups": dr.backup_summaries(removed),
-            "failures": failures,
+            **done.as_dict(),
             "duration_seconds": round(time.monotonic() - t0, 3),
         }
-        details.update(removed_segments=report["removed_segments"], freed_bytes=report["freed_bytes"])
-        if failures:
+        if done.failures:
             raise NeedsOperatorError(
-                f"pruning stopped after removing {len(removed)} of {len(plan.remove)} backups: "
-                f"{len(failures)} could not be removed (first: {failures[0]}); every listed backup "
-                "still has its WAL",
+                f"pruning stopped after removing {len(done.backups)} of {len(plan.remove)} backups: "
+                f"{len(done.failures)} could not be removed (first: {done.failures[0]}); every listed "
+                "backup still has its WAL",
                 hint="fix that and re-run `voke dr prune --yes`",
             )
     return report

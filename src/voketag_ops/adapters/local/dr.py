@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -1097,21 +1097,56 @@ class PrunePlan:
         )
 
     def as_dict(self) -> dict[str, Any]:
-        names = sorted(self.segments, key=lambda n: n[8:])
+        """The plan, under the keys of `Pruned.as_dict` for what it would remove."""
         return {
             "cutoff": iso(self.cutoff),
             "kept_backups": [b.label for b in self.keep],
-            "removed_backups": backup_summaries(self.remove),
             "wal_floor": self.wal_floor,
             "floor_backup": self.floor_backup,
-            "removed_segments": len(names),
-            "removed_segment_bytes": sum(self.segments.values()),
-            "oldest_removed_segment": names[0] if names else None,
-            "newest_removed_segment": names[-1] if names else None,
-            "freed_bytes": self.freed_bytes,
             "leftovers": [{"path": str(p), "size_bytes": size} for p, size in self.leftovers.items()],
             "warnings": self.warnings,
+            "removed_backups": backup_summaries(self.remove),
+            **_wal_summary(self.segments),
+            "freed_bytes": self.freed_bytes,
         }
+
+
+PLAN_KEYS = (
+    "cutoff", "kept_backups", "wal_floor", "floor_backup", "leftovers", "warnings", "removed_backups",
+    "removed_segments", "removed_segment_bytes", "oldest_removed_segment", "newest_removed_segment", "freed_bytes",
+)  # fmt: skip
+
+
+@dataclass
+class Pruned:
+    """What a prune removed, filled in as it goes: a prune cut short or failing reports what it did."""
+
+    backups: list[BackupInfo] = field(default_factory=list)
+    segments: dict[str, int] = field(default_factory=dict)  # archived file -> bytes
+    leftover_bytes: int = 0
+    failures: list[str] = field(default_factory=list)  # "path: why"
+
+    @property
+    def freed_bytes(self) -> int:
+        return sum(b.size_bytes for b in self.backups) + sum(self.segments.values()) + self.leftover_bytes
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "removed_backups": backup_summaries(self.backups),
+            **_wal_summary(self.segments),
+            "freed_bytes": self.freed_bytes,
+            "failures": self.failures,
+        }
+
+
+def _wal_summary(segments: Mapping[str, int]) -> dict[str, Any]:
+    names = sorted(segments, key=lambda n: n[8:])
+    return {
+        "removed_segments": len(names),
+        "removed_segment_bytes": sum(segments.values()),
+        "oldest_removed_segment": names[0] if names else None,
+        "newest_removed_segment": names[-1] if names else None,
+    }
 
 
 def backup_summaries(backups: Sequence[BackupInfo]) -> list[dict[str, Any]]:
@@ -1187,22 +1222,21 @@ def _base_index(
     return 0
 
 
-def prune(
-    env: LocalEnvironment, plan: PrunePlan, removed: list[BackupInfo], progress: Progress = _noop
-) -> list[str]:
-    """Carry out PLAN under the DR lock: each backup is renamed out of the listing, then deleted;
-    the archive is cleaned after the backups, so no listed backup is ever left without its WAL.
-    Each backup gone is appended to REMOVED as it goes (an interrupted prune's audit event names
-    them). Returns what could not be removed, "path: why" (the next prune retries)."""
-    failures: list[str] = []
+def prune(env: LocalEnvironment, plan: PrunePlan, done: Pruned, progress: Progress = _noop) -> None:
+    """Carry out PLAN under the DR lock, recording in DONE what goes as it goes (an interrupted
+    prune's audit event names it) and what cannot (`failures`: the next prune retries). Each
+    backup is renamed out of the listing, then deleted; the archive is cleaned only once every
+    backup to remove has left the listing, so no listed backup is ever left without its WAL."""
 
-    def delete(tree: Path) -> None:
+    def delete(tree: Path) -> bool:
         shutil.rmtree(tree, ignore_errors=True)
         if tree.exists():
-            failures.append(f"{tree}: could not be deleted")
+            done.failures.append(f"{tree}: could not be deleted")
+        return not tree.exists()
 
-    for path in plan.leftovers:
-        delete(path)
+    for path, size in plan.leftovers.items():
+        if delete(path):
+            done.leftover_bytes += size
     still_listed = False
     for backup in plan.remove:
         progress(f"removing backup {backup.label}")
@@ -1212,23 +1246,24 @@ def prune(
         except FileNotFoundError:  # gone meanwhile
             continue
         except OSError as exc:
-            failures.append(f"{env.backups_dir / backup.label}: {exc.strerror}")
+            done.failures.append(f"{env.backups_dir / backup.label}: {exc.strerror}")
             still_listed = True
             continue
-        removed.append(backup)  # out of the listing: no longer a backup
+        done.backups.append(backup)  # out of the listing: no longer a backup
         delete(aside)
     if still_listed:
-        return failures  # a backup that should have gone is still listed: its WAL stays with it
+        return  # a backup that should have gone is still listed: its WAL stays with it
     if plan.segments:
         progress(f"removing {len(plan.segments)} archived WAL files before {plan.wal_floor}")
-    for name in sorted(plan.segments):
+    for name, size in sorted(plan.segments.items()):
         try:
             (env.archive_dir / name).unlink()
         except FileNotFoundError:
-            pass
+            continue
         except OSError as exc:
-            failures.append(f"{env.archive_dir / name}: {exc.strerror}")
-    return failures
+            done.failures.append(f"{env.archive_dir / name}: {exc.strerror}")
+            continue
+        done.segments[name] = size
 
 
 # -- point-in-time restore ---------------------------------------------------------------------------
