@@ -212,7 +212,7 @@ def _prune_after_backup(
         return {
             "dry_run": False,
             "retention_days": settings.dr.pitr_retention_days,
-            **dict.fromkeys(dr.PLAN_KEYS),
+            **dict.fromkeys(dr.plan_keys()),
             **done.as_dict(),
             "duration_seconds": None,
             "error": str(exc),

@@ -1074,8 +1074,8 @@ _PRUNABLE_WAL = re.compile(r"^[0-9A-F]{24}(?:\.partial|\.[0-9A-F]{8}\.backup)?$"
 @dataclass(frozen=True)
 class PrunePlan:
     """What `dr prune` removes. Backups: those older than the newest one finished before CUTOFF
-    on the current timeline's history, which reaches back to the cutoff and is kept with all
-    newer ones. Archived WAL: segments, partial segments and backup history files below
+    on the current timeline's history that pg_verifybackup passes, which reaches back to the
+    cutoff and is kept with all newer ones. Archived WAL: segments, partial segments and backup history files below
     WAL_FLOOR, the first segment the oldest kept backup needs, compared without the timeline as
     pg_archivecleanup does (no kept backup reads a segment before its own start, on any timeline)."""
 
@@ -1111,10 +1111,9 @@ class PrunePlan:
         }
 
 
-PLAN_KEYS = (
-    "cutoff", "kept_backups", "wal_floor", "floor_backup", "leftovers", "warnings", "removed_backups",
-    "removed_segments", "removed_segment_bytes", "oldest_removed_segment", "newest_removed_segment", "freed_bytes",
-)  # fmt: skip
+def plan_keys() -> list[str]:
+    """The keys of a plan's report (a prune that failed before its plan reports them empty)."""
+    return list(PrunePlan(utcnow(), [], [], None, None, {}, {}, []).as_dict())
 
 
 @dataclass
