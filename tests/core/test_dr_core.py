@@ -3,6 +3,7 @@ threshold judgement, RTO/RPO from the canary log, verdicts and the journal schem
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 import subprocess
@@ -321,6 +322,33 @@ def healthy(**changes):
     }
     status.update(changes)
     return status
+
+
+def test_a_cloud_sql_primary_must_keep_the_platforms_days_of_transaction_logs():
+    limits = dataclasses.replace(LIMITS, pitr_retention_days=7)
+    primary = {"name": "voke-db", "role": "primary", "running": True}
+    judged = {
+        c.name: c
+        for c in dr_checks.judge(
+            healthy(leader={**primary, "pitr_enabled": True, "retention_days": 7}), limits, now=T0
+        )
+    }
+    assert (
+        judged["pitr_retention"].ok
+        and judged["pitr_retention"].message == "voke-db keeps 7 days of transaction logs (target 7)"
+    )
+    fix = "`gcloud sql instances patch voke-db --enable-point-in-time-recovery --retained-transaction-log-days=7`"
+    short = failed(healthy(leader={**primary, "pitr_enabled": True, "retention_days": 3}), limits)
+    assert (
+        short["pitr_retention"]
+        == f"voke-db keeps 3 days of transaction logs, fewer than the 7 the platform keeps: {fix}"
+    )
+    off = failed(healthy(leader={**primary, "pitr_enabled": False, "retention_days": None}), limits)
+    assert off["pitr_retention"] == f"point-in-time recovery is off on voke-db: {fix}"
+    unknown = failed(healthy(leader={**primary, "pitr_enabled": True, "retention_days": None}), limits)
+    assert unknown["pitr_retention"] == "unknown: Cloud SQL did not say how many days of logs voke-db keeps"
+    # the local environment keeps it by `voke dr prune`: no such check there
+    assert "pitr_retention" not in {c.name for c in dr_checks.judge(healthy(), limits, now=T0)}
 
 
 def failed(status, limits=LIMITS):

@@ -285,5 +285,11 @@ def test_cli_dr_status_and_check_on_a_cloud_env(cloud, voke, make_environ, tmp_p
     assert "voke-db" in human.stdout
     ok = voke("--env", "prod", "dr", "check", "--json", environ=environ)
     assert ok.exit_code == 0, ok.stdout
+    (retention,) = [c for c in ok.json["result"]["checks"] if c["name"] == "pitr_retention"]
+    assert retention["message"] == "voke-db keeps 7 days of transaction logs (target 7)"
+    short = voke(
+        "--env", "prod", "dr", "check", "--json", environ={**environ, "VOKE_DR__PITR_RETENTION_DAYS": "14"}
+    )
+    assert short.exit_code == 1 and short.json["result"]["failed"] == ["pitr_retention"], short.stdout
     breach = voke("--env", "prod", "dr", "check", "--max-backup-age", "1h", environ=environ)
     assert breach.exit_code == 1 and "backup_age" in breach.stdout + breach.stderr

@@ -93,6 +93,9 @@ class Thresholds:
     min_pitr_window_seconds: float
     archive_stale_seconds: float
     replica_expected: bool = True
+    pitr_retention_days: float | None = (
+        None  # what a Cloud SQL primary must keep (locally `dr prune` keeps it)
+    )
 
 
 @dataclass(frozen=True)
@@ -339,4 +342,22 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
                 threshold=thresholds.min_pitr_window_seconds,
             )
         )
+    if "pitr_enabled" in leader and thresholds.pitr_retention_days is not None:  # a Cloud SQL primary
+        checks.append(_retention_check(leader, thresholds.pitr_retention_days))
     return checks
+
+
+def _retention_check(leader: Mapping[str, Any], target: float) -> Check:
+    """Whether the Cloud SQL primary keeps TARGET days of transaction logs (its own settings)."""
+    name, days = leader.get("name"), leader.get("retention_days")
+    fix = f"`gcloud sql instances patch {name} --enable-point-in-time-recovery --retained-transaction-log-days={target:g}`"
+    if not leader.get("pitr_enabled"):
+        message, ok = f"point-in-time recovery is off on {name}: {fix}", False
+    elif days is None:
+        message, ok = f"unknown: Cloud SQL did not say how many days of logs {name} keeps", False
+    else:
+        ok = float(days) >= target
+        message = f"{name} keeps {days} days of transaction logs" + (
+            f" (target {target:g})" if ok else f", fewer than the {target:g} the platform keeps: {fix}"
+        )
+    return Check("pitr_retention", ok, message, value=days, threshold=target)

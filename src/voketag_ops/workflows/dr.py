@@ -118,6 +118,7 @@ def thresholds(
             "--min-pitr-window", min_pitr_window, settings.dr.min_pitr_window_hours * 3600
         ),
         archive_stale_seconds=settings.local.archive_timeout + settings.dr.archive_grace_seconds,
+        pitr_retention_days=settings.dr.pitr_retention_days,
         replica_expected=settings.local.replica,
     )
 
