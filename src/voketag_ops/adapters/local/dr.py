@@ -639,7 +639,11 @@ def leader_wal(leader: PgNode | None) -> LeaderWal:
             ).fetchall()
     except (BackendError, psycopg.OperationalError):  # (connected, then the server went away)
         return LeaderWal(False)
-    tli, segno = wal.parse_segment_name(name, seg_size)
+    # The segment being written holds the write position: at a segment boundary (right after a
+    # switch) pg_walfile_name() names the one before up to PostgreSQL 16, which would leave the
+    # finished segment (a seal's heartbeat) out of every window; only its timeline is taken.
+    tli = wal.parse_segment_name(name, seg_size)[0]
+    segno = wal.segno_of(wal.parse_lsn(lsn), seg_size)
     pending = tuple(p[0].removesuffix(".ready") for p in pend)
     return LeaderWal(
         True,
@@ -889,7 +893,15 @@ def seal_archive(env: LocalEnvironment, leader: PgNode, *, timeout: float = 60) 
     alone (a restore stops at the first commit after its target, so one must exist).
     """
     _, committed_at = write_heartbeat(leader)
-    name = query_one(leader, "select pg_walfile_name(pg_current_wal_lsn()), pg_switch_wal()")[0]
+    name, lsn, seg_size, _ = query_one(
+        leader,
+        "select pg_walfile_name(pg_current_wal_lsn()), pg_current_wal_lsn()::text, "
+        "(select setting::bigint from pg_settings where name = 'wal_segment_size'), pg_switch_wal()",
+    )
+    # The segment holding the heartbeat's last byte; pg_walfile_name() is one off at a segment
+    # boundary, backwards up to PostgreSQL 16 and forwards from 17 (not archived until more WAL).
+    tli = wal.parse_segment_name(name, seg_size)[0]
+    name = wal.segment_name(tli, wal.segno_of(wal.parse_lsn(lsn) - 1, seg_size), seg_size)
     wait_until(
         lambda: (env.archive_dir / name).exists(), f"WAL segment {name} to be archived", timeout=timeout
     )
