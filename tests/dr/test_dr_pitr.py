@@ -1057,7 +1057,8 @@ def test_prune_removes_what_the_retention_no_longer_needs_and_the_window_stays_w
     ]
     left = sorted(p.name for p in env.archive_dir.iterdir())
     assert min(n[8:24] for n in left if dr.wal.SEGMENT_NAME.match(n)) == base.start_wal[8:]
-    assert result["removed_segments"] == len(archive) - len(left) > 0
+    # (by name: with a 5 s archive_timeout a new segment may be archived meanwhile)
+    assert result["removed_segments"] == len(set(archive) - set(left)) > 0
     assert (
         result["freed_bytes"]
         == sum(b["size_bytes"] for b in plan["removed_backups"]) + result["removed_segment_bytes"]
