@@ -1046,7 +1046,9 @@ def test_prune_removes_what_the_retention_no_longer_needs_and_the_window_stays_w
     )
     assert f"oldest backup kept: {base.label}" in shown
     assert f"archived WAL kept from {base.start_wal} (backup {base.label})" in shown
-    assert env.backups() == backups and sorted(p.name for p in env.archive_dir.iterdir()) == archive
+    assert env.backups() == backups and set(archive) <= {
+        p.name for p in env.archive_dir.iterdir()
+    }  # (new ones may come)
     done = voke("dr", "prune", "--yes", "--json", environ=keep_base)
     assert done.exit_code == 0, done.stderr
     result = done.json["result"]
