@@ -347,6 +347,10 @@ def test_a_cloud_sql_primary_must_keep_the_platforms_days_of_transaction_logs():
     assert off["pitr_retention"] == f"point-in-time recovery is off on voke-db: {fix}"
     unknown = failed(healthy(leader={**primary, "pitr_enabled": True, "retention_days": None}), limits)
     assert unknown["pitr_retention"] == "unknown: Cloud SQL did not say how many days of logs voke-db keeps"
+    half = dataclasses.replace(LIMITS, pitr_retention_days=7.5)  # gcloud takes whole days
+    assert failed(healthy(leader={**primary, "pitr_enabled": True, "retention_days": 7}), half)[
+        "pitr_retention"
+    ].endswith("--retained-transaction-log-days=8`")
     # the local environment keeps it by `voke dr prune`: no such check there
     assert "pitr_retention" not in {c.name for c in dr_checks.judge(healthy(), limits, now=T0)}
 

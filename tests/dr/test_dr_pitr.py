@@ -990,16 +990,21 @@ def test_a_prune_that_cannot_finish_names_what_went_and_leaves_no_backup_without
 
 def test_a_backup_record_without_a_finish_time_or_start_is_not_a_backup(voke, environ, env):
     # `dr status`, `dr check` and `dr prune` were exit 70 on such a record (a hand edit, a bug).
-    labels = _fake_backups(env, ["base-20000101T000000000000Z", "base-20000102T000000000000Z"])
+    labels = _fake_backups(env, [f"base-2000010{day}T000000000000Z" for day in range(1, 6)])
     (env.archive_dir / "000000010000000000000000").unlink()
-    for label, field_, value in zip(
-        labels, ["finished_at", "start_lsn"], ["unknown", "garbage"], strict=True
-    ):
+    damage = [
+        ("finished_at", "unknown"),
+        ("start_lsn", "garbage"),
+        ("start_wal", None),
+        ("finished_at", "0001-01-01T00:00:00+14:00"),  # before year 1 in UTC
+        ("label", labels[0]),  # a copy of another backup's directory
+    ]
+    for label, (field_, value) in zip(labels, damage, strict=True):
         path = env.backups_dir / label / "voke-backup.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), field_: value}))
     try:
         assert not {b.label for b in env.backups()} & set(labels)
-        for args in (["dr", "status"], ["dr", "check"], ["dr", "prune", "--dry-run"]):
+        for args in (["dr", "status"], ["dr", "check"], ["dr", "prune", "--dry-run"], ["env", "status"]):
             result = voke(*args, "--json", environ=environ)
             assert result.exit_code == 0, (args, result.stdout)
     finally:
@@ -1098,11 +1103,11 @@ def test_a_backup_prunes_by_the_retention_and_a_failed_prune_does_not_fail_it(en
     assert pruned["pruned"]["kept_backups"][-1] == pruned["backup"]["label"]
 
     def broken(*_args, **_kwargs):
-        raise BackendError("archive unreadable: disk on fire")
+        raise BackendError("archive unreadable: disk on fire", hint="free space")
 
     monkeypatch.setattr(dr, "plan_prune", broken)
     taken = flows.backup(settings, env, dry_run=False)
-    assert taken["pruned"]["error"] == "archive unreadable: disk on fire"
+    assert taken["pruned"]["error"] == "archive unreadable: disk on fire (free space)"
     assert set(taken["pruned"]) == set(pruned["pruned"])  # one shape, failed or not
     assert env.backups()[-1].label == taken["backup"]["label"]
     from voketag_ops.audit import AuditLog

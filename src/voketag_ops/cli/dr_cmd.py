@@ -517,6 +517,8 @@ def _render_backup(console: Console, r: dict[str, Any]) -> None:
         f"timeline {b['timeline']} ({r['duration_seconds']:.1f} s)"
     )
     pruned = r.get("pruned")
+    for warning in (pruned or {}).get("warnings") or []:
+        console.print(f"warning: {warning}", markup=False)
     if pruned and pruned.get("error"):
         console.print(f"pruning failed (the backup is taken): {pruned['error']}", markup=False)
     elif pruned and pruned["freed_bytes"]:

@@ -6,6 +6,7 @@ pass. Every check is one line an operator or a monitoring job can act on.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -81,7 +82,10 @@ def parse_point_in_time(text: str, *, now: datetime) -> datetime:
 def parse_iso(text: str | None) -> datetime | None:
     if not text:
         return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+14:00 lies before year 1 in UTC
+        raise ValueError(f"{text!r} is out of range") from None
 
 
 @dataclass(frozen=True)
@@ -350,7 +354,10 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
 def _retention_check(leader: Mapping[str, Any], target: float) -> Check:
     """Whether the Cloud SQL primary keeps TARGET days of transaction logs (its own settings)."""
     name, days = leader.get("name"), leader.get("retention_days")
-    fix = f"`gcloud sql instances patch {name} --enable-point-in-time-recovery --retained-transaction-log-days={target:g}`"
+    fix = (  # (gcloud takes whole days)
+        f"`gcloud sql instances patch {name} --enable-point-in-time-recovery "
+        f"--retained-transaction-log-days={math.ceil(target)}`"
+    )
     if not leader.get("pitr_enabled"):
         message, ok = f"point-in-time recovery is off on {name}: {fix}", False
     elif days is None:

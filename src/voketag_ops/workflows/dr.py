@@ -210,13 +210,14 @@ def _prune_after_backup(
         ) from None
     except (VokeError, OSError, ValueError) as exc:
         log.warning("backup taken; pruning failed: %s", exc)
+        hint = getattr(exc, "hint", None)
         return {
             "dry_run": False,
             "retention_days": settings.dr.pitr_retention_days,
             **dict.fromkeys(dr.plan_keys()),
             **done.as_dict(),
             "duration_seconds": None,
-            "error": str(exc),
+            "error": f"{exc} ({hint})" if hint else str(exc),
         }
 
 

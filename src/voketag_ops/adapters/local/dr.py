@@ -1188,11 +1188,10 @@ def plan_prune(env: LocalEnvironment, retention_days: float, *, now: datetime) -
         path = []
     remove = older[: _base_index(env, older, path, warnings)]
     keep = [b for b in backups if b not in remove]
-    floor = min(keep, key=lambda b: b.start_wal[8:], default=None)
-    if floor is not None and not all(wal.SEGMENT_NAME.match(b.start_wal) for b in keep):
-        odd = next(b for b in keep if not wal.SEGMENT_NAME.match(b.start_wal))
+    odd = next((b for b in keep if not wal.SEGMENT_NAME.match(b.start_wal)), None)
+    floor = min(keep, key=lambda b: b.start_wal[8:], default=None) if odd is None else None
+    if odd is not None:
         warnings.append(f"archive kept whole: backup {odd.label} does not record its first WAL segment")
-        floor = None
     segments = {}
     if floor is not None:
         segments = {

@@ -848,10 +848,13 @@ class LocalEnvironment:
         for meta in sorted(self.backups_dir.glob("base-*/voke-backup.json")):
             try:
                 info = BackupInfo(**json.loads(meta.read_text()))
-                # what status, windows, restores and prunes compute with (a hand edit, a bug)
+                # What status, windows, restores and prunes compute with (a hand edit, a bug), and
+                # the directory it names (a copy of a backup's directory is not that backup).
                 if parse_iso(info.finished_at) is None or not isinstance(info.timeline, int):
                     raise ValueError("no finish time or timeline")
                 parse_lsn(info.start_lsn)
+                if not isinstance(info.start_wal, str) or info.label != meta.parent.name:
+                    raise ValueError("no start segment, or another directory's record")
                 found.append(info)
             except (OSError, ValueError, TypeError, AttributeError):
                 log.warning("ignoring unreadable backup metadata %s", meta)
