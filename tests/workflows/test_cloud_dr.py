@@ -17,6 +17,7 @@ from voketag_ops.adapters.gcp import catalog
 from voketag_ops.errors import BackendError, PreconditionError
 from voketag_ops.ports import DatabaseRecovery
 from voketag_ops.testing.gcp_fakes import FakeGcp, environment_toml, now
+from voketag_ops.workflows import dr as dr_flows
 
 
 @pytest.fixture
@@ -99,11 +100,11 @@ def test_an_operation_cloud_sql_has_not_finished_fails_the_check_whoever_started
     snap = cloud_dr.status(settings, recovery)
     running = snap["unfinished_operation"]
     assert running["operation"] == "FAILOVER" and op["name"] in running["running"]
-    report = cloud_dr.check(settings, recovery, cloud_dr.thresholds(settings))
+    report = cloud_dr.check(settings, recovery, dr_flows.thresholds(settings))
     message = {c["name"]: c["message"] for c in report["checks"]}["unfinished_operation"]
     assert "unfinished_operation" in report["failed"] and "Cloud SQL FAILOVER on voke-db" in message
     fake.sql.finish_pending()
-    after = cloud_dr.check(settings, recovery, cloud_dr.thresholds(settings))
+    after = cloud_dr.check(settings, recovery, dr_flows.thresholds(settings))
     assert "unfinished_operation" not in after["failed"]
 
     # operations that cannot be listed are no "none": the check fails, naming why
@@ -111,7 +112,7 @@ def test_an_operation_cloud_sql_has_not_finished_fails_the_check_whoever_started
         raise BackendError("permission denied")
 
     monkeypatch.setattr(recovery, "pending_operations", denied_list)
-    denied = cloud_dr.check(settings, recovery, cloud_dr.thresholds(settings))
+    denied = cloud_dr.check(settings, recovery, dr_flows.thresholds(settings))
     message = {c["name"]: c["message"] for c in denied["checks"]}["unfinished_operation"]
     assert "unfinished_operation" in denied["failed"] and "permission denied" in message
 
@@ -120,11 +121,11 @@ def test_check_fails_on_an_old_backup_and_on_lag(cloud):
     from voketag_ops.workflows import cloud_dr
 
     fake, settings, recovery = cloud
-    report = cloud_dr.check(settings, recovery, cloud_dr.thresholds(settings))
+    report = cloud_dr.check(settings, recovery, dr_flows.thresholds(settings))
     assert report["ok"] is True, report["failed"]
     age = fake.monitoring.written(catalog.BACKUP_AGE)[-1]  # for the backup-age alert policy
     assert 3 * 3600 - 60 < age.points[0].value.double_value < 3 * 3600 + 60
-    strict = cloud_dr.thresholds(settings, max_backup_age=3600, max_lag=1)
+    strict = dr_flows.thresholds(settings, max_backup_age="1h", max_lag="1s")
     report = cloud_dr.check(settings, recovery, strict)
     assert report["ok"] is False and set(report["failed"]) == {"backup_age", "replication_lag"}
 
@@ -147,7 +148,7 @@ def test_a_metric_monitoring_refuses_never_changes_the_check(cloud, status):
 
     fake, settings, recovery = cloud
     fake.monitoring.refuse = status  # (INVALID_ARGUMENT: a point sooner than the sampling period)
-    report = cloud_dr.check(settings, recovery, cloud_dr.thresholds(settings))
+    report = cloud_dr.check(settings, recovery, dr_flows.thresholds(settings))
     assert report["ok"] is True, report["failed"]
 
 
@@ -157,11 +158,11 @@ def test_no_monitoring_data_or_inactive_replication_fails_the_check(cloud):
     fake, settings, recovery = cloud
     fake.monitoring.series.clear()
     fake.monitoring.system_metrics = False  # Monitoring has nothing for these instances
-    unknown = cloud_dr.check(settings, recovery, cloud_dr.thresholds(settings))
+    unknown = cloud_dr.check(settings, recovery, dr_flows.thresholds(settings))
     assert set(unknown["failed"]) == {"replication_lag", "archiving"}, unknown["failed"]
     fake.monitoring.system_metrics = True
     fake.monitoring.add_point(catalog.REPLICA_LAG, -1, resource={"database_id": f"{fake.project}:voke-db-dr"})
-    inactive = cloud_dr.check(settings, recovery, cloud_dr.thresholds(settings))
+    inactive = cloud_dr.check(settings, recovery, dr_flows.thresholds(settings))
     assert inactive["failed"] == ["replica_streaming", "replication_lag"], inactive["failed"]
 
 
@@ -175,7 +176,7 @@ def test_an_environment_without_a_replica_still_judges_archiving():
         fake.sql.add_backup("voke-db", "SUCCESSFUL", now() - timedelta(hours=3))
         settings = Settings.model_validate({"env": "prod", "environments": {"prod": fake.environment()}})
         recovery = CloudPlatform(settings).recovery()
-        report = cloud_dr.check(settings, recovery, cloud_dr.thresholds(settings))
+        report = cloud_dr.check(settings, recovery, dr_flows.thresholds(settings))
         assert report["ok"] is True, report["failed"]  # archiving read from the primary's own metrics
 
 
@@ -186,7 +187,7 @@ def test_archive_failures_fail_the_check(cloud):
     fake.monitoring.add_point(
         catalog.LOG_ARCHIVE_FAILURES, 3, integer=True, resource={"database_id": f"{fake.project}:voke-db"}
     )
-    report = cloud_dr.check(settings, recovery, cloud_dr.thresholds(settings))
+    report = cloud_dr.check(settings, recovery, dr_flows.thresholds(settings))
     assert report["failed"] == ["archiving"]
 
 
@@ -270,6 +271,18 @@ def test_voke_metrics_only_under_the_prefix(cloud):
         monitoring.write("custom.googleapis.com/other/thing", 1, {})
     with pytest.raises(UsageError, match="its descriptor's are"):  # terraform/ declares the labels
         monitoring.write(catalog.DRILL_RTO, 42.0, {"scenario": "failover"})
+
+
+def test_cli_dr_check_of_a_cloud_env_without_a_replica_expects_none(cloud, voke, make_environ, tmp_path):
+    # The CLI judged a cloud environment by the local environment's thresholds: a replica expected
+    # (local.replica), so an environment without one failed replica_streaming and replication_lag.
+    fake, _settings, _recovery = cloud
+    (tmp_path / "voke.toml").write_text(environment_toml("prod", fake.environment()))
+    environ = make_environ(tmp_path / "state", VOKE_CONFIG=str(tmp_path / "voke.toml"))
+    check = voke("--env", "prod", "dr", "check", "--json", environ=environ)
+    names = [c["name"] for c in check.json["result"]["checks"]]
+    assert "replica_streaming" not in names and "replication_lag" not in names, check.stdout
+    assert check.exit_code == 0, check.stdout
 
 
 def test_cli_dr_status_and_check_on_a_cloud_env(cloud, voke, make_environ, tmp_path):

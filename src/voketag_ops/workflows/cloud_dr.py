@@ -247,27 +247,6 @@ def _last_drill(settings: Settings) -> dict[str, Any] | None:
     return drill.last_result(SimpleNamespace(home=drills_home(settings)))  # type: ignore[arg-type]
 
 
-def thresholds(
-    settings: Settings,
-    *,
-    max_backup_age: float | None = None,
-    max_lag: float | None = None,
-    min_pitr_window: float | None = None,
-) -> Thresholds:
-    env = settings.environment(settings.env)
-    return Thresholds(
-        max_backup_age_seconds=max_backup_age
-        if max_backup_age is not None
-        else settings.dr.max_backup_age_hours * 3600,
-        max_lag_seconds=max_lag if max_lag is not None else settings.dr.max_lag_seconds,
-        min_pitr_window_seconds=min_pitr_window
-        if min_pitr_window is not None
-        else settings.dr.min_pitr_window_hours * 3600,
-        archive_stale_seconds=float("inf"),  # Cloud SQL archives by itself; failures come from the metric
-        replica_expected=env.replica is not None,
-    )
-
-
 def check(
     settings: Settings, recovery: DatabaseRecovery, limits: Thresholds, *, now: datetime | None = None
 ) -> dict[str, Any]:

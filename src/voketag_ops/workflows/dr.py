@@ -109,6 +109,11 @@ def thresholds(
         except ValueError as exc:
             raise UsageError(f"{flag}: {exc}") from None
 
+    if settings.env == "local":
+        stale = settings.local.archive_timeout + settings.dr.archive_grace_seconds
+        replica = settings.local.replica
+    else:  # Cloud SQL archives by itself (failures come from its metric); a replica if configured
+        stale, replica = float("inf"), settings.environment(settings.env).replica is not None
     return Thresholds(
         max_backup_age_seconds=seconds(
             "--max-backup-age", max_backup_age, settings.dr.max_backup_age_hours * 3600
@@ -117,9 +122,9 @@ def thresholds(
         min_pitr_window_seconds=seconds(
             "--min-pitr-window", min_pitr_window, settings.dr.min_pitr_window_hours * 3600
         ),
-        archive_stale_seconds=settings.local.archive_timeout + settings.dr.archive_grace_seconds,
+        archive_stale_seconds=stale,
         pitr_retention_days=settings.dr.pitr_retention_days,
-        replica_expected=settings.local.replica,
+        replica_expected=replica,
     )
 
 
