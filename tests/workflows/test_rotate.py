@@ -1107,3 +1107,29 @@ def test_resume_and_rollback_dry_runs_show_the_plan_and_change_nothing(platform,
     assert store.get("db-app") == before  # nothing changed
     assert voke("rotate", "resume", "--yes", environ=platform_environ).exit_code == 0
     assert_consistent(platform)
+
+
+def test_a_new_db_password_keeps_the_database_its_current_credential_names():
+    # A cloud environment's credential names its own database (voketag_prod): a rotation wrote
+    # `rotation.db_users.NAME.database` (voketag) into the new version, whose login test failed.
+    from voketag_ops.config import DbUserSettings
+    from voketag_ops.workflows.credentials import DbPassword
+
+    credential = DbPassword("app", DbUserSettings(), target=None)
+    current = {
+        "username": "app_a",
+        "password": "x",
+        "host": "10.0.0.5",
+        "port": 5432,
+        "dbname": "voketag_prod",
+    }
+    made = credential.create("r1", current)
+    assert (made["username"], made["host"], made["port"], made["dbname"]) == (
+        "app_b",
+        "10.0.0.5",
+        5432,
+        "voketag_prod",
+    )
+    assert (
+        credential.create("r2", {**current, "dbname": ""})["dbname"] == "voketag"
+    )  # none named: the setting

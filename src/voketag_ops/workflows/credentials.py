@@ -121,8 +121,9 @@ class DbPassword:
         return None  # the value is made here, stored before the target changes: no orphans
 
     def create(self, rotation_id: str, current: dict[str, Any]) -> dict[str, Any]:
-        # The services' address stays as the current credential names it (a failover repoints
-        # it): voke's own way in (`db_host`, a proxy or tunnel) is for its login test alone.
+        # The services' address and database stay as the current credential names them (a
+        # failover repoints it; a cloud environment's database need not be `database`'s default):
+        # voke's own way in (`db_host`, a proxy or tunnel) is for its login test alone.
         host, port = (current or {}).get("host"), (current or {}).get("port")
         if not host or not port:
             host, port = self.target.endpoint()
@@ -133,7 +134,7 @@ class DbPassword:
             "password": password,
             "host": host,
             "port": port,
-            "dbname": self.user.database,
+            "dbname": (current or {}).get("dbname") or self.user.database,
         }
 
     def apply(self, pending: dict[str, Any], current: dict[str, Any] | None) -> str:
