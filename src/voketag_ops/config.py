@@ -15,7 +15,7 @@ import re
 import stat
 import sys
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -194,6 +194,11 @@ class GcpEnvironment(_Model):
         default=1800.0, gt=0, description="seconds to wait for a Cloud SQL / Cloud Run operation to finish"
     )
     poll_interval: float = Field(default=5.0, gt=0, le=60, description="seconds between operation polls")
+
+    def serving(self, services: Iterable[str]) -> tuple[str, ...]:
+        """Those of SERVICES this environment runs, in their order: a credential's services
+        default to the platform's, which an environment may run only some of."""
+        return tuple(s for s in services if s in self.services)
 
 
 class CoverageService(_Model):

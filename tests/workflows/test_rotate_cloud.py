@@ -59,7 +59,8 @@ def cloud(platform: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
         yield fake, home
 
 
-def _toml(env: dict[str, Any]) -> str:
+def _toml(env: dict[str, Any], *, own_services: bool = True) -> str:
+    """OWN_SERVICES False: the login names none, so it has the platform's (all three)."""
     lines = [
         environment_toml("cloudtest", env),
         "[rotation]",
@@ -70,8 +71,9 @@ def _toml(env: dict[str, Any]) -> str:
         f"roles = {json.dumps(list(ROLES))}",
         'owner = "capp_owner"',
         'database = "voketag"',
-        f"services = {json.dumps(list(SERVICES))}",
     ]
+    if own_services:
+        lines.append(f"services = {json.dumps(list(SERVICES))}")
     return "\n".join(lines) + "\n"
 
 
@@ -164,6 +166,46 @@ def test_the_new_version_keeps_the_services_address_when_voke_logs_in_elsewhere(
     after = json.loads(store.access(SECRET, "current"))
     assert after["password"] != before["password"]
     assert (after["host"], after["port"]) == (before["host"], before["port"])
+    assert_consistent(fake)
+
+
+def test_a_login_with_the_platform_services_restarts_only_those_the_environment_runs(
+    cloud, voke, make_environ, tmp_path
+):
+    # the login names no services, so it has the platform's three; this environment runs two
+    # and Cloud Run has no blockchain-service: the rotation checks, restarts and waits for those two
+    from voketag_ops.adapters.gcp.secrets import GcpSecretStore
+
+    fake, _home = cloud
+    assert "blockchain-service" not in fake.run.services
+    login = json.loads(GcpSecretStore(fake.context()).access(SECRET, "current"))
+    env = fake.environment(db_host=login["host"], db_port=login["port"], services=list(SERVICES))
+    config = tmp_path / "voke.toml"
+    config.write_text(_toml(env, own_services=False))
+    environ = make_environ(tmp_path / "state", VOKE_CONFIG=str(config), VOKE_ENV="cloudtest")
+    planned = voke("rotate", "db-password", "--dry-run", "--json", environ=environ)
+    assert planned.exit_code == 0, planned.stdout + planned.stderr
+    assert f"restart {', '.join(SERVICES)} pinned" in " ".join(planned.json["result"]["plan"])
+    result = voke("rotate", "db-password", "--yes", "--json", environ=environ)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    report = result.json["result"]
+    assert report["status"] == "succeeded", report
+    for service in SERVICES:
+        assert fake.run.pinned(service) == [(SECRET, str(report["new_version"]))]
+    assert_consistent(fake)
+    # and a rollback moves back only those two
+    sm = fake.secretmanager.secrets[SECRET]
+    before = sm.aliases["current"]
+    fake.run.unhealthy.add((SECRET, str(len(sm.versions) + 1)))
+    try:
+        environ["VOKE_ROTATION__HEALTH_TIMEOUT"] = "1"
+        failed = voke("rotate", "db-password", "--yes", "--json", environ=environ)
+    finally:
+        fake.run.unhealthy.clear()
+    assert failed.exit_code == 6, failed.stdout + failed.stderr
+    assert failed.json["result"]["status"] == "rolled_back", failed.json
+    assert sm.aliases["current"] == before
+    assert "blockchain-service" not in fake.run.services
     assert_consistent(fake)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from voketag_ops.config import GcpEnvironment, Settings
 from voketag_ops.errors import NotFoundError
 from voketag_ops.logs import get_logger
+from voketag_ops.workflows.credentials import Credential
 from voketag_ops.workflows.rotate import Progress, RotationEngine
 
 log = get_logger(__name__)
@@ -61,7 +62,7 @@ class CloudPlatform:
         if every_kind:
             groups += [(k.secret, k.services) for k in rotation.api_keys.values()]
             groups.append((rotation.jwt.secret, rotation.jwt.services))
-        return [(secret, s) for secret, services in groups for s in services if s in self.env.services]
+        return [(secret, s) for secret, services in groups for s in self.env.serving(services)]
 
     def consumers(self) -> dict[str, str]:
         """Cloud Run service -> the secret it reads (its database login or key), for status."""
@@ -148,6 +149,10 @@ class CloudRotationEngine(RotationEngine):
         super().__init__(*args, **kwargs)
         self.platform = platform
 
+    def services_of(self, cred: Credential) -> tuple[str, ...]:
+        """Those of CRED's services this environment runs (`[environments.NAME] services`)."""
+        return self.platform.env.serving(cred.services)
+
     def rotate(self, name: str, *, dry_run: bool = False) -> Any:
         cred = self.credential(name)
         check = getattr(self.runtime, "check_pinned", None)
@@ -156,8 +161,9 @@ class CloudRotationEngine(RotationEngine):
         except NotFoundError:
             raise self.not_set_up(cred) from None
         raw = meta.annotations.get("voke-rotation")
-        if cred.services and check is not None and not raw:  # a resumed rotation already passed it
-            check(cred.secret, tuple(cred.services))
+        services = self.services_of(cred)
+        if services and check is not None and not raw:  # a resumed rotation already passed it
+            check(cred.secret, services)
         if getattr(cred, "kind", None) == "db-password" and not dry_run:
             _ = self.target.instance  # the recorded primary, or exit 5 before anything changes
         outcome = super().rotate(name, dry_run=dry_run)

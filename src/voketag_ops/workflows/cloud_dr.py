@@ -544,7 +544,7 @@ def connection_secrets(settings: Settings, env: GcpEnvironment) -> dict[str, tup
     """Each database connection secret -> the environment's services that read it."""
     out: dict[str, tuple[str, ...]] = {}
     for user in settings.rotation.db_users.values():
-        services = tuple(s for s in user.services if s in env.services)
+        services = env.serving(user.services)
         out[user.secret] = tuple(dict.fromkeys((*out.get(user.secret, ()), *services)))
     return out
 

@@ -253,6 +253,11 @@ class RotationEngine:
             raise ValidationError(f"unknown {what} {name!r} (managed: {known})")
         return cred
 
+    def services_of(self, cred: Credential) -> tuple[str, ...]:
+        """The services this engine restarts with CRED's secret: all it names (a cloud engine:
+        only those its environment runs)."""
+        return tuple(cred.services)
+
     def not_set_up(self, cred: Credential) -> PreconditionError:
         """The refusal to rotate CRED while its secret does not exist: not a usage error (the
         command is right, the state is not there yet), with what creates it."""
@@ -460,7 +465,7 @@ class RotationEngine:
             *cred.plan(current),
             f"test it ({self.settings.test_attempts} tries, {self.settings.test_interval:g} s apart)",
             f"move current -> new version, previous -> {meta.aliases.get('current')}",
-            f"restart {', '.join(cred.services) or 'no services'} pinned to the new version (blue-green)",
+            f"restart {', '.join(self.services_of(cred)) or 'no services'} pinned to the new version (blue-green)",
             "wait until every service is healthy on its new instance",
             "record the audit event and the next due date",
         ]
@@ -757,13 +762,15 @@ class RotationEngine:
                 f"{record.secret}: current is version {current}, not the new {record.pending_version}; "
                 "services are not moved to a version that is not current"
             )
-        if user.services:
-            self.runtime.deploy_many({svc: (record.secret, record.pending_version) for svc in user.services})
-        return f"{len(user.services)} service(s) on version {record.pending_version}"
+        services = self.services_of(user)
+        if services:
+            self.runtime.deploy_many({svc: (record.secret, record.pending_version) for svc in services})
+        return f"{len(services)} service(s) on version {record.pending_version}"
 
     def _health(self, record: RotationRecord, user: Credential) -> str:
         deadline = time.monotonic() + self.settings.health_timeout
-        pending = set(user.services)
+        services = self.services_of(user)
+        pending = set(services)
         while pending and time.monotonic() < deadline:
             pending = {svc for svc in pending if not self._healthy_on(svc, record)}
             if pending:
@@ -772,7 +779,7 @@ class RotationEngine:
             raise HealthCheckError(
                 f"not healthy on version {record.pending_version}: {', '.join(sorted(pending))}"
             )
-        return f"{len(user.services)} service(s) healthy"
+        return f"{len(services)} service(s) healthy"
 
     def _wait_unpinned(self, secret: str, version: int) -> None:
         """Wait until no live instance reads VERSION any more: the ones moved off it answer the
@@ -1025,7 +1032,7 @@ class RotationEngine:
         if scope == "restore_aliases" and record.old_current is not None:
             back = {
                 svc: (record.secret, record.old_current)
-                for svc in user.services
+                for svc in self.services_of(user)
                 if (s := next((x for x in self.runtime.services(check=False) if x.name == svc), None)) is None
                 or s.secret_version != record.old_current
             }
