@@ -4,9 +4,9 @@ Local: VOKE_HOME/dr/dr.lock (failover, failback, restore, backup, discard, fence
 Cloud: VOKE_HOME/cloud/NAME/dr.lock (failover, failback, restore, drills), which serialises
 those started from this machine; Cloud SQL itself refuses a second operation on an instance.
 
-A DR operation holds it exclusive. A local rotation holds it shared, from its first look at its
-secret's record until it has written its own (the record is what a failover refuses on): two
-rotations go on side by side, a rotation and a DR operation never start together.
+A DR operation holds it exclusive. A rotation (local or cloud) holds it shared, from its first
+look at its secret's record until it has written its own (the record is what a failover refuses
+on): two rotations go on side by side, a rotation and a DR operation never start together.
 """
 
 from __future__ import annotations

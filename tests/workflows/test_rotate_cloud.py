@@ -287,3 +287,43 @@ def test_an_unhealthy_revision_never_gets_traffic_and_the_rotation_rolls_back(cl
     # the failed revision keeps its tag but never had traffic: nothing to wait for before the login goes back
     assert "still draining" not in result.stderr
     assert_consistent(fake)
+
+
+def test_a_cloud_rotation_keeps_out_of_the_environments_dr_operations(
+    cloud, voke, make_environ, monkeypatch, held_by_another_voke
+):
+    # A cloud rotation skipped the environment's DR lock: it ran beside a `dr failover` (whose
+    # look for a rotation is made once, at its start) and copied the host it was replacing.
+    from voketag_ops.errors import PreconditionError
+    from voketag_ops.locks import dr_lock
+    from voketag_ops.workflows.rotate import RotationEngine
+
+    fake, home = cloud
+    environ = _environ(home, make_environ)
+    lock_dir = home / "state" / "cloud" / "cloudtest"  # VOKE_HOME/cloud/NAME, as `dr failover` locks it
+    versions = len(fake.secretmanager.secrets[SECRET].versions)
+    with held_by_another_voke(lock_dir / "dr.lock", "dr failover on cloudtest pid 4242"):
+        refused = voke("rotate", "db-password", "--yes", "--json", environ=environ)
+        reads = voke("rotate", "status", "--json", environ=environ)  # what the on-call needs meanwhile
+    assert refused.exit_code == 5, refused.stdout + refused.stderr
+    assert refused.json["error"]["message"] == (
+        "another DR operation is running (dr failover on cloudtest pid 4242); rotate once it has finished"
+    )
+    assert len(fake.secretmanager.secrets[SECRET].versions) == versions
+    assert reads.exit_code == 0, reads.stdout + reads.stderr
+
+    during, real = {}, RotationEngine._drift_check
+
+    def drift_check(self, credential, meta):  # between the rotation's look and its record
+        try:
+            with dr_lock(lock_dir, "dr failover on cloudtest"):  # its own open file: contended
+                during["failover"] = "held"
+        except PreconditionError as exc:
+            during["failover"] = exc.message
+        return real(self, credential, meta)
+
+    monkeypatch.setattr(RotationEngine, "_drift_check", drift_check)
+    result = voke("rotate", "db-password", "--yes", "--json", environ=environ)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert during["failover"].startswith(f"a rotation is starting (rotate {SECRET} pid "), during
+    assert_consistent(fake)

@@ -5,6 +5,8 @@ IAM keys), built on first use so that nothing imports google until a command nee
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -193,9 +195,14 @@ class CloudRotationEngine(RotationEngine):
 
 
 def cloud_engine(
-    settings: Settings, progress: Progress = _quiet, **ctx_overrides: Any
+    settings: Settings,
+    progress: Progress = _quiet,
+    *,
+    starting: Callable[[str], AbstractContextManager[None]] = lambda _secret: nullcontext(),
+    **ctx_overrides: Any,
 ) -> CloudRotationEngine:
-    """The rotation engine wired to the Google Cloud environment `settings.env`."""
+    """The rotation engine wired to the Google Cloud environment `settings.env`; STARTING: held
+    while a rotation starts (`local_engine` takes the environment's DR lock shared)."""
     platform = CloudPlatform(settings, **ctx_overrides)
     credentials: list[Any] = []
     if settings.rotation.sa_keys:
@@ -215,6 +222,7 @@ def cloud_engine(
         env_name=platform.name,
         progress=progress,
         platform=platform,
+        starting=starting,
     )
 
 

@@ -1785,40 +1785,54 @@ def local_engine(
     through its adapters (workflows/cloud.py). READS (status, history, jwks): never started,
     and usable during an unfinished DR operation, when the on-call needs them most. CHECK
     (the command's arguments against the configuration and the records) runs before the
-    environment is started: a command refused for them starts nothing."""
+    environment is started: a command refused for them starts nothing. Either environment's
+    DR lock keeps a rotation and a DR operation from starting together."""
     from voketag_ops.adapters.local import dr
+    from voketag_ops.locks import dr_lock, running_elsewhere
     from voketag_ops.workflows.env import LocalPlatform
 
+    # The lock's directory: to look at (a dry run makes nothing), and made, private, to hold it.
+    platform: LocalPlatform | None = None  # None: a cloud environment, nothing to start here
+    lock_dir: Callable[[], Path]
     if settings.env != "local":
+        from voketag_ops.workflows.cloud import env_home
+        from voketag_ops.workflows.cloud_drill import drills_home
+
+        probe, lock_dir = env_home(settings), lambda: drills_home(settings)  # as cloud DR operations
+    else:
+        platform = local = LocalPlatform(settings)
+        probe, lock_dir = local.env.home / "dr", lambda: dr.dr_dir(local.env)
+        # A failover rewrites the services' connection secret: never rotate during one.
+        pending = None if reads else dr.unfinished_operation(local.env)
+        if pending is not None:
+            dr.refuse_unfinished(local.env, pending)
+    # Nor while a drill or DR operation runs: its failover would race this rotation.
+    if not reads and (holder := running_elsewhere(probe)) is not None:
+        raise PreconditionError(f"another DR operation is running ({holder}); rotate once it has finished")
+
+    # That look holds nothing: a failover started after it is kept out by the DR lock, held
+    # shared (rotations of other secrets go on beside it) until the rotation's record is written.
+    def starting(secret: str) -> AbstractContextManager[None]:
+        return dr_lock(lock_dir(), f"rotate {secret}", shared=True)
+
+    if platform is None:
         from voketag_ops.workflows.cloud import cloud_engine
 
-        return cloud_engine(settings, progress)
-    platform = LocalPlatform(settings)
-    pending = None if reads else dr.unfinished_operation(platform.env)
-    if pending is not None:  # a failover rewrites the services' connection secret: never rotate during one
-        dr.refuse_unfinished(platform.env, pending)
-    if not reads:  # nor while a drill or DR operation runs: its failover would race this rotation
-        from voketag_ops.locks import running_elsewhere
-
-        if (holder := running_elsewhere(platform.env.home / "dr")) is not None:
-            raise PreconditionError(
-                f"another DR operation is running ({holder}); rotate once it has finished"
-            )
-    engine = RotationEngine(
-        store=platform.store(),
-        runtime=platform.runtime(),
-        target=platform.db_target(),
-        settings=settings.rotation,
-        home=platform.env.home,
-        env_name="local",
-        progress=progress,
-        # That look holds nothing: a failover started after it is kept out by the DR lock, held
-        # shared (rotations of other secrets go on beside it) until the rotation's record is written.
-        starting=lambda secret: dr.dr_lock(platform.env, f"rotate {secret}", shared=True),
-    )
+        engine: RotationEngine = cloud_engine(settings, progress, starting=starting)
+    else:
+        engine = RotationEngine(
+            store=platform.store(),
+            runtime=platform.runtime(),
+            target=platform.db_target(),
+            settings=settings.rotation,
+            home=platform.env.home,
+            env_name="local",
+            progress=progress,
+            starting=starting,
+        )
     if check is not None:
         check(engine)
-    if start and not reads:
+    if platform is not None and start and not reads:
         platform.ensure_up(progress)
     return engine
 
