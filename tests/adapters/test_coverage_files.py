@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import threading
 from pathlib import Path
 
@@ -13,7 +14,14 @@ import pytest
 
 from voketag_ops.adapters.local.coverage_files import coverage_precision, read_inputs
 from voketag_ops.core.coverage import PathMap, combine, display_covered, total
-from voketag_ops.coverage_testing import Measured, coverage, coverage_json, measured_once
+from voketag_ops.coverage_testing import (
+    SOURCE_ARG,
+    Measured,
+    coverage,
+    coverage_json,
+    measured_once,
+    write_project,
+)
 from voketag_ops.errors import ConfigError, InputError, UsageError
 
 
@@ -146,6 +154,120 @@ def test_two_json_reports_of_the_same_files_are_combined(measured: Measured, tmp
     _, jfiles, jt = totals_of([measured.json], measured.root)
     assert per_file(files) == per_file(jfiles)
     assert t.percent == jt.percent
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in root.iterdir() if p.name.startswith(".coverage")}
+
+
+def _under(path: str, root: Path) -> str:
+    """A path of coverage.py's JSON report as voke keys it (from ROOT)."""
+    return os.path.relpath(path, root) if os.path.isabs(path) else path
+
+
+def _coverage_py_json(root: Path, tmp_path: Path) -> dict:
+    """`coverage json` of ROOT's data as coverage.py's CLI reads it, run on a copy (it combines
+    the .coverage.* beside .coverage into it and deletes them)."""
+    copy = shutil.copytree(root, tmp_path / "coverage-py-copy")
+    coverage(copy, "json", "-q", "-o", "out.json")
+    assert not list(copy.glob(".coverage.*.pid*"))  # it did combine (and delete) the data files
+    return json.loads((copy / "out.json").read_text())
+
+
+def test_a_data_file_is_read_with_the_data_files_beside_it_as_coverage_report_reads_it(tmp_path):
+    # `coverage run` then `coverage run -p` leave .coverage and .coverage.HOST.PID...: coverage.py's
+    # reporting commands (report, json, xml) combine the second into the first; voke's number is
+    # coverage.py's, and it changes no file.
+    root = tmp_path / "project"
+    write_project(root)
+    coverage(root, "run", "--branch", SOURCE_ARG, "run_a.py")
+    coverage(root, "run", "--branch", "-p", SOURCE_ARG, "run_b.py")
+    (root / ".coverage.json").write_text("{}")  # a report beside it is no data file
+    before = _snapshot(root)
+    assert len(before) == 3
+    expected = _coverage_py_json(root, tmp_path)
+    report = coverage(shutil.copytree(root, tmp_path / "report-copy"), "report", "--precision=3")
+    report_total = next(ln for ln in report.splitlines() if ln.startswith("TOTAL")).split()[-1]
+
+    inputs, files, t = totals_of([Path(".coverage")], root)
+    assert _snapshot(root) == before  # nothing combined into .coverage, nothing deleted
+    assert t.percent == expected["totals"]["percent_covered"]
+    assert display_covered(t.percent, 3) + "%" == report_total
+    assert (t.statements, t.missing, t.branches, t.missing_branches) == (
+        expected["totals"]["num_statements"],
+        expected["totals"]["missing_lines"],
+        expected["totals"]["num_branches"],
+        expected["totals"]["missing_branches"],
+    )
+    assert {p: (f.counts.statements, f.counts.missing) for p, f in files.items()} == {
+        _under(p, root): (f["summary"]["num_statements"], f["summary"]["missing_lines"])
+        for p, f in expected["files"].items()
+    }
+    assert [i.source for i in inputs] == [f"{root / '.coverage'}, {next(root.glob('.coverage.*.pid*'))}"]
+    # .coverage alone (what voke read before) covers less
+    (root / ".coverage.json").unlink()
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(root / ".coverage", alone / ".coverage")
+    _, _, one = totals_of([alone / ".coverage"], root)
+    assert one.missing > t.missing
+
+
+def test_before_coverage_py_7_14_the_data_files_beside_it_are_not_combined(tmp_path, monkeypatch):
+    # coverage.py's reporting commands combine them since 7.14 only: an older one reports .coverage alone
+    import coverage as coverage_py
+
+    root = tmp_path / "project"
+    write_project(root)
+    coverage(root, "run", "--branch", SOURCE_ARG, "run_a.py")
+    alone = totals_of([Path(".coverage")], root)[2]
+    coverage(root, "run", "--branch", "-p", SOURCE_ARG, "run_b.py")
+    monkeypatch.setattr(coverage_py, "version_info", (7, 13, 5, "final", 0))
+    inputs, _, t = totals_of([Path(".coverage")], root)
+    assert t == alone and inputs[0].source == str(root / ".coverage")
+    monkeypatch.setattr(coverage_py, "version_info", (7, 14, 0, "final", 0))
+    assert totals_of([Path(".coverage")], root)[2].missing < alone.missing
+
+
+def test_an_unreadable_data_file_beside_it_is_skipped_with_coverage_py_s_warning(tmp_path):
+    root = tmp_path / "project"
+    write_project(root)
+    coverage(root, "run", "--branch", SOURCE_ARG, "run_a.py")
+    (root / ".coverage.damaged").write_bytes(b"SQLite format 3\x00" + b"\x00" * 200)
+    expected = _coverage_py_json_keeping(root)
+    inputs, _, t = totals_of([Path(".coverage")], root)
+    assert t.percent == expected["totals"]["percent_covered"]
+    assert any(".coverage.damaged" in w for w in inputs[0].warnings), inputs[0].warnings
+    assert (root / ".coverage.damaged").exists()
+
+
+def _coverage_py_json_keeping(root: Path) -> dict:
+    # (coverage.py keeps a data file it could not read: nothing to copy)
+    before = (root / ".coverage").read_bytes()
+    coverage(root, "json", "-q", "-o", "out.json")
+    assert (root / ".coverage").read_bytes() == before
+    return json.loads((root / "out.json").read_text())
+
+
+def test_report_ignore_errors_in_the_project_config_skips_a_deleted_source(tmp_path):
+    # `[report] ignore_errors = True`: `coverage report` skips a measured file since deleted,
+    # with a warning, and reports the rest; so does voke (without it: the sources are missing).
+    (tmp_path / ".coveragerc").write_text("[run]\nbranch = True\n[report]\nignore_errors = True\n")
+    (tmp_path / "gone.py").write_text("def f(x):\n    if x:\n        return 1\n    return 2\n")
+    (tmp_path / "kept.py").write_text("def g(x):\n    if x:\n        return 1\n    return 2\n")
+    (tmp_path / "main.py").write_text("import gone, kept\ngone.f(1)\nkept.g(0)\n")
+    coverage(tmp_path, "run", "--source=.", "main.py")
+    (tmp_path / "gone.py").unlink()
+    expected = _coverage_py_json_keeping(tmp_path)
+    report = coverage(tmp_path, "report", "--precision=2")
+    assert "gone.py" not in report
+    inputs, files, t = totals_of([Path(".coverage")], tmp_path)
+    assert sorted(files) == sorted(_under(p, tmp_path) for p in expected["files"]) == ["kept.py", "main.py"]
+    assert t.percent == expected["totals"]["percent_covered"]
+    total_line = next(ln for ln in report.splitlines() if ln.startswith("TOTAL"))
+    assert display_covered(t.percent, 2) + "%" == total_line.split()[-1]
+    (said,) = inputs[0].warnings  # as coverage.py says it, without its link to the docs
+    assert said.startswith("Couldn't parse '") and "gone.py" in said and said.endswith("(couldnt-parse)")
 
 
 def test_branch_and_statement_data_refuse_to_combine(measured: Measured):

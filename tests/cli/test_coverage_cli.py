@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from voketag_ops import files
-from voketag_ops.coverage_testing import Measured, coverage, coverage_json, lines_file, measured_once
+from voketag_ops.coverage_testing import (
+    SOURCE_ARG,
+    Measured,
+    coverage,
+    coverage_json,
+    lines_file,
+    measured_once,
+    write_project,
+)
 
 TWO_SERVICES = """
 [coverage]
@@ -773,6 +781,63 @@ def test_missing_sources_of_a_data_file(voke, env, tmp_path):
     r = voke("coverage", "report", ".coverage", environ=env, cwd=tmp_path)
     assert r.exit_code == 1
     assert "the sources are missing" in r.stderr and "hint:" in r.stderr
+    no_traceback(r)
+
+
+def _coverage_py_total(root: Path, tmp_path: Path, *args: str) -> str:
+    """`coverage report`'s TOTAL percentage, run on a copy of ROOT (it combines .coverage.* into
+    .coverage and deletes them)."""
+    copy = __import__("shutil").copytree(root, tmp_path / "copy")
+    out = coverage(copy, "report", *args)
+    return next(ln for ln in out.splitlines() if ln.startswith("TOTAL")).split()[-1].rstrip("%")
+
+
+def test_gate_on_a_data_file_agrees_with_coverage_py_s_fail_under_with_the_files_beside_it(
+    voke, env, tmp_path
+):
+    # `coverage run` + `coverage run -p`: coverage.py reports .coverage combined with .coverage.*
+    root = tmp_path / "work"
+    write_project(root)
+    (root / "voke.toml").write_text(
+        '[coverage.services.all]\npaths = ["admin_service/", "factory_service/", "tools/"]\n'
+    )
+    coverage(root, "run", "--branch", SOURCE_ARG, "run_a.py")
+    coverage(root, "run", "--branch", "-p", SOURCE_ARG, "run_b.py")
+    before = {p.name: p.read_bytes() for p in root.glob(".coverage*")}
+    assert len(before) == 2
+    expected = _coverage_py_total(root, tmp_path, "--precision=2")
+    above = f"{float(expected) + 0.01:.2f}"
+    for target, code in ((expected, 0), (above, 1)):
+        copy = __import__("shutil").copytree(root, tmp_path / f"gate-{target}")
+        judged = subprocess.run(
+            [sys.executable, "-m", "coverage", "report", "--precision=2", f"--fail-under={target}"],
+            cwd=copy, capture_output=True,
+        )  # fmt: skip
+        assert judged.returncode == (0 if code == 0 else 2)  # coverage.py's own gate
+        r = voke("coverage", "gate", ".coverage", "--precision", "2", "--fail-under", target, "--json",
+                 environ=env, cwd=root)  # fmt: skip
+        assert r.exit_code == code, r.stderr
+        assert r.json["result"]["totals"]["display"] == expected
+    assert {p.name: p.read_bytes() for p in root.glob(".coverage*")} == before  # untouched, none deleted
+
+
+def test_report_ignore_errors_skips_a_deleted_source_with_a_warning(voke, env, tmp_path):
+    root = tmp_path / "work"
+    write_project(root)
+    (root / "voke.toml").write_text(TWO_SERVICES)
+    (root / ".coveragerc").write_text("[report]\nignore_errors = True\n")
+    coverage(root, "run", "--branch", SOURCE_ARG, "run_a.py")
+    (root / "tools" / "cli.py").unlink()
+    expected = _coverage_py_total(root, tmp_path, "--precision=2")
+    r = voke("coverage", "report", ".coverage", "--precision", "2", environ=env, cwd=root)
+    assert r.exit_code == 0, r.stderr
+    assert re.search(rf"overall .* {re.escape(expected)}%", r.stdout)
+    (said,) = [ln for ln in r.stderr.splitlines() if "Couldn't parse" in ln]
+    assert said.startswith("warning: Couldn't parse '") and "tools/cli.py" in said
+    assert said.endswith("(couldnt-parse)")  # coverage.py's words, without its link to the docs
+    j = voke("coverage", "report", ".coverage", "--precision", "2", "--json", environ=env, cwd=root)
+    assert j.json["result"]["totals"]["display"] == expected
+    assert any("tools/cli.py" in w for w in j.json["result"]["warnings"])
     no_traceback(r)
 
 

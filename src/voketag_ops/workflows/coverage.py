@@ -79,6 +79,7 @@ class _Loaded:
     rule: Rule
     branch: bool
     coverage_version: str | None
+    warnings: list[str]  # coverage.py's, while reading the inputs (a file `ignore_errors` skipped)
 
 
 def default_prefixes(name: str) -> tuple[str, ...]:
@@ -140,6 +141,7 @@ def _load(
         rule=rule,
         branch=any(i.branch for i in with_files),
         coverage_version=known[-1] if known else None,
+        warnings=list(dict.fromkeys(w for i in inputs for w in i.warnings)),
     )
 
 
@@ -169,7 +171,7 @@ def _grouped(
 ) -> tuple[dict[str, list[FileCoverage]], list[FileCoverage], list[str]]:
     """Files per service (longest prefix wins), unassigned files, and warnings."""
     grouped, unassigned = cov.group_by_service(loaded.files.values(), specs)
-    warnings = []
+    warnings = list(loaded.warnings)
     if unassigned:
         sample = ", ".join(sorted(f.path for f in unassigned)[:3])
         more = f" and {len(unassigned) - 3} more" if len(unassigned) > 3 else ""
@@ -502,7 +504,7 @@ def diff(
         if target is None or result.percent is None
         else cov.passes(result.percent, target, loaded.precision, loaded.rule)
     )
-    warnings = []
+    warnings = list(loaded.warnings)
     if changed and result.percent is None:
         warnings.append("no changed line is measured by the coverage data (n/a): nothing to judge")
     ranges = [(f.path, a, b) for f in result.files for a, b in f.uncovered_ranges]

@@ -14,9 +14,11 @@ project's coverage configuration, in the project root, and needs the sources.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import re
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -55,6 +57,7 @@ class CoverageInput:
     tool_version: str | None  # the coverage.py version that wrote it, when known
     branch: bool  # measured branches
     files: tuple[FileCoverage, ...]
+    warnings: tuple[str, ...] = ()  # coverage.py's own warnings while reading (a file it skipped)
 
 
 @dataclass(frozen=True)
@@ -441,19 +444,24 @@ def read_data_files(
     """Read (and combine, when several) `.coverage` data files with coverage.py itself.
 
     Runs in ROOT so that the project's coverage configuration ([run], [report], [paths])
-    and its relative paths apply, as they would for `coverage report` there.
+    and its relative paths apply, as they would for `coverage report` there. One data file
+    given alone is read as `coverage report --data-file=FILE` reads it: with the data files
+    named FILE.* beside it combined in when coverage.py is 7.14 or later (its reporting
+    commands do so since then, and delete them; voke combines into a temporary copy and
+    leaves every file as it was).
     """
     try:
         import coverage
-        from coverage.exceptions import CoverageException, DataError, NoDataError, NoSource
+        from coverage.exceptions import CoverageException, CoverageWarning, DataError, NoDataError, NoSource
     except ImportError:
         raise ConfigError(
             "reading .coverage files needs coverage.py, which is not installed",
             hint="pip install coverage, or pass coverage.json (`coverage json`) instead",
         ) from None
 
-    label = ", ".join(str(p) for p in data_files)
-    _check_combinable(data_files, coverage)
+    siblings = _siblings(data_files[0]) if len(data_files) == 1 and _report_combines(coverage) else []
+    label = ", ".join(str(p) for p in (*data_files, *siblings))
+    _check_combinable(data_files, coverage, siblings=siblings)
     with (
         tempfile.TemporaryDirectory(prefix="voke-coverage-") as tmp,
         _chdir(root),
@@ -461,19 +469,29 @@ def read_data_files(
     ):
         warnings.simplefilter("always")
         try:
-            if len(data_files) == 1 and data_files[0].name == ".coverage":
+            combined = os.path.join(tmp, ".coverage")
+            if len(data_files) == 1 and data_files[0].name == ".coverage" and not siblings:
                 cov = coverage.Coverage(data_file=str(data_files[0]), config_file=True)
                 cov.load()
+            elif len(data_files) == 1 and data_files[0].name == ".coverage":
+                shutil.copyfile(data_files[0], combined)  # coverage.py would combine into the file itself
+                cov = coverage.Coverage(data_file=combined, config_file=True)
+                cov.load()
             else:
-                cov = coverage.Coverage(data_file=os.path.join(tmp, ".coverage"), config_file=True)
+                cov = coverage.Coverage(data_file=combined, config_file=True)
                 cov.combine([str(p) for p in data_files], strict=True, keep=True)
+            if siblings:  # as `coverage report` does: not strict (an unreadable one is a warning)
+                cov.combine([str(p) for p in siblings], strict=False, keep=True)
             out = os.path.join(tmp, "coverage.json")
-            cov.json_report(outfile=out, ignore_errors=False)
+            # ignore_errors as the project's [report] says (a measured file since deleted is then
+            # skipped with a warning, as `coverage report` skips it)
+            cov.json_report(outfile=out)
         except NoSource as exc:
             raise InputError(
                 f"{label}: the sources are missing: {_short(exc)}",
                 hint="read .coverage where it was measured (same paths), map them with [paths] in the "
-                "coverage config, or pass coverage.json made with `coverage json` there",
+                "coverage config, pass coverage.json made with `coverage json` there, or set "
+                "[report] ignore_errors = True to skip such files as `coverage report` then does",
             ) from None
         except NoDataError as exc:
             said = "; ".join(dict.fromkeys(str(w.message) for w in warned))
@@ -489,15 +507,50 @@ def read_data_files(
             raise
         with open(out, "rb") as fh:
             report = read_json(b"", fh, norm, regions=regions, label=label)
-    return CoverageInput(label, "coverage-data", coverage.__version__, report.branch, report.files)
+    told = tuple(
+        dict.fromkeys(_coverage_warning(w.message) for w in warned if issubclass(w.category, CoverageWarning))
+    )
+    return CoverageInput(label, "coverage-data", coverage.__version__, report.branch, report.files, told)
 
 
-def _check_combinable(data_files: Sequence[Path], coverage: Any) -> None:
+def _report_combines(coverage: Any) -> bool:
+    """Whether this coverage.py's reporting commands (`report`, `json`, `xml`...) combine the
+    data files beside the data file first: since 7.14 (`Coverage.load` then `combine`)."""
+    return tuple(getattr(coverage, "version_info", (0,))[:2]) >= (7, 14)
+
+
+def _siblings(data_file: Path) -> list[Path]:
+    """The data files coverage.py's reporting commands combine into DATA_FILE: those named
+    DATA_FILE.* in its directory (`coverage.data.combinable_files`), but SQLite journals; here
+    only regular files that are SQLite databases (a `.coverage.json` report beside it is no data)."""
+    found = []
+    for name in sorted(glob.glob(glob.escape(str(data_file)) + ".*")):
+        path = Path(name)
+        if path.name.endswith("-journal") or not path.is_file():
+            continue
+        try:
+            with path.open("rb") as fh:
+                if fh.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
+                    continue
+        except OSError:
+            continue
+        found.append(path)
+    return found
+
+
+def _coverage_warning(message: Warning | str) -> str:
+    """coverage.py's warning without its pointer to the documentation, first line only."""
+    text = redact(str(message)).splitlines()[0] if str(message) else type(message).__name__
+    return re.sub(r"; see https?://\S+$", "", text)[:300]
+
+
+def _check_combinable(data_files: Sequence[Path], coverage: Any, *, siblings: Sequence[Path] = ()) -> None:
     """Name a file coverage.py cannot read (combining would only warn about it, and then say
     there is no data), and both files when branch data meets statement data (coverage.py
-    names only one)."""
+    names only one). An unreadable sibling is left to coverage.py, which skips it with a
+    warning when it reports."""
     kinds: dict[bool, Path] = {}
-    for path in data_files:
+    for path in (*data_files, *siblings):
         data = coverage.CoverageData(basename=str(path))
         try:
             data.read()
@@ -505,6 +558,8 @@ def _check_combinable(data_files: Sequence[Path], coverage: Any) -> None:
                 continue
             kinds.setdefault(data.has_arcs(), path)
         except Exception as exc:
+            if path in siblings:
+                continue
             raise InputError(f"{path}: cannot read coverage data: {_short(exc)}") from None
     if len(kinds) == 2:
         raise InputError(
