@@ -768,3 +768,30 @@ def test_table_diff_caps_the_listed_keys_but_counts_them_all():
     target = DictSide({(k,): k + 2 for k in range(500)})
     found = diff_table("t", source, target, factor=4, leaf_rows=20, cap=5)
     assert found.differences == 500 and len(found.changed) == 5 and found.capped
+
+
+def test_table_diff_raises_a_sides_error_only_once_the_other_side_has_answered():
+    # `dr verify` rolls both sessions back after a side's corrupt page, and compares the next
+    # table on them: no query of the other side may still be running then.
+    import threading
+
+    from voketag_ops.core.tablediff import diff_table
+
+    class Broken(DictSide):
+        def count(self):
+            raise RuntimeError("unreadable")
+
+    class Slow(DictSide):
+        finished = False
+
+        def count(self):
+            threading.Event().wait(0.2)
+            Slow.finished = True
+            return super().count()
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as pool:  # the caller's pool, as `dr verify` passes
+        with pytest.raises(RuntimeError, match="unreadable"):
+            diff_table("t", Broken({(1,): 1}), Slow({(1,): 1}), pool=pool)
+        assert Slow.finished

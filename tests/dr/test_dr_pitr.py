@@ -512,12 +512,95 @@ def test_verify_compares_instances_and_names_exactly_the_differing_keys(voke, en
         lost = voke(*args, "--json", environ=environ)
     assert lost.exit_code == 4, lost.stdout
     assert (
-        "the restore verify-copy on port" in lost.json["error"]["message"]
+        lost.json["error"]["message"].startswith("the target verify-copy (restore verify-copy on port ")
         and "closed the connection" in lost.stdout
     )
     reserved = voke("dr", "restore", "--to", "now", "--name", "standby", "--yes", environ=environ)
     assert reserved.exit_code == 2 and "names a node" in reserved.stderr
     assert voke("dr", "discard", "verify-copy", "--yes", environ=environ).exit_code == 0
+
+
+def test_verify_answers_no_naming_the_side_whose_page_is_corrupt_and_compares_the_other_tables(
+    voke, environ, env
+):
+    # The page is broken in a restored copy only (this module's own environment; the copy is
+    # stopped while its file is written, so no cached page hides the damage, and discarded after).
+    with env.primary().connect() as conn:
+        conn.execute("create table corrupt_me (id int primary key, note text)")
+        conn.execute("insert into corrupt_me select g, repeat('x', 200) from generate_series(1, 2000) g")
+        conn.execute("create table still_readable (id int primary key)")
+        conn.execute("insert into still_readable select generate_series(1, 100)")
+    try:
+        restored = voke("dr", "restore", "--to", "now", "--name", "corrupt-copy", "--yes", environ=environ)
+        assert restored.exit_code == 0, restored.stderr
+        _, copy = dr.get_restore(env, "corrupt-copy")
+        with copy.connect() as conn:
+            row = conn.execute("select pg_relation_filepath('corrupt_me')").fetchone()
+        copy.stop(mode="fast")
+        with open(copy.data_dir / row[0], "r+b") as relation:
+            relation.seek(3 * 8192)
+            relation.write(b"\xff" * 256)
+        copy.start()
+        args = [
+            "dr",
+            "verify",
+            "--database",
+            "postgres",
+            "--table",
+            "corrupt_me",
+            "--table",
+            "still_readable",
+        ]
+        for source, target, side in (
+            ("primary", "corrupt-copy", "target"),
+            ("corrupt-copy", "primary", "source"),
+        ):
+            result = voke(*args, "--source", source, "--target", target, "--json", environ=environ)
+            assert result.exit_code == 1, result.stdout
+            broken, readable = result.json["result"]["tables"]
+            assert broken["equal"] is False and readable["equal"] is True, result.stdout
+            found = broken["unreadable"]
+            assert (found["side"], found["name"], found["node"], found["sqlstate"]) == (
+                side,
+                "corrupt-copy",
+                "restore corrupt-copy",
+                "XX001",
+            )
+            assert "invalid page in block 3 of relation" in found["error"]
+            message = result.json["error"]["message"]
+            assert message.startswith(
+                f"public.corrupt_me: the {side} corrupt-copy (restore corrupt-copy on port {copy.port}) "
+                "could not be read: invalid page in block 3 of relation"
+            ), message
+            assert result.json["error"]["exit_code"] == 1 and "\n" not in message
+        human = voke(*args, "--source", "primary", "--target", "corrupt-copy", environ=environ)
+        assert human.exit_code == 1 and "Traceback" not in human.stderr
+        assert "DIFF public.corrupt_me: the target corrupt-copy" in human.stdout
+        assert "ok   public.still_readable" in human.stdout
+    finally:
+        voke("dr", "discard", "corrupt-copy", "--yes", environ=environ)
+        with env.primary().connect() as conn:
+            conn.execute("drop table if exists corrupt_me, still_readable")
+
+
+def test_reading_a_side_translates_corruption_and_other_server_errors_naming_the_side(env):
+    from voketag_ops.adapters.local.tablediff import Unreadable, reading
+
+    label = "target leader (primary on port 1)"
+    with env.primary().connect() as conn:
+        conn.execute("create or replace function pg_temp.broken(code text) returns int language plpgsql as "
+                     "$$ begin raise exception 'invalid page in block 3' using errcode = code; end $$")  # fmt: skip
+        for code in ("XX001", "XX002"):
+            with pytest.raises(Unreadable) as raised, reading(conn, "target", label):
+                conn.execute("select pg_temp.broken(%s)", (code,))
+            assert (raised.value.side, raised.value.sqlstate) == ("target", code)
+            assert str(raised.value) == f"the {label} could not be read: invalid page in block 3"
+        with pytest.raises(BackendError) as other, reading(conn, "target", label):
+            conn.execute("select 1 / 0")
+        assert (
+            other.value.exit_code == 4
+            and other.value.message == f"could not read the {label}: division by zero"
+        )
 
 
 def test_recovery_that_ends_before_its_target_fails_loudly_and_removes_the_instance(env):

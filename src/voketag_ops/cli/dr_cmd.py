@@ -325,7 +325,15 @@ def verify(
         report,
         ok=report["equal"],
         render=_render_verify,
-        failure="; ".join(f"{t['table']}: {_table_difference(t)}" for t in differing) or None,
+        failure="; ".join(
+            (
+                [report["unreadable"]["message"] + " (its tables could not be listed)"]
+                if report["unreadable"]
+                else []
+            )
+            + [f"{t['table']}: {_table_difference(t)}" for t in differing]
+        )
+        or None,
     )
 
 
@@ -674,6 +682,8 @@ def _render_failback(console: Console, r: dict[str, Any]) -> None:
 
 
 def _table_difference(t: dict[str, Any]) -> str:
+    if t.get("unreadable"):
+        return str(t["unreadable"]["message"])
     if t.get("missing_on_target"):
         return "missing on the target"
     if t.get("extra_on_target"):
@@ -687,6 +697,8 @@ def _render_verify(console: Console, r: dict[str, Any]) -> None:
         f"database {r['database']}",
         markup=False,
     )
+    if r.get("unreadable"):
+        console.print(f"FAIL {r['unreadable']['message']} (its tables could not be listed)", markup=False)
     for t in r["tables"]:
         if "differences" not in t:
             console.print(f"DIFF {t['table']}: {_table_difference(t)}", markup=False)

@@ -14,7 +14,7 @@ asked concurrently, one thread each.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -83,8 +83,10 @@ def diff_table(
 
 
 def _both(pool: ThreadPoolExecutor, fn_a: Any, fn_b: Any, *args: Any) -> tuple[Any, Any]:
-    """FN_A(*ARGS) and FN_B(*ARGS) at the same time (one per side)."""
+    """FN_A(*ARGS) and FN_B(*ARGS) at the same time (one per side). Both are waited for before
+    either's error is raised (the source's first): the caller may use both sides again then."""
     fa, fb = pool.submit(fn_a, *args), pool.submit(fn_b, *args)
+    wait((fa, fb))
     return fa.result(), fb.result()
 
 

@@ -713,8 +713,10 @@ def verify(
     from voketag_ops.adapters.local import dr
     from voketag_ops.adapters.local.tablediff import (
         PgSide,
+        Unreadable,
         list_tables,
         qualified_name,
+        reading,
         resolve_tables,
         snapshot,
     )
@@ -739,10 +741,33 @@ def verify(
             )
         progress(f"waiting for {standby.name} to replay up to the leader's position")
         dr.wait_caught_up(leader, standby, timeout=60)
-    results = []
+    results: list[dict[str, Any]] = []
+    sides = {"source": (source, src), "target": (target, dst)}
+    labels = {side: _instance_label(side, name, node) for side, (name, node) in sides.items()}
+
+    def unreadable(exc: Unreadable) -> dict[str, Any]:
+        name, node = sides[exc.side]
+        return {
+            "side": exc.side,
+            "name": name,
+            "node": node.name,
+            "port": node.port,
+            "sqlstate": exc.sqlstate,
+            "error": exc.detail,
+            "message": str(exc),
+        }
+
+    unlisted: dict[str, Any] | None = None
     with snapshot(src, database) as (src_conn, src_lsn), snapshot(dst, database) as (dst_conn, dst_lsn):
-        available, without_key = list_tables(src_conn)
-        target_keyed, target_without_key = list_tables(dst_conn)
+        try:  # a corrupt catalog: no table can be listed, let alone compared
+            with reading(src_conn, "source", labels["source"]):
+                available, without_key = list_tables(src_conn)
+            with reading(dst_conn, "target", labels["target"]):
+                target_keyed, target_without_key = list_tables(dst_conn)
+        except Unreadable as exc:
+            unlisted = unreadable(exc)
+            available, without_key, target_keyed, target_without_key = [], [], [], []
+            tables = []
         target_tables = {t.qualified for t in target_keyed}
         # A table dropped on the source after the restore point is on the target only: a difference.
         only_on_target = sorted(
@@ -764,8 +789,28 @@ def verify(
                         {"table": info.qualified, "equal": False, "missing_on_target": True, "seconds": 0.0}
                     )
                     continue
-                a, b = PgSide(src_conn, info), PgSide(dst_conn, info)
-                found = diff_table(info.qualified, a, b, cap=max_keys, pool=pool)
+                a = PgSide(src_conn, info, side="source", label=labels["source"])
+                b = PgSide(dst_conn, info, side="target", label=labels["target"])
+                # A corrupt page ends this table's comparison, not the run: each side goes back to
+                # where the table began (its snapshot kept) and the next table is compared.
+                for conn, side in ((src_conn, "source"), (dst_conn, "target")):
+                    with reading(conn, side, labels[side]):
+                        conn.execute("savepoint voke_table")
+                try:
+                    found = diff_table(info.qualified, a, b, cap=max_keys, pool=pool)
+                except Unreadable as exc:
+                    for conn, side in ((src_conn, "source"), (dst_conn, "target")):
+                        with reading(conn, side, labels[side]):
+                            conn.execute("rollback to savepoint voke_table")
+                    results.append(
+                        {
+                            "table": info.qualified,
+                            "equal": False,
+                            "unreadable": unreadable(exc),
+                            "seconds": round(time.monotonic() - started, 3),
+                        }
+                    )
+                    continue
                 results.append(
                     {
                         "table": info.qualified,
@@ -796,9 +841,17 @@ def verify(
         "method": "md5 row hashes XOR-combined per primary-key range, descending into differing ranges",
         "tables": results,
         "skipped_without_primary_key": without_key,
-        "equal": all(r["equal"] for r in results),
+        # the tables could not be listed: set only when a side's catalog is corrupt
+        "unreadable": unlisted,
+        "equal": unlisted is None and all(r["equal"] for r in results),
         "duration_seconds": round(time.monotonic() - t0, 3),
     }
+
+
+def _instance_label(side: str, name: str, node: PgNode) -> str:
+    """'target leader (primary on port 5433)': the side, as asked for, and the node it is."""
+    where = f"port {node.port}" if name == node.name else f"{node.name} on port {node.port}"
+    return f"{side} {name} ({where})"
 
 
 # -- runbooks ----------------------------------------------------------------------------------------------

@@ -6,6 +6,11 @@ Row hash: the first 64 bits of md5(row::text), portable across versions and plat
 fix the settings that change a row's text (TimeZone, DateStyle, IntervalStyle,
 extra_float_digits, bytea_output) and read from one REPEATABLE READ snapshot, so every
 question is answered at the same logical point.
+
+Errors reading a side are translated in one place (`reading`), naming the side: data that
+PostgreSQL finds corrupt (SQLSTATE XX001 data_corrupted, XX002 index_corrupted) is `Unreadable`,
+which `dr verify` reports as a difference (exit 1); any other server or connection error is
+BackendError (exit 4).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from voketag_ops.errors import UsageError
+from voketag_ops.errors import BackendError, UsageError
 
 if TYPE_CHECKING:
     import psycopg
@@ -36,6 +41,36 @@ _SESSION = (
     "set bytea_output = 'hex'",
     "set statement_timeout = 0",
 )
+
+
+class Unreadable(Exception):
+    """PostgreSQL found SIDE's data corrupt while reading it (SQLSTATE XX001, XX002): not a
+    failure of the run but its answer: that side cannot be read, so it is not the other."""
+
+    def __init__(self, side: str, label: str, detail: str, sqlstate: str) -> None:
+        super().__init__(f"the {label} could not be read: {detail}")
+        self.side, self.label, self.detail, self.sqlstate = side, label, detail, sqlstate
+
+
+@contextmanager
+def reading(conn: psycopg.Connection[Any], side: str, label: str) -> Iterator[None]:
+    """Errors of queries on CONN, the SIDE ("source" or "target") LABEL names ("target leader
+    (primary on port 5433)"): corrupt data is Unreadable, any other database error BackendError."""
+    import psycopg
+
+    try:
+        yield
+    except (psycopg.errors.DataCorrupted, psycopg.errors.IndexCorrupted) as exc:
+        raise Unreadable(side, label, _first_line(exc), exc.sqlstate or "") from None
+    except psycopg.Error as exc:
+        if conn.broken or conn.closed:
+            raise BackendError(f"the {label} closed the connection: {_first_line(exc)}") from None
+        raise BackendError(f"could not read the {label}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0].strip() if lines else type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -105,13 +140,15 @@ def resolve_tables(available: list[TableInfo], wanted: Sequence[str]) -> list[Ta
 
 
 class PgSide:
-    """core.tablediff.Side for one table over one snapshot connection."""
+    """core.tablediff.Side for one table over one snapshot connection, the SIDE ("source" or
+    "target") LABEL names; its queries fail as `reading` translates."""
 
-    def __init__(self, conn: psycopg.Connection[Any], table: TableInfo) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], table: TableInfo, *, side: str, label: str) -> None:
         from psycopg import sql
 
         self.conn = conn
         self.table = table
+        self.side, self.label = side, label
         self.queries = 0
         self._sql = sql
         self._t = sql.Identifier(table.schema, table.name)
@@ -135,7 +172,8 @@ class PgSide:
 
     def _run(self, query: Any, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         self.queries += 1
-        return self.conn.execute(query, params).fetchall()
+        with reading(self.conn, self.side, self.label):
+            return self.conn.execute(query, params).fetchall()
 
     def split(self, lo: Key | None, hi: Key | None, rows: int, parts: int) -> list[Key]:
         step = max(2, math.ceil(rows / max(1, parts)))
