@@ -4,6 +4,7 @@ environment (the shared one must not be killed under other tests)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -263,6 +264,73 @@ def test_kill_9_is_reported_and_up_recovers_without_data_loss(voke, home, env_of
     assert (
         after["archive"]["last_archived_wal"] and after["archive"]["last_archived_at"]
     )  # only the statistics were reset
+
+
+@pytest.mark.parametrize(
+    ("row", "lag_seconds"),
+    [
+        ((0, None, "streaming"), 0.0),  # caught up on an idle primary: replay_lag is NULL
+        ((None, None, "streaming"), 0.0),
+        ((19_000_000, None, "streaming"), None),  # megabytes behind and no reply: not known, never 0
+        ((4096, 0.25, "streaming"), 0.25),
+    ],
+)
+def test_a_null_replay_lag_is_0_s_only_when_nothing_is_behind(row, lag_seconds):
+    from voketag_ops.adapters.local.environment import _lag_from_row
+
+    lag = _lag_from_row(*row)
+    assert lag["lag_seconds"] == lag_seconds and lag["lag_bytes"] == (row[0] or 0)
+
+
+def test_a_frozen_replica_is_named_by_env_up_and_left_alone_and_status_and_check_say_what_to_run(
+    voke, home, env_of
+):
+    # Found by a review following the partial-degradation runbook: with the replica's processes
+    # stopped (SIGSTOP, a debugger) and megabytes written on the primary, `env up` said "already
+    # running; nothing changed", `env status` showed a lag of 0 s, and `dr check` failed.
+    from voketag_ops.adapters.local import dr
+
+    assert voke("env", "up", environ=env_of(home)).exit_code == 0
+    env = local(home)
+    rebuild = "voke dr failback --no-switch-back --clone --yes"
+    pid = env.node("replica").pid()
+    assert pid is not None
+    pids = [pid, *dr.child_pids(pid)]
+    try:
+        for target in pids:
+            os.kill(target, signal.SIGSTOP)
+        wait_for(lambda: all(dr._frozen(p) for p in pids), "the replica to stop")
+        with env.primary().connect() as conn:
+            conn.execute("create table if not exists t_frozen (id int, pad text)")
+            conn.execute("insert into t_frozen select g, repeat('x', 200) from generate_series(1, 20000) g")
+        up = voke("env", "up", "--json", environ=env_of(home))
+        assert up.exit_code == 0, up.stdout + up.stderr
+        result = up.json["result"]
+        assert result["already_running"] is False and result["not_answering"] == ["replica"]
+        [warning] = [w for w in result["warnings"] if "does not answer" in w]
+        assert f"pid {pid}" in warning and "stopped (SIGSTOP" in warning and rebuild in warning
+        assert all(dr._frozen(p) for p in pids)  # left as it is: an operator may have paused it
+        human = voke("env", "up", environ=env_of(home))
+        assert "already running" not in human.stdout and "does not answer" in human.stdout
+        assert "replica  running, not answering" in human.stdout, human.stdout
+        status = voke("env", "status", "--json", environ=env_of(home)).json["result"]
+        assert status["healthy"] is False and status["replica"]["lag_bytes"] > 1_000_000
+        assert status["replica"]["lag_seconds"] is None, status["replica"]  # not 0 (nor a stale replay_lag)
+        shown = voke("env", "status", environ=env_of(home))
+        assert shown.exit_code == 0 and " B / ? s" in shown.stdout, shown.stdout + shown.stderr
+        check = voke("dr", "check", "--json", environ=env_of(home))
+        streaming = next(c for c in check.json["result"]["checks"] if c["name"] == "replica_streaming")
+        assert check.exit_code == 1 and not streaming["ok"]
+        assert "does not answer" in streaming["message"] and rebuild in streaming["message"]
+        assert "env up" not in streaming["message"], streaming["message"]
+    finally:
+        for target in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(target, signal.SIGCONT)
+    again = voke("env", "up", "--json", environ=env_of(home))
+    assert again.exit_code == 0 and not again.json["result"]["warnings"], again.stdout
+    with env.primary().connect() as conn:
+        conn.execute("drop table t_frozen")
 
 
 def test_doctor_fails_where_env_status_is_unhealthy(voke, home, env_of):

@@ -452,10 +452,19 @@ def test_a_cloud_snapshot_names_its_own_remedies_and_prints_no_none():
 def test_a_replica_the_leader_lists_but_that_does_not_answer_is_not_streaming():
     frozen = healthy()
     frozen["standby"] = dict(frozen["standby"], answering=False, lag_seconds=None)
-    assert failed(frozen)["replica_streaming"] == (
-        "replica replica does not answer (the leader still lists it as streaming)"
-    )
+    said = failed(frozen)["replica_streaming"]
+    assert said.startswith("replica replica does not answer (the leader still lists it as streaming); ")
+    # `voke env up` leaves a frozen process alone (found by a review): the advice is the rebuild
+    assert "`voke dr failback --no-switch-back --clone --yes`" in said and "env up" not in said
     assert "did not answer the heartbeat probe" in failed(frozen)["replication_lag"]
+    # once the leader dropped it (wal_sender_timeout) its postmaster is still there: not "start it"
+    dropped = healthy(standby={"name": "replica", "role": "unknown", "running": False, "streaming": False})
+    dropped["standby"].update(pid=4242, answering=False, standby_signal=True)
+    said = failed(dropped)["replica_streaming"]
+    assert said.startswith("replica replica (pid 4242) does not answer; ") and "env up" not in said
+    assert "--clone" in said
+    cloud = dict(frozen, remedies={"unanswering": None})
+    assert failed(cloud)["replica_streaming"].endswith("(the leader still lists it as streaming)")
 
 
 def test_every_check_is_listed_also_when_the_replica_does_not_answer():

@@ -1076,6 +1076,52 @@ def test_a_clone_killed_after_moving_the_old_data_aside_leaves_nothing_after_the
     assert voke("dr", "check", environ=environ).exit_code == 0
 
 
+def test_a_frozen_standby_is_killed_and_rebuilt_and_a_failback_stuck_on_it_resumes(
+    voke, environ, env, monkeypatch
+):
+    # Found by a review following the partial-degradation runbook: with the replica's processes
+    # stopped (SIGSTOP, a debugger), `dr failback --no-switch-back --clone` waited 2 min on
+    # pg_ctl's fast then immediate stop, stopped part-way (exit 7), and no voke command could
+    # stop the node. A standby being rebuilt is thrown away: frozen, it is killed as a fence does.
+    import os
+    import signal
+    import time
+
+    assert voke("dr", "check", environ=environ).exit_code == 0
+    pid = env.node("replica").pid()
+    assert pid is not None
+    pids = [pid, *dr.child_pids(pid)]
+    rebuild = ["dr", "failback", "--no-switch-back", "--clone", "--yes", "--json"]
+    try:
+        for target in pids:
+            os.kill(target, signal.SIGSTOP)
+        deadline = time.monotonic() + 30
+        while not all(dr._frozen(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the stop lands asynchronously
+        assert dr.frozen_pids(env.node("replica")) == pids
+        # the failback the review left stuck: stopped part-way before it had rebuilt anything
+        interrupt_when(monkeypatch, dr, "stop_or_kill", lambda node: node.name == "replica")
+        cut = voke(*rebuild, environ=environ)
+        monkeypatch.undo()
+        assert cut.exit_code == 130, cut.stdout + cut.stderr
+        assert "voke dr failback" in cut.json["error"]["hint"]
+        assert voke("dr", "fence", "replica", "--yes", environ=environ).exit_code == 5  # resume first
+        started = time.monotonic()
+        back = voke(*rebuild, environ=environ)
+        assert back.exit_code == 0, back.stdout + back.stderr
+        assert time.monotonic() - started < 100  # not pg_ctl's two 60 s waits
+        result = back.json["result"]
+        assert result["resumed"] is True and result["switched_back"] is False
+        assert result["rebuilt"]["stopped"] == "killed (frozen)" and result["rebuilt"]["method"] == "clone"
+    finally:
+        for target in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(target, signal.SIGCONT)
+    assert env.require_state().leader == "primary" and dr.in_recovery(env.node("replica")) is True
+    assert env.node("replica").pid() != pid
+    assert voke("dr", "check", environ=environ).exit_code == 0
+
+
 def test_the_notice_of_an_unfinished_operation_says_what_to_run(tmp_path, held_by_another_voke):
     home = tmp_path / "home"
     env = LocalEnvironment(LocalSettings(home=home))

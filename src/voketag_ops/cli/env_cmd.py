@@ -155,6 +155,7 @@ def _render_up(console: Console, report: Any) -> None:
     for name in ("primary", "replica"):
         if name in report.ports:
             verb = "started" if name in report.started else "running"
+            verb = "running, not answering" if name in report.not_answering else verb
             console.print(f"{name:8} {verb:8} 127.0.0.1:{report.ports[name]}")
     for name in report.started:
         if name.startswith("restore "):  # a restored instance `env down` had stopped
@@ -186,7 +187,8 @@ def _render_status(console: Console, report: dict[str, Any]) -> None:
         node = report[slot]
         lag = ""
         if node.get("lag_bytes") is not None:
-            lag = f"{node['lag_bytes']} B / {node['lag_seconds']:.1f} s"
+            seconds = node.get("lag_seconds")  # None: behind, and how long is not known
+            lag = f"{node['lag_bytes']} B / " + ("? s" if seconds is None else f"{seconds:.1f} s")
         table.add_row(
             node.get("name") or slot,
             node["role"],

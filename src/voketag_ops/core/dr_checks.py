@@ -121,12 +121,20 @@ def _fmt_age(seconds: float) -> str:
     return f"{seconds:.1f} s"
 
 
+# Throws a standby away and clones it anew from the leader, killing it first if it does not stop.
+REBUILD_STANDBY = "voke dr failback --no-switch-back --clone --yes"
+
 # What to run about a failed check, locally; a cloud snapshot brings its own (`remedies`).
 LOCAL_REMEDIES = {
     "fence": "`voke dr fence {node} --yes`",
     "backup": "`voke dr backup`",
     "start": "start it as a standby with `voke env up`",
     "rebuild": "it is fenced or not a standby: `voke dr failback --yes` rebuilds it as a standby",
+    # its process is there (`voke env up` leaves it alone: it may be paused on purpose)
+    "unanswering": (
+        "resume it if it was paused on purpose (SIGSTOP, a debugger), "
+        f"or rebuild it from the leader with `{REBUILD_STANDBY}`"
+    ),
 }
 
 
@@ -193,6 +201,11 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
             said = f"replica {standby.get('name')} is streaming"
         elif listed:
             said = f"replica {standby.get('name')} does not answer (the leader still lists it as streaming)"
+            said += f"; {remedies['unanswering']}" if remedies.get("unanswering") else ""
+        elif standby.get("pid") is not None and standby.get("running") is False:
+            # (its postmaster lives: the leader stopped listing it after wal_sender_timeout)
+            said = f"replica {standby.get('name')} (pid {standby.get('pid')}) does not answer"
+            said += f"; {remedies['unanswering']}" if remedies.get("unanswering") else ""
         else:
             said = (
                 f"replica {standby.get('name')} is not streaming from the leader "

@@ -223,6 +223,7 @@ def status(settings: Settings, recovery: DatabaseRecovery, *, now: datetime | No
             "backup": f"`gcloud sql backups create --instance={topo.primary}`",
             "start": "start it with `gcloud sql instances patch {node} --activation-policy=ALWAYS`",
             "rebuild": None,
+            "unanswering": None,
         },
         "unfinished_operation": unfinished,
         "cloud_sql_operations": operations,  # all of them, a routine backup's too

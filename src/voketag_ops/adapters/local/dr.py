@@ -1695,23 +1695,30 @@ def fence_node(env: LocalEnvironment, node: PgNode, *, reason: str) -> dict[str,
     marker = dr_dir(env) / f"fenced-{node.name}.json"
     doc = {"node": node.name, "fenced_at": iso(utcnow()), "reason": reason, "how": "stopping"}
     replace_json(marker, doc)
-    how = "already stopped"
-    pid = node.pid()
-    if pid is not None and _frozen(pid):
-        kill_node(node)  # a frozen server cannot shut down; it must not wake up writable
-        how = "killed (frozen)"
-    if node.running:
-        try:
-            node.stop(mode="fast", timeout=10)
-            how = "stopped (fast)"
-        except BackendError:
-            kill_node(node)
-            how = "killed"
-        if node.running:
-            kill_node(node)
-            how = "killed"
+    how = stop_or_kill(node)  # a frozen server must not wake up writable either
     replace_json(marker, dict(doc, how=how))
     return {"node": node.name, "how": how, "fenced_at": doc["fenced_at"]}
+
+
+def stop_or_kill(node: PgNode, *, timeout: float = 10) -> str:
+    """Stop NODE for good, whatever state it is in: SIGKILL when it is frozen (SIGSTOP, a
+    debugger: it cannot shut down, and a stop would wait for it in vain), a fast stop of
+    TIMEOUT seconds otherwise and SIGKILL when that fails. For a node that is thrown away or
+    kept down (fence, a standby rebuilt), never one whose data must be shut down cleanly. How."""
+    if node.pid() is None:
+        return "already stopped"
+    if frozen_pids(node):
+        kill_node(node)
+        return "killed (frozen)"
+    how = "stopped (fast)"
+    try:
+        node.stop(mode="fast", timeout=timeout)
+    except BackendError:
+        how = "killed"
+    if node.running:
+        kill_node(node)
+        how = "killed"
+    return how
 
 
 def quarantine_foreign_timelines(env: LocalEnvironment, leader: PgNode) -> list[str]:
@@ -1746,6 +1753,12 @@ def quarantine_foreign_timelines(env: LocalEnvironment, leader: PgNode) -> list[
         "moved %d archived file(s) of timelines off %s's history to %s", len(foreign), leader.name, aside
     )
     return foreign
+
+
+def frozen_pids(node: PgNode) -> list[int]:
+    """Those of NODE's processes (postmaster and children) that are stopped: SIGSTOP, a debugger."""
+    pid = node.pid()
+    return [] if pid is None else [p for p in [pid, *child_pids(pid)] if _frozen(p)]
 
 
 def _frozen(pid: int) -> bool:
@@ -1989,8 +2002,10 @@ def rebuild_standby(
     or a rewind of NODE was cut short before (its marker is still there: pg_rewind leaves a
     data directory it did not finish unusable, so a resume clones)."""
     info: dict[str, Any] = {"method": None}
-    if node.running:
-        node.stop(mode="fast")
+    # Its data is rewound or replaced: a node that does not stop (frozen, hung) is killed, as a
+    # fence kills it, rather than the rebuild giving up after pg_ctl's fast and immediate waits.
+    if (stopped := stop_or_kill(node)) != "already stopped":
+        info["stopped"] = stopped
     ensure_slot(leader)
     rewound = False
     rewinding = node.data_dir.with_name(node.data_dir.name + ".rewinding")

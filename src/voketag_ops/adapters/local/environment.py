@@ -49,7 +49,7 @@ from voketag_ops.adapters.local.postgres import (
     process_exists,
     serves,
 )
-from voketag_ops.core.dr_checks import parse_iso
+from voketag_ops.core.dr_checks import REBUILD_STANDBY, parse_iso
 from voketag_ops.core.times import iso
 from voketag_ops.core.wal import DEFAULT_SEGMENT_SIZE, SEGMENT_NAME, parse_lsn
 from voketag_ops.errors import BackendError, ConfigError, NeedsOperatorError, PreconditionError
@@ -214,6 +214,7 @@ class UpReport:
     not_started: list[str] = field(default_factory=list)  # nodes left down on purpose, and why
     warnings: list[str] = field(default_factory=list)  # what a person should do next
     search_granted: list[str] = field(default_factory=list)  # directories given o+x for the server user
+    not_answering: list[str] = field(default_factory=list)  # running, left as they are (`warnings` says why)
 
 
 class LocalEnvironment:
@@ -463,9 +464,14 @@ class LocalEnvironment:
                 backup_label = self.take_base_backup(primary).label
                 created.append(f"backup {backup_label}")
             state.save(self.state_file)
-            warnings = thawed
+            warnings, not_answering = thawed, []
             if self._wanted(replica.name, state) and replica.running:
-                warnings += self._await_streaming(primary, replica, progress)
+                if (silent := _not_answering(replica)) is not None:
+                    warnings.append(silent)  # left as it is: see docs/decisions.md
+                    not_answering.append(replica.name)
+                    already = False
+                else:
+                    warnings += self._await_streaming(primary, replica, progress)
         return UpReport(
             home=str(self.home),
             already_running=already and not created and not started,
@@ -478,6 +484,7 @@ class LocalEnvironment:
             not_started=not_started,
             warnings=warnings,
             search_granted=search_granted,
+            not_answering=not_answering,
         )
 
     def _await_streaming(self, primary: PgNode, replica: PgNode, progress: Progress) -> list[str]:
@@ -898,6 +905,10 @@ class LocalEnvironment:
             report["archive"] = _archiver(source, self.archive_dir)
         standby = report["replica"]
         standby.update(lag)
+        if (
+            not standby["running"] and lag["lag_bytes"]
+        ):  # frozen or cut off: its last reply's replay_lag is stale
+            standby["lag_seconds"] = None
         report["backups"] = [
             {
                 "label": b.label,
@@ -1080,6 +1091,33 @@ def _writable(node: PgNode) -> bool:
         return False
 
 
+def _not_answering(node: PgNode) -> str | None:
+    """The warning for NODE when its postmaster lives but does not answer: its processes are
+    stopped (SIGSTOP, a debugger) or a connection times out. None when it answers, or says why
+    not (starting up: `_await_streaming` waits for that)."""
+    from voketag_ops.adapters.local.dr import frozen_pids
+
+    stopped = frozen_pids(node)
+    if not stopped:
+        try:
+            with node.connect(timeout=3) as conn:
+                conn.execute("select 1")
+            return None
+        except BackendError as exc:
+            if "timeout" not in exc.message:
+                return None
+    why = (
+        f"its process(es) {' '.join(map(str, stopped))} are stopped (SIGSTOP, or a debugger)"
+        if stopped
+        else "a connection times out"
+    )
+    return (
+        f"the standby {node.name} (pid {node.pid()}) is running but does not answer: {why}; `voke env up` "
+        f"leaves it as it is: resume it if it was paused on purpose (kill -CONT), or rebuild it from "
+        f"the leader with `{REBUILD_STANDBY}`, which kills it first"
+    )
+
+
 def _wal_from_label(label_file: Path) -> str:
     try:
         for line in label_file.read_text().splitlines():
@@ -1142,12 +1180,19 @@ def _replication_lag(primary: PgNode) -> dict[str, Any]:
         return {"lag_bytes": None, "lag_seconds": None, "streaming": False}
     if row is None:
         return {"lag_bytes": None, "lag_seconds": None, "streaming": False}
-    lag_bytes, lag_seconds, state = row
-    if lag_seconds is None:  # replay_lag is NULL once caught up on an idle primary
-        lag_seconds = 0.0
+    return _lag_from_row(*row)
+
+
+def _lag_from_row(lag_bytes: int | None, lag_seconds: float | None, state: str | None) -> dict[str, Any]:
+    """pg_stat_replication's byte lag, replay_lag and state as `env status` shows them. replay_lag
+    is NULL once caught up on an idle primary (0 s), but also while the standby sends no replies
+    (frozen, cut off) however far behind it is: then the lag in seconds is not known (None)."""
+    lag_bytes = int(lag_bytes or 0)
+    if lag_seconds is None:
+        lag_seconds = 0.0 if lag_bytes == 0 else None
     return {
-        "lag_bytes": int(lag_bytes or 0),
-        "lag_seconds": float(lag_seconds),
+        "lag_bytes": lag_bytes,
+        "lag_seconds": None if lag_seconds is None else float(lag_seconds),
         "streaming": state == "streaming",
     }
 
