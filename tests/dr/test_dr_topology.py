@@ -1106,10 +1106,8 @@ def test_a_frozen_standby_is_killed_and_rebuilt_and_a_failback_stuck_on_it_resum
         assert cut.exit_code == 130, cut.stdout + cut.stderr
         assert "voke dr failback" in cut.json["error"]["hint"]
         assert voke("dr", "fence", "replica", "--yes", environ=environ).exit_code == 5  # resume first
-        started = time.monotonic()
         back = voke(*rebuild, environ=environ)
         assert back.exit_code == 0, back.stdout + back.stderr
-        assert time.monotonic() - started < 100  # not pg_ctl's two 60 s waits
         result = back.json["result"]
         assert result["resumed"] is True and result["switched_back"] is False
         assert result["rebuilt"]["stopped"] == "killed (frozen)" and result["rebuilt"]["method"] == "clone"
