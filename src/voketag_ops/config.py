@@ -410,6 +410,13 @@ class RotationSettings(_Model):
     test_attempts: int = Field(default=3, ge=1, le=20, description="tries of the test step")
     test_interval: float = Field(default=5.0, ge=0, le=300, description="seconds between test tries")
     lease_seconds: int = Field(default=600, ge=10, description="how long a rotation's lock lease lasts")
+    db_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="seconds a database statement of a rotation (ALTER ROLE, a login's probe) may wait, "
+        "on a lock too, before voke gives it up",
+    )
     health_timeout: float = Field(
         default=20.0, ge=1, description="seconds for a new service instance to be healthy"
     )

@@ -1133,3 +1133,29 @@ def test_a_new_db_password_keeps_the_database_its_current_credential_names():
     assert (
         credential.create("r2", {**current, "dbname": ""})["dbname"] == "voketag"
     )  # none named: the setting
+
+
+def test_an_alter_role_behind_another_sessions_open_transaction_gives_up_and_rolls_back(platform):
+    from voketag_ops.adapters.local.dbusers import LocalDbTarget
+
+    store = platform.store()
+    before = store.get("db-app")
+    holder = platform.env.primary().connect()
+    # Without a limit the rotation waited for this session; it lets go on its own after 20 s.
+    holder.execute("set idle_in_transaction_session_timeout = '20s'")
+    holder.execute("begin")
+    for role in ("app_a", "app_b"):
+        holder.execute(f"alter role {role} connection limit -1")
+    try:
+        engine = make_engine(platform, target=LocalDbTarget(platform.env, timeout=0.5))
+        outcome = engine.rotate_db_password("app")
+    finally:
+        holder.close()
+    assert outcome.error is not None and outcome.error.exit_code == 6, outcome.error
+    failed = next(s for s in outcome.report.steps if s.status == "failed")
+    assert failed.name == "set_target" and failed.detail.startswith("TimeoutError: "), failed
+    assert "rotation.db_timeout" in failed.detail
+    rollback = next(s for s in outcome.report.steps if s.name == "rollback")
+    assert rollback.detail == "discard_pending"  # the ALTER was cancelled: nothing to set back
+    assert store.get("db-app").aliases == before.aliases
+    assert_consistent(platform)

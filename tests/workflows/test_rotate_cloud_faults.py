@@ -101,7 +101,7 @@ def cloud(tmp_path: Path, voke: Any, make_environ: Any, monkeypatch: pytest.Monk
             fake.run.add_service(service, SECRET, versions[1])
         cloud = Cloud(fake, tmp_path, voke, make_environ)
         fake.run.probe = lambda payload: cloud.login(json.loads(payload))
-        monkeypatch.setattr(sql, "pg_login", lambda cred, timeout=5: cloud.login(cred))
+        monkeypatch.setattr(sql, "pg_login", lambda cred, timeout=5, statement_timeout=30: cloud.login(cred))
         yield cloud
 
 

@@ -7,9 +7,15 @@ from typing import Any
 from voketag_ops.errors import AuthenticationError, ConnectivityError
 
 
-def pg_login(cred: dict[str, Any], *, timeout: float = 5) -> bool:
-    """A fresh TCP login with CRED plus a privilege probe. False when the password is
-    rejected; ConnectivityError when the server cannot be reached at all."""
+def timeout_ms(seconds: float) -> int:
+    """PostgreSQL's statement_timeout / lock_timeout for SECONDS (> 0): never 0, which is no limit."""
+    return max(1, round(seconds * 1000))
+
+
+def pg_login(cred: dict[str, Any], *, timeout: float = 5, statement_timeout: float = 30) -> bool:
+    """A fresh TCP login with CRED plus a privilege probe (given up after STATEMENT_TIMEOUT
+    seconds). False when the password is rejected; ConnectivityError when the server cannot
+    be reached at all."""
     import psycopg
 
     try:
@@ -22,6 +28,7 @@ def pg_login(cred: dict[str, Any], *, timeout: float = 5) -> bool:
             connect_timeout=max(1, int(timeout)),
             application_name="voke-rotate-test",
         ) as conn:
+            conn.execute(f"set statement_timeout = {timeout_ms(statement_timeout)}")
             row = conn.execute("select has_database_privilege(current_database(), 'CONNECT')").fetchone()
             return bool(row and row[0])
     except psycopg.OperationalError as exc:

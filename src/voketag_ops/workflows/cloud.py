@@ -117,6 +117,7 @@ class CloudPlatform:
             replica=self.env.replica,
             replica_host=self.env.replica_db_host,
             replica_port=self.env.replica_db_port,
+            timeout=self.settings.rotation.db_timeout,
         )
 
     def current_primary(self) -> str:

@@ -89,7 +89,7 @@ class LocalPlatform:
     def db_target(self) -> Any:
         from voketag_ops.adapters.local.dbusers import LocalDbTarget
 
-        return LocalDbTarget(self.env)
+        return LocalDbTarget(self.env, timeout=self.settings.rotation.db_timeout)
 
     # -- lifecycle ------------------------------------------------------------------------
     def _audited(self, event_type: str) -> Any:

@@ -237,9 +237,11 @@ class CloudSqlDbTarget:
         replica: str | None = None,
         replica_host: str | None = None,
         replica_port: int = 5432,
+        timeout: float = 30.0,
     ) -> None:
         self.admin = admin
         self._instance = instance
+        self.timeout = timeout  # `rotation.db_timeout`: the login probe's statement_timeout
         self.host = host
         self.port = port
         self.home = home
@@ -320,7 +322,7 @@ class CloudSqlDbTarget:
         (`endpoint`: db_host, replica_db_host or the instance's IP), not at the address the
         services use, which voke may not reach."""
         host, port = self.endpoint()
-        return pg_login({**cred, "host": host, "port": port}, timeout=timeout)
+        return pg_login({**cred, "host": host, "port": port}, timeout=timeout, statement_timeout=self.timeout)
 
 
 # The Cloud SQL operation type each instances method starts.

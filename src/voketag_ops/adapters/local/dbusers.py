@@ -12,10 +12,12 @@ import hmac
 import os
 from typing import TYPE_CHECKING, Any
 
-from voketag_ops.adapters.pg_login import pg_login
-from voketag_ops.errors import DatabaseError
+from voketag_ops.adapters.pg_login import pg_login, timeout_ms
+from voketag_ops.errors import DatabaseError, TargetBusyError
 
 if TYPE_CHECKING:
+    import psycopg
+
     from voketag_ops.adapters.local.environment import LocalEnvironment
 
 SCRAM_ITERATIONS = 4096
@@ -33,10 +35,20 @@ def scram_verifier(password: str, *, salt: bytes | None = None, iterations: int 
 
 
 class LocalDbTarget:
-    """The rotation target for database passwords in the local environment."""
+    """The rotation target for database passwords in the local environment. Every statement
+    it runs gives up after TIMEOUT seconds (`rotation.db_timeout`), waiting on a lock included:
+    an ALTER ROLE behind another session's open transaction on that role waited for ever."""
 
-    def __init__(self, env: LocalEnvironment) -> None:
+    def __init__(self, env: LocalEnvironment, *, timeout: float = 30.0) -> None:
         self.env = env
+        self.timeout = timeout
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        conn = self.env.primary().connect()
+        ms = timeout_ms(self.timeout)
+        conn.execute(f"set statement_timeout = {ms}")
+        conn.execute(f"set lock_timeout = {ms}")
+        return conn
 
     def endpoint(self) -> tuple[str, int]:
         return "127.0.0.1", self.env.primary().port
@@ -48,7 +60,7 @@ class LocalDbTarget:
 
         self.env.platform_database(database)
         try:
-            with self.env.primary().connect() as conn:
+            with self._connect() as conn:
                 for role, login in [(owner, False), *[(r, True) for r in roles]]:
                     exists = conn.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone()
                     if not exists:
@@ -81,10 +93,13 @@ class LocalDbTarget:
         return f"ALTER ROLE {role} with the new password (sent as a SCRAM verifier)"
 
     def set_password(self, role: str, password: str) -> None:
+        """ALTER ROLE; TargetBusyError when it gave up waiting (its transaction rolled back:
+        nothing changed), e.g. behind another session's open transaction that altered ROLE."""
+        from psycopg import errors as pgerr
         from psycopg import sql
 
         try:
-            with self.env.primary().connect() as conn:
+            with self._connect() as conn:
                 conn.execute(
                     sql.SQL("alter role {} with login password {}").format(
                         sql.Identifier(role), sql.Literal(scram_verifier(password))
@@ -92,12 +107,19 @@ class LocalDbTarget:
                 )
         except DatabaseError:
             raise
+        except (pgerr.QueryCanceled, pgerr.LockNotAvailable) as exc:
+            raise TargetBusyError(
+                f"cannot set the password of {role}: gave up after {self.timeout:g} s "
+                f"(rotation.db_timeout): {_first_line(exc)}; it was not changed",
+                hint="another session holds the role (an open transaction that altered it: see "
+                "pg_stat_activity); end it, then retry",
+            ) from None
         except Exception as exc:
             raise DatabaseError(f"cannot set the password of {role}: {_first_line(exc)}") from None
 
     def can_login(self, cred: dict[str, Any], *, timeout: float = 3) -> bool:
         """A fresh TCP login with CRED (False when the password is rejected)."""
-        return pg_login(cred, timeout=timeout)
+        return pg_login(cred, timeout=timeout, statement_timeout=self.timeout)
 
 
 def _first_line(exc: BaseException) -> str:
