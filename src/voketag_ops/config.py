@@ -409,7 +409,11 @@ class RotationSettings(_Model):
     password_length: int = Field(default=32, ge=16, le=128, description="generated DB password length")
     test_attempts: int = Field(default=3, ge=1, le=20, description="tries of the test step")
     test_interval: float = Field(default=5.0, ge=0, le=300, description="seconds between test tries")
-    lease_seconds: int = Field(default=600, ge=10, description="how long a rotation's lock lease lasts")
+    lease_seconds: int = Field(
+        default=600,
+        ge=10,
+        description="how long a rotation's lock lease lasts (renewed while a step runs)",
+    )
     db_timeout: float = Field(
         default=30.0,
         gt=0,

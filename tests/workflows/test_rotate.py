@@ -1159,3 +1159,38 @@ def test_an_alter_role_behind_another_sessions_open_transaction_gives_up_and_rol
     assert rollback.detail == "discard_pending"  # the ALTER was cancelled: nothing to set back
     assert store.get("db-app").aliases == before.aliases
     assert_consistent(platform)
+
+
+class LeaseOutlivingTarget:
+    """The real target, but setting a password takes longer than the lease (a fake clock moved
+    past it), while another voke asks whether the rotation is running."""
+
+    def __init__(self, real, clock, lease, other):
+        self.real, self.clock, self.lease, self.other = real, clock, lease, other
+        self.seen = []
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def set_password(self, role, password):
+        self.clock[0] += timedelta(seconds=self.lease + 1)
+        for _ in range(300):  # until a renewal of the lease is seen (every third of it), or 30 s
+            running = [r["running"] for r in self.other.status()["in_progress"]]
+            self.seen.append(running)
+            if running == [True]:
+                break
+            time.sleep(0.1)
+        self.real.set_password(role, password)
+
+
+def test_a_step_that_outlasts_the_lease_keeps_its_rotation_running(platform):
+    clock = [datetime.now(timezone.utc)]
+    other = make_engine(platform)
+    other.now = lambda: clock[0]
+    target = LeaseOutlivingTarget(platform.db_target(), clock, 10, other)
+    engine = make_engine(platform, target=target, lease_seconds=10)
+    engine.now = lambda: clock[0]
+    outcome = engine.rotate_db_password("app")
+    assert outcome.error is None, outcome.error
+    assert target.seen[-1] == [True], target.seen  # never "not running" for long while its voke lives
+    assert_consistent(platform)

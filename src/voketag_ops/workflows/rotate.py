@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -77,6 +78,10 @@ _STEP_FAILURES: dict[str, type[RotationFailure]] = {
     "health": HealthCheckError,
     "finish": SecretError,
 }
+
+# Steps that write nothing to the secret while they run, which can outlast the lease (a login
+# waiting on a lock, a Cloud SQL operation, a deploy): the lease is renewed while they run (`_lease_kept`).
+_KEPT_STEPS = frozenset({"set_target", "test", "deploy", "health"})
 
 FAULT_ENV = "VOKE_FAULT_CRASH_AFTER"
 RETIRED_ANNOTATION = "voke-retired-keys"  # versions whose provider key cleanup deleted
@@ -546,7 +551,8 @@ class RotationEngine:
         self.progress(f"rotate {record.secret}: {step}")
         started = time.monotonic()
         try:
-            detail = actions[step](record, user)
+            with self._lease_kept(record) if step in _KEPT_STEPS else nullcontext():
+                detail = actions[step](record, user)
         except NeedsOperatorError:
             raise  # the lease went to another run: its record is not this run's to change
         except VokeError as exc:
@@ -585,7 +591,8 @@ class RotationEngine:
             stored = RotationRecord.from_json(raw)
             if stored.id != record.id or stored.owner != record.owner:
                 raise NeedsOperatorError(
-                    f"rotation {record.id} lost its lease on {record.secret} to {stored.id} ({stored.owner})"
+                    f"rotation {record.id} lost its lease on {record.secret} to {stored.id} ({stored.owner})",
+                    hint=f"that voke runs it now; {self._voke('voke rotate status')} shows whether it still does",
                 )
         elif record.status in ACTIVE:
             raise NeedsOperatorError(f"rotation {record.id}: its record vanished from {record.secret}")
@@ -593,6 +600,50 @@ class RotationEngine:
         changes: dict[str, str | None] = {ANNOTATION: record.to_json()}
         changes.update(annotations or {})
         self.store.update(record.secret, etag=meta.etag, aliases=aliases, annotations=changes)
+
+    @contextmanager
+    def _lease_kept(self, record: RotationRecord) -> Iterator[None]:
+        """Renew RECORD's lease every third of it while the block runs (a step that writes nothing
+        to the secret), so a live voke's rotation is never taken for one whose voke is gone, nor
+        taken over, however long the step waits. Stopped before the block's end goes on: the
+        step's record is then saved by a compare-and-swap this renewal cannot race."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.settings.lease_seconds / 3):
+                try:
+                    if not self._renew(record):
+                        return
+                except Exception as exc:  # a store hiccup: the next beat, or the step's save, tells
+                    log.warning("could not renew the lease of %s: %s", record.id, exc)
+
+        thread = threading.Thread(target=beat, name=f"lease {record.id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def _renew(self, record: RotationRecord) -> bool:
+        """Move the stored lease of RECORD on (its record as stored, nothing else); False when the
+        stored record is no longer this run's."""
+        meta = self.store.get(record.secret)
+        raw = meta.annotations.get(ANNOTATION)
+        stored = RotationRecord.from_json(raw) if raw else None
+        if (
+            stored is None
+            or stored.id != record.id
+            or stored.owner != record.owner
+            or stored.status not in ACTIVE
+        ):
+            return False
+        stored.lease_until = iso(self.now() + timedelta(seconds=self.settings.lease_seconds))
+        try:
+            self.store.update(record.secret, etag=meta.etag, annotations={ANNOTATION: stored.to_json()})
+        except EtagMismatchError:
+            pass  # written meanwhile (by hand?): the next beat reads it again
+        return True
 
     def _unsaved(
         self, record: RotationRecord, step: str, exc: VokeError, t0: float, resumed: bool
