@@ -1194,3 +1194,49 @@ def test_a_step_that_outlasts_the_lease_keeps_its_rotation_running(platform):
     assert outcome.error is None, outcome.error
     assert target.seen[-1] == [True], target.seen  # never "not running" for long while its voke lives
     assert_consistent(platform)
+
+
+class DeployKillsTheOldInstances:
+    """The real runtime, but the rotation's deploy fails after every instance of SERVICE (old and
+    new) was killed: its rollback finds that service on the old version and dead."""
+
+    def __init__(self, real, home, service):
+        self.real, self.home, self.service = real, home, service
+        self.calls = 0
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def deploy_many(self, targets):
+        from voketag_ops.errors import RestartError
+
+        self.calls += 1
+        if self.calls > 1:
+            return self.real.deploy_many(targets)
+        registry = json.loads((self.home / "services" / "registry.json").read_text())
+        entry = registry["services"][self.service]
+        for inst in [entry.get("active"), *entry.get("others", [])]:
+            if inst:
+                try:
+                    os.kill(inst["pid"], signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        raise RestartError(
+            f"{self.service}: the new instance pinned to version {targets[self.service][1]} exited at start"
+        )
+
+
+def test_a_rollback_leaves_every_consumer_healthy_on_the_old_version(platform):
+    store = platform.store()
+    before = store.get("db-app")
+    runtime = DeployKillsTheOldInstances(platform.runtime(), platform.env.home, "admin-service")
+    try:
+        outcome = make_engine(platform, runtime=runtime).rotate_db_password("app")
+        assert outcome.error is not None and outcome.error.exit_code == 6, outcome.error
+        assert "RestartError" in outcome.error.message
+        assert store.get("db-app").aliases == before.aliases
+        admin = next(s for s in platform.runtime().services(check=True) if s.name == "admin-service")
+        assert (admin.secret_version, admin.healthy) == (before.aliases["current"], True)
+        assert_consistent(platform)
+    finally:  # (failing: the next tests find the service started again)
+        platform.runtime().ensure_started({"db-app": before.aliases["current"]})

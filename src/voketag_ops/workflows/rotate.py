@@ -1081,11 +1081,14 @@ class RotationEngine:
             aliases.update({"current": record.old_current, "previous": record.old_previous})
         self.store.update(record.secret, etag=self.store.get(record.secret).etag, aliases=aliases)
         if scope == "restore_aliases" and record.old_current is not None:
+            # Every consumer ends healthy on the old version: one that is not (a failed deploy
+            # killed, or left, its old instance dead) is redeployed there too; one that still
+            # cannot be fails the rollback (exit 7), never "rolled back" with a service down.
+            seen = {x.name: x for x in self.runtime.services(check=True)}
             back = {
                 svc: (record.secret, record.old_current)
                 for svc in self.services_of(user)
-                if (s := next((x for x in self.runtime.services(check=False) if x.name == svc), None)) is None
-                or s.secret_version != record.old_current
+                if (s := seen.get(svc)) is None or s.secret_version != record.old_current or not s.healthy
             }
             if back:
                 self.runtime.deploy_many(back)
