@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
+import warnings
 from datetime import UTC, datetime
 from typing import TextIO
 
@@ -70,6 +72,53 @@ def setup_logging(*, fmt: str = "auto", level: str = "warning", stream: TextIO |
         logger.addHandler(handler)
         logger.setLevel(threshold)
         logger.propagate = False
+
+
+class _ToVoke(logging.Handler):
+    """logging's last resort (a record of a logger with no handler anywhere: another library's):
+    handled by the `voke` logger's handlers, so redacted and in the run's format."""
+
+    def __init__(self, fallback: logging.Handler | None) -> None:
+        super().__init__(logging.WARNING)
+        self.fallback = fallback
+
+    def emit(self, record: logging.LogRecord) -> None:
+        handlers = logging.getLogger(LOGGER_NAME).handlers
+        for handler in handlers or ([self.fallback] if self.fallback else []):
+            if record.levelno >= handler.level:
+                handler.handle(record)
+
+
+def route_strays() -> None:
+    """For the `voke` process (not for tests, whose runner owns these hooks): what else reaches
+    stderr goes through the `voke` logger, redacted: another library's record with no handler
+    (logging's last resort wrote it raw), a Python warning, and an exception that ends a
+    background thread (the default hook printed its traceback, which could quote a connection
+    string), as one line."""
+    logging.lastResort = _ToVoke(logging.lastResort)
+
+    def show_warning(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        logging.getLogger(f"{LOGGER_NAME}.warnings").warning(
+            "%s: %s (%s:%s)", category.__name__, message, filename, lineno
+        )
+
+    def thread_failed(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        name = args.thread.name if args.thread is not None else "a thread"
+        logging.getLogger(f"{LOGGER_NAME}.threads").error(
+            "%s stopped on an error: %s: %s", name, args.exc_type.__name__, args.exc_value
+        )
+
+    warnings.showwarning = show_warning
+    threading.excepthook = thread_failed
 
 
 def get_logger(name: str) -> logging.Logger:

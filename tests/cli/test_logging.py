@@ -59,3 +59,36 @@ def test_psycopg_warnings_are_not_shown_at_the_default_level():
     )
     logging.getLogger("psycopg").error("an error of its own")
     assert [json.loads(x)["msg"] for x in stream.getvalue().splitlines()] == ["an error of its own"]
+
+
+def test_a_warning_a_thread_error_and_another_librarys_record_are_redacted_lines(tmp_path):
+    """What the voke process routes through its logger besides its own records (`route_strays`,
+    installed by the console script, not in-process where the test runner owns the hooks)."""
+    import subprocess
+    import sys
+
+    secret = "s3cret-Value-9f8e7d"
+    script = f"""
+import logging, threading, warnings
+from voketag_ops import redact
+from voketag_ops.logs import route_strays, setup_logging
+route_strays()
+setup_logging(fmt="human", level="warning")
+redact.register({secret!r})
+warnings.warn("connecting to postgresql://u:{secret}@db/x")
+def boom():
+    raise RuntimeError("password={secret}")
+t = threading.Thread(target=boom, name="copy")
+t.start(); t.join()
+logging.getLogger("some.library").warning("retrying with %s", {secret!r})
+logging.getLogger("some.library").info("not shown at warning")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert secret not in done.stderr + done.stdout
+    lines = done.stderr.splitlines()
+    assert lines == [
+        "voke: warning: UserWarning: connecting to postgresql://u:***@db/x (<string>:8)",
+        "voke: error: copy stopped on an error: RuntimeError: password=***",
+        "voke: warning: retrying with ***",
+    ], done.stderr

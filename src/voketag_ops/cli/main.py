@@ -41,6 +41,9 @@ def entry() -> None:
     Only here, not in ``main``, which tests call in-process."""
     from voketag_ops import interrupts
     from voketag_ops.cli.argv import guess_command
+    from voketag_ops.logs import route_strays
+
+    route_strays()
 
     # Ctrl-C and SIGTERM (see there). Before Typer has resolved the command, its error names
     # what the command line does, as any other error would: words shaped like voke's command
