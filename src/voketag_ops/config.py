@@ -618,7 +618,12 @@ def load_config(
     explicit = config_path or (Path(environ["VOKE_CONFIG"]) if environ.get("VOKE_CONFIG") else None)
     if explicit is not None:
         _check_config_file(explicit)
-    path = explicit or find_config_file(cwd or Path.cwd())
+        path: Path | None = explicit
+    else:
+        from voketag_ops.files import working_directory
+
+        hint = "run voke from an existing directory, or pass --config FILE (or set VOKE_CONFIG)"
+        path = find_config_file(cwd or working_directory("voke.toml is looked for from it", hint=hint))
 
     merged: dict[str, Any] = {}
     sources: dict[str, str] = {}

@@ -22,6 +22,18 @@ from voketag_ops.errors import DISK_REFUSED, ConfigError, InputError, UsageError
 T = TypeVar("T")
 
 
+def working_directory(why: str, *, hint: str = "run voke from an existing directory") -> Path:
+    """The current directory, for what WHY says is looked for from it; ConfigError (exit 3)
+    when there is none: a cron job's or CI step's directory removed under it (a deploy that
+    replaced a release directory). Nothing is guessed in its place: voke.toml, coverage's
+    paths or a relative VOKE_HOME found from elsewhere would be another project's."""
+    try:
+        return Path.cwd()
+    except OSError as exc:
+        gone = "no longer exists" if exc.errno == errno.ENOENT else f"cannot be read ({exc.strerror})"
+        raise ConfigError(f"the current directory {gone}: {why}", hint=hint) from None
+
+
 def check_replaceable(path: Path, flag: str) -> None:
     """UsageError (exit 2) unless PATH is new or a regular file. voke writes such outputs
     beside them and renames them into place, which would put a regular file in place of a

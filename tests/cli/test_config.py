@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -578,4 +579,59 @@ def test_the_network_drills_outage_is_at_most_an_hour_in_the_configuration_too(v
     assert (
         settings_of(voke("config", "show", "--json", environ=env))["dr.network_outage_seconds"]["value"]
         == 3600
+    )
+
+
+def _in_removed_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *args: str, **environ: str):
+    """voke ARGS run from a working directory removed under it (a cron job's, after a deploy
+    replaced its release directory): the process has no current directory at all."""
+    import io
+    import json
+
+    from voketag_ops.cli.app import run
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("VOKE_")}
+    out, err = io.StringIO(), io.StringIO()
+    code = run([*args, "--json"], stdout=out, stderr=err, environ={**base, **environ})  # no cwd given
+    return code, json.loads(out.getvalue())
+
+
+def test_a_removed_working_directory_is_exit_3_naming_it_not_an_internal_error(tmp_path, monkeypatch):
+    home = str(tmp_path / "home")
+    code, doc = _in_removed_directory(tmp_path, monkeypatch, "dr", "check", VOKE_HOME=home)
+    assert code == 3, doc
+    assert (
+        doc["error"]["message"] == "the current directory no longer exists: voke.toml is looked for from it"
+    )
+    assert "--config FILE (or set VOKE_CONFIG)" in doc["error"]["hint"]
+
+    config = tmp_path / "voke.toml"
+    config.write_text("[coverage]\ntarget = 80\n")
+    code, doc = _in_removed_directory(
+        tmp_path, monkeypatch, "config", "show", VOKE_HOME=home, VOKE_CONFIG=str(config)
+    )
+    assert code == 0 and doc["result"]["file"] == str(config)  # a named file needs no directory to search
+
+    code, doc = _in_removed_directory(
+        tmp_path, monkeypatch, "env", "status", VOKE_HOME="rel", VOKE_CONFIG=str(config)
+    )
+    assert code == 3 and doc["error"]["message"].endswith(": VOKE_HOME rel is relative to it"), doc
+
+    (tmp_path / "coverage.json").write_text('{"meta": {}, "files": {}}')
+    code, doc = _in_removed_directory(
+        tmp_path,
+        monkeypatch,
+        "coverage",
+        "gate",
+        str(tmp_path / "coverage.json"),
+        VOKE_HOME=home,
+        VOKE_CONFIG=str(config),
+    )
+    assert code == 3, doc
+    assert doc["error"]["message"] == (
+        "the current directory no longer exists: coverage data's paths are relative to it"
     )

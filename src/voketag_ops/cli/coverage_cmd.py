@@ -100,7 +100,14 @@ HistoryFile = Annotated[
 
 
 def _root(env: AppContext) -> Path:
-    return Path(env.cwd) if env.cwd is not None else Path.cwd()
+    """The project's directory: the current one, from which coverage data's paths are read."""
+    from voketag_ops.files import working_directory
+
+    return (
+        Path(env.cwd)
+        if env.cwd is not None
+        else working_directory("coverage data's paths are relative to it")
+    )
 
 
 def _options(

@@ -53,7 +53,7 @@ from voketag_ops.core.dr_checks import REBUILD_STANDBY, parse_iso
 from voketag_ops.core.times import iso
 from voketag_ops.core.wal import DEFAULT_SEGMENT_SIZE, SEGMENT_NAME, parse_lsn
 from voketag_ops.errors import BackendError, ConfigError, NeedsOperatorError, PreconditionError
-from voketag_ops.files import tree_bytes
+from voketag_ops.files import tree_bytes, working_directory
 from voketag_ops.locks import flock_within
 from voketag_ops.logs import get_logger
 
@@ -87,7 +87,8 @@ def default_home() -> Path:
 
 
 def resolve_home(configured: Path | None) -> Path:
-    return (configured or default_home()).absolute()
+    home = configured or default_home()
+    return home if home.is_absolute() else working_directory(f"VOKE_HOME {home} is relative to it") / home
 
 
 def refuse_foreign_home(home: Path) -> None:
