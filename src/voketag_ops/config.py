@@ -723,8 +723,9 @@ def settings_loaded_for(home: Path) -> Settings | None:
     from voketag_ops.adapters.local.environment import resolve_home
 
     for configured, settings in reversed(_LOADED.items()):
-        if resolve_home(configured) == home:
-            return settings
+        with contextlib.suppress(ConfigError):  # a default home that cannot be named is not HOME
+            if resolve_home(configured) == home:
+                return settings
     return None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -635,3 +636,35 @@ def test_a_removed_working_directory_is_exit_3_naming_it_not_an_internal_error(t
     assert doc["error"]["message"] == (
         "the current directory no longer exists: coverage data's paths are relative to it"
     )
+
+
+def test_no_home_directory_is_exit_3_only_for_the_commands_that_use_voke_home(voke, tmp_path, monkeypatch):
+    """No HOME and no passwd entry for the uid (a container run as an arbitrary UID): VOKE_HOME
+    has no default. A command that uses it says so; one that needs none works."""
+    import pwd
+
+    def no_entry(uid: int) -> pwd.struct_passwd:
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    for name in ("HOME", "XDG_DATA_HOME"):  # platformdirs reads the process's own environment
+        monkeypatch.delenv(name, raising=False)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("VOKE_")}
+    from voketag_ops.coverage_testing import coverage_json, lines_file
+
+    (tmp_path / "coverage.json").write_text(
+        json.dumps(coverage_json({"admin_service/a.py": lines_file(9, 1)}))
+    )
+
+    for args in (("env", "status"), ("audit", "verify"), ("rotate", "history")):
+        result = voke(*args, "--json", environ=environ)
+        assert result.exit_code == 3, result.stderr
+        assert result.json["error"]["message"] == "cannot determine VOKE_HOME: set VOKE_HOME (or HOME)"
+    assert voke("coverage", "gate", "coverage.json", "-s", "admin-service", environ=environ).exit_code == 0
+    assert (
+        voke("config", "show", "--json", environ=environ).json["result"]["settings"]["local.home"]["value"]
+        is None
+    )
+    doctor = voke("doctor", "--json", environ=environ)
+    assert doctor.exit_code == 1 and "cannot determine VOKE_HOME" in doctor.stdout
+    assert voke("env", "status", environ={**environ, "VOKE_HOME": str(tmp_path / "h")}).exit_code == 0

@@ -269,7 +269,10 @@ def _home_in_use(holder: _Holder) -> Path | None:
         return None
     from voketag_ops.adapters.local.environment import resolve_home
 
-    return resolve_home(holder.app.settings.local.home)
+    try:
+        return resolve_home(holder.app.settings.local.home)
+    except ConfigError:  # none can be named: the refused file is in none
+        return None
 
 
 def _not_permitted(exc: PermissionError, home: Path | None) -> ConfigError:

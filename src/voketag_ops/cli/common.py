@@ -97,9 +97,14 @@ class AppContext:
         (which read `loaded`: they look at VOKE_HOME, never in it) comes here first, so this is
         where a VOKE_HOME another user owns is refused, once, before anything in it is opened."""
         from voketag_ops.adapters.local.environment import refuse_foreign_home, resolve_home
+        from voketag_ops.errors import ConfigError
 
         settings = self.loaded.settings
-        refuse_foreign_home(resolve_home(settings.local.home))
+        try:
+            home = resolve_home(settings.local.home)
+        except ConfigError:  # none can be named (no HOME): said by the command that uses it, if any
+            return settings
+        refuse_foreign_home(home)
         return settings
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -24,9 +25,11 @@ def show(ctx: typer.Context) -> None:
     items = effective_items(loaded)
     if loaded.settings.local.home is None:  # the directory in use, not "unset"
         from voketag_ops.adapters.local.environment import resolve_home
+        from voketag_ops.errors import ConfigError
 
-        home = str(resolve_home(None))
-        items = [(k, home if k == "local.home" else v, src) for k, v, src in items]
+        with contextlib.suppress(ConfigError):  # none can be named (no HOME): shown unset
+            home = str(resolve_home(None))
+            items = [(k, home if k == "local.home" else v, src) for k, v, src in items]
     env.out.result(
         {
             "file": str(loaded.file) if loaded.file else None,

@@ -91,8 +91,8 @@ def _local_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
                     None if ok else "install passwd (useradd) or create the user by hand",
                 )
             )
-    env = LocalEnvironment.from_settings(settings)
     try:
+        env = LocalEnvironment.from_settings(settings)  # ConfigError: no home can be named
         refuse_foreign_home(env.home)  # every other command refuses it (exit 3): said, not looked into
     except VokeError as exc:
         report.checks.append(Check("local environment", False, exc.message, exc.hint))

@@ -80,10 +80,18 @@ Progress = Callable[[str], None]
 
 
 def default_home() -> Path:
-    """The platform's user data directory for voke."""
+    """The platform's user data directory for voke; ConfigError (exit 3) when there is no home
+    directory to put it in (no HOME, and no passwd entry for the uid: a container run as an
+    arbitrary UID). Raised where a command uses the home, so one that needs none still works."""
     import platformdirs
 
-    return Path(platformdirs.user_data_dir("voke", appauthor=False))
+    try:
+        home = Path(platformdirs.user_data_dir("voke", appauthor=False))
+    except RuntimeError:  # platformdirs: "could not determine the home directory"
+        home = Path("~")
+    if not home.is_absolute():  # older platformdirs leave the `~` of an unknown home as it is
+        raise ConfigError("cannot determine VOKE_HOME: set VOKE_HOME (or HOME)")
+    return home
 
 
 def resolve_home(configured: Path | None) -> Path:
