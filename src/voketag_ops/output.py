@@ -30,7 +30,9 @@ from voketag_ops.errors import ExitCode, UsageError, VokeError
 from voketag_ops.redact import redact
 
 if TYPE_CHECKING:
-    from rich.console import Console
+    from rich.console import Console, RenderableType
+    from rich.table import Table
+    from rich.text import Text
 
 Renderer = Callable[["Console", Any], None]
 
@@ -117,6 +119,69 @@ def json_for(text: str, encoding: str | None) -> str:
     if encoding is None or codecs.lookup(encoding).name == "utf-8":
         return text
     return _NON_ASCII.sub(lambda m: json.dumps(m.group())[1:-1], text)
+
+
+def print_table(console: Console, *tables: Table) -> None:
+    """Print the first of TABLES (a table, then narrower variants of it) that fits CONSOLE's
+    width with every word in it whole; when none does, the first as plain lines: each row's
+    first cell, then one `header: value` line for each other value. Every table voke prints
+    goes through here. rich fits a table to a narrow terminal by cutting cells (a port shown
+    as `63…`, a node name as `pr…`, columns blanked at 20 columns), and the values a reader
+    copies from a table (names, ports, ids, versions, statuses) must be there whole."""
+    for table in tables:
+        if table.collapse_padding:  # rich measures its first column one short of what it pads
+            table.pad_edge = False
+        if _fit_whole(console, table):
+            console.print(table)
+            return
+    _print_as_lines(console, tables[0])
+
+
+def _fit_whole(console: Console, table: Table) -> bool:
+    """Whether TABLE fits CONSOLE's width with each column as wide as its longest word (its
+    longest cell, for a `no_wrap` column); if it does only by narrowing, its columns are pinned
+    to such widths, the room left going to the columns that need least to be on one line.
+    rich's own narrowing takes no account of words, so it cuts them while others had room."""
+    from rich.measure import Measurement
+
+    wide = console.options.update_width(1 << 16)
+    if Measurement.get(console, wide, table).maximum <= console.width:
+        return True  # rich prints every column at its natural width
+    needs: list[tuple[int, int]] = []
+    for column in table.columns:
+        sizes = [Measurement.get(console, wide, cell) for cell in (column.header, *column.cells)]
+        most = max(size.maximum for size in sizes)
+        needs.append((most if column.no_wrap else max(size.minimum for size in sizes), most))
+    for column, (least, _) in zip(table.columns, needs, strict=True):
+        column.width = least
+    spare = console.width - Measurement.get(console, wide, table).maximum
+    if spare < 0:
+        return False
+    for column, (least, most) in sorted(
+        zip(table.columns, needs, strict=True), key=lambda c: c[1][1] - c[1][0]
+    ):
+        column.width = least + min(spare, most - least)
+        spare -= column.width - least
+    return True
+
+
+def _print_as_lines(console: Console, table: Table) -> None:
+    from rich.text import Text
+
+    def text(cell: RenderableType) -> Text:
+        if isinstance(cell, str):
+            return console.render_str(cell)
+        return cell if isinstance(cell, Text) else Text(str(cell))
+
+    if table.title:
+        console.print(table.title, style=table.title_style or "")
+    columns = [(text(column.header), list(column.cells)) for column in table.columns]
+    for index, row in enumerate(table.rows):
+        console.print(text(columns[0][1][index]), style=row.style or "")
+        for header, cells in columns[1:]:
+            value = text(cells[index])
+            if value.plain.strip():
+                console.print(Text.assemble("  ", header, ": " if header.plain else "", value))
 
 
 def _isatty(stream: TextIO | _RedactingStream) -> bool:

@@ -139,8 +139,8 @@ def test_report_on_an_80_column_terminal_keeps_service_names_and_cover_whole(
     assert ("brm" in text) is branch  # no empty branch columns without branch data (brmiss, brmi…)
 
 
-@pytest.mark.parametrize("columns", [50, 40])
-def test_report_on_a_narrow_terminal_keeps_the_verdict_and_drops_baseline_first(
+@pytest.mark.parametrize("columns", [60, 50, 40])
+def test_report_on_a_narrow_terminal_drops_baseline_first_then_prints_one_value_a_line(
     env, project, monkeypatch, columns
 ):
     import io
@@ -159,11 +159,16 @@ def test_report_on_a_narrow_terminal_keeps_the_verdict_and_drops_baseline_first(
     run(["coverage", "report", "coverage.json"], stdout=out, stderr=Terminal(), environ=env, cwd=project)
     text = re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())
     assert max(len(line) for line in text.splitlines()) <= columns
-    for name, cover, status in (("admin-service", "90%", "pass"), ("factory-service", "70%", "FAIL")):
-        assert re.search(rf"^ *{name} .* {cover} .*{status} *$", text, re.M), text
-    assert "baseline" not in text and "Δ" not in text  # went first, so that the rest stays whole
-    if columns == 50:
+    assert "…" not in text  # no value nor header cut
+    if columns == 60:  # baseline and Δ went first, so that the rest stays a table, whole
+        assert "baseline" not in text and "Δ" not in text
+        for name, cover, status in (("admin-service", "90%", "pass"), ("factory-service", "70%", "FAIL")):
+            assert re.search(rf"^ *{name} .* {cover} .*{status} *$", text, re.M), text
         assert re.search(r"^ *overall .* 200 .* 80% .* 80 .*pass *$", text, re.M), text
+    else:  # no table fits whole: each service, then its values one a line
+        factory = text[text.index("\nfactory-service\n") :]
+        for line in ("stmts: 100", "miss: 30", "cover: 70%", "target: 80", "baseline: 65", "FAIL"):
+            assert re.search(rf"^  {re.escape(line)}$", factory, re.M), text
 
 
 # -- the gate -------------------------------------------------------------------------------------

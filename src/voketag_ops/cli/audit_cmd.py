@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from voketag_ops.cli.common import DryRun, Unasked, render_plan, use
+from voketag_ops.output import print_table
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -204,7 +205,7 @@ def _render_show(console: Console, report: dict[str, Any]) -> None:
             seconds,
             style=style,
         )
-    console.print(table)
+    print_table(console, table)
     shown_to = report["offset"] + len(entries)
     console.print(f"{report['offset'] + 1}-{shown_to} of {report['total']} matching{where}")
     if report["skipped_lines"]:

@@ -24,6 +24,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any
 import typer
 
 from voketag_ops.cli.common import DryRun, Unasked, Yes, stdin_bytes, use, use_local
+from voketag_ops.output import print_table
 
 _UINT64_MAX = (1 << 64) - 1  # the largest size the chain store reads back (core.chain.MAX_NONCE)
 
@@ -574,7 +575,7 @@ def _render_anchors(console: Console, report: dict[str, Any]) -> None:
         block = "" if a["block_index"] is None else str(a["block_index"])
         label = escape(a["label"])  # names a batch's file: its text, never markup
         table.add_row(a["id"][:16], escape(a["kind"]), label, a["state"], block, a["requested_at"][:19] + "Z")
-    console.print(table)
+    print_table(console, table)
     counts = ", ".join(f"{n} {state}" for state, n in report["counts"].items() if n)
     console.print(f"{len(rows)} shown ({counts}); chain length {report['chain_length']}")
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from voketag_ops.cli.common import use
+from voketag_ops.output import print_table
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -50,4 +51,4 @@ def _render(console: Console, report: dict[str, Any]) -> None:
     for key, item in report["settings"].items():
         value = repr(item["value"]) if not isinstance(item["value"], str) else item["value"]
         table.add_row(key, escape(value), escape(item["source"]))
-    console.print(table)
+    print_table(console, table)

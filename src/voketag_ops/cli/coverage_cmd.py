@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from voketag_ops.cli.common import DryRun, Unasked, use
-from voketag_ops.output import printable
+from voketag_ops.output import print_table, printable
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -27,7 +27,6 @@ app = typer.Typer(
     help="Per-service coverage that agrees with coverage.py: report, gate, gaps, diff, badge, history.",
     no_args_is_help=True,
 )
-SERVICE_WIDTH = 32  # the report's service column is never narrower than its names, up to this
 
 history_app = typer.Typer(help="Record runs and show the trend per service.", no_args_is_help=True)
 app.add_typer(history_app, name="history")
@@ -455,29 +454,22 @@ def _status(s: Any) -> str:
 
 def _render_report(console: Console, r: Any) -> None:
     from rich import box
-    from rich.cells import cell_len
-    from rich.measure import Measurement
     from rich.table import Table
 
     p = r.precision
     rows = [*r.services, *([r.unassigned] if r.unassigned else []), r.totals]
-    # What a reader looks for is never cut to `adm…` or blanked on a narrow terminal: the name,
-    # the cover and the verdict. The others give way, and baseline and Δ go first.
-    name_width = min(max(cell_len(printable(s.name)) for s in rows), SERVICE_WIDTH)
 
     def build(with_baseline: bool) -> Table:
         table = Table(
             title="coverage by service", title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True
         )
-        table.add_column("service", no_wrap=True, min_width=max(name_width, len("service")))
+        table.add_column("service")
         for col in ("files", "stmts", "miss", *(("branch", "brmiss") if r.branch else ())):
             table.add_column(col, justify="right")
-        table.add_column(
-            "cover", justify="right", no_wrap=True, min_width=max(len(f"{s.display}%") for s in rows)
-        )
+        table.add_column("cover", justify="right")
         for col in ("target", *(("baseline", "Δ") if with_baseline else ())):
             table.add_column(col, justify="right")
-        table.add_column("", no_wrap=True, min_width=len("pass"))
+        table.add_column("")
         for s in rows:
             style = "bold" if s is r.totals else ("dim" if s is r.unassigned else None)
             branches = (str(s.branches), str(s.missing_branches)) if r.branch else ()
@@ -496,11 +488,8 @@ def _render_report(console: Console, r: Any) -> None:
             )
         return table
 
-    table = build(with_baseline=True)
-    # Whole (measured unbounded: Measurement.get clamps to the width it is given), or without them.
-    if Measurement.get(console, console.options.update_width(1 << 16), table).maximum > console.width:
-        table = build(with_baseline=False)
-    console.print(table)
+    # Baseline and Δ give way first on a narrow terminal; below that, one value a line.
+    print_table(console, build(with_baseline=True), build(with_baseline=False))
     for s in (*r.services, r.totals):
         if s.passed is False or s.by_rounding:
             from voketag_ops.core.coverage import Rule, verdict
@@ -538,7 +527,7 @@ def _render_gaps(console: Console, r: Any) -> None:
                 table.add_row(
                     _shown(f.path), str(f.missing), str(f.missing_branches), f"{f.display}%", f.missing_lines
                 )
-            console.print(table)
+            print_table(console, table)
         if g.functions:
             table = Table(show_edge=False, box=None, padding=(0, 1))
             for col in ("function", "where", "miss", "brmiss"):
@@ -546,7 +535,7 @@ def _render_gaps(console: Console, r: Any) -> None:
             for fn in g.functions:
                 where = f"{fn.path}:{fn.start_line}" if fn.start_line else fn.path
                 table.add_row(_shown(fn.name), _shown(where), str(fn.missing), str(fn.missing_branches))
-            console.print(table)
+            print_table(console, table)
         console.print()
     if not r.regions:
         console.print(
@@ -572,7 +561,7 @@ def _render_diff(console: Console, r: Any) -> None:
             table.add_column(col, justify="right" if col in ("measured", "cover") else "left")
         for f in uncovered:
             table.add_row(_shown(f.path), str(f.measured), f"{f.display}%", format_ranges(f.uncovered_ranges))
-        console.print(table)
+        print_table(console, table)
     if r.target is not None:
         console.print(("[green]pass[/]" if r.passed else "[red]FAIL[/]") + f" against {_target(r.target)}")
 
@@ -626,7 +615,7 @@ def _render_history_show(console: Console, r: Any) -> None:
             status,
             style="bold" if t.name == "overall" else None,
         )
-    console.print(table)
+    print_table(console, table)
     for note in r.notes:
         console.print(f"note: {note}", markup=False)
     if r.chart:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from voketag_ops.cli.common import DryRun, Unasked, Yes, render_plan, use_local
+from voketag_ops.output import print_table
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -197,7 +198,7 @@ def _render_status(console: Console, report: dict[str, Any]) -> None:
             str(node["timeline"] or ""),
             lag,
         )
-    console.print(table)
+    print_table(console, table)
     archive = report.get("archive") or {}
     if archive.get("dir"):
         console.print(

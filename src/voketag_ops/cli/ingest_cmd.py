@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from voketag_ops.cli.common import DryRun, Unasked, use
-from voketag_ops.output import printable
+from voketag_ops.output import print_table, printable
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -332,7 +332,7 @@ def _render_batches(console: Console, report: dict[str, Any]) -> None:
             b["merkle_root"][:16] + "…",
             b["anchor"],
         )
-    console.print(table)
+    print_table(console, table)
 
 
 @app.command("proof")

@@ -10,6 +10,7 @@ import typer
 from voketag_ops import interrupts
 from voketag_ops.cli.common import DryRun, Yes, read_pasted, use
 from voketag_ops.errors import Interrupted, NeedsOperatorError, VokeError
+from voketag_ops.output import print_table
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -396,7 +397,7 @@ def _render_report(console: Console, report: Any, with_env: Callable[[str], str]
         table.add_column(col)
     for step in report.steps:
         table.add_row(step.name, step.status, f"{step.duration_seconds:.2f}", escape(step.detail))
-    console.print(table)
+    print_table(console, table)
     resumed = " (resumed)" if report.resumed else ""
     console.print(
         f"{report.status}{resumed}: version {report.previous_version} -> {report.new_version} "
@@ -429,7 +430,7 @@ def _render_status(
             s["next_due"],
             "[yellow]yes[/]" if s["due"] else "no",
         )
-    console.print(table)
+    print_table(console, table)
     for r in report["in_progress"]:
         console.print(
             f"[yellow]unfinished[/] {r['rotation_id']} on {r['secret']}: last step {r['step']} "
@@ -549,4 +550,4 @@ def _render_history(console: Console, report: dict[str, Any]) -> None:
             shown(r.finished_at or ""),
             shown((r.error or {}).get("message", "")),
         )
-    console.print(table)
+    print_table(console, table)

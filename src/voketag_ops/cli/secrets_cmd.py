@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from voketag_ops.cli.common import DryRun, Yes, read_pasted_bytes, use
+from voketag_ops.output import print_table
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -197,4 +198,4 @@ def _render_versions(console: Console, report: dict[str, Any]) -> None:
         table.add_column(col)
     for v in report["versions"]:
         table.add_row(str(v["version"]), v["state"], ", ".join(v["aliases"]), v["created_at"])
-    console.print(table)
+    print_table(console, table)
