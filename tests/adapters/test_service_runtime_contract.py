@@ -11,6 +11,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -295,3 +296,90 @@ def test_stopping_orphans_leaves_what_serves_alone(setup):
     """Only what a killed deploy left starting is stopped (rotate's workflow tests kill one)."""
     assert setup.runtime.stop_orphans() == []
     assert _state(setup.runtime) == {"svc-a": (1, True), "svc-b": (1, True)}
+
+
+# A deploy whose voke is killed (SIGKILL, made deterministic here) once the registry moved traffic
+# to the new instance and before the old one got its SIGTERM: the old one is left listed draining.
+KILLED_AT_DRAIN = """
+import os, signal, sys
+from pathlib import Path
+from voketag_ops.adapters.local import services
+real = services._signal
+services._signal = lambda pid, sig: os._exit(9) if sig == signal.SIGTERM else real(pid, sig)
+runtime = services.LocalServiceRuntime(Path(sys.argv[1]), {"svc-a": sys.argv[2]}, start_timeout=5, drain_seconds=0)
+runtime.deploy("svc-a", sys.argv[2], 3)
+"""
+
+
+def _killed_at_drain(platform: Any, tmp_path: Path) -> tuple[Any, dict[str, Any]]:
+    """A home whose svc-a serves version 3 and whose version-1 instance a killed voke moved
+    traffic off without telling it to drain; its runtime and that instance's record."""
+    import subprocess
+    import sys
+
+    from voketag_ops.adapters.local.secrets import LocalSecretStore
+    from voketag_ops.adapters.local.services import LocalServiceRuntime, _alive
+
+    home = tmp_path / "home"
+    _versions(LocalSecretStore(home), json.loads(platform.store().access("db-app", "current")))
+    runtime = LocalServiceRuntime(home, {"svc-a": SECRET}, start_timeout=5, drain_seconds=0)
+    runtime.deploy("svc-a", SECRET, 1)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_AT_DRAIN, str(home), SECRET], capture_output=True, text=True, timeout=60
+    )
+    assert killed.returncode == 9, killed.stderr
+    entry = json.loads((home / "services" / "registry.json").read_text())["services"]["svc-a"]
+    [old] = entry["others"]
+    assert entry["active"]["version"] == 3 and old["role"] == "draining" and old["version"] == 1
+    assert _alive(old["pid"], home, old["instance"])
+    return runtime, old
+
+
+def _exits(runtime: Any, inst: dict[str, Any]) -> bool:
+    """Whether INST's process exits (drained: 0 s here) within a generous bound."""
+    from voketag_ops.adapters.local.services import _alive
+
+    deadline = time.monotonic() + 15
+    while _alive(inst["pid"], runtime.home, inst["instance"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _alive(inst["pid"], runtime.home, inst["instance"])
+
+
+@pytest.mark.parametrize("then", ["deploy", "env up", "stop_orphans"])
+def test_an_instance_a_killed_deploy_never_told_to_drain_is_ended_by_the_next_reap(platform, tmp_path, then):
+    """Left draining for good, it kept reading version 1 (an old DB credential) and pinned it
+    against `rotate cleanup`: the next deploy (even a no-op), `env up` or rollback tells it."""
+    runtime, old = _killed_at_drain(platform, tmp_path)
+    try:
+        if then == "deploy":
+            assert runtime.deploy("svc-a", SECRET, 3).secret_version == 3
+        elif then == "env up":
+            assert runtime.ensure_started({SECRET: 3}) == []
+        else:
+            assert runtime.stop_orphans() == []  # told to drain, not stopped: it may still answer
+        assert _exits(runtime, old)
+        assert runtime.pinned_versions(SECRET) == {3}
+        assert _state(runtime) == {"svc-a": (3, True)}
+    finally:
+        runtime.stop_all()
+
+
+def test_an_instance_draining_for_longer_than_a_drain_pins_nothing_and_is_stopped(platform, tmp_path):
+    """Still running long after its drain should have ended (never told, or hung): it serves
+    nothing, so it keeps no version from cleanup, and the next reap stops it at once."""
+    from voketag_ops.adapters.local.services import _alive
+
+    runtime, old = _killed_at_drain(platform, tmp_path)
+    try:
+        registry = runtime.home / "services" / "registry.json"
+        doc = json.loads(registry.read_text())
+        since = datetime.now(timezone.utc) - timedelta(hours=1)
+        doc["services"]["svc-a"]["others"][0]["draining_since"] = since.isoformat().replace("+00:00", "Z")
+        registry.write_text(json.dumps(doc))  # as if the voke had been killed an hour ago
+        assert runtime.pinned_versions(SECRET) == {3} and runtime.live_versions(SECRET) == {3}
+        assert runtime.stop_orphans() == [old["instance"]]
+        assert not _alive(old["pid"], runtime.home, old["instance"])
+        assert _state(runtime) == {"svc-a": (3, True)}
+        assert old["draining_since"]  # dated by the deploy that moved traffic off it
+    finally:
+        runtime.stop_all()

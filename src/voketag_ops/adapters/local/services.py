@@ -28,12 +28,17 @@ from pathlib import Path
 from typing import Any
 
 from voketag_ops.adapters.local.postgres import pick_free_port, process_exists
+from voketag_ops.core.rotation import parse_iso
 from voketag_ops.core.times import iso
 from voketag_ops.errors import ConfigError, HealthCheckError, RestartError
 from voketag_ops.logs import get_logger
 from voketag_ops.ports import ServiceInfo
 
 log = get_logger(__name__)
+
+# A drained instance exits DRAIN seconds after its SIGTERM; one still draining this much later
+# was never told to (a voke killed between moving traffic and signalling it) or hangs.
+DRAIN_GRACE_SECONDS = 5.0
 
 
 def http_health(url: str, timeout: float = 3) -> tuple[bool, dict[str, Any]]:
@@ -114,18 +119,33 @@ class LocalServiceRuntime:
         except (FileNotFoundError, ValueError):
             return {"services": {}}
 
+    def _overdue(self, inst: dict[str, Any]) -> bool:
+        """Whether INST, moved off traffic, has been draining for longer than a drain takes:
+        told to drain, it would have exited; still running, it never was (its voke was killed
+        between moving traffic and SIGTERM) or it hangs. It serves nothing and pins nothing."""
+        since = inst.get("draining_since")
+        if inst.get("role") != "draining" or not since:
+            return False
+        age = (datetime.now(timezone.utc) - parse_iso(since)).total_seconds()
+        return age > self.drain_seconds + DRAIN_GRACE_SECONDS
+
     def _reap(self, entry: dict[str, Any]) -> list[str]:
-        """Forget dead instances; stop instances whose starting voke process died (the names
-        of those stopped)."""
+        """Forget dead instances; stop instances whose starting voke process died, and those
+        draining for too long; tell the other draining ones to drain (the names stopped)."""
         keep, stopped = [], []
         for inst in entry.get("others", []):
             if not self._live(inst):
                 continue
-            if inst.get("role") == "starting" and not process_exists(inst.get("owner")):
+            orphaned = inst.get("role") == "starting" and not process_exists(inst.get("owner"))
+            if orphaned or self._overdue(inst):
                 log.info("stopping orphaned instance %s", inst["instance"])
                 self._stop(inst)
                 stopped.append(inst["instance"])
                 continue
+            if inst.get("role") == "draining":
+                # The voke that moved traffic off it may have been killed before its SIGTERM; a
+                # second SIGTERM changes nothing (the instance exits when its first drain ends).
+                _signal(inst["pid"], signal.SIGTERM)
             keep.append(inst)
         entry["others"] = keep
         active = entry.get("active")
@@ -173,8 +193,8 @@ class LocalServiceRuntime:
         return int(active["version"])
 
     def pinned_versions(self, secret: str) -> set[int]:
-        """Versions any live instance (serving or draining) is pinned to, and those the registry
-        assigns: never disable these."""
+        """Versions any live instance (serving or draining, not one draining for longer than a
+        drain takes) is pinned to, and those the registry assigns: never disable these."""
         return self._versions(secret, assigned=True)
 
     def live_versions(self, secret: str) -> set[int]:
@@ -189,7 +209,7 @@ class LocalServiceRuntime:
             found.update(
                 int(inst["version"])
                 for inst in [entry.get("active"), *entry.get("others", [])]
-                if self._live(inst)
+                if self._live(inst) and not self._overdue(inst)  # overdue: the next reap stops it
             )
             if assigned and entry.get("version") is not None:
                 found.add(int(entry["version"]))
@@ -226,14 +246,16 @@ class LocalServiceRuntime:
             draining = old if self._live(old) else None
             if draining:
                 draining["role"] = "draining"
+                draining["draining_since"] = iso(datetime.now(timezone.utc))
                 entry["others"].append(draining)
-        if draining:
+        if draining:  # killed before this, the next reap (deploy, env up, stop_orphans) sends it
             _signal(draining["pid"], signal.SIGTERM)  # graceful: it drains, then exits on its own
         return self._info(service, secret, new, healthy=True)
 
     def stop_orphans(self) -> list[str]:
         """Stop the instances a deploy started whose voke died before moving traffic to them:
-        they never serve, but read their version until stopped. The instances stopped."""
+        they never serve, but read their version until stopped. Also end the ones it moved
+        traffic off and died before telling to drain (`_reap`). The instances stopped."""
         with self._registry() as doc:
             return [name for entry in doc["services"].values() for name in self._reap(entry)]
 
@@ -274,6 +296,7 @@ class LocalServiceRuntime:
         """Start every consumer that has no live instance (env up), pinned to the version it was
         pinned to, or to VERSIONS[secret] if it has none or REPIN (the credentials are new)."""
         started = []
+        self.stop_orphans()  # what a killed voke left starting or draining (env up after kill -9)
         doc = self._snapshot()
         todo: dict[str, tuple[str, int]] = {}
         for name, secret in self.consumers.items():
