@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from voketag_ops import files, interrupts
 from voketag_ops.core import audit as core
-from voketag_ops.core.chain import read_json
+from voketag_ops.core.chain import DEFAULT_DIFFICULTY, read_json
 from voketag_ops.errors import DISK_REFUSED, BackendError, NeedsOperatorError, VokeError
 from voketag_ops.redact import redact
 
@@ -444,12 +444,15 @@ class AuditLog:
                 if skipped is not None:
                     skipped.append(number)
 
-    def verify(self) -> core.VerifyReport:
+    def verify(self, *, min_difficulty: int = DEFAULT_DIFFICULTY) -> core.VerifyReport:
         """Walk the whole log against its checkpoints and the chain's anchors of them.
 
         Anchors that cannot be read (the environment is down or gone) are reported as not
         checked, never as a failure; an anchor missing from the chain (wiped by `env
         destroy`, rolled back) is not a failure either: only one that contradicts the log is.
+        The chain read is validated first as `chain validate` does (each block with at least
+        MIN_DIFFICULTY bits of work, its anchors agreeing with its blocks): one that does not
+        validate contributes no claim, and the report fails naming its first bad block.
         """
         try:
             checkpoints = self.checkpoints()
@@ -460,16 +463,29 @@ class AuditLog:
             for cp in checkpoints
         ]
         unchecked: str | None = None
+        untrusted: str | None = None
         without_anchor = 0
         try:
             state = self._chain_store(readonly=True).load(kind="audit-checkpoint")  # all it claims
         except VokeError as exc:
             unchecked = exc.message
         else:
-            chain_claims, anchored = checkpoint_claims(state)
-            claims += chain_claims
-            without_anchor = sum(1 for cp in checkpoints if cp.root not in anchored)
+            from voketag_ops.workflows.chain import validate_state
+
+            chain = validate_state(state, min_difficulty=min_difficulty)
+            if not chain.ok:
+                why = (chain.message or "").removeprefix(f"block {chain.bad_index}: ")
+                untrusted = (
+                    f"chain invalid at block {chain.bad_index}: its anchors are not trusted ({why}); "
+                    "`voke chain validate` names the problem"
+                )
+            else:
+                chain_claims, anchored = checkpoint_claims(state)
+                claims += chain_claims
+                without_anchor = sum(1 for cp in checkpoints if cp.root not in anchored)
         report = core.verify_lines(self.raw_lines(), claims)
+        if untrusted is not None and report.ok:  # a problem of the log itself is named first
+            report = replace(report, ok=False, problem=core.Problem.UNTRUSTED_CHAIN, message=untrusted)
         return replace(report, anchors_unchecked=unchecked, checkpoints_without_anchor=without_anchor)
 
     def contradiction(self, state: ChainState) -> str | None:

@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from voketag_ops.core.chain import DEFAULT_DIFFICULTY
 from voketag_ops.errors import ConfigError, UsageError
 
 DEFAULT_SERVICES = ("admin-service", "factory-service", "blockchain-service")
@@ -472,6 +473,13 @@ class ChainSettings(_Model):
         default=250_000_000,
         ge=1,
         description="largest document `chain import` reads, in bytes (~300,000 anchored roots)",
+    )
+    min_difficulty: int = Field(
+        default=DEFAULT_DIFFICULTY,
+        ge=0,
+        le=256,
+        description="leading zero bits every block hash must have for `chain validate` and `audit verify` "
+        "(`chain anchor run` mines at 16 by default)",
     )
 
 

@@ -466,12 +466,45 @@ def test_a_sealed_block_record_still_catches_a_rewrite_after_its_anchor_row_is_d
     log = AuditLog(tmp_path, checkpoint_every=10, chain=lambda: chain)
     append_n(log, 12)
     chain_wf.run_anchors(chain, now=T0, difficulty=4)  # audit@10 is sealed in a block
-    assert log.verify().ok and log.verify().anchors_checked == 1
+    assert log.verify(min_difficulty=4).ok and log.verify(min_difficulty=4).anchors_checked == 1
     _rewrite_consistently(log, [i for i in range(12) if i != 5])  # entry 5 deleted
     state = chain.load()
     chain._write(replace(state, anchors={}))  # and the anchor row with it
-    report = log.verify()
+    report = log.verify(min_difficulty=4)
     assert report.problem is au.Problem.CHECKPOINT_MISMATCH and "block 0 record" in (report.message or "")
+
+
+def test_a_chain_whose_claims_were_rewritten_without_its_work_vouches_for_nothing(tmp_path: Path) -> None:
+    """Whoever can write VOKE_HOME and the chain's store rewrites the log consistently and puts
+    the new checkpoint roots in the anchors and the block records, without mining the blocks
+    again: the chain does not validate, so `verify` trusts none of its claims and fails."""
+    from dataclasses import replace
+
+    from voketag_ops.core import chain as ch
+    from voketag_ops.workflows import chain as chain_wf
+
+    chain = FileChainStore(default_chain_path(tmp_path))
+    log = AuditLog(tmp_path, checkpoint_every=10, chain=lambda: chain)
+    append_n(log, 12)
+    chain_wf.run_anchors(chain, now=T0, difficulty=4)
+    assert log.verify(min_difficulty=4).anchors_checked == 1
+    old_root = log.checkpoints()[0].root
+    _rewrite_consistently(log, [i for i in range(12) if i != 5])
+    new_root = log.checkpoints()[0].root
+    state = chain.load()
+    anchors = dict(state.anchors)
+    anchors[new_root] = replace(anchors.pop(old_root), root=bytes.fromhex(new_root))
+    blocks = tuple(
+        replace(b, records=tuple(r.replace(old_root, new_root) for r in b.records)) for b in state.blocks
+    )
+    chain._write(ch.ChainState(blocks=blocks, anchors=anchors))
+
+    report = log.verify(min_difficulty=4)
+    assert not report.ok and report.problem is au.Problem.UNTRUSTED_CHAIN
+    assert (report.message or "").startswith(
+        "chain invalid at block 0: its anchors are not trusted (records do"
+    )
+    assert report.anchors_checked == 0 and report.entries == 11  # walked, against its own checkpoints
 
 
 def test_another_homes_chain_is_refused_by_import(tmp_path: Path) -> None:

@@ -127,7 +127,7 @@ def test_concurrent_writers(store: ChainStore) -> None:
     wf.run_anchors(store, now=T0, difficulty=4, retry=NO_WAIT)
     state = store.load()
     assert len(state.anchors) == 18 and not state.pending()
-    assert wf.validate(store).ok
+    assert wf.validate(store, min_difficulty=4).ok
     records = [r for b in state.blocks for r in b.records]
     assert len(records) == len(set(records)) == 18
 
@@ -195,7 +195,7 @@ def test_an_import_never_unanchors_a_sealed_root_and_refuses_a_contradiction(
     assert store.import_state(home_a.load()) == {"blocks_added": 0, "anchors_updated": 2}
     assert store.import_state(home_b.load()) == {"blocks_added": 0, "anchors_updated": 0}
     assert store.load().anchors[z.hex()].state is ch.AnchorState.ANCHORED
-    assert wf.validate(store).ok
+    assert wf.validate(store, min_difficulty=4).ok
 
 
 @pytest.mark.pg

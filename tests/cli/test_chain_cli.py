@@ -40,8 +40,9 @@ def chain_db(local_env: Any) -> Iterator[Callable[[], str]]:
 
 @pytest.fixture
 def chain_env(platform_environ: dict[str, str], chain_db: Callable[[], str]) -> Callable[[], dict[str, str]]:
-    """Environment variables for voke on the shared platform with a fresh chain database."""
-    return lambda: dict(platform_environ, VOKE_CHAIN__DATABASE=chain_db())
+    """Environment variables for voke on the shared platform with a fresh chain database (its
+    blocks are mined at 4 bits, for speed, and validated at that)."""
+    return lambda: dict(platform_environ, VOKE_CHAIN__DATABASE=chain_db(), VOKE_CHAIN__MIN_DIFFICULTY="4")
 
 
 def since_now() -> str:
@@ -304,7 +305,12 @@ def test_anchor_lifecycle_validate_and_audit(voke, chain_env, local_env) -> None
     assert events[2]["target"].startswith(
         f"PostgreSQL database {environ['VOKE_CHAIN__DATABASE']} on the local"
     )
-    assert run("audit", "verify").exit_code == 0
+    # The log is sound, but a chain that does not validate vouches for nothing.
+    untrusted = run("audit", "verify", "--json")
+    assert untrusted.exit_code == 1 and untrusted.json["result"]["problem"] == "untrusted_chain"
+    assert untrusted.json["error"]["message"].startswith(
+        "chain invalid at block 0: its anchors are not trusted"
+    )
 
 
 @pytest.mark.pg
@@ -366,7 +372,7 @@ def test_export_and_import_through_postgres(voke, chain_env, tmp_path: Path) -> 
 def test_file_store_setting(voke, make_environ, tmp_path: Path) -> None:
     """chain.store = "file" keeps the chain in VOKE_HOME/chain/chain.json, no environment."""
     home = tmp_path / "home"
-    environ = make_environ(home, VOKE_CHAIN__STORE="file")
+    environ = make_environ(home, VOKE_CHAIN__STORE="file", VOKE_CHAIN__MIN_DIFFICULTY="4")
     voke("chain", "anchor", "request", merkle.root([b"f"]).hex(), environ=environ)
     run = voke("chain", "anchor", "run", "--difficulty", "4", "--json", environ=environ)
     assert run.exit_code == 0 and run.json["result"]["block"]["index"] == 0
@@ -386,11 +392,42 @@ def test_file_store_setting(voke, make_environ, tmp_path: Path) -> None:
     assert bad.exit_code == 3 and "VOKE_CHAIN__STORE: chain.store" in bad.json["error"]["message"]
 
 
+def test_validate_and_audit_verify_require_the_configured_work(voke, make_environ, tmp_path: Path) -> None:
+    """A chain mined (or re-mined by whoever can write its store) with no proof of work fails
+    `chain validate` and `audit verify` by default: chain.min_difficulty, 16 bits, what `anchor
+    run` mines at. A chain mined with fewer bits on purpose passes with --min-difficulty or the setting."""
+    home = tmp_path / "home"
+    environ = make_environ(home, VOKE_CHAIN__STORE="file")
+    voke("chain", "anchor", "request", merkle.root([b"w"]).hex(), environ=environ)
+    assert voke("chain", "anchor", "run", "--difficulty", "0", environ=environ).exit_code == 0
+    weak = voke("chain", "validate", "--json", environ=environ)
+    assert weak.exit_code == 1 and weak.json["result"]["problem"] == "insufficient_work"
+    message = weak.json["error"]["message"]
+    assert "block 0: difficulty 0 is below the required 16" in message and "`--min-difficulty 0`" in message
+    untrusted = voke("audit", "verify", "--json", environ=environ)
+    assert untrusted.exit_code == 1 and untrusted.json["result"]["problem"] == "untrusted_chain"
+    assert untrusted.json["error"]["message"].startswith(
+        "chain invalid at block 0: its anchors are not trusted"
+    )
+    human = voke("audit", "verify", environ=environ)
+    assert (
+        human.exit_code == 1 and "NOT VERIFIED" in human.stdout and "chain invalid at block 0" in human.stderr
+    )
+    for args, extra in ((["--min-difficulty", "0"], {}), ([], {"VOKE_CHAIN__MIN_DIFFICULTY": "0"})):
+        accepting = make_environ(home, VOKE_CHAIN__STORE="file", **extra)
+        assert voke("chain", "validate", *args, environ=accepting).exit_code == 0
+        assert voke("audit", "verify", *args, environ=accepting).exit_code == 0
+    strong = make_environ(tmp_path / "strong", VOKE_CHAIN__STORE="file")
+    voke("chain", "anchor", "request", merkle.root([b"s"]).hex(), environ=strong)
+    assert voke("chain", "anchor", "run", environ=strong).exit_code == 0  # 16 bits by default
+    assert voke("chain", "validate", environ=strong).exit_code == 0
+
+
 def test_an_import_keeps_what_this_home_anchored(voke, make_environ, tmp_path: Path) -> None:
     """Home B requested, cancelled and requested again a root home A has anchored meanwhile:
     B's export (the root pending, a higher version) does not undo A's block."""
-    home_a = make_environ(tmp_path / "a", VOKE_CHAIN__STORE="file")
-    home_b = make_environ(tmp_path / "b", VOKE_CHAIN__STORE="file")
+    home_a = make_environ(tmp_path / "a", VOKE_CHAIN__STORE="file", VOKE_CHAIN__MIN_DIFFICULTY="4")
+    home_b = make_environ(tmp_path / "b", VOKE_CHAIN__STORE="file", VOKE_CHAIN__MIN_DIFFICULTY="4")
     a1, b1 = tmp_path / "a1.json", tmp_path / "b1.json"
     voke("chain", "anchor", "request", merkle.root([b"x"]).hex(), environ=home_a)
     voke("chain", "anchor", "run", "--difficulty", "4", environ=home_a)

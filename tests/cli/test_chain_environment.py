@@ -20,7 +20,7 @@ pytestmark = pytest.mark.pg
 
 def test_down_destroy_and_catch_up(voke, make_environ, tmp_path: Path) -> None:
     home = tmp_path / "home"
-    environ = make_environ(home, VOKE_LOCAL__REPLICA="false")
+    environ = make_environ(home, VOKE_LOCAL__REPLICA="false", VOKE_CHAIN__MIN_DIFFICULTY="4")
 
     def run(*args: str):  # returns conftest Result
         return voke(*args, environ=environ)
@@ -150,7 +150,7 @@ def test_a_chain_use_during_destroy_waits_and_loses_nothing(voke, make_environ, 
     databases destroy then deleted (the chain was gone). Now it waits for the destroy (env.lock)
     and moves the export into the environment it then starts."""
     home = tmp_path / "home"
-    environ = make_environ(home, VOKE_LOCAL__REPLICA="false")
+    environ = make_environ(home, VOKE_LOCAL__REPLICA="false", VOKE_CHAIN__MIN_DIFFICULTY="4")
     try:
         requested = voke("chain", "anchor", "request", merkle.root([b"kept"]).hex(), environ=environ)
         assert requested.exit_code == 0

@@ -128,7 +128,7 @@ def test_request_run_and_rerun(store: FileChainStore) -> None:
 
     state = store.load()
     assert len(state.blocks) == 2 and state.blocks[1].prev_hash == state.blocks[0].hash
-    assert wf.validate(store).ok
+    assert wf.validate(store, min_difficulty=DIFF).ok
     listing = wf.list_anchors(store)
     assert listing["counts"]["anchored"] == 3 and listing["chain_length"] == 2
     assert sorted(a["block_index"] for a in listing["anchors"]) == [0, 0, 1]
@@ -140,7 +140,7 @@ def test_block_timestamp_never_goes_back(store: FileChainStore) -> None:
     wf.run_anchors(store, now=T0, difficulty=DIFF)
     wf.request_anchor(store, root=root_of("b"), kind="batch", label="b", now=T0)
     report = wf.run_anchors(store, now=T0 - timedelta(hours=1), difficulty=DIFF)  # clock went back
-    assert report.ok and wf.validate(store).ok
+    assert report.ok and wf.validate(store, min_difficulty=DIFF).ok
 
 
 def test_dry_run_changes_nothing(store: FileChainStore) -> None:
@@ -193,7 +193,7 @@ def test_a_concurrent_writer_causes_a_conflict_and_a_clean_retry(store: FileChai
     state = store.load()
     # The rival's run anchored both pending roots in block 0; our retry found nothing left.
     assert len(state.blocks) == 1 and not state.pending()
-    assert wf.validate(store).ok
+    assert wf.validate(store, min_difficulty=DIFF).ok
 
 
 def test_cancel_pending_and_refuse_anchored(store: FileChainStore) -> None:
@@ -231,7 +231,7 @@ def test_validate_catches_an_anchor_missing_from_its_block(store: FileChainStore
     doc = json.loads(store.path.read_text())
     doc["anchors"][0]["label"] = "edited"
     store.path.write_text(json.dumps(doc))
-    report = wf.validate(store)
+    report = wf.validate(store, min_difficulty=DIFF)
     assert not report.ok and report.problem is ch.Problem.CHANGED_RECORD and report.bad_index == 0
 
 
@@ -242,7 +242,7 @@ def test_validate_reports_tampering_in_the_file(store: FileChainStore) -> None:
     doc = json.loads(store.path.read_text())
     doc["blocks"][1]["records"][0] = doc["blocks"][1]["records"][0].replace("r1", "rX")
     store.path.write_text(json.dumps(doc))
-    report = wf.validate(store)
+    report = wf.validate(store, min_difficulty=DIFF)
     assert (report.bad_index, report.problem) == (1, ch.Problem.CHANGED_RECORD)
 
 
@@ -382,4 +382,4 @@ def test_requests_and_runs_read_only_the_anchors_they_need(store: FileChainStore
     wf.request_anchor(narrow, root=root_of("c"), kind="batch", label="c", now=T0)
     again = wf.run_anchors(narrow, now=T0, difficulty=DIFF)
     assert again.block is not None and again.block["index"] == 1
-    assert wf.validate(store).ok
+    assert wf.validate(store, min_difficulty=DIFF).ok

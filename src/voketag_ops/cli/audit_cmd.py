@@ -1,6 +1,7 @@
 """`voke audit`: show, export and verify the tamper-evident audit log.
 
-Exit codes: 0 success; 1 `verify` found a problem (it names the first bad entry);
+Exit codes: 0 success; 1 `verify` found a problem (it names the first bad entry, or the first
+bad block of a chain that does not validate);
 2 bad flags; 4 the log could not be read.
 """
 
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from voketag_ops.cli.common import DryRun, Unasked, render_plan, use
+from voketag_ops.cli.common import DryRun, MinDifficulty, Unasked, render_plan, use
 from voketag_ops.output import print_table
 
 if TYPE_CHECKING:
@@ -149,15 +150,18 @@ def export(
 
 
 @app.command("verify")
-def verify(ctx: typer.Context) -> None:
+def verify(ctx: typer.Context, min_difficulty: MinDifficulty = None) -> None:
     """Check every entry's hash and link, and the log against its checkpoints and their
     chain anchors; exit 1 naming the first bad entry (edited, deleted, inserted,
-    reordered, torn by a crash, or cut off below a checkpoint). Never starts the local
-    environment: with the chain unreachable, anchors are reported as not checked."""
+    reordered, torn by a crash, or cut off below a checkpoint), or a chain that does not
+    validate (its anchors are not trusted). Never starts the local environment: with the
+    chain unreachable, anchors are reported as not checked."""
     from voketag_ops.workflows.audit import verify as run_verify
 
     env = use(ctx)
-    report = run_verify(_home(env))
+    if min_difficulty is None:
+        min_difficulty = env.settings.chain.min_difficulty
+    report = run_verify(_home(env), min_difficulty=min_difficulty)
     env.out.result(report, ok=report.ok, failure=report.message, render=_render_verify)
 
 
@@ -215,6 +219,8 @@ def _render_show(console: Console, report: dict[str, Any]) -> None:
 
 
 def _render_verify(console: Console, report: Any) -> None:
+    from voketag_ops.core.audit import Problem
+
     if report.ok:
         console.print(
             f"audit log ok: {report.entries} entries, {report.checkpoints_checked} checkpoint(s) and "
@@ -229,6 +235,11 @@ def _render_verify(console: Console, report: Any) -> None:
                 f"{report.checkpoints_without_anchor} checkpoint(s) not anchored yet "
                 "(requested by the next `voke audit checkpoint` or `voke chain anchor run`)"
             )
+    elif report.problem is Problem.UNTRUSTED_CHAIN:
+        console.print(
+            f"audit log NOT VERIFIED: {report.entries} entries agree with {report.checkpoints_checked} "
+            "local checkpoint(s), but the chain does not validate, so none of its anchors count"
+        )
     else:
         where = "" if report.first_bad_entry is None else f": first bad entry {report.first_bad_entry}"
         console.print(f"audit log INVALID{where} ({report.problem.value})")

@@ -23,7 +23,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from voketag_ops.cli.common import DryRun, Unasked, Yes, stdin_bytes, use, use_local
+from voketag_ops.cli.common import DryRun, MinDifficulty, Unasked, Yes, stdin_bytes, use, use_local
 from voketag_ops.output import print_table
 
 _UINT64_MAX = (1 << 64) - 1  # the largest size the chain store reads back (core.chain.MAX_NONCE)
@@ -195,14 +195,14 @@ def verify(
 @app.command("validate")
 def validate(
     ctx: typer.Context,
-    min_difficulty: Annotated[
-        int, typer.Option("--min-difficulty", min=0, max=256, help="Leading zero bits every block must have.")
-    ] = 0,
+    min_difficulty: MinDifficulty = None,
 ) -> None:
     """Check the whole chain; exit 1 naming the first bad block and why."""
     from voketag_ops.workflows.chain import validate as run_validate
 
     env = use_local(ctx)
+    if min_difficulty is None:
+        min_difficulty = env.settings.chain.min_difficulty
     report = run_validate(_store(env), min_difficulty=min_difficulty)
     env.out.result(report, ok=report.ok, failure=report.message, render=_render_validate)
 

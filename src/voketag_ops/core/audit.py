@@ -343,6 +343,7 @@ class Problem(StrEnum):
     EDITED = "edited"  # content no longer matches the entry's own hash
     CHECKPOINT_MISMATCH = "checkpoint_mismatch"  # entries rewritten consistently
     TRUNCATED = "truncated"  # fewer entries than a checkpoint or anchor covers
+    UNTRUSTED_CHAIN = "untrusted_chain"  # the chain does not validate: none of its claims count
 
 
 @dataclass(frozen=True)

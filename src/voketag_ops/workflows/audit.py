@@ -98,9 +98,10 @@ def export_chunks(
     yield end
 
 
-def verify(home: Path) -> core.VerifyReport:
-    """Verify the whole log against its checkpoints and the chain's anchors of them."""
-    return AuditLog(home).verify()
+def verify(home: Path, *, min_difficulty: int) -> core.VerifyReport:
+    """Verify the whole log against its checkpoints and the chain's anchors of them (a chain
+    whose blocks show less than MIN_DIFFICULTY bits of work is not trusted)."""
+    return AuditLog(home).verify(min_difficulty=min_difficulty)
 
 
 def refuse_foreign_chain(home: Path, state: Any, source: str) -> None:

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
@@ -536,11 +536,30 @@ def plan_import(open_store: Callable[[], ChainStore], incoming: ch.ChainState) -
     return {"blocks_added": len(added), "anchors_updated": len(changed)}
 
 
-def validate(store: ChainStore, *, min_difficulty: int = 0) -> ch.ChainReport:
+def validate(store: ChainStore, *, min_difficulty: int = ch.DEFAULT_DIFFICULTY) -> ch.ChainReport:
     """Validate the whole stored chain, and check every anchored anchor is in its block."""
-    state = store.load()
+    return validate_state(store.load(), min_difficulty=min_difficulty)
+
+
+def validate_state(state: ch.ChainState, *, min_difficulty: int) -> ch.ChainReport:
+    """STATE's blocks validated (each with at least MIN_DIFFICULTY bits of work), then its
+    anchors checked against them (`anchor_disagreement`): what `chain validate` runs, and what
+    `audit verify` runs on the chain it loads before it trusts a claim from it."""
     report = ch.validate_chain(state.blocks, min_difficulty=min_difficulty)
     if not report.ok:
+        bad = state.blocks[report.bad_index] if report.bad_index is not None else None
+        if (
+            report.problem is ch.Problem.INSUFFICIENT_WORK
+            and bad is not None
+            and bad.difficulty < min_difficulty
+        ):
+            # Mined below the required work on purpose (`anchor run --difficulty`, or the setting raised
+            # since): the operator who knows says so; an attacker's cheap re-mine is what this catches.
+            message = (
+                f"{report.message} (chain.min_difficulty; if blocks were mined with fewer bits on purpose, "
+                f"`--min-difficulty {bad.difficulty}` or that setting accepts them)"
+            )
+            report = replace(report, message=message)
         return report
     problem = ch.anchor_disagreement(state.blocks, state.anchors.values())
     if problem is not None:
