@@ -266,9 +266,9 @@ class ChainStore(Protocol):
         """Where the chain lives, for people and audit targets (never a password)."""
         ...
 
-    def load(self, *, kind: str | None = None) -> ChainState:
-        """A consistent snapshot of every block and anchor (of KIND only, when given: the
-        others are never read). Raises ChainStoreError."""
+    def load(self, *, kind: str | None = None, ids: Collection[str] | None = None) -> ChainState:
+        """A consistent snapshot of every block and anchor (of KIND only, among IDS only, when
+        given: the others are never read). Raises ChainStoreError."""
         ...
 
     def head(self) -> Block | None:

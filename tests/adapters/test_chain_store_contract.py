@@ -77,6 +77,8 @@ def test_head_and_anchor_lookups_read_only_what_they_name(store: ChainStore) -> 
     assert store.anchors(kind="batch") == {a.id: anchored, c.id: c}
     assert store.anchors([a.id, b.id], kind="batch", state=ch.AnchorState.ANCHORED) == {a.id: anchored}
     assert store.load(kind="audit-checkpoint") == ch.ChainState(blocks=(block,), anchors={b.id: b})
+    assert store.load(ids=[c.id, "00" * 32]) == ch.ChainState(blocks=(block,), anchors={c.id: c})
+    assert store.load(kind="batch", ids=[b.id]) == ch.ChainState(blocks=(block,))
     second = ch.seal(index=1, timestamp=T0, prev_hash=block.hash, records=[], difficulty=0, nonce=2)
     store.commit(blocks=[second])
     assert store.head() == second

@@ -205,6 +205,53 @@ def test_prove_and_verify(voke, leaves_file: Path, tmp_path: Path, monkeypatch) 
     assert voke("chain", "verify", str(proof), "--leaf", "a", "--leaf-hex", "00").exit_code == 2
 
 
+def test_verify_says_whether_the_root_was_looked_up_and_anchored_requires_it_on_the_chain(
+    voke, make_environ, leaves_file: Path, tmp_path: Path
+) -> None:
+    """A self-consistent document proves only that its leaf is in a tree with its root: any
+    root. `verify` says the root was not looked up; `--anchored` requires it anchored (for the
+    proof's tree size) on a chain that validates, exit 1 otherwise."""
+    environ = make_environ(tmp_path / "home", VOKE_CHAIN__STORE="file", VOKE_CHAIN__MIN_DIFFICULTY="4")
+    leaf = "TFORGED001\tSKU-X\tGold bar\tFAC-1\t2024-01-01T00:00:00.000000+00:00\t\t\t"
+    h = merkle.leaf_hash(leaf.encode()).hex()
+    forged = tmp_path / "forged.json"
+    forged.write_text(
+        json.dumps(
+            {"leaf_index": 0, "tree_size": 1, "root": h, "leaf_hash": h, "audit_path": [], "leaf": leaf}
+        )
+    )
+    offline = voke("chain", "verify", str(forged), environ=environ)
+    assert offline.exit_code == 0
+    assert offline.stdout.splitlines()[1] == "the root was not looked up on the chain (`--anchored` does)"
+    refused = voke("chain", "verify", str(forged), "--anchored", "--json", environ=environ)
+    assert refused.exit_code == 1 and refused.json["result"]["anchoring"]["anchored"] is False
+    assert refused.json["error"]["message"] == (
+        f"the proof is valid, but root {h[:16]}… is not anchored: the chain has no anchor for it"
+    )
+
+    proof = tmp_path / "proof.json"
+    proof.write_text(voke("chain", "prove", str(leaves_file), "--index", "3", "--json").stdout)
+    root = json.loads(proof.read_text())["result"]["root"]
+    voke("chain", "anchor", "request", root, "--label", "leaves", "--tree-size", "13", environ=environ)
+    pending = voke("chain", "verify", str(proof), "--anchored", environ=environ)
+    assert pending.exit_code == 1 and f"NOT ANCHORED: root {root[:16]}… is pending" in pending.stdout
+    assert voke("chain", "anchor", "run", "--difficulty", "4", environ=environ).exit_code == 0
+    anchored = voke("chain", "verify", str(proof), "--anchored", environ=environ)
+    assert anchored.exit_code == 0, anchored.stderr
+    assert f"root {root[:16]}… is anchored in block 0 as batch 'leaves', tree size 13" in anchored.stdout
+    weak = make_environ(tmp_path / "home", VOKE_CHAIN__STORE="file")  # block 0 has 4 bits, not 16
+    untrusted = voke("chain", "verify", str(proof), "--anchored", environ=weak)
+    assert (
+        untrusted.exit_code == 1
+        and "chain invalid at block 0: its anchors are not trusted" in untrusted.stderr
+    )
+    other = tmp_path / "other.json"  # the same root claimed for another tree size
+    other.write_text(json.dumps(dict(json.loads(proof.read_text())["result"], tree_size=14)))
+    assert voke("chain", "verify", str(other), environ=environ).exit_code == 0  # leaf 3's path fits 14 too
+    resized = voke("chain", "verify", str(other), "--anchored", environ=environ)
+    assert resized.exit_code == 1 and "is anchored with a tree of 13, not the proof's 14" in resized.stderr
+
+
 def test_consistency_and_verify(voke, leaves_file: Path, tmp_path: Path) -> None:
     result = voke("chain", "consistency", str(leaves_file), "--old-size", "5", "--json")
     doc = result.json["result"]

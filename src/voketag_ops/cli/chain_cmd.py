@@ -152,16 +152,27 @@ def verify(
     ],
     leaf: Annotated[str | None, typer.Option("--leaf", help="The leaf itself, as text (UTF-8).")] = None,
     leaf_hex: Annotated[str | None, typer.Option("--leaf-hex", help="The leaf itself, hex-encoded.")] = None,
+    anchored: Annotated[
+        bool,
+        typer.Option(
+            "--anchored",
+            help="Also require the proof's root to be anchored on the local chain for its tree size "
+            "(read-only; the chain must validate).",
+        ),
+    ] = False,
 ) -> None:
-    """Verify a proof document: exit 0 valid, 1 invalid, 2 malformed.
+    """Verify a proof document: exit 0 valid, 1 invalid (or, with --anchored, its root not
+    anchored), 2 malformed.
 
+    The proof is checked against the document's own root; without --anchored that root is not
+    looked up anywhere (files only: a third party verifies offline), and the answer says so.
     For an inclusion proof, --leaf/--leaf-hex give the leaf, which is hashed here (and
     must match the document's leaf_hash); without them the document's leaf_hash is checked.
     """
     from voketag_ops.errors import UsageError
     from voketag_ops.workflows.chain import MAX_PROOF_BYTES, MalformedProofError, verify_document
 
-    env = use(ctx)
+    env = use_local(ctx) if anchored else use(ctx)  # the chain looked up is the local one
     if leaf is not None and leaf_hex is not None:
         raise UsageError("give --leaf or --leaf-hex, not both")
     data: bytes | None = leaf.encode("utf-8") if leaf is not None else None
@@ -181,10 +192,24 @@ def verify(
     except UnicodeDecodeError as exc:
         raise MalformedProofError(f"{source}: not UTF-8 (byte {exc.start})") from None
     report = verify_document(text, source=source, leaf=data)
+    failure = f"invalid {report.kind} proof: {report.reason}"
+    if anchored and report.valid:
+        from dataclasses import replace
+
+        from voketag_ops.workflows.chain import root_anchoring
+
+        found = root_anchoring(
+            _store(env, dry_run=True),
+            report.root,
+            report.tree_size,
+            min_difficulty=env.settings.chain.min_difficulty,
+        )
+        report = replace(report, anchoring=found)
+        failure = f"the proof is valid, but {found.message}"
     env.out.result(
         report,
-        ok=report.valid,
-        failure=f"invalid {report.kind} proof: {report.reason}",
+        ok=report.valid and (report.anchoring is None or report.anchoring.anchored),
+        failure=failure,
         render=_render_verify,
     )
 
@@ -552,6 +577,14 @@ def _render_verify(console: Console, report: Any) -> None:
             f"consistency of tree {report.old_size} with tree {report.tree_size} (root {report.root[:16]}…)"
         )
     console.print(f"{'valid' if report.valid else 'INVALID'}: {what}")
+    if not report.valid:
+        return
+    if report.anchoring is None:
+        console.print("the root was not looked up on the chain (`--anchored` does)")
+    elif report.anchoring.anchored:
+        console.print(report.anchoring.message)
+    else:
+        console.print(f"NOT ANCHORED: {report.anchoring.message}")
 
 
 def _render_validate(console: Console, report: Any) -> None:

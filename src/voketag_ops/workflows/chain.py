@@ -136,6 +136,47 @@ class VerifyReport:
     leaf_hash: str | None = None
     old_size: int | None = None
     old_root: str | None = None
+    anchoring: Anchoring | None = None  # None: the root was not looked up on the chain
+
+
+@dataclass(frozen=True)
+class Anchoring:
+    """Whether a proof's root is anchored on the chain for its tree size (`chain verify --anchored`)."""
+
+    anchored: bool
+    message: str
+    block_index: int | None = None
+    kind: str | None = None
+    label: str | None = None
+
+
+def root_anchoring(store: ChainStore, root: str, tree_size: int, *, min_difficulty: int) -> Anchoring:
+    """Whether ROOT (hex) is anchored, for a tree of TREE_SIZE leaves, in a chain that validates
+    (`validate_state`, that anchor against its block too): one read of the blocks and that anchor."""
+    state = store.load(ids=[root])
+    anchor = state.anchors.get(root)
+    short = f"root {root[:16]}…"
+    if anchor is None:
+        return Anchoring(False, f"{short} is not anchored: the chain has no anchor for it")
+    if anchor.state is not ch.AnchorState.ANCHORED:
+        return Anchoring(False, f"{short} is {anchor.state.value}, not anchored in a block")
+    if anchor.tree_size != tree_size:
+        size = "no tree size" if anchor.tree_size is None else f"a tree of {anchor.tree_size}"
+        return Anchoring(False, f"{short} is anchored with {size}, not the proof's {tree_size}")
+    report = validate_state(state, min_difficulty=min_difficulty)
+    if not report.ok:
+        why = (report.message or "").removeprefix(f"block {report.bad_index}: ")
+        return Anchoring(
+            False, f"chain invalid at block {report.bad_index}: its anchors are not trusted ({why})"
+        )
+    label = f" {anchor.label!r}" if anchor.label else ""
+    return Anchoring(
+        True,
+        f"{short} is anchored in block {anchor.block_index} as {anchor.kind}{label}, tree size {tree_size}",
+        anchor.block_index,
+        anchor.kind,
+        anchor.label,
+    )
 
 
 def verify_document(text: str, *, source: str, leaf: bytes | None = None) -> VerifyReport:

@@ -129,12 +129,20 @@ class FileChainStore:
         except OSError as exc:
             raise ch.ChainStoreError(f"{self.path}: cannot write the chain store: {exc.strerror}") from None
 
-    def load(self, *, kind: str | None = None) -> ch.ChainState:
+    def load(self, *, kind: str | None = None, ids: Collection[str] | None = None) -> ch.ChainState:
         with self._locked(exclusive=False):
             state = self._read()
-        if kind is None:
+        if kind is None and ids is None:
             return state
-        return replace(state, anchors={key: a for key, a in state.anchors.items() if a.kind == kind})
+        wanted = None if ids is None else set(ids)
+        return replace(
+            state,
+            anchors={
+                key: a
+                for key, a in state.anchors.items()
+                if (kind is None or a.kind == kind) and (wanted is None or key in wanted)
+            },
+        )
 
     def head(self) -> ch.Block | None:
         return self.load().head
@@ -147,11 +155,10 @@ class FileChainStore:
         state: ch.AnchorState | None = None,
     ) -> dict[str, ch.Anchor]:
         """As the port says; one document, so it is read whole and filtered here."""
-        wanted = None if ids is None else set(ids)
         return {
             key: a
-            for key, a in self.load(kind=kind).anchors.items()
-            if (wanted is None or key in wanted) and (state is None or a.state is state)
+            for key, a in self.load(kind=kind, ids=ids).anchors.items()
+            if state is None or a.state is state
         }
 
     def commit(self, *, blocks: Sequence[ch.Block] = (), anchors: Sequence[ch.Anchor] = ()) -> None:

@@ -124,9 +124,11 @@ class PgChainStore:
         finally:
             conn.close()
 
-    def load(self, *, kind: str | None = None) -> ch.ChainState:
+    def load(self, *, kind: str | None = None, ids: Collection[str] | None = None) -> ch.ChainState:
         with self._transaction(write=False) as conn:
-            return ch.ChainState(blocks=tuple(self._blocks(conn)), anchors=self._anchors(conn, kind=kind))
+            return ch.ChainState(
+                blocks=tuple(self._blocks(conn)), anchors=self._anchors(conn, ids=ids, kind=kind)
+            )
 
     def head(self) -> ch.Block | None:
         with self._transaction(write=False) as conn:
