@@ -8,6 +8,7 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,20 @@ def test_down_destroy_and_catch_up(voke, make_environ, tmp_path: Path) -> None:
         events = run("audit", "show", "-e", "chain.anchor.run", "--json").json["result"]["entries"]
         assert events[-1]["details"]["ingest_batches_requested"] == 1
 
+        # A batch rewritten in the database, its seal recomputed, is no lost anchor: its root is
+        # reported (exit 1), never requested, until the batch is restored.
+        with _resealed(home, loaded["batch_id"]) as forged:
+            resealed = run("chain", "anchor", "run", "--difficulty", "4", "--json")
+            assert resealed.exit_code == 1, resealed.stdout + resealed.stderr
+            (mismatch,) = resealed.json["result"]["mismatched_batches"]
+            assert (mismatch["root"], mismatch["anchor_id"]) == (forged, loaded["merkle_root"])
+            assert f"warning: batch {loaded['batch_id']}: its root {forged}" in resealed.stderr
+            assert forged not in {
+                a["id"] for a in run("chain", "anchors", "--json").json["result"]["anchors"]
+            }
+            assert run("chain", "anchor", "run", "--dry-run", "--json").exit_code == 1
+        assert run("chain", "anchor", "run", "--dry-run", "--json").exit_code == 0  # restored
+
         # Down: audit appends (env.down itself, a checkpoint) work and start nothing.
         assert run("env", "down").exit_code == 0
         queued = run("audit", "checkpoint", "--json")
@@ -81,7 +96,7 @@ def test_down_destroy_and_catch_up(voke, make_environ, tmp_path: Path) -> None:
         gone = verify()  # read from the exported file, with nothing running
         assert gone["anchors_checked"] == 2 and not gone["anchors_unchecked"]
         events = run("audit", "show", "-e", "chain.anchor.run", "--json").json["result"]["entries"]
-        assert [e["details"]["audit_checkpoints_requested"] for e in events] == [0, 0, 1]
+        assert [e["details"]["audit_checkpoints_requested"] for e in events] == [0, 0, 0, 1]
         # The next chain use starts a new environment and moves the exported chain back in.
         anchors = run("chain", "anchors", "--json")
         assert anchors.exit_code == 0, anchors.stdout + anchors.stderr
@@ -232,6 +247,57 @@ def test_a_chain_write_during_destroy_fails_rather_than_vanish(voke, make_enviro
         assert merkle.root([b"kept"]).hex() in exported and late.id not in exported
     finally:
         voke("env", "destroy", "--yes", "--discard-chain", environ=environ)
+
+
+@contextlib.contextmanager
+def _resealed(home: Path, batch_id: int) -> Iterator[str]:
+    """Batch BATCH_ID of HOME's database with one row rewritten and its leaf hashes, chunk
+    roots and root recomputed (yields the new root), then restored."""
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from voketag_ops.adapters.local.environment import LocalEnvironment
+    from voketag_ops.config import LocalSettings
+    from voketag_ops.core import ingest as core
+
+    env = LocalEnvironment.from_settings(LocalSettings(home=home))
+    with psycopg.connect(env.platform_database(), autocommit=True) as conn:
+        where = ("where batch_id = %s", (batch_id,))
+        saved = conn.execute(
+            "select merkle_root, chunk_roots from ingest.batches " + where[0], where[1]
+        ).fetchone()
+        chunks = conn.execute(
+            "select chunk_no, leaf_hashes from ingest.tag_chunks " + where[0], where[1]
+        ).fetchall()
+        (tag, factory) = conn.execute(
+            "select tag_id, factory_id from ingest.tags " + where[0] + " limit 1", where[1]
+        ).fetchone()
+        conn.execute("update ingest.tags set factory_id = 'EVIL' where tag_id = %s", (tag,))
+        rows = conn.cursor(row_factory=dict_row).execute(
+            "select * from ingest.tags " + where[0] + " order by leaf_index", where[1]
+        )
+        seal, hashes = core.seal_leaves([core.canonical_leaf(r) for r in rows])
+        for no, leaf_hashes in enumerate(hashes):
+            conn.execute(
+                "update ingest.tag_chunks set leaf_hashes = %s where batch_id = %s and chunk_no = %s",
+                (leaf_hashes, batch_id, no),
+            )
+        conn.execute(
+            "update ingest.batches set merkle_root = %s, chunk_roots = %s " + where[0],
+            (seal.root, b"".join(seal.chunk_roots), batch_id),
+        )
+        try:
+            yield seal.root.hex()
+        finally:
+            conn.execute("update ingest.tags set factory_id = %s where tag_id = %s", (factory, tag))
+            for no, leaf_hashes in chunks:
+                conn.execute(
+                    "update ingest.tag_chunks set leaf_hashes = %s where batch_id = %s and chunk_no = %s",
+                    (leaf_hashes, batch_id, no),
+                )
+            conn.execute(
+                "update ingest.batches set merkle_root = %s, chunk_roots = %s " + where[0], (*saved, batch_id)
+            )
 
 
 def _forget_anchor(home: Path, anchor_id: str, *, unrecorded: bool = False) -> None:

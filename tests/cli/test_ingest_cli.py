@@ -664,3 +664,43 @@ def test_a_user_name_without_a_password_in_db_is_no_secret(voke, tmp_path):
     done = voke("ingest", "load", str(path), "--db", "postgresql://ingest@127.0.0.1:1/voketag", "--json")
     assert done.exit_code == 4 and done.json["command"] == "ingest load", done.stdout
     assert "***" not in done.stdout
+
+
+def test_proof_of_a_resealed_or_damaged_batch_exits_1(voke, db, tmp_path, platform_environ, pg_database):
+    from psycopg.rows import dict_row
+
+    from voketag_ops.core import ingest as core
+
+    path = tmp_path / "batch.csv"
+    assert voke("ingest", "sample", "--rows", "1500", "--out", str(path)).exit_code == 0
+    chain = dict(platform_environ, VOKE_CHAIN__DATABASE=pg_database)  # the chain beside the batches
+    root = voke("ingest", "load", str(path), "--db", db, "--json", environ=chain).json["result"][
+        "merkle_root"
+    ]
+    tag = path.read_text().splitlines()[1101].split(",")[0]
+    # The database rewritten: a row changed, its batch's leaf hashes, chunk roots and root recomputed.
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("update ingest.tags set factory_id = 'EVIL' where tag_id = %s", (tag,))
+        rows = conn.cursor(row_factory=dict_row).execute("select * from ingest.tags order by leaf_index")
+        seal, chunks = core.seal_leaves([core.canonical_leaf(r) for r in rows])
+        for i, hashes in enumerate(chunks):
+            conn.execute("update ingest.tag_chunks set leaf_hashes = %s where chunk_no = %s", (hashes, i))
+        conn.execute(
+            "update ingest.batches set merkle_root = %s, chunk_roots = %s",
+            (seal.root, b"".join(seal.chunk_roots)),
+        )
+    proof = voke("ingest", "proof", tag, "--db", db, "--json", environ=chain)
+    assert proof.exit_code == 1 and proof.json["result"]["anchor"] == "mismatch", proof.stdout
+    message = proof.json["error"]["message"]
+    assert seal.root.hex() in message and root in message
+    human = voke("ingest", "proof", tag, "--db", db, environ=chain)
+    assert human.exit_code == 1 and "anchor mismatch" in human.stdout and "NOT valid" in human.stdout
+    listed = voke("ingest", "batches", "--db", db, "--json", environ=chain)
+    assert listed.exit_code == 0 and listed.json["result"]["batches"][0]["anchor"] == "mismatch"
+    assert "warning: batch" in listed.stderr
+
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("update ingest.batches set chunk_size = 0")  # was a division by zero, exit 4
+    damaged = voke("ingest", "proof", tag, "--db", db, "--json", environ=chain)
+    assert damaged.exit_code == 1, damaged.stdout
+    assert damaged.json["error"]["message"].endswith("seal is damaged: chunk_size is 0, not 1024")

@@ -897,3 +897,144 @@ def test_rerunning_the_file_after_its_audit_event_failed_writes_the_event(db, tm
     again = load(db, path, audit_home=home)  # what an operator does after exit 7
     assert again.status == "duplicate"
     assert _load_events(home) == [(again.batch_id, True)]
+
+
+# -- a batch rewritten whole, its seal recomputed: its anchor tells ---------------------------------
+
+
+def _chain(tmp_path: Path) -> tuple[Any, wf.Anchorer, wf.AnchorStates]:
+    """A real file chain store, the load's anchorer on it, and its anchor lookup."""
+    from voketag_ops.adapters.local.chain_store import FileChainStore
+    from voketag_ops.workflows import chain
+
+    store = FileChainStore(tmp_path / "chain" / "chain.json")
+
+    def anchorer(root: bytes, size: int, batch_id: int) -> tuple[str, str | None]:
+        done = chain.request_anchor(
+            store, root=root, kind="ingest-batch", label=f"ingest batch {batch_id}", tree_size=size, now=NOW
+        )
+        return str(done.anchor["state"]), str(done.anchor["id"])
+
+    def states(ids: Any) -> dict[str, tuple[str, int | None]]:
+        return {a.id: (a.state.value, a.tree_size) for a in store.anchors(ids).values()}
+
+    return store, anchorer, states
+
+
+def _reseal(db: str, batch_id: int, tag: str, *, forget_anchor: bool = False) -> str:
+    """What an attacker who can write the database does: rewrite one field of TAG, then
+    recompute the batch's leaf hashes, chunk roots and root as a load seals them. Returns
+    the new root."""
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("update ingest.tags set factory_id = 'EVIL-FACTORY' where tag_id = %s", (tag,))
+        cur = conn.cursor(row_factory=dict_row)
+        rows = cur.execute(
+            "select * from ingest.tags where batch_id = %s order by leaf_index", (batch_id,)
+        ).fetchall()
+        seal, chunks = core.seal_leaves([core.canonical_leaf(r) for r in rows])
+        for i, hashes in enumerate(chunks):
+            conn.execute(
+                "update ingest.tag_chunks set leaf_hashes = %s where batch_id = %s and chunk_no = %s",
+                (hashes, batch_id, i),
+            )
+        conn.execute(
+            "update ingest.batches set merkle_root = %s, chunk_roots = %s where batch_id = %s",
+            (seal.root, b"".join(seal.chunk_roots), batch_id),
+        )
+        if forget_anchor:
+            conn.execute("update ingest.batches set anchor_id = null where batch_id = %s", (batch_id,))
+    return seal.root.hex()
+
+
+def test_a_resealed_batch_is_an_anchor_mismatch_and_its_root_is_never_requested(db, tmp_path):
+    from voketag_ops.workflows import chain
+
+    store, anchorer, states = _chain(tmp_path)
+    path = sample(tmp_path, 1500)
+    report = load(db, path, anchorer=anchorer)
+    assert report.anchor == "pending" and report.anchor_id == report.merkle_root
+    assert chain.run_anchors(store, now=NOW, difficulty=1).outcome == "anchored"
+    tag = file_rows(path)[1100][0]
+    assert wf.prove_tag(db, tag, anchor_states=states).anchor == "anchored"
+    assert wf.batch_anchor_requests(db, store) == wf.BatchAnchorCheck()  # nothing lost, nothing wrong
+
+    forged = _reseal(db, report.batch_id, tag)
+    proof = wf.prove_tag(db, tag, anchor_states=states)
+    assert proof.valid and proof.intact  # the seal was recomputed: only the anchor can tell
+    assert proof.anchor == "mismatch" and proof.anchor_id == report.merkle_root
+    assert forged in proof.anchor_mismatch and report.merkle_root in proof.anchor_mismatch
+    (listed,) = wf.list_batches(db, anchor_states=states)
+    assert listed["anchor"] == "mismatch" and listed["anchor_mismatch"] == proof.anchor_mismatch
+    check = wf.batch_anchor_requests(db, store)
+    assert check.requests == [] and [m["batch_id"] for m in check.mismatches] == [report.batch_id]
+    assert check.mismatches[0]["root"] == forged and check.mismatches[0]["anchor_id"] == report.merkle_root
+    # Loading the file again (a duplicate) requests no anchor of the rewritten batch either.
+    again = load(db, path, anchorer=anchorer)
+    assert again.anchor == "mismatch" and again.warnings == [proof.anchor_mismatch]
+    assert forged not in store.anchors()
+
+    # The anchor id cleared too: the chain's anchor of the batch's label has another root.
+    _reseal(db, report.batch_id, tag, forget_anchor=True)
+    check = wf.batch_anchor_requests(db, store)
+    assert check.requests == [] and check.mismatches[0]["anchor_id"] == report.merkle_root
+    assert "'ingest batch" in check.mismatches[0]["message"]
+
+
+def test_a_batch_whose_anchor_was_lost_is_still_requested_and_one_of_another_size_is_not(db, tmp_path):
+    from voketag_ops.workflows.chain import ChainUnavailableError
+
+    store, anchorer, states = _chain(tmp_path)
+    first = load(db, sample(tmp_path, 20, name="a.csv"), anchorer=anchorer)
+
+    def down(root: bytes, size: int, batch_id: int) -> tuple[str, str | None]:
+        raise ChainUnavailableError("the chain is down")
+
+    lost = load(db, sample(tmp_path, 30, seed=2, name="b.csv"), anchorer=down)
+    assert lost.anchor == "unavailable" and lost.anchor_id is None
+    check = wf.batch_anchor_requests(db, store)
+    assert check.mismatches == []
+    assert check.requests == [
+        (bytes.fromhex(lost.merkle_root), "ingest-batch", f"ingest batch {lost.batch_id}", 30)
+    ]
+
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("update ingest.batches set rows_loaded = 19 where batch_id = %s", (first.batch_id,))
+    check = wf.batch_anchor_requests(db, store)
+    assert [m["batch_id"] for m in check.mismatches] == [first.batch_id]
+    assert "tree of 20 leaves" in check.mismatches[0]["message"]
+    assert [r[2] for r in check.requests] == [f"ingest batch {lost.batch_id}"]
+    assert wf.list_batches(db, anchor_states=states)[-1]["anchor"] == "mismatch"
+
+
+# -- damaged seal data: a failed proof, not a backend failure ---------------------------------------
+
+DAMAGE = {
+    "chunk-roots-cut": ("update ingest.batches set chunk_roots = substring(chunk_roots from 1 for 63)", "chunk_roots"),
+    "chunk-root-duplicated": (
+        "update ingest.batches set chunk_roots = chunk_roots || substring(chunk_roots from length(chunk_roots) - 31)",
+        "does not match the batch size",
+    ),
+    "chunk-deleted": ("delete from ingest.tag_chunks where chunk_no = 1", "tag_chunks has no chunk 1"),
+    "rows-loaded-changed": ("update ingest.batches set rows_loaded = rows_loaded + 1", "rows_loaded 1501"),
+    "leaf-index-negative": ("update ingest.tags set leaf_index = -1 where leaf_index = 1100", "leaf_index -1"),
+    "leaf-index-huge": (
+        "update ingest.tags set leaf_index = 2000000000 where leaf_index = 1100",
+        "leaf_index 2000000000",
+    ),
+    "chunk-size-zero": ("update ingest.batches set chunk_size = 0", "chunk_size is 0"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("sql", "named"), DAMAGE.values(), ids=DAMAGE.keys())
+def test_damaged_seal_data_is_a_failed_proof_naming_what_is_damaged(db, tmp_path, sql, named):
+    path = sample(tmp_path, 1500)
+    report = load(db, path)
+    tag = file_rows(path)[1100][0]
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(sql)
+    proof = wf.prove_tag(db, tag)
+    assert proof.found and not proof.valid and not proof.intact
+    assert proof.damaged is not None and named in proof.damaged, proof.damaged
+    assert proof.damaged.startswith(f"batch {report.batch_id}'s seal is damaged")

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
     from voketag_ops.cli.common import AppContext
     from voketag_ops.ports import ChainStore
+    from voketag_ops.workflows.chain import AnchorRunReport
+    from voketag_ops.workflows.ingest import BatchAnchorCheck
 
 app = typer.Typer(
     help="Merkle roots and proofs, proof verification, the hash chain and its anchors.",
@@ -433,7 +435,8 @@ def anchor_run(
     yes: Unasked = False,
 ) -> None:
     """Anchor every pending root into one new block. Cron-friendly: with nothing pending it
-    does nothing; store errors are retried with backoff. Exit 1 if mining ran out of bounds."""
+    does nothing; store errors are retried with backoff. Exit 1 if mining ran out of bounds,
+    or if an ingest batch's anchor is of another root (the batch was rewritten)."""
     from voketag_ops.workflows.chain import run_anchors
 
     env = use_local(ctx)
@@ -446,9 +449,11 @@ def anchor_run(
             checkpoints = AuditLog(_home(env)).checkpoint_requests()
         except Exception:  # a damaged checkpoints file: `voke audit verify` names it
             checkpoints = []
-        first = unseen_requests(store, [*checkpoints, *_lost_batches(env)])
+        batches = _batch_anchors(env, store)
+        first = unseen_requests(store, [*checkpoints, *batches.requests])
         report = run_anchors(store, now=_now(), difficulty=difficulty, dry_run=True, also=len(first))
-        env.out.result(report, render=_render_run)
+        report = _flag_mismatched_batches(env, report, batches.mismatches)
+        env.out.result(report, ok=report.ok, failure=report.message, render=_render_run)
         return
     with _audited(
         env, "chain.anchor.run", target=store.location, details={"difficulty": difficulty}
@@ -458,7 +463,7 @@ def anchor_run(
 
         caught_up = AuditLog(_home(env), chain=lambda: store).anchor_checkpoints(now=_now())
         event.details["audit_checkpoints_requested"] = caught_up.requested
-        event.details["ingest_batches_requested"] = _request_lost_batches(env, store)
+        event.details["ingest_batches_requested"], mismatches = _request_lost_batches(env, store)
         with env.out.progress("mining the next block"):
             report = run_anchors(
                 store, now=_now(), difficulty=difficulty, max_attempts=max_attempts, time_limit=time_limit
@@ -468,7 +473,9 @@ def anchor_run(
             anchored=len(report.anchored),
             block=report.block["index"] if report.block else None,
             attempts=report.attempts,
+            ingest_batches_mismatched=[m["batch_id"] for m in mismatches],
         )
+        report = _flag_mismatched_batches(env, report, mismatches)
         if not report.ok:
             event.result = "failure"
     env.out.result(report, ok=report.ok, failure=report.message, render=_render_run)
@@ -516,35 +523,59 @@ def anchor_cancel(
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-def _request_lost_batches(env: AppContext, store: ChainStore) -> int:
+def _request_lost_batches(env: AppContext, store: ChainStore) -> tuple[int, list[dict[str, Any]]]:
     """Request again the roots of the local database's ingest batches the chain has never
-    seen (lost across an asynchronous failover, or a chain restored from an older export).
+    seen (lost across an asynchronous failover, or a chain restored from an older export);
+    returns how many, and the batches whose anchor is of another root (never requested).
     Best effort: a failure is a warning."""
     from voketag_ops.errors import VokeError
     from voketag_ops.workflows.chain import request_missing_anchors
 
-    batches = _lost_batches(env)
+    batches = _batch_anchors(env, store)
     try:
-        return len(request_missing_anchors(store, batches, now=_now())) if batches else 0
+        requested = (
+            len(request_missing_anchors(store, batches.requests, now=_now())) if batches.requests else 0
+        )
     except VokeError as exc:
         env.out.note(f"warning: ingest batches not checked for lost anchors: {exc.message}")
-        return 0
+        requested = 0
+    return requested, batches.mismatches
 
 
-def _lost_batches(env: AppContext) -> list[tuple[bytes, str, str, int | None]]:
-    """The anchor requests of the local database's ingest batches (never starts the
+def _batch_anchors(env: AppContext, store: ChainStore) -> BatchAnchorCheck:
+    """The local database's ingest batches held against STORE's anchors (never starts the
     environment: none while it is down; a failure is a warning)."""
     from voketag_ops.errors import VokeError
-    from voketag_ops.workflows.ingest import batch_anchor_requests
+    from voketag_ops.workflows.ingest import BatchAnchorCheck, batch_anchor_requests
 
     local = env.local_environment()
     try:
         if not local.exists or not local.primary().running:
-            return []
-        return list(batch_anchor_requests(local.platform_database()))
+            return BatchAnchorCheck()
+        return batch_anchor_requests(local.platform_database(), store)
     except VokeError as exc:
         env.out.note(f"warning: ingest batches not checked for lost anchors: {exc.message}")
-        return []
+        return BatchAnchorCheck()
+
+
+def _flag_mismatched_batches(
+    env: AppContext, report: AnchorRunReport, mismatches: list[dict[str, Any]]
+) -> AnchorRunReport:
+    """REPORT with MISMATCHES: a batch whose anchor is of another root was rewritten after it
+    was anchored; each is a warning, and the run's answer is no (exit 1), whatever it anchored."""
+    from dataclasses import replace
+
+    for mismatch in mismatches:
+        env.out.note(f"warning: {mismatch['message']}; its root is not requested")
+    if not mismatches:
+        return report
+    return replace(
+        report,
+        ok=False,
+        mismatched_batches=mismatches,
+        message=f"{report.message}; {len(mismatches)} ingest batch(es) not requested: "
+        "their anchor is of another root or tree size",
+    )
 
 
 @contextmanager

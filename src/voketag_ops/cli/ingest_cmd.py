@@ -309,6 +309,9 @@ def batches(
         if conninfo is None
         else wf.list_batches(conninfo, limit=limit, anchor_states=anchor_states(_home(env)))
     )
+    for row in rows:
+        if row["anchor_mismatch"]:
+            env.out.note(f"warning: {row['anchor_mismatch']}")
     env.out.result({"batches": rows}, render=_render_batches)
 
 
@@ -360,12 +363,16 @@ def proof(
     )
     if not result.found:
         failure = f"tag {tag_id!r} has not been loaded"
+    elif result.damaged:
+        failure = f"tag {tag_id!r}: {result.damaged}"
     elif not result.intact:
         failure = (
             f"tag {tag_id!r}: the stored row no longer matches the leaf sealed in batch {result.batch_id}"
         )
     elif not result.valid:
         failure = f"tag {tag_id!r}: the proof does not verify against batch {result.batch_id}'s root"
+    elif result.anchor_mismatch:  # a batch rewritten whole, its seal too: its anchor says so
+        failure = f"tag {tag_id!r}: {result.anchor_mismatch}"
     else:
         failure = None
     env.out.result(result, ok=failure is None, render=_render_proof, failure=failure)
@@ -384,7 +391,8 @@ def _render_proof(console: Console, p: TagProof) -> None:
     console.print(f"leaf hash {p.leaf_hash}", markup=False, highlight=False)
     for i, h in enumerate(p.audit_path):
         console.print(f"path[{i:2}]  {h}", markup=False, highlight=False)
-    console.print("valid" if p.valid and p.intact else "NOT valid", markup=False, highlight=False)
+    valid = p.valid and p.intact and not p.anchor_mismatch
+    console.print("valid" if valid else "NOT valid", markup=False, highlight=False)
 
 
 @app.command("sample")

@@ -465,6 +465,9 @@ class AnchorRunReport:
     difficulty: int = 0
     retries: list[str] = field(default_factory=list)
     message: str = ""
+    # Ingest batches whose anchor is of another root or tree size (`ingest.BatchAnchorCheck`):
+    # never requested; any makes the run's answer no (exit 1).
+    mismatched_batches: list[dict[str, Any]] = field(default_factory=list)
 
 
 def run_anchors(
@@ -784,15 +787,16 @@ def chain_anchorer(home: Path, now: datetime) -> Callable[[bytes, int, int], tup
     return anchor
 
 
-def anchor_states(home: Path) -> Callable[[Collection[str]], dict[str, str]]:
-    """A lookup of anchor ids -> {id: state} of those the chain knows (empty when the chain
-    cannot be read: listings still work); it reads those anchors only, never the whole chain."""
+def anchor_states(home: Path) -> Callable[[Collection[str]], dict[str, tuple[str, int | None]]]:
+    """A lookup of anchor ids -> {id: (state, tree size)} of those the chain knows (empty when
+    the chain cannot be read: listings still work); it reads those anchors only, never the
+    whole chain."""
 
-    def lookup(ids: Collection[str]) -> dict[str, str]:
+    def lookup(ids: Collection[str]) -> dict[str, tuple[str, int | None]]:
         try:
             anchors = open_chain_store(home, readonly=True).anchors(ids).values()
         except VokeError:
             return {}
-        return {a.id: a.state.value for a in anchors}
+        return {a.id: (a.state.value, a.tree_size) for a in anchors}
 
     return lookup

@@ -77,6 +77,7 @@ if TYPE_CHECKING:
     import psycopg
 
     from voketag_ops.config import IngestSettings
+    from voketag_ops.ports import ChainStore
 
 log = logging.getLogger("voke.ingest")
 
@@ -195,7 +196,7 @@ class LoadReport:
     rows_loaded: int = 0
     rows_rejected: int = 0
     merkle_root: str | None = None
-    anchor: str = "none"  # pending | anchored | cancelled | failed | unavailable | none
+    anchor: str = "none"  # pending | anchored | cancelled | failed | unavailable | mismatch | none
     anchor_id: str | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)
     error_count: int = 0
@@ -487,8 +488,9 @@ def file_sha256(source: _BatchFile) -> str:
 
 
 Anchorer = Callable[[bytes, int, int], tuple[str, str | None]]  # (root, size, batch_id) -> (status, id)
-# ids -> {id: state} of those of them the chain knows (a lookup of a few, never the whole chain)
-AnchorStates = Callable[[Collection[str]], Mapping[str, str]]
+# ids -> {id: (state, tree size)} of those of them the chain knows (a lookup of a few, never
+# the whole chain)
+AnchorStates = Callable[[Collection[str]], Mapping[str, tuple[str, int | None]]]
 
 
 def load_batch(
@@ -691,8 +693,14 @@ def _load_batch(
     finally:
         source.close()
     if report.status == "duplicate" and anchorer is None and anchor_states is not None and report.merkle_root:
-        states = anchor_states([report.anchor_id or report.merkle_root])
-        report.anchor_id, report.anchor = _anchor_of(report.anchor_id, report.merkle_root, states)
+        assert report.batch_id is not None
+        states = anchor_states([report.merkle_root])
+        # (the batch's size is not in a duplicate's report: its roots alone are compared)
+        report.anchor_id, report.anchor, mismatch = _anchor_of(
+            report.batch_id, report.anchor_id, report.merkle_root, None, states
+        )
+        if mismatch:
+            report.warnings.append(mismatch)
     return report
 
 
@@ -1116,34 +1124,75 @@ def _duplicate(
         loaded_at=iso(row["loaded_at"]),
     )
     if anchorer is not None:
-        # Also heals a batch whose anchor request failed after its commit: requests are deduplicated.
-        report.rows_total = row["rows_total"]
-        _anchor(conn, report, anchorer, target, size=row["rows_loaded"])
+        root = bytes(row["merkle_root"]).hex()
+        _, _, mismatch = _anchor_of(row["batch_id"], row["anchor_id"], root, None, None)
+        if mismatch:  # requesting its root now would anchor the rewritten batch
+            report.anchor = "mismatch"
+            report.warnings.append(mismatch)
+        else:
+            # Also heals a batch whose anchor request failed after its commit: requests are deduplicated.
+            report.rows_total = row["rows_total"]
+            _anchor(conn, report, anchorer, target, size=row["rows_loaded"])
     if rejects is not None and not base.dry_run:
         _deliver_left_rejects(report, rejects)
     return report
 
 
-def batch_anchor_requests(conninfo: str) -> list[tuple[bytes, str, str, int]]:
-    """(root, kind, label, tree size) of every batch in CONNINFO's ingest schema (none when
-    it has none yet): what `voke chain anchor run` requests again when the chain lost them
-    (asynchronous replication across a failover, a chain restored from an older export).
-    BackendError when the database cannot be read."""
+@dataclass
+class BatchAnchorCheck:
+    """What `voke chain anchor run` found of the batches' anchors: the REQUESTS (root, kind,
+    label, tree size) of batches whose anchor the chain lost, to request again, and the
+    MISMATCHES (batch_id, root, anchor_id, message) of batches whose anchor is of another
+    root or tree size, never requested."""
+
+    requests: list[tuple[bytes, str, str, int]] = field(default_factory=list)
+    mismatches: list[dict[str, Any]] = field(default_factory=list)
+
+
+def batch_anchor_requests(conninfo: str, store: ChainStore) -> BatchAnchorCheck:
+    """Every batch in CONNINFO's ingest schema (none when it has none yet) held against the
+    ingest batch anchors of STORE. A batch is requested again only when the chain knows no
+    anchor of it at all, neither of its root nor of its recorded anchor id nor of its label
+    (asynchronous replication lost it across a failover, a chain restored from an older
+    export). One whose recorded anchor or label is of another root (or its root of another
+    tree size) had its rows or seal rewritten after it was anchored: requesting its root
+    would anchor the rewrite, so it is a mismatch. BackendError when the database cannot be
+    read; ChainStoreError when the chain cannot."""
     import psycopg
 
     try:
         with psycopg.connect(conninfo, connect_timeout=5) as conn:
             row = conn.execute("SELECT to_regclass('ingest.batches')").fetchone()
             if row is None or row[0] is None:
-                return []
+                return BatchAnchorCheck()
             rows = conn.execute(
-                "SELECT batch_id, merkle_root, rows_loaded FROM ingest.batches ORDER BY batch_id"
+                "SELECT batch_id, merkle_root, rows_loaded, anchor_id FROM ingest.batches ORDER BY batch_id"
             ).fetchall()
     except psycopg.Error as exc:
         raise BackendError(
             f"{describe_target(conninfo)}: cannot list the batches: {_first_line(exc)}"
         ) from None
-    return [(bytes(root), "ingest-batch", f"ingest batch {batch_id}", size) for batch_id, root, size in rows]
+    check = BatchAnchorCheck()
+    if not rows:
+        return check
+    anchors = store.anchors(kind="ingest-batch").values()
+    states = {a.id: (a.state.value, a.tree_size) for a in anchors}
+    labelled = {a.label: a.id for a in anchors}
+    for batch_id, root, size, anchor_id in rows:
+        root_hex, label = bytes(root).hex(), f"ingest batch {batch_id}"
+        anchor_id, state, mismatch = _anchor_of(batch_id, anchor_id, root_hex, size, states)
+        if mismatch is None and state in ("none", "unknown") and labelled.get(label, root_hex) != root_hex:
+            anchor_id, mismatch = (
+                labelled[label],
+                _mismatch(batch_id, root_hex, f"its anchor {label!r}'s", labelled[label]),
+            )
+        if mismatch is not None:
+            check.mismatches.append(
+                {"batch_id": batch_id, "root": root_hex, "anchor_id": anchor_id, "message": mismatch}
+            )
+        elif state in ("none", "unknown"):
+            check.requests.append((bytes(root), "ingest-batch", label, size))
+    return check
 
 
 def _anchor(
@@ -2344,23 +2393,49 @@ def list_batches(
         conn.close()
     for row in rows:
         row["merkle_root"] = bytes(row["merkle_root"]).hex()
-    ids = {row["anchor_id"] or row["merkle_root"] for row in rows}  # what _anchor_of looks up
+    ids = {row["merkle_root"] for row in rows}  # what _anchor_of looks up
     states = anchor_states(ids) if anchor_states is not None and rows else None
     for row in rows:
-        row["anchor_id"], row["anchor"] = _anchor_of(row["anchor_id"], row["merkle_root"], states)
+        row["anchor_id"], row["anchor"], row["anchor_mismatch"] = _anchor_of(
+            row["batch_id"], row["anchor_id"], row["merkle_root"], row["rows_loaded"], states
+        )
     return rows
 
 
-def _anchor_of(anchor_id: str | None, root: str, states: Mapping[str, str] | None) -> tuple[str | None, str]:
-    """(anchor id, its state) of a batch. An anchor's id is its root, so a batch whose anchor
-    was requested by `voke chain anchor run` (lost across a failover, never recorded on the
-    batch) still finds it; "none" when the chain knows no anchor of that root."""
-    states = states or {}
-    if anchor_id:
-        return anchor_id, states.get(anchor_id, "unknown")
-    if root in states:
-        return root, states[root]
-    return None, "none"
+def _anchor_of(
+    batch_id: int,
+    anchor_id: str | None,
+    root: str,
+    size: int | None,
+    states: Mapping[str, tuple[str, int | None]] | None,
+) -> tuple[str | None, str, str | None]:
+    """(anchor id, its state, what differs) of batch BATCH_ID of ROOT and SIZE rows (None: not
+    compared). An anchor's id is its root, so a batch whose anchor was requested by `voke chain
+    anchor run` (lost across a failover, never recorded on the batch) still finds it; "none"
+    when the chain knows no anchor of that root, "unknown" when it knows none of the recorded
+    one. "mismatch", with a line naming both, when the recorded anchor is of another root or
+    the root is anchored for another tree size: the batch was rewritten after it was anchored."""
+    if anchor_id and anchor_id != root:
+        return anchor_id, "mismatch", _mismatch(batch_id, root, "its recorded anchor's", anchor_id)
+    seen = (states or {}).get(root)
+    if seen is None:
+        return (anchor_id, "unknown", None) if anchor_id else (None, "none", None)
+    state, anchored_size = seen
+    if size is not None and anchored_size is not None and anchored_size != size:
+        return (
+            root,
+            "mismatch",
+            f"batch {batch_id}: its root {root} is anchored for a tree of {anchored_size} leaves, "
+            f"but the batch has {size} rows loaded",
+        )
+    return root, state, None
+
+
+def _mismatch(batch_id: int, root: str, whose: str, other: str) -> str:
+    return (
+        f"batch {batch_id}: its root {root} is not {whose} root {other} "
+        "(its rows or seal changed after the anchor was requested)"
+    )
 
 
 @dataclass
@@ -2382,8 +2457,10 @@ class TagProof:
     leaf: str | None = None
     valid: bool = False
     intact: bool = False  # the stored row still hashes to the sealed leaf
+    damaged: str | None = None  # what of the batch's seal cannot be read (no proof then)
     anchor_id: str | None = None
     anchor: str = "none"
+    anchor_mismatch: str | None = None  # the anchor is of another root or tree size
     file_name: str | None = None
     loaded_at: datetime | None = None
 
@@ -2404,7 +2481,8 @@ def prove_tag(conninfo: str, tag_id: str, *, anchor_states: AnchorStates | None 
                     " b.rows_loaded, b.merkle_root, b.chunk_roots, b.chunk_size, b.anchor_id, b.file_name,"
                     " b.loaded_at, c.leaf_hashes"
                     " FROM ingest.tags t JOIN ingest.batches b USING (batch_id)"
-                    " LEFT JOIN ingest.tag_chunks c ON c.batch_id = t.batch_id AND c.chunk_no = t.leaf_index / b.chunk_size"
+                    " LEFT JOIN ingest.tag_chunks c"
+                    " ON c.batch_id = t.batch_id AND c.chunk_no = t.leaf_index / NULLIF(b.chunk_size, 0)"
                     " WHERE t.tag_id = %s",
                     (tag_id,),
                 ).fetchone()
@@ -2415,23 +2493,11 @@ def prove_tag(conninfo: str, tag_id: str, *, anchor_states: AnchorStates | None 
     size = int(row["rows_loaded"])
     index = int(row["leaf_index"])
     root = bytes(row["merkle_root"])
-    blob = bytes(row["chunk_roots"])
-    if row["chunk_size"] != core.SEAL_CHUNK or row["leaf_hashes"] is None:
-        raise BackendError(f"{target}: batch {row['batch_id']} has no usable sealed chunks")
-    chunk_roots = [blob[i : i + 32] for i in range(0, len(blob), 32)]
     leaf = core.canonical_leaf(row)
     lh = merkle.leaf_hash(leaf)
-    hashes = bytes(row["leaf_hashes"])
-    offset = index % core.SEAL_CHUNK
-    try:
-        path = core.inclusion_proof(index, size, hashes, chunk_roots)
-    except ValueError as exc:
-        raise BackendError(
-            f"{target}: the sealed chunks of batch {row['batch_id']} are damaged: {exc}"
-        ) from None
-    states = None if anchor_states is None else anchor_states([row["anchor_id"] or root.hex()])
-    anchor_id, anchor = _anchor_of(row["anchor_id"], root.hex(), states)
-    return TagProof(
+    states = None if anchor_states is None else anchor_states([root.hex()])
+    anchor_id, anchor, mismatch = _anchor_of(row["batch_id"], row["anchor_id"], root.hex(), size, states)
+    proof = TagProof(
         tag_id=tag_id,
         found=True,
         batch_id=row["batch_id"],
@@ -2439,15 +2505,49 @@ def prove_tag(conninfo: str, tag_id: str, *, anchor_states: AnchorStates | None 
         tree_size=size,
         root=root.hex(),
         leaf_hash=lh.hex(),
-        audit_path=[p.hex() for p in path],
         leaf=leaf.decode(),
-        valid=merkle.verify_inclusion(lh, index, size, path, root),
-        intact=hashes[offset * 32 : offset * 32 + 32] == lh,
         anchor_id=anchor_id,
         anchor=anchor,
+        anchor_mismatch=mismatch,
         file_name=row["file_name"],
         loaded_at=row["loaded_at"],
     )
+    # Seal data that cannot make a proof is a failed proof (as a rewritten row is), not a
+    # backend failure: the database answered, and what it holds is damaged.
+    proof.damaged = _seal_damage(row)
+    if proof.damaged is not None:
+        return proof
+    blob, hashes = bytes(row["chunk_roots"]), bytes(row["leaf_hashes"])
+    try:
+        path = core.inclusion_proof(index, size, hashes, [blob[i : i + 32] for i in range(0, len(blob), 32)])
+    except ValueError as exc:
+        proof.damaged = (
+            f"batch {row['batch_id']}'s seal is damaged: {exc} (rows_loaded {size}, leaf_index {index})"
+        )
+        return proof
+    offset = index % core.SEAL_CHUNK
+    proof.audit_path = [p.hex() for p in path]
+    proof.valid = merkle.verify_inclusion(lh, index, size, path, root)
+    proof.intact = hashes[offset * 32 : offset * 32 + 32] == lh
+    return proof
+
+
+def _seal_damage(row: Mapping[str, Any]) -> str | None:
+    """What makes ROW's seal data (its batch's, its chunk's) unusable for a proof, or None."""
+    batch = f"batch {row['batch_id']}'s seal is damaged"
+    if row["chunk_size"] != core.SEAL_CHUNK:
+        return f"{batch}: chunk_size is {row['chunk_size']}, not {core.SEAL_CHUNK}"
+    if len(row["merkle_root"]) != 32:
+        return f"{batch}: merkle_root is {len(row['merkle_root'])} bytes, not 32"
+    if not len(row["chunk_roots"]) or len(row["chunk_roots"]) % 32:
+        return f"{batch}: chunk_roots is {len(row['chunk_roots'])} bytes, not a whole number of 32-byte roots"
+    if not 0 <= row["leaf_index"] < row["rows_loaded"]:
+        return f"{batch}: the tag's leaf_index {row['leaf_index']} is outside its {row['rows_loaded']} rows_loaded"
+    if row["leaf_hashes"] is None:
+        return f"{batch}: tag_chunks has no chunk {row['leaf_index'] // core.SEAL_CHUNK} (leaf_index {row['leaf_index']})"
+    if len(row["leaf_hashes"]) % 32:
+        return f"{batch}: tag_chunks chunk {row['leaf_index'] // core.SEAL_CHUNK} is {len(row['leaf_hashes'])} bytes, not whole 32-byte hashes"
+    return None
 
 
 # -- sample -------------------------------------------------------------------------------------
