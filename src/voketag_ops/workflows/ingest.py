@@ -1184,7 +1184,7 @@ def batch_anchor_requests(conninfo: str, store: ChainStore) -> BatchAnchorCheck:
         if mismatch is None and state in ("none", "unknown") and labelled.get(label, root_hex) != root_hex:
             anchor_id, mismatch = (
                 labelled[label],
-                _mismatch(batch_id, root_hex, f"its anchor {label!r}'s", labelled[label]),
+                _mismatch(batch_id, root_hex, f"its anchor {label!r}", labelled[label]),
             )
         if mismatch is not None:
             check.mismatches.append(
@@ -2416,7 +2416,7 @@ def _anchor_of(
     one. "mismatch", with a line naming both, when the recorded anchor is of another root or
     the root is anchored for another tree size: the batch was rewritten after it was anchored."""
     if anchor_id and anchor_id != root:
-        return anchor_id, "mismatch", _mismatch(batch_id, root, "its recorded anchor's", anchor_id)
+        return anchor_id, "mismatch", _mismatch(batch_id, root, "its recorded anchor", anchor_id)
     seen = (states or {}).get(root)
     if seen is None:
         return (anchor_id, "unknown", None) if anchor_id else (None, "none", None)
@@ -2433,7 +2433,7 @@ def _anchor_of(
 
 def _mismatch(batch_id: int, root: str, whose: str, other: str) -> str:
     return (
-        f"batch {batch_id}: its root {root} is not {whose} root {other} "
+        f"batch {batch_id}: its root {root} is not the root {other} of {whose} "
         "(its rows or seal changed after the anchor was requested)"
     )
 
