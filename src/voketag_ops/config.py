@@ -477,9 +477,9 @@ class ChainSettings(_Model):
     min_difficulty: int = Field(
         default=DEFAULT_DIFFICULTY,
         ge=0,
-        le=256,
-        description="leading zero bits every block hash must have for `chain validate` and `audit verify` "
-        "(`chain anchor run` mines at 16 by default)",
+        le=64,
+        description="leading zero bits every block hash must have for `chain validate`, `audit verify` and "
+        "`chain import`; `chain anchor run` mines at this by default and refuses less",
     )
 
 

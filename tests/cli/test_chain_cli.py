@@ -446,7 +446,13 @@ def test_validate_and_audit_verify_require_the_configured_work(voke, make_enviro
     home = tmp_path / "home"
     environ = make_environ(home, VOKE_CHAIN__STORE="file")
     voke("chain", "anchor", "request", merkle.root([b"w"]).hex(), environ=environ)
-    assert voke("chain", "anchor", "run", "--difficulty", "0", environ=environ).exit_code == 0
+    refused = voke("chain", "anchor", "run", "--difficulty", "0", "--json", environ=environ)
+    assert refused.exit_code == 2 and refused.json["error"]["message"].startswith(
+        "--difficulty 0 is below chain.min_difficulty (16)"
+    )
+    assert voke("chain", "validate", "--json", environ=environ).json["result"]["length"] == 0  # nothing mined
+    lowered = make_environ(home, VOKE_CHAIN__STORE="file", VOKE_CHAIN__MIN_DIFFICULTY="0")
+    assert voke("chain", "anchor", "run", environ=lowered).exit_code == 0  # the setting's 0 bits
     weak = voke("chain", "validate", "--json", environ=environ)
     assert weak.exit_code == 1 and weak.json["result"]["problem"] == "insufficient_work"
     message = weak.json["error"]["message"]
@@ -468,6 +474,14 @@ def test_validate_and_audit_verify_require_the_configured_work(voke, make_enviro
     voke("chain", "anchor", "request", merkle.root([b"s"]).hex(), environ=strong)
     assert voke("chain", "anchor", "run", environ=strong).exit_code == 0  # 16 bits by default
     assert voke("chain", "validate", environ=strong).exit_code == 0
+    # `chain import` holds an incoming chain to the same work: the weak one is refused whole.
+    exported = tmp_path / "weak.json"
+    assert voke("chain", "export", "-o", str(exported), environ=environ).exit_code == 0
+    imported = voke("chain", "import", str(exported), "--yes", "--json", environ=strong)
+    assert imported.exit_code == 1, imported.stdout + imported.stderr
+    assert "difficulty 0 is below the required 16" in imported.json["error"]["message"]
+    assert "lower chain.min_difficulty" in imported.json["error"]["hint"]
+    assert voke("chain", "validate", "--json", environ=strong).json["result"]["length"] == 1
 
 
 def test_an_import_keeps_what_this_home_anchored(voke, make_environ, tmp_path: Path) -> None:
@@ -501,7 +515,10 @@ def test_an_import_keeps_what_this_home_anchored(voke, make_environ, tmp_path: P
 def test_an_import_dry_run_reads_the_local_chain_and_answers_as_the_import(
     voke, make_environ, tmp_path: Path
 ) -> None:
-    homes = [make_environ(tmp_path / name, VOKE_CHAIN__STORE="file") for name in ("a", "c", "new")]
+    homes = [
+        make_environ(tmp_path / name, VOKE_CHAIN__STORE="file", VOKE_CHAIN__MIN_DIFFICULTY="4")
+        for name in ("a", "c", "new")
+    ]
     exported = tmp_path / "c.json"
     for environ, leaf in zip(homes[:2], (b"a", b"c"), strict=True):
         voke("chain", "anchor", "request", merkle.root([leaf]).hex(), environ=environ)

@@ -113,7 +113,7 @@ def test_adding_a_rotated_secret_is_one_failure_event(voke, make_environ, tmp_pa
 @pytest.fixture
 def file_chain(make_environ, tmp_path):
     home = tmp_path / "home"
-    return home, make_environ(home, VOKE_CHAIN__STORE="file")
+    return home, make_environ(home, VOKE_CHAIN__STORE="file", VOKE_CHAIN__MIN_DIFFICULTY="4")  # quick blocks
 
 
 def test_cancelling_an_anchored_root_is_one_failure_event(voke, file_chain):

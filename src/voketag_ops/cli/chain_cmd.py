@@ -322,9 +322,18 @@ def import_(
             incoming = parse_document(raw.decode("utf-8"), source)
         except UnicodeDecodeError as exc:
             raise ChainFormatError(f"{source}: not UTF-8 (byte {exc.start})") from None
-        report = validate_chain(incoming.blocks)
+        # Blocks need chain.min_difficulty bits of work, as `chain validate` requires of the local chain:
+        # a chain re-mined cheaply is refused here, not after it has extended the local one.
+        least = env.settings.chain.min_difficulty
+        report = validate_chain(incoming.blocks, min_difficulty=least)
         if not report.ok:
-            raise InputError(f"{source}: the chain does not validate: {report.message}")
+            light = report.bad_index is not None and incoming.blocks[report.bad_index].difficulty < least
+            raise InputError(
+                f"{source}: the chain does not validate: {report.message}; nothing was imported",
+                hint="if its blocks were mined with fewer bits on purpose, lower chain.min_difficulty"
+                if light
+                else None,
+            )
         if (problem := anchor_disagreement(incoming.blocks, incoming.anchors.values())) is not None:
             raise InputError(
                 f"{source}: its anchors contradict its blocks: {problem[1]}; nothing was imported"
@@ -423,8 +432,14 @@ def anchor_request(
 def anchor_run(
     ctx: typer.Context,
     difficulty: Annotated[
-        int, typer.Option("--difficulty", min=0, max=64, help="Leading zero bits the block hash must have.")
-    ] = 16,
+        int | None,
+        typer.Option(
+            "--difficulty",
+            min=0,
+            max=64,
+            help="Leading zero bits the block hash must have (default and least: chain.min_difficulty, 16).",
+        ),
+    ] = None,
     max_attempts: Annotated[
         int | None, typer.Option("--max-attempts", min=1, help="Give up mining after this many nonces.")
     ] = None,
@@ -437,9 +452,19 @@ def anchor_run(
     """Anchor every pending root into one new block. Cron-friendly: with nothing pending it
     does nothing; store errors are retried with backoff. Exit 1 if mining ran out of bounds,
     or if an ingest batch's anchor is of another root (the batch was rewritten)."""
+    from voketag_ops.errors import UsageError
     from voketag_ops.workflows.chain import run_anchors
 
     env = use_local(ctx)
+    least = env.settings.chain.min_difficulty
+    if difficulty is None:
+        difficulty = least
+    elif difficulty < least:  # the block would fail `chain validate` and `audit verify`
+        raise UsageError(
+            f"--difficulty {difficulty} is below chain.min_difficulty ({least}): `voke chain validate` and "
+            "`voke audit verify` would refuse the block",
+            hint=f"mine at {least} or more bits, or lower chain.min_difficulty first",
+        )
     store = _store(env, dry_run=dry_run, changes=True)
     if dry_run:  # counting what a real run requests first, as it would
         from voketag_ops.audit import AuditLog
