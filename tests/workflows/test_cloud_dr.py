@@ -152,6 +152,38 @@ def test_a_metric_monitoring_refuses_never_changes_the_check(cloud, status):
     assert report["ok"] is True, report["failed"]
 
 
+@pytest.mark.parametrize("status", ["UNAVAILABLE", "PERMISSION_DENIED"])
+def test_monitoring_refused_leaves_lag_and_archiving_unknown_and_reports_the_rest(cloud, status):
+    from voketag_ops.workflows import cloud_dr
+
+    fake, settings, recovery = cloud
+    fake.monitoring.refuse_reads = status
+    snap = cloud_dr.status(settings, recovery)
+    assert snap["standby"]["lag_unknown"] and snap["archive"]["failing"] is None
+    assert "could not read the replication of voke-db-dr" in snap["errors"]["monitoring"]
+    assert snap["archive"]["unknown_reason"] == snap["errors"]["monitoring"]
+    assert snap["newest_backup"]["status"] == "SUCCESSFUL" and snap["recoverable_window"]["seconds"]
+    report = cloud_dr.check(settings, recovery, dr_flows.thresholds(settings))
+    assert set(report["failed"]) == {"replication_lag", "archiving"}, report["failed"]
+    message = {c["name"]: c["message"] for c in report["checks"]}["replication_lag"]
+    assert message == snap["errors"]["monitoring"] and f"injected {status}" in message
+
+
+def test_monitoring_refused_without_a_replica_leaves_archiving_unknown():
+    from voketag_ops.config import Settings
+    from voketag_ops.workflows import cloud_dr
+    from voketag_ops.workflows.cloud import CloudPlatform
+
+    with FakeGcp() as fake:
+        fake.sql.add_instance("voke-db", users=("app_a",))
+        fake.sql.add_backup("voke-db", "SUCCESSFUL", now() - timedelta(hours=3))
+        fake.monitoring.refuse_reads = "PERMISSION_DENIED"
+        settings = Settings.model_validate({"env": "prod", "environments": {"prod": fake.environment()}})
+        report = cloud_dr.check(settings, CloudPlatform(settings).recovery(), dr_flows.thresholds(settings))
+    assert report["failed"] == ["archiving"], report["failed"]
+    assert "could not read the archiving of voke-db" in report["status"]["errors"]["monitoring"]
+
+
 def test_no_monitoring_data_or_inactive_replication_fails_the_check(cloud):
     from voketag_ops.workflows import cloud_dr
 

@@ -1394,6 +1394,7 @@ class FakeMonitoring:
         self.project = project
         self.series: list[Any] = []
         self.refuse: str | None = None  # a gRPC status code every CreateTimeSeries fails with
+        self.refuse_reads: str | None = None  # ... and every ListTimeSeries
         # As Cloud SQL does, every RUNNABLE replica reports its lag and every RUNNABLE primary its
         # archived WAL, unless a test adds its own points for them or turns this off (no data).
         self.sql = sql
@@ -1471,6 +1472,8 @@ class FakeMonitoring:
             return empty_pb2.Empty()
 
         def list_(req: Any) -> Any:
+            if self.refuse_reads:
+                raise GrpcAbort(self.refuse_reads, f"injected {self.refuse_reads}")
             terms = dict(_FILTER.findall(req.filter))
             start, end = req.interval.start_time.timestamp(), req.interval.end_time.timestamp()
             out = []

@@ -111,13 +111,24 @@ def status(settings: Settings, recovery: DatabaseRecovery, *, now: datetime | No
     errors: dict[str, str] = {}
     standby = None
     archive_failures = None
+    # Cloud Monitoring refusing or unreachable leaves lag and archiving unknown (their checks
+    # fail, saying why), as a Cloud SQL refusal below does, rather than failing the whole report
     if not topo.standby:  # (with one, replication() reads them too) the primary's archiving, always
         reader = getattr(recovery, "archive_failures", None)
-        archive_failures = reader(topo.primary) if reader is not None else None
+        try:
+            archive_failures = reader(topo.primary) if reader is not None else None
+        except VokeError as exc:
+            errors["monitoring"] = f"could not read the archiving of {topo.primary}: {exc.message}"
     if topo.standby:
+        from voketag_ops.ports import ReplicationInfo
+
         replica = topo.instances.get(topo.standby) or recovery.instance(topo.standby)
         cloudsql: Any = recovery  # CloudSqlRecovery: the byte lag is read on the primary of now
-        repl = cloudsql.replication(topo.standby, primary=topo.primary)
+        try:
+            repl = cloudsql.replication(topo.standby, primary=topo.primary)
+        except VokeError as exc:
+            errors["monitoring"] = f"could not read the replication of {topo.standby}: {exc.message}"
+            repl = ReplicationInfo(topo.standby, None, None, None)
         archive_failures = repl.archive_failures
         standby = {
             "name": replica.name,
@@ -193,7 +204,10 @@ def status(settings: Settings, recovery: DatabaseRecovery, *, now: datetime | No
         "split_brain": len(writable) > 1,
         "archive": {
             "failing": None if archive_failures is None else archive_failures > 0,
-            "unknown_reason": "no archived or failed WAL segment in Cloud Monitoring for the last hour"
+            "unknown_reason": (
+                errors.get("monitoring")
+                or "no archived or failed WAL segment in Cloud Monitoring for the last hour"
+            )
             if archive_failures is None
             else None,
             "failed_count": archive_failures,
@@ -260,7 +274,11 @@ def check(
     ]
     for c in checks:  # a call Cloud SQL refused: say so, not "no backup" / "no window"
         refused = (snap.get("errors") or {}).get(
-            {"backup_age": "backups", "pitr_window": "recoverable_window"}.get(c["name"], "")
+            {
+                "backup_age": "backups",
+                "pitr_window": "recoverable_window",
+                "replication_lag": "monitoring",  # (archiving's message names it: unknown_reason)
+            }.get(c["name"], "")
         )
         if refused:
             c["ok"], c["message"] = False, refused
