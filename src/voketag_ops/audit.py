@@ -566,12 +566,14 @@ CHECKPOINT_EVENT = "audit.checkpoint"  # `voke audit checkpoint`'s own event
 @dataclass
 class AuditedEvent:
     """Handed to the body of `audited`: add details; set ``result`` for e.g. "dry-run", or
-    ``skip`` when the event is already on record (written by another process)."""
+    ``skip`` when the event is already on record (written by another process), or ``target``
+    when the body names it (opened before the checks that work it out)."""
 
     details: dict[str, Any] = field(default_factory=dict)
     result: str | None = None
     entry: core.AuditEntry | None = None
     skip: bool = False
+    target: str | None = None
 
 
 @contextmanager
@@ -605,6 +607,7 @@ def audited(
             message = redact(getattr(exc, "message", str(exc)))[:500]  # cut after: a secret across the cut
             error = {"type": getattr(exc, "type_name", type(exc).__name__), "message": message}
         event.details["error"] = error
+        target = event.target or target
         try:
             event.entry = record_event(
                 home,
@@ -622,6 +625,7 @@ def audited(
         raise
     if event.skip:
         return
+    target = event.target or target
     try:
         event.entry = record_event(
             home,

@@ -581,3 +581,36 @@ def test_check_fails_only_the_check_whose_answer_is_malformed(cloud):
     failed = {c["name"]: c["message"] for c in check.json["result"]["checks"] if not c["ok"]}
     assert set(failed) == {"backup_age"}
     assert "malformed response from the API" in failed["backup_age"]
+
+
+# -- refusals on record, requests Cloud SQL refuses -------------------------------------------------------
+def test_a_refused_restore_failover_or_failback_writes_a_failure_event_a_dry_run_none(cloud):
+    def last(result: Any, code: int) -> tuple[str, str, str]:
+        assert result.exit_code == code, result.stdout
+        event = cloud.audit()[-1]
+        return event["event_type"], event["target"], event["result"]
+
+    outside = cloud.voke("dr", "restore", "--to", "-30d", "--yes", "--json")
+    kind, target, result = last(outside, 5)
+    assert (kind, result) == ("dr.restore", "failure") and target.startswith("voke-db-pitr-")  # the default
+    assert "recoverable window" in cloud.audit()[-1]["details"]["error"]["message"]
+    named = cloud.voke("dr", "restore", "--to", "-30d", "--name", "voke-db-x", "--yes", "--json")
+    assert last(named, 5) == ("dr.restore", "voke-db-x", "failure")
+    cloud.fake.sql.instances["voke-db-dr"]["state"] = "MAINTENANCE"
+    events = len(cloud.audit())
+    assert cloud.voke("dr", "failover", "--dry-run", "--json").exit_code == 5
+    assert len(cloud.audit()) == events  # a dry run writes none
+    assert last(cloud.voke("dr", "failover", "--yes", "--json"), 5) == (
+        "dr.failover",
+        "voke-db-dr",
+        "failure",
+    )
+    cloud.fake.sql.instances["voke-db-dr"]["state"] = "RUNNABLE"
+    cloud.fake.rest.fail("GET", r"/instances/voke-db-dr$", status="PERMISSION_DENIED", times=99)
+    assert last(cloud.voke("dr", "failover", "--yes", "--json"), 4) == (
+        "dr.failover",
+        "voke-db-dr",
+        "failure",
+    )
+    assert last(cloud.voke("dr", "failback", "--yes", "--json"), 4) == ("dr.failback", "voke-db", "failure")
+    assert not cloud.posts("/promoteReplica") and not cloud.posts("/clone")

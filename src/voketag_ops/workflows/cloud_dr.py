@@ -40,6 +40,7 @@ from voketag_ops.workflows.cloud_drill import one_at_a_time
 from voketag_ops.workflows.rotate import refuse_if_rotating
 
 if TYPE_CHECKING:
+    from voketag_ops.audit import AuditedEvent
     from voketag_ops.config import GcpEnvironment, Settings
     from voketag_ops.ports import DatabaseRecovery, DbInstanceInfo, SecretStore, ServiceRuntime
 
@@ -414,10 +415,21 @@ class _Steps:
             )
 
 
-def _audited(settings: Settings, home: Path, action: str, target: str, **details: Any) -> Any:
-    from voketag_ops.audit import audited
+def _audited(
+    settings: Settings, home: Path, action: str, target: str, *, dry_run: bool, **details: Any
+) -> Any:
+    """The audit event of a real run, opened before its checks and its lock so that a refusal is
+    a `failure` event too (as locally); a dry run writes none."""
+    from voketag_ops.audit import audited_unless
 
-    return audited(home, event_type=action, env=settings.env, target=target, details=details)
+    return audited_unless(dry_run, home, event_type=action, env=settings.env, target=target, details=details)
+
+
+@contextmanager
+def _details(event: AuditedEvent, **details: Any) -> Iterator[AuditedEvent]:
+    """EVENT, opened before the checks, with the DETAILS they worked out, around the change."""
+    event.details.update(details)
+    yield event
 
 
 def _find(recovery: DatabaseRecovery, name: str) -> DbInstanceInfo | None:
@@ -438,7 +450,6 @@ def _op(op: Any) -> dict[str, Any]:
 
 
 # -- restore ----------------------------------------------------------------------------------------
-@one_at_a_time("dr restore")
 def restore(
     settings: Settings,
     recovery: DatabaseRecovery,
@@ -453,19 +464,40 @@ def restore(
     """Point-in-time restore of the (recorded) primary into a NEW Cloud SQL instance
     (`instances.clone` with `pointInTime`). A target outside `getLatestRecoveryTime`'s
     window, an existing instance of that name, or the primary's or replica's own name is
-    refused first."""
-    from voketag_ops.workflows import cloud_topology
-
+    refused first (a real run's refusal is on record: its event opens before the checks)."""
     env = settings.environment(settings.env)
     now = now or datetime.now(timezone.utc)
     try:
         target = parse_point_in_time(to, now=now)
     except ValueError as exc:
         raise UsageError(f"--to: {exc}") from None
+    # (until the default name is known, the event names the instance restored)
+    with _audited(settings, home, "dr.restore", name or env.instance, dry_run=dry_run) as event:
+        return _restore(
+            settings, recovery, event, target=target, name=name, now=now, dry_run=dry_run, progress=progress
+        )
+
+
+@one_at_a_time("dr restore")
+def _restore(
+    settings: Settings,
+    recovery: DatabaseRecovery,
+    event: AuditedEvent,
+    *,
+    target: datetime,
+    name: str | None,
+    now: datetime,
+    dry_run: bool,
+    progress: Progress,
+) -> dict[str, Any]:
+    from voketag_ops.workflows import cloud_topology
+
+    env = settings.environment(settings.env)
     if name is not None:
         _refuse_drill_name(name, env)
     source = cloud_topology.read(settings, recovery).primary
     name = name or f"{source}-pitr-{target:%Y%m%d-%H%M%S}"
+    event.target = name
     if not INSTANCE_NAME.fullmatch(name):
         raise UsageError(
             f"--name {name!r}: a Cloud SQL instance id is lowercase letters, digits and hyphens, "
@@ -502,7 +534,7 @@ def restore(
     if dry_run:
         return base | {"dry_run": True, "plan": plan}
     t0 = time.monotonic()
-    with _audited(settings, home, "dr.restore", name, source=source, point_in_time=iso(target)) as event:
+    with _details(event, source=source, point_in_time=iso(target)):
         progress(f"cloning {source} at {iso(target)} into {name}")
         try:
             op = recovery.clone_to_point_in_time(iso(target), name, source)
@@ -692,7 +724,6 @@ def _require_primary(recovery: DatabaseRecovery, name: str, steps: _Steps) -> Db
     return inst
 
 
-@one_at_a_time("dr failover")
 def failover(
     settings: Settings,
     ports: CloudDrPorts,
@@ -705,7 +736,17 @@ def failover(
     primary's designated DR replica (the old primary comes back as its replica), else a
     plain promotion that leaves the old primary an independent primary (split-brain risk,
     reported). Then repoint and redeploy the services and check them. A rerun after the
-    promotion skips it and finishes the rest."""
+    promotion skips it and finishes the rest. A real run's refusal is on record too."""
+    env = settings.environment(settings.env)
+    replica = _replica_name(env, settings.env)
+    with _audited(settings, home, "dr.failover", replica, dry_run=dry_run, old_primary=env.instance) as event:
+        return _failover(settings, ports, event, dry_run=dry_run, progress=progress)
+
+
+@one_at_a_time("dr failover")
+def _failover(
+    settings: Settings, ports: CloudDrPorts, event: AuditedEvent, *, dry_run: bool, progress: Progress
+) -> dict[str, Any]:
     env = settings.environment(settings.env)
     recovery = ports.recovery
     replica_name = _replica_name(env, settings.env)
@@ -757,7 +798,7 @@ def failover(
     t0 = time.monotonic()
     steps = _Steps(progress)
     operation = None
-    with _audited(settings, home, "dr.failover", replica_name, mode=mode, old_primary=env.instance) as event:
+    with _details(event, mode=mode):
         if not resumed:
             with steps.run(f"promote {replica_name}" + (" (failover=true)" if dr_failover else "")) as info:
                 try:
@@ -838,7 +879,6 @@ def failover(
     }
 
 
-@one_at_a_time("dr failback")
 def failback(
     settings: Settings,
     ports: CloudDrPorts,
@@ -850,7 +890,20 @@ def failback(
     """Back to the configured topology (`instance` primary, `replica` its replica) by a
     planned `switchover` to `instance`, which must be the current primary's DR replica
     (Enterprise Plus); then repoint the services and check them. When both are primaries
-    (after a plain promotion) nothing is switched: that needs a rebuilt replica (exit 5)."""
+    (after a plain promotion) nothing is switched: that needs a rebuilt replica (exit 5).
+    A real run's refusal is on record too."""
+    env = settings.environment(settings.env)
+    replica = _replica_name(env, settings.env)
+    with _audited(
+        settings, home, "dr.failback", env.instance, dry_run=dry_run, from_primary=replica
+    ) as event:
+        return _failback(settings, ports, event, dry_run=dry_run, progress=progress)
+
+
+@one_at_a_time("dr failback")
+def _failback(
+    settings: Settings, ports: CloudDrPorts, event: AuditedEvent, *, dry_run: bool, progress: Progress
+) -> dict[str, Any]:
     env = settings.environment(settings.env)
     recovery = ports.recovery
     replica_name = _replica_name(env, settings.env)
@@ -907,9 +960,7 @@ def failback(
     t0 = time.monotonic()
     steps = _Steps(progress)
     operation = None
-    with _audited(
-        settings, home, "dr.failback", env.instance, switch=switch, from_primary=replica_name
-    ) as event:
+    with _details(event, switch=switch):
         if switch:
             with steps.run(f"switchover to {env.instance}") as info:
                 try:
