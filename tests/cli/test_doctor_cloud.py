@@ -128,3 +128,20 @@ def test_after_a_recorded_failover_the_recorded_primary_is_checked(voke, make_en
     assert parted.exit_code == 1
     sql = next(c for c in parted.json["result"]["checks"] if c["name"] == "cloud sql")
     assert not sql["ok"] and "disagree" in sql["detail"] and "voke-role=primary" in sql["hint"]
+
+
+def test_an_unavailable_api_is_asked_again_and_if_it_stays_down_says_retry(
+    voke, make_environ, tmp_path, listening
+):
+    with FakeGcp() as fake:
+        fake.projects.grant_all()
+        fake.sql.add_instance("voke-db")
+        env = fake.environment(db_host="127.0.0.1", db_port=listening)
+        fake.rest.fail("GET", r"/v3/projects/[^/:]+$", "UNAVAILABLE", times=1)  # a passing blip
+        blip = _doctor(voke, make_environ, tmp_path, env, "--json")
+        fake.rest.fail("POST", r":testIamPermissions$", "UNAVAILABLE", times=99)
+        down = _doctor(voke, make_environ, tmp_path, env, "--json")
+    assert blip.exit_code == 0, blip.stdout
+    assert down.exit_code == 1
+    permissions = next(c for c in down.json["result"]["checks"] if c["name"] == "permissions")
+    assert not permissions["ok"] and permissions["hint"] == "API unavailable (HTTP 503), retry"

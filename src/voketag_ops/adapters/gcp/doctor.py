@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from voketag_ops.adapters.gcp import catalog
-from voketag_ops.adapters.gcp._common import GcpContext, message_of
+from voketag_ops.adapters.gcp._common import UNAVAILABLE, GcpContext, classify, message_of
 from voketag_ops.errors import VokeError
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ ROLE_HINT = "grant the custom role from terraform/ (voke_operator) to the identi
 
 
 def cloud_checks(env: GcpEnvironment, name: str) -> list[CheckRow]:
-    ctx = GcpContext.from_environment(env, attempts=1)
+    ctx = GcpContext.from_environment(env)  # the retry policy of every command: a 503 is asked again
     rows: list[CheckRow] = []
     if env.credentials == "anonymous":
         rows.append(
@@ -60,7 +60,7 @@ def cloud_checks(env: GcpEnvironment, name: str) -> list[CheckRow]:
                 "project",
                 False,
                 f"{env.project}: {message_of(exc)}",
-                f"check environments.{name}.project and that the identity can see it",
+                _hint(exc, f"check environments.{name}.project and that the identity can see it"),
             )
         )
         return rows
@@ -90,7 +90,12 @@ def cloud_checks(env: GcpEnvironment, name: str) -> list[CheckRow]:
             )
     except Exception as exc:
         rows.append(
-            ("apis", False, message_of(exc), "grant serviceusage.services.get, or enable the APIs by hand")
+            (
+                "apis",
+                False,
+                message_of(exc),
+                _hint(exc, "grant serviceusage.services.get, or enable the APIs by hand"),
+            )
         )
     try:
         from google.cloud import resourcemanager_v3
@@ -112,5 +117,15 @@ def cloud_checks(env: GcpEnvironment, name: str) -> list[CheckRow]:
             )
         )
     except Exception as exc:
-        rows.append(("permissions", False, message_of(exc), ROLE_HINT))
+        rows.append(("permissions", False, message_of(exc), _hint(exc, ROLE_HINT)))
     return rows
+
+
+def _hint(exc: BaseException, otherwise: str) -> str:
+    """OTHERWISE, unless the API was unavailable or throttling (still, after the retries):
+    then neither the configuration nor a role is the cause."""
+    if classify(exc) != UNAVAILABLE:
+        return otherwise
+    code = getattr(exc, "code", None)  # api_core: the HTTP status, over gRPC too
+    what = f"HTTP {int(code)}" if isinstance(code, int) else type(exc).__name__
+    return f"API unavailable ({what}), retry"
