@@ -182,3 +182,41 @@ def test_a_grpc_deadline_passed_on_a_change_says_to_check_it_not_that_nothing_ch
         GcpContext(project="p", attempts=1).call(create_key, idempotent=False)
     assert err.value.exit_code == ExitCode.BACKEND
     assert "nothing was changed" not in (err.value.hint or "") and "took effect" in (err.value.hint or "")
+
+
+# -- a 400 voke's own request gets, and how a library error reads --------------------------------------
+def test_a_400_to_a_request_voke_built_is_a_backend_refusal_named_without_the_url(fake, store):
+    from voketag_ops.adapters.gcp.sql import CloudSqlAdmin, CloudSqlRecovery
+    from voketag_ops.errors import BackendError
+
+    fake.rest.fail("GET", r"/versions/1:access$", "INVALID_ARGUMENT")
+    with pytest.raises(SecretError) as err:
+        store.access("s", 1)
+    assert err.value.exit_code == ExitCode.BACKEND
+    assert err.value.message == "secret 's': injected INVALID_ARGUMENT"  # not "GET http://...?%24alt=...: "
+    fake.sql.add_instance("voke-db")
+    fake.rest.fail("GET", r"/getLatestRecoveryTime$", "INVALID_ARGUMENT")
+    with pytest.raises(BackendError) as sql_err:
+        CloudSqlRecovery(CloudSqlAdmin(fake.context()), "voke-db").recovery_window()
+    assert sql_err.value.exit_code == ExitCode.BACKEND
+    assert sql_err.value.message == "recovery window of voke-db: injected INVALID_ARGUMENT"
+
+
+def test_a_version_named_by_hand_that_no_api_takes_is_not_found_before_any_call(fake, store):
+    calls = len(fake.rest.calls)
+    with pytest.raises(NotFoundError):
+        store.access("s", "no such/alias")
+    assert len(fake.rest.calls) == calls
+
+
+def test_a_dropped_or_refused_connection_reads_as_such_not_as_urllib3s_repr(fake, store):
+    fake.rest.fail("GET", r"/secrets/s$", times=99, answer="drop")
+    with pytest.raises(SecretError) as err:
+        store.get("s")
+    assert err.value.message == "secret 's': connection lost (ConnectionError)"
+    from voketag_ops.adapters.gcp.secrets import GcpSecretStore
+
+    ctx = fake.context(endpoints={"secretmanager": "http://127.0.0.1:9"}, attempts=1)
+    with pytest.raises(SecretError) as refused:
+        GcpSecretStore(ctx).get("s")
+    assert refused.value.message == "secret 's': could not connect (ConnectionError)"

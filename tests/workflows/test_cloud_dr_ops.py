@@ -614,3 +614,22 @@ def test_a_refused_restore_failover_or_failback_writes_a_failure_event_a_dry_run
     )
     assert last(cloud.voke("dr", "failback", "--yes", "--json"), 4) == ("dr.failback", "voke-db", "failure")
     assert not cloud.posts("/promoteReplica") and not cloud.posts("/clone")
+
+
+def test_a_request_cloud_sql_answers_400_is_refused_by_the_backend_not_a_usage_error(cloud):
+    cloud.fake.rest.fail("POST", r"/promoteReplica$", status="INVALID_ARGUMENT")
+    result = cloud.voke("dr", "failover", "--yes", "--json")
+    assert result.exit_code == 4, result.stdout
+    error = result.json["error"]
+    assert (
+        error["type"] == "BackendError"
+        and error["message"] == "promote voke-db-dr: injected INVALID_ARGUMENT"
+    )
+    assert cloud.role("voke-db-dr") == "voke-db" and cloud.host_of() == PRIMARY_IP
+    cloud.fake.rest.fail("GET", r"/getLatestRecoveryTime$", status="INVALID_ARGUMENT")
+    window = cloud.voke("dr", "restore", "--to", "-1h", "--yes", "--json")
+    assert window.exit_code == 4 and "http" not in window.json["error"]["message"], window.stdout
+    cloud.fake.rest.fail("POST", r"/clone$", status="INVALID_ARGUMENT")
+    clone = cloud.voke("dr", "restore", "--to", "-1h", "--name", "voke-db-r", "--yes", "--json")
+    assert clone.exit_code == 4, clone.stdout
+    assert "voke-db-r" not in cloud.fake.sql.instances

@@ -7,6 +7,7 @@ function here or in the adapter modules, so `voke --help` never pays 0.5-1.4 s f
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -22,7 +23,6 @@ from voketag_ops.errors import (
     EtagMismatchError,
     NotFoundError,
     PreconditionError,
-    UsageError,
     VokeError,
 )
 from voketag_ops.logs import get_logger
@@ -196,15 +196,43 @@ def message_of(exc: BaseException) -> str:
         except ValueError:  # a proxy's or load balancer's HTML page: its first line says nothing
             reason = getattr(response, "reason", "") or ""
             return f"HTTP {response.status_code} {reason}".strip() + " (not a JSON error response)"
+    if (lost := _connection_message(exc)) is not None:
+        return lost  # requests' text is a repr of urllib3's exceptions, with the host and a socket
     text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return redact(str(text)).strip().splitlines()[0][:300]
+    # api_core's REST errors start "METHOD URL: " (the URL with its query): the resource is in
+    # voke's own message around this one
+    text = _REQUEST_PREFIX.sub("", str(text).strip(), count=1)
+    return redact(text).strip().splitlines()[0][:300]
+
+
+_REQUEST_PREFIX = re.compile(r"^(?:GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS) \S+: ")
+
+
+def _connection_message(exc: BaseException) -> str | None:
+    """A connection that failed (requests', urllib3's) in a few words, None for anything else."""
+    import requests
+    import urllib3.exceptions
+
+    if not isinstance(exc, requests.RequestException | urllib3.exceptions.HTTPError):
+        return None
+    if isinstance(exc, requests.ConnectTimeout) or (
+        isinstance(exc, requests.ConnectionError)
+        and isinstance(
+            getattr(exc.args[0] if exc.args else None, "reason", None),
+            urllib3.exceptions.NewConnectionError | urllib3.exceptions.ConnectTimeoutError,
+        )
+    ):
+        return f"could not connect ({type(exc).__name__})"
+    if isinstance(exc, requests.Timeout):
+        return f"no answer in time ({type(exc).__name__})"
+    return f"connection lost ({type(exc).__name__})"
 
 
 DEFAULT_ERRORS: dict[str, type[VokeError]] = {
     NOT_FOUND: NotFoundError,
     CONFLICT: EtagMismatchError,
     PRECONDITION: PreconditionError,
-    INVALID: UsageError,
+    INVALID: BackendError,  # voke's own request, refused: nothing changed (exit 4)
     DENIED: BackendError,
     UNAVAILABLE: BackendError,
     FAILED: BackendError,

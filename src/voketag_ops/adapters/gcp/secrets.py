@@ -15,6 +15,7 @@ Secret Manager keeps no time of a version's last state change, which cleanup nee
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -39,6 +40,8 @@ from voketag_ops.ports import SecretMeta, SecretVersion, VersionState
 
 STATE_ANNOTATION = "voke-state-changed-at"
 ANNOTATIONS_LIMIT = 16 * 1024
+# What Secret Manager takes as a version alias (a version number is digits).
+_ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}")
 _STATES: dict[int, VersionState] = {1: "enabled", 2: "disabled", 3: "destroyed"}
 
 
@@ -90,7 +93,7 @@ class GcpSecretStore:
             NOT_FOUND: NotFoundError,
             CONFLICT: EtagMismatchError,
             PRECONDITION: precondition,
-            INVALID: UsageError,
+            INVALID: SecretError,  # a request voke built, refused (a version named by hand: `access`)
             DENIED: SecretError,
             UNAVAILABLE: SecretError,
             FAILED: SecretError,
@@ -193,6 +196,8 @@ class GcpSecretStore:
         ref = str(version)
         if ref == "latest":
             raise UsageError("voke never reads `latest`; name a version number or an alias")
+        if not (ref.isdigit() or _ALIAS.fullmatch(ref)):  # (a 400 from the API would be exit 4)
+            raise NotFoundError(f"secret {name!r} has no version or alias {ref!r}")
         # A disabled or destroyed version answers FAILED_PRECONDITION: to voke it is not there.
         with self.translate(name, precondition=NotFoundError):
             resp = self.ctx.call(self.client.access_secret_version, name=f"{self._path(name)}/versions/{ref}")

@@ -86,9 +86,10 @@ class CloudSqlAdmin:
             NOT_FOUND: NotFoundError,
             CONFLICT: PreconditionError,  # another operation is running on the instance
             PRECONDITION: PreconditionError,
-            INVALID: UsageError,
+            # a 400 refuses a request voke built (user values are checked before they get here)
+            INVALID: failure,
             DENIED: BackendError,
-            UNAVAILABLE: failure if failure is not BackendError else BackendError,
+            UNAVAILABLE: failure,
             FAILED: failure,
         }
         with translating(what, errors):
