@@ -77,6 +77,10 @@ class SecretStore(Protocol):
 
     def set_state(self, name: str, version: int, state: VersionState) -> SecretVersion: ...
 
+    def unreadable_hint(self, name: str, alias: str, version: int, state: str) -> str:
+        """How a person makes ALIAS of NAME readable again: its version VERSION is STATE."""
+        ...
+
 
 @dataclass(frozen=True)
 class ServiceInfo:

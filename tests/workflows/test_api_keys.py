@@ -621,3 +621,12 @@ def test_config_show_masks_the_webhook(voke, make_environ, tmp_path):
     )
     assert result.exit_code == 0 and "rotation.notify_webhook" in result.stdout
     assert hook not in result.stdout + result.stderr
+
+
+def test_a_disabled_current_version_in_the_local_store_is_a_precondition_naming_it(world, fake):
+    engine = world.adopt_all()
+    world.store.set_state("sendgrid-key", 1, "disabled")
+    with pytest.raises(PreconditionError) as info:  # as on Secret Manager: one rule for both stores
+        rotate_api_key(engine, "sendgrid")
+    assert info.value.message == "secret sendgrid-key: current version 1 is DISABLED; nothing was changed"
+    assert "sendgrid-key.json" in (info.value.hint or "") and len(fake.live_sendgrid_keys()) == 1

@@ -319,6 +319,46 @@ def test_services_that_do_not_come_up_stop_for_a_person_and_a_rerun_finishes(clo
     assert all(_serving_version(cloud, s) == str(versions + 1) for s in SERVICES)
 
 
+@pytest.mark.parametrize(("alias", "state"), [("current", "DESTROYED"), ("previous", "DISABLED")])
+def test_a_connection_version_the_repoint_cannot_read_refuses_the_failover_before_the_promotion(
+    cloud, alias, state
+):
+    secret = cloud.fake.secretmanager.secrets[SECRET]
+    number = secret.aliases[alias]
+    next(v for v in secret.versions if v.number == number).state = state
+    result = cloud.voke("dr", "failover", "--yes", "--json")
+    assert result.exit_code == 5, result.stdout  # not exit 7 with the services left on a read-only replica
+    error = result.json["error"]
+    assert error["message"].startswith(f"secret {SECRET}: {alias} version {number} is {state}")
+    remedy = (
+        "gcloud secrets versions enable 1" if state == "DISABLED" else "--update-version-aliases=current="
+    )
+    assert remedy in error["hint"]
+    assert not cloud.posts("/promoteReplica") and cloud.role("voke-db-dr") == "voke-db"
+
+
+def test_a_version_disabled_during_the_failover_names_it_in_the_hint_to_rerun(cloud):
+    secret = cloud.fake.secretmanager.secrets[SECRET]
+    promote = next(
+        i for i, r in enumerate(cloud.fake.rest.routes) if r[1].pattern.endswith("/promoteReplica")
+    )
+    method, rx, handler = cloud.fake.rest.routes[promote]
+
+    def promote_and_disable(request: Any) -> Any:  # someone disables `previous` while Cloud SQL promotes
+        next(v for v in secret.versions if v.number == secret.aliases["previous"]).state = "DISABLED"
+        return handler(request)
+
+    cloud.fake.rest.routes[promote] = (method, rx, promote_and_disable)
+    result = cloud.voke("dr", "failover", "--yes", "--json")
+    assert result.exit_code == 7, result.stdout
+    error = result.json["error"]
+    assert "not repointed" in error["message"] and "previous version 1 is DISABLED" in error["message"]
+    assert error["hint"].startswith("enable it: gcloud secrets versions enable 1 --secret db-app")
+    assert error["hint"].endswith(
+        "then `voke --env prod dr failover --yes` (it does not repeat what is done)"
+    )
+
+
 def test_failover_refusals_and_dry_run(cloud):
     plan = cloud.voke("dr", "failover", "--dry-run", "--json")
     assert plan.exit_code == 0 and plan.json["result"]["mode"] == "replica-failover"

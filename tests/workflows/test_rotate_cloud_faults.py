@@ -258,3 +258,34 @@ def test_a_keyring_created_on_the_cloud_is_in_the_one_audit_log(cloud):
     result = cloud.voke("rotate", "jwt", "--init", "--yes", "--json")
     assert result.exit_code == 0, result.stdout + result.stderr
     assert [e["event_type"] for e in cloud.audit()] == ["rotation.init"]  # as `voke audit show` lists it
+
+
+@pytest.mark.parametrize(
+    ("alias", "state", "remedy"),
+    [
+        ("current", "DISABLED", "gcloud secrets versions enable 2 --secret db-app"),
+        ("current", "DESTROYED", "--update-version-aliases=current=N"),
+        ("previous", "DESTROYED", "--remove-version-aliases=previous"),  # every update would be refused
+    ],
+)
+def test_a_version_the_rotation_needs_that_is_not_enabled_is_a_precondition_naming_it(
+    cloud, alias, state, remedy
+):
+    number = cloud.secret.aliases[alias]
+    version = next(v for v in cloud.secret.versions if v.number == number)
+    version.state = state
+    before = {k: v for k, v in cloud.fake.sql.users.items()}
+    result = cloud.voke("rotate", "db-password", "--yes", "--json")
+    assert result.exit_code == 5, result.stdout + result.stderr  # not "the current login None ..." (exit 2)
+    error = result.json["error"]
+    assert error["message"] == f"secret db-app: {alias} version {number} is {state}; nothing was changed"
+    assert remedy in error["hint"]
+    assert cloud.fake.sql.users == before and cloud.record() is None and len(cloud.secret.versions) == 2
+
+
+def test_a_disabled_previous_version_does_not_stop_a_rotation(cloud):
+    number = cloud.secret.aliases["previous"]
+    next(v for v in cloud.secret.versions if v.number == number).state = "DISABLED"
+    result = cloud.voke("rotate", "db-password", "--yes", "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert cloud.secret.aliases["previous"] == 2

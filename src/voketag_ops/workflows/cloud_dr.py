@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
@@ -38,6 +38,7 @@ from voketag_ops.errors import (
 )
 from voketag_ops.workflows.cloud_drill import one_at_a_time
 from voketag_ops.workflows.rotate import refuse_if_rotating
+from voketag_ops.workflows.secrets import READABLE, unreadable_alias
 
 if TYPE_CHECKING:
     from voketag_ops.audit import AuditedEvent
@@ -600,6 +601,26 @@ def connection_secrets(settings: Settings, env: GcpEnvironment) -> dict[str, tup
     return out
 
 
+# What a repoint reads: both versions it rewrites must be enabled.
+_REPOINTED = {"current": READABLE, "previous": READABLE}
+
+
+def refuse_unrepointable(store: Any, secrets: Iterable[str]) -> None:
+    """PreconditionError (exit 5) naming the version to make readable when a connection
+    secret's `current` or `previous` is disabled or destroyed: asked before the database
+    moves, since the repoint after it could not read them."""
+    for secret in secrets:
+        try:
+            meta = store.get(secret)
+        except NotFoundError:
+            continue
+        if (unreadable := unreadable_alias(store, meta, _REPOINTED)) is not None:
+            raise PreconditionError(
+                f"{unreadable.message}: the services could not be repointed after the promotion; nothing was changed",
+                hint=f"{unreadable.hint}, then run this again",
+            )
+
+
 def repoint_services(
     ports: CloudDrPorts, secrets: dict[str, tuple[str, ...]], host: str, progress: Progress = _quiet
 ) -> dict[str, Any]:
@@ -616,6 +637,8 @@ def repoint_services(
         except NotFoundError:
             skipped.append(f"{secret}: no such secret")
             continue
+        if (unreadable := unreadable_alias(store, meta, _REPOINTED)) is not None:
+            raise unreadable  # (disabled meanwhile: the failover's pre-check asked)
         renumbered: dict[int, int] = {}
         aliases: dict[str, int | None] = {}
         for alias in ("current", "previous"):
@@ -681,7 +704,7 @@ def _repoint_or_stop(
         except VokeError as exc:
             raise NeedsOperatorError(
                 f"{primary.name} is the primary but the services were not repointed: {exc.message}",
-                hint=f"fix the cause, then `{resume}` (it does not repeat what is done)",
+                hint=f"{exc.hint or 'fix the cause'}, then `{resume}` (it does not repeat what is done)",
             ) from None
         info.update(moved)
     return moved
@@ -770,6 +793,7 @@ def _failover(
     )
     secrets = connection_secrets(settings, env)
     refuse_if_rotating(ports.store, secrets, resume=f"voke --env {settings.env} rotate resume")
+    refuse_unrepointable(ports.store, secrets)
     mode = "resume" if resumed else ("replica-failover" if dr_failover else "promote")
     resume = f"voke --env {settings.env} dr failover --yes"
     if dry_run:

@@ -60,6 +60,7 @@ from voketag_ops.errors import (
 )
 from voketag_ops.logs import get_logger
 from voketag_ops.workflows.credentials import Credential, DbPassword
+from voketag_ops.workflows.secrets import KEPT, READABLE, unreadable_alias
 
 log = get_logger(__name__)
 
@@ -380,6 +381,9 @@ class RotationEngine:
             return lambda: self._resume(existing, t0)
         if "current" not in meta.aliases:
             raise ValidationError(f"secret {user.secret!r} has no `current` version to rotate from")
+        usable = {"current": READABLE, "previous": KEPT}
+        if (unreadable := unreadable_alias(self.store, meta, usable)) is not None:
+            raise PreconditionError(f"{unreadable.message}; nothing was changed", hint=unreadable.hint)
         # Kind-specific conditions (configuration, a pasted key, a JWT key still waiting), before the lock.
         precheck = getattr(user, "precheck", None)
         if precheck is not None:
@@ -465,6 +469,12 @@ class RotationEngine:
 
     def _plan(self, cred: Credential, meta: Any, t0: float) -> RotationReport:
         current = self._cred(cred.secret, meta.aliases.get("current"))
+        if current is None:  # disabled since `_begin` looked: the plan is never made from nothing
+            raise PreconditionError(
+                f"secret {cred.secret}: current version {meta.aliases.get('current')} cannot be read; "
+                "nothing was changed",
+                hint=f"`voke secrets versions {cred.secret}` shows its state",
+            )
         plan = [
             f"lock {cred.secret} (lease {self.settings.lease_seconds} s)",
             *cred.plan(current),

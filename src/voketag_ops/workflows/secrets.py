@@ -4,6 +4,7 @@ provider's API, say), as a new version that becomes `current`."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from voketag_ops import redact
@@ -96,3 +97,30 @@ def add_version(store: Any, name: str, value: bytes | None, *, dry_run: bool = F
         ) from None
     report.update(version=version, dry_run=False)
     return report
+
+
+# Secret Manager reads only enabled versions, and refuses an update whose aliases name a
+# destroyed one (every alias is sent with each update): what each alias may be for a change to go on.
+READABLE = ("enabled",)
+KEPT = ("enabled", "disabled")
+
+
+def unreadable_alias(
+    store: Any, meta: Any, usable: Mapping[str, tuple[str, ...]] | None = None
+) -> PreconditionError | None:
+    """The refusal (exit 5) to go on when a version an alias names is in a state USABLE does
+    not allow it (alias -> states; default: `current` enabled), naming the version, its state
+    and how to make it usable; None when all are. Without it voke would act without the value
+    (a login it cannot name) or stop halfway (a failover that promoted but cannot repoint)."""
+    for alias, states in (usable or {"current": READABLE}).items():
+        number = meta.aliases.get(alias)
+        if number is None:
+            continue
+        version = meta.version(number)
+        state = version.state if version is not None else "missing"
+        if state not in states:
+            return PreconditionError(
+                f"secret {meta.name}: {alias} version {number} is {state.upper()}",
+                hint=store.unreadable_hint(meta.name, alias, number, state),
+            )
+    return None

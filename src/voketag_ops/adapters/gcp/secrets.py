@@ -70,6 +70,18 @@ class GcpSecretStore:
         """The Secret Manager id of logical secret NAME."""
         return self.prefix + self.ids.get(name, name)
 
+    def unreadable_hint(self, name: str, alias: str, version: int, state: str) -> str:
+        """How an SRE makes ALIAS of NAME readable again: version VERSION is STATE."""
+        where = f"--secret {self.secret_id(name)} --project {self.ctx.project}"
+        if state == "disabled":
+            return f"enable it: gcloud secrets versions enable {version} {where}"
+        update = f"gcloud secrets update {self.secret_id(name)} --project {self.ctx.project}"
+        drop = f" (or drop it: {update} --remove-version-aliases={alias})" if alias != "current" else ""
+        return (
+            f"its value is gone: point `{alias}` at a version that holds a working credential: "
+            f"{update} --update-version-aliases={alias}=N{drop}"
+        )
+
     def _logical(self, secret_id: str) -> str:
         short = secret_id.removeprefix(self.prefix)
         return self.names.get(short, short)

@@ -93,6 +93,16 @@ class LocalSecretStore:
             raise UsageError(f"invalid secret name {name!r} (letters, digits, - and _)")
         return self.dir / f"{name}.json"
 
+    def unreadable_hint(self, name: str, alias: str, version: int, state: str) -> str:
+        """How an SRE makes ALIAS of NAME readable again: version VERSION is STATE (the local
+        store is voke's own files: no command changes a version's state by hand)."""
+        if state == "disabled":
+            return f'enable it: set version {version}\'s "state" back to "enabled" in {self._path(name)}'
+        return (
+            f'its value is gone: point `{alias}` ("aliases" in {self._path(name)}) at a version '
+            "that holds a working credential"
+        )
+
     @contextmanager
     def _locked(self, name: str) -> Iterator[Path]:
         path = self._path(name)
