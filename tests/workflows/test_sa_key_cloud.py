@@ -155,6 +155,32 @@ def test_a_key_that_does_not_authenticate_is_rolled_back_and_deleted(cloud, voke
     assert fake.secretmanager.secrets["sa-ci"].aliases["current"] == 1
 
 
+def test_a_token_endpoint_that_keeps_failing_is_unreachable_not_a_broken_key(cloud, voke):
+    fake, environ = cloud
+    _init(fake, voke, environ)
+    fake.rest.fail("POST", r"/token$", "UNAVAILABLE", 10)  # through google.auth's own retries
+    result = voke("rotate", "sa-key", "ci", "--yes", "--json", environ=environ)
+    assert result.exit_code == 4, result.stdout + result.stderr  # not exit 7 "no stored credential works"
+    error = result.json["error"]
+    assert error["type"] == "ConnectivityError" and "token endpoint" in error["message"]
+    assert "changed it" not in json.dumps(error)  # no advice to look for tampering
+    assert (
+        len(fake.iam.user_keys(ACCOUNT)) == 1
+        and "voke-rotation" not in fake.secretmanager.secrets["sa-ci"].annotations
+    )
+
+
+def test_a_stored_key_disabled_in_iam_stops_with_advice_for_a_key(cloud, voke):
+    fake, environ = cloud
+    _init(fake, voke, environ)
+    fake.iam.user_keys(ACCOUNT)[0]["disabled"] = True  # the token endpoint answers invalid_grant
+    result = voke("rotate", "sa-key", "ci", "--yes", "--json", environ=environ)
+    assert result.exit_code == 7, result.stdout + result.stderr
+    hint = result.json["error"]["hint"]
+    assert "gcloud iam service-accounts keys enable" in hint and "ALTER ROLE" not in hint
+    assert len(fake.iam.user_keys(ACCOUNT)) == 1
+
+
 def test_an_init_that_cannot_store_its_key_deletes_it(cloud, voke, monkeypatch):
     from voketag_ops.adapters.gcp._common import GcpContext
 

@@ -91,6 +91,14 @@ class DbPassword:
         self.length = length
 
     @property
+    def drift_hint(self) -> str:
+        """What a person does when no stored password logs in (the engine's drift check)."""
+        return (
+            f"find out who changed it, set the login's password back to the value `voke secrets access "
+            f"{self.secret}` shows (ALTER ROLE ... PASSWORD), then rotate again"
+        )
+
+    @property
     def one_credential(self) -> bool:
         """Single user: the target holds one password, so a rollback restores it before redeploying."""
         return self.strategy == "single"

@@ -510,8 +510,9 @@ class RotationEngine:
         raise NeedsOperatorError(
             f"no stored credential of {secret} ({', '.join(tried) or 'none'}) works against its "
             f"target ({credential.kind}); nothing was changed",
-            hint=f"find out who changed it there, set it back to the value `voke secrets access {secret}` "
-            "shows (for a database user: ALTER ROLE ... PASSWORD), then rotate again",
+            hint=getattr(credential, "drift_hint", None)
+            or f"find out who changed it there, set it back to the value `voke secrets access {secret}` "
+            "shows, then rotate again",
         )
 
     # -- running steps ----------------------------------------------------------------------------------

@@ -65,6 +65,20 @@ class SaKey(MadeBeside):
                 hint="voke rotate cleanup --yes deletes superseded keys, or delete unused keys in IAM",
             )
 
+    @property
+    def drift_hint(self) -> str:
+        """What a person does when no stored key gets a token (the engine's drift check): the
+        key cannot be set back, only enabled again if it was disabled."""
+        secret_id = getattr(self.store, "secret_id", lambda name: name)(self.secret)
+        return (
+            f"`gcloud iam service-accounts keys list --iam-account {self.account}` shows whether the stored "
+            f"key (`private_key_id` in `voke secrets access {self.secret}`) was disabled: enable it "
+            f"(`gcloud iam service-accounts keys enable KEY_ID --iam-account {self.account}`), then rotate "
+            "again; a deleted key cannot come back: drop the secret's aliases (`gcloud secrets update "
+            f"{secret_id} --remove-version-aliases=current,previous`), then `voke rotate sa-key {self.name} "
+            "--init --yes` stores a new key, and redeploy its services"
+        )
+
     def plan(self, current: dict[str, Any] | None) -> list[str]:
         old = (current or {}).get("private_key_id", "?")
         return [

@@ -154,7 +154,9 @@ class ServiceAccountKeys:
         return True
 
     def verify(self, key_file: dict[str, Any]) -> bool:
-        """Exchange a JWT signed by the key for an access token: False when refused."""
+        """Exchange a JWT signed by the key for an access token: False when refused, a
+        ConnectivityError when the token endpoint cannot be reached or answers only errors
+        worth retrying."""
         import google.auth.exceptions
         import google.auth.transport.requests
         from google.oauth2 import service_account
@@ -165,7 +167,15 @@ class ServiceAccountKeys:
                 info, scopes=["https://www.googleapis.com/auth/cloud-platform"]
             )
             creds.refresh(google.auth.transport.requests.Request())
-        except google.auth.exceptions.RefreshError:
+        except google.auth.exceptions.RefreshError as exc:
+            # Only a definite refusal (invalid_grant: the key is disabled, deleted or not this
+            # account's) says the key is bad; a 5xx or 429 the token endpoint kept answering
+            # through google.auth's own retries says nothing about it.
+            if exc.retryable:
+                raise ConnectivityError(
+                    f"the token endpoint {info.get('token_uri')} is unavailable (it kept answering an error "
+                    "worth retrying); the key could not be checked"
+                ) from None
             return False
         except google.auth.exceptions.TransportError as exc:
             raise ConnectivityError(f"cannot reach {info.get('token_uri')}: {type(exc).__name__}") from None
