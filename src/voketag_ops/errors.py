@@ -156,6 +156,12 @@ class ProviderRefusedError(ValidationError):
     exit_code = ExitCode.BACKEND
 
 
+class RequestRefusedError(ProviderRefusedError):
+    """The provider refused the request outright (an HTTP 4xx, gRPC INVALID_ARGUMENT), so it
+    made nothing: unlike an answer voke could not read, after which a key may exist. Refusing
+    the creation at create_pending, the step never began: rolled back (exit 6), no person needed."""
+
+
 class AuthenticationError(RotationFailure):
     """A credential was rejected by its target."""
 

@@ -358,7 +358,10 @@ def test_a_provider_message_quoting_a_secret_is_redacted_before_it_is_cut(world,
     fake.fail("POST", r"^/v3/api_keys$", status=400, message=message)
     outcome = rotate_api_key(engine, "sendgrid")
     assert outcome.error is not None and "client secret ***" in outcome.error.message
-    stored = world.store.get("sendgrid-key").annotations[ANNOTATION]  # a person looks: the record stays
+    # The 400 refused the creation: rolled back (nothing was made), the record kept in the history
+    assert outcome.error.exit_code == 6 and ANNOTATION not in world.store.get("sendgrid-key").annotations
+    stored = (world.home / "rotations" / "history.jsonl").read_text()
+    assert "client secret ***" in stored
     for text in (outcome.error.message, stored, (world.home / "audit" / "audit.jsonl").read_text()):
         assert secret[:8] not in text
 

@@ -181,6 +181,26 @@ def test_a_stored_key_disabled_in_iam_stops_with_advice_for_a_key(cloud, voke):
     assert len(fake.iam.user_keys(ACCOUNT)) == 1
 
 
+def test_iam_refusing_the_new_key_rolls_back_a_step_that_never_began(cloud, voke):
+    from voketag_ops.testing.gcp_fakes import GrpcAbort
+
+    fake, environ = cloud
+    _init(fake, voke, environ)
+
+    def refuse(email: str) -> dict[str, Any]:
+        raise GrpcAbort("INVALID_ARGUMENT", "Invalid key algorithm.")
+
+    fake.iam._create = refuse  # type: ignore[method-assign]
+    result = voke("rotate", "sa-key", "ci", "--yes", "--json", environ=environ)
+    assert result.exit_code == 6, result.stdout + result.stderr  # not exit 7 with resume/rollback to run
+    error = result.json["error"]
+    assert "create_pending" in error["message"] and "Invalid key algorithm" in error["message"]
+    assert error["hint"] == "nothing was changed; fix the cause, then: voke --env t rotate sa-key ci --yes"
+    secret = fake.secretmanager.secrets["sa-ci"]
+    assert "voke-rotation" not in secret.annotations and secret.aliases == {"current": 1}
+    assert len(fake.iam.user_keys(ACCOUNT)) == 1
+
+
 def test_an_init_that_cannot_store_its_key_deletes_it(cloud, voke, monkeypatch):
     from voketag_ops.adapters.gcp._common import GcpContext
 

@@ -26,6 +26,7 @@ from voketag_ops.errors import (
     ConfigError,
     ConnectivityError,
     ProviderRefusedError,
+    RequestRefusedError,
     RotationFailure,
     StepTimeoutError,
 )
@@ -131,7 +132,7 @@ class HttpClient:
             return StepTimeoutError(message)
         if status == 429 or status >= 500:
             return ConnectivityError(message)
-        return ProviderRefusedError(message)
+        return RequestRefusedError(message)
 
 
 # -- Auth0 -------------------------------------------------------------------------------------

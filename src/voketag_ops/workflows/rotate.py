@@ -48,6 +48,7 @@ from voketag_ops.errors import (
     NeedsOperatorError,
     NotFoundError,
     PreconditionError,
+    RequestRefusedError,
     RestartError,
     RolledBackError,
     RotationFailure,
@@ -94,6 +95,8 @@ def _step_failure(step: str, exc: VokeError) -> tuple[RotationFailure, bool]:
     """What EXC, raised by STEP, counts as among PRODUCT.md's rotation failures (`_fail` applies
     its recovery), and whether the step began. (A NeedsOperatorError is no step's failure: the
     lease went to another run.)"""
+    if step == "create_pending" and isinstance(exc, RequestRefusedError):  # made nothing, stored nothing
+        return exc, False
     if isinstance(exc, RotationFailure):
         return exc, True
     if isinstance(exc, (NotFoundError, EtagMismatchError)):
@@ -1001,7 +1004,7 @@ class RotationEngine:
         record.steps.append(StepRecord(step, "failed", round(took, 3), f"{exc.kind}: {exc.message}"))
         record.error = {"step": step, "kind": exc.kind, "message": exc.message}
         log.warning("rotation %s failed at %s: %s: %s", record.id, step, exc.kind, exc.message)
-        if exc.recovery == "operator":
+        if exc.recovery == "operator" and began:  # (one that never began left nothing to look at)
             return self._needs_attention(record, t0, resumed, f"{exc.kind} at {step}: {exc.message}")
         try:
             self._rollback(record, t0, failed_step=step if began else record.step)
@@ -1016,7 +1019,9 @@ class RotationEngine:
             )
         error = RolledBackError(
             f"rotation {record.id} of {record.secret} failed at {step} ({exc.kind}: {exc.message}); rolled back",
-            hint=f"safe to retry: {retry_command(record)}",
+            hint=f"safe to retry: {retry_command(record)}"
+            if exc.recovery != "operator"
+            else f"nothing was changed; fix the cause, then: {retry_command(record)}",
         )
         return Outcome(RotationReport.of(record, t0=t0, resumed=resumed), error)
 

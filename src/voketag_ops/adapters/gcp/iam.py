@@ -32,6 +32,7 @@ from voketag_ops.errors import (
     BackendError,
     ConnectivityError,
     NotFoundError,
+    RequestRefusedError,
     SecretError,
     ValidationError,
 )
@@ -72,7 +73,7 @@ class ServiceAccountKeys:
             NOT_FOUND: NotFoundError,
             CONFLICT: SecretError,
             PRECONDITION: ValidationError,  # e.g. the 10-key limit
-            INVALID: ValidationError,
+            INVALID: RequestRefusedError,  # it made nothing (a bad request, a bad key type)
             DENIED: BackendError,
             UNAVAILABLE: SecretError,
             FAILED: SecretError,
