@@ -804,3 +804,63 @@ def test_table_diff_raises_a_sides_error_only_once_the_other_side_has_answered()
         with pytest.raises(RuntimeError, match="unreadable"):
             diff_table("t", Broken({(1,): 1}), Slow({(1,): 1}), pool=pool)
         assert Slow.finished
+
+
+def test_a_failback_or_network_drill_that_lost_acknowledged_commits_fails_and_a_failover_is_judged_by_its_rpo():
+    kw = {"rto": 300, "rto_regional": 600, "rto_network": 420, "rpo": 60, "cloud": False}
+    ok = [{"table": "t", "match": True}]
+    for scenario in ("failback", "network"):  # nothing may be lost, whatever the RPO allows
+        targets = drill.targets_for(scenario, **kw)
+        assert targets.lost_commits_target == 0
+        lost = drill.verdict(
+            rto=1, rpo=0.2, targets=targets, integrity=ok, steady_after_ok=True, error=None, lost=2
+        )
+        assert lost["status"] == "failed" and lost["lost_met"] is False and lost["rpo_met"] is True
+        assert lost["breaches"] == ["2 acknowledged commit(s) lost > 0"]
+        clean = drill.verdict(
+            rto=1, rpo=0, targets=targets, integrity=ok, steady_after_ok=True, error=None, lost=0
+        )
+        assert clean["status"] == "completed" and clean["lost_met"] is True
+    failover = drill.targets_for("failover", **kw)
+    assert failover.lost_commits_target is None
+    within = drill.verdict(
+        rto=1, rpo=0.5, targets=failover, integrity=ok, steady_after_ok=True, error=None, lost=7
+    )
+    assert within["status"] == "completed" and within["lost_met"] is None
+    md = markdown(journal(lost_commits=7, rpo_source="wal", rpo_seconds=0.5))
+    assert "| lost commits | 7 (the old leader's WAL past the switch point) | – | judged by the RPO |" in md
+    failback = journal(
+        scenario="failback", lost_commits=2, rpo_source="canary", lost_met=False,
+        targets={"rto_target_seconds": 300, "rpo_target_seconds": 60, "lost_commits_target": 0,
+                 "disruption": "planned failback"},
+    )  # fmt: skip
+    assert drill.validate(failback) == []
+    assert "| lost commits | 2 (the canary writer) | 0 | BREACHED |" in markdown(failback)
+    assert "BREACHED" in html_page(failback) and "judged by the RPO" in html_page(journal())
+
+
+def test_a_failover_rpo_runs_from_the_last_replayed_commit_to_the_newest_one_past_the_switch_point():
+    from datetime import UTC, datetime, timedelta
+
+    kept = datetime(2026, 11, 27, 20, 8, 58, 588036, tzinfo=UTC)
+    newest = datetime(2026, 11, 27, 20, 8, 58, 610800, tzinfo=UTC)
+    assert drill.rpo_from_wal(newest, kept, newest - timedelta(seconds=0.012)) == 0.023
+    assert drill.rpo_from_wal(None, kept) == 0.0  # nothing past the switch point
+    assert drill.rpo_from_wal(newest, None, newest - timedelta(seconds=0.012)) == 0.012  # no anchor
+
+
+def test_pg_waldump_commit_lines_are_read_and_other_records_are_not():
+    from datetime import UTC, datetime
+
+    from voketag_ops.core import wal
+
+    line = (
+        "rmgr: Transaction len (rec/tot):     34/    34, tx:        812, lsn: 0/030001A0, "
+        "prev 0/03000168, desc: COMMIT 2026-11-27 20:08:58.598712 UTC"
+    )
+    assert wal.commit_at(line) == datetime(2026, 11, 27, 20, 8, 58, 598712, tzinfo=UTC)
+    assert wal.commit_at(line.replace("COMMIT", "COMMIT_PREPARED 745:")) is not None
+    assert wal.commit_at(line.replace("COMMIT", "ABORT")) is None
+    assert wal.commit_at(line.replace(" UTC", " +02")) == datetime(
+        2026, 11, 27, 18, 8, 58, 598712, tzinfo=UTC
+    )

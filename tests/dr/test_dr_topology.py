@@ -777,6 +777,101 @@ def test_a_wall_clock_step_mid_drill_leaves_the_rto_and_phases_true(voke, enviro
     assert span == pytest.approx(journal["rto_seconds"], abs=0.002)
 
 
+def test_a_failover_drill_counts_every_commit_the_old_leaders_wal_holds_past_the_switch_point(
+    voke, environ, env, monkeypatch
+):
+    # Loss the canary (a row every 100 ms) cannot see: once the standby has caught up it is cut
+    # off the leader (no streaming, no archive), and another client commits 5 rows there before
+    # the fault. Each of them, and the canary's own rows written meanwhile, lies past the switch
+    # point in the old leader's WAL, which the drill reads before its clean-up rewinds it.
+    import time
+
+    caught_up, cut = dr.wait_caught_up, []
+
+    def then_cut_the_standby_off(leader, standby, *, timeout):
+        result = caught_up(leader, standby, timeout=timeout)
+        if not cut:
+            cut.append(standby.name)
+            with standby.connect() as conn:
+                conn.execute("alter system set primary_conninfo = ''")
+                conn.execute("alter system set restore_command = ''")
+                conn.execute("select pg_reload_conf()")
+                deadline = time.monotonic() + 60
+                while conn.execute("select count(*) from pg_stat_wal_receiver").fetchone()[0]:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+            add_rows(leader, 1, 5, table="lost_orders")  # 6 commits: the table, then 5 rows
+        return result
+
+    monkeypatch.setattr(dr, "wait_caught_up", then_cut_the_standby_off)
+    result = voke("drill", "run", "failover", "--yes", "--json", environ=environ)
+    monkeypatch.undo()
+    assert result.exit_code == 0, result.stdout + result.stderr
+    journal = result.json["result"]
+    lost = journal["details"]["lost_transactions"]
+    assert cut == ["replica"] and journal["rpo_source"] == "wal", lost
+    assert journal["lost_commits"] == lost["commits"] >= journal["canary"]["lost_commits"] + 6
+    assert lost["lost_canary_rows"] == journal["canary"]["lost_commits"]
+    assert (lost["old_leader"], lost["new_timeline"]) == ("primary", lost["old_timeline"] + 1)
+    assert lost["last_replayed_commit_at"] < lost["newest_lost_commit_at"]
+    assert journal["rpo_seconds"] > 0 and journal["rpo_met"] is True and journal["lost_met"] is None
+    waldump = [c for s in journal["steps"] for c in s["commands"] if c["command"].startswith("pg_waldump ")]
+    assert len(waldump) == 1 and f"-s {lost['switch_lsn']}" in waldump[0]["command"]
+    md = voke("drill", "report", journal["run_id"], environ=environ).stdout
+    assert f"| lost commits | {journal['lost_commits']} (the old leader's WAL past the switch point) |" in md
+    assert f"past the switch point {lost['switch_lsn']}" in md
+    runs = voke("drill", "history", "--json", environ=environ).json["result"]["runs"]
+    assert (runs[-1]["lost_commits"], runs[-1]["rpo_source"]) == (journal["lost_commits"], "wal")
+    assert "lost_orders" not in rows_of_tables(env.primary())  # the clean-up rewound them away
+    assert env.require_state().leader == "primary" and dr.in_recovery(env.node("replica")) is True
+
+
+def rows_of_tables(node):
+    with node.connect() as conn:
+        return [r[0] for r in conn.execute("select tablename from pg_tables where schemaname = 'public'")]
+
+
+def test_a_network_drill_whose_service_is_down_at_the_end_fails(voke, make_environ_module, home, env):
+    # An instance of admin-service dies while the leader is frozen: the drill waits for the
+    # services to answer /health again (at most rotation.health_timeout), fails, and its final
+    # steady state says which service is down.
+    import os
+    import signal
+
+    thaw = dr.thaw
+
+    def kill_a_service_then_thaw(env_, node):
+        registry = json.loads((env.home / "services" / "registry.json").read_text())
+        os.kill(registry["services"]["admin-service"]["active"]["pid"], signal.SIGKILL)
+        return thaw(env_, node)
+
+    environ = make_environ_module(home, VOKE_ROTATION__HEALTH_TIMEOUT="2")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dr, "thaw", kill_a_service_then_thaw)
+        result = voke("drill", "run", "network", "--outage", "1s", "--yes", "--json", environ=environ)
+    assert result.exit_code == 1, result.stdout + result.stderr
+    journal = result.json["result"]
+    assert journal["status"] == "failed" and "admin-service" in journal["error"], journal["error"]
+    after = {c["name"]: c for c in journal["steady_state"]["after"]["checks"]}
+    assert (
+        after["services_healthy"]["ok"] is False and "admin-service" in after["services_healthy"]["message"]
+    )
+    assert journal["steady_state"]["before"]["ok"] is True
+    assert voke("env", "up", environ=environ).exit_code == 0  # starts it again
+    assert all(healthy for healthy, _ in services(environ).values())
+
+
+def test_a_network_drill_waits_for_the_services_and_counts_them_in_its_rto(voke, environ, env):
+    result = voke("drill", "run", "network", "--outage", "1s", "--yes", "--json", environ=environ)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    journal = result.json["result"]
+    timeline = journal["timeline"]
+    assert timeline["recovered_at"] <= timeline["services_back_at"] < timeline["first_write_ok_at"]
+    assert [
+        c["ok"] for c in journal["steady_state"]["after"]["checks"] if c["name"] == "services_healthy"
+    ] == [True]
+
+
 def test_a_network_drill_whose_terminal_closes_cleans_up_and_records_it(voke, environ, env):
     # The terminal (or ssh session) running the drill closes while the leader is frozen: SIGHUP,
     # whose default left the leader stopped with no journal and no audit event. Handled as

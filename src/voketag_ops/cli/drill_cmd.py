@@ -274,7 +274,7 @@ def _render_runs(console: Console, report: dict[str, Any], with_env: Callable[[s
         rpo = "–" if j["rpo_seconds"] is None else f"{j['rpo_seconds']:.2f} s"
         console.print(
             f"{mark} {j['scenario']:<9} RTO {rto} (target {t['rto_target_seconds']:g} s)  "
-            f"RPO {rpo} (target {t['rpo_target_seconds']:g} s)  lost {_or_dash(j.get('lost_commits'))}  "
+            f"RPO {rpo} (target {t['rpo_target_seconds']:g} s)  lost {_lost(j)}  "
             f"integrity {integrity_word(j['integrity_ok'])}  {j['status']}  run {j['run_id']}",
             markup=False,
         )
@@ -283,6 +283,12 @@ def _render_runs(console: Console, report: dict[str, Any], with_env: Callable[[s
     if report.get("not_run"):
         console.print(f"not run: {', '.join(report['not_run'])}", markup=False)
     console.print(with_env("reports: voke drill report RUN_ID --format md|html"), markup=False)
+
+
+def _lost(j: dict[str, Any]) -> str:
+    """Lost commits and where they were read from (`wal`, `canary`, ...) when the journal says."""
+    source = j.get("rpo_source")
+    return _or_dash(j.get("lost_commits")) + (f" ({source})" if source else "")
 
 
 def _render_history(console: Console, report: dict[str, Any], with_env: Callable[[str], str] = _same) -> None:
@@ -294,7 +300,7 @@ def _render_history(console: Console, report: dict[str, Any], with_env: Callable
         rpo = "–" if r["rpo_seconds"] is None else f"{r['rpo_seconds']:.2f}"
         console.print(
             f"{r['started_at']}  {r['scenario']:<9} {r['status']:<11} RTO {rto:>7} s  RPO {rpo:>6} s  "
-            f"lost {'–' if r['lost_commits'] is None else r['lost_commits']}  {r['run_id']}",
+            f"lost {_lost(r)}  {r['run_id']}",
             markup=False,
         )
     for scenario, t in report["trend"].items():

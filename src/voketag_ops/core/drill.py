@@ -4,8 +4,9 @@ verdicts, and the journal's schema. Pure: no I/O, no clocks (callers pass times 
 A journal is one JSON document per drill run (Chaos Toolkit's journal is the model). RTO
 is fault injection to the first acknowledged write after the platform is back (the database
 recovered and, where the drill repoints them, the services healthy on it); RPO is the span of
-acknowledged commits that recovery lost (for PITR: how far short of the requested
-point the restored data ends).
+commits that recovery lost (for a failover: from the last commit the new leader replayed to the
+newest one the old leader's WAL holds past the switch point; for PITR: how far short of the
+requested point the restored data ends).
 """
 
 from __future__ import annotations
@@ -39,12 +40,20 @@ DISRUPTION = {
 }
 
 
+# Drills whose disruption promotes no standby that may lag (a planned switchover that waits for
+# the standby to replay everything, a network outage waited out): nothing acknowledged may be
+# lost, whatever the RPO allows. A failover (or a PITR) may lose what the RPO allows: its lost
+# commits are judged by the RPO alone.
+NOTHING_LOST = ("failback", "network")
+
+
 @dataclass(frozen=True)
 class Targets:
     rto_target_seconds: float
     rpo_target_seconds: float
     disruption: str
     source: str
+    lost_commits_target: int | None = None  # None: lost commits judged by the RPO only
 
 
 def targets_for(
@@ -64,7 +73,8 @@ def targets_for(
     if cloud and scenario == "failover":
         return Targets(float(rto_regional), float(rpo), "regional failure", source)
     rto_for = {"network": rto_network}.get(scenario, rto)
-    return Targets(float(rto_for), float(rpo), DISRUPTION[scenario], source)
+    lost = 0 if scenario in NOTHING_LOST else None
+    return Targets(float(rto_for), float(rpo), DISRUPTION[scenario], source, lost)
 
 
 @dataclass(frozen=True)
@@ -137,6 +147,19 @@ def rpo_from_canary(writes: Sequence[Write], recovered: Iterable[int]) -> dict[s
     }
 
 
+def rpo_from_wal(
+    newest_lost: datetime | None, last_kept: datetime | None, first_lost: datetime | None = None
+) -> float:
+    """A failover's RPO from the old leader's WAL: from LAST_KEPT, the last commit the new leader
+    replayed before its promotion, to NEWEST_LOST, the newest commit past the switch point (0
+    when nothing is past it). Without LAST_KEPT (the new leader replayed no commit since it
+    started) from FIRST_LOST, the oldest lost commit: the span the lost ones cover."""
+    if newest_lost is None:
+        return 0.0
+    anchor = last_kept or first_lost or newest_lost
+    return round(max(0.0, (newest_lost - anchor).total_seconds()), 3)
+
+
 def pitr_canary_check(
     commit_times: Mapping[int, datetime],
     restored: Iterable[int],
@@ -205,13 +228,19 @@ def verdict(
     steady_after_ok: bool | None,
     error: str | None,
     cut_short: bool = False,
+    lost: int | None = None,
 ) -> dict[str, Any]:
-    """rto_met, rpo_met, integrity_ok and the overall status (completed or failed).
+    """rto_met, rpo_met, lost_met, integrity_ok and the overall status (completed or failed).
+    LOST, the commits the run lost, is judged against targets.lost_commits_target where the
+    scenario has one (lost_met None where it has none: the RPO judges them).
 
     CUT_SHORT (an aborted or interrupted run): what was not measured is None, "not
     measured", and no breach; only what was measured is judged."""
     rto_met: bool | None = rto is not None and rto <= targets.rto_target_seconds
     rpo_met: bool | None = rpo is not None and rpo <= targets.rpo_target_seconds
+    lost_met: bool | None = None
+    if targets.lost_commits_target is not None and (lost is not None or not cut_short):
+        lost_met = lost is not None and lost <= targets.lost_commits_target
     integrity_ok: bool | None = bool(integrity) and all(bool(item.get("match")) for item in integrity)
     if cut_short:
         rto_met = None if rto is None else rto_met
@@ -226,6 +255,12 @@ def verdict(
         )
     if rpo_met is False:
         breaches.append("RPO unknown" if rpo is None else f"RPO {rpo:g} s > {targets.rpo_target_seconds:g} s")
+    if lost_met is False:
+        breaches.append(
+            "lost commits unknown"
+            if lost is None
+            else f"{lost} acknowledged commit(s) lost > {targets.lost_commits_target}"
+        )
     if integrity_ok is False:
         bad = [str(item.get("table")) for item in integrity if not item.get("match")]
         breaches.append("integrity: " + (", ".join(bad) if bad else "nothing verified"))
@@ -236,6 +271,7 @@ def verdict(
     return {
         "rto_met": rto_met,
         "rpo_met": rpo_met,
+        "lost_met": lost_met,
         "integrity_ok": integrity_ok,
         "status": "failed" if breaches else "completed",
         "breaches": breaches,
@@ -290,6 +326,7 @@ JOURNAL_SCHEMA: dict[str, Any] = {
             "properties": {
                 "rto_target_seconds": {"type": "number", "minimum": 0},
                 "rpo_target_seconds": {"type": "number", "minimum": 0},
+                "lost_commits_target": {"type": ["integer", "null"], "minimum": 0},
                 "disruption": {"type": "string"},
             },
         },
@@ -302,6 +339,9 @@ JOURNAL_SCHEMA: dict[str, Any] = {
         "rto_seconds": _NUM,
         "rpo_seconds": _NUM,
         "lost_commits": {"type": ["integer", "null"], "minimum": 0},
+        # where rpo_seconds and lost_commits come from: `wal` (a failover: the old leader's
+        # commits past the switch point), `canary`, `recovery log` or `canary rows` (pitr)
+        "rpo_source": {"type": ["string", "null"]},
         "canary": {"type": "object"},
         "integrity": {
             "type": "array",
@@ -338,6 +378,7 @@ JOURNAL_SCHEMA: dict[str, Any] = {
         },
         "rto_met": {"type": ["boolean", "null"]},  # null: not measured (an aborted or interrupted run)
         "rpo_met": {"type": ["boolean", "null"]},
+        "lost_met": {"type": ["boolean", "null"]},  # null: no target of its own (the RPO judges)
         "integrity_ok": {"type": ["boolean", "null"]},
         "status": {"type": "string", "enum": list(STATUSES)},
         "breaches": {"type": "array", "items": {"type": "string"}},

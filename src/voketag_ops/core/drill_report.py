@@ -125,6 +125,44 @@ def _canary_sentence(j: Mapping[str, Any]) -> str | None:
     )
 
 
+_SOURCES = {
+    "wal": "the old leader's WAL past the switch point",
+    "canary": "the canary writer",
+    "recovery log": "the recovery log",
+    "canary rows": "the canary rows",
+}
+
+
+def _lost_row(j: Mapping[str, Any]) -> tuple[str, str, str]:
+    """Lost commits: (achieved, target, verdict). Judged against a target of their own where the
+    scenario has one (nothing may be lost in a failback), else by the RPO alone."""
+    source = j.get("rpo_source")
+    achieved = _fmt(j.get("lost_commits")) + (f" ({_SOURCES.get(source, source)})" if source else "")
+    target = (j.get("targets") or {}).get("lost_commits_target")
+    if target is None:
+        return achieved, "–", "judged by the RPO"
+    return achieved, _fmt(target), _mark(j.get("lost_met"))
+
+
+def _loss_sentence(j: Mapping[str, Any]) -> str | None:
+    """What a failover's lost commits were read from: the old leader's WAL past the switch point,
+    or the canary when that could not be read."""
+    lost = (j.get("details") or {}).get("lost_transactions")
+    if not lost:
+        return None
+    if lost.get("error"):
+        return (
+            f"The old leader's WAL past the switch point could not be read ({lost['error']}): "
+            "RPO and lost commits come from the canary writer alone."
+        )
+    return (
+        f"{_fmt(lost.get('commits'))} commit(s) in {lost.get('old_leader')}'s WAL past the switch point "
+        f"{lost.get('switch_lsn')} (timeline {lost.get('old_timeline')} to {lost.get('new_timeline')}), "
+        f"the newest at {_fmt(lost.get('newest_lost_commit_at'))}; the new leader's last replayed commit "
+        f"at {_fmt(lost.get('last_replayed_commit_at'))}; canary rows lost: {_fmt(lost.get('lost_canary_rows'))}."
+    )
+
+
 def _phases_sentence(j: Mapping[str, Any]) -> str:
     return "Phases: " + ", ".join(f"{k} {_fmt(v, ' s')}" for k, v in (j.get("phases") or {}).items())
 
@@ -157,7 +195,7 @@ def markdown(j: Mapping[str, Any]) -> str:
         f"| RPO | {_fmt(j.get('rpo_seconds'), ' s')} | {_fmt(t['rpo_target_seconds'], ' s')} | {_mark(j.get('rpo_met'))} |",
         f"| integrity | {len(j.get('integrity') or [])} check(s) | all match | "
         f"{integrity_word(j.get('integrity_ok'))} |",
-        f"| lost acknowledged commits | {_fmt(j.get('lost_commits'))} | 0 | |",
+        "| lost commits | {} | {} | {} |".format(*(_md(c) for c in _lost_row(j))),
         "",
         "## Timeline (UTC)",
         "",
@@ -173,6 +211,8 @@ def markdown(j: Mapping[str, Any]) -> str:
     lines += ["", _phases_sentence(j), ""]
     if (canary := _canary_sentence(j)) is not None:
         lines += ["## Canary writer", "", canary, ""]
+    if (loss := _loss_sentence(j)) is not None:
+        lines += ["## Lost commits", "", _md(loss), ""]
     lines += _recovery(j)
     lines += [
         "## Integrity",
@@ -326,7 +366,7 @@ th{{background:#f5f5f5}} .status{{color:#fff;background:{status_colour};padding:
             [
                 ("RTO (s)", j.get("rto_seconds"), t["rto_target_seconds"], _mark(j.get("rto_met"))),
                 ("RPO (s)", j.get("rpo_seconds"), t["rpo_target_seconds"], _mark(j.get("rpo_met"))),
-                ("lost acknowledged commits", j.get("lost_commits"), 0, ""),
+                ("lost commits", *_lost_row(j)),
                 (
                     "integrity",
                     len(j.get("integrity") or []),
@@ -341,6 +381,7 @@ th{{background:#f5f5f5}} .status{{color:#fff;background:{status_colour};padding:
 {table(["event", "at (UTC)", "seconds after the fault"], timeline_rows)}
 <p>{e(_phases_sentence(j))}</p>
 {f"<h2>Canary writer</h2><p>{e(canary)}</p>" if (canary := _canary_sentence(j)) is not None else ""}
+{f"<h2>Lost commits</h2><p>{e(loss)}</p>" if (loss := _loss_sentence(j)) is not None else ""}
 {("<h2>Recovery</h2>" + table(["", ""], recovery_rows)) if (recovery_rows := _recovery_rows(j)) else ""}
 <h2>Integrity</h2>
 {table(["table", "rows", "checksum", "at LSN", "match", "detail"], integrity_rows)}

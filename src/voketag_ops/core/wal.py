@@ -13,6 +13,7 @@ import re
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, overload
 
 # Where a node's data stands: the WAL it has written (a leader) or replayed (a standby). A
@@ -23,6 +24,28 @@ WAL_POSITION_SQL = (
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
 SEGMENT_NAME = re.compile(r"^[0-9A-F]{24}$")
 HISTORY_NAME = re.compile(r"^([0-9A-F]{8})\.history$")
+
+
+# A commit record as pg_waldump describes it ("desc: COMMIT 2026-11-27 20:08:58.598712 UTC; ...",
+# "desc: COMMIT_PREPARED 745: ..."), its time in the zone of TZ, which voke sets to UTC.
+WALDUMP_COMMIT = re.compile(
+    r"desc: COMMIT(?:_PREPARED \d+:)? (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) (UTC|[+-]\d\d)\b"
+)
+# How pg_waldump says it reached the end of the WAL there is: the next record is not there
+# (zeros, a torn last record, an old page of a recycled segment), or nothing valid follows
+# the start point at all.
+WALDUMP_END = ("error in WAL record at ", "could not find a valid record after ")
+
+
+def waldump_time(text: str, zone: str) -> datetime:
+    """A time as pg_waldump prints it (TEXT, and ZONE: `UTC` or `+02`), in UTC."""
+    return datetime.fromisoformat(text + ("+00:00" if zone == "UTC" else zone + ":00")).astimezone(UTC)
+
+
+def commit_at(line: str) -> datetime | None:
+    """The commit time of a pg_waldump output LINE describing a commit record, else None."""
+    m = WALDUMP_COMMIT.search(line)
+    return waldump_time(*m.groups()) if m else None
 
 
 def parse_lsn(text: str) -> int:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from voketag_ops import interrupts
 from voketag_ops.clock import instant, measuring
 from voketag_ops.core import drill as core
-from voketag_ops.core.dr_checks import judge, parse_iso
+from voketag_ops.core.dr_checks import Check, judge, parse_iso
 from voketag_ops.core.times import iso
 from voketag_ops.errors import (
     BackendError,
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 Progress = Callable[[str], None]
 STEADY_CHECKS = ("unfinished_operation", "split_brain", "leader_writable", "replica_streaming", "archiving")
+SERVICES_CHECK = "services_healthy"  # also steady: every service answers /health, as `env status` asks
 CANARY_INTERVAL = 0.1
 SEED_ROWS = 2000
 
@@ -213,6 +214,8 @@ _HISTORY_KEYS = (
     "lost_commits",
     "rto_met",
     "rpo_met",
+    "lost_met",
+    "rpo_source",
     "integrity_ok",
 )
 
@@ -243,6 +246,7 @@ def steady_state(settings: Settings, env: LocalEnvironment, *, wait: float = 0.0
             env, lag_wait=settings.dr.lag_probe_seconds, replica_expected=settings.local.replica
         )
         checks = [c for c in judge(snap, limits, now=dr.utcnow()) if c.name in STEADY_CHECKS]
+        checks.append(_services_check(settings))
         ok = snap["initialized"] and all(c.ok for c in checks)
         if ok or time.monotonic() >= deadline:
             standby = snap.get("standby") or {}
@@ -259,6 +263,26 @@ def steady_state(settings: Settings, env: LocalEnvironment, *, wait: float = 0.0
                 "checks": [{"name": c.name, "ok": c.ok, "message": c.message} for c in checks],
             }
         time.sleep(0.5)
+
+
+def unhealthy_services(settings: Settings) -> list[str]:
+    """The services whose /health does not answer ok (a service not running among them), as
+    `voke env status` judges them."""
+    from voketag_ops.workflows.env import LocalPlatform
+
+    return [s.name for s in LocalPlatform(settings).runtime().services(check=True) if not s.healthy]
+
+
+def _services_check(settings: Settings) -> Check:
+    down = unhealthy_services(settings)
+    if down:
+        return Check(
+            SERVICES_CHECK,
+            False,
+            f"service(s) not healthy: {', '.join(down)} (`voke env status`; `voke env up` starts them)",
+            value=down,
+        )
+    return Check(SERVICES_CHECK, True, "every service answers /health", value=[])
 
 
 # -- one run ------------------------------------------------------------------------------------------------
@@ -342,6 +366,7 @@ class DrillRun(RunFrame):
         self.canary_summary: dict[str, Any] = {}
         self.rpo: float | None = None
         self.lost: int | None = None
+        self.rpo_source: str | None = None  # where rpo and lost come from (core.JOURNAL_SCHEMA)
         self.steady_before: dict[str, Any] | None = None
         self.steady_after: dict[str, Any] | None = None
         self.status: str | None = None
@@ -416,6 +441,7 @@ class DrillRun(RunFrame):
                 steady_after_ok=None,
                 error=self.error,
                 cut_short=True,
+                lost=self.lost,
             )
             v["status"] = self.status
         else:
@@ -426,6 +452,7 @@ class DrillRun(RunFrame):
                 integrity=self.integrity,
                 steady_after_ok=(self.steady_after or {}).get("ok"),
                 error=self.error,
+                lost=self.lost,
             )
         state = self.env.state()
         finished = instant()
@@ -447,6 +474,7 @@ class DrillRun(RunFrame):
             "targets": {
                 "rto_target_seconds": self.targets.rto_target_seconds,
                 "rpo_target_seconds": self.targets.rpo_target_seconds,
+                "lost_commits_target": self.targets.lost_commits_target,
                 "disruption": self.targets.disruption,
                 "source": self.targets.source,
             },
@@ -455,6 +483,7 @@ class DrillRun(RunFrame):
             "rto_seconds": rto,
             "rpo_seconds": self.rpo,
             "lost_commits": self.lost,
+            "rpo_source": self.rpo_source,
             "canary": self.canary_summary,
             "integrity": self.integrity,
             "steps": self.steps.as_list(),
@@ -462,6 +491,7 @@ class DrillRun(RunFrame):
             "steady_state": {"before": self.steady_before, "after": self.steady_after},
             "rto_met": v["rto_met"],
             "rpo_met": v["rpo_met"],
+            "lost_met": v["lost_met"],
             "integrity_ok": v["integrity_ok"],
             "status": v["status"] if not interrupted else "interrupted",
             "breaches": v["breaches"],
@@ -559,7 +589,7 @@ def _canary_integrity(run: DrillRun, node: Any, rpo: dict[str, Any]) -> dict[str
         "lsn": summary["lsn"],
         "lost_acknowledged": rpo["lost_commits"],
         "detail": (
-            f"{rpo['acked_commits']} acknowledged, {rpo['lost_commits']} lost"
+            f"{rpo['acked_commits']} acknowledged canary writes, {rpo['lost_commits']} of them lost"
             + (f", {len(phantom)} rows never written" if phantom else "")
         ),
     }
@@ -571,7 +601,7 @@ def _finish_canary_rpo(run: DrillRun, node: Any) -> dict[str, Any]:
     writes = run.canary_writes()
     recovered = dr.canary_rows(node, run.run_id)
     rpo = core.rpo_from_canary(writes, recovered)
-    run.rpo, run.lost = rpo["rpo_seconds"], rpo["lost_commits"]
+    run.rpo, run.lost, run.rpo_source = rpo["rpo_seconds"], rpo["lost_commits"], "canary"
     run.canary_summary.update(
         lost_commits=rpo["lost_commits"],
         lost_seqs=rpo["lost_seqs"],
@@ -678,7 +708,7 @@ def _pitr(run: DrillRun) -> None:
             target,
             last_restored_commit=_at(report["stop_point"].get("last_transaction_at")),
         )
-        run.rpo, run.lost = check["rpo_seconds"], check["lost_commits"]
+        run.rpo, run.lost, run.rpo_source = check["rpo_seconds"], check["lost_commits"], check["rpo_from"]
         run.canary_summary.update(
             last_restored_commit_at=iso(check["last_restored_commit_at"]),
             rpo_from=check["rpo_from"],
@@ -941,8 +971,40 @@ def _failover(run: DrillRun) -> None:
         rpo = _finish_canary_rpo(run, new)
         run.integrity.append(_canary_integrity(run, new, rpo))
         run.integrity.append(_drill_data_integrity(run, new, data_before))
-        info.update(lost_commits=rpo["lost_commits"], rpo_seconds=rpo["rpo_seconds"])
+    # Before the clean-up rewinds the old leader: every transaction its WAL holds past the
+    # switch point was lost, the canary's (one every 100 ms) or not.
+    with run.step(f"measure: commits in {leader.name}'s WAL past the switch point (pg_waldump)") as info:
+        info.update(_lost_from_wal(run, leader, new, report))
     run.mark("verified_at")
+
+
+def _lost_from_wal(run: DrillRun, old: Any, new: Any, report: Mapping[str, Any]) -> dict[str, Any]:
+    """RPO and lost commits of a failover from OLD's WAL past the switch point (see
+    dr.commits_past_switch); the canary's figures (already in RUN) stand, `rpo_source`
+    `canary`, when that WAL cannot be read."""
+    from voketag_ops.adapters.local import dr
+
+    try:
+        lost = dr.commits_past_switch(run.env, old, new)
+    except VokeError as exc:
+        run.details["lost_transactions"] = {"error": exc.message}
+        log.warning("the lost commits come from the canary alone: %s", exc.message)
+        return {"rpo_source": "canary", "error": exc.message}
+    promoted: Mapping[str, Any] = next(
+        (s for s in report.get("steps", []) if s["name"].startswith("promote ")), {}
+    )
+    kept = lost["last_replayed_commit_at"] or _at((promoted.get("detail") or {}).get("last_replayed_commit"))
+    run.rpo = core.rpo_from_wal(lost["newest_lost_commit_at"], kept, lost["first_lost_commit_at"])
+    run.lost, run.rpo_source = lost["commits"], "wal"
+    doc = {
+        **lost,
+        "first_lost_commit_at": iso(lost["first_lost_commit_at"]),
+        "newest_lost_commit_at": iso(lost["newest_lost_commit_at"]),
+        "last_replayed_commit_at": iso(kept),
+        "lost_canary_rows": run.canary_summary.get("lost_commits"),
+    }
+    run.details["lost_transactions"] = doc
+    return {"rpo_source": "wal", "lost_commits": run.lost, "rpo_seconds": run.rpo, **doc}
 
 
 def _failback(run: DrillRun) -> None:
@@ -1056,9 +1118,22 @@ def _network(run: DrillRun) -> None:
     with run.step("reconnect: the leader answers a write again"):
         dr.wait_until(lambda: dr.probe_write(leader, timeout=2), "the leader to take writes", timeout=60)
         answered = instant()
-    first = run.wait_first_write(run.timeline["recovery_started_at"])  # type: ignore[arg-type]
+    thawed: datetime = run.timeline["recovery_started_at"]  # type: ignore[assignment]
     # the canary's own write may be answered before voke's probe: the leader took writes then
-    run.mark("recovered_at", min(answered, first.done_at))
+    recovered = run.mark("recovered_at", min(answered, run.wait_first_write(thawed).done_at))
+    # As in the failover drill, the platform is back once its services answer too: the RTO ends
+    # with the first write sent once they do (a service that died meanwhile fails the drill here).
+    timeout = run.settings.rotation.health_timeout
+    with run.step(f"services: every service answers /health again (at most {timeout:g} s)"):
+        try:
+            dr.wait_until(lambda: not unhealthy_services(run.settings), "the services", timeout=timeout)
+        except BackendError:
+            down = ", ".join(unhealthy_services(run.settings)) or "none now"
+            raise BackendError(
+                f"service(s) not healthy {timeout:g} s after the leader answered again: {down}"
+            ) from None
+        serving = run.mark("services_back_at")
+    first = run.wait_first_write(max(recovered, serving))
     run.mark("first_write_ok_at", first.done_at)
     time.sleep(0.5)
     writes = run.stop_canary()
@@ -1069,7 +1144,7 @@ def _network(run: DrillRun) -> None:
         "failed_writes": len(during),
         "first_error_at": iso(during[0].done_at) if during else None,
         "last_error_at": iso(during[-1].done_at) if during else None,
-        "reconnect_seconds": core.seconds_between(run.timeline["recovery_started_at"], first.done_at),
+        "reconnect_seconds": core.seconds_between(thawed, recovered),
     }
     with run.step("verify: acknowledged commits and drill rows"):
         rpo = _finish_canary_rpo(run, leader)

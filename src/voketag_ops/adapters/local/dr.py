@@ -753,10 +753,7 @@ def last_commit_time(env: LocalEnvironment, segments: Sequence[str]) -> datetime
         result = runner.run("pg_waldump", ["-p", str(env.archive_dir), name, name], check=False, timeout=60)
         stamps = _COMMIT.findall(result.stdout)
         if stamps:
-            text, zone = stamps[-1]
-            return datetime.fromisoformat(text + ("+00:00" if zone == "UTC" else zone + ":00")).astimezone(
-                UTC
-            )
+            return wal.waldump_time(*stamps[-1])
     return None
 
 
@@ -1970,6 +1967,76 @@ def failover(
         next=f"`voke dr failback --yes` rebuilds {old_name} as a standby of {new_name} and switches back",
     )
     return detail
+
+
+def commits_past_switch(env: LocalEnvironment, old: PgNode, new: PgNode) -> dict[str, Any]:
+    """The transactions a failover from OLD to NEW lost: the commit records in OLD's WAL (its
+    pg_wal, read while it is down and before it is rewound or rebuilt) past the point where
+    NEW's timeline forked from OLD's, the switch point NEW's `.history` file names. Every
+    commit, the canary's or anyone's, acknowledged or not yet: a commit is acknowledged only
+    once its record is flushed, so each acknowledged one lost is among them (a torn last
+    record never committed, and is not counted). pg_waldump reads them (Transaction records
+    only), streamed. BackendError when the WAL past the switch point cannot be read (no
+    history file, no pg_wal, its segment missing, any other pg_waldump error)."""
+    timeline = current_timeline(new)
+    if timeline is None or timeline < 2:
+        raise BackendError(f"{new.name} is on no timeline of its own (timeline {timeline})")
+    name = f"{timeline:08X}.history"
+    for where in (new.data_dir / "pg_wal", env.archive_dir):
+        try:
+            history = wal.parse_history((where / name).read_text())
+            break
+        except (OSError, ValueError):
+            continue
+    else:
+        raise BackendError(f"no readable timeline history {name} in {new.name}'s pg_wal or the archive")
+    if not history:
+        raise BackendError(f"timeline history {name} names no switch point")
+    parent, switch = history[-1]
+    row = query_one(new, "select setting::bigint from pg_settings where name = 'wal_segment_size'")
+    segment = wal.segment_name(parent, wal.segno_of(switch, int(row[0])), int(row[0]))
+    wal_dir = old.data_dir / "pg_wal"
+    if not (wal_dir / segment).is_file():
+        raise BackendError(
+            f"{old.name}'s WAL segment {segment}, which holds the switch point, is not in {wal_dir}"
+        )
+    found: dict[str, Any] = {"commits": 0, "first": None, "newest": None}
+
+    def commit(line: str) -> None:
+        at = wal.commit_at(line)
+        if at is not None:
+            found["commits"] += 1
+            found["first"] = found["first"] or at
+            found["newest"] = max(found["newest"] or at, at)
+
+    state = env.require_state()
+    result = env._runner(state).run(
+        "pg_waldump",
+        ["-p", str(wal_dir), "-t", str(parent), "-s", wal.format_lsn(switch), "-r", "Transaction"],
+        check=False,
+        timeout=3600,
+        each_line=commit,
+    )
+    errors = [ln.split("error:", 1)[1].strip() for ln in result.stderr.splitlines() if "error:" in ln]
+    end = errors[0] if errors else None
+    if result.returncode != 0 and not (end and end.startswith(wal.WALDUMP_END)):
+        raise BackendError(
+            f"pg_waldump could not read {old.name}'s WAL past {wal.format_lsn(switch)}: "
+            + (end or result.stderr.strip() or f"exit {result.returncode}")
+        )
+    # Static once recovery ended (until NEW restarts): the last commit the promotion kept.
+    replayed = query_one(new, "select pg_last_xact_replay_timestamp()")
+    return {
+        "old_leader": old.name,
+        "old_timeline": parent,
+        "new_timeline": timeline,
+        "switch_lsn": wal.format_lsn(switch),
+        "commits": found["commits"],
+        "first_lost_commit_at": found["first"],
+        "newest_lost_commit_at": found["newest"],
+        "last_replayed_commit_at": replayed[0] if replayed else None,
+        "wal_end": end,
+    }
 
 
 def write_standby_config(env: LocalEnvironment, node: PgNode, upstream: PgNode) -> None:

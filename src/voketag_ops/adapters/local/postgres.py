@@ -65,23 +65,31 @@ def recording_commands() -> Iterator[list[dict[str, Any]]]:
             outer.extend(commands)
 
 
-def record_command(cmd: Sequence[str], returncode: int | None, seconds: float, output: str | bytes) -> None:
+def record_command(
+    cmd: Sequence[str], returncode: int | None, seconds: float, output: str | bytes | Any
+) -> None:
     """Note CMD in the record ``recording_commands`` keeps, if one is kept (None: timed out).
+    OUTPUT is the text or bytes it wrote, or a hashlib sha256 of them (output read as it came).
     A password in an argument (a conninfo) is masked."""
     commands = _COMMANDS.get()
     if commands is None:
         return
     for arg in cmd:
         register_credentials_in(arg)
-    data = output.encode("utf-8", "surrogateescape") if isinstance(output, str) else output
+    if isinstance(output, str | bytes):
+        output = hashlib.sha256(_utf8(output))
     commands.append(
         {
             "command": redact(shlex.join([Path(cmd[0]).name, *cmd[1:]])),
             "exit_code": returncode,
             "duration_seconds": round(seconds, 3),
-            "output_sha256": hashlib.sha256(data).hexdigest(),
+            "output_sha256": output.hexdigest(),
         }
     )
+
+
+def _utf8(text: str | bytes) -> bytes:
+    return text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text
 
 
 def embedded_bin_dir() -> Path | None:
@@ -394,7 +402,11 @@ class PgRunner:
         timeout: float = 120,
         cwd: Path | None = None,
         check: bool = True,
+        each_line: Callable[[str], None] | None = None,
     ) -> subprocess.CompletedProcess[str]:
+        """Run NAME with ARGS. EACH_LINE, when given, is handed every line of the standard
+        output in turn, read from disk, and the result's stdout is empty: a tool that prints
+        more than should be held in memory (pg_waldump over a long stretch of WAL)."""
         cmd = [str(self.bins.path(name)), *args]
         kwargs: dict[str, Any] = {}
         if not self.user.is_me:
@@ -427,8 +439,17 @@ class PgRunner:
                 raise ConfigError(f"cannot run {cmd[0]}: {exc.strerror}") from None
             out.seek(0)
             err.seek(0)
-            result = subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read())
-            record_command(cmd, result.returncode, time.monotonic() - started, result.stdout + result.stderr)
+            if each_line is None:
+                result = subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read())
+                output: Any = result.stdout + result.stderr
+            else:
+                output = hashlib.sha256()
+                for line in out:
+                    output.update(_utf8(line))
+                    each_line(line)
+                result = subprocess.CompletedProcess(cmd, proc.returncode, "", err.read())
+                output.update(_utf8(result.stderr))
+            record_command(cmd, result.returncode, time.monotonic() - started, output)
         if check and result.returncode != 0:
             detail = _cause_line(result.stderr) or _last_line(result.stdout) or f"exit {result.returncode}"
             raise BackendError(f"{name} failed: {detail}")
