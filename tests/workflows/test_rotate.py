@@ -1240,3 +1240,39 @@ def test_a_rollback_leaves_every_consumer_healthy_on_the_old_version(platform):
         assert_consistent(platform)
     finally:  # (failing: the next tests find the service started again)
         platform.runtime().ensure_started({"db-app": before.aliases["current"]})
+
+
+class RenewalLandsFirst:
+    """The real store, but a renewal of the lease (a `_lease_kept` thread whose join a second
+    Ctrl-C cut short) lands between the release's read and its write, once."""
+
+    def __init__(self, real):
+        self.real, self.renewed = real, False
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def update(self, secret, *, etag=None, **changes):
+        if not self.renewed and ANNOTATION in changes.get("annotations", {}):
+            self.renewed = True
+            meta = self.real.get(secret)
+            record = json.loads(meta.annotations[ANNOTATION])
+            record["lease_until"] = "2999-01-01T00:00:00Z"
+            self.real.update(secret, etag=meta.etag, annotations={ANNOTATION: json.dumps(record)})
+        return self.real.update(secret, etag=etag, **changes)
+
+
+def test_a_released_lease_stays_released_when_a_renewal_lands_first(platform):
+    store = platform.store()
+    _record(store, "db-app", "rot-test-release", os.getpid())
+    engine = make_engine(platform)
+    engine.store = RenewalLandsFirst(store)
+    record = RotationRecord.from_json(store.get("db-app").annotations[ANNOTATION])
+    try:
+        engine._release(record)
+        assert engine.store.renewed
+        stored = RotationRecord.from_json(store.get("db-app").annotations[ANNOTATION])
+        assert stored.lease_until == record.lease_until != "2999-01-01T00:00:00Z"  # given up, not renewed
+    finally:
+        meta = store.get("db-app")
+        store.update("db-app", etag=meta.etag, annotations={ANNOTATION: None})

@@ -708,16 +708,24 @@ class RotationEngine:
             os._exit(FAULT_EXIT_CODE)
 
     def _release(self, record: RotationRecord) -> None:
-        """Give up the lease at once (Ctrl-C) so `resume` can continue without waiting."""
-        try:
-            record.lease_until = iso(self.now())
-            meta = self.store.get(record.secret)
-            raw = meta.annotations.get(ANNOTATION)
-            if not raw or RotationRecord.from_json(raw).owner != record.owner:
-                return  # ended, or taken over: not this run's record to write back
-            self.store.update(record.secret, etag=meta.etag, annotations={ANNOTATION: record.to_json()})
-        except VokeError as exc:
-            log.warning("could not release the lease of %s: %s", record.id, exc.message)
+        """Give up the lease at once (Ctrl-C) so `resume` can continue without waiting. A lost
+        compare-and-swap is read again and retried: a renewal (`_lease_kept`) still in flight when
+        a second Ctrl-C cut its join short lands once, and would otherwise keep the lease out."""
+        record.lease_until = iso(self.now())
+        for attempt in range(3):
+            try:
+                meta = self.store.get(record.secret)
+                raw = meta.annotations.get(ANNOTATION)
+                if not raw or RotationRecord.from_json(raw).owner != record.owner:
+                    return  # ended, or taken over: not this run's record to write back
+                self.store.update(record.secret, etag=meta.etag, annotations={ANNOTATION: record.to_json()})
+                return
+            except EtagMismatchError as exc:
+                if attempt == 2:
+                    log.warning("could not release the lease of %s: %s", record.id, exc.message)
+            except VokeError as exc:
+                log.warning("could not release the lease of %s: %s", record.id, exc.message)
+                return
 
     # -- the steps ------------------------------------------------------------------------------------------
     def _create_pending(self, record: RotationRecord, cred: Credential) -> str:
