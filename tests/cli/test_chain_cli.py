@@ -244,12 +244,30 @@ def test_verify_says_whether_the_root_was_looked_up_and_anchored_requires_it_on_
     assert (
         untrusted.exit_code == 1
         and "chain invalid at block 0: its anchors are not trusted" in untrusted.stderr
+        and "`--min-difficulty 4`" in untrusted.stderr
     )
+    accepted = voke("chain", "verify", str(proof), "--anchored", "--min-difficulty", "4", environ=weak)
+    assert accepted.exit_code == 0, accepted.stderr  # what the message above offers works here too
     other = tmp_path / "other.json"  # the same root claimed for another tree size
     other.write_text(json.dumps(dict(json.loads(proof.read_text())["result"], tree_size=14)))
     assert voke("chain", "verify", str(other), environ=environ).exit_code == 0  # leaf 3's path fits 14 too
     resized = voke("chain", "verify", str(other), "--anchored", environ=environ)
-    assert resized.exit_code == 1 and "is anchored with a tree of 13, not the proof's 14" in resized.stderr
+    assert resized.exit_code == 1 and "is anchored for a tree of 13, not the proof's 14" in resized.stderr
+    seven = tmp_path / "seven.txt"  # a root anchored without a tree size binds no proof's size
+    seven.write_text("\n".join(LEAVES[:7]) + "\n")
+    sizeless = tmp_path / "sizeless.json"
+    sizeless.write_text(voke("chain", "prove", str(seven), "--index", "2", "--json").stdout)
+    voke("chain", "anchor", "request", json.loads(sizeless.read_text())["result"]["root"], environ=environ)
+    assert voke("chain", "anchor", "run", "--difficulty", "4", environ=environ).exit_code == 0
+    unbound = voke("chain", "verify", str(sizeless), "--anchored", environ=environ)
+    assert (
+        unbound.exit_code == 1
+        and (
+            "is anchored in block 1 without a tree size, so the proof's size 7 is bound to nothing "
+            "(request anchors with --tree-size)"
+        )
+        in unbound.stderr
+    ), unbound.stderr
 
 
 def test_consistency_and_verify(voke, leaves_file: Path, tmp_path: Path) -> None:
@@ -470,6 +488,14 @@ def test_validate_and_audit_verify_require_the_configured_work(voke, make_enviro
         accepting = make_environ(home, VOKE_CHAIN__STORE="file", **extra)
         assert voke("chain", "validate", *args, environ=accepting).exit_code == 0
         assert voke("audit", "verify", *args, environ=accepting).exit_code == 0
+    # Anchoring on top of the weak block is told what it is worth (a cron run after an upgrade).
+    voke("chain", "anchor", "request", merkle.root([b"x"]).hex(), environ=environ)
+    on_top = voke("chain", "anchor", "run", "--json", environ=environ)
+    assert on_top.exit_code == 0 and on_top.json["result"]["anchored"], on_top.stderr
+    assert (
+        "warning: the chain's head, block 0, has 0 bits of work, below chain.min_difficulty (16)"
+        in on_top.stderr
+    )
     strong = make_environ(tmp_path / "strong", VOKE_CHAIN__STORE="file")
     voke("chain", "anchor", "request", merkle.root([b"s"]).hex(), environ=strong)
     assert voke("chain", "anchor", "run", environ=strong).exit_code == 0  # 16 bits by default

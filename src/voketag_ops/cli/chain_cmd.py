@@ -162,6 +162,7 @@ def verify(
             "(read-only; the chain must validate).",
         ),
     ] = False,
+    min_difficulty: MinDifficulty = None,
 ) -> None:
     """Verify a proof document: exit 0 valid, 1 invalid (or, with --anchored, its root not
     anchored), 2 malformed.
@@ -204,7 +205,7 @@ def verify(
             _store(env, dry_run=True),
             report.root,
             report.tree_size,
-            min_difficulty=env.settings.chain.min_difficulty,
+            min_difficulty=env.settings.chain.min_difficulty if min_difficulty is None else min_difficulty,
         )
         report = replace(report, anchoring=found)
         failure = f"the proof is valid, but {found.message}"
@@ -466,6 +467,7 @@ def anchor_run(
             hint=f"mine at {least} or more bits, or lower chain.min_difficulty first",
         )
     store = _store(env, dry_run=dry_run, changes=True)
+    _warn_if_light_head(env, store, least)
     if dry_run:  # counting what a real run requests first, as it would
         from voketag_ops.audit import AuditLog
         from voketag_ops.workflows.chain import unseen_requests
@@ -581,6 +583,25 @@ def _batch_anchors(env: AppContext, store: ChainStore) -> BatchAnchorCheck:
     except VokeError as exc:
         env.out.note(f"warning: ingest batches not checked for lost anchors: {exc.message}")
         return BatchAnchorCheck()
+
+
+def _warn_if_light_head(env: AppContext, store: ChainStore, least: int) -> None:
+    """A warning when the chain's head has fewer bits of work than chain.min_difficulty (mined
+    before the setting was raised, or by an older voke with `--difficulty 8`): `chain validate`
+    and `audit verify` refuse such a chain, so what this run anchors counts for nothing until the
+    setting accepts it. The head alone (one read, as the run makes anyway); validate names any other."""
+    from voketag_ops.core.chain import ChainStoreError
+
+    try:
+        head = store.head()
+    except ChainStoreError:  # no chain yet, or unreachable: the run itself says so
+        return
+    if head is not None and head.difficulty < least:
+        env.out.note(
+            f"warning: the chain's head, block {head.index}, has {head.difficulty} bits of work, below "
+            f"chain.min_difficulty ({least}): `voke chain validate` and `voke audit verify` refuse the "
+            "chain, and the roots anchored on it are not trusted until that setting accepts it"
+        )
 
 
 def _flag_mismatched_batches(

@@ -40,13 +40,14 @@ def render_plan(console: Console, report: dict[str, Any]) -> None:
 Unasked = Annotated[
     bool, typer.Option("--yes", "-y", help="Accepted as on every changing command; this one never asks.")
 ]
-# `chain validate` and `audit verify`: the work a block must show (default: chain.min_difficulty)
+# `chain validate`, `audit verify`, `chain verify --anchored`: the work a block must show (default:
+# chain.min_difficulty)
 MinDifficulty = Annotated[
     int | None,
     typer.Option(
         "--min-difficulty",
         min=0,
-        max=256,
+        max=64,
         help="Leading zero bits every block hash must have (default: the chain.min_difficulty setting, 16).",
     ),
 ]

@@ -160,9 +160,19 @@ def root_anchoring(store: ChainStore, root: str, tree_size: int, *, min_difficul
         return Anchoring(False, f"{short} is not anchored: the chain has no anchor for it")
     if anchor.state is not ch.AnchorState.ANCHORED:
         return Anchoring(False, f"{short} is {anchor.state.value}, not anchored in a block")
+    if anchor.tree_size is None:  # the proof's size is then bound to nothing (RFC 6962 proofs re-size)
+        return Anchoring(
+            False,
+            f"{short} is anchored in block {anchor.block_index} without a tree size, so the proof's size "
+            f"{tree_size} is bound to nothing (request anchors with --tree-size)",
+            anchor.block_index,
+            anchor.kind,
+            anchor.label,
+        )
     if anchor.tree_size != tree_size:
-        size = "no tree size" if anchor.tree_size is None else f"a tree of {anchor.tree_size}"
-        return Anchoring(False, f"{short} is anchored with {size}, not the proof's {tree_size}")
+        return Anchoring(
+            False, f"{short} is anchored for a tree of {anchor.tree_size}, not the proof's {tree_size}"
+        )
     report = validate_state(state, min_difficulty=min_difficulty)
     if not report.ok:
         why = (report.message or "").removeprefix(f"block {report.bad_index}: ")
