@@ -872,6 +872,36 @@ def test_a_network_drill_waits_for_the_services_and_counts_them_in_its_rto(voke,
     ] == [True]
 
 
+def test_a_network_drill_interrupted_as_its_freeze_returns_thaws_the_leader(voke, environ, env):
+    # A SIGTERM (or a closed terminal's SIGHUP) landing once the freeze was recorded and done, but
+    # before its thaw was registered as a clean-up, left the leader stopped and its record behind.
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal, sys\n"
+        "from voketag_ops.adapters.local import dr\n"
+        "real = dr.freeze_node\n"
+        "def freeze(*args, **kwargs):\n"
+        "    pids = real(*args, **kwargs)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return pids\n"
+        "dr.freeze_node = freeze\n"
+        "from voketag_ops.cli.main import entry\n"
+        "sys.argv = ['voke', 'drill', 'run', 'network', '--outage', '2m', '--yes', '--json']\n"
+        "entry()\n"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script], env=environ, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 130, done.stdout + done.stderr
+        assert not list((env.home / "dr").glob(dr.FROZEN)), done.stderr
+        assert not dr.frozen_pids(env.primary()), "the leader was left stopped"
+    finally:
+        assert voke("env", "up", environ=environ).exit_code == 0  # thaws a node left frozen, if any
+
+
 def test_a_network_drill_whose_terminal_closes_cleans_up_and_records_it(voke, environ, env):
     # The terminal (or ssh session) running the drill closes while the leader is frozen: SIGHUP,
     # whose default left the leader stopped with no journal and no audit event. Handled as

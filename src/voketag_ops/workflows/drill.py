@@ -1097,11 +1097,13 @@ def _network(run: DrillRun) -> None:
     time.sleep(1.0)
     leader = env.primary()
     run.preparing = False
+    # Registered before the freeze: an interrupt (Ctrl-C, SIGTERM, a closed terminal's SIGHUP) that
+    # lands once its record is written, mid-freeze or just after, must still thaw what it stopped.
+    run.on_cleanup("thaw the leader (SIGCONT)", lambda: dr.thaw(env, leader.name))
     with run.step(f"fault: freeze the leader ({leader.name}) for {outage:g} s (SIGSTOP)") as info:
         run.mark("fault_injected_at")
         pids = dr.freeze_node(env, leader, by=run.run_id)
         info["pids"] = len(pids)
-    run.on_cleanup("thaw the leader (SIGCONT)", lambda: dr.thaw(env, leader.name))
     with run.step("detect: probe the leader until it stops answering"):
         run.mark("detected_at", dr.detect_down(leader, timeout=30, probe_timeout=1.0))
     decision = (
