@@ -29,3 +29,20 @@ def test_a_failed_start_names_the_fatal_line_not_the_shutdown_after_it():
 def test_a_log_without_a_fatal_line_gives_its_last_line():
     assert _fatal_line("LOG:  one\nLOG:  two\n\n") == "LOG:  two"
     assert _fatal_line("") == ""
+
+
+def test_a_client_tools_error_lines_read_alike_on_every_version():
+    # PostgreSQL 13 and 14 print pg_waldump's and pg_verifybackup's errors as `fatal:`, 15 on as
+    # `error:`: split on `error:` alone, a failover drill on 13/14 never found the end of the WAL.
+    from voketag_ops.adapters.local.postgres import tool_errors, tool_message
+    from voketag_ops.core.wal import WALDUMP_END
+
+    for prefix in ("error", "fatal"):
+        stderr = f"pg_waldump: {prefix}: could not find a valid record after 0/13065CB8\n"
+        assert tool_errors(stderr) == ["could not find a valid record after 0/13065CB8"]
+        assert tool_errors(stderr)[0].startswith(WALDUMP_END)
+        assert tool_message(f'pg_verifybackup: {prefix}: "base/1" has size 0 on disk') == (
+            '"base/1" has size 0 on disk'
+        )
+    assert tool_errors("rmgr: Transaction len (rec/tot): 34/34\n") == []
+    assert tool_message("  backup successfully verified  ") == "backup successfully verified"

@@ -249,7 +249,7 @@ def verdict(
     breaches = []
     if rto_met is False:
         breaches.append(
-            "no first write after the fault"
+            "RTO unknown: no write once the platform was back"
             if rto is None
             else f"RTO {rto:g} s > {targets.rto_target_seconds:g} s"
         )

@@ -240,7 +240,8 @@ def steady_state(settings: Settings, env: LocalEnvironment, *, wait: float = 0.0
     from voketag_ops.workflows.dr import thresholds
 
     limits = thresholds(settings)
-    deadline = time.monotonic() + wait
+    started = time.monotonic()
+    deadline = started + wait
     while True:
         snap = dr.snapshot(
             env, lag_wait=settings.dr.lag_probe_seconds, replica_expected=settings.local.replica
@@ -248,7 +249,11 @@ def steady_state(settings: Settings, env: LocalEnvironment, *, wait: float = 0.0
         checks = [c for c in judge(snap, limits, now=dr.utcnow()) if c.name in STEADY_CHECKS]
         checks.append(_services_check(settings))
         ok = snap["initialized"] and all(c.ok for c in checks)
-        if ok or time.monotonic() >= deadline:
+        # Services alone are waited for as a deploy waits for them (rotation.health_timeout): one
+        # that died does not come back by waiting out the servers' longer bound.
+        services_only = snap["initialized"] and all(c.ok for c in checks if c.name != SERVICES_CHECK)
+        now = time.monotonic()
+        if ok or now >= deadline or (services_only and now - started >= settings.rotation.health_timeout):
             standby = snap.get("standby") or {}
             return {
                 "ok": bool(ok),
@@ -279,7 +284,8 @@ def _services_check(settings: Settings) -> Check:
         return Check(
             SERVICES_CHECK,
             False,
-            f"service(s) not healthy: {', '.join(down)} (`voke env status`; `voke env up` starts them)",
+            f"service(s) not healthy: {', '.join(down)} (`voke env status` shows them: `voke env up` "
+            "starts a stopped one; one that runs but does not answer, `voke env down && voke env up` restarts)",
             value=down,
         )
     return Check(SERVICES_CHECK, True, "every service answers /health", value=[])
@@ -1126,17 +1132,23 @@ def _network(run: DrillRun) -> None:
     # As in the failover drill, the platform is back once its services answer too: the RTO ends
     # with the first write sent once they do (a service that died meanwhile fails the drill here).
     timeout = run.settings.rotation.health_timeout
-    with run.step(f"services: every service answers /health again (at most {timeout:g} s)"):
-        try:
-            dr.wait_until(lambda: not unhealthy_services(run.settings), "the services", timeout=timeout)
-        except BackendError:
-            down = ", ".join(unhealthy_services(run.settings)) or "none now"
-            raise BackendError(
-                f"service(s) not healthy {timeout:g} s after the leader answered again: {down}"
-            ) from None
-        serving = run.mark("services_back_at")
-    first = run.wait_first_write(max(recovered, serving))
-    run.mark("first_write_ok_at", first.done_at)
+    services_down: str | None = None
+    try:
+        with run.step(f"services: every service answers /health again (at most {timeout:g} s)"):
+            try:
+                dr.wait_until(lambda: not unhealthy_services(run.settings), "the services", timeout=timeout)
+            except BackendError:
+                down = ", ".join(unhealthy_services(run.settings)) or "none now"
+                raise BackendError(
+                    f"service(s) not healthy {timeout:g} s after the leader answered again: {down}"
+                ) from None
+            serving = run.mark("services_back_at")
+    except BackendError as exc:
+        # No RTO (the platform is not back), but what the canary saw is still measured and
+        # verified below; the drill fails with this as its error after that.
+        services_down = exc.message
+    else:
+        run.mark("first_write_ok_at", run.wait_first_write(max(recovered, serving)).done_at)
     time.sleep(0.5)
     writes = run.stop_canary()
     fault = run.timeline["fault_injected_at"]
@@ -1153,6 +1165,8 @@ def _network(run: DrillRun) -> None:
         run.integrity.append(_canary_integrity(run, leader, rpo))
         run.integrity.append(_drill_data_integrity(run, leader, data_before))
     run.mark("verified_at")
+    if services_down:
+        raise BackendError(services_down)
 
 
 SCENARIO_RUNNERS: dict[str, Callable[[DrillRun], None]] = {

@@ -54,6 +54,8 @@ from voketag_ops.adapters.local.postgres import (
     pick_free_port,
     record_command,
     recording_commands,
+    tool_errors,
+    tool_message,
 )
 from voketag_ops.clock import instant
 from voketag_ops.core import wal
@@ -775,7 +777,7 @@ def unreadable_wal(
         )
         if result.returncode == 0:
             continue
-        lines = [ln.split("error:", 1)[1].strip() for ln in result.stderr.splitlines() if "error:" in ln]
+        lines = tool_errors(result.stderr)
         error = lines[0] if lines else (result.stderr.strip() or f"pg_waldump exited {result.returncode}")
         return {"segment": wal.segment_of_error(error, run, segment_size), "error": error}
     return None
@@ -1017,7 +1019,7 @@ def run_verifybackup(env: LocalEnvironment, backup: BackupInfo) -> dict[str, Any
         "pg_verifybackup", ["-i", "voke-backup.json", backup.path], check=False, timeout=3600
     )
     problems = [
-        line.split("error:", 1)[1].strip() if "error:" in line else line.strip()
+        tool_message(line)
         for line in (proc.stderr + proc.stdout).splitlines()
         if line.strip() and "successfully verified" not in line
     ]
@@ -2017,7 +2019,7 @@ def commits_past_switch(env: LocalEnvironment, old: PgNode, new: PgNode) -> dict
         timeout=3600,
         each_line=commit,
     )
-    errors = [ln.split("error:", 1)[1].strip() for ln in result.stderr.splitlines() if "error:" in ln]
+    errors = tool_errors(result.stderr)
     end = errors[0] if errors else None
     if result.returncode != 0 and not (end and end.startswith(wal.WALDUMP_END)):
         raise BackendError(

@@ -456,6 +456,21 @@ class PgRunner:
         return result
 
 
+_TOOL_ERROR = re.compile(r"\b(?:error|fatal): (.*)")
+
+
+def tool_message(line: str) -> str:
+    """The message of one line a PostgreSQL client tool printed: what follows its `error:` (13
+    and 14 print some as `fatal:`, 15 on as `error:`), else the line itself."""
+    found = _TOOL_ERROR.search(line)
+    return (found.group(1) if found else line).strip()
+
+
+def tool_errors(text: str) -> list[str]:
+    """The messages of TEXT's error lines (`pg_waldump: error: ...`, `...: fatal: ...`)."""
+    return [tool_message(line) for line in text.splitlines() if _TOOL_ERROR.search(line)]
+
+
 def _cause_line(text: str) -> str:
     """The first line naming an error (the tools end with what they did about it: "removing
     data directory ..."), else the last line."""
