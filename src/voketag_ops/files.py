@@ -41,11 +41,21 @@ def check_replaceable(path: Path, flag: str) -> None:
     if str(path) == "-":  # it would be a file named "-"
         raise UsageError(f"{flag} -: name a file ('-' is not stdout here)")
     try:
-        mode = path.stat().st_mode
+        found = path.stat()
     except FileNotFoundError:
         return
     except OSError as exc:
         raise UsageError(f"{flag} {path}: {exc.strerror}") from None
+    mode = found.st_mode
+    for fd, stream in ((1, "stdout"), (2, "stderr")):
+        # `/dev/stdout` (or `/proc/self/fd/1`) with voke's stdout sent to a file is that regular
+        # file: renamed over, it would take the place of the answer voke then writes there.
+        try:
+            own = os.fstat(fd)
+        except OSError:  # closed (`>&-`)
+            continue
+        if stat.S_ISREG(mode) and (own.st_dev, own.st_ino) == (found.st_dev, found.st_ino):
+            raise UsageError(f"{flag} {path}: is voke's own {stream}; name another file")
     if stat.S_ISDIR(mode):
         raise UsageError(f"{flag} {path}: is a directory; name a file")
     if not stat.S_ISREG(mode):

@@ -155,3 +155,36 @@ def test_dash_is_no_file_name(voke, tmp_path):
         write_output(Path("-"), "--out", lambda out: out.write(b"x"))
     done = voke("audit", "export", "-o", "-", "--json", cwd=tmp_path)
     assert done.exit_code == 2 and not (tmp_path / "-").exists()
+
+
+@pytest.mark.parametrize("target", ["/dev/stdout", "/proc/self/fd/1", "/dev/stderr"])
+def test_an_output_that_is_vokes_own_stdout_or_stderr_sent_to_a_file_is_refused(tmp_path, target):
+    # `--out /dev/stdout > result.json`: the path is that regular file; renamed over, it took the
+    # place of the answer voke then wrote to the unlinked one (a cron job's JSON was lost).
+    answer, errors = tmp_path / "answer.json", tmp_path / "errors.txt"
+    env = dict(os.environ, VOKE_HOME=str(tmp_path / "home"))
+    with answer.open("wb") as out, errors.open("wb") as err:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "voketag_ops",
+                "ingest",
+                "sample",
+                "--rows",
+                "3",
+                "--out",
+                target,
+                "--json",
+            ],
+            stdout=out,
+            stderr=err,
+            env=env,
+            timeout=120,
+        )
+    assert done.returncode == 2, errors.read_text()
+    own = "stderr" if target.endswith("stderr") else "stdout"
+    document = json.loads(answer.read_text())  # the one answer, intact
+    assert (
+        document["ok"] is False and f"is voke's own {own}; name another file" in document["error"]["message"]
+    )
