@@ -704,3 +704,20 @@ def test_proof_of_a_resealed_or_damaged_batch_exits_1(voke, db, tmp_path, platfo
     damaged = voke("ingest", "proof", tag, "--db", db, "--json", environ=chain)
     assert damaged.exit_code == 1, damaged.stdout
     assert damaged.json["error"]["message"].endswith("seal is damaged: chunk_size is 0, not 1024")
+
+
+def test_proof_of_a_row_that_cannot_be_sealed_exits_1_naming_it(voke, db, tmp_path):
+    path = tmp_path / "batch.csv"
+    assert voke("ingest", "sample", "--rows", "20", "--out", str(path)).exit_code == 0
+    assert voke("ingest", "load", str(path), "--db", db).exit_code == 0
+    tag, other = (line.split(",")[0] for line in path.read_text().splitlines()[1:3])
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("update ingest.tags set manufactured_at = 'infinity' where tag_id = %s", (tag,))
+        conn.execute("update ingest.tags set batch_id = 99 where tag_id = %s", (other,))
+    timeless = voke("ingest", "proof", tag, "--db", db, "--json")  # was exit 4, a conversion error
+    assert timeless.exit_code == 1 and timeless.json["result"]["found"], timeless.stdout
+    assert "manufactured_at 'infinity'" in timeless.json["result"]["damaged"]
+    assert timeless.json["error"]["message"].startswith(f"tag {tag!r}: its stored manufactured_at")
+    orphan = voke("ingest", "proof", other, "--db", db)  # was "has not been loaded"
+    assert orphan.exit_code == 1 and "None" not in orphan.stdout, orphan.stdout
+    assert f"tag {other!r}: batch 99's row is missing" in orphan.stderr

@@ -1038,3 +1038,44 @@ def test_damaged_seal_data_is_a_failed_proof_naming_what_is_damaged(db, tmp_path
     assert proof.found and not proof.valid and not proof.intact
     assert proof.damaged is not None and named in proof.damaged, proof.damaged
     assert proof.damaged.startswith(f"batch {report.batch_id}'s seal is damaged")
+
+
+ROW_DAMAGE = {
+    "time-infinity": ("update ingest.tags set manufactured_at = 'infinity' where leaf_index = 1100", "'infinity'"),
+    "time-bc": (
+        "update ingest.tags set manufactured_at = '0044-03-15 12:00:00+00 BC' where leaf_index = 1100",
+        "'0044-03-15 12:00:00+00 BC'",
+    ),
+    "time-after-9999": (
+        "update ingest.tags set manufactured_at = '10000-01-01 00:00:00+00' where leaf_index = 1100",
+        "'10000-01-01 00:00:00+00'",
+    ),
+    # tags.batch_id has no foreign key (docs/decisions.md): a tag can outlive its batch's row.
+    "batch-row-missing": ("update ingest.tags set batch_id = 99 where leaf_index = 1100", "batch 99's row is missing"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("sql", "named"), ROW_DAMAGE.values(), ids=ROW_DAMAGE.keys())
+def test_a_stored_row_that_cannot_be_a_sealed_leaf_is_a_failed_proof(db, tmp_path, sql, named):
+    """Was exit 4 (a time psycopg cannot convert) or "not loaded" (an inner join to batches)."""
+    path = sample(tmp_path, 1500)
+    load(db, path)
+    tag = file_rows(path)[1100][0]
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(sql)
+    proof = wf.prove_tag(db, tag)
+    assert proof.found and not proof.valid and not proof.intact and proof.leaf_index == 1100
+    assert proof.damaged is not None and named in proof.damaged, proof.damaged
+
+
+def test_a_time_at_the_edge_of_the_years_a_load_writes_still_proves(db, tmp_path):
+    path = write(
+        tmp_path,
+        "tag_id,sku,product_name,factory_id,manufactured_at\n"
+        "EDGE-1,SKU-1,Widget,F1,0001-01-01T00:00:00Z\n"
+        "EDGE-2,SKU-1,Widget,F1,2024-05-01T08:30:00.123456Z\n",
+    )
+    load(db, path)
+    for tag in ("EDGE-1", "EDGE-2"):
+        proof = wf.prove_tag(db, tag)
+        assert proof.valid and proof.intact and proof.damaged is None, proof

@@ -379,7 +379,7 @@ def proof(
 
 
 def _render_proof(console: Console, p: TagProof) -> None:
-    if not p.found:
+    if not p.found or p.tree_size is None:  # no proof to show (a damaged row): the failure says why
         return
     console.print(
         f"tag {p.tag_id}: leaf {p.leaf_index} of {p.tree_size} in batch {p.batch_id} ({printable(p.file_name or '')}), "

@@ -2457,7 +2457,7 @@ class TagProof:
     leaf: str | None = None
     valid: bool = False
     intact: bool = False  # the stored row still hashes to the sealed leaf
-    damaged: str | None = None  # what of the batch's seal cannot be read (no proof then)
+    damaged: str | None = None  # what of the tag's row or its batch's seal cannot be read (no proof then)
     anchor_id: str | None = None
     anchor: str = "none"
     anchor_mismatch: str | None = None  # the anchor is of another root or tree size
@@ -2476,11 +2476,17 @@ def prove_tag(conninfo: str, tag_id: str, *, anchor_states: AnchorStates | None 
             if not _has_schema(conn):
                 return TagProof(tag_id=tag_id, found=False)
             with conn.cursor(row_factory=dict_row) as cur:
+                # A time no datetime can hold ('infinity', BC, after 9999) is read as NULL and
+                # named by its text (converting it would fail the whole read); a missing batch
+                # row (tags.batch_id has no foreign key) leaves the batch's columns NULL.
                 row = cur.execute(
-                    f"SELECT t.batch_id, t.leaf_index, {', '.join('t.' + c for c in core.CANONICAL_COLUMNS)},"
+                    f"SELECT t.batch_id, t.leaf_index, {', '.join('t.' + c for c in _PROOF_COLUMNS)},"
+                    f" {_READABLE_TIME} AS manufactured_at,"
+                    f" CASE WHEN {_READABLE_TIME} IS NULL THEN t.manufactured_at::text END AS unreadable_time,"
+                    " b.batch_id IS NOT NULL AS has_batch,"
                     " b.rows_loaded, b.merkle_root, b.chunk_roots, b.chunk_size, b.anchor_id, b.file_name,"
                     " b.loaded_at, c.leaf_hashes"
-                    " FROM ingest.tags t JOIN ingest.batches b USING (batch_id)"
+                    " FROM ingest.tags t LEFT JOIN ingest.batches b USING (batch_id)"
                     " LEFT JOIN ingest.tag_chunks c"
                     " ON c.batch_id = t.batch_id AND c.chunk_no = t.leaf_index / NULLIF(b.chunk_size, 0)"
                     " WHERE t.tag_id = %s",
@@ -2490,6 +2496,13 @@ def prove_tag(conninfo: str, tag_id: str, *, anchor_states: AnchorStates | None 
         conn.close()
     if row is None:
         return TagProof(tag_id=tag_id, found=False)
+    # A row that cannot be a sealed leaf, or has no batch to be sealed in, is a failed proof
+    # (as damaged seal data is), not a backend failure: the database answered.
+    damaged = _row_damage(row)
+    if damaged is not None:
+        return TagProof(
+            tag_id=tag_id, found=True, batch_id=row["batch_id"], leaf_index=row["leaf_index"], damaged=damaged
+        )
     size = int(row["rows_loaded"])
     index = int(row["leaf_index"])
     root = bytes(row["merkle_root"])
@@ -2530,6 +2543,27 @@ def prove_tag(conninfo: str, tag_id: str, *, anchor_states: AnchorStates | None 
     proof.valid = merkle.verify_inclusion(lh, index, size, path, root)
     proof.intact = hashes[offset * 32 : offset * 32 + 32] == lh
     return proof
+
+
+# The canonical columns a proof reads as they are: all but manufactured_at (see _READABLE_TIME).
+_PROOF_COLUMNS = tuple(c for c in core.CANONICAL_COLUMNS if c != "manufactured_at")
+# t.manufactured_at when a datetime can hold it (the session is in UTC), else NULL.
+_READABLE_TIME = (
+    "CASE WHEN t.manufactured_at >= '0001-01-01 00:00:00+00'"
+    " AND t.manufactured_at < '10000-01-01 00:00:00+00' THEN t.manufactured_at END"
+)
+
+
+def _row_damage(row: Mapping[str, Any]) -> str | None:
+    """What makes the tag's ROW unusable for a proof before its seal is read, or None."""
+    if row["unreadable_time"] is not None:
+        return (
+            f"its stored manufactured_at {row['unreadable_time']!r} cannot be a sealed leaf's "
+            "(a load writes only times from year 1 to 9999)"
+        )
+    if not row["has_batch"]:
+        return f"batch {row['batch_id']}'s row is missing"
+    return None
 
 
 def _seal_damage(row: Mapping[str, Any]) -> str | None:
