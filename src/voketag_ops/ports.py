@@ -285,11 +285,9 @@ class ChainStore(Protocol):
         *,
         kind: str | None = None,
         state: AnchorState | None = None,
-        labels: Collection[str] | None = None,
     ) -> dict[str, Anchor]:
-        """The stored anchors (by id) among IDS (None: every id), of KIND, in STATE and with
-        one of LABELS when given, read alone: a lookup of a few never reads the rest. Raises
-        ChainStoreError."""
+        """The stored anchors (by id) among IDS (None: every id), of KIND and in STATE when
+        given, read alone: a lookup of a few never reads the rest. Raises ChainStoreError."""
         ...
 
     def commit(self, *, blocks: Sequence[Block] = (), anchors: Sequence[Anchor] = ()) -> None:

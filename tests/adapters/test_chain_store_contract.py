@@ -76,12 +76,6 @@ def test_head_and_anchor_lookups_read_only_what_they_name(store: ChainStore) -> 
     assert store.anchors(state=ch.AnchorState.PENDING) == {b.id: b, c.id: c}
     assert store.anchors(kind="batch") == {a.id: anchored, c.id: c}
     assert store.anchors([a.id, b.id], kind="batch", state=ch.AnchorState.ANCHORED) == {a.id: anchored}
-    assert store.anchors(labels=["c", "b", "zz"]) == {
-        b.id: b,
-        c.id: c,
-    }  # a batch's anchor is looked up by label
-    assert store.anchors(labels=["a", "b"], kind="batch") == {a.id: anchored}
-    assert store.anchors(labels=[]) == {}
     assert store.load(kind="audit-checkpoint") == ch.ChainState(blocks=(block,), anchors={b.id: b})
     assert store.load(ids=[c.id, "00" * 32]) == ch.ChainState(blocks=(block,), anchors={c.id: c})
     assert store.load(kind="batch", ids=[b.id]) == ch.ChainState(blocks=(block,))

@@ -694,9 +694,7 @@ def test_proof_of_a_resealed_or_damaged_batch_exits_1(voke, db, tmp_path, platfo
     message = proof.json["error"]["message"]
     assert seal.root.hex() in message and root in message
     human = voke("ingest", "proof", tag, "--db", db, environ=chain)
-    # The proof holds (valid, intact in the JSON); what fails is the anchor, and the verdict says so.
-    assert human.exit_code == 1 and human.stdout.splitlines()[-1] == "anchor mismatch", human.stdout
-    assert "NOT valid" not in human.stdout
+    assert human.exit_code == 1 and "anchor mismatch" in human.stdout and "NOT valid" in human.stdout
     listed = voke("ingest", "batches", "--db", db, "--json", environ=chain)
     assert listed.exit_code == 0 and listed.json["result"]["batches"][0]["anchor"] == "mismatch"
     assert "warning: batch" in listed.stderr

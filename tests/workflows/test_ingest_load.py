@@ -915,7 +915,10 @@ def _chain(tmp_path: Path) -> tuple[Any, wf.Anchorer, wf.AnchorStates]:
         )
         return str(done.anchor["state"]), str(done.anchor["id"])
 
-    return store, anchorer, wf.chain_anchors(store)
+    def states(ids: Any) -> dict[str, tuple[str, int | None]]:
+        return {a.id: (a.state.value, a.tree_size) for a in store.anchors(ids).values()}
+
+    return store, anchorer, states
 
 
 def _reseal(db: str, batch_id: int, tag: str, *, forget_anchor: bool = False) -> str:
@@ -1003,54 +1006,6 @@ def test_a_batch_whose_anchor_was_lost_is_still_requested_and_one_of_another_siz
     assert "tree of 20 leaves" in check.mismatches[0]["message"]
     assert [r[2] for r in check.requests] == [f"ingest batch {lost.batch_id}"]
     assert wf.list_batches(db, anchor_states=states)[-1]["anchor"] == "mismatch"
-
-
-def test_a_resealed_batch_anchored_again_under_its_label_is_still_a_mismatch(db, tmp_path):
-    """The forger records the new root as the batch's anchor and gets it anchored under the
-    batch's label (a request by hand, before `--kind ingest-batch` was refused): the first
-    anchor of the label still speaks for the batch, everywhere."""
-    from voketag_ops.workflows import chain
-
-    store, anchorer, states = _chain(tmp_path)
-    path = sample(tmp_path, 50)
-    report = load(db, path, anchorer=anchorer)
-    assert chain.run_anchors(store, now=NOW, difficulty=1).outcome == "anchored"
-    tag = file_rows(path)[10][0]
-    forged = _reseal(db, report.batch_id, tag)
-    with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute(
-            "update ingest.batches set anchor_id = %s where batch_id = %s", (forged, report.batch_id)
-        )
-    anchorer(bytes.fromhex(forged), 50, report.batch_id)  # same kind, label and size as a load's
-    assert chain.run_anchors(store, now=NOW, difficulty=1).outcome == "anchored"
-    assert store.anchors([forged])[forged].state.value == "anchored"
-
-    proof = wf.prove_tag(db, tag, anchor_states=states)
-    assert proof.valid and proof.intact and proof.anchor == "mismatch"
-    assert proof.anchor_id == report.merkle_root and "the first anchor labelled 'ingest batch" in (
-        proof.anchor_mismatch or ""
-    )
-    (listed,) = wf.list_batches(db, anchor_states=states)
-    assert listed["anchor"] == "mismatch" and listed["anchor_mismatch"] == proof.anchor_mismatch
-    check = wf.batch_anchor_requests(db, store)
-    assert check.requests == [] and [m["anchor_id"] for m in check.mismatches] == [report.merkle_root]
-
-
-def test_a_root_anchored_by_hand_for_another_size_is_a_mismatch_to_anchor_run_too(db, tmp_path):
-    """A batch's root requested (any kind) for another tree size before its load: `ingest
-    batches` and `chain anchor run` hold the batch against the same anchors alike."""
-    from voketag_ops.workflows import chain
-
-    store, anchorer, states = _chain(tmp_path)
-    path = sample(tmp_path, 20)
-    root = load(db, path, dry_run=True).merkle_root
-    assert root is not None
-    chain.request_anchor(store, root=bytes.fromhex(root), kind="batch", label="manual", tree_size=7, now=NOW)
-    report = load(db, path, anchorer=anchorer)
-    assert wf.list_batches(db, anchor_states=states)[0]["anchor"] == "mismatch"
-    check = wf.batch_anchor_requests(db, store)
-    assert check.requests == [] and [m["batch_id"] for m in check.mismatches] == [report.batch_id]
-    assert "tree of 7 leaves" in check.mismatches[0]["message"]
 
 
 # -- damaged seal data: a failed proof, not a backend failure ---------------------------------------

@@ -374,8 +374,7 @@ def anchor_request(
         typer.Option(
             "--kind",
             help="What the root is, in a word of your choice (e.g. batch, release); "
-            "audit-checkpoint and ingest-batch are reserved for `voke audit checkpoint` and "
-            "`voke ingest load`.",
+            "audit-checkpoint is reserved for `voke audit checkpoint`.",
         ),
     ] = "batch",
     label: Annotated[str, typer.Option("--label", help="A name for it (batch id, ...).")] = "",
@@ -406,11 +405,6 @@ def anchor_request(
         raise UsageError(
             "--kind audit-checkpoint is reserved: `voke audit checkpoint` requests those anchors "
             "(one requested by hand would be held against the audit log for good, cancelled or not)"
-        )
-    if kind == "ingest-batch":  # the first anchored under a batch's label is its anchor for good
-        raise UsageError(
-            "--kind ingest-batch is reserved: `voke ingest load` and `voke chain anchor run` request "
-            "those anchors (one requested by hand could anchor a rewritten batch under its label)"
         )
     if dry_run:
         env.out.result(

@@ -587,17 +587,6 @@ def mark_attempt_failed(
     return _moved(anchor, now, event, state=state, attempts=attempts, last_error=error)
 
 
-def first_of_label(anchors: Iterable[Anchor]) -> Anchor | None:
-    """The one of ANCHORS (all of one label) that speaks for it: the first anchored (lowest
-    block, then first requested); with none anchored yet, the first requested. A root
-    requested later under the same label, anchored or not, never displaces it."""
-    return min(
-        anchors,
-        key=lambda a: (a.state is not AnchorState.ANCHORED, a.block_index or 0, a.requested_at, a.root),
-        default=None,
-    )
-
-
 def anchor_block_records(anchors: Sequence[Anchor]) -> list[str]:
     """The records of a block anchoring ANCHORS, in a stable order (by request time, then root)."""
     ordered = sorted(anchors, key=lambda a: (a.requested_at, a.root))

@@ -773,8 +773,7 @@ def _migrate_file_chain(source: FileChainStore, target: ChainStore, *, home: Pat
 
 def chain_anchorer(home: Path, now: datetime) -> Callable[[bytes, int, int], tuple[str, str | None]]:
     """Request ingest batch roots as anchors (kind ``ingest-batch``):
-    (root, tree size, batch id) -> (anchor state, anchor id). When the chain's first anchor
-    labelled `ingest batch N` is of another root, nothing is requested: ("mismatch", its id).
+    (root, tree size, batch id) -> (anchor state, anchor id).
 
     The store is opened at the first request and never starts the environment: a load into
     another database (`--db`) with the environment down reports the anchor unavailable, and
@@ -782,19 +781,13 @@ def chain_anchorer(home: Path, now: datetime) -> Callable[[bytes, int, int], tup
     stores: list[ChainStore] = []
 
     def anchor(root: bytes, size: int, batch_id: int) -> tuple[str, str | None]:
-        from voketag_ops.workflows.ingest import batch_label
-
         if not stores:
             stores.append(open_chain_store(home))
-        label = batch_label(batch_id)
-        first = ch.first_of_label(stores[0].anchors(labels=[label], kind="ingest-batch").values())
-        if first is not None and first.root != root:  # the batch was rewritten after it was anchored
-            return "mismatch", first.id
         done = request_anchor(
             stores[0],
             root=root,
             kind="ingest-batch",
-            label=label,
+            label=f"ingest batch {batch_id}",
             tree_size=size,
             now=now,
             retry=RetryPolicy(attempts=3, initial=0.05, maximum=0.2),
@@ -804,15 +797,16 @@ def chain_anchorer(home: Path, now: datetime) -> Callable[[bytes, int, int], tup
     return anchor
 
 
-def anchor_states(home: Path) -> Callable[[Collection[str], Collection[str]], Collection[ch.Anchor]]:
-    """The local chain's lookup of batches' anchors (`ingest.chain_anchors`: by root and by
-    label), read-only; nothing when the chain cannot be read (listings still work)."""
-    from voketag_ops.workflows.ingest import chain_anchors
+def anchor_states(home: Path) -> Callable[[Collection[str]], dict[str, tuple[str, int | None]]]:
+    """A lookup of anchor ids -> {id: (state, tree size)} of those the chain knows (empty when
+    the chain cannot be read: listings still work); it reads those anchors only, never the
+    whole chain."""
 
-    def lookup(roots: Collection[str], labels: Collection[str]) -> Collection[ch.Anchor]:
+    def lookup(ids: Collection[str]) -> dict[str, tuple[str, int | None]]:
         try:
-            return chain_anchors(open_chain_store(home, readonly=True))(roots, labels)
+            anchors = open_chain_store(home, readonly=True).anchors(ids).values()
         except VokeError:
-            return []
+            return {}
+        return {a.id: (a.state.value, a.tree_size) for a in anchors}
 
     return lookup

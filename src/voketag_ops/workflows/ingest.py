@@ -77,7 +77,6 @@ if TYPE_CHECKING:
     import psycopg
 
     from voketag_ops.config import IngestSettings
-    from voketag_ops.core.chain import Anchor
     from voketag_ops.ports import ChainStore
 
 log = logging.getLogger("voke.ingest")
@@ -489,29 +488,9 @@ def file_sha256(source: _BatchFile) -> str:
 
 
 Anchorer = Callable[[bytes, int, int], tuple[str, str | None]]  # (root, size, batch_id) -> (status, id)
-# (roots, labels) -> the chain's anchors of those roots (any kind) and its ingest-batch anchors
-# of those labels (a lookup of a few, never the whole chain); `chain_anchors` makes one
-AnchorStates = Callable[[Collection[str], Collection[str]], Collection["Anchor"]]
-
-
-def batch_label(batch_id: int) -> str:
-    """The label of batch BATCH_ID's anchor (kind ``ingest-batch``)."""
-    return f"ingest batch {batch_id}"
-
-
-def chain_anchors(store: ChainStore) -> AnchorStates:
-    """STORE's anchor lookup for batches: the anchors of the roots asked for, whatever their
-    kind (a root anchored by hand for another tree size is a mismatch too), and the
-    ``ingest-batch`` anchors of the labels asked for (only `ingest load` and `chain anchor
-    run` request those). Two filtered reads; the rest of the chain is never read."""
-
-    def lookup(roots: Collection[str], labels: Collection[str]) -> list[Anchor]:
-        found = store.anchors(list(roots)) if roots else {}
-        if labels:
-            found.update(store.anchors(labels=list(labels), kind="ingest-batch"))
-        return list(found.values())
-
-    return lookup
+# ids -> {id: (state, tree size)} of those of them the chain knows (a lookup of a few, never
+# the whole chain)
+AnchorStates = Callable[[Collection[str]], Mapping[str, tuple[str, int | None]]]
 
 
 def load_batch(
@@ -715,10 +694,10 @@ def _load_batch(
         source.close()
     if report.status == "duplicate" and anchorer is None and anchor_states is not None and report.merkle_root:
         assert report.batch_id is not None
-        known = _known_anchors(anchor_states, [(report.batch_id, report.merkle_root)])
+        states = anchor_states([report.merkle_root])
         # (the batch's size is not in a duplicate's report: its roots alone are compared)
         report.anchor_id, report.anchor, mismatch = _anchor_of(
-            report.batch_id, report.anchor_id, report.merkle_root, None, known
+            report.batch_id, report.anchor_id, report.merkle_root, None, states
         )
         if mismatch:
             report.warnings.append(mismatch)
@@ -1171,15 +1150,14 @@ class BatchAnchorCheck:
 
 
 def batch_anchor_requests(conninfo: str, store: ChainStore) -> BatchAnchorCheck:
-    """Every batch in CONNINFO's ingest schema (none when it has none yet) held against
-    STORE's anchors of its root and label, as `ingest batches` and `proof` hold it
-    (`_anchor_of`). A batch is requested again only when the chain knows no anchor of it at
-    all, neither of its root nor of its recorded anchor id nor of its label (asynchronous
-    replication lost it across a failover, a chain restored from an older export). One whose
-    recorded anchor or first labelled anchor is of another root (or its root of another tree
-    size) had its rows or seal rewritten after it was anchored: requesting its root would
-    anchor the rewrite, so it is a mismatch. BackendError when the database cannot be read;
-    ChainStoreError when the chain cannot."""
+    """Every batch in CONNINFO's ingest schema (none when it has none yet) held against the
+    ingest batch anchors of STORE. A batch is requested again only when the chain knows no
+    anchor of it at all, neither of its root nor of its recorded anchor id nor of its label
+    (asynchronous replication lost it across a failover, a chain restored from an older
+    export). One whose recorded anchor or label is of another root (or its root of another
+    tree size) had its rows or seal rewritten after it was anchored: requesting its root
+    would anchor the rewrite, so it is a mismatch. BackendError when the database cannot be
+    read; ChainStoreError when the chain cannot."""
     import psycopg
 
     try:
@@ -1197,16 +1175,23 @@ def batch_anchor_requests(conninfo: str, store: ChainStore) -> BatchAnchorCheck:
     check = BatchAnchorCheck()
     if not rows:
         return check
-    known = _known_anchors(chain_anchors(store), [(row[0], bytes(row[1]).hex()) for row in rows])
+    anchors = store.anchors(kind="ingest-batch").values()
+    states = {a.id: (a.state.value, a.tree_size) for a in anchors}
+    labelled = {a.label: a.id for a in anchors}
     for batch_id, root, size, anchor_id in rows:
-        root_hex = bytes(root).hex()
-        anchor_id, state, mismatch = _anchor_of(batch_id, anchor_id, root_hex, size, known)
+        root_hex, label = bytes(root).hex(), f"ingest batch {batch_id}"
+        anchor_id, state, mismatch = _anchor_of(batch_id, anchor_id, root_hex, size, states)
+        if mismatch is None and state in ("none", "unknown") and labelled.get(label, root_hex) != root_hex:
+            anchor_id, mismatch = (
+                labelled[label],
+                _mismatch(batch_id, root_hex, f"its anchor {label!r}", labelled[label]),
+            )
         if mismatch is not None:
             check.mismatches.append(
                 {"batch_id": batch_id, "root": root_hex, "anchor_id": anchor_id, "message": mismatch}
             )
         elif state in ("none", "unknown"):
-            check.requests.append((bytes(root), "ingest-batch", batch_label(batch_id), size))
+            check.requests.append((bytes(root), "ingest-batch", label, size))
     return check
 
 
@@ -1230,13 +1215,6 @@ def _anchor(
         report.warnings.append(f"the batch root could not be sent for anchoring: {exc.message}")
         return
     report.anchor, report.anchor_id = status, anchor_id
-    if status == "mismatch":  # the anchorer requested nothing: ANCHOR_ID speaks for the batch's label
-        assert anchor_id is not None
-        label = batch_label(report.batch_id)
-        report.warnings.append(
-            _mismatch(report.batch_id, report.merkle_root, f"the first anchor labelled {label!r}", anchor_id)
-        )
-        return
     if anchor_id and anchor_id != recorded:
         with _db_errors(target, "recording the anchor"):
             conn.execute(
@@ -2415,34 +2393,13 @@ def list_batches(
         conn.close()
     for row in rows:
         row["merkle_root"] = bytes(row["merkle_root"]).hex()
-    known = _known_anchors(anchor_states, [(row["batch_id"], row["merkle_root"]) for row in rows])
+    ids = {row["merkle_root"] for row in rows}  # what _anchor_of looks up
+    states = anchor_states(ids) if anchor_states is not None and rows else None
     for row in rows:
         row["anchor_id"], row["anchor"], row["anchor_mismatch"] = _anchor_of(
-            row["batch_id"], row["anchor_id"], row["merkle_root"], row["rows_loaded"], known
+            row["batch_id"], row["anchor_id"], row["merkle_root"], row["rows_loaded"], states
         )
     return rows
-
-
-@dataclass
-class _KnownAnchors:
-    """What the chain knows of some batches: anchors by id (their root), and the ingest-batch
-    anchors by label."""
-
-    by_id: dict[str, Anchor]
-    by_label: dict[str, list[Anchor]]
-
-
-def _known_anchors(lookup: AnchorStates | None, batches: Collection[tuple[int, str]]) -> _KnownAnchors | None:
-    """The chain's anchors of BATCHES ((batch id, root)): those of their roots and of their
-    labels, in one LOOKUP (None: the chain is not consulted)."""
-    if lookup is None or not batches:
-        return None
-    found = lookup({root for _, root in batches}, {batch_label(batch_id) for batch_id, _ in batches})
-    known = _KnownAnchors(by_id={a.id: a for a in found}, by_label={})
-    for a in found:
-        if a.kind == "ingest-batch":
-            known.by_label.setdefault(a.label, []).append(a)
-    return known
 
 
 def _anchor_of(
@@ -2450,32 +2407,20 @@ def _anchor_of(
     anchor_id: str | None,
     root: str,
     size: int | None,
-    known: _KnownAnchors | None,
+    states: Mapping[str, tuple[str, int | None]] | None,
 ) -> tuple[str | None, str, str | None]:
     """(anchor id, its state, what differs) of batch BATCH_ID of ROOT and SIZE rows (None: not
-    compared), held against KNOWN (None: the recorded id only). An anchor's id is its root, so
-    a batch whose anchor was requested by `voke chain anchor run` (lost across a failover,
-    never recorded on the batch) still finds it; "none" when the chain knows no anchor of that
-    root, "unknown" when it knows none of the recorded one. "mismatch", with a line naming
-    both, when the recorded anchor is of another root, when the first anchor labelled `ingest
-    batch N` (`first_of_label`: the first anchored) is, or when the root is anchored for
-    another tree size: the batch was rewritten after it was anchored."""
-    from voketag_ops.core.chain import first_of_label
-
+    compared). An anchor's id is its root, so a batch whose anchor was requested by `voke chain
+    anchor run` (lost across a failover, never recorded on the batch) still finds it; "none"
+    when the chain knows no anchor of that root, "unknown" when it knows none of the recorded
+    one. "mismatch", with a line naming both, when the recorded anchor is of another root or
+    the root is anchored for another tree size: the batch was rewritten after it was anchored."""
     if anchor_id and anchor_id != root:
         return anchor_id, "mismatch", _mismatch(batch_id, root, "its recorded anchor", anchor_id)
-    label = batch_label(batch_id)
-    first = first_of_label(known.by_label.get(label, ())) if known is not None else None
-    if first is not None and first.id != root:
-        return (
-            first.id,
-            "mismatch",
-            _mismatch(batch_id, root, f"the first anchor labelled {label!r}", first.id),
-        )
-    seen = known.by_id.get(root) if known is not None else None
+    seen = (states or {}).get(root)
     if seen is None:
         return (anchor_id, "unknown", None) if anchor_id else (None, "none", None)
-    state, anchored_size = seen.state.value, seen.tree_size
+    state, anchored_size = seen
     if size is not None and anchored_size is not None and anchored_size != size:
         return (
             root,
@@ -2563,8 +2508,8 @@ def prove_tag(conninfo: str, tag_id: str, *, anchor_states: AnchorStates | None 
     root = bytes(row["merkle_root"])
     leaf = core.canonical_leaf(row)
     lh = merkle.leaf_hash(leaf)
-    known = _known_anchors(anchor_states, [(row["batch_id"], root.hex())])
-    anchor_id, anchor, mismatch = _anchor_of(row["batch_id"], row["anchor_id"], root.hex(), size, known)
+    states = None if anchor_states is None else anchor_states([root.hex()])
+    anchor_id, anchor, mismatch = _anchor_of(row["batch_id"], row["anchor_id"], root.hex(), size, states)
     proof = TagProof(
         tag_id=tag_id,
         found=True,

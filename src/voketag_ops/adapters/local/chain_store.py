@@ -153,14 +153,12 @@ class FileChainStore:
         *,
         kind: str | None = None,
         state: ch.AnchorState | None = None,
-        labels: Collection[str] | None = None,
     ) -> dict[str, ch.Anchor]:
         """As the port says; one document, so it is read whole and filtered here."""
-        named = None if labels is None else set(labels)
         return {
             key: a
             for key, a in self.load(kind=kind, ids=ids).anchors.items()
-            if (state is None or a.state is state) and (named is None or a.label in named)
+            if state is None or a.state is state
         }
 
     def commit(self, *, blocks: Sequence[ch.Block] = (), anchors: Sequence[ch.Anchor] = ()) -> None:

@@ -39,8 +39,6 @@ create table if not exists voke_chain_anchors (
     version integer not null,
     doc jsonb not null
 );
--- `ingest batches` / `proof` / `anchor run` look batches' anchors up by label too
-create index if not exists voke_chain_anchors_label on voke_chain_anchors ((doc->>'label'));
 """
 
 
@@ -142,10 +140,9 @@ class PgChainStore:
         *,
         kind: str | None = None,
         state: ch.AnchorState | None = None,
-        labels: Collection[str] | None = None,
     ) -> dict[str, ch.Anchor]:
         with self._transaction(write=False) as conn:
-            return self._anchors(conn, ids=ids, kind=kind, state=state, labels=labels)
+            return self._anchors(conn, ids=ids, kind=kind, state=state)
 
     def commit(self, *, blocks: Sequence[ch.Block] = (), anchors: Sequence[ch.Anchor] = ()) -> None:
         with self._transaction(write=True) as conn:
@@ -229,10 +226,9 @@ class PgChainStore:
         ids: Collection[str] | None = None,
         kind: str | None = None,
         state: ch.AnchorState | None = None,
-        labels: Collection[str] | None = None,
     ) -> dict[str, ch.Anchor]:
-        """The anchors (all, or those among IDS, of KIND, in STATE, with one of LABELS),
-        filtered by the server: only the rows asked for are parsed."""
+        """The anchors (all, or those among IDS, of KIND, in STATE), filtered by the server:
+        only the rows asked for are parsed."""
         where: list[str] = ["true"]
         params: list[object] = []
         if ids is not None:
@@ -244,9 +240,6 @@ class PgChainStore:
         if state is not None:
             where.append("doc->>'state' = %s")
             params.append(state.value)
-        if labels is not None:
-            where.append("doc->>'label' = any(%s)")
-            params.append(list(labels))
         anchors = {}
         sql = "select id, doc from voke_chain_anchors where " + " and ".join(where)
         for anchor_id, doc in conn.execute(sql, params):
