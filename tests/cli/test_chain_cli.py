@@ -321,6 +321,10 @@ def test_anchor_lifecycle_validate_and_audit(voke, chain_env, local_env) -> None
     assert run("chain", "anchor", "request", "abc").exit_code == 2
     claim = run("chain", "anchor", "request", "ab" * 32, "--kind", "audit-checkpoint", "--tree-size", "5")
     assert claim.exit_code == 2 and "reserved" in claim.stderr  # `audit verify` would hold it against the log
+    batch = run(
+        "chain", "anchor", "request", "ab" * 32, "--kind", "ingest-batch", "--label", "ingest batch 1"
+    )
+    assert batch.exit_code == 2 and "--kind ingest-batch is reserved" in batch.stderr  # its load requests it
     huge = run(
         "chain", "anchor", "request", "cd" * 32, "--tree-size", str(1 << 64)
     )  # the store reads no more

@@ -1008,6 +1008,23 @@ def test_a_batch_whose_anchor_was_lost_is_still_requested_and_one_of_another_siz
     assert wf.list_batches(db, anchor_states=states)[-1]["anchor"] == "mismatch"
 
 
+def test_a_root_anchored_by_hand_for_another_size_is_a_mismatch_to_anchor_run_as_to_the_listing(db, tmp_path):
+    # `chain anchor run` read only ingest-batch anchors: a batch's root anchored (kind batch) for
+    # 7 leaves was a mismatch to `ingest batches` and `proof` but not to the run, which mined it.
+    from voketag_ops.workflows import chain
+
+    store, _, states = _chain(tmp_path)
+    path = sample(tmp_path, 20)
+    root = load(db, path, dry_run=True).merkle_root
+    assert root is not None
+    chain.request_anchor(store, root=bytes.fromhex(root), kind="batch", label="manual", tree_size=7, now=NOW)
+    loaded = load(db, path)  # no anchorer: the chain is not asked at load time
+    assert wf.list_batches(db, anchor_states=states)[0]["anchor"] == "mismatch"
+    check = wf.batch_anchor_requests(db, store)
+    assert check.requests == [] and [m["batch_id"] for m in check.mismatches] == [loaded.batch_id]
+    assert "tree of 7 leaves" in check.mismatches[0]["message"]
+
+
 # -- damaged seal data: a failed proof, not a backend failure ---------------------------------------
 
 DAMAGE = {

@@ -374,7 +374,8 @@ def anchor_request(
         typer.Option(
             "--kind",
             help="What the root is, in a word of your choice (e.g. batch, release); "
-            "audit-checkpoint is reserved for `voke audit checkpoint`.",
+            "audit-checkpoint and ingest-batch are reserved for `voke audit checkpoint` and "
+            "`voke ingest load`.",
         ),
     ] = "batch",
     label: Annotated[str, typer.Option("--label", help="A name for it (batch id, ...).")] = "",
@@ -405,6 +406,11 @@ def anchor_request(
         raise UsageError(
             "--kind audit-checkpoint is reserved: `voke audit checkpoint` requests those anchors "
             "(one requested by hand would be held against the audit log for good, cancelled or not)"
+        )
+    if kind == "ingest-batch":  # a batch's anchor is requested by its load (or anchor run) alone
+        raise UsageError(
+            "--kind ingest-batch is reserved: `voke ingest load` and `voke chain anchor run` request "
+            "those anchors (one requested by hand could anchor a rewritten batch under its label)"
         )
     if dry_run:
         env.out.result(

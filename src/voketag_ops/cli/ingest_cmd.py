@@ -391,8 +391,9 @@ def _render_proof(console: Console, p: TagProof) -> None:
     console.print(f"leaf hash {p.leaf_hash}", markup=False, highlight=False)
     for i, h in enumerate(p.audit_path):
         console.print(f"path[{i:2}]  {h}", markup=False, highlight=False)
-    valid = p.valid and p.intact and not p.anchor_mismatch
-    console.print("valid" if valid else "NOT valid", markup=False, highlight=False)
+    # A proof that holds against a root the anchor contradicts is no failed proof: say which it is.
+    verdict = ("anchor mismatch" if p.anchor_mismatch else "valid") if p.valid and p.intact else "NOT valid"
+    console.print(verdict, markup=False, highlight=False)
 
 
 @app.command("sample")

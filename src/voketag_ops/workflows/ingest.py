@@ -1176,8 +1176,11 @@ def batch_anchor_requests(conninfo: str, store: ChainStore) -> BatchAnchorCheck:
     if not rows:
         return check
     anchors = store.anchors(kind="ingest-batch").values()
-    states = {a.id: (a.state.value, a.tree_size) for a in anchors}
     labelled = {a.label: a.id for a in anchors}
+    # The batches' roots of any kind too, as `ingest batches` and `proof` look them up: a root
+    # anchored by hand (kind batch) for another tree size is a mismatch here as well.
+    roots = [bytes(row[1]).hex() for row in rows]
+    states = {a.id: (a.state.value, a.tree_size) for a in [*anchors, *store.anchors(roots).values()]}
     for batch_id, root, size, anchor_id in rows:
         root_hex, label = bytes(root).hex(), f"ingest batch {batch_id}"
         anchor_id, state, mismatch = _anchor_of(batch_id, anchor_id, root_hex, size, states)
