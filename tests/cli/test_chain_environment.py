@@ -254,11 +254,10 @@ def _resealed(home: Path, batch_id: int) -> Iterator[str]:
     """Batch BATCH_ID of HOME's database with one row rewritten and its leaf hashes, chunk
     roots and root recomputed (yields the new root), then restored."""
     import psycopg
-    from psycopg.rows import dict_row
 
     from voketag_ops.adapters.local.environment import LocalEnvironment
     from voketag_ops.config import LocalSettings
-    from voketag_ops.core import ingest as core
+    from voketag_ops.testing.ingest import reseal
 
     env = LocalEnvironment.from_settings(LocalSettings(home=home))
     with psycopg.connect(env.platform_database(), autocommit=True) as conn:
@@ -272,22 +271,9 @@ def _resealed(home: Path, batch_id: int) -> Iterator[str]:
         (tag, factory) = conn.execute(
             "select tag_id, factory_id from ingest.tags " + where[0] + " limit 1", where[1]
         ).fetchone()
-        conn.execute("update ingest.tags set factory_id = 'EVIL' where tag_id = %s", (tag,))
-        rows = conn.cursor(row_factory=dict_row).execute(
-            "select * from ingest.tags " + where[0] + " order by leaf_index", where[1]
-        )
-        seal, hashes = core.seal_leaves([core.canonical_leaf(r) for r in rows])
-        for no, leaf_hashes in enumerate(hashes):
-            conn.execute(
-                "update ingest.tag_chunks set leaf_hashes = %s where batch_id = %s and chunk_no = %s",
-                (leaf_hashes, batch_id, no),
-            )
-        conn.execute(
-            "update ingest.batches set merkle_root = %s, chunk_roots = %s " + where[0],
-            (seal.root, b"".join(seal.chunk_roots), batch_id),
-        )
+        root = reseal(conn, batch_id, tag)
         try:
-            yield seal.root.hex()
+            yield root.hex()
         finally:
             conn.execute("update ingest.tags set factory_id = %s where tag_id = %s", (factory, tag))
             for no, leaf_hashes in chunks:

@@ -667,9 +667,7 @@ def test_a_user_name_without_a_password_in_db_is_no_secret(voke, tmp_path):
 
 
 def test_proof_of_a_resealed_or_damaged_batch_exits_1(voke, db, tmp_path, platform_environ, pg_database):
-    from psycopg.rows import dict_row
-
-    from voketag_ops.core import ingest as core
+    from voketag_ops.testing.ingest import reseal
 
     path = tmp_path / "batch.csv"
     assert voke("ingest", "sample", "--rows", "1500", "--out", str(path)).exit_code == 0
@@ -680,19 +678,11 @@ def test_proof_of_a_resealed_or_damaged_batch_exits_1(voke, db, tmp_path, platfo
     tag = path.read_text().splitlines()[1101].split(",")[0]
     # The database rewritten: a row changed, its batch's leaf hashes, chunk roots and root recomputed.
     with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute("update ingest.tags set factory_id = 'EVIL' where tag_id = %s", (tag,))
-        rows = conn.cursor(row_factory=dict_row).execute("select * from ingest.tags order by leaf_index")
-        seal, chunks = core.seal_leaves([core.canonical_leaf(r) for r in rows])
-        for i, hashes in enumerate(chunks):
-            conn.execute("update ingest.tag_chunks set leaf_hashes = %s where chunk_no = %s", (hashes, i))
-        conn.execute(
-            "update ingest.batches set merkle_root = %s, chunk_roots = %s",
-            (seal.root, b"".join(seal.chunk_roots)),
-        )
+        forged = reseal(conn, 1, tag)
     proof = voke("ingest", "proof", tag, "--db", db, "--json", environ=chain)
     assert proof.exit_code == 1 and proof.json["result"]["anchor"] == "mismatch", proof.stdout
     message = proof.json["error"]["message"]
-    assert seal.root.hex() in message and root in message
+    assert forged.hex() in message and root in message
     human = voke("ingest", "proof", tag, "--db", db, environ=chain)
     # the proof itself holds (JSON: valid, intact): the terminal says what fails, the anchor
     assert human.exit_code == 1 and human.stdout.splitlines()[-1] == "anchor mismatch", human.stdout

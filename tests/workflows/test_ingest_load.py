@@ -922,30 +922,15 @@ def _chain(tmp_path: Path) -> tuple[Any, wf.Anchorer, wf.AnchorStates]:
 
 
 def _reseal(db: str, batch_id: int, tag: str, *, forget_anchor: bool = False) -> str:
-    """What an attacker who can write the database does: rewrite one field of TAG, then
-    recompute the batch's leaf hashes, chunk roots and root as a load seals them. Returns
-    the new root."""
-    from psycopg.rows import dict_row
+    """What an attacker who can write the database does (`testing.ingest.reseal`); FORGET_ANCHOR
+    clears the batch's recorded anchor too. Returns the new root."""
+    from voketag_ops.testing.ingest import reseal
 
     with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute("update ingest.tags set factory_id = 'EVIL-FACTORY' where tag_id = %s", (tag,))
-        cur = conn.cursor(row_factory=dict_row)
-        rows = cur.execute(
-            "select * from ingest.tags where batch_id = %s order by leaf_index", (batch_id,)
-        ).fetchall()
-        seal, chunks = core.seal_leaves([core.canonical_leaf(r) for r in rows])
-        for i, hashes in enumerate(chunks):
-            conn.execute(
-                "update ingest.tag_chunks set leaf_hashes = %s where batch_id = %s and chunk_no = %s",
-                (hashes, batch_id, i),
-            )
-        conn.execute(
-            "update ingest.batches set merkle_root = %s, chunk_roots = %s where batch_id = %s",
-            (seal.root, b"".join(seal.chunk_roots), batch_id),
-        )
+        root = reseal(conn, batch_id, tag, "EVIL-FACTORY")
         if forget_anchor:
             conn.execute("update ingest.batches set anchor_id = null where batch_id = %s", (batch_id,))
-    return seal.root.hex()
+    return root.hex()
 
 
 def test_a_resealed_batch_is_an_anchor_mismatch_and_its_root_is_never_requested(db, tmp_path):
