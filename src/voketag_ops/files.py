@@ -47,21 +47,35 @@ def check_replaceable(path: Path, flag: str) -> None:
     except OSError as exc:
         raise UsageError(f"{flag} {path}: {exc.strerror}") from None
     mode = found.st_mode
-    for fd, stream in ((1, "stdout"), (2, "stderr")):
-        # `/dev/stdout` (or `/proc/self/fd/1`) with voke's stdout sent to a file is that regular
-        # file: renamed over, it would take the place of the answer voke then writes there.
-        try:
-            own = os.fstat(fd)
-        except OSError:  # closed (`>&-`)
-            continue
-        if stat.S_ISREG(mode) and (own.st_dev, own.st_ino) == (found.st_dev, found.st_ino):
-            raise UsageError(f"{flag} {path}: is voke's own {stream}; name another file")
+    if stat.S_ISREG(mode):
+        for fd, stream in ((1, "stdout"), (2, "stderr")):
+            if _is_open_as(path, found, fd):
+                raise UsageError(f"{flag} {path}: is voke's own {stream}; name another file")
     if stat.S_ISDIR(mode):
         raise UsageError(f"{flag} {path}: is a directory; name a file")
     if not stat.S_ISREG(mode):
         raise UsageError(
             f"{flag} {path}: not a regular file (a device or a pipe would be replaced); name a file"
         )
+
+
+def _is_open_as(path: Path, found: os.stat_result, fd: int) -> bool:
+    """Whether PATH (FOUND, its stat) names the file FD is open on: `/dev/stdout` or
+    `/proc/self/fd/1` with voke's stdout sent to a file is that file, and renamed over, the
+    new file would take the place of the answer voke then writes there. Compared by path where
+    /proc says what FD was opened as (another hard link of the file is another name, replaced
+    alone), else by inode."""
+    try:
+        own = os.fstat(fd)
+    except OSError:  # closed (`>&-`)
+        return False
+    if (own.st_dev, own.st_ino) != (found.st_dev, found.st_ino):
+        return False
+    try:
+        opened = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:  # no /proc: the inode decides
+        return True
+    return os.path.realpath(path) == os.path.realpath(opened)
 
 
 def read_at_most(stream: IO[bytes], limit: int) -> bytes | None:

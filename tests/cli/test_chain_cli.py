@@ -248,6 +248,8 @@ def test_verify_says_whether_the_root_was_looked_up_and_anchored_requires_it_on_
     )
     accepted = voke("chain", "verify", str(proof), "--anchored", "--min-difficulty", "4", environ=weak)
     assert accepted.exit_code == 0, accepted.stderr  # what the message above offers works here too
+    alone = voke("chain", "verify", str(proof), "--min-difficulty", "4", environ=weak)
+    assert alone.exit_code == 2 and "add --anchored" in alone.stderr  # it would change nothing
     other = tmp_path / "other.json"  # the same root claimed for another tree size
     other.write_text(json.dumps(dict(json.loads(proof.read_text())["result"], tree_size=14)))
     assert voke("chain", "verify", str(other), environ=environ).exit_code == 0  # leaf 3's path fits 14 too

@@ -188,3 +188,33 @@ def test_an_output_that_is_vokes_own_stdout_or_stderr_sent_to_a_file_is_refused(
     assert (
         document["ok"] is False and f"is voke's own {own}; name another file" in document["error"]["message"]
     )
+
+
+def test_another_name_of_the_file_stdout_goes_to_is_written_as_any_file(tmp_path):
+    # A hard link of stdout's file is another name: renamed over, it leaves the answer's file alone.
+    answer, other = tmp_path / "a.json", tmp_path / "b.csv"
+    answer.write_text("")
+    os.link(answer, other)
+    env = dict(os.environ, VOKE_HOME=str(tmp_path / "home"))
+    with answer.open("wb") as out:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "voketag_ops",
+                "ingest",
+                "sample",
+                "--rows",
+                "3",
+                "--out",
+                str(other),
+                "--force",
+                "--json",
+            ],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            env=env,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(answer.read_text())["ok"] is True and other.read_text().startswith("tag_id,")

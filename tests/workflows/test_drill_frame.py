@@ -433,3 +433,46 @@ def test_an_interrupted_single_drill_reports_its_journal_with_the_error(voke, mo
     human = voke("drill", "run", "network", "--yes")
     assert "network   RTO – (target 420 s)" in human.stdout and "interrupted  run network-1" in human.stdout
     assert "error: interrupted: drill network network-1" in human.stderr
+
+
+class _Clock:
+    """A steady clock the waits below move: `time.sleep` advances it, nothing really sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_the_after_check_gives_the_services_their_wait_from_when_the_servers_are_back(monkeypatch):
+    # The services-only cut-off ran from the check's start: servers steady after 25 s left the
+    # services no time at all (health_timeout 20), and the drill failed while they reconnected.
+    from types import SimpleNamespace
+
+    from voketag_ops.adapters.local import dr
+    from voketag_ops.config import Settings
+    from voketag_ops.core.dr_checks import Check
+    from voketag_ops.workflows import drill
+
+    clock = _Clock()
+    monkeypatch.setattr(drill, "time", SimpleNamespace(monotonic=clock.monotonic, sleep=clock.sleep))
+    monkeypatch.setattr(dr, "snapshot", lambda env, **kw: {"initialized": True, "checked_at": "t"})
+    monkeypatch.setattr(
+        drill, "judge", lambda snap, limits, now: [Check("replica_streaming", clock.now >= 25, "replica")]
+    )
+    monkeypatch.setattr(
+        drill, "_services_check", lambda settings: Check(drill.SERVICES_CHECK, clock.now >= 40, "services")
+    )
+    base = Settings()
+    settings = base.model_copy(update={"rotation": base.rotation.model_copy(update={"health_timeout": 20})})
+    steady = drill.steady_state(settings, None, wait=60)  # type: ignore[arg-type]
+    assert steady["ok"] is True and clock.now >= 40, (clock.now, steady["checks"])
+    # ... and services still down health_timeout after the servers are back: given up then, not at 60 s
+    monkeypatch.setattr(drill, "_services_check", lambda settings: Check(drill.SERVICES_CHECK, False, "down"))
+    clock.now = 0.0
+    steady = drill.steady_state(settings, None, wait=60)  # type: ignore[arg-type]
+    assert steady["ok"] is False and 45 <= clock.now < 46, clock.now

@@ -1010,6 +1010,22 @@ def test_a_root_anchored_by_hand_for_another_size_is_a_mismatch_to_anchor_run_as
     assert "tree of 7 leaves" in check.mismatches[0]["message"]
 
 
+def test_a_forged_root_anchored_by_hand_never_stands_for_the_batchs_anchor(db, tmp_path):
+    # A rewritten batch (anchor id cleared) whose forged root was then requested by hand with the
+    # default kind had a state, so anchor run skipped its label check and mined the forgery.
+    from voketag_ops.workflows import chain
+
+    store, anchorer, _ = _chain(tmp_path)
+    path = sample(tmp_path, 30)
+    report = load(db, path, anchorer=anchorer)
+    assert chain.run_anchors(store, now=NOW, difficulty=1).outcome == "anchored"
+    forged = _reseal(db, report.batch_id, file_rows(path)[3][0], forget_anchor=True)
+    chain.request_anchor(store, root=bytes.fromhex(forged), kind="batch", label="x", tree_size=30, now=NOW)
+    check = wf.batch_anchor_requests(db, store)
+    assert check.requests == [] and [m["batch_id"] for m in check.mismatches] == [report.batch_id]
+    assert check.mismatches[0]["anchor_id"] == report.merkle_root
+
+
 # -- damaged seal data: a failed proof, not a backend failure ---------------------------------------
 
 DAMAGE = {

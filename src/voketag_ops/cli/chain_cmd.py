@@ -176,6 +176,10 @@ def verify(
     from voketag_ops.workflows.chain import MAX_PROOF_BYTES, MalformedProofError, verify_document
 
     env = use_local(ctx) if anchored else use(ctx)  # the chain looked up is the local one
+    if min_difficulty is not None and not anchored:
+        raise UsageError(
+            "--min-difficulty applies to the chain --anchored looks the root up on; add --anchored"
+        )
     if leaf is not None and leaf_hex is not None:
         raise UsageError("give --leaf or --leaf-hex, not both")
     data: bytes | None = leaf.encode("utf-8") if leaf is not None else None

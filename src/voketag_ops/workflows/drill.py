@@ -240,8 +240,8 @@ def steady_state(settings: Settings, env: LocalEnvironment, *, wait: float = 0.0
     from voketag_ops.workflows.dr import thresholds
 
     limits = thresholds(settings)
-    started = time.monotonic()
-    deadline = started + wait
+    deadline = time.monotonic() + wait
+    services_alone_since: float | None = None  # when the services became the only failing checks
     while True:
         snap = dr.snapshot(
             env, lag_wait=settings.dr.lag_probe_seconds, replica_expected=settings.local.replica
@@ -251,9 +251,16 @@ def steady_state(settings: Settings, env: LocalEnvironment, *, wait: float = 0.0
         ok = snap["initialized"] and all(c.ok for c in checks)
         # Services alone are waited for as a deploy waits for them (rotation.health_timeout): one
         # that died does not come back by waiting out the servers' longer bound.
-        services_only = snap["initialized"] and all(c.ok for c in checks if c.name != SERVICES_CHECK)
         now = time.monotonic()
-        if ok or now >= deadline or (services_only and now - started >= settings.rotation.health_timeout):
+        if snap["initialized"] and all(c.ok for c in checks if c.name != SERVICES_CHECK):
+            services_alone_since = services_alone_since or now
+        else:
+            services_alone_since = None
+        services_given_up = (
+            services_alone_since is not None
+            and now - services_alone_since >= settings.rotation.health_timeout
+        )
+        if ok or now >= deadline or services_given_up:
             standby = snap.get("standby") or {}
             return {
                 "ok": bool(ok),

@@ -1176,14 +1176,19 @@ def batch_anchor_requests(conninfo: str, store: ChainStore) -> BatchAnchorCheck:
     if not rows:
         return check
     anchors = store.anchors(kind="ingest-batch").values()
+    states = {a.id: (a.state.value, a.tree_size) for a in anchors}
     labelled = {a.label: a.id for a in anchors}
-    # The batches' roots of any kind too, as `ingest batches` and `proof` look them up: a root
-    # anchored by hand (kind batch) for another tree size is a mismatch here as well.
-    roots = [bytes(row[1]).hex() for row in rows]
-    states = {a.id: (a.state.value, a.tree_size) for a in [*anchors, *store.anchors(roots).values()]}
+    # The batches' roots of any kind too, as `ingest batches` and `proof` look them up, for the tree
+    # size alone: a root anchored by hand (kind batch) for another size is a mismatch here as well;
+    # it never stands for the batch's own anchor (the label check below still holds it).
+    sized = {
+        a.id: (a.state.value, a.tree_size) for a in store.anchors([bytes(r[1]).hex() for r in rows]).values()
+    }
     for batch_id, root, size, anchor_id in rows:
         root_hex, label = bytes(root).hex(), f"ingest batch {batch_id}"
         anchor_id, state, mismatch = _anchor_of(batch_id, anchor_id, root_hex, size, states)
+        if mismatch is None and root_hex in sized:
+            mismatch = _anchor_of(batch_id, None, root_hex, size, {root_hex: sized[root_hex]})[2]
         if mismatch is None and state in ("none", "unknown") and labelled.get(label, root_hex) != root_hex:
             anchor_id, mismatch = (
                 labelled[label],
