@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -680,9 +680,12 @@ def test_a_clone_cut_short_mid_poll_is_deleted_by_the_next_run_once_it_appears(d
     outcome = cloud_drill.run(settings, "pitr", home=drills.home / "state", progress=lambda m: None,
                               options={"canary_seconds": 0.1})  # fmt: skip
     monkeypatch.undo()
-    assert isinstance(outcome.error, Interrupted)
     journal = drill.load_journal(SimpleNamespace(home=cloud_drill.drills_home(settings)), "last")
     assert [s["deleted"] for s in journal["details"]["scratch"]] == [False]  # not found is not deleted
+    # Its create was accepted and not seen to end: named for a person (exit 7), not taken for gone.
+    (clone,) = journal["left_behind"]
+    assert isinstance(outcome.error, VokeErrorType) and not isinstance(outcome.error, Interrupted)
+    assert outcome.error.message.startswith("interrupted: ") and clone in outcome.error.message
     for op in drills.fake.sql.operations.values():  # Cloud SQL finishes the clone later
         if op["doc"]["status"] != "DONE":
             op["effect"]()
@@ -813,3 +816,47 @@ def test_ctrl_c_between_two_cloud_drills_of_all_still_reports_the_one_that_ran(d
     report = result.json["result"]
     assert [j["run_id"] for j in report["runs"]] == ["pitr-1"] and report["not_run"] == ["failover"]
     assert result.json["error"]["message"] == "interrupted before drill failover"
+
+
+def _keep_running(drills: Drills, kind: str) -> Callable[[], None]:
+    """Cloud SQL keeps operations of KIND running past voke's operation_timeout (until the
+    returned function is called)."""
+    real = drills.fake.sql.get_operation
+    before = list(drills.fake.rest.routes)
+
+    def get(request: Any) -> Any:
+        op = drills.fake.sql.operations.get(request["o"])
+        if op is not None and op["doc"]["operationType"] == kind:
+            return dict(op["doc"])
+        return real(request)
+
+    for i, (method, pattern, handler) in enumerate(drills.fake.rest.routes):
+        if getattr(handler, "__name__", "") == "get_operation":
+            drills.fake.rest.routes[i] = (method, pattern, get)
+    return lambda: drills.fake.rest.routes.__setitem__(slice(None), before)
+
+
+def test_a_clone_not_seen_to_finish_is_named_for_a_person_not_taken_for_gone(drills):
+    # The clone's operation outlived operation_timeout: the clean-up's delete found nothing yet
+    # (404) and the run exited 1 naming nothing, and Cloud SQL then finished a billed instance
+    # only a later drill on this machine would delete.
+    stop = _keep_running(drills, "CLONE")
+    drills.configure(operation_timeout=3)
+    result = drills.drill("pitr")
+    journal = result.json["result"]
+    clone = journal["details"]["scratch"][0]["name"]
+    assert result.exit_code == 7, result.stdout
+    assert journal["left_behind"] == [clone] and clone in result.json["error"]["hint"]
+    stop()
+    drills.fake.sql.finish_pending()  # Cloud SQL finishes it on its own
+    assert clone in drills.scratch()
+    assert drills.drill("pitr").exit_code == 0 and drills.scratch() == []  # the next run sweeps it
+
+
+def test_a_delete_answered_404_for_an_instance_still_listed_is_not_a_clean_clean_up(drills):
+    drills.fake.rest.fail("DELETE", r"/instances/voke-db-drill-", status="NOT_FOUND", times=1)
+    result = drills.drill("pitr")
+    left = drills.scratch()
+    assert left and result.exit_code == 7, (result.exit_code, left)
+    assert result.json["result"]["left_behind"] == left
+    assert drills.drill("pitr").exit_code == 0 and drills.scratch() == []

@@ -37,8 +37,8 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -52,6 +52,7 @@ from voketag_ops.errors import (
     Interrupted,
     NeedsOperatorError,
     NotFoundError,
+    OutcomeUnknownError,
     PreconditionError,
     StepTimeoutError,
     UsageError,
@@ -347,6 +348,13 @@ class CloudDrill(local_drill_frame.RunFrame):
             # journal keeps it as not deleted, so a later run's sweep deletes it if it appears.
             if entry is not None:
                 entry["not_found_at_cleanup"] = True
+                if entry.get("outcome_unknown") or (entry.get("created") and self._still_there(name)):
+                    # Its create was accepted and not seen to end (it may appear and be billed), or
+                    # it answered this run and is still listed: a person is told (exit 7), as a
+                    # later drill only on this machine would delete it.
+                    self.left_behind.append(name)
+                    log.warning("scratch instance %s was not found to delete, but it may exist", name)
+                    return
                 log.warning(
                     "scratch instance %s was not found to delete; a later drill deletes it if it appears",
                     name,
@@ -362,6 +370,35 @@ class CloudDrill(local_drill_frame.RunFrame):
             raise
         if entry is not None:
             entry["deleted"] = True
+
+    def _still_there(self, name: str) -> bool:
+        """Whether NAME is still listed (a delete answered 404 for it): unknown counts as there."""
+        try:
+            self.recovery.instance(name)
+        except NotFoundError:
+            return False
+        except Exception:
+            return True
+        return True
+
+    @contextmanager
+    def creating(self, name: str) -> Iterator[None]:
+        """Around the request that creates scratch instance NAME: `created` once it returned
+        (its operation DONE), `outcome_unknown` when the request may have been accepted but was
+        not seen to end (a timeout or a lost poll, an interrupt): such an instance may appear
+        later, so a delete that finds nothing does not count it gone."""
+        entry = self._entry(name)
+        try:
+            yield
+        except BaseException as exc:
+            unknown = isinstance(exc, StepTimeoutError | OutcomeUnknownError | Interrupted) or not isinstance(
+                exc, VokeError
+            )
+            if entry is not None and unknown:
+                entry["outcome_unknown"] = True
+            raise
+        if entry is not None:
+            entry["created"] = True
 
     def _label_quietly(self, name: str) -> None:
         try:
@@ -750,7 +787,7 @@ def _pitr(run: CloudDrill) -> None:
     started = run.mark("recovery_started_at")
     run.mark("fault_injected_at", started)  # no outage on a scratch instance: RTO runs from the request
     run.mark("detected_at", started)
-    with run.steps.run(f"clone {primary} at the cut into {scratch}") as info:
+    with run.steps.run(f"clone {primary} at the cut into {scratch}") as info, run.creating(scratch):
         op = run.recovery.clone_to_point_in_time(iso(cut), run.guard(scratch), primary)
         info["operation"] = op.name
     run.mark("recovered_at", _ended(op, started))
@@ -766,13 +803,13 @@ def _failover(run: CloudDrill) -> None:
     scratch, replica = run.scratch(), run.scratch(REPLICA_SUFFIX)
     run.details["production"] = {"primary": primary, "changed": "nothing (cloned from)"}
     run.register_scratch(scratch, "scratch primary")
-    with run.steps.run(f"clone {primary} into the scratch primary {scratch}") as info:
+    with run.steps.run(f"clone {primary} into the scratch primary {scratch}") as info, run.creating(scratch):
         info["operation"] = run.recovery.clone_instance(run.guard(scratch), primary).name
     run.label(scratch)
     run.register_scratch(
         replica, "scratch replica", labelled=True
     )  # deleted first (LIFO): replicas go before primaries
-    with run.steps.run(f"create the scratch replica {replica}") as info:
+    with run.steps.run(f"create the scratch replica {replica}") as info, run.creating(replica):
         labels = {k: v for k, v in run.labels().items() if v is not None}
         info["operation"] = run.recovery.create_replica(run.guard(replica), scratch, labels=labels).name
     writes, cut = run.canary_write(db, run.host_of(scratch), scratch)
