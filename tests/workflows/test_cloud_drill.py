@@ -651,8 +651,9 @@ def test_a_failing_canary_insert_says_why_and_shows_the_table_it_needs(drills, l
         )
         conn.execute(f"alter table voke_drill_canary owner to {ROLE}")
     result = drills.drill("pitr")
-    assert result.exit_code == 1, result.stdout + result.stderr
+    assert result.exit_code == 5, result.stdout + result.stderr  # aborted: nothing was drilled yet
     j = result.json["result"]
+    assert j["status"] == "aborted"
     assert "no canary write was acknowledged" in j["error"] and "ON CONFLICT" in j["error"], j["error"]
     [step] = [s for s in j["steps"] if s["name"].startswith("write canary rows")]
     assert "ON CONFLICT" in step["detail"]["first_error"]
@@ -860,3 +861,14 @@ def test_a_delete_answered_404_for_an_instance_still_listed_is_not_a_clean_clean
     assert left and result.exit_code == 7, (result.exit_code, left)
     assert result.json["result"]["left_behind"] == left
     assert drills.drill("pitr").exit_code == 0 and drills.scratch() == []
+
+
+def test_a_refusal_before_the_drills_recovery_aborts_it_rather_than_breach_it(drills):
+    # A 403 on the recoverable window (before any scratch instance is asked for) read as a failed
+    # drill with RTO, RPO and integrity "breached" and counted in the history as one.
+    drills.fake.rest.fail("GET", r"/getLatestRecoveryTime$", status="PERMISSION_DENIED", times=1)
+    result = drills.drill("pitr")
+    journal = result.json["result"]
+    assert journal["status"] == "aborted" and result.exit_code == 5, (result.exit_code, journal["breaches"])
+    assert journal["breaches"] == [journal["error"]] and "PERMISSION_DENIED" in journal["error"]
+    assert journal["rto_met"] is None and journal["integrity_ok"] is None and drills.scratch() == []

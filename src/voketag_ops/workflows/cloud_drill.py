@@ -284,6 +284,9 @@ class CloudDrill(local_drill_frame.RunFrame):
         from voketag_ops.workflows.cloud_dr import _Steps
 
         super().__init__()
+        self.preparing = (
+            True  # until the scenario's first request on a scratch instance: before it, nothing was drilled
+        )
         self.settings, self.platform, self.scenario, self.progress = settings, platform, scenario, progress
         self.env = settings.environment(settings.env)
         self.recovery = platform.recovery()
@@ -784,6 +787,7 @@ def _pitr(run: CloudDrill) -> None:
     _wait_window(run, cut)
     scratch = run.scratch()
     run.register_scratch(scratch, "pitr clone")
+    run.preparing = False  # the clone is the drill's recovery
     started = run.mark("recovery_started_at")
     run.mark("fault_injected_at", started)  # no outage on a scratch instance: RTO runs from the request
     run.mark("detected_at", started)
@@ -803,6 +807,7 @@ def _failover(run: CloudDrill) -> None:
     scratch, replica = run.scratch(), run.scratch(REPLICA_SUFFIX)
     run.details["production"] = {"primary": primary, "changed": "nothing (cloned from)"}
     run.register_scratch(scratch, "scratch primary")
+    run.preparing = False  # the scratch pair is the drill's own (its failures are the drill's)
     with run.steps.run(f"clone {primary} into the scratch primary {scratch}") as info, run.creating(scratch):
         info["operation"] = run.recovery.clone_instance(run.guard(scratch), primary).name
     run.label(scratch)
