@@ -157,32 +157,36 @@ def test_dash_is_no_file_name(voke, tmp_path):
     assert done.exit_code == 2 and not (tmp_path / "-").exists()
 
 
+def _sample_answering_into(tmp_path: Path, out: str, answer: Path) -> subprocess.CompletedProcess[bytes]:
+    """`voke ingest sample --rows 3 --out OUT --force --json`, its stdout sent to the file ANSWER."""
+    env = dict(os.environ, VOKE_HOME=str(tmp_path / "home"))
+    command = ["ingest", "sample", "--rows", "3", "--out", out, "--force", "--json"]
+    with answer.open("ab") as stdout:
+        return subprocess.run(
+            [sys.executable, "-m", "voketag_ops", *command],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            env=env,
+            timeout=120,
+        )
+
+
 @pytest.mark.parametrize("target", ["/dev/stdout", "/proc/self/fd/1", "/dev/stderr"])
 def test_an_output_that_is_vokes_own_stdout_or_stderr_sent_to_a_file_is_refused(tmp_path, target):
     # `--out /dev/stdout > result.json`: the path is that regular file; renamed over, it took the
     # place of the answer voke then wrote to the unlinked one (a cron job's JSON was lost).
-    answer, errors = tmp_path / "answer.json", tmp_path / "errors.txt"
-    env = dict(os.environ, VOKE_HOME=str(tmp_path / "home"))
-    with answer.open("wb") as out, errors.open("wb") as err:
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "voketag_ops",
-                "ingest",
-                "sample",
-                "--rows",
-                "3",
-                "--out",
-                target,
-                "--json",
-            ],
-            stdout=out,
-            stderr=err,
-            env=env,
-            timeout=120,
-        )
-    assert done.returncode == 2, errors.read_text()
+    answer = tmp_path / "answer.json"
+    if target == "/dev/stderr":  # stderr sent to a file of its own here
+        errors = tmp_path / "errors.txt"
+        env = dict(os.environ, VOKE_HOME=str(tmp_path / "home"))
+        with answer.open("wb") as out, errors.open("wb") as err:
+            command = ["ingest", "sample", "--rows", "3", "--out", target, "--json"]
+            done = subprocess.run(
+                [sys.executable, "-m", "voketag_ops", *command], stdout=out, stderr=err, env=env, timeout=120
+            )
+    else:
+        done = _sample_answering_into(tmp_path, target, answer)
+    assert done.returncode == 2, done.stderr
     own = "stderr" if target.endswith("stderr") else "stdout"
     document = json.loads(answer.read_text())  # the one answer, intact
     assert (
@@ -195,26 +199,6 @@ def test_another_name_of_the_file_stdout_goes_to_is_written_as_any_file(tmp_path
     answer, other = tmp_path / "a.json", tmp_path / "b.csv"
     answer.write_text("")
     os.link(answer, other)
-    env = dict(os.environ, VOKE_HOME=str(tmp_path / "home"))
-    with answer.open("wb") as out:
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "voketag_ops",
-                "ingest",
-                "sample",
-                "--rows",
-                "3",
-                "--out",
-                str(other),
-                "--force",
-                "--json",
-            ],
-            stdout=out,
-            stderr=subprocess.PIPE,
-            env=env,
-            timeout=120,
-        )
+    done = _sample_answering_into(tmp_path, str(other), answer)
     assert done.returncode == 0, done.stderr
     assert json.loads(answer.read_text())["ok"] is True and other.read_text().startswith("tag_id,")
