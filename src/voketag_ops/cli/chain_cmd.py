@@ -477,7 +477,6 @@ def anchor_run(
             hint=f"mine at {least} or more bits, or lower chain.min_difficulty first",
         )
     store = _store(env, dry_run=dry_run, changes=True)
-    _warn_if_light_head(env, store, least)
     if dry_run:  # counting what a real run requests first, as it would
         from voketag_ops.audit import AuditLog
         from voketag_ops.workflows.chain import unseen_requests
@@ -489,6 +488,7 @@ def anchor_run(
         batches = _batch_anchors(env, store)
         first = unseen_requests(store, [*checkpoints, *batches.requests])
         report = run_anchors(store, now=_now(), difficulty=difficulty, dry_run=True, also=len(first))
+        _warn_if_light_head(env, report, least)
         report = _flag_mismatched_batches(env, report, batches.mismatches)
         env.out.result(report, ok=report.ok, failure=report.message, render=_render_run)
         return
@@ -512,6 +512,7 @@ def anchor_run(
             attempts=report.attempts,
             ingest_batches_mismatched=[m["batch_id"] for m in mismatches],
         )
+        _warn_if_light_head(env, report, least)
         report = _flag_mismatched_batches(env, report, mismatches)
         if not report.ok:
             event.result = "failure"
@@ -595,20 +596,15 @@ def _batch_anchors(env: AppContext, store: ChainStore) -> BatchAnchorCheck:
         return BatchAnchorCheck()
 
 
-def _warn_if_light_head(env: AppContext, store: ChainStore, least: int) -> None:
-    """A warning when the chain's head has fewer bits of work than chain.min_difficulty (mined
-    before the setting was raised, or by an older voke with `--difficulty 8`): `chain validate`
-    and `audit verify` refuse such a chain, so what this run anchors counts for nothing until the
-    setting accepts it. The head alone (one read, as the run makes anyway); validate names any other."""
-    from voketag_ops.core.chain import ChainStoreError
-
-    try:
-        head = store.head()
-    except ChainStoreError:  # no chain yet, or unreachable: the run itself says so
-        return
-    if head is not None and head.difficulty < least:
+def _warn_if_light_head(env: AppContext, report: AnchorRunReport, least: int) -> None:
+    """A warning when the head REPORT's run found has fewer bits of work than chain.min_difficulty
+    (mined before the setting was raised, or by an older voke with `--difficulty 8`): `chain
+    validate` and `audit verify` refuse such a chain, so what the run anchors counts for nothing
+    until the setting accepts it. The head alone (the run read it anyway); validate names any other."""
+    if report.head_found is not None and report.head_found[1] < least:
+        index, bits = report.head_found
         env.out.note(
-            f"warning: the chain's head, block {head.index}, has {head.difficulty} bits of work, below "
+            f"warning: the chain's head, block {index}, has {bits} bits of work, below "
             f"chain.min_difficulty ({least}): `voke chain validate` and `voke audit verify` refuse the "
             "chain, and the roots anchored on it are not trusted until that setting accepts it"
         )

@@ -478,6 +478,8 @@ class AnchorRunReport:
     # Ingest batches whose anchor is of another root or tree size (`ingest.BatchAnchorCheck`):
     # never requested; any makes the run's answer no (exit 1).
     mismatched_batches: list[dict[str, Any]] = field(default_factory=list)
+    # The head the run found (index, bits of work): None for an empty chain.
+    head_found: tuple[int, int] | None = None
 
 
 def run_anchors(
@@ -501,12 +503,13 @@ def run_anchors(
     MAX_ANCHOR_ATTEMPTS, it becomes ``failed``. Store errors and conflicts are retried.
     """
     retried: list[str] = []
+    found: list[ch.Block | None] = [None]
 
     def attempt() -> AnchorRunReport:
         # Read apart, not one snapshot: the commit's checks refuse a head or an anchor that
         # changed since (another run anchored meanwhile), and the attempt is retried.
         pending = ch.ChainState(anchors=store.anchors(state=ch.AnchorState.PENDING)).pending()
-        head = store.head()
+        head = found[0] = store.head()
         count = len(pending) + (also if dry_run else 0)
         if not count:
             return AnchorRunReport(
@@ -572,11 +575,10 @@ def run_anchors(
         )
 
     report = with_retries(retry, attempt, retried)
-    if retried:
-        from dataclasses import replace
-
-        report = replace(report, retries=retried)
-    return report
+    head = found[0]
+    return replace(
+        report, retries=retried, head_found=None if head is None else (head.index, head.difficulty)
+    )
 
 
 def plan_import(open_store: Callable[[], ChainStore], incoming: ch.ChainState) -> dict[str, int]:
@@ -781,13 +783,15 @@ def chain_anchorer(home: Path, now: datetime) -> Callable[[bytes, int, int], tup
     stores: list[ChainStore] = []
 
     def anchor(root: bytes, size: int, batch_id: int) -> tuple[str, str | None]:
+        from voketag_ops.workflows.ingest import batch_label
+
         if not stores:
             stores.append(open_chain_store(home))
         done = request_anchor(
             stores[0],
             root=root,
             kind="ingest-batch",
-            label=f"ingest batch {batch_id}",
+            label=batch_label(batch_id),
             tree_size=size,
             now=now,
             retry=RetryPolicy(attempts=3, initial=0.05, maximum=0.2),

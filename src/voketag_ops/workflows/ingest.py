@@ -487,6 +487,12 @@ def file_sha256(source: _BatchFile) -> str:
     return source.sha256
 
 
+def batch_label(batch_id: int) -> str:
+    """The label of batch BATCH_ID's anchor (kind ``ingest-batch``): what `ingest load` requests
+    and `chain anchor run` looks a batch up by."""
+    return f"ingest batch {batch_id}"
+
+
 Anchorer = Callable[[bytes, int, int], tuple[str, str | None]]  # (root, size, batch_id) -> (status, id)
 # ids -> {id: (state, tree size)} of those of them the chain knows (a lookup of a few, never
 # the whole chain)
@@ -1185,7 +1191,7 @@ def batch_anchor_requests(conninfo: str, store: ChainStore) -> BatchAnchorCheck:
         a.id: (a.state.value, a.tree_size) for a in store.anchors([bytes(r[1]).hex() for r in rows]).values()
     }
     for batch_id, root, size, anchor_id in rows:
-        root_hex, label = bytes(root).hex(), f"ingest batch {batch_id}"
+        root_hex, label = bytes(root).hex(), batch_label(batch_id)
         anchor_id, state, mismatch = _anchor_of(batch_id, anchor_id, root_hex, size, states)
         if mismatch is None and root_hex in sized:
             mismatch = _anchor_of(batch_id, None, root_hex, size, {root_hex: sized[root_hex]})[2]
