@@ -187,6 +187,15 @@ def held_by_another_voke() -> Any:
     return hold
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
+    """Each phase's report on the test item (item.rep_setup, rep_call), for fixtures that
+    repair a module's shared environment after a test that failed."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
 @pytest.fixture(scope="session")
 def platform_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("voke-home")

@@ -383,3 +383,42 @@ def test_an_instance_draining_for_longer_than_a_drain_pins_nothing_and_is_stoppe
         assert old["draining_since"]  # dated by the deploy that moved traffic off it
     finally:
         runtime.stop_all()
+
+
+def test_a_new_instance_never_takes_a_port_the_environment_reserves(platform, tmp_path, monkeypatch):
+    """A failback repoints the services while the old leader is stopped: its port is free then,
+    and an instance that took it kept that node from starting again (exit 7, "port in use")."""
+    from voketag_ops.adapters.local import postgres
+    from voketag_ops.adapters.local.secrets import LocalSecretStore
+    from voketag_ops.adapters.local.services import LocalServiceRuntime
+
+    home = tmp_path / "home"
+    _versions(LocalSecretStore(home), json.loads(platform.store().access("db-app", "current")))
+    stopped_node = postgres.pick_free_port()
+    monkeypatch.setattr(postgres, "listen_ports", lambda: [range(stopped_node, stopped_node + 1)])
+    runtime = LocalServiceRuntime(
+        home, {"svc-a": SECRET}, start_timeout=5, reserved_ports=lambda: [stopped_node]
+    )
+    try:
+        assert runtime.deploy("svc-a", SECRET, 1).healthy
+        active = json.loads((home / "services" / "registry.json").read_text())["services"]["svc-a"]["active"]
+        assert active["port"] != stopped_node
+    finally:
+        runtime.stop_all()
+
+
+def test_the_platform_reserves_its_nodes_and_restored_instances_ports(platform):
+    from voketag_ops.adapters.local import dr
+
+    nodes = {int(p) for p in platform.env.require_state().ports.values()}
+    restores = dr.restores_dir(platform.env)
+    created = not restores.exists()
+    restores.mkdir(exist_ok=True)
+    meta = restores / "reserved-port-test.json"
+    meta.write_text(json.dumps({"name": "reserved-port-test", "port": 1, "state": "stopped"}))
+    try:
+        assert set(platform.runtime().reserved_ports()) == nodes | {1}
+    finally:
+        meta.unlink()
+        if created:
+            restores.rmdir()

@@ -16,7 +16,7 @@ from voketag_ops.config import LocalSettings
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory, make_environ_module):
+def topology(tmp_path_factory, make_environ_module):
     """The whole local platform (PostgreSQL, secrets, services), so failovers repoint real services."""
     from voketag_ops.config import load_config
     from voketag_ops.workflows.env import LocalPlatform
@@ -25,11 +25,33 @@ def home(tmp_path_factory, make_environ_module):
     platform = LocalPlatform(load_config(environ=make_environ_module(path), cwd=path).settings)
     try:
         platform.up()
-        yield path
+        yield platform
     finally:
-        for restored in dr.list_restores(platform.env):
-            dr.discard_restore(platform.env, restored["name"])
-        platform.destroy(discard_chain=True)
+        _tear_down(platform)
+
+
+def _tear_down(platform):
+    for restored in dr.list_restores(platform.env):
+        dr.discard_restore(platform.env, restored["name"])
+    (platform.env.home / "dr" / "operation.json").unlink(missing_ok=True)  # (a failed test's)
+    platform.destroy(discard_chain=True)
+
+
+@pytest.fixture(scope="module")
+def home(topology):
+    return topology.env.home
+
+
+@pytest.fixture(autouse=True)
+def a_failed_test_leaves_a_new_environment(request, topology):
+    """Each test hands the next one leader and a streaming standby; one that fails may not (an
+    unfinished failback, a stopped node), and every later test would fail on what it left. A
+    failure rebuilds the environment, so the report names the test that failed, not 28 more."""
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        _tear_down(topology)
+        topology.up()
 
 
 @pytest.fixture(scope="module")

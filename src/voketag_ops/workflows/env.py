@@ -84,6 +84,7 @@ class LocalPlatform:
             self.consumers(),
             start_timeout=self.settings.rotation.health_timeout,
             drain_seconds=self.settings.local.service_drain_seconds,
+            reserved_ports=self.env.reserved_ports,
         )
 
     def db_target(self) -> Any:

@@ -1303,6 +1303,18 @@ def _read_meta(meta: Path) -> dict[str, Any]:
         return {"name": meta.stem, "port": 0, "state": "unreadable record"}
 
 
+def restore_ports(env: LocalEnvironment) -> list[int]:
+    """The ports the restored instances' records name (a stopped one starts on its own again)."""
+    base = restores_dir(env)
+    if not base.is_dir():
+        return []
+    ports = []
+    for meta in base.glob("*.json"):
+        with suppress(OSError):
+            ports.append(int(_read_meta(meta)["port"]))
+    return [p for p in ports if p]
+
+
 def list_restores(env: LocalEnvironment) -> list[dict[str, Any]]:
     """Every restored instance. One still `copying` or `recovering` whose voke does not hold the
     DR lock (restores run under it) lost its voke before it was verified: `interrupted`, with

@@ -275,6 +275,19 @@ class LocalEnvironment:
             raise PreconditionError("the local environment does not exist; run `voke env up`")
         return state
 
+    def reserved_ports(self) -> list[int]:
+        """The ports this environment's servers own, running or not: its nodes' and its restored
+        instances'. A server voke starts for something else (a service instance) must not take
+        one while its owner is stopped. Best effort: what cannot be read reserves nothing."""
+        from voketag_ops.adapters.local import dr
+
+        try:
+            state = self.state()
+        except ConfigError:
+            state = None
+        ports = [int(p) for p in state.ports.values()] if state is not None else []
+        return ports + dr.restore_ports(self)
+
     def primary(self) -> PgNode:
         """The leader: the node that should be writable (after a failover, `replica`)."""
         state = self.require_state()

@@ -20,7 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -66,8 +66,13 @@ class LocalServiceRuntime:
         *,
         start_timeout: float = 20,
         drain_seconds: float = 3.0,
+        reserved_ports: Callable[[], Iterable[int]] = tuple,
     ) -> None:
         self.home = home
+        # Ports a new instance must not take although they may be free at that moment: the
+        # environment's PostgreSQL nodes and restored instances, free while one is stopped (a
+        # failback repoints the services while the old leader is down, then starts it again).
+        self.reserved_ports = reserved_ports
         self.drain_seconds = drain_seconds  # how long a replaced instance keeps answering
         self.dir = home / "services"
         self.registry_file = self.dir / "registry.json"
@@ -354,7 +359,7 @@ class LocalServiceRuntime:
                 for i in [e.get("active"), *e.get("others", [])]
                 if i
             }
-            port = pick_free_port(avoid=list(used))
+            port = pick_free_port(avoid=[*used, *self.reserved_ports()])
             with (logs / f"{instance}.log").open("ab") as log_fh:
                 proc = subprocess.Popen(
                     [
