@@ -5,6 +5,7 @@ the credential the instance / revision is pinned to."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -422,3 +423,28 @@ def test_the_platform_reserves_its_nodes_and_restored_instances_ports(platform):
         meta.unlink()
         if created:
             restores.rmdir()
+
+
+def test_env_up_replaces_a_service_that_runs_but_does_not_answer(platform):
+    """A SIGSTOPped (hung) instance is alive, so `env up` left it serving nothing; it now gets a
+    new instance on the same version, and the hung process is killed once that one serves."""
+    import signal
+
+    runtime = platform.runtime()
+    name = next(iter(runtime.consumers))
+    registry = runtime.home / "services" / "registry.json"
+    hung = json.loads(registry.read_text())["services"][name]["active"]
+    os.kill(hung["pid"], signal.SIGSTOP)
+    try:
+        assert runtime.not_answering() == [name]
+        report = platform.up()
+        assert report.services_restarted == [name] and report.services_started == []
+        assert not report.already_running
+        assert _exits(runtime, hung)
+        now = json.loads(registry.read_text())["services"][name]["active"]
+        assert now["instance"] != hung["instance"] and now["version"] == hung["version"]
+        assert runtime.health(name) and runtime.not_answering() == []
+        assert platform.up().already_running  # answering again: nothing to do
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(hung["pid"], signal.SIGKILL)

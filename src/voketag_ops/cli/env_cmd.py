@@ -165,6 +165,10 @@ def _render_up(console: Console, report: Any) -> None:
         console.print(f"backup   {report.backup}")
     if report.services_started:
         console.print(f"services started: {', '.join(report.services_started)}")
+    if report.services_restarted:
+        console.print(
+            f"services restarted (running, not answering /health): {', '.join(report.services_restarted)}"
+        )
     console.print(f"PostgreSQL {report.pg_version}, state in {report.home} ({report.duration_seconds:.1f} s)")
     for directory in report.search_granted:
         console.print(

@@ -292,7 +292,7 @@ def _services_check(settings: Settings) -> Check:
             SERVICES_CHECK,
             False,
             f"service(s) not healthy: {', '.join(down)} (`voke env status` shows them: `voke env up` "
-            "starts a stopped one; one that runs but does not answer, `voke env down && voke env up` restarts)",
+            "starts a stopped one and restarts one that runs but does not answer)",
             value=down,
         )
     return Check(SERVICES_CHECK, True, "every service answers /health", value=[])

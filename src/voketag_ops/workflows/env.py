@@ -108,6 +108,8 @@ class LocalPlatform:
             event.details.update(
                 started=report.started, created=report.created, services=report.services_started
             )
+            if report.services_restarted:
+                event.details["services_restarted"] = report.services_restarted
             if report.search_granted:  # directories not all voke's, changed for the server user
                 event.details["search_granted"] = report.search_granted
             if report.already_running:
@@ -130,7 +132,11 @@ class LocalPlatform:
             }
             if any(s.instance is None for s in runtime.services(check=False)):
                 progress("starting the local services")
-            report.services_started = runtime.ensure_started(versions, repin=fresh)
+            if hung := runtime.not_answering():
+                progress(f"restarting {', '.join(hung)}: running, but not answering /health")
+            started = runtime.ensure_started(versions, repin=fresh, replace=hung)
+            report.services_restarted = [name for name in started if name in hung]
+            report.services_started = [name for name in started if name not in hung]
         except VokeError as exc:
             if strict:
                 raise
@@ -141,7 +147,12 @@ class LocalPlatform:
 
         if notice := operation_notice(self.env):  # (one the servers could start beside)
             report.warnings.append(notice)
-        report.already_running = report.already_running and not created and not report.services_started
+        report.already_running = (
+            report.already_running
+            and not created
+            and not report.services_started
+            and not report.services_restarted
+        )
         report.duration_seconds = round(time.monotonic() - t0, 3)
         return report
 

@@ -220,6 +220,7 @@ class UpReport:
     duration_seconds: float
     backup: str | None = None
     services_started: list[str] = field(default_factory=list)
+    services_restarted: list[str] = field(default_factory=list)  # ran without answering /health
     not_started: list[str] = field(default_factory=list)  # nodes left down on purpose, and why
     warnings: list[str] = field(default_factory=list)  # what a person should do next
     search_granted: list[str] = field(default_factory=list)  # directories given o+x for the server user

@@ -20,7 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -39,6 +39,17 @@ log = get_logger(__name__)
 # A drained instance exits DRAIN seconds after its SIGTERM; one still draining this much later
 # was never told to (a voke killed between moving traffic and signalling it) or hangs.
 DRAIN_GRACE_SECONDS = 5.0
+
+
+def http_answers(url: str, timeout: float = 3) -> bool:
+    """Whether URL gives any HTTP answer (an error status too) within TIMEOUT seconds."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def http_health(url: str, timeout: float = 3) -> tuple[bool, dict[str, Any]]:
@@ -297,23 +308,44 @@ class LocalServiceRuntime:
             raise errors[0]
         return results
 
-    def ensure_started(self, versions: dict[str, int], *, repin: bool = False) -> list[str]:
+    def not_answering(self) -> list[str]:
+        """The services whose serving instance runs but gives no HTTP answer on /health (hung,
+        SIGSTOPped): a slow or failing database login still answers, with 503."""
+        doc = self._snapshot()
+        hung = []
+        for name in self.consumers:
+            active = (doc["services"].get(name) or {}).get("active")
+            if active is not None and self._live(active) and not http_answers(_url(active)):
+                hung.append(name)
+        return hung
+
+    def ensure_started(
+        self, versions: dict[str, int], *, repin: bool = False, replace: Collection[str] = ()
+    ) -> list[str]:
         """Start every consumer that has no live instance (env up), pinned to the version it was
-        pinned to, or to VERSIONS[secret] if it has none or REPIN (the credentials are new)."""
+        pinned to, or to VERSIONS[secret] if it has none or REPIN (the credentials are new).
+        REPLACE: services whose live instance does not answer (`not_answering`) get a new one
+        the same way, and the old process is killed once the new one serves."""
         started = []
         self.stop_orphans()  # what a killed voke left starting or draining (env up after kill -9)
         doc = self._snapshot()
         todo: dict[str, tuple[str, int]] = {}
+        hung: list[dict[str, Any]] = []
         for name, secret in self.consumers.items():
             entry = doc["services"].get(name) or {}
             active = entry.get("active")
-            if self._live(active):
-                continue
+            if active is not None and self._live(active):
+                if name not in replace:
+                    continue
+                hung.append(active)
             version = versions[secret] if repin else (entry.get("version") or versions[secret])
             todo[name] = (secret, int(version))
         if todo:
             self.deploy_many(todo)
             started = list(todo)
+        for inst in hung:  # it cannot drain (it does not run): nothing is lost by killing it
+            if self._live(inst):
+                _signal(inst["pid"], signal.SIGKILL)
         return started
 
     def stop_all(self, timeout: float = 5) -> list[str]:
