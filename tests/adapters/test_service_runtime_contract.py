@@ -425,11 +425,14 @@ def test_the_platform_reserves_its_nodes_and_restored_instances_ports(platform):
             restores.rmdir()
 
 
-def test_env_up_replaces_a_service_that_runs_but_does_not_answer(platform):
+def test_env_up_replaces_a_service_that_runs_but_does_not_answer(platform, monkeypatch):
     """A SIGSTOPped (hung) instance is alive, so `env up` left it serving nothing; it now gets a
     new instance on the same version, and the hung process is killed once that one serves."""
     import signal
 
+    from voketag_ops.adapters.local import services
+
+    monkeypatch.setattr(services, "ANSWER_SECONDS", 1.0)  # (the healthy ones answer in milliseconds)
     runtime = platform.runtime()
     name = next(iter(runtime.consumers))
     registry = runtime.home / "services" / "registry.json"
@@ -448,3 +451,34 @@ def test_env_up_replaces_a_service_that_runs_but_does_not_answer(platform):
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(hung["pid"], signal.SIGKILL)
+
+
+def test_a_503_is_an_answer_and_a_listener_that_never_replies_is_not():
+    """`env up` replaces only instances that give no answer: one whose database login fails says
+    503 and is left for `env status` and the rotation commands."""
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from voketag_ops.adapters.local.services import http_answers
+
+    class Unhealthy(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(503)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Unhealthy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()  # the kernel accepts; nobody reads
+    try:
+        assert http_answers(f"http://127.0.0.1:{server.server_port}/health", 5)
+        assert not http_answers(f"http://127.0.0.1:{silent.getsockname()[1]}/health", 0.5)
+    finally:
+        server.shutdown()
+        server.server_close()
+        silent.close()

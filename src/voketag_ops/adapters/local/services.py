@@ -39,6 +39,9 @@ log = get_logger(__name__)
 # A drained instance exits DRAIN seconds after its SIGTERM; one still draining this much later
 # was never told to (a voke killed between moving traffic and signalling it) or hangs.
 DRAIN_GRACE_SECONDS = 5.0
+# How long an instance has to give any answer on /health before `env up` takes it for hung:
+# well past service_app's own database timeout (3 s), after which it answers 503.
+ANSWER_SECONDS = 8.0
 
 
 def http_answers(url: str, timeout: float = 3) -> bool:
@@ -312,12 +315,18 @@ class LocalServiceRuntime:
         """The services whose serving instance runs but gives no HTTP answer on /health (hung,
         SIGSTOPped): a slow or failing database login still answers, with 503."""
         doc = self._snapshot()
-        hung = []
-        for name in self.consumers:
-            active = (doc["services"].get(name) or {}).get("active")
-            if active is not None and self._live(active) and not http_answers(_url(active)):
-                hung.append(name)
-        return hung
+        live = {
+            name: _url(active)
+            for name in self.consumers
+            if (active := (doc["services"].get(name) or {}).get("active")) is not None and self._live(active)
+        }
+        if not live:
+            return []
+        with ThreadPoolExecutor(max_workers=len(live)) as pool:
+            answers = dict(
+                zip(live, pool.map(lambda url: http_answers(url, ANSWER_SECONDS), live.values()), strict=True)
+            )
+        return [name for name, answered in answers.items() if not answered]
 
     def ensure_started(
         self, versions: dict[str, int], *, repin: bool = False, replace: Collection[str] = ()
