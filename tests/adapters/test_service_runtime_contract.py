@@ -463,7 +463,7 @@ def test_a_503_is_an_answer_and_a_listener_that_never_replies_is_not():
     from voketag_ops.adapters.local.services import http_answers
 
     class Unhealthy(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (http.server's name)
+        def do_GET(self):
             self.send_response(503)
             self.end_headers()
 
