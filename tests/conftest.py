@@ -61,6 +61,38 @@ def _no_real_user_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
         yield
 
 
+_LISTEN_PORTS = None  # postgres.listen_ports as voke has it (`_ports_of_this_worker` replaces it)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _ports_of_this_worker(worker_id: str) -> Iterator[None]:
+    """Each xdist worker's servers listen on its own share of voke's ports. voke keeps a service
+    off its own environment's stopped nodes' ports, not off another environment's: a service
+    one worker starts could take the port of a node the other worker has stopped mid-failover,
+    and that node then could not start again (a real "port in use", a failed test)."""
+    global _LISTEN_PORTS
+    from voketag_ops.adapters.local import postgres
+
+    _LISTEN_PORTS = postgres.listen_ports
+    if not worker_id.startswith("gw"):
+        yield
+        return
+    index, count = int(worker_id[2:]), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+
+    def shares() -> list[range]:
+        return [range(s.start + index, s.stop, count) for s in _LISTEN_PORTS() if len(s) > index]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(postgres, "listen_ports", shares)
+        yield
+
+
+@pytest.fixture
+def real_listen_ports() -> Any:
+    """voke's own postgres.listen_ports, for the tests of it."""
+    return _LISTEN_PORTS
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _internal_errors_traced() -> Iterator[None]:
     """An internal error (exit 70) in an in-process run prints one line, as it must; its

@@ -152,10 +152,11 @@ def test_ports_voke_picks_are_outside_the_ephemeral_range(home):
 
 
 def test_a_range_that_leaves_few_ports_above_20000_is_avoided_from_1024_and_a_full_one_falls_back(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, real_listen_ports
 ):
     from voketag_ops.adapters.local import postgres
 
+    monkeypatch.setattr(postgres, "listen_ports", real_listen_ports)
     ranges = tmp_path / "ip_local_port_range"
     monkeypatch.setattr(postgres, "EPHEMERAL_RANGE_FILE", ranges)
     ranges.write_text("15000\t65000\n")
