@@ -1411,3 +1411,76 @@ def test_the_holder_of_a_lock_reads_back_as_written():
 
     assert holder_parts("drill failover pid 8") == ("drill failover", 8)
     assert holder_parts("another voke process") == ("another voke process", None)
+
+
+@contextlib.contextmanager
+def squatting(port):
+    """Another process's listener on PORT (a socket of this one: the node cannot bind it)."""
+    import socket
+
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind(("127.0.0.1", port))
+    squatter.listen()
+    try:
+        yield
+    finally:
+        squatter.close()
+
+
+def test_a_leader_whose_port_another_process_took_moves_to_a_free_one_and_everything_follows(
+    voke, environ, env
+):
+    # The only way out was `env destroy --discard-chain` (the chain lost) or finding and stopping
+    # the squatter. The standby must stream from the new port, the services must log in to it.
+    import time
+
+    leader, follower = env.require_state().leader, env.require_state().follower
+    old = env.node(leader).port
+    assert voke("env", "move-port", leader, "--yes", environ=environ).exit_code == 5  # it runs: its own
+    with env.node(leader).connect() as conn:
+        conn.execute("create table if not exists t_moved (id int primary key)")
+    env.node(leader).stop()
+    with squatting(old):
+        up = voke("env", "up", "--json", environ=environ)
+        assert up.exit_code == 4 and f"voke env move-port {leader} --yes" in up.json["error"]["message"]
+        taken = env.node(follower).port
+        assert voke("env", "move-port", leader, "--port", str(taken), "--yes", environ=environ).exit_code == 2
+        assert voke("env", "move-port", leader, environ=environ).exit_code == 2  # --yes, no terminal
+        plan = voke("env", "move-port", leader, "--dry-run", "--json", environ=environ)
+        assert plan.exit_code == 0 and env.node(leader).port == old
+        moved = voke("env", "move-port", leader, "--yes", "--json", environ=environ)
+        assert moved.exit_code == 0, moved.stdout + moved.stderr
+        result = moved.json["result"]
+        new = result["port"]
+        assert new != old and env.node(leader).port == new and result["standby_repointed"] == follower
+        assert {r["secret"] for r in result["services"]["repointed"]} and result["services"]["stopped"]
+        assert all(healthy is None or not healthy for healthy, _v in services(environ).values())
+        human = voke("env", "move-port", leader, "--port", str(new), "--yes", environ=environ)
+        assert human.exit_code == 0 and "nothing changed" in human.stdout
+        assert voke("env", "up", environ=environ).exit_code == 0
+    assert all(healthy for healthy, _version in services(environ).values())
+    with env.node(leader).connect() as conn:
+        conn.execute("insert into t_moved values (1)")
+    check = voke("dr", "check", environ=environ)
+    assert check.exit_code == 0, check.stdout  # the standby streams from the new port
+    deadline = time.monotonic() + 30
+    while rows(env.node(follower), "t_moved") != [1] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert rows(env.node(follower), "t_moved") == [1]
+    events = voke("audit", "show", "--event-type", "env.move_port", "--json", environ=environ)
+    entries = events.json["result"]["entries"]
+    assert [e["result"] for e in entries] == ["failure", "failure", "success", "success"]  # refused: audited
+    assert [(e["details"]["old_port"], e["details"]["port"]) for e in entries[2:]] == [(old, new), (new, new)]
+
+
+def test_a_stopped_standby_moves_alone(voke, environ, env):
+    follower = env.require_state().follower
+    old = env.node(follower).port
+    env.node(follower).stop()
+    with squatting(old):
+        moved = voke("env", "move-port", follower, "--yes", "--json", environ=environ)
+        assert moved.exit_code == 0, moved.stdout + moved.stderr
+        assert moved.json["result"]["services"] is None and moved.json["result"]["standby_repointed"] is None
+        assert voke("env", "up", environ=environ).exit_code == 0
+    assert voke("dr", "check", environ=environ).exit_code == 0

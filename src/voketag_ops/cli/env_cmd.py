@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from voketag_ops.cli.common import DryRun, Unasked, Yes, render_plan, use_local
+from voketag_ops.errors import UsageError
 from voketag_ops.output import print_table
 
 if TYPE_CHECKING:
@@ -66,6 +67,58 @@ def down(ctx: typer.Context, dry_run: DryRun = False, yes: Unasked = False) -> N
             f"stopped: {', '.join(r['stopped']) or 'nothing was running'} (data kept in {r['home']})"
         ),
     )
+
+
+@app.command("move-port")
+def move_port(
+    ctx: typer.Context,
+    node: Annotated[str, typer.Argument(help="primary or replica (stopped)", show_default=False)],
+    port: Annotated[
+        int | None,
+        typer.Option("--port", min=1024, max=65535, help="The new port (default: a free one voke picks)."),
+    ] = None,
+    dry_run: DryRun = False,
+    yes: Yes = False,
+) -> None:
+    """Move a stopped node to another port, when another process holds its own: the standby
+    follows a moved leader, and the services' connection secret names its new port (the
+    services are stopped, and start on it with the leader at `voke env up`). Data kept."""
+    env = use_local(ctx)
+    local = env.local_environment()
+    if node not in ("primary", "replica"):
+        raise UsageError(f"no node {node!r}: primary or replica")
+    if dry_run:
+        env.out.result(
+            {
+                "plan": [
+                    f"refuse if {node} is running (its port is its own)",
+                    f"record {node} on port {port if port is not None else 'a free port voke picks'}",
+                    "if it is the leader: point the standby's primary_conninfo at the new port, give the "
+                    "services' connection secret versions naming it, stop the running services "
+                    "(`voke env up` starts them on it with the leader)",
+                ],
+                "home": str(local.home),
+            },
+            render=render_plan,
+        )
+        return
+    env.out.confirm(f"Move {node} of {local.home} to another port?", yes=yes)
+    report = env.platform().move_port(node, port)
+    env.out.result(report, render=_render_move)
+
+
+def _render_move(console: Console, report: dict[str, Any]) -> None:
+    if report["port"] == report["old_port"]:
+        console.print(f"{report['node']} is on port {report['port']} already; nothing changed")
+        return
+    console.print(f"{report['node']} moved from port {report['old_port']} to port {report['port']}")
+    if report["standby_repointed"]:
+        console.print(f"{report['standby_repointed']} now streams from port {report['port']}")
+    services = report.get("services") or {}
+    if services.get("repointed"):
+        names = ", ".join(r["secret"] for r in services["repointed"])
+        console.print(f"repointed: {names}; stopped: {', '.join(services['stopped']) or 'none running'}")
+    console.print(f"next: {report['next']}", markup=False)
 
 
 @app.command("destroy")

@@ -380,8 +380,12 @@ def discard(settings: Settings, env: LocalEnvironment, *, name: str, dry_run: bo
 
 
 # -- failover, failback, fence -------------------------------------------------------------------------
-def repoint_services(settings: Settings, env: LocalEnvironment, leader: PgNode) -> dict[str, Any]:
-    """New secret versions naming the leader's port, then a blue-green redeploy of the running services."""
+def repoint_services(
+    settings: Settings, env: LocalEnvironment, leader: PgNode, *, redeploy: bool = True
+) -> dict[str, Any]:
+    """New secret versions naming the leader's port, then a blue-green redeploy of the running
+    services. Not REDEPLOY (the leader is stopped: `env move-port`): the running services are
+    stopped instead, and every service starts on the new versions with the leader (`env up`)."""
     from voketag_ops.workflows.env import LocalPlatform
 
     platform = LocalPlatform(settings)
@@ -417,6 +421,9 @@ def repoint_services(settings: Settings, env: LocalEnvironment, leader: PgNode) 
                 deploy[service] = (user.secret, int(current))
     runtime = platform.runtime()
     running = {s.name for s in runtime.services(check=False) if s.instance is not None}
+    stopped = [] if redeploy or not running else runtime.stop_all()
+    if stopped:
+        running = set()
     targets = {name: target for name, target in deploy.items() if name in running}
     # A stopped service would come back at `env up` pinned to a version naming the old leader.
     repinned = runtime.repin_stopped({name: t for name, t in deploy.items() if name not in running})
@@ -426,6 +433,7 @@ def repoint_services(settings: Settings, env: LocalEnvironment, leader: PgNode) 
         "repointed": repointed,
         "redeployed": sorted(targets),
         "repinned": repinned,  # stopped services, started there by the next `env up`
+        "stopped": stopped,  # (not REDEPLOY) running services stopped, then repinned
         "note": None if repointed or targets else "no service connection secret to repoint",
     }
 

@@ -256,6 +256,30 @@ class LocalPlatform:
             event.details["stopped"] = report["stopped"]
         return report
 
+    def move_port(self, node: str, port: int | None = None) -> dict[str, Any]:
+        """Move stopped NODE to PORT (or a free port): the standby follows a moved leader, and
+        the services' connection secret gets versions naming it, the services stopped and
+        repinned to them (they start with the leader at the next `voke env up`). Not under a
+        running DR operation (exit 5); an unfinished one stays to be resumed on the new port."""
+        from voketag_ops.adapters.local.dr import operation_notice
+        from voketag_ops.workflows.dr import repoint_services
+
+        with (
+            self._audited("env.move_port") as event,
+            self.no_dr_operation("env move-port"),
+            self.env.lock(),
+        ):
+            report = self.env.move_port(node, port)
+            event.details.update(node=node, old_port=report["old_port"], port=report["port"])
+            report["services"] = None
+            if report["leader"] and report["port"] != report["old_port"]:
+                leader = self.env.node(node)
+                report["services"] = repoint_services(self.settings, self.env, leader, redeploy=False)
+                event.details["services_stopped"] = report["services"]["stopped"]
+            notice = operation_notice(self.env)
+            report["next"] = notice or "`voke env up` starts it"
+        return report
+
     def destroy(self, progress: Progress = _quiet, *, discard_chain: bool = False) -> dict[str, Any]:
         import shutil
 

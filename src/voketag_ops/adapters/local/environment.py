@@ -52,7 +52,7 @@ from voketag_ops.adapters.local.postgres import (
 from voketag_ops.core.dr_checks import REBUILD_STANDBY, parse_iso
 from voketag_ops.core.times import iso
 from voketag_ops.core.wal import DEFAULT_SEGMENT_SIZE, SEGMENT_NAME, parse_lsn
-from voketag_ops.errors import BackendError, ConfigError, NeedsOperatorError, PreconditionError
+from voketag_ops.errors import BackendError, ConfigError, NeedsOperatorError, PreconditionError, UsageError
 from voketag_ops.files import tree_bytes, working_directory
 from voketag_ops.locks import flock_within
 from voketag_ops.logs import get_logger
@@ -536,6 +536,56 @@ class LocalEnvironment:
     def _wanted(self, name: str, state: EnvState) -> bool:
         """Whether NAME should be running: the leader always, the follower unless fenced or disabled."""
         return name == state.leader or (self.settings.replica and name not in self.fenced())
+
+    def move_port(self, name: str, port: int | None = None) -> dict[str, Any]:
+        """Give stopped node NAME a new port (PORT, or a free one voke picks): the way out when
+        another process holds its recorded port. The follower streams from a moved leader's new
+        port (its primary_conninfo rewritten, and reloaded if it runs); the services' connection
+        secret is the caller's (LocalPlatform.move_port). Under the environment lock."""
+        from voketag_ops.adapters.local import dr
+
+        state = self.require_state()
+        if name not in NODE_NAMES:
+            raise UsageError(f"no node {name!r}: one of {', '.join(NODE_NAMES)}")
+        node = self.node(name, state)
+        if node.running:
+            raise PreconditionError(
+                f"{name} is running on port {node.port}: the port is its own, nothing to move "
+                "(`voke env down` stops it first if it must move)"
+            )
+        old = int(state.ports[name])
+        others = {int(p): n for n, p in state.ports.items() if n != name}
+        others.update({p: "a restored instance" for p in dr.restore_ports(self)})
+        if port is None:
+            port = pick_free_port(avoid=[old, *others])
+        elif port in others:
+            raise UsageError(f"port {port} is {others[port]}'s")
+        elif port != old and not port_is_free(port):
+            raise port_taken(port, name)
+        report: dict[str, Any] = {
+            "node": name,
+            "old_port": old,
+            "port": port,
+            "leader": name == state.leader,
+            "standby_repointed": None,
+        }
+        if port == old:
+            return report
+        state.ports[name] = port
+        state.save(self.state_file)
+        follower = self.node(state.follower, state)
+        if (
+            name == state.leader
+            and follower.initialized
+            and (follower.data_dir / "standby.signal").exists()
+            and follower.name not in self.fenced()
+        ):
+            dr.write_standby_config(self, follower, self.node(name, state))
+            report["standby_repointed"] = follower.name
+            if follower.running:
+                with follower.connect() as conn:
+                    conn.execute("select pg_reload_conf()")
+        return report
 
     def fenced(self) -> set[str]:
         """Nodes `voke dr` fenced (a former primary that must not come back writable)."""

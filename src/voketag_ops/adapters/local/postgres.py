@@ -247,12 +247,16 @@ def _grant_read_tree(root: Path) -> None:
 
 
 def port_taken(port: int, name: str) -> BackendError:
-    """The error for a node whose recorded port another process holds. A plain destroy is no
-    way out: it starts the primary to export the chain first, on that same port."""
+    """The error for a server whose recorded port another process holds: stop that process or,
+    for a node (primary, replica), move it to a free port (`voke env move-port`)."""
+    way_out = (
+        f", or move {name} to a free port with `voke env move-port {name} --yes`"
+        if name in ("primary", "replica")
+        else ""
+    )
     return BackendError(
         f"port {port} ({name}) is in use by another process{port_holder(port)}; stop that process "
-        f"(`ss -ltnp 'sport = :{port}'` names it to its owner or root), or start over on new ports with "
-        "`voke env destroy --yes --discard-chain` (the chain goes too)"
+        f"(`ss -ltnp 'sport = :{port}'` names it to its owner or root){way_out}"
     )
 
 
