@@ -1484,3 +1484,29 @@ def test_a_stopped_standby_moves_alone(voke, environ, env):
         assert moved.json["result"]["services"] is None and moved.json["result"]["standby_repointed"] is None
         assert voke("env", "up", environ=environ).exit_code == 0
     assert voke("dr", "check", environ=environ).exit_code == 0
+
+
+def test_a_failback_stopped_by_a_taken_port_is_resumed_once_the_node_moved(voke, environ, env, monkeypatch):
+    # The last CI run: a failback's old leader could not start again, a process holding its
+    # port; the message named `env destroy --discard-chain`, which an unfinished failback refuses.
+    assert voke("dr", "failover", "--yes", environ=environ).exit_code == 0  # replica leads
+    real, held = dr.write_standby_config, contextlib.ExitStack()
+
+    def then_taken(env_, node, upstream):
+        real(env_, node, upstream)
+        if node.name == "replica" and not held._exit_callbacks:
+            held.enter_context(squatting(node.port))
+
+    monkeypatch.setattr(dr, "write_standby_config", then_taken)
+    with held:
+        stuck = voke("dr", "failback", "--yes", "--json", environ=environ)
+        monkeypatch.undo()
+        assert stuck.exit_code == 7, stuck.stdout
+        assert "`voke env move-port replica --yes`" in stuck.json["error"]["message"]
+        moved = voke("env", "move-port", "replica", "--yes", "--json", environ=environ)
+        assert moved.exit_code == 0, moved.stdout + moved.stderr
+        assert "voke dr failback --yes" in moved.json["result"]["next"]
+        resumed = voke("dr", "failback", "--yes", environ=environ)
+        assert resumed.exit_code == 0, resumed.stdout + resumed.stderr
+    assert env.require_state().leader == "primary"
+    assert voke("dr", "check", environ=environ).exit_code == 0
