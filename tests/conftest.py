@@ -66,7 +66,8 @@ _LISTEN_PORTS = None  # postgres.listen_ports as voke has it (`_ports_of_this_wo
 
 @pytest.fixture(autouse=True, scope="session")
 def _ports_of_this_worker(worker_id: str) -> Iterator[None]:
-    """Each xdist worker's servers listen on its own share of voke's ports. voke keeps a service
+    """Each xdist worker's servers listen on its own share of voke's ports (those this process
+    picks: a voke a test starts as a subprocess picks from all of them). voke keeps a service
     off its own environment's stopped nodes' ports, not off another environment's: a service
     one worker starts could take the port of a node the other worker has stopped mid-failover,
     and that node then could not start again (a real "port in use", a failed test)."""

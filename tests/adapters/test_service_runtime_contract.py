@@ -439,14 +439,14 @@ def test_env_up_replaces_a_service_that_runs_but_does_not_answer(platform, monke
     hung = json.loads(registry.read_text())["services"][name]["active"]
     os.kill(hung["pid"], signal.SIGSTOP)
     try:
-        assert runtime.not_answering() == [name]
+        assert runtime.not_answering() == {name: hung["instance"]}
         report = platform.up()
         assert report.services_restarted == [name] and report.services_started == []
         assert not report.already_running
         assert _exits(runtime, hung)
         now = json.loads(registry.read_text())["services"][name]["active"]
         assert now["instance"] != hung["instance"] and now["version"] == hung["version"]
-        assert runtime.health(name) and runtime.not_answering() == []
+        assert runtime.health(name) and runtime.not_answering() == {}
         assert platform.up().already_running  # answering again: nothing to do
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -482,3 +482,30 @@ def test_a_503_is_an_answer_and_a_listener_that_never_replies_is_not():
         server.shutdown()
         server.server_close()
         silent.close()
+
+
+def test_an_instance_that_answers_again_before_its_replacement_is_kept(platform, monkeypatch):
+    """Found by review: woken (SIGCONT) after `env up` took it for hung, it passed the deploy's
+    health check, stayed the serving instance, and was then SIGKILLed: no service at all."""
+    import signal
+
+    from voketag_ops.adapters.local import services
+
+    monkeypatch.setattr(services, "ANSWER_SECONDS", 1.0)
+    runtime = platform.runtime()
+    name, secret = next(iter(runtime.consumers.items()))
+    registry = runtime.home / "services" / "registry.json"
+    woken = json.loads(registry.read_text())["services"][name]["active"]
+    os.kill(woken["pid"], signal.SIGSTOP)
+    try:
+        hung = runtime.not_answering()
+    finally:
+        os.kill(woken["pid"], signal.SIGCONT)
+    assert hung == {name: woken["instance"]}
+    version = platform.store().get(secret).aliases["current"]
+    assert runtime.ensure_started({secret: version}, replace=hung) == []
+    active = json.loads(registry.read_text())["services"][name]["active"]
+    assert active["instance"] == woken["instance"] and runtime.health(name)
+    # and a stale id (another voke replaced that instance meanwhile) replaces nothing
+    assert runtime.ensure_started({secret: version}, replace={name: "gone-instance"}) == []
+    assert json.loads(registry.read_text())["services"][name]["active"]["instance"] == woken["instance"]

@@ -1510,3 +1510,44 @@ def test_a_failback_stopped_by_a_taken_port_is_resumed_once_the_node_moved(voke,
         assert resumed.exit_code == 0, resumed.stdout + resumed.stderr
     assert env.require_state().leader == "primary"
     assert voke("dr", "check", environ=environ).exit_code == 0
+
+
+def test_a_move_cut_short_is_finished_by_running_it_again_with_the_new_port(voke, environ, env, monkeypatch):
+    # Found by review: a move that failed after recording the port said "nothing was changed",
+    # and running it again with the new port said "nothing changed" with the services' secret
+    # and the standby still naming the old port.
+    from voketag_ops.errors import BackendError
+    from voketag_ops.workflows import dr as dr_flow
+
+    leader = env.require_state().leader
+    env.node(leader).stop()
+    with squatting(taken := pick_port()):
+        busy = voke("env", "move-port", leader, "--port", str(taken), "--yes", "--json", environ=environ)
+    assert busy.exit_code == 4 and busy.json["error"]["message"].startswith(f"port {taken} is in use")
+    assert "name another --port" in busy.json["error"]["message"]
+
+    def unreachable(*_args, **_kwargs):
+        raise BackendError("the secret store cannot be written")
+
+    monkeypatch.setattr(dr_flow, "repoint_services", unreachable)
+    cut = voke("env", "move-port", leader, "--yes", "--json", environ=environ)
+    monkeypatch.undo()
+    assert cut.exit_code == 4
+    new = env.node(leader).port
+    assert cut.json["error"]["hint"] == f"`voke env move-port {leader} --port {new} --yes` finishes the move"
+    done = voke("env", "move-port", leader, "--port", str(new), "--yes", "--json", environ=environ)
+    assert done.exit_code == 0, done.stdout + done.stderr
+    result = done.json["result"]
+    assert result["changed"] and result["old_port"] == result["port"] == new
+    assert result["services"]["repointed"] and result["services"]["stopped"]
+    again = voke("env", "move-port", leader, "--port", str(new), "--yes", environ=environ)
+    assert again.exit_code == 0 and "nothing changed" in again.stdout
+    assert voke("env", "up", environ=environ).exit_code == 0
+    assert all(healthy for healthy, _version in services(environ).values())
+    assert voke("dr", "check", environ=environ).exit_code == 0
+
+
+def pick_port():
+    from voketag_ops.adapters.local.postgres import pick_free_port
+
+    return pick_free_port()

@@ -108,10 +108,13 @@ def move_port(
 
 
 def _render_move(console: Console, report: dict[str, Any]) -> None:
-    if report["port"] == report["old_port"]:
+    if not report["changed"]:
         console.print(f"{report['node']} is on port {report['port']} already; nothing changed")
         return
-    console.print(f"{report['node']} moved from port {report['old_port']} to port {report['port']}")
+    if report["port"] != report["old_port"]:
+        console.print(f"{report['node']} moved from port {report['old_port']} to port {report['port']}")
+    for note in report["warnings"]:
+        console.print(f"warning: {note}", markup=False)
     if report["standby_repointed"]:
         console.print(f"{report['standby_repointed']} now streams from port {report['port']}")
     services = report.get("services") or {}

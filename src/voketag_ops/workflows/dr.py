@@ -421,7 +421,8 @@ def repoint_services(
                 deploy[service] = (user.secret, int(current))
     runtime = platform.runtime()
     running = {s.name for s in runtime.services(check=False) if s.instance is not None}
-    stopped = [] if redeploy or not running else runtime.stop_all()
+    stale = [n for n in running if n in deploy and runtime.serving_version(n, deploy[n][0]) != deploy[n][1]]
+    stopped = runtime.stop_all() if not redeploy and stale else []
     if stopped:
         running = set()
     targets = {name: target for name, target in deploy.items() if name in running}

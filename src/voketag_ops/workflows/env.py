@@ -134,6 +134,7 @@ class LocalPlatform:
                 progress("starting the local services")
             if hung := runtime.not_answering():
                 progress(f"restarting {', '.join(hung)}: running, but not answering /health")
+            # (`hung` maps each service to its instance: one that answers again is left serving)
             started = runtime.ensure_started(versions, repin=fresh, replace=hung)
             report.services_restarted = [name for name in started if name in hung]
             report.services_started = [name for name in started if name not in hung]
@@ -260,7 +261,8 @@ class LocalPlatform:
         """Move stopped NODE to PORT (or a free port): the standby follows a moved leader, and
         the services' connection secret gets versions naming it, the services stopped and
         repinned to them (they start with the leader at the next `voke env up`). Not under a
-        running DR operation (exit 5); an unfinished one stays to be resumed on the new port."""
+        running DR operation (exit 5); an unfinished one stays to be resumed on the new port.
+        Run again with the node's new port, it finishes a move cut short."""
         from voketag_ops.adapters.local.dr import operation_notice
         from voketag_ops.workflows.dr import repoint_services
 
@@ -269,15 +271,27 @@ class LocalPlatform:
             self.no_dr_operation("env move-port"),
             self.env.lock(),
         ):
+            event.details["node"] = node
             report = self.env.move_port(node, port)
-            event.details.update(node=node, old_port=report["old_port"], port=report["port"])
+            event.details.update(old_port=report["old_port"], port=report["port"])
             report["services"] = None
-            if report["leader"] and report["port"] != report["old_port"]:
-                leader = self.env.node(node)
-                report["services"] = repoint_services(self.settings, self.env, leader, redeploy=False)
+            if report["leader"]:
+                try:
+                    report["services"] = repoint_services(
+                        self.settings, self.env, self.env.node(node), redeploy=False
+                    )
+                except VokeError as exc:
+                    exc.hint = f"`voke env move-port {node} --port {report['port']} --yes` finishes the move"
+                    raise
                 event.details["services_stopped"] = report["services"]["stopped"]
-            notice = operation_notice(self.env)
-            report["next"] = notice or "`voke env up` starts it"
+            services = report["services"] or {}
+            report["changed"] = bool(
+                report["port"] != report["old_port"]
+                or report["standby_repointed"]
+                or services.get("repointed")
+                or services.get("stopped")
+            )
+            report["next"] = operation_notice(self.env) or "`voke env up` starts it"
         return report
 
     def destroy(self, progress: Progress = _quiet, *, discard_chain: bool = False) -> dict[str, Any]:

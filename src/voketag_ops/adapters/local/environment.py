@@ -541,7 +541,10 @@ class LocalEnvironment:
         """Give stopped node NAME a new port (PORT, or a free one voke picks): the way out when
         another process holds its recorded port. The follower streams from a moved leader's new
         port (its primary_conninfo rewritten, and reloaded if it runs); the services' connection
-        secret is the caller's (LocalPlatform.move_port). Under the environment lock."""
+        secret is the caller's (LocalPlatform.move_port). Under the environment lock.
+
+        Idempotent: NAME's own port again rewrites whatever still names another one, so a
+        move cut short is finished by running it again with that port."""
         from voketag_ops.adapters.local import dr
 
         state = self.require_state()
@@ -561,18 +564,21 @@ class LocalEnvironment:
         elif port in others:
             raise UsageError(f"port {port} is {others[port]}'s")
         elif port != old and not port_is_free(port):
-            raise port_taken(port, name)
+            raise BackendError(
+                f"port {port} is in use by another process{port_holder(port)}; "
+                "name another --port, or leave it out for a free one"
+            )
         report: dict[str, Any] = {
             "node": name,
             "old_port": old,
             "port": port,
             "leader": name == state.leader,
             "standby_repointed": None,
+            "warnings": [],
         }
-        if port == old:
-            return report
-        state.ports[name] = port
-        state.save(self.state_file)
+        if port != old:
+            state.ports[name] = port
+            state.save(self.state_file)
         follower = self.node(state.follower, state)
         if (
             name == state.leader
@@ -580,11 +586,22 @@ class LocalEnvironment:
             and (follower.data_dir / "standby.signal").exists()
             and follower.name not in self.fenced()
         ):
+            auto = follower.data_dir / "postgresql.auto.conf"
+            before = auto.read_text() if auto.exists() else None
             dr.write_standby_config(self, follower, self.node(name, state))
-            report["standby_repointed"] = follower.name
-            if follower.running:
-                with follower.connect() as conn:
-                    conn.execute("select pg_reload_conf()")
+            if auto.read_text() != before:
+                report["standby_repointed"] = follower.name
+                # pg_ctl reload signals the postmaster: no connection needed, and a frozen one
+                # reads the new conninfo when it is resumed
+                if follower.pid() is not None:
+                    reload = follower.runner.run(
+                        "pg_ctl", ["-D", str(follower.data_dir), "reload"], check=False
+                    )
+                    if reload.returncode != 0:
+                        report["warnings"].append(
+                            f"{follower.name} was not told to reload ({reload.stderr.strip() or 'pg_ctl failed'}): "
+                            "it streams from the new port once restarted (`voke env down && voke env up`)"
+                        )
         return report
 
     def fenced(self) -> set[str]:

@@ -20,11 +20,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from voketag_ops.adapters.local.postgres import pick_free_port, process_exists
@@ -311,51 +312,61 @@ class LocalServiceRuntime:
             raise errors[0]
         return results
 
-    def not_answering(self) -> list[str]:
-        """The services whose serving instance runs but gives no HTTP answer on /health (hung,
-        SIGSTOPped): a slow or failing database login still answers, with 503."""
+    def not_answering(self) -> dict[str, str]:
+        """service -> instance, for each serving instance that runs but gives no HTTP answer on
+        /health (hung, SIGSTOPped): a slow or failing database login still answers, with 503."""
         doc = self._snapshot()
         live = {
-            name: _url(active)
+            name: active
             for name in self.consumers
             if (active := (doc["services"].get(name) or {}).get("active")) is not None and self._live(active)
         }
         if not live:
-            return []
+            return {}
         with ThreadPoolExecutor(max_workers=len(live)) as pool:
-            answers = dict(
-                zip(live, pool.map(lambda url: http_answers(url, ANSWER_SECONDS), live.values()), strict=True)
-            )
-        return [name for name, answered in answers.items() if not answered]
+            answered = list(pool.map(lambda inst: http_answers(_url(inst), ANSWER_SECONDS), live.values()))
+        return {
+            name: inst["instance"] for (name, inst), ok in zip(live.items(), answered, strict=True) if not ok
+        }
 
     def ensure_started(
-        self, versions: dict[str, int], *, repin: bool = False, replace: Collection[str] = ()
+        self,
+        versions: dict[str, int],
+        *,
+        repin: bool = False,
+        replace: Mapping[str, str] = MappingProxyType({}),
     ) -> list[str]:
         """Start every consumer that has no live instance (env up), pinned to the version it was
         pinned to, or to VERSIONS[secret] if it has none or REPIN (the credentials are new).
-        REPLACE: services whose live instance does not answer (`not_answering`) get a new one
-        the same way, and the old process is killed once the new one serves."""
-        started = []
+
+        REPLACE (service -> instance, from `not_answering`): while that instance still serves,
+        its service is deployed anew the same way, and the instance is killed once another one
+        serves. One that answers again by then is kept (the deploy finds it healthy) and is
+        not in the names returned: those started, and those replaced."""
         self.stop_orphans()  # what a killed voke left starting or draining (env up after kill -9)
         doc = self._snapshot()
         todo: dict[str, tuple[str, int]] = {}
-        hung: list[dict[str, Any]] = []
+        hung: dict[str, dict[str, Any]] = {}
         for name, secret in self.consumers.items():
             entry = doc["services"].get(name) or {}
             active = entry.get("active")
             if active is not None and self._live(active):
-                if name not in replace:
+                if replace.get(name) != active["instance"]:
                     continue
-                hung.append(active)
+                hung[name] = active
             version = versions[secret] if repin else (entry.get("version") or versions[secret])
             todo[name] = (secret, int(version))
         if todo:
             self.deploy_many(todo)
-            started = list(todo)
-        for inst in hung:  # it cannot drain (it does not run): nothing is lost by killing it
-            if self._live(inst):
-                _signal(inst["pid"], signal.SIGKILL)
-        return started
+        kept = []
+        with self._registry() as doc:  # (a deploy of another voke moves the active one under it)
+            for name, inst in hung.items():
+                active = (doc["services"].get(name) or {}).get("active")
+                if active is not None and active["instance"] == inst["instance"]:
+                    kept.append(name)  # it answered the deploy's health check: it serves again
+                elif self._live(inst):  # it cannot drain (it does not run): nothing is lost
+                    _signal(inst["pid"], signal.SIGKILL)
+        return [name for name in todo if name not in kept]
 
     def stop_all(self, timeout: float = 5) -> list[str]:
         """Stop every instance (env down); waits for them to exit."""
