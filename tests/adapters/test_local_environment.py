@@ -382,15 +382,15 @@ def test_port_taken_by_another_process_is_exit_4(voke, home, env_of):
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
         result = voke("env", "up", environ=env_of(home))
-        # The way out it names works: a plain destroy would start the primary on that port
-        # to export the chain first, and refuse the same way.
-        assert "`voke env destroy --yes --discard-chain`" in result.stderr
-        destroy = voke("env", "destroy", "--yes", "--dry-run", environ=env_of(home))
-        assert destroy.exit_code == 0, destroy.stderr
-    assert result.exit_code == 4
-    assert f"port {port}" in result.stderr and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) <= 2  # progress line + the error
-    assert voke("env", "up", environ=env_of(home)).exit_code == 0
+        assert result.exit_code == 4
+        assert f"port {port}" in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) <= 2  # progress line + the error
+        # The way out it names works, the squatter still there (a plain destroy would start
+        # the primary on that port to export the chain first, and refuse the same way).
+        assert "`voke env move-port primary --yes`" in result.stderr
+        assert voke("env", "move-port", "primary", "--yes", environ=env_of(home)).exit_code == 0
+        assert voke("env", "up", environ=env_of(home)).exit_code == 0
+    assert env.node("primary").port != port and env.node("primary").running
 
 
 def test_a_taken_port_starts_nothing(voke, home, env_of):

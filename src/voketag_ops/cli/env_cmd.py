@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from voketag_ops.cli.common import DryRun, Unasked, Yes, render_plan, use_local
-from voketag_ops.errors import UsageError
 from voketag_ops.output import print_table
 
 if TYPE_CHECKING:
@@ -72,7 +71,10 @@ def down(ctx: typer.Context, dry_run: DryRun = False, yes: Unasked = False) -> N
 @app.command("move-port")
 def move_port(
     ctx: typer.Context,
-    node: Annotated[str, typer.Argument(help="primary or replica (stopped)", show_default=False)],
+    node: Annotated[
+        str,
+        typer.Argument(help="primary, replica or a restored instance's name (stopped)", show_default=False),
+    ],
     port: Annotated[
         int | None,
         typer.Option("--port", min=1024, max=65535, help="The new port (default: a free one voke picks)."),
@@ -80,30 +82,28 @@ def move_port(
     dry_run: DryRun = False,
     yes: Yes = False,
 ) -> None:
-    """Move a stopped node to another port, when another process holds its own: the standby
-    follows a moved leader, and the services' connection secret names its new port (the
-    services are stopped, and start on it with the leader at `voke env up`). Data kept."""
+    """Move a stopped node or restored instance to another port, when another process holds its
+    own: the standby follows a moved leader, and the services' connection secret names its new
+    port (the services are stopped, and start on it with the leader at `voke env up`). Data kept."""
     env = use_local(ctx)
-    local = env.local_environment()
-    if node not in ("primary", "replica"):
-        raise UsageError(f"no node {node!r}: primary or replica")
+    platform = env.platform()
     if dry_run:
-        env.out.result(
-            {
-                "plan": [
-                    f"refuse if {node} is running (its port is its own)",
-                    f"record {node} on port {port if port is not None else 'a free port voke picks'}",
-                    "if it is the leader: point the standby's primary_conninfo at the new port, give the "
-                    "services' connection secret versions naming it, stop the running services "
-                    "(`voke env up` starts them on it with the leader)",
-                ],
-                "home": str(local.home),
-            },
-            render=render_plan,
-        )
+        from voketag_ops.adapters.local.dr import refuse_if_running
+
+        refuse_if_running(platform.env)  # (an unfinished DR operation is no reason: it resumes after)
+        plan = platform.plan_move(node, port)
+        steps = [f"record {node} on port {plan['port']} (now {plan['old_port']})"]
+        if plan["standby"]:
+            steps.append(f"point {plan['standby']}'s primary_conninfo at port {plan['port']} and reload it")
+        if plan["leader"]:
+            steps.append(
+                "give the services' connection secret versions naming the new port and stop the running "
+                "services (`voke env up` starts them on it with the leader)"
+            )
+        env.out.result({**plan, "plan": steps, "home": str(platform.env.home)}, render=render_plan)
         return
-    env.out.confirm(f"Move {node} of {local.home} to another port?", yes=yes)
-    report = env.platform().move_port(node, port)
+    env.out.confirm(f"Move {node} of {platform.env.home} to another port?", yes=yes)
+    report = platform.move_port(node, port)
     env.out.result(report, render=_render_move)
 
 

@@ -3,9 +3,11 @@ application logins, their secret, and the local services that consume it."""
 
 from __future__ import annotations
 
+import json
 import time
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from voketag_ops import redact
@@ -13,7 +15,7 @@ from voketag_ops.adapters.local.environment import LocalEnvironment, Progress, U
 from voketag_ops.config import Settings
 from voketag_ops.core.rotation import LAST_ANNOTATION, generate_password
 from voketag_ops.core.times import iso
-from voketag_ops.errors import VokeError
+from voketag_ops.errors import PreconditionError, VokeError
 from voketag_ops.logs import get_logger
 
 log = get_logger(__name__)
@@ -104,6 +106,11 @@ class LocalPlatform:
         # running DR operation (exit 5): it would start a node a failover just fenced, or the
         # leader a failback's switchover just stopped (split brain).
         with self._audited("env.up") as event, self.no_dr_operation("env up"), self.env.lock():
+            if (move := self.interrupted_move()) is not None:  # the services would look elsewhere
+                raise PreconditionError(
+                    f"an interrupted `voke env move-port {move['node']}` (port {move['old_port']} to "
+                    f"{move['port']}) must be finished first: voke env move-port {move['node']} --yes"
+                )
             report = self._up(progress, strict=strict)
             event.details.update(
                 started=report.started, created=report.created, services=report.services_started
@@ -257,13 +264,40 @@ class LocalPlatform:
             event.details["stopped"] = report["stopped"]
         return report
 
+    def _move_journal(self) -> Path:
+        return self.env.home / "dr" / "move-port.json"
+
+    def interrupted_move(self) -> dict[str, Any] | None:
+        """The move-port a kill cut short (its journal: node, old_port, port), or None."""
+        try:
+            doc = json.loads(self._move_journal().read_text())
+            return {"node": str(doc["node"]), "old_port": int(doc["old_port"]), "port": int(doc["port"])}
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def plan_move(self, node: str, port: int | None = None) -> dict[str, Any]:
+        """`env move-port`'s checks and plan, changing nothing (its dry run). PORT None after a
+        move of NODE was cut short: the port that move recorded, so running it again finishes it."""
+        from voketag_ops.workflows.dr import refuse_if_rotating_locally
+
+        recorded = self.interrupted_move()
+        if port is None and recorded is not None and recorded["node"] == node:
+            port = recorded["port"]
+        plan = self.env.plan_move(node, port)
+        if plan["leader"]:
+            # its pending version names the old port; its resume or rollback would log in there
+            refuse_if_rotating_locally(self.settings)
+        return plan
+
     def move_port(self, node: str, port: int | None = None) -> dict[str, Any]:
-        """Move stopped NODE to PORT (or a free port): the standby follows a moved leader, and
-        the services' connection secret gets versions naming it, the services stopped and
-        repinned to them (they start with the leader at the next `voke env up`). Not under a
-        running DR operation (exit 5); an unfinished one stays to be resumed on the new port.
-        Run again with the node's new port, it finishes a move cut short."""
+        """Move stopped NODE (or a restored instance) to PORT or a free port: the standby follows a
+        moved leader, and the services' connection secret gets versions naming it, the services
+        stopped and repinned to them (they start with the leader at the next `voke env up`). Not
+        under a running DR operation (exit 5) nor an unfinished rotation of its secret when it
+        leads; an unfinished DR operation stays to be resumed on the new port. A journal names a
+        move cut short, which running it again finishes."""
         from voketag_ops.adapters.local.dr import operation_notice
+        from voketag_ops.files import replace_json
         from voketag_ops.workflows.dr import repoint_services
 
         with (
@@ -272,18 +306,26 @@ class LocalPlatform:
             self.env.lock(),
         ):
             event.details["node"] = node
-            report = self.env.move_port(node, port)
-            event.details.update(old_port=report["old_port"], port=report["port"])
+            plan = self.plan_move(node, port)
+            event.details.update(old_port=plan["old_port"], port=plan["port"])
+            finish = f"`voke env move-port {node} --yes` finishes the move"
+            replace_json(
+                self._move_journal(), {"node": node, "old_port": plan["old_port"], "port": plan["port"]}
+            )
+            report = self.env.apply_move(plan)
             report["services"] = None
             if report["leader"]:
                 try:
+                    leader = self.env.node(node)  # running: a move cut short is being finished
                     report["services"] = repoint_services(
-                        self.settings, self.env, self.env.node(node), redeploy=False
+                        self.settings, self.env, leader, redeploy=leader.running
                     )
                 except VokeError as exc:
-                    exc.hint = f"`voke env move-port {node} --port {report['port']} --yes` finishes the move"
+                    exc.hint = finish
                     raise
-                event.details["services_stopped"] = report["services"]["stopped"]
+                event.details["services"] = report["services"]
+            event.details["standby_repointed"] = report["standby_repointed"]
+            self._move_journal().unlink()
             services = report["services"] or {}
             report["changed"] = bool(
                 report["port"] != report["old_port"]

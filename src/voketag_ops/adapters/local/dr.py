@@ -279,26 +279,27 @@ def refuse_if_unfinished(env: LocalEnvironment, *, allow: str | None = None) -> 
     return existing
 
 
-def refuse_if_busy(env: LocalEnvironment, *, allow: str | None = None) -> dict[str, Any] | None:
-    """What a dry run checks where its command takes the DR lock and calls `refuse_if_unfinished`:
-    PreconditionError (exit 5) while another process holds the lock, as `dr_lock` refuses (a
-    probe: it never waits for the lock, nor takes it), then `refuse_if_unfinished(env, allow=ALLOW)`."""
+def refuse_if_running(env: LocalEnvironment) -> None:
+    """PreconditionError (exit 5) while another process holds the DR lock, as `dr_lock` refuses
+    (a probe: it never waits for the lock, nor takes it)."""
     from voketag_ops.locks import running_elsewhere
 
     holder = running_elsewhere(env.home / "dr")
     if holder is not None:
         raise PreconditionError(f"another DR operation is running ({holder}); wait for it to finish")
+
+
+def refuse_if_busy(env: LocalEnvironment, *, allow: str | None = None) -> dict[str, Any] | None:
+    """What a dry run checks where its command takes the DR lock and calls `refuse_if_unfinished`:
+    `refuse_if_running`, then `refuse_if_unfinished(env, allow=ALLOW)`."""
+    refuse_if_running(env)
     return refuse_if_unfinished(env, allow=allow)
 
 
 def refuse_unfinished(env: LocalEnvironment, pending: dict[str, Any]) -> None:
     """PreconditionError for PENDING: running now (a drill's failback holds the DR lock), or
     interrupted and to be resumed with its command."""
-    from voketag_ops.locks import running_elsewhere
-
-    holder = running_elsewhere(env.home / "dr")
-    if holder is not None:
-        raise PreconditionError(f"another DR operation is running ({holder}); wait for it to finish")
+    refuse_if_running(env)
     raise PreconditionError(
         f"an interrupted `voke dr {pending.get('operation')}` must be finished first: {pending.get('resume')}"
     )

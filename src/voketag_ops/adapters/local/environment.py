@@ -537,55 +537,83 @@ class LocalEnvironment:
         """Whether NAME should be running: the leader always, the follower unless fenced or disabled."""
         return name == state.leader or (self.settings.replica and name not in self.fenced())
 
-    def move_port(self, name: str, port: int | None = None) -> dict[str, Any]:
-        """Give stopped node NAME a new port (PORT, or a free one voke picks): the way out when
-        another process holds its recorded port. The follower streams from a moved leader's new
-        port (its primary_conninfo rewritten, and reloaded if it runs); the services' connection
-        secret is the caller's (LocalPlatform.move_port). Under the environment lock.
-
-        Idempotent: NAME's own port again rewrites whatever still names another one, so a
-        move cut short is finished by running it again with that port."""
+    def plan_move(self, name: str, port: int | None = None) -> dict[str, Any]:
+        """What `env move-port NAME [--port PORT]` would do, checked as the move checks it: NAME a
+        node (primary, replica) or a restored instance, stopped; PORT free and nobody else's in
+        this environment (None: a free one voke picks). `leader`: a node the services and the
+        standby follow (the recorded leader, unless fenced: a failover cut short resumes from
+        it); `standby`: the follower whose primary_conninfo names it."""
         from voketag_ops.adapters.local import dr
 
         state = self.require_state()
-        if name not in NODE_NAMES:
-            raise UsageError(f"no node {name!r}: one of {', '.join(NODE_NAMES)}")
-        node = self.node(name, state)
-        if node.running:
-            raise PreconditionError(
-                f"{name} is running on port {node.port}: the port is its own, nothing to move "
-                "(`voke env down` stops it first if it must move)"
-            )
-        old = int(state.ports[name])
+        restores = {r["name"]: r for r in dr.list_restores(self)}
+        if name in NODE_NAMES:
+            node = self.node(name, state)
+        elif name in restores:
+            node = dr.restore_node(self, name, int(restores[name]["port"]))
+        else:
+            known = ", ".join([*NODE_NAMES, *restores])
+            raise UsageError(f"no node or restored instance {name!r}: one of {known}")
+        old, running = node.port, node.pid() is not None
         others = {int(p): n for n, p in state.ports.items() if n != name}
-        others.update({p: "a restored instance" for p in dr.restore_ports(self)})
+        others.update({int(r["port"]): f"restored instance {n}" for n, r in restores.items() if n != name})
         if port is None:
             port = pick_free_port(avoid=[old, *others])
         elif port in others:
             raise UsageError(f"port {port} is {others[port]}'s")
-        elif port != old and not port_is_free(port):
+        if running and port != old:  # (on its own port: what a move cut short left is finished)
+            raise PreconditionError(
+                f"{name} is running on port {old}: the port is its own, nothing to move "
+                "(`voke env down` stops it first if it must move)"
+            )
+        if not running and not port_is_free(port):
             raise BackendError(
                 f"port {port} is in use by another process{port_holder(port)}; "
-                "name another --port, or leave it out for a free one"
+                + (
+                    "stop that process, or leave --port out for a free one"
+                    if port == old
+                    else "name another --port, or leave it out for a free one"
+                )
             )
-        report: dict[str, Any] = {
-            "node": name,
-            "old_port": old,
-            "port": port,
-            "leader": name == state.leader,
-            "standby_repointed": None,
-            "warnings": [],
-        }
-        if port != old:
-            state.ports[name] = port
-            state.save(self.state_file)
+        leader = name == state.leader and name not in self.fenced()
         follower = self.node(state.follower, state)
-        if (
-            name == state.leader
+        standby = (
+            leader
             and follower.initialized
             and (follower.data_dir / "standby.signal").exists()
             and follower.name not in self.fenced()
-        ):
+        )
+        return {
+            "node": name,
+            "running": running,
+            "restored_instance": name not in NODE_NAMES,
+            "old_port": old,
+            "port": port,
+            "leader": leader,
+            "standby": follower.name if standby else None,
+        }
+
+    def apply_move(self, plan: dict[str, Any]) -> dict[str, Any]:
+        """Record PLAN's port (state.json, or the restored instance's record) and point the
+        standby at a moved leader (reloaded if it runs). Run again with the port already
+        recorded, it rewrites whatever still names another one. Under the environment lock."""
+        from voketag_ops.adapters.local import dr
+        from voketag_ops.files import replace_json
+
+        name, port = plan["node"], plan["port"]
+        report = {**plan, "standby_repointed": None, "warnings": []}
+        state = self.require_state()
+        if plan["restored_instance"]:
+            meta = dr.restores_dir(self) / f"{name}.json"
+            doc = json.loads(meta.read_text())
+            if int(doc["port"]) != port:
+                replace_json(meta, {**doc, "port": port})
+            return report
+        if int(state.ports[name]) != port:
+            state.ports[name] = port
+            state.save(self.state_file)
+        if plan["standby"]:
+            follower = self.node(plan["standby"], state)
             auto = follower.data_dir / "postgresql.auto.conf"
             before = auto.read_text() if auto.exists() else None
             dr.write_standby_config(self, follower, self.node(name, state))
@@ -1142,8 +1170,9 @@ class LocalEnvironment:
                     else exc.message
                 )
                 failed.append(
-                    f"restore {restored['name']}: {why}; `voke env up` tries again, "
-                    f"`voke dr discard {restored['name']} --yes` removes it"
+                    f"restore {restored['name']}: {why}; `voke env up` tries again, `voke env move-port "
+                    f"{restored['name']} --yes` moves it to a free port, `voke dr discard {restored['name']} --yes` "
+                    "removes it"
                 )
                 continue
             started.append(f"restore {restored['name']}")

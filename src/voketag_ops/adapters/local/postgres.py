@@ -247,13 +247,10 @@ def _grant_read_tree(root: Path) -> None:
 
 
 def port_taken(port: int, name: str) -> BackendError:
-    """The error for a server whose recorded port another process holds: stop that process or,
-    for a node (primary, replica), move it to a free port (`voke env move-port`)."""
-    way_out = (
-        f", or move {name} to a free port with `voke env move-port {name} --yes`"
-        if name in ("primary", "replica")
-        else ""
-    )
+    """The error for a server whose recorded port another process holds (a node, or "restore
+    NAME"): stop that process, or move it to a free port (`voke env move-port`)."""
+    moved = name.removeprefix("restore ")  # a restored instance's node is "restore NAME"
+    way_out = f", or move {moved} to a free port with `voke env move-port {moved} --yes`"
     return BackendError(
         f"port {port} ({name}) is in use by another process{port_holder(port)}; stop that process "
         f"(`ss -ltnp 'sport = :{port}'` names it to its owner or root){way_out}"
