@@ -645,12 +645,16 @@ def test_env_can_stop_restored_instances_and_discard_removes_stopped_ones(voke, 
         blocker.bind(("127.0.0.1", int(port)))
         blocker.listen()
         blocked = voke("env", "up", "--json", environ=environ)
-    assert blocked.exit_code == 0, blocked.stdout
-    assert blocked.json["result"]["not_started"] == [
-        f"restore leftover: port {port} is in use by another process; `voke env up` tries again, "
-        "`voke dr discard leftover --yes` removes it"
-    ]
-    up = voke("env", "up", "--json", environ=environ)  # and `env up` starts it again, to be read
+        assert blocked.exit_code == 0, blocked.stdout
+        assert blocked.json["result"]["not_started"] == [
+            f"restore leftover: port {port} is in use by another process; `voke env up` tries again, "
+            "`voke env move-port leftover --yes` moves it to a free port, `voke dr discard leftover --yes` removes it"
+        ]
+        moved = voke("env", "move-port", "leftover", "--yes", "--json", environ=environ)  # its data kept
+        assert moved.exit_code == 0, moved.stdout + moved.stderr
+        assert moved.json["result"]["restored_instance"] and moved.json["result"]["port"] != int(port)
+        assert moved.json["result"]["services"] is None
+        up = voke("env", "up", "--json", environ=environ)  # and `env up` starts it again, to be read
     assert up.exit_code == 0 and "restore leftover" in up.json["result"]["started"], up.stdout
     listed = voke("dr", "restores", "--json", environ=environ).json["result"]["restores"]
     assert [(r["name"], r["running"], r["state"]) for r in listed] == [("leftover", True, "running")]
