@@ -1541,6 +1541,14 @@ def test_a_move_cut_short_is_finished_by_running_it_again_with_the_new_port(voke
     assert cut.json["error"]["hint"] == f"`voke env move-port {leader} --yes` finishes the move"
     up = voke("env", "up", "--json", environ=environ)  # it would start the leader where no service looks
     assert up.exit_code == 5 and f"voke env move-port {leader} --yes" in up.json["error"]["message"]
+    check = voke("dr", "check", environ=environ)  # cron sees it
+    assert check.exit_code == 1 and f"must be finished: voke env move-port {leader} --yes" in check.stdout
+    other = env.require_state().follower  # another node's move would drop the record of this one
+    refused = voke("env", "move-port", other, "--yes", "--json", environ=environ)
+    assert refused.exit_code == 5 and f"voke env move-port {leader}` must be finished" in refused.stdout
+    with squatting(new):  # and the port it recorded taken meanwhile: said, not a loop
+        busy = voke("env", "move-port", leader, "--yes", "--json", environ=environ)
+    assert busy.exit_code == 4 and "which the interrupted move recorded" in busy.json["error"]["message"]
     done = voke("env", "move-port", leader, "--yes", "--json", environ=environ)  # the recorded port
     assert done.exit_code == 0, done.stdout + done.stderr
     result = done.json["result"]
@@ -1571,9 +1579,30 @@ def test_moving_the_fenced_leader_of_a_failover_cut_short_leaves_the_services_al
     assert services(environ) == before
     assert voke("dr", "failover", "--yes", environ=environ).exit_code == 0
     assert all(healthy for healthy, _version in services(environ).values())
+    again = voke(
+        "env", "move-port", "primary", "--port", str(result["port"]), "--yes", "--json", environ=environ
+    )
+    assert again.json["result"]["next"] == "`voke dr failback --yes` brings it back"  # env up leaves it down
     assert voke("dr", "failback", "--yes", environ=environ).exit_code == 0  # the fenced node, on its new port
     assert env.node("primary").port == result["port"] and env.require_state().leader == "primary"
     assert voke("dr", "check", environ=environ).exit_code == 0
+
+
+def test_a_move_journal_that_cannot_be_read_stops_env_up_and_one_of_a_discarded_instance_goes(
+    voke, environ, env
+):
+    journal = env.home / "dr" / "move-port.json"
+    journal.write_text('{"node": "primary", "old_po')
+    try:
+        up = voke("env", "up", "--json", environ=environ)
+        assert up.exit_code == 5 and "move-port.json records an interrupted" in up.json["error"]["message"]
+        check = voke("dr", "check", environ=environ)
+        assert check.exit_code == 1 and "move-port.json records an interrupted" in check.stdout
+    finally:
+        journal.unlink()
+    journal.write_text(json.dumps({"node": "discarded-since", "old_port": 30001, "port": 30002}))
+    assert voke("env", "up", environ=environ).exit_code == 0  # nothing left to finish
+    assert not journal.exists()
 
 
 def pick_port():

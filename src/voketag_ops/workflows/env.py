@@ -3,11 +3,9 @@ application logins, their secret, and the local services that consume it."""
 
 from __future__ import annotations
 
-import json
 import time
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from voketag_ops import redact
@@ -15,7 +13,7 @@ from voketag_ops.adapters.local.environment import LocalEnvironment, Progress, U
 from voketag_ops.config import Settings
 from voketag_ops.core.rotation import LAST_ANNOTATION, generate_password
 from voketag_ops.core.times import iso
-from voketag_ops.errors import PreconditionError, VokeError
+from voketag_ops.errors import BackendError, PreconditionError, VokeError
 from voketag_ops.logs import get_logger
 
 log = get_logger(__name__)
@@ -105,8 +103,10 @@ class LocalPlatform:
         # demand would otherwise both make credentials and both start services. Never under a
         # running DR operation (exit 5): it would start a node a failover just fenced, or the
         # leader a failback's switchover just stopped (split brain).
+        from voketag_ops.adapters.local.dr import interrupted_move
+
         with self._audited("env.up") as event, self.no_dr_operation("env up"), self.env.lock():
-            if (move := self.interrupted_move()) is not None:  # the services would look elsewhere
+            if (move := interrupted_move(self.env)) is not None:  # the services would look elsewhere
                 raise PreconditionError(
                     f"an interrupted `voke env move-port {move['node']}` (port {move['old_port']} to "
                     f"{move['port']}) must be finished first: voke env move-port {move['node']} --yes"
@@ -264,26 +264,29 @@ class LocalPlatform:
             event.details["stopped"] = report["stopped"]
         return report
 
-    def _move_journal(self) -> Path:
-        return self.env.home / "dr" / "move-port.json"
-
-    def interrupted_move(self) -> dict[str, Any] | None:
-        """The move-port a kill cut short (its journal: node, old_port, port), or None."""
-        try:
-            doc = json.loads(self._move_journal().read_text())
-            return {"node": str(doc["node"]), "old_port": int(doc["old_port"]), "port": int(doc["port"])}
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
     def plan_move(self, node: str, port: int | None = None) -> dict[str, Any]:
-        """`env move-port`'s checks and plan, changing nothing (its dry run). PORT None after a
-        move of NODE was cut short: the port that move recorded, so running it again finishes it."""
+        """`env move-port`'s checks and plan, changing nothing (its dry run). After a move of NODE
+        was cut short, PORT None is the port it recorded, so running it again finishes it; a
+        move of another node is refused until then (exit 5)."""
+        from voketag_ops.adapters.local.dr import interrupted_move
         from voketag_ops.workflows.dr import refuse_if_rotating_locally
 
-        recorded = self.interrupted_move()
-        if port is None and recorded is not None and recorded["node"] == node:
-            port = recorded["port"]
-        plan = self.env.plan_move(node, port)
+        recorded = interrupted_move(self.env)
+        if recorded is not None and recorded["node"] != node:
+            raise PreconditionError(
+                f"an interrupted `voke env move-port {recorded['node']}` must be finished first: "
+                f"voke env move-port {recorded['node']} --yes"
+            )
+        wanted = recorded["port"] if recorded is not None and port is None else port
+        try:
+            plan = self.env.plan_move(node, wanted)
+        except BackendError as exc:
+            if port is None and recorded is not None and exc.message.startswith(f"port {wanted} is in use"):
+                raise BackendError(
+                    f"port {wanted}, which the interrupted move recorded for {node}, is now in use by "
+                    "another process; stop that process, or name another port with --port N"
+                ) from None
+            raise
         if plan["leader"]:
             # its pending version names the old port; its resume or rollback would log in there
             refuse_if_rotating_locally(self.settings)
@@ -296,7 +299,7 @@ class LocalPlatform:
         under a running DR operation (exit 5) nor an unfinished rotation of its secret when it
         leads; an unfinished DR operation stays to be resumed on the new port. A journal names a
         move cut short, which running it again finishes."""
-        from voketag_ops.adapters.local.dr import operation_notice
+        from voketag_ops.adapters.local.dr import move_journal, operation_notice
         from voketag_ops.files import replace_json
         from voketag_ops.workflows.dr import repoint_services
 
@@ -310,7 +313,7 @@ class LocalPlatform:
             event.details.update(old_port=plan["old_port"], port=plan["port"])
             finish = f"`voke env move-port {node} --yes` finishes the move"
             replace_json(
-                self._move_journal(), {"node": node, "old_port": plan["old_port"], "port": plan["port"]}
+                move_journal(self.env), {"node": node, "old_port": plan["old_port"], "port": plan["port"]}
             )
             report = self.env.apply_move(plan)
             report["services"] = None
@@ -325,15 +328,19 @@ class LocalPlatform:
                     raise
                 event.details["services"] = report["services"]
             event.details["standby_repointed"] = report["standby_repointed"]
-            self._move_journal().unlink()
+            move_journal(self.env).unlink()
             services = report["services"] or {}
             report["changed"] = bool(
                 report["port"] != report["old_port"]
                 or report["standby_repointed"]
                 or services.get("repointed")
                 or services.get("stopped")
+                or services.get("redeployed")
             )
-            report["next"] = operation_notice(self.env) or "`voke env up` starts it"
+            fenced = node in self.env.fenced()  # `env up` leaves it down: the failback rebuilds it
+            report["next"] = operation_notice(self.env) or (
+                "`voke dr failback --yes` brings it back" if fenced else "`voke env up` starts it"
+            )
         return report
 
     def destroy(self, progress: Progress = _quiet, *, discard_chain: bool = False) -> dict[str, Any]:

@@ -148,6 +148,32 @@ def unfinished_operation(env: LocalEnvironment) -> dict[str, Any] | None:
         ) from None
 
 
+def move_journal(env: LocalEnvironment) -> Path:
+    """`voke env move-port`'s journal: written before its first change, removed after its last."""
+    return env.home / "dr" / "move-port.json"
+
+
+def interrupted_move(env: LocalEnvironment) -> dict[str, Any] | None:
+    """The `env move-port` a kill or failure cut short (node, old_port, port), or None. One of a
+    restored instance discarded since is over (its journal goes); one that cannot be read is
+    PreconditionError, as an unreadable operation log is."""
+    path = move_journal(env)
+    try:
+        doc = dict(read_record(path, _not_an_object))
+        move = {"node": str(doc["node"]), "old_port": int(doc["old_port"]), "port": int(doc["port"])}
+    except FileNotFoundError:
+        return None
+    except (NotADirectoryError, DamagedRecord, KeyError, TypeError, ValueError):
+        raise PreconditionError(
+            f"{path} records an interrupted `voke env move-port` but cannot be read; inspect it and "
+            "`voke env status`, then remove it"
+        ) from None
+    if move["node"] not in NODE_NAMES and not (restores_dir(env) / f"{move['node']}.json").exists():
+        path.unlink(missing_ok=True)
+        return None
+    return move
+
+
 def _not_an_object(doc: Any) -> str | None:
     return None if isinstance(doc, dict) else f"not an object ({type(doc).__name__})"
 
@@ -181,6 +207,18 @@ def operation_to_report(env: LocalEnvironment) -> dict[str, Any] | None:
             "`voke env up`, `voke env down` or the next drill resumes it first",
             "frozen": frozen,
         }
+    if op is None:
+        try:
+            move = interrupted_move(env)
+        except PreconditionError as exc:
+            return {"operation": "unreadable", "resume": exc.message}
+        if move is not None:
+            return {
+                "operation": "env move-port",
+                "command": f"voke env move-port {move['node']}",
+                "resume": f"voke env move-port {move['node']} --yes",
+                "note": f"{move['node']} was moving from port {move['old_port']} to {move['port']}",
+            }
     if op is None and (left := drill_rows_left(env)):
         batches = ", ".join(str(d.get("batch_id")) for d in left)
         return {
