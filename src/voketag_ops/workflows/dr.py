@@ -435,6 +435,7 @@ def repoint_services(
         "redeployed": sorted(targets),
         "repinned": repinned,  # stopped services, started there by the next `env up`
         "stopped": stopped,  # (not REDEPLOY) running services stopped, then repinned
+        "stale": sorted(stale),  # running services that were pinned to other versions
         "note": None if repointed or targets else "no service connection secret to repoint",
     }
 

@@ -334,8 +334,7 @@ class LocalPlatform:
                 report["port"] != report["old_port"]
                 or report["standby_repointed"]
                 or services.get("repointed")
-                or services.get("stopped")
-                or services.get("redeployed")
+                or services.get("stale")  # (redeployed or stopped)
             )
             fenced = node in self.env.fenced()  # `env up` leaves it down: the failback rebuilds it
             report["next"] = operation_notice(self.env) or (

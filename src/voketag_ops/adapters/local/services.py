@@ -22,7 +22,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from types import MappingProxyType
@@ -358,8 +358,8 @@ class LocalServiceRuntime:
             todo[name] = (secret, int(version))
         if todo:
             self.deploy_many(todo)
-        kept = []
-        with self._registry() as doc:  # (a deploy of another voke moves the active one under it)
+        kept: list[str] = []
+        with self._registry() if hung else nullcontext(doc) as doc:  # (another voke may deploy too)
             for name, inst in hung.items():
                 active = (doc["services"].get(name) or {}).get("active")
                 if active is not None and active["instance"] == inst["instance"]:
