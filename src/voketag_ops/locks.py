@@ -77,6 +77,16 @@ def dr_lock(directory: Path, operation: str, *, shared: bool = False) -> Iterato
         os.close(fd)
 
 
+class LockHeld(PreconditionError):
+    """The DR lock is held by HOLDER ("OPERATION pid N", as `dr_lock` names it)."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(f"another DR operation is running ({holder}); wait for it to finish")
+        self.holder = holder
+
+
+LockHeld.type_name = PreconditionError.type_name  # (what `--json` has always called it)
+
 _PROBE_GRACE = 0.5  # seconds: `held_by` holds a shared lock for microseconds; an operation for good
 _NAMED = 200  # bytes of the lock file that name its holder
 
@@ -103,7 +113,7 @@ def _take(fd: int, *, shared: bool = False) -> None:
             f"a rotation is starting ({holder}); nothing was changed",
             hint="wait for the rotation to finish (`voke rotate status` shows it), then run this again",
         )
-    raise PreconditionError(f"another DR operation is running ({holder}); wait for it to finish")
+    raise LockHeld(holder)
 
 
 def _let_go_shared(fd: int) -> None:

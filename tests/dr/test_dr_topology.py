@@ -1609,3 +1609,34 @@ def pick_port():
     from voketag_ops.adapters.local.postgres import pick_free_port
 
     return pick_free_port()
+
+
+def test_two_commands_starting_a_stopped_environment_together_both_run(voke, environ, env, tmp_path):
+    # Found by review: both saw no other start, both tried `env up`; the one the lock refused
+    # exited 5 ("another DR operation is running (env up pid N)") instead of waiting for it.
+    import subprocess
+    import sys
+
+    files = []
+    for seed in (21, 22):
+        path = tmp_path / f"b{seed}.csv"
+        made = voke(
+            "ingest", "sample", "--rows", "200", "--seed", str(seed), "--out", str(path), environ=environ
+        )
+        assert made.exit_code == 0
+        files.append(path)
+    assert voke("env", "down", environ=environ).exit_code == 0
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "voketag_ops", "ingest", "load", str(path), "--json"],
+            env=environ,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for path in files
+    ]
+    for run in runs:
+        out, err = run.communicate(timeout=600)
+        assert run.returncode == 0, out + err
+    assert voke("dr", "check", environ=environ).exit_code == 0

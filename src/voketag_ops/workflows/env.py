@@ -4,6 +4,7 @@ application logins, their secret, and the local services that consume it."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from datetime import datetime, timezone
 from typing import Any
@@ -30,29 +31,39 @@ def ensure_local(settings: Settings, progress: Progress = _quiet, *, whole: bool
     command's failure (a load needs the database, not the services). Otherwise only the
     servers (what a dry run or a read of the chain needs)."""
     platform = LocalPlatform(settings)
-    _wait_for_another_start(platform.env)
-    if whole:
-        platform.ensure_up(progress, strict=False)
-    elif not platform.env.is_running():
-        with platform.no_dr_operation("env up (servers only)"):  # as `env up`: never under a failover
-            progress("starting the local environment's servers")
-            platform.env.up(progress)
+
+    def servers() -> None:
+        if not platform.env.is_running():
+            with platform.no_dr_operation("env up (servers only)"):  # as `env up`: never under a failover
+                progress("starting the local environment's servers")
+                platform.env.up(progress)
+
+    after_another_start(
+        platform.env, (lambda: platform.ensure_up(progress, strict=False)) if whole else servers
+    )
     return platform.env
 
 
-def _wait_for_another_start(env: LocalEnvironment) -> None:
-    """Another voke starting, stopping or destroying the environment (`env up`, `env down`,
-    `env destroy`, or a command starting it on demand, as two loads at once do) holds the DR
-    lock meanwhile: wait for it, bounded, rather than fail with exit 5 or use servers about to
-    go; what it started is then running, what it stopped or destroyed is started anew. A DR
-    operation is not waited for."""
-    from voketag_ops.locks import holder_parts, running_elsewhere
+def after_another_start(env: LocalEnvironment, start: Callable[[], None]) -> None:
+    """START (which takes the DR lock to start what is down) once no other voke is starting,
+    stopping or destroying the environment (`env up`, `env down`, `env destroy`, or a command
+    starting it on demand, as two loads at once do): wait for it, bounded, rather than fail
+    with exit 5 or use servers about to go, and again if another one took the lock first (two
+    cron jobs starting a stopped environment together). A DR operation is not waited for."""
+    from voketag_ops.locks import LockHeld, holder_parts, running_elsewhere
 
     deadline = time.monotonic() + max(120.0, 3 * env.settings.start_timeout)
-    while (holder := running_elsewhere(env.home / "dr")) is not None and time.monotonic() < deadline:
-        if not holder_parts(holder)[0].startswith("env "):
+    while True:
+        while (holder := running_elsewhere(env.home / "dr")) is not None and time.monotonic() < deadline:
+            if not holder_parts(holder)[0].startswith("env "):
+                break
+            time.sleep(0.2)
+        try:
+            start()
             return
-        time.sleep(0.2)
+        except LockHeld as exc:
+            if not holder_parts(exc.holder)[0].startswith("env ") or time.monotonic() >= deadline:
+                raise
 
 
 class LocalPlatform:

@@ -1911,7 +1911,9 @@ def local_engine(
     if check is not None:
         check(engine)
     if platform is not None and start and not reads:
-        platform.ensure_up(progress)
+        from voketag_ops.workflows.env import after_another_start
+
+        after_another_start(platform.env, lambda: platform.ensure_up(progress))
     return engine
 
 

@@ -1,0 +1,40 @@
+"""`after_another_start`: what commands that start the local environment on demand do when
+another voke is starting, stopping or destroying it."""
+
+from __future__ import annotations
+
+import pytest
+
+from voketag_ops.adapters.local.environment import LocalEnvironment
+from voketag_ops.config import LocalSettings
+from voketag_ops.locks import LockHeld
+from voketag_ops.workflows.env import after_another_start
+
+
+def test_a_start_another_on_demand_start_beat_to_the_lock_waits_and_tries_again(tmp_path):
+    # Two cron jobs on a stopped environment: both saw no other start, the second's `env up`
+    # was refused by the first's lock, and it exited 5 instead of using what the first started.
+    env = LocalEnvironment(LocalSettings(home=tmp_path / "home"))
+    tries = []
+
+    def start():
+        tries.append(len(tries))
+        if len(tries) == 1:
+            raise LockHeld("env up pid 7")
+
+    after_another_start(env, start)
+    assert tries == [0, 1]
+
+
+def test_a_start_refused_by_a_dr_operation_is_not_retried(tmp_path):
+    env = LocalEnvironment(LocalSettings(home=tmp_path / "home"))
+    tries = []
+
+    def start():
+        tries.append(1)
+        raise LockHeld("dr failover pid 7")
+
+    with pytest.raises(LockHeld, match=r"another DR operation is running \(dr failover pid 7\)"):
+        after_another_start(env, start)
+    assert tries == [1]
+    assert LockHeld("x").type_name == "PreconditionError"  # what --json says, as before
