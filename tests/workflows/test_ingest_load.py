@@ -213,7 +213,7 @@ def test_a_version_1_schema_is_migrated_with_its_batches(db, tmp_path):
             'ALTER TABLE ingest.tags ALTER COLUMN tag_id TYPE text COLLATE "default",'
             ' ALTER COLUMN sku TYPE text COLLATE "default";'
             ' ALTER TABLE ingest.products ALTER COLUMN sku TYPE text COLLATE "default";'
-            " ALTER TABLE ingest.batches DROP COLUMN audited;"
+            " ALTER TABLE ingest.batches DROP COLUMN audited; DROP TABLE ingest.identity;"
             " DELETE FROM ingest.schema_migrations WHERE version > 1"
         )
     assert ("tags", "tag_id", None) in _key_collations(db)
@@ -909,9 +909,9 @@ def _chain(tmp_path: Path) -> tuple[Any, wf.Anchorer, wf.AnchorStates]:
 
     store = FileChainStore(tmp_path / "chain" / "chain.json")
 
-    def anchorer(root: bytes, size: int, batch_id: int) -> tuple[str, str | None]:
+    def anchorer(root: bytes, size: int, label: str) -> tuple[str, str | None]:
         done = chain.request_anchor(
-            store, root=root, kind="ingest-batch", label=f"ingest batch {batch_id}", tree_size=size, now=NOW
+            store, root=root, kind="ingest-batch", label=label, tree_size=size, now=NOW
         )
         return str(done.anchor["state"]), str(done.anchor["id"])
 
@@ -973,24 +973,56 @@ def test_a_batch_whose_anchor_was_lost_is_still_requested_and_one_of_another_siz
     store, anchorer, states = _chain(tmp_path)
     first = load(db, sample(tmp_path, 20, name="a.csv"), anchorer=anchorer)
 
-    def down(root: bytes, size: int, batch_id: int) -> tuple[str, str | None]:
+    def down(root: bytes, size: int, label: str) -> tuple[str, str | None]:
         raise ChainUnavailableError("the chain is down")
 
     lost = load(db, sample(tmp_path, 30, seed=2, name="b.csv"), anchorer=down)
     assert lost.anchor == "unavailable" and lost.anchor_id is None
     check = wf.batch_anchor_requests(db, store)
     assert check.mismatches == []
-    assert check.requests == [
-        (bytes.fromhex(lost.merkle_root), "ingest-batch", f"ingest batch {lost.batch_id}", 30)
-    ]
+    label = wf.batch_label(lost.batch_id, database_id(db))
+    assert label == f"ingest batch {lost.batch_id} of database {database_id(db)[:12]}"
+    assert check.requests == [(bytes.fromhex(lost.merkle_root), "ingest-batch", label, 30)]
 
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute("update ingest.batches set rows_loaded = 19 where batch_id = %s", (first.batch_id,))
     check = wf.batch_anchor_requests(db, store)
     assert [m["batch_id"] for m in check.mismatches] == [first.batch_id]
     assert "tree of 20 leaves" in check.mismatches[0]["message"]
-    assert [r[2] for r in check.requests] == [f"ingest batch {lost.batch_id}"]
+    assert [r[2] for r in check.requests] == [label]
     assert wf.list_batches(db, anchor_states=states)[-1]["anchor"] == "mismatch"
+
+
+def database_id(db: str) -> str:
+    with psycopg.connect(db) as conn:
+        return wf.database_id(conn)
+
+
+def test_a_new_databases_batch_is_not_held_against_the_anchor_of_an_old_ones_batch_of_its_number(
+    db, tmp_path, local_env, database_with
+):
+    # Found by review: after `env destroy` (the chain kept), batch numbers start again; the pitr
+    # drill's unanchored batch 1 was held against the old database's `ingest batch 1`: a false
+    # "rewritten" mismatch, exit 1 on every `chain anchor run`.
+    store, anchorer, _states = _chain(tmp_path)
+    first = load(db, sample(tmp_path, 20, name="a.csv"), anchorer=anchorer)
+    with database_with() as name:
+        other = local_env.primary().conninfo(name)
+        again = load(other, sample(tmp_path, 30, seed=5, name="b.csv"))  # no anchor requested
+        assert again.batch_id == first.batch_id and database_id(other) != database_id(db)
+        check = wf.batch_anchor_requests(other, store)
+        assert check.mismatches == []
+        assert check.requests == [
+            (
+                bytes.fromhex(again.merkle_root),
+                "ingest-batch",
+                wf.batch_label(again.batch_id, database_id(other)),
+                30,
+            )
+        ]
+    # and within one database the label still holds a rewritten batch whose anchor id was cleared
+    _reseal(db, first.batch_id, file_rows(tmp_path / "a.csv")[3][0], forget_anchor=True)
+    assert [m["batch_id"] for m in wf.batch_anchor_requests(db, store).mismatches] == [first.batch_id]
 
 
 def test_a_root_anchored_by_hand_for_another_size_is_a_mismatch_to_anchor_run_as_to_the_listing(db, tmp_path):

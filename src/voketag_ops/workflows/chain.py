@@ -773,25 +773,23 @@ def _migrate_file_chain(source: FileChainStore, target: ChainStore, *, home: Pat
     )
 
 
-def chain_anchorer(home: Path, now: datetime) -> Callable[[bytes, int, int], tuple[str, str | None]]:
+def chain_anchorer(home: Path, now: datetime) -> Callable[[bytes, int, str], tuple[str, str | None]]:
     """Request ingest batch roots as anchors (kind ``ingest-batch``):
-    (root, tree size, batch id) -> (anchor state, anchor id).
+    (root, tree size, label) -> (anchor state, anchor id).
 
     The store is opened at the first request and never starts the environment: a load into
     another database (`--db`) with the environment down reports the anchor unavailable, and
     loading the same file again later requests it."""
     stores: list[ChainStore] = []
 
-    def anchor(root: bytes, size: int, batch_id: int) -> tuple[str, str | None]:
-        from voketag_ops.workflows.ingest import batch_label
-
+    def anchor(root: bytes, size: int, label: str) -> tuple[str, str | None]:
         if not stores:
             stores.append(open_chain_store(home))
         done = request_anchor(
             stores[0],
             root=root,
             kind="ingest-batch",
-            label=batch_label(batch_id),
+            label=label,
             tree_size=size,
             now=now,
             retry=RetryPolicy(attempts=3, initial=0.05, maximum=0.2),

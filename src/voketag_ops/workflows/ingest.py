@@ -166,6 +166,20 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX batches_not_audited ON ingest.batches (batch_id) WHERE NOT audited;
         """,
     ),
+    (
+        4,
+        "the database's identity, in its batches' anchor labels",
+        # Batch numbers start again in a new database (after `env destroy`, whose chain is kept,
+        # or `--db` another one): `ingest batch 1` of the old one must not be held against the
+        # new batch 1 (docs/decisions.md). Copies of this database (replicas, PITR) keep it.
+        """
+        CREATE TABLE ingest.identity (
+            database_id text PRIMARY KEY,
+            one_row boolean NOT NULL DEFAULT true UNIQUE CHECK (one_row)
+        );
+        INSERT INTO ingest.identity (database_id) VALUES (replace(gen_random_uuid()::text, '-', ''));
+        """,
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -487,13 +501,22 @@ def file_sha256(source: _BatchFile) -> str:
     return source.sha256
 
 
-def batch_label(batch_id: int) -> str:
-    """The label of batch BATCH_ID's anchor (kind ``ingest-batch``): what `ingest load` requests
-    and `chain anchor run` looks a batch up by."""
-    return f"ingest batch {batch_id}"
+def batch_label(batch_id: int, database_id: str) -> str:
+    """The label of batch BATCH_ID's anchor (kind ``ingest-batch``) in the database DATABASE_ID
+    (`database_id`): what `ingest load` requests and `chain anchor run` looks a batch up by.
+    Batches anchored before labels named their database (`ingest batch N`) match none."""
+    return f"ingest batch {batch_id} of database {database_id[:12]}"
 
 
-Anchorer = Callable[[bytes, int, int], tuple[str, str | None]]  # (root, size, batch_id) -> (status, id)
+def database_id(conn: psycopg.Connection[Any]) -> str:
+    """The identity migration 4 gave the ingest schema of CONN's database."""
+    row = conn.execute("SELECT database_id FROM ingest.identity").fetchone()
+    if row is None:
+        raise BackendError("ingest.identity is empty: the database's identity row was deleted")
+    return str(row[0])
+
+
+Anchorer = Callable[[bytes, int, str], tuple[str, str | None]]  # (root, size, label) -> (status, id)
 # ids -> {id: (state, tree size)} of those of them the chain knows (a lookup of a few, never
 # the whole chain)
 AnchorStates = Callable[[Collection[str]], Mapping[str, tuple[str, int | None]]]
@@ -1174,6 +1197,8 @@ def batch_anchor_requests(conninfo: str, store: ChainStore) -> BatchAnchorCheck:
             rows = conn.execute(
                 "SELECT batch_id, merkle_root, rows_loaded, anchor_id FROM ingest.batches ORDER BY batch_id"
             ).fetchall()
+            identity = conn.execute("SELECT to_regclass('ingest.identity')").fetchone()
+            db_id = database_id(conn) if identity is not None and identity[0] is not None else None
     except psycopg.Error as exc:
         raise BackendError(
             f"{describe_target(conninfo)}: cannot list the batches: {_first_line(exc)}"
@@ -1191,11 +1216,18 @@ def batch_anchor_requests(conninfo: str, store: ChainStore) -> BatchAnchorCheck:
         a.id: (a.state.value, a.tree_size) for a in store.anchors([bytes(r[1]).hex() for r in rows]).values()
     }
     for batch_id, root, size, anchor_id in rows:
-        root_hex, label = bytes(root).hex(), batch_label(batch_id)
+        root_hex = bytes(root).hex()
+        # (before migration 4 no label names the database: `ingest batch N`, never held against it)
+        label = batch_label(batch_id, db_id) if db_id is not None else f"ingest batch {batch_id}"
         anchor_id, state, mismatch = _anchor_of(batch_id, anchor_id, root_hex, size, states)
         if mismatch is None and root_hex in sized:
             mismatch = _anchor_of(batch_id, None, root_hex, size, {root_hex: sized[root_hex]})[2]
-        if mismatch is None and state in ("none", "unknown") and labelled.get(label, root_hex) != root_hex:
+        if (
+            mismatch is None
+            and db_id is not None
+            and state in ("none", "unknown")
+            and labelled.get(label, root_hex) != root_hex
+        ):
             anchor_id, mismatch = (
                 labelled[label],
                 _mismatch(batch_id, root_hex, f"its anchor {label!r}", labelled[label]),
@@ -1219,10 +1251,10 @@ def _anchor(
     assert report.merkle_root is not None and report.batch_id is not None
     recorded = report.anchor_id  # a duplicate's, as stored: unchanged means no UPDATE (a standby takes none)
     try:
+        with _db_errors(target, "reading the database's identity"):
+            label = batch_label(report.batch_id, database_id(conn))
         status, anchor_id = anchorer(
-            bytes.fromhex(report.merkle_root),
-            report.rows_loaded if size is None else size,
-            report.batch_id,
+            bytes.fromhex(report.merkle_root), report.rows_loaded if size is None else size, label
         )
     except VokeError as exc:
         report.anchor = "unavailable"
