@@ -81,7 +81,12 @@ class LockHeld(PreconditionError):
     """The DR lock is held by HOLDER ("OPERATION pid N", as `dr_lock` names it)."""
 
     def __init__(self, holder: str) -> None:
-        super().__init__(f"another DR operation is running ({holder}); wait for it to finish")
+        what = (  # `env up`, `env down`, `env destroy`, or a command starting the environment on demand
+            "another voke is starting, stopping or destroying the environment"
+            if holder.startswith("env ")
+            else "another DR operation is running"
+        )
+        super().__init__(f"{what} ({holder}); wait for it to finish")
         self.holder = holder
 
 

@@ -38,3 +38,6 @@ def test_a_start_refused_by_a_dr_operation_is_not_retried(tmp_path):
         after_another_start(env, start)
     assert tries == [1]
     assert LockHeld("x").type_name == "PreconditionError"  # what --json says, as before
+    assert LockHeld("env up pid 7").message == (
+        "another voke is starting, stopping or destroying the environment (env up pid 7); wait for it to finish"
+    )

@@ -320,11 +320,11 @@ def refuse_if_unfinished(env: LocalEnvironment, *, allow: str | None = None) -> 
 def refuse_if_running(env: LocalEnvironment) -> None:
     """PreconditionError (exit 5) while another process holds the DR lock, as `dr_lock` refuses
     (a probe: it never waits for the lock, nor takes it)."""
-    from voketag_ops.locks import running_elsewhere
+    from voketag_ops.locks import LockHeld, running_elsewhere
 
     holder = running_elsewhere(env.home / "dr")
     if holder is not None:
-        raise PreconditionError(f"another DR operation is running ({holder}); wait for it to finish")
+        raise LockHeld(holder)
 
 
 def refuse_if_busy(env: LocalEnvironment, *, allow: str | None = None) -> dict[str, Any] | None:
