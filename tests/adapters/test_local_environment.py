@@ -833,3 +833,27 @@ def test_a_crashed_environment_destroyed_without_its_chain_leaves_no_shared_memo
     assert result.exit_code == 0, result.stderr
     after_files, after_ids = shared_memory_now()
     assert not ours_files & after_files and not ours_ids & after_ids
+
+
+def test_the_restore_command_fetches_whole_segments_and_says_nothing_of_missing_ones(tmp_path):
+    """A standby asks the archive for every segment past its end; each missing one wrote two shell
+    errors (`cannot open`, `Illegal number`) into the server log, its most common lines."""
+    import subprocess
+
+    env = local(tmp_path / "home")
+    env.archive_dir.mkdir(parents=True)
+    whole, short = "000000010000000000000004", "000000010000000000000005"
+    (env.archive_dir / whole).write_bytes(b"\0" * 16 * 1024 * 1024)
+    (env.archive_dir / short).write_bytes(b"\0" * 1000)  # cut short: recovery must not be handed it
+
+    def fetch(name):
+        out = tmp_path / "pg_wal" / name
+        out.parent.mkdir(exist_ok=True)
+        command = env.restore_command().replace("%f", name).replace("%p", str(out))
+        done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=False)
+        return done.returncode, done.stderr, out.exists()
+
+    assert fetch(whole) == (0, "", True)
+    assert fetch(short) == (1, "", False)
+    assert fetch("000000010000000000000006") == (1, "", False)  # not archived (yet)
+    assert fetch("00000002.history")[1:] == ("", False)

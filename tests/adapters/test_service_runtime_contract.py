@@ -509,3 +509,20 @@ def test_an_instance_that_answers_again_before_its_replacement_is_kept(platform,
     # and a stale id (another voke replaced that instance meanwhile) replaces nothing
     assert runtime.ensure_started({secret: version}, replace={name: "gone-instance"}) == []
     assert json.loads(registry.read_text())["services"][name]["active"]["instance"] == woken["instance"]
+
+
+def test_logs_of_instances_gone_are_removed_when_empty_and_kept_a_while_when_not(tmp_path, monkeypatch):
+    """Every instance opens a log; a soak of rotations and failovers left ~19 empty ones a round,
+    978 after 52 rounds, none ever removed."""
+    from voketag_ops.adapters.local import services
+
+    runtime = services.LocalServiceRuntime(tmp_path / "home", {})
+    logs = runtime.dir / "logs"
+    logs.mkdir(parents=True)
+    (logs / "svc-a-v1-aaaaaa.log").write_text("")
+    for age, name in enumerate(["svc-a-v2-bbbbbb", "svc-a-v3-cccccc", "svc-a-v4-dddddd"]):
+        (logs / f"{name}.log").write_text("Traceback: what the instance said\n")
+        os.utime(logs / f"{name}.log", (1_000_000 + age, 1_000_000 + age))
+    monkeypatch.setattr(services, "KEPT_LOGS", 2)
+    assert runtime.stop_orphans() == []  # any registry update prunes
+    assert sorted(p.name for p in logs.iterdir()) == ["svc-a-v3-cccccc.log", "svc-a-v4-dddddd.log"]

@@ -720,7 +720,10 @@ class LocalEnvironment:
         A segment of another size than initdb's (cut short, padded) counts as missing: handed to
         recovery it is FATAL, even one only read ahead past a restore's target."""
         src = shlex.quote(f"{self._archive_in_command()}/%f")
+        # (absent: exit 1 quietly; recovery asks for every segment past the archive's end, and
+        # each `cannot open`/`Illegal number` from sh filled the server log)
         return (
+            f"test -f {src} || exit 1; "
             f'case %f in *[!0-9A-F]*) ;; *) test "$(wc -c < {src})" -eq {DEFAULT_SEGMENT_SIZE} || exit 1 ;; esac; '
             f"cp {src} '%p'"
         )

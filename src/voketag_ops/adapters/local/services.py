@@ -43,6 +43,7 @@ DRAIN_GRACE_SECONDS = 5.0
 # How long an instance has to give any answer on /health before `env up` takes it for hung:
 # well past service_app's own database timeout (3 s), after which it answers 503.
 ANSWER_SECONDS = 8.0
+KEPT_LOGS = 50  # logs of instances gone, kept when they say something (the newest)
 
 
 def http_answers(url: str, timeout: float = 3) -> bool:
@@ -111,8 +112,34 @@ class LocalServiceRuntime:
             tmp.write_text(json.dumps(doc, indent=1))
             os.chmod(tmp, 0o600)
             tmp.replace(self.registry_file)
+            self._prune_logs(doc)
         finally:
             os.close(fd)
+
+    def _prune_logs(self, doc: dict[str, Any]) -> None:
+        """Remove the logs of instances DOC no longer lists: empty ones at once (every instance
+        opens one, and a rotation or failover starts a few), others beyond the newest KEPT_LOGS
+        (what a crashed instance printed stays a while). Under the registry lock."""
+        listed = {
+            i["instance"]
+            for e in doc["services"].values()
+            for i in [e.get("active"), *e.get("others", [])]
+            if i
+        }
+        gone = []
+        for path in (self.dir / "logs").glob("*.log"):
+            try:
+                info = path.stat()
+            except OSError:
+                continue
+            if path.stem in listed:
+                continue
+            if info.st_size == 0:
+                path.unlink(missing_ok=True)
+            else:
+                gone.append((info.st_mtime, path))
+        for _mtime, path in sorted(gone, reverse=True)[KEPT_LOGS:]:
+            path.unlink(missing_ok=True)
 
     def _stop_unlisted(self, doc: dict[str, Any]) -> None:
         """Stop this home's service processes that DOC does not list: a voke killed between
