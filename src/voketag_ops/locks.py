@@ -77,15 +77,20 @@ def dr_lock(directory: Path, operation: str, *, shared: bool = False) -> Iterato
         os.close(fd)
 
 
+def is_env_holder(holder: str) -> bool:
+    """Whether HOLDER is `env up`, `env down`, `env destroy` or a command starting the environment
+    on demand (which holds the lock as `env up`), not a DR operation."""
+    return holder_parts(holder)[0].startswith("env ")
+
+
+ENV_BUSY = "another voke is starting, stopping or destroying the environment"
+
+
 class LockHeld(PreconditionError):
     """The DR lock is held by HOLDER ("OPERATION pid N", as `dr_lock` names it)."""
 
     def __init__(self, holder: str) -> None:
-        what = (  # `env up`, `env down`, `env destroy`, or a command starting the environment on demand
-            "another voke is starting, stopping or destroying the environment"
-            if holder.startswith("env ")
-            else "another DR operation is running"
-        )
+        what = ENV_BUSY if is_env_holder(holder) else "another DR operation is running"
         super().__init__(f"{what} ({holder}); wait for it to finish")
         self.holder = holder
 

@@ -1640,3 +1640,27 @@ def test_two_commands_starting_a_stopped_environment_together_both_run(voke, env
         out, err = run.communicate(timeout=600)
         assert run.returncode == 0, out + err
     assert voke("dr", "check", environ=environ).exit_code == 0
+
+
+def test_a_rotation_waits_for_another_voke_starting_the_environment(voke, environ, env):
+    # Found by review: its early look at the DR lock refused any holder, so a rotation beside a
+    # load starting the environment on demand was exit 5 while the load waited and went on.
+    import subprocess
+    import sys
+
+    assert voke("env", "down", environ=environ).exit_code == 0
+    code = (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600);"
+        " fcntl.flock(fd, fcntl.LOCK_EX); os.ftruncate(fd, 0); os.pwrite(fd, b'env up pid 7', 0);"
+        " print('held', flush=True); time.sleep(1.5)"
+    )
+    starter = subprocess.Popen(
+        [sys.executable, "-c", code, str(env.home / "dr" / "dr.lock")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert starter.stdout is not None and starter.stdout.readline().strip() == "held"
+        rotated = voke("rotate", "db-password", "--yes", "--json", environ=environ)
+    finally:
+        starter.wait()
+    assert rotated.exit_code == 0, rotated.stdout + rotated.stderr
+    assert voke("dr", "check", environ=environ).exit_code == 0

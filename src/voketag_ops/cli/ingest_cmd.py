@@ -94,12 +94,15 @@ def _read_conninfo(env: AppContext, db: str | None) -> str | None:
 
     local = env.local_environment()
     if not local.exists or not local.primary().running:
-        from voketag_ops.locks import running_elsewhere
+        from voketag_ops.locks import ENV_BUSY, is_env_holder, running_elsewhere
 
         if (holder := running_elsewhere(local.home / "dr")) is not None:  # a failover or drill moves it
-            raise BackendError(
-                f"the primary is down while a DR operation runs ({holder}); try again once it ends"
+            busy = (
+                f": {ENV_BUSY} ({holder})"
+                if is_env_holder(holder)
+                else f" while a DR operation runs ({holder})"
             )
+            raise BackendError(f"the primary is down{busy}; try again once it ends")
         raise BackendError(
             "the local environment is not running; `voke env up` starts it (reading batches "
             "and proofs never does)"
@@ -238,10 +241,11 @@ def _named_dr_operation(db: str | None, home: Path) -> Iterator[None]:
     try:
         yield
     except BackendError as exc:
-        from voketag_ops.locks import running_elsewhere
+        from voketag_ops.locks import ENV_BUSY, is_env_holder, running_elsewhere
 
         if db is None and (holder := running_elsewhere(home / "dr")) is not None:
-            exc.hint = f"a DR operation is running ({holder}): rerun the same command once it ends"
+            busy = ENV_BUSY if is_env_holder(holder) else "a DR operation is running"
+            exc.hint = f"{busy} ({holder}): rerun the same command once it ends"
         raise
 
 

@@ -50,19 +50,19 @@ def after_another_start(env: LocalEnvironment, start: Callable[[], None]) -> Non
     starting it on demand, as two loads at once do): wait for it, bounded, rather than fail
     with exit 5 or use servers about to go, and again if another one took the lock first (two
     cron jobs starting a stopped environment together). A DR operation is not waited for."""
-    from voketag_ops.locks import LockHeld, holder_parts, running_elsewhere
+    from voketag_ops.locks import LockHeld, is_env_holder, running_elsewhere
 
     deadline = time.monotonic() + max(120.0, 3 * env.settings.start_timeout)
     while True:
         while (holder := running_elsewhere(env.home / "dr")) is not None and time.monotonic() < deadline:
-            if not holder_parts(holder)[0].startswith("env "):
+            if not is_env_holder(holder):
                 break
             time.sleep(0.2)
         try:
             start()
             return
         except LockHeld as exc:
-            if not holder_parts(exc.holder)[0].startswith("env ") or time.monotonic() >= deadline:
+            if not is_env_holder(exc.holder) or time.monotonic() >= deadline:
                 raise
 
 
@@ -180,13 +180,12 @@ class LocalPlatform:
         if self.env.is_running():
             if all(s.instance is not None for s in self.runtime().services(check=False)):
                 return
-            from voketag_ops.locks import running_elsewhere
+            from voketag_ops.locks import ENV_BUSY, is_env_holder, running_elsewhere
 
             if not strict and (holder := running_elsewhere(self.env.home / "dr")) is not None:
                 # The servers are up, which is what the command needs; `env up` would refuse.
-                progress(
-                    f"warning: the local services were not started: a DR operation is running ({holder})"
-                )
+                busy = ENV_BUSY if is_env_holder(holder) else "a DR operation is running"
+                progress(f"warning: the local services were not started: {busy} ({holder})")
                 return
         progress("starting the local environment (voke env up)")
         self.up(progress, strict=strict)

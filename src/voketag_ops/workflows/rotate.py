@@ -1866,7 +1866,7 @@ def local_engine(
     environment is started: a command refused for them starts nothing. Either environment's
     DR lock keeps a rotation and a DR operation from starting together."""
     from voketag_ops.adapters.local import dr
-    from voketag_ops.locks import dr_lock, running_elsewhere
+    from voketag_ops.locks import dr_lock, is_env_holder, running_elsewhere
     from voketag_ops.workflows.env import LocalPlatform
 
     # The lock's directory: to look at (a dry run makes nothing), and made, private, to hold it.
@@ -1884,8 +1884,10 @@ def local_engine(
         pending = None if reads else dr.unfinished_operation(local.env)
         if pending is not None:
             dr.refuse_unfinished(local.env, pending)
-    # Nor while a drill or DR operation runs: its failover would race this rotation.
-    if not reads and (holder := running_elsewhere(probe)) is not None:
+    # Nor while a drill or DR operation runs: its failover would race this rotation. Another voke
+    # starting the environment this rotation will start too is waited for (`after_another_start`).
+    holder = None if reads else running_elsewhere(probe)
+    if holder is not None and not (platform is not None and start and is_env_holder(holder)):
         raise PreconditionError(f"another DR operation is running ({holder}); rotate once it has finished")
 
     # That look holds nothing: a failover started after it is kept out by the DR lock, held
