@@ -1383,9 +1383,28 @@ def test_a_load_that_loses_the_primary_during_a_dr_operation_names_it(
     assert voke("ingest", "load", str(path), "--json", environ=environ).exit_code == 0  # and it does
 
 
-def test_a_load_waits_for_another_voke_starting_the_environment(voke, environ, env, tmp_path):
+@contextlib.contextmanager
+def another_voke_starting(env, seconds=1.5):
+    """Another voke holding the DR lock as an on-demand start does (`env up pid 7`) for SECONDS."""
     import subprocess
     import sys
+
+    code = (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600);"
+        " fcntl.flock(fd, fcntl.LOCK_EX); os.ftruncate(fd, 0); os.pwrite(fd, b'env up pid 7', 0);"
+        f" print('held', flush=True); time.sleep({seconds})"
+    )
+    starter = subprocess.Popen(
+        [sys.executable, "-c", code, str(env.home / "dr" / "dr.lock")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert starter.stdout is not None and starter.stdout.readline().strip() == "held"
+        yield
+    finally:
+        starter.wait()
+
+
+def test_a_load_waits_for_another_voke_starting_the_environment(voke, environ, env, tmp_path):
 
     path = tmp_path / "batch.csv"
     assert (
@@ -1394,19 +1413,8 @@ def test_a_load_waits_for_another_voke_starting_the_environment(voke, environ, e
         ).exit_code
         == 0
     )
-    code = (
-        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600);"
-        " fcntl.flock(fd, fcntl.LOCK_EX); os.ftruncate(fd, 0); os.pwrite(fd, b'env up pid 7', 0);"
-        " print('held', flush=True); time.sleep(1.5)"
-    )  # another load starting the environment on demand, which ends in a moment
-    starter = subprocess.Popen(
-        [sys.executable, "-c", code, str(env.home / "dr" / "dr.lock")], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert starter.stdout is not None and starter.stdout.readline().strip() == "held"
+    with another_voke_starting(env):  # another load starting the environment on demand
         loaded = voke("ingest", "load", str(path), "--json", environ=environ)
-    finally:
-        starter.wait()
     assert loaded.exit_code == 0, loaded.stdout  # exit 5 before: "another DR operation is running"
 
 
@@ -1645,22 +1653,9 @@ def test_two_commands_starting_a_stopped_environment_together_both_run(voke, env
 def test_a_rotation_waits_for_another_voke_starting_the_environment(voke, environ, env):
     # Found by review: its early look at the DR lock refused any holder, so a rotation beside a
     # load starting the environment on demand was exit 5 while the load waited and went on.
-    import subprocess
-    import sys
 
     assert voke("env", "down", environ=environ).exit_code == 0
-    code = (
-        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600);"
-        " fcntl.flock(fd, fcntl.LOCK_EX); os.ftruncate(fd, 0); os.pwrite(fd, b'env up pid 7', 0);"
-        " print('held', flush=True); time.sleep(1.5)"
-    )
-    starter = subprocess.Popen(
-        [sys.executable, "-c", code, str(env.home / "dr" / "dr.lock")], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert starter.stdout is not None and starter.stdout.readline().strip() == "held"
+    with another_voke_starting(env):
         rotated = voke("rotate", "db-password", "--yes", "--json", environ=environ)
-    finally:
-        starter.wait()
     assert rotated.exit_code == 0, rotated.stdout + rotated.stderr
     assert voke("dr", "check", environ=environ).exit_code == 0
