@@ -179,6 +179,8 @@ def test_a_port_another_user_holds_is_named_with_that_user():
     finally:
         os.seteuid(0)
     with squatter:
+        # (a port just picked may have a connection in TIME_WAIT, as servers do: they bind with it)
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
         message = port_taken(port, "primary").message
