@@ -646,6 +646,7 @@ def test_env_can_stop_restored_instances_and_discard_removes_stopped_ones(voke, 
 
     port = next(r["port"] for r in listed)
     with socket.socket() as blocker:  # its port taken meanwhile: said, with what to do; up goes on
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (its connections may be in TIME_WAIT)
         blocker.bind(("127.0.0.1", int(port)))
         blocker.listen()
         blocked = voke("env", "up", "--json", environ=environ)
