@@ -86,6 +86,11 @@ def is_env_holder(holder: str) -> bool:
 ENV_BUSY = "another voke is starting, stopping or destroying the environment"
 
 
+def busy_with(holder: str) -> str:
+    """What HOLDER of the DR lock is doing, for a message: a DR operation, or an `env` command."""
+    return ENV_BUSY if is_env_holder(holder) else "a DR operation is running"
+
+
 class LockHeld(PreconditionError):
     """The DR lock is held by HOLDER ("OPERATION pid N", as `dr_lock` names it)."""
 

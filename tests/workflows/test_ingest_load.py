@@ -1077,14 +1077,18 @@ DAMAGE = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize(("sql", "named"), DAMAGE.values(), ids=DAMAGE.keys())
-def test_damaged_seal_data_is_a_failed_proof_naming_what_is_damaged(db, tmp_path, sql, named):
+def _proof_after(db: str, tmp_path: Path, sql: str) -> tuple[Any, Any]:
+    """(load report, proof of the tag at leaf 1100) of a 1500-row batch once SQL damaged it."""
     path = sample(tmp_path, 1500)
     report = load(db, path)
-    tag = file_rows(path)[1100][0]
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute(sql)
-    proof = wf.prove_tag(db, tag)
+    return report, wf.prove_tag(db, file_rows(path)[1100][0])
+
+
+@pytest.mark.parametrize(("sql", "named"), DAMAGE.values(), ids=DAMAGE.keys())
+def test_damaged_seal_data_is_a_failed_proof_naming_what_is_damaged(db, tmp_path, sql, named):
+    report, proof = _proof_after(db, tmp_path, sql)
     assert proof.found and not proof.valid and not proof.intact
     assert proof.damaged is not None and named in proof.damaged, proof.damaged
     assert proof.damaged.startswith(f"batch {report.batch_id}'s seal is damaged")
@@ -1108,12 +1112,7 @@ ROW_DAMAGE = {
 @pytest.mark.parametrize(("sql", "named"), ROW_DAMAGE.values(), ids=ROW_DAMAGE.keys())
 def test_a_stored_row_that_cannot_be_a_sealed_leaf_is_a_failed_proof(db, tmp_path, sql, named):
     """Was exit 4 (a time psycopg cannot convert) or "not loaded" (an inner join to batches)."""
-    path = sample(tmp_path, 1500)
-    load(db, path)
-    tag = file_rows(path)[1100][0]
-    with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute(sql)
-    proof = wf.prove_tag(db, tag)
+    _report, proof = _proof_after(db, tmp_path, sql)
     assert proof.found and not proof.valid and not proof.intact and proof.leaf_index == 1100
     assert proof.damaged is not None and named in proof.damaged, proof.damaged
 

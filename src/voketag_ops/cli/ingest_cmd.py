@@ -241,11 +241,10 @@ def _named_dr_operation(db: str | None, home: Path) -> Iterator[None]:
     try:
         yield
     except BackendError as exc:
-        from voketag_ops.locks import ENV_BUSY, is_env_holder, running_elsewhere
+        from voketag_ops.locks import busy_with, running_elsewhere
 
         if db is None and (holder := running_elsewhere(home / "dr")) is not None:
-            busy = ENV_BUSY if is_env_holder(holder) else "a DR operation is running"
-            exc.hint = f"{busy} ({holder}): rerun the same command once it ends"
+            exc.hint = f"{busy_with(holder)} ({holder}): rerun the same command once it ends"
         raise
 
 

@@ -14,7 +14,7 @@ from voketag_ops.adapters.local.environment import LocalEnvironment, Progress, U
 from voketag_ops.config import Settings
 from voketag_ops.core.rotation import LAST_ANNOTATION, generate_password
 from voketag_ops.core.times import iso
-from voketag_ops.errors import BackendError, PreconditionError, VokeError
+from voketag_ops.errors import PreconditionError, VokeError
 from voketag_ops.logs import get_logger
 
 log = get_logger(__name__)
@@ -180,12 +180,11 @@ class LocalPlatform:
         if self.env.is_running():
             if all(s.instance is not None for s in self.runtime().services(check=False)):
                 return
-            from voketag_ops.locks import ENV_BUSY, is_env_holder, running_elsewhere
+            from voketag_ops.locks import busy_with, running_elsewhere
 
             if not strict and (holder := running_elsewhere(self.env.home / "dr")) is not None:
                 # The servers are up, which is what the command needs; `env up` would refuse.
-                busy = ENV_BUSY if is_env_holder(holder) else "a DR operation is running"
-                progress(f"warning: the local services were not started: {busy} ({holder})")
+                progress(f"warning: the local services were not started: {busy_with(holder)} ({holder})")
                 return
         progress("starting the local environment (voke env up)")
         self.up(progress, strict=strict)
@@ -287,16 +286,10 @@ class LocalPlatform:
                 f"an interrupted `voke env move-port {recorded['node']}` must be finished first: "
                 f"voke env move-port {recorded['node']} --yes"
             )
-        wanted = recorded["port"] if recorded is not None and port is None else port
-        try:
-            plan = self.env.plan_move(node, wanted)
-        except BackendError as exc:
-            if port is None and recorded is not None and exc.message.startswith(f"port {wanted} is in use"):
-                raise BackendError(
-                    f"port {wanted}, which the interrupted move recorded for {node}, is now in use by "
-                    "another process; stop that process, or name another port with --port N"
-                ) from None
-            raise
+        if recorded is not None and port is None:  # finishing it: on the port it recorded
+            plan = self.env.plan_move(node, recorded["port"], recorded=True)
+        else:
+            plan = self.env.plan_move(node, port)
         if plan["leader"]:
             # its pending version names the old port; its resume or rollback would log in there
             refuse_if_rotating_locally(self.settings)

@@ -537,12 +537,13 @@ class LocalEnvironment:
         """Whether NAME should be running: the leader always, the follower unless fenced or disabled."""
         return name == state.leader or (self.settings.replica and name not in self.fenced())
 
-    def plan_move(self, name: str, port: int | None = None) -> dict[str, Any]:
+    def plan_move(self, name: str, port: int | None = None, *, recorded: bool = False) -> dict[str, Any]:
         """What `env move-port NAME [--port PORT]` would do, checked as the move checks it: NAME a
         node (primary, replica) or a restored instance, stopped; PORT free and nobody else's in
         this environment (None: a free one voke picks). `leader`: a node the services and the
         standby follow (the recorded leader, unless fenced: a failover cut short resumes from
-        it); `standby`: the follower whose primary_conninfo names it."""
+        it); `standby`: the follower whose primary_conninfo names it. RECORDED: PORT is the one
+        an interrupted move recorded (taken since, it is named as such)."""
         from voketag_ops.adapters.local import dr
 
         state = self.require_state()
@@ -567,6 +568,11 @@ class LocalEnvironment:
                 "(`voke env down` stops it first if it must move)"
             )
         if not running and not port_is_free(port):
+            if recorded:
+                raise BackendError(
+                    f"port {port}, which the interrupted move recorded for {name}, is now in use by "
+                    f"another process{port_holder(port)}; stop that process, or name another port with --port N"
+                )
             raise BackendError(
                 f"port {port} is in use by another process{port_holder(port)}; "
                 + (
