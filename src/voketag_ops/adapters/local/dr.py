@@ -1420,7 +1420,7 @@ def discard_restore(env: LocalEnvironment, name: str) -> dict[str, Any]:
     shutil.rmtree(node.data_dir, ignore_errors=True)
     shutil.rmtree(restores_dir(env) / f".{name}.partial", ignore_errors=True)  # a copy cut short
     (restores_dir(env) / f"{name}.json").unlink(missing_ok=True)
-    (env.logs_dir / f"restore-{name}.log").unlink(missing_ok=True)  # (a drill's journal keeps its story)
+    node.log_file.unlink(missing_ok=True)  # (a drill's journal keeps its story)
     return {"name": name, "stopped": stopped, "removed": str(node.data_dir)}
 
 
