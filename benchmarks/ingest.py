@@ -14,7 +14,9 @@ environment started for the benchmark (in a temporary VOKE_HOME):
 - a diagnostic, PostgreSQL's share: the rows exactly as voke sends them (canonical,
   sorted piece by piece) COPYed into voke's own tables (``ingest.tags`` with its primary
   key), by a bare client that validates and seals nothing. What voke takes beyond this is
-  voke's own work: validation, the Merkle seal, the leaf hashes, its start.
+  voke's own work: validation, the Merkle seal, the leaf hashes, its start. The same COPY
+  into ``ingest.tags`` without its primary key shows the key's part: one B-tree insertion,
+  and one WAL record, per row, which is what keeps tag_ids unique across batches.
 
 Each path runs in a child process of its own, so its peak RSS (getrusage) is its own.
 Goals (issue 4): voke within 3x of raw COPY, at least 5x faster than pandas + to_sql,
@@ -224,11 +226,14 @@ def main() -> None:
                 ).fetchall():
                     conn.execute(f'DROP DATABASE IF EXISTS "{old}" WITH (FORCE)')
             conninfo = local.platform_database(name)
-            if name.startswith("bench_share"):  # voke's own tables, made the way voke makes them
+            if name.startswith(("bench_share", "bench_nokey")):  # voke's tables, made as voke makes them
                 from voketag_ops.workflows import ingest as wf
 
                 made = wf.connect(conninfo)
                 wf.ensure_schema(made)
+                if name.startswith("bench_nokey"):
+                    made.execute("ALTER TABLE ingest.tags DROP CONSTRAINT tags_pkey")
+                    made.commit()
                 made.close()
             quiesce()
             return conninfo
@@ -282,6 +287,7 @@ def main() -> None:
         raws: list[Measured] = []
         vokes: list[Measured] = []
         shares: list[Measured] = []
+        keyless: list[Measured] = []
         for run in range(RUNS):
             conninfo = fresh_db(f"bench_raw_{run}")
             raws.append(measure([sys.executable, "-c", _RAW_COPY, conninfo, str(sample)], env, postmasters))
@@ -292,6 +298,12 @@ def main() -> None:
             vokes.append(m)
             conninfo = fresh_db(f"bench_share_{run}")
             shares.append(
+                measure(
+                    [sys.executable, "-c", _PG_SHARE, conninfo, str(prepared), _COLUMNS], env, postmasters
+                )
+            )
+            conninfo = fresh_db(f"bench_nokey_{run}")
+            keyless.append(
                 measure(
                     [sys.executable, "-c", _PG_SHARE, conninfo, str(prepared), _COLUMNS], env, postmasters
                 )
@@ -323,6 +335,12 @@ def main() -> None:
             f"{share_med:.2f} s, CPU {statistics.median(p.client_cpu + p.server_cpu for p in shares):.2f} s "
             f"(servers {statistics.median(p.server_cpu for p in shares):.2f}); voke / that = {voke_med / share_med:.2f}x, "
             f"that / raw COPY = {share_med / raw_med:.2f}x"
+        )
+        keyless_med = statistics.median(p.seconds for p in keyless)
+        print(
+            f"ingest: the same without ingest.tags' primary key: median {keyless_med:.2f} s "
+            f"({keyless_med / raw_med:.2f}x raw COPY); the key's part {share_med - keyless_med:.2f} s, "
+            f"servers' CPU {statistics.median(p.server_cpu for p in shares) - statistics.median(p.server_cpu for p in keyless):.2f} s"
         )
         ratios = ", ".join(f"{v.seconds / r.seconds:.2f}x" for r, v in zip(raws, vokes, strict=True))
         print(
