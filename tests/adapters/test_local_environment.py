@@ -375,6 +375,24 @@ def test_down_keeps_data_and_up_restarts(voke, home, env_of):
         assert conn.execute("select count(*) from t_stream").fetchone()[0] == 1
 
 
+def test_a_server_log_over_its_limit_starts_afresh_at_the_next_start_and_keeps_one_before(voke, home, env_of):
+    from voketag_ops.adapters.local.postgres import LOG_ROTATE_BYTES
+
+    log = local(home).node("primary").log_file
+    assert voke("env", "down", environ=env_of(home)).exit_code == 0
+    with log.open("ab") as fh:  # months of a running server's lines
+        fh.write(b"x" * LOG_ROTATE_BYTES)
+    big = log.stat().st_size
+    assert voke("env", "up", environ=env_of(home)).exit_code == 0
+    before = log.with_name("primary.log.1")
+    assert before.stat().st_size == big
+    assert 0 < log.stat().st_size < 1024 * 1024  # this start's lines
+    assert voke("env", "down", environ=env_of(home)).exit_code == 0
+    assert voke("env", "up", environ=env_of(home)).exit_code == 0  # a small log goes on as it is
+    assert before.stat().st_size == big
+    assert b"database system is ready" in log.read_bytes().split(b"database system is ready", 1)[1]
+
+
 def test_port_taken_by_another_process_is_exit_4(voke, home, env_of):
     env = local(home)
     port = env.node("primary").port

@@ -1420,7 +1420,8 @@ def discard_restore(env: LocalEnvironment, name: str) -> dict[str, Any]:
     shutil.rmtree(node.data_dir, ignore_errors=True)
     shutil.rmtree(restores_dir(env) / f".{name}.partial", ignore_errors=True)  # a copy cut short
     (restores_dir(env) / f"{name}.json").unlink(missing_ok=True)
-    node.log_file.unlink(missing_ok=True)  # (a drill's journal keeps its story)
+    for log_file in (node.log_file, node.log_file.with_name(node.log_file.name + ".1")):
+        log_file.unlink(missing_ok=True)  # (a drill's journal keeps its story)
     return {"name": name, "stopped": stopped, "removed": str(node.data_dir)}
 
 

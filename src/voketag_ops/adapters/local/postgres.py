@@ -314,6 +314,7 @@ def process_exists(pid: int | str | None) -> bool:
 
 EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 LISTEN_PORTS_FROM = 20000  # below: registered services' ports, taken more often
+LOG_ROTATE_BYTES = 10 * 1024 * 1024  # a server log this big starts afresh at the next start
 
 
 def ephemeral_ports() -> range:
@@ -814,6 +815,7 @@ class PgNode:
             return
         if not port_is_free(self.port):
             raise port_taken(self.port, self.name)
+        self._rotate_log()
         deadline = time.monotonic() + timeout
         attempt = 0
         while True:
@@ -847,6 +849,16 @@ class PgNode:
             raise BackendError(
                 f"{self.name} failed to start: {_fatal_line(tail) or _last_line(result.stderr)} (log: {self.log_file})"
             )
+
+    def _rotate_log(self) -> None:
+        """The server appends to its log (`pg_ctl -l`) for as long as it runs; at a start, one
+        over LOG_ROTATE_BYTES becomes `NAME.log.1` (the one before goes), so a node's logs keep
+        its last start and the one before whatever its age."""
+        try:
+            if self.log_file.stat().st_size > LOG_ROTATE_BYTES:
+                self.log_file.replace(self.log_file.with_name(self.log_file.name + ".1"))
+        except FileNotFoundError:
+            pass
 
     def stop(self, *, mode: str = "fast", timeout: float = 60) -> bool:
         """Stop the server; returns False if it was not running."""
