@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from voketag_ops.adapters.local.environment import LocalEnvironment
+from voketag_ops.adapters.local.postgres import child_pids, is_stopped
 from voketag_ops.config import LocalSettings
 from voketag_ops.errors import BackendError
 
@@ -291,18 +292,17 @@ def test_a_frozen_replica_is_named_by_env_up_and_left_alone_and_status_and_check
     # Found by a review following the partial-degradation runbook: with the replica's processes
     # stopped (SIGSTOP, a debugger) and megabytes written on the primary, `env up` said "already
     # running; nothing changed", `env status` showed a lag of 0 s, and `dr check` failed.
-    from voketag_ops.adapters.local import dr
 
     assert voke("env", "up", environ=env_of(home)).exit_code == 0
     env = local(home)
     rebuild = "voke dr failback --no-switch-back --clone --yes"
     pid = env.node("replica").pid()
     assert pid is not None
-    pids = [pid, *dr.child_pids(pid)]
+    pids = [pid, *child_pids(pid)]
     try:
         for target in pids:
             os.kill(target, signal.SIGSTOP)
-        wait_for(lambda: all(dr._frozen(p) for p in pids), "the replica to stop")
+        wait_for(lambda: all(is_stopped(p) for p in pids), "the replica to stop")
         with env.primary().connect() as conn:
             conn.execute("create table if not exists t_frozen (id int, pad text)")
             conn.execute("insert into t_frozen select g, repeat('x', 200) from generate_series(1, 20000) g")
@@ -312,7 +312,7 @@ def test_a_frozen_replica_is_named_by_env_up_and_left_alone_and_status_and_check
         assert result["already_running"] is False and result["not_answering"] == ["replica"]
         [warning] = [w for w in result["warnings"] if "does not answer" in w]
         assert f"pid {pid}" in warning and "stopped (SIGSTOP" in warning and rebuild in warning
-        assert all(dr._frozen(p) for p in pids)  # left as it is: an operator may have paused it
+        assert all(is_stopped(p) for p in pids)  # left as it is: an operator may have paused it
         human = voke("env", "up", environ=env_of(home))
         assert "already running" not in human.stdout and "does not answer" in human.stdout
         assert "replica  running, not answering" in human.stdout, human.stdout
@@ -334,6 +334,41 @@ def test_a_frozen_replica_is_named_by_env_up_and_left_alone_and_status_and_check
     assert again.exit_code == 0 and not again.json["result"]["warnings"], again.stdout
     with env.primary().connect() as conn:
         conn.execute("drop table t_frozen")
+
+
+def test_a_frozen_leader_is_named_with_its_pids_at_once_by_up_down_status_and_doctor(voke, home, env_of):
+    # Found by an upgrade review: a primary an older voke's killed network drill left stopped
+    # (no record of it) made `env up` time out connecting (exit 4, no hint), `env down` stop
+    # the replica and then wait two minutes for the primary, and `doctor` say "not running".
+    assert voke("env", "up", environ=env_of(home)).exit_code == 0
+    env = local(home)
+    pid = env.primary().pid()
+    assert pid is not None
+    pids = [pid, *child_pids(pid)]
+    try:
+        for target in pids:
+            os.kill(target, signal.SIGSTOP)
+        wait_for(lambda: all(is_stopped(p) for p in pids), "the primary to stop")
+        for command in ("up", "down"):
+            refused = voke("env", command, "--json", environ=env_of(home))
+            assert refused.exit_code == 5, refused.stdout + refused.stderr
+            error = refused.json["error"]
+            assert f"primary (pid {pid}) does not answer" in error["message"], error
+            assert (
+                "stopped (SIGSTOP" in error["message"]
+                and f"kill -CONT {' '.join(map(str, pids))}" in error["hint"]
+            )
+        assert env.node("replica").running  # `down` stopped nothing
+        status = voke("env", "status", "--json", environ=env_of(home)).json["result"]
+        assert "stopped (SIGSTOP" in status["primary"]["error"], status["primary"]
+        doctor = voke("doctor", "--json", environ=env_of(home))
+        [failed] = [c for c in doctor.json["result"]["checks"] if c["name"] == "local environment"]
+        assert doctor.exit_code == 1 and f"primary (pid {pid}) does not answer" in failed["detail"], failed
+    finally:
+        for target in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(target, signal.SIGCONT)
+    assert voke("env", "up", environ=env_of(home)).exit_code == 0
 
 
 def test_doctor_fails_where_env_status_is_unhealthy(voke, home, env_of):

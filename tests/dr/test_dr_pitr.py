@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from voketag_ops.adapters.local import dr
+from voketag_ops.adapters.local import dr, postgres
 from voketag_ops.adapters.local.environment import LocalEnvironment
 from voketag_ops.config import LocalSettings
 from voketag_ops.errors import BackendError, RolledBackError
@@ -106,7 +106,7 @@ def test_a_leader_left_frozen_by_a_killed_network_drill_is_named_and_resumed_by_
     killed = subprocess.run([sys.executable, "-c", freeze], env=environ, check=False)
     assert killed.returncode == -signal.SIGKILL
     pid = env.primary().pid()
-    assert pid is not None and dr._frozen(pid)
+    assert pid is not None and postgres.is_stopped(pid)
     try:
         check = voke("dr", "check", "--json", environ=environ)
         assert check.exit_code == 1 and "unfinished_operation" in check.json["result"]["failed"]
@@ -123,7 +123,7 @@ def test_a_leader_left_frozen_by_a_killed_network_drill_is_named_and_resumed_by_
         for child in [pid, *dr.child_pids(pid)]:  # whatever happened, the next tests get a live leader
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGCONT)
-    assert not any(dr._frozen(p) for p in [pid, *dr.child_pids(pid)])
+    assert not any(postgres.is_stopped(p) for p in [pid, *dr.child_pids(pid)])
     assert not list((env.home / "dr").glob(dr.FROZEN))
     assert (
         voke("dr", "check", "--json", environ=environ).json["result"]["status"]["unfinished_operation"]
@@ -155,7 +155,7 @@ def test_a_resume_leaves_alone_a_pid_reused_by_another_process(tmp_path):
     try:
         os.kill(other.pid, signal.SIGSTOP)
         for _ in range(200):  # the stop lands asynchronously: on a busy host, after kill() returns
-            if dr._frozen(other.pid):
+            if postgres.is_stopped(other.pid):
                 break
             time.sleep(0.05)
         start = dr._start_time(other.pid)
@@ -163,7 +163,7 @@ def test_a_resume_leaves_alone_a_pid_reused_by_another_process(tmp_path):
         record = dr.dr_dir(env) / "frozen-reused.json"
         record.write_text(json.dumps({"node": "reused", "pids": [{"pid": other.pid, "start": start + 1}]}))
         assert dr.thaw(env, "reused") == []  # recorded with another start time: not the frozen process
-        assert dr._frozen(other.pid) and not record.exists()
+        assert postgres.is_stopped(other.pid) and not record.exists()
     finally:
         other.kill()
         other.wait()

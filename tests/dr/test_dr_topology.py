@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from voketag_ops.adapters.local import dr
+from voketag_ops.adapters.local import dr, postgres
 from voketag_ops.adapters.local.environment import LocalEnvironment
 from voketag_ops.config import LocalSettings
 
@@ -968,7 +968,7 @@ def test_a_network_drill_whose_terminal_closes_cleans_up_and_records_it(voke, en
         os.close(master)  # the hangup: SIGHUP, and every write to the terminal fails from now on
     assert drill.wait(timeout=600) == 130
     assert not list((env.home / "dr").glob(dr.FROZEN))
-    assert not any(dr._frozen(p) for p in [env.primary().pid(), *dr.child_pids(env.primary().pid())])
+    assert not any(postgres.is_stopped(p) for p in [env.primary().pid(), *dr.child_pids(env.primary().pid())])
     report = voke("drill", "report", "last", "--format", "json", "--json", environ=environ)
     journal = report.json["result"]
     assert journal["scenario"] == "network" and journal["status"] == "interrupted"
@@ -1251,7 +1251,7 @@ def test_a_frozen_standby_is_killed_and_rebuilt_and_a_failback_stuck_on_it_resum
         for target in pids:
             os.kill(target, signal.SIGSTOP)
         deadline = time.monotonic() + 30
-        while not all(dr._frozen(p) for p in pids) and time.monotonic() < deadline:
+        while not all(postgres.is_stopped(p) for p in pids) and time.monotonic() < deadline:
             time.sleep(0.05)  # the stop lands asynchronously
         assert dr.frozen_pids(env.node("replica")) == pids
         # the failback the review left stuck: stopped part-way before it had rebuilt anything

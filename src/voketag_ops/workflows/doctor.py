@@ -152,9 +152,13 @@ def _local_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
             if status[n] and not status[n]["running"] and (n == "primary" or settings.replica)
         ]
         if down:
-            report.checks.append(
-                Check("local environment", False, f"not running: {', '.join(down)}", "voke env up")
-            )
+            said = [  # a postmaster that is there but does not answer says why (SIGSTOP: kill -CONT)
+                f"{n} (pid {status[n]['pid']}) does not answer: {status[n]['error']}"
+                if status[n]["pid"] and status[n]["error"]
+                else f"{n} not running"
+                for n in down
+            ]
+            report.checks.append(Check("local environment", False, "; ".join(said), "voke env up"))
         elif status.get("split_brain"):
             report.checks.append(
                 Check("local environment", False, "two writable primaries (split brain)", "voke dr status")

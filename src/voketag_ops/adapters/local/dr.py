@@ -48,8 +48,10 @@ from voketag_ops.adapters.local.environment import (
 )
 from voketag_ops.adapters.local.postgres import (
     PgNode,
+    child_pids,
     conf_quote,
     free_dead_shared_memory,
+    frozen_pids,
     parent_death_kills,
     pick_free_port,
     record_command,
@@ -412,21 +414,6 @@ def ensure_schema(conn: psycopg.Connection[Any]) -> None:
         # another session may create the same object concurrently
         with suppress(psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject):
             conn.execute(statement)
-
-
-def child_pids(pid: int) -> list[int]:
-    children = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if len(fields) > 1 and int(fields[1]) == pid:
-            children.append(int(entry.name))
-    return children
 
 
 def kill_node(node: PgNode, *, timeout: float = 30) -> bool:
@@ -1805,19 +1792,6 @@ def quarantine_foreign_timelines(env: LocalEnvironment, leader: PgNode) -> list[
         "moved %d archived file(s) of timelines off %s's history to %s", len(foreign), leader.name, aside
     )
     return foreign
-
-
-def frozen_pids(node: PgNode) -> list[int]:
-    """Those of NODE's processes (postmaster and children) that are stopped: SIGSTOP, a debugger."""
-    pid = node.pid()
-    return [] if pid is None else [p for p in [pid, *child_pids(pid)] if _frozen(p)]
-
-
-def _frozen(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
-    except (OSError, IndexError):
-        return False
 
 
 def fenced_nodes(env: LocalEnvironment) -> list[str]:

@@ -41,6 +41,7 @@ from voketag_ops.adapters.local.postgres import (
     PgNode,
     PgRunner,
     free_dead_shared_memory,
+    frozen_pids,
     grant_traverse,
     pick_free_port,
     port_holder,
@@ -458,6 +459,8 @@ class LocalEnvironment:
                 progress(f"starting the primary ({primary.name}) on port {primary.port}")
                 primary.start(timeout=self.settings.start_timeout)
                 started.append(primary.name)
+            else:
+                _refuse_frozen([primary])
             self._ensure_slot(primary)
             not_started: list[str] = []
             if replica.name in fenced:
@@ -1066,9 +1069,11 @@ class LocalEnvironment:
             if state is None:
                 return {"home": str(self.home), "stopped": [], "existed": False}
             runner = self._runner(state)
+            nodes = [self.node(name, state, runner) for name in (state.follower, state.leader)]
+            _refuse_frozen([node for node in nodes if node.running])  # before anything stops
             stopped = self.stop_restores(progress)  # a restored postmaster would outlive everything else
-            for name in (state.follower, state.leader):  # standby first: it must not see a lost primary
-                node = self.node(name, state, runner)
+            for node in nodes:  # standby first: it must not see a lost primary
+                name = node.name
                 if node.running:
                     progress(f"stopping the {name}")
                     node.stop()
@@ -1219,12 +1224,28 @@ def _writable(node: PgNode) -> bool:
         return False
 
 
+def _frozen_processes(node: PgNode, pids: list[int]) -> str:
+    return f"its process(es) {' '.join(map(str, pids))} are stopped (SIGSTOP, or a debugger)"
+
+
+def _refuse_frozen(nodes: list[PgNode]) -> None:
+    """Exit 5 at once, naming them, when NODES have stopped processes: a stopped server answers
+    nothing and cannot shut down, so `up` would time out connecting and `down` would wait minutes
+    for a stop. Only voke's own network drill's freezes are resumed without asking (its record)."""
+    if frozen := [(node, pids) for node in nodes if (pids := frozen_pids(node))]:
+        raise PreconditionError(
+            "; ".join(
+                f"the {node.name} (pid {node.pid()}) does not answer: {_frozen_processes(node, pids)}"
+                for node, pids in frozen
+            ),
+            hint=f"resume them if nothing holds them on purpose: `kill -CONT {' '.join(str(p) for _n, pids in frozen for p in pids)}`, then run the command again",
+        )
+
+
 def _not_answering(node: PgNode) -> str | None:
     """The warning for NODE when its postmaster lives but does not answer: its processes are
     stopped (SIGSTOP, a debugger) or a connection times out. None when it answers, or says why
     not (starting up: `_await_streaming` waits for that)."""
-    from voketag_ops.adapters.local.dr import frozen_pids
-
     stopped = frozen_pids(node)
     if not stopped:
         try:
@@ -1234,11 +1255,7 @@ def _not_answering(node: PgNode) -> str | None:
         except BackendError as exc:
             if "timeout" not in exc.message:
                 return None
-    why = (
-        f"its process(es) {' '.join(map(str, stopped))} are stopped (SIGSTOP, or a debugger)"
-        if stopped
-        else "a connection times out"
-    )
+    why = _frozen_processes(node, stopped) if stopped else "a connection times out"
     return (
         f"the standby {node.name} (pid {node.pid()}) is running but does not answer: {why}; `voke env up` "
         f"leaves it as it is: resume it if it was paused on purpose (kill -CONT), or rebuild it from "
@@ -1274,6 +1291,9 @@ def _node_status(node: PgNode) -> dict[str, Any]:
         status["role"] = "stopped" if node.initialized else "absent"
         return status
     status["pid"] = pid
+    if stopped := frozen_pids(node):
+        status["error"] = _frozen_processes(node, stopped)  # (a connection would only time out)
+        return status
     try:
         with node.connect(timeout=3) as conn:
             in_recovery, timeline = conn.execute(f"select pg_is_in_recovery(), {TIMELINE_SQL}").fetchone()  # type: ignore[misc]

@@ -884,3 +884,31 @@ class PgNode:
         except OSError:
             return ""
         return data[-limit:].decode("utf-8", "replace")
+
+
+def child_pids(pid: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if len(fields) > 1 and int(fields[1]) == pid:
+            children.append(int(entry.name))
+    return children
+
+
+def frozen_pids(node: PgNode) -> list[int]:
+    """Those of NODE's processes (postmaster and children) that are stopped: SIGSTOP, a debugger."""
+    pid = node.pid()
+    return [] if pid is None else [p for p in [pid, *child_pids(pid)] if is_stopped(p)]
+
+
+def is_stopped(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+    except (OSError, IndexError):
+        return False
