@@ -231,7 +231,7 @@ class Output:
             soft_wrap=not _isatty(stream),
             emoji=False,
         )
-        if not console.is_terminal:
+        if not _isatty(stream):  # (not console.is_terminal: FORCE_COLOR, set by CI systems, makes that true)
             # A pipe or a CI log has no width to fit: rich would squeeze tables into 80 columns
             # and cut the ids and paths a reader copies from them (`rotate rollback ID`).
             console.width = max(console.width, NON_TERMINAL_WIDTH)

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -526,3 +527,22 @@ def test_logs_of_instances_gone_are_removed_when_empty_and_kept_a_while_when_not
     monkeypatch.setattr(services, "KEPT_LOGS", 2)
     assert runtime.stop_orphans() == []  # any registry update prunes
     assert sorted(p.name for p in logs.iterdir()) == ["svc-a-v3-cccccc.log", "svc-a-v4-dddddd.log"]
+
+
+def test_an_instances_log_is_private_whatever_the_umask(platform, tmp_path):
+    """Found by a review under `umask 000`: every other file voke keeps was 0600, the service
+    instances' logs 0666."""
+    from voketag_ops.adapters.local.secrets import LocalSecretStore
+    from voketag_ops.adapters.local.services import LocalServiceRuntime
+
+    home = tmp_path / "home"
+    _versions(LocalSecretStore(home), json.loads(platform.store().access("db-app", "current")))
+    runtime = LocalServiceRuntime(home, {"svc-a": SECRET}, start_timeout=5)
+    before = os.umask(0)
+    try:
+        runtime.deploy("svc-a", SECRET, 1)
+        [log] = (runtime.dir / "logs").iterdir()  # (an empty one goes with its instance)
+        assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    finally:
+        os.umask(before)
+        runtime.stop_all()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from typing import Any
@@ -698,3 +699,16 @@ def test_a_json_export_cut_mid_stream_adds_no_second_document_to_stdout():
     assert out.error(Interrupted("interrupted")) == 130
     assert stdout.getvalue().count('"ok"') == 1 and '"ok": false' not in stdout.getvalue()
     assert "error: interrupted" in stderr.getvalue()
+
+
+def test_force_color_keeps_a_pipes_full_width(monkeypatch, make_environ, tmp_path):
+    """FORCE_COLOR (set by CI systems) makes rich take a pipe for a terminal: it then fitted
+    tables to COLUMNS (or 80) and cut the ids and paths a reader copies."""
+    from voketag_ops.cli.app import run
+
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "40")
+    out = io.StringIO()
+    run(["rotate", "status"], stdout=out, stderr=io.StringIO(), environ=make_environ(tmp_path / "home"))
+    text = re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())
+    assert "\u2503 secret \u2503 current \u2503 previous \u2503 age (days) \u2503" in text, text

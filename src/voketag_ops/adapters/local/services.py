@@ -439,7 +439,8 @@ class LocalServiceRuntime:
                 if i
             }
             port = pick_free_port(avoid=[*used, *self.reserved_ports()])
-            with (logs / f"{instance}.log").open("ab") as log_fh:
+            log_fd = os.open(logs / f"{instance}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with open(log_fd, "ab") as log_fh:  # private whatever the umask, as all voke keeps
                 proc = subprocess.Popen(
                     [
                         sys.executable,
