@@ -429,7 +429,7 @@ def test_ctrl_c_while_a_run_or_a_resume_is_finished_names_the_resume(keyring):
         if e.result == "interrupted"
     ]
     assert cut == [("rotation.start", "finish", message), ("rotation.resume", "finish", message)]
-    # cut before its clear, the finish was never told: the last resume told it, once
+    # told by the resume cut before its clear, the finish is not told again by the last one
     assert [(e.event_type, e.result) for e in entries if e.event_type == "rotation.finish"] == [
         ("rotation.finish", "succeeded")
     ]
@@ -437,16 +437,19 @@ def test_ctrl_c_while_a_run_or_a_resume_is_finished_names_the_resume(keyring):
 
 
 def test_ctrl_c_once_the_record_is_cleared_says_it_succeeded_not_resume(keyring):
-    # Its record gone, a resume would answer "no rotation ID" (exit 2): the rotation worked.
+    # Its record gone, a resume would answer "no rotation ID" (exit 2): the rotation worked. (Its
+    # history and event come before the clear: a Ctrl-C while they are written names the resume.)
     from voketag_ops.errors import Interrupted
 
     engine, _clock, store = keyring
+    clear = engine._clear
 
-    def ctrl_c_in_history(record):
+    def ctrl_c_once_cleared(record):
+        clear(record)
         raise KeyboardInterrupt
 
-    engine._history = ctrl_c_in_history
-    with pytest.raises(Interrupted, match=r"rotation \S+ succeeded; interrupted while its history") as cut:
+    engine._clear = ctrl_c_once_cleared
+    with pytest.raises(Interrupted, match=r"rotation \S+ succeeded; interrupted once its history") as cut:
         rotate_jwt(engine)
     assert "resume" not in (cut.value.hint or "") and "voke rotate status" in cut.value.hint
     assert ANNOTATION not in store.get("jwt-signing").annotations
@@ -561,6 +564,91 @@ def test_two_signals_once_the_finish_is_recorded_leave_its_history_and_audit_to_
         assert ANNOTATION not in store.get("jwt-signing").annotations
         assert written(stored.id) == ([("succeeded", "finish")], [("rotation.finish", "succeeded")])
     assert "untold" not in engine.history_file.read_text()  # what the record said, not the history
+
+
+@pytest.mark.parametrize(
+    ("full", "unwritten"),
+    [
+        (["audit.jsonl"], "rotation.finish audit event"),
+        (["history.jsonl", "audit.jsonl"], "history line and rotation.finish audit event"),
+        (["history.jsonl"], "history line"),
+    ],
+)
+def test_a_finish_the_disk_has_no_room_for_is_exit_7_and_the_resume_writes_it(
+    keyring, monkeypatch, full, unwritten
+):
+    # Cleared before its history and event were written, a rotation that worked answered exit 4
+    # "nothing was changed" (a cron wrapper rotates again), and its resume found nothing to do:
+    # the `rotation.finish` event was lost for good. Its record now stands, untold, until both are.
+    import errno
+    import os
+
+    from voketag_ops import files
+    from voketag_ops.audit import AuditLog, AuditWriteError
+    from voketag_ops.core.times import iso
+    from voketag_ops.errors import NeedsOperatorError
+
+    engine, clock, store = keyring
+    save, write_all = engine._save, files.write_all
+    refusing: list[str] = []
+
+    def disk_full(fd, data):
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")) in refusing:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        write_all(fd, data)
+
+    def full_once_the_finish_is_recorded(record, **kw):
+        save(record, **kw)
+        if record.status == "succeeded":
+            refusing.extend(full)
+
+    def written(rotation):
+        lines = [r.status for r in engine.history(secret="jwt-signing") if r.id == rotation]
+        events = [
+            e.result
+            for e in AuditLog(engine.audit_home).entries()
+            if e.event_type == "rotation.finish" and e.details.get("rotation_id") == rotation
+        ]
+        return lines, events
+
+    monkeypatch.setattr(files, "write_all", disk_full)
+    engine._save = full_once_the_finish_is_recorded
+    outcome = rotate_jwt(engine)
+    rotation = outcome.report.rotation_id
+    assert outcome.report.status == "succeeded" and isinstance(outcome.error, NeedsOperatorError)
+    assert outcome.error.message.startswith(
+        f"rotation {rotation} of jwt-signing succeeded, but its {unwritten} could not be written: "
+    )
+    assert "No space left on device" in outcome.error.message
+    assert outcome.error.hint == (
+        "free space on (or make writable) the file system of VOKE_HOME, then: "
+        f"voke rotate resume {rotation} --yes   (it writes what is missing; the rotation is not run again)"
+    )
+    stored = RotationRecord.from_json(store.get("jwt-signing").annotations[ANNOTATION])
+    assert (stored.id, stored.status, stored.untold, stored.lease_until) == (
+        rotation,
+        "succeeded",
+        True,
+        iso(clock()),
+    )
+    told = (
+        [] if "history.jsonl" in full else ["succeeded"],
+        [] if "audit.jsonl" in full else ["succeeded"],
+    )
+    assert written(rotation) == told
+    if "audit.jsonl" in full:  # still full: its own event is refused first, nothing else is done
+        with pytest.raises(AuditWriteError):
+            engine.resume(rotation)
+    else:  # the history still full: the same answer
+        again = engine.resume(rotation)
+        assert again.error is not None and again.error.message == outcome.error.message
+    assert written(rotation) == told and ANNOTATION in store.get("jwt-signing").annotations
+    refusing.clear()  # space freed
+    for _ in range(2):  # each written once; the second finds the rotation ended
+        resumed = engine.resume(rotation)
+        assert resumed.error is None and resumed.report.status == "succeeded"
+        assert ANNOTATION not in store.get("jwt-signing").annotations
+        assert written(rotation) == (["succeeded"], ["succeeded"])
 
 
 def test_ctrl_c_before_the_commit_lands_leaves_it_to_resume_not_recorded_as_done(keyring):

@@ -39,6 +39,7 @@ from voketag_ops.core.rotation import (
 )
 from voketag_ops.core.times import iso
 from voketag_ops.errors import (
+    DISK_REFUSED,
     AuthenticationError,
     ConfigError,
     ConnectivityError,
@@ -521,21 +522,23 @@ class RotationEngine:
     # -- running steps ----------------------------------------------------------------------------------
     def _run(self, record: RotationRecord, t0: float, *, resumed: bool = False) -> Outcome:
         user = self._credential_of_secret(record.secret)
+        unwritten: NeedsOperatorError | None = None
         for step in record.next_steps():
             # A Ctrl-C anywhere in the step, its progress line and the save of its record included,
             # gives the lease up and names the rotation to resume (a bare exit 130 kept the lease).
-            # So does one while the finish is recorded and its record cleared (`_end`): resume
-            # finishes it (or only clears the record); a rollback would undo a rotation that worked.
+            # So does one while the finish is recorded, told and its record cleared (`_end`): resume
+            # finishes it (or writes what is missing, or only clears the record); a rollback would
+            # undo a rotation that worked.
             try:
                 stopped = self._run_step(record, step, user, t0, resumed)
                 if stopped is None and step == "finish":
-                    self._end(record, t0)
+                    unwritten = self._end(record, t0)
             except KeyboardInterrupt:
                 if step == "finish":  # the record as stored, not this one (already `succeeded`)
                     if not self._release_stored(record):  # cleared: it succeeded, nothing to resume
                         raise Interrupted(
-                            f"rotation {record.id} succeeded; interrupted while its history and audit "
-                            "event were written (they may be missing)",
+                            f"rotation {record.id} succeeded; interrupted once its history and audit "
+                            "event were written",
                             hint=self._voke("voke rotate status") + " shows the current version",
                         ) from None
                     raise Interrupted(
@@ -546,7 +549,7 @@ class RotationEngine:
             if stopped is not None:
                 return stopped
             self._fault(step)
-        return Outcome(RotationReport.of(record, t0=t0, resumed=resumed))
+        return Outcome(RotationReport.of(record, t0=t0, resumed=resumed), unwritten)
 
     def _run_step(
         self, record: RotationRecord, step: str, user: Credential, t0: float, resumed: bool
@@ -883,16 +886,20 @@ class RotationEngine:
             due = min(due, at)
         return f"next due {iso(due)}"
 
-    def _end(self, record: RotationRecord, t0: float) -> None:
+    def _end(self, record: RotationRecord, t0: float) -> NeedsOperatorError | None:
         """Clear the in-progress record, keep a summary, write history and the audit event.
         A rotation that succeeded is first recorded as finished in its record (step finish,
         status succeeded, `untold`), where every later run sees it, on any machine: a resume
         that finds it so writes only what this machine's history and audit log lack, and one
         that finds it told (its clear refused) only clears it (see `_resume`). The store
         refusing that record means nothing was written yet: a warning, and the resume it names
-        runs finish again. The store refusing the clear after it is a warning naming the resume
-        that clears it, not a failure (current moved, services healthy): history, audit and
-        webhook still tell of the success."""
+        runs finish again. Its history line and `rotation.finish` event are written while that
+        record stands, and it is cleared only once both are: one that cannot be written (a
+        full or read-only disk) leaves it `untold`, its lease given up, and is the error
+        returned (exit 7, naming the resume that writes it; see `_tell`). The store refusing
+        the clear is a warning naming the resume that clears it, not a failure (current moved,
+        services healthy): history, audit and webhook still tell of the success. (A rollback's
+        record is cleared first: left standing, a resume would roll it back again.)"""
         # Ended: a signal from here to the printed report waits (`_notify_ended`), from before the
         # finish is recorded: a resume that finds it recorded writes no history nor finish event.
         interrupts.decided()
@@ -903,12 +910,60 @@ class RotationEngine:
         took = round(time.monotonic() - t0, 3)
         record.duration_seconds = took if self._begun.get(record.id) == t0 else None
         with interrupts.Held(give_way_after=1) as held:
-            if record.status == "succeeded" and not self._record_finished(record):
-                return
-            self._clear(record)
-            self._history(record)
-            self._audit("rotation.finish", record, record.status, duration=took)
+            if record.status != "succeeded":
+                self._clear(record)
+                self._history(record)
+                self._audit("rotation.finish", record, record.status, duration=took)
+                self._notify_ended(record, held)
+                return None
+            if not self._record_finished(record):
+                return None
+            unwritten = self._tell(record, took)
+            if unwritten is None:
+                self._clear(record)
+            else:
+                self._release_stored(record)  # still `untold`: the resume writes what is missing
             self._notify_ended(record, held)
+            return unwritten
+
+    def _tell(
+        self, record: RotationRecord, took: float, *, history: bool = True, event: bool = True
+    ) -> NeedsOperatorError | None:
+        """Write RECORD's history line (HISTORY) and `rotation.finish` event (EVENT; TOOK, its
+        duration), each tried: None, or what could not be written (a full or read-only disk) as
+        `audited` says it of a command's event: the rotation succeeded (exit 7, never exit 4's
+        "nothing was changed", which has a cron wrapper rotate again), and the resume writes it."""
+        from voketag_ops.audit import FREE_SPACE, AuditWriteError
+
+        writes: list[tuple[str, Callable[[], None]]] = []
+        if history:
+            writes.append(("history line", lambda: self._history(record)))
+        if event:
+            writes.append(
+                (
+                    "rotation.finish audit event",
+                    lambda: self._audit("rotation.finish", record, record.status, duration=took),
+                )
+            )
+        unwritten, why, fix = [], [], "fix what the message names"
+        for what, write in writes:
+            try:
+                write()
+            except OSError as exc:  # (the history's, naming its file)
+                unwritten.append(what)
+                why.append(f"{exc.filename}: {exc.strerror}")
+                fix = FREE_SPACE if exc.errno in DISK_REFUSED else fix
+            except VokeError as exc:
+                unwritten.append(what)
+                why.append(exc.message)
+                fix = FREE_SPACE if isinstance(exc, AuditWriteError) and exc.disk_refused else fix
+        if not unwritten:
+            return None
+        return NeedsOperatorError(
+            f"rotation {record.id} of {record.secret} succeeded, but its {' and '.join(unwritten)} "
+            f"could not be written: {'; '.join(why)}",
+            hint=f"{fix}, then: {resume_command(record.id)}   (it writes what is missing; the rotation is not run again)",
+        )
 
     def _record_finished(self, record: RotationRecord) -> bool:
         """Save RECORD, which succeeded, as finished before its finish is written anywhere else,
@@ -953,7 +1008,7 @@ class RotationEngine:
                 exc.message,
                 self._voke(resume_command(record.id)),
             )
-            self._release_stored(record, told=True)  # history and audit are written in this run
+            self._release_stored(record, told=True)  # its history and audit event are written
 
     def _release_stored(self, record: RotationRecord, *, told: bool = False) -> bool:
         """Give up the lease of RECORD's stored record (what resume continues from), as stored;
@@ -1201,7 +1256,8 @@ class RotationEngine:
             self._audit("rotation.resume", record, "started", duration=time.monotonic() - t0)
             if ended.untold:
                 self.progress(f"rotation {record.id} had finished: writing what it left unwritten")
-                self._write_untold(ended)
+                if (unwritten := self._write_untold(ended)) is not None:  # still: left for the next resume
+                    return Outcome(RotationReport.of_ended(ended, resumed=True), unwritten)
             self.progress(f"rotation {record.id} had finished: clearing its record")
             self._clear(ended)
             return Outcome(RotationReport.of_ended(ended, resumed=True))
@@ -1218,23 +1274,27 @@ class RotationEngine:
                 return self._roll_back(record, t0, resumed=True, error=error)
             return self._run(record, t0, resumed=True)
 
-    def _write_untold(self, record: RotationRecord) -> None:
+    def _write_untold(self, record: RotationRecord) -> NeedsOperatorError | None:
         """The history line and `rotation.finish` event of RECORD, recorded as finished but
         `untold`, each unless this machine's history or VOKE_HOME's audit log has it already (a
-        resume cut between the two, run again): neither is ever written twice in one place."""
+        resume cut between the two, run again): neither is ever written twice in one place.
+        What still cannot be written is returned, as `_tell` says."""
         from voketag_ops.audit import AuditLog
 
         record.untold = None  # what the stored record said, not the history line
-        if self._from_history(record.id) is None:
-            self._history(record)
         logged = any(
             e.event_type == "rotation.finish"
             and e.result == record.status
             and e.details.get("rotation_id") == record.id
             for e in AuditLog(self.audit_home).entries()
         )
-        if not logged:  # timed as its run would have: from its start to its recorded finish
-            self._audit("rotation.finish", record, record.status, duration=record.recorded_seconds())
+        # timed as its run would have: from its start to its recorded finish
+        return self._tell(
+            record,
+            record.recorded_seconds(),
+            history=self._from_history(record.id) is None,
+            event=not logged,
+        )
 
     def _roll_back(
         self, record: RotationRecord, t0: float, *, resumed: bool, error: VokeError | None = None
