@@ -312,7 +312,8 @@ class AuditLog:
 
     def checkpoint(self, *, now: datetime | None = None) -> tuple[core.Checkpoint | None, AnchorOutcome]:
         """Write a checkpoint for the log as it is now (None for an empty log), and request
-        anchors for it and any checkpoint still waiting for one."""
+        anchors for it and any checkpoint still waiting for one. OSError naming the checkpoints
+        file if it cannot be written (a full disk: exit 4), left as it was."""
         now = now or _utcnow()
         with self._locked() as fd:
             self._repair_tail(fd, now)
@@ -361,19 +362,22 @@ class AuditLog:
             # beget another record, one more each cron run.
             return previous
         cp = core.next_checkpoint(previous, [e.hash for e in entries], offset=end, now=now)
-        cp_fd = os.open(self.checkpoints_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            size = os.fstat(cp_fd).st_size
-            if size and os.pread(cp_fd, 1, size - 1) != b"\n":  # a torn last checkpoint (a crash, a full
-                # disk): derived data, dropped, or the new line would be glued onto it for good
-                keep = os.pread(cp_fd, size, 0).rfind(b"\n") + 1
-                os.ftruncate(cp_fd, keep)
-                log.warning("audit checkpoints: dropped a torn last line (%d bytes)", size - keep)
-            self._write(
-                cp_fd, json.dumps(cp.to_json(), sort_keys=True, separators=(",", ":")).encode() + b"\n"
-            )
-        finally:
-            os.close(cp_fd)
+            cp_fd = os.open(self.checkpoints_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                size = os.fstat(cp_fd).st_size
+                if size and os.pread(cp_fd, 1, size - 1) != b"\n":  # a torn last checkpoint (a crash,
+                    # a full disk): derived data, dropped, or the new line would be glued onto it for good
+                    keep = os.pread(cp_fd, size, 0).rfind(b"\n") + 1
+                    os.ftruncate(cp_fd, keep)
+                    log.warning("audit checkpoints: dropped a torn last line (%d bytes)", size - keep)
+                self._write(
+                    cp_fd, json.dumps(cp.to_json(), sort_keys=True, separators=(",", ":")).encode() + b"\n"
+                )
+            finally:
+                os.close(cp_fd)
+        except OSError as exc:  # a write() names no file: a full disk is exit 4 naming this one
+            raise files.named(exc, self.checkpoints_path) from None
         return cp
 
     def checkpoint_requests(self) -> list[tuple[bytes, str, str, int]]:

@@ -225,6 +225,33 @@ def test_a_damaged_line_stops_a_checkpoint_with_exit_5(voke, home: Path) -> None
         )
 
 
+def test_a_checkpoint_the_disk_has_no_room_for_is_exit_4_naming_its_file(
+    voke, home: Path, monkeypatch
+) -> None:
+    # A bare "No space left on device", naming no file.
+    import errno
+    import os
+
+    from voketag_ops import files
+
+    assert voke("audit", "checkpoint", "--yes").exit_code == 0
+    record_event(home, event_type="dr.check", env="local", target="x", result="success", now=T0)
+    path = AuditLog(home).checkpoints_path
+    before, listing = path.read_bytes(), sorted(os.listdir(path.parent))
+
+    def full(fd: int, data: bytes) -> None:
+        os.write(fd, data[:10])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files, "write_all", full)
+    refused = voke("audit", "checkpoint", "--yes", "--json")
+    assert refused.exit_code == 4, refused.stdout
+    assert refused.json["error"]["message"] == f"No space left on device: {path}"
+    assert path.read_bytes() == before and sorted(os.listdir(path.parent)) == listing  # nothing left behind
+    monkeypatch.undo()
+    assert voke("audit", "verify").exit_code == 0
+
+
 @pytest.mark.parametrize(
     ("old", "new"),
     [
