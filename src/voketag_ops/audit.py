@@ -21,7 +21,8 @@ Files under ``<VOKE_HOME>/audit/`` (directory 0700, files 0600):
   is cut too. This file is also the queue of anchor requests: an append never starts
   the local environment and never fails because the chain is unreachable (during
   `env down`/`destroy`, a failover); every later anchoring attempt requests the
-  checkpoints the chain has not seen (`anchor_checkpoints`).
+  checkpoints the chain has not seen (`anchor_checkpoints`). Derived data: an append whose
+  checkpoint the disk refuses stands (a warning names the file); the next checkpoint covers it.
 - ``torn/``: if a process died mid-write (kill -9), the next append moves the
   incomplete last line here and records an ``audit.torn_write`` entry before its own;
   until then `voke audit verify` reports the torn line. Nothing is glued onto it.
@@ -196,17 +197,26 @@ class AuditLog:
                     details=details,
                 )
                 self._write(fd, entry.line())
-                checkpoint = None
-                if (entry.seq + 1) % self.checkpoint_every == 0:
-                    try:
-                        checkpoint = self._checkpoint(fd, now)
-                    except core.EntryFormatError as exc:
-                        log.warning("audit checkpoint skipped: %s (run `voke audit verify`)", exc)
             except OSError as exc:
                 raise AuditWriteError(
                     f"{self.path}: cannot append to the audit log: {exc.strerror}",
                     disk_refused=exc.errno in DISK_REFUSED,
                 ) from None
+            # The entry is appended: its checkpoint, derived data, never fails it (an error then
+            # had the command report an event it wrote as lost, and record it again). The next
+            # one covers what this one would have: nothing goes uncovered, only later.
+            checkpoint = None
+            if (entry.seq + 1) % self.checkpoint_every == 0:
+                try:
+                    checkpoint = self._checkpoint(fd, now)
+                except core.EntryFormatError as exc:
+                    log.warning("audit checkpoint skipped: %s (run `voke audit verify`)", exc)
+                except OSError as exc:
+                    log.warning(
+                        "audit checkpoint skipped: %s: %s (the next, or `voke audit checkpoint --yes`, writes it)",
+                        exc.filename,
+                        exc.strerror,
+                    )
         # Also a log record (--log-level info): where VOKE_HOME does not outlive the run, the
         # scheduled Cloud Run job's, the platform's log keeps the event (as JSON off a terminal).
         if log.isEnabledFor(logging.INFO):

@@ -227,6 +227,33 @@ def test_an_append_the_disk_has_no_room_for_leaves_no_torn_line(tmp_path: Path, 
     assert log.verify().ok and not log.torn_dir.exists()
 
 
+def test_a_checkpoint_the_disk_has_no_room_for_never_fails_its_append(
+    tmp_path: Path, monkeypatch, caplog
+) -> None:
+    # The entry was appended, then its checkpoint's OSError failed the append: the command said
+    # an event it had written was lost (exit 7, "record what happened"; a rotation exit 4).
+    log = AuditLog(tmp_path, checkpoint_every=5)
+    append_n(log, 4)
+    write_all = files.write_all
+
+    def checkpoints_full(fd: int, data: bytes) -> None:
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")) == "checkpoints.jsonl":
+            os.write(fd, data[:10])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        write_all(fd, data)
+
+    with monkeypatch.context() as full:
+        full.setattr(files, "write_all", checkpoints_full)
+        append_n(log, 1, start=4)  # the 5th entry's checkpoint
+    assert [e.seq for e in log.entries()] == [0, 1, 2, 3, 4]
+    assert log.checkpoints_path.read_bytes() == b""  # the part that fitted cut back off
+    assert f"audit checkpoint skipped: {log.checkpoints_path}: No space left on device" in caplog.text
+    assert log.verify().ok
+    append_n(log, 5, start=5)  # the next checkpoint covers what that one would have
+    assert [cp.size for cp in log.checkpoints()] == [10]
+    assert log.verify().ok and log.verify().checkpoints_checked == 1
+
+
 def test_a_whole_entry_that_only_lost_its_newline_is_kept(tmp_path: Path) -> None:
     log = AuditLog(tmp_path)
     append_n(log, 3)
