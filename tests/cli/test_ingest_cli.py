@@ -366,7 +366,7 @@ def test_cli_start_up_does_not_import_psycopg():
 
 def test_help_lists_the_ingest_commands(voke):
     out = voke("ingest", "--help").stdout
-    for command in ("load", "batches", "proof", "sample"):
+    for command in ("load", "migrate", "batches", "proof", "sample"):
         assert command in out
 
 
@@ -713,3 +713,36 @@ def test_proof_of_a_row_that_cannot_be_sealed_exits_1_naming_it(voke, db, tmp_pa
     orphan = voke("ingest", "proof", other, "--db", db)  # was "has not been loaded"
     assert orphan.exit_code == 1 and "None" not in orphan.stdout, orphan.stdout
     assert f"tag {other!r}: batch 99's row is missing" in orphan.stderr
+
+
+def test_migrate_brings_an_older_schema_up_now_and_dry_runs_work_again(voke, db, tmp_path):
+    """A CI job that checks factory files with `load --dry-run` was refused (exit 5) after an
+    upgrade until some real load migrated the schema; `ingest migrate` does it as a step of its
+    own (by a role that may alter the tables, say)."""
+    good = tmp_path / "good.csv"
+    good.write_text(HEADER + GOOD)
+    assert voke("ingest", "load", str(good), "--db", db).exit_code == 0
+    with psycopg.connect(db, autocommit=True) as conn:  # as a voke knowing migrations 1-3 left it
+        conn.execute("DROP TABLE ingest.identity; DELETE FROM ingest.schema_migrations WHERE version > 3")
+    other = tmp_path / "other.csv"
+    other.write_text(HEADER + GOOD.replace("T1", "T2"))
+    refused = voke("ingest", "load", str(other), "--db", db, "--dry-run", "--json")
+    assert refused.exit_code == 5 and "voke ingest migrate --yes" in refused.json["error"]["hint"]
+    plan = voke("ingest", "migrate", "--db", db, "--dry-run", "--json")
+    assert plan.exit_code == 0, plan.stdout + plan.stderr
+    assert plan.json["result"]["from_version"] == 3 and plan.json["result"]["changed"] is False
+    assert [m["version"] for m in plan.json["result"]["applied"]] == [4]
+    with psycopg.connect(db) as conn:
+        assert conn.execute("select max(version) from ingest.schema_migrations").fetchone()[0] == 3
+    done = voke("ingest", "migrate", "--db", db, "--yes", "--json")
+    assert done.exit_code == 0 and done.json["result"]["changed"] is True
+    assert [m["version"] for m in done.json["result"]["applied"]] == [4]
+    again = voke("ingest", "migrate", "--db", db, "--yes")
+    assert again.exit_code == 0 and "at version 4; nothing changed" in again.stdout, again.stdout
+    checked = voke("ingest", "load", str(other), "--db", db, "--dry-run", "--json")
+    assert checked.exit_code == 0 and checked.json["result"]["status"] == "valid"
+    events = voke("audit", "show", "-e", "ingest.migrate", "--json").json["result"]["entries"]
+    assert [(e["result"], e["details"]["from_version"]) for e in events[-2:]] == [
+        ("success", 3),
+        ("unchanged", 4),
+    ]

@@ -292,6 +292,36 @@ def _render_load(console: Console, r: LoadReport) -> None:
         console.print(f"  rejected rows written to {r.rejects_file}", markup=False, highlight=False)
 
 
+@app.command("migrate")
+def migrate(ctx: typer.Context, db: Db = None, dry_run: DryRun = False, yes: Unasked = False) -> None:
+    """Create the ingest schema, or bring it to this voke's version, now (a load does it first)."""
+    from voketag_ops.workflows import ingest as wf
+
+    env = use(ctx)
+    conninfo = _conninfo(env, db, dry_run=dry_run, started=[])
+    report = wf.migrate_schema(
+        conninfo,
+        settings=env.settings.ingest,
+        dry_run=dry_run,
+        audit_home=_home(env),
+        env_name=env.settings.env,
+    )
+    env.out.result(report, render=_render_migrate)
+
+
+def _render_migrate(console: Console, r: dict[str, Any]) -> None:
+    was = "no ingest schema" if r["from_version"] is None else f"version {r['from_version']}"
+    if not r["applied"]:
+        console.print(f"{r['target']}: the ingest schema is at version {r['to_version']}; nothing changed")
+        return
+    verb = "would apply" if r["dry_run"] else "applied"
+    console.print(
+        f"{r['target']}: {was} -> version {r['to_version']}; {verb}:", markup=False, highlight=False
+    )
+    for m in r["applied"]:
+        console.print(f"  {m['version']}: {m['name']}", markup=False, highlight=False)
+
+
 @app.command("batches")
 def batches(
     ctx: typer.Context,

@@ -468,8 +468,14 @@ def ensure_schema(conn: psycopg.Connection[Any], *, lock_timeout: float = 0) -> 
     """Create or migrate the `ingest` schema; returns its version. Safe under concurrency
     (inside a transaction, it is undone with it). LOCK_TIMEOUT seconds (0: no limit) to wait
     for another run creating it, say a dry run holding it for the length of its load."""
-    if schema_version(conn) == SCHEMA_VERSION:
-        return SCHEMA_VERSION
+    if schema_version(conn) != SCHEMA_VERSION:
+        _migrate(conn, lock_timeout=lock_timeout)
+    return SCHEMA_VERSION
+
+
+def _migrate(conn: psycopg.Connection[Any], *, lock_timeout: float) -> list[tuple[int, str]]:
+    """Apply the migrations CONN's database lacks, in one transaction; those applied."""
+    done: list[tuple[int, str]] = []
     with conn.transaction():
         conn.execute(f"SET LOCAL lock_timeout = {_lock_ms(lock_timeout)}")
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK_CLASS, _LOCK_MIGRATE))
@@ -487,7 +493,50 @@ def ensure_schema(conn: psycopg.Connection[Any], *, lock_timeout: float = 0) -> 
                 conn.execute(
                     "INSERT INTO ingest.schema_migrations (version, name) VALUES (%s, %s)", (version, name)
                 )
-    return SCHEMA_VERSION
+                done.append((version, name))
+    return done
+
+
+def migrate_schema(
+    conninfo: str, *, settings: IngestSettings, dry_run: bool, audit_home: Path, env_name: str
+) -> dict[str, Any]:
+    """`voke ingest migrate`: create the `ingest` schema or bring it to this voke's version now,
+    as the first load would (a role that may alter the tables, before the first load or the
+    dry runs that refuse an older schema). A DRY_RUN names the migrations it would apply."""
+    from voketag_ops.audit import audited_unless
+
+    described = describe_target(conninfo)
+    with audited_unless(
+        dry_run, audit_home, event_type="ingest.migrate", env=env_name, target=described
+    ) as event:
+        conn = connect(conninfo)
+        try:
+            target = _connected_target(conn, described)
+            with _db_errors(target, "migrating the ingest schema"):
+                before = schema_version(conn)
+                _refuse_newer(before)
+                pending = [(v, name) for v, name, _sql in MIGRATIONS if before is None or v > before]
+                if pending and not dry_run and (read_only := _read_only(conn)):
+                    raise PreconditionError(
+                        f"{target} is read-only ({read_only}): nothing was migrated; migrate the primary",
+                        hint="`voke dr status` names the primary of the local environment",
+                    )
+                applied = pending if dry_run else _migrate(conn, lock_timeout=settings.lock_timeout)
+        finally:
+            conn.close()
+        report = {
+            "target": target,
+            "from_version": before,
+            "to_version": SCHEMA_VERSION,
+            "applied": [{"version": v, "name": name} for v, name in applied],
+            "changed": bool(applied) and not dry_run,
+            "dry_run": dry_run,
+        }
+        event.target = target
+        event.details.update({k: report[k] for k in ("from_version", "to_version", "applied")})
+        if not applied:
+            event.result = "unchanged"
+    return report
 
 
 # -- load ----------------------------------------------------------------------------------------
@@ -785,7 +834,8 @@ def _load_source(
                 raise PreconditionError(
                     f"{target}: the ingest schema is at version {version}, this voke's is {SCHEMA_VERSION}; "
                     "a dry run changes nothing, so it cannot migrate it: nothing was checked",
-                    hint="the next real `voke ingest load` migrates it (once), then dry runs work again",
+                    hint="`voke ingest migrate --yes` (with the same --db) migrates it now, or the next real "
+                    "`voke ingest load` does; then dry runs work again",
                 )
             existing = _find_batch(conn, base.file_sha256) if has_schema else None
         if existing is not None:  # (a standby can say so; the anchor is the primary's to record)
