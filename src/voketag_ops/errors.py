@@ -28,6 +28,22 @@ class ExitCode(IntEnum):
     INTERRUPTED = 130
 
 
+# PostgreSQL's disk_full: the database server's disk (`could not extend file ...`), which a
+# psycopg.errors.DiskFull reports as an OperationalError like a lost connection; it is not one.
+SERVER_DISK_FULL_SQLSTATE = "53100"
+
+
+def server_disk_full(exc: BaseException) -> str | None:
+    """'the database server is out of disk space (ITS MESSAGE)' when EXC is a PostgreSQL error of
+    SQLSTATE 53100 (psycopg.errors.DiskFull), else None: how voke names a full server disk,
+    told apart without importing psycopg."""
+    if getattr(exc, "sqlstate", None) != SERVER_DISK_FULL_SQLSTATE:
+        return None
+    diag = getattr(exc, "diag", None)
+    said = getattr(diag, "message_primary", None) or str(exc).strip().split("\n", 1)[0]
+    return f"the database server is out of disk space ({said})"
+
+
 def exit_code_of(exc: BaseException) -> int:
     """The exit code EXC ends a command with (the top level's mapping, for step records):
     a voke error its own, an interrupt 130, a full or read-only disk 4, a file this user may not

@@ -131,6 +131,56 @@ def test_a_leader_left_frozen_by_a_killed_network_drill_is_named_and_resumed_by_
     )
 
 
+# What a primary whose disk is full answers a write with (SQLSTATE 53100), raised by a trigger:
+# the server's own error path, with no file system to fill.
+_DISK_FULL = 'could not extend file "base/5/16443": No space left on device'
+
+
+@contextlib.contextmanager
+def _disk_full_heartbeat(node):
+    """The leader refusing the heartbeat write as a full disk does (the probe's first write)."""
+    with node.connect(dr.DR_DB) as conn:
+        dr.ensure_schema(conn)
+        conn.execute(
+            "create or replace function voke_dr.t_disk_full() returns trigger language plpgsql as $$ begin "
+            f"raise exception using errcode = 'disk_full', message = '{_DISK_FULL}', "
+            "hint = 'Check free disk space.'; end $$"
+        )
+        conn.execute(
+            "create trigger t_disk_full before insert or update on voke_dr.heartbeat "
+            "for each row execute function voke_dr.t_disk_full()"
+        )
+    try:
+        yield
+    finally:
+        with node.connect(dr.DR_DB) as conn:
+            conn.execute("drop function voke_dr.t_disk_full() cascade")
+
+
+def test_a_leader_whose_disk_is_full_fails_the_check_as_not_writable(voke, environ, env):
+    # It was exit 70, "internal error (DiskFull): could not extend file ...", just when the cron
+    # DR check must alert.
+    said = f"the database server is out of disk space ({_DISK_FULL})"
+    with _disk_full_heartbeat(env.primary()):
+        check = voke("dr", "check", "--json", environ=environ)
+        status = voke("dr", "status", "--json", environ=environ)
+        human = voke("dr", "status", environ=environ)
+        with pytest.raises(BackendError, match="refused the heartbeat that seals the WAL archive"):
+            dr.seal_archive(env, env.primary())
+    assert check.exit_code == 1, check.stdout + check.stderr
+    result = check.json["result"]
+    assert result["failed"] == ["leader_writable", "replication_lag"]
+    messages = {c["name"]: c["message"] for c in result["checks"]}
+    assert messages["leader_writable"] == f"leader primary is not writable: {said}"
+    assert "unknown: the leader refused the heartbeat write" in messages["replication_lag"]
+    assert status.exit_code == 0, status.stderr
+    assert status.json["result"]["leader"]["write_error"] == said
+    assert status.json["result"]["standby"]["lag_seconds"] is None
+    assert human.exit_code == 0 and f"not writable: {said}" in human.stdout
+    after = voke("dr", "check", "--json", environ=environ)
+    assert after.exit_code == 0 and after.json["result"]["status"]["leader"]["write_error"] is None
+
+
 def test_a_damaged_record_of_a_pitr_drills_rows_is_named_and_left_not_taken_for_one(tmp_path, caplog):
     env = LocalEnvironment(LocalSettings(home=tmp_path / "home"))
     directory = dr.dr_dir(env)

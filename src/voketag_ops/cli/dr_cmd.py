@@ -436,6 +436,8 @@ def _render_status(console: Console, r: dict[str, Any]) -> None:
         for note in r.get("notes") or []:  # a call Cloud SQL refused (fields shown as unknown)
             console.print(f"note: {note}", markup=False)
     console.print(f"leader   {leader['name']:<8} {leader['role']:<8} {where(leader)}")
+    if leader.get("write_error"):  # it refused the heartbeat write (a full disk)
+        console.print(f"[red bold]         not writable[/]: {escape(leader['write_error'])}")
     if standby:
         lag = (
             f"lag {standby['lag_seconds']:.2f} s"

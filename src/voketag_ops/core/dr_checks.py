@@ -182,17 +182,15 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
     else:
         checks.append(Check("split_brain", True, "one writable primary", value=writable))
 
-    leader_ok = bool(leader.get("running")) and leader.get("role") == "primary"
-    checks.append(
-        Check(
-            "leader_writable",
-            leader_ok,
-            f"leader {leader.get('name')} is writable"
-            if leader_ok
-            else f"leader {leader.get('name')} is not writable (role {leader.get('role')})",
-            value=leader.get("role"),
-        )
-    )
+    refused = leader.get("write_error")  # a primary that refused the heartbeat write (its disk full)
+    leader_ok = bool(leader.get("running")) and leader.get("role") == "primary" and not refused
+    if leader_ok:
+        message = f"leader {leader.get('name')} is writable"
+    elif refused and leader.get("role") == "primary":
+        message = f"leader {leader.get('name')} is not writable: {refused}"
+    else:
+        message = f"leader {leader.get('name')} is not writable (role {leader.get('role')})"
+    checks.append(Check("leader_writable", leader_ok, message, value=leader.get("role")))
 
     if thresholds.replica_expected:
         listed = bool(standby.get("streaming"))  # by the leader, which notices a frozen replica late
@@ -232,6 +230,8 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
         if lag is None:  # listed whenever a replica is expected: an alert keyed on its name must see it fail
             if standby.get("lag_unknown"):
                 why = "no recent sample (replication stopped, or the monitoring backend has no data)"
+            elif refused:
+                why = "the leader refused the heartbeat write that measures it"
             elif listed:
                 why = "it did not answer the heartbeat probe"
             else:

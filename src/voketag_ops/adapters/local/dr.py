@@ -72,6 +72,7 @@ from voketag_ops.errors import (
     RolledBackError,
     UsageError,
     exit_code_of,
+    server_disk_full,
 )
 from voketag_ops.files import DamagedRecord, read_record, replace_json, tree_bytes
 from voketag_ops.logs import get_logger
@@ -545,6 +546,8 @@ def probe_write(node: PgNode, *, timeout: float = 3) -> bool:
 
 # -- heartbeat and lag --------------------------------------------------------------------------
 def write_heartbeat(leader: PgNode) -> tuple[int, datetime]:
+    """Bump the heartbeat on LEADER: (seq, written_at). BackendError when it cannot be reached;
+    a psycopg.Error when, reached, it refuses the write (`write_refused` says why: a full disk)."""
     with leader.connect(DR_DB, timeout=3) as conn:
         ensure_schema(conn)
         row = conn.execute(
@@ -556,12 +559,40 @@ def write_heartbeat(leader: PgNode) -> tuple[int, datetime]:
     return int(row[0]), row[1]
 
 
+def write_refused(exc: Exception) -> str:
+    """Why a server refused a write, from its error EXC: a full disk named as such (with the
+    server's message), otherwise the message's first line."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return server_disk_full(exc) or first
+
+
+def probe_heartbeat(leader: PgNode) -> dict[str, Any]:
+    """Write a heartbeat on LEADER, the status's proof that it takes writes: `heartbeat_seq` and
+    `heartbeat_at`, or `heartbeat_error` saying why the write was refused (its disk full: a
+    primary that cannot write is not writable, whatever its role). Nothing when it cannot be
+    reached (its role says so)."""
+    import psycopg
+
+    try:
+        seq, written_at = write_heartbeat(leader)
+    except BackendError:
+        return {}
+    except psycopg.Error as exc:  # reached, and the write refused
+        return {"heartbeat_error": write_refused(exc)}
+    return {"heartbeat_seq": seq, "heartbeat_at": written_at}
+
+
 def probe_lag(leader: PgNode, standby: PgNode, *, wait: float) -> dict[str, Any]:
     """Byte lag from pg_stat_replication; seconds = how long the standby takes to replay a fresh heartbeat.
 
     If it does not replay it within WAIT, the lag is the age of the newest transaction
-    it has replayed (the primary had the heartbeat to send, so it is at least WAIT).
+    it has replayed (the primary had the heartbeat to send, so it is at least WAIT). The
+    heartbeat is written whether the standby runs or not (`probe_heartbeat`): a leader that
+    refuses it (its disk full) leaves the lag unknown and says why in `heartbeat_error`. No
+    psycopg error gets out: a probe that fails is an answer, not a crash.
     """
+    import psycopg
+
     result: dict[str, Any] = {
         "lag_bytes": None,
         "lag_seconds": None,
@@ -576,18 +607,20 @@ def probe_lag(leader: PgNode, standby: PgNode, *, wait: float) -> dict[str, Any]
             f"from pg_stat_replication where {STANDBY_STREAMS} "
             "order by backend_start desc limit 1",
         )
-    except BackendError:
+    except (BackendError, psycopg.Error):
         return result
     if row is not None:
         result["lag_bytes"] = int(row[0] or 0)
         result["streaming"] = row[1] == "streaming"
+    beat = probe_heartbeat(leader)
+    if "heartbeat_error" in beat:
+        result["heartbeat_error"] = beat["heartbeat_error"]
     if not standby.running:
         result["answering"] = False
         return result
-    try:
-        seq, written_at = write_heartbeat(leader)
-    except BackendError:
+    if "heartbeat_seq" not in beat:
         return result
+    seq, written_at = beat["heartbeat_seq"], beat["heartbeat_at"]
     result["heartbeat_seq"] = seq
     deadline = time.monotonic() + wait
     try:
@@ -602,7 +635,7 @@ def probe_lag(leader: PgNode, standby: PgNode, *, wait: float) -> dict[str, Any]
                     break
                 time.sleep(0.02)
             last = conn.execute("select pg_last_xact_replay_timestamp()").fetchone()
-    except BackendError:  # frozen or gone: the leader may list it as streaming for a while yet
+    except (BackendError, psycopg.Error):  # frozen or gone: the leader may list it as streaming a while yet
         result["answering"] = False
         return result
     result["heartbeat_replayed"] = False
@@ -665,7 +698,7 @@ def leader_wal(leader: PgNode | None) -> LeaderWal:
                 "select name, extract(epoch from now() - modification)::float8 "
                 "from pg_ls_archive_statusdir() where name like '%.ready' order by modification"
             ).fetchall()
-    except (BackendError, psycopg.OperationalError):  # (connected, then the server went away)
+    except (BackendError, psycopg.Error):  # (connected, then the server went away or refused)
         return LeaderWal(False)
     # The segment being written holds the write position: at a segment boundary (right after a
     # switch) pg_walfile_name() names the one before up to PostgreSQL 16, which would leave the
@@ -917,7 +950,14 @@ def seal_archive(env: LocalEnvironment, leader: PgNode, *, timeout: float = 60) 
     Afterwards every instant before the heartbeat's commit is reachable from the archive
     alone (a restore stops at the first commit after its target, so one must exist).
     """
-    _, committed_at = write_heartbeat(leader)
+    import psycopg
+
+    try:
+        _, committed_at = write_heartbeat(leader)
+    except psycopg.Error as exc:
+        raise BackendError(
+            f"the {leader.name} refused the heartbeat that seals the WAL archive: {write_refused(exc)}"
+        ) from None
     name, lsn, seg_size, _ = query_one(
         leader,
         "select pg_walfile_name(pg_current_wal_lsn()), pg_current_wal_lsn()::text, "
@@ -977,10 +1017,15 @@ def snapshot(env: LocalEnvironment, *, lag_wait: float, replica_expected: bool =
             if info["role"] == "primary"
         }
     lw = leader_wal(leader_node if leader_info["role"] == "primary" else None)
+    refused = None  # why a leader refused the heartbeat (a full disk): `dr check` fails it
     if lw.reachable and replica_expected:
         standby_info.update(probe_lag(leader_node, standby_node, wait=lag_wait))
+        refused = standby_info.pop("heartbeat_error", None)
     else:
         standby_info.update(lag_bytes=None, lag_seconds=None, streaming=False)
+        if lw.reachable:
+            refused = probe_heartbeat(leader_node).get("heartbeat_error")
+    leader_info["write_error"] = refused
     archive = dict(base.get("archive") or {"dir": str(env.archive_dir), "failing": None})
     archive["pending"] = list(lw.pending)
     archive["oldest_pending_seconds"] = lw.oldest_pending_seconds
