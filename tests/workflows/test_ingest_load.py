@@ -568,6 +568,45 @@ def test_the_database_going_away_mid_load_rolls_back_and_a_rerun_loads(db, tmp_p
     assert report.status == "loaded" and report.rows_loaded == 30000
 
 
+_DISK_FULL = 'could not extend file "base/5/16443": No space left on device'
+_RAISE_DISK_FULL = (  # the server's own error path for a full disk (SQLSTATE 53100), no disk filled
+    f"raise exception using errcode = 'disk_full', message = '{_DISK_FULL}', hint = 'Check free disk space.'"
+)
+
+
+@pytest.mark.parametrize(
+    ("where", "table"),
+    [("loading the batch", "batches"), ("loading the batch", "tags"), ("preparing the ingest schema", None)],
+)
+def test_a_database_server_out_of_disk_space_is_named_and_nothing_is_written(db, tmp_path, where, table):
+    # It said "the database connection failed while loading the batch: could not extend file
+    # ...", hint "rerun the same command once the database is back": DiskFull is an OperationalError.
+    with psycopg.connect(db, autocommit=True) as admin:
+        if table:  # the batch's row, or its tags (COPYed by a writer thread)
+            load(db, sample(tmp_path, 10, seed=1, name="first.csv"))
+            admin.execute(
+                f"create function ingest.t_full() returns trigger language plpgsql as $$ begin {_RAISE_DISK_FULL}; end $$"
+            )
+            admin.execute(
+                f"create trigger t_full before insert on ingest.{table} for each row execute function ingest.t_full()"
+            )
+        else:  # the schema's first CREATE
+            admin.execute(
+                f"create function t_full() returns event_trigger language plpgsql as $$ begin {_RAISE_DISK_FULL}; end $$"
+            )
+            admin.execute("create event trigger t_full on ddl_command_start execute function t_full()")
+    before = counts(db)
+    with pytest.raises(BackendError) as info:
+        load(db, sample(tmp_path, 10, seed=2))
+    assert info.value.exit_code == 4
+    assert info.value.message.endswith(
+        f"the database server is out of disk space ({_DISK_FULL}) while {where}; "
+        "the transaction was rolled back and nothing was written"
+    ), info.value.message
+    assert info.value.hint == "free space on the database server's disk, then rerun the same command"
+    assert counts(db) == before
+
+
 def _signal_mid_copy(
     db: str, pg_database: str, env: dict[str, str], args: list[str], signum: int
 ) -> tuple[int, str]:

@@ -70,6 +70,7 @@ from voketag_ops.errors import (
     RolledBackError,
     UsageError,
     VokeError,
+    server_disk_full,
 )
 from voketag_ops.files import Scratch, check_replaceable, write_failure, write_output
 
@@ -404,6 +405,13 @@ def _db_errors(target: str, doing: str, committing: list[bool] | None = None) ->
     try:
         yield
     except psycopg.OperationalError as exc:
+        # A full server disk (53100) is an OperationalError too, but an answer, not a lost
+        # connection: the statement (a COMMIT too) failed and its transaction was rolled back.
+        if full := server_disk_full(exc):
+            raise BackendError(
+                f"{target}: {full} while {doing}; the transaction was rolled back and nothing was written",
+                hint="free space on the database server's disk, then rerun the same command",
+            ) from None
         if committing and committing[0]:
             raise _CommitLost(_first_line(exc)) from None
         if isinstance(exc, pgerr.LockNotAvailable):
