@@ -496,14 +496,18 @@ def replace_json(path: Path, doc: Any, *, indent: int | None = 2) -> None:
     replace_whole(path, json.dumps(doc, indent=indent).encode())
 
 
-def replace_whole(path: Path, data: bytes) -> None:
+def replace_whole(path: Path, data: bytes, *, owner: tuple[int, int] | None = None) -> None:
     """Voke's own file PATH replaced whole by DATA: written beside it (0600), synced, renamed
     over it, so a crash or kill never leaves half of one. A failure (a full disk) leaves the
-    old file and no temporary file."""
+    old file and no temporary file, and names PATH. OWNER (uid, gid) is given the file before
+    it takes PATH's place (a server's configuration, which root writes for the server user)."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         try:
+            os.fchmod(fd, 0o600)  # whatever the umask took away
+            if owner is not None:
+                os.fchown(fd, *owner)
             write_all(fd, data)
         finally:
             os.close(fd)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import subprocess
 
 import pytest
@@ -66,3 +68,33 @@ def test_pg_runner_kills_a_command_over_its_timeout(tmp_path, monkeypatch):
         runner.run("pg_ctl", ["status"], timeout=0.05)
     (proc,) = started
     assert proc.returncode is not None  # killed and reaped, not left running
+
+
+def _disk_full(fd: int, data: bytes) -> None:
+    """files.write_all on a full disk: part of the data written, then ENOSPC."""
+    os.write(fd, data[:5])
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_server_config_written_on_a_full_disk_names_it_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    # `env up` at 0 free said only "No space left on device" and left pg/primary/voke.conf.tmp,
+    # root's, in the server user's data directory.
+    from voketag_ops import files
+
+    other = os.geteuid() == 0  # root writes a server user's configuration: it is given to that user
+    user = postgres.OsUser("nobody", 65534, 65534, "/") if other else postgres.OsUser.current()
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "postgresql.conf").write_text("port = 5432\n")
+    node = postgres.PgNode(
+        "primary", data, 5432, tmp_path, tmp_path / "log", runner=postgres.PgRunner(None, user)
+    )  # type: ignore[arg-type]
+    node.write_config({"wal_level": "replica"})
+    written = (data / "voke.conf").stat()
+    assert stat.S_IMODE(written.st_mode) == 0o600 and (written.st_uid, written.st_gid) == (user.uid, user.gid)
+    before = {p.name: p.read_bytes() for p in data.iterdir()}
+    monkeypatch.setattr(files, "write_all", _disk_full)
+    with pytest.raises(OSError) as failed:
+        node.write_config({"wal_level": "logical"})
+    assert (failed.value.errno, failed.value.filename) == (errno.ENOSPC, str(data / "voke.conf"))
+    assert {p.name: p.read_bytes() for p in data.iterdir()} == before  # the old file, nothing beside it

@@ -6,6 +6,7 @@ the credential the instance / revision is pinned to."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -546,3 +547,33 @@ def test_an_instances_log_is_private_whatever_the_umask(platform, tmp_path):
     finally:
         os.umask(before)
         runtime.stop_all()
+
+
+def test_a_registry_write_on_a_full_disk_names_the_registry_and_leaves_no_temporary_file(
+    tmp_path, monkeypatch, caplog
+):
+    # `env down` at 0 free warned "could not update the service registry: [Errno 28] ..." and
+    # left services/.registry.json.tmp.
+    from voketag_ops import files
+    from voketag_ops.adapters.local import services
+
+    runtime = services.LocalServiceRuntime(tmp_path / "home", {})
+    assert runtime.stop_all() == []  # writes the registry
+    before = {p.name: p.read_bytes() for p in runtime.dir.iterdir()}
+
+    def disk_full(fd: int, data: bytes) -> None:
+        os.write(fd, data[:5])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files, "write_all", disk_full)
+    with pytest.raises(OSError) as failed, runtime._registry() as doc:
+        doc["services"]["svc-a"] = {"active": None, "others": []}
+    assert (failed.value.errno, failed.value.filename) == (errno.ENOSPC, str(runtime.registry_file))
+    assert {p.name: p.read_bytes() for p in runtime.dir.iterdir()} == before
+    # env down: the instances are stopped whatever the registry says, so a warning naming it
+    assert runtime.stop_all() == []
+    assert (
+        f"could not update the service registry {runtime.registry_file}: No space left on device"
+        in caplog.text
+    )
+    assert {p.name: p.read_bytes() for p in runtime.dir.iterdir()} == before

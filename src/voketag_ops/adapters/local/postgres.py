@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from voketag_ops.errors import BackendError, ConfigError
+from voketag_ops.files import replace_whole
 from voketag_ops.logs import get_logger
 from voketag_ops.redact import redact, register_credentials_in
 
@@ -797,12 +798,11 @@ class PgNode:
             self._write_owned(self.data_dir / "pg_hba.conf", "\n".join(hba) + "\n")
 
     def _write_owned(self, path: Path, text: str) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.chmod(tmp, 0o600)
-        if not self.runner.user.is_me:
-            os.chown(tmp, self.runner.user.uid, self.runner.user.gid)
-        tmp.replace(path)
+        """PATH in the data directory replaced whole by TEXT, 0600 and the server user's: a full
+        disk leaves the old file and no temporary one (root's, in the server user's directory),
+        and names PATH (exit 4)."""
+        user = self.runner.user
+        replace_whole(path, text.encode(), owner=None if user.is_me else (user.uid, user.gid))
 
     def start(self, *, timeout: float = 60) -> None:
         """Start the server and wait until it accepts connections.

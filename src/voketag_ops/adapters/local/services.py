@@ -32,6 +32,7 @@ from voketag_ops.adapters.local.postgres import pick_free_port, process_exists
 from voketag_ops.core.rotation import parse_iso
 from voketag_ops.core.times import iso
 from voketag_ops.errors import ConfigError, HealthCheckError, RestartError
+from voketag_ops.files import replace_json
 from voketag_ops.logs import get_logger
 from voketag_ops.ports import ServiceInfo
 
@@ -108,10 +109,7 @@ class LocalServiceRuntime:
                 doc = {"services": {}}
             self._stop_unlisted(doc)
             yield doc
-            tmp = self.registry_file.with_name(".registry.json.tmp")
-            tmp.write_text(json.dumps(doc, indent=1))
-            os.chmod(tmp, 0o600)
-            tmp.replace(self.registry_file)
+            replace_json(self.registry_file, doc, indent=1)  # a full disk: the old one, no .tmp
             self._prune_logs(doc)
         finally:
             os.close(fd)
@@ -416,7 +414,12 @@ class LocalServiceRuntime:
                 _signal(inst["pid"], signal.SIGINT)
             if isinstance(exc, PermissionError):  # another user's registry: said (exit 3), not skipped
                 raise
-            log.warning("could not update the service registry: %s", exc)
+            # (the instances are stopped: env down has done its job, so a warning, not exit 4)
+            log.warning(
+                "could not update the service registry %s: %s",
+                exc.filename or self.registry_file,
+                exc.strerror or exc,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and any(self._live(i) for i in live):
             time.sleep(0.05)
