@@ -174,6 +174,11 @@ def test_audit_log_records_the_load(voke, db, tmp_path):
     shown = voke("audit", "show", "--json")
     assert shown.exit_code == 0, shown.stdout
     assert "ingest.load" in shown.stdout
+    # as documented, and as a load's event written later by another (recovered) says it
+    [event] = voke("audit", "show", "-e", "ingest.load", "--result", "loaded", "--json").json["result"][
+        "entries"
+    ]
+    assert event["target"] == "batch.csv" and event["details"]["status"] == "loaded"
 
 
 @pytest.mark.parametrize("when", ["right after the commit", "while the audit event is written"])
@@ -206,7 +211,7 @@ def test_a_ctrl_c_once_the_batch_is_committed_still_ends_loaded_and_audited(
     monkeypatch.undo()
     shown = voke("audit", "show", "-e", "ingest.load", "--json")
     event = shown.json["result"]["entries"][-1]
-    assert event["result"] == "success" and event["details"]["batch_id"] == result.json["result"]["batch_id"]
+    assert event["result"] == "loaded" and event["details"]["batch_id"] == result.json["result"]["batch_id"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
 
 

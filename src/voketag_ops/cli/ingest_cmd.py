@@ -138,12 +138,13 @@ def _progress_bar(out: Output, total: int) -> Iterator[Callable[[LoadProgress], 
     if not _tty(out):
         yield lambda _p: None
         return
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
         TextColumn("{task.description:<10}"),
         BarColumn(),
         TextColumn("{task.percentage:>3.0f}%"),
+        DownloadColumn(),
         TextColumn("{task.fields[rows]:>12,} rows"),
         TextColumn("{task.fields[rate]:>14}"),
         TimeRemainingColumn(),

@@ -630,8 +630,7 @@ def load_batch(
                 error_count=report.error_count,
                 loaded_at=report.loaded_at,  # with the batch id: this database's load, not another's
             )
-            if report.status != "loaded":
-                event.result = "dry-run" if report.dry_run else report.status
+            event.result = "dry-run" if report.dry_run else report.status  # (`success` before 2026-11-28)
             event.skip = after_commit.audited_elsewhere
         if after_commit.connection is not None:  # our event is written (or a duplicate's load ended)
             _audit_written(after_commit.connection, report, audit_home, env_name)
