@@ -651,6 +651,100 @@ def test_a_finish_the_disk_has_no_room_for_is_exit_7_and_the_resume_writes_it(
         assert written(rotation) == (["succeeded"], ["succeeded"])
 
 
+@pytest.mark.parametrize("by", ["run", "rollback"])
+@pytest.mark.parametrize(
+    ("full", "unwritten"),
+    [
+        ([], None),
+        (["audit.jsonl"], "rotation.finish audit event"),
+        (["history.jsonl", "audit.jsonl"], "history line and rotation.finish audit event"),
+        (["history.jsonl"], "history line"),
+    ],
+)
+def test_a_rollback_whose_finish_the_disk_has_no_room_for_is_exit_7_and_stands(
+    keyring, monkeypatch, by, full, unwritten
+):
+    # A rollback's record is cleared before its history line and `rotation.finish` event are
+    # written. A full disk there answered exit 4 "nothing was changed" (the history's), or exit 7
+    # "the rollback failed too" with the cleared record written back `needs_attention` (the
+    # event's), for a rotation rolled back by its run (exit 6) or by `rotate rollback` (exit 0).
+    # Now exit 7 says it was rolled back, what was not written and why; nothing is left to resume.
+    import errno
+    import os
+
+    from voketag_ops import files
+    from voketag_ops.audit import AuditLog
+    from voketag_ops.errors import ConnectivityError, Interrupted
+
+    engine, _clock, store = keyring
+    write_all, test, undo = files.write_all, engine._test, engine._undo
+    refusing: list[str] = []
+
+    def disk_full(fd, data):
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")) in refusing:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        write_all(fd, data)
+
+    def full_once_rolling_back(record, scope, t0):
+        refusing.extend(full)
+        return undo(record, scope, t0)
+
+    def unreachable(record, user):
+        raise ConnectivityError("no route to the verifiers")
+
+    def ctrl_c(record, user):
+        raise KeyboardInterrupt
+
+    def written(rotation):
+        lines = [r.status for r in engine.history(secret="jwt-signing") if r.id == rotation]
+        events = [
+            e.result
+            for e in AuditLog(engine.audit_home).entries()
+            if e.event_type == "rotation.finish" and e.details.get("rotation_id") == rotation
+        ]
+        return lines, events
+
+    monkeypatch.setattr(files, "write_all", disk_full)
+    engine._undo = full_once_rolling_back
+    if by == "run":
+        engine._test = unreachable
+        outcome = rotate_jwt(engine)
+        rotation = outcome.report.rotation_id
+        ended = "failed at test (ConnectivityError: no route to the verifiers); rolled back"
+    else:
+        engine._test = ctrl_c
+        with pytest.raises(Interrupted):
+            rotate_jwt(engine)
+        rotation = RotationRecord.from_json(store.get("jwt-signing").annotations[ANNOTATION]).id
+        engine._test = test
+        outcome = engine.rollback(rotation)
+        ended = "was rolled back"
+    assert outcome.report.status == "rolled_back"
+    if unwritten is None:  # all written: the documented exits
+        assert (outcome.error.exit_code if outcome.error else 0) == (6 if by == "run" else 0)
+    else:
+        assert outcome.error.exit_code == 7
+        assert outcome.error.message.startswith(
+            f"rotation {rotation} of jwt-signing {ended}, but its {unwritten} could not be written: "
+        )
+        assert "No space left on device" in outcome.error.message
+        assert outcome.error.hint == (
+            "free space on (or make writable) the file system of VOKE_HOME; the rollback stands "
+            "(nothing to resume), and a retry is safe: voke rotate jwt --yes"
+        )
+    assert written(rotation) == (
+        [] if "history.jsonl" in full else ["rolled_back"],
+        [] if "audit.jsonl" in full else ["rolled_back"],
+    )
+    # The rollback stands, its record cleared: nothing to resume, nor to roll back again.
+    meta = store.get("jwt-signing")
+    assert ANNOTATION not in meta.annotations and meta.aliases == {"current": 1}
+    assert engine.resume().report is None
+    refusing.clear()  # space freed: the retry the hint names rotates
+    engine._test, engine._undo = test, undo
+    assert rotate_jwt(engine).error is None
+
+
 def test_ctrl_c_before_the_commit_lands_leaves_it_to_resume_not_recorded_as_done(keyring):
     # The commit's alias move and its record are one compare-and-swap: a Ctrl-C before it lands
     # must not give the lease up with a record that says it did (resume would skip it and roll back).

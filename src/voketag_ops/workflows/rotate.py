@@ -898,8 +898,10 @@ class RotationEngine:
         full or read-only disk) leaves it `untold`, its lease given up, and is the error
         returned (exit 7, naming the resume that writes it; see `_tell`). The store refusing
         the clear is a warning naming the resume that clears it, not a failure (current moved,
-        services healthy): history, audit and webhook still tell of the success. (A rollback's
-        record is cleared first: left standing, a resume would roll it back again.)"""
+        services healthy): history, audit and webhook still tell of the success. A rollback's
+        record is cleared first (left standing, a resume would roll it back again), then its
+        history line and event are tried the same way: one that cannot be written is the error
+        returned too (exit 7, the rollback standing, nothing to resume)."""
         # Ended: a signal from here to the printed report waits (`_notify_ended`), from before the
         # finish is recorded: a resume that finds it recorded writes no history nor finish event.
         interrupts.decided()
@@ -912,14 +914,10 @@ class RotationEngine:
         with interrupts.Held(give_way_after=1) as held:
             if record.status != "succeeded":
                 self._clear(record)
-                self._history(record)
-                self._audit("rotation.finish", record, record.status, duration=took)
-                self._notify_ended(record, held)
+                unwritten = self._tell(record, took)  # lost for good if unwritten: the record is gone
+            elif not self._record_finished(record):
                 return None
-            if not self._record_finished(record):
-                return None
-            unwritten = self._tell(record, took)
-            if unwritten is None:
+            elif (unwritten := self._tell(record, took)) is None:
                 self._clear(record)
             else:
                 self._release_stored(record)  # still `untold`: the resume writes what is missing
@@ -931,8 +929,10 @@ class RotationEngine:
     ) -> NeedsOperatorError | None:
         """Write RECORD's history line (HISTORY) and `rotation.finish` event (EVENT; TOOK, its
         duration), each tried: None, or what could not be written (a full or read-only disk) as
-        `audited` says it of a command's event: the rotation succeeded (exit 7, never exit 4's
-        "nothing was changed", which has a cron wrapper rotate again), and the resume writes it."""
+        `audited` says it of a command's event: the rotation succeeded, or was rolled back (exit
+        7, never exit 4's "nothing was changed", which has a cron wrapper rotate again, nor a
+        rollback's exit 6 that says nothing was lost). A success's resume writes it; a rollback
+        has ended, its record cleared: nothing to resume, and a new rotation is safe."""
         from voketag_ops.audit import FREE_SPACE, AuditWriteError
 
         writes: list[tuple[str, Callable[[], None]]] = []
@@ -959,10 +959,21 @@ class RotationEngine:
                 fix = FREE_SPACE if isinstance(exc, AuditWriteError) and exc.disk_refused else fix
         if not unwritten:
             return None
+        if record.status == "succeeded":
+            ended = "succeeded"
+            hint = f"{fix}, then: {resume_command(record.id)}   (it writes what is missing; the rotation is not run again)"
+        else:  # rolled back, as its exit 6 would have said it (the failure it undid, if this run met it)
+            failed = record.error
+            ended = (
+                f"failed at {failed['step']} ({failed['kind']}: {failed['message']}); rolled back"
+                if failed
+                else "was rolled back"
+            )
+            hint = f"{fix}; the rollback stands (nothing to resume), and a retry is safe: {retry_command(record)}"
         return NeedsOperatorError(
-            f"rotation {record.id} of {record.secret} succeeded, but its {' and '.join(unwritten)} "
+            f"rotation {record.id} of {record.secret} {ended}, but its {' and '.join(unwritten)} "
             f"could not be written: {'; '.join(why)}",
-            hint=f"{fix}, then: {resume_command(record.id)}   (it writes what is missing; the rotation is not run again)",
+            hint=hint,
         )
 
     def _record_finished(self, record: RotationRecord) -> bool:
@@ -1070,7 +1081,7 @@ class RotationEngine:
         if exc.recovery == "operator" and began:  # (one that never began left nothing to look at)
             return self._needs_attention(record, t0, resumed, f"{exc.kind} at {step}: {exc.message}")
         try:
-            self._rollback(record, t0, failed_step=step if began else record.step)
+            unwritten = self._rollback(record, t0, failed_step=step if began else record.step)
         except Interrupted:
             raise
         except VokeError as rb_exc:
@@ -1080,7 +1091,7 @@ class RotationEngine:
                 resumed,
                 f"{exc.kind} at {step}: {exc.message}; the rollback failed too: {rb_exc.message}",
             )
-        error = RolledBackError(
+        error = unwritten or RolledBackError(
             f"rotation {record.id} of {record.secret} failed at {step} ({exc.kind}: {exc.message}); rolled back",
             hint=f"safe to retry: {retry_command(record)}"
             if exc.recovery != "operator"
@@ -1117,8 +1128,11 @@ class RotationEngine:
             scope = "restore_aliases"
         return scope
 
-    def _rollback(self, record: RotationRecord, t0: float, *, failed_step: str | None = None) -> None:
-        """Undo whatever the rotation may have done (the issue's recovery rules).
+    def _rollback(
+        self, record: RotationRecord, t0: float, *, failed_step: str | None = None
+    ) -> NeedsOperatorError | None:
+        """Undo whatever the rotation may have done (the issue's recovery rules); what of its
+        history line and `rotation.finish` event could not be written is returned (`_end`).
 
         The scope is that of the step in flight (FAILED_STEP, or the step after the last one
         recorded): a step that failed or was killed may still have taken effect, and every
@@ -1131,7 +1145,7 @@ class RotationEngine:
             record.status, record.rolling_back = "rolling_back", scope
             self._save(record)
         try:
-            self._undo(record, scope, t0)
+            return self._undo(record, scope, t0)
         except KeyboardInterrupt:
             self._release(record)
             raise Interrupted(
@@ -1139,7 +1153,7 @@ class RotationEngine:
                 hint=f"{rollback_command(record.id)}   (finishes it)",
             ) from None
 
-    def _undo(self, record: RotationRecord, scope: str, t0: float) -> None:
+    def _undo(self, record: RotationRecord, scope: str, t0: float) -> NeedsOperatorError | None:
         t = time.monotonic()
         user = self._credential_of_secret(record.secret)
         record.pending_version = self._stored_pending(record)
@@ -1198,7 +1212,7 @@ class RotationEngine:
         record.steps.append(StepRecord("rollback", "rolled_back", round(time.monotonic() - t, 3), scope))
         record.status = "rolled_back"
         record.finished_at = iso(self.now())
-        self._end(record, t0)
+        return self._end(record, t0)
 
     # -- resume / rollback commands -----------------------------------------------------------------------
     def unfinished(self) -> list[RotationRecord]:
@@ -1299,14 +1313,15 @@ class RotationEngine:
     def _roll_back(
         self, record: RotationRecord, t0: float, *, resumed: bool, error: VokeError | None = None
     ) -> Outcome:
-        """A rollback taken over by `rollback` or `resume`: its report, or needs_attention."""
+        """A rollback taken over by `rollback` or `resume`: its report, or needs_attention. ERROR:
+        the one it ends with (None: exit 0), unless its history line or event was not written."""
         try:
-            self._rollback(record, t0)
+            unwritten = self._rollback(record, t0)
         except Interrupted:
             raise
         except VokeError as exc:
             return self._needs_attention(record, t0, resumed, f"rollback failed: {exc.message}")
-        return Outcome(RotationReport.of(record, t0=t0, resumed=resumed), error)
+        return Outcome(RotationReport.of(record, t0=t0, resumed=resumed), unwritten or error)
 
     def _running(self, record: RotationRecord) -> bool:
         """Under way, forward or back, in a voke that is still there."""
