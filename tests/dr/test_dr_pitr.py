@@ -181,6 +181,23 @@ def test_a_leader_whose_disk_is_full_fails_the_check_as_not_writable(voke, envir
     assert after.exit_code == 0 and after.json["result"]["status"]["leader"]["write_error"] is None
 
 
+def test_a_query_a_server_out_of_disk_space_refuses_says_so_not_that_it_closed_the_connection(env):
+    # DiskFull is an OperationalError: `query_one` said "the primary on port N closed the
+    # connection: could not extend file ...", as if the server had gone away.
+    node = env.primary()
+    with _disk_full_heartbeat(node), pytest.raises(BackendError) as refused:
+        dr.query_one(  # (an insert: its trigger fires whether a heartbeat row was written yet or not)
+            node,
+            "insert into voke_dr.heartbeat (id, seq, written_at) values (1, 1, now()) "
+            "on conflict (id) do update set seq = voke_dr.heartbeat.seq + 1 returning seq",
+        )
+    assert refused.value.message == (
+        f"the primary on port {node.port} refused the query: "
+        f"the database server is out of disk space ({_DISK_FULL})"
+    )
+    assert dr.query_one(node, "select 1") == (1,)  # the connection was never lost
+
+
 def test_a_damaged_record_of_a_pitr_drills_rows_is_named_and_left_not_taken_for_one(tmp_path, caplog):
     env = LocalEnvironment(LocalSettings(home=tmp_path / "home"))
     directory = dr.dr_dir(env)

@@ -394,6 +394,9 @@ def query_one(node: PgNode, sql: str, params: tuple[Any, ...] = (), *, timeout: 
         with node.connect(DR_DB, timeout=timeout) as conn:
             return conn.execute(sql, params).fetchone()
     except psycopg.OperationalError as exc:  # connected, then the server went away (a restore that stops)
+        # A full disk is the server's answer (DiskFull is an OperationalError), not a lost connection.
+        if full := server_disk_full(exc):
+            raise BackendError(f"the {node.name} on port {node.port} refused the query: {full}") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BackendError(f"the {node.name} on port {node.port} closed the connection: {first}") from None
 
