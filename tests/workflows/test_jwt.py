@@ -728,9 +728,10 @@ def test_a_rollback_whose_finish_the_disk_has_no_room_for_is_exit_7_and_stands(
             f"rotation {rotation} of jwt-signing {ended}, but its {unwritten} could not be written: "
         )
         assert "No space left on device" in outcome.error.message
+        again = "once what made it fail is fixed, retry" if by == "run" else "to rotate again"
         assert outcome.error.hint == (
             "free space on (or make writable) the file system of VOKE_HOME; the rollback stands "
-            "(nothing to resume), and a retry is safe: voke rotate jwt --yes"
+            f"(nothing to resume); {again}: voke rotate jwt --yes"
         )
     assert written(rotation) == (
         [] if "history.jsonl" in full else ["rolled_back"],

@@ -969,7 +969,8 @@ class RotationEngine:
                 if failed
                 else "was rolled back"
             )
-            hint = f"{fix}; the rollback stands (nothing to resume), and a retry is safe: {retry_command(record)}"
+            again = "once what made it fail is fixed, retry" if failed else "to rotate again"
+            hint = f"{fix}; the rollback stands (nothing to resume); {again}: {retry_command(record)}"
         return NeedsOperatorError(
             f"rotation {record.id} of {record.secret} {ended}, but its {' and '.join(unwritten)} "
             f"could not be written: {'; '.join(why)}",
