@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import IO, TYPE_CHECKING, Any, TextIO
 
 from voketag_ops.core.times import iso
 from voketag_ops.errors import ExitCode, UsageError, VokeError
@@ -184,7 +184,7 @@ def _print_as_lines(console: Console, table: Table) -> None:
                 console.print(Text.assemble("  ", header, ": " if header.plain else "", value))
 
 
-def _isatty(stream: TextIO | _RedactingStream) -> bool:
+def _isatty(stream: IO[str] | _RedactingStream) -> bool:
     try:
         return stream.isatty()
     except (AttributeError, ValueError):

@@ -358,9 +358,12 @@ def test_a_frozen_leader_is_named_with_its_pids_at_once_by_up_down_status_and_do
                 "stopped (SIGSTOP" in error["message"]
                 and f"kill -CONT {' '.join(map(str, pids))}" in error["hint"]
             )
-        assert env.node("replica").running  # `down` stopped nothing
+        assert env.node("replica").running  # `down` stopped nothing, the services neither
         status = voke("env", "status", "--json", environ=env_of(home)).json["result"]
         assert "stopped (SIGSTOP" in status["primary"]["error"], status["primary"]
+        assert all(s["instance"] for s in status["services"]), status["services"]  # (unhealthy: no database)
+        shown = voke("env", "status", environ=env_of(home)).stdout
+        assert "not answering" in shown and f"primary (pid {pid}): its process(es)" in shown, shown
         doctor = voke("doctor", "--json", environ=env_of(home))
         [failed] = [c for c in doctor.json["result"]["checks"] if c["name"] == "local environment"]
         assert doctor.exit_code == 1 and f"primary (pid {pid}) does not answer" in failed["detail"], failed
@@ -369,6 +372,38 @@ def test_a_frozen_leader_is_named_with_its_pids_at_once_by_up_down_status_and_do
             with contextlib.suppress(ProcessLookupError):
                 os.kill(target, signal.SIGCONT)
     assert voke("env", "up", environ=env_of(home)).exit_code == 0
+
+
+def test_down_refuses_at_once_when_a_restored_instance_is_frozen_and_stops_nothing(voke, home, env_of):
+    # Found by review: `env down` stopped the services, then waited two minutes on the frozen
+    # restored instance's shutdown and ended exit 4 with the servers still running.
+    assert voke("env", "up", environ=env_of(home)).exit_code == 0
+    restored = voke(
+        "dr", "restore", "--to", "-1s", "--name", "r-frozen", "--yes", "--json", environ=env_of(home)
+    )
+    assert restored.exit_code == 0, restored.stdout + restored.stderr
+    from voketag_ops.adapters.local import dr
+
+    env = local(home)
+    node = dr.restore_node(env, "r-frozen", restored.json["result"]["port"])
+    pid = node.pid()
+    assert pid is not None
+    pids = [pid, *child_pids(pid)]
+    try:
+        for target in pids:
+            os.kill(target, signal.SIGSTOP)
+        wait_for(lambda: all(is_stopped(p) for p in pids), "the restored instance to stop")
+        refused = voke("env", "down", "--json", environ=env_of(home))
+        assert refused.exit_code == 5, refused.stdout + refused.stderr
+        assert f"the restore r-frozen (pid {pid}) does not answer" in refused.json["error"]["message"]
+        status = voke("env", "status", "--json", environ=env_of(home)).json["result"]
+        assert status["primary"]["running"] and status["replica"]["running"]
+        assert [s["healthy"] for s in status["services"]] == [True] * 3, status["services"]
+    finally:
+        for target in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(target, signal.SIGCONT)
+    assert voke("dr", "discard", "r-frozen", "--yes", environ=env_of(home)).exit_code == 0
 
 
 def test_doctor_fails_where_env_status_is_unhealthy(voke, home, env_of):

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -720,7 +721,9 @@ def test_proof_of_a_row_that_cannot_be_sealed_exits_1_naming_it(voke, db, tmp_pa
     assert f"tag {other!r}: batch 99's row is missing" in orphan.stderr
 
 
-def test_migrate_brings_an_older_schema_up_now_and_dry_runs_work_again(voke, db, tmp_path):
+def test_migrate_brings_an_older_schema_up_now_and_dry_runs_work_again(
+    voke, db, local_env, pg_database, tmp_path
+):
     """A CI job that checks factory files with `load --dry-run` was refused (exit 5) after an
     upgrade until some real load migrated the schema; `ingest migrate` does it as a step of its
     own (by a role that may alter the tables, say)."""
@@ -733,6 +736,20 @@ def test_migrate_brings_an_older_schema_up_now_and_dry_runs_work_again(voke, db,
     other.write_text(HEADER + GOOD.replace("T1", "T2"))
     refused = voke("ingest", "load", str(other), "--db", db, "--dry-run", "--json")
     assert refused.exit_code == 5 and "voke ingest migrate --yes" in refused.json["error"]["hint"]
+    standby = local_env.standby().conninfo(pg_database)
+    for _ in range(400):  # the standby replays the downgrade: its dry run is refused as the run would be
+        try:
+            with psycopg.connect(standby) as conn:
+                if conn.execute("select max(version) from ingest.schema_migrations").fetchone()[0] == 3:
+                    break
+        except psycopg.Error:  # not even the database or the schema replayed yet
+            pass
+        time.sleep(0.05)
+    on_standby = voke("ingest", "migrate", "--db", standby, "--dry-run", "--json")
+    assert (
+        on_standby.exit_code == 5
+        and "read-only (a standby in recovery)" in on_standby.json["error"]["message"]
+    )
     plan = voke("ingest", "migrate", "--db", db, "--dry-run", "--json")
     assert plan.exit_code == 0, plan.stdout + plan.stderr
     assert plan.json["result"]["from_version"] == 3 and plan.json["result"]["changed"] is False

@@ -82,6 +82,15 @@ def test_runbook_list_and_show(voke, make_environ, tmp_path):
     assert voke("dr", "runbook", "show", "meteor", environ=environ).exit_code == 2
 
 
+def test_runbook_show_into_a_pipe_is_the_markdown_even_with_force_color(
+    voke, make_environ, tmp_path, monkeypatch
+):
+    # `voke dr runbook show X > runbook.md` in a CI job that sets FORCE_COLOR wrote rich's rendering.
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    shown = voke("dr", "runbook", "show", "regional-failure", environ=make_environ(tmp_path / "home"))
+    assert shown.exit_code == 0 and shown.stdout.startswith("# Regional failure"), shown.stdout[:200]
+
+
 def test_the_runbooks_ship_with_the_package():
     # `voke dr runbook` reads them from the installed package (a wheel has no checkout around it).
     import voketag_ops

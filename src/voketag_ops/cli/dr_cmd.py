@@ -387,7 +387,9 @@ def runbook_show(
     found = dr.runbook(env.settings, name)
 
     def render(console: Console, r: dict[str, Any]) -> None:
-        if console.is_terminal:
+        from voketag_ops.output import _isatty
+
+        if _isatty(console.file):  # (not console.is_terminal: FORCE_COLOR makes a pipe one)
             from rich.markdown import Markdown
 
             console.print(Markdown(r["text"]))

@@ -254,11 +254,15 @@ def _render_status(console: Console, report: dict[str, Any]) -> None:
             node.get("name") or slot,
             node["role"],
             str(node["port"]),
-            "yes" if node["running"] else "[red]no[/]",
+            "yes" if node["running"] else ("[red]not answering[/]" if node.get("pid") else "[red]no[/]"),
             str(node["timeline"] or ""),
             lag,
         )
     print_table(console, table)
+    for slot in ("primary", "replica"):  # a postmaster that is there but does not answer: why (SIGSTOP...)
+        node = report[slot]
+        if not node["running"] and node.get("pid") and node.get("error"):
+            console.print(f"  {node.get('name') or slot} (pid {node['pid']}): {node['error']}", markup=False)
     archive = report.get("archive") or {}
     if archive.get("dir"):
         console.print(

@@ -265,6 +265,7 @@ class LocalPlatform:
         # Not beside a concurrent `up`, nor under a running DR operation or drill (exit 5): a
         # drill stopped mid-way cannot put back the rows it took as its fault.
         with self._audited("env.down") as event, self.no_dr_operation("env down"), self.env.lock():
+            self.env.ready_to_stop(progress)  # a server that cannot stop refuses before the services go
             services = self.runtime().stop_all() if self.env.exists else []
             if services:
                 progress("stopped the local services")

@@ -524,7 +524,7 @@ def migrate_schema(
                 before = schema_version(conn)
                 _refuse_newer(before)
                 pending = [(v, name) for v, name, _sql in MIGRATIONS if before is None or v > before]
-                if pending and not dry_run and (read_only := _read_only(conn)):
+                if pending and (read_only := _read_only(conn)):  # (a dry run checks as the run would)
                     raise PreconditionError(
                         f"{target} is read-only ({read_only}): nothing was migrated; migrate the primary",
                         hint="`voke dr status` names the primary of the local environment",

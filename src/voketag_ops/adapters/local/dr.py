@@ -1623,6 +1623,7 @@ def restore(
     # Restores run under the DR lock: any scratch copy is a killed voke's (whatever its name).
     for killed in base.glob(".*.partial"):
         shutil.rmtree(killed, ignore_errors=True)
+    node.rotate_log()  # (as its start would: after it, the offset is the new log's)
     log_offset = node.log_file.stat().st_size if node.log_file.exists() else 0
     timings: dict[str, float] = {}
     record = {

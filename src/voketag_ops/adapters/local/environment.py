@@ -1064,21 +1064,36 @@ class LocalEnvironment:
     def down(self, progress: Progress = lambda _msg: None) -> dict[str, Any]:
         """Stop the servers, keeping every byte of data."""
         with self.lock():
-            self._thaw_left(progress)  # a frozen server cannot shut down
+            self.ready_to_stop(progress)
             state = self.state()
             if state is None:
                 return {"home": str(self.home), "stopped": [], "existed": False}
             runner = self._runner(state)
-            nodes = [self.node(name, state, runner) for name in (state.follower, state.leader)]
-            _refuse_frozen([node for node in nodes if node.running])  # before anything stops
             stopped = self.stop_restores(progress)  # a restored postmaster would outlive everything else
-            for node in nodes:  # standby first: it must not see a lost primary
-                name = node.name
+            for name in (state.follower, state.leader):  # standby first: it must not see a lost primary
+                node = self.node(name, state, runner)
                 if node.running:
                     progress(f"stopping the {name}")
                     node.stop()
                     stopped.append(name)
             return {"home": str(self.home), "stopped": stopped, "existed": True}
+
+    def ready_to_stop(self, progress: Progress = lambda _msg: None) -> None:
+        """Before `down` stops anything (the services included): resume what a killed network
+        drill left frozen (its record), then exit 5 at once, naming them, when a server it would
+        stop (a node, a restored instance) has processes stopped otherwise (SIGSTOP, a debugger):
+        it cannot shut down, and `down` would stop the rest, then wait minutes for it."""
+        self._thaw_left(progress)
+        state = self.state()
+        if state is None:
+            return
+        runner = self._runner(state)
+        servers = [self.node(name, state, runner) for name in (state.follower, state.leader)]
+        if (self.pg_dir / "restores").is_dir():
+            from voketag_ops.adapters.local import dr
+
+            servers += [dr.restore_node(self, r["name"], int(r["port"])) for r in dr.list_restores(self)]
+        _refuse_frozen([server for server in servers if server.running])
 
     def destroy(self, progress: Progress = lambda _msg: None) -> dict[str, Any]:
         """Stop everything and delete VOKE_HOME's environment (servers, archive, backups, state)."""

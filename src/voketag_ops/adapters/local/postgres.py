@@ -815,7 +815,7 @@ class PgNode:
             return
         if not port_is_free(self.port):
             raise port_taken(self.port, self.name)
-        self._rotate_log()
+        self.rotate_log()
         deadline = time.monotonic() + timeout
         attempt = 0
         while True:
@@ -850,7 +850,7 @@ class PgNode:
                 f"{self.name} failed to start: {_fatal_line(tail) or _last_line(result.stderr)} (log: {self.log_file})"
             )
 
-    def _rotate_log(self) -> None:
+    def rotate_log(self) -> None:
         """The server appends to its log (`pg_ctl -l`) for as long as it runs; at a start, one
         over LOG_ROTATE_BYTES becomes `NAME.log.1` (the one before goes), so a node's logs keep
         its last start and the one before whatever its age."""
