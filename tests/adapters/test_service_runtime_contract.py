@@ -577,3 +577,25 @@ def test_a_registry_write_on_a_full_disk_names_the_registry_and_leaves_no_tempor
         in caplog.text
     )
     assert {p.name: p.read_bytes() for p in runtime.dir.iterdir()} == before
+
+
+def test_an_instance_keeps_nothing_of_the_callers_environment(platform, tmp_path, monkeypatch):
+    """Found by a review: every variable of the shell that ran voke (a webhook URL, PGPASSWORD,
+    a CI job's tokens) stayed in each service instance's /proc/PID/environ while it ran."""
+    from voketag_ops.adapters.local.secrets import LocalSecretStore
+    from voketag_ops.adapters.local.services import LocalServiceRuntime
+
+    monkeypatch.setenv("PGPASSWORD", "pg-pass-of-the-caller-4242")
+    monkeypatch.setenv("VOKE_ROTATION__NOTIFY_WEBHOOK", "http://127.0.0.1:1/hook/token-of-the-caller-4242")
+    home = tmp_path / "home"
+    _versions(LocalSecretStore(home), json.loads(platform.store().access("db-app", "current")))
+    runtime = LocalServiceRuntime(home, {"svc-a": SECRET}, start_timeout=5)
+    try:
+        info = runtime.deploy("svc-a", SECRET, 1)
+        assert info.healthy  # it still starts, imports voke and reads its credential
+        pid = json.loads(runtime.registry_file.read_text())["services"]["svc-a"]["active"]["pid"]
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    finally:
+        runtime.stop_all()
+    assert b"-of-the-caller-4242" not in environ
+    assert b"TZ=UTC" in environ

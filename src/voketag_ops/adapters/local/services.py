@@ -73,6 +73,20 @@ def http_health(url: str, timeout: float = 3) -> tuple[bool, dict[str, Any]]:
         return False, {"error": type(exc).__name__}
 
 
+# What a service instance keeps of voke's environment: where Python and voke are, nothing else.
+_PASSED_TO_SERVICES = ("HOME", "PYTHONPATH", "VIRTUAL_ENV", "LD_LIBRARY_PATH")
+
+
+def _service_environment() -> dict[str, str]:
+    """A service instance's environment: enough to start Python and import voke. Not the
+    caller's: a webhook URL, PGPASSWORD or a CI job's tokens in it stayed readable in
+    /proc/PID/environ for as long as the instance ran, long after voke exited. (It reads its
+    credential from the store; PG* variables would also change how it connects.)"""
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TZ": "UTC"}
+    env.update({name: os.environ[name] for name in _PASSED_TO_SERVICES if name in os.environ})
+    return env
+
+
 class LocalServiceRuntime:
     """ServiceRuntime for the local environment."""
 
@@ -469,6 +483,7 @@ class LocalServiceRuntime:
                     stderr=log_fh,
                     start_new_session=True,  # survives voke's exit and its Ctrl-C, like a real service
                     close_fds=True,
+                    env=_service_environment(),
                 )
             record = {
                 "instance": instance,
