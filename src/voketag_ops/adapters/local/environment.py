@@ -1084,7 +1084,10 @@ class LocalEnvironment:
         stop (a node, a restored instance) has processes stopped otherwise (SIGSTOP, a debugger):
         it cannot shut down, and `down` would stop the rest, then wait minutes for it."""
         self._thaw_left(progress)
-        state = self.state()
+        try:
+            state = self.state()
+        except ConfigError:  # unreadable: `down` says so itself, after what it reads first
+            return
         if state is None:
             return
         runner = self._runner(state)

@@ -215,14 +215,19 @@ class LocalServiceRuntime:
     # -- ServiceRuntime ---------------------------------------------------------------------
     def services(self, *, check: bool = True) -> list[ServiceInfo]:
         doc = self._snapshot()
+        entries = {name: doc["services"].get(name) or {} for name in self.consumers}
+        actives = {
+            name: e.get("active") if self._live(e.get("active")) else None for name, e in entries.items()
+        }
+        urls = {name: f"http://127.0.0.1:{a['port']}/health" if a else None for name, a in actives.items()}
+        checked: dict[str, bool | None] = dict.fromkeys(urls)
+        if check:  # at once: each waits up to 3 s on a service whose database does not answer
+            with ThreadPoolExecutor(max_workers=max(1, len(urls))) as pool:
+                found = pool.map(lambda url: url is not None and http_health(url)[0], urls.values())
+                checked = dict(zip(urls, found, strict=True))
         out = []
         for name, secret in self.consumers.items():
-            entry = doc["services"].get(name) or {}
-            active = entry.get("active") if self._live(entry.get("active")) else None
-            url = f"http://127.0.0.1:{active['port']}/health" if active else None
-            healthy = None
-            if check:
-                healthy = url is not None and http_health(url)[0]
+            entry, active, url, healthy = entries[name], actives[name], urls[name], checked[name]
             out.append(
                 ServiceInfo(
                     name=name,
