@@ -192,6 +192,56 @@ def test_publish_before_sign_then_keep_after_sign(keyring):
         verify_token(cred, last_old)
 
 
+def header_of(token):
+    return json.loads(jwt_keys.b64url_decode(token.split(".")[0]))
+
+
+def test_a_changed_algorithm_is_migrated_to_publish_before_sign(keyring):
+    # rotation.jwt.algorithm changed once the keyring existed: the next key is made with it
+    # (not the keyring's old one, as the plan said), published beside the old key, each in the
+    # JWKS with its own alg; old tokens verify until they expire (found by a review).
+    engine, clock, store = keyring
+    cred = jwt_credential(engine)
+    cred.settings = cred.settings.model_copy(update={"algorithm": "RS256"})
+    old_kid = kids(cred)[0]
+    es_token = sign_token(cred, claims(clock, "es"))
+    assert header_of(es_token)["alg"] == "ES256"
+
+    plan = rotate_jwt(engine, dry_run=True).report.plan
+    assert any("add a new RS256 next key" in line for line in plan), plan
+    outcome = rotate_jwt(engine)  # publish
+    assert outcome.error is None, outcome.report.error
+    new_kid = kids(cred)[1]
+    assert outcome.report.steps[1].detail.endswith(f"for RS256 key {new_kid}")
+    algs = {k["kid"]: (k["kty"], k["alg"]) for k in public_jwks(cred)["keys"]}
+    assert algs == {old_kid: ("EC", "ES256"), new_kid: ("RSA", "RS256")}
+    assert header_of(sign_token(cred, claims(clock, "x")))["kid"] == old_kid  # publish before sign
+
+    clock.advance(REFRESH)
+    plan = rotate_jwt(engine, dry_run=True).report.plan
+    assert any(f"switch signing to the published RS256 next key {new_kid};" in line for line in plan), plan
+    assert rotate_jwt(engine).error is None  # promote
+    rs_token = sign_token(cred, claims(clock, "rs"))
+    assert header_of(rs_token) == {"alg": "RS256", "typ": "JWT", "kid": new_kid}
+    assert verify_token(cred, rs_token)["sub"] == "rs" and verify_token(cred, es_token)["sub"] == "es"
+    ring = json.loads(store.access("jwt-signing", "current"))
+    assert ring["algorithm"] == "RS256" and ring["previous"]["alg"] == "ES256"
+    jwt_keys.Keyring.from_dict(ring).check()
+    # a token naming the new key with the old key's algorithm does not verify
+    head = jwt_keys.b64url(json.dumps({"alg": "ES256", "typ": "JWT", "kid": new_kid}).encode())
+    with pytest.raises(jwt_keys.TokenError, match="algorithm does not match"):
+        verify_token(cred, head + es_token[es_token.index(".") :])
+
+    cred.settings = cred.settings.model_copy(update={"algorithm": "EdDSA"})
+    plan = rotate_jwt(engine, emergency=True, dry_run=True).report.plan
+    assert any("make a fresh EdDSA key" in line for line in plan), plan
+    outcome = rotate_jwt(engine, emergency=True)
+    assert outcome.error is None, outcome.report.error
+    assert header_of(sign_token(cred, claims(clock, "ed")))["alg"] == "EdDSA"
+    assert [k["alg"] for k in public_jwks(cred)["keys"]] == ["EdDSA"]
+    assert "EdDSA key" in outcome.report.steps[1].detail
+
+
 def test_a_promotion_resumed_late_keeps_the_old_key_as_long_as_its_tokens_live(keyring, monkeypatch):
     from voketag_ops.workflows import rotate as rotate_wf
 

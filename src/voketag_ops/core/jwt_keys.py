@@ -7,6 +7,10 @@ A keyring holds up to three keys: `next` (published in the JWKS, not yet signing
 signed have expired). A rotation first publishes `next`; once verifiers have had
 `verifier_refresh_seconds` to fetch the JWKS, a second rotation promotes it; an
 emergency rotation replaces everything with a fresh key that signs at once.
+
+A new key (published or emergency) is made with the algorithm asked for, which may differ
+from the other keys' (an algorithm migration, publish-before-sign like any rotation): every
+key carries its own `alg`, and signing, verifying, the JWKS and the kid go by it.
 """
 
 from __future__ import annotations
@@ -188,7 +192,8 @@ def verify(jwks: dict[str, Any], token: str, now: datetime) -> dict[str, Any]:
 # -- the keyring ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Keyring:
-    """next / current / previous. `previous` has no private key, only its public JWK."""
+    """next / current / previous. `previous` has no private key, only its public JWK.
+    ALGORITHM is that of `current` (the signing key); `next` and `previous` may have another."""
 
     algorithm: Algorithm
     current: dict[str, Any]
@@ -300,16 +305,18 @@ def publish(
     ring: Keyring,
     now: datetime,
     *,
+    algorithm: Algorithm,
     became_current_at: datetime | None = None,
     lifetime: timedelta | None = None,
 ) -> Keyring:
-    """A new `next` beside `current`; a `previous` whose tokens have all expired is dropped (by
-    the same reckoning as `jwks`: BECAME_CURRENT_AT and LIFETIME extend its stored expiry)."""
+    """A new ALGORITHM `next` beside `current` (of whatever algorithm); a `previous` whose
+    tokens have all expired is dropped (by the same reckoning as `jwks`: BECAME_CURRENT_AT and
+    LIFETIME extend its stored expiry)."""
     previous = ring.previous
     until = ring.previous_until(became_current_at, lifetime)
     if previous is not None and until is not None and now >= until:
         previous = None
-    return Keyring(ring.algorithm, ring.current, generate_key(ring.algorithm, now), previous)
+    return Keyring(ring.algorithm, ring.current, generate_key(algorithm, now), previous)
 
 
 def promote(ring: Keyring, now: datetime, lifetime: timedelta) -> Keyring:
@@ -323,9 +330,9 @@ def promote(ring: Keyring, now: datetime, lifetime: timedelta) -> Keyring:
         "public_jwk": old["public_jwk"],
         "expires_at": iso(now + lifetime + CLOCK_SKEW),
     }
-    return Keyring(ring.algorithm, {**ring.next, "signing_since": iso(now)}, None, previous)
+    return Keyring(ring.next["alg"], {**ring.next, "signing_since": iso(now)}, None, previous)
 
 
-def emergency(ring: Keyring, now: datetime) -> Keyring:
-    """A fresh key that signs at once; every other key is dropped (forced logouts)."""
-    return new_keyring(ring.algorithm, now)
+def emergency(ring: Keyring, now: datetime, *, algorithm: Algorithm) -> Keyring:
+    """A fresh ALGORITHM key that signs at once; every other key of RING is dropped (forced logouts)."""
+    return new_keyring(algorithm, now)

@@ -159,7 +159,7 @@ class JwtKeyring(MadeBeside):
 
     def plan(self, current: dict[str, Any] | None) -> list[str]:
         action, _at, ring = self.decision(emergency=self.strategy == EMERGENCY)
-        algorithm = self.settings.algorithm
+        algorithm = self.settings.algorithm  # what a new key is made with (publish, emergency)
         if action == "emergency":
             return [
                 f"make a fresh {algorithm} key that signs at once; drop {', '.join(ring.kids())} from the keyring "
@@ -168,15 +168,23 @@ class JwtKeyring(MadeBeside):
                 "check the keyring (kids are RFC 7638 thumbprints; a probe token signs and verifies)",
             ]
         if action == "promote":
+            alg = ring.next["alg"]
+            other = (
+                f" (rotation.jwt.algorithm is {algorithm}: the next publish makes a {algorithm} key)"
+                if alg != algorithm
+                else ""
+            )
             return [
-                f"switch signing to the published next key {ring.next['kid']}; keep {ring.current['kid']} in the JWKS "
+                f"switch signing to the published {alg} next key {ring.next['kid']}{other}; keep "
+                f"{ring.current['kid']} ({ring.current['alg']}) in the JWKS "
                 f"for {self.settings.max_token_lifetime_seconds} s (max token lifetime)",
                 "nothing to set: verifiers already have the key",
                 "check the keyring (kids are RFC 7638 thumbprints; a probe token signs and verifies)",
             ]
         return [
-            f"add a new {algorithm} next key beside {ring.current['kid']} and publish it in the JWKS; signing stays "
-            f"on {ring.current['kid']} for at least {self.settings.verifier_refresh_seconds} s",
+            f"add a new {algorithm} next key beside {ring.current['kid']} ({ring.current['alg']}) and publish it in "
+            f"the JWKS; signing stays on {ring.current['kid']} for at least "
+            f"{self.settings.verifier_refresh_seconds} s",
             "nothing to set: verifiers read the JWKS",
             "check the keyring (kids are RFC 7638 thumbprints; a probe token signs and verifies)",
         ]
@@ -194,21 +202,25 @@ class JwtKeyring(MadeBeside):
         emergency = self._mode(rotation_id) == EMERGENCY
         action, at, ring = self.decision(emergency=emergency)
         now = self.now()
+        algorithm = self.settings.algorithm
         if action == "emergency":
-            new = jwt_keys.emergency(ring, now)
-            kid = new.current["kid"]
+            new = jwt_keys.emergency(ring, now, algorithm=algorithm)
+            key = new.current
         elif action == "promote":
             new = jwt_keys.promote(ring, now, self.lifetime)
-            kid = new.current["kid"]
+            key = new.current
         elif action == "publish":
             _meta, _ring, became = self._state()
-            new = jwt_keys.publish(ring, now, became_current_at=became, lifetime=self.lifetime)
+            new = jwt_keys.publish(
+                ring, now, algorithm=algorithm, became_current_at=became, lifetime=self.lifetime
+            )
             assert new.next is not None
-            kid = new.next["kid"]
+            key = new.next
         else:
             raise ValidationError(f"next key {ring.next['kid']} may sign only from {iso(at)}")
         value = new.to_dict()
-        value["kid"] = kid  # what the step detail and the report name
+        value["kid"] = key["kid"]
+        value["label"] = f"{key['alg']} key {key['kid']}"  # what the step detail names
         value["action"] = action
         _register(value)
         return value

@@ -746,7 +746,7 @@ class RotationEngine:
         version = self.store.add_version(record.secret, json.dumps(value).encode()).version
         record.pending_version = version
         self._save(record, aliases={"pending": version})
-        who = value.get("username") or value.get("key_id") or value.get("kid") or cred.name
+        who = value.get("username") or value.get("key_id") or value.get("label") or cred.name
         return f"version {version} for {who}"
 
     def _find_pending(self, record: RotationRecord, meta: Any) -> int | None:
