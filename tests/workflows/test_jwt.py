@@ -5,6 +5,7 @@ publication wait), --emergency, resume, and `voke rotate jwt` / `jwks` on the CL
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -484,6 +485,53 @@ def test_ctrl_c_while_a_run_or_a_resume_is_finished_names_the_resume(keyring):
         ("rotation.finish", "succeeded")
     ]
     assert [r.id for r in engine.history(secret="jwt-signing")].count(stored.id) == 1
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_a_rotation_stopped_by_sigterm_or_sighup_says_so_as_other_commands_do(keyring, signame):
+    # The answers and `interrupted` events of a rotation, its resume and its rollback said
+    # "interrupted" whatever stopped them; other commands say `terminated (SIGTERM)` (review).
+    from voketag_ops import interrupts
+    from voketag_ops.audit import AuditLog
+    from voketag_ops.errors import Interrupted
+
+    engine, _clock, store = keyring
+    save, undo, clear = engine._save, engine._undo, engine._clear
+    said = f"terminated ({signame})"
+
+    def terminated(*_args, **_kw):
+        interrupts.Terminated.received = signame  # as the handler notes it (conftest resets it)
+        raise interrupts.Terminated
+
+    def save_then_terminated(record, **kw):
+        save(record, **kw)
+        if record.step == "test":
+            terminated()
+
+    engine._save = save_then_terminated
+    with pytest.raises(
+        Interrupted, match=rf"rotation \S+ {re.escape(said)} after test; its state is recorded"
+    ):
+        rotate_jwt(engine)
+    stored = RotationRecord.from_json(store.get("jwt-signing").annotations[ANNOTATION])
+    engine._save, engine._undo = save, terminated
+    with pytest.raises(Interrupted, match=f"the rollback of rotation {stored.id} was {re.escape(said)}"):
+        engine.rollback(stored.id)
+    engine._undo = undo
+    assert engine.rollback(stored.id).report.status == "rolled_back"
+
+    engine._clear = terminated
+    with pytest.raises(Interrupted, match=rf"rotation (\S+) {re.escape(said)} after finish") as cut:
+        rotate_jwt(engine)
+    engine._clear = clear
+    finished = re.search(r"rotation (\S+) ", cut.value.message)
+    assert finished is not None and engine.resume(finished.group(1)).error is None
+    errors = [
+        e.details["error"]["message"]
+        for e in AuditLog(engine.audit_home).entries()
+        if e.result == "interrupted"
+    ]
+    assert len(errors) == 3 and all(said in m and "interrupted" not in m for m in errors), errors
 
 
 def test_ctrl_c_once_the_record_is_cleared_says_it_succeeded_not_resume(keyring):

@@ -437,8 +437,8 @@ class RotationEngine:
             stored = self._record(record.secret)[1]
         except (VokeError, KeyboardInterrupt):
             raise Interrupted(
-                f"interrupted while rotation {record.id} of {record.secret} was being recorded; whether "
-                "it was is unknown (nothing else was changed)",
+                f"{interrupts.stopped_by()} while rotation {record.id} of {record.secret} was being "
+                "recorded; whether it was is unknown (nothing else was changed)",
                 hint=f"voke rotate status  (if it lists {record.id}: {unfinished_commands(record.id)})",
             ) from None
         return stored is not None and stored.id == record.id
@@ -537,12 +537,13 @@ class RotationEngine:
                 if step == "finish":  # the record as stored, not this one (already `succeeded`)
                     if not self._release_stored(record):  # cleared: it succeeded, nothing to resume
                         raise Interrupted(
-                            f"rotation {record.id} succeeded; interrupted once its history and audit "
-                            "event were written",
+                            f"rotation {record.id} succeeded; {interrupts.stopped_by()} once its history "
+                            "and audit event were written",
                             hint=self._voke("voke rotate status") + " shows the current version",
                         ) from None
                     raise Interrupted(
-                        f"rotation {record.id} interrupted {_where(record, step)}; its state is recorded",
+                        f"rotation {record.id} {interrupts.stopped_by()} {_where(record, step)}; "
+                        "its state is recorded",
                         hint=resume_command(record.id),
                     ) from None
                 raise self._cut(record, step) from None
@@ -679,11 +680,11 @@ class RotationEngine:
         self._release(record)
         if record.status == "rolling_back":  # taken over to finish its rollback, not begun yet
             return Interrupted(
-                f"the rollback of rotation {record.id} was interrupted; its state is recorded",
+                f"the rollback of rotation {record.id} was {interrupts.stopped_by()}; its state is recorded",
                 hint=f"{rollback_command(record.id)}   (finishes it)",
             )
         return Interrupted(
-            f"rotation {record.id} interrupted {_where(record, step)}; its state is recorded",
+            f"rotation {record.id} {interrupts.stopped_by()} {_where(record, step)}; its state is recorded",
             hint=unfinished_commands(record.id),
         )
 
@@ -1150,7 +1151,7 @@ class RotationEngine:
         except KeyboardInterrupt:
             self._release(record)
             raise Interrupted(
-                f"the rollback of rotation {record.id} was interrupted; its state is recorded",
+                f"the rollback of rotation {record.id} was {interrupts.stopped_by()}; its state is recorded",
                 hint=f"{rollback_command(record.id)}   (finishes it)",
             ) from None
 
