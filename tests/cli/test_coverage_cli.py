@@ -228,6 +228,19 @@ def test_target_decimals_follow_the_coverage_version(voke, env, project, version
     assert r.exit_code == code, r.stdout + r.stderr
 
 
+def test_rule_auto_on_the_command_line_overrides_a_configured_rule(voke, env, project):
+    # `auto` is a value of coverage.rule (voke.toml, VOKE_COVERAGE__RULE): --rule auto was exit 2 (review)
+    write_json(project, {"admin_service/a.py": lines_file(8016, 1984)}, version="7.16.0")
+    configured = {**env, "VOKE_COVERAGE__RULE": "coverage"}
+    gate = ("coverage", "gate", "coverage.json", "-s", "admin-service", "--fail-under", "80.2", "--json")
+    assert voke(*gate, environ=configured, cwd=project).json["result"]["rule"] == "coverage"
+    r = voke(*gate, "--rule", "AUTO", environ=configured, cwd=project)
+    assert r.exit_code == 1 and r.json["result"]["rule"] == "coverage-7.16", r.stdout + r.stderr
+    bad = voke(*gate, "--rule", "sometimes", environ=env, cwd=project)
+    assert bad.exit_code == 2
+    assert "expected one of auto, coverage, coverage-7.16, strict" in bad.json["error"]["message"]
+
+
 def test_every_service_is_judged_against_its_own_target(voke, env, project):
     write_json(
         project, {"admin_service/a.py": lines_file(90, 10), "factory_service/b.py": lines_file(10, 90)}

@@ -71,8 +71,8 @@ RuleName = Annotated[
     typer.Option(
         "--rule",
         metavar="RULE",
-        help="coverage (7.17: rounded to max(precision, target decimals)), coverage-7.16 or strict "
-        "(default: config, auto = the rule of the coverage.py that wrote the input).",
+        help="auto (the rule of the coverage.py that wrote the input), coverage (7.17: rounded to "
+        "max(precision, target decimals)), coverage-7.16 or strict (default: coverage.rule, auto unless set).",
     ),
 ]
 Services = Annotated[
@@ -123,13 +123,12 @@ def _options(
     from voketag_ops.errors import UsageError
     from voketag_ops.workflows.coverage import Options, parse_mapping
 
+    choices = ("auto", *(r.value for r in Rule))  # as `coverage.rule` takes them
     parsed_rule = None
     if rule is not None:
-        try:
-            parsed_rule = Rule(rule.lower())
-        except ValueError:
-            choices = ", ".join(r.value for r in Rule)
-            raise UsageError(f"--rule {rule!r}: expected one of {choices}") from None
+        parsed_rule = rule.lower()
+        if parsed_rule not in choices:
+            raise UsageError(f"--rule {rule!r}: expected one of {', '.join(choices)}")
     return Options(
         precision=precision,
         fail_under=fail_under,

@@ -46,7 +46,7 @@ class Options:
     precision: int | None = None
     fail_under: float | None = None
     strict: bool = False
-    rule: Rule | None = None
+    rule: str | None = None  # "auto" or a Rule's value, as `coverage.rule` takes it
     services: tuple[str, ...] = ()
     remap: tuple[tuple[str, str], ...] = ()
     baseline_from: Path | None = None
@@ -129,10 +129,8 @@ def _load(
     versions = [i.tool_version for i in inputs]
     if options.strict:
         rule = Rule.STRICT
-    elif options.rule is not None:
-        rule = options.rule
     else:
-        rule = resolve_rule(settings.rule, versions)
+        rule = resolve_rule(settings.rule if options.rule is None else options.rule, versions)
     known = sorted((v for v in versions if v), key=lambda v: _version_tuple(v) or (0,))
     return _Loaded(
         inputs=[InputInfo(i.source, i.format, i.tool_version, i.branch, len(i.files)) for i in inputs],
