@@ -93,6 +93,12 @@ def test_a_rotation_before_init_is_refused_naming_init(cloud, voke):
     assert fake.iam.user_keys(ACCOUNT) == [] and "sa-ci" not in fake.secretmanager.secrets
 
 
+SETUP = {
+    "sa-ci": "voke --env t rotate sa-key ci --init --yes",
+    "jwt-signing": "voke --env t rotate jwt --init --yes",
+}
+
+
 def test_status_and_due_say_what_sets_up_each_missing_secret(cloud, voke):
     _fake, environ = cloud
     status = voke("rotate", "status", environ=environ)
@@ -106,6 +112,10 @@ def test_status_and_due_say_what_sets_up_each_missing_secret(cloud, voke):
     due = voke("rotate", "due", environ=environ)
     assert f"not set up: secret sa-ci does not exist {init}" in due.stdout, due.stdout
     assert "--adopt" not in due.stdout
+    for args in (("status",), ("due",)):  # --json names them too, beside `missing` (review)
+        doc = voke("rotate", *args, "--json", environ=environ).json["result"]
+        assert doc["setup"] == {name: SETUP[name] for name in doc["missing"]}
+        assert {"sa-ci", "jwt-signing"} <= set(doc["missing"])
 
 
 def test_init_says_in_one_line_what_it_created_never_the_key(cloud, voke):

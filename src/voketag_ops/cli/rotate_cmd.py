@@ -258,6 +258,7 @@ def status(ctx: typer.Context) -> None:
     engine = _engine(env, reads=True)
     report = engine.status()
     setup = {secret: engine.setup_command(secret) for secret in report["missing"]}
+    report["setup"] = _setup_json(env, setup)
     env.out.result(report, render=lambda c, r: _render_status(c, r, env.out.with_env, setup=setup))
 
 
@@ -284,7 +285,13 @@ def due(
     attention = [r for r in waiting if r["status"] == "needs_attention"]
     missing = state["missing"]  # configured, never stored: never rotated until set up
     setup = {secret: engine.setup_command(secret) for secret in missing}
-    listed = {"due": due_now, "unfinished": stuck, "needs_attention": attention, "missing": missing}
+    listed = {
+        "due": due_now,
+        "unfinished": stuck,
+        "needs_attention": attention,
+        "missing": missing,
+        "setup": _setup_json(env, setup),
+    }
     if not run or not (due_now or stuck or attention):
         env.out.result(
             {**listed, "rotations": []}, render=lambda c, r: _render_due(c, r, env.out.with_env, setup=setup)
@@ -442,6 +449,11 @@ def _render_status(
         console.print(
             f"[yellow]not set up[/] {name}: the secret does not exist ({escape(with_env(setup[name]))})"
         )
+
+
+def _setup_json(env: Any, setup: Mapping[str, str]) -> dict[str, str]:
+    """`setup` of --json: each missing secret's setup command, as the terminal view names it."""
+    return {secret: env.out.with_env(command) for secret, command in setup.items()}
 
 
 def _render_due(
