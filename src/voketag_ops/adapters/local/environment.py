@@ -1256,8 +1256,13 @@ def _refuse_frozen(nodes: list[PgNode]) -> None:
                 f"the {node.name} (pid {node.pid()}) does not answer: {_frozen_processes(node, pids)}"
                 for node, pids in frozen
             ),
-            hint=f"resume them if nothing holds them on purpose: `kill -CONT {' '.join(str(p) for _n, pids in frozen for p in pids)}`, then run the command again",
+            hint=f"{resume_hint([p for _n, pids in frozen for p in pids])}, then run the command again",
         )
+
+
+def resume_hint(pids: list[int]) -> str:
+    """What to run about stopped processes PIDS (`env up`, `env down`, `doctor`)."""
+    return f"resume them if nothing holds them on purpose: `kill -CONT {' '.join(map(str, pids))}`"
 
 
 def _not_answering(node: PgNode) -> str | None:
@@ -1303,6 +1308,7 @@ def _node_status(node: PgNode) -> dict[str, Any]:
         "timeline": None,
         "conninfo": node.conninfo(PLATFORM_DB),  # (no password: the local socket trusts voke's user)
         "error": None,  # why a postmaster that is there does not answer
+        "stopped_pids": [],  # its processes stopped (SIGSTOP, a debugger): `kill -CONT` resumes them
     }
     pid = node.pid()
     if pid is None:
@@ -1311,6 +1317,7 @@ def _node_status(node: PgNode) -> dict[str, Any]:
     status["pid"] = pid
     if stopped := frozen_pids(node):
         status["error"] = _frozen_processes(node, stopped)  # (a connection would only time out)
+        status["stopped_pids"] = stopped
         return status
     try:
         with node.connect(timeout=3) as conn:

@@ -1,0 +1,100 @@
+"""What `voke doctor` says of a leader or standby that does not run (frozen, fenced). The
+module runs its own environment (a failover must not move the shared one) and walks it through
+the scenarios in file order; every test leaves one writable leader with a streaming standby for
+the next."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+
+import pytest
+
+from voketag_ops.adapters.local.environment import LocalEnvironment
+from voketag_ops.adapters.local.postgres import child_pids, is_stopped
+from voketag_ops.config import LocalSettings
+from voketag_ops.core.dr_checks import REBUILD_STANDBY
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dr-doctor") / "home"
+    yield path
+    from voketag_ops.config import Settings
+    from voketag_ops.workflows.env import LocalPlatform
+
+    LocalPlatform(Settings(local=LocalSettings(home=path))).destroy(discard_chain=True)
+
+
+@pytest.fixture
+def environ(home, make_environ):
+    return make_environ(home, VOKE_LOCAL__ARCHIVE_TIMEOUT="5", VOKE_DR__LAG_PROBE_SECONDS="1")
+
+
+def local_check(voke, environ):
+    doctor = voke("doctor", "--json", environ=environ)
+    [check] = [c for c in doctor.json["result"]["checks"] if c["name"] == "local environment"]
+    return doctor.exit_code, check
+
+
+@contextlib.contextmanager
+def frozen(node):
+    """NODE's processes stopped (SIGSTOP) while the block runs: their pids."""
+    pid = node.pid()
+    assert pid is not None
+    pids = [pid, *child_pids(pid)]
+    try:
+        for target in pids:
+            os.kill(target, signal.SIGSTOP)
+        deadline = time.monotonic() + 30
+        while not all(is_stopped(p) for p in pids):
+            assert time.monotonic() < deadline, "the processes did not stop"
+            time.sleep(0.1)
+        yield pids
+    finally:
+        for target in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(target, signal.SIGCONT)
+
+
+def test_doctor_tells_to_resume_a_frozen_leader_by_its_pids_as_env_up_does(voke, home, environ):
+    # Found by review: doctor listed the pids but hinted `voke env up`, which refuses (exit 5).
+    assert voke("env", "up", environ=environ).exit_code == 0
+    env = LocalEnvironment(LocalSettings(home=home))
+    with frozen(env.primary()) as pids:
+        status = voke("env", "status", "--json", environ=environ).json["result"]
+        assert status["primary"]["stopped_pids"] == pids and status["replica"]["stopped_pids"] == []
+        code, check = local_check(voke, environ)
+        assert code == 1 and f"leader primary (pid {pids[0]}) does not answer" in check["detail"], check
+        assert f"`kill -CONT {' '.join(map(str, pids))}`" in check["hint"], check
+        assert "env up" not in check["hint"], check
+        refused = voke("env", "up", "--json", environ=environ)  # the remedy env up names, the same
+        assert refused.exit_code == 5 and check["hint"] in refused.json["error"]["hint"]
+    assert voke("env", "up", environ=environ).exit_code == 0
+
+
+def test_doctor_tells_to_resume_or_rebuild_a_frozen_standby_as_dr_check_does(voke, home, environ):
+    # Found by review: doctor hinted `voke env up`, which leaves a frozen standby as it is.
+    env = LocalEnvironment(LocalSettings(home=home))
+    with frozen(env.standby()) as pids:
+        code, check = local_check(voke, environ)
+        assert code == 1 and f"standby replica (pid {pids[0]}) does not answer" in check["detail"], check
+        assert f"`kill -CONT {' '.join(map(str, pids))}`" in check["hint"], check
+        assert REBUILD_STANDBY in check["hint"] and "env up" not in check["hint"], check
+    assert voke("env", "up", environ=environ).exit_code == 0
+    assert voke("dr", "check", environ=environ).exit_code == 0
+
+
+def test_doctor_names_the_fenced_former_leader_after_a_failover(voke, home, environ):
+    # Found by review: doctor said "replica not running" (the running leader) with the hint
+    # `voke env up`, which leaves the fenced former leader down.
+    failover = voke("dr", "failover", "--yes", "--json", environ=environ)
+    assert failover.exit_code == 0, failover.stdout + failover.stderr
+    code, check = local_check(voke, environ)
+    assert code == 1 and check["detail"] == "standby primary not running: fenced former leader", check
+    assert "`voke dr failback --yes`" in check["hint"] and "env up" not in check["hint"], check
+    failback = voke("dr", "failback", "--yes", environ=environ)
+    assert failback.exit_code == 0, failback.stdout + failback.stderr
+    assert local_check(voke, environ)[1]["ok"] is True
