@@ -1,11 +1,13 @@
-"""What `voke doctor` says of a leader or standby that does not run (frozen, fenced). The
-module runs its own environment (a failover must not move the shared one) and walks it through
+"""What `voke doctor` says of a leader or standby that does not run (frozen, fenced), and what
+`dr failover`, `dr failback` and `env move-port` record of the connection secret versions they
+make. The module runs its own environment (a failover must not move the shared one) and walks it through
 the scenarios in file order; every test leaves one writable leader with a streaming standby for
 the next."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import time
@@ -16,6 +18,8 @@ from voketag_ops.adapters.local.environment import LocalEnvironment
 from voketag_ops.adapters.local.postgres import child_pids, is_stopped
 from voketag_ops.config import LocalSettings
 from voketag_ops.core.dr_checks import REBUILD_STANDBY
+
+SECRET = "db-app"  # rotation.db_users' default connection secret
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +102,58 @@ def test_doctor_names_the_fenced_former_leader_after_a_failover(voke, home, envi
     failback = voke("dr", "failback", "--yes", environ=environ)
     assert failback.exit_code == 0, failback.stdout + failback.stderr
     assert local_check(voke, environ)[1]["ok"] is True
+
+
+def repointed_to(result, port):
+    """The services part of a failover or failback's JSON: the secret's versions naming PORT."""
+    services = result["services"]
+    [repointed] = services["repointed"]
+    assert repointed["secret"] == SECRET and repointed["port"] == port, services
+    assert repointed["versions"]["current"] is not None, services
+    assert services["redeployed"], services
+    return services
+
+
+def audited_services(voke, environ, event_type):
+    """The `services` of the last EVENT_TYPE audit event, which masks no name."""
+    entries = voke("audit", "show", "-e", event_type, "--json", environ=environ).json["result"]["entries"]
+    details = entries[-1]["details"]
+    assert "***" not in json.dumps(details), details  # a secret's name is not a secret's value
+    return details["services"]
+
+
+def as_audited(services):
+    return [
+        {"secret_name": r["secret"], "versions": r["versions"], "port": r["port"]}
+        for r in services["repointed"]
+    ]
+
+
+def test_failover_and_failback_record_the_secret_versions_they_make(voke, home, environ):
+    # Found by review: the dr.failover and dr.failback events had no secret versions.
+    env = LocalEnvironment(LocalSettings(home=home))
+    failover = voke("dr", "failover", "--yes", "--json", environ=environ)
+    assert failover.exit_code == 0, failover.stdout + failover.stderr
+    services = repointed_to(failover.json["result"], env.node("replica").port)
+    audited = audited_services(voke, environ, "dr.failover")
+    assert audited["repointed"] == as_audited(services) and audited["redeployed"] == services["redeployed"]
+    failback = voke("dr", "failback", "--yes", "--json", environ=environ)
+    assert failback.exit_code == 0, failback.stdout + failback.stderr
+    services = repointed_to(failback.json["result"], env.node("primary").port)
+    audited = audited_services(voke, environ, "dr.failback")
+    assert audited["repointed"] == as_audited(services) and audited["redeployed"] == services["redeployed"]
+    again = voke("dr", "failback", "--yes", "--json", environ=environ)  # nothing to switch back
+    assert again.exit_code == 0 and again.json["result"]["services"] is None, again.stdout
+
+
+def test_move_port_records_the_secret_by_name(voke, home, environ):
+    # Found by review: the env.move_port event showed the secret's name as ***.
+    assert voke("env", "down", environ=environ).exit_code == 0
+    moved = voke("env", "move-port", "primary", "--yes", "--json", environ=environ)
+    assert moved.exit_code == 0, moved.stdout + moved.stderr
+    services = moved.json["result"]["services"]
+    [repointed] = services["repointed"]
+    assert repointed["secret"] == SECRET and repointed["port"] == moved.json["result"]["port"]
+    assert audited_services(voke, environ, "env.move_port")["repointed"] == as_audited(services)
+    assert voke("env", "up", environ=environ).exit_code == 0
+    assert voke("dr", "check", environ=environ).exit_code == 0

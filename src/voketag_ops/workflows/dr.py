@@ -440,6 +440,33 @@ def repoint_services(
     }
 
 
+class AuditedRepoint:
+    """`repoint_services` for a DR operation whose audit DETAILS record what it did, `services`,
+    as soon as it is done (a run failing later still says which versions it made); DONE is its
+    result (None: this run repointed nothing, as a resumed one past that step)."""
+
+    def __init__(self, details: dict[str, Any], settings: Settings, env: LocalEnvironment) -> None:
+        self.details, self.settings, self.env = details, settings, env
+        self.done: dict[str, Any] | None = None
+
+    def __call__(self, leader: PgNode) -> dict[str, Any]:
+        self.done = repoint_services(self.settings, self.env, leader)
+        self.details["services"] = as_audited(self.done)
+        return self.done
+
+
+def as_audited(services: dict[str, Any]) -> dict[str, Any]:
+    """A `repoint_services` result as an audit event stores it: each secret's name under
+    `secret_name`, as `secret` is a key whose value the audit log masks (a secret's value)."""
+    return {
+        **services,
+        "repointed": [
+            {"secret_name": r["secret"], **{k: v for k, v in r.items() if k != "secret"}}
+            for r in services["repointed"]
+        ],
+    }
+
+
 @contextmanager
 def _resumable(env: LocalEnvironment, operation: str) -> Iterator[None]:
     """A backend failure once OPERATION is recorded as unfinished is exit 7 naming its resume,
@@ -509,11 +536,11 @@ def failover(
     ):
         if not pending:
             refuse_if_rotating_locally(settings)
+        repoint = AuditedRepoint(details, settings, env)
         with _resumable(env, "failover"):
-            report = dr.failover(
-                env, progress=progress, repoint=lambda node: repoint_services(settings, env, node)
-            )
+            report = dr.failover(env, progress=progress, repoint=repoint)
         details.update(old_leader=report["old_leader"], new_leader=report["new_leader"])
+    report["services"] = repoint.done
     report["dry_run"] = False
     return report
 
@@ -576,15 +603,13 @@ def failback(
     ):
         if not dr.unfinished_operation(env):
             refuse_if_rotating_locally(settings)
+        repoint = AuditedRepoint(details, settings, env)
         with _resumable(env, "failback"):
             report = dr.failback(
-                env,
-                progress=progress,
-                force_clone=clone,
-                switch_back=switch_back,
-                repoint=lambda node: repoint_services(settings, env, node),
+                env, progress=progress, force_clone=clone, switch_back=switch_back, repoint=repoint
             )
         details.update(leader=report["leader"], method=report["rebuilt"].get("method"))
+    report["services"] = repoint.done
     report["dry_run"] = False
     return report
 

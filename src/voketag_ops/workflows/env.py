@@ -305,7 +305,7 @@ class LocalPlatform:
         move cut short, which running it again finishes."""
         from voketag_ops.adapters.local.dr import move_journal, operation_notice
         from voketag_ops.files import replace_json
-        from voketag_ops.workflows.dr import repoint_services
+        from voketag_ops.workflows.dr import as_audited, repoint_services
 
         with (
             self._audited("env.move_port") as event,
@@ -330,7 +330,7 @@ class LocalPlatform:
                 except VokeError as exc:
                     exc.hint = finish
                     raise
-                event.details["services"] = report["services"]
+                event.details["services"] = as_audited(report["services"])
             event.details["standby_repointed"] = report["standby_repointed"]
             move_journal(self.env).unlink()
             services = report["services"] or {}
