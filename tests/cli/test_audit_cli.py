@@ -47,7 +47,14 @@ def test_show_filters_and_pages(voke, home: Path) -> None:
     assert [e["seq"] for e in window["entries"]] == [3, 4, 5]
     failed = voke("audit", "show", "--result", "failure", "--target", "svc-*", "--json").json["result"]
     assert [e["seq"] for e in failed["entries"]] == [5]
-    for written in ("rejected", "duplicate", "rolled_back", "unchanged"):  # results voke writes
+    for written in (
+        "rejected",
+        "duplicate",
+        "rolled_back",
+        "unchanged",
+        "failed",
+        "aborted",
+    ):  # results voke writes
         assert voke("audit", "show", "--result", written, "--json").exit_code == 0, written
     newest = voke("audit", "show", "--newest-first", "-n", "2", "--json").json["result"]
     assert [e["seq"] for e in newest["entries"]] == [11, 10]
@@ -60,6 +67,9 @@ def test_show_filters_and_pages(voke, home: Path) -> None:
     [
         (["--since", "yesterday"], "--since"),
         (["--result", "maybe"], "--result must be one of"),
+        # a drill journal's statuses no audit event carries (a completed drill's event is `success`)
+        (["--result", "completed"], "--result must be one of"),
+        (["--result", "running"], "--result must be one of"),
         (["--limit", "0"], "--limit"),
         (["--since", "1000000d"], "longer than 3650 days"),
         (["--until", "99999999999d"], "longer than 3650 days"),

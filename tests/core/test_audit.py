@@ -362,10 +362,21 @@ def test_csv_export_escapes_formula_cells() -> None:
 def test_every_result_voke_writes_can_be_filtered_for():
     from typing import get_args
 
+    from voketag_ops.audit import AuditedEvent
     from voketag_ops.core import audit, drill, rotation
+    from voketag_ops.workflows.drill import journal_event
 
     # (a rotation under way, forward or back, is recorded as `started`, never as its status)
     ended = set(get_args(rotation.Status)) - set(rotation.ACTIVE)
-    written = {*drill.STATUSES, *ended, "loaded", "duplicate", "rejected", "unchanged"}
+    # A drill's event is written once its journal has ended (never `running`), as journal_event says.
+    drills = set()
+    for status in set(drill.STATUSES) - {"running"}:
+        event = AuditedEvent()
+        journal_event(event, {"status": status, "rto_seconds": None, "rpo_seconds": None})
+        drills.add(event.result)
+    assert drills == {"success", "failed", "aborted", "interrupted"}
+    written = {*drills, *ended, "loaded", "duplicate", "rejected", "unchanged"}
     assert written <= set(audit.RESULTS), written - set(audit.RESULTS)
     assert not set(rotation.ACTIVE) & set(audit.RESULTS)  # listed as written, they never were
+    # `completed` and `running` are a drill journal's statuses no audit event ever carried
+    assert not {"completed", "running"} & set(audit.RESULTS)

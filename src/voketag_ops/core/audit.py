@@ -35,7 +35,8 @@ from voketag_ops.redact import MASK, redact
 
 ZERO = "0" * 64
 _HASH = re.compile(r"[0-9a-f]{64}")
-# Every result voke writes: the generic ones, then a rotation's, an ingest load's and a drill's.
+# Every result voke writes: the generic ones, then a rotation's, an ingest load's and a drill's (a
+# drill that completed is `success`, one interrupted `interrupted`: its journal's other endings).
 RESULTS = (
     "success",
     "failure",
@@ -50,10 +51,8 @@ RESULTS = (
     "loaded",
     "duplicate",
     "rejected",
-    "completed",
     "failed",
     "aborted",
-    "running",
 )
 FIELDS = (
     "seq",
