@@ -86,6 +86,28 @@ def test_a_drill_refused_while_a_dr_operation_runs_is_one_failure_event(
     _refused(home, f"drill.{scenario}", scenario, refused.exit_code)
 
 
+@pytest.mark.parametrize("scenario", ["failover", "failback", "all"])
+def test_a_drill_that_promotes_the_standby_is_refused_at_once_without_a_replica(
+    voke, make_environ, tmp_path, scenario
+):
+    # (it waited 30 s for a standby to catch up, then aborted; its dry run printed a plan, exit 0)
+    home = tmp_path / "home"
+    environ = make_environ(home, VOKE_LOCAL__REPLICA="false")
+    for other in ("pitr", "network"):  # these need no standby
+        assert voke("drill", "run", other, "--dry-run", environ=environ).exit_code == 0
+    dry = voke("drill", "run", scenario, "--dry-run", "--json", environ=environ)
+    assert dry.exit_code == 5, dry.stdout
+    error = dry.json["error"]
+    assert "no replica is configured (local.replica is false); nothing to promote" in error["message"]
+    assert ("voke drill run pitr" in error["hint"]) == (scenario == "all")
+    assert not home.exists()  # a dry run writes no event
+    refused = voke("drill", "run", scenario, "--yes", "--json", environ=environ)
+    assert refused.exit_code == 5, refused.stdout
+    assert refused.json["error"] == error
+    _refused(home, f"drill.{scenario}", scenario, refused.exit_code)
+    assert not (home / "state.json").exists()  # nothing was started
+
+
 def test_a_rotation_refused_while_a_dr_operation_runs_is_one_failure_event(
     voke, make_environ, tmp_path, held_by_another_voke
 ):

@@ -669,6 +669,27 @@ def test_a_failover_drill_whose_standby_cannot_catch_up_is_aborted_and_touches_n
     assert voke("dr", "check", environ=environ).exit_code == 0
 
 
+def test_the_drills_that_promote_refuse_at_once_while_the_standby_is_fenced(voke, environ, env):
+    # After a finished failover the old leader stays fenced until a failback rebuilds it: no
+    # standby to promote (the failover drill aborted after a 30 s steady-state wait, its dry run said 0).
+    assert voke("dr", "failover", "--yes", environ=environ).exit_code == 0
+    journals = sorted((env.home / "drills").glob("*.json"))
+    try:
+        for scenario in ("failover", "failback", "all"):
+            dry = voke("drill", "run", scenario, "--dry-run", "--json", environ=environ)
+            assert dry.exit_code == 5, dry.stdout
+            message = dry.json["error"]["message"]
+            assert "the standby primary is not running as a standby; nothing to promote" in message
+        refused = voke("drill", "run", "failback", "--yes", "--json", environ=environ)
+        assert refused.exit_code == 5, refused.stdout
+        assert "the standby primary is not running as a standby" in refused.json["error"]["message"]
+        assert sorted((env.home / "drills").glob("*.json")) == journals  # nothing was drilled
+        assert env.require_state().leader == "replica"
+    finally:
+        assert voke("dr", "failback", "--yes", environ=environ).exit_code == 0
+    assert env.require_state().leader == "primary"
+
+
 def test_drill_run_all_measures_every_scenario_and_restores_the_topology(voke, environ, env):
     from voketag_ops.core.dr_checks import parse_iso
     from voketag_ops.core.drill import validate

@@ -35,6 +35,7 @@ from voketag_ops.errors import (
     ExitCode,
     Interrupted,
     NeedsOperatorError,
+    PreconditionError,
     UsageError,
     VokeError,
 )
@@ -1214,6 +1215,45 @@ PLANS = {
 }
 
 
+PROMOTING = ("failover", "failback")  # the drills that promote the standby
+
+
+def refuse_without_standby(
+    settings: Settings, env: LocalEnvironment, scenario: str, *, started: bool
+) -> None:
+    """PreconditionError (exit 5) before drill SCENARIO changes anything when it promotes the
+    standby (failover, failback, all) and there is none to promote, as `dr failover` refuses:
+    no replica configured (`local.replica` false), or the follower not running as a standby.
+    Not STARTED yet (a dry run, or before the run's `env up`), a follower that `env up` would
+    start (stopped, not fenced) is left to the run, which checks again once STARTED."""
+    from voketag_ops.adapters.local import dr
+
+    if scenario not in (*PROMOTING, "all"):
+        return
+    what = "the failover and failback drills need" if scenario == "all" else f"drill {scenario} needs"
+    hint = "`voke drill run pitr` and `voke drill run network` need none" if scenario == "all" else None
+    if not settings.local.replica:
+        raise PreconditionError(
+            f"{what} a standby to promote: no replica is configured (local.replica is false); "
+            "nothing to promote",
+            hint="set local.replica = true (or VOKE_LOCAL__REPLICA=true) and run `voke env up`"
+            + (f"; {hint}" if hint else ""),
+        )
+    state = env.state()
+    if state is None:  # the run's `env up` creates the replica
+        return
+    standby = env.node(state.follower, state)
+    if not started and not standby.running and state.follower not in env.fenced():
+        return
+    if dr.in_recovery(standby) is not True:
+        raise PreconditionError(
+            f"{what} a standby to promote: the standby {standby.name} is not running as a standby; "
+            "nothing to promote (`voke dr status` shows the topology)",
+            hint="`voke env up` starts a stopped standby, `voke dr failback --yes` rebuilds a fenced one"
+            + (f"; {hint}" if hint else ""),
+        )
+
+
 def unsteady(steady: Mapping[str, Any]) -> str | None:
     """Why the steady state STEADY, checked before a drill, does not hold (None: it does): the
     error of the run it aborts, and of a dry run that would be."""
@@ -1325,16 +1365,18 @@ def run_drill(
     with audited(env.home, event_type=f"drill.{scenario}", env="local", target=scenario) as event:
         if env.exists:
             dr.refuse_if_unfinished(env)  # exit 5 naming the resume, before anything starts
+        refuse_without_standby(settings, env, scenario, started=False)  # (before env up starts it)
         ensure_local(settings, progress)
         with (
             dr.dr_lock(env, f"drill {scenario}"),
             measuring(),  # the run's timeline, canary and DR reports on one steady clock
         ):
             dr.refuse_if_unfinished(env)  # (again, under the lock: a failover killed meanwhile)
-            if scenario in ("failover", "failback"):  # refused before the fault, not after it
+            if scenario in PROMOTING:  # refused before the fault, not after it
                 from voketag_ops.workflows.dr import refuse_if_rotating_locally
 
                 refuse_if_rotating_locally(settings)
+                refuse_without_standby(settings, env, scenario, started=True)
             thawed = dr.thaw_left(env, progress)  # a node a killed network drill left frozen, first
             left = put_back_rows_left(env, progress)  # before the steady state, which counts them
             run = DrillRun(settings, env, scenario, progress, options or {})
@@ -1417,19 +1459,23 @@ def run(
     if dry_run:
         if env.exists:  # refused as the run is: another DR operation running, or one to resume,
             dr.refuse_if_busy(env)  # and a failover or failback while a rotation is unfinished
-            if {"failover", "failback"} & set(scenarios):
+            if set(PROMOTING) & set(scenarios):
                 from voketag_ops.workflows.dr import refuse_if_rotating_locally
 
                 refuse_if_rotating_locally(settings)
+        refuse_without_standby(settings, env, scenario, started=False)  # and without a standby
         return RunOutcome({"dry_run": True, "plan": {name: PLANS[name] for name in scenarios}})
 
     journals: list[dict[str, Any]] = []
     # Held once around every scenario (re-entrant: each run_drill takes it again inside), so
-    # nothing slips in between them; refused (another DR operation holds it), the drill is on
-    # record as a `failure` event, as run_drill's own refusals are.
+    # nothing slips in between them; refused (another DR operation holds it, or `all` has no
+    # standby for its failover and failback: refused before pitr runs, not after it), the drill
+    # is on record as a `failure` event, as run_drill's own refusals are.
     with ExitStack() as held:
         try:
             held.enter_context(dr.dr_lock(env, f"drill {scenario}"))
+            if scenario == "all":
+                refuse_without_standby(settings, env, scenario, started=False)
         except VokeError:
             with audited(env.home, event_type=f"drill.{scenario}", env="local", target=scenario):
                 raise
