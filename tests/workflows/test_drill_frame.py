@@ -476,3 +476,12 @@ def test_the_after_check_gives_the_services_their_wait_from_when_the_servers_are
     clock.now = 0.0
     steady = drill.steady_state(settings, None, wait=60)  # type: ignore[arg-type]
     assert steady["ok"] is False and 45 <= clock.now < 46, clock.now
+
+
+def test_the_failover_drills_plan_reads_its_rpo_where_the_run_does(voke):
+    # The plan said "RPO from the canary log" while the run reads the old leader's WAL
+    # (`rpo_source` `wal`), the canary's log only when that WAL cannot be read.
+    plan = voke("drill", "run", "failover", "--dry-run", "--json")
+    assert plan.exit_code == 0, plan.stdout
+    [rpo] = [step for step in plan.json["result"]["plan"]["failover"] if step.startswith("RPO")]
+    assert rpo.startswith("RPO from the old leader's WAL (pg_waldump"), rpo

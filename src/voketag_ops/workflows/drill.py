@@ -1198,7 +1198,9 @@ PLANS = {
         "pg_ctl stop -m immediate on the leader; detect it",
         "voke dr failover (fence, promote, repoint, verify); measure RTO to the canary's first write "
         "once the services are back",
-        "RPO from the canary log: acknowledged commits lost and the span they cover",
+        "RPO from the old leader's WAL (pg_waldump past the switch point): every commit lost, "
+        "the canary's or any client's, and the span they cover (the canary's log if that WAL "
+        "cannot be read)",
         "clean up: voke dr failback (pg_rewind, catch up, switch back)",
     ],
     "failback": [
