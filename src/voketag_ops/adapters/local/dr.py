@@ -1193,6 +1193,7 @@ class PrunePlan:
             "removed_backups": backup_summaries(self.remove),
             **_wal_summary(self.segments),
             "freed_bytes": self.freed_bytes,
+            "failures": [],  # (a plan removes nothing, so nothing failed to go)
         }
 
 
