@@ -18,6 +18,7 @@ from voketag_ops.core.rotation import ANNOTATION, RotationRecord
 from voketag_ops.errors import PreconditionError
 from voketag_ops.workflows.jwt import (
     bootstrap_keyring,
+    init_keyring,
     jwt_credential,
     public_jwks,
     rotate_jwt,
@@ -241,6 +242,17 @@ def test_a_changed_algorithm_is_migrated_to_publish_before_sign(keyring):
     assert header_of(sign_token(cred, claims(clock, "ed")))["alg"] == "EdDSA"
     assert [k["alg"] for k in public_jwks(cred)["keys"]] == ["EdDSA"]
     assert "EdDSA key" in outcome.report.steps[1].detail
+
+
+def test_init_on_an_existing_keyring_reports_its_own_algorithm_not_the_configured_one(keyring):
+    # Found by review: `rotate jwt --init` on an ES256 keyring said RS256 once rotation.jwt.algorithm
+    # named the next key's algorithm (a migration not yet rotated).
+    engine, _clock, _store = keyring
+    cred = jwt_credential(engine)
+    cred.settings = cred.settings.model_copy(update={"algorithm": "RS256"})
+    for dry_run in (True, False):
+        report = init_keyring(engine, dry_run=dry_run)
+        assert report["status"] == "exists" and report["algorithm"] == "ES256", report
 
 
 def test_a_promotion_resumed_late_keeps_the_old_key_as_long_as_its_tokens_live(keyring, monkeypatch):

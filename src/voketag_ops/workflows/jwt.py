@@ -263,8 +263,8 @@ def init_keyring(engine: Any, *, dry_run: bool = False) -> dict[str, Any]:
     except NotFoundError:
         exists = False
     report: dict[str, Any] = {"dry_run": dry_run, "secret": cred.secret, "algorithm": cred.settings.algorithm}
-    if exists:
-        return {**report, "status": "exists"}
+    if exists:  # its own signing key's algorithm: rotation.jwt.algorithm may name the next one's
+        return {**report, "status": "exists", "algorithm": cred._state()[1].algorithm}
     if dry_run:
         return {
             **report,
