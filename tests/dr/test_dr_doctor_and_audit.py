@@ -87,6 +87,39 @@ def test_doctor_tells_to_resume_or_rebuild_a_frozen_standby_as_dr_check_does(vok
         assert code == 1 and f"standby replica (pid {pids[0]}) does not answer" in check["detail"], check
         assert f"`kill -CONT {' '.join(map(str, pids))}`" in check["hint"], check
         assert REBUILD_STANDBY in check["hint"] and "env up" not in check["hint"], check
+        # the drills that promote it refuse with the same hint (found by review: they said
+        # `voke env up`, which leaves a frozen standby as it is)
+        dry = voke("drill", "run", "failover", "--dry-run", "--json", environ=environ)
+        assert dry.exit_code == 5 and "needs a standby to promote" in dry.json["error"]["message"], dry.stdout
+        assert dry.json["error"]["hint"] == check["hint"], dry.json["error"]
+    assert voke("env", "up", environ=environ).exit_code == 0
+    assert voke("dr", "check", environ=environ).exit_code == 0
+
+
+def test_the_drills_refuse_a_stopped_standby_that_env_up_would_not_start(voke, home, environ):
+    # Found by review: a stopped follower without standby.signal passed the dry runs (exit 0)
+    # and the run failed later in `env up` (exit 7), while `dr failover` refused it (exit 5).
+    env = LocalEnvironment(LocalSettings(home=home))
+    standby = env.standby()
+    signal_file, aside = standby.data_dir / "standby.signal", home / "standby.signal.aside"
+    assert standby.stop()
+    signal_file.rename(aside)
+    try:
+        code, check = local_check(voke, environ)
+        assert code == 1 and check["detail"] == "standby replica not running: not a standby", check
+        for scenario in ("failover", "all"):
+            dry = voke("drill", "run", scenario, "--dry-run", "--json", environ=environ)
+            assert dry.exit_code == 5, dry.stdout + dry.stderr
+            assert (
+                "a standby to promote: the standby replica is not running as a standby"
+                in (dry.json["error"]["message"])
+            ), dry.json["error"]
+            assert dry.json["error"]["hint"].startswith(check["hint"]), dry.json["error"]
+        run = voke("drill", "run", "failover", "--yes", "--json", environ=environ)
+        assert run.exit_code == 5 and "needs a standby to promote" in run.json["error"]["message"], run.stdout
+        assert not standby.running  # nothing was started
+    finally:
+        aside.rename(signal_file)
     assert voke("env", "up", environ=environ).exit_code == 0
     assert voke("dr", "check", environ=environ).exit_code == 0
 
@@ -157,3 +190,14 @@ def test_move_port_records_the_secret_by_name(voke, home, environ):
     assert audited_services(voke, environ, "env.move_port")["repointed"] == as_audited(services)
     assert voke("env", "up", environ=environ).exit_code == 0
     assert voke("dr", "check", environ=environ).exit_code == 0
+
+
+def test_a_writable_standby_is_named_split_brain_with_the_fence_to_run():
+    # Found by review: the drills' "no standby" hint said `voke env up` for a follower that runs
+    # writable beside the leader; they and doctor share node_trouble, which names the fence.
+    from voketag_ops.adapters.local.environment import node_trouble
+
+    writable = {"name": "replica", "running": True, "role": "primary", "pid": 42, "error": None}
+    said, hint = node_trouble("replica", writable, fenced=set())
+    assert said == "standby replica is writable beside the leader (split brain)"
+    assert hint.startswith("fence it with `voke dr fence replica --yes`") and "env up" not in hint

@@ -143,6 +143,7 @@ def _local_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
                 Check("local environment", True, f"not created yet in {env.home} (started on demand)")
             )
             return
+        from voketag_ops.adapters.local.environment import node_trouble
         from voketag_ops.workflows.env import LocalPlatform
 
         status = LocalPlatform(loaded.settings).status()  # the services' health too, as `env status`
@@ -152,7 +153,7 @@ def _local_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
             if status[n] and not status[n]["running"] and (n == "primary" or settings.replica)
         ]
         if down:
-            said = [_down(role, status[role], fenced=env.fenced()) for role in down]
+            said = [node_trouble(role, status[role], fenced=env.fenced()) for role in down]
             report.checks.append(
                 Check(
                     "local environment",
@@ -174,32 +175,6 @@ def _local_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
                 "local environment", False, exc.message, exc.hint or "voke env destroy --yes && voke env up"
             )
         )
-
-
-def _down(role: str, node: dict[str, Any], *, fenced: set[str]) -> tuple[str, str]:
-    """What is said of the leader (ROLE `primary`) or the standby (`replica`) NODE that does not
-    run, named as `env status` names it, and the hint `env up` and `dr check` give for it."""
-    from voketag_ops.adapters.local.environment import resume_hint
-    from voketag_ops.core.dr_checks import LOCAL_REMEDIES, REBUILD_STANDBY
-
-    leads = role == "primary"
-    name = f"{'leader' if leads else 'standby'} {node['name']}"
-    if node["pid"] and node["error"]:  # its postmaster is there but does not answer
-        said = f"{name} (pid {node['pid']}) does not answer: {node['error']}"
-        pids = node.get("stopped_pids") or []
-        if leads:  # `env up` refuses a frozen leader (exit 5) naming these pids
-            return said, resume_hint(pids) if pids else "voke env up"
-        # `env up` leaves a frozen standby as it is (it may be paused on purpose)
-        resume = f"{resume_hint(pids)}, or " if pids else ""
-        return said, f"{resume}rebuild it from the leader with `{REBUILD_STANDBY}`"
-    if node["name"] in fenced:
-        if leads:  # `env up` refuses it: an interrupted failover
-            return f"{name} not running: fenced (a failover was interrupted)", "voke dr failover --yes"
-        # a former leader a failover fenced: `env up` leaves it down
-        return f"{name} not running: fenced former leader", LOCAL_REMEDIES["rebuild"]
-    if not leads and node["initialized"] and not (Path(node["data_dir"]) / "standby.signal").exists():
-        return f"{name} not running: not a standby", LOCAL_REMEDIES["rebuild"]  # `env up` refuses it
-    return f"{name} not running", "voke env up"
 
 
 def _running_checks(report: DoctorReport, status: dict[str, Any], *, replica: bool) -> None:

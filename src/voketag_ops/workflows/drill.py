@@ -1225,10 +1225,11 @@ def refuse_without_standby(
 ) -> None:
     """PreconditionError (exit 5) before drill SCENARIO changes anything when it promotes the
     standby (failover, failback, all) and there is none to promote, as `dr failover` refuses:
-    no replica configured (`local.replica` false), or the follower not running as a standby.
-    Not STARTED yet (a dry run, or before the run's `env up`), a follower that `env up` would
-    start (stopped, not fenced) is left to the run, which checks again once STARTED."""
-    from voketag_ops.adapters.local import dr
+    no replica configured (`local.replica` false), or the follower not running as a standby,
+    with the hint `doctor` gives for it (frozen, fenced, not a standby, writable). Not STARTED
+    yet (a dry run, or before the run's `env up`), a follower that `env up` would start as a
+    standby is left to the run, which checks again once STARTED."""
+    from voketag_ops.adapters.local.environment import node_status, node_trouble, starts_as_standby
 
     if scenario not in (*PROMOTING, "all"):
         return
@@ -1244,16 +1245,17 @@ def refuse_without_standby(
     state = env.state()
     if state is None:  # the run's `env up` creates the replica
         return
-    standby = env.node(state.follower, state)
-    if not started and not standby.running and state.follower not in env.fenced():
+    standby, fenced = node_status(env.node(state.follower, state)), env.fenced()
+    if standby["running"] and standby["role"] == "replica":
         return
-    if dr.in_recovery(standby) is not True:
-        raise PreconditionError(
-            f"{what} a standby to promote: the standby {standby.name} is not running as a standby; "
-            "nothing to promote (`voke dr status` shows the topology)",
-            hint="`voke env up` starts a stopped standby, `voke dr failback --yes` rebuilds a fenced one"
-            + (f"; {hint}" if hint else ""),
-        )
+    if not started and starts_as_standby(standby, fenced=fenced):
+        return
+    said, fix = node_trouble("replica", standby, fenced=fenced)
+    raise PreconditionError(
+        f"{what} a standby to promote: the standby {standby['name']} is not running as a standby; "
+        f"nothing to promote ({said}; `voke dr status` shows the topology)",
+        hint=fix + (f"; {hint}" if hint else ""),
+    )
 
 
 def unsteady(steady: Mapping[str, Any]) -> str | None:

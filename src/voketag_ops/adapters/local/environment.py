@@ -50,7 +50,7 @@ from voketag_ops.adapters.local.postgres import (
     process_exists,
     serves,
 )
-from voketag_ops.core.dr_checks import REBUILD_STANDBY, parse_iso
+from voketag_ops.core.dr_checks import LOCAL_REMEDIES, REBUILD_STANDBY, parse_iso
 from voketag_ops.core.times import iso
 from voketag_ops.core.wal import DEFAULT_SEGMENT_SIZE, SEGMENT_NAME, parse_lsn
 from voketag_ops.errors import BackendError, ConfigError, NeedsOperatorError, PreconditionError, UsageError
@@ -1020,7 +1020,7 @@ class LocalEnvironment:
             return report
         runner = self._runner(state)
         nodes = {name: self.node(name, state, runner) for name in NODE_NAMES}
-        info = {name: _node_status(node) for name, node in nodes.items()}
+        info = {name: node_status(node) for name, node in nodes.items()}
         # `primary` and `replica` describe the current topology; `name` says which data directory.
         report["primary"], report["replica"] = info[state.leader], info[state.follower]
         report["leader"] = state.leader
@@ -1265,6 +1265,46 @@ def resume_hint(pids: list[int]) -> str:
     return f"resume them if nothing holds them on purpose: `kill -CONT {' '.join(map(str, pids))}`"
 
 
+def starts_as_standby(node: dict[str, Any], *, fenced: set[str]) -> bool:
+    """Whether `env up` would start the follower NODE (as `node_status` reports it) as a standby:
+    no postmaster, not FENCED, and a standby on disk (its standby.signal), or no data directory
+    yet (`env up` clones it). Any other, it refuses or leaves down."""
+    if node["pid"] or node["name"] in fenced:
+        return False
+    return not node["initialized"] or (Path(node["data_dir"]) / "standby.signal").exists()
+
+
+def node_trouble(role: str, node: dict[str, Any], *, fenced: set[str]) -> tuple[str, str]:
+    """What is said of the leader (ROLE `primary`) or the standby (`replica`) NODE (as
+    `node_status` reports it, named as `env status` names it) that does not serve its role: it
+    does not run, or the standby runs writable (split brain). Then the hint `env up` and
+    `dr check` give for it (`doctor`, and the drills that need a standby to promote)."""
+    leads = role == "primary"
+    name = f"{'leader' if leads else 'standby'} {node['name']}"
+    if node["running"]:  # a writable standby beside the leader: two primaries
+        return (
+            f"{name} is writable beside the leader (split brain)",
+            f"fence it with {LOCAL_REMEDIES['fence'].format(node=node['name'])}; "
+            "`voke dr failback --yes` then rebuilds it as a standby",
+        )
+    if node["pid"] and node["error"]:  # its postmaster is there but does not answer
+        said = f"{name} (pid {node['pid']}) does not answer: {node['error']}"
+        pids = node.get("stopped_pids") or []
+        if leads:  # `env up` refuses a frozen leader (exit 5) naming these pids
+            return said, resume_hint(pids) if pids else "voke env up"
+        # `env up` leaves a frozen standby as it is (it may be paused on purpose)
+        resume = f"{resume_hint(pids)}, or " if pids else ""
+        return said, f"{resume}rebuild it from the leader with `{REBUILD_STANDBY}`"
+    if node["name"] in fenced:
+        if leads:  # `env up` refuses it: an interrupted failover
+            return f"{name} not running: fenced (a failover was interrupted)", "voke dr failover --yes"
+        # a former leader a failover fenced: `env up` leaves it down
+        return f"{name} not running: fenced former leader", LOCAL_REMEDIES["rebuild"]
+    if not leads and not starts_as_standby(node, fenced=fenced):
+        return f"{name} not running: not a standby", LOCAL_REMEDIES["rebuild"]  # `env up` refuses it
+    return f"{name} not running", "voke env up"
+
+
 def _not_answering(node: PgNode) -> str | None:
     """The warning for NODE when its postmaster lives but does not answer: its processes are
     stopped (SIGSTOP, a debugger) or a connection times out. None when it answers, or says why
@@ -1296,7 +1336,8 @@ def _wal_from_label(label_file: Path) -> str:
     return ""
 
 
-def _node_status(node: PgNode) -> dict[str, Any]:
+def node_status(node: PgNode) -> dict[str, Any]:
+    """NODE as `env status` reports it (role, running, pid, the stopped pids of a frozen one)."""
     status: dict[str, Any] = {
         "name": node.name,
         "role": "unknown",
