@@ -132,6 +132,24 @@ def test_doctor_names_the_fenced_former_leader_after_a_failover(voke, home, envi
     code, check = local_check(voke, environ)
     assert code == 1 and check["detail"] == "standby primary not running: fenced former leader", check
     assert "`voke dr failback --yes`" in check["hint"] and "env up" not in check["hint"], check
+    # Found by review: a failover cut short after it recorded the new leader left doctor hinting
+    # `voke dr failback --yes`, which refuses until the failover is finished.
+    operation = {
+        "operation": "failover",
+        "resume": "voke dr failover --yes",
+        "done": ["planned", "fenced", "promoted", "leader"],
+        "old_leader": "primary",
+        "new_leader": "replica",
+    }
+    (home / "dr" / "operation.json").write_text(json.dumps(operation))
+    code, check = local_check(voke, environ)
+    assert code == 1 and check["detail"].startswith("an interrupted `voke dr failover` must be finished"), (
+        check
+    )
+    assert check["hint"].startswith("voke dr failover --yes;"), check
+    resumed = voke("dr", "failover", "--yes", environ=environ)
+    assert resumed.exit_code == 0, resumed.stdout + resumed.stderr
+    assert local_check(voke, environ)[1]["detail"] == "standby primary not running: fenced former leader"
     failback = voke("dr", "failback", "--yes", environ=environ)
     assert failback.exit_code == 0, failback.stdout + failback.stderr
     assert local_check(voke, environ)[1]["ok"] is True

@@ -138,6 +138,21 @@ LOCAL_REMEDIES = {
 }
 
 
+def unfinished_message(op: Mapping[str, Any]) -> str:
+    """What `dr check` and `doctor` say of the unfinished DR operation OP (a status's
+    `unfinished_operation`): the command to finish it, or why it cannot be told."""
+    if op.get("unknown"):  # the operations could not be read: not "none"
+        return f"unknown: {op['unknown']}"
+    if op.get("running"):
+        return (
+            f"a DR operation is running ({op['running']}): the topology is changing; check again once it ends"
+        )
+    return (
+        f"an interrupted `{op.get('command') or 'voke dr ' + str(op.get('operation'))}` must be finished: "
+        f"{op.get('resume')}" + (f" ({op['note']})" if op.get("note") else "")
+    )
+
+
 def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -> list[Check]:
     """Every check, passed or failed, in a fixed order."""
     checks: list[Check] = []
@@ -147,19 +162,7 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
     archive = status.get("archive") or {}
 
     op = status.get("unfinished_operation") or {}
-    if not op:
-        message = "no unfinished DR operation"
-    elif op.get("unknown"):  # the operations could not be read: not "none"
-        message = f"unknown: {op['unknown']}"
-    elif op.get("running"):
-        message = (
-            f"a DR operation is running ({op['running']}): the topology is changing; check again once it ends"
-        )
-    else:
-        message = (
-            f"an interrupted `{op.get('command') or 'voke dr ' + str(op.get('operation'))}` must be finished: "
-            f"{op.get('resume')}" + (f" ({op['note']})" if op.get("note") else "")
-        )
+    message = unfinished_message(op) if op else "no unfinished DR operation"
     checks.append(Check("unfinished_operation", not op, message, value=op.get("operation")))
 
     writable = list(status.get("writable_nodes") or [])

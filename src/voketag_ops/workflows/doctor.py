@@ -143,7 +143,9 @@ def _local_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
                 Check("local environment", True, f"not created yet in {env.home} (started on demand)")
             )
             return
+        from voketag_ops.adapters.local.dr import operation_to_report
         from voketag_ops.adapters.local.environment import node_trouble
+        from voketag_ops.core.dr_checks import unfinished_message
         from voketag_ops.workflows.env import LocalPlatform
 
         status = LocalPlatform(loaded.settings).status()  # the services' health too, as `env status`
@@ -152,8 +154,13 @@ def _local_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
             for n in ("primary", "replica")
             if status[n] and not status[n]["running"] and (n == "primary" or settings.replica)
         ]
-        if down:
-            said = [node_trouble(role, status[role], fenced=env.fenced()) for role in down]
+        said = [node_trouble(role, status[role], fenced=env.fenced()) for role in down]
+        if not down and status.get("split_brain"):
+            said.append(("two writable primaries (split brain)", "voke dr status"))
+        op = operation_to_report(env)
+        if op and not op.get("running"):  # cut short: finished first (`dr failback` refuses until then)
+            said.insert(0, (unfinished_message(op), str(op.get("resume") or "voke dr status")))
+        if said:
             report.checks.append(
                 Check(
                     "local environment",
@@ -162,12 +169,9 @@ def _local_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
                     "; ".join(dict.fromkeys(h for _d, h in said)),
                 )
             )
-        elif status.get("split_brain"):
-            report.checks.append(
-                Check("local environment", False, "two writable primaries (split brain)", "voke dr status")
-            )
-        else:
-            report.checks.append(Check("local environment", True, f"running in {env.home}"))
+        if not down and not status.get("split_brain"):
+            if not said:
+                report.checks.append(Check("local environment", True, f"running in {env.home}"))
             _running_checks(report, status, replica=settings.replica)
     except VokeError as exc:
         report.checks.append(
