@@ -219,3 +219,38 @@ def test_a_writable_standby_is_named_split_brain_with_the_fence_to_run():
     said, hint = node_trouble("replica", writable, fenced=set())
     assert said == "standby replica is writable beside the leader (split brain)"
     assert hint.startswith("fence it with `voke dr fence replica --yes`") and "env up" not in hint
+
+
+def test_a_move_port_under_way_is_running_not_interrupted_and_an_unreadable_record_is_said_once(
+    voke, home, environ
+):
+    # Found by review: doctor (and `dr check`) took a move-port holding the DR lock, its journal
+    # written first, for one cut short (exit 1, hinting a command the lock refuses); an unreadable
+    # operation record was "an interrupted `voke dr unreadable`", its text repeated as the hint.
+    import subprocess
+    import sys
+
+    journal = home / "dr" / "move-port.json"
+    journal.write_text(json.dumps({"node": "replica", "old_port": 1, "port": 2}))
+    holder = subprocess.Popen(  # another voke's move, as doctor sees it
+        [sys.executable, "-c", "import sys, pathlib\nfrom voketag_ops.locks import dr_lock\n"
+         "with dr_lock(pathlib.Path(sys.argv[1]), 'env move-port'):\n print('held', flush=True)\n sys.stdin.read()",
+         str(home / "dr")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        code, check = local_check(voke, environ)
+        assert code == 0 and check["ok"], check
+    finally:
+        holder.communicate("")
+        journal.unlink()
+    record = home / "dr" / "operation.json"
+    record.write_text("{broken")
+    try:
+        code, check = local_check(voke, environ)
+    finally:
+        record.unlink()
+    assert code == 1 and not check["ok"]
+    assert "voke dr unreadable" not in check["detail"] and "cannot be read" in check["detail"], check
+    assert check["hint"] == "voke dr status", check

@@ -143,6 +143,8 @@ def unfinished_message(op: Mapping[str, Any]) -> str:
     `unfinished_operation`): the command to finish it, or why it cannot be told."""
     if op.get("unknown"):  # the operations could not be read: not "none"
         return f"unknown: {op['unknown']}"
+    if op.get("operation") == "unreadable":  # its record says what it is and what to do
+        return str(op.get("resume"))
     if op.get("running"):
         return (
             f"a DR operation is running ({op['running']}): the topology is changing; check again once it ends"

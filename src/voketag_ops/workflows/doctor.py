@@ -159,7 +159,14 @@ def _local_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
             said.append(("two writable primaries (split brain)", "voke dr status"))
         op = operation_to_report(env)
         if op and not op.get("running"):  # cut short: finished first (`dr failback` refuses until then)
-            said.insert(0, (unfinished_message(op), str(op.get("resume") or "voke dr status")))
+            unreadable = op.get("operation") == "unreadable"  # (its `resume` is the message itself)
+            said.insert(
+                0,
+                (
+                    unfinished_message(op),
+                    "voke dr status" if unreadable else str(op.get("resume") or "voke dr status"),
+                ),
+            )
         if said:
             report.checks.append(
                 Check(

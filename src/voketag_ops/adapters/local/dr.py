@@ -192,7 +192,8 @@ def operation_to_report(env: LocalEnvironment) -> dict[str, Any] | None:
     except PreconditionError as exc:
         return {"operation": "unreadable", "resume": exc.message}
     holder = running_elsewhere(env.home / "dr")
-    if holder is not None and not holder.startswith("env "):  # (`env up`/`down` hold the lock too)
+    # (`env up`/`down`/`destroy` hold the lock too; a move-port is under way, its journal written first)
+    if holder is not None and (not holder.startswith("env ") or holder_parts(holder)[0] == "env move-port"):
         if op is not None:
             return dict(op, running=holder)  # under way, not interrupted
         operation, _pid = holder_parts(holder)  # a drill or restore records no operation log
