@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -768,3 +769,44 @@ def test_migrate_brings_an_older_schema_up_now_and_dry_runs_work_again(
         ("success", 3),
         ("unchanged", 4),
     ]
+
+
+def test_migrate_grants_a_loading_role_what_loads_need_and_no_more(voke, local_env, tmp_path):
+    """A role that may not alter tables (least privilege) loads once `ingest migrate --grant`
+    has run as the schema's owner; before, its first load was "permission denied"."""
+    from psycopg.conninfo import make_conninfo
+
+    suffix = uuid.uuid4().hex[:8]
+    owner, loader, dbname = f"ingest_owner_{suffix}", f"ingest_loader_{suffix}", f"grants_{suffix}"
+    admin = local_env.primary().conninfo("postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {owner} LOGIN; CREATE ROLE {loader} LOGIN")
+        conn.execute(f"CREATE DATABASE {dbname} OWNER {owner}")
+    base = local_env.primary().conninfo(dbname)  # (the local socket admits any role)
+    as_owner, as_loader = make_conninfo(base, user=owner), make_conninfo(base, user=loader)
+    try:
+        good = tmp_path / "good.csv"
+        good.write_text(HEADER + GOOD)
+        assert voke("ingest", "migrate", "--db", as_owner, "--yes").exit_code == 0
+        refused = voke("ingest", "load", str(good), "--db", as_loader, "--json")
+        assert refused.exit_code == 4 and "permission denied" in refused.json["error"]["message"]
+        unknown = voke(
+            "ingest", "migrate", "--db", as_owner, "--grant", "no_such_role_here", "--yes", "--json"
+        )
+        assert unknown.exit_code == 2 and "no_such_role_here" in unknown.json["error"]["message"]
+        granted = voke("ingest", "migrate", "--db", as_owner, "--grant", loader, "--yes", "--json")
+        assert granted.exit_code == 0 and granted.json["result"]["granted"] == [loader], granted.stdout
+        loaded = voke("ingest", "load", str(good), "--db", as_loader, "--json")
+        assert loaded.exit_code == 0 and loaded.json["result"]["status"] == "loaded", loaded.stdout
+        assert (
+            voke("ingest", "load", str(good), "--db", as_loader, "--json").json["result"]["status"]
+            == "duplicate"
+        )
+        assert voke("ingest", "proof", "T1", "--db", as_loader).exit_code == 0
+        # rows, not the tables themselves
+        with psycopg.connect(as_loader) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("DROP TABLE ingest.tags")
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
+            conn.execute(f"DROP ROLE IF EXISTS {loader}; DROP ROLE IF EXISTS {owner}")

@@ -294,7 +294,20 @@ def _render_load(console: Console, r: LoadReport) -> None:
 
 
 @app.command("migrate")
-def migrate(ctx: typer.Context, db: Db = None, dry_run: DryRun = False, yes: Unasked = False) -> None:
+def migrate(
+    ctx: typer.Context,
+    grant: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--grant",
+            metavar="ROLE",
+            help="A role that loads, lists and proves without altering tables (repeatable).",
+        ),
+    ] = None,
+    db: Db = None,
+    dry_run: DryRun = False,
+    yes: Unasked = False,
+) -> None:
     """Create the ingest schema, or bring it to this voke's version, now (a load does it first)."""
     from voketag_ops.workflows import ingest as wf
 
@@ -306,14 +319,21 @@ def migrate(ctx: typer.Context, db: Db = None, dry_run: DryRun = False, yes: Una
         dry_run=dry_run,
         audit_home=_home(env),
         env_name=env.settings.env,
+        grant=grant or [],
     )
     env.out.result(report, render=_render_migrate)
 
 
 def _render_migrate(console: Console, r: dict[str, Any]) -> None:
     was = "no ingest schema" if r["from_version"] is None else f"version {r['from_version']}"
+    if r["granted"]:
+        verb = "would grant" if r["dry_run"] else "granted"
+        console.print(
+            f"{r['target']}: {verb} loading to {', '.join(r['granted'])}", markup=False, highlight=False
+        )
     if not r["applied"]:
-        console.print(f"{r['target']}: the ingest schema is at version {r['to_version']}; nothing changed")
+        said = "" if r["granted"] else "; nothing changed"
+        console.print(f"{r['target']}: the ingest schema is at version {r['to_version']}{said}", markup=False)
         return
     verb = "would apply" if r["dry_run"] else "applied"
     console.print(

@@ -50,7 +50,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -506,11 +506,19 @@ def _migrate(conn: psycopg.Connection[Any], *, lock_timeout: float) -> list[tupl
 
 
 def migrate_schema(
-    conninfo: str, *, settings: IngestSettings, dry_run: bool, audit_home: Path, env_name: str
+    conninfo: str,
+    *,
+    settings: IngestSettings,
+    dry_run: bool,
+    audit_home: Path,
+    env_name: str,
+    grant: Sequence[str] = (),
 ) -> dict[str, Any]:
     """`voke ingest migrate`: create the `ingest` schema or bring it to this voke's version now,
     as the first load would (a role that may alter the tables, before the first load or the
-    dry runs that refuse an older schema). A DRY_RUN names the migrations it would apply."""
+    dry runs that refuse an older schema). GRANT: roles given what `ingest load`, `batches` and
+    `proof` need (and the same on tables a later migration by this role makes), so a loading
+    role needs no DDL rights. A DRY_RUN names the migrations it would apply."""
     from voketag_ops.audit import audited_unless
 
     described = describe_target(conninfo)
@@ -524,12 +532,28 @@ def migrate_schema(
                 before = schema_version(conn)
                 _refuse_newer(before)
                 pending = [(v, name) for v, name, _sql in MIGRATIONS if before is None or v > before]
-                if pending and (read_only := _read_only(conn)):  # (a dry run checks as the run would)
+                known = {
+                    r
+                    for (r,) in conn.execute(
+                        "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (list(grant),)
+                    )
+                }
+                if unknown := [r for r in grant if r not in known]:
+                    raise UsageError(
+                        f"{target} has no role named {', '.join(map(repr, unknown))}: nothing was changed"
+                    )
+                if (pending or grant) and (
+                    read_only := _read_only(conn)
+                ):  # (a dry run checks as the run would)
                     raise PreconditionError(
                         f"{target} is read-only ({read_only}): nothing was migrated; migrate the primary",
                         hint="`voke dr status` names the primary of the local environment",
                     )
-                applied = pending if dry_run else _migrate(conn, lock_timeout=settings.lock_timeout)
+                if dry_run:
+                    applied = pending
+                else:
+                    applied = _migrate(conn, lock_timeout=settings.lock_timeout)
+                    _grant(conn, grant)
         finally:
             conn.close()
         report = {
@@ -537,14 +561,34 @@ def migrate_schema(
             "from_version": before,
             "to_version": SCHEMA_VERSION,
             "applied": [{"version": v, "name": name} for v, name in applied],
-            "changed": bool(applied) and not dry_run,
+            "granted": list(dict.fromkeys(grant)),
+            "changed": bool(applied or grant) and not dry_run,
             "dry_run": dry_run,
         }
         event.target = target
-        event.details.update({k: report[k] for k in ("from_version", "to_version", "applied")})
-        if not applied:
+        event.details.update({k: report[k] for k in ("from_version", "to_version", "applied", "granted")})
+        if not applied and not grant:
             event.result = "unchanged"
     return report
+
+
+def _grant(conn: psycopg.Connection[Any], roles: Sequence[str]) -> None:
+    """Give ROLES what loads, listings and proofs use of the `ingest` schema: reading and
+    writing its rows, moving the batch number's sequence; also on what this role creates there
+    later (a migration's new table). Nothing to create, alter or drop."""
+    from psycopg import sql
+
+    with conn.transaction():
+        for role in dict.fromkeys(roles):
+            who = sql.Identifier(role)
+            for statement in (
+                "GRANT USAGE ON SCHEMA ingest TO {}",
+                "GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA ingest TO {}",
+                "GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA ingest TO {}",
+                "ALTER DEFAULT PRIVILEGES IN SCHEMA ingest GRANT SELECT, INSERT, UPDATE ON TABLES TO {}",
+                "ALTER DEFAULT PRIVILEGES IN SCHEMA ingest GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {}",
+            ):
+                conn.execute(sql.SQL(statement).format(who))
 
 
 # -- load ----------------------------------------------------------------------------------------
