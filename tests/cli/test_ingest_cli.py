@@ -782,6 +782,7 @@ def test_migrate_grants_a_loading_role_what_loads_need_and_no_more(voke, local_e
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f"CREATE ROLE {owner} LOGIN; CREATE ROLE {loader} LOGIN")
         conn.execute(f"CREATE DATABASE {dbname} OWNER {owner}")
+        conn.execute(f"REVOKE TEMPORARY ON DATABASE {dbname} FROM PUBLIC")  # hardened
     base = local_env.primary().conninfo(dbname)  # (the local socket admits any role)
     as_owner, as_loader = make_conninfo(base, user=owner), make_conninfo(base, user=loader)
     try:
@@ -803,6 +804,12 @@ def test_migrate_grants_a_loading_role_what_loads_need_and_no_more(voke, local_e
             == "duplicate"
         )
         assert voke("ingest", "proof", "T1", "--db", as_loader).exit_code == 0
+        repeats = tmp_path / "repeats.csv"  # judged in temporary tables
+        repeats.write_text(HEADER + GOOD.replace("T1", "T7") * 2)
+        judged = voke("ingest", "load", str(repeats), "--db", as_loader, "--json")
+        assert judged.exit_code == 1 and judged.json["result"]["errors"][0]["code"] == "duplicate_tag_id", (
+            judged.stdout
+        )
         # rows, not the tables themselves
         with psycopg.connect(as_loader) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("DROP TABLE ingest.tags")

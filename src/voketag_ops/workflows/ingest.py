@@ -574,13 +574,19 @@ def migrate_schema(
 
 def _grant(conn: psycopg.Connection[Any], roles: Sequence[str]) -> None:
     """Give ROLES what loads, listings and proofs use of the `ingest` schema: reading and
-    writing its rows, moving the batch number's sequence; also on what this role creates there
-    later (a migration's new table). Nothing to create, alter or drop."""
+    writing its rows, moving the batch number's sequence, temporary tables; also on what this
+    role creates there later (a migration's new table). Nothing to create, alter or drop."""
     from psycopg import sql
 
+    row = conn.execute("SELECT current_database()").fetchone()
+    assert row is not None
+    database = sql.Identifier(row[0])
     with conn.transaction():
         for role in dict.fromkeys(roles):
             who = sql.Identifier(role)
+            # a file with repeats is judged in temporary tables (a hardened database revokes
+            # TEMPORARY from PUBLIC); a migrating role that may not grant it gets a warning
+            conn.execute(sql.SQL("GRANT TEMPORARY ON DATABASE {} TO {}").format(database, who))
             for statement in (
                 "GRANT USAGE ON SCHEMA ingest TO {}",
                 "GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA ingest TO {}",
