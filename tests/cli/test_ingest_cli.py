@@ -777,10 +777,14 @@ def test_migrate_grants_a_loading_role_what_loads_need_and_no_more(voke, local_e
     from psycopg.conninfo import make_conninfo
 
     suffix = uuid.uuid4().hex[:8]
-    owner, loader, dbname = f"ingest_owner_{suffix}", f"ingest_loader_{suffix}", f"grants_{suffix}"
+    owner, loader, stranger, other = (
+        f"ingest_{who}_{suffix}" for who in ("owner", "loader", "stranger", "other")
+    )
+    dbname = f"grants_{suffix}"
     admin = local_env.primary().conninfo("postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {owner} LOGIN; CREATE ROLE {loader} LOGIN")
+        for role in (owner, loader, stranger, other):
+            conn.execute(f"CREATE ROLE {role} LOGIN")
         conn.execute(f"CREATE DATABASE {dbname} OWNER {owner}")
         conn.execute(f"REVOKE TEMPORARY ON DATABASE {dbname} FROM PUBLIC")  # hardened
     base = local_env.primary().conninfo(dbname)  # (the local socket admits any role)
@@ -807,13 +811,31 @@ def test_migrate_grants_a_loading_role_what_loads_need_and_no_more(voke, local_e
         repeats = tmp_path / "repeats.csv"  # judged in temporary tables
         repeats.write_text(HEADER + GOOD.replace("T1", "T7") * 2)
         judged = voke("ingest", "load", str(repeats), "--db", as_loader, "--json")
-        assert judged.exit_code == 1 and judged.json["result"]["errors"][0]["code"] == "duplicate_tag_id", (
-            judged.stdout
-        )
-        # rows, not the tables themselves
-        with psycopg.connect(as_loader) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute("DROP TABLE ingest.tags")
+        assert judged.exit_code == 1 and judged.json["result"]["errors"][0]["code"] == "duplicate_tag_id"
+        for statement in (  # the rows it loads; not the tables, sealed rows, nor the schema's version
+            "DROP TABLE ingest.tags",
+            "UPDATE ingest.tags SET sku = 'X'",
+            "UPDATE ingest.identity SET database_id = 'x'",
+            "INSERT INTO ingest.schema_migrations VALUES (99, 'x')",
+        ):
+            with psycopg.connect(as_loader) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+        again = voke("ingest", "migrate", "--db", as_owner, "--grant", loader, "--yes", "--json")
+        assert again.exit_code == 0 and again.json["result"]["granted"] == [], again.stdout
+        assert again.json["result"]["changed"] is False
+        # PostgreSQL only warns when a role without the grant option grants: refused, nothing changed
+        as_stranger = make_conninfo(base, user=stranger)
+        with psycopg.connect(as_owner, autocommit=True) as conn:  # it may read, not hand on
+            conn.execute(f"GRANT USAGE ON SCHEMA ingest TO {stranger}")
+            conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA ingest TO {stranger}")
+        cannot = voke("ingest", "migrate", "--db", as_stranger, "--grant", other, "--yes", "--json")
+        assert cannot.exit_code == 5 and "may not grant" in cannot.json["error"]["message"], cannot.stdout
+        with psycopg.connect(as_owner) as conn:
+            assert not conn.execute(
+                "SELECT has_schema_privilege(%s, 'ingest', 'USAGE')", (other,)
+            ).fetchone()[0]
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
-            conn.execute(f"DROP ROLE IF EXISTS {loader}; DROP ROLE IF EXISTS {owner}")
+            for role in (loader, stranger, other, owner):
+                conn.execute(f"DROP ROLE IF EXISTS {role}")

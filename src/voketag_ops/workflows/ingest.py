@@ -517,8 +517,8 @@ def migrate_schema(
     """`voke ingest migrate`: create the `ingest` schema or bring it to this voke's version now,
     as the first load would (a role that may alter the tables, before the first load or the
     dry runs that refuse an older schema). GRANT: roles given what `ingest load`, `batches` and
-    `proof` need (and the same on tables a later migration by this role makes), so a loading
-    role needs no DDL rights. A DRY_RUN names the migrations it would apply."""
+    `proof` need and no more (`_LOADER_TABLES`), so a loading role needs no DDL rights; those
+    that have it already are left out of `granted`. A DRY_RUN names what it would do."""
     from voketag_ops.audit import audited_unless
 
     described = describe_target(conninfo)
@@ -549,11 +549,24 @@ def migrate_schema(
                         f"{target} is read-only ({read_only}): nothing was migrated; migrate the primary",
                         hint="`voke dr status` names the primary of the local environment",
                     )
-                if dry_run:
-                    applied = pending
-                else:
-                    applied = _migrate(conn, lock_timeout=settings.lock_timeout)
-                    _grant(conn, grant)
+                row = conn.execute("SELECT current_database()").fetchone()
+                database = str(row[0]) if row else ""
+                applied = (
+                    pending if dry_run or not pending else _migrate(conn, lock_timeout=settings.lock_timeout)
+                )
+                lacking = {r: _privileges_missing(conn, r, database) for r in dict.fromkeys(grant)}
+                # PostgreSQL only warns when it grants nothing (no grant option): refused here instead
+                if any(lacking.values()) and (
+                    cannot := _privileges_missing(conn, None, database, grantable=True)
+                ):
+                    done = "the schema is migrated, but " if applied and not dry_run else ""
+                    raise PreconditionError(
+                        f"{target}: {done}this role may not grant {'; '.join(cannot)}"
+                        + ("" if done else ": nothing was changed"),
+                        hint="run it as the ingest schema's owner (for TEMPORARY, the database's owner)",
+                    )
+                if not dry_run:
+                    _grant(conn, [r for r, missing in lacking.items() if missing], database)
         finally:
             conn.close()
         report = {
@@ -561,40 +574,88 @@ def migrate_schema(
             "from_version": before,
             "to_version": SCHEMA_VERSION,
             "applied": [{"version": v, "name": name} for v, name in applied],
-            "granted": list(dict.fromkeys(grant)),
-            "changed": bool(applied or grant) and not dry_run,
+            "granted": [r for r, missing in lacking.items() if missing],
+            "changed": bool(applied or any(lacking.values())) and not dry_run,
             "dry_run": dry_run,
         }
         event.target = target
         event.details.update({k: report[k] for k in ("from_version", "to_version", "applied", "granted")})
-        if not applied and not grant:
+        if not applied and not any(lacking.values()):
             event.result = "unchanged"
     return report
 
 
-def _grant(conn: psycopg.Connection[Any], roles: Sequence[str]) -> None:
-    """Give ROLES what loads, listings and proofs use of the `ingest` schema: reading and
-    writing its rows, moving the batch number's sequence, temporary tables; also on what this
-    role creates there later (a migration's new table). Nothing to create, alter or drop."""
+# What a loading role needs (`--grant`), and no more: read everything; add batches, their tags,
+# products and leaf-hash chunks; update only a batch's own row (its seal, audited flag, anchor);
+# move the batch number's sequence (setval); temporary tables for a file with repeats.
+_LOADER_TABLES = {
+    "schema_migrations": "SELECT",
+    "identity": "SELECT",
+    "batches": "SELECT, INSERT, UPDATE",
+    "tags": "SELECT, INSERT",
+    "products": "SELECT, INSERT",
+    "tag_chunks": "SELECT, INSERT",
+}
+_LOADER_SEQUENCE = ("ingest.batches_batch_id_seq", "USAGE, SELECT, UPDATE")
+
+
+def _privileges_missing(
+    conn: psycopg.Connection[Any], role: str | None, database: str, *, grantable: bool = False
+) -> list[str]:
+    """Which of a loader's privileges ROLE lacks, or (ROLE None, GRANTABLE) which of them the
+    current role could not give: each WITH GRANT OPTION, what it is to create (not there yet)
+    left out, as it will own that."""
+    wanted = [
+        ("has_database_privilege", database, "TEMPORARY", True),
+        ("has_schema_privilege", "ingest", "USAGE", _exists(conn, "to_regnamespace", "ingest")),
+        *[
+            ("has_table_privilege", f"ingest.{t}", p, _exists(conn, "to_regclass", f"ingest.{t}"))
+            for t, p in _LOADER_TABLES.items()
+        ],
+        ("has_sequence_privilege", *_LOADER_SEQUENCE, _exists(conn, "to_regclass", _LOADER_SEQUENCE[0])),
+    ]
+    missing = []
+    for function, target, privileges, exists in wanted:
+        if not exists:
+            if not grantable:
+                missing.append(f"{privileges} on {target}")
+            continue
+        asked = (
+            ", ".join(f"{p} WITH GRANT OPTION" for p in privileges.split(", ")) if grantable else privileges
+        )
+        args = (target, asked) if role is None else (role, target, asked)
+        row = conn.execute(f"SELECT {function}({', '.join(['%s'] * len(args))})", args).fetchone()
+        if not (row and row[0]):
+            missing.append(f"{privileges} on {target}")
+    return missing
+
+
+def _exists(conn: psycopg.Connection[Any], function: str, name: str) -> bool:
+    row = conn.execute(f"SELECT {function}(%s) IS NOT NULL", (name,)).fetchone()
+    return bool(row and row[0])
+
+
+def _grant(conn: psycopg.Connection[Any], roles: Sequence[str], database: str) -> None:
+    """Give ROLES what loads, listings and proofs use of the `ingest` schema (`_LOADER_TABLES`),
+    and read access to what this role creates there later (a migration's new table grants what
+    its rows need). Nothing to create, alter, drop or delete."""
     from psycopg import sql
 
-    row = conn.execute("SELECT current_database()").fetchone()
-    assert row is not None
-    database = sql.Identifier(row[0])
     with conn.transaction():
-        for role in dict.fromkeys(roles):
+        for role in roles:
             who = sql.Identifier(role)
-            # a file with repeats is judged in temporary tables (a hardened database revokes
-            # TEMPORARY from PUBLIC); a migrating role that may not grant it gets a warning
-            conn.execute(sql.SQL("GRANT TEMPORARY ON DATABASE {} TO {}").format(database, who))
-            for statement in (
-                "GRANT USAGE ON SCHEMA ingest TO {}",
-                "GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA ingest TO {}",
-                "GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA ingest TO {}",
-                "ALTER DEFAULT PRIVILEGES IN SCHEMA ingest GRANT SELECT, INSERT, UPDATE ON TABLES TO {}",
-                "ALTER DEFAULT PRIVILEGES IN SCHEMA ingest GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {}",
-            ):
-                conn.execute(sql.SQL(statement).format(who))
+            conn.execute(
+                sql.SQL("GRANT TEMPORARY ON DATABASE {} TO {}").format(sql.Identifier(database), who)
+            )
+            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA ingest TO {}").format(who))
+            for table, privileges in _LOADER_TABLES.items():
+                grant = sql.SQL(f"GRANT {privileges} ON ingest.{{}} TO {{}}")
+                conn.execute(grant.format(sql.Identifier(table), who))
+            sequence, privileges = _LOADER_SEQUENCE
+            conn.execute(sql.SQL(f"GRANT {privileges} ON SEQUENCE {sequence} TO {{}}").format(who))
+            conn.execute(
+                sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA ingest GRANT SELECT ON TABLES TO {}").format(who)
+            )
 
 
 # -- load ----------------------------------------------------------------------------------------
