@@ -823,6 +823,10 @@ def test_migrate_grants_a_loading_role_what_loads_need_and_no_more(voke, local_e
         again = voke("ingest", "migrate", "--db", as_owner, "--grant", loader, "--yes", "--json")
         assert again.exit_code == 0 and again.json["result"]["granted"] == [], again.stdout
         assert again.json["result"]["changed"] is False
+        with psycopg.connect(as_owner, autocommit=True) as conn:  # one privilege of several gone
+            conn.execute(f"REVOKE INSERT ON ingest.tags FROM {loader}")
+        mended = voke("ingest", "migrate", "--db", as_owner, "--grant", loader, "--yes", "--json")
+        assert mended.json["result"]["granted"] == [loader], mended.stdout
         # PostgreSQL only warns when a role without the grant option grants: refused, nothing changed
         as_stranger = make_conninfo(base, user=stranger)
         with psycopg.connect(as_owner, autocommit=True) as conn:  # it may read, not hand on

@@ -620,13 +620,12 @@ def _privileges_missing(
             if not grantable:
                 missing.append(f"{privileges} on {target}")
             continue
-        asked = (
-            ", ".join(f"{p} WITH GRANT OPTION" for p in privileges.split(", ")) if grantable else privileges
-        )
-        args = (target, asked) if role is None else (role, target, asked)
-        row = conn.execute(f"SELECT {function}({', '.join(['%s'] * len(args))})", args).fetchone()
-        if not (row and row[0]):
-            missing.append(f"{privileges} on {target}")
+        for privilege in privileges.split(", "):  # one at a time: a list is true if ANY is held
+            asked = f"{privilege} WITH GRANT OPTION" if grantable else privilege
+            args = (target, asked) if role is None else (role, target, asked)
+            row = conn.execute(f"SELECT {function}({', '.join(['%s'] * len(args))})", args).fetchone()
+            if not (row and row[0]):
+                missing.append(f"{privilege} on {target}")
     return missing
 
 
