@@ -222,28 +222,18 @@ def test_a_writable_standby_is_named_split_brain_with_the_fence_to_run():
 
 
 def test_a_move_port_under_way_is_running_not_interrupted_and_an_unreadable_record_is_said_once(
-    voke, home, environ
+    voke, home, environ, held_by_another_voke
 ):
     # Found by review: doctor (and `dr check`) took a move-port holding the DR lock, its journal
     # written first, for one cut short (exit 1, hinting a command the lock refuses); an unreadable
     # operation record was "an interrupted `voke dr unreadable`", its text repeated as the hint.
-    import subprocess
-    import sys
-
     journal = home / "dr" / "move-port.json"
     journal.write_text(json.dumps({"node": "replica", "old_port": 1, "port": 2}))
-    holder = subprocess.Popen(  # another voke's move, as doctor sees it
-        [sys.executable, "-c", "import sys, pathlib\nfrom voketag_ops.locks import dr_lock\n"
-         "with dr_lock(pathlib.Path(sys.argv[1]), 'env move-port'):\n print('held', flush=True)\n sys.stdin.read()",
-         str(home / "dr")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        code, check = local_check(voke, environ)
-        assert code == 0 and check["ok"], check
+        with held_by_another_voke(home / "dr" / "dr.lock", "env move-port pid 1"):
+            code, check = local_check(voke, environ)
+            assert code == 0 and check["ok"], check
     finally:
-        holder.communicate("")
         journal.unlink()
     record = home / "dr" / "operation.json"
     record.write_text("{broken")
