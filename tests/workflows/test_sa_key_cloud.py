@@ -253,3 +253,13 @@ def test_secrets_commands_read_secret_manager_on_a_cloud_env(cloud, voke):
     versions = voke("secrets", "versions", "sa-ci", "--json", environ=environ)
     assert versions.json["result"]["aliases"] == {"current": 1}
     assert "private_key" not in listed.stdout + versions.stdout
+
+
+def test_a_cloud_database_logins_setup_text_keeps_its_words_when_the_env_is_named():
+    # Found by review: `--env prod` was put after the word "voke" in this sentence ("voke
+    # --env prod creates it only on the local environment") in `rotate status --json`'s setup.
+    from voketag_ops.output import name_env
+    from voketag_ops.workflows.rotate import setup_command
+
+    text = setup_command("db-password", "app", local=False)
+    assert name_env(text, "prod") == text and "--env" not in name_env(text, "prod")

@@ -672,15 +672,18 @@ def repoint_services(
     return {"repointed": repointed, "redeployed": sorted(deploy), "skipped": skipped, "host": host}
 
 
-def _check_services(ports: CloudDrPorts, services: list[str], steps: _Steps) -> list[dict[str, Any]]:
+def _check_services(
+    ports: CloudDrPorts, services: list[str], steps: _Steps, *, resume: str
+) -> list[dict[str, Any]]:
+    """The repointed SERVICES' health; exit 7 naming RESUME (which finishes the operation) if one is sick."""
     with steps.run("check the services are healthy") as info:
         health: list[dict[str, Any]] = [{"name": s, "healthy": ports.runtime.health(s)} for s in services]
         info["services"] = health
         sick = [str(h["name"]) for h in health if not h["healthy"]]
         if sick:
-            raise NeedsOperatorError(
+            raise NeedsOperatorError(  # (the CLI puts `--env NAME` into each `voke ...` it names)
                 f"{', '.join(sick)} not healthy after being repointed",
-                hint="check their logs; `voke --env NAME dr status` shows the database side",
+                hint=f"check their logs (`voke dr status` shows the database side); once they serve: {resume}",
             )
     return health
 
@@ -847,7 +850,7 @@ def _failover(
             settings, recovery, new.name, "failover", "replica" if follows else "fenced", steps, resume
         )
         moved = _repoint_or_stop(ports, secrets, new, steps, resume)
-        services = _check_services(ports, moved["redeployed"], steps)
+        services = _check_services(ports, moved["redeployed"], steps, resume=resume)
         event.details.update(
             operation=operation and operation["name"],
             repointed=[r["secret"] for r in moved["repointed"]],
@@ -999,7 +1002,7 @@ def _failback(
         if switch or recorded:
             _record_or_stop(settings, recovery, env.instance, "failback", "replica", steps, resume)
         moved = _repoint_or_stop(ports, secrets, leader, steps, resume)
-        services = _check_services(ports, moved["redeployed"], steps)
+        services = _check_services(ports, moved["redeployed"], steps, resume=resume)
         event.details.update(
             operation=operation and operation["name"],
             repointed=[r["secret"] for r in moved["repointed"]],

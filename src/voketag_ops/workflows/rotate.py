@@ -1882,7 +1882,7 @@ def setup_command(kind: str, name: str, *, local: bool) -> str:
         return "voke env up"
     return (
         f"store the login {name}'s current credential as the first version of its secret (alias "
-        "`current`): voke creates it only on the local environment"
+        "`current`); only the local environment's `env up` creates one"  # (no "voke" + word: --env is put after it)
     )
 
 
