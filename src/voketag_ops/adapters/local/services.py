@@ -87,6 +87,11 @@ def _service_environment() -> dict[str, str]:
     return env
 
 
+def _listed(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every instance the registry DOC lists: each service's active one and the others."""
+    return [i for e in doc["services"].values() for i in [e.get("active"), *e.get("others", [])] if i]
+
+
 class LocalServiceRuntime:
     """ServiceRuntime for the local environment."""
 
@@ -132,12 +137,7 @@ class LocalServiceRuntime:
         """Remove the logs of instances DOC no longer lists: empty ones at once (every instance
         opens one, and a rotation or failover starts a few), others beyond the newest KEPT_LOGS
         (what a crashed instance printed stays a while). Under the registry lock."""
-        listed = {
-            i["instance"]
-            for e in doc["services"].values()
-            for i in [e.get("active"), *e.get("others", [])]
-            if i
-        }
+        listed = {i["instance"] for i in _listed(doc)}
         gone = []
         for path in (self.dir / "logs").glob("*.log"):
             try:
@@ -157,9 +157,7 @@ class LocalServiceRuntime:
         """Stop this home's service processes that DOC does not list: a voke killed between
         starting one and writing the registry (both under the registry lock, which the caller
         holds now) left it running where no `env down` or `destroy` would find it."""
-        listed = {
-            i["pid"] for e in doc["services"].values() for i in [e.get("active"), *e.get("others", [])] if i
-        }
+        listed = {i["pid"] for i in _listed(doc)}
         for pid in _instances_of(self.home):
             if pid not in listed:
                 log.info("stopping service process %s, which no registry lists", pid)
@@ -454,12 +452,7 @@ class LocalServiceRuntime:
         logs = self.dir / "logs"
         logs.mkdir(mode=0o700, exist_ok=True)
         with self._registry() as doc:
-            used = {
-                i["port"]
-                for e in doc["services"].values()
-                for i in [e.get("active"), *e.get("others", [])]
-                if i
-            }
+            used = {i["port"] for i in _listed(doc)}
             port = pick_free_port(avoid=[*used, *self.reserved_ports()])
             log_fd = os.open(logs / f"{instance}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             with open(log_fd, "ab") as log_fh:  # private whatever the umask, as all voke keeps
