@@ -1014,3 +1014,42 @@ def test_cli_rotate_jwt_and_jwks(platform, platform_environ, voke):
     for out in (jwks0, plan, published, waiting, promoted, emergency, jwks3):
         assert "PRIVATE KEY" not in out.stdout + out.stderr and body not in out.stdout + out.stderr
         assert '"d"' not in out.stdout
+
+
+def test_cleanup_takes_a_rolled_back_version_for_no_successor(keyring, monkeypatch):
+    # 3 was made, made current and rolled back (2 current again); 4, 5 and 6 followed 23 h
+    # later. 2 was superseded when 4 became current and stayed: a day after 3 was made it had
+    # been superseded for an hour, and cleanup disabled it then (3's creation started its 24 h).
+    from voketag_ops.adapters.local import secrets as local_secrets
+    from voketag_ops.core.times import iso
+    from voketag_ops.workflows import rotate as rotate_wf
+
+    engine, clock, store = keyring
+    monkeypatch.setattr(local_secrets, "_now", lambda: iso(clock()))  # versions made at the test's time
+    assert rotate_jwt(engine, emergency=True).error is None  # 2
+    clock.advance(3600)
+    monkeypatch.setattr(rotate_wf.os, "_exit", crash)
+    engine.environ = {rotate_wf.FAULT_ENV: "commit"}
+    made = clock()
+    with pytest.raises(Crash):
+        rotate_jwt(engine, emergency=True)  # 3 is current when its voke dies
+    engine.environ = {}
+    clock.advance(engine.settings.lease_seconds + 1)
+    stored = RotationRecord.from_json(store.get("jwt-signing").annotations[ANNOTATION])
+    assert engine.rollback(stored.id).report.status == "rolled_back"
+    for minutes in (0, 10, 20):  # 4, 5, 6
+        clock.now = made + timedelta(hours=23, minutes=minutes)
+        assert rotate_jwt(engine, emergency=True).error is None
+    meta = store.get("jwt-signing")
+    assert meta.aliases == {"current": 6, "previous": 5} and meta.version(3).state == "disabled"
+
+    def plan(at: datetime) -> list[tuple[int, str]]:
+        clock.now = at
+        return [(a.version, a.action) for a in engine.cleanup(dry_run=True)["actions"]]
+
+    assert plan(made + timedelta(hours=24, minutes=1)) == [(1, "disable")]
+    assert plan(made + timedelta(hours=47, minutes=1)) == [(1, "disable"), (2, "disable")]
+    engine.cleanup(dry_run=False)
+    assert {v.version: v.state for v in store.get("jwt-signing").versions} == {
+        1: "disabled", 2: "disabled", 3: "disabled", 4: "enabled", 5: "enabled", 6: "enabled"
+    }  # fmt: skip

@@ -105,3 +105,71 @@ def test_status_names_the_adoption_of_an_api_key_not_adopted_yet(cloud, voke):
     assert status.exit_code == 0, status.stdout + status.stderr
     adopt = "(voke --env t rotate api-key sendgrid --adopt --yes < current-key.txt)"
     assert f"not set up sendgrid-key: the secret does not exist {adopt}" in status.stdout, status.stdout
+
+
+def test_cleanup_on_cloud_takes_a_rolled_back_version_for_no_successor(tmp_path, make_environ, monkeypatch):
+    # As on the local store (test_jwt): 3 made current and rolled back, 4-6 made 23 h later;
+    # Secret Manager's versions carry the times the fake is told.
+    from datetime import datetime, timedelta, timezone
+
+    from voketag_ops.config import load_config
+    from voketag_ops.core.rotation import ANNOTATION, RotationRecord
+    from voketag_ops.testing.gcp_fakes import ts
+    from voketag_ops.workflows import rotate as rotate_wf
+    from voketag_ops.workflows.cloud import cloud_engine
+    from voketag_ops.workflows.jwt import init_keyring, rotate_jwt
+
+    class Crash(BaseException):
+        """The voke killed where VOKE_FAULT_CRASH_AFTER says (in place of os._exit)."""
+
+    def crash(_code: int) -> None:
+        raise Crash
+
+    with FakeGcp() as fake:
+        lines = [
+            environment_toml("t", fake.environment(services=[])),
+            "[rotation]",
+            "db_users = {}",
+            "test_interval = 0.05",
+            "[rotation.jwt]",
+            'secret = "jwt-signing"',
+            "verifier_refresh_seconds = 0",
+        ]
+        (tmp_path / "voke.toml").write_text("\n".join(lines) + "\n")
+        environ = make_environ(tmp_path / "home", VOKE_CONFIG=str(tmp_path / "voke.toml"), VOKE_ENV="t")
+        engine = cloud_engine(load_config(environ=environ, cwd=tmp_path).settings)
+        made = datetime.now(timezone.utc)  # (the adapter dates the rollback's disable by the real clock)
+        versions = fake.secretmanager.secrets
+
+        def rotate(at: datetime) -> Any:
+            engine.now = lambda: at
+            outcome = rotate_jwt(engine, emergency=True)
+            versions["jwt-signing"].versions[-1].create_time = ts(at)
+            return outcome
+
+        assert init_keyring(engine)["status"] == "created"
+        versions["jwt-signing"].versions[0].create_time = ts(made - timedelta(days=2))
+        assert rotate(made - timedelta(days=1)).error is None  # 2
+        monkeypatch.setattr(rotate_wf.os, "_exit", crash)
+        engine.environ = {rotate_wf.FAULT_ENV: "commit"}
+        with pytest.raises(Crash):
+            rotate(made)  # 3 is current when its voke dies
+        versions["jwt-signing"].versions[-1].create_time = ts(made)
+        engine.environ = {}
+        engine.now = lambda: made + timedelta(hours=1)
+        stored = RotationRecord.from_json(engine.store.get("jwt-signing").annotations[ANNOTATION])
+        assert engine.rollback(stored.id).report.status == "rolled_back"
+        for minutes in (0, 10, 20):  # 4, 5, 6
+            assert rotate(made + timedelta(hours=23, minutes=minutes)).error is None
+        meta = engine.store.get("jwt-signing")
+        assert meta.aliases == {"current": 6, "previous": 5} and meta.version(3).state == "disabled"
+
+        def plan(at: datetime) -> list[tuple[int, str]]:
+            engine.now = lambda: at
+            return [(a.version, a.action) for a in engine.cleanup(dry_run=True)["actions"]]
+
+        assert plan(made + timedelta(hours=24, minutes=1)) == [(1, "disable")]
+        assert plan(made + timedelta(hours=47, minutes=1)) == [(1, "disable"), (2, "disable")]
+        engine.cleanup(dry_run=False)
+        states = {v.version: v.state for v in engine.store.get("jwt-signing").versions}
+        assert states == {n: "disabled" if n <= 3 else "enabled" for n in range(1, 7)}

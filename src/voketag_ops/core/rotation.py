@@ -277,6 +277,7 @@ def plan_cleanup(
     protected: set[int],
     now: datetime,
     *,
+    current: int | None,
     keep: int = 3,
     disable_after: timedelta = timedelta(hours=24),
     destroy_after: timedelta = timedelta(days=30),
@@ -285,24 +286,36 @@ def plan_cleanup(
 
     VERSIONS: (number, state, created_at, state_changed_at). PROTECTED: aliased or pinned
     versions, never touched. The newest KEEP enabled versions are never touched either (a
-    version a rollback disabled is no usable one to keep). A version is superseded when a
-    newer one exists; it is disabled DISABLE_AFTER the newer one was created, and destroyed
-    DESTROY_AFTER it was disabled.
+    version a rollback disabled is no usable one to keep). CURRENT: the `current` version.
+
+    A version is superseded once a later one became current and stayed: CURRENT, or an enabled
+    version older than it. It is disabled DISABLE_AFTER that later one was created, and
+    destroyed DESTROY_AFTER it was disabled. A version a rollback disabled never stayed (the
+    one before it was made current again), so it supersedes nothing: counted, its creation
+    started the 24 h of the version before it early. The store cannot tell it from a version
+    disabled after it stayed, nor is the rotation history on every machine, so no disabled or
+    destroyed version counts: a version may be disabled late (at most DISABLE_AFTER after
+    CURRENT was created), never early. Without CURRENT nothing is superseded.
     """
     ordered = sorted(versions)
     enabled = [n for n, state, *_ in ordered if state == "enabled"]
     newest = set(enabled[-keep:]) if keep else set()
     created = {n: parse_iso(c) for n, _s, c, _ch in ordered}
+    stayed = [] if current is None else [n for n in enabled if n < current] + [current]
     actions: list[CleanupAction] = []
     for number, state, _created, changed in ordered:
-        if number in protected or number in newest or state == "destroyed":
+        if number in protected or number in newest:
             continue
-        later = [created[n] for n, *_ in ordered if n > number]
-        if not later:
-            continue
-        superseded_at = min(later)
-        if state == "enabled" and now - superseded_at >= disable_after:
-            actions.append(CleanupAction(secret, number, "disable", f"superseded since {iso(superseded_at)}"))
-        elif state == "disabled" and changed and now - parse_iso(changed) >= destroy_after:
+        if state == "enabled":
+            superseded_at = min((created[n] for n in stayed if n > number and n in created), default=None)
+            if superseded_at is not None and now - superseded_at >= disable_after:
+                reason = f"superseded since {iso(superseded_at)}"
+                actions.append(CleanupAction(secret, number, "disable", reason))
+        elif (
+            state == "disabled"
+            and changed
+            and number < max(created)  # (a newer version exists)
+            and now - parse_iso(changed) >= destroy_after
+        ):
             actions.append(CleanupAction(secret, number, "destroy", f"disabled since {changed}"))
     return actions

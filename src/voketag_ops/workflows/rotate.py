@@ -1562,6 +1562,7 @@ class RotationEngine:
                 [(v.version, v.state, v.created_at, v.state_changed_at) for v in meta.versions],
                 protected,
                 now,
+                current=meta.aliases.get("current"),
                 keep=self.settings.keep_versions,
                 disable_after=timedelta(hours=self.settings.disable_after_hours),
                 destroy_after=timedelta(days=self.settings.destroy_after_days),
