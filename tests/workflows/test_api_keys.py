@@ -17,7 +17,7 @@ import pytest
 from voketag_ops.adapters.local.secrets import LocalSecretStore
 from voketag_ops.adapters.local.services import LocalServiceRuntime
 from voketag_ops.config import ApiKeySettings, RotationSettings
-from voketag_ops.core.rotation import ANNOTATION, STEPS, RotationRecord
+from voketag_ops.core.rotation import ANNOTATION, LAST_ANNOTATION, STEPS, RotationRecord
 from voketag_ops.errors import (
     AuthenticationError,
     ConfigError,
@@ -194,6 +194,15 @@ def test_stripe_pasted_key_is_verified_before_it_is_stored(world, fake):
     assert outcome.error is None, outcome.report.error
     assert world.value("stripe-key")["api_key"] == new
     assert fake.calls("GET", "/v1/balance")[-1].headers["authorization"] == f"Bearer {new}"
+
+
+def test_a_stripe_key_nobody_pastes_is_refused_by_the_dry_run_as_by_the_run(world, fake):
+    engine = world.adopt_all()
+    for dry_run in (False, True):  # `rotate due --run` and its --dry-run: no key is asked for
+        with pytest.raises(PreconditionError, match="no API that creates keys"):
+            engine.rotate("stripe", dry_run=dry_run)
+    planned = rotate_api_key(engine, "stripe", dry_run=True)  # `rotate api-key stripe`: its run asks
+    assert planned.report.status == "planned" and planned.report.plan[1].startswith("read the new key pasted")
 
 
 def test_rotating_before_adopting_and_bad_configuration(world, fake):
@@ -615,6 +624,22 @@ def test_a_due_stripe_key_stops_before_the_lock(
     with pytest.raises(PreconditionError, match="no API that creates keys"):
         engine.rotate("stripe")
     assert ANNOTATION not in platform.store().get("sendgrid-due-stripe").annotations
+    # The cron job's plan says what its run does: refused (the dry run said `planned`).
+    store = platform.store()
+    meta = store.get("sendgrid-due-stripe")
+    long_ago = {"id": None, "status": "created", "finished_at": "2020-01-01T00:00:00Z", "version": 1}
+    store.update(meta.name, etag=meta.etag, annotations={LAST_ANNOTATION: json.dumps(long_ago)})  # due now
+    planned = voke("rotate", "due", "--run", "--dry-run", "--json", environ=environ)
+    ran = voke("rotate", "due", "--run", "--yes", "--json", environ=environ)
+    reports = []
+    for result in (planned, ran):
+        assert result.exit_code == 5, result.stdout
+        reports.append(
+            [r for r in result.json["result"]["rotations"] if r["secret"] == "sendgrid-due-stripe"]
+        )
+    assert reports[0] == reports[1] and reports[0][0]["status"] == "not_started"
+    assert "no API that creates keys" in reports[0][0]["error"]["message"]
+    assert len(store.get("sendgrid-due-stripe").versions) == 1
 
 
 def test_config_show_masks_the_webhook(voke, make_environ, tmp_path):

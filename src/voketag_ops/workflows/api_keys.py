@@ -175,6 +175,10 @@ class StripeKey(ApiKeyCredential):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._new_key: str | None = None
+        # True when the command reads the new key from the operator (`rotate api-key`; its dry
+        # run reads none, and plans the paste). `rotate due --run` reads none: its dry run is
+        # refused as its run is, not reported `planned`.
+        self.operator_pastes = False
 
     def client(self) -> Any:
         from voketag_ops.adapters.providers import StripeClient
@@ -195,7 +199,7 @@ class StripeKey(ApiKeyCredential):
 
     def precheck(self, meta: Any, *, dry_run: bool) -> None:
         self.validate()
-        if dry_run:
+        if dry_run and self.operator_pastes:
             return
         if self._new_key is None:
             raise PreconditionError(
@@ -588,6 +592,8 @@ def rotate_api_key(engine: Any, name: str, *, new_key: str | None = None, dry_ru
     """Rotate the API key NAME (rotation.api_keys.NAME); NEW_KEY for assisted kinds (Stripe)."""
     cred = api_credential(engine, name)
     engine.require_current(cred.secret, f"no current {cred.provider} key yet; adopt the key in use first")
+    if isinstance(cred, StripeKey):
+        cred.operator_pastes = True
     if new_key is not None:
         if not isinstance(cred, StripeKey):
             raise UsageError(f"{cred.provider} keys are made by voke, not pasted")
