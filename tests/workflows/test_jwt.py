@@ -84,6 +84,13 @@ def test_keyring_check_catches_a_wrong_kid():
         bad.check()
 
 
+def test_an_emergency_keyring_holds_one_fresh_key_of_the_algorithm_asked_for():
+    ring = jwt_keys.emergency(T0, algorithm="EdDSA")
+    assert ring.algorithm == ring.current["alg"] == "EdDSA" and ring.kids() == [ring.current["kid"]]
+    assert ring.current["signing_since"] == ring.current["created_at"]
+    ring.check()
+
+
 class Clock:
     def __init__(self, now: datetime) -> None:
         self.now = now

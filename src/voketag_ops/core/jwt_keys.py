@@ -333,6 +333,7 @@ def promote(ring: Keyring, now: datetime, lifetime: timedelta) -> Keyring:
     return Keyring(ring.next["alg"], {**ring.next, "signing_since": iso(now)}, None, previous)
 
 
-def emergency(ring: Keyring, now: datetime, *, algorithm: Algorithm) -> Keyring:
-    """A fresh ALGORITHM key that signs at once; every other key of RING is dropped (forced logouts)."""
+def emergency(now: datetime, *, algorithm: Algorithm) -> Keyring:
+    """The keyring that replaces a compromised one: a fresh ALGORITHM key (the configured one,
+    not the old ring's) that signs at once, and no other key (forced logouts)."""
     return new_keyring(algorithm, now)

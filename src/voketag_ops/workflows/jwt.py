@@ -204,7 +204,7 @@ class JwtKeyring(MadeBeside):
         now = self.now()
         algorithm = self.settings.algorithm
         if action == "emergency":
-            new = jwt_keys.emergency(ring, now, algorithm=algorithm)
+            new = jwt_keys.emergency(now, algorithm=algorithm)
             key = new.current
         elif action == "promote":
             new = jwt_keys.promote(ring, now, self.lifetime)
