@@ -222,9 +222,9 @@ def test_dr_replica_failover_repoints_services_then_switchover_fails_back(cloud)
     assert cloud.host_of("current") == REPLICA_IP and cloud.host_of("previous") == REPLICA_IP
     current = store.get(SECRET).aliases["current"]
     assert len(store.get(SECRET).versions) == before + 2
-    assert sorted(report["redeployed"]) == list(SERVICES)
+    assert sorted(report["services"]["redeployed"]) == list(SERVICES)
     assert all(_serving_version(cloud, s) == str(current) for s in SERVICES)
-    assert all(s["healthy"] for s in report["services"]) and len(report["services"]) == 2
+    assert all(s["healthy"] for s in report["health"]) and len(report["health"]) == 2
     assert [s["ok"] for s in report["steps"]] == [True] * 5
     event = cloud.audit()[-1]
     assert (event["event_type"], event["result"], event["target"]) == ("dr.failover", "success", "voke-db-dr")
@@ -232,7 +232,7 @@ def test_dr_replica_failover_repoints_services_then_switchover_fails_back(cloud)
 
     rerun = cloud.voke("dr", "failover", "--yes", "--json")  # safe to re-run: nothing more to do
     assert rerun.exit_code == 0, rerun.stdout
-    assert rerun.json["result"]["mode"] == "resume" and rerun.json["result"]["repointed"] == []
+    assert rerun.json["result"]["mode"] == "resume" and rerun.json["result"]["services"]["repointed"] == []
     assert len(store.get(SECRET).versions) == before + 2
 
     status = cloud.voke("dr", "status", "--json")
@@ -315,7 +315,7 @@ def test_services_that_do_not_come_up_stop_for_a_person_and_a_rerun_finishes(clo
     cloud.fake.run.unhealthy = set()
     rerun = cloud.voke("dr", "failover", "--yes", "--json")
     assert rerun.exit_code == 0, rerun.stdout
-    assert rerun.json["result"]["mode"] == "resume" and rerun.json["result"]["repointed"] == []
+    assert rerun.json["result"]["mode"] == "resume" and rerun.json["result"]["services"]["repointed"] == []
     assert all(_serving_version(cloud, s) == str(versions + 1) for s in SERVICES)
 
 
@@ -687,3 +687,92 @@ def test_services_still_sick_after_the_repoint_name_the_command_that_finishes_it
     assert hint.endswith("once they serve: voke --env prod dr failover --yes"), hint
     monkeypatch.undo()
     assert cloud.voke("dr", "failover", "--yes").exit_code == 0  # as the hint says
+
+
+# -- what a failover or failback reports and audits of its repoint ------------------------------------------
+SECRET_VALUES = ("pw-app_a", "pw-app_b")  # the passwords _seed stores
+
+
+def _event(cloud: Cloud, event_type: str) -> dict[str, Any]:
+    event = cloud.audit()[-1]
+    assert event["event_type"] == event_type, event
+    assert "***" not in json.dumps(event["details"]), event  # a secret's name is not a secret's value
+    return event
+
+
+def _no_secret_value(cloud: Cloud, *outputs: str) -> None:
+    seen = json.dumps(cloud.audit()) + "".join(outputs)
+    assert not [v for v in SECRET_VALUES if v in seen]
+
+
+def test_failover_and_failback_report_and_audit_the_repoint_as_the_local_commands_do(cloud):
+    # Found by review: the events named the repointed secrets without the versions made, and
+    # `services` in --json was the health list where the local commands give the repoint.
+    result = cloud.voke("dr", "failover", "--yes", "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    report = result.json["result"]
+    aliases = cloud.store().get(SECRET).aliases
+    made = {"current": aliases["current"], "previous": aliases["previous"]}
+    assert report["services"] == {
+        "repointed": [{"secret": SECRET, "versions": made, "host": REPLICA_IP}],
+        "redeployed": list(SERVICES),
+        "skipped": [],
+        "host": REPLICA_IP,
+    }
+    assert report["health"] == [{"name": s, "healthy": True} for s in SERVICES]
+    assert "repointed" not in report and "redeployed" not in report  # one place: `services`
+    event = _event(cloud, "dr.failover")
+    assert event["result"] == "success"
+    assert event["details"]["services"]["repointed"] == [
+        {"secret_name": SECRET, "versions": made, "host": REPLICA_IP}
+    ]
+    assert event["details"]["services"]["redeployed"] == list(SERVICES)
+    back = cloud.voke("dr", "failback", "--yes", "--json")
+    assert back.exit_code == 0, back.stdout + back.stderr
+    aliases = cloud.store().get(SECRET).aliases
+    made_back = {"current": aliases["current"], "previous": aliases["previous"]}
+    assert made_back != made and back.json["result"]["services"]["repointed"] == [
+        {"secret": SECRET, "versions": made_back, "host": PRIMARY_IP}
+    ]
+    assert back.json["result"]["health"] == [{"name": s, "healthy": True} for s in SERVICES]
+    event = _event(cloud, "dr.failback")
+    assert event["details"]["services"]["repointed"] == [
+        {"secret_name": SECRET, "versions": made_back, "host": PRIMARY_IP}
+    ]
+    human = cloud.voke("dr", "failover", "--yes")  # a resume: nothing more to repoint
+    assert human.exit_code == 0, human.stderr
+    assert f"redeployed {', '.join(SERVICES)}" in human.stdout
+    _no_secret_value(cloud, result.stdout, back.stdout, human.stdout, human.stderr)
+
+
+def test_a_failover_whose_redeploy_fails_audits_the_versions_it_made(cloud):
+    # Found by review: a run failing after its repoint audited none of it.
+    versions = len(cloud.store().get(SECRET).versions)
+    cloud.fake.run.unhealthy = {(SECRET, str(versions + 1))}  # the new `current`: its revisions fail
+    result = cloud.voke("dr", "failover", "--yes", "--json")
+    assert result.exit_code == 7 and "not repointed" in result.json["error"]["message"], result.stdout
+    event = _event(cloud, "dr.failover")
+    assert event["result"] == "failure"
+    services = event["details"]["services"]
+    made = {"current": versions + 1, "previous": versions + 2}
+    assert services["repointed"] == [{"secret_name": SECRET, "versions": made, "host": REPLICA_IP}]
+    assert services["redeployed"] == []  # the deploy failed
+    _no_secret_value(cloud, result.stdout, result.stderr)
+
+
+def test_a_failback_whose_services_stay_sick_audits_the_versions_it_made(cloud):
+    # Found by review: a run failing after its repoint audited none of it.
+    assert cloud.voke("dr", "failover", "--yes", "--json").exit_code == 0
+    versions = len(cloud.store().get(SECRET).versions)
+    # the revisions pass their health check on their tag; the services' own URLs then do not
+    cloud.fake.rest.fail("GET", r"/run/[^/]+/health$", status="UNAVAILABLE", times=len(SERVICES))
+    result = cloud.voke("dr", "failback", "--yes", "--json")
+    assert result.exit_code == 7, result.stdout
+    assert "not healthy after being repointed" in result.json["error"]["message"]
+    event = _event(cloud, "dr.failback")
+    assert event["result"] == "failure"
+    services = event["details"]["services"]
+    made = {"current": versions + 1, "previous": versions + 2}
+    assert services["repointed"] == [{"secret_name": SECRET, "versions": made, "host": PRIMARY_IP}]
+    assert services["redeployed"] == list(SERVICES)
+    _no_secret_value(cloud, result.stdout, result.stderr)

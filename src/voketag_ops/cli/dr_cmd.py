@@ -664,8 +664,9 @@ def _render_restores(console: Console, r: dict[str, Any]) -> None:
 def _render_failover(console: Console, r: dict[str, Any]) -> None:
     for step in r["steps"]:
         console.print(f"{'ok  ' if step['ok'] else 'FAIL'} {step['name']} ({step['duration_seconds']:.2f} s)")
-    if r.get("redeployed"):
-        console.print(f"redeployed {', '.join(r['redeployed'])}", markup=False)
+    redeployed = (r.get("services") or {}).get("redeployed")  # (None: a resume past the repoint)
+    if redeployed:
+        console.print(f"redeployed {', '.join(redeployed)}", markup=False)
     for warning in r.get("warnings") or []:
         console.print(f"warning: {warning}", style="yellow", markup=False)
     console.print(f"{r['new_leader']} is the leader ({r['duration_seconds']:.1f} s). Next: {r['next']}")

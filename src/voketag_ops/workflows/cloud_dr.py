@@ -37,6 +37,7 @@ from voketag_ops.errors import (
     exit_code_of,
 )
 from voketag_ops.workflows.cloud_drill import one_at_a_time
+from voketag_ops.workflows.dr import as_audited
 from voketag_ops.workflows.rotate import refuse_if_rotating
 from voketag_ops.workflows.secrets import READABLE, unreadable_alias
 
@@ -622,14 +623,24 @@ def refuse_unrepointable(store: Any, secrets: Iterable[str]) -> None:
 
 
 def repoint_services(
-    ports: CloudDrPorts, secrets: dict[str, tuple[str, ...]], host: str, progress: Progress = _quiet
+    ports: CloudDrPorts,
+    secrets: dict[str, tuple[str, ...]],
+    host: str,
+    progress: Progress = _quiet,
+    *,
+    done: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Give each connection secret's `current` and `previous` a new version whose `host` is
     HOST (only where it differs, so a rerun adds nothing), move the aliases in one
-    etag-guarded update, then redeploy the services pinned to the new `current`."""
+    etag-guarded update, then redeploy the services pinned to the new `current`. DONE, if
+    given, is the report filled in as it goes (a secret once its aliases moved, `redeployed`
+    once the deploy succeeded), so a repoint that fails part-way still says which versions
+    it made."""
     store = ports.store
-    repointed: list[dict[str, Any]] = []
-    skipped: list[str] = []
+    report = done if done is not None else {}
+    report.update(repointed=[], redeployed=[], skipped=[], host=host)
+    repointed: list[dict[str, Any]] = report["repointed"]
+    skipped: list[str] = report["skipped"]
     deploy: dict[str, tuple[str, int]] = {}
     for secret, services in secrets.items():
         try:
@@ -669,7 +680,8 @@ def repoint_services(
     if deploy:
         progress(f"redeploying {', '.join(sorted(deploy))}")
         ports.runtime.deploy_many(deploy)
-    return {"repointed": repointed, "redeployed": sorted(deploy), "skipped": skipped, "host": host}
+        report["redeployed"] = sorted(deploy)
+    return report
 
 
 def _check_services(
@@ -678,7 +690,7 @@ def _check_services(
     """The repointed SERVICES' health; exit 7 naming RESUME (which finishes the operation) if one is sick."""
     with steps.run("check the services are healthy") as info:
         health: list[dict[str, Any]] = [{"name": s, "healthy": ports.runtime.health(s)} for s in services]
-        info["services"] = health
+        info["health"] = health
         sick = [str(h["name"]) for h in health if not h["healthy"]]
         if sick:
             raise NeedsOperatorError(  # (the CLI puts `--env NAME` into each `voke ...` it names)
@@ -694,21 +706,27 @@ def _repoint_or_stop(
     primary: DbInstanceInfo,
     steps: _Steps,
     resume: str,
+    event: AuditedEvent,
 ) -> dict[str, Any]:
-    """Repoint the services at PRIMARY; any failure here needs a person (the database already moved)."""
+    """Repoint the services at PRIMARY; any failure here needs a person (the database already
+    moved). EVENT records what the repoint did (`services`, as the local commands do) however
+    it ends, so a run failing from here on still says which secret versions it made."""
     with steps.run(f"repoint services to {primary.name}") as info:
         if not primary.ip_address:
             raise NeedsOperatorError(
                 f"{primary.name} has no IP address to repoint the services to",
                 hint=f"give it one, then `{resume}`",
             )
+        moved: dict[str, Any] = {}
         try:
-            moved = repoint_services(ports, secrets, primary.ip_address, progress=steps.progress)
+            repoint_services(ports, secrets, primary.ip_address, progress=steps.progress, done=moved)
         except VokeError as exc:
             raise NeedsOperatorError(
                 f"{primary.name} is the primary but the services were not repointed: {exc.message}",
                 hint=f"{exc.hint or 'fix the cause'}, then `{resume}` (it does not repeat what is done)",
             ) from None
+        finally:
+            event.details["services"] = as_audited(moved)
         info.update(moved)
     return moved
 
@@ -849,13 +867,9 @@ def _failover(
         _record_or_stop(
             settings, recovery, new.name, "failover", "replica" if follows else "fenced", steps, resume
         )
-        moved = _repoint_or_stop(ports, secrets, new, steps, resume)
-        services = _check_services(ports, moved["redeployed"], steps, resume=resume)
-        event.details.update(
-            operation=operation and operation["name"],
-            repointed=[r["secret"] for r in moved["repointed"]],
-            redeployed=moved["redeployed"],
-        )
+        event.details["operation"] = operation and operation["name"]
+        moved = _repoint_or_stop(ports, secrets, new, steps, resume, event)
+        health = _check_services(ports, moved["redeployed"], steps, resume=resume)
     writable = [new.name] + ([old.name] if old is not None and old.role == "primary" else [])
     split = len(writable) > 1
     warnings = []
@@ -893,10 +907,8 @@ def _failover(
         else None,
         "split_brain_risk": split,
         "writable_nodes": writable,
-        "repointed": moved["repointed"],
-        "redeployed": moved["redeployed"],
-        "skipped": moved["skipped"],
-        "services": services,
+        "services": moved,  # the repoint, as the local commands report it
+        "health": health,
         "steps": steps.items,
         "warnings": warnings,
         "duration_seconds": round(time.monotonic() - t0, 3),
@@ -1001,13 +1013,9 @@ def _failback(
         leader = _require_primary(recovery, env.instance, steps)
         if switch or recorded:
             _record_or_stop(settings, recovery, env.instance, "failback", "replica", steps, resume)
-        moved = _repoint_or_stop(ports, secrets, leader, steps, resume)
-        services = _check_services(ports, moved["redeployed"], steps, resume=resume)
-        event.details.update(
-            operation=operation and operation["name"],
-            repointed=[r["secret"] for r in moved["repointed"]],
-            redeployed=moved["redeployed"],
-        )
+        event.details["operation"] = operation and operation["name"]
+        moved = _repoint_or_stop(ports, secrets, leader, steps, resume, event)
+        health = _check_services(ports, moved["redeployed"], steps, resume=resume)
     standby = _leftover(recovery, replica_name)
     return {
         "dry_run": False,
@@ -1019,10 +1027,8 @@ def _failback(
         "standby_replicates_from": standby.primary if standby else None,
         "rebuilt": {"method": "switchover" if switch else None},
         "operation": operation,
-        "repointed": moved["repointed"],
-        "redeployed": moved["redeployed"],
-        "skipped": moved["skipped"],
-        "services": services,
+        "services": moved,  # the repoint, as the local commands report it
+        "health": health,
         "steps": steps.items,
         "duration_seconds": round(time.monotonic() - t0, 3),
     }
