@@ -587,6 +587,19 @@ def test_verify_compares_instances_and_names_exactly_the_differing_keys(voke, en
     assert voke("dr", "discard", "verify-copy", "--yes", environ=environ).exit_code == 0
 
 
+def test_verify_of_a_stopped_standby_is_a_backend_error_naming_it_not_a_rebuild(voke, environ, env):
+    standby = env.standby()
+    standby.stop(mode="fast")  # as `env down` leaves it: nothing to rebuild, only to start
+    try:
+        shown = voke("dr", "verify", "--source", "primary", "--target", "replica", "--json", environ=environ)
+    finally:
+        env.up()
+    assert shown.exit_code == 4, shown.stdout
+    error = shown.json["error"]
+    assert error["message"].startswith(f"cannot reach the {standby.name} on port {standby.port}")
+    assert "voke env up" in error["hint"] and "failback" not in error["hint"]
+
+
 def test_verify_answers_no_naming_the_side_whose_page_is_corrupt_and_compares_the_other_tables(
     voke, environ, env
 ):

@@ -768,9 +768,16 @@ def verify(
     # A standby compared with its leader: let it replay what the leader has written first.
     leader, standby = env.primary(), env.standby()
     if {src.name, dst.name} == {leader.name, standby.name}:
-        if dr.in_recovery(standby) is not True:
+        recovering = {node.name: dr.in_recovery(node) for node in (leader, standby)}
+        for node in (leader, standby):  # stopped (`env down`) or not answering: nothing to rebuild
+            if recovering[node.name] is None:
+                raise BackendError(
+                    f"cannot reach the {node.name} on port {node.port}: it is stopped or does not answer",
+                    hint="`voke env up` starts it; `voke dr status` shows it",
+                )
+        if recovering[standby.name] is not True:
             raise PreconditionError(
-                f"{standby.name} is not running as a standby of {leader.name} (stopped or fenced): "
+                f"{standby.name} is not running as a standby of {leader.name} (fenced or promoted): "
                 "it cannot catch up to be compared",
                 hint="`voke dr status` shows it; `voke dr failback --yes` rebuilds it",
             )
