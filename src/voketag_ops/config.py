@@ -54,7 +54,24 @@ OTHER_ENV_VARS = {
     "VOKE_CONFIG": "path of the configuration file (instead of searching for voke.toml)",
     "VOKE_OUTPUT": "`json` makes every command print the JSON envelope, like --json (`human`: the default; anything else: exit 3)",
     "VOKE_ACTOR": "the `actor` of every audit event this process writes (default `user@host`), e.g. a CI job's name; self-declared, so not proof of who ran it",
+    "VOKE_PORT_SHARE": "`I/N`: the local servers voke starts (nodes, restored instances, services) listen only on every Nth of the ports it picks from, from the Ith, so that N environments on one host (parallel CI jobs, test workers) never pick each other's ports; unset: all of them (`0/1`); anything else: exit 3",
 }
+PORT_SHARE_ENV = "VOKE_PORT_SHARE"
+_PORT_SHARE = re.compile(r"(\d{1,5})/(\d{1,5})")
+
+
+def port_share(value: str) -> tuple[int, int]:
+    """VOKE_PORT_SHARE's `I/N` as (I, N); (0, 1), every port, for an empty VALUE. ConfigError
+    for anything else (N of 0, I not below N)."""
+    if not value:
+        return 0, 1
+    match = _PORT_SHARE.fullmatch(value.strip())
+    if match is None or int(match[1]) >= int(match[2]):
+        raise ConfigError(
+            f"{PORT_SHARE_ENV}={value!r}: I/N with 0 <= I < N, e.g. 0/2 and 1/2 for two environments"
+        )
+    return int(match[1]), int(match[2])
+
 
 # Keys whose values are secrets. Not `*_secret`: in voke's config those name a secret in the store.
 _SECRET_KEY = re.compile(
@@ -623,6 +640,7 @@ def load_config(
 ) -> LoadedConfig:
     """Layer the sources and validate. Raises ConfigError naming key and source."""
     environ = os.environ if environ is None else environ
+    port_share(environ.get(PORT_SHARE_ENV, ""))  # refused before a command starts a server
     explicit = config_path or (Path(environ["VOKE_CONFIG"]) if environ.get("VOKE_CONFIG") else None)
     if explicit is not None:
         _check_config_file(explicit)

@@ -507,6 +507,16 @@ def test_a_voke_output_that_is_neither_json_nor_human_is_exit_3(voke, tmp_path, 
         assert done.exit_code == code, (value, done.stderr)
 
 
+def test_a_port_share_that_is_not_i_of_n_is_exit_3(voke, tmp_path, make_environ):
+    for value in ("2/2", "1/0", "half", "-1/2", "1/2/3", "99999999/100000000"):
+        done = voke("config", "show", "--json", environ=make_environ(tmp_path / "h", VOKE_PORT_SHARE=value))
+        assert done.exit_code == 3, (value, done.stdout)
+        assert "I/N with 0 <= I < N" in done.json["error"]["message"]
+    for value in ("0/1", "1/2", " 3/4 "):
+        done = voke("config", "show", environ=make_environ(tmp_path / "h", VOKE_PORT_SHARE=value))
+        assert done.exit_code == 0, (value, done.stderr)
+
+
 def test_every_float_setting_is_a_float_also_by_default():
     """Durations in JSON are floats: a default written `300` must not print as an integer."""
     from pydantic import BaseModel

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from voketag_ops.config import PORT_SHARE_ENV, port_share
 from voketag_ops.errors import BackendError, ConfigError
 from voketag_ops.files import replace_whole
 from voketag_ops.logs import get_logger
@@ -330,7 +331,10 @@ def ephemeral_ports() -> range:
 
 def listen_ports() -> list[range]:
     """Where voke's servers listen: ports from 20000 up outside the ephemeral range, or from
-    1024 up when a wide range leaves fewer than a thousand of those; [] when none is left."""
+    1024 up when a wide range leaves fewer than a thousand of those; [] when none is left. Of
+    those, VOKE_PORT_SHARE=I/N keeps every Nth from the Ith: environments given different
+    shares never pick each other's ports (a stopped node's, which another environment's
+    service could take: that node then could not start again)."""
     eph = ephemeral_ports()
     spans: list[range] = []
     for floor in (LISTEN_PORTS_FROM, 1024):
@@ -338,7 +342,8 @@ def listen_ports() -> list[range]:
         spans = [span for span in (below, above) if span]
         if sum(map(len, spans)) >= 1000:
             break
-    return spans
+    index, count = port_share(os.environ.get(PORT_SHARE_ENV, ""))
+    return [range(span.start + index, span.stop, count) for span in spans if len(span) > index]
 
 
 def pick_free_port(avoid: Sequence[int] = ()) -> int:
