@@ -18,6 +18,7 @@ import pytest
 from hypothesis import settings
 
 from voketag_ops.cli.app import run
+from voketag_ops.config import PORT_SHARE_ENV
 
 # No wall-clock limit in a test: hypothesis' per-example deadline (200 ms) is one, and a busy
 # CI host can pass it with a correct example. Every property test runs without it.
@@ -44,8 +45,10 @@ class Result:
 
 
 def base_environ(home: Path, **extra: str) -> dict[str, str]:
-    """A clean environment: no VOKE_* or config leaking in from the developer's shell."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VOKE_")}
+    """A clean environment: no VOKE_* or config leaking in from the developer's shell, but for
+    this xdist worker's share of the ports (`_ports_of_this_worker`), which a voke the test
+    starts as a subprocess must pick from too: build a voke subprocess's environment here."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOKE_") or k == PORT_SHARE_ENV}
     env.update({"VOKE_HOME": str(home), "CI": "true"})
     env.update(extra)
     return env
@@ -61,37 +64,22 @@ def _no_real_user_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
         yield
 
 
-_LISTEN_PORTS = None  # postgres.listen_ports as voke has it (`_ports_of_this_worker` replaces it)
-
-
 @pytest.fixture(autouse=True, scope="session")
 def _ports_of_this_worker(worker_id: str) -> Iterator[None]:
-    """Each xdist worker's servers listen on its own share of voke's ports (those this process
-    picks: a voke a test starts as a subprocess picks from all of them). voke keeps a service
-    off its own environment's stopped nodes' ports, not off another environment's: a service
-    one worker starts could take the port of a node the other worker has stopped mid-failover,
-    and that node then could not start again (a real "port in use", a failed test)."""
-    global _LISTEN_PORTS
-    from voketag_ops.adapters.local import postgres
-
-    _LISTEN_PORTS = postgres.listen_ports
-    if not worker_id.startswith("gw"):
-        yield
-        return
-    index, count = int(worker_id[2:]), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-
-    def shares() -> list[range]:
-        return [range(s.start + index, s.stop, count) for s in _LISTEN_PORTS() if len(s) > index]
-
+    """Each xdist worker's servers listen on its own share of voke's ports (VOKE_PORT_SHARE,
+    in this process's environment for in-process runs, and passed on by base_environ to the
+    voke subprocesses tests start). voke keeps a service off its own environment's stopped
+    nodes' ports, not off another environment's: a service one worker starts could take the
+    port of a node the other worker has stopped mid-failover, and that node then could not
+    start again (a real "port in use", a failed test). Without xdist: all of them, whatever
+    the developer's shell says."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(postgres, "listen_ports", shares)
+        if worker_id.startswith("gw"):
+            count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")
+            mp.setenv(PORT_SHARE_ENV, f"{int(worker_id[2:])}/{count}")
+        else:
+            mp.delenv(PORT_SHARE_ENV, raising=False)
         yield
-
-
-@pytest.fixture
-def real_listen_ports() -> Any:
-    """voke's own postgres.listen_ports, for the tests of it."""
-    return _LISTEN_PORTS
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -117,9 +105,10 @@ def _internal_errors_traced() -> Iterator[None]:
         yield
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_environ():
-    """base_environ as a fixture (test modules cannot import conftest)."""
+    """base_environ as a fixture (test modules cannot import conftest); for the environment of
+    every voke subprocess a test starts."""
     return base_environ
 
 

@@ -153,11 +153,11 @@ def test_ports_voke_picks_are_outside_the_ephemeral_range(home):
 
 
 def test_a_range_that_leaves_few_ports_above_20000_is_avoided_from_1024_and_a_full_one_falls_back(
-    tmp_path, monkeypatch, real_listen_ports
+    tmp_path, monkeypatch
 ):
     from voketag_ops.adapters.local import postgres
 
-    monkeypatch.setattr(postgres, "listen_ports", real_listen_ports)
+    monkeypatch.delenv("VOKE_PORT_SHARE", raising=False)  # all of voke's ports, not this worker's
     ranges = tmp_path / "ip_local_port_range"
     monkeypatch.setattr(postgres, "EPHEMERAL_RANGE_FILE", ranges)
     ranges.write_text("15000\t65000\n")
@@ -166,6 +166,42 @@ def test_a_range_that_leaves_few_ports_above_20000_is_avoided_from_1024_and_a_fu
     ranges.write_text("1024\t65535\n")
     assert postgres.listen_ports() == []
     assert 1024 <= postgres.pick_free_port() <= 65535  # the kernel's pick: a port all the same
+
+
+def test_a_port_share_keeps_every_nth_port_from_the_ith(tmp_path, monkeypatch):
+    from voketag_ops.adapters.local import postgres
+
+    ranges = tmp_path / "ip_local_port_range"
+    monkeypatch.setattr(postgres, "EPHEMERAL_RANGE_FILE", ranges)
+    ranges.write_text("15000\t65000\n")
+    monkeypatch.setenv("VOKE_PORT_SHARE", "1/3")
+    assert postgres.listen_ports() == [range(1025, 15000, 3), range(65002, 65536, 3)]
+    share, picked = postgres.listen_ports(), [postgres.pick_free_port() for _ in range(50)]
+    assert [p for p in picked if not any(p in span for span in share)] == [], share
+    monkeypatch.setenv("VOKE_PORT_SHARE", "535/536")  # the span above 65000 has no 536th port
+    assert postgres.listen_ports() == [range(1559, 15000, 536)]
+
+
+def test_a_voke_subprocess_picks_from_this_workers_share_of_the_ports(tmp_path, monkeypatch, make_environ):
+    """Under xdist each worker's servers listen on its own share of voke's ports; a voke a test
+    starts as a subprocess (with make_environ's environment) picks from that share too, not
+    from all of them, where it could take a port the other worker's environment holds."""
+    from voketag_ops.adapters.local import postgres
+
+    monkeypatch.delenv("VOKE_PORT_SHARE", raising=False)
+    spans = postgres.listen_ports()  # all of voke's ports
+    monkeypatch.setenv("VOKE_PORT_SHARE", "2/5")  # as `_ports_of_this_worker` does for worker gw2 of 5
+    code = "from voketag_ops.adapters.local.postgres import pick_free_port as p; print(*(p() for _ in range(50)))"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=make_environ(tmp_path / "h"),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    picked = [int(port) for port in done.stdout.split()]
+    outside = [p for p in picked if not any(p in span and (p - span.start) % 5 == 2 for span in spans)]
+    assert len(picked) == 50 and outside == [], spans
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to listen as another user")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import subprocess
 import sys
@@ -433,7 +432,7 @@ def test_a_signal_during_start_up_names_the_command_typed(argv, command):
     }
 
 
-def test_a_signal_once_the_answer_is_printed_changes_nothing(tmp_path):
+def test_a_signal_once_the_answer_is_printed_changes_nothing(tmp_path, make_environ):
     # In the `voke` script, the first answer stands: no second document, exit as answered.
     code = (
         "import os, signal, sys\n"
@@ -450,8 +449,7 @@ def test_a_signal_once_the_answer_is_printed_changes_nothing(tmp_path):
         "from voketag_ops.cli.main import main\n"
         "sys.exit(main(['config', 'show', '--json']))\n"
     )
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("VOKE_")}
-    env["VOKE_HOME"] = str(tmp_path / "home")
+    env = make_environ(tmp_path / "home")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert len(done.stdout.strip().splitlines()) == 1 and json.loads(done.stdout)["ok"] is True
@@ -468,10 +466,9 @@ def test_a_signal_once_the_answer_is_printed_changes_nothing(tmp_path):
         ["bogus"],
     ],
 )
-def test_a_reader_that_goes_away_is_no_error(tmp_path, args):
+def test_a_reader_that_goes_away_is_no_error(tmp_path, args, make_environ):
     # `voke ... | head -1`: the rest of the answer goes nowhere, without an error or traceback.
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("VOKE_")}
-    env["VOKE_HOME"] = str(tmp_path / "home")
+    env = make_environ(tmp_path / "home")
     proc = subprocess.Popen(
         [sys.executable, "-m", "voketag_ops", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path,
@@ -485,9 +482,8 @@ def test_a_reader_that_goes_away_is_no_error(tmp_path, args):
 
 
 @pytest.mark.parametrize("args", [["env", "status"], ["--json", "env", "status"], ["--version"], ["bogus"]])
-def test_a_closed_stdout_or_stderr_is_no_error(tmp_path, args):
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("VOKE_")}
-    env["VOKE_HOME"] = str(tmp_path / "home")
+def test_a_closed_stdout_or_stderr_is_no_error(tmp_path, args, make_environ):
+    env = make_environ(tmp_path / "home")
     command = " ".join([sys.executable, "-m", "voketag_ops", *args])
     for redirect in (">&-", "2>&-", "2>&1 | true"):
         done = subprocess.run(
@@ -511,10 +507,9 @@ def test_a_closed_stdout_or_stderr_is_no_error(tmp_path, args):
         ["chain", "import", "-", "--yes"],
     ],
 )
-def test_a_closed_stdin_reads_as_empty(tmp_path, args):
+def test_a_closed_stdin_reads_as_empty(tmp_path, args, make_environ):
     # `voke ... <&-`: sys.stdin is None; the command answers as it does for `< /dev/null`.
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("VOKE_")}
-    env["VOKE_HOME"] = str(tmp_path / "home")
+    env = make_environ(tmp_path / "home")
     command = " ".join([sys.executable, "-m", "voketag_ops", *args])
     closed, empty = (
         subprocess.run(
@@ -538,10 +533,9 @@ def test_a_closed_stdin_reads_as_empty(tmp_path, args):
         (["--help"], "json"),
     ],
 )
-def test_a_full_stdout_is_one_line_on_stderr_and_exit_4(tmp_path, args, output):
+def test_a_full_stdout_is_one_line_on_stderr_and_exit_4(tmp_path, make_environ, args, output):
     # `voke ... > /dev/full`: the answer did not get out, and its error cannot go there either.
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("VOKE_")}
-    env.update(VOKE_HOME=str(tmp_path / "home"), VOKE_OUTPUT=output)
+    env = make_environ(tmp_path / "home", VOKE_OUTPUT=output)
     with open("/dev/full", "w") as full:
         done = subprocess.run(
             [sys.executable, "-m", "voketag_ops", *args],
@@ -550,9 +544,8 @@ def test_a_full_stdout_is_one_line_on_stderr_and_exit_4(tmp_path, args, output):
     assert (done.returncode, done.stderr) == (4, "error: cannot write to stdout: No space left on device\n")
 
 
-def test_a_full_stderr_leaves_the_exit_code_alone(tmp_path):
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("VOKE_")}
-    env["VOKE_HOME"] = str(tmp_path / "home")
+def test_a_full_stderr_leaves_the_exit_code_alone(tmp_path, make_environ):
+    env = make_environ(tmp_path / "home")
     with open("/dev/full", "w") as full:
         done = subprocess.run(
             [sys.executable, "-m", "voketag_ops", "bogus"],
@@ -561,11 +554,10 @@ def test_a_full_stderr_leaves_the_exit_code_alone(tmp_path):
     assert (done.returncode, done.stdout) == (2, "")
 
 
-def _ascii_voke(cwd: Any, **variables: str) -> Any:
-    """A `voke` run in a subprocess whose stdout and stderr are ASCII (PYTHONIOENCODING), with
-    VARIABLES and none of this process's VOKE_* ones."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VOKE_")}
-    env.update(variables, PYTHONIOENCODING="ascii")
+def _ascii_voke(cwd: Any, environ: dict[str, str]) -> Any:
+    """A `voke` run in a subprocess with ENVIRON (make_environ's) whose stdout and stderr are
+    ASCII (PYTHONIOENCODING)."""
+    env = {**environ, "PYTHONIOENCODING": "ascii"}
 
     def voke(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -576,9 +568,9 @@ def _ascii_voke(cwd: Any, **variables: str) -> Any:
     return voke
 
 
-def test_a_stdout_that_is_not_utf8_gets_escapes_and_json_stays_valid(tmp_path):
+def test_a_stdout_that_is_not_utf8_gets_escapes_and_json_stays_valid(tmp_path, make_environ):
     # A Latin-1 or ASCII locale: a name it cannot encode is no UnicodeEncodeError (exit 70).
-    voke = _ascii_voke(tmp_path, VOKE_HOME=str(tmp_path / "home"))
+    voke = _ascii_voke(tmp_path, make_environ(tmp_path / "home"))
     name = "工厂-é😀"
 
     assert voke("secrets", "add", name, "--yes").returncode == 2  # refused, and audited by its name
@@ -655,11 +647,11 @@ def test_no_color_counts_only_when_set_and_not_empty(monkeypatch, value, no_colo
     assert Output(json_mode=False, command="x").no_color is no_color  # no-color.org
 
 
-def test_every_json_document_stays_valid_on_a_stdout_that_is_not_utf8(tmp_path):
+def test_every_json_document_stays_valid_on_a_stdout_that_is_not_utf8(tmp_path, make_environ):
     # PYTHONIOENCODING=ascii: the chain's export, a drill's JSON journal and JSON log lines are
     # escaped as JSON escapes (\u00e9), not as Python's (\xe9), which no JSON reader takes.
     # (the file chain store: no environment to start)
-    voke = _ascii_voke(tmp_path, VOKE_HOME=str(tmp_path / "home"), VOKE_CHAIN__STORE="file")
+    voke = _ascii_voke(tmp_path, make_environ(tmp_path / "home", VOKE_CHAIN__STORE="file"))
     label = "café-工厂-😀"
 
     requested = voke("--log-format", "json", "--log-level", "info", "chain", "anchor", "request", "ab" * 32,

@@ -55,14 +55,10 @@ def a_failed_test_leaves_a_new_environment(request, topology):
 
 
 @pytest.fixture(scope="module")
-def make_environ_module():
-    import os
-
+def make_environ_module(make_environ):
     def make(home, **extra):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VOKE_")}
-        env.update(
-            VOKE_HOME=str(home),
-            CI="true",
+        env = make_environ(
+            home,
             VOKE_LOCAL__ARCHIVE_TIMEOUT="5",
             VOKE_ROTATION__TEST_INTERVAL="0.2",
             VOKE_ROTATION__HEALTH_TIMEOUT="20",
