@@ -77,26 +77,32 @@ def dr_lock(directory: Path, operation: str, *, shared: bool = False) -> Iterato
         os.close(fd)
 
 
+ENV_LIFECYCLE = frozenset({"env up", "env up (servers only)", "env down", "env destroy"})
+"""The DR lock's holders that start, stop or destroy the environment (as workflows/env.py names
+them; a command starting it on demand holds it as `env up` or `env up (servers only)`)."""
+
+
 def is_env_holder(holder: str) -> bool:
-    """Whether HOLDER is `env up`, `env down`, `env destroy` or a command starting the environment
-    on demand (which holds the lock as `env up`), not a DR operation."""
-    return holder_parts(holder)[0].startswith("env ")
-
-
-ENV_BUSY = "another voke is starting, stopping or destroying the environment"
+    """Whether HOLDER starts, stops or destroys the environment (`ENV_LIFECYCLE`): waited for by
+    a command starting it, not a DR operation. `env move-port` is not one: it rewrites a node's
+    port, the standby's conninfo and the services' secret, as a DR operation does, and is refused
+    beside, never waited for."""
+    return holder_parts(holder)[0] in ENV_LIFECYCLE
 
 
 def busy_with(holder: str) -> str:
-    """What HOLDER of the DR lock is doing, for a message: a DR operation, or an `env` command."""
-    return ENV_BUSY if is_env_holder(holder) else "a DR operation is running"
+    """What HOLDER of the DR lock is doing, for every message naming it: an `env` command
+    starting, stopping or destroying the environment, or a DR operation."""
+    if is_env_holder(holder):
+        return "another voke is starting, stopping or destroying the environment"
+    return "another DR operation is running"
 
 
 class LockHeld(PreconditionError):
     """The DR lock is held by HOLDER ("OPERATION pid N", as `dr_lock` names it)."""
 
     def __init__(self, holder: str) -> None:
-        what = ENV_BUSY if is_env_holder(holder) else "another DR operation is running"
-        super().__init__(f"{what} ({holder}); wait for it to finish")
+        super().__init__(f"{busy_with(holder)} ({holder}); wait for it to finish")
         self.holder = holder
 
 

@@ -1327,25 +1327,46 @@ def test_the_notice_of_an_unfinished_operation_says_what_to_run(tmp_path, held_b
             "resume": None,
             "running": "drill failover pid 8",
         }
-    with held_by_another_voke(home / "dr" / "dr.lock", "env up pid 9"):  # not a DR operation
-        assert dr.operation_to_report(env) is None
+    for lifecycle in ("env up", "env up (servers only)", "env down", "env destroy"):  # no DR operations
+        with held_by_another_voke(home / "dr" / "dr.lock", f"{lifecycle} pid 9"):
+            assert dr.operation_to_report(env) is None, lifecycle
+    # A move-port is one, running even before its journal is written.
+    with held_by_another_voke(home / "dr" / "dr.lock", "env move-port pid 10"):
+        assert dr.operation_to_report(env) == {
+            "operation": "env move-port",
+            "command": "voke env move-port",
+            "resume": None,
+            "running": "env move-port pid 10",
+        }
     (home / "dr" / "operation.json").write_text("{torn")
     assert "cannot be read" in (dr.operation_notice(env) or "")
 
 
-def test_env_up_refuses_while_a_dr_operation_runs(voke, tmp_path, make_environ_module, held_by_another_voke):
+@pytest.mark.parametrize("operation", ["dr failover", "env move-port"])
+def test_env_up_refuses_while_a_dr_operation_runs(
+    voke, tmp_path, make_environ_module, held_by_another_voke, operation
+):
     # It would start a node a failover just fenced, or a leader a failback's switchover stopped.
+    # A move-port is one (it moves a node, repoints the standby and the services): commands
+    # starting the environment waited for it as for another voke's `env up`, then exit 5 said
+    # "another voke is starting, stopping or destroying the environment".
     home = tmp_path / "home"
     (home / "dr").mkdir(parents=True)
     batch = tmp_path / "a.csv"
     batch.write_text("tag_id,sku,product_name,factory_id,manufactured_at\nT1,S,N,F,2024-01-01T00:00:00Z\n")
-    with held_by_another_voke(home / "dr" / "dr.lock", "dr failover pid 7"):
-        for args in (["env", "up"], ["chain", "anchors"], ["ingest", "load", str(batch), "--dry-run"]):
-            refused = voke(*args, environ=make_environ_module(home))  # the last two start the servers only
+    said = f"another DR operation is running ({operation} pid 7)"
+    with held_by_another_voke(home / "dr" / "dr.lock", f"{operation} pid 7"):
+        for args in (
+            ["env", "up"],
+            ["chain", "anchors"],  # this one and the next start the servers only
+            ["ingest", "load", str(batch), "--dry-run"],
+            ["rotate", "db-password", "--yes"],
+        ):
+            refused = voke(*args, environ=make_environ_module(home))
             assert refused.exit_code == 5, (args, refused.stderr)
-            assert "another DR operation is running (dr failover pid 7)" in refused.stderr
+            assert said in refused.stderr, (args, refused.stderr)
         read = voke("ingest", "batches", environ=make_environ_module(home))  # a read says why it cannot
-        assert read.exit_code == 4 and "while a DR operation runs (dr failover pid 7)" in read.stderr
+        assert read.exit_code == 4 and f"the primary is down: {said}" in read.stderr, read.stderr
     assert not (home / "state.json").exists()
 
 
@@ -1361,7 +1382,7 @@ def test_a_command_that_needs_the_database_warns_instead_of_failing_when_service
     with held_by_another_voke(env.home / "dr" / "dr.lock", "drill pitr pid 7"):  # `env up` would refuse
         platform.ensure_up(said.append, strict=False)
     assert said == [
-        "warning: the local services were not started: a DR operation is running (drill pitr pid 7)"
+        "warning: the local services were not started: another DR operation is running (drill pitr pid 7)"
     ]
     assert voke("env", "up", environ=environ).exit_code == 0  # and once it ends, they start
     assert all(healthy for healthy, _version in services(environ).values())
@@ -1394,7 +1415,7 @@ def test_a_load_that_loses_the_primary_during_a_dr_operation_names_it(
         lost = voke("ingest", "load", str(path), "--json", environ=environ)
     assert lost.exit_code == 4, lost.stdout
     assert lost.json["error"]["hint"] == (
-        "a DR operation is running (drill failover pid 7): rerun the same command once it ends"
+        "another DR operation is running (drill failover pid 7): rerun the same command once it ends"
     )
     monkeypatch.undo()
     assert voke("ingest", "load", str(path), "--json", environ=environ).exit_code == 0  # and it does

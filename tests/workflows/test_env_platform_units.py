@@ -11,7 +11,8 @@ from voketag_ops.locks import LockHeld
 from voketag_ops.workflows.env import after_another_start
 
 
-def test_a_start_another_on_demand_start_beat_to_the_lock_waits_and_tries_again(tmp_path):
+@pytest.mark.parametrize("holder", ["env up", "env up (servers only)", "env down", "env destroy"])
+def test_a_start_another_on_demand_start_beat_to_the_lock_waits_and_tries_again(tmp_path, holder):
     # Two cron jobs on a stopped environment: both saw no other start, the second's `env up`
     # was refused by the first's lock, and it exited 5 instead of using what the first started.
     env = LocalEnvironment(LocalSettings(home=tmp_path / "home"))
@@ -20,21 +21,26 @@ def test_a_start_another_on_demand_start_beat_to_the_lock_waits_and_tries_again(
     def start():
         tries.append(len(tries))
         if len(tries) == 1:
-            raise LockHeld("env up pid 7")
+            raise LockHeld(f"{holder} pid 7")
 
     after_another_start(env, start)
     assert tries == [0, 1]
 
 
-def test_a_start_refused_by_a_dr_operation_is_not_retried(tmp_path):
+@pytest.mark.parametrize("operation", ["dr failover", "env move-port"])
+def test_a_start_refused_by_a_dr_operation_is_not_retried(tmp_path, operation):
+    # A move-port (a node's port, the standby's conninfo, the services' secret) is one: a start
+    # waited for it as for another voke's `env up`, then exit 5 said the environment was starting.
     env = LocalEnvironment(LocalSettings(home=tmp_path / "home"))
     tries = []
 
     def start():
         tries.append(1)
-        raise LockHeld("dr failover pid 7")
+        if len(tries) > 1:
+            raise AssertionError("retried")
+        raise LockHeld(f"{operation} pid 7")
 
-    with pytest.raises(LockHeld, match=r"another DR operation is running \(dr failover pid 7\)"):
+    with pytest.raises(LockHeld, match=rf"^another DR operation is running \({operation} pid 7\)"):
         after_another_start(env, start)
     assert tries == [1]
     assert LockHeld("x").type_name == "PreconditionError"  # what --json says, as before

@@ -94,15 +94,10 @@ def _read_conninfo(env: AppContext, db: str | None) -> str | None:
 
     local = env.local_environment()
     if not local.exists or not local.primary().running:
-        from voketag_ops.locks import ENV_BUSY, is_env_holder, running_elsewhere
+        from voketag_ops.locks import busy_with, running_elsewhere
 
         if (holder := running_elsewhere(local.home / "dr")) is not None:  # a failover or drill moves it
-            busy = (
-                f": {ENV_BUSY} ({holder})"
-                if is_env_holder(holder)
-                else f" while a DR operation runs ({holder})"
-            )
-            raise BackendError(f"the primary is down{busy}; try again once it ends")
+            raise BackendError(f"the primary is down: {busy_with(holder)} ({holder}); try again once it ends")
         raise BackendError(
             "the local environment is not running; `voke env up` starts it (reading batches "
             "and proofs never does)"

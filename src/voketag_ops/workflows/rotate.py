@@ -1944,7 +1944,7 @@ def local_engine(
     environment is started: a command refused for them starts nothing. Either environment's
     DR lock keeps a rotation and a DR operation from starting together."""
     from voketag_ops.adapters.local import dr
-    from voketag_ops.locks import dr_lock, is_env_holder, running_elsewhere
+    from voketag_ops.locks import busy_with, dr_lock, is_env_holder, running_elsewhere
     from voketag_ops.workflows.env import LocalPlatform
 
     # The lock's directory: to look at (a dry run makes nothing), and made, private, to hold it.
@@ -1966,7 +1966,7 @@ def local_engine(
     # starting the environment this rotation will start too is waited for (`after_another_start`).
     holder = None if reads else running_elsewhere(probe)
     if holder is not None and not (platform is not None and start and is_env_holder(holder)):
-        raise PreconditionError(f"another DR operation is running ({holder}); rotate once it has finished")
+        raise PreconditionError(f"{busy_with(holder)} ({holder}); rotate once it has finished")
 
     # That look holds nothing: a failover started after it is kept out by the DR lock, held
     # shared (rotations of other secrets go on beside it) until the rotation's record is written.

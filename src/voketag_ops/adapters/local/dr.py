@@ -185,15 +185,16 @@ def operation_to_report(env: LocalEnvironment) -> dict[str, Any] | None:
     """`unfinished_operation` for reports: an unreadable record is shown, not raised; rows a
     killed pitr drill took as its fault and never put back, and a restore whose voke died,
     count as one too, explained in a `note` (an operation log's `detail` holds its steps' records)."""
-    from voketag_ops.locks import holder_parts, running_elsewhere
+    from voketag_ops.locks import holder_parts, is_env_holder, running_elsewhere
 
     try:
         op = unfinished_operation(env)
     except PreconditionError as exc:
         return {"operation": "unreadable", "resume": exc.message}
     holder = running_elsewhere(env.home / "dr")
-    # (`env up`/`down`/`destroy` hold the lock too; a move-port is under way, its journal written first)
-    if holder is not None and (not holder.startswith("env ") or holder_parts(holder)[0] == "env move-port"):
+    # (`env up`/`down`/`destroy` hold it too, no DR operation; a move-port holding it is under way,
+    # its journal written first)
+    if holder is not None and not is_env_holder(holder):
         if op is not None:
             return dict(op, running=holder)  # under way, not interrupted
         operation, _pid = holder_parts(holder)  # a drill or restore records no operation log
