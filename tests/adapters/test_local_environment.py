@@ -348,6 +348,8 @@ def test_a_frozen_replica_is_named_by_env_up_and_left_alone_and_status_and_check
         assert result["already_running"] is False and result["not_answering"] == ["replica"]
         [warning] = [w for w in result["warnings"] if "does not answer" in w]
         assert f"pid {pid}" in warning and "stopped (SIGSTOP" in warning and rebuild in warning
+        resume = f"resume them if nothing holds them on purpose: `kill -CONT {' '.join(map(str, pids))}`"
+        assert f"leaves it as it is; {resume}, or rebuild" in warning, warning  # as doctor says it
         assert all(is_stopped(p) for p in pids)  # left as it is: an operator may have paused it
         human = voke("env", "up", environ=env_of(home))
         assert "already running" not in human.stdout and "does not answer" in human.stdout

@@ -221,6 +221,30 @@ def test_a_writable_standby_is_named_split_brain_with_the_fence_to_run():
     assert hint.startswith("fence it with `voke dr fence replica --yes`") and "env up" not in hint
 
 
+def test_a_frozen_standby_is_given_one_remedy_wherever_it_is_named():
+    # Found by review: `env up`'s warning, doctor (and the drills) and `dr check` each spelled it
+    # their own way: one named no pids, one no resume without them, two not that the rebuild
+    # kills a stopped standby first.
+    from voketag_ops.adapters.local.environment import node_trouble
+    from voketag_ops.core.dr_checks import LOCAL_REMEDIES
+
+    rebuild = "or rebuild it from the leader with `voke dr failback --no-switch-back --clone --yes`, which kills it first"
+    stopped = {
+        "name": "replica",
+        "running": False,
+        "role": "unknown",
+        "pid": 42,
+        "error": "its process(es) 42 43 are stopped",
+    }
+    said, hint = node_trouble("replica", dict(stopped, stopped_pids=[42, 43]), fenced=set())
+    assert said == "standby replica (pid 42) does not answer: its process(es) 42 43 are stopped"
+    assert hint == f"resume them if nothing holds them on purpose: `kill -CONT 42 43`, {rebuild}"
+    timing_out = dict(stopped, error="connection timeout expired", stopped_pids=[])  # a debugger, say
+    paused = f"resume it if it was paused on purpose (SIGSTOP, a debugger), {rebuild}"
+    assert node_trouble("replica", timing_out, fenced=set())[1] == paused
+    assert LOCAL_REMEDIES["unanswering"] == paused  # what `dr check` says, from a status naming no pids
+
+
 def test_a_move_port_under_way_is_running_not_interrupted_and_an_unreadable_record_is_said_once(
     voke, home, environ, held_by_another_voke
 ):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -124,17 +124,27 @@ def _fmt_age(seconds: float) -> str:
 # Throws a standby away and clones it anew from the leader, killing it first if it does not stop.
 REBUILD_STANDBY = "voke dr failback --no-switch-back --clone --yes"
 
+
+def resume_hint(pids: Sequence[int]) -> str:
+    """What to run about stopped processes PIDS (`env up`, `env down`, `doctor`)."""
+    return f"resume them if nothing holds them on purpose: `kill -CONT {' '.join(map(str, pids))}`"
+
+
+def frozen_standby_remedy(pids: Sequence[int] = ()) -> str:
+    """What to do about a standby whose postmaster is there but does not answer, which `voke env
+    up` leaves as it is (it may be paused on purpose): resume its stopped PIDS (when known), or
+    rebuild it. The one wording of `env up`'s warning, `doctor`, `dr check` and the drills."""
+    resume = resume_hint(pids) if pids else "resume it if it was paused on purpose (SIGSTOP, a debugger)"
+    return f"{resume}, or rebuild it from the leader with `{REBUILD_STANDBY}`, which kills it first"
+
+
 # What to run about a failed check, locally; a cloud snapshot brings its own (`remedies`).
 LOCAL_REMEDIES = {
     "fence": "`voke dr fence {node} --yes`",
     "backup": "`voke dr backup`",
     "start": "start it as a standby with `voke env up`",
     "rebuild": "it is fenced or not a standby: `voke dr failback --yes` rebuilds it as a standby",
-    # its process is there (`voke env up` leaves it alone: it may be paused on purpose)
-    "unanswering": (
-        "resume it if it was paused on purpose (SIGSTOP, a debugger), "
-        f"or rebuild it from the leader with `{REBUILD_STANDBY}`"
-    ),
+    "unanswering": frozen_standby_remedy(),  # (a status names no stopped pids)
 }
 
 

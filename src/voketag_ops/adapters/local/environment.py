@@ -50,7 +50,7 @@ from voketag_ops.adapters.local.postgres import (
     process_exists,
     serves,
 )
-from voketag_ops.core.dr_checks import LOCAL_REMEDIES, REBUILD_STANDBY, parse_iso
+from voketag_ops.core.dr_checks import LOCAL_REMEDIES, frozen_standby_remedy, parse_iso, resume_hint
 from voketag_ops.core.times import iso
 from voketag_ops.core.wal import DEFAULT_SEGMENT_SIZE, SEGMENT_NAME, parse_lsn
 from voketag_ops.errors import BackendError, ConfigError, NeedsOperatorError, PreconditionError, UsageError
@@ -1260,11 +1260,6 @@ def _refuse_frozen(nodes: list[PgNode]) -> None:
         )
 
 
-def resume_hint(pids: list[int]) -> str:
-    """What to run about stopped processes PIDS (`env up`, `env down`, `doctor`)."""
-    return f"resume them if nothing holds them on purpose: `kill -CONT {' '.join(map(str, pids))}`"
-
-
 def starts_as_standby(node: dict[str, Any], *, fenced: set[str]) -> bool:
     """Whether `env up` would start the follower NODE (as `node_status` reports it) as a standby:
     no postmaster, not FENCED, and a standby on disk (its standby.signal), or no data directory
@@ -1292,9 +1287,7 @@ def node_trouble(role: str, node: dict[str, Any], *, fenced: set[str]) -> tuple[
         pids = node.get("stopped_pids") or []
         if leads:  # `env up` refuses a frozen leader (exit 5) naming these pids
             return said, resume_hint(pids) if pids else "voke env up"
-        # `env up` leaves a frozen standby as it is (it may be paused on purpose)
-        resume = f"{resume_hint(pids)}, or " if pids else ""
-        return said, f"{resume}rebuild it from the leader with `{REBUILD_STANDBY}`"
+        return said, frozen_standby_remedy(pids)  # `env up` leaves it as it is
     if node["name"] in fenced:
         if leads:  # `env up` refuses it: an interrupted failover
             return f"{name} not running: fenced (a failover was interrupted)", "voke dr failover --yes"
@@ -1321,8 +1314,7 @@ def _not_answering(node: PgNode) -> str | None:
     why = _frozen_processes(node, stopped) if stopped else "a connection times out"
     return (
         f"the standby {node.name} (pid {node.pid()}) is running but does not answer: {why}; `voke env up` "
-        f"leaves it as it is: resume it if it was paused on purpose (kill -CONT), or rebuild it from "
-        f"the leader with `{REBUILD_STANDBY}`, which kills it first"
+        f"leaves it as it is; {frozen_standby_remedy(stopped)}"
     )
 
 
