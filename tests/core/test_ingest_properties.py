@@ -137,8 +137,8 @@ _DEFECTS = (
     "tag_space", "tag_bad_char", "tag_dash", "tag_duplicate", "tag_long", "tag_empty",
     "sku_collision", "sku_long", "sku_space", "name_quoted", "name_escaped_quote", "name_accent",
     "name_nbsp_edge", "factory_empty", "ts_z", "ts_offset", "ts_future", "ts_bad_date", "ts_hour_24",
-    "ts_seconds_only", "optional_long", "optional_space", "blank_line", "control_char", "open_quote",
-    "stray_quote", "too_many_fields", "row_of_200",
+    "ts_seconds_only", "ts_week", "ts_ordinal", "optional_long", "optional_space", "blank_line",
+    "control_char", "open_quote", "stray_quote", "too_many_fields", "row_of_200",
 )  # fmt: skip
 
 
@@ -205,6 +205,10 @@ def _messy_file(seed: int, rows: int, columns: list[str], rate: float, newline: 
             values["manufactured_at"] = "2024-02-03T24:00:00.000000+00:00"
         elif defect == "ts_seconds_only":
             values["manufactured_at"] = when.isoformat(timespec="seconds")
+        elif defect == "ts_week":
+            values["manufactured_at"] = "2024-W05-3T08:00:00.000000+00:00"  # the canonical form's length
+        elif defect == "ts_ordinal":
+            values["manufactured_at"] = "2024-035T08:00:00Z"
         elif defect == "optional_long":
             values["lot"] = "L" * 201
         elif defect == "optional_space":

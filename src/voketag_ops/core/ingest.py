@@ -133,6 +133,11 @@ _LEAP_OR_24_RE = re.compile(
 )
 
 
+# Week dates (2024-W01-1, 2024W011) and ordinal dates (2024-001, 2024001) are ISO 8601 too, but
+# not calendar dates: refused with a message of their own. Matched at the start, before the time.
+_WEEK_OR_ORDINAL_RE = re.compile(r"[0-9]{4}(?:-?(?P<week>W)[0-9]{2}(?:-?[0-9])?|-?[0-9]{3})(?=[T ]|$)")
+
+
 def _leap_second_or_24(value: str) -> bool:
     """Whether VALUE (shaped as _TS_RE) is a valid date with a leap second or 24:00 and a zone."""
     found = _LEAP_OR_24_RE.match(value)
@@ -1077,6 +1082,15 @@ class BatchValidator:
                     "bad_timestamp",
                     f"manufactured_at {value!r}: a leap second or 24:00 is not supported; "
                     "write 23:59:59.999999 or the next day's 00:00",
+                )
+            if (other := _WEEK_OR_ORDINAL_RE.match(value)) is not None:
+                kind = "a week" if other["week"] else "an ordinal"
+                return value, Problem(
+                    lineno,
+                    column,
+                    "bad_timestamp",
+                    f"manufactured_at {value!r} is {kind} date: week and ordinal dates are not accepted; "
+                    "use a calendar date such as 2024-05-01T08:30:00Z",
                 )
             return value, Problem(
                 lineno,
