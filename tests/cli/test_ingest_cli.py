@@ -46,6 +46,8 @@ BAD_INPUTS = [
     ("invalid-utf8", HEADER.encode() + b"T1,S1,Sh\xe9,F1,2024-01-01T00:00:00Z\n", "invalid_utf8", 2, 9),
     ("nul-byte", HEADER.encode() + b"T1,S1,Sh\x00e,F1,2024-01-01T00:00:00Z\n", "nul_byte", 2, 9),
     ("empty-file", b"", "empty_file", 1, None),
+    ("only-blank-lines", b"\n\n\n", "missing_column", 1, None),
+    ("blank-line-between-rows", (HEADER + GOOD + "\n" + "T2,S1,Shoe,F1,2024-01-01T00:00:00Z\n").encode(), "field_count", 3, 1),
     ("header-only", HEADER.encode(), "no_rows", 2, None),
     ("duplicate-tag-id", (HEADER + GOOD + GOOD).encode(), "duplicate_tag_id", 3, 1),
     ("sku-collision", (HEADER + GOOD + "T2,S1,Boot,F1,2024-01-01T00:00:00Z\n").encode(), "sku_collision", 3, 7),

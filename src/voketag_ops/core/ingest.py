@@ -29,6 +29,8 @@ The file (see README, "voke ingest"):
   never be accepted; a quote left open at the end of its line is reported as
   ``unterminated_quote`` there and the next line is read as a new record. This
   keeps every error local and every line bounded.
+- The header is line 1. A blank line is no record (RFC 4180 has none): a rejected row
+  (``field_count``), never skipped; a blank first line means no header line.
 - The last line must end with a line break (``require_final_newline``): an
   upload cut mid-row is otherwise indistinguishable from a complete file.
 
@@ -534,7 +536,9 @@ class BatchValidator:
             rest = rest[len(_BOM) :]
         chunk = self._process(rest, final=True) if rest else Chunk()
         self._finished = True
-        if self.header is None and not self.fatal:
+        if self.header is None and not self.fatal and self._line:
+            self._fatal(Problem(1, None, "missing_column", "no header line: the file has only blank lines"))
+        elif self.header is None and not self.fatal:
             self._fatal(Problem(1, None, "empty_file", "the file is empty: a header line is required"))
         elif self.header is not None and self.rows_total == 0 and not self.fatal:
             self._fatal(Problem(self.header.line + 1, None, "no_rows", "the file has a header but no rows"))
@@ -651,7 +655,19 @@ class BatchValidator:
             raw = lines[skip]
             line = raw[:-1] if crlf and raw[-1:] == "\r" and lineno != keeps_cr else raw
             skip += 1
-            if line:  # blank lines carry nothing
+            if not line:
+                continue  # a file of only blank lines has no header (``finish`` says so)
+            if lineno > 1:  # the header is the first line; a blank line is no record (RFC 4180)
+                self._fatal(
+                    Problem(
+                        1,
+                        None,
+                        "missing_column",
+                        "no header line: line 1 is blank (the header must be the first line; "
+                        f"line {lineno} is the first with text)",
+                    )
+                )
+            else:
                 self.header = self._read_header(lineno, line, line_problems.get(lineno))
         if not self.fatal and self.header is not None and skip < len(lines):
             careful_last = last if final else None
@@ -809,9 +825,7 @@ class BatchValidator:
         for raw in lines:
             lineno += 1
             line = raw[:-1] if crlf and raw[-1:] == "\r" and lineno != keeps_cr else raw
-            if not line:
-                continue  # blank lines carry nothing
-            rows += 1
+            rows += 1  # a blank line too: _slow rejects it
             values: tuple[str, ...] | None = None
             fields = None
             if flagged and lineno in flagged:
@@ -951,7 +965,8 @@ class BatchValidator:
         header = self.header
         assert header is not None
         problems: list[Problem] = list(pre)
-        if truncated and self.require_final_newline:
+        truncated = truncated and self.require_final_newline
+        if truncated:
             # The file's problem, not the row's: with --partial too nothing loads, or the head of a
             # cut upload would be sealed as a batch and the whole file never load after it.
             self.fatal = True
@@ -959,7 +974,17 @@ class BatchValidator:
         fields, structural = _tokenize(line, lineno)
         problems.extend(structural)
         values: dict[str, str] = {}
-        if any(p.code == "unterminated_quote" for p in structural):
+        if not line:  # RFC 4180 has no blank records; in a factory's file it is a hand edit
+            if not truncated:  # (a lone CR cut off at the end is `truncated` alone)
+                problems.append(
+                    Problem(
+                        lineno,
+                        1,
+                        "field_count",
+                        f"blank line: a row has {header.width} fields; remove the line",
+                    )
+                )
+        elif any(p.code == "unterminated_quote" for p in structural):
             pass  # the open quote swallowed the rest of the line: counting fields says nothing
         elif len(fields) != header.width:
             # A stray CR or other control character splits or joins fields as a person reads
