@@ -4,6 +4,7 @@ leaving the database unchanged."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import subprocess
@@ -92,6 +93,28 @@ def test_file_over_the_size_limit(voke, db, tmp_path, make_environ):
     assert result.json["result"]["errors"][0]["code"] == "file_too_large"
     assert "Traceback" not in result.stderr
     assert tables(db) == (0, 0)
+
+
+@pytest.mark.parametrize("width", [120, 100, 80, 60, 40])
+def test_the_load_progress_bar_fits_the_terminal(width):
+    """On an 80-column terminal the bar of a 30 MB file wrapped, `MB` alone on the next line.
+    It fits down to 40 columns, dropping rows/s, then bytes, then rows as the terminal narrows."""
+    from rich.console import Console
+
+    from voketag_ops.cli.ingest_cmd import _load_progress
+
+    console = Console(width=width, record=True, file=io.StringIO(), force_terminal=True)
+    bar = _load_progress(console)
+    task = bar.add_task("hashing", total=99_200_000, rows=0, rate="")  # widest values it shows
+    bar.update(task, completed=35_000_000, description="committing", rows=9_999_999, rate="9,999,999/s")
+    console.print(bar.get_renderable())
+    [line] = console.export_text().splitlines()
+    assert len(line) <= width
+    assert line.startswith("committing ━") and "35%" in line
+    if width >= 80:  # everything
+        assert all(p in line for p in ("35.0/99.2 MB", "9,999,999 rows", "9,999,999/s", "-:--:--"))
+    elif width >= 60:
+        assert "9,999,999 rows" in line and "-:--:--" in line
 
 
 def test_human_output_lists_the_problems(voke, db, tmp_path):

@@ -27,6 +27,7 @@ from voketag_ops.output import print_table, printable
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.progress import Progress
 
     from voketag_ops.cli.common import AppContext
     from voketag_ops.output import Output
@@ -133,28 +134,58 @@ def _progress_bar(out: Output, total: int) -> Iterator[Callable[[LoadProgress], 
     if not _tty(out):
         yield lambda _p: None
         return
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(
-        TextColumn("{task.description:<10}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        DownloadColumn(),
-        TextColumn("{task.fields[rows]:>12,} rows"),
-        TextColumn("{task.fields[rate]:>14}"),
-        TimeRemainingColumn(),
-        console=out.err,
-        transient=True,
-    ) as bar:
+    with _load_progress(out.err) as bar:
         task = bar.add_task("hashing", total=max(total, 1), rows=0, rate="")
         t0 = time.monotonic()
 
         def update(p: LoadProgress) -> None:
             elapsed = time.monotonic() - t0
-            rate = f"{p.rows / elapsed:,.0f} rows/s" if p.rows and elapsed > 0 else ""
+            rate = f"{p.rows / elapsed:,.0f}/s" if p.rows and elapsed > 0 else ""
             bar.update(task, completed=p.bytes_done, description=p.phase, rows=p.rows, rate=rate)
 
         yield update
+
+
+# The load bar's parts beside the bar itself, in the order shown, with the width each one
+# takes (room for 100 MB, 9,999,999 rows and rows/s, 9 hours). On a narrower terminal they go
+# in _DROPPED's order until the bar has _BAR_MIN columns, so the line never wraps.
+_PARTS = {"phase": 10, "percent": 4, "bytes": 14, "rows": 14, "rate": 11, "eta": 7}
+_DROPPED = ("rate", "bytes", "rows", "eta", "percent")
+_BAR_MIN, _BAR_MAX = 10, 40
+
+
+def _fitting_parts(width: int) -> tuple[list[str], int]:
+    """The parts shown on a terminal WIDTH columns wide, and the bar's width."""
+    shown = list(_PARTS)
+    for dropped in (None, *_DROPPED):
+        if dropped is not None:
+            shown.remove(dropped)
+        bar = width - sum(_PARTS[p] for p in shown) - len(shown)  # one space between parts
+        if bar >= _BAR_MIN:
+            break
+    return shown, max(1, min(bar, _BAR_MAX))
+
+
+def _load_progress(console: Console) -> Progress:
+    """The load's progress display, its columns fitted to CONSOLE's width."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.table import Column
+
+    shown, bar = _fitting_parts(console.width)
+
+    def sized(part: str) -> Column:
+        return Column(width=_PARTS[part], no_wrap=True, justify="left" if part == "phase" else "right")
+
+    make = {
+        "phase": lambda: TextColumn("{task.description}", table_column=sized("phase")),
+        "percent": lambda: TextColumn("{task.percentage:.0f}%", table_column=sized("percent")),
+        "bytes": lambda: DownloadColumn(table_column=sized("bytes")),
+        "rows": lambda: TextColumn("{task.fields[rows]:,} rows", table_column=sized("rows")),
+        "rate": lambda: TextColumn("{task.fields[rate]}", table_column=sized("rate")),
+        "eta": lambda: TimeRemainingColumn(table_column=sized("eta")),
+    }
+    columns = [make[shown[0]](), BarColumn(bar_width=bar), *(make[p]() for p in shown[1:])]
+    return Progress(*columns, console=console, transient=True)
 
 
 @app.command("load")
