@@ -258,6 +258,21 @@ def test_partial_writes_rejects(voke, db, tmp_path):
     assert records == ["T2,S1,Shoe,F1,never", '\'=HYPERLINK("http://x"),S1,Shoe,F1,never']
 
 
+def test_partial_refuses_to_overwrite_a_file_voke_did_not_write(voke, db, tmp_path):
+    path = tmp_path / "batch.csv"
+    path.write_text(HEADER + GOOD + "T2,S1,Shoe,F1,never\n")
+    precious = tmp_path / "precious.csv"
+    precious.write_text(HEADER + GOOD)
+    args = ("ingest", "load", str(path), "--db", db, "--partial", "--rejects", str(precious), "--json")
+    result = voke(*args)
+    assert result.exit_code == 2, result.stdout + result.stderr
+    assert "is not a rejects file voke wrote; pass --force" in result.json["error"]["message"]
+    assert precious.read_text() == HEADER + GOOD and tables(db) == (0, 0)
+    result = voke(*args, "--force")
+    assert result.exit_code == 0 and result.json["result"]["rejects_file"] == str(precious)
+    assert "bad_timestamp" in precious.read_text()
+
+
 def test_partial_refuses_a_cut_upload_as_a_whole(voke, db, tmp_path):
     path = tmp_path / "batch.csv"
     path.write_text(HEADER + GOOD + "T2,S1,Sh")  # cut mid-row: the head must not load as a batch

@@ -64,6 +64,40 @@ def test_a_rejects_target_that_is_a_directory_is_refused_before_loading(db, tmp_
     assert batches(db) == [] and scratch_files(tmp_path) == []
 
 
+def test_a_rejects_target_voke_did_not_write_is_refused_without_force(db, tmp_path):
+    precious = write(tmp_path, HEADER + GOOD, name="precious.csv")  # `--rejects` naming the wrong file
+    batch = write(tmp_path, HEADER + GOOD + BAD)
+    with pytest.raises(UsageError, match="is not a rejects file voke wrote; pass --force"):
+        load(db, batch, partial=True, rejects=precious)
+    assert precious.read_text() == HEADER + GOOD and batches(db) == []
+    with pytest.raises(UsageError, match="--force applies only with --rejects"):
+        load(db, batch, force=True)
+    report = load(db, batch, partial=True, rejects=precious, force=True)
+    assert report.status == "loaded" and precious.read_text().startswith("line,column,code,message,record")
+    # A duplicate would deliver a left rejects file over it too: refused alike, before anything.
+    precious.write_text("mine\n")
+    with pytest.raises(UsageError, match="pass --force"):
+        load(db, batch, partial=True, rejects=precious)
+    assert precious.read_text() == "mine\n"
+
+
+def test_a_rerun_replaces_its_own_rejects_file_and_an_empty_one(db, tmp_path):
+    # A cron job reruns the same command with the same --rejects: voke's own file is replaced.
+    rejects = tmp_path / "rejects.csv"
+    rejects.write_bytes(b"")  # `mktemp`
+    first = load(db, write(tmp_path, HEADER + GOOD + BAD), partial=True, rejects=rejects)
+    assert first.status == "loaded" and rejects.read_text().count("bad_timestamp") == 1
+    other = HEADER + GOOD.replace("T1", "T3") + BAD.replace("T2", "T4") + BAD.replace("T2", "T5")
+    second = load(db, write(tmp_path, other, name="next.csv"), partial=True, rejects=rejects)
+    assert second.status == "loaded" and rejects.read_text().count("bad_timestamp") == 2
+    rejects.write_bytes(rejects.read_bytes().replace(b"\r\n", b"\n"))  # saved by another tool
+    third = HEADER + GOOD.replace("T1", "T6") + BAD.replace("T2", "T7")
+    assert (
+        load(db, write(tmp_path, third, name="third.csv"), partial=True, rejects=rejects).status == "loaded"
+    )
+    assert scratch_files(tmp_path) == []
+
+
 def test_the_rejects_file_cannot_be_the_batch_itself(db, tmp_path):
     path = write(tmp_path, HEADER + GOOD + BAD)
     with pytest.raises(UsageError, match="another file"):

@@ -204,6 +204,12 @@ def load(
         Path | None,
         typer.Option("--rejects", metavar="FILE", help="With --partial: CSV of rejected rows and reasons."),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Overwrite the --rejects FILE even if it is not a rejects file voke wrote."
+        ),
+    ] = False,
     max_errors: Annotated[
         int | None,
         typer.Option(
@@ -245,6 +251,7 @@ def load(
                 after_commit=after_commit,
                 partial=partial,
                 rejects=rejects,
+                force=force,
                 dry_run=dry_run,
                 max_errors=max_errors,
                 actor=_actor(),

@@ -844,6 +844,7 @@ def _load_batch(
     now: datetime,
     partial: bool = False,
     rejects: Path | None = None,
+    force: bool = False,
     dry_run: bool = False,
     max_errors: int | None = None,
     actor: str = "voke",
@@ -855,16 +856,21 @@ def _load_batch(
     """Validate PATH and load it as one batch (see the module docstring); signals are held
     from the commit on by AFTER_COMMIT (``load_batch`` makes one if its caller gave none).
     ANCHOR_STATES (anchor ids -> their states), for a run without ANCHORER (a dry run): a
-    duplicate's anchor is looked up there instead of being requested."""
+    duplicate's anchor is looked up there instead of being requested. FORCE: the REJECTS
+    file may replace a file voke did not write."""
     if partial and rejects is None:
         raise UsageError("--partial needs --rejects FILE for the rows it leaves out")
     if rejects is not None and not partial:
         raise UsageError("--rejects applies only with --partial")
+    if force and rejects is None:
+        raise UsageError("--force applies only with --rejects")
     if rejects is not None:
         check_replaceable(rejects, "--rejects")
         with suppress(OSError):
             if os.path.samefile(rejects, path):
                 raise UsageError("--rejects must name another file than the batch being loaded")
+        if not force:
+            _refuse_foreign_rejects(rejects)
     max_errors = settings.max_errors if max_errors is None else max_errors
     started = time.monotonic()
     report_progress = progress or (lambda _p: None)
@@ -2515,6 +2521,27 @@ class _RejectsWriter:
                         fh.close()
         finally:
             self._scratch.discard()
+
+
+def _refuse_foreign_rejects(path: Path) -> None:
+    """UsageError (exit 2, as `ingest sample --out`) unless PATH is new, empty or a rejects
+    file voke wrote (its first line is ``_RejectsWriter.HEADER``): a cron job that reruns a
+    load replaces its own rejects file, never a file that happens to bear the name."""
+    header = ",".join(_RejectsWriter.HEADER).encode()
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(header) + 2)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UsageError(
+            f"--rejects {path}: {exc.strerror}; it cannot be read to tell whether voke wrote it",
+            hint="pass --force to overwrite it",
+        ) from None
+    if head and not head.startswith((header + b"\r\n", header + b"\n")):
+        raise UsageError(
+            f"--rejects {path} exists and is not a rejects file voke wrote; pass --force to overwrite it"
+        )
 
 
 def _line_of(row: list[str]) -> int:
