@@ -464,6 +464,60 @@ def test_a_dr_operation_refused_by_a_running_rotation_says_to_wait_for_it(platfo
     assert_consistent(platform)
 
 
+def _lease_forever(store, secret):
+    meta = store.get(secret)
+    record = json.loads(meta.annotations[ANNOTATION])
+    record["lease_until"] = "2999-01-01T00:00:00Z"
+    store.update(secret, etag=meta.etag, annotations={ANNOTATION: json.dumps(record)})
+
+
+def test_env_down_and_destroy_wait_for_a_running_rotation(platform, platform_environ, voke):
+    # They took only the DR lock, which a rotation holds until its record is written: `env down`
+    # stopped everything under a running rotation, whose rollback then failed too (exit 7, and
+    # every `rotate due --run` after it). Only a live rotation refuses them.
+    store = platform.store()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        _record(store, "db-app", "rot-test-env", sleeper.pid)
+        _lease_forever(store, "db-app")
+        running = f"rotation rot-test-env of db-app is running (owner {process_host()}:{sleeper.pid}, "
+        for args in (
+            ["down", "--dry-run"],
+            ["down", "--yes"],
+            ["destroy", "--dry-run"],
+            ["destroy", "--yes"],
+        ):
+            refused = voke("env", *args, "--json", environ=platform_environ)
+            assert refused.exit_code == 5, (args, refused.stdout)
+            error = refused.json["error"]
+            assert error["message"].startswith(running + "lease until 2999-01-01T00:00:00Z)"), error
+            assert "`voke rotate status`" in error["hint"], error
+        assert platform.env.is_running()
+        assert all(s.healthy for s in platform.runtime().services(check=True))
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        if not platform.env.is_running():  # (without the refusal) for the tests after this one
+            platform.up()
+    # Its voke is gone: nothing runs it, so nothing waits for it (it is resumed after `env up`).
+    for command in ("down", "destroy"):
+        planned = voke("env", command, "--dry-run", "--json", environ=platform_environ)
+        assert planned.exit_code == 0, planned.stdout
+    done = voke("rotate", "rollback", "rot-test-env", "--yes", "--json", environ=platform_environ)
+    assert done.exit_code == 0, done.stdout
+    _record(store, "db-app", "rot-test-env-attention", os.getpid(), status="needs_attention")
+    try:
+        _lease_forever(store, "db-app")  # (a person's to judge, not running)
+        planned = voke("env", "down", "--dry-run", "--json", environ=platform_environ)
+        assert planned.exit_code == 0, planned.stdout
+    finally:
+        done = voke(
+            "rotate", "rollback", "rot-test-env-attention", "--yes", "--json", environ=platform_environ
+        )
+    assert done.exit_code == 0, done.stdout
+    assert_consistent(platform)
+
+
 class RejectingTarget:
     """The real target, except that the pending login is refused (failure injection)."""
 

@@ -45,6 +45,7 @@ def down(ctx: typer.Context, dry_run: DryRun = False, yes: Unasked = False) -> N
     env = use_local(ctx)
     local = env.local_environment()
     if dry_run:
+        env.platform().refuse_while_rotating("stopping")  # as the run would
         env.out.result(
             {
                 "plan": [
@@ -141,6 +142,7 @@ def destroy(
     env = use_local(ctx)
     local = env.local_environment()
     if dry_run:
+        env.platform().refuse_while_rotating("destroying")  # as the run would
         env.out.result(
             {
                 "plan": [

@@ -265,6 +265,7 @@ class LocalPlatform:
         # Not beside a concurrent `up`, nor under a running DR operation or drill (exit 5): a
         # drill stopped mid-way cannot put back the rows it took as its fault.
         with self._audited("env.down") as event, self.no_dr_operation("env down"), self.env.lock():
+            self.refuse_while_rotating("stopping")
             self.env.ready_to_stop(progress)  # a server that cannot stop refuses before the services go
             services = self.runtime().stop_all() if self.env.exists else []
             if services:
@@ -356,6 +357,7 @@ class LocalPlatform:
             self.env.lock(),
             ExitStack() as held,
         ):
+            self.refuse_while_rotating("destroying")
             kept = self._keep_chain(progress, held, discard=discard_chain)  # before anything is stopped
             if (self.env.home / "services").exists():  # (the runtime would make it, to be removed)
                 self.runtime().stop_all()
@@ -372,6 +374,21 @@ class LocalPlatform:
                     report["removed"].append(str(path))
             event.details["removed"] = report["removed"]
         return report
+
+    def refuse_while_rotating(self, doing: str) -> None:
+        """Exit 5 naming a rotation a live voke is running here (`env down`, `env destroy` and
+        their dry runs; DOING: "stopping" or "destroying"): its restart, test and rollback need
+        the servers, the services and the secret store. Checked under the DR lock, which a
+        rotation holds (shared) until its record is written; one that stopped for a person, or
+        whose voke is gone or whose lease expired, does not refuse (resumed after `env up`)."""
+        from voketag_ops.workflows.rotate import refuse_while_rotating
+
+        rotation = self.settings.rotation
+        secrets = [u.secret for u in rotation.db_users.values()]
+        secrets += [k.secret for k in rotation.api_keys.values()] + [rotation.jwt.secret]
+        refuse_while_rotating(
+            self.store(), secrets, why=f"{doing} the environment now would fail it and its rollback"
+        )
 
     def no_dr_operation(self, operation: str) -> AbstractContextManager[None]:
         """The DR lock, held while the servers are stopped (exit 5 while a DR operation runs)."""

@@ -113,6 +113,7 @@ def refuse_if_rotating(store: Any, secrets: Iterable[str], *, resume: str) -> No
     moving the database (failover, failback) and repointing the services now would race it,
     and its rollback would put back versions naming the old leader. One that is running is
     named with its owner and lease, to be waited for (resuming it would be refused)."""
+    why = "repointing its services now would race it"
     for secret in secrets:
         try:
             meta = store.get(secret)
@@ -126,16 +127,34 @@ def refuse_if_rotating(store: Any, secrets: Iterable[str], *, resume: str) -> No
         except (ValueError, TypeError):  # a record this voke cannot read still refuses, as unfinished
             record = None
         if record is not None and record.status in ACTIVE and owner_alive(record, _utcnow()):
-            raise PreconditionError(
-                f"rotation {record.id} of {secret} is running (owner {record.owner}, lease until "
-                f"{record.lease_until}); repointing its services now would race it; nothing was changed",
-                hint="wait for it to finish (`voke rotate status` shows it), then run this again",
-            )
+            raise _running_refusal(record, secret, why)
         raise PreconditionError(
-            f"a rotation of {secret} is unfinished; repointing its services now would race it; "
-            "nothing was changed",
+            f"a rotation of {secret} is unfinished; {why}; nothing was changed",
             hint=f"{resume} --yes (or rollback), then run this again",
         )
+
+
+def refuse_while_rotating(store: Any, secrets: Iterable[str], *, why: str) -> None:
+    """PreconditionError (exit 5) naming a rotation of one of SECRETS that a voke is running
+    now (its owner alive and its lease not expired), WHY saying what doing it now would break.
+    Only a live one refuses: one that stopped for a person, or whose voke is gone (resumed or
+    rolled back later), does not, nor a secret that is missing or cannot be read."""
+    for secret in secrets:
+        try:
+            raw = store.get(secret).annotations.get(ANNOTATION)
+            record = RotationRecord.from_json(raw) if raw else None
+        except (VokeError, ValueError, TypeError):
+            continue
+        if record is not None and record.status in ACTIVE and owner_alive(record, _utcnow()):
+            raise _running_refusal(record, secret, why)
+
+
+def _running_refusal(record: RotationRecord, secret: str, why: str) -> PreconditionError:
+    return PreconditionError(
+        f"rotation {record.id} of {secret} is running (owner {record.owner}, lease until "
+        f"{record.lease_until}); {why}; nothing was changed",
+        hint="wait for it to finish (`voke rotate status` shows it), then run this again",
+    )
 
 
 @dataclass
