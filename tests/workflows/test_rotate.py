@@ -1147,6 +1147,67 @@ def test_ctrl_c_while_the_store_writes_the_first_record_says_whether_it_landed(
     assert_consistent(platform)
 
 
+class AnotherWriterFirst:
+    """The real store, but another writer (WRITE) changes the secret just before each of the
+    first TIMES writes of a rotation's first record, as `rotate cleanup` or another rotation may."""
+
+    def __init__(self, real, write, times=1):
+        self.real, self.write, self.times = real, write, times
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def update(self, secret, **kw):
+        raw = (kw.get("annotations") or {}).get(ANNOTATION)
+        if self.times and raw and json.loads(raw)["step"] == "lock":
+            self.times -= 1
+            self.write(self.real, secret)
+        return self.real.update(secret, **kw)
+
+
+def _cleanup_writes(store, secret):  # a no-op state change: a new etag, as cleanup's set_state makes
+    store.set_state(secret, store.get(secret).aliases["current"], "enabled")
+
+
+@pytest.mark.parametrize("writer", ["cleanup", "cleanup-always", "rotation"])
+def test_a_rotation_whose_record_write_loses_the_race_says_to_whom(platform, platform_environ, voke, writer):
+    # It always said "another rotation started at the same moment", even when the other writer was
+    # `rotate cleanup` (no rotation ran), and never named the one that did.
+    engine, store = make_engine(platform), platform.store()
+    before = store.get("db-app")
+    sleeper = subprocess.Popen(["sleep", "60"])
+
+    def rotation_writes(real, secret):
+        _record(real, secret, "rot-test-other", sleeper.pid, step="lock")
+        _lease_forever(real, secret)
+
+    write = rotation_writes if writer == "rotation" else _cleanup_writes
+    engine.store = AnotherWriterFirst(engine.store, write, times=99 if writer == "cleanup-always" else 1)
+    try:
+        if writer == "cleanup":  # nothing of the rotation was written: it looks again and goes on
+            outcome = engine.rotate_db_password("app")
+            assert outcome.error is None and outcome.report.status == "succeeded"
+            assert outcome.report.previous_version == before.aliases["current"]
+        else:
+            with pytest.raises(PreconditionError) as refused:
+                engine.rotate_db_password("app")
+            if writer == "rotation":
+                assert refused.value.message.startswith(
+                    f"rotation rot-test-other of db-app is running (owner {process_host()}:{sleeper.pid}, "
+                ), refused.value.message
+            else:
+                assert refused.value.message.startswith("db-app kept changing while this rotation started")
+                assert "another rotation" not in refused.value.message
+            assert len(store.get("db-app").versions) == len(before.versions)  # nothing was changed
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    if writer == "rotation":
+        done = voke("rotate", "rollback", "rot-test-other", "--yes", "--json", environ=platform_environ)
+        assert done.exit_code == 0, done.stdout
+    assert_consistent(platform)
+
+
 def test_resume_and_rollback_dry_runs_show_the_plan_and_change_nothing(platform, platform_environ, voke):
     crashed = voke_proc(platform_environ, "rotate", "db-password", "--yes", **{FAULT_ENV: "set_target"})
     assert crashed.returncode == FAULT_EXIT_CODE

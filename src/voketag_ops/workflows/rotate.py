@@ -363,10 +363,20 @@ class RotationEngine:
         return then()
 
     def _begin(
-        self, user: Credential, name: str, t0: float, *, dry_run: bool, written: list[RotationRecord]
+        self,
+        user: Credential,
+        name: str,
+        t0: float,
+        *,
+        dry_run: bool,
+        written: list[RotationRecord],
+        looks: int = 3,
     ) -> Callable[[], Outcome]:
         """Everything up to and including writing the rotation's record (added to WRITTEN), or
-        refusing; what runs after it, the claim let go: the rotation, a resume, or a dry run's report."""
+        refusing; what runs after it, the claim let go: the rotation, a resume, or a dry run's report.
+        The record's write fails when the secret changed since it was read: everything is looked at
+        again (up to LOOKS times in all), so the rotation that wrote its record meanwhile is named,
+        and a writer that leaves none (`rotate cleanup`, `secrets add`, a repoint) is no refusal."""
         try:
             meta, existing = self._record(user.secret)
         except NotFoundError:
@@ -437,8 +447,15 @@ class RotationEngine:
         try:
             self.store.update(user.secret, etag=meta.etag, annotations={ANNOTATION: record.to_json()})
         except EtagMismatchError:
+            # Nothing of this rotation was written. Another rotation's record is named by the next
+            # look (running: exit 5; its voke gone: finished first, as any run over it does).
+            if looks > 1:
+                log.info("%s changed while a rotation of it started; looking again", user.secret)
+                return self._begin(user, name, t0, dry_run=dry_run, written=written, looks=looks - 1)
             raise PreconditionError(
-                f"another rotation of {user.secret} started at the same moment; nothing was changed"
+                f"{user.secret} kept changing while this rotation started (another writer: a rotation, "
+                "`rotate cleanup`, `secrets add`); nothing was changed",
+                hint="run this again",
             ) from None
         except KeyboardInterrupt:
             # Cut while the store wrote the record: what the interrupt says depends on whether
