@@ -7,6 +7,9 @@ those started from this machine; Cloud SQL itself refuses a second operation on 
 A DR operation holds it exclusive. A rotation (local or cloud) holds it shared, from its first
 look at its secret's record until it has written its own (the record is what a failover refuses
 on): two rotations go on side by side, a rotation and a DR operation never start together.
+
+The cleanup lock, the same machinery: ENV_HOME/rotations/cleanup.lock, held by `voke rotate
+cleanup` from its plan to its last change, so two at once never act on the same versions.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ import fcntl
 import os
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 
 from voketag_ops.errors import PreconditionError
@@ -25,15 +28,39 @@ _HELD: dict[str, int] = {}  # lock path -> depth, so a drill can call the dr ope
 _HELD_GUARD = threading.Lock()
 
 
-@contextmanager
-def dr_lock(directory: Path, operation: str, *, shared: bool = False) -> Iterator[None]:
+def dr_lock(directory: Path, operation: str, *, shared: bool = False) -> AbstractContextManager[None]:
     """Hold DIRECTORY/dr.lock for OPERATION, or PreconditionError (exit 5) naming its holder.
 
     Re-entrant within a process: a drill holds it and runs `dr failover` inside. SHARED (a
     rotation starting): beside other shared holders, never beside an exclusive one.
     """
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = str(directory / "dr.lock")
+    return _held(directory / "dr.lock", operation, shared=shared, refused=LockHeld)
+
+
+CLEANUP = "rotate cleanup"
+
+
+def cleanup_lock(directory: Path) -> AbstractContextManager[None]:
+    """Hold DIRECTORY/cleanup.lock for `voke rotate cleanup`, or PreconditionError (exit 5)
+    naming the cleanup that holds it."""
+    return _held(directory / "cleanup.lock", CLEANUP, refused=CleanupRunning)
+
+
+def refuse_if_cleaning(directory: Path) -> None:
+    """CleanupRunning (exit 5) while another process holds DIRECTORY/cleanup.lock (a dry run's
+    check, holding nothing)."""
+    if (holder := held_by(directory / "cleanup.lock")) is not None:
+        raise CleanupRunning(holder)
+
+
+@contextmanager
+def _held(
+    lock_file: Path, operation: str, *, shared: bool = False, refused: Callable[[str], PreconditionError]
+) -> Iterator[None]:
+    """Hold LOCK_FILE (made private, with its directory) for OPERATION; REFUSED(holder) is raised
+    when another process holds it."""
+    lock_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = str(lock_file)
     with _HELD_GUARD:
         if _HELD.get(path):  # (held exclusive: a shared hold inside it is held already)
             _HELD[path] += 1
@@ -50,7 +77,7 @@ def dr_lock(directory: Path, operation: str, *, shared: bool = False) -> Iterato
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     if shared:
         try:
-            _take(fd, shared=True)
+            _take(fd, shared=True, refused=refused)
             # The whole name in one write: of two rotations starting together, a refusal names
             # the last to start (never a mix of both names).
             _name_holder(fd, f"{operation} pid {os.getpid()}".encode()[:_NAMED].ljust(_NAMED))
@@ -62,7 +89,7 @@ def dr_lock(directory: Path, operation: str, *, shared: bool = False) -> Iterato
             os.close(fd)
         return
     try:
-        _take(fd)
+        _take(fd, refused=refused)
         os.ftruncate(fd, 0)
         _name_holder(fd, f"{operation} pid {os.getpid()}".encode())
         with _HELD_GUARD:
@@ -108,6 +135,20 @@ class LockHeld(PreconditionError):
 
 LockHeld.type_name = PreconditionError.type_name  # (what `--json` has always called it)
 
+
+class CleanupRunning(PreconditionError):
+    """Another `voke rotate cleanup` holds the cleanup lock: HOLDER ("rotate cleanup pid N")."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(
+            f"another `voke rotate cleanup` is running ({holder}); nothing was changed",
+            hint="wait for it to finish (it does what this one would), then run this again if needed",
+        )
+        self.holder = holder
+
+
+CleanupRunning.type_name = PreconditionError.type_name
+
 _PROBE_GRACE = 0.5  # seconds: `held_by` holds a shared lock for microseconds; an operation for good
 _NAMED = 200  # bytes of the lock file that name its holder
 
@@ -120,21 +161,22 @@ def _name_holder(fd: int, name: bytes) -> None:
         os.pwrite(fd, name, 0)
 
 
-def _take(fd: int, *, shared: bool = False) -> None:
-    """FD's exclusive lock (SHARED: its shared lock), or PreconditionError naming its holder.
+def _take(fd: int, *, shared: bool = False, refused: Callable[[str], PreconditionError]) -> None:
+    """FD's exclusive lock (SHARED: its shared lock), or REFUSED(holder), a PreconditionError.
     A refusal is retried for a moment: `dr status` and others probe the lock by taking it
     shared, and an operation started at that instant was refused, naming itself or a holder
     long gone (and a shared holder letting go takes it exclusive for as long)."""
     if flock_within(fd, _PROBE_GRACE, interval=0.02, shared=shared):
         return
     holder = os.pread(fd, _NAMED, 0).decode("utf-8", "replace").strip() or "another voke process"
-    if not shared and flock_within(fd, 0, interval=0, shared=True):  # held shared: rotations starting
+    # Held shared: rotations starting (only the DR lock is ever held shared).
+    if not shared and refused is LockHeld and flock_within(fd, 0, interval=0, shared=True):
         fcntl.flock(fd, fcntl.LOCK_UN)
         raise PreconditionError(
             f"a rotation is starting ({holder}); nothing was changed",
             hint="wait for the rotation to finish (`voke rotate status` shows it), then run this again",
         )
-    raise LockHeld(holder)
+    raise refused(holder)
 
 
 def _let_go_shared(fd: int) -> None:

@@ -728,6 +728,31 @@ def test_cleanup_keeps_current_previous_pinned_and_newest(platform):
     assert_consistent(platform)
 
 
+def test_a_second_cleanup_at_once_is_refused_naming_the_first(
+    platform, platform_environ, voke, held_by_another_voke
+):
+    # Two at once both acted on, reported and audited the same versions (two `rotation.cleanup`
+    # events claiming the same disables and destroys).
+    from voketag_ops.audit import AuditLog
+
+    log = AuditLog(platform.env.home)
+    before = len(list(log.entries()))
+    states = {v.version: v.state for v in platform.store().get("db-app").versions}
+    with held_by_another_voke(platform.env.home / "rotations" / "cleanup.lock", "rotate cleanup pid 1"):
+        for args in (["--dry-run"], ["--yes"]):
+            refused = voke("rotate", "cleanup", *args, "--json", environ=platform_environ)
+            assert refused.exit_code == 5, (args, refused.stdout)
+            assert refused.json["error"]["message"] == (
+                "another `voke rotate cleanup` is running (rotate cleanup pid 1); nothing was changed"
+            ), refused.json
+    (event,) = list(log.entries())[before:]  # the run's refusal; the dry run writes none
+    assert (event.event_type, event.result) == ("rotation.cleanup", "failure")
+    assert "rotate cleanup pid 1" in event.details["error"]["message"]
+    assert {v.version: v.state for v in platform.store().get("db-app").versions} == states
+    done = voke("rotate", "cleanup", "--yes", "--json", environ=platform_environ)  # let go: it runs
+    assert done.exit_code == 0, done.stdout
+
+
 def test_due_by_schedule_and_due_run(platform, voke, platform_environ):
     engine = make_engine(platform)
     assert engine.due() == []

@@ -1580,6 +1580,28 @@ class RotationEngine:
         return self._credential_of_secret(secret).name
 
     def cleanup(self, *, dry_run: bool) -> dict[str, Any]:
+        """Disable, destroy and retire what is due, planned and done under the cleanup lock: a
+        second cleanup at once (or its dry run) is exit 5 naming the first, rather than act on,
+        report and audit the same versions (the refusal is its `failure` event). A dry run only
+        looks at the lock."""
+        from contextlib import ExitStack
+
+        from voketag_ops.audit import audited
+        from voketag_ops.locks import cleanup_lock, refuse_if_cleaning
+
+        if dry_run:
+            refuse_if_cleaning(self.history_file.parent)
+            return self._cleanup(dry_run=True)
+        with ExitStack() as held:
+            target = ",".join(sorted(self.managed()))
+            with audited(
+                self.audit_home, event_type="rotation.cleanup", env=self.env_name, target=target
+            ) as event:
+                held.enter_context(cleanup_lock(self.history_file.parent))
+                event.skip = True  # taken: what the cleanup does is its own event
+            return self._cleanup(dry_run=False)
+
+    def _cleanup(self, *, dry_run: bool) -> dict[str, Any]:
         now = self.now()
         actions: list[CleanupAction] = []
         for secret in self.managed():
