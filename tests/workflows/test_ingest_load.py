@@ -195,6 +195,17 @@ def test_schema_is_created_once_and_versioned(db):
     assert rows == [(v,) for v, _name, _sql in wf.MIGRATIONS]
 
 
+def test_a_rejected_first_load_leaves_no_schema_behind(db, tmp_path):
+    # The schema is made inside the load's transaction: "bad input leaves the database unchanged"
+    # holds for a fresh database too (it used to keep `ingest` and its four migrations).
+    row = "T1,S1,Shoe,F1,2024-01-01T00:00:00Z,L1\n"
+    report = load(db, write(tmp_path, HEADER + row + row))
+    assert report.status == "rejected" and [e["code"] for e in report.errors] == ["duplicate_tag_id"]
+    with psycopg.connect(db) as conn:
+        assert conn.execute("select to_regnamespace('ingest')").fetchone() == (None,)
+    assert load(db, write(tmp_path, HEADER + row, name="good.csv")).status == "loaded"
+
+
 def _key_collations(db: str) -> set[tuple[str, str, str | None]]:
     with psycopg.connect(db) as conn:
         return set(
@@ -223,8 +234,14 @@ def test_a_version_1_schema_is_migrated_with_its_batches(db, tmp_path):
         load(db, sample(tmp_path, 10, seed=7, name="dry.csv"), dry_run=True)
     assert ("tags", "tag_id", None) in _key_collations(db)  # untouched
     repeat = write(tmp_path, HEADER + "".join(_csv_line(r[:6]) for r in file_rows(tmp_path / "one.csv")[:1]))
-    again = load(db, repeat)  # migrates, then finds the tag loaded under version 1
+    again = load(db, repeat)  # migrates in its transaction, finds the tag loaded under version 1
     assert again.status == "rejected" and [e["code"] for e in again.errors] == ["tag_already_loaded"]
+    # ... and a rejected file leaves the schema as it was: its migration is rolled back with it
+    assert ("tags", "tag_id", None) in _key_collations(db)
+    with psycopg.connect(db) as conn:
+        assert conn.execute("select max(version) from ingest.schema_migrations").fetchone() == (1,)
+    assert load(db, tmp_path / "one.csv").status == "duplicate"  # not rejected: migrated, as a load is
+    assert ("tags", "tag_id", "C") in _key_collations(db)
     second = load(db, sample(tmp_path, 40, seed=2, name="two.csv"))
     assert second.status == "loaded"
     assert _key_collations(db) == {("tags", "tag_id", "C"), ("tags", "sku", "C"), ("products", "sku", "C")}
@@ -540,6 +557,29 @@ def test_two_loads_of_the_same_file_at_once_load_it_once(db, tmp_path):
         t.join()
     assert sorted(results) == ["duplicate", "loaded"]
     assert counts(db)[:2] == (1, 20000)
+
+
+def test_two_loads_of_different_files_into_a_fresh_database_at_once_both_load(db, tmp_path):
+    # Both make the schema in their own transaction: one waits on the migration lock for the
+    # other's whole load, then finds the schema made and loads after it.
+    paths = [sample(tmp_path, 5000, seed=seed, name=f"{seed}.csv") for seed in (1, 2)]
+    barrier = threading.Barrier(2)
+    results: list[Any] = []
+
+    def run(path: Path) -> None:
+        barrier.wait()
+        try:
+            results.append(load(db, path).status)
+        except Exception as exc:  # pragma: no cover - reported by the assert below
+            results.append(exc)
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in paths]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == ["loaded", "loaded"]
+    assert counts(db)[:2] == (2, 10000)
 
 
 def test_the_database_going_away_mid_load_rolls_back_and_a_rerun_loads(db, tmp_path, pg_database):

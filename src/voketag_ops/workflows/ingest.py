@@ -4,7 +4,9 @@ A load is one PostgreSQL transaction:
 
 1. the file is opened once (every read goes through that descriptor), its size checked
    before it is read, and its SHA-256 computed to answer ``duplicate`` without loading;
-2. ``pg_advisory_xact_lock`` serialises loads on the database, and a batch with the
+2. the ``ingest`` schema is created or migrated if it must be (under its own advisory lock,
+   held to the end: a rejected file leaves no schema or migration behind);
+   ``pg_advisory_xact_lock`` serialises loads on the database, and a batch with the
    same file hash means ``duplicate`` (``batches.file_sha256`` is UNIQUE as well);
    the batch row is written, its seal still blank;
 3. the file is validated while it streams (``core.ingest``); the accepted rows, with
@@ -475,10 +477,17 @@ def _has_schema(conn: psycopg.Connection[Any]) -> bool:
 def ensure_schema(conn: psycopg.Connection[Any], *, lock_timeout: float = 0) -> int:
     """Create or migrate the `ingest` schema; returns its version. Safe under concurrency
     (inside a transaction, it is undone with it). LOCK_TIMEOUT seconds (0: no limit) to wait
-    for another run creating it, say a dry run holding it for the length of its load."""
+    for another run creating it, say a load or dry run holding it for the length of its load."""
     if schema_version(conn) != SCHEMA_VERSION:
         _migrate(conn, lock_timeout=lock_timeout)
     return SCHEMA_VERSION
+
+
+def _prepare_schema(conn: psycopg.Connection[Any], target: str, settings: IngestSettings) -> None:
+    """`ensure_schema` for a load: inside its transaction (the load's), so a rejected file leaves
+    no schema or migration behind."""
+    with _db_errors(target, "preparing the ingest schema"):
+        ensure_schema(conn, lock_timeout=settings.lock_timeout)
 
 
 def _migrate(conn: psycopg.Connection[Any], *, lock_timeout: float) -> list[tuple[int, str]]:
@@ -937,20 +946,17 @@ def _load_source(
     # Only to answer `duplicate` without loading: the hash stored with a batch is the one of
     # the pass whose rows were loaded, and it must equal this one (``_check_unchanged``).
     progress(LoadProgress("hashing", 0, size, 0))
-    base.file_sha256 = file_sha256(source)
+    base.file_sha256 = sha = file_sha256(source)
 
     conn = connect(conninfo)
     target = base.target = _connected_target(conn, describe_target(conninfo))
     try:
         with _db_errors(target, "preparing the ingest schema"):
             read_only = _read_only(conn)
-            # A dry run changes nothing: it makes a missing schema inside its own transaction,
-            # which is rolled back, and with no schema there is no batch to be a duplicate of.
-            has_schema = (
-                _has_schema(conn)
-                if dry_run or read_only
-                else bool(ensure_schema(conn, lock_timeout=settings.lock_timeout))
-            )
+            # Nothing is created or migrated yet: that happens inside the load's transaction, so a
+            # rejected file (or a dry run) leaves the database as it was. With no schema there is
+            # no batch to be a duplicate of.
+            has_schema = _has_schema(conn)
             if dry_run and has_schema and (version := schema_version(conn) or 0) < SCHEMA_VERSION:
                 # Migrating inside the dry run's transaction would rebuild the keys and lock the
                 # tables for the whole run, every run, only to roll it all back.
@@ -960,7 +966,10 @@ def _load_source(
                     hint="`voke ingest migrate --yes` (with the same --db) migrates it now, or the next real "
                     "`voke ingest load` does; then dry runs work again",
                 )
-            existing = _find_batch(conn, base.file_sha256) if has_schema else None
+            existing = _find_batch(conn, sha) if has_schema else None
+        if existing is not None and not (dry_run or read_only):
+            # Not a rejection: migrated as a load would be (its anchor and audit use the new tables).
+            _prepare_schema(conn, target, settings)
         if existing is not None:  # (a standby can say so; the anchor is the primary's to record)
             if not read_only and after_commit.awaits_audit:
                 after_commit.connection = conn  # a rerun after exit 7 writes the event that is missing
@@ -985,6 +994,7 @@ def _load_source(
                 with _db_errors(target, "loading the batch", committing):
                     conn.execute("SET temp_buffers = '256MB'")  # before the session's first temporary table
                     with conn.transaction():
+                        _prepare_schema(conn, target, settings)  # undone with a rejected file
                         report = _load_in_transaction(
                             conn,
                             source,
@@ -1006,7 +1016,7 @@ def _load_source(
             except _Abort as abort:
                 report = abort.report
                 if report.status == "duplicate":
-                    existing = _find_batch(conn, base.file_sha256)
+                    existing = _find_batch(conn, sha)
                     if existing is not None:
                         if after_commit.awaits_audit:
                             after_commit.connection = conn
@@ -1243,7 +1253,12 @@ def _commit_outcome(
                 (pid, backend_start),
             ).fetchone()
             alive = bool(row and row[0])
-            existing = _find_batch(conn, report.file_sha256)
+            # (a first load makes the schema in its own transaction: none committed, no batch)
+            existing = (
+                _find_batch(conn, report.file_sha256)
+                if _exists(conn, "to_regclass", "ingest.batches")
+                else None
+            )
             if existing is not None:
                 return conn, existing
             if not alive:
@@ -1458,9 +1473,6 @@ def _load_in_transaction(
     started: float,
     awaits_audit: bool,
 ) -> LoadReport:
-    if dry_run:
-        # A missing schema is made inside this transaction, and undone with it.
-        ensure_schema(conn, lock_timeout=settings.lock_timeout)
     conn.execute(f"SET LOCAL lock_timeout = {_lock_ms(settings.lock_timeout)}")
     conn.execute("SET LOCAL work_mem = '128MB'")
     conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK_CLASS, _LOCK_LOAD))
