@@ -832,9 +832,17 @@ def test_migrate_grants_a_loading_role_what_loads_need_and_no_more(voke, local_e
     try:
         good = tmp_path / "good.csv"
         good.write_text(HEADER + GOOD)
+        # No schema yet, and the loader may not create one: even a dry run says who can (it said
+        # only "the database refused loading the batch: permission denied for database ...")
+        for flags in (["--dry-run"], []):
+            early = voke("ingest", "load", str(good), "--db", as_loader, *flags, "--json")
+            assert early.exit_code == 4, early.stdout
+            assert f"permission denied for database {dbname}" in early.json["error"]["message"]
+            assert f"`voke ingest migrate --yes --grant {loader}`" in early.json["error"]["hint"]
         assert voke("ingest", "migrate", "--db", as_owner, "--yes").exit_code == 0
         refused = voke("ingest", "load", str(good), "--db", as_loader, "--json")
         assert refused.exit_code == 4 and "permission denied" in refused.json["error"]["message"]
+        assert f"--grant {loader}" in refused.json["error"]["hint"]
         unknown = voke(
             "ingest", "migrate", "--db", as_owner, "--grant", "no_such_role_here", "--yes", "--json"
         )

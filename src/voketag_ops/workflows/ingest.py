@@ -486,8 +486,27 @@ def ensure_schema(conn: psycopg.Connection[Any], *, lock_timeout: float = 0) -> 
 def _prepare_schema(conn: psycopg.Connection[Any], target: str, settings: IngestSettings) -> None:
     """`ensure_schema` for a load: inside its transaction (the load's), so a rejected file leaves
     no schema or migration behind."""
-    with _db_errors(target, "preparing the ingest schema"):
+    with _db_errors(target, "preparing the ingest schema"), _schema_rights(conn, target):
         ensure_schema(conn, lock_timeout=settings.lock_timeout)
+
+
+@contextmanager
+def _schema_rights(conn: psycopg.Connection[Any], target: str) -> Iterator[None]:
+    """A permission error while a load reads, creates or migrates the `ingest` schema (before
+    any row is looked at): BackendError naming who can make it loadable for CONN's role."""
+    from psycopg import errors as pgerr
+
+    try:
+        yield
+    except pgerr.InsufficientPrivilege as exc:
+        role = conn.info.user
+        raise BackendError(
+            f"{target}: the database refused preparing the ingest schema: {_first_line(exc)}; "
+            "the file was not checked and nothing was written",
+            hint=f"a role that owns the database runs `voke ingest migrate --yes --grant {role}` once "
+            f"(its --db naming that role): it creates or migrates the schema and gives {role} what loads "
+            "and dry runs need",
+        ) from None
 
 
 def _migrate(conn: psycopg.Connection[Any], *, lock_timeout: float) -> list[tuple[int, str]]:
@@ -951,7 +970,7 @@ def _load_source(
     conn = connect(conninfo)
     target = base.target = _connected_target(conn, describe_target(conninfo))
     try:
-        with _db_errors(target, "preparing the ingest schema"):
+        with _db_errors(target, "preparing the ingest schema"), _schema_rights(conn, target):
             read_only = _read_only(conn)
             # Nothing is created or migrated yet: that happens inside the load's transaction, so a
             # rejected file (or a dry run) leaves the database as it was. With no schema there is
