@@ -91,6 +91,7 @@ def test_file_over_the_size_limit(voke, db, tmp_path, make_environ):
     result = voke("ingest", "load", str(path), "--db", db, "--json", environ=env)
     assert result.exit_code == 1
     assert result.json["result"]["errors"][0]["code"] == "file_too_large"
+    assert result.json["result"]["file_sha256"] is None  # not read: unknown, as everywhere (was "")
     assert "Traceback" not in result.stderr
     assert tables(db) == (0, 0)
 

@@ -206,7 +206,7 @@ class LoadReport:
 
     status: str  # loaded | duplicate | rejected | valid (dry run)
     file: str
-    file_sha256: str
+    file_sha256: str | None  # None: the file was not read (over the size limit)
     file_bytes: int
     batch_id: int | None = None
     rows_total: int = 0
@@ -953,7 +953,7 @@ def _load_source(
     base = LoadReport(
         status="rejected",
         file=storable_text(str(source.path)),  # a name that is not UTF-8: its bytes as \xNN
-        file_sha256="",
+        file_sha256=None,
         file_bytes=size,
         partial=partial,
         dry_run=dry_run,
@@ -1254,6 +1254,8 @@ def _commit_outcome(
     import psycopg
     from psycopg.conninfo import make_conninfo
 
+    sha = report.file_sha256
+    assert sha is not None  # (hashed before anything was written)
     for attempt in range(COMMIT_CHECK_TRIES):
         if attempt:
             time.sleep(COMMIT_CHECK_DELAY)
@@ -1273,11 +1275,7 @@ def _commit_outcome(
             ).fetchone()
             alive = bool(row and row[0])
             # (a first load makes the schema in its own transaction: none committed, no batch)
-            existing = (
-                _find_batch(conn, report.file_sha256)
-                if _exists(conn, "to_regclass", "ingest.batches")
-                else None
-            )
+            existing = _find_batch(conn, sha) if _exists(conn, "to_regclass", "ingest.batches") else None
             if existing is not None:
                 return conn, existing
             if not alive:
@@ -1297,7 +1295,7 @@ def _commit_outcome(
     raise _unsettled(
         report,
         f"{target}: the database connection failed while committing batch {report.batch_id} "
-        f"({Path(report.file).name}, sha256 {report.file_sha256[:16]}) and the database could not be "
+        f"({Path(report.file).name}, sha256 {sha[:16]}) and the database could not be "
         "reached again to tell whether it committed",
         rejects_out,
     )
@@ -1496,6 +1494,7 @@ def _load_in_transaction(
     conn.execute("SET LOCAL work_mem = '128MB'")
     conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK_CLASS, _LOCK_LOAD))
     conn.execute("SET LOCAL lock_timeout = 0")
+    assert report.file_sha256 is not None  # (hashed before the database was reached)
     if _find_batch(conn, report.file_sha256) is not None:
         report.status = "duplicate"
         raise _Abort(report)  # loaded by a concurrent run while we waited for the lock
@@ -2586,6 +2585,7 @@ def _pending_rejects_path(target: Path, load: LoadReport) -> Path:
     the same time, and neither has a load of the same file into another database (the sweep
     of scratch files, ``.partial``, leaves the name alone)."""
     when = re.sub(r"\D", "", load.loaded_at or "")
+    assert load.file_sha256 is not None  # (a loaded batch's)
     return target.parent / f".{target.name}.{load.file_sha256[:16]}.{load.batch_id}.{when}.rejects"
 
 
