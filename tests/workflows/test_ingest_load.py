@@ -360,6 +360,12 @@ def test_partial_loads_the_good_rows_and_writes_the_rejects(db, tmp_path):
     assert [(r[0], r[2]) for r in rows[1:]] == [("3", "sku_collision"), ("5", "unterminated_quote")]
     assert rows[2][4].startswith('T4,S2,"Hat')
     assert not list(tmp_path.glob(".rejects.csv.*"))
+    # Loaded again: a duplicate's counts are the first batch's, as are its id, root and `partial`
+    # (they were 5, 0, 0: the first batch's total beside this run's nothing)
+    again = load(db, tmp_path / "batch.csv")
+    assert again.status == "duplicate" and again.partial and again.batch_id == report.batch_id
+    assert (again.rows_total, again.rows_loaded, again.rows_rejected) == (5, 3, 2)
+    assert again.rows_per_second == 0
 
 
 def test_partial_drops_tags_already_loaded_and_reseals(db, tmp_path):

@@ -1317,7 +1317,8 @@ def _finish(report: LoadReport, started: float) -> LoadReport:
     if report.status not in ("loaded", "duplicate"):
         report.loaded_at = None  # a row that was rolled back
     report.duration_seconds = round(time.monotonic() - started, 3)
-    if report.rows_loaded and report.duration_seconds > 0:
+    # (a duplicate's rows_loaded are the first batch's, not this run's)
+    if report.status != "duplicate" and report.rows_loaded and report.duration_seconds > 0:
         report.rows_per_second = round(report.rows_loaded / report.duration_seconds, 1)
     return report
 
@@ -1347,9 +1348,10 @@ def _duplicate(
         file_sha256=base.file_sha256,
         file_bytes=base.file_bytes,
         batch_id=row["batch_id"],
+        # Like its id, root and time, the first batch's counts: this run loads nothing (`status`).
         rows_total=row["rows_total"],
-        rows_loaded=0,
-        rows_rejected=0,
+        rows_loaded=row["rows_loaded"],
+        rows_rejected=row["rows_rejected"],
         merkle_root=bytes(row["merkle_root"]).hex(),
         anchor_id=row["anchor_id"],
         partial=row["partial"],
@@ -1365,8 +1367,7 @@ def _duplicate(
             report.warnings.append(mismatch)
         else:
             # Also heals a batch whose anchor request failed after its commit: requests are deduplicated.
-            report.rows_total = row["rows_total"]
-            _anchor(conn, report, anchorer, target, size=row["rows_loaded"])
+            _anchor(conn, report, anchorer, target)
     if rejects is not None and not base.dry_run:
         _deliver_left_rejects(report, rejects)
     return report
@@ -1451,16 +1452,13 @@ def _anchor(
     report: LoadReport,
     anchorer: Anchorer,
     target: str,
-    size: int | None = None,
 ) -> None:
     assert report.merkle_root is not None and report.batch_id is not None
     recorded = report.anchor_id  # a duplicate's, as stored: unchanged means no UPDATE (a standby takes none)
     try:
         with _db_errors(target, "reading the database's identity"):
             label = batch_label(report.batch_id, database_id(conn))
-        status, anchor_id = anchorer(
-            bytes.fromhex(report.merkle_root), report.rows_loaded if size is None else size, label
-        )
+        status, anchor_id = anchorer(bytes.fromhex(report.merkle_root), report.rows_loaded, label)
     except VokeError as exc:
         report.anchor = "unavailable"
         report.warnings.append(f"the batch root could not be sent for anchoring: {exc.message}")
