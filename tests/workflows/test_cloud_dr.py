@@ -87,7 +87,7 @@ def test_status_shows_a_lag_in_bytes_only_when_monitoring_has_one(cloud):
     assert snap["unfinished_operation"] is None and snap["operations_note"] is None  # listed: none
 
 
-def test_an_operation_cloud_sql_has_not_finished_fails_the_check_whoever_started_it(cloud, monkeypatch):
+def test_an_operation_cloud_sql_has_not_finished_fails_the_check_whoever_started_it(cloud):
     from voketag_ops.workflows import cloud_dr
 
     fake, settings, recovery = cloud
@@ -108,13 +108,15 @@ def test_an_operation_cloud_sql_has_not_finished_fails_the_check_whoever_started
     assert "unfinished_operation" not in after["failed"]
 
     # operations that cannot be listed are no "none": the check fails, naming why
-    def denied_list(name: str) -> Any:
-        raise BackendError("permission denied")
-
-    monkeypatch.setattr(recovery, "pending_operations", denied_list)
+    fake.rest.fail("GET", r"/operations$", status="PERMISSION_DENIED", times=100)
     denied = cloud_dr.check(settings, recovery, dr_flows.thresholds(settings))
+    fake.rest.faults.clear()
     message = {c["name"]: c["message"] for c in denied["checks"]}["unfinished_operation"]
-    assert "unfinished_operation" in denied["failed"] and "permission denied" in message
+    assert "unfinished_operation" in denied["failed"], denied["failed"]
+    assert (
+        message.startswith("unknown: could not list the Cloud SQL operations")
+        and "PERMISSION_DENIED" in message
+    )
 
 
 def test_check_fails_on_an_old_backup_and_on_lag(cloud):

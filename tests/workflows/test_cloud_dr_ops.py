@@ -675,17 +675,17 @@ def test_a_request_cloud_sql_answers_400_is_refused_by_the_backend_not_a_usage_e
     assert "voke-db-r" not in cloud.fake.sql.instances
 
 
-def test_services_still_sick_after_the_repoint_name_the_command_that_finishes_it(cloud, monkeypatch):
+def test_services_still_sick_after_the_repoint_name_the_command_that_finishes_it(cloud):
     # Found by review: the hint said `voke --env NAME dr status` (a literal NAME) and named no resume.
-    from voketag_ops.adapters.gcp import run as runmod
-
-    monkeypatch.setattr(runmod.CloudRunRuntime, "health", lambda self, service: False)
+    # The revisions pass their health check on their tag; the services' own URLs then do not.
+    cloud.fake.rest.fail("GET", r"/run/[^/]+/health$", status="UNAVAILABLE", times=len(SERVICES))
     stuck = cloud.voke("dr", "failover", "--yes", "--json")
     assert stuck.exit_code == 7, stuck.stdout
+    assert "not healthy after being repointed" in stuck.json["error"]["message"], stuck.stdout
     hint = stuck.json["error"]["hint"]
     assert "NAME" not in hint and "`voke --env prod dr status`" in hint, hint
     assert hint.endswith("once they serve: voke --env prod dr failover --yes"), hint
-    monkeypatch.undo()
+    cloud.fake.rest.faults.clear()  # they serve
     assert cloud.voke("dr", "failover", "--yes").exit_code == 0  # as the hint says
 
 
