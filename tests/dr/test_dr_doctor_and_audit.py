@@ -197,6 +197,94 @@ def test_failover_and_failback_record_the_secret_versions_they_make(voke, home, 
     assert again.exit_code == 0 and again.json["result"]["services"] is None, again.stdout
 
 
+@contextlib.contextmanager
+def exiting_at_start(tmp_path, monkeypatch, service):
+    """New instances of SERVICE exit as they start (a broken build, say): a sitecustomize on the
+    PYTHONPATH the instances inherit ends their interpreter before the service runs."""
+    site = tmp_path / "exiting-at-start"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        f"if {service!r} in sys.argv and sys.argv[sys.argv.index({service!r}) - 1] == '--name':\n"
+        "    os._exit(3)\n"
+    )
+    with monkeypatch.context() as patched:
+        patched.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+        yield
+
+
+def set_login(node, roles, login):
+    """ROLES may log in, or not (NOLOGIN), on NODE (a writable one) and the standbys replaying it."""
+    with node.connect() as conn:
+        for role in roles:
+            conn.execute(f'alter role "{role}" {"login" if login else "nologin"}')
+
+
+def connection_secret(home):
+    """The roles and passwords the services' connection secret holds, in any version."""
+    from voketag_ops.adapters.local.secrets import LocalSecretStore
+
+    store = LocalSecretStore(home)
+    creds = [json.loads(store.access(SECRET, v.version)) for v in store.get(SECRET).versions]
+    return {c["username"] for c in creds}, {c["password"] for c in creds}
+
+
+def last_event(voke, environ, event_type):
+    return voke("audit", "show", "-e", event_type, "--json", environ=environ).json["result"]["entries"][-1]
+
+
+def test_a_failover_or_failback_whose_redeploy_fails_records_the_versions_it_made(
+    voke, home, environ, tmp_path, monkeypatch
+):
+    # Found by review: the local commands audited `services` only when the repoint returned; a
+    # redeploy failing inside it (an instance exiting at start, a health that never comes) left
+    # the failure event without the secret versions it had made.
+    from voketag_ops.adapters.local.secrets import LocalSecretStore
+
+    env = LocalEnvironment(LocalSettings(home=home))
+    store = LocalSecretStore(home)
+    outputs = []
+    before = max(v.version for v in store.get(SECRET).versions)
+    with exiting_at_start(tmp_path, monkeypatch, "admin-service"):
+        failover = voke("dr", "failover", "--yes", "--json", environ=environ)
+    outputs += [failover.stdout, failover.stderr]
+    assert failover.exit_code != 0 and "admin-service" in failover.json["error"]["message"], failover.stdout
+    assert last_event(voke, environ, "dr.failover")["result"] == "failure"
+    services = audited_services(voke, environ, "dr.failover")
+    made = {"current": before + 1, "previous": before + 2}
+    port = env.node("replica").port
+    assert services["repointed"] == [{"secret_name": SECRET, "versions": made, "port": port}], services
+    assert services["redeployed"] == ["blockchain-service", "factory-service"], services  # not admin's
+    resumed = voke("dr", "failover", "--yes", "--json", environ=environ)
+    assert resumed.exit_code == 0, resumed.stdout + resumed.stderr
+    assert resumed.json["result"]["services"]["repointed"] == []  # the versions are made already
+
+    # The failback's new instances never become healthy: the login is refused on the new leader.
+    roles, _ = connection_secret(home)
+    set_login(env.node("replica"), roles, False)  # (primary, rebuilt from it, replays it)
+    try:
+        failback = voke(
+            "dr", "failback", "--yes", "--json", environ={**environ, "VOKE_ROTATION__HEALTH_TIMEOUT": "5"}
+        )
+    finally:
+        set_login(env.node("primary"), roles, True)  # (promoted: the leader now)
+    outputs += [failback.stdout, failback.stderr]
+    assert failback.exit_code != 0 and "not healthy" in failback.json["error"]["message"], failback.stdout
+    assert last_event(voke, environ, "dr.failback")["result"] == "failure"
+    services = audited_services(voke, environ, "dr.failback")
+    made = {"current": before + 3, "previous": before + 4}
+    port = env.node("primary").port
+    assert services["repointed"] == [{"secret_name": SECRET, "versions": made, "port": port}], services
+    assert services["redeployed"] == [], services
+    resumed = voke("dr", "failback", "--yes", "--json", environ=environ)
+    assert resumed.exit_code == 0, resumed.stdout + resumed.stderr
+    assert env.require_state().leader == "primary"
+    assert voke("dr", "check", environ=environ).exit_code == 0
+    _, passwords = connection_secret(home)
+    seen = (home / "audit" / "audit.jsonl").read_text() + "".join(outputs)
+    assert passwords and not [p for p in passwords if p in seen]
+
+
 def test_move_port_records_the_secret_by_name(voke, home, environ):
     # Found by review: the env.move_port event showed the secret's name as ***.
     assert voke("env", "down", environ=environ).exit_code == 0

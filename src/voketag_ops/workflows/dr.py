@@ -381,16 +381,26 @@ def discard(settings: Settings, env: LocalEnvironment, *, name: str, dry_run: bo
 
 # -- failover, failback, fence -------------------------------------------------------------------------
 def repoint_services(
-    settings: Settings, env: LocalEnvironment, leader: PgNode, *, redeploy: bool = True
+    settings: Settings,
+    env: LocalEnvironment,
+    leader: PgNode,
+    *,
+    redeploy: bool = True,
+    done: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """New secret versions naming the leader's port, then a blue-green redeploy of the running
     services. Not REDEPLOY (the leader is stopped: `env move-port`): the running services are
-    stopped instead, and every service starts on the new versions with the leader (`env up`)."""
+    stopped instead, and every service starts on the new versions with the leader (`env up`).
+    DONE, if given, is the report filled in as it goes (a secret once its aliases moved, the
+    services once redeployed, stopped or repinned), so a repoint that fails part-way still says
+    which versions it made and which services serve them."""
     from voketag_ops.workflows.env import LocalPlatform
 
+    report = done if done is not None else {}
+    report.update(repointed=[], redeployed=[], repinned=[], stopped=[], stale=[], note=None)
     platform = LocalPlatform(settings)
     store = platform.store()
-    repointed: list[dict[str, Any]] = []
+    repointed: list[dict[str, Any]] = report["repointed"]
     deploy: dict[str, tuple[str, int]] = {}
     for user in settings.rotation.db_users.values():
         if not store.exists(user.secret):
@@ -422,37 +432,49 @@ def repoint_services(
     runtime = platform.runtime()
     running = {s.name for s in runtime.services(check=False) if s.instance is not None}
     stale = [n for n in running if n in deploy and runtime.serving_version(n, deploy[n][0]) != deploy[n][1]]
-    stopped = runtime.stop_all() if not redeploy and stale else []
+    report["stale"] = sorted(stale)  # running services that were pinned to other versions
+    # (not REDEPLOY) running services stopped, then repinned
+    report["stopped"] = stopped = runtime.stop_all() if not redeploy and stale else []
     if stopped:
         running = set()
     targets = {name: target for name, target in deploy.items() if name in running}
-    # A stopped service would come back at `env up` pinned to a version naming the old leader.
-    repinned = runtime.repin_stopped({name: t for name, t in deploy.items() if name not in running})
+    # A stopped service would come back at `env up` pinned to a version naming the old leader;
+    # repinned: stopped services, started there by the next `env up`.
+    report["repinned"] = runtime.repin_stopped({name: t for name, t in deploy.items() if name not in running})
     if targets:
-        runtime.deploy_many(targets)
-    return {
-        "repointed": repointed,
-        "redeployed": sorted(targets),
-        "repinned": repinned,  # stopped services, started there by the next `env up`
-        "stopped": stopped,  # (not REDEPLOY) running services stopped, then repinned
-        "stale": sorted(stale),  # running services that were pinned to other versions
-        "note": None if repointed or targets else "no service connection secret to repoint",
-    }
+        try:
+            runtime.deploy_many(targets)
+        except BaseException:  # one failed, the others ran to their end: those serving the new version
+            report["redeployed"] = [
+                name
+                for name in sorted(targets)
+                if runtime.serving_version(name, targets[name][0]) == targets[name][1]
+            ]
+            raise
+    report["redeployed"] = sorted(targets)
+    report["note"] = None if repointed or targets else "no service connection secret to repoint"
+    return report
 
 
 class AuditedRepoint:
     """`repoint_services` for a DR operation whose audit DETAILS record what it did, `services`,
-    as soon as it is done (a run failing later still says which versions it made); DONE is its
-    result (None: this run repointed nothing, as a resumed one past that step)."""
+    however it ends (a run failing in its redeploy, or later, still says which versions it made
+    and which services serve them); DONE is its result (None: this run repointed nothing, as a
+    resumed one past that step)."""
 
     def __init__(self, details: dict[str, Any], settings: Settings, env: LocalEnvironment) -> None:
         self.details, self.settings, self.env = details, settings, env
         self.done: dict[str, Any] | None = None
 
     def __call__(self, leader: PgNode) -> dict[str, Any]:
-        self.done = repoint_services(self.settings, self.env, leader)
-        self.details["services"] = as_audited(self.done)
-        return self.done
+        moved: dict[str, Any] = {}
+        try:
+            repoint_services(self.settings, self.env, leader, done=moved)
+        finally:
+            if moved:  # (empty: it failed before it began)
+                self.details["services"] = as_audited(moved)
+        self.done = moved
+        return moved
 
 
 def as_audited(services: dict[str, Any]) -> dict[str, Any]:
