@@ -248,7 +248,11 @@ def test_a_failover_or_failback_whose_redeploy_fails_records_the_versions_it_mad
     with exiting_at_start(tmp_path, monkeypatch, "admin-service"):
         failover = voke("dr", "failover", "--yes", "--json", environ=environ)
     outputs += [failover.stdout, failover.stderr]
-    assert failover.exit_code != 0 and "admin-service" in failover.json["error"]["message"], failover.stdout
+    assert failover.exit_code == 7 and "admin-service" in failover.json["error"]["message"], failover.stdout
+    # (exit 4, "nothing was changed", named no resume: the leader had moved)
+    assert failover.json["error"]["hint"].startswith(
+        "once that is fixed, `voke dr failover --yes` resumes it"
+    )
     assert last_event(voke, environ, "dr.failover")["result"] == "failure"
     services = audited_services(voke, environ, "dr.failover")
     made = {"current": before + 1, "previous": before + 2}
@@ -269,7 +273,10 @@ def test_a_failover_or_failback_whose_redeploy_fails_records_the_versions_it_mad
     finally:
         set_login(env.node("primary"), roles, True)  # (promoted: the leader now)
     outputs += [failback.stdout, failback.stderr]
-    assert failback.exit_code != 0 and "not healthy" in failback.json["error"]["message"], failback.stdout
+    assert failback.exit_code == 7 and "not healthy" in failback.json["error"]["message"], failback.stdout
+    assert failback.json["error"]["hint"].startswith(
+        "once that is fixed, `voke dr failback --yes` resumes it"
+    )
     assert last_event(voke, environ, "dr.failback")["result"] == "failure"
     services = audited_services(voke, environ, "dr.failback")
     made = {"current": before + 3, "previous": before + 4}

@@ -26,6 +26,7 @@ from voketag_ops.errors import (
     NeedsOperatorError,
     PreconditionError,
     RolledBackError,
+    RotationFailure,
     UsageError,
     VokeError,
 )
@@ -493,12 +494,14 @@ def as_audited(services: dict[str, Any]) -> dict[str, Any]:
 def _resumable(env: LocalEnvironment, operation: str) -> Iterator[None]:
     """A backend failure once OPERATION is recorded as unfinished is exit 7 naming its resume,
     not exit 4 "nothing was changed": the leader may be fenced already, and other DR commands
-    refuse until it is resumed."""
+    refuse until it is resumed. So is a redeploy failing in the repoint (a service instance
+    exiting at start or never healthy: the runtime's RotationFailure kinds)."""
     from voketag_ops.adapters.local import dr
 
     try:
         yield
-    except (BackendError, RolledBackError, KeyboardInterrupt) as exc:  # (Ctrl-C, SIGTERM: exit 130)
+    # (KeyboardInterrupt: Ctrl-C, SIGTERM, exit 130)
+    except (BackendError, RotationFailure, RolledBackError, KeyboardInterrupt) as exc:
         from voketag_ops import interrupts
 
         pending = dr.unfinished_operation(env)
