@@ -794,8 +794,12 @@ def verify(
     leader, standby = env.primary(), env.standby()
     if {src.name, dst.name} == {leader.name, standby.name}:
         recovering = {node.name: dr.in_recovery(node) for node in (leader, standby)}
+        fenced = env.fenced()
         for node in (leader, standby):  # stopped (`env down`) or not answering: nothing to rebuild
-            if recovering[node.name] is None:
+            startable = node.name not in fenced and (
+                node is leader or (node.data_dir / "standby.signal").exists()
+            )
+            if recovering[node.name] is None and startable:
                 raise BackendError(
                     f"cannot reach the {node.name} on port {node.port}: it is stopped or does not answer",
                     hint="`voke env up` starts it; `voke dr status` shows it",
