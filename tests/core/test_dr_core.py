@@ -768,6 +768,13 @@ def test_table_diff_finds_exactly_the_differing_keys(base, touched, removed):
     assert found.changed == changed
     assert found.equal == (not missing and not extra and not changed)
     assert found.differences == len(missing) + len(extra) + len(changed)
+    # `dr verify --only-source-keys`: rows only on the target (written after a restore's point) are counted
+    only = diff_table(
+        "t", source_side, target_side, factor=4, leaf_rows=40, cap=10_000, source_keys_only=True
+    )
+    assert (only.missing_in_target, only.extra_in_target, only.changed) == (missing, [], changed)
+    assert only.extra_ignored == len(extra) and found.extra_ignored == 0
+    assert only.equal == (not missing and not changed)
 
 
 def test_table_diff_caps_the_listed_keys_but_counts_them_all():

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import shutil
+import subprocess
 import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -511,6 +512,8 @@ def test_verify_compares_instances_and_names_exactly_the_differing_keys(voke, en
         {"table": "public.dropped_later", "equal": False, "extra_on_target": True, "seconds": 0.0}
     ]
     assert extra.json["error"]["message"] == "public.dropped_later: extra on the target (not on the source)"
+    kept = voke(*args, "--table", "dropped_later", "--only-source-keys", environ=environ)
+    assert kept.exit_code == 0 and "ok   public.dropped_later: on the target only" in kept.stdout, kept.stdout
     every = voke(*args, "--json", environ=environ)  # no --table: both sides' tables are listed
     assert every.exit_code == 1 and {"table": "public.dropped_later", "equal": False, "extra_on_target": True,
                                      "seconds": 0.0} in every.json["result"]["tables"]  # fmt: skip
@@ -598,6 +601,77 @@ def test_verify_of_a_stopped_standby_is_a_backend_error_naming_it_not_a_rebuild(
     error = shown.json["error"]
     assert error["message"].startswith(f"cannot reach the {standby.name} on port {standby.port}")
     assert "voke env up" in error["hint"] and "failback" not in error["hint"]
+
+
+def _runbook_block(runbook: str, marker: str) -> str:
+    """The fenced bash block of RUNBOOK holding MARKER, as an operator copies it."""
+    text = (Path(__file__).resolve().parents[2] / "runbooks" / f"{runbook}.md").read_text()
+    (block,) = [b.split("\n", 1)[1] for b in text.split("```bash")[1:] if marker in b.split("```", 1)[0]]
+    return block.split("```", 1)[0]
+
+
+def test_the_corruption_runbooks_repair_of_a_live_leader_verifies_equal(voke, environ, env, tmp_path):
+    # The runbook end to end on a leader that keeps taking writes: rows deleted by mistake at T,
+    # a batch loaded after T, a restore to T, step 4's copy-back as written, then its Verify step.
+    def batch(name: str, count: int) -> Path:
+        path = tmp_path / f"{name}.csv"
+        lines = [f"{name.upper()}-{i:04d},SKU-{name}-{i},Boot,F1,2024-01-01T00:00:00Z" for i in range(count)]
+        path.write_text("tag_id,sku,product_name,factory_id,manufactured_at\n" + "\n".join(lines) + "\n")
+        return path
+
+    assert voke("ingest", "load", str(batch("rb1", 60)), environ=environ).exit_code == 0
+    with env.primary().connect("voketag") as conn:
+        (t,) = conn.execute("select clock_timestamp()").fetchone()
+        time.sleep(0.05)
+        conn.execute("delete from ingest.tags where tag_id in (select tag_id from ingest.tags "
+                     "where tag_id like 'RB1-%' order by tag_id limit 10)")  # fmt: skip
+    assert voke("ingest", "load", str(batch("rb2", 25)), environ=environ).exit_code == 0  # writes after T
+    restored = voke(
+        "dr", "restore", "--to", utc(t), "--name", "before-delete", "--yes", "--json", environ=environ
+    )
+    assert restored.exit_code == 0, restored.stderr
+    step3 = ["dr", "verify", "--source", "before-delete", "--target", "leader", "--database", "voketag",
+             "--table", "ingest.tags"]  # fmt: skip
+    lost = voke(*step3, "--only-source-keys", "--json", environ=environ)
+    assert lost.exit_code == 1, lost.stdout
+    (tags,) = lost.json["result"]["tables"]
+    assert [k for (k,) in tags["missing_in_target"]] == [f"RB1-{i:04d}" for i in range(10)]
+    assert (tags["extra_in_target"], tags["changed"], tags["extra_in_target_ignored"]) == ([], [], 25)
+    assert lost.json["result"]["only_source_keys"] is True
+    # step 4, copied from the runbook as written, with the two conninfos filled in
+    leader = voke("env", "status", "--json", environ=environ).json["result"]["primary"]["conninfo"]
+    repair = _runbook_block("database-corruption", "RESTORED_CONNINFO")
+    repair = repair.replace("RESTORED_CONNINFO", restored.json["result"]["conninfo"])
+    repair = repair.replace("LEADER_CONNINFO", leader)
+    psql = postgres.PgBinaries.resolve(None).path("psql")
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", repair],
+        cwd=tmp_path,
+        env={**os.environ, "PATH": f"{psql.parent}:{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    # the Verify step as written: equal, the writes since T counted, not differences
+    (verify_line,) = [
+        line
+        for line in _runbook_block("database-corruption", "voke dr check").splitlines()
+        if "dr verify" in line
+    ]
+    verify_args = verify_line.split()[1:]
+    assert "--only-source-keys" in verify_args
+    repaired = voke(*verify_args, "--json", environ=environ)
+    assert repaired.exit_code == 0, repaired.stdout
+    (tags,) = repaired.json["result"]["tables"]
+    assert tags["equal"] and tags["differences"] == 0 and tags["extra_in_target_ignored"] == 25
+    human = voke(*verify_args, environ=environ)
+    assert human.exit_code == 0 and "25 row(s) on the target only, not differences" in human.stdout
+    assert human.stdout.rstrip().splitlines()[-1].startswith("equal")
+    # without the option the same repaired leader is a difference: what the runbook warns of
+    every = voke(*step3, "--json", environ=environ)
+    assert every.exit_code == 1 and len(every.json["result"]["tables"][0]["extra_in_target"]) == 25
+    assert voke("dr", "discard", "before-delete", "--yes", environ=environ).exit_code == 0
 
 
 def test_verify_answers_no_naming_the_side_whose_page_is_corrupt_and_compares_the_other_tables(

@@ -304,6 +304,14 @@ def verify(
     ] = None,
     database: Annotated[str, typer.Option("--database", help="Database on both instances.")] = "voketag",
     max_keys: Annotated[int, typer.Option("--max-keys", help="Differing keys listed per kind.", min=1)] = 100,
+    only_source_keys: Annotated[
+        bool,
+        typer.Option(
+            "--only-source-keys",
+            help="Rows and tables the target has beyond the source are counted, not differences "
+            "(a leader repaired from a restore keeps the writes made since its point).",
+        ),
+    ] = False,
 ) -> None:
     """Compare table contents of two instances by checksums over primary-key ranges; exit 1 on a difference."""
     from voketag_ops.workflows import dr
@@ -318,6 +326,7 @@ def verify(
             tables=list(table or []),
             database=database,
             max_keys=max_keys,
+            only_source_keys=only_source_keys,
             progress=update,
         )
     differing = [t for t in report["tables"] if not t["equal"]]
@@ -706,7 +715,10 @@ def _render_verify(console: Console, r: dict[str, Any]) -> None:
         console.print(f"FAIL {r['unreadable']['message']} (its tables could not be listed)", markup=False)
     for t in r["tables"]:
         if "differences" not in t:
-            console.print(f"DIFF {t['table']}: {_table_difference(t)}", markup=False)
+            if t["equal"]:  # a table on the target only, with --only-source-keys
+                console.print(f"ok   {t['table']}: on the target only (--only-source-keys)", markup=False)
+            else:
+                console.print(f"DIFF {t['table']}: {_table_difference(t)}", markup=False)
             continue
         mark = "ok  " if t["equal"] else "DIFF"
         console.print(
@@ -719,6 +731,12 @@ def _render_verify(console: Console, r: dict[str, Any]) -> None:
                 keys = ", ".join("(" + ", ".join(map(str, k)) + ")" for k in t[kind][:10])
                 more = f" (+{len(t[kind]) - 10} more listed)" if len(t[kind]) > 10 else ""
                 console.print(f"     {kind.replace('_', ' ')}: {keys}{more}", markup=False)
+        if t["extra_in_target_ignored"]:
+            console.print(
+                f"     {t['extra_in_target_ignored']} row(s) on the target only, not differences "
+                "(--only-source-keys)",
+                markup=False,
+            )
         if t.get("capped"):  # the listed keys stop at --max-keys; the count does not
             console.print(
                 f"     {t['differences']} difference(s) in all; only the first are listed", markup=False

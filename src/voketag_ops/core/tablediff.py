@@ -55,6 +55,7 @@ class TableDiff:
     extra_in_target: list[Key] = field(default_factory=list)
     changed: list[Key] = field(default_factory=list)
     differences: int = 0  # all of them, even beyond the cap
+    extra_ignored: int = 0  # keys on the target only, counted and not listed (source_keys_only)
     capped: bool = False
     ranges_compared: int = 0
     ranges_differing: int = 0
@@ -70,13 +71,24 @@ def diff_table(
     factor: int = 16,
     leaf_rows: int = 1000,
     cap: int = 100,
+    source_keys_only: bool = False,
     pool: ThreadPoolExecutor | None = None,
 ) -> TableDiff:
-    """Compare TABLE on SOURCE and TARGET; list up to CAP differing keys of each kind."""
+    """Compare TABLE on SOURCE and TARGET; list up to CAP differing keys of each kind. With
+    SOURCE_KEYS_ONLY, keys the target has beyond the source are counted, not differences."""
     own = pool is None
     pool = pool or ThreadPoolExecutor(max_workers=2, thread_name_prefix="voke-diff")
     try:
-        return _diff(table, source, target, factor=factor, leaf_rows=leaf_rows, cap=cap, pool=pool)
+        return _diff(
+            table,
+            source,
+            target,
+            factor=factor,
+            leaf_rows=leaf_rows,
+            cap=cap,
+            source_keys_only=source_keys_only,
+            pool=pool,
+        )
     finally:
         if own:
             pool.shutdown(wait=True)
@@ -91,7 +103,15 @@ def _both(pool: ThreadPoolExecutor, fn_a: Any, fn_b: Any, *args: Any) -> tuple[A
 
 
 def _diff(
-    table: str, source: Side, target: Side, *, factor: int, leaf_rows: int, cap: int, pool: ThreadPoolExecutor
+    table: str,
+    source: Side,
+    target: Side,
+    *,
+    factor: int,
+    leaf_rows: int,
+    cap: int,
+    source_keys_only: bool,
+    pool: ThreadPoolExecutor,
 ) -> TableDiff:
     result = TableDiff(table)
     # No whole-table summary first: splitting at once costs one key scan more when the
@@ -104,14 +124,14 @@ def _diff(
         lo, hi, s_rows, t_rows, depth = work.pop()
         result.depth = max(result.depth, depth)
         if max(s_rows, t_rows) <= leaf_rows:
-            _compare_rows(result, source, target, lo, hi, cap, pool)
+            _compare_rows(result, source, target, lo, hi, cap, source_keys_only, pool)
             result.ranges_compared += 1
             continue
         splitter, rows = (source, s_rows) if s_rows >= t_rows else (target, t_rows)
         # keys come back in the database's order (its collation), strictly inside the range
         bounds = list(dict.fromkeys(splitter.split(lo, hi, rows, factor)))
         if not bounds:
-            _compare_rows(result, source, target, lo, hi, cap, pool)
+            _compare_rows(result, source, target, lo, hi, cap, source_keys_only, pool)
             result.ranges_compared += 1
             continue
         s_sums, t_sums = _both(pool, source.sums, target.sums, lo, hi, bounds)
@@ -137,13 +157,18 @@ def _compare_rows(
     lo: Key | None,
     hi: Key | None,
     cap: int,
+    source_keys_only: bool,
     pool: ThreadPoolExecutor,
 ) -> None:
     a, b = _both(pool, source.rows, target.rows, lo, hi)
     result.rows_fetched += len(a) + len(b)
     for key in a.keys() - b.keys():
         _add(result, result.missing_in_target, key, cap)
-    for key in b.keys() - a.keys():
+    extra = b.keys() - a.keys()
+    if source_keys_only:  # rows written to the target since (a live leader after a restore's point)
+        result.extra_ignored += len(extra)
+        extra = set()
+    for key in extra:
         _add(result, result.extra_in_target, key, cap)
     for key in a.keys() & b.keys():
         if a[key] != b[key]:

@@ -765,9 +765,12 @@ def verify(
     tables: list[str],
     database: str,
     max_keys: int = 100,
+    only_source_keys: bool = False,
     progress: Progress = _quiet,
 ) -> dict[str, Any]:
-    """Compare tables of two instances by hierarchical checksums over primary-key ranges."""
+    """Compare tables of two instances by hierarchical checksums over primary-key ranges. With
+    ONLY_SOURCE_KEYS, what the target has beyond the source (rows, tables) is counted, not a
+    difference: a live leader repaired from a restore has kept the writes made since its point."""
     from concurrent.futures import ThreadPoolExecutor
 
     from voketag_ops.adapters.local import dr
@@ -868,7 +871,9 @@ def verify(
                     with reading(conn, side, labels[side]):
                         conn.execute("savepoint voke_table")
                 try:
-                    found = diff_table(info.qualified, a, b, cap=max_keys, pool=pool)
+                    found = diff_table(
+                        info.qualified, a, b, cap=max_keys, source_keys_only=only_source_keys, pool=pool
+                    )
                 except Unreadable as exc:
                     for conn, side in ((src_conn, "source"), (dst_conn, "target")):
                         with reading(conn, side, labels[side]):
@@ -892,6 +897,7 @@ def verify(
                         "differences": found.differences,
                         "missing_in_target": [list(k) for k in found.missing_in_target],
                         "extra_in_target": [list(k) for k in found.extra_in_target],
+                        "extra_in_target_ignored": found.extra_ignored,
                         "changed": [list(k) for k in found.changed],
                         "capped": found.capped,
                         "ranges_compared": found.ranges_compared,
@@ -903,12 +909,14 @@ def verify(
                     }
                 )
         results += [
-            {"table": t, "equal": False, "extra_on_target": True, "seconds": 0.0} for t in only_on_target
+            {"table": t, "equal": only_source_keys, "extra_on_target": True, "seconds": 0.0}
+            for t in only_on_target
         ]
     return {
         "source": {"name": source, "node": src.name, "lsn": src_lsn},
         "target": {"name": target, "node": dst.name, "lsn": dst_lsn},
         "database": database,
+        "only_source_keys": only_source_keys,
         "method": "md5 row hashes XOR-combined per primary-key range, descending into differing ranges",
         "tables": results,
         "skipped_without_primary_key": without_key,
