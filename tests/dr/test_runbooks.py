@@ -4,6 +4,8 @@ durations and times; nothing is executed)."""
 
 from __future__ import annotations
 
+import io
+import re
 from pathlib import Path
 
 import pytest
@@ -89,6 +91,53 @@ def test_runbook_show_into_a_pipe_is_the_markdown_even_with_force_color(
     monkeypatch.setenv("FORCE_COLOR", "1")
     shown = voke("dr", "runbook", "show", "regional-failure", environ=make_environ(tmp_path / "home"))
     assert shown.exit_code == 0 and shown.stdout.startswith("# Regional failure"), shown.stdout[:200]
+
+
+def _code_lines(text: str) -> list[str]:
+    """Every line of every fenced code block."""
+    return [
+        line
+        for block in re.findall(r"^```[^\n]*\n(.*?)^```", text, re.M | re.S)
+        for line in block.splitlines()
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in RUNBOOKS.glob("*.md") if p.stem != "README"))
+def test_runbook_show_on_a_narrow_terminal_prints_each_code_line_whole_and_names_linked_runbooks(
+    name, make_environ, tmp_path, monkeypatch
+):
+    # rich wrapped `voke dr verify ... --table ingest.tags` onto two lines (pasted, the second
+    # failed) and padded the lines, so a `\` continuation had spaces after it.
+    from voketag_ops.cli.app import run
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setenv("COLUMNS", "60")
+    out = Terminal()
+    environ = make_environ(tmp_path / "home")
+    assert (
+        run(["dr", "runbook", "show", name], stdout=out, stderr=Terminal(), environ=environ, cwd=tmp_path)
+        == 0
+    )
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue()).splitlines()
+    text = (RUNBOOKS / f"{name}.md").read_text()
+    code = _code_lines(text)
+    assert code
+    for line in code:
+        assert line in shown, line
+    prose = " ".join(" ".join(shown).split())  # a paragraph wraps where the width says
+    for linked in re.findall(r"\]\(([\w-]+)\.md\)", text):  # what to run to read it
+        assert f"(voke dr runbook show {linked})" in prose, linked
+    piped = io.StringIO()
+    assert (
+        run(
+            ["dr", "runbook", "show", name], stdout=piped, stderr=io.StringIO(), environ=environ, cwd=tmp_path
+        )
+        == 0
+    )
+    assert piped.getvalue() == text  # into a file or a pipe: the Markdown itself, byte for byte
 
 
 def test_the_runbooks_ship_with_the_package():

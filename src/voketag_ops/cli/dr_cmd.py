@@ -399,9 +399,11 @@ def runbook_show(
         from voketag_ops.output import _isatty
 
         if _isatty(console.file):  # (not console.is_terminal: FORCE_COLOR makes a pipe one)
-            from rich.markdown import Markdown
+            from voketag_ops.cli._runbook_markdown import RunbookMarkdown
 
-            console.print(Markdown(r["text"]))
+            console.print(
+                RunbookMarkdown(r["text"]), crop=False
+            )  # a code line wider than the terminal stays whole
         else:
             console.file.write(r["text"])
 
