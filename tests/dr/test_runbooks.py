@@ -140,6 +140,33 @@ def test_runbook_show_on_a_narrow_terminal_prints_each_code_line_whole_and_names
     assert piped.getvalue() == text  # into a file or a pipe: the Markdown itself, byte for byte
 
 
+def test_the_regional_runbook_names_the_rto_its_local_and_cloud_drills_are_judged_against():
+    # The runbook promised "RTO 10 min, rehearsed by `voke drill run failover`" while the local
+    # drill, a node failure, is judged against the 5-minute RTO (docs/decisions.md).
+    from voketag_ops.config import Settings
+    from voketag_ops.core.drill import targets_for
+
+    dr = Settings().dr
+    rtos = {
+        "rto": dr.rto_seconds,
+        "rto_regional": dr.rto_regional_seconds,
+        "rto_network": dr.rto_network_seconds,
+    }
+    local, cloud = (targets_for("failover", **rtos, rpo=dr.rpo_seconds, cloud=c) for c in (False, True))
+    rehearse = (RUNBOOKS / "regional-failure.md").read_text().split("## Rehearse", 1)[1].split("\n## ", 1)[0]
+    prose = " ".join(rehearse.split())
+    assert f"a {local.disruption}, judged against the {local.rto_target_seconds / 60:g}-minute RTO" in prose
+    assert (
+        f"The regional {cloud.rto_target_seconds / 60:g}-minute RTO" in prose
+        and "cloud failover drill" in prose
+    )
+    (row,) = [
+        line for line in (RUNBOOKS / "README.md").read_text().splitlines() if "[regional-failure]" in line
+    ]
+    assert f"judged against {local.rto_target_seconds / 60:g} min" in row
+    assert f"judged against {cloud.rto_target_seconds / 60:g} min" in row
+
+
 def test_the_runbooks_ship_with_the_package():
     # `voke dr runbook` reads them from the installed package (a wheel has no checkout around it).
     import voketag_ops
