@@ -1088,6 +1088,80 @@ def test_an_archive_gap_is_named_and_restores_past_it_are_refused(voke, environ,
     assert healed.exit_code == 0, healed.stdout
 
 
+def _gap_after(env) -> tuple[list[str], datetime]:
+    """Three archived segments with a commit each, the middle one deleted; the segment names,
+    and an instant after the last commit (in the stretch the gap cut off)."""
+    primary = env.primary()
+    names = []
+    for _ in range(3):
+        with primary.connect() as conn:
+            conn.execute("create table if not exists gap_filler (id int)")
+            conn.execute("insert into gap_filler values (1)")
+            names.append(
+                conn.execute("select pg_walfile_name(pg_current_wal_lsn()), pg_switch_wal()").fetchone()[0]
+            )
+    dr.wait_until(lambda: all((env.archive_dir / n).exists() for n in names), "archiving", timeout=30)
+    os.unlink(env.archive_dir / names[1])
+    return names, datetime.now(UTC)
+
+
+def test_after_a_gap_and_the_runbooks_new_backup_targets_before_the_gap_still_restore(voke, environ, env):
+    commits = _write_rows(env, 6, 0.05)
+    ids = sorted(commits)
+    target = commits[ids[-3]] + (commits[ids[-2]] - commits[ids[-3]]) / 2
+    before = env.backups()[-1]  # the backup the range before the gap restores from
+    names, lost = _gap_after(env)
+    time.sleep(0.2)
+    # The partial-degradation runbook: a new base backup, verified; the window starts at it.
+    assert voke("dr", "backup", "--yes", environ=environ).exit_code == 0
+    assert voke("dr", "verify-backup", environ=environ).exit_code == 0
+    dr.seal_archive(env, env.primary())
+    newest = env.backups()[-1]
+    # (voke took only the window for recoverable: this target, before the gap, was refused)
+    restored = voke(
+        "dr", "restore", "--to", utc(target), "--name", "older-range", "--yes", "--json", environ=environ
+    )
+    assert restored.exit_code == 0, restored.stderr
+    assert restored.json["result"]["backup"]["label"] == before.label
+    with dr.get_restore(env, "older-range")[1].connect() as conn:
+        rows = {row[0] for row in conn.execute("select id from orders")}
+    assert (
+        rows == {i for i, ts in commits.items() if ts <= target} and ids[-3] in rows and ids[-2] not in rows
+    )
+    assert voke("dr", "discard", "older-range", "--yes", environ=environ).exit_code == 0
+    status = voke("dr", "status", "--json", environ=environ).json["result"]
+    window = status["recoverable_window"]
+    assert window["earliest_backup"] == newest.label and window["live"], window
+    *earlier, current = status["recoverable_ranges"]
+    assert (current["earliest"], current["backup"], current["missing"]) == (
+        window["earliest"],
+        newest.label,
+        None,
+    )
+    cut = earlier[-1]  # the range the new gap ends (the gap test's gaps left older ones)
+    assert cut["newest_backup"] == before.label and cut["missing"] == names[1], earlier
+    at = datetime.fromisoformat
+    assert at(cut["earliest"]) <= target < at(cut["latest"]) <= lost < at(current["earliest"]), cut
+    shown = voke("dr", "status", environ=environ).stdout
+    assert (
+        f"earlier  {cut['earliest']} .. {cut['latest']} from {cut['backup']} ({names[1]} lost after it)"
+        in shown
+    )
+    refused = voke(
+        "dr", "restore", "--to", utc(lost), "--name", "lost", "--dry-run", "--json", environ=environ
+    )
+    assert refused.exit_code == 5, refused.stdout
+    message = refused.json["error"]["message"]
+    assert f"lies after the archive lost {names[1]} and before the next usable backup" in message, message
+    assert f"{cut['earliest']} .. {cut['latest']} (from {cut['backup']}; {names[1]} lost after it)" in message
+    assert f"{current['earliest']} .. " in message and f"(from {newest.label})" in message
+    # A prune whose retention reaches into that range keeps its backup and its WAL.
+    now = datetime.now(UTC)
+    plan = dr.plan_prune(env, (now - target).total_seconds() / 86400, now=now)
+    assert before in plan.keep and plan.wal_floor is not None and plan.wal_floor[8:] <= before.start_wal[8:]
+    assert not [n for n in plan.segments if before.start_wal[8:] <= n[8:24] <= names[0][8:]]
+
+
 def _finished(backup) -> datetime:
     return datetime.fromisoformat(backup.finished_at.replace("Z", "+00:00"))
 

@@ -499,6 +499,15 @@ def _render_status(console: Console, r: dict[str, Any]) -> None:
         )
     else:
         console.print("window   nothing recoverable yet")
+    earlier_ranges = r.get("recoverable_ranges") or []  # (local only) oldest first, the window last
+    if window.get("seconds") is not None:
+        earlier_ranges = earlier_ranges[:-1]
+    for earlier in earlier_ranges:
+        console.print(
+            f"earlier  {earlier['earliest']} .. {earlier['latest']} from {earlier['backup']}"
+            f" ({earlier['missing']} lost after it)",
+            markup=False,
+        )
     gaps = r.get("archive_gaps") or {}
     if gaps.get("missing"):
         console.print(f"[red]archive gap[/]: {', '.join(gaps['missing'][:5])}")

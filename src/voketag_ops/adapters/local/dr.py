@@ -848,12 +848,43 @@ def unreadable_wal(
 
 
 @dataclass(frozen=True)
+class Range:
+    """A recoverable range: any instant in [earliest, latest) restores from BACKUP (the oldest
+    of the backups whose WAL reaches it; NEWEST_BACKUP the newest), replaying no further than
+    LAST_SEGMENT, the last before MISSING, the lost segment that ends it. An earlier range
+    (`Window.earlier`) is cut off from the window by that gap; its LATEST is the newest commit
+    before it (a restore stops at the first commit after its target)."""
+
+    earliest: datetime
+    latest: datetime
+    backup: str
+    newest_backup: str
+    last_segment: str | None
+    missing: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "earliest": iso(self.earliest),
+            "latest": iso(self.latest),
+            "seconds": round((self.latest - self.earliest).total_seconds(), 3),
+            "backup": self.backup,
+            "newest_backup": self.newest_backup,
+            "missing": self.missing,
+        }
+
+    def describe(self) -> str:
+        lost = f"; {self.missing} lost after it" if self.missing else ""
+        return f"{iso(self.earliest)} .. {iso(self.latest)} (from {self.backup}{lost})"
+
+
+@dataclass(frozen=True)
 class Window:
     """The recoverable window: any instant in [earliest, latest) can be restored.
 
     LATEST is now while the leader is up and its archive has no gap (a restore first
     commits a heartbeat and switches WAL); LATEST_ARCHIVED is the newest commit in the
-    archive alone, which is what is left if the leader's disk is lost right now.
+    archive alone, which is what is left if the leader's disk is lost right now. EARLIER
+    are the ranges older backups still restore up to an archive gap, oldest first.
     """
 
     earliest: datetime | None
@@ -865,6 +896,7 @@ class Window:
     timeline: int | None
     live: bool = False
     gaps_backup: str | None = None  # the backup GAPS were measured from (else newest_backup)
+    earlier: tuple[Range, ...] = ()
 
     @property
     def seconds(self) -> float | None:
@@ -888,6 +920,18 @@ class Window:
             "timeline": self.timeline,
         }
 
+    def ranges(self) -> list[dict[str, Any]]:
+        """Every recoverable range, oldest first: the earlier ones, then this window (when any)."""
+        found = list(self.earlier)
+        if self.seconds is not None:
+            assert self.earliest and self.latest and self.earliest_backup and self.newest_backup
+            last = self.gaps.last_contiguous if self.gaps else None
+            missing = self.gaps.missing[0] if self.gaps and self.gaps.missing and not self.live else None
+            found.append(
+                Range(self.earliest, self.latest, self.earliest_backup, self.newest_backup, last, missing)
+            )
+        return [r.as_dict() for r in found]
+
 
 def recoverable_window(
     env: LocalEnvironment,
@@ -896,7 +940,8 @@ def recoverable_window(
     *,
     now: datetime | None = None,
 ) -> Window:
-    """Oldest backup with a gap-free chain .. now (leader up) or the newest archived commit."""
+    """Oldest backup with a gap-free chain .. now (leader up) or the newest archived commit; the
+    older backups cut off from it by a gap give the earlier ranges (`Window.earlier`)."""
     backups = env.backups() if backups is None else backups
     names = archived_names(env, lw.segment_size)
     archive = wal.ArchiveIndex.of(names, lw.segment_size)  # parsed once for every backup below
@@ -923,7 +968,7 @@ def recoverable_window(
     if lw.reachable and newest_gaps.ok:
         live = True
         latest = now or utcnow()
-        chain = [b for b, g in usable if g.ok]
+        judged = usable
     else:
         live = False
         latest = latest_archived
@@ -931,10 +976,8 @@ def recoverable_window(
             return Window(None, None, None, None, newest.label, newest_gaps, tli)
         gaps, gaps_backup = ref_gaps, ref
         last_segno = wal.parse_segment_name(ref_gaps.last_contiguous, lw.segment_size)[1]
-        upto_last = gaps_from_each(
-            env, [b for b, _ in usable], lw, archive, timeline=tli, end_segno=last_segno
-        )
-        chain = [b for b, g in upto_last if g.ok]
+        judged = gaps_from_each(env, [b for b, _ in usable], lw, archive, timeline=tli, end_segno=last_segno)
+    chain = [b for b, g in judged if g.ok]
     earliest_backup = chain[0] if chain else newest
     return Window(
         earliest=parse_iso(earliest_backup.finished_at),
@@ -946,7 +989,32 @@ def recoverable_window(
         timeline=tli,
         live=live,
         gaps_backup=gaps_backup.label,
+        earlier=earlier_ranges(env, [(b, g) for b, g in judged if not g.ok]),
     )
+
+
+def earlier_ranges(
+    env: LocalEnvironment, cut_off: list[tuple[BackupInfo, wal.ArchiveGaps]]
+) -> tuple[Range, ...]:
+    """What the backups in CUT_OFF (oldest first, each with a gap before the window) still restore.
+
+    Those whose WAL reaches the same last segment before a gap form one range, from the oldest's
+    finish to the newest commit archived before the gap; PostgreSQL replays such a backup up to a
+    target there without reading past the gap. One `pg_waldump` per range (usually one segment).
+    """
+    groups: dict[str, list[tuple[BackupInfo, wal.ArchiveGaps]]] = {}
+    for backup, gaps in cut_off:
+        if gaps.last_contiguous is not None:  # (its own first segment is lost: it restores nothing)
+            groups.setdefault(gaps.last_contiguous, []).append((backup, gaps))
+    ranges = []
+    for last, members in groups.items():
+        (oldest, gaps), newest = members[0], members[-1][0]
+        earliest = parse_iso(oldest.finished_at)
+        latest = last_commit_time(env, gaps.reachable[-_COMMIT_SEARCH_SEGMENTS:])
+        if earliest is not None and latest is not None and earliest < latest:
+            missing = gaps.missing[0] if gaps.missing else None
+            ranges.append(Range(earliest, latest, oldest.label, newest.label, last, missing))
+    return tuple(ranges)
 
 
 def seal_archive(env: LocalEnvironment, leader: PgNode, *, timeout: float = 60) -> datetime:
@@ -998,6 +1066,7 @@ def snapshot(env: LocalEnvironment, *, lag_wait: float, replica_expected: bool =
             newest_backup=None,
             backups=0,
             recoverable_window=None,
+            recoverable_ranges=[],
             archive_gaps=None,
             unfinished_operation=operation_to_report(env),
         )
@@ -1055,6 +1124,7 @@ def snapshot(env: LocalEnvironment, *, lag_wait: float, replica_expected: bool =
         }
     window = recoverable_window(env, lw, backups)
     report["recoverable_window"] = window.as_dict()
+    report["recoverable_ranges"] = window.ranges()
     report["archive_gaps"] = (
         {
             "from_backup": window.gaps_backup or window.newest_backup,
@@ -1508,23 +1578,16 @@ def plan_restore(
     bound = window.latest if (sealed_at is None and window.live) else window.latest_archived
     if window.earliest is None or bound is None:
         raise PreconditionError("nothing is recoverable: no usable base backup with archived WAL after it")
-    span = f"recoverable window {iso(window.earliest)} .. {iso(bound)}"
-    if target < window.earliest:
-        raise PreconditionError(
-            f"target {iso(target)} is before the {span} (oldest usable backup "
-            f"{window.earliest_backup} finished at {iso(window.earliest)})"
-        )
-    if target >= bound:
-        why = ""
-        if window.gaps is not None and window.gaps.missing:
-            why = f"; the archive misses {window.gaps.missing[0]} after {window.gaps.last_contiguous}"
-        raise PreconditionError(
-            f"target {iso(target)} is not before the newest recoverable commit: {span}{why}"
-        )
+    # A target before an archive gap restores from a backup older than the gap, replaying no
+    # further than the segment before it (a newer backup taken since does not reach back there).
+    earlier = next((r for r in window.earlier if r.earliest <= target < r.latest), None)
+    if earlier is None:
+        _refuse_outside(target, window, bound)
     names = archived_names(env, lw.segment_size)
     assert window.gaps is not None
-    last = window.gaps.last_contiguous
-    last_segno = wal.parse_segment_name(last, lw.segment_size)[1] if last and not window.live else None
+    last = earlier.last_segment if earlier else window.gaps.last_contiguous
+    live = window.live and earlier is None
+    last_segno = wal.parse_segment_name(last, lw.segment_size)[1] if last and not live else None
     candidates = [b for b in backups if (parse_iso(b.finished_at) or now) <= target]
     found = gaps_from_each(
         env,
@@ -1558,9 +1621,44 @@ def plan_restore(
             hint="take a new backup with `voke dr backup --yes` for later targets; "
             f"`voke dr verify-backup --label {bad['label']}` shows every problem",
         )
+    span = (
+        f"recoverable range {earlier.describe()}"
+        if earlier
+        else f"recoverable window {iso(window.earliest)} .. {iso(bound)}"
+    )
     raise PreconditionError(
         f"no base backup finished before {iso(target)} reaches it without a WAL gap ({span})"
     )
+
+
+def _refuse_outside(target: datetime, window: Window, bound: datetime) -> None:
+    """Refuse TARGET unless it lies in WINDOW, [earliest, BOUND), naming every recoverable range."""
+    assert window.earliest is not None
+    span = f"recoverable window {iso(window.earliest)} .. {iso(bound)}"
+    ranges = ""
+    if window.earlier:
+        current = f"{iso(window.earliest)} .. {iso(bound)} (from {window.earliest_backup})"
+        ranges = f"; recoverable ranges: {', '.join([*(r.describe() for r in window.earlier), current])}"
+    if target < window.earliest:
+        before = [r for r in window.earlier if r.latest <= target]
+        if before:  # between two ranges: in WAL after a lost segment, before the next backup
+            raise PreconditionError(
+                f"target {iso(target)} lies after the archive lost {before[-1].missing} and before the "
+                f"next usable backup finished (the WAL between them is lost){ranges}"
+            )
+        if window.earlier:
+            raise PreconditionError(f"target {iso(target)} is before the oldest recoverable range{ranges}")
+        raise PreconditionError(
+            f"target {iso(target)} is before the {span} (oldest usable backup "
+            f"{window.earliest_backup} finished at {iso(window.earliest)})"
+        )
+    if target >= bound:
+        why = ""
+        if window.gaps is not None and window.gaps.missing:
+            why = f"; the archive misses {window.gaps.missing[0]} after {window.gaps.last_contiguous}"
+        raise PreconditionError(
+            f"target {iso(target)} is not before the newest recoverable commit: {span}{why}{ranges}"
+        )
 
 
 _STOP = re.compile(
