@@ -503,7 +503,7 @@ class ChainSettings(_Model):
 class Settings(_Model):
     """Effective configuration."""
 
-    # Where each named environment's table came from (set by load_config), for its errors.
+    # Where each key of the named environments came from (set by load_config), for their errors.
     _environment_sources: dict[str, str] = PrivateAttr(default_factory=dict)
 
     env: str = Field(default="local", description="environment commands act on (`local` or a named one)")
@@ -555,9 +555,8 @@ class Settings(_Model):
                 )
         return value
 
-    def environment(self, name: str, *, source: str | None = None) -> GcpEnvironment:
+    def environment(self, name: str) -> GcpEnvironment:
         """Validate and return the named cloud environment."""
-        source = source or self._environment_sources.get(name) or "configuration"
         if name == "local":
             raise ConfigError("`local` is the embedded environment, not a cloud one")
         raw = self.environments.get(name)
@@ -569,8 +568,22 @@ class Settings(_Model):
         except ValidationError as exc:
             key, msg = _first_error(exc)
             dotted = f"environments.{name}.{key}"
+            source = self._environment_source(name, dotted)
             at = _position(Path(source), dotted, msg) if source.endswith(".toml") else ""
             raise ConfigError(f"{source}: {dotted}: {msg}{at}") from None
+
+    def _environment_source(self, name: str, dotted: str) -> str:
+        """Where DOTTED, a key of environment NAME, came from (or the table holding it: one
+        VOKE_* variable may give a table as JSON); a key it lacks is blamed on where the
+        environment came from, that of its first key (a table has no source of its own)."""
+        prefix, key = f"environments.{name}.", dotted
+        while key.startswith(prefix):
+            if key in self._environment_sources:
+                return self._environment_sources[key]
+            key = key.rpartition(".")[0]
+        return next(
+            (v for k, v in self._environment_sources.items() if k.startswith(prefix)), "configuration"
+        )
 
 
 @dataclass(frozen=True)
@@ -730,10 +743,7 @@ def load_config(
             if key not in sources and user.services == settings.services:
                 sources[key] = f"services ({sources['services']})"
     loaded = LoadedConfig(settings=settings, sources=sources, file=path)
-    for name in settings.environments:  # (its keys' source: a table has none of its own)
-        prefix = f"environments.{name}."
-        found = next((v for k, v in sources.items() if k.startswith(prefix)), None)
-        settings._environment_sources[name] = found or loaded.source_of(prefix[:-1])
+    settings._environment_sources.update((k, v) for k, v in sources.items() if k.startswith("environments."))
     _LOADED.pop(settings.local.home, None)
     _LOADED[settings.local.home] = settings
     return loaded

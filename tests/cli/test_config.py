@@ -441,6 +441,35 @@ def test_a_bad_named_environment_is_named_with_its_file(voke, make_environ, tmp_
     assert str(tmp_path / "voke.toml") in check["detail"] and check["hint"] == "fix the key named above"
 
 
+def test_a_bad_named_environment_key_is_blamed_on_its_own_source(voke, make_environ, tmp_path):
+    config = tmp_path / "voke.toml"
+    config.write_text('[environments.prod]\nproject = "p"\ninstance = "i"\ncredentials = "anonymous"\n')
+    environ = make_environ(tmp_path / "h", VOKE_ENVIRONMENTS__PROD__POLL_INTERVAL="61")
+    result = voke("--env", "prod", "rotate", "status", "--json", environ=environ)
+    message = result.json["error"]["message"]
+    assert result.exit_code == 3 and message.startswith(
+        "env VOKE_ENVIRONMENTS__PROD__POLL_INTERVAL: environments.prod.poll_interval: "
+    ), message
+    config.write_text(config.read_text() + "poll_interval = 61\n")  # in the file: named with its line
+    result = voke("--env", "prod", "rotate", "status", "--json", environ=make_environ(tmp_path / "h"))
+    message = result.json["error"]["message"]
+    assert message.startswith(f"{config}: environments.prod.poll_interval: "), message
+    assert message.endswith("(at line 5, column 17)"), message
+
+    config.write_text("")
+    given = {"PROJECT": "p", "INSTANCE": "i", "CREDENTIALS": "anonymous", "DB_PORT": "0"}
+    environ = make_environ(tmp_path / "h", **{f"VOKE_ENVIRONMENTS__PROD__{k}": v for k, v in given.items()})
+    result = voke("--env", "prod", "dr", "status", "--json", environ=environ)
+    message = result.json["error"]["message"]
+    assert result.exit_code == 3 and message.startswith(
+        "env VOKE_ENVIRONMENTS__PROD__DB_PORT: environments.prod.db_port: "
+    ), message
+    del environ["VOKE_ENVIRONMENTS__PROD__INSTANCE"]  # a missing key: where the environment came from
+    message = voke("--env", "prod", "dr", "status", "--json", environ=environ).json["error"]["message"]
+    assert message.startswith("env VOKE_ENVIRONMENTS__PROD__"), message
+    assert ": environments.prod.instance: Field required" in message, message
+
+
 def test_secrets_in_config_values_are_masked_and_never_echoed_by_errors(voke, make_environ, tmp_path):
     (tmp_path / "voke.toml").write_text(
         "[rotation]\nnotify_webhook = 'https://hooks.example.com/services/T0/B0/WebHookS3cretTok'\n"
