@@ -1,12 +1,17 @@
 """The README's commands: the test command is exactly what CI runs, and every `voke`
-command in it parses against the real CLI (commands and flags exist)."""
+command in it parses against the real CLI (commands and flags exist); its configuration
+reference states the limits the settings enforce."""
 
 from __future__ import annotations
 
 import re
+import typing
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from voketag_ops.testing.cli import check_values, parse, voke_commands
 
@@ -41,3 +46,64 @@ def test_every_environment_variable_voke_reads_is_in_the_readme():
 
     for name in (*ENV_VARS, *OTHER_ENV_VARS):
         assert f"`{name}" in README, name
+
+
+def readme_config_lines(readme: str) -> dict[str, list[str]]:
+    """Each configuration key the README sets -> the lines that set it: `key = value  # ...` in a
+    ```toml block (under its [table]) or a `| `section.key` | default | meaning |` row."""
+    found: dict[str, list[str]] = {}
+    for block in re.findall(r"```toml\n(.*?)```", readme, re.S):
+        table = ""
+        for line in block.splitlines():
+            if header := re.match(r"\[([\w.-]+)\]", line):
+                table = header.group(1)
+            elif key := re.match(r"(\w+)\s*=", line):
+                found.setdefault(f"{table}.{key.group(1)}".lstrip("."), []).append(line)
+    for row in re.finditer(r"^\| `([\w.]+)` \|.*$", readme, re.M):
+        found.setdefault(row.group(1), []).append(row.group(0))
+    return found
+
+
+def stated_bound(field: FieldInfo) -> str | None:
+    """How the README states FIELD's limit (`5..3600`, `more than 0, at most 60`, `at least 10`,
+    `1..63 characters`), or None when it has none worth stating (only not negative)."""
+    names = ("ge", "gt", "le", "min_length", "max_length")
+    limits = {name: getattr(m, name) for m in field.metadata for name in names if hasattr(m, name)}
+    if field.annotation is str:
+        return (
+            f"{limits.get('min_length', 0)}..{limits['max_length']} characters"
+            if "max_length" in limits
+            else None
+        )
+    if "max_length" in limits or limits in ({}, {"ge": 0}):  # (a list's length: said in words)
+        return None
+    if "ge" in limits and "le" in limits:
+        return f"{limits['ge']}..{limits['le']}"
+    low = f"at least {limits['ge']}" if "ge" in limits else f"more than {limits['gt']}"
+    return f"{low}, at most {limits['le']}" if "le" in limits else low
+
+
+def bounded_keys(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, str]]:
+    """(key, stated bound) of every limited setting of MODEL; NAME stands for a table's name."""
+    for name, field in model.model_fields.items():
+        if (bound := stated_bound(field)) is not None:
+            yield prefix + name, bound
+        kind, table = field.annotation, name
+        if typing.get_origin(kind) is dict:
+            kind, table = typing.get_args(kind)[1], f"{name}.NAME"
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            yield from bounded_keys(kind, f"{prefix}{table}.")
+
+
+def test_the_readme_states_every_configuration_limit():
+    from voketag_ops.config import GcpEnvironment, Settings
+
+    lines = readme_config_lines(README)
+    keys = [*bounded_keys(Settings), *bounded_keys(GcpEnvironment, "environments.NAME.")]
+    assert len(keys) > 30, keys
+    for key, bound in keys:
+        pattern = re.compile(re.escape(key).replace("NAME", r"[\w-]+"))
+        setting = [line for k, found in lines.items() if pattern.fullmatch(k) for line in found]
+        assert setting, f"{key} ({bound}) is not in the README's configuration reference"
+        for line in setting:
+            assert re.search(rf"(?<![\d.]){re.escape(bound)}(?![\d.])", line), f"{key}: {bound}: {line}"
