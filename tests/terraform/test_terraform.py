@@ -183,14 +183,44 @@ def test_alert_metrics_are_real_cloud_sql_metrics_or_voke_own(module):
     assert silent["aggregations"][0]["cross_series_reducer"] == "REDUCE_MAX"
     # WAL archiving is watched on both configured instances: the replica is the primary after a failover
     archive = policies["log_archive_failures"]["conditions"][0]["condition_threshold"][0]["filter"]
-    assert "one_of(${local.archiving_instances})" in archive
-    archiving = next(b["archiving_instances"] for b in module.get("locals", []) if "archiving_instances" in b)
-    assert "var.instance" in archiving and "var.replica" in archiving
+    assert "one_of(${local.database_ids})" in archive
     failed, absent = policies["job_runs"]["conditions"]  # a scheduled run failed, or none ran
     assert 'metric.labels.result = "failed"' in failed["condition_threshold"][0]["filter"]
     assert "${google_cloud_run_v2_job.voke.name}" in absent["condition_absent"][0]["filter"]
     for name in ("rotation_failed", "backup_age"):  # alerts on voke's metrics wait for their descriptors
         assert "${google_monitoring_metric_descriptor.voke}" in policies[name]["depends_on"]
+
+
+def test_every_alert_policy_watches_its_own_environment_alone(module):
+    """Several environments may share a project: a filter on the metric alone would page staging's
+    failures as prod's, let staging's points satisfy prod's absence condition (a stopped prod
+    check would never page) and watch the drills' scratch replicas."""
+    scope = {
+        "rotation_failed": 'metric.labels.env = "${var.environment}"',
+        "backup_age": "metric.labels.instance = one_of(${local.instance_names})",
+        "replica_lag": "resource.labels.database_id = one_of(${local.database_ids})",
+        "log_archive_failures": "resource.labels.database_id = one_of(${local.database_ids})",
+        "job_runs": 'resource.labels.job_name = "${google_cloud_run_v2_job.voke.name}"',
+    }
+    policies = resources(module, "google_monitoring_alert_policy")
+    assert set(policies) == set(scope)
+    for name, policy in policies.items():
+        filters = [v for k, v in walk(policy["conditions"]) if k == "filter"]
+        assert filters and all(scope[name] in f for f in filters), name
+        for f in filters:  # a label of voke's own metric is one voke writes
+            (metric,) = METRIC.findall(f)
+            if metric in catalog.VOKE_METRICS:
+                assert set(re.findall(r"metric\.labels\.(\w+)", f)) <= set(catalog.METRIC_LABELS[metric])
+    # both from the configured instances: bare names (voke's `instance` label, the primary
+    # `dr check` judged) and Cloud SQL's "project:instance"
+    scoped = {k: v for block in module["locals"] for k, v in block.items()}
+    assert scoped["instances"] == "${compact([var.instance, var.replica])}"
+    assert (
+        "for name in local.instances" in scoped["instance_names"]
+        and r"\"${name}\"" in scoped["instance_names"]
+    )
+    assert "for name in local.instances" in scoped["database_ids"]
+    assert r"\"${var.project}:${name}\"" in scoped["database_ids"]
 
 
 def test_voke_metrics_are_declared_with_the_labels_and_types_voke_writes(module):

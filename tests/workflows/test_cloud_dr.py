@@ -127,6 +127,8 @@ def test_check_fails_on_an_old_backup_and_on_lag(cloud):
     assert report["ok"] is True, report["failed"]
     age = fake.monitoring.written(catalog.BACKUP_AGE)[-1]  # for the backup-age alert policy
     assert 3 * 3600 - 60 < age.points[0].value.double_value < 3 * 3600 + 60
+    # the bare name of the primary judged: the policy in terraform/ keeps to its environment by it
+    assert dict(age.metric.labels) == {"instance": settings.environment("prod").instance}
     strict = dr_flows.thresholds(settings, max_backup_age="1h", max_lag="1s")
     report = cloud_dr.check(settings, recovery, strict)
     assert report["ok"] is False and set(report["failed"]) == {"backup_age", "replication_lag"}

@@ -2,6 +2,20 @@
 # (voke's metric, written by `voke dr check`), replica lag over 5 min and WAL archive
 # failures (Cloud SQL's metrics), and a scheduled run of voke that failed or did not happen.
 
+# Every policy watches this environment alone: several environments may share a project (their
+# names tell them apart), and a policy on the whole project would page staging's failures as
+# prod's, take staging's points for prod's (an absence condition never fires while another
+# environment still reports) and watch the drills' scratch instances. voke's metrics carry `env`
+# (rotation) or the primary's bare `instance` name (`dr check`); Cloud SQL's, the `database_id`
+# "project:instance". Both configured instances: after `voke dr failover` the replica is the
+# primary (its backups, its archive) and the old primary, rebuilt, the replica (its lag); a
+# drill's scratch instances are neither.
+locals {
+  instances      = compact([var.instance, var.replica])
+  instance_names = join(", ", [for name in local.instances : "\"${name}\""])
+  database_ids   = join(", ", [for name in local.instances : "\"${var.project}:${name}\""])
+}
+
 # voke's own metrics (catalog.METRIC_LABELS), declared here: an alert policy on a custom metric no
 # point was written to yet is refused (404), and the first rotation may be weeks away. A point
 # with a label its descriptor lacks is refused too: the labels are exactly those voke writes.
@@ -42,7 +56,7 @@ resource "google_monitoring_alert_policy" "rotation_failed" {
   conditions {
     display_name = "rotation result is 0"
     condition_threshold {
-      filter          = "metric.type = \"custom.googleapis.com/voke/rotation/result\" AND resource.type = \"global\""
+      filter          = "metric.type = \"custom.googleapis.com/voke/rotation/result\" AND resource.type = \"global\" AND metric.labels.env = \"${var.environment}\""
       comparison      = "COMPARISON_LT"
       threshold_value = 1
       duration        = "0s"
@@ -63,7 +77,7 @@ resource "google_monitoring_alert_policy" "backup_age" {
   conditions {
     display_name = "backup age over 86400 s"
     condition_threshold {
-      filter          = "metric.type = \"custom.googleapis.com/voke/dr/backup_age_seconds\" AND resource.type = \"global\""
+      filter          = "metric.type = \"custom.googleapis.com/voke/dr/backup_age_seconds\" AND resource.type = \"global\" AND metric.labels.instance = one_of(${local.instance_names})"
       comparison      = "COMPARISON_GT"
       threshold_value = 86400
       duration        = "0s"
@@ -80,7 +94,7 @@ resource "google_monitoring_alert_policy" "backup_age" {
   conditions {
     display_name = "no backup age reported for 1 h (the scheduled dr check is not running)"
     condition_absent {
-      filter   = "metric.type = \"custom.googleapis.com/voke/dr/backup_age_seconds\" AND resource.type = \"global\""
+      filter   = "metric.type = \"custom.googleapis.com/voke/dr/backup_age_seconds\" AND resource.type = \"global\" AND metric.labels.instance = one_of(${local.instance_names})"
       duration = "3600s"
       aggregations {
         alignment_period     = "900s"
@@ -101,7 +115,7 @@ resource "google_monitoring_alert_policy" "replica_lag" {
   conditions {
     display_name = "replica_lag > 300 s for 1 min"
     condition_threshold {
-      filter          = "metric.type = \"cloudsql.googleapis.com/database/replication/replica_lag\" AND resource.type = \"cloudsql_database\""
+      filter          = "metric.type = \"cloudsql.googleapis.com/database/replication/replica_lag\" AND resource.type = \"cloudsql_database\" AND resource.labels.database_id = one_of(${local.database_ids})"
       comparison      = "COMPARISON_GT"
       threshold_value = 300
       duration        = "60s"
@@ -113,11 +127,6 @@ resource "google_monitoring_alert_policy" "replica_lag" {
   }
 }
 
-# Both configured instances: after `voke dr failover` the replica is the primary whose archive
-# point-in-time recovery now depends on (a drill's scratch clones are left out).
-locals {
-  archiving_instances = join(", ", [for name in compact([var.instance, var.replica]) : "\"${var.project}:${name}\""])
-}
 
 resource "google_monitoring_alert_policy" "log_archive_failures" {
   project               = var.project
@@ -127,7 +136,7 @@ resource "google_monitoring_alert_policy" "log_archive_failures" {
   conditions {
     display_name = "log_archive_failure_count > 0"
     condition_threshold {
-      filter          = "metric.type = \"cloudsql.googleapis.com/database/replication/log_archive_failure_count\" AND resource.type = \"cloudsql_database\" AND resource.labels.database_id = one_of(${local.archiving_instances})"
+      filter          = "metric.type = \"cloudsql.googleapis.com/database/replication/log_archive_failure_count\" AND resource.type = \"cloudsql_database\" AND resource.labels.database_id = one_of(${local.database_ids})"
       comparison      = "COMPARISON_GT"
       threshold_value = 0
       duration        = "0s"
