@@ -13,6 +13,8 @@ module "voke" {
   secrets               = var.secrets
   notification_channels = var.notification_channels
 
+  manage_metric_descriptors = var.manage_metric_descriptors
+
   runtime_service_accounts = var.runtime_service_accounts
   rotated_service_accounts = var.rotated_service_accounts
 }

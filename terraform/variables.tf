@@ -58,6 +58,12 @@ variable "notification_channels" {
   description = "Monitoring notification channel ids the alert policies notify"
 }
 
+variable "manage_metric_descriptors" {
+  type        = bool
+  default     = true
+  description = "Whether this configuration declares voke's metric descriptors (custom.googleapis.com/voke/*), which all environments of the project share: true in exactly one configuration per project (the first applied), false in every other"
+}
+
 variable "runtime_service_accounts" {
   type        = list(string)
   default     = []

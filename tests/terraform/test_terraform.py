@@ -226,13 +226,31 @@ def test_every_alert_policy_watches_its_own_environment_alone(module):
 def test_voke_metrics_are_declared_with_the_labels_and_types_voke_writes(module):
     descriptor = resources(module, "google_monitoring_metric_descriptor")["voke"]
     assert descriptor["type"] == "custom.googleapis.com/voke/${each.key}"
-    assert descriptor["metric_kind"] == "GAUGE" and descriptor["for_each"] == "${local.voke_metrics}"
+    assert descriptor["metric_kind"] == "GAUGE"
+    assert descriptor["for_each"].startswith("${{for type, metric in local.voke_metrics : type => metric ")
     declared = next(block["voke_metrics"] for block in module["locals"] if "voke_metrics" in block)
     assert {catalog.METRIC_PREFIX + name for name in declared} == catalog.VOKE_METRICS
     for name, body in declared.items():
         metric = catalog.METRIC_PREFIX + name
         assert tuple(body["labels"]) == catalog.METRIC_LABELS[metric], name
         assert body["value_type"] == ("INT64" if metric in catalog.INT64_METRICS else "DOUBLE"), name
+
+
+def test_one_configuration_per_project_owns_the_metric_descriptors(root, module):
+    """The descriptors are the project's (every environment writes the same types): declared by
+    every environment, destroying one environment would delete them, and the points the others
+    wrote with them."""
+    descriptor = resources(module, "google_monitoring_metric_descriptor")["voke"]
+    assert descriptor["for_each"] == (
+        "${{for type, metric in local.voke_metrics : type => metric if var.manage_metric_descriptors}}"
+    )
+    assert descriptor["lifecycle"][0]["prevent_destroy"] is True  # nor by a replacement
+    owner = variables(module)["manage_metric_descriptors"]
+    assert owner["type"] == "bool" and "default" not in owner  # every caller decides
+    assert root["module"][0]["voke"]["manage_metric_descriptors"] == "${var.manage_metric_descriptors}"
+    assert variables(root)["manage_metric_descriptors"]["default"] is True  # one environment per project
+    readme = (ROOT / "README.md").read_text()
+    assert "manage_metric_descriptors = false" in readme and "terraform state rm" in readme
 
 
 def test_every_api_voke_calls_is_enabled(module):

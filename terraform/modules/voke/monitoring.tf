@@ -19,6 +19,9 @@ locals {
 # voke's own metrics (catalog.METRIC_LABELS), declared here: an alert policy on a custom metric no
 # point was written to yet is refused (404), and the first rotation may be weeks away. A point
 # with a label its descriptor lacks is refused too: the labels are exactly those voke writes.
+# The descriptors are the project's, not an environment's (every environment writes the same
+# types): exactly one configuration per project declares them (manage_metric_descriptors), and
+# none deletes them, which would delete every environment's points of them too.
 locals {
   voke_metrics = {
     "rotation/result"       = { value_type = "INT64", labels = ["secret", "kind", "status", "env"], description = "1 when a rotation succeeded, 0 when it was rolled back or needs a person" }
@@ -31,7 +34,7 @@ locals {
 }
 
 resource "google_monitoring_metric_descriptor" "voke" {
-  for_each     = local.voke_metrics
+  for_each     = { for type, metric in local.voke_metrics : type => metric if var.manage_metric_descriptors }
   project      = var.project
   type         = "custom.googleapis.com/voke/${each.key}"
   metric_kind  = "GAUGE"
@@ -45,8 +48,14 @@ resource "google_monitoring_metric_descriptor" "voke" {
       value_type = "STRING"
     }
   }
+  lifecycle {
+    # a destroy (of this environment, or a label change that replaces one) would take the other
+    # environments' metric data with it: hand the descriptors over instead (terraform/README.md)
+    prevent_destroy = true
+  }
   depends_on = [google_project_service.apis]
 }
+
 resource "google_monitoring_alert_policy" "rotation_failed" {
   depends_on            = [google_monitoring_metric_descriptor.voke]
   project               = var.project

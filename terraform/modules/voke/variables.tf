@@ -62,6 +62,11 @@ variable "secrets" {
   description = "Secrets voke rotates"
 }
 
+variable "manage_metric_descriptors" {
+  type        = bool
+  description = "Whether this configuration declares voke's metric descriptors, which are the project's: true in exactly one configuration per project"
+}
+
 variable "notification_channels" {
   type        = list(string)
   description = "Notification channel ids for the alert policies"
