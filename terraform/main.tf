@@ -17,6 +17,7 @@ module "voke" {
 
   runtime_service_accounts = var.runtime_service_accounts
   rotated_service_accounts = var.rotated_service_accounts
+  operators                = var.operators
 }
 
 output "service_account" {

@@ -64,6 +64,12 @@ variable "manage_metric_descriptors" {
   description = "Whether this configuration declares voke's metric descriptors (custom.googleapis.com/voke/*), which all environments of the project share: true in exactly one configuration per project (the first applied), false in every other"
 }
 
+variable "operators" {
+  type        = list(string)
+  default     = []
+  description = "IAM members (user:, group:, serviceAccount:) who run `voke dr restore|failover|failback` and the drills: what voke's account holds plus the operator role (clones, promotions, deleting scratch instances, making a secret)"
+}
+
 variable "runtime_service_accounts" {
   type        = list(string)
   default     = []

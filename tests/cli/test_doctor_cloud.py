@@ -78,13 +78,35 @@ def test_a_disabled_api_and_missing_permissions_fail_with_the_fix(voke, make_env
     with FakeGcp() as fake:
         fake.projects.grant_all()
         fake.projects.enabled.discard("run.googleapis.com")
-        fake.projects.granted -= {"cloudsql.users.update", "secretmanager.versions.add"}
+        fake.projects.granted -= {"cloudsql.users.update", "secretmanager.versions.list"}
         fake.sql.add_instance("voke-db")
         result = _doctor(voke, make_environ, tmp_path, fake.environment())
     assert result.exit_code == 1
     assert "fail api run.googleapis.com: disabled" in result.stdout
     assert "gcloud services enable run.googleapis.com --project voke-test" in result.stdout
-    assert "missing 2: cloudsql.users.update, secretmanager.versions.add" in result.stdout
+    assert "missing 2: cloudsql.users.update, secretmanager.versions.list" in result.stdout
+    assert "voke_scheduled" in result.stdout  # the role terraform/ grants the job's account
+
+
+def test_the_jobs_account_passes_without_the_operators_permissions(voke, make_environ, tmp_path, listening):
+    # doctor is the job's default run, and its account holds no DR or drill permission
+    # (terraform/'s voke_operator role is the operators'), nor the secrets' (granted on each secret)
+    with FakeGcp() as fake:
+        fake.projects.grant_all()
+        fake.projects.granted -= {
+            "cloudsql.instances.delete",
+            "cloudsql.instances.promoteReplica",
+            "secretmanager.versions.access",
+        }
+        fake.sql.add_instance("voke-db")
+        env = fake.environment(db_host="127.0.0.1", db_port=listening)
+        result = _doctor(voke, make_environ, tmp_path, env, "--json")
+    assert result.exit_code == 0, result.stdout
+    checks = {c["name"]: c for c in result.json["result"]["checks"]}
+    assert checks["permissions"]["ok"]
+    assert (
+        checks["permissions"]["detail"] == f"all {len(catalog.PROJECT_PERMISSIONS)} project permissions held"
+    )
 
 
 def test_missing_application_default_credentials_is_one_failed_check(

@@ -103,17 +103,20 @@ def test_no_primitive_role(directory):
 
 def test_the_custom_roles_grant_exactly_what_voke_uses_where_it_uses_it(module):
     roles = resources(module, "google_project_iam_custom_role")
-    assert sorted(roles["voke_operator"]["permissions"]) == sorted(catalog.PROJECT_PERMISSIONS)
+    assert sorted(roles["voke_scheduled"]["permissions"]) == sorted(catalog.PROJECT_PERMISSIONS)
+    assert sorted(roles["voke_secrets"]["permissions"]) == sorted(catalog.SECRET_PERMISSIONS)
+    assert sorted(roles["voke_operator"]["permissions"]) == sorted(catalog.OPERATOR_PERMISSIONS)
     assert sorted(roles["voke_deployer"]["permissions"]) == sorted(catalog.RUNTIME_ACCOUNT_PERMISSIONS)
     assert sorted(roles["voke_key_rotator"]["permissions"]) == sorted(catalog.ROTATED_ACCOUNT_PERMISSIONS)
     assert sorted(roles["voke_job_runner"]["permissions"]) == sorted(catalog.JOB_PERMISSIONS)
     (on_job,) = resources(module, "google_cloud_run_v2_job_iam_member").values()  # on voke's job alone
     assert on_job["name"] == "${google_cloud_run_v2_job.voke.name}"
     assert "google_project_iam_custom_role.voke_job_runner" in on_job["role"]
+    assert on_job["member"] == "${local.voke_member}"
     project_wide = resources(module, "google_project_iam_member")
-    assert set(project_wide) == {"voke_operator"}  # the only project-wide grant
-    assert "google_project_iam_custom_role.voke_operator" in project_wide["voke_operator"]["role"]
-    assert not any(p.startswith("iam.") for p in roles["voke_operator"]["permissions"])
+    assert set(project_wide) == {"voke"} and project_wide["voke"]["for_each"] == "${local.project_grants}"
+    for name in ("voke_scheduled", "voke_secrets", "voke_operator"):
+        assert not any(p.startswith("iam.") for p in roles[name]["permissions"])
     (binding,) = resources(module, "google_service_account_iam_member").values()  # per account only
     assert (
         "local.account_grants" in binding["for_each"]
@@ -125,6 +128,69 @@ def test_the_custom_roles_grant_exactly_what_voke_uses_where_it_uses_it(module):
         ("voke_key_rotator", "rotated_service_accounts"),
     ):
         assert f"var.{accounts}" in grants and f"google_project_iam_custom_role.{name}.id" in grants
+
+
+def _locals(module: dict[str, list[Any]]) -> dict[str, Any]:
+    return {k: v for block in module["locals"] for k, v in block.items()}
+
+
+def test_the_job_account_holds_what_the_scheduled_commands_call_and_no_more(module):
+    """The unattended job runs doctor, rotate due --run, rotate cleanup and dr check: a stolen
+    token of its account must not delete, clone or promote a Cloud SQL instance (only the DR
+    commands and the drills, run by a person, do), nor read every secret of the project."""
+    dr_only = {
+        "cloudsql.instances.delete",
+        "cloudsql.instances.create",
+        "cloudsql.instances.clone",
+        "cloudsql.instances.promoteReplica",
+        "cloudsql.instances.failover",
+        "cloudsql.instances.update",
+        "secretmanager.secrets.create",  # secrets add, rotate --init, adopting a key
+    }
+    assert dr_only <= set(catalog.OPERATOR_PERMISSIONS)
+    assert not dr_only & set(catalog.PROJECT_PERMISSIONS) and not dr_only & set(catalog.SECRET_PERMISSIONS)
+    per_secret = {"secretmanager.secrets.update"} | {
+        f"secretmanager.versions.{v}" for v in ("access", "add", "destroy", "disable", "enable")
+    }
+    assert set(catalog.SECRET_PERMISSIONS) == per_secret and not per_secret & set(catalog.PROJECT_PERMISSIONS)
+    sets = (catalog.PROJECT_PERMISSIONS, catalog.SECRET_PERMISSIONS, catalog.OPERATOR_PERMISSIONS)
+    assert sum(len(x) for x in sets) == len(set().union(*sets))  # disjoint
+    assert set(catalog.PERMISSIONS) >= set().union(*sets)  # what the fakes grant
+    scoped = _locals(module)
+    # holders: voke's account (by a key known before apply) and each operator
+    assert scoped["voke_member"] == "serviceAccount:${google_service_account.voke.email}"
+    assert scoped["holders"] == "${merge({voke = local.voke_member}, {for m in var.operators : m => m})}"
+    project = scoped["project_grants"]  # voke_scheduled to the holders, voke_operator to operators only
+    assert (
+        "for k, m in local.holders" in project
+        and "google_project_iam_custom_role.voke_scheduled.id" in project
+    )
+    assert (
+        "for m in var.operators" in project and "google_project_iam_custom_role.voke_operator.id" in project
+    )
+    assert project.count("voke_operator") == 2  # its key and its role, in the operators' part alone
+    assert project.index("var.operators") < project.index("google_project_iam_custom_role.voke_operator.id")
+    # the secrets' role on each managed secret alone, for each holder
+    on_secret = resources(module, "google_secret_manager_secret_iam_member")
+    assert set(on_secret) == {"voke", "voke_reads_its_config"}
+    assert on_secret["voke"]["for_each"] == "${local.secret_grants}"
+    assert (
+        on_secret["voke"]["secret_id"]
+        == "${google_secret_manager_secret.managed[each.value.secret].secret_id}"
+    )
+    assert on_secret["voke"]["role"] == "${google_project_iam_custom_role.voke_secrets.id}"
+    assert "setproduct(var.secrets, keys(local.holders))" in scoped["secret_grants"]
+    # the job mounts its voke.toml: its account reads that secret alone, before the job is made
+    config = on_secret["voke_reads_its_config"]
+    assert config["secret_id"] == "${google_secret_manager_secret.config.secret_id}"
+    assert (
+        config["role"] == "roles/secretmanager.secretAccessor" and config["member"] == "${local.voke_member}"
+    )
+    job = resources(module, "google_cloud_run_v2_job")["voke"]
+    assert "${google_secret_manager_secret_iam_member.voke_reads_its_config}" in job["depends_on"]
+    # operators: IAM members, none by default
+    operators = variables(module)["operators"]
+    assert operators["type"] == "${list(string)}" and operators["default"] == []
 
 
 def test_crons_are_valid_and_equal_to_voke_schedule(module):

@@ -1,39 +1,37 @@
 # voke runs as its own service account with exactly the permissions its adapters call
-# (catalog.py); no primitive role anywhere. Project-wide only what is about the project
-# (catalog.PROJECT_PERMISSIONS); acting as a service account and managing its keys are granted
-# on the named accounts alone: project-wide they would let voke deploy as, or mint keys for,
-# any account in the project (its owners' too).
+# (catalog.py); no primitive role anywhere. The unattended job runs only `doctor`, `rotate due
+# --run`, `rotate cleanup` and `dr check`: its account holds what those call
+# (catalog.PROJECT_PERMISSIONS, project-wide; catalog.SECRET_PERMISSIONS, on each managed secret
+# alone), never what only a person runs (dr restore, failover, failback, the drills, making a
+# secret: catalog.OPERATOR_PERMISSIONS), which `operators` hold besides everything the account
+# holds. Acting as a service account and managing its keys are granted on the named accounts
+# alone: project-wide they would let voke deploy as, or mint keys for, any account in the
+# project (its owners' too).
 resource "google_service_account" "voke" {
   project      = var.project
   account_id   = "voke-${local.id_suffix}"
   display_name = "voke operations (${var.environment})"
 }
 
-resource "google_project_iam_custom_role" "voke_operator" {
+# Whoever holds what voke's account holds (the operators too), each by a key known before apply:
+# the account's email is not.
+locals {
+  voke_member = "serviceAccount:${google_service_account.voke.email}"
+  holders     = merge({ voke = local.voke_member }, { for m in var.operators : m => m })
+}
+
+resource "google_project_iam_custom_role" "voke_scheduled" {
   project     = var.project
-  role_id     = "voke_operator_${local.role_suffix}"
-  title       = "voke operator (${var.environment})"
-  description = "Only the permissions voke's Google Cloud adapters use"
+  role_id     = "voke_scheduled_${local.role_suffix}"
+  title       = "voke scheduled runs (${var.environment})"
+  description = "The project permissions of voke's scheduled commands: doctor, rotate due --run, rotate cleanup, dr check"
   permissions = [
-    "secretmanager.secrets.create",
     "secretmanager.secrets.get",
     "secretmanager.secrets.list",
-    "secretmanager.secrets.update",
-    "secretmanager.versions.access",
-    "secretmanager.versions.add",
-    "secretmanager.versions.destroy",
-    "secretmanager.versions.disable",
-    "secretmanager.versions.enable",
     "secretmanager.versions.list",
     "cloudsql.backupRuns.list",
-    "cloudsql.instances.clone",
-    "cloudsql.instances.create",
-    "cloudsql.instances.delete",
-    "cloudsql.instances.failover", # instances.switchover (dr failback): no documented permission of its own
     "cloudsql.instances.get",
     "cloudsql.instances.list",
-    "cloudsql.instances.promoteReplica",
-    "cloudsql.instances.update",
     "cloudsql.users.list",
     "cloudsql.users.update",
     "run.operations.get",
@@ -49,10 +47,73 @@ resource "google_project_iam_custom_role" "voke_operator" {
   ]
 }
 
-resource "google_project_iam_member" "voke_operator" {
-  project = var.project
-  role    = google_project_iam_custom_role.voke_operator.id
-  member  = "serviceAccount:${google_service_account.voke.email}"
+# catalog.SECRET_PERMISSIONS, on each secret voke rotates alone (secrets.tf): its values, versions,
+# aliases and annotations; project-wide they would give the job every secret of the project.
+resource "google_project_iam_custom_role" "voke_secrets" {
+  project     = var.project
+  role_id     = "voke_secrets_${local.role_suffix}"
+  title       = "voke secrets (${var.environment})"
+  description = "Read, add, disable and destroy the versions of a secret voke rotates"
+  permissions = [
+    "secretmanager.secrets.update",
+    "secretmanager.versions.access",
+    "secretmanager.versions.add",
+    "secretmanager.versions.destroy",
+    "secretmanager.versions.disable",
+    "secretmanager.versions.enable",
+  ]
+}
+
+# catalog.OPERATOR_PERMISSIONS, for the people in `operators` alone.
+resource "google_project_iam_custom_role" "voke_operator" {
+  project     = var.project
+  role_id     = "voke_operator_${local.role_suffix}"
+  title       = "voke operator (${var.environment})"
+  description = "What only a person runs with voke: dr restore, failover, failback, the drills, making a secret"
+  permissions = [
+    "secretmanager.secrets.create",
+    "cloudsql.instances.clone",
+    "cloudsql.instances.create",
+    "cloudsql.instances.delete",
+    "cloudsql.instances.failover", # instances.switchover (dr failback): no documented permission of its own
+    "cloudsql.instances.promoteReplica",
+    "cloudsql.instances.update",
+  ]
+}
+
+# The only project-wide grants: voke_scheduled to the account and the operators, voke_operator to
+# the operators.
+locals {
+  project_grants = merge(
+    { for k, m in local.holders : "voke_scheduled:${k}" => { member = m, role = google_project_iam_custom_role.voke_scheduled.id } },
+    { for m in var.operators : "voke_operator:${m}" => { member = m, role = google_project_iam_custom_role.voke_operator.id } },
+  )
+  secret_grants = {
+    for pair in setproduct(var.secrets, keys(local.holders)) : "${pair[0]}:${pair[1]}" => { secret = pair[0], member = local.holders[pair[1]] }
+  }
+}
+
+resource "google_project_iam_member" "voke" {
+  for_each = local.project_grants
+  project  = var.project
+  role     = each.value.role
+  member   = each.value.member
+}
+
+resource "google_secret_manager_secret_iam_member" "voke" {
+  for_each  = local.secret_grants
+  project   = var.project
+  secret_id = google_secret_manager_secret.managed[each.value.secret].secret_id
+  role      = google_project_iam_custom_role.voke_secrets.id
+  member    = each.value.member
+}
+
+# The job reads its voke.toml (job.tf) as a mounted secret: that secret alone.
+resource "google_secret_manager_secret_iam_member" "voke_reads_its_config" {
+  project   = var.project
+  secret_id = google_secret_manager_secret.config.secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = local.voke_member
 }
 
 # catalog.RUNTIME_ACCOUNT_PERMISSIONS, on each Cloud Run service's runtime account: redeploying a
@@ -80,19 +141,27 @@ resource "google_project_iam_custom_role" "voke_key_rotator" {
   ]
 }
 
-# Each of those two roles, granted to voke on each account named for it (and nowhere else).
+# Each of those two roles, granted to voke's account and the operators (a failover redeploys the
+# services too) on each account named for it, and nowhere else. (The account's keys are those it
+# had before operators existed: a binding under a new key could be removed by the old one's destroy.)
 locals {
-  account_grants = merge(
-    { for a in var.runtime_service_accounts : "voke_deployer:${a}" => { account = a, role = google_project_iam_custom_role.voke_deployer.id } },
-    { for a in var.rotated_service_accounts : "voke_key_rotator:${a}" => { account = a, role = google_project_iam_custom_role.voke_key_rotator.id } },
-  )
+  account_roles = {
+    voke_deployer    = { role = google_project_iam_custom_role.voke_deployer.id, accounts = var.runtime_service_accounts }
+    voke_key_rotator = { role = google_project_iam_custom_role.voke_key_rotator.id, accounts = var.rotated_service_accounts }
+  }
+  account_grants = merge([
+    for name, grant in local.account_roles : {
+      for pair in setproduct(grant.accounts, keys(local.holders)) :
+      (pair[1] == "voke" ? "${name}:${pair[0]}" : "${name}:${pair[0]}:${pair[1]}") => { account = pair[0], role = grant.role, member = local.holders[pair[1]] }
+    }
+  ]...)
 }
 
 resource "google_service_account_iam_member" "voke" {
   for_each           = local.account_grants
   service_account_id = "projects/${var.project}/serviceAccounts/${each.value.account}"
   role               = each.value.role
-  member             = "serviceAccount:${google_service_account.voke.email}"
+  member             = each.value.member
 }
 
 # catalog.JOB_PERMISSIONS, on voke's own job only: Cloud Scheduler runs it as voke's account with
@@ -111,5 +180,5 @@ resource "google_cloud_run_v2_job_iam_member" "voke_runs_its_job" {
   location = var.region
   name     = google_cloud_run_v2_job.voke.name
   role     = google_project_iam_custom_role.voke_job_runner.id
-  member   = "serviceAccount:${google_service_account.voke.email}"
+  member   = local.voke_member
 }

@@ -72,5 +72,6 @@ resource "google_cloud_run_v2_job" "voke" {
       }
     }
   }
-  depends_on = [google_project_service.apis]
+  # its account must be able to read the mounted voke.toml before a revision of the job is made
+  depends_on = [google_project_service.apis, google_secret_manager_secret_iam_member.voke_reads_its_config]
 }

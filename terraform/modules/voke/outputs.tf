@@ -8,7 +8,12 @@ output "job" {
   description = "The Cloud Run job that runs voke"
 }
 
-output "custom_role" {
+output "scheduled_role" {
+  value       = google_project_iam_custom_role.voke_scheduled.id
+  description = "The project-wide role of voke's account (and the operators): what the scheduled commands call"
+}
+
+output "operator_role" {
   value       = google_project_iam_custom_role.voke_operator.id
-  description = "The least-privilege role voke holds"
+  description = "The project-wide role of the operators alone: DR, drills, making a secret"
 }

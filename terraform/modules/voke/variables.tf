@@ -72,6 +72,12 @@ variable "notification_channels" {
   description = "Notification channel ids for the alert policies"
 }
 
+variable "operators" {
+  type        = list(string)
+  description = "IAM members (user:, group:, serviceAccount:) who run voke's DR commands and drills: they hold what voke's account holds plus the operator role"
+  default     = []
+}
+
 variable "runtime_service_accounts" {
   type        = list(string)
   description = "Emails of the accounts the Cloud Run services voke redeploys run as (voke gets actAs on these alone)"

@@ -1,7 +1,7 @@
 """Names voke uses on Google Cloud, in one place and without importing google.
 
 The Monitoring adapter writes under METRIC_PREFIX, the doctor checks REQUIRED_APIS and
-PERMISSIONS, and the Terraform tests compare `terraform/` against these same constants.
+PROJECT_PERMISSIONS, and the Terraform tests compare `terraform/` against these same constants.
 """
 
 from __future__ import annotations
@@ -55,30 +55,21 @@ REQUIRED_APIS = (
 # Also enabled by terraform/ for running voke on a schedule (not called by voke itself).
 SCHEDULING_APIS = ("cloudscheduler.googleapis.com", "pubsub.googleapis.com")
 
-# Every permission the adapters' calls need on the project: the custom role voke_operator in
-# terraform/ grants exactly these, project-wide (what `voke doctor` tests).
+# Every permission the adapters' calls need, in three sets by where and to whom terraform/ grants
+# them. The unattended job runs only `doctor`, `rotate due --run`, `rotate cleanup` and `dr check`:
+# its account holds the first two sets, never the third.
+# - On the project, for voke's account (and the operators): what the scheduled commands call; the
+#   role voke_scheduled grants exactly these, and `voke doctor` tests exactly these.
 PROJECT_PERMISSIONS = (
-    # Secret Manager: versions, states, aliases, annotations
-    "secretmanager.secrets.create",
+    # Secret Manager: every secret's metadata, never a value (a rotation left unfinished is found
+    # by listing the secrets and their versions); the managed secrets' versions: SECRET_PERMISSIONS
     "secretmanager.secrets.get",
     "secretmanager.secrets.list",
-    "secretmanager.secrets.update",
-    "secretmanager.versions.access",
-    "secretmanager.versions.add",
-    "secretmanager.versions.destroy",
-    "secretmanager.versions.disable",
-    "secretmanager.versions.enable",
     "secretmanager.versions.list",
-    # Cloud SQL Admin: users, instances, backups, DR operations, topology labels, drill scratch instances
+    # Cloud SQL Admin: users (rotation); instances, their operations and backups (dr check, doctor)
     "cloudsql.backupRuns.list",
-    "cloudsql.instances.clone",
-    "cloudsql.instances.create",
-    "cloudsql.instances.delete",
-    "cloudsql.instances.failover",  # instances.switchover (dr failback): none documented of its own
     "cloudsql.instances.get",
     "cloudsql.instances.list",
-    "cloudsql.instances.promoteReplica",
-    "cloudsql.instances.update",
     "cloudsql.users.list",
     "cloudsql.users.update",
     # Cloud Run: revisions pinned to versions, traffic; health checks of a revision's tag URL
@@ -95,6 +86,31 @@ PROJECT_PERMISSIONS = (
     # doctor
     "resourcemanager.projects.get",
     "serviceusage.services.get",
+)
+# - On each secret voke rotates alone (the role voke_secrets, bound on each secret terraform/
+#   creates): values, versions' states, aliases and annotations (rotation state). Project-wide they
+#   would give the job every secret of the project. testIamPermissions on the project cannot see
+#   them, so `voke doctor` does not test them.
+SECRET_PERMISSIONS = (
+    "secretmanager.secrets.update",
+    "secretmanager.versions.access",
+    "secretmanager.versions.add",
+    "secretmanager.versions.destroy",
+    "secretmanager.versions.disable",
+    "secretmanager.versions.enable",
+)
+# - On the project, for operators only (the role voke_operator, granted to terraform/'s
+#   `operators`): what only a person runs: `dr restore|failover|failback` (clones, promotions, a
+#   switchover, the topology labels), the drills' scratch instances, and making a secret (`secrets
+#   add`, `rotate ... --init`, adopting a key). Not `voke doctor`'s: the job's account lacks them.
+OPERATOR_PERMISSIONS = (
+    "secretmanager.secrets.create",
+    "cloudsql.instances.clone",
+    "cloudsql.instances.create",
+    "cloudsql.instances.delete",
+    "cloudsql.instances.failover",  # instances.switchover (dr failback): none documented of its own
+    "cloudsql.instances.promoteReplica",
+    "cloudsql.instances.update",
 )
 
 # Granted on single service accounts, never project-wide (project-wide, they would let voke mint
@@ -114,6 +130,13 @@ ROTATED_ACCOUNT_PERMISSIONS = (
 #   line of each scheduled run (voke itself never calls it): project-wide, they would let that
 #   account run any job of the project with arguments of its choosing, as that job's account.
 JOB_PERMISSIONS = ("run.jobs.run", "run.jobs.runWithOverrides")
-PERMISSIONS = PROJECT_PERMISSIONS + RUNTIME_ACCOUNT_PERMISSIONS + ROTATED_ACCOUNT_PERMISSIONS
+# Everything voke calls anywhere (an operator's whole set; the fakes grant it all).
+PERMISSIONS = (
+    PROJECT_PERMISSIONS
+    + SECRET_PERMISSIONS
+    + OPERATOR_PERMISSIONS
+    + RUNTIME_ACCOUNT_PERMISSIONS
+    + ROTATED_ACCOUNT_PERMISSIONS
+)
 
 PRIMITIVE_ROLES = frozenset({"roles/owner", "roles/editor", "roles/viewer"})

@@ -1,7 +1,10 @@
 """What `voke doctor --env NAME` checks on Google Cloud: credentials, the project, every
-API voke calls, every permission voke needs (testIamPermissions on the project). Each check
-is (name, ok, detail, hint); a failing one never stops the rest. (The Cloud SQL primary is
-checked by the workflow, which knows the topology voke recorded.)
+API voke calls, and the project permissions of the scheduled commands, which the job's account
+and every operator hold (catalog.PROJECT_PERMISSIONS, testIamPermissions on the project). Not
+the operators' DR and drill permissions (doctor is the job's default run, and its account has
+none of them) nor the per-secret and per-account grants, which the project cannot be asked
+about. Each check is (name, ok, detail, hint); a failing one never stops the rest. (The Cloud
+SQL primary is checked by the workflow, which knows the topology voke recorded.)
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ if TYPE_CHECKING:
     from voketag_ops.config import GcpEnvironment
 
 CheckRow = tuple[str, bool, str, str | None]
-ROLE_HINT = "grant the custom role from terraform/ (voke_operator) to the identity voke runs as"
+ROLE_HINT = "grant the custom role from terraform/ (voke_scheduled) to the identity voke runs as"
 
 
 def cloud_checks(env: GcpEnvironment, name: str) -> list[CheckRow]:
