@@ -188,6 +188,14 @@ def test_failover_and_failback_record_the_secret_versions_they_make(voke, home, 
     services = repointed_to(failover.json["result"], env.node("replica").port)
     audited = audited_services(voke, environ, "dr.failover")
     assert audited["repointed"] == as_audited(services) and audited["redeployed"] == services["redeployed"]
+    # Found by review: what the promoted standby had replayed (the data-loss boundary) was only
+    # in that run's --json; the event is what stays.
+    [promote] = [s for s in failover.json["result"]["steps"] if s["name"] == "promote replica"]
+    replayed = {k: promote["detail"][k] for k in ("replayed_lsn", "last_replayed_commit")}
+    assert replayed["replayed_lsn"] and replayed["last_replayed_commit"], promote
+    assert {k: failover.json["result"][k] for k in replayed} == replayed
+    events = voke("dr", "history", "--json", environ=environ).json["result"]["events"]
+    assert {k: events[-1]["details"][k] for k in replayed} == replayed, events[-1]
     failback = voke("dr", "failback", "--yes", "--json", environ=environ)
     assert failback.exit_code == 0, failback.stdout + failback.stderr
     services = repointed_to(failback.json["result"], env.node("primary").port)

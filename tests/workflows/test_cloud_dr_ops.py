@@ -726,6 +726,9 @@ def test_failover_and_failback_report_and_audit_the_repoint_as_the_local_command
     assert event["details"]["services"]["repointed"] == [
         {"secret_name": SECRET, "versions": made, "host": REPLICA_IP}
     ]
+    # what the replica had replayed, under the local failover's keys: the Admin API does not say
+    unknown = {"replayed_lsn": None, "last_replayed_commit": None}
+    assert {k: report[k] for k in unknown} == unknown == {k: event["details"][k] for k in unknown}
     assert event["details"]["services"]["redeployed"] == list(SERVICES)
     back = cloud.voke("dr", "failback", "--yes", "--json")
     assert back.exit_code == 0, back.stdout + back.stderr
@@ -742,6 +745,7 @@ def test_failover_and_failback_report_and_audit_the_repoint_as_the_local_command
     human = cloud.voke("dr", "failover", "--yes")  # a resume: nothing more to repoint
     assert human.exit_code == 0, human.stderr
     assert f"redeployed {', '.join(SERVICES)}" in human.stdout
+    assert "what it had replayed is not known (Cloud SQL does not report it)" in human.stdout
     _no_secret_value(cloud, result.stdout, back.stdout, human.stdout, human.stderr)
 
 

@@ -681,9 +681,22 @@ def _render_restores(console: Console, r: dict[str, Any]) -> None:
             console.print(f"  {doc['state']}: {doc.get('note') or 'discard it to start over'}", markup=False)
 
 
+def _replayed(r: dict[str, Any]) -> str:
+    """What a failover's promoted standby had replayed (past it, the old leader's writes are lost)."""
+    if r.get("replayed_lsn") is None:
+        return "what it had replayed is not known" + (
+            " (Cloud SQL does not report it)" if r.get("kind") == "cloudsql" else ""
+        )
+    return f"it had replayed to LSN {r['replayed_lsn']}, last commit {r['last_replayed_commit'] or 'none'}"
+
+
 def _render_failover(console: Console, r: dict[str, Any]) -> None:
+    promote = next((s for s in r["steps"] if s["name"].startswith("promote ")), None)
+    if promote is None and "replayed_lsn" in r:  # a resume past the promotion
+        console.print(f"{r['new_leader']} was promoted before this run: {_replayed(r)}", markup=False)
     for step in r["steps"]:
-        console.print(f"{'ok  ' if step['ok'] else 'FAIL'} {step['name']} ({step['duration_seconds']:.2f} s)")
+        line = f"{'ok  ' if step['ok'] else 'FAIL'} {step['name']} ({step['duration_seconds']:.2f} s)"
+        console.print(line + (f": {_replayed(r)}" if step is promote else ""), markup=False)
     redeployed = (r.get("services") or {}).get("redeployed")  # (None: a resume past the repoint)
     if redeployed:
         console.print(f"redeployed {', '.join(redeployed)}", markup=False)

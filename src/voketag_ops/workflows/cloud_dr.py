@@ -843,7 +843,10 @@ def _failover(
     t0 = time.monotonic()
     steps = _Steps(progress)
     operation = None
-    with _details(event, mode=mode):
+    # What the replica had replayed when promoted, as the local failover names it: the Admin API
+    # does not say (no LSN, no last replayed commit), so not known rather than made up.
+    replayed: dict[str, Any] = {"replayed_lsn": None, "last_replayed_commit": None}
+    with _details(event, mode=mode, **replayed):
         if not resumed:
             with steps.run(f"promote {replica_name}" + (" (failover=true)" if dr_failover else "")) as info:
                 try:
@@ -891,6 +894,7 @@ def _failover(
         "new_leader": new.name,
         "operation": operation,
         "promoted_at": operation["finished_at"] if operation else None,
+        **replayed,
         "new_primary": {
             "name": new.name,
             "state": new.state,

@@ -563,7 +563,7 @@ def failover(
             refuse_if_rotating_locally(settings)
         repoint = AuditedRepoint(details, settings, env)
         with _resumable(env, "failover"):
-            report = dr.failover(env, progress=progress, repoint=repoint)
+            report = dr.failover(env, progress=progress, repoint=repoint, promoted=details.update)
         details.update(old_leader=report["old_leader"], new_leader=report["new_leader"])
     report["services"] = repoint.done
     report["dry_run"] = False

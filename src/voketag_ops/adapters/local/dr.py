@@ -2048,6 +2048,8 @@ class Steps(list[Step]):
 
 
 Repoint = Callable[[PgNode], dict[str, Any]]
+# What a promoted standby had replayed: a failover's report and audit event name it (None: not known).
+REPLAYED = ("replayed_lsn", "last_replayed_commit")
 
 
 def no_services(_leader: PgNode) -> dict[str, Any]:
@@ -2075,9 +2077,13 @@ def failover(
     reason: str = "voke dr failover",
     promote_timeout: float = 60,
     repoint: Repoint = no_services,
+    promoted: Callable[[dict[str, Any]], None] = lambda _replayed: None,
 ) -> dict[str, Any]:
     """Fence the leader, promote the standby, make it the leader, repoint services, verify a write.
 
+    What the standby had replayed when it was promoted (`replayed_lsn`, `last_replayed_commit`:
+    the data-loss boundary) goes to PROMOTED as soon as it is promoted, and into the report; the
+    operation log keeps it for a resume past the promotion (one an older voke cut short: None).
     Interrupted, it leaves VOKE_HOME/dr/operation.json; running it again resumes.
     """
     t0 = time.monotonic()
@@ -2116,7 +2122,10 @@ def failover(
             info["seconds"] = promote(new, timeout=promote_timeout)
             info["settled_archive_status"] += settle_archive_status(env, new)
             info["timeline"] = current_timeline(new)
-        oplog.mark("promoted")
+        oplog.mark("promoted", **{key: info[key] for key in REPLAYED})
+    replayed = {key: (oplog.doc.get("detail") or {}).get("promoted", {}).get(key) for key in REPLAYED}
+    detail.update(replayed)
+    promoted(replayed)
     promoted_at = instant()
     if not oplog.done("leader"):
         with steps.run(f"record {new.name} as the leader", progress):
