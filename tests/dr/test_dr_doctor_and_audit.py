@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import time
 
 import pytest
@@ -303,6 +304,18 @@ def test_a_failover_or_failback_whose_redeploy_fails_records_the_versions_it_mad
 def test_move_port_records_the_secret_by_name(voke, home, environ):
     # Found by review: the env.move_port event showed the secret's name as ***.
     assert voke("env", "down", environ=environ).exit_code == 0
+    # Found by review: the dry run named a free port, the run then picked another one.
+    plan = voke("env", "move-port", "primary", "--dry-run", "--json", environ=environ)
+    assert plan.exit_code == 0, plan.stdout + plan.stderr
+    assert plan.json["result"]["port"] is None and plan.json["result"]["port_chosen_at_run"] is True
+    human = voke("env", "move-port", "primary", "--dry-run", environ=environ)
+    assert "record primary on a free port picked when the move runs" in human.stdout, human.stdout
+    assert "`--port N` names the port instead" in human.stdout
+    with socket.socket() as probe:  # a free port, named: the dry run says it
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    named = voke("env", "move-port", "primary", "--port", str(free), "--dry-run", "--json", environ=environ)
+    assert (named.json["result"]["port"], named.json["result"]["port_chosen_at_run"]) == (free, False)
     moved = voke("env", "move-port", "primary", "--yes", "--json", environ=environ)
     assert moved.exit_code == 0, moved.stdout + moved.stderr
     services = moved.json["result"]["services"]

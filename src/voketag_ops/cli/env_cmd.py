@@ -92,10 +92,16 @@ def move_port(
         from voketag_ops.adapters.local.dr import refuse_if_running
 
         refuse_if_running(platform.env)  # (an unfinished DR operation is no reason: it resumes after)
-        plan = platform.plan_move(node, port)
-        steps = [f"record {node} on port {plan['port']} (now {plan['old_port']})"]
+        plan = platform.plan_move(node, port, dry_run=True)
+        new = "the new port" if plan["port_chosen_at_run"] else f"port {plan['port']}"
+        steps = [
+            f"record {node} on a free port picked when the move runs (now {plan['old_port']}; "
+            f"`--port N` names the port instead)"
+            if plan["port_chosen_at_run"]
+            else f"record {node} on port {plan['port']} (now {plan['old_port']})"
+        ]
         if plan["standby"]:
-            steps.append(f"point {plan['standby']}'s primary_conninfo at port {plan['port']} and reload it")
+            steps.append(f"point {plan['standby']}'s primary_conninfo at {new} and reload it")
         if plan["leader"]:
             steps.append(
                 "give the services' connection secret versions naming the new port and stop the running "

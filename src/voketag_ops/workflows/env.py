@@ -275,10 +275,12 @@ class LocalPlatform:
             event.details["stopped"] = report["stopped"]
         return report
 
-    def plan_move(self, node: str, port: int | None = None) -> dict[str, Any]:
+    def plan_move(self, node: str, port: int | None = None, *, dry_run: bool = False) -> dict[str, Any]:
         """`env move-port`'s checks and plan, changing nothing (its dry run). After a move of NODE
         was cut short, PORT None is the port it recorded, so running it again finishes it; a
-        move of another node is refused until then (exit 5)."""
+        move of another node is refused until then (exit 5). Otherwise PORT None is a free port
+        the run picks when it runs: a DRY_RUN names none (`port` None, `port_chosen_at_run`),
+        as the one it checked may be taken or another picked by then."""
         from voketag_ops.adapters.local.dr import interrupted_move
         from voketag_ops.workflows.dr import refuse_if_rotating_locally
 
@@ -295,6 +297,11 @@ class LocalPlatform:
         if plan["leader"]:
             # its pending version names the old port; its resume or rollback would log in there
             refuse_if_rotating_locally(self.settings)
+        picked = port is None and recorded is None
+        if dry_run:
+            plan["port_chosen_at_run"] = picked
+            if picked:
+                plan["port"] = None
         return plan
 
     def move_port(self, node: str, port: int | None = None) -> dict[str, Any]:
