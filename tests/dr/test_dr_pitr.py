@@ -284,6 +284,37 @@ def test_paused_replay_raises_the_lag_alert_and_an_idle_primary_does_not(voke, e
     assert lag["value"] < 1
 
 
+def test_env_status_shows_a_paused_standby_lagging_at_least_since_the_pause_as_dr_status_and_check_do(
+    voke, environ, env
+):
+    # Found by review: with replay paused `env status` showed pg_stat_replication's replay_lag,
+    # the standby's last report (31.1 s where the lag was 41 s), and the runbook sends an
+    # operator with `FAIL replication_lag` to it. All three read the heartbeat probe now: the
+    # standby has replayed nothing committed after the pause, so each lag, read at its own
+    # moment, is at least the time since the pause up to the moment the command started.
+    standby = env.standby()
+    with standby.connect() as conn:
+        conn.execute("select pg_wal_replay_pause()")
+        while conn.execute("select pg_get_wal_replay_pause_state()").fetchone()[0] != "paused":  # type: ignore[index]
+            time.sleep(0.05)
+    paused_at = time.time()  # (wall clock: the lag is measured from commit times)
+    try:
+        with env.primary().connect() as conn:
+            conn.execute("create table if not exists lagged_env (id int)")
+            conn.execute("insert into lagged_env select generate_series(1, 1000)")
+        time.sleep(2)  # a lag well past replay_lag's last report
+        lags = {}
+        for command in (("env", "status"), ("dr", "status"), ("dr", "check")):
+            since_pause = time.time() - paused_at
+            result = voke(*command, "--json", environ=environ).json["result"]
+            node = result["replica"] if command[0] == "env" else result.get("status", result)["standby"]
+            lags[command] = (node["lag_seconds"], since_pause)
+        assert all(lag is not None and lag >= since for lag, since in lags.values()), lags
+    finally:
+        with standby.connect() as conn:
+            conn.execute("select pg_wal_replay_resume()")
+
+
 def test_backup_needs_yes_without_a_terminal_and_verifies(voke, environ, env):
     import subprocess
 

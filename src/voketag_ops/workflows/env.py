@@ -246,6 +246,7 @@ class LocalPlatform:
         report = self.env.status()
         services = []
         if report["initialized"]:
+            self._measure_lag(report)
             for info in self.runtime().services(check=True):
                 services.append(
                     {
@@ -260,6 +261,27 @@ class LocalPlatform:
             report["healthy"] = bool(report["healthy"] and services and all(s["healthy"] for s in services))
         report["services"] = services
         return report
+
+    def _measure_lag(self, report: dict[str, Any]) -> None:
+        """The standby's lag in REPORT as `dr status` and `dr check` measure it (a heartbeat written
+        on the leader, timed until the standby replays it; not replayed within
+        dr.lag_probe_seconds, the age of what it last replayed), not pg_stat_replication's
+        replay_lag, the standby's last report, which stands still while its replay is paused
+        and so under-reported the lag `dr check` failed on."""
+        from voketag_ops.adapters.local.dr import probe_lag
+
+        leader, standby = report["primary"], report["replica"]
+        if not (self.settings.local.replica and leader["role"] == "primary" and standby["running"]):
+            return  # (no standby to time, or one that does not answer: env.status says what it knows)
+        state = self.env.require_state()
+        lag = probe_lag(
+            self.env.node(state.leader, state),
+            self.env.node(state.follower, state),
+            wait=self.settings.dr.lag_probe_seconds,
+        )
+        standby["lag_seconds"] = lag["lag_seconds"]
+        if lag["lag_bytes"] is not None:
+            standby["lag_bytes"] = lag["lag_bytes"]
 
     def down(self, progress: Progress = _quiet) -> dict[str, Any]:
         # Not beside a concurrent `up`, nor under a running DR operation or drill (exit 5): a

@@ -1390,7 +1390,8 @@ def _replication_lag(primary: PgNode) -> dict[str, Any]:
 
 
 def _lag_from_row(lag_bytes: int | None, lag_seconds: float | None, state: str | None) -> dict[str, Any]:
-    """pg_stat_replication's byte lag, replay_lag and state as `env status` shows them. replay_lag
+    """pg_stat_replication's byte lag, replay_lag and state as `status` reads them (`env status`
+    shows a standby that answers with the heartbeat lag `dr status` measures instead). replay_lag
     is NULL once caught up on an idle primary (0 s), but also while the standby sends no replies
     (frozen, cut off) however far behind it is: then the lag in seconds is not known (None)."""
     lag_bytes = int(lag_bytes or 0)
