@@ -195,8 +195,16 @@ def coverage_json(
             "excluded_lines": [],
         }
         if branch:
-            entry["executed_branches"] = spec.get("executed_branches", [])
-            entry["missing_branches"] = spec.get("missing_branches", [])
+            taken, missed = spec.get("executed_branches", []), spec.get("missing_branches", [])
+            entry["executed_branches"], entry["missing_branches"] = taken, missed
+            arcs = taken + missed
+            missed_from = [a for a, _ in missed]
+            summary.update(
+                num_branches=len(arcs),
+                missing_branches=len(missed_from),
+                covered_branches=len(arcs) - len(missed_from),
+                num_partial_branches=sum(1 for a in missed_from if a not in missing),
+            )
         if "functions" in spec:
             entry["functions"] = spec["functions"]
         out_files[path] = entry

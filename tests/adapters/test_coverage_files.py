@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from voketag_ops.adapters.local.coverage_files import coverage_precision, read_inputs
-from voketag_ops.core.coverage import PathMap, combine, display_covered, total
+from voketag_ops.core.coverage import (
+    InexactMerge,
+    PathMap,
+    combine,
+    diff_coverage,
+    display_covered,
+    total,
+)
 from voketag_ops.coverage_testing import (
     SOURCE_ARG,
     Measured,
@@ -64,6 +71,81 @@ def test_json_totals_equal_coverage_report(measured: Measured):
             s["num_statements"], s["missing_lines"], s["num_branches"], s["missing_branches"],
             s["num_partial_branches"],
         )  # fmt: skip
+
+
+# coverage.json of old coverage.py versions (see old_coverage_json/README.md), and what each
+# version's own `coverage report --precision=3` printed for it: (Stmts, Miss, Branch, BrPart,
+# Cover) of admin_service/*, of factory_service/* (--include) and the TOTAL.
+OLD = Path(__file__).parent / "old_coverage_json"
+_WITH_ARCS_COUNTED_AS_6 = {
+    "admin_service/": (13, 3, 6, 2, "73.684"),
+    "factory_service/": (12, 1, 6, 1, "88.889"),
+    "": (25, 4, 12, 3, "81.081"),
+}
+_WITH_ARCS_COUNTED_AS_4 = {
+    "admin_service/": (13, 3, 6, 2, "73.684"),
+    "factory_service/": (12, 1, 4, 1, "87.500"),
+    "": (25, 4, 10, 3, "80.000"),
+}
+OLD_REPORTS = {
+    "6.2": _WITH_ARCS_COUNTED_AS_6,  # format 1: no arc lists at all
+    "6.5.0": _WITH_ARCS_COUNTED_AS_6,  # the `with` line lists 3 arcs, counts 2 exits
+    "7.5.4": _WITH_ARCS_COUNTED_AS_6,
+    "7.10.7": _WITH_ARCS_COUNTED_AS_4,  # (Python 3.12)
+    "7.11.3": _WITH_ARCS_COUNTED_AS_4,
+}
+
+
+@pytest.mark.parametrize("version", OLD_REPORTS)
+def test_old_coverage_json_totals_equal_that_version_s_coverage_report(version, tmp_path):
+    # Up to 7.11, executed_lines holds excluded lines that ran (users.py 9 and 23) and line 1 of
+    # the empty __init__.py; totals from the lists counted 29 statements where coverage.py has 25.
+    inputs, files, t = totals_of([OLD / f"{version}.json"], tmp_path)
+    assert inputs[0].tool_version == version and inputs[0].branch
+    for prefix, (stmts, miss, branches, partial, cover) in OLD_REPORTS[version].items():
+        c = total(f.counts for p, f in files.items() if p.startswith(prefix))
+        assert (c.statements, c.missing, c.branches, c.partial_branches) == (stmts, miss, branches, partial)
+        assert display_covered(c.percent, 3) == cover, prefix
+    totals = json.loads((OLD / f"{version}.json").read_text())["totals"]
+    assert t.percent == totals["percent_covered"] and t.missing_branches == totals["missing_branches"]
+    users = files["admin_service/users.py"]
+    assert users.missing == {5, 17, 20} and not users.executed & {9, 10, 23, 24}
+    assert not files["admin_service/__init__.py"].statements
+    # an excluded line that ran is no statement of a diff either
+    diff = diff_coverage({"admin_service/users.py": {9, 23}}, files, 0)
+    assert diff.measured == 0 and diff.display == "n/a"
+
+
+def test_old_coverage_json_of_two_runs_combines_as_coverage_combine_or_says_it_cannot(tmp_path):
+    # 7.10.7's lists, once the lines that are no statements are set aside, are its counts: the
+    # two runs combine as `coverage combine` then `coverage report` of 7.10.7 says.
+    _, _, t = totals_of([OLD / "7.10.7.json", OLD / "7.10.7-second-run.json"], tmp_path)
+    assert (t.statements, t.missing, t.branches, t.partial_branches) == (25, 3, 10, 2)
+    assert display_covered(t.percent, 3) == "85.714"
+    # 7.5.4 lists 3 arcs for the `with` line of batch.py and counts 2 exits: which exits the two
+    # runs took together cannot be told from them, so they are not combined at all.
+    with pytest.raises(InexactMerge, match=re.escape("factory_service/batch.py")):
+        totals_of([OLD / "7.5.4.json", OLD / "7.5.4-second-run.json"], tmp_path)
+    # the same report twice is itself
+    _, _, twice = totals_of([OLD / "7.5.4.json", OLD / "7.5.4.json"], tmp_path)
+    assert display_covered(twice.percent, 3) == "81.081"
+
+
+def test_a_coverage_json_summary_is_checked_and_one_without_counts_leaves_the_lists(tmp_path):
+    doc = json.loads((OLD / "6.2.json").read_text())
+    users = doc["files"]["admin_service/users.py"]
+    users["summary"]["num_branches"] = "6"
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(InputError, match=r"admin_service/users\.py: summary\.num_branches must be a count"):
+        read_inputs([path], root=tmp_path)
+    del users["summary"]  # (no tool voke knows writes that: then the lists are all there is)
+    path.write_text(json.dumps(doc))
+    _, files, _ = totals_of([path], tmp_path)
+    assert (
+        files["admin_service/users.py"].counts.statements,
+        files["admin_service/users.py"].counts.branches,
+    ) == (13, 0)
 
 
 def test_cobertura_and_data_file_agree_with_json(measured: Measured):

@@ -210,6 +210,36 @@ def test_gate_80_5_fails_81(voke, env, project):
     assert r.stderr.strip().splitlines()[-1].startswith("✗ coverage gate failed: admin-service")
 
 
+OLD_JSON = Path(__file__).parents[1] / "adapters" / "old_coverage_json"
+
+
+def test_gate_on_old_coverage_json_judges_coverage_py_s_own_numbers(voke, env, project):
+    # coverage.py 7.10.7's `coverage report`: admin 73.684 %, factory 87.500 %, TOTAL 80.000 %
+    # (25 statements); from its lists voke counted 28 statements and 81.579 %, and passed 81.
+    r = voke("coverage", "gate", str(OLD_JSON / "7.10.7.json"), "--fail-under", "81", "--precision", "3",
+             "--json", environ=env, cwd=project)  # fmt: skip
+    assert r.exit_code == 1, r.stdout + r.stderr
+    res = r.json["result"]
+    assert (res["totals"]["statements"], res["totals"]["display"]) == (25, "80.000")
+    assert [(s["name"], s["display"]) for s in res["services"]] == [
+        ("admin-service", "73.684"),
+        ("factory-service", "87.500"),
+    ]
+
+
+def test_two_old_coverage_json_that_cannot_be_combined_exactly_are_refused(voke, env, project):
+    first, second = OLD_JSON / "7.5.4.json", OLD_JSON / "7.5.4-second-run.json"
+    r = voke("coverage", "gate", str(first), str(second), environ=env, cwd=project)
+    assert r.exit_code == 1 and r.stdout == ""
+    no_traceback(r)
+    assert r.stderr.splitlines()[0] == (
+        f"error: factory_service/batch.py is in several inputs ({first}, {second}), and {first} "
+        "(coverage.py 7.5.4) gives counts for it that its line and branch lists do not reproduce, "
+        "so voke cannot combine them exactly"
+    )
+    assert "`coverage combine`" in r.stderr
+
+
 @pytest.mark.parametrize(
     ("version", "extra", "code"),
     [

@@ -212,6 +212,10 @@ class FileCoverage:
     branches: Mapping[int, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
     regions: tuple[Region, ...] = ()
     has_branches: bool = False
+    # The input's own counts where its line and arc lists do not reproduce them (coverage.json
+    # of coverage.py <= 7.11: no arcs in format 1, arcs that disagree with the exit counts);
+    # the lists then serve the gap lists and diff coverage only. None: the lists are exact.
+    stated: Counts | None = None
 
     @property
     def statements(self) -> frozenset[int]:
@@ -219,6 +223,12 @@ class FileCoverage:
 
     @property
     def counts(self) -> Counts:
+        """The file's counts: as stated by the input when its lists fall short, else from the lists."""
+        return self.stated if self.stated is not None else self.listed_counts
+
+    @property
+    def listed_counts(self) -> Counts:
+        """The counts the line and arc lists give (coverage.py's `Numbers` for them)."""
         n_branches = n_missing_br = n_partial = 0
         for line, (exits, missed) in self.branches.items():
             n_branches += exits
@@ -246,9 +256,23 @@ class FileCoverage:
         return Counts(len(region.lines), len(missing), n_branches, n_missing_br, files=1)
 
 
+class InexactMerge(ValueError):
+    """PATH is in two reports, one of whose counts its own lists do not reproduce: their union
+    cannot be counted exactly (which exits of a line with no arcs listed ran, in which report?)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"{path}: its counts cannot be combined exactly")
+        self.path = path
+
+
 def merge_files(a: FileCoverage, b: FileCoverage) -> FileCoverage:
     """Two reports of the same file combined, like `coverage combine`: a line or branch
-    exit is covered when either report covered it."""
+    exit is covered when either report covered it. InexactMerge when either report states
+    counts its lists do not reproduce (unless both say the same)."""
+    if a.stated is not None or b.stated is not None:
+        if a == b:  # the same report twice
+            return a
+        raise InexactMerge(a.path)
     statements = a.statements | b.statements
     executed = a.executed | b.executed
     branches: dict[int, tuple[int, tuple[int, ...]]] = dict(a.branches)

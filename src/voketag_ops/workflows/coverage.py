@@ -27,6 +27,7 @@ from voketag_ops.logs import get_logger
 log = get_logger(__name__)
 
 if TYPE_CHECKING:
+    from voketag_ops.adapters.local.coverage_files import CoverageInput
     from voketag_ops.config import CoverageSettings
 
 STEP_SUMMARY_LIMIT = 1024 * 1024  # GitHub drops a step summary larger than 1024k
@@ -119,7 +120,10 @@ def _load(
             f"cannot combine {kinds[True]} (branch data) with {kinds[False]} (statement data only)",
             hint="measure every run with the same [run] branch setting",
         )
-    files = cov.combine(f for i in inputs for f in i.files)
+    try:
+        files = cov.combine(f for i in inputs for f in i.files)
+    except cov.InexactMerge as exc:
+        raise _inexact_merge(exc.path, inputs) from None
     if not files:  # as `coverage report` says; a total over nothing is no 100 %
         raise InputError(
             f"no data to report: {', '.join(i.source for i in inputs)} measure no file",
@@ -140,6 +144,20 @@ def _load(
         branch=any(i.branch for i in with_files),
         coverage_version=known[-1] if known else None,
         warnings=list(dict.fromkeys(w for i in inputs for w in i.warnings)),
+    )
+
+
+def _inexact_merge(path: str, inputs: Sequence[CoverageInput]) -> InputError:
+    """The error for PATH, in several INPUTS, one of which states counts its lists do not give."""
+    holding = [i for i in inputs if any(f.path == path for f in i.files)]
+    short = next(i for i in holding if any(f.path == path and f.stated is not None for f in i.files))
+    by = f" (coverage.py {short.tool_version})" if short.tool_version else ""
+    named = ", ".join(dict.fromkeys(i.source for i in holding))
+    return InputError(
+        f"{path} is in several inputs ({named}), and {short.source}{by} gives counts for it that its line and "
+        "branch lists do not reproduce, so voke cannot combine them exactly",
+        hint="combine the runs with `coverage combine` first (or pass voke their .coverage files), "
+        "or write coverage.json with coverage.py 7.13 or later",
     )
 
 

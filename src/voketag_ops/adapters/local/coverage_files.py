@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,6 +30,7 @@ from voketag_ops.config import MAX_PRECISION
 from voketag_ops.core.coverage import (
     EXIT,
     UNKNOWN,
+    Counts,
     FileCoverage,
     PathMap,
     Region,
@@ -197,12 +198,42 @@ def _arcs(value: Any, what: str) -> list[tuple[int, int]]:
     return value
 
 
+_SUMMARY_KEYS = ("num_statements", "missing_lines", "excluded_lines")
+_BRANCH_SUMMARY_KEYS = ("num_branches", "missing_branches", "num_partial_branches")
+
+
+def _stated(summary: Any, path: str, branch: bool) -> Counts | None:
+    """A file's `summary`: coverage.py's own counts for it, what `coverage report` prints
+    (None when the entry has none, or lacks one of them: its lists are then all there is)."""
+    keys = _SUMMARY_KEYS + (_BRANCH_SUMMARY_KEYS if branch else ())
+    if not isinstance(summary, dict) or not all(k in summary for k in keys):
+        return None
+    for key in keys:
+        if type(summary[key]) is not int or summary[key] < 0:
+            raise ValueError(f"{path}: summary.{key} must be a count")
+    statements, missing, excluded = (summary[k] for k in _SUMMARY_KEYS)
+    branches, missing_branches, partial = (summary[k] for k in _BRANCH_SUMMARY_KEYS) if branch else (0, 0, 0)
+    if missing > statements or max(missing_branches, partial) > branches:
+        raise ValueError(f"{path}: summary counts more missed than there are")
+    return Counts(statements, missing, branches, missing_branches, partial, excluded, files=1)
+
+
 def _json_file(path: str, entry: Any, branch: bool, want_regions: bool) -> FileCoverage:
+    """One file of coverage.json. Its totals are its `summary` (coverage.py's own counts); the
+    lists give the lines and exits for gap lists, diff coverage and combining. coverage.py up
+    to 7.11 lists lines that are no statements among the executed ones (an excluded line that
+    ran, line 1 of a module without statements), lists no arcs at all in format 1 (6.2) and
+    arcs that disagree with its exit counts in 6.3-7.5 (a `with` line): where the lists still
+    fall short of the summary, the file keeps the summary as its `stated` counts."""
     if not isinstance(entry, dict):
         raise ValueError(f"files[{path!r}] must be an object")
-    executed = _ints(entry.get("executed_lines", []), f"{path}: executed_lines")
-    missing = _ints(entry.get("missing_lines", []), f"{path}: missing_lines")
     excluded = _ints(entry.get("excluded_lines", []), f"{path}: excluded_lines")
+    executed = _ints(entry.get("executed_lines", []), f"{path}: executed_lines") - excluded
+    missing = _ints(entry.get("missing_lines", []), f"{path}: missing_lines")
+    stated = _stated(entry.get("summary"), path, branch)
+    if stated is not None and stated.covered == 0:
+        executed = frozenset()  # none of its statements ran: what ran was no statement
+    missing -= executed
     branches: dict[int, tuple[int, tuple[int, ...]]] = {}
     if branch:
         exits: dict[int, int] = {}
@@ -213,12 +244,14 @@ def _json_file(path: str, entry: Any, branch: bool, want_regions: bool) -> FileC
             exits[a] = exits.get(a, 0) + 1
             missed.setdefault(a, []).append(EXIT if b < 0 else b)
         branches = {line: (n, tuple(sorted(missed.get(line, ())))) for line, n in exits.items()}
+    statements = executed | missing
     found: list[Region] = []
     if want_regions:
         for kind, plural in (("function", "functions"), ("class", "classes")):
             for name, reg in (entry.get(plural) or {}).items():
-                lines = _ints(reg.get("executed_lines", []), f"{path}: {name}") | _ints(
-                    reg.get("missing_lines", []), f"{path}: {name}"
+                lines = statements & (
+                    _ints(reg.get("executed_lines", []), f"{path}: {name}")
+                    | _ints(reg.get("missing_lines", []), f"{path}: {name}")
                 )
                 start = reg.get("start_line")
                 if not lines and name:
@@ -228,7 +261,14 @@ def _json_file(path: str, entry: Any, branch: bool, want_regions: bool) -> FileC
                         name, kind, start if type(start) is int else (min(lines) if lines else None), lines
                     )
                 )
-    return FileCoverage(path, executed, missing - executed, excluded, branches, tuple(found), branch)
+    listed = FileCoverage(path, executed, missing, excluded, branches, tuple(found), branch)
+    if stated is None or _counted(stated) == _counted(listed.listed_counts):
+        return listed
+    return replace(listed, stated=stated)
+
+
+def _counted(c: Counts) -> tuple[int, int, int, int, int]:
+    return c.statements, c.missing, c.branches, c.missing_branches, c.partial_branches
 
 
 # -- Cobertura XML ---------------------------------------------------------------------------------
