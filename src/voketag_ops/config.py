@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from voketag_ops.core.chain import DEFAULT_DIFFICULTY
+from voketag_ops.core.coverage import normalize_path
 from voketag_ops.errors import ConfigError, UsageError
 
 DEFAULT_SERVICES = ("admin-service", "factory-service", "blockchain-service")
@@ -225,7 +226,8 @@ class CoverageService(_Model):
     paths: tuple[str, ...] = Field(
         default=(),
         description="path prefixes of its files after remapping (default: NAME/, NAME_WITH_UNDERSCORES/, "
-        "services/NAME/, src/NAME_WITH_UNDERSCORES/); the longest matching prefix wins",
+        "services/NAME/, src/NAME_WITH_UNDERSCORES/); the longest matching prefix wins, and no two services "
+        "may give the same one",
     )
     target: float | None = Field(default=None, ge=0, le=100, description="percent (default: coverage.target)")
     baseline: float | None = Field(
@@ -275,6 +277,28 @@ class CoverageSettings(_Model):
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return Path(os.path.expanduser(str(value)))
+
+    def service_prefixes(self, name: str) -> tuple[str, ...]:
+        """Service NAME's path prefixes: its `paths`, else where a service of that name lives."""
+        return self.services[name].paths or default_prefixes(name)
+
+    def shared_prefix(self) -> tuple[str, str, str, str] | None:
+        """(service, its prefix, an earlier service, that one's prefix) for the first prefix two
+        services both give (a trailing / aside), else None: the longest matching prefix picks a
+        file's service, and two as long as each other leave it to the order of the tables."""
+        seen: dict[str, tuple[str, str]] = {}
+        for name in self.services:
+            for prefix in self.service_prefixes(name):
+                first, its = seen.setdefault(normalize_path(prefix).rstrip("/"), (name, prefix))
+                if first != name:
+                    return name, prefix, first, its
+        return None
+
+
+def default_prefixes(name: str) -> tuple[str, ...]:
+    """Where a coverage service's files live when its `paths` are not configured."""
+    under = name.replace("-", "_")
+    return tuple(dict.fromkeys((f"{name}/", f"{under}/", f"services/{name}/", f"src/{under}/")))
 
 
 class DrSettings(_Model):
@@ -737,6 +761,8 @@ def load_config(
         known = ", ".join(sorted(["local", *settings.environments]))
         where = LoadedConfig(settings, sources).source_of("env")
         raise ConfigError(f"{where}: env: unknown environment {settings.env!r} (known: {known})")
+    if shared := settings.coverage.shared_prefix():
+        raise _shared_prefix_error(shared, settings.coverage, sources, path)
     if "services" in sources:  # a login that names no services of its own has the platform's
         for name, user in settings.rotation.db_users.items():
             key = f"rotation.db_users.{name}.services"
@@ -747,6 +773,28 @@ def load_config(
     _LOADED.pop(settings.local.home, None)
     _LOADED[settings.local.home] = settings
     return loaded
+
+
+def _shared_prefix_error(
+    shared: tuple[str, str, str, str], coverage: CoverageSettings, sources: dict[str, str], path: Path | None
+) -> ConfigError:
+    """Two coverage services giving one prefix, blamed on the later one's `paths` (or its table,
+    when it has the default ones) where they were set, with the line and column in a file."""
+    name, prefix, first, its = shared
+    table = f"coverage.services.{name}"
+    key = f"{table}.paths" if coverage.services[name].paths else table
+    where = sources.get(key) or next(
+        (v for k, v in sources.items() if k.startswith(table + ".")), str(path) if path else "configuration"
+    )
+    at = _position(path, key, "") if path is not None and where == str(path) else ""
+    whose = "" if key.endswith(".paths") else "its default "
+    spelled = "" if its == prefix else f" ({its!r})"
+    return ConfigError(
+        f"{where}: {key}: {whose}prefix {prefix!r} is also service {first}'s{spelled}: a file under it "
+        f"would belong to both services {first} and {name}{at}",
+        hint="give each prefix to one service (a longer one, a subdirectory's, takes its files from a "
+        "shorter one: the longest matching prefix wins)",
+    )
 
 
 # The settings each configured VOKE_HOME was last loaded with in this process, newest last.

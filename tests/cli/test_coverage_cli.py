@@ -305,6 +305,31 @@ def test_longest_prefix_wins(voke, env, tmp_path):
     assert r.exit_code == 1  # admin 90 < 95
 
 
+def test_services_giving_one_prefix_are_a_configuration_error(voke, env, tmp_path):
+    (tmp_path / "voke.toml").write_text(
+        '[coverage.services.b]\npaths = ["admin_service", "factory_service/"]\n'
+        '[coverage.services.a]\npaths = ["admin_service/"]\n'
+    )
+    write_json(tmp_path, {"admin_service/x.py": lines_file(9, 1), "factory_service/y.py": lines_file(6, 4)})
+    r = voke("coverage", "gate", "coverage.json", environ=env, cwd=tmp_path)
+    assert r.exit_code == 3 and r.stdout == ""
+    assert r.stderr.startswith(
+        f"error: {tmp_path / 'voke.toml'}: coverage.services.a.paths: prefix 'admin_service/' is also "
+        "service b's ('admin_service'): a file under it would belong to both services b and a (at line 4, column 9)\n"
+    )
+    # a service whose files all go to longer prefixes is told so, not that nothing matches it
+    (tmp_path / "voke.toml").write_text(
+        '[coverage.services.b]\npaths = ["admin_service/"]\n'
+        '[coverage.services.a]\npaths = ["admin_service/x.py", "factory_service/"]\n'
+    )
+    r = voke("coverage", "gate", "coverage.json", environ=env, cwd=tmp_path)
+    assert r.exit_code == 3
+    assert r.stderr.startswith(
+        "error: service b: every file under its paths (admin_service/) goes to service a, whose prefix "
+        "is longer (e.g. 'admin_service/x.py')\n"
+    )
+
+
 def _multi_source_xml(project: Path) -> None:
     """Cobertura XML as `[run] source = a, b` writes it, made in /ci/proj (not here): each
     filename relative to one of the two <source> entries."""

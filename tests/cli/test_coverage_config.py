@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from voketag_ops.config import load_config
@@ -54,3 +56,45 @@ def test_invalid_values_name_the_key(tmp_path, toml, key):
     (tmp_path / "voke.toml").write_text(toml)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(environ={}, cwd=tmp_path)
+
+
+def test_two_services_giving_one_prefix_are_refused_naming_both_and_where(tmp_path):
+    # The longest matching prefix picks a file's service: two as long as each other left it to
+    # the order of the tables, and the second service "matched no file" (exit 3, review).
+    (tmp_path / "voke.toml").write_text(
+        "[coverage.services.b]\n"
+        'paths = ["admin_service", "factory_service/", "blockchain_service/"]\n'
+        "[coverage.services.a]\n"
+        'paths = ["admin_service/"]\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(environ={}, cwd=tmp_path)
+    assert str(caught.value) == (
+        f"{tmp_path / 'voke.toml'}: coverage.services.a.paths: prefix 'admin_service/' is also service "
+        "b's ('admin_service'): a file under it would belong to both services b and a (at line 4, column 9)"
+    )
+    assert caught.value.exit_code == 3
+
+
+def test_a_default_prefix_shared_by_two_service_names_is_refused(tmp_path):
+    # admin-service and admin_service both live in admin_service/ by default
+    (tmp_path / "voke.toml").write_text(
+        "[coverage.services.admin-service]\n[coverage.services.admin_service]\ntarget = 50\n"
+    )
+    with pytest.raises(ConfigError, match=re.escape(
+        "coverage.services.admin_service: its default prefix 'admin_service/' is also service "
+        "admin-service's: a file under it would belong to both services admin-service and admin_service "
+        "(at line 2, column 1)"
+    )):  # fmt: skip
+        load_config(environ={}, cwd=tmp_path)
+
+
+def test_a_shared_prefix_from_the_environment_names_the_variable(tmp_path):
+    environ = {"VOKE_COVERAGE__SERVICES": '{"x": {"paths": ["./a/"]}, "y": {"paths": ["a"]}}'}
+    with pytest.raises(ConfigError, match=r"^env VOKE_COVERAGE__SERVICES: coverage\.services\.y\.paths: "):
+        load_config(environ=environ, cwd=tmp_path)
+    # one service may repeat itself, and a longer prefix of another service is no clash
+    (tmp_path / "voke.toml").write_text(
+        '[coverage.services.x]\npaths = ["a/", "a"]\n[coverage.services.y]\npaths = ["a/b/"]\n'
+    )
+    assert load_config(environ={}, cwd=tmp_path).settings.coverage.shared_prefix() is None

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from voketag_ops.config import CoverageService, CoverageSettings
+from voketag_ops.config import CoverageService, CoverageSettings, default_prefixes
 from voketag_ops.core.coverage import Rule
 from voketag_ops.coverage_testing import coverage, coverage_json, lines_file
 from voketag_ops.errors import ConfigError, InputError
@@ -54,7 +54,7 @@ def test_resolve_rule_and_default_prefixes():
     assert wf.resolve_rule("auto", []) is Rule.COVERAGE
     assert wf.resolve_rule("auto", ["7.10.0", "7.17.0"]) is Rule.COVERAGE
     assert wf.resolve_rule("strict", ["7.16.1"]) is Rule.STRICT
-    assert wf.default_prefixes("admin-service") == (
+    assert default_prefixes("admin-service") == (
         "admin-service/",
         "admin_service/",
         "services/admin-service/",

@@ -408,7 +408,7 @@ class ServiceSpec:
 UNASSIGNED = "unassigned"
 
 
-def _prefix_matches(path: str, prefix: str) -> bool:
+def prefix_matches(path: str, prefix: str) -> bool:
     prefix = normalize_path(prefix)
     if prefix.endswith("/"):
         return path.startswith(prefix)
@@ -420,7 +420,7 @@ def assign(path: str, services: Sequence[ServiceSpec]) -> str | None:
     best: tuple[int, str] | None = None
     for spec in services:
         for prefix in spec.prefixes:
-            if _prefix_matches(path, prefix):
+            if prefix_matches(path, prefix):
                 length = len(normalize_path(prefix).rstrip("/"))
                 if best is None or length > best[0]:
                     best = (length, spec.name)

@@ -83,12 +83,6 @@ class _Loaded:
     warnings: list[str]  # coverage.py's, while reading the inputs (a file `ignore_errors` skipped)
 
 
-def default_prefixes(name: str) -> tuple[str, ...]:
-    """Where a service's files live when its `paths` are not configured."""
-    under = name.replace("-", "_")
-    return tuple(dict.fromkeys((f"{name}/", f"{under}/", f"services/{name}/", f"src/{under}/")))
-
-
 def _version_tuple(version: str | None) -> tuple[int, ...] | None:
     if not version:
         return None
@@ -170,7 +164,7 @@ def _specs(settings: CoverageSettings, options: Options) -> list[cov.ServiceSpec
         specs.append(
             cov.ServiceSpec(
                 name=name,
-                prefixes=svc.paths or default_prefixes(name),
+                prefixes=settings.service_prefixes(name),
                 target=settings.target if target is None else target,
                 baseline=svc.baseline,
             )
@@ -200,6 +194,23 @@ def _grouped(
             if selected and spec.name not in selected:
                 continue
             if not grouped[spec.name]:
+                under = sorted(
+                    f.path
+                    for f in loaded.files.values()
+                    if any(cov.prefix_matches(f.path, p) for p in spec.prefixes)
+                )
+                if under:  # all taken by services with longer prefixes
+                    takers = list(dict.fromkeys(cov.assign(p, specs) or "" for p in under))
+                    whose = (
+                        "service {}, whose prefix is"
+                        if len(takers) == 1
+                        else "services {}, whose prefixes are"
+                    )
+                    raise ConfigError(
+                        f"service {spec.name}: every file under its paths ({', '.join(spec.prefixes)}) goes to "
+                        f"{whose.format(', '.join(takers))} longer (e.g. {under[0]!r})",
+                        hint=f"set coverage.services.{spec.name}.paths to its own files, or pick services with --service",
+                    )
                 example = (
                     f"; unassigned files look like {sorted(f.path for f in unassigned)[0]!r}"
                     if unassigned
