@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta, timezone
@@ -630,8 +631,18 @@ def test_verify_of_a_stopped_standby_is_a_backend_error_naming_it_not_a_rebuild(
         env.up()
     assert shown.exit_code == 4, shown.stdout
     error = shown.json["error"]
-    assert error["message"].startswith(f"cannot reach the {standby.name} on port {standby.port}")
+    assert error["message"] == f"standby {standby.name} not running; it cannot be compared"
     assert "voke env up" in error["hint"] and "failback" not in error["hint"]
+    pid = standby.pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # frozen: `env up` leaves it as it is, so the hint is what resumes it
+    try:
+        frozen = voke("dr", "verify", "--source", "standby", "--target", "leader", "--json", environ=environ)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert frozen.exit_code == 4, frozen.stdout
+    assert f"(pid {pid}) does not answer" in frozen.json["error"]["message"]
+    assert f"kill -CONT {pid}" in frozen.json["error"]["hint"]
 
 
 def _runbook_block(runbook: str, marker: str) -> str:

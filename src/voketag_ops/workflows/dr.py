@@ -796,22 +796,30 @@ def verify(
     # A standby compared with its leader: let it replay what the leader has written first.
     leader, standby = env.primary(), env.standby()
     if {src.name, dst.name} == {leader.name, standby.name}:
-        recovering = {node.name: dr.in_recovery(node) for node in (leader, standby)}
+        from voketag_ops.adapters.local.environment import node_status, node_trouble, starts_as_standby
+
         fenced = env.fenced()
-        for node in (leader, standby):  # stopped (`env down`) or not answering: nothing to rebuild
-            startable = node.name not in fenced and (
-                node is leader or (node.data_dir / "standby.signal").exists()
-            )
-            if recovering[node.name] is None and startable:
-                raise BackendError(
-                    f"cannot reach the {node.name} on port {node.port}: it is stopped or does not answer",
-                    hint="`voke env up` starts it; `voke dr status` shows it",
+        for role, node in (("primary", leader), ("replica", standby)):
+            status = node_status(node)
+            if status["running"] and (role == "primary" or status["role"] == "replica"):
+                continue
+            said, fix = node_trouble(role, status, fenced=fenced)  # as `env up`, `doctor` and `dr check` say
+            # frozen (its processes stopped), or stopped where `env up` starts it: nothing to rebuild
+            unreachable = not status["running"] and (
+                status["pid"] is not None
+                or (
+                    node.name not in fenced
+                    and (role == "primary" or starts_as_standby(status, fenced=fenced))
                 )
-        if recovering[standby.name] is not True:
+            )
+            if unreachable:
+                raise BackendError(f"{said}; it cannot be compared", hint=fix)
+            if role == "primary":
+                raise PreconditionError(f"{said}; it cannot be compared", hint=fix)
             raise PreconditionError(
-                f"{standby.name} is not running as a standby of {leader.name} (fenced or promoted): "
+                f"{standby.name} is not running as a standby of {leader.name} ({said}): "
                 "it cannot catch up to be compared",
-                hint="`voke dr status` shows it; `voke dr failback --yes` rebuilds it",
+                hint=fix,
             )
         progress(f"waiting for {standby.name} to replay up to the leader's position")
         dr.wait_caught_up(leader, standby, timeout=60)
