@@ -251,16 +251,18 @@ class AuditLog:
                 ) from None
         if not tail.fragment:
             return prev
-        # A write was interrupted. A fragment that is a whole, correctly linked entry only
-        # lost its newline; anything else is moved aside and the loss recorded.
+        # A write was interrupted. A fragment that is the next entry whole, as voke writes it,
+        # only lost its newline; anything else is moved aside and the loss recorded.
         try:
             candidate = core.parse_entry(tail.fragment)
+            stored, computed = candidate.line_and_hash()
             expected_seq = 0 if prev is None else prev.seq + 1
             expected_prev = core.ZERO if prev is None else prev.hash
             if (
-                candidate.seq == expected_seq
+                stored == tail.fragment
+                and computed == candidate.hash
+                and candidate.seq == expected_seq
                 and candidate.prev_hash == expected_prev
-                and candidate.computed_hash() == candidate.hash
             ):
                 self._write(fd, b"\n")
                 return candidate

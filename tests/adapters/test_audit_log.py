@@ -264,6 +264,23 @@ def test_a_whole_entry_that_only_lost_its_newline_is_kept(tmp_path: Path) -> Non
     assert log.verify().ok and log.verify().torn_writes_recorded == 0
 
 
+def test_a_last_line_not_as_voke_writes_it_is_never_kept_as_an_entry(tmp_path: Path) -> None:
+    # Whole and linked, but stored with a space: not a write that only lost its newline.
+    log = AuditLog(tmp_path)
+    append_n(log, 3)
+    data = log.path.read_bytes().rstrip(b"\n")
+    cut = data.rfind(b"\n") + 1
+    log.path.write_bytes(data[:cut] + data[cut:].replace(b'","', b'", "', 1))
+    assert log.verify().problem is au.Problem.TORN_TAIL
+    append_n(log, 1, start=3)
+    assert [e.event_type for e in log.entries()] == ["test.event"] * 2 + ["audit.torn_write", "test.event"]
+    assert log.verify().ok and log.verify().torn_writes_recorded == 1
+    # A key given twice (grep sees one value, a JSON reader the other): nothing links to it.
+    log.path.write_bytes(data[:cut] + b'{"result":"failure",' + data[cut + 1 :] + b"\n")
+    with pytest.raises(NeedsOperatorError):
+        append_n(log, 1, start=3)
+
+
 def test_a_corrupt_last_complete_line_stops_appends(tmp_path: Path) -> None:
     log = AuditLog(tmp_path)
     append_n(log, 2)

@@ -177,6 +177,30 @@ def test_verify_ok_then_names_the_tampered_entry(voke, home: Path) -> None:
     assert human.exit_code == 1 and "first bad entry 7" in human.stdout
 
 
+def test_verify_names_a_line_stored_otherwise_than_voke_writes_it(voke, home: Path) -> None:
+    assert voke("audit", "checkpoint", "--yes").exit_code == 0
+    log = AuditLog(home)
+    original = log.path.read_bytes()
+    lines = original.splitlines(keepends=True)
+    lines[6] = lines[6].replace(b'","', b'", "', 1)  # the same entry, inside the checkpointed range
+    log.path.write_bytes(b"".join(lines))
+    spaced = voke("audit", "verify", "--json").json["result"]
+    assert (spaced["problem"], spaced["first_bad_entry"], spaced["line"]) == ("edited", 6, 7), spaced
+    # With the checkpoints lost, only the chain of hashes: a key given twice, grep and a JSON
+    # reader seeing different results, is caught too, and `audit show` does not pick one.
+    log.checkpoints_path.unlink()
+    lines = original.splitlines(keepends=True)
+    lines[6] = b'{"result":"failure",' + lines[6][1:]
+    log.path.write_bytes(b"".join(lines))
+    bad = voke("audit", "verify", "--json")
+    assert bad.exit_code == 1, bad.stdout
+    result = bad.json["result"]
+    assert (result["problem"], result["first_bad_entry"], result["line"]) == ("edited", 6, 7)
+    assert 'line 7: not stored as voke writes it (key "result" appears twice)' in result["message"]
+    shown = voke("audit", "show", "--json").json["result"]
+    assert shown["skipped_lines"] == [7] and 6 not in [e["seq"] for e in shown["entries"]]
+
+
 def test_checkpoint_then_truncation_is_caught(voke, home: Path) -> None:
     # HOME has no local environment: the checkpoint is written, its anchor queued, and no
     # environment is started for it.

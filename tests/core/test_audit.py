@@ -274,6 +274,72 @@ def test_a_line_json_can_read_but_not_hash_is_a_corrupt_line(edit, fragment: str
     assert verdict(raw) == (2, au.Problem.CORRUPT_LINE)
 
 
+_REWRITES = [
+    lambda line: line.replace(b'","', b'", "', 1),  # a space: the same entry, other bytes
+    lambda line: line[:-1] + b"\r\n",  # a CRLF ending
+    lambda line: line.replace(b'"actor":"sre@host"', b'"actor":"\\u0073re@host"'),  # an escape
+    lambda line: b'{"result":"failure",' + line[1:],  # a key twice: grep sees one, a reader the other
+    lambda line: line.replace(b'"details":{', b'"details":{"i":-1,'),  # twice, nested
+]
+
+
+@pytest.mark.parametrize("rewrite", _REWRITES)
+def test_a_line_stored_otherwise_than_voke_writes_it_is_an_edit_at_its_line(
+    log1000: list[au.AuditEntry], rewrite
+) -> None:
+    raw = lines(log1000[:300])
+    cp = au.next_checkpoint(None, [e.hash for e in log1000[:200]], offset=sum(map(len, raw[:200])), now=T0)
+    checkpoint = au.Claim(cp.size, cp.root, "checkpoint", cp.last_hash, cp.stack, cp.offset)
+    raw[150] = rewrite(raw[150])
+    assert json.loads(raw[150])["hash"] == log1000[150].hash  # reads as its entry
+    for claims in ([], [checkpoint]):  # the chain alone, and inside a checkpointed range
+        report = au.verify_lines(raw, claims)
+        assert (report.problem, report.first_bad_entry, report.line) == (au.Problem.EDITED, 150, 151), report
+        assert report.message and report.message.startswith(
+            "entry 150 was edited: line 151: not stored as voke"
+        )
+
+
+def test_a_key_given_twice_is_refused_by_every_reader(log1000: list[au.AuditEntry]) -> None:
+    line = b'{"result":"failure",' + log1000[5].line()[1:-1]
+    with pytest.raises(au.NotCanonicalError, match='key "result" appears twice'):
+        au.parse_entry(line)
+    report = au.verify_lines([*lines(log1000[:5]), line + b"\n"])
+    assert report.problem is au.Problem.EDITED and 'key "result" appears twice' in (report.message or "")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    details=st.dictionaries(
+        st.sampled_from(["hash", "prev_hash", "x", ',"prev_hash":"', "é"]) | st.text(max_size=8),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+            | st.text(max_size=12) | st.just(',"prev_hash":"' + "0" * 64),
+            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["prev_hash", "hash", "a"]), inner, max_size=3),
+            max_leaves=8,
+        ),
+        max_size=4,
+    ),
+    target=st.text(max_size=12),
+)  # fmt: skip
+def test_the_line_and_hash_from_one_serialisation_are_the_written_ones(details: dict, target: str) -> None:
+    entry = au.make_entry(
+        seq=3, prev_hash="ab" * 32, now=T0, event_type="x", actor="a", env="e", target=target,
+        result="success", duration_seconds=None, details=details,
+    )  # fmt: skip
+    assert entry.line_and_hash() == (entry.line()[:-1], entry.computed_hash())
+    assert au.verify_lines([entry.line()]).problem is au.Problem.SEQUENCE  # read back as written
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"-Infinity", b"1e400"])
+def test_a_number_with_no_canonical_json_is_a_corrupt_line_not_a_crash(
+    log1000: list[au.AuditEntry], number: bytes
+) -> None:
+    raw = lines(log1000[:5])
+    raw[2] = raw[2].replace(b'"details":{"i":2}', b'"details":{"i":' + number + b"}")
+    assert verdict(raw) == (2, au.Problem.CORRUPT_LINE)
+
+
 def test_a_checkpoint_whose_saved_state_is_not_the_logs_is_caught() -> None:
     entries = build(8)
     cp = au.next_checkpoint(None, [e.hash for e in entries[:6]], offset=0, now=T0)

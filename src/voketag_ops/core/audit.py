@@ -1,7 +1,9 @@
 """The tamper-evident audit log's data model and verification (pure, no I/O).
 
 One entry per line (JSON lines), each line the canonical JSON of the entry: keys sorted,
-no spaces, UTF-8. An entry is::
+no spaces, UTF-8, ``\n`` ending. Verification holds every line to exactly those bytes: a line
+that reads as the same entry but is stored otherwise (spaces, escapes, a CRLF ending,
+a duplicate key, which a JSON reader resolves one way and grep another) was edited. An entry is::
 
     {"actor", "details", "duration_seconds", "env", "event_type", "hash", "prev_hash",
      "result", "seq", "target", "timestamp"}
@@ -151,6 +153,20 @@ class AuditEntry:
     def to_json(self) -> dict[str, Any]:
         return {**self.body(), "hash": self.hash}
 
+    def line_and_hash(self) -> tuple[bytes, str]:
+        """(`line` without its newline, the hash the body has), from the one serialisation
+        the hash needs: ``hash`` sorts just before ``prev_hash``, whose top-level key is the
+        last ``,"prev_hash":"`` in the body (``details`` comes before it, and no string holds
+        ``,"`` unescaped). EntryFormatError for an entry read with NaN or a number too large for
+        a float (1e400): it has no canonical JSON."""
+        try:
+            body = canonical(self.body())
+        except ValueError as exc:
+            raise EntryFormatError(f"not canonical JSON ({str(exc)[:120]})") from None
+        cut = body.rfind(b',"prev_hash":"')
+        line = b'%s,"hash":"%s"%s' % (body[:cut], self.hash.encode(), body[cut:])
+        return line, hashlib.sha256(body).hexdigest()
+
     def line(self) -> bytes:
         """The stored line, newline included."""
         return canonical(self.to_json()) + b"\n"
@@ -207,10 +223,29 @@ class EntryFormatError(ValueError):
     """A line is not a well-formed audit entry."""
 
 
-def parse_entry(line: bytes) -> AuditEntry:
-    """Parse one line (without its newline); raises EntryFormatError saying what is wrong."""
+class NotCanonicalError(EntryFormatError):
+    """A line that reads as an entry but is not stored as voke writes it (a key twice, spacing,
+    escapes, a CRLF ending): its bytes were edited."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object, refused if it holds a key twice: JSON readers keep the last, grep sees the first."""
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        keys = [k for k, _ in pairs]
+        twice = next(k for i, k in enumerate(keys) if k in keys[:i])
+        raise NotCanonicalError(f"key {json.dumps(twice, ensure_ascii=False)} appears twice")
+    return doc
+
+
+def parse_entry(line: bytes, *, keys_once: bool = True) -> AuditEntry:
+    """Parse one line (without its newline); raises EntryFormatError saying what is wrong
+    (NotCanonicalError for a key given twice, unless not KEYS_ONCE: for `verify_lines`, which
+    holds each line to the bytes voke writes, never a key twice, and needs no second check)."""
     try:
-        doc = json.loads(line)
+        doc = json.loads(line, object_pairs_hook=_unique_keys if keys_once else None)
+    except NotCanonicalError:
+        raise
     except (UnicodeDecodeError, ValueError) as exc:  # (and an integer too long to convert)
         raise EntryFormatError(f"not JSON ({str(exc)[:120]})") from None
     except RecursionError:
@@ -404,7 +439,10 @@ def verify_lines(lines: Iterable[bytes], claims: Iterable[Claim] = ()) -> Verify
         terminated = raw.endswith(b"\n")
         body = raw[:-1] if terminated else raw
         try:
-            entry = parse_entry(body)
+            entry = parse_entry(body, keys_once=False)
+            stored, computed = entry.line_and_hash()
+            if stored != body:
+                raise NotCanonicalError(f"not stored as voke writes it ({_not_canonical(body)})")
         except EntryFormatError as exc:
             if not terminated:
                 return fail(
@@ -413,6 +451,10 @@ def verify_lines(lines: Iterable[bytes], claims: Iterable[Claim] = ()) -> Verify
                     f"line {number} is an incomplete write ({len(body)} bytes, {exc}); "
                     f"the {position} entries before it verify",
                     number,
+                )
+            if isinstance(exc, NotCanonicalError):  # the stored bytes were edited, whatever they read as
+                return fail(
+                    Problem.EDITED, position, f"entry {position} was edited: line {number}: {exc}", number
                 )
             return fail(Problem.CORRUPT_LINE, position, f"line {number}: {exc}", number)
         if entry.seq != position:
@@ -430,7 +472,7 @@ def verify_lines(lines: Iterable[bytes], claims: Iterable[Claim] = ()) -> Verify
                 f"entry {position} was deleted or moved",
                 number,
             )
-        if entry.computed_hash() != entry.hash:
+        if computed != entry.hash:
             return fail(
                 Problem.EDITED,
                 position,
@@ -465,6 +507,17 @@ def verify_lines(lines: Iterable[bytes], claims: Iterable[Claim] = ()) -> Verify
                 f"{walker.count} on were cut off",
             )
     return _report(walker, ok=True)
+
+
+def _not_canonical(line: bytes) -> str:
+    """How LINE, which reads as an entry, differs from the canonical JSON of it."""
+    if line.endswith(b"\r"):
+        return "a CRLF line ending"
+    try:
+        json.loads(line, object_pairs_hook=_unique_keys)
+    except NotCanonicalError as exc:
+        return str(exc)
+    return "its spacing, escapes or key order changed"
 
 
 def _check_claims(walker: _Walker) -> tuple[int, str] | None:
