@@ -23,7 +23,7 @@ Files under ``<VOKE_HOME>/audit/`` (directory 0700, files 0600):
   `env down`/`destroy`, a failover); every later anchoring attempt requests the
   checkpoints the chain has not seen (`anchor_checkpoints`). Derived data: an append whose
   checkpoint the disk refuses stands (a warning names the file); the next checkpoint covers it.
-- ``torn/``: if a process died mid-write (kill -9), the next append moves the
+- ``torn/``: if a process died mid-write (kill -9), the next append (or checkpoint) moves the
   incomplete last line here and records an ``audit.torn_write`` entry before its own;
   until then `voke audit verify` reports the torn line. Nothing is glued onto it.
 """
@@ -107,6 +107,14 @@ def _read_tail(fd: int) -> _Tail:
     fragment_offset, fragment = next(lines)
     last = next(lines, None)
     return _Tail(None if last is None else last[1], fragment, fragment_offset)
+
+
+@dataclass(frozen=True)
+class TornTail:
+    """Bytes after the log's last newline, as the next write deals with them."""
+
+    length: int
+    whole: bool  # the next entry, only its newline lost: the newline is added (else moved to torn/)
 
 
 @dataclass(frozen=True)
@@ -237,9 +245,9 @@ class AuditLog:
         # `verify` would report and the next append move aside as if a writer had been killed.
         files.append_whole(fd, data)
 
-    def _repair_tail(self, fd: int, now: datetime) -> core.AuditEntry | None:
-        """The last entry to link to, after dealing with a torn last line (lock held)."""
-        tail = _read_tail(fd)
+    def _judge_tail(self, tail: _Tail) -> tuple[core.AuditEntry | None, core.AuditEntry | None]:
+        """(the last complete entry, TAIL's fragment if it is the next entry whole): what
+        `_repair_tail` does, decided without changing anything."""
         prev = None
         if tail.last is not None:
             try:
@@ -250,24 +258,31 @@ class AuditLog:
                     "run `voke audit verify` and restore the log before writing to it"
                 ) from None
         if not tail.fragment:
-            return prev
+            return prev, None
         # A write was interrupted. A fragment that is the next entry whole, as voke writes it,
         # only lost its newline; anything else is moved aside and the loss recorded.
         try:
             candidate = core.parse_entry(tail.fragment)
             stored, computed = candidate.line_and_hash()
-            expected_seq = 0 if prev is None else prev.seq + 1
-            expected_prev = core.ZERO if prev is None else prev.hash
-            if (
-                stored == tail.fragment
-                and computed == candidate.hash
-                and candidate.seq == expected_seq
-                and candidate.prev_hash == expected_prev
-            ):
-                self._write(fd, b"\n")
-                return candidate
         except core.EntryFormatError:
-            pass
+            return prev, None
+        whole = (
+            stored == tail.fragment
+            and computed == candidate.hash
+            and candidate.seq == (0 if prev is None else prev.seq + 1)
+            and candidate.prev_hash == (core.ZERO if prev is None else prev.hash)
+        )
+        return prev, candidate if whole else None
+
+    def _repair_tail(self, fd: int, now: datetime) -> core.AuditEntry | None:
+        """The last entry to link to, after dealing with a torn last line (lock held)."""
+        tail = _read_tail(fd)
+        prev, whole = self._judge_tail(tail)
+        if not tail.fragment:
+            return prev
+        if whole is not None:
+            self._write(fd, b"\n")
+            return whole
         self.torn_dir.mkdir(mode=0o700, exist_ok=True)
         digest = hashlib.sha256(tail.fragment).hexdigest()
         aside = self.torn_dir / f"{now.strftime('%Y%m%dT%H%M%S%fZ')}-offset{tail.fragment_offset}.partial"
@@ -332,20 +347,30 @@ class AuditLog:
             cp = self._checkpoint(fd, now)
         return cp, self.anchor_checkpoints(now=now)
 
-    def since_checkpoint(self) -> tuple[core.Checkpoint | None, list[core.AuditEntry]]:
-        """The last checkpoint and the entries after it, as `checkpoint` reads them (a damaged
-        one raises EntryFormatError naming its line): what a dry run plans from."""
+    def since_checkpoint(self) -> tuple[core.Checkpoint | None, list[core.AuditEntry], TornTail | None]:
+        """The last checkpoint, the entries after it and any torn last line, as `checkpoint`
+        reads them after repairing that line (a damaged entry raises EntryFormatError naming its
+        line): what a dry run plans from. A whole entry that only lost its newline is listed."""
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
-            return next(iter(reversed(self.checkpoints())), None), []
+            return next(iter(reversed(self.checkpoints())), None), [], None
         except OSError as exc:
             raise AuditWriteError(f"{self.path}: cannot read the audit log: {exc.strerror}") from None
         try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # a line being appended is not taken for a torn one
+            tail = _read_tail(fd)
+            _prev, whole = self._judge_tail(tail)
             previous, entries, _end = self._since_checkpoint(fd)
         finally:
             os.close(fd)
-        return previous, entries
+        if not tail.fragment:
+            return previous, entries, None
+        return (
+            previous,
+            entries + ([] if whole is None else [whole]),
+            TornTail(len(tail.fragment), whole is not None),
+        )
 
     def _since_checkpoint(self, fd: int) -> tuple[core.Checkpoint | None, list[core.AuditEntry], int]:
         previous = next(iter(reversed(self.checkpoints())), None)
@@ -354,8 +379,10 @@ class AuditLog:
         if previous is not None and (start > end or previous.size <= 0):
             previous, start = None, 0  # the log shrank: rebuild from the start; verify reports it
         data = os.pread(fd, end - start, start) if end > start else b""
+        lines = data.split(b"\n")
+        lines.pop()  # after the last newline: empty, or a torn write (repaired first by a checkpoint)
         entries = []
-        for index, line in enumerate(data.split(b"\n")):
+        for index, line in enumerate(lines):
             if not line:
                 continue
             try:

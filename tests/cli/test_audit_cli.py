@@ -201,6 +201,37 @@ def test_verify_names_a_line_stored_otherwise_than_voke_writes_it(voke, home: Pa
     assert shown["skipped_lines"] == [7] and 6 not in [e["seq"] for e in shown["entries"]]
 
 
+def test_checkpoint_dry_run_plans_the_repair_of_a_torn_last_line(voke, home: Path) -> None:
+    log = AuditLog(home)
+    whole = log.path.read_bytes()
+    for cut, step in (
+        (30, f"to {log.torn_dir} and record an audit.torn_write entry"),  # `head -c -30`: moved aside
+        (1, "add the newline the last entry lost"),  # only the newline lost: kept
+    ):
+        log.path.write_bytes(whole[:-cut])
+        listing = sorted(log.dir.rglob("*"))
+        plan = voke("audit", "checkpoint", "--dry-run", "--json")
+        assert plan.exit_code == 0, plan.stdout
+        planned = plan.json["result"]
+        assert step in planned["plan"][0] and planned["plan"][1].startswith(
+            f"checkpoint the log at {planned['entries']}"
+        )
+        assert planned["torn_last_line"] == {
+            "bytes": len(whole.splitlines()[-1]) + 1 - cut,
+            "whole_entry": cut == 1,
+        }
+        assert step in voke("audit", "checkpoint", "--dry-run").stdout
+        assert (
+            log.path.read_bytes() == whole[:-cut] and sorted(log.dir.rglob("*")) == listing
+        )  # nothing changed
+        done = voke("audit", "checkpoint", "--yes", "--json")
+        assert done.exit_code == 0 and done.json["result"]["checkpoint"]["size"] == planned["entries"]
+        assert voke("audit", "verify").exit_code == 0
+        log.checkpoints_path.unlink()
+        whole = log.path.read_bytes()
+    assert [e.event_type for e in log.entries()].count("audit.torn_write") == 1
+
+
 def test_checkpoint_then_truncation_is_caught(voke, home: Path) -> None:
     # HOME has no local environment: the checkpoint is written, its anchor queued, and no
     # environment is started for it.

@@ -134,21 +134,31 @@ def _checkpointable() -> Iterator[None]:
 
 def checkpoint_plan(home: Path) -> dict[str, Any]:
     """What `checkpoint` would do, changing nothing."""
+    log = AuditLog(home)
     with _checkpointable():  # read as the checkpoint reads it: a damaged line is refused alike
-        last, since = AuditLog(home).since_checkpoint()
+        last, since, torn = log.since_checkpoint()
+    plan = []
+    if torn is not None and torn.whole:
+        plan.append(f"add the newline the last entry lost ({torn.length} bytes, a write cut short)")
+    elif torn is not None:  # as an append does: moved aside, and the loss recorded (one entry more)
+        plan.append(
+            f"move the torn last line ({torn.length} bytes) to {log.torn_dir} and record an audit.torn_write entry"
+        )
     covered = last.size if last is not None else 0
-    total = covered + len(since)
-    new = [e for e in since if e.event_type != CHECKPOINT_EVENT]
-    if not total:
-        step = "nothing to checkpoint: the audit log is empty"
+    added = len(since) + (1 if torn is not None and not torn.whole else 0)
+    new = added > len([e for e in since if e.event_type == CHECKPOINT_EVENT])
+    if not covered + added:
+        plan.append("nothing to checkpoint: the audit log is empty")
     elif new or last is None:
-        step = f"checkpoint the log at {total} entries ({len(since)} since the last checkpoint)"
+        plan.append(f"checkpoint the log at {covered + added} entries ({added} since the last checkpoint)")
     else:
-        step = f"no new entries since the checkpoint at {covered}: keep it"
+        plan.append(f"no new entries since the checkpoint at {covered}: keep it")
+    plan.append("request an anchor for every checkpoint the chain has not seen")
     return {
-        "plan": [step, "request an anchor for every checkpoint the chain has not seen"],
-        "entries": total,
+        "plan": plan,
+        "entries": covered + added,
         "last_checkpoint_size": last.size if last is not None else None,
+        "torn_last_line": None if torn is None else {"bytes": torn.length, "whole_entry": torn.whole},
     }
 
 
