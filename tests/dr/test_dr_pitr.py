@@ -167,6 +167,8 @@ def test_a_leader_whose_disk_is_full_fails_the_check_as_not_writable(voke, envir
         check = voke("dr", "check", "--json", environ=environ)
         status = voke("dr", "status", "--json", environ=environ)
         human = voke("dr", "status", environ=environ)
+        env_status = voke("env", "status", "--json", environ=environ)
+        env_human = voke("env", "status", environ=environ)
         with pytest.raises(BackendError, match="refused the heartbeat that seals the WAL archive"):
             dr.seal_archive(env, env.primary())
     assert check.exit_code == 1, check.stdout + check.stderr
@@ -179,6 +181,12 @@ def test_a_leader_whose_disk_is_full_fails_the_check_as_not_writable(voke, envir
     assert status.json["result"]["leader"]["write_error"] == said
     assert status.json["result"]["standby"]["lag_seconds"] is None
     assert human.exit_code == 0 and f"not writable: {said}" in human.stdout
+    # `env status` keeps the replica's own last report and says why it has no fresher one
+    assert env_status.exit_code == 0 and env_human.exit_code == 0, env_status.stderr
+    replica = env_status.json["result"]["replica"]
+    assert replica["lag_error"] == f"the leader refused the lag heartbeat: {said}"
+    assert replica["lag_seconds"] is not None
+    assert f"lag: the leader refused the lag heartbeat: {said}" in " ".join(env_human.stdout.split())
     after = voke("dr", "check", "--json", environ=environ)
     assert after.exit_code == 0 and after.json["result"]["status"]["leader"]["write_error"] is None
 

@@ -271,6 +271,8 @@ def _render_status(console: Console, report: dict[str, Any]) -> None:
         node = report[slot]
         if not node["running"] and node.get("pid") and node.get("error"):
             console.print(f"  {node.get('name') or slot} (pid {node['pid']}): {node['error']}", markup=False)
+        if node.get("lag_error"):
+            console.print(f"  {node.get('name') or slot} lag: {node['lag_error']}", markup=False)
     archive = report.get("archive") or {}
     if archive.get("dir"):
         console.print(

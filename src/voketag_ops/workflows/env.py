@@ -279,6 +279,9 @@ class LocalPlatform:
             self.env.node(state.follower, state),
             wait=self.settings.dr.lag_probe_seconds,
         )
+        if "heartbeat_error" in lag:  # a read-only or full leader: its own last figure stands, and why
+            standby["lag_error"] = f"the leader refused the lag heartbeat: {lag['heartbeat_error']}"
+            return
         standby["lag_seconds"] = lag["lag_seconds"]
         if lag["lag_bytes"] is not None:
             standby["lag_bytes"] = lag["lag_bytes"]
