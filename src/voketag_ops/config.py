@@ -272,6 +272,7 @@ class CoverageSettings(_Model):
     history: Path = Field(
         default=Path(".voke/coverage-history.jsonl"), description="history file of `voke coverage history`"
     )
+    _problem: ConfigError | None = PrivateAttr(default=None)
 
     @field_validator("history")
     @classmethod
@@ -281,6 +282,12 @@ class CoverageSettings(_Model):
     def service_prefixes(self, name: str) -> tuple[str, ...]:
         """Service NAME's path prefixes: its `paths`, else where a service of that name lives."""
         return self.services[name].paths or default_prefixes(name)
+
+    def check(self) -> None:
+        """Raise what `load_config` found wrong with these settings (two services giving one
+        prefix): only `voke coverage` reads them, so no other command is refused for it."""
+        if self._problem is not None:
+            raise self._problem
 
     def shared_prefix(self) -> tuple[str, str, str, str] | None:
         """(service, its prefix, an earlier service, that one's prefix) for the first prefix two
@@ -761,8 +768,8 @@ def load_config(
         known = ", ".join(sorted(["local", *settings.environments]))
         where = LoadedConfig(settings, sources).source_of("env")
         raise ConfigError(f"{where}: env: unknown environment {settings.env!r} (known: {known})")
-    if shared := settings.coverage.shared_prefix():
-        raise _shared_prefix_error(shared, settings.coverage, sources, path)
+    if shared := settings.coverage.shared_prefix():  # raised by `voke coverage` alone (`check`)
+        settings.coverage._problem = _shared_prefix_error(shared, settings.coverage, sources, path)
     if "services" in sources:  # a login that names no services of its own has the platform's
         for name, user in settings.rotation.db_users.items():
             key = f"rotation.db_users.{name}.services"

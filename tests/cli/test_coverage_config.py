@@ -67,8 +67,9 @@ def test_two_services_giving_one_prefix_are_refused_naming_both_and_where(tmp_pa
         "[coverage.services.a]\n"
         'paths = ["admin_service/"]\n'
     )
+    loaded = load_config(environ={}, cwd=tmp_path)  # every other command still runs
     with pytest.raises(ConfigError) as caught:
-        load_config(environ={}, cwd=tmp_path)
+        loaded.settings.coverage.check()
     assert str(caught.value) == (
         f"{tmp_path / 'voke.toml'}: coverage.services.a.paths: prefix 'admin_service/' is also service "
         "b's ('admin_service'): a file under it would belong to both services b and a (at line 4, column 9)"
@@ -86,15 +87,30 @@ def test_a_default_prefix_shared_by_two_service_names_is_refused(tmp_path):
         "admin-service's: a file under it would belong to both services admin-service and admin_service "
         "(at line 2, column 1)"
     )):  # fmt: skip
-        load_config(environ={}, cwd=tmp_path)
+        load_config(environ={}, cwd=tmp_path).settings.coverage.check()
 
 
 def test_a_shared_prefix_from_the_environment_names_the_variable(tmp_path):
     environ = {"VOKE_COVERAGE__SERVICES": '{"x": {"paths": ["./a/"]}, "y": {"paths": ["a"]}}'}
     with pytest.raises(ConfigError, match=r"^env VOKE_COVERAGE__SERVICES: coverage\.services\.y\.paths: "):
-        load_config(environ=environ, cwd=tmp_path)
+        load_config(environ=environ, cwd=tmp_path).settings.coverage.check()
     # one service may repeat itself, and a longer prefix of another service is no clash
     (tmp_path / "voke.toml").write_text(
         '[coverage.services.x]\npaths = ["a/", "a"]\n[coverage.services.y]\npaths = ["a/b/"]\n'
     )
     assert load_config(environ={}, cwd=tmp_path).settings.coverage.shared_prefix() is None
+
+
+def test_a_shared_prefix_refuses_the_coverage_commands_only(voke, tmp_path):
+    # A setting only `voke coverage` reads must not stop the scheduled rotations and DR checks
+    # after an upgrade (diff review: `rotate status` was exit 3 for it).
+    (tmp_path / "voke.toml").write_text(
+        '[coverage.services.api]\npaths = ["src/"]\n[coverage.services.web]\npaths = ["src"]\n'
+    )
+    assert voke("config", "show", "--json").exit_code == 0
+    refused = voke("coverage", "report", "coverage.json", "--json")
+    assert refused.exit_code == 3, refused.stdout
+    assert (
+        "coverage.services.web.paths: prefix 'src' is also service api's ('src/')"
+        in refused.json["error"]["message"]
+    )

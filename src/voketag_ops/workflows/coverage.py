@@ -930,7 +930,9 @@ def _a_coverage_report(path: Path) -> InputError:
 def _project_target(settings: CoverageSettings, root: Path) -> CoverageSettings:
     """SETTINGS with the overall target (and each service's default) from coverage.py's own
     [report] fail_under when voke's configuration sets no `coverage.target`: a project that
-    gates at 95 with `coverage report` is not let through at 80 by voke."""
+    gates at 95 with `coverage report` is not let through at 80 by voke. First of all, what
+    `load_config` found wrong with the services (exit 3), before any file is read."""
+    settings.check()
     if "target" in settings.model_fields_set:
         return settings
     from voketag_ops.adapters.local.coverage_files import coverage_fail_under
@@ -981,6 +983,7 @@ def history_add(
     """Append this run's counts (per service and overall) to the history file. A rerun for the
     --ref and services of the last entry (a CI job run again on the same commit) replaces that
     entry: two entries of one run would make the change since the previous commit read +0."""
+    settings.check()
     loaded = _load(settings, paths, root, options)
     specs = _specs(settings, options)
     grouped, unassigned, _ = _grouped(loaded, specs, options.services, require=False)
