@@ -55,7 +55,7 @@ OTHER_ENV_VARS = {
     "VOKE_CONFIG": "path of the configuration file (instead of searching for voke.toml)",
     "VOKE_OUTPUT": "`json` makes every command print the JSON envelope, like --json (`human`: the default; anything else: exit 3)",
     "VOKE_ACTOR": "the `actor` of every audit event this process writes (default `user@host`), e.g. a CI job's name; self-declared, so not proof of who ran it",
-    "VOKE_PORT_SHARE": "`I/N`: the local servers voke starts (nodes, restored instances, services) listen only on every Nth of the ports it picks from, from the Ith, so that N environments on one host (parallel CI jobs, test workers) never pick each other's ports; unset: all of them (`0/1`); anything else: exit 3",
+    "VOKE_PORT_SHARE": "`I/N`: the local servers voke starts (nodes, restored instances, services) listen only on every Nth of the ports it picks from, from the Ith, so that N environments on one host (parallel CI jobs, test workers) never pick each other's ports; unset: all of them (`0/1`); a share keeping fewer than 20 of this host's ports, or anything else: exit 3",
 }
 PORT_SHARE_ENV = "VOKE_PORT_SHARE"
 _PORT_SHARE = re.compile(r"(\d{1,5})/(\d{1,5})")
@@ -684,7 +684,10 @@ def load_config(
 ) -> LoadedConfig:
     """Layer the sources and validate. Raises ConfigError naming key and source."""
     environ = os.environ if environ is None else environ
-    port_share(environ.get(PORT_SHARE_ENV, ""))  # refused before a command starts a server
+    from voketag_ops.adapters.local.postgres import listen_ports
+
+    # A share that is no I/N, or keeps too few of this host's ports: refused before a command starts a server
+    listen_ports(environ.get(PORT_SHARE_ENV, ""))
     explicit = config_path or (Path(environ["VOKE_CONFIG"]) if environ.get("VOKE_CONFIG") else None)
     if explicit is not None:
         _check_config_file(explicit)

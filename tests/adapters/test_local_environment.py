@@ -182,6 +182,41 @@ def test_a_port_share_keeps_every_nth_port_from_the_ith(tmp_path, monkeypatch):
     assert postgres.listen_ports() == [range(1559, 15000, 536)]
 
 
+def test_a_port_share_too_small_is_refused_and_a_full_one_never_listens_outside_it(tmp_path, monkeypatch):
+    # Found by review: 59999/60000 kept no port and pick_free_port fell back to bind(0), a port
+    # outside the share (another environment's, possibly), breaking the share's promise silently.
+    from voketag_ops.adapters.local import postgres
+    from voketag_ops.errors import ConfigError
+
+    ranges = tmp_path / "ip_local_port_range"
+    monkeypatch.setattr(postgres, "EPHEMERAL_RANGE_FILE", ranges)
+    ranges.write_text("1024\t65000\n")  # voke's ports: 65001-65535, 535 of them
+    for share, left in (("59999/60000", 0), ("0/30", 18), ("26/27", 19)):
+        monkeypatch.setenv("VOKE_PORT_SHARE", share)
+        with pytest.raises(ConfigError) as refused:
+            postgres.listen_ports()
+        said = refused.value.message
+        assert said.startswith(f"VOKE_PORT_SHARE={share} leaves {left} of the 535 ports"), said
+        assert f"fewer than the {postgres.MIN_SHARE_PORTS}" in said and "\n" not in said
+        with pytest.raises(ConfigError):
+            postgres.pick_free_port()
+    monkeypatch.setenv("VOKE_PORT_SHARE", "0/27")  # 20 ports: the least a share may keep
+    [share] = postgres.listen_ports()
+    assert len(share) == postgres.MIN_SHARE_PORTS
+    with contextlib.ExitStack() as held:
+        for port in share:  # every port of the share taken (a port another process holds is too)
+            with contextlib.suppress(OSError):
+                sock = held.enter_context(socket.socket())
+                sock.bind(("127.0.0.1", port))
+                sock.listen()
+        with pytest.raises(BackendError) as full:
+            postgres.pick_free_port()
+        said = full.value.message
+        assert said.startswith("no free TCP port on 127.0.0.1 in VOKE_PORT_SHARE=0/27's 20 ports"), said
+        held.close()  # (one port of it free again: picked, not one outside)
+        assert postgres.pick_free_port(avoid=list(share)[1:]) == share[0]
+
+
 def test_a_voke_subprocess_picks_from_this_workers_share_of_the_ports(tmp_path, monkeypatch, make_environ):
     """Under xdist each worker's servers listen on its own share of voke's ports; a voke a test
     starts as a subprocess (with make_environ's environment) picks from that share too, not

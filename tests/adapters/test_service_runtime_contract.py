@@ -399,6 +399,8 @@ def test_a_new_instance_never_takes_a_port_the_environment_reserves(platform, tm
     _versions(LocalSecretStore(home), json.loads(platform.store().access("db-app", "current")))
     stopped_node = postgres.pick_free_port()
     monkeypatch.setattr(postgres, "listen_ports", lambda: [range(stopped_node, stopped_node + 1)])
+    # (with a share, its only port reserved is exit 4: no fallback outside it)
+    monkeypatch.delenv("VOKE_PORT_SHARE", raising=False)
     runtime = LocalServiceRuntime(
         home, {"svc-a": SECRET}, start_timeout=5, reserved_ports=lambda: [stopped_node]
     )

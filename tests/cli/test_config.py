@@ -546,6 +546,19 @@ def test_a_port_share_that_is_not_i_of_n_is_exit_3(voke, tmp_path, make_environ)
         assert done.exit_code == 0, (value, done.stderr)
 
 
+def test_a_port_share_that_keeps_too_few_ports_is_exit_3(voke, tmp_path, make_environ):
+    # Found by review: 59999/60000 (no port of voke's in it) was accepted, and the servers then
+    # listened on the kernel's pick, outside the share.
+    environ = make_environ(tmp_path / "h", VOKE_PORT_SHARE="59999/60000")
+    done = voke("config", "show", "--json", environ=environ)
+    assert done.exit_code == 3, done.stdout
+    said = done.json["error"]["message"]
+    assert said.startswith("VOKE_PORT_SHARE=59999/60000 leaves 0 of the ") and "fewer than the 20" in said
+    human = voke("env", "up", environ=environ)
+    assert human.exit_code == 3 and human.stderr.count("\n") == 1 and "Traceback" not in human.stderr
+    assert not (tmp_path / "h").exists()  # refused before anything was made
+
+
 def test_every_float_setting_is_a_float_also_by_default():
     """Durations in JSON are floats: a default written `300` must not print as an integer."""
     from pydantic import BaseModel

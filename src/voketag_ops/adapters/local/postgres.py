@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import itertools
 import os
 import pwd
 import re
@@ -316,6 +317,9 @@ def process_exists(pid: int | str | None) -> bool:
 
 EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 LISTEN_PORTS_FROM = 20000  # below: registered services' ports, taken more often
+# What one environment may hold at once: 2 nodes, 3+ services (two instances each mid-deploy),
+# restored instances; a VOKE_PORT_SHARE keeping fewer is refused (exit 3), not left to fill up.
+MIN_SHARE_PORTS = 20
 LOG_ROTATE_BYTES = 10 * 1024 * 1024  # a server log this big starts afresh at the next start
 
 
@@ -329,12 +333,13 @@ def ephemeral_ports() -> range:
     return range(low, high + 1)
 
 
-def listen_ports() -> list[range]:
+def listen_ports(share: str | None = None) -> list[range]:
     """Where voke's servers listen: ports from 20000 up outside the ephemeral range, or from
     1024 up when a wide range leaves fewer than a thousand of those; [] when none is left. Of
-    those, VOKE_PORT_SHARE=I/N keeps every Nth from the Ith: environments given different
-    shares never pick each other's ports (a stopped node's, which another environment's
-    service could take: that node then could not start again)."""
+    those, VOKE_PORT_SHARE=I/N (SHARE: its value; None: this process's) keeps every Nth from
+    the Ith: environments given different shares never pick each other's ports (a stopped
+    node's, which another environment's service could take: that node then could not start
+    again). ConfigError for a share that keeps fewer than MIN_SHARE_PORTS."""
     eph = ephemeral_ports()
     spans: list[range] = []
     for floor in (LISTEN_PORTS_FROM, 1024):
@@ -342,15 +347,24 @@ def listen_ports() -> list[range]:
         spans = [span for span in (below, above) if span]
         if sum(map(len, spans)) >= 1000:
             break
-    index, count = port_share(os.environ.get(PORT_SHARE_ENV, ""))
-    return [range(span.start + index, span.stop, count) for span in spans if len(span) > index]
+    value = os.environ.get(PORT_SHARE_ENV, "") if share is None else share
+    index, count = port_share(value)
+    kept = [range(span.start + index, span.stop, count) for span in spans if len(span) > index]
+    if count > 1 and (left := sum(map(len, kept))) < MIN_SHARE_PORTS:
+        raise ConfigError(
+            f"{PORT_SHARE_ENV}={value.strip()} leaves {left} of the {sum(map(len, spans))} ports voke's "
+            f"servers listen on here, fewer than the {MIN_SHARE_PORTS} an environment may need: a smaller N"
+        )
+    return kept
 
 
 def pick_free_port(avoid: Sequence[int] = ()) -> int:
     """A free TCP port on 127.0.0.1 for a server voke starts (the nodes, a restored instance,
     a service), picked at random outside the kernel's ephemeral range: a port from that range
     (what bind(0) gives) is taken by any outgoing connection while its server is down, and
-    `env up` cannot start on it. bind(0) only when nothing outside is free."""
+    `env up` cannot start on it. bind(0) only when nothing outside is free and no
+    VOKE_PORT_SHARE is set: a port outside the share could be another environment's, so a
+    share with no free port left is BackendError."""
     import random
 
     spans = listen_ports()
@@ -358,6 +372,15 @@ def pick_free_port(avoid: Sequence[int] = ()) -> int:
         port = random.choice(random.choices(spans, weights=[len(span) for span in spans])[0])
         if port not in avoid and port_is_free(port):
             return port
+    value = os.environ.get(PORT_SHARE_ENV, "")
+    if port_share(value)[1] > 1:
+        for port in itertools.chain(*spans):  # a share nearly full: each of its ports, once
+            if port not in avoid and port_is_free(port):
+                return port
+        raise BackendError(
+            f"no free TCP port on 127.0.0.1 in {PORT_SHARE_ENV}={value.strip()}'s "
+            f"{sum(map(len, spans))} ports; stop what holds them, or give this environment a wider share"
+        )
     for _ in range(50):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("127.0.0.1", 0))
