@@ -326,6 +326,62 @@ def test_move_port_records_the_secret_by_name(voke, home, environ):
     assert voke("dr", "check", environ=environ).exit_code == 0
 
 
+def test_a_move_port_whose_redeploy_fails_records_the_versions_it_made_and_is_exit_7(
+    voke, home, environ, tmp_path, monkeypatch
+):
+    # Found by review: `env move-port` audited `services` only when the repoint returned (a
+    # redeploy failing inside it left the failure event without the versions it had made), and
+    # such a failure was exit 4, "nothing was changed", with the port and secret moved already.
+    from voketag_ops.adapters.local.secrets import LocalSecretStore
+    from voketag_ops.errors import BackendError
+    from voketag_ops.workflows import dr as dr_flow
+
+    env = LocalEnvironment(LocalSettings(home=home))
+    leader = env.require_state().leader
+    assert voke("env", "up", environ=environ).exit_code == 0
+    env.node(leader).stop()  # the leader alone is down (its port wanted elsewhere); the services run on
+
+    def unreachable(*_args, **_kwargs):
+        raise BackendError("the secret store cannot be written")
+
+    monkeypatch.setattr(dr_flow, "repoint_services", unreachable)
+    cut = voke("env", "move-port", leader, "--yes", "--json", environ=environ)
+    monkeypatch.undo()
+    finish = f"`voke env move-port {leader} --yes` finishes the move"
+    assert cut.exit_code == 7 and cut.json["error"]["hint"] == finish, cut.stdout
+    port = env.node(leader).port
+    said = cut.json["error"]["message"]
+    assert said.startswith(
+        f"`voke env move-port {leader}` stopped part-way, {leader} recorded on port {port}"
+    )
+    assert "the secret store cannot be written" in said
+    env.up()  # the servers alone, on the recorded port, as a load's dry run starts them
+    outputs = [cut.stdout, cut.stderr]
+
+    # Finishing the move redeploys the services against the running leader: one exits at start.
+    before = max(v.version for v in LocalSecretStore(home).get(SECRET).versions)
+    with exiting_at_start(tmp_path, monkeypatch, "admin-service"):
+        failed = voke("env", "move-port", leader, "--yes", "--json", environ=environ)
+    outputs += [failed.stdout, failed.stderr]
+    assert failed.exit_code == 7, failed.stdout + failed.stderr
+    assert failed.json["error"]["hint"] == finish and "admin-service" in failed.json["error"]["message"]
+    assert last_event(voke, environ, "env.move_port")["result"] == "failure"
+    services = audited_services(voke, environ, "env.move_port")
+    made = {"current": before + 1, "previous": before + 2}
+    assert services["repointed"] == [{"secret_name": SECRET, "versions": made, "port": port}], services
+    assert services["redeployed"] == ["blockchain-service", "factory-service"], services  # not admin's
+    done = voke("env", "move-port", leader, "--yes", "--json", environ=environ)
+    outputs += [done.stdout, done.stderr]
+    assert done.exit_code == 0, done.stdout + done.stderr
+    result = done.json["result"]
+    assert result["services"]["repointed"] == [] and result["services"]["stale"] == ["admin-service"]
+    assert voke("env", "up", environ=environ).exit_code == 0  # the move is finished
+    assert voke("dr", "check", environ=environ).exit_code == 0
+    _, passwords = connection_secret(home)
+    seen = (home / "audit" / "audit.jsonl").read_text() + "".join(outputs)
+    assert passwords and not [p for p in passwords if p in seen]
+
+
 def test_a_writable_standby_is_named_split_brain_with_the_fence_to_run():
     # Found by review: the drills' "no standby" hint said `voke env up` for a follower that runs
     # writable beside the leader; they and doctor share node_trouble, which names the fence.

@@ -458,19 +458,19 @@ def repoint_services(
 
 
 class AuditedRepoint:
-    """`repoint_services` for a DR operation whose audit DETAILS record what it did, `services`,
-    however it ends (a run failing in its redeploy, or later, still says which versions it made
-    and which services serve them); DONE is its result (None: this run repointed nothing, as a
-    resumed one past that step)."""
+    """`repoint_services` for a DR operation or `env move-port` whose audit DETAILS record what it
+    did, `services`, however it ends (a run failing in its redeploy, or later, still says which
+    versions it made and which services serve them); DONE is its result (None: this run
+    repointed nothing, as a resumed one past that step)."""
 
     def __init__(self, details: dict[str, Any], settings: Settings, env: LocalEnvironment) -> None:
         self.details, self.settings, self.env = details, settings, env
         self.done: dict[str, Any] | None = None
 
-    def __call__(self, leader: PgNode) -> dict[str, Any]:
+    def __call__(self, leader: PgNode, *, redeploy: bool = True) -> dict[str, Any]:
         moved: dict[str, Any] = {}
         try:
-            repoint_services(self.settings, self.env, leader, done=moved)
+            repoint_services(self.settings, self.env, leader, redeploy=redeploy, done=moved)
         finally:
             if moved:  # (empty: it failed before it began)
                 self.details["services"] = as_audited(moved)

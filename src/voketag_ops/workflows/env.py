@@ -14,7 +14,7 @@ from voketag_ops.adapters.local.environment import LocalEnvironment, Progress, U
 from voketag_ops.config import Settings
 from voketag_ops.core.rotation import LAST_ANNOTATION, generate_password
 from voketag_ops.core.times import iso
-from voketag_ops.errors import PreconditionError, VokeError
+from voketag_ops.errors import BackendError, NeedsOperatorError, PreconditionError, RotationFailure, VokeError
 from voketag_ops.logs import get_logger
 
 log = get_logger(__name__)
@@ -335,10 +335,11 @@ class LocalPlatform:
         stopped and repinned to them (they start with the leader at the next `voke env up`). Not
         under a running DR operation (exit 5) nor an unfinished rotation of its secret when it
         leads; an unfinished DR operation stays to be resumed on the new port. A journal names a
-        move cut short, which running it again finishes."""
+        move cut short, which running it again finishes (a backend or redeploy failure in the
+        repoint: exit 7 saying so; the audit event names the versions made however it ends)."""
         from voketag_ops.adapters.local.dr import move_journal, operation_notice
         from voketag_ops.files import replace_json
-        from voketag_ops.workflows.dr import as_audited, repoint_services
+        from voketag_ops.workflows.dr import AuditedRepoint
 
         with (
             self._audited("env.move_port") as event,
@@ -355,15 +356,20 @@ class LocalPlatform:
             report = self.env.apply_move(plan)
             report["services"] = None
             if report["leader"]:
+                # (its versions on record however it ends: a failed redeploy's most of all)
+                repoint = AuditedRepoint(event.details, self.settings, self.env)
                 try:
                     leader = self.env.node(node)  # running: a move cut short is being finished
-                    report["services"] = repoint_services(
-                        self.settings, self.env, leader, redeploy=leader.running
-                    )
+                    report["services"] = repoint(leader, redeploy=leader.running)
+                except (BackendError, RotationFailure) as exc:  # not "nothing was changed" (exit 4)
+                    raise NeedsOperatorError(
+                        f"`voke env move-port {node}` stopped part-way, {node} recorded on port "
+                        f"{plan['port']}: {exc.message}",
+                        hint=finish,
+                    ) from exc
                 except VokeError as exc:
                     exc.hint = finish
                     raise
-                event.details["services"] = as_audited(report["services"])
             event.details["standby_repointed"] = report["standby_repointed"]
             move_journal(self.env).unlink()
             services = report["services"] or {}
