@@ -1097,16 +1097,7 @@ def test_a_leader_lost_just_after_a_backup_still_leaves_the_older_window(voke, e
 def test_an_archive_gap_is_named_and_restores_past_it_are_refused(voke, environ, env, damage):
     before_gap = datetime.now(UTC)
     time.sleep(0.2)
-    primary = env.primary()
-    names = []
-    for _ in range(3):
-        with primary.connect() as conn:
-            conn.execute("create table if not exists gap_filler (id int)")
-            conn.execute("insert into gap_filler values (1)")
-            names.append(
-                conn.execute("select pg_walfile_name(pg_current_wal_lsn()), pg_switch_wal()").fetchone()[0]
-            )
-    dr.wait_until(lambda: all((env.archive_dir / n).exists() for n in names), "archiving", timeout=30)
+    names = _archived_segments(env)
     victim = env.archive_dir / names[1]
     if damage == "deleted":
         os.unlink(victim)
@@ -1138,9 +1129,8 @@ def test_an_archive_gap_is_named_and_restores_past_it_are_refused(voke, environ,
     assert healed.exit_code == 0, healed.stdout
 
 
-def _gap_after(env) -> tuple[list[str], datetime]:
-    """Three archived segments with a commit each, the middle one deleted; the segment names,
-    and an instant after the last commit (in the stretch the gap cut off)."""
+def _archived_segments(env) -> list[str]:
+    """Three segments with a commit each, switched and archived: their names."""
     primary = env.primary()
     names = []
     for _ in range(3):
@@ -1151,6 +1141,13 @@ def _gap_after(env) -> tuple[list[str], datetime]:
                 conn.execute("select pg_walfile_name(pg_current_wal_lsn()), pg_switch_wal()").fetchone()[0]
             )
     dr.wait_until(lambda: all((env.archive_dir / n).exists() for n in names), "archiving", timeout=30)
+    return names
+
+
+def _gap_after(env) -> tuple[list[str], datetime]:
+    """Three archived segments with a commit each, the middle one deleted; the segment names,
+    and an instant after the last commit (in the stretch the gap cut off)."""
+    names = _archived_segments(env)
     os.unlink(env.archive_dir / names[1])
     return names, datetime.now(UTC)
 
