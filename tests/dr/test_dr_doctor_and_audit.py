@@ -264,7 +264,7 @@ def test_a_failover_or_failback_whose_redeploy_fails_records_the_versions_it_mad
     )
     assert last_event(voke, environ, "dr.failover")["result"] == "failure"
     services = audited_services(voke, environ, "dr.failover")
-    made = {"current": before + 1, "previous": before + 2}
+    made = {"previous": before + 1, "current": before + 2}
     port = env.node("replica").port
     assert services["repointed"] == [{"secret_name": SECRET, "versions": made, "port": port}], services
     assert services["redeployed"] == ["blockchain-service", "factory-service"], services  # not admin's
@@ -288,7 +288,7 @@ def test_a_failover_or_failback_whose_redeploy_fails_records_the_versions_it_mad
     )
     assert last_event(voke, environ, "dr.failback")["result"] == "failure"
     services = audited_services(voke, environ, "dr.failback")
-    made = {"current": before + 3, "previous": before + 4}
+    made = {"previous": before + 3, "current": before + 4}
     port = env.node("primary").port
     assert services["repointed"] == [{"secret_name": SECRET, "versions": made, "port": port}], services
     assert services["redeployed"] == [], services

@@ -306,7 +306,7 @@ def test_a_promotion_or_switchover_still_running_at_the_deadline_stops_for_a_per
 
 def test_services_that_do_not_come_up_stop_for_a_person_and_a_rerun_finishes(cloud):
     versions = len(cloud.store().get(SECRET).versions)
-    cloud.fake.run.unhealthy = {(SECRET, str(versions + 1))}  # the new `current`
+    cloud.fake.run.unhealthy = {(SECRET, str(versions + 2))}  # the new `current`
     result = cloud.voke("dr", "failover", "--yes", "--json")
     assert result.exit_code == 7, result.stdout
     assert "not repointed" in result.json["error"]["message"]
@@ -316,7 +316,7 @@ def test_services_that_do_not_come_up_stop_for_a_person_and_a_rerun_finishes(clo
     rerun = cloud.voke("dr", "failover", "--yes", "--json")
     assert rerun.exit_code == 0, rerun.stdout
     assert rerun.json["result"]["mode"] == "resume" and rerun.json["result"]["services"]["repointed"] == []
-    assert all(_serving_version(cloud, s) == str(versions + 1) for s in SERVICES)
+    assert all(_serving_version(cloud, s) == str(versions + 2) for s in SERVICES)
 
 
 @pytest.mark.parametrize(("alias", "state"), [("current", "DESTROYED"), ("previous", "DISABLED")])
@@ -752,13 +752,13 @@ def test_failover_and_failback_report_and_audit_the_repoint_as_the_local_command
 def test_a_failover_whose_redeploy_fails_audits_the_versions_it_made(cloud):
     # Found by review: a run failing after its repoint audited none of it.
     versions = len(cloud.store().get(SECRET).versions)
-    cloud.fake.run.unhealthy = {(SECRET, str(versions + 1))}  # the new `current`: its revisions fail
+    cloud.fake.run.unhealthy = {(SECRET, str(versions + 2))}  # the new `current`: its revisions fail
     result = cloud.voke("dr", "failover", "--yes", "--json")
     assert result.exit_code == 7 and "not repointed" in result.json["error"]["message"], result.stdout
     event = _event(cloud, "dr.failover")
     assert event["result"] == "failure"
     services = event["details"]["services"]
-    made = {"current": versions + 1, "previous": versions + 2}
+    made = {"previous": versions + 1, "current": versions + 2}
     assert services["repointed"] == [{"secret_name": SECRET, "versions": made, "host": REPLICA_IP}]
     assert services["redeployed"] == []  # the deploy failed
     _no_secret_value(cloud, result.stdout, result.stderr)
@@ -776,7 +776,66 @@ def test_a_failback_whose_services_stay_sick_audits_the_versions_it_made(cloud):
     event = _event(cloud, "dr.failback")
     assert event["result"] == "failure"
     services = event["details"]["services"]
-    made = {"current": versions + 1, "previous": versions + 2}
+    made = {"previous": versions + 1, "current": versions + 2}
     assert services["repointed"] == [{"secret_name": SECRET, "versions": made, "host": PRIMARY_IP}]
     assert services["redeployed"] == list(SERVICES)
     _no_secret_value(cloud, result.stdout, result.stderr)
+
+
+# -- what `rotate cleanup` makes of the versions a repoint adds -----------------------------------------------
+def _age(cloud: Cloud, days: float) -> None:
+    """Every version of the connection secret made DAYS ago."""
+    from datetime import timedelta
+
+    from voketag_ops.testing.gcp_fakes import now, ts
+
+    for version in cloud.fake.secretmanager.secrets[SECRET].versions:
+        version.create_time = ts(now() - timedelta(days=days))
+
+
+def _disabled_early(cloud: Cloud, *versions: int) -> list[dict[str, Any]]:
+    """The cleanup actions `rotate cleanup --dry-run` plans for VERSIONS (current until lately)."""
+    plan = cloud.voke("rotate", "cleanup", "--dry-run", "--json")
+    assert plan.exit_code == 0, plan.stdout + plan.stderr
+    return [a for a in plan.json["result"]["actions"] if a["version"] in versions]
+
+
+def test_cleanup_leaves_the_version_current_until_a_failback_its_24_hours(cloud):
+    # Found by review: the repoint copied `current` before `previous`, so the previous-copy was
+    # the newer version, and cleanup (every enabled version older than `current` counts as having
+    # been current) took its creation, days ago, as the moment the old `current` was superseded:
+    # disabled right after the failback that stopped using it.
+    cloud.environ["VOKE_ROTATION__KEEP_VERSIONS"] = "1"  # (the 3 newest would hide it)
+    assert cloud.voke("dr", "failover", "--yes", "--json").exit_code == 0
+    current = cloud.store().get(SECRET).aliases["current"]
+    _age(cloud, 2)
+    back = cloud.voke("dr", "failback", "--yes", "--json")
+    assert back.exit_code == 0, back.stdout + back.stderr
+    assert _disabled_early(cloud, current) == []
+    made = back.json["result"]["services"]["repointed"][0]["versions"]
+    assert made["previous"] < made["current"]  # numbered in the order they became current
+    _age(cloud, 2)  # a day after the failback it goes, as a rotated-out version does
+    assert [a["action"] for a in _disabled_early(cloud, current)] == ["disable"]
+
+
+def test_cleanup_leaves_the_version_current_until_a_rotation_after_a_failover_its_24_hours(
+    cloud, monkeypatch
+):
+    import voketag_ops.adapters.gcp.sql as sql
+
+    def login(cred: dict[str, Any], **_kw: Any) -> bool:  # the new primary holds the passwords
+        return cred.get("host") == REPLICA_IP and cloud.fake.sql.users.get(
+            ("voke-db-dr", cred.get("username"))
+        ) == cred.get("password")
+
+    monkeypatch.setattr(sql, "pg_login", login)
+    cloud.environ["VOKE_ROTATION__KEEP_VERSIONS"] = "1"
+    assert cloud.voke("dr", "failover", "--yes", "--json").exit_code == 0
+    for role in ("app_a", "app_b"):
+        cloud.fake.sql.users[("voke-db-dr", role)] = "pw-" + role
+    current = cloud.store().get(SECRET).aliases["current"]
+    _age(cloud, 2)
+    for _ in range(2):  # two rotations a few hours apart
+        rotated = cloud.voke("rotate", "db-password", "--yes", "--json")
+        assert rotated.exit_code == 0, rotated.stdout + rotated.stderr
+    assert _disabled_early(cloud, current) == []

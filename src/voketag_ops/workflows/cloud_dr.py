@@ -37,7 +37,7 @@ from voketag_ops.errors import (
     exit_code_of,
 )
 from voketag_ops.workflows.cloud_drill import one_at_a_time
-from voketag_ops.workflows.dr import as_audited
+from voketag_ops.workflows.dr import REPOINT_ORDER, as_audited
 from voketag_ops.workflows.rotate import refuse_if_rotating
 from voketag_ops.workflows.secrets import READABLE, unreadable_alias
 
@@ -652,7 +652,7 @@ def repoint_services(
             raise unreadable  # (disabled meanwhile: the failover's pre-check asked)
         renumbered: dict[int, int] = {}
         aliases: dict[str, int | None] = {}
-        for alias in ("current", "previous"):
+        for alias in REPOINT_ORDER:
             number = meta.aliases.get(alias)
             if number is None:
                 continue

@@ -381,6 +381,14 @@ def discard(settings: Settings, env: LocalEnvironment, *, name: str, dry_run: bo
 
 
 # -- failover, failback, fence -------------------------------------------------------------------------
+# The order a repoint adds its copies in: `previous` first, so the new `current` is the newest
+# version, as after a rotation. `rotate cleanup` counts every enabled version older than `current`
+# as having been current (core/rotation.py `plan_cleanup`); a `previous` copy numbered after the
+# `current` one would later count as superseding the version that was current until the next
+# repoint or rotation, which `rotate cleanup` would then disable within minutes of it.
+REPOINT_ORDER = ("previous", "current")
+
+
 def repoint_services(
     settings: Settings,
     env: LocalEnvironment,
@@ -408,7 +416,7 @@ def repoint_services(
             continue
         meta = store.get(user.secret)
         aliases: dict[str, int | None] = {}
-        for alias in ("current", "previous"):
+        for alias in REPOINT_ORDER:
             number = meta.aliases.get(alias)
             if number is None:
                 continue
