@@ -176,7 +176,7 @@ def audited_services(voke, environ, event_type):
 
 def as_audited(services):
     return [
-        {"secret_name": r["secret"], "versions": r["versions"], "port": r["port"]}
+        {"secret_name": r["secret"], "versions": r["versions"], "host": None, "port": r["port"]}
         for r in services["repointed"]
     ]
 
@@ -266,7 +266,12 @@ def test_a_failover_or_failback_whose_redeploy_fails_records_the_versions_it_mad
     services = audited_services(voke, environ, "dr.failover")
     made = {"previous": before + 1, "current": before + 2}
     port = env.node("replica").port
-    assert services["repointed"] == [{"secret_name": SECRET, "versions": made, "port": port}], services
+    assert services["repointed"] == [{"secret_name": SECRET, "versions": made, "host": None, "port": port}], (
+        services
+    )
+    assert services["made"] == [
+        {"secret_name": SECRET, "alias": alias, "version": made[alias]} for alias in ("previous", "current")
+    ], services
     assert services["redeployed"] == ["blockchain-service", "factory-service"], services  # not admin's
     resumed = voke("dr", "failover", "--yes", "--json", environ=environ)
     assert resumed.exit_code == 0, resumed.stdout + resumed.stderr
@@ -290,7 +295,12 @@ def test_a_failover_or_failback_whose_redeploy_fails_records_the_versions_it_mad
     services = audited_services(voke, environ, "dr.failback")
     made = {"previous": before + 3, "current": before + 4}
     port = env.node("primary").port
-    assert services["repointed"] == [{"secret_name": SECRET, "versions": made, "port": port}], services
+    assert services["repointed"] == [{"secret_name": SECRET, "versions": made, "host": None, "port": port}], (
+        services
+    )
+    assert services["made"] == [
+        {"secret_name": SECRET, "alias": alias, "version": made[alias]} for alias in ("previous", "current")
+    ], services
     assert services["redeployed"] == [], services
     resumed = voke("dr", "failback", "--yes", "--json", environ=environ)
     assert resumed.exit_code == 0, resumed.stdout + resumed.stderr

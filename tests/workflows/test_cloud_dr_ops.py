@@ -713,18 +713,30 @@ def test_failover_and_failback_report_and_audit_the_repoint_as_the_local_command
     report = result.json["result"]
     aliases = cloud.store().get(SECRET).aliases
     made = {"current": aliases["current"], "previous": aliases["previous"]}
-    assert report["services"] == {
-        "repointed": [{"secret": SECRET, "versions": made, "host": REPLICA_IP}],
+    assert report["services"] == {  # the local keys, empty or null where they do not apply
+        "repointed": [{"secret": SECRET, "versions": made, "host": REPLICA_IP, "port": None}],
+        "made": [
+            {"secret": SECRET, "alias": "previous", "version": made["previous"]},
+            {"secret": SECRET, "alias": "current", "version": made["current"]},
+        ],
         "redeployed": list(SERVICES),
+        "repinned": [],
+        "stopped": [],
+        "stale": [],
         "skipped": [],
         "host": REPLICA_IP,
+        "port": None,
+        "note": None,
     }
     assert report["health"] == [{"name": s, "healthy": True} for s in SERVICES]
     assert "repointed" not in report and "redeployed" not in report  # one place: `services`
     event = _event(cloud, "dr.failover")
     assert event["result"] == "success"
     assert event["details"]["services"]["repointed"] == [
-        {"secret_name": SECRET, "versions": made, "host": REPLICA_IP}
+        {"secret_name": SECRET, "versions": made, "host": REPLICA_IP, "port": None}
+    ]
+    assert event["details"]["services"]["made"] == [
+        {"secret_name": SECRET, "alias": alias, "version": made[alias]} for alias in ("previous", "current")
     ]
     # what the replica had replayed, under the local failover's keys: the Admin API does not say
     unknown = {"replayed_lsn": None, "last_replayed_commit": None}
@@ -735,12 +747,12 @@ def test_failover_and_failback_report_and_audit_the_repoint_as_the_local_command
     aliases = cloud.store().get(SECRET).aliases
     made_back = {"current": aliases["current"], "previous": aliases["previous"]}
     assert made_back != made and back.json["result"]["services"]["repointed"] == [
-        {"secret": SECRET, "versions": made_back, "host": PRIMARY_IP}
+        {"secret": SECRET, "versions": made_back, "host": PRIMARY_IP, "port": None}
     ]
     assert back.json["result"]["health"] == [{"name": s, "healthy": True} for s in SERVICES]
     event = _event(cloud, "dr.failback")
     assert event["details"]["services"]["repointed"] == [
-        {"secret_name": SECRET, "versions": made_back, "host": PRIMARY_IP}
+        {"secret_name": SECRET, "versions": made_back, "host": PRIMARY_IP, "port": None}
     ]
     human = cloud.voke("dr", "failover", "--yes")  # a resume: nothing more to repoint
     assert human.exit_code == 0, human.stderr
@@ -759,8 +771,30 @@ def test_a_failover_whose_redeploy_fails_audits_the_versions_it_made(cloud):
     assert event["result"] == "failure"
     services = event["details"]["services"]
     made = {"previous": versions + 1, "current": versions + 2}
-    assert services["repointed"] == [{"secret_name": SECRET, "versions": made, "host": REPLICA_IP}]
+    assert services["repointed"] == [
+        {"secret_name": SECRET, "versions": made, "host": REPLICA_IP, "port": None}
+    ]
     assert services["redeployed"] == []  # the deploy failed
+    _no_secret_value(cloud, result.stdout, result.stderr)
+
+
+def test_a_failover_whose_alias_move_fails_audits_the_versions_it_added(cloud):
+    # Found by review: a secret entered the report only once its aliases moved, so a repoint
+    # stopped by the alias update (exit 7) audited `repointed: []` over two new enabled versions.
+    versions = len(cloud.store().get(SECRET).versions)
+    cloud.fake.rest.fail("PATCH", r"/secrets/db-app$", status="UNAVAILABLE", times=99)
+    result = cloud.voke("dr", "failover", "--yes", "--json")
+    assert result.exit_code == 7 and "not repointed" in result.json["error"]["message"], result.stdout
+    assert "dr failover --yes" in result.json["error"]["hint"]
+    meta = cloud.store().get(SECRET)
+    assert [v.version for v in meta.versions if v.state == "enabled"][-2:] == [versions + 1, versions + 2]
+    assert meta.aliases["current"] == versions  # unaliased
+    services = _event(cloud, "dr.failover")["details"]["services"]
+    assert services["repointed"] == [] and services["redeployed"] == []
+    assert services["made"] == [
+        {"secret_name": SECRET, "alias": "previous", "version": versions + 1},
+        {"secret_name": SECRET, "alias": "current", "version": versions + 2},
+    ]
     _no_secret_value(cloud, result.stdout, result.stderr)
 
 
@@ -777,7 +811,9 @@ def test_a_failback_whose_services_stay_sick_audits_the_versions_it_made(cloud):
     assert event["result"] == "failure"
     services = event["details"]["services"]
     made = {"previous": versions + 1, "current": versions + 2}
-    assert services["repointed"] == [{"secret_name": SECRET, "versions": made, "host": PRIMARY_IP}]
+    assert services["repointed"] == [
+        {"secret_name": SECRET, "versions": made, "host": PRIMARY_IP, "port": None}
+    ]
     assert services["redeployed"] == list(SERVICES)
     _no_secret_value(cloud, result.stdout, result.stderr)
 

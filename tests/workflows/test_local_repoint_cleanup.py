@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 from voketag_ops.adapters.local.secrets import LocalSecretStore
 from voketag_ops.config import LocalSettings, Settings
-from voketag_ops.workflows.dr import repoint_services
+from voketag_ops.workflows.dr import repoint_report, repoint_services
 
 SECRET = "db-app"  # rotation.db_users' default connection secret
 HOME_PORT, OTHER_PORT = 5433, 5434
@@ -98,3 +98,18 @@ def test_the_version_current_until_a_rotation_after_a_failover_keeps_its_24_hour
     _rotated(settings, store)
     _rotated(settings, store)  # a second rotation within hours
     assert _cleanup_plan(voke, make_environ, settings, current) == []
+
+
+def test_the_local_repoint_reports_the_cloud_ones_keys_and_each_version_it_made(tmp_path):
+    # Found by review: local `services` had repinned, stopped, stale and note, cloud skipped and
+    # host, and their items `port` or `host`: one key set now (`repoint_report`), as in the cloud test.
+    settings, store = _seeded(tmp_path)
+    before = max(v.version for v in store.get(SECRET).versions)
+    report = _repoint(settings, OTHER_PORT)
+    assert list(report) == list(repoint_report())
+    made = {"previous": before + 1, "current": before + 2}
+    assert report["repointed"] == [{"secret": SECRET, "versions": made, "host": None, "port": OTHER_PORT}]
+    assert report["made"] == [
+        {"secret": SECRET, "alias": a, "version": made[a]} for a in ("previous", "current")
+    ]
+    assert (report["host"], report["port"], report["skipped"]) == (None, OTHER_PORT, [])

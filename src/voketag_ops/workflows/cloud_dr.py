@@ -37,7 +37,7 @@ from voketag_ops.errors import (
     exit_code_of,
 )
 from voketag_ops.workflows.cloud_drill import one_at_a_time
-from voketag_ops.workflows.dr import REPOINT_ORDER, as_audited
+from voketag_ops.workflows.dr import REPOINT_ORDER, as_audited, repoint_report
 from voketag_ops.workflows.rotate import refuse_if_rotating
 from voketag_ops.workflows.secrets import READABLE, unreadable_alias
 
@@ -633,13 +633,14 @@ def repoint_services(
     """Give each connection secret's `current` and `previous` a new version whose `host` is
     HOST (only where it differs, so a rerun adds nothing), move the aliases in one
     etag-guarded update, then redeploy the services pinned to the new `current`. DONE, if
-    given, is the report filled in as it goes (a secret once its aliases moved, `redeployed`
-    once the deploy succeeded), so a repoint that fails part-way still says which versions
-    it made."""
+    given, is the report (`repoint_report`) filled in as it goes (`made`, each version as soon
+    as it is added; a secret once its aliases moved; `redeployed` once the deploy succeeded),
+    so a repoint that fails part-way still says which versions it made."""
     store = ports.store
     report = done if done is not None else {}
-    report.update(repointed=[], redeployed=[], skipped=[], host=host)
+    report.update(repoint_report(host=host))
     repointed: list[dict[str, Any]] = report["repointed"]
+    made: list[dict[str, Any]] = report["made"]
     skipped: list[str] = report["skipped"]
     deploy: dict[str, tuple[str, int]] = {}
     for secret, services in secrets.items():
@@ -669,10 +670,11 @@ def repoint_services(
                 payload["host"] = host
                 progress(f"new version of {secret} ({alias}) naming {host}")
                 renumbered[number] = store.add_version(secret, json.dumps(payload).encode()).version
+                made.append({"secret": secret, "alias": alias, "version": renumbered[number]})
             aliases[alias] = renumbered[number]
         if aliases:
             store.update(secret, etag=store.get(secret).etag, aliases=aliases)
-            repointed.append({"secret": secret, "versions": aliases, "host": host})
+            repointed.append({"secret": secret, "versions": aliases, "host": host, "port": None})
         current = aliases.get("current") or meta.aliases.get("current")
         if current is not None:
             for service in services:

@@ -389,6 +389,28 @@ def discard(settings: Settings, env: LocalEnvironment, *, name: str, dry_run: bo
 REPOINT_ORDER = ("previous", "current")
 
 
+def repoint_report(*, host: str | None = None, port: int | None = None) -> dict[str, Any]:
+    """The report of a repoint before it begins, local or cloud: one key set on both (empty or
+    null where it does not apply). `made`: each version added ({secret, alias, version}),
+    recorded as soon as it exists, so a repoint failing before its aliases move still names
+    it; `repointed`: each secret whose aliases moved ({secret, versions, host, port});
+    `redeployed`: the services serving the new `current`; locally `repinned`, `stopped` and
+    `stale` (see `repoint_services`); on a cloud environment `skipped` (what was not repointed,
+    and why); `host` (cloud) or `port` (local), what the new versions name; `note`."""
+    return {
+        "repointed": [],
+        "made": [],
+        "redeployed": [],
+        "repinned": [],
+        "stopped": [],
+        "stale": [],
+        "skipped": [],
+        "host": host,
+        "port": port,
+        "note": None,
+    }
+
+
 def repoint_services(
     settings: Settings,
     env: LocalEnvironment,
@@ -400,16 +422,18 @@ def repoint_services(
     """New secret versions naming the leader's port, then a blue-green redeploy of the running
     services. Not REDEPLOY (the leader is stopped: `env move-port`): the running services are
     stopped instead, and every service starts on the new versions with the leader (`env up`).
-    DONE, if given, is the report filled in as it goes (a secret once its aliases moved, the
-    services once redeployed, stopped or repinned), so a repoint that fails part-way still says
-    which versions it made and which services serve them."""
+    DONE, if given, is the report (`repoint_report`) filled in as it goes (`made`, each version
+    as soon as it is added; a secret once its aliases moved; the services once redeployed,
+    stopped or repinned), so a repoint that fails part-way still says which versions it made
+    and which services serve them."""
     from voketag_ops.workflows.env import LocalPlatform
 
     report = done if done is not None else {}
-    report.update(repointed=[], redeployed=[], repinned=[], stopped=[], stale=[], note=None)
+    report.update(repoint_report(port=leader.port))
     platform = LocalPlatform(settings)
     store = platform.store()
     repointed: list[dict[str, Any]] = report["repointed"]
+    made: list[dict[str, Any]] = report["made"]
     deploy: dict[str, tuple[str, int]] = {}
     for user in settings.rotation.db_users.values():
         if not store.exists(user.secret):
@@ -425,6 +449,7 @@ def repoint_services(
                 continue
             payload["port"] = leader.port
             aliases[alias] = store.add_version(user.secret, json.dumps(payload).encode()).version
+            made.append({"secret": user.secret, "alias": alias, "version": aliases[alias]})
         if aliases:
             latest = store.get(user.secret)
             if any(latest.aliases.get(a) != meta.aliases.get(a) for a in ("current", "previous")):
@@ -433,7 +458,7 @@ def repoint_services(
                     f"{user.secret} changed while it was being repointed (a rotation?); run the command again"
                 )
             store.update(user.secret, etag=latest.etag, aliases=aliases)
-            repointed.append({"secret": user.secret, "versions": aliases, "port": leader.port})
+            repointed.append({"secret": user.secret, "versions": aliases, "host": None, "port": leader.port})
         current = aliases.get("current") or meta.aliases.get("current")
         if current is not None:
             for service in user.services:
@@ -487,15 +512,15 @@ class AuditedRepoint:
 
 
 def as_audited(services: dict[str, Any]) -> dict[str, Any]:
-    """A `repoint_services` result as an audit event stores it: each secret's name under
-    `secret_name`, as `secret` is a key whose value the audit log masks (a secret's value)."""
-    return {
-        **services,
-        "repointed": [
-            {"secret_name": r["secret"], **{k: v for k, v in r.items() if k != "secret"}}
-            for r in services["repointed"]
-        ],
+    """A repoint's report (`repoint_report`, local or cloud) as an audit event stores it: each
+    secret's name under `secret_name`, as `secret` is a key whose value the audit log masks (a
+    secret's value)."""
+    named = {
+        key: [{"secret_name": r["secret"], **{k: v for k, v in r.items() if k != "secret"}} for r in items]
+        for key in ("repointed", "made")
+        if isinstance(items := services.get(key), list)
     }
+    return {**services, **named}
 
 
 @contextmanager
