@@ -798,6 +798,20 @@ def test_a_failover_whose_alias_move_fails_audits_the_versions_it_added(cloud):
     _no_secret_value(cloud, result.stdout, result.stderr)
 
 
+def test_a_deploy_refused_for_one_service_audits_the_other_as_redeployed(cloud):
+    # Found by review: `redeployed` stayed [] though admin-service served the new version, as
+    # locally it names those a failed deploy_many left serving it.
+    cloud.fake.rest.fail("PATCH", r"/services/factory-service$", status="PERMISSION_DENIED", times=99)
+    result = cloud.voke("dr", "failover", "--yes", "--json")
+    assert result.exit_code == 7 and "not repointed" in result.json["error"]["message"], result.stdout
+    current = cloud.store().get(SECRET).aliases["current"]
+    assert _serving_version(cloud, "admin-service") == str(current)
+    assert _serving_version(cloud, "factory-service") != str(current)
+    services = _event(cloud, "dr.failover")["details"]["services"]
+    assert services["redeployed"] == ["admin-service"], services
+    _no_secret_value(cloud, result.stdout, result.stderr)
+
+
 def test_a_failback_whose_services_stay_sick_audits_the_versions_it_made(cloud):
     # Found by review: a run failing after its repoint audited none of it.
     assert cloud.voke("dr", "failover", "--yes", "--json").exit_code == 0

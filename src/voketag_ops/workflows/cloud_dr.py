@@ -37,7 +37,7 @@ from voketag_ops.errors import (
     exit_code_of,
 )
 from voketag_ops.workflows.cloud_drill import one_at_a_time
-from voketag_ops.workflows.dr import REPOINT_ORDER, as_audited, repoint_report
+from voketag_ops.workflows.dr import REPOINT_ORDER, as_audited, deploy_recorded, repoint_report
 from voketag_ops.workflows.rotate import refuse_if_rotating
 from voketag_ops.workflows.secrets import READABLE, unreadable_alias
 
@@ -634,7 +634,8 @@ def repoint_services(
     HOST (only where it differs, so a rerun adds nothing), move the aliases in one
     etag-guarded update, then redeploy the services pinned to the new `current`. DONE, if
     given, is the report (`repoint_report`) filled in as it goes (`made`, each version as soon
-    as it is added; a secret once its aliases moved; `redeployed` once the deploy succeeded),
+    as it is added; a secret once its aliases moved; `redeployed` once the deploy ended, a
+    failed one naming the services that serve the new `current` all the same),
     so a repoint that fails part-way still says which versions it made."""
     store = ports.store
     report = done if done is not None else {}
@@ -681,8 +682,7 @@ def repoint_services(
                 deploy[service] = (secret, int(current))
     if deploy:
         progress(f"redeploying {', '.join(sorted(deploy))}")
-        ports.runtime.deploy_many(deploy)
-        report["redeployed"] = sorted(deploy)
+        deploy_recorded(ports.runtime, deploy, report)
     return report
 
 

@@ -476,18 +476,28 @@ def repoint_services(
     # repinned: stopped services, started there by the next `env up`.
     report["repinned"] = runtime.repin_stopped({name: t for name, t in deploy.items() if name not in running})
     if targets:
-        try:
-            runtime.deploy_many(targets)
-        except BaseException:  # one failed, the others ran to their end: those serving the new version
-            report["redeployed"] = [
-                name
-                for name in sorted(targets)
-                if runtime.serving_version(name, targets[name][0]) == targets[name][1]
-            ]
-            raise
-    report["redeployed"] = sorted(targets)
+        deploy_recorded(runtime, targets, report)
     report["note"] = None if repointed or targets else "no service connection secret to repoint"
     return report
+
+
+def deploy_recorded(runtime: Any, targets: dict[str, tuple[str, int]], report: dict[str, Any]) -> None:
+    """Deploy TARGETS (service -> (secret, version)) and set REPORT's `redeployed`, also when a
+    deploy fails: the others ran to their end, so it names those serving their new version (one
+    whose version cannot be read is not named)."""
+    try:
+        runtime.deploy_many(targets)
+    except BaseException:
+        serving = []
+        for name, (secret, version) in sorted(targets.items()):
+            try:
+                if runtime.serving_version(name, secret) == version:
+                    serving.append(name)
+            except VokeError:
+                continue
+        report["redeployed"] = serving
+        raise
+    report["redeployed"] = sorted(targets)
 
 
 class AuditedRepoint:
