@@ -832,6 +832,80 @@ def test_a_failback_whose_services_stay_sick_audits_the_versions_it_made(cloud):
     _no_secret_value(cloud, result.stdout, result.stderr)
 
 
+# -- Ctrl-C once the database moved ---------------------------------------------------------------------------
+def _ctrl_c_at(monkeypatch: pytest.MonkeyPatch, command: str, message: str) -> None:
+    """A Ctrl-C (KeyboardInterrupt) as COMMAND's progress says MESSAGE: no fake server fault
+    can make one, so it comes through the progress callback, as in the cloud drills' tests."""
+    from voketag_ops.workflows import cloud_dr
+
+    real = getattr(cloud_dr, command)
+
+    def interrupted(*args: Any, progress: Any, **kw: Any) -> Any:
+        def interrupting(said: str) -> None:
+            progress(said)
+            if said.startswith(message):
+                raise KeyboardInterrupt
+
+        return real(*args, progress=interrupting, **kw)
+
+    monkeypatch.setattr(cloud_dr, command, interrupted)
+
+
+@pytest.mark.parametrize(
+    ("message", "step", "made"),
+    [
+        ("new version of db-app (current)", "repoint services to voke-db-dr", ["previous"]),
+        ("check the services are healthy", "check the services are healthy", ["previous", "current"]),
+    ],
+    ids=["mid-repoint", "health-check"],
+)
+def test_ctrl_c_after_the_promotion_names_the_step_and_the_rerun_that_finishes_it(
+    cloud, monkeypatch, message, step, made
+):
+    # Found by review: exit 130 "interrupted" and nothing more, with the standby promoted and
+    # recorded and the connection secret's `current` naming the old primary.
+    versions = len(cloud.store().get(SECRET).versions)
+    _ctrl_c_at(monkeypatch, "failover", message)
+    result = cloud.voke("dr", "failover", "--yes", "--json")
+    assert result.exit_code == 130, result.stdout + result.stderr
+    error = result.json["error"]
+    assert error["type"] == "Interrupted" and f"stopped at '{step}'" in error["message"], error
+    assert "record voke-db-dr as the primary" in error["message"]  # among the steps done
+    assert (
+        error["hint"] == "`voke --env prod dr failover --yes` finishes it (it does not repeat what is done)"
+    )
+    event = _event(cloud, "dr.failover")
+    assert event["result"] == "interrupted" and event["details"]["interrupted_at"] == step
+    assert event["details"]["services"]["made"] == [
+        {"secret_name": SECRET, "alias": alias, "version": versions + n} for n, alias in enumerate(made, 1)
+    ]
+    human = cloud.voke("dr", "failover", "--yes")  # (a rerun stopped at the same place)
+    assert human.exit_code == 130 and "voke --env prod dr failover --yes" in human.stderr, human.stderr
+    _no_secret_value(cloud, result.stdout, result.stderr, human.stdout, human.stderr)
+    monkeypatch.undo()
+    finished = cloud.voke("dr", "failover", "--yes", "--json")  # as the hint says
+    assert finished.exit_code == 0, finished.stdout + finished.stderr
+    assert cloud.host_of("current") == REPLICA_IP and cloud.host_of("previous") == REPLICA_IP
+    current = str(cloud.store().get(SECRET).aliases["current"])
+    assert all(_serving_version(cloud, s) == current for s in SERVICES)
+
+
+def test_ctrl_c_in_a_failback_switchover_says_to_wait_for_the_operation_then_rerun(cloud, monkeypatch):
+    assert cloud.voke("dr", "failover", "--yes").exit_code == 0
+    _ctrl_c_at(monkeypatch, "failback", "switchover to voke-db")
+    result = cloud.voke("dr", "failback", "--yes", "--json")
+    assert result.exit_code == 130, result.stdout + result.stderr
+    error = result.json["error"]
+    assert "stopped at 'switchover to voke-db'" in error["message"], error
+    assert "`gcloud sql operations list --instance voke-db` shows it DONE" in error["hint"]
+    assert error["hint"].endswith(
+        "`voke --env prod dr failback --yes` finishes it (it does not repeat what is done)"
+    )
+    monkeypatch.undo()
+    assert cloud.voke("dr", "failback", "--yes").exit_code == 0
+    assert cloud.host_of() == PRIMARY_IP
+
+
 # -- what `rotate cleanup` makes of the versions a repoint adds -----------------------------------------------
 def _age(cloud: Cloud, days: float) -> None:
     """Every version of the connection secret made DAYS ago."""

@@ -27,6 +27,7 @@ from voketag_ops.core.times import iso
 from voketag_ops.errors import (
     BackendError,
     ConfigError,
+    Interrupted,
     NeedsOperatorError,
     NotFoundError,
     OutcomeUnknownError,
@@ -386,9 +387,11 @@ class _Steps:
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self.items: list[dict[str, Any]] = []
+        self.reached: str | None = None  # the step begun last
 
     @contextmanager
     def run(self, name: str) -> Iterator[dict[str, Any]]:
+        self.reached = name
         self.progress(name)
         started, t0 = iso(datetime.now(timezone.utc)), time.monotonic()
         info: dict[str, Any] = {}
@@ -415,6 +418,36 @@ class _Steps:
                     else [],
                 }
             )
+
+
+@contextmanager
+def _resumable(
+    steps: _Steps, event: AuditedEvent, command: str, resume: str, instance: str
+) -> Iterator[None]:
+    """A Ctrl-C or SIGTERM (KeyboardInterrupt) in a started COMMAND: Interrupted (exit 130)
+    naming the step it stopped in, the steps done, and RESUME, which finishes it, as the local
+    commands' `_resumable` does; EVENT records the step (`interrupted_at`) beside what the run
+    did (`services`). The promotion or switchover goes on in Cloud SQL without voke: the hint
+    then says to wait for its operation on INSTANCE first (a rerun meanwhile is refused)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        from voketag_ops import interrupts
+
+        reached = steps.reached or "its start"
+        done = [item["name"] for item in steps.items if item["ok"]]
+        event.details["interrupted_at"] = reached
+        hint = f"`{resume}` finishes it (it does not repeat what is done)"
+        if reached.startswith(("promote ", "switchover ")):
+            hint = (
+                f"Cloud SQL goes on with the operation: once `gcloud sql operations list --instance {instance}` "
+                f"shows it DONE, {hint}"
+            )
+        raise Interrupted(
+            f"{interrupts.stopped_by()}: `voke dr {command}` stopped at '{reached}' "
+            f"(done: {', '.join(done) or 'nothing yet'})",
+            hint=hint,
+        ) from None
 
 
 def _audited(
@@ -848,7 +881,7 @@ def _failover(
     # What the replica had replayed when promoted, as the local failover names it: the Admin API
     # does not say (no LSN, no last replayed commit), so not known rather than made up.
     replayed: dict[str, Any] = {"replayed_lsn": None, "last_replayed_commit": None}
-    with _details(event, mode=mode, **replayed):
+    with _details(event, mode=mode, **replayed), _resumable(steps, event, "failover", resume, replica_name):
         if not resumed:
             with steps.run(f"promote {replica_name}" + (" (failover=true)" if dr_failover else "")) as info:
                 try:
@@ -1005,7 +1038,7 @@ def _failback(
     t0 = time.monotonic()
     steps = _Steps(progress)
     operation = None
-    with _details(event, switch=switch):
+    with _details(event, switch=switch), _resumable(steps, event, "failback", resume, env.instance):
         if switch:
             with steps.run(f"switchover to {env.instance}") as info:
                 try:
