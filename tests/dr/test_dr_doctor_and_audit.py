@@ -377,8 +377,10 @@ def test_a_move_port_whose_redeploy_fails_records_the_versions_it_made_and_is_ex
     assert failed.json["error"]["hint"] == finish and "admin-service" in failed.json["error"]["message"]
     assert last_event(voke, environ, "env.move_port")["result"] == "failure"
     services = audited_services(voke, environ, "env.move_port")
-    made = {"current": before + 1, "previous": before + 2}
-    assert services["repointed"] == [{"secret_name": SECRET, "versions": made, "port": port}], services
+    made = {"previous": before + 1, "current": before + 2}  # (the previous copy first: cleanup's order)
+    assert services["repointed"] == [{"secret_name": SECRET, "versions": made, "host": None, "port": port}], (
+        services
+    )
     assert services["redeployed"] == ["blockchain-service", "factory-service"], services  # not admin's
     done = voke("env", "move-port", leader, "--yes", "--json", environ=environ)
     outputs += [done.stdout, done.stderr]
