@@ -11,6 +11,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -305,6 +307,69 @@ def test_a_failover_or_failback_whose_redeploy_fails_records_the_versions_it_mad
     resumed = voke("dr", "failback", "--yes", "--json", environ=environ)
     assert resumed.exit_code == 0, resumed.stdout + resumed.stderr
     assert env.require_state().leader == "primary"
+    assert voke("dr", "check", environ=environ).exit_code == 0
+    _, passwords = connection_secret(home)
+    seen = (home / "audit" / "audit.jsonl").read_text() + "".join(outputs)
+    assert passwords and not [p for p in passwords if p in seen]
+
+
+def killed_once_repointed(home, environ, command, port):
+    """Run `voke dr COMMAND --yes` and kill -9 it once its repoint moved the connection secret's
+    aliases to versions naming PORT (its redeploy under way): those versions."""
+    from voketag_ops.adapters.local.secrets import LocalSecretStore
+
+    store = LocalSecretStore(home)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "voketag_ops", "dr", command, "--yes"],
+        env=environ,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while True:
+            assert run.poll() is None, f"`dr {command}` ended before its repoint moved the aliases"
+            aliases = store.get(SECRET).aliases
+            if json.loads(store.access(SECRET, aliases["current"]))["port"] == port:
+                return {alias: aliases[alias] for alias in ("previous", "current")}
+            time.sleep(0.02)
+    finally:
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+
+
+def audited_versions(home):
+    """Every secret version the audit log's events name in their `services`."""
+    named = set()
+    for line in (home / "audit" / "audit.jsonl").read_text().splitlines():
+        services = (json.loads(line).get("details") or {}).get("services")
+        if not isinstance(services, dict):  # (a rotation's are service names)
+            continue
+        for item in [*services.get("repointed", []), *services.get("found", [])]:
+            named.update(item["versions"].values())
+        named.update(item["version"] for item in services.get("made", []))
+    return named
+
+
+def test_a_failover_or_failback_killed_after_its_repoint_is_resumed_naming_its_versions(voke, home, environ):
+    # Found by review: kill -9 once the aliases moved left versions no event ever named: the
+    # killed run wrote no event with them, and its resume, finding the aliases on the new leader,
+    # made nothing and audited `repointed: []`.
+    env = LocalEnvironment(LocalSettings(home=home))
+    outputs = []
+    for command, leader in (("failover", "replica"), ("failback", "primary")):
+        port = env.node(leader).port
+        made = killed_once_repointed(home, environ, command, port)
+        assert made["current"] not in audited_versions(home)  # the killed run's, if any, has none
+        resumed = voke("dr", command, "--yes", "--json", environ=environ)
+        outputs += [resumed.stdout, resumed.stderr]
+        assert resumed.exit_code == 0, resumed.stdout + resumed.stderr
+        found = {"versions": made, "host": None, "port": port}
+        services = resumed.json["result"]["services"]
+        assert services["repointed"] == [] and services["found"] == [{"secret": SECRET, **found}], services
+        assert last_event(voke, environ, f"dr.{command}")["result"] == "success"
+        audited = audited_services(voke, environ, f"dr.{command}")
+        assert audited["repointed"] == [] and audited["found"] == [{"secret_name": SECRET, **found}], audited
+        assert env.require_state().leader == leader
     assert voke("dr", "check", environ=environ).exit_code == 0
     _, passwords = connection_secret(home)
     seen = (home / "audit" / "audit.jsonl").read_text() + "".join(outputs)

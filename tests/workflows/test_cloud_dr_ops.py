@@ -719,6 +719,7 @@ def test_failover_and_failback_report_and_audit_the_repoint_as_the_local_command
             {"secret": SECRET, "alias": "previous", "version": made["previous"]},
             {"secret": SECRET, "alias": "current", "version": made["current"]},
         ],
+        "found": [],
         "redeployed": list(SERVICES),
         "repinned": [],
         "stopped": [],
@@ -888,6 +889,16 @@ def test_ctrl_c_after_the_promotion_names_the_step_and_the_rerun_that_finishes_i
     assert cloud.host_of("current") == REPLICA_IP and cloud.host_of("previous") == REPLICA_IP
     current = str(cloud.store().get(SECRET).aliases["current"])
     assert all(_serving_version(cloud, s) == current for s in SERVICES)
+    # Found by review: a rerun finding the aliases on the new primary made nothing and its event
+    # named no version, so one cut short once the aliases moved (killed: no event) named them nowhere.
+    versions = {alias: cloud.store().get(SECRET).aliases[alias] for alias in ("previous", "current")}
+    services = finished.json["result"]["services"]
+    if "current" in made:  # (its aliases moved before the Ctrl-C)
+        assert services["repointed"] == [], services
+        found = [{"secret_name": SECRET, "versions": versions, "host": REPLICA_IP, "port": None}]
+        assert _event(cloud, "dr.failover")["details"]["services"]["found"] == found
+    else:  # `previous` was copied, `current` not yet
+        assert services["found"] == [], services
 
 
 def test_ctrl_c_in_a_failback_switchover_says_to_wait_for_the_operation_then_rerun(cloud, monkeypatch):

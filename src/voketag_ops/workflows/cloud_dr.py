@@ -687,6 +687,7 @@ def repoint_services(
             raise unreadable  # (disabled meanwhile: the failover's pre-check asked)
         renumbered: dict[int, int] = {}
         aliases: dict[str, int | None] = {}
+        already: dict[str, int | None] = {}
         for alias in REPOINT_ORDER:
             number = meta.aliases.get(alias)
             if number is None:
@@ -700,6 +701,7 @@ def repoint_services(
                     skipped.append(f"{secret} {alias}: not a database credential with a host")
                     continue
                 if payload["host"] == host:
+                    already[alias] = number
                     continue
                 payload["host"] = host
                 progress(f"new version of {secret} ({alias}) naming {host}")
@@ -709,6 +711,8 @@ def repoint_services(
         if aliases:
             store.update(secret, etag=store.get(secret).etag, aliases=aliases)
             repointed.append({"secret": secret, "versions": aliases, "host": host, "port": None})
+        if already:
+            report["found"].append({"secret": secret, "versions": already, "host": host, "port": None})
         current = aliases.get("current") or meta.aliases.get("current")
         if current is not None:
             for service in services:

@@ -394,12 +394,15 @@ def repoint_report(*, host: str | None = None, port: int | None = None) -> dict[
     null where it does not apply). `made`: each version added ({secret, alias, version}),
     recorded as soon as it exists, so a repoint failing before its aliases move still names
     it; `repointed`: each secret whose aliases moved ({secret, versions, host, port});
+    `found`: each secret whose aliases named the leader already ({secret, versions, host,
+    port}), as a rerun finds a run cut short after it moved them (killed: no event of its own);
     `redeployed`: the services serving the new `current`; locally `repinned`, `stopped` and
     `stale` (see `repoint_services`); on a cloud environment `skipped` (what was not repointed,
     and why); `host` (cloud) or `port` (local), what the new versions name; `note`."""
     return {
         "repointed": [],
         "made": [],
+        "found": [],
         "redeployed": [],
         "repinned": [],
         "stopped": [],
@@ -440,12 +443,14 @@ def repoint_services(
             continue
         meta = store.get(user.secret)
         aliases: dict[str, int | None] = {}
+        already: dict[str, int | None] = {}
         for alias in REPOINT_ORDER:
             number = meta.aliases.get(alias)
             if number is None:
                 continue
             payload = json.loads(store.access(user.secret, number))
             if int(payload.get("port", 0)) == leader.port:
+                already[alias] = number
                 continue
             payload["port"] = leader.port
             aliases[alias] = store.add_version(user.secret, json.dumps(payload).encode()).version
@@ -459,6 +464,10 @@ def repoint_services(
                 )
             store.update(user.secret, etag=latest.etag, aliases=aliases)
             repointed.append({"secret": user.secret, "versions": aliases, "host": None, "port": leader.port})
+        if already:
+            report["found"].append(
+                {"secret": user.secret, "versions": already, "host": None, "port": leader.port}
+            )
         current = aliases.get("current") or meta.aliases.get("current")
         if current is not None:
             for service in user.services:
@@ -527,7 +536,7 @@ def as_audited(services: dict[str, Any]) -> dict[str, Any]:
     secret's value)."""
     named = {
         key: [{"secret_name": r["secret"], **{k: v for k, v in r.items() if k != "secret"}} for r in items]
-        for key in ("repointed", "made")
+        for key in ("repointed", "made", "found")
         if isinstance(items := services.get(key), list)
     }
     return {**services, **named}
