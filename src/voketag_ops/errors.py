@@ -59,6 +59,17 @@ def exit_code_of(exc: BaseException) -> int:
     return int(ExitCode.INTERNAL)
 
 
+def refused_file(exc: BaseException) -> str | None:
+    """EXC as one line when it is a file the machine refused (full or read-only file system,
+    EACCES, EPERM), "No space left on device: PATH", else None: for a step whose failure after a
+    change must not read as exit 4 "nothing was changed" or exit 3."""
+    if not isinstance(exc, OSError) or not (exc.errno in DISK_REFUSED or isinstance(exc, PermissionError)):
+        return None
+    from voketag_ops.redact import redact
+
+    return f"{exc.strerror}: {redact(str(exc.filename))}" if exc.filename else str(exc.strerror)
+
+
 class VokeError(Exception):
     """Root of every error voke raises on purpose."""
 

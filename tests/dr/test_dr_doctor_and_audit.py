@@ -376,6 +376,51 @@ def test_a_failover_or_failback_killed_after_its_repoint_is_resumed_naming_its_v
     assert passwords and not [p for p in passwords if p in seen]
 
 
+def test_a_full_disk_refusing_the_secret_store_mid_repoint_is_exit_7_naming_the_resume(
+    voke, home, environ, monkeypatch
+):
+    # Found by review: the local store lets the file system's OSError through, so a full disk
+    # once the leader was fenced read as exit 4 "nothing was changed" (EPERM: exit 3), with no
+    # resume named; the same in `env move-port` once the node's new port is recorded.
+    import errno
+
+    from voketag_ops.adapters.local.secrets import LocalSecretStore
+
+    real = LocalSecretStore.add_version
+    calls = []
+
+    def full_on_the_second(self, name, payload):
+        calls.append(name)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(home / "secrets" / f"{name}.json"))
+        return real(self, name, payload)
+
+    env = LocalEnvironment(LocalSettings(home=home))
+    with monkeypatch.context() as patched:
+        patched.setattr(LocalSecretStore, "add_version", full_on_the_second)
+        failover = voke("dr", "failover", "--yes", "--json", environ=environ)
+    assert failover.exit_code == 7, failover.stdout + failover.stderr
+    error = failover.json["error"]
+    assert (
+        "No space left on device: " in error["message"]
+        and "`voke dr failover --yes` resumes it" in error["hint"]
+    )
+    assert voke("dr", "failover", "--yes", environ=environ).exit_code == 0
+    assert voke("dr", "failback", "--yes", environ=environ).exit_code == 0
+    assert voke("env", "down", "--yes", environ=environ).exit_code == 0
+    calls.clear()
+    leader = env.require_state().leader
+    with monkeypatch.context() as patched:
+        patched.setattr(LocalSecretStore, "add_version", full_on_the_second)
+        moved = voke("env", "move-port", leader, "--yes", "--json", environ=environ)
+    assert moved.exit_code == 7, moved.stdout + moved.stderr
+    assert "No space left on device: " in moved.json["error"]["message"]
+    assert moved.json["error"]["hint"] == f"`voke env move-port {leader} --yes` finishes the move"
+    assert voke("env", "move-port", leader, "--yes", environ=environ).exit_code == 0
+    assert voke("env", "up", environ=environ).exit_code == 0
+    assert voke("dr", "check", environ=environ).exit_code == 0
+
+
 def test_move_port_records_the_secret_by_name(voke, home, environ):
     # Found by review: the env.move_port event showed the secret's name as ***.
     assert voke("env", "down", environ=environ).exit_code == 0

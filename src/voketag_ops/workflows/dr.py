@@ -29,6 +29,7 @@ from voketag_ops.errors import (
     RotationFailure,
     UsageError,
     VokeError,
+    refused_file,
 )
 from voketag_ops.logs import get_logger
 
@@ -552,19 +553,22 @@ def _resumable(env: LocalEnvironment, operation: str) -> Iterator[None]:
 
     try:
         yield
-    # (KeyboardInterrupt: Ctrl-C, SIGTERM, exit 130)
-    except (BackendError, RotationFailure, RolledBackError, KeyboardInterrupt) as exc:
+    # (KeyboardInterrupt: Ctrl-C, SIGTERM, exit 130; OSError: a file the machine refused, such as
+    # the secret store's on a full disk, which alone would read as exit 4 or 3)
+    except (BackendError, RotationFailure, RolledBackError, KeyboardInterrupt, OSError) as exc:
         from voketag_ops import interrupts
 
         pending = dr.unfinished_operation(env)
-        if not pending or pending.get("operation") != operation:
+        refused = refused_file(exc)
+        if not pending or pending.get("operation") != operation or (isinstance(exc, OSError) and not refused):
             raise
         stopped = f"`voke dr {operation}` stopped part-way (done: {', '.join(pending.get('done') or []) or 'nothing yet'})"
         resume = f"`{pending.get('resume')}` resumes it; other DR commands refuse until then"
         if isinstance(exc, KeyboardInterrupt):
             signal = interrupts.stopped_by()
             raise Interrupted(f"{signal}: {stopped}", hint=resume) from None
-        raise NeedsOperatorError(f"{stopped}: {exc.message}", hint=f"once that is fixed, {resume}") from None
+        said = refused or getattr(exc, "message", str(exc))
+        raise NeedsOperatorError(f"{stopped}: {said}", hint=f"once that is fixed, {resume}") from None
 
 
 def refuse_if_rotating_locally(settings: Settings) -> None:

@@ -14,7 +14,14 @@ from voketag_ops.adapters.local.environment import LocalEnvironment, Progress, U
 from voketag_ops.config import Settings
 from voketag_ops.core.rotation import LAST_ANNOTATION, generate_password
 from voketag_ops.core.times import iso
-from voketag_ops.errors import BackendError, NeedsOperatorError, PreconditionError, RotationFailure, VokeError
+from voketag_ops.errors import (
+    BackendError,
+    NeedsOperatorError,
+    PreconditionError,
+    RotationFailure,
+    VokeError,
+    refused_file,
+)
 from voketag_ops.logs import get_logger
 
 log = get_logger(__name__)
@@ -361,10 +368,13 @@ class LocalPlatform:
                 try:
                     leader = self.env.node(node)  # running: a move cut short is being finished
                     report["services"] = repoint(leader, redeploy=leader.running)
-                except (BackendError, RotationFailure) as exc:  # not "nothing was changed" (exit 4)
+                except (BackendError, RotationFailure, OSError) as exc:  # not "nothing was changed" (exit 4)
+                    said = refused_file(exc) if isinstance(exc, OSError) else exc.message
+                    if said is None:  # (any other OSError: a bug, exit 70)
+                        raise
                     raise NeedsOperatorError(
                         f"`voke env move-port {node}` stopped part-way, {node} recorded on port "
-                        f"{plan['port']}: {exc.message}",
+                        f"{plan['port']}: {said}",
                         hint=finish,
                     ) from exc
                 except VokeError as exc:
