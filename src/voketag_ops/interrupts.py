@@ -21,8 +21,12 @@ import sys
 
 TYPE_CHECKING = False  # not typing's: `voke --version` imports this module, and typing costs ~8 ms
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from concurrent.futures import Future
     from types import FrameType
-    from typing import Any, Self
+    from typing import Any, Self, TypeVar
+
+    T = TypeVar("T")
 
 
 class Terminated(KeyboardInterrupt):
@@ -179,6 +183,38 @@ class Held:
         _received(signum)
         if self._give_way_after is not None and self.count > self._give_way_after:
             raise interrupt()
+
+
+def together(fn: Callable[..., T], calls: Iterable[tuple[Any, ...]]) -> list[Future[T]]:
+    """FN(*ARGS) for each ARGS of CALLS, all at once, each in a thread of its own: their futures,
+    once every call has ended. A thread is not interrupted: on Ctrl-C, SIGTERM or SIGHUP the calls
+    not started yet are cancelled and the running ones waited for before the interrupt goes on,
+    or they would change things after the caller reported them. One more signal meanwhile is
+    held; the one after gives way (a call that hangs)."""
+    from concurrent.futures import ThreadPoolExecutor, wait
+
+    calls = list(calls)
+    pool = ThreadPoolExecutor(max_workers=max(1, len(calls)))
+    futures: list[Future[T]] = []
+    try:
+        # A signal raised amid a submit would lose that call's future (its thread then not
+        # waited for): noted until all are in.
+        with Held() as held:
+            futures = [pool.submit(fn, *args) for args in calls]
+        if held.fired:
+            raise interrupt()
+        wait(futures)
+    except KeyboardInterrupt:
+        # The futures waited for, not the threads: on Python 3.11 a join cut by a signal takes
+        # its thread for ended though it runs on, and the next join returns at once.
+        with Held(give_way_after=1):
+            for future in futures:
+                future.cancel()
+            wait(futures)
+        raise
+    finally:
+        pool.shutdown(wait=False)
+    return futures
 
 
 def stopped_by() -> str:

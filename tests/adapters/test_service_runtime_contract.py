@@ -10,7 +10,9 @@ import errno
 import json
 import os
 import shutil
+import signal
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -601,3 +603,67 @@ def test_an_instance_keeps_nothing_of_the_callers_environment(platform, tmp_path
         runtime.stop_all()
     assert b"-of-the-caller-4242" not in environ
     assert b"TZ=UTC" in environ
+
+
+@contextlib.contextmanager
+def _interrupted_deploys(runtime: Any, *, second: bool) -> Iterator[tuple[threading.Event, list[str]]]:
+    """Ctrl-C in the main thread as svc-a's deploy starts (a Ctrl-C does not stop a worker
+    thread); SECOND: two more once the wait for the deploys holds signals, svc-a's deploy going
+    on only once the event yielded is set. Yields it and the services whose deploy ended."""
+    from voketag_ops import interrupts
+
+    real, go = runtime.deploy, threading.Event()
+    ended: list[str] = []
+    workers: list[threading.Thread] = []
+
+    def wait_held() -> Any:  # the hold that gives way: the wait's, not the submits'; None if none came
+        while not go.is_set():
+            held = getattr(signal.getsignal(signal.SIGINT), "__self__", None)
+            if isinstance(held, interrupts.Held) and held._give_way_after == 1:
+                return held
+            time.sleep(0.01)
+        return None
+
+    def deploy(name: str, secret: str, version: int) -> Any:
+        if name == "svc-a":
+            workers.append(threading.current_thread())
+            os.kill(os.getpid(), signal.SIGINT)
+            if second:
+                held = wait_held()
+                if held is not None:
+                    os.kill(os.getpid(), signal.SIGINT)  # held
+                    while not held.fired:  # (two signals at once would be taken as one)
+                        time.sleep(0.01)
+                    os.kill(os.getpid(), signal.SIGINT)  # gives way
+                go.wait()
+        info = real(name, secret, version)
+        ended.append(name)
+        return info
+
+    runtime.deploy = deploy
+    try:
+        yield go, ended
+    finally:
+        go.set()
+        for worker in workers:
+            worker.join()
+        del runtime.deploy
+
+
+def test_an_interrupted_deploy_many_waits_for_the_deploys_under_way(setup):
+    # What the caller reports after the interrupt (dr failover's `redeployed`) is asked of the
+    # runtime at once: a deploy still running in its thread would land after the report.
+    with _interrupted_deploys(setup.runtime, second=False) as (_, ended):
+        with pytest.raises(KeyboardInterrupt):
+            setup.runtime.deploy_many({"svc-a": (SECRET, 3), "svc-b": (SECRET, 3)})
+        assert "svc-a" in ended
+        assert _state(setup.runtime)["svc-a"] == (3, True)
+
+
+def test_a_third_signal_gives_way_while_deploys_are_waited_for(setup):
+    with _interrupted_deploys(setup.runtime, second=True) as (go, ended):
+        with pytest.raises(KeyboardInterrupt):
+            setup.runtime.deploy_many({"svc-a": (SECRET, 3), "svc-b": (SECRET, 3)})
+        assert "svc-a" not in ended  # a deploy that hangs no longer holds the operator
+        go.set()
+    assert _state(setup.runtime)["svc-a"] == (3, True)

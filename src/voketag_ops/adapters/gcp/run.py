@@ -18,10 +18,10 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
+from voketag_ops import interrupts
 from voketag_ops.adapters.gcp._common import (
     CONFLICT,
     DENIED,
@@ -442,11 +442,12 @@ class CloudRunRuntime:
         return None
 
     def deploy_many(self, targets: dict[str, tuple[str, int]]) -> list[ServiceInfo]:
-        """Deploy several services in parallel; raises the first failure after all finished."""
-        with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
-            futures = {n: pool.submit(self.deploy, n, s, v) for n, (s, v) in targets.items()}
+        """Deploy several services in parallel; raises the first failure after all finished. An
+        interrupt waits for the deploys under way (``interrupts.together``): what serves
+        afterwards is what the caller reports."""
+        futures = interrupts.together(self.deploy, [(n, s, v) for n, (s, v) in targets.items()])
         results, errors = [], []
-        for future in futures.values():
+        for future in futures:
             try:
                 results.append(future.result())
             except Exception as exc:

@@ -28,6 +28,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from voketag_ops import interrupts
 from voketag_ops.adapters.local.postgres import pick_free_port, process_exists
 from voketag_ops.core.rotation import parse_iso
 from voketag_ops.core.times import iso
@@ -338,14 +339,12 @@ class LocalServiceRuntime:
         return repinned
 
     def deploy_many(self, targets: dict[str, tuple[str, int]]) -> list[ServiceInfo]:
-        """Deploy several services in parallel; raises the first failure after all finished."""
-        with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
-            futures = {
-                name: pool.submit(self.deploy, name, secret, version)
-                for name, (secret, version) in targets.items()
-            }
+        """Deploy several services in parallel; raises the first failure after all finished. An
+        interrupt waits for the deploys under way (``interrupts.together``): what serves
+        afterwards is what the caller reports."""
+        futures = interrupts.together(self.deploy, [(n, s, v) for n, (s, v) in targets.items()])
         results, errors = [], []
-        for future in futures.values():
+        for future in futures:
             try:
                 results.append(future.result())
             except Exception as exc:
