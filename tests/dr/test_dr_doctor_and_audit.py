@@ -504,6 +504,35 @@ def test_a_move_port_whose_redeploy_fails_records_the_versions_it_made_and_is_ex
     assert passwords and not [p for p in passwords if p in seen]
 
 
+def test_a_move_port_interrupted_after_its_journal_names_how_to_finish_it(voke, home, environ, monkeypatch):
+    # Found by an interrupt sweep: a Ctrl-C once the journal was written (state.json naming the
+    # new port) was a bare "error: interrupted", exit 130, with no hint.
+    env = LocalEnvironment(LocalSettings(home=home))
+    leader = env.require_state().leader
+    assert voke("env", "down", environ=environ).exit_code == 0
+    real = LocalEnvironment.apply_move
+
+    def recorded_then_ctrl_c(self, plan):
+        real(self, plan)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LocalEnvironment, "apply_move", recorded_then_ctrl_c)
+    cut = voke("env", "move-port", leader, "--yes", "--json", environ=environ)
+    monkeypatch.undo()
+    port = env.node(leader).port
+    assert cut.exit_code == 130, cut.stdout + cut.stderr
+    assert cut.json["error"]["message"] == (
+        f"interrupted: `voke env move-port {leader}` stopped part-way, {leader} recorded on port {port}"
+    )
+    assert cut.json["error"]["hint"] == f"`voke env move-port {leader} --yes` finishes the move"
+    assert last_event(voke, environ, "env.move_port")["result"] == "interrupted"
+    done = voke("env", "move-port", leader, "--yes", "--json", environ=environ)
+    assert done.exit_code == 0, done.stdout + done.stderr
+    assert done.json["result"]["port"] == port
+    assert voke("env", "up", environ=environ).exit_code == 0
+    assert voke("dr", "check", environ=environ).exit_code == 0
+
+
 def test_a_writable_standby_is_named_split_brain_with_the_fence_to_run():
     # Found by review: the drills' "no standby" hint said `voke env up` for a follower that runs
     # writable beside the leader; they and doctor share node_trouble, which names the fence.

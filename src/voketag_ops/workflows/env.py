@@ -16,6 +16,7 @@ from voketag_ops.core.rotation import LAST_ANNOTATION, generate_password
 from voketag_ops.core.times import iso
 from voketag_ops.errors import (
     BackendError,
+    Interrupted,
     NeedsOperatorError,
     PreconditionError,
     RotationFailure,
@@ -360,28 +361,34 @@ class LocalPlatform:
             replace_json(
                 move_journal(self.env), {"node": node, "old_port": plan["old_port"], "port": plan["port"]}
             )
-            report = self.env.apply_move(plan)
-            report["services"] = None
-            if report["leader"]:
-                # (its versions on record however it ends: a failed redeploy's most of all)
-                repoint = AuditedRepoint(event.details, self.settings, self.env)
-                try:
-                    leader = self.env.node(node)  # running: a move cut short is being finished
-                    report["services"] = repoint(leader, redeploy=leader.running)
-                except (BackendError, RotationFailure, OSError) as exc:  # not "nothing was changed" (exit 4)
-                    said = refused_file(exc) if isinstance(exc, OSError) else exc.message
-                    if said is None:  # (any other OSError: a bug, exit 70)
+            stopped = f"`voke env move-port {node}` stopped part-way, {node} recorded on port {plan['port']}"
+            try:
+                report = self.env.apply_move(plan)
+                report["services"] = None
+                if report["leader"]:
+                    # (its versions on record however it ends: a failed redeploy's most of all)
+                    repoint = AuditedRepoint(event.details, self.settings, self.env)
+                    try:
+                        leader = self.env.node(node)  # running: a move cut short is being finished
+                        report["services"] = repoint(leader, redeploy=leader.running)
+                    except (
+                        BackendError,
+                        RotationFailure,
+                        OSError,
+                    ) as exc:  # not "nothing was changed" (exit 4)
+                        said = refused_file(exc) if isinstance(exc, OSError) else exc.message
+                        if said is None:  # (any other OSError: a bug, exit 70)
+                            raise
+                        raise NeedsOperatorError(f"{stopped}: {said}", hint=finish) from exc
+                    except VokeError as exc:
+                        exc.hint = finish
                         raise
-                    raise NeedsOperatorError(
-                        f"`voke env move-port {node}` stopped part-way, {node} recorded on port "
-                        f"{plan['port']}: {said}",
-                        hint=finish,
-                    ) from exc
-                except VokeError as exc:
-                    exc.hint = finish
-                    raise
-            event.details["standby_repointed"] = report["standby_repointed"]
-            move_journal(self.env).unlink()
+                event.details["standby_repointed"] = report["standby_repointed"]
+                move_journal(self.env).unlink()
+            except KeyboardInterrupt:  # (Ctrl-C, SIGTERM: exit 130) the journal names the move to finish
+                from voketag_ops import interrupts
+
+                raise Interrupted(f"{interrupts.stopped_by()}: {stopped}", hint=finish) from None
             services = report["services"] or {}
             report["changed"] = bool(
                 report["port"] != report["old_port"]
