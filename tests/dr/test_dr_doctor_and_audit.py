@@ -509,6 +509,7 @@ def test_a_move_port_interrupted_after_its_journal_names_how_to_finish_it(voke, 
     # new port) was a bare "error: interrupted", exit 130, with no hint.
     env = LocalEnvironment(LocalSettings(home=home))
     leader = env.require_state().leader
+    old = env.node(leader).port
     assert voke("env", "down", environ=environ).exit_code == 0
     real = LocalEnvironment.apply_move
 
@@ -526,9 +527,21 @@ def test_a_move_port_interrupted_after_its_journal_names_how_to_finish_it(voke, 
     )
     assert cut.json["error"]["hint"] == f"`voke env move-port {leader} --yes` finishes the move"
     assert last_event(voke, environ, "env.move_port")["result"] == "interrupted"
+    # Found by the same sweep: finishing it took the port it moves from from state.json, which the
+    # cut run had changed: "from port P to P" in its report, journal and event (and doctor's note).
+    plan = voke("env", "move-port", leader, "--dry-run", "--json", environ=environ)
+    assert (plan.json["result"]["old_port"], plan.json["result"]["port"]) == (old, port)
+    monkeypatch.setattr(LocalEnvironment, "apply_move", recorded_then_ctrl_c)
+    assert voke("env", "move-port", leader, "--yes", environ=environ).exit_code == 130  # cut again
+    monkeypatch.undo()
+    journal = json.loads((home / "dr" / "move-port.json").read_text())
+    assert journal == {"node": leader, "old_port": old, "port": port}
     done = voke("env", "move-port", leader, "--yes", "--json", environ=environ)
     assert done.exit_code == 0, done.stdout + done.stderr
-    assert done.json["result"]["port"] == port
+    assert (done.json["result"]["old_port"], done.json["result"]["port"]) == (old, port)
+    assert done.json["result"]["changed"]
+    details = last_event(voke, environ, "env.move_port")["details"]
+    assert (details["old_port"], details["port"]) == (old, port)
     assert voke("env", "up", environ=environ).exit_code == 0
     assert voke("dr", "check", environ=environ).exit_code == 0
 

@@ -98,7 +98,7 @@ def move_port(
             f"record {node} on a free port picked when the move runs (now {plan['old_port']}; "
             f"`--port N` names the port instead)"
             if plan["port_chosen_at_run"]
-            else f"record {node} on port {plan['port']} (now {plan['old_port']})"
+            else f"record {node} on port {plan['port']} (moving from {plan['old_port']})"
         ]
         if plan["standby"]:
             steps.append(f"point {plan['standby']}'s primary_conninfo at {new} and reload it")

@@ -327,6 +327,8 @@ class LocalPlatform:
             plan = self.env.plan_move(node, recorded["port"], recorded=True)
         else:
             plan = self.env.plan_move(node, port)
+        if recorded is not None:  # the port it moves from: the cut run recorded the new one already
+            plan["old_port"] = recorded["old_port"]
         if plan["leader"]:
             # its pending version names the old port; its resume or rollback would log in there
             refuse_if_rotating_locally(self.settings)
