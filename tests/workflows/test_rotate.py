@@ -728,6 +728,44 @@ def test_cleanup_keeps_current_previous_pinned_and_newest(platform):
     assert_consistent(platform)
 
 
+class StateWrittenThenCtrlC:
+    """The real store, but Ctrl-C comes as its CUT-th state change returns: the change landed."""
+
+    def __init__(self, real, cut):
+        self.real, self.cut = real, cut
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def set_state(self, secret, version, state):
+        self.real.set_state(secret, version, state)
+        self.cut -= 1
+        if not self.cut:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_cleanup_counts_the_change_that_landed(platform, tmp_path):
+    # Found by an interrupt sweep: `done` was set before each change, so a Ctrl-C as the store
+    # wrote one audited it as not done (one fewer than the versions changed).
+    from voketag_ops.adapters.local.secrets import LocalSecretStore
+    from voketag_ops.audit import AuditLog
+    from voketag_ops.core.rotation import CleanupAction
+
+    store = LocalSecretStore(tmp_path / "home")  # (a secret of its own, kept out of the shared store)
+    secret = "cleanup-cut"
+    store.create(secret)
+    for _ in range(3):
+        store.add_version(secret, b"{}")
+    engine = make_engine(platform)
+    engine.store = StateWrittenThenCtrlC(store, cut=2)
+    actions = [CleanupAction(secret, v, "disable", "") for v in (1, 2, 3)]
+    with pytest.raises(KeyboardInterrupt):
+        engine._clean(actions)
+    assert [v.state for v in store.get(secret).versions] == ["disabled", "disabled", "enabled"]
+    event = [e for e in AuditLog(platform.env.home).entries() if e.event_type == "rotation.cleanup"][-1]
+    assert (event.result, event.details["done"]) == ("interrupted", 2)
+
+
 def test_a_second_cleanup_at_once_is_refused_naming_the_first(
     platform, platform_environ, voke, held_by_another_voke
 ):

@@ -88,6 +88,7 @@ _KEPT_STEPS = frozenset({"set_target", "test", "deploy", "health"})
 
 FAULT_ENV = "VOKE_FAULT_CRASH_AFTER"
 RETIRED_ANNOTATION = "voke-retired-keys"  # versions whose provider key cleanup deleted
+_CLEANED_STATE = {"disable": "disabled", "destroy": "destroyed", "retire": "disabled"}  # what each leaves
 FAULT_EXIT_CODE = 86
 Progress = Callable[[str], None]
 
@@ -1642,15 +1643,28 @@ class RotationEngine:
             target=",".join(sorted({a.secret for a in actions})),
             details={"actions": [f"{a.action} {a.secret} v{a.version}" for a in actions]},
         ) as event:
-            for done, action in enumerate(actions):
+            event.details["done"] = 0
+            for done, action in enumerate(actions, start=1):
+                try:
+                    if action.action == "retire":
+                        self._retire(action)
+                    else:
+                        self.store.set_state(action.secret, action.version, _CLEANED_STATE[action.action])
+                except KeyboardInterrupt:
+                    # Cut while the store wrote it: whether it landed is the store's to say.
+                    if self._cleaned(action):
+                        event.details["done"] = done
+                    raise
                 event.details["done"] = done
-                if action.action == "retire":
-                    self._retire(action)
-                    continue
-                self.store.set_state(
-                    action.secret, action.version, "disabled" if action.action == "disable" else "destroyed"
-                )
-            event.details["done"] = len(actions)
+
+    def _cleaned(self, action: CleanupAction) -> bool:
+        """Whether ACTION, whose write was interrupted, took effect (its version now in the state
+        it leaves: a retirement disables it last); False when the store cannot say."""
+        try:
+            version = self.store.get(action.secret).version(action.version)
+        except (VokeError, KeyboardInterrupt):
+            return False
+        return version is not None and version.state == _CLEANED_STATE[action.action]
 
     def _still_unprotected(self, action: CleanupAction) -> bool:
         """Re-read just before disabling or destroying: a rotation that started, an alias
