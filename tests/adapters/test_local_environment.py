@@ -518,6 +518,30 @@ def test_down_keeps_data_and_up_restarts(voke, home, env_of):
         assert conn.execute("select count(*) from t_stream").fetchone()[0] == 1
 
 
+def test_a_down_interrupted_once_the_services_stopped_says_how_to_go_on(voke, home, env_of, monkeypatch):
+    # Found by an interrupt sweep: it was a bare "error: interrupted", the servers still running.
+    from voketag_ops.adapters.local.environment import LocalEnvironment
+
+    def ctrl_c(self, progress=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LocalEnvironment, "down", ctrl_c)
+    cut = voke("env", "down", "--json", environ=env_of(home))
+    monkeypatch.undo()
+    assert cut.exit_code == 130, cut.stdout + cut.stderr
+    assert cut.json["error"]["message"] == (
+        "interrupted: `voke env down` stopped part-way, the local services are stopped, the servers may still run"
+    )
+    assert (
+        cut.json["error"]["hint"]
+        == "`voke env down` stops what still runs; `voke env up` starts everything again"
+    )
+    assert local(home).node("primary").running
+    done = voke("env", "down", "--json", environ=env_of(home))
+    assert done.exit_code == 0 and done.json["result"]["stopped"] == ["replica", "primary"], done.stdout
+    assert voke("env", "up", environ=env_of(home)).exit_code == 0
+
+
 def test_a_server_log_over_its_limit_starts_afresh_at_the_next_start_and_keeps_one_before(voke, home, env_of):
     from voketag_ops.adapters.local.postgres import LOG_ROTATE_BYTES
 

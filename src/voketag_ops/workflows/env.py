@@ -300,10 +300,20 @@ class LocalPlatform:
         with self._audited("env.down") as event, self.no_dr_operation("env down"), self.env.lock():
             self.refuse_while_rotating("stopping")
             self.env.ready_to_stop(progress)  # a server that cannot stop refuses before the services go
-            services = self.runtime().stop_all() if self.env.exists else []
-            if services:
-                progress("stopped the local services")
-            report = self.env.down(progress)
+            left = "while the local services were being stopped: some may still run"
+            try:
+                services = self.runtime().stop_all() if self.env.exists else []
+                if services:
+                    progress("stopped the local services")
+                left = "the local services are stopped, the servers may still run"
+                report = self.env.down(progress)
+            except KeyboardInterrupt:  # (Ctrl-C, SIGTERM: exit 130) half down: either way out works
+                from voketag_ops import interrupts
+
+                raise Interrupted(
+                    f"{interrupts.stopped_by()}: `voke env down` stopped part-way, {left}",
+                    hint="`voke env down` stops what still runs; `voke env up` starts everything again",
+                ) from None
             report["stopped"] = services + report["stopped"]
             event.details["stopped"] = report["stopped"]
         return report
