@@ -29,7 +29,15 @@ from voketag_ops.cli import (
 from voketag_ops.cli._click import ClickAbort, ClickException, ClickUsageError, NoArgsIsHelpError
 from voketag_ops.cli.argv import GLOBAL_FLAGS, guess_command
 from voketag_ops.cli.common import AppContext, GlobalOptions
-from voketag_ops.errors import DISK_REFUSED, BackendError, ConfigError, Interrupted, UsageError, VokeError
+from voketag_ops.errors import (
+    DISK_REFUSED,
+    BackendError,
+    ConfigError,
+    Interrupted,
+    UsageError,
+    VokeError,
+    refused_file,
+)
 from voketag_ops.output import Output
 from voketag_ops.redact import redact, register_credentials_in
 
@@ -252,10 +260,9 @@ def _invoke(
         if exc.errno not in DISK_REFUSED:
             return _internal_error(output, exc, debug)
         # A full or read-only file system is the machine's state, not a bug: exit 4, one line.
-        where = f": {redact(str(exc.filename))}" if exc.filename else ""
         return output.error(
             BackendError(
-                f"{exc.strerror}{where}",
+                refused_file(exc) or str(exc.strerror),
                 hint="free space on (or make writable) that file system, then run the command again",
             )
         )
