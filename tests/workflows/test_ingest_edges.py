@@ -225,15 +225,16 @@ def test_ctrl_c_while_the_last_piece_is_sent_is_an_interrupt_not_a_database_erro
 
     def interrupted_stop(self: Any, sentinel: object, **kw: Any) -> None:
         if sentinel is self._END:
-            join = self._thread.join
-            calls = iter([True])
+            put = self._queue.put
 
-            def join_once(timeout: float | None = None) -> None:
-                if next(calls, False):
-                    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while waiting for the thread
-                join(timeout)
+            # Ctrl-C as the last piece is handed over: the thread may be done before the
+            # caller's first wait for it, so the signal cannot wait for a join.
+            def put_then_ctrl_c(item: object, *args: Any, **kwargs: Any) -> None:
+                put(item, *args, **kwargs)
+                if item is self._END:
+                    os.kill(os.getpid(), signal.SIGINT)
 
-            self._thread.join = join_once
+            self._queue.put = put_then_ctrl_c
         real_stop(self, sentinel, **kw)
 
     monkeypatch.setattr(wf._PieceWriter, "_stop", interrupted_stop)
