@@ -833,6 +833,78 @@ def test_a_failback_whose_services_stay_sick_audits_the_versions_it_made(cloud):
     _no_secret_value(cloud, result.stdout, result.stderr)
 
 
+def _connections(cloud: Cloud, *args: str) -> tuple[Any, dict[str, Any], Any]:
+    """`dr status --json`'s `connections`, and `dr check --json` (ARGS: its flags) with its
+    `connections` check; neither prints a secret's value."""
+    status = cloud.voke("dr", "status", "--json")
+    assert status.exit_code == 0, status.stdout + status.stderr
+    check = cloud.voke("dr", "check", *args, "--json")
+    assert check.exit_code in (0, 1), check.stdout + check.stderr
+    judged = {c["name"]: c for c in check.json["result"]["checks"]}["connections"]
+    _no_secret_value(cloud, status.stdout, status.stderr, check.stdout, check.stderr)
+    return status.json["result"]["connections"], judged, check
+
+
+def test_check_fails_connections_while_a_failover_or_failback_stopped_before_its_repoint(cloud):
+    # Found by review: a failover killed after its record and before the secrets' new versions
+    # left the services on the old primary while `dr check` (Cloud SQL and Monitoring only) said ok.
+    from datetime import timedelta
+
+    from voketag_ops.testing.gcp_fakes import now
+
+    for instance in ("voke-db", "voke-db-dr"):  # every other check passes
+        cloud.fake.sql.add_backup(instance, "SUCCESSFUL", now() - timedelta(hours=1))
+    conn, judged, check = _connections(cloud)
+    assert check.exit_code == 0 and judged["ok"], check.stdout
+    assert conn["primary"] == "voke-db" and conn["primary_address"] == PRIMARY_IP
+    assert conn["secrets"][0] | {"version": None} == {
+        "secret": SECRET, "alias": "current", "version": None, "host": PRIMARY_IP, "port": 5432,
+        "matches": True, "note": None,
+    }  # fmt: skip
+    # the record is written, the secret's new version refused: the services still name voke-db
+    cloud.fake.rest.fail("POST", r"/secrets/db-app:addVersion$", status="PERMISSION_DENIED", times=99)
+    stopped = cloud.voke("dr", "failover", "--yes", "--json")
+    assert stopped.exit_code == 7 and "not repointed" in stopped.json["error"]["message"], stopped.stdout
+    assert _labels(cloud, "voke-db-dr")["voke-role"] == "primary" and cloud.host_of() == PRIMARY_IP
+    cloud.fake.rest.faults.clear()
+    conn, judged, check = _connections(cloud)
+    assert conn["primary"] == "voke-db-dr" and conn["secrets"][0]["matches"] is False
+    assert check.exit_code == 1 and check.json["result"]["failed"] == ["connections"], check.stdout
+    version = cloud.store().get(SECRET).aliases["current"]
+    assert judged["message"] == (
+        f"{SECRET} version {version} (current) names {PRIMARY_IP}:5432, not the primary voke-db-dr at "
+        f"{REPLICA_IP}: the services reading it connect there; "
+        "fix: `voke --env prod dr failover --yes` (it repoints the services)"
+    )
+    human = cloud.voke("dr", "check")
+    assert human.exit_code == 1 and "connections: db-app version" in human.stdout + human.stderr
+    assert "not the primary voke-db-dr" in cloud.voke("dr", "status").stdout
+    assert cloud.voke("dr", "failover", "--yes", "--json").exit_code == 0  # the resume it names
+    conn, judged, check = _connections(cloud)
+    assert check.exit_code == 0 and conn["secrets"][0]["host"] == REPLICA_IP, check.stdout
+    # a failback stopped alike names its own resume
+    cloud.fake.rest.fail("POST", r"/secrets/db-app:addVersion$", status="PERMISSION_DENIED", times=99)
+    assert cloud.voke("dr", "failback", "--yes", "--json").exit_code == 7
+    cloud.fake.rest.faults.clear()
+    _conn, judged, check = _connections(cloud)
+    assert check.exit_code == 1 and not judged["ok"], check.stdout
+    assert f"names {REPLICA_IP}:5432, not the primary voke-db at {PRIMARY_IP}" in judged["message"]
+    assert judged["message"].endswith("fix: `voke --env prod dr failback --yes` (it repoints the services)")
+
+
+def test_a_connection_secret_secret_manager_refuses_is_unknown_not_a_crash(cloud):
+    cloud.fake.rest.fail(
+        "GET", r"/secrets/db-app/versions/[^/]+:access$", status="PERMISSION_DENIED", times=99
+    )
+    conn, judged, check = _connections(cloud)
+    assert conn["secrets"][0]["matches"] is None and conn["secrets"][0]["host"] is None
+    assert check.exit_code == 1 and not judged["ok"], check.stdout
+    assert judged["message"].startswith(f"unknown: could not read {SECRET} version ")
+    assert judged["message"].endswith("injected PERMISSION_DENIED"), judged["message"]
+    status = cloud.voke("dr", "status", "--json").json["result"]
+    assert status["errors"]["connections"] == judged["message"].removeprefix("unknown: ")
+
+
 # -- Ctrl-C once the database moved ---------------------------------------------------------------------------
 def _ctrl_c_at(monkeypatch: pytest.MonkeyPatch, command: str, message: str) -> None:
     """A Ctrl-C (KeyboardInterrupt) as COMMAND's progress says MESSAGE: no fake server fault

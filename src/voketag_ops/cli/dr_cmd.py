@@ -525,6 +525,19 @@ def _render_status(console: Console, r: dict[str, Any]) -> None:
             console.print(
                 f"[yellow]unfinished[/] {escape(command)}: resume with `{escape(op['resume'])}`{note}"
             )
+    conn = r.get("connections") or {}  # (a cloud env) the address each connection secret gives the services
+    for secret in conn.get("secrets") or []:
+        at = f"{secret['host']}" + (f":{secret['port']}" if secret["port"] is not None else "")
+        said = f"secret   {secret['secret']} v{secret['version']} names {at}"
+        if secret["matches"]:
+            console.print(f"{said} (the primary {conn['primary']})", markup=False)
+        elif secret["matches"] is False:
+            resume = f": resume with `{escape(conn['resume'])}`" if conn["resume"] else ""
+            console.print(
+                f"[red bold]{escape(said)}, not the primary {conn['primary']} at {conn['primary_address']}[/]{resume}"
+            )
+        elif secret["note"]:  # (one that could not be read is a `note:` line above)
+            console.print(f"secret   {secret['secret']}: {secret['note']}", markup=False)
     last = r.get("last_drill")
     if last:
         rto = "no RTO measured" if last.get("rto_seconds") is None else f"RTO {last['rto_seconds']} s"

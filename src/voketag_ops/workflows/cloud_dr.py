@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from voketag_ops.audit import AuditedEvent
     from voketag_ops.config import GcpEnvironment, Settings
     from voketag_ops.ports import DatabaseRecovery, DbInstanceInfo, SecretStore, ServiceRuntime
+    from voketag_ops.workflows.cloud_topology import Topology
 
 Progress = Callable[[str], None]
 
@@ -72,12 +73,19 @@ TOPOLOGY_OPERATIONS = frozenset(
 )  # fmt: skip
 
 
-def status(settings: Settings, recovery: DatabaseRecovery, *, now: datetime | None = None) -> dict[str, Any]:
+def status(
+    settings: Settings,
+    recovery: DatabaseRecovery,
+    *,
+    store: SecretStore | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
     """Roles, replication lag (Monitoring), newest SUCCESSFUL backup, PITR window, archiving,
-    all about the primary voke recorded. When the record and Cloud SQL disagree, which is
-    when an operator needs this most, the report says how (`topology.disagreement`) and
-    shows the instances as Cloud SQL sees them instead of stopping (exit 5 is for the
-    commands that change things)."""
+    all about the primary voke recorded, and which address each connection secret gives the
+    services (STORE, by default the environment's Secret Manager). When the record and Cloud
+    SQL disagree, which is when an operator needs this most, the report says how
+    (`topology.disagreement`) and shows the instances as Cloud SQL sees them instead of
+    stopping (exit 5 is for the commands that change things)."""
     from voketag_ops.workflows import cloud_topology
 
     now = now or datetime.now(timezone.utc)
@@ -196,6 +204,11 @@ def status(settings: Settings, recovery: DatabaseRecovery, *, now: datetime | No
             f"could not read the recoverable window of {topo.primary}: {exc.message}"
         )
     earliest, latest = parse_iso(window_earliest), parse_iso(window_latest)
+    if store is None:
+        from voketag_ops.workflows.cloud import CloudPlatform
+
+        store = CloudPlatform(settings).store()
+    connections = _connections(settings, store, record, errors)
     return {
         "initialized": True,
         "env": settings.env,
@@ -244,6 +257,7 @@ def status(settings: Settings, recovery: DatabaseRecovery, *, now: datetime | No
             "unanswering": None,
         },
         "unfinished_operation": unfinished,
+        "connections": connections,
         "cloud_sql_operations": operations,  # all of them, a routine backup's too
         "operations_note": (
             "Cloud SQL's operations could not be listed: "
@@ -253,6 +267,107 @@ def status(settings: Settings, recovery: DatabaseRecovery, *, now: datetime | No
         ),
         "notes": list(errors.values()),
         "errors": errors,
+    }
+
+
+def _connections(
+    settings: Settings, store: SecretStore, topo: Topology, errors: dict[str, str]
+) -> dict[str, Any]:
+    """Whether each connection secret's `current` version names the address of the primary
+    TOPO records, read and compared as the repoint writes it (its `host`): a failover or
+    failback stopped between its record and its repoint leaves the services on the old
+    primary. Host and port only, never the value; a read Secret Manager refuses goes to
+    ERRORS (`connections`) and leaves that secret unknown."""
+    env = settings.environment(settings.env)
+    primary = topo.instances[topo.primary]
+    refused: list[str] = []
+    secrets: list[dict[str, Any]] = []
+    for secret in connection_secrets(settings, env):
+        entry: dict[str, Any] = {
+            "secret": secret, "alias": "current", "version": None, "host": None, "port": None,
+            "matches": None, "note": None,
+        }  # fmt: skip
+        secrets.append(entry)
+        try:
+            meta = store.get(secret)
+        except NotFoundError:
+            entry["note"] = "no such secret (a repoint skips it)"
+            continue
+        except VokeError as exc:
+            refused.append(f"could not read {secret}: {exc.message}")
+            continue
+        entry["version"] = meta.aliases.get("current")
+        if entry["version"] is None:
+            entry["note"] = "no `current` version (a repoint skips it)"
+            continue
+        try:
+            if (unreadable := unreadable_alias(store, meta)) is not None:
+                raise unreadable
+            credential = _credential(store, secret, entry["version"])
+        except VokeError as exc:
+            refused.append(f"could not read {secret} version {entry['version']}: {exc.message}")
+            continue
+        if credential is None:
+            entry["note"] = "not a database credential with a host (a repoint skips it)"
+            continue
+        entry["host"], entry["port"] = credential["host"], credential.get("port")
+        if primary.ip_address:
+            entry["matches"] = entry["host"] == primary.ip_address
+        else:
+            entry["note"] = f"{primary.name} has no IP address to compare with (a repoint stops on it)"
+    if refused:
+        errors["connections"] = "; ".join(refused)
+    return {
+        "primary": primary.name,
+        "primary_address": primary.ip_address,
+        # what finishes the repoint: the rerun of the operation that made PRIMARY the primary (it
+        # repoints only, the database having moved); none while the record disagrees with Cloud SQL
+        "resume": None
+        if topo.problem
+        else resume_command(settings, "failback" if topo.primary == env.instance else "failover"),
+        "secrets": secrets,
+    }
+
+
+def _connections_check(snap: dict[str, Any]) -> dict[str, Any]:
+    """The `connections` check of a status SNAP: fails when a connection secret names another
+    address than the recorded primary's, or cannot be read or compared (unknown)."""
+    conn = snap["connections"]
+    primary, address = conn["primary"], conn["primary_address"]
+
+    def where(entry: dict[str, Any]) -> str:
+        return f"{entry['host']}:{entry['port']}" if entry["port"] is not None else str(entry["host"])
+
+    fix = (
+        f"fix: `{conn['resume']}` (it repoints the services)"
+        if conn["resume"]
+        else "fix the topology first (the topology check)"
+    )
+    problems = [
+        f"{e['secret']} version {e['version']} (current) names {where(e)}, not the primary {primary} at "
+        f"{address}: the services reading it connect there"
+        for e in conn["secrets"]
+        if e["matches"] is False
+    ]
+    problems += [f"{e['secret']}: {e['note']}" for e in conn["secrets"] if e["host"] and e["matches"] is None]
+    refused = (snap.get("errors") or {}).get("connections")
+    if problems:
+        message = "; ".join(problems) + f"; {fix}" + (f" ({refused})" if refused else "")
+    elif refused:
+        message = f"unknown: {refused}"
+    else:
+        named = [e["secret"] for e in conn["secrets"] if e["matches"]]
+        message = (
+            f"{', '.join(named)} name{'s' if len(named) == 1 else ''} the primary {primary} at {address}"
+            if named
+            else "no connection secret names a database host"
+        )
+    return {
+        "name": "connections",
+        "ok": not problems and not refused,
+        "message": message,
+        "value": [e["secret"] for e in conn["secrets"] if e["matches"] is False] or None,
+        "threshold": None,
     }
 
 
@@ -276,6 +391,7 @@ def check(
         {"name": c.name, "ok": c.ok, "message": c.message, "value": c.value, "threshold": c.threshold}
         for c in judge(snap, limits, now=now)
     ]
+    checks.insert(1, _connections_check(snap))  # (after unfinished_operation: what to finish first)
     for c in checks:  # a call Cloud SQL refused: say so, not "no backup" / "no window"
         refused = (snap.get("errors") or {}).get(
             {
@@ -364,6 +480,11 @@ def ports_for(settings: Settings) -> CloudDrPorts:
 
     platform = CloudPlatform(settings)
     return CloudDrPorts(platform.recovery(), platform.store(), platform.runtime())
+
+
+def resume_command(settings: Settings, operation: str) -> str:
+    """The rerun that finishes an interrupted `dr OPERATION` (failover, failback) of `settings.env`."""
+    return f"voke --env {settings.env} dr {operation} --yes"
 
 
 def _still_running(exc: StepTimeoutError, what: str, instance: str, resume: str) -> NeedsOperatorError:
@@ -655,6 +776,16 @@ def refuse_unrepointable(store: Any, secrets: Iterable[str]) -> None:
             )
 
 
+def _credential(store: Any, secret: str, version: int) -> dict[str, Any] | None:
+    """VERSION of SECRET as a database credential whose `host` the repoint rewrites, or None
+    when it is no such credential (the repoint leaves it alone)."""
+    try:
+        payload = json.loads(store.access(secret, version))
+    except ValueError:
+        return None
+    return payload if isinstance(payload, dict) and "host" in payload else None
+
+
 def repoint_services(
     ports: CloudDrPorts,
     secrets: dict[str, tuple[str, ...]],
@@ -693,11 +824,8 @@ def repoint_services(
             if number is None:
                 continue
             if number not in renumbered:
-                try:
-                    payload = json.loads(store.access(secret, number))
-                except ValueError:
-                    payload = None
-                if not isinstance(payload, dict) or "host" not in payload:
+                payload = _credential(store, secret, number)
+                if payload is None:
                     skipped.append(f"{secret} {alias}: not a database credential with a host")
                     continue
                 if payload["host"] == host:
@@ -855,7 +983,7 @@ def _failover(
     refuse_if_rotating(ports.store, secrets, resume=f"voke --env {settings.env} rotate resume")
     refuse_unrepointable(ports.store, secrets)
     mode = "resume" if resumed else ("replica-failover" if dr_failover else "promote")
-    resume = f"voke --env {settings.env} dr failover --yes"
+    resume = resume_command(settings, "failover")
     if dry_run:
         plan = [
             f"{replica_name} is already the primary: skip the promotion"
@@ -1027,7 +1155,7 @@ def _failback(
         # failback does not pick one (a strict read refuses the same record)
         raise PreconditionError(topo.problem["message"], hint=topo.problem["hint"] or None)
     recorded = topo.recorded and (topo.moved or topo.roles.get(replica_name) != "replica")
-    resume = f"voke --env {settings.env} dr failback --yes"
+    resume = resume_command(settings, "failback")
     if dry_run:
         plan = [
             f"switchover to {env.instance} ({replica_name} becomes its replica; Cloud SQL lets it catch up first)"
