@@ -921,6 +921,36 @@ def test_a_restore_whose_voke_died_mid_recovery_is_listed_as_interrupted(voke, e
     assert not list((env.pg_dir / "restores").iterdir())
 
 
+def test_a_discard_run_again_is_a_no_op_and_a_name_never_restored_stays_a_usage_error(voke, environ, env):
+    # A cron job or runbook step run again after its discard went through was exit 2.
+    assert voke("dr", "restore", "--to", "now", "--name", "twice", "--yes", environ=environ).exit_code == 0
+    first = voke("dr", "discard", "twice", "--yes", "--json", environ=environ)
+    assert first.exit_code == 0 and first.json["result"]["changed"] is True, first.stdout
+    again = voke("dr", "discard", "twice", "--yes", "--json", environ=environ)
+    assert again.exit_code == 0, again.stdout + again.stderr
+    assert again.json["result"] == {
+        "name": "twice", "stopped": False, "removed": None, "changed": False, "dry_run": False,
+    }  # fmt: skip
+    human = voke("dr", "discard", "twice", "--yes", environ=environ)
+    assert human.exit_code == 0 and "twice is gone already (discarded before): nothing to do" in human.stdout
+    plan = voke("dr", "discard", "twice", "--dry-run", "--json", environ=environ)
+    assert plan.json["result"]["plan"] == ["nothing: the restored instance twice is gone already"]
+    events = voke("audit", "show", "--event-type", "dr.discard", "--json", environ=environ)
+    mine = [e["result"] for e in events.json["result"]["entries"] if e["target"] == "twice"]
+    assert mine == ["success", "unchanged", "unchanged"]
+    # a restore refused before it made anything names no instance: still no such name
+    future = voke(
+        "dr", "restore", "--to", "2999-01-01T00:00:00Z", "--name", "never-made", "--yes", environ=environ
+    )
+    assert future.exit_code == 5, future.stderr
+    for name, message in (
+        ("never-made", "no restored instance named 'never-made'"),
+        ("primary", "names a node"),
+    ):
+        refused = voke("dr", "discard", name, "--yes", environ=environ)
+        assert refused.exit_code == 2 and message in refused.stderr, (name, refused.stderr)
+
+
 def _processes_naming(text: str) -> list[int]:
     """Pids whose command line mentions TEXT."""
     found = []

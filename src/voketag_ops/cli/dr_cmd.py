@@ -201,9 +201,7 @@ def discard(
     if not dry_run:
         env.out.confirm(f"Stop and delete the restored instance {name}?", yes=yes)
     report = dr.discard(env.settings, local, name=name, dry_run=dry_run)
-    env.out.result(
-        report, render=_render_plan_or(lambda c, r: c.print(f"discarded {r['name']} ({r['removed']})"))
-    )
+    env.out.result(report, render=_render_plan_or(_render_discard))
 
 
 @app.command("failover")
@@ -419,6 +417,13 @@ def _render_plan_or(render: Any) -> Any:
         render(console, report)
 
     return inner
+
+
+def _render_discard(console: Console, r: dict[str, Any]) -> None:
+    if r["changed"]:
+        console.print(f"discarded {r['name']} ({r['removed']})", markup=False)
+    else:
+        console.print(f"{r['name']} is gone already (discarded before): nothing to do", markup=False)
 
 
 def _render_status(console: Console, r: dict[str, Any]) -> None:

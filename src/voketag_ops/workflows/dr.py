@@ -367,7 +367,10 @@ def discard(settings: Settings, env: LocalEnvironment, *, name: str, dry_run: bo
     from voketag_ops.adapters.local import dr
 
     require_local(settings)
-    doc, node = dr.get_restore(env, name)
+    found = dr.find_restore(env, name)
+    if found is None:
+        return _discarded_already(env, name, dry_run=dry_run)
+    doc, node = found
     if dry_run:
         dr.refuse_if_busy(env)
         return {
@@ -379,6 +382,30 @@ def discard(settings: Settings, env: LocalEnvironment, *, name: str, dry_run: bo
         report = dr.discard_restore(env, name)
     report["dry_run"] = False
     return report
+
+
+def _discarded_already(env: LocalEnvironment, name: str, *, dry_run: bool) -> dict[str, Any]:
+    """A discard of NAME, which no restored instance has: a rerun (a cron job, a runbook step)
+    after NAME was discarded or its restore removed it is a no-op success, audited as unchanged;
+    a name the audit log never saw restored or discarded stays a usage error (exit 2)."""
+    from voketag_ops.adapters.local import dr
+    from voketag_ops.audit import AuditLog, audited
+
+    # (a restore's event holds `backup` once it began copying: it made the instance)
+    if not any(
+        e.target == name
+        and (
+            (e.event_type == "dr.discard" and e.result in ("success", "unchanged"))
+            or (e.event_type == "dr.restore" and "backup" in e.details)
+        )
+        for e in AuditLog(env.home).entries()
+    ):
+        raise dr.no_such_restore(env, name)
+    if dry_run:
+        return {"dry_run": True, "plan": [f"nothing: the restored instance {name} is gone already"]}
+    with audited(env.home, event_type="dr.discard", env="local", target=name) as event:
+        event.result = "unchanged"
+    return {"name": name, "stopped": False, "removed": None, "changed": False, "dry_run": False}
 
 
 # -- failover, failback, fence -------------------------------------------------------------------------

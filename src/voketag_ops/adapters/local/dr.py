@@ -1500,22 +1500,36 @@ def list_restores(env: LocalEnvironment) -> list[dict[str, Any]]:
     return found
 
 
-def _check_restore_name(name: str) -> None:
+def _check_restore_name(name: str, *, hint: str | None = None) -> None:
     """A restore's name becomes a path under pg/restores: "../../secrets/db-app" would discard
-    the credential store."""
+    the credential store; a node's name (`dr verify` reads it as the node) is never one."""
     if not RESTORE_NAME.fullmatch(name):
         raise UsageError(f"restore name {name!r} must match [a-z0-9][a-z0-9_-]* (at most 41 characters)")
+    if name in ("leader", "standby", *NODE_NAMES):
+        raise UsageError(f"restore name {name!r} names a node of the environment", hint=hint)
+
+
+def find_restore(env: LocalEnvironment, name: str) -> tuple[dict[str, Any], PgNode] | None:
+    """NAME's record and node; None when no restored instance has that name (UsageError for a
+    name no restore can have)."""
+    _check_restore_name(name)
+    try:
+        doc = _read_meta(restores_dir(env) / f"{name}.json")
+    except FileNotFoundError:
+        return None
+    return doc, restore_node(env, name, int(doc["port"]))
+
+
+def no_such_restore(env: LocalEnvironment, name: str) -> UsageError:
+    known = ", ".join(r["name"] for r in list_restores(env)) or "none"
+    return UsageError(f"no restored instance named {name!r} (have: {known})")
 
 
 def get_restore(env: LocalEnvironment, name: str) -> tuple[dict[str, Any], PgNode]:
-    _check_restore_name(name)
-    meta = restores_dir(env) / f"{name}.json"
-    try:
-        doc = _read_meta(meta)
-    except FileNotFoundError:
-        known = ", ".join(r["name"] for r in list_restores(env)) or "none"
-        raise UsageError(f"no restored instance named {name!r} (have: {known})") from None
-    return doc, restore_node(env, name, int(doc["port"]))
+    found = find_restore(env, name)
+    if found is None:
+        raise no_such_restore(env, name)
+    return found
 
 
 def discard_restore(env: LocalEnvironment, name: str) -> dict[str, Any]:
@@ -1530,7 +1544,7 @@ def discard_restore(env: LocalEnvironment, name: str) -> dict[str, Any]:
     (restores_dir(env) / f"{name}.json").unlink(missing_ok=True)
     for log_file in (node.log_file, node.log_file.with_name(node.log_file.name + ".1")):
         log_file.unlink(missing_ok=True)  # (a drill's journal keeps its story)
-    return {"name": name, "stopped": stopped, "removed": str(node.data_dir)}
+    return {"name": name, "stopped": stopped, "removed": str(node.data_dir), "changed": True}
 
 
 @dataclass
@@ -1549,9 +1563,7 @@ def plan_restore(
     env: LocalEnvironment, target: datetime, name: str, *, seal: bool, now: datetime
 ) -> RestorePlan:
     """Pick the base backup and check TARGET lies in the recoverable window (before copying anything)."""
-    _check_restore_name(name)
-    if name in ("leader", "standby", *NODE_NAMES):  # `dr verify` would read it as the node
-        raise UsageError(f"restore name {name!r} names a node of the environment; pick another --name")
+    _check_restore_name(name, hint="pick another --name")
     if (restores_dir(env) / name).exists() or (restores_dir(env) / f"{name}.json").exists():
         raise PreconditionError(
             f"a restored instance named {name!r} exists; discard it with "
