@@ -34,7 +34,8 @@ def test_add_stores_a_new_current_version_and_keeps_the_one_before_as_previous(v
     first = voke_stdin(environ, "secrets", "add", "auth0-management", "--yes", "--json", stdin=VALUE + "\n")
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout)["result"] == {
-        "name": "auth0-management", "created": True, "version": 1, "previous": None, "dry_run": False,
+        "name": "auth0-management", "created": True, "version": 1, "previous": None, "changed": True,
+        "dry_run": False,
     }  # fmt: skip
     (tmp_path / "v2").write_text("  second-value-9f8e7d\n", encoding="utf-8")
     second = voke("secrets", "add", "auth0-management", "--from-file", str(tmp_path / "v2"), "--yes",
@@ -49,6 +50,41 @@ def test_add_stores_a_new_current_version_and_keeps_the_one_before_as_previous(v
     for text in (first.stdout, first.stderr, second.stdout, second.stderr, events.stdout,
                  (tmp_path / "home" / "audit" / "audit.jsonl").read_text()):  # fmt: skip
         assert "Sup3r-s3cret-admin-value" not in text and "second-value-9f8e7d" not in text
+
+
+def test_the_current_value_added_again_adds_no_version_unless_forced(voke, make_environ, tmp_path):
+    # A rerun (a cron wrapper, a runbook step) made a version each time: "keep the last 3" lost
+    # one, and the version before restarted its 24 h disable clock.
+    environ = make_environ(tmp_path / "home")
+    (tmp_path / "v").write_text(VALUE + "\n", encoding="utf-8")
+    add = ("secrets", "add", "auth0-management", "--from-file", str(tmp_path / "v"), "--yes")
+    assert voke(*add, environ=environ).exit_code == 0
+    again = voke(*add, "--json", environ=environ)
+    assert again.exit_code == 0, again.stdout + again.stderr
+    assert again.json["result"] == {
+        "name": "auth0-management", "created": False, "version": 1, "previous": None, "changed": False,
+        "dry_run": False,
+    }  # fmt: skip
+    human = voke(*add, environ=environ)
+    assert human.exit_code == 0 and "version 1 holds this value already and is current" in human.stdout
+    forced = voke(*add, "--force", "--json", environ=environ)
+    assert forced.exit_code == 0 and forced.json["result"]["version"] == 2
+    assert forced.json["result"]["changed"] is True and forced.json["result"]["previous"] == 1
+    rerun = voke(*add, "--json", environ=environ)  # the previous version stays previous
+    assert (rerun.json["result"]["version"], rerun.json["result"]["previous"]) == (2, 1)
+    LocalSecretStore(tmp_path / "home").set_state("auth0-management", 2, "disabled")
+    revived = voke(*add, "--json", environ=environ)  # a disabled current one is no value to keep
+    assert revived.exit_code == 0 and revived.json["result"]["version"] == 3, revived.stdout
+    meta = LocalSecretStore(tmp_path / "home").get("auth0-management")
+    assert [v.version for v in meta.versions] == [1, 2, 3]
+    events = voke("audit", "show", "--event-type", "secret.add", "--json", environ=environ)
+    added = events.json["result"]["entries"]
+    assert [(e["result"], e["details"]["version"]) for e in added] == [
+        ("success", 1), ("unchanged", 1), ("unchanged", 1), ("success", 2), ("unchanged", 2), ("success", 3),
+    ]  # fmt: skip
+    for text in (again.stdout, again.stderr, human.stdout, human.stderr, events.stdout,
+                 (tmp_path / "home" / "audit" / "audit.jsonl").read_text()):  # fmt: skip
+        assert "Sup3r-s3cret-admin-value" not in text
 
 
 def test_a_value_on_stdin_is_read_as_bytes_like_a_file(voke, make_environ, tmp_path, monkeypatch):
@@ -131,6 +167,28 @@ def test_on_secret_manager_a_rotated_secret_is_refused_by_its_id_too(
         assert added.json["result"]["version"] == 1
         shown = voke("secrets", "access", "auth0-management", environ=environ)
         assert shown.stdout == VALUE
+
+
+def test_on_secret_manager_the_current_value_added_again_adds_no_version(voke, make_environ, tmp_path):
+    from voketag_ops.testing.gcp_fakes import FakeGcp, environment_toml
+
+    with FakeGcp() as fake:
+        (tmp_path / "voke.toml").write_text(environment_toml("prod", fake.environment()))
+        environ = make_environ(tmp_path / "home", VOKE_CONFIG=str(tmp_path / "voke.toml"), VOKE_ENV="prod")
+        (tmp_path / "v").write_text(VALUE)
+        add = ("secrets", "add", "auth0-management", "--from-file", str(tmp_path / "v"), "--yes", "--json")
+        assert voke(*add, environ=environ).json["result"]["version"] == 1
+        again = voke(*add, environ=environ)
+        assert again.exit_code == 0, again.stdout + again.stderr
+        assert (again.json["result"]["version"], again.json["result"]["changed"]) == (1, False)
+        forced = voke(*add, "--force", environ=environ)
+        assert (forced.json["result"]["version"], forced.json["result"]["changed"]) == (2, True)
+        (tmp_path / "v").write_text("another-value-7c8d9e")
+        other = voke(*add, environ=environ)
+        assert (other.json["result"]["version"], other.json["result"]["previous"]) == (3, 2)
+        versions = voke("secrets", "versions", "auth0-management", "--json", environ=environ)
+        assert [v["version"] for v in versions.json["result"]["versions"]] == [1, 2, 3]
+        assert "Sup3r-s3cret-admin-value" not in again.stdout + again.stderr
 
 
 def test_ctrl_c_among_the_writes_is_held_until_the_version_is_current(

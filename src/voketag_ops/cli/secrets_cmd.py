@@ -121,18 +121,23 @@ def add(
             "--from-file", help="Read the value from this file (else stdin, or a prompt that does not echo)."
         ),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Add a new version even if the value equals the current version's."),
+    ] = False,
     dry_run: DryRun = False,
     yes: Yes = False,
 ) -> None:
     """Store a value voke reads but does not rotate (a provider's admin credential) as NAME's new
-    `current` version; the version it replaces becomes `previous`. Never printed."""
+    `current` version; the version it replaces becomes `previous`. The value of the current
+    version again adds nothing (safe to re-run) unless --force. Never printed."""
     from voketag_ops.workflows import secrets as wf
 
     env = use(ctx)
     store = _store(env)
     if dry_run:
         wf.check_addable(env.settings, name, store)
-        env.out.result(wf.add_version(store, name, None, dry_run=True), render=_render_add)
+        env.out.result(wf.add_version(store, name, None, dry_run=True, force=force), render=_render_add)
         return
     from voketag_ops import interrupts
     from voketag_ops.errors import VokeError
@@ -150,10 +155,12 @@ def add(
     with env.audited("secret.add", target=name) as event:
         value = wf.check_value(_read_value(env, name, from_file))
         with interrupts.Held(give_way_after=1) as held:
-            report = wf.add_version(store, name, value)
+            report = wf.add_version(store, name, value, force=force)
             event.details.update(
                 version=report["version"], previous=report["previous"], created=report["created"]
             )
+            if not report["changed"]:
+                event.result = "unchanged"
     if held.fired:
         report["warnings"] = ["interrupted while the version was being stored: it was stored all the same"]
     env.out.result(report, render=_render_add)
@@ -178,6 +185,13 @@ def _render_add(console: Console, report: dict[str, Any]) -> None:
         return
     for warning in report.get("warnings") or []:
         console.print(f"warning: {warning}", markup=False)
+    if not report["changed"]:
+        console.print(
+            f"{report['name']}: version {report['version']} holds this value already and is current; "
+            "nothing added (--force adds it anyway)",
+            markup=False,
+        )
+        return
     made = " (created)" if report["created"] else ""
     was = f"; version {report['previous']} is previous" if report["previous"] is not None else ""
     console.print(f"{report['name']}{made}: version {report['version']} is current{was}", markup=False)

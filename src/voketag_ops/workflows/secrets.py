@@ -3,6 +3,7 @@ provider's API, say), as a new version that becomes `current`."""
 
 from __future__ import annotations
 
+import hmac
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -56,24 +57,34 @@ def check_value(value: bytes) -> bytes:
     return value
 
 
-def add_version(store: Any, name: str, value: bytes | None, *, dry_run: bool = False) -> dict[str, Any]:
+def add_version(
+    store: Any, name: str, value: bytes | None, *, dry_run: bool = False, force: bool = False
+) -> dict[str, Any]:
     """Add VALUE as NAME's newest version and make it `current` (the one it replaces becomes
-    `previous`), creating the secret if needed. A dry run (VALUE None) reads the store only."""
+    `previous`), creating the secret if needed. A dry run (VALUE None) reads the store only.
+    VALUE equal to the enabled `current` version's adds nothing (`changed` false) unless FORCE:
+    a rerun would push an older version out of the kept ones and restart its disable clock."""
     try:
         meta = store.get(name)
     except NotFoundError:
         meta = None
     old = meta.aliases.get("current") if meta is not None else None
-    report: dict[str, Any] = {"name": name, "created": meta is None, "version": None, "previous": old}
+    report: dict[str, Any] = {
+        "name": name, "created": meta is None, "version": None, "previous": old, "changed": False,
+    }  # fmt: skip
     if dry_run or value is None:
         report["dry_run"] = True
         report["plan"] = [
             *([f"create secret {name}"] if meta is None else []),
             "add a version holding the value given and make it current"
-            + (f" (version {old} becomes previous)" if old is not None else ""),
+            + (f" (version {old} becomes previous)" if old is not None else "")
+            + (f", unless version {old} holds that value already" if old is not None and not force else ""),
         ]
         return report
     redact.register_payload(value)
+    if meta is not None and old is not None and not force and _holds(store, meta, old, value):
+        report.update(version=old, previous=meta.aliases.get("previous"), dry_run=False)
+        return report
     if meta is None:
         store.create(name)
     version = store.add_version(name, value).version
@@ -95,8 +106,17 @@ def add_version(store: Any, name: str, value: bytes | None, *, dry_run: bool = F
             f"version {version} was disabled, not made current",
             hint=f"`voke secrets versions {name}` shows which is current; add the value again if it should be",
         ) from None
-    report.update(version=version, dry_run=False)
+    report.update(version=version, changed=True, dry_run=False)
     return report
+
+
+def _holds(store: Any, meta: Any, number: int, value: bytes) -> bool:
+    """Whether NAME's version NUMBER is enabled and holds VALUE (compared in constant time;
+    neither is ever shown)."""
+    version = meta.version(number)
+    if version is None or version.state != "enabled":
+        return False
+    return hmac.compare_digest(store.access(meta.name, str(number)), value)
 
 
 # Secret Manager reads only enabled versions, and refuses an update whose aliases name a
