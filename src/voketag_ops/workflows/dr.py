@@ -391,9 +391,11 @@ def _discarded_already(env: LocalEnvironment, name: str, *, dry_run: bool) -> di
     from voketag_ops.adapters.local import dr
     from voketag_ops.audit import AuditLog, audited
 
-    # (a restore's event holds `backup` once it began copying: it made the instance)
+    # (a restore's event holds `backup` once it began copying: it made the instance; a cloud
+    # environment's restore, in the same log, made a Cloud SQL instance)
     if not any(
         e.target == name
+        and e.env == "local"
         and (
             (e.event_type == "dr.discard" and e.result in ("success", "unchanged"))
             or (e.event_type == "dr.restore" and "backup" in e.details)
