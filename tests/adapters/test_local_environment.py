@@ -19,9 +19,10 @@ import psycopg
 import pytest
 
 from voketag_ops.adapters.local.environment import LocalEnvironment
-from voketag_ops.adapters.local.postgres import child_pids, is_stopped
+from voketag_ops.adapters.local.postgres import is_stopped
 from voketag_ops.config import LocalSettings
 from voketag_ops.errors import BackendError
+from voketag_ops.testing.local import frozen
 
 
 @pytest.fixture(scope="module")
@@ -367,13 +368,8 @@ def test_a_frozen_replica_is_named_by_env_up_and_left_alone_and_status_and_check
     assert voke("env", "up", environ=env_of(home)).exit_code == 0
     env = local(home)
     rebuild = "voke dr failback --no-switch-back --clone --yes"
-    pid = env.node("replica").pid()
-    assert pid is not None
-    pids = [pid, *child_pids(pid)]
-    try:
-        for target in pids:
-            os.kill(target, signal.SIGSTOP)
-        wait_for(lambda: all(is_stopped(p) for p in pids), "the replica to stop")
+    with frozen(env.node("replica")) as pids:
+        pid = pids[0]  # the postmaster
         with env.primary().connect() as conn:
             conn.execute("create table if not exists t_frozen (id int, pad text)")
             conn.execute("insert into t_frozen select g, repeat('x', 200) from generate_series(1, 20000) g")
@@ -399,10 +395,6 @@ def test_a_frozen_replica_is_named_by_env_up_and_left_alone_and_status_and_check
         assert check.exit_code == 1 and not streaming["ok"]
         assert "does not answer" in streaming["message"] and rebuild in streaming["message"]
         assert "env up" not in streaming["message"], streaming["message"]
-    finally:
-        for target in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(target, signal.SIGCONT)
     again = voke("env", "up", "--json", environ=env_of(home))
     assert again.exit_code == 0 and not again.json["result"]["warnings"], again.stdout
     with env.primary().connect() as conn:
@@ -415,13 +407,8 @@ def test_a_frozen_leader_is_named_with_its_pids_at_once_by_up_down_status_and_do
     # the replica and then wait two minutes for the primary, and `doctor` say "not running".
     assert voke("env", "up", environ=env_of(home)).exit_code == 0
     env = local(home)
-    pid = env.primary().pid()
-    assert pid is not None
-    pids = [pid, *child_pids(pid)]
-    try:
-        for target in pids:
-            os.kill(target, signal.SIGSTOP)
-        wait_for(lambda: all(is_stopped(p) for p in pids), "the primary to stop")
+    with frozen(env.primary()) as pids:
+        pid = pids[0]  # the postmaster
         for command in ("up", "down"):
             refused = voke("env", command, "--json", environ=env_of(home))
             assert refused.exit_code == 5, refused.stdout + refused.stderr
@@ -440,10 +427,6 @@ def test_a_frozen_leader_is_named_with_its_pids_at_once_by_up_down_status_and_do
         doctor = voke("doctor", "--json", environ=env_of(home))
         [failed] = [c for c in doctor.json["result"]["checks"] if c["name"] == "local environment"]
         assert doctor.exit_code == 1 and f"primary (pid {pid}) does not answer" in failed["detail"], failed
-    finally:
-        for target in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(target, signal.SIGCONT)
     assert voke("env", "up", environ=env_of(home)).exit_code == 0
 
 
@@ -459,23 +442,14 @@ def test_down_refuses_at_once_when_a_restored_instance_is_frozen_and_stops_nothi
 
     env = local(home)
     node = dr.restore_node(env, "r-frozen", restored.json["result"]["port"])
-    pid = node.pid()
-    assert pid is not None
-    pids = [pid, *child_pids(pid)]
-    try:
-        for target in pids:
-            os.kill(target, signal.SIGSTOP)
-        wait_for(lambda: all(is_stopped(p) for p in pids), "the restored instance to stop")
+    with frozen(node) as pids:
+        pid = pids[0]  # the postmaster
         refused = voke("env", "down", "--json", environ=env_of(home))
         assert refused.exit_code == 5, refused.stdout + refused.stderr
         assert f"the restore r-frozen (pid {pid}) does not answer" in refused.json["error"]["message"]
         status = voke("env", "status", "--json", environ=env_of(home)).json["result"]
         assert status["primary"]["running"] and status["replica"]["running"]
         assert [s["healthy"] for s in status["services"]] == [True] * 3, status["services"]
-    finally:
-        for target in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(target, signal.SIGCONT)
     assert voke("dr", "discard", "r-frozen", "--yes", environ=env_of(home)).exit_code == 0
 
 

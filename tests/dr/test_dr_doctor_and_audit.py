@@ -18,9 +18,9 @@ import time
 import pytest
 
 from voketag_ops.adapters.local.environment import LocalEnvironment
-from voketag_ops.adapters.local.postgres import child_pids, is_stopped
 from voketag_ops.config import LocalSettings
 from voketag_ops.core.dr_checks import REBUILD_STANDBY
+from voketag_ops.testing.local import frozen
 
 SECRET = "db-app"  # rotation.db_users' default connection secret
 
@@ -44,26 +44,6 @@ def local_check(voke, environ):
     doctor = voke("doctor", "--json", environ=environ)
     [check] = [c for c in doctor.json["result"]["checks"] if c["name"] == "local environment"]
     return doctor.exit_code, check
-
-
-@contextlib.contextmanager
-def frozen(node):
-    """NODE's processes stopped (SIGSTOP) while the block runs: their pids."""
-    pid = node.pid()
-    assert pid is not None
-    pids = [pid, *child_pids(pid)]
-    try:
-        for target in pids:
-            os.kill(target, signal.SIGSTOP)
-        deadline = time.monotonic() + 30
-        while not all(is_stopped(p) for p in pids):
-            assert time.monotonic() < deadline, "the processes did not stop"
-            time.sleep(0.1)
-        yield pids
-    finally:
-        for target in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(target, signal.SIGCONT)
 
 
 def test_doctor_tells_to_resume_a_frozen_leader_by_its_pids_as_env_up_does(voke, home, environ):

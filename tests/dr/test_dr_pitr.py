@@ -10,7 +10,6 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta, timezone
@@ -22,6 +21,7 @@ from voketag_ops.adapters.local import dr, postgres
 from voketag_ops.adapters.local.environment import LocalEnvironment
 from voketag_ops.config import LocalSettings
 from voketag_ops.errors import BackendError, RolledBackError
+from voketag_ops.testing.local import frozen
 
 
 @pytest.fixture(scope="module")
@@ -76,15 +76,9 @@ def test_status_reports_roles_lag_archive_backup_and_window(voke, environ):
 
 
 def test_a_leader_that_does_not_answer_is_shown_with_its_pid_and_why(voke, environ, env):
-    import signal
-
-    pid = env.primary().pid()
-    assert pid is not None
-    os.kill(pid, signal.SIGSTOP)  # the network-outage runbook's frozen primary
-    try:
+    with frozen(env.primary()) as pids:  # the network-outage runbook's frozen primary
         shown = voke("dr", "status", environ=environ)
-    finally:
-        os.kill(pid, signal.SIGCONT)
+    pid = pids[0]
     assert shown.exit_code == 0, shown.stderr
     leader = next(line for line in shown.stdout.splitlines() if line.startswith("leader"))
     assert f"pid {pid} does not answer: " in leader, leader
@@ -121,11 +115,9 @@ def test_a_leader_left_frozen_by_a_killed_network_drill_is_named_and_resumed_by_
             "primary had been left frozen (SIGSTOP)" in w and "(network-test)" in w
             for w in up.json["result"]["warnings"]
         ), up.json
-    finally:
-        for child in [pid, *dr.child_pids(pid)]:  # whatever happened, the next tests get a live leader
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGCONT)
-    assert not any(postgres.is_stopped(p) for p in [pid, *dr.child_pids(pid)])
+    finally:  # whatever happened, the next tests get a live leader
+        postgres.signal_each(postgres.node_pids(env.primary()), signal.SIGCONT)
+    assert not postgres.frozen_pids(env.primary())
     assert not list((env.home / "dr").glob(dr.FROZEN))
     assert (
         voke("dr", "check", "--json", environ=environ).json["result"]["status"]["unfinished_operation"]
@@ -641,16 +633,11 @@ def test_verify_of_a_stopped_standby_is_a_backend_error_naming_it_not_a_rebuild(
     error = shown.json["error"]
     assert error["message"] == f"standby {standby.name} not running; it cannot be compared"
     assert "voke env up" in error["hint"] and "failback" not in error["hint"]
-    pid = standby.pid()
-    assert pid is not None
-    os.kill(pid, signal.SIGSTOP)  # frozen: `env up` leaves it as it is, so the hint is what resumes it
-    try:
-        frozen = voke("dr", "verify", "--source", "standby", "--target", "leader", "--json", environ=environ)
-    finally:
-        os.kill(pid, signal.SIGCONT)
-    assert frozen.exit_code == 4, frozen.stdout
-    assert f"(pid {pid}) does not answer" in frozen.json["error"]["message"]
-    assert f"kill -CONT {pid}" in frozen.json["error"]["hint"]
+    with frozen(standby) as pids:  # `env up` leaves it as it is, so the hint is what resumes it
+        stuck = voke("dr", "verify", "--source", "standby", "--target", "leader", "--json", environ=environ)
+    assert stuck.exit_code == 4, stuck.stdout
+    assert f"(pid {pids[0]}) does not answer" in stuck.json["error"]["message"]
+    assert f"kill -CONT {' '.join(map(str, pids))}`" in stuck.json["error"]["hint"]
 
 
 def _runbook_block(runbook: str, marker: str) -> str:

@@ -10,9 +10,10 @@ import json
 
 import pytest
 
-from voketag_ops.adapters.local import dr, postgres
+from voketag_ops.adapters.local import dr
 from voketag_ops.adapters.local.environment import LocalEnvironment
 from voketag_ops.config import LocalSettings
+from voketag_ops.testing.local import frozen
 
 
 @pytest.fixture(scope="module")
@@ -985,7 +986,7 @@ def test_a_network_drill_whose_terminal_closes_cleans_up_and_records_it(voke, en
         os.close(master)  # the hangup: SIGHUP, and every write to the terminal fails from now on
     assert drill.wait(timeout=600) == 130
     assert not list((env.home / "dr").glob(dr.FROZEN))
-    assert not any(postgres.is_stopped(p) for p in [env.primary().pid(), *dr.child_pids(env.primary().pid())])
+    assert not dr.frozen_pids(env.primary())
     report = voke("drill", "report", "last", "--format", "json", "--json", environ=environ)
     journal = report.json["result"]
     assert journal["scenario"] == "network" and journal["status"] == "interrupted"
@@ -1255,21 +1256,10 @@ def test_a_frozen_standby_is_killed_and_rebuilt_and_a_failback_stuck_on_it_resum
     # stopped (SIGSTOP, a debugger), `dr failback --no-switch-back --clone` waited 2 min on
     # pg_ctl's fast then immediate stop, stopped part-way (exit 7), and no voke command could
     # stop the node. A standby being rebuilt is thrown away: frozen, it is killed as a fence does.
-    import os
-    import signal
-    import time
-
     assert voke("dr", "check", environ=environ).exit_code == 0
-    pid = env.node("replica").pid()
-    assert pid is not None
-    pids = [pid, *dr.child_pids(pid)]
     rebuild = ["dr", "failback", "--no-switch-back", "--clone", "--yes", "--json"]
-    try:
-        for target in pids:
-            os.kill(target, signal.SIGSTOP)
-        deadline = time.monotonic() + 30
-        while not all(postgres.is_stopped(p) for p in pids) and time.monotonic() < deadline:
-            time.sleep(0.05)  # the stop lands asynchronously
+    with frozen(env.node("replica")) as pids:
+        pid = pids[0]  # the postmaster
         assert dr.frozen_pids(env.node("replica")) == pids
         # the failback the review left stuck: stopped part-way before it had rebuilt anything
         interrupt_when(monkeypatch, dr, "stop_or_kill", lambda node: node.name == "replica")
@@ -1283,10 +1273,6 @@ def test_a_frozen_standby_is_killed_and_rebuilt_and_a_failback_stuck_on_it_resum
         result = back.json["result"]
         assert result["resumed"] is True and result["switched_back"] is False
         assert result["rebuilt"]["stopped"] == "killed (frozen)" and result["rebuilt"]["method"] == "clone"
-    finally:
-        for target in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(target, signal.SIGCONT)
     assert env.require_state().leader == "primary" and dr.in_recovery(env.node("replica")) is True
     assert env.node("replica").pid() != pid
     assert voke("dr", "check", environ=environ).exit_code == 0

@@ -48,14 +48,15 @@ from voketag_ops.adapters.local.environment import (
 )
 from voketag_ops.adapters.local.postgres import (
     PgNode,
-    child_pids,
     conf_quote,
     free_dead_shared_memory,
     frozen_pids,
+    node_pids,
     parent_death_kills,
     pick_free_port,
     record_command,
     recording_commands,
+    signal_each,
     tool_errors,
     tool_message,
 )
@@ -424,12 +425,10 @@ def ensure_schema(conn: psycopg.Connection[Any]) -> None:
 
 def kill_node(node: PgNode, *, timeout: float = 30) -> bool:
     """SIGKILL a postmaster and its children (works on a frozen server too)."""
-    pid = node.pid()
-    if pid is None:
+    pids = node_pids(node)
+    if not pids:
         return False
-    for target in [pid, *child_pids(pid)]:
-        with suppress(ProcessLookupError):
-            os.kill(target, signal.SIGKILL)
+    signal_each(pids, signal.SIGKILL)
     wait_until(lambda: not node.running, f"{node.name} to die", timeout=timeout)
     return True
 
@@ -450,10 +449,9 @@ def freeze_node(env: LocalEnvironment, node: PgNode, *, by: str) -> list[int]:
     Its pids (with their start times) are recorded first in VOKE_HOME/dr/frozen-NODE.json: a
     drill killed outright (kill -9) leaves the node frozen, which `dr check` then names and
     `env up`, `env down`, `env destroy` and the next drill undo first (``thaw_left``)."""
-    pid = node.pid()
-    if pid is None:
+    pids = node_pids(node)
+    if not pids:
         raise PreconditionError(f"{node.name} is not running")
-    pids = [pid, *child_pids(pid)]
     doc = {
         "node": node.name,
         "by": by,
@@ -461,9 +459,7 @@ def freeze_node(env: LocalEnvironment, node: PgNode, *, by: str) -> list[int]:
         "pids": [{"pid": p, "start": _start_time(p)} for p in pids],
     }
     replace_json(dr_dir(env) / f"frozen-{node.name}.json", doc)  # before the first SIGSTOP
-    for target in pids:
-        with suppress(ProcessLookupError):
-            os.kill(target, signal.SIGSTOP)
+    signal_each(pids, signal.SIGSTOP)
     return pids
 
 

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -929,14 +929,32 @@ def child_pids(pid: int) -> list[int]:
     return children
 
 
+def node_pids(node: PgNode) -> list[int]:
+    """NODE's processes: its postmaster, then the postmaster's children; [] when it is not running."""
+    pid = node.pid()
+    return [] if pid is None else [pid, *child_pids(pid)]
+
+
+def signal_each(pids: Iterable[int], signum: int) -> None:
+    """Send SIGNUM to each of PIDS, passing over one that has exited meanwhile."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
 def frozen_pids(node: PgNode) -> list[int]:
     """Those of NODE's processes (postmaster and children) that are stopped: SIGSTOP, a debugger."""
-    pid = node.pid()
-    return [] if pid is None else [p for p in [pid, *child_pids(pid)] if is_stopped(p)]
+    return [p for p in node_pids(node) if is_stopped(p)]
+
+
+def process_state(pid: int) -> str | None:
+    """PID's state in /proc/PID/stat (R running, S sleeping, T stopped, Z exited, not yet
+    reaped...); None when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 def is_stopped(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
-    except (OSError, IndexError):
-        return False
+    return process_state(pid) == "T"
