@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from voketag_ops.core.rotation import ANNOTATION, STEPS, RotationRecord
-from voketag_ops.errors import PreconditionError, ValidationError
+from voketag_ops.errors import DatabaseError, PreconditionError, ValidationError
 from voketag_ops.workflows.rotate import FAULT_ENV, FAULT_EXIT_CODE, RotationEngine, process_host
 
 
@@ -1454,3 +1454,15 @@ def test_a_released_lease_stays_released_when_a_renewal_lands_first(platform):
     finally:
         meta = store.get("db-app")
         store.update("db-app", etag=meta.etag, annotations={ANNOTATION: None})
+
+
+def test_a_password_change_that_fails_leaves_no_verifier_in_the_server_log(platform):
+    # The verifier is what PostgreSQL keeps secret (pg_authid): a failing ALTER ROLE's text,
+    # which the server logs by default, must not carry it.
+    log = platform.env.primary().log_file
+    offset = log.stat().st_size
+    with pytest.raises(DatabaseError, match="cannot set the password of no_such_role"):
+        platform.db_target().set_password("no_such_role", "Some-Value-123456789-abcdefghijk!")
+    written = log.read_bytes()[offset:]
+    assert b"no_such_role" in written  # the failure was logged...
+    assert b"SCRAM-SHA-256$" not in written  # ...without the statement that carries the verifier

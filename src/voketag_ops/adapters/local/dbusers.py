@@ -1,7 +1,8 @@
 """Application database logins on the local primary: roles, passwords, login tests.
 
 Passwords are sent to PostgreSQL as SCRAM-SHA-256 verifiers computed here, so the
-plain value never reaches the server, its statement log or pg_stat_activity.
+plain value never reaches the server, its statement log or pg_stat_activity; and the
+verifier, which allows an offline guess, is kept out of the server log too.
 """
 
 from __future__ import annotations
@@ -21,6 +22,14 @@ if TYPE_CHECKING:
     from voketag_ops.adapters.local.environment import LocalEnvironment
 
 SCRAM_ITERATIONS = 4096
+# Session settings (superuser's) that keep a statement's text out of the server log: one that
+# fails (log_min_error_statement), is slow (log_min_duration_statement) or is logged by
+# log_statement.
+QUIET_STATEMENT_LOG = (
+    "set log_min_error_statement = panic",
+    "set log_min_duration_statement = -1",
+    "set log_statement = 'none'",
+)
 
 
 def scram_verifier(password: str, *, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS) -> str:
@@ -100,6 +109,10 @@ class LocalDbTarget:
 
         try:
             with self._connect() as conn:
+                # The verifier stands for the password (an offline guess needs only it): no
+                # server log gets this statement's text, failing, slow or logged by setting.
+                for setting in QUIET_STATEMENT_LOG:
+                    conn.execute(setting)
                 conn.execute(
                     sql.SQL("alter role {} with login password {}").format(
                         sql.Identifier(role), sql.Literal(scram_verifier(password))
