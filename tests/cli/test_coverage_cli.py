@@ -678,6 +678,33 @@ def test_history_add_show_and_chart(voke, env, project):
     ] * 2
 
 
+def test_history_add_says_the_overall_as_report_shows_it_and_counts_configured_services(voke, env, project):
+    # 229 of 300 lines: 76.33 %, which `coverage report` (precision 0) shows as 76; other/ is no service
+    files = {
+        "admin_service/a.py": lines_file(80, 20),
+        "factory_service/b.py": lines_file(70, 30),
+        "other/c.py": lines_file(79, 21),
+    }
+    write_json(project, files)
+    report = voke("coverage", "report", "coverage.json", "--json", environ=env, cwd=project)
+    assert report.json["result"]["totals"]["display"] == "76"
+    first = voke("coverage", "history", "add", "coverage.json", environ=env, cwd=project)
+    assert first.exit_code == 0, first.stderr
+    assert ": overall 76%, 2 services (+ unassigned) -> " in first.stdout, first.stdout
+    assert first.stdout.endswith("(1 run)\n")
+    (project / "voke.toml").write_text(TWO_SERVICES.replace("baseline = 50", "baseline = 50\nprecision = 1"))
+    del files["other/c.py"]
+    write_json(project, files)  # 150 of 200: 75.0 at precision 1
+    second = voke("coverage", "history", "add", "coverage.json", "--json", environ=env, cwd=project)
+    assert second.json["result"]["precision"] == 1
+    human = voke("coverage", "history", "add", "coverage.json", environ=env, cwd=project)
+    assert ": overall 75.0%, 2 services -> " in human.stdout and human.stdout.endswith("(3 runs)\n")
+    one = voke(
+        "coverage", "history", "add", "coverage.json", "--service", "admin-service", environ=env, cwd=project
+    )
+    assert ": overall 80.0%, 1 service -> " in one.stdout, one.stdout
+
+
 def test_history_add_on_a_full_disk_is_exit_4_and_leaves_no_torn_line(voke, env, project, monkeypatch):
     # The line cut at the disk's last byte made every later add, show and --baseline-from fail
     # ("not a voke coverage history entry"), and the full disk was a usage error (exit 2).

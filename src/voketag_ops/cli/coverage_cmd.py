@@ -567,9 +567,12 @@ def _render_diff(console: Console, r: Any) -> None:
 
 def _render_history_add(console: Console, r: Any) -> None:
     e = r.entry
-    from voketag_ops.core.coverage import Counts, display_covered
+    from voketag_ops.core.coverage import UNASSIGNED, Counts, display_covered
 
     pc = Counts(**{k: e["totals"][k] for k in e["totals"]}).percent
+    # the configured services measured; files matching none are a bucket of their own, no service
+    n = len([name for name in e["services"] if name != UNASSIGNED])
+    services = f"{n} service{'s' if n != 1 else ''}{' (+ unassigned)' if UNASSIGNED in e['services'] else ''}"
     verb = (
         ("would replace" if r.dry_run else "replaced")
         if r.replaced
@@ -579,7 +582,8 @@ def _render_history_add(console: Console, r: Any) -> None:
         printable(
             f"{verb} run {e['at']}{' (' + e['ref'] + ')' if e.get('ref') else ''}"
             f"{' (the last entry had the same --ref)' if r.replaced else ''}: overall "
-            f"{display_covered(pc, 1)}%, {len(e['services'])} services -> {r.file} ({r.entries} runs)"
+            f"{display_covered(pc, r.precision)}%, {services} -> {r.file} "
+            f"({r.entries} run{'s' if r.entries != 1 else ''})"
         ),
         markup=False,
     )

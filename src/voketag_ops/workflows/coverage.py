@@ -966,6 +966,7 @@ class HistoryAdd:
     dry_run: bool
     entry: dict[str, Any]
     entries: int  # in the file afterwards
+    precision: int  # decimals the overall percentage is shown with, as `coverage report` shows it
     replaced: bool = False  # a rerun for the same --ref took the place of that run's entry
 
 
@@ -1016,14 +1017,20 @@ def history_add(
     check_replaceable(path, "--file")  # appended to: a directory or /dev/null would lose the run
     fd = _open_history(path) if path.exists() else None
     try:
-        return _add(path, fd, entry, ref, set(services), dry_run)
+        return _add(path, fd, entry, ref, set(services), dry_run, loaded.precision)
     finally:
         if fd is not None:
             os.close(fd)
 
 
 def _add(
-    path: Path, fd: int | None, entry: dict[str, Any], ref: str | None, services: set[str], dry_run: bool
+    path: Path,
+    fd: int | None,
+    entry: dict[str, Any],
+    ref: str | None,
+    services: set[str],
+    dry_run: bool,
+    precision: int,
 ) -> HistoryAdd:
     """ENTRY appended to history PATH (open as FD; None: there is none yet), or in place of the
     same run's entry."""
@@ -1079,7 +1086,8 @@ def _add(
                     os.close(fd)
             except OSError as exc:
                 raise write_failure(exc, "--file", path, "cannot write") from None
-    return HistoryAdd(str(path), dry_run, entry, existing + (0 if dry_run or replaced else 1), replaced)
+    entries = existing + (0 if dry_run or replaced else 1)
+    return HistoryAdd(str(path), dry_run, entry, entries, precision, replaced)
 
 
 def _copy_then(fd: int, end: int, fh: IO[bytes], data: bytes) -> None:
