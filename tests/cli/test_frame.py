@@ -83,6 +83,29 @@ def test_version_and_help_list_groups(voke):
         assert group in out
 
 
+def test_every_group_help_names_all_its_commands():
+    # `voke --help` (and a group's) lists each group by its help: one listing some of the verbs
+    # (`audit`: "show, export, verify") read as if the others did not exist.
+    import typer
+
+    from voketag_ops.cli.app import app
+
+    root = typer.main.get_command(app)
+    ctx = root.make_context("voke", ["--help"], resilient_parsing=True)
+    groups = [(name, root.get_command(ctx, name)) for name in root.list_commands(ctx)]
+    checked = 0
+    for path, group in groups:
+        if not hasattr(group, "list_commands"):
+            continue
+        checked += 1
+        names = group.list_commands(ctx)
+        groups += [(f"{path} {name}", group.get_command(ctx, name)) for name in names]
+        shown = group.get_short_help_str(1000)
+        missing = [n for n in names if not re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", shown, re.I)]
+        assert not missing, f"voke {path}: {shown!r} does not name {', '.join(missing)}"
+    assert checked >= 12
+
+
 def test_short_version_and_a_global_flag_without_its_value(voke):
     assert voke("-V").stdout == "voke 0.1.0\n"
     dangling = voke("config", "show", "--json", "--env")  # not "no such command 'show'"

@@ -22,7 +22,9 @@ if TYPE_CHECKING:
     from voketag_ops.cli.common import AppContext
     from voketag_ops.core.audit import Filter
 
-app = typer.Typer(help="The tamper-evident audit log: show, export, verify.", no_args_is_help=True)
+app = typer.Typer(
+    help="The tamper-evident audit log: show, export, verify, checkpoint.", no_args_is_help=True
+)
 
 Since = Annotated[
     str | None,

@@ -37,11 +37,13 @@ if TYPE_CHECKING:
     from voketag_ops.workflows.ingest import BatchAnchorCheck
 
 app = typer.Typer(
-    help="Merkle roots and proofs, proof verification, the hash chain and its anchors.",
+    help="Merkle roots and proofs (root, prove, consistency, verify), the hash chain (validate, export, import) "
+    "and its anchors (anchors, anchor).",
     no_args_is_help=True,
 )
 anchor_app = typer.Typer(
-    help="Request, anchor and cancel anchors of roots on the chain.", no_args_is_help=True
+    help="Anchors of roots on the chain: request, run (anchor what was requested), cancel.",
+    no_args_is_help=True,
 )
 app.add_typer(anchor_app, name="anchor")
 

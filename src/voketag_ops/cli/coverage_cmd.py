@@ -28,7 +28,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-history_app = typer.Typer(help="Record runs and show the trend per service.", no_args_is_help=True)
+history_app = typer.Typer(help="Record runs (add) and show the trend per service.", no_args_is_help=True)
 app.add_typer(history_app, name="history")
 
 Paths = Annotated[

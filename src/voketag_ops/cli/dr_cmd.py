@@ -13,11 +13,13 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 app = typer.Typer(
-    help="Disaster recovery: status and checks, backups, point-in-time restore, failover, failback, verify.",
+    help="Disaster recovery: status, check, backup (verify-backup, prune), point-in-time restore (restores, "
+    "discard), failover, fence, failback, verify, history, runbook.",
     no_args_is_help=True,
 )
 runbook_app = typer.Typer(
-    help="The DR runbooks: detection, decision, steps, verification, roll-back.", no_args_is_help=True
+    help="The DR runbooks (list, show): detection, decision, steps, verification, roll-back.",
+    no_args_is_help=True,
 )
 app.add_typer(runbook_app, name="runbook")
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 app = typer.Typer(
-    help="Rehearse DR (pitr, failover, failback, network) and report the RTO and RPO achieved.",
+    help="Rehearse DR (pitr, failover, failback, network): run, report the RTO and RPO achieved, history.",
     no_args_is_help=True,
 )
 

@@ -14,7 +14,8 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 app = typer.Typer(
-    help="Start, inspect and stop the local environment (PostgreSQL primary, replica, archive).",
+    help="Start (up), inspect (status), stop (down), move-port and destroy the local environment "
+    "(PostgreSQL primary, replica, archive).",
     no_args_is_help=True,
 )
 

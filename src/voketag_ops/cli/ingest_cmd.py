@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from voketag_ops.workflows.ingest import LoadProgress, LoadReport, TagProof
 
 app = typer.Typer(
-    help="Factory CSV batches: validate, load all-or-nothing, seal with a Merkle root, prove a tag.",
+    help="Factory CSV batches: validate and load all-or-nothing, sealed with a Merkle root; list the batches, "
+    "a tag's proof; sample, migrate.",
     no_args_is_help=True,
 )
 

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 app = typer.Typer(
-    help="Rotate credentials (crash-safe; resume or roll back), what is due, cleanup, history.",
+    help="Rotate credentials (db-password, api-key, jwt, sa-key; jwks prints the public keys), crash-safe: "
+    "resume or rollback; status, what is due, cleanup, history.",
     no_args_is_help=True,
 )
 
