@@ -490,6 +490,19 @@ def _sync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def open_private(path: Path) -> IO[bytes]:
+    """Voke's own file PATH created (or emptied) and open for writing, 0600 whatever the umask,
+    as every file voke keeps: a file written in place (a drill's copy of rows, a server's signal
+    file), where `replace_whole` would not do."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask took away, or an older file's mode
+        return open(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def replace_json(path: Path, doc: Any, *, indent: int | None = 2) -> None:
     """Voke's own record PATH (state, journals, DR records) replaced whole by DOC, as
     `replace_whole` does."""

@@ -181,6 +181,45 @@ def test_a_checkpoint_of_a_dead_run_shows_as_interrupted(tmp_path):
     assert shown == {"cloud-dead": "interrupted", "cloud-alive": "running"}
 
 
+def test_the_rows_a_pitr_drill_keeps_aside_are_private_whatever_the_umask(local_env, pg_database):
+    # A drill killed outright leaves them in VOKE_HOME/dr: they were 0644 under umask 0022
+    # (open()), beside a 0600 record, where everything else voke keeps is 0600.
+    import contextlib
+    import stat
+    import uuid
+
+    from voketag_ops.workflows import drill
+
+    with local_env.primary().connect(pg_database) as conn:
+        conn.execute("create schema ingest")
+        conn.execute("create table ingest.tags (tag_id text primary key, batch_id bigint)")
+        conn.execute("create table ingest.batches (batch_id bigint primary key)")  # 7 gone: no put-back
+        conn.execute("insert into ingest.tags values ('T-1', 7), ('T-2', 8)")
+
+    class Run(drill.RunFrame):
+        env, run_id = local_env, f"pitr-test-{uuid.uuid4().hex[:8]}"
+
+        def cleanup_step(self, name: str) -> Any:
+            return contextlib.nullcontext()
+
+    run = Run()
+    umask = os.umask(0o022)
+    try:
+        drill._keep_rows_aside(run, {"batch_id": 7, "dbname": pg_database, "rows": 1})  # type: ignore[arg-type]
+    finally:
+        os.umask(umask)
+    assert run.rows_record is not None
+    record, doc = run.rows_record
+    rows = record.with_name(doc["file"])
+    assert rows.read_bytes() == b"T-1\t7\n"
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in (rows, record)} == {
+        rows.name: 0o600,
+        record.name: 0o600,
+    }
+    run.run_cleanups()  # the copy's lock released, and both files removed
+    assert not rows.exists() and not record.exists()
+
+
 def test_a_file_that_is_no_journal_is_skipped_by_every_view_and_refused_by_report(
     tmp_path, voke, make_environ
 ):

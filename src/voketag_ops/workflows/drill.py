@@ -39,7 +39,7 @@ from voketag_ops.errors import (
     UsageError,
     VokeError,
 )
-from voketag_ops.files import DamagedRecord, read_record, replace_json
+from voketag_ops.files import DamagedRecord, open_private, read_record, replace_json
 from voketag_ops.logs import get_logger
 
 if TYPE_CHECKING:
@@ -836,7 +836,7 @@ def _keep_rows_aside(run: DrillRun, batch: dict[str, Any]) -> None:
     directory = dr.dr_dir(run.env)
     rows = directory / f"drill-rows-{run.run_id}.copy"
     record = directory / f"drill-rows-{run.run_id}.json"
-    held = open(rows, "wb")  # noqa: SIM115 (closed by the clean-up, which releases the lock)
+    held = open_private(rows)  # closed by the clean-up, which releases the lock
     fcntl.flock(held, fcntl.LOCK_EX)
     with (
         run.env.primary().connect(batch["dbname"]) as conn,

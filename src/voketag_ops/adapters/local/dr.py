@@ -75,7 +75,7 @@ from voketag_ops.errors import (
     exit_code_of,
     server_disk_full,
 )
-from voketag_ops.files import DamagedRecord, read_record, replace_json, tree_bytes
+from voketag_ops.files import DamagedRecord, open_private, read_record, replace_json, tree_bytes
 from voketag_ops.logs import get_logger
 from voketag_ops.redact import redact
 
@@ -1781,7 +1781,7 @@ def restore(
         )
         node.write_config(settings, env._hba())
         signal_file = node.data_dir / "recovery.signal"
-        signal_file.write_text("")
+        open_private(signal_file).close()
         _chown_to_server(env, signal_file)
         replace_json(meta, dict(record, state="recovering"))
         progress(f"recovering to {iso(plan.target)} on port {port}")
@@ -1986,7 +1986,7 @@ def settle_archive_status(env: LocalEnvironment, node: PgNode) -> list[str]:
             continue
         if (env.archive_dir / name).is_file():
             done = status_dir / f"{name}.done"
-            done.write_text("")
+            open_private(done).close()
             _chown_to_server(env, done)
             settled.append(name)
     return settled
@@ -2241,15 +2241,15 @@ def write_standby_config(env: LocalEnvironment, node: PgNode, upstream: PgNode) 
     env._configure_replica(node, state)
     auto = node.data_dir / "postgresql.auto.conf"
     conninfo = upstream.conninfo(application_name=node.name)  # (dbname: ignored by streaming)
-    auto.write_text(
-        "# Written by voke dr: this node streams from the leader.\n"
-        f"primary_conninfo = {conf_quote(conninfo)}\n"
-        f"restore_command = {conf_quote(env.restore_command())}\n"
-    )
-    os.chmod(auto, 0o600)
+    with open_private(auto) as fh:
+        fh.write(
+            b"# Written by voke dr: this node streams from the leader.\n"
+            + f"primary_conninfo = {conf_quote(conninfo)}\n".encode()
+            + f"restore_command = {conf_quote(env.restore_command())}\n".encode()
+        )
     _chown_to_server(env, auto)
     signal_file = node.data_dir / "standby.signal"
-    signal_file.write_text("")
+    open_private(signal_file).close()
     _chown_to_server(env, signal_file)
 
 
@@ -2286,7 +2286,7 @@ def rebuild_standby(
         settings["restore_command"] = env.restore_command()
         node.write_config(settings, env._hba())
         t = time.monotonic()
-        rewinding.touch()  # removed once the data directory is whole again
+        open_private(rewinding).close()  # removed once the data directory is whole again
         proc = node.runner.run(
             "pg_rewind",
             [

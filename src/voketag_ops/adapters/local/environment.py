@@ -54,7 +54,7 @@ from voketag_ops.core.dr_checks import LOCAL_REMEDIES, frozen_standby_remedy, pa
 from voketag_ops.core.times import iso
 from voketag_ops.core.wal import DEFAULT_SEGMENT_SIZE, SEGMENT_NAME, parse_lsn
 from voketag_ops.errors import BackendError, ConfigError, NeedsOperatorError, PreconditionError, UsageError
-from voketag_ops.files import tree_bytes, working_directory
+from voketag_ops.files import open_private, tree_bytes, working_directory
 from voketag_ops.locks import flock_within
 from voketag_ops.logs import get_logger
 
@@ -968,10 +968,10 @@ class LocalEnvironment:
                 size_bytes=size,
             )
             meta = scratch / "voke-backup.json"
-            meta.write_text(json.dumps(asdict(info), indent=2))
+            with open_private(meta) as fh:
+                fh.write(json.dumps(asdict(info), indent=2).encode())
             if not primary.runner.user.is_me:
                 os.chown(meta, primary.runner.user.uid, primary.runner.user.gid)
-            os.chmod(meta, 0o600)
             scratch.rename(final)
             return info
         finally:
