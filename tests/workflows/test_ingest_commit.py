@@ -90,8 +90,32 @@ def test_a_file_written_to_mid_load_is_rejected_and_nothing_is_written(db, tmp_p
     report = load(db, path, progress=progress)
     assert report.status == "rejected" and not report.ok
     assert [(e["line"], e["code"]) for e in report.errors] == [(None, "file_changed")]
+    assert (report.rows_total, report.rows_loaded, report.rows_rejected) == (30000, 0, 30000)
     assert batches(db) == []
     assert load(db, path).status == "loaded"  # complete now
+
+
+@pytest.mark.parametrize("repeats", [False, True], ids=["unique", "with a repeated tag_id"])
+def test_a_row_appended_mid_load_rejects_every_row_read(db, tmp_path, repeats):
+    # The whole file is refused: rows_rejected counts every row read, as for `truncated`.
+    path = sample(tmp_path, 30000)
+    if repeats:  # the second pass, which finds where the repeats are, is the one checked
+        with path.open("ab") as fh:
+            fh.write(path.read_bytes().splitlines(keepends=True)[1])
+    rows = 30000 + repeats
+    appended: list[bool] = []
+
+    def progress(p: wf.LoadProgress) -> None:
+        if p.phase == "validating" and not appended:
+            with path.open("ab") as fh:  # the uploader is still writing
+                fh.write(b"TZZZ2,SKU-00710,Heritage Satchel,FAC-08,2024-11-30T23:41:28Z,,,\n")
+            appended.append(True)
+
+    report = load(db, path, progress=progress)
+    assert [(e["line"], e["code"]) for e in report.errors] == [(None, "file_changed")]
+    assert report.rows_total in (rows, rows + 1)  # the new row, if the pass got that far
+    assert report.rows_rejected == report.rows_total and report.rows_loaded == 0
+    assert batches(db) == []
 
 
 # -- a connection lost during COMMIT -----------------------------------------------------------------

@@ -133,6 +133,7 @@ def test_a_load_rejected_at_the_last_moment_leaves_no_scratch_file(db, tmp_path,
     monkeypatch.setattr(wf._RejectsWriter, "close", close_then_touch)
     report = load(db, path, partial=True, rejects=tmp_path / "rejects.csv")
     assert [e["code"] for e in report.errors] == ["file_changed"]
+    assert (report.rows_total, report.rows_loaded, report.rows_rejected) == (2, 0, 2)
     assert batches(db) == [] and scratch_files(tmp_path) == []
     assert not (tmp_path / "rejects.csv").exists()
 

@@ -1559,12 +1559,10 @@ def _load_in_transaction(
                 _stream(
                     source, checked, writer, staged_rows, spool=spool, rejects_out=rejects_out, **streaming
                 )
-                _check_unchanged(source, report)
-                if not checked.fatal:
-                    conflicts = _find_conflicts(conn, source, checked, batch_id, max_errors, rejects_out)
-            else:
-                _check_unchanged(source, report)
-            report.rows_total = checked.rows_total
+            report.rows_total = checked.rows_total  # before the check: a file_changed rejects them all
+            _check_unchanged(source, report)
+            if staged and not checked.fatal:
+                conflicts = _find_conflicts(conn, source, checked, batch_id, max_errors, rejects_out)
             report.warnings.extend(checked.warnings)
             report.errors = [p.as_dict() for p in checked.problems]
             if conflicts.listed:
