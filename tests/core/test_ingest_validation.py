@@ -8,6 +8,8 @@ import sys
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from voketag_ops.core import ingest as ing
 from voketag_ops.core import merkle
@@ -306,6 +308,35 @@ def test_invisible_characters_are_refused_in_every_field(name, char):
     invisible = next(c for c in char if c in ing.INVISIBLE)
     assert (p.line, p.column, p.code) == (2, at + 1 + char.index(invisible), "invisible_character")
     assert f"U+{ord(invisible):04X}" in p.message and name in p.message
+
+
+# Each refused the same way: SKU-1 with it looks like SKU-1 (so it would pass the collision rule).
+_ALSO_INVISIBLE = [0x00AD, 0x061C, 0x180E, *range(0x206A, 0x2070), 0xFFF9, 0xFFFA, 0xFFFB, 0xE0000, 0xE0001,
+                   0xE0041, 0xE007F]  # fmt: skip
+
+
+@pytest.mark.parametrize("code", _ALSO_INVISIBLE, ids=lambda c: f"U+{c:04X}")
+def test_format_characters_that_look_like_nothing_are_invisible(code):
+    v = run(HEADER + row("T1") + row("T2", sku=f"SKU-{chr(code)}1") + row("T3", name=f"Sh{chr(code)}oe"))
+    found = [(p.line, p.column, p.code) for p in v.problems]
+    assert found == [(3, 8, "invisible_character"), (4, 12, "invisible_character")]
+    assert all(f"U+{code:04X}" in p.message for p in v.problems) and v.rows_accepted == 1
+
+
+@given(st.characters(blacklist_categories=("Cs",)))
+@settings(max_examples=500, deadline=None)
+def test_the_byte_level_check_finds_exactly_the_invisible_characters(char):
+    # The byte pre-check decides which lines get the careful look: a character it missed
+    # would pass unchecked, one it found in vain costs only time.
+    form = char.encode()
+    found = any(lead in form and pattern.search(form) for lead, pattern in ing._INVISIBLE_UTF8)
+    assert bool(found) == (char in ing.INVISIBLE)
+
+
+def test_every_invisible_character_is_found_by_the_byte_level_check():
+    for char in ing.INVISIBLE:
+        form = b"x" + char.encode() + b"y"
+        assert any(lead in form and pattern.search(form) for lead, pattern in ing._INVISIBLE_UTF8), char
 
 
 def test_joiners_and_typographic_characters_are_text():

@@ -105,15 +105,47 @@ def is_tag_id(text: str) -> bool:
 
 # C0 controls, DEL and C1 controls; a CR is allowed only as part of a CRLF line ending. Then
 # the invisible characters that make a value look like another one ("SKU-42" + a zero-width
-# space, a right-to-left override): zero-width space, LRM/RLM, line and paragraph separators,
-# bidi embeddings, overrides and isolates, word joiner and invisible operators, and a BOM
-# past the file's start. ZWNJ and ZWJ (U+200C/D) stay: Persian, Indic scripts and emoji need them.
-INVISIBLE = "\u200b\u200e\u200f\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2060\u2061\u2062\u2063\u2064\u2066\u2067\u2068\u2069\ufeff"
+# space, a right-to-left override). ZWNJ and ZWJ (U+200C/D) stay: Persian, Indic scripts and
+# emoji need them.
+_INVISIBLE_RANGES = (
+    (0x00AD, 0x00AD),  # soft hyphen
+    (0x061C, 0x061C),  # Arabic letter mark
+    (0x180E, 0x180E),  # Mongolian vowel separator
+    (0x200B, 0x200B),  # zero-width space
+    (0x200E, 0x200F),  # LRM, RLM
+    (0x2028, 0x202E),  # line and paragraph separators, bidi embeddings and overrides
+    (0x2060, 0x2064),  # word joiner, invisible operators
+    (0x2066, 0x206F),  # bidi isolates, deprecated format characters
+    (0xFEFF, 0xFEFF),  # a BOM past the file's start
+    (0xFFF9, 0xFFFB),  # interlinear annotation characters
+    (0xE0000, 0xE007F),  # tag characters
+)
+INVISIBLE = "".join(chr(c) for first, last in _INVISIBLE_RANGES for c in range(first, last + 1))
 _CTRL_RE = re.compile(f"[\\x00-\\x09\\x0b-\\x1f\\x7f-\\x9f{INVISIBLE}]|\\r(?!\\n)")
 _FIELD_CTRL_RE = re.compile(f"[\\x00-\\x1f\\x7f-\\x9f{INVISIBLE}]")
-# Their UTF-8 forms but the BOM's (EF BB BF): E2 80 8B/8E/8F/A8-AE, E2 81 A0-A4/A6-A9. The common
-# first byte leads the pattern, so the engine skips to it (curly quotes and dashes share it).
-_INVISIBLE_UTF8_RE = re.compile(rb"\xe2(?:\x80[\x8b\x8e\x8f\xa8-\xae]|\x81[\xa0-\xa4\xa6-\xa9])")
+
+
+def _utf8_patterns(chars: str) -> tuple[tuple[bytes, re.Pattern[bytes]], ...]:
+    """For each first byte of CHARS' UTF-8 forms, that byte and a pattern of those forms
+    (E2 followed by 80 8B, 80 8E, ...: one alternative per shared prefix, its last byte a
+    class). The byte leads the pattern, so a search skips to it, and a body without it
+    (bytes.__contains__, far faster than any search) is not searched at all."""
+    last_bytes: dict[bytes, list[int]] = {}
+    for ch in chars:
+        form = ch.encode()
+        last_bytes.setdefault(form[:-1], []).append(form[-1])
+    by_lead: dict[bytes, list[bytes]] = {}
+    for prefix, lasts in last_bytes.items():
+        byte_class = b"".join(re.escape(bytes([b])) for b in lasts)
+        by_lead.setdefault(prefix[:1], []).append(re.escape(prefix[1:]) + b"[" + byte_class + b"]")
+    return tuple(
+        (lead, re.compile(re.escape(lead) + b"(?:" + b"|".join(alternatives) + b")"))
+        for lead, alternatives in by_lead.items()
+    )
+
+
+# The byte-level pre-check for INVISIBLE (a BOM at the file's start is gone before it runs).
+_INVISIBLE_UTF8 = _utf8_patterns(INVISIBLE)
 
 _QUOTED_RE = re.compile(r'"(?:[^"]++|"")*+"')
 _UNQUOTED_RE = re.compile(r"[^,]*+")
@@ -589,8 +621,7 @@ class BatchValidator:
             body.translate(None, _NOT_C0)
             or (b"\xc2" in body and _C1_UTF8_RE.search(body))
             or stray_cr
-            or (b"\xe2" in body and _INVISIBLE_UTF8_RE.search(body))
-            or (b"\xef" in body and b"\xef\xbb\xbf" in body)
+            or any(lead in body and pattern.search(body) for lead, pattern in _INVISIBLE_UTF8)
         ):
             # Rare: find the lines; the slow path says which field and column.
             line, pos = first_line, 0
