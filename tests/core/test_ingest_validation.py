@@ -468,6 +468,10 @@ def test_week_and_ordinal_dates_are_refused_for_what_they_are(ts, kind):
         ('"2024-05-01T10:00:00,25-01"', "2024-05-01T11:00:00.250000+00:00"),  # quoted: a comma
         ("2024-05-01T10Z", "2024-05-01T10:00:00.000000+00:00"),
         ("2024-05-01T10:00:00.1234560Z", "2024-05-01T10:00:00.123456+00:00"),  # zeros lose nothing
+        ("2024-05-01t10:00:00z", "2024-05-01T10:00:00.000000+00:00"),  # RFC 3339 (5.6): lower case
+        ("2024-05-01t10:00:00.5Z", "2024-05-01T10:00:00.500000+00:00"),
+        ("2024-05-01 10:00:00z", "2024-05-01T10:00:00.000000+00:00"),
+        ("20240501t100000+0200", "2024-05-01T08:00:00.000000+00:00"),
     ],
 )
 def test_iso_8601_forms_are_accepted_and_made_canonical(ts, canonical):
@@ -485,12 +489,28 @@ def test_a_leap_second_or_24_00_is_refused_for_what_it_is(ts):
     assert "a leap second or 24:00 is not supported" in p.message
 
 
-@pytest.mark.parametrize(
-    "ts", ["2024-01-01T24:30Z", "2024-01-01T24:00:01Z", "2024-02-30T23:59:60Z", "2024-01-01 12:60:60Z"]
-)
+@pytest.mark.parametrize("ts", ["2024-01-01T24:30Z", "2024-01-01T24:00:01Z", "2024-01-01 12:60:60Z"])
 def test_what_is_neither_a_leap_second_nor_24_00_is_not_called_one(ts):
     p = only_problem(run(HEADER + row(ts=ts) + row("T2")))
     assert p.code == "bad_timestamp" and "such as 2024-05-01T08:30:00Z" in p.message
+
+
+@pytest.mark.parametrize(
+    ("ts", "why"),
+    [
+        ("2023-02-29T08:00:00Z", "2023-02-29 is not a day: February 2023 has 28 days"),
+        ("2024-04-31T08:00:00Z", "2024-04-31 is not a day: April 2024 has 30 days"),
+        ("20240431T080000Z", "2024-04-31 is not a day: April 2024 has 30 days"),
+        ("2024-02-30T23:59:60Z", "2024-02-30 is not a day: February 2024 has 29 days"),  # no leap second
+        ("2100-02-29 08:00z", "2100-02-29 is not a day: February 2100 has 28 days"),
+        ("2024-13-01T08:00Z", "2024-13-01 is not a day (months are 01-12"),
+        ("2024-01-00T08:00Z", "2024-01-00 is not a day (months are 01-12, days start at 01"),
+    ],
+)
+def test_a_well_formed_date_that_is_no_day_says_so(ts, why):
+    p = only_problem(run(HEADER + row(ts=ts) + row("T2")))
+    assert (p.line, p.column, p.code) == (2, 22, "bad_timestamp")
+    assert p.message.startswith(f"manufactured_at {ts!r}: {why}") and "ISO 8601" not in p.message
 
 
 def test_timestamp_without_time_zone():

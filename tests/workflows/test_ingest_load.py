@@ -758,6 +758,31 @@ def test_a_tampered_row_no_longer_proves(db, tmp_path):
     assert proof.found and not proof.intact and not proof.valid
 
 
+def test_a_lower_case_t_and_z_load_and_prove_as_the_upper_case_form(db, tmp_path):
+    # RFC 3339 (5.6) allows them: stored and sealed as the upper-case form is, so proofs hold.
+    rows = [("TL1", "2024-05-01t08:30:00.25z"), ("TL2", "20240501t083000Z"), ("TL3", "2024-05-01 08:30z")]
+    path = write(tmp_path, HEADER + "".join(f"{tag},S1,Shoe,F1,{ts},L1\n" for tag, ts in rows))
+    report = load(db, path)
+    assert report.status == "loaded" and report.rows_loaded == 3
+    leaves = [
+        core.canonical_leaf(
+            {"tag_id": tag, "sku": "S1", "product_name": "Shoe", "factory_id": "F1", "lot": "L1",
+             "manufactured_at": datetime.fromisoformat(ts.upper())}
+        )
+        for tag, ts in rows
+    ]  # fmt: skip
+    assert report.merkle_root == merkle.root(leaves).hex()
+    with psycopg.connect(db) as conn:
+        stored = conn.execute("select manufactured_at from ingest.tags order by tag_id").fetchall()
+    assert stored == [
+        (datetime(2024, 5, 1, 8, 30, 0, 250000, tzinfo=UTC),),
+        *[(datetime(2024, 5, 1, 8, 30, tzinfo=UTC),)] * 2,
+    ]
+    for i, (tag, _ts) in enumerate(rows):
+        proof = wf.prove_tag(db, tag)
+        assert proof.valid and proof.intact and proof.leaf == leaves[i].decode()
+
+
 def test_unknown_tag_is_not_found(db):
     assert not wf.prove_tag(db, "nope").found
 

@@ -48,6 +48,7 @@ built from one chunk plus the chunk roots instead of the whole batch.
 
 from __future__ import annotations
 
+import calendar
 import codecs
 import csv
 import hashlib
@@ -151,25 +152,48 @@ _QUOTED_RE = re.compile(r'"(?:[^"]++|"")*+"')
 _UNQUOTED_RE = re.compile(r"[^,]*+")
 _FRACTION_RE = re.compile(r"[.,]\d{6}\d*[1-9]")  # a digit beyond microseconds that is not 0 (lost)
 # ISO 8601 calendar date and time, extended (2024-05-01T08:30:00.25+02:00; a space for the T
-# as in RFC 3339) or basic (20240501T083000Z), the zone last. Python's fromisoformat alone
-# would also take week dates, any character as the separator and offsets with seconds. The
-# zone is optional here so that a missing one gets a message of its own.
+# as in RFC 3339) or basic (20240501T083000Z), the zone last; as in RFC 3339 (5.6), the T and
+# the Z may be lower case. Python's fromisoformat alone would also take week dates, any
+# character as the separator and offsets with seconds (but no lower-case z).
+# The zone is optional here so that a missing one gets a message of its own.
 _TS_RE = re.compile(
-    r"(?:[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}(?::[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]+)?)?)?"
-    r"|[0-9]{8}T[0-9]{2}(?:[0-9]{2}(?:[0-9]{2}(?:[.,][0-9]+)?)?)?)"
-    r"(?:Z|[+-](?:[01][0-9]|2[0-3])(?::?[0-5][0-9])?)?"  # offset minutes 00-59: +05:75 is no offset
+    r"(?:[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}(?::[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]+)?)?)?"
+    r"|[0-9]{8}[Tt][0-9]{2}(?:[0-9]{2}(?:[0-9]{2}(?:[.,][0-9]+)?)?)?)"
+    r"(?:[Zz]|[+-](?:[01][0-9]|2[0-3])(?::?[0-5][0-9])?)?"  # offset minutes 00-59: +05:75 is no offset
 )
 # ISO 8601 allows a leap second (23:59:60) and 24:00 (the day's end); Python's datetime and so
 # voke's canonical leaf take neither: refused with a message of their own, not "not ISO 8601".
 _LEAP_OR_24_RE = re.compile(
-    r"(?P<date>[0-9]{4}-[0-9]{2}-[0-9]{2}(?=[T ])|[0-9]{8}(?=T)).(?:24(?::?00(?::?00(?:[.,]0+)?)?)?"
-    r"|(?:[01][0-9]|2[0-3]):?[0-5][0-9]:?60(?:[.,][0-9]+)?)(?:Z|[+-])"
+    r"(?P<date>[0-9]{4}-[0-9]{2}-[0-9]{2}(?=[Tt ])|[0-9]{8}(?=[Tt])).(?:24(?::?00(?::?00(?:[.,]0+)?)?)?"
+    r"|(?:[01][0-9]|2[0-3]):?[0-5][0-9]:?60(?:[.,][0-9]+)?)(?:[Zz]|[+-])"
 )
 
 
 # Week dates (2024-W01-1, 2024W011) and ordinal dates (2024-001, 2024001) are ISO 8601 too, but
 # not calendar dates: refused with a message of their own. Matched at the start, before the time.
-_WEEK_OR_ORDINAL_RE = re.compile(r"[0-9]{4}(?:-?(?P<week>W)[0-9]{2}(?:-?[0-9])?|-?[0-9]{3})(?=[T ]|$)")
+_WEEK_OR_ORDINAL_RE = re.compile(r"[0-9]{4}(?:-?(?P<week>W)[0-9]{2}(?:-?[0-9])?|-?[0-9]{3})(?=[Tt ]|$)")
+# The date of a value shaped as _TS_RE, to say why it is no day (2023-02-29) when it is none.
+_DATE_RE = re.compile(r"(?P<year>[0-9]{4})-?(?P<month>[0-9]{2})-?(?P<day>[0-9]{2})")
+_MONTHS = (
+    "January", "February", "March", "April", "May", "June",
+    "July", "August", "September", "October", "November", "December",
+)  # fmt: skip
+
+
+def _no_such_day(value: str) -> str | None:
+    """Why VALUE (shaped as _TS_RE) names no day, when its date is none (2023-02-29, 2024-04-31)."""
+    found = _DATE_RE.match(value)
+    assert found is not None
+    year, month, day = int(found["year"]), int(found["month"]), int(found["day"])
+    try:
+        date(year, month, day)
+    except ValueError:
+        words = f"{found['year']}-{found['month']}-{found['day']} is not a day"
+        if year >= 1 and 1 <= month <= 12 and day >= 1:
+            days = calendar.monthrange(year, month)[1]
+            return f"{words}: {_MONTHS[month - 1]} {found['year']} has {days} days"
+        return f"{words} (months are 01-12, days start at 01, years at 0001)"
+    return None
 
 
 def _leap_second_or_24(value: str) -> bool:
@@ -1126,12 +1150,14 @@ class BatchValidator:
         return value, None
 
     def _check_timestamp(self, value: str, lineno: int, column: int) -> tuple[str, Problem | None]:
+        shaped = _TS_RE.fullmatch(value) is not None
         try:
-            if _TS_RE.fullmatch(value) is None:
+            if not shaped:
                 raise ValueError(value)
-            dt = datetime.fromisoformat(value)
+            # fromisoformat takes no lower-case z: as upper case, the row and leaf are that form's
+            dt = datetime.fromisoformat(value.upper())
         except ValueError:
-            if _TS_RE.fullmatch(value) is not None and _leap_second_or_24(value):
+            if shaped and _leap_second_or_24(value):
                 return value, Problem(
                     lineno,
                     column,
@@ -1139,6 +1165,8 @@ class BatchValidator:
                     f"manufactured_at {value!r}: a leap second or 24:00 is not supported; "
                     "write 23:59:59.999999 or the next day's 00:00",
                 )
+            if shaped and (no_day := _no_such_day(value)) is not None:
+                return value, Problem(lineno, column, "bad_timestamp", f"manufactured_at {value!r}: {no_day}")
             if (other := _WEEK_OR_ORDINAL_RE.match(value)) is not None:
                 kind = "a week" if other["week"] else "an ordinal"
                 return value, Problem(
