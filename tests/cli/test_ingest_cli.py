@@ -532,6 +532,31 @@ def test_an_empty_db_is_a_usage_error_never_the_local_environment(voke, tmp_path
     assert not (tmp_path / "home" / "pg").exists()
 
 
+def test_an_empty_path_is_a_usage_error_saying_so_not_the_current_directory(voke, tmp_path):
+    # Path("") is ".": an unset variable in `load "$BATCH"` was "file '' is a directory".
+    path = tmp_path / "batch.csv"
+    path.write_text(HEADER + GOOD)
+    for args, name in (
+        (("ingest", "load", ""), "FILE"),
+        (("ingest", "load", str(path), "--partial", "--rejects", ""), "--rejects"),
+        (("ingest", "sample", "--rows", "5", "--out", ""), "--out"),
+    ):
+        result = voke(*args, "--json")
+        assert result.exit_code == 2, result.stdout
+        assert result.json["error"]["message"] == f"{name} is empty; name a file"
+    assert not (tmp_path / "home" / "pg").exists()  # refused before the environment is started
+
+
+def test_a_batch_file_that_is_not_there_or_a_directory_is_a_usage_error(voke, tmp_path):
+    for given, says in (
+        (tmp_path / "missing.csv", "No such file or directory"),
+        (tmp_path, "is a directory"),
+    ):
+        result = voke("ingest", "load", str(given), "--json")
+        assert result.exit_code == 2 and says in result.json["error"]["message"], result.stdout
+    assert not (tmp_path / "home" / "pg").exists()
+
+
 def test_batches_limit_is_bounded(voke):
     assert voke("ingest", "batches", "--limit", "9223372036854775808").exit_code == 2
 

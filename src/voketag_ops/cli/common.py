@@ -8,6 +8,7 @@ sub-command so Click parses them once, on the root.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -144,6 +145,20 @@ class AppContext:
         from voketag_ops.workflows.env import LocalPlatform
 
         return LocalPlatform(self.settings)
+
+
+def named_path(name: str) -> Callable[[str], Path]:
+    """A Typer ``parser`` for the path argument or option NAME: an empty value (an unset
+    variable, `--rejects "$OUT"`) is exit 2 saying so, as `--db ""` is, where Path would
+    read it as ".", the current directory, and the command would call that a directory."""
+    from voketag_ops.errors import UsageError
+
+    def parse(value: str) -> Path:
+        if not value:
+            raise UsageError(f"{name} is empty; name a file")
+        return Path(value)
+
+    return parse
 
 
 def use(ctx: typer.Context) -> AppContext:

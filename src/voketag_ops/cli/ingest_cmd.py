@@ -12,6 +12,8 @@ not tell whether the batch committed (`voke ingest batches` tells; rerunning is 
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from voketag_ops.cli.common import DryRun, Unasked, use
+from voketag_ops.cli.common import DryRun, Unasked, named_path, use
 from voketag_ops.output import print_table, printable
 
 if TYPE_CHECKING:
@@ -189,21 +191,38 @@ def _load_progress(console: Console) -> Progress:
     return Progress(*columns, console=console, transient=True)
 
 
+def _batch_file(value: str) -> Path:
+    """FILE: named, there, readable and no directory, or exit 2 before the local environment is
+    started (a pipe or device is the load's to refuse: exit 1, as a file it cannot load)."""
+    from voketag_ops.errors import UsageError
+
+    path = named_path("FILE")(value)
+    try:
+        is_dir = stat.S_ISDIR(path.stat().st_mode)
+    except OSError as exc:
+        raise UsageError(f"FILE {value}: {exc.strerror}") from None
+    if is_dir:
+        raise UsageError(f"FILE {value}: is a directory; name the batch file")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"FILE {value}: not readable")
+    return path
+
+
 @app.command("load")
 def load(
     ctx: typer.Context,
-    file: Annotated[
-        Path,
-        typer.Argument(
-            exists=True, dir_okay=False, readable=True, metavar="FILE", help="The batch CSV file."
-        ),
-    ],
+    file: Annotated[Path, typer.Argument(parser=_batch_file, metavar="FILE", help="The batch CSV file.")],
     partial: Annotated[
         bool, typer.Option("--partial", help="Load the valid rows; write the rejected ones to --rejects.")
     ] = False,
     rejects: Annotated[
         Path | None,
-        typer.Option("--rejects", metavar="FILE", help="With --partial: CSV of rejected rows and reasons."),
+        typer.Option(
+            "--rejects",
+            parser=named_path("--rejects"),
+            metavar="FILE",
+            help="With --partial: CSV of rejected rows and reasons.",
+        ),
     ] = None,
     force: Annotated[
         bool,
@@ -488,7 +507,13 @@ def _render_proof(console: Console, p: TagProof) -> None:
 def sample(
     ctx: typer.Context,
     out: Annotated[
-        Path, typer.Option("--out", metavar="FILE", help="Where to write the batch CSV ('-': stdout).")
+        Path,
+        typer.Option(
+            "--out",
+            parser=named_path("--out"),
+            metavar="FILE",
+            help="Where to write the batch CSV ('-': stdout).",
+        ),
     ],
     rows: Annotated[int, typer.Option("--rows", min=1, help="Number of rows.")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same file).")] = 0,
