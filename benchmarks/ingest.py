@@ -245,7 +245,8 @@ def main() -> None:
             with local.primary().connect() as conn:
                 conn.execute("CHECKPOINT")
                 row = conn.execute(
-                    "SELECT pg_current_wal_lsn(), pg_walfile_name(pg_current_wal_lsn() - 16777216)"
+                    "SELECT pg_current_wal_lsn(), pg_walfile_name(pg_current_wal_lsn() - "
+                    "(SELECT setting::numeric FROM pg_settings WHERE name = 'wal_segment_size'))"
                 ).fetchone()
                 assert row is not None
                 lsn, previous = row  # every segment up to PREVIOUS is complete: archived in a moment

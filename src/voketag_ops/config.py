@@ -128,6 +128,12 @@ class LocalSettings(_Model):
     archive_timeout: int = Field(
         default=60, ge=1, le=3600, description="seconds before a partly filled WAL segment is archived"
     )
+    wal_segment_mb: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="WAL segment size of a new cluster in MB, a power of two (an existing cluster keeps its own)",
+    )
     start_timeout: int = Field(default=60, ge=5, le=3600, description="seconds to wait for a server to start")
     min_free_disk_mb: int = Field(default=256, ge=0, description="refuse `env up` below this much free disk")
     replica: bool = Field(default=True, description="run a streaming replica beside the primary")
@@ -159,6 +165,14 @@ class LocalSettings(_Model):
                 f"must not contain {', '.join(shell)}: pg_ctl hands the path to /bin/sh in double quotes"
             )
         return Path(os.path.expanduser(str(value)))
+
+    @field_validator("wal_segment_mb")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        # (initdb --wal-segsize takes nothing else)
+        if value & (value - 1):
+            raise ValueError("must be a power of two (1, 2, 4, ... 1024)")
+        return value
 
     @field_validator("system_user")
     @classmethod

@@ -5,6 +5,7 @@ environment (the shared one must not be killed under other tests)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -23,6 +24,10 @@ from voketag_ops.adapters.local.postgres import is_stopped
 from voketag_ops.config import LocalSettings
 from voketag_ops.errors import BackendError
 from voketag_ops.testing.local import frozen
+from voketag_ops.adapters.local.environment import EnvState, LocalEnvironment
+from voketag_ops.adapters.local.postgres import child_pids, is_stopped
+from voketag_ops.config import LocalSettings
+from voketag_ops.errors import BackendError, ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +89,7 @@ def test_up_starts_primary_replica_archive_and_backup(voke, home, env_of):
     assert [b["label"] for b in status["backups"]] == [up["backup"]]
     assert status["backups"][0]["finished_at"].endswith("Z")
     assert status["healthy"] is True
+    assert status["wal_segment_mb"] == 1
     assert [s["name"] for s in status["services"]] == [
         "admin-service",
         "factory-service",
@@ -101,8 +107,9 @@ def test_server_settings_and_replication_slot(home):
     with env.primary().connect() as conn:
         settings = dict(
             conn.execute(
-                "select name, setting from pg_settings where name in "
-                "('data_checksums', 'wal_level', 'archive_mode', 'listen_addresses', 'wal_retrieve_retry_interval')"
+                "select name, setting from pg_settings where name in ('data_checksums', 'wal_level', "
+                "'archive_mode', 'listen_addresses', 'wal_retrieve_retry_interval', 'wal_segment_size', "
+                "'min_wal_size', 'max_wal_size')"
             ).fetchall()
         )
         slot = conn.execute(
@@ -114,6 +121,10 @@ def test_server_settings_and_replication_slot(home):
         "archive_mode": "on",
         "listen_addresses": "127.0.0.1",
         "wal_retrieve_retry_interval": "1000",  # ms: a standby reconnects within 1 s, not 5
+        # local.wal_segment_mb: an idle server's archive_timeout archives 1 MB a minute, not 16
+        "wal_segment_size": str(1024 * 1024),
+        "min_wal_size": "80",  # MB, PostgreSQL's defaults, not initdb's 5 and 64 segments
+        "max_wal_size": "1024",
     }
     assert slot == (True,)
 
@@ -127,10 +138,12 @@ def test_state_is_private(home):
 
 def test_second_up_changes_nothing(voke, home, env_of):
     before = voke("env", "status", "--json", environ=env_of(home)).json["result"]
-    again = voke("env", "up", environ=env_of(home))
+    # the segment size is fixed at initdb: another setting is for the next new environment
+    again = voke("env", "up", environ=env_of(home, VOKE_LOCAL__WAL_SEGMENT_MB="4"))
     assert again.exit_code == 0
     assert "already running" in again.stdout
     after = voke("env", "status", "--json", environ=env_of(home)).json["result"]
+    assert after["wal_segment_mb"] == before["wal_segment_mb"] == 1
     assert after["primary"]["pid"] == before["primary"]["pid"]
     assert after["replica"]["pid"] == before["replica"]["pid"]
     assert after["backups"] == before["backups"]
@@ -1003,9 +1016,12 @@ def test_the_restore_command_fetches_whole_segments_and_says_nothing_of_missing_
 
     env = local(tmp_path / "home")
     env.archive_dir.mkdir(parents=True)
+    EnvState(ports={"primary": 30001, "replica": 30002}, wal_segment_mb=1).save(env.state_file)
     whole, short = "000000010000000000000004", "000000010000000000000005"
-    (env.archive_dir / whole).write_bytes(b"\0" * 16 * 1024 * 1024)
+    (env.archive_dir / whole).write_bytes(b"\0" * 1024 * 1024)  # the environment's segment size
     (env.archive_dir / short).write_bytes(b"\0" * 1000)  # cut short: recovery must not be handed it
+    other = "000000010000000000000007"
+    (env.archive_dir / other).write_bytes(b"\0" * 16 * 1024 * 1024)  # another cluster's size: not ours
 
     def fetch(name):
         out = tmp_path / "pg_wal" / name
@@ -1017,4 +1033,22 @@ def test_the_restore_command_fetches_whole_segments_and_says_nothing_of_missing_
     assert fetch(whole) == (0, "", True)
     assert fetch(short) == (1, "", False)
     assert fetch("000000010000000000000006") == (1, "", False)  # not archived (yet)
+    assert fetch(other) == (1, "", False)
     assert fetch("00000002.history")[1:] == ("", False)
+
+
+def test_an_environment_made_before_the_segment_size_was_recorded_keeps_initdbs_16_mb(tmp_path):
+    """Its state.json has no wal_segment_mb: its clusters have initdb's default, whatever the setting."""
+    env = LocalEnvironment(LocalSettings(home=tmp_path / "home", wal_segment_mb=2))
+    env.home.mkdir()
+    EnvState(ports={"primary": 30001, "replica": 30002}).save(env.state_file)
+    raw = json.loads(env.state_file.read_text())
+    del raw["wal_segment_mb"]
+    env.state_file.write_text(json.dumps(raw))
+    state = env.require_state()
+    assert state.wal_segment_mb == 16 and state.wal_segment_size == 16 * 1024 * 1024
+    assert f"-eq {16 * 1024 * 1024} ||" in env.restore_command()
+    raw["wal_segment_mb"] = 3  # no size initdb takes: a hand edit
+    env.state_file.write_text(json.dumps(raw))
+    with pytest.raises(ConfigError, match="wal_segment_mb is not a power of two"):
+        env.require_state()

@@ -89,6 +89,10 @@ def test_relative_paths_in_a_file_are_relative_to_the_file(tmp_path):
             "local.replica: Input should be a valid boolean, unable to interpret input (at line 1, column 17)",
         ),
         ("[local]\narchive_timeout = 0\n", "local.archive_timeout"),
+        # initdb --wal-segsize takes a power of two from 1 to 1024
+        ("[local]\nwal_segment_mb = 3\n", "local.wal_segment_mb: must be a power of two (1, 2, 4, ... 1024)"),
+        ("[local]\nwal_segment_mb = 2048\n", "local.wal_segment_mb"),
+        ("[local]\nwal_segment_mb = 0\n", "local.wal_segment_mb"),
         # a TOML boolean is no number (false read as 0 switched the disk guard off)
         (
             "[local]\nmin_free_disk_mb = false\n",

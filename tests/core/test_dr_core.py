@@ -18,12 +18,14 @@ from voketag_ops.core import dr_checks, drill, wal
 from voketag_ops.core.drill_report import html_page, markdown
 
 T0 = datetime(2024, 6, 1, 12, 0, 0, tzinfo=UTC)
+MB16 = 16 * 1024 * 1024  # initdb's default segment size: an environment made before local.wal_segment_mb
+MB1 = 1024 * 1024  # local.wal_segment_mb's default
 
 
 # -- wal ----------------------------------------------------------------------------------------------
 @given(st.integers(1, 0xFFFF), st.integers(0, 2**40 - 1))
 def test_segment_names_round_trip(tli, segno):
-    assert wal.parse_segment_name(wal.segment_name(tli, segno)) == (tli, segno)
+    assert wal.parse_segment_name(wal.segment_name(tli, segno, MB16), MB16) == (tli, segno)
 
 
 @given(st.integers(0, 2**64 - 1))
@@ -32,9 +34,14 @@ def test_lsn_round_trip(value):
 
 
 def test_segment_name_layout_matches_postgresql():
-    assert wal.segment_name(1, 5) == "000000010000000000000005"
-    assert wal.segment_name(2, 256) == "000000020000000100000000"
-    assert wal.segno_of(wal.parse_lsn("0/50000A0")) == 5
+    assert wal.segment_name(1, 5, MB16) == "000000010000000000000005"
+    assert wal.segment_name(2, 256, MB16) == "000000020000000100000000"
+    assert wal.segno_of(wal.parse_lsn("0/50000A0"), MB16) == 5
+    # 1 MB segments: 4096 to a log id; the LSN 0/50000A0 is in segment 0x50
+    assert wal.segment_name(2, 4096, MB1) == "000000020000000100000000"
+    assert wal.segment_name(1, 0x50, MB1) == "000000010000000000000050"
+    assert wal.segno_of(wal.parse_lsn("0/50000A0"), MB1) == 0x50
+    assert wal.parse_segment_name("0000000200000001000000FF", MB1) == (2, 4096 + 255)
 
 
 HISTORY_3 = "1\t0/50000A0\tno recovery target specified\n\n2\t0/7000000\tno recovery target specified\n"
@@ -43,7 +50,7 @@ HISTORY_3 = "1\t0/50000A0\tno recovery target specified\n\n2\t0/7000000\tno reco
 def test_expected_segments_follow_the_timeline_history():
     path = wal.timeline_path(3, wal.parse_history(HISTORY_3))
     assert [(s.timeline, s.end) for s in path] == [(1, 0x50000A0), (2, 0x7000000), (3, None)]
-    names = wal.expected_segments(path, 3, 8)
+    names = wal.expected_segments(path, 3, 8, MB16)
     # the switch segment is read from the new timeline (the old copy lacks the promotion)
     assert names == [
         "000000010000000000000003",
@@ -66,7 +73,12 @@ def test_find_gaps_names_the_hole_and_ignores_pending_segments():
         "000000030000000000000007",
     }
     gaps = wal.find_gaps(
-        path=path, start_segno=3, archived=archived, current_segno=9, pending=["000000030000000000000008"]
+        path=path,
+        start_segno=3,
+        archived=archived,
+        current_segno=9,
+        pending=["000000030000000000000008"],
+        segment_size=MB16,
     )
     assert gaps.missing == ["000000020000000000000005"]
     assert gaps.pending == ["000000030000000000000008"]
@@ -76,19 +88,23 @@ def test_find_gaps_names_the_hole_and_ignores_pending_segments():
 
 
 def test_waldump_runs_split_at_timeline_changes_and_errors_name_their_segment():
-    names = [wal.segment_name(1, 3), wal.segment_name(1, 4), wal.segment_name(2, 5), wal.segment_name(2, 6)]
+    names = [wal.segment_name(1, 3, MB16), wal.segment_name(1, 4, MB16), wal.segment_name(2, 5, MB16)]
+    names.append(wal.segment_name(2, 6, MB16))
     assert wal.timeline_runs(names) == [names[:2], names[2:]]
     run = names[2:]
     error = (
         "error in WAL record at 0/5FFFFA0: incorrect resource manager data checksum in record at 0/6000028"
     )
-    assert wal.segment_of_error(error, run) == names[3]  # the record it could not read, not the one before
-    assert wal.segment_of_error("could not read file: Permission denied", run) == names[2]
+    assert (
+        wal.segment_of_error(error, run, MB16) == names[3]
+    )  # the record it could not read, not the one before
+    assert wal.segment_of_error("could not read file: Permission denied", run, MB16) == names[2]
 
 
 def test_find_gaps_without_a_leader_ends_at_the_newest_archived_segment():
     path = wal.timeline_path(1, [])
-    gaps = wal.find_gaps(path=path, start_segno=2, archived={wal.segment_name(1, n) for n in (2, 3, 4)})
+    archived = {wal.segment_name(1, n, MB16) for n in (2, 3, 4)}
+    gaps = wal.find_gaps(path=path, start_segno=2, archived=archived, segment_size=MB16)
     assert gaps.ok and gaps.end == "000000010000000000000004" and gaps.expected == 3
 
 
@@ -131,7 +147,7 @@ def _gaps_by_name(*, path, start_segno, archived, current_segno=None, pending=()
     }
 
 
-_SIZES = st.sampled_from([wal.DEFAULT_SEGMENT_SIZE, 1 << 30])  # 256 and 4 segments per id
+_SIZES = st.sampled_from([MB1, MB16, 1 << 30])  # 4096, 256 and 4 segments per id
 
 
 @st.composite
@@ -205,9 +221,9 @@ def test_gaps_from_the_archive_index_equal_those_read_name_by_name(archive, star
 def test_gaps_of_many_backups_parse_the_archive_once(monkeypatch):
     """30,000 archived segments across a switch to timeline 2, 400 backups: every name is parsed
     once, and the names made grow with the segments plus the backups, not their product."""
-    path = wal.timeline_path(2, [(1, 12_000 * wal.DEFAULT_SEGMENT_SIZE + 40)])
-    archived = [wal.segment_name(1, n) for n in range(10, 12_000)]
-    archived += [wal.segment_name(2, n) for n in range(12_000, 30_010) if n != 25_000]  # one hole
+    path = wal.timeline_path(2, [(1, 12_000 * MB16 + 40)])
+    archived = [wal.segment_name(1, n, MB16) for n in range(10, 12_000)]
+    archived += [wal.segment_name(2, n, MB16) for n in range(12_000, 30_010) if n != 25_000]  # one hole
     starts = [10 + 60 * i for i in range(400)]  # all before the hole
     parsed, made = [0], [0]
     real_parse, real_name = wal.parse_segment_name, wal.segment_name
@@ -222,12 +238,14 @@ def test_gaps_of_many_backups_parse_the_archive_once(monkeypatch):
 
     monkeypatch.setattr(wal, "parse_segment_name", parse)
     monkeypatch.setattr(wal, "segment_name", name)
-    each = wal.find_gaps_each(path=path, start_segnos=starts, archived=archived, current_segno=30_010)
+    each = wal.find_gaps_each(
+        path=path, start_segnos=starts, archived=archived, current_segno=30_010, segment_size=MB16
+    )
     assert parsed[0] == len(archived)
     assert made[0] <= 30_000 + 20 * len(starts)
-    assert all(g.missing == [real_name(2, 25_000)] for g in each)
-    assert each[0].last_contiguous == real_name(2, 24_999) and len(each[0].reachable) == 24_990
-    assert each[0].reachable[11_989:11_991] == (real_name(1, 11_999), real_name(2, 12_000))
+    assert all(g.missing == [real_name(2, 25_000, MB16)] for g in each)
+    assert each[0].last_contiguous == real_name(2, 24_999, MB16) and len(each[0].reachable) == 24_990
+    assert each[0].reachable[11_989:11_991] == (real_name(1, 11_999, MB16), real_name(2, 12_000, MB16))
 
 
 # -- inputs ------------------------------------------------------------------------------------------

@@ -52,6 +52,6 @@ def test_a_restore_just_before_now_seals_the_archive_and_counts_the_heartbeat(en
     plan = dr.plan_restore(env, target, "x", seal=True, now=now)
     assert plan.backup.label == backup.label and plan.sealed_at is not None
     assert plan.window.latest_archived is not None and plan.window.latest_archived >= plan.sealed_at
-    lw = dr.leader_wal(env.primary())
+    lw = dr.leader_wal(env, env.primary())
     assert lw.current_lsn is not None
     assert lw.current_segno == wal.segno_of(wal.parse_lsn(lw.current_lsn), lw.segment_size)

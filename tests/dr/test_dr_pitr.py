@@ -471,7 +471,7 @@ def test_targets_outside_the_window_are_refused_before_anything_is_copied(
     assert no_room.exit_code == 4, no_room.stderr  # as `env up` and `dr backup` on a full disk
     assert "not enough disk space" in no_room.stderr and "a copy of base backup base-" in no_room.stderr
     # A copy that fails anyway (a disk filled since): a clean error, nothing left behind.
-    window = dr.recoverable_window(env, dr.leader_wal(env.primary()))
+    window = dr.recoverable_window(env, dr.leader_wal(env, env.primary()))
     gone = dataclasses.replace(env.backups()[-1], path=str(env.home / "no-such-backup"))
     plan = dr.RestorePlan(
         target=datetime.now(UTC), name="refused", backup=gone, window=window, sealed_at=None
@@ -796,7 +796,7 @@ def test_reading_a_side_translates_corruption_and_other_server_errors_naming_the
 
 def test_recovery_that_ends_before_its_target_fails_loudly_and_removes_the_instance(env):
     # voke's window check refuses this target; skip it to see what PostgreSQL does.
-    lw = dr.leader_wal(env.primary())
+    lw = dr.leader_wal(env, env.primary())
     window = dr.recoverable_window(env, lw)
     target = window.latest + timedelta(hours=1)
     plan = dr.RestorePlan(
@@ -1061,7 +1061,7 @@ def test_a_corrupt_backup_is_passed_over_by_restore_and_a_bad_page_found_late_ro
             {"label": info.label, "problems": ['checksum mismatch for file "base/5/1247"']}
         ]
         # A page the manifest cannot vouch for is read by the restored server: rolled back, not exit 70.
-        window = dr.recoverable_window(env, dr.leader_wal(env.primary()))
+        window = dr.recoverable_window(env, dr.leader_wal(env, env.primary()))
         late = dr.RestorePlan(target=target, name="bad-page", backup=info, window=window, sealed_at=None)
         with pytest.raises(RolledBackError, match=r'invalid page in block 0 of relation "base/5/1247"'):
             dr.restore(env, late, timeout=120)

@@ -4,7 +4,9 @@ Pure functions over names and numbers; the adapter lists the archive and reads t
 history files. A restore replays, for each segment after the base backup's start,
 the file of the newest timeline on the target's history that had begun by then, so
 that is the file the archive must hold (the old timeline's copy of the segment with
-the switch point lacks everything written after the promotion).
+the switch point lacks everything written after the promotion). Every name and number
+depends on the cluster's segment size, fixed at initdb, so each function takes it: no default
+to fall back on silently.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from typing import Any, overload
 WAL_POSITION_SQL = (
     "(case when pg_is_in_recovery() then pg_last_wal_replay_lsn() else pg_current_wal_lsn() end)::text"
 )
-DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
 SEGMENT_NAME = re.compile(r"^[0-9A-F]{24}$")
 HISTORY_NAME = re.compile(r"^([0-9A-F]{8})\.history$")
 
@@ -64,19 +65,19 @@ def segments_per_id(segment_size: int) -> int:
     return 0x100000000 // segment_size
 
 
-def segment_name(timeline: int, segno: int, segment_size: int = DEFAULT_SEGMENT_SIZE) -> str:
+def segment_name(timeline: int, segno: int, segment_size: int) -> str:
     per = segments_per_id(segment_size)
     return f"{timeline:08X}{segno // per:08X}{segno % per:08X}"
 
 
-def parse_segment_name(name: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> tuple[int, int]:
+def parse_segment_name(name: str, segment_size: int) -> tuple[int, int]:
     """'000000020000000000000005' -> (timeline 2, segno 5)."""
     if not SEGMENT_NAME.match(name):
         raise ValueError(f"not a WAL segment name: {name!r}")
     return int(name[:8], 16), int(name[8:16], 16) * segments_per_id(segment_size) + int(name[16:], 16)
 
 
-def segno_of(lsn: int, segment_size: int = DEFAULT_SEGMENT_SIZE) -> int:
+def segno_of(lsn: int, segment_size: int) -> int:
     return lsn // segment_size
 
 
@@ -138,7 +139,7 @@ def expected_segments(
     path: list[TimelineSpan],
     start_segno: int,
     end_segno: int,
-    segment_size: int = DEFAULT_SEGMENT_SIZE,
+    segment_size: int,
 ) -> list[str]:
     """File names a recovery from START_SEGNO through END_SEGNO (inclusive) reads along PATH."""
     return [
@@ -161,7 +162,7 @@ class ArchiveIndex:
     newest: dict[int, int]  # timeline -> the highest number of any segment name on it
 
     @classmethod
-    def of(cls, names: Iterable[str], segment_size: int = DEFAULT_SEGMENT_SIZE) -> ArchiveIndex:
+    def of(cls, names: Iterable[str], segment_size: int) -> ArchiveIndex:
         per = segments_per_id(segment_size)
         held: dict[int, set[int]] = {}
         newest: dict[int, int] = {}
@@ -184,7 +185,7 @@ class SegmentRun(Sequence[str]):
     path: tuple[TimelineSpan, ...]
     start_segno: int
     length: int
-    segment_size: int = DEFAULT_SEGMENT_SIZE
+    segment_size: int
 
     def __len__(self) -> int:
         return self.length
@@ -251,7 +252,7 @@ def find_gaps(
     archived: Iterable[str] | ArchiveIndex,
     current_segno: int | None = None,
     pending: Iterable[str] = (),
-    segment_size: int = DEFAULT_SEGMENT_SIZE,
+    segment_size: int,
 ) -> ArchiveGaps:
     """Gaps between a backup's start segment and now.
 
@@ -275,7 +276,7 @@ def find_gaps_each(
     archived: Iterable[str] | ArchiveIndex,
     current_segno: int | None = None,
     pending: Iterable[str] = (),
-    segment_size: int = DEFAULT_SEGMENT_SIZE,
+    segment_size: int,
 ) -> list[ArchiveGaps]:
     """`find_gaps` from each of START_SEGNOS (one per base backup), in that order.
 
@@ -353,7 +354,7 @@ def timeline_runs(names: Iterable[str]) -> list[list[str]]:
 _LSN_TEXT = re.compile(r"\b[0-9A-F]{1,8}/[0-9A-F]{1,8}\b")
 
 
-def segment_of_error(error: str, run: list[str], segment_size: int = DEFAULT_SEGMENT_SIZE) -> str:
+def segment_of_error(error: str, run: list[str], segment_size: int) -> str:
     """The segment of RUN a pg_waldump ERROR points at: its last LSN ("error in WAL record at A:
     incorrect resource manager data checksum in record at B" is about B); RUN's first without one."""
     lsns = _LSN_TEXT.findall(error)

@@ -667,22 +667,24 @@ def _standby_heartbeat(conn: psycopg.Connection[Any]) -> tuple[int, datetime] | 
 # -- the WAL archive --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LeaderWal:
-    """What the leader says about its WAL (None fields when it is unreachable)."""
+    """What the leader says about its WAL (None fields when it is unreachable; the segment size is
+    then the one the environment's clusters were created with)."""
 
     reachable: bool
+    segment_size: int
     timeline: int | None = None
     current_segno: int | None = None
     current_lsn: str | None = None
-    segment_size: int = wal.DEFAULT_SEGMENT_SIZE
     pending: tuple[str, ...] = ()
     oldest_pending_seconds: float | None = None
 
 
-def leader_wal(leader: PgNode | None) -> LeaderWal:
+def leader_wal(env: LocalEnvironment, leader: PgNode | None) -> LeaderWal:
     import psycopg
 
+    down = LeaderWal(False, env.require_state().wal_segment_size)
     if leader is None or not leader.running:
-        return LeaderWal(False)
+        return down
     try:
         with leader.connect(DR_DB, timeout=3) as conn:
             row = conn.execute(
@@ -690,7 +692,7 @@ def leader_wal(leader: PgNode | None) -> LeaderWal:
             ).fetchone()
             assert row is not None
             if row[0]:
-                return LeaderWal(False)
+                return down
             seg_size = int(row[1])
             name, lsn = conn.execute(
                 "select pg_walfile_name(pg_current_wal_lsn()), pg_current_wal_lsn()::text"
@@ -700,7 +702,7 @@ def leader_wal(leader: PgNode | None) -> LeaderWal:
                 "from pg_ls_archive_statusdir() where name like '%.ready' order by modification"
             ).fetchall()
     except (BackendError, psycopg.Error):  # (connected, then the server went away or refused)
-        return LeaderWal(False)
+        return down
     # The segment being written holds the write position: at a segment boundary (right after a
     # switch) pg_walfile_name() names the one before up to PostgreSQL 16, which would leave the
     # finished segment (a seal's heartbeat) out of every window; only its timeline is taken.
@@ -709,10 +711,10 @@ def leader_wal(leader: PgNode | None) -> LeaderWal:
     pending = tuple(p[0].removesuffix(".ready") for p in pend)
     return LeaderWal(
         True,
+        seg_size,
         timeline=tli,
         current_segno=segno,
         current_lsn=lsn,
-        segment_size=seg_size,
         pending=pending,
         oldest_pending_seconds=round(float(pend[0][1]), 3) if pend else None,
     )
@@ -1086,7 +1088,7 @@ def snapshot(env: LocalEnvironment, *, lag_wait: float, replica_expected: bool =
             for info in (leader_info, standby_info)
             if info["role"] == "primary"
         }
-    lw = leader_wal(leader_node if leader_info["role"] == "primary" else None)
+    lw = leader_wal(env, leader_node if leader_info["role"] == "primary" else None)
     refused = None  # why a leader refused the heartbeat (a full disk): `dr check` fails it
     if lw.reachable and replica_expected:
         standby_info.update(probe_lag(leader_node, standby_node, wait=lag_wait))
@@ -1174,7 +1176,7 @@ def verify_backup(env: LocalEnvironment, backup: BackupInfo) -> dict[str, Any]:
     t0 = time.monotonic()
     checked = run_verifybackup(env, backup)
     leader = env.primary()
-    lw = leader_wal(leader)
+    lw = leader_wal(env, leader)
     gaps = gaps_from(env, backup, lw)
     verified = bool(checked["ok"])
     result: dict[str, Any] = {
@@ -1571,7 +1573,7 @@ def plan_restore(
     backups = env.backups()
     if not backups:
         raise PreconditionError("there is no base backup to restore from; take one with `voke dr backup`")
-    lw = leader_wal(leader)
+    lw = leader_wal(env, leader)
     window = recoverable_window(env, lw, backups)
     sealed_at = None
     # Sealed only when the archive does not already hold a commit after the target: with the
@@ -1580,7 +1582,7 @@ def plan_restore(
     covered = window.latest_archived is not None and target < window.latest_archived
     if seal and not covered and in_recovery(leader) is False:
         sealed_at = seal_archive(env, leader)
-        lw = leader_wal(leader)
+        lw = leader_wal(env, leader)
         window = recoverable_window(env, lw, backups)
     # After sealing, the archive alone must reach the target; a dry run may count on the seal.
     bound = window.latest if (sealed_at is None and window.live) else window.latest_archived

@@ -52,7 +52,7 @@ from voketag_ops.adapters.local.postgres import (
 )
 from voketag_ops.core.dr_checks import LOCAL_REMEDIES, frozen_standby_remedy, parse_iso, resume_hint
 from voketag_ops.core.times import iso
-from voketag_ops.core.wal import DEFAULT_SEGMENT_SIZE, SEGMENT_NAME, parse_lsn
+from voketag_ops.core.wal import SEGMENT_NAME, parse_lsn
 from voketag_ops.errors import BackendError, ConfigError, NeedsOperatorError, PreconditionError, UsageError
 from voketag_ops.files import open_private, tree_bytes, working_directory
 from voketag_ops.locks import flock_within
@@ -144,6 +144,13 @@ class EnvState:
     socket_dir: str = ""
     ports: dict[str, int] = field(default_factory=dict)
     leader: str = "primary"  # the node that should be writable; `voke dr failover` moves it
+    # The clusters' WAL segment size, fixed at the first initdb (local.wal_segment_mb then); a
+    # state written before it was recorded is a cluster of initdb's default, 16 MB.
+    wal_segment_mb: int = 16
+
+    @property
+    def wal_segment_size(self) -> int:
+        return self.wal_segment_mb * 1024 * 1024
 
     @property
     def follower(self) -> str:
@@ -190,6 +197,9 @@ def _not_a_state(raw: Any) -> str | None:
         return f"ports do not name a port for each of {', '.join(NODE_NAMES)}"
     if raw.get("leader", "primary") not in NODE_NAMES:
         return f"leader is not one of {', '.join(NODE_NAMES)}"
+    mb = raw.get("wal_segment_mb", 16)
+    if not isinstance(mb, int) or isinstance(mb, bool) or not 1 <= mb <= 1024 or mb & (mb - 1):
+        return "wal_segment_mb is not a power of two from 1 to 1024"
     return None
 
 
@@ -452,7 +462,7 @@ class LocalEnvironment:
                     )
                 self._check_disk()
                 progress("initialising the primary (initdb)")
-                primary.initdb()
+                primary.initdb(wal_segment_mb=state.wal_segment_mb)
                 created.append(primary.name)
             self._configure_primary(primary, state)
             if not primary.running:
@@ -659,6 +669,7 @@ class LocalEnvironment:
             pg_version=bins.version(),
             socket_dir=str(self._socket_dir()),
             ports=ports,
+            wal_segment_mb=self.settings.wal_segment_mb,
         )
 
     def _socket_dir(self) -> Path:
@@ -729,11 +740,12 @@ class LocalEnvironment:
         A segment of another size than initdb's (cut short, padded) counts as missing: handed to
         recovery it is FATAL, even one only read ahead past a restore's target."""
         src = shlex.quote(f"{self._archive_in_command()}/%f")
+        size = self.require_state().wal_segment_size
         # (absent: exit 1 quietly; recovery asks for every segment past the archive's end, and
         # each `cannot open`/`Illegal number` from sh filled the server log)
         return (
             f"test -f {src} || exit 1; "
-            f'case %f in *[!0-9A-F]*) ;; *) test "$(wc -c < {src})" -eq {DEFAULT_SEGMENT_SIZE} || exit 1 ;; esac; '
+            f'case %f in *[!0-9A-F]*) ;; *) test "$(wc -c < {src})" -eq {size} || exit 1 ;; esac; '
             f"cp {src} '%p'"
         )
 
@@ -742,6 +754,7 @@ class LocalEnvironment:
         # standby re-offers segments it inherited); different bytes under the same name fail loudly.
         dest, tmp = (shlex.quote(f"{self._archive_in_command()}/%f{suffix}") for suffix in ("", ".tmp"))
         archive_cmd = f"if test -f {dest}; then cmp -s '%p' {dest}; else cp '%p' {tmp} && mv {tmp} {dest}; fi"
+        segment_mb = self.require_state().wal_segment_mb
         return {
             "listen_addresses": "127.0.0.1",
             "port": node.port,
@@ -755,6 +768,11 @@ class LocalEnvironment:
             "max_wal_senders": 10,
             "max_replication_slots": 10,
             "wal_keep_size": "64MB",
+            # PostgreSQL's defaults for its 16 MB segments, whatever the size: initdb scales them
+            # to 5 and 64 segments (5 MB and 64 MB for 1 MB ones, a checkpoint every 64 MB); each
+            # must hold at least two segments.
+            "min_wal_size": f"{max(80, 2 * segment_mb)}MB",
+            "max_wal_size": f"{max(1024, 2 * segment_mb)}MB",
             "archive_mode": "on",
             "archive_command": archive_cmd,
             "archive_timeout": self.settings.archive_timeout,
@@ -1006,6 +1024,7 @@ class LocalEnvironment:
             "home": str(self.home),
             "initialized": state is not None,
             "pg_version": state.pg_version if state else None,
+            "wal_segment_mb": state.wal_segment_mb if state else None,
             "primary": None,
             "replica": None,
             "leader": None,

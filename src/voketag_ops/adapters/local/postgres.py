@@ -772,9 +772,9 @@ class PgNode:
         )
 
     # -- lifecycle ----------------------------------------------------------------
-    def initdb(self) -> None:
-        """Create the cluster in a scratch directory and move it into place, so an
-        interrupted initdb never leaves a half-made data directory."""
+    def initdb(self, *, wal_segment_mb: int) -> None:
+        """Create the cluster, with WAL segments of WAL_SEGMENT_MB, in a scratch directory and move
+        it into place, so an interrupted initdb never leaves a half-made data directory."""
         scratch = self.data_dir.with_name(self.data_dir.name + ".partial")
         shutil.rmtree(scratch, ignore_errors=True)
         self._mkdir_owned(scratch)
@@ -791,6 +791,7 @@ class PgNode:
                     "--encoding=UTF8",
                     "--locale=C",
                     "--data-checksums",
+                    f"--wal-segsize={wal_segment_mb}",
                     "--no-instructions",
                 ],
                 timeout=180,
