@@ -19,15 +19,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from voketag_ops.adapters.local.environment import LocalEnvironment
+from voketag_ops.adapters.local.environment import EnvState, LocalEnvironment
 from voketag_ops.adapters.local.postgres import is_stopped
 from voketag_ops.config import LocalSettings
-from voketag_ops.errors import BackendError
-from voketag_ops.testing.local import frozen
-from voketag_ops.adapters.local.environment import EnvState, LocalEnvironment
-from voketag_ops.adapters.local.postgres import child_pids, is_stopped
-from voketag_ops.config import LocalSettings
 from voketag_ops.errors import BackendError, ConfigError
+from voketag_ops.testing.local import frozen
 
 
 @pytest.fixture(scope="module")
