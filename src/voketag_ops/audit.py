@@ -487,6 +487,24 @@ class AuditLog:
                 if skipped is not None:
                     skipped.append(number)
 
+    def newest_first(self) -> Iterator[core.AuditEntry]:
+        """Parsed entries, newest first, read from the log's end only as far as the caller goes
+        (a lookup that stops at its first match costs what the newest events do, however long
+        the log); unparseable lines (a torn last write) are skipped."""
+        try:
+            with files.open_log(self.path) as fd:
+                for _offset, raw in files.lines_backwards(fd):
+                    try:
+                        yield core.parse_entry(raw)
+                    except core.EntryFormatError:
+                        continue
+        except FileNotFoundError:
+            return
+        except (NotADirectoryError, files.DamagedRecord) as exc:
+            raise AuditWriteError(f"{self.path}: cannot read the audit log: {exc}") from None
+        except OSError as exc:
+            raise AuditWriteError(f"{self.path}: cannot read the audit log: {exc.strerror}") from None
+
     def verify(self, *, min_difficulty: int = DEFAULT_DIFFICULTY) -> core.VerifyReport:
         """Walk the whole log against its checkpoints and the chain's anchors of them.
 

@@ -1078,6 +1078,18 @@ def test_a_pitr_drill_killed_after_its_fault_is_reported_and_repaired_by_the_nex
     }  # every other batch has all its rows
     assert not list((env.home / "dr").glob("drill-rows-*"))
     assert dr.list_restores(env) == []  # the killed drill's restored instance was discarded too
+    # `dr restores` told the operator to discard it: that discard run after the drill's clean-up
+    # was exit 2 (neither the killed restore nor the clean-up had written an event naming it)
+    name = left["restore"]
+    assert name and name.startswith("drill-")
+    rerun = voke("dr", "discard", name, "--yes", "--json", environ=environ)
+    assert rerun.exit_code == 0 and rerun.json["result"]["changed"] is False, rerun.stdout + rerun.stderr
+    shown = voke("audit", "show", "--event-type", "dr.discard", "--json", environ=environ)
+    mine = [
+        (e["result"], e["details"].get("by")) for e in shown.json["result"]["entries"] if e["target"] == name
+    ]
+    by = f"drill pitr, cleaning up after the killed drill {left['run_id']}"
+    assert mine == [("success", by), ("unchanged", None)]
 
 
 def test_ctrl_c_mid_drill_cleans_up_and_records_interrupted(voke, environ, env, monkeypatch):

@@ -524,3 +524,39 @@ def test_the_failover_drills_plan_reads_its_rpo_where_the_run_does(voke):
     assert plan.exit_code == 0, plan.stdout
     [rpo] = [step for step in plan.json["result"]["plan"]["failover"] if step.startswith("RPO")]
     assert rpo.startswith("RPO from the old leader's WAL (pg_waldump"), rpo
+
+
+def test_a_discard_rerun_reads_the_audit_log_from_its_end_only_as_far_as_its_name(tmp_path):
+    # `dr discard NAME` of an instance gone already read the whole audit log to find NAME's
+    # restore or discard (50,000 events, 20 MB: 4-6 s, a dry run too): read from the end now,
+    # up to the first event naming it.
+    from datetime import UTC, datetime
+
+    from voketag_ops.adapters.local.environment import LocalEnvironment
+    from voketag_ops.config import LocalSettings, Settings
+    from voketag_ops.core import audit as core
+    from voketag_ops.workflows import dr as dr_flow
+
+    settings = Settings(local=LocalSettings(home=tmp_path / "home"))
+    env = LocalEnvironment(settings.local)
+    lines, prev = [], core.ZERO
+    for seq, (event_type, target) in enumerate(
+        [("ingest.load", f"batch-{i}") for i in range(20_000)] + [("dr.discard", "before-incident")]
+    ):
+        entry = core.make_entry(
+            seq=seq, prev_hash=prev, now=datetime(2026, 5, 1, tzinfo=UTC), event_type=event_type,
+            actor="sre", env="local", target=target, result="success", duration_seconds=1.0,
+            details={"pad": "x" * 200},
+        )  # fmt: skip
+        lines.append(entry.line())
+        prev = entry.hash
+    (tmp_path / "home" / "audit").mkdir(parents=True)
+    log = tmp_path / "home" / "audit" / "audit.jsonl"
+    log.write_bytes(b"".join(lines))
+    size = log.stat().st_size
+
+    before = _bytes_read()
+    plan = dr_flow.discard(settings, env, name="before-incident", dry_run=True)
+    assert _bytes_read() - before < 200_000 < size  # its last block or two
+    assert plan["plan"] == ["nothing: the restored instance before-incident is gone already"]
+    assert dr_flow.discard(settings, env, name="before-incident", dry_run=False)["changed"] is False

@@ -363,7 +363,11 @@ def restores(settings: Settings, env: LocalEnvironment) -> dict[str, Any]:
     return {"restores": dr.list_restores(env) if env.exists else []}
 
 
-def discard(settings: Settings, env: LocalEnvironment, *, name: str, dry_run: bool) -> dict[str, Any]:
+def discard(
+    settings: Settings, env: LocalEnvironment, *, name: str, dry_run: bool, by: str | None = None
+) -> dict[str, Any]:
+    """Stop the restored instance NAME and delete it, audited as `dr.discard` (BY: the drill that
+    discards its own, or one a killed drill left; null for `voke dr discard`)."""
     from voketag_ops.adapters.local import dr
 
     require_local(settings)
@@ -377,7 +381,10 @@ def discard(settings: Settings, env: LocalEnvironment, *, name: str, dry_run: bo
             "dry_run": True,
             "plan": [f"stop the restored instance {name} (port {doc['port']})", f"delete {node.data_dir}"],
         }
-    with recorded(env, "dr.discard", name), dr.dr_lock(env, "dr discard"):  # not under a drill's feet
+    # (under the DR lock: not under a drill's feet)
+    with recorded(env, "dr.discard", name) as details, dr.dr_lock(env, "dr discard"):
+        if by is not None:
+            details["by"] = by
         dr.refuse_if_unfinished(env)
         report = dr.discard_restore(env, name)
     report["dry_run"] = False
@@ -392,7 +399,8 @@ def _discarded_already(env: LocalEnvironment, name: str, *, dry_run: bool) -> di
     from voketag_ops.audit import AuditLog, audited
 
     # (a restore's event holds `backup` once it began copying: it made the instance; a cloud
-    # environment's restore, in the same log, made a Cloud SQL instance)
+    # environment's restore, in the same log, made a Cloud SQL instance). Read from the end, up to
+    # the first match: a rerun finds its name among the newest events of a log of any length.
     if not any(
         e.target == name
         and e.env == "local"
@@ -400,7 +408,7 @@ def _discarded_already(env: LocalEnvironment, name: str, *, dry_run: bool) -> di
             (e.event_type == "dr.discard" and e.result in ("success", "unchanged"))
             or (e.event_type == "dr.restore" and "backup" in e.details)
         )
-        for e in AuditLog(env.home).entries()
+        for e in AuditLog(env.home).newest_first()
     ):
         raise dr.no_such_restore(env, name)
     if dry_run:

@@ -702,7 +702,7 @@ def _pitr(run: DrillRun) -> None:
     if not run.options.get("keep_restore"):
         run.on_cleanup(
             f"discard the restored instance {name}",
-            lambda: dr_flow.discard(settings, env, name=name, dry_run=False),
+            lambda: dr_flow.discard(settings, env, name=name, dry_run=False, by=f"drill {run.run_id}"),
         )
     run.on_cleanup(
         f"repair batch {batch['batch_id']} on the leader from the restored instance",
@@ -894,23 +894,33 @@ def _put_back(env: LocalEnvironment, doc: dict[str, Any]) -> int:
     return max(put, 0)
 
 
-def put_back_rows_left(env: LocalEnvironment, progress: Progress = _quiet) -> list[dict[str, Any]]:
+def put_back_rows_left(
+    settings: Settings, env: LocalEnvironment, scenario: str, progress: Progress = _quiet
+) -> list[dict[str, Any]]:
     """The rows killed pitr drills deleted as their fault and never put back, put back (the
-    next drill does this first, under the DR lock), and copies a drill killed before writing
-    their record removed; what was done, for its journal."""
+    next drill, SCENARIO, does this first, under the DR lock), their restored instances
+    discarded (audited as `dr.discard`, `by` that drill: `voke dr discard NAME` run after it
+    knows the name), and copies a drill killed before writing their record removed; what was
+    done, for its journal (`restore`: the instance discarded, or null)."""
     from voketag_ops.adapters.local import dr
+    from voketag_ops.workflows import dr as dr_flow
 
     done = []
     for doc in dr.drill_rows_left(env):
         progress(f"putting back batch {doc['batch_id']}'s rows (left by the killed drill {doc['run_id']})")
         put = _put_back(env, doc)  # fewer than its rows: tag_ids a later load took meanwhile
         name = doc.get("restore")
-        if name and not doc.get("keep_restore"):  # its restored instance, started or half-made
+        discarded = None
+        # its restored instance, started or half-made (none: killed before its restore made it)
+        if name and not doc.get("keep_restore") and dr.find_restore(env, str(name)) is not None:
             with suppress(VokeError):
-                dr.discard_restore(env, str(name))
+                by = f"drill {scenario}, cleaning up after the killed drill {doc['run_id']}"
+                dr_flow.discard(settings, env, name=str(name), dry_run=False, by=by)
+                discarded = str(name)
         done.append(
-            {"run_id": doc["run_id"], "batch_id": doc["batch_id"], "rows": doc["rows"], "rows_put_back": put}
-        )
+            {"run_id": doc["run_id"], "batch_id": doc["batch_id"], "rows": doc["rows"], "rows_put_back": put,
+             "restore": discarded}
+        )  # fmt: skip
     directory = env.home / "dr"
     for copy in directory.glob("drill-rows-*.copy"):
         if not copy.with_suffix(".json").exists() and not dr.rows_in_use(copy):
@@ -1382,7 +1392,8 @@ def run_drill(
                 refuse_if_rotating_locally(settings)
                 refuse_without_standby(settings, env, scenario, started=True)
             thawed = dr.thaw_left(env, progress)  # a node a killed network drill left frozen, first
-            left = put_back_rows_left(env, progress)  # before the steady state, which counts them
+            # before the steady state, which counts them
+            left = put_back_rows_left(settings, env, scenario, progress)
             run = DrillRun(settings, env, scenario, progress, options or {})
             event.details["run_id"] = run.run_id
             if thawed:
