@@ -905,6 +905,46 @@ def test_a_connection_secret_secret_manager_refuses_is_unknown_not_a_crash(cloud
     assert status["errors"]["connections"] == judged["message"].removeprefix("unknown: ")
 
 
+@pytest.mark.parametrize(
+    "host",
+    [
+        "postgresql://app:Uri-pw-4k9Q@10.9.9.9/voketag",
+        "host=10.9.9.9 password=Uri-pw-4k9Q",
+        None,
+        ["10.9.9.9"],
+    ],
+    ids=["uri", "dsn", "null", "list"],
+)
+def test_a_connection_secret_whose_host_is_no_plain_address_is_reported_without_its_value(cloud, host):
+    # Found by review: `connections` copied `host` and `port` as they were: a URI in `host`
+    # printed its password (hidden in the suite only because an earlier case had registered it
+    # for redaction: cleared before each command here).
+    from voketag_ops import redact
+
+    store = cloud.store()
+    payload = {"username": "app_a", "password": "pw-app_a", "host": host, "port": "5432; Uri-pw-4k9Q"}
+    version = store.add_version(SECRET, json.dumps(payload).encode()).version
+    store.update(SECRET, etag=store.get(SECRET).etag, aliases={"current": version})
+    outputs = []
+    for args in (("dr", "status", "--json"), ("dr", "check", "--json"), ("dr", "status"), ("dr", "check")):
+        redact.clear()
+        result = cloud.voke(*args)
+        assert result.exit_code in (0, 1), result.stdout + result.stderr
+        outputs += [result.stdout, result.stderr]
+    assert not [text for text in outputs if "Uri-pw-4k9Q" in text or "10.9.9.9" in text]
+    (entry,) = json.loads(outputs[0])["result"]["connections"]["secrets"]
+    assert entry == {
+        "secret": SECRET, "alias": "current", "version": version, "host": None, "port": None, "matches": False,
+        "note": "its host is not a plain host name or IP address (value not shown)",
+    }  # fmt: skip
+    judged = {c["name"]: c for c in json.loads(outputs[2])["result"]["checks"]}["connections"]
+    assert not judged["ok"] and judged["message"].startswith(
+        f"{SECRET} version {version} (current): its host is not a plain host name or IP address "
+        f"(value not shown), not the primary voke-db at {PRIMARY_IP}; fix: "
+    ), judged["message"]
+    assert f"secret   {SECRET} v{version} (its host is not a plain" in outputs[4]
+
+
 # -- Ctrl-C once the database moved ---------------------------------------------------------------------------
 def _ctrl_c_at(monkeypatch: pytest.MonkeyPatch, command: str, message: str) -> None:
     """A Ctrl-C (KeyboardInterrupt) as COMMAND's progress says MESSAGE: no fake server fault

@@ -535,7 +535,9 @@ def _render_status(console: Console, r: dict[str, Any]) -> None:
     conn = r.get("connections") or {}  # (a cloud env) the address each connection secret gives the services
     for secret in conn.get("secrets") or []:
         at = f"{secret['host']}" + (f":{secret['port']}" if secret["port"] is not None else "")
-        said = f"secret   {secret['secret']} v{secret['version']} names {at}"
+        said = f"secret   {secret['secret']} v{secret['version']} " + (
+            f"names {at}" if secret["host"] is not None else f"({secret['note']})"  # (never its value)
+        )
         if secret["matches"]:
             console.print(f"{said} (the primary {conn['primary']})", markup=False)
         elif secret["matches"] is False:

@@ -12,6 +12,7 @@ anything (exit 5 for an illegal state, nothing changed), and writes one audit ev
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import time
@@ -270,6 +271,29 @@ def status(
     }
 
 
+NOT_PLAIN_HOST = "its host is not a plain host name or IP address (value not shown)"
+# A host name as DNS spells it: dot-separated labels of letters, digits and inner hyphens.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"(?!.{{254}}){_LABEL}(?:\.{_LABEL})*\.?")
+
+
+def plain_host(value: Any) -> str | None:
+    """VALUE if it is a plain host name or IP address, the only host a report shows; None for
+    anything else (a URI or DSN in `host` can carry the password, a null, a list)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return value if _HOST_NAME.fullmatch(value) else None
+    return value if "%" not in value else None  # (an IPv6 scope ID may hold anything)
+
+
+def plain_port(value: Any) -> int | None:
+    """VALUE if it is a TCP port number (1-65535), the only port a report shows; else None."""
+    return value if type(value) is int and 1 <= value <= 65535 else None
+
+
 def _connections(
     settings: Settings, store: SecretStore, topo: Topology, errors: dict[str, str]
 ) -> dict[str, Any]:
@@ -310,8 +334,10 @@ def _connections(
         if credential is None:
             entry["note"] = "not a database credential with a host (a repoint skips it)"
             continue
-        entry["host"], entry["port"] = credential["host"], credential.get("port")
-        if primary.ip_address:
+        entry["host"], entry["port"] = plain_host(credential["host"]), plain_port(credential.get("port"))
+        if entry["host"] is None:  # a URI or DSN can carry a password: never shown, no primary's address
+            entry.update(matches=False, note=NOT_PLAIN_HOST)
+        elif primary.ip_address:
             entry["matches"] = entry["host"] == primary.ip_address
         else:
             entry["note"] = f"{primary.name} has no IP address to compare with (a repoint stops on it)"
@@ -346,6 +372,8 @@ def _connections_check(snap: dict[str, Any]) -> dict[str, Any]:
     problems = [
         f"{e['secret']} version {e['version']} (current) names {where(e)}, not the primary {primary} at "
         f"{address}: the services reading it connect there"
+        if e["host"] is not None
+        else f"{e['secret']} version {e['version']} (current): {e['note']}, not the primary {primary} at {address}"
         for e in conn["secrets"]
         if e["matches"] is False
     ]
