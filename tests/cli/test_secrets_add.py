@@ -249,6 +249,86 @@ def test_a_version_made_current_by_another_writer_meanwhile_is_not_overwritten(
     assert {v.version: v.state for v in meta.versions} == {1: "enabled", 2: "disabled", 3: "enabled"}
 
 
+def test_two_adds_of_one_value_at_once_make_it_current_once_and_both_succeed(tmp_path, monkeypatch):
+    # Found by review: both could exit 5 with both new versions disabled, `current` still the old
+    # value: each one's add moved the etag the other's compare-and-swap had read.
+    import threading
+
+    from voketag_ops.workflows.secrets import add_version
+
+    home = tmp_path / "home"
+    add_version(LocalSecretStore(home), "maps-admin", b"old-value-1a2b3c")
+    real, both_added = LocalSecretStore.add_version, threading.Barrier(2, timeout=60)
+
+    def add_then_wait(self, name, payload):
+        mine = real(self, name, payload)
+        both_added.wait()  # neither makes its version current before the other has added its own
+        return mine
+
+    monkeypatch.setattr(LocalSecretStore, "add_version", add_then_wait)
+    reports: list = []
+    errors: list = []
+
+    def add() -> None:
+        try:
+            reports.append(add_version(LocalSecretStore(home), "maps-admin", b"new-value-4d5e6f"))
+        except Exception as exc:  # (asserted below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=add) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors  # exit 0 both
+    meta = LocalSecretStore(home).get("maps-admin")
+    won = meta.aliases["current"]
+    assert won in (2, 3) and meta.aliases["previous"] == 1
+    assert sorted((r["version"], r["changed"]) for r in reports) == [(won, False), (won, True)]
+    assert {v.version: v.state for v in meta.versions} == {1: "enabled", won: "enabled", 5 - won: "disabled"}
+    assert LocalSecretStore(home).access("maps-admin", "current") == b"new-value-4d5e6f"
+
+
+def test_an_etag_moved_without_moving_current_is_read_again_not_a_loss(tmp_path, monkeypatch):
+    # Another writer's add, not yet current, moved the etag this add's compare-and-swap read:
+    # it was exit 5 (and the other writer's swap, meeting this one's disabled version, too).
+    from voketag_ops.workflows.secrets import add_version
+
+    home = tmp_path / "home"
+    add_version(LocalSecretStore(home), "maps-admin", b"old-value-1a2b3c")
+    real = LocalSecretStore.update
+
+    def another_add_first(self, name, **kwargs):
+        monkeypatch.setattr(LocalSecretStore, "update", real)
+        LocalSecretStore.add_version(self, name, b"other-writer-value")  # version 3, not current
+        return real(self, name, **kwargs)
+
+    monkeypatch.setattr(LocalSecretStore, "update", another_add_first)
+    report = add_version(LocalSecretStore(home), "maps-admin", b"new-value-4d5e6f")
+    assert (report["version"], report["changed"]) == (2, True)
+    assert LocalSecretStore(home).get("maps-admin").aliases == {"current": 2, "previous": 1}
+
+
+def test_a_current_naming_a_missing_version_is_refused_before_anything_is_added(voke, make_environ, tmp_path):
+    # It was exit 4 after adding a version no alias named: an enabled orphan, one more each rerun.
+    environ = make_environ(tmp_path / "home")
+    (tmp_path / "v").write_text("first-value-1a2b3c")
+    add = ("secrets", "add", "maps-admin", "--from-file", str(tmp_path / "v"), "--yes", "--json")
+    assert voke(*add, environ=environ).exit_code == 0
+    path = tmp_path / "home" / "secrets" / "maps-admin.json"
+    doc = json.loads(path.read_text())
+    doc["aliases"]["current"] = 9  # a hand edit
+    path.write_text(json.dumps(doc))
+    (tmp_path / "v").write_text("second-value-4d5e6f")
+    for _rerun in range(2):
+        refused = voke(*add, environ=environ)
+        assert refused.exit_code == 5, refused.stdout + refused.stderr
+        error = refused.json["error"]
+        assert error["message"] == "secret maps-admin: current version 9 is MISSING"
+        assert error["hint"].startswith("its value is gone: point `current`"), error
+        assert [v.version for v in LocalSecretStore(tmp_path / "home").get("maps-admin").versions] == [1]
+
+
 def _full_after(count: int, *, writing: str = ""):
     """files.write_all on a disk with COUNT bytes left for a file whose name holds WRITING:
     writes them, then ENOSPC (other files are written)."""

@@ -12,6 +12,7 @@ from voketag_ops import redact
 from voketag_ops.config import Settings
 from voketag_ops.errors import EtagMismatchError, NotFoundError, PreconditionError, UsageError
 
+LOOKS = 3  # compare-and-swaps whose etag other writers moved, `current` unmoved, before exit 5
 MAX_VALUE_BYTES = 65536  # Secret Manager's limit for one version's payload
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,255}$")  # Secret Manager's secret ids; the local store's too
 
@@ -85,6 +86,10 @@ def add_version(
     if meta is not None and old is not None and not force and _holds(store, meta, old, value):
         report.update(version=old, previous=meta.aliases.get("previous"), dry_run=False)
         return report
+    if meta is not None and (missing := unreadable_alias(store, meta, {"current": KEPT})) is not None:
+        # (refused before adding: the update naming it `previous` would be refused after, leaving
+        # an enabled version no alias names, one more each rerun)
+        raise missing
     if meta is None:
         store.create(name)
     version = store.add_version(name, value).version
@@ -93,21 +98,35 @@ def add_version(
         aliases["previous"] = old
     # Compare-and-swap against the `current` read above, not against whatever the store holds now:
     # a writer that moved it meanwhile (another `secrets add`) wins, and this version is disabled
-    # rather than made current over a newer one (exit 5).
+    # rather than made current over a newer one (exit 5), unless the winner's holds this value
+    # too (two adds of one value at once: this one changed nothing). An etag another writer
+    # moved without moving `current` (its add, not yet current; its version disabled) is read
+    # again: otherwise two adds at once could both lose, neither value current.
+    for _look in range(LOOKS):
+        meta = store.get(name)
+        try:
+            if (now := meta.aliases.get("current")) != old:
+                raise EtagMismatchError(f"version {now} became current meanwhile")
+            store.update(name, etag=meta.etag, aliases=aliases)
+        except EtagMismatchError as exc:
+            if now == old:
+                continue
+            lost = exc
+            break
+        report.update(version=version, changed=True, dry_run=False)
+        return report
+    else:
+        lost = EtagMismatchError(f"it kept changing: {LOOKS} looks")
+    store.set_state(name, version, "disabled")
     meta = store.get(name)
-    try:
-        if meta.aliases.get("current") != old:
-            raise EtagMismatchError(f"version {meta.aliases.get('current')} became current meanwhile")
-        store.update(name, etag=meta.etag, aliases=aliases)
-    except EtagMismatchError as exc:
-        store.set_state(name, version, "disabled")
-        raise PreconditionError(
-            f"secret {name} changed while its version {version} was being added ({exc.message}); "
-            f"version {version} was disabled, not made current",
-            hint=f"`voke secrets versions {name}` shows which is current; add the value again if it should be",
-        ) from None
-    report.update(version=version, changed=True, dry_run=False)
-    return report
+    if (winner := meta.aliases.get("current")) is not None and _holds(store, meta, winner, value):
+        report.update(version=winner, previous=meta.aliases.get("previous"), dry_run=False)
+        return report
+    raise PreconditionError(
+        f"secret {name} changed while its version {version} was being added ({lost.message}); "
+        f"version {version} was disabled, not made current",
+        hint=f"`voke secrets versions {name}` shows which is current; add the value again if it should be",
+    ) from None
 
 
 def _holds(store: Any, meta: Any, number: int, value: bytes) -> bool:
