@@ -481,26 +481,132 @@ def _replace_if_empty(path: Path, tmp: str) -> None:
         os.close(fd)
 
 
-def _sync_directory(directory: Path) -> None:
-    """A rename or link in DIRECTORY made to survive a power cut."""
-    fd = os.open(directory, os.O_RDONLY)
+def _sync_directory(directory: Path | int) -> None:
+    """A rename or link in DIRECTORY (a path, or a descriptor `_walk` opened) made to survive a
+    power cut."""
+    if isinstance(directory, int):
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=directory)
+    else:
+        fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def open_private(path: Path) -> IO[bytes]:
+def open_private(path: Path, *, owner: tuple[int, int] | None = None) -> IO[bytes]:
     """Voke's own file PATH created (or emptied) and open for writing, 0600 whatever the umask,
     as every file voke keeps: a file written in place (a drill's copy of rows, a server's signal
-    file), where `replace_whole` would not do."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    file), where `replace_whole` would not do. OWNER (uid, gid) is given the file (root writing
+    in the server user's data directory). A link at PATH is replaced, never written through,
+    as `_created_in` says."""
+    with _directory_of(path) as directory:
+        fd = _created_in(directory, path.name)
     try:
         os.fchmod(fd, 0o600)  # whatever the umask took away, or an older file's mode
+        if owner is not None:
+            os.fchown(fd, *owner)
         return open(fd, "wb")
     except BaseException:
         os.close(fd)
         raise
+
+
+def read_own(path: Path) -> bytes:
+    """The bytes of PATH, a regular file in a directory the server user writes (a server's
+    postgresql.conf), read as `_walk` reaches directories: through no link another user owns,
+    or root would copy whatever file the server user linked there into one that user reads."""
+    with _directory_of(path) as directory:
+        found = os.stat(path.name, dir_fd=directory, follow_symlinks=False)
+        _check_link(found, path)
+        fd = os.open(
+            path.name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | _no_follow(found), dir_fd=directory
+        )
+    with open(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return fh.read()
+
+
+# -- writing where the server user can write ---------------------------------------------------
+# Run as root, voke writes in directories the PostgreSQL user owns (VOKE_HOME/pg and all below):
+# any name there may be a link that user planted, so nothing is opened, chowned or replaced
+# through one (a link at a file's name is replaced; a directory reached through another user's
+# link is refused).
+_DIRECTORY = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+@contextmanager
+def _directory_of(path: Path) -> Iterator[int]:
+    """PATH's directory open (a descriptor to name PATH by), as `_walk` reaches it."""
+    fd = _walk(path.parent)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _walk(directory: Path) -> int:
+    """DIRECTORY open, reached from / following no symbolic link that neither root nor this user
+    owns: the server user could swap a data directory for a link to /etc. A link root or this
+    user made (/tmp -> /private/tmp, a moved home) is followed."""
+    fd = os.open("/", _DIRECTORY)
+    try:
+        for part in directory.absolute().parts[1:]:
+            found = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            _check_link(found, directory)
+            step = os.open(part, _DIRECTORY | _no_follow(found), dir_fd=fd)
+            os.close(fd)
+            fd = step
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_link(found: os.stat_result, path: Path) -> None:
+    """ConfigError (exit 3) if FOUND, met on the way to PATH, is a link neither root nor this
+    user owns."""
+    if stat.S_ISLNK(found.st_mode) and found.st_uid not in (0, os.geteuid()):
+        raise ConfigError(
+            f"{path} is reached through a symbolic link {user_named(found.st_uid)} owns; voke follows "
+            "no link another user could have put there",
+            hint="remove the link, then run the command again",
+        )
+
+
+def _no_follow(found: os.stat_result) -> int:
+    """O_NOFOLLOW unless FOUND is a link `_check_link` let pass: a link put in place of a file or
+    directory since it was looked at is then not followed either."""
+    return 0 if stat.S_ISLNK(found.st_mode) else os.O_NOFOLLOW
+
+
+def _created_in(directory: int, name: str) -> int:
+    """NAME in DIRECTORY open for writing and empty: voke's file (a regular file with no other
+    name) is emptied in place; anything else there (a symbolic or hard link to another file, a
+    pipe) loses the name, never its target's content, mode or owner, and a new file (0600) takes
+    it."""
+    try:
+        fd = os.open(
+            name,
+            os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+            0o600,
+            dir_fd=directory,
+        )
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENXIO):  # a link; a pipe nobody reads
+            raise
+    else:
+        found = os.fstat(fd)
+        if stat.S_ISREG(found.st_mode) and found.st_nlink == 1:
+            os.set_blocking(fd, True)
+            os.ftruncate(fd, 0)
+            return fd
+        os.close(fd)
+    os.unlink(name, dir_fd=directory)  # the name only: a link's target is untouched
+    return os.open(
+        name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=directory
+    )
 
 
 def replace_json(path: Path, doc: Any, *, indent: int | None = 2) -> None:
@@ -514,24 +620,32 @@ def replace_whole(path: Path, data: bytes, *, owner: tuple[int, int] | None = No
     over it, so a crash or kill never leaves half of one. A failure (a full disk) leaves the
     old file and no temporary file, and names PATH. OWNER (uid, gid) is given the file before
     it takes PATH's place (a server's configuration, which root writes for the server user)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = f".{path.name}.tmp"
+    try:
+        directory = _walk(path.parent)
+    except OSError as exc:
+        raise named(exc, path) from None
     try:
         try:
-            os.fchmod(fd, 0o600)  # whatever the umask took away
-            if owner is not None:
-                os.fchown(fd, *owner)
-            write_all(fd, data)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise named(exc, path) from None
-        raise
-    _sync_directory(path.parent)  # the rename itself survives a power cut
+            fd = _created_in(directory, tmp)
+            try:
+                os.fchmod(fd, 0o600)  # whatever the umask took away
+                if owner is not None:
+                    os.fchown(fd, *owner)
+                write_all(fd, data)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path.name, src_dir_fd=directory, dst_dir_fd=directory)
+        except BaseException as exc:
+            with suppress(OSError):
+                os.unlink(tmp, dir_fd=directory)
+            if isinstance(exc, OSError):
+                raise named(exc, path) from None
+            raise
+        # the rename itself survives a power cut
+        _sync_directory(directory)
+    finally:
+        os.close(directory)
 
 
 def named(exc: OSError, path: Path) -> OSError:

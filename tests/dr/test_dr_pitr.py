@@ -502,6 +502,32 @@ def test_dry_run_restore_names_the_backup_and_changes_nothing(voke, environ, env
     assert dr.list_restores(env) == []
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the servers run as another user only then")
+def test_a_link_the_server_user_planted_in_the_newest_backup_is_not_followed_by_a_restore(
+    voke, environ, env, tmp_path
+):
+    # The server user owns pg/backups; `cp -a` copied its recovery.signal link into the restore,
+    # and root opened it (O_TRUNC, fchmod 0600) and chowned it: the root file it named became
+    # that user's, empty. The link is replaced by the signal file, the root file left alone.
+    victim = tmp_path / "victim"
+    victim.write_text("root-owned victim\n")
+    victim.chmod(0o644)
+    server = env._runner(env.require_state()).user
+    planted = Path(env.backups()[-1].path) / "recovery.signal"
+    planted.symlink_to(victim)
+    os.chown(planted, server.uid, server.gid, follow_symlinks=False)
+    try:
+        result = voke("dr", "restore", "--to", "now", "--name", "planted", "--yes", "--json", environ=environ)
+        assert result.exit_code == 0, result.stderr
+        found = victim.stat()
+        assert (victim.read_text(), found.st_mode & 0o777, found.st_uid) == ("root-owned victim\n", 0o644, 0)
+        signal = dr.get_restore(env, "planted")[1].data_dir / "recovery.signal"
+        assert not signal.is_symlink()
+        assert voke("dr", "discard", "planted", "--yes", environ=environ).exit_code == 0
+    finally:
+        planted.unlink()
+
+
 def test_verify_compares_instances_and_names_exactly_the_differing_keys(voke, environ, env):
     with env.primary().connect() as conn:
         conn.execute("create table inventory (id bigint primary key, sku text, qty int)")
@@ -1588,3 +1614,16 @@ def test_settling_a_segment_the_archiver_marked_done_meanwhile_is_no_error(tmp_p
     monkeypatch.setattr(Path, "rename", archiver_first)
     assert dr.settle_archive_status(env, node) == [names[1]]
     assert sorted(p.name for p in status.iterdir()) == [f"{n}.done" for n in names]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to the server user")
+def test_giving_a_directory_to_the_server_user_never_gives_a_links_target(env, tmp_path):
+    # `dr restore` makes pg/restores and chowns it; the server user owns pg/ and can put a link
+    # to a root file in its place in between.
+    victim = tmp_path / "victim"
+    victim.write_text("root's\n")
+    link = tmp_path / "restores"
+    link.symlink_to(victim)
+    dr._chown_to_server(env, link)
+    server = env._runner(env.require_state()).user
+    assert victim.stat().st_uid == 0 and link.lstat().st_uid == server.uid

@@ -382,11 +382,17 @@ class OperationLog:
         replace_json(self.path, self.doc)  # the record of what was done must survive a crash
 
 
+def _server_owner(env: LocalEnvironment) -> tuple[int, int] | None:
+    """(uid, gid) for files root writes for the server user; None when voke is that user."""
+    user = env._runner(env.require_state()).user
+    return None if user.is_me else (user.uid, user.gid)
+
+
 def _chown_to_server(env: LocalEnvironment, path: Path) -> None:
-    state = env.require_state()
-    user = env._runner(state).user
-    if not user.is_me:
-        os.chown(path, user.uid, user.gid)
+    """PATH, a directory voke just made in the server user's, given to that user: a link put in
+    its place meanwhile is given instead, never the link's target."""
+    if (owner := _server_owner(env)) is not None:
+        os.chown(path, *owner, follow_symlinks=False)
 
 
 # -- nodes -------------------------------------------------------------------------------------
@@ -1783,8 +1789,7 @@ def restore(
         )
         node.write_config(settings, env._hba())
         signal_file = node.data_dir / "recovery.signal"
-        open_private(signal_file).close()
-        _chown_to_server(env, signal_file)
+        open_private(signal_file, owner=_server_owner(env)).close()
         replace_json(meta, dict(record, state="recovering"))
         progress(f"recovering to {iso(plan.target)} on port {port}")
         t = time.monotonic()
@@ -1988,8 +1993,7 @@ def settle_archive_status(env: LocalEnvironment, node: PgNode) -> list[str]:
             continue
         if (env.archive_dir / name).is_file():
             done = status_dir / f"{name}.done"
-            open_private(done).close()
-            _chown_to_server(env, done)
+            open_private(done, owner=_server_owner(env)).close()
             settled.append(name)
     return settled
 
@@ -2243,16 +2247,14 @@ def write_standby_config(env: LocalEnvironment, node: PgNode, upstream: PgNode) 
     env._configure_replica(node, state)
     auto = node.data_dir / "postgresql.auto.conf"
     conninfo = upstream.conninfo(application_name=node.name)  # (dbname: ignored by streaming)
-    with open_private(auto) as fh:
+    with open_private(auto, owner=_server_owner(env)) as fh:
         fh.write(
             b"# Written by voke dr: this node streams from the leader.\n"
             + f"primary_conninfo = {conf_quote(conninfo)}\n".encode()
             + f"restore_command = {conf_quote(env.restore_command())}\n".encode()
         )
-    _chown_to_server(env, auto)
     signal_file = node.data_dir / "standby.signal"
-    open_private(signal_file).close()
-    _chown_to_server(env, signal_file)
+    open_private(signal_file, owner=_server_owner(env)).close()
 
 
 def rebuild_standby(

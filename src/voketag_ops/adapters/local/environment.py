@@ -701,7 +701,7 @@ class LocalEnvironment:
             if not directory.exists():
                 directory.mkdir(mode=0o700, parents=True)
                 if not user.is_me:
-                    os.chown(directory, user.uid, user.gid)
+                    os.chown(directory, user.uid, user.gid, follow_symlinks=False)
             owner = directory.stat().st_uid
             if owner != user.uid:
                 raise ConfigError(
@@ -986,10 +986,9 @@ class LocalEnvironment:
                 size_bytes=size,
             )
             meta = scratch / "voke-backup.json"
-            with open_private(meta) as fh:
+            user = primary.runner.user
+            with open_private(meta, owner=None if user.is_me else (user.uid, user.gid)) as fh:
                 fh.write(json.dumps(asdict(info), indent=2).encode())
-            if not primary.runner.user.is_me:
-                os.chown(meta, primary.runner.user.uid, primary.runner.user.gid)
             scratch.rename(final)
             return info
         finally:

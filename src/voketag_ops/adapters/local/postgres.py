@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from voketag_ops.config import PORT_SHARE_ENV, port_share
 from voketag_ops.errors import BackendError, ConfigError
-from voketag_ops.files import replace_whole
+from voketag_ops.files import read_own, replace_whole
 from voketag_ops.logs import get_logger
 from voketag_ops.redact import redact, register_credentials_in
 
@@ -804,7 +804,7 @@ class PgNode:
     def _mkdir_owned(self, path: Path) -> None:
         path.mkdir(mode=0o700, parents=False)
         if not self.runner.user.is_me:
-            os.chown(path, self.runner.user.uid, self.runner.user.gid)
+            os.chown(path, self.runner.user.uid, self.runner.user.gid, follow_symlinks=False)
 
     def write_config(self, settings: dict[str, str | int | bool], hba: Sequence[str] | None = None) -> None:
         """Write voke's settings to voke.conf (included from postgresql.conf) and pg_hba.conf."""
@@ -819,7 +819,7 @@ class PgNode:
             lines.append(f"{key} = {rendered}")
         self._write_owned(self.data_dir / "voke.conf", "\n".join(lines) + "\n")
         main_conf = self.data_dir / "postgresql.conf"
-        text = main_conf.read_text()
+        text = read_own(main_conf).decode()  # through no link the server user planted
         include = "include_if_exists = 'voke.conf'"
         if include not in text:
             self._write_owned(main_conf, text.rstrip("\n") + f"\n\n{include}\n")
