@@ -191,7 +191,7 @@ def together(fn: Callable[..., T], calls: Iterable[tuple[Any, ...]]) -> list[Fut
     not started yet are cancelled and the running ones waited for before the interrupt goes on,
     or they would change things after the caller reported them. One more signal meanwhile is
     held; the one after gives way (a call that hangs)."""
-    from concurrent.futures import ThreadPoolExecutor, wait
+    from concurrent.futures import ThreadPoolExecutor
 
     calls = list(calls)
     pool = ThreadPoolExecutor(max_workers=max(1, len(calls)))
@@ -203,18 +203,30 @@ def together(fn: Callable[..., T], calls: Iterable[tuple[Any, ...]]) -> list[Fut
             futures = [pool.submit(fn, *args) for args in calls]
         if held.fired:
             raise interrupt()
-        wait(futures)
+        wait_all(futures)
     except KeyboardInterrupt:
         # The futures waited for, not the threads: on Python 3.11 a join cut by a signal takes
         # its thread for ended though it runs on, and the next join returns at once.
         with Held(give_way_after=1):
             for future in futures:
                 future.cancel()
-            wait(futures)
+            wait_all(futures)
         raise
     finally:
         pool.shutdown(wait=False)
     return futures
+
+
+def wait_all(futures: Iterable[Future[Any]]) -> None:
+    """Wait until every one of FUTURES has ended, a slice at a time: a signal the kernel gave
+    another thread (a Ctrl-C is any thread's to take) only marks Python's handler due, and a
+    wait without a timeout is not woken for it, so the caller would hear of it only when the
+    last call ended (a hung deploy: never)."""
+    from concurrent.futures import wait
+
+    futures = list(futures)
+    while wait(futures, timeout=0.1).not_done:
+        pass
 
 
 def stopped_by() -> str:

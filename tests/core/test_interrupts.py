@@ -1,0 +1,39 @@
+"""interrupts.together: a Ctrl-C reaches the caller whichever thread the kernel gave it to."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from voketag_ops import interrupts
+
+
+def test_a_signal_another_thread_took_interrupts_the_wait_for_the_calls():
+    # The kernel gives a process's SIGINT to any thread not blocking it; Python's handler then
+    # runs on the main thread only once that thread wakes. A wait without a timeout never did:
+    # the caller heard of the Ctrl-C when the last call ended (a hung deploy: never; a CI hang).
+    heard = threading.Event()
+    waited_out: list[bool] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        heard.set()
+        raise KeyboardInterrupt
+
+    def call() -> None:
+        deadline = time.monotonic() + 30
+        while signal.getsignal(signal.SIGINT) is not handler and time.monotonic() < deadline:
+            time.sleep(0.001)  # until together's own hold (while it submits) is over
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # this thread takes it
+        waited_out.append(not heard.wait(30))  # bounded: a broken wait would hold it that long
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.together(call, [()])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert waited_out == [False]  # the caller heard it while the call still ran
