@@ -512,20 +512,31 @@ def open_private(path: Path, *, owner: tuple[int, int] | None = None) -> IO[byte
         raise
 
 
-def read_own(path: Path) -> bytes:
-    """The bytes of PATH, a regular file in a directory the server user writes (a server's
-    postgresql.conf), read as `_walk` reaches directories: through no link another user owns,
-    or root would copy whatever file the server user linked there into one that user reads."""
-    with _directory_of(path) as directory:
-        found = os.stat(path.name, dir_fd=directory, follow_symlinks=False)
-        _check_link(found, path)
-        fd = os.open(
-            path.name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | _no_follow(found), dir_fd=directory
-        )
-    with open(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
-        return fh.read()
+def read_own(path: Path, *, limit: int) -> bytes:
+    """The bytes of PATH, a regular file of at most LIMIT bytes in a directory the server user
+    writes (a server's postgresql.conf, a data directory's PG_VERSION), reached as `_walk`
+    reaches directories: through no link another user owns, or root would copy whatever file
+    the server user linked there into one that user reads. OSError otherwise (EINVAL: not a
+    regular file, never read, so a pipe cannot hang voke; EFBIG: larger than LIMIT); the
+    message holds none of its content."""
+    for _ in range(_MAX_LINKS):
+        with _directory_of(path) as directory:
+            found = os.stat(path.name, dir_fd=directory, follow_symlinks=False)
+            if stat.S_ISLNK(found.st_mode):  # a permitted link: its target reached the same way
+                _check_link(found, path)
+                path = path.parent / os.readlink(path.name, dir_fd=directory)
+                continue
+            fd = os.open(
+                path.name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=directory
+            )
+        with open(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", str(path))
+            data = read_at_most(fh, limit)
+        if data is None:
+            raise OSError(errno.EFBIG, f"larger than {limit:,} bytes", str(path))
+        return data
+    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path))
 
 
 # -- writing where the server user can write ---------------------------------------------------
@@ -546,16 +557,35 @@ def _directory_of(path: Path) -> Iterator[int]:
         os.close(fd)
 
 
-def _walk(directory: Path) -> int:
-    """DIRECTORY open, reached from / following no symbolic link that neither root nor this user
-    owns: the server user could swap a data directory for a link to /etc. A link root or this
-    user made (/tmp -> /private/tmp, a moved home) is followed."""
+_MAX_LINKS = 40  # links followed on the way to one path, as the kernel's limit
+
+
+def _walk(directory: Path, *, euid: int | None = None) -> int:
+    """DIRECTORY open, reached from / one name at a time. Run as root (EUID, default this
+    process's), through no symbolic link that root does not own: the server user could swap a
+    data directory for a link to /etc. A link root made (/tmp -> /private/tmp, a moved home) is
+    followed, its target reached the same way (its own links checked too), at most
+    `_MAX_LINKS` of them (ELOOP). Another user's voke follows every link, as the kernel would."""
     fd = os.open("/", _DIRECTORY)
+    parts = list(directory.absolute().parts[1:])
+    links = 0
     try:
-        for part in directory.absolute().parts[1:]:
+        while parts:
+            part = parts.pop(0)
             found = os.stat(part, dir_fd=fd, follow_symlinks=False)
-            _check_link(found, directory)
-            step = os.open(part, _DIRECTORY | _no_follow(found), dir_fd=fd)
+            if stat.S_ISLNK(found.st_mode):
+                _check_link(found, directory, euid=euid)
+                links += 1
+                if links > _MAX_LINKS:
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(directory))
+                target = os.readlink(part, dir_fd=fd)
+                if target.startswith("/"):
+                    os.close(fd)
+                    fd = os.open("/", _DIRECTORY)
+                parts[:0] = [p for p in target.split("/") if p]
+                continue
+            # O_NOFOLLOW: a link put in place of the directory since it was looked at is refused
+            step = os.open(part, _DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
             os.close(fd)
             fd = step
     except BaseException:
@@ -564,21 +594,19 @@ def _walk(directory: Path) -> int:
     return fd
 
 
-def _check_link(found: os.stat_result, path: Path) -> None:
-    """ConfigError (exit 3) if FOUND, met on the way to PATH, is a link neither root nor this
-    user owns."""
-    if stat.S_ISLNK(found.st_mode) and found.st_uid not in (0, os.geteuid()):
+def _check_link(found: os.stat_result, path: Path, *, euid: int | None = None) -> None:
+    """ConfigError (exit 3) if FOUND, met on the way to PATH, is a link root does not own while
+    voke runs as root (EUID, default this process's): only then do the server user's links
+    reach files no one else may touch. Another user's voke follows links, as it always has (a
+    VOKE_HOME reached through a link a third user made)."""
+    if (os.geteuid() if euid is None else euid) != 0:
+        return
+    if stat.S_ISLNK(found.st_mode) and found.st_uid != 0:
         raise ConfigError(
-            f"{path} is reached through a symbolic link {user_named(found.st_uid)} owns; voke follows "
-            "no link another user could have put there",
+            f"{path} is reached through a symbolic link {user_named(found.st_uid)} owns; voke run as "
+            "root follows no link another user could have put there",
             hint="remove the link, then run the command again",
         )
-
-
-def _no_follow(found: os.stat_result) -> int:
-    """O_NOFOLLOW unless FOUND is a link `_check_link` let pass: a link put in place of a file or
-    directory since it was looked at is then not followed either."""
-    return 0 if stat.S_ISLNK(found.st_mode) else os.O_NOFOLLOW
 
 
 def _created_in(directory: int, name: str) -> int:

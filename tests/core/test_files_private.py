@@ -133,3 +133,66 @@ def test_a_link_of_roots_or_this_users_on_the_way_is_followed(tmp_path):
     with files.open_private(tmp_path / "linked" / "state") as fh:
         fh.write(b"x")
     assert (real / "state").read_bytes() == b"x"
+
+
+def _link_of_another_user(tmp_path: Path) -> tuple[Path, int]:
+    """A directory reached through a link (another user's when run as root), and its owner."""
+    real = tmp_path / "real"
+    real.mkdir(exist_ok=True)
+    link = tmp_path / "theirs"
+    link.symlink_to(real)
+    if ROOT:
+        os.chown(link, OTHER, OTHER, follow_symlinks=False)
+    return link, link.lstat().st_uid
+
+
+def test_the_link_rule_is_roots_only_another_user_follows_a_third_users_link(tmp_path):
+    # A VOKE_HOME reached through a link a third user made worked for a non-root voke before the
+    # rule, then was exit 3: only root's writes reach files the server user may not touch.
+    link, owner = _link_of_another_user(tmp_path)
+    fd = files._walk(link, euid=owner + 1)  # a user other than the link's, not root
+    try:
+        assert os.fstat(fd).st_ino == (tmp_path / "real").stat().st_ino
+    finally:
+        os.close(fd)
+    if owner != 0:  # (as root the link is nobody's; otherwise this user's)
+        with pytest.raises(ConfigError, match="reached through a symbolic link"):
+            files._walk(link, euid=0)
+
+
+@needs_root
+def test_root_refuses_a_link_of_another_users_reached_through_one_of_roots(tmp_path):
+    # _walk opened a permitted link without O_NOFOLLOW: the links in its target were followed
+    # unchecked (root's /srv/voke -> VOKE_HOME/pg/replica, which the server user swapped).
+    elsewhere = tmp_path / "etc"
+    elsewhere.mkdir()
+    pg = _server_dir(tmp_path)
+    (pg / "replica").symlink_to(elsewhere)
+    os.chown(pg / "replica", OTHER, OTHER, follow_symlinks=False)
+    (tmp_path / "roots").symlink_to(pg / "replica")  # root's, to a path through the server user's
+    with pytest.raises(ConfigError, match="symbolic link uid 65534"):
+        files.open_private(tmp_path / "roots" / "standby.signal", owner=(OTHER, OTHER))
+    assert not (elsewhere / "standby.signal").exists()
+
+
+@needs_root
+def test_root_refuses_another_users_link_reached_through_roots_link_to_a_file(tmp_path):
+    # read_own followed a permitted link at the file's name: the target's own path went unchecked.
+    _victim(tmp_path)
+    pg = _server_dir(tmp_path)
+    (pg / "replica").symlink_to(tmp_path)
+    os.chown(pg / "replica", OTHER, OTHER, follow_symlinks=False)
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "postgresql.conf").symlink_to(pg / "replica" / "victim")  # root's link
+    with pytest.raises(ConfigError, match="symbolic link uid 65534"):
+        files.read_own(conf / "postgresql.conf", limit=1024)
+
+
+def test_read_own_follows_a_permitted_link_and_refuses_more_than_its_limit(tmp_path):
+    (tmp_path / "real").write_bytes(b"18\n")
+    (tmp_path / "PG_VERSION").symlink_to("real")  # relative, this user's
+    assert files.read_own(tmp_path / "PG_VERSION", limit=16) == b"18\n"
+    (tmp_path / "real").write_bytes(b"1" * 17)
+    with pytest.raises(OSError, match="larger than 16 bytes"):
+        files.read_own(tmp_path / "PG_VERSION", limit=16)

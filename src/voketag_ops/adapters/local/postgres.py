@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from voketag_ops.config import PORT_SHARE_ENV, port_share
 from voketag_ops.errors import BackendError, ConfigError
-from voketag_ops.files import read_own, replace_whole
+from voketag_ops.files import RECORD_LIMIT, read_own, replace_whole
 from voketag_ops.logs import get_logger
 from voketag_ops.redact import redact, register_credentials_in
 
@@ -822,7 +822,7 @@ class PgNode:
             lines.append(f"{key} = {rendered}")
         self._write_owned(self.data_dir / "voke.conf", "\n".join(lines) + "\n")
         main_conf = self.data_dir / "postgresql.conf"
-        text = read_own(main_conf).decode()  # through no link the server user planted
+        text = read_own(main_conf, limit=RECORD_LIMIT).decode()  # through no link the server user planted
         include = "include_if_exists = 'voke.conf'"
         if include not in text:
             self._write_owned(main_conf, text.rstrip("\n") + f"\n\n{include}\n")
