@@ -4,6 +4,8 @@ wheel's of the cluster's major version, else exit 3 saying where the path came f
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -108,3 +110,22 @@ def test_configured_binaries_of_another_major_version_than_the_clusters_are_exit
     version = PgBinaries(WHEEL).version()
     assert f"{WHEEL} holds PostgreSQL {version}, but the cluster" in result.json["error"]["message"]
     assert f"is PostgreSQL {cluster}" in result.json["error"]["message"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root grants the server user access")
+def test_env_status_changes_no_mode_to_reach_binaries_up_has_not_granted(tmp_path, voke, make_environ):
+    # _runner gave o+x on ancestors of new binaries for every command (`env status`, `dr status`)
+    # with none of the note, search_granted or audit `env up` gives.
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    new = venv_copy(private / "venv")
+    home = tmp_path / "h"
+    recorded_state(home, pg_bin=tmp_path / "old-venv" / "bin", cluster=other_major())
+    (home / "pg" / "primary" / "PG_VERSION").write_text(PgBinaries(WHEEL).version().split(".")[0] + "\n")
+    state = EnvState.load(home / "state.json")
+    assert state is not None
+    state.server_user = "nobody"
+    state.save(home / "state.json")
+    before = stat.S_IMODE(private.stat().st_mode)
+    voke("env", "status", "--json", environ=make_environ(home, VOKE_PG_BIN=str(new)))
+    assert stat.S_IMODE(private.stat().st_mode) == before == 0o700

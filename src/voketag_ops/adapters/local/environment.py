@@ -264,10 +264,11 @@ class LocalEnvironment:
         return self.state_file.is_file()
 
     def _runner(self, state: EnvState) -> PgRunner:
-        bins, changed = self._binaries(state)
+        """The binaries `_binaries` picks, run as the server user. No mode is changed here: only
+        `env up` (`_prepare`) makes binaries reachable by that user, and says what it granted;
+        a command that starts a server with binaries that user cannot reach fails saying so."""
+        bins, _changed = self._binaries(state)
         user = OsUser.for_servers(state.server_user or self.settings.system_user, create=False)
-        if changed:  # binaries no `env up` has made reachable yet (`up` itself names what it granted)
-            bins.make_reachable_by(user)
         return PgRunner(bins, user)
 
     def _binaries(self, state: EnvState) -> tuple[PgBinaries, str | None]:
