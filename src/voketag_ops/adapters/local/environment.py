@@ -21,9 +21,11 @@ brings the servers back on their remembered ports.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import threading
@@ -55,7 +57,7 @@ from voketag_ops.core.dr_checks import LOCAL_REMEDIES, frozen_standby_remedy, pa
 from voketag_ops.core.times import iso
 from voketag_ops.core.wal import SEGMENT_NAME, parse_lsn
 from voketag_ops.errors import BackendError, ConfigError, NeedsOperatorError, PreconditionError, UsageError
-from voketag_ops.files import open_private, tree_bytes, working_directory
+from voketag_ops.files import open_private, read_own, tree_bytes, working_directory
 from voketag_ops.locks import flock_within
 from voketag_ops.logs import get_logger
 
@@ -321,10 +323,30 @@ class LocalEnvironment:
 
     def _cluster_major(self, state: EnvState) -> str:
         """The cluster's major version: its data directories' PG_VERSION (the leader's first), else
-        that of the binaries `up` recorded (a first `up` cut short before initdb)."""
+        that of the binaries `up` recorded (a first `up` cut short before initdb). Read as root
+        reads the server user's files (`read_own`: no link that user planted, no pipe, a few
+        bytes); ConfigError (exit 3) naming the file, never quoting it, when it is there but no
+        version (its content could be any file's the server user linked there)."""
         for name in (state.leader, state.follower):
-            with contextlib.suppress(OSError):
-                return (self.pg_dir / name / "PG_VERSION").read_text().strip()
+            path = self.pg_dir / name / "PG_VERSION"
+            try:
+                text = read_own(path, limit=16)  # "18\n"
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                if exc.errno == errno.EFBIG:  # more than a version
+                    text = b""
+                else:
+                    raise ConfigError(
+                        f"PG_VERSION of {path.parent} cannot be read: {exc.strerror}",
+                        hint="restore the data directory from a backup, or remove the environment",
+                    ) from None
+            if not re.fullmatch(rb"[0-9]{1,4}\n?", text):
+                raise ConfigError(
+                    f"PG_VERSION of {path.parent} is not a PostgreSQL version",
+                    hint="restore the data directory from a backup, or remove the environment",
+                )
+            return text.decode().strip()
         return state.pg_version.split(".")[0]
 
     def node(self, name: str, state: EnvState | None = None, runner: PgRunner | None = None) -> PgNode:
