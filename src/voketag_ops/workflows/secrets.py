@@ -102,28 +102,25 @@ def add_version(
     # too (two adds of one value at once: this one changed nothing). An etag another writer
     # moved without moving `current` (its add, not yet current; its version disabled) is read
     # again: otherwise two adds at once could both lose, neither value current.
+    lost = f"it kept changing: {LOOKS} looks"
     for _look in range(LOOKS):
         meta = store.get(name)
-        try:
-            if (now := meta.aliases.get("current")) != old:
-                raise EtagMismatchError(f"version {now} became current meanwhile")
-            store.update(name, etag=meta.etag, aliases=aliases)
-        except EtagMismatchError as exc:
-            if now == old:
-                continue
-            lost = exc
+        if (now := meta.aliases.get("current")) != old:
+            lost = f"version {now} became current meanwhile"
             break
+        try:
+            store.update(name, etag=meta.etag, aliases=aliases)
+        except EtagMismatchError:
+            continue  # the etag moved, `current` did not: look again
         report.update(version=version, changed=True, dry_run=False)
         return report
-    else:
-        lost = EtagMismatchError(f"it kept changing: {LOOKS} looks")
     store.set_state(name, version, "disabled")
     meta = store.get(name)
     if (winner := meta.aliases.get("current")) is not None and _holds(store, meta, winner, value):
         report.update(version=winner, previous=meta.aliases.get("previous"), dry_run=False)
         return report
     raise PreconditionError(
-        f"secret {name} changed while its version {version} was being added ({lost.message}); "
+        f"secret {name} changed while its version {version} was being added ({lost}); "
         f"version {version} was disabled, not made current",
         hint=f"`voke secrets versions {name}` shows which is current; add the value again if it should be",
     ) from None

@@ -382,16 +382,10 @@ class OperationLog:
         replace_json(self.path, self.doc)  # the record of what was done must survive a crash
 
 
-def _server_owner(env: LocalEnvironment) -> tuple[int, int] | None:
-    """(uid, gid) for files root writes for the server user; None when voke is that user."""
-    user = env._runner(env.require_state()).user
-    return None if user.is_me else (user.uid, user.gid)
-
-
 def _chown_to_server(env: LocalEnvironment, path: Path) -> None:
     """PATH, a directory voke just made in the server user's, given to that user: a link put in
     its place meanwhile is given instead, never the link's target."""
-    if (owner := _server_owner(env)) is not None:
+    if (owner := env.server_user(env.require_state()).owner) is not None:
         os.chown(path, *owner, follow_symlinks=False)
 
 
@@ -688,9 +682,11 @@ class LeaderWal:
 def leader_wal(env: LocalEnvironment, leader: PgNode | None) -> LeaderWal:
     import psycopg
 
-    down = LeaderWal(False, env.require_state().wal_segment_size)
+    def down() -> LeaderWal:  # (the size the clusters were made with: no server to ask)
+        return LeaderWal(False, env.require_state().wal_segment_size)
+
     if leader is None or not leader.running:
-        return down
+        return down()
     try:
         with leader.connect(DR_DB, timeout=3) as conn:
             row = conn.execute(
@@ -698,7 +694,7 @@ def leader_wal(env: LocalEnvironment, leader: PgNode | None) -> LeaderWal:
             ).fetchone()
             assert row is not None
             if row[0]:
-                return down
+                return down()
             seg_size = int(row[1])
             name, lsn = conn.execute(
                 "select pg_walfile_name(pg_current_wal_lsn()), pg_current_wal_lsn()::text"
@@ -708,7 +704,7 @@ def leader_wal(env: LocalEnvironment, leader: PgNode | None) -> LeaderWal:
                 "from pg_ls_archive_statusdir() where name like '%.ready' order by modification"
             ).fetchall()
     except (BackendError, psycopg.Error):  # (connected, then the server went away or refused)
-        return down
+        return down()
     # The segment being written holds the write position: at a segment boundary (right after a
     # switch) pg_walfile_name() names the one before up to PostgreSQL 16, which would leave the
     # finished segment (a seal's heartbeat) out of every window; only its timeline is taken.
@@ -1789,7 +1785,7 @@ def restore(
         )
         node.write_config(settings, env._hba())
         signal_file = node.data_dir / "recovery.signal"
-        open_private(signal_file, owner=_server_owner(env)).close()
+        open_private(signal_file, owner=node.runner.user.owner).close()
         replace_json(meta, dict(record, state="recovering"))
         progress(f"recovering to {iso(plan.target)} on port {port}")
         t = time.monotonic()
@@ -1993,7 +1989,7 @@ def settle_archive_status(env: LocalEnvironment, node: PgNode) -> list[str]:
             continue
         if (env.archive_dir / name).is_file():
             done = status_dir / f"{name}.done"
-            open_private(done, owner=_server_owner(env)).close()
+            open_private(done, owner=node.runner.user.owner).close()
             settled.append(name)
     return settled
 
@@ -2247,14 +2243,14 @@ def write_standby_config(env: LocalEnvironment, node: PgNode, upstream: PgNode) 
     env._configure_replica(node, state)
     auto = node.data_dir / "postgresql.auto.conf"
     conninfo = upstream.conninfo(application_name=node.name)  # (dbname: ignored by streaming)
-    with open_private(auto, owner=_server_owner(env)) as fh:
+    with open_private(auto, owner=node.runner.user.owner) as fh:
         fh.write(
             b"# Written by voke dr: this node streams from the leader.\n"
             + f"primary_conninfo = {conf_quote(conninfo)}\n".encode()
             + f"restore_command = {conf_quote(env.restore_command())}\n".encode()
         )
     signal_file = node.data_dir / "standby.signal"
-    open_private(signal_file, owner=_server_owner(env)).close()
+    open_private(signal_file, owner=node.runner.user.owner).close()
 
 
 def rebuild_standby(

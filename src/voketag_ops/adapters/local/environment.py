@@ -270,8 +270,11 @@ class LocalEnvironment:
         `env up` (`_prepare`) makes binaries reachable by that user, and says what it granted;
         a command that starts a server with binaries that user cannot reach fails saying so."""
         bins, _changed = self._binaries(state)
-        user = OsUser.for_servers(state.server_user or self.settings.system_user, create=False)
-        return PgRunner(bins, user)
+        return PgRunner(bins, self.server_user(state))
+
+    def server_user(self, state: EnvState) -> OsUser:
+        """The OS user STATE's servers run as (voke's own user unless voke runs as root)."""
+        return OsUser.for_servers(state.server_user or self.settings.system_user, create=False)
 
     def _binaries(self, state: EnvState) -> tuple[PgBinaries, str | None]:
         """The PostgreSQL binaries of the existing environment STATE, and, when they are not the
@@ -1072,8 +1075,7 @@ class LocalEnvironment:
                 size_bytes=size,
             )
             meta = scratch / "voke-backup.json"
-            user = primary.runner.user
-            with open_private(meta, owner=None if user.is_me else (user.uid, user.gid)) as fh:
+            with open_private(meta, owner=primary.runner.user.owner) as fh:
                 fh.write(json.dumps(asdict(info), indent=2).encode())
             scratch.rename(final)
             return info

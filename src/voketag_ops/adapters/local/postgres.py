@@ -162,6 +162,11 @@ class OsUser:
     def is_me(self) -> bool:
         return self.uid == os.geteuid()
 
+    @property
+    def owner(self) -> tuple[int, int] | None:
+        """(uid, gid) to give the files voke writes for this user; None when voke runs as it."""
+        return None if self.is_me else (self.uid, self.gid)
+
 
 @dataclass(frozen=True)
 class PgBinaries:
@@ -834,7 +839,7 @@ class PgNode:
         disk leaves the old file and no temporary one (root's, in the server user's directory),
         and names PATH (exit 4)."""
         user = self.runner.user
-        replace_whole(path, text.encode(), owner=None if user.is_me else (user.uid, user.gid))
+        replace_whole(path, text.encode(), owner=user.owner)
 
     def start(self, *, timeout: float = 60) -> None:
         """Start the server and wait until it accepts connections.
