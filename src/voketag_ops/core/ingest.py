@@ -174,10 +174,6 @@ _LEAP_OR_24_RE = re.compile(
 _WEEK_OR_ORDINAL_RE = re.compile(r"[0-9]{4}(?:-?(?P<week>W)[0-9]{2}(?:-?[0-9])?|-?[0-9]{3})(?=[Tt ]|$)")
 # The date of a value shaped as _TS_RE, to say why it is no day (2023-02-29) when it is none.
 _DATE_RE = re.compile(r"(?P<year>[0-9]{4})-?(?P<month>[0-9]{2})-?(?P<day>[0-9]{2})")
-_MONTHS = (
-    "January", "February", "March", "April", "May", "June",
-    "July", "August", "September", "October", "November", "December",
-)  # fmt: skip
 
 
 def _no_such_day(value: str) -> str | None:
@@ -191,7 +187,7 @@ def _no_such_day(value: str) -> str | None:
         words = f"{found['year']}-{found['month']}-{found['day']} is not a day"
         if year >= 1 and 1 <= month <= 12 and day >= 1:
             days = calendar.monthrange(year, month)[1]
-            return f"{words}: {_MONTHS[month - 1]} {found['year']} has {days} days"
+            return f"{words}: {calendar.month_name[month]} {found['year']} has {days} days"
         return f"{words} (months are 01-12, days start at 01, years at 0001)"
     return None
 
