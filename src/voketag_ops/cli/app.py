@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated, TextIO
+from typing import Annotated, Any, TextIO
 
 import typer
 
@@ -211,10 +212,19 @@ def run(
     return code
 
 
+@functools.cache
+def _command() -> Any:  # a Click Group (vendored by recent Typer, Click's own before)
+    """The Click command Typer builds from `app`, once per process: building it reads every
+    command's signature and type hints, which costs more than most commands take to run; a
+    process that runs voke many times (a test session, a scheduler calling `run`) pays it once.
+    Click keeps no state of an invocation in the command (that lives in its Context)."""
+    return typer.main.get_command(app)
+
+
 def _invoke(
     args: list[str], output: Output, debug: bool, environ: dict[str, str] | None, cwd: Path | None
 ) -> int:
-    command = typer.main.get_command(app)
+    command = _command()
     holder = _Holder(output, environ, cwd)
     interrupts.started()  # from here a signal is the command's to handle (before: exit at once)
     try:
