@@ -481,6 +481,28 @@ def test_fake_instances_share_a_port_the_kernel_chose_and_skip_taken_addresses(d
         taken.close()
 
 
+def test_a_deleted_fake_instance_leaves_no_relay_thread_behind(drills):
+    """Its relay's threads have ended when delete() returns. A thread left blocked in accept()
+    on the closed socket (close() does not wake it) had the kernel restart that accept() on
+    the same fd number after the process was stopped and resumed (py-spy's samples): a later
+    test's relay by then, whose first session it served with this test's dead instance."""
+    import threading
+
+    import psycopg
+
+    data = drills.data
+    relay = data.relays["voke-db"]
+    host = drills.fake.sql.instances["voke-db"]["ip"]
+    cred = {"user": ROLE, "password": PASSWORD, "dbname": "voketag", "port": data.port}
+    before = set(threading.enumerate())
+    with psycopg.connect(host=host, connect_timeout=5, autocommit=True, **cred) as conn:  # held open
+        conn.execute("select 1")
+        sessions = set(threading.enumerate()) - before
+        data.delete("voke-db")
+    assert sessions and relay.thread not in sessions
+    assert [t for t in (relay.thread, *sessions) if t.is_alive()] == []
+
+
 PRODUCTION_LABELS = {"voke-env": "prod", "voke-role": "primary", "voke-since": "20261101t000000z"}
 
 

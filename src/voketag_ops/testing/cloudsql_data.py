@@ -66,6 +66,8 @@ class _Relay:
         self.server = socket.create_server((ip, port))  # port 0: the kernel picks a free one
         self.port = int(self.server.getsockname()[1])
         self.open: set[socket.socket] = set()
+        self.serving: set[threading.Thread] = set()
+        self.closing = False
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
@@ -76,14 +78,25 @@ class _Relay:
                 client, _ = self.server.accept()
             except OSError:
                 return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+            thread = threading.Thread(target=self._serve, args=(client,), daemon=True)
+            with self.lock:
+                if self.closing:
+                    client.close()
+                    return
+                self.serving.add(thread)
+            thread.start()
 
-    def _track(self, *socks: socket.socket) -> None:
+    def _track(self, sock: socket.socket) -> None:
+        """SOCK is shut down by close(), or now if close() has begun."""
         with self.lock:
-            self.open.update(socks)
+            self.open.add(sock)
+            if self.closing:
+                with suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     def _serve(self, client: socket.socket) -> None:
         upstream: socket.socket | None = None
+        pump: threading.Thread | None = None
         self._track(client)
         try:
             while True:
@@ -107,12 +120,20 @@ class _Relay:
         except (OSError, ConnectionError, struct.error, ValueError):
             pass
         finally:
-            for sock in (client, upstream):
-                if sock is not None:
-                    with suppress(OSError):
-                        sock.close()
-                    with self.lock:
-                        self.open.discard(sock)
+            # Shut down before closing, and close only once the pump is done: a socket closed
+            # under a thread still using it frees its fd number for the next socket (see close).
+            socks = [sock for sock in (client, upstream) if sock is not None]
+            for sock in socks:
+                with suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            if pump is not None:
+                pump.join()
+            for sock in socks:
+                with suppress(OSError):
+                    sock.close()
+            with self.lock:
+                self.open.difference_update(socks)
+                self.serving.discard(threading.current_thread())
 
     @staticmethod
     def _pump(src: socket.socket, dst: socket.socket) -> None:
@@ -126,15 +147,23 @@ class _Relay:
                 dst.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:
+        """Stops listening and ends every session, and returns once none of this relay's
+        threads is left. A close() alone does not wake a thread blocked in accept() on
+        Linux: it stayed listening, and once the process was stopped and resumed (py-spy,
+        a debugger, SIGSTOP) the kernel restarted its accept() on the same fd number, by
+        then a later test's relay: that test's first session went to this relay's database
+        (made or dropped by nobody any more)."""
+        with self.lock:
+            self.closing = True
+            socks, serving = list(self.open), list(self.serving)
+        for sock in (self.server, *socks):
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes accept() and recv() with an error
+        self.thread.join()
+        for thread in serving:
+            thread.join()
         with suppress(OSError):
             self.server.close()
-        with self.lock:
-            socks = list(self.open)
-        for sock in socks:
-            with suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            with suppress(OSError):
-                sock.close()
 
 
 class PostgresInstances:
@@ -260,8 +289,8 @@ class PostgresInstances:
     def delete(self, name: str) -> None:
         with self.lock:
             relay = self.relays.pop(name, None)
-            if relay is not None:
-                relay.close()
             self._forget(name)
             self.databases.pop(name, None)
             self.empty.discard(name)
+        if relay is not None:  # outside the lock: a session it waits for may be in _use
+            relay.close()
