@@ -39,6 +39,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -189,6 +190,9 @@ def prepare_pg_share(sample: Path, out: Path) -> None:
 
 
 def main() -> None:
+    # `timeout`, cron or a CI job ends a long bench with SIGTERM: leave through the `finally`
+    # below (env destroy), which Python skips on a signal it does not handle (servers left running).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="voke-bench-ingest-"))
     # A sample over the default 100 MB limit (more than ~1M rows) must still load.
     env = {**os.environ, "VOKE_HOME": str(work / "home"), "VOKE_INGEST__MAX_FILE_BYTES": str(1 << 40)}
