@@ -10,6 +10,7 @@ requires SCRAM passwords (application users).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import itertools
@@ -168,6 +169,22 @@ class OsUser:
         return None if self.is_me else (self.uid, self.gid)
 
 
+@functools.lru_cache(maxsize=8)
+def _postgres_version(binary: str, _mtime_ns: int, _size: int) -> str:
+    """BINARY's `postgres --version`; keyed by its mtime and size too, so a binary replaced in
+    place (a package upgrade) is asked again. A failure (ConfigError) is not remembered."""
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=20, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ConfigError(f"cannot run {binary}: {exc}") from None
+    match = re.search(r"(\d+(?:\.\d+)?)", out)
+    if not match:
+        raise ConfigError(f"unexpected `postgres --version` output: {out.strip()!r}")
+    return match.group(1)
+
+
 @dataclass(frozen=True)
 class PgBinaries:
     """A directory of PostgreSQL 13+ server binaries."""
@@ -195,21 +212,14 @@ class PgBinaries:
         return self.bin_dir / name
 
     def version(self) -> str:
-        """e.g. "18.6" (runs `postgres --version`)."""
+        """e.g. "18.6": `postgres --version`, run once per binary in a process (every command
+        that picks binaries other than the recorded ones checks their version)."""
+        binary = self.path("postgres")
         try:
-            out = subprocess.run(
-                [str(self.path("postgres")), "--version"],
-                capture_output=True,
-                text=True,
-                timeout=20,
-                check=True,
-            ).stdout
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise ConfigError(f"cannot run {self.path('postgres')}: {exc}") from None
-        match = re.search(r"(\d+(?:\.\d+)?)", out)
-        if not match:
-            raise ConfigError(f"unexpected `postgres --version` output: {out.strip()!r}")
-        return match.group(1)
+            found = binary.stat()
+        except OSError as exc:
+            raise ConfigError(f"cannot run {binary}: {exc}") from None
+        return _postgres_version(str(binary), found.st_mtime_ns, found.st_size)
 
     def make_reachable_by(self, user: OsUser) -> list[str]:
         """Let USER traverse to and execute the binaries (root installs often sit under /root);
