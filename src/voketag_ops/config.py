@@ -369,6 +369,13 @@ class DrSettings(_Model):
         le=3600,
         description="how long the network drill freezes the primary (as --outage, at most 1 h)",
     )
+    canary_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=600,
+        description="how long a drill's canary writes before its fault (as --canary-seconds; "
+        "unset: 1 s on the local environment, 5 s on a cloud one)",
+    )
     runbooks_dir: Path | None = Field(
         default=None, description="directory of the DR runbooks (default: the runbooks voke ships with)"
     )

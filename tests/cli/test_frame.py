@@ -350,6 +350,11 @@ def test_drill_inputs_are_refused_before_anything_runs(voke, tmp_path):
             "--outage: '1m30': each part",
         ),  # no --yes: nothing runs
         (("drill", "run", "network", "--outage", "0"), "--outage: must be more than 0 (e.g. 5s)"),  # not 5 s
+        (("drill", "run", "pitr", "--canary-seconds", "0s"), "--canary-seconds: must be more than 0"),
+        (
+            ("drill", "run", "pitr", "--canary-seconds", "11m"),
+            "--canary-seconds: at most 10 min: the canary writes that long before the fault",
+        ),
     ],
 )
 def test_durations_are_refused_before_anything_runs(voke, tmp_path, args, message):

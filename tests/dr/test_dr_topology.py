@@ -69,6 +69,9 @@ def make_environ_module(make_environ):
             # the product's (60 s), far above it, so a heartbeat replayed late on a loaded machine
             # still passes them
             VOKE_DR__LAG_PROBE_SECONDS="1",
+            # the canary's lead-in before each fault (1 s by default): 4 writes before it are
+            # enough for every measure, and ~40 drills run here
+            VOKE_DR__CANARY_SECONDS="0.4",
         )
         env.update(extra)
         return env
@@ -731,6 +734,7 @@ def test_drill_run_all_measures_every_scenario_and_restores_the_topology(voke, e
         "voke_dr.drill_data",
     }
     assert pitr["canary"]["committed_before_target"] > 0 and pitr["canary"]["committed_after_target"] > 0
+    assert {j["canary"]["lead_seconds"] for j in runs} == {0.4}  # dr.canary_seconds (the module's environ)
     last = pitr["details"]["restore"]["stop_point"]["last_transaction_at"]  # RPO: target - last restored
     assert pitr["canary"]["rpo_from"] == "recovery log" and pitr["canary"]["last_restored_commit_at"] == last
     gap = (parse_iso(pitr["details"]["target"]) - parse_iso(last)).total_seconds()
@@ -785,9 +789,12 @@ def test_drill_reports_and_history(voke, environ, env, tmp_path):
 
 def test_a_breached_target_fails_the_drill_with_exit_1(voke, make_environ_module, home, env):
     environ = make_environ_module(home, VOKE_DR__RTO_NETWORK_SECONDS="0.5")
-    result = voke("drill", "run", "network", "--outage", "1s", "--yes", "--json", environ=environ)
+    result = voke(
+        "drill", "run", "network", "--outage", "1s", "--canary-seconds", "300ms", "--yes", "--json", environ=environ
+    )  # fmt: skip
     assert result.exit_code == 1
     journal = result.json["result"]
+    assert journal["canary"]["lead_seconds"] == 0.3  # the flag wins over dr.canary_seconds (0.4)
     assert journal["status"] == "failed" and journal["rto_met"] is False
     assert journal["targets"]["rto_target_seconds"] == 0.5
     assert "RTO" in journal["breaches"][0] and result.json["error"]["type"] == "CheckFailed"

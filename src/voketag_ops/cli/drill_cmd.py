@@ -31,6 +31,8 @@ class Scenario(StrEnum):
 
 
 MAX_OUTAGE = 3600.0  # seconds a network drill may freeze the leader (dr.network_outage_seconds too)
+MAX_CANARY = 600.0  # seconds a drill's canary may write before the fault (dr.canary_seconds too)
+CANARY_WHY = "the canary writes that long before the fault"
 
 
 def _seconds(flag: str, value: str, *, at_most: float | None = None, why: str = "") -> float:
@@ -46,7 +48,8 @@ def _seconds(flag: str, value: str, *, at_most: float | None = None, why: str = 
     if seconds <= 0:
         raise UsageError(f"{flag}: must be more than 0 (e.g. 5s)")
     if at_most is not None and seconds > at_most:
-        raise UsageError(f"{flag}: at most {at_most / 3600:g} h: {why}")
+        span = f"{at_most / 3600:g} h" if at_most % 3600 == 0 else f"{at_most / 60:g} min"
+        raise UsageError(f"{flag}: at most {span}: {why}")
     return seconds
 
 
@@ -71,7 +74,8 @@ def run(
     canary_seconds: Annotated[
         str | None,
         typer.Option(
-            "--canary-seconds", help="Cloud drills: how long the canary writes before the cut (5s)."
+            "--canary-seconds",
+            help="How long the canary writes before the fault (default dr.canary_seconds, else 1s local, 5s cloud).",
         ),
     ] = None,
     dry_run: DryRun = False,
@@ -79,16 +83,17 @@ def run(
 ) -> None:
     """Run a drill end to end; exit 1 if a target is breached or integrity fails. On a cloud
     env (`--env NAME`): pitr, failover or all, on scratch Cloud SQL instances deleted at the end."""
-    from voketag_ops.errors import UsageError
     from voketag_ops.workflows import drill
 
     env = use(ctx)
     if env.settings.env != "local":
         _run_cloud(env, scenario.value, outage, keep_restore, canary_seconds, dry_run, yes)
         return
-    if canary_seconds is not None:
-        raise UsageError("--canary-seconds applies to cloud environments only")
     options: dict[str, Any] = {"keep_restore": keep_restore}
+    if canary_seconds is not None:
+        options["canary_seconds"] = _seconds(
+            "--canary-seconds", canary_seconds, at_most=MAX_CANARY, why=CANARY_WHY
+        )
     if outage is not None:
         options["outage_seconds"] = _seconds(
             "--outage", outage, at_most=MAX_OUTAGE, why="the leader is frozen that long"
@@ -126,7 +131,9 @@ def _run_cloud(
         raise UsageError("--outage and --keep-restore apply to the local environment only")
     options: dict[str, Any] = {}
     if canary_seconds is not None:
-        options["canary_seconds"] = _seconds("--canary-seconds", canary_seconds)
+        options["canary_seconds"] = _seconds(
+            "--canary-seconds", canary_seconds, at_most=MAX_CANARY, why=CANARY_WHY
+        )
     if not dry_run:
         env.out.confirm(
             f"Run the {scenario} drill on {env.settings.env} (it creates scratch Cloud SQL instances, "

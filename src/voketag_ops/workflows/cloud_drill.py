@@ -72,6 +72,7 @@ SCENARIOS = ("pitr", "failover")  # the drills that apply to a cloud environment
 DRILL_LABEL = "voke-drill"
 ENV_LABEL = "voke-env"
 REPLICA_SUFFIX = "-r"
+CLOUD_CANARY_SECONDS = 5.0  # how long the canary writes before the cut, unless set
 AFTER_CUT = 2  # pitr: canary rows written after the cut, which the clone must not hold
 PLANS = {
     "pitr": [
@@ -598,7 +599,7 @@ class CloudDrill(local_drill_frame.RunFrame):
         and the table's DDL as the hint (in the step's detail and the canary's journal entry)."""
         from voketag_ops.adapters.gcp.canary import DDL_HINT
 
-        seconds = float(self.options.get("canary_seconds", 5.0))
+        seconds = local_drill_frame.canary_seconds(self.settings, self.options, CLOUD_CANARY_SECONDS)
         interval = min(0.5, max(0.01, seconds / 10))
         with self.steps.run(f"write canary rows on {where} for {seconds:g} s") as info:
             writes, cut = db.write(host, self.run_id, seconds=seconds, interval=interval, after=after)

@@ -52,6 +52,18 @@ Progress = Callable[[str], None]
 STEADY_CHECKS = ("unfinished_operation", "split_brain", "leader_writable", "replica_streaming", "archiving")
 SERVICES_CHECK = "services_healthy"  # also steady: every service answers /health, as `env status` asks
 CANARY_INTERVAL = 0.1
+LOCAL_CANARY_SECONDS = 1.0  # how long the canary writes before a local drill's fault, unless set
+
+
+def canary_seconds(settings: Settings, options: Mapping[str, Any], default: float) -> float:
+    """How long a drill's canary writes before its fault: `--canary-seconds`, else
+    `dr.canary_seconds`, else DEFAULT (the local and the cloud drills differ)."""
+    given = options.get("canary_seconds")
+    if given is None:
+        given = settings.dr.canary_seconds
+    return float(default if given is None else given)
+
+
 SEED_ROWS = 2000
 
 
@@ -371,6 +383,9 @@ class DrillRun(RunFrame):
         self.run_id = f"{scenario}-{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:4]}"
         self.started_at = started
         self.t0 = time.monotonic()
+        # The canary's lead-in: it writes this long before the fault (pitr: before the target,
+        # then half as long before the fault), and half as long after the first write that counts.
+        self.lead = canary_seconds(settings, options, LOCAL_CANARY_SECONDS)
         self.preparing = True  # until the scenario's fault (or the failback's setup failover)
         self.steps = dr.Steps()
         self.cleanup_steps = dr.Steps()
@@ -419,6 +434,7 @@ class DrillRun(RunFrame):
         failed = [w for w in writes if not w.ok]
         self.canary_summary.update(
             interval_seconds=CANARY_INTERVAL,
+            lead_seconds=self.lead,
             writes=len(writes),
             acked_commits=sum(1 for w in writes if w.ok),
             failed_writes=len(failed),
@@ -663,10 +679,10 @@ def _pitr(run: DrillRun) -> None:
         data_before = _seed_drill_data(run)
     run.details["seed"] = {k: v for k, v in batch.items() if k != "conninfo"}
     run.start_canary()
-    time.sleep(1.0)
+    time.sleep(run.lead)
     target = dr.utcnow()
     run.details["target"] = iso(target)
-    time.sleep(0.5)
+    time.sleep(run.lead / 2)
     _keep_rows_aside(run, batch)
     run.preparing = False
     with run.step(f"fault: delete batch {batch['batch_id']}'s tags (the corrupting statement)") as info:
@@ -679,7 +695,7 @@ def _pitr(run: DrillRun) -> None:
             ).fetchone()
         info["rows_left"] = left[0] if left else None
     run.mark("detected_at")
-    time.sleep(0.3)
+    time.sleep(run.lead * 0.3)
     run.stop_canary()
     name = f"drill-{run.run_id.rsplit('-', 1)[-1]}-{run.started_at:%H%M%S}"
     if (
@@ -961,7 +977,7 @@ def _failover(run: DrillRun) -> None:
     run.start_canary()
     with run.step("check: the standby has replayed everything the leader wrote"):
         dr.wait_caught_up(env.primary(), env.standby(), timeout=30)
-    time.sleep(1.0)
+    time.sleep(run.lead)
     leader = env.primary()
     # Only now is the topology touched: a run aborted before this leaves it as it was.
     run.preparing = False
@@ -988,7 +1004,7 @@ def _failover(run: DrillRun) -> None:
     # ends with the first write sent once both are back (it measured 0.47 s, /health 503 to 1.02 s).
     first = run.wait_first_write(max(promoted, serving))
     run.mark("first_write_ok_at", first.done_at)
-    time.sleep(0.5)
+    time.sleep(run.lead / 2)
     run.stop_canary()
     new = env.primary()
     with run.step("verify: acknowledged commits and drill rows on the new leader") as info:
@@ -1048,7 +1064,7 @@ def _failback(run: DrillRun) -> None:
         report = dr_flow.failover(settings, env, dry_run=False, progress=run.progress)
         info["new_leader"] = report["new_leader"]
     run.start_canary()
-    time.sleep(1.0)
+    time.sleep(run.lead)
     started = instant()
     with run.step("recover: voke dr failback (rebuild, catch up, planned switchover)") as info:
         back = dr_flow.failback(settings, env, dry_run=False, progress=run.progress)
@@ -1073,7 +1089,7 @@ def _failback(run: DrillRun) -> None:
     # and once the services are back on it too (as in the failover drill).
     first = run.wait_first_write(max(stopped, promoted, serving))
     run.mark("first_write_ok_at", first.done_at)
-    time.sleep(0.5)
+    time.sleep(run.lead / 2)
     run.stop_canary()
     leader, standby = env.primary(), env.standby()
     with run.step("verify: nothing lost; leader and standby hold the same rows") as info:
@@ -1118,7 +1134,7 @@ def _network(run: DrillRun) -> None:
     with run.step("seed: drill rows"):
         data_before = _seed_drill_data(run)
     run.start_canary(write_timeout=1.0)
-    time.sleep(1.0)
+    time.sleep(run.lead)
     leader = env.primary()
     run.preparing = False
     # Registered before the freeze: an interrupt (Ctrl-C, SIGTERM, a closed terminal's SIGHUP) that
@@ -1167,7 +1183,7 @@ def _network(run: DrillRun) -> None:
         services_down = exc.message
     else:
         run.mark("first_write_ok_at", run.wait_first_write(max(recovered, serving)).done_at)
-    time.sleep(0.5)
+    time.sleep(run.lead / 2)
     writes = run.stop_canary()
     fault = run.timeline["fault_injected_at"]
     assert fault is not None
