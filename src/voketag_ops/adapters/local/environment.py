@@ -266,17 +266,17 @@ class LocalEnvironment:
         return self.state_file.is_file()
 
     def _runner(self, state: EnvState) -> PgRunner:
-        """The binaries `_binaries` picks, run as the server user. No mode is changed here: only
+        """The binaries `binaries` picks, run as the server user. No mode is changed here: only
         `env up` (`_prepare`) makes binaries reachable by that user, and says what it granted;
         a command that starts a server with binaries that user cannot reach fails saying so."""
-        bins, _changed = self._binaries(state)
+        bins, _changed = self.binaries(state)
         return PgRunner(bins, self.server_user(state))
 
     def server_user(self, state: EnvState) -> OsUser:
         """The OS user STATE's servers run as (voke's own user unless voke runs as root)."""
         return OsUser.for_servers(state.server_user or self.settings.system_user, create=False)
 
-    def _binaries(self, state: EnvState) -> tuple[PgBinaries, str | None]:
+    def binaries(self, state: EnvState) -> tuple[PgBinaries, str | None]:
         """The PostgreSQL binaries of the existing environment STATE, and, when they are not the
         ones state.json records, a note saying which replace them (`env up` records them). A
         configured local.pg_bin / VOKE_PG_BIN wins; else the recorded ones if they are there;
@@ -770,8 +770,8 @@ class LocalEnvironment:
     def _prepare(self, state: EnvState, *, fresh: bool) -> tuple[PgRunner, list[str], str | None]:
         """Directories with the right owners and modes; binaries reachable by the server user,
         recorded in STATE when they changed. Also returns the directories outside VOKE_HOME given
-        o+x for that (`env up` names them), and the note on the binaries' change (`_binaries`)."""
-        bins, changed = self._binaries(state)
+        o+x for that (`env up` names them), and the note on the binaries' change (`binaries`)."""
+        bins, changed = self.binaries(state)
         if changed:
             state.pg_bin, state.pg_version = str(bins.bin_dir), bins.version()
         user = OsUser.for_servers(state.server_user or self.settings.system_user, create=True)
