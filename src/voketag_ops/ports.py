@@ -139,6 +139,12 @@ class ServiceRuntime(Protocol):
         draining after traffic moved off it)."""
         ...
 
+    def live_pins(self, service: str, secret: str) -> dict[str, int | str | None]:
+        """Each instance (revision) of SERVICE taking or finishing requests -> the version of
+        SECRET it reads: a number, "latest" (resolved when the instance started), or None (it
+        reads no one version of SECRET)."""
+        ...
+
 
 # -- managed-database recovery (Cloud SQL; issue 8) ---------------------------------------------
 @dataclass(frozen=True)

@@ -105,6 +105,9 @@ def test_deploy_pins_a_new_version_and_moves_traffic(setup):
     assert setup.runtime.serving_version("svc-a", SECRET) == 3
     assert setup.runtime.serving_version("svc-b", SECRET) == 1
     assert setup.runtime.serving_version("svc-a", "some-other-secret") is None
+    assert set(setup.runtime.live_pins("svc-b", SECRET).values()) == {1}  # (`dr check`'s connections)
+    assert 3 in setup.runtime.live_pins("svc-a", SECRET).values()
+    assert set(setup.runtime.live_pins("svc-a", "some-other-secret").values()) == {None}
 
 
 def test_deploying_the_serving_version_again_changes_nothing(setup):

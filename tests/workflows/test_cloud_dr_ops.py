@@ -874,7 +874,12 @@ def test_check_fails_connections_while_a_failover_or_failback_stopped_before_its
     assert judged["message"] == (
         f"{SECRET} version {version} (current) names {PRIMARY_IP}:5432, not the primary voke-db-dr at "
         f"{REPLICA_IP}: the services reading it connect there; "
-        "fix: `voke --env prod dr failover --yes` (it repoints the services)"
+        + "".join(
+            f"{service} serves {SECRET} version {version} (revision {service}-00001-abc), which names "
+            f"{PRIMARY_IP}:5432, not the primary voke-db-dr at {REPLICA_IP}: it connects there; "
+            for service in SERVICES
+        )
+        + "fix: `voke --env prod dr failover --yes` (it repoints the services)"
     )
     human = cloud.voke("dr", "check")
     assert human.exit_code == 1 and "connections: db-app version" in human.stdout + human.stderr
@@ -943,6 +948,91 @@ def test_a_connection_secret_whose_host_is_no_plain_address_is_reported_without_
         f"(value not shown), not the primary voke-db at {PRIMARY_IP}; fix: "
     ), judged["message"]
     assert f"secret   {SECRET} v{version} (its host is not a plain" in outputs[4]
+
+
+def _served(conn: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`connections.services` by service (one revision each here)."""
+    return {e["service"]: e for e in conn["services"]}
+
+
+def test_check_fails_connections_while_services_still_serve_the_version_naming_the_old_primary(cloud):
+    # Found by review: a failover killed after it moved `current` and before the Cloud Run
+    # redeploy left the services' revisions pinned to the version naming the old primary, and
+    # `connections` (the secret's `current` only) passed.
+    from datetime import timedelta
+
+    from voketag_ops.testing.gcp_fakes import now
+
+    for instance in ("voke-db", "voke-db-dr"):  # every other check passes
+        cloud.fake.sql.add_backup(instance, "SUCCESSFUL", now() - timedelta(hours=1))
+    old = cloud.store().get(SECRET).aliases["current"]
+    cloud.fake.rest.fail("PATCH", r"/services/[^/]+$", status="PERMISSION_DENIED", times=99)
+    stopped = cloud.voke("dr", "failover", "--yes", "--json")
+    assert stopped.exit_code == 7 and "not repointed" in stopped.json["error"]["message"], stopped.stdout
+    assert cloud.host_of() == REPLICA_IP  # the alias moved; the revisions did not
+    cloud.fake.rest.faults.clear()
+    conn, judged, check = _connections(cloud)
+    assert conn["secrets"][0]["matches"] is True
+    assert _served(conn)["admin-service"] == {
+        "service": "admin-service", "revision": "admin-service-00001-abc", "secret": SECRET, "version": old,
+        "host": PRIMARY_IP, "port": 5432, "matches": False, "note": None,
+    }  # fmt: skip
+    assert check.exit_code == 1 and check.json["result"]["failed"] == ["connections"], check.stdout
+    assert judged["value"] == list(SERVICES)
+    assert judged["message"] == (
+        "".join(
+            f"{service} serves {SECRET} version {old} (revision {service}-00001-abc), which names "
+            f"{PRIMARY_IP}:5432, not the primary voke-db-dr at {REPLICA_IP}: it connects there; "
+            for service in SERVICES
+        )
+        + "fix: `voke --env prod dr failover --yes` (it repoints the services)"
+    )
+    human = cloud.voke("dr", "status").stdout
+    assert (
+        f"service  admin-service: {SECRET} v{old} names {PRIMARY_IP}:5432, not the primary voke-db-dr"
+        in human
+    )
+    # the resume it names redeploys them; then everything names the new primary
+    assert cloud.voke("dr", "failover", "--yes", "--json").exit_code == 0
+    conn, judged, check = _connections(cloud)
+    assert check.exit_code == 0 and judged["ok"], check.stdout
+    current = cloud.store().get(SECRET).aliases["current"]
+    assert {(e["version"], e["host"], e["matches"]) for e in conn["services"]} == {
+        (current, REPLICA_IP, True)
+    }
+    assert judged["message"] == (
+        f"{SECRET} names the primary voke-db-dr at {REPLICA_IP}, "
+        f"and {', '.join(SERVICES)} serve a version naming it"
+    )
+
+
+def test_a_service_whose_revision_cloud_run_refuses_is_unknown_not_a_crash(cloud):
+    cloud.fake.rest.fail(
+        "GET", r"/services/admin-service/revisions/[^/]+$", status="PERMISSION_DENIED", times=99
+    )
+    conn, judged, check = _connections(cloud)
+    assert _served(conn)["admin-service"] | {"matches": None} == {
+        "service": "admin-service", "revision": None, "secret": SECRET, "version": None, "host": None,
+        "port": None, "matches": None, "note": None,
+    }  # fmt: skip
+    assert _served(conn)["factory-service"]["matches"] is True
+    assert check.exit_code == 1 and not judged["ok"], check.stdout
+    assert judged["message"].startswith(
+        f"unknown: could not read which version of {SECRET} admin-service serves: "
+    )
+    assert judged["message"].endswith("injected PERMISSION_DENIED"), judged["message"]
+    status = cloud.voke("dr", "status", "--json").json["result"]
+    assert status["errors"]["connections"] == judged["message"].removeprefix("unknown: ")
+
+
+def test_a_service_reading_its_connection_secret_as_latest_fails_connections(cloud):
+    cloud.fake.run.add_service("factory-service", SECRET, "latest")
+    conn, judged, _check = _connections(cloud)
+    note = (
+        "revision factory-service-00001-abc reads it as `latest`: which version its instances hold is unknown"
+    )
+    assert _served(conn)["factory-service"]["note"] == note and not judged["ok"]
+    assert judged["message"].startswith(f"factory-service ({SECRET}): {note}; fix: "), judged["message"]
 
 
 # -- Ctrl-C once the database moved ---------------------------------------------------------------------------

@@ -534,25 +534,37 @@ def _render_status(console: Console, r: dict[str, Any]) -> None:
             )
     conn = r.get("connections") or {}  # (a cloud env) the address each connection secret gives the services
     for secret in conn.get("secrets") or []:
-        at = f"{secret['host']}" + (f":{secret['port']}" if secret["port"] is not None else "")
-        said = f"secret   {secret['secret']} v{secret['version']} " + (
-            f"names {at}" if secret["host"] is not None else f"({secret['note']})"  # (never its value)
-        )
-        if secret["matches"]:
-            console.print(f"{said} (the primary {conn['primary']})", markup=False)
-        elif secret["matches"] is False:
-            resume = f": resume with `{escape(conn['resume'])}`" if conn["resume"] else ""
-            console.print(
-                f"[red bold]{escape(said)}, not the primary {conn['primary']} at {conn['primary_address']}[/]{resume}"
-            )
-        elif secret["note"]:  # (one that could not be read is a `note:` line above)
-            console.print(f"secret   {secret['secret']}: {secret['note']}", markup=False)
+        _print_address(console, conn, "secret", secret["secret"], secret)
+    for served in conn.get("services") or []:  # the version each service's revisions serve
+        _print_address(console, conn, "service", f"{served['service']}: {served['secret']}", served)
     last = r.get("last_drill")
     if last:
         rto = "no RTO measured" if last.get("rto_seconds") is None else f"RTO {last['rto_seconds']} s"
         console.print(
             f"drill    {last['scenario']} {last['status']} at {last['finished_at']} ({rto}, run {last['run_id']})"
         )
+
+
+def _print_address(
+    console: Console, conn: dict[str, Any], kind: str, name: str, entry: dict[str, Any]
+) -> None:
+    """The `dr status` line of ENTRY of `connections` (KIND secret or service, NAME): the address
+    its secret version names against the recorded primary's, or its note; never the value."""
+    from rich.markup import escape
+
+    at = f"{entry['host']}" + (f":{entry['port']}" if entry["port"] is not None else "")
+    said = f"{kind:<8} {name} v{entry['version']} " + (
+        f"names {at}" if entry["host"] is not None else f"({entry['note']})"
+    )
+    if entry["matches"]:
+        console.print(f"{said} (the primary {conn['primary']})", markup=False)
+    elif entry["matches"] is False:
+        resume = f": resume with `{escape(conn['resume'])}`" if conn["resume"] else ""
+        console.print(
+            f"[red bold]{escape(said)}, not the primary {conn['primary']} at {conn['primary_address']}[/]{resume}"
+        )
+    elif entry["note"]:  # (one that could not be read is a `note:` line above)
+        console.print(f"{kind:<8} {name}: {entry['note']}", markup=False)
 
 
 def _render_check(console: Console, r: dict[str, Any]) -> None:

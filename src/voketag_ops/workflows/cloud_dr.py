@@ -79,11 +79,13 @@ def status(
     recovery: DatabaseRecovery,
     *,
     store: SecretStore | None = None,
+    runtime: ServiceRuntime | None = None,
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """Roles, replication lag (Monitoring), newest SUCCESSFUL backup, PITR window, archiving,
     all about the primary voke recorded, and which address each connection secret gives the
-    services (STORE, by default the environment's Secret Manager). When the record and Cloud
+    services (STORE, by default the environment's Secret Manager) and which each service
+    serves (RUNTIME, by default its Cloud Run). When the record and Cloud
     SQL disagree, which is when an operator needs this most, the report says how
     (`topology.disagreement`) and shows the instances as Cloud SQL sees them instead of
     stopping (exit 5 is for the commands that change things)."""
@@ -205,11 +207,12 @@ def status(
             f"could not read the recoverable window of {topo.primary}: {exc.message}"
         )
     earliest, latest = parse_iso(window_earliest), parse_iso(window_latest)
-    if store is None:
+    if store is None or runtime is None:
         from voketag_ops.workflows.cloud import CloudPlatform
 
-        store = CloudPlatform(settings).store()
-    connections = _connections(settings, store, record, errors)
+        platform = CloudPlatform(settings)
+        store, runtime = store or platform.store(), runtime or platform.runtime()
+    connections = _connections(settings, store, runtime, record, errors)
     return {
         "initialized": True,
         "env": settings.env,
@@ -295,18 +298,41 @@ def plain_port(value: Any) -> int | None:
 
 
 def _connections(
-    settings: Settings, store: SecretStore, topo: Topology, errors: dict[str, str]
+    settings: Settings, store: SecretStore, runtime: ServiceRuntime, topo: Topology, errors: dict[str, str]
 ) -> dict[str, Any]:
     """Whether each connection secret's `current` version names the address of the primary
-    TOPO records, read and compared as the repoint writes it (its `host`): a failover or
-    failback stopped between its record and its repoint leaves the services on the old
-    primary. Host and port only, never the value; a read Secret Manager refuses goes to
-    ERRORS (`connections`) and leaves that secret unknown."""
+    TOPO records, read and compared as the repoint writes it (its `host`), and whether the
+    version each service reading it serves (its revisions with traffic) does: a failover or
+    failback stopped between its record and its repoint, or between the repoint's new
+    versions and its redeploy, leaves the services on the old primary. Host and port only,
+    never the value; a read Secret Manager or Cloud Run refuses goes to ERRORS
+    (`connections`) and leaves that secret or service unknown."""
     env = settings.environment(settings.env)
     primary = topo.instances[topo.primary]
     refused: list[str] = []
     secrets: list[dict[str, Any]] = []
-    for secret in connection_secrets(settings, env):
+    services: list[dict[str, Any]] = []
+    credentials: dict[tuple[str, int], dict[str, Any] | None] = {}
+
+    def judge_version(entry: dict[str, Any], secret: str, version: int) -> bool:
+        """ENTRY's host, port, matches, note for VERSION of SECRET (False: no database
+        credential with a host, so no address to judge)."""
+        if (secret, version) not in credentials:
+            credentials[secret, version] = _credential(store, secret, version)
+        credential = credentials[secret, version]
+        if credential is None:
+            entry["note"] = "not a database credential with a host (a repoint skips it)"
+            return False
+        entry["host"], entry["port"] = plain_host(credential["host"]), plain_port(credential.get("port"))
+        if entry["host"] is None:  # a URI or DSN can carry a password: never shown, no primary's address
+            entry.update(matches=False, note=NOT_PLAIN_HOST)
+        elif primary.ip_address:
+            entry["matches"] = entry["host"] == primary.ip_address
+        else:
+            entry["note"] = f"{primary.name} has no IP address to compare with (a repoint stops on it)"
+        return True
+
+    for secret, readers in connection_secrets(settings, env).items():
         entry: dict[str, Any] = {
             "secret": secret, "alias": "current", "version": None, "host": None, "port": None,
             "matches": None, "note": None,
@@ -327,20 +353,41 @@ def _connections(
         try:
             if (unreadable := unreadable_alias(store, meta)) is not None:
                 raise unreadable
-            credential = _credential(store, secret, entry["version"])
+            if not judge_version(entry, secret, entry["version"]):
+                continue
         except VokeError as exc:
             refused.append(f"could not read {secret} version {entry['version']}: {exc.message}")
             continue
-        if credential is None:
-            entry["note"] = "not a database credential with a host (a repoint skips it)"
-            continue
-        entry["host"], entry["port"] = plain_host(credential["host"]), plain_port(credential.get("port"))
-        if entry["host"] is None:  # a URI or DSN can carry a password: never shown, no primary's address
-            entry.update(matches=False, note=NOT_PLAIN_HOST)
-        elif primary.ip_address:
-            entry["matches"] = entry["host"] == primary.ip_address
-        else:
-            entry["note"] = f"{primary.name} has no IP address to compare with (a repoint stops on it)"
+        for service in readers:  # what each one serves: a repoint stopped before its redeploy
+            unknown: dict[str, Any] = {
+                "service": service, "revision": None, "secret": secret, "version": None, "host": None,
+                "port": None, "matches": None, "note": None,
+            }  # fmt: skip
+            try:
+                pins = runtime.live_pins(service, secret)
+            except VokeError as exc:
+                refused.append(f"could not read which version of {secret} {service} serves: {exc.message}")
+                services.append(unknown)
+                continue
+            if not pins:
+                services.append(unknown | {"note": "no revision takes traffic"})
+            for revision, version in pins.items():
+                served = unknown | {"revision": revision, "version": version}
+                services.append(served)
+                if not isinstance(version, int):
+                    served["version"] = None
+                    served["note"] = (
+                        f"revision {revision} reads it as `latest`: which version its instances hold is unknown"
+                        if version == "latest"
+                        else f"revision {revision} reads no one version of it"
+                    )
+                    continue
+                try:
+                    judge_version(served, secret, version)
+                except VokeError as exc:
+                    refused.append(
+                        f"could not read {secret} version {version} ({service} serves it): {exc.message}"
+                    )
     if refused:
         errors["connections"] = "; ".join(refused)
     return {
@@ -352,12 +399,14 @@ def _connections(
         if topo.problem
         else resume_command(settings, "failback" if topo.primary == env.instance else "failover"),
         "secrets": secrets,
+        "services": services,
     }
 
 
 def _connections_check(snap: dict[str, Any]) -> dict[str, Any]:
-    """The `connections` check of a status SNAP: fails when a connection secret names another
-    address than the recorded primary's, or cannot be read or compared (unknown)."""
+    """The `connections` check of a status SNAP: fails when a connection secret, or the version
+    a service reading it serves, names another address than the recorded primary's, or cannot
+    be read or compared (unknown)."""
     conn = snap["connections"]
     primary, address = conn["primary"], conn["primary_address"]
 
@@ -369,6 +418,7 @@ def _connections_check(snap: dict[str, Any]) -> dict[str, Any]:
         if conn["resume"]
         else "fix the topology first (the topology check)"
     )
+    served = conn.get("services") or []
     problems = [
         f"{e['secret']} version {e['version']} (current) names {where(e)}, not the primary {primary} at "
         f"{address}: the services reading it connect there"
@@ -378,6 +428,21 @@ def _connections_check(snap: dict[str, Any]) -> dict[str, Any]:
         if e["matches"] is False
     ]
     problems += [f"{e['secret']}: {e['note']}" for e in conn["secrets"] if e["host"] and e["matches"] is None]
+    problems += [
+        f"{e['service']} serves {e['secret']} version {e['version']} (revision {e['revision']}), which names "
+        f"{where(e)}, not the primary {primary} at {address}: it connects there"
+        if e["host"] is not None
+        else f"{e['service']} serves {e['secret']} version {e['version']} (revision {e['revision']}): "
+        f"{e['note']}, not the primary {primary} at {address}"
+        for e in served
+        if e["matches"] is False
+    ]
+    # (one that names the primary's address when the primary has none is the secret's problem above)
+    problems += [
+        f"{e['service']} ({e['secret']}): {e['note']}"
+        for e in served
+        if e["matches"] is None and e["host"] is None and e["note"]
+    ]
     refused = (snap.get("errors") or {}).get("connections")
     if problems:
         message = "; ".join(problems) + f"; {fix}" + (f" ({refused})" if refused else "")
@@ -385,8 +450,14 @@ def _connections_check(snap: dict[str, Any]) -> dict[str, Any]:
         message = f"unknown: {refused}"
     else:
         named = [e["secret"] for e in conn["secrets"] if e["matches"]]
+        serving = sorted({e["service"] for e in served if e["matches"]})
         message = (
             f"{', '.join(named)} name{'s' if len(named) == 1 else ''} the primary {primary} at {address}"
+            + (
+                f", and {', '.join(serving)} serve{'s' if len(serving) == 1 else ''} a version naming it"
+                if serving
+                else ""
+            )
             if named
             else "no connection secret names a database host"
         )
@@ -394,7 +465,9 @@ def _connections_check(snap: dict[str, Any]) -> dict[str, Any]:
         "name": "connections",
         "ok": not problems and not refused,
         "message": message,
-        "value": [e["secret"] for e in conn["secrets"] if e["matches"] is False] or None,
+        "value": [e["secret"] for e in conn["secrets"] if e["matches"] is False]
+        + [e["service"] for e in served if e["matches"] is False]
+        or None,
         "threshold": None,
     }
 

@@ -311,21 +311,29 @@ class CloudRunRuntime:
         on a revision traffic moved off; nothing waits on it)."""
         return self._versions_read(secret, tagged=False)
 
+    def live_pins(self, service: str, secret: str) -> dict[str, int | str | None]:
+        """Each revision of SERVICE with traffic -> the version it reads SECRET at (`_pinned`)."""
+        return self._read_by(service, secret, tagged=False)
+
+    def _read_by(self, service: str, secret: str, *, tagged: bool) -> dict[str, int | str | None]:
+        svc = self._service(service)
+        # A target on LATEST names no revision in its status: it is the latest ready one.
+        live = {
+            _short(t.revision or svc.latest_ready_revision)
+            for t in svc.traffic_statuses
+            if (t.revision or svc.latest_ready_revision) and (t.percent > 0 or (tagged and t.tag))
+        }
+        return {
+            revision: self._pinned(self._revision(service, revision), secret) for revision in sorted(live)
+        }
+
     def _versions_read(self, secret: str, *, tagged: bool) -> set[int]:
-        pinned: set[int] = set()
-        for name in sorted(self.readers.get(secret, ())):
-            svc = self._service(name)
-            # A target on LATEST names no revision in its status: it is the latest ready one.
-            live = {
-                _short(t.revision or svc.latest_ready_revision)
-                for t in svc.traffic_statuses
-                if (t.revision or svc.latest_ready_revision) and (t.percent > 0 or (tagged and t.tag))
-            }
-            for revision in live:
-                version = self._pinned(self._revision(name, revision), secret)
-                if isinstance(version, int):
-                    pinned.add(version)
-        return pinned
+        return {
+            version
+            for name in sorted(self.readers.get(secret, ()))
+            for version in self._read_by(name, secret, tagged=tagged).values()
+            if isinstance(version, int)
+        }
 
     def check_pinned(self, secret: str, services: tuple[str, ...]) -> None:
         """Refuse (exit 5) when a service reads SECRET as `latest`: nothing is changed."""

@@ -264,16 +264,32 @@ class LocalServiceRuntime:
         """Versions a live instance (serving or draining) is pinned to."""
         return self._versions(secret, assigned=False)
 
+    def live_pins(self, service: str, secret: str) -> dict[str, int | str | None]:
+        """Each live instance of SERVICE (serving or draining) -> its version, if it reads SECRET."""
+        entry = self._snapshot()["services"].get(service) or {}
+        reads = self._reads(service, entry, secret)
+        return {
+            inst["instance"]: int(inst["version"]) if reads else None for inst in self._live_instances(entry)
+        }
+
+    def _reads(self, service: str, entry: dict[str, Any], secret: str) -> bool:
+        return self.consumers.get(service) == secret or entry.get("secret") == secret
+
+    def _live_instances(self, entry: dict[str, Any]) -> list[dict[str, Any]]:
+        return [
+            inst
+            for inst in [entry.get("active"), *entry.get("others", [])]
+            if inst is not None
+            and self._live(inst)
+            and not self._overdue(inst)  # overdue: the next reap stops it
+        ]
+
     def _versions(self, secret: str, *, assigned: bool) -> set[int]:
         found: set[int] = set()
         for name, entry in self._snapshot()["services"].items():
-            if self.consumers.get(name) != secret and entry.get("secret") != secret:
+            if not self._reads(name, entry, secret):
                 continue
-            found.update(
-                int(inst["version"])
-                for inst in [entry.get("active"), *entry.get("others", [])]
-                if self._live(inst) and not self._overdue(inst)  # overdue: the next reap stops it
-            )
+            found.update(int(inst["version"]) for inst in self._live_instances(entry))
             if assigned and entry.get("version") is not None:
                 found.add(int(entry["version"]))
         return found
