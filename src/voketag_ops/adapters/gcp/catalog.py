@@ -88,7 +88,8 @@ PROJECT_PERMISSIONS = (
     "serviceusage.services.get",
 )
 # - On each secret voke rotates alone (the role voke_secrets, bound on each secret terraform/
-#   creates): values (also `dr check`'s `connections`: the host a connection secret names),
+#   creates): values (also `dr check`'s `connections`: the host a connection secret's `current`, and each
+#   version the services serve, names),
 #   versions' states, aliases and annotations (rotation state). Project-wide they would give the
 #   job every secret of the project. testIamPermissions on the project cannot see them, so
 #   `voke doctor` does not test them.
