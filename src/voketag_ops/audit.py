@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("voke.audit")
 
 CHECKPOINT_EVERY = 100
+_VERIFY_HELD = 1 << 20  # bytes `find_newest` reads before it verifies them
 
 
 class AuditWriteError(BackendError):
@@ -487,23 +488,67 @@ class AuditLog:
                 if skipped is not None:
                     skipped.append(number)
 
-    def newest_first(self) -> Iterator[core.AuditEntry]:
-        """Parsed entries, newest first, read from the log's end only as far as the caller goes
-        (a lookup that stops at its first match costs what the newest events do, however long
-        the log); unparseable lines (a torn last write) are skipped."""
+    def find_newest(self, wanted: Callable[[core.AuditEntry], bool]) -> core.AuditEntry | None:
+        """The newest entry WANTED accepts, read from the log's end only as far as it and the line
+        before it (a lookup costs what the newest events do, however long the log), and only if
+        the entries from it to the end link hash by hash, each stored as voke writes it (held to
+        what `verify` holds them to), it to the one before it too: a line appended or edited by
+        hand is not trusted, nor is anything before it. None then, with a warning naming the
+        line. A torn last write is no entry yet (the next append deals with it)."""
         try:
             with files.open_log(self.path) as fd:
-                for _offset, raw in files.lines_backwards(fd):
-                    try:
-                        yield core.parse_entry(raw)
-                    except core.EntryFormatError:
-                        continue
+                return self._find_newest(fd, wanted)
         except FileNotFoundError:
-            return
+            return None
         except (NotADirectoryError, files.DamagedRecord) as exc:
             raise AuditWriteError(f"{self.path}: cannot read the audit log: {exc}") from None
         except OSError as exc:
             raise AuditWriteError(f"{self.path}: cannot read the audit log: {exc.strerror}") from None
+
+    def _find_newest(self, fd: int, wanted: Callable[[core.AuditEntry], bool]) -> core.AuditEntry | None:
+        lines = files.lines_backwards(fd)
+        next(lines)  # after the last line break: b"", or a torn write
+        # The lines read and not verified yet, newest first, after the oldest one verified (which
+        # the next ones must link to): verified whenever they grow past _VERIFY_HELD bytes, so an
+        # absent entry costs one pass over the log and holds no more than that.
+        held: list[tuple[int, bytes]] = []
+        size = 0
+        found = None
+        for offset, raw in lines:
+            held.append((offset, raw))
+            size += len(raw)
+            if found is not None:
+                break  # the line before it, which it must link to
+            try:
+                entry = core.parse_entry(raw)
+            except core.EntryFormatError:
+                continue  # not trusted: its verification names it
+            if wanted(entry):
+                found = entry
+            elif size > _VERIFY_HELD:
+                if not self._linked(fd, held):
+                    return None
+                held, size = held[-1:], len(held[-1][1])
+        if found is None or not self._linked(fd, held):
+            return None
+        return found
+
+    def _linked(self, fd: int, held: list[tuple[int, bytes]]) -> bool:
+        """HELD (lines newest first, each with its offset) link to one another and are each stored as
+        voke writes them (the oldest: to its own hash, unless it is the file's first line, then the
+        log's first entry). If not, a warning names the first line that does not verify."""
+        report = core.verify_lines((raw + b"\n" for _offset, raw in reversed(held)), tail=held[-1][0] > 0)
+        if report.ok:
+            return True
+        offset = held[len(held) - (report.line or 1)][0]
+        log.warning(
+            "%s:%d does not verify (%s): the audit events from there back are not trusted; "
+            "`voke audit verify` names the damage",
+            self.path,
+            files.LineNumbers(fd).at(offset),
+            report.problem,
+        )
+        return False
 
     def verify(self, *, min_difficulty: int = DEFAULT_DIFFICULTY) -> core.VerifyReport:
         """Walk the whole log against its checkpoints and the chain's anchors of them.

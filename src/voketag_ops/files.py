@@ -221,6 +221,35 @@ def lines_backwards(
     yield 0, b"".join(reversed(later))
 
 
+class LineNumbers:
+    """The line number (from 1) of the line at an offset of the file open as FD, by counting the
+    line breaks before it: asked (for warnings) about offsets that only go down, as a file read
+    backwards does, it reads each byte before the first one once, and nothing until asked."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.offset = 0
+        self.number = 1
+
+    def at(self, offset: int) -> int:
+        if offset >= self.offset:
+            self.number += self._breaks(self.offset, offset)
+        else:
+            self.number -= self._breaks(offset, self.offset)
+        self.offset = offset
+        return self.number
+
+    def _breaks(self, start: int, end: int) -> int:
+        count = 0
+        while start < end:
+            chunk = os.pread(self.fd, min(TAIL_BLOCK, end - start), start)
+            if not chunk:
+                break
+            count += chunk.count(b"\n")
+            start += len(chunk)
+        return count
+
+
 @contextmanager
 def open_log(path: Path) -> Iterator[int]:
     """Voke's own append-only log PATH open for reading (lines_backwards reads it), refused as

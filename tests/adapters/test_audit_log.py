@@ -578,3 +578,33 @@ def test_checkpoint_claims_find_a_block_record_however_its_kind_is_spelled() -> 
     block = ch.seal(index=0, timestamp=T0, prev_hash=ch.ZERO_HASH, records=records, difficulty=0, nonce=1)
     claims, anchored = checkpoint_claims(ch.ChainState(blocks=(block,)))
     assert [(c.size, c.root) for c in claims] == [(5, root)] and anchored == {root}
+
+
+def test_find_newest_trusts_an_entry_only_as_far_as_the_log_links_from_it_to_its_end(
+    tmp_path: Path, monkeypatch, caplog
+) -> None:
+    # `dr discard`'s rerun check trusted any well-formed line it read back from the end, one
+    # appended or edited by hand too. What it read is verified as `verify` verifies it, in pieces
+    # (here a few lines each) as the lookup goes back.
+    import voketag_ops.audit as audit_module
+
+    monkeypatch.setattr(audit_module, "_VERIFY_HELD", 1000)
+    log = AuditLog(tmp_path)
+    append_n(log, 30)
+    target = lambda name: lambda e: e.target == name  # noqa: E731
+    assert log.find_newest(target("t0")).seq == 0  # the first entry: it starts from the zero hash
+    assert log.find_newest(target("t29")).seq == 29
+    assert log.find_newest(target("absent")) is None and not caplog.records
+    lines = log.path.read_bytes().splitlines(keepends=True)
+    # entry 10 re-serialised (the same entry, other bytes): it and everything before it are not trusted
+    lines[10] = lines[10].replace(b'","', b'", "', 1)
+    log.path.write_bytes(b"".join(lines))
+    assert log.find_newest(target("t11")).seq == 11  # it links to the end, and entry 10's hash is its own
+    assert log.find_newest(target("t10")) is None
+    assert log.find_newest(target("t2")) is None  # found by a piece's verification, before t2 is read
+    assert [r.getMessage().split(": the")[0] for r in caplog.records] == [
+        f"{log.path}:11 does not verify (edited)"
+    ] * 2
+    # a first line that does not start from the zero hash
+    log.path.write_bytes(lines[1])
+    assert log.find_newest(target("t1")) is None

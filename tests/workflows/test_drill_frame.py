@@ -560,3 +560,44 @@ def test_a_discard_rerun_reads_the_audit_log_from_its_end_only_as_far_as_its_nam
     assert _bytes_read() - before < 200_000 < size  # its last block or two
     assert plan["plan"] == ["nothing: the restored instance before-incident is gone already"]
     assert dr_flow.discard(settings, env, name="before-incident", dry_run=False)["changed"] is False
+
+
+@pytest.mark.parametrize("damage", ["genuine", "forged", "reserialised"])
+def test_a_discard_rerun_trusts_only_events_that_link_to_the_logs_end(voke, tmp_path, damage):
+    # A discard line appended by hand (well-formed JSON, but not linked to the entry before it, or
+    # not stored as voke writes it) made the rerun exit 0 until someone ran `audit verify`.
+    import json
+    from datetime import UTC, datetime
+
+    from voketag_ops.audit import AuditLog, record_event
+    from voketag_ops.core import audit as core
+
+    home = tmp_path / "home"
+    for i in range(3):
+        record_event(home, event_type="ingest.load", env="local", target=f"batch-{i}", result="success")
+    log = AuditLog(home)
+    if damage == "genuine":
+        record_event(home, event_type="dr.discard", env="local", target="gone", result="success")
+    elif damage == "forged":
+        last = next(reversed(list(log.entries())))
+        forged = core.make_entry(
+            seq=last.seq + 1, prev_hash="f" * 64, now=datetime.now(UTC), event_type="dr.discard",
+            actor="sre", env="local", target="gone", result="success", duration_seconds=1.0, details={},
+        )  # fmt: skip
+        with log.path.open("ab") as fh:
+            fh.write(forged.line())
+    else:  # the genuine line, read and written back by a JSON tool: the same entry, other bytes
+        record_event(home, event_type="dr.discard", env="local", target="gone", result="success")
+        *before, genuine = log.path.read_bytes().splitlines(keepends=True)
+        log.path.write_bytes(b"".join(before) + json.dumps(json.loads(genuine)).encode() + b"\n")
+    lines = len(log.path.read_bytes().splitlines())
+
+    again = voke("dr", "discard", "gone", "--yes", "--json")
+    if damage == "genuine":
+        assert again.exit_code == 0 and again.json["result"]["changed"] is False, again.stdout + again.stderr
+        assert "does not verify" not in again.stderr
+        return
+    assert again.exit_code == 2, again.stdout + again.stderr  # as for a name never restored
+    assert again.json["error"]["message"].startswith("no restored instance named 'gone'")
+    assert f"audit.jsonl:{lines} does not verify" in again.stderr, again.stderr
+    assert "`voke audit verify` names the damage" in again.stderr

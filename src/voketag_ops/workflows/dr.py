@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from voketag_ops.adapters.local.environment import LocalEnvironment
     from voketag_ops.adapters.local.postgres import PgNode
     from voketag_ops.config import Settings
+    from voketag_ops.core.audit import AuditEntry
 
 log = get_logger(__name__)
 Progress = Callable[[str], None]
@@ -400,16 +401,19 @@ def _discarded_already(env: LocalEnvironment, name: str, *, dry_run: bool) -> di
 
     # (a restore's event holds `backup` once it began copying: it made the instance; a cloud
     # environment's restore, in the same log, made a Cloud SQL instance). Read from the end, up to
-    # the first match: a rerun finds its name among the newest events of a log of any length.
-    if not any(
-        e.target == name
-        and e.env == "local"
-        and (
-            (e.event_type == "dr.discard" and e.result in ("success", "unchanged"))
-            or (e.event_type == "dr.restore" and "backup" in e.details)
+    # the first match: a rerun finds its name among the newest events of a log of any length. One
+    # whose chain to the log's end does not verify (a line added by hand) is not trusted.
+    def made_or_discarded(e: AuditEntry) -> bool:
+        return (
+            e.target == name
+            and e.env == "local"
+            and (
+                (e.event_type == "dr.discard" and e.result in ("success", "unchanged"))
+                or (e.event_type == "dr.restore" and "backup" in e.details)
+            )
         )
-        for e in AuditLog(env.home).newest_first()
-    ):
+
+    if AuditLog(env.home).find_newest(made_or_discarded) is None:
         raise dr.no_such_restore(env, name)
     if dry_run:
         return {"dry_run": True, "plan": [f"nothing: the restored instance {name} is gone already"]}

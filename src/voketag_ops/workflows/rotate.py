@@ -1781,12 +1781,12 @@ class RotationEngine:
         silently the last (torn by a crash mid-write), with a warning naming it anywhere else (a
         hand edit, a disk fault). ConfigError if the file cannot be read, or a line read is not
         UTF-8."""
-        from voketag_ops.files import DamagedRecord, lines_backwards, open_log
+        from voketag_ops.files import DamagedRecord, LineNumbers, lines_backwards, open_log
 
         path = self.history_file
         try:
             with open_log(path) as fd:
-                numbers = _LineNumbers(fd)
+                numbers = LineNumbers(fd)
                 last = True  # the last line: a torn write is skipped quietly
                 for index, (offset, line) in enumerate(lines_backwards(fd)):
                     if index == 0 and not line:  # the file ends with a line break (or is empty)
@@ -2067,34 +2067,3 @@ def local_engine(
 
         after_another_start(platform.env, lambda: platform.ensure_up(progress))
     return engine
-
-
-class _LineNumbers:
-    """The line number (from 1) of the line at an offset of the file open as FD, by counting the
-    line breaks before it: asked (for warnings) about offsets that only go down, as a file read
-    backwards does, it reads each byte before the first one once, and nothing until asked."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.offset = 0
-        self.number = 1
-
-    def at(self, offset: int) -> int:
-        if offset >= self.offset:
-            self.number += self._breaks(self.offset, offset)
-        else:
-            self.number -= self._breaks(offset, self.offset)
-        self.offset = offset
-        return self.number
-
-    def _breaks(self, start: int, end: int) -> int:
-        from voketag_ops.files import TAIL_BLOCK
-
-        count = 0
-        while start < end:
-            chunk = os.pread(self.fd, min(TAIL_BLOCK, end - start), start)
-            if not chunk:
-                break
-            count += chunk.count(b"\n")
-            start += len(chunk)
-        return count
