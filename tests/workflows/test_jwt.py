@@ -683,6 +683,32 @@ def test_two_signals_once_the_finish_is_recorded_leave_its_history_and_audit_to_
     assert "untold" not in engine.history_file.read_text()  # what the record said, not the history
 
 
+def full_once_the_finish_is_recorded(engine, monkeypatch, full: list[str]) -> list[str]:
+    """The files named FULL (base names) refuse writes with ENOSPC once ENGINE records a rotation
+    as succeeded, until the list returned is cleared (space freed)."""
+    import errno
+    import os
+
+    from voketag_ops import files
+
+    save, write_all = engine._save, files.write_all
+    refusing: list[str] = []
+
+    def disk_full(fd, data):
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")) in refusing:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        write_all(fd, data)
+
+    def saved(record, **kw):
+        save(record, **kw)
+        if record.status == "succeeded":
+            refusing.extend(full)
+
+    monkeypatch.setattr(files, "write_all", disk_full)
+    engine._save = saved
+    return refusing
+
+
 @pytest.mark.parametrize(
     ("full", "unwritten"),
     [
@@ -697,27 +723,12 @@ def test_a_finish_the_disk_has_no_room_for_is_exit_7_and_the_resume_writes_it(
     # Cleared before its history and event were written, a rotation that worked answered exit 4
     # "nothing was changed" (a cron wrapper rotates again), and its resume found nothing to do:
     # the `rotation.finish` event was lost for good. Its record now stands, untold, until both are.
-    import errno
-    import os
-
-    from voketag_ops import files
     from voketag_ops.audit import AuditLog, AuditWriteError
     from voketag_ops.core.times import iso
     from voketag_ops.errors import NeedsOperatorError
 
     engine, clock, store = keyring
-    save, write_all = engine._save, files.write_all
-    refusing: list[str] = []
-
-    def disk_full(fd, data):
-        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")) in refusing:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        write_all(fd, data)
-
-    def full_once_the_finish_is_recorded(record, **kw):
-        save(record, **kw)
-        if record.status == "succeeded":
-            refusing.extend(full)
+    refusing = full_once_the_finish_is_recorded(engine, monkeypatch, full)
 
     def written(rotation):
         lines = [r.status for r in engine.history(secret="jwt-signing") if r.id == rotation]
@@ -728,8 +739,6 @@ def test_a_finish_the_disk_has_no_room_for_is_exit_7_and_the_resume_writes_it(
         ]
         return lines, events
 
-    monkeypatch.setattr(files, "write_all", disk_full)
-    engine._save = full_once_the_finish_is_recorded
     outcome = rotate_jwt(engine)
     rotation = outcome.report.rotation_id
     assert outcome.report.status == "succeeded" and isinstance(outcome.error, NeedsOperatorError)
@@ -1060,3 +1069,35 @@ def test_cleanup_takes_a_rolled_back_version_for_no_successor(keyring, monkeypat
     assert {v.version: v.state for v in store.get("jwt-signing").versions} == {
         1: "disabled", 2: "disabled", 3: "disabled", 4: "enabled", 5: "enabled", 6: "enabled"
     }  # fmt: skip
+
+
+def test_a_resume_writes_the_finish_event_a_line_added_by_hand_only_claims(keyring, monkeypatch, caplog):
+    # `rotate resume` of a rotation whose `rotation.finish` event the disk had no room for wrote
+    # none when the audit log held one, a line appended by hand too (not linked to the entry
+    # before it): the genuine event was then never written.
+    from datetime import UTC, datetime
+
+    from voketag_ops.audit import AuditLog
+    from voketag_ops.core import audit as core
+
+    engine, _clock, _store = keyring
+    refusing = full_once_the_finish_is_recorded(engine, monkeypatch, ["audit.jsonl"])
+    rotation = rotate_jwt(engine).report.rotation_id
+    refusing.clear()
+    log = AuditLog(engine.audit_home)
+    last = list(log.entries())[-1]
+    forged = core.make_entry(
+        seq=last.seq + 1, prev_hash="f" * 64, now=datetime.now(UTC), event_type="rotation.finish",
+        actor="sre", env="local", target="jwt-signing", result="succeeded", duration_seconds=1.0,
+        details={"rotation_id": rotation},
+    )  # fmt: skip
+    with log.path.open("ab") as fh:
+        fh.write(forged.line())
+
+    assert engine.resume(rotation).error is None
+    finished = [e for e in log.entries() if e.event_type == "rotation.finish"]
+    assert [(e.seq, e.details["rotation_id"]) for e in finished] == [
+        (forged.seq, rotation),
+        (forged.seq + 2, rotation),  # after the resume's own `started` event
+    ]
+    assert f"audit.jsonl:{forged.seq + 1} does not verify (broken_link)" in caplog.text

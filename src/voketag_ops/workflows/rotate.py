@@ -1330,16 +1330,21 @@ class RotationEngine:
     def _write_untold(self, record: RotationRecord) -> NeedsOperatorError | None:
         """The history line and `rotation.finish` event of RECORD, recorded as finished but
         `untold`, each unless this machine's history or VOKE_HOME's audit log has it already (a
-        resume cut between the two, run again): neither is ever written twice in one place.
-        What still cannot be written is returned, as `_tell` says."""
+        resume cut between the two, run again): neither is ever written twice in one place (but an
+        event the log does not verify from to its end: see `AuditLog.find_newest`). What still
+        cannot be written is returned, as `_tell` says."""
         from voketag_ops.audit import AuditLog
 
         record.untold = None  # what the stored record said, not the history line
-        logged = any(
-            e.event_type == "rotation.finish"
-            and e.result == record.status
-            and e.details.get("rotation_id") == record.id
-            for e in AuditLog(self.audit_home).entries()
+        logged = (
+            AuditLog(self.audit_home).find_newest(
+                lambda e: (
+                    e.event_type == "rotation.finish"
+                    and e.result == record.status
+                    and e.details.get("rotation_id") == record.id
+                )
+            )
+            is not None
         )
         # timed as its run would have: from its start to its recorded finish
         return self._tell(
