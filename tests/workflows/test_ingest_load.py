@@ -872,8 +872,13 @@ def test_ctrl_c_mid_load_stops_the_sealing_process(db, tmp_path, monkeypatch):
     assert counts(db)[:2] == (0, 0)
 
 
-def test_a_batch_whose_audit_event_was_lost_gets_it_from_the_next_load(db, tmp_path, monkeypatch):
+@pytest.mark.parametrize("forged", [False, True])
+def test_a_batch_whose_audit_event_was_lost_gets_it_from_the_next_load(db, tmp_path, monkeypatch, forged):
+    # FORGED: an `ingest.load` line for it appended by hand (not linked to the entry before it)
+    # made the next load take the event as written and mark the batch audited.
     from voketag_ops import audit
+    from voketag_ops.core import audit as au
+    from voketag_ops.core.times import iso
     from voketag_ops.errors import NeedsOperatorError
 
     home = tmp_path / "home"
@@ -899,10 +904,23 @@ def test_a_batch_whose_audit_event_was_lost_gets_it_from_the_next_load(db, tmp_p
         other.execute("select pg_advisory_lock_shared(%s, %s)", (wf._LOCK_CLASS, wf._LOCK_AUDIT))
         two = load(db, sample(tmp_path, 20, seed=2, name="two.csv"), audit_home=home)
         assert [e.details["batch_id"] for e in loaded_events()] == [two.batch_id]
+    if forged:
+        with psycopg.connect(db) as conn:
+            [(loaded_at,)] = conn.execute(
+                "select loaded_at from ingest.batches where batch_id = 1"
+            ).fetchall()
+        log = audit.AuditLog(home)
+        line = au.make_entry(
+            seq=list(log.entries())[-1].seq + 1, prev_hash="f" * 64, now=NOW, event_type="ingest.load",
+            actor="sre", env="local", target="one.csv", result="loaded", duration_seconds=1.0,
+            details={"batch_id": 1, "loaded_at": iso(loaded_at)},
+        ).line()  # fmt: skip
+        with log.path.open("ab") as fh:
+            fh.write(line)
     three = load(db, sample(tmp_path, 20, seed=3, name="three.csv"), audit_home=home)
     events = loaded_events()
     assert [(e.details["batch_id"], e.details.get("recovered", False)) for e in events] == [
-        (two.batch_id, False), (three.batch_id, False), (1, True),
+        (two.batch_id, False), *([(1, False)] if forged else []), (three.batch_id, False), (1, True),
     ]  # fmt: skip
     recovered = events[-1]
     assert recovered.result == "loaded" and recovered.target == "one.csv"
@@ -910,7 +928,7 @@ def test_a_batch_whose_audit_event_was_lost_gets_it_from_the_next_load(db, tmp_p
     with psycopg.connect(db) as conn:
         assert conn.execute("select count(*) from ingest.batches where not audited").fetchone()[0] == 0
     load(db, sample(tmp_path, 20, seed=4, name="four.csv"), audit_home=home)
-    assert len(loaded_events()) == 4  # each event once
+    assert len(loaded_events()) == 4 + forged  # each event once
 
 
 def test_a_batch_whose_audited_mark_was_lost_after_its_event_gets_no_second_event(db, tmp_path):

@@ -808,10 +808,10 @@ def _audit_written(
                 "SELECT batch_id, file_sha256, file_name, rows_total, rows_loaded, rows_rejected, merkle_root,"
                 " anchor_id, loaded_at, loaded_by FROM ingest.batches WHERE NOT audited ORDER BY batch_id"
             ).fetchall()
-            logged = _logged_loads(audit_home) if missed else set()
             for batch in missed:
-                if (batch[0], iso(batch[8])) in logged:  # its event was written; the mark was lost
-                    # (a failover or crash between the two): marking it is all that is missing
+                if _logged_load(audit_home, batch[0], iso(batch[8])):
+                    # its event was written, the mark was lost (a failover or crash between the
+                    # two): marking it is all that is missing
                     conn.execute("UPDATE ingest.batches SET audited = true WHERE batch_id = %s", (batch[0],))
                     continue
                 _write_missed_audit(conn, batch, report.target, audit_home, env_name)
@@ -821,16 +821,23 @@ def _audit_written(
         log.warning("could not settle the audit events of earlier loads: %s", _first_line(exc))
 
 
-def _logged_loads(audit_home: Path) -> set[tuple[Any, Any]]:
-    """(batch_id, loaded_at) of every load the audit log says loaded a batch: batch ids start at
-    1 in every database, the time of the batch row's transaction tells which database's load."""
+def _logged_load(audit_home: Path, batch_id: int, loaded_at: str) -> bool:
+    """The audit log says a load loaded batch BATCH_ID at LOADED_AT (batch ids start at 1 in every
+    database, the time of the batch row's transaction tells which database's load), in an event
+    it links from to its end (`AuditLog.find_newest`: a line added by hand does not count)."""
     from voketag_ops.audit import AuditLog
 
-    return {
-        (e.details.get("batch_id"), e.details.get("loaded_at"))
-        for e in AuditLog(audit_home).entries()
-        if e.event_type == "ingest.load" and e.result in ("success", "loaded") and e.details.get("loaded_at")
-    }
+    return (
+        AuditLog(audit_home).find_newest(
+            lambda e: (
+                e.event_type == "ingest.load"
+                and e.result in ("success", "loaded")
+                and e.details.get("batch_id") == batch_id
+                and e.details.get("loaded_at") == loaded_at
+            )
+        )
+        is not None
+    )
 
 
 def _write_missed_audit(
