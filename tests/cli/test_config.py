@@ -709,6 +709,19 @@ def test_the_network_drills_outage_is_at_most_an_hour_in_the_configuration_too(v
     )
 
 
+@pytest.mark.parametrize(("value", "ok"), [("0.05", False), ("601", False), ("0.1", True), ("600", True)])
+def test_the_drills_canary_lead_in_is_bounded_in_the_configuration_as_its_flag_is(
+    voke, make_environ, tmp_path, value, ok
+):
+    # below 0.1 s a pitr drill's canary could commit nothing on one side of its target: a false breach
+    env = make_environ(tmp_path / "h", VOKE_DR__CANARY_SECONDS=value)
+    result = voke("config", "show", "--json", environ=env)
+    if ok:
+        assert settings_of(result)["dr.canary_seconds"]["value"] == float(value)
+    else:
+        assert result.exit_code == 3 and "VOKE_DR__CANARY_SECONDS" in result.json["error"]["message"]
+
+
 def _in_removed_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *args: str, **environ: str):
     """voke ARGS run from a working directory removed under it (a cron job's, after a deploy
     replaced its release directory): the process has no current directory at all."""

@@ -352,8 +352,12 @@ def test_drill_inputs_are_refused_before_anything_runs(voke, tmp_path):
         (("drill", "run", "network", "--outage", "0"), "--outage: must be more than 0 (e.g. 5s)"),  # not 5 s
         (("drill", "run", "pitr", "--canary-seconds", "0s"), "--canary-seconds: must be more than 0"),
         (
+            ("drill", "run", "pitr", "--canary-seconds", "50ms"),
+            "--canary-seconds: at least 100 ms: the canary writes that long before the fault, a few rows",
+        ),
+        (
             ("drill", "run", "pitr", "--canary-seconds", "11m"),
-            "--canary-seconds: at most 10 min: the canary writes that long before the fault",
+            "--canary-seconds: at most 10 min: the canary writes that long before the fault, a few rows",
         ),
     ],
 )

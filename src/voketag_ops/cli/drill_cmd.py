@@ -32,12 +32,15 @@ class Scenario(StrEnum):
 
 MAX_OUTAGE = 3600.0  # seconds a network drill may freeze the leader (dr.network_outage_seconds too)
 MAX_CANARY = 600.0  # seconds a drill's canary may write before the fault (dr.canary_seconds too)
-CANARY_WHY = "the canary writes that long before the fault"
+MIN_CANARY = 0.1  # shorter, a pitr drill's canary may commit nothing on one side of its target (too)
+CANARY_WHY = "the canary writes that long before the fault, a few rows on each side of it"
 
 
-def _seconds(flag: str, value: str, *, at_most: float | None = None, why: str = "") -> float:
-    """VALUE, a duration for FLAG, in seconds: more than 0 (0 is no outage, no canary), and
-    AT_MOST when given (WHY says why); else UsageError (exit 2) naming FLAG."""
+def _seconds(
+    flag: str, value: str, *, at_most: float | None = None, why: str = "", at_least: float = 0
+) -> float:
+    """VALUE, a duration for FLAG, in seconds: more than 0 (0 is no outage, no canary), at least
+    AT_LEAST and at most AT_MOST when given (WHY says why); else UsageError (exit 2) naming FLAG."""
     from voketag_ops.core.dr_checks import parse_duration
     from voketag_ops.errors import UsageError
 
@@ -47,6 +50,8 @@ def _seconds(flag: str, value: str, *, at_most: float | None = None, why: str = 
         raise UsageError(f"{flag}: {exc}") from None
     if seconds <= 0:
         raise UsageError(f"{flag}: must be more than 0 (e.g. 5s)")
+    if seconds < at_least:
+        raise UsageError(f"{flag}: at least {at_least * 1000:g} ms: {why}")
     if at_most is not None and seconds > at_most:
         span = f"{at_most / 3600:g} h" if at_most % 3600 == 0 else f"{at_most / 60:g} min"
         raise UsageError(f"{flag}: at most {span}: {why}")
@@ -92,7 +97,7 @@ def run(
     options: dict[str, Any] = {"keep_restore": keep_restore}
     if canary_seconds is not None:
         options["canary_seconds"] = _seconds(
-            "--canary-seconds", canary_seconds, at_most=MAX_CANARY, why=CANARY_WHY
+            "--canary-seconds", canary_seconds, at_most=MAX_CANARY, why=CANARY_WHY, at_least=MIN_CANARY
         )
     if outage is not None:
         options["outage_seconds"] = _seconds(
@@ -132,7 +137,7 @@ def _run_cloud(
     options: dict[str, Any] = {}
     if canary_seconds is not None:
         options["canary_seconds"] = _seconds(
-            "--canary-seconds", canary_seconds, at_most=MAX_CANARY, why=CANARY_WHY
+            "--canary-seconds", canary_seconds, at_most=MAX_CANARY, why=CANARY_WHY, at_least=MIN_CANARY
         )
     if not dry_run:
         env.out.confirm(

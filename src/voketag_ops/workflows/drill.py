@@ -51,7 +51,7 @@ log = get_logger(__name__)
 Progress = Callable[[str], None]
 STEADY_CHECKS = ("unfinished_operation", "split_brain", "leader_writable", "replica_streaming", "archiving")
 SERVICES_CHECK = "services_healthy"  # also steady: every service answers /health, as `env status` asks
-CANARY_INTERVAL = 0.1
+CANARY_INTERVAL = 0.1  # between two canary writes, or a fifth of a shorter lead-in
 LOCAL_CANARY_SECONDS = 1.0  # how long the canary writes before a local drill's fault, unless set
 
 
@@ -386,6 +386,7 @@ class DrillRun(RunFrame):
         # The canary's lead-in: it writes this long before the fault (pitr: before the target,
         # then half as long before the fault), and half as long after the first write that counts.
         self.lead = canary_seconds(settings, options, LOCAL_CANARY_SECONDS)
+        self.canary_interval = min(CANARY_INTERVAL, self.lead / 5)  # a few writes on each side
         self.preparing = True  # until the scenario's fault (or the failback's setup failover)
         self.steps = dr.Steps()
         self.cleanup_steps = dr.Steps()
@@ -422,7 +423,7 @@ class DrillRun(RunFrame):
         from voketag_ops.adapters.local.dr import Canary
 
         self.canary = Canary(
-            self.env.primary, self.run_id, interval=CANARY_INTERVAL, write_timeout=write_timeout
+            self.env.primary, self.run_id, interval=self.canary_interval, write_timeout=write_timeout
         ).start()
         self.on_cleanup("stop the canary writer", self.stop_canary)
         return self.canary
@@ -433,7 +434,7 @@ class DrillRun(RunFrame):
         writes = self.canary.stop()
         failed = [w for w in writes if not w.ok]
         self.canary_summary.update(
-            interval_seconds=CANARY_INTERVAL,
+            interval_seconds=self.canary_interval,
             lead_seconds=self.lead,
             writes=len(writes),
             acked_commits=sum(1 for w in writes if w.ok),
