@@ -240,6 +240,78 @@ def test_two_old_coverage_json_that_cannot_be_combined_exactly_are_refused(voke,
     assert "`coverage combine`" in r.stderr
 
 
+# A factory file whose `with` line coverage.py 6.5 counts as a branch of 2 exits and 7.x does not,
+# after an excluded function whose `def` ran (6.5 lists line 9 among executed_lines).
+WITH_SOURCE = """def load(path):
+    with open(path) as fh:
+        data = fh.read()
+    if not data:
+        return None
+    return data
+
+
+def never():  # pragma: no cover
+    return 1
+"""
+# its coverage.json as coverage.py 6.5.0 writes it (by hand: 6.5 is not installed here); 6.5's own
+# `coverage report` counts 6 statements, 1 missed, 4 branch exits, 1 missed: 80.0 %
+C65 = {
+    "meta": {"version": "6.5.0", "timestamp": "2026-01-01T00:00:00", "branch_coverage": True,
+             "show_contexts": False},
+    "files": {"factory_service/batch.py": {
+        "executed_lines": [1, 2, 3, 4, 6, 9],
+        "summary": {"covered_lines": 5, "num_statements": 6, "percent_covered": 80.0,
+                    "percent_covered_display": "80", "missing_lines": 1, "excluded_lines": 2,
+                    "num_branches": 4, "num_partial_branches": 1, "covered_branches": 3, "missing_branches": 1},
+        "missing_lines": [5],
+        "excluded_lines": [9, 10],
+        "executed_branches": [[2, 3], [2, 4], [4, 6]],
+        "missing_branches": [[4, 5]],
+    }},
+    "totals": {"covered_lines": 5, "num_statements": 6, "percent_covered": 80.0,
+               "percent_covered_display": "80", "missing_lines": 1, "excluded_lines": 2, "num_branches": 4,
+               "num_partial_branches": 1, "covered_branches": 3, "missing_branches": 1},
+}  # fmt: skip
+
+
+def test_json_reports_of_different_coverage_versions_are_refused_not_combined(voke, env, project):
+    # The union of 7.17's and 6.5's lists counted the `with` line's exits from 6.5 (80 %, under
+    # 7.17's rule, no warning) where `coverage combine` of the same runs gives 7.x's 75 %.
+    (project / "factory_service").mkdir()
+    (project / "factory_service" / "batch.py").write_text(WITH_SOURCE)
+    (project / "run.py").write_text("from factory_service.batch import load\nload(__file__)\n")
+    coverage(project, "run", "--branch", "--source=factory_service", "run.py")
+    coverage(project, "json", "-q", "-o", "a.json")
+    (project / "c65.json").write_text(json.dumps(C65))
+    r = voke(
+        "coverage",
+        "report",
+        "a.json",
+        "c65.json",
+        "-s",
+        "factory-service",
+        "--json",
+        environ=env,
+        cwd=project,
+    )
+    assert r.exit_code == 1, r.stdout
+    from coverage import __version__ as installed
+
+    error = r.json["error"]
+    assert error["message"] == (
+        f"cannot combine reports of different coverage.py versions: a.json (coverage.py {installed}), "
+        "c65.json (coverage.py 6.5.0)"
+    )
+    assert "`coverage combine`" in error["hint"]
+    # each alone is its own version's `coverage report`: 6.5's lists an excluded line that ran
+    # (6 executed_lines, covered_lines 5), which is no statement of its count
+    for name, percent, statements in (("a.json", 75.0, 6), ("c65.json", 80.0, 6)):
+        alone = voke("coverage", "report", name, "-s", "factory-service", "--json", environ=env, cwd=project)
+        assert alone.exit_code == 0, alone.stderr
+        totals = alone.json["result"]["totals"]
+        assert (totals["percent"], totals["statements"]) == (percent, statements), name
+
+
 @pytest.mark.parametrize(
     ("version", "extra", "code"),
     [

@@ -114,6 +114,7 @@ def _load(
             f"cannot combine {kinds[True]} (branch data) with {kinds[False]} (statement data only)",
             hint="measure every run with the same [run] branch setting",
         )
+    _check_one_version(with_files)
     try:
         files = cov.combine(f for i in inputs for f in i.files)
     except cov.InexactMerge as exc:
@@ -139,6 +140,20 @@ def _load(
         coverage_version=known[-1] if known else None,
         warnings=list(dict.fromkeys(w for i in inputs for w in i.warnings)),
     )
+
+
+def _check_one_version(inputs: Sequence[CoverageInput]) -> None:
+    """Refuse INPUTS written by different coverage.py versions: each version counts statements
+    and branch exits its own way (6.5 counts a `with` line as a branch, 7.x does not, and lists
+    lines that are no statements), so their union is no version's total, and no rule is theirs."""
+    written = {i.source: i.tool_version for i in inputs if i.tool_version}
+    if len(set(written.values())) > 1:
+        named = ", ".join(f"{source} (coverage.py {version})" for source, version in written.items())
+        raise InputError(
+            f"cannot combine reports of different coverage.py versions: {named}",
+            hint="combine the runs' data with one coverage.py (`coverage combine`, then `coverage json`), "
+            "or pass voke their .coverage files",
+        )
 
 
 def _inexact_merge(path: str, inputs: Sequence[CoverageInput]) -> InputError:
