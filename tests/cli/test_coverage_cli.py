@@ -486,6 +486,53 @@ def test_gaps_lines_needed_and_functions(voke, env, project):
     assert "admin_service/a.py:781" in human.stdout
 
 
+PICK_SOURCE = """def pick(x):
+    if x:
+        x += 1
+    return x
+
+
+def leave(x):
+    if x:
+        return 1
+
+
+def loop(n):
+    for i in range(n):
+        if i > 5:
+            break
+    return n
+"""
+
+
+def test_gaps_list_the_missed_branch_exits_coverage_report_lists(voke, env, project):
+    # `coverage report -m` says "2->4, 8->exit, 15": the exits whose line ran and whose target is
+    # no missed line; gaps listed only the line 15 (brmiss 3, no location for two of them).
+    (project / "admin_service").mkdir()
+    (project / "admin_service" / "pick.py").write_text(PICK_SOURCE)
+    (project / "run.py").write_text(
+        "from admin_service.pick import pick, leave, loop\npick(1); leave(1); loop(2)\n"
+    )
+    coverage(project, "run", "--branch", "--source=admin_service", "run.py")
+    coverage(project, "json", "-q", "-o", "c.json")
+    coverage(project, "xml", "-q", "-o", "c.xml")
+    row = next(
+        ln for ln in coverage(project, "report", "-m").splitlines() if ln.startswith("admin_service/pick")
+    )
+    missing = row.split("%", 1)[1].strip().split(", ")
+    assert missing == ["2->4", "8->exit", "15"]  # coverage.py's order: by line
+    for given in ("c.json", "c.xml", ".coverage"):
+        r = voke("coverage", "gaps", given, "-s", "admin-service", "--json", environ=env, cwd=project)
+        assert r.exit_code == 0, r.stderr
+        [f] = r.json["result"]["services"][0]["files"]
+        assert (f["missing_lines"], f["missing_arcs"]) == ("15", "2->4, 8->exit"), given
+    functions = {fn["name"]: fn["missing_arcs"] for fn in r.json["result"]["services"][0]["functions"]}
+    assert functions == {"pick": "2->4", "leave": "8->exit", "loop": ""}
+    human = voke("coverage", "gaps", "c.json", "-s", "admin-service", environ=env, cwd=project)
+    assert re.search(r"admin_service/pick\.py +1 +3 +80% +15 +2->4, 8->exit", human.stdout), human.stdout
+    assert re.search(r"leave +admin_service/pick\.py:7 +0 +1 +8->exit", human.stdout), human.stdout
+
+
 # -- GitHub step summary --------------------------------------------------------------------------
 def test_step_summary_written_only_when_set_and_kept_under_1_mib(voke, env, project, tmp_path):
     write_json(

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 from coverage.results import display_covered as cp_display
+from coverage.results import format_lines as cp_format_lines
 from coverage.results import should_fail_under as cp_should_fail_under
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -35,6 +36,7 @@ from voketag_ops.core.coverage import (
     line_ranges,
     lines_to_target,
     merge_files,
+    missing_arcs,
     parse_bands,
     parse_unified_diff,
     passes,
@@ -219,6 +221,22 @@ def test_line_ranges_continue_over_non_statements():
     runs = line_ranges(statements, [2, 3, 5, 9, 10, 11, 18])
     assert runs == [(2, 5), (9, 11), (18, 18)]
     assert format_ranges(runs) == "2-5, 9-11, 18"
+
+
+def test_missing_arcs_are_coverage_report_s_and_in_its_order():
+    # coverage.py's format_lines: sorted by (line, text), so 14->15 before 14->9 before 14->exit; no
+    # exit from a line that never ran (20) or to a missed line (22); a destination unknown (30) is not written
+    f = FileCoverage(
+        "m.py", frozenset({2, 14, 15, 30, 40}), frozenset({20, 22}),
+        branches={40: (2, (41,)), 14: (4, (EXIT, 9, 15)), 20: (2, (21,)), 2: (2, (22,)), 30: (2, (UNKNOWN,))},
+        has_branches=True,
+    )  # fmt: skip
+    assert missing_arcs(f) == "14->15, 14->9, 14->exit, 40->41"
+    said = cp_format_lines(f.statements, f.missing, {40: [41], 14: [-1, 9, 15], 20: [21], 2: [22]}.items())
+    assert said == "14->15, 14->9, 14->exit, 20-22, 40->41"  # coverage.py's own Missing column
+    assert missing_arcs(f, frozenset({30, 40})) == "40->41"
+    [gap] = file_gaps([f], "s", 0, 10)
+    assert (gap.missing_lines, gap.missing_arcs) == ("20-22", "14->15, 14->9, 14->exit, 40->41")
 
 
 def test_merge_is_a_union_of_what_ran():

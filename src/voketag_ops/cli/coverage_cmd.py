@@ -520,20 +520,35 @@ def _render_gaps(console: Console, r: Any) -> None:
         console.print(f"[bold]{_shown(g.name)}[/] {g.display}%: {need(g)}")
         if g.files:
             table = Table(show_edge=False, box=None, padding=(0, 1))
-            for col in ("file", "miss", "brmiss", "cover", "missing lines"):
+            arcs = any(f.missing_arcs for f in g.files)  # the column only where it has something to show
+            for col in (
+                "file",
+                "miss",
+                "brmiss",
+                "cover",
+                "missing lines",
+                *(["missing branches"] if arcs else []),
+            ):
                 table.add_column(col, justify="right" if col in ("miss", "brmiss", "cover") else "left")
             for f in g.files:
-                table.add_row(
-                    _shown(f.path), str(f.missing), str(f.missing_branches), f"{f.display}%", f.missing_lines
-                )
+                row = [
+                    _shown(f.path),
+                    str(f.missing),
+                    str(f.missing_branches),
+                    f"{f.display}%",
+                    f.missing_lines,
+                ]
+                table.add_row(*row, *([f.missing_arcs] if arcs else []))
             print_table(console, table)
         if g.functions:
             table = Table(show_edge=False, box=None, padding=(0, 1))
-            for col in ("function", "where", "miss", "brmiss"):
+            arcs = any(fn.missing_arcs for fn in g.functions)
+            for col in ("function", "where", "miss", "brmiss", *(["missing branches"] if arcs else [])):
                 table.add_column(col, justify="right" if col in ("miss", "brmiss") else "left")
             for fn in g.functions:
                 where = f"{fn.path}:{fn.start_line}" if fn.start_line else fn.path
-                table.add_row(_shown(fn.name), _shown(where), str(fn.missing), str(fn.missing_branches))
+                row = [_shown(fn.name), _shown(where), str(fn.missing), str(fn.missing_branches)]
+                table.add_row(*row, *([fn.missing_arcs] if arcs else []))
             print_table(console, table)
         console.print()
     if not r.regions:

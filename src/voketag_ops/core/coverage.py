@@ -336,6 +336,22 @@ def format_ranges(runs: Sequence[tuple[int, int]]) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
+def missing_arcs(f: FileCoverage, lines: frozenset[int] | None = None) -> str:
+    """The missed branch exits `coverage report -m` lists for F (from LINES only, when given),
+    in its notation and order ("34->36, 40->exit"; coverage.py's `format_lines`): those from a
+    line that ran to a line that is no missed statement (the others show as missed lines). An
+    exit whose destination the input does not name (Cobertura without `missing-branches`)
+    cannot be written."""
+    arcs = [
+        (line, f"{line}->{dest if dest > 0 else 'exit'}")
+        for line, (_, missed) in f.branches.items()
+        if line not in f.missing and (lines is None or line in lines)
+        for dest in missed
+        if dest != UNKNOWN and dest not in f.missing
+    ]
+    return ", ".join(text for _, text in sorted(arcs))
+
+
 # -- paths -----------------------------------------------------------------------------------------
 _DRIVE = re.compile(r"^[A-Za-z]:/")
 
@@ -564,6 +580,7 @@ class FileGap:
     percent: float
     display: str
     missing_lines: str  # "5, 8-11"
+    missing_arcs: str  # "34->36, 40->exit": the missed exits `coverage report -m` lists beside the lines
 
 
 @dataclass(frozen=True)
@@ -578,6 +595,7 @@ class FunctionGap:
     missing: int
     missing_branches: int
     statements: int
+    missing_arcs: str  # as in FileGap
 
 
 def file_gaps(files: Iterable[FileCoverage], service: str, precision: int, top: int) -> list[FileGap]:
@@ -598,6 +616,7 @@ def file_gaps(files: Iterable[FileCoverage], service: str, precision: int, top: 
             percent=c.percent,
             display=display_covered(c.percent, precision),
             missing_lines=format_ranges(line_ranges(f.statements, f.missing)),
+            missing_arcs=missing_arcs(f),
         )
         for c, f in rows[:top]
     ]
@@ -623,6 +642,7 @@ def function_gaps(files: Iterable[FileCoverage], service: str, top: int) -> list
                     missing=c.missing,
                     missing_branches=c.missing_branches,
                     statements=c.statements,
+                    missing_arcs=missing_arcs(f, region.lines),
                 )
             )
     rows.sort(
