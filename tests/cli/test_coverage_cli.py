@@ -693,6 +693,53 @@ def test_diff_with_nothing_measurable_is_na(voke, env, repo):
     assert r.json["result"]["display"] == "n/a" and r.json["result"]["percent"] is None
 
 
+def test_a_cut_or_corrupt_diff_file_is_rejected_not_passed(voke, env, repo):
+    full = git(repo, "diff", "main", "--", "README.md", "pkg/m.py")
+    (repo / "full.diff").write_text(full)
+    ok = voke("coverage", "diff", "coverage.json", "--diff-file", "full.diff", "--fail-under", "90", "--json",
+              environ=env, cwd=repo)  # fmt: skip
+    assert ok.exit_code == 1 and ok.json["error"]["message"].startswith("diff coverage 44% < 90"), ok.stdout
+    lines = full.splitlines(keepends=True)
+    hunk = next(i for i, ln in enumerate(lines) if ln.startswith("@@ -1 +1,2 @@"))  # README.md's
+    # `git diff | head -19`: pkg/m.py's hunk ends early, and only covered lines are left in it: 100 %
+    (repo / "cut.diff").write_text("".join(lines[:19]))
+    # a README hunk counting two lines more took pkg/m.py's header and lines as its own: n/a
+    short = [*lines[:hunk], "@@ -1,3 +1,4 @@\n", *lines[hunk + 1 :]]
+    (repo / "short.diff").write_text("".join(short))
+    for name, at, why in (
+        (
+            "cut.diff",
+            "line 20, column 1",
+            "0 old and 8 new lines short of its header at the end of the input",
+        ),
+        ("short.diff", f"line {hunk + 4}, column 1", "2 old and 2 new lines short of its header: this line"),
+    ):
+        r = voke("coverage", "diff", "coverage.json", "--diff-file", name, "--fail-under", "90", "--json",
+                 environ=env, cwd=repo)  # fmt: skip
+        assert r.exit_code == 1, r.stdout  # was exit 0: 100 % and n/a
+        assert r.json["error"]["message"].startswith(f"{repo / name}: {at}: the hunk of line "), r.stdout
+        assert why in r.json["error"]["message"]
+        no_traceback(r)
+
+
+def test_a_diff_file_with_empty_context_lines_and_no_final_newline_is_read(voke, env, repo):
+    git(repo, "commit", "-q", "-am", "wip")
+    text = MODULE_V2.replace("def g(x):", "def g(x):  # g").removesuffix("\n")  # lines 5 and 15
+    (repo / "pkg" / "m.py").write_text(text)
+    diff = git(repo, "-c", "diff.suppressBlankEmpty=true", "diff", "HEAD")
+    assert "\n\n" in diff and "\\ No newline at end of file" in diff  # empty context lines, as GNU diff
+    (repo / "blank.diff").write_text(diff)
+    by_file = voke("coverage", "diff", "coverage.json", "--diff-file", "blank.diff", "--json", environ=env,
+                   cwd=repo)  # fmt: skip
+    by_git = voke("coverage", "diff", "coverage.json", "--base", "HEAD", "--json", environ=env, cwd=repo)
+    assert by_file.exit_code == by_git.exit_code == 0, by_file.stdout
+    assert (by_file.json["result"]["measured"], by_file.json["result"]["covered"]) == (2, 1)
+    assert by_file.json["result"]["files"] == by_git.json["result"]["files"]
+    (repo / "README.md").write_text("hello\nwor\rld\nagain\n")  # a lone CR is no line end for git
+    cr = voke("coverage", "diff", "coverage.json", "--base", "HEAD", "--json", environ=env, cwd=repo)
+    assert cr.exit_code == 0 and cr.json["result"]["changed_lines"] == 4, cr.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
@@ -1092,7 +1139,7 @@ def test_a_diff_file_is_read_within_a_limit_from_a_file_or_a_pipe(voke, env, pro
     from voketag_ops.adapters.local import git_diff
 
     write_json(project, {"admin_service/a.py": lines_file(50, 50)})
-    diff = "--- a/admin_service/a.py\n+++ b/admin_service/a.py\n@@ -1 +1 @@\n+x\n"
+    diff = "--- a/admin_service/a.py\n+++ b/admin_service/a.py\n@@ -1 +1 @@\n-y\n+x\n"
     (project / "c.diff").write_text(diff)
     read, write = os.pipe()  # `git diff | voke coverage diff ... --diff-file /dev/stdin`
     os.write(write, diff.encode())

@@ -394,6 +394,42 @@ def test_a_diff_git_would_not_write_is_refused_at_its_line_and_column(line, colu
     assert (caught.value.line, caught.value.column) == (3, column)
 
 
+@pytest.mark.parametrize(
+    ("text", "at", "message"),
+    [
+        # cut off at the end (`git diff | head`): the hunk counted 2 more lines, the "" after the last
+        # "\n" is no empty context line
+        (
+            DIFF.split("@@ -10")[0] + "@@ -10,3 +12,4 @@\n x\n-old\n+new1\n",
+            (13, 1),
+            "1 old and 2 new lines short",
+        ),
+        ("--- a/m.py\n+++ b/m.py\n@@ -1,2 +1,2 @@\n-a\n+b", (5, 3), "1 old and 1 new line short"),
+        # a hunk that runs short took the next file's header and lines for its own (counted for m.py)
+        (DIFF.replace("@@ -10 +12,2 @@", "@@ -10,2 +12,3 @@"), (13, 1), "1 old and 1 new line short"),
+        ("--- a/m.py\n+++ b/m.py\n@@ -1 +1,2 @@\n-a\n-b\n+c\n", (5, 1), "more old lines than its header"),
+        ("--- a/m.py\n+++ b/m.py\n@@ -1 +1,2 @@\n+a\n+b\n x\n", (6, 1), "more new lines than its header"),
+    ],
+)
+def test_a_hunk_with_other_lines_than_its_header_counts_is_refused_as_git_apply_refuses_it(text, at, message):
+    with pytest.raises(DiffError, match=message) as caught:
+        parse_unified_diff(text)
+    assert (caught.value.line, caught.value.column) == at
+
+
+def test_a_hunk_takes_every_line_git_writes_in_one():
+    # an empty context line (diff.suppressBlankEmpty, GNU diff), "\ No newline at end of file" inside
+    # a hunk and after it, CRLF line ends, and a diff without a final newline
+    text = (
+        "--- a/m.py\n+++ b/m.py\n@@ -1,3 +1,4 @@\n x = 1\n\n-y = 2\n\\ No newline at end of file\n"
+        "+y = 3\n+z = 4\n\\ No newline at end of file\n"
+    )
+    assert parse_unified_diff(text) == {"m.py": {3, 4}}
+    assert parse_unified_diff(text.replace("\n", "\r\n")) == {"m.py": {3, 4}}
+    assert parse_unified_diff(text.removesuffix("\n")) == {"m.py": {3, 4}}
+    assert parse_unified_diff(DIFF.removesuffix("\n")) == parse_unified_diff(DIFF)
+
+
 def test_a_quoted_path_takes_every_escape_git_writes():
     quoted = '"b/a\\tb\\"d\\303\\251.py"'
     assert parse_unified_diff(f"--- a/x\n+++ {quoted}\n@@ -0,0 +1 @@\n+x\n") == {'a\tb"dé.py': {1}}

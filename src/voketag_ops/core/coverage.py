@@ -706,7 +706,8 @@ def parse_unified_diff(text: str) -> dict[str, set[int]]:
 
     A hunk's lines are counted off against its header, so an added line that itself reads
     "+++ x" or "diff ..." (a "++ x" or "-- x" in the file) is never taken for a file header.
-    DiffError for a quoted path git would not write or a hunk header's number of over ten digits."""
+    DiffError for a quoted path git would not write, a hunk header's number of over ten digits,
+    or a hunk with fewer lines than its header counts (cut off, or edited), as `git apply` refuses it."""
     changed: dict[str, set[int]] = {}
     current: set[int] | None = None
     # A git diff's paths carry one-character prefixes, different on the two sides (a/ b/; i/ w/,
@@ -715,23 +716,41 @@ def parse_unified_diff(text: str) -> dict[str, set[int]]:
     old_prefix: str | None = None
     line_no = 0
     old_left = new_left = 0  # lines of the current hunk still to come
+    hunk_at = 0  # the line of its header
     # Lines end at "\n" alone: str.splitlines() also splits at a form feed, \x1c-\x1e, \x85 or
     # U+2028 inside a line (PEP 8 allows form feeds), which shifted every later line of the hunk.
-    for number, raw in enumerate((line.removesuffix("\r") for line in text.split("\n")), 1):
+    parts = text.split("\n")
+    end = len(parts)  # the last part follows the last "\n": "" when the text ends with one
+    for number, raw in enumerate((line.removesuffix("\r") for line in parts), 1):
         if old_left > 0 or new_left > 0:
             tag = raw[:1]
+            if number == end and not raw:
+                break  # the end of the input, no line
             if tag == "+":
+                if not new_left:
+                    raise _hunk_over(hunk_at, "new", number)
                 if current is not None:
                     current.add(line_no)
                 line_no += 1
                 new_left -= 1
             elif tag == "-":
+                if not old_left:
+                    raise _hunk_over(hunk_at, "old", number)
                 old_left -= 1
-            elif tag in (" ", ""):  # a context line (an empty one if trailing blanks were stripped)
+            elif tag in (" ", ""):  # a context line (an empty one, as GNU diff and `git apply` allow)
+                if not old_left or not new_left:
+                    raise _hunk_over(hunk_at, "new" if old_left else "old", number)
                 line_no += 1
                 old_left -= 1
                 new_left -= 1
-            continue  # ("\ No newline at end of file" counts for neither side)
+            elif tag != "\\":  # "\ No newline at end of file" (or its translation) counts for neither side
+                raise DiffError(
+                    f"{_hunk_short(hunk_at, old_left, new_left)}: this line is not a hunk line "
+                    "(' ', '+', '-' or '\\' first)",
+                    number,
+                    1,
+                )
+            continue
         if raw.startswith("diff --git "):  # (its old path also stands for a new file's /dev/null)
             old_prefix = _prefix_of(raw[11:].lstrip('"'))
             continue
@@ -761,7 +780,24 @@ def parse_unified_diff(text: str) -> dict[str, set[int]]:
             old_left = 1 if m.group(2) is None else int(m.group(2))
             line_no = int(m.group(3))
             new_left = 1 if m.group(4) is None else int(m.group(4))
+            hunk_at = number
+    if old_left > 0 or new_left > 0:
+        raise DiffError(
+            f"{_hunk_short(hunk_at, old_left, new_left)} at the end of the input (cut off?)",
+            end,
+            len(parts[-1]) + 1,
+        )
     return {path: lines for path, lines in changed.items() if lines}
+
+
+def _hunk_short(header: int, old_left: int, new_left: int) -> str:
+    """What a hunk cut short lacks: "the hunk of line 3 is 1 old and 2 new lines short of its header"."""
+    lines = "line" if new_left == 1 else "lines"
+    return f"the hunk of line {header} is {old_left} old and {new_left} new {lines} short of its header"
+
+
+def _hunk_over(header: int, side: str, line: int) -> DiffError:
+    return DiffError(f"the hunk of line {header} has more {side} lines than its header counts", line, 1)
 
 
 @dataclass(frozen=True)

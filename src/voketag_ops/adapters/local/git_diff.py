@@ -31,15 +31,19 @@ def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     git = shutil.which("git")
     if git is None:
         raise ConfigError("git is not installed (needed for --base)", hint="install git, or pass --diff-file")
-    return subprocess.run(
+    done = subprocess.run(
         # paths quoted alike, and from the repository's top whatever diff.relative says
         [git, "-c", "core.quotePath=true", "-c", "diff.relative=false", *args],
         cwd=root,
         capture_output=True,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
         check=False,
+    )
+    # decoded here: text=True turns a "\r" inside a changed line into a line end, a hunk line too many
+    return subprocess.CompletedProcess(
+        done.args,
+        done.returncode,
+        done.stdout.decode("utf-8", "replace"),
+        done.stderr.decode("utf-8", "replace"),
     )
 
 
