@@ -740,6 +740,37 @@ def test_a_diff_file_with_empty_context_lines_and_no_final_newline_is_read(voke,
     assert cr.exit_code == 0 and cr.json["result"]["changed_lines"] == 4, cr.stdout
 
 
+def test_diff_refuses_data_that_does_not_map_into_the_repository(voke, env, repo):
+    data = json.loads((repo / "coverage.json").read_text())
+    ci = "/home/runner/work/x/x/"
+    files = data["files"]
+    (repo / "ci.json").write_text(json.dumps({**data, "files": {ci + k: v for k, v in files.items()}}))
+    for args in (("--base", "main"), ("--diff-file", "full.diff")):
+        (repo / "full.diff").write_text(git(repo, "diff", "main"))
+        r = voke("coverage", "diff", "ci.json", *args, "--fail-under", "90", "--json", environ=env, cwd=repo)
+        assert r.exit_code == 3, r.stdout  # was n/a, exit 0
+        error = r.json["error"]
+        assert "no file of the coverage data lies in the" in error["message"]
+        assert ci + "pkg/m.py" in error["message"]
+        mapped = voke(
+            "coverage", "diff", "ci.json", *args, "--map", f"{ci}=", "--json", environ=env, cwd=repo
+        )
+        assert mapped.exit_code == 0, mapped.stdout
+        assert (mapped.json["result"]["measured"], mapped.json["result"]["covered"]) == (9, 4)
+    report = voke("coverage", "report", "ci.json", "--json", environ=env, cwd=repo)  # the same hint
+    hint = "map CI paths with coverage.remap (or --map FROM=TO)"
+    assert report.exit_code == 3 and error["hint"] == hint and hint in report.json["error"]["hint"]
+    # some files placed: judged, the others named in a warning
+    some = {**files, ci + "pkg/__init__.py": files.pop("pkg/__init__.py")}
+    (repo / "some.json").write_text(json.dumps({**data, "files": some}))
+    r = voke("coverage", "diff", "some.json", "--base", "main", "--json", environ=env, cwd=repo)
+    assert r.exit_code == 0 and (r.json["result"]["measured"], r.json["result"]["covered"]) == (9, 4)
+    (warning,) = r.json["result"]["warnings"]
+    assert warning.startswith("not judged: 1 file of the coverage data outside the repository (map CI paths")
+    assert warning.endswith(f": {ci}pkg/__init__.py")
+    # measured, mapped and unchanged statements stay n/a (test_diff_with_nothing_measurable_is_na)
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [

@@ -191,6 +191,16 @@ def _specs(settings: CoverageSettings, options: Options) -> list[cov.ServiceSpec
     return specs
 
 
+MAP_CI_PATHS = "map CI paths with coverage.remap (or --map FROM=TO)"
+
+
+def _sample(paths: Iterable[str]) -> str:
+    """Up to three of PATHS, sorted, and how many more: "a.py, b.py, c.py and 4 more"."""
+    ordered = sorted(paths)
+    more = f" and {len(ordered) - 3} more" if len(ordered) > 3 else ""
+    return ", ".join(ordered[:3]) + more
+
+
 def _grouped(
     loaded: _Loaded, specs: Sequence[cov.ServiceSpec], selected: Sequence[str], *, require: bool = True
 ) -> tuple[dict[str, list[FileCoverage]], list[FileCoverage], list[str]]:
@@ -198,11 +208,9 @@ def _grouped(
     grouped, unassigned = cov.group_by_service(loaded.files.values(), specs)
     warnings = list(loaded.warnings)
     if unassigned:
-        sample = ", ".join(sorted(f.path for f in unassigned)[:3])
-        more = f" and {len(unassigned) - 3} more" if len(unassigned) > 3 else ""
         warnings.append(
             f"{len(unassigned)} file{'s' if len(unassigned) != 1 else ''} match no service "
-            f"(counted in the total only): {sample}{more}"
+            f"(counted in the total only): {_sample(f.path for f in unassigned)}"
         )
     if require:
         for spec in specs:
@@ -234,8 +242,7 @@ def _grouped(
                 raise ConfigError(
                     f"service {spec.name}: no file in the coverage data matches its paths "
                     f"({', '.join(spec.prefixes)}){example}",
-                    hint=f"set coverage.services.{spec.name}.paths, map CI paths with coverage.remap "
-                    "(or --map FROM=TO), or pick services with --service",
+                    hint=f"set coverage.services.{spec.name}.paths, {MAP_CI_PATHS}, or pick services with --service",
                 )
     return grouped, unassigned, warnings
 
@@ -529,16 +536,34 @@ def diff(
                 by_repo = from_top
             else:
                 to_repo = prefix
+        outside = [k for k in loaded.files if cov.is_absolute(k)]  # a diff's paths are relative
     else:
         assert base is not None
         found = changed_lines(root, base)
         changed = found.lines
         top = cov.normalize_path(str(found.toplevel.resolve()))
         by_repo = {}
+        outside = []
         for key, fc in loaded.files.items():
             repo_key = cov.relative_to(key, top) if cov.is_absolute(key) else found.prefix + key
-            if not cov.is_absolute(repo_key):
+            if cov.is_absolute(repo_key):
+                outside.append(key)
+            else:
                 by_repo[repo_key] = fc
+    warnings = list(loaded.warnings)
+    if changed and outside:
+        # Data from another checkout (CI's absolute paths, no --map) judged no line: `n/a`, a pass.
+        where = "repository" if diff_file is None else "project"
+        if len(outside) == len(loaded.files):
+            raise ConfigError(
+                f"no file of the coverage data lies in the {where}, so no changed line can be judged: "
+                + _sample(outside),
+                hint=MAP_CI_PATHS,
+            )
+        warnings.append(
+            f"not judged: {len(outside)} file{'s' if len(outside) != 1 else ''} of the coverage data outside "
+            f"the {where} ({MAP_CI_PATHS} if they are its): {_sample(outside)}"
+        )
     result = cov.diff_coverage(changed, by_repo, loaded.precision)
     target = options.fail_under
     passed = (
@@ -546,7 +571,6 @@ def diff(
         if target is None or result.percent is None
         else cov.passes(result.percent, target, loaded.precision, loaded.rule)
     )
-    warnings = list(loaded.warnings)
     if changed and result.percent is None:
         warnings.append("no changed line is measured by the coverage data (n/a): nothing to judge")
     ranges = [(f.path, a, b) for f in result.files for a, b in f.uncovered_ranges]
