@@ -33,17 +33,18 @@ from __future__ import annotations
 import fcntl
 import getpass
 import hashlib
+import itertools
 import json
 import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Hashable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from voketag_ops import files, interrupts
 from voketag_ops.core import audit as core
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("voke.audit")
 
 CHECKPOINT_EVERY = 100
-_VERIFY_HELD = 1 << 20  # bytes `find_newest` reads before it verifies them
+Key = TypeVar("Key", bound=Hashable)
 
 
 class AuditWriteError(BackendError):
@@ -125,6 +126,16 @@ class AnchorOutcome:
     requested: int = 0  # new anchor requests on the chain
     queued: bool = False  # the chain was not reachable; the checkpoints wait in checkpoints.jsonl
     reason: str | None = None
+
+
+@dataclass
+class _Found(Generic[Key]):
+    """An entry `find_newest` found for KEY, at OFFSET, the line before it at BEFORE (None: none)."""
+
+    key: Key
+    entry: core.AuditEntry
+    offset: int
+    before: int | None = None
 
 
 class AuditLog:
@@ -488,67 +499,91 @@ class AuditLog:
                 if skipped is not None:
                     skipped.append(number)
 
-    def find_newest(self, wanted: Callable[[core.AuditEntry], bool]) -> core.AuditEntry | None:
-        """The newest entry WANTED accepts, read from the log's end only as far as it and the line
-        before it (a lookup costs what the newest events do, however long the log), and only if
-        the entries from it to the end link hash by hash, each stored as voke writes it (held to
-        what `verify` holds them to), it to the one before it too: a line appended or edited by
-        hand is not trusted, nor is anything before it. None then, with a warning naming the
-        line. A torn last write is no entry yet (the next append deals with it)."""
+    def find_newest(
+        self, wanted: Collection[Key], key: Callable[[core.AuditEntry], Key | None]
+    ) -> dict[Key, core.AuditEntry]:
+        """For each of WANTED, the newest entry KEY maps to it (an entry KEY maps to None, or
+        that fails to parse, is passed over). Read from the log's end, only as far as the oldest
+        of them and the line before it (a lookup costs what the newest events do, however long
+        the log); then each one found counts only if the entries from the line before it to the
+        log's end link hash by hash, each stored as voke writes it (that line: to its own hash,
+        or, the file's first line, the log's first entry), read forward from there once for all
+        of them: a line appended or edited by hand is not trusted, nor is anything before it.
+        Such an entry is left out, with a warning naming the line. This checks the links alone,
+        not the checkpoints and anchors only `voke audit verify` checks: an entry rewritten with
+        every later hash recomputed passes. A torn last write is no entry yet (the next append
+        deals with it)."""
+        if not wanted:
+            return {}
         try:
             with files.open_log(self.path) as fd:
-                return self._find_newest(fd, wanted)
+                end, found = self._newest(fd, set(wanted), key)
+                return self._linked(fd, end, found)
         except FileNotFoundError:
-            return None
+            return {}
         except (NotADirectoryError, files.DamagedRecord) as exc:
             raise AuditWriteError(f"{self.path}: cannot read the audit log: {exc}") from None
         except OSError as exc:
             raise AuditWriteError(f"{self.path}: cannot read the audit log: {exc.strerror}") from None
 
-    def _find_newest(self, fd: int, wanted: Callable[[core.AuditEntry], bool]) -> core.AuditEntry | None:
+    @staticmethod
+    def _newest(
+        fd: int, pending: set[Key], key: Callable[[core.AuditEntry], Key | None]
+    ) -> tuple[int, list[_Found[Key]]]:
+        """Where the log's last line break ends, and the newest entry of each key in PENDING (newest
+        first), each with the offset of the line before it: parsed only, as far back as they go."""
         lines = files.lines_backwards(fd)
-        next(lines)  # after the last line break: b"", or a torn write
-        # The lines read and not verified yet, newest first, after the oldest one verified (which
-        # the next ones must link to): verified whenever they grow past _VERIFY_HELD bytes, so an
-        # absent entry costs one pass over the log and holds no more than that.
-        held: list[tuple[int, bytes]] = []
-        size = 0
-        found = None
+        end, _torn = next(lines)  # after the last line break: b"", or a torn write
+        found: list[_Found[Key]] = []
         for offset, raw in lines:
-            held.append((offset, raw))
-            size += len(raw)
-            if found is not None:
-                break  # the line before it, which it must link to
+            if found and found[-1].before is None:
+                found[-1].before = offset
+            if not pending:
+                break
             try:
                 entry = core.parse_entry(raw)
             except core.EntryFormatError:
-                continue  # not trusted: its verification names it
-            if wanted(entry):
-                found = entry
-            elif size > _VERIFY_HELD:
-                if not self._linked(fd, held):
-                    return None
-                held, size = held[-1:], len(held[-1][1])
-        if found is None or not self._linked(fd, held):
-            return None
-        return found
+                continue  # not trusted anyway: the walk from a match older than it names it
+            name = key(entry)
+            try:
+                if name is None or name not in pending:
+                    continue
+            except TypeError:  # unhashable: a value edited by hand (a list) names no key
+                continue
+            pending.discard(name)
+            found.append(_Found(name, entry, offset))
+        return end, found
 
-    def _linked(self, fd: int, held: list[tuple[int, bytes]]) -> bool:
-        """HELD (lines newest first, each with its offset) link to one another and are each stored as
-        voke writes them (the oldest: to its own hash, unless it is the file's first line, then the
-        log's first entry). If not, a warning names the first line that does not verify."""
-        report = core.verify_lines((raw + b"\n" for _offset, raw in reversed(held)), tail=held[-1][0] > 0)
-        if report.ok:
-            return True
-        offset = held[len(held) - (report.line or 1)][0]
-        log.warning(
-            "%s:%d does not verify (%s): the audit events from there back are not trusted; "
-            "`voke audit verify` names the damage",
-            self.path,
-            files.LineNumbers(fd).at(offset),
-            report.problem,
-        )
-        return False
+    def _linked(self, fd: int, end: int, found: list[_Found[Key]]) -> dict[Key, core.AuditEntry]:
+        """The entries of FOUND the log links from to END, checked with verify's own walk
+        (core.verify_lines, tail: from some entry on) from the line before the oldest one. A walk
+        that fails at a line drops the ones at or before it (a warning names it), and the ones
+        after it are walked again from the line before the oldest of them: one walk for all of them
+        when the log is whole, none when nothing was found."""
+        left = sorted(found, key=lambda f: f.offset)
+        warned: set[int] = set()
+        while left:
+            start = left[0].before or 0  # the file's first line is held to the log's first entry
+            report = core.verify_lines(
+                (raw for _offset, raw in files.lines_forward(fd, start, end)), tail=start > 0
+            )
+            if report.ok:
+                break
+            number = report.line or 1  # (always given without claims)
+            [(bad, _raw)] = itertools.islice(files.lines_forward(fd, start, end), number - 1, number)
+            if bad not in warned:
+                warned.add(bad)
+                log.warning(
+                    "%s:%d does not verify (%s): the audit events from there back are not trusted; "
+                    "`voke audit verify` names the damage",
+                    self.path,
+                    files.LineNumbers(fd).at(bad),
+                    report.problem,
+                )
+            # the one whose walk starts there, where a walk from further back failed for its link or
+            # bytes, is held to its hash alone there: walked again, unless the line failed that too
+            left = [f for f in left if f.offset > bad and not (bad == start and f is left[0])]
+        return {f.key: f.entry for f in left}
 
     def verify(self, *, min_difficulty: int = DEFAULT_DIFFICULTY) -> core.VerifyReport:
         """Walk the whole log against its checkpoints and the chain's anchors of them.

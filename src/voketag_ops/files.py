@@ -221,6 +221,25 @@ def lines_backwards(
     yield 0, b"".join(reversed(later))
 
 
+def lines_forward(fd: int, start: int, end: int, *, block: int = TAIL_BLOCK) -> Iterator[tuple[int, bytes]]:
+    """The lines of the file open as FD from offset START (a line's start) to END (where a line
+    break ends: an offset `lines_backwards` gave), each with its offset and its line break, read
+    BLOCK bytes at a time: what it holds is a block and the line under way, however far it goes."""
+    pos = start
+    partial: list[bytes] = []  # the start of the line under way, in the blocks read before this one
+    while pos < end:
+        chunk = os.pread(fd, min(block, end - pos), pos)
+        if not chunk:
+            break  # cut shorter meanwhile: what is left is no line
+        begin, cut = 0, chunk.find(b"\n")
+        while cut != -1:
+            line = b"".join([*partial, chunk[begin : cut + 1]])
+            yield pos + cut + 1 - len(line), line
+            partial, begin, cut = [], cut + 1, chunk.find(b"\n", cut + 1)
+        partial.append(chunk[begin:])
+        pos += len(chunk)
+
+
 class LineNumbers:
     """The line number (from 1) of the line at an offset of the file open as FD, by counting the
     line breaks before it: asked (for warnings) about offsets that only go down, as a file read

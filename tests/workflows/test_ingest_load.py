@@ -944,6 +944,42 @@ def test_a_batch_whose_audited_mark_was_lost_after_its_event_gets_no_second_even
         assert conn.execute("select count(*) from ingest.batches where not audited").fetchone()[0] == 0
 
 
+def test_the_next_load_settles_every_missed_batch_with_one_read_of_the_audit_log(db, tmp_path, monkeypatch):
+    # Each missed batch was looked up in the audit log with a pass of its own (three missed
+    # batches in a 100,000-event log: ~28 s of CPU): one lookup settles them all now, each batch
+    # whose event is there marked, the others given a recovered event.
+    from voketag_ops import audit
+    from voketag_ops.errors import NeedsOperatorError
+
+    home = tmp_path / "home"
+    real_append = audit.AuditLog.append
+    refused = audit.AuditWriteError("disk full", disk_refused=True)
+    monkeypatch.setattr(audit.AuditLog, "append", lambda *a, **k: (_ for _ in ()).throw(refused))
+    for seed in (1, 2):
+        with pytest.raises(NeedsOperatorError, match="audit event could not be written"):
+            load(db, sample(tmp_path, 20, seed=seed, name=f"lost-{seed}.csv"), audit_home=home)
+    monkeypatch.setattr(audit.AuditLog, "append", real_append)
+    with psycopg.connect(db, autocommit=True) as other:  # another load under way: left alone
+        other.execute("select pg_advisory_lock_shared(%s, %s)", (wf._LOCK_CLASS, wf._LOCK_AUDIT))
+        written = load(db, sample(tmp_path, 20, seed=3, name="written.csv"), audit_home=home)
+    with psycopg.connect(db) as conn:  # its voke killed between its event and its mark
+        conn.execute("update ingest.batches set audited = false where batch_id = %s", (written.batch_id,))
+    lookups: list[tuple[Any, ...]] = []
+    find_newest = audit.AuditLog.find_newest
+
+    def counted(self, *args):
+        lookups.append(args)
+        return find_newest(self, *args)
+
+    monkeypatch.setattr(audit.AuditLog, "find_newest", counted)
+    last = load(db, sample(tmp_path, 20, seed=4, name="last.csv"), audit_home=home)
+    assert len(lookups) == 1  # (one pass over the log: tests/adapters/test_audit_log.py)
+    assert {batch for batch, _loaded_at in lookups[0][0]} == {1, 2, written.batch_id}
+    assert _load_events(home) == [(written.batch_id, False), (last.batch_id, False), (1, True), (2, True)]
+    with psycopg.connect(db) as conn:
+        assert conn.execute("select count(*) from ingest.batches where not audited").fetchone()[0] == 0
+
+
 def test_another_databases_event_for_the_same_batch_id_does_not_stand_for_this_one(db, tmp_path):
     # Batch ids start at 1 in every database, and the audit log outlives `env destroy`: the same
     # file loaded into a fresh database is batch 1 again, and its own event is still owed.

@@ -426,9 +426,9 @@ class _Walker:
 def verify_lines(lines: Iterable[bytes], claims: Iterable[Claim] = (), *, tail: bool = False) -> VerifyReport:
     """Verify the log given as raw LINES (each with its newline, except a torn last one)
     against CLAIMS (checkpoints and anchors). Names the first bad entry. TAIL: LINES are the
-    log's end after some entry (what `AuditLog.find_newest` read back): the first line is that
-    entry, held to its own hash (what the next links to), not to its bytes or link (the lines
-    before it, which the walk does not see, are judged there)."""
+    log's end from some entry on (`AuditLog.find_newest` walks from the line before an entry it
+    found): the first line is that entry, held to its own hash (what the next links to), not to
+    its bytes or link (the lines before it, which the walk does not see, are judged there)."""
     by_size: dict[int, list[Claim]] = {}
     for claim in claims:
         by_size.setdefault(claim.size, []).append(claim)

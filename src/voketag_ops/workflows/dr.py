@@ -403,17 +403,13 @@ def _discarded_already(env: LocalEnvironment, name: str, *, dry_run: bool) -> di
     # environment's restore, in the same log, made a Cloud SQL instance). Read from the end, up to
     # the first match: a rerun finds its name among the newest events of a log of any length. One
     # whose chain to the log's end does not verify (a line added by hand) is not trusted.
-    def made_or_discarded(e: AuditEntry) -> bool:
-        return (
-            e.target == name
-            and e.env == "local"
-            and (
-                (e.event_type == "dr.discard" and e.result in ("success", "unchanged"))
-                or (e.event_type == "dr.restore" and "backup" in e.details)
-            )
+    def made_or_discarded(e: AuditEntry) -> str | None:  # the local instance it made or discarded
+        made = (e.event_type == "dr.discard" and e.result in ("success", "unchanged")) or (
+            e.event_type == "dr.restore" and "backup" in e.details
         )
+        return e.target if made and e.env == "local" else None
 
-    if AuditLog(env.home).find_newest(made_or_discarded) is None:
+    if name not in AuditLog(env.home).find_newest({name}, made_or_discarded):
         raise dr.no_such_restore(env, name)
     if dry_run:
         return {"dry_run": True, "plan": [f"nothing: the restored instance {name} is gone already"]}

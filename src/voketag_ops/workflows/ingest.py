@@ -808,8 +808,9 @@ def _audit_written(
                 "SELECT batch_id, file_sha256, file_name, rows_total, rows_loaded, rows_rejected, merkle_root,"
                 " anchor_id, loaded_at, loaded_by FROM ingest.batches WHERE NOT audited ORDER BY batch_id"
             ).fetchall()
+            logged = _logged_loads(audit_home, [(batch[0], iso(batch[8])) for batch in missed])
             for batch in missed:
-                if _logged_load(audit_home, batch[0], iso(batch[8])):
+                if (batch[0], iso(batch[8])) in logged:
                     # its event was written, the mark was lost (a failover or crash between the
                     # two): marking it is all that is missing
                     conn.execute("UPDATE ingest.batches SET audited = true WHERE batch_id = %s", (batch[0],))
@@ -821,22 +822,22 @@ def _audit_written(
         log.warning("could not settle the audit events of earlier loads: %s", _first_line(exc))
 
 
-def _logged_load(audit_home: Path, batch_id: int, loaded_at: str) -> bool:
-    """The audit log says a load loaded batch BATCH_ID at LOADED_AT (batch ids start at 1 in every
-    database, the time of the batch row's transaction tells which database's load), in an event
-    it links from to its end (`AuditLog.find_newest`: a line added by hand does not count)."""
+def _logged_loads(audit_home: Path, batches: list[tuple[object, object]]) -> set[tuple[object, object]]:
+    """The (batch_id, loaded_at) of BATCHES the audit log says a load loaded (batch ids start at 1
+    in every database, the time of the batch row's transaction tells which database's load), each
+    in an event it links from to its end (`AuditLog.find_newest`: a line added by hand does not
+    count), in one pass for all of them."""
     from voketag_ops.audit import AuditLog
 
-    return (
+    return set(
         AuditLog(audit_home).find_newest(
+            batches,
             lambda e: (
-                e.event_type == "ingest.load"
-                and e.result in ("success", "loaded")
-                and e.details.get("batch_id") == batch_id
-                and e.details.get("loaded_at") == loaded_at
-            )
+                (e.details.get("batch_id"), e.details.get("loaded_at"))
+                if e.event_type == "ingest.load" and e.result in ("success", "loaded")
+                else None
+            ),
         )
-        is not None
     )
 
 

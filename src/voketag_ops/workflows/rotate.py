@@ -1336,15 +1336,13 @@ class RotationEngine:
         from voketag_ops.audit import AuditLog
 
         record.untold = None  # what the stored record said, not the history line
-        logged = (
-            AuditLog(self.audit_home).find_newest(
-                lambda e: (
-                    e.event_type == "rotation.finish"
-                    and e.result == record.status
-                    and e.details.get("rotation_id") == record.id
-                )
-            )
-            is not None
+        logged = record.id in AuditLog(self.audit_home).find_newest(
+            {record.id},
+            lambda e: (
+                e.details.get("rotation_id")
+                if e.event_type == "rotation.finish" and e.result == record.status
+                else None
+            ),
         )
         # timed as its run would have: from its start to its recorded finish
         return self._tell(
