@@ -561,7 +561,7 @@ class AuditLog:
         after it are walked again from the line before the oldest of them: one walk for all of them
         when the log is whole, none when nothing was found."""
         left = sorted(found, key=lambda f: f.offset)
-        warned: set[int] = set()
+        damaged: dict[int, tuple[object, int]] = {}  # offset of a line that fails -> problem, last dropped
         while left:
             start = left[0].before or 0  # the file's first line is held to the log's first entry
             report = core.verify_lines(
@@ -571,18 +571,23 @@ class AuditLog:
                 break
             number = report.line or 1  # (always given without claims)
             [(bad, _raw)] = itertools.islice(files.lines_forward(fd, start, end), number - 1, number)
-            if bad not in warned:
-                warned.add(bad)
-                log.warning(
-                    "%s:%d does not verify (%s): the audit events from there back are not trusted; "
-                    "`voke audit verify` names the damage",
-                    self.path,
-                    files.LineNumbers(fd).at(bad),
-                    report.problem,
-                )
             # the one whose walk starts there, where a walk from further back failed for its link or
             # bytes, is held to its hash alone there: walked again, unless the line failed that too
-            left = [f for f in left if f.offset > bad and not (bad == start and f is left[0])]
+            kept = [f for f in left if f.offset > bad and not (bad == start and f is left[0])]
+            dropped = max((f.offset for f in left if f not in kept), default=bad)
+            _problem, before = damaged.get(bad, (report.problem, bad))
+            damaged[bad] = (report.problem, max(before, dropped))
+            left = kept
+        numbers = files.LineNumbers(fd)
+        for bad, (problem, last) in sorted(damaged.items()):
+            log.warning(
+                "%s:%d does not verify (%s): the audit events up to line %d are not trusted; "
+                "`voke audit verify` names the damage",
+                self.path,
+                numbers.at(bad),
+                problem,
+                numbers.at(max(last, bad)),
+            )
         return {f.key: f.entry for f in left}
 
     def verify(self, *, min_difficulty: int = DEFAULT_DIFFICULTY) -> core.VerifyReport:
