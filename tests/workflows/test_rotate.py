@@ -1339,6 +1339,30 @@ def test_an_alter_role_behind_another_sessions_open_transaction_gives_up_and_rol
     assert_consistent(platform)
 
 
+def test_an_alter_role_behind_another_sessions_transaction_that_ends_in_time_goes_through(platform):
+    # review: the other session committed within rotation.db_timeout, and PostgreSQL refused the
+    # waiting ALTER ROLE ("tuple concurrently updated"): the rotation failed and rolled back (exit 6).
+    import threading
+
+    from voketag_ops.adapters.local.dbusers import LocalDbTarget
+
+    holder = platform.env.primary().connect()
+    holder.execute("begin")
+    for role in ("app_a", "app_b"):
+        holder.execute(f"alter role {role} connection limit -1")
+    ends = threading.Timer(2.0, holder.commit)  # while the rotation's ALTER waits behind it
+    ends.start()
+    try:
+        outcome = make_engine(platform, target=LocalDbTarget(platform.env, timeout=20)).rotate_db_password(
+            "app"
+        )
+    finally:
+        ends.join()
+        holder.close()
+    assert outcome.error is None, outcome.error
+    assert_consistent(platform)
+
+
 class LeaseOutlivingTarget:
     """The real target, but setting a password takes longer than the lease (a fake clock moved
     past it), while another voke asks whether the rotation is running."""

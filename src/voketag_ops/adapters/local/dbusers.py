@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from voketag_ops.adapters.local.environment import LocalEnvironment
 
 SCRAM_ITERATIONS = 4096
+CONCURRENT_UPDATE_TRIES = 3  # an ALTER ROLE refused as "tuple concurrently updated" is sent again
 # Session settings (superuser's) that keep a statement's text out of the server log: one that
 # fails (log_min_error_statement), is slow (log_min_duration_statement) or is logged by
 # log_statement.
@@ -107,17 +108,25 @@ class LocalDbTarget:
         from psycopg import errors as pgerr
         from psycopg import sql
 
+        statement = sql.SQL("alter role {} with login password {}").format(
+            sql.Identifier(role), sql.Literal(scram_verifier(password))
+        )
         try:
             with self._connect() as conn:
                 # The verifier stands for the password (an offline guess needs only it): no
                 # server log gets this statement's text, failing, slow or logged by setting.
                 for setting in QUIET_STATEMENT_LOG:
                     conn.execute(setting)
-                conn.execute(
-                    sql.SQL("alter role {} with login password {}").format(
-                        sql.Identifier(role), sql.Literal(scram_verifier(password))
-                    )
-                )
+                for attempt in range(1, CONCURRENT_UPDATE_TRIES + 1):
+                    try:
+                        conn.execute(statement)
+                        break
+                    except pgerr.InternalError_ as exc:
+                        # Another session's transaction that altered ROLE ended while this ALTER
+                        # waited for it: PostgreSQL then refuses rather than update the new row.
+                        # Nothing changed; the same ALTER again goes through (review).
+                        if "tuple concurrently updated" not in str(exc) or attempt == CONCURRENT_UPDATE_TRIES:
+                            raise
         except DatabaseError:
             raise
         except (pgerr.QueryCanceled, pgerr.LockNotAvailable) as exc:
