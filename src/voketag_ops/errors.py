@@ -201,6 +201,11 @@ class DatabaseError(RotationFailure):
     kind = "DatabaseError"
 
 
+class StatementRefusedError(DatabaseError):
+    """The database answered a statement with an error (a role that does not exist, a denied
+    privilege): in its own transaction, it changed nothing, so a step it ended never began."""
+
+
 class ConnectivityError(RotationFailure):
     """The target could not be reached."""
 

@@ -1363,6 +1363,32 @@ def test_an_alter_role_behind_another_sessions_transaction_that_ends_in_time_goe
     assert_consistent(platform)
 
 
+def test_an_alter_role_the_database_refuses_changes_nothing_and_rolls_back_cleanly(platform):
+    # review: the next login's role renamed by hand: the ALTER ROLE failed inside PostgreSQL (so
+    # nothing changed), yet the rollback tried to set that role's password back: exit 7, and the
+    # rotation could be neither rerun nor rolled back until the rename was undone.
+    import json
+
+    from voketag_ops.adapters.local.dbusers import LocalDbTarget
+
+    store = platform.store()
+    before = store.get("db-app")
+    current = json.loads(store.access("db-app", before.aliases["current"]))["username"]
+    other = "app_b" if current == "app_a" else "app_a"
+    with platform.env.primary().connect() as admin:
+        admin.execute(f"alter role {other} rename to {other}_renamed")
+        try:
+            outcome = make_engine(platform, target=LocalDbTarget(platform.env)).rotate_db_password("app")
+        finally:
+            admin.execute(f"alter role {other}_renamed rename to {other}")
+    assert outcome.error is not None and outcome.error.exit_code == 6, outcome.error
+    assert f'role "{other}" does not exist' in outcome.error.message
+    rollback = next(s for s in outcome.report.steps if s.name == "rollback")
+    assert rollback.detail == "discard_pending"  # nothing to set back
+    assert store.get("db-app").aliases == before.aliases
+    assert_consistent(platform)
+
+
 class LeaseOutlivingTarget:
     """The real target, but setting a password takes longer than the lease (a fake clock moved
     past it), while another voke asks whether the rotation is running."""

@@ -54,6 +54,7 @@ from voketag_ops.errors import (
     RolledBackError,
     RotationFailure,
     SecretError,
+    StatementRefusedError,
     StepTimeoutError,
     TargetBusyError,
     UsageError,
@@ -98,6 +99,8 @@ def _step_failure(step: str, exc: VokeError) -> tuple[RotationFailure, bool]:
     its recovery), and whether the step began. (A NeedsOperatorError is no step's failure: the
     lease went to another run.)"""
     if step == "create_pending" and isinstance(exc, RequestRefusedError):  # made nothing, stored nothing
+        return exc, False
+    if isinstance(exc, StatementRefusedError):  # the statement was refused whole: nothing to undo
         return exc, False
     if isinstance(exc, RotationFailure):
         return exc, True

@@ -14,7 +14,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from voketag_ops.adapters.pg_login import pg_login, timeout_ms
-from voketag_ops.errors import DatabaseError, TargetBusyError
+from voketag_ops.errors import DatabaseError, StatementRefusedError, TargetBusyError
 
 if TYPE_CHECKING:
     import psycopg
@@ -136,6 +136,12 @@ class LocalDbTarget:
                 hint="another session holds the role (an open transaction that altered it: see "
                 "pg_stat_activity); end it, then retry",
             ) from None
+        except pgerr.Error as exc:
+            # The server's answer to the ALTER (autocommit: refused whole) changed nothing; a
+            # connection lost on the way (no SQLSTATE) may have come after the commit.
+            refused = exc.sqlstate is not None and not exc.sqlstate.startswith("08")
+            kind = StatementRefusedError if refused else DatabaseError
+            raise kind(f"cannot set the password of {role}: {_first_line(exc)}") from None
         except Exception as exc:
             raise DatabaseError(f"cannot set the password of {role}: {_first_line(exc)}") from None
 
