@@ -508,8 +508,9 @@ class AuditLog:
         the log); then each one found counts only if the entries from the line before it to the
         log's end link hash by hash, each stored as voke writes it (that line: to its own hash,
         or, the file's first line, the log's first entry), read forward from there once for all
-        of them: a line appended or edited by hand is not trusted, nor is anything before it.
-        Such an entry is left out, with a warning naming the line. This checks the links alone,
+        of them: a line appended or edited by hand is not trusted, nor is anything before it, nor
+        the entry right after it (which links to it). Such an entry is left out, with a warning
+        naming the line and the last one left out. This checks the links alone,
         not the checkpoints and anchors only `voke audit verify` checks: an entry rewritten with
         every later hash recomputed passes. A torn last write is no entry yet (the next append
         deals with it)."""

@@ -53,6 +53,7 @@ STEADY_CHECKS = ("unfinished_operation", "split_brain", "leader_writable", "repl
 SERVICES_CHECK = "services_healthy"  # also steady: every service answers /health, as `env status` asks
 CANARY_INTERVAL = 0.1  # between two canary writes, or a fifth of a shorter lead-in
 LOCAL_CANARY_SECONDS = 1.0  # how long the canary writes before a local drill's fault, unless set
+SEED_ROWS = 2000
 
 
 def canary_seconds(settings: Settings, options: Mapping[str, Any], default: float) -> float:
@@ -62,9 +63,6 @@ def canary_seconds(settings: Settings, options: Mapping[str, Any], default: floa
     if given is None:
         given = settings.dr.canary_seconds
     return float(default if given is None else given)
-
-
-SEED_ROWS = 2000
 
 
 def _quiet(_msg: str) -> None:
