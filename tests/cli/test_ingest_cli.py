@@ -81,6 +81,8 @@ def test_bad_input_is_rejected_with_line_and_column_and_nothing_is_written(
     assert report["error_count"] >= 1
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1  # one summary line off a terminal
+    at = f"line {line}" + (f", column {column}" if column is not None else "") + ": "
+    assert f"(first: {at}" in result.stderr  # a cron job keeping only stderr keeps the column
     assert tables(db) == before
 
 

@@ -173,8 +173,11 @@ def test_empty_file():
     assert (p.line, p.code) == (1, "empty_file")
 
 
-def test_bom_only_is_an_empty_file():
-    assert only_problem(run(b"\xef\xbb\xbf")).code == "empty_file"
+@pytest.mark.parametrize("chunk", [None, 1])
+def test_bom_only_is_an_empty_file_that_says_it_holds_a_bom(chunk):
+    p = only_problem(run(b"\xef\xbb\xbf", chunk=chunk))
+    assert (p.line, p.code) == (1, "empty_file")
+    assert "only a byte-order mark" in p.message
 
 
 def test_header_only():

@@ -326,7 +326,9 @@ def _summary(r: LoadReport) -> str:
     first = r.errors[0] if r.errors else None
     where = ""
     if first:
-        where = f" (first: {'line ' + str(first['line']) + ': ' if first['line'] is not None else ''}{first['message']})"
+        at = f"line {first['line']}" if first["line"] is not None else ""
+        at += f", column {first['column']}" if at and first["column"] is not None else ""
+        where = f" (first: {at + ': ' if at else ''}{first['message']})"
     rejects = f"; the reasons for every row are in {r.rejects_file}" if r.rejects_file else ""
     return f"ingest: rejected {name}: {r.error_count} problem(s){where}; nothing loaded{rejects}"
 

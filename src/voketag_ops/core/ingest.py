@@ -492,6 +492,7 @@ class BatchValidator:
         self._pending_bytes = 0
         self._skipping = False
         self._started = False
+        self._bom = False  # the file began with a UTF-8 BOM (stripped)
         self._line = 0  # physical lines consumed
         # None: the caller seals the accepted rows (``Chunk.canonical``) itself.
         self._sealer: LeafSealer | None = LeafSealer() if seal else None
@@ -533,7 +534,7 @@ class BatchValidator:
                 return Chunk()
             self._started = True
             if data.startswith(_BOM):
-                data = data[len(_BOM) :]
+                data, self._bom = data[len(_BOM) :], True
         cut = data.rfind(b"\n")
         if cut < 0:
             if data:
@@ -585,13 +586,14 @@ class BatchValidator:
             if self.require_final_newline and self.header is not None:  # ... but it is cut, too
                 self._fatal(Problem(self._line, None, "truncated", _TRUNCATED))
         if rest.startswith(_BOM) and self._line == 0:
-            rest = rest[len(_BOM) :]
+            rest, self._bom = rest[len(_BOM) :], True
         chunk = self._process(rest, final=True) if rest else Chunk()
         self._finished = True
         if self.header is None and not self.fatal and self._line:
             self._fatal(Problem(1, None, "missing_column", "no header line: the file has only blank lines"))
         elif self.header is None and not self.fatal:
-            self._fatal(Problem(1, None, "empty_file", "the file is empty: a header line is required"))
+            empty = "holds only a byte-order mark" if self._bom else "is empty"
+            self._fatal(Problem(1, None, "empty_file", f"the file {empty}: a header line is required"))
         elif self.header is not None and self.rows_total == 0 and not self.fatal:
             self._fatal(Problem(self.header.line + 1, None, "no_rows", "the file has a header but no rows"))
         if self._sealer is not None:
