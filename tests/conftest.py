@@ -150,6 +150,7 @@ def _script_signals_forgotten() -> Iterator[None]:
     interrupts._started = False
     interrupts._settled = False
     interrupts._decided = None
+    interrupts._outcome = ""
     interrupts._command = None
 
 

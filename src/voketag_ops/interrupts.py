@@ -5,8 +5,9 @@ SIGTERM (a cancelled CI job, `timeout`, systemd or Cloud Run stopping the job) a
 Ctrl-C would raise: the operation rolls back or records where to resume, and the exit is
 130 (what is written to a terminal gone meanwhile goes nowhere: see output.py). Before the command has started (the
 imports) there is nothing to clean up: a signal then ends voke at once with its one-line
-error. Once the outcome is final (``decided``) a first signal waits; once the result is out
-(``settle``) signals are ignored: they would only garble it.
+error. Once the outcome is final (``decided``) a first signal waits, and the answer of a second
+says what that outcome was; once the result is out (``settle``) signals are ignored: they would
+only garble it.
 Only the `voke` script (``install``) does any of this; tests that call voke in-process keep
 Python's own handling.
 """
@@ -47,6 +48,7 @@ _command: str | None = None  # what the command line names (`dr failover`), for 
 _started = False  # the command is running: a signal is raised, not an immediate exit
 _settled = False  # the answer is out: signals stay ignored
 _decided: Held | None = None  # the outcome is final: signals held until the answer is out
+_outcome = ""  # what was decided and what is left (``decided``), for the answer of a signal after it
 
 
 def install(command: str | None = None) -> None:
@@ -78,22 +80,28 @@ def settle() -> None:
             signal.signal(signum, signal.SIG_IGN)
 
 
-def decided() -> None:
+def decided(outcome: str = "", left: str = "") -> None:
     """The command's outcome is final (a rotation has ended): until the answer is out
     (``settle``) a Ctrl-C or SIGTERM is noted, not raised, as exit 130 would have an operator
     or a cron wrapper run it again. The second one is raised, so a step that hangs can still
-    be stopped. In the `voke` script only (as ``settle``); again: nothing more."""
-    global _decided
-    if _installed and _decided is None:
+    be stopped; its answer (``message``) says OUTCOME, what was decided, and LEFT, what is left
+    to do, once they are known: given again, they replace what was given (nothing more). In
+    the `voke` script only (as ``settle``)."""
+    global _decided, _outcome
+    if not _installed:
+        return
+    if _decided is None:
         _decided = Held(give_way_after=1)
         _decided.hold()
+    if outcome:
+        _outcome = f"{outcome}; its report was not printed ({left})" if left else outcome
 
 
 def reopen() -> None:
     """Another operation of the same command begins (`rotate due --run`'s next rotation): what
     ``decided`` held is raised now, before it starts, and signals are raised again."""
-    global _decided
-    held, _decided = _decided, None
+    global _decided, _outcome
+    held, _decided, _outcome = _decided, None, ""
     if held is not None:
         held.__exit__()
         if held.fired:
@@ -233,6 +241,19 @@ def stopped_by() -> str:
     """What stopped the command, as its answers say it: the first SIGTERM or SIGHUP once one
     came, else Ctrl-C."""
     return f"terminated ({Terminated.received})" if Terminated.received else "interrupted"
+
+
+def outcome() -> str:
+    """What was decided and what is left, as ``decided`` was last told ("" until then, and
+    outside the `voke` script): a clean-up that finds it has nothing left to undo."""
+    return _outcome
+
+
+def message() -> str:
+    """The answer of a command a signal stopped: what stopped it (``stopped_by``) and, when the
+    signal gave way once its outcome was decided, what that outcome was and what is left
+    (``outcome``), not a bare "interrupted" an operator would take for a run to do again."""
+    return f"{stopped_by()} after {_outcome}" if _outcome else stopped_by()
 
 
 def interrupt() -> KeyboardInterrupt:

@@ -37,3 +37,18 @@ def test_a_signal_another_thread_took_interrupts_the_wait_for_the_calls():
     finally:
         signal.signal(signal.SIGINT, previous)
     assert waited_out == [False]  # the caller heard it while the call still ran
+
+
+def test_the_next_operation_is_not_answered_for_with_the_outcome_before_it(script_signals):
+    # `rotate due --run`: a signal that gives way once a rotation ended says how it ended; once
+    # the next one begins (`reopen`), one that stops it names that one (its own answer), not
+    # the one before.
+    interrupts.decided()
+    assert interrupts.message() == "interrupted"  # ended, how not known yet
+    interrupts.decided("rotation R1 of s1 succeeded", "`voke rotate history` shows it")
+    assert interrupts.message() == (
+        "interrupted after rotation R1 of s1 succeeded; its report was not printed "
+        "(`voke rotate history` shows it)"
+    )
+    interrupts.reopen()
+    assert interrupts.outcome() == "" and interrupts.message() == "interrupted"

@@ -597,6 +597,84 @@ def test_a_signal_after_a_rotation_ended_waits_for_its_report(keyring, script_si
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
+@pytest.mark.parametrize("ending", ["succeeded", "not cleared", "untold", "rolled back"])
+def test_a_second_signal_after_a_rotation_ended_says_how_it_ended_and_what_is_left(
+    keyring, script_signals, monkeypatch, ending
+):
+    # The second Ctrl-C gives way before the report is printed: its answer was a bare
+    # "interrupted" (exit 130), which has an operator or a cron wrapper rotate again, though the
+    # rotation had ended. It says how, and what is left: nothing, the resume that clears its
+    # record or writes its history line, or the retry of one rolled back.
+    import errno
+    import os
+    import signal
+
+    from voketag_ops.audit import AuditLog
+    from voketag_ops.cli.app import _interrupted
+    from voketag_ops.errors import ConnectivityError, SecretError
+    from voketag_ops.workflows.rotate import RotationReport
+
+    engine, _clock, store = keyring
+    of, update, history = RotationReport.of, store.update, engine._history
+    ended: list[str] = []
+
+    def two_ctrl_cs_then_report(record, **kw):  # the report built once the rotation has ended
+        ended.append(record.id)
+        os.kill(os.getpid(), signal.SIGINT)  # held
+        os.kill(os.getpid(), signal.SIGINT)  # the second gives way
+        return of(record, **kw)
+
+    def clear_refused(secret, **kw):
+        if ANNOTATION in (kw.get("annotations") or {}) and kw["annotations"][ANNOTATION] is None:
+            raise SecretError("the store is read-only")
+        return update(secret, **kw)
+
+    def disk_full(record):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/home/history.jsonl")
+
+    def unreachable(record, user):
+        raise ConnectivityError("no route to the verifiers")
+
+    monkeypatch.setattr(RotationReport, "of", two_ctrl_cs_then_report)
+    if ending == "not cleared":
+        store.update = clear_refused
+    elif ending == "untold":
+        engine._history = disk_full
+    elif ending == "rolled back":
+        engine._test = unreachable
+    with pytest.raises(KeyboardInterrupt):
+        rotate_jwt(engine)
+    rotation = ended[0]
+    said = (
+        f"interrupted after rotation {rotation} of jwt-signing "
+        + {
+            "succeeded": "succeeded; its report was not printed (`voke rotate history` shows it)",
+            "not cleared": f"succeeded; its report was not printed (`voke rotate resume {rotation} --yes` finishes it)",
+            "untold": "succeeded, but its history line could not be written: /home/history.jsonl: No space left "
+            "on device; its report was not printed (free space on (or make writable) the file system of "
+            f"VOKE_HOME, then: voke rotate resume {rotation} --yes   (it writes what is missing; the rotation "
+            "is not run again))",
+            "rolled back": "failed at test (ConnectivityError: no route to the verifiers); rolled back; its "
+            "report was not printed (once what made it fail is fixed, retry: voke rotate jwt --yes)",
+        }[ending]
+    )
+    assert _interrupted().message == said  # the CLI's answer, exit 130
+    cut = [
+        (e.event_type, e.details["error"]["message"])
+        for e in AuditLog(engine.audit_home).entries()
+        if e.result == "interrupted"
+    ]
+    assert cut == [("rotation.start", said)]
+    left = store.get("jwt-signing").annotations.get(ANNOTATION)
+    assert (left is not None) == (ending in ("not cleared", "untold"))
+    monkeypatch.setattr(RotationReport, "of", of)
+    store.update, engine._history = update, history
+    if left is not None:  # what the answer names finishes it
+        assert engine.resume(rotation).error is None
+        assert ANNOTATION not in store.get("jwt-signing").annotations
+    assert [r.id for r in engine.history(secret="jwt-signing")].count(rotation) == 1
+
+
 def test_a_signal_while_the_finish_is_recorded_waits_and_the_rotation_is_on_record(
     keyring, script_signals, monkeypatch
 ):

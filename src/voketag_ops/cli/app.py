@@ -327,7 +327,7 @@ def _internal_error(output: Output, exc: BaseException, debug: bool) -> int:
 
 
 def _interrupted() -> Interrupted:
-    return Interrupted(interrupts.stopped_by())
+    return Interrupted(interrupts.message())
 
 
 def _usage_error(output: Output, exc: ClickUsageError) -> int:

@@ -568,12 +568,15 @@ class RotationEngine:
             # gives the lease up and names the rotation to resume (a bare exit 130 kept the lease).
             # So does one while the finish is recorded, told and its record cleared (`_end`): resume
             # finishes it (or writes what is missing, or only clears the record); a rollback would
-            # undo a rotation that worked.
+            # undo a rotation that worked. One after it ended (the second, `interrupts.decided`)
+            # goes on as it came: its answer (`interrupts.message`) says how it ended.
             try:
                 stopped = self._run_step(record, step, user, t0, resumed)
                 if stopped is None and step == "finish":
                     unwritten = self._end(record, t0)
             except KeyboardInterrupt:
+                if interrupts.outcome():  # it had ended (`_end`, `_needs_attention`): its answer says how
+                    raise
                 if step == "finish":  # the record as stored, not this one (already `succeeded`)
                     if not self._release_stored(record):  # cleared: it succeeded, nothing to resume
                         raise Interrupted(
@@ -952,18 +955,38 @@ class RotationEngine:
         # (no monotonic reading spans processes): `recorded_seconds` falls back.
         took = round(time.monotonic() - t0, 3)
         record.duration_seconds = took if self._begun.get(record.id) == t0 else None
+        stands = False  # the record of one that succeeded, left for a resume (its clear refused)
         with interrupts.Held(give_way_after=1) as held:
             if record.status != "succeeded":
                 self._clear(record)
                 unwritten = self._tell(record, took)  # lost for good if unwritten: the record is gone
             elif not self._record_finished(record):
+                self._decided(record, None, stands=True)
                 return None
             elif (unwritten := self._tell(record, took)) is None:
-                self._clear(record)
+                stands = not self._clear(record)
             else:
                 self._release_stored(record)  # still `untold`: the resume writes what is missing
+            self._decided(record, unwritten, stands=stands)
             self._notify_ended(record, held)
             return unwritten
+
+    def _decided(self, record: RotationRecord, unwritten: NeedsOperatorError | None, *, stands: bool) -> None:
+        """What the answer of a second signal from here to the printed report says (until here
+        `_run` and `_rollback` answer it): how RECORD ended and what is left, as its answer
+        would have said: what could not be written (`_tell`), the resume that finishes its
+        record left standing (STANDS: the store refused to record its finish or to clear it),
+        the retry of one rolled back, or nothing."""
+        ended = f"rotation {record.id} of {record.secret}"
+        if unwritten is not None:
+            interrupts.decided(unwritten.message, unwritten.hint or "")
+        elif record.status != "succeeded":
+            how, again = _rolled_back(record)
+            interrupts.decided(f"{ended} {how}", again)
+        elif stands:
+            interrupts.decided(f"{ended} succeeded", f"`{resume_command(record.id)}` finishes it")
+        else:
+            interrupts.decided(f"{ended} succeeded", "`voke rotate history` shows it")
 
     def _tell(
         self, record: RotationRecord, took: float, *, history: bool = True, event: bool = True
@@ -1003,15 +1026,9 @@ class RotationEngine:
         if record.status == "succeeded":
             ended = "succeeded"
             hint = f"{fix}, then: {resume_command(record.id)}   (it writes what is missing; the rotation is not run again)"
-        else:  # rolled back, as its exit 6 would have said it (the failure it undid, if this run met it)
-            failed = record.error
-            ended = (
-                f"failed at {failed['step']} ({failed['kind']}: {failed['message']}); rolled back"
-                if failed
-                else "was rolled back"
-            )
-            again = "once what made it fail is fixed, retry" if failed else "to rotate again"
-            hint = f"{fix}; the rollback stands (nothing to resume); {again}: {retry_command(record)}"
+        else:
+            ended, again = _rolled_back(record)
+            hint = f"{fix}; the rollback stands (nothing to resume); {again}"
         return NeedsOperatorError(
             f"rotation {record.id} of {record.secret} {ended}, but its {' and '.join(unwritten)} "
             f"could not be written: {'; '.join(why)}",
@@ -1041,9 +1058,9 @@ class RotationEngine:
             record.untold = None  # the stored record's alone: its history line, event and report say none
         return True
 
-    def _clear(self, record: RotationRecord) -> None:
+    def _clear(self, record: RotationRecord) -> bool:
         """Clear RECORD's in-progress record from its secret, keeping its summary. For a
-        rotation that succeeded a refusal is a warning naming the resume that clears it."""
+        rotation that succeeded a refusal is a warning naming the resume that clears it (False)."""
         try:
             meta = self.store.get(record.secret)
             self.store.update(
@@ -1062,6 +1079,8 @@ class RotationEngine:
                 self._voke(resume_command(record.id)),
             )
             self._release_stored(record, told=True)  # its history and audit event are written
+            return False
+        return True
 
     def _release_stored(self, record: RotationRecord, *, told: bool = False) -> bool:
         """Give up the lease of RECORD's stored record (what resume continues from), as stored;
@@ -1150,13 +1169,13 @@ class RotationEngine:
             self._audit("rotation.finish", record, "needs_attention", duration=time.monotonic() - t0)
         except VokeError as exc:
             log.error("could not record the state of %s: %s", record.id, exc.message)
-        interrupts.decided()  # stopped for a person: exit 7 and its hint, not a bare 130
-        with interrupts.Held(give_way_after=1) as held:
-            self._notify_ended(record, held)
         error = NeedsOperatorError(
             f"rotation {record.id} of {record.secret} stopped: {why}",
             hint=f"fix the cause, then: {unfinished_commands(record.id)}",
         )
+        interrupts.decided(error.message, error.hint or "")  # stopped for a person: exit 7, not a bare 130
+        with interrupts.Held(give_way_after=1) as held:
+            self._notify_ended(record, held)
         return Outcome(RotationReport.of(record, t0=t0, resumed=resumed), error)
 
     def _scope(self, record: RotationRecord, failed_step: str | None = None) -> str:
@@ -1831,7 +1850,7 @@ class RotationEngine:
         try:
             yield
         except KeyboardInterrupt:  # (one no step turned into Interrupted: between steps)
-            self._interrupted(event_type, record, t0, Interrupted(interrupts.stopped_by()))
+            self._interrupted(event_type, record, t0, Interrupted(interrupts.message()))
             raise
         except Interrupted as exc:
             self._interrupted(event_type, record, t0, exc)
@@ -1936,6 +1955,18 @@ def resume_command(rotation_id: str) -> str:
 def rollback_command(rotation_id: str) -> str:
     """The command that undoes the unfinished rotation ROTATION_ID (with --yes, as `resume_command`)."""
     return f"voke rotate rollback {rotation_id} --yes"
+
+
+def _rolled_back(record: RotationRecord) -> tuple[str, str]:
+    """How RECORD, rolled back, ended, as its exit 6 said it (the failure it undid, if this run
+    met it), and the retry to paste."""
+    failed = record.error
+    if not failed:
+        return "was rolled back", f"to rotate again: {retry_command(record)}"
+    return (
+        f"failed at {failed['step']} ({failed['kind']}: {failed['message']}); rolled back",
+        f"once what made it fail is fixed, retry: {retry_command(record)}",
+    )
 
 
 def _where(record: RotationRecord, step: str) -> str:
