@@ -58,20 +58,26 @@ OTHER_ENV_VARS = {
     "VOKE_PORT_SHARE": "`I/N`: the local servers voke starts (nodes, restored instances, services) listen only on every Nth of the ports it picks from, from the Ith, so that N environments on one host (parallel CI jobs, test workers) never pick each other's ports; unset: all of them (`0/1`); a share keeping fewer than 20 of this host's ports, or anything else: exit 3",
 }
 PORT_SHARE_ENV = "VOKE_PORT_SHARE"
-_PORT_SHARE = re.compile(r"(\d{1,5})/(\d{1,5})")
+_PORT_SHARE = re.compile(r"(\d+)/(\d+)", re.ASCII)  # any size: too many for the ports is said later
+PORT_SHARE_CAP = 1 << 16  # above every port: an I or N beyond it keeps the ports this one keeps
 
 
 def port_share(value: str) -> tuple[int, int]:
     """VOKE_PORT_SHARE's `I/N` as (I, N); (0, 1), every port, for an empty VALUE. ConfigError
-    for anything else (N of 0, I not below N)."""
+    for anything else (N of 0, I not below N). I and N of any size, compared as written and
+    capped at PORT_SHARE_CAP (and one above it), keep the ports they would: none, or one of a
+    span (`listen_ports` then refuses the share for too few ports); int() of thousands of
+    digits would be an error of its own."""
     if not value:
         return 0, 1
     match = _PORT_SHARE.fullmatch(value.strip())
-    if match is None or int(match[1]) >= int(match[2]):
+    index, count = (d.lstrip("0") for d in match.groups()) if match else ("", "")
+    if match is None or (len(index), index) >= (len(count), count):
         raise ConfigError(
             f"{PORT_SHARE_ENV}={value!r}: I/N with 0 <= I < N, e.g. 0/2 and 1/2 for two environments"
         )
-    return int(match[1]), int(match[2])
+    cap = len(str(PORT_SHARE_CAP))  # digits enough to exceed it, few enough for int()
+    return min(int(index[: cap + 1] or 0), PORT_SHARE_CAP), min(int(count[: cap + 1]), PORT_SHARE_CAP + 1)
 
 
 # Keys whose values are secrets. Not `*_secret`: in voke's config those name a secret in the store.

@@ -611,7 +611,7 @@ def test_a_voke_output_that_is_neither_json_nor_human_is_exit_3(voke, tmp_path, 
 
 
 def test_a_port_share_that_is_not_i_of_n_is_exit_3(voke, tmp_path, make_environ):
-    for value in ("2/2", "1/0", "half", "-1/2", "1/2/3", "99999999/100000000"):
+    for value in ("2/2", "1/0", "half", "-1/2", "1/2/3", "100001/100000", "0/000", "٠/٢"):
         done = voke("config", "show", "--json", environ=make_environ(tmp_path / "h", VOKE_PORT_SHARE=value))
         assert done.exit_code == 3, (value, done.stdout)
         assert "I/N with 0 <= I < N" in done.json["error"]["message"]
@@ -631,6 +631,22 @@ def test_a_port_share_that_keeps_too_few_ports_is_exit_3(voke, tmp_path, make_en
     human = voke("env", "up", environ=environ)
     assert human.exit_code == 3 and human.stderr.count("\n") == 1 and "Traceback" not in human.stderr
     assert not (tmp_path / "h").exists()  # refused before anything was made
+
+
+def test_a_port_share_of_numbers_of_any_size_is_judged_by_the_ports_it_keeps(voke, tmp_path, make_environ):
+    # Found by review: 0/100000, well formed, was said not to be I/N (five digits at most).
+    huge = "9" * 5000  # more digits than int() reads
+    for share in ("0/100000", "99999999/100000000", f"{huge}/1{huge}", f"0/{huge}"):
+        done = voke("config", "show", "--json", environ=make_environ(tmp_path / "h", VOKE_PORT_SHARE=share))
+        assert done.exit_code == 3, (share[:20], done.stdout[:300])
+        said = done.json["error"]["message"]
+        assert said.startswith(f"VOKE_PORT_SHARE={share} leaves ") and "fewer than the 20" in said, said[:300]
+    for share in (f"{huge}/{huge}", f"1{huge}/{huge}"):
+        done = voke("config", "show", "--json", environ=make_environ(tmp_path / "h", VOKE_PORT_SHARE=share))
+        assert done.exit_code == 3 and "I/N with 0 <= I < N" in done.json["error"]["message"]
+    assert (
+        voke("config", "show", environ=make_environ(tmp_path / "h", VOKE_PORT_SHARE="007/010")).exit_code == 0
+    )
 
 
 def test_every_float_setting_is_a_float_also_by_default():
