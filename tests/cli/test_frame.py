@@ -336,6 +336,12 @@ def test_drill_inputs_are_refused_before_anything_runs(voke, tmp_path):
     assert not (tmp_path / "home" / "pg").exists()
 
 
+def test_drill_run_all_asks_for_all_the_drills(voke):
+    result = voke("drill", "run", "all")
+    assert result.exit_code == 2, result.stderr
+    assert "Run all drills (pitr, failover, failback, network) on the local environment" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -1176,3 +1176,8 @@ def test_cleanup_leaves_the_version_current_until_a_rotation_after_a_failover_it
         rotated = cloud.voke("rotate", "db-password", "--yes", "--json")
         assert rotated.exit_code == 0, rotated.stdout + rotated.stderr
     assert _disabled_early(cloud, current) == []
+
+
+def test_drill_run_all_asks_for_the_cloud_drills_it_runs(cloud):
+    result = cloud.voke("drill", "run", "all")  # no terminal to ask, no --yes
+    assert result.exit_code == 2 and "Run all drills (pitr, failover) on " in result.stderr, result.stderr

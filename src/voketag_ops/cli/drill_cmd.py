@@ -104,8 +104,11 @@ def run(
             "--outage", outage, at_most=MAX_OUTAGE, why="the leader is frozen that long"
         )
     if not dry_run:
+        from voketag_ops.core.drill import SCENARIOS
+
         env.out.confirm(
-            f"Run the {scenario.value} drill on the local environment (it kills and restores servers)?",
+            f"Run {_drills(scenario.value, SCENARIOS)} on the local environment (a drill kills and "
+            "restores servers)?",
             yes=yes,
         )
     with env.out.progress(f"drill {scenario.value}") as update:
@@ -118,6 +121,11 @@ def run(
             options=options,
         )
     _render_result(env, outcome.report, error=outcome.error)
+
+
+def _drills(scenario: str, every: tuple[str, ...]) -> str:
+    """SCENARIO as a confirmation names it: `all` as the drills it runs (EVERY)."""
+    return f"all drills ({', '.join(every)})" if scenario == "all" else f"the {scenario} drill"
 
 
 def _run_cloud(
@@ -141,8 +149,8 @@ def _run_cloud(
         )
     if not dry_run:
         env.out.confirm(
-            f"Run the {scenario} drill on {env.settings.env} (it creates scratch Cloud SQL instances, "
-            "billed until it deletes them)?",
+            f"Run {_drills(scenario, cloud_drill.SCENARIOS)} on {env.settings.env} (a drill creates "
+            "scratch Cloud SQL instances, billed until it deletes them)?",
             yes=yes,
         )
     with env.out.progress(f"drill {scenario} ({env.settings.env})") as update:
