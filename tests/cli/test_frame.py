@@ -336,6 +336,30 @@ def test_drill_inputs_are_refused_before_anything_runs(voke, tmp_path):
     assert not (tmp_path / "home" / "pg").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("dr", "restore", "--to", "garbage", "--yes"), "--to: not a point in time: 'garbage'"),
+        (("dr", "restore", "--to", "garbage"), "--to: not a point in time"),  # before the question
+        (("dr", "restore", "--to", "now", "--name", "replica", "--yes"), "names a node of the environment"),
+        (("dr", "restore", "--to", "now", "--name", "../x", "--yes"), "restore name '../x' must match"),
+        (("dr", "fence", "bogusnode", "--yes"), "unknown node 'bogusnode' (primary or replica)"),
+        (("dr", "verify", "--source", "bogus", "--target", "standby"), "no restored instance named 'bogus'"),
+        (("dr", "verify", "--source", "leader", "--target", "Bad!"), "restore name 'Bad!' must match"),
+        (("dr", "verify", "--source", "leader", "--target", "leader"), "name the same instance"),
+        (("env", "move-port", "bogus", "--yes"), "no node or restored instance 'bogus'"),
+        (("env", "move-port", "bogus", "--dry-run"), "no node or restored instance 'bogus'"),
+    ],
+)
+def test_node_time_and_restore_arguments_are_exit_2_with_no_environment(voke, tmp_path, args, message):
+    # Found by review: with no environment these were exit 5 ("does not exist; run `voke env
+    # up`"), after a progress line (`point-in-time restore`, `comparing tables`).
+    result = voke(*args)
+    assert result.exit_code == 2 and message in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 + ("hint:" in result.stderr), result.stderr  # the error alone
+    assert not (tmp_path / "home" / "pg").exists() and not (tmp_path / "home" / "state.json").exists()
+
+
 def test_drill_run_all_asks_for_all_the_drills(voke):
     result = voke("drill", "run", "all")
     assert result.exit_code == 2, result.stderr

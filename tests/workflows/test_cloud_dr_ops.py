@@ -193,6 +193,10 @@ def test_restore_refusals_dry_run_and_confirmation(cloud):
     assert again.exit_code == 5 and "exists" in again.json["error"]["message"]
     bad = cloud.voke("dr", "restore", "--to", "2026-01-01T00:00:00", "--yes", "--json")
     assert bad.exit_code == 2 and "offset" in bad.json["error"]["message"]
+    unasked = cloud.voke("dr", "restore", "--to", "garbage")  # before the question and the progress line
+    assert unasked.exit_code == 2 and unasked.stderr.startswith("error: --to: not a point in time"), (
+        unasked.stderr
+    )
     clones = len(cloud.posts("/clone"))
     plan = cloud.voke("dr", "restore", "--to", "-1h", "--dry-run", "--json")
     assert plan.exit_code == 0 and plan.json["result"]["dry_run"] is True and plan.json["result"]["plan"]

@@ -163,6 +163,7 @@ def restore(
     if env.settings.env != "local":  # Cloud SQL: instances.clone with pointInTime
         from voketag_ops.workflows import cloud_dr
 
+        dr.point_in_time(to)  # a bad --to before the question and the progress line
         recovery = cloud_dr.recovery_for(env.settings)
         if not dry_run:
             env.out.confirm(f"Restore {env.settings.env} to {to} into a new Cloud SQL instance?", yes=yes)
@@ -173,6 +174,7 @@ def restore(
         env.out.result(report, render=_render_restore)
         return
     env, local = _local(ctx)
+    dr.restore_request(to, name)  # bad arguments before the question and the progress line
     if not dry_run:
         env.out.confirm(f"Restore to {to} into a new instance?", yes=yes)
     with env.out.progress("point-in-time restore") as update:
@@ -317,6 +319,7 @@ def verify(
     from voketag_ops.workflows import dr
 
     env, local = _local(ctx)
+    dr.check_instances(local, source, target)  # bad names before the progress line
     with env.out.progress("comparing tables") as update:
         report = dr.verify(
             env.settings,

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from voketag_ops.core.dr_checks import Thresholds, judge, parse_iso, parse_point_in_time
+from voketag_ops.core.dr_checks import Thresholds, judge, parse_iso
 from voketag_ops.core.times import iso
 from voketag_ops.errors import (
     BackendError,
@@ -39,7 +39,7 @@ from voketag_ops.errors import (
     exit_code_of,
 )
 from voketag_ops.workflows.cloud_drill import one_at_a_time
-from voketag_ops.workflows.dr import REPOINT_ORDER, as_audited, deploy_recorded, repoint_report
+from voketag_ops.workflows.dr import REPOINT_ORDER, as_audited, deploy_recorded, point_in_time, repoint_report
 from voketag_ops.workflows.rotate import refuse_if_rotating
 from voketag_ops.workflows.secrets import READABLE, unreadable_alias
 
@@ -724,10 +724,7 @@ def restore(
     refused first (a real run's refusal is on record: its event opens before the checks)."""
     env = settings.environment(settings.env)
     now = now or datetime.now(timezone.utc)
-    try:
-        target = parse_point_in_time(to, now=now)
-    except ValueError as exc:
-        raise UsageError(f"--to: {exc}") from None
+    target = point_in_time(to, now=now)
     # (until the default name is known, the event names the instance restored)
     with _audited(settings, home, "dr.restore", name or env.instance, dry_run=dry_run) as event:
         return _restore(

@@ -307,6 +307,27 @@ def _refuse_if_pruned(env: LocalEnvironment, backup: Any) -> None:
 
 
 # -- restore ----------------------------------------------------------------------------------------
+def point_in_time(to: str, *, now: datetime | None = None) -> datetime:
+    """`--to TO` as an instant (relative to NOW, default now): UsageError (exit 2) naming --to."""
+    try:
+        return parse_point_in_time(to, now=now or _now())
+    except ValueError as exc:
+        raise UsageError(f"--to: {exc}") from None
+
+
+def restore_request(to: str, name: str | None, *, now: datetime | None = None) -> tuple[datetime, str]:
+    """A local restore's target (`--to TO`) and the new instance's name (NAME, else
+    restore-<target>): a UsageError (exit 2) for either is judged from the arguments alone, so
+    it comes before the environment is looked at (no environment is exit 5) or progress shown."""
+    from voketag_ops.adapters.local import dr
+
+    target = point_in_time(to, now=now)
+    if name is None:
+        return target, "restore-" + target.strftime("%Y%m%dt%H%M%S")
+    dr.check_restore_name(name, hint="pick another --name")
+    return target, name
+
+
 def restore(
     settings: Settings,
     env: LocalEnvironment,
@@ -320,13 +341,9 @@ def restore(
     from voketag_ops.adapters.local import dr
 
     require_local(settings)
-    env.require_state()
     now = now or _now()
-    try:
-        target = parse_point_in_time(to, now=now)
-    except ValueError as exc:
-        raise UsageError(f"--to: {exc}") from None
-    name = name or "restore-" + target.strftime("%Y%m%dt%H%M%S")
+    target, name = restore_request(to, name, now=now)
+    env.require_state()
     # A real run is on record from here (a refusal too); a dry run writes no event.
     with (
         recorded_unless(dry_run, env, "dr.restore", name) as details,
@@ -736,9 +753,9 @@ def fence(settings: Settings, env: LocalEnvironment, *, node: str, dry_run: bool
     from voketag_ops.adapters.local.environment import NODE_NAMES
 
     require_local(settings)
-    state = env.require_state()
-    if node not in NODE_NAMES:
+    if node not in NODE_NAMES:  # before the state: a bad argument is exit 2 with no environment too
         raise UsageError(f"unknown node {node!r} (primary or replica)")
+    state = env.require_state()
     with recorded_unless(dry_run, env, "dr.fence", node):  # a refusal of a real run is on record
         return _fence(env, state, node, dry_run=dry_run)
 
@@ -849,6 +866,20 @@ def resolve_instance(env: LocalEnvironment, name: str) -> PgNode:
     return node
 
 
+def check_instances(env: LocalEnvironment, source: str, target: str) -> None:
+    """`--source` and `--target` name two instances `resolve_instance` knows: UsageError (exit 2)
+    otherwise. Judged before the environment's state is needed (a restored instance's record is
+    all it reads), so a bad name is exit 2 with no environment too, and comes before progress."""
+    from voketag_ops.adapters.local import dr
+    from voketag_ops.adapters.local.environment import NODE_NAMES
+
+    if source == target:
+        raise UsageError("--source and --target name the same instance")
+    for name in (source, target):
+        if name not in ("leader", "standby", *NODE_NAMES):
+            dr.get_restore(env, name.removeprefix("restore:"))
+
+
 def verify(
     settings: Settings,
     env: LocalEnvironment,
@@ -879,9 +910,8 @@ def verify(
     from voketag_ops.core.tablediff import diff_table
 
     require_local(settings)
+    check_instances(env, source, target)
     env.require_state()
-    if source == target:
-        raise UsageError("--source and --target name the same instance")
     src, dst = resolve_instance(env, source), resolve_instance(env, target)
     if src.data_dir == dst.data_dir:  # `leader` and `primary` are one node until a failover
         raise UsageError(f"--source {source} and --target {target} are the same instance ({src.name})")

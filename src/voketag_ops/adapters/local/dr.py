@@ -1500,7 +1500,7 @@ def list_restores(env: LocalEnvironment) -> list[dict[str, Any]]:
     return found
 
 
-def _check_restore_name(name: str, *, hint: str | None = None) -> None:
+def check_restore_name(name: str, *, hint: str | None = None) -> None:
     """A restore's name becomes a path under pg/restores: "../../secrets/db-app" would discard
     the credential store; a node's name (`dr verify` reads it as the node) is never one."""
     if not RESTORE_NAME.fullmatch(name):
@@ -1512,7 +1512,7 @@ def _check_restore_name(name: str, *, hint: str | None = None) -> None:
 def find_restore(env: LocalEnvironment, name: str) -> tuple[dict[str, Any], PgNode] | None:
     """NAME's record and node; None when no restored instance has that name (UsageError for a
     name no restore can have)."""
-    _check_restore_name(name)
+    check_restore_name(name)
     try:
         doc = _read_meta(restores_dir(env) / f"{name}.json")
     except FileNotFoundError:
@@ -1563,7 +1563,7 @@ def plan_restore(
     env: LocalEnvironment, target: datetime, name: str, *, seal: bool, now: datetime
 ) -> RestorePlan:
     """Pick the base backup and check TARGET lies in the recoverable window (before copying anything)."""
-    _check_restore_name(name, hint="pick another --name")
+    check_restore_name(name, hint="pick another --name")
     if (restores_dir(env) / name).exists() or (restores_dir(env) / f"{name}.json").exists():
         raise PreconditionError(
             f"a restored instance named {name!r} exists; discard it with "

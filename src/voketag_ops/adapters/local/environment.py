@@ -645,15 +645,15 @@ class LocalEnvironment:
         an interrupted move recorded (taken since, it is named as such)."""
         from voketag_ops.adapters.local import dr
 
-        state = self.require_state()
         restores = {r["name"]: r for r in dr.list_restores(self)}
-        if name in NODE_NAMES:
-            node = self.node(name, state)
-        elif name in restores:
-            node = dr.restore_node(self, name, int(restores[name]["port"]))
-        else:
+        if name not in (*NODE_NAMES, *restores):  # exit 2 with no environment too (it has no restores)
             known = ", ".join([*NODE_NAMES, *restores])
             raise UsageError(f"no node or restored instance {name!r}: one of {known}")
+        state = self.require_state()
+        if name in NODE_NAMES:
+            node = self.node(name, state)
+        else:
+            node = dr.restore_node(self, name, int(restores[name]["port"]))
         old, running = node.port, node.pid() is not None
         others = {int(p): n for n, p in state.ports.items() if n != name}
         others.update({int(r["port"]): f"restored instance {n}" for n, r in restores.items() if n != name})
