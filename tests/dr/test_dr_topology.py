@@ -1164,10 +1164,40 @@ def test_ctrl_c_inside_the_drills_failover_is_exit_130_and_names_the_resume(voke
         sorted((env.home / "drills").glob("failover-*.json"), key=lambda p: p.stat().st_mtime)[-1].read_text()
     )
     assert journal["status"] == "interrupted" and "stopped part-way" in journal["error"]
+    # its clean-up could not finish it (promote still interrupts): the journal names the resume
+    assert "finish it with `voke dr failover --yes`" in journal["error"], journal["error"]
     # finished as the hint says, and the topology put back for the tests after this one
     assert voke("dr", "failover", "--yes", environ=environ).exit_code == 0
     assert voke("dr", "failback", "--yes", environ=environ).exit_code == 0
     assert env.require_state().leader == "primary"
+
+
+def test_ctrl_c_inside_the_drills_failover_its_clean_up_finishes_names_no_resume(
+    voke, environ, env, monkeypatch
+):
+    assert env.require_state().leader == "primary" and voke("dr", "check", environ=environ).exit_code == 0
+    real_promote, calls = dr.promote, []
+
+    def promote(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # Ctrl-C once `dr failover` has fenced the leader
+        return real_promote(*args, **kwargs)  # the clean-up's resume promotes
+
+    monkeypatch.setattr(dr, "promote", promote)
+    result = voke("drill", "run", "failover", "--yes", "--json", environ=environ)
+    monkeypatch.undo()
+    assert result.exit_code == 130, result.stdout
+    journal = latest_journal(env, "failover")
+    restore = next(s for s in journal["cleanup"] if s["name"].startswith("restore the topology"))
+    assert restore["ok"] and journal["steady_state"]["after"]["ok"], journal["cleanup"]
+    # said as the clean-up left it: `voke dr failover --yes` would now fence the healthy primary
+    assert "stopped part-way" in journal["error"] and "the clean-up finished it" in journal["error"]
+    assert "--yes" not in journal["error"] and "--yes" not in result.json["error"]["message"], journal[
+        "error"
+    ]
+    assert result.json["error"]["hint"] == f"its journal: voke drill report {journal['run_id']}"
+    assert env.require_state().leader == "primary" and voke("dr", "check", environ=environ).exit_code == 0
 
 
 def latest_journal(env, scenario):

@@ -602,3 +602,37 @@ def test_a_discard_rerun_trusts_only_events_that_link_to_the_logs_end(voke, tmp_
     assert again.json["error"]["message"].startswith("no restored instance named 'gone'")
     assert f"audit.jsonl:{lines} does not verify" in again.stderr, again.stderr
     assert "`voke audit verify` names the damage" in again.stderr
+
+
+@pytest.mark.parametrize("finishes", [True, False])
+def test_a_dr_step_cut_short_is_said_as_the_clean_up_left_it(finishes: bool) -> None:
+    import contextlib
+
+    from voketag_ops.errors import Interrupted
+    from voketag_ops.workflows.drill import RunFrame
+
+    pending = ["failover"]
+
+    class Frame(RunFrame):
+        status, steady_before, steady_after = "completed", None, None
+
+        def cleanup_step(self, name: str) -> Any:
+            return contextlib.nullcontext()
+
+        def left_to_finish(self, cut: Interrupted) -> str | None:
+            return "finish it with `voke dr failover --yes`" if pending else None
+
+    run = Frame()
+    if finishes:
+        run.on_cleanup("finish the failover", pending.clear)
+    cut = Interrupted(
+        "interrupted: `voke dr failover` stopped part-way", hint="`voke dr failover --yes` resumes it"
+    )
+    interrupted = drive(
+        run, "drill x", progress=lambda _m: None, before=lambda: STEADY,
+        scenario=_raise(cut), after=lambda: STEADY, after_interrupt=True,
+    )  # fmt: skip
+    said = "; the clean-up finished it" if finishes else " (finish it with `voke dr failover --yes`)"
+    assert interrupted and run.error == f"interrupted; clean-up ran: {cut.message}{said}"
+    # a frame that cannot tell (RunFrame's own: the cloud drills') keeps what the step's hint said
+    assert RunFrame.left_to_finish(run, cut) == cut.hint

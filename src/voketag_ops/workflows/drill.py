@@ -339,6 +339,12 @@ class RunFrame:
         """The recorded step one clean-up runs in."""
         raise NotImplementedError
 
+    def left_to_finish(self, cut: Interrupted) -> str | None:
+        """Once the clean-ups ran: what is left to finish of CUT, an operation of the drill that
+        a Ctrl-C or SIGTERM stopped part-way, and how (None: nothing). Where the run cannot
+        tell, what CUT's hint said."""
+        return cut.hint
+
     def run_cleanups(self) -> None:
         """Each clean-up to its end: a first Ctrl-C or SIGTERM meanwhile is held (it marks
         the run interrupted); a second one stops the step it lands in, and the rest still run."""
@@ -416,6 +422,13 @@ class DrillRun(RunFrame):
 
     def cleanup_step(self, name: str) -> AbstractContextManager[Any]:
         return self.cleanup_steps.run(name, self.progress)
+
+    def left_to_finish(self, cut: Interrupted) -> str | None:
+        """The unfinished operation the clean-ups left, as `dr status` names it: a failover or
+        failback cut short that they finished is none, whatever CUT's hint said before them."""
+        from voketag_ops.adapters.local import dr
+
+        return dr.operation_notice(self.env)
 
     def start_canary(self, *, write_timeout: float = 1.0) -> Canary:
         from voketag_ops.adapters.local.dr import Canary
@@ -1309,6 +1322,7 @@ def drive(
     AFTER_INTERRUPT). Failures land in run.status / run.error for the journal. Returns True
     when interrupted (the caller saves the journal, then re-raises)."""
     interrupted = False
+    cut: Interrupted | None = None  # a DR step the interrupt stopped part-way
     try:
         progress(f"{label}: checking the steady state")
         run.steady_before = before()
@@ -1322,8 +1336,7 @@ def drive(
         interrupted = True
         run.status = "interrupted"
         run.error = f"{interrupts.stopped_by()}; clean-up ran"
-        if isinstance(exc, Interrupted):
-            run.error += f": {exc.message}" + (f" ({exc.hint})" if exc.hint else "")
+        cut = exc if isinstance(exc, Interrupted) else None
     except VokeError as exc:
         run.error = f"{exc.type_name}: {exc.message}"
         if run.preparing:  # before its fault: nothing was drilled, so nothing to judge
@@ -1334,6 +1347,11 @@ def drive(
         run.error = f"internal error ({type(exc).__name__}): {exc}"
     finally:
         run.run_cleanups()
+        if cut is not None:  # its hint said what to finish before the clean-up, which may have
+            left = run.left_to_finish(cut)  # finished it: the journal tells what is left now
+            run.error += f": {cut.message}" + (
+                f" ({left})" if left else "; the clean-up finished it" if cut.hint else ""
+            )
         if run.cleanup_interrupted and not interrupted:  # stopped all the same: say so, exit 130
             interrupted = True
             run.status = "interrupted"
