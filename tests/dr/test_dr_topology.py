@@ -1062,10 +1062,17 @@ def test_a_pitr_drill_killed_after_its_fault_is_reported_and_repaired_by_the_nex
     assert check.exit_code == 1 and "unfinished_operation" in check.json["result"]["failed"]
     op = check.json["result"]["status"]["unfinished_operation"]
     assert op["resume"] == "voke drill run pitr --yes" and "puts back the rows of batch" in op["note"]
-    assert (
-        "unfinished voke drill run pitr: resume with `voke drill run pitr --yes`"
-        in voke("dr", "status", environ=environ).stdout
-    )
+    # and its restored instance, `interrupted` in `dr restores`: each named, in one message
+    (cut,) = [r["name"] for r in dr.list_restores(env) if r["state"] == "interrupted"]
+    assert [(o["operation"], o["resume"]) for o in op["also"]] == [
+        ("restore", f"voke dr discard {cut} --yes")
+    ]
+    (said,) = [c["message"] for c in check.json["result"]["checks"] if c["name"] == "unfinished_operation"]
+    assert said.startswith("an interrupted `voke drill run pitr` must be finished: voke drill run pitr --yes")
+    assert f"; an interrupted `voke dr restore` must be finished: voke dr discard {cut} --yes" in said, said
+    shown = voke("dr", "status", environ=environ).stdout
+    assert "unfinished voke drill run pitr: resume with `voke drill run pitr --yes`" in shown
+    assert f"unfinished voke dr restore: resume with `voke dr discard {cut} --yes`" in shown
     # meanwhile a load takes one of the deleted tag_ids: that row cannot come back
     (copy,) = (env.home / "dr").glob("drill-rows-*.copy")
     taken = copy.read_text().split("\t", 1)[0]

@@ -526,15 +526,16 @@ def _render_status(console: Console, r: dict[str, Any]) -> None:
     if r.get("fenced"):
         console.print(f"fenced   {', '.join(r['fenced'])}")
     if r.get("unfinished_operation"):
-        op = r["unfinished_operation"]
-        command = op.get("command") or f"voke dr {op['operation']}"
-        note = f" ({escape(op['note'])})" if op.get("note") else ""
-        if op.get("running"):
-            console.print(f"[yellow]running[/] {escape(command)} ({escape(op['running'])})")
-        else:
-            console.print(
-                f"[yellow]unfinished[/] {escape(command)}: resume with `{escape(op['resume'])}`{note}"
-            )
+        first = r["unfinished_operation"]
+        for op in (first, *(first.get("also") or ())):
+            command = op.get("command") or f"voke dr {op['operation']}"
+            note = f" ({escape(op['note'])})" if op.get("note") else ""
+            if op.get("running"):
+                console.print(f"[yellow]running[/] {escape(command)} ({escape(op['running'])})")
+            else:
+                console.print(
+                    f"[yellow]unfinished[/] {escape(command)}: resume with `{escape(op['resume'])}`{note}"
+                )
     conn = r.get("connections") or {}  # (a cloud env) the address each connection secret gives the services
     for secret in conn.get("secrets") or []:
         _print_address(console, conn, "secret", secret["secret"], secret)

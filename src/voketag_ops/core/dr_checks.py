@@ -150,9 +150,14 @@ LOCAL_REMEDIES = {
 
 def unfinished_message(op: Mapping[str, Any]) -> str:
     """What `dr check` and `doctor` say of the unfinished DR operation OP (a status's
-    `unfinished_operation`): the command to finish it, or why it cannot be told."""
+    `unfinished_operation`): the command to finish it, or why it cannot be told; then the same
+    of each other one in its `also`."""
     if op.get("unknown"):  # the operations could not be read: not "none"
         return f"unknown: {op['unknown']}"
+    return "; ".join(_unfinished_one(each) for each in (op, *(op.get("also") or ())))
+
+
+def _unfinished_one(op: Mapping[str, Any]) -> str:
     if op.get("operation") == "unreadable":  # its record says what it is and what to do
         return str(op.get("resume"))
     if op.get("running"):

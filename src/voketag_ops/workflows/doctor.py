@@ -152,14 +152,13 @@ def _local_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
             said.append(("two writable primaries (split brain)", "voke dr status"))
         op = operation_to_report(env)
         if op and not op.get("running"):  # cut short: finished first (`dr failback` refuses until then)
-            unreadable = op.get("operation") == "unreadable"  # (its `resume` is the message itself)
-            said.insert(
-                0,
-                (
-                    unfinished_message(op),
-                    "voke dr status" if unreadable else str(op.get("resume") or "voke dr status"),
-                ),
+            resumes = (  # (an unreadable one's `resume` is the message itself)
+                "voke dr status"
+                if each.get("operation") == "unreadable"
+                else str(each.get("resume") or "voke dr status")
+                for each in (op, *op.get("also", ()))
             )
+            said.insert(0, (unfinished_message(op), "; ".join(dict.fromkeys(resumes))))
         if said:
             report.checks.append(
                 Check(

@@ -185,7 +185,9 @@ def _not_an_object(doc: Any) -> str | None:
 def operation_to_report(env: LocalEnvironment) -> dict[str, Any] | None:
     """`unfinished_operation` for reports: an unreadable record is shown, not raised; rows a
     killed pitr drill took as its fault and never put back, and a restore whose voke died,
-    count as one too, explained in a `note` (an operation log's `detail` holds its steps' records)."""
+    count as one too, explained in a `note` (an operation log's `detail` holds its steps' records).
+    Every one found is named: the first, then the others in its `also` (a killed pitr drill
+    leaves its rows and its restored instance), each as the first is said."""
     from voketag_ops.locks import holder_parts, is_env_holder, running_elsewhere
 
     try:
@@ -203,69 +205,86 @@ def operation_to_report(env: LocalEnvironment) -> dict[str, Any] | None:
             operation.replace("drill ", "drill run ", 1) if operation.startswith("drill ") else operation
         )
         return {"operation": operation, "command": command, "resume": None, "running": holder}
-    if op is None and (frozen := frozen_left(env)):
+    found = [op] if op is not None else []
+    if frozen := frozen_left(env):
         nodes = ", ".join(str(d["node"]) for d in frozen)
-        return {
-            "operation": "drill network",
-            "command": "voke drill run network",
-            "resume": "voke env up",
-            "note": f"the {nodes} is still frozen (SIGSTOP) by a network drill that was killed; "
-            "`voke env up`, `voke env down` or the next drill resumes it first",
-            "frozen": frozen,
-        }
-    if op is None:
-        try:
-            move = interrupted_move(env)
-        except PreconditionError as exc:
-            return {"operation": "unreadable", "resume": exc.message}
-        if move is not None:
-            return {
-                "operation": "env move-port",
-                "command": f"voke env move-port {move['node']}",
-                "resume": f"voke env move-port {move['node']} --yes",
-                "note": f"{move['node']} was moving from port {move['old_port']} to {move['port']}",
+        found.append(
+            {
+                "operation": "drill network",
+                "command": "voke drill run network",
+                "resume": "voke env up",
+                "note": f"the {nodes} is still frozen (SIGSTOP) by a network drill that was killed; "
+                "`voke env up`, `voke env down` or the next drill resumes it first",
+                "frozen": frozen,
             }
-    if op is None and (left := drill_rows_left(env)):
+        )
+    try:
+        move = interrupted_move(env)
+    except PreconditionError as exc:
+        found.append({"operation": "unreadable", "resume": exc.message})
+    else:
+        if move is not None:
+            found.append(
+                {
+                    "operation": "env move-port",
+                    "command": f"voke env move-port {move['node']}",
+                    "resume": f"voke env move-port {move['node']} --yes",
+                    "note": f"{move['node']} was moving from port {move['old_port']} to {move['port']}",
+                }
+            )
+    if left := drill_rows_left(env):
         batches = ", ".join(str(d.get("batch_id")) for d in left)
-        return {
-            "operation": "drill pitr",
-            "command": "voke drill run pitr",
-            "resume": "voke drill run pitr --yes",
-            "note": f"it first puts back the rows of batch {batches}, deleted as the fault of a pitr "
-            "drill that was killed",
-        }
-    if op is None and (cut := [r["name"] for r in list_restores(env) if r.get("state") == "interrupted"]):
-        return {
-            "operation": "restore",
-            "command": "voke dr restore",
-            "resume": f"voke dr discard {cut[0]} --yes",
-            "note": f"its voke stopped before restored instance {', '.join(cut)} was verified",
-        }
-    if op is None and holder is None and (orphan := env.orphan_backup()):  # backups run under the lock
+        found.append(
+            {
+                "operation": "drill pitr",
+                "command": "voke drill run pitr",
+                "resume": "voke drill run pitr --yes",
+                "note": f"it first puts back the rows of batch {batches}, deleted as the fault of a pitr "
+                "drill that was killed",
+            }
+        )
+    if cut := [r["name"] for r in list_restores(env) if r.get("state") == "interrupted"]:
+        found.append(
+            {
+                "operation": "restore",
+                "command": "voke dr restore",
+                "resume": f"voke dr discard {cut[0]} --yes",
+                "note": f"its voke stopped before restored instance {', '.join(cut)} was verified",
+            }
+        )
+    if holder is None and (orphan := env.orphan_backup()):  # backups run under the lock
         streaming = (
             f"; its pg_basebackup still streams WAL into it (walsender pid "
             f"{', '.join(map(str, orphan['walsender_pids']))} on the leader)"
             if orphan["walsender_pids"]
             else ""
         )
-        return {
-            "operation": "backup",
-            "command": "voke dr backup",
-            "resume": "voke dr backup --yes",
-            "note": f"its voke was killed: {', '.join(orphan['partial'])} ({orphan['size_bytes'] / 1e6:.0f} MB) is left{streaming}; "
-            "the next backup ends that stream and removes the partial copy",
-            "orphan_backup": orphan,
-        }
-    return op
+        found.append(
+            {
+                "operation": "backup",
+                "command": "voke dr backup",
+                "resume": "voke dr backup --yes",
+                "note": f"its voke was killed: {', '.join(orphan['partial'])} ({orphan['size_bytes'] / 1e6:.0f} MB) is left{streaming}; "
+                "the next backup ends that stream and removes the partial copy",
+                "orphan_backup": orphan,
+            }
+        )
+    if len(found) > 1:
+        return dict(found[0], also=found[1:])
+    return found[0] if found else None
 
 
 def operation_notice(env: LocalEnvironment) -> str | None:
-    """One line naming the unfinished operation `operation_to_report` finds, and how to finish it."""
+    """One line naming each unfinished operation `operation_to_report` finds, and how to finish it."""
     op = operation_to_report(env)
     if op is None:
         return None
     if op.get("running"):
         return f"a DR operation is running ({op['running']}); `voke dr status` shows where it is"
+    return "; ".join(_notice(each) for each in (op, *op.get("also", ())))
+
+
+def _notice(op: Mapping[str, Any]) -> str:
     if op.get("operation") == "unreadable":
         return str(op.get("resume"))
     command = op.get("command") or f"voke dr {op.get('operation')}"
