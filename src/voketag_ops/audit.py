@@ -617,15 +617,11 @@ class AuditLog:
         except VokeError as exc:
             unchecked = exc.message
         else:
-            from voketag_ops.workflows.chain import validate_state
+            from voketag_ops.workflows.chain import untrusted_chain, validate_state
 
             chain = validate_state(state, min_difficulty=min_difficulty)
             if not chain.ok:
-                why = (chain.message or "").removeprefix(f"block {chain.bad_index}: ")
-                untrusted = (
-                    f"chain invalid at block {chain.bad_index}: its anchors are not trusted ({why}); "
-                    "`voke chain validate` names the problem"
-                )
+                untrusted = f"{untrusted_chain(chain)}; `voke chain validate` names the problem"
             else:
                 chain_claims, anchored = checkpoint_claims(state)
                 claims += chain_claims
@@ -648,7 +644,7 @@ def checkpoint_claims(state: ChainState) -> tuple[list[core.Claim], set[str]]:
     """What a chain says the audit log hashes to: its audit-checkpoint anchors, and the records
     of them sealed in blocks (a block keeps its records when the anchors table loses a row),
     with the roots that count as anchored (cancelled or failed requests do not)."""
-    from voketag_ops.core.chain import AnchorState
+    from voketag_ops.core.chain import AnchorState, sealed_records
 
     claims: list[core.Claim] = []
     anchored: set[str] = set()
@@ -659,23 +655,13 @@ def checkpoint_claims(state: ChainState) -> tuple[list[core.Claim], set[str]]:
             seen.add((a.tree_size, a.root.hex()))
             if a.state in (AnchorState.PENDING, AnchorState.ANCHORED):
                 anchored.add(a.root.hex())
-    for block in state.blocks:
-        for record in block.records:
-            if "audit-checkpoint" not in record and "\\" not in record:
-                continue  # cannot spell the kind (unescaped or escaped): a year's chain is 100k records
-            try:
-                doc = json.loads(record)
-            except (ValueError, RecursionError):
-                continue  # not an anchor record (the chain's own validation judges blocks)
-            if not isinstance(doc, dict) or doc.get("kind") != "audit-checkpoint":
-                continue
-            size, root = doc.get("tree_size"), doc.get("root")
-            if type(size) is not int or size < 1 or not isinstance(root, str) or len(root) != 64:
-                continue
-            anchored.add(root)
-            if (size, root) not in seen:
-                seen.add((size, root))
-                claims.append(core.Claim(size, root, f"block {block.index} record"))
+    for record in sealed_records(state.blocks, spelling="audit-checkpoint"):
+        if record.kind != "audit-checkpoint" or record.tree_size is None or record.tree_size < 1:
+            continue
+        anchored.add(record.root)
+        if (record.tree_size, record.root) not in seen:
+            seen.add((record.tree_size, record.root))
+            claims.append(core.Claim(record.tree_size, record.root, f"block {record.block_index} record"))
     return claims, anchored
 
 

@@ -272,6 +272,41 @@ def test_verify_says_whether_the_root_was_looked_up_and_anchored_requires_it_on_
     ), unbound.stderr
 
 
+def test_verify_anchored_validates_the_chain_first_and_reads_the_blocks_not_the_anchor_row(
+    voke, make_environ, leaves_file: Path, tmp_path: Path
+) -> None:
+    """An anchor row edited away from its block makes the chain invalid: `--anchored` says so
+    (as `audit verify` does), not that the proof's size is wrong. A deleted row hides nothing:
+    the block still holds the sealed record, and `--anchored` accepts it, naming the block."""
+    home = tmp_path / "home"
+    environ = make_environ(home, VOKE_CHAIN__STORE="file", VOKE_CHAIN__MIN_DIFFICULTY="4")
+    proof = tmp_path / "proof.json"
+    proof.write_text(voke("chain", "prove", str(leaves_file), "--index", "3", "--json").stdout)
+    root = json.loads(proof.read_text())["result"]["root"]
+    voke("chain", "anchor", "request", root, "--label", "leaves", "--tree-size", "13", environ=environ)
+    assert voke("chain", "anchor", "run", "--difficulty", "4", environ=environ).exit_code == 0
+    store = home / "chain" / "chain.json"
+    doc = json.loads(store.read_text())
+    doc["anchors"][0]["tree_size"] = 14  # the row now says 14; block 0 holds 13
+    store.write_text(json.dumps(doc))
+    assert voke("chain", "validate", environ=environ).exit_code == 1
+    edited = voke("chain", "verify", str(proof), "--anchored", environ=environ)
+    assert (
+        edited.exit_code == 1 and "chain invalid at block 0: its anchors are not trusted" in edited.stderr
+    ), edited.stderr
+    store.write_text(json.dumps(dict(doc, anchors=[])))  # the row deleted
+    assert voke("chain", "validate", environ=environ).exit_code == 0
+    deleted = voke("chain", "verify", str(proof), "--anchored", "--json", environ=environ)
+    assert deleted.exit_code == 0, deleted.stderr
+    assert deleted.json["result"]["anchoring"] == {
+        "anchored": True,
+        "message": f"root {root[:16]}… is anchored in block 0 as batch 'leaves', tree size 13",
+        "block_index": 0,
+        "kind": "batch",
+        "label": "leaves",
+    }
+
+
 def test_consistency_and_verify(voke, leaves_file: Path, tmp_path: Path) -> None:
     result = voke("chain", "consistency", str(leaves_file), "--old-size", "5", "--json")
     doc = result.json["result"]

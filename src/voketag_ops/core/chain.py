@@ -28,7 +28,7 @@ import hmac
 import json
 import struct
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -591,6 +591,41 @@ def anchor_block_records(anchors: Sequence[Anchor]) -> list[str]:
     """The records of a block anchoring ANCHORS, in a stable order (by request time, then root)."""
     ordered = sorted(anchors, key=lambda a: (a.requested_at, a.root))
     return [a.record() for a in ordered]
+
+
+@dataclass(frozen=True)
+class SealedRecord:
+    """An anchor record as a block holds it (`Anchor.record`): what the chain says was anchored,
+    whatever the anchors table says since (a row edited or deleted leaves the block as it was)."""
+
+    block_index: int
+    kind: str
+    label: str
+    root: str  # as the record spells it (64 characters; hex when voke wrote it)
+    tree_size: int | None
+
+
+def sealed_records(blocks: Iterable[Block], *, spelling: str) -> Iterator[SealedRecord]:
+    """The anchor records in BLOCKS that may hold SPELLING (a kind or a root): a record that
+    cannot spell it, unescaped or escaped, is not parsed (a year's chain is 100k records);
+    callers compare the fields. Records that are no anchor record are skipped (the chain's own
+    validation judges blocks)."""
+    for block in blocks:
+        for record in block.records:
+            if spelling not in record and "\\" not in record:
+                continue
+            try:
+                doc = json.loads(record)
+            except (ValueError, RecursionError):
+                continue
+            if not isinstance(doc, dict):
+                continue
+            kind, label, root, size = doc.get("kind"), doc.get("label"), doc.get("root"), doc.get("tree_size")
+            if not isinstance(kind, str) or not isinstance(root, str) or len(root) != 64:
+                continue
+            if size is not None and type(size) is not int:
+                continue
+            yield SealedRecord(block.index, kind, label if isinstance(label, str) else "", root, size)
 
 
 @dataclass(frozen=True)

@@ -151,41 +151,48 @@ class Anchoring:
 
 
 def root_anchoring(store: ChainStore, root: str, tree_size: int, *, min_difficulty: int) -> Anchoring:
-    """Whether ROOT (hex) is anchored, for a tree of TREE_SIZE leaves, in a chain that validates
-    (`validate_state`, that anchor against its block too): one read of the blocks and that anchor."""
+    """Whether ROOT (hex) is anchored, for a tree of TREE_SIZE leaves, in a chain that validates.
+
+    The chain is validated first (`validate_state`, ROOT's anchor row against its block too):
+    one that does not validate vouches for nothing, as in `audit verify`. Then the blocks'
+    sealed records of ROOT judge it (`sealed_records`, as `audit verify`'s claims do), so a
+    deleted row hides no anchor; the row only says why a root no block holds is not anchored
+    (pending, cancelled, failed). One read of the blocks and that row."""
     state = store.load(ids=[root])
-    anchor = state.anchors.get(root)
-    short = f"root {root[:16]}…"
-    if anchor is None:
-        return Anchoring(False, f"{short} is not anchored: the chain has no anchor for it")
-    if anchor.state is not ch.AnchorState.ANCHORED:
-        return Anchoring(False, f"{short} is {anchor.state.value}, not anchored in a block")
-    if anchor.tree_size is None:  # the proof's size is then bound to nothing (RFC 6962 proofs re-size)
-        return Anchoring(
-            False,
-            f"{short} is anchored in block {anchor.block_index} without a tree size, so the proof's size "
-            f"{tree_size} is bound to nothing (request anchors with --tree-size)",
-            anchor.block_index,
-            anchor.kind,
-            anchor.label,
-        )
-    if anchor.tree_size != tree_size:
-        return Anchoring(
-            False, f"{short} is anchored for a tree of {anchor.tree_size}, not the proof's {tree_size}"
-        )
     report = validate_state(state, min_difficulty=min_difficulty)
     if not report.ok:
-        why = (report.message or "").removeprefix(f"block {report.bad_index}: ")
+        return Anchoring(False, untrusted_chain(report))
+    short = f"root {root[:16]}…"
+    sealed = [r for r in ch.sealed_records(state.blocks, spelling=root) if r.root == root]
+    if not sealed:
+        anchor = state.anchors.get(root)
+        if anchor is None:
+            return Anchoring(False, f"{short} is not anchored: the chain has no anchor for it")
+        return Anchoring(False, f"{short} is {anchor.state.value}, not anchored in a block")
+    for record in sealed:
+        if record.tree_size == tree_size:
+            label = f" {record.label!r}" if record.label else ""
+            return Anchoring(
+                True,
+                f"{short} is anchored in block {record.block_index} as {record.kind}{label}, "
+                f"tree size {tree_size}",
+                record.block_index,
+                record.kind,
+                record.label,
+            )
+    sized = [r for r in sealed if r.tree_size is not None]
+    if sized:
         return Anchoring(
-            False, f"chain invalid at block {report.bad_index}: its anchors are not trusted ({why})"
+            False, f"{short} is anchored for a tree of {sized[0].tree_size}, not the proof's {tree_size}"
         )
-    label = f" {anchor.label!r}" if anchor.label else ""
+    record = sealed[0]  # the proof's size is then bound to nothing (RFC 6962 proofs re-size)
     return Anchoring(
-        True,
-        f"{short} is anchored in block {anchor.block_index} as {anchor.kind}{label}, tree size {tree_size}",
-        anchor.block_index,
-        anchor.kind,
-        anchor.label,
+        False,
+        f"{short} is anchored in block {record.block_index} without a tree size, so the proof's size "
+        f"{tree_size} is bound to nothing (request anchors with --tree-size)",
+        record.block_index,
+        record.kind,
+        record.label,
     )
 
 
@@ -622,6 +629,13 @@ def validate_state(state: ch.ChainState, *, min_difficulty: int) -> ch.ChainRepo
         index, message = problem
         return ch.ChainReport(False, report.length, report.head, index, ch.Problem.CHANGED_RECORD, message)
     return report
+
+
+def untrusted_chain(report: ch.ChainReport) -> str:
+    """Why a chain that failed REPORT (`validate_state`) vouches for nothing, in the words
+    `chain verify --anchored` and `audit verify` both use."""
+    why = (report.message or "").removeprefix(f"block {report.bad_index}: ")
+    return f"chain invalid at block {report.bad_index}: its anchors are not trusted ({why})"
 
 
 # -- the store every command uses --------------------------------------------------------
