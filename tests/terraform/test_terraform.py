@@ -324,6 +324,29 @@ def test_every_api_voke_calls_is_enabled(module):
     assert set(apis) == set(catalog.REQUIRED_APIS) | set(catalog.SCHEDULING_APIS)
 
 
+def test_every_google_api_voke_calls_as_itself_is_required(module):
+    """Each Google API an adapter or an API-key kind calls with voke's own identity is enabled
+    here and checked by `voke doctor` (REQUIRED_APIS); the API Keys API (Maps keys) was neither,
+    nor were its permissions in the scheduled role, so every scheduled Maps rotation got a 403."""
+    from urllib.parse import urlparse
+
+    from voketag_ops.workflows.api_keys import KINDS
+
+    source = Path(catalog.__file__).resolve().parents[2]
+    clients = re.compile(r'(?:rest|grpc)_client\([^()]*?"([a-z]+)"\s*\)', re.S)
+    called = {f"{api}.googleapis.com" for p in source.rglob("*.py") for api in clients.findall(p.read_text())}
+    hosts = {urlparse(kind.default_endpoint).hostname or "" for kind in KINDS.values()}
+    called |= {h for h in hosts if h.endswith(".googleapis.com")}
+    assert {"sqladmin.googleapis.com", "monitoring.googleapis.com", "apikeys.googleapis.com"} <= called
+    assert called <= set(catalog.REQUIRED_APIS)
+    # a Maps key's rotation and cleanup as the job's account; adopting one is a person's
+    maps = {"apikeys.keys.get", "apikeys.keys.getKeyString", "apikeys.keys.create", "apikeys.keys.delete"}
+    assert maps | {"serviceusage.operations.get"} <= set(catalog.PROJECT_PERMISSIONS)
+    assert "apikeys.keys.lookup" in catalog.OPERATOR_PERMISSIONS
+    roles = resources(module, "google_project_iam_custom_role")
+    assert maps <= set(roles["voke_scheduled"]["permissions"])
+
+
 def test_managed_secrets_have_rotation_topics_and_delayed_destroy(module):
     secret = resources(module, "google_secret_manager_secret")["managed"]
     assert secret["topics"] and secret["rotation"]

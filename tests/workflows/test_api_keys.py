@@ -335,6 +335,41 @@ def test_rerun_adopts_a_maps_orphan(world, fake):
     assert not fake.calls("POST", r"/keys$")
 
 
+def test_maps_keys_rotate_and_clean_up_with_the_scheduled_jobs_permissions_alone(world, fake):
+    """The scheduled `rotate due --run` and `rotate cleanup` call the API Keys API as the job's
+    account, which holds catalog.PROJECT_PERMISSIONS alone (terraform's voke_scheduled): a 403
+    there failed every Maps rotation. Adopting the key in use (a person's step) also needs
+    keys.lookupKey, which only the operators hold (catalog.OPERATOR_PERMISSIONS)."""
+    from voketag_ops.adapters.gcp import catalog
+
+    def run_as(permissions):  # the identity the Maps credential calls Google with
+        store = world.store
+        token = json.dumps({"access_token": fake.google_token(permissions)}).encode()
+        version = store.add_version("google-admin", token).version
+        store.update("google-admin", etag=store.get("google-admin").etag, aliases={"current": version})
+
+    engine = world.engine()
+    run_as(catalog.PROJECT_PERMISSIONS)
+    with pytest.raises(AuthenticationError, match=r"apikeys\.keys\.lookup"):
+        adopt_api_key(engine, "maps", world.maps_key)
+    run_as(catalog.PROJECT_PERMISSIONS + catalog.OPERATOR_PERMISSIONS)
+    assert adopt_api_key(engine, "maps", world.maps_key)["status"] == "adopted"
+    run_as(catalog.PROJECT_PERMISSIONS)
+    fake.requests.clear()
+    outcome = rotate_api_key(engine, "maps")  # keys.get, keys.create, operations.get
+    assert outcome.error is None, outcome.report.error
+    rotation_id = _killed_after_lock(world, "maps-key", "rot-20261127T010203Z-abcdef")
+    with fake.lock:  # a killed run's key, found again: keys.get, keys.getKeyString
+        orphan = fake._make_google_key(fake.google_project, maps_key_id(rotation_id), "orphan", None)
+    assert engine.resume(rotation_id).error is None
+    later = datetime.now(timezone.utc) + timedelta(days=2)
+    engine.now = lambda: later
+    engine.cleanup(dry_run=False)  # keys.delete
+    assert set(fake.live_google_keys()) == {orphan["name"]}
+    assert {r.method for r in fake.calls(path="/keyString$")} == {"GET"}
+    assert not [r for r in fake.requests if r.status == 403]
+
+
 def test_unreachable_provider_changes_nothing(world, fake):
     engine = world.adopt_all()
     fake.stop()

@@ -17,7 +17,7 @@ import secrets
 import string
 import threading
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -25,6 +25,27 @@ from typing import Any
 Reply = tuple[int, Any]  # (status, JSON body or None)
 FULL_SENDGRID_SCOPES = ("mail.send", "api_keys.create", "api_keys.read", "api_keys.update", "api_keys.delete")
 KEY_ID_RE = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+# The IAM permission of each API Keys method the fake serves
+# (https://cloud.google.com/api-keys/docs/access-control; keys.lookupKey's from its reference page).
+_APIKEYS_PERMISSIONS = (
+    ("GET", re.compile(r"/v2/operations/[^/]+"), "serviceusage.operations.get"),
+    ("GET", re.compile(r"/v2/keys:lookupKey"), "apikeys.keys.lookup"),
+    ("POST", re.compile(r"/v2/projects/[^/]+/locations/global/keys"), "apikeys.keys.create"),
+    (
+        "GET",
+        re.compile(r"/v2/projects/[^/]+/locations/global/keys/[^/]+/keyString"),
+        "apikeys.keys.getKeyString",
+    ),
+    ("GET", re.compile(r"/v2/projects/[^/]+/locations/global/keys/[^/]+"), "apikeys.keys.get"),
+    ("DELETE", re.compile(r"/v2/projects/[^/]+/locations/global/keys/[^/]+"), "apikeys.keys.delete"),
+)
+
+
+def _apikeys_permission(method: str, path: str) -> str | None:
+    """The permission the API Keys call METHOD PATH needs (None: no method the fake serves)."""
+    return next((p for m, route, p in _APIKEYS_PERMISSIONS if m == method and route.fullmatch(path)), None)
 
 
 def _token(n: int, alphabet: str = string.ascii_letters + string.digits) -> str:
@@ -133,7 +154,8 @@ class FakeProviders:
         )
         # Google
         self.google_project = google_project
-        self.google_tokens: set[str] = set()
+        # token -> the IAM permissions its holder has on the project (None: all of them)
+        self.google_tokens: dict[str, frozenset[str] | None] = {}
         self.google_keys: dict[str, dict[str, Any]] = {}  # resource name -> key
         self.operations: dict[str, dict[str, Any]] = {}
         self.operation_polls = operation_polls
@@ -198,10 +220,12 @@ class FakeProviders:
         with self.lock:
             return self._mint_sendgrid(name, list(scopes))
 
-    def google_token(self) -> str:
+    def google_token(self, permissions: Iterable[str] | None = None) -> str:
+        """A Google access token; with PERMISSIONS, its holder has those alone and any other
+        API Keys call is refused (403) as Google refuses it."""
         token = "ya29." + _token(80)
         with self.lock:
-            self.google_tokens.add(token)
+            self.google_tokens[token] = None if permissions is None else frozenset(permissions)
         return token
 
     def add_google_key(self, key_id: str, *, restrictions: dict[str, Any] | None = None) -> tuple[str, str]:
@@ -489,6 +513,10 @@ class FakeProviders:
 
         if token not in self.google_tokens:
             return err(401, "Request had invalid authentication credentials.")
+        held = self.google_tokens[token]
+        needed = _apikeys_permission(method, path)
+        if held is not None and needed is not None and needed not in held:
+            return err(403, f"Permission '{needed}' denied on resource (or it may not exist).")
         if m := re.fullmatch(r"/v2/(operations/[^/]+)", path):
             op = self.operations.get(m.group(1))
             if op is None:

@@ -8,6 +8,7 @@ locals {
     "iam.googleapis.com",
     "cloudresourcemanager.googleapis.com",
     "serviceusage.googleapis.com",
+    "apikeys.googleapis.com",
     "cloudscheduler.googleapis.com",
     "pubsub.googleapis.com",
   ]

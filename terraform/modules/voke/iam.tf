@@ -42,6 +42,12 @@ resource "google_project_iam_custom_role" "voke_scheduled" {
     "run.services.update",
     "monitoring.timeSeries.create",
     "monitoring.timeSeries.list",
+    # a Google Maps key's rotation and cleanup (API Keys API; no per-key IAM exists)
+    "apikeys.keys.create",
+    "apikeys.keys.delete",
+    "apikeys.keys.get",
+    "apikeys.keys.getKeyString",
+    "serviceusage.operations.get",
     "resourcemanager.projects.get",
     "serviceusage.services.get",
   ]
@@ -72,6 +78,7 @@ resource "google_project_iam_custom_role" "voke_operator" {
   description = "What only a person runs with voke: dr restore, failover, failback, the drills, making a secret"
   permissions = [
     "secretmanager.secrets.create",
+    "apikeys.keys.lookup", # adopting a Maps key: found by its value
     "cloudsql.instances.clone",
     "cloudsql.instances.create",
     "cloudsql.instances.delete",

@@ -51,6 +51,7 @@ REQUIRED_APIS = (
     "iam.googleapis.com",
     "cloudresourcemanager.googleapis.com",
     "serviceusage.googleapis.com",
+    "apikeys.googleapis.com",  # Google Maps keys (rotation.api_keys, provider "maps")
 )
 # Also enabled by terraform/ for running voke on a schedule (not called by voke itself).
 SCHEDULING_APIS = ("cloudscheduler.googleapis.com", "pubsub.googleapis.com")
@@ -83,6 +84,14 @@ PROJECT_PERMISSIONS = (
     # Cloud Monitoring
     "monitoring.timeSeries.create",
     "monitoring.timeSeries.list",
+    # API Keys: a Google Maps key's rotation (keys.get, getKeyString, create and its operation) and
+    # cleanup (keys.delete), as voke's own identity when the key has no admin_secret. API keys have
+    # no IAM policy of their own: these are the project's, on every key of it
+    "apikeys.keys.create",
+    "apikeys.keys.delete",
+    "apikeys.keys.get",
+    "apikeys.keys.getKeyString",
+    "serviceusage.operations.get",
     # doctor
     "resourcemanager.projects.get",
     "serviceusage.services.get",
@@ -104,9 +113,11 @@ SECRET_PERMISSIONS = (
 # - On the project, for operators only (the role voke_operator, granted to terraform/'s
 #   `operators`): what only a person runs: `dr restore|failover|failback` (clones, promotions, a
 #   switchover, the topology labels), the drills' scratch instances, and making a secret (`secrets
-#   add`, `rotate ... --init`, adopting a key). Not `voke doctor`'s: the job's account lacks them.
+#   add`, `rotate ... --init`, adopting a key; a Maps key is found by its value: keys.lookupKey).
+#   Not `voke doctor`'s: the job's account lacks them.
 OPERATOR_PERMISSIONS = (
     "secretmanager.secrets.create",
+    "apikeys.keys.lookup",
     "cloudsql.instances.clone",
     "cloudsql.instances.create",
     "cloudsql.instances.delete",
