@@ -16,6 +16,7 @@ module "voke" {
   manage_metric_descriptors = var.manage_metric_descriptors
 
   runtime_service_accounts = var.runtime_service_accounts
+  runtime_secrets          = var.runtime_secrets
   rotated_service_accounts = var.rotated_service_accounts
   operators                = var.operators
 }

@@ -76,6 +76,12 @@ variable "runtime_service_accounts" {
   description = "Emails of the accounts the Cloud Run services voke redeploys run as (voke gets actAs on these alone)"
 }
 
+variable "runtime_secrets" {
+  type        = list(string)
+  default     = ["db-app", "jwt-signing"]
+  description = "Which of `secrets` the Cloud Run services read (pinned to a version): each of runtime_service_accounts gets roles/secretmanager.secretAccessor on these alone. Leave out an API key's admin_secret, which only voke reads"
+}
+
 variable "rotated_service_accounts" {
   type        = list(string)
   default     = []

@@ -172,7 +172,7 @@ def test_the_job_account_holds_what_the_scheduled_commands_call_and_no_more(modu
     assert project.index("var.operators") < project.index("google_project_iam_custom_role.voke_operator.id")
     # the secrets' role on each managed secret alone, for each holder
     on_secret = resources(module, "google_secret_manager_secret_iam_member")
-    assert set(on_secret) == {"voke", "voke_reads_its_config"}
+    assert set(on_secret) == {"voke", "voke_reads_its_config", "runtime_reads"}
     assert on_secret["voke"]["for_each"] == "${local.secret_grants}"
     assert (
         on_secret["voke"]["secret_id"]
@@ -406,3 +406,29 @@ def test_secret_managers_agent_is_made_before_it_is_granted_the_topic(module):
     assert agent["service"] == "secretmanager.googleapis.com" and agent["provider"] == "google-beta"
     grant = resources(module, "google_pubsub_topic_iam_member")["secretmanager_publishes"]
     assert grant["member"] == "serviceAccount:${google_project_service_identity.secretmanager.email}"
+
+
+def test_the_services_read_the_secrets_they_are_pinned_to_and_existing_ones_are_imported(root, module):
+    """A rotation pins each service's new revision to the new version: its runtime account must
+    read the managed secret (on a new project nothing else grants it, and every rotation rolls
+    back); a running platform's secrets already exist, so apply would fail without an import,
+    and an imported secret must never be replaced for its replication."""
+    reads = resources(module, "google_secret_manager_secret_iam_member")["runtime_reads"]
+    assert reads["for_each"] == "${local.runtime_reads}"
+    assert reads["secret_id"] == "${google_secret_manager_secret.managed[each.value.secret].secret_id}"
+    assert reads["role"] == "roles/secretmanager.secretAccessor"
+    assert reads["member"] == "serviceAccount:${each.value.account}"
+    pairs = _locals(module)["runtime_reads"]
+    assert "setproduct(var.runtime_secrets, var.runtime_service_accounts)" in pairs
+    assert "default" not in variables(module)["runtime_secrets"]  # every caller decides
+    assert root["module"][0]["voke"]["runtime_secrets"] == "${var.runtime_secrets}"
+    default = variables(root)["runtime_secrets"]["default"]
+    assert set(default) <= set(variables(root)["secrets"]["default"])
+    secret = resources(module, "google_secret_manager_secret")["managed"]
+    assert "replication" in secret["lifecycle"][0]["ignore_changes"]
+    readme = (ROOT / "README.md").read_text()
+    deploy = readme[readme.index("## Deploy") : readme.index("## Who holds what")]
+    for name in variables(root)["secrets"]["default"]:
+        address = f"'module.voke.google_secret_manager_secret.managed[\"{name}\"]'"
+        assert f"terraform import -var-file=prod.tfvars {address}" in deploy, name
+        assert f"projects/voketag-prod/secrets/{name}" in deploy, name

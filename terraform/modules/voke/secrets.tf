@@ -40,7 +40,28 @@ resource "google_secret_manager_secret" "managed" {
     next_rotation_time = "2030-01-01T02:00:00Z"
   }
   lifecycle {
-    ignore_changes = [rotation[0].next_rotation_time, version_aliases, annotations]
+    # replication cannot change in place: a secret of the running platform imported here keeps its
+    # own, never replaced (which would destroy every version the services read)
+    ignore_changes = [rotation[0].next_rotation_time, version_aliases, annotations, replication]
   }
   depends_on = [google_pubsub_topic_iam_member.secretmanager_publishes]
+}
+
+# The Cloud Run services read these secrets pinned to a version: each runtime account gets
+# secretAccessor on the managed secrets the services read (runtime_secrets) and on no other (an
+# API key's admin_secret is voke's alone). Without it a rotation's new revision cannot read its
+# version, fails its health check, and every rotation rolls back.
+locals {
+  runtime_reads = {
+    for pair in setproduct(var.runtime_secrets, var.runtime_service_accounts) :
+    "${pair[0]}:${pair[1]}" => { secret = pair[0], account = pair[1] }
+  }
+}
+
+resource "google_secret_manager_secret_iam_member" "runtime_reads" {
+  for_each  = local.runtime_reads
+  project   = var.project
+  secret_id = google_secret_manager_secret.managed[each.value.secret].secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${each.value.account}"
 }

@@ -84,6 +84,11 @@ variable "runtime_service_accounts" {
   default     = []
 }
 
+variable "runtime_secrets" {
+  type        = list(string)
+  description = "Which of `secrets` the Cloud Run services read: each of runtime_service_accounts may read these (roles/secretmanager.secretAccessor), and no other"
+}
+
 variable "rotated_service_accounts" {
   type        = list(string)
   description = "Emails of the accounts whose keys `voke rotate sa-key` rotates (voke manages the keys of these alone)"
