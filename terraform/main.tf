@@ -6,6 +6,7 @@ module "voke" {
   environment           = var.environment
   image                 = var.image
   voke_config           = var.voke_config
+  notify_webhook_secret = var.notify_webhook_secret
   instance              = var.instance
   replica               = var.replica
   network               = var.network

@@ -22,7 +22,14 @@ variable "image" {
 
 variable "voke_config" {
   type        = string
-  description = "Contents of voke.toml for the job (no secret values: those live in Secret Manager)"
+  sensitive   = true # rotation.notify_webhook, were it put here, is a credential: kept out of plan output
+  description = "Contents of voke.toml for the job (no secret values: those live in Secret Manager; the webhook URL in notify_webhook_secret)"
+}
+
+variable "notify_webhook_secret" {
+  type        = string
+  default     = ""
+  description = "Secret Manager secret id (in `project`) whose latest version is rotation.notify_webhook's URL (a Slack-compatible incoming webhook): fed to the job as VOKE_ROTATION__NOTIFY_WEBHOOK, readable by voke's account alone. \"\" for no notifications (or none from here)"
 }
 
 variable "instance" {

@@ -172,7 +172,7 @@ def test_the_job_account_holds_what_the_scheduled_commands_call_and_no_more(modu
     assert project.index("var.operators") < project.index("google_project_iam_custom_role.voke_operator.id")
     # the secrets' role on each managed secret alone, for each holder
     on_secret = resources(module, "google_secret_manager_secret_iam_member")
-    assert set(on_secret) == {"voke", "voke_reads_its_config", "runtime_reads"}
+    assert set(on_secret) == {"voke", "voke_reads_its_config", "runtime_reads", "voke_reads_its_webhook"}
     assert on_secret["voke"]["for_each"] == "${local.secret_grants}"
     assert (
         on_secret["voke"]["secret_id"]
@@ -432,3 +432,36 @@ def test_the_services_read_the_secrets_they_are_pinned_to_and_existing_ones_are_
         address = f"'module.voke.google_secret_manager_secret.managed[\"{name}\"]'"
         assert f"terraform import -var-file=prod.tfvars {address}" in deploy, name
         assert f"projects/voketag-prod/secrets/{name}" in deploy, name
+
+
+def test_the_notify_webhook_comes_from_secret_manager_and_voke_config_is_sensitive(root, module, tmp_path):
+    """rotation.notify_webhook is a credential voke masks (`voke config show` prints ***): kept in
+    voke_config it showed in every plan; the job reads it from a secret of its own instead."""
+    from voketag_ops.config import load_config
+
+    for doc in (root, module):
+        assert variables(doc)["voke_config"]["sensitive"] is True
+        assert variables(doc)["notify_webhook_secret"]["default"] == ""
+    assert root["module"][0]["voke"]["notify_webhook_secret"] == "${var.notify_webhook_secret}"
+    (container,) = resources(module, "google_cloud_run_v2_job")["voke"]["template"][0]["template"][0][
+        "containers"
+    ]
+    (feed,) = container["dynamic"][0]["env"]["content"]
+    assert container["dynamic"][0]["env"]["for_each"] == (
+        '${var.notify_webhook_secret == "" ? [] : [var.notify_webhook_secret]}'
+    )
+    assert feed["value_source"][0]["secret_key_ref"][0] == {"secret": "${env.value}", "version": "latest"}
+    assert "value" not in feed
+    # the name is the one voke reads rotation.notify_webhook from
+    url = "https://hooks.slack.com/services/T000/B000/XXXX"
+    loaded = load_config(environ={feed["name"]: url, "VOKE_HOME": str(tmp_path)}, cwd=tmp_path)
+    assert loaded.settings.rotation.notify_webhook == url
+    grant = resources(module, "google_secret_manager_secret_iam_member")["voke_reads_its_webhook"]
+    assert grant["count"] == '${var.notify_webhook_secret == "" ? 0 : 1}'
+    assert grant["secret_id"] == "${var.notify_webhook_secret}"
+    assert grant["role"] == "roles/secretmanager.secretAccessor" and grant["member"] == "${local.voke_member}"
+    job = resources(module, "google_cloud_run_v2_job")["voke"]
+    assert "${google_secret_manager_secret_iam_member.voke_reads_its_webhook}" in job["depends_on"]
+    readme = (ROOT / "README.md").read_text()
+    deploy = readme[readme.index("## Deploy") : readme.index("## Who holds what")]
+    assert "notify_webhook_secret = " in deploy and "out of `voke_config`" in deploy

@@ -123,6 +123,15 @@ resource "google_secret_manager_secret_iam_member" "voke_reads_its_config" {
   member    = local.voke_member
 }
 
+# ... and the secret holding rotation.notify_webhook (job.tf's VOKE_ROTATION__NOTIFY_WEBHOOK), when one is named.
+resource "google_secret_manager_secret_iam_member" "voke_reads_its_webhook" {
+  count     = var.notify_webhook_secret == "" ? 0 : 1
+  project   = var.project
+  secret_id = var.notify_webhook_secret
+  role      = "roles/secretmanager.secretAccessor"
+  member    = local.voke_member
+}
+
 # catalog.RUNTIME_ACCOUNT_PERMISSIONS, on each Cloud Run service's runtime account: redeploying a
 # service (run.services.update, a rotation's pinned revision) needs actAs on the account it runs as.
 resource "google_project_iam_custom_role" "voke_deployer" {

@@ -55,6 +55,20 @@ resource "google_cloud_run_v2_job" "voke" {
           name  = "VOKE_LOG_LEVEL"
           value = "info"
         }
+        dynamic "env" {
+          # rotation.notify_webhook is a credential (anyone holding it posts to the channel): read
+          # from Secret Manager at each run, never in voke.toml's secret or the job's definition
+          for_each = var.notify_webhook_secret == "" ? [] : [var.notify_webhook_secret]
+          content {
+            name = "VOKE_ROTATION__NOTIFY_WEBHOOK"
+            value_source {
+              secret_key_ref {
+                secret  = env.value
+                version = "latest"
+              }
+            }
+          }
+        }
         volume_mounts {
           name       = "config"
           mount_path = "/etc/voke"
@@ -73,5 +87,9 @@ resource "google_cloud_run_v2_job" "voke" {
     }
   }
   # its account must be able to read the mounted voke.toml before a revision of the job is made
-  depends_on = [google_project_service.apis, google_secret_manager_secret_iam_member.voke_reads_its_config]
+  depends_on = [
+    google_project_service.apis,
+    google_secret_manager_secret_iam_member.voke_reads_its_config,
+    google_secret_manager_secret_iam_member.voke_reads_its_webhook,
+  ]
 }

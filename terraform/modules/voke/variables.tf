@@ -33,7 +33,14 @@ variable "image" {
 
 variable "voke_config" {
   type        = string
+  sensitive   = true # may hold rotation.notify_webhook, which voke masks as a secret
   description = "voke.toml for the job"
+}
+
+variable "notify_webhook_secret" {
+  type        = string
+  default     = ""
+  description = "Secret Manager secret id (in `project`) holding rotation.notify_webhook's URL, fed to the job as VOKE_ROTATION__NOTIFY_WEBHOOK (\"\" for none)"
 }
 
 variable "instance" {
