@@ -151,6 +151,64 @@ def test_a_step_whose_record_is_refused_stops_for_a_person_and_resume_finishes_i
     cloud.assert_consistent()
 
 
+def test_a_stop_for_a_person_the_store_cannot_record_is_still_audited_once(cloud):
+    # set_target's record refused, then the needs_attention one (as by a store gone meanwhile)
+    cloud.fake.rest.fail("PATCH", SAVES, "PERMISSION_DENIED", times=2, after=3)
+    result = cloud.voke("rotate", "db-password", "--yes", "--json")
+    assert result.exit_code == 7, result.stdout + result.stderr
+    rotation = result.json["result"]["rotation_id"]
+    assert "the stored record is not updated" in result.json["error"]["message"]
+    assert f"voke --env prod rotate resume {rotation} --yes" in result.json["error"]["hint"]
+    record = cloud.record()  # as the last save left it
+    assert record is not None and (record.status, record.step) == ("in_progress", "create_pending")
+    # the audit log is local: a person auditing the exit 7 finds it, saying the record is not updated
+    [finish] = [e for e in cloud.audit() if e["event_type"] == "rotation.finish"]
+    assert (finish["result"], finish["details"]["rotation_id"]) == ("needs_attention", rotation)
+    assert "set_target took effect" in finish["details"]["error"]["message"]
+    assert "the stored record is not updated" in finish["details"]["error"]["message"]
+    # its voke gone, its lease runs out (it could not give it up); the resume finishes it
+    record.lease_until = "2000-01-01T00:00:00Z"
+    cloud.secret.annotations[ANNOTATION] = record.to_json()
+    resumed = cloud.voke("rotate", "resume", rotation, "--yes", "--json")
+    assert resumed.exit_code == 0 and resumed.json["result"]["status"] == "succeeded", resumed.stdout
+    cloud.assert_consistent()
+    finish = [e for e in cloud.audit() if e["event_type"] == "rotation.finish"]
+    assert [(e["result"], e["details"]["rotation_id"]) for e in finish] == [
+        ("needs_attention", rotation),
+        ("succeeded", rotation),
+    ]
+    history = cloud.voke("rotate", "history", "--json").json["result"]
+    assert [(r["id"], r["status"]) for r in history["rotations"]] == [(rotation, "succeeded")]
+
+
+def test_a_stop_for_a_person_whose_event_the_disk_refuses_says_so(cloud, monkeypatch):
+    import errno
+    import os
+
+    from voketag_ops import files
+
+    cloud.fake.rest.fail("PATCH", SAVES, "PERMISSION_DENIED", after=3)  # set_target's record only
+    [fault] = cloud.fake.rest.faults
+    write_all = files.write_all
+
+    def full_once_refused(fd, data):  # VOKE_HOME fills up as the store refuses the record
+        if fault.times == 0 and os.readlink(f"/proc/self/fd/{fd}").endswith("audit.jsonl"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        write_all(fd, data)
+
+    with monkeypatch.context() as full:
+        full.setattr(files, "write_all", full_once_refused)
+        result = cloud.voke("rotate", "db-password", "--yes", "--json")
+    assert result.exit_code == 7, result.stdout + result.stderr
+    message = result.json["error"]["message"]
+    assert "set_target took effect" in message and "the stored record is not updated" not in message
+    assert "; its rotation.finish audit event could not be written: " in message
+    assert "No space left on device" in message
+    record = cloud.record()  # the stop itself is recorded
+    assert record is not None and record.status == "needs_attention"
+    assert [e["event_type"] for e in cloud.audit()] == ["rotation.start"]
+
+
 def test_a_record_that_cannot_be_cleared_after_success_is_a_warning(cloud):
     cloud.fake.rest.fail("PATCH", SAVES, "PERMISSION_DENIED", after=10)  # the clear, after the finish's
     result = cloud.voke("rotate", "db-password", "--yes", "--json")

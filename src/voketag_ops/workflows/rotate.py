@@ -1161,14 +1161,28 @@ class RotationEngine:
         return Outcome(RotationReport.of(record, t0=t0, resumed=resumed), error)
 
     def _needs_attention(self, record: RotationRecord, t0: float, resumed: bool, why: str) -> Outcome:
+        """Stop RECORD for a person (exit 7): its record saved as `needs_attention`, its lease
+        given up, its `rotation.finish` event written. The audit log is local: a store that
+        refuses the record or cannot be reached keeps the record its last save left (what a
+        resume or rollback takes over), and the event and error say the stored record is not
+        updated. No history line: it has not ended (its resume or rollback writes one)."""
         record.status = "needs_attention"
         record.lease_until = iso(self.now())
+        noted: dict[str, str] | None = None  # the event's error, when it must say more than the record's
         try:
             meta = self.store.get(record.secret)
             self.store.update(record.secret, etag=meta.etag, annotations={ANNOTATION: record.to_json()})
-            self._audit("rotation.finish", record, "needs_attention", duration=time.monotonic() - t0)
         except VokeError as exc:
-            log.error("could not record the state of %s: %s", record.id, exc.message)
+            unsaved = f"the stored record is not updated ({exc.type_name}: {exc.message})"
+            failed = record.error or {"message": why}
+            noted = {**failed, "message": f"{failed['message']}; {unsaved}"}
+            why = f"{why}; {unsaved}"
+        try:
+            self._audit(
+                "rotation.finish", record, "needs_attention", duration=time.monotonic() - t0, error=noted
+            )
+        except VokeError as exc:  # (a full disk): said as `_tell` says it, the stop stands
+            why = f"{why}; its rotation.finish audit event could not be written: {exc.message}"
         error = NeedsOperatorError(
             f"rotation {record.id} of {record.secret} stopped: {why}",
             hint=f"fix the cause, then: {unfinished_commands(record.id)}",
