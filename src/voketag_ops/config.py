@@ -18,9 +18,10 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -31,6 +32,7 @@ from pydantic import (
     model_validator,
 )
 
+from voketag_ops.core.addresses import plain_host, plain_port
 from voketag_ops.core.chain import DEFAULT_DIFFICULTY
 from voketag_ops.core.coverage import normalize_path
 from voketag_ops.errors import ConfigError, UsageError
@@ -188,6 +190,44 @@ class LocalSettings(_Model):
         return value
 
 
+def _endpoint_api(value: str) -> str:
+    """An `endpoints` key: an API voke calls, by the name its adapter asks for (a misspelt one
+    was ignored, and its calls went to Google's own endpoint)."""
+    from voketag_ops.adapters.gcp.catalog import ENDPOINT_APIS
+
+    if value not in ENDPOINT_APIS:
+        raise ValueError(f"unknown key: not one of the APIs ({', '.join(ENDPOINT_APIS)})")
+    return value
+
+
+# scheme://HOST[:PORT], an IPv6 address in brackets; one / after it at most
+_BASE_URL = re.compile(r"(https?)://(\[[^\]]*\]|[^\[\]/:@?#\s]*)(?::([0-9]*))?/?")
+
+
+def _endpoint_url(value: str) -> str:
+    """An `endpoints` value: http(s)://HOST[:PORT], as the REST clients take it for a base URL
+    (a path would be put before each call's own) and the gRPC ones, without the scheme, for
+    the HOST:PORT they connect to; a trailing / is dropped. The value itself is never echoed
+    (it could carry a user's password)."""
+    found = _BASE_URL.fullmatch(value)
+    if found is None:
+        raise ValueError(
+            "must be http://HOST[:PORT] or https://HOST[:PORT], with no user, path, query or fragment"
+        )
+    host, port = found.group(2), found.group(3)
+    bracketed = host.startswith("[")
+    bare = host.strip("[]")
+    if plain_host(bare) is None or bracketed != (":" in bare):
+        raise ValueError(
+            f"host {host!r} is not a host name or IP address (an IPv6 address goes in brackets)"
+            if host
+            else "no host"
+        )
+    if port is not None and not (0 < len(port) <= 5 and plain_port(int(port))):
+        raise ValueError(f"port {port!r} is not a port number (1..65535)")
+    return value.removesuffix("/")
+
+
 class GcpEnvironment(_Model):
     """A named Google Cloud environment (`[environments.NAME]`, kind = "gcp")."""
 
@@ -203,10 +243,12 @@ class GcpEnvironment(_Model):
         default="adc",
         description="adc: Application Default Credentials; anonymous: only for fakes and emulators",
     )
-    endpoints: dict[str, str] = Field(
+    endpoints: dict[
+        Annotated[str, AfterValidator(_endpoint_api)], Annotated[str, AfterValidator(_endpoint_url)]
+    ] = Field(
         default_factory=dict,
-        description="API -> base URL (secretmanager, sqladmin, run, monitoring, iam, cloudresourcemanager, "
-        "serviceusage); http:// means plain HTTP / an insecure gRPC channel (fakes, emulators)",
+        description="API (catalog.ENDPOINT_APIS) -> base URL http(s)://HOST[:PORT]; http:// means plain "
+        "HTTP / an insecure gRPC channel (fakes, emulators)",
     )
     db_host: str | None = Field(
         default=None, description="address voke logs in to for tests (default: the instance's private IP)"
@@ -1045,18 +1087,22 @@ def _locate_key(path: Path, key: str, *, value: bool = True) -> tuple[int, int] 
             name = found.group(1).replace('"', "").replace("'", "").replace(" ", "")
             full = f"{table}.{name}" if table else name
             if full == wanted or wanted.startswith(full + "."):
+                # a key of an inline table on this line (`endpoints = { run = "..." }`): its own place
+                inner = re.compile(rf"[{{,]\s*((['\"]?){re.escape(wanted[len(full) + 1 :])}\2)\s*=\s*")
+                if full != wanted and (within := inner.search(line, found.end())):
+                    return number, (within.end() if value else within.start(1)) + 1
                 return number, (found.end() if value else len(line) - len(line.lstrip())) + 1
     return None
 
 
 def _position(path: Path, key: str, msg: str) -> str:
     """The "(at line L, column C)" suffix for KEY in PATH (its value; the key itself when unknown), or ""."""
-    at = _locate_key(path, key, value=msg != "unknown key")
+    at = _locate_key(path, key, value=not msg.startswith("unknown key"))
     return f" (at line {at[0]}, column {at[1]})" if at else ""
 
 
 def _first_error(exc: ValidationError) -> tuple[str, str]:
     err = exc.errors()[0]
-    key = ".".join(str(part) for part in err["loc"])
+    key = ".".join(str(part) for part in err["loc"] if part != "[key]")  # (a table's key refused)
     msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
     return key, msg.removeprefix("Value error, ")  # pydantic's wording around our own ValueError

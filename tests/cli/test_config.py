@@ -544,6 +544,52 @@ def test_a_bad_named_environment_key_is_blamed_on_its_own_source(voke, make_envi
     assert ": environments.prod.instance: Field required" in message, message
 
 
+ENDPOINTS_AT = '[environments.prod]\nproject = "p"\ninstance = "i"\ncredentials = "anonymous"\nendpoints = '
+
+
+@pytest.mark.parametrize(
+    ("endpoints", "key", "says", "column"),
+    [
+        ('{ secretmanager = "not a url" }', "secretmanager", "must be http://HOST[:PORT]", 31),
+        ('{ secretmanager = "http://[::1" }', "secretmanager", "must be http://HOST[:PORT]", 31),
+        ('{ sqladmin = "ftp://127.0.0.1:21" }', "sqladmin", "must be http://HOST[:PORT]", 26),
+        ('{ run = "http://127.0.0.1:99999" }', "run", "port '99999' is not a port number (1..65535)", 21),
+        ('{ run = "http://127.0.0.1:0" }', "run", "port '0' is not a port number", 21),
+        ('{ iam = "http://127.0.0.1:8085/v1" }', "iam", "no user, path, query", 21),
+        ('{ monitoring = "https://[127.0.0.1]:443" }', "monitoring", "host '[127.0.0.1]' is not", 28),
+        # a misspelt API was ignored, its calls going to Google's own endpoint: the key is blamed
+        ('{ run = "http://127.0.0.1:1", "secretmanger" = "http://127.0.0.1:2" }', "secretmanger",
+         "unknown key: not one of the APIs (secretmanager, sqladmin, run", 43),
+    ],
+)  # fmt: skip
+def test_a_bad_endpoint_is_a_configuration_error_naming_its_key_and_place(
+    voke, make_environ, tmp_path, endpoints, key, says, column
+):
+    # these passed as valid and failed at the first call: exit 4 "connection lost (InvalidURL)"
+    config = tmp_path / "voke.toml"
+    config.write_text(ENDPOINTS_AT + endpoints + "\n")
+    environ = make_environ(tmp_path / "h", VOKE_CONFIG=str(config))
+    result = voke("--env", "prod", "secrets", "list", "--json", environ=environ)
+    message = result.json["error"]["message"]
+    assert result.exit_code == 3, result.stdout
+    assert message.startswith(f"{config}: environments.prod.endpoints.{key}: "), message
+    assert says in message and message.endswith(f"(at line 5, column {column})"), message
+    doctor = voke("--env", "prod", "doctor", "--json", environ=environ)
+    check = {c["name"]: c for c in doctor.json["result"]["checks"]}["environment"]
+    assert doctor.exit_code == 1 and not check["ok"] and check["detail"] == message
+
+
+def test_an_endpoint_is_a_base_url_with_a_host_and_port(tmp_path):
+    config = tmp_path / "voke.toml"
+    config.write_text(
+        ENDPOINTS_AT + '{ run = "http://[::1]:8085/", monitoring = "https://monitoring.example.com" }\n'
+    )
+    settings = load_config(config_path=config, environ={}).settings
+    endpoints = settings.environment("prod").endpoints
+    # (a trailing / dropped: the REST clients put each call's path after it, gRPC dials HOST:PORT)
+    assert endpoints == {"run": "http://[::1]:8085", "monitoring": "https://monitoring.example.com"}
+
+
 def test_secrets_in_config_values_are_masked_and_never_echoed_by_errors(voke, make_environ, tmp_path):
     (tmp_path / "voke.toml").write_text(
         "[rotation]\nnotify_webhook = 'https://hooks.example.com/services/T0/B0/WebHookS3cretTok'\n"

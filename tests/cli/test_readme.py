@@ -48,6 +48,14 @@ def test_every_environment_variable_voke_reads_is_in_the_readme():
         assert f"`{name}" in README, name
 
 
+def test_the_readme_names_every_api_an_endpoint_can_be_set_for():
+    from voketag_ops.adapters.gcp.catalog import ENDPOINT_APIS
+
+    keys = re.search(r"^#   keys: (.*);$", README, re.M)
+    assert keys is not None, "the README's endpoints line lists no keys"
+    assert keys.group(1).split(", ") == list(ENDPOINT_APIS)
+
+
 def readme_config_lines(readme: str) -> dict[str, list[str]]:
     """Each configuration key the README sets -> the lines that set it: `key = value  # ...` in a
     ```toml block (under its [table]) or a `| `section.key` | default | meaning |` row."""

@@ -315,6 +315,12 @@ class GcpContext:
             return self._credentials
 
     def endpoint(self, api: str) -> str | None:
+        """The configured base URL of API, None for Google's own. An API not in ENDPOINT_APIS is
+        a bug: the configuration would refuse its key as unknown, so it could never be set."""
+        from voketag_ops.adapters.gcp.catalog import ENDPOINT_APIS
+
+        if api not in ENDPOINT_APIS:
+            raise ValueError(f"{api!r} is not one of catalog.ENDPOINT_APIS")
         return self.endpoints.get(api)
 
     def rest_client(self, client_cls: Any, api: str) -> Any:

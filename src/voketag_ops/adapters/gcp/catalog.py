@@ -53,6 +53,9 @@ REQUIRED_APIS = (
     "serviceusage.googleapis.com",
     "apikeys.googleapis.com",  # Google Maps keys (rotation.api_keys, provider "maps")
 )
+# The keys of a cloud environment's `endpoints`: each API by the short name its adapter asks
+# GcpContext for (GcpContext.endpoint refuses any other).
+ENDPOINT_APIS = tuple(api.removesuffix(".googleapis.com") for api in REQUIRED_APIS)
 # Also enabled by terraform/ for running voke on a schedule (not called by voke itself).
 SCHEDULING_APIS = ("cloudscheduler.googleapis.com", "pubsub.googleapis.com")
 
