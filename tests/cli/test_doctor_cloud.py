@@ -152,6 +152,41 @@ def test_after_a_recorded_failover_the_recorded_primary_is_checked(voke, make_en
     assert not sql["ok"] and "disagree" in sql["detail"] and "voke-role=primary" in sql["hint"]
 
 
+def test_the_replica_is_checked_to_exist_and_replicate_from_the_primary(
+    voke, make_environ, tmp_path, listening
+):
+    # `dr check` fails replica_streaming on these (a missing one exited 4): doctor passed them
+    with FakeGcp() as fake:
+        fake.projects.grant_all()
+        fake.sql.add_instance("voke-db")
+        fake.sql.add_instance("voke-db-dr", region="us-east1", replica_of="voke-db")
+        fake.sql.add_instance("voke-db-other")
+        env = fake.environment(db_host="127.0.0.1", db_port=listening)
+        runs = {
+            replica: _doctor(voke, make_environ, tmp_path, {**env, "replica": replica}, "--json")
+            for replica in ("voke-db-dr", "no-such-replica", "voke-db-other")
+        }
+    checks = {r: {c["name"]: c for c in run.json["result"]["checks"]} for r, run in runs.items()}
+    assert runs["voke-db-dr"].exit_code == 0, runs["voke-db-dr"].stdout
+    assert checks["voke-db-dr"]["cloud sql replica"] == {
+        "name": "cloud sql replica",
+        "ok": True,
+        "detail": "voke-db-dr: RUNNABLE, replica of voke-db",
+        "hint": None,
+    }
+    missing = checks["no-such-replica"]["cloud sql replica"]
+    assert runs["no-such-replica"].exit_code == 1 and not missing["ok"]
+    assert (
+        missing["detail"] == "no-such-replica does not exist in Cloud SQL: there is nothing to fail over to"
+    )
+    assert missing["hint"].startswith("fix environments.staging.replica, or create the replica")
+    alone = checks["voke-db-other"]["cloud sql replica"]
+    assert runs["voke-db-other"].exit_code == 1 and not alone["ok"]
+    assert alone["detail"] == "voke-db-other: RUNNABLE, primary, not a running replica of the primary voke-db"
+    for run in checks.values():  # the primary's own checks still run
+        assert run["cloud sql"]["ok"] and run["db endpoint"]["ok"]
+
+
 def test_an_unavailable_api_is_asked_again_and_if_it_stays_down_says_retry(
     voke, make_environ, tmp_path, listening
 ):

@@ -342,3 +342,32 @@ def test_cli_dr_status_and_check_on_a_cloud_env(cloud, voke, make_environ, tmp_p
     assert short.exit_code == 1 and short.json["result"]["failed"] == ["pitr_retention"], short.stdout
     breach = voke("--env", "prod", "dr", "check", "--max-backup-age", "1h", environ=environ)
     assert breach.exit_code == 1 and "backup_age" in breach.stdout + breach.stderr
+
+
+def test_a_replica_that_does_not_exist_fails_replica_streaming_and_the_rest_is_reported(
+    cloud, voke, make_environ, tmp_path
+):
+    # a deleted DR replica is a DR state: `dr status` and `dr check` exited 4 (NotFoundError) with
+    # no report; the scheduled check must fail replica_streaming (exit 1) and judge the rest
+    fake, _settings, _recovery = cloud
+    (tmp_path / "voke.toml").write_text(environment_toml("prod", fake.environment(replica="no-such-replica")))
+    environ = make_environ(tmp_path / "state", VOKE_CONFIG=str(tmp_path / "voke.toml"))
+    status = voke("--env", "prod", "dr", "status", "--json", environ=environ)
+    human = voke("--env", "prod", "dr", "status", environ=environ)
+    check = voke("--env", "prod", "dr", "check", "--json", environ=environ)
+    assert status.exit_code == 0, status.stdout
+    snap = status.json["result"]
+    assert snap["standby"]["name"] == "no-such-replica" and snap["standby"]["role"] == "absent"
+    assert snap["standby"]["streaming"] is False
+    said = snap["errors"]["replica"]
+    assert said.startswith("the replica no-such-replica does not exist in Cloud SQL"), said
+    assert "environments.prod.replica" in said and said in snap["notes"]
+    assert snap["leader"]["name"] == "voke-db" and snap["newest_backup"]["status"] == "SUCCESSFUL"
+    assert snap["archive"]["failing"] is False  # read from the primary, as without a replica
+    assert human.exit_code == 0, human.stderr
+    assert "standby  no-such-replica absent   - (?)  NOT streaming, lag unknown" in human.stdout, human.stdout
+    assert check.exit_code == 1, check.stdout
+    assert check.json["result"]["failed"] == ["replica_streaming", "replication_lag"], check.stdout
+    checks = {c["name"]: c for c in check.json["result"]["checks"]}
+    assert checks["replica_streaming"]["message"] == said
+    assert checks["backup_age"]["ok"] and checks["pitr_window"]["ok"] and checks["unfinished_operation"]["ok"]

@@ -446,7 +446,7 @@ def _render_status(console: Console, r: dict[str, Any]) -> None:
                 f"  pid {node['pid']} does not answer: {escape(node['error'])}" if node.get("error") else ""
             )
             return f"port {node['port']}  timeline {timeline}{said}"
-        return f"{node.get('region', '-')} ({node.get('state', '?')})"
+        return f"{node.get('region') or '-'} ({node.get('state') or '?'})"  # (none: an absent replica)
 
     if r.get("topology"):  # a cloud env: which instance voke recorded as the primary
         console.print(f"primary: {r['topology']['summary']}", markup=False)

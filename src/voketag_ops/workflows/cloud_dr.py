@@ -128,22 +128,22 @@ def status(
     archive_failures = None
     # Cloud Monitoring refusing or unreachable leaves lag and archiving unknown (their checks
     # fail, saying why), as a Cloud SQL refusal below does, rather than failing the whole report
-    if not topo.standby:  # (with one, replication() reads them too) the primary's archiving, always
+    replica = topo.instances.get(topo.standby) if topo.standby else None
+    if replica is None:  # (with one, replication() reads them too) the primary's archiving, always
         reader = getattr(recovery, "archive_failures", None)
         try:
             archive_failures = reader(topo.primary) if reader is not None else None
         except VokeError as exc:
             errors["monitoring"] = f"could not read the archiving of {topo.primary}: {exc.message}"
-    if topo.standby:
+    if replica is not None:
         from voketag_ops.ports import ReplicationInfo
 
-        replica = topo.instances.get(topo.standby) or recovery.instance(topo.standby)
         cloudsql: Any = recovery  # CloudSqlRecovery: the byte lag is read on the primary of now
         try:
-            repl = cloudsql.replication(topo.standby, primary=topo.primary)
+            repl = cloudsql.replication(replica.name, primary=topo.primary)
         except VokeError as exc:
-            errors["monitoring"] = f"could not read the replication of {topo.standby}: {exc.message}"
-            repl = ReplicationInfo(topo.standby, None, None, None)
+            errors["monitoring"] = f"could not read the replication of {replica.name}: {exc.message}"
+            repl = ReplicationInfo(replica.name, None, None, None)
         archive_failures = repl.archive_failures
         standby = {
             "name": replica.name,
@@ -167,12 +167,34 @@ def status(
             )
         if replica.role == "primary" and replica.state == "RUNNABLE":
             writable.append(replica.name)
+    elif topo.standby:
+        # deleted (or misnamed): a DR state the scheduled check must report, not an exit 4;
+        # replica_streaming fails saying so, the lag is unknown and the rest is still judged
+        key = "replica" if topo.standby == settings.environment(settings.env).replica else "instance"
+        errors["replica"] = (
+            f"the replica {topo.standby} does not exist in Cloud SQL (deleted, or "
+            f"environments.{settings.env}.{key} misspelt): there is nothing to fail over to"
+        )
+        standby = {
+            "name": topo.standby,
+            "role": "absent",  # (as the local snapshot calls a node that does not exist)
+            "running": False,
+            "state": None,
+            "region": None,
+            "replicates_from": None,
+            "streaming": False,
+            "lag_seconds": None,
+            "lag_bytes": None,
+            "lag_unknown": False,
+        }
     unfinished: dict[str, Any] | None = None
     pending: list[Any] = []
     lister = getattr(recovery, "pending_operations", None)  # Cloud SQL's own, whoever started them
     if lister is not None:
         try:
-            pending = [op for name in (topo.primary, topo.standby) if name for op in lister(name)]
+            pending = [
+                op for name in (topo.primary, topo.standby) if name in topo.instances for op in lister(name)
+            ]
         except VokeError as exc:
             errors["operations"] = f"could not list the Cloud SQL operations: {exc.message}"
             unfinished = {
@@ -479,6 +501,7 @@ def check(
                 "backup_age": "backups",
                 "pitr_window": "recoverable_window",
                 "replication_lag": "monitoring",  # (archiving's message names it: unknown_reason)
+                "replica_streaming": "replica",
             }.get(c["name"], "")
         )
         if refused:

@@ -7,10 +7,13 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from voketag_ops.config import GcpEnvironment, LoadedConfig, LocalSettings, Settings
 from voketag_ops.errors import VokeError
+
+if TYPE_CHECKING:
+    from voketag_ops.workflows.cloud_topology import Topology
 
 
 @dataclass
@@ -285,15 +288,16 @@ def _cloud_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
         report.checks.append(Check(check_name, ok, detail, hint))
     if any(not ok for check_name, ok, _d, _h in rows if check_name in ("credentials", "project")):
         return  # no instance can be read either
-    sql = _cloud_sql_check(loaded.settings, cloud)
-    report.checks.append(sql)
-    if sql.ok:
+    sql = _cloud_sql_checks(loaded.settings, cloud)
+    report.checks.extend(sql)
+    if sql[0].ok:
         report.checks.append(_db_endpoint_check(loaded.settings, cloud))
 
 
-def _cloud_sql_check(settings: Settings, cloud: GcpEnvironment) -> Check:
+def _cloud_sql_checks(settings: Settings, cloud: GcpEnvironment) -> list[Check]:
     """The primary voke recorded (the configured home until a failover), as `dr status` reads
-    it: RUNNABLE, Cloud SQL's primary, and the record agreeing with Cloud SQL."""
+    it: RUNNABLE, Cloud SQL's primary, and the record agreeing with Cloud SQL; then, with a
+    `replica` configured and that primary sound, the other instance (`cloud sql replica`)."""
     from voketag_ops.adapters.gcp._common import GcpContext
     from voketag_ops.adapters.gcp.sql import CloudSqlAdmin, CloudSqlRecovery
     from voketag_ops.workflows import cloud_topology
@@ -304,11 +308,11 @@ def _cloud_sql_check(settings: Settings, cloud: GcpEnvironment) -> Check:
         recovery = CloudSqlRecovery(CloudSqlAdmin(ctx), cloud.instance, cloud.replica)
         topo = cloud_topology.read(settings, recovery, strict=False)
     except VokeError as exc:
-        return Check("cloud sql", False, exc.message, f"check environments.{settings.env}.instance")
+        return [Check("cloud sql", False, exc.message, f"check environments.{settings.env}.instance")]
     info = topo.instances.get(topo.primary)
     if info is None:
         problem = topo.problem or {}
-        return Check("cloud sql", False, problem.get("message", f"{topo.primary} not found"), env_flag)
+        return [Check("cloud sql", False, problem.get("message", f"{topo.primary} not found"), env_flag)]
     where = (
         f" (the recorded primary since {topo.operation or 'failover'}; configured home {topo.home})"
         if topo.moved
@@ -316,11 +320,49 @@ def _cloud_sql_check(settings: Settings, cloud: GcpEnvironment) -> Check:
     )
     detail = f"{topo.primary}: {info.state}, {info.role}, PITR {'on' if info.pitr_enabled else 'off'}{where}"
     if topo.problem is not None:
-        return Check(
-            "cloud sql", False, f"{detail}; {topo.problem['message']}", topo.problem.get("hint") or env_flag
-        )
+        return [
+            Check(
+                "cloud sql",
+                False,
+                f"{detail}; {topo.problem['message']}",
+                topo.problem.get("hint") or env_flag,
+            )
+        ]
     ok = info.state == "RUNNABLE" and info.role == "primary"
-    return Check("cloud sql", ok, detail, None if ok else env_flag)
+    checks = [Check("cloud sql", ok, detail, None if ok else env_flag)]
+    if ok and topo.standby is not None:
+        checks.append(_replica_check(settings, cloud, topo))
+    return checks
+
+
+def _replica_check(settings: Settings, cloud: GcpEnvironment, topo: Topology) -> Check:
+    """The configured instance that is not the recorded primary (`replica` until a failover):
+    in Cloud SQL, RUNNABLE and a replica of that primary, what `dr check`'s replica_streaming
+    needs and a failover promotes. A replica deleted, misspelt or promoted passed here while
+    `dr check` failed (or, for one that did not exist, exited 4)."""
+    name, primary = topo.standby, topo.primary
+    key = "replica" if name == cloud.replica else "instance"
+    info = topo.instances.get(name) if name else None
+    if info is None:
+        return Check(
+            "cloud sql replica",
+            False,
+            f"{name} does not exist in Cloud SQL: there is nothing to fail over to",
+            f"fix environments.{settings.env}.{key}, or create the replica: gcloud sql instances create "
+            f"{name} --master-instance-name={primary} --region={cloud.dr_region if key == 'replica' else cloud.region}",
+        )
+    detail = f"{name}: {info.state}, {info.role}"
+    if info.role == "replica":
+        detail += f" of {info.primary}"
+    ok = info.state == "RUNNABLE" and info.role == "replica" and info.primary == primary
+    if ok:
+        return Check("cloud sql replica", True, detail)
+    return Check(
+        "cloud sql replica",
+        False,
+        f"{detail}, not a running replica of the primary {primary}",
+        f"voke --env {settings.env} dr status",
+    )
 
 
 def _db_endpoint_check(settings: Settings, cloud: GcpEnvironment) -> Check:
