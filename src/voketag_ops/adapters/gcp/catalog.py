@@ -42,8 +42,10 @@ CLOUDSQL_METRICS = frozenset(
     {REPLICA_LAG, REPLICA_BYTE_LAG, LOG_ARCHIVE_FAILURES, LOG_ARCHIVE_SUCCESSES, DATABASE_UP}
 )
 
-# APIs a cloud environment needs enabled.
-REQUIRED_APIS = (
+# APIs voke calls through GcpContext's clients, whose base URLs a cloud environment's `endpoints`
+# may set (each by the short name its adapter asks GcpContext for; GcpContext.endpoint refuses
+# any other).
+CLIENT_APIS = (
     "secretmanager.googleapis.com",
     "sqladmin.googleapis.com",
     "run.googleapis.com",
@@ -51,11 +53,11 @@ REQUIRED_APIS = (
     "iam.googleapis.com",
     "cloudresourcemanager.googleapis.com",
     "serviceusage.googleapis.com",
-    "apikeys.googleapis.com",  # Google Maps keys (rotation.api_keys, provider "maps")
 )
-# The keys of a cloud environment's `endpoints`: each API by the short name its adapter asks
-# GcpContext for (GcpContext.endpoint refuses any other).
-ENDPOINT_APIS = tuple(api.removesuffix(".googleapis.com") for api in REQUIRED_APIS)
+ENDPOINT_APIS = tuple(api.removesuffix(".googleapis.com") for api in CLIENT_APIS)
+# APIs a cloud environment needs enabled: those, and the API Keys API, which Google Maps keys
+# (rotation.api_keys, provider "maps") call through their own client (its URL in their options).
+REQUIRED_APIS = (*CLIENT_APIS, "apikeys.googleapis.com")
 # Also enabled by terraform/ for running voke on a schedule (not called by voke itself).
 SCHEDULING_APIS = ("cloudscheduler.googleapis.com", "pubsub.googleapis.com")
 
