@@ -177,8 +177,11 @@ class Held:
             # A SIGINT handler set from C reads as None: Python's own is the default.
             for signum, previous in self._previous.items():
                 signal.signal(signum, previous if previous is not None else signal.default_int_handler)
-        outer = getattr(self._previous.get(signal.SIGINT), "__self__", None)
-        if isinstance(outer, Held):  # held inside another hold: what we noted counts there too
+        # Held inside another hold: what we noted counts there too. That hold is found through
+        # any signal held, not SIGINT's alone: one the caller ignores (a background job) is not.
+        handlers = (getattr(previous, "__self__", None) for previous in self._previous.values())
+        outer = next((held for held in handlers if isinstance(held, Held)), None)
+        if outer is not None:
             outer.count += self.count
         self._previous.clear()
 

@@ -52,3 +52,35 @@ def test_the_next_operation_is_not_answered_for_with_the_outcome_before_it(scrip
     )
     interrupts.reopen()
     assert interrupts.outcome() == "" and interrupts.message() == "interrupted"
+
+
+@pytest.mark.parametrize("then", ["the next operation", "a second signal"])
+@pytest.mark.parametrize("sigint", ["handled", "ignored"])
+def test_a_signal_within_a_hold_after_the_outcome_counts_there_whether_or_not_sigint_is_ignored(
+    script_signals, sigint, then
+):
+    # A background job of a non-interactive shell (nohup, some CI runners) starts with SIGINT
+    # ignored: the hold around a rotation's webhook (`_end`) found the `decided` one around it
+    # through SIGINT's handler only, so a SIGTERM it noted was lost there. `rotate due --run`
+    # started the next rotation and exited 0; a second SIGTERM was needed and answered bare.
+    import os
+
+    if sigint == "ignored":
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        interrupts.install()  # as the script starts with it ignored
+    interrupts.decided("rotation R1 of s1 succeeded", "`voke rotate history` shows it")
+    with interrupts.Held(give_way_after=1) as held:  # `_end`'s, around the webhook
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert held.fired
+    if then == "the next operation":
+        with pytest.raises(interrupts.Terminated):  # `rotate due --run` stops before the next secret
+            interrupts.reopen()
+    else:
+        with pytest.raises(interrupts.Terminated):  # gives way, saying what was decided
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert interrupts.message() == (
+            "terminated (SIGTERM) after rotation R1 of s1 succeeded; its report was not printed "
+            "(`voke rotate history` shows it)"
+        )
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert ignored == (sigint == "ignored")  # one the caller ignores stays ignored
