@@ -94,6 +94,15 @@ def printable(text: str) -> str:
     return text.translate(_UNSHOWABLE)
 
 
+def shown(text: str) -> str:
+    """TEXT read from a file or the environment (a file name, an actor, a service name in a
+    history) for rich markup: what a terminal would act on is escaped (``printable``), and so
+    is markup (a file named "[red]x.csv" is shown as such)."""
+    from rich.markup import escape
+
+    return escape(printable(text))
+
+
 # `voke SUBCOMMAND`, not `voke-pg`, `voke.toml`, `voke --env ...` or `voke env ...`.
 _VOKE_COMMAND = re.compile(r"(?<![\w./-])voke (?!env )(?=[a-z])")
 

@@ -429,3 +429,22 @@ def test_empty_log(voke) -> None:
     assert voke("audit", "show", "--json").json["result"]["total"] == 0
     assert voke("audit", "verify").exit_code == 0
     assert voke("audit", "checkpoint", "--json").json["result"]["checkpoint"] is None
+
+
+def test_show_escapes_what_a_terminal_would_obey_in_a_file_name_or_an_actor(voke, tmp_path: Path) -> None:
+    # A factory's uploaded file name or a CI job's VOKE_ACTOR must not drive the on-call's terminal.
+    home = tmp_path / "home"
+    record_event(
+        home,
+        event_type="ingest.load",
+        env="local",
+        target="esc\x1b[31mRED[bold].csv",
+        result="success",
+        duration_seconds=0.1,
+        details={},
+        actor="ci\x1b]0;pwned\x07X\nY",
+        now=T0,
+    )
+    out = voke("audit", "show").stdout
+    assert "\x1b" not in out and "\x07" not in out, out
+    assert "esc\\x1b[31mRED[bold].csv" in out and "ci\\x1b]0;pwned\\x07X\\nY" in out

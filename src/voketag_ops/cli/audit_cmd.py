@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from voketag_ops.cli.common import DryRun, MinDifficulty, Unasked, render_plan, use
-from voketag_ops.output import print_table
+from voketag_ops.output import print_table, shown
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -188,7 +188,6 @@ def _warn_skipped(env: AppContext, skipped: list[int]) -> None:
 
 
 def _render_show(console: Console, report: dict[str, Any]) -> None:
-    from rich.markup import escape
     from rich.table import Table
 
     entries = report["entries"]
@@ -203,10 +202,10 @@ def _render_show(console: Console, report: dict[str, Any]) -> None:
         table.add_row(
             str(e["seq"]),
             e["timestamp"][:19].replace("T", " "),
-            e["event_type"],
-            escape(e["actor"]),
-            e["env"],
-            escape(e["target"]),  # file names, URLs: their text, never markup
+            shown(e["event_type"]),
+            shown(e["actor"]),  # VOKE_ACTOR, a CI job's: its text, never ESC sequences or markup
+            shown(e["env"] or ""),
+            shown(e["target"]),  # file names, URLs: their text, never ESC sequences or markup
             e["result"],
             seconds,
             style=style,

@@ -24,7 +24,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any
 import typer
 
 from voketag_ops.cli.common import DryRun, MinDifficulty, Unasked, Yes, stdin_bytes, use, use_local
-from voketag_ops.output import print_table
+from voketag_ops.output import print_table, shown
 
 _UINT64_MAX = (1 << 64) - 1  # the largest size the chain store reads back (core.chain.MAX_NONCE)
 
@@ -681,7 +681,6 @@ def _render_validate(console: Console, report: Any) -> None:
 
 
 def _render_anchors(console: Console, report: dict[str, Any]) -> None:
-    from rich.markup import escape
     from rich.table import Table
 
     rows = report["anchors"]
@@ -691,8 +690,8 @@ def _render_anchors(console: Console, report: dict[str, Any]) -> None:
     table = Table("id", "kind", "label", "state", "block", "requested", box=None)
     for a in rows:
         block = "" if a["block_index"] is None else str(a["block_index"])
-        label = escape(a["label"])  # names a batch's file: its text, never markup
-        table.add_row(a["id"][:16], escape(a["kind"]), label, a["state"], block, a["requested_at"][:19] + "Z")
+        label = shown(a["label"])  # names a batch's file: its text, never ESC sequences or markup
+        table.add_row(a["id"][:16], shown(a["kind"]), label, a["state"], block, a["requested_at"][:19] + "Z")
     print_table(console, table)
     counts = ", ".join(f"{n} {state}" for state, n in report["counts"].items() if n)
     console.print(f"{len(rows)} shown ({counts}); chain length {report['chain_length']}")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from voketag_ops.cli.common import DryRun, Unasked, use
-from voketag_ops.output import print_table, printable
+from voketag_ops.output import print_table, printable, shown
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -434,15 +434,6 @@ def _target(value: float | None) -> str:
     return "" if value is None else format_target(value)
 
 
-def _shown(text: str) -> str:
-    """TEXT read from a file (a service name in a history, a path in coverage data, a history's
-    ref) for rich markup: what a terminal would act on is escaped (`printable`), and so is markup
-    (a service named "[red]x" is shown as such)."""
-    from rich.markup import escape
-
-    return escape(printable(text))
-
-
 def _status(s: Any) -> str:
     if s.passed is None:
         return ""
@@ -474,7 +465,7 @@ def _render_report(console: Console, r: Any) -> None:
             branches = (str(s.branches), str(s.missing_branches)) if r.branch else ()
             baseline = (_pct(s.baseline, p), _pct(s.delta, p, sign=True)) if with_baseline else ()
             table.add_row(
-                _shown(s.name),
+                shown(s.name),
                 str(s.files),
                 str(s.statements),
                 str(s.missing),
@@ -494,7 +485,7 @@ def _render_report(console: Console, r: Any) -> None:
             from voketag_ops.core.coverage import Rule, verdict
 
             console.print(printable(verdict(s, p, Rule(r.rule))), markup=False)
-    baseline = f"; baseline from {_shown(r.baseline_from)}" if r.baseline_from else ""
+    baseline = f"; baseline from {shown(r.baseline_from)}" if r.baseline_from else ""
     console.print(f"[dim]rule {r.rule}, precision {p}{baseline}[/]")
 
 
@@ -517,7 +508,7 @@ def _render_gaps(console: Console, r: Any) -> None:
         return f"cover all {g.missing} missed statements and {g.units_needed - g.missing} branch exits"
 
     for g in (*r.services, r.totals):
-        console.print(f"[bold]{_shown(g.name)}[/] {g.display}%: {need(g)}")
+        console.print(f"[bold]{shown(g.name)}[/] {g.display}%: {need(g)}")
         if g.files:
             table = Table(show_edge=False, box=None, padding=(0, 1))
             arcs = any(f.missing_arcs for f in g.files)  # the column only where it has something to show
@@ -532,7 +523,7 @@ def _render_gaps(console: Console, r: Any) -> None:
                 table.add_column(col, justify="right" if col in ("miss", "brmiss", "cover") else "left")
             for f in g.files:
                 row = [
-                    _shown(f.path),
+                    shown(f.path),
                     str(f.missing),
                     str(f.missing_branches),
                     f"{f.display}%",
@@ -547,7 +538,7 @@ def _render_gaps(console: Console, r: Any) -> None:
                 table.add_column(col, justify="right" if col in ("miss", "brmiss") else "left")
             for fn in g.functions:
                 where = f"{fn.path}:{fn.start_line}" if fn.start_line else fn.path
-                row = [_shown(fn.name), _shown(where), str(fn.missing), str(fn.missing_branches)]
+                row = [shown(fn.name), shown(where), str(fn.missing), str(fn.missing_branches)]
                 table.add_row(*row, *([fn.missing_arcs] if arcs else []))
             print_table(console, table)
         console.print()
@@ -562,10 +553,10 @@ def _render_diff(console: Console, r: Any) -> None:
 
     from voketag_ops.core.coverage import format_ranges
 
-    shown = r.display if r.percent is None else f"{r.display}%"
+    total = r.display if r.percent is None else f"{r.display}%"
     against = f" vs {r.base}" if r.base else ""
     console.print(
-        f"diff coverage{against}: [bold]{shown}[/] ({r.covered} of {r.measured} measured changed lines covered; "
+        f"diff coverage{against}: [bold]{total}[/] ({r.covered} of {r.measured} measured changed lines covered; "
         f"{r.changed_lines} changed lines in {r.changed_files} files)"
     )
     uncovered = [f for f in r.files if f.uncovered_lines]
@@ -574,7 +565,7 @@ def _render_diff(console: Console, r: Any) -> None:
         for col in ("file", "measured", "cover", "uncovered lines"):
             table.add_column(col, justify="right" if col in ("measured", "cover") else "left")
         for f in uncovered:
-            table.add_row(_shown(f.path), str(f.measured), f"{f.display}%", format_ranges(f.uncovered_ranges))
+            table.add_row(shown(f.path), str(f.measured), f"{f.display}%", format_ranges(f.uncovered_ranges))
         print_table(console, table)
     if r.target is not None:
         console.print(("[green]pass[/]" if r.passed else "[red]FAIL[/]") + f" against {_target(r.target)}")
@@ -608,13 +599,13 @@ def _render_history_show(console: Console, r: Any) -> None:
     from rich.table import Table
 
     if not r.entries:
-        console.print(f"no runs recorded in {_shown(r.file)}")
+        console.print(f"no runs recorded in {shown(r.file)}")
         return
     p = r.precision
     from rich import box
 
     table = Table(
-        title=f"coverage trend ({r.entries} runs, {_shown(r.file)})",
+        title=f"coverage trend ({r.entries} runs, {shown(r.file)})",
         title_justify="left",
         box=box.SIMPLE_HEAD,
     )
@@ -623,7 +614,7 @@ def _render_history_show(console: Console, r: Any) -> None:
     for t in r.series:
         status = "" if t.passed is None else ("[green]pass[/]" if t.passed else "[red]below[/]")
         table.add_row(
-            _shown(t.name),
+            shown(t.name),
             t.sparkline,
             f"{t.latest_display}%" if t.latest_display else "",
             _pct(t.change, p, sign=True),

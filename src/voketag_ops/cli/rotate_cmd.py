@@ -542,13 +542,9 @@ def _render_cleanup(console: Console, report: dict[str, Any]) -> None:
 
 
 def _render_history(console: Console, report: dict[str, Any]) -> None:
-    from rich.markup import escape
     from rich.table import Table
 
-    from voketag_ops.output import printable
-
-    def shown(text: str) -> str:  # a hand-edited history may hold markup or ESC sequences
-        return escape(printable(text))
+    from voketag_ops.output import shown
 
     table = Table(title="rotations", title_justify="left")
     for col in ("id", "secret", "status", "versions", "started", "finished", "error"):
