@@ -709,6 +709,8 @@ def test_a_clone_cut_short_mid_poll_is_deleted_by_the_next_run_once_it_appears(d
     (clone,) = journal["left_behind"]
     assert isinstance(outcome.error, VokeErrorType) and not isinstance(outcome.error, Interrupted)
     assert outcome.error.message.startswith("interrupted: ") and clone in outcome.error.message
+    # Found by review: its clean-up entry read ok, exit 0, while the run exited 7 because of it.
+    assert _delete_entry(journal, clone)["exit_code"] == outcome.error.exit_code == 7
     for op in drills.fake.sql.operations.values():  # Cloud SQL finishes the clone later
         if op["doc"]["status"] != "DONE":
             op["effect"]()
@@ -874,6 +876,24 @@ def test_a_clone_not_seen_to_finish_is_named_for_a_person_not_taken_for_gone(dri
     drills.fake.sql.finish_pending()  # Cloud SQL finishes it on its own
     assert clone in drills.scratch()
     assert drills.drill("pitr").exit_code == 0 and drills.scratch() == []  # the next run sweeps it
+
+
+def _delete_entry(journal: dict[str, Any], name: str) -> dict[str, Any]:
+    """The journal's clean-up entry deleting NAME, after checking it failed and says why."""
+    [entry] = [c for c in journal["cleanup"] if c["name"] == f"delete the scratch instance {name}"]
+    assert entry["ok"] is False and name in entry["detail"]["error"], entry
+    return entry
+
+
+@pytest.mark.parametrize("status", ["NOT_FOUND", "PERMISSION_DENIED"])
+def test_a_scratch_instance_left_billed_is_a_clean_up_entry_with_the_runs_exit_code(drills, status):
+    # Found by review: a delete refused (exit 4) or answered 404 while the instance is still
+    # listed (exit 0) was recorded so, while the run exits 7 because the instance stays billed.
+    drills.fake.rest.fail("DELETE", r"/instances/voke-db-drill-", status=status, times=1)
+    result = drills.drill("pitr")
+    assert result.exit_code == 7, result.stdout + result.stderr
+    [left] = drills.scratch()
+    assert _delete_entry(result.json["result"], left)["exit_code"] == 7
 
 
 def test_a_delete_answered_404_for_an_instance_still_listed_is_not_a_clean_clean_up(drills):

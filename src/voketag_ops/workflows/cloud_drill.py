@@ -342,7 +342,9 @@ class CloudDrill(local_drill_frame.RunFrame):
         """Delete a scratch instance; remember it when that fails (exit 7 at the end). One of
         this run's that is not labelled yet (a clone still carries production's labels) is
         labelled as the drill's first, best effort, so any later run's sweep finds it; the
-        journal lists it as not deleted either way (this machine's sweep finds it by that)."""
+        journal lists it as not deleted either way (this machine's sweep finds it by that).
+        A delete that leaves it billed raises NeedsOperatorError, so that its clean-up step
+        records the exit code the run ends with for it (7)."""
         self.guard(name)
         entry = self._entry(name)
         try:
@@ -358,16 +360,22 @@ class CloudDrill(local_drill_frame.RunFrame):
                     # later drill only on this machine would delete it.
                     self.left_behind.append(name)
                     log.warning("scratch instance %s was not found to delete, but it may exist", name)
-                    return
+                    raise NeedsOperatorError(
+                        f"the scratch instance {name} was not found to delete, but it may exist (billed)"
+                    ) from None
                 log.warning(
                     "scratch instance %s was not found to delete; a later drill deletes it if it appears",
                     name,
                 )
             return
-        except Exception:
+        except Exception as exc:
             self.left_behind.append(name)
             if entry is not None and not entry.get("labelled"):
                 self._label_quietly(name)
+            if isinstance(exc, VokeError):  # (a refused or failed delete; a bug stays one)
+                raise NeedsOperatorError(
+                    f"could not delete the scratch instance {name} (it is billed): {exc.message}"
+                ) from exc
             raise
         except BaseException:
             self.left_behind.append(name)
