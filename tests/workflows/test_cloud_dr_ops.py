@@ -1123,6 +1123,16 @@ def test_ctrl_c_in_a_failback_switchover_says_to_wait_for_the_operation_then_rer
     assert cloud.host_of() == PRIMARY_IP
 
 
+def test_the_event_of_an_interrupted_failover_names_the_command_with_its_env(cloud, monkeypatch):
+    # Found by review: stderr named `voke --env prod dr failover`, the event `voke dr failover`.
+    _ctrl_c_at(monkeypatch, "failover", "check the services are healthy")
+    result = cloud.voke("dr", "failover", "--yes", "--json")
+    assert result.exit_code == 130, result.stdout + result.stderr
+    message = _event(cloud, "dr.failover")["details"]["error"]["message"]
+    assert "`voke --env prod dr failover` stopped at 'check the services are healthy'" in message, message
+    assert message == result.json["error"]["message"]
+
+
 # -- what `rotate cleanup` makes of the versions a repoint adds -----------------------------------------------
 def _age(cloud: Cloud, days: float) -> None:
     """Every version of the connection secret made DAYS ago."""

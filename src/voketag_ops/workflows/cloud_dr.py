@@ -647,17 +647,20 @@ class _Steps:
 
 @contextmanager
 def _resumable(
-    steps: _Steps, event: AuditedEvent, command: str, resume: str, instance: str
+    settings: Settings, steps: _Steps, event: AuditedEvent, command: str, resume: str, instance: str
 ) -> Iterator[None]:
-    """A Ctrl-C or SIGTERM (KeyboardInterrupt) in a started COMMAND: Interrupted (exit 130)
-    naming the step it stopped in, the steps done, and RESUME, which finishes it, as the local
-    commands' `_resumable` does; EVENT records the step (`interrupted_at`) beside what the run
-    did (`services`). The promotion or switchover goes on in Cloud SQL without voke: the hint
-    then says to wait for its operation on INSTANCE first (a rerun meanwhile is refused)."""
+    """A Ctrl-C or SIGTERM (KeyboardInterrupt) in a started COMMAND of `settings.env`:
+    Interrupted (exit 130) naming the step it stopped in, the steps done, and RESUME, which
+    finishes it, as the local commands' `_resumable` does; EVENT records the step
+    (`interrupted_at`) beside what the run did (`services`), and the message as the answer says
+    it (`--env NAME` in the command named). The promotion or switchover goes on in Cloud SQL
+    without voke: the hint then says to wait for its operation on INSTANCE first (a rerun
+    meanwhile is refused)."""
     try:
         yield
     except KeyboardInterrupt:
         from voketag_ops import interrupts
+        from voketag_ops.output import name_env
 
         reached = steps.reached or "its start"
         done = [item["name"] for item in steps.items if item["ok"]]
@@ -669,7 +672,8 @@ def _resumable(
                 f"shows it DONE, {hint}"
             )
         raise Interrupted(
-            f"{interrupts.stopped_by()}: `voke dr {command}` stopped at '{reached}' "
+            f"{interrupts.stopped_by()}: `{name_env(f'voke dr {command}', settings.env)}` "
+            f"stopped at '{reached}' "
             f"(done: {', '.join(done) or 'nothing yet'})",
             hint=hint,
         ) from None
@@ -1114,7 +1118,10 @@ def _failover(
     # What the replica had replayed when promoted, as the local failover names it: the Admin API
     # does not say (no LSN, no last replayed commit), so not known rather than made up.
     replayed: dict[str, Any] = {"replayed_lsn": None, "last_replayed_commit": None}
-    with _details(event, mode=mode, **replayed), _resumable(steps, event, "failover", resume, replica_name):
+    with (
+        _details(event, mode=mode, **replayed),
+        _resumable(settings, steps, event, "failover", resume, replica_name),
+    ):
         if not resumed:
             with steps.run(f"promote {replica_name}" + (" (failover=true)" if dr_failover else "")) as info:
                 try:
@@ -1271,7 +1278,7 @@ def _failback(
     t0 = time.monotonic()
     steps = _Steps(progress)
     operation = None
-    with _details(event, switch=switch), _resumable(steps, event, "failback", resume, env.instance):
+    with _details(event, switch=switch), _resumable(settings, steps, event, "failback", resume, env.instance):
         if switch:
             with steps.run(f"switchover to {env.instance}") as info:
                 try:
