@@ -1133,6 +1133,71 @@ def test_the_event_of_an_interrupted_failover_names_the_command_with_its_env(clo
     assert message == result.json["error"]["message"]
 
 
+# -- Ctrl-C mid-clone ---------------------------------------------------------------------------------------
+def _ctrl_c_while_the_clone_is_polled(monkeypatch: pytest.MonkeyPatch, *, then: Any = None) -> None:
+    """A Ctrl-C once Cloud SQL accepted the clone, while voke polls it (as the drills' tests);
+    THEN, what Cloud SQL does meanwhile."""
+    from voketag_ops.adapters.gcp import sql
+
+    real_wait = sql.CloudSqlAdmin.wait
+
+    def ctrl_c_while_cloning(self: Any, op: Any, what: str, **kw: Any) -> Any:
+        if what.startswith("clone voke-db at"):
+            if then is not None:
+                then()
+            raise KeyboardInterrupt  # the clone was accepted; Cloud SQL goes on without us
+        return real_wait(self, op, what, **kw)
+
+    monkeypatch.setattr(sql.CloudSqlAdmin, "wait", ctrl_c_while_cloning)
+
+
+def test_ctrl_c_mid_clone_names_the_operation_and_the_instance_it_makes(cloud, monkeypatch):
+    # Found by review: exit 130 "interrupted" and nothing more, and later a billed voke-db-r1
+    # with production's labels that nothing named; a rerun then refused the name (exit 5).
+    _ctrl_c_while_the_clone_is_polled(monkeypatch)
+    result = cloud.voke("dr", "restore", "--to", "-10m", "--name", "voke-db-r1", "--yes", "--json")
+    assert result.exit_code == 7, result.stdout + result.stderr  # as the drills' Ctrl-C mid-clone
+    (op,) = [n for n, o in cloud.fake.sql.operations.items() if o["doc"]["operationType"] == "CLONE"]
+    error = result.json["error"]
+    assert error["message"].startswith("interrupted: `voke --env prod dr restore` stopped"), error
+    assert f"operation {op}" in error["message"] and "voke-db-r1" in error["message"], error
+    assert f"gcloud sql operations describe {op} --project voke-test" in error["hint"], error
+    assert "gcloud sql instances delete voke-db-r1 --project voke-test" in error["hint"], error
+    event = _event(cloud, "dr.restore")
+    assert event["target"] == "voke-db-r1" and event["details"]["operation"] == op, event
+    assert event["details"]["error"]["message"] == error["message"]
+    cloud.fake.sql.finish_pending()  # Cloud SQL finishes the clone without voke: as the hint said
+    assert "voke-db-r1" in cloud.fake.sql.instances
+
+
+def test_ctrl_c_mid_clone_once_the_instance_is_made_names_it(cloud, monkeypatch):
+    _ctrl_c_while_the_clone_is_polled(monkeypatch, then=cloud.fake.sql.finish_pending)  # it ended by then
+    result = cloud.voke("dr", "restore", "--to", "-10m", "--name", "voke-db-r1", "--yes", "--json")
+    assert result.exit_code == 7, result.stdout + result.stderr
+    error = result.json["error"]
+    assert "made the instance voke-db-r1 (RUNNABLE), which is billed" in error["message"], error
+    assert "gcloud sql instances delete voke-db-r1 --project voke-test" in error["hint"], error
+
+
+def test_ctrl_c_mid_clone_whose_look_up_fails_says_the_clone_may_run(cloud, monkeypatch):
+    _ctrl_c_while_the_clone_is_polled(monkeypatch)
+    cloud.fake.rest.fail("GET", r"/operations$", status="PERMISSION_DENIED", times=1)
+    result = cloud.voke("dr", "restore", "--to", "-10m", "--name", "voke-db-r1", "--yes", "--json")
+    assert result.exit_code == 7, result.stdout + result.stderr
+    error = result.json["error"]
+    assert "whether Cloud SQL started the clone is unknown" in error["message"], error
+    assert "gcloud sql operations list --instance voke-db --project voke-test" in error["hint"], error
+    assert "gcloud sql instances delete voke-db-r1 --project voke-test" in error["hint"], error
+
+
+def test_ctrl_c_before_the_clone_is_asked_for_is_an_interrupt_that_changed_nothing(cloud, monkeypatch):
+    _ctrl_c_at(monkeypatch, "restore", "cloning voke-db")
+    result = cloud.voke("dr", "restore", "--to", "-10m", "--name", "voke-db-r1", "--yes", "--json")
+    assert result.exit_code == 130, result.stdout + result.stderr
+    assert not cloud.posts("/clone") and "voke-db-r1" not in cloud.fake.sql.instances
+    assert _event(cloud, "dr.restore")["result"] == "interrupted"
+
+
 # -- what `rotate cleanup` makes of the versions a repoint adds -----------------------------------------------
 def _age(cloud: Cloud, days: float) -> None:
     """Every version of the connection secret made DAYS ago."""

@@ -46,7 +46,13 @@ from voketag_ops.workflows.secrets import READABLE, unreadable_alias
 if TYPE_CHECKING:
     from voketag_ops.audit import AuditedEvent
     from voketag_ops.config import GcpEnvironment, Settings
-    from voketag_ops.ports import DatabaseRecovery, DbInstanceInfo, SecretStore, ServiceRuntime
+    from voketag_ops.ports import (
+        DatabaseRecovery,
+        DbInstanceInfo,
+        DbOperationInfo,
+        SecretStore,
+        ServiceRuntime,
+    )
     from voketag_ops.workflows.cloud_topology import Topology
 
 Progress = Callable[[str], None]
@@ -819,6 +825,11 @@ def _restore(
                     hint=f"inspect it, then delete it: gcloud sql instances delete {name}",
                 ) from None
             raise
+        except KeyboardInterrupt:
+            left_by = _clone_interrupted(settings, recovery, event, source=source, name=name)
+            if left_by is None:
+                raise
+            raise left_by from None
         info = recovery.instance(name)
         event.details.update(operation=op.name, state=info.state)
         if info.state != "RUNNABLE":
@@ -841,6 +852,59 @@ def _restore(
         "next": f"inspect it at {info.ip_address or 'its private IP'}; delete it when done: "
         f"gcloud sql instances delete {name}",
     }
+
+
+def _clone_interrupted(
+    settings: Settings, recovery: DatabaseRecovery, event: AuditedEvent, *, source: str, name: str
+) -> NeedsOperatorError | None:
+    """A Ctrl-C or SIGTERM while the clone of SOURCE into NAME was asked for or polled: Cloud
+    SQL goes on with a clone it accepted, and makes a billed instance. Looked up (one more
+    signal meanwhile is held; the one after it stops the look-up): the CLONE operation under
+    way on SOURCE, or NAME made already, is exit 7 naming them and how to inspect or delete
+    NAME, as the drills' Ctrl-C mid-clone; so is a look-up that fails (it may run). None when
+    neither is there: nothing was started, the interrupt stays an interrupt (exit 130). EVENT
+    records the operation (`operation`) and where the run stopped (`interrupted_at`)."""
+    from voketag_ops import interrupts
+    from voketag_ops.output import name_env
+
+    op: DbOperationInfo | None = None
+    left: DbInstanceInfo | None = None
+    unknown: str | None = None
+    with interrupts.Held(give_way_after=1):
+        try:
+            lister = getattr(recovery, "pending_operations", None)
+            ops = lister(source) if lister is not None else []
+            op = next((o for o in ops if o.kind == "CLONE"), None)
+            left = _find(recovery, name)
+        except VokeError as exc:
+            unknown = exc.message
+        except KeyboardInterrupt:
+            unknown = "the look-up was interrupted too"
+    if op is None and left is None and unknown is None:
+        return None
+    event.details.update(interrupted_at=f"clone {source} into {name}", operation=op.name if op else None)
+    project = settings.environment(settings.env).project
+    inspect = f"inspect it (`gcloud sql instances describe {name} --project {project}`) or delete it: "
+    inspect += f"gcloud sql instances delete {name} --project {project}"
+    restore = name_env("voke dr restore", settings.env)
+    stopped = f"{interrupts.stopped_by()}: `{restore}` stopped while cloning {source} into {name}"
+    if op is not None:
+        return NeedsOperatorError(
+            f"{stopped}; the clone continues in Cloud SQL (operation {op.name}) and makes the instance "
+            f"{name}, which is billed",
+            hint=f"`gcloud sql operations describe {op.name} --project {project}` shows when it is DONE; "
+            f"then {inspect}",
+        )
+    if left is not None:
+        return NeedsOperatorError(
+            f"{stopped}; the clone made the instance {name} ({left.state}), which is billed",
+            hint=inspect,
+        )
+    return NeedsOperatorError(
+        f"{stopped}; whether Cloud SQL started the clone is unknown ({unknown})",
+        hint=f"`gcloud sql operations list --instance {source} --project {project}` shows whether it "
+        f"runs; if it made {name}, {inspect}",
+    )
 
 
 def _leftover(recovery: DatabaseRecovery, name: str) -> DbInstanceInfo | None:
