@@ -7,6 +7,8 @@ those started from this machine; Cloud SQL itself refuses a second operation on 
 A DR operation holds it exclusive. A rotation (local or cloud) holds it shared, from its first
 look at its secret's record until it has written its own (the record is what a failover refuses
 on): two rotations go on side by side, a rotation and a DR operation never start together.
+`voke dr backup` holds it shared too (it moves neither the leader nor the services: a rotation
+goes on beside it, a failover does not), and VOKE_HOME/dr/backup.lock exclusive (one at a time).
 
 The cleanup lock, the same machinery: ENV_HOME/rotations/cleanup.lock, held by `voke rotate
 cleanup` from its plan to its last change, so two at once never act on the same versions.
@@ -37,6 +39,23 @@ def dr_lock(directory: Path, operation: str, *, shared: bool = False) -> Abstrac
     return _held(directory / "dr.lock", operation, shared=shared, refused=LockHeld)
 
 
+BACKUP = "dr backup"
+
+
+@contextmanager
+def backup_lock(directory: Path) -> Iterator[None]:
+    """Hold DIRECTORY/backup.lock (one backup at a time), then DIRECTORY/dr.lock shared (no
+    failover, failback, restore or drill beside it; rotations go on), or PreconditionError (exit 5)
+    naming the holder."""
+    # The DR lock unnamed: a refusal beside it names the backup from backup.lock, and a rotation's
+    # name is never overwritten by one that outlives it (nor the backup's by a rotation).
+    with (
+        _held(directory / "backup.lock", BACKUP, refused=LockHeld),
+        _held(directory / "dr.lock", BACKUP, shared=True, refused=LockHeld, named=False),
+    ):
+        yield
+
+
 CLEANUP = "rotate cleanup"
 
 
@@ -55,10 +74,15 @@ def refuse_if_cleaning(directory: Path) -> None:
 
 @contextmanager
 def _held(
-    lock_file: Path, operation: str, *, shared: bool = False, refused: Callable[[str], PreconditionError]
+    lock_file: Path,
+    operation: str,
+    *,
+    shared: bool = False,
+    refused: Callable[[str], PreconditionError],
+    named: bool = True,
 ) -> Iterator[None]:
     """Hold LOCK_FILE (made private, with its directory) for OPERATION; REFUSED(holder) is raised
-    when another process holds it."""
+    when another process holds it. NAMED False: a shared hold that leaves the holder's name as it is."""
     lock_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = str(lock_file)
     with _HELD_GUARD:
@@ -80,7 +104,8 @@ def _held(
             _take(fd, shared=True, refused=refused)
             # The whole name in one write: of two rotations starting together, a refusal names
             # the last to start (never a mix of both names).
-            _name_holder(fd, f"{operation} pid {os.getpid()}".encode()[:_NAMED].ljust(_NAMED))
+            if named:
+                _name_holder(fd, f"{operation} pid {os.getpid()}".encode()[:_NAMED].ljust(_NAMED))
             try:
                 yield
             finally:
@@ -89,7 +114,7 @@ def _held(
             os.close(fd)
         return
     try:
-        _take(fd, refused=refused)
+        _take(fd, refused=refused, backup=lock_file.parent / "backup.lock")
         os.ftruncate(fd, 0)
         _name_holder(fd, f"{operation} pid {os.getpid()}".encode())
         with _HELD_GUARD:
@@ -161,17 +186,25 @@ def _name_holder(fd: int, name: bytes) -> None:
         os.pwrite(fd, name, 0)
 
 
-def _take(fd: int, *, shared: bool = False, refused: Callable[[str], PreconditionError]) -> None:
-    """FD's exclusive lock (SHARED: its shared lock), or REFUSED(holder), a PreconditionError.
+def _take(
+    fd: int, *, shared: bool = False, refused: Callable[[str], PreconditionError], backup: Path | None = None
+) -> None:
+    """FD's exclusive lock (SHARED: its shared lock), or REFUSED(holder), a PreconditionError;
+    held shared (the DR lock), a PreconditionError naming the holder of BACKUP or a rotation.
     A refusal is retried for a moment: `dr status` and others probe the lock by taking it
     shared, and an operation started at that instant was refused, naming itself or a holder
     long gone (and a shared holder letting go takes it exclusive for as long)."""
     if flock_within(fd, _PROBE_GRACE, interval=0.02, shared=shared):
         return
     holder = os.pread(fd, _NAMED, 0).decode("utf-8", "replace").strip() or "another voke process"
-    # Held shared: rotations starting (only the DR lock is ever held shared).
+    # Held shared: rotations starting, a backup (only the DR lock is ever held shared).
     if not shared and refused is LockHeld and flock_within(fd, 0, interval=0, shared=True):
         fcntl.flock(fd, fcntl.LOCK_UN)
+        if backup is not None and (backing_up := held_by(backup)) is not None:
+            raise PreconditionError(
+                f"a backup is running ({backing_up}); nothing was changed",
+                hint="wait for the backup to finish, then run this again",
+            )
         raise PreconditionError(
             f"a rotation is starting ({holder}); nothing was changed",
             hint="wait for the rotation to finish (`voke rotate status` shows it), then run this again",
@@ -210,10 +243,11 @@ def holder_parts(holder: str) -> tuple[str, int | None]:
     return (operation, int(pid)) if operation and pid.isdigit() else (holder, None)
 
 
-def running_elsewhere(directory: Path) -> str | None:
-    """Who holds DIRECTORY/dr.lock if another process does (its operation and pid), else None:
-    an operation recorded as unfinished while its holder runs is under way, not interrupted."""
-    path = str(directory / "dr.lock")
+def running_elsewhere(directory: Path, lock: str = "dr.lock") -> str | None:
+    """Who holds DIRECTORY/LOCK (exclusive) if another process does (its operation and pid), else
+    None: an operation recorded as unfinished while its holder runs is under way, not interrupted.
+    A backup holds the DR lock shared and is not seen (`backup_lock`): LOCK "backup.lock" sees it."""
+    path = str(directory / lock)
     with _HELD_GUARD:
         if _HELD.get(path):
             return None  # this process holds it

@@ -433,6 +433,38 @@ def test_no_rotation_starts_under_a_dr_operation_begun_after_its_first_look(
     assert_consistent(platform)
 
 
+def test_a_rotation_runs_beside_a_backup_and_a_failover_does_not(
+    platform, platform_environ, voke, monkeypatch
+):
+    # A backup held the DR lock exclusive: a rotation started during it (a daily backup beside a
+    # 02:00 rotation) was refused, exit 5, though a backup moves neither the leader nor the services
+    # and a backup started during a rotation went on. It holds the lock shared (and its own).
+    from voketag_ops.adapters.local.environment import LocalEnvironment
+
+    lock_dir = platform.env.home / "dr"
+    during, real = {}, LocalEnvironment.take_base_backup
+
+    def take_base_backup(self, *args, **kwargs):  # while the backup holds its locks
+        during["rotation"] = subprocess.run(
+            [sys.executable, "-m", "voketag_ops", "rotate", "db-password", "--yes", "--json"],
+            env=platform_environ,
+            capture_output=True,
+            text=True,
+        )
+        during["failover"] = _take_dr_lock_elsewhere(lock_dir, "dr failover")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(LocalEnvironment, "take_base_backup", take_base_backup)
+    versions = len(platform.store().get("db-app").versions)
+    result = voke("dr", "backup", "--yes", "--json", environ=platform_environ)
+    assert result.exit_code == 0, result.stdout
+    assert during["rotation"].returncode == 0, during["rotation"].stdout + during["rotation"].stderr
+    assert len(platform.store().get("db-app").versions) == versions + 1
+    assert during["failover"].startswith("a backup is running (dr backup pid "), during  # its race kept out
+    assert _take_dr_lock_elsewhere(lock_dir, "dr failover") == "held"  # let go with the backup
+    assert_consistent(platform)
+
+
 def test_a_dr_operation_refused_by_a_running_rotation_says_to_wait_for_it(platform, platform_environ, voke):
     # It said the rotation was unfinished and to resume it (which `resume` refuses while its voke runs).
     from voketag_ops.workflows.rotate import refuse_if_rotating

@@ -184,8 +184,9 @@ def backup(
         if env.exists:
             dr.refuse_if_unfinished(env)  # exit 5 naming the resume, before anything starts
         ensure_local(settings, progress)
-        # Under the DR lock: a drill may have frozen the leader, a failover may be moving it.
-        with dr.dr_lock(env, "dr backup"):
+        # Under the DR lock: a drill may have frozen the leader, a failover may be moving it. Held
+        # shared: a rotation (which moves neither) starts beside it, as it does beside a rotation.
+        with dr.backup_lock(env):
             dr.refuse_if_unfinished(env)
             progress("taking a base backup (pg_basebackup)")
             t0 = time.monotonic()

@@ -2085,8 +2085,9 @@ def local_engine(
         pending = None if reads else dr.unfinished_operation(local.env)
         if pending is not None:
             dr.refuse_unfinished(local.env, pending)
-    # Nor while a drill or DR operation runs: its failover would race this rotation. Another voke
-    # starting the environment this rotation will start too is waited for (`after_another_start`).
+    # Nor while a drill or DR operation runs: its failover would race this rotation (a backup, which
+    # holds the lock shared and moves nothing, is not seen). Another voke starting the environment
+    # this rotation will start too is waited for (`after_another_start`).
     holder = None if reads else running_elsewhere(probe)
     if holder is not None and not (platform is not None and start and is_env_holder(holder)):
         raise PreconditionError(f"{busy_with(holder)} ({holder}); rotate once it has finished")

@@ -135,6 +135,14 @@ def dr_lock(env: LocalEnvironment, operation: str, *, shared: bool = False) -> A
     return lock(dr_dir(env), operation, shared=shared)
 
 
+def backup_lock(env: LocalEnvironment) -> AbstractContextManager[None]:
+    """`voke dr backup`'s hold: one backup at a time, no DR operation beside it, rotations beside
+    it (locks.py)."""
+    from voketag_ops.locks import backup_lock as lock
+
+    return lock(dr_dir(env))
+
+
 def unfinished_operation(env: LocalEnvironment) -> dict[str, Any] | None:
     """The interrupted operation recorded in VOKE_HOME/dr/operation.json, or None.
 
@@ -194,7 +202,8 @@ def operation_to_report(env: LocalEnvironment) -> dict[str, Any] | None:
         op = unfinished_operation(env)
     except PreconditionError as exc:
         return {"operation": "unreadable", "resume": exc.message}
-    holder = running_elsewhere(env.home / "dr")
+    # (a backup holds the DR lock shared: its own lock names it)
+    holder = running_elsewhere(env.home / "dr") or running_elsewhere(env.home / "dr", "backup.lock")
     # (`env up`/`down`/`destroy` hold it too, no DR operation; a move-port holding it is under way,
     # its journal written first)
     if holder is not None and not is_env_holder(holder):
@@ -343,11 +352,12 @@ def refuse_if_unfinished(env: LocalEnvironment, *, allow: str | None = None) -> 
 
 
 def refuse_if_running(env: LocalEnvironment) -> None:
-    """PreconditionError (exit 5) while another process holds the DR lock, as `dr_lock` refuses
-    (a probe: it never waits for the lock, nor takes it)."""
+    """PreconditionError (exit 5) while another process holds the DR lock, as `dr_lock` refuses,
+    or runs a backup (which holds it shared, as `dr_lock` refuses an exclusive hold beside it; a
+    probe: it never waits for the lock, nor takes it)."""
     from voketag_ops.locks import LockHeld, running_elsewhere
 
-    holder = running_elsewhere(env.home / "dr")
+    holder = running_elsewhere(env.home / "dr") or running_elsewhere(env.home / "dr", "backup.lock")
     if holder is not None:
         raise LockHeld(holder)
 
