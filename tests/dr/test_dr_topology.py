@@ -1380,6 +1380,14 @@ def test_the_notice_of_an_unfinished_operation_says_what_to_run(tmp_path, held_b
             "resume": None,
             "running": "env move-port pid 10",
         }
+    # A backup holds the DR lock shared (rotations go on beside it): its own lock names it.
+    with held_by_another_voke(home / "dr" / "backup.lock", "dr backup pid 11"):
+        assert dr.operation_to_report(env) == {
+            "operation": "dr backup",
+            "command": "voke dr backup",
+            "resume": None,
+            "running": "dr backup pid 11",
+        }
     (home / "dr" / "operation.json").write_text("{torn")
     assert "cannot be read" in (dr.operation_notice(env) or "")
 
