@@ -254,6 +254,12 @@ def running_elsewhere(directory: Path, lock: str = "dr.lock") -> str | None:
     return held_by(Path(path))
 
 
+def dr_work_elsewhere(directory: Path) -> str | None:
+    """Who runs a DR operation (DIRECTORY/dr.lock, exclusive) or a backup (DIRECTORY/backup.lock:
+    it holds the DR lock shared) if another process does, else None."""
+    return running_elsewhere(directory) or running_elsewhere(directory, "backup.lock")
+
+
 def held_by(path: Path) -> str | None:
     """What PATH says of its holder if another open file holds an exclusive flock on it ("another
     voke process" when it says nothing), None when nobody does (or it does not exist). A shared

@@ -196,14 +196,13 @@ def operation_to_report(env: LocalEnvironment) -> dict[str, Any] | None:
     count as one too, explained in a `note` (an operation log's `detail` holds its steps' records).
     Every one found is named: the first, then the others in its `also` (a killed pitr drill
     leaves its rows and its restored instance), each as the first is said."""
-    from voketag_ops.locks import holder_parts, is_env_holder, running_elsewhere
+    from voketag_ops.locks import dr_work_elsewhere, holder_parts, is_env_holder
 
     try:
         op = unfinished_operation(env)
     except PreconditionError as exc:
         return {"operation": "unreadable", "resume": exc.message}
-    # (a backup holds the DR lock shared: its own lock names it)
-    holder = running_elsewhere(env.home / "dr") or running_elsewhere(env.home / "dr", "backup.lock")
+    holder = dr_work_elsewhere(env.home / "dr")
     # (`env up`/`down`/`destroy` hold it too, no DR operation; a move-port holding it is under way,
     # its journal written first)
     if holder is not None and not is_env_holder(holder):
@@ -355,9 +354,9 @@ def refuse_if_running(env: LocalEnvironment) -> None:
     """PreconditionError (exit 5) while another process holds the DR lock, as `dr_lock` refuses,
     or runs a backup (which holds it shared, as `dr_lock` refuses an exclusive hold beside it; a
     probe: it never waits for the lock, nor takes it)."""
-    from voketag_ops.locks import LockHeld, running_elsewhere
+    from voketag_ops.locks import LockHeld, dr_work_elsewhere
 
-    holder = running_elsewhere(env.home / "dr") or running_elsewhere(env.home / "dr", "backup.lock")
+    holder = dr_work_elsewhere(env.home / "dr")
     if holder is not None:
         raise LockHeld(holder)
 
