@@ -13,6 +13,7 @@ import codecs
 import dataclasses
 import enum
 import errno
+import functools
 import io
 import itertools
 import json
@@ -130,6 +131,16 @@ def json_for(text: str, encoding: str | None) -> str:
     return _NON_ASCII.sub(lambda m: json.dumps(m.group())[1:-1], text)
 
 
+def encodable(text: str, encoding: str) -> str:
+    """TEXT with each character ENCODING lacks (an ASCII or Latin-1 stream) written as a
+    backslash escape (\\xe9, \\u5de5), as the stream will take it."""
+    try:
+        text.encode(encoding)
+    except UnicodeEncodeError:
+        return text.encode(encoding, "backslashreplace").decode(encoding)
+    return text
+
+
 def print_table(console: Console, *tables: Table) -> None:
     """Print the first of TABLES (a table, then narrower variants of it) that fits CONSOLE's
     width with every word in it whole; when none does, the first as plain lines: each row's
@@ -231,9 +242,7 @@ class Output:
 
     # -- consoles -------------------------------------------------------------
     def _console(self, stream: TextIO | _RedactingStream) -> Console:
-        from rich.console import Console
-
-        console = Console(
+        console = _console_class()(
             file=stream,  # type: ignore[arg-type]
             no_color=self.no_color,
             highlight=False,
@@ -445,6 +454,21 @@ class Output:
             raise Cancelled("cancelled; nothing was changed")
 
 
+@functools.cache
+def _console_class() -> type[Console]:
+    """rich's Console, but text is made `encodable` for the stream before rich measures it:
+    written as escapes only afterwards (by `_ReaderMayGo`), a name in a table cell was wider
+    than the column rich gave it, and the columns after it went out of line. (Console is
+    made here, not at import: rich costs ~40 ms that a command printing one note goes without.)"""
+    from rich.console import Console
+
+    class EncodableConsole(Console):
+        def render_str(self, text: str, **options: Any) -> Text:
+            return super().render_str(encodable(text, self.encoding), **options)
+
+    return EncodableConsole
+
+
 class _ReaderMayGo:
     """stdout or stderr, where a reader that went away (`voke dr status | head -1`) or a
     stream closed from the start (`>&-`) is no error: the rest goes to /dev/null, quietly,
@@ -465,8 +489,7 @@ class _ReaderMayGo:
                 try:
                     return self.wrapped.write(text)
                 except UnicodeEncodeError:  # nothing was written: TextIOWrapper encodes it all first
-                    encoding = self.wrapped.encoding
-                    return self.wrapped.write(text.encode(encoding, "backslashreplace").decode(encoding))
+                    return self.wrapped.write(encodable(text, self.wrapped.encoding))
         return len(text)
 
     def flush(self) -> None:

@@ -91,3 +91,31 @@ def test_a_narrower_variant_is_printed_before_falling_back_to_lines():
         "│ factory-service │",
         "└─────────────────┘",
     ]
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "iso-8859-1"])
+def test_columns_stay_in_line_on_a_stdout_that_is_not_utf8(encoding):
+    """A name the stream's encoding lacks is written as an escape (\\u5de5) wider than the
+    character: it is escaped before rich measures the cell, so the columns after it line up."""
+    from datetime import UTC, datetime
+
+    from voketag_ops.cli.audit_cmd import _render_show
+    from voketag_ops.cli.ingest_cmd import _render_batches
+    from voketag_ops.output import Output
+
+    entry = {"seq": 0, "timestamp": "2026-05-01T00:00:00Z", "event_type": "ingest.load", "actor": "ci",
+             "env": "local", "result": "failure", "duration_seconds": 1.0}  # fmt: skip
+    names = ["工厂-é😀.csv", "plain.csv", "café.csv"]
+    show = {"entries": [{**entry, "target": name} for name in names],
+            "env": None, "total": 3, "offset": 0, "skipped_lines": []}  # fmt: skip
+    batch = {"loaded_at": datetime(2026, 5, 1, tzinfo=UTC), "rows_loaded": 1, "rows_rejected": 0,
+             "merkle_root": "ab" * 32, "anchor": "anchored"}  # fmt: skip
+    batches = {"batches": [{**batch, "batch_id": i, "file_name": name} for i, name in enumerate(names)]}
+    for render, report, after in ((_render_show, show, "failure"), (_render_batches, batches, "anchored")):
+        raw = io.BytesIO()
+        stdout = io.TextIOWrapper(raw, encoding=encoding)
+        Output(stdout=stdout, no_color=True).result(report, render=render)
+        stdout.flush()
+        rows = [line for line in raw.getvalue().decode(encoding).splitlines() if after in line]
+        assert len(rows) == 3 and len({row.index(after) for row in rows}) == 1, "\n".join(rows)
+        assert "\\u5de5\\u5382-" in rows[0]
