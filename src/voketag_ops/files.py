@@ -99,6 +99,24 @@ def read_at_most(stream: IO[bytes], limit: int) -> bytes | None:
     return None if len(data) > limit else data
 
 
+def path_text(path: str | os.PathLike[str]) -> str:
+    """PATH as a record (an audit event, a batch row, a report) holds it: its bytes read as
+    UTF-8 when they are (a UTF-8 name given under a Latin-1 locale, which reads `ré` as `rÃ©`,
+    or a C one, which reads it as lone surrogates), else as the locale reads them; a byte
+    neither reads is written \\xNN (`core.audit.storable_text`). Opening a file takes PATH as
+    it is: only its record is text."""
+    from voketag_ops.core.audit import storable_text
+
+    try:
+        raw = os.fsencode(path)
+    except UnicodeEncodeError:  # not a name the file system gave (text from voke.toml in a C locale)
+        return storable_text(os.fspath(path))
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return storable_text(os.fsdecode(raw))
+
+
 def read_limited(path: Path, limit: int, *, what: str, hint: str | None = None) -> bytes:
     """The bytes of PATH, a regular file of at most LIMIT bytes, read whole: InputError (exit 1)
     naming PATH otherwise (HINT with a file too large). FileNotFoundError is left to the

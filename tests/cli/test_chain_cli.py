@@ -648,3 +648,29 @@ def test_a_chain_file_is_migrated_into_postgres_once(voke, chain_env, platform_h
     finally:
         for leftover in path.parent.glob("chain.json*"):
             leftover.unlink()
+
+
+def test_a_utf8_file_name_under_a_latin1_locale_is_recorded_as_utf8(
+    voke, make_environ, tmp_path: Path, monkeypatch
+) -> None:
+    """Under LANG=en_US.ISO-8859-1 argv reads the UTF-8 bytes of `ré` as `rÃ©`: the audit event
+    records the name by its bytes (UTF-8 when they are), not as the locale misread them. (The
+    file system's encoding is fixed at start-up: os.fsencode/fsdecode stand in for Latin-1's.)"""
+    import os
+
+    monkeypatch.setattr(os, "fsencode", lambda p: os.fspath(p).encode("latin-1", "surrogateescape"))
+    monkeypatch.setattr(os, "fsdecode", lambda p: os.fspath(p).decode("latin-1", "surrogateescape"))
+    environ = make_environ(tmp_path / "home", VOKE_CHAIN__STORE="file")
+    for argv_name, recorded in (("rÃ©.json", "ré.json"), ("rÿ.json", "rÿ.json")):  # UTF-8; Latin-1
+        (tmp_path / argv_name).write_text("{}")
+        assert voke("chain", "import", str(tmp_path / argv_name), "--yes", environ=environ).exit_code == 1
+        shown = voke("audit", "show", "--newest-first", "--limit", "1", "--json", environ=environ)
+        assert shown.json["result"]["entries"][0]["target"] == f"{tmp_path}/{recorded}"
+
+
+def test_a_file_name_that_is_not_utf8_is_recorded_with_escapes(voke, make_environ, tmp_path: Path) -> None:
+    environ = make_environ(tmp_path / "home", VOKE_CHAIN__STORE="file")
+    (tmp_path / "r\udcff.json").write_text("{}")  # bytes r, 0xff: argv hands it in as a lone surrogate
+    assert voke("chain", "import", str(tmp_path / "r\udcff.json"), "--yes", environ=environ).exit_code == 1
+    shown = voke("audit", "show", "--json", environ=environ)
+    assert shown.json["result"]["entries"][0]["target"] == f"{tmp_path}/r\\xff.json"

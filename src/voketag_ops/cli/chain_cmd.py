@@ -310,7 +310,7 @@ def import_(
     from voketag_ops.adapters.local.chain_store import parse_document
     from voketag_ops.core.chain import ChainFormatError, anchor_disagreement, validate_chain
     from voketag_ops.errors import InputError
-    from voketag_ops.files import read_at_most
+    from voketag_ops.files import path_text, read_at_most
     from voketag_ops.workflows.audit import refuse_foreign_chain
     from voketag_ops.workflows.chain import plan_import
 
@@ -320,7 +320,7 @@ def import_(
         raw = read_at_most(stream, limit)
     # A real import is on record from its first check: a rejected file (exit 1) or a refused
     # chain (exit 5) is a `failure` event too; a dry run writes none.
-    with _audited(env, "chain.import", target=source, details={}, dry_run=dry_run) as event:
+    with _audited(env, "chain.import", target=path_text(source), details={}, dry_run=dry_run) as event:
         if raw is None:
             raise ChainFormatError(
                 f"{source}: more than {limit:,} bytes, the limit (chain.max_import_bytes); nothing was imported"

@@ -382,10 +382,13 @@ def history_add(
     yes: Unasked = False,
 ) -> None:
     """Append this run's counts per service and overall to the history file."""
+    from voketag_ops.files import path_text
     from voketag_ops.workflows import coverage as wf
 
     env = use(ctx)
-    with env.audited("coverage.history_add", target=str(file or env.settings.coverage.history)) as event:
+    with env.audited(
+        "coverage.history_add", target=path_text(file or env.settings.coverage.history)
+    ) as event:
         result = wf.history_add(
             env.settings.coverage,
             paths,

@@ -114,8 +114,9 @@ class LocalPlatform:
     # -- lifecycle ------------------------------------------------------------------------
     def _audited(self, event_type: str) -> Any:
         from voketag_ops.audit import audited
+        from voketag_ops.files import path_text
 
-        return audited(self.env.home, event_type=event_type, env="local", target=str(self.env.home))
+        return audited(self.env.home, event_type=event_type, env="local", target=path_text(self.env.home))
 
     def up(self, progress: Progress = _quiet, *, strict: bool = True) -> UpReport:
         # One `up` at a time across the whole sequence: two commands starting the environment on

@@ -62,7 +62,7 @@ from typing import IO, TYPE_CHECKING, Any
 from voketag_ops import interrupts
 from voketag_ops.core import ingest as core
 from voketag_ops.core import merkle
-from voketag_ops.core.audit import csv_cell, storable_text
+from voketag_ops.core.audit import csv_cell
 from voketag_ops.core.times import iso
 from voketag_ops.errors import (
     BackendError,
@@ -74,7 +74,7 @@ from voketag_ops.errors import (
     VokeError,
     server_disk_full,
 )
-from voketag_ops.files import Scratch, check_replaceable, write_failure, write_output
+from voketag_ops.files import Scratch, check_replaceable, path_text, write_failure, write_output
 
 if TYPE_CHECKING:
     import psycopg
@@ -744,7 +744,7 @@ def load_batch(
     from voketag_ops.audit import audited
 
     details = {
-        "file": str(path),
+        "file": path_text(path),
         "target": describe_target(conninfo),
         "partial": bool(options.get("partial")),
         "dry_run": bool(options.get("dry_run")),
@@ -752,7 +752,7 @@ def load_batch(
     after_commit.awaits_audit = not details["dry_run"]
     try:
         with audited(
-            audit_home, event_type="ingest.load", env=env_name, target=path.name, details=details
+            audit_home, event_type="ingest.load", env=env_name, target=path_text(path.name), details=details
         ) as event:
             report = _load_batch(conninfo, path, settings=settings, now=now, **options)
             event.details.update(
@@ -960,7 +960,7 @@ def _load_source(
     size = source.size
     base = LoadReport(
         status="rejected",
-        file=storable_text(str(source.path)),  # a name that is not UTF-8: its bytes as \xNN
+        file=path_text(source.path),  # as UTF-8 whatever the locale; a byte that is not: \xNN
         file_sha256=None,
         file_bytes=size,
         partial=partial,
