@@ -320,7 +320,27 @@ def connect(conninfo: str) -> psycopg.Connection[Any]:
             raise UsageError(
                 "--db: not a valid PostgreSQL URL or conninfo string (a connection option has an invalid value)"
             ) from None
-        raise BackendError(f"cannot connect to {describe_target(conninfo)}: {_first_line(exc)}") from None
+        from voketag_ops.adapters.local.postgres import SOCKET_DIR_HINT
+
+        gone = _missing_socket_dir(conninfo)
+        raise BackendError(
+            f"cannot connect to {describe_target(conninfo)}: {gone or _first_line(exc)}",
+            hint=SOCKET_DIR_HINT if gone else None,
+        ) from None
+
+
+def _missing_socket_dir(conninfo: str) -> str | None:
+    """`missing_socket_dir` of CONNINFO's host, when that is one socket directory (the local
+    environment's)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from voketag_ops.adapters.local.postgres import missing_socket_dir
+
+    try:
+        host = str(conninfo_to_dict(conninfo).get("host") or "")
+    except Exception:
+        return None
+    return missing_socket_dir(host) if host.startswith("/") and "," not in host else None
 
 
 def _check_ports(conninfo: str) -> None:

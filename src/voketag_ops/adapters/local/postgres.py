@@ -725,6 +725,22 @@ def conf_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
+SOCKET_DIR_HINT = (
+    "run voke with the /tmp `voke env up` ran with (or `voke env down` there, then `voke env up` here); "
+    "a VOKE_HOME of at most 77 bytes keeps the socket inside it (a new environment)"
+)
+
+
+def missing_socket_dir(socket_dir: str | Path) -> str | None:
+    """Why nothing reaches a server over SOCKET_DIR, in one line, when that directory is gone;
+    else None. A VOKE_HOME too long for a socket path puts it in /tmp/voke-HASH
+    (`LocalEnvironment._socket_dir`), which a process with a /tmp of its own (a systemd unit's
+    PrivateTmp, a container) does not see, nor anything after /tmp is cleaned."""
+    if os.path.isdir(socket_dir):
+        return None
+    return f"socket directory {socket_dir} is gone: a different /tmp (systemd PrivateTmp?) or cleaned"
+
+
 @dataclass
 class PgNode:
     """One server: its data directory, port, socket directory and log."""
@@ -775,8 +791,10 @@ class PgNode:
                 application_name="voke",
             )
         except psycopg.OperationalError as exc:
+            gone = missing_socket_dir(self.socket_dir)
             raise BackendError(
-                f"cannot connect to the {self.name} on port {self.port}: {_last_line(str(exc))}"
+                f"cannot connect to the {self.name} on port {self.port}: {gone or _last_line(str(exc))}",
+                hint=SOCKET_DIR_HINT if gone else None,
             ) from None
         conn.node_label = f"{self.name} on port {self.port}"
         return conn

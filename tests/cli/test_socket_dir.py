@@ -1,0 +1,34 @@
+"""A socket directory outside VOKE_HOME (/tmp/voke-HASH, for a home too long for a socket path)
+that this process cannot see (systemd PrivateTmp, a cleaned /tmp): one line saying so, exit 4."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+def test_a_connection_through_a_missing_socket_directory_says_so(voke, tmp_path: Path) -> None:
+    gone = tmp_path / "voke-0123456789ab"
+    result = voke("ingest", "batches", "--db", f"host={gone} port=5432 dbname=app user=voke", "--json")
+    assert result.exit_code == 4, result.stdout
+    error = result.json["error"]
+    assert error["message"] == (
+        f"cannot connect to local socket:5432/app: socket directory {gone} is gone: "
+        "a different /tmp (systemd PrivateTmp?) or cleaned"
+    )
+    assert "VOKE_HOME of at most 77 bytes" in error["hint"]
+
+
+def test_a_node_whose_socket_directory_is_gone_says_so(tmp_path: Path) -> None:
+    from voketag_ops.adapters.local.postgres import PgNode
+    from voketag_ops.errors import BackendError
+
+    gone = tmp_path / "voke-0123456789ab"
+    node = PgNode("primary", tmp_path / "data", 5432, gone, tmp_path / "log", runner=None)  # type: ignore[arg-type]
+    with pytest.raises(BackendError) as raised:
+        node.connect()
+    assert raised.value.message == (
+        f"cannot connect to the primary on port 5432: socket directory {gone} is gone: "
+        "a different /tmp (systemd PrivateTmp?) or cleaned"
+    )
