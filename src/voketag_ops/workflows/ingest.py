@@ -320,27 +320,26 @@ def connect(conninfo: str) -> psycopg.Connection[Any]:
             raise UsageError(
                 "--db: not a valid PostgreSQL URL or conninfo string (a connection option has an invalid value)"
             ) from None
-        from voketag_ops.adapters.local.postgres import SOCKET_DIR_HINT
+        from voketag_ops.adapters.local.postgres import SOCKET_DIR_HINT, missing_socket_dir, voke_socket_dir
 
-        gone = _missing_socket_dir(conninfo)
+        host = _socket_host(conninfo)
+        gone = missing_socket_dir(host) if host else None
         raise BackendError(
             f"cannot connect to {describe_target(conninfo)}: {gone or _first_line(exc)}",
-            hint=SOCKET_DIR_HINT if gone else None,
+            hint=SOCKET_DIR_HINT if gone and voke_socket_dir(host) else None,
         ) from None
 
 
-def _missing_socket_dir(conninfo: str) -> str | None:
-    """`missing_socket_dir` of CONNINFO's host, when that is one socket directory (the local
-    environment's)."""
+def _socket_host(conninfo: str) -> str:
+    """CONNINFO's host when that is one socket directory (the local environment's, or a server's
+    of the user's own), else ""."""
     from psycopg.conninfo import conninfo_to_dict
-
-    from voketag_ops.adapters.local.postgres import missing_socket_dir
 
     try:
         host = str(conninfo_to_dict(conninfo).get("host") or "")
     except Exception:
-        return None
-    return missing_socket_dir(host) if host.startswith("/") and "," not in host else None
+        return ""
+    return host if host.startswith("/") and "," not in host else ""
 
 
 def _check_ports(conninfo: str) -> None:

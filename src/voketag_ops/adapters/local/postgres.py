@@ -738,7 +738,16 @@ def missing_socket_dir(socket_dir: str | Path) -> str | None:
     PrivateTmp, a container) does not see, nor anything after /tmp is cleaned."""
     if os.path.isdir(socket_dir):
         return None
+    if not voke_socket_dir(socket_dir):
+        return f"socket directory {socket_dir} does not exist"
     return f"socket directory {socket_dir} is gone: a different /tmp (systemd PrivateTmp?) or cleaned"
+
+
+def voke_socket_dir(socket_dir: str | Path) -> bool:
+    """Whether SOCKET_DIR is where `LocalEnvironment._socket_dir` puts a home's sockets when its
+    own path is too long (/tmp/voke-HASH), the one that SOCKET_DIR_HINT is about."""
+    path = Path(socket_dir)
+    return path.parent == Path("/tmp") and path.name.startswith("voke-")
 
 
 @dataclass
@@ -794,7 +803,7 @@ class PgNode:
             gone = missing_socket_dir(self.socket_dir)
             raise BackendError(
                 f"cannot connect to the {self.name} on port {self.port}: {gone or _last_line(str(exc))}",
-                hint=SOCKET_DIR_HINT if gone else None,
+                hint=SOCKET_DIR_HINT if gone and voke_socket_dir(self.socket_dir) else None,
             ) from None
         conn.node_label = f"{self.name} on port {self.port}"
         return conn
