@@ -143,6 +143,51 @@ def test_restore_clones_into_a_new_instance_and_audits(cloud):
     assert "voke-db-pitr-" in human.stdout and "gcloud sql instances delete" in human.stdout
 
 
+PRIMARY_LABELS = {"voke-env": "prod", "voke-role": "primary", "voke-since": "20261101t000000z", "voke-op": "failback"}  # fmt: skip
+
+
+def test_a_restored_clone_is_labelled_a_restore_not_the_primary_it_copies(cloud):
+    # Found by review: the clone kept voke-db's labels (voke-role=primary, voke-since, voke-op),
+    # so anything selecting instances by label took the restored copy for production's primary.
+    cloud.fake.sql.instances["voke-db"]["labels"] = PRIMARY_LABELS | {"team": "core"}
+    plan = cloud.voke("dr", "restore", "--to", "-1h", "--name", "voke-db-restore", "--dry-run", "--json")
+    assert any("voke-role=restored" in step for step in plan.json["result"]["plan"]), plan.stdout
+    result = cloud.voke("dr", "restore", "--to", "-1h", "--name", "voke-db-restore", "--yes", "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    report = result.json["result"]
+    from datetime import datetime
+
+    stamp = datetime.fromisoformat(report["target"]).strftime("%Y%m%dt%H%M%Sz")  # a label value
+    restored = {
+        "voke-env": "prod",
+        "voke-role": "restored",
+        "voke-restore-of": "voke-db",
+        "voke-restore-to": stamp,
+    }
+    assert report["labels"] == restored, report
+    labels = {k: v for k, v in _labels(cloud, "voke-db-restore").items() if v}  # "" = cleared
+    assert labels == restored | {"team": "core"}, labels  # (labels of the user's own are kept)
+    assert _labels(cloud, "voke-db") == PRIMARY_LABELS | {"team": "core"}  # production's record untouched
+    status = cloud.voke("dr", "status", "--json").json["result"]
+    assert status["topology"]["primary"] == "voke-db" and status["topology"]["disagreement"] is None
+
+
+def test_a_restored_clone_that_cannot_be_labelled_stops_for_a_person_naming_the_patch(cloud):
+    cloud.fake.sql.instances["voke-db"]["labels"] = dict(PRIMARY_LABELS)
+    cloud.fake.sql.fail_next("UPDATE", "simulated: the label patch failed")
+    result = cloud.voke("dr", "restore", "--to", "-1h", "--name", "voke-db-restore", "--yes", "--json")
+    assert result.exit_code == 7, result.stdout + result.stderr
+    error = result.json["error"]
+    assert "made voke-db-restore, but could not label it as a restore" in error["message"], error
+    assert (
+        "gcloud sql instances patch voke-db-restore --project voke-test --update-labels=voke-env=prod,"
+        in error["hint"]
+    )
+    assert "--remove-labels=voke-since,voke-op" in error["hint"], error
+    assert _labels(cloud, "voke-db-restore")["voke-role"] == "primary"  # as the message warns
+    assert _event(cloud, "dr.restore")["result"] == "failure"
+
+
 def test_an_instance_busy_with_an_operation_of_its_own_is_asked_again_not_failed(cloud):
     # Cloud SQL refuses (409 operationInProgress) a call made while another operation runs on
     # the instance: its own backup after a create, maintenance. Nothing was started; voke asks again.
@@ -1163,6 +1208,9 @@ def test_ctrl_c_mid_clone_names_the_operation_and_the_instance_it_makes(cloud, m
     assert f"operation {op}" in error["message"] and "voke-db-r1" in error["message"], error
     assert f"gcloud sql operations describe {op} --project voke-test" in error["hint"], error
     assert "gcloud sql instances delete voke-db-r1 --project voke-test" in error["hint"], error
+    # the clone Cloud SQL finishes without voke carries voke-db's labels: the hint relabels it
+    relabel = "gcloud sql instances patch voke-db-r1 --project voke-test --update-labels=voke-env=prod,voke-role=restored,"
+    assert relabel in error["hint"], error
     event = _event(cloud, "dr.restore")
     assert event["target"] == "voke-db-r1" and event["details"]["operation"] == op, event
     assert event["details"]["error"]["message"] == error["message"]

@@ -791,9 +791,12 @@ def _restore(
         raise PreconditionError(
             f"an instance named {name!r} exists; pick another --name (a restore never overwrites)"
         )
+    labels = cloud_topology.restored_labels(settings.env, source=source, target=target)
     plan = [
         f"clone {source} at {iso(target)} into the new instance {name} (instances.clone, pointInTime)",
         "poll the clone operation until DONE and check its error",
+        f"label {name} as a restore, not the primary ({cloud_topology.ROLE_LABEL}={cloud_topology.RESTORED}; "
+        f"the clone copies {source}'s labels)",
         f"check {name} is RUNNABLE and report its address",
     ]
     base: dict[str, Any] = {"kind": "cloudsql", "env": settings.env, "source": source, "name": name}
@@ -826,10 +829,11 @@ def _restore(
                 ) from None
             raise
         except KeyboardInterrupt:
-            left_by = _clone_interrupted(settings, recovery, event, source=source, name=name)
+            left_by = _clone_interrupted(settings, recovery, event, source=source, name=name, labels=labels)
             if left_by is None:
                 raise
             raise left_by from None
+        _label_restored(settings, recovery, name, labels, source=source)
         info = recovery.instance(name)
         event.details.update(operation=op.name, state=info.state)
         if info.state != "RUNNABLE":
@@ -847,6 +851,7 @@ def _restore(
             "ip_address": info.ip_address,
             "role": info.role,
         },
+        "labels": {k: v for k, v in labels.items() if v is not None},
         "stop_point": None,  # Cloud SQL does not report it; a target it cannot reach fails the operation
         "duration_seconds": round(time.monotonic() - t0, 3),
         "next": f"inspect it at {info.ip_address or 'its private IP'}; delete it when done: "
@@ -854,14 +859,54 @@ def _restore(
     }
 
 
+def _label_restored(
+    settings: Settings,
+    recovery: DatabaseRecovery,
+    name: str,
+    labels: dict[str, str | None],
+    *,
+    source: str,
+) -> None:
+    """Give the clone NAME the LABELS of a restored instance: until then it carries SOURCE's,
+    voke-role=primary included, and whatever selects instances by label takes it for the
+    primary. A refusal or an interrupt leaves it so: exit 7 naming the gcloud command."""
+    from voketag_ops import interrupts
+    from voketag_ops.workflows import cloud_topology
+
+    cloudsql: Any = recovery  # CloudSqlRecovery
+    why: str | None = None
+    try:
+        cloudsql.set_labels(name, labels)
+    except VokeError as exc:
+        why = exc.message
+    except KeyboardInterrupt:
+        why = interrupts.stopped_by()
+    if why is None:
+        return
+    project = settings.environment(settings.env).project
+    raise NeedsOperatorError(
+        f"the restore made {name}, but could not label it as a restore ({why}): it may still carry "
+        f"{source}'s labels ({cloud_topology.ROLE_LABEL}=primary among them), so a selection by label "
+        "takes it for the primary",
+        hint=f"label it: {cloud_topology.patch_command(name, project, labels)}; "
+        f"or delete it: gcloud sql instances delete {name} --project {project}",
+    ) from None
+
+
 def _clone_interrupted(
-    settings: Settings, recovery: DatabaseRecovery, event: AuditedEvent, *, source: str, name: str
+    settings: Settings,
+    recovery: DatabaseRecovery,
+    event: AuditedEvent,
+    *,
+    source: str,
+    name: str,
+    labels: dict[str, str | None],
 ) -> NeedsOperatorError | None:
     """A Ctrl-C or SIGTERM while the clone of SOURCE into NAME was asked for or polled: Cloud
     SQL goes on with a clone it accepted, and makes a billed instance. Looked up (one more
     signal meanwhile is held; the one after it stops the look-up): the CLONE operation under
-    way on SOURCE, or NAME made already, is exit 7 naming them and how to inspect or delete
-    NAME, as the drills' Ctrl-C mid-clone; so is a look-up that fails (it may run). None when
+    way on SOURCE, or NAME made already, is exit 7 naming them and how to inspect, label (LABELS)
+    or delete NAME, as the drills' Ctrl-C mid-clone; so is a look-up that fails (it may run). None when
     neither is there: nothing was started, the interrupt stays an interrupt (exit 130). EVENT
     records the operation (`operation`) and where the run stopped (`interrupted_at`)."""
     from voketag_ops import interrupts
@@ -884,7 +929,11 @@ def _clone_interrupted(
         return None
     event.details.update(interrupted_at=f"clone {source} into {name}", operation=op.name if op else None)
     project = settings.environment(settings.env).project
-    inspect = f"inspect it (`gcloud sql instances describe {name} --project {project}`) or delete it: "
+    from voketag_ops.workflows import cloud_topology
+
+    # (a clone finished without voke carries SOURCE's labels, voke-role=primary among them)
+    inspect = f"inspect it (`gcloud sql instances describe {name} --project {project}`) and label it as a "
+    inspect += f"restore (`{cloud_topology.patch_command(name, project, labels)}`), or delete it: "
     inspect += f"gcloud sql instances delete {name} --project {project}"
     restore = name_env("voke dr restore", settings.env)
     stopped = f"{interrupts.stopped_by()}: `{restore}` stopped while cloning {source} into {name}"

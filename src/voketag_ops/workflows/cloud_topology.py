@@ -31,7 +31,13 @@ ROLE_LABEL = "voke-role"
 SINCE_LABEL = "voke-since"
 OP_LABEL = "voke-op"
 ROLES = ("primary", "replica", "fenced")
+# An instance `dr restore` made: its clone copies its source's labels (voke-role=primary
+# included), so it is relabelled voke-role=restored, with what it restores
+RESTORED = "restored"
+RESTORE_OF_LABEL = "voke-restore-of"
+RESTORE_TO_LABEL = "voke-restore-to"
 _STAMP = "%Y%m%dt%H%M%Sz"  # label values: lowercase letters, digits, - and _ only
+_MAX_LABEL_VALUE = 63
 
 
 def stamp(when: datetime) -> str:
@@ -48,6 +54,32 @@ def unstamp(value: str | None) -> str | None:
     except ValueError:
         return None
     return iso(when)
+
+
+def restored_labels(env_name: str, *, source: str, target: datetime) -> dict[str, str | None]:
+    """The label changes that mark a clone of SOURCE at TARGET as a restored instance of
+    ENV_NAME, never its primary: the topology record (voke-since, voke-op) copied from SOURCE is
+    cleared (None), and SOURCE is named only when it fits a label value (an instance id may not)."""
+    return {
+        ENV_LABEL: env_name,
+        ROLE_LABEL: RESTORED,
+        SINCE_LABEL: None,
+        OP_LABEL: None,
+        RESTORE_OF_LABEL: source if len(source) <= _MAX_LABEL_VALUE else None,
+        RESTORE_TO_LABEL: stamp(target),
+    }
+
+
+def patch_command(name: str, project: str, changes: dict[str, str | None]) -> str:
+    """The gcloud command that makes CHANGES (None: remove the key) to NAME's labels."""
+    command = f"gcloud sql instances patch {name} --project {project}"
+    update = ",".join(f"{k}={v}" for k, v in changes.items() if v is not None)
+    remove = ",".join(k for k, v in changes.items() if v is None)
+    return (
+        command
+        + (f" --update-labels={update}" if update else "")
+        + (f" --remove-labels={remove}" if remove else "")
+    )
 
 
 @dataclass(frozen=True)
