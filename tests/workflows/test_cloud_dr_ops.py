@@ -1218,6 +1218,28 @@ def test_ctrl_c_mid_clone_names_the_operation_and_the_instance_it_makes(cloud, m
     assert "voke-db-r1" in cloud.fake.sql.instances
 
 
+def test_status_and_check_name_a_clone_still_running_after_its_restore_stopped(cloud, monkeypatch):
+    # Found by review: a CLONE under way (a restore in progress, or one whose voke stopped) was
+    # listed in cloud_sql_operations only, and `dr check` passed unfinished_operation meanwhile.
+    _ctrl_c_while_the_clone_is_polled(monkeypatch)
+    assert cloud.voke("dr", "restore", "--to", "-10m", "--name", "voke-db-r1", "--yes").exit_code == 7
+    (op,) = [n for n, o in cloud.fake.sql.operations.items() if o["doc"]["operationType"] == "CLONE"]
+    inspect = f"gcloud sql operations describe {op} --project voke-test"
+    status = cloud.voke("dr", "status", "--json").json["result"]
+    unfinished = status["unfinished_operation"]
+    assert unfinished["operation"] == "CLONE" and f"(operation {op})" in unfinished["running"], unfinished
+    assert unfinished["inspect"] == inspect, unfinished
+    human = cloud.voke("dr", "status")
+    assert f"inspect with `{inspect}`" in " ".join(human.stdout.split()), human.stdout
+    check = cloud.voke("dr", "check", "--json")
+    assert check.exit_code == 1 and "unfinished_operation" in check.json["result"]["failed"], check.stdout
+    message = {c["name"]: c["message"] for c in check.json["result"]["checks"]}["unfinished_operation"]
+    assert "Cloud SQL CLONE on voke-db" in message and f"inspect it: `{inspect}`" in message, message
+    cloud.fake.sql.finish_pending()
+    after = cloud.voke("dr", "status", "--json").json["result"]
+    assert after["unfinished_operation"] is None, after["unfinished_operation"]
+
+
 def test_ctrl_c_mid_clone_once_the_instance_is_made_names_it(cloud, monkeypatch):
     _ctrl_c_while_the_clone_is_polled(monkeypatch, then=cloud.fake.sql.finish_pending)  # it ended by then
     result = cloud.voke("dr", "restore", "--to", "-10m", "--name", "voke-db-r1", "--yes", "--json")

@@ -531,7 +531,8 @@ def _render_status(console: Console, r: dict[str, Any]) -> None:
             command = op.get("command") or f"voke dr {op['operation']}"
             note = f" ({escape(op['note'])})" if op.get("note") else ""
             if op.get("running"):
-                console.print(f"[yellow]running[/] {escape(command)} ({escape(op['running'])})")
+                inspect = f": inspect with `{escape(op['inspect'])}`" if op.get("inspect") else ""
+                console.print(f"[yellow]running[/] {escape(command)} ({escape(op['running'])}){inspect}")
             else:
                 console.print(
                     f"[yellow]unfinished[/] {escape(command)}: resume with `{escape(op['resume'])}`{note}"

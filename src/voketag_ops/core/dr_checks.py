@@ -161,8 +161,10 @@ def _unfinished_one(op: Mapping[str, Any]) -> str:
     if op.get("operation") == "unreadable":  # its record says what it is and what to do
         return str(op.get("resume"))
     if op.get("running"):
+        inspect = f" (inspect it: `{op['inspect']}`)" if op.get("inspect") else ""
         return (
-            f"a DR operation is running ({op['running']}): the topology is changing; check again once it ends"
+            f"a DR operation is running ({op['running']}): the topology is changing; check again once it "
+            f"ends{inspect}"
         )
     return (
         f"an interrupted `{op.get('command') or 'voke dr ' + str(op.get('operation'))}` must be finished: "

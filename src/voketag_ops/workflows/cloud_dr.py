@@ -69,13 +69,15 @@ def recovery_for(settings: Settings) -> DatabaseRecovery:
     return CloudPlatform(settings).recovery()
 
 
-# Cloud SQL operations that move or stop an instance of the topology: while one runs, `dr check`
-# fails unfinished_operation. Others (a routine backup, a user or label update) are listed only.
-TOPOLOGY_OPERATIONS = frozenset(
+# Cloud SQL operations that move or stop an instance of the topology, or clone one (a `dr restore`
+# or a drill under way, or one whose voke died: it makes a new, billed instance, as an unfinished
+# local restore does): while one runs, `dr check` fails unfinished_operation. Others (a routine
+# backup, a user or label update) are listed only.
+UNFINISHED_OPERATIONS = frozenset(
     {
         "FAILOVER", "SWITCHOVER", "PROMOTE_REPLICA", "DEMOTE_MASTER", "DEMOTE", "CREATE_REPLICA",
         "RECREATE_REPLICA", "STOP_REPLICA", "START_REPLICA", "RESTORE_VOLUME", "RESTART",
-        "AUTO_RESTART", "MAINTENANCE", "DELETE",
+        "AUTO_RESTART", "MAINTENANCE", "DELETE", "CLONE",
     }
 )  # fmt: skip
 
@@ -206,13 +208,20 @@ def status(
             unfinished = {
                 "unknown": errors["operations"]
             }  # not "none": the check fails (the note says how to look)
-        moving = [op for op in pending if op.kind in TOPOLOGY_OPERATIONS]
+        moving = [op for op in pending if op.kind in UNFINISHED_OPERATIONS]
         if moving:
             op = moving[0]
+            what = (
+                " (a `voke dr restore` or a drill's copy: it makes a new instance)"
+                if op.kind == "CLONE"
+                else ""
+            )
+            project = settings.environment(settings.env).project
             unfinished = {
-                "running": f"Cloud SQL {op.kind} on {op.target}, {op.status.lower()} since {op.started_at} "
-                f"(operation {op.name})",
+                "running": f"Cloud SQL {op.kind} on {op.target}{what}, {op.status.lower()} since "
+                f"{op.started_at} (operation {op.name})",
                 "operation": op.kind,
+                "inspect": f"gcloud sql operations describe {op.name} --project {project}",
             }
     operations = [
         {"name": o.name, "kind": o.kind, "target": o.target, "status": o.status, "started_at": o.started_at}
