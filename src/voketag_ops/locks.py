@@ -1,14 +1,15 @@
 """The DR lock: one disaster-recovery operation at a time per environment, across processes.
 
-Local: VOKE_HOME/dr/dr.lock (failover, failback, restore, backup, discard, fence, drills).
+Local: VOKE_HOME/dr/dr.lock (failover, failback, restore, backup, prune, discard, fence, drills).
 Cloud: VOKE_HOME/cloud/NAME/dr.lock (failover, failback, restore, drills), which serialises
 those started from this machine; Cloud SQL itself refuses a second operation on an instance.
 
 A DR operation holds it exclusive. A rotation (local or cloud) holds it shared, from its first
 look at its secret's record until it has written its own (the record is what a failover refuses
 on): two rotations go on side by side, a rotation and a DR operation never start together.
-`voke dr backup` holds it shared too (it moves neither the leader nor the services: a rotation
-goes on beside it, a failover does not), and VOKE_HOME/dr/backup.lock exclusive (one at a time).
+`voke dr backup` and `voke dr prune` hold it shared too (they move neither the leader nor the
+services: a rotation goes on beside them, a failover, restore or drill, which read the archive,
+does not), and VOKE_HOME/dr/backup.lock exclusive (one backup or prune at a time).
 
 The cleanup lock, the same machinery: ENV_HOME/rotations/cleanup.lock, held by `voke rotate
 cleanup` from its plan to its last change, so two at once never act on the same versions.
@@ -40,18 +41,19 @@ def dr_lock(directory: Path, operation: str, *, shared: bool = False) -> Abstrac
 
 
 BACKUP = "dr backup"
+PRUNE = "dr prune"
 
 
 @contextmanager
-def backup_lock(directory: Path) -> Iterator[None]:
-    """Hold DIRECTORY/backup.lock (one backup at a time), then DIRECTORY/dr.lock shared (no
-    failover, failback, restore or drill beside it; rotations go on), or PreconditionError (exit 5)
-    naming the holder."""
+def backup_lock(directory: Path, operation: str = BACKUP) -> Iterator[None]:
+    """Hold DIRECTORY/backup.lock for OPERATION (BACKUP or PRUNE: one of them at a time), then
+    DIRECTORY/dr.lock shared (no failover, failback, restore or drill beside it; rotations go
+    on), or PreconditionError (exit 5) naming the holder."""
     # The DR lock unnamed: a refusal beside it names the backup from backup.lock, and a rotation's
     # name is never overwritten by one that outlives it (nor the backup's by a rotation).
     with (
-        _held(directory / "backup.lock", BACKUP, refused=LockHeld),
-        _held(directory / "dr.lock", BACKUP, shared=True, refused=LockHeld, named=False),
+        _held(directory / "backup.lock", operation, refused=LockHeld),
+        _held(directory / "dr.lock", operation, shared=True, refused=LockHeld, named=False),
     ):
         yield
 
@@ -197,13 +199,14 @@ def _take(
     if flock_within(fd, _PROBE_GRACE, interval=0.02, shared=shared):
         return
     holder = os.pread(fd, _NAMED, 0).decode("utf-8", "replace").strip() or "another voke process"
-    # Held shared: rotations starting, a backup (only the DR lock is ever held shared).
+    # Held shared: rotations starting, a backup or prune (only the DR lock is ever held shared).
     if not shared and refused is LockHeld and flock_within(fd, 0, interval=0, shared=True):
         fcntl.flock(fd, fcntl.LOCK_UN)
         if backup is not None and (backing_up := held_by(backup)) is not None:
+            what = "prune" if backing_up.startswith(PRUNE) else "backup"
             raise PreconditionError(
-                f"a backup is running ({backing_up}); nothing was changed",
-                hint="wait for the backup to finish, then run this again",
+                f"a {what} is running ({backing_up}); nothing was changed",
+                hint=f"wait for the {what} to finish, then run this again",
             )
         raise PreconditionError(
             f"a rotation is starting ({holder}); nothing was changed",

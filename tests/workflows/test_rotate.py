@@ -465,6 +465,48 @@ def test_a_rotation_runs_beside_a_backup_and_a_failover_does_not(
     assert_consistent(platform)
 
 
+def test_a_rotation_runs_beside_a_prune_and_a_failover_or_backup_does_not(
+    platform, platform_environ, voke, monkeypatch
+):
+    # A prune held the DR lock exclusive: a rotation started during it (right after a daily backup,
+    # beside a 02:00 rotation) was refused, exit 5, though a prune moves neither the leader nor the
+    # services. It holds the locks a backup holds: the DR lock shared and backup.lock.
+    from voketag_ops.adapters.local import dr
+
+    lock_dir = platform.env.home / "dr"
+    during, real = {}, dr.prune
+
+    def prune(*args, **kwargs):  # while the prune holds its locks
+        during["rotation"] = subprocess.run(
+            [sys.executable, "-m", "voketag_ops", "rotate", "db-password", "--yes", "--json"],
+            env=platform_environ,
+            capture_output=True,
+            text=True,
+        )
+        during["failover"] = _take_dr_lock_elsewhere(lock_dir, "dr failover")  # reads the archive
+        during["backup"] = subprocess.run(
+            [sys.executable, "-m", "voketag_ops", "dr", "backup", "--yes", "--json"],
+            env=platform_environ,
+            capture_output=True,
+            text=True,
+        )
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dr, "prune", prune)
+    versions = len(platform.store().get("db-app").versions)
+    result = voke("dr", "prune", "--yes", "--json", environ=platform_environ)
+    assert result.exit_code == 0, result.stdout
+    assert during["rotation"].returncode == 0, during["rotation"].stdout + during["rotation"].stderr
+    assert len(platform.store().get("db-app").versions) == versions + 1
+    assert during["failover"].startswith("a prune is running (dr prune pid "), during
+    backup = during["backup"]
+    assert backup.returncode == 5 and "(dr prune pid " in json.loads(backup.stdout)["error"]["message"], (
+        backup
+    )
+    assert _take_dr_lock_elsewhere(lock_dir, "dr failover") == "held"  # let go with the prune
+    assert_consistent(platform)
+
+
 def test_a_dr_operation_refused_by_a_running_rotation_says_to_wait_for_it(platform, platform_environ, voke):
     # It said the rotation was unfinished and to resume it (which `resume` refuses while its voke runs).
     from voketag_ops.workflows.rotate import refuse_if_rotating

@@ -31,6 +31,7 @@ from voketag_ops.errors import (
     VokeError,
     refused_file,
 )
+from voketag_ops.locks import PRUNE
 from voketag_ops.logs import get_logger
 
 if TYPE_CHECKING:
@@ -252,7 +253,9 @@ def prune(
     done = done if done is not None else dr.Pruned()
     with recorded(env, "dr.prune", "archive") as details:  # a refusal is on record too
         try:
-            with dr.dr_lock(env, "dr prune"):
+            # Beside no backup, prune or DR operation reading the archive (a restore, a drill,
+            # a failover), and beside rotations, which read none of it: held as a backup holds it.
+            with dr.backup_lock(env, PRUNE):
                 dr.refuse_if_unfinished(env)
                 t0 = time.monotonic()
                 plan = dr.plan_prune(env, days, now=_now())

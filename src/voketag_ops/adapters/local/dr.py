@@ -76,6 +76,7 @@ from voketag_ops.errors import (
     server_disk_full,
 )
 from voketag_ops.files import DamagedRecord, open_private, read_record, replace_json, tree_bytes
+from voketag_ops.locks import BACKUP
 from voketag_ops.logs import get_logger
 from voketag_ops.redact import redact
 
@@ -135,12 +136,12 @@ def dr_lock(env: LocalEnvironment, operation: str, *, shared: bool = False) -> A
     return lock(dr_dir(env), operation, shared=shared)
 
 
-def backup_lock(env: LocalEnvironment) -> AbstractContextManager[None]:
-    """`voke dr backup`'s hold: one backup at a time, no DR operation beside it, rotations beside
-    it (locks.py)."""
+def backup_lock(env: LocalEnvironment, operation: str = BACKUP) -> AbstractContextManager[None]:
+    """`voke dr backup`'s and `voke dr prune`'s hold (OPERATION): one backup or prune at a time,
+    no DR operation beside it, rotations beside it (locks.py)."""
     from voketag_ops.locks import backup_lock as lock
 
-    return lock(dr_dir(env))
+    return lock(dr_dir(env), operation)
 
 
 def unfinished_operation(env: LocalEnvironment) -> dict[str, Any] | None:
@@ -1407,7 +1408,7 @@ def _base_index(
 
 
 def prune(env: LocalEnvironment, plan: PrunePlan, done: Pruned, progress: Progress = _noop) -> None:
-    """Carry out PLAN under the DR lock, recording in DONE what goes as it goes (an interrupted
+    """Carry out PLAN under `backup_lock`, recording in DONE what goes as it goes (an interrupted
     prune's audit event names it) and what cannot (`failures`: the next prune retries). Each
     backup is renamed out of the listing, then deleted; the archive is cleaned only once every
     backup to remove has left the listing, so no listed backup is ever left without its WAL."""
