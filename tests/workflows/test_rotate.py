@@ -433,77 +433,38 @@ def test_no_rotation_starts_under_a_dr_operation_begun_after_its_first_look(
     assert_consistent(platform)
 
 
-def test_a_rotation_runs_beside_a_backup_and_a_failover_does_not(
-    platform, platform_environ, voke, monkeypatch
+@pytest.mark.parametrize("command", ["backup", "prune"])
+def test_a_rotation_runs_beside_a_backup_or_prune_and_a_failover_or_backup_does_not(
+    platform, platform_environ, voke, monkeypatch, command
 ):
-    # A backup held the DR lock exclusive: a rotation started during it (a daily backup beside a
-    # 02:00 rotation) was refused, exit 5, though a backup moves neither the leader nor the services
-    # and a backup started during a rotation went on. It holds the lock shared (and its own).
+    # A backup, then a prune, held the DR lock exclusive: a rotation started during one (a daily
+    # backup and its prune beside a 02:00 rotation) was refused, exit 5, though neither moves the
+    # leader or the services, and one started during a rotation went on. Each holds the DR lock
+    # shared (and backup.lock: one backup or prune at a time).
+    from voketag_ops.adapters.local import dr
     from voketag_ops.adapters.local.environment import LocalEnvironment
 
+    owner, name = (LocalEnvironment, "take_base_backup") if command == "backup" else (dr, "prune")
     lock_dir = platform.env.home / "dr"
-    during, real = {}, LocalEnvironment.take_base_backup
+    during, real = {}, getattr(owner, name)
 
-    def take_base_backup(self, *args, **kwargs):  # while the backup holds its locks
-        during["rotation"] = subprocess.run(
-            [sys.executable, "-m", "voketag_ops", "rotate", "db-password", "--yes", "--json"],
-            env=platform_environ,
-            capture_output=True,
-            text=True,
-        )
-        during["failover"] = _take_dr_lock_elsewhere(lock_dir, "dr failover")
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(LocalEnvironment, "take_base_backup", take_base_backup)
-    versions = len(platform.store().get("db-app").versions)
-    result = voke("dr", "backup", "--yes", "--json", environ=platform_environ)
-    assert result.exit_code == 0, result.stdout
-    assert during["rotation"].returncode == 0, during["rotation"].stdout + during["rotation"].stderr
-    assert len(platform.store().get("db-app").versions) == versions + 1
-    assert during["failover"].startswith("a backup is running (dr backup pid "), during  # its race kept out
-    assert _take_dr_lock_elsewhere(lock_dir, "dr failover") == "held"  # let go with the backup
-    assert_consistent(platform)
-
-
-def test_a_rotation_runs_beside_a_prune_and_a_failover_or_backup_does_not(
-    platform, platform_environ, voke, monkeypatch
-):
-    # A prune held the DR lock exclusive: a rotation started during it (right after a daily backup,
-    # beside a 02:00 rotation) was refused, exit 5, though a prune moves neither the leader nor the
-    # services. It holds the locks a backup holds: the DR lock shared and backup.lock.
-    from voketag_ops.adapters.local import dr
-
-    lock_dir = platform.env.home / "dr"
-    during, real = {}, dr.prune
-
-    def prune(*args, **kwargs):  # while the prune holds its locks
-        during["rotation"] = subprocess.run(
-            [sys.executable, "-m", "voketag_ops", "rotate", "db-password", "--yes", "--json"],
-            env=platform_environ,
-            capture_output=True,
-            text=True,
-        )
-        during["failover"] = _take_dr_lock_elsewhere(lock_dir, "dr failover")  # reads the archive
-        during["backup"] = subprocess.run(
-            [sys.executable, "-m", "voketag_ops", "dr", "backup", "--yes", "--json"],
-            env=platform_environ,
-            capture_output=True,
-            text=True,
-        )
+    def while_it_holds_its_locks(*args, **kwargs):
+        during["rotation"] = voke_proc(platform_environ, "rotate", "db-password", "--yes", "--json")
+        during["failover"] = _take_dr_lock_elsewhere(lock_dir, "dr failover")  # its race kept out
+        during["backup"] = voke_proc(platform_environ, "dr", "backup", "--yes", "--json")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(dr, "prune", prune)
+    monkeypatch.setattr(owner, name, while_it_holds_its_locks)
     versions = len(platform.store().get("db-app").versions)
-    result = voke("dr", "prune", "--yes", "--json", environ=platform_environ)
+    result = voke("dr", command, "--yes", "--json", environ=platform_environ)
     assert result.exit_code == 0, result.stdout
     assert during["rotation"].returncode == 0, during["rotation"].stdout + during["rotation"].stderr
     assert len(platform.store().get("db-app").versions) == versions + 1
-    assert during["failover"].startswith("a prune is running (dr prune pid "), during
-    backup = during["backup"]
-    assert backup.returncode == 5 and "(dr prune pid " in json.loads(backup.stdout)["error"]["message"], (
-        backup
-    )
-    assert _take_dr_lock_elsewhere(lock_dir, "dr failover") == "held"  # let go with the prune
+    assert during["failover"].startswith(f"a {command} is running (dr {command} pid "), during
+    refused = during["backup"]  # one backup or prune at a time
+    assert refused.returncode == 5, refused.stdout + refused.stderr
+    assert f"(dr {command} pid " in json.loads(refused.stdout)["error"]["message"], refused.stdout
+    assert _take_dr_lock_elsewhere(lock_dir, "dr failover") == "held"  # let go with it
     assert_consistent(platform)
 
 
