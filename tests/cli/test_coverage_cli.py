@@ -313,6 +313,50 @@ def test_json_reports_of_different_coverage_versions_are_refused_not_combined(vo
 
 
 @pytest.mark.parametrize(
+    ("versions", "formats", "message"),
+    [
+        (("7.17.4", "7.17.5"), (3, 3), None),  # a CI matrix that resolved two patch releases
+        (("7.17.4", "7.17.5"), (3, None), None),  # a report without `meta.format` states none
+        (
+            ("7.16.0", "7.17.4"),
+            (3, 3),
+            "cannot combine reports of different coverage.py versions: "
+            "a.json (coverage.py 7.16.0), b.json (coverage.py 7.17.4)",
+        ),
+        (
+            ("7.17.4", "7.17.5"),
+            (3, 2),
+            "cannot combine reports of different coverage.json formats: "
+            "a.json (coverage.py 7.17.4, format 3), b.json (coverage.py 7.17.5, format 2)",
+        ),
+    ],
+)
+def test_reports_of_one_coverage_minor_combine_and_other_counting_rules_are_refused(
+    voke, env, project, versions, formats, message
+):
+    # the same file in both (each job ran part of its tests) and one only in the second
+    write_json(
+        project, {"admin_service/a.py": lines_file(6, 4)}, "a.json", version=versions[0], fmt=formats[0]
+    )
+    b = {"admin_service/a.py": {"executed": [1, 2, 3, 4, 7, 8], "missing": [5, 6, 9, 10]},
+         "factory_service/b.py": lines_file(8, 2)}  # fmt: skip
+    write_json(project, b, "b.json", version=versions[1], fmt=formats[1])
+    for verb in ("report", "gate", "gaps"):
+        r = voke(
+            "coverage", verb, "a.json", "b.json", "--fail-under", "80", "--json", environ=env, cwd=project
+        )
+        no_traceback(r)
+        if message is None:
+            assert r.exit_code == 0, r.stdout + r.stderr
+            totals = r.json["result"]["totals"]
+            assert (totals["percent"], totals["missing"]) == (80.0, 4)  # 9 and 10 of a.py, two of b.py
+        else:
+            assert r.exit_code == 1, r.stdout
+            assert r.json["error"]["message"] == message
+            assert "`coverage combine`" in r.json["error"]["hint"]
+
+
+@pytest.mark.parametrize(
     ("version", "extra", "code"),
     [
         ("7.17.4", (), 0),

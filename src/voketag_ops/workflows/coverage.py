@@ -114,7 +114,7 @@ def _load(
             f"cannot combine {kinds[True]} (branch data) with {kinds[False]} (statement data only)",
             hint="measure every run with the same [run] branch setting",
         )
-    _check_one_version(with_files)
+    _check_counting_rules(with_files)
     try:
         files = cov.combine(f for i in inputs for f in i.files)
     except cov.InexactMerge as exc:
@@ -142,18 +142,28 @@ def _load(
     )
 
 
-def _check_one_version(inputs: Sequence[CoverageInput]) -> None:
-    """Refuse INPUTS written by different coverage.py versions: each version counts statements
-    and branch exits its own way (6.5 counts a `with` line as a branch, 7.x does not, and lists
-    lines that are no statements), so their union is no version's total, and no rule is theirs."""
-    written = {i.source: i.tool_version for i in inputs if i.tool_version}
-    if len(set(written.values())) > 1:
-        named = ", ".join(f"{source} (coverage.py {version})" for source, version in written.items())
-        raise InputError(
-            f"cannot combine reports of different coverage.py versions: {named}",
-            hint="combine the runs' data with one coverage.py (`coverage combine`, then `coverage json`), "
-            "or pass voke their .coverage files",
-        )
+def _check_counting_rules(inputs: Sequence[CoverageInput]) -> None:
+    """Refuse INPUTS whose coverage.py versions can count differently: another major.minor
+    (6.5 counts a `with` line as two branch exits, 7.x none; 7.6-7.11 list lines that are no
+    statements), or another coverage.json `meta.format`; their union is no version's total, and
+    no rule is theirs. Patch releases of one minor combine: they change no counting rule."""
+    written = [i for i in inputs if i.tool_version]
+    rules = {_version_tuple(i.tool_version) or i.tool_version for i in written}
+    formats = {i.json_format for i in inputs if i.json_format is not None}
+    if len(rules) < 2 and len(formats) < 2:
+        return
+    what = "coverage.py versions" if len(rules) > 1 else "coverage.json formats"
+
+    def by(i: CoverageInput) -> str:
+        fmt = f", format {i.json_format}" if len(formats) > 1 and i.json_format is not None else ""
+        return f"{i.source} (coverage.py {i.tool_version or 'unknown'}{fmt})"
+
+    named = ", ".join(by(i) for i in inputs if i.tool_version or i.json_format is not None)
+    raise InputError(
+        f"cannot combine reports of different {what}: {named}",
+        hint="combine the runs' data with one coverage.py (`coverage combine`, then `coverage json`), "
+        "or pass voke their .coverage files; reports of one coverage.py major.minor combine",
+    )
 
 
 def _inexact_merge(path: str, inputs: Sequence[CoverageInput]) -> InputError:

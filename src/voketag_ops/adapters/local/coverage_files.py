@@ -59,6 +59,7 @@ class CoverageInput:
     branch: bool  # measured branches
     files: tuple[FileCoverage, ...]
     warnings: tuple[str, ...] = ()  # coverage.py's own warnings while reading (a file it skipped)
+    json_format: int | None = None  # coverage.json `meta.format` when the report states one
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,14 @@ def parse_json_report(
             files.append(_json_file(norm(key), entry, branch, regions))
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise InputError(f"{label}: malformed coverage.json: {_short(exc)}") from None
-    return CoverageInput(label, "json", version if isinstance(version, str) else None, branch, tuple(files))
+    return CoverageInput(
+        label,
+        "json",
+        version if isinstance(version, str) else None,
+        branch,
+        tuple(files),
+        json_format=meta.get("format"),
+    )
 
 
 def _short(exc: Exception) -> str:
