@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from voketag_ops.adapters.local.environment import EnvState, LocalEnvironment
-from voketag_ops.adapters.local.postgres import PgBinaries, embedded_bin_dir
+from voketag_ops.adapters.local.postgres import REQUIRED_BINARIES, PgBinaries, embedded_bin_dir
 from voketag_ops.config import LocalSettings
 from voketag_ops.errors import ConfigError
 
@@ -207,3 +207,52 @@ def test_a_state_that_recorded_no_binaries_says_so_not_none(tmp_path, configured
     env = LocalEnvironment(LocalSettings(home=home, replica=False, pg_bin=WHEEL if configured else None))
     _bins, note = env.binaries(state)
     assert note is not None and f"{home / 'state.json'} recorded none" in note and "None" not in note, note
+
+
+def fake_binaries(where: Path, version: str) -> Path:
+    """A directory of every server binary voke runs, each a script answering `--version` with
+    VERSION (and doing nothing else): binaries a package upgrade replaced in place."""
+    where.mkdir(parents=True, exist_ok=True)
+    for name in REQUIRED_BINARIES:
+        script = where / name
+        script.write_text(f'#!/bin/sh\necho "{name} (PostgreSQL) {version}"\n')
+        script.chmod(0o755)
+    return where
+
+
+@pytest.mark.parametrize("configured", [False, True])
+def test_binaries_replaced_in_place_by_another_major_are_exit_3_before_anything_starts(
+    tmp_path, voke, make_environ, configured
+):
+    # The recorded path was run as it was (and a configured one equal to it), whatever it held
+    # now: pg_ctl of another major started on the cluster's data directory.
+    home, bins = tmp_path / "h", fake_binaries(tmp_path / "bin", "99.1")
+    recorded_state(home, pg_bin=bins, cluster="18")
+    before = (home / "state.json").read_bytes()
+    environ = make_environ(home, **({"VOKE_PG_BIN": str(bins)} if configured else {}))
+    up = voke("env", "up", "--json", environ=environ)
+    assert up.exit_code == 3, up.stdout
+    error = up.json["error"]
+    assert str(bins) in error["message"] and "holds PostgreSQL 99.1" in error["message"]
+    assert f"the cluster in {home / 'pg'} is PostgreSQL 18" in error["message"]
+    assert "VOKE_PG_BIN (local.pg_bin) to a directory of PostgreSQL 18 binaries" in error["hint"]
+    assert "`voke env destroy --yes --discard-chain` then `voke env up`" in error["hint"]
+    assert (home / "state.json").read_bytes() == before  # nothing recorded
+    assert not (home / "pg" / "primary" / "postmaster.pid").exists()  # nothing started
+    doctor = voke("doctor", "--json", environ=environ)
+    (check,) = [c for c in doctor.json["result"]["checks"] if c["name"] == "postgresql"]
+    assert (check["ok"], check["detail"], check["hint"]) == (False, error["message"], error["hint"])
+
+
+def test_the_recorded_binaries_are_asked_again_once_replaced_in_place(tmp_path):
+    # voke asks `postgres --version` once per binary file in a process: a file replaced in place
+    # (another mtime) is asked again, so a long-lived voke sees the upgrade too.
+    home, bins = tmp_path / "h", fake_binaries(tmp_path / "bin", "18.1")
+    recorded_state(home, pg_bin=bins, cluster="18")
+    env = LocalEnvironment(LocalSettings(home=home, replica=False))
+    state = env.require_state()
+    assert env.binaries(state) == (PgBinaries(bins), None)
+    fake_binaries(bins, "99.1")
+    os.utime(bins / "postgres", ns=(1, 1))  # another mtime, whatever the clock's resolution
+    with pytest.raises(ConfigError, match=r"holds PostgreSQL 99\.1, but the cluster .* is PostgreSQL 18"):
+        env.binaries(state)

