@@ -328,7 +328,7 @@ class CoverageSettings(_Model):
     )
     rule: Literal["auto", "coverage", "coverage-7.16", "strict"] = Field(
         default="auto",
-        description="gate rule: coverage (7.17: rounded to max(precision, target decimals)), coverage-7.16 "
+        description="gate rule: coverage (7.17.1: rounded to max(precision, target decimals)), coverage-7.16 "
         "(rounded to precision), strict (unrounded); auto follows the coverage.py version of the input",
     )
     history: Path = Field(

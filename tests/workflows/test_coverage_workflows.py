@@ -52,7 +52,9 @@ def test_resolve_rule_and_default_prefixes():
     assert wf.resolve_rule("auto", ["7.17.4"]) is Rule.COVERAGE
     assert wf.resolve_rule("auto", ["7.16.1", None]) is Rule.COVERAGE_716
     assert wf.resolve_rule("auto", []) is Rule.COVERAGE
-    assert wf.resolve_rule("auto", ["7.10.0", "7.17.0"]) is Rule.COVERAGE
+    assert wf.resolve_rule("auto", ["7.10.0", "7.17.1"]) is Rule.COVERAGE
+    assert wf.resolve_rule("auto", ["7.17.0"]) is Rule.COVERAGE_716  # the new rule came in 7.17.1
+    assert wf.resolve_rule("auto", ["7.18"]) is Rule.COVERAGE
     assert wf.resolve_rule("strict", ["7.16.1"]) is Rule.STRICT
     assert default_prefixes("admin-service") == (
         "admin-service/",

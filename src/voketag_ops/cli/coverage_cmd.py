@@ -71,7 +71,7 @@ RuleName = Annotated[
     typer.Option(
         "--rule",
         metavar="RULE",
-        help="auto (the rule of the coverage.py that wrote the input), coverage (7.17: rounded to "
+        help="auto (the rule of the coverage.py that wrote the input), coverage (7.17.1: rounded to "
         "max(precision, target decimals)), coverage-7.16 or strict (default: coverage.rule, auto unless set).",
     ),
 ]

@@ -108,8 +108,8 @@ def format_target(target: float) -> str:
 class Rule(StrEnum):
     """How a total is compared with a target."""
 
-    COVERAGE = "coverage"  # coverage.py >= 7.17: rounded to max(precision, decimals of the target)
-    COVERAGE_716 = "coverage-7.16"  # coverage.py <= 7.16: rounded to the precision
+    COVERAGE = "coverage"  # coverage.py >= 7.17.1: rounded to max(precision, decimals of the target)
+    COVERAGE_716 = "coverage-7.16"  # coverage.py <= 7.17.0: rounded to the precision
     STRICT = "strict"  # the unrounded value must reach the target
 
 

@@ -86,8 +86,8 @@ class _Loaded:
 def _version_tuple(version: str | None) -> tuple[int, ...] | None:
     if not version:
         return None
-    m = re.match(r"(\d+)\.(\d+)", version)
-    return (int(m.group(1)), int(m.group(2))) if m else None
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version)
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)) if m else None
 
 
 def resolve_rule(setting: str, versions: Iterable[str | None]) -> Rule:
@@ -95,7 +95,7 @@ def resolve_rule(setting: str, versions: Iterable[str | None]) -> Rule:
     if setting != "auto":
         return Rule(setting)
     known = [v for v in (_version_tuple(x) for x in versions) if v is not None]
-    if known and max(known) < (7, 17):
+    if known and max(known) < (7, 17, 1):  # 7.17.1 changelog: --fail-under at the target's decimals
         return Rule.COVERAGE_716
     return Rule.COVERAGE
 
@@ -146,9 +146,10 @@ def _check_counting_rules(inputs: Sequence[CoverageInput]) -> None:
     """Refuse INPUTS whose coverage.py versions can count differently: another major.minor
     (6.5 counts a `with` line as two branch exits, 7.x none; 7.6-7.11 list lines that are no
     statements), or another coverage.json `meta.format`; their union is no version's total, and
-    no rule is theirs. Patch releases of one minor combine: they change no counting rule."""
+    no rule is theirs. Patch releases of one minor combine: a patch fixes one construct's count,
+    not how counting works (the gate rule is the newest input's: `resolve_rule`)."""
     written = [i for i in inputs if i.tool_version]
-    rules = {_version_tuple(i.tool_version) or i.tool_version for i in written}
+    rules = {(_version_tuple(i.tool_version) or ())[:2] or i.tool_version for i in written}
     formats = {i.json_format for i in inputs if i.json_format is not None}
     if len(rules) < 2 and len(formats) < 2:
         return
