@@ -111,6 +111,20 @@ def _read_tail(fd: int) -> _Tail:
     return _Tail(None if last is None else last[1], fragment, fragment_offset)
 
 
+@contextmanager
+def _reading(path: Path, what: str) -> Iterator[None]:
+    """Reading PATH, its errors as AuditWriteError `PATH: cannot read WHAT: why` (FileNotFoundError
+    propagates: there is nothing to read)."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except (NotADirectoryError, files.DamagedRecord) as exc:
+        raise AuditWriteError(f"{path}: cannot read{what}: {exc}") from None
+    except OSError as exc:
+        raise AuditWriteError(f"{path}: cannot read{what}: {exc.strerror}") from None
+
+
 @dataclass(frozen=True)
 class TornTail:
     """Bytes after the log's last newline, as the next write deals with them."""
@@ -338,16 +352,21 @@ class AuditLog:
             raise AuditWriteError(f"{self.checkpoints_path}: cannot read: {exc.strerror}") from None
         lines = raw.split(b"\n")
         lines.pop()  # after the last newline: empty, or a torn write
-        result = []
-        for number, line in enumerate(lines, start=1):
-            doc = read_json(line, str(self.checkpoints_path), core.EntryFormatError, line=number)
-            try:
-                result.append(core.Checkpoint.from_json(doc))
-            except core.EntryFormatError as exc:
-                raise core.EntryFormatError(
-                    f"{self.checkpoints_path}:{number}: not a checkpoint: {exc}"
-                ) from None
-        return result
+        return [self._checkpoint_line(line, number) for number, line in enumerate(lines, start=1)]
+
+    def last_checkpoint(self) -> core.Checkpoint | None:
+        """The newest stored checkpoint (the next starts from it), the file read from its end."""
+        return next(self._checkpoints_newest_first(), None)
+
+    def _checkpoint_line(self, line: bytes, number: int) -> core.Checkpoint:
+        """The checkpoint LINE (line NUMBER of the file) holds; EntryFormatError naming it if none."""
+        doc = read_json(line, str(self.checkpoints_path), core.EntryFormatError, line=number)
+        try:
+            return core.Checkpoint.from_json(doc)
+        except core.EntryFormatError as exc:
+            raise core.EntryFormatError(
+                f"{self.checkpoints_path}:{number}: not a checkpoint: {exc}"
+            ) from None
 
     def checkpoint(self, *, now: datetime | None = None) -> tuple[core.Checkpoint | None, AnchorOutcome]:
         """Write a checkpoint for the log as it is now (None for an empty log), and request
@@ -366,7 +385,7 @@ class AuditLog:
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
-            return next(iter(reversed(self.checkpoints())), None), [], None
+            return self.last_checkpoint(), [], None
         except OSError as exc:
             raise AuditWriteError(f"{self.path}: cannot read the audit log: {exc.strerror}") from None
         try:
@@ -385,7 +404,7 @@ class AuditLog:
         )
 
     def _since_checkpoint(self, fd: int) -> tuple[core.Checkpoint | None, list[core.AuditEntry], int]:
-        previous = next(iter(reversed(self.checkpoints())), None)
+        previous = self.last_checkpoint()
         end = os.fstat(fd).st_size
         start = previous.offset if previous is not None else 0
         if previous is not None and (start > end or previous.size <= 0):
@@ -431,12 +450,41 @@ class AuditLog:
             raise files.named(exc, self.checkpoints_path) from None
         return cp
 
-    def checkpoint_requests(self) -> list[tuple[bytes, str, str, int]]:
-        """(root, kind, label, size) of every local checkpoint, as anchors are requested."""
+    def checkpoint_requests(self, store: ChainStore) -> list[tuple[bytes, str, str, int]]:
+        """(root, kind, label, size), as anchors are requested, of the local checkpoints after the
+        newest one STORE has seen (in any state), oldest first: read from the checkpoints file's
+        end and looked up in batches that double, so that a lookup costs what the newest
+        checkpoints do however many there are (one the chain has lost anchors them all again)."""
+        newest = self._checkpoints_newest_first()
+        unseen: list[core.Checkpoint] = []
+        size = 2  # the newest, and the one before it the chain has seen, as a rule
+        while batch := list(itertools.islice(newest, size)):
+            known = store.anchors({cp.root for cp in batch})
+            for cp in batch:
+                if cp.root in known:
+                    batch = []
+                    break
+                unseen.append(cp)
+            if not batch:
+                break
+            size *= 2
         return [
             (bytes.fromhex(cp.root), "audit-checkpoint", f"audit@{cp.size}", cp.size)
-            for cp in self.checkpoints()
+            for cp in reversed(unseen)
         ]
+
+    def _checkpoints_newest_first(self) -> Iterator[core.Checkpoint]:
+        """The stored checkpoints, newest first, read from the file's end as far as the caller goes
+        (a torn last line is ignored, as `checkpoints` ignores it)."""
+        try:
+            with _reading(self.checkpoints_path, ""), files.open_log(self.checkpoints_path) as fd:
+                numbers = files.LineNumbers(fd)
+                lines = files.lines_backwards(fd)
+                next(lines)  # after the last newline: empty, or a torn write
+                for offset, line in lines:
+                    yield self._checkpoint_line(line, numbers.at(offset))
+        except FileNotFoundError:
+            return
 
     def anchor_checkpoints(self, *, now: datetime | None = None) -> AnchorOutcome:
         """Request an anchor for every local checkpoint the chain has not seen: the newest
@@ -448,11 +496,12 @@ class AuditLog:
         from voketag_ops.workflows.chain import ChainUnavailableError, RetryPolicy, request_missing_anchors
 
         try:
-            requests = self.checkpoint_requests()
+            store = self._chain_store()
+            requests = self.checkpoint_requests(store)
             if not requests:
                 return AnchorOutcome()
             requested = request_missing_anchors(
-                self._chain_store(),
+                store,
                 requests,
                 now=now or _utcnow(),
                 retry=RetryPolicy(attempts=3, initial=0.05, maximum=0.2, store_errors=False),
@@ -490,14 +539,75 @@ class AuditLog:
                 remaining -= len(line)
                 yield line
 
-    def entries(self, skipped: list[int] | None = None) -> Iterator[core.AuditEntry]:
-        """Parsed entries; unparseable lines are skipped (their line numbers go to SKIPPED)."""
-        for number, raw in enumerate(self.raw_lines(), start=1):
-            try:
-                yield core.parse_entry(raw.rstrip(b"\n"))
-            except core.EntryFormatError:
-                if skipped is not None:
-                    skipped.append(number)
+    def entries(
+        self,
+        skipped: list[int] | None = None,
+        *,
+        newest_first: bool = False,
+        since: datetime | None = None,
+    ) -> Iterator[core.AuditEntry]:
+        """Parsed entries, oldest first, or NEWEST_FIRST read from the log's end only as far as the
+        caller goes (a page costs what the newest events do, however long the log). Unparseable
+        lines are skipped, their line numbers to SKIPPED as they are passed over (newest first
+        too). SINCE: only those after the newest entry stamped before it, which is found reading
+        back from the end: the log is appended in time order, so the lines before it are never
+        read (an entry there stamped later, written before the clock was set back, is not listed).
+        A torn last write is read as the last line, as it stands."""
+        try:
+            with _reading(self.path, " the audit log"), files.open_log(self.path) as fd:
+                # The end is taken under a shared lock, so a writer's line under way is not taken for
+                # a torn one; the lines before it never change, and are read without holding writers up.
+                fcntl.flock(fd, fcntl.LOCK_SH)
+                try:
+                    tail = _read_tail(fd)
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                numbers = files.LineNumbers(fd)  # counted only for a line that is skipped
+                backwards = self._parsed(fd, tail, numbers, skipped if newest_first else None)
+                if newest_first:
+                    for _offset, _raw, entry in backwards:
+                        if since is not None and entry.time < since:
+                            return
+                        yield entry
+                    return
+                start = 0
+                if since is not None:  # from the line after the newest entry stamped before SINCE
+                    older = ((o, r) for o, r, entry in backwards if entry.time < since)
+                    offset, raw = next(older, (-1, b""))
+                    start = min(offset + len(raw) + 1, tail.fragment_offset)
+                lines = files.lines_forward(fd, start, tail.fragment_offset)
+                torn = [(tail.fragment_offset, tail.fragment)] if tail.fragment else []
+                for offset, raw in itertools.chain(lines, torn):
+                    found = self._entry(raw.rstrip(b"\n"), offset, numbers, skipped)
+                    if found is not None:
+                        yield found
+        except FileNotFoundError:
+            return
+
+    def _parsed(
+        self, fd: int, tail: _Tail, numbers: files.LineNumbers, skipped: list[int] | None
+    ) -> Iterator[tuple[int, bytes, core.AuditEntry]]:
+        """(offset, line, entry) of each line that parses, newest first from TAIL (its torn
+        fragment first, if any), as far as the caller goes."""
+        lines = files.lines_backwards(fd, end=tail.fragment_offset)
+        next(lines)  # b"": END is where a line break ends
+        torn = [(tail.fragment_offset, tail.fragment)] if tail.fragment else []
+        for offset, raw in itertools.chain(torn, lines):
+            entry = self._entry(raw, offset, numbers, skipped)
+            if entry is not None:
+                yield offset, raw, entry
+
+    @staticmethod
+    def _entry(
+        raw: bytes, offset: int, numbers: files.LineNumbers, skipped: list[int] | None
+    ) -> core.AuditEntry | None:
+        """The entry the line at OFFSET holds, or None, its number then added to SKIPPED."""
+        try:
+            return core.parse_entry(raw)
+        except core.EntryFormatError:
+            if skipped is not None:
+                skipped.append(numbers.at(offset))
+            return None
 
     def find_newest(
         self, wanted: Collection[Key], key: Callable[[core.AuditEntry], Key | None]
@@ -517,15 +627,11 @@ class AuditLog:
         if not wanted:
             return {}
         try:
-            with files.open_log(self.path) as fd:
+            with _reading(self.path, " the audit log"), files.open_log(self.path) as fd:
                 end, found = self._newest(fd, set(wanted), key)
                 return self._linked(fd, end, found)
         except FileNotFoundError:
             return {}
-        except (NotADirectoryError, files.DamagedRecord) as exc:
-            raise AuditWriteError(f"{self.path}: cannot read the audit log: {exc}") from None
-        except OSError as exc:
-            raise AuditWriteError(f"{self.path}: cannot read the audit log: {exc.strerror}") from None
 
     @staticmethod
     def _newest(

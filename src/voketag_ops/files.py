@@ -211,15 +211,15 @@ class LineTooLong(ValueError):
 
 
 def lines_backwards(
-    fd: int, *, block: int = TAIL_BLOCK, longest: int | None = None
+    fd: int, *, block: int = TAIL_BLOCK, longest: int | None = None, end: int | None = None
 ) -> Iterator[tuple[int, bytes]]:
     """The lines of the file open as FD from its end, each with its offset and without its line
     break: first whatever follows the last line break (b"" when the file ends with one; a torn
     write when not), then each line before it, newest first. Reads BLOCK bytes at a time
     backwards, only as far as the caller iterates: an append-only log of any size costs what
     its newest lines do. LineTooLong once a line grows past LONGEST bytes (a file with no line
-    break is not read whole)."""
-    pos = os.fstat(fd).st_size
+    break is not read whole). END: read as if the file ended there (a size taken under a lock)."""
+    pos = os.fstat(fd).st_size if end is None else end
     later: list[bytes] = []  # the end of the line being read, in blocks read after it (nearest first)
     held = 0  # bytes in LATER
     while pos > 0:

@@ -21,7 +21,7 @@ import pytest
 
 from voketag_ops import files, redact
 from voketag_ops.adapters.local.chain_store import FileChainStore, default_chain_path
-from voketag_ops.audit import AuditLog, AuditWriteError, audited, record_event
+from voketag_ops.audit import AnchorOutcome, AuditLog, AuditWriteError, audited, record_event
 from voketag_ops.core import audit as au
 from voketag_ops.errors import NeedsOperatorError, PreconditionError
 
@@ -686,3 +686,23 @@ def test_lines_forward_reads_whole_lines_from_an_offset_to_an_end(tmp_path: Path
             assert list(files.lines_forward(fd, 0, end, block=block)) == list(
                 zip(offsets[:-1], lines, strict=True)
             )
+
+
+def test_anchoring_asks_only_about_checkpoints_after_the_newest_the_chain_has(tmp_path: Path) -> None:
+    chain = FileChainStore(default_chain_path(tmp_path))
+    log = AuditLog(tmp_path, checkpoint_every=10, chain=lambda: chain)
+    append_n(log, 300)  # 30 checkpoints, each anchored as it is written
+    whole = log.checkpoints_path.read_bytes()
+    # the old checkpoints made unreadable: every 100th append reads back only to the newest anchored one
+    lines = whole.splitlines(keepends=True)
+    log.checkpoints_path.write_bytes(b"#\n" * 25 + b"".join(lines[25:]))
+    append_n(log, 10, start=300)
+    labels = {a.label for a in chain.load().anchors.values()}
+    assert len(labels) == 31 and "audit@310" in labels
+    assert log.anchor_checkpoints(now=T0) == AnchorOutcome()  # nothing to request, nothing queued
+    # a chain that lost them all (`voke env destroy`) has every one requested again
+    newest = log.checkpoints_path.read_bytes().splitlines(keepends=True)[-1]
+    log.checkpoints_path.write_bytes(whole + newest)
+    chain.path.unlink()
+    assert log.anchor_checkpoints(now=T0).requested == 31
+    assert {a.label for a in chain.load().anchors.values()} == labels

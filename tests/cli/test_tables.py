@@ -107,7 +107,7 @@ def test_columns_stay_in_line_on_a_stdout_that_is_not_utf8(encoding):
              "env": "local", "result": "failure", "duration_seconds": 1.0}  # fmt: skip
     names = ["工厂-é😀.csv", "plain.csv", "café.csv"]
     show = {"entries": [{**entry, "target": name} for name in names],
-            "env": None, "total": 3, "offset": 0, "skipped_lines": []}  # fmt: skip
+            "env": None, "total": 3, "total_exact": True, "offset": 0, "skipped_lines": []}  # fmt: skip
     batch = {"loaded_at": datetime(2026, 5, 1, tzinfo=UTC), "rows_loaded": 1, "rows_rejected": 0,
              "merkle_root": "ab" * 32, "anchor": "anchored"}  # fmt: skip
     batches = {"batches": [{**batch, "batch_id": i, "file_name": name} for i, name in enumerate(names)]}

@@ -392,12 +392,15 @@ def test_a_name_that_is_not_utf8_is_stored_legibly() -> None:
 
 def test_filters_and_pages(log1000: list[au.AuditEntry]) -> None:
     flt = au.Filter(event_type="rotate.*", result="failure")
-    page, total = au.select(log1000, flt, limit=3, offset=2)
-    assert total == 100  # odd i (rotate) and i % 5 == 0 (failure): i = 5, 15, 25, ...
+    page, total, exact = au.select(log1000, flt, limit=3, offset=2)
+    assert total == 100 and exact  # odd i (rotate) and i % 5 == 0 (failure): i = 5, 15, 25, ...
     assert [e.seq for e in page] == [25, 35, 45]
     window = au.Filter(since=T0 + timedelta(seconds=10), until=T0 + timedelta(seconds=20), target="target-3")
-    page, total = au.select(log1000, window, limit=None)
-    assert [e.seq for e in page] == [10, 17] and total == 2
+    page, total, exact = au.select(log1000, window, limit=None)
+    assert [e.seq for e in page] == [10, 17] and total == 2 and exact
+    # Not counting: no further than the first match after the page
+    page, total, exact = au.select(log1000, flt, limit=3, offset=2, count=False)
+    assert [e.seq for e in page] == [25, 35, 45] and (total, exact) == (6, False)
 
 
 def test_csv_export_escapes_formula_cells() -> None:

@@ -52,17 +52,30 @@ def _write_log(home: Path, n: int, *, garbage: frozenset[int] = frozenset(), see
 
 
 def _reference(home: Path, flt: core.Filter) -> tuple[list[dict[str, Any]], list[int]]:
-    """Every matching entry and the unreadable lines, the log read whole."""
-    matching, skipped = [], []
+    """Every matching entry and the unreadable lines, the log read whole: with --since, from
+    the line after the last entry stamped before it (the log is in the order it was written)."""
+    lines = []
     for number, line in enumerate((home / "audit" / "audit.jsonl").read_bytes().splitlines(), start=1):
         try:
-            entry = core.parse_entry(line)
+            lines.append((number, core.parse_entry(line)))
         except core.EntryFormatError:
-            skipped.append(number)
-            continue
-        if flt.matches(entry):
-            matching.append(entry.to_json())
-    return matching, skipped
+            lines.append((number, None))
+    if flt.since is not None:
+        older = [i for i, (_n, e) in enumerate(lines) if e is not None and e.time < flt.since]
+        lines = lines[older[-1] + 1 :] if older else lines
+    matching = [e.to_json() for _n, e in lines if e is not None and flt.matches(e)]
+    return matching, [n for n, e in lines if e is None]
+
+
+def _read_back(home: Path, flt: core.Filter, stop: int) -> list[int]:
+    """The unreadable lines a newest-first read passes over until the STOP-th match (from the
+    newest), or to its start (or --since)."""
+    matching, skipped = _reference(home, flt)
+    if stop > len(matching):
+        return skipped
+    lines = (home / "audit" / "audit.jsonl").read_bytes().splitlines()
+    at = next(n for n, line in enumerate(lines, 1) if json.loads(line).get("seq") == matching[-stop]["seq"])
+    return [n for n in skipped if n > at]
 
 
 filters = st.builds(
@@ -102,7 +115,14 @@ def test_show_pages_as_reading_the_whole_log_did(
     ordered = matching[::-1] if newest_first else matching
     report = show(home, flt, limit=limit, offset=offset, newest_first=newest_first)
     assert report["entries"] == ordered[offset : None if limit is None else offset + limit]
-    assert report["total"] == len(matching) and report["skipped_lines"] == skipped
+    if newest_first and limit is not None and offset + limit < len(matching):
+        # read back no further than the first match after the page
+        stop = offset + limit + 1
+        assert (report["total"], report["total_exact"]) == (stop, False)
+        assert report["skipped_lines"] == _read_back(home, flt, stop)
+    else:
+        assert report["total"] == len(matching) and report["total_exact"]
+        assert report["skipped_lines"] == skipped
 
 
 def _old_export(matching: list[dict[str, Any]], fmt: str) -> str:
@@ -190,7 +210,11 @@ def _peaks(tmp_path: Path, call: Callable[[Path], object]) -> tuple[int, int]:
 def test_newest_first_holds_a_page_not_the_log(tmp_path: Path) -> None:
     def newest(home: Path) -> None:
         report = show(home, core.Filter(), limit=5, offset=3, newest_first=True)
-        assert [e["seq"] for e in report["entries"]] == [report["total"] - 4 - i for i in range(5)]
+        seqs = [e["seq"] for e in report["entries"]]
+        assert seqs == list(range(seqs[0], seqs[0] - 5, -1)) and (report["total"], report["total_exact"]) == (
+            9,
+            False,
+        )
 
     small, large = _peaks(tmp_path, newest)
     assert large < small + 256 * 1024, (small, large)
@@ -213,3 +237,62 @@ def test_export_holds_no_whole_export(tmp_path: Path, make_environ: Any) -> None
 
         small, large = _peaks(tmp_path, export)
         assert large < small + 256 * 1024, (args, small, large)
+
+
+def _bury(home: Path, lines: int) -> None:
+    """The first LINES lines of the log made garbage of the same length: a read that parses one
+    of them lists it in `skipped_lines` (or, for dr history, never finds their events)."""
+    path = home / "audit" / "audit.jsonl"
+    data = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(
+        b"".join(b"#" * (len(line) - 1) + b"\n" for line in data[:lines]) + b"".join(data[lines:])
+    )
+
+
+def test_the_newest_page_reads_back_only_as_far_as_it_goes(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    _write_log(home, 300)
+    _bury(home, 250)  # "the last command's event" must never read the old history
+    report = show(home, core.Filter(), limit=1, newest_first=True)
+    assert [e["seq"] for e in report["entries"]] == [299]
+    assert (report["total"], report["total_exact"], report["skipped_lines"]) == (2, False, [])
+    # --since stops the read back at the newest entry stamped before it, and starts the forward one there
+    since = core.Filter(since=T0 + timedelta(hours=280), event_type="rotate.*")
+    newest = show(home, since, limit=None, newest_first=True)
+    oldest = show(home, since, limit=None)
+    assert newest["skipped_lines"] == oldest["skipped_lines"] == []
+    assert newest["entries"] == oldest["entries"][::-1] and newest["entries"]
+    assert newest["total"] == oldest["total"] == len(oldest["entries"]) and newest["total_exact"]
+    assert all(e["seq"] >= 279 and e["event_type"] == "rotate.db-password" for e in oldest["entries"])
+    assert [e["seq"] for e in oldest["entries"]] == [e["seq"] for e in _reference(home, since)[0]]
+    # an unreadable line it does read is named by its line number, as the forward read names it
+    path = home / "audit" / "audit.jsonl"
+    data = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join([*data[:-3], b"garbage\n", *data[-3:]]))
+    report = show(home, core.Filter(), limit=5, newest_first=True)
+    assert report["skipped_lines"] == [298] and [e["seq"] for e in report["entries"]] == [
+        299,
+        298,
+        297,
+        296,
+        295,
+    ]
+
+
+def test_dr_history_reads_back_only_until_it_has_its_events(tmp_path: Path, monkeypatch: Any) -> None:
+    from voketag_ops.adapters.local.environment import LocalEnvironment
+    from voketag_ops.config import LocalSettings
+    from voketag_ops.workflows.dr import history
+
+    home = tmp_path / "home"
+    _write_log(home, 300)  # every third event is dr.failover
+    env = LocalEnvironment(LocalSettings(home=home))
+    everything = history(env, limit=1000)
+    assert len(everything) == 100
+    parsed = []
+    parse = core.parse_entry
+    monkeypatch.setattr(core, "parse_entry", lambda line, **kw: parsed.append(line) or parse(line, **kw))
+    newest = history(env, limit=5)
+    assert newest == everything[-5:]  # oldest first, as before
+    assert [e["details"]["i"] for e in newest] == [287, 290, 293, 296, 299]
+    assert len(parsed) == 13  # the newest 13 lines (seq 287-299), not the log

@@ -212,7 +212,8 @@ def _render_show(console: Console, report: dict[str, Any]) -> None:
         )
     print_table(console, table)
     shown_to = report["offset"] + len(entries)
-    console.print(f"{report['offset'] + 1}-{shown_to} of {report['total']} matching{where}")
+    total = report["total"] if report["total_exact"] else f"at least {report['total']}"
+    console.print(f"{report['offset'] + 1}-{shown_to} of {total} matching{where}")
     if report["skipped_lines"]:
         console.print(
             f"[yellow]skipped unreadable line(s): {report['skipped_lines']} (see `voke audit verify`)[/]"

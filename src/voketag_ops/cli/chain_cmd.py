@@ -484,7 +484,7 @@ def anchor_run(
         from voketag_ops.workflows.chain import unseen_requests
 
         try:
-            checkpoints = AuditLog(_home(env)).checkpoint_requests()
+            checkpoints = AuditLog(_home(env)).checkpoint_requests(store)
         except Exception:  # a damaged checkpoints file: `voke audit verify` names it
             checkpoints = []
         batches = _batch_anchors(env, store)

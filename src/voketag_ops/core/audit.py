@@ -24,7 +24,6 @@ import hashlib
 import io
 import json
 import re
-from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -619,9 +618,11 @@ class Filter:
 
 
 def select(
-    entries: Iterable[AuditEntry], flt: Filter, *, limit: int | None, offset: int = 0
-) -> tuple[list[AuditEntry], int]:
-    """(the page of matching entries, how many matched in all)."""
+    entries: Iterable[AuditEntry], flt: Filter, *, limit: int | None, offset: int = 0, count: bool = True
+) -> tuple[list[AuditEntry], int, bool]:
+    """(the page of matching entries, how many matched, whether that is all of them). COUNT:
+    ENTRIES are read to their end to count every match; else no further than the first match
+    after a full page (how many matched up to it, at least one more than the page shows)."""
     page: list[AuditEntry] = []
     total = 0
     for entry in entries:
@@ -629,24 +630,10 @@ def select(
             continue
         if total >= offset and (limit is None or len(page) < limit):
             page.append(entry)
+        elif total >= offset and not count:
+            return page, total + 1, False
         total += 1
-    return page, total
-
-
-def select_newest(
-    entries: Iterable[AuditEntry], flt: Filter, *, limit: int | None, offset: int = 0
-) -> tuple[list[AuditEntry], int]:
-    """`select` newest first, in one pass over ENTRIES (oldest first, as stored): only the
-    last OFFSET + LIMIT matching entries are held, however long the log (every one without
-    a LIMIT)."""
-    last: deque[AuditEntry] = deque(maxlen=None if limit is None else offset + limit)
-    total = 0
-    for entry in entries:
-        if flt.matches(entry):
-            last.append(entry)
-            total += 1
-    newest = list(reversed(last))
-    return newest[offset : None if limit is None else offset + limit], total
+    return page, total, True
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

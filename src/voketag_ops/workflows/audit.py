@@ -54,17 +54,21 @@ def show(
     home: Path, flt: core.Filter, *, limit: int | None, offset: int = 0, newest_first: bool = False
 ) -> dict[str, Any]:
     """A page of matching entries, plus how many matched, of which environment (None: every
-    one) and any unreadable lines."""
+    one) and any unreadable lines among those read. Oldest first, the log is read from --since
+    to its end and `total` counts every match; NEWEST_FIRST, it is read back from its end only
+    until the page is full and one more entry matches (`total_exact` false: `total` is how many
+    matched so far, at least one more than the page ends at)."""
     skipped: list[int] = []
-    pick = core.select_newest if newest_first else core.select
-    page, total = pick(AuditLog(home).entries(skipped), flt, limit=limit, offset=offset)
+    entries = AuditLog(home).entries(skipped, newest_first=newest_first, since=flt.since)
+    page, total, exact = core.select(entries, flt, limit=limit, offset=offset, count=not newest_first)
     return {
         "entries": [e.to_json() for e in page],
         "total": total,
+        "total_exact": exact,
         "offset": offset,
         "limit": limit,
         "env": flt.env,
-        "skipped_lines": skipped,
+        "skipped_lines": sorted(skipped),
     }
 
 
@@ -75,7 +79,7 @@ def export_chunks(
     whole entries or rows; the numbers of unreadable lines go to SKIPPED as they are passed
     over. INLINE: as one JSON value on one line, to go in the --json envelope (the array as
     `json.dumps` writes it, the CSV as a JSON string)."""
-    matching = (e for e in AuditLog(home).entries(skipped) if flt.matches(e))
+    matching = (e for e in AuditLog(home).entries(skipped, since=flt.since) if flt.matches(e))
     first = next(matching, None)  # a log that cannot be read fails before anything is written
     entries = itertools.chain([] if first is None else [first], matching)
     if fmt == "csv":
@@ -168,7 +172,7 @@ def checkpoint(home: Path, *, env: str, now: datetime | None = None) -> dict[str
     from voketag_ops.audit import audited
 
     with _checkpointable():
-        before = next(iter(reversed(AuditLog(home).checkpoints())), None)
+        before = AuditLog(home).last_checkpoint()
     with audited(home, event_type=CHECKPOINT_EVENT, env=env, target="audit log") as event, _checkpointable():
         report = _checkpoint(home, now=now)
         event.details.update(

@@ -7,6 +7,7 @@ audit event (`dr.backup`, `dr.restore`, `dr.failover`, ...) through `voketag_ops
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -835,9 +836,13 @@ def _pending_failover(env: LocalEnvironment) -> dict[str, Any]:
 
 
 def history(env: LocalEnvironment, *, limit: int = 50) -> list[dict[str, Any]]:
-    """The newest DR events from the audit log (event types dr.* and drill.*)."""
+    """The newest LIMIT DR events from the audit log (event types dr.* and drill.*), oldest
+    first: the log is read back from its end only until it has found them."""
     from voketag_ops.audit import AuditLog
 
+    newest = (
+        e for e in AuditLog(env.home).entries(newest_first=True) if e.event_type.startswith(("dr.", "drill."))
+    )
     events = [
         {
             "at": e.timestamp,
@@ -848,10 +853,9 @@ def history(env: LocalEnvironment, *, limit: int = 50) -> list[dict[str, Any]]:
             "actor": e.actor,
             "details": e.details,
         }
-        for e in AuditLog(env.home).entries()
-        if e.event_type.startswith(("dr.", "drill."))
+        for e in itertools.islice(newest, limit)
     ]
-    return events[-limit:]
+    return events[::-1]
 
 
 # -- table verification ----------------------------------------------------------------------------------
