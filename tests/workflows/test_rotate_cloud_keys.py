@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,3 +174,71 @@ def test_cleanup_on_cloud_takes_a_rolled_back_version_for_no_successor(tmp_path,
         engine.cleanup(dry_run=False)
         states = {v.version: v.state for v in engine.store.get("jwt-signing").versions}
         assert states == {n: "disabled" if n <= 3 else "enabled" for n in range(1, 7)}
+
+
+@pytest.mark.parametrize("step", ["deploy", "health"])
+def test_a_rollback_moves_back_a_service_that_reads_another_managed_secret_at_the_same_version(
+    tmp_path, make_environ, voke, monkeypatch, step
+):
+    # admin-service reads auth0-client v1 and sa-ci v1: the rollback of auth0-client must ask
+    # which version of auth0-client it serves, not of sa-ci (its one "consumer" secret), or it
+    # would stay on the version the rollback disables (503, and every later deploy refused).
+    from voketag_ops.adapters.gcp.secrets import GcpSecretStore
+    from voketag_ops.core.rotation import ANNOTATION, RotationRecord
+    from voketag_ops.workflows.rotate import FAULT_ENV, FAULT_EXIT_CODE
+
+    account = "voke-ci@voke-test.iam.gserviceaccount.com"
+    with FakeGcp() as fake, FakeProviders() as providers:
+        fake.iam.add_account(account)
+        client_id, client_secret = providers.add_auth0_client()
+        store = GcpSecretStore(fake.context())
+        store.create("auth0-admin")
+        admin = {"client_id": providers.auth0_admin_id, "client_secret": providers.auth0_admin_secret}
+        version = store.add_version("auth0-admin", json.dumps(admin).encode()).version
+        store.update("auth0-admin", etag=store.get("auth0-admin").etag, aliases={"current": version})
+        lines = [
+            environment_toml("t", fake.environment(services=["admin-service"])),
+            "[rotation]",
+            "db_users = {}",
+            "test_interval = 0.05",
+            "health_timeout = 2",
+            "[rotation.api_keys.auth0]",
+            'provider = "auth0"',
+            'secret = "auth0-client"',
+            f'endpoint = "{providers.url}"',
+            'admin_secret = "auth0-admin"',
+            'services = ["admin-service"]',
+            f'options = {{ client_id = "{client_id}", audience = "https://api.voketag.test/" }}',
+            "[rotation.sa_keys.ci]",
+            f'service_account = "{account}"',
+            'secret = "sa-ci"',
+            'services = ["admin-service"]',
+        ]
+        (tmp_path / "voke.toml").write_text("\n".join(lines) + "\n")
+        environ = make_environ(tmp_path / "home", VOKE_CONFIG=str(tmp_path / "voke.toml"), VOKE_ENV="t")
+        monkeypatch.setattr(sys, "stdin", io.StringIO(client_secret))
+        assert voke("rotate", "api-key", "auth0", "--adopt", "--yes", environ=environ).exit_code == 0
+        assert voke("rotate", "sa-key", "ci", "--init", "--yes", environ=environ).exit_code == 0
+        fake.run.add_service("admin-service", "auth0-client", 1, env_var="AUTH0", others={"sa-ci": 1})
+
+        # the crash is a real process's (os._exit after the step); the rollback runs in-process
+        crashed = subprocess.run(
+            [sys.executable, "-m", "voketag_ops", "rotate", "api-key", "auth0", "--yes"],
+            capture_output=True,
+            text=True,
+            env={**environ, FAULT_ENV: step},
+            timeout=120,
+        )
+        assert crashed.returncode == FAULT_EXIT_CODE, crashed.stderr
+        assert sorted(fake.run.pinned("admin-service")) == [("auth0-client", "2"), ("sa-ci", "1")]
+        record = RotationRecord.from_json(store.get("auth0-client").annotations[ANNOTATION])
+
+        rolled = voke("rotate", "rollback", record.id, "--yes", "--json", environ=environ)
+        assert rolled.exit_code == 0, rolled.stdout + rolled.stderr
+        assert rolled.json["result"]["status"] == "rolled_back"
+        assert store.get("auth0-client").version(2).state == "disabled"
+        assert sorted(fake.run.pinned("admin-service")) == [("auth0-client", "1"), ("sa-ci", "1")]
+
+        rotated = voke("rotate", "sa-key", "ci", "--yes", "--json", environ=environ)
+        assert rotated.exit_code == 0, rotated.stdout + rotated.stderr
+        assert sorted(fake.run.pinned("admin-service")) == [("auth0-client", "1"), ("sa-ci", "2")]

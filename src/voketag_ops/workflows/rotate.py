@@ -892,7 +892,9 @@ class RotationEngine:
         services = self.services_of(user)
         pending = set(services)
         while pending and time.monotonic() < deadline:
-            pending = {svc for svc in pending if not self._healthy_on(svc, record)}
+            pending = {
+                svc for svc in pending if not self._healthy_on(svc, record.secret, record.pending_version)
+            }
             if pending:
                 self.sleep(0.2)
         if pending:
@@ -916,9 +918,10 @@ class RotationEngine:
                 return
             self.sleep(0.2)
 
-    def _healthy_on(self, service: str, record: RotationRecord) -> bool:
-        serving = self.runtime.serving_version(service, record.secret)
-        return serving == record.pending_version and self.runtime.health(service)
+    def _healthy_on(self, service: str, secret: str, version: int | None) -> bool:
+        """SERVICE serves VERSION of SECRET, healthily. Asked of SECRET itself: a service may read
+        several managed secrets, and another one's version says nothing about this one."""
+        return self.runtime.serving_version(service, secret) == version and self.runtime.health(service)
 
     def _finish(self, record: RotationRecord, user: Credential) -> str:
         now = self.now()
@@ -1252,11 +1255,10 @@ class RotationEngine:
             # Every consumer ends healthy on the old version: one that is not (a failed deploy
             # killed, or left, its old instance dead) is redeployed there too; one that still
             # cannot be fails the rollback (exit 7), never "rolled back" with a service down.
-            seen = {x.name: x for x in self.runtime.services(check=True)}
             back = {
                 svc: (record.secret, record.old_current)
                 for svc in self.services_of(user)
-                if (s := seen.get(svc)) is None or s.secret_version != record.old_current or not s.healthy
+                if not self._healthy_on(svc, record.secret, record.old_current)
             }
             if back:
                 self.runtime.deploy_many(back)
