@@ -176,20 +176,19 @@ def test_cleanup_on_cloud_takes_a_rolled_back_version_for_no_successor(tmp_path,
         assert states == {n: "disabled" if n <= 3 else "enabled" for n in range(1, 7)}
 
 
-@pytest.mark.parametrize("step", ["deploy", "health"])
-def test_a_rollback_moves_back_a_service_that_reads_another_managed_secret_at_the_same_version(
-    tmp_path, make_environ, voke, monkeypatch, step
-):
-    # admin-service reads auth0-client v1 and sa-ci v1: the rollback of auth0-client must ask
-    # which version of auth0-client it serves, not of sa-ci (its one "consumer" secret), or it
-    # would stay on the version the rollback disables (503, and every later deploy refused).
-    from voketag_ops.adapters.gcp.secrets import GcpSecretStore
-    from voketag_ops.core.rotation import ANNOTATION, RotationRecord
-    from voketag_ops.workflows.rotate import FAULT_ENV, FAULT_EXIT_CODE
+ACCOUNT = "voke-ci@voke-test.iam.gserviceaccount.com"
 
-    account = "voke-ci@voke-test.iam.gserviceaccount.com"
+
+@pytest.fixture
+def two_secrets(
+    tmp_path: Path, make_environ: Any, voke: Any, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Any]:
+    """admin-service reading auth0-client v1 and sa-ci v1: two managed secrets at equal
+    version numbers, one of them (sa-ci) the service's "consumer" secret that status shows."""
+    from voketag_ops.adapters.gcp.secrets import GcpSecretStore
+
     with FakeGcp() as fake, FakeProviders() as providers:
-        fake.iam.add_account(account)
+        fake.iam.add_account(ACCOUNT)
         client_id, client_secret = providers.add_auth0_client()
         store = GcpSecretStore(fake.context())
         store.create("auth0-admin")
@@ -210,7 +209,7 @@ def test_a_rollback_moves_back_a_service_that_reads_another_managed_secret_at_th
             'services = ["admin-service"]',
             f'options = {{ client_id = "{client_id}", audience = "https://api.voketag.test/" }}',
             "[rotation.sa_keys.ci]",
-            f'service_account = "{account}"',
+            f'service_account = "{ACCOUNT}"',
             'secret = "sa-ci"',
             'services = ["admin-service"]',
         ]
@@ -220,25 +219,58 @@ def test_a_rollback_moves_back_a_service_that_reads_another_managed_secret_at_th
         assert voke("rotate", "api-key", "auth0", "--adopt", "--yes", environ=environ).exit_code == 0
         assert voke("rotate", "sa-key", "ci", "--init", "--yes", environ=environ).exit_code == 0
         fake.run.add_service("admin-service", "auth0-client", 1, env_var="AUTH0", others={"sa-ci": 1})
+        yield fake, store, environ
 
-        # the crash is a real process's (os._exit after the step); the rollback runs in-process
-        crashed = subprocess.run(
-            [sys.executable, "-m", "voketag_ops", "rotate", "api-key", "auth0", "--yes"],
-            capture_output=True,
-            text=True,
-            env={**environ, FAULT_ENV: step},
-            timeout=120,
-        )
-        assert crashed.returncode == FAULT_EXIT_CODE, crashed.stderr
-        assert sorted(fake.run.pinned("admin-service")) == [("auth0-client", "2"), ("sa-ci", "1")]
-        record = RotationRecord.from_json(store.get("auth0-client").annotations[ANNOTATION])
 
-        rolled = voke("rotate", "rollback", record.id, "--yes", "--json", environ=environ)
-        assert rolled.exit_code == 0, rolled.stdout + rolled.stderr
-        assert rolled.json["result"]["status"] == "rolled_back"
-        assert store.get("auth0-client").version(2).state == "disabled"
-        assert sorted(fake.run.pinned("admin-service")) == [("auth0-client", "1"), ("sa-ci", "1")]
+def _auth0_rotation_killed_after(step: str, store: Any, environ: dict[str, str]) -> str:
+    """The id of an auth0-client rotation whose voke died after STEP (a real process's
+    os._exit; what follows runs in-process)."""
+    from voketag_ops.core.rotation import ANNOTATION, RotationRecord
+    from voketag_ops.workflows.rotate import FAULT_ENV, FAULT_EXIT_CODE
 
-        rotated = voke("rotate", "sa-key", "ci", "--yes", "--json", environ=environ)
-        assert rotated.exit_code == 0, rotated.stdout + rotated.stderr
-        assert sorted(fake.run.pinned("admin-service")) == [("auth0-client", "1"), ("sa-ci", "2")]
+    crashed = subprocess.run(
+        [sys.executable, "-m", "voketag_ops", "rotate", "api-key", "auth0", "--yes"],
+        capture_output=True,
+        text=True,
+        env={**environ, FAULT_ENV: step},
+        timeout=120,
+    )
+    assert crashed.returncode == FAULT_EXIT_CODE, crashed.stderr
+    return RotationRecord.from_json(store.get("auth0-client").annotations[ANNOTATION]).id
+
+
+@pytest.mark.parametrize("step", ["deploy", "health"])
+def test_a_rollback_moves_back_a_service_that_reads_another_managed_secret_at_the_same_version(
+    two_secrets, voke, step
+):
+    # The rollback must ask which version of auth0-client admin-service serves, not of sa-ci
+    # (its one status secret, also at 1): else it stays on the version the rollback disables
+    # (503, and every later deploy of it refused).
+    fake, store, environ = two_secrets
+    rotation = _auth0_rotation_killed_after(step, store, environ)
+    assert sorted(fake.run.pinned("admin-service")) == [("auth0-client", "2"), ("sa-ci", "1")]
+
+    rolled = voke("rotate", "rollback", rotation, "--yes", "--json", environ=environ)
+    assert rolled.exit_code == 0, rolled.stdout + rolled.stderr
+    assert rolled.json["result"]["status"] == "rolled_back"
+    assert store.get("auth0-client").version(2).state == "disabled"
+    assert sorted(fake.run.pinned("admin-service")) == [("auth0-client", "1"), ("sa-ci", "1")]
+
+    rotated = voke("rotate", "sa-key", "ci", "--yes", "--json", environ=environ)
+    assert rotated.exit_code == 0, rotated.stdout + rotated.stderr
+    assert sorted(fake.run.pinned("admin-service")) == [("auth0-client", "1"), ("sa-ci", "2")]
+
+
+def test_a_rollback_keeps_the_version_of_another_secret_rotated_since(two_secrets, voke):
+    # The revision from before the rotation reads auth0-client v1 but sa-ci v1, rotated away
+    # since: reusing it would take sa-ci back too. A new revision keeps sa-ci at 2.
+    fake, store, environ = two_secrets
+    rotation = _auth0_rotation_killed_after("deploy", store, environ)
+    rotated = voke("rotate", "sa-key", "ci", "--yes", "--json", environ=environ)
+    assert rotated.exit_code == 0, rotated.stdout + rotated.stderr
+    assert sorted(fake.run.pinned("admin-service")) == [("auth0-client", "2"), ("sa-ci", "2")]
+
+    rolled = voke("rotate", "rollback", rotation, "--yes", "--json", environ=environ)
+    assert rolled.exit_code == 0, rolled.stdout + rolled.stderr
+    assert sorted(fake.run.pinned("admin-service")) == [("auth0-client", "1"), ("sa-ci", "2")]
+    assert store.get("sa-ci").aliases["current"] == 2

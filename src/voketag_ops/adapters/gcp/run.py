@@ -92,6 +92,14 @@ def pin(template: Any, secret_names: set[str], version: int) -> int:
     return count
 
 
+def _runs(revision: Any, secret_names: set[str]) -> list[Any]:
+    """What REVISION runs (its containers and volumes, as dicts), whatever version of
+    SECRET_NAMES it reads."""
+    copy = type(revision).deserialize(type(revision).serialize(revision))
+    pin(copy, secret_names, 0)
+    return [type(c).to_dict(c) for c in copy.containers] + [type(v).to_dict(v) for v in copy.volumes]
+
+
 def http_ok(url: str, *, timeout: float, token: str | None = None) -> bool:
     """GET URL on a new connection; True on a 2xx answer."""
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
@@ -367,14 +375,14 @@ class CloudRunRuntime:
                 self._template_to_serving(service, serving)  # a rollback's: the template too
                 return self._info(service, secret, version, serving, url)
         tag = f"voke-v{version}"
-        target = self._ready_revision(service, secret, version, exclude=serving)
+        # Not the service's template: a failed deploy (a rolled-back rotation of another secret
+        # this service reads) leaves that pointing at a version since disabled, and every later
+        # revision built from it would fail too.
+        current = self._revision(service, serving) if serving else None
+        target = self._ready_revision(service, secret, version, exclude=serving, like=current)
         reused = target is not None
         if target is None:  # a new revision: the serving one's containers, the secret pinned to VERSION
-            if serving:
-                # Not the service's template: a failed deploy (a rolled-back rotation of another
-                # secret this service reads) leaves that pointing at a version since disabled,
-                # and every later revision built from it would fail too.
-                current = self._revision(service, serving)
+            if current is not None:
                 svc.template.containers = list(current.containers)
                 svc.template.volumes = list(current.volumes)
             if not pin(svc.template, names, version):
@@ -436,11 +444,19 @@ class CloudRunRuntime:
                 exc.message,
             )
 
-    def _ready_revision(self, service: str, secret: str, version: int, *, exclude: str | None) -> str | None:
-        """The newest ready revision already pinned to VERSION (a rerun's, or the previous one)."""
+    def _ready_revision(
+        self, service: str, secret: str, version: int, *, exclude: str | None, like: Any
+    ) -> str | None:
+        """The newest ready revision already pinned to VERSION (a rerun's, or the previous one)
+        that runs what LIKE (the serving revision) runs but for SECRET's version: an older one
+        would also take back the versions of the other secrets it reads, and its image."""
+        names = self._secret_names(secret)
+        wanted = _runs(like, names) if like is not None else None
         for revision in sorted(self._all_revisions(service), key=lambda r: r.create_time, reverse=True):
             name = _short(revision.name)
             if name == exclude or self._pinned(revision, secret) != version:
+                continue
+            if wanted is not None and _runs(revision, names) != wanted:
                 continue
             ready = any(
                 c.type_ == "Ready" and int(c.state) == CONDITION_SUCCEEDED for c in revision.conditions
