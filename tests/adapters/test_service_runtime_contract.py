@@ -177,6 +177,29 @@ def test_a_deploy_keeps_what_the_serving_revision_reads_of_other_secrets(platfor
         assert sorted(fake.run.pinned("svc-a")) == [("api-key", "2"), (SECRET, "1")]
 
 
+def test_a_local_deploy_of_another_secret_at_the_serving_version_number_starts_an_instance(
+    platform, tmp_path
+):
+    """A local instance reads one secret: version 1 of another one is not what it serves."""
+    from voketag_ops.adapters.local.secrets import LocalSecretStore
+    from voketag_ops.adapters.local.services import LocalServiceRuntime
+
+    good = json.loads(platform.store().access("db-app", "current"))
+    store = LocalSecretStore(tmp_path / "home")
+    _versions(store, good)
+    store.create("db-other")
+    store.add_version("db-other", json.dumps(good).encode())
+    runtime = LocalServiceRuntime(tmp_path / "home", {"svc-a": SECRET}, start_timeout=5)
+    try:
+        first = runtime.deploy("svc-a", SECRET, 1)
+        moved = runtime.deploy("svc-a", "db-other", 1)
+        assert moved.instance != first.instance and moved.healthy
+        assert runtime.serving_version("svc-a", "db-other") == 1
+        assert runtime.serving_version("svc-a", SECRET) is None
+    finally:
+        runtime.stop_all()
+
+
 def test_a_service_process_no_registry_lists_is_stopped_by_the_next_runtime_call(tmp_path):
     """A voke killed between starting an instance and writing the registry left it running
     where `env down` and `destroy` never looked."""

@@ -300,7 +300,11 @@ class LocalServiceRuntime:
             entry = doc["services"].setdefault(service, {"secret": secret, "active": None, "others": []})
             self._reap(entry)
             active = entry.get("active")
-        if active and active["version"] == version and http_health(_url(active))[0]:
+            # The version of SECRET: the same number of the secret it read until now is another value.
+            same = (
+                active is not None and active["version"] == version and entry.get("secret", secret) == secret
+            )
+        if same and http_health(_url(active))[0]:
             return self._info(service, secret, active, healthy=True)
         new = self._start(service, secret, version)
         ok, body = self._wait_healthy(new)
