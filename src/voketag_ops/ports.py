@@ -259,7 +259,7 @@ class Clock(Protocol):
 if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
 
-    from voketag_ops.core.chain import Anchor, AnchorState, Block, ChainState
+    from voketag_ops.core.chain import Anchor, AnchorPage, AnchorState, Block, ChainState
 
 
 @runtime_checkable
@@ -294,6 +294,12 @@ class ChainStore(Protocol):
     ) -> dict[str, Anchor]:
         """The stored anchors (by id) among IDS (None: every id), of KIND and in STATE when
         given, read alone: a lookup of a few never reads the rest. Raises ChainStoreError."""
+        ...
+
+    def anchor_page(self, *, state: AnchorState | None = None, limit: int) -> AnchorPage:
+        """The LIMIT most recently requested anchors (in STATE when given), newest first (ties:
+        the larger root first), and the count in each state; only those LIMIT are parsed.
+        Raises ChainStoreError."""
         ...
 
     def commit(self, *, blocks: Sequence[Block] = (), anchors: Sequence[Anchor] = ()) -> None:

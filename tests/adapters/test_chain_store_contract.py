@@ -208,3 +208,53 @@ def test_unreachable_postgres_is_a_store_error(tmp_path: Path) -> None:
     with pytest.raises(ch.ChainStoreError) as info:
         store.load()
     assert info.value.exit_code == 4
+
+
+class _NoWholeReads:
+    """The store, but reading it whole fails: what a listing must not need."""
+
+    def __init__(self, store: ChainStore) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "load":
+            raise AssertionError("read the whole chain")
+        return getattr(self._store, name)
+
+
+def test_an_anchor_listing_is_the_newest_page_of_its_state_and_never_reads_the_chain_whole(
+    store: ChainStore,
+) -> None:
+    def requested(name: str, at: datetime) -> ch.Anchor:
+        return ch.request_anchor(None, root=merkle.root([name.encode()]), kind="batch", label=name, now=at)[0]
+
+    # Requested over three days, two at the same instant (the larger root first), made in another order.
+    made = [
+        requested(n, T0 + timedelta(days=d)) for n, d in [("b", 1), ("a", 0), ("d", 2), ("c", 1), ("e", 2)]
+    ]
+    store.commit(anchors=made)
+    by_name = {a.label: a for a in made}
+    block = ch.seal(
+        index=0, timestamp=T0, prev_hash=ch.ZERO_HASH, records=[by_name["c"].record()], difficulty=0, nonce=1
+    )
+    anchored = ch.mark_anchored(by_name["c"], block_index=0, now=T0)
+    cancelled = ch.cancel_anchor(by_name["e"], now=T0)
+    store.commit(blocks=[block], anchors=[anchored, cancelled])
+    newest = [a.label for a in sorted(made, key=lambda a: (a.requested_at, a.root), reverse=True)]
+    assert newest[:2] == sorted(["d", "e"], key=lambda n: by_name[n].root, reverse=True)
+
+    page = store.anchor_page(limit=3)
+    assert [a.label for a in page.anchors] == newest[:3]
+    assert page.counts == {"pending": 3, "anchored": 1, "cancelled": 1, "failed": 0}
+    assert [a.label for a in store.anchor_page(limit=50).anchors] == newest
+    pending = store.anchor_page(state=ch.AnchorState.PENDING, limit=2)
+    assert [a.label for a in pending.anchors] == [n for n in newest if n in "abd"][:2]
+    assert pending.anchors[0] == by_name["d"]  # parsed whole
+    assert store.anchor_page(state=ch.AnchorState.FAILED, limit=5).anchors == ()
+    assert store.anchor_page(state=ch.AnchorState.ANCHORED, limit=5).anchors == (anchored,)
+
+    listing = wf.list_anchors(_NoWholeReads(store), state="pending", limit=1)  # type: ignore[arg-type]
+    assert [a["label"] for a in listing["anchors"]] == ["d"]
+    assert (listing["total"], listing["limit"], listing["chain_length"]) == (3, 1, 1)  # more exist: 3 > 1
+    every = wf.list_anchors(_NoWholeReads(store))  # type: ignore[arg-type]
+    assert [a["label"] for a in every["anchors"]] == newest and every["total"] == 5 and every["limit"] == 50

@@ -248,8 +248,9 @@ def anchors(
         str | None,
         typer.Option("--state", help="Only anchors in this state: pending, anchored, cancelled or failed."),
     ] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="At most this many, newest first.")] = 50,
 ) -> None:
-    """List anchor requests and their status (anchored ones with their block index)."""
+    """List anchor requests and their status (anchored ones with their block index), newest first."""
     from voketag_ops.core.chain import AnchorState
     from voketag_ops.errors import UsageError
     from voketag_ops.workflows.chain import list_anchors
@@ -257,7 +258,7 @@ def anchors(
     env = use_local(ctx)
     if state is not None and state not in {s.value for s in AnchorState}:
         raise UsageError(f"--state must be one of {', '.join(s.value for s in AnchorState)}, not {state!r}")
-    env.out.result(list_anchors(_store(env), state=state), render=_render_anchors)
+    env.out.result(list_anchors(_store(env), state=state, limit=limit), render=_render_anchors)
 
 
 @app.command("export")
@@ -694,7 +695,8 @@ def _render_anchors(console: Console, report: dict[str, Any]) -> None:
         table.add_row(a["id"][:16], shown(a["kind"]), label, a["state"], block, a["requested_at"][:19] + "Z")
     print_table(console, table)
     counts = ", ".join(f"{n} {state}" for state, n in report["counts"].items() if n)
-    console.print(f"{len(rows)} shown ({counts}); chain length {report['chain_length']}")
+    more = f" of {report['total']}, newest first (--limit)" if report["total"] > len(rows) else ""
+    console.print(f"{len(rows)} shown{more} ({counts}); chain length {report['chain_length']}")
 
 
 def _render_run(console: Console, report: Any) -> None:

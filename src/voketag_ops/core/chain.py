@@ -24,6 +24,7 @@ they are not in the header, only their Merkle root is.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import hmac
 import json
 import struct
@@ -656,6 +657,29 @@ class ChainState:
         if len(matches) > 1:
             raise UsageError(f"anchor id {prefix} is ambiguous ({len(matches)} anchors); give more digits")
         return matches[0]
+
+
+@dataclass(frozen=True)
+class AnchorPage:
+    """A page of an anchor listing: the newest anchors asked for, newest request first
+    (`newest_anchors`), and how many the store holds in each state (every state, 0 included)."""
+
+    anchors: tuple[Anchor, ...]
+    counts: dict[str, int]
+
+
+def newest_anchors(anchors: Iterable[Anchor], limit: int) -> tuple[Anchor, ...]:
+    """The LIMIT most recently requested of ANCHORS, newest first (ties: the larger root first),
+    in O(LIMIT) memory however many there are."""
+    return tuple(heapq.nlargest(limit, anchors, key=lambda a: (a.requested_at, a.root)))
+
+
+def state_counts(anchors: Iterable[Anchor]) -> dict[str, int]:
+    """How many of ANCHORS are in each state (every state, 0 included)."""
+    counts = {s.value: 0 for s in AnchorState}
+    for anchor in anchors:
+        counts[anchor.state.value] += 1
+    return counts
 
 
 class AnchorNotFoundError(UsageError):

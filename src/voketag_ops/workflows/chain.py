@@ -454,16 +454,20 @@ def cancel_anchor(
     return with_retries(retry, attempt)
 
 
-def list_anchors(store: ChainStore, *, state: str | None = None) -> dict[str, Any]:
-    """All anchors (optionally in one state), oldest request first."""
-    snapshot = store.load()
-    anchors = sorted(snapshot.anchors.values(), key=lambda a: (a.requested_at, a.root))
-    if state is not None:
-        anchors = [a for a in anchors if a.state.value == state]
-    counts: dict[str, int] = {s.value: 0 for s in ch.AnchorState}
-    for a in snapshot.anchors.values():
-        counts[a.state.value] += 1
-    return {"anchors": [a.to_json() for a in anchors], "counts": counts, "chain_length": len(snapshot.blocks)}
+def list_anchors(store: ChainStore, *, state: str | None = None, limit: int = 50) -> dict[str, Any]:
+    """The LIMIT most recently requested anchors (in STATE when given), newest first, with
+    `total` (how many are in STATE, or at all: more exist when it exceeds the page), the count
+    in each state and the chain's length (from its head: no other block is read)."""
+    wanted = None if state is None else ch.AnchorState(state)
+    page = store.anchor_page(state=wanted, limit=limit)
+    head = store.head()
+    return {
+        "anchors": [a.to_json() for a in page.anchors],
+        "total": sum(page.counts.values()) if wanted is None else page.counts[wanted.value],
+        "limit": limit,
+        "counts": page.counts,
+        "chain_length": 0 if head is None else head.index + 1,
+    }
 
 
 @dataclass(frozen=True)

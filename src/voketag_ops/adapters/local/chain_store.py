@@ -161,6 +161,14 @@ class FileChainStore:
             if state is None or a.state is state
         }
 
+    def anchor_page(self, *, state: ch.AnchorState | None = None, limit: int) -> ch.AnchorPage:
+        """As the port says; one document, so it is read whole and picked from here."""
+        anchors = self.load().anchors.values()
+        return ch.AnchorPage(
+            anchors=ch.newest_anchors((a for a in anchors if state is None or a.state is state), limit),
+            counts=ch.state_counts(anchors),
+        )
+
     def commit(self, *, blocks: Sequence[ch.Block] = (), anchors: Sequence[ch.Anchor] = ()) -> None:
         with self._locked(exclusive=True):
             current = self._read()

@@ -144,6 +144,26 @@ class PgChainStore:
         with self._transaction(write=False) as conn:
             return self._anchors(conn, ids=ids, kind=kind, state=state)
 
+    def anchor_page(self, *, state: ch.AnchorState | None = None, limit: int) -> ch.AnchorPage:
+        """As the port says: the server sorts (a top-N sort, in bounded memory) and counts."""
+        where, params = ("doc->>'state' = %s", [state.value]) if state is not None else ("true", [])
+        with self._transaction(write=False) as conn:
+            rows = conn.execute(
+                "select id, doc from voke_chain_anchors where " + where + " order by"
+                " (doc->>'requested_at')::timestamptz desc, id collate \"C\" desc limit %s",
+                [*params, limit],
+            )
+            anchors = tuple(
+                ch.Anchor.from_json(doc, f"voke_chain_anchors[{anchor_id[:16]}]") for anchor_id, doc in rows
+            )
+            counts = {s.value: 0 for s in ch.AnchorState}
+            for name, count in conn.execute(
+                "select doc->>'state', count(*) from voke_chain_anchors group by 1"
+            ):
+                if name in counts:  # (a row in no known state fails where it is read whole)
+                    counts[name] = count
+        return ch.AnchorPage(anchors=anchors, counts=counts)
+
     def commit(self, *, blocks: Sequence[ch.Block] = (), anchors: Sequence[ch.Anchor] = ()) -> None:
         with self._transaction(write=True) as conn:
             row = conn.execute("select idx, hash from voke_chain_blocks order by idx desc limit 1").fetchone()
