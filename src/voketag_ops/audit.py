@@ -725,7 +725,7 @@ class AuditLog:
         else:
             from voketag_ops.workflows.chain import untrusted_chain, validate_state
 
-            chain = validate_state(state, min_difficulty=min_difficulty)
+            chain = validate_state(state.blocks, state.anchors, min_difficulty=min_difficulty)
             if not chain.ok:
                 untrusted = f"{untrusted_chain(chain)}; `voke chain validate` names the problem"
             else:

@@ -257,7 +257,8 @@ class Clock(Protocol):
 # -- the hash chain (issue 3) -------------------------------------------------------------
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Sequence
+    from collections.abc import Collection, Iterator, Sequence
+    from contextlib import AbstractContextManager
 
     from voketag_ops.core.chain import Anchor, AnchorPage, AnchorState, Block, ChainState
 
@@ -279,6 +280,13 @@ class ChainStore(Protocol):
     def load(self, *, kind: str | None = None, ids: Collection[str] | None = None) -> ChainState:
         """A consistent snapshot of every block and anchor (of KIND only, among IDS only, when
         given: the others are never read). Raises ChainStoreError."""
+        ...
+
+    def stream(
+        self, *, kind: str | None = None, ids: Collection[str] | None = None
+    ) -> AbstractContextManager[tuple[dict[str, Anchor], Iterator[Block]]]:
+        """As `load` (one snapshot), but the blocks come one at a time, oldest first, while the
+        context is open: a reader that keeps none holds none. Raises ChainStoreError."""
         ...
 
     def head(self) -> Block | None:

@@ -258,3 +258,25 @@ def test_an_anchor_listing_is_the_newest_page_of_its_state_and_never_reads_the_c
     assert (listing["total"], listing["limit"], listing["chain_length"]) == (3, 1, 1)  # more exist: 3 > 1
     every = wf.list_anchors(_NoWholeReads(store))  # type: ignore[arg-type]
     assert [a["label"] for a in every["anchors"]] == newest and every["total"] == 5 and every["limit"] == 50
+
+
+def test_a_stream_is_the_snapshot_load_reads_with_its_blocks_one_at_a_time(store: ChainStore) -> None:
+    with store.stream() as (anchors, blocks):
+        assert anchors == {} and list(blocks) == []
+    made = [
+        ch.request_anchor(None, root=merkle.root([n]), kind="batch", label="x", now=T0)[0]
+        for n in (b"a", b"b")
+    ]
+    store.commit(anchors=made)
+    prev, chain = ch.ZERO_HASH, []
+    for i in range(1500):  # more than one batch of a server-side cursor
+        chain.append(ch.seal(index=i, timestamp=T0, prev_hash=prev, records=[str(i)], difficulty=0, nonce=i))
+        prev = chain[-1].hash
+    store.commit(blocks=chain)
+    with store.stream(ids=[made[1].id]) as (anchors, blocks):
+        assert anchors == {made[1].id: made[1]}
+        assert next(blocks) == chain[0]  # before the rest is read
+        assert list(blocks) == chain[1:]
+    assert store.head() == chain[-1]
+    assert store.load(ids=[made[1].id]) == ch.ChainState(blocks=tuple(chain), anchors=anchors)
+    assert wf.validate(store, min_difficulty=0) == ch.ChainReport(True, 1500, chain[-1].hash.hex())

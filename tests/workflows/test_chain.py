@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass, field
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -383,3 +386,63 @@ def test_requests_and_runs_read_only_the_anchors_they_need(store: FileChainStore
     again = wf.run_anchors(narrow, now=T0, difficulty=DIFF)
     assert again.block is not None and again.block["index"] == 1
     assert wf.validate(store, min_difficulty=DIFF).ok
+
+
+@dataclass
+class OneBlockAtATime:
+    """Wraps a store; its blocks stream as fresh objects, and the most of them alive at once is
+    counted (a reader that keeps them raises it); reading every block at once (`load`) fails."""
+
+    inner: FileChainStore
+    most_alive: int = 0
+
+    def load(self, **kw: Any) -> ch.ChainState:
+        raise AssertionError("every block was held at once")
+
+    @contextmanager
+    def stream(self, **kw: Any) -> Iterator[tuple[dict[str, ch.Anchor], Iterator[ch.Block]]]:
+        state = self.inner.load(**kw)
+        docs = [b.to_json() for b in state.blocks]
+        alive: weakref.WeakSet[ch.Block] = weakref.WeakSet()
+
+        def blocks() -> Iterator[ch.Block]:
+            for doc in docs:
+                block = ch.Block.from_json(doc)
+                alive.add(block)
+                self.most_alive = max(self.most_alive, len(alive))
+                yield block
+
+        yield state.anchors, blocks()
+
+
+def test_anchoring_and_validation_judge_the_blocks_as_they_stream_and_keep_none(
+    store: FileChainStore,
+) -> None:
+    blocks, anchors, prev = [], [], ch.ZERO_HASH
+    for i in range(40):
+        anchor, _ = ch.request_anchor(
+            None, root=root_of(f"b{i}"), kind="batch", label=f"b{i}", now=T0, tree_size=i + 1
+        )
+        block = ch.seal(
+            index=i, timestamp=T0, prev_hash=prev, records=[anchor.record()], difficulty=0, nonce=0
+        )
+        blocks.append(block)
+        anchors.append(ch.mark_anchored(anchor, block_index=i, now=T0))
+        prev = block.hash
+    store.commit(anchors=[replace(a, version=1) for a in anchors])
+    store.commit(blocks=blocks)
+
+    streamed = OneBlockAtATime(store)
+    found = wf.root_anchoring(streamed, root_of("b30").hex(), 31, min_difficulty=0)
+    assert (found.anchored, found.block_index) == (True, 30)
+    assert streamed.most_alive == 2  # the block judged and the one before it
+    assert not wf.root_anchoring(streamed, root_of("b30").hex(), 7, min_difficulty=0).anchored
+
+    streamed = OneBlockAtATime(store)
+    assert wf.validate(streamed, min_difficulty=0) == ch.ChainReport(True, 40, blocks[-1].hash.hex())
+    assert streamed.most_alive == 2
+    # The first bad block is named, and the rest still counted (length and head are the chain's).
+    light = wf.validate(streamed, min_difficulty=1)
+    assert (light.bad_index, light.length, light.head) == (0, 40, blocks[-1].hash.hex())
+    assert light.message and "`--min-difficulty 0` or that setting accepts them" in light.message
+    assert streamed.most_alive == 2

@@ -400,15 +400,20 @@ def check_block(
     return None
 
 
-def validate_chain(blocks: Sequence[Block], *, min_difficulty: int = 0) -> ChainReport:
-    """Walk the whole chain; report the first bad block and why."""
+def validate_chain(blocks: Iterable[Block], *, min_difficulty: int = 0) -> ChainReport:
+    """Walk the whole chain; report the first bad block and why. BLOCKS are read once, oldest
+    first, and only the previous one is kept: a stream from the store will do."""
     prev: Block | None = None
+    problem: ChainReport | None = None
+    length = 0
     for position, block in enumerate(blocks):
-        problem = check_block(block, prev, position, min_difficulty=min_difficulty)
-        if problem is not None:
-            return replace(problem, length=len(blocks), head=blocks[-1].hash.hex())
-        prev = block
-    return ChainReport(True, len(blocks), blocks[-1].hash.hex() if blocks else None)
+        if problem is None:
+            problem = check_block(block, prev, position, min_difficulty=min_difficulty)
+        prev, length = block, position + 1  # past a bad block, only counted: the report says the length
+    head = None if prev is None else prev.hash.hex()
+    if problem is not None:
+        return replace(problem, length=length, head=head)
+    return ChainReport(True, length, head)
 
 
 # -- anchors -------------------------------------------------------------------------------
@@ -686,22 +691,48 @@ class AnchorNotFoundError(UsageError):
     """No anchor has that id."""
 
 
-def anchor_disagreement(blocks: Sequence[Block], anchors: Iterable[Anchor]) -> tuple[int | None, str] | None:
-    """The first anchor its blocks contradict, as (block index, what): one marked anchored in a
-    block that does not hold it, or one not anchored whose record a block holds already (it
-    would be anchored twice). None when they agree."""
-    sealed = {record: block.index for block in blocks for record in block.records}
-    for anchor in sorted(anchors, key=lambda a: (a.requested_at, a.root)):
-        index = anchor.block_index
-        if anchor.state is AnchorState.ANCHORED:
-            if index is None or not 0 <= index < len(blocks) or anchor.record() not in blocks[index].records:
-                return (
-                    index,
-                    f"anchor {anchor.id[:16]} is marked anchored in block {index}, but that block does not hold it",
-                )
-        elif (at := sealed.get(anchor.record())) is not None:
-            return at, f"anchor {anchor.id[:16]} is {anchor.state.value}, but block {at} holds it already"
-    return None
+class SealedAnchors:
+    """Which blocks hold the records of ANCHORS, learnt from the blocks one at a time (`see`,
+    oldest first), so that a stream need not be kept; `disagreement` then judges them."""
+
+    def __init__(self, anchors: Iterable[Anchor]) -> None:
+        self._anchors = sorted(anchors, key=lambda a: (a.requested_at, a.root))
+        self._holders: dict[str, list[int]] = {a.record(): [] for a in self._anchors}
+        self._seen = 0
+
+    def see(self, block: Block) -> None:
+        """Note BLOCK, the next one of the chain."""
+        for record in block.records:
+            held = self._holders.get(record)
+            if held is not None:
+                held.append(self._seen)
+        self._seen += 1
+
+    def disagreement(self) -> tuple[int | None, str] | None:
+        """The first anchor the blocks seen contradict, as (block index, what): one marked
+        anchored in a block that does not hold it, or one not anchored whose record a block
+        holds already (it would be anchored twice). None when they agree."""
+        for anchor in self._anchors:
+            index, held = anchor.block_index, self._holders[anchor.record()]
+            if anchor.state is AnchorState.ANCHORED:
+                if index not in held:
+                    return (
+                        index,
+                        f"anchor {anchor.id[:16]} is marked anchored in block {index}, but that block does not hold it",
+                    )
+            elif held:
+                return held[
+                    -1
+                ], f"anchor {anchor.id[:16]} is {anchor.state.value}, but block {held[-1]} holds it already"
+        return None
+
+
+def anchor_disagreement(blocks: Iterable[Block], anchors: Iterable[Anchor]) -> tuple[int | None, str] | None:
+    """The first anchor BLOCKS contradict (`SealedAnchors.disagreement`), None when they agree."""
+    check = SealedAnchors(anchors)
+    for block in blocks:
+        check.see(block)
+    return check.disagreement()
 
 
 def blocks_to_import(ours: Sequence[bytes], incoming: Sequence[Block]) -> list[Block]:

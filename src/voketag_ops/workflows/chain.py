@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -157,15 +157,22 @@ def root_anchoring(store: ChainStore, root: str, tree_size: int, *, min_difficul
     one that does not validate vouches for nothing, as in `audit verify`. Then the blocks'
     sealed records of ROOT judge it (`sealed_records`, as `audit verify`'s claims do), so a
     deleted row hides no anchor; the row only says why a root no block holds is not anchored
-    (pending, cancelled, failed). One read of the blocks and that row."""
-    state = store.load(ids=[root])
-    report = validate_state(state, min_difficulty=min_difficulty)
+    (pending, cancelled, failed). One read of the blocks, streamed (each is judged and let go),
+    and that row."""
+    sealed: list[ch.SealedRecord] = []
+
+    def noting_root(blocks: Iterator[ch.Block]) -> Iterator[ch.Block]:
+        for block in blocks:
+            sealed.extend(r for r in ch.sealed_records([block], spelling=root) if r.root == root)
+            yield block
+
+    with store.stream(ids=[root]) as (anchors, blocks):
+        report = validate_state(noting_root(blocks), anchors, min_difficulty=min_difficulty)
     if not report.ok:
         return Anchoring(False, untrusted_chain(report))
     short = f"root {root[:16]}…"
-    sealed = [r for r in ch.sealed_records(state.blocks, spelling=root) if r.root == root]
     if not sealed:
-        anchor = state.anchors.get(root)
+        anchor = anchors.get(root)
         if anchor is None:
             return Anchoring(False, f"{short} is not anchored: the chain has no anchor for it")
         return Anchoring(False, f"{short} is {anchor.state.value}, not anchored in a block")
@@ -604,31 +611,40 @@ def plan_import(open_store: Callable[[], ChainStore], incoming: ch.ChainState) -
 
 
 def validate(store: ChainStore, *, min_difficulty: int = ch.DEFAULT_DIFFICULTY) -> ch.ChainReport:
-    """Validate the whole stored chain, and check every anchored anchor is in its block."""
-    return validate_state(store.load(), min_difficulty=min_difficulty)
+    """Validate the whole stored chain, streamed, and check every anchored anchor is in its block."""
+    with store.stream() as (anchors, blocks):
+        return validate_state(blocks, anchors, min_difficulty=min_difficulty)
 
 
-def validate_state(state: ch.ChainState, *, min_difficulty: int) -> ch.ChainReport:
-    """STATE's blocks validated (each with at least MIN_DIFFICULTY bits of work), then its
-    anchors checked against them (`anchor_disagreement`): what `chain validate` runs, and what
-    `audit verify` runs on the chain it loads before it trusts a claim from it."""
-    report = ch.validate_chain(state.blocks, min_difficulty=min_difficulty)
+def validate_state(
+    blocks: Iterable[ch.Block], anchors: Mapping[str, ch.Anchor], *, min_difficulty: int
+) -> ch.ChainReport:
+    """BLOCKS validated (each with at least MIN_DIFFICULTY bits of work), then ANCHORS checked
+    against them (`anchor_disagreement`): what `chain validate` runs, and what `audit verify`
+    runs on the chain it loads before it trusts a claim from it. BLOCKS are read once, in
+    order, and none is kept: a stream from the store (`ChainStore.stream`) will do."""
+    check = ch.SealedAnchors(anchors.values())
+    light: list[tuple[int, int]] = []  # (position, bits) of the first block below MIN_DIFFICULTY
+
+    def seen() -> Iterator[ch.Block]:
+        for position, block in enumerate(blocks):
+            check.see(block)
+            if not light and block.difficulty < min_difficulty:
+                light.append((position, block.difficulty))
+            yield block
+
+    report = ch.validate_chain(seen(), min_difficulty=min_difficulty)
     if not report.ok:
-        bad = state.blocks[report.bad_index] if report.bad_index is not None else None
-        if (
-            report.problem is ch.Problem.INSUFFICIENT_WORK
-            and bad is not None
-            and bad.difficulty < min_difficulty
-        ):
+        if report.problem is ch.Problem.INSUFFICIENT_WORK and light and light[0][0] == report.bad_index:
             # Mined below the required work on purpose (`anchor run --difficulty`, or the setting raised
             # since): the operator who knows says so; an attacker's cheap re-mine is what this catches.
             message = (
                 f"{report.message} (chain.min_difficulty; if blocks were mined with fewer bits on purpose, "
-                f"`--min-difficulty {bad.difficulty}` or that setting accepts them)"
+                f"`--min-difficulty {light[0][1]}` or that setting accepts them)"
             )
             report = replace(report, message=message)
         return report
-    problem = ch.anchor_disagreement(state.blocks, state.anchors.values())
+    problem = check.disagreement()
     if problem is not None:
         index, message = problem
         return ch.ChainReport(False, report.length, report.head, index, ch.Problem.CHANGED_RECORD, message)

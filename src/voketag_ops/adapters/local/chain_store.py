@@ -144,6 +144,14 @@ class FileChainStore:
             },
         )
 
+    @contextmanager
+    def stream(
+        self, *, kind: str | None = None, ids: Collection[str] | None = None
+    ) -> Iterator[tuple[dict[str, ch.Anchor], Iterator[ch.Block]]]:
+        """As the port says; one document, so it is read whole first."""
+        state = self.load(kind=kind, ids=ids)
+        yield state.anchors, iter(state.blocks)
+
     def head(self) -> ch.Block | None:
         return self.load().head
 

@@ -125,10 +125,15 @@ class PgChainStore:
             conn.close()
 
     def load(self, *, kind: str | None = None, ids: Collection[str] | None = None) -> ch.ChainState:
+        with self.stream(kind=kind, ids=ids) as (anchors, blocks):
+            return ch.ChainState(blocks=tuple(blocks), anchors=anchors)
+
+    @contextmanager
+    def stream(
+        self, *, kind: str | None = None, ids: Collection[str] | None = None
+    ) -> Iterator[tuple[dict[str, ch.Anchor], Iterator[ch.Block]]]:
         with self._transaction(write=False) as conn:
-            return ch.ChainState(
-                blocks=tuple(self._blocks(conn)), anchors=self._anchors(conn, ids=ids, kind=kind)
-            )
+            yield self._anchors(conn, ids=ids, kind=kind), self._blocks(conn)
 
     def head(self) -> ch.Block | None:
         with self._transaction(write=False) as conn:
@@ -223,21 +228,25 @@ class PgChainStore:
 
     @staticmethod
     def _blocks(conn: Any, order: str = "order by idx") -> Iterator[ch.Block]:
-        rows = conn.execute(
-            "select idx, ts_us, prev_hash, merkle_root, difficulty, nonce, hash, records"
-            " from voke_chain_blocks " + order
-        )
-        for idx, ts_us, prev, root, difficulty, nonce, hash_, records in rows:
-            yield ch.Block(
-                index=idx,
-                timestamp=ch.from_micros(ts_us),
-                prev_hash=bytes(prev),
-                merkle_root=bytes(root),
-                difficulty=difficulty,
-                nonce=int(nonce),
-                hash=bytes(hash_),
-                records=tuple(records),
+        """The blocks, one at a time: a server-side cursor fetches them in batches (a client-side
+        one would hold every row in memory before the first is read; a year's chain is 100k)."""
+        with conn.cursor(name="voke_chain_blocks") as cursor:
+            cursor.itersize = 1000
+            cursor.execute(
+                "select idx, ts_us, prev_hash, merkle_root, difficulty, nonce, hash, records"
+                " from voke_chain_blocks " + order
             )
+            for idx, ts_us, prev, root, difficulty, nonce, hash_, records in cursor:
+                yield ch.Block(
+                    index=idx,
+                    timestamp=ch.from_micros(ts_us),
+                    prev_hash=bytes(prev),
+                    merkle_root=bytes(root),
+                    difficulty=difficulty,
+                    nonce=int(nonce),
+                    hash=bytes(hash_),
+                    records=tuple(records),
+                )
 
     @staticmethod
     def _anchors(
