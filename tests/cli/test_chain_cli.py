@@ -377,9 +377,15 @@ def test_anchor_lifecycle_validate_and_audit(voke, chain_env, local_env) -> None
     mine = [a for a in listing["anchors"] if a["kind"] == "batch"]
     assert mine[0]["state"] == "anchored" and mine[0]["block_index"] == 0
     assert run("chain", "anchors", "--state", "bogus").exit_code == 2
+    assert run("chain", "anchors", "--limit", "0").exit_code == 2
     assert run("chain", "validate").exit_code == 0
 
     run("chain", "anchor", "request", other, "--label", "o")
+    page = run("chain", "anchors", "--limit", "1")
+    assert "1 of 2 shown, newest first (1 pending, 1 anchored); chain length 1" in page.stdout
+    newest = run("chain", "anchors", "-n", "1", "--json").json["result"]
+    assert [a["label"] for a in newest["anchors"]] == ["o"] and (newest["total"], newest["limit"]) == (2, 1)
+    assert "\n1 shown (1 pending, 1 anchored)" in run("chain", "anchors", "--state", "anchored").stdout
     refused = run("chain", "anchor", "cancel", other[:12])  # no --yes and no terminal
     assert refused.exit_code == 2 and "--yes" in refused.stderr
     assert run("chain", "anchor", "cancel", other[:12], "--dry-run").exit_code == 0

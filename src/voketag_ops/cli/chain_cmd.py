@@ -695,8 +695,12 @@ def _render_anchors(console: Console, report: dict[str, Any]) -> None:
         table.add_row(a["id"][:16], shown(a["kind"]), label, a["state"], block, a["requested_at"][:19] + "Z")
     print_table(console, table)
     counts = ", ".join(f"{n} {state}" for state, n in report["counts"].items() if n)
-    more = f" of {report['total']}, newest first (--limit)" if report["total"] > len(rows) else ""
-    console.print(f"{len(rows)} shown{more} ({counts}); chain length {report['chain_length']}")
+    page = (
+        f"{len(rows)} of {report['total']} shown, newest first"
+        if report["total"] > len(rows)
+        else f"{len(rows)} shown"
+    )
+    console.print(f"{page} ({counts}); chain length {report['chain_length']}")
 
 
 def _render_run(console: Console, report: Any) -> None:
