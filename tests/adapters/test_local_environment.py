@@ -217,6 +217,9 @@ def test_a_port_share_too_small_is_refused_and_a_full_one_never_listens_outside_
         for port in share:  # every port of the share taken (a port another process holds is too)
             with contextlib.suppress(OSError):
                 sock = held.enter_context(socket.socket())
+                # as port_is_free binds: without it a port whose last connection lingers in
+                # TIME_WAIT (another worker's server just stopped) was left to be picked
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind(("127.0.0.1", port))
                 sock.listen()
         with pytest.raises(BackendError) as full:
