@@ -142,6 +142,30 @@ def test_a_lost_answer_to_a_change_never_says_nothing_was_changed(fake, store, a
     assert len(fake.secretmanager.secrets["s"].versions) == 2  # it was
 
 
+def test_an_update_whose_answer_is_lost_is_done_when_the_secret_holds_it(fake, store):
+    # The retry meets its own write ("etag does not match"); what is stored is what was written.
+    fake.rest.fail("PATCH", r"/secrets/s$", "UNAVAILABLE", answer="drop-after")
+    meta = store.update("s", etag=store.get("s").etag, annotations={"k": "mine"})
+    assert meta.annotations["k"] == "mine" and _calls(fake, "PATCH", "/secrets/s") == 2
+
+
+def test_an_update_raced_by_another_writer_is_still_an_etag_mismatch(fake, store, monkeypatch):
+    from voketag_ops.errors import EtagMismatchError
+
+    etag = store.get("s").etag
+    served = fake.secretmanager._secret_doc
+
+    def read_then_raced(secret: Any) -> Any:  # another writer lands right after voke's read
+        doc = served(secret)
+        secret.annotations["k"], secret.etag = "theirs", '"raced"'
+        return doc
+
+    monkeypatch.setattr(fake.secretmanager, "_secret_doc", read_then_raced)
+    with pytest.raises(EtagMismatchError):
+        store.update("s", etag=etag, annotations={"k": "mine"})
+    assert fake.secretmanager.secrets["s"].annotations["k"] == "theirs"
+
+
 def _db_target(fake: FakeGcp) -> Any:
     from voketag_ops.adapters.gcp.sql import CloudSqlAdmin, CloudSqlDbTarget
 

@@ -347,3 +347,15 @@ def test_a_disabled_previous_version_does_not_stop_a_rotation(cloud):
     result = cloud.voke("rotate", "db-password", "--yes", "--json")
     assert result.exit_code == 0, result.stdout + result.stderr
     assert cloud.secret.aliases["previous"] == 2
+
+
+@pytest.mark.parametrize("after", [0, 4, 5])  # the lock, the test step's record, the commit
+def test_a_record_write_whose_answer_is_lost_counts_once_its_own_write_is_read_back(cloud, after):
+    # The write lands, its answer is lost, and the client's retry meets its own write ("etag
+    # does not match"): the secret read back holds exactly what was written, so it was done.
+    cloud.fake.rest.fail("PATCH", SAVES, "UNAVAILABLE", after=after, answer="drop-after")
+    result = cloud.voke("rotate", "db-password", "--yes", "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert result.json["result"]["status"] == "succeeded"
+    assert cloud.fake.rest.faults[-1].times == 0  # the lost answer did happen
+    cloud.assert_consistent()

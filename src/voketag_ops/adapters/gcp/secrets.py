@@ -49,6 +49,14 @@ def _now() -> str:
     return iso(datetime.now(timezone.utc))
 
 
+def _maps(secret: Any) -> tuple[dict[str, int], dict[str, str]]:
+    """SECRET's version aliases and annotations, as plain dicts."""
+    return (
+        {str(k): int(v) for k, v in secret.version_aliases.items()},
+        {str(k): str(v) for k, v in secret.annotations.items()},
+    )
+
+
 class GcpSecretStore:
     """SecretStore over Secret Manager in one project."""
 
@@ -124,8 +132,7 @@ class GcpSecretStore:
             )
 
     def _meta(self, secret: Any, versions: list[Any]) -> SecretMeta:
-        aliases = {str(k): int(v) for k, v in secret.version_aliases.items()}
-        annotations = {str(k): str(v) for k, v in secret.annotations.items()}
+        aliases, annotations = _maps(secret)
         changed = _json_map(annotations.get(STATE_ANNOTATION))
         by_version: dict[int, list[str]] = {}
         for alias, number in aliases.items():
@@ -228,8 +235,7 @@ class GcpSecretStore:
         secret = self._secret(name)
         if secret.etag != etag:
             raise EtagMismatchError(f"secret {name!r} changed underneath (etag {etag} != {secret.etag})")
-        new_aliases = {str(k): int(v) for k, v in secret.version_aliases.items()}
-        new_annotations = {str(k): str(v) for k, v in secret.annotations.items()}
+        new_aliases, new_annotations = _maps(secret)
         versions = None
         if aliases:
             versions = self._versions(name)
@@ -260,12 +266,21 @@ class GcpSecretStore:
                 "version_aliases": new_aliases,
                 "annotations": new_annotations,
             }
-            with self.translate(name, precondition=EtagMismatchError):
-                from google.protobuf import field_mask_pb2
+            from google.protobuf import field_mask_pb2
 
-                secret = self.ctx.call(
-                    self.client.update_secret, secret=body, update_mask=field_mask_pb2.FieldMask(paths=paths)
-                )
+            try:
+                with self.translate(name, precondition=EtagMismatchError):
+                    secret = self.ctx.call(
+                        self.client.update_secret,
+                        secret=body,
+                        update_mask=field_mask_pb2.FieldMask(paths=paths),
+                    )
+            except EtagMismatchError:
+                # The retry after a lost answer meets this very write: done if the secret holds
+                # exactly what was written (anything else is a real writer in between).
+                secret = self._secret(name)
+                if _maps(secret) != (new_aliases, new_annotations):
+                    raise
         return self._meta(secret, versions if versions is not None else self._versions(name))
 
     def set_state(self, name: str, version: int, state: VersionState) -> SecretVersion:
