@@ -391,6 +391,38 @@ def test_a_provider_refusing_before_the_lock_is_exit_4_and_changes_nothing(world
     assert len(meta.versions) == 1 and ANNOTATION not in meta.annotations
 
 
+def test_a_provider_busy_once_before_the_lock_is_asked_again(world, fake):
+    engine = world.adopt_all()
+    fake.fail("GET", "^/v3/scopes$", status=503)  # the drift check's call, once
+    assert rotate_api_key(engine, "sendgrid").error is None
+    assert world.store.get("sendgrid-key").aliases["current"] == 2
+
+
+def test_a_provider_that_stays_busy_before_the_lock_names_the_drift_check(world, fake):
+    engine = world.adopt_all()
+    fake.fail("GET", "^/v3/scopes$", status=429, times=3)  # every one of test_attempts
+    with pytest.raises(ConnectivityError) as info:
+        rotate_api_key(engine, "sendgrid")
+    message = info.value.message
+    assert info.value.exit_code == 4 and message.startswith("drift check (before the lock): ")
+    assert "(after 3 tries)" in message and message.endswith("nothing was changed")
+    meta = world.store.get("sendgrid-key")
+    assert len(meta.versions) == 1 and ANNOTATION not in meta.annotations
+
+
+def test_a_provider_busy_once_when_asked_whether_it_accepts_the_pending_key_is_asked_again(world, fake):
+    engine = world.adopt_all()
+
+    def busy_at(message: str) -> None:  # set_target first asks whether the new key already works
+        if message.endswith(": set_target"):
+            fake.fail("GET", "^/v3/scopes$", status=503)
+
+    engine.progress = busy_at
+    outcome = rotate_api_key(engine, "sendgrid")
+    assert outcome.error is None and outcome.report.status == "succeeded"
+    assert len(fake.live_sendgrid_keys()) == 2  # the old key and one new: none minted, deleted, minted again
+
+
 def test_a_provider_message_quoting_a_secret_is_redacted_before_it_is_cut(world, fake):
     from voketag_ops import redact
 

@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from voketag_ops import interrupts
 from voketag_ops.config import RotationSettings
@@ -44,6 +45,7 @@ from voketag_ops.errors import (
     ConfigError,
     ConnectivityError,
     EtagMismatchError,
+    ExitCode,
     HealthCheckError,
     Interrupted,
     NeedsOperatorError,
@@ -92,6 +94,7 @@ RETIRED_ANNOTATION = "voke-retired-keys"  # versions whose provider key cleanup 
 _CLEANED_STATE = {"disable": "disabled", "destroy": "destroyed", "retire": "disabled"}  # what each leaves
 FAULT_EXIT_CODE = 86
 Progress = Callable[[str], None]
+T = TypeVar("T")
 
 
 def _step_failure(step: str, exc: VokeError) -> tuple[RotationFailure, bool]:
@@ -545,7 +548,15 @@ class RotationEngine:
                 if cred is None:
                     continue
                 tried.append(alias)
-                if credential.authenticates(cred):
+                try:
+                    works = self._tried(partial(credential.authenticates, cred), (ConnectivityError,))[0]
+                except VokeError as exc:
+                    if exc.exit_code != ExitCode.BACKEND:
+                        raise
+                    raise type(exc)(
+                        f"drift check (before the lock): {exc.message}; nothing was changed", hint=exc.hint
+                    ) from None
+                if works:
                     if alias != "current":
                         log.warning("the current credential of %s does not log in; %s does", secret, alias)
                     return
@@ -822,37 +833,45 @@ class RotationEngine:
 
     def _set_target(self, record: RotationRecord, cred: Credential) -> str:
         pending = self._pending(record)
-        if cred.authenticates(pending):
+        if self._tried(lambda: cred.authenticates(pending), (ConnectivityError,))[0]:
             return "skipped: the target already accepts the pending value"
         return cred.apply(pending, self._cred(record.secret, record.old_current))
 
     def _test(self, record: RotationRecord, cred: Credential) -> str:
-        from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
-
         pending = self._pending(record)
-        attempts = self.settings.test_attempts
 
         def attempt() -> None:
             if not cred.authenticates(pending):
                 raise AuthenticationError(f"{cred.name}: the pending value is rejected by its target")
 
+        tries = self._tried(attempt, (AuthenticationError, ConnectivityError))[1]
+        return f"fresh login with the pending value ok (try {tries} of {self.settings.test_attempts})"
+
+    def _tried(self, fn: Callable[[], T], retried: tuple[type[RotationFailure], ...]) -> tuple[T, int]:
+        """FN's answer and the tries it took: a failure of a RETRIED kind (a provider's 429 or 5xx,
+        an unreachable target: ConnectivityError) is tried again as the test step tries,
+        `test_attempts` times `test_interval` apart; the last is raised, "(after N tries)"."""
+        from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
+
+        attempts, tries = self.settings.test_attempts, 0
+
+        def once() -> T:
+            nonlocal tries
+            tries += 1
+            return fn()
+
+        retrying = Retrying(
+            stop=stop_after_attempt(attempts),
+            wait=wait_fixed(self.settings.test_interval),
+            retry=retry_if_exception_type(retried),
+            sleep=self.sleep,
+        )
         try:
-            tries = 0
-            for try_ in Retrying(
-                stop=stop_after_attempt(attempts),
-                wait=wait_fixed(self.settings.test_interval),
-                retry=retry_if_exception_type((AuthenticationError, ConnectivityError)),
-                sleep=self.sleep,
-            ):
-                with try_:
-                    tries = try_.retry_state.attempt_number
-                    attempt()
+            return retrying(once), tries
         except RetryError as exc:
             last = exc.last_attempt.exception()
-            message = last.message if isinstance(last, VokeError) else str(last)
-            kind = ConnectivityError if isinstance(last, ConnectivityError) else AuthenticationError
-            raise kind(f"{message} (after {attempts} tries)") from None
-        return f"fresh login with the pending value ok (try {tries} of {attempts})"
+            assert isinstance(last, RotationFailure)
+            raise type(last)(f"{last.message} (after {attempts} tries)", hint=last.hint) from None
 
     def _commit(self, record: RotationRecord, user: Credential) -> str:
         meta = self.store.get(record.secret)
