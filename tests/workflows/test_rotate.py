@@ -333,6 +333,7 @@ def test_the_history_is_read_from_its_end_only_as_far_as_needed(tmp_path, caplog
     [
         ("db-password", "alternating", "app", "voke rotate db-password --user app --yes"),
         ("api-key:sendgrid", "additive", "sendgrid", "voke rotate api-key sendgrid --yes"),
+        ("api-key:stripe", "assisted", "stripe", "voke rotate api-key stripe --yes < new-key.txt"),
         ("jwt", "emergency", "jwt", "voke rotate jwt --emergency --yes"),
         ("sa-key", "additive", "ci", "voke rotate sa-key ci --yes"),
     ],

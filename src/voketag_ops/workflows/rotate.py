@@ -1973,7 +1973,11 @@ def retry_command(record: RotationRecord) -> str:
     if record.kind == "db-password":
         return f"voke rotate db-password --user {record.target} --yes"
     if record.kind.startswith("api-key:"):
-        return f"voke rotate api-key {record.target} --yes"
+        from voketag_ops.workflows.api_keys import KINDS
+
+        kind = KINDS.get(record.kind.removeprefix("api-key:"))
+        pasted = " < new-key.txt" if getattr(kind, "operator_supplies_value", False) else ""
+        return f"voke rotate api-key {record.target} --yes{pasted}"  # the new key read from stdin
     if record.kind == "jwt":
         return f"voke rotate jwt{' --emergency' if record.strategy == EMERGENCY else ''} --yes"
     if record.kind == "sa-key":
