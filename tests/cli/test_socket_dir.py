@@ -26,10 +26,11 @@ def test_a_connection_through_a_missing_socket_directory_says_so(voke) -> None:
     assert "VOKE_HOME of at most 77 bytes" in error["hint"]
 
 
+@pytest.mark.parametrize("name", ["run/postgresql", "voke-mine"])  # (voke's own are voke-<12 hex>)
 def test_a_missing_socket_directory_of_the_users_own_server_is_named_without_voke_s_hint(
-    voke, tmp_path: Path
+    voke, tmp_path: Path, name: str
 ) -> None:
-    gone = tmp_path / "run" / "postgresql"
+    gone = tmp_path / name if name.startswith("run") else Path("/tmp") / f"{name}-{uuid.uuid4().hex}"
     result = voke("ingest", "batches", "--db", f"host={gone} port=5432 dbname=app user=voke", "--json")
     assert result.exit_code == 4, result.stdout
     error = result.json["error"]
@@ -37,6 +38,14 @@ def test_a_missing_socket_directory_of_the_users_own_server_is_named_without_vok
         f"cannot connect to local socket:5432/app: socket directory {gone} does not exist"
     )
     assert "VOKE_HOME" not in (error.get("hint") or "")
+
+
+def test_a_socket_directory_that_is_a_file_is_said_to_be_one(voke, tmp_path: Path) -> None:
+    afile = tmp_path / "x.csv"
+    afile.write_text("tag_id\n")
+    result = voke("ingest", "batches", "--db", f"host={afile} port=5432 dbname=app user=voke", "--json")
+    assert result.exit_code == 4, result.stdout
+    assert result.json["error"]["message"].endswith(f"socket directory {afile} is not a directory")
 
 
 def test_a_node_whose_socket_directory_is_gone_says_so(tmp_path: Path) -> None:

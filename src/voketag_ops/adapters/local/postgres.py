@@ -738,6 +738,8 @@ def missing_socket_dir(socket_dir: str | Path) -> str | None:
     PrivateTmp, a container) does not see, nor anything after /tmp is cleaned."""
     if os.path.isdir(socket_dir):
         return None
+    if os.path.lexists(socket_dir):
+        return f"socket directory {socket_dir} is not a directory"
     if not voke_socket_dir(socket_dir):
         return f"socket directory {socket_dir} does not exist"
     return f"socket directory {socket_dir} is gone: a different /tmp (systemd PrivateTmp?) or cleaned"
@@ -747,7 +749,7 @@ def voke_socket_dir(socket_dir: str | Path) -> bool:
     """Whether SOCKET_DIR is where `LocalEnvironment._socket_dir` puts a home's sockets when its
     own path is too long (/tmp/voke-HASH), the one that SOCKET_DIR_HINT is about."""
     path = Path(socket_dir)
-    return path.parent == Path("/tmp") and path.name.startswith("voke-")
+    return path.parent == Path("/tmp") and re.fullmatch(r"voke-[0-9a-f]{12}", path.name) is not None
 
 
 @dataclass
