@@ -185,7 +185,7 @@ def test_lines_alone_may_not_reach_the_target():
     assert lines_to_target(c, 80, 0) is None
     assert units_to_target(c, 80, 0) == 7  # 16/20
     s = score("x", c, target=80, baseline=None, precision=0, rule=Rule.COVERAGE)
-    assert "cover all 1 missed statements and 6 branch exits" in verdict(s, 0, Rule.COVERAGE)
+    assert "cover all 1 missed statement and 6 branch exits" in verdict(s, 0, Rule.COVERAGE)
 
 
 def _brute(c: Counts, target: float, precision: int, rule: Rule) -> int | None:

@@ -171,7 +171,12 @@ def test_the_commands_a_drill_result_names_carry_the_environment(drills):
     assert "`voke --env prod drill run all --yes`" in " ".join(empty.stdout.split()), empty.stdout
     result = drills.voke("drill", "run", "pitr", "--canary-seconds", "0.3", "--yes")
     assert result.exit_code == 0, result.stdout + result.stderr
-    assert "reports: voke --env prod drill report RUN_ID" in " ".join(result.stdout.split()), result.stdout
+    run_id = drills.voke("drill", "history", "--json").json["result"]["runs"][-1]["run_id"]
+    # a command that runs as pasted: the run's own id, one format (not a template: `md|html` is a pipe)
+    said = " ".join(result.stdout.split())
+    assert f"report: voke --env prod drill report {run_id} --format md (or --format html -o FILE)" in said, (
+        said
+    )
 
 
 def test_a_failed_drill_still_deletes_its_scratch_instances(drills):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from voketag_ops.cli.common import DryRun, Unasked, use
+from voketag_ops.core.text import counted
 from voketag_ops.output import print_table, printable, shown
 
 if TYPE_CHECKING:
@@ -507,8 +508,11 @@ def _render_gaps(console: Console, r: Any) -> None:
         if g.passed:
             return f"meets {_target(g.target)}"
         if g.lines_needed is not None:
-            return f"cover {g.lines_needed} more statement{'s' if g.lines_needed != 1 else ''} to reach {_target(g.target)}"
-        return f"cover all {g.missing} missed statements and {g.units_needed - g.missing} branch exits"
+            return f"cover {counted(g.lines_needed, 'more statement')} to reach {_target(g.target)}"
+        return (
+            f"cover all {counted(g.missing, 'missed statement')} and "
+            f"{counted(g.units_needed - g.missing, 'branch exit')}"
+        )
 
     for g in (*r.services, r.totals):
         console.print(f"[bold]{shown(g.name)}[/] {g.display}%: {need(g)}")

@@ -302,7 +302,13 @@ def _render_runs(console: Console, report: dict[str, Any], with_env: Callable[[s
             console.print(f"     {breach}", markup=False)
     if report.get("not_run"):
         console.print(f"not run: {', '.join(report['not_run'])}", markup=False)
-    console.print(with_env("reports: voke drill report RUN_ID --format md|html"), markup=False)
+    if runs:  # a command that runs as pasted: the last run's id (each run's is on its line above)
+        console.print(
+            with_env(
+                f"report: voke drill report {runs[-1]['run_id']} --format md (or --format html -o FILE)"
+            ),
+            markup=False,
+        )
 
 
 def _lost(j: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from voketag_ops.cli.common import DryRun, Unasked, named_path, use
+from voketag_ops.core.text import counted
 from voketag_ops.output import print_table, printable
 
 if TYPE_CHECKING:
@@ -314,7 +315,7 @@ def _summary(r: LoadReport) -> str:
         return "ingest: dry run: " + _summary(replace(r, dry_run=False)).removeprefix("ingest: ")
     if r.status == "loaded":
         return (
-            f"ingest: loaded {name} as batch {r.batch_id}: {r.rows_loaded:,} rows"
+            f"ingest: loaded {name} as batch {r.batch_id}: {counted(r.rows_loaded, 'row')}"
             + (f", {r.rows_rejected:,} rejected" if r.rows_rejected else "")
             + f" in {r.duration_seconds:.1f} s ({r.rows_per_second:,.0f} rows/s), root {r.merkle_root}, "
             f"anchor {r.anchor}"

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 
+from voketag_ops.core.text import counted
+
 EXIT = -1  # destination of a branch exit that leaves the code object (coverage.py: any negative line)
 UNKNOWN = 0  # destination of a missed branch exit whose target the input does not name
 MODULE_LEVEL = "(module level)"
@@ -560,10 +562,10 @@ def verdict(s: Score, precision: int, rule: Rule) -> str:
         return f"{s.name}: {s.display}% meets target {tgt}"
     why = why_below(s.percent, s.target, s.display, precision, rule)
     if s.lines_needed is not None:
-        need = f"cover {s.lines_needed} more statement{'s' if s.lines_needed != 1 else ''}"
+        need = f"cover {counted(s.lines_needed, 'more statement')}"
     elif s.units_needed is not None:
         extra = s.units_needed - s.missing
-        need = f"cover all {s.missing} missed statements and {extra} branch exits"
+        need = f"cover all {counted(s.missing, 'missed statement')} and {counted(extra, 'branch exit')}"
     else:  # pragma: no cover - every target <= 100 is reachable by covering everything
         need = "unreachable"
     return f"{s.name}: {s.display}% fails target {tgt}: {why}; {need}"

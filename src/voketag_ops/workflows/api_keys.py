@@ -576,6 +576,15 @@ def api_key_credentials(
 
 
 # -- workflows ----------------------------------------------------------------------------------------------------
+def _providers() -> tuple[str, ...]:
+    """The providers `[rotation.api_keys.NAME]` accepts (its `provider` field's choices)."""
+    from typing import get_args
+
+    from voketag_ops.config import ApiKeySettings
+
+    return get_args(ApiKeySettings.model_fields["provider"].annotation)
+
+
 def api_credential(engine: Any, name: str) -> ApiKeyCredential:
     """The API key NAME of rotation.api_keys (ConfigError, exit 3, when none is configured)."""
     cred = engine.credentials.get(name)
@@ -583,7 +592,8 @@ def api_credential(engine: Any, name: str) -> ApiKeyCredential:
         known = ", ".join(sorted(engine.settings.api_keys)) or "none"
         raise ConfigError(
             f"no API key named {name!r} in rotation.api_keys (configured: {known})",
-            hint=f'add [rotation.api_keys.{name}] with provider = "{name}" and secret = "..." to voke.toml',
+            hint=f"add [rotation.api_keys.{name}] with provider (one of {', '.join(_providers())}) and "
+            'secret = "..." to voke.toml',
         )
     return cred
 

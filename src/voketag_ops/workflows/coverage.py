@@ -21,6 +21,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from voketag_ops.core import coverage as cov
 from voketag_ops.core.coverage import Counts, FileCoverage, Rule, Score
+from voketag_ops.core.text import counted
 from voketag_ops.errors import ConfigError, InputError, UsageError
 from voketag_ops.logs import get_logger
 
@@ -220,7 +221,7 @@ def _grouped(
     warnings = list(loaded.warnings)
     if unassigned:
         warnings.append(
-            f"{len(unassigned)} file{'s' if len(unassigned) != 1 else ''} match no service "
+            f"{counted(len(unassigned), 'file matches', 'files match')} no service "
             f"(counted in the total only): {_sample(f.path for f in unassigned)}"
         )
     if require:

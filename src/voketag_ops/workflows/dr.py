@@ -780,7 +780,7 @@ def _fence(env: LocalEnvironment, state: Any, node: str, *, dry_run: bool) -> di
         dr.refuse_if_unfinished(env)  # mid-failover the leader on record is about to change
     if node == leader:
         raise PreconditionError(  # a state, not a bad argument: legal again after a failover
-            f"{node} is the leader; `voke dr failover` fences it and promotes the standby instead; "
+            f"{node} is the leader; `voke dr failover --yes` fences it and promotes the standby instead; "
             "nothing was changed"
         )
     target = env.node(node, state)

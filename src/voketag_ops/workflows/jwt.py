@@ -153,7 +153,7 @@ class JwtKeyring(MadeBeside):
             raise PreconditionError(
                 f"next key {ring.next['kid']} is published; signing switches to it at {iso(at)} "
                 f"(after rotation.jwt.verifier_refresh_seconds, and once the previous key has left the JWKS)",
-                hint="run `voke rotate jwt --yes` again then (or `voke rotate due --run`); "
+                hint="run `voke rotate jwt --yes` again then (or `voke rotate due --run --yes`); "
                 "`--emergency` replaces every key now",
             )
 
