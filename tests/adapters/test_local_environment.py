@@ -849,14 +849,33 @@ def test_a_home_with_a_space_quote_backslash_percent_and_comma_runs_the_whole_dr
         assert voke("env", "destroy", "--yes", "--discard-chain", environ=environ).exit_code == 0
 
 
-def test_home_path_too_long_for_a_socket_still_works(tmp_path):
+def test_home_path_too_long_for_a_socket_still_works(tmp_path, voke, make_environ):
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     env = LocalEnvironment(LocalSettings(home=deep, replica=False))
     try:
         env.up()
-        assert not Path(env.require_state().socket_dir).is_relative_to(deep)
+        socket_dir = Path(env.require_state().socket_dir)
+        assert not socket_dir.is_relative_to(deep)
         with env.primary().connect() as conn:
             assert conn.execute("select 1").fetchone() == (1,)
+        # Seen from a process with another /tmp (a systemd unit's PrivateTmp): said in one line,
+        # by a connection and by doctor, not as a generic connection error.
+        away = socket_dir.with_name(socket_dir.name + ".away")
+        socket_dir.rename(away)
+        try:
+            with pytest.raises(BackendError) as refused:
+                env.primary().connect()
+            assert refused.value.message.endswith(
+                f"socket directory {socket_dir} is gone: a different /tmp (systemd PrivateTmp?) or cleaned"
+            )
+            doctor = voke("doctor", "--json", environ=make_environ(deep, VOKE_LOCAL__REPLICA="false"))
+            [check] = [c for c in doctor.json["result"]["checks"] if c["name"] == "local environment"]
+            assert check["ok"] is False and check["detail"].startswith(
+                f"socket directory {socket_dir} is gone"
+            )
+            assert "VOKE_HOME of at most 77 bytes" in check["hint"]
+        finally:
+            away.rename(socket_dir)
     finally:
         env.destroy()
 
