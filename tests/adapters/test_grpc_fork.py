@@ -12,6 +12,8 @@ from pathlib import Path
 
 CHILDREN = r"""
 import os, subprocess, sys, threading
+import voketag_ops  # what every voke process (and the test session) loads first
+from google.cloud import resourcemanager_v3  # gRPC loaded outside the adapters, as doctor's check does
 from voketag_ops.testing.gcp_fakes import FakeGcp
 from voketag_ops.adapters.local.postgres import parent_death_kills
 import grpc

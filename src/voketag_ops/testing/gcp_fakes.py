@@ -29,8 +29,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
 
-import voketag_ops.adapters.gcp  # noqa: F401  (gRPC's environment, set before grpc is imported here)
-
 HTTP_STATUS = {
     "INVALID_ARGUMENT": 400,
     "FAILED_PRECONDITION": 400,
