@@ -721,9 +721,8 @@ class SealedAnchors:
                         f"anchor {anchor.id[:16]} is marked anchored in block {index}, but that block does not hold it",
                     )
             elif held:
-                return held[
-                    -1
-                ], f"anchor {anchor.id[:16]} is {anchor.state.value}, but block {held[-1]} holds it already"
+                at = held[-1]
+                return at, f"anchor {anchor.id[:16]} is {anchor.state.value}, but block {at} holds it already"
         return None
 
 
