@@ -145,6 +145,7 @@ def test_the_job_account_holds_what_the_scheduled_commands_call_and_no_more(modu
         "cloudsql.instances.promoteReplica",
         "cloudsql.instances.failover",
         "cloudsql.instances.update",
+        "cloudsql.instances.list",  # the cloud drill's sweep for leftover scratch instances
         "secretmanager.secrets.create",  # secrets add, rotate --init, adopting a key
     }
     assert dr_only <= set(catalog.OPERATOR_PERMISSIONS)

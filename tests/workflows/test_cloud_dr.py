@@ -281,6 +281,22 @@ def test_a_done_operation_with_an_error_raises(cloud):
     assert "too-old" not in fake.sql.instances
 
 
+def test_the_job_accounts_permissions_run_dr_check_and_not_the_drills_sweep(cloud):
+    """The job's account holds catalog.PROJECT_PERMISSIONS (terraform's voke_scheduled): `dr
+    check` runs on them; listing the project's instances (the cloud drill's sweep for leftover
+    scratch instances, run by a person) needs the operators' too."""
+    from voketag_ops.workflows import cloud_dr
+
+    fake, settings, recovery = cloud
+    fake.sql.granted = frozenset(catalog.PROJECT_PERMISSIONS)
+    report = cloud_dr.check(settings, recovery, dr_flows.thresholds(settings))
+    assert report["ok"] is True, report["failed"]
+    with pytest.raises(BackendError, match="instances"):
+        recovery.list_instances()
+    fake.sql.granted = frozenset(catalog.PROJECT_PERMISSIONS + catalog.OPERATOR_PERMISSIONS)
+    assert {i.name for i, _labels in recovery.list_instances()} == {"voke-db", "voke-db-dr"}
+
+
 def test_a_refused_call_is_a_precondition(cloud):
     _fake, _settings, recovery = cloud
     with pytest.raises(PreconditionError):

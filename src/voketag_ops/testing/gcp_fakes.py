@@ -17,6 +17,7 @@ adapters' error translation is tested as it runs against Google.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
 import threading
@@ -919,6 +920,9 @@ class FakeCloudSql:
         self.recovery_lag = timedelta(seconds=30)  # latestRecoveryTime trails now by this much
         self.polls_per_step = 1
         self.ended_before_seen = timedelta(0)  # endTime this long before the poll that sees DONE
+        # the caller's IAM permissions on the project (None: all of them): a call needing another
+        # is refused (403) as Cloud SQL refuses it, e.g. catalog.PROJECT_PERMISSIONS for the job
+        self.granted: frozenset[str] | None = None
 
     def add_instance(
         self,
@@ -1047,22 +1051,35 @@ class FakeCloudSql:
     def routes(self) -> list[Route]:
         p = r"/sql/v1beta4/projects/(?P<p>[^/]+)"
         i = p + r"/instances/(?P<i>[^/]+)"
-        return [
-            ("GET", p + "/instances", self.list_instances),
-            ("POST", p + "/instances", self.insert),
-            ("GET", i, lambda r: self._instance_doc(self._instance(r["i"]))),
-            ("PATCH", i, self.patch),
-            ("DELETE", i, self.delete),
-            ("GET", i + "/users", self.list_users),
-            ("PUT", i + "/users", self.update_user),
-            ("GET", i + "/backupRuns", self.list_backups),
-            ("GET", i + "/getLatestRecoveryTime", self.recovery_time),
-            ("POST", i + "/clone", self.clone),
-            ("POST", i + "/promoteReplica", self.promote),
-            ("POST", i + "/switchover", self.switchover),
-            ("GET", p + r"/operations/(?P<o>[^/]+)", self.get_operation),
-            ("GET", p + "/operations", self.list_operations),
+        # each method with the IAM permission Cloud SQL checks for it (operations: instances.get)
+        routes: list[tuple[str, str, str, Callable[[Request], Any]]] = [
+            ("GET", p + "/instances", "instances.list", self.list_instances),
+            ("POST", p + "/instances", "instances.create", self.insert),
+            ("GET", i, "instances.get", lambda r: self._instance_doc(self._instance(r["i"]))),
+            ("PATCH", i, "instances.update", self.patch),
+            ("DELETE", i, "instances.delete", self.delete),
+            ("GET", i + "/users", "users.list", self.list_users),
+            ("PUT", i + "/users", "users.update", self.update_user),
+            ("GET", i + "/backupRuns", "backupRuns.list", self.list_backups),
+            ("GET", i + "/getLatestRecoveryTime", "instances.get", self.recovery_time),
+            ("POST", i + "/clone", "instances.clone", self.clone),
+            ("POST", i + "/promoteReplica", "instances.promoteReplica", self.promote),
+            ("POST", i + "/switchover", "instances.failover", self.switchover),
+            ("GET", p + r"/operations/(?P<o>[^/]+)", "instances.get", self.get_operation),
+            ("GET", p + "/operations", "instances.get", self.list_operations),
         ]
+        return [(method, rx, self._needs("cloudsql." + perm, fn)) for method, rx, perm, fn in routes]
+
+    def _needs(self, permission: str, fn: Callable[[Request], Any]) -> Callable[[Request], Any]:
+        @functools.wraps(fn)  # its name too: tests find a handler by it
+        def checked(r: Request) -> Any:
+            if self.granted is not None and permission not in self.granted:
+                raise ApiError(
+                    "PERMISSION_DENIED", "The client is not authorized to make this request.", "notAuthorized"
+                )
+            return fn(r)
+
+        return checked
 
     def list_instances(self, r: Request) -> Any:
         return {

@@ -31,7 +31,6 @@ resource "google_project_iam_custom_role" "voke_scheduled" {
     "secretmanager.versions.list",
     "cloudsql.backupRuns.list",
     "cloudsql.instances.get",
-    "cloudsql.instances.list",
     "cloudsql.users.list",
     "cloudsql.users.update",
     "run.operations.get",
@@ -83,6 +82,7 @@ resource "google_project_iam_custom_role" "voke_operator" {
     "cloudsql.instances.create",
     "cloudsql.instances.delete",
     "cloudsql.instances.failover", # instances.switchover (dr failback): no documented permission of its own
+    "cloudsql.instances.list",     # the cloud drill's sweep for leftover scratch instances
     "cloudsql.instances.promoteReplica",
     "cloudsql.instances.update",
   ]

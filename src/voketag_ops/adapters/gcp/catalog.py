@@ -75,7 +75,6 @@ PROJECT_PERMISSIONS = (
     # Cloud SQL Admin: users (rotation); instances, their operations and backups (dr check, doctor)
     "cloudsql.backupRuns.list",
     "cloudsql.instances.get",
-    "cloudsql.instances.list",
     "cloudsql.users.list",
     "cloudsql.users.update",
     # Cloud Run: revisions pinned to versions, traffic; health checks of a revision's tag URL
@@ -117,8 +116,9 @@ SECRET_PERMISSIONS = (
 )
 # - On the project, for operators only (the role voke_operator, granted to terraform/'s
 #   `operators`): what only a person runs: `dr restore|failover|failback` (clones, promotions, a
-#   switchover, the topology labels), the drills' scratch instances, and making a secret (`secrets
-#   add`, `rotate ... --init`, adopting a key; a Maps key is found by its value: keys.lookupKey).
+#   switchover, the topology labels), the drills' scratch instances (and the cloud drill's sweep
+#   for leftover ones, which lists the project's instances), and making a secret (`secrets add`,
+#   `rotate ... --init`, adopting a key; a Maps key is found by its value: keys.lookupKey).
 #   Not `voke doctor`'s: the job's account lacks them.
 OPERATOR_PERMISSIONS = (
     "secretmanager.secrets.create",
@@ -127,6 +127,7 @@ OPERATOR_PERMISSIONS = (
     "cloudsql.instances.create",
     "cloudsql.instances.delete",
     "cloudsql.instances.failover",  # instances.switchover (dr failback): none documented of its own
+    "cloudsql.instances.list",  # the cloud drill's sweep for leftover scratch instances
     "cloudsql.instances.promoteReplica",
     "cloudsql.instances.update",
 )
