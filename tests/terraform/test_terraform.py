@@ -325,6 +325,35 @@ def test_every_api_voke_calls_is_enabled(module):
     assert set(apis) == set(catalog.REQUIRED_APIS) | set(catalog.SCHEDULING_APIS)
 
 
+REFERENCE = re.compile(r"\b((?:google_[a-z0-9_]+|local)\.[A-Za-z0-9_-]+)")
+
+
+def test_every_resource_is_made_after_the_apis_are_enabled(module):
+    """On a project whose APIs are not enabled yet (iam, monitoring...), a resource made before
+    google_project_service.apis failed the first apply: each depends on it, by its own
+    depends_on or through what it references (a local, another resource)."""
+    made = {
+        f"{kind}.{name}": body
+        for block in module["resource"]
+        for kind, named in block.items()
+        for name, body in named.items()
+    }
+    defined = {**made, **{f"local.{k}": v for k, v in _locals(module).items()}}
+    refs = {
+        node: {r for r in REFERENCE.findall(json.dumps(body)) if r in defined}
+        for node, body in defined.items()
+    }
+    apis = "google_project_service.apis"
+
+    def reaches(node: str, seen: set[str]) -> bool:
+        seen.add(node)
+        return apis in refs[node] or any(reaches(r, seen) for r in refs[node] - seen)
+
+    assert apis in made
+    missing = [node for node in made if node != apis and not reaches(node, set())]
+    assert missing == [], missing
+
+
 def test_every_google_api_voke_calls_as_itself_is_required(module):
     """Each Google API an adapter or an API-key kind calls with voke's own identity is enabled
     here and checked by `voke doctor` (REQUIRED_APIS); the API Keys API (Maps keys) was neither,

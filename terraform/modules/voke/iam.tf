@@ -11,6 +11,7 @@ resource "google_service_account" "voke" {
   project      = var.project
   account_id   = "voke-${local.id_suffix}"
   display_name = "voke operations (${var.environment})"
+  depends_on   = [google_project_service.apis]
 }
 
 # Whoever holds what voke's account holds (the operators too), each by a key known before apply:
@@ -50,6 +51,7 @@ resource "google_project_iam_custom_role" "voke_scheduled" {
     "resourcemanager.projects.get",
     "serviceusage.services.get",
   ]
+  depends_on = [google_project_service.apis]
 }
 
 # catalog.SECRET_PERMISSIONS, on each secret voke rotates alone (secrets.tf): its values, versions,
@@ -67,6 +69,7 @@ resource "google_project_iam_custom_role" "voke_secrets" {
     "secretmanager.versions.disable",
     "secretmanager.versions.enable",
   ]
+  depends_on = [google_project_service.apis]
 }
 
 # catalog.OPERATOR_PERMISSIONS, for the people in `operators` alone.
@@ -86,6 +89,7 @@ resource "google_project_iam_custom_role" "voke_operator" {
     "cloudsql.instances.promoteReplica",
     "cloudsql.instances.update",
   ]
+  depends_on = [google_project_service.apis]
 }
 
 # The only project-wide grants: voke_scheduled to the account and the operators, voke_operator to
@@ -140,6 +144,7 @@ resource "google_project_iam_custom_role" "voke_deployer" {
   title       = "voke deployer (${var.environment})"
   description = "Redeploy Cloud Run services running as this account"
   permissions = ["iam.serviceAccounts.actAs"]
+  depends_on  = [google_project_service.apis]
 }
 
 # catalog.ROTATED_ACCOUNT_PERMISSIONS, on each account whose keys `voke rotate sa-key` rotates.
@@ -155,6 +160,7 @@ resource "google_project_iam_custom_role" "voke_key_rotator" {
     "iam.serviceAccountKeys.enable",
     "iam.serviceAccountKeys.list",
   ]
+  depends_on = [google_project_service.apis]
 }
 
 # Each of those two roles, granted to voke's account and the operators (a failover redeploys the
@@ -189,6 +195,7 @@ resource "google_project_iam_custom_role" "voke_job_runner" {
   title       = "voke job runner (${var.environment})"
   description = "Run the voke job with the arguments of a scheduled run"
   permissions = ["run.jobs.run", "run.jobs.runWithOverrides"]
+  depends_on  = [google_project_service.apis]
 }
 
 resource "google_cloud_run_v2_job_iam_member" "voke_runs_its_job" {

@@ -115,6 +115,7 @@ resource "google_monitoring_alert_policy" "backup_age" {
 }
 
 resource "google_monitoring_alert_policy" "replica_lag" {
+  depends_on            = [google_project_service.apis]
   project               = var.project
   display_name          = "voke ${var.environment}: replication lag over 5 min"
   combiner              = "OR"
@@ -138,6 +139,7 @@ resource "google_monitoring_alert_policy" "replica_lag" {
 
 
 resource "google_monitoring_alert_policy" "log_archive_failures" {
+  depends_on            = [google_project_service.apis]
   project               = var.project
   display_name          = "voke ${var.environment}: WAL archiving failures"
   combiner              = "OR"
