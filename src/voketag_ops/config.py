@@ -840,6 +840,8 @@ def load_config(
         known = ", ".join(sorted(["local", *settings.environments]))
         where = LoadedConfig(settings, sources).source_of("env")
         raise ConfigError(f"{where}: env: unknown environment {settings.env!r} (known: {known})")
+    if settings.env == "local" and (read_twice := _service_reading_two_logins(settings)):
+        raise _service_reading_two_logins_error(read_twice, settings, sources, path)
     if shared := settings.coverage.shared_prefix():  # raised by `voke coverage` alone (`check`)
         settings.coverage._problem = _shared_prefix_error(shared, settings.coverage, sources, path)
     if "services" in sources:  # a login that names no services of its own has the platform's
@@ -862,10 +864,7 @@ def _shared_prefix_error(
     name, prefix, first, its = shared
     table = f"coverage.services.{name}"
     key = f"{table}.paths" if coverage.services[name].paths else table
-    where = sources.get(key) or next(
-        (v for k, v in sources.items() if k.startswith(table + ".")), str(path) if path else "configuration"
-    )
-    at = _position(path, key, "") if path is not None and where == str(path) else ""
+    where, at = _blamed(key, table, sources, path)
     whose = "" if key.endswith(".paths") else "its default "
     spelled = "" if its == prefix else f" ({its!r})"
     return ConfigError(
@@ -873,6 +872,47 @@ def _shared_prefix_error(
         f"would belong to both services {first} and {name}{at}",
         hint="give each prefix to one service (a longer one, a subdirectory's, takes its files from a "
         "shorter one: the longest matching prefix wins)",
+    )
+
+
+def _blamed(key: str, table: str, sources: dict[str, str], path: Path | None) -> tuple[str, str]:
+    """Where KEY was set (else the first key of TABLE that was, else the file), and its place
+    "(at line L, column C)" when that is the file PATH."""
+    where = sources.get(key) or next(
+        (v for k, v in sources.items() if k.startswith(table + ".")), str(path) if path else "configuration"
+    )
+    return where, _position(path, key, "") if path is not None and where == str(path) else ""
+
+
+def _service_reading_two_logins(settings: Settings) -> tuple[str, str, str] | None:
+    """(login, service, an earlier login) for the first service two `rotation.db_users` logins
+    both name, else None: a local service reads one database credential (LocalPlatform.consumers),
+    and would keep the later login's alone."""
+    seen: dict[str, str] = {}
+    for name, user in settings.rotation.db_users.items():
+        for service in user.services:
+            first = seen.setdefault(service, name)
+            if first != name:
+                return name, service, first
+    return None
+
+
+def _service_reading_two_logins_error(
+    read_twice: tuple[str, str, str], settings: Settings, sources: dict[str, str], path: Path | None
+) -> ConfigError:
+    """Two logins naming one service, blamed on the later one's `services` (or its table, when it
+    has the platform's) where they were set, with the line and column in a file."""
+    name, service, first = read_twice
+    table = f"rotation.db_users.{name}"
+    key = f"{table}.services" if f"{table}.services" in sources else table
+    where, at = _blamed(key, table, sources, path)
+    whose = "" if key.endswith(".services") else "no services named, so the platform's: "
+    secret = settings.rotation.db_users[first].secret
+    return ConfigError(
+        f"{where}: {key}: {whose}service {service!r} already reads login {first}'s secret {secret!r}, "
+        f"and a local service reads one database credential{at}",
+        hint="give each service one login in the local environment (a cloud environment's services "
+        "may read several: run with --env NAME)",
     )
 
 

@@ -747,6 +747,53 @@ def test_config_show_names_the_platforms_services_as_a_logins_source(voke, make_
     assert plain["rotation.db_users.app.services"] == inherited
 
 
+TWO_LOGINS_ONE_SERVICE = (
+    '[environments.prod]\nproject = "p"\ninstance = "i"\n'
+    "[rotation.db_users.app]\n"
+    '[rotation.db_users.report]\nsecret = "db-report"\nroles = ["rep_a", "rep_b"]\n'
+    'services = ["reports", "admin-service"]\n'
+)
+
+
+def test_a_service_two_logins_name_is_refused_on_the_local_environment(voke, make_environ, tmp_path):
+    # A local service reads one database credential: LocalPlatform.consumers kept the later
+    # login's alone, so admin-service silently lost db-app.
+    toml = tmp_path / "voke.toml"
+    toml.write_text(TWO_LOGINS_ONE_SERVICE)
+    with pytest.raises(ConfigError) as refused:
+        load_config(cwd=tmp_path, environ={})
+    assert refused.value.message == (
+        f"{toml}: rotation.db_users.report.services: service 'admin-service' already reads login app's "
+        "secret 'db-app', and a local service reads one database credential (at line 8, column 12)"
+    )
+    result = voke("config", "show", "--json", environ=make_environ(tmp_path / "h"), cwd=tmp_path)
+    assert result.exit_code == 3 and result.json["error"]["message"] == refused.value.message
+    # Two tables naming no services both have the platform's: blamed on the later table.
+    toml.write_text('[rotation.db_users.app]\n[rotation.db_users.ops]\nsecret = "db-ops"\n')
+    with pytest.raises(
+        ConfigError,
+        match=r"rotation\.db_users\.ops: no services named, so the platform's: "
+        r"service 'admin-service' already reads login app's .*\(at line 2, column 1\)$",
+    ):
+        load_config(cwd=tmp_path, environ={})
+
+
+def test_a_cloud_environment_takes_a_service_reading_two_logins_and_local_use_of_its_file_does_not(
+    voke, make_environ, tmp_path
+):
+    # A Cloud Run service reads several secrets; the same file acting on local is refused.
+    (tmp_path / "voke.toml").write_text('env = "prod"\n' + TWO_LOGINS_ONE_SERVICE)
+    users = load_config(cwd=tmp_path, environ={}).settings.rotation.db_users
+    assert "admin-service" in users["app"].services and "admin-service" in users["report"].services
+    environ = make_environ(tmp_path / "h")
+    assert voke("config", "show", "--json", environ=environ, cwd=tmp_path).exit_code == 0
+    for flag in (["--env", "local"], []):
+        env = environ if flag else {**environ, "VOKE_ENV": "local"}
+        result = voke(*flag, "config", "show", "--json", environ=env, cwd=tmp_path)
+        assert result.exit_code == 3, result.stdout
+        assert "rotation.db_users.report.services: service 'admin-service'" in result.json["error"]["message"]
+
+
 def test_a_single_login_takes_one_role_and_an_alternating_one_two_distinct(tmp_path):
     toml = tmp_path / "voke.toml"
     toml.write_text(
