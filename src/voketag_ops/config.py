@@ -545,6 +545,14 @@ class RotationSettings(_Model):
     keep_versions: int = Field(default=3, ge=1, description="newest enabled versions cleanup never touches")
     disable_after_hours: float = Field(default=24, ge=0, description="disable superseded versions after this")
     destroy_after_days: float = Field(default=30, ge=0, description="destroy disabled versions after this")
+    _problem: ConfigError | None = PrivateAttr(default=None)
+
+    def check_local(self) -> None:
+        """Raise what `load_config` found wrong for the local platform (a service two logins
+        name): only what runs the local platform reads it, so a file whose cloud services read
+        several secrets still serves its cloud environments and `voke coverage` or `config show`."""
+        if self._problem is not None:
+            raise self._problem
 
 
 class IngestSettings(_Model):
@@ -840,8 +848,8 @@ def load_config(
         known = ", ".join(sorted(["local", *settings.environments]))
         where = LoadedConfig(settings, sources).source_of("env")
         raise ConfigError(f"{where}: env: unknown environment {settings.env!r} (known: {known})")
-    if settings.env == "local" and (read_twice := _service_reading_two_logins(settings)):
-        raise _service_reading_two_logins_error(read_twice, settings, sources, path)
+    if read_twice := _service_reading_two_logins(settings):  # raised by the local platform (`check_local`)
+        settings.rotation._problem = _service_reading_two_logins_error(read_twice, settings, sources, path)
     if shared := settings.coverage.shared_prefix():  # raised by `voke coverage` alone (`check`)
         settings.coverage._problem = _shared_prefix_error(shared, settings.coverage, sources, path)
     if "services" in sources:  # a login that names no services of its own has the platform's

@@ -755,19 +755,26 @@ TWO_LOGINS_ONE_SERVICE = (
 )
 
 
-def test_a_service_two_logins_name_is_refused_on_the_local_environment(voke, make_environ, tmp_path):
+def test_a_service_two_logins_name_is_refused_by_the_local_platform(voke, make_environ, tmp_path):
     # A local service reads one database credential: LocalPlatform.consumers kept the later
     # login's alone, so admin-service silently lost db-app.
     toml = tmp_path / "voke.toml"
     toml.write_text(TWO_LOGINS_ONE_SERVICE)
-    with pytest.raises(ConfigError) as refused:
-        load_config(cwd=tmp_path, environ={})
-    assert refused.value.message == (
+    message = (
         f"{toml}: rotation.db_users.report.services: service 'admin-service' already reads login app's "
         "secret 'db-app', and a local service reads one database credential (at line 8, column 12)"
     )
-    result = voke("config", "show", "--json", environ=make_environ(tmp_path / "h"), cwd=tmp_path)
-    assert result.exit_code == 3 and result.json["error"]["message"] == refused.value.message
+    with pytest.raises(ConfigError) as refused:
+        load_config(cwd=tmp_path, environ={}).settings.rotation.check_local()
+    assert refused.value.message == message
+    environ = make_environ(tmp_path / "h")
+    for command in (["env", "status"], ["env", "up", "--dry-run"], ["rotate", "db-password", "--dry-run"]):
+        result = voke(*command, "--json", environ=environ, cwd=tmp_path)
+        assert result.exit_code == 3 and result.json["error"]["message"] == message, command
+    doctor = voke("doctor", "--json", environ=environ, cwd=tmp_path)
+    checks = {c["name"]: c for c in doctor.json["result"]["checks"]}
+    assert doctor.exit_code == 1 and checks["config"]["detail"] == message
+    assert not (tmp_path / "h").exists()  # refused before anything was made
     # Two tables naming no services both have the platform's: blamed on the later table.
     toml.write_text('[rotation.db_users.app]\n[rotation.db_users.ops]\nsecret = "db-ops"\n')
     with pytest.raises(
@@ -775,21 +782,22 @@ def test_a_service_two_logins_name_is_refused_on_the_local_environment(voke, mak
         match=r"rotation\.db_users\.ops: no services named, so the platform's: "
         r"service 'admin-service' already reads login app's .*\(at line 2, column 1\)$",
     ):
-        load_config(cwd=tmp_path, environ={})
+        load_config(cwd=tmp_path, environ={}).settings.rotation.check_local()
 
 
-def test_a_cloud_environment_takes_a_service_reading_two_logins_and_local_use_of_its_file_does_not(
+def test_a_file_whose_cloud_services_read_two_logins_serves_what_does_not_run_the_local_platform(
     voke, make_environ, tmp_path
 ):
-    # A Cloud Run service reads several secrets; the same file acting on local is refused.
+    # A Cloud Run service reads several secrets: the file is valid for its cloud environment,
+    # and for local commands that start no local service (a CI job's coverage gate, config show).
     (tmp_path / "voke.toml").write_text('env = "prod"\n' + TWO_LOGINS_ONE_SERVICE)
     users = load_config(cwd=tmp_path, environ={}).settings.rotation.db_users
     assert "admin-service" in users["app"].services and "admin-service" in users["report"].services
     environ = make_environ(tmp_path / "h")
-    assert voke("config", "show", "--json", environ=environ, cwd=tmp_path).exit_code == 0
     for flag in (["--env", "local"], []):
+        assert voke(*flag, "config", "show", "--json", environ=environ, cwd=tmp_path).exit_code == 0
         env = environ if flag else {**environ, "VOKE_ENV": "local"}
-        result = voke(*flag, "config", "show", "--json", environ=env, cwd=tmp_path)
+        result = voke(*flag, "env", "status", "--json", environ=env, cwd=tmp_path)
         assert result.exit_code == 3, result.stdout
         assert "rotation.db_users.report.services: service 'admin-service'" in result.json["error"]["message"]
 

@@ -47,6 +47,8 @@ def run_doctor(load: Callable[[], LoadedConfig]) -> DoctorReport:
     which every other check reads (the home, the binaries, the environment)."""
     try:
         loaded = load()
+        if loaded.settings.env == "local":  # what every local check would be refused for
+            loaded.settings.rotation.check_local()
     except VokeError as exc:
         report = DoctorReport(env="?")
         report.checks.append(

@@ -78,6 +78,7 @@ class LocalPlatform:
     """The local environment as the platform sees it."""
 
     def __init__(self, settings: Settings) -> None:
+        settings.rotation.check_local()  # a service two logins name: it reads one credential here
         self.settings = settings
         self.env = LocalEnvironment.from_settings(settings.local)
 
