@@ -161,6 +161,57 @@ def test_diff_from_a_subdirectory_of_the_repository(tmp_path):
         assert notes == out, name  # the annotation's path from the repository's top, whichever diff
 
 
+def test_diff_places_a_relative_path_only_where_its_file_is_or_the_diff_names_it(tmp_path):
+    # A monorepo's CI runs voke at the top on the coverage.json its sub-project wrote: the data's
+    # admin_service/m.py is platform/admin_service/m.py there, and n/a passed any --fail-under.
+    repo = tmp_path / "repo"
+    proj = repo / "platform"
+    pkg = proj / "admin_service"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "m.py").write_text("def f():\n    return 1\n")
+    (pkg / "old.py").write_text("X = 1\n")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "base")
+    (pkg / "m.py").write_text(
+        "def f():\n    return 1\n\n\ndef g(x):\n    if x:\n        return 2\n    return 3\n"
+    )
+    (pkg / "new.py").write_text("Y = 2\n")
+    (proj / "run.py").write_text(
+        "import admin_service.old, admin_service.new\nfrom admin_service.m import g\ng(1)\n"
+    )
+    coverage(proj, "run", "--source=admin_service", "run.py")
+    coverage(proj, "json", "-q")
+    git(repo, "add", "-N", ".")
+    (tmp_path / "top.diff").write_text(
+        subprocess.run(["git", "diff", "main"], cwd=repo, capture_output=True, text=True, check=True).stdout
+    )
+    gate = wf.Options(fail_under=90)
+    data = [Path("platform/coverage.json")]
+    for how in ({"base": "main"}, {"base": None, "diff_file": tmp_path / "top.diff"}):
+        with pytest.raises(ConfigError, match="no file of the coverage data lies in the") as err:
+            wf.diff(SETTINGS, data, root=repo, options=gate, **how)  # type: ignore[arg-type]
+        assert "admin_service/m.py" in str(err.value) and "run voke where" in (err.value.hint or "")
+        mapped = replace(gate, remap=(("admin_service/", "platform/admin_service/"),))
+        r = wf.diff(SETTINGS, data, root=repo, options=mapped, **how)  # type: ignore[arg-type]
+        assert (r.measured, r.covered, r.passed) == (5, 4, False)
+    # From the sub-project: old.py, deleted since it was measured, is named, not judged; new.py,
+    # which this checkout lacks, is judged where the diff names it.
+    (pkg / "old.py").unlink()
+    (pkg / "new.py").unlink()
+    r = wf.diff(
+        SETTINGS, [Path("coverage.json")], root=proj, base=None, diff_file=tmp_path / "top.diff", options=gate
+    )
+    assert (r.measured, r.covered) == (5, 4)
+    assert {f.path for f in r.files} == {"platform/admin_service/m.py", "platform/admin_service/new.py"}
+    (warning,) = r.warnings
+    assert warning.startswith(
+        "not judged: 1 file of the coverage data not found in the project (deleted since"
+    )
+    assert warning.endswith(": admin_service/old.py")
+
+
 def test_annotation_values_are_escaped():
     line = wf.github_annotation("dir,with:odd%name.py", 3, 3)
     assert line.startswith("::warning file=dir%2Cwith%3Aodd%25name.py,line=3,endLine=3,")

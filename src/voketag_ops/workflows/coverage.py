@@ -537,45 +537,56 @@ def diff(
         cov.check_target(options.fail_under)
     loaded = _load(settings, paths, root, options)
     to_repo = ""  # what makes a matched path repository-relative, as GitHub's annotations want it
+    placed: dict[str, str] = {}  # a key of the data -> its path as the diff names it
     if diff_file is not None:
         changed = read_diff_file(_under(root, diff_file))
-        by_repo = dict(loaded.files)
+        placed = {k: k for k in loaded.files if not cov.is_absolute(k)}  # a diff's paths are relative
         # `git diff > x.diff` names paths from the repository's top, also when run from the
         # project's subdirectory; `git diff --relative` from the project. Whichever names more.
         if prefix := work_tree_prefix(root):
-            from_top = {prefix + k: fc for k, fc in loaded.files.items() if not cov.is_absolute(k)}
-            if len(changed.keys() & from_top.keys()) > len(changed.keys() & by_repo.keys()):
-                by_repo = from_top
+            from_top = {k: prefix + k for k in placed}
+            if len(changed.keys() & set(from_top.values())) > len(changed.keys() & placed.keys()):
+                placed = from_top
             else:
                 to_repo = prefix
-        outside = [k for k in loaded.files if cov.is_absolute(k)]  # a diff's paths are relative
     else:
         assert base is not None
         found = changed_lines(root, base)
         changed = found.lines
         top = cov.normalize_path(str(found.toplevel.resolve()))
-        by_repo = {}
-        outside = []
-        for key, fc in loaded.files.items():
+        for key in loaded.files:
             repo_key = cov.relative_to(key, top) if cov.is_absolute(key) else found.prefix + key
-            if cov.is_absolute(repo_key):
-                outside.append(key)
-            else:
-                by_repo[repo_key] = fc
+            if not cov.is_absolute(repo_key):
+                placed[key] = repo_key
+    by_repo = {placed[k]: fc for k, fc in loaded.files.items() if k in placed}
+    outside = [k for k in loaded.files if k not in placed]
+    # A relative path is no proof of lying here: data written in a monorepo's sub-project and
+    # read from the top names `admin_service/a.py` for `platform/admin_service/a.py`. A file
+    # is placed if it is here or the diff names it (one the data's checkout has and this lacks).
+    absent = [k for k, at in placed.items() if at not in changed and not (root / k).exists()]
     warnings = list(loaded.warnings)
-    if changed and outside:
+    if changed and (outside or absent):
         # Data from another checkout (CI's absolute paths, no --map) judged no line: `n/a`, a pass.
         where = "repository" if diff_file is None else "project"
-        if len(outside) == len(loaded.files):
+        if len(outside) + len(absent) == len(loaded.files):
             raise ConfigError(
-                f"no file of the coverage data lies in the {where}, so no changed line can be judged: "
-                + _sample(outside),
-                hint=MAP_CI_PATHS,
+                f"no file of the coverage data lies in the {where} (none is there or named by the diff), "
+                "so no changed line can be judged: " + _sample(outside + absent),
+                hint=f"run voke where the data's relative paths start, or {MAP_CI_PATHS}"
+                if absent
+                else MAP_CI_PATHS,
             )
-        warnings.append(
-            f"not judged: {len(outside)} file{'s' if len(outside) != 1 else ''} of the coverage data outside "
-            f"the {where} ({MAP_CI_PATHS} if they are its): {_sample(outside)}"
-        )
+        if outside:
+            warnings.append(
+                f"not judged: {len(outside)} file{'s' if len(outside) != 1 else ''} of the coverage data outside "
+                f"the {where} ({MAP_CI_PATHS} if they are its): {_sample(outside)}"
+            )
+        if absent:
+            warnings.append(
+                f"not judged: {len(absent)} file{'s' if len(absent) != 1 else ''} of the coverage data not found in the {where} "
+                f"(deleted since, or measured where paths differ: {MAP_CI_PATHS} if they are its): "
+                + _sample(absent)
+            )
     result = cov.diff_coverage(changed, by_repo, loaded.precision)
     target = options.fail_under
     passed = (
