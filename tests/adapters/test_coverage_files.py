@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -321,6 +322,33 @@ def test_an_unreadable_data_file_beside_it_is_skipped_with_coverage_py_s_warning
     assert t.percent == expected["totals"]["percent_covered"]
     assert any(".coverage.damaged" in w for w in inputs[0].warnings), inputs[0].warnings
     assert (root / ".coverage.damaged").exists()
+
+
+def test_a_data_file_coverage_py_would_write_into_is_refused_or_skipped_and_left_as_it_was(tmp_path):
+    # coverage.py gives a file without its tables its schema when it reads one: an empty
+    # .coverage.x in a directory became a 53 KB database (on a read-only mount: exit 1)
+    root = tmp_path / "project"
+    write_project(root)
+    coverage(root, "run", "--branch", "-p", SOURCE_ARG, "run_a.py")
+    parts = root / "parts"
+    parts.mkdir()
+    for made in root.glob(".coverage.*"):
+        made.rename(parts / made.name)
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as db:
+        db.execute("create table t (a)")
+    for content, why in ((b"", "empty file"), (foreign.read_bytes(), "without coverage.py's tables")):
+        (parts / ".coverage.x").write_bytes(content)
+        with pytest.raises(InputError, match=rf"parts/\.coverage\.x: .*{why}"):
+            read_inputs([Path("parts")], root=root)
+        assert (parts / ".coverage.x").read_bytes() == content
+    # beside a lone .coverage (combined in since coverage.py 7.14) it is no data file: skipped
+    (parts / ".coverage.x").rename(root / ".coverage.x")
+    for made in parts.glob(".coverage.*"):
+        made.rename(root / ".coverage")
+    inputs, _, t = totals_of([Path(".coverage")], root)
+    assert t.statements and inputs[0].source == str(root / ".coverage")
+    assert (root / ".coverage.x").read_bytes() == foreign.read_bytes()
 
 
 def _coverage_py_json_keeping(root: Path) -> dict:

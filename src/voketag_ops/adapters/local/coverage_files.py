@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -570,7 +571,8 @@ def _report_combines(coverage: Any) -> bool:
 def _siblings(data_file: Path) -> list[Path]:
     """The data files coverage.py's reporting commands combine into DATA_FILE: those named
     DATA_FILE.* in its directory (`coverage.data.combinable_files`), but SQLite journals; here
-    only regular files that are SQLite databases (a `.coverage.json` report beside it is no data)."""
+    only regular files that are coverage.py's SQLite databases (a `.coverage.json` report beside
+    it is no data)."""
     found = []
     for name in sorted(glob.glob(glob.escape(str(data_file)) + ".*")):
         path = Path(name)
@@ -582,8 +584,33 @@ def _siblings(data_file: Path) -> list[Path]:
                     continue
         except OSError:
             continue
-        found.append(path)
+        if _not_coverage_data(path) is None:
+            found.append(path)
     return found
+
+
+def _not_coverage_data(path: Path) -> str | None:
+    """Why PATH is a file coverage.py would write its tables into when asked to read it (an
+    empty file, another SQLite database), or None. Read through SQLite's read-only, immutable
+    URI: opened read-write, a database also rolls back a journal beside it. Anything else
+    coverage.py reads or refuses by itself, naming it."""
+    try:
+        if path.stat().st_size == 0:
+            return "empty file, not coverage data"
+        with path.open("rb") as fh:
+            if fh.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
+                return None
+        db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro&immutable=1", uri=True)
+        try:
+            db.execute("select version from coverage_schema").fetchone()
+        finally:
+            db.close()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return "an SQLite database without coverage.py's tables, not coverage data"
+    except (OSError, sqlite3.Error):
+        pass
+    return None
 
 
 def _coverage_warning(message: Warning | str) -> str:
@@ -597,6 +624,9 @@ def _check_combinable(data_files: Sequence[Path], coverage: Any, *, siblings: Se
     there is no data), and both files when branch data meets statement data (coverage.py
     names only one). An unreadable sibling is left to coverage.py, which skips it with a
     warning when it reports."""
+    for path in data_files:  # checked before coverage.py opens it: it would write into it
+        if why := _not_coverage_data(path):
+            raise InputError(f"{path}: {why}", hint="delete it, or move it out of the way")
     kinds: dict[bool, Path] = {}
     for path in (*data_files, *siblings):
         data = coverage.CoverageData(basename=str(path))
