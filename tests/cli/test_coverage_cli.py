@@ -853,6 +853,27 @@ def test_badge_is_offline_and_byte_deterministic(voke, env, project):
     assert piped.exit_code == 2 and "not a regular file" in piped.stderr
 
 
+def test_text_options_written_to_files_must_be_utf8_and_a_historys_lone_surrogate_is_shown_replaced(
+    voke, env, project
+):
+    # bytes a, 0xff, b: argv hands them in as a lone surrogate, which a UTF-8 file cannot hold (was exit 70)
+    write_json(project, {"admin_service/a.py": lines_file(75, 25)})
+    for args, option in (
+        (("badge", "coverage.json", "--out", "out/b.svg", "--label"), "--label"),
+        (("history", "add", "coverage.json", "--ref"), "--ref"),
+    ):
+        r = voke("coverage", *args, "a\udcffb", "--json", environ=env, cwd=project)
+        assert r.exit_code == 2 and r.json["error"]["message"] == f"{option} must be UTF-8 text", r.stdout
+    assert not (project / "out").exists() and not (project / ".voke" / "coverage-history.jsonl").exists()
+    # a history is any JSON-lines file, and JSON's "\udcff" escape is such a surrogate
+    assert voke("coverage", "history", "add", "coverage.json", environ=env, cwd=project).exit_code == 0
+    hist = project / ".voke" / "coverage-history.jsonl"
+    hist.write_text(hist.read_text().replace('"admin-service"', '"x\\udcffy"'))
+    shown = voke("coverage", "history", "show", "--out", "trend.svg", environ=env, cwd=project)
+    assert shown.exit_code == 0, shown.stderr
+    assert "x\ufffdy 75%" in (project / "trend.svg").read_text(encoding="utf-8")
+
+
 def test_badge_colour_is_the_band_of_the_number_it_shows(voke, env, project):
     write_json(project, {"admin_service/a.py": lines_file(796, 204)})  # 79.6 %, shown as 80
     r = voke("coverage", "badge", "coverage.json", "--out", "b.svg", "--json", environ=env, cwd=project)

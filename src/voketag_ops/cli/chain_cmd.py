@@ -23,7 +23,16 @@ from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from voketag_ops.cli.common import DryRun, MinDifficulty, Unasked, Yes, stdin_bytes, use, use_local
+from voketag_ops.cli.common import (
+    DryRun,
+    MinDifficulty,
+    Unasked,
+    Yes,
+    stdin_bytes,
+    use,
+    use_local,
+    utf8_option,
+)
 from voketag_ops.output import print_table, shown
 
 _UINT64_MAX = (1 << 64) - 1  # the largest size the chain store reads back (core.chain.MAX_NONCE)
@@ -404,11 +413,8 @@ def anchor_request(
         raise UsageError("ROOT: not hex") from None
     if len(root_bytes) != 32:
         raise UsageError(f"ROOT must be 32 bytes (64 hex digits), got {len(root_bytes)}")
-    for option, value in (("--kind", kind), ("--label", label)):
-        try:  # a byte that is not UTF-8 comes in from argv as a lone surrogate: no record can hold it
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise UsageError(f"{option} must be UTF-8 text") from None
+    utf8_option("--kind", kind)
+    utf8_option("--label", label)
     if kind == "audit-checkpoint":  # each is a claim on the audit log, checked by `audit verify`
         raise UsageError(
             "--kind audit-checkpoint is reserved: `voke audit checkpoint` requests those anchors "

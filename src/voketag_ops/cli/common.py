@@ -223,3 +223,15 @@ def read_pasted(env: AppContext, prompt: str, *, limit: int = 65536) -> str:
         return read_pasted_bytes(env, prompt, limit=limit).decode("utf-8").strip()
     except UnicodeDecodeError:
         raise UsageError(f"{prompt}: not UTF-8 text; nothing was stored") from None
+
+
+def utf8_option(option: str, value: str) -> str:
+    """VALUE of OPTION, text voke writes to a file; a byte that is not UTF-8 comes in from argv
+    as a lone surrogate, which no UTF-8 file can hold: a usage error naming OPTION."""
+    from voketag_ops.errors import UsageError
+
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"{option} must be UTF-8 text") from None
+    return value

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from voketag_ops.cli.common import DryRun, Unasked, use
+from voketag_ops.cli.common import DryRun, Unasked, use, utf8_option
 from voketag_ops.core.text import counted
 from voketag_ops.output import print_table, printable, shown
 
@@ -359,7 +359,7 @@ def badge(
         root=_root(env),
         out=out,
         service=service,
-        label=label,
+        label=utf8_option("--label", label),
         bands=bands,
         options=_options(precision=precision, map_=map_),
     )
@@ -396,7 +396,7 @@ def history_add(
             root=_root(env),
             now=datetime.now(UTC),
             file=file,
-            ref=ref or env.environ.get("GITHUB_SHA") or None,
+            ref=utf8_option("--ref", ref) if ref else env.environ.get("GITHUB_SHA") or None,
             dry_run=dry_run,
             options=_options(service=service, map_=map_),
         )

@@ -11,9 +11,13 @@ from xml.sax.saxutils import escape
 
 # Text and attribute values alike: quotes escaped too; control characters (most of which XML 1.0
 # cannot carry at all; a label is one line) and the two non-characters dropped. A label is free
-# text from the command line.
+# text from the command line; a lone surrogate (a history's "\udcff", which no UTF-8 file can
+# hold) is shown as U+FFFD, as a decoder shows a byte it cannot read.
 _ATTRIBUTE_SAFE = {'"': "&quot;", "'": "&apos;"}
-_NOT_XML = dict.fromkeys([*range(0x20), 0xFFFE, 0xFFFF])
+_NOT_XML: dict[int, str | None] = {
+    **dict.fromkeys([*range(0x20), 0xFFFE, 0xFFFF]),
+    **dict.fromkeys(range(0xD800, 0xE000), "\ufffd"),
+}
 
 
 def _esc(text: str) -> str:
