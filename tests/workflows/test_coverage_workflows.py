@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from voketag_ops.config import CoverageService, CoverageSettings, default_prefixes
 from voketag_ops.core.coverage import Rule
 from voketag_ops.coverage_testing import coverage, coverage_json, lines_file
-from voketag_ops.errors import ConfigError, InputError
+from voketag_ops.errors import ConfigError, InputError, UsageError
 from voketag_ops.workflows import coverage as wf
 
 SETTINGS = CoverageSettings(
@@ -159,6 +159,34 @@ def test_diff_from_a_subdirectory_of_the_repository(tmp_path):
                     annotations=True, emit=notes.append)  # fmt: skip
         assert (r.measured, r.covered) == (4, 3), name
         assert notes == out, name  # the annotation's path from the repository's top, whichever diff
+
+
+def test_diff_without_a_merge_base_says_to_fetch_the_history_of_a_shallow_clone(tmp_path):
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    (origin / "m.py").write_text("X = 1\n")
+    git(origin, "init", "-q", "-b", "main")
+    git(origin, "add", ".")
+    git(origin, "commit", "-q", "-m", "one")
+    git(origin, "commit", "-q", "--allow-empty", "-m", "two")
+    git(origin, "checkout", "-q", "-b", "feature")
+    (origin / "m.py").write_text("X = 2\n")
+    git(origin, "commit", "-q", "-am", "three")
+    clone = tmp_path / "clone"  # actions/checkout's default: depth 1, and main fetched as deep
+    git(tmp_path, "clone", "-q", "--depth", "1", "--branch", "feature", origin.as_uri(), "clone")
+    git(clone, "fetch", "-q", "--depth", "1", "origin", "main:refs/remotes/origin/main")
+    write(clone, "c.json", {"m.py": lines_file(1, 0)})
+    with pytest.raises(
+        UsageError, match="no merge base of 'origin/main' and HEAD in this shallow clone"
+    ) as err:
+        wf.diff(SETTINGS, [Path("c.json")], root=clone, base="origin/main")
+    assert "git fetch --unshallow" in (err.value.hint or "") and "fetch-depth: 0" in (err.value.hint or "")
+    git(clone, "fetch", "-q", "--unshallow")
+    assert wf.diff(SETTINGS, [Path("c.json")], root=clone, base="origin/main").measured == 1
+    git(clone, "checkout", "-q", "--orphan", "other")  # a complete history that never met main
+    git(clone, "commit", "-q", "-m", "unrelated")
+    with pytest.raises(UsageError, match="'origin/main' and HEAD share no history"):
+        wf.diff(SETTINGS, [Path("c.json")], root=clone, base="origin/main")
 
 
 def test_diff_places_a_relative_path_only_where_its_file_is_or_the_diff_names_it(tmp_path):

@@ -76,6 +76,17 @@ def changed_lines(root: Path, base: str) -> ChangedLines:
         "--dst-prefix=b/",
     )
     if diff.returncode != 0:
+        # (asked of git, not read from its message, which is translated)
+        if _git(root, "merge-base", base, "HEAD").returncode == 1:
+            if _git(root, "rev-parse", "--is-shallow-repository").stdout.strip() == "true":
+                raise UsageError(
+                    f"no merge base of {base!r} and HEAD in this shallow clone",
+                    hint="fetch the history first: git fetch --unshallow (actions/checkout: fetch-depth: 0)",
+                )
+            raise UsageError(
+                f"{base!r} and HEAD share no history (no merge base)",
+                hint="compare against a ref HEAD grew from",
+            )
         raise UsageError(f"git diff against {base!r} failed: {_first_line(diff.stderr)}")
     return ChangedLines(parse_unified_diff(diff.stdout), Path(toplevel.strip()), prefix.strip(), base)
 
