@@ -186,6 +186,10 @@ def test_lines_alone_may_not_reach_the_target():
     assert units_to_target(c, 80, 0) == 7  # 16/20
     s = score("x", c, target=80, baseline=None, precision=0, rule=Rule.COVERAGE)
     assert "cover all 1 missed statement and 6 branch exits" in verdict(s, 0, Rule.COVERAGE)
+    # every statement covered: only the exits (it read "cover all 0 missed statements and 1 branch exit")
+    full = score("y", Counts(statements=10, missing=0, branches=10, missing_branches=3), target=90, baseline=None,
+                 precision=0, rule=Rule.COVERAGE)  # fmt: skip
+    assert verdict(full, 0, Rule.COVERAGE) == "y: 85% fails target 90: 85% < 90; cover 1 branch exit"
 
 
 def _brute(c: Counts, target: float, precision: int, rule: Rule) -> int | None:

@@ -502,6 +502,8 @@ def _render_gate(console: Console, r: Any) -> None:
 def _render_gaps(console: Console, r: Any) -> None:
     from rich.table import Table
 
+    from voketag_ops.core.coverage import units_to_cover
+
     def need(g: Any) -> str:
         if g.target is None:
             return "no target"
@@ -509,10 +511,7 @@ def _render_gaps(console: Console, r: Any) -> None:
             return f"meets {_target(g.target)}"
         if g.lines_needed is not None:
             return f"cover {counted(g.lines_needed, 'more statement')} to reach {_target(g.target)}"
-        return (
-            f"cover all {counted(g.missing, 'missed statement')} and "
-            f"{counted(g.units_needed - g.missing, 'branch exit')}"
-        )
+        return units_to_cover(g.missing, g.units_needed)
 
     for g in (*r.services, r.totals):
         console.print(f"[bold]{shown(g.name)}[/] {g.display}%: {need(g)}")

@@ -548,6 +548,14 @@ def why_below(percent: float, target: float, display: str, precision: int, rule:
     return f"{shown}% < {tgt}{exact}"
 
 
+def units_to_cover(missing: int, units_needed: int) -> str:
+    """What a total that statements alone cannot lift to its target needs: every one of its
+    MISSING statements and the rest of UNITS_NEEDED in branch exits (only those when no
+    statement is missed)."""
+    exits = counted(units_needed - missing, "branch exit")
+    return f"cover all {counted(missing, 'missed statement')} and {exits}" if missing else f"cover {exits}"
+
+
 def verdict(s: Score, precision: int, rule: Rule) -> str:
     """One line saying whether S passed, and why in the borderline cases."""
     if s.target is None:
@@ -564,8 +572,7 @@ def verdict(s: Score, precision: int, rule: Rule) -> str:
     if s.lines_needed is not None:
         need = f"cover {counted(s.lines_needed, 'more statement')}"
     elif s.units_needed is not None:
-        extra = s.units_needed - s.missing
-        need = f"cover all {counted(s.missing, 'missed statement')} and {counted(extra, 'branch exit')}"
+        need = units_to_cover(s.missing, s.units_needed)
     else:  # pragma: no cover - every target <= 100 is reachable by covering everything
         need = "unreachable"
     return f"{s.name}: {s.display}% fails target {tgt}: {why}; {need}"
