@@ -528,6 +528,10 @@ def test_gaps_lines_needed_and_functions(voke, env, project):
     human = voke("coverage", "gaps", "coverage.json", "-s", "admin-service", environ=env, cwd=project)
     assert "cover 15 more statements to reach 80" in human.stdout
     assert "admin_service/a.py:781" in human.stdout
+    # with --service the total is shown, not judged, as by `gate -s` and `report -s` (it said "meets 80")
+    assert r.json["result"]["totals"]["target"] is None and "overall 78%: no target" in human.stdout
+    whole = voke("coverage", "gaps", "coverage.json", "--json", environ=env, cwd=project)
+    assert whole.json["result"]["totals"]["target"] == 80
 
 
 PICK_SOURCE = """def pick(x):

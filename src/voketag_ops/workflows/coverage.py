@@ -213,6 +213,14 @@ def _sample(paths: Iterable[str]) -> str:
     return ", ".join(ordered[:3]) + more
 
 
+def _overall_target(settings: CoverageSettings, options: Options) -> float | None:
+    """The total's target; none with --service, which judges those services alone (a monorepo's
+    job per service): the total is shown, not judged."""
+    if options.services:
+        return None
+    return options.fail_under if options.fail_under is not None else settings.target
+
+
 def _grouped(
     loaded: _Loaded, specs: Sequence[cov.ServiceSpec], selected: Sequence[str], *, require: bool = True
 ) -> tuple[dict[str, list[FileCoverage]], list[FileCoverage], list[str]]:
@@ -310,14 +318,10 @@ def report(
                 rule=rule,
             )
         )
-    # --service gates those services alone (a monorepo job per service); the total is shown.
-    overall_target: float | None = None
-    if not options.services:
-        overall_target = options.fail_under if options.fail_under is not None else settings.target
     totals = cov.score(
         "overall",
         cov.total(f.counts for f in loaded.files.values()),
-        target=overall_target,
+        target=_overall_target(settings, options),
         baseline=overall_baseline,
         precision=p,
         rule=rule,
@@ -480,8 +484,7 @@ def gaps(
     ]
     if unassigned:
         rows.append(one(cov.UNASSIGNED, unassigned, None))
-    overall_target = options.fail_under if options.fail_under is not None else settings.target
-    totals = one("overall", list(loaded.files.values()), overall_target, detail=False)
+    totals = one("overall", list(loaded.files.values()), _overall_target(settings, options), detail=False)
     return GapsReport(p, rule.value, has_regions, top, totals, tuple(rows), tuple(warnings))
 
 
