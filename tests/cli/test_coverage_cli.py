@@ -878,6 +878,24 @@ def test_text_options_written_to_files_must_be_utf8_and_a_historys_lone_surrogat
     assert "x\ufffdy 75%" in (project / "trend.svg").read_text(encoding="utf-8")
 
 
+def test_a_badge_the_filesystem_refuses_is_exit_4_whether_or_not_its_directory_exists(
+    voke, env, project, monkeypatch
+):
+    # On a read-only mount a new directory for --out was a usage error (exit 2), an existing one exit 4
+    write_json(project, {"admin_service/a.py": lines_file(75, 25)})
+    (project / "out").mkdir()
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    for out, seam in (("new/b.svg", (Path, "mkdir")), ("out/b.svg", (files.tempfile, "mkstemp"))):
+        with monkeypatch.context() as mounted:
+            mounted.setattr(*seam, read_only)
+            r = voke("coverage", "badge", "coverage.json", "--out", out, environ=env, cwd=project)
+        assert r.exit_code == 4, (out, r.stderr)
+        assert f"Read-only file system: {project / out}" in r.stderr, r.stderr
+
+
 def test_badge_colour_is_the_band_of_the_number_it_shows(voke, env, project):
     write_json(project, {"admin_service/a.py": lines_file(796, 204)})  # 79.6 %, shown as 80
     r = voke("coverage", "badge", "coverage.json", "--out", "b.svg", "--json", environ=env, cwd=project)

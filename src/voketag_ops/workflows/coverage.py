@@ -703,13 +703,13 @@ def badge(
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    from voketag_ops.files import check_replaceable, write_output
+    from voketag_ops.files import check_replaceable, write_failure, write_output
 
     check_replaceable(path, "--out")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--out {path}: cannot write: {exc.strerror}") from None
+    except OSError as exc:  # a read-only or full disk is exit 4 as for the file itself, not a usage error
+        raise write_failure(exc, "--out", path, "cannot write") from None
     write_output(path, "--out", lambda fh: fh.write(text.encode()))
 
 
