@@ -581,12 +581,12 @@ def diff(
             )
         if outside:
             warnings.append(
-                f"not judged: {len(outside)} file{'s' if len(outside) != 1 else ''} of the coverage data outside "
+                f"not judged: {counted(len(outside), 'file')} of the coverage data outside "
                 f"the {where} ({MAP_CI_PATHS} if they are its): {_sample(outside)}"
             )
         if absent:
             warnings.append(
-                f"not judged: {len(absent)} file{'s' if len(absent) != 1 else ''} of the coverage data not found in the {where} "
+                f"not judged: {counted(len(absent), 'file')} of the coverage data not found in the {where} "
                 f"(deleted since, or measured where paths differ: {MAP_CI_PATHS} if they are its): "
                 + _sample(absent)
             )
