@@ -658,6 +658,7 @@ def test_diff_coverage_against_a_git_ref(voke, env, repo):
     )
     assert human.exit_code == 1
     assert "pkg/m.py" in human.stdout and "8-9, 13-15" in human.stdout
+    assert "14 changed lines in 2 files)" in " ".join(human.stdout.split())
 
 
 def test_a_form_feed_in_a_changed_line_does_not_shift_the_lines_after_it(voke, env, project):
@@ -671,6 +672,8 @@ def test_a_form_feed_in_a_changed_line_does_not_shift_the_lines_after_it(voke, e
     )
     assert r.exit_code == 0, r.stderr
     assert (r.json["result"]["measured"], r.json["result"]["covered"]) == (6, 4)  # 4, 5, 6, 7, 10, 11
+    human = voke("coverage", "diff", "coverage.json", "--diff-file", "ff.diff", environ=env, cwd=project)
+    assert "9 changed lines in 1 file)" in " ".join(human.stdout.split())
 
 
 def test_a_failed_diff_gate_says_it_in_the_numbers_compared(voke, env, project):

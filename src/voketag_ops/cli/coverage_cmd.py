@@ -563,7 +563,7 @@ def _render_diff(console: Console, r: Any) -> None:
     against = f" vs {r.base}" if r.base else ""
     console.print(
         f"diff coverage{against}: [bold]{total}[/] ({r.covered} of {r.measured} measured changed lines covered; "
-        f"{r.changed_lines} changed lines in {r.changed_files} files)"
+        f"{counted(r.changed_lines, 'changed line')} in {counted(r.changed_files, 'file')})"
     )
     uncovered = [f for f in r.files if f.uncovered_lines]
     if uncovered:

@@ -1437,7 +1437,7 @@ def diff_markdown(r: DiffReport) -> _Markdown:
         f"### voke coverage diff{'' if r.base is None else f' vs `{r.base}`'}: {shown}{target} {verdict}",
         "",
         f"{r.covered} of {r.measured} measured changed lines covered "
-        f"({r.changed_lines} changed lines in {r.changed_files} files).",
+        f"({counted(r.changed_lines, 'changed line')} in {counted(r.changed_files, 'file')}).",
         "",
         "| file | changed & measured | covered | uncovered lines |",
         "|:--|--:|--:|:--|",
