@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 
-from voketag_ops.errors import PreconditionError
+from voketag_ops.errors import BackendError, PreconditionError
 
 _HELD: dict[str, int] = {}  # lock path -> depth, so a drill can call the dr operations it wraps
 _HELD_GUARD = threading.Lock()
@@ -150,6 +150,28 @@ def busy_with(holder: str) -> str:
     if is_env_holder(holder):
         return "another voke is starting, stopping or destroying the environment"
     return "another DR operation is running"
+
+
+def dr_operation_hint(home: Path) -> str | None:
+    """The hint of a command that could not reach, or lost, the local environment's database
+    while another voke's DR operation (a failover fencing the leader, say) holds HOME's DR lock:
+    which one, and to rerun once it ends; None while none does."""
+    holder = running_elsewhere(home / "dr")
+    return None if holder is None else f"{busy_with(holder)} ({holder}): rerun the same command once it ends"
+
+
+@contextmanager
+def naming_dr_operation(home: Path) -> Iterator[None]:
+    """A BackendError raised inside gets `dr_operation_hint(HOME)` as its hint while a DR
+    operation runs: whether the leader went away before the first connection or mid-way, the
+    operator learns why and when to run the command again (exit 4 all the same: see
+    docs/decisions.md)."""
+    try:
+        yield
+    except BackendError as exc:
+        if (hint := dr_operation_hint(home)) is not None:
+            exc.hint = hint
+        raise
 
 
 class LockHeld(PreconditionError):

@@ -1415,8 +1415,9 @@ def test_env_up_refuses_while_a_dr_operation_runs(
             refused = voke(*args, environ=make_environ_module(home))
             assert refused.exit_code == 5, (args, refused.stderr)
             assert said in refused.stderr, (args, refused.stderr)
-        read = voke("ingest", "batches", environ=make_environ_module(home))  # a read says why it cannot
-        assert read.exit_code == 4 and f"the primary is down: {said}" in read.stderr, read.stderr
+        read = voke("ingest", "batches", "--json", environ=make_environ_module(home))  # it says why it cannot
+        assert read.exit_code == 4 and "primary is down" in read.json["error"]["message"], read.stdout
+        assert read.json["error"]["hint"] == f"{said}: rerun the same command once it ends"
     assert not (home / "state.json").exists()
 
 
@@ -1469,6 +1470,46 @@ def test_a_load_that_loses_the_primary_during_a_dr_operation_names_it(
     )
     monkeypatch.undo()
     assert voke("ingest", "load", str(path), "--json", environ=environ).exit_code == 0  # and it does
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ingest", "load", "{batch}"],
+        ["ingest", "migrate", "--yes"],
+        ["ingest", "batches"],
+        ["ingest", "proof", "T1"],
+        ["chain", "anchors"],
+    ],
+    ids=lambda args: " ".join(args[:2]),
+)
+def test_a_command_whose_first_connection_finds_the_primary_stopped_by_a_dr_operation_names_it(
+    voke, environ, env, held_by_another_voke, tmp_path, monkeypatch, args
+):
+    # The review's race, made certain: a failover stopped the leader after the command saw the
+    # environment running and before it connected (`ensure_local`, then `platform_database`).
+    # The load named the DR operation only from `load_batch` on; this connection failed bare.
+    from voketag_ops.adapters.local.environment import LocalEnvironment
+
+    batch = tmp_path / "a.csv"
+    batch.write_text("tag_id,sku,product_name,factory_id,manufactured_at\nT1,S,N,F,2024-01-01T00:00:00Z\n")
+    looked_up = LocalEnvironment.database
+
+    def stopped_first(self, name, *, create):
+        self.primary().stop()  # as the failover's fence does, between the look and the connection
+        return looked_up(self, name, create=create)
+
+    monkeypatch.setattr(LocalEnvironment, "database", stopped_first)
+    with held_by_another_voke(env.home / "dr" / "dr.lock", "dr failover pid 7"):
+        lost = voke(*(a.format(batch=batch) for a in args), "--json", environ=environ)
+    monkeypatch.undo()
+    try:
+        assert lost.exit_code == 4, lost.stdout
+        assert lost.json["error"]["hint"] == (
+            "another DR operation is running (dr failover pid 7): rerun the same command once it ends"
+        )
+    finally:
+        assert voke("env", "up", environ=environ).exit_code == 0  # the leader back for the next test
 
 
 @contextlib.contextmanager

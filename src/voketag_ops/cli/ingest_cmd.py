@@ -16,7 +16,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -99,10 +99,12 @@ def _read_conninfo(env: AppContext, db: str | None) -> str | None:
 
     local = env.local_environment()
     if not local.exists or not local.primary().running:
-        from voketag_ops.locks import busy_with, running_elsewhere
+        from voketag_ops.locks import running_elsewhere
 
-        if (holder := running_elsewhere(local.home / "dr")) is not None:  # a failover or drill moves it
-            raise BackendError(f"the primary is down: {busy_with(holder)} ({holder}); try again once it ends")
+        if (
+            running_elsewhere(local.home / "dr") is not None
+        ):  # a failover or drill moves it: its hint names it
+            raise BackendError("the local environment's primary is down; nothing was read")
         raise BackendError(
             "the local environment is not running; `voke env up` starts it (reading batches "
             "and proofs never does)"
@@ -256,11 +258,12 @@ def load(
 
         raise UsageError("--partial needs --rejects FILE for the rows it leaves out")
     started: list[str] = []  # what starting the local environment said, off a terminal
-    conninfo = _conninfo(env, db, dry_run=dry_run, started=started)
     home = _home(env)
     # Once the batch is committed, a Ctrl-C or SIGTERM no longer stops the load short of
     # its audit event and its result: it is loaded, and says so.
-    with wf.AfterCommit() as after_commit, _named_dr_operation(db, home):
+    # From the first connection on, which a leader stopped since ensure_local looked can refuse.
+    with _named_dr_operation(db, home), wf.AfterCommit() as after_commit:
+        conninfo = _conninfo(env, db, dry_run=dry_run, started=started)
         with _progress_bar(env.out, file.stat().st_size) as progress:
             report = wf.load_batch(
                 conninfo,
@@ -286,21 +289,14 @@ def load(
         env.out.result(report, ok=report.ok, render=_render_load, failure=summary.removeprefix("ingest: "))
 
 
-@contextmanager
-def _named_dr_operation(db: str | None, home: Path) -> Iterator[None]:
-    """A local load that lost its database while a DR operation (a failover drill, say) held
-    the DR lock says so: a load is not a DR operation and does not wait for one, but the
-    operator should know why the primary went away and when to run the load again."""
-    from voketag_ops.errors import BackendError
+def _named_dr_operation(db: str | None, home: Path) -> AbstractContextManager[None]:
+    """A local command that could not reach, or lost, its database while a DR operation (a
+    failover drill, say) held the DR lock says so in its hint: it is not a DR operation and
+    does not wait for one, but the operator should know why the primary went away and when to
+    run it again. A --db names a database of its own: nothing to say."""
+    from voketag_ops.locks import naming_dr_operation
 
-    try:
-        yield
-    except BackendError as exc:
-        from voketag_ops.locks import busy_with, running_elsewhere
-
-        if db is None and (holder := running_elsewhere(home / "dr")) is not None:
-            exc.hint = f"{busy_with(holder)} ({holder}): rerun the same command once it ends"
-        raise
+    return nullcontext() if db is not None else naming_dr_operation(home)
 
 
 def _actor() -> str:
@@ -368,15 +364,15 @@ def migrate(
     from voketag_ops.workflows import ingest as wf
 
     env = use(ctx)
-    conninfo = _conninfo(env, db, dry_run=dry_run, started=[])
-    report = wf.migrate_schema(
-        conninfo,
-        settings=env.settings.ingest,
-        dry_run=dry_run,
-        audit_home=_home(env),
-        env_name=env.settings.env,
-        grant=grant or [],
-    )
+    with _named_dr_operation(db, _home(env)):
+        report = wf.migrate_schema(
+            _conninfo(env, db, dry_run=dry_run, started=[]),
+            settings=env.settings.ingest,
+            dry_run=dry_run,
+            audit_home=_home(env),
+            env_name=env.settings.env,
+            grant=grant or [],
+        )
     env.out.result(report, render=_render_migrate)
 
 
@@ -413,12 +409,13 @@ def batches(
     from voketag_ops.workflows.chain import anchor_states
 
     env = use(ctx)
-    conninfo = _read_conninfo(env, db)
-    rows = (
-        []
-        if conninfo is None
-        else wf.list_batches(conninfo, limit=limit, anchor_states=anchor_states(_home(env)))
-    )
+    with _named_dr_operation(db, _home(env)):
+        conninfo = _read_conninfo(env, db)
+        rows = (
+            []
+            if conninfo is None
+            else wf.list_batches(conninfo, limit=limit, anchor_states=anchor_states(_home(env)))
+        )
     for row in rows:
         if row["anchor_mismatch"]:
             env.out.note(f"warning: {row['anchor_mismatch']}")
@@ -465,12 +462,13 @@ def proof(
     env = use(ctx)
     if not is_tag_id(tag_id):  # no loaded row can have it (and it may not even be UTF-8)
         raise UsageError(f"TAG_ID {storable_text(tag_id)!r} is not a tag_id: {TAG_ID_RULE}")
-    conninfo = _read_conninfo(env, db)
-    result = (
-        wf.TagProof(tag_id=tag_id, found=False)
-        if conninfo is None
-        else wf.prove_tag(conninfo, tag_id, anchor_states=anchor_states(_home(env)))
-    )
+    with _named_dr_operation(db, _home(env)):
+        conninfo = _read_conninfo(env, db)
+        result = (
+            wf.TagProof(tag_id=tag_id, found=False)
+            if conninfo is None
+            else wf.prove_tag(conninfo, tag_id, anchor_states=anchor_states(_home(env)))
+        )
     if not result.found:
         failure = f"tag {tag_id!r} has not been loaded"
     elif result.damaged:

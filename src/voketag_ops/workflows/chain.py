@@ -766,14 +766,17 @@ def _pg_chain_store(env: LocalEnvironment, database: str, *, readonly: bool, sta
     """The PostgreSQL chain store in database DATABASE on ENV's leader (created on first use
     unless READONLY: NoChainYetError when it does not exist)."""
     from voketag_ops.adapters.local.pg_chain_store import PgChainStore
+    from voketag_ops.locks import dr_operation_hint
 
     try:
         found = env.database(database, create=not readonly)  # created on first use
         if found is None:
             raise NoChainYetError(f"no chain yet (database {database} does not exist)")
         conninfo = found
-    except BackendError as exc:
-        raise ch.ChainStoreError(f"chain store (PostgreSQL): {exc.message}") from None
+    except BackendError as exc:  # (a leader a failover stopped since it was found running: named)
+        raise ch.ChainStoreError(
+            f"chain store (PostgreSQL): {exc.message}", hint=dr_operation_hint(env.home)
+        ) from None
     leader = env.primary()
     return PgChainStore(
         conninfo,
