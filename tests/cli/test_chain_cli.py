@@ -449,6 +449,26 @@ def test_mining_out_of_bounds_exits_1(voke, chain_env) -> None:
 
 
 @pytest.mark.pg
+def test_an_import_dry_run_takes_a_chain_database_not_made_yet_as_an_empty_chain(
+    voke, chain_env, platform_environ, local_env, tmp_path: Path
+) -> None:
+    # The read-only open's "no chain yet" is a BackendError too: the open's own handler took it
+    # for an unreachable store (exit 4) instead of an empty chain.
+    source = chain_env()
+    voke("chain", "anchor", "request", merkle.root([b"x"]).hex(), environ=source)
+    voke("chain", "anchor", "run", "--difficulty", "4", environ=source)
+    exported = tmp_path / "export.json"
+    assert voke("chain", "export", "--output", str(exported), environ=source).exit_code == 0
+    name = f"chain_{uuid.uuid4().hex[:10]}"
+    fresh = dict(platform_environ, VOKE_CHAIN__DATABASE=name, VOKE_CHAIN__MIN_DIFFICULTY="4")
+    planned = voke("chain", "import", str(exported), "--dry-run", "--json", environ=fresh)
+    assert planned.exit_code == 0, planned.stdout
+    assert planned.json["result"]["blocks_added"] == 1
+    with local_env.primary().connect() as conn:  # a dry run made nothing
+        assert conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone() is None
+
+
+@pytest.mark.pg
 def test_export_and_import_through_postgres(voke, chain_env, tmp_path: Path) -> None:
     source = chain_env()
     voke("chain", "anchor", "request", merkle.root([b"x"]).hex(), environ=source)

@@ -769,14 +769,13 @@ def _pg_chain_store(env: LocalEnvironment, database: str, *, readonly: bool, sta
     from voketag_ops.locks import dr_operation_hint
 
     try:
-        found = env.database(database, create=not readonly)  # created on first use
-        if found is None:
-            raise NoChainYetError(f"no chain yet (database {database} does not exist)")
-        conninfo = found
+        conninfo = env.database(database, create=not readonly)  # created on first use
     except BackendError as exc:  # (a leader a failover stopped since it was found running: named)
         raise ch.ChainStoreError(
             f"chain store (PostgreSQL): {exc.message}", hint=dr_operation_hint(env.home)
         ) from None
+    if conninfo is None:  # (outside the try: it is a BackendError too, and means an empty chain)
+        raise NoChainYetError(f"no chain yet (database {database} does not exist)")
     leader = env.primary()
     return PgChainStore(
         conninfo,
