@@ -39,7 +39,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Collection, Hashable, Iterator, Mapping
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -53,12 +53,13 @@ from voketag_ops.errors import DISK_REFUSED, BackendError, NeedsOperatorError, V
 from voketag_ops.redact import redact
 
 if TYPE_CHECKING:
-    from voketag_ops.core.chain import ChainState
+    from voketag_ops.core.chain import Anchor, ChainState, SealedRecord
     from voketag_ops.ports import ChainStore
 
 log = logging.getLogger("voke.audit")
 
 CHECKPOINT_EVERY = 100
+CHECKPOINT_KIND = "audit-checkpoint"  # the kind of the chain anchors that checkpoints are
 Key = TypeVar("Key", bound=Hashable)
 
 
@@ -469,8 +470,7 @@ class AuditLog:
                 break
             size *= 2
         return [
-            (bytes.fromhex(cp.root), "audit-checkpoint", f"audit@{cp.size}", cp.size)
-            for cp in reversed(unseen)
+            (bytes.fromhex(cp.root), CHECKPOINT_KIND, f"audit@{cp.size}", cp.size) for cp in reversed(unseen)
         ]
 
     def _checkpoints_newest_first(self) -> Iterator[core.Checkpoint]:
@@ -718,18 +718,23 @@ class AuditLog:
         unchecked: str | None = None
         untrusted: str | None = None
         without_anchor = 0
-        try:
-            state = self._chain_store(readonly=True).load(kind="audit-checkpoint")  # all it claims
+        from voketag_ops.workflows.chain import sealed_in_valid_chain, untrusted_chain
+
+        try:  # the blocks streamed: memory holds the checkpoint records, not a year's chain
+            chain, anchors, sealed = sealed_in_valid_chain(
+                self._chain_store(readonly=True),
+                CHECKPOINT_KIND,
+                lambda r: r.kind == CHECKPOINT_KIND,
+                kind=CHECKPOINT_KIND,  # all it claims
+                min_difficulty=min_difficulty,
+            )
         except VokeError as exc:
             unchecked = exc.message
         else:
-            from voketag_ops.workflows.chain import untrusted_chain, validate_state
-
-            chain = validate_state(state.blocks, state.anchors, min_difficulty=min_difficulty)
             if not chain.ok:
                 untrusted = f"{untrusted_chain(chain)}; `voke chain validate` names the problem"
             else:
-                chain_claims, anchored = checkpoint_claims(state)
+                chain_claims, anchored = checkpoint_claims(anchors.values(), sealed)
                 claims += chain_claims
                 without_anchor = sum(1 for cp in checkpoints if cp.root not in anchored)
         report = core.verify_lines(self.raw_lines(), claims)
@@ -739,30 +744,36 @@ class AuditLog:
 
     def contradiction(self, state: ChainState) -> str | None:
         """What in STATE's audit checkpoints contradicts this log (None: nothing does)."""
-        claims, _anchored = checkpoint_claims(state)
+        from voketag_ops.core.chain import sealed_records
+
+        sealed = sealed_records(state.blocks, spelling=CHECKPOINT_KIND)
+        claims, _anchored = checkpoint_claims(state.anchors.values(), sealed)
         if not claims:
             return None
         report = core.verify_lines(self.raw_lines(), claims)
         return None if report.ok else report.message
 
 
-def checkpoint_claims(state: ChainState) -> tuple[list[core.Claim], set[str]]:
-    """What a chain says the audit log hashes to: its audit-checkpoint anchors, and the records
-    of them sealed in blocks (a block keeps its records when the anchors table loses a row),
-    with the roots that count as anchored (cancelled or failed requests do not)."""
-    from voketag_ops.core.chain import AnchorState, sealed_records
+def checkpoint_claims(
+    anchors: Iterable[Anchor], sealed: Iterable[SealedRecord]
+) -> tuple[list[core.Claim], set[str]]:
+    """What a chain says the audit log hashes to: its audit-checkpoint ANCHORS, and the records
+    of them SEALED in its blocks (`sealed_records`: a block keeps its records when the anchors
+    table loses a row), with the roots that count as anchored (cancelled or failed requests do
+    not)."""
+    from voketag_ops.core.chain import AnchorState
 
     claims: list[core.Claim] = []
     anchored: set[str] = set()
     seen: set[tuple[int, str]] = set()
-    for a in state.anchors.values():
-        if a.kind == "audit-checkpoint" and a.tree_size:
+    for a in anchors:
+        if a.kind == CHECKPOINT_KIND and a.tree_size:
             claims.append(core.Claim(a.tree_size, a.root.hex(), f"anchor {a.id[:16]}"))
             seen.add((a.tree_size, a.root.hex()))
             if a.state in (AnchorState.PENDING, AnchorState.ANCHORED):
                 anchored.add(a.root.hex())
-    for record in sealed_records(state.blocks, spelling="audit-checkpoint"):
-        if record.kind != "audit-checkpoint" or record.tree_size is None or record.tree_size < 1:
+    for record in sealed:
+        if record.kind != CHECKPOINT_KIND or record.tree_size is None or record.tree_size < 1:
             continue
         anchored.add(record.root)
         if (record.tree_size, record.root) not in seen:

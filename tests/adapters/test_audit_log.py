@@ -518,6 +518,29 @@ def test_a_sealed_block_record_still_catches_a_rewrite_after_its_anchor_row_is_d
     assert report.problem is au.Problem.CHECKPOINT_MISMATCH and "block 0 record" in (report.message or "")
 
 
+def test_verify_judges_the_chain_as_its_blocks_stream_and_keeps_none(tmp_path: Path) -> None:
+    """A year's chain is 100k blocks: verify reads it streamed, not whole (`load`), and holds the
+    block it judges and the one before it, whatever the chain's length."""
+    from voketag_ops.core import merkle
+    from voketag_ops.testing.chain import OneBlockAtATime
+    from voketag_ops.workflows import chain as chain_wf
+
+    chain = FileChainStore(default_chain_path(tmp_path))
+    log = AuditLog(tmp_path, checkpoint_every=10, chain=lambda: chain)
+    append_n(log, 12)
+    for i in range(6):  # audit@10 in block 0, then blocks of other anchors
+        chain_wf.run_anchors(chain, now=T0, difficulty=4)
+        chain_wf.request_anchor(chain, root=merkle.root([b"%d" % i]), kind="batch", label=f"b{i}", now=T0)
+    assert len(chain.load().blocks) == 6
+    streamed = OneBlockAtATime(chain)
+    log = AuditLog(tmp_path, checkpoint_every=10, chain=lambda: streamed)
+    report = log.verify(min_difficulty=4)
+    assert report.ok and report.anchors_checked == 1 and streamed.most_alive == 2
+    _rewrite_consistently(log, [i for i in range(12) if i != 5])  # still caught, from the stream
+    report = log.verify(min_difficulty=4)
+    assert report.problem is au.Problem.CHECKPOINT_MISMATCH and streamed.most_alive == 2
+
+
 def test_a_chain_whose_claims_were_rewritten_without_its_work_vouches_for_nothing(tmp_path: Path) -> None:
     """Whoever can write VOKE_HOME and the chain's store rewrites the log consistently and puts
     the new checkpoint roots in the anchors and the block records, without mining the blocks
@@ -576,7 +599,7 @@ def test_checkpoint_claims_find_a_block_record_however_its_kind_is_spelled() -> 
         "not json",
     ]
     block = ch.seal(index=0, timestamp=T0, prev_hash=ch.ZERO_HASH, records=records, difficulty=0, nonce=1)
-    claims, anchored = checkpoint_claims(ch.ChainState(blocks=(block,)))
+    claims, anchored = checkpoint_claims([], ch.sealed_records([block], spelling="audit-checkpoint"))
     assert [(c.size, c.root) for c in claims] == [(5, root)] and anchored == {root}
 
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +16,7 @@ from voketag_ops.core import chain as ch
 from voketag_ops.core import merkle
 from voketag_ops.errors import InputError, UsageError
 from voketag_ops.ports import ChainStore
+from voketag_ops.testing.chain import OneBlockAtATime
 from voketag_ops.workflows import chain as wf
 
 T0 = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
@@ -386,33 +384,6 @@ def test_requests_and_runs_read_only_the_anchors_they_need(store: FileChainStore
     again = wf.run_anchors(narrow, now=T0, difficulty=DIFF)
     assert again.block is not None and again.block["index"] == 1
     assert wf.validate(store, min_difficulty=DIFF).ok
-
-
-@dataclass
-class OneBlockAtATime:
-    """Wraps a store; its blocks stream as fresh objects, and the most of them alive at once is
-    counted (a reader that keeps them raises it); reading every block at once (`load`) fails."""
-
-    inner: FileChainStore
-    most_alive: int = 0
-
-    def load(self, **kw: Any) -> ch.ChainState:
-        raise AssertionError("every block was held at once")
-
-    @contextmanager
-    def stream(self, **kw: Any) -> Iterator[tuple[dict[str, ch.Anchor], Iterator[ch.Block]]]:
-        state = self.inner.load(**kw)
-        docs = [b.to_json() for b in state.blocks]
-        alive: weakref.WeakSet[ch.Block] = weakref.WeakSet()
-
-        def blocks() -> Iterator[ch.Block]:
-            for doc in docs:
-                block = ch.Block.from_json(doc)
-                alive.add(block)
-                self.most_alive = max(self.most_alive, len(alive))
-                yield block
-
-        yield state.anchors, blocks()
 
 
 def test_anchoring_and_validation_judge_the_blocks_as_they_stream_and_keep_none(

@@ -157,17 +157,11 @@ def root_anchoring(store: ChainStore, root: str, tree_size: int, *, min_difficul
     one that does not validate vouches for nothing, as in `audit verify`. Then the blocks'
     sealed records of ROOT judge it (`sealed_records`, as `audit verify`'s claims do), so a
     deleted row hides no anchor; the row only says why a root no block holds is not anchored
-    (pending, cancelled, failed). One read of the blocks, streamed (each is judged and let go),
+    (pending, cancelled, failed). One read of the blocks, streamed (`sealed_in_valid_chain`),
     and that row."""
-    sealed: list[ch.SealedRecord] = []
-
-    def noting_root(blocks: Iterator[ch.Block]) -> Iterator[ch.Block]:
-        for block in blocks:
-            sealed.extend(r for r in ch.sealed_records([block], spelling=root) if r.root == root)
-            yield block
-
-    with store.stream(ids=[root]) as (anchors, blocks):
-        report = validate_state(noting_root(blocks), anchors, min_difficulty=min_difficulty)
+    report, anchors, sealed = sealed_in_valid_chain(
+        store, root, lambda r: r.root == root, ids=[root], min_difficulty=min_difficulty
+    )
     if not report.ok:
         return Anchoring(False, untrusted_chain(report))
     short = f"root {root[:16]}…"
@@ -649,6 +643,32 @@ def validate_state(
         index, message = problem
         return ch.ChainReport(False, report.length, report.head, index, ch.Problem.CHANGED_RECORD, message)
     return report
+
+
+def sealed_in_valid_chain(
+    store: ChainStore,
+    spelling: str,
+    wanted: Callable[[ch.SealedRecord], bool],
+    *,
+    kind: str | None = None,
+    ids: Collection[str] | None = None,
+    min_difficulty: int,
+) -> tuple[ch.ChainReport, dict[str, ch.Anchor], list[ch.SealedRecord]]:
+    """One read of STORE, its blocks streamed: the chain judged by `validate_state` (against
+    the anchors of KIND, among IDS, that the store returns with them), those anchors, and the
+    anchor records its blocks seal that may hold SPELLING (`sealed_records`) and WANTED keeps.
+    Each block is judged and let go, so memory holds the records kept, not the chain:
+    `chain verify --anchored` and `audit verify` read what they trust this way."""
+    sealed: list[ch.SealedRecord] = []
+
+    def noting(blocks: Iterable[ch.Block]) -> Iterator[ch.Block]:
+        for block in blocks:
+            sealed.extend(r for r in ch.sealed_records([block], spelling=spelling) if wanted(r))
+            yield block
+
+    with store.stream(kind=kind, ids=ids) as (anchors, blocks):
+        report = validate_state(noting(blocks), anchors, min_difficulty=min_difficulty)
+    return report, anchors, sealed
 
 
 def untrusted_chain(report: ch.ChainReport) -> str:
