@@ -299,9 +299,11 @@ class ChainStore(Protocol):
         *,
         kind: str | None = None,
         state: AnchorState | None = None,
+        prefix: str | None = None,
     ) -> dict[str, Anchor]:
-        """The stored anchors (by id) among IDS (None: every id), of KIND and in STATE when
-        given, read alone: a lookup of a few never reads the rest. Raises ChainStoreError."""
+        """The stored anchors (by id) among IDS (None: every id), of KIND, in STATE and with an
+        id starting with PREFIX (lowercase hex) when given, read alone: a lookup of a few never
+        reads the rest. Raises ChainStoreError."""
         ...
 
     def anchor_page(self, *, state: AnchorState | None = None, limit: int) -> AnchorPage:

@@ -280,3 +280,20 @@ def test_a_stream_is_the_snapshot_load_reads_with_its_blocks_one_at_a_time(store
     assert store.head() == chain[-1]
     assert store.load(ids=[made[1].id]) == ch.ChainState(blocks=tuple(chain), anchors=anchors)
     assert wf.validate(store, min_difficulty=0) == ch.ChainReport(True, 1500, chain[-1].hash.hex())
+
+
+def test_an_id_prefix_finds_the_anchors_it_starts_and_no_other(store: ChainStore) -> None:
+    made = [
+        ch.request_anchor(None, root=bytes.fromhex(head) + bytes([i]) * 28, kind="batch", label=head, now=T0)[
+            0
+        ]
+        for i, head in enumerate(["abcdef01", "abcdef01", "abcdef02"])
+    ]
+    store.commit(anchors=made)
+    assert store.anchors(prefix="abcdef01") == {a.id: a for a in made[:2]}
+    assert store.anchors(prefix=made[1].id[:10]) == {made[1].id: made[1]}
+    assert store.anchors(prefix="abcdef", state=ch.AnchorState.ANCHORED) == {}
+    assert store.anchors(prefix="0123abcd") == {}
+    with pytest.raises(ch.UsageError, match=r"ambiguous \(2 anchors\)"):
+        wf.find_anchor(_NoWholeReads(store), "abcdef01")  # type: ignore[arg-type]
+    assert wf.find_anchor(_NoWholeReads(store), "ABCDEF02") == made[2]  # type: ignore[arg-type]

@@ -364,14 +364,19 @@ def test_anchor_record_is_canonical_and_json_round_trips() -> None:
             ch.Anchor.from_json({**anchor.to_json(), key: value})
 
 
-def test_find_anchor_by_prefix() -> None:
+def test_an_anchor_id_prefix_is_8_hex_digits_and_names_one_anchor() -> None:
     a, _ = ch.request_anchor(None, root=ROOT, kind="batch", label="b1", now=T0)
-    state = ch.ChainState(anchors={a.id: a})
-    assert state.find_anchor(ROOT.hex()[:8].upper()) is a
+    b, _ = ch.request_anchor(None, root=ROOT[:4] + bytes(28), kind="batch", label="b2", now=T0)
+    prefix = ch.anchor_prefix(ROOT.hex()[:8].upper())
+    assert prefix == ROOT.hex()[:8]
+    assert ch.only_anchor([a], prefix) is a
     with pytest.raises(ch.AnchorNotFoundError):
-        state.find_anchor("deadbeef" if not ROOT.hex().startswith("deadbeef") else "beefdead")
-    with pytest.raises(ch.UsageError):
-        state.find_anchor("abc")
+        ch.only_anchor([], prefix)
+    with pytest.raises(ch.UsageError, match=r"is ambiguous \(2 anchors\); give more digits"):
+        ch.only_anchor([a, b], prefix)
+    for bad in ("abc", "abcdefgx"):
+        with pytest.raises(ch.UsageError):
+            ch.anchor_prefix(bad)
 
 
 def test_an_import_never_unanchors_a_sealed_root_and_refuses_what_still_contradicts() -> None:

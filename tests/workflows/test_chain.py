@@ -213,6 +213,19 @@ def test_cancel_pending_and_refuse_anchored(store: FileChainStore) -> None:
     assert wf.request_anchor(store, root=root_of("a"), kind="batch", label="a", now=T0).outcome == "reopened"
 
 
+def test_cancel_finds_the_anchor_by_its_id_prefix_without_reading_the_chain(store: FileChainStore) -> None:
+    near = [bytes.fromhex("abcdef01") + bytes([i]) * 28 for i in (1, 2)]  # one 8-digit prefix, two roots
+    for i, root in enumerate(near):
+        wf.request_anchor(store, root=root, kind="batch", label=f"n{i}", now=T0)
+    narrow = NoWholeReads(store)
+    with pytest.raises(UsageError, match="ambiguous"):
+        wf.cancel_anchor(narrow, "abcdef01", now=T0)
+    assert wf.find_anchor(narrow, "ABCDEF0102").label == "n1"
+    assert wf.cancel_anchor(narrow, near[0].hex()[:10], now=T0)["state"] == "cancelled"
+    with pytest.raises(ch.AnchorNotFoundError):
+        wf.find_anchor(narrow, "abcdef0103")
+
+
 def test_mining_bound_counts_attempts_then_fails(store: FileChainStore) -> None:
     wf.request_anchor(store, root=root_of("a"), kind="batch", label="a", now=T0)
     for attempt in range(1, 4):

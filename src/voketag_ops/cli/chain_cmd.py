@@ -539,11 +539,11 @@ def anchor_cancel(
 ) -> None:
     """Cancel a pending anchor (exit 5 if it is already anchored)."""
     from voketag_ops.core.chain import AnchorState, AnchorStateError
-    from voketag_ops.workflows.chain import cancel_anchor
+    from voketag_ops.workflows.chain import cancel_anchor, find_anchor
 
     env = use_local(ctx)
     store = _store(env, dry_run=dry_run, changes=True)
-    anchor = store.load().find_anchor(anchor_id)
+    anchor = find_anchor(store, anchor_id)
 
     def refuse_if_not_pending() -> None:
         if anchor.state not in (AnchorState.PENDING, AnchorState.CANCELLED):

@@ -651,17 +651,25 @@ class ChainState:
             key=lambda a: (a.requested_at, a.root),
         )
 
-    def find_anchor(self, prefix: str) -> Anchor:
-        """The anchor whose id (root hex) starts with PREFIX (at least 8 hex digits)."""
-        prefix = prefix.lower()
-        if len(prefix) < 8 or any(c not in "0123456789abcdef" for c in prefix):
-            raise UsageError("an anchor id is at least 8 hex digits of its root")
-        matches = [a for key, a in self.anchors.items() if key.startswith(prefix)]
-        if not matches:
-            raise AnchorNotFoundError(f"no anchor with id {prefix}")
-        if len(matches) > 1:
-            raise UsageError(f"anchor id {prefix} is ambiguous ({len(matches)} anchors); give more digits")
-        return matches[0]
+
+def anchor_prefix(anchor_id: str) -> str:
+    """ANCHOR_ID (an anchor's id, its root in hex, or at least 8 of its leading digits) in the
+    case ids are stored in; UsageError when it is not one."""
+    prefix = anchor_id.lower()
+    if len(prefix) < 8 or any(c not in "0123456789abcdef" for c in prefix):
+        raise UsageError("an anchor id is at least 8 hex digits of its root")
+    return prefix
+
+
+def only_anchor(matches: Iterable[Anchor], prefix: str) -> Anchor:
+    """The one anchor of MATCHES (those whose id starts with PREFIX): AnchorNotFoundError when
+    there is none, UsageError when PREFIX is ambiguous."""
+    found = list(matches)
+    if not found:
+        raise AnchorNotFoundError(f"no anchor with id {prefix}")
+    if len(found) > 1:
+        raise UsageError(f"anchor id {prefix} is ambiguous ({len(found)} anchors); give more digits")
+    return found[0]
 
 
 @dataclass(frozen=True)

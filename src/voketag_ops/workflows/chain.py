@@ -445,14 +445,20 @@ def cancel_anchor(
     """Cancel a pending anchor (by id or an unambiguous prefix of at least 8 hex digits)."""
 
     def attempt() -> dict[str, Any]:
-        state = store.load()
-        anchor = state.find_anchor(anchor_id)
+        anchor = find_anchor(store, anchor_id)
         cancelled = ch.cancel_anchor(anchor, now=now)
         if cancelled is not anchor:
             store.commit(anchors=[cancelled])
         return cancelled.to_json()
 
     return with_retries(retry, attempt)
+
+
+def find_anchor(store: ChainStore, anchor_id: str) -> ch.Anchor:
+    """The anchor whose id is ANCHOR_ID, or starts with it (at least 8 hex digits; an ambiguous
+    prefix is a UsageError), looked up by the store: no block and no other anchor is read."""
+    prefix = ch.anchor_prefix(anchor_id)
+    return ch.only_anchor(store.anchors(prefix=prefix).values(), prefix)
 
 
 def list_anchors(store: ChainStore, *, state: str | None = None, limit: int = 50) -> dict[str, Any]:

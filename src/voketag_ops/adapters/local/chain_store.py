@@ -161,12 +161,13 @@ class FileChainStore:
         *,
         kind: str | None = None,
         state: ch.AnchorState | None = None,
+        prefix: str | None = None,
     ) -> dict[str, ch.Anchor]:
         """As the port says; one document, so it is read whole and filtered here."""
         return {
             key: a
             for key, a in self.load(kind=kind, ids=ids).anchors.items()
-            if state is None or a.state is state
+            if (state is None or a.state is state) and (prefix is None or key.startswith(prefix))
         }
 
     def anchor_page(self, *, state: ch.AnchorState | None = None, limit: int) -> ch.AnchorPage:

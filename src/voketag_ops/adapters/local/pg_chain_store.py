@@ -145,9 +145,10 @@ class PgChainStore:
         *,
         kind: str | None = None,
         state: ch.AnchorState | None = None,
+        prefix: str | None = None,
     ) -> dict[str, ch.Anchor]:
         with self._transaction(write=False) as conn:
-            return self._anchors(conn, ids=ids, kind=kind, state=state)
+            return self._anchors(conn, ids=ids, kind=kind, state=state, prefix=prefix)
 
     def anchor_page(self, *, state: ch.AnchorState | None = None, limit: int) -> ch.AnchorPage:
         """As the port says: the server sorts (a top-N sort, in bounded memory) and counts."""
@@ -255,9 +256,10 @@ class PgChainStore:
         ids: Collection[str] | None = None,
         kind: str | None = None,
         state: ch.AnchorState | None = None,
+        prefix: str | None = None,
     ) -> dict[str, ch.Anchor]:
-        """The anchors (all, or those among IDS, of KIND, in STATE), filtered by the server:
-        only the rows asked for are parsed."""
+        """The anchors (all, or those among IDS, of KIND, in STATE, with an id starting with
+        PREFIX), filtered by the server: only the rows asked for are parsed."""
         where: list[str] = ["true"]
         params: list[object] = []
         if ids is not None:
@@ -269,6 +271,9 @@ class PgChainStore:
         if state is not None:
             where.append("doc->>'state' = %s")
             params.append(state.value)
+        if prefix is not None:
+            where.append("starts_with(id, %s)")  # (not LIKE: a prefix holds no wildcard)
+            params.append(prefix)
         anchors = {}
         sql = "select id, doc from voke_chain_anchors where " + " and ".join(where)
         for anchor_id, doc in conn.execute(sql, params):
