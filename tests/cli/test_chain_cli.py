@@ -378,6 +378,9 @@ def test_anchor_lifecycle_validate_and_audit(voke, chain_env, local_env) -> None
     assert mine[0]["state"] == "anchored" and mine[0]["block_index"] == 0
     assert run("chain", "anchors", "--state", "bogus").exit_code == 2
     assert run("chain", "anchors", "--limit", "0").exit_code == 2
+    beyond = run("chain", "anchors", "--limit", "100001")  # a page is held whole: an export's job beyond
+    assert beyond.exit_code == 2 and beyond.stderr.count("\n") <= 2 and "100000" in beyond.stderr
+    assert run("chain", "anchors", "--limit", "100000").exit_code == 0
     assert run("chain", "validate").exit_code == 0
 
     run("chain", "anchor", "request", other, "--label", "o")

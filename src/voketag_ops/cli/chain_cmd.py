@@ -24,6 +24,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any
 import typer
 
 from voketag_ops.cli.common import (
+    MAX_LISTED,
     DryRun,
     MinDifficulty,
     Unasked,
@@ -257,7 +258,16 @@ def anchors(
         str | None,
         typer.Option("--state", help="Only anchors in this state: pending, anchored, cancelled or failed."),
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="At most this many, newest first.")] = 50,
+    limit: Annotated[
+        int,
+        typer.Option(
+            "--limit",
+            "-n",
+            min=1,
+            max=MAX_LISTED,
+            help=f"At most this many, newest first (at most {MAX_LISTED:,}).",
+        ),
+    ] = 50,
 ) -> None:
     """List anchor requests and their status (anchored ones with their block index), newest first."""
     from voketag_ops.core.chain import AnchorState

@@ -41,6 +41,9 @@ def render_plan(console: Console, report: dict[str, Any]) -> None:
 Unasked = Annotated[
     bool, typer.Option("--yes", "-y", help="Accepted as on every changing command; this one never asks.")
 ]
+# The most rows a listing whose store pages it (`ingest batches`, `chain anchors`) takes in one
+# --limit: the page is held and rendered whole; beyond it is an export's work (exit 2).
+MAX_LISTED = 100_000
 # `chain validate`, `audit verify`, `chain verify --anchored`: the work a block must show (default:
 # chain.min_difficulty)
 MinDifficulty = Annotated[

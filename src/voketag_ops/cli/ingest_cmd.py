@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from voketag_ops.cli.common import DryRun, Unasked, named_path, use
+from voketag_ops.cli.common import MAX_LISTED, DryRun, Unasked, named_path, use
 from voketag_ops.core.text import counted
 from voketag_ops.output import print_table, printable
 
@@ -400,7 +400,9 @@ def batches(
     ctx: typer.Context,
     limit: Annotated[
         int,
-        typer.Option("--limit", min=1, max=100_000, help="How many batches, newest first (at most 100,000)."),
+        typer.Option(
+            "--limit", min=1, max=MAX_LISTED, help=f"How many batches, newest first (at most {MAX_LISTED:,})."
+        ),
     ] = 50,
     db: Db = None,
 ) -> None:
