@@ -441,6 +441,61 @@ def test_failback_by_fresh_clone_interrupted_mid_switchover_resumes(voke, enviro
     assert voke("dr", "check", environ=environ).exit_code == 0
 
 
+# Where a failover can be cut short once it fenced the leader: in each later step.
+FAILOVER_CRASH_POINTS = {
+    "promoting": ("planned", "fenced"),
+    "recording the leader": ("planned", "fenced", "promoted"),
+    "repointing the services": ("planned", "fenced", "promoted", "leader"),
+    "verifying a write": ("planned", "fenced", "promoted", "leader", "services"),
+}
+
+
+@pytest.mark.parametrize("point", list(FAILOVER_CRASH_POINTS))
+def test_a_failover_cut_short_by_a_host_crash_past_its_fence_is_finished_by_its_resume(
+    voke, environ, env, monkeypatch, point
+):
+    # Found by review: after a crash of the whole host the resume waited on the stopped standby
+    # (exit 7) while `env up` refused to start anything until the failover was finished.
+    from voketag_ops.config import load_config
+    from voketag_ops.workflows import dr as dr_flow
+    from voketag_ops.workflows.env import LocalPlatform
+
+    steps = {
+        "promoting": (dr, "promote", lambda node: True),
+        "recording the leader": (LocalEnvironment, "set_leader", lambda _env, name: name == "replica"),
+        "repointing the services": (dr_flow, "repoint_services", lambda _s, _e, node: True),
+        "verifying a write": (dr, "probe_write", lambda node: True),
+    }
+    interrupt_when(monkeypatch, *steps[point])
+    cut = voke("dr", "failover", "--yes", "--json", environ=environ)
+    monkeypatch.undo()
+    assert cut.exit_code == 130, cut.stdout
+    assert (
+        tuple(json.loads((env.home / "dr" / "operation.json").read_text())["done"])
+        == FAILOVER_CRASH_POINTS[point]
+    )
+    LocalPlatform(load_config(environ=environ).settings).runtime().stop_all()  # the host goes down
+    for name in ("primary", "replica"):
+        env.node(name).stop(mode="immediate")
+    up = voke("env", "up", "--json", environ=environ)  # never services pinned to the fenced old leader
+    assert up.exit_code == 5, up.stdout
+    assert "finish it with `voke dr failover --yes` before anything starts" in up.json["error"]["message"]
+    assert not env.node("replica").running
+    resumed = voke("dr", "failover", "--yes", "--json", environ=environ)  # starts what it needs
+    assert resumed.exit_code == 0, resumed.stdout + resumed.stderr
+    started = resumed.json["result"]["steps"][0]["name"]
+    assert started == (
+        "start replica as a standby"
+        if point == "promoting"
+        else "start replica (promoted by the interrupted run)"
+    )
+    assert env.require_state().leader == "replica" and not (env.home / "dr" / "operation.json").exists()
+    assert voke("env", "up", environ=environ).exit_code == 0  # the services, repinned to the new leader
+    assert all(healthy for healthy, _version in services(environ).values())
+    assert voke("dr", "failback", "--yes", environ=environ).exit_code == 0
+    assert voke("dr", "check", environ=environ).exit_code == 0
+
+
 def interrupt_when(monkeypatch, owner, name, when):
     """Ctrl-C in OWNER.NAME (a step of ours) on the first call WHEN(*args) picks; every other
     call runs as usual (a drill's clean-up resumes in the same process)."""

@@ -2023,6 +2023,22 @@ def settle_archive_status(env: LocalEnvironment, node: PgNode) -> list[str]:
     return settled
 
 
+def start_stopped(env: LocalEnvironment, node: PgNode, steps: Steps, progress: Progress = _noop) -> None:
+    """Start NODE, the node a resumed failover or switchover promotes, when whatever cut the run
+    short stopped it (a reboot, kill -9, a full disk): a standby still, safe to start, or promoted
+    by the interrupted run (no standby.signal), once the old leader is fenced or stopped. Waiting
+    on it down would never end."""
+    if node.running:
+        return
+    name = (
+        f"start {node.name} (promoted by the interrupted run)"
+        if _promoted(node)
+        else f"start {node.name} as a standby"
+    )
+    with steps.run(name, progress):
+        node.start(timeout=env.settings.start_timeout)
+
+
 def promote(node: PgNode, *, timeout: float = 60) -> float:
     """pg_promote and wait until it takes writes; returns seconds taken."""
     t0 = time.monotonic()
@@ -2151,6 +2167,9 @@ def failover(
                 old.name,
                 new.name,
             )
+    # A host crash (or a full disk) stopped the node to promote, or the one promoted: every step
+    # from here needs it answering, and nothing else would start it (`env up` refuses until then).
+    start_stopped(env, new, steps, progress)
     if not oplog.done("promoted"):
         with steps.run(f"promote {new.name}", progress) as info:
             standby_lsn = query_one(
@@ -2440,30 +2459,23 @@ def switchover(
     diverged = False  # the old leader ran as a primary after TO's promotion: rebuilt, not followed
     if not done("switched"):
         promoted_before = done("switchover_started") and _promoted(standby)
-        if promoted_before:
-            # Interrupted between the promotion and `switched`. An old leader running again
-            # (started by hand meanwhile) is a second primary: stopped, and rebuilt below.
-            if leader.running:
-                with steps.run(f"stop {leader.name} again (it was started after the promotion)", progress):
-                    leader.stop(mode="fast", timeout=timeout)
-                    log.warning(
-                        "%s was running again when the switchover resumed; writes it took since "
-                        "%s was promoted are not on %s",
-                        leader.name,
-                        standby.name,
-                        standby.name,
-                    )
-                diverged = True
-                if oplog is not None:  # (so a resume of this resume rebuilds it too)
-                    oplog.mark("old_leader_diverged")
-            if not standby.running:
-                with steps.run(f"start {standby.name} (promoted by the interrupted run)", progress):
-                    standby.start(timeout=env.settings.start_timeout)
-        else:
-            # (a reboot) a standby still, safe to start: waiting on it down would never end
-            if not standby.running:
-                with steps.run(f"start {standby.name} as a standby", progress):
-                    standby.start(timeout=env.settings.start_timeout)
+        # Interrupted between the promotion and `switched`. An old leader running again
+        # (started by hand meanwhile) is a second primary: stopped, and rebuilt below.
+        if promoted_before and leader.running:
+            with steps.run(f"stop {leader.name} again (it was started after the promotion)", progress):
+                leader.stop(mode="fast", timeout=timeout)
+                log.warning(
+                    "%s was running again when the switchover resumed; writes it took since "
+                    "%s was promoted are not on %s",
+                    leader.name,
+                    standby.name,
+                    standby.name,
+                )
+            diverged = True
+            if oplog is not None:  # (so a resume of this resume rebuilds it too)
+                oplog.mark("old_leader_diverged")
+        start_stopped(env, standby, steps, progress)  # (a reboot) waiting on it down would never end
+        if not promoted_before:
             # A resume whose leader runs again (`env up` after the kill) waits for the standby to
             # stream from it again too: a standby not yet reconnected never gets the shutdown
             # checkpoint, which is not archived, and the wait below would time out.

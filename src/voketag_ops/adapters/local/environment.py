@@ -538,16 +538,23 @@ class LocalEnvironment:
             for node in nodes.values():  # all before any starts: an exit 4 must leave nothing started
                 if self._wanted(node.name, state) and not node.running and not port_is_free(node.port):
                     raise port_taken(node.port, node.name)
-            fenced = self.fenced()
-            if state.leader in fenced:
-                raise PreconditionError(  # exit 5: an unfinished operation is resumed first
-                    f"the recorded leader {state.leader} is fenced: a failover was interrupted; "
-                    "finish it with `voke dr failover --yes` before anything starts"
-                )
-            if not primary.running and _writable(replica):
-                from voketag_ops.adapters.local.dr import unfinished_operation
+            from voketag_ops.adapters.local.dr import unfinished_operation
 
-                pending = unfinished_operation(self)  # a failback killed after its promotion, too
+            fenced, pending = self.fenced(), unfinished_operation(self)
+            if state.leader in fenced or failover_past_fence(pending):
+                # exit 5: an unfinished operation is resumed first. Past its fence, a failover
+                # owns the topology: the services would start pinned to the fenced old leader,
+                # and its resume starts the node it promotes itself.
+                done = ", ".join((pending or {}).get("done", []))
+                said = (
+                    f"the recorded leader {state.leader} is fenced: a failover was interrupted"
+                    if state.leader in fenced
+                    else f"a failover was interrupted once it fenced {(pending or {}).get('old_leader')} (done: {done})"
+                )
+                raise PreconditionError(
+                    f"{said}; finish it with `voke dr failover --yes` before anything starts"
+                )
+            if not primary.running and _writable(replica):  # a failback killed after its promotion, too
                 resume = (pending or {}).get("resume") or "voke dr failover --yes"
                 raise NeedsOperatorError(
                     f"{replica.name} is writable while {primary.name} is the recorded leader; starting "
@@ -1347,6 +1354,14 @@ class LocalEnvironment:
                 node.stop(mode="fast")
                 stopped.append(f"restore {restored['name']}")
         return stopped
+
+
+def failover_past_fence(pending: dict[str, Any] | None) -> bool:
+    """Whether PENDING (`unfinished_operation`) is a `dr failover` cut short once it fenced the
+    leader: `env up` refuses until `voke dr failover --yes` finishes it."""
+    return (
+        pending is not None and pending.get("operation") == "failover" and "fenced" in pending.get("done", [])
+    )
 
 
 def _writable(node: PgNode) -> bool:
