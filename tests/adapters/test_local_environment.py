@@ -354,6 +354,33 @@ def test_kill_9_is_reported_and_up_recovers_without_data_loss(voke, home, env_of
     )  # only the statistics were reset
 
 
+def test_a_stale_pid_file_whose_pid_went_to_another_process_of_the_server_user_does_not_block_up(
+    voke, home, env_of
+):
+    """After a reboot the pid a killed postmaster left in postmaster.pid may be any process's, most
+    likely another of the server user's: PostgreSQL refuses to start while it lives; `up` starts."""
+    env = local(home)
+    leader = env.primary()
+    lock = leader.data_dir / "postmaster.pid"
+    user = leader.runner.user
+    as_server_user = {} if user.is_me else {"user": user.uid, "group": user.gid, "extra_groups": []}
+    with subprocess.Popen(["sleep", "900"], **as_server_user) as squatter:
+        try:
+            os.kill(leader.pid(), signal.SIGKILL)
+            wait_for(lambda: not leader.running, "the postmaster to die")
+            lines = lock.read_text().splitlines()
+            lock.write_text("\n".join([str(squatter.pid), *lines[1:]]) + "\n")  # its pid, reused
+            assert not leader.running  # (the sleep serves nothing)
+            result = voke("env", "up", "--json", environ=env_of(home))
+            assert result.exit_code == 0, result.stderr
+            assert leader.name in result.json["result"]["started"]
+            assert leader.pid() not in (None, squatter.pid) and squatter.poll() is None
+            live = lock.read_bytes()
+            assert leader.clear_stale_lock() is False and lock.read_bytes() == live  # a server's stays
+        finally:
+            squatter.kill()
+
+
 @pytest.mark.parametrize(
     ("row", "lag_seconds"),
     [

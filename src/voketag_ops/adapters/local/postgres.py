@@ -787,6 +787,36 @@ class PgNode:
     def running(self) -> bool:
         return self.pid() is not None
 
+    def clear_stale_lock(self) -> bool:
+        """Remove a postmaster.pid whose pid the system has given since to another live process
+        (after a reboot, or long after a kill -9; another home's server among them, all run as
+        the same user). PostgreSQL refuses to start while that pid lives ("lock file ... already
+        exists"): it cannot tell a reused pid from a server; `serves` can. A pid that is gone is
+        left to PostgreSQL, as are a file a starting server has not filled yet, a live or starting
+        server's, and one whose shared memory a killed postmaster's backends still hold
+        (PostgreSQL says "already exists" and `start` retries). True if it was removed."""
+        path = self.data_dir / "postmaster.pid"
+        try:
+            judged = path.read_bytes()
+            lines = judged.decode(errors="replace").splitlines()
+            pid = abs(int(lines[0]))  # negative: a single-user postgres (pg_rewind's recovery)
+        except (OSError, ValueError, IndexError):
+            return False
+        if pid == 0 or not Path(f"/proc/{pid}").exists() or serves(pid, self.data_dir):
+            return False
+        with contextlib.suppress(ValueError, IndexError, OSError):
+            key, shmid = (int(x) for x in lines[6].split())
+            if _sysv_attachments(key, shmid, self.data_dir.stat().st_uid):
+                return False
+        try:  # as PostgreSQL's own removal of a dead pid's file: read, judged, unlinked
+            if path.read_bytes() != judged:  # a server took the directory meanwhile
+                return False
+            path.unlink()
+        except OSError:
+            return False
+        log.info("%s: removed a stale postmaster.pid (pid %d is now another process)", self.name, pid)
+        return True
+
     def connect(self, dbname: str = "postgres", *, timeout: float = 5) -> psycopg.Connection[Any]:
         """A superuser connection over the private Unix socket (autocommit)."""
         import psycopg
@@ -883,7 +913,8 @@ class PgNode:
     def start(self, *, timeout: float = 60) -> None:
         """Start the server and wait until it accepts connections.
 
-        Survives a crash: a stale postmaster.pid is handled by PostgreSQL itself, and
+        Survives a crash: a stale postmaster.pid is handled by PostgreSQL itself, or
+        removed first when its pid is now another process's (`clear_stale_lock`), and
         while orphaned backends of a killed postmaster still hold shared memory the
         start is retried until they are gone.
         """
@@ -897,6 +928,7 @@ class PgNode:
         while True:
             attempt += 1
             offset = self.log_file.stat().st_size if self.log_file.exists() else 0
+            self.clear_stale_lock()
             result = self.runner.run(
                 "pg_ctl",
                 [
