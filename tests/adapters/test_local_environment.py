@@ -381,6 +381,34 @@ def test_a_stale_pid_file_whose_pid_went_to_another_process_of_the_server_user_d
             squatter.kill()
 
 
+def test_a_lock_is_left_to_a_server_started_by_hand_with_a_relative_d_and_to_one_still_starting(tmp_path):
+    """`serves` reads a relative `-D` from the process's working directory (a postmaster's is its
+    data directory), so the lock of a server someone started as `pg_ctl -D data start` stays."""
+    from voketag_ops.adapters.local.postgres import PgNode
+
+    data = tmp_path / "data"
+    data.mkdir()
+    node = PgNode("primary", data, 0, tmp_path, tmp_path / "log", runner=None)  # type: ignore[arg-type]
+    lock = data / "postmaster.pid"
+    code = "import time; time.sleep(900)"
+    with (  # argv[0] "postgres", `-D data`, run in data: as the postmaster's /proc/PID/cmdline and cwd
+        subprocess.Popen(
+            ["postgres", "-c", code, "-D", "data"], executable=sys.executable, cwd=data
+        ) as server,
+        subprocess.Popen(["sleep", "900"]) as other,
+    ):
+        try:
+            lock.write_text(f"{server.pid}\n{data}\n")
+            assert node.clear_stale_lock() is False and lock.exists()
+            lock.write_text("")  # created, not yet filled
+            assert node.clear_stale_lock() is False and lock.exists()
+            lock.write_text(f"{other.pid}\n{data}\n")
+            assert node.clear_stale_lock() is True and not lock.exists()
+        finally:
+            server.kill()
+            other.kill()
+
+
 @pytest.mark.parametrize(
     ("row", "lag_seconds"),
     [

@@ -607,8 +607,8 @@ def serves(pid: int, data_dir: Path) -> bool:
     if not args or b"postgres" not in args[0]:
         return False
     want = os.path.realpath(data_dir)
-    if b"-D" in args[:-1]:
-        return os.path.realpath(os.fsdecode(args[args.index(b"-D") + 1])) == want
+    if b"-D" in args[:-1] and os.path.isabs(given := os.fsdecode(args[args.index(b"-D") + 1])):
+        return os.path.realpath(given) == want  # (a relative one is read from the cwd below)
     try:
         return os.path.realpath(os.readlink(f"/proc/{pid}/cwd")) == want
     except OSError:
