@@ -165,6 +165,74 @@ def test_a_key_that_does_not_authenticate_is_rolled_back_and_deleted(cloud, voke
     assert fake.secretmanager.secrets["sa-ci"].aliases["current"] == 1
 
 
+def _key_ids(fake: FakeGcp) -> set[str]:
+    return {k["name"].rsplit("/", 1)[1] for k in fake.iam.user_keys(ACCOUNT)}
+
+
+def test_a_rollback_deletes_its_own_key_never_another_consumers(cloud, voke, monkeypatch):
+    # Found by review: the rollback deleted every key made since the rotation began that no
+    # version held, so a key another consumer of the account made meanwhile went with voke's.
+    from voketag_ops.workflows.sa_keys import SaKey
+
+    fake, environ = cloud
+    _init(fake, voke, environ)
+    made: list[str] = []
+    create = SaKey.create
+
+    def create_beside_another(self: SaKey, rotation_id: str, current: dict[str, Any]) -> dict[str, Any]:
+        key_file = create(self, rotation_id, current)
+        made.append(key_file["private_key_id"])
+        made.append(fake.iam._create(ACCOUNT)["private_key_id"])  # another consumer, meanwhile
+        return key_file
+
+    monkeypatch.setattr(SaKey, "create", create_beside_another)
+    before = _key_ids(fake)
+    fake.iam.refuse_new_keys = True
+    result = voke("rotate", "sa-key", "ci", "--yes", "--json", environ=environ)
+    assert result.exit_code == 6, result.stdout + result.stderr
+    ours, theirs = made
+    assert ours not in _key_ids(fake) and _key_ids(fake) == before | {theirs}  # the other's kept
+    assert theirs not in result.stderr  # voke's own key was known: nothing unsure to name
+
+
+def test_a_key_whose_answer_was_lost_is_named_for_a_person_not_deleted(cloud, voke):
+    # IAM keys carry no labels: a key made by a create whose answer was lost cannot be told from
+    # one another consumer made meanwhile, so the rollback deletes neither and names both.
+    from voketag_ops.testing.gcp_fakes import GrpcAbort
+
+    fake, environ = cloud
+    _init(fake, voke, environ)
+    before = _key_ids(fake)
+    create = fake.iam._create
+    made: list[str] = []
+
+    def lost(email: str) -> dict[str, Any]:
+        made.append(create(email)["private_key_id"])
+        made.append(create(email)["private_key_id"])  # another consumer, meanwhile
+        raise GrpcAbort("DEADLINE_EXCEEDED", "Deadline exceeded.")
+
+    fake.iam._create = lost  # type: ignore[method-assign]
+    result = voke("rotate", "sa-key", "ci", "--yes", "--json", environ=environ)
+    assert result.exit_code == 6, result.stdout + result.stderr  # the step failed; rolled back
+    assert _key_ids(fake) == before | set(made)  # none deleted
+    warning = " ".join(result.stderr.split())
+    assert all(key_id in warning for key_id in made), result.stderr
+    assert "gcloud iam service-accounts keys delete KEY_ID" in warning and "10 keys" in warning
+    assert fake.secretmanager.secrets["sa-ci"].aliases["current"] == 1
+
+
+def test_a_key_made_but_never_stored_is_deleted_by_the_rollback(cloud, voke):
+    # Secret Manager refuses the new version after IAM made the key: the key is this rotation's
+    # (its id recorded before the store was asked), so the rollback deletes it.
+    fake, environ = cloud
+    _init(fake, voke, environ)
+    before = _key_ids(fake)
+    fake.rest.fail("POST", r":addVersion$", "PERMISSION_DENIED", times=1)
+    result = voke("rotate", "sa-key", "ci", "--yes", "--json", environ=environ)
+    assert result.exit_code == 6, result.stdout + result.stderr
+    assert _key_ids(fake) == before and "lost the answer" not in result.stderr
+
+
 def test_a_token_endpoint_that_keeps_failing_is_unreachable_not_a_broken_key(cloud, voke):
     fake, environ = cloud
     _init(fake, voke, environ)

@@ -13,12 +13,18 @@ from __future__ import annotations
 import json
 import time
 from contextlib import suppress
-from datetime import datetime, timezone
 from typing import Any
 
 from voketag_ops import redact
 from voketag_ops.config import SaKeySettings
-from voketag_ops.errors import AuthenticationError, SecretError
+from voketag_ops.errors import (
+    AuthenticationError,
+    ProviderRefusedError,
+    RequestRefusedError,
+    SecretError,
+    ValidationError,
+    VokeError,
+)
 from voketag_ops.logs import get_logger
 from voketag_ops.workflows.credentials import MadeBeside
 
@@ -29,12 +35,11 @@ KEYLESS_HINT = (
 )
 
 
-def _started(rotation_id: str) -> datetime | None:
-    """When the rotation started (its id is rot-YYYYmmddTHHMMSSZ-xxxxxx)."""
-    try:
-        return datetime.strptime(rotation_id.split("-")[1], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
-    except (IndexError, ValueError):
-        return None
+# What a rotation asked IAM for, in the secret's annotations (IAM keys carry no labels, so a
+# key's maker is known only from this): {"rotation": ID, "before": key ids that existed before
+# its first create, "asked": creates begun, "made": key ids IAM answered with}. Kept after the
+# rotation ends, until the next one replaces it.
+MADE_ANNOTATION = "voke-sa-key-made"
 
 
 class SaKey(MadeBeside):
@@ -106,42 +111,94 @@ class SaKey(MadeBeside):
                 continue
         return ids
 
-    def _orphans(self, rotation_id: str) -> list[str]:
-        """Keys an earlier, killed run of this rotation created but never stored: the private
-        part exists only in that run's memory, so they are unusable and go."""
-        started = _started(rotation_id)
-        if started is None:
-            return []
-        from voketag_ops.adapters.gcp.iam import key_created_after
+    def _made(self, rotation_id: str) -> dict[str, Any] | None:
+        """What ROTATION_ID recorded of its creates (MADE_ANNOTATION), or None: none recorded, or
+        not readable (a hand edit), when nothing is deleted."""
+        raw = self.store.get(self.secret).annotations.get(MADE_ANNOTATION)
+        try:
+            made = json.loads(raw) if raw else None
+        except ValueError:
+            return None
+        if (
+            not isinstance(made, dict)
+            or made.get("rotation") != rotation_id
+            or not isinstance(made.get("asked"), int)
+            or not all(isinstance(made.get(k), list) for k in ("before", "made"))
+        ):
+            return None
+        return made
 
-        stored = self._stored_ids()
-        return [
-            k.key_id
-            for k in self.keys.list(self.account)
-            if key_created_after(k, started) and k.key_id not in stored
-        ]
+    def _note(self, made: dict[str, Any]) -> None:
+        meta = self.store.get(self.secret)
+        text = json.dumps(made, separators=(",", ":"), sort_keys=True)
+        self.store.update(self.secret, etag=meta.etag, annotations={MADE_ANNOTATION: text})
+
+    def _clear_leftovers(self, made: dict[str, Any] | None, keep: set[str]) -> None:
+        """Delete the keys this rotation made (MADE) that KEEP lacks. A create whose answer was
+        lost made a key no record names, which IAM cannot tell from one another consumer of the
+        account made meanwhile: such keys are named for a person, never deleted."""
+        from voketag_ops.adapters.gcp.iam import MAX_KEYS
+
+        if made is None:
+            return
+        live = {k.key_id for k in self.keys.list(self.account)}
+        for key_id in made["made"]:
+            if key_id in live and key_id not in keep:
+                log.info("deleting key %s of %s made by rotation %s", key_id, self.account, made["rotation"])
+                self.keys.delete(self.account, key_id)
+        unsure = sorted(live - set(made["before"]) - set(made["made"]) - keep)
+        if made["asked"] > len(made["made"]) and unsure:
+            log.warning(
+                "rotation %s asked IAM for a key of %s and lost the answer; voke cannot tell whether it made "
+                "key(s) %s (new since it began) or another consumer did, and deleted none: if nothing uses "
+                "them, delete them (`gcloud iam service-accounts keys delete KEY_ID --iam-account %s`), since "
+                "IAM allows %d keys per account",
+                made["rotation"],
+                self.account,
+                ", ".join(unsure),
+                self.account,
+                MAX_KEYS,
+            )
 
     def create(self, rotation_id: str, current: dict[str, Any]) -> dict[str, Any]:
-        for key_id in self._orphans(rotation_id):
-            log.info(
-                "deleting key %s of %s left by an interrupted run of %s", key_id, self.account, rotation_id
-            )
-            self.keys.delete(self.account, key_id)
-        key_file = self.keys.create(self.account)
-        redact.register(str(key_file.get("private_key", "")))
+        made = self._made(rotation_id)
+        if made is not None:  # a rerun: what an earlier run made and never stored goes first
+            self._clear_leftovers(made, keep=self._stored_ids())
+        else:
+            before = sorted(k.key_id for k in self.keys.list(self.account))
+            made = {"rotation": rotation_id, "before": before, "asked": 0, "made": []}
+        made["asked"] += 1
+        self._note(made)  # before IAM is asked: a rerun or rollback knows what to look for
+        try:
+            key_file = self.keys.create(self.account)
+        except ValidationError as exc:
+            if not isinstance(exc, RequestRefusedError) and isinstance(exc, ProviderRefusedError):
+                raise  # an answer voke could not read: a key may exist
+            made["asked"] -= 1  # refused outright (a bad request, the 10-key limit): IAM made nothing
+            with suppress(VokeError):
+                self._note(made)
+            raise
+        try:
+            redact.register(str(key_file.get("private_key", "")))
+            made["made"].append(key_file["private_key_id"])
+            self._note(made)
+        except BaseException:
+            # Unrecorded, it would be a key nobody holds that no rerun or rollback may delete.
+            with suppress(Exception):
+                self.keys.delete(self.account, key_file["private_key_id"])
+            raise
         return key_file
 
     def apply(self, pending: dict[str, Any], current: dict[str, Any] | None) -> str:
         return f"nothing to set: IAM made key {pending.get('private_key_id', '?')[:12]} beside the old one"
 
     def discard(self, pending: dict[str, Any] | None, rotation_id: str) -> None:
-        """A rollback, once nothing uses it: delete the key this rotation made."""
+        """A rollback, once nothing uses it: delete the keys this rotation made (never another
+        consumer's key of the account, nor one it cannot tell from such a key)."""
         current = self._current_id()
         if pending and pending.get("private_key_id") and pending["private_key_id"] != current:
             self.keys.delete(self.account, pending["private_key_id"])
-        for key_id in self._orphans(rotation_id):
-            if key_id != current:
-                self.keys.delete(self.account, key_id)
+        self._clear_leftovers(self._made(rotation_id), keep={current} if current else set())
 
     def _current_id(self) -> str | None:
         try:

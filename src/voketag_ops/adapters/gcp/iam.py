@@ -11,7 +11,6 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from voketag_ops import redact
@@ -185,9 +184,3 @@ class ServiceAccountKeys:
                 f"the key file of {info.get('client_email')} is unusable: {exc}"
             ) from None
         return bool(creds.token)
-
-
-def key_created_after(key: KeyInfo, moment: datetime) -> bool:
-    if not key.created_at:
-        return False
-    return datetime.fromisoformat(key.created_at.replace("Z", "+00:00")) >= moment
