@@ -23,6 +23,7 @@ from voketag_ops.errors import (
     ConfigError,
     ConnectivityError,
     PreconditionError,
+    ProviderRefusedError,
     StepTimeoutError,
     UsageError,
 )
@@ -440,6 +441,47 @@ def test_a_provider_message_quoting_a_secret_is_redacted_before_it_is_cut(world,
     assert "client secret ***" in stored
     for text in (outcome.error.message, stored, (world.home / "audit" / "audit.jsonl").read_text()):
         assert secret[:8] not in text
+
+
+def test_an_unreadable_200_from_a_provider_is_its_unusable_answer_not_an_internal_error(world, fake):
+    # Found by review: a 200 whose operation had no `name` (a proxy's page read as {}) was a
+    # KeyError, exit 70, leaving the rotation unfinished after its lock.
+    engine = world.adopt_all()
+    fake.fail("POST", r"^/v2/projects/.*/keys$", status=200)  # 200, but an error body: no operation
+    outcome = rotate_api_key(engine, "maps")
+    # a key may exist: it stops for a person (exit 7) with the resume and the rollback to run
+    assert outcome.error is not None and outcome.error.exit_code == 7, outcome.error
+    assert "voke rotate rollback" in (outcome.error.hint or "")
+    assert outcome.report.error["kind"] == "ValidationError", outcome.report.error
+    assert "apikeys: POST /v2/projects/" in outcome.report.error["message"]
+    assert "without name" in outcome.report.error["message"]
+
+
+SG, KEY = "SG.x.y", "projects/p/locations/global/keys/k1"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "call"),
+    [
+        ("GET", "/v3/scopes", ["not", "an", "object"], lambda sg, g: sg.scopes(SG)),
+        ("GET", "/v3/api_keys", {"result": ["not a key"]}, lambda sg, g: sg.list_keys(SG)),
+        ("GET", "/v3/api_keys/k1", {"result": [7]}, lambda sg, g: sg.get_key(SG, "k1")),
+        ("POST", "/v3/api_keys", None, lambda sg, g: sg.create_key(SG, "n", ["mail.send"])),
+        ("GET", f"/v2/{KEY}", {}, lambda sg, g: g.get_key("t", KEY)),
+        ("GET", f"/v2/{KEY}/keyString", "<html>", lambda sg, g: g.key_string("t", KEY)),
+        ("GET", "/v2/keys:lookupKey", {"name": 7}, lambda sg, g: g.lookup("t", "AIza")),
+        ("DELETE", f"/v2/{KEY}", {"done": False}, lambda sg, g: g.delete_key("t", KEY)),
+        ("DELETE", f"/v2/{KEY}", {"done": True, "response": []}, lambda sg, g: g.delete_key("t", KEY)),
+    ],
+)
+def test_every_unusable_200_of_a_provider_is_provider_refused(fake, method, path, body, call):
+    from voketag_ops.adapters.providers import GoogleApiKeysClient, SendGridClient
+
+    fake._error = lambda *_args: body  # type: ignore[method-assign]  # what the injected 200 carries
+    fake.fail(method, f"^{path}$", status=200)
+    with pytest.raises(ProviderRefusedError) as exc:
+        call(SendGridClient(fake.url, timeout=2), GoogleApiKeysClient(fake.url, timeout=2))
+    assert path.split("/")[1] in exc.value.message and method in exc.value.message, exc.value.message
 
 
 def test_http_errors_become_rotation_failure_kinds(fake):

@@ -35,12 +35,36 @@ DEFAULT_TIMEOUT = 10.0
 USER_AGENT = "voketag-ops (voke rotate)"
 
 
+def answered(what: str, doc: Any, key: str, kind: type = str) -> Any:
+    """DOC[KEY], of type KIND (text: not empty), from what WHAT answered; ProviderRefusedError
+    (the provider answered something voke cannot use) when DOC is no JSON object (a proxy's HTML
+    page) or lacks it, rather than a KeyError or TypeError on an unexpected 200."""
+    value = doc.get(key) if isinstance(doc, dict) else None
+    if not isinstance(value, kind) or value == "":
+        raise ProviderRefusedError(
+            f"{what} answered without {'a JSON object' if not isinstance(doc, dict) else key}"
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class HttpResponse:
-    """A status and the parsed JSON body (None when empty or not JSON)."""
+    """A status and the parsed JSON body (None when empty or not JSON), with what was asked
+    (`provider: METHOD path`) for messages about it."""
 
     status: int
     body: Any
+    what: str = ""
+
+    def obj(self) -> dict[str, Any]:
+        """The body as a JSON object; ProviderRefusedError when it is none."""
+        if not isinstance(self.body, dict):
+            raise ProviderRefusedError(f"{self.what} answered {self.status} without a JSON object")
+        return self.body
+
+    def field(self, key: str, kind: type = str) -> Any:
+        """The body's KEY, of type KIND (`answered`)."""
+        return answered(f"{self.what} ({self.status})", self.body, key, kind)
 
 
 def _detail(body: Any) -> str:
@@ -120,7 +144,7 @@ class HttpClient:
         except ValueError:
             body = None
         if 200 <= status < 300 or status in accept:
-            return HttpResponse(status, body)
+            return HttpResponse(status, body, what)
         raise self._error(what, status, body)
 
     @staticmethod
@@ -187,21 +211,26 @@ class SendGridClient:
         resp = self.http.call("GET", "/v3/scopes", token=key, accept=(401, 403))
         if resp.status in (401, 403):
             return None
-        return list((resp.body or {}).get("scopes", []))
+        return [str(scope) for scope in resp.field("scopes", list)]
 
     def list_keys(self, admin_key: str) -> list[dict[str, Any]]:
         resp = self.http.call("GET", "/v3/api_keys", token=admin_key, query={"limit": "100"})
-        return list((resp.body or {}).get("result", []))
+        keys = resp.field("result", list)
+        if not all(isinstance(key, dict) for key in keys):
+            raise ProviderRefusedError(f"{resp.what} answered a result that is not a list of keys")
+        return keys
 
     def get_key(self, admin_key: str, key_id: str) -> dict[str, Any] | None:
         resp = self.http.call(
             "GET", f"/v3/api_keys/{urllib.parse.quote(key_id, safe='')}", token=admin_key, accept=(404,)
         )
-        if resp.status == 404 or not isinstance(resp.body, dict):
+        if resp.status == 404:
             return None
-        body = resp.body
+        body = resp.obj()
         if isinstance(body.get("result"), list):  # some API versions wrap it
             body = body["result"][0] if body["result"] else {}
+        if not isinstance(body, dict):
+            raise ProviderRefusedError(f"{resp.what} answered a result that is not a key")
         return dict(body)
 
     def create_key(self, admin_key: str, name: str, scopes: list[str]) -> dict[str, Any]:
@@ -209,11 +238,9 @@ class SendGridClient:
         resp = self.http.call(
             "POST", "/v3/api_keys", token=admin_key, json_body={"name": name, "scopes": scopes}
         )
-        body = resp.body or {}
-        if not body.get("api_key") or not body.get("api_key_id"):
-            raise ProviderRefusedError("sendgrid: POST /v3/api_keys answered without api_key / api_key_id")
-        redact.register(body["api_key"])
-        return dict(body)
+        redact.register(resp.field("api_key"))
+        resp.field("api_key_id")
+        return dict(resp.obj())
 
     def delete_key(self, admin_key: str, key_id: str) -> bool:
         """DELETE /v3/api_keys/{id}; False when it was already gone."""
@@ -257,22 +284,23 @@ class GoogleApiKeysClient:
 
     def get_key(self, token: str, name: str) -> dict[str, Any] | None:
         resp = self.http.call("GET", f"/v2/{name}", token=token, accept=(404,))
-        return None if resp.status == 404 else dict(resp.body or {})
+        if resp.status == 404:
+            return None
+        resp.field("name")
+        return dict(resp.obj())
 
     def key_string(self, token: str, name: str) -> str:
         resp = self.http.call("GET", f"/v2/{name}/keyString", token=token)
-        value = (resp.body or {}).get("keyString")
-        if not value:
-            raise ProviderRefusedError(f"apikeys: GET /v2/{name}/keyString answered without keyString")
+        value = str(resp.field("keyString"))
         redact.register(value)
-        return str(value)
+        return value
 
     def lookup(self, token: str, key_string: str) -> str | None:
         """The resource name of the key with KEY_STRING (keys:lookupKey); None when unknown."""
         resp = self.http.call(
             "GET", "/v2/keys:lookupKey", token=token, query={"keyString": key_string}, accept=(404,)
         )
-        return None if resp.status == 404 else (resp.body or {}).get("name")
+        return None if resp.status == 404 else str(resp.field("name"))
 
     def create_key(
         self, token: str, project: str, key_id: str, display_name: str, restrictions: dict[str, Any] | None
@@ -291,35 +319,42 @@ class GoogleApiKeysClient:
         )
         if resp.status == 409:
             return None
-        return self.wait(token, resp.body or {})
+        key = self.wait(token, resp)
+        answered(f"{resp.what}: its operation", key, "name")
+        return key
 
     def delete_key(self, token: str, name: str) -> bool:
         """Delete (Google keeps it undeletable for 30 days); False when it was already gone."""
         resp = self.http.call("DELETE", f"/v2/{name}", token=token, accept=(404,))
         if resp.status == 404:
             return False
-        self.wait(token, resp.body or {})
+        self.wait(token, resp)
         return True
 
-    def wait(self, token: str, operation: dict[str, Any]) -> dict[str, Any]:
-        """Poll a long-running operation until done; its `response`."""
+    def wait(self, token: str, resp: HttpResponse) -> dict[str, Any]:
+        """Poll the long-running operation RESP answered until done; its `response`."""
         deadline = time.monotonic() + self.operation_timeout
         delay = 0.2
+        operation = resp.obj()
         while not operation.get("done"):
+            name = resp.field("name")
             if time.monotonic() > deadline:
                 raise StepTimeoutError(
-                    f"apikeys: operation {operation.get('name')} not done after {self.operation_timeout:g} s"
+                    f"apikeys: operation {name} not done after {self.operation_timeout:g} s"
                 )
             self.sleep(delay)
             delay = min(delay * 2, 2.0)
-            operation = dict(self.http.call("GET", f"/v2/{operation['name']}", token=token).body or {})
+            resp = self.http.call("GET", f"/v2/{name}", token=token)
+            operation = resp.obj()
         if operation.get("error"):
-            err = operation["error"]
+            err = operation["error"] if isinstance(operation["error"], dict) else {}
             raise ProviderRefusedError(
                 f"apikeys: operation {operation.get('name')} failed ({err.get('code')}: "
                 f"{redact.redact(str(err.get('message', '')))[:200]})"
             )
-        return dict(operation.get("response") or {})
+        if "response" not in operation:
+            return {}
+        return dict(resp.field("response", dict))
 
 
 class MapsClient:
