@@ -148,6 +148,19 @@ def test_maps_key_created_by_operation_with_the_old_restrictions(world, fake):
     assert len(fake.calls("GET", r"^/v2/operations/")) >= 3
 
 
+def test_maps_refuses_to_mint_a_key_when_the_old_keys_restrictions_cannot_be_read(world, fake):
+    engine = world.adopt_all()
+    fake.fail("GET", world.maps_name + "$", 404, times=1)  # the old key cannot be read this once
+    outcome = rotate_api_key(engine, "maps")
+    assert (
+        outcome.error is not None and outcome.error.exit_code == 7
+    )  # stopped for a person, as SendGrid's scopes
+    assert "cannot read the restrictions" in outcome.report.error["message"]
+    assert set(fake.live_google_keys()) == {world.maps_name}  # no unrestricted key was made
+    assert not fake.calls("POST", r"/keys$")
+    assert world.store.get("maps-key").aliases["current"] == 1
+
+
 def test_auth0_sets_a_known_secret_single_phase(world, fake):
     engine = world.adopt_all()
     fake.auth0_propagation = 2  # Auth0 takes a moment to accept a new secret everywhere

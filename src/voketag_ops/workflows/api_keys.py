@@ -503,13 +503,20 @@ class MapsKey(ApiKeyCredential):
 
     def create(self, rotation_id: str, current: dict[str, Any]) -> dict[str, Any]:
         client, token = self.client(), self.token()
+        # The new key takes the old key's restrictions: an old key that cannot be read would
+        # make an unrestricted key, usable from anywhere for any API, so none is made.
         old = client.get_key(token, current["key_name"]) if current.get("key_name") else None
+        if old is None:
+            raise ValidationError(
+                f"cannot read the restrictions of Google key {current.get('key_id') or '(no key name stored)'}; "
+                "no key was made (it would be unrestricted)"
+            )
         made = client.create_key(
             token,
             self.option("project"),
             maps_key_id(rotation_id),
             f"voke {rotation_id} ({self.name})",
-            (old or {}).get("restrictions"),
+            old.get("restrictions"),
         )
         if made is None:  # the id exists: an earlier run's create finished after it died
             deadline = time.monotonic() + 60
