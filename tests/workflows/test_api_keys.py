@@ -297,6 +297,11 @@ def test_rollback_after_commit_deletes_the_minted_key_once_nothing_uses_it(world
     assert len(fake.live_sendgrid_keys()) == 2
     later = world.engine()
     later.now = lambda: datetime.now(timezone.utc) + timedelta(hours=1)  # its lease has run out
+    plan = later.plan_unfinished(record.id, action="rollback")["plan"]  # what --dry-run prints
+    assert plan.index("delete the provider key this rotation minted, once no service uses it") < plan.index(
+        "disable version 2"
+    )
+    assert len(fake.live_sendgrid_keys()) == 2  # the dry run deleted nothing
     outcome = later.rollback(record.id)
     assert outcome.error is None and outcome.report.status == "rolled_back"
     assert world.store.get("sendgrid-key").aliases == {"current": 1}

@@ -1506,18 +1506,26 @@ class RotationEngine:
             ]
         else:
             begun = [f"finish the rollback begun on {record.id}"] if record.rolling_back else []
+            # `_undo` deletes what a provider minted (`discard`) before it disables the version.
+            minted = (
+                ["delete the provider key this rotation minted, once no service uses it"]
+                if getattr(self._credential_of_secret(record.secret), "discard", None) is not None
+                else []
+            )
             plan = (
                 begun
                 + {
-                    "discard_pending": [f"disable version {pending} and remove the pending alias"],
+                    "discard_pending": [*minted, f"disable version {pending} and remove the pending alias"],
                     "restore_target": [
                         "give the changed credential its last stored value back",
+                        *minted,
                         f"disable version {pending} and remove the pending alias",
                     ],
                     "restore_aliases": [
                         f"move current back to {record.old_current} and previous to {record.old_previous}",
                         f"redeploy the services pinned to {record.old_current}",
                         "give the changed credential its last stored value back",
+                        *minted,
                         f"disable version {pending}",
                     ],
                 }[scope]
