@@ -18,6 +18,7 @@ from voketag_ops.adapters.local.secrets import LocalSecretStore
 from voketag_ops.adapters.local.services import LocalServiceRuntime
 from voketag_ops.config import ApiKeySettings, RotationSettings
 from voketag_ops.core.rotation import ANNOTATION, LAST_ANNOTATION, STEPS, RotationRecord
+from voketag_ops.core.times import iso
 from voketag_ops.errors import (
     AuthenticationError,
     ConfigError,
@@ -548,6 +549,58 @@ def test_cleanup_deletes_old_provider_keys_a_day_later(world, fake):
         assert meta.version(1).state == "disabled", secret
         assert "previous" not in meta.aliases and meta.aliases["current"] == 2, secret
     assert [a for a in engine.cleanup(dry_run=False)["actions"] if a.action == "retire"] == []  # idempotent
+
+
+def _resumed_days_later(world, fake, monkeypatch, name, days=2):
+    """Rotate NAME in a run that dies after create_pending (another machine's, owner gone), then
+    resume it DAYS later: its version is made now and becomes current only then. The engine
+    (its clock at that resume) is returned."""
+    engine = world.engine()
+    engine.owner = "gone-host:1"
+
+    def die(step):
+        if step == "create_pending":
+            raise SystemExit(86)
+
+    monkeypatch.setattr(engine, "_fault", die)
+    with pytest.raises(SystemExit):
+        rotate_api_key(engine, name)
+    later = world.engine()
+    resumed_at = datetime.now(timezone.utc) + timedelta(days=days)
+    later.now = lambda: resumed_at
+    assert later.resume().error is None
+    return later, resumed_at
+
+
+def test_cleanup_deletes_an_old_key_a_day_after_the_new_one_became_current_not_after_it_was_made(
+    world, fake, monkeypatch
+):
+    world.adopt_all()
+    engine, resumed_at = _resumed_days_later(world, fake, monkeypatch, "maps")
+    engine.now = lambda: resumed_at + timedelta(hours=1)  # made 2 days ago, current for an hour
+    assert engine.cleanup(dry_run=False)["actions"] == []
+    assert world.maps_name in fake.live_google_keys()
+    engine.now = lambda: resumed_at + timedelta(hours=25)
+    assert [(a.version, a.action) for a in engine.cleanup(dry_run=False)["actions"]] == [(1, "retire")]
+    assert world.maps_name not in fake.live_google_keys()
+
+
+def test_cleanup_disables_a_version_a_day_after_it_was_superseded_not_after_its_successor_was_made(
+    world, fake, monkeypatch
+):
+    world.adopt_all()
+    # v2 made now, current only 2 days later; v3-v5 then: v1 and v2, the 4th and 5th enabled
+    # versions, were superseded then (v1 when v2 became current, not when it was made).
+    engine, resumed_at = _resumed_days_later(world, fake, monkeypatch, "auth0")
+    for _ in range(3):
+        assert rotate_api_key(engine, "auth0").error is None
+    engine.now = lambda: resumed_at + timedelta(hours=1)
+    assert engine.cleanup(dry_run=True)["actions"] == []
+    engine.now = lambda: resumed_at + timedelta(hours=25)
+    planned = engine.cleanup(dry_run=True)["actions"]
+    assert [(a.version, a.action, a.reason) for a in planned] == [
+        (n, "disable", f"superseded since {iso(resumed_at)}") for n in (1, 2)
+    ]
 
 
 def test_a_cleanup_stopped_after_deleting_a_key_disables_its_version_next_time(world, fake, monkeypatch):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import string
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal, get_args
@@ -278,6 +279,7 @@ def plan_cleanup(
     now: datetime,
     *,
     current: int | None,
+    became_current: Mapping[int, datetime] | None = None,
     keep: int = 3,
     disable_after: timedelta = timedelta(hours=24),
     destroy_after: timedelta = timedelta(days=30),
@@ -289,13 +291,14 @@ def plan_cleanup(
     version a rollback disabled is no usable one to keep). CURRENT: the `current` version.
 
     A version is superseded once a later one became current and stayed: CURRENT, or an enabled
-    version older than it. It is disabled DISABLE_AFTER that later one was created, and
+    version older than it. It is disabled DISABLE_AFTER that later one became current
+    (BECAME_CURRENT; a version not in it: its creation), and
     destroyed DESTROY_AFTER it was disabled. A version a rollback disabled never stayed (the
     one before it was made current again), so it supersedes nothing: counted, its creation
     started the 24 h of the version before it early. The store cannot tell it from a version
     disabled after it stayed, nor is the rotation history on every machine, so no disabled or
     destroyed version counts: a version may be disabled late (at most DISABLE_AFTER after
-    CURRENT was created), never early. Without CURRENT nothing is superseded.
+    CURRENT became current), never early. Without CURRENT nothing is superseded.
     """
     ordered = sorted(versions)
     enabled = [n for n, state, *_ in ordered if state == "enabled"]
@@ -307,7 +310,10 @@ def plan_cleanup(
         if number in protected or number in newest:
             continue
         if state == "enabled":
-            superseded_at = min((created[n] for n in stayed if n > number and n in created), default=None)
+            since = became_current or {}
+            superseded_at = min(
+                (since.get(n, created[n]) for n in stayed if n > number and n in created), default=None
+            )
             if superseded_at is not None and now - superseded_at >= disable_after:
                 reason = f"superseded since {iso(superseded_at)}"
                 actions.append(CleanupAction(secret, number, "disable", reason))

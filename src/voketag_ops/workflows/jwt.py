@@ -19,7 +19,7 @@ from typing import Any
 
 from voketag_ops import redact
 from voketag_ops.config import JwtSettings
-from voketag_ops.core.rotation import ANNOTATION, EMERGENCY, LAST_ANNOTATION, RotationRecord, parse_iso
+from voketag_ops.core.rotation import ANNOTATION, EMERGENCY, LAST_ANNOTATION, RotationRecord
 from voketag_ops.core.times import iso
 from voketag_ops.errors import NotFoundError, PreconditionError, ValidationError
 from voketag_ops.workflows.credentials import MadeBeside
@@ -46,7 +46,7 @@ class JwtKeyring(MadeBeside):
         store: Any,
         *,
         now: Callable[[], datetime],
-        published_at: Callable[[str, int], datetime | None],
+        became_current: Callable[[Any, int | None], datetime | None],
         name: str = "jwt",
     ) -> None:
         self.name = name
@@ -56,7 +56,7 @@ class JwtKeyring(MadeBeside):
         self.services = tuple(settings.services)
         self.strategy = NORMAL
         self.now = now
-        self._published_at = published_at
+        self.became_current = became_current  # RotationEngine.became_current
 
     @property
     def lifetime(self) -> timedelta:
@@ -75,31 +75,6 @@ class JwtKeyring(MadeBeside):
             return Keyring.from_dict(value)
         except (ValueError, KeyError, TypeError) as exc:
             raise ValidationError(f"{self.secret}: not a usable keyring ({exc})") from None
-
-    def became_current(self, meta: Any, version: int | None) -> datetime | None:
-        """When VERSION became current everywhere: the finish of the rotation that made it or,
-        while that rotation is unfinished, its commit (never the version's creation: a resumed
-        rotation commits long after it made the keyring)."""
-        if version is None:
-            return None
-        raw = meta.annotations.get(ANNOTATION)
-        if raw and meta.aliases.get("current") == version:
-            record = RotationRecord.from_json(raw)
-            if record.pending_version == version:  # committed, not finished: signing switched at the commit
-                return parse_iso(record.committed_at) if record.committed_at else self.now()
-        found = self._published_at(self.secret, version)
-        if found is not None:
-            return found
-        raw = meta.annotations.get(LAST_ANNOTATION)
-        if raw:
-            try:
-                summary = json.loads(raw)
-                if summary.get("version") == version and summary.get("finished_at"):
-                    return parse_iso(summary["finished_at"])
-            except (ValueError, TypeError):
-                pass
-        v = meta.version(version)
-        return parse_iso(v.created_at) if v is not None else None
 
     def _state(self, meta: Any | None = None) -> tuple[Any, Any, datetime]:
         """(meta, keyring of `current`, when it became current)."""

@@ -274,7 +274,9 @@ class RotationEngine:
             from voketag_ops.errors import ConfigError
 
             raise ConfigError("rotation.jwt.services: the local services read only their database secret")
-        creds.append(JwtKeyring(settings.jwt, store, now=lambda: self.now(), published_at=self.published_at))
+        creds.append(
+            JwtKeyring(settings.jwt, store, now=lambda: self.now(), became_current=self.became_current)
+        )
         self.credentials: dict[str, Credential] = {c.name: c for c in creds}
 
     # -- lookups ------------------------------------------------------------------------------
@@ -1690,6 +1692,7 @@ class RotationEngine:
                 protected,
                 now,
                 current=meta.aliases.get("current"),
+                became_current=self._current_times(meta),
                 keep=self.settings.keep_versions,
                 disable_after=timedelta(hours=self.settings.disable_after_hours),
                 destroy_after=timedelta(days=self.settings.destroy_after_days),
@@ -1748,14 +1751,15 @@ class RotationEngine:
 
     def _plan_retire(self, meta: Any, now: datetime) -> list[CleanupAction]:
         """Superseded provider keys to delete: enabled versions older than `current` that no
-        service is pinned to, once `current` has existed for disable_after_hours."""
+        service is pinned to, once `current` has been current for disable_after_hours (not
+        since it was made: a resumed rotation commits long after it made its key)."""
         cred = self._credential_of_secret(meta.name)
         retire = getattr(cred, "retire", None)
         current = meta.aliases.get("current")
-        cur_v = meta.version(current) if current is not None else None
-        if retire is None or cur_v is None:
+        since = self.became_current(meta, current)
+        if retire is None or current is None or since is None:
             return []
-        if now - parse_iso(cur_v.created_at) < timedelta(hours=self.settings.disable_after_hours):
+        if now - since < timedelta(hours=self.settings.disable_after_hours):
             return []
         done = set(json.loads(meta.annotations.get(RETIRED_ANNOTATION, "[]")))
         pinned = set(self.runtime.pinned_versions(meta.name))
@@ -1792,6 +1796,56 @@ class RotationEngine:
             action.secret, etag=meta.etag, aliases=dropped, annotations={RETIRED_ANNOTATION: kept}
         )
         self.store.set_state(action.secret, action.version, "disabled")
+
+    def became_current(self, meta: Any, version: int | None) -> datetime | None:
+        """When VERSION of META's secret became current everywhere (`_current_since`), else its
+        creation: a version no rotation made (`secrets add`, a DR repoint, `env up`) is current
+        from the moment it is stored."""
+        if version is None:
+            return None
+        found = self._current_since(meta, version)
+        if found is not None:
+            return found
+        v = meta.version(version)
+        return parse_iso(v.created_at) if v is not None else None
+
+    def _current_since(self, meta: Any, version: int) -> datetime | None:
+        """When VERSION became current everywhere, as the rotation that made it recorded: its
+        finish (this machine's history, else the secret's `voke-last-rotation`) or, while it is
+        unfinished, its commit; None when no rotation says (never the version's creation: a
+        resumed rotation commits long after it made the version)."""
+        raw = meta.annotations.get(ANNOTATION)
+        if raw and meta.aliases.get("current") == version:
+            record = RotationRecord.from_json(raw)
+            if record.pending_version == version:  # committed, not finished: it took over at the commit
+                return parse_iso(record.committed_at) if record.committed_at else self.now()
+        found = self.published_at(meta.name, version)
+        if found is not None:
+            return found
+        raw = meta.annotations.get(LAST_ANNOTATION)
+        if raw:
+            try:
+                summary = json.loads(raw)
+                if summary.get("version") == version and summary.get("finished_at"):
+                    return parse_iso(summary["finished_at"])
+            except (ValueError, TypeError):
+                pass
+        return None
+
+    def _current_times(self, meta: Any) -> dict[int, datetime]:
+        """When `current` and each enabled version before it (the ones `plan_cleanup` counts as
+        having been current) became current: as recorded, else when `current` did, which is
+        late, never early (they became current before it)."""
+        current = meta.aliases.get("current")
+        latest = self.became_current(meta, current)
+        if current is None or latest is None:
+            return {}
+        times = {
+            v.version: self._current_since(meta, v.version) or latest
+            for v in meta.versions
+            if v.state == "enabled" and v.version < current
+        }
+        return {**times, current: latest}
 
     def published_at(self, secret: str, version: int) -> datetime | None:
         """When VERSION of SECRET became current everywhere: the finish of the rotation that made it."""
