@@ -211,6 +211,29 @@ def test_stripe_pasted_key_is_verified_before_it_is_stored(world, fake):
     assert fake.calls("GET", "/v1/balance")[-1].headers["authorization"] == f"Bearer {new}"
 
 
+def test_a_failed_stripe_rotation_keeps_the_new_key_when_the_dashboard_expired_the_old_one(
+    world, fake, monkeypatch
+):
+    engine = world.adopt_all()
+    new = fake.add_stripe_key()
+    fake.revoke_stripe_key(world.stripe_key)  # rolled in the Dashboard with "expire now"
+
+    def busy_at_test(step):  # Stripe answers 429 to the test step's 3 tries
+        if step == "set_target":
+            fake.fail("GET", "/v1/balance", 429, times=3)
+
+    monkeypatch.setattr(engine, "_fault", busy_at_test)
+    outcome = rotate_api_key(engine, "stripe", new_key=new)
+    assert outcome.error is not None and outcome.error.exit_code == 7  # not "rolled back; safe to retry"
+    assert "not rolled back" in outcome.error.message and "voke rotate resume" in outcome.error.message
+    meta = world.store.get("stripe-key")
+    assert meta.version(2).state == "enabled" and meta.aliases["pending"] == 2  # the one key that works
+    assert outcome.report.status == "needs_attention"
+    resumed = engine.resume(outcome.report.rotation_id)  # Stripe answers again: finished on the new key
+    assert resumed.error is None and resumed.report.status == "succeeded"
+    assert world.value("stripe-key")["api_key"] == new
+
+
 def test_a_stripe_key_nobody_pastes_is_refused_by_the_dry_run_as_by_the_run(world, fake):
     engine = world.adopt_all()
     for dry_run in (False, True):  # `rotate due --run` and its --dry-run: no key is asked for

@@ -1241,6 +1241,7 @@ class RotationEngine:
         scope = self._scope(record, failed_step)
         # Recorded before the first change: resumed, a rollback is finished, never redone forward.
         if record.rolling_back is None:
+            self._refuse_rollback_to_nothing(record, scope)
             record.status, record.rolling_back = "rolling_back", scope
             self._save(record)
         try:
@@ -1251,6 +1252,39 @@ class RotationEngine:
                 f"the rollback of rotation {record.id} was {interrupts.stopped_by()}; its state is recorded",
                 hint=f"{rollback_command(record.id)}   (finishes it)",
             ) from None
+
+    def _refuse_rollback_to_nothing(self, record: RotationRecord, scope: str) -> None:
+        """Before a rollback changes anything: NeedsOperatorError (exit 7, the rotation left as it
+        is, to resume) when the value it goes back to no longer authenticates and the new one does
+        (the target took the new value after all; an old key expired or deleted at the provider,
+        as a Stripe Dashboard roll with "expire now" does): disabling the new version would leave
+        nothing that works. Not asked where the rollback itself sets the old value back (one
+        credential, its target changed), nor answered when the provider cannot be reached (the
+        rollback goes on, as before)."""
+        user = self._credential_of_secret(record.secret)
+        if scope != "discard_pending" and getattr(user, "one_credential", False):
+            return
+        pending_version = self._stored_pending(record)
+        pending = self._cred(record.secret, pending_version)
+        current = self._cred(record.secret, record.old_current)
+        if pending is None or current is None:
+            return
+        try:
+            if self._tried(partial(user.authenticates, current), (ConnectivityError,))[0]:
+                return
+            if not self._tried(partial(user.authenticates, pending), (ConnectivityError,))[0]:
+                return
+        except ConnectivityError as exc:
+            log.warning(
+                "rollback of %s: whether the old value still works is unknown: %s", record.id, exc.message
+            )
+            return
+        raise NeedsOperatorError(
+            f"not rolled back: the current version {record.old_current} of {record.secret} no longer "
+            f"authenticates (expired or deleted at the provider, or changed at the target) and the new "
+            f"version {pending_version} does; the new version was kept: "
+            f"{self._voke(resume_command(record.id))} finishes the rotation on it"
+        )
 
     def _undo(self, record: RotationRecord, scope: str, t0: float) -> NeedsOperatorError | None:
         t = time.monotonic()
@@ -1287,18 +1321,6 @@ class RotationEngine:
             if record.pending_version is not None:
                 self._wait_unpinned(record.secret, record.pending_version)
             user.restore(scope, pending, current, previous)
-        if (
-            scope == "discard_pending"
-            and pending is not None
-            and current is not None
-            and user.authenticates(pending)
-            and not user.authenticates(current)
-        ):
-            # The target holds the new value after all: disabling it would leave nothing that works.
-            raise NeedsOperatorError(
-                f"{record.secret}: the target accepts the new version {record.pending_version} and not the "
-                f"current {record.old_current}; the new version was kept enabled"
-            )
         # Provider-minted keys go last, once no service uses them any more.
         discard = getattr(user, "discard", None)
         if discard is not None:
