@@ -1528,22 +1528,26 @@ def test_a_load_that_loses_the_primary_during_a_dr_operation_names_it(
 
 
 @pytest.mark.parametrize(
-    "args",
+    ("args", "after_open"),
     [
-        ["ingest", "load", "{batch}"],
-        ["ingest", "migrate", "--yes"],
-        ["ingest", "batches"],
-        ["ingest", "proof", "T1"],
-        ["chain", "anchors"],
+        (["ingest", "load", "{batch}"], False),
+        (["ingest", "migrate", "--yes"], False),
+        (["ingest", "batches"], False),
+        (["ingest", "proof", "T1"], False),
+        (["chain", "anchors"], False),
+        (["chain", "anchors"], True),
+        (["chain", "anchor", "cancel", "0123456789abcdef", "--dry-run"], True),
     ],
-    ids=lambda args: " ".join(args[:2]),
+    ids=lambda v: " ".join(v[:2]) if isinstance(v, list) else ("after the open" if v else "before"),
 )
 def test_a_command_whose_first_connection_finds_the_primary_stopped_by_a_dr_operation_names_it(
-    voke, environ, env, held_by_another_voke, tmp_path, monkeypatch, args
+    voke, environ, env, held_by_another_voke, tmp_path, monkeypatch, args, after_open
 ):
     # The review's race, made certain: a failover stopped the leader after the command saw the
     # environment running and before it connected (`ensure_local`, then `platform_database`).
     # The load named the DR operation only from `load_batch` on; this connection failed bare.
+    # AFTER_OPEN: the chain store's open found the database, then its own connection failed
+    # bare (only the open named the operation).
     from voketag_ops.adapters.local.environment import LocalEnvironment
 
     batch = tmp_path / "a.csv"
@@ -1551,6 +1555,10 @@ def test_a_command_whose_first_connection_finds_the_primary_stopped_by_a_dr_oper
     looked_up = LocalEnvironment.database
 
     def stopped_first(self, name, *, create):
+        if after_open:  # (the chain database made first, so a read-only open finds it)
+            found = looked_up(self, name, create=True)
+            self.primary().stop()
+            return found
         self.primary().stop()  # as the failover's fence does, between the look and the connection
         return looked_up(self, name, create=create)
 
@@ -1560,6 +1568,7 @@ def test_a_command_whose_first_connection_finds_the_primary_stopped_by_a_dr_oper
     monkeypatch.undo()
     try:
         assert lost.exit_code == 4, lost.stdout
+        assert lost.json["error"]["type"] == "ChainStoreError" or not after_open
         assert lost.json["error"]["hint"] == (
             "another DR operation is running (dr failover pid 7): rerun the same command once it ends"
         )

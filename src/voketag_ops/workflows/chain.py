@@ -790,13 +790,15 @@ def _env_settled(env: LocalEnvironment, *, wait: bool) -> Iterator[None]:
 
 def _pg_chain_store(env: LocalEnvironment, database: str, *, readonly: bool, started: bool) -> PgChainStore:
     """The PostgreSQL chain store in database DATABASE on ENV's leader (created on first use
-    unless READONLY: NoChainYetError when it does not exist)."""
+    unless READONLY: NoChainYetError when it does not exist). A leader a failover stops since it
+    was found running, before the open or any later connection of the store, fails naming that
+    DR operation in the hint (`locks.dr_operation_hint`), whichever command uses the store."""
     from voketag_ops.adapters.local.pg_chain_store import PgChainStore
     from voketag_ops.locks import dr_operation_hint
 
     try:
         conninfo = env.database(database, create=not readonly)  # created on first use
-    except BackendError as exc:  # (a leader a failover stopped since it was found running: named)
+    except BackendError as exc:
         raise ch.ChainStoreError(
             f"chain store (PostgreSQL): {exc.message}", hint=dr_operation_hint(env.home)
         ) from None
@@ -807,6 +809,7 @@ def _pg_chain_store(env: LocalEnvironment, database: str, *, readonly: bool, sta
         conninfo,
         connect_timeout=5 if started else 2,
         location=f"PostgreSQL database {database} on the local {leader.name} (port {leader.port})",
+        hint=lambda: dr_operation_hint(env.home),
     )
 
 

@@ -16,7 +16,7 @@ requests are safe across processes and machines.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -42,25 +42,35 @@ create table if not exists voke_chain_anchors (
 """
 
 
-def _store_error(exc: Exception) -> ch.ChainStoreError:
+def _store_error(exc: Exception, hint: str | None = None) -> ch.ChainStoreError:
     """The ChainStoreError for a psycopg error: an OperationalError's first line (the server
-    or the connection failed), otherwise its type only (a message may quote data)."""
+    or the connection failed), otherwise its type only (a message may quote data); HINT its hint."""
     import psycopg
 
     if isinstance(exc, psycopg.OperationalError):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return ch.ChainStoreError(f"chain store (PostgreSQL): {first}")
-    return ch.ChainStoreError(f"chain store (PostgreSQL) failed: {type(exc).__name__}")
+        return ch.ChainStoreError(f"chain store (PostgreSQL): {first}", hint=hint)
+    return ch.ChainStoreError(f"chain store (PostgreSQL) failed: {type(exc).__name__}", hint=hint)
 
 
 class PgChainStore:
     """A ChainStore in PostgreSQL. CONNINFO is a libpq connection string; LOCATION says
-    where that is for people (default: database, host and port from CONNINFO)."""
+    where that is for people (default: database, host and port from CONNINFO); HINT, asked when
+    a connection or statement fails, what that error's hint says (the local environment's: the
+    DR operation that took its server away, `locks.dr_operation_hint`)."""
 
-    def __init__(self, conninfo: str, *, connect_timeout: int = 5, location: str | None = None) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        connect_timeout: int = 5,
+        location: str | None = None,
+        hint: Callable[[], str | None] = lambda: None,
+    ) -> None:
         self.conninfo = conninfo
         self.connect_timeout = connect_timeout
         self._location = location
+        self._hint = hint
         self._schema_ready = False
 
     @property
@@ -98,7 +108,7 @@ class PgChainStore:
                         conn.execute("set transaction isolation level repeatable read, read only")
                     yield conn
         except psycopg.Error as exc:
-            raise _store_error(exc) from None
+            raise _store_error(exc, self._hint()) from None
 
     @contextmanager
     def writers_held(self) -> Iterator[None]:
@@ -114,12 +124,12 @@ class PgChainStore:
         try:
             conn = psycopg.connect(self.conninfo, connect_timeout=self.connect_timeout, autocommit=True)
         except psycopg.Error as exc:
-            raise _store_error(exc) from None
+            raise _store_error(exc, self._hint()) from None
         try:
             try:
                 conn.execute("select pg_advisory_lock(%s)", (_LOCK_KEY,))
             except psycopg.Error as exc:
-                raise _store_error(exc) from None
+                raise _store_error(exc, self._hint()) from None
             yield
         finally:
             conn.close()
