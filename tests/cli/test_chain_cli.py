@@ -472,6 +472,33 @@ def test_an_import_dry_run_takes_a_chain_database_not_made_yet_as_an_empty_chain
 
 
 @pytest.mark.pg
+def test_every_read_only_command_takes_a_chain_database_not_made_yet_as_an_empty_chain(
+    voke, platform_environ, local_env, tmp_path: Path
+) -> None:
+    # Found by review: `chain anchor cancel ID --dry-run` was exit 4 "no chain yet (database ...
+    # does not exist)" where `chain anchors` said "no anchors"; only `import --dry-run` read it empty.
+    name = f"chain_{uuid.uuid4().hex[:10]}"
+    fresh = dict(platform_environ, VOKE_CHAIN__DATABASE=name, VOKE_CHAIN__MIN_DIFFICULTY="4")
+    cancel = voke(
+        "chain", "anchor", "cancel", "0123456789abcdef", "--yes", "--dry-run", "--json", environ=fresh
+    )
+    assert cancel.exit_code == 2, cancel.stdout
+    assert cancel.json["error"]["message"] == "no anchor with id 0123456789abcdef"
+    run = voke("chain", "anchor", "run", "--dry-run", "--json", environ=fresh)
+    assert run.exit_code == 0 and run.json["result"]["anchored"] == [], run.stdout
+    leaves = tmp_path / "leaves.txt"
+    leaves.write_text("a\nb\n")
+    proof = tmp_path / "proof.json"
+    proof.write_text(voke("chain", "prove", str(leaves), "--index", "0", "--json", environ=fresh).stdout)
+    anchored = voke("chain", "verify", str(proof), "--anchored", "--json", environ=fresh)
+    assert anchored.exit_code == 1 and not anchored.json["result"]["anchoring"]["anchored"], anchored.stdout
+    audit = voke("audit", "verify", "--json", environ=fresh)  # its anchors checked: there are none
+    assert audit.json["result"]["anchors_unchecked"] is None, audit.stdout
+    with local_env.primary().connect() as conn:  # and none of them made the database
+        assert conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone() is None
+
+
+@pytest.mark.pg
 def test_export_and_import_through_postgres(voke, chain_env, tmp_path: Path) -> None:
     source = chain_env()
     voke("chain", "anchor", "request", merkle.root([b"x"]).hex(), environ=source)

@@ -602,11 +602,7 @@ def run_anchors(
 def plan_import(open_store: Callable[[], ChainStore], incoming: ch.ChainState) -> dict[str, int]:
     """What importing INCOMING into the store OPEN_STORE opens (read-only) would add, refused
     as the import would be (`core.chain.merge_import`); a chain not created yet is empty."""
-    try:
-        current = open_store().load()
-    except NoChainYetError:
-        current = ch.ChainState()
-    _merged, added, changed = ch.merge_import(current, incoming)
+    _merged, added, changed = ch.merge_import(open_store().load(), incoming)
     return {"blocks_added": len(added), "anchors_updated": len(changed)}
 
 
@@ -691,10 +687,6 @@ class ChainUnavailableError(ch.ChainStoreError):
     """The chain's database cannot be reached without starting the local environment (exit 4)."""
 
 
-class NoChainYetError(ChainUnavailableError):
-    """A read-only open found no chain database: nothing was ever stored, the chain is empty."""
-
-
 def open_chain_store(
     home: Path,
     *,
@@ -717,7 +709,9 @@ def open_chain_store(
     SETTINGS default to those this process loaded for HOME (`config.settings_loaded_for`).
     WHOLE: a command that changes the chain starts all of `voke env up`, not only the servers.
     READONLY (verify, listings, dry runs): never start the environment, create the database
-    or migrate a chain.json (which is read where it is); ChainUnavailableError instead.
+    or migrate a chain.json (which is read where it is); ChainUnavailableError instead. A chain
+    database not made yet is an empty chain then (a `FileChainStore` with no file), as it is to
+    a command that makes it: every read-only command answers as on a chain with nothing in it.
     """
     from voketag_ops.adapters.local.chain_store import FileChainStore, default_chain_path
     from voketag_ops.adapters.local.environment import LocalEnvironment, resolve_home
@@ -745,10 +739,12 @@ def open_chain_store(
                 "running; `voke env up` starts it"
             )
         if readonly or not waiting.path.exists():  # the common case: one stat
-            return _pg_chain_store(env, database, readonly=readonly, started=start is not None)
+            # (read-only, no database: `waiting` is no file either, so it reads as an empty chain)
+            return _pg_chain_store(env, database, readonly=readonly, started=start is not None) or waiting
         with _env_settled(env, wait=start is not None):
             if _leader_running(env):
                 store = _pg_chain_store(env, database, readonly=False, started=start is not None)
+                assert store is not None  # (made on first use)
                 _migrate_file_chain(waiting, store, home=home, env_name=settings.env)
                 return store
         if start is None:  # (a destroy or `env down` finished while the lock was taken)
@@ -788,11 +784,13 @@ def _env_settled(env: LocalEnvironment, *, wait: bool) -> Iterator[None]:
         yield
 
 
-def _pg_chain_store(env: LocalEnvironment, database: str, *, readonly: bool, started: bool) -> PgChainStore:
+def _pg_chain_store(
+    env: LocalEnvironment, database: str, *, readonly: bool, started: bool
+) -> PgChainStore | None:
     """The PostgreSQL chain store in database DATABASE on ENV's leader (created on first use
-    unless READONLY: NoChainYetError when it does not exist). A leader a failover stops since it
-    was found running, before the open or any later connection of the store, fails naming that
-    DR operation in the hint (`locks.dr_operation_hint`), whichever command uses the store."""
+    unless READONLY: None when it does not exist). A leader a failover stops since it was found
+    running, before the open or any later connection of the store, fails naming that DR
+    operation in the hint (`locks.dr_operation_hint`), whichever command uses the store."""
     from voketag_ops.adapters.local.pg_chain_store import PgChainStore
     from voketag_ops.locks import dr_operation_hint
 
@@ -802,8 +800,8 @@ def _pg_chain_store(env: LocalEnvironment, database: str, *, readonly: bool, sta
         raise ch.ChainStoreError(
             f"chain store (PostgreSQL): {exc.message}", hint=dr_operation_hint(env.home)
         ) from None
-    if conninfo is None:  # (outside the try: it is a BackendError too, and means an empty chain)
-        raise NoChainYetError(f"no chain yet (database {database} does not exist)")
+    if conninfo is None:
+        return None
     leader = env.primary()
     return PgChainStore(
         conninfo,
