@@ -871,6 +871,11 @@ def test_text_options_written_to_files_must_be_utf8_and_a_historys_lone_surrogat
     ):
         r = voke("coverage", *args, "a\udcffb", "--json", environ=env, cwd=project)
         assert r.exit_code == 2 and r.json["error"]["message"] == f"{option} must be UTF-8 text", r.stdout
+    # $GITHUB_SHA, --ref's default, is held to the same rule (it was written as "a\udcffb")
+    r = voke("coverage", "history", "add", "coverage.json", "--json", environ={**env, "GITHUB_SHA": "a\udcffb"},
+             cwd=project)  # fmt: skip
+    assert r.exit_code == 2, r.stdout
+    assert r.json["error"]["message"] == "$GITHUB_SHA (the default of --ref) must be UTF-8 text"
     assert not (project / "out").exists() and not (project / ".voke" / "coverage-history.jsonl").exists()
     # a history is any JSON-lines file, and JSON's "\udcff" escape is such a surrogate
     assert voke("coverage", "history", "add", "coverage.json", environ=env, cwd=project).exit_code == 0

@@ -396,13 +396,21 @@ def history_add(
             root=_root(env),
             now=datetime.now(UTC),
             file=file,
-            ref=utf8_option("--ref", ref) if ref else env.environ.get("GITHUB_SHA") or None,
+            ref=_ref(ref, env.environ.get("GITHUB_SHA")),
             dry_run=dry_run,
             options=_options(service=service, map_=map_),
         )
         if dry_run:
             event.result = "dry-run"
     env.out.result(result, render=_render_history_add)
+
+
+def _ref(option: str | None, github_sha: str | None) -> str | None:
+    """The ref `history add` writes: --ref, else $GITHUB_SHA; either must be UTF-8 text, which
+    the history file can hold (exit 2 naming where it came from)."""
+    if option:
+        return utf8_option("--ref", option)
+    return utf8_option("$GITHUB_SHA (the default of --ref)", github_sha) if github_sha else None
 
 
 @history_app.command("show")
