@@ -477,6 +477,10 @@ def test_a_failover_cut_short_by_a_host_crash_past_its_fence_is_finished_by_its_
     LocalPlatform(load_config(environ=environ).settings).runtime().stop_all()  # the host goes down
     for name in ("primary", "replica"):
         env.node(name).stop(mode="immediate")
+    # doctor hints the resume alone: `env up` refuses, and `dr failback` waits for the failover
+    doctor = voke("doctor", "--json", environ=environ)
+    local = next(c for c in doctor.json["result"]["checks"] if c["name"] == "local environment")
+    assert local["hint"] == "voke dr failover --yes", local
     up = voke("env", "up", "--json", environ=environ)  # never services pinned to the fenced old leader
     assert up.exit_code == 5, up.stdout
     assert "finish it with `voke dr failover --yes` before anything starts" in up.json["error"]["message"]

@@ -158,10 +158,10 @@ def _local_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
             for n in ("primary", "replica")
             if status[n] and not status[n]["running"] and (n == "primary" or settings.replica)
         ]
-        said = [node_trouble(role, status[role], fenced=env.fenced()) for role in down]
+        op = operation_to_report(env)
+        said = [node_trouble(role, status[role], fenced=env.fenced(), pending=op) for role in down]
         if not down and status.get("split_brain"):
             said.append(("two writable primaries (split brain)", "voke dr status"))
-        op = operation_to_report(env)
         if op and not op.get("running"):  # cut short: finished first (`dr failback` refuses until then)
             resumes = (  # (an unreadable one's `resume` is the message itself)
                 "voke dr status"

@@ -934,7 +934,8 @@ def verify(
             status = node_status(node)
             if status["running"] and (role == "primary" or status["role"] == "replica"):
                 continue
-            said, fix = node_trouble(role, status, fenced=fenced)  # as `env up`, `doctor` and `dr check` say
+            # as `env up`, `doctor` and `dr check` say
+            said, fix = node_trouble(role, status, fenced=fenced, pending=dr.operation_to_report(env))
             # frozen (its processes stopped), or stopped where `env up` starts it: nothing to rebuild
             unreachable = not status["running"] and (
                 status["pid"] is not None

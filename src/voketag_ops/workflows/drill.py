@@ -1288,7 +1288,9 @@ def refuse_without_standby(
         return
     if not started and starts_as_standby(standby, fenced=fenced):
         return
-    said, fix = node_trouble("replica", standby, fenced=fenced)
+    from voketag_ops.adapters.local.dr import operation_to_report
+
+    said, fix = node_trouble("replica", standby, fenced=fenced, pending=operation_to_report(env))
     raise PreconditionError(
         f"{what} a standby to promote: the standby {standby['name']} is not running as a standby; "
         f"nothing to promote ({said}; `voke dr status` shows the topology)",

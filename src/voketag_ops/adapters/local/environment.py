@@ -30,7 +30,7 @@ import shlex
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -551,11 +551,9 @@ class LocalEnvironment:
                     if state.leader in fenced
                     else f"a failover was interrupted once it fenced {(pending or {}).get('old_leader')} (done: {done})"
                 )
-                raise PreconditionError(
-                    f"{said}; finish it with `voke dr failover --yes` before anything starts"
-                )
+                raise PreconditionError(f"{said}; finish it with `{FAILOVER_RESUME}` before anything starts")
             if not primary.running and _writable(replica):  # a failback killed after its promotion, too
-                resume = (pending or {}).get("resume") or "voke dr failover --yes"
+                resume = (pending or {}).get("resume") or FAILOVER_RESUME
                 raise NeedsOperatorError(
                     f"{replica.name} is writable while {primary.name} is the recorded leader; starting "
                     f"{primary.name} would give two primaries (resume the operation: `{resume}`)"
@@ -1356,7 +1354,10 @@ class LocalEnvironment:
         return stopped
 
 
-def failover_past_fence(pending: dict[str, Any] | None) -> bool:
+FAILOVER_RESUME = "voke dr failover --yes"  # what finishes a failover cut short past its fence
+
+
+def failover_past_fence(pending: Mapping[str, Any] | None) -> bool:
     """Whether PENDING (`unfinished_operation`) is a `dr failover` cut short once it fenced the
     leader: `env up` refuses until `voke dr failover --yes` finishes it."""
     return (
@@ -1403,11 +1404,15 @@ def starts_as_standby(node: dict[str, Any], *, fenced: set[str]) -> bool:
     return not node["initialized"] or (Path(node["data_dir"]) / "standby.signal").exists()
 
 
-def node_trouble(role: str, node: dict[str, Any], *, fenced: set[str]) -> tuple[str, str]:
+def node_trouble(
+    role: str, node: dict[str, Any], *, fenced: set[str], pending: Mapping[str, Any] | None
+) -> tuple[str, str]:
     """What is said of the leader (ROLE `primary`) or the standby (`replica`) NODE (as
     `node_status` reports it, named as `env status` names it) that does not serve its role: it
     does not run, or the standby runs writable (split brain). Then the hint `env up` and
-    `dr check` give for it (`doctor`, and the drills that need a standby to promote)."""
+    `dr check` give for it (`doctor`, and the drills that need a standby to promote). PENDING
+    (the unfinished DR operation) a failover past its fence, a node that does not run is its
+    resume's: `env up` refuses until it ends, and it starts the node it promotes."""
     leads = role == "primary"
     name = f"{'leader' if leads else 'standby'} {node['name']}"
     if node["running"]:  # a writable standby beside the leader: two primaries
@@ -1422,14 +1427,15 @@ def node_trouble(role: str, node: dict[str, Any], *, fenced: set[str]) -> tuple[
         if leads:  # `env up` refuses a frozen leader (exit 5) naming these pids
             return said, resume_hint(pids) if pids else "voke env up"
         return said, frozen_standby_remedy(pids)  # `env up` leaves it as it is
-    if node["name"] in fenced:
-        if leads:  # `env up` refuses it: an interrupted failover
-            return f"{name} not running: fenced (a failover was interrupted)", "voke dr failover --yes"
-        # a former leader a failover fenced: `env up` leaves it down
-        return f"{name} not running: fenced former leader", LOCAL_REMEDIES["rebuild"]
-    if not leads and not starts_as_standby(node, fenced=fenced):
-        return f"{name} not running: not a standby", LOCAL_REMEDIES["rebuild"]  # `env up` refuses it
-    return f"{name} not running", "voke env up"
+    if node["name"] in fenced and leads:  # `env up` refuses it: an interrupted failover
+        said, fix = f"{name} not running: fenced (a failover was interrupted)", FAILOVER_RESUME
+    elif node["name"] in fenced:  # a former leader a failover fenced: `env up` leaves it down
+        said, fix = f"{name} not running: fenced former leader", LOCAL_REMEDIES["rebuild"]
+    elif not leads and not starts_as_standby(node, fenced=fenced):
+        said, fix = f"{name} not running: not a standby", LOCAL_REMEDIES["rebuild"]  # `env up` refuses it
+    else:
+        said, fix = f"{name} not running", "voke env up"
+    return said, FAILOVER_RESUME if failover_past_fence(pending) else fix
 
 
 def _not_answering(node: PgNode) -> str | None:
