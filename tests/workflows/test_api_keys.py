@@ -17,7 +17,7 @@ import pytest
 from voketag_ops.adapters.local.secrets import LocalSecretStore
 from voketag_ops.adapters.local.services import LocalServiceRuntime
 from voketag_ops.config import ApiKeySettings, RotationSettings
-from voketag_ops.core.rotation import ANNOTATION, LAST_ANNOTATION, STEPS, RotationRecord
+from voketag_ops.core.rotation import ANNOTATION, CURRENT_ANNOTATION, LAST_ANNOTATION, STEPS, RotationRecord
 from voketag_ops.core.times import iso
 from voketag_ops.errors import (
     AuthenticationError,
@@ -606,6 +606,32 @@ def test_cleanup_deletes_an_old_key_a_day_after_the_new_one_became_current_not_a
     engine.now = lambda: resumed_at + timedelta(hours=25)
     assert [(a.version, a.action) for a in engine.cleanup(dry_run=False)["actions"]] == [(1, "retire")]
     assert world.maps_name not in fake.live_google_keys()
+
+
+@pytest.mark.parametrize("older_voke", [False, True])
+def test_cleanup_keeps_an_old_key_after_a_later_rotation_was_rolled_back_on_a_machine_without_history(
+    world, fake, monkeypatch, older_voke
+):
+    world.adopt_all()
+    engine, resumed_at = _resumed_days_later(world, fake, monkeypatch, "maps")  # v2 made 2 days before
+    if older_voke:  # a rotation an older voke finished: no `voke-became-current`, as before
+        meta = world.store.get("maps-key")
+        world.store.update("maps-key", etag=meta.etag, annotations={CURRENT_ANNOTATION: None})
+    else:  # a later rotation fails its test and is rolled back: `voke-last-rotation` is its own
+
+        def at(step):
+            if step == "set_target":
+                fake.fail("GET", r"^/maps/api/geocode/json$", 401, times=3)
+
+        monkeypatch.setattr(engine, "_fault", at)
+        assert rotate_api_key(engine, "maps").error.exit_code == 6
+        assert json.loads(world.store.get("maps-key").annotations[LAST_ANNOTATION])["status"] == "rolled_back"
+    (world.home / "rotations" / "history.jsonl").unlink()  # another operator's machine, a CI runner
+    engine = world.engine()
+    engine.now = lambda: resumed_at + timedelta(hours=1)  # v2 current for an hour only
+    assert engine.cleanup(dry_run=True)["actions"] == []
+    engine.now = lambda: resumed_at + timedelta(hours=25)
+    assert [(a.version, a.action) for a in engine.cleanup(dry_run=True)["actions"]] == [(1, "retire")]
 
 
 def test_cleanup_disables_a_version_a_day_after_it_was_superseded_not_after_its_successor_was_made(

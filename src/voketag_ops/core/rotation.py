@@ -27,6 +27,9 @@ Status = Literal["in_progress", "rolling_back", "succeeded", "rolled_back", "nee
 ACTIVE: tuple[Status, ...] = ("in_progress", "rolling_back")
 ANNOTATION = "voke-rotation"
 LAST_ANNOTATION = "voke-last-rotation"
+# The version the last SUCCEEDED rotation made current, and when: `voke-last-rotation` is
+# replaced by whatever rotation ends next, rolled back or not.
+CURRENT_ANNOTATION = "voke-became-current"
 EMERGENCY = "emergency"  # the strategy of a JWT rotation that replaces every key at once
 
 # Characters that survive shells, URLs and conninfo strings without quoting surprises.
@@ -168,6 +171,14 @@ class RotationRecord:
             "version": self.pending_version,
             "kind": self.kind,
         }
+
+    def became_current(self) -> dict[str, Any] | None:
+        """What `voke-became-current` keeps of RECORD once it ended: the version it made current
+        and when (its finish), for a rotation that succeeded; None for one that did not (the
+        annotation then keeps the last one that did)."""
+        if self.status != "succeeded" or self.pending_version is None or not self.finished_at:
+            return None
+        return {"version": self.pending_version, "at": self.finished_at}
 
 
 _NONE = type(None)

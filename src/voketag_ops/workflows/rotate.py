@@ -27,6 +27,7 @@ from voketag_ops.config import RotationSettings
 from voketag_ops.core.rotation import (
     ACTIVE,
     ANNOTATION,
+    CURRENT_ANNOTATION,
     EMERGENCY,
     LAST_ANNOTATION,
     CleanupAction,
@@ -1087,11 +1088,11 @@ class RotationEngine:
         rotation that succeeded a refusal is a warning naming the resume that clears it (False)."""
         try:
             meta = self.store.get(record.secret)
-            self.store.update(
-                record.secret,
-                etag=meta.etag,
-                annotations={ANNOTATION: None, LAST_ANNOTATION: json.dumps(record.summary())},
-            )
+            annotations = {ANNOTATION: None, LAST_ANNOTATION: json.dumps(record.summary())}
+            became = record.became_current()
+            if became is not None:  # kept as it is by a rotation that does not succeed
+                annotations[CURRENT_ANNOTATION] = json.dumps(became)
+            self.store.update(record.secret, etag=meta.etag, annotations=annotations)
         except VokeError as exc:
             if record.status != "succeeded":
                 raise
@@ -1833,9 +1834,11 @@ class RotationEngine:
 
     def _current_since(self, meta: Any, version: int) -> datetime | None:
         """When VERSION became current everywhere, as the rotation that made it recorded: its
-        finish (this machine's history, else the secret's `voke-last-rotation`) or, while it is
-        unfinished, its commit; None when no rotation says (never the version's creation: a
-        resumed rotation commits long after it made the version)."""
+        finish (this machine's history, else the secret's `voke-became-current`, kept by the
+        last rotation that succeeded, else `voke-last-rotation`, which an older voke wrote and
+        a later rotation that did not succeed replaces) or, while it is unfinished, its commit;
+        None when no rotation says (never the version's creation: a resumed rotation commits
+        long after it made the version)."""
         raw = meta.annotations.get(ANNOTATION)
         if raw and meta.aliases.get("current") == version:
             record = RotationRecord.from_json(raw)
@@ -1844,14 +1847,15 @@ class RotationEngine:
         found = self.published_at(meta.name, version)
         if found is not None:
             return found
-        raw = meta.annotations.get(LAST_ANNOTATION)
-        if raw:
-            try:
-                summary = json.loads(raw)
-                if summary.get("version") == version and summary.get("finished_at"):
-                    return parse_iso(summary["finished_at"])
-            except (ValueError, TypeError):
-                pass
+        for annotation, at in ((CURRENT_ANNOTATION, "at"), (LAST_ANNOTATION, "finished_at")):
+            raw = meta.annotations.get(annotation)
+            if raw:
+                try:
+                    said = json.loads(raw)
+                    if said.get("version") == version and said.get(at):
+                        return parse_iso(said[at])
+                except (ValueError, TypeError, AttributeError):
+                    pass
         return None
 
     def _current_times(self, meta: Any) -> dict[int, datetime]:
