@@ -234,6 +234,30 @@ def test_a_failed_stripe_rotation_keeps_the_new_key_when_the_dashboard_expired_t
     assert world.value("stripe-key")["api_key"] == new
 
 
+def test_a_refused_rollback_stops_with_the_resume_alone_to_paste(world, fake, monkeypatch):
+    with WebhookReceiver() as hook:
+        world.adopt_all()
+        engine = world.engine(notify_webhook=hook.url)
+        new = fake.add_stripe_key()
+        fake.revoke_stripe_key(world.stripe_key)  # rolled in the Dashboard with "expire now"
+
+        def busy_at_test(step):
+            if step == "set_target":
+                fake.fail("GET", "/v1/balance", 429, times=3)
+
+        monkeypatch.setattr(engine, "_fault", busy_at_test)
+        stopped = rotate_api_key(engine, "stripe", new_key=new)
+        rotation_id = stopped.report.rotation_id
+        again = world.engine(notify_webhook=hook.url).rollback(rotation_id)
+    for error in (stopped.error, again.error):  # the rollback would only stop there again
+        assert error.exit_code == 7 and "not rolled back" in error.message
+        assert f"voke rotate resume {rotation_id} --yes" in error.hint
+        assert "rollback" not in error.hint and "old value no longer authenticates" in error.hint
+    texts = [b["text"] for b in hook.bodies]
+    assert len(texts) == 2 and all("voke rotate rollback" not in t for t in texts)
+    assert all(f"voke rotate resume {rotation_id} --yes" in t for t in texts)
+
+
 def test_a_stripe_key_nobody_pastes_is_refused_by_the_dry_run_as_by_the_run(world, fake):
     engine = world.adopt_all()
     for dry_run in (False, True):  # `rotate due --run` and its --dry-run: no key is asked for
@@ -722,7 +746,7 @@ def test_ctrl_c_while_the_webhook_is_told_leaves_the_rotation_succeeded(world, f
     engine = world.engine(notify_webhook="http://127.0.0.1:9/slow")
     told: list[str] = []
 
-    def slow_endpoint(record):
+    def slow_endpoint(record, **_):
         told.append(record.status)
         os.kill(os.getpid(), signal.SIGINT)  # noted: the rotation has ended
         os.kill(os.getpid(), signal.SIGINT)  # the second gives way, inside the wait: it skips the webhook

@@ -1130,7 +1130,9 @@ class RotationEngine:
 
         return name_env(command, self.env_name)
 
-    def _notify_ended(self, record: RotationRecord, held: interrupts.Held) -> None:
+    def _notify_ended(
+        self, record: RotationRecord, held: interrupts.Held, *, then: str | None = None
+    ) -> None:
         """The webhook, once the rotation has ended, within HELD: a Ctrl-C or SIGTERM by then (a
         slow endpoint, up to its timeout) skips the notification; it never turns the ended
         rotation into exit 130 with nothing to resume (an operator would run it again), nor
@@ -1138,7 +1140,7 @@ class RotationEngine:
         told = False
         try:
             if not held.fired:
-                self._notify(record)
+                self._notify(record, then=then)
                 told = True
         except KeyboardInterrupt:  # the second signal, while the webhook was waited for
             pass
@@ -1176,6 +1178,7 @@ class RotationEngine:
                 t0,
                 resumed,
                 f"{exc.kind} at {step}: {exc.message}; the rollback failed too: {rb_exc.message}",
+                then=_then(rb_exc),
             )
         error = unwritten or RolledBackError(
             f"rotation {record.id} of {record.secret} failed at {step} ({exc.kind}: {exc.message}); rolled back",
@@ -1185,9 +1188,12 @@ class RotationEngine:
         )
         return Outcome(RotationReport.of(record, t0=t0, resumed=resumed), error)
 
-    def _needs_attention(self, record: RotationRecord, t0: float, resumed: bool, why: str) -> Outcome:
+    def _needs_attention(
+        self, record: RotationRecord, t0: float, resumed: bool, why: str, *, then: str | None = None
+    ) -> Outcome:
         """Stop RECORD for a person (exit 7): its record saved as `needs_attention`, its lease
-        given up, its `rotation.finish` event written. The audit log is local: a store that
+        given up, its `rotation.finish` event written, the hint and webhook naming THEN (what
+        to paste; default: its resume or its rollback). The audit log is local: a store that
         refuses the record or cannot be reached keeps the record its last save left (what a
         resume or rollback takes over), and the event and error say the stored record is not
         updated. No history line: it has not ended (its resume or rollback writes one)."""
@@ -1210,11 +1216,11 @@ class RotationEngine:
             why = f"{why}; its rotation.finish audit event could not be written: {exc.message}"
         error = NeedsOperatorError(
             f"rotation {record.id} of {record.secret} stopped: {why}",
-            hint=f"fix the cause, then: {unfinished_commands(record.id)}",
+            hint=f"fix the cause, then: {then or unfinished_commands(record.id)}",
         )
         interrupts.decided(error.message, error.hint or "")  # stopped for a person: exit 7, not a bare 130
         with interrupts.Held(give_way_after=1) as held:
-            self._notify_ended(record, held)
+            self._notify_ended(record, held, then=then)
         return Outcome(RotationReport.of(record, t0=t0, resumed=resumed), error)
 
     def _scope(self, record: RotationRecord, failed_step: str | None = None) -> str:
@@ -1280,11 +1286,12 @@ class RotationEngine:
                 "rollback of %s: whether the old value still works is unknown: %s", record.id, exc.message
             )
             return
-        raise NeedsOperatorError(
+        raise RollbackRefusedError(
             f"not rolled back: the current version {record.old_current} of {record.secret} no longer "
             f"authenticates (expired or deleted at the provider, or changed at the target) and the new "
             f"version {pending_version} does; the new version was kept: "
-            f"{self._voke(resume_command(record.id))} finishes the rotation on it"
+            f"{self._voke(resume_command(record.id))} finishes the rotation on it",
+            hint=f"{resume_command(record.id)}   (it cannot be undone: the old value no longer authenticates)",
         )
 
     def _undo(self, record: RotationRecord, scope: str, t0: float) -> NeedsOperatorError | None:
@@ -1444,7 +1451,9 @@ class RotationEngine:
         except Interrupted:
             raise
         except VokeError as exc:
-            return self._needs_attention(record, t0, resumed, f"rollback failed: {exc.message}")
+            return self._needs_attention(
+                record, t0, resumed, f"rollback failed: {exc.message}", then=_then(exc)
+            )
         return Outcome(RotationReport.of(record, t0=t0, resumed=resumed), unwritten or error)
 
     def _running(self, record: RotationRecord) -> bool:
@@ -1885,14 +1894,14 @@ class RotationEngine:
                 return parse_iso(record.finished_at)
         return None
 
-    def _notify(self, record: RotationRecord) -> None:
+    def _notify(self, record: RotationRecord, *, then: str | None = None) -> None:
         """Tell the configured webhook how the rotation ended (never a value; failures only logged)."""
         url = self.settings.notify_webhook
         if not url:
             return
         from voketag_ops.adapters.webhook import post_webhook
 
-        post_webhook(url, notification_text(record, self.env_name))
+        post_webhook(url, notification_text(record, self.env_name, then=then))
 
     # -- history and audit --------------------------------------------------------------------------------
     @property
@@ -2106,6 +2115,17 @@ def unfinished_commands(rotation_id: str) -> str:
     return f"{resume_command(rotation_id)}   or: {rollback_command(rotation_id)}"
 
 
+class RollbackRefusedError(NeedsOperatorError):
+    """A rollback that would leave nothing that works (`_refuse_rollback_to_nothing`): its hint,
+    the resume alone, is what the stop names; a rollback would stop there again."""
+
+
+def _then(exc: VokeError) -> str | None:
+    """What a stop for a person caused by EXC names to paste: a refused rollback's hint, else
+    the default (None: its resume or its rollback)."""
+    return exc.hint if isinstance(exc, RollbackRefusedError) else None
+
+
 def setup_command(kind: str, name: str, *, local: bool) -> str:
     """What stores the first version of the secret of the credential NAME (of KIND) where it
     does not exist yet: the command to paste, to which the output adds --env NAME."""
@@ -2123,9 +2143,10 @@ def setup_command(kind: str, name: str, *, local: bool) -> str:
     )
 
 
-def notification_text(record: RotationRecord, env_name: str) -> str:
+def notification_text(record: RotationRecord, env_name: str, *, then: str | None = None) -> str:
     """The webhook message for how RECORD ended: ids, versions, steps, never values; the
-    commands it names carry `--env ENV_NAME` (pasted from chat, they act on that environment)."""
+    commands it names carry `--env ENV_NAME` (pasted from chat, they act on that environment).
+    THEN: what a stop for a person names (default: its resume or its rollback)."""
     from voketag_ops.output import name_env
 
     head = f"voke rotate [{env_name}] {record.secret} ({record.kind}, {record.strategy}) rotation {record.id}"
@@ -2137,7 +2158,8 @@ def notification_text(record: RotationRecord, env_name: str) -> str:
     if record.status == "rolled_back":
         retry = name_env(retry_command(record), env_name)
         return f":warning: {head} failed and was rolled back ({why}); safe to retry: {retry}"
-    return f":rotating_light: {head} needs a person ({why}); then: {name_env(unfinished_commands(record.id), env_name)}"
+    then = name_env(then or unfinished_commands(record.id), env_name)
+    return f":rotating_light: {head} needs a person ({why}); then: {then}"
 
 
 def owner_alive(record: RotationRecord, now: datetime) -> bool:
