@@ -101,9 +101,8 @@ def _read_conninfo(env: AppContext, db: str | None) -> str | None:
     if not local.exists or not local.primary().running:
         from voketag_ops.locks import running_elsewhere
 
-        if (
-            running_elsewhere(local.home / "dr") is not None
-        ):  # a failover or drill moves it: its hint names it
+        # A failover or drill moves it: `_named_dr_operation`'s hint names which.
+        if running_elsewhere(local.home / "dr") is not None:
             raise BackendError("the local environment's primary is down; nothing was read")
         raise BackendError(
             "the local environment is not running; `voke env up` starts it (reading batches "

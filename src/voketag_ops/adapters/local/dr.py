@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from voketag_ops import interrupts
 from voketag_ops.adapters.local.environment import (
+    FAILOVER_RESUME,
     FROZEN,
     HOME_NODE,
     NODE_NAMES,
@@ -2145,7 +2146,7 @@ def failover(
     steps = Steps()
     state = env.require_state()
     refuse_failover_without_standby(env, state, unfinished_operation(env))
-    oplog = OperationLog(env, "failover", "voke dr failover --yes")
+    oplog = OperationLog(env, "failover", FAILOVER_RESUME)
     if oplog.resumed and "old_leader" in oplog.doc:
         old_name, new_name = oplog.doc["old_leader"], oplog.doc["new_leader"]
     else:
