@@ -45,6 +45,9 @@ def test_a_stored_record_of_the_wrong_shape_is_a_value_error_saying_why():
     ).to_json()  # fmt: skip
     assert RotationRecord.from_json(good).steps == [StepRecord("lock", "done", 0.1)]
     doc = json.loads(good)
+    assert "unclaimed_keys" not in doc  # none: absent, so that an older voke still reads it
+    kept = [{"key_id": "k1", "account": "a@p.iam.gserviceaccount.com", "command": "gcloud ..."}]
+    assert RotationRecord.from_json(json.dumps(doc | {"unclaimed_keys": kept})).unclaimed_keys == kept
     for change, why in [
         ({"id": 5}, "id is int"),
         ({"pending_version": True}, "pending_version is bool"),
@@ -58,6 +61,8 @@ def test_a_stored_record_of_the_wrong_shape_is_a_value_error_saying_why():
         ({"status": "weird"}, "unknown status"),
         ({"step": "weird"}, "unknown step"),
         ({"extra": 1}, "unknown field 'extra'"),
+        ({"unclaimed_keys": {"key_id": "k"}}, "unclaimed_keys is dict"),
+        ({"unclaimed_keys": [{"key_id": 5}]}, "unclaimed_keys[0] is not a key"),
     ]:
         with pytest.raises(ValueError, match=re.escape(why)):
             RotationRecord.from_json(json.dumps(doc | change))

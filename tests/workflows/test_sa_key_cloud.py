@@ -221,6 +221,91 @@ def test_a_key_whose_answer_was_lost_is_named_for_a_person_not_deleted(cloud, vo
     assert fake.secretmanager.secrets["sa-ci"].aliases["current"] == 1
 
 
+def test_a_key_whose_answer_was_lost_is_named_in_the_json_result_and_the_audit_event(cloud, voke):
+    # Found by review: such keys were named only in a stderr warning, so a CI job or cron
+    # wrapper reading --json or the audit log never learnt of keys using up IAM's 10.
+    from voketag_ops.testing.gcp_fakes import GrpcAbort
+
+    fake, environ = cloud
+    _init(fake, voke, environ)
+    create = fake.iam._create
+    made: list[dict[str, Any]] = []
+
+    def lost(email: str) -> dict[str, Any]:
+        made.append(create(email))
+        made.append(create(email))  # another consumer, meanwhile
+        raise GrpcAbort("DEADLINE_EXCEEDED", "Deadline exceeded.")
+
+    fake.iam._create = lost  # type: ignore[method-assign]
+    result = voke("rotate", "sa-key", "ci", "--yes", "--json", environ=environ)
+    assert result.exit_code == 6, result.stdout + result.stderr
+    expected = [
+        {
+            "key_id": key_id,
+            "account": ACCOUNT,
+            "command": f"gcloud iam service-accounts keys delete {key_id} --iam-account {ACCOUNT}",
+        }
+        for key_id in sorted(k["private_key_id"] for k in made)
+    ]
+    assert result.json["result"]["unclaimed_keys"] == expected
+    assert "lost the answer" in result.stderr  # the warning for a person stays
+    shown = voke("audit", "show", "--limit", "1000", "--json", environ=environ)
+    [finish] = [e for e in shown.json["result"]["entries"] if e["event_type"] == "rotation.finish"]
+    assert finish["result"] == "rolled_back" and finish["details"]["unclaimed_keys"] == expected
+    history = voke("rotate", "history", "--json", environ=environ).json["result"]["rotations"]
+    assert history[0]["unclaimed_keys"] == expected
+    stored = json.loads(fake.secretmanager.payload("sa-ci", 1))
+    private = [k["private_key"] for k in [*made, stored]]
+    for text in (result.stdout, result.stderr, shown.stdout):
+        assert not any(p in text or p.splitlines()[1] in text for p in private)
+        assert '"private_key"' not in text and "BEGIN PRIVATE KEY" not in text
+    # A rotation that lost no answer names none (the key is there, empty, for a script).
+    fake.iam._create = create  # type: ignore[method-assign]
+    again = voke("rotate", "sa-key", "ci", "--yes", "--json", environ=environ)
+    assert again.exit_code == 0 and again.json["result"]["unclaimed_keys"] == [], again.stdout + again.stderr
+
+
+def test_a_resume_names_the_keys_a_create_cut_short_may_have_made_and_finishes(cloud, voke, monkeypatch):
+    # The rerun's create finds them before it asks IAM again: the rotation succeeds, and its
+    # result and rotation.finish event name them, not only the warning.
+    from voketag_ops.testing.gcp_fakes import GrpcAbort
+    from voketag_ops.workflows.sa_keys import SaKey
+
+    fake, environ = cloud
+    _init(fake, voke, environ)
+    create, sa_create = fake.iam._create, SaKey.create
+    made: list[str] = []
+
+    def lost(email: str) -> dict[str, Any]:
+        made.append(create(email)["private_key_id"])
+        raise GrpcAbort("DEADLINE_EXCEEDED", "Deadline exceeded.")
+
+    def cut(self: SaKey, rotation_id: str, current: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return sa_create(self, rotation_id, current)
+        except Exception:
+            raise KeyboardInterrupt from None  # Ctrl-C while the answer was awaited
+
+    fake.iam._create = lost  # type: ignore[method-assign]
+    monkeypatch.setattr(SaKey, "create", cut)
+    stopped = voke("rotate", "sa-key", "ci", "--yes", "--json", environ=environ)
+    assert stopped.exit_code == 130, stopped.stdout + stopped.stderr
+    fake.iam._create = create  # type: ignore[method-assign]
+    monkeypatch.setattr(SaKey, "create", sa_create)
+    result = voke("rotate", "resume", "--yes", "--json", environ=environ)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    [key_id] = made
+    command = f"gcloud iam service-accounts keys delete {key_id} --iam-account {ACCOUNT}"
+    named = [{"key_id": key_id, "account": ACCOUNT, "command": command}]
+    assert result.json["result"]["status"] == "succeeded" and result.json["result"]["unclaimed_keys"] == named
+    assert key_id in _key_ids(fake)  # kept: it cannot be told from another consumer's
+    shown = voke("audit", "show", "--limit", "1000", "--json", environ=environ)
+    [finish] = [e for e in shown.json["result"]["entries"] if e["event_type"] == "rotation.finish"]
+    assert finish["result"] == "succeeded" and finish["details"]["unclaimed_keys"] == named
+    private = json.loads(fake.secretmanager.payload("sa-ci", 2))["private_key"]
+    assert all(private.splitlines()[1] not in text for text in (result.stdout, result.stderr, shown.stdout))
+
+
 def test_a_key_made_but_never_stored_is_deleted_by_the_rollback(cloud, voke):
     # Secret Manager refuses the new version after IAM made the key: the key is this rotation's
     # (its id recorded before the store was asked), so the rollback deletes it.

@@ -102,6 +102,10 @@ class RotationRecord:
     # How long it ran, from its start to its end, on the monotonic clock of the one run that did
     # both (None: not ended, ended by a later run such as a resume, or by an older voke).
     duration_seconds: float | None = None
+    # Provider keys a create whose answer was lost may have made, which a rerun or rollback
+    # could not tell from another consumer's and left alive: each {key_id, account, command}
+    # (the command that deletes it), never key material. Empty for every other rotation.
+    unclaimed_keys: list[dict[str, str]] = field(default_factory=list)
 
     def to_json(self) -> str:
         """The record as stored (the annotation, the history file), its error and step texts
@@ -111,8 +115,8 @@ class RotationRecord:
             step["detail"] = redact(step["detail"])
         if doc["error"]:
             doc["error"] = {k: redact(v) if isinstance(v, str) else v for k, v in doc["error"].items()}
-        for late in ("rolling_back", "committed_at", "untold", "duration_seconds"):
-            if doc[late] is None:  # absent, so that an older voke can still read the record
+        for late in ("rolling_back", "committed_at", "untold", "duration_seconds", "unclaimed_keys"):
+            if doc[late] in (None, []):  # absent, so that an older voke can still read the record
                 del doc[late]
         return json.dumps(doc, separators=(",", ":"), sort_keys=True)
 
@@ -192,6 +196,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "error": (dict, _NONE),
     "untold": (bool, _NONE),
     "duration_seconds": (int, float, _NONE),
+    "unclaimed_keys": (list,),
 }
 _STEP_TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,),
@@ -245,6 +250,9 @@ def _record_problem(raw: Any) -> str | None:
             return problem
     if raw.get("error") and not all(isinstance(v, str) for v in raw["error"].values()):
         return "error holds a value that is not text"
+    for i, key in enumerate(raw.get("unclaimed_keys", [])):
+        if not isinstance(key, dict) or not all(isinstance(v, str) for v in key.values()):
+            return f"unclaimed_keys[{i}] is not a key"
     return None
 
 

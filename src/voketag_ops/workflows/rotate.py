@@ -184,6 +184,8 @@ class RotationReport:
     dry_run: bool = False
     plan: list[str] = field(default_factory=list)
     error: dict[str, str] | None = None
+    # Keys left alive that this rotation may have made (`RotationRecord.unclaimed_keys`).
+    unclaimed_keys: list[dict[str, str]] = field(default_factory=list)
 
     @classmethod
     def of(cls, record: RotationRecord, *, t0: float, resumed: bool = False) -> RotationReport:
@@ -204,6 +206,7 @@ class RotationReport:
             finished_at=record.finished_at,
             resumed=resumed,
             error=record.error,
+            unclaimed_keys=list(record.unclaimed_keys),
         )
 
     @classmethod
@@ -799,13 +802,25 @@ class RotationEngine:
         current = self._cred(record.secret, record.old_current)
         if current is None:
             raise SecretError(f"{record.secret}: the current version {record.old_current} cannot be read")
-        value = cred.existing(record.id) or cred.create(record.id, current)
+        try:
+            value = cred.existing(record.id) or cred.create(record.id, current)
+        finally:  # a rerun's create looks for what an earlier one left first, even if it then fails
+            self._take_unclaimed(record, cred)
         value["rotation_id"] = record.id
         version = self.store.add_version(record.secret, json.dumps(value).encode()).version
         record.pending_version = version
         self._save(record, aliases={"pending": version})
         who = value.get("username") or value.get("key_id") or value.get("label") or cred.name
         return f"version {version} for {who}"
+
+    @staticmethod
+    def _take_unclaimed(record: RotationRecord, cred: Credential) -> None:
+        """What CRED's create or discard of RECORD left alive, unable to tell it from another
+        consumer's key (a service-account key whose create answer was lost), into RECORD: its
+        report and `rotation.finish` event name it, not only a warning on stderr."""
+        found = getattr(cred, "unclaimed", {}).get(record.id)
+        if found is not None:
+            record.unclaimed_keys = list(found)
 
     def _find_pending(self, record: RotationRecord, meta: Any) -> int | None:
         """A version this rotation already stored (it may have died before recording it)."""
@@ -1333,6 +1348,7 @@ class RotationEngine:
         discard = getattr(user, "discard", None)
         if discard is not None:
             discard(pending, record.id)
+            self._take_unclaimed(record, user)
         if record.pending_version is not None:
             v = self.store.get(record.secret).version(record.pending_version)
             if v is not None and v.state == "enabled":
@@ -2026,6 +2042,8 @@ class RotationEngine:
         }
         if error or record.error:
             details["error"] = dict(error or record.error or {})
+        if record.unclaimed_keys:
+            details["unclaimed_keys"] = record.unclaimed_keys
         self.events_written += 1
         record_event(
             self.audit_home,

@@ -57,6 +57,9 @@ class SaKey(MadeBeside):
         self.secret = settings.secret
         self.services = tuple(settings.services)
         self.account = settings.service_account
+        # rotation id -> the keys its last rerun or rollback left alive, unable to tell them from
+        # another consumer's (`_clear_leftovers`): the engine puts them in its record and report.
+        self.unclaimed: dict[str, list[dict[str, str]]] = {}
 
     def precheck(self, meta: Any, *, dry_run: bool) -> None:
         """Before the lock: warn about keys, and refuse when IAM's 10-key limit is reached."""
@@ -136,7 +139,8 @@ class SaKey(MadeBeside):
     def _clear_leftovers(self, made: dict[str, Any] | None, keep: set[str]) -> None:
         """Delete the keys this rotation made (MADE) that KEEP lacks. A create whose answer was
         lost made a key no record names, which IAM cannot tell from one another consumer of the
-        account made meanwhile: such keys are named for a person, never deleted."""
+        account made meanwhile: such keys are named for a person (a warning, and `unclaimed`,
+        which the engine puts in its report and audit event), never deleted."""
         from voketag_ops.adapters.gcp.iam import MAX_KEYS
 
         if made is None:
@@ -147,18 +151,26 @@ class SaKey(MadeBeside):
                 log.info("deleting key %s of %s made by rotation %s", key_id, self.account, made["rotation"])
                 self.keys.delete(self.account, key_id)
         unsure = sorted(live - set(made["before"]) - set(made["made"]) - keep)
-        if made["asked"] > len(made["made"]) and unsure:
+        if made["asked"] <= len(made["made"]):
+            unsure = []  # every create was answered: a new key no record names is another's
+        self.unclaimed[made["rotation"]] = [
+            {"key_id": key_id, "account": self.account, "command": self._delete_command(key_id)}
+            for key_id in unsure
+        ]
+        if unsure:
             log.warning(
                 "rotation %s asked IAM for a key of %s and lost the answer; voke cannot tell whether it made "
                 "key(s) %s (new since it began) or another consumer did, and deleted none: if nothing uses "
-                "them, delete them (`gcloud iam service-accounts keys delete KEY_ID --iam-account %s`), since "
-                "IAM allows %d keys per account",
+                "them, delete them (`%s`), since IAM allows %d keys per account",
                 made["rotation"],
                 self.account,
                 ", ".join(unsure),
-                self.account,
+                self._delete_command("KEY_ID"),
                 MAX_KEYS,
             )
+
+    def _delete_command(self, key_id: str) -> str:
+        return f"gcloud iam service-accounts keys delete {key_id} --iam-account {self.account}"
 
     def create(self, rotation_id: str, current: dict[str, Any]) -> dict[str, Any]:
         made = self._made(rotation_id)
