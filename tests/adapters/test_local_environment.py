@@ -23,7 +23,7 @@ from voketag_ops.adapters.local.environment import EnvState, LocalEnvironment
 from voketag_ops.adapters.local.postgres import is_stopped
 from voketag_ops.config import LocalSettings
 from voketag_ops.errors import BackendError, ConfigError
-from voketag_ops.testing.local import frozen
+from voketag_ops.testing.local import frozen, killed_with_its_pid_reused
 
 
 @pytest.fixture(scope="module")
@@ -365,23 +365,14 @@ def test_a_stale_pid_file_whose_pid_went_to_another_process_of_the_server_user_d
     env = local(home)
     leader = env.primary()
     lock = leader.data_dir / "postmaster.pid"
-    user = leader.runner.user
-    as_server_user = {} if user.is_me else {"user": user.uid, "group": user.gid, "extra_groups": []}
-    with subprocess.Popen(["sleep", "900"], **as_server_user) as squatter:
-        try:
-            os.kill(leader.pid(), signal.SIGKILL)
-            wait_for(lambda: not leader.running, "the postmaster to die")
-            lines = lock.read_text().splitlines()
-            lock.write_text("\n".join([str(squatter.pid), *lines[1:]]) + "\n")  # its pid, reused
-            assert not leader.running  # (the sleep serves nothing)
-            result = voke("env", "up", "--json", environ=env_of(home))
-            assert result.exit_code == 0, result.stderr
-            assert leader.name in result.json["result"]["started"]
-            assert leader.pid() not in (None, squatter.pid) and squatter.poll() is None
-            live = lock.read_bytes()
-            assert leader.clear_stale_lock() is False and lock.read_bytes() == live  # a server's stays
-        finally:
-            squatter.kill()
+    with killed_with_its_pid_reused(leader) as squatter:
+        assert not leader.running  # (the sleep serves nothing)
+        result = voke("env", "up", "--json", environ=env_of(home))
+        assert result.exit_code == 0, result.stderr
+        assert leader.name in result.json["result"]["started"]
+        assert leader.pid() not in (None, squatter.pid) and squatter.poll() is None
+        live = lock.read_bytes()
+        assert leader.clear_stale_lock() is False and lock.read_bytes() == live  # a server's stays
 
 
 def test_a_lock_is_left_to_a_server_started_by_hand_with_a_relative_d_and_to_one_still_starting(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from voketag_ops.adapters.local import dr
 from voketag_ops.adapters.local.environment import LocalEnvironment
 from voketag_ops.config import LocalSettings
-from voketag_ops.testing.local import frozen
+from voketag_ops.testing.local import frozen, killed_with_its_pid_reused
 
 
 @pytest.fixture(scope="module")
@@ -1361,6 +1361,23 @@ def test_a_clone_killed_after_moving_the_old_data_aside_leaves_nothing_after_the
     info = dr.rebuild_standby(env, replica, env.node("primary"))
     assert info["method"] == "clone" and dr.in_recovery(env.node("replica")) is True
     assert not aside.exists()
+    assert voke("dr", "check", environ=environ).exit_code == 0
+
+
+def test_a_failback_rewinds_an_old_primary_whose_lock_names_a_pid_reused_since(voke, environ, env):
+    # After a reboot the pid the killed primary left in postmaster.pid may be any live process's:
+    # pg_rewind's single-user recovery refused that lock ("already exists") and the failback fell
+    # back to a whole clone. The stale lock is cleared before pg_rewind, as before every start.
+    assert voke("dr", "check", environ=environ).exit_code == 0
+    with killed_with_its_pid_reused(env.node("primary")) as squatter:
+        failover = voke("dr", "failover", "--yes", "--json", environ=environ)
+        assert failover.exit_code == 0, failover.stdout + failover.stderr
+        back = voke("dr", "failback", "--yes", "--json", environ=environ)
+        assert back.exit_code == 0, back.stdout + back.stderr
+        rebuilt = back.json["result"]["rebuilt"]
+        assert rebuilt["method"] == "pg_rewind" and "rewind_error" not in rebuilt, rebuilt
+        assert squatter.poll() is None  # (the process whose pid it was is left alone)
+    assert env.require_state().leader == "primary" and dr.in_recovery(env.node("replica")) is True
     assert voke("dr", "check", environ=environ).exit_code == 0
 
 

@@ -2336,6 +2336,9 @@ def rebuild_standby(
         node.write_config(settings, env._hba())
         t = time.monotonic()
         open_private(rewinding).close()  # removed once the data directory is whole again
+        # A killed node's postmaster.pid whose pid is another live process's now (a reboot) makes
+        # pg_rewind's single-user recovery refuse the directory, as it makes a start refuse it.
+        node.clear_stale_lock()
         proc = node.runner.run(
             "pg_rewind",
             [

@@ -791,7 +791,8 @@ class PgNode:
         """Remove a postmaster.pid whose pid the system has given since to another live process
         (after a reboot, or long after a kill -9; another home's server among them, all run as
         the same user). PostgreSQL refuses to start while that pid lives ("lock file ... already
-        exists"): it cannot tell a reused pid from a server; `serves` can. A pid that is gone is
+        exists"), and so does pg_rewind's single-user recovery (called before both): it cannot
+        tell a reused pid from a server; `serves` can. A pid that is gone is
         left to PostgreSQL, as are a file a starting server has not filled yet, a live or starting
         server's, and one whose shared memory a killed postmaster's backends still hold
         (PostgreSQL says "already exists" and `start` retries). True if it was removed."""
