@@ -51,17 +51,23 @@ _decided: Held | None = None  # the outcome is final: signals held until the ans
 _outcome = ""  # what was decided and what is left (``decided``), for the answer of a signal after it
 
 
-def install(command: str | None = None) -> None:
-    """The `voke` script's handlers. A signal the caller ignores stays ignored. COMMAND, the
-    one the command line names, is the one the JSON error names if a signal comes before it
-    starts (Typer has not resolved it yet)."""
-    global _installed, _command
-    _installed, _command = True, command
+def install() -> None:
+    """The `voke` script's handlers, from its first line. A signal the caller ignores stays
+    ignored."""
+    global _installed
+    _installed = True
     if signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
         signal.signal(signal.SIGINT, _on_signal)
     for signum in _TERMINATING:  # (`nohup` ignores SIGHUP: it stays ignored)
         if signal.getsignal(signum) == signal.SIG_DFL:
             signal.signal(signum, _on_signal)
+
+
+def name(command: str | None) -> None:
+    """COMMAND, the one the command line names, is the one the JSON error names if a signal
+    comes before it starts (Typer has not resolved it yet; until this is said, none)."""
+    global _command
+    _command = command
 
 
 def started() -> None:

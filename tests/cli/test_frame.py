@@ -494,6 +494,31 @@ def test_a_signal_during_start_up_names_the_command_typed(argv, command):
     }
 
 
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_a_ctrl_c_in_the_scripts_first_moments_is_one_line_and_exit_130(json_mode):
+    # A Ctrl-C in voke's first 0.1 s (the script's own imports and hooks, before its handlers
+    # were set) printed Python's traceback ending in a bare KeyboardInterrupt.
+    flags = ["--json"] if json_mode else []
+    code = (
+        f"import os, signal, sys, time; sys.argv = ['voke', 'env', 'status', *{flags!r}];"
+        "signal.signal(signal.SIGINT, signal.default_int_handler);"  # as at a terminal
+        "from voketag_ops import logs;"
+        "logs.route_strays = lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(5));"
+        "from voketag_ops.cli import main;"
+        "main.entry()"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
+    if json_mode:
+        assert json.loads(done.stdout) == {
+            "ok": False,
+            "command": "env status",
+            "error": {"type": "Interrupted", "message": "interrupted", "exit_code": 130},
+        }
+    else:
+        assert (done.stdout, done.stderr) == ("", "error: interrupted\n")
+
+
 def test_a_signal_once_the_answer_is_printed_changes_nothing(tmp_path, make_environ):
     # In the `voke` script, the first answer stands: no second document, exit as answered.
     code = (

@@ -5,6 +5,10 @@ from __future__ import annotations
 import gc
 import sys
 
+# (imported here, not in `entry`: its handlers are in place from `entry`'s first line; light, as
+# `voke --version` imports it either way)
+from voketag_ops import interrupts
+
 
 def main(argv: list[str] | None = None) -> int:
     """Run voke with ARGV (default: sys.argv[1:]) and return the exit code."""
@@ -39,18 +43,20 @@ def entry() -> None:
     (~40 ms of each run); frozen, they are left to the process's end. Everything else about
     exiting stays: atexit handlers, logging's flush, closing files as modules are torn down.
     Only here, not in ``main``, which tests call in-process."""
-    from voketag_ops import interrupts
+    # Ctrl-C and SIGTERM (see there), first: a signal during the imports below ends voke with
+    # its one-line error too, not Python's traceback.
+    interrupts.install()
     from voketag_ops.cli.argv import guess_command
+
+    # Before Typer has resolved the command, that error names what the command line does, as
+    # any other error would: words shaped like voke's command names only, as an argument out
+    # of place (a URL with a password) would be shown unmasked.
+    command = guess_command(sys.argv[1:])
+    named = all(word.replace("-", "").isalpha() and word.islower() for word in command.split())
+    interrupts.name(command if command and named else None)
     from voketag_ops.logs import route_strays
 
     route_strays()
-
-    # Ctrl-C and SIGTERM (see there). Before Typer has resolved the command, its error names
-    # what the command line does, as any other error would: words shaped like voke's command
-    # names only, as an argument out of place (a URL with a password) would be shown unmasked.
-    command = guess_command(sys.argv[1:])
-    named = all(word.replace("-", "").isalpha() and word.islower() for word in command.split())
-    interrupts.install(command if command and named else None)
     code = main()
     interrupts.settle()
     gc.freeze()
