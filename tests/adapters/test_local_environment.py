@@ -577,6 +577,38 @@ def test_a_down_interrupted_once_the_services_stopped_says_how_to_go_on(voke, ho
     assert voke("env", "up", environ=env_of(home)).exit_code == 0
 
 
+@pytest.mark.parametrize(
+    ("cut_in", "left"),
+    [
+        ("servers", "while the servers were being started: some may run"),
+        ("services", "the servers run, the local services may not all be started"),
+    ],
+)
+def test_an_up_interrupted_part_way_says_what_runs_and_how_to_go_on(
+    voke, home, env_of, monkeypatch, cut_in, left
+):
+    # Found by an interrupt sweep: a bare "error: interrupted" (its event no more), the
+    # environment perhaps half up, where an interrupted `env down` says what it left.
+    from voketag_ops.adapters.local.services import LocalServiceRuntime
+
+    def ctrl_c(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(
+        *((LocalEnvironment, "up") if cut_in == "servers" else (LocalServiceRuntime, "ensure_started")),
+        ctrl_c,
+    )
+    cut = voke("env", "up", "--json", environ=env_of(home))
+    monkeypatch.undo()
+    assert cut.exit_code == 130, cut.stdout + cut.stderr
+    message = f"interrupted: `voke env up` stopped part-way, {left}"
+    assert cut.json["error"]["message"] == message
+    assert cut.json["error"]["hint"] == "`voke env up` finishes it; `voke env down` stops what runs"
+    ups = voke("audit", "show", "-e", "env.up", "--json", environ=env_of(home)).json["result"]["entries"]
+    assert ups[-1]["result"] == "interrupted" and ups[-1]["details"]["error"]["message"] == message
+    assert voke("env", "up", environ=env_of(home)).exit_code == 0
+
+
 def test_a_server_log_over_its_limit_starts_afresh_at_the_next_start_and_keeps_one_before(voke, home, env_of):
     from voketag_ops.adapters.local.postgres import LOG_ROTATE_BYTES
 

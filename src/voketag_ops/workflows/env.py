@@ -74,6 +74,29 @@ def after_another_start(env: LocalEnvironment, start: Callable[[], None]) -> Non
                 raise
 
 
+class PartWay:
+    """A Ctrl-C or SIGTERM (exit 130) within the block, which leaves the environment half up,
+    half down or half moved: the answer says `voke COMMAND` stopped part-way, what is ``left``
+    (as the block last said it) and HINT, the way on, not a bare "interrupted"."""
+
+    def __init__(self, command: str, left: str, *, hint: str) -> None:
+        self.command, self.left, self.hint = command, left, hint
+
+    @property
+    def said(self) -> str:
+        """What the answer says after what stopped it (a failure's message too)."""
+        return f"`voke {self.command}` stopped part-way, {self.left}"
+
+    def __enter__(self) -> PartWay:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None and issubclass(kind, KeyboardInterrupt):
+            from voketag_ops import interrupts
+
+            raise Interrupted(f"{interrupts.stopped_by()}: {self.said}", hint=self.hint) from None
+
+
 class LocalPlatform:
     """The local environment as the platform sees it."""
 
@@ -146,32 +169,38 @@ class LocalPlatform:
 
     def _up(self, progress: Progress, *, strict: bool = True) -> UpReport:
         t0 = time.monotonic()
-        report = self.env.up(progress)
-        # A primary made just now knows none of the stored passwords: secrets left by a destroy
-        # that was cut short (kill -9) describe a cluster that is gone, so they are made anew.
-        fresh = "primary" in report.created
-        try:
-            created = self.bootstrap_credentials(progress, fresh_cluster=fresh)
-            report.created.extend(created)
-            runtime = self.runtime()
-            versions = {
-                u.secret: self.store().get(u.secret).aliases["current"]
-                for u in self.settings.rotation.db_users.values()
-            }
-            if any(s.instance is None for s in runtime.services(check=False)):
-                progress("starting the local services")
-            if hung := runtime.not_answering():
-                progress(f"restarting {', '.join(hung)}: running, but not answering /health")
-            # (`hung` maps each service to its instance: one that answers again is left serving)
-            started = runtime.ensure_started(versions, repin=fresh, replace=hung)
-            report.services_restarted = [name for name in started if name in hung]
-            report.services_started = [name for name in started if name not in hung]
-        except VokeError as exc:
-            if strict:
-                raise
-            created = []
-            log.warning("the servers are up, but not the rest of `voke env up`: %s", exc.message)
-            progress(f"warning: {exc.message} (`voke env up` says more)")
+        with PartWay(  # (Ctrl-C, SIGTERM: exit 130) half up: running it again finishes it
+            "env up",
+            "while the servers were being started: some may run",
+            hint="`voke env up` finishes it; `voke env down` stops what runs",
+        ) as cut:
+            report = self.env.up(progress)
+            cut.left = "the servers run, the local services may not all be started"
+            # A primary made just now knows none of the stored passwords: secrets left by a destroy
+            # that was cut short (kill -9) describe a cluster that is gone, so they are made anew.
+            fresh = "primary" in report.created
+            try:
+                created = self.bootstrap_credentials(progress, fresh_cluster=fresh)
+                report.created.extend(created)
+                runtime = self.runtime()
+                versions = {
+                    u.secret: self.store().get(u.secret).aliases["current"]
+                    for u in self.settings.rotation.db_users.values()
+                }
+                if any(s.instance is None for s in runtime.services(check=False)):
+                    progress("starting the local services")
+                if hung := runtime.not_answering():
+                    progress(f"restarting {', '.join(hung)}: running, but not answering /health")
+                # (`hung` maps each service to its instance: one that answers again is left serving)
+                started = runtime.ensure_started(versions, repin=fresh, replace=hung)
+                report.services_restarted = [name for name in started if name in hung]
+                report.services_started = [name for name in started if name not in hung]
+            except VokeError as exc:
+                if strict:
+                    raise
+                created = []
+                log.warning("the servers are up, but not the rest of `voke env up`: %s", exc.message)
+                progress(f"warning: {exc.message} (`voke env up` says more)")
         from voketag_ops.adapters.local.dr import operation_notice
 
         if notice := operation_notice(self.env):  # (one the servers could start beside)
@@ -302,20 +331,16 @@ class LocalPlatform:
         with self._audited("env.down") as event, self.no_dr_operation("env down"), self.env.lock():
             self.refuse_while_rotating("stopping")
             self.env.ready_to_stop(progress)  # a server that cannot stop refuses before the services go
-            left = "while the local services were being stopped: some may still run"
-            try:
+            with PartWay(  # (Ctrl-C, SIGTERM: exit 130) half down: either way out works
+                "env down",
+                "while the local services were being stopped: some may still run",
+                hint="`voke env down` stops what still runs; `voke env up` starts everything again",
+            ) as cut:
                 services = self.runtime().stop_all() if self.env.exists else []
                 if services:
                     progress("stopped the local services")
-                left = "the local services are stopped, the servers may still run"
+                cut.left = "the local services are stopped, the servers may still run"
                 report = self.env.down(progress)
-            except KeyboardInterrupt:  # (Ctrl-C, SIGTERM: exit 130) half down: either way out works
-                from voketag_ops import interrupts
-
-                raise Interrupted(
-                    f"{interrupts.stopped_by()}: `voke env down` stopped part-way, {left}",
-                    hint="`voke env down` stops what still runs; `voke env up` starts everything again",
-                ) from None
             report["stopped"] = services + report["stopped"]
             event.details["stopped"] = report["stopped"]
         return report
@@ -375,8 +400,10 @@ class LocalPlatform:
             replace_json(
                 move_journal(self.env), {"node": node, "old_port": plan["old_port"], "port": plan["port"]}
             )
-            stopped = f"`voke env move-port {node}` stopped part-way, {node} recorded on port {plan['port']}"
-            try:
+            # (Ctrl-C, SIGTERM: exit 130) the journal names the move to finish
+            with PartWay(
+                f"env move-port {node}", f"{node} recorded on port {plan['port']}", hint=finish
+            ) as cut:
                 report = self.env.apply_move(plan)
                 report["services"] = None
                 if report["leader"]:
@@ -393,16 +420,12 @@ class LocalPlatform:
                         said = refused_file(exc) if isinstance(exc, OSError) else exc.message
                         if said is None:  # (any other OSError: a bug, exit 70)
                             raise
-                        raise NeedsOperatorError(f"{stopped}: {said}", hint=finish) from exc
+                        raise NeedsOperatorError(f"{cut.said}: {said}", hint=finish) from exc
                     except VokeError as exc:
                         exc.hint = finish
                         raise
                 event.details["standby_repointed"] = report["standby_repointed"]
                 move_journal(self.env).unlink()
-            except KeyboardInterrupt:  # (Ctrl-C, SIGTERM: exit 130) the journal names the move to finish
-                from voketag_ops import interrupts
-
-                raise Interrupted(f"{interrupts.stopped_by()}: {stopped}", hint=finish) from None
             services = report["services"] or {}
             report["changed"] = bool(
                 report["port"] != report["old_port"]
