@@ -732,7 +732,8 @@ def find_config_file(start: Path) -> Path | None:
     """The nearest voke.toml, or pyproject.toml with a [tool.voke] table, from START upwards."""
     for directory in (start, *start.parents):
         candidate = directory / CONFIG_FILE
-        if candidate.is_file():
+        if os.path.lexists(candidate):  # the nearest one, usable or not: a parent's is not used instead
+            _check_config_file(candidate, hint=_NEAREST_HINT)
             return candidate
         pyproject = directory / "pyproject.toml"
         if pyproject.is_file():
@@ -961,21 +962,31 @@ def effective_items(loaded: LoadedConfig) -> list[tuple[str, Any, str]]:
     return rows
 
 
-def _check_config_file(path: Path) -> None:
-    """ConfigError unless PATH (`--config`, VOKE_CONFIG) is a regular file, saying what it is
-    instead (looked at, not opened: opening a pipe would wait for a writer)."""
+_NEAREST_HINT = (
+    "voke reads the nearest voke.toml from the current directory upwards: make this one a file, "
+    "remove it, or pass --config FILE"
+)
+
+
+def _check_config_file(path: Path, *, hint: str | None = None) -> None:
+    """ConfigError unless PATH (`--config`, VOKE_CONFIG, the nearest voke.toml) is a regular
+    file, saying what it is instead (looked at, not opened: opening a pipe would wait for a writer)."""
     try:
         mode = path.stat().st_mode
     except (FileNotFoundError, NotADirectoryError):
-        raise ConfigError(f"configuration file not found: {path}") from None
+        if path.is_symlink():
+            raise ConfigError(f"configuration file {path}: a symlink to nothing", hint=hint) from None
+        raise ConfigError(f"configuration file not found: {path}", hint=hint) from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise ConfigError(f"configuration file {path}: a symlink loop") from None
-        raise ConfigError(f"configuration file {path}: cannot read: {exc.strerror}") from None
+            raise ConfigError(f"configuration file {path}: a symlink loop", hint=hint) from None
+        raise ConfigError(f"configuration file {path}: cannot read: {exc.strerror}", hint=hint) from None
     if stat.S_ISDIR(mode):
-        raise ConfigError(f"configuration file {path}: is a directory; name a voke.toml or pyproject.toml")
+        raise ConfigError(
+            f"configuration file {path}: is a directory; name a voke.toml or pyproject.toml", hint=hint
+        )
     if not stat.S_ISREG(mode):
-        raise ConfigError(f"configuration file {path}: not a regular file (a pipe or a device)")
+        raise ConfigError(f"configuration file {path}: not a regular file (a pipe or a device)", hint=hint)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

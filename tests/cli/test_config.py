@@ -365,6 +365,34 @@ def test_a_config_path_that_is_no_file_says_what_it_is(voke, make_environ, tmp_p
     assert broken.stderr == f"error: configuration file not found: {tmp_path}/nl\\nname.toml\n"
 
 
+def test_the_nearest_voke_toml_that_is_no_file_is_exit_3_not_passed_over(voke, make_environ, tmp_path):
+    """A voke.toml in the current directory that is a directory, a symlink to nothing, a symlink
+    loop or a FIFO is refused as --config refuses it: the parent's file was used instead."""
+    (tmp_path / "voke.toml").write_text("[local]\narchive_timeout = 11\n")
+    environ = make_environ(tmp_path / "h")
+    for name, what in (
+        ("dir", "is a directory; name a voke.toml or pyproject.toml"),
+        ("dangling", "a symlink to nothing"),
+        ("loop", "a symlink loop"),
+        ("fifo", "not a regular file (a pipe or a device)"),
+    ):
+        here = tmp_path / name
+        here.mkdir()
+        nearest = here / "voke.toml"
+        if name == "dir":
+            nearest.mkdir()
+        elif name == "dangling":
+            nearest.symlink_to(tmp_path / "nonexistent" / "voke.toml")
+        elif name == "loop":
+            nearest.symlink_to("voke.toml")
+        else:
+            os.mkfifo(nearest)
+        result = voke("config", "show", "--json", environ=environ, cwd=here)
+        assert result.exit_code == 3, (name, result.stdout)
+        assert result.json["error"]["message"] == f"configuration file {nearest}: {what}"
+        assert "nearest voke.toml" in result.json["error"]["hint"]
+
+
 def test_an_unreadable_pyproject_without_tool_voke_is_not_ours(voke, make_environ, tmp_path):
     (tmp_path / "pyproject.toml").write_bytes(b'[project]\ndescription = "caf\xe9"\n')
     result = voke("config", "show", "--json", environ=make_environ(tmp_path / "h"), cwd=tmp_path)
