@@ -793,6 +793,7 @@ def load_config(
 
     env_layer: dict[str, Any] = {}
     env_sources: dict[str, str] = {}
+    given: dict[str, Any] = {}  # key -> the value its variable gives
     for name, value in environ.items():
         if not name.startswith("VOKE_"):
             continue
@@ -810,6 +811,16 @@ def load_config(
                 raise ConfigError(f"env {name}: {_TOO_DEEP}") from None
         if _too_deep(value, key.count(".")) is not None:
             raise ConfigError(f"env {name}: {_TOO_DEEP}")
+        if key in env_sources and given[key] != value:
+            # VOKE_HOME and VOKE_LOCAL__HOME: the later in os.environ won, an order nobody sets on purpose
+            one, other = sorted(
+                (env_sources[key].removeprefix("env "), name), key=lambda n: (n not in ENV_VARS, n)
+            )
+            raise ConfigError(
+                f"env {one} and env {other}: both set {key}, to different values",
+                hint="unset one of them, or give both the same value",
+            )
+        given[key] = value
         try:
             _set_dotted(env_layer, key, value)
         except TypeError:

@@ -151,6 +151,27 @@ def test_bad_env_var_names_the_variable(voke, make_environ, tmp_path):
     assert "env VOKE_LOCAL__START_TIMEOUT: local.start_timeout" in result.json["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    ("named", "section"), [("VOKE_HOME", "VOKE_LOCAL__HOME"), ("VOKE_PG_BIN", "VOKE_LOCAL__PG_BIN")]
+)
+def test_two_variables_giving_one_key_different_values_is_exit_3_naming_both(
+    voke, make_environ, tmp_path, named, section
+):
+    """Whichever came later in the environment won, silently: another VOKE_HOME, other binaries."""
+    base = make_environ(tmp_path / "h")
+    key = "local.home" if named == "VOKE_HOME" else "local.pg_bin"
+    for first, second in ((named, section), (section, named)):
+        environ = {k: v for k, v in base.items() if k not in (named, section)}
+        environ |= {first: str(tmp_path / "one"), second: str(tmp_path / "two")}
+        result = voke("config", "show", "--json", environ=environ)
+        assert result.exit_code == 3, result.stdout
+        message = result.json["error"]["message"]
+        assert message == f"env {named} and env {section}: both set {key}, to different values"
+    environ = {**base, named: str(tmp_path / "same"), section: str(tmp_path / "same")}
+    shown = settings_of(voke("config", "show", "--json", environ=environ))
+    assert shown[key]["value"] == str(tmp_path / "same")
+
+
 def test_missing_explicit_config_file(voke, make_environ, tmp_path):
     result = voke(
         "config", "show", "--config", str(tmp_path / "nope.toml"), environ=make_environ(tmp_path / "h")
