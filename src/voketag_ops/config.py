@@ -842,14 +842,19 @@ def load_config(
     except ValidationError as exc:
         key, msg = _first_error(exc)
         where = LoadedConfig(Settings(), sources).source_of(key)
-        if where == "default":  # a whole table was refused (environments): where its keys came from
+        if (
+            where == "default"
+        ):  # a whole table refused (environments), or a key missing from one: where its keys came from
             bad = (
                 [n for n in merged.get(key) or {} if not ENV_NAME.fullmatch(n)]
                 if key == "environments"
                 else []
             )
-            prefixes = tuple(f"{key}.{n}." for n in bad) or (f"{key}.",)
+            table = _table_of(key, msg)
+            prefixes = tuple(f"{key}.{n}." for n in bad) or (f"{table}.",)
             where = next((v for k, v in sources.items() if k.startswith(prefixes)), where)
+            if where == "default" and path is not None and _locate_key(path, table) is not None:
+                where = str(path)  # a table of no keys
         if where == "flag":  # a bad flag value is a usage error (exit 2), as any bad flag is
             raise UsageError(f"--{key.replace('_', '-')}: {msg}") from None
         at = _position(path, key, msg) if path is not None and where == str(path) else ""
@@ -1166,9 +1171,20 @@ def _locate_key(path: Path, key: str, *, value: bool = True) -> tuple[int, int] 
 
 
 def _position(path: Path, key: str, msg: str) -> str:
-    """The "(at line L, column C)" suffix for KEY in PATH (its value; the key itself when unknown), or ""."""
+    """The "(at line L, column C)" suffix for KEY in PATH (its value; the key itself when unknown;
+    the table that lacks it when it is required), or ""."""
     at = _locate_key(path, key, value=not msg.startswith("unknown key"))
+    if at is None and msg == _MISSING:
+        at = _locate_key(path, _table_of(key, msg), value=False)
     return f" (at line {at[0]}, column {at[1]})" if at else ""
+
+
+_MISSING = "Field required"  # pydantic's message for a required key not given
+
+
+def _table_of(key: str, msg: str) -> str:
+    """The table to blame for KEY's error MSG: the one KEY is missing from, else KEY itself."""
+    return (key.rpartition(".")[0] or key) if msg == _MISSING else key
 
 
 def _first_error(exc: ValidationError) -> tuple[str, str]:

@@ -101,6 +101,19 @@ def test_relative_paths_in_a_file_are_relative_to_the_file(tmp_path):
             "local.min_free_disk_mb: expected a number, not false",
         ),
         ("[rotation]\ntest_interval = true\n", "rotation.test_interval"),
+        # a required key not written: the place of the table that lacks it
+        (
+            "[rotation]\ntest_attempts = 3\n\n[rotation.api_keys.stripe]\nsecret = 'x'\n",
+            "rotation.api_keys.stripe.provider: Field required (at line 4, column 1)",
+        ),
+        (
+            "[rotation.sa_keys.ci]\n",
+            "rotation.sa_keys.ci.service_account: Field required (at line 1, column 1)",
+        ),
+        (
+            "[rotation]\napi_keys = { stripe = { secret = 'x' } }\n",
+            "rotation.api_keys.stripe.provider: Field required (at line 2, column 12)",
+        ),
         ("log_format = 'xml'\n", "log_format"),
         ("[local\n", "line 1, column"),
         # environment names are written as Google Cloud label values (voke-env=NAME)
@@ -186,7 +199,9 @@ def test_named_environment_validated_when_used(tmp_path):
     )
     loaded = load_config(environ={}, cwd=tmp_path)  # loading does not validate named environments
     assert loaded.settings.environment("prod").project == "voketag-prod"
-    with pytest.raises(ConfigError, match=r"environments\.broken\.instance"):
+    with pytest.raises(
+        ConfigError, match=r"environments\.broken\.instance: Field required \(at line 5, column 1\)$"
+    ):
         loaded.settings.environment("broken")
     with pytest.raises(ConfigError, match="unknown environment 'staging'"):
         loaded.settings.environment("staging")
