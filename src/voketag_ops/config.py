@@ -91,6 +91,20 @@ _URL_PASSWORD = re.compile(r"(://[^/@\s:]*:)[^\s]*@")  # the password of scheme:
 
 # A cloud environment's name is also a Google Cloud label value (voke-env=NAME).
 ENV_NAME = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+# A secret's name (fullmatch): Secret Manager's secret ids; the local store's file names too.
+SECRET_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
+SECRET_NAME_RULE = "1-255 letters, digits, - and _"
+
+
+def _secret_name(value: str) -> str:
+    """A secret named in the configuration, held to the stores' rule when the file is read: the
+    store refused it only when a rotation reached it (exit 2, naming no key or file)."""
+    if not SECRET_NAME.fullmatch(value):
+        raise ValueError(f"not a secret name ({SECRET_NAME_RULE})")
+    return value
+
+
+SecretName = Annotated[str, AfterValidator(_secret_name)]
 
 
 class _Model(BaseModel):
@@ -238,7 +252,9 @@ class GcpEnvironment(_Model):
     instance: str = Field(min_length=1, description="Cloud SQL primary instance name")
     replica: str | None = Field(default=None, description="Cloud SQL cross-region replica name")
     services: tuple[str, ...] = Field(default=DEFAULT_SERVICES, description="Cloud Run services")
-    secrets: dict[str, str] = Field(default_factory=dict, description="logical name -> Secret Manager id")
+    secrets: dict[SecretName, SecretName] = Field(
+        default_factory=dict, description="logical name -> Secret Manager id"
+    )
     credentials: Literal["adc", "anonymous"] = Field(
         default="adc",
         description="adc: Application Default Credentials; anonymous: only for fakes and emulators",
@@ -262,7 +278,7 @@ class GcpEnvironment(_Model):
     replica_db_port: int = Field(
         default=5432, ge=1, le=65535, description="PostgreSQL port at replica_db_host"
     )
-    canary_secret: str | None = Field(
+    canary_secret: SecretName | None = Field(
         default=None,
         description="secret (JSON username, password, dbname) the cloud drills' canary logs in with "
         "(default: the first rotation.db_users secret)",
@@ -432,7 +448,7 @@ class DrSettings(_Model):
 class DbUserSettings(_Model):
     """A managed database login (`[rotation.db_users.NAME]`)."""
 
-    secret: str = Field(
+    secret: SecretName = Field(
         default="db-app", description="secret holding the credential (JSON: username, password, host...)"
     )
     strategy: Literal["alternating", "single"] = Field(
@@ -477,9 +493,9 @@ class ApiKeySettings(_Model):
     """A third-party API key (`[rotation.api_keys.NAME]`, NAME = stripe | auth0 | maps | sendgrid)."""
 
     provider: Literal["stripe", "auth0", "maps", "sendgrid"] = Field(description="the provider's API shape")
-    secret: str = Field(min_length=1, description="secret holding the key (JSON)")
+    secret: SecretName = Field(description="secret holding the key (JSON)")
     endpoint: str | None = Field(default=None, description="provider API base URL (default: the provider's)")
-    admin_secret: str | None = Field(
+    admin_secret: SecretName | None = Field(
         default=None, description="secret holding the credential voke uses to call the provider's admin API"
     )
     options: dict[str, str] = Field(
@@ -491,7 +507,7 @@ class ApiKeySettings(_Model):
 class JwtSettings(_Model):
     """The JWT signing keyring (`[rotation.jwt]`)."""
 
-    secret: str = Field(
+    secret: SecretName = Field(
         default="jwt-signing", description="secret holding the keyring (next/current/previous)"
     )
     algorithm: Literal["ES256", "RS256", "EdDSA"] = Field(default="ES256", description="signing algorithm")
@@ -504,7 +520,7 @@ class SaKeySettings(_Model):
     """A Google service-account key (`[rotation.sa_keys.NAME]`; cloud environments only)."""
 
     service_account: str = Field(min_length=3, description="the service account's email")
-    secret: str = Field(min_length=1, description="secret holding the key file (JSON)")
+    secret: SecretName = Field(description="secret holding the key file (JSON)")
     services: tuple[str, ...] = Field(default=(), description="services that read this secret")
 
 

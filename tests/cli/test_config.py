@@ -101,6 +101,20 @@ def test_relative_paths_in_a_file_are_relative_to_the_file(tmp_path):
             "local.min_free_disk_mb: expected a number, not false",
         ),
         ("[rotation]\ntest_interval = true\n", "rotation.test_interval"),
+        # a secret name the stores refuse: refused with the file, not when a rotation reaches it
+        (
+            "[rotation.db_users.app]\nsecret = 'bad name!'\n",
+            "rotation.db_users.app.secret: not a secret name (1-255 letters, digits, - and _) (at line 2, column 10)",
+        ),
+        ("[rotation.jwt]\nsecret = ''\n", "rotation.jwt.secret: not a secret name"),
+        (
+            "[rotation.api_keys.stripe]\nprovider = 'stripe'\nsecret = 'k'\nadmin_secret = 'a/b'\n",
+            "rotation.api_keys.stripe.admin_secret: not a secret name (1-255 letters, digits, - and _) (at line 4, column 16)",
+        ),
+        (
+            "[rotation.sa_keys.ci]\nservice_account = 'ci@p.iam.gserviceaccount.com'\nsecret = 'sa key'\n",
+            "rotation.sa_keys.ci.secret: not a secret name (1-255 letters, digits, - and _) (at line 3, column 10)",
+        ),
         # a required key not written: the place of the table that lacks it
         (
             "[rotation]\ntest_attempts = 3\n\n[rotation.api_keys.stripe]\nsecret = 'x'\n",
@@ -205,6 +219,19 @@ def test_named_environment_validated_when_used(tmp_path):
         loaded.settings.environment("broken")
     with pytest.raises(ConfigError, match="unknown environment 'staging'"):
         loaded.settings.environment("staging")
+    (tmp_path / "voke.toml").write_text(
+        '[environments.prod]\nproject = "p"\ninstance = "db"\nsecrets = { db-app = "prod/db" }\n'
+        '[environments.qa]\nproject = "p"\ninstance = "db"\ncanary_secret = "db app"\n'
+    )
+    loaded = load_config(environ={}, cwd=tmp_path)
+    for name, key, at in (
+        ("prod", "secrets.db-app", "line 4, column 22"),
+        ("qa", "canary_secret", "line 8, column 17"),
+    ):
+        with pytest.raises(
+            ConfigError, match=rf"environments\.{name}\.{key}: not a secret name .*\(at {at}\)$"
+        ):
+            loaded.settings.environment(name)
 
 
 def test_config_show_redacts_secret_looking_keys(voke, make_environ, tmp_path):

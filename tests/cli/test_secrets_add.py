@@ -127,6 +127,7 @@ def test_bad_input_is_a_usage_error_and_stores_nothing(voke, make_environ, tmp_p
         (["db-app"], VALUE, "that voke rotates"),  # the rotation's own secret
         (["jwt-signing"], VALUE, "rotation.jwt"),
         (["bad name"], VALUE, "invalid secret name"),
+        (["bad\n"], VALUE, "invalid secret name"),  # a line break after it too (`$` let it through)
         (["nofile", "--from-file", str(tmp_path / "missing")], "", "No such file"),
     ]
     for args, stdin, message in named:

@@ -4,17 +4,15 @@ provider's API, say), as a new version that becomes `current`."""
 from __future__ import annotations
 
 import hmac
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from voketag_ops import redact
-from voketag_ops.config import Settings
+from voketag_ops.config import SECRET_NAME, SECRET_NAME_RULE, Settings
 from voketag_ops.errors import EtagMismatchError, NotFoundError, PreconditionError, UsageError
 
 LOOKS = 3  # compare-and-swaps whose etag other writers moved, `current` unmoved, before exit 5
 MAX_VALUE_BYTES = 65536  # Secret Manager's limit for one version's payload
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,255}$")  # Secret Manager's secret ids; the local store's too
 
 
 def rotated_secrets(settings: Settings) -> dict[str, str]:
@@ -32,8 +30,8 @@ def check_addable(settings: Settings, name: str, store: Any) -> None:
     by hand would bypass the rotation's protocol (its aliases, the services pinned to it). A
     secret is compared by what STORE reads under the name (Secret Manager maps logical names to
     ids: `prod-db-app` is `db-app` by another name)."""
-    if not _NAME.match(name):
-        raise UsageError(f"invalid secret name {name!r} (1-255 letters, digits, - and _)")
+    if not SECRET_NAME.fullmatch(name):
+        raise UsageError(f"invalid secret name {name!r} ({SECRET_NAME_RULE})")
     resolve = getattr(store, "secret_id", lambda n: n)
     owners = {resolve(secret): owner for secret, owner in rotated_secrets(settings).items()}
     owner = owners.get(resolve(name))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -21,12 +20,11 @@ from pathlib import Path
 from typing import Any, get_args
 
 from voketag_ops import redact
+from voketag_ops.config import SECRET_NAME, SECRET_NAME_RULE
 from voketag_ops.core.times import iso
 from voketag_ops.errors import ConfigError, EtagMismatchError, NotFoundError, UsageError
 from voketag_ops.files import DamagedRecord, create_once, read_record, replace_json
 from voketag_ops.ports import SecretMeta, SecretVersion, VersionState
-
-NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 
 
 def _now() -> str:
@@ -89,8 +87,8 @@ class LocalSecretStore:
         return self._fernet
 
     def _path(self, name: str) -> Path:
-        if not NAME_RE.match(name):
-            raise UsageError(f"invalid secret name {name!r} (letters, digits, - and _)")
+        if not SECRET_NAME.fullmatch(name):
+            raise UsageError(f"invalid secret name {name!r} ({SECRET_NAME_RULE})")
         return self.dir / f"{name}.json"
 
     def unreadable_hint(self, name: str, alias: str, version: int, state: str) -> str:
