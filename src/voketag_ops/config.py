@@ -113,16 +113,27 @@ class _Model(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
-        """`min_free_disk_mb = false` read as 0 switched the disk guard off: a TOML boolean is
-        no number (a number written as a string, from VOKE_* variables, still is one)."""
-        if isinstance(value, bool) and info.field_name is not None:
-            kinds = set(get_args(cls.model_fields[info.field_name].annotation)) or {
-                cls.model_fields[info.field_name].annotation
-            }
-            if kinds & {int, float} and bool not in kinds:
-                raise ValueError(f"expected a number, not {str(value).lower()}")
+    def _typed_as_written(cls, value: Any, info: ValidationInfo) -> Any:
+        """`min_free_disk_mb = false` read as 0 switched the disk guard off, and `replica = "no"`
+        was read as false: a TOML boolean is no number, and a TOML (or JSON) string is neither a
+        number nor a boolean. A VOKE_* variable's text (`EnvText`) is still parsed as one."""
+        if not isinstance(value, bool | str) or isinstance(value, EnvText) or info.field_name is None:
+            return value
+        kinds = set(get_args(cls.model_fields[info.field_name].annotation)) or {
+            cls.model_fields[info.field_name].annotation
+        }
+        if isinstance(value, bool) and kinds & {int, float} and bool not in kinds:
+            raise ValueError(f"expected a number, not {str(value).lower()}")
+        if isinstance(value, str) and kinds & {int, float, bool} and str not in kinds:
+            raise ValueError(f"expected {'a boolean' if bool in kinds else 'a number'}, not a string")
         return value
+
+
+class EnvText(str):
+    """The text of a VOKE_* variable: a number or boolean can only be written as text there, so it
+    is parsed as one (a string in a file is refused for them: `_Model._typed_as_written`)."""
+
+    __slots__ = ()
 
 
 # What /bin/sh still reads inside double quotes, and how to name it in a message.
@@ -827,6 +838,8 @@ def load_config(
                 raise ConfigError(f"env {name}: {_TOO_DEEP}") from None
         if _too_deep(value, key.count(".")) is not None:
             raise ConfigError(f"env {name}: {_TOO_DEEP}")
+        if isinstance(value, str):
+            value = EnvText(value)
         if key in env_sources and given[key] != value:
             # VOKE_HOME and VOKE_LOCAL__HOME: the later in os.environ won, an order nobody sets on purpose
             one, other = sorted(

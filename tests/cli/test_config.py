@@ -84,11 +84,25 @@ def test_relative_paths_in_a_file_are_relative_to_the_file(tmp_path):
         ("# r\n[local]\n  archive_timeout = 'soon'\n", "(at line 3, column 21)"),
         (
             "[ingest]\n\nmax_errors = 'x'  # c\n",
-            "ingest.max_errors: Input should be a valid integer, unable to parse string as an integer (at line 3, column 14)",
+            "ingest.max_errors: expected a number, not a string (at line 3, column 14)",
         ),
+        # a TOML string is no boolean or number, even one that reads as one (the VOKE_* text is parsed)
         (
             "local.replica = 'maybe'\n",
-            "local.replica: Input should be a valid boolean, unable to interpret input (at line 1, column 17)",
+            "local.replica: expected a boolean, not a string (at line 1, column 17)",
+        ),
+        (
+            "[local]\nreplica = 'yes'\n",
+            "local.replica: expected a boolean, not a string (at line 2, column 11)",
+        ),
+        ("[local]\narchive_timeout = '30'\n", "local.archive_timeout: expected a number, not a string"),
+        (
+            "[dr]\nrpo_seconds = '30'\n",
+            "dr.rpo_seconds: expected a number, not a string (at line 2, column 15)",
+        ),
+        (
+            "[coverage.services.a]\ntarget = '80'\n",
+            "coverage.services.a.target: expected a number, not a string",
         ),
         ("[local]\narchive_timeout = 0\n", "local.archive_timeout"),
         # initdb --wal-segsize takes a power of two from 1 to 1024
@@ -232,6 +246,21 @@ def test_named_environment_validated_when_used(tmp_path):
             ConfigError, match=rf"environments\.{name}\.{key}: not a secret name .*\(at {at}\)$"
         ):
             loaded.settings.environment(name)
+
+
+def test_a_voke_variables_text_is_parsed_as_a_number_or_boolean_and_a_files_string_is_not(tmp_path):
+    environ = {"VOKE_LOCAL__REPLICA": "false", "VOKE_ENVIRONMENTS__QA__DB_PORT": "6543"}
+    (tmp_path / "voke.toml").write_text(
+        '[environments.qa]\nproject = "p"\ninstance = "db"\n'
+        '[environments.prod]\nproject = "p"\ninstance = "db"\ndb_port = "5432"\n'
+    )
+    settings = load_config(environ=environ, cwd=tmp_path).settings
+    assert settings.local.replica is False and settings.environment("qa").db_port == 6543
+    with pytest.raises(
+        ConfigError,
+        match=r"environments\.prod\.db_port: expected a number, not a string \(at line 7, column 11\)$",
+    ):
+        settings.environment("prod")
 
 
 def test_config_show_redacts_secret_looking_keys(voke, make_environ, tmp_path):
