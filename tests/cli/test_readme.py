@@ -48,6 +48,15 @@ def test_every_environment_variable_voke_reads_is_in_the_readme():
         assert f"`{name}" in README, name
 
 
+def test_every_environment_variable_the_code_reads_by_name_is_in_the_readme():
+    """`CI` turned prompts off unsaid: a variable read anywhere in the source is in the README."""
+    read = re.compile(r"""(?:environ|env_map|getenv)(?:\.get)?[\[(]\s*["']([A-Z][A-Z0-9_]*)["']""")
+    names = {n for f in (ROOT / "src").rglob("*.py") for n in read.findall(f.read_text())}
+    assert {"CI", "VOKE_CONFIG", "NO_COLOR"} <= names, names
+    for name in sorted(names):
+        assert re.search(rf"[`$]{name}\b", README), name
+
+
 def test_the_readme_names_every_api_an_endpoint_can_be_set_for():
     from voketag_ops.adapters.gcp.catalog import ENDPOINT_APIS
 
