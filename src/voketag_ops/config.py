@@ -793,6 +793,10 @@ def load_config(
 
     # A share that is no I/N, or keeps too few of this host's ports: refused before a command starts a server
     listen_ports(environ.get(PORT_SHARE_ENV, ""))
+    if config_path is None and environ.get("VOKE_CONFIG") == "":  # as a Path it would be "."
+        raise ConfigError(
+            "VOKE_CONFIG is empty: name a configuration file, or unset it for the nearest voke.toml"
+        )
     explicit = config_path or (Path(environ["VOKE_CONFIG"]) if environ.get("VOKE_CONFIG") else None)
     if explicit is not None:
         _check_config_file(explicit)

@@ -485,6 +485,19 @@ def test_the_nearest_voke_toml_that_is_no_file_is_exit_3_not_passed_over(voke, m
         assert "nearest voke.toml" in result.json["error"]["hint"]
 
 
+def test_an_empty_config_path_is_refused_as_empty_not_read_as_the_current_directory(
+    voke, make_environ, tmp_path
+):
+    environ = make_environ(tmp_path / "h")
+    for args in (["--config", ""], ["--config="]):
+        flag = voke(*args, "config", "show", "--json", environ=environ)
+        assert flag.exit_code == 2, flag.stdout
+        assert flag.json["error"]["message"].startswith("--config: empty: name a configuration file")
+    variable = voke("config", "show", "--json", environ={**environ, "VOKE_CONFIG": ""})
+    assert variable.exit_code == 3, variable.stdout
+    assert variable.json["error"]["message"].startswith("VOKE_CONFIG is empty: name a configuration file")
+
+
 def test_an_unreadable_pyproject_without_tool_voke_is_not_ours(voke, make_environ, tmp_path):
     (tmp_path / "pyproject.toml").write_bytes(b'[project]\ndescription = "caf\xe9"\n')
     result = voke("config", "show", "--json", environ=make_environ(tmp_path / "h"), cwd=tmp_path)

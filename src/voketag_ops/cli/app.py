@@ -84,7 +84,8 @@ def root(
         str | None, typer.Option("--env", help="Environment to act on: local (default) or a named one.")
     ] = None,
     config: Annotated[
-        Path | None, typer.Option("--config", help="Configuration file (default: nearest voke.toml).")
+        str | None,
+        typer.Option("--config", metavar="PATH", help="Configuration file (default: nearest voke.toml)."),
     ] = None,
     log_format: Annotated[
         str | None, typer.Option("--log-format", help="stderr log format: auto, human or json.")
@@ -101,13 +102,17 @@ def root(
     Global flags (--json, --debug, --env, ...) are accepted anywhere on the command line.
     """
     holder: _Holder = ctx.obj
+    if config == "":  # as a Path it would be ".", the current directory
+        raise UsageError(
+            "--config: empty: name a configuration file, or leave it out for the nearest voke.toml"
+        )
     holder.app = AppContext(
         GlobalOptions(
             json=json_ or holder.output.json_mode,
             debug=debug,
             no_color=no_color,
             env=env,
-            config=config,
+            config=None if config is None else Path(config),
             log_format=log_format,
             log_level=log_level,
         ),
