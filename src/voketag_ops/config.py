@@ -897,7 +897,8 @@ def load_config(
         # on the local environment and audit it under the name given.
         known = ", ".join(sorted(["local", *settings.environments]))
         where = LoadedConfig(settings, sources).source_of("env")
-        raise ConfigError(f"{where}: env: unknown environment {settings.env!r} (known: {known})")
+        at = _position(path, "env", "") if path is not None and where == str(path) else ""
+        raise ConfigError(f"{where}: env: unknown environment {settings.env!r} (known: {known}){at}")
     if read_twice := _service_reading_two_logins(settings):  # raised by the local platform (`check_local`)
         settings.rotation._problem = _service_reading_two_logins_error(read_twice, settings, sources, path)
     if shared := settings.coverage.shared_prefix():  # raised by `voke coverage` alone (`check`)

@@ -292,6 +292,16 @@ def test_an_unknown_environment_is_refused_by_every_command(voke, make_environ, 
         assert "unknown environment 'prodx' (known: local)" in result.json["error"]["message"]
 
 
+def test_an_unknown_environment_in_the_file_is_named_with_the_place_of_env(voke, make_environ, tmp_path):
+    config = tmp_path / "voke.toml"
+    config.write_text('# the default\nenv = "prod"\n[environments.staging]\nproject = "p"\n')
+    result = voke("config", "show", "--json", environ=make_environ(tmp_path / "h"))
+    assert result.exit_code == 3, result.stdout
+    assert result.json["error"]["message"] == (
+        f"{config}: env: unknown environment 'prod' (known: local, staging) (at line 2, column 7)"
+    )
+
+
 def test_env_commands_refuse_a_cloud_environment(voke, make_environ, tmp_path):
     (tmp_path / "voke.toml").write_text('[environments.prod]\nproject = "p"\ninstance = "db"\nregion = "r"\n')
     environ = make_environ(tmp_path / "h", VOKE_CONFIG=str(tmp_path / "voke.toml"))
