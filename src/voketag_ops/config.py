@@ -875,9 +875,8 @@ def load_config(
     except ValidationError as exc:
         key, msg = _first_error(exc)
         where = LoadedConfig(Settings(), sources).source_of(key)
-        if (
-            where == "default"
-        ):  # a whole table refused (environments), or a key missing from one: where its keys came from
+        # A whole table refused (environments), or a key missing from one: where its keys came from.
+        if where == "default":
             bad = (
                 [n for n in merged.get(key) or {} if not ENV_NAME.fullmatch(n)]
                 if key == "environments"
