@@ -339,6 +339,15 @@ def test_kill_9_is_reported_and_up_recovers_without_data_loss(voke, home, env_of
     assert {"conninfo", "error", "pid", "timeline"} <= set(status[node_name])
     assert {"failing", "failed_count", "last_archived_wal"} <= set(status["archive"])
     assert status["archive"]["failing"] is (None if node_name == "primary" else False)
+    # `dr check` (what cron watches) says what to run, as `doctor` does: the regional-failure
+    # runbook quotes its line for a lost primary
+    check = voke("dr", "check", environ=env_of(home))
+    name = "leader_writable" if node_name == "primary" else "replica_streaming"
+    [line] = [x for x in check.stdout.splitlines() if x.startswith(f"FAIL {name}: ")]
+    assert check.exit_code == 1 and "`voke env up`" in line, line
+    if node_name == "primary":
+        runbook = (Path(__file__).resolve().parents[2] / "runbooks" / "regional-failure.md").read_text()
+        assert f"Expected on a lost primary: ``{line}``" in " ".join(runbook.split()), line
     result = voke("env", "up", "--json", environ=env_of(home))
     assert result.exit_code == 0, result.stderr
     assert node_name in result.json["result"]["started"]
@@ -462,10 +471,13 @@ def test_a_frozen_replica_is_named_by_env_up_and_left_alone_and_status_and_check
         conn.execute("drop table t_frozen")
 
 
-def test_a_frozen_leader_is_named_with_its_pids_at_once_by_up_down_status_and_doctor(voke, home, env_of):
+def test_a_frozen_leader_is_named_with_its_pids_at_once_by_up_down_status_doctor_and_dr_check(
+    voke, home, env_of
+):
     # Found by an upgrade review: a primary an older voke's killed network drill left stopped
     # (no record of it) made `env up` time out connecting (exit 4, no hint), `env down` stop
     # the replica and then wait two minutes for the primary, and `doctor` say "not running".
+    # And by a later one: `dr check` (what cron watches) said only "not writable (role unknown)".
     assert voke("env", "up", environ=env_of(home)).exit_code == 0
     env = local(home)
     with frozen(env.primary()) as pids:
@@ -488,6 +500,12 @@ def test_a_frozen_leader_is_named_with_its_pids_at_once_by_up_down_status_and_do
         doctor = voke("doctor", "--json", environ=env_of(home))
         [failed] = [c for c in doctor.json["result"]["checks"] if c["name"] == "local environment"]
         assert doctor.exit_code == 1 and f"primary (pid {pid}) does not answer" in failed["detail"], failed
+        check = voke("dr", "check", "--max-lag", "60s", environ=env_of(home))
+        [line] = [x for x in check.stdout.splitlines() if x.startswith("FAIL leader_writable: ")]
+        assert check.exit_code == 1 and f"{failed['detail']}; {failed['hint']}" in line, (
+            line
+        )  # as doctor says it
+        assert "stopped (SIGSTOP" in line and f"`kill -CONT {' '.join(map(str, pids))}`" in line, line
     assert voke("env", "up", environ=env_of(home)).exit_code == 0
 
 

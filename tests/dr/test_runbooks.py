@@ -177,3 +177,54 @@ def test_the_runbooks_ship_with_the_package():
     assert shipped == Path(voketag_ops.__file__).resolve().parent / "runbooks"
     assert sorted(p.name for p in shipped.glob("*.md")) == sorted(p.name for p in RUNBOOKS.glob("*.md"))
     assert RUNBOOKS.resolve() == shipped  # the checkout's runbooks/ is a link to them
+
+
+def _leader_writable(leader: dict) -> str:
+    from datetime import UTC, datetime
+
+    from voketag_ops.core.dr_checks import Thresholds, judge
+
+    limits = Thresholds(
+        max_backup_age_seconds=1, max_lag_seconds=1, min_pitr_window_seconds=0, archive_stale_seconds=1
+    )
+    checks = judge({"leader": leader}, limits, now=datetime.now(UTC))
+    return next(c.message for c in checks if c.name == "leader_writable")
+
+
+def test_the_regional_runbook_quotes_what_dr_check_says_of_a_lost_primary_and_which_runbook_it_offers():
+    # Found by review: `dr check`, which cron watches, named no fix for a lost or frozen leader
+    # (`doctor` and `env up` did); it now says what `doctor` says and what to run.
+    from voketag_ops.adapters.local.dr import leader_trouble
+
+    lost = {
+        "name": "primary",
+        "role": "stopped",
+        "running": False,
+        "pid": None,
+        "error": None,
+        "stopped_pids": [],
+    }
+
+    def said(node: dict, **kw) -> str:
+        trouble, remedy = leader_trouble(node, **{"fenced": set(), "pending": None, "standby": True, **kw})
+        return _leader_writable(dict(node, trouble=trouble, remedy=remedy))
+
+    text = " ".join((RUNBOOKS / "regional-failure.md").read_text().split())
+    assert f"Expected on a lost primary: ``FAIL leader_writable: {said(lost)}``" in text
+    # (a lost primary without a standby has nothing to fail over to)
+    assert said(lost, standby=False) == "leader primary not running; bring it back with `voke env up`"
+    past = {"operation": "failover", "done": ["planned", "fenced"]}  # `env up` refuses it: the resume
+    assert said(lost, fenced={"primary"}, pending=past) == (
+        "leader primary not running: fenced (a failover was interrupted); "
+        "finish the failover with `voke dr failover --yes`"
+    )
+    # A frozen one is resumed, not failed over from: the network-outage runbook waits for it.
+    frozen = dict(
+        lost, role="unknown", pid=42, error="its process(es) 42 43 are stopped", stopped_pids=[42, 43]
+    )
+    assert said(frozen) == (
+        "leader primary (pid 42) does not answer: its process(es) 42 43 are stopped; "
+        "resume them if nothing holds them on purpose: `kill -CONT 42 43`"
+    )
+    cloud = {"name": "voketag-db", "role": "primary", "running": False, "state": "SUSPENDED"}  # unchanged
+    assert _leader_writable(cloud) == "leader voketag-db is not writable (role primary)"

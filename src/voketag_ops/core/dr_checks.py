@@ -210,6 +210,8 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
         message = f"leader {leader.get('name')} is writable"
     elif refused and leader.get("role") == "primary":
         message = f"leader {leader.get('name')} is not writable: {refused}"
+    elif leader.get("trouble"):  # a local leader that does not run: why, and what to run (its pids)
+        message = f"{leader['trouble']}; {leader['remedy']}"
     else:
         message = f"leader {leader.get('name')} is not writable (role {leader.get('role')})"
     checks.append(Check("leader_writable", leader_ok, message, value=leader.get("role")))

@@ -46,6 +46,7 @@ from voketag_ops.adapters.local.environment import (
     TIMELINE_SQL,
     BackupInfo,
     LocalEnvironment,
+    node_trouble,
 )
 from voketag_ops.adapters.local.postgres import (
     PgNode,
@@ -1077,6 +1078,27 @@ def seal_archive(env: LocalEnvironment, leader: PgNode, *, timeout: float = 60) 
 
 
 # -- status ----------------------------------------------------------------------------------------
+def leader_trouble(
+    node: dict[str, Any], *, fenced: set[str], pending: Mapping[str, Any] | None, standby: bool
+) -> tuple[str, str]:
+    """What `dr check` says of the leader NODE (as `node_status` reports it) that does not run,
+    and what to run: `doctor`'s words (`node_trouble`: a frozen one's pids and `kill -CONT`),
+    its bare commands told as steps. One `voke env up` brings back may, with a STANDBY, be
+    failed over from instead, as the regional-failure runbook decides (not a stopped one,
+    SIGSTOP: the network-outage runbook waits for it)."""
+    said, fix = node_trouble("primary", node, fenced=fenced, pending=pending)
+    if fix == FAILOVER_RESUME:
+        return said, f"finish the failover with `{FAILOVER_RESUME}`"
+    if fix == "voke env up":
+        return said, "bring it back with `voke env up`" + (
+            f", or, if it cannot be brought back within the RTO, fail over with `{FAILOVER_RESUME}` "
+            "(`voke dr runbook show regional-failure`)"
+            if standby
+            else ""
+        )
+    return said, fix  # (a frozen one's resume_hint)
+
+
 def snapshot(env: LocalEnvironment, *, lag_wait: float, replica_expected: bool = True) -> dict[str, Any]:
     """Everything `dr status` shows and `dr check` judges. Never starts or stops anything."""
     base = env.status()
@@ -1110,6 +1132,10 @@ def snapshot(env: LocalEnvironment, *, lag_wait: float, replica_expected: bool =
     writable = [info["name"] for info in (base["primary"], base["replica"]) if info["role"] == "primary"]
     # a stopped standby without standby.signal would start writable: `dr check` says to rebuild it
     standby_info["standby_signal"] = (standby_node.data_dir / "standby.signal").exists()
+    if not base["primary"]["running"]:  # `dr check` says of it what `doctor` says, and what to run
+        leader_info["trouble"], leader_info["remedy"] = leader_trouble(
+            base["primary"], fenced=env.fenced(), pending=operation_to_report(env), standby=replica_expected
+        )
     report["leader"] = leader_info
     report["standby"] = standby_info
     report["writable_nodes"] = writable
