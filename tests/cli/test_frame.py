@@ -119,6 +119,32 @@ def test_short_version_and_a_global_flag_without_its_value(voke):
         )
 
 
+def test_a_command_option_without_its_value_does_not_take_the_next_flag(voke, make_environ, tmp_path):
+    # `--label --dry-run` taken as a label named "--dry-run" would make the dry run a real change.
+    environ = make_environ(tmp_path / "home", VOKE_CHAIN__STORE="file")
+    root = "ab" * 32
+    for args in (
+        ("--label", "--json", "--dry-run"),
+        ("--label", "--dry-run", "--json"),
+        ("--json", "--label"),
+    ):
+        refused = voke("chain", "anchor", "request", root, *args, environ=environ)
+        assert refused.exit_code == 2, args
+        assert refused.json["error"]["message"] == "option --label requires a value"
+        assert refused.json["error"]["hint"] == "see 'voke chain anchor request --help'"
+    human = voke("chain", "anchor", "request", root, "--label", "--dry-run", environ=environ)
+    assert human.exit_code == 2 and human.stderr.startswith("error: option --label requires a value\n")
+    named = voke("chain", "anchor", "request", root, "--kind", "--label=x", "--json", environ=environ)
+    assert named.json["error"]["message"] == "option --kind requires a value"
+    assert voke("chain", "anchors", "--json", environ=environ).json["result"]["anchors"] == []
+    # a value that only looks like a flag is one: stdout "-", `--name=VALUE` spelled out
+    assert voke("ingest", "sample", "--rows", "1", "--out", "-", environ=environ).exit_code == 0
+    spelled = voke(
+        "chain", "anchor", "request", root, "--label=--dry-run", "--dry-run", "--json", environ=environ
+    )
+    assert spelled.exit_code == 0 and spelled.json["result"]["label"] == "--dry-run"
+
+
 def test_a_missing_choice_argument_is_one_line(voke):
     missing = voke("drill", "run", "--json")
     message = missing.json["error"]["message"]

@@ -28,7 +28,7 @@ from voketag_ops.cli import (
     secrets_cmd,
 )
 from voketag_ops.cli._click import ClickAbort, ClickException, ClickUsageError, NoArgsIsHelpError
-from voketag_ops.cli.argv import GLOBAL_FLAGS, guess_command
+from voketag_ops.cli.argv import GLOBAL_FLAGS, command_words, guess_command
 from voketag_ops.cli.common import AppContext, GlobalOptions
 from voketag_ops.errors import (
     DISK_REFUSED,
@@ -42,6 +42,7 @@ from voketag_ops.errors import (
 from voketag_ops.output import Output
 from voketag_ops.redact import redact, register_credentials_in
 
+HELP_FLAGS = ("-h", "--help")  # every command's, as its context inherits the root's
 app = typer.Typer(
     name="voke",
     help="Operations tool of the VokeTag platform: environments, rotation, DR, coverage, chain, audit.",
@@ -50,7 +51,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     pretty_exceptions_show_locals=False,
     rich_markup_mode="rich",
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings={"help_option_names": list(HELP_FLAGS)},
 )
 # A group is registered only once at least one of its commands works.
 app.add_typer(env_cmd.app, name="env")
@@ -157,15 +158,37 @@ def hoist_global_flags(args: list[str]) -> list[str]:
     return front + rest
 
 
-def _dangling(args: list[str]) -> int | None:
-    """Where a global flag that takes a value has none (before any `--`): it ends the command
-    line, or another global flag follows it (`--config --json` is no file named --json)."""
+def _dangling(args: list[str], own: dict[str, bool]) -> int | None:
+    """Where an option that takes a value (a global one, or one of OWN, the command's: name ->
+    takes a value) has none (before any `--`): it ends the command line, or a flag voke or the
+    command accepts follows it (`--config --json` is no file named --json, `--label --dry-run`
+    no label named --dry-run: taken as one, the dry run would be a real change). A value that
+    only looks like a flag (`--limit -5`, `--out -`) is one."""
+    known = GLOBAL_FLAGS | own
     for i, arg in enumerate(args):
         if arg == "--":
             return None
-        if GLOBAL_FLAGS.get(arg) and (i + 1 == len(args) or args[i + 1].split("=", 1)[0] in GLOBAL_FLAGS):
+        if known.get(arg) and (i + 1 == len(args) or args[i + 1].split("=", 1)[0] in known):
             return i
     return None
+
+
+def _named(args: list[str]) -> tuple[str, dict[str, bool]]:
+    """The command path ARGS name as far as Click's tree has it (`voke chain anchor request`),
+    and the flags that command accepts: name -> takes a value (help's too, which take none)."""
+    command = _command()
+    path = ["voke"]
+    for word in command_words(args):
+        sub = getattr(command, "commands", {}).get(word)
+        if sub is None:
+            break
+        command, path = sub, [*path, word]
+    flags = dict.fromkeys(HELP_FLAGS, False)
+    for param in command.params if path[1:] else ():  # the root's own flags are the global ones
+        if param.param_type_name == "option":
+            for name in (*param.opts, *param.secondary_opts):
+                flags[name] = not (param.is_flag or param.count)
+    return " ".join(path), flags
 
 
 def run(
@@ -178,7 +201,8 @@ def run(
 ) -> int:
     """Run one invocation and return its exit code; never raises (but SystemExit from Click)."""
     env_map = dict(os.environ) if environ is None else environ
-    dangling = _dangling(args)
+    path, own = _named(args)
+    dangling = _dangling(args, own)
     flag = None if dangling is None else args[dangling]
     args = hoist_global_flags(args if dangling is None else args[:dangling] + args[dangling + 1 :])
     for arg in args:  # a password in any argument (a URL given where a file was expected) is masked
@@ -193,8 +217,9 @@ def run(
         no_color="--no-color" in flags or bool(env_map.get("NO_COLOR")),  # no-color.org: set and not empty
     )
     debug = "--debug" in flags
-    if flag is not None:  # hoisted, it would take the sub-command's name for its value
-        return output.error(UsageError(f"option {flag} requires a value", hint="see 'voke --help'"))
+    if flag is not None:  # hoisted, a global flag would take the sub-command's name for its value
+        where = "voke" if flag in GLOBAL_FLAGS else path
+        return output.error(UsageError(f"option {flag} requires a value", hint=f"see '{where} --help'"))
     chosen = env_map.get("VOKE_OUTPUT", "")
     if chosen.lower() not in ("", "json", "human"):  # a typo must not silently mean human output
         return output.error(ConfigError(f"VOKE_OUTPUT={chosen!r}: json or human"))

@@ -3,6 +3,9 @@ still importing (the `voke` script), which must not wait for Typer to name the c
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from itertools import islice
+
 # Flags every command accepts; value = whether the flag takes a value.
 GLOBAL_FLAGS: dict[str, bool] = {
     "--json": False,
@@ -15,19 +18,23 @@ GLOBAL_FLAGS: dict[str, bool] = {
 }
 
 
-def guess_command(args: list[str]) -> str:
-    """The command ARGS name (`dr failover`) before Click has resolved it: the first two words
-    that are neither a flag nor a global flag's value; "" when there are none."""
-    words: list[str] = []
+def command_words(args: list[str]) -> Iterator[str]:
+    """ARGS' words, in order, that are neither a flag nor a global flag's value (up to `--`):
+    the command's name first, then its arguments (or a command option's value)."""
     skip = False
     for arg in args:
+        if arg == "--":
+            return
         if skip:
             skip = False
             continue
         if arg.startswith("-"):
             skip = GLOBAL_FLAGS.get(arg, False)
             continue
-        words.append(arg)
-        if len(words) == 2:
-            break
-    return " ".join(words)
+        yield arg
+
+
+def guess_command(args: list[str]) -> str:
+    """The command ARGS name (`dr failover`) before Click has resolved it: the first two words
+    that are neither a flag nor a global flag's value; "" when there are none."""
+    return " ".join(islice(command_words(args), 2))
