@@ -145,6 +145,42 @@ def test_a_command_option_without_its_value_does_not_take_the_next_flag(voke, ma
     assert spelled.exit_code == 0 and spelled.json["result"]["label"] == "--dry-run"
 
 
+def test_nested_groups_table_is_the_apps():
+    # guess_command runs before Typer is imported, so it holds its own table of the groups
+    # inside groups: it must name the same as the app.
+    import typer
+
+    from voketag_ops.cli.app import app
+    from voketag_ops.cli.argv import NESTED_GROUPS
+
+    root = typer.main.get_command(app)
+    nested = {
+        name: frozenset(sub for sub, command in group.commands.items() if hasattr(command, "commands"))
+        for name, group in root.commands.items()
+        if hasattr(group, "commands")
+    }
+    assert {name: subs for name, subs in nested.items() if subs} == NESTED_GROUPS
+    for name, subs in nested.items():  # no deeper: guess_command stops at three words
+        for sub in subs:
+            assert not any(
+                hasattr(c, "commands") for c in root.commands[name].commands[sub].commands.values()
+            )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("chain", "anchor", "run", "--json", "--env"),
+        ("dr", "runbook", "show", "regional-failure", "--json", "--config"),
+        ("coverage", "history", "show", "--file", "h.jsonl", "--json", "--log-format"),
+    ],
+)
+def test_a_dangling_global_flag_names_a_three_word_command_whole(voke, args):
+    result = voke(*args)
+    assert result.exit_code == 2 and result.json["command"] == " ".join(args[:3])
+    assert result.json["error"]["message"] == f"option {args[-1]} requires a value"
+
+
 def test_a_missing_choice_argument_is_one_line(voke):
     missing = voke("drill", "run", "--json")
     message = missing.json["error"]["message"]
