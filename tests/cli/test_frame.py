@@ -181,6 +181,17 @@ def test_a_dangling_global_flag_names_a_three_word_command_whole(voke, args):
     assert result.json["error"]["message"] == f"option {args[-1]} requires a value"
 
 
+def test_json_with_a_value_is_refused_in_the_envelope(voke, tmp_path):
+    (tmp_path / "f.csv").write_text("a\n1\n")
+    result = voke("ingest", "load", "f.csv", "--json=true")
+    assert result.exit_code == 2 and result.stderr == ""
+    assert result.json["error"] == {
+        "type": "UsageError",
+        "message": "Option '--json' does not take a value.",
+        "exit_code": 2,
+    }
+
+
 def test_a_missing_choice_argument_is_one_line(voke):
     missing = voke("drill", "run", "--json")
     message = missing.json["error"]["message"]

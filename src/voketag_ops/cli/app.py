@@ -207,7 +207,9 @@ def run(
     args = hoist_global_flags(args if dangling is None else args[:dangling] + args[dangling + 1 :])
     for arg in args:  # a password in any argument (a URL given where a file was expected) is masked
         register_credentials_in(arg)
-    flags = args[: args.index("--")] if "--" in args else args  # after `--`, words are arguments
+    # after `--`, words are arguments; `--json=true` is --json too (as hoisted), its value refused
+    # by Click in the envelope it asked for
+    flags = {arg.split("=", 1)[0] for arg in (args[: args.index("--")] if "--" in args else args)}
     json_mode = "--json" in flags or env_map.get("VOKE_OUTPUT", "").lower() == "json"
     output = Output(
         json_mode=json_mode,
