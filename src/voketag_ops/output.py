@@ -218,14 +218,14 @@ class Output:
         self,
         *,
         json_mode: bool = False,
-        command: str = "",
+        command: str | None = None,
         stdout: TextIO | None = None,
         stderr: TextIO | None = None,
         no_color: bool = False,
         stdin: TextIO | None = None,
     ) -> None:
         self.json_mode = json_mode
-        self.command = command
+        self.command = command  # None (JSON null) until a command is named: bare `voke --json`
         self.stdout: TextIO = _ReaderMayGo(stdout or sys.stdout, "stdout")  # type: ignore[assignment]
         self.stderr: TextIO = _ReaderMayGo(stderr or sys.stderr, "stderr")  # type: ignore[assignment]
         self.stdin = stdin or sys.stdin

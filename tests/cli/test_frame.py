@@ -192,6 +192,26 @@ def test_json_with_a_value_is_refused_in_the_envelope(voke, tmp_path):
     }
 
 
+def test_voke_with_global_flags_alone_is_a_missing_command_named_null(voke):
+    bare = voke("--json")
+    assert bare.exit_code == 2
+    assert bare.json == {
+        "ok": False,
+        "command": None,
+        "error": {
+            "type": "UsageError",
+            "message": "missing command",
+            "exit_code": 2,
+            "hint": "see 'voke --help'",
+        },
+    }
+    assert voke("--frobnicate", "--json").json["command"] is None
+    human = voke("--debug")  # as `voke` alone and a bare group: the error, then the help, on stderr
+    assert human.exit_code == 2 and human.stdout == ""
+    assert human.stderr.startswith("error: missing command\nhint: see 'voke --help'\n")
+    assert "Usage: voke" in human.stderr
+
+
 def test_a_missing_choice_argument_is_one_line(voke):
     missing = voke("drill", "run", "--json")
     message = missing.json["error"]["message"]

@@ -213,7 +213,7 @@ def run(
     json_mode = "--json" in flags or env_map.get("VOKE_OUTPUT", "").lower() == "json"
     output = Output(
         json_mode=json_mode,
-        command=guess_command(args),
+        command=guess_command(args) or None,
         stdout=stdout,
         stderr=stderr,
         no_color="--no-color" in flags or bool(env_map.get("NO_COLOR")),  # no-color.org: set and not empty
@@ -275,12 +275,14 @@ def _invoke(
         if debug:
             _print_traceback(output.stderr)
         return output.error(exc)
-    except NoArgsIsHelpError as exc:  # `voke rotate` alone: its help on stderr, one error, exit 2
-        path = exc.ctx.command_path if exc.ctx is not None else "voke"
-        output.command = " ".join(path.split()[1:])
-        output.command_error = "missing command"
-        return output.error(UsageError("missing command", hint=f"see '{path} --help'"))
     except ClickUsageError as exc:
+        if _missing_command(exc, args):  # `voke rotate` alone: its help on stderr, one error, exit 2
+            path = exc.ctx.command_path if exc.ctx is not None else "voke"
+            output.command = " ".join(path.split()[1:]) or None
+            output.command_error = "missing command"
+            if exc.ctx is not None and not isinstance(exc, NoArgsIsHelpError) and not output.json_mode:
+                exc.ctx.get_help()  # Typer prints it (held, then sent to stderr), as for `voke rotate`
+            return output.error(UsageError("missing command", hint=f"see '{path} --help'"))
         return _usage_error(output, exc)
     except ClickException as exc:
         return output.error(VokeError(_one_line(exc.format_message())))
@@ -360,6 +362,15 @@ def _internal_error(output: Output, exc: BaseException, debug: bool) -> int:
 
 def _interrupted() -> Interrupted:
     return Interrupted(interrupts.message())
+
+
+def _missing_command(exc: ClickUsageError, args: list[str]) -> bool:
+    """EXC says a group was given no command: `voke rotate` (Click's NoArgsIsHelpError), or
+    `voke --json` (global flags alone, hoisted before any word: the root's "Missing command.")."""
+    if isinstance(exc, NoArgsIsHelpError):
+        return True
+    # not a bad option's or parameter's subclass; no word at all, so no unknown command's
+    return type(exc) is ClickUsageError and next(command_words(args), None) is None
 
 
 def _usage_error(output: Output, exc: ClickUsageError) -> int:
