@@ -66,6 +66,9 @@ def test_show_filters_and_pages(voke, home: Path) -> None:
     ("args", "fragment"),
     [
         (["--since", "yesterday"], "--since"),
+        # both forms named, not ages alone (as the duration options' "not a duration" did)
+        (["--since", "bogus"], "--since: 'bogus' is neither ISO 8601 (2026-05-01T02:00Z) nor an age (24h"),
+        (["--until", "5 days ago"], "--until: '5 days ago' is neither ISO 8601"),
         (["--result", "maybe"], "--result must be one of"),
         # a drill journal's statuses no audit event carries (a completed drill's event is `success`)
         (["--result", "completed"], "--result must be one of"),

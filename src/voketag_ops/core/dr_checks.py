@@ -24,6 +24,11 @@ DURATION_EXAMPLES = "e.g. 90s, 5m, 1h30m, 24h, 2d"
 MAX_DURATION = 3650 * 86400.0  # ten years: beyond any retention or outage, and within datetime's range
 
 
+class NotADurationError(ValueError):
+    """TEXT is no duration at all (not one with a part wrong): an option that takes other forms
+    too (`audit show --since`: ISO 8601) names them instead."""
+
+
 def parse_duration(text: str) -> float:
     """'90', '90s', '5m', '1h30m', '1.5h', '2d' -> seconds. Raises ValueError.
 
@@ -38,7 +43,7 @@ def parse_duration(text: str) -> float:
     while pos < len(raw):
         match = _DURATION.match(raw, pos)
         if not match or match.end() == pos:
-            raise ValueError(f"not a duration: {text!r} (use {DURATION_EXAMPLES})")
+            raise NotADurationError(f"not a duration: {text!r} (use {DURATION_EXAMPLES})")
         if match.group(2) is None and (pos or match.end() != len(raw)):
             meant = raw[: match.start()] + match.group(1) + _NEXT_UNIT.get(unit or "", "s")
             raise ValueError(f"{text!r}: each part of a duration needs its unit (e.g. {meant})")

@@ -14,7 +14,7 @@ from typing import Any
 
 from voketag_ops.audit import CHECKPOINT_EVENT, AuditLog
 from voketag_ops.core import audit as core
-from voketag_ops.core.dr_checks import parse_duration
+from voketag_ops.core.dr_checks import NotADurationError, parse_duration
 from voketag_ops.core.times import offset_is_valid
 from voketag_ops.errors import UsageError
 
@@ -46,6 +46,8 @@ def parse_when(value: str, option: str, *, now: datetime) -> datetime:
         raise UsageError(f"{option}: {value!r}: a date (2026-01-01) or an age with its unit ({text}s)")
     try:
         return now - timedelta(seconds=parse_duration(text.removeprefix("-")))
+    except NotADurationError:  # its message offers ages alone
+        raise UsageError(f"{option}: {value!r} is neither {_ISO} nor {_AGE}") from None
     except ValueError as exc:
         raise UsageError(f"{option}: {exc}") from None
 
