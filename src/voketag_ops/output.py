@@ -21,7 +21,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TextIO
@@ -419,11 +419,24 @@ class Output:
         self.err.print(message, markup=False, highlight=False)
 
     @contextmanager
-    def progress(self, message: str) -> Iterator[Callable[[str], None]]:
+    def progress(self, message: str, *, when_started: bool = False) -> Iterator[Callable[[str], None]]:
         """Show MESSAGE while work runs: a spinner on a terminal, one line otherwise.
 
-        Yields a function that updates the message.
+        Yields a function that updates the message. WHEN_STARTED: nothing is shown before its
+        first update, which the work makes once it starts (checked, not a dry run): a refusal
+        or a plan is not announced as work under way.
         """
+        if when_started:
+            with ExitStack() as stack:
+                shown: list[Callable[[str], None]] = []
+
+                def update(text: str) -> None:
+                    if not shown:
+                        shown.append(stack.enter_context(self.progress(message)))
+                    shown[0](text)
+
+                yield update
+            return
         if _isatty(self.stderr) and not self.json_mode:
             with self.err.status(message) as status:
                 yield lambda text: status.update(text)

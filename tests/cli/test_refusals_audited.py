@@ -45,6 +45,7 @@ def test_a_refused_dr_backup_is_one_failure_event(voke, make_environ, tmp_path):
     details = _refused(home, "dr.backup", "leader", refused.exit_code)
     assert "voke dr failover --yes" in details["error"]["message"]
     assert sorted(p.name for p in home.iterdir()) == ["audit", "dr", "state.json"]  # nothing else
+    assert "taking a base backup" not in dry.stderr + refused.stderr  # no work announced, none done
 
 
 def test_a_refused_dr_prune_is_one_failure_event_and_no_environment_none(voke, make_environ, tmp_path):
@@ -62,6 +63,26 @@ def test_a_refused_dr_prune_is_one_failure_event_and_no_environment_none(voke, m
     details = _refused(home, "dr.prune", "archive", refused.exit_code)
     assert "voke dr failover --yes" in details["error"]["message"]
     assert sorted(p.name for p in home.iterdir()) == ["audit", "dr", "state.json"]
+    assert "pruning" not in dry.stderr + refused.stderr
+
+
+def test_a_dry_run_or_a_refused_verification_announces_no_work(voke, make_environ, tmp_path):
+    # The progress line comes once the work starts: never for a plan, nor before a refusal.
+    plan = voke("dr", "backup", "--dry-run", environ=make_environ(tmp_path / "none"))
+    assert plan.exit_code == 0 and "dry run" in plan.stdout and plan.stderr == ""
+    home = tmp_path / "home"
+    home.mkdir()
+    state = {
+        "version": 1, "created_at": "x", "server_user": "", "pg_bin": "/nonexistent", "pg_version": "16",
+        "socket_dir": "/nonexistent", "ports": {"primary": 59991, "replica": 59992}, "leader": "primary",
+    }  # fmt: skip
+    (home / "state.json").write_text(json.dumps(state))
+    environ = make_environ(home)
+    refused = voke("dr", "verify-backup", "--label", "nope", environ=environ)
+    assert refused.exit_code == 5
+    assert refused.stderr == "error: there is no base backup; take one with `voke dr backup`\n"
+    pruned = voke("dr", "prune", "--dry-run", environ=environ)
+    assert pruned.exit_code == 0 and "would remove 0 backups" in pruned.stdout and pruned.stderr == ""
 
 
 def test_a_refused_drill_is_one_failure_event(voke, make_environ, tmp_path):

@@ -91,7 +91,7 @@ def backup(ctx: typer.Context, dry_run: DryRun = False, yes: Yes = False) -> Non
     env, local = _local(ctx)
     if not dry_run:
         env.out.confirm("Take a base backup of the leader now?", yes=yes)
-    with env.out.progress("taking a base backup") as update:
+    with env.out.progress("taking a base backup", when_started=True) as update:
         report = dr.backup(env.settings, local, dry_run=dry_run, progress=update)
     env.out.result(report, render=_render_backup)
 
@@ -107,7 +107,7 @@ def prune(ctx: typer.Context, dry_run: DryRun = False, yes: Yes = False) -> None
         env.out.confirm(
             f"Remove the backups and archived WAL a {days:g}-day restore window no longer needs?", yes=yes
         )
-    with env.out.progress("pruning backups and WAL") as update:
+    with env.out.progress("pruning backups and WAL", when_started=True) as update:
         report = dr.prune(env.settings, local, dry_run=dry_run, progress=update)
     env.out.result(report, render=_render_prune)
 
@@ -123,8 +123,8 @@ def verify_backup(
     from voketag_ops.workflows import dr
 
     env, local = _local(ctx)
-    with env.out.progress("verifying the backup"):
-        report = dr.verify_backup(env.settings, local, label=label)
+    with env.out.progress("verifying the backup", when_started=True) as update:
+        report = dr.verify_backup(env.settings, local, label=label, progress=update)
     failure = None
     if not report["ok"]:
         if not report["pg_verifybackup"]["ok"]:

@@ -285,12 +285,15 @@ def prune(
     return report
 
 
-def verify_backup(settings: Settings, env: LocalEnvironment, *, label: str | None) -> dict[str, Any]:
+def verify_backup(
+    settings: Settings, env: LocalEnvironment, *, label: str | None, progress: Progress = _quiet
+) -> dict[str, Any]:
     from voketag_ops.adapters.local import dr
 
     require_local(settings)
     env.require_state()
     backup = dr.find_backup(env, label)
+    progress(f"verifying backup {backup.label} and the WAL archive since")
     # Unlocked (a verification may take minutes): a prune may remove the backup meanwhile, which
     # is not a damaged backup.
     try:
