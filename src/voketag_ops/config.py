@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -105,6 +106,11 @@ def _secret_name(value: str) -> str:
 
 
 SecretName = Annotated[str, AfterValidator(_secret_name)]
+# An optional one left empty (`admin_secret = ""`, a CI template's blank variable) is unset, as it
+# was read before secret names were checked here.
+OptionalSecretName = Annotated[
+    SecretName | None, BeforeValidator(lambda value: None if value == "" else value)
+]
 
 
 class _Model(BaseModel):
@@ -289,7 +295,7 @@ class GcpEnvironment(_Model):
     replica_db_port: int = Field(
         default=5432, ge=1, le=65535, description="PostgreSQL port at replica_db_host"
     )
-    canary_secret: SecretName | None = Field(
+    canary_secret: OptionalSecretName = Field(
         default=None,
         description="secret (JSON username, password, dbname) the cloud drills' canary logs in with "
         "(default: the first rotation.db_users secret)",
@@ -506,7 +512,7 @@ class ApiKeySettings(_Model):
     provider: Literal["stripe", "auth0", "maps", "sendgrid"] = Field(description="the provider's API shape")
     secret: SecretName = Field(description="secret holding the key (JSON)")
     endpoint: str | None = Field(default=None, description="provider API base URL (default: the provider's)")
-    admin_secret: SecretName | None = Field(
+    admin_secret: OptionalSecretName = Field(
         default=None, description="secret holding the credential voke uses to call the provider's admin API"
     )
     options: dict[str, str] = Field(

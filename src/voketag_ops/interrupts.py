@@ -52,8 +52,9 @@ _outcome = ""  # what was decided and what is left (``decided``), for the answer
 
 
 def install() -> None:
-    """The `voke` script's handlers, from its first line. A signal the caller ignores stays
-    ignored."""
+    """The `voke` script's handlers, from its entry point's first line (before it, Python's own
+    start and the script's import of `voketag_ops.cli.main` are Python's). A signal the caller
+    ignores stays ignored."""
     global _installed
     _installed = True
     if signal.getsignal(signal.SIGINT) != signal.SIG_IGN:

@@ -263,6 +263,19 @@ def test_a_voke_variables_text_is_parsed_as_a_number_or_boolean_and_a_files_stri
         settings.environment("prod")
 
 
+def test_an_optional_secret_name_left_empty_is_unset_as_before_names_were_checked(tmp_path):
+    (tmp_path / "voke.toml").write_text(
+        '[rotation.api_keys.stripe]\nprovider = "stripe"\nsecret = "stripe-key"\nadmin_secret = ""\n'
+        '[environments.prod]\nproject = "p"\ninstance = "db"\ncanary_secret = ""\n'
+        '[rotation.api_keys.maps]\nprovider = "maps"\nsecret = "maps-key"\n'
+    )
+    environ = {"VOKE_ROTATION__API_KEYS__MAPS__ADMIN_SECRET": ""}  # a CI template's blank variable
+    settings = load_config(environ=environ, cwd=tmp_path).settings
+    assert settings.rotation.api_keys["stripe"].admin_secret is None
+    assert settings.rotation.api_keys["maps"].admin_secret is None
+    assert settings.environment("prod").canary_secret is None
+
+
 def test_config_show_redacts_secret_looking_keys(voke, make_environ, tmp_path):
     (tmp_path / "voke.toml").write_text(
         '[environments.prod]\nproject = "p"\ninstance = "i"\napi_token = "tok-123456"\n'
