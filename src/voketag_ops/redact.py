@@ -53,7 +53,8 @@ def _register_url_password(text: str) -> None:
     """Register the password of a `scheme://user:password@host` URL in TEXT: everything between
     `user:` and the last '@' (a raw '@' in a password ends the userinfo at the last one for most
     parsers, at the first for libpq, which then names the rest as the host in its errors), and
-    each '@'- or ':'-separated piece of it, and each head and tail at such a separator."""
+    each '@'- or ':'-separated piece of it, and each head and tail at such a separator; and each
+    long enough piece between any URL delimiters."""
     scheme = text.find("://")
     at = text.rfind("@", scheme + 3) if scheme >= 0 else -1
     colon = text.find(":", scheme + 3, at) if at >= 0 else -1
@@ -68,6 +69,12 @@ def _register_url_password(text: str) -> None:
         _remember_known(text, cut + 1, at)  # and names the rest as a host or a port
         _remember_known(text, cuts[i - 1] + 1, cut)
     _remember_known(text, cuts[-2] + 1, at)
+    # libpq may also end a host or database name at '/', '?' or '#' inside the password (and
+    # psycopg logs its reading): each such piece too, but only one long enough alone; beside
+    # these separators a short one would mask ordinary paths ("/x") and queries.
+    for piece in re.split(r"[@:/?#]", text[first:at]):
+        if len(piece) >= _MIN_LEN:
+            _remember(piece)
 
 
 def _remember_known(text: str, begin: int, end: int) -> None:

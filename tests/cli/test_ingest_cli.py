@@ -335,6 +335,25 @@ def test_no_piece_of_a_password_with_a_raw_at_sign_is_printed_or_audited(voke, t
         assert "Qw8ZsTailLeak" not in text and "S3cretPW-unreach" not in text
 
 
+def test_a_password_libpq_would_cut_at_a_slash_is_refused_before_connecting_and_never_shown(voke, tmp_path):
+    # libpq reads `S3cr3t` as the password, `Gr33nTeaPw` as the host and `x@...` as the
+    # database name, and named that host in its error and psycopg's debug log.
+    path = tmp_path / "a.csv"
+    path.write_text(HEADER + GOOD)
+    url = "postgresql://owner1:S3cr3t@Gr33nTeaPw/x@127.0.0.1:1/db1"
+    commands = [["load", str(path)], ["load", str(path), "--dry-run"], ["migrate", "--yes"], ["batches"],
+                ["proof", "T1"]]  # fmt: skip
+    runs = [voke("ingest", *c, "--db", url, flag) for c in commands for flag in ("--json", "--debug")]
+    for result in runs:
+        assert result.exit_code == 2, result.stdout + result.stderr
+        assert "percent-encode" in result.stdout + result.stderr
+    audit = voke("audit", "show", "--json")
+    assert audit.exit_code == 0 and audit.json["result"]["entries"]
+    for result in [*runs, audit]:
+        text = result.stdout + result.stderr
+        assert "Gr33nTeaPw" not in text and "S3cr3t" not in text and "resolve host" not in text
+
+
 def test_sample_is_reproducible_and_refuses_to_overwrite(voke, tmp_path):
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
     assert voke("ingest", "sample", "--rows", "50", "--seed", "9", "--out", str(a)).exit_code == 0

@@ -92,3 +92,10 @@ logging.getLogger("some.library").info("not shown at warning")
         "voke: error: copy stopped on an error: RuntimeError: password=***",
         "voke: warning: retrying with ***",
     ], done.stderr
+
+
+def test_a_long_piece_of_a_url_password_between_slashes_is_masked_a_short_one_is_not():
+    # Defence behind `ingest`'s refusal of such a URL: psycopg logs the host libpq read.
+    redact.register_credentials_in("postgresql://owner1:S3cr3t@Gr33nTeaPw/x@127.0.0.1:1/db1")
+    text = "failed to resolve host 'Gr33nTeaPw' for /x/db1"
+    assert redact.redact(text) == "failed to resolve host '***' for /x/db1"

@@ -264,11 +264,30 @@ def describe_target(conninfo: str) -> str:
     if not host:
         return f"service {service}" + (f"/{name}" if name else "")
     odd_host = not host.startswith("/") and any(c in host for c in "@/")
-    if odd_host or "@" in name or not _ports_ok(port):
+    if odd_host or "@" in name or not _ports_ok(port) or _garbled_url(conninfo):
         return "the database"
     if host.startswith("/"):
         host = "local socket"
     return f"{host}{':' + port if port else ''}/{name}"
+
+
+def _garbled_url(conninfo: str) -> bool:
+    """Whether CONNINFO is a URL with a password that libpq does not read as the user meant:
+    a raw '@' after the `user:password@` that libpq takes (the first '@' before any '/'), or
+    with no such part at all, a password held in the text before the last '@'. libpq then reads
+    a piece of the password as the host, port, database or a parameter, and names it in its
+    errors (and psycopg in its debug log), pieces too short to mask. Also a legitimate raw
+    '@' in a database name or a query value: it reads the same, and %40 says it unambiguously."""
+    scheme = conninfo.find("://")
+    if scheme < 0 or not conninfo[:scheme].startswith("postgres"):
+        return False
+    start = scheme + 3
+    last_at = conninfo.rfind("@", start)
+    if last_at < 0 or ":" not in conninfo[start:last_at]:  # no password to misread
+        return False
+    first_at, slash = conninfo.find("@", start), conninfo.find("/", start)
+    userinfo_end = first_at if slash < 0 or first_at < slash else start - 1
+    return "@" in conninfo[userinfo_end + 1 :]
 
 
 def _connected_target(conn: psycopg.Connection[Any], described: str) -> str:
@@ -301,6 +320,14 @@ def connect(conninfo: str) -> psycopg.Connection[Any]:
     from psycopg.conninfo import make_conninfo
 
     _register_secrets(conninfo)
+    if _garbled_url(conninfo):  # before libpq: what it makes of it may be part of the password
+        raise UsageError(
+            "--db does not parse as intended: PostgreSQL reads a raw '@' after `user:password@` as "
+            "part of the host, port or database name (not shown: it may be part of the password); "
+            "nothing was changed",
+            hint="percent-encode @ / : # ? in the password (%40 %2F %3A %23 %3F), or give it in "
+            "PGPASSWORD or ~/.pgpass",
+        )
     _check_ports(conninfo)
     try:
         conn = psycopg.connect(
