@@ -859,6 +859,56 @@ def test_migrate_brings_an_older_schema_up_now_and_dry_runs_work_again(
     ]
 
 
+def test_a_permission_hint_names_the_schema_owner_or_the_create_on_the_database_missing(
+    voke, local_env, tmp_path
+):
+    """The hint said "a role that owns the database runs `migrate`", which then failed too when
+    another role owned the schema; and a role that may not create the schema was told only
+    PostgreSQL's "permission denied for database"."""
+    from psycopg.conninfo import make_conninfo
+
+    suffix = uuid.uuid4().hex[:8]
+    owner, keeper, loader = (f"ingest_{who}_{suffix}" for who in ("owner", "keeper", "loader"))
+    dbname, bare = f"owners_{suffix}", f"bare_{suffix}"
+    admin = local_env.primary().conninfo("postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        for role in (owner, keeper, loader):
+            conn.execute(f"CREATE ROLE {role} LOGIN")
+        for name in (dbname, bare):
+            conn.execute(f"CREATE DATABASE {name} OWNER {owner}")
+            conn.execute(f"REVOKE CREATE, TEMPORARY ON DATABASE {name} FROM PUBLIC")
+    base = local_env.primary().conninfo(dbname)
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA ingest AUTHORIZATION {keeper}")
+    as_owner, as_keeper, as_loader = (make_conninfo(base, user=r) for r in (owner, keeper, loader))
+    try:
+        good = tmp_path / "good.csv"
+        good.write_text(HEADER + GOOD)
+        assert voke("ingest", "migrate", "--db", as_keeper, "--yes").exit_code == 0
+        refused = voke("ingest", "load", str(good), "--db", as_loader, "--json")
+        assert refused.exit_code == 4, refused.stdout
+        hint = refused.json["error"]["hint"]
+        assert (
+            f"the ingest schema's owner ({keeper}) runs `voke ingest migrate --yes --grant {loader}`" in hint
+        )
+        by_owner = voke("ingest", "migrate", "--db", as_owner, "--grant", loader, "--yes", "--json")
+        assert by_owner.exit_code == 4 and "permission denied for schema ingest" in by_owner.stdout
+        assert f"run it as the ingest schema's owner ({keeper})" in by_owner.json["error"]["hint"]
+        assert "nothing was changed" in by_owner.json["error"]["message"]
+        fresh = voke("ingest", "load", str(good), "--db", make_conninfo(as_loader, dbname=bare), "--json")
+        assert fresh.exit_code == 4, fresh.stdout
+        assert f"({loader} lacks CREATE on database {bare}" in fresh.json["error"]["message"]
+        hint = fresh.json["error"]["hint"]
+        assert f"the database's owner ({owner}) runs" in hint
+        assert f"GRANT CREATE ON DATABASE {bare} TO {loader}" in hint
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            for name in (dbname, bare):
+                conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            for role in (loader, keeper, owner):
+                conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
 def test_migrate_grants_a_loading_role_what_loads_need_and_no_more(voke, local_env, tmp_path):
     """A role that may not alter tables (least privilege) loads once `ingest migrate --grant`
     has run as the schema's owner; before, its first load was "permission denied"."""

@@ -537,22 +537,63 @@ def _prepare_schema(conn: psycopg.Connection[Any], target: str, settings: Ingest
 
 
 @contextmanager
-def _schema_rights(conn: psycopg.Connection[Any], target: str) -> Iterator[None]:
-    """A permission error while a load reads, creates or migrates the `ingest` schema (before
-    any row is looked at): BackendError naming who can make it loadable for CONN's role."""
+def _schema_rights(conn: psycopg.Connection[Any], target: str, *, migrating: bool = False) -> Iterator[None]:
+    """A permission error while a load (or MIGRATING, `ingest migrate`) reads, creates or
+    migrates the `ingest` schema, before any row is looked at: BackendError naming the privilege
+    missing and the role that can help CONN's: the schema's owner (another than the database's
+    may own it), or with no schema yet and no CREATE on the database, the database's owner."""
     from psycopg import errors as pgerr
 
     try:
         yield
     except pgerr.InsufficientPrivilege as exc:
         role = conn.info.user
+        lacks, who, grant = _who_can_prepare(conn, role)
+        if migrating:
+            doing, unchanged = "migrating the ingest schema", "nothing was changed"
+            hint = f"run it as {who}, its --db naming that role{grant}"
+        else:
+            doing, unchanged = (
+                "preparing the ingest schema",
+                "the file was not checked and nothing was written",
+            )
+            hint = (
+                f"{who} runs `voke ingest migrate --yes --grant {role}` once, its --db naming that role: "
+                f"it creates or migrates the schema and gives {role} what loads and dry runs need{grant}"
+            )
         raise BackendError(
-            f"{target}: the database refused preparing the ingest schema: {_first_line(exc)}; "
-            "the file was not checked and nothing was written",
-            hint=f"a role that owns the database runs `voke ingest migrate --yes --grant {role}` once "
-            f"(its --db naming that role): it creates or migrates the schema and gives {role} what loads "
-            "and dry runs need",
+            f"{target}: the database refused {doing}: {_first_line(exc)}{lacks}; {unchanged}", hint=hint
         ) from None
+
+
+def _who_can_prepare(conn: psycopg.Connection[Any], role: str) -> tuple[str, str, str]:
+    """(what ROLE lacks, said after PostgreSQL's message; the role that can create or migrate the
+    `ingest` schema; how else to give ROLE what it lacks) for `_schema_rights`' error."""
+    import psycopg
+
+    anyone = ("", "a role that owns the database", "")
+    if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+        return anyone  # (nothing can be asked until the load's transaction is rolled back)
+    try:
+        row = conn.execute(
+            "SELECT (SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'ingest'),"
+            " pg_get_userbyid(datdba), datname, has_database_privilege(datname, 'CREATE')"
+            " FROM pg_database WHERE datname = current_database()"
+        ).fetchone()
+    except psycopg.Error:
+        return anyone
+    if row is None:
+        return anyone
+    schema_owner, db_owner, database, may_create = row
+    if schema_owner is not None and schema_owner != role:
+        return "", f"the ingest schema's owner ({schema_owner})", ""
+    if schema_owner is None and not may_create:
+        return (
+            f" ({role} lacks CREATE on database {database}, which creating the ingest schema needs)",
+            f"the database's owner ({db_owner})",
+            f", or grants {role} that: GRANT CREATE ON DATABASE {database} TO {role}",
+        )
+    return anyone
 
 
 def _migrate(conn: psycopg.Connection[Any], *, lock_timeout: float) -> list[tuple[int, str]]:
@@ -561,7 +602,10 @@ def _migrate(conn: psycopg.Connection[Any], *, lock_timeout: float) -> list[tupl
     with conn.transaction():
         conn.execute(f"SET LOCAL lock_timeout = {_lock_ms(lock_timeout)}")
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK_CLASS, _LOCK_MIGRATE))
-        conn.execute("CREATE SCHEMA IF NOT EXISTS ingest")
+        # Only when missing: CREATE SCHEMA asks for CREATE on the database even when the schema
+        # exists, which the schema's owner (another role than the database's) may not have.
+        if not _exists(conn, "to_regnamespace", "ingest"):
+            conn.execute("CREATE SCHEMA IF NOT EXISTS ingest")
         conn.execute(
             "CREATE TABLE IF NOT EXISTS ingest.schema_migrations ("
             " version integer PRIMARY KEY, name text NOT NULL,"
@@ -603,31 +647,34 @@ def migrate_schema(
         try:
             target = _connected_target(conn, described)
             with _db_errors(target, "migrating the ingest schema"):
-                before = schema_version(conn)
-                _refuse_newer(before)
-                pending = [(v, name) for v, name, _sql in MIGRATIONS if before is None or v > before]
-                known = {
-                    r
-                    for (r,) in conn.execute(
-                        "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (list(grant),)
+                with _schema_rights(conn, target, migrating=True):  # (not the grants: after a commit)
+                    before = schema_version(conn)
+                    _refuse_newer(before)
+                    pending = [(v, name) for v, name, _sql in MIGRATIONS if before is None or v > before]
+                    known = {
+                        r
+                        for (r,) in conn.execute(
+                            "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (list(grant),)
+                        )
+                    }
+                    if unknown := [r for r in grant if r not in known]:
+                        raise UsageError(
+                            f"{target} has no role named {', '.join(map(repr, unknown))}: nothing was changed"
+                        )
+                    if (pending or grant) and (
+                        read_only := _read_only(conn)
+                    ):  # (a dry run checks as the run would)
+                        raise PreconditionError(
+                            f"{target} is read-only ({read_only}): nothing was migrated; migrate the primary",
+                            hint="`voke dr status` names the primary of the local environment",
+                        )
+                    row = conn.execute("SELECT current_database()").fetchone()
+                    database = str(row[0]) if row else ""
+                    applied = (
+                        pending
+                        if dry_run or not pending
+                        else _migrate(conn, lock_timeout=settings.lock_timeout)
                     )
-                }
-                if unknown := [r for r in grant if r not in known]:
-                    raise UsageError(
-                        f"{target} has no role named {', '.join(map(repr, unknown))}: nothing was changed"
-                    )
-                if (pending or grant) and (
-                    read_only := _read_only(conn)
-                ):  # (a dry run checks as the run would)
-                    raise PreconditionError(
-                        f"{target} is read-only ({read_only}): nothing was migrated; migrate the primary",
-                        hint="`voke dr status` names the primary of the local environment",
-                    )
-                row = conn.execute("SELECT current_database()").fetchone()
-                database = str(row[0]) if row else ""
-                applied = (
-                    pending if dry_run or not pending else _migrate(conn, lock_timeout=settings.lock_timeout)
-                )
                 lacking = {r: _privileges_missing(conn, r, database) for r in dict.fromkeys(grant)}
                 # PostgreSQL only warns when it grants nothing (no grant option): refused here instead
                 if any(lacking.values()) and (
