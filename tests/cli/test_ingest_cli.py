@@ -810,6 +810,21 @@ def test_proof_of_a_row_that_cannot_be_sealed_exits_1_naming_it(voke, db, tmp_pa
     assert f"tag {other!r}: batch 99's row is missing" in orphan.stderr
 
 
+def test_a_read_only_db_is_refused_with_a_hint_at_its_own_primary_not_the_local_environment(
+    voke, db, pg_database, local_env, tmp_path
+):
+    with psycopg.connect(local_env.primary().conninfo("postgres"), autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{pg_database}" SET default_transaction_read_only = on')
+    good = tmp_path / "good.csv"
+    good.write_text(HEADER + GOOD)
+    for args in (["load", str(good)], ["migrate", "--yes"]):
+        refused = voke("ingest", *args, "--db", db, "--json")
+        assert refused.exit_code == 5 and "read-only" in refused.json["error"]["message"], refused.stdout
+        assert (
+            refused.json["error"]["hint"] == "point --db at the primary (a writable server) of that database"
+        )
+
+
 def test_migrate_brings_an_older_schema_up_now_and_dry_runs_work_again(
     voke, db, local_env, pg_database, tmp_path
 ):

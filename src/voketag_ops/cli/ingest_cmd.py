@@ -281,6 +281,7 @@ def load(
                 progress=progress,
                 anchorer=None if dry_run else chain_anchorer(home, now),
                 anchor_states=anchor_states(home) if dry_run else None,  # looked up, never requested
+                local=db is None,
             )
         summary = _summary(report) + ("; the local environment was started first" if started else "")
         if not _tty(env.out) and (report.ok or env.out.json_mode):
@@ -371,6 +372,7 @@ def migrate(
             audit_home=_home(env),
             env_name=env.settings.env,
             grant=grant or [],
+            local=db is None,
         )
     env.out.result(report, render=_render_migrate)
 

@@ -502,6 +502,14 @@ def _refuse_newer(version: int | None) -> None:
         )
 
 
+def _primary_hint(local: bool) -> str:
+    """Where to find the writable server, after a read-only one refused: the local environment's
+    is named by `voke dr status`; a --db's is the user's to know."""
+    if local:
+        return "`voke dr status` names the primary of the local environment"
+    return "point --db at the primary (a writable server) of that database"
+
+
 def _read_only(conn: psycopg.Connection[Any]) -> str:
     """Why CONN's server takes no writes ('' when it does)."""
     row = conn.execute(
@@ -631,12 +639,14 @@ def migrate_schema(
     audit_home: Path,
     env_name: str,
     grant: Sequence[str] = (),
+    local: bool = True,
 ) -> dict[str, Any]:
     """`voke ingest migrate`: create the `ingest` schema or bring it to this voke's version now,
     as the first load would (a role that may alter the tables, before the first load or the
     dry runs that refuse an older schema). GRANT: roles given what `ingest load`, `batches` and
     `proof` need and no more (`_LOADER_TABLES`), so a loading role needs no DDL rights; those
-    that have it already are left out of `granted`. A DRY_RUN names what it would do."""
+    that have it already are left out of `granted`. A DRY_RUN names what it would do. LOCAL:
+    as `_load_batch`'s."""
     from voketag_ops.audit import audited_unless
 
     described = describe_target(conninfo)
@@ -666,7 +676,7 @@ def migrate_schema(
                     ):  # (a dry run checks as the run would)
                         raise PreconditionError(
                             f"{target} is read-only ({read_only}): nothing was migrated; migrate the primary",
-                            hint="`voke dr status` names the primary of the local environment",
+                            hint=_primary_hint(local),
                         )
                     row = conn.execute("SELECT current_database()").fetchone()
                     database = str(row[0]) if row else ""
@@ -981,12 +991,14 @@ def _load_batch(
     anchorer: Anchorer | None = None,
     anchor_states: AnchorStates | None = None,
     after_commit: AfterCommit,
+    local: bool = True,
 ) -> LoadReport:
     """Validate PATH and load it as one batch (see the module docstring); signals are held
     from the commit on by AFTER_COMMIT (``load_batch`` makes one if its caller gave none).
     ANCHOR_STATES (anchor ids -> their states), for a run without ANCHORER (a dry run): a
     duplicate's anchor is looked up there instead of being requested. FORCE: the REJECTS
-    file may replace a file voke did not write."""
+    file may replace a file voke did not write. LOCAL: CONNINFO is the local environment's
+    database (not a --db's), which a refusal's hint may send to `voke dr status`."""
     if partial and rejects is None:
         raise UsageError("--partial needs --rejects FILE for the rows it leaves out")
     if rejects is not None and not partial:
@@ -1019,6 +1031,7 @@ def _load_batch(
             anchorer=anchorer,
             after_commit=after_commit,
             started=started,
+            local=local,
         )
     finally:
         source.close()
@@ -1049,6 +1062,7 @@ def _load_source(
     anchorer: Anchorer | None,
     after_commit: AfterCommit,
     started: float,
+    local: bool,
 ) -> LoadReport:
     size = source.size
     base = LoadReport(
@@ -1099,7 +1113,7 @@ def _load_source(
         if read_only:
             raise PreconditionError(
                 f"{target} is read-only ({read_only}): nothing was loaded; load into the primary",
-                hint="`voke dr status` names the primary of the local environment",
+                hint=_primary_hint(local),
             )
         committing = [False]
         with _db_errors(target, "preparing the ingest schema"):  # (pid, start): a session, not a reused pid
