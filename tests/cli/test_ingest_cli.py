@@ -825,6 +825,42 @@ def test_a_read_only_db_is_refused_with_a_hint_at_its_own_primary_not_the_local_
         )
 
 
+@pytest.mark.parametrize(
+    "setup",
+    [
+        "CREATE TABLE ingest.batches (id serial primary key, note text)",
+        "CREATE TABLE ingest.schema_migrations (id serial primary key, note text)",
+        "CREATE TABLE ingest.schema_migrations (version integer PRIMARY KEY, name text NOT NULL);"
+        "CREATE TABLE ingest.tags (tag text)",  # voke's record, but a table before the migration making it
+    ],
+    ids=["own-tables", "other-schema-migrations", "table-without-its-migration"],
+)
+def test_an_ingest_schema_of_another_application_is_refused_alike_by_every_command(voke, db, tmp_path, setup):
+    """It was "no ingest schema -> would apply 1..4", then "relation batches already exists"
+    (exit 4), "no batches loaded yet", or a raw `column "version" does not exist`."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA ingest")
+        conn.execute(setup)
+    good = tmp_path / "good.csv"
+    good.write_text(HEADER + GOOD)
+    commands = [["load", str(good), "--dry-run"], ["load", str(good)], ["migrate", "--dry-run"],
+                ["migrate", "--yes"], ["batches"], ["proof", "T1"]]  # fmt: skip
+    answers = set()
+    for args in commands:
+        refused = voke("ingest", *args, "--db", db, "--json")
+        assert refused.exit_code == 5, (args, refused.stdout)
+        answers.add(refused.json["error"]["message"])
+    (answer,) = answers
+    assert "`ingest` schema belongs to something else" in answer and "nothing was changed" in answer
+    with psycopg.connect(db) as conn:
+        names = conn.execute(
+            "SELECT relname FROM pg_class WHERE relnamespace = 'ingest'::regnamespace AND relkind = 'r'"
+        ).fetchall()
+    assert {n for (n,) in names} <= {"batches", "schema_migrations", "tags"} and len(names) == setup.count(
+        "CREATE"
+    )
+
+
 def test_migrate_brings_an_older_schema_up_now_and_dry_runs_work_again(
     voke, db, local_env, pg_database, tmp_path
 ):

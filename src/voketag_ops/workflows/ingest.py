@@ -481,12 +481,53 @@ def _db_errors(target: str, doing: str, committing: list[bool] | None = None) ->
 
 
 def schema_version(conn: psycopg.Connection[Any]) -> int | None:
-    """The version of the `ingest` schema, None if there is none yet. Reads only."""
-    row = conn.execute("SELECT to_regclass('ingest.schema_migrations') IS NOT NULL").fetchone()
-    if not (row and row[0]):
+    """The version of the `ingest` schema, None if there is none yet (no schema, or an empty
+    one made for voke, say by another owner). Reads only. PreconditionError (exit 5) when the
+    schema is another application's: every command reads this first, so each refuses alike."""
+    row = conn.execute(
+        "SELECT (SELECT coalesce(array_agg(relname::text), '{}') FROM pg_class"
+        "        WHERE relnamespace = n.oid AND relkind IN ('r', 'p', 'v', 'm', 'f')),"
+        "       (SELECT count(*) FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+        "        WHERE c.relnamespace = n.oid AND c.relname = 'schema_migrations' AND c.relkind = 'r'"
+        "          AND NOT a.attisdropped AND ((a.attname = 'version' AND a.atttypid = 'int4'::regtype)"
+        "          OR (a.attname = 'name' AND a.atttypid = 'text'::regtype)))"
+        " FROM pg_namespace n WHERE nspname = 'ingest'"
+    ).fetchone()
+    if row is None:
         return None
-    current = conn.execute("SELECT coalesce(max(version), 0) FROM ingest.schema_migrations").fetchone()
-    return int(current[0]) if current else 0
+    tables, shape = set(row[0]), row[1]
+    if "schema_migrations" not in tables:
+        if tables:
+            _refuse_foreign(conn, f"it holds {_some(tables)} and no record of voke's migrations")
+        return None
+    if shape != 2:
+        _refuse_foreign(conn, "its schema_migrations has no integer `version` and text `name` columns")
+    applied = conn.execute(
+        "SELECT coalesce(array_agg(version), '{}') FROM ingest.schema_migrations"
+    ).fetchone()
+    versions = set(applied[0]) if applied else set()
+    if early := {t for v, made in _MADE_BY.items() if v not in versions for t in made} & tables:
+        _refuse_foreign(
+            conn, f"it holds {_some(early)}, which voke makes, without voke's migration that makes it"
+        )
+    return max(versions, default=0)
+
+
+# The tables each migration creates: one already there without its migration's record is not voke's.
+_MADE_BY = {v: set(re.findall(r"CREATE TABLE ingest\.(\w+)", sql)) for v, _name, sql in MIGRATIONS}
+
+
+def _some(names: Collection[str]) -> str:
+    shown = sorted(names)
+    return ", ".join(shown[:3]) + (f" and {len(shown) - 3} more" if len(shown) > 3 else "")
+
+
+def _refuse_foreign(conn: psycopg.Connection[Any], why: str) -> None:
+    raise PreconditionError(
+        f"database {conn.info.dbname}: its `ingest` schema belongs to something else ({why}); "
+        "voke leaves it alone: nothing was changed",
+        hint="use another database for voke's batches, or rename that schema (ALTER SCHEMA ingest RENAME TO ...)",
+    )
 
 
 def _lock_ms(seconds: float) -> int:
