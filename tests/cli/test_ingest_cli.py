@@ -521,21 +521,22 @@ def test_a_slow_server_that_keeps_taking_rows_is_not_taken_for_a_stalled_one(vok
     first = tmp_path / "first.csv"
     first.write_text(HEADER + GOOD)
     assert voke("ingest", "load", str(first), "--db", db).exit_code == 0  # the schema
-    with psycopg.connect(db, autocommit=True) as admin:  # ~0.25 ms a row: the load takes > 3 s
+    with psycopg.connect(db, autocommit=True) as admin:  # ~0.06 ms a row: the load takes > 3 s
         admin.execute(
             "create function ingest.slow() returns trigger language plpgsql as"
-            " $$ begin perform sum(i) from generate_series(1, 4000) i; return new; end $$"
+            " $$ begin perform sum(i) from generate_series(1, 1000) i; return new; end $$"
         )
         admin.execute(
             "create trigger slow before insert on ingest.tags for each row execute function ingest.slow()"
         )
     path = tmp_path / "batch.csv"
-    assert voke("ingest", "sample", "--rows", "20000", "--seed", "7", "--out", str(path)).exit_code == 0
-    # the server reads a 128 kB COPY message at a time: ~0.3 s here, far from the 3 s a stall
-    # takes even on a host loaded three times over (~0.6 s a message failed there once)
+    assert voke("ingest", "sample", "--rows", "60000", "--seed", "7", "--out", str(path)).exit_code == 0
+    # the server reads a 128 kB COPY message at a time: ~0.08 s here, far from the 3 s a stall
+    # takes even on a host loaded many times over (at 4x that a message, one went past 3 s once
+    # on a host running four suites at a time)
     result = voke("ingest", "load", str(path), "--db", make_conninfo(db, tcp_user_timeout=3000), "--json")
     assert result.exit_code == 0, result.stdout
-    assert result.json["result"]["rows_loaded"] == 20000
+    assert result.json["result"]["rows_loaded"] == 60000
 
 
 def test_reads_never_start_the_local_environment(voke, tmp_path):
