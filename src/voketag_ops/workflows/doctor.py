@@ -13,7 +13,6 @@ from voketag_ops.config import GcpEnvironment, LoadedConfig, LocalSettings, Sett
 from voketag_ops.errors import VokeError
 
 if TYPE_CHECKING:
-    from voketag_ops.adapters.local.environment import LocalEnvironment
     from voketag_ops.workflows.cloud_topology import Topology
 
 
@@ -142,11 +141,6 @@ def _local_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
                 Check("local environment", True, f"not created yet in {env.home} (started on demand)")
             )
             return
-        if (gone := _socket_dir_gone(env)) is not None:  # every connection would fail, said generically
-            from voketag_ops.adapters.local.postgres import SOCKET_DIR_HINT
-
-            report.checks.append(Check("local environment", False, gone, SOCKET_DIR_HINT))
-            return
         from voketag_ops.adapters.local.dr import operation_to_report
         from voketag_ops.adapters.local.environment import node_trouble
         from voketag_ops.core.dr_checks import unfinished_message
@@ -189,23 +183,6 @@ def _local_checks(report: DoctorReport, loaded: LoadedConfig) -> None:
                 "local environment", False, exc.message, exc.hint or "voke env destroy --yes && voke env up"
             )
         )
-
-
-def _socket_dir_gone(env: LocalEnvironment) -> str | None:
-    """Why no server of ENV can be reached when its recorded socket directory lies outside
-    VOKE_HOME (a home too long for a socket path: /tmp/voke-HASH) and is missing while a server
-    runs: this process sees another /tmp than the one they were started with. None otherwise
-    (with none running, `env up` makes the directory again)."""
-    from voketag_ops.adapters.local.environment import NODE_NAMES
-    from voketag_ops.adapters.local.postgres import missing_socket_dir
-
-    state = env.state()
-    if state is None or not state.socket_dir or Path(state.socket_dir).is_relative_to(env.home):
-        return None
-    gone = missing_socket_dir(state.socket_dir)
-    if gone is None or not any(env.node(name, state).running for name in NODE_NAMES):
-        return None
-    return gone
 
 
 def _binaries_check(settings: LocalSettings) -> Check:

@@ -2826,6 +2826,7 @@ def _short_error(exc: BaseException) -> str:
 def _connect_with_deadline(node: PgNode, timeout: float) -> psycopg.Connection[Any]:
     import psycopg
 
+    node.check_socket_dir()
     return psycopg.connect(
         host=str(node.socket_dir),
         port=node.port,

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import re
 import shlex
 import shutil
+import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -52,12 +53,13 @@ from voketag_ops.adapters.local.postgres import (
     port_taken,
     process_exists,
     serves,
+    socket_dir_trouble,
 )
 from voketag_ops.core.dr_checks import LOCAL_REMEDIES, frozen_standby_remedy, parse_iso, resume_hint
 from voketag_ops.core.times import iso
 from voketag_ops.core.wal import SEGMENT_NAME, parse_lsn
 from voketag_ops.errors import BackendError, ConfigError, NeedsOperatorError, PreconditionError, UsageError
-from voketag_ops.files import open_private, read_own, tree_bytes, working_directory
+from voketag_ops.files import open_private, read_own, tree_bytes, user_named, working_directory
 from voketag_ops.locks import flock_within
 from voketag_ops.logs import get_logger
 
@@ -771,19 +773,43 @@ class LocalEnvironment:
             server_user=server_user.name,
             pg_bin=str(bins.bin_dir),
             pg_version=bins.version(),
-            socket_dir=str(self._socket_dir()),
+            socket_dir="",  # chosen by `_prepare`
             ports=ports,
             wal_segment_mb=self.settings.wal_segment_mb,
         )
 
-    def _socket_dir(self) -> Path:
-        # Unix socket paths are limited to 107 bytes; fall back to a short private path. A comma
-        # too: libpq reads `host=/a,b` as two hosts, the server splits its socket list on it.
+    def _socket_dir(self, state: EnvState, runner: PgRunner) -> Path:
+        """The socket directory for STATE's servers (recorded in it), there with the right owner
+        and mode: VOKE_HOME/pg/run when a socket path fits there, else a private directory of a
+        random name in /tmp (another user could plant one of a predictable name first, or a
+        symbolic link). A recorded one outside the home (an older voke's /tmp/voke-HASH too) is
+        kept while it passes `socket_dir_trouble` or a server still listens in it (connections
+        then refuse and say why); otherwise a new one is made. ConfigError for VOKE_HOME's own
+        that is no directory of the server user's."""
+        user = runner.user
+        recorded = Path(state.socket_dir) if state.socket_dir else None
+        # Unix socket paths are limited to 107 bytes. A comma too: libpq reads `host=/a,b` as
+        # two hosts, the server splits its socket list on it.
         candidate = self.pg_dir / "run"
-        if len(str(candidate / ".s.PGSQL.65535")) < 100 and "," not in str(candidate):
-            return candidate
-        digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:12]
-        return Path("/tmp") / f"voke-{digest}"
+        if recorded is None and len(str(candidate / ".s.PGSQL.65535")) < 100 and "," not in str(candidate):
+            recorded = candidate
+        if recorded is not None and recorded.is_relative_to(self.home) and not os.path.lexists(recorded):
+            recorded.mkdir(mode=0o700, parents=True)
+            if not user.is_me:
+                os.chown(recorded, user.uid, user.gid, follow_symlinks=False)
+        if recorded is not None and (trouble := socket_dir_trouble(recorded, user)) is not None:
+            found = os.lstat(recorded) if os.path.lexists(recorded) else None
+            if found is not None and stat.S_ISDIR(found.st_mode) and found.st_uid == user.uid:
+                os.chmod(recorded, 0o700, follow_symlinks=False)  # voke's own, opened up by hand
+            elif recorded.is_relative_to(self.home):
+                raise ConfigError(f"{trouble[0]}; remove it, or choose another VOKE_HOME")
+            elif not any(server.running for server in self._servers(state, runner)):
+                recorded = None  # gone (a cleaned /tmp) or another user's: a new one of voke's own
+        if recorded is None:
+            recorded = Path(tempfile.mkdtemp(prefix="voke-", dir="/tmp"))  # 0700, never through a link
+            if not user.is_me:
+                os.chown(recorded, user.uid, user.gid, follow_symlinks=False)
+        return recorded
 
     def _prepare(self, state: EnvState, *, fresh: bool) -> tuple[PgRunner, list[str], str | None]:
         """Directories with the right owners and modes; binaries reachable by the server user,
@@ -798,13 +824,7 @@ class LocalEnvironment:
             reached = bins.make_reachable_by(user) + grant_traverse(self.home)
             granted = [d for d in dict.fromkeys(reached) if d != str(self.home)]  # not voke's
             os.chmod(self.home, 0o711)
-        for directory in (
-            self.pg_dir,
-            self.archive_dir,
-            self.backups_dir,
-            self.logs_dir,
-            Path(state.socket_dir),
-        ):
+        for directory in (self.pg_dir, self.archive_dir, self.backups_dir, self.logs_dir):
             if not directory.exists():
                 directory.mkdir(mode=0o700, parents=True)
                 if not user.is_me:
@@ -812,18 +832,20 @@ class LocalEnvironment:
             owner = directory.stat().st_uid
             if owner != user.uid:
                 raise ConfigError(
-                    f"{directory} is owned by uid {owner}, not by the PostgreSQL user {user.name} "
-                    f"(uid {user.uid}); fix the owner or choose another VOKE_HOME"
+                    f"{directory} is owned by {user_named(owner)}, not by the PostgreSQL user "
+                    f"{user_named(user.uid)}; fix the owner or choose another VOKE_HOME"
                 )
             os.chmod(directory, 0o700)
+        runner = PgRunner(bins, user)
+        state.socket_dir = str(self._socket_dir(state, runner))
         for name in NODE_NAMES:
             data_dir = self.pg_dir / name
             if data_dir.exists() and data_dir.stat().st_uid != user.uid:
                 raise ConfigError(
-                    f"data directory {data_dir} is owned by uid {data_dir.stat().st_uid}, "
-                    f"not by the PostgreSQL user {user.name}"
+                    f"data directory {data_dir} is owned by {user_named(data_dir.stat().st_uid)}, "
+                    f"not by the PostgreSQL user {user_named(user.uid)}"
                 )
-        return PgRunner(bins, user), granted, changed
+        return runner, granted, changed
 
     def _check_disk(self, where: Path | None = None, *, needed_bytes: int = 0, what: str = "") -> None:
         """Exit 4 before anything is written unless WHERE (the home) has room for NEEDED_BYTES (WHAT)
@@ -1143,6 +1165,8 @@ class LocalEnvironment:
                 report["orphaned"] = {"problem": problem, "hint": self.ORPHANED_HINT}
             return report
         runner = self._runner(state)
+        if (refused := self.socket_dir_refused(state, runner)) is not None:  # said once, not per node
+            raise BackendError(refused[0], hint=refused[1])
         nodes = {name: self.node(name, state, runner) for name in NODE_NAMES}
         info = {name: node_status(node) for name, node in nodes.items()}
         # `primary` and `replica` describe the current topology; `name` says which data directory.
@@ -1214,13 +1238,25 @@ class LocalEnvironment:
             return
         if state is None:
             return
-        runner = self._runner(state)
+        _refuse_frozen([server for server in self._servers(state, self._runner(state)) if server.running])
+
+    def socket_dir_refused(self, state: EnvState, runner: PgRunner) -> tuple[str, str | None] | None:
+        """Why no server of STATE can be asked while one runs, as (one line, hint): its socket
+        directory is gone (another /tmp than theirs) or may not be connected through
+        (`socket_dir_trouble`). None otherwise: with none running, `env up` makes it right."""
+        trouble = socket_dir_trouble(state.socket_dir, runner.user)
+        if trouble is None or not any(server.running for server in self._servers(state, runner)):
+            return None
+        return trouble
+
+    def _servers(self, state: EnvState, runner: PgRunner) -> list[PgNode]:
+        """Every server of STATE, running or not: its nodes (the follower first) and restored instances."""
         servers = [self.node(name, state, runner) for name in (state.follower, state.leader)]
         if (self.pg_dir / "restores").is_dir():
             from voketag_ops.adapters.local import dr
 
             servers += [dr.restore_node(self, r["name"], int(r["port"])) for r in dr.list_restores(self)]
-        _refuse_frozen([server for server in servers if server.running])
+        return servers
 
     def destroy(self, progress: Progress = lambda _msg: None) -> dict[str, Any]:
         """Stop everything and delete VOKE_HOME's environment (servers, archive, backups, state)."""
@@ -1244,7 +1280,9 @@ class LocalEnvironment:
                 except ConfigError as exc:
                     log.warning("could not stop servers cleanly: %s", exc)
                 if state.socket_dir and not Path(state.socket_dir).is_relative_to(self.home):
-                    shutil.rmtree(state.socket_dir, ignore_errors=True)
+                    with contextlib.suppress(ConfigError):  # (only voke's own: another user's stays)
+                        if socket_dir_trouble(state.socket_dir, self.server_user(state)) is None:
+                            shutil.rmtree(state.socket_dir, ignore_errors=True)
             self._kill_strays(progress)  # e.g. a postmaster from an `up` interrupted before it saved state
             if freed := free_dead_shared_memory(self.pg_dir):  # a crashed server's: no start cleans them now
                 progress(f"removed {len(freed)} shared memory segments crashed servers left")

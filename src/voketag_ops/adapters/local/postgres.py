@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from voketag_ops.config import PORT_SHARE_ENV, port_share
 from voketag_ops.errors import BackendError, ConfigError
-from voketag_ops.files import RECORD_LIMIT, read_own, replace_whole
+from voketag_ops.files import RECORD_LIMIT, read_own, replace_whole, user_named
 from voketag_ops.logs import get_logger
 from voketag_ops.redact import redact, register_credentials_in
 
@@ -731,6 +731,12 @@ SOCKET_DIR_HINT = (
 )
 
 
+FOREIGN_SOCKET_DIR_HINT = (
+    "`voke env down`, then `voke env up`, makes a new socket directory of voke's own (the one named is "
+    "left to its owner); a VOKE_HOME of at most 77 bytes keeps the socket inside it (a new environment)"
+)
+
+
 def missing_socket_dir(socket_dir: str | Path) -> str | None:
     """Why nothing reaches a server over SOCKET_DIR, in one line, when that directory is gone;
     else None. A VOKE_HOME too long for a socket path puts it in /tmp/voke-HASH
@@ -747,9 +753,39 @@ def missing_socket_dir(socket_dir: str | Path) -> str | None:
 
 def voke_socket_dir(socket_dir: str | Path) -> bool:
     """Whether SOCKET_DIR is where `LocalEnvironment._socket_dir` puts a home's sockets when its
-    own path is too long (/tmp/voke-HASH), the one that SOCKET_DIR_HINT is about."""
+    own path is too long (/tmp/voke-XXXXXXXX, random; /tmp/voke-HASH from an older voke), the one
+    that SOCKET_DIR_HINT is about."""
     path = Path(socket_dir)
-    return path.parent == Path("/tmp") and re.fullmatch(r"voke-[0-9a-f]{12}", path.name) is not None
+    return (
+        path.parent == Path("/tmp")
+        and re.fullmatch(r"voke-(?:[a-z0-9_]{8}|[0-9a-f]{12})", path.name) is not None
+    )
+
+
+def socket_dir_trouble(socket_dir: str | Path, server: OsUser) -> tuple[str, str | None] | None:
+    """Why voke must not connect through SOCKET_DIR, a local server's, as (one line, hint); None
+    when it may. Local trust admits whoever reaches the socket as `postgres`, and in /tmp another
+    user can make or swap the directory with a listener of their own: so it must be a directory
+    itself (no symbolic link followed), SERVER's (the user the servers run as), closed to others."""
+    if (gone := missing_socket_dir(socket_dir)) is not None:
+        return gone, SOCKET_DIR_HINT if voke_socket_dir(socket_dir) else None
+    try:
+        found = os.lstat(socket_dir)
+    except OSError as exc:
+        return f"socket directory {socket_dir} cannot be examined: {exc.strerror}", None
+    if stat.S_ISLNK(found.st_mode):
+        said = "is a symbolic link, which voke does not follow"
+    elif found.st_uid != server.uid:
+        said = f"is owned by {user_named(found.st_uid)}, not by the PostgreSQL user {user_named(server.uid)}"
+    elif found.st_mode & 0o077:
+        said = f"is open to other users (mode {stat.S_IMODE(found.st_mode):04o}, owned by {user_named(found.st_uid)})"
+    else:
+        return None
+    return f"socket directory {socket_dir} {said}", (
+        FOREIGN_SOCKET_DIR_HINT
+        if voke_socket_dir(socket_dir)
+        else "`voke env down`, then `voke env up`, which says what it cannot fix"
+    )
 
 
 @dataclass
@@ -822,6 +858,7 @@ class PgNode:
         """A superuser connection over the private Unix socket (autocommit)."""
         import psycopg
 
+        self.check_socket_dir()
         try:
             conn = _node_connection_class().connect(
                 host=str(self.socket_dir),
@@ -840,6 +877,13 @@ class PgNode:
             ) from None
         conn.node_label = f"{self.name} on port {self.port}"
         return conn
+
+    def check_socket_dir(self) -> None:
+        """Exit 4 unless this node's socket directory may be connected through
+        (`socket_dir_trouble`): asked before every connection voke makes to it."""
+        if (trouble := socket_dir_trouble(self.socket_dir, self.runner.user)) is not None:
+            said, hint = trouble
+            raise BackendError(f"cannot connect to the {self.name} on port {self.port}: {said}", hint=hint)
 
     def conninfo(self, dbname: str = "postgres", **extra: str) -> str:
         """A libpq string for this node, its socket directory quoted (a VOKE_HOME with a space)."""
@@ -941,7 +985,9 @@ class PgNode:
                     "-t",
                     str(int(max(5, timeout))),
                     "-o",
-                    f"-p {self.port}",
+                    # the socket directory too: one `env up` made anew is where every server
+                    # listens, a restored instance's voke.conf naming the old one included
+                    f"-p {self.port} -k {shlex.quote(str(self.socket_dir))}",
                     "start",
                 ],
                 timeout=timeout + 15,
