@@ -481,6 +481,11 @@ def test_a_failover_cut_short_by_a_host_crash_past_its_fence_is_finished_by_its_
     doctor = voke("doctor", "--json", environ=environ)
     local = next(c for c in doctor.json["result"]["checks"] if c["name"] == "local environment")
     assert local["hint"] == "voke dr failover --yes", local
+    # and so does `dr check` (what cron watches), of the standby too: not `env up`, nor a failback
+    check = voke("dr", "check", environ=environ)
+    [line] = [x for x in check.stdout.splitlines() if x.startswith("FAIL replica_streaming: ")]
+    assert check.exit_code == 1 and line.endswith("; finish the failover with `voke dr failover --yes`"), line
+    assert "voke env up" not in line and "failback" not in line, line
     up = voke("env", "up", "--json", environ=environ)  # never services pinned to the fenced old leader
     assert up.exit_code == 5, up.stdout
     assert "finish it with `voke dr failover --yes` before anything starts" in up.json["error"]["message"]

@@ -247,11 +247,16 @@ def judge(status: Mapping[str, Any], thresholds: Thresholds, *, now: datetime) -
                     or standby.get("role") == "primary"
                     or standby.get("standby_signal") is False
                 )
-                remedy = remedies.get("rebuild" if fenced else "start") or (
-                    "it is not a replica of the leader: starting it would make a second primary; "
-                    "rebuild it as a replica first"
-                    if fenced
-                    else None
+                # (a local snapshot's own remedy first: a failover cut short past its fence)
+                remedy = (
+                    standby.get("remedy")
+                    or remedies.get("rebuild" if fenced else "start")
+                    or (
+                        "it is not a replica of the leader: starting it would make a second primary; "
+                        "rebuild it as a replica first"
+                        if fenced
+                        else None
+                    )
                 )
                 said += f"; {remedy.format(node=standby.get('name'))}" if remedy else ""
         checks.append(Check("replica_streaming", streaming, said, value=streaming))

@@ -1078,6 +1078,11 @@ def seal_archive(env: LocalEnvironment, leader: PgNode, *, timeout: float = 60) 
 
 
 # -- status ----------------------------------------------------------------------------------------
+# What `dr check` says to run about a node that does not run while a failover is cut short past
+# its fence (`node_trouble` says FAILOVER_RESUME): `env up` refuses to start anything until then.
+FINISH_FAILOVER = f"finish the failover with `{FAILOVER_RESUME}`"
+
+
 def leader_trouble(
     node: dict[str, Any], *, fenced: set[str], pending: Mapping[str, Any] | None, standby: bool
 ) -> tuple[str, str]:
@@ -1088,7 +1093,7 @@ def leader_trouble(
     SIGSTOP: the network-outage runbook waits for it)."""
     said, fix = node_trouble("primary", node, fenced=fenced, pending=pending)
     if fix == FAILOVER_RESUME:
-        return said, f"finish the failover with `{FAILOVER_RESUME}`"
+        return said, FINISH_FAILOVER
     if fix == "voke env up":
         return said, "bring it back with `voke env up`" + (
             f", or, if it cannot be brought back within the RTO, fail over with `{FAILOVER_RESUME}` "
@@ -1132,10 +1137,15 @@ def snapshot(env: LocalEnvironment, *, lag_wait: float, replica_expected: bool =
     writable = [info["name"] for info in (base["primary"], base["replica"]) if info["role"] == "primary"]
     # a stopped standby without standby.signal would start writable: `dr check` says to rebuild it
     standby_info["standby_signal"] = (standby_node.data_dir / "standby.signal").exists()
+    fenced, pending = env.fenced(), operation_to_report(env)
     if not base["primary"]["running"]:  # `dr check` says of it what `doctor` says, and what to run
         leader_info["trouble"], leader_info["remedy"] = leader_trouble(
-            base["primary"], fenced=env.fenced(), pending=operation_to_report(env), standby=replica_expected
+            base["primary"], fenced=fenced, pending=pending, standby=replica_expected
         )
+    if not base["replica"]["running"]:  # and of a standby a failover cut short past its fence left down
+        _, fix = node_trouble("replica", base["replica"], fenced=fenced, pending=pending)
+        if fix == FAILOVER_RESUME:  # not `voke env up` (it refuses) nor a failback (it waits)
+            standby_info["remedy"] = FINISH_FAILOVER
     report["leader"] = leader_info
     report["standby"] = standby_info
     report["writable_nodes"] = writable
@@ -1197,7 +1207,7 @@ def snapshot(env: LocalEnvironment, *, lag_wait: float, replica_expected: bool =
         else None
     )
     report["restores"] = [r["name"] for r in list_restores(env)]
-    report["unfinished_operation"] = operation_to_report(env)
+    report["unfinished_operation"] = pending
     return report
 
 
