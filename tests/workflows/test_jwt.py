@@ -309,9 +309,15 @@ def test_a_promotion_resumed_late_keeps_the_old_key_from_its_commit_before_it_fi
     assert old_kid not in kids(cred)
 
 
-def test_ctrl_c_between_steps_gives_the_lease_up_and_names_the_rotation_to_resume(keyring):
+@pytest.mark.parametrize("where", ["saved", "fault hook"])
+def test_ctrl_c_between_steps_gives_the_lease_up_and_names_the_rotation_to_resume(
+    keyring, monkeypatch, where
+):
+    # Found by review: one landing past the step's record, in the fault hook (or anywhere before
+    # the next step began), was a bare "interrupted" (exit 130) that kept the lease.
     from voketag_ops.core.times import iso
     from voketag_ops.errors import Interrupted
+    from voketag_ops.workflows import rotate as rotate_wf
 
     engine, clock, store = keyring
     save = engine._save
@@ -321,13 +327,23 @@ def test_ctrl_c_between_steps_gives_the_lease_up_and_names_the_rotation_to_resum
         if record.step == "test":
             raise KeyboardInterrupt  # lands right after the step's record was saved
 
-    engine._save = save_then_ctrl_c
+    def ctrl_c(_code: int) -> None:
+        raise KeyboardInterrupt
+
+    if where == "saved":
+        engine._save = save_then_ctrl_c
+    else:  # lands once the step's record was saved and its save returned, before the next step
+        monkeypatch.setattr(rotate_wf.os, "_exit", ctrl_c)
+        engine.environ = {rotate_wf.FAULT_ENV: "test"}
     with pytest.raises(Interrupted, match="interrupted after test; its state is recorded") as interrupted:
         rotate_jwt(engine)
+    monkeypatch.undo()
+    engine.environ = {}
     stored = RotationRecord.from_json(store.get("jwt-signing").annotations[ANNOTATION])
     assert interrupted.value.hint == (  # with --yes: pasted into cron or CI (no terminal) they run
         f"voke rotate resume {stored.id} --yes   or: voke rotate rollback {stored.id} --yes"
     )
+    assert interrupted.value.message.startswith(f"rotation {stored.id} interrupted after test")
     assert stored.step == "test" and stored.lease_until == iso(clock())  # resumable at once
     engine._save = save
     outcome = engine.resume(stored.id)

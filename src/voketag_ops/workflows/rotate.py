@@ -578,38 +578,39 @@ class RotationEngine:
 
     # -- running steps ----------------------------------------------------------------------------------
     def _run(self, record: RotationRecord, t0: float, *, resumed: bool = False) -> Outcome:
-        user = self._credential_of_secret(record.secret)
         unwritten: NeedsOperatorError | None = None
-        for step in record.next_steps():
-            # A Ctrl-C anywhere in the step, its progress line and the save of its record included,
-            # gives the lease up and names the rotation to resume (a bare exit 130 kept the lease).
-            # So does one while the finish is recorded, told and its record cleared (`_end`): resume
-            # finishes it (or writes what is missing, or only clears the record); a rollback would
-            # undo a rotation that worked. One after it ended (the second, `interrupts.decided`)
-            # goes on as it came: its answer (`interrupts.message`) says how it ended.
-            try:
+        step = record.step  # the last one recorded, until the next begins
+        # A Ctrl-C anywhere in the steps, their progress lines and the saves of their records
+        # included, and between them, gives the lease up and names the rotation to resume (a bare
+        # exit 130 kept the lease). So does one while the finish is recorded, told and its record
+        # cleared (`_end`): resume finishes it (or writes what is missing, or only clears the
+        # record); a rollback would undo a rotation that worked. One after it ended (the second,
+        # `interrupts.decided`) goes on as it came: its answer (`interrupts.message`) says how it ended.
+        try:
+            user = self._credential_of_secret(record.secret)
+            for step in record.next_steps():
                 stopped = self._run_step(record, step, user, t0, resumed)
-                if stopped is None and step == "finish":
+                if stopped is not None:
+                    return stopped
+                if step == "finish":
                     unwritten = self._end(record, t0)
-            except KeyboardInterrupt:
-                if interrupts.outcome():  # it had ended (`_end`, `_needs_attention`): its answer says how
-                    raise
-                if step == "finish":  # the record as stored, not this one (already `succeeded`)
-                    if not self._release_stored(record):  # cleared: it succeeded, nothing to resume
-                        raise Interrupted(
-                            f"rotation {record.id} succeeded; {interrupts.stopped_by()} once its history "
-                            "and audit event were written",
-                            hint=self._voke("voke rotate status") + " shows the current version",
-                        ) from None
+                self._fault(step)
+        except KeyboardInterrupt:
+            if interrupts.outcome():  # it had ended (`_end`, `_needs_attention`): its answer says how
+                raise
+            if step == "finish":  # the record as stored, not this one (already `succeeded`)
+                if not self._release_stored(record):  # cleared: it succeeded, nothing to resume
                     raise Interrupted(
-                        f"rotation {record.id} {interrupts.stopped_by()} {_where(record, step)}; "
-                        "its state is recorded",
-                        hint=resume_command(record.id),
+                        f"rotation {record.id} succeeded; {interrupts.stopped_by()} once its history "
+                        "and audit event were written",
+                        hint=self._voke("voke rotate status") + " shows the current version",
                     ) from None
-                raise self._cut(record, step) from None
-            if stopped is not None:
-                return stopped
-            self._fault(step)
+                raise Interrupted(
+                    f"rotation {record.id} {interrupts.stopped_by()} {_where(record, step)}; "
+                    "its state is recorded",
+                    hint=resume_command(record.id),
+                ) from None
+            raise self._cut(record, step) from None
         return Outcome(RotationReport.of(record, t0=t0, resumed=resumed), unwritten)
 
     def _run_step(
