@@ -193,7 +193,8 @@ def test_a_long_home_s_socket_directory_is_its_own_and_checked_before_each_conne
         assert env.require_state().socket_dir == str(planted)
         with env.primary().connect() as conn:
             assert conn.execute("select 1").fetchone() == (1,)
-    finally:
+    finally:  # the local services too (LocalEnvironment.destroy stops the servers alone)
+        voke("env", "destroy", "--yes", "--discard-chain", environ=environ)
         env.destroy()
         for leftover in (planted, socket_dir, renewed):
             if leftover.is_symlink():
