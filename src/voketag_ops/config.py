@@ -37,6 +37,7 @@ from voketag_ops.core.addresses import plain_host, plain_port
 from voketag_ops.core.chain import DEFAULT_DIFFICULTY
 from voketag_ops.core.coverage import normalize_path
 from voketag_ops.errors import ConfigError, UsageError
+from voketag_ops.ports import SECRET_NAME, SECRET_NAME_RULE
 
 DEFAULT_SERVICES = ("admin-service", "factory-service", "blockchain-service")
 CONFIG_FILE = "voke.toml"
@@ -92,9 +93,6 @@ _URL_PASSWORD = re.compile(r"(://[^/@\s:]*:)[^\s]*@")  # the password of scheme:
 
 # A cloud environment's name is also a Google Cloud label value (voke-env=NAME).
 ENV_NAME = re.compile(r"[a-z][a-z0-9_-]{0,62}")
-# A secret's name (fullmatch): Secret Manager's secret ids; the local store's file names too.
-SECRET_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
-SECRET_NAME_RULE = "1-255 letters, digits, - and _"
 
 
 def _secret_name(value: str) -> str:

@@ -6,11 +6,16 @@ Adapters implement them: `adapters/local` (the embedded environment) and
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 VersionState = Literal["enabled", "disabled", "destroyed"]
+# A secret's name (fullmatch): Secret Manager's secret ids; the local store's file names too. Here,
+# not in config: a local service imports the store at its start and needs no pydantic for it.
+SECRET_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
+SECRET_NAME_RULE = "1-255 letters, digits, - and _"
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from voketag_ops import redact
-from voketag_ops.config import SECRET_NAME, SECRET_NAME_RULE, Settings
+from voketag_ops.config import Settings
 from voketag_ops.errors import EtagMismatchError, NotFoundError, PreconditionError, UsageError
+from voketag_ops.ports import SECRET_NAME, SECRET_NAME_RULE
 
 LOOKS = 3  # compare-and-swaps whose etag other writers moved, `current` unmoved, before exit 5
 MAX_VALUE_BYTES = 65536  # Secret Manager's limit for one version's payload

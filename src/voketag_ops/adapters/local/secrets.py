@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any, get_args
 
 from voketag_ops import redact
-from voketag_ops.config import SECRET_NAME, SECRET_NAME_RULE
 from voketag_ops.core.times import iso
 from voketag_ops.errors import ConfigError, EtagMismatchError, NotFoundError, UsageError
 from voketag_ops.files import DamagedRecord, create_once, read_record, replace_json
-from voketag_ops.ports import SecretMeta, SecretVersion, VersionState
+from voketag_ops.ports import SECRET_NAME, SECRET_NAME_RULE, SecretMeta, SecretVersion, VersionState
 
 
 def _now() -> str:
