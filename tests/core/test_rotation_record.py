@@ -45,7 +45,7 @@ def test_a_stored_record_of_the_wrong_shape_is_a_value_error_saying_why():
     ).to_json()  # fmt: skip
     assert RotationRecord.from_json(good).steps == [StepRecord("lock", "done", 0.1)]
     doc = json.loads(good)
-    assert "unclaimed_keys" not in doc  # none: absent, so that an older voke still reads it
+    assert "unclaimed_keys" not in doc and "rollback_refused" not in doc  # absent: an older voke reads it
     kept = [{"key_id": "k1", "account": "a@p.iam.gserviceaccount.com", "command": "gcloud ..."}]
     assert RotationRecord.from_json(json.dumps(doc | {"unclaimed_keys": kept})).unclaimed_keys == kept
     for change, why in [
@@ -63,6 +63,7 @@ def test_a_stored_record_of_the_wrong_shape_is_a_value_error_saying_why():
         ({"extra": 1}, "unknown field 'extra'"),
         ({"unclaimed_keys": {"key_id": "k"}}, "unclaimed_keys is dict"),
         ({"unclaimed_keys": [{"key_id": 5}]}, "unclaimed_keys[0] is not a key"),
+        ({"rollback_refused": "yes"}, "rollback_refused is str"),
     ]:
         with pytest.raises(ValueError, match=re.escape(why)):
             RotationRecord.from_json(json.dumps(doc | change))

@@ -234,19 +234,25 @@ def test_a_failed_stripe_rotation_keeps_the_new_key_when_the_dashboard_expired_t
     assert world.value("stripe-key")["api_key"] == new
 
 
+def _stopped_with_the_old_key_expired(engine, world, fake, monkeypatch):
+    """A Stripe rotation by ENGINE whose old key the Dashboard expired ("expire now"), failed at
+    its test (Stripe answers 429 to the 3 tries) and stopped: its rollback refused (exit 7)."""
+    new = fake.add_stripe_key()
+    fake.revoke_stripe_key(world.stripe_key)
+
+    def busy_at_test(step):
+        if step == "set_target":
+            fake.fail("GET", "/v1/balance", 429, times=3)
+
+    monkeypatch.setattr(engine, "_fault", busy_at_test)
+    return rotate_api_key(engine, "stripe", new_key=new)
+
+
 def test_a_refused_rollback_stops_with_the_resume_alone_to_paste(world, fake, monkeypatch):
     with WebhookReceiver() as hook:
         world.adopt_all()
         engine = world.engine(notify_webhook=hook.url)
-        new = fake.add_stripe_key()
-        fake.revoke_stripe_key(world.stripe_key)  # rolled in the Dashboard with "expire now"
-
-        def busy_at_test(step):
-            if step == "set_target":
-                fake.fail("GET", "/v1/balance", 429, times=3)
-
-        monkeypatch.setattr(engine, "_fault", busy_at_test)
-        stopped = rotate_api_key(engine, "stripe", new_key=new)
+        stopped = _stopped_with_the_old_key_expired(engine, world, fake, monkeypatch)
         rotation_id = stopped.report.rotation_id
         again = world.engine(notify_webhook=hook.url).rollback(rotation_id)
     for error in (stopped.error, again.error):  # the rollback would only stop there again
@@ -256,6 +262,34 @@ def test_a_refused_rollback_stops_with_the_resume_alone_to_paste(world, fake, mo
     texts = [b["text"] for b in hook.bodies]
     assert len(texts) == 2 and all("voke rotate rollback" not in t for t in texts)
     assert all(f"voke rotate resume {rotation_id} --yes" in t for t in texts)
+
+
+def test_after_a_refused_rollback_status_and_a_new_rotation_offer_the_resume_alone(world, fake, monkeypatch):
+    # Found by review: the refused rollback's own hint named the resume alone, but `rotate status`
+    # (terminal and --json) and the refusal of a new rotation of that secret still offered
+    # `voke rotate rollback`, which would only stop there again.
+    from rich.console import Console
+
+    from voketag_ops.cli.rotate_cmd import _render_status
+
+    stopped = _stopped_with_the_old_key_expired(world.adopt_all(), world, fake, monkeypatch)
+    rotation_id = stopped.report.rotation_id
+    refused = world.engine().rollback(rotation_id)
+    assert refused.error is not None and refused.error.exit_code == 7
+    resume = f"voke rotate resume {rotation_id} --yes"
+    engine = world.engine()
+    status = engine.status()
+    [entry] = status["in_progress"]
+    assert entry["status"] == "needs_attention" and not entry["running"]
+    assert refused.error.hint.endswith(f": {entry['next']}")  # what the refused rollback said to paste
+    assert entry["next"].startswith(resume) and "rollback" not in entry["next"]
+    out = io.StringIO()
+    setup = {secret: engine.setup_command(secret) for secret in status["missing"]}
+    _render_status(Console(file=out, width=300, color_system=None), status, setup=setup)
+    assert f"not running: {resume}" in out.getvalue() and "rollback" not in out.getvalue()
+    with pytest.raises(PreconditionError, match="needs a person") as again:
+        rotate_api_key(world.engine(), "stripe", new_key=fake.add_stripe_key())
+    assert again.value.hint == entry["next"]
 
 
 def test_a_stripe_key_nobody_pastes_is_refused_by_the_dry_run_as_by_the_run(world, fake):

@@ -139,13 +139,13 @@ def test_a_step_whose_record_is_refused_stops_for_a_person_and_resume_finishes_i
     assert record is not None and record.status == "needs_attention" and record.step == step
     assert parse_iso(record.lease_until) <= datetime.now(timezone.utc)
     # the result tables name the environment in the commands to paste, as the errors do
-    status = " ".join(cloud.voke("rotate", "status").stdout.split())
-    assert f"not running: voke --env prod rotate resume {rotation} --yes" in status, status
-    due = " ".join(cloud.voke("rotate", "due").stdout.split())
-    assert (
-        f"`voke --env prod rotate resume {rotation} --yes` or `voke --env prod rotate rollback {rotation} --yes`"
-        in due
+    both = (
+        f"voke --env prod rotate resume {rotation} --yes or: voke --env prod rotate rollback {rotation} --yes"
     )
+    status = " ".join(cloud.voke("rotate", "status").stdout.split())
+    assert f"not running: {both}" in status, status
+    due = " ".join(cloud.voke("rotate", "due").stdout.split())
+    assert f"stopped for a person ({both})" in due, due
     resumed = cloud.voke("rotate", "resume", rotation, "--yes", "--json")
     assert resumed.exit_code == 0 and resumed.json["result"]["status"] == "succeeded", resumed.stdout
     cloud.assert_consistent()

@@ -353,11 +353,9 @@ def due(
 
 
 def _waits_for_a_person(r: dict[str, Any]) -> Any:
-    from voketag_ops.workflows.rotate import unfinished_commands
-
     raise NeedsOperatorError(
         f"rotation {r['rotation_id']} of {r['secret']} stopped and needs a person; not resumed",
-        hint=f"fix the cause, then: {unfinished_commands(r['rotation_id'])}",
+        hint=f"fix the cause, then: {r['next']}",
     )
 
 
@@ -424,8 +422,6 @@ def _render_status(
     from rich.markup import escape
     from rich.table import Table
 
-    from voketag_ops.workflows.rotate import resume_command
-
     table = Table(title="managed secrets", title_justify="left")
     for col in ("secret", "current", "previous", "age (days)", "next due", "due"):
         table.add_column(col)
@@ -442,9 +438,7 @@ def _render_status(
     for r in report["in_progress"]:
         console.print(
             f"[yellow]unfinished[/] {r['rotation_id']} on {r['secret']}: last step {r['step']} "
-            + with_env(
-                f"({'running' if r['running'] else 'not running: ' + resume_command(r['rotation_id'])})"
-            )
+            + escape(with_env(f"({'running' if r['running'] else 'not running: ' + r['next']})"))
         )
     for name in report.get("missing", []):
         console.print(
@@ -465,8 +459,6 @@ def _render_due(
     setup: Mapping[str, str],
 ) -> None:
     """SETUP: what creates each missing secret (RotationEngine.setup_command)."""
-    from voketag_ops.workflows.rotate import resume_command, rollback_command
-
     if not any(report[k] for k in ("due", "unfinished", "needs_attention", "missing")):
         console.print("nothing is due")
     for s in report["due"]:
@@ -478,9 +470,9 @@ def _render_due(
     for u in report["needs_attention"]:
         console.print(
             with_env(
-                f"needs attention: {u['rotation_id']} of {u['secret']} stopped for a person "
-                f"(`{resume_command(u['rotation_id'])}` or `{rollback_command(u['rotation_id'])}`)"
-            )
+                f"needs attention: {u['rotation_id']} of {u['secret']} stopped for a person ({u['next']})"
+            ),
+            markup=False,
         )
     for name in report["missing"]:
         console.print(f"not set up: secret {name} does not exist ({with_env(setup[name])})", markup=False)

@@ -106,6 +106,9 @@ class RotationRecord:
     # could not tell from another consumer's and left alive: each {key_id, account, command}
     # (the command that deletes it), never key material. Empty for every other rotation.
     unclaimed_keys: list[dict[str, str]] = field(default_factory=list)
+    # True once a rollback was refused because the old value no longer authenticates (and the
+    # new one does): until a rollback runs, only the resume is offered (`unfinished_commands`).
+    rollback_refused: bool | None = None
 
     def to_json(self) -> str:
         """The record as stored (the annotation, the history file), its error and step texts
@@ -115,7 +118,14 @@ class RotationRecord:
             step["detail"] = redact(step["detail"])
         if doc["error"]:
             doc["error"] = {k: redact(v) if isinstance(v, str) else v for k, v in doc["error"].items()}
-        for late in ("rolling_back", "committed_at", "untold", "duration_seconds", "unclaimed_keys"):
+        for late in (
+            "rolling_back",
+            "committed_at",
+            "untold",
+            "duration_seconds",
+            "unclaimed_keys",
+            "rollback_refused",
+        ):
             if doc[late] in (None, []):  # absent, so that an older voke can still read the record
                 del doc[late]
         return json.dumps(doc, separators=(",", ":"), sort_keys=True)
@@ -194,7 +204,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     **dict.fromkeys(("finished_at", "rolling_back", "committed_at"), (str, _NONE)),
     "steps": (list,),
     "error": (dict, _NONE),
-    "untold": (bool, _NONE),
+    **dict.fromkeys(("untold", "rollback_refused"), (bool, _NONE)),
     "duration_seconds": (int, float, _NONE),
     "unclaimed_keys": (list,),
 }

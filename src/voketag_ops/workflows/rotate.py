@@ -397,7 +397,7 @@ class RotationEngine:
         if existing and existing.status == "needs_attention":
             raise PreconditionError(
                 f"rotation {existing.id} of {user.secret} stopped and needs a person; nothing was changed",
-                hint=unfinished_commands(existing.id),
+                hint=unfinished_commands(existing),
             )
         if existing and existing.status == "succeeded":  # finished; the store refused to clear its record
             if dry_run:
@@ -488,7 +488,7 @@ class RotationEngine:
             raise Interrupted(
                 f"{interrupts.stopped_by()} while rotation {record.id} of {record.secret} was being "
                 "recorded; whether it was is unknown (nothing else was changed)",
-                hint=f"voke rotate status  (if it lists {record.id}: {unfinished_commands(record.id)})",
+                hint=f"voke rotate status  (if it lists {record.id}: {unfinished_commands(record)})",
             ) from None
         return stored is not None and stored.id == record.id
 
@@ -746,7 +746,7 @@ class RotationEngine:
             )
         return Interrupted(
             f"rotation {record.id} {interrupts.stopped_by()} {_where(record, step)}; its state is recorded",
-            hint=unfinished_commands(record.id),
+            hint=unfinished_commands(record),
         )
 
     @contextmanager
@@ -1146,9 +1146,7 @@ class RotationEngine:
 
         return name_env(command, self.env_name)
 
-    def _notify_ended(
-        self, record: RotationRecord, held: interrupts.Held, *, then: str | None = None
-    ) -> None:
+    def _notify_ended(self, record: RotationRecord, held: interrupts.Held) -> None:
         """The webhook, once the rotation has ended, within HELD: a Ctrl-C or SIGTERM by then (a
         slow endpoint, up to its timeout) skips the notification; it never turns the ended
         rotation into exit 130 with nothing to resume (an operator would run it again), nor
@@ -1156,7 +1154,7 @@ class RotationEngine:
         told = False
         try:
             if not held.fired:
-                self._notify(record, then=then)
+                self._notify(record)
                 told = True
         except KeyboardInterrupt:  # the second signal, while the webhook was waited for
             pass
@@ -1194,7 +1192,6 @@ class RotationEngine:
                 t0,
                 resumed,
                 f"{exc.kind} at {step}: {exc.message}; the rollback failed too: {rb_exc.message}",
-                then=_then(rb_exc),
             )
         error = unwritten or RolledBackError(
             f"rotation {record.id} of {record.secret} failed at {step} ({exc.kind}: {exc.message}); rolled back",
@@ -1204,12 +1201,11 @@ class RotationEngine:
         )
         return Outcome(RotationReport.of(record, t0=t0, resumed=resumed), error)
 
-    def _needs_attention(
-        self, record: RotationRecord, t0: float, resumed: bool, why: str, *, then: str | None = None
-    ) -> Outcome:
+    def _needs_attention(self, record: RotationRecord, t0: float, resumed: bool, why: str) -> Outcome:
         """Stop RECORD for a person (exit 7): its record saved as `needs_attention`, its lease
-        given up, its `rotation.finish` event written, the hint and webhook naming THEN (what
-        to paste; default: its resume or its rollback). The audit log is local: a store that
+        given up, its `rotation.finish` event written, the hint and webhook naming what to paste
+        (`unfinished_commands`: its resume or its rollback, the resume alone once a rollback was
+        refused). The audit log is local: a store that
         refuses the record or cannot be reached keeps the record its last save left (what a
         resume or rollback takes over), and the event and error say the stored record is not
         updated. No history line: it has not ended (its resume or rollback writes one)."""
@@ -1232,11 +1228,11 @@ class RotationEngine:
             why = f"{why}; its rotation.finish audit event could not be written: {exc.message}"
         error = NeedsOperatorError(
             f"rotation {record.id} of {record.secret} stopped: {why}",
-            hint=f"fix the cause, then: {then or unfinished_commands(record.id)}",
+            hint=f"fix the cause, then: {unfinished_commands(record)}",
         )
         interrupts.decided(error.message, error.hint or "")  # stopped for a person: exit 7, not a bare 130
         with interrupts.Held(give_way_after=1) as held:
-            self._notify_ended(record, held, then=then)
+            self._notify_ended(record, held)
         return Outcome(RotationReport.of(record, t0=t0, resumed=resumed), error)
 
     def _scope(self, record: RotationRecord, failed_step: str | None = None) -> str:
@@ -1266,6 +1262,7 @@ class RotationEngine:
         if record.rolling_back is None:
             self._refuse_rollback_to_nothing(record, scope)
             record.status, record.rolling_back = "rolling_back", scope
+            record.rollback_refused = None  # the old value works again: the rollback runs
             self._save(record)
         try:
             return self._undo(record, scope, t0)
@@ -1302,12 +1299,13 @@ class RotationEngine:
                 "rollback of %s: whether the old value still works is unknown: %s", record.id, exc.message
             )
             return
-        raise RollbackRefusedError(
+        record.rollback_refused = True  # saved by the stop for a person this ends in
+        raise NeedsOperatorError(
             f"not rolled back: the current version {record.old_current} of {record.secret} no longer "
             f"authenticates (expired or deleted at the provider, or changed at the target) and the new "
             f"version {pending_version} does; the new version was kept: "
             f"{self._voke(resume_command(record.id))} finishes the rotation on it",
-            hint=f"{resume_command(record.id)}   (it cannot be undone: the old value no longer authenticates)",
+            hint=unfinished_commands(record),
         )
 
     def _undo(self, record: RotationRecord, scope: str, t0: float) -> NeedsOperatorError | None:
@@ -1468,9 +1466,7 @@ class RotationEngine:
         except Interrupted:
             raise
         except VokeError as exc:
-            return self._needs_attention(
-                record, t0, resumed, f"rollback failed: {exc.message}", then=_then(exc)
-            )
+            return self._needs_attention(record, t0, resumed, f"rollback failed: {exc.message}")
         return Outcome(RotationReport.of(record, t0=t0, resumed=resumed), unwritten or error)
 
     def _running(self, record: RotationRecord) -> bool:
@@ -1639,18 +1635,22 @@ class RotationEngine:
                 missing.append(secret)  # configured, never stored (an API key not adopted yet)
                 continue
             secrets_out.append(self._secret_status(meta, kind, now))
-        in_progress = [
-            {
-                "rotation_id": r.id,
-                "secret": r.secret,
-                "step": r.step,
-                "status": r.status,
-                "owner": r.owner,
-                "lease_until": r.lease_until,
-                "running": self._owner_alive(r),
-            }
-            for r in self.unfinished()
-        ]
+        in_progress = []
+        for r in self.unfinished():
+            running = self._owner_alive(r)
+            in_progress.append(
+                {
+                    "rotation_id": r.id,
+                    "secret": r.secret,
+                    "step": r.step,
+                    "status": r.status,
+                    "owner": r.owner,
+                    "lease_until": r.lease_until,
+                    "running": running,
+                    # What to paste once its voke is gone (None while it runs), as its stop said it.
+                    "next": None if running else self._voke(unfinished_commands(r)),
+                }
+            )
         return {"secrets": secrets_out, "in_progress": in_progress, "missing": missing}
 
     def _secret_status(self, meta: Any, kind: str, now: datetime) -> dict[str, Any]:
@@ -1911,14 +1911,14 @@ class RotationEngine:
                 return parse_iso(record.finished_at)
         return None
 
-    def _notify(self, record: RotationRecord, *, then: str | None = None) -> None:
+    def _notify(self, record: RotationRecord) -> None:
         """Tell the configured webhook how the rotation ended (never a value; failures only logged)."""
         url = self.settings.notify_webhook
         if not url:
             return
         from voketag_ops.adapters.webhook import post_webhook
 
-        post_webhook(url, notification_text(record, self.env_name, then=then))
+        post_webhook(url, notification_text(record, self.env_name))
 
     # -- history and audit --------------------------------------------------------------------------------
     @property
@@ -2129,20 +2129,15 @@ def _where(record: RotationRecord, step: str) -> str:
     return f"after {step}" if record.step == step else f"during {step} (it may have taken effect)"
 
 
-def unfinished_commands(rotation_id: str) -> str:
-    """What to paste for the unfinished rotation ROTATION_ID: finish it, or undo it."""
-    return f"{resume_command(rotation_id)}   or: {rollback_command(rotation_id)}"
-
-
-class RollbackRefusedError(NeedsOperatorError):
-    """A rollback that would leave nothing that works (`_refuse_rollback_to_nothing`): its hint,
-    the resume alone, is what the stop names; a rollback would stop there again."""
-
-
-def _then(exc: VokeError) -> str | None:
-    """What a stop for a person caused by EXC names to paste: a refused rollback's hint, else
-    the default (None: its resume or its rollback)."""
-    return exc.hint if isinstance(exc, RollbackRefusedError) else None
+def unfinished_commands(record: RotationRecord) -> str:
+    """What to paste for the unfinished rotation RECORD: finish it, or undo it; the resume alone
+    once a rollback was refused (`rollback_refused`: a rollback would only stop there again).
+    Every hint, webhook and listing (`status`, `due`) that offers them says it through here."""
+    if record.status == "succeeded":  # its record not cleared yet: a rollback is refused (exit 5)
+        return f"{resume_command(record.id)}   (it succeeded: this clears its record)"
+    if record.rollback_refused:
+        return f"{resume_command(record.id)}   (it cannot be undone: the old value no longer authenticates)"
+    return f"{resume_command(record.id)}   or: {rollback_command(record.id)}"
 
 
 def setup_command(kind: str, name: str, *, local: bool) -> str:
@@ -2162,10 +2157,10 @@ def setup_command(kind: str, name: str, *, local: bool) -> str:
     )
 
 
-def notification_text(record: RotationRecord, env_name: str, *, then: str | None = None) -> str:
+def notification_text(record: RotationRecord, env_name: str) -> str:
     """The webhook message for how RECORD ended: ids, versions, steps, never values; the
-    commands it names carry `--env ENV_NAME` (pasted from chat, they act on that environment).
-    THEN: what a stop for a person names (default: its resume or its rollback)."""
+    commands it names carry `--env ENV_NAME` (pasted from chat, they act on that environment),
+    a stop for a person's those `unfinished_commands` offers."""
     from voketag_ops.output import name_env
 
     head = f"voke rotate [{env_name}] {record.secret} ({record.kind}, {record.strategy}) rotation {record.id}"
@@ -2177,7 +2172,7 @@ def notification_text(record: RotationRecord, env_name: str, *, then: str | None
     if record.status == "rolled_back":
         retry = name_env(retry_command(record), env_name)
         return f":warning: {head} failed and was rolled back ({why}); safe to retry: {retry}"
-    then = name_env(then or unfinished_commands(record.id), env_name)
+    then = name_env(unfinished_commands(record), env_name)
     return f":rotating_light: {head} needs a person ({why}); then: {then}"
 
 
