@@ -409,6 +409,18 @@ def _render_report(console: Console, report: Any, with_env: Callable[[str], str]
         f"{report.status}{resumed}: version {report.previous_version} -> {report.new_version} "
         f"in {report.duration_seconds:.2f} s"
     )
+    _render_unclaimed(console, report)
+
+
+def _render_unclaimed(console: Console, report: Any) -> None:
+    """The service-account keys REPORT's rotation kept because it could not tell them from
+    another consumer's (`unclaimed_keys`, as --json lists them): each with what deletes it."""
+    for key in report.unclaimed_keys:
+        console.print(
+            f"unclaimed key {key['key_id']} of {key['account']}: a create whose answer was lost may have "
+            f"made it, or another consumer did; kept. If nothing uses it, delete it: {key['command']}",
+            markup=False,
+        )
 
 
 def _render_status(
@@ -484,6 +496,7 @@ def _render_due(
             _render_report(console, r, with_env)
         else:
             console.print(f"{r.rotation_id}: {r.status}, version {r.previous_version} -> {r.new_version}")
+            _render_unclaimed(console, r)
 
 
 def _render_init(console: Console, report: dict[str, Any]) -> None:
