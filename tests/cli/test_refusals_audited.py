@@ -85,6 +85,31 @@ def test_a_dry_run_or_a_refused_verification_announces_no_work(voke, make_enviro
     assert pruned.exit_code == 0 and "would remove 0 backups" in pruned.stdout and pruned.stderr == ""
 
 
+def test_dry_runs_of_restore_failover_failback_and_drills_announce_no_work(voke, platform_environ, local_env):
+    # A plan is no point-in-time restore, failover, failback or drill under way: stderr stays empty.
+    stderr = {}
+    for args in (
+        ["dr", "restore", "--to", "-1s"],
+        ["dr", "failover"],
+        ["dr", "failback"],
+        ["drill", "run", "pitr"],
+        ["drill", "run", "all"],
+    ):
+        plan = voke(*args, "--dry-run", environ=platform_environ)
+        assert plan.exit_code == 0 and "dry run" in plan.stdout, (args, plan.stderr)
+        stderr[" ".join(args)] = plan.stderr
+    assert stderr == dict.fromkeys(stderr, "")
+    assert local_env.require_state().leader == "primary" and local_env.node("replica").running
+    # The run's line comes with its first step, which its checks may take a while to reach:
+    # the seal and pg_verifybackup, once the request passed what refuses it.
+    from voketag_ops.adapters.local import dr
+
+    said: list[str] = []
+    now = dr.utcnow()
+    dr.plan_restore(local_env, now, "announced", seal=True, now=now, progress=said.append)
+    assert said[-1].startswith("checking base backup base-") and said[-1].endswith("(pg_verifybackup)")
+
+
 def test_a_refused_drill_is_one_failure_event(voke, make_environ, tmp_path):
     home = tmp_path / "home"
     _interrupted_failover(home)

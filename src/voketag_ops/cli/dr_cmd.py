@@ -177,7 +177,7 @@ def restore(
     dr.restore_request(to, name)  # bad arguments before the question and the progress line
     if not dry_run:
         env.out.confirm(f"Restore to {to} into a new instance?", yes=yes)
-    with env.out.progress("point-in-time restore") as update:
+    with env.out.progress("point-in-time restore", when_started=True) as update:
         report = dr.restore(env.settings, local, to=to, name=name, dry_run=dry_run, progress=update)
     env.out.result(report, render=_render_restore)
 
@@ -227,7 +227,7 @@ def failover(ctx: typer.Context, dry_run: DryRun = False, yes: Yes = False) -> N
     env, local = _local(ctx)
     if not dry_run:
         env.out.confirm("Fail over: fence the leader and promote the standby?", yes=yes)
-    with env.out.progress("failing over") as update:
+    with env.out.progress("failing over", when_started=True) as update:
         report = dr.failover(env.settings, local, dry_run=dry_run, progress=update)
     env.out.result(report, render=_render_plan_or(_render_failover))
 
@@ -264,7 +264,7 @@ def failback(
     env, local = _local(ctx)
     if not dry_run:
         env.out.confirm("Fail back: rebuild the old primary and switch back to it?", yes=yes)
-    with env.out.progress("failing back") as update:
+    with env.out.progress("failing back", when_started=True) as update:
         report = dr.failback(
             env.settings, local, dry_run=dry_run, clone=clone, switch_back=not no_switch_back, progress=update
         )

@@ -111,7 +111,7 @@ def run(
             "restores servers)?",
             yes=yes,
         )
-    with env.out.progress(f"drill {scenario.value}") as update:
+    with env.out.progress(f"drill {scenario.value}", when_started=True) as update:
         outcome = drill.run(
             env.settings,
             env.local_environment(),

@@ -359,7 +359,9 @@ def restore(
         measuring(),  # the instants it reports, on one steady clock (as within a drill)
     ):
         dr.refuse_if_unfinished(env)  # a dry run too: its plan says the restore would run
-        plan = dr.plan_restore(env, target, name, seal=not dry_run, now=now)
+        plan = dr.plan_restore(
+            env, target, name, seal=not dry_run, now=now, progress=_quiet if dry_run else progress
+        )
         if dry_run:
             return {
                 "dry_run": True,

@@ -1626,9 +1626,18 @@ class RestorePlan:
 
 
 def plan_restore(
-    env: LocalEnvironment, target: datetime, name: str, *, seal: bool, now: datetime
+    env: LocalEnvironment,
+    target: datetime,
+    name: str,
+    *,
+    seal: bool,
+    now: datetime,
+    progress: Progress = _noop,
 ) -> RestorePlan:
-    """Pick the base backup and check TARGET lies in the recoverable window (before copying anything)."""
+    """Pick the base backup and check TARGET lies in the recoverable window (before copying anything).
+
+    PROGRESS hears of the seal and of each pg_verifybackup, which may take a while, once the
+    request passed the checks that refuse it."""
     check_restore_name(name, hint="pick another --name")
     if (restores_dir(env) / name).exists() or (restores_dir(env) / f"{name}.json").exists():
         raise PreconditionError(
@@ -1649,6 +1658,7 @@ def plan_restore(
     # seal would wait in vain for WAL the restore does not need.
     covered = window.latest_archived is not None and target < window.latest_archived
     if seal and not covered and in_recovery(leader) is False:
+        progress("switching WAL so the archive covers the target")
         sealed_at = seal_archive(env, leader)
         lw = leader_wal(env, leader)
         window = recoverable_window(env, lw, backups)
@@ -1681,6 +1691,7 @@ def plan_restore(
             continue
         # Checked before anything is copied: a bad page found by the restored server is a copy
         # and a recovery wasted, then an exit 6 no retry mends.
+        progress(f"checking base backup {backup.label} (pg_verifybackup)")
         checked = run_verifybackup(env, backup)
         if checked["ok"]:
             # A full disk mid-copy is a copy wasted: refused before, as `env up` is (exit 4).
