@@ -521,6 +521,24 @@ def test_an_empty_config_path_is_refused_as_empty_not_read_as_the_current_direct
     assert variable.json["error"]["message"].startswith("VOKE_CONFIG is empty: name a configuration file")
 
 
+def test_help_and_version_win_over_an_empty_config_as_over_a_missing_file(voke, make_environ, tmp_path):
+    environ = make_environ(tmp_path / "h")
+    given = {
+        "--config ''": (["--config", ""], environ),
+        "--config=": (["--config="], environ),
+        "VOKE_CONFIG=''": ([], {**environ, "VOKE_CONFIG": ""}),
+        "--config missing": (["--config", str(tmp_path / "missing.toml")], environ),
+    }
+    for what, (args, env) in given.items():
+        for asked in (["env", "status", "--help"], ["--help"], ["dr", "--help"], ["--version"]):
+            shown = voke(*args, *asked, environ=env)
+            assert (shown.exit_code, shown.stderr) == (0, ""), (what, asked)
+            assert ("Usage: voke" in shown.stdout) != (asked == ["--version"]), (what, asked)
+    # a command that reads the configuration is still refused: exit 2 for the flag, 3 for the variable
+    assert voke("--config", "", "env", "status", environ=environ).exit_code == 2
+    assert voke("env", "status", environ={**environ, "VOKE_CONFIG": ""}).exit_code == 3
+
+
 def test_an_unreadable_pyproject_without_tool_voke_is_not_ours(voke, make_environ, tmp_path):
     (tmp_path / "pyproject.toml").write_bytes(b'[project]\ndescription = "caf\xe9"\n')
     result = voke("config", "show", "--json", environ=make_environ(tmp_path / "h"), cwd=tmp_path)

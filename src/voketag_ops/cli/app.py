@@ -103,17 +103,13 @@ def root(
     Global flags (--json, --debug, --env, ...) are accepted anywhere on the command line.
     """
     holder: _Holder = ctx.obj
-    if config == "":  # as a Path it would be ".", the current directory
-        raise UsageError(
-            "--config: empty: name a configuration file, or leave it out for the nearest voke.toml"
-        )
     holder.app = AppContext(
         GlobalOptions(
             json=json_ or holder.output.json_mode,
             debug=debug,
             no_color=no_color,
             env=env,
-            config=None if config is None else Path(config),
+            config=config,
             log_format=log_format,
             log_level=log_level,
         ),

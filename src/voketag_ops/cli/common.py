@@ -65,7 +65,7 @@ class GlobalOptions:
     debug: bool = False
     no_color: bool = False
     env: str | None = None
-    config: Path | None = None
+    config: str | None = None  # as given: an empty one is refused where the file is read
     log_format: str | None = None
     log_level: str | None = None
 
@@ -96,8 +96,19 @@ class AppContext:
             "log_format": self.options.log_format,
             "log_level": "debug" if self.options.debug else self.options.log_level,
         }
+        config = self.options.config
+        if config == "":  # as a Path it would be ".", the current directory
+            # (refused here, where a missing file is: `--help` and `--version` win over both)
+            from voketag_ops.errors import UsageError
+
+            raise UsageError(
+                "--config: empty: name a configuration file, or leave it out for the nearest voke.toml"
+            )
         loaded = load_config(
-            config_path=self.options.config, environ=self.environ, overrides=overrides, cwd=self.cwd
+            config_path=None if config is None else Path(config),
+            environ=self.environ,
+            overrides=overrides,
+            cwd=self.cwd,
         )
         if loaded.settings.env != "local":
             self.out.command_env = loaded.settings.env
