@@ -15,7 +15,7 @@ import re
 import stat
 import sys
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -828,7 +828,7 @@ def load_config(
 
     env_layer: dict[str, Any] = {}
     env_sources: dict[str, str] = {}
-    given: dict[str, Any] = {}  # key -> the value its variable gives
+    given: dict[tuple[str, ...], tuple[Any, str]] = {}  # key -> the value a variable gives, and its name
     for name, value in environ.items():
         if not name.startswith("VOKE_"):
             continue
@@ -848,29 +848,30 @@ def load_config(
             raise ConfigError(f"env {name}: {_TOO_DEEP}")
         if isinstance(value, str):
             value = EnvText(value)
-        if key in env_sources and given[key] != value:
-            # VOKE_HOME and VOKE_LOCAL__HOME: the later in os.environ won, an order nobody sets on purpose
-            one, other = sorted(
-                (env_sources[key].removeprefix("env "), name), key=lambda n: (n not in ENV_VARS, n)
-            )
-            raise ConfigError(
-                f"env {one} and env {other}: both set {key}, to different values",
-                hint="unset one of them, or give both the same value",
-            )
-        given[key] = value
-        try:
-            _set_dotted(env_layer, key, value)
-        except TypeError:
-            raise ConfigError(
-                f"env {name}: sets {key}, under a key another VOKE_ variable gives a value"
-            ) from None
-        env_sources[key] = f"env {name}"
+        # Key by key: a table given as JSON and one of its keys given by another variable are
+        # merged, whichever comes first in os.environ
+        for parts, leaf in _leaves(tuple(key.split(".")), value):
+            if parts in given and not _same_value(given[parts][0], leaf):
+                # VOKE_HOME and VOKE_LOCAL__HOME: the later in os.environ won, an order nobody sets on purpose
+                one, other = sorted((given[parts][1], name), key=lambda n: (n not in ENV_VARS, n))
+                raise ConfigError(
+                    f"env {one} and env {other}: both set {'.'.join(parts)}, to different values",
+                    hint="unset one of them, or give both the same value",
+                )
+            given[parts] = leaf, name
+            try:
+                _set_at(env_layer, parts, leaf)
+            except TypeError:
+                raise ConfigError(
+                    f"env {name}: sets {key}, under a key another VOKE_ variable gives a value"
+                ) from None
+            env_sources[".".join(parts)] = f"env {name}"
     _merge(merged, env_layer, sources, None, env_sources)
 
     flag_layer: dict[str, Any] = {}
     for key, value in (overrides or {}).items():
         if value is not None:
-            _set_dotted(flag_layer, key, value)
+            _set_at(flag_layer, tuple(key.split(".")), value)
             sources[key] = "flag"
     _merge(merged, flag_layer, sources, "flag")
 
@@ -1151,27 +1152,47 @@ def _takes_collection(dotted: str) -> bool:
 
 
 def _source_for(dotted: str, source: str | None, per_key: Mapping[str, str] | None) -> str:
-    """The source of DOTTED: its own entry in PER_KEY, or that of the table it is in (a table
-    set whole by one VOKE_* variable as JSON), else SOURCE."""
-    key = dotted
-    while per_key and key:
-        if key in per_key:
-            return per_key[key]
-        key = key.rpartition(".")[0]
-    return source or "default"
+    """The source of DOTTED: its own entry in PER_KEY (every key a VOKE_* variable sets, each
+    of a table it gives as JSON too), else SOURCE."""
+    return (per_key or {}).get(dotted) or source or "default"
 
 
-def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set DOTTED in TARGET; TypeError if a key on the way already holds a value."""
-    *parents, leaf = dotted.split(".")
+def _set_at(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    """Set the key at PATH in TARGET; TypeError if a key on the way already holds a value, or
+    keys are already set under it (an empty table adds none)."""
+    *parents, leaf = path
     node = target
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise TypeError(part)
     if isinstance(node.get(leaf), dict):
+        if value == {}:
+            return
         raise TypeError(leaf)
     node[leaf] = value
+
+
+def _leaves(path: tuple[str, ...], value: Any) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """(path, value) of every key VALUE, the value at PATH, sets: its own, or those of a table
+    (an empty one sets itself). A path, not a dotted key: a key may hold a dot (`coverage.remap`)."""
+    if isinstance(value, dict) and value:
+        for key, item in value.items():
+            yield from _leaves((*path, key), item)
+    else:
+        yield path, value
+
+
+def _same_value(one: Any, other: Any) -> bool:
+    """Whether two VOKE_* variables give one key the same value: a variable's text `5432` is the
+    number a JSON table gives as 5432."""
+
+    def parsed(value: Any) -> Any:
+        with contextlib.suppress(ValueError, RecursionError):
+            return json.loads(value) if isinstance(value, EnvText) else value
+        return value
+
+    return one == other or parsed(one) == parsed(other)
 
 
 _TABLE = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")

@@ -213,6 +213,37 @@ def test_two_variables_giving_one_key_different_values_is_exit_3_naming_both(
     assert shown[key]["value"] == str(tmp_path / "same")
 
 
+def test_a_table_given_as_json_and_one_of_its_keys_by_another_variable_are_merged_key_by_key(
+    voke, make_environ, tmp_path
+):
+    """One of them won silently (the key's variable when the table came first in the environment),
+    and the other order refused keys the two did not share."""
+    base = make_environ(tmp_path / "h")
+    table, key = "VOKE_ROTATION__DB_USERS__APP", "VOKE_ROTATION__DB_USERS__APP__SECRET"
+    for given in (
+        ((table, '{"secret": "db-app", "owner": "o"}'), (key, "other")),
+        ((key, "other"), (table, '{"secret": "db-app", "owner": "o"}')),
+    ):
+        result = voke("config", "show", "--json", environ={**base, **dict(given)})
+        assert result.exit_code == 3, result.stdout
+        assert result.json["error"]["message"] == (
+            f"env {table} and env {key}: both set rotation.db_users.app.secret, to different values"
+        )
+    for given in (
+        ((table, '{"owner": "o"}'), (key, "other")),
+        ((key, "other"), (table, '{"owner": "o"}')),
+    ):
+        shown = settings_of(voke("config", "show", "--json", environ={**base, **dict(given)}))
+        assert shown["rotation.db_users.app.secret"] == {"value": "other", "source": f"env {key}"}
+        assert shown["rotation.db_users.app.owner"] == {"value": "o", "source": f"env {table}"}
+    # the same value is fine, a variable's text 5432 as the table's number 5432
+    environ = base | {
+        "VOKE_ENVIRONMENTS__PROD": '{"project": "p", "instance": "db", "db_port": 5432}',
+        "VOKE_ENVIRONMENTS__PROD__DB_PORT": "5432",
+    }
+    assert load_config(environ=environ, cwd=tmp_path).settings.environment("prod").db_port == 5432
+
+
 def test_missing_explicit_config_file(voke, make_environ, tmp_path):
     result = voke(
         "config", "show", "--config", str(tmp_path / "nope.toml"), environ=make_environ(tmp_path / "h")
