@@ -712,11 +712,12 @@ class Settings(_Model):
             raise ConfigError(f"{source}: {dotted}: {msg}{at}") from None
 
     def _environment_source(self, name: str, dotted: str) -> str:
-        """Where DOTTED, a key of environment NAME, came from (or the table holding it: one
-        VOKE_* variable may give a table as JSON); a key it lacks is blamed on where the
-        environment came from, that of its first key (a table has no source of its own)."""
-        prefix, key = f"environments.{name}.", dotted
-        while key.startswith(prefix):
+        """Where DOTTED, a key of environment NAME, came from, or the table holding it (a table
+        has a source of its own when it has no keys: `_merge`); a key it lacks is blamed on where
+        the environment came from, that of its first key."""
+        table, key = f"environments.{name}", dotted
+        prefix = table + "."
+        while key == table or key.startswith(prefix):
             if key in self._environment_sources:
                 return self._environment_sources[key]
             key = key.rpartition(".")[0]
@@ -889,9 +890,8 @@ def load_config(
             )
             table = _table_of(key, msg)
             prefixes = tuple(f"{key}.{n}." for n in bad) or (f"{table}.",)
-            where = next((v for k, v in sources.items() if k.startswith(prefixes)), where)
-            if where == "default" and path is not None and _locate_key(path, table) is not None:
-                where = str(path)  # a table of no keys
+            # (a table of no keys, `[environments.NAME]`, has a source of its own: `_merge`)
+            where = next((v for k, v in sources.items() if f"{k}.".startswith(prefixes)), where)
         if where == "flag":  # a bad flag value is a usage error (exit 2), as any bad flag is
             raise UsageError(f"--{key.replace('_', '-')}: {msg}") from None
         at = _position(path, key, msg) if path is not None and where == str(path) else ""
@@ -1117,6 +1117,8 @@ def _merge(
                 raise ConfigError(f"{where}: {dotted}: expected a table, got {kind}")
             target.setdefault(key, {})
             _merge(target[key], value, sources, source, per_key, dotted + ".")
+            if not target[key]:  # a table of no keys (`[environments.qa]`): its errors name where it is
+                sources[dotted] = _source_for(dotted, source, per_key)
             continue
         target[key] = value
         sources[dotted] = _source_for(dotted, source, per_key)

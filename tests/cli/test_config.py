@@ -244,6 +244,27 @@ def test_a_table_given_as_json_and_one_of_its_keys_by_another_variable_are_merge
     assert load_config(environ=environ, cwd=tmp_path).settings.environment("prod").db_port == 5432
 
 
+def test_an_empty_environment_table_is_named_with_its_file_and_line(voke, make_environ, tmp_path):
+    """A table of no keys had no source: `configuration: environments.qa.project: Field required`."""
+    config = tmp_path / "voke.toml"
+    config.write_text('env = "local"\n\n[environments.qa]\n\n[environments.prod]\nproject = "p"\n')
+    result = voke("--env", "qa", "dr", "status", "--json", environ=make_environ(tmp_path / "h"))
+    assert result.exit_code == 3, result.stdout
+    assert result.json["error"]["message"] == (
+        f"{config}: environments.qa.project: Field required (at line 3, column 1)"
+    )
+    environ = make_environ(tmp_path / "h", VOKE_ENVIRONMENTS__STAGING="{}")
+    result = voke("--env", "staging", "dr", "status", "--json", environ=environ)
+    assert result.exit_code == 3, result.stdout
+    assert result.json["error"]["message"] == (
+        "env VOKE_ENVIRONMENTS__STAGING: environments.staging.project: Field required"
+    )
+    config.write_text("[environments.QA]\n")  # a name refused on loading: `default` was named
+    result = voke("config", "show", "--json", environ=make_environ(tmp_path / "h"))
+    assert result.exit_code == 3, result.stdout
+    assert result.json["error"]["message"].startswith(f"{config}: environments: [environments.QA]: ")
+
+
 def test_missing_explicit_config_file(voke, make_environ, tmp_path):
     result = voke(
         "config", "show", "--config", str(tmp_path / "nope.toml"), environ=make_environ(tmp_path / "h")
