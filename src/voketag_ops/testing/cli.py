@@ -87,11 +87,9 @@ def _commands(line: str) -> list[list[str]]:
 
 def parse(args: list[str]) -> Any:
     """Resolve sub-commands and parse every option and argument, as Click would before invoking."""
-    import typer
+    from voketag_ops.cli.app import _command, hoist_global_flags
 
-    from voketag_ops.cli.app import app, hoist_global_flags
-
-    command = typer.main.get_command(app)
+    command = _command()  # built once per process, as `run` does
     ctx = command.make_context("voke", hoist_global_flags(args), resilient_parsing=False)
     while hasattr(ctx.command, "resolve_command"):  # a group (Click's or Typer's)
         rest = [*ctx._protected_args, *ctx.args]
