@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 from voketag_ops.adapters.local.chain_store import FileChainStore
 from voketag_ops.core import chain as ch
 from voketag_ops.core import merkle
-from voketag_ops.errors import InputError, UsageError
+from voketag_ops.errors import InputError, PreconditionError, UsageError
 from voketag_ops.ports import ChainStore
 from voketag_ops.testing.chain import OneBlockAtATime
 from voketag_ops.workflows import chain as wf
@@ -61,6 +63,10 @@ class FlakyStore:
         self._read()
         return self.inner.anchors(*args, **kw)
 
+    def stream(self, **kw: Any) -> AbstractContextManager[tuple[dict[str, ch.Anchor], Iterator[ch.Block]]]:
+        self._read()
+        return self.inner.stream(**kw)
+
     def commit(self, **kw: object) -> None:
         if self.fail_commits:
             self.fail_commits -= 1
@@ -84,6 +90,9 @@ class RacingStore:
 
     def anchors(self, *args: Any, **kw: Any) -> dict[str, ch.Anchor]:
         return self.inner.anchors(*args, **kw)
+
+    def stream(self, **kw: Any) -> AbstractContextManager[tuple[dict[str, ch.Anchor], Iterator[ch.Block]]]:
+        return self.inner.stream(**kw)
 
     def commit(self, **kw: object) -> None:
         if not self.raced and kw.get("blocks"):
@@ -239,6 +248,25 @@ def test_mining_bound_counts_attempts_then_fails(store: FileChainStore) -> None:
     assert wf.run_anchors(store, now=T0, difficulty=DIFF).outcome == "nothing-pending"
 
 
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_run_refuses_to_mine_onto_a_chain_that_does_not_validate(
+    store: FileChainStore, dry_run: bool
+) -> None:
+    for i in range(3):
+        wf.request_anchor(store, root=root_of(f"r{i}"), kind="batch", label=f"r{i}", now=T0)
+        wf.run_anchors(store, now=T0 + timedelta(minutes=i), difficulty=DIFF)
+    doc = json.loads(store.path.read_text())
+    doc["blocks"][1]["nonce"] += 1  # block 1's header no longer hashes to its stored hash
+    store.path.write_text(json.dumps(doc))
+    wf.request_anchor(store, root=root_of("z"), kind="batch", label="z", now=T0)
+    before = store.path.read_bytes()
+    with pytest.raises(PreconditionError, match=r"chain invalid at block 1 \(stored hash") as info:
+        wf.run_anchors(store, now=T0 + timedelta(minutes=5), difficulty=DIFF, dry_run=dry_run)
+    assert info.value.exit_code == 5 and "voke chain validate" in (info.value.hint or "")
+    assert store.path.read_bytes() == before  # no block mined, the anchor still pending
+    assert store.load().anchors[root_of("z").hex()].state is ch.AnchorState.PENDING
+
+
 def test_validate_catches_an_anchor_missing_from_its_block(store: FileChainStore) -> None:
     wf.request_anchor(store, root=root_of("a"), kind="batch", label="a", now=T0)
     wf.run_anchors(store, now=T0, difficulty=DIFF)
@@ -380,6 +408,11 @@ class NoWholeReads:
         if not args and not kw:
             raise AssertionError("every anchor was read")
         return self.inner.anchors(*args, **kw)
+
+    def stream(self, **kw: Any) -> AbstractContextManager[tuple[dict[str, ch.Anchor], Iterator[ch.Block]]]:
+        if kw.get("ids") is None and kw.get("kind") is None:
+            raise AssertionError("every anchor was read")
+        return self.inner.stream(**kw)
 
     def commit(self, **kw: Any) -> None:
         self.inner.commit(**kw)

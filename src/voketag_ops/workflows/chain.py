@@ -533,6 +533,7 @@ def run_anchors(
             return AnchorRunReport(
                 True, "nothing-pending", 0, difficulty=difficulty, message="nothing to anchor"
             )
+        refuse_invalid_chain(store)
         index = 0 if head is None else head.index + 1
         if dry_run:
             first = f" ({also} requested first: audit checkpoints or ingest batches the chain never saw)"
@@ -597,6 +598,23 @@ def run_anchors(
     return replace(
         report, retries=retried, head_found=None if head is None else (head.index, head.difficulty)
     )
+
+
+def refuse_invalid_chain(store: ChainStore) -> None:
+    """PreconditionError (exit 5) naming the first bad block when STORE's blocks do not validate
+    (`core.chain.validate_chain`, streamed: memory holds one block): a block mined onto them
+    would anchor roots that `chain verify --anchored` and `audit verify` never trust. The blocks
+    alone, read with no anchor (a run reads only the pending ones); the work each block claims,
+    not chain.min_difficulty, whose light head `anchor run` warns about."""
+    with store.stream(ids=()) as (_anchors, blocks):
+        report = ch.validate_chain(blocks)
+    if not report.ok:
+        why = (report.message or "").removeprefix(f"block {report.bad_index}: ")
+        raise PreconditionError(
+            f"chain invalid at block {report.bad_index} ({why}): refusing to mine a block onto it "
+            "(its anchors would not be trusted); nothing was anchored",
+            hint="`voke chain validate` names the problem",
+        )
 
 
 def plan_import(open_store: Callable[[], ChainStore], incoming: ch.ChainState) -> dict[str, int]:
