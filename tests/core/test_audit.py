@@ -135,10 +135,19 @@ def test_torn_last_line(log1000: list[au.AuditEntry]) -> None:
     assert "incomplete write" in (report.message or "")
 
 
-def test_complete_last_line_without_newline_is_accepted(log1000: list[au.AuditEntry]) -> None:
+def test_complete_last_line_without_newline_is_a_torn_tail(log1000: list[au.AuditEntry]) -> None:
     raw = lines(log1000[:10])
     raw[-1] = raw[-1].rstrip(b"\n")
-    assert au.verify_lines(raw).ok
+    report = au.verify_lines(raw)
+    assert (report.ok, report.first_bad_entry, report.problem, report.line) == (
+        False,
+        9,
+        au.Problem.TORN_TAIL,
+        10,
+    )
+    assert "entry 9 whole but lost its newline" in (report.message or "")
+    assert "the next append or `voke audit checkpoint` adds it" in (report.message or "")
+    assert report.entries == 9  # the entries before it verify
 
 
 def test_corrupt_middle_line_and_bad_first_link(log1000: list[au.AuditEntry]) -> None:

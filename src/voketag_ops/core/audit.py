@@ -492,6 +492,14 @@ def verify_lines(lines: Iterable[bytes], claims: Iterable[Claim] = (), *, tail: 
                 else f"entry {position - 1} was changed and re-hashed (entry {position} no longer links to it)"
             )
             return fail(Problem.BROKEN_LINK, bad, what, number)
+        if not terminated:  # the next entry whole, only its newline lost: still a write cut short
+            return fail(
+                Problem.TORN_TAIL,
+                position,
+                f"line {number} is entry {position} whole but lost its newline (an incomplete write); "
+                f"the {position} entries before it verify; the next append or `voke audit checkpoint` adds it",
+                number,
+            )
         walker.prev_hash = entry.hash
         walker.builder.append(bytes.fromhex(entry.hash))
         walker.count += 1
