@@ -63,6 +63,11 @@ CHECKPOINT_KIND = "audit-checkpoint"  # the kind of the chain anchors that check
 Key = TypeVar("Key", bound=Hashable)
 
 
+class LogCutError(core.EntryFormatError):
+    """The log no longer holds the entries its last checkpoint covers (cut below it): no
+    checkpoint is written on it (`voke audit checkpoint` refuses, exit 5; an append skips its own)."""
+
+
 class AuditWriteError(BackendError):
     """The audit log could not be written; `disk_refused` if its file system refused the write (full,
     over quota, read-only) rather than the log being at fault."""
@@ -375,6 +380,7 @@ class AuditLog:
         file if it cannot be written (a full disk: exit 4), left as it was."""
         now = now or _utcnow()
         with self._locked() as fd:
+            self._refuse_cut(fd, self.last_checkpoint())  # before the repair: a cut log is left as it is
             self._repair_tail(fd, now)
             cp = self._checkpoint(fd, now)
         return cp, self.anchor_checkpoints(now=now)
@@ -406,10 +412,9 @@ class AuditLog:
 
     def _since_checkpoint(self, fd: int) -> tuple[core.Checkpoint | None, list[core.AuditEntry], int]:
         previous = self.last_checkpoint()
+        self._refuse_cut(fd, previous)
         end = os.fstat(fd).st_size
         start = previous.offset if previous is not None else 0
-        if previous is not None and (start > end or previous.size <= 0):
-            previous, start = None, 0  # the log shrank: rebuild from the start; verify reports it
         data = os.pread(fd, end - start, start) if end > start else b""
         lines = data.split(b"\n")
         lines.pop()  # after the last newline: empty, or a torn write (repaired first by a checkpoint)
@@ -423,6 +428,32 @@ class AuditLog:
                 number = (os.pread(fd, start, 0).count(b"\n") if start else 0) + index + 1
                 raise core.EntryFormatError(f"{self.path}:{number}: {exc}") from None
         return previous, entries, end
+
+    def _refuse_cut(self, fd: int, previous: core.Checkpoint | None) -> None:
+        """LogCutError unless the log's line ending at PREVIOUS's offset is its last entry (seq
+        and hash): a checkpoint of a log cut below it (or cut and appended to since) would
+        contradict it, and the one anchored on the chain, for good. Reads that one line."""
+        if previous is None:
+            return
+        end = _read_tail(fd).fragment_offset  # where its complete lines end
+        if previous.offset <= end:
+            lines = files.lines_backwards(fd, end=previous.offset)
+            _offset, after = next(lines)  # b"": the offset ends a line
+            last = next(lines, None)
+            try:
+                entry = None if after or last is None else core.parse_entry(last[1])
+            except core.EntryFormatError:
+                entry = None
+            if entry is not None and (entry.seq, entry.hash) == (previous.size - 1, previous.last_hash):
+                return
+        count = files.LineNumbers(fd).at(end) - 1
+        if count < previous.size:
+            what = f"entries from {count} on were cut off"
+        else:
+            what = f"entry {previous.size - 1} is not the one it ends with: the log was cut and appended to, or rewritten"
+        raise LogCutError(
+            f"{self.path}: the log has {count} entries, the last checkpoint covers {previous.size}: {what}"
+        )
 
     def _checkpoint(self, fd: int, now: datetime) -> core.Checkpoint | None:
         previous, entries, end = self._since_checkpoint(fd)

@@ -412,6 +412,25 @@ def test_a_damaged_checkpoint_line_is_named_by_verify_and_never_fails_an_append(
     assert "audit checkpoint skipped" in caplog.text
 
 
+def test_no_checkpoint_is_written_on_a_log_cut_below_its_last_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = AuditLog(tmp_path, checkpoint_every=10)
+    append_n(log, 25)
+    checkpoints = log.checkpoints_path.read_bytes()
+    assert [cp.size for cp in log.checkpoints()] == [10, 20]
+    log.path.write_bytes(b"".join(log.path.read_bytes().splitlines(keepends=True)[:12]))
+    with pytest.raises(au.EntryFormatError, match="the log has 12 entries, the last checkpoint covers 20"):
+        log.checkpoint(now=T0)
+    for _ in range(8):  # shorter entries: the 20th ends before the checkpoint's offset
+        log.append(
+            event_type="t", actor="a", env="local", target="x", result="success", duration_seconds=None
+        )
+    assert len(list(log.entries())) == 20  # the appends stand; the 20th's checkpoint is skipped
+    assert log.checkpoints_path.read_bytes() == checkpoints
+    assert "audit checkpoint skipped" in caplog.text and "the last checkpoint covers 20" in caplog.text
+
+
 def test_a_reader_never_takes_a_line_being_written_for_a_torn_one(tmp_path: Path) -> None:
     import fcntl
     import threading

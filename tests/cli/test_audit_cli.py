@@ -293,6 +293,36 @@ def test_a_damaged_line_stops_a_checkpoint_with_exit_5(voke, home: Path) -> None
         )
 
 
+def test_a_log_cut_below_its_last_checkpoint_is_refused_a_checkpoint_with_exit_5(voke, home: Path) -> None:
+    assert voke("audit", "checkpoint", "--yes").exit_code == 0  # covers the 12 entries
+    log = AuditLog(home)
+    log.path.write_bytes(b"".join(log.path.read_bytes().splitlines(keepends=True)[:9]))
+    checkpoints = log.checkpoints_path.read_bytes()
+    planned = voke("audit", "checkpoint", "--dry-run", "--json")  # the plan refuses as the run does
+    assert len(list(log.entries())) == 9  # the dry run wrote nothing
+    refused = voke("audit", "checkpoint", "--yes", "--json")
+    for answer in (planned, refused):
+        assert answer.exit_code == 5, answer.stdout
+        assert (
+            "the log has 9 entries, the last checkpoint covers 12: entries from 9 on were cut off"
+            in answer.json["error"]["message"]
+        )
+        assert "voke audit verify" in answer.json["error"]["hint"]
+    assert log.checkpoints_path.read_bytes() == checkpoints  # no checkpoint contradicting the last
+    event = list(log.entries())[-1]  # refused, on record as every refusal (appends go on, linked)
+    assert (event.event_type, event.result) == ("audit.checkpoint", "failure")
+    for _ in range(5):  # appended past where the checkpoint says its entries end: still no checkpoint
+        record_event(home, event_type="dr.check", env="local", target="x", result="success", now=T0)
+    again = voke("audit", "checkpoint", "--yes", "--json")
+    assert (
+        again.exit_code == 5
+        and "the log has 15 entries, the last checkpoint covers 12: entry 11 is not"
+        in (again.json["error"]["message"])
+    )
+    assert log.checkpoints_path.read_bytes() == checkpoints
+    assert voke("audit", "verify").exit_code == 1
+
+
 def test_a_checkpoint_the_disk_has_no_room_for_is_exit_4_naming_its_file(
     voke, home: Path, monkeypatch
 ) -> None:

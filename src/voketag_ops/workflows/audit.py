@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from voketag_ops.audit import CHECKPOINT_EVENT, AuditLog
+from voketag_ops.audit import CHECKPOINT_EVENT, AuditLog, LogCutError
 from voketag_ops.core import audit as core
 from voketag_ops.core.dr_checks import NotADurationError, parse_duration
 from voketag_ops.core.times import offset_is_valid
@@ -126,16 +126,20 @@ def refuse_foreign_chain(home: Path, state: Any, source: str) -> None:
 
 @contextmanager
 def _checkpointable() -> Iterator[None]:
-    """A damaged line in the log (after the last checkpoint) or in its checkpoints file stops a
-    checkpoint: exit 5, naming it; `voke audit verify` says which entry and what to do."""
+    """A damaged line in the log (after the last checkpoint) or in its checkpoints file, or a log
+    cut below its last checkpoint, stops a checkpoint: exit 5, naming it; `voke audit verify`
+    says which entry and what to do."""
     from voketag_ops.errors import PreconditionError
 
     try:
         yield
     except core.EntryFormatError as exc:
-        raise PreconditionError(
-            f"cannot checkpoint the audit log: {exc}", hint="`voke audit verify` names the damaged line"
-        ) from None
+        see = (
+            "`voke audit verify` to see"
+            if isinstance(exc, LogCutError)
+            else "`voke audit verify` names the damaged line"
+        )
+        raise PreconditionError(f"cannot checkpoint the audit log: {exc}", hint=see) from None
 
 
 def checkpoint_plan(home: Path) -> dict[str, Any]:
