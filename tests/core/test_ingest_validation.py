@@ -208,6 +208,14 @@ def test_unknown_columns_are_named_as_written():
     assert v.ok and v.warnings == ["ignoring unknown column(s): 'Batch Notes'"]
 
 
+def test_an_unknown_column_written_twice_is_named_once():
+    v = run(
+        "tag_id,sku,product_name,factory_id,manufactured_at,extra,extra,note\n"
+        + row().replace("\n", ",x,y,z\n")
+    )
+    assert v.ok and v.warnings == ["ignoring unknown column(s): 'extra', 'note'"]
+
+
 def test_duplicated_header_column():
     v = run("tag_id,sku,product_name,factory_id,manufactured_at,sku\n" + row().rstrip("\n") + ",X\n")
     p = only_problem(v)

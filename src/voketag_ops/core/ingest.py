@@ -992,7 +992,10 @@ class BatchValidator:
                     + (f" (found: {_some_names([n for n in written if n]) or 'nothing'})" if names else ""),
                 )
             )
-        unknown = [w for n, w in zip(names, written, strict=True) if n not in CANONICAL_COLUMNS]
+        # each named once: a column written twice is ignored twice, but warned about once
+        unknown = list(
+            dict.fromkeys(w for n, w in zip(names, written, strict=True) if n not in CANONICAL_COLUMNS)
+        )
         if unknown:
             self.warnings.append(f"ignoring unknown column(s): {_some_names(unknown)}")
         if problems:
