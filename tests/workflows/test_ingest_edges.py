@@ -402,6 +402,18 @@ def test_a_voke_killed_between_the_commit_and_the_rejects_rename_leaves_them_to_
     assert again.status == "duplicate" and again.rejects_file is None and again.warnings == []
 
 
+def test_a_duplicate_with_a_new_rejects_path_says_where_the_rejected_rows_went(db, tmp_path):
+    batch = write(tmp_path, HEADER + GOOD + BAD)
+    first = load(db, batch, partial=True, rejects=tmp_path / "first.csv")
+    assert first.status == "loaded" and first.rows_rejected == 1
+    rejects = tmp_path / "second.csv"
+    again = load(db, batch, partial=True, rejects=rejects)
+    assert again.status == "duplicate" and again.rejects_file is None and not rejects.exists()
+    (warning,) = again.warnings
+    assert f"already loaded as batch {first.batch_id}" in warning and "1 rejected row(s)" in warning
+    assert "written by that load" in warning and f"nothing was written to {rejects}" in warning
+
+
 def test_the_rejects_of_a_load_that_never_committed_are_not_delivered(db, tmp_path):
     # A load that rolled back may have had the same batch number as the one that committed
     # later; its transaction time was not the same.

@@ -1526,7 +1526,20 @@ def _duplicate(
             _anchor(conn, report, anchorer, target)
     if rejects is not None and not base.dry_run:
         _deliver_left_rejects(report, rejects)
+        if report.rejects_file is None and not rejects.exists():  # a new path: nothing will be in it
+            report.warnings.append(_no_rejects_now(report, rejects))
     return report
+
+
+def _no_rejects_now(report: LoadReport, rejects: Path) -> str:
+    """Why a duplicate wrote nothing to its --rejects REJECTS: the load of the batch wrote them."""
+    first = f"this file was already loaded as batch {report.batch_id} (at {report.loaded_at})"
+    if not report.rows_rejected:
+        return f"{first}, with no rejected rows: nothing was written to {rejects}"
+    return (
+        f"{first}: its {report.rows_rejected:,} rejected row(s) were written by that load, to the"
+        f" --rejects file it was given; nothing was written to {rejects}"
+    )
 
 
 @dataclass
