@@ -261,6 +261,29 @@ def test_partial_writes_rejects(voke, db, tmp_path):
     assert records == ["T2,S1,Shoe,F1,never", '\'=HYPERLINK("http://x"),S1,Shoe,F1,never']
 
 
+def test_partial_never_loads_text_inside_a_quoted_field_that_spans_lines(voke, db, tmp_path):
+    # The reviewer's file: under RFC 4180, two records, TML1 (its name holds line breaks) and TML3.
+    path = tmp_path / "ml.csv"
+    path.write_text(
+        HEADER + 'TML1,SML1,"Jacket, see note:\nTML2,SML2,Not a row,F,2024-01-01T00:00:00Z\nend of note",F,'
+        "2024-01-01T00:00:00Z\nTML3,SML3,Boot,F,2024-01-01T00:00:00Z\n"
+    )
+    rejects = tmp_path / "ml.rej"
+    result = voke("ingest", "load", str(path), "--db", db, "--partial", "--rejects", str(rejects), "--json")
+    assert result.exit_code == 0, result.stderr
+    report = result.json["result"]
+    assert (report["rows_total"], report["rows_loaded"], report["rows_rejected"]) == (2, 1, 1)
+    assert [(e["line"], e["column"], e["code"]) for e in report["errors"]] == [(2, 11, "control_character")]
+    (rejected,) = csv.DictReader(rejects.open(newline=""))
+    assert (
+        rejected["line"] == "2"
+        and rejected["record"].count("\n") == 2
+        and "end of note" in rejected["record"]
+    )
+    assert voke("ingest", "proof", "TML2", "--db", db, "--json").json["result"]["found"] is False
+    assert voke("ingest", "proof", "TML3", "--db", db, "--json").exit_code == 0
+
+
 def test_partial_refuses_to_overwrite_a_file_voke_did_not_write(voke, db, tmp_path):
     path = tmp_path / "batch.csv"
     path.write_text(HEADER + GOOD + "T2,S1,Shoe,F1,never\n")

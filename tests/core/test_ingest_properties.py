@@ -113,7 +113,9 @@ def test_breaking_one_row_rejects_exactly_that_row(case, data):
     text = raw.decode("utf-8-sig")
     lines = [line + "\n" for line in text.split("\n")[:-1]]  # not splitlines: U+2028 is data
     victim = data.draw(st.integers(min_value=1, max_value=len(lines) - 1))
-    lines[victim] = lines[victim].rstrip("\r\n") + ',"unclosed\n'
+    # A quoted field with a line break (RFC 4180: one record on two lines); with a stray quote
+    # instead, the rest of the file would be in its quotes.
+    lines[victim] = lines[victim].rstrip("\r\n") + ',"un\nclosed"\n'
     v = ing.BatchValidator(now=NOW)
     v.feed("".join(lines).encode())
     v.finish()
@@ -140,7 +142,7 @@ _DEFECTS = (
     "sku_collision", "sku_long", "sku_space", "name_quoted", "name_escaped_quote", "name_accent",
     "name_nbsp_edge", "factory_empty", "ts_z", "ts_offset", "ts_future", "ts_bad_date", "ts_hour_24",
     "ts_seconds_only", "ts_week", "ts_ordinal", "optional_long", "optional_space", "blank_line",
-    "control_char", "open_quote", "stray_quote", "too_many_fields", "row_of_200",
+    "control_char", "open_quote", "stray_quote", "too_many_fields", "row_of_200", "line_break",
 )  # fmt: skip
 
 
@@ -229,6 +231,8 @@ def _messy_file(seed: int, rows: int, columns: list[str], rate: float, newline: 
             line = line.replace(",", ',x"', 1)
         elif defect == "too_many_fields":
             line += ",extra"
+        elif defect == "line_break":  # one record on three lines, rows in its quotes
+            line = line.replace(",", ',"note:\nT0,SKU-0,""Product 0"",F,2024-01-01T00:00:00Z\n",', 1)
         out.append(line)
     return (newline.join(out) + newline).encode()
 
@@ -284,3 +288,28 @@ def test_bulk_and_row_by_row_validation_agree(seed, rows, order, rate, newline, 
     fast = _outcome(data, chunk, bulk=True, detect_duplicates=detect_duplicates)
     slow = _outcome(data, chunk, bulk=False, detect_duplicates=detect_duplicates)
     assert fast == slow
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.text(alphabet='a,"\n', max_size=30), min_size=1, max_size=30),
+    st.sampled_from([1, 5, 64]),
+    st.booleans(),
+)
+def test_records_spanning_lines_are_read_alike_however_the_file_is_fed(tails, chunk, crlf):
+    """Quotes anywhere, records over the (lowered) length limit skipped: piece by piece, the
+    validator reads the records the whole file has, at the same lines."""
+    from unittest import mock
+
+    rows = [f"T{i},S,N,F,2024-01-01T00:00:00Z{tail}" for i, tail in enumerate(tails)]
+    data = ("tag_id,sku,product_name,factory_id,manufactured_at\n" + "\n".join(rows) + "\n").encode()
+    if crlf:
+        data = data.replace(b"\n", b"\r\n")
+    with mock.patch.object(ing, "MAX_LINE_BYTES", 150):  # a row is 50-80 bytes: two or three lines
+        whole = _outcome(data, len(data), bulk=True, detect_duplicates=True)
+        pieces = _outcome(data, chunk, bulk=True, detect_duplicates=True)
+    for outcome in (whole, pieces):  # a record too long is shown by its start: what was held of it
+        outcome["rejected"] = [
+            (line, problems, record[:80]) for line, problems, record in outcome["rejected"]
+        ]
+    assert pieces == whole

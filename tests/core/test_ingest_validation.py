@@ -234,15 +234,73 @@ def test_wrong_field_count_too_few():
     assert (p.line, p.column, p.code) == (2, 9, "field_count")
 
 
-def test_unterminated_quote():
-    p = only_problem(run(HEADER + 'T1,S,"Shoe,F,' + TS + "\n"))
-    assert (p.line, p.column, p.code) == (2, 6, "unterminated_quote")
+def test_unterminated_quote_runs_to_the_end_of_the_file_which_is_cut():
+    # RFC 4180: the open quote takes the line break and every line after it; the file ends inside
+    # the record, as an upload cut in a quoted field does: refused whole, --partial too.
+    v = run(HEADER + 'T1,S,"Shoe,F,' + TS + "\n" + row("T2") + row("T3"))
+    assert [(p.line, p.column, p.code) for p in v.problems] == [
+        (2, 6, "unterminated_quote"),
+        (2, 6, "truncated"),
+    ]
+    assert v.fatal and v.rows_total == 1 and v.rows_accepted == 0  # T2 and T3 are inside its quotes
 
 
-def test_quoted_field_spanning_lines_is_an_unterminated_quote_and_the_next_line_is_a_new_record():
-    v = run(HEADER + 'T1,S,"Shoe\nred",F,' + TS + "\n" + row("T9"))
-    assert [(p.line, p.code) for p in v.problems][:1] == [(2, "unterminated_quote")]
-    assert v.rows_accepted == 1  # T9 on line 4
+ML_FILE = (
+    "tag_id,sku,product_name,factory_id,manufactured_at\n"
+    'TML1,SML1,"Jacket, see note:\n'
+    "TML2,SML2,Not a row,F,2024-01-01T00:00:00Z\n"
+    'end of note",F,2024-01-01T00:00:00Z\n'
+    "TML3,SML3,Boot,F,2024-01-01T00:00:00Z\n"
+)
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+@pytest.mark.parametrize("chunk", [None, 1, 7, 64])
+def test_a_quoted_field_spanning_lines_is_one_rejected_record_and_nothing_in_it_is_a_row(chunk, newline):
+    v = run(ML_FILE.replace("\n", newline), chunk=chunk)
+    assert (v.rows_total, v.rows_accepted, v.rows_rejected) == (2, 1, 1)
+    assert v.copy.startswith(b"TML3\t")  # TML2 is text inside TML1's quotes
+    (p,) = v.problems
+    assert (p.line, p.column, p.code) == (2, 11, "control_character")  # the field, on its first line
+    assert "product_name: line break inside a quoted field, which runs on to line 4" in p.message
+    (rejected,) = v.rejected
+    assert rejected.line == 2 and rejected.record == ML_FILE.splitlines()[1] + "\n" + "\n".join(
+        ML_FILE.splitlines()[2:4]
+    )
+    assert not v.fatal
+
+
+def test_lines_after_a_record_that_spans_lines_keep_their_numbers():
+    v = run(HEADER + row("T1") + 'T2,S,"a\n\nb",F,' + TS + "\n" + row("T3") + "T4,S,Shoe,F,never\n")
+    assert [(p.line, p.code) for p in v.problems] == [(3, "control_character"), (7, "bad_timestamp")]
+    assert v.rows_accepted == 2
+
+
+def test_a_line_break_in_an_ignored_column_rejects_the_record_too():
+    # One record per line is what a rejected row is found again by (its line, in the file).
+    v = run(
+        HEADER.replace("\n", ",notes\n") + row().replace("\n", ',"a\nb"\n') + row("T2").replace("\n", ",n\n")
+    )
+    (p,) = v.problems
+    assert (p.line, p.column, p.code) == (2, 48, "control_character") and p.message.startswith("notes: ")
+    assert v.rows_accepted == 1
+
+
+def test_a_record_spanning_lines_over_the_limit_is_skipped_whole_without_holding_it():
+    note = ("x" * 1000 + "\n" + 'a,""quoted""\n') * (ing.MAX_LINE_BYTES // 1000)  # no row of its own
+    data = HEADER + row("T1") + 'T2,S,"' + note + '",F,' + TS + "\n" + row("T3")
+    for chunk in (1 << 16, 999):
+        v = run(data, chunk=chunk)
+        (p,) = v.problems
+        assert (p.line, p.code) == (3, "line_too_long") and "the record from line 3" in p.message
+        assert v.rows_total == 3 and v.rows_accepted == 2 and v.copy.count(b"\n") == 2
+        assert max(len(r.record) for r in v.rejected) == 200
+    v = run(HEADER + row("T1") + 'T2,S,"' + note, chunk=1 << 16)  # and never closed: cut
+    assert [(p.line, p.code) for p in v.problems] == [
+        (3, "line_too_long"),
+        (note.count("\n") + 3, "truncated"),
+    ]
+    assert v.fatal
 
 
 def test_stray_quote_in_an_unquoted_field():

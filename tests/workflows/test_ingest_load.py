@@ -345,21 +345,25 @@ def test_partial_loads_the_good_rows_and_writes_the_rejects(db, tmp_path):
         + "T1,S1,Shoe,F1,2024-01-01T00:00:00Z,L\n"
         + "T2,S1,Boot,F1,2024-01-01T00:00:00Z,L\n"  # sku collision
         + "T3,S2,Hat,F1,2024-01-01T00:00:00Z,L\n"
-        + 'T4,S2,"Hat,F1,2024-01-01T00:00:00Z,L\n'  # unterminated quote
+        + 'T4,S2,"Hat,\nT9,S9,Not a row,F1,2024-01-01T00:00:00Z,L\n",F1,2024-01-01T00:00:00Z,L\n'  # 3 lines
         + "T5,S3,Cap,F1,2024-01-01T00:00:00Z,L\n"
     )
     rejects = tmp_path / "rejects.csv"
     report = load(db, write(tmp_path, text), partial=True, rejects=rejects)
     assert report.status == "loaded"
     assert (report.rows_total, report.rows_loaded, report.rows_rejected) == (5, 3, 2)
-    assert {e["code"] for e in report.errors} == {"sku_collision", "unterminated_quote"}
-    assert [r[0] for r in db_rows(db, report.batch_id)] == ["T1", "T3", "T5"]
+    assert {e["code"] for e in report.errors} == {"sku_collision", "control_character"}
+    assert [r[0] for r in db_rows(db, report.batch_id)] == ["T1", "T3", "T5"]  # T9 is text in T4's quotes
     assert_every_proof_verifies(db, report.batch_id)
     with rejects.open(newline="") as fh:
         rows = list(csv.reader(fh))
     assert rows[0] == ["line", "column", "code", "message", "record"]
-    assert [(r[0], r[2]) for r in rows[1:]] == [("3", "sku_collision"), ("5", "unterminated_quote")]
-    assert rows[2][4].startswith('T4,S2,"Hat')
+    assert [(r[0], r[1], r[2]) for r in rows[1:]] == [
+        ("3", "7", "sku_collision"),
+        ("5", "7", "control_character"),
+    ]
+    assert rows[2][4] == 'T4,S2,"Hat,\nT9,S9,Not a row,F1,2024-01-01T00:00:00Z,L\n",F1,2024-01-01T00:00:00Z,L'
+    assert wf.prove_tag(db, "T5").found and not wf.prove_tag(db, "T9").found
     assert not list(tmp_path.glob(".rejects.csv.*"))
     # Loaded again: a duplicate's counts are the first batch's, as are its id, root and `partial`
     # (they were 5, 0, 0: the first batch's total beside this run's nothing)

@@ -24,11 +24,16 @@ The file (see README, "voke ingest"):
 - A header naming the required columns ``tag_id, sku, product_name, factory_id,
   manufactured_at`` in any order, optionally ``lot, color, size``; other columns
   are ignored with a warning.
-- One record per physical line. RFC 4180 allows line breaks inside quoted
-  fields, but fields may not contain control characters, so such a record could
-  never be accepted; a quote left open at the end of its line is reported as
-  ``unterminated_quote`` there and the next line is read as a new record. This
-  keeps every error local and every line bounded.
+- Records as RFC 4180 reads them: a quote left open at the end of a line goes on
+  to the next lines until it closes, and nothing inside it is a record. A field may
+  not hold a control character, a line break neither, so a record that spans lines
+  is rejected whole (``control_character``, at its first line and the column of the
+  field), which keeps one accepted record per physical line. A quote still open at
+  the end of the file makes the rest of it one record, ``unterminated_quote``, and
+  the file ``truncated``. Only lines with a quote are looked at for this
+  (``_spanning_records``); a record open at the end of a piece waits for the next.
+  The 1 MiB bound on a line bounds a whole record: one longer is skipped as it
+  streams (``_skip_record``), never held.
 - The header is line 1. A blank line is no record (RFC 4180 has none): a rejected row
   (``field_count``), never skipped; a blank first line means no header line.
 - The last line must end with a line break (``require_final_newline``): an
@@ -206,6 +211,19 @@ def _leap_second_or_24(value: str) -> bool:
 
 
 _RFC_FIELD = r'(?:"(?:[^"]++|"")*+"|[^",]*+)'
+# A record in bytes, by _tokenize's grammar: a field is quoted ('""' for a quote, line breaks
+# included), then anything up to the next comma (a bad_quote), or unquoted. A match stops at the
+# line break that ends the record, at the quote of a field that no quote closes, or at the end.
+_FIELD_BYTES = rb'(?:"(?:[^"]++|"")*+"[^,\n]*+|[^",\n][^,\n]*+|)'
+_RECORD_BYTES_RE = re.compile(_FIELD_BYTES + rb"(?:," + _FIELD_BYTES + rb")*+")
+# The same grammar a piece at a time, for a record skipped without being held (``_skip_record``):
+# inside a quoted field, up to a quote; outside one, unquoted fields up to a line break or the
+# quote that opens a field.
+_QUOTED_BYTES_RE = re.compile(rb'(?:[^"]++|"")*+')
+_UNQUOTED_BYTES_RE = re.compile(rb'[^,\n]*+(?:,(?:[^",\n][^,\n]*+)?)*+')
+_FIELD, _OUT, _QUOTED, _QUOTE = range(
+    4
+)  # at a field's start; in an unquoted one; in a quoted one; just after a quote in one
 _RFC_LINE_RE = re.compile(f"{_RFC_FIELD}(?:,{_RFC_FIELD})*+")
 # Byte-level pre-check for control characters: deleting every other byte leaves the C0
 # controls (but LF and CR) and DEL; C1 controls are U+0080..U+009F, i.e. C2 80..C2 9F.
@@ -224,8 +242,9 @@ _BULK_ROWS = 512  # rows validated together: small enough to stay in the CPU cac
 class Problem:
     """One reason a file or a record is rejected.
 
-    LINE is the physical line (1-based; None for file-level problems) and COLUMN the
-    1-based character column in that line where the offending field or byte starts.
+    LINE is the physical line (1-based; None for file-level problems; a record that spans
+    lines: its first) and COLUMN the 1-based character column in that line where the
+    offending field or byte starts.
     """
 
     line: int | None
@@ -490,7 +509,7 @@ class BatchValidator:
         self._now_text = canonical_timestamp(now)
         self._pending: list[bytes] = []
         self._pending_bytes = 0
-        self._skipping = False
+        self._skip: int | None = None  # skipping an over-long record: where it stands (_FIELD ...)
         self._started = False
         self._bom = False  # the file began with a UTF-8 BOM (stripped)
         self._line = 0  # physical lines consumed
@@ -505,33 +524,35 @@ class BatchValidator:
         return self.error_count == 0 and not self.fatal
 
     def feed(self, data: bytes) -> Chunk:
-        """Validate the complete lines in DATA (plus what was left over last time)."""
+        """Validate the complete records in DATA (plus what was left over last time)."""
         if self._finished:
             raise RuntimeError("feed after finish")
         self.bytes_fed += len(data)
-        if self._skipping:  # the rest of an over-long line
-            end = data.find(b"\n")
-            if end < 0:
-                return Chunk()
-            self._skipping = False
-            data = data[end + 1 :]
-        if b"\n" not in data and self._started:
-            self._pending.append(data)  # joined once the line ends: no quadratic copying
-            self._pending_bytes += len(data)
-            if self._pending_bytes > MAX_LINE_BYTES:
-                return self._too_long()
-            return Chunk()
-        prefix = Chunk()
-        if self._pending and self._pending_bytes + data.find(b"\n") > MAX_LINE_BYTES:
-            prefix = self._too_long()  # the line ends in DATA but is too long all the same
-            self._skipping = False
-            data = data[data.find(b"\n") + 1 :]
+        out = Chunk()
+        while True:
+            if self._skip is not None:  # the rest of an over-long record
+                self._skip, end = _skip_record(data, self._skip)
+                self._line += data.count(b"\n", 0, len(data) if end is None else end - 1)
+                if end is None:
+                    return out
+                self._skip = None
+                data = data[end:]
+            if b"\n" not in data and self._started:
+                self._pending.append(data)  # joined once the line ends: no quadratic copying
+                self._pending_bytes += len(data)
+                if self._pending_bytes > MAX_LINE_BYTES:
+                    _append(out, self._too_long())
+                return out
+            if self._pending and self._pending_bytes + data.find(b"\n") > MAX_LINE_BYTES:
+                _append(out, self._too_long())  # the record goes on past the limit in DATA: skip it there
+                continue
+            break
         data = b"".join((*self._pending, data)) if self._pending else data
         self._pending, self._pending_bytes = [], 0
         if not self._started:
             if len(data) < len(_BOM) and _BOM.startswith(data):
                 self._pending, self._pending_bytes = [data], len(data)
-                return Chunk()
+                return out
             self._started = True
             if data.startswith(_BOM):
                 data, self._bom = data[len(_BOM) :], True
@@ -539,28 +560,47 @@ class BatchValidator:
         if cut < 0:
             if data:
                 self._pending, self._pending_bytes = [data], len(data)
-            return prefix
-        rest = data[cut + 1 :]
+            return out
+        body, rest = data[: cut + 1], data[cut + 1 :]
+        spans: list[tuple[int, int, int]] = []
+        if b'"' in body:
+            spans, open_at = _spanning_records(body)
+            if open_at is not None:  # a quoted field goes on past BODY: its record waits for the rest
+                body, rest = body[:open_at], body[open_at:] + rest
         if rest:
             self._pending, self._pending_bytes = [rest], len(rest)
-        chunk = self._process(data[: cut + 1], final=False)
-        if prefix.rows:
-            chunk.rows += prefix.rows
-            chunk.rejected[:0] = prefix.rejected
-        return chunk
+        if body:
+            chunk = self._process(body, final=False, spans=spans)
+            if out.rows:  # a record skipped as too long came first
+                chunk.rows += out.rows
+                chunk.rejected[:0] = out.rejected
+            out = chunk
+        if self._pending_bytes > MAX_LINE_BYTES:
+            _append(out, self._too_long())
+        return out
 
     def _too_long(self) -> Chunk:
-        """Report the line being accumulated as too long and skip to its end (memory stays flat)."""
+        """Report the record being accumulated as too long and skip to its end (memory stays flat)."""
         lineno = self._line + 1
-        self._line = lineno
-        head = b"".join(self._pending)[:200].decode("utf-8", "replace")
+        held = b"".join(self._pending)
         self._pending, self._pending_bytes = [], 0
-        self._skipping = True
+        breaks = held.count(b"\n")  # inside its quoted fields: a record that spans lines
+        self._line = lineno + breaks
+        self._skip, _ = _skip_record(held, _FIELD)  # where it stands: its end is found by what follows
+        return self._reject_too_long(lineno, breaks, held[:200].decode("utf-8", "replace"))
+
+    def _reject_too_long(self, lineno: int, breaks: int, head: str) -> Chunk:
+        """Reject the record from line LINENO, with BREAKS line breaks in it, as too long; HEAD: its start."""
+        what = (
+            f"line {lineno} is"
+            if not breaks
+            else f"the record from line {lineno} (a quoted field spans lines) is"
+        )
         problem = Problem(
             lineno,
             1,
             "line_too_long",
-            f"line {lineno} is longer than {MAX_LINE_BYTES:,} bytes; it was skipped",
+            f"{what} longer than {MAX_LINE_BYTES:,} bytes; it was skipped",
         )
         chunk = Chunk()
         if self.header is None:
@@ -581,13 +621,21 @@ class BatchValidator:
         self._started = True
         rest = b"".join(self._pending)
         self._pending, self._pending_bytes = [], 0
-        if self._skipping:
-            rest = b""  # the over-long last line is already reported
+        if self._skip is not None:
+            rest = b""  # the over-long last record is already reported
             if self.require_final_newline and self.header is not None:  # ... but it is cut, too
-                self._fatal(Problem(self._line, None, "truncated", _TRUNCATED))
+                cut = _TRUNCATED_QUOTED if self._skip in (_QUOTED, _QUOTE) else _TRUNCATED
+                self._fatal(Problem(self._line, None, "truncated", cut))
         if rest.startswith(_BOM) and self._line == 0:
             rest, self._bom = rest[len(_BOM) :], True
-        chunk = self._process(rest, final=True) if rest else Chunk()
+        chunk = Chunk()
+        if rest:
+            spans, open_at = _spanning_records(rest) if b'"' in rest else ([], None)
+            if open_at is not None:  # the file ends inside a quoted field: the rest is its record
+                first = rest.count(b"\n", 0, open_at)
+                breaks = rest.count(b"\n", open_at, len(rest) - rest.endswith(b"\n"))
+                spans.append((first, first + breaks, len(rest) - open_at))
+            chunk = self._process(rest, final=True, spans=spans)
         self._finished = True
         if self.header is None and not self.fatal and self._line:
             self._fatal(Problem(1, None, "missing_column", "no header line: the file has only blank lines"))
@@ -627,7 +675,9 @@ class BatchValidator:
         return self._seal
 
     # -- processing -------------------------------------------------------------------------
-    def _process(self, body: bytes, *, final: bool) -> Chunk:
+    def _process(self, body: bytes, *, final: bool, spans: Sequence[tuple[int, int, int]] = ()) -> Chunk:
+        """Validate BODY, whole lines (the file's last may lack its line break when FINAL); SPANS:
+        the records in it that span lines, as (first, last) line indexes and their size in bytes."""
         first_line = self._line + 1
         line_problems: dict[int, list[Problem]] = {}
         if b"\x00" in body:
@@ -655,10 +705,10 @@ class BatchValidator:
             text = text.replace("\r\n", "\n")  # every CR ends a line: drop them all at once
             crlf = False
         lines = text.split("\n")
-        if not final:
+        if not final or body.endswith(b"\n"):  # (at the end: a quoted field never closed)
             lines.pop()  # body ends with a line break: the last piece is empty
         chunk = Chunk()
-        self._run(lines, first_line, final, flagged, line_problems, chunk, crlf)
+        self._run(lines, first_line, final, flagged, line_problems, chunk, crlf, spans)
         return chunk
 
     def _scan_nul(self, body: bytes, first_line: int, out: dict[int, list[Problem]]) -> None:
@@ -695,6 +745,7 @@ class BatchValidator:
         line_problems: dict[int, list[Problem]],
         chunk: Chunk,
         crlf: bool,
+        spans: Sequence[tuple[int, int, int]] = (),
     ) -> None:
         last = first_line + len(lines) - 1
         if final and self.require_final_newline:
@@ -702,12 +753,17 @@ class BatchValidator:
         # A CR ends a line only before an LF. A last line without one keeps its CR when a last
         # line may lack a break (a control character there); otherwise it is `truncated` alone.
         keeps_cr = last if final and not self.require_final_newline else None
+        spanning = {first: end for first, end, _ in spans}  # first line -> last line (indexes)
         skip = 0
         while self.header is None and skip < len(lines) and not self.fatal:
             lineno = first_line + skip
-            raw = lines[skip]
-            line = raw[:-1] if crlf and raw[-1:] == "\r" and lineno != keeps_cr else raw
-            skip += 1
+            if skip in spanning:
+                line = self._joined(lines, skip, spanning[skip], first_line, crlf, keeps_cr)
+                skip = spanning[skip] + 1
+            else:
+                raw = lines[skip]
+                line = raw[:-1] if crlf and raw[-1:] == "\r" and lineno != keeps_cr else raw
+                skip += 1
             if not line:
                 continue  # a file of only blank lines has no header (``finish`` says so)
             if lineno > 1:  # the header is the first line; a blank line is no record (RFC 4180)
@@ -724,13 +780,54 @@ class BatchValidator:
                 self.header = self._read_header(lineno, line, line_problems.get(lineno))
         if not self.fatal and self.header is not None and skip < len(lines):
             careful_last = last if final else None
-            for start in range(skip, len(lines), _BULK_ROWS):
-                part = lines[start : start + _BULK_ROWS]
-                if crlf or not self._bulk(part, first_line + start, flagged, chunk):
-                    self._careful(
-                        part, first_line + start, careful_last, flagged, line_problems, chunk, crlf, keeps_cr
-                    )
+            ends = [(skip, len(lines))]  # runs of one-line records, between those that span lines
+            sizes = {first: size for first, _, size in spans}
+            for first, end, _ in spans:
+                if first >= skip:
+                    ends[-1:] = [(ends[-1][0], first), (end + 1, len(lines))]
+            for run_start, run_end in ends:
+                for start in range(run_start, run_end, _BULK_ROWS):
+                    part = lines[start : min(start + _BULK_ROWS, run_end)]
+                    if crlf or not self._bulk(part, first_line + start, flagged, chunk):
+                        self._careful(
+                            part,
+                            first_line + start,
+                            careful_last,
+                            flagged,
+                            line_problems,
+                            chunk,
+                            crlf,
+                            keeps_cr,
+                        )
+                if run_end < len(lines):  # the record that spans lines from RUN_END
+                    end = spanning[run_end]
+                    record = self._joined(lines, run_end, end, first_line, crlf, keeps_cr)
+                    lineno = first_line + run_end
+                    if sizes[run_end] > MAX_LINE_BYTES:  # as if it had come in smaller pieces
+                        head = record.encode()[:200].decode("utf-8", "replace")
+                        _append(chunk, self._reject_too_long(lineno, end - run_end, head))
+                        if final and end == len(lines) - 1 and self.require_final_newline:
+                            quoted = any(p.code == "unterminated_quote" for p in _tokenize(record, lineno)[1])
+                            cut = _TRUNCATED_QUOTED if quoted else _TRUNCATED
+                            self._fatal(Problem(first_line + end, None, "truncated", cut))
+                        continue
+                    pre = [p for i in range(lineno, first_line + end + 1) for p in line_problems.get(i, ())]
+                    self.rows_total += 1
+                    chunk.rows += 1
+                    values = self._slow(lineno, record, pre, final and end == len(lines) - 1, chunk)
+                    if values is not None:  # (its line break is in a field: never)
+                        self._emit(["\t".join(values)], [lineno], chunk)
         self._line = last
+
+    @staticmethod
+    def _joined(
+        lines: list[str], first: int, last: int, first_line: int, crlf: bool, keeps_cr: int | None
+    ) -> str:
+        """Lines FIRST to LAST (indexes), one record, as one text: line breaks as LF, as in a field."""
+        return "\n".join(
+            raw[:-1] if crlf and raw[-1:] == "\r" and first_line + i != keeps_cr else raw
+            for i, raw in enumerate(lines[first : last + 1], start=first)
+        )
 
     def _bulk(self, lines: list[str], first_line: int, flagged: set[int], chunk: Chunk) -> bool:
         """Validate a few hundred rows column by column; False (and nothing changed) if any of
@@ -1021,14 +1118,19 @@ class BatchValidator:
         header = self.header
         assert header is not None
         problems: list[Problem] = list(pre)
-        truncated = truncated and self.require_final_newline
+        fields, structural = _tokenize(line, lineno)
+        problems.extend(structural)
+        unterminated = next((p for p in structural if p.code == "unterminated_quote"), None)
+        # A quote open at the file's end: whatever the last byte, the record was cut.
+        truncated = (truncated or unterminated is not None) and self.require_final_newline
         if truncated:
             # The file's problem, not the row's: with --partial too nothing loads, or the head of a
             # cut upload would be sealed as a batch and the whole file never load after it.
             self.fatal = True
-            problems.append(Problem(lineno, len(line) + 1, "truncated", _TRUNCATED))
-        fields, structural = _tokenize(line, lineno)
-        problems.extend(structural)
+            if unterminated is not None:
+                problems.append(Problem(lineno, unterminated.column, "truncated", _TRUNCATED_QUOTED))
+            else:
+                problems.append(Problem(lineno, len(line) + 1, "truncated", _TRUNCATED))
         values: dict[str, str] = {}
         if not line:  # RFC 4180 has no blank records; in a factory's file it is a hand edit
             if not truncated:  # (a lone CR cut off at the end is `truncated` alone)
@@ -1040,8 +1142,22 @@ class BatchValidator:
                         f"blank line: a row has {header.width} fields; remove the line",
                     )
                 )
-        elif any(p.code == "unterminated_quote" for p in structural):
-            pass  # the open quote swallowed the rest of the line: counting fields says nothing
+        elif unterminated is not None:
+            pass  # the open quote swallowed the rest of the file: counting fields says nothing
+        elif "\n" in line:
+            # RFC 4180 reads the lines as one record, its line breaks inside a quoted field: a control
+            # character, so the record is rejected whole, at its first line; its other fields say nothing.
+            broken, at = next((i, c) for i, (value, c) in enumerate(fields) if "\n" in value)
+            what = header.names[broken] if broken < header.width else f"field {broken + 1}"
+            problems.append(
+                Problem(
+                    lineno,
+                    at,
+                    "control_character",
+                    f"{what}: line break inside a quoted field, which runs on to line "
+                    f"{lineno + line.count(chr(10))}; a field may not hold one",
+                )
+            )
         elif len(fields) != header.width:
             # A stray CR or other control character splits or joins fields as a person reads
             # them: name it where it is, or the count is all the row says.
@@ -1237,6 +1353,72 @@ def _locate(body: bytes, pos: int, first_line: int) -> tuple[int, int]:
 _TRUNCATED = (
     "the file ends in the middle of a row (no line break after the last row); was the upload cut short?"
 )
+_TRUNCATED_QUOTED = "the file ends inside a quoted field (no quote closes it); was the upload cut short?"
+
+
+def _append(chunk: Chunk, more: Chunk) -> None:
+    """Add what MORE (a later piece of the same feed) produced to CHUNK."""
+    chunk.canonical.extend(more.canonical)
+    chunk.lines.extend(more.lines)
+    chunk.rejected.extend(more.rejected)
+    chunk.sealed.extend(more.sealed)
+    chunk.rows += more.rows
+
+
+def _spanning_records(body: bytes) -> tuple[list[tuple[int, int, int]], int | None]:
+    """The records of BODY (whole lines, or the file's end) that span lines, as (first, last)
+    line indexes and size in bytes, and where one still open at BODY's end (a quote no quote
+    closes) starts.
+
+    Only the lines with a quote are read: a line without one is a record of its own."""
+    spans: list[tuple[int, int, int]] = []
+    line = counted = 0
+    pos = body.find(b'"')
+    while pos >= 0:
+        start = body.rfind(b"\n", 0, pos) + 1
+        match = _RECORD_BYTES_RE.match(body, start)
+        assert match is not None  # (every field may be empty)
+        end = match.end()
+        if end < len(body) and body[end] == 0x22:
+            return spans, start
+        breaks = body.count(b"\n", start, end)
+        if breaks:
+            line += body.count(b"\n", counted, start)
+            counted = start
+            spans.append((line, line + breaks, end - start))
+        pos = body.find(b'"', end)
+    return spans, None
+
+
+def _skip_record(data: bytes, state: int) -> tuple[int, int | None]:
+    """Read DATA, more of a record being skipped, from STATE: (its state at DATA's end, None), or
+    (_FIELD, the offset just past the line break that ends it). Holds nothing, whatever the record."""
+    pos, n = 0, len(data)
+    while pos < n:
+        if state == _QUOTED:
+            match = _QUOTED_BYTES_RE.match(data, pos)
+            assert match is not None
+            pos = match.end()
+            if pos < n:
+                pos, state = pos + 1, _QUOTE  # a closing quote, or the first of two
+        elif state == _QUOTE:
+            if data[pos] == 0x22:
+                pos, state = pos + 1, _QUOTED
+            else:
+                state = _OUT
+        elif state == _FIELD and data[pos] == 0x22:
+            pos, state = pos + 1, _QUOTED
+        else:
+            match = _UNQUOTED_BYTES_RE.match(data, pos)
+            assert match is not None
+            pos = match.end()
+            if pos == n:
+                state = _FIELD if data[n - 1] == 0x2C else _OUT
+            elif data[pos] == 0x0A:
+                return _FIELD, pos + 1
+            else:  # the quote that opens a field
+                pos, state = pos + 1, _QUOTED
+    return state, None
 
 
 _NAMES_SHOWN = 10  # a header error quotes this many column names at most ...
@@ -1265,7 +1447,7 @@ def _tokenize(line: str, lineno: int) -> tuple[list[tuple[str, int]], list[Probl
                         lineno,
                         pos + 1,
                         "unterminated_quote",
-                        "quoted field is not closed on this line (line breaks inside fields are not allowed)",
+                        "quoted field is never closed: the file ends inside it",
                     )
                 )
                 fields.append((line[pos + 1 :].replace('""', '"'), pos + 1))
