@@ -1186,15 +1186,22 @@ def _leaves(path: tuple[str, ...], value: Any) -> Iterator[tuple[tuple[str, ...]
 
 
 def _same_value(one: Any, other: Any) -> bool:
-    """Whether two VOKE_* variables give one key the same value: a variable's text `5432` is the
-    number a JSON table gives as 5432."""
+    """Whether two VOKE_* variables give one key the same value, as the settings will read them:
+    a variable's text `5432` is the number a JSON table gives as 5432, but not the JSON string
+    "5432" (never a number: `_Model._typed_as_written`); a text that is no JSON number, boolean or
+    null is read as itself."""
 
-    def parsed(value: Any) -> Any:
-        with contextlib.suppress(ValueError, RecursionError):
-            return json.loads(value) if isinstance(value, EnvText) else value
+    def read(value: Any) -> Any:
+        if isinstance(value, EnvText):
+            with contextlib.suppress(ValueError, RecursionError):
+                parsed = json.loads(value)
+                if not isinstance(parsed, str):
+                    return parsed
+            return str(value)
         return value
 
-    return one == other or parsed(one) == parsed(other)
+    first, second = read(one), read(other)
+    return type(first) is type(second) and first == second
 
 
 _TABLE = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")

@@ -242,6 +242,18 @@ def test_a_table_given_as_json_and_one_of_its_keys_by_another_variable_are_merge
         "VOKE_ENVIRONMENTS__PROD__DB_PORT": "5432",
     }
     assert load_config(environ=environ, cwd=tmp_path).settings.environment("prod").db_port == 5432
+    # ... but not the JSON string "7200", which is no number, in either order (FW: `==` between
+    # the variable's text and the string said "the same", and the later one won)
+    number, text = "VOKE_ROTATION__JWT__MAX_TOKEN_LIFETIME_SECONDS", "VOKE_ROTATION__JWT"
+    for given in (
+        ((number, "7200"), (text, '{"max_token_lifetime_seconds": "7200"}')),
+        ((text, '{"max_token_lifetime_seconds": "7200"}'), (number, "7200")),
+    ):
+        result = voke("config", "show", "--json", environ={**base, **dict(given)})
+        assert result.exit_code == 3, result.stdout
+        assert result.json["error"]["message"] == (
+            f"env {text} and env {number}: both set rotation.jwt.max_token_lifetime_seconds, to different values"
+        )
 
 
 def test_an_empty_environment_table_is_named_with_its_file_and_line(voke, make_environ, tmp_path):
