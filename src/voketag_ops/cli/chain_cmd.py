@@ -616,14 +616,15 @@ def _batch_anchors(env: AppContext, store: ChainStore) -> BatchAnchorCheck:
 
 
 def _warn_if_light_head(env: AppContext, report: AnchorRunReport, least: int) -> None:
-    """A warning when the head REPORT's run found has fewer bits of work than chain.min_difficulty
-    (mined before the setting was raised, or by an older voke with `--difficulty 8`): `chain
-    validate` and `audit verify` refuse such a chain, so what the run anchors counts for nothing
-    until the setting accepts it. The head alone (the run read it anyway); validate names any other."""
-    if report.head_found is not None and report.head_found[1] < least:
-        index, bits = report.head_found
+    """A warning when a block of the chain has fewer bits of work than chain.min_difficulty (mined
+    before the setting was raised, while it was lowered, or by an older voke with `--difficulty
+    8`): `chain validate` and `audit verify` refuse such a chain, so what the run anchors counts
+    for nothing until the setting accepts it. A run with something to anchor reads every block;
+    one with nothing, the head alone."""
+    if report.lightest_found is not None and report.lightest_found[1] < least:
+        index, bits = report.lightest_found
         env.out.note(
-            f"warning: the chain's head, block {index}, has {bits} bits of work, below "
+            f"warning: block {index} of the chain has {bits} bits of work, below "
             f"chain.min_difficulty ({least}): `voke chain validate` and `voke audit verify` refuse the "
             "chain, and the roots anchored on it are not trusted until that setting accepts it"
         )

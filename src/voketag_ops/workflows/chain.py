@@ -496,8 +496,9 @@ class AnchorRunReport:
     # Ingest batches whose anchor is of another root or tree size (`ingest.BatchAnchorCheck`):
     # never requested; any makes the run's answer no (exit 1).
     mismatched_batches: list[dict[str, Any]] = field(default_factory=list)
-    # The head the run found (index, bits of work): None for an empty chain.
-    head_found: tuple[int, int] | None = None
+    # The block of the least work the run saw (index, bits): the first of the fewest bits when it
+    # validated the chain (something to anchor), else the head; None for an empty chain.
+    lightest_found: tuple[int, int] | None = None
 
 
 def run_anchors(
@@ -522,6 +523,7 @@ def run_anchors(
     """
     retried: list[str] = []
     found: list[ch.Block | None] = [None]
+    lightest: list[tuple[int, int] | None] = [None]
 
     def attempt() -> AnchorRunReport:
         # Read apart, not one snapshot: the commit's checks refuse a head or an anchor that
@@ -533,7 +535,7 @@ def run_anchors(
             return AnchorRunReport(
                 True, "nothing-pending", 0, difficulty=difficulty, message="nothing to anchor"
             )
-        refuse_invalid_chain(store)
+        lightest[0] = refuse_invalid_chain(store)
         index = 0 if head is None else head.index + 1
         if dry_run:
             first = f" ({also} requested first: audit checkpoints or ingest batches the chain never saw)"
@@ -595,19 +597,27 @@ def run_anchors(
 
     report = with_retries(retry, attempt, retried)
     head = found[0]
-    return replace(
-        report, retries=retried, head_found=None if head is None else (head.index, head.difficulty)
-    )
+    light = lightest[0] or (None if head is None else (head.index, head.difficulty))
+    return replace(report, retries=retried, lightest_found=light)
 
 
-def refuse_invalid_chain(store: ChainStore) -> None:
+def refuse_invalid_chain(store: ChainStore) -> tuple[int, int] | None:
     """PreconditionError (exit 5) naming the first bad block when STORE's blocks do not validate
     (`core.chain.validate_chain`, streamed: memory holds one block): a block mined onto them
     would anchor roots that `chain verify --anchored` and `audit verify` never trust. The blocks
     alone, read with no anchor (a run reads only the pending ones); the work each block claims,
-    not chain.min_difficulty, whose light head `anchor run` warns about."""
+    not chain.min_difficulty: the first block of the fewest bits (index, bits) is returned, for
+    `anchor run` to warn about one below the setting, anywhere in the chain (None: no block)."""
+    lightest: list[tuple[int, int]] = []
+
+    def watched(blocks: Iterable[ch.Block]) -> Iterator[ch.Block]:
+        for block in blocks:
+            if not lightest or block.difficulty < lightest[0][1]:
+                lightest[:] = [(block.index, block.difficulty)]
+            yield block
+
     with store.stream(ids=()) as (_anchors, blocks):
-        report = ch.validate_chain(blocks)
+        report = ch.validate_chain(watched(blocks))
     if not report.ok:
         why = (report.message or "").removeprefix(f"block {report.bad_index}: ")
         raise PreconditionError(
@@ -615,6 +625,7 @@ def refuse_invalid_chain(store: ChainStore) -> None:
             "(its anchors would not be trusted); nothing was anchored",
             hint="`voke chain validate` names the problem",
         )
+    return lightest[0] if lightest else None
 
 
 def plan_import(open_store: Callable[[], ChainStore], incoming: ch.ChainState) -> dict[str, int]:
