@@ -30,33 +30,6 @@ settings.load_profile("voke")
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-# The slowest files, slowest first (per-file test time with --durations, session 35: 257 s down
-# to 29 s). `--dist loadfile` hands whole files to the two workers in collection order
-# (`--no-loadscope-reorder`: by default xdist orders files by their number of tests, which left a
-# 59 s file of 12 tests and a 31 s one of 3 for last, one worker running them alone). A file not
-# named keeps its place after these; a stale list only balances the workers less well.
-SLOWEST_FIRST = (
-    "tests/dr/test_dr_topology.py",
-    "tests/adapters/test_local_environment.py",
-    "tests/dr/test_dr_pitr.py",
-    "tests/workflows/test_rotate.py",
-    "tests/workflows/test_cloud_drill.py",
-    "tests/dr/test_dr_doctor_and_audit.py",
-    "tests/adapters/test_service_runtime_contract.py",
-    "tests/cli/test_ingest_cli.py",
-    "tests/workflows/test_ingest_load.py",
-    "tests/workflows/test_cloud_dr_ops.py",
-    "tests/cli/test_chain_environment.py",
-    "tests/workflows/test_ingest_edges.py",
-    "tests/workflows/test_rotate_cloud.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The slowest files first (SLOWEST_FIRST); a file's own tests keep their order (stable sort)."""
-    rank = {path: place for place, path in enumerate(SLOWEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.partition("::")[0], len(rank)))
-
 
 @dataclass
 class Result:
