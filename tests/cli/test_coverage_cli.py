@@ -22,6 +22,7 @@ from voketag_ops.coverage_testing import (
     measured_once,
     write_project,
 )
+from voketag_ops.testing.imports import loaded_of
 
 TWO_SERVICES = """
 [coverage]
@@ -1240,13 +1241,8 @@ def test_no_data_files_in_a_directory_hints_at_upload_artifact(voke, env, tmp_pa
 
 
 def test_startup_does_not_import_coverage_or_the_workflow():
-    code = (
-        "import sys, voketag_ops.cli.app;"
-        "print([m for m in ('coverage', 'voketag_ops.workflows.coverage', 'voketag_ops.core.coverage')"
-        " if m in sys.modules])"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    heavy = ("coverage", "voketag_ops.workflows.coverage", "voketag_ops.core.coverage")
+    assert loaded_of("import voketag_ops.cli.app", *heavy) == []
 
 
 def test_a_diff_file_that_is_no_diff_is_rejected_not_passed(voke, env, project):

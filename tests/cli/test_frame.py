@@ -24,6 +24,7 @@ from voketag_ops.errors import (
     UsageError,
     VokeError,
 )
+from voketag_ops.testing.imports import loaded_of
 
 
 def test_exit_code_table_matches_product():
@@ -332,13 +333,8 @@ def test_a_local_service_starts_without_the_configuration_or_pydantic():
     """A local service reads its credential from the store at start: every `env up` and every
     rotation's deploy starts a few, and the configuration's pydantic models cost ~0.45 s of CPU
     each time (three quarters of a service's start)."""
-    code = (
-        "import sys\n"
-        "import voketag_ops.adapters.local.service_app, voketag_ops.adapters.local.secrets\n"
-        "print(','.join(m for m in ('pydantic', 'voketag_ops.config', 'psycopg', 'typer') if m in sys.modules))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == ""
+    imports = "import voketag_ops.adapters.local.service_app, voketag_ops.adapters.local.secrets"
+    assert loaded_of(imports, "pydantic", "voketag_ops.config", "psycopg", "typer") == []
 
 
 def test_version_fast_path_imports_nothing_heavy():

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import pytest
 from coverage.results import display_covered as cp_display
@@ -47,6 +45,7 @@ from voketag_ops.core.coverage import (
     units_to_target,
     verdict,
 )
+from voketag_ops.testing.imports import loaded_of
 
 
 def counts(num: int, den: int) -> Counts:
@@ -468,13 +467,8 @@ def test_bands_and_sparkline():
 
 
 def test_core_imports_no_cli_or_cloud_libraries():
-    code = (
-        "import sys, voketag_ops.core.coverage, voketag_ops.core.coverage_svg;"
-        "bad = [m for m in ('typer', 'rich', 'psycopg', 'google', 'pydantic', 'coverage') if m in sys.modules];"
-        "print(bad)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    imports = "import voketag_ops.core.coverage, voketag_ops.core.coverage_svg"
+    assert loaded_of(imports, "typer", "rich", "psycopg", "google", "pydantic", "coverage") == []
 
 
 @given(st.text(st.characters(exclude_categories=()), max_size=40))  # lone surrogates too

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -15,6 +13,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from voketag_ops.core import merkle as m
+from voketag_ops.testing.imports import loaded_of
 
 # -- an independent reference: RFC 6962 §2.1, recursion as written ---------------------
 
@@ -568,13 +567,7 @@ def test_real_chunk_boundaries(n: int) -> None:
 
 
 def test_core_imports_stdlib_only() -> None:
-    code = (
-        "import sys, voketag_ops.core.merkle;"
-        "bad=[n for n in ('typer','rich','psycopg','google','pydantic') if n in sys.modules];"
-        "print(','.join(bad))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == ""
+    assert loaded_of("import voketag_ops.core.merkle", "typer", "rich", "psycopg", "google", "pydantic") == []
 
 
 # -- properties ------------------------------------------------------------------------
