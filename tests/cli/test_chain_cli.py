@@ -564,6 +564,26 @@ def test_file_store_setting(voke, make_environ, tmp_path: Path) -> None:
     assert bad.exit_code == 3 and "VOKE_CHAIN__STORE: chain.store" in bad.json["error"]["message"]
 
 
+def test_a_run_says_it_mines_only_once_it_does(voke, make_environ, tmp_path: Path) -> None:
+    """Off a terminal `anchor run` writes "mining the next block" when a block is mined: not for
+    nothing to anchor (a cron run), nor before refusing a chain that does not validate."""
+    home = tmp_path / "home"
+    environ = make_environ(home, VOKE_CHAIN__STORE="file", VOKE_CHAIN__MIN_DIFFICULTY="4")
+    idle = voke("chain", "anchor", "run", environ=environ)
+    assert idle.exit_code == 0 and "mining" not in idle.stderr, idle.stderr
+    voke("chain", "anchor", "request", merkle.root([b"m1"]).hex(), environ=environ)
+    mined = voke("chain", "anchor", "run", "--difficulty", "4", environ=environ)
+    assert mined.exit_code == 0 and "mining the next block" in mined.stderr, mined.stderr
+    path = home / "chain" / "chain.json"
+    doc = json.loads(path.read_text())
+    doc["blocks"][0]["nonce"] += 1  # block 0 no longer hashes to its stored hash
+    path.write_text(json.dumps(doc))
+    voke("chain", "anchor", "request", merkle.root([b"m2"]).hex(), environ=environ)
+    refused = voke("chain", "anchor", "run", "--difficulty", "4", environ=environ)
+    assert refused.exit_code == 5 and "chain invalid at block 0" in refused.stderr, refused.stderr
+    assert "mining" not in refused.stderr
+
+
 def test_validate_and_audit_verify_require_the_configured_work(voke, make_environ, tmp_path: Path) -> None:
     """A chain mined (or re-mined by whoever can write its store) with no proof of work fails
     `chain validate` and `audit verify` by default: chain.min_difficulty, 16 bits, what `anchor

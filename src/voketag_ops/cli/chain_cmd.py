@@ -520,9 +520,15 @@ def anchor_run(
         caught_up = AuditLog(_home(env), chain=lambda: store).anchor_checkpoints(now=_now())
         event.details["audit_checkpoints_requested"] = caught_up.requested
         event.details["ingest_batches_requested"], mismatches = _request_lost_batches(env, store)
-        with env.out.progress("mining the next block"):
+        # said once mining starts: not for a chain refused, nor for nothing to anchor
+        with env.out.progress("mining the next block", when_started=True) as said:
             report = run_anchors(
-                store, now=_now(), difficulty=difficulty, max_attempts=max_attempts, time_limit=time_limit
+                store,
+                now=_now(),
+                difficulty=difficulty,
+                max_attempts=max_attempts,
+                time_limit=time_limit,
+                mining=lambda: said("mining the next block"),
             )
         event.details.update(
             outcome=report.outcome,

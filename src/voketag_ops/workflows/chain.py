@@ -513,6 +513,7 @@ def run_anchors(
     dry_run: bool = False,
     also: int = 0,
     retry: RetryPolicy = RetryPolicy(),
+    mining: Callable[[], None] | None = None,
 ) -> AnchorRunReport:
     """Anchor every pending root into one new block (mined at DIFFICULTY bits). A DRY_RUN
     counts ALSO more: the roots a real run requests first (``unseen_requests``).
@@ -520,6 +521,7 @@ def run_anchors(
     Safe to re-run (cron): with nothing pending it does nothing. When the mining bound is
     reached first, each pending anchor's attempt count rises and, after
     MAX_ANCHOR_ATTEMPTS, it becomes ``failed``. Store errors and conflicts are retried.
+    MINING is called as the mining starts (something to anchor, the chain validated).
     """
     retried: list[str] = []
     found: list[ch.Block | None] = [None]
@@ -546,6 +548,8 @@ def run_anchors(
                 difficulty=difficulty,
                 message=f"would anchor {count} root(s) into block {index}" + (first if also else ""),
             )
+        if mining is not None:
+            mining()
         # A block never goes back in time, even if this machine's clock does.
         timestamp = now if head is None or now >= head.timestamp else head.timestamp
         result = ch.mine(
