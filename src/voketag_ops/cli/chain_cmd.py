@@ -507,7 +507,7 @@ def anchor_run(
         batches = _batch_anchors(env, store)
         first = unseen_requests(store, [*checkpoints, *batches.requests])
         report = run_anchors(store, now=_now(), difficulty=difficulty, dry_run=True, also=len(first))
-        _warn_if_light_head(env, report, least)
+        _warn_if_light_block(env, report, least)
         report = _flag_mismatched_batches(env, report, batches.mismatches)
         env.out.result(report, ok=report.ok, failure=report.message, render=_render_run)
         return
@@ -537,7 +537,7 @@ def anchor_run(
             attempts=report.attempts,
             ingest_batches_mismatched=[m["batch_id"] for m in mismatches],
         )
-        _warn_if_light_head(env, report, least)
+        _warn_if_light_block(env, report, least)
         report = _flag_mismatched_batches(env, report, mismatches)
         if not report.ok:
             event.result = "failure"
@@ -621,7 +621,7 @@ def _batch_anchors(env: AppContext, store: ChainStore) -> BatchAnchorCheck:
         return BatchAnchorCheck()
 
 
-def _warn_if_light_head(env: AppContext, report: AnchorRunReport, least: int) -> None:
+def _warn_if_light_block(env: AppContext, report: AnchorRunReport, least: int) -> None:
     """A warning when a block of the chain has fewer bits of work than chain.min_difficulty (mined
     before the setting was raised, while it was lowered, or by an older voke with `--difficulty
     8`): `chain validate` and `audit verify` refuse such a chain, so what the run anchors counts
